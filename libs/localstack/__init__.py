@@ -1,0 +1,14 @@
+"""Real servers on this machine for tests, benchmarks and `potluck up`.
+
+Each class starts one real server process on loopback (never a fake), knows
+its own PID, and stops only what it started. A URL in the environment
+(``POTLUCK_NATS_URL``, ``POTLUCK_DATABASE_URL``, ``DOCKER_HOST``) points at a
+server someone else runs instead.
+"""
+
+from potluck.localstack.errors import LocalStackError
+from potluck.localstack.nats_server import NatsServer
+from potluck.localstack.ports import free_port, wait_for_port
+from potluck.localstack.postgres_server import PostgresServer
+
+__all__ = ["LocalStackError", "NatsServer", "PostgresServer", "free_port", "wait_for_port"]

@@ -1,0 +1,82 @@
+"""One child process we started, stopped by its own PID and nobody else's."""
+
+import os
+import pwd
+import signal
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from potluck.localstack.errors import LocalStackError
+
+
+def as_user(user: str | None) -> dict[str, Any]:
+    """Popen arguments that drop to `user` with its own group only.
+
+    Dropping only the uid would leave root's group, which the kernel checks
+    before "other" bits and so denies access that plain "other" would grant.
+    """
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+class ChildProcess:
+    def __init__(self, argv: Sequence[str], *, log_path: Path, user: str | None = None) -> None:
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.user = user
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> None:
+        if self.running():
+            return
+        log = self.log_path.open("ab")
+        try:
+            # A session of its own: Ctrl-C in the terminal reaches us, and we
+            # decide how the child stops.
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                **as_user(self.user),
+            )
+        except OSError as exc:
+            raise LocalStackError(f"cannot start {self.argv[0]}: {exc}") from exc
+        finally:
+            log.close()
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        return self._proc.poll() if self._proc is not None else None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, *, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        self.stop(sig=signal.SIGKILL)

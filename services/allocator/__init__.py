@@ -1,0 +1,1 @@
+"""allocator service (see DESIGN.md, Components)."""

@@ -1,0 +1,1 @@
+"""sshgateway service (see DESIGN.md, Components)."""
