@@ -1,0 +1,69 @@
+"""The event-log library every Potluck service uses.
+
+Typed, versioned event schemas (schema), the Postgres event store (store) and
+its follower (follower), the outbox relay to JetStream (relay), durable
+subscribers with dead letters (subscriber), subjects and streams (bus), and
+trace-context propagation (tracing). Nothing service-specific lives here.
+"""
+
+from potluck.events.bus import EVENTS_STREAM, REPORTS_STREAM, DEAD_LETTER_STREAM, ensure_streams
+from potluck.events.errors import (
+    DuplicateEvent,
+    EventsError,
+    MalformedEvent,
+    PoisonMessage,
+    SchemaError,
+    StoreError,
+    UnknownEventType,
+    UnsupportedSchemaVersion,
+    WrongExpectedVersion,
+)
+from potluck.events.follower import TRANSIENT_DB_ERRORS, LogFollower
+from potluck.events.ids import event_id_for
+from potluck.events.relay import OutboxRelay
+from potluck.events.schema import Event, EventRegistry, RecordedEvent, event_type, registry
+from potluck.events.store import ANY_VERSION, NO_STREAM, EventStore, NewEvent, StreamAppend
+from potluck.events.subscriber import (
+    FilePositions,
+    LoggedEvent,
+    MemoryPositions,
+    PositionTracker,
+    Subscriber,
+    event_subscriber,
+)
+
+__all__ = [
+    "ANY_VERSION",
+    "DEAD_LETTER_STREAM",
+    "EVENTS_STREAM",
+    "NO_STREAM",
+    "REPORTS_STREAM",
+    "TRANSIENT_DB_ERRORS",
+    "DuplicateEvent",
+    "Event",
+    "EventRegistry",
+    "EventStore",
+    "EventsError",
+    "FilePositions",
+    "LogFollower",
+    "LoggedEvent",
+    "MalformedEvent",
+    "MemoryPositions",
+    "NewEvent",
+    "OutboxRelay",
+    "PoisonMessage",
+    "PositionTracker",
+    "RecordedEvent",
+    "SchemaError",
+    "StoreError",
+    "StreamAppend",
+    "Subscriber",
+    "UnknownEventType",
+    "UnsupportedSchemaVersion",
+    "WrongExpectedVersion",
+    "ensure_streams",
+    "event_id_for",
+    "event_subscriber",
+    "event_type",
+    "registry",
+]

@@ -1,0 +1,98 @@
+"""Follow the log: catch up from a position, then wait for NOTIFY, forever.
+
+A follower survives Postgres restarting under it: it waits, reconnects and
+resumes after the last position it handed out, so nothing is skipped and
+nothing is handed out twice. Because the store serialises appends (see
+store.py), ``position > last`` never misses an event that commits late.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import structlog
+
+from potluck.events.schema import RecordedEvent
+from potluck.events.store import NOTIFY_CHANNEL, EventStore
+
+log = structlog.get_logger(__name__)
+
+#: Errors that mean "the database is away for now", as opposed to a bug.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+)
+
+
+class LogFollower:
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        after_position: int = 0,
+        batch_size: int = 1000,
+        poll_interval: float = 2.0,
+        max_backoff: float = 5.0,
+    ) -> None:
+        """`poll_interval` bounds the wait when a notification is lost (e.g. across a reconnect)."""
+        self.store = store
+        self.position = after_position
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.max_backoff = max_backoff
+        self._wakeup = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+
+    def _notified(self, *_: Any) -> None:
+        self._wakeup.set()
+
+    async def _listen(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        self._listener = await asyncpg.connect(self.store.dsn, timeout=10)
+        await self._listener.add_listener(NOTIFY_CHANNEL, self._notified)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(*TRANSIENT_DB_ERRORS):
+                await self._listener.close(timeout=2)
+            self._listener = None
+
+    async def batches(self) -> AsyncIterator[list[RecordedEvent]]:
+        """Non-empty batches in log order; each starts right after the last one handed out."""
+        backoff = 0.1
+        try:
+            while True:
+                try:
+                    await self._listen()
+                    # Clear before reading: a NOTIFY that lands during the read
+                    # then wakes the next wait instead of being lost.
+                    self._wakeup.clear()
+                    batch = await self.store.read_all(self.position, self.batch_size)
+                except TRANSIENT_DB_ERRORS as exc:
+                    log.warning("follower.database_unavailable", error=str(exc), retry_in=backoff,
+                                position=self.position)
+                    await self.close()
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.max_backoff)
+                    continue
+                backoff = 0.1
+                if batch:
+                    self.position = batch[-1].position
+                    yield batch
+                    continue
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+        finally:
+            await self.close()
+
+    async def events(self) -> AsyncIterator[RecordedEvent]:
+        async for batch in self.batches():
+            for event in batch:
+                yield event

@@ -1,0 +1,158 @@
+"""Outbox relay: publishes the log, in order, to JetStream.
+
+- One relay is active at a time: the leader holds a session-level Postgres
+  advisory lock on a connection of its own, and writes its checkpoint on that
+  same connection, so a relay that lost its connection (and with it the lock)
+  cannot move the checkpoint any more.
+- Each event goes out with ``Nats-Msg-Id`` = its event id. A relay killed
+  between publishing and checkpointing republishes that batch on restart;
+  JetStream drops the copies within its duplicate window, and consumers skip
+  positions they have already applied for anything older.
+- Acks are awaited per batch (pipelined ``publish_async``), and only then does
+  the checkpoint move.
+"""
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+
+import asyncpg
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+from opentelemetry.trace import SpanKind
+
+from potluck.events import bus
+from potluck.events.follower import TRANSIENT_DB_ERRORS, LogFollower
+from potluck.events.schema import RecordedEvent
+from potluck.events.store import EventStore
+from potluck.events.tracing import context_from, trace_carrier_of, tracer
+
+log = structlog.get_logger(__name__)
+
+TRANSIENT_BUS_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoServersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.NoStreamResponseError,
+    asyncio.TimeoutError,
+)
+
+
+class RelayBehind(Exception):
+    """Acks for a batch did not arrive in time; the batch is published again."""
+
+
+def relay_headers(record: RecordedEvent) -> dict[str, str]:
+    headers = {
+        bus.H_MSG_ID: str(record.event_id),
+        bus.H_POSITION: str(record.position),
+        bus.H_STREAM: record.stream,
+        bus.H_VERSION: str(record.version),
+        bus.H_TYPE: record.type,
+        bus.H_SCHEMA_VERSION: str(record.schema_version),
+        bus.H_METADATA: json.dumps(record.metadata),
+    }
+    headers.update(trace_carrier_of(record.metadata))
+    return headers
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        store: EventStore,
+        js: JetStreamContext,
+        *,
+        name: str = "main",
+        batch_size: int = 500,
+        ack_timeout: float = 10.0,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.js = js
+        self.name = name
+        self.batch_size = batch_size
+        self.ack_timeout = ack_timeout
+        self.retry_interval = retry_interval
+        self.checkpoint = 0
+        self.is_leader = False
+        self.published = 0
+        self.duplicates = 0
+
+    async def run(self) -> None:
+        """Relay until cancelled; survives Postgres and NATS going away and coming back."""
+        while True:
+            try:
+                await bus.ensure_streams(self.js)
+                await self._lead()
+            except (*TRANSIENT_DB_ERRORS, *TRANSIENT_BUS_ERRORS, RelayBehind) as exc:
+                log.warning("relay.retrying", relay=self.name, error=repr(exc),
+                            checkpoint=self.checkpoint, retry_in=self.retry_interval)
+            finally:
+                self.is_leader = False
+            await asyncio.sleep(self.retry_interval)
+
+    async def _lead(self) -> None:
+        conn = await asyncpg.connect(self.store.dsn, timeout=10)
+        try:
+            while not await conn.fetchval(
+                "SELECT pg_try_advisory_lock(hashtext('potluck-relay:' || $1::text))", self.name
+            ):
+                await asyncio.sleep(self.retry_interval)
+            self.is_leader = True
+            await conn.execute(
+                "INSERT INTO relay_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING", self.name
+            )
+            self.checkpoint = int(
+                await conn.fetchval("SELECT position FROM relay_checkpoints WHERE name = $1", self.name)
+            )
+            log.info("relay.leading", relay=self.name, checkpoint=self.checkpoint)
+            follower = LogFollower(self.store, after_position=self.checkpoint, batch_size=self.batch_size)
+            async for batch in follower.batches():
+                await self._publish(batch)
+                await conn.execute(
+                    "UPDATE relay_checkpoints SET position = $2, updated_at = now() "
+                    "WHERE name = $1 AND position < $2",
+                    self.name,
+                    batch[-1].position,
+                )
+                self.checkpoint = batch[-1].position
+        finally:
+            # Closing the session releases the advisory lock.
+            await asyncio.shield(conn.close(timeout=2))
+
+    async def _publish(self, batch: Sequence[RecordedEvent]) -> None:
+        started = time.perf_counter()
+        futures: list[asyncio.Future[PubAck]] = []
+        try:
+            for record in batch:
+                with tracer().start_as_current_span(
+                    f"relay {record.type}",
+                    context=context_from(trace_carrier_of(record.metadata)),
+                    kind=SpanKind.PRODUCER,
+                    attributes={"potluck.position": record.position, "messaging.system": "nats"},
+                ):
+                    futures.append(
+                        await self.js.publish_async(
+                            bus.event_subject(record),
+                            record.data_json.encode(),
+                            headers=relay_headers(record),
+                        )
+                    )
+            done, pending = await asyncio.wait(futures, timeout=self.ack_timeout)
+            if pending:
+                raise RelayBehind(f"{len(pending)} of {len(batch)} acks missing after {self.ack_timeout}s")
+            acks = [f.result() for f in done]
+        finally:
+            for f in futures:
+                # Unanswered publishes hold a slot of the client's pending limit.
+                f.cancel()
+        self.published += len(batch)
+        self.duplicates += sum(1 for a in acks if a.duplicate)
+        log.debug("relay.published", relay=self.name, count=len(batch), through=batch[-1].position,
+                  seconds=round(time.perf_counter() - started, 4))

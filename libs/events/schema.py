@@ -1,0 +1,151 @@
+"""Typed, versioned event schemas.
+
+An event is a frozen pydantic model registered under a type name. Its
+``schema_version`` says which shape it has; an upcaster turns the data of
+version N into version N+1, so events logged by older code still replay.
+"""
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from typing import Any, ClassVar, TypeVar
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from potluck.events.errors import MalformedEvent, UnknownEventType, UnsupportedSchemaVersion
+
+JsonDict = dict[str, Any]
+Upcaster = Callable[[JsonDict], JsonDict]
+
+
+class Event(BaseModel):
+    """Base of every domain event: a fact, named in the past tense."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type_name: ClassVar[str] = ""
+    schema_version: ClassVar[int] = 1
+    # Name of a field whose value ends the bus subject, so that consumers
+    # (and NATS permissions) can filter, e.g. by host id.
+    routing_field: ClassVar[str | None] = None
+
+    def routing_key(self) -> str | None:
+        if self.routing_field is None:
+            return None
+        value = getattr(self, self.routing_field)
+        return None if value is None else str(value)
+
+
+E = TypeVar("E", bound=type[Event])
+
+
+class EventRegistry:
+    """Maps type names to event classes, and old schema versions to upcasters."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, type[Event]] = {}
+        self._upcasters: dict[tuple[str, int], Upcaster] = {}
+
+    def register(self, cls: E) -> E:
+        """Class decorator. The type name defaults to the class name."""
+        name = cls.__dict__.get("type_name") or cls.__name__
+        existing = self._types.get(name)
+        if existing is not None and existing is not cls:
+            raise ValueError(f"event type {name!r} is already registered to {existing.__qualname__}")
+        cls.type_name = name
+        self._types[name] = cls
+        return cls
+
+    def upcaster(self, type_name: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+        """Register a function turning `from_version` data into `from_version + 1` data."""
+
+        def decorate(fn: Upcaster) -> Upcaster:
+            self._upcasters[(type_name, from_version)] = fn
+            return fn
+
+        return decorate
+
+    def __contains__(self, type_name: object) -> bool:
+        return type_name in self._types
+
+    def class_for(self, type_name: str) -> type[Event]:
+        try:
+            return self._types[type_name]
+        except KeyError:
+            raise UnknownEventType(type_name) from None
+
+    def decode(self, type_name: str, schema_version: int, data: Mapping[str, Any] | str | bytes) -> Event:
+        cls = self.class_for(type_name)
+        if isinstance(data, str | bytes):
+            try:
+                data = json.loads(data)
+            except ValueError as exc:
+                raise MalformedEvent(type_name, f"not JSON: {exc}") from None
+        if not isinstance(data, Mapping):
+            raise MalformedEvent(type_name, f"expected a JSON object, got {type(data).__name__}")
+        payload = dict(data)
+        version = schema_version
+        if version > cls.schema_version or version < 1:
+            raise UnsupportedSchemaVersion(type_name, version, cls.schema_version)
+        while version < cls.schema_version:
+            step = self._upcasters.get((type_name, version))
+            if step is None:
+                raise UnsupportedSchemaVersion(type_name, version, cls.schema_version)
+            payload = step(payload)
+            version += 1
+        try:
+            return cls.model_validate(payload)
+        except ValidationError as exc:
+            raise MalformedEvent(type_name, _summarise(exc)) from None
+
+    def decode_record(self, record: "RecordedEvent") -> Event:
+        return self.decode(record.type, record.schema_version, record.data_json)
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def encode(event: Event) -> str:
+    return event.model_dump_json()
+
+
+#: The registry every service registers its events in.
+registry = EventRegistry()
+event_type = registry.register
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """One row of the log. `data` is parsed on first use: replay often needs only the type."""
+
+    position: int
+    event_id: UUID
+    stream: str
+    version: int
+    type: str
+    schema_version: int
+    data_json: str
+    metadata: JsonDict
+    recorded_at: datetime
+
+    @cached_property
+    def data(self) -> JsonDict:
+        parsed: JsonDict = json.loads(self.data_json)
+        return parsed
+
+    @property
+    def category(self) -> str:
+        return stream_category(self.stream)
+
+
+def stream_category(stream: str) -> str:
+    """`host-3f2a` -> `host` (streams are named category-id, as in message-db)."""
+    return stream.split("-", 1)[0]

@@ -1,0 +1,311 @@
+"""Durable JetStream pull consumers that never stop on one bad message.
+
+What happens to a message:
+
+- it cannot be decoded (not JSON, unknown type, fails the schema), or the
+  handler raises PoisonMessage / a SchemaError: it is published to
+  ``potluck.dlq.<consumer>`` with the reason, then terminated; the consumer
+  goes on with the next one;
+- the handler hits a transient fault (database or bus away): the message is
+  retried in place with backoff, as long as it takes, keeping log order;
+- the handler raises anything else: a few retries, then the dead-letter path;
+- it succeeds: it is acked, and its log position recorded.
+
+Messages carrying a log position at or below the last applied one are acked
+without calling the handler: redeliveries and republished events are
+idempotent. Consumers process messages one at a time, in stream order, so the
+position check is exact.
+"""
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+from uuid import UUID
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry.trace import SpanKind
+
+from potluck.events import bus
+from potluck.events.errors import PoisonMessage, SchemaError
+from potluck.events.follower import TRANSIENT_DB_ERRORS
+from potluck.events.relay import TRANSIENT_BUS_ERRORS
+from potluck.events.schema import Event, EventRegistry, registry
+from potluck.events.tracing import context_from, tracer
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """A logged event as it arrives from the bus, typed again."""
+
+    position: int
+    event_id: UUID
+    stream: str
+    version: int
+    event: Event
+    metadata: Mapping[str, Any]
+    subject: str
+    trace_carrier: Mapping[str, str] = field(default_factory=dict)
+
+
+def decoder_for_logged_events(events: EventRegistry = registry) -> Callable[[Msg], LoggedEvent]:
+    def decode(msg: Msg) -> LoggedEvent:
+        headers = msg.headers or {}
+        try:
+            position = int(headers[bus.H_POSITION])
+            event_id = UUID(headers[bus.H_MSG_ID])
+            type_name = headers[bus.H_TYPE]
+            schema_version = int(headers.get(bus.H_SCHEMA_VERSION, "1"))
+            metadata = json.loads(headers.get(bus.H_METADATA, "{}"))
+        except (KeyError, ValueError) as exc:
+            raise PoisonMessage(f"not a logged event: missing or bad header ({exc})") from None
+        event = events.decode(type_name, schema_version, msg.data)
+        return LoggedEvent(
+            position=position,
+            event_id=event_id,
+            stream=headers.get(bus.H_STREAM, ""),
+            version=int(headers.get(bus.H_VERSION, "0")),
+            event=event,
+            metadata=metadata,
+            subject=msg.subject,
+            trace_carrier={k: v for k, v in headers.items() if k in ("traceparent", "tracestate")},
+        )
+
+    return decode
+
+
+class PositionTracker(Protocol):
+    """Where a consumer remembers the last log position it applied."""
+
+    def last(self) -> int: ...
+
+    def advance(self, position: int) -> None: ...
+
+
+class MemoryPositions:
+    def __init__(self, start: int = 0) -> None:
+        self._last = start
+
+    def last(self) -> int:
+        return self._last
+
+    def advance(self, position: int) -> None:
+        self._last = max(self._last, position)
+
+
+class FilePositions:
+    """For consumers without a database (hostd): the position in a small file, replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._last = int(path.read_text().strip() or 0)
+        except FileNotFoundError:
+            self._last = 0
+
+    def last(self) -> int:
+        return self._last
+
+    def advance(self, position: int) -> None:
+        if position <= self._last:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(str(position))
+        tmp.replace(self.path)
+        self._last = position
+
+
+def _position_of(item: object) -> int | None:
+    return item.position if isinstance(item, LoggedEvent) else None
+
+
+class Subscriber(Generic[T]):
+    """One durable pull consumer feeding one handler."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        durable: str,
+        stream: str,
+        subjects: list[str],
+        decode: Callable[[Msg], T],
+        handle: Callable[[T], Awaitable[None]],
+        positions: PositionTracker | None = None,
+        js: JetStreamContext | None = None,
+        batch_size: int = 64,
+        fetch_timeout: float = 1.0,
+        attempts_before_dead_letter: int = 3,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.nc = nc
+        self.js = js or nc.jetstream()
+        self.durable = durable
+        self.stream = stream
+        self.subjects = subjects
+        self.decode = decode
+        self.handle = handle
+        self.positions = positions or MemoryPositions()
+        self.batch_size = batch_size
+        self.fetch_timeout = fetch_timeout
+        self.attempts_before_dead_letter = attempts_before_dead_letter
+        self.max_backoff = max_backoff
+        self.applied = 0
+        self.skipped = 0
+        self.dead_lettered = 0
+
+    def consumer_config(self) -> ConsumerConfig:
+        one = len(self.subjects) == 1
+        return ConsumerConfig(
+            durable_name=self.durable,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=30,
+            max_ack_pending=self.batch_size * 4,
+            filter_subject=self.subjects[0] if one else None,
+            filter_subjects=None if one else self.subjects,
+        )
+
+    async def run(self) -> None:
+        """Consume until cancelled. Survives NATS restarts (the client reconnects)."""
+        backoff = 0.1
+        sub: JetStreamContext.PullSubscription | None = None
+        while True:
+            try:
+                if sub is None:
+                    sub = await self.js.pull_subscribe_bind(
+                        durable=await self._ensure_consumer(), stream=self.stream
+                    )
+                msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
+                backoff = 0.1
+            except nats.errors.TimeoutError:
+                continue
+            except (*TRANSIENT_BUS_ERRORS, nats.js.errors.ServiceUnavailableError) as exc:
+                log.warning("subscriber.bus_unavailable", consumer=self.durable, error=repr(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            except nats.js.errors.NotFoundError:
+                # The consumer (or stream) vanished, e.g. JetStream lost its
+                # state: create it again and carry on from our positions.
+                sub = None
+                await asyncio.sleep(backoff)
+                continue
+            for msg in msgs:
+                await self._process(msg)
+
+    async def _ensure_consumer(self) -> str:
+        await bus.ensure_streams(self.js)
+        await self.js.add_consumer(self.stream, config=self.consumer_config())
+        return self.durable
+
+    async def _process(self, msg: Msg) -> None:
+        try:
+            item = self.decode(msg)
+        except Exception as exc:  # noqa: BLE001 - whatever the payload did, it is poison
+            await self._dead_letter(msg, f"cannot decode: {exc}")
+            return
+        position = _position_of(item)
+        if position is not None and position <= self.positions.last():
+            self.skipped += 1
+            await msg.ack()
+            return
+        carrier = item.trace_carrier if isinstance(item, LoggedEvent) else (msg.headers or {})
+        attempt = 0
+        backoff = 0.1
+        while True:
+            attempt += 1
+            try:
+                with tracer().start_as_current_span(
+                    f"handle {msg.subject}",
+                    context=context_from(carrier),
+                    kind=SpanKind.CONSUMER,
+                    attributes={"messaging.consumer": self.durable, "potluck.position": position or 0},
+                ):
+                    await self.handle(item)
+            except (PoisonMessage, SchemaError) as exc:
+                await self._dead_letter(msg, f"cannot apply: {exc}")
+                return
+            except (*TRANSIENT_DB_ERRORS, *TRANSIENT_BUS_ERRORS) as exc:
+                # A dependency is away: keep the message (and the order) and wait.
+                log.warning("subscriber.transient_failure", consumer=self.durable,
+                            subject=msg.subject, error=repr(exc), retry_in=backoff)
+                with contextlib.suppress(*TRANSIENT_BUS_ERRORS):
+                    await msg.in_progress()
+            except Exception as exc:
+                if attempt >= self.attempts_before_dead_letter:
+                    log.exception("subscriber.handler_failed", consumer=self.durable,
+                                  subject=msg.subject, attempts=attempt)
+                    await self._dead_letter(msg, f"handler failed {attempt} times: {exc!r}")
+                    return
+            else:
+                break
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+        if position is not None:
+            self.positions.advance(position)
+        self.applied += 1
+        await self._settle(msg.ack)
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        headers = dict(msg.headers or {})
+        headers.pop(bus.H_MSG_ID, None)  # a dead letter is a message of its own
+        headers.update({
+            bus.H_DLQ_REASON: reason[:1000],
+            bus.H_DLQ_SUBJECT: msg.subject,
+            bus.H_DLQ_CONSUMER: self.durable,
+        })
+        log.error("subscriber.dead_letter", consumer=self.durable, subject=msg.subject, reason=reason)
+        backoff = 0.1
+        while True:
+            try:
+                await self.js.publish(bus.dead_letter_subject(self.durable), msg.data, headers=headers)
+                break
+            except TRANSIENT_BUS_ERRORS:
+                # The dead letter must exist before the original is terminated.
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+        self.dead_lettered += 1
+        await self._settle(msg.term)
+
+    async def _settle(self, action: Callable[[], Awaitable[None]]) -> None:
+        # An ack lost to a NATS restart means one redelivery, which the
+        # position check (or the handler's idempotency) absorbs.
+        with contextlib.suppress(*TRANSIENT_BUS_ERRORS):
+            await action()
+
+
+def event_subscriber(
+    nc: NATS,
+    *,
+    durable: str,
+    subjects: list[str],
+    handle: Callable[[LoggedEvent], Awaitable[None]],
+    positions: PositionTracker | None = None,
+    events: EventRegistry = registry,
+    **options: Any,
+) -> Subscriber[LoggedEvent]:
+    """A subscriber to logged events (potluck.evt.>), decoded into their classes."""
+    return Subscriber(
+        nc,
+        durable=durable,
+        stream=bus.EVENTS_STREAM,
+        subjects=subjects,
+        decode=decoder_for_logged_events(events),
+        handle=handle,
+        positions=positions,
+        **options,
+    )

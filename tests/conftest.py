@@ -1,0 +1,6 @@
+"""Every test runs against real servers that the fixtures start (see tests/fixtures)."""
+
+pytest_plugins = [
+    "tests.fixtures.servers",
+    "tests.fixtures.tracing",
+]

@@ -1,0 +1,117 @@
+"""The Postgres event store on a real server."""
+
+import asyncio
+from uuid import uuid4
+
+import pytest
+
+from potluck.events import (
+    NO_STREAM,
+    DuplicateEvent,
+    EventStore,
+    NewEvent,
+    StreamAppend,
+    WrongExpectedVersion,
+)
+from tests.fixtures.sample_events import HostThingHappened, ThingHappened, sample
+
+
+def thing(n: int) -> ThingHappened:
+    return ThingHappened(thing_id=f"t{n}", count=n)
+
+
+async def test_append_then_read_stream_and_all(store: EventStore) -> None:
+    recorded = await store.append("thing-1", [thing(1), thing(2)], expected_version=NO_STREAM)
+    assert [r.version for r in recorded] == [1, 2]
+    assert recorded[0].position < recorded[1].position
+    await store.append("thing-2", [thing(3)], expected_version=NO_STREAM)
+
+    stream = await store.read_stream("thing-1")
+    assert [sample.decode_record(r) for r in stream] == [thing(1), thing(2)]
+    everything = await store.read_all(0, 10)
+    assert [r.stream for r in everything] == ["thing-1", "thing-1", "thing-2"]
+    assert await store.stream_version("thing-1") == 2
+    assert await store.head_position() == everything[-1].position
+    assert await store.read_all(everything[0].position, 1) == [everything[1]]
+
+
+async def test_two_writers_with_the_same_expected_version_exactly_one_wins(store: EventStore) -> None:
+    """Both read version 1 and append; one must get the conflict naming stream and versions."""
+    await store.append("thing-x", [thing(0)], expected_version=NO_STREAM)
+    results = await asyncio.gather(
+        store.append("thing-x", [thing(1)], expected_version=1),
+        store.append("thing-x", [thing(2)], expected_version=1),
+        return_exceptions=True,
+    )
+    conflicts = [r for r in results if isinstance(r, WrongExpectedVersion)]
+    wins = [r for r in results if isinstance(r, list)]
+    assert len(conflicts) == 1
+    assert len(wins) == 1
+    assert (conflicts[0].stream, conflicts[0].expected, conflicts[0].actual) == ("thing-x", 1, 2)
+    assert "thing-x" in str(conflicts[0])
+    assert "expected 1" in str(conflicts[0])
+    assert "actual 2" in str(conflicts[0])
+    assert await store.stream_version("thing-x") == 2
+
+
+async def test_multi_stream_append_is_all_or_nothing(store: EventStore) -> None:
+    """One stream's wrong version refuses the whole batch: no stream gains an event."""
+    await store.append("host-a", [HostThingHappened(host_id="a", value=1)], expected_version=NO_STREAM)
+    head = await store.head_position()
+    with pytest.raises(WrongExpectedVersion) as info:
+        await store.append_streams([
+            StreamAppend("alloc-1", [thing(1)], expected_version=NO_STREAM),
+            StreamAppend("host-a", [HostThingHappened(host_id="a", value=2)], expected_version=0),
+        ])
+    assert info.value.stream == "host-a"
+    assert await store.head_position() == head
+    assert await store.read_stream("alloc-1") == []
+
+    done = await store.append_streams([
+        StreamAppend("alloc-1", [thing(1)], expected_version=NO_STREAM),
+        StreamAppend("host-a", [HostThingHappened(host_id="a", value=2)], expected_version=1),
+    ])
+    assert [(r.stream, r.version) for r in done] == [("alloc-1", 1), ("host-a", 2)]
+
+
+async def test_a_duplicate_event_id_is_refused_and_nothing_of_the_batch_is_written(
+    store: EventStore,
+) -> None:
+    """A redelivered message derives the same event id; its second append must not log anything."""
+    first = uuid4()
+    await store.append("thing-d", [NewEvent(thing(1), event_id=first)])
+    with pytest.raises(DuplicateEvent) as info:
+        await store.append("thing-e", [NewEvent(thing(2)), NewEvent(thing(3), event_id=first)])
+    assert info.value.event_ids == [first]
+    assert await store.read_stream("thing-e") == []
+    assert await store.contains(first)
+
+
+async def test_append_inside_a_callers_transaction_rolls_back_with_it(store: EventStore) -> None:
+    async with store.pool.acquire() as conn:
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                await store.append("thing-t", [thing(1)], connection=conn)
+                raise RuntimeError("the caller's effect failed")
+    assert await store.read_stream("thing-t") == []
+
+
+async def test_metadata_and_routing_key_are_stored(store: EventStore) -> None:
+    [rec] = await store.append(
+        "host-h9", [HostThingHappened(host_id="h9", value=1)], metadata={"actor": "op", "correlation_id": "c1"}
+    )
+    [back] = await store.read_stream("host-h9")
+    assert back.metadata == rec.metadata
+    assert back.metadata["routing_key"] == "h9"
+    assert back.metadata["actor"] == "op"
+
+
+async def test_migrations_run_once(store: EventStore) -> None:
+    assert await store.migrate() == []
+    names = await store.pool.fetch("SELECT name FROM schema_migrations")
+    assert [n[0] for n in names] == ["0001_event_log.sql"]
+
+
+async def test_a_stream_may_appear_once_per_append(store: EventStore) -> None:
+    with pytest.raises(ValueError, match="once"):
+        await store.append_streams([StreamAppend("s-1", [thing(1)]), StreamAppend("s-1", [thing(2)])])
