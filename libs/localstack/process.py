@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from potluck.localstack import reaper
 from potluck.localstack.errors import LocalStackError
 
 
@@ -53,6 +54,7 @@ class ChildProcess:
             raise LocalStackError(f"cannot start {self.argv[0]}: {exc}") from exc
         finally:
             log.close()
+        reaper.record(self._proc.pid)
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -76,6 +78,7 @@ class ChildProcess:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=timeout)
+        reaper.forget(proc.pid)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""

@@ -1,0 +1,63 @@
+"""Stops servers that a test run started and left behind, by their recorded PIDs.
+
+ChildProcess records each server it starts in $POTLUCK_RUN_DIR (PID and the
+kernel's start time for it, so a recycled PID is never mistaken for ours).
+`python -m potluck.localstack.reaper DIR` ends whatever of those still runs.
+"""
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22, counted after the parenthesised command name (which may hold spaces).
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def record(pid: int) -> None:
+    run_dir = os.environ.get("POTLUCK_RUN_DIR")
+    if not run_dir:
+        return
+    started = start_time(pid)
+    if started is not None:
+        (Path(run_dir) / f"{pid}.pid").write_text(started)
+
+
+def forget(pid: int) -> None:
+    run_dir = os.environ.get("POTLUCK_RUN_DIR")
+    if run_dir:
+        with contextlib.suppress(FileNotFoundError):
+            (Path(run_dir) / f"{pid}.pid").unlink()
+
+
+def reap(run_dir: Path, grace: float = 10.0) -> list[int]:
+    ours = []
+    for entry in run_dir.glob("*.pid"):
+        pid = int(entry.stem)
+        if start_time(pid) == entry.read_text().strip():
+            ours.append(pid)
+    for pid in ours:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(start_time(p) for p in ours):
+        time.sleep(0.1)
+    for pid in ours:
+        if start_time(pid) is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return ours
+
+
+if __name__ == "__main__":
+    left = reap(Path(sys.argv[1]))
+    if left:
+        print(f"stopped {len(left)} server(s) the test run left behind: {left}", file=sys.stderr)
