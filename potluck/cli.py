@@ -6,26 +6,53 @@ serving users, members and operators needs.
 """
 
 import asyncio
+import json
 import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from potluck import __version__
 from potluck.logs import configure_logging
 
-DATABASE_URL = click.option(
-    "--database-url",
-    envvar="POTLUCK_DATABASE_URL",
-    required=True,
-    help="Postgres URL of the event log [env: POTLUCK_DATABASE_URL].",
-)
-NATS_URL = click.option(
-    "--nats-url",
-    envvar="POTLUCK_NATS_URL",
-    default="nats://127.0.0.1:4222",
-    show_default=True,
-    help="NATS server [env: POTLUCK_NATS_URL].",
-)
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def database_option(f: F) -> F:
+    return click.option(
+        "--database-url", envvar="POTLUCK_DATABASE_URL", required=True,
+        help="Postgres URL of the event log [env: POTLUCK_DATABASE_URL].",
+    )(f)
+
+
+def nats_options(f: F) -> F:
+    f = click.option(
+        "--nats-seed-file", envvar="POTLUCK_NATS_SEED_FILE", type=click.Path(exists=True, path_type=Path),
+        default=None, help="This service's NATS nkey seed [env: POTLUCK_NATS_SEED_FILE].",
+    )(f)
+    return click.option(
+        "--nats-url", envvar="POTLUCK_NATS_URL", default="nats://127.0.0.1:4222", show_default=True,
+        help="NATS server [env: POTLUCK_NATS_URL].",
+    )(f)
+
+
+def relay_option(f: F) -> F:
+    return click.option(
+        "--relay/--no-relay", default=True, show_default=True,
+        help="Also run an outbox relay (one leader among all of them).",
+    )(f)
+
+
+def run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,15 +65,201 @@ def main(log_level: str) -> None:
 
 
 @main.command()
-@DATABASE_URL
-@NATS_URL
-@click.option("--name", default="main", show_default=True, help="Relay name (one leader per name).")
+@database_option
+@nats_options
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 10_000))
-def relay(database_url: str, nats_url: str, name: str, batch_size: int) -> None:
+def relay(database_url: str, nats_url: str, nats_seed_file: Path | None, batch_size: int) -> None:
     """Publish the event log to JetStream, in order (one leader at a time)."""
-    from potluck.relay_service import run_relay
+    from potluck.bootstrap import Backends, serve
 
-    asyncio.run(run_relay(database_url, nats_url, name=name, batch_size=batch_size))
+    async def idle(*_: object) -> None:
+        await asyncio.Event().wait()
+
+    run(serve("relay", Backends(database_url, nats_url, nats_seed_file, True, batch_size), idle))
+
+
+@main.command()
+@database_option
+@nats_options
+@relay_option
+@click.option("--heartbeat-interval", default=5.0, show_default=True, type=click.FloatRange(min=0.05),
+              help="Seconds between a hostd's beats.")
+@click.option("--suspect-after-missed", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Missed beats before a host is suspect (no new work).")
+@click.option("--lost-after", default=300.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds of silence before a host is lost (its work given up).")
+def registry(database_url: str, nats_url: str, nats_seed_file: Path | None, relay: bool,
+             heartbeat_interval: float, suspect_after_missed: int, lost_after: float) -> None:
+    """Run the registry: host registration, liveness, member controls."""
+    from potluck.bootstrap import Backends, serve
+    from potluck.registry.liveness import LivenessPolicy
+    from potluck.registry.service import RegistryService
+
+    try:
+        policy = LivenessPolicy(heartbeat_interval, suspect_after_missed, lost_after)
+    except ValueError as exc:
+        fail(str(exc), 2)
+
+    async def body(store: Any, nc: Any) -> None:
+        await RegistryService(store, nc, policy).run()
+
+    run(serve("registry", Backends(database_url, nats_url, nats_seed_file, relay), body))
+
+
+@main.command()
+@database_option
+@nats_options
+@relay_option
+def allocator(database_url: str, nats_url: str, nats_seed_file: Path | None, relay: bool) -> None:
+    """Run the allocator: desired state for hosts, their reports, the allocation lifecycle."""
+    from potluck.allocator.service import AllocatorService
+    from potluck.bootstrap import Backends, serve
+
+    async def body(store: Any, nc: Any) -> None:
+        await AllocatorService(store, nc).run()
+
+    run(serve("allocator", Backends(database_url, nats_url, nats_seed_file, relay), body))
+
+
+CONFIG = click.option("--config", "config_path", required=True, envvar="POTLUCK_HOSTD_CONFIG",
+                      type=click.Path(path_type=Path), help="hostd configuration file (TOML).")
+
+
+@main.command()
+@CONFIG
+def hostd(config_path: Path) -> None:
+    """Donate this machine: run the member's agent (see services/hostd/config.py for the file)."""
+    from potluck.hostd.agent import Agent, HostdStopped
+    from potluck.hostd.config import ConfigError, load_config
+    from potluck.runner import run_tasks_until, run_until_signalled
+
+    try:
+        config = load_config(config_path)
+        config.nats_seed()
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+    async def main(stop: asyncio.Event) -> None:
+        await run_tasks_until(stop, Agent(config).run())
+
+    try:
+        run(run_until_signalled(main))
+    except HostdStopped as exc:
+        fail(str(exc), 3)
+
+
+@main.group()
+def host() -> None:
+    """Member controls for this machine: pause, resume, drain."""
+
+
+def _control(config_path: Path, action: str, grace_s: float = 300.0) -> None:
+    from potluck.hostd.config import ConfigError, load_config
+    from potluck.hostd.member import control
+
+    try:
+        config = load_config(config_path)
+        reply = run(control(config, action, grace_s))
+    except (ConfigError, ConnectionError) as exc:
+        fail(str(exc), 2)
+    if not reply.ok:
+        fail(f"{(reply.error or {}).get('message')} ({(reply.error or {}).get('code')})")
+    recorded = reply.data.get("recorded") or []
+    click.echo(f"{action}: {'done' if recorded else 'already so'} for host {config.host_id}")
+
+
+@host.command()
+@CONFIG
+def pause(config_path: Path) -> None:
+    """Freeze running containers and take no new work."""
+    _control(config_path, "pause")
+
+
+@host.command()
+@CONFIG
+def resume(config_path: Path) -> None:
+    """Unfreeze containers and take new work again."""
+    _control(config_path, "resume")
+
+
+@host.command()
+@CONFIG
+@click.option("--grace", default=300.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds running work gets before it is stopped.")
+def drain(config_path: Path, grace: float) -> None:
+    """Take no new work; stop what runs after a grace period."""
+    _control(config_path, "drain", grace)
+
+
+@main.group()
+def ops() -> None:
+    """Operator tools."""
+
+
+@ops.group(name="hosts")
+def ops_hosts() -> None:
+    """Enroll and list donated machines."""
+
+
+@ops_hosts.command(name="enroll")
+@click.argument("name")
+@database_option
+@click.option("--credentials-out", type=click.Path(path_type=Path), default=None,
+              help="Where to write the host's credentials file [default: NAME.creds].")
+@click.option("--nats-auth-file", envvar="POTLUCK_NATS_AUTH_FILE", type=click.Path(path_type=Path), default=None,
+              help="NATS users file to re-render [env: POTLUCK_NATS_AUTH_FILE].")
+@click.option("--nats-pid-file", envvar="POTLUCK_NATS_PID_FILE", type=click.Path(path_type=Path), default=None,
+              help="nats-server's PID file, to make it reload the users [env: POTLUCK_NATS_PID_FILE].")
+@click.option("--service-seed-file", envvar="POTLUCK_NATS_SEED_FILE", type=click.Path(path_type=Path),
+              default=None, help="The central services' seed, whose public key stays in the users file.")
+def ops_hosts_enroll(name: str, database_url: str, credentials_out: Path | None, nats_auth_file: Path | None,
+                     nats_pid_file: Path | None, service_seed_file: Path | None) -> None:
+    """Admit a machine NAME: record it, and write the credentials its hostd needs."""
+    from potluck.events import EventStore
+    from potluck.registry.enrollment import enroll_host, read_seed, refresh_nats_authorization, write_credentials
+    from potluck.rejections import Rejected
+
+    async def go() -> str:
+        store = await EventStore.open(database_url, max_size=2)
+        try:
+            host_id, key = await enroll_host(store, name)
+            write_credentials(credentials_out or Path(f"{name}.creds"), host_id, key)
+            if nats_auth_file is not None:
+                seeds = [read_seed(service_seed_file)] if service_seed_file else []
+                await refresh_nats_authorization(store, nats_auth_file, seeds, nats_pid_file)
+            return host_id
+        finally:
+            await store.close()
+
+    try:
+        host_id = run(go())
+    except Rejected as exc:
+        fail(exc.message)
+    click.echo(json.dumps({"host_id": host_id, "name": name,
+                           "credentials_file": str(credentials_out or Path(f"{name}.creds"))}))
+
+
+@ops_hosts.command(name="list")
+@database_option
+def ops_hosts_list(database_url: str) -> None:
+    """Hosts as the log has them (one JSON object per line)."""
+    from potluck.events import EventStore
+    from potluck.registry.enrollment import current_hosts
+
+    async def go() -> list[dict[str, Any]]:
+        store = await EventStore.open(database_url, max_size=2)
+        try:
+            view = await current_hosts(store)
+        finally:
+            await store.close()
+        return [
+            {"host_id": h.host_id, "name": h.name, "status": h.status, "admin": h.admin, "liveness": h.liveness,
+             "donated": h.donated.model_dump() if h.donated else None, "labels": h.labels}
+            for h in view.hosts.values()
+        ]
+
+    for row in run(go()):
+        click.echo(json.dumps(row))
 
 
 @main.command()

@@ -3,4 +3,6 @@
 pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.tracing",
+    "tests.fixtures.docker",
+    "tests.fixtures.pool",
 ]

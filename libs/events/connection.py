@@ -1,5 +1,6 @@
 """Connecting to the bus the way every Potluck process should."""
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
@@ -18,11 +19,13 @@ async def connect_bus(
     inbox_prefix: str | None = None,
     connect_timeout: float = 5.0,
     first_attempts: int = 3,
+    on_reconnect: Callable[[], Awaitable[None]] | None = None,
 ) -> NATS:
     """A NATS client that reconnects forever once connected.
 
     `seed` is the client's nkey seed (its identity); `inbox_prefix` must be
-    the one its permissions allow (hosts have their own).
+    the one its permissions allow (hosts have their own). `on_reconnect` runs
+    after every reconnect: a place to re-send state the server may have lost.
     """
 
     async def on_error(exc: Exception) -> None:
@@ -33,6 +36,8 @@ async def connect_bus(
 
     async def on_reconnected() -> None:
         log.info("bus.reconnected", client=name)
+        if on_reconnect is not None:
+            await on_reconnect()
 
     options: dict[str, Any] = {
         "name": name,

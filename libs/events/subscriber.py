@@ -150,8 +150,14 @@ class Subscriber(Generic[T]):
         fetch_timeout: float = 1.0,
         attempts_before_dead_letter: int = 3,
         max_backoff: float = 5.0,
+        create_consumer: bool = True,
+        dead_letter_subject: str | None = None,
     ) -> None:
+        """`create_consumer=False` binds to a consumer someone else made: hosts may
+        read and ack their own consumer but have no right to create one."""
         self.nc = nc
+        self.create_consumer = create_consumer
+        self.dead_letter_subject = dead_letter_subject or bus.dead_letter_subject(durable)
         self.js = js or nc.jetstream()
         self.durable = durable
         self.stream = stream
@@ -186,9 +192,9 @@ class Subscriber(Generic[T]):
         while True:
             try:
                 if sub is None:
-                    sub = await self.js.pull_subscribe_bind(
-                        durable=await self._ensure_consumer(), stream=self.stream
-                    )
+                    if self.create_consumer:
+                        await self._ensure_consumer()
+                    sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
                 msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
                 backoff = 0.1
             except nats.errors.TimeoutError:
@@ -207,10 +213,9 @@ class Subscriber(Generic[T]):
             for msg in msgs:
                 await self._process(msg)
 
-    async def _ensure_consumer(self) -> str:
+    async def _ensure_consumer(self) -> None:
         await bus.ensure_streams(self.js)
         await self.js.add_consumer(self.stream, config=self.consumer_config())
-        return self.durable
 
     async def _process(self, msg: Msg) -> None:
         try:
@@ -272,7 +277,7 @@ class Subscriber(Generic[T]):
         backoff = 0.1
         while True:
             try:
-                await self.js.publish(bus.dead_letter_subject(self.durable), msg.data, headers=headers)
+                await self.js.publish(self.dead_letter_subject, msg.data, headers=headers)
                 break
             except TRANSIENT_BUS_ERRORS:
                 # The dead letter must exist before the original is terminated.

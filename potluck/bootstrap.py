@@ -1,0 +1,59 @@
+"""Process lifecycle shared by the central services: store, bus, relay, signals.
+
+One AsyncExitStack owns the database pool and the NATS connection; SIGTERM or
+SIGINT ends the service's tasks, then the connection is drained and the pool
+closed. Each central service embeds an outbox relay by default; the advisory
+lock keeps exactly one of them publishing, so any one may die.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from nats.aio.client import Client as NATS
+
+from potluck.events import EventStore, OutboxRelay
+from potluck.events.connection import connect_bus
+from potluck.runner import run_tasks_until, run_until_signalled
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Backends:
+    database_url: str
+    nats_url: str
+    nats_seed_file: Path | None = None
+    relay: bool = True
+    relay_batch_size: int = 500
+
+    def seed(self) -> str | None:
+        if self.nats_seed_file is None:
+            return None
+        from potluck.registry.enrollment import read_seed
+
+        return read_seed(self.nats_seed_file)
+
+
+Body = Callable[[EventStore, NATS], Awaitable[None]]
+
+
+async def serve(name: str, backends: Backends, body: Body) -> None:
+    async def main(stop: asyncio.Event) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            store = await EventStore.open(backends.database_url, max_size=10)
+            stack.push_async_callback(store.close)
+            nc = await connect_bus(backends.nats_url, name=f"potluck-{name}", seed=backends.seed())
+            stack.push_async_callback(nc.drain)
+            jobs: list[Awaitable[None]] = [body(store, nc)]
+            if backends.relay:
+                relay = OutboxRelay(store, nc.jetstream(), batch_size=backends.relay_batch_size)
+                jobs.append(relay.run())
+            log.info(f"{name}.started", relay=backends.relay)
+            await run_tasks_until(stop, *jobs)
+            log.info(f"{name}.stopping")
+
+    await run_until_signalled(main)

@@ -1,0 +1,44 @@
+"""Sizes as people write them: `512M` and `4G` mean MiB and GiB, as in `docker run --memory`.
+
+`K M G T` and `KiB MiB GiB TiB` are powers of 1024; `KB MB GB TB` powers of 1000;
+a bare number is bytes.
+"""
+
+import re
+from typing import Annotated
+
+from pydantic import BeforeValidator
+
+_UNITS = {
+    "": 1, "B": 1,
+    "K": 1 << 10, "KIB": 1 << 10, "KB": 10**3,
+    "M": 1 << 20, "MIB": 1 << 20, "MB": 10**6,
+    "G": 1 << 30, "GIB": 1 << 30, "GB": 10**9,
+    "T": 1 << 40, "TIB": 1 << 40, "TB": 10**12,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(value: str | int) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a size like 512M or 4G, not {value!r}")
+    match = _SIZE.match(value)
+    unit = match.group(2).upper() if match else ""
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"{value!r} is not a size; write e.g. 512M, 4G or 1073741824")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def format_size(n: int) -> str:
+    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= factor and n % (factor // 1024 or 1) == 0:
+            value = n / factor
+            return f"{value:g}{unit}"
+    return str(n)
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]

@@ -1,0 +1,119 @@
+"""Facts about allocations (streams `alloc-<id>`) and host reservations (streams `capacity-<host_id>`).
+
+Events that concern a host carry its id in `host_id`, which ends their bus
+subject, so the host's hostd receives them through its own consumer.
+"""
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from potluck.events import Event, event_type
+from potluck.registry.events import Capacity
+
+
+class AllocationSpec(BaseModel):
+    """What the container must be: its image, limits and environment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    resources: Capacity
+    image: str = Field(min_length=1, max_length=512)
+    command: list[str] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    ssh_keys: list[str] = Field(default_factory=list)
+    network: bool = False
+    pids_limit: int = Field(default=512, ge=16, le=65536)
+
+
+class AllocationEvent(Event):
+    alloc_id: str
+
+
+class HostAllocationEvent(AllocationEvent):
+    routing_field = "host_id"
+    host_id: str
+
+
+@event_type
+class AllocationRequested(AllocationEvent):
+    user: str
+    spec: AllocationSpec
+    lifetime_s: float = Field(gt=0)
+    constraints: dict[str, str] = Field(default_factory=dict)
+
+
+@event_type
+class AllocationPlaced(HostAllocationEvent):
+    user: str
+    spec: AllocationSpec
+    expires_at: datetime
+
+
+@event_type
+class AllocationRunning(HostAllocationEvent):
+    container_id: str
+
+
+@event_type
+class AllocationExited(HostAllocationEvent):
+    exit_code: int
+    oom_killed: bool = False
+
+
+@event_type
+class AllocationFailed(AllocationEvent):
+    host_id: str | None = None
+    reason: str
+    detail: str = ""
+
+
+@event_type
+class AllocationLost(HostAllocationEvent):
+    pass
+
+
+@event_type
+class AllocationExpired(HostAllocationEvent):
+    pass
+
+
+@event_type
+class AllocationReleased(AllocationEvent):
+    host_id: str | None = None
+    by: str
+    routing_field = "host_id"
+
+
+@event_type
+class AllocationExtended(AllocationEvent):
+    expires_at: datetime
+
+
+@event_type
+class AllocationRefused(AllocationEvent):
+    reason: Literal["QUEUE_TIMEOUT", "NO_HOST_COULD_EVER_FIT", "QUOTA_EXCEEDED"]
+    detail: str = ""
+
+
+@event_type
+class CapacityReserved(Event):
+    host_id: str
+    alloc_id: str
+    amount: Capacity
+
+
+@event_type
+class CapacityFreed(Event):
+    host_id: str
+    alloc_id: str
+    amount: Capacity
+
+
+def alloc_stream(alloc_id: str) -> str:
+    return f"alloc-{alloc_id}"
+
+
+def capacity_stream(host_id: str) -> str:
+    return f"capacity-{host_id}"

@@ -1,0 +1,105 @@
+"""The Allocation aggregate's reactions to what hosts report: pure decisions.
+
+A report is trusted only for allocations placed on the reporting host (the
+host id comes from the NATS subject its permissions allow). When an
+allocation leaves the active states its host capacity is freed in the same
+append.
+"""
+
+from dataclasses import dataclass
+
+from potluck.allocator.events import (
+    AllocationExited,
+    AllocationFailed,
+    AllocationRunning,
+    CapacityFreed,
+    alloc_stream,
+    capacity_stream,
+)
+from potluck.allocator.projection import ACTIVE, AllocationState
+from potluck.events import Event, PoisonMessage
+from potluck.hostd.reports import ActualState, AnyReport, ContainerExited, ContainerFailed, ContainerStarted
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Events per stream, to append together; `expected` holds the alloc stream's version."""
+
+    alloc_id: str
+    alloc_events: list[Event]
+    host_id: str | None = None
+    capacity_events: list[Event] | None = None
+    expected: int = 0
+
+    @property
+    def streams(self) -> dict[str, list[Event]]:
+        streams: dict[str, list[Event]] = {alloc_stream(self.alloc_id): self.alloc_events}
+        if self.capacity_events and self.host_id:
+            streams[capacity_stream(self.host_id)] = self.capacity_events
+        return streams
+
+
+def _check_host(state: AllocationState | None, alloc_id: str, host_id: str) -> AllocationState:
+    if state is None:
+        raise PoisonMessage(f"host {host_id} reported on unknown allocation {alloc_id}")
+    if state.host_id != host_id:
+        raise PoisonMessage(f"host {host_id} reported on allocation {alloc_id}, which is not placed there")
+    return state
+
+
+def ended(state: AllocationState, host_id: str, event: Event) -> Decision:
+    """An active allocation ends with `event`, and its reservation is freed."""
+    freed: list[Event] = [CapacityFreed(host_id=host_id, alloc_id=state.alloc_id, amount=state.spec.resources)]
+    return Decision(state.alloc_id, [event], host_id, freed, state.version)
+
+
+def decide(state: AllocationState | None, host_id: str, report: AnyReport) -> Decision | None:
+    match report:
+        case ContainerStarted():
+            current = _check_host(state, report.alloc_id, host_id)
+            if current.status != "placed":
+                return None
+            running = AllocationRunning(alloc_id=current.alloc_id, host_id=host_id, container_id=report.container_id)
+            return Decision(current.alloc_id, [running], expected=current.version)
+        case ContainerExited():
+            current = _check_host(state, report.alloc_id, host_id)
+            if current.status not in ACTIVE:
+                return None
+            return ended(current, host_id, AllocationExited(
+                alloc_id=current.alloc_id, host_id=host_id, exit_code=report.exit_code,
+                oom_killed=report.oom_killed))
+        case ContainerFailed():
+            current = _check_host(state, report.alloc_id, host_id)
+            if current.status not in ACTIVE:
+                return None
+            return ended(current, host_id, AllocationFailed(
+                alloc_id=current.alloc_id, host_id=host_id, reason=report.reason, detail=report.detail))
+    return None
+
+
+def decide_actual_state(
+    allocations: list[AllocationState], host_id: str, report: ActualState
+) -> list[Decision]:
+    """Allocations active on this host that the host's own account contradicts."""
+    seen = {c.alloc_id: c for c in report.containers}
+    decisions: list[Decision] = []
+    for state in allocations:
+        if state.host_id != host_id or state.status not in ACTIVE:
+            continue
+        container = seen.get(state.alloc_id)
+        if container is None:
+            # Only allocations the host knew of when it reconciled can be judged missing.
+            placed_at = state.placed_position or 0
+            if placed_at and placed_at <= report.as_of_position:
+                decisions.append(ended(state, host_id, AllocationFailed(
+                    alloc_id=state.alloc_id, host_id=host_id, reason="container_missing",
+                    detail="the host reports no container for this allocation")))
+        elif not container.running:
+            decisions.append(ended(state, host_id, AllocationExited(
+                alloc_id=state.alloc_id, host_id=host_id, exit_code=container.exit_code or 0,
+                oom_killed=container.oom_killed)))
+        elif state.status == "placed":
+            decisions.append(Decision(state.alloc_id, [AllocationRunning(
+                alloc_id=state.alloc_id, host_id=host_id, container_id=container.container_id)],
+                expected=state.version))
+    return decisions

@@ -1,0 +1,132 @@
+"""Pure fold of allocation events into allocation state: the allocator's read model.
+
+Lifecycle: pending -> placed -> running -> exited | failed | lost | expired |
+released, or pending -> refused. `desired_for(host)` is what a host should be
+running: the snapshot a hostd asks for at start.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Literal
+
+from potluck.allocator.events import (
+    AllocationEvent,
+    AllocationExited,
+    AllocationExpired,
+    AllocationExtended,
+    AllocationFailed,
+    AllocationLost,
+    AllocationPlaced,
+    AllocationRefused,
+    AllocationReleased,
+    AllocationRequested,
+    AllocationRunning,
+    AllocationSpec,
+)
+from potluck.events import Event
+
+AllocationStatus = Literal[
+    "pending", "placed", "running", "exited", "failed", "lost", "expired", "released", "refused"
+]
+TERMINAL: frozenset[str] = frozenset({"exited", "failed", "lost", "expired", "released", "refused"})
+#: States in which the allocation holds capacity on a host and wants a container there.
+ACTIVE: frozenset[str] = frozenset({"placed", "running"})
+
+
+@dataclass(frozen=True)
+class AllocationState:
+    alloc_id: str
+    user: str
+    spec: AllocationSpec
+    lifetime_s: float
+    status: AllocationStatus = "pending"
+    constraints: dict[str, str] = field(default_factory=dict)
+    host_id: str | None = None
+    container_id: str | None = None
+    expires_at: datetime | None = None
+    exit_code: int | None = None
+    oom_killed: bool = False
+    reason: str | None = None
+    version: int = 0
+    placed_position: int | None = None
+    requested_at: datetime | None = None
+    changed_at: datetime | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+def evolve(
+    state: AllocationState | None, event: Event, version: int, at: datetime, position: int = 0
+) -> AllocationState | None:
+    if not isinstance(event, AllocationEvent):
+        return state
+    if isinstance(event, AllocationRequested):
+        return AllocationState(
+            alloc_id=event.alloc_id, user=event.user, spec=event.spec, lifetime_s=event.lifetime_s,
+            constraints=dict(event.constraints), version=version, requested_at=at, changed_at=at,
+        )
+    if state is None:
+        if isinstance(event, AllocationPlaced):
+            # Placed without a request (tests and tools that place work directly).
+            state = AllocationState(alloc_id=event.alloc_id, user=event.user, spec=event.spec,
+                                    lifetime_s=0.0, requested_at=at)
+        else:
+            return None
+    state = replace(state, version=version, changed_at=at)
+    if state.terminal and not isinstance(event, AllocationExtended):
+        # Late reports (a container that exits after its release) change nothing.
+        return state
+    match event:
+        case AllocationPlaced():
+            return replace(state, status="placed", host_id=event.host_id, expires_at=event.expires_at,
+                           placed_position=position)
+        case AllocationRunning():
+            return replace(state, status="running", container_id=event.container_id)
+        case AllocationExited():
+            return replace(state, status="exited", exit_code=event.exit_code, oom_killed=event.oom_killed)
+        case AllocationFailed():
+            return replace(state, status="failed", reason=event.reason)
+        case AllocationLost():
+            return replace(state, status="lost", reason="host lost")
+        case AllocationExpired():
+            return replace(state, status="expired")
+        case AllocationReleased():
+            return replace(state, status="released")
+        case AllocationRefused():
+            return replace(state, status="refused", reason=event.reason)
+        case AllocationExtended():
+            return state if state.terminal else replace(state, expires_at=event.expires_at)
+    return state
+
+
+@dataclass
+class AllocationsView:
+    allocations: dict[str, AllocationState] = field(default_factory=dict)
+    position: int = 0
+
+    def apply(self, event: Event, *, position: int, version: int, at: datetime) -> AllocationState | None:
+        if position <= self.position:
+            return None
+        self.position = position
+        if not isinstance(event, AllocationEvent):
+            return None
+        new = evolve(self.allocations.get(event.alloc_id), event, version, at, position)
+        if new is not None:
+            self.allocations[event.alloc_id] = new
+        return new
+
+    def desired_for(self, host_id: str) -> list[AllocationState]:
+        return sorted(
+            (a for a in self.allocations.values() if a.host_id == host_id and a.status in ACTIVE),
+            key=lambda a: a.alloc_id,
+        )
+
+    @classmethod
+    def rebuild(cls, events: Iterable[tuple[Event, int, int, datetime]]) -> "AllocationsView":
+        view = cls()
+        for event, position, version, at in events:
+            view.apply(event, position=position, version=version, at=at)
+        return view

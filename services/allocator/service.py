@@ -1,0 +1,150 @@
+"""The allocator at work on the bus: desired-state snapshots for hosts, and hosts' reports.
+
+The HTTP API (api.py) and placement (scheduler.py) decide new allocations;
+this module keeps the read model current from the log, answers each hostd's
+snapshot request, and turns reports into lifecycle events.
+"""
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from pydantic import TypeAdapter, ValidationError
+
+from potluck.allocator.events import alloc_stream
+from potluck.allocator.lifecycle import Decision, decide, decide_actual_state
+from potluck.allocator.messages import DESIRED, DesiredAllocation, DesiredState
+from potluck.allocator.projection import AllocationState, AllocationsView, evolve
+from potluck.events import (
+    REPORTS_STREAM,
+    DuplicateEvent,
+    EventStore,
+    LogFollower,
+    NewEvent,
+    PoisonMessage,
+    StreamAppend,
+    Subscriber,
+    ensure_streams,
+    event_id_for,
+    registry,
+)
+from potluck.hostd.reports import ActualState, AnyReport, EngineStatus, UsageSampled
+from potluck.registry.messages import Reply, host_of
+from potluck.retry import on_conflict
+
+log = structlog.get_logger(__name__)
+
+_reports: TypeAdapter[AnyReport] = TypeAdapter(AnyReport)
+
+
+async def load_allocation(store: EventStore, alloc_id: str) -> AllocationState | None:
+    state: AllocationState | None = None
+    for record in await store.read_stream(alloc_stream(alloc_id)):
+        state = evolve(state, registry.decode_record(record), record.version, record.recorded_at, record.position)
+    return state
+
+
+async def append_decisions(store: EventStore, decisions: list[Decision], source_id: str) -> None:
+    """Append each decision atomically; ids derive from the source message, so a redelivery is a no-op."""
+    for decision in decisions:
+        appends = []
+        index = 0
+        for stream, events in decision.streams.items():
+            new = []
+            for event in events:
+                new.append(NewEvent(event, event_id=event_id_for("report", f"{source_id}/{decision.alloc_id}", index)))
+                index += 1
+            expected = decision.expected if stream == alloc_stream(decision.alloc_id) else None
+            appends.append(StreamAppend(stream, new, expected))
+        try:
+            await store.append_streams(appends, metadata={"actor": "allocator", "causation_id": source_id})
+        except DuplicateEvent:
+            log.info("allocator.report_already_applied", source=source_id)
+
+
+def report_decoder(msg: Msg) -> tuple[str, AnyReport]:
+    parts = msg.subject.split(".")
+    if len(parts) != 4:
+        raise PoisonMessage(f"unexpected report subject {msg.subject}")
+    return parts[2], _reports.validate_json(msg.data)
+
+
+class AllocatorService:
+    def __init__(self, store: EventStore, nc: NATS) -> None:
+        self.store = store
+        self.nc = nc
+        self.view = AllocationsView()
+        self.loaded = asyncio.Event()
+
+    async def run(self, *extra: Callable[[], Any]) -> None:
+        await ensure_streams(self.nc.jetstream())
+        await self._catch_up()
+        self.loaded.set()
+        sub = await self.nc.subscribe(f"{DESIRED}.*", queue="allocator", cb=self._on_desired)
+        reports = Subscriber(
+            self.nc,
+            durable="allocator-reports",
+            stream=REPORTS_STREAM,
+            subjects=["potluck.report.>"],
+            decode=report_decoder,
+            handle=self._on_report,
+        )
+        try:
+            await asyncio.gather(self._follow(), reports.run(), *(job() for job in extra))
+        finally:
+            await sub.unsubscribe()
+
+    async def _catch_up(self) -> None:
+        while records := await self.store.read_all(self.view.position, 5000):
+            for record in records:
+                self._apply(record)
+
+    def _apply(self, record: Any) -> None:
+        if record.category in ("alloc",):
+            self.view.apply(registry.decode_record(record), position=record.position,
+                            version=record.version, at=record.recorded_at)
+        else:
+            self.view.position = record.position
+
+    async def _follow(self) -> None:
+        async for record in LogFollower(self.store, after_position=self.view.position).events():
+            self._apply(record)
+
+    async def _on_desired(self, msg: Msg) -> None:
+        host_id = host_of(msg.subject)
+        snapshot = DesiredState(
+            position=self.view.position,
+            allocations=[
+                DesiredAllocation(alloc_id=a.alloc_id, spec=a.spec, expires_at=a.expires_at)
+                for a in self.view.desired_for(host_id)
+            ],
+        )
+        if msg.reply:
+            await msg.respond(Reply(ok=True, data=snapshot.model_dump(mode="json")).model_dump_json().encode())
+
+    async def _on_report(self, item: tuple[str, AnyReport]) -> None:
+        host_id, report = item
+        if isinstance(report, UsageSampled):
+            return  # metrics, not facts
+        if isinstance(report, EngineStatus):
+            (log.info if report.available else log.warning)(
+                "allocator.host_engine", host_id=host_id, available=report.available, detail=report.detail)
+            return
+
+        async def attempt() -> None:
+            if isinstance(report, ActualState):
+                states = [s for a in self.view.desired_for(host_id)
+                          if (s := await load_allocation(self.store, a.alloc_id)) is not None]
+                decisions = decide_actual_state(states, host_id, report)
+            else:
+                decision = decide(await load_allocation(self.store, report.alloc_id), host_id, report)
+                decisions = [decision] if decision else []
+            await append_decisions(self.store, decisions, report.report_id)
+
+        try:
+            await on_conflict(attempt)
+        except ValidationError as exc:
+            raise PoisonMessage(str(exc)) from exc

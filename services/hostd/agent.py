@@ -1,0 +1,241 @@
+"""hostd's side of the bus: register, learn the desired state, follow it, report.
+
+hostd holds no database credentials and opens no port. It dials NATS with its
+own nkey; its permissions let it publish only on its own subjects and read
+only its own consumer. After every (re)connect it registers again, asks for a
+fresh snapshot of what should run here, reconciles, and re-sends what
+actually runs: JetStream may have lost reports or events in between.
+"""
+
+import asyncio
+import contextlib
+
+import nats.errors
+import structlog
+from nats.aio.client import Client as NATS
+from pydantic import ValidationError
+
+from potluck import __version__
+from potluck.allocator.events import (
+    AllocationExpired,
+    AllocationLost,
+    AllocationPlaced,
+    AllocationReleased,
+)
+from potluck.allocator.messages import DESIRED, DesiredState
+from potluck.events import EVENTS_STREAM, LoggedEvent, MemoryPositions, Subscriber
+from potluck.events.connection import connect_bus
+from potluck.events.relay import TRANSIENT_BUS_ERRORS
+from potluck.events.subscriber import decoder_for_logged_events
+from potluck.hostd.config import HostdConfig
+from potluck.hostd.containers import ContainerManager
+from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
+from potluck.hostd.reports import REPORT_PREFIX, Report, report_subject
+from potluck.registry.events import (
+    EngineFacts,
+    HostDeregistered,
+    HostDrainStarted,
+    HostPaused,
+    HostResumed,
+)
+from potluck.registry.messages import HEARTBEAT, REGISTER, Heartbeat, RegisterHost, Reply
+from potluck.registry.nats_auth import host_consumer, host_event_filter, inbox_prefix
+from potluck.rejections import Rejected
+
+log = structlog.get_logger(__name__)
+
+
+class HostdStopped(Exception):
+    """hostd cannot go on (e.g. not enrolled); the message says what the member should do."""
+
+
+class Agent:
+    def __init__(self, config: HostdConfig) -> None:
+        self.config = config
+        self.host_id = config.host_id
+        self.driver = DockerDriver(config.docker_url)
+        self.outbox: asyncio.Queue[Report] = asyncio.Queue()
+        self.containers = ContainerManager(config, self.driver, self.outbox.put_nowait)
+        self.positions = MemoryPositions()
+        self.nc: NATS | None = None
+        self.admin = "active"
+        self._resync = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        facts = await self._engine_facts()
+        self.nc = await connect_bus(
+            self.config.nats_url,
+            name=f"hostd-{self.host_id}",
+            seed=self.config.nats_seed(),
+            inbox_prefix=inbox_prefix(self.host_id),
+            on_reconnect=self._on_reconnect,
+        )
+        try:
+            await self._register(facts)
+            await self._sync()
+            self.ready.set()
+            subscriber = Subscriber(
+                self.nc,
+                durable=host_consumer(self.host_id),
+                stream=EVENTS_STREAM,
+                subjects=[host_event_filter(self.host_id)],
+                decode=decoder_for_logged_events(),
+                handle=self._on_event,
+                positions=self.positions,
+                create_consumer=False,
+                dead_letter_subject=f"{REPORT_PREFIX}.{self.host_id}.dead_letter",
+            )
+            await asyncio.gather(
+                subscriber.run(),
+                self._send_reports(),
+                self._beat(),
+                self._resync_after_reconnect(facts),
+                self.containers.watch_docker_events(),
+                self.containers.watch_engine(),
+                self.containers.guard_disk(),
+                self.containers.sample_usage(),
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.drain(), 5)
+            self.driver.close()
+
+    async def _engine_facts(self) -> EngineFacts:
+        attempt = 0
+        while True:
+            try:
+                facts = await asyncio.to_thread(self.driver.engine_facts)
+                return EngineFacts(
+                    version=facts.version, api_version=facts.api_version, cgroup_version=facts.cgroup_version,
+                    storage_driver=facts.storage_driver, disk_quota_supported=facts.disk_quota_supported,
+                )
+            except DockerDriverError as exc:
+                attempt += 1
+                if attempt == 1 or attempt % 30 == 0:
+                    log.error("hostd.engine_unavailable", url=self.config.docker_url, error=str(exc),
+                              hint="start the Docker engine or fix docker_url in the config; retrying")
+                await asyncio.sleep(2.0)
+
+    async def _request(self, subject: str, payload: bytes, timeout: float = 5.0) -> Reply:
+        assert self.nc is not None
+        msg = await self.nc.request(subject, payload, timeout=timeout)
+        return Reply.model_validate_json(msg.data)
+
+    async def _register(self, facts: EngineFacts) -> None:
+        request = RegisterHost(
+            donated=self.config.donate.capacity(),
+            labels=self.config.labels,
+            allowed_images=self.config.allowed_images,
+            engine=facts,
+            hostd_version=__version__,
+        )
+        backoff = 0.5
+        while True:
+            try:
+                reply = await self._request(f"{REGISTER}.{self.host_id}", request.model_dump_json().encode())
+            except (*TRANSIENT_BUS_ERRORS, nats.errors.NoRespondersError) as exc:
+                log.warning("hostd.registry_unavailable", error=repr(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            if not reply.ok:
+                error = reply.error or {}
+                if error.get("code") == "NOT_ENROLLED":
+                    raise HostdStopped(f"{error.get('message')}: run `potluck ops hosts enroll` first")
+                raise Rejected(str(error.get("code")), str(error.get("message")))
+            self.admin = str(reply.data.get("admin", "active"))
+            log.info("hostd.registered", host_id=self.host_id, admin=self.admin, donated=request.donated)
+            return
+
+    async def _snapshot(self) -> DesiredState:
+        """A snapshot at least as new as every event already applied from the consumer."""
+        backoff = 0.2
+        while True:
+            try:
+                reply = await self._request(f"{DESIRED}.{self.host_id}", b"{}")
+                if reply.ok:
+                    snapshot = DesiredState.model_validate(reply.data)
+                    if snapshot.position >= self.positions.last():
+                        return snapshot
+                else:
+                    log.warning("hostd.snapshot_refused", error=reply.error)
+            except (*TRANSIENT_BUS_ERRORS, nats.errors.NoRespondersError, ValidationError) as exc:
+                log.warning("hostd.allocator_unavailable", error=repr(exc), retry_in=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    async def _sync(self) -> None:
+        # Until a snapshot arrives nothing is stopped: without it we cannot
+        # tell work that should run from work that should not.
+        snapshot = await self._snapshot()
+        self.positions.advance(snapshot.position)
+        if self.admin == "paused":
+            self.containers.paused = True
+        await self.containers.set_desired([(a.alloc_id, a.spec) for a in snapshot.allocations])
+        with contextlib.suppress(DockerDriverError):
+            self.outbox.put_nowait(await self.containers.actual_state(snapshot.position))
+        log.info("hostd.synced", position=snapshot.position, desired=len(self.containers.desired),
+                 running=len(self.containers.containers))
+
+    async def _on_reconnect(self) -> None:
+        self._resync.set()
+
+    async def _resync_after_reconnect(self, facts: EngineFacts) -> None:
+        while True:
+            await self._resync.wait()
+            self._resync.clear()
+            await self._register(facts)
+            await self._sync()
+
+    async def _on_event(self, delivered: LoggedEvent) -> None:
+        event = delivered.event
+        match event:
+            case AllocationPlaced(host_id=self.host_id):
+                await self.containers.place(event.alloc_id, event.spec)
+            case AllocationReleased() | AllocationExpired() | AllocationLost():
+                if getattr(event, "host_id", None) == self.host_id:
+                    await self.containers.release(event.alloc_id)
+            case HostPaused():
+                self.admin = "paused"
+                await self.containers.pause_all()
+            case HostResumed():
+                self.admin = "active"
+                await self.containers.resume_all()
+            case HostDrainStarted():
+                self.admin = "draining"
+                self.containers.drain(event.grace_s)
+            case HostDeregistered():
+                self.admin = "deregistered"
+                await self.containers.release_all()
+
+    async def _send_reports(self) -> None:
+        """One sender, in order, retrying each report until JetStream has it."""
+        assert self.nc is not None
+        js = self.nc.jetstream()
+        while True:
+            report = await self.outbox.get()
+            backoff = 0.2
+            while True:
+                try:
+                    await js.publish(
+                        report_subject(self.host_id, report),
+                        report.model_dump_json().encode(),
+                        headers={"Nats-Msg-Id": report.report_id},
+                        timeout=5,
+                    )
+                    break
+                except (*TRANSIENT_BUS_ERRORS, nats.errors.NoRespondersError) as exc:
+                    log.warning("hostd.report_retry", kind=report.kind, error=repr(exc))
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+
+    async def _beat(self) -> None:
+        assert self.nc is not None
+        interval = self.config.timing.heartbeat_interval_s
+        while True:
+            beat = Heartbeat(hostd_version=__version__, containers=len(self.containers.containers))
+            with contextlib.suppress(*TRANSIENT_BUS_ERRORS):
+                await self.nc.publish(f"{HEARTBEAT}.{self.host_id}", beat.model_dump_json().encode())
+            await asyncio.sleep(interval)
+

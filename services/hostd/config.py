@@ -1,0 +1,137 @@
+"""hostd's configuration file (TOML), every field documented and validated at start.
+
+    host_id = "h-3f2a9c1e7b40"             # printed by `potluck ops hosts enroll`
+    credentials_file = "h-3f2a.creds"      # its NATS identity, from the same command
+    nats_url = "nats://pool.example:4222"
+    docker_url = "unix:///var/run/docker.sock"
+    state_dir = "/var/lib/potluck-hostd"
+    allowed_images = ["potluck-test:*", "debian:*"]   # glob patterns; empty = any image
+
+    [donate]            # the most this machine gives the pool, all allocations together
+    cpus = 2
+    memory = "4G"
+    disk = "20G"
+
+    [labels]            # placement constraints users may ask for
+    zone = "home"
+
+    [timing]
+    heartbeat_interval_s = 5
+    drain_grace_s = 300         # running work gets this long to finish after `drain`
+    usage_interval_s = 30
+    disk_check_interval_s = 10  # how often writable layers are measured (no engine quota)
+
+Relative paths are taken from the configuration file's folder.
+"""
+
+import fnmatch
+import os
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from potluck.registry.events import Capacity
+from potluck.registry.nats_auth import validate_host_id
+from potluck.sizes import Size
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; the message names the file and the field."""
+
+
+class Donation(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpus: float = Field(gt=0, le=1024)
+    memory: Size = Field(ge=64 * 1024 * 1024)
+    disk: Size = Field(ge=64 * 1024 * 1024)
+
+    def capacity(self) -> Capacity:
+        return Capacity(cpus=self.cpus, memory_bytes=int(self.memory), disk_bytes=int(self.disk))
+
+
+class Timing(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, le=300)
+    drain_grace_s: float = Field(default=300.0, ge=0)
+    usage_interval_s: float = Field(default=30.0, gt=0)
+    disk_check_interval_s: float = Field(default=10.0, gt=0)
+
+
+class HostdConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host_id: str
+    credentials_file: Path
+    nats_url: str = "nats://127.0.0.1:4222"
+    docker_url: str = "unix:///var/run/docker.sock"
+    state_dir: Path
+    allowed_images: list[str] = Field(default_factory=list)
+    donate: Donation
+    labels: dict[str, str] = Field(default_factory=dict)
+    timing: Timing = Field(default_factory=Timing)
+
+    @field_validator("host_id")
+    @classmethod
+    def _host_id(cls, value: str) -> str:
+        return validate_host_id(value)
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url(cls, value: str) -> str:
+        if not value.startswith(("nats://", "tls://")):
+            raise ValueError("must start with nats:// or tls://")
+        return value
+
+    @field_validator("docker_url")
+    @classmethod
+    def _docker_url(cls, value: str) -> str:
+        if not value.startswith(("unix://", "tcp://", "ssh://")):
+            raise ValueError("must be unix:///path/docker.sock, tcp://host:port or ssh://...")
+        return value
+
+    def image_allowed(self, image: str) -> bool:
+        return not self.allowed_images or any(fnmatch.fnmatchcase(image, p) for p in self.allowed_images)
+
+    def nats_seed(self) -> str:
+        """The host's nkey seed, from the credentials file enrollment wrote."""
+        try:
+            data = tomllib.loads(self.credentials_file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(
+                f"credentials_file {self.credentials_file} does not exist; "
+                "get it from `potluck ops hosts enroll`"
+            ) from None
+        except (tomllib.TOMLDecodeError, OSError) as exc:
+            raise ConfigError(f"credentials_file {self.credentials_file}: {exc}") from None
+        if data.get("host_id") != self.host_id:
+            raise ConfigError(
+                f"credentials_file {self.credentials_file} belongs to host {data.get('host_id')!r}, "
+                f"not {self.host_id!r}"
+            )
+        seed = data.get("nats_seed")
+        if not isinstance(seed, str) or not seed.startswith("SU"):
+            raise ConfigError(f"credentials_file {self.credentials_file} holds no user nkey seed")
+        return seed
+
+
+def load_config(path: Path) -> HostdConfig:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; see `potluck hostd --help` for an example") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    base = path.parent
+    for key in ("credentials_file", "state_dir"):
+        if isinstance(raw.get(key), str) and not os.path.isabs(raw[key]):
+            raw[key] = str(base / raw[key])
+    try:
+        return HostdConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from None

@@ -1,0 +1,333 @@
+"""The containers of this host: desired against actual, kept in line with the engine.
+
+Every Docker call runs off the event loop (the driver is synchronous), and
+calls that change containers are serialised by one lock, so a placement, a
+release and a reconciliation never interleave on the same container.
+"""
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import structlog
+
+from potluck.allocator.events import AllocationSpec
+from potluck.hostd.config import HostdConfig
+from potluck.hostd.container_config import ContainerSpec
+from potluck.hostd.docker_driver import (
+    ContainerNotFound,
+    DockerDriver,
+    DockerDriverError,
+    EngineUnavailable,
+    ImageNotAvailable,
+    LimitsNotApplied,
+)
+from potluck.hostd.reconciler import reconcile
+from potluck.hostd.reports import (
+    ActualState,
+    ContainerExited,
+    ContainerFailed,
+    ContainerStarted,
+    ContainerStatus,
+    EngineStatus,
+    FailureReason,
+    Report,
+    UsageSample,
+    UsageSampled,
+)
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+def container_spec(host_id: str, alloc_id: str, spec: AllocationSpec) -> ContainerSpec:
+    return ContainerSpec(
+        allocation_id=alloc_id,
+        host_id=host_id,
+        image=spec.image,
+        cpus=spec.resources.cpus,
+        memory_bytes=spec.resources.memory_bytes,
+        disk_bytes=spec.resources.disk_bytes,
+        pids_limit=spec.pids_limit,
+        command=spec.command,
+        env=dict(spec.env),
+        network=spec.network,
+    )
+
+
+class ContainerManager:
+    def __init__(self, config: HostdConfig, driver: DockerDriver, report: Callable[[Report], None]) -> None:
+        self.config = config
+        self.host_id = config.host_id
+        self.driver = driver
+        self.report = report
+        self.desired: dict[str, ContainerSpec] = {}
+        self.containers: dict[str, str] = {}  # alloc_id -> container id
+        self.paused = False
+        self.engine_up: bool | None = None
+        self._lock = asyncio.Lock()
+        # Allocations whose container we stop ourselves, with the failure to report instead of an exit.
+        self._stopping: dict[str, FailureReason | None] = {}
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def _docker(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            result = await asyncio.to_thread(fn, *args)
+        except EngineUnavailable:
+            self._engine_state(False, "the Docker engine stopped answering")
+            raise
+        self._engine_state(True)
+        return result
+
+    def _engine_state(self, up: bool, detail: str = "") -> None:
+        if self.engine_up is not up:
+            self.engine_up = up
+            (log.info if up else log.error)("hostd.engine", available=up, url=self.driver.base_url, detail=detail)
+            self.report(EngineStatus(available=up, detail=detail))
+
+    def _fail(self, alloc_id: str, reason: FailureReason, detail: str) -> None:
+        log.warning("hostd.container_failed", alloc_id=alloc_id, reason=reason, detail=detail)
+        self.desired.pop(alloc_id, None)
+        self.report(ContainerFailed(alloc_id=alloc_id, reason=reason, detail=detail[:2000]))
+
+    # What the allocator wants.
+
+    async def set_desired(self, wanted: list[tuple[str, AllocationSpec]]) -> None:
+        """Replace the desired set (from a snapshot) and bring the engine in line."""
+        desired: dict[str, ContainerSpec] = {}
+        for alloc_id, spec in wanted:
+            built = self._admit(alloc_id, spec)
+            if built is not None:
+                desired[alloc_id] = built
+        self.desired = desired
+        await self.reconcile()
+
+    def _admit(self, alloc_id: str, spec: AllocationSpec) -> ContainerSpec | None:
+        if not self.config.image_allowed(spec.image):
+            self._fail(alloc_id, "image_not_allowed",
+                       f"image {spec.image!r} is not in this host's allowed_images {self.config.allowed_images}")
+            return None
+        try:
+            return container_spec(self.host_id, alloc_id, spec)
+        except ValueError as exc:
+            self._fail(alloc_id, "invalid_spec", str(exc))
+            return None
+
+    async def place(self, alloc_id: str, spec: AllocationSpec) -> None:
+        built = self._admit(alloc_id, spec)
+        if built is None:
+            return
+        self.desired[alloc_id] = built
+        async with self._lock:
+            await self._start(built)
+
+    async def release(self, alloc_id: str) -> None:
+        self.desired.pop(alloc_id, None)
+        async with self._lock:
+            container_id = self.containers.pop(alloc_id, None) or f"potluck-{alloc_id}"
+            self._stopping.setdefault(alloc_id, None)
+            with contextlib.suppress(ContainerNotFound, EngineUnavailable):
+                await self._docker(self.driver.remove, container_id)
+
+    async def release_all(self) -> None:
+        for alloc_id in list(self.desired) + list(self.containers):
+            await self.release(alloc_id)
+
+    async def _start(self, spec: ContainerSpec) -> None:
+        alloc_id = spec.allocation_id
+        try:
+            container_id = await self._docker(self.driver.run, spec)
+        except EngineUnavailable:
+            return  # stays desired; started when the engine answers again
+        except ImageNotAvailable as exc:
+            self._fail(alloc_id, "image_not_available", str(exc))
+            return
+        except LimitsNotApplied as exc:
+            self._fail(alloc_id, "limits_not_applied", str(exc))
+            return
+        except DockerDriverError as exc:
+            self._fail(alloc_id, "start_failed", str(exc))
+            return
+        self.containers[alloc_id] = container_id
+        if self.paused:
+            await self._docker(self.driver.pause, container_id)
+        log.info("hostd.container_started", alloc_id=alloc_id, container_id=container_id[:12])
+        self.report(ContainerStarted(alloc_id=alloc_id, container_id=container_id))
+
+    async def reconcile(self) -> None:
+        async with self._lock:
+            try:
+                actual = await self._docker(self.driver.list_managed, self.host_id)
+            except EngineUnavailable:
+                return
+            plan = reconcile(self.desired, actual)
+            for container in plan.remove:
+                log.info("hostd.removing_unwanted", alloc_id=container.allocation_id,
+                         container_id=container.container_id[:12])
+                self._stopping.setdefault(container.allocation_id, None)
+                with contextlib.suppress(ContainerNotFound):
+                    await self._docker(self.driver.remove, container.container_id)
+                if self.containers.get(container.allocation_id) == container.container_id:
+                    del self.containers[container.allocation_id]
+            for container in plan.adopt:
+                self.containers[container.allocation_id] = container.container_id
+                log.info("hostd.adopted", alloc_id=container.allocation_id,
+                         container_id=container.container_id[:12])
+                if self.paused and container.status != "paused":
+                    await self._docker(self.driver.pause, container.container_id)
+                elif not self.paused and container.status == "paused":
+                    await self._docker(self.driver.unpause, container.container_id)
+            for container in plan.report_exited:
+                self.desired.pop(container.allocation_id, None)
+                self.report(ContainerExited(alloc_id=container.allocation_id, container_id=container.container_id,
+                                            exit_code=container.exit_code or 0, oom_killed=container.oom_killed))
+            for spec in plan.start:
+                await self._start(spec)
+
+    async def actual_state(self, as_of_position: int) -> ActualState:
+        containers = await self._docker(self.driver.list_managed, self.host_id)
+        return ActualState(as_of_position=as_of_position, containers=[
+            ContainerStatus(alloc_id=c.allocation_id, container_id=c.container_id, running=c.running,
+                            exit_code=c.exit_code, oom_killed=c.oom_killed)
+            for c in containers
+        ])
+
+    # The member's controls.
+
+    async def pause_all(self) -> None:
+        self.paused = True
+        async with self._lock:
+            for container_id in list(self.containers.values()):
+                with contextlib.suppress(DockerDriverError):
+                    await self._docker(self.driver.pause, container_id)
+
+    async def resume_all(self) -> None:
+        self.paused = False
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            self._drain_task = None
+        async with self._lock:
+            for container_id in list(self.containers.values()):
+                with contextlib.suppress(DockerDriverError):
+                    await self._docker(self.driver.unpause, container_id)
+
+    def drain(self, grace_s: float) -> None:
+        """No new work comes (the allocator sees the drain); what runs gets `grace_s` to finish."""
+        if self._drain_task is None or self._drain_task.done():
+            self._drain_task = asyncio.create_task(self._stop_after(grace_s))
+
+    async def _stop_after(self, grace_s: float) -> None:
+        await asyncio.sleep(grace_s)
+        log.info("hostd.drain_grace_over", containers=len(self.containers))
+        async with self._lock:
+            for container_id in list(self.containers.values()):
+                with contextlib.suppress(DockerDriverError):
+                    await self._docker(self.driver.stop, container_id, 10)
+
+    # Watching.
+
+    async def on_container_died(self, container_id: str) -> None:
+        alloc_id = next((a for a, c in self.containers.items() if c == container_id), None)
+        if alloc_id is None:
+            return
+        reason = self._stopping.pop(alloc_id, None)
+        try:
+            state = await self._docker(self.driver.state, container_id)
+        except (ContainerNotFound, EngineUnavailable):
+            return
+        if state.running:
+            return
+        self.desired.pop(alloc_id, None)
+        if reason is not None:
+            return  # reported as a failure when we stopped it
+        log.info("hostd.container_exited", alloc_id=alloc_id, exit_code=state.exit_code, oom_killed=state.oom_killed)
+        self.report(ContainerExited(alloc_id=alloc_id, container_id=container_id,
+                                    exit_code=state.exit_code or 0, oom_killed=state.oom_killed))
+
+    async def watch_docker_events(self) -> None:
+        """Follows the engine's die events in a thread; restarts the stream after an engine outage."""
+        loop = asyncio.get_running_loop()
+        died: asyncio.Queue[str] = asyncio.Queue()
+        while True:
+            try:
+                stream = await self._docker(self.driver.events, self.host_id)
+            except EngineUnavailable:
+                await asyncio.sleep(1.0)
+                continue
+            closed = threading.Event()
+
+            def pump(stream: Any = stream, closed: threading.Event = closed) -> None:
+                try:
+                    for event in stream:
+                        if event.get("status") == "die" or event.get("Action") == "die":
+                            loop.call_soon_threadsafe(died.put_nowait, str(event.get("id", "")))
+                except DockerDriverError:
+                    pass
+                finally:
+                    closed.set()
+
+            reader = loop.run_in_executor(None, pump)
+            try:
+                while not (closed.is_set() and died.empty()):
+                    with contextlib.suppress(TimeoutError):
+                        container_id = await asyncio.wait_for(died.get(), 1.0)
+                        await self.on_container_died(container_id)
+            finally:
+                stream.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(reader, 5)
+            await asyncio.sleep(1.0)
+
+    async def watch_engine(self, interval: float = 2.0) -> None:
+        """Notices the engine going away and coming back; reconciles when it returns."""
+        while True:
+            was_up = self.engine_up
+            try:
+                await self._docker(self.driver.ping)
+            except DockerDriverError:
+                pass
+            if self.engine_up and was_up is False:
+                await self.reconcile()
+            await asyncio.sleep(interval)
+
+    async def guard_disk(self) -> None:
+        """Without an engine quota, measure writable layers and stop what writes past its bound."""
+        while True:
+            await asyncio.sleep(self.config.timing.disk_check_interval_s)
+            if self.driver.engine_facts().disk_quota_supported:
+                continue
+            for alloc_id, container_id in list(self.containers.items()):
+                spec = self.desired.get(alloc_id)
+                if spec is None:
+                    continue
+                try:
+                    used = await self._docker(self.driver.writable_layer_bytes, container_id)
+                except DockerDriverError:
+                    continue
+                if used > spec.disk_bytes:
+                    await self._stop_for(alloc_id, container_id, "disk_limit_exceeded",
+                                         f"wrote {used} bytes, more than its disk bound of {spec.disk_bytes}")
+
+    async def _stop_for(self, alloc_id: str, container_id: str, reason: FailureReason, detail: str) -> None:
+        self._stopping[alloc_id] = reason
+        self._fail(alloc_id, reason, detail)
+        async with self._lock:
+            with contextlib.suppress(DockerDriverError):
+                await self._docker(self.driver.stop, container_id, 5)
+
+    async def sample_usage(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.timing.usage_interval_s)
+            samples = []
+            for alloc_id, container_id in list(self.containers.items()):
+                try:
+                    usage = await self._docker(self.driver.usage, container_id)
+                except DockerDriverError:
+                    continue
+                samples.append(UsageSample(alloc_id=alloc_id, cpu_total_ns=usage.cpu_total_ns,
+                                           memory_bytes=usage.memory_bytes, pids=usage.pids))
+            if samples:
+                self.report(UsageSampled(samples=samples))
+

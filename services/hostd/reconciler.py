@@ -1,0 +1,51 @@
+"""Pure reconciliation: what should run here versus what the engine has.
+
+After a restart hostd adopts the containers it finds by their labels, stops
+the ones no allocation wants, and starts wanted ones that are missing. A
+container that exited on its own is reported, not restarted: an allocation
+runs once. Two containers for one allocation (never made by us, but possible
+by hand) keep the running, older one.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from potluck.hostd.container_config import ContainerSpec
+from potluck.hostd.docker_driver import ManagedContainer
+
+
+@dataclass(frozen=True)
+class Plan:
+    start: list[ContainerSpec] = field(default_factory=list)
+    adopt: list[ManagedContainer] = field(default_factory=list)
+    report_exited: list[ManagedContainer] = field(default_factory=list)
+    remove: list[ManagedContainer] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.start or self.adopt or self.report_exited or self.remove)
+
+
+def _preference(c: ManagedContainer) -> tuple[int, float]:
+    started = c.started_at.timestamp() if c.started_at else float("inf")
+    return (0 if c.running else 1, started)
+
+
+def reconcile(desired: Mapping[str, ContainerSpec], actual: Sequence[ManagedContainer]) -> Plan:
+    plan = Plan()
+    by_alloc: dict[str, list[ManagedContainer]] = {}
+    for container in actual:
+        by_alloc.setdefault(container.allocation_id, []).append(container)
+    for alloc_id, containers in sorted(by_alloc.items()):
+        keep, *extra = sorted(containers, key=_preference)
+        plan.remove.extend(extra)
+        if alloc_id not in desired:
+            plan.remove.append(keep)
+        elif keep.running:
+            plan.adopt.append(keep)
+        else:
+            plan.report_exited.append(keep)
+    for alloc_id, spec in sorted(desired.items()):
+        if alloc_id not in by_alloc:
+            plan.start.append(spec)
+    return plan

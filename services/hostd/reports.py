@@ -1,0 +1,109 @@
+"""What hostd reports about its containers (JetStream subjects `potluck.report.<host_id>.<kind>`).
+
+Reports are not events: the allocator validates them and logs the facts they
+imply. Each carries its own id, sent as Nats-Msg-Id; the allocator derives the
+logged event's id from it, so a report delivered twice is logged once.
+"""
+
+from datetime import UTC, datetime
+from typing import Literal
+from uuid import uuid4
+
+from pydantic import BaseModel, ConfigDict, Field
+
+REPORT_PREFIX = "potluck.report"
+
+FailureReason = Literal[
+    "image_not_allowed",
+    "image_not_available",
+    "limits_not_applied",
+    "disk_limit_exceeded",
+    "engine_unavailable",
+    "invalid_spec",
+    "start_failed",
+]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _id() -> str:
+    return str(uuid4())
+
+
+class Report(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str
+    report_id: str = Field(default_factory=_id)
+    at: datetime = Field(default_factory=_now)
+
+
+class ContainerStarted(Report):
+    kind: Literal["started"] = "started"
+    alloc_id: str
+    container_id: str
+
+
+class ContainerExited(Report):
+    kind: Literal["exited"] = "exited"
+    alloc_id: str
+    container_id: str
+    exit_code: int
+    oom_killed: bool
+
+
+class ContainerFailed(Report):
+    kind: Literal["failed"] = "failed"
+    alloc_id: str
+    reason: FailureReason
+    detail: str = ""
+
+
+class ContainerStatus(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alloc_id: str
+    container_id: str
+    running: bool
+    exit_code: int | None = None
+    oom_killed: bool = False
+
+
+class ActualState(Report):
+    """Everything hostd runs, re-sent after every (re)connect: JetStream may have lost reports."""
+
+    kind: Literal["state"] = "state"
+    # The snapshot position hostd reconciled to: allocations placed later may
+    # not have their container yet, and must not be judged by this report.
+    as_of_position: int = Field(ge=0)
+    containers: list[ContainerStatus]
+
+
+class UsageSample(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alloc_id: str
+    cpu_total_ns: int
+    memory_bytes: int
+    pids: int
+    disk_bytes: int | None = None
+
+
+class UsageSampled(Report):
+    kind: Literal["usage"] = "usage"
+    samples: list[UsageSample]
+
+
+class EngineStatus(Report):
+    kind: Literal["engine"] = "engine"
+    available: bool
+    detail: str = ""
+
+
+AnyReport = ContainerStarted | ContainerExited | ContainerFailed | ActualState | UsageSampled | EngineStatus
+
+
+def report_subject(host_id: str, report: Report) -> str:
+    return f"{REPORT_PREFIX}.{host_id}.{report.kind}"

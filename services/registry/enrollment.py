@@ -1,0 +1,79 @@
+"""Operator side of admitting a machine: a host id, its own NATS key pair, and the NATS users file.
+
+Enrollment runs the Host aggregate in the operator's process (with database
+access, like the registry) and records HostEnrolled; the key pair's seed goes
+only into the credentials file handed to the member, and the NATS
+authorization file, rendered from the log, holds only public keys.
+"""
+
+import secrets
+import tomllib
+from pathlib import Path
+
+from potluck.events import EventStore
+from potluck.registry import host as aggregate
+from potluck.registry.nats_auth import (
+    KeyPair,
+    new_user_key,
+    public_key_of,
+    reload_nats,
+    render_authorization,
+    validate_host_id,
+    write_authorization,
+)
+from potluck.registry.projection import HostsView
+from potluck.registry.service import decide_and_append, rebuild_view
+
+
+def new_host_id() -> str:
+    return f"h-{secrets.token_hex(6)}"
+
+
+async def enroll_host(store: EventStore, name: str, *, host_id: str | None = None) -> tuple[str, KeyPair]:
+    host_id = validate_host_id(host_id or new_host_id())
+    key = new_user_key()
+    await decide_and_append(
+        store, host_id, lambda s: aggregate.enroll(s, host_id, name, key.public), {"actor": "operator"}
+    )
+    return host_id, key
+
+
+async def current_hosts(store: EventStore) -> HostsView:
+    view = HostsView()
+    await rebuild_view(store, view)
+    return view
+
+
+def write_credentials(path: Path, host_id: str, key: KeyPair) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(
+        "# Potluck host credentials: keep this file private to the member's machine.\n"
+        f'host_id = "{host_id}"\n'
+        f'nats_seed = "{key.seed}"\n'
+    )
+
+
+def read_seed(path: Path) -> str:
+    """A services seed file: either the bare seed or a credentials file with `nats_seed`."""
+    text = path.read_text().strip()
+    if text.startswith("SU"):
+        return text
+    seed = tomllib.loads(text).get("nats_seed")
+    if not isinstance(seed, str):
+        raise ValueError(f"{path} holds no nkey seed")
+    return seed
+
+
+async def refresh_nats_authorization(
+    store: EventStore, auth_file: Path, service_seeds: list[str], pid_file: Path | None
+) -> bool:
+    """Render the users file from the log; reload nats-server when it changed."""
+    view = await current_hosts(store)
+    hosts = [(h.host_id, h.nkey) for h in view.hosts.values() if h.nkey and h.admin != "deregistered"]
+    text = render_authorization([public_key_of(s) for s in service_seeds], hosts)
+    changed = write_authorization(auth_file, text)
+    if changed and pid_file is not None and pid_file.exists():
+        reload_nats(pid_file)
+    return changed

@@ -1,0 +1,121 @@
+"""Facts about donated machines: the Host aggregate's events (streams `host-<host_id>`).
+
+Every event names its host in `host_id`, which also ends its bus subject
+(`potluck.evt.host.<Type>.<host_id>`), so a hostd's consumer sees its own
+host's events and no other's.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from potluck.events import Event, event_type
+
+Actor = Literal["member", "operator", "registry"]
+
+
+class Capacity(BaseModel):
+    """CPU, memory and disk: what a member donates, or what an allocation asks for."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpus: float = Field(gt=0, le=1024)
+    memory_bytes: int = Field(gt=0)
+    disk_bytes: int = Field(gt=0)
+
+    def fits_in(self, other: "Capacity") -> bool:
+        return (
+            self.cpus <= other.cpus + 1e-9
+            and self.memory_bytes <= other.memory_bytes
+            and self.disk_bytes <= other.disk_bytes
+        )
+
+    def __add__(self, other: "Capacity") -> "Capacity":
+        return Capacity.model_construct(
+            cpus=round(self.cpus + other.cpus, 6),
+            memory_bytes=self.memory_bytes + other.memory_bytes,
+            disk_bytes=self.disk_bytes + other.disk_bytes,
+        )
+
+    def __sub__(self, other: "Capacity") -> "Capacity":
+        return Capacity.model_construct(
+            cpus=round(self.cpus - other.cpus, 6),
+            memory_bytes=self.memory_bytes - other.memory_bytes,
+            disk_bytes=self.disk_bytes - other.disk_bytes,
+        )
+
+
+class EngineFacts(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: str
+    api_version: str = ""
+    cgroup_version: str
+    storage_driver: str
+    disk_quota_supported: bool
+
+
+class HostEvent(Event):
+    routing_field = "host_id"
+    host_id: str
+
+
+@event_type
+class HostEnrolled(HostEvent):
+    """An operator admitted a machine; `nkey` is the public half of its NATS identity."""
+
+    name: str
+    nkey: str
+
+
+@event_type
+class HostRegistered(HostEvent):
+    donated: Capacity
+    labels: dict[str, str] = Field(default_factory=dict)
+    allowed_images: list[str] = Field(default_factory=list)
+    engine: EngineFacts
+    hostd_version: str
+
+
+@event_type
+class HostSuspected(HostEvent):
+    """Beats stopped for a few intervals; placements avoid the host."""
+
+    silent_for_s: float
+
+
+@event_type
+class HostLost(HostEvent):
+    """Beats stayed away past the grace period; its allocations are lost."""
+
+    silent_for_s: float
+
+
+@event_type
+class HostRecovered(HostEvent):
+    was: Literal["suspect", "lost"]
+
+
+@event_type
+class HostPaused(HostEvent):
+    by: Actor
+
+
+@event_type
+class HostResumed(HostEvent):
+    by: Actor
+
+
+@event_type
+class HostDrainStarted(HostEvent):
+    by: Actor
+    grace_s: float = Field(ge=0)
+
+
+@event_type
+class HostDeregistered(HostEvent):
+    by: Actor
+
+
+def host_stream(host_id: str) -> str:
+    return f"host-{host_id}"

@@ -1,0 +1,102 @@
+"""NATS identities and permissions: who may publish and subscribe where.
+
+Every client authenticates with an nkey (an Ed25519 key pair): the server's
+configuration holds only public keys, and each enrolled host gets its own
+key pair at enrollment, never shared. A host may publish only on its own
+subjects and subscribe only to its own reply inbox; its placements reach it
+through one durable JetStream consumer, which the registry creates, and which
+is the only JetStream object the host may read or acknowledge.
+
+The authorization file is rendered from the event log (enrolled hosts) plus
+the central services' public keys, and nats-server is told to reload it.
+"""
+
+import json
+import os
+import signal
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nkeys
+
+from potluck.events import EVENTS_STREAM
+
+HOST_ID_ALPHABET = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    seed: str
+    public: str
+
+
+def new_user_key() -> KeyPair:
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    return KeyPair(seed=seed.decode(), public=nkeys.from_seed(seed).public_key.decode())
+
+
+def public_key_of(seed: str) -> str:
+    return str(nkeys.from_seed(seed.encode()).public_key.decode())
+
+
+def inbox_prefix(host_id: str) -> str:
+    return f"_INBOX_{host_id}"
+
+
+def host_consumer(host_id: str) -> str:
+    return f"hostd-{host_id}"
+
+
+def host_event_filter(host_id: str) -> str:
+    return f"potluck.evt.*.*.{host_id}"
+
+
+def host_permissions(host_id: str) -> dict[str, Any]:
+    consumer = host_consumer(host_id)
+    return {
+        "publish": {
+            "allow": [
+                f"potluck.hb.{host_id}",
+                f"potluck.report.{host_id}.>",
+                f"potluck.rpc.*.*.{host_id}",
+                f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{consumer}",
+                f"$JS.API.CONSUMER.INFO.{EVENTS_STREAM}.{consumer}",
+                f"$JS.ACK.{EVENTS_STREAM}.{consumer}.>",
+            ]
+        },
+        "subscribe": {"allow": [f"{inbox_prefix(host_id)}.>"]},
+    }
+
+
+def validate_host_id(host_id: str) -> str:
+    if not host_id or not set(host_id) <= HOST_ID_ALPHABET or len(host_id) > 64:
+        raise ValueError(f"host id {host_id!r} must be 1-64 of [a-z0-9-]")
+    return host_id
+
+
+def render_authorization(service_keys: Iterable[str], hosts: Iterable[tuple[str, str]]) -> str:
+    """nats-server configuration (JSON is valid NATS config) for services and (host_id, nkey) pairs."""
+    users: list[dict[str, Any]] = [{"nkey": key} for key in sorted(set(service_keys))]
+    for host_id, key in sorted(hosts):
+        users.append({"nkey": key, "permissions": host_permissions(validate_host_id(host_id))})
+    return json.dumps({"authorization": {"users": users}}, indent=2) + "\n"
+
+
+def write_authorization(path: Path, text: str) -> bool:
+    """Replace the file atomically; returns whether anything changed."""
+    if path.exists() and path.read_text() == text:
+        return False
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return True
+
+
+def reload_nats(pid_file: Path) -> int:
+    """Ask the nats-server whose PID is in `pid_file` to reload its configuration (SIGHUP)."""
+    pid = int(pid_file.read_text().strip())
+    os.kill(pid, signal.SIGHUP)
+    return pid
