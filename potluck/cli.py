@@ -23,25 +23,35 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def database_option(f: F) -> F:
     return click.option(
-        "--database-url", envvar="POTLUCK_DATABASE_URL", required=True,
+        "--database-url",
+        envvar="POTLUCK_DATABASE_URL",
+        required=True,
         help="Postgres URL of the event log [env: POTLUCK_DATABASE_URL].",
     )(f)
 
 
 def nats_options(f: F) -> F:
     f = click.option(
-        "--nats-seed-file", envvar="POTLUCK_NATS_SEED_FILE", type=click.Path(exists=True, path_type=Path),
-        default=None, help="This service's NATS nkey seed [env: POTLUCK_NATS_SEED_FILE].",
+        "--nats-seed-file",
+        envvar="POTLUCK_NATS_SEED_FILE",
+        type=click.Path(exists=True, path_type=Path),
+        default=None,
+        help="This service's NATS nkey seed [env: POTLUCK_NATS_SEED_FILE].",
     )(f)
     return click.option(
-        "--nats-url", envvar="POTLUCK_NATS_URL", default="nats://127.0.0.1:4222", show_default=True,
+        "--nats-url",
+        envvar="POTLUCK_NATS_URL",
+        default="nats://127.0.0.1:4222",
+        show_default=True,
         help="NATS server [env: POTLUCK_NATS_URL].",
     )(f)
 
 
 def relay_option(f: F) -> F:
     return click.option(
-        "--relay/--no-relay", default=True, show_default=True,
+        "--relay/--no-relay",
+        default=True,
+        show_default=True,
         help="Also run an outbox relay (one leader among all of them).",
     )(f)
 
@@ -57,8 +67,13 @@ def fail(message: str, code: int = 1) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="potluck")
-@click.option("--log-level", envvar="POTLUCK_LOG_LEVEL", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--log-level",
+    envvar="POTLUCK_LOG_LEVEL",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 def main(log_level: str) -> None:
     """Pool members' machines; give users capped containers on them."""
     configure_logging(log_level)
@@ -82,14 +97,36 @@ def relay(database_url: str, nats_url: str, nats_seed_file: Path | None, batch_s
 @database_option
 @nats_options
 @relay_option
-@click.option("--heartbeat-interval", default=5.0, show_default=True, type=click.FloatRange(min=0.05),
-              help="Seconds between a hostd's beats.")
-@click.option("--suspect-after-missed", default=3, show_default=True, type=click.IntRange(min=1),
-              help="Missed beats before a host is suspect (no new work).")
-@click.option("--lost-after", default=300.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds of silence before a host is lost (its work given up).")
-def registry(database_url: str, nats_url: str, nats_seed_file: Path | None, relay: bool,
-             heartbeat_interval: float, suspect_after_missed: int, lost_after: float) -> None:
+@click.option(
+    "--heartbeat-interval",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.05),
+    help="Seconds between a hostd's beats.",
+)
+@click.option(
+    "--suspect-after-missed",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Missed beats before a host is suspect (no new work).",
+)
+@click.option(
+    "--lost-after",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds of silence before a host is lost (its work given up).",
+)
+def registry(
+    database_url: str,
+    nats_url: str,
+    nats_seed_file: Path | None,
+    relay: bool,
+    heartbeat_interval: float,
+    suspect_after_missed: int,
+    lost_after: float,
+) -> None:
     """Run the registry: host registration, liveness, member controls."""
     from potluck.bootstrap import Backends, serve
     from potluck.registry.liveness import LivenessPolicy
@@ -121,8 +158,14 @@ def allocator(database_url: str, nats_url: str, nats_seed_file: Path | None, rel
     run(serve("allocator", Backends(database_url, nats_url, nats_seed_file, relay), body))
 
 
-CONFIG = click.option("--config", "config_path", required=True, envvar="POTLUCK_HOSTD_CONFIG",
-                      type=click.Path(path_type=Path), help="hostd configuration file (TOML).")
+CONFIG = click.option(
+    "--config",
+    "config_path",
+    required=True,
+    envvar="POTLUCK_HOSTD_CONFIG",
+    type=click.Path(path_type=Path),
+    help="hostd configuration file (TOML).",
+)
 
 
 @main.command()
@@ -184,8 +227,13 @@ def resume(config_path: Path) -> None:
 
 @host.command()
 @CONFIG
-@click.option("--grace", default=300.0, show_default=True, type=click.FloatRange(min=0),
-              help="Seconds running work gets before it is stopped.")
+@click.option(
+    "--grace",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds running work gets before it is stopped.",
+)
 def drain(config_path: Path, grace: float) -> None:
     """Take no new work; stop what runs after a grace period."""
     _control(config_path, "drain", grace)
@@ -204,19 +252,49 @@ def ops_hosts() -> None:
 @ops_hosts.command(name="enroll")
 @click.argument("name")
 @database_option
-@click.option("--credentials-out", type=click.Path(path_type=Path), default=None,
-              help="Where to write the host's credentials file [default: NAME.creds].")
-@click.option("--nats-auth-file", envvar="POTLUCK_NATS_AUTH_FILE", type=click.Path(path_type=Path), default=None,
-              help="NATS users file to re-render [env: POTLUCK_NATS_AUTH_FILE].")
-@click.option("--nats-pid-file", envvar="POTLUCK_NATS_PID_FILE", type=click.Path(path_type=Path), default=None,
-              help="nats-server's PID file, to make it reload the users [env: POTLUCK_NATS_PID_FILE].")
-@click.option("--service-seed-file", envvar="POTLUCK_NATS_SEED_FILE", type=click.Path(path_type=Path),
-              default=None, help="The central services' seed, whose public key stays in the users file.")
-def ops_hosts_enroll(name: str, database_url: str, credentials_out: Path | None, nats_auth_file: Path | None,
-                     nats_pid_file: Path | None, service_seed_file: Path | None) -> None:
+@click.option(
+    "--credentials-out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to write the host's credentials file [default: NAME.creds].",
+)
+@click.option(
+    "--nats-auth-file",
+    envvar="POTLUCK_NATS_AUTH_FILE",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="NATS users file to re-render [env: POTLUCK_NATS_AUTH_FILE].",
+)
+@click.option(
+    "--nats-pid-file",
+    envvar="POTLUCK_NATS_PID_FILE",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="nats-server's PID file, to make it reload the users [env: POTLUCK_NATS_PID_FILE].",
+)
+@click.option(
+    "--service-seed-file",
+    envvar="POTLUCK_NATS_SEED_FILE",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The central services' seed, whose public key stays in the users file.",
+)
+def ops_hosts_enroll(
+    name: str,
+    database_url: str,
+    credentials_out: Path | None,
+    nats_auth_file: Path | None,
+    nats_pid_file: Path | None,
+    service_seed_file: Path | None,
+) -> None:
     """Admit a machine NAME: record it, and write the credentials its hostd needs."""
     from potluck.events import EventStore
-    from potluck.registry.enrollment import enroll_host, read_seed, refresh_nats_authorization, write_credentials
+    from potluck.registry.enrollment import (
+        enroll_host,
+        read_seed,
+        refresh_nats_authorization,
+        write_credentials,
+    )
     from potluck.rejections import Rejected
 
     async def go() -> str:
@@ -235,8 +313,15 @@ def ops_hosts_enroll(name: str, database_url: str, credentials_out: Path | None,
         host_id = run(go())
     except Rejected as exc:
         fail(exc.message)
-    click.echo(json.dumps({"host_id": host_id, "name": name,
-                           "credentials_file": str(credentials_out or Path(f"{name}.creds"))}))
+    click.echo(
+        json.dumps(
+            {
+                "host_id": host_id,
+                "name": name,
+                "credentials_file": str(credentials_out or Path(f"{name}.creds")),
+            }
+        )
+    )
 
 
 @ops_hosts.command(name="list")
@@ -253,8 +338,15 @@ def ops_hosts_list(database_url: str) -> None:
         finally:
             await store.close()
         return [
-            {"host_id": h.host_id, "name": h.name, "status": h.status, "admin": h.admin, "liveness": h.liveness,
-             "donated": h.donated.model_dump() if h.donated else None, "labels": h.labels}
+            {
+                "host_id": h.host_id,
+                "name": h.name,
+                "status": h.status,
+                "admin": h.admin,
+                "liveness": h.liveness,
+                "donated": h.donated.model_dump() if h.donated else None,
+                "labels": h.labels,
+            }
             for h in view.hosts.values()
         ]
 

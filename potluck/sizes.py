@@ -10,11 +10,20 @@ from typing import Annotated
 from pydantic import BeforeValidator
 
 _UNITS = {
-    "": 1, "B": 1,
-    "K": 1 << 10, "KIB": 1 << 10, "KB": 10**3,
-    "M": 1 << 20, "MIB": 1 << 20, "MB": 10**6,
-    "G": 1 << 30, "GIB": 1 << 30, "GB": 10**9,
-    "T": 1 << 40, "TIB": 1 << 40, "TB": 10**12,
+    "": 1,
+    "B": 1,
+    "K": 1 << 10,
+    "KIB": 1 << 10,
+    "KB": 10**3,
+    "M": 1 << 20,
+    "MIB": 1 << 20,
+    "MB": 10**6,
+    "G": 1 << 30,
+    "GIB": 1 << 30,
+    "GB": 10**9,
+    "T": 1 << 40,
+    "TIB": 1 << 40,
+    "TB": 10**12,
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 

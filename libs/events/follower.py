@@ -76,8 +76,12 @@ class LogFollower:
                     self._wakeup.clear()
                     batch = await self.store.read_all(self.position, self.batch_size)
                 except TRANSIENT_DB_ERRORS as exc:
-                    log.warning("follower.database_unavailable", error=str(exc), retry_in=backoff,
-                                position=self.position)
+                    log.warning(
+                        "follower.database_unavailable",
+                        error=str(exc),
+                        retry_in=backoff,
+                        position=self.position,
+                    )
                     await self.close()
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self.max_backoff)

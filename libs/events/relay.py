@@ -91,8 +91,13 @@ class OutboxRelay:
                 await bus.ensure_streams(self.js)
                 await self._lead()
             except (*TRANSIENT_DB_ERRORS, *TRANSIENT_BUS_ERRORS, RelayBehind) as exc:
-                log.warning("relay.retrying", relay=self.name, error=repr(exc),
-                            checkpoint=self.checkpoint, retry_in=self.retry_interval)
+                log.warning(
+                    "relay.retrying",
+                    relay=self.name,
+                    error=repr(exc),
+                    checkpoint=self.checkpoint,
+                    retry_in=self.retry_interval,
+                )
             finally:
                 self.is_leader = False
             await asyncio.sleep(self.retry_interval)
@@ -109,10 +114,14 @@ class OutboxRelay:
                 "INSERT INTO relay_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING", self.name
             )
             self.checkpoint = int(
-                await conn.fetchval("SELECT position FROM relay_checkpoints WHERE name = $1", self.name)
+                await conn.fetchval(
+                    "SELECT position FROM relay_checkpoints WHERE name = $1", self.name
+                )
             )
             log.info("relay.leading", relay=self.name, checkpoint=self.checkpoint)
-            follower = LogFollower(self.store, after_position=self.checkpoint, batch_size=self.batch_size)
+            follower = LogFollower(
+                self.store, after_position=self.checkpoint, batch_size=self.batch_size
+            )
             async for batch in follower.batches():
                 await self._publish(batch)
                 await conn.execute(
@@ -146,7 +155,9 @@ class OutboxRelay:
                     )
             done, pending = await asyncio.wait(futures, timeout=self.ack_timeout)
             if pending:
-                raise RelayBehind(f"{len(pending)} of {len(batch)} acks missing after {self.ack_timeout}s")
+                raise RelayBehind(
+                    f"{len(pending)} of {len(batch)} acks missing after {self.ack_timeout}s"
+                )
             acks = [f.result() for f in done]
         finally:
             for f in futures:
@@ -154,5 +165,10 @@ class OutboxRelay:
                 f.cancel()
         self.published += len(batch)
         self.duplicates += sum(1 for a in acks if a.duplicate)
-        log.debug("relay.published", relay=self.name, count=len(batch), through=batch[-1].position,
-                  seconds=round(time.perf_counter() - started, 4))
+        log.debug(
+            "relay.published",
+            relay=self.name,
+            count=len(batch),
+            through=batch[-1].position,
+            seconds=round(time.perf_counter() - started, 4),
+        )

@@ -97,7 +97,9 @@ class EventStore:
         events: EventRegistry = registry,
         migrate: bool = True,
     ) -> "EventStore":
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=60)
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, command_timeout=60
+        )
         store = cls(pool, dsn, events=events)
         if migrate:
             await store.migrate()
@@ -109,8 +111,11 @@ class EventStore:
     async def migrate(self) -> list[str]:
         """Apply the versioned SQL in migrations/ that this database has not seen. Returns what ran."""
         scripts = sorted(
-            (p for p in resources.files("potluck.events").joinpath("migrations").iterdir()
-             if p.name.endswith(".sql")),
+            (
+                p
+                for p in resources.files("potluck.events").joinpath("migrations").iterdir()
+                if p.name.endswith(".sql")
+            ),
             key=lambda p: p.name,
         )
         applied: list[str] = []
@@ -139,7 +144,9 @@ class EventStore:
         connection: asyncpg.Connection | None = None,
     ) -> list[RecordedEvent]:
         return await self.append_streams(
-            [StreamAppend(stream, events, expected_version)], metadata=metadata, connection=connection
+            [StreamAppend(stream, events, expected_version)],
+            metadata=metadata,
+            connection=connection,
         )
 
     async def append_streams(
@@ -194,8 +201,15 @@ class EventStore:
                         version = actual + i
                         for col, value in zip(
                             cols,
-                            (new.event_id, a.stream, version, type(new.event).type_name,
-                             new.event.schema_version, data_json, meta_json),
+                            (
+                                new.event_id,
+                                a.stream,
+                                version,
+                                type(new.event).type_name,
+                                new.event.schema_version,
+                                data_json,
+                                meta_json,
+                            ),
                             strict=True,
                         ):
                             col.append(value)
@@ -222,7 +236,9 @@ class EventStore:
                 metadata=json.loads(cols[6][n]),
                 recorded_at=row[2],
             )
-            for n, (row, (new, stream, version, data_json)) in enumerate(zip(inserted, pending, strict=True))
+            for n, (row, (new, stream, version, data_json)) in enumerate(
+                zip(inserted, pending, strict=True)
+            )
         ]
 
     async def read_stream(self, stream: str, *, after_version: int = 0) -> list[RecordedEvent]:
@@ -247,7 +263,9 @@ class EventStore:
         return [_record(r) for r in rows]
 
     async def stream_version(self, stream: str) -> int:
-        version = await self.pool.fetchval("SELECT max(version) FROM events WHERE stream = $1", stream)
+        version = await self.pool.fetchval(
+            "SELECT max(version) FROM events WHERE stream = $1", stream
+        )
         return int(version or 0)
 
     async def head_position(self) -> int:

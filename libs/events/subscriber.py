@@ -194,11 +194,13 @@ class Subscriber(Generic[T]):
                 if sub is None:
                     if self.create_consumer:
                         await self._ensure_consumer()
-                    sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+                    sub = await self.js.pull_subscribe_bind(
+                        durable=self.durable, stream=self.stream
+                    )
                 msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
                 backoff = 0.1
-            except nats.errors.TimeoutError:
-                continue
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue  # nothing to fetch within fetch_timeout
             except (*TRANSIENT_BUS_ERRORS, nats.js.errors.ServiceUnavailableError) as exc:
                 log.warning("subscriber.bus_unavailable", consumer=self.durable, error=repr(exc))
                 await asyncio.sleep(backoff)
@@ -238,7 +240,10 @@ class Subscriber(Generic[T]):
                     f"handle {msg.subject}",
                     context=context_from(carrier),
                     kind=SpanKind.CONSUMER,
-                    attributes={"messaging.consumer": self.durable, "potluck.position": position or 0},
+                    attributes={
+                        "messaging.consumer": self.durable,
+                        "potluck.position": position or 0,
+                    },
                 ):
                     await self.handle(item)
             except (PoisonMessage, SchemaError) as exc:
@@ -246,14 +251,23 @@ class Subscriber(Generic[T]):
                 return
             except (*TRANSIENT_DB_ERRORS, *TRANSIENT_BUS_ERRORS) as exc:
                 # A dependency is away: keep the message (and the order) and wait.
-                log.warning("subscriber.transient_failure", consumer=self.durable,
-                            subject=msg.subject, error=repr(exc), retry_in=backoff)
+                log.warning(
+                    "subscriber.transient_failure",
+                    consumer=self.durable,
+                    subject=msg.subject,
+                    error=repr(exc),
+                    retry_in=backoff,
+                )
                 with contextlib.suppress(*TRANSIENT_BUS_ERRORS):
                     await msg.in_progress()
             except Exception as exc:
                 if attempt >= self.attempts_before_dead_letter:
-                    log.exception("subscriber.handler_failed", consumer=self.durable,
-                                  subject=msg.subject, attempts=attempt)
+                    log.exception(
+                        "subscriber.handler_failed",
+                        consumer=self.durable,
+                        subject=msg.subject,
+                        attempts=attempt,
+                    )
                     await self._dead_letter(msg, f"handler failed {attempt} times: {exc!r}")
                     return
             else:
@@ -268,12 +282,16 @@ class Subscriber(Generic[T]):
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
         headers = dict(msg.headers or {})
         headers.pop(bus.H_MSG_ID, None)  # a dead letter is a message of its own
-        headers.update({
-            bus.H_DLQ_REASON: reason[:1000],
-            bus.H_DLQ_SUBJECT: msg.subject,
-            bus.H_DLQ_CONSUMER: self.durable,
-        })
-        log.error("subscriber.dead_letter", consumer=self.durable, subject=msg.subject, reason=reason)
+        headers.update(
+            {
+                bus.H_DLQ_REASON: reason[:1000],
+                bus.H_DLQ_SUBJECT: msg.subject,
+                bus.H_DLQ_CONSUMER: self.durable,
+            }
+        )
+        log.error(
+            "subscriber.dead_letter", consumer=self.durable, subject=msg.subject, reason=reason
+        )
         backoff = 0.1
         while True:
             try:

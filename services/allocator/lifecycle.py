@@ -18,7 +18,13 @@ from potluck.allocator.events import (
 )
 from potluck.allocator.projection import ACTIVE, AllocationState
 from potluck.events import Event, PoisonMessage
-from potluck.hostd.reports import ActualState, AnyReport, ContainerExited, ContainerFailed, ContainerStarted
+from potluck.hostd.reports import (
+    ActualState,
+    AnyReport,
+    ContainerExited,
+    ContainerFailed,
+    ContainerStarted,
+)
 
 
 @dataclass(frozen=True)
@@ -43,13 +49,17 @@ def _check_host(state: AllocationState | None, alloc_id: str, host_id: str) -> A
     if state is None:
         raise PoisonMessage(f"host {host_id} reported on unknown allocation {alloc_id}")
     if state.host_id != host_id:
-        raise PoisonMessage(f"host {host_id} reported on allocation {alloc_id}, which is not placed there")
+        raise PoisonMessage(
+            f"host {host_id} reported on allocation {alloc_id}, which is not placed there"
+        )
     return state
 
 
 def ended(state: AllocationState, host_id: str, event: Event) -> Decision:
     """An active allocation ends with `event`, and its reservation is freed."""
-    freed: list[Event] = [CapacityFreed(host_id=host_id, alloc_id=state.alloc_id, amount=state.spec.resources)]
+    freed: list[Event] = [
+        CapacityFreed(host_id=host_id, alloc_id=state.alloc_id, amount=state.spec.resources)
+    ]
     return Decision(state.alloc_id, [event], host_id, freed, state.version)
 
 
@@ -59,21 +69,38 @@ def decide(state: AllocationState | None, host_id: str, report: AnyReport) -> De
             current = _check_host(state, report.alloc_id, host_id)
             if current.status != "placed":
                 return None
-            running = AllocationRunning(alloc_id=current.alloc_id, host_id=host_id, container_id=report.container_id)
+            running = AllocationRunning(
+                alloc_id=current.alloc_id, host_id=host_id, container_id=report.container_id
+            )
             return Decision(current.alloc_id, [running], expected=current.version)
         case ContainerExited():
             current = _check_host(state, report.alloc_id, host_id)
             if current.status not in ACTIVE:
                 return None
-            return ended(current, host_id, AllocationExited(
-                alloc_id=current.alloc_id, host_id=host_id, exit_code=report.exit_code,
-                oom_killed=report.oom_killed))
+            return ended(
+                current,
+                host_id,
+                AllocationExited(
+                    alloc_id=current.alloc_id,
+                    host_id=host_id,
+                    exit_code=report.exit_code,
+                    oom_killed=report.oom_killed,
+                ),
+            )
         case ContainerFailed():
             current = _check_host(state, report.alloc_id, host_id)
             if current.status not in ACTIVE:
                 return None
-            return ended(current, host_id, AllocationFailed(
-                alloc_id=current.alloc_id, host_id=host_id, reason=report.reason, detail=report.detail))
+            return ended(
+                current,
+                host_id,
+                AllocationFailed(
+                    alloc_id=current.alloc_id,
+                    host_id=host_id,
+                    reason=report.reason,
+                    detail=report.detail,
+                ),
+            )
     return None
 
 
@@ -91,15 +118,43 @@ def decide_actual_state(
             # Only allocations the host knew of when it reconciled can be judged missing.
             placed_at = state.placed_position or 0
             if placed_at and placed_at <= report.as_of_position:
-                decisions.append(ended(state, host_id, AllocationFailed(
-                    alloc_id=state.alloc_id, host_id=host_id, reason="container_missing",
-                    detail="the host reports no container for this allocation")))
+                decisions.append(
+                    ended(
+                        state,
+                        host_id,
+                        AllocationFailed(
+                            alloc_id=state.alloc_id,
+                            host_id=host_id,
+                            reason="container_missing",
+                            detail="the host reports no container for this allocation",
+                        ),
+                    )
+                )
         elif not container.running:
-            decisions.append(ended(state, host_id, AllocationExited(
-                alloc_id=state.alloc_id, host_id=host_id, exit_code=container.exit_code or 0,
-                oom_killed=container.oom_killed)))
+            decisions.append(
+                ended(
+                    state,
+                    host_id,
+                    AllocationExited(
+                        alloc_id=state.alloc_id,
+                        host_id=host_id,
+                        exit_code=container.exit_code or 0,
+                        oom_killed=container.oom_killed,
+                    ),
+                )
+            )
         elif state.status == "placed":
-            decisions.append(Decision(state.alloc_id, [AllocationRunning(
-                alloc_id=state.alloc_id, host_id=host_id, container_id=container.container_id)],
-                expected=state.version))
+            decisions.append(
+                Decision(
+                    state.alloc_id,
+                    [
+                        AllocationRunning(
+                            alloc_id=state.alloc_id,
+                            host_id=host_id,
+                            container_id=container.container_id,
+                        )
+                    ],
+                    expected=state.version,
+                )
+            )
     return decisions

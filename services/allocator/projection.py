@@ -65,14 +65,25 @@ def evolve(
         return state
     if isinstance(event, AllocationRequested):
         return AllocationState(
-            alloc_id=event.alloc_id, user=event.user, spec=event.spec, lifetime_s=event.lifetime_s,
-            constraints=dict(event.constraints), version=version, requested_at=at, changed_at=at,
+            alloc_id=event.alloc_id,
+            user=event.user,
+            spec=event.spec,
+            lifetime_s=event.lifetime_s,
+            constraints=dict(event.constraints),
+            version=version,
+            requested_at=at,
+            changed_at=at,
         )
     if state is None:
         if isinstance(event, AllocationPlaced):
             # Placed without a request (tests and tools that place work directly).
-            state = AllocationState(alloc_id=event.alloc_id, user=event.user, spec=event.spec,
-                                    lifetime_s=0.0, requested_at=at)
+            state = AllocationState(
+                alloc_id=event.alloc_id,
+                user=event.user,
+                spec=event.spec,
+                lifetime_s=0.0,
+                requested_at=at,
+            )
         else:
             return None
     state = replace(state, version=version, changed_at=at)
@@ -81,12 +92,19 @@ def evolve(
         return state
     match event:
         case AllocationPlaced():
-            return replace(state, status="placed", host_id=event.host_id, expires_at=event.expires_at,
-                           placed_position=position)
+            return replace(
+                state,
+                status="placed",
+                host_id=event.host_id,
+                expires_at=event.expires_at,
+                placed_position=position,
+            )
         case AllocationRunning():
             return replace(state, status="running", container_id=event.container_id)
         case AllocationExited():
-            return replace(state, status="exited", exit_code=event.exit_code, oom_killed=event.oom_killed)
+            return replace(
+                state, status="exited", exit_code=event.exit_code, oom_killed=event.oom_killed
+            )
         case AllocationFailed():
             return replace(state, status="failed", reason=event.reason)
         case AllocationLost():
@@ -107,7 +125,9 @@ class AllocationsView:
     allocations: dict[str, AllocationState] = field(default_factory=dict)
     position: int = 0
 
-    def apply(self, event: Event, *, position: int, version: int, at: datetime) -> AllocationState | None:
+    def apply(
+        self, event: Event, *, position: int, version: int, at: datetime
+    ) -> AllocationState | None:
         if position <= self.position:
             return None
         self.position = position

@@ -43,7 +43,13 @@ _reports: TypeAdapter[AnyReport] = TypeAdapter(AnyReport)
 async def load_allocation(store: EventStore, alloc_id: str) -> AllocationState | None:
     state: AllocationState | None = None
     for record in await store.read_stream(alloc_stream(alloc_id)):
-        state = evolve(state, registry.decode_record(record), record.version, record.recorded_at, record.position)
+        state = evolve(
+            state,
+            registry.decode_record(record),
+            record.version,
+            record.recorded_at,
+            record.position,
+        )
     return state
 
 
@@ -55,12 +61,19 @@ async def append_decisions(store: EventStore, decisions: list[Decision], source_
         for stream, events in decision.streams.items():
             new = []
             for event in events:
-                new.append(NewEvent(event, event_id=event_id_for("report", f"{source_id}/{decision.alloc_id}", index)))
+                new.append(
+                    NewEvent(
+                        event,
+                        event_id=event_id_for("report", f"{source_id}/{decision.alloc_id}", index),
+                    )
+                )
                 index += 1
             expected = decision.expected if stream == alloc_stream(decision.alloc_id) else None
             appends.append(StreamAppend(stream, new, expected))
         try:
-            await store.append_streams(appends, metadata={"actor": "allocator", "causation_id": source_id})
+            await store.append_streams(
+                appends, metadata={"actor": "allocator", "causation_id": source_id}
+            )
         except DuplicateEvent:
             log.info("allocator.report_already_applied", source=source_id)
 
@@ -104,8 +117,12 @@ class AllocatorService:
 
     def _apply(self, record: Any) -> None:
         if record.category in ("alloc",):
-            self.view.apply(registry.decode_record(record), position=record.position,
-                            version=record.version, at=record.recorded_at)
+            self.view.apply(
+                registry.decode_record(record),
+                position=record.position,
+                version=record.version,
+                at=record.recorded_at,
+            )
         else:
             self.view.position = record.position
 
@@ -123,7 +140,9 @@ class AllocatorService:
             ],
         )
         if msg.reply:
-            await msg.respond(Reply(ok=True, data=snapshot.model_dump(mode="json")).model_dump_json().encode())
+            await msg.respond(
+                Reply(ok=True, data=snapshot.model_dump(mode="json")).model_dump_json().encode()
+            )
 
     async def _on_report(self, item: tuple[str, AnyReport]) -> None:
         host_id, report = item
@@ -131,16 +150,25 @@ class AllocatorService:
             return  # metrics, not facts
         if isinstance(report, EngineStatus):
             (log.info if report.available else log.warning)(
-                "allocator.host_engine", host_id=host_id, available=report.available, detail=report.detail)
+                "allocator.host_engine",
+                host_id=host_id,
+                available=report.available,
+                detail=report.detail,
+            )
             return
 
         async def attempt() -> None:
             if isinstance(report, ActualState):
-                states = [s for a in self.view.desired_for(host_id)
-                          if (s := await load_allocation(self.store, a.alloc_id)) is not None]
+                states = [
+                    s
+                    for a in self.view.desired_for(host_id)
+                    if (s := await load_allocation(self.store, a.alloc_id)) is not None
+                ]
                 decisions = decide_actual_state(states, host_id, report)
             else:
-                decision = decide(await load_allocation(self.store, report.alloc_id), host_id, report)
+                decision = decide(
+                    await load_allocation(self.store, report.alloc_id), host_id, report
+                )
                 decisions = [decision] if decision else []
             await append_decisions(self.store, decisions, report.report_id)
 

@@ -107,14 +107,21 @@ class Agent:
             try:
                 facts = await asyncio.to_thread(self.driver.engine_facts)
                 return EngineFacts(
-                    version=facts.version, api_version=facts.api_version, cgroup_version=facts.cgroup_version,
-                    storage_driver=facts.storage_driver, disk_quota_supported=facts.disk_quota_supported,
+                    version=facts.version,
+                    api_version=facts.api_version,
+                    cgroup_version=facts.cgroup_version,
+                    storage_driver=facts.storage_driver,
+                    disk_quota_supported=facts.disk_quota_supported,
                 )
             except DockerDriverError as exc:
                 attempt += 1
                 if attempt == 1 or attempt % 30 == 0:
-                    log.error("hostd.engine_unavailable", url=self.config.docker_url, error=str(exc),
-                              hint="start the Docker engine or fix docker_url in the config; retrying")
+                    log.error(
+                        "hostd.engine_unavailable",
+                        url=self.config.docker_url,
+                        error=str(exc),
+                        hint="start the Docker engine or fix docker_url in the config; retrying",
+                    )
                 await asyncio.sleep(2.0)
 
     async def _request(self, subject: str, payload: bytes, timeout: float = 5.0) -> Reply:
@@ -133,7 +140,9 @@ class Agent:
         backoff = 0.5
         while True:
             try:
-                reply = await self._request(f"{REGISTER}.{self.host_id}", request.model_dump_json().encode())
+                reply = await self._request(
+                    f"{REGISTER}.{self.host_id}", request.model_dump_json().encode()
+                )
             except (*TRANSIENT_BUS_ERRORS, nats.errors.NoRespondersError) as exc:
                 log.warning("hostd.registry_unavailable", error=repr(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
@@ -142,10 +151,14 @@ class Agent:
             if not reply.ok:
                 error = reply.error or {}
                 if error.get("code") == "NOT_ENROLLED":
-                    raise HostdStopped(f"{error.get('message')}: run `potluck ops hosts enroll` first")
+                    raise HostdStopped(
+                        f"{error.get('message')}: run `potluck ops hosts enroll` first"
+                    )
                 raise Rejected(str(error.get("code")), str(error.get("message")))
             self.admin = str(reply.data.get("admin", "active"))
-            log.info("hostd.registered", host_id=self.host_id, admin=self.admin, donated=request.donated)
+            log.info(
+                "hostd.registered", host_id=self.host_id, admin=self.admin, donated=request.donated
+            )
             return
 
     async def _snapshot(self) -> DesiredState:
@@ -175,8 +188,12 @@ class Agent:
         await self.containers.set_desired([(a.alloc_id, a.spec) for a in snapshot.allocations])
         with contextlib.suppress(DockerDriverError):
             self.outbox.put_nowait(await self.containers.actual_state(snapshot.position))
-        log.info("hostd.synced", position=snapshot.position, desired=len(self.containers.desired),
-                 running=len(self.containers.containers))
+        log.info(
+            "hostd.synced",
+            position=snapshot.position,
+            desired=len(self.containers.desired),
+            running=len(self.containers.containers),
+        )
 
     async def _on_reconnect(self) -> None:
         self._resync.set()
@@ -236,6 +253,7 @@ class Agent:
         while True:
             beat = Heartbeat(hostd_version=__version__, containers=len(self.containers.containers))
             with contextlib.suppress(*TRANSIENT_BUS_ERRORS):
-                await self.nc.publish(f"{HEARTBEAT}.{self.host_id}", beat.model_dump_json().encode())
+                await self.nc.publish(
+                    f"{HEARTBEAT}.{self.host_id}", beat.model_dump_json().encode()
+                )
             await asyncio.sleep(interval)
-

@@ -58,7 +58,9 @@ def container_spec(host_id: str, alloc_id: str, spec: AllocationSpec) -> Contain
 
 
 class ContainerManager:
-    def __init__(self, config: HostdConfig, driver: DockerDriver, report: Callable[[Report], None]) -> None:
+    def __init__(
+        self, config: HostdConfig, driver: DockerDriver, report: Callable[[Report], None]
+    ) -> None:
         self.config = config
         self.host_id = config.host_id
         self.driver = driver
@@ -84,7 +86,9 @@ class ContainerManager:
     def _engine_state(self, up: bool, detail: str = "") -> None:
         if self.engine_up is not up:
             self.engine_up = up
-            (log.info if up else log.error)("hostd.engine", available=up, url=self.driver.base_url, detail=detail)
+            (log.info if up else log.error)(
+                "hostd.engine", available=up, url=self.driver.base_url, detail=detail
+            )
             self.report(EngineStatus(available=up, detail=detail))
 
     def _fail(self, alloc_id: str, reason: FailureReason, detail: str) -> None:
@@ -106,8 +110,11 @@ class ContainerManager:
 
     def _admit(self, alloc_id: str, spec: AllocationSpec) -> ContainerSpec | None:
         if not self.config.image_allowed(spec.image):
-            self._fail(alloc_id, "image_not_allowed",
-                       f"image {spec.image!r} is not in this host's allowed_images {self.config.allowed_images}")
+            self._fail(
+                alloc_id,
+                "image_not_allowed",
+                f"image {spec.image!r} is not in this host's allowed_images {self.config.allowed_images}",
+            )
             return None
         try:
             return container_spec(self.host_id, alloc_id, spec)
@@ -164,8 +171,11 @@ class ContainerManager:
                 return
             plan = reconcile(self.desired, actual)
             for container in plan.remove:
-                log.info("hostd.removing_unwanted", alloc_id=container.allocation_id,
-                         container_id=container.container_id[:12])
+                log.info(
+                    "hostd.removing_unwanted",
+                    alloc_id=container.allocation_id,
+                    container_id=container.container_id[:12],
+                )
                 self._stopping.setdefault(container.allocation_id, None)
                 with contextlib.suppress(ContainerNotFound):
                     await self._docker(self.driver.remove, container.container_id)
@@ -173,26 +183,43 @@ class ContainerManager:
                     del self.containers[container.allocation_id]
             for container in plan.adopt:
                 self.containers[container.allocation_id] = container.container_id
-                log.info("hostd.adopted", alloc_id=container.allocation_id,
-                         container_id=container.container_id[:12])
+                log.info(
+                    "hostd.adopted",
+                    alloc_id=container.allocation_id,
+                    container_id=container.container_id[:12],
+                )
                 if self.paused and container.status != "paused":
                     await self._docker(self.driver.pause, container.container_id)
                 elif not self.paused and container.status == "paused":
                     await self._docker(self.driver.unpause, container.container_id)
             for container in plan.report_exited:
                 self.desired.pop(container.allocation_id, None)
-                self.report(ContainerExited(alloc_id=container.allocation_id, container_id=container.container_id,
-                                            exit_code=container.exit_code or 0, oom_killed=container.oom_killed))
+                self.report(
+                    ContainerExited(
+                        alloc_id=container.allocation_id,
+                        container_id=container.container_id,
+                        exit_code=container.exit_code or 0,
+                        oom_killed=container.oom_killed,
+                    )
+                )
             for spec in plan.start:
                 await self._start(spec)
 
     async def actual_state(self, as_of_position: int) -> ActualState:
         containers = await self._docker(self.driver.list_managed, self.host_id)
-        return ActualState(as_of_position=as_of_position, containers=[
-            ContainerStatus(alloc_id=c.allocation_id, container_id=c.container_id, running=c.running,
-                            exit_code=c.exit_code, oom_killed=c.oom_killed)
-            for c in containers
-        ])
+        return ActualState(
+            as_of_position=as_of_position,
+            containers=[
+                ContainerStatus(
+                    alloc_id=c.allocation_id,
+                    container_id=c.container_id,
+                    running=c.running,
+                    exit_code=c.exit_code,
+                    oom_killed=c.oom_killed,
+                )
+                for c in containers
+            ],
+        )
 
     # The member's controls.
 
@@ -229,20 +256,20 @@ class ContainerManager:
     # Watching.
 
     async def on_container_died(self, container_id: str) -> None:
-        alloc_id = next((a for a, c in self.containers.items() if c == container_id), None)
-        if alloc_id is None:
-            return
-        reason = self._stopping.pop(alloc_id, None)
+        # Labels, not our bookkeeping, say whose container it was: a container
+        # may die before run() has even returned its id to us.
         try:
             state = await self._docker(self.driver.state, container_id)
         except (ContainerNotFound, EngineUnavailable):
             return
-        if state.running:
-            return
+        alloc_id = state.allocation_id
+        if state.running or alloc_id not in self.desired:
+            return  # restarted, or released by us
         self.desired.pop(alloc_id, None)
-        if reason is not None:
+        if self._stopping.pop(alloc_id, None) is not None:
             return  # reported as a failure when we stopped it
-        log.info("hostd.container_exited", alloc_id=alloc_id, exit_code=state.exit_code, oom_killed=state.oom_killed)
+        log.info("hostd.container_exited", alloc_id=alloc_id, exit_code=state.exit_code,
+                 oom_killed=state.oom_killed)
         self.report(ContainerExited(alloc_id=alloc_id, container_id=container_id,
                                     exit_code=state.exit_code or 0, oom_killed=state.oom_killed))
 
@@ -261,8 +288,8 @@ class ContainerManager:
             def pump(stream: Any = stream, closed: threading.Event = closed) -> None:
                 try:
                     for event in stream:
-                        if event.get("status") == "die" or event.get("Action") == "die":
-                            loop.call_soon_threadsafe(died.put_nowait, str(event.get("id", "")))
+                        if event["action"] == "die" and event["container_id"]:
+                            loop.call_soon_threadsafe(died.put_nowait, str(event["container_id"]))
                 except DockerDriverError:
                     pass
                 finally:
@@ -307,10 +334,16 @@ class ContainerManager:
                 except DockerDriverError:
                     continue
                 if used > spec.disk_bytes:
-                    await self._stop_for(alloc_id, container_id, "disk_limit_exceeded",
-                                         f"wrote {used} bytes, more than its disk bound of {spec.disk_bytes}")
+                    await self._stop_for(
+                        alloc_id,
+                        container_id,
+                        "disk_limit_exceeded",
+                        f"wrote {used} bytes, more than its disk bound of {spec.disk_bytes}",
+                    )
 
-    async def _stop_for(self, alloc_id: str, container_id: str, reason: FailureReason, detail: str) -> None:
+    async def _stop_for(
+        self, alloc_id: str, container_id: str, reason: FailureReason, detail: str
+    ) -> None:
         self._stopping[alloc_id] = reason
         self._fail(alloc_id, reason, detail)
         async with self._lock:
@@ -326,8 +359,13 @@ class ContainerManager:
                     usage = await self._docker(self.driver.usage, container_id)
                 except DockerDriverError:
                     continue
-                samples.append(UsageSample(alloc_id=alloc_id, cpu_total_ns=usage.cpu_total_ns,
-                                           memory_bytes=usage.memory_bytes, pids=usage.pids))
+                samples.append(
+                    UsageSample(
+                        alloc_id=alloc_id,
+                        cpu_total_ns=usage.cpu_total_ns,
+                        memory_bytes=usage.memory_bytes,
+                        pids=usage.pids,
+                    )
+                )
             if samples:
                 self.report(UsageSampled(samples=samples))
-

@@ -10,10 +10,16 @@ from potluck.registry.nats_auth import inbox_prefix
 
 async def control(config: HostdConfig, action: str, grace_s: float = 300.0) -> Reply:
     command = ControlHost.model_validate({"action": action, "grace_s": grace_s})
-    nc = await connect_bus(config.nats_url, name=f"member-{config.host_id}", seed=config.nats_seed(),
-                           inbox_prefix=inbox_prefix(config.host_id))
+    nc = await connect_bus(
+        config.nats_url,
+        name=f"member-{config.host_id}",
+        seed=config.nats_seed(),
+        inbox_prefix=inbox_prefix(config.host_id),
+    )
     try:
-        msg = await nc.request(f"{CONTROL}.{config.host_id}", command.model_dump_json().encode(), timeout=10)
+        msg = await nc.request(
+            f"{CONTROL}.{config.host_id}", command.model_dump_json().encode(), timeout=10
+        )
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
         raise ConnectionError(f"the registry did not answer on {config.nats_url}: {exc!r}") from exc
     finally:

@@ -29,11 +29,16 @@ def new_host_id() -> str:
     return f"h-{secrets.token_hex(6)}"
 
 
-async def enroll_host(store: EventStore, name: str, *, host_id: str | None = None) -> tuple[str, KeyPair]:
+async def enroll_host(
+    store: EventStore, name: str, *, host_id: str | None = None
+) -> tuple[str, KeyPair]:
     host_id = validate_host_id(host_id or new_host_id())
     key = new_user_key()
     await decide_and_append(
-        store, host_id, lambda s: aggregate.enroll(s, host_id, name, key.public), {"actor": "operator"}
+        store,
+        host_id,
+        lambda s: aggregate.enroll(s, host_id, name, key.public),
+        {"actor": "operator"},
     )
     return host_id, key
 
@@ -71,7 +76,9 @@ async def refresh_nats_authorization(
 ) -> bool:
     """Render the users file from the log; reload nats-server when it changed."""
     view = await current_hosts(store)
-    hosts = [(h.host_id, h.nkey) for h in view.hosts.values() if h.nkey and h.admin != "deregistered"]
+    hosts = [
+        (h.host_id, h.nkey) for h in view.hosts.values() if h.nkey and h.admin != "deregistered"
+    ]
     text = render_authorization([public_key_of(s) for s in service_seeds], hosts)
     changed = write_authorization(auth_file, text)
     if changed and pid_file is not None and pid_file.exists():

@@ -31,8 +31,11 @@ def enroll(state: HostState | None, host_id: str, name: str, nkey: str) -> list[
 
 def _require_enrolled(state: HostState | None, host_id: str) -> HostState:
     if state is None:
-        raise Rejected("NOT_ENROLLED", f"host {host_id} is not enrolled; ask an operator to enroll it",
-                       status=404)
+        raise Rejected(
+            "NOT_ENROLLED",
+            f"host {host_id} is not enrolled; ask an operator to enroll it",
+            status=404,
+        )
     return state
 
 
@@ -55,7 +58,11 @@ def register(state: HostState | None, host_id: str, req: RegisterHost) -> list[E
         and current.hostd_version == req.hostd_version
     )
     if unchanged:
-        return [] if current.liveness == "online" else [HostRecovered(host_id=host_id, was=current.liveness or "lost")]
+        return (
+            []
+            if current.liveness == "online"
+            else [HostRecovered(host_id=host_id, was=current.liveness or "lost")]
+        )
     return [event]
 
 
@@ -83,7 +90,9 @@ def beat_returned(state: HostState) -> list[Event]:
     return []
 
 
-def went_silent(state: HostState, silent_for_s: float, *, suspect_after_s: float, lost_after_s: float) -> list[Event]:
+def went_silent(
+    state: HostState, silent_for_s: float, *, suspect_after_s: float, lost_after_s: float
+) -> list[Event]:
     if not state.registered:
         return []
     if state.liveness in ("online", "suspect") and silent_for_s >= lost_after_s:

@@ -14,6 +14,8 @@ from potluck.registry.events import Capacity, EngineFacts
 REGISTER = "potluck.rpc.registry.register"
 CONTROL = "potluck.rpc.registry.control"
 HEARTBEAT = "potluck.hb"
+#: Operators and services only: hosts may publish solely on subjects ending in their id.
+LIST_HOSTS = "potluck.rpc.registry.hosts"
 
 
 def host_subject(prefix: str, host_id: str) -> str:

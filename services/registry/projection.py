@@ -65,7 +65,9 @@ def evolve(state: HostState | None, event: Event, version: int, at: datetime) ->
     if not isinstance(event, HostEvent):
         return state
     if isinstance(event, HostEnrolled):
-        return HostState(host_id=event.host_id, name=event.name, nkey=event.nkey, version=version, changed_at=at)
+        return HostState(
+            host_id=event.host_id, name=event.name, nkey=event.nkey, version=version, changed_at=at
+        )
     if state is None:
         # A host event without enrollment cannot be decided by the aggregate; keep folding total.
         state = HostState(host_id=event.host_id, name=event.host_id, nkey="")
@@ -123,3 +125,22 @@ class HostsView:
         for event, position, version, at in events:
             view.apply(event, position=position, version=version, at=at)
         return view
+
+
+def host_as_dict(state: HostState) -> dict[str, object]:
+    """A host as operators and tests see it (event-derived fields only)."""
+    return {
+        "host_id": state.host_id,
+        "name": state.name,
+        "status": state.status,
+        "admin": state.admin,
+        "liveness": state.liveness,
+        "registered": state.registered,
+        "version": state.version,
+        "donated": state.donated.model_dump() if state.donated else None,
+        "labels": dict(state.labels),
+        "allowed_images": list(state.allowed_images),
+        "engine": state.engine.model_dump() if state.engine else None,
+        "hostd_version": state.hostd_version,
+        "changed_at": state.changed_at.isoformat() if state.changed_at else None,
+    }

@@ -23,6 +23,7 @@ from potluck.registry.liveness import LastSeen, LivenessPolicy
 from potluck.registry.messages import (
     CONTROL,
     HEARTBEAT,
+    LIST_HOSTS,
     REGISTER,
     ControlHost,
     Heartbeat,
@@ -31,7 +32,7 @@ from potluck.registry.messages import (
     host_of,
 )
 from potluck.registry.nats_auth import host_consumer, host_event_filter
-from potluck.registry.projection import HostState, HostsView, evolve
+from potluck.registry.projection import HostState, HostsView, evolve, host_as_dict
 from potluck.rejections import Rejected
 from potluck.retry import on_conflict
 
@@ -79,8 +80,12 @@ async def rebuild_view(store: EventStore, view: HostsView, batch: int = 5000) ->
     while records := await store.read_all(view.position, batch):
         for record in records:
             if record.category == "host":
-                view.apply(registry.decode_record(record), position=record.position,
-                           version=record.version, at=record.recorded_at)
+                view.apply(
+                    registry.decode_record(record),
+                    position=record.position,
+                    version=record.version,
+                    at=record.recorded_at,
+                )
             else:
                 view.position = record.position
 
@@ -104,6 +109,7 @@ class RegistryService:
             await self.nc.subscribe(f"{REGISTER}.*", queue="registry", cb=self._on_register),
             await self.nc.subscribe(f"{CONTROL}.*", queue="registry", cb=self._on_control),
             await self.nc.subscribe(f"{HEARTBEAT}.*", cb=self._on_heartbeat),
+            await self.nc.subscribe(LIST_HOSTS, queue="registry", cb=self._on_list),
         ]
         try:
             await asyncio.gather(self._follow(), self._watch_liveness())
@@ -115,8 +121,12 @@ class RegistryService:
         follower = LogFollower(self.store, after_position=self.view.position)
         async for record in follower.events():
             if record.category == "host":
-                self.view.apply(registry.decode_record(record), position=record.position,
-                                version=record.version, at=record.recorded_at)
+                self.view.apply(
+                    registry.decode_record(record),
+                    position=record.position,
+                    version=record.version,
+                    at=record.recorded_at,
+                )
             else:
                 self.view.position = record.position
 
@@ -131,7 +141,22 @@ class RegistryService:
             reply = Reply(ok=False, error=exc.as_dict())
         except Exception as exc:
             log.exception("registry.request_failed", subject=msg.subject)
-            reply = Reply(ok=False, error={"code": "INTERNAL", "message": f"registry failed: {exc!r}"})
+            reply = Reply(
+                ok=False, error={"code": "INTERNAL", "message": f"registry failed: {exc!r}"}
+            )
+        if msg.reply:
+            await msg.respond(reply.model_dump_json().encode())
+
+    async def _on_list(self, msg: Msg) -> None:
+        seen_ago = self.last_seen.seen_ago()
+        hosts = []
+        for state in sorted(self.view.hosts.values(), key=lambda h: h.host_id):
+            row = host_as_dict(state)
+            row["last_seen_s_ago"] = (
+                round(seen_ago[state.host_id], 3) if state.host_id in seen_ago else None
+            )
+            hosts.append(row)
+        reply = Reply(ok=True, data={"position": self.view.position, "hosts": hosts})
         if msg.reply:
             await msg.respond(reply.model_dump_json().encode())
 
@@ -144,7 +169,10 @@ class RegistryService:
     async def register(self, host_id: str, payload: bytes) -> dict[str, Any]:
         req = RegisterHost.model_validate_json(payload)
         outcome = await decide_and_append(
-            self.store, host_id, lambda s: aggregate.register(s, host_id, req), {"actor": f"host:{host_id}"}
+            self.store,
+            host_id,
+            lambda s: aggregate.register(s, host_id, req),
+            {"actor": f"host:{host_id}"},
         )
         await self._ensure_host_consumer(host_id)
         self.last_seen.beat(host_id)
@@ -192,7 +220,10 @@ class RegistryService:
         state = self.view.hosts.get(host_id)
         if state is not None and state.liveness in ("suspect", "lost"):
             await decide_and_append(
-                self.store, host_id, lambda s: aggregate.beat_returned(s) if s else [], {"actor": "registry"}
+                self.store,
+                host_id,
+                lambda s: aggregate.beat_returned(s) if s else [],
+                {"actor": "registry"},
             )
 
     async def _watch_liveness(self) -> None:
@@ -208,10 +239,16 @@ class RegistryService:
                 await decide_and_append(
                     self.store,
                     host_id,
-                    lambda s, silent=silent: aggregate.went_silent(  # type: ignore[misc]
-                        s, silent, suspect_after_s=self.policy.suspect_after_s,
-                        lost_after_s=self.policy.lost_after_s,
-                    ) if s else [],
+                    lambda s, silent=silent: (
+                        aggregate.went_silent(  # type: ignore[misc]
+                            s,
+                            silent,
+                            suspect_after_s=self.policy.suspect_after_s,
+                            lost_after_s=self.policy.lost_after_s,
+                        )
+                        if s
+                        else []
+                    ),
                     {"actor": "registry"},
                 )
 

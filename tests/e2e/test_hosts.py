@@ -1,25 +1,13 @@
 """Members donate machines: registry and hostd processes on real NATS, Postgres and Docker engines."""
 
-import asyncio
-
 from potluck.localstack.docker_engine import DockerEngine
-from tests.fixtures.pool import Pool, allocation, place, spec
+from tests.e2e.conftest import wait_for_status
+from tests.fixtures.pool import Pool, place, spec
 
 
-async def wait_for_status(pool: Pool, alloc_id: str, status: str, timeout: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        state = await allocation(pool.store, alloc_id)
-        if state is not None and state.status == status:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(
-                f"allocation {alloc_id} is {state.status if state else 'unknown'}, not {status}\n{pool.logs()}"
-            )
-        await asyncio.sleep(0.1)
-
-
-async def test_two_hostds_register_with_their_caps(pool: Pool, docker_engines: list[DockerEngine]) -> None:
+async def test_two_hostds_register_with_their_caps(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
     a = await pool.enroll("laptop-a")
     b = await pool.enroll("laptop-b")
     pool.write_config(a, docker_engines[0], donate={"cpus": 1.5, "memory": "1G", "disk": "2G"})
@@ -39,7 +27,9 @@ async def test_two_hostds_register_with_their_caps(pool: Pool, docker_engines: l
     assert view.hosts[a.host_id].engine is not None
 
 
-async def test_a_placed_container_runs_and_is_reported(pool: Pool, docker_engines: list[DockerEngine]) -> None:
+async def test_a_placed_container_runs_and_is_reported(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
     a = await pool.enroll("laptop-a")
     pool.write_config(a, docker_engines[0])
     pool.start_hostd(a)

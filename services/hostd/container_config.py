@@ -1,0 +1,176 @@
+"""Pure translation of an allocation's limits into Docker create arguments, and back.
+
+`create_kwargs` says what we ask the engine for; `limit_mismatches` reads an
+`inspect` answer and lists every limit or security setting that did not take
+effect, so that hostd refuses to run work on a container it cannot bound.
+Nothing here talks to Docker.
+"""
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Containers run strangers' code on a member's laptop, as root inside the
+# container. Docker's default set is dropped entirely; we add back only what
+# ordinary shell work and package managers need on the container's own files:
+#   CHOWN, FOWNER, DAC_OVERRIDE  unpack archives and install packages whose files
+#                                belong to other users (dpkg, tar -p, pip as root);
+#   SETUID, SETGID               switch to an unprivileged user (apt drops to _apt,
+#                                `su` to a build user).
+# Left out, among Docker's defaults: NET_RAW (raw sockets, spoofing), MKNOD (device
+# nodes), SETFCAP/SETPCAP (file capabilities), SYS_CHROOT, KILL (signal other users'
+# processes), NET_BIND_SERVICE, AUDIT_WRITE, FSETID. no-new-privileges also
+# keeps setuid binaries from gaining anything.
+CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID")
+LOG_MAX_SIZE = "10m"
+LOG_MAX_FILE = "3"
+NAME_PREFIX = "potluck-"
+LABEL_ALLOCATION = "potluck.allocation"
+LABEL_HOST = "potluck.host"
+LABEL_MANAGED = "potluck.managed"
+LABEL_SPEC = "potluck.spec"
+# The engine refuses memory limits below 6 MiB.
+MIN_MEMORY_BYTES = 6 * 1024 * 1024
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What one allocation gets on this host; the labels keep it for a restarted hostd."""
+
+    allocation_id: str
+    host_id: str
+    image: str
+    cpus: float
+    memory_bytes: int
+    disk_bytes: int
+    pids_limit: int
+    command: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    network: bool = False
+
+    def __post_init__(self) -> None:
+        if not _ID.match(self.allocation_id):
+            raise ValueError(f"allocation_id {self.allocation_id!r} is not a valid container name")
+        if not self.host_id:
+            raise ValueError("host_id must not be empty")
+        if not self.cpus > 0:
+            raise ValueError(f"cpus must be positive, not {self.cpus}")
+        if self.memory_bytes < MIN_MEMORY_BYTES:
+            raise ValueError(f"memory_bytes must be at least {MIN_MEMORY_BYTES}")
+        if self.disk_bytes <= 0:
+            raise ValueError(f"disk_bytes must be positive, not {self.disk_bytes}")
+        if self.pids_limit < 1:
+            raise ValueError(f"pids_limit must be at least 1, not {self.pids_limit}")
+
+    @property
+    def container_name(self) -> str:
+        return NAME_PREFIX + self.allocation_id
+
+    @property
+    def nano_cpus(self) -> int:
+        return round(self.cpus * 1e9)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ContainerSpec":
+        return cls(**json.loads(text))
+
+
+def _network_mode(spec: ContainerSpec) -> str:
+    # "bridge" is the engine's default network: outbound through the member's NAT.
+    return "bridge" if spec.network else "none"
+
+
+def labels(spec: ContainerSpec) -> dict[str, str]:
+    return {
+        LABEL_ALLOCATION: spec.allocation_id,
+        LABEL_HOST: spec.host_id,
+        LABEL_MANAGED: "1",
+        LABEL_SPEC: spec.to_json(),
+    }
+
+
+def create_kwargs(spec: ContainerSpec, *, disk_quota: bool) -> dict[str, Any]:
+    """Arguments for docker-py's `containers.create`, limits and hardening included."""
+    kwargs: dict[str, Any] = {
+        "image": spec.image,
+        "command": spec.command,
+        "name": spec.container_name,
+        "environment": dict(spec.env),
+        "labels": labels(spec),
+        "detach": True,
+        # docker-init as PID 1 reaps zombies and forwards signals.
+        "init": True,
+        "nano_cpus": spec.nano_cpus,
+        # Memory equal to memory-plus-swap: no swap beyond the limit.
+        "mem_limit": spec.memory_bytes,
+        "memswap_limit": spec.memory_bytes,
+        "pids_limit": spec.pids_limit,
+        "cap_drop": ["ALL"],
+        "cap_add": list(CAPABILITIES),
+        # The engine's default seccomp profile applies because we name no other.
+        "security_opt": ["no-new-privileges"],
+        "privileged": False,
+        "network_mode": _network_mode(spec),
+        "cgroupns": "private",
+        "ipc_mode": "private",
+        "read_only": False,
+        "log_config": {
+            "type": "json-file",
+            "config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE},
+        },
+        "restart_policy": {"Name": "no"},
+    }
+    if disk_quota:
+        kwargs["storage_opt"] = {"size": str(spec.disk_bytes)}
+    return kwargs
+
+
+def _caps(values: list[str] | None) -> list[str]:
+    return sorted(v.upper().removeprefix("CAP_") for v in values or [])
+
+
+def limit_mismatches(
+    spec: ContainerSpec, inspect: dict[str, Any], *, disk_quota: bool
+) -> list[tuple[str, Any, Any]]:
+    """(field, wanted, got) for each limit or security setting `inspect` does not show."""
+    host = inspect.get("HostConfig") or {}
+    log = host.get("LogConfig") or {}
+    security = host.get("SecurityOpt") or []
+    checks: list[tuple[str, Any, Any]] = [
+        ("NanoCpus", spec.nano_cpus, host.get("NanoCpus")),
+        ("Memory", spec.memory_bytes, host.get("Memory")),
+        ("MemorySwap", spec.memory_bytes, host.get("MemorySwap")),
+        ("PidsLimit", spec.pids_limit, host.get("PidsLimit")),
+        ("OomKillDisable", False, bool(host.get("OomKillDisable"))),
+        ("CapDrop", ["ALL"], _caps(host.get("CapDrop"))),
+        ("CapAdd", sorted(CAPABILITIES), _caps(host.get("CapAdd"))),
+        ("SecurityOpt.no-new-privileges", True,
+         any(o in ("no-new-privileges", "no-new-privileges:true") for o in security)),
+        ("SecurityOpt.unconfined", [], [o for o in security if "unconfined" in o]),
+        ("Privileged", False, host.get("Privileged")),
+        ("NetworkMode", _network_mode(spec), host.get("NetworkMode")),
+        ("Binds", [], host.get("Binds") or []),
+        ("Mounts", [], (host.get("Mounts") or []) + (inspect.get("Mounts") or [])),
+        ("VolumesFrom", [], host.get("VolumesFrom") or []),
+        ("Devices", [], host.get("Devices") or []),
+        ("DeviceCgroupRules", [], host.get("DeviceCgroupRules") or []),
+        ("DeviceRequests", [], host.get("DeviceRequests") or []),
+        ("PidMode", "", host.get("PidMode")),
+        ("IpcMode", "private", host.get("IpcMode")),
+        ("UTSMode", "", host.get("UTSMode")),
+        ("UsernsMode", "", host.get("UsernsMode")),
+        ("CgroupnsMode", "private", host.get("CgroupnsMode")),
+        ("Init", True, host.get("Init")),
+        ("LogConfig.Type", "json-file", log.get("Type")),
+        ("LogConfig.max-size", LOG_MAX_SIZE, (log.get("Config") or {}).get("max-size")),
+        ("LogConfig.max-file", LOG_MAX_FILE, (log.get("Config") or {}).get("max-file")),
+    ]  # fmt: skip
+    if disk_quota:
+        size = (host.get("StorageOpt") or {}).get("size")
+        checks.append(("StorageOpt.size", str(spec.disk_bytes), size))
+    return [(name, wanted, got) for name, wanted, got in checks if wanted != got]

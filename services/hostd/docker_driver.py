@@ -1,0 +1,430 @@
+"""The Docker engine, as hostd sees it: the only module in the project that imports docker.
+
+Synchronous on purpose: callers run each method with `asyncio.to_thread`, and
+`events()` in a thread of its own. Every docker SDK or requests failure leaves
+this module as a `DockerDriverError`:
+
+    DockerDriverError          anything the engine refused or failed to do
+    +-- EngineUnavailable      no engine answers at the URL (down, socket missing, hung)
+    +-- ImageNotAvailable      the image is not on the engine and was not pulled
+    +-- ContainerNotFound      no container with that id or name
+    +-- LimitsNotApplied       a limit or security setting did not take effect
+
+What a container gets is decided in `container_config` (pure, unit-tested);
+here it is created, started, read back and verified.
+"""
+
+import contextlib
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import docker
+import docker.errors
+import docker.transport.unixconn
+import requests
+
+from potluck.hostd.container_config import (
+    LABEL_ALLOCATION,
+    LABEL_HOST,
+    LABEL_MANAGED,
+    LABEL_SPEC,
+    ContainerSpec,
+    create_kwargs,
+    limit_mismatches,
+)
+
+__all__ = [
+    "ContainerNotFound", "ContainerSpec", "ContainerUsage", "DockerDriver", "DockerDriverError",
+    "EngineFacts", "EngineUnavailable", "EventStream", "ExecResult", "ImageNotAvailable",
+    "LimitsNotApplied", "ManagedContainer",
+]  # fmt: skip
+
+WATCHED_EVENTS = ("start", "die", "oom")
+
+
+def _connect_closing_on_error(self: Any) -> None:
+    # docker-py leaves the socket open when connect() fails (an engine that is down),
+    # which warns later as an unclosed socket; docker/docker-py#3356, not yet released.
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_socket)
+    except BaseException:
+        sock.close()
+        raise
+    self.sock = sock
+
+
+setattr(docker.transport.unixconn.UnixHTTPConnection, "connect", _connect_closing_on_error)  # noqa: B010
+
+
+class DockerDriverError(Exception):
+    """The engine refused or failed; the message says what was tried."""
+
+
+class EngineUnavailable(DockerDriverError):
+    pass
+
+
+class ImageNotAvailable(DockerDriverError):
+    pass
+
+
+class ContainerNotFound(DockerDriverError):
+    pass
+
+
+class LimitsNotApplied(DockerDriverError):
+    def __init__(self, field: str, wanted: Any, got: Any, *, container_id: str = "") -> None:
+        super().__init__(
+            f"{field} did not take effect on container {container_id[:12] or '?'}: "
+            f"wanted {wanted!r}, the engine reports {got!r}; the container was removed"
+        )
+        self.field, self.wanted, self.got, self.container_id = field, wanted, got, container_id
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    version: str
+    api_version: str
+    cgroup_version: str
+    storage_driver: str
+    disk_quota_supported: bool
+    seccomp: bool
+
+
+@dataclass(frozen=True)
+class ManagedContainer:
+    container_id: str
+    allocation_id: str
+    status: str
+    running: bool
+    exit_code: int | None
+    oom_killed: bool
+    started_at: datetime | None
+    finished_at: datetime | None
+    spec: ContainerSpec | None = None
+
+
+@dataclass(frozen=True)
+class ContainerUsage:
+    cpu_total_ns: int
+    memory_bytes: int
+    memory_limit_bytes: int
+    pids: int
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    output: bytes
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value or value.startswith("0001-01-01"):
+        return None
+    return datetime.fromisoformat(value)
+
+
+def _managed(attrs: dict[str, Any]) -> ManagedContainer:
+    state = attrs.get("State") or {}
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    spec = None
+    with contextlib.suppress(ValueError, TypeError):
+        spec = ContainerSpec.from_json(labels.get(LABEL_SPEC, ""))
+    status = state.get("Status", "unknown")
+    ended = status in ("exited", "dead")
+    return ManagedContainer(
+        container_id=attrs["Id"],
+        allocation_id=labels.get(LABEL_ALLOCATION, ""),
+        status=status,
+        running=bool(state.get("Running")),
+        exit_code=int(state.get("ExitCode", 0)) if ended else None,
+        oom_killed=bool(state.get("OOMKilled")),
+        started_at=_time(state.get("StartedAt")),
+        finished_at=_time(state.get("FinishedAt")) if ended else None,
+        spec=spec,
+    )
+
+
+class EventStream:
+    """start/die/oom events of one host's containers; iterate in a thread, close from any."""
+
+    def __init__(self, stream: Any, base_url: str, *, follows: bool) -> None:
+        self._stream = stream
+        self._base_url = base_url
+        self._follows = follows
+        self._closed = False
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            for raw in self._stream:
+                action = raw.get("Action") or raw.get("status")
+                if raw.get("Type") != "container" or action not in WATCHED_EVENTS:
+                    continue
+                attributes = (raw.get("Actor") or {}).get("Attributes") or {}
+                exit_code = attributes.get("exitCode")
+                yield {
+                    "action": action,
+                    "container_id": (raw.get("Actor") or {}).get("ID") or raw.get("id"),
+                    "allocation_id": attributes.get(LABEL_ALLOCATION, ""),
+                    "host_id": attributes.get(LABEL_HOST, ""),
+                    "exit_code": int(exit_code) if exit_code is not None else None,
+                    "time_nano": int(raw.get("timeNano", 0)),
+                }
+        except (requests.RequestException, OSError) as exc:
+            if not self._closed:
+                raise EngineUnavailable(f"event stream from {self._base_url} broke: {exc}") from exc
+            return
+        # The SDK ends the stream quietly when the connection drops.
+        if self._follows and not self._closed:
+            raise EngineUnavailable(
+                f"event stream from {self._base_url} ended: the engine stopped? "
+                "Follow events again once it answers"
+            )
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(Exception):  # the SDK's socket shutdown may race the reader
+            self._stream.close()
+
+
+class DockerDriver:
+    def __init__(self, base_url: str, timeout: float = 30) -> None:
+        self.base_url = base_url
+        self.timeout = timeout
+        self._client: docker.DockerClient | None = None
+        self._facts: EngineFacts | None = None
+        self._lock = threading.Lock()
+
+    # Plumbing: one client made on first use, and every failure translated.
+
+    def _unavailable(self, exc: BaseException) -> EngineUnavailable:
+        return EngineUnavailable(
+            f"no Docker engine answers at {self.base_url} ({type(exc).__name__}: {exc}); "
+            "start the engine (dockerd, or localstack's DockerEngine) or point hostd at its socket"
+        )
+
+    def _api(self) -> docker.DockerClient:
+        with self._lock:
+            if self._client is None:
+                try:
+                    self._client = docker.DockerClient(
+                        base_url=self.base_url, version="auto", timeout=int(self.timeout)
+                    )
+                except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+                    raise self._unavailable(exc) from exc
+            return self._client
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[docker.DockerClient]:
+        try:
+            yield self._api()
+        except docker.errors.ImageNotFound as exc:
+            raise ImageNotAvailable(
+                f"{what}: {exc.explanation}; the image is not on the engine at {self.base_url} "
+                "and run() does not pull: pull() it first or build it there"
+            ) from exc
+        except docker.errors.NotFound as exc:
+            raise ContainerNotFound(f"{what}: {exc.explanation}") from exc
+        except docker.errors.APIError as exc:
+            raise DockerDriverError(f"{what}: {exc.explanation or exc}") from exc
+        except (requests.RequestException, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        except docker.errors.DockerException as exc:
+            raise DockerDriverError(f"{what}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    # The engine.
+
+    def ping(self) -> bool:
+        with self._errors("ping") as client:
+            return bool(client.ping())
+
+    def engine_facts(self) -> EngineFacts:
+        if self._facts is not None:
+            return self._facts
+        with self._errors("reading engine facts") as client:
+            info = client.info()
+            version = client.version()
+        quota = self._probe_disk_quota()
+        facts = EngineFacts(
+            version=str(version.get("Version", "")),
+            api_version=str(client.api.api_version),
+            cgroup_version=str(info.get("CgroupVersion", "1")),
+            storage_driver=str(info.get("Driver", "")),
+            disk_quota_supported=bool(quota),
+            seccomp=any("seccomp" in o for o in info.get("SecurityOptions") or []),
+        )
+        if quota is not None:
+            self._facts = facts
+        return facts
+
+    def _probe_disk_quota(self) -> bool | None:
+        """Can a container's writable layer get a size limit? Only the engine knows for sure
+        (overlay2 needs xfs with pquota), so create one such container, never started, and
+        remove it. None when no image is there to try it with."""
+        with self._errors("probing disk quota support") as client:
+            images = client.images.list()
+            if not images:
+                return None
+            try:
+                probe = client.containers.create(
+                    images[0], name=f"potluck-probe-{uuid.uuid4().hex[:12]}",
+                    network_mode="none", storage_opt={"size": "16M"},
+                    labels={"potluck.probe": "1"},
+                )  # fmt: skip
+            except docker.errors.APIError:
+                return False
+            probe.remove(force=True)
+            return True
+
+    def pull(self, image: str) -> None:
+        try:
+            with self._errors(f"pulling {image}") as client:
+                client.images.pull(image)
+        except DockerDriverError as exc:
+            if isinstance(exc, EngineUnavailable):
+                raise
+            raise ImageNotAvailable(f"cannot pull {image}: {exc}") from exc
+
+    # Containers.
+
+    def run(self, spec: ContainerSpec) -> str:
+        """Create and start the allocation's container, or find the one a previous run()
+        made from the same spec; then check its limits. Returns the container id."""
+        disk_quota = self.engine_facts().disk_quota_supported
+        name = spec.container_name
+        with self._errors(f"running {name}") as client:
+            try:
+                container = client.containers.get(name)
+                made_from = _managed(container.attrs).spec
+                if made_from != spec:
+                    raise DockerDriverError(
+                        f"{name} already exists but was made from {made_from}, not {spec}: "
+                        "remove it first to run the allocation with the new spec"
+                    )
+            except docker.errors.NotFound:
+                try:
+                    container = client.containers.create(
+                        **create_kwargs(spec, disk_quota=disk_quota)
+                    )
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:  # 409: a concurrent run() created it first
+                        raise
+                    container = client.containers.get(name)
+            if container.status == "created":
+                try:
+                    container.start()
+                except docker.errors.APIError:
+                    container.remove(force=True)
+                    raise
+        self.verify_limits(container.id or "", spec)
+        return container.id or ""
+
+    def verify_limits(self, container_id: str, spec: ContainerSpec) -> None:
+        """Raise LimitsNotApplied (after removing the container) unless inspect shows them all."""
+        disk_quota = self.engine_facts().disk_quota_supported
+        mismatches = limit_mismatches(spec, self.inspect(container_id), disk_quota=disk_quota)
+        if mismatches:
+            self.remove(container_id)
+            field, wanted, got = mismatches[0]
+            raise LimitsNotApplied(field, wanted, got, container_id=container_id)
+
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        with self._errors(f"inspecting {container_id[:12]}") as client:
+            attrs: dict[str, Any] = client.api.inspect_container(container_id)
+            return attrs
+
+    def state(self, container_id: str) -> ManagedContainer:
+        return _managed(self.inspect(container_id))
+
+    def list_managed(self, host_id: str | None) -> list[ManagedContainer]:
+        """This host's potluck containers, running or not (None: every host's)."""
+        wanted = [f"{LABEL_MANAGED}=1"] + ([f"{LABEL_HOST}={host_id}"] if host_id else [])
+        filters: dict[str, str | list[str] | bool] = {"label": wanted}
+        with self._errors(f"listing containers of host {host_id}") as client:
+            found = client.containers.list(all=True, filters=filters, ignore_removed=True)
+            return [_managed(c.attrs) for c in found]
+
+    def stop(self, container_id: str, timeout: int = 10) -> None:
+        with self._errors(f"stopping {container_id[:12]}") as client:
+            client.api.stop(container_id, timeout=timeout)
+
+    def remove(self, container_id: str) -> None:
+        """Kill and remove; a container that is already gone is fine."""
+        with (
+            contextlib.suppress(ContainerNotFound),
+            self._errors(f"removing {container_id[:12]}") as client,
+        ):
+            client.api.remove_container(container_id, force=True)
+
+    def pause(self, container_id: str) -> None:
+        with self._errors(f"pausing {container_id[:12]}") as client:
+            client.api.pause(container_id)
+
+    def unpause(self, container_id: str) -> None:
+        with self._errors(f"unpausing {container_id[:12]}") as client:
+            client.api.unpause(container_id)
+
+    def writable_layer_bytes(self, container_id: str) -> int:
+        """Bytes written to the container's own layer (SizeRw); the engine walks the layer."""
+        with self._errors(f"measuring {container_id[:12]}") as client:
+            found = client.api.containers(all=True, size=True, filters={"id": container_id})
+            if not found:
+                raise ContainerNotFound(f"measuring {container_id[:12]}: no such container")
+            return int(found[0].get("SizeRw") or 0)
+
+    def usage(self, container_id: str) -> ContainerUsage:
+        """One stats sample: cumulative CPU time, memory without page cache, pids."""
+        with self._errors(f"sampling {container_id[:12]}") as client:
+            api = tuple(int(part) for part in client.api.api_version.split("."))
+            one_shot = True if api >= (1, 41) else None
+            stats = client.api.stats(container_id, stream=False, one_shot=one_shot)
+        memory = stats.get("memory_stats") or {}
+        detail = memory.get("stats") or {}
+        cache = detail.get("total_inactive_file", detail.get("inactive_file", 0))
+        return ContainerUsage(
+            cpu_total_ns=int(
+                ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage", 0)
+            ),
+            memory_bytes=max(0, int(memory.get("usage", 0)) - int(cache)),
+            memory_limit_bytes=int(memory.get("limit", 0)),
+            pids=int((stats.get("pids_stats") or {}).get("current", 0)),
+        )
+
+    def exec_run(self, container_id: str, argv: list[str], *, user: str = "") -> ExecResult:
+        with self._errors(f"exec in {container_id[:12]}") as client:
+            exec_id = client.api.exec_create(container_id, argv, user=user)["Id"]
+            output = client.api.exec_start(exec_id)
+            code = client.api.exec_inspect(exec_id).get("ExitCode")
+        return ExecResult(exit_code=-1 if code is None else int(code), output=output)
+
+    def logs(self, container_id: str, *, tail: int = 100) -> bytes:
+        with self._errors(f"reading logs of {container_id[:12]}") as client:
+            output: bytes = client.api.logs(container_id, tail=tail)
+            return output
+
+    def events(
+        self, host_id: str, since: datetime | int | None = None, until: datetime | int | None = None
+    ) -> EventStream:
+        """start/die/oom of this host's managed containers; blocks, so iterate in a thread.
+        Without `until` it follows forever; close() it to stop, EngineUnavailable if it breaks."""
+        filters = {
+            "type": ["container"],
+            "event": list(WATCHED_EVENTS),
+            "label": [f"{LABEL_HOST}={host_id}", f"{LABEL_MANAGED}=1"],
+        }
+        with self._errors(f"following events of host {host_id}") as client:
+            raw = client.api.events(since=since, until=until, filters=filters, decode=True)
+        return EventStream(raw, self.base_url, follows=until is None)

@@ -1,0 +1,89 @@
+"""Limits that hold: what a placed container tries, and what must stop it."""
+
+from pathlib import Path
+
+from potluck.hostd.docker_driver import DockerDriver
+from potluck.localstack.docker_engine import DockerEngine
+from tests.e2e.conftest import wait_for_status
+from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
+
+
+async def test_a_memory_hog_is_oom_killed_and_reported(pool: Pool, laptop: EnrolledHost) -> None:
+    """64 MB placed, 256 MB allocated: the kernel kills it and the log records an OOM exit."""
+    hog = spec(memory=64 << 20, command=["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"])
+    await place(pool.store, laptop.host_id, "hog", hog)
+    await wait_for_status(pool, "hog", "exited")
+    state = await allocation(pool.store, "hog")
+    assert state is not None
+    assert state.oom_killed is True
+    assert state.exit_code == 137
+
+
+async def test_a_fork_bomb_stops_at_the_pids_limit(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    """A fork bomb fills its pids limit and no more; the engine and new work still run."""
+    bomb = spec(pids_limit=32, command=["sh", "-c", "b() { b | b & }; b; sleep 3600"])
+    await place(pool.store, laptop.host_id, "bomb", bomb)
+    await wait_for_status(pool, "bomb", "running")
+    driver = DockerDriver(docker_engines[0].url)
+    try:
+        [container] = [c for c in driver.list_managed(laptop.host_id) if c.allocation_id == "bomb"]
+        cgroup = Path(f"/sys/fs/cgroup/pids/docker/{container.container_id}")
+        assert int((cgroup / "pids.max").read_text()) == 32
+        assert int((cgroup / "pids.current").read_text()) <= 32
+        assert driver.ping()
+        await place(pool.store, laptop.host_id, "after-bomb", spec())
+        await wait_for_status(pool, "after-bomb", "running")
+    finally:
+        driver.close()
+
+
+async def test_limits_are_in_the_containers_cgroup_and_inspect_shows_no_privileges(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    await place(pool.store, laptop.host_id, "limited", spec(cpus=0.5, memory=96 << 20, pids_limit=100))
+    await wait_for_status(pool, "limited", "running")
+    driver = DockerDriver(docker_engines[0].url)
+    try:
+        [container] = [c for c in driver.list_managed(laptop.host_id) if c.allocation_id == "limited"]
+        cid = container.container_id
+        read = driver.exec_run(
+            cid,
+            ["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+             "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes",
+             "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us",
+             "/sys/fs/cgroup/pids/pids.max"],
+        )
+        memory, memsw, quota, period, pids = read.output.decode().split()
+        assert int(memory) == 96 << 20
+        assert memsw == memory or memsw == "9223372036854771712"  # memsw may be unaccounted on this kernel
+        assert int(quota) / int(period) == 0.5
+        assert int(pids) == 100
+        inspect = driver.inspect(cid)
+        host_config = inspect["HostConfig"]
+        assert host_config["Privileged"] is False
+        assert host_config["CapDrop"] == ["ALL"]
+        assert "NET_RAW" not in (host_config["CapAdd"] or [])
+        assert "SYS_ADMIN" not in (host_config["CapAdd"] or [])
+        assert "no-new-privileges" in host_config["SecurityOpt"]
+        assert host_config["NetworkMode"] == "none"
+        assert not host_config["Binds"]
+        assert not inspect["Mounts"]
+        assert not host_config["Devices"]
+        assert host_config["PidMode"] == ""
+        assert host_config["IpcMode"] in ("private", "")
+        assert host_config["Memory"] == host_config["MemorySwap"] == 96 << 20
+        assert inspect["Config"]["Labels"]["potluck.allocation"] == "limited"
+    finally:
+        driver.close()
+
+
+async def test_writing_past_the_disk_bound_stops_the_container(pool: Pool, laptop: EnrolledHost) -> None:
+    """No engine quota on this filesystem: hostd measures the writable layer and stops it."""
+    writer = spec(disk=16 << 20, command=["sh", "-c", "dd if=/dev/zero of=/fill bs=1M count=48; sleep 3600"])
+    await place(pool.store, laptop.host_id, "writer", writer)
+    await wait_for_status(pool, "writer", "failed")
+    state = await allocation(pool.store, "writer")
+    assert state is not None
+    assert state.reason == "disk_limit_exceeded"
