@@ -1,0 +1,121 @@
+"""Faults named and survived: kill -9 hostd, a silent laptop, a restarted registry, engine and NATS restarts."""
+
+import asyncio
+import os
+import signal
+
+from potluck.allocator.events import AllocationSpec
+from potluck.events import EventStore
+from potluck.hostd.container_config import ContainerSpec
+from potluck.hostd.docker_driver import DockerDriver
+from potluck.localstack.docker_engine import DockerEngine
+from tests.e2e.conftest import wait_for_status
+from tests.fixtures.pool import EnrolledHost, Pool, place, spec
+
+
+async def host_event_types(store: EventStore, host_id: str) -> list[str]:
+    return [r.type for r in await store.read_stream(f"host-{host_id}")]
+
+
+def orphan_spec(host_id: str, wanted: AllocationSpec) -> ContainerSpec:
+    return ContainerSpec(
+        allocation_id="orphan", host_id=host_id, image=wanted.image, cpus=0.1,
+        memory_bytes=32 << 20, disk_bytes=16 << 20, pids_limit=16, command=["sleep", "3600"],
+    )
+
+
+async def test_hostd_killed_and_restarted_adopts_its_containers_and_stops_orphans(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    """SIGKILL hostd with two containers running and start it again: both are adopted (same
+    container ids, no duplicate), and a container no allocation wants is removed."""
+    await place(pool.store, laptop.host_id, "keep1", spec())
+    await place(pool.store, laptop.host_id, "keep2", spec())
+    await wait_for_status(pool, "keep1", "running")
+    await wait_for_status(pool, "keep2", "running")
+    driver = DockerDriver(docker_engines[0].url)
+    try:
+        before = {c.allocation_id: c.container_id for c in driver.list_managed(laptop.host_id)}
+        assert laptop.process is not None
+        laptop.process.kill()
+        driver.run(orphan_spec(laptop.host_id, spec()))
+        pool.start_hostd(laptop)
+
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            after = {c.allocation_id: c.container_id for c in driver.list_managed(laptop.host_id)}
+            if "orphan" not in after:
+                break
+            assert asyncio.get_running_loop().time() < deadline, pool.logs()
+            await asyncio.sleep(0.2)
+        assert after == before
+        assert all(c.running for c in driver.list_managed(laptop.host_id))
+    finally:
+        driver.close()
+    await wait_for_status(pool, "keep1", "running")
+
+
+async def test_a_silent_host_becomes_suspect_then_lost_and_recovers_when_beats_return(
+    pool: Pool, laptop: EnrolledHost
+) -> None:
+    """SIGSTOP the hostd (a closed lid): suspect after 3 missed beats, lost after 2 s; SIGCONT: recovered."""
+    assert laptop.process is not None and laptop.process.pid is not None
+    os.kill(laptop.process.pid, signal.SIGSTOP)
+    try:
+        await pool.wait_for_host(laptop.host_id, "suspect", timeout=5)
+        await pool.wait_for_host(laptop.host_id, "lost", timeout=10)
+    finally:
+        os.kill(laptop.process.pid, signal.SIGCONT)
+    await pool.wait_for_host(laptop.host_id, "online", timeout=10)
+    types = await host_event_types(pool.store, laptop.host_id)
+    assert types[-3:] == ["HostSuspected", "HostLost", "HostRecovered"]
+
+
+async def test_a_restarted_registry_does_not_declare_hosts_lost(pool: Pool, laptop: EnrolledHost) -> None:
+    """The registry is down for longer than the lost grace period; at restart every host gets
+    a fresh grace period and, beating, stays online: no transition is logged."""
+    pool.processes["registry"].kill()
+    await asyncio.sleep(pool.liveness[2] * 1.5)
+    pool.start_registry()
+    await asyncio.sleep(pool.liveness[2] * 1.5)
+    live = await pool.live_hosts()
+    assert [h["status"] for h in live["hosts"]] == ["online"]
+    assert "HostLost" not in await host_event_types(pool.store, laptop.host_id)
+    assert "HostSuspected" not in await host_event_types(pool.store, laptop.host_id)
+
+
+async def test_hostd_survives_its_docker_engine_restarting(pool: Pool, tmp_path: os.PathLike[str]) -> None:
+    """The engine restarts under hostd: the running container dies with it and is reported as
+    exited; the engine's return is noticed and new work runs again."""
+    from pathlib import Path
+
+    from potluck.localstack.test_image import build_test_image
+
+    engine = DockerEngine(Path(tmp_path) / "own-engine")
+    engine.start()
+    try:
+        build_test_image(engine.url)
+        host = await pool.enroll("flaky")
+        pool.write_config(host, engine)
+        pool.start_hostd(host)
+        await pool.wait_for_host(host.host_id, "online")
+        await place(pool.store, host.host_id, "before", spec())
+        await wait_for_status(pool, "before", "running")
+
+        await asyncio.to_thread(engine.restart)
+        await wait_for_status(pool, "before", "exited", timeout=60)
+        await place(pool.store, host.host_id, "after", spec())
+        await wait_for_status(pool, "after", "running", timeout=60)
+        assert "hostd.engine" in (host.process.log_tail(200) if host.process else "")
+    finally:
+        engine.stop()
+
+
+async def test_hostd_carries_on_after_nats_restarts(pool: Pool, laptop: EnrolledHost) -> None:
+    """NATS restarts: hostd reconnects, re-registers, resyncs; a placement made after it runs."""
+    await place(pool.store, laptop.host_id, "pre", spec())
+    await wait_for_status(pool, "pre", "running")
+    await asyncio.to_thread(pool.nats.restart)
+    await place(pool.store, laptop.host_id, "post", spec())
+    await wait_for_status(pool, "post", "running", timeout=60)
+    await pool.wait_for_host(laptop.host_id, "online")
