@@ -6,9 +6,20 @@ its own PID, and stops only what it started. A URL in the environment
 server someone else runs instead.
 """
 
+from potluck.localstack.docker_engine import DockerEngine, ensure_docker_installed
 from potluck.localstack.errors import LocalStackError
 from potluck.localstack.nats_server import NatsServer
 from potluck.localstack.ports import free_port, wait_for_port
 from potluck.localstack.postgres_server import PostgresServer
+from potluck.localstack.test_image import build_test_image
 
-__all__ = ["LocalStackError", "NatsServer", "PostgresServer", "free_port", "wait_for_port"]
+__all__ = [
+    "DockerEngine",
+    "LocalStackError",
+    "NatsServer",
+    "PostgresServer",
+    "build_test_image",
+    "ensure_docker_installed",
+    "free_port",
+    "wait_for_port",
+]

@@ -50,9 +50,12 @@ class NatsServer:
         argv = [
             nats_server_binary(),
             "--jetstream",
-            "--store_dir", str(workdir / "jetstream"),
-            "--addr", "127.0.0.1",
-            "--port", str(self.port),
+            "--store_dir",
+            str(workdir / "jetstream"),
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
         ]
         if config is not None:
             argv += ["--config", str(config)]

@@ -44,7 +44,14 @@ def _ensure_system_user() -> str | None:
         pwd.getpwnam(SYSTEM_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SYSTEM_USER],
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SYSTEM_USER,
+            ],
             check=True,
             capture_output=True,
         )
@@ -98,8 +105,15 @@ class PostgresServer:
         if (self.datadir / "PG_VERSION").exists():
             return
         result = subprocess.run(
-            [str(self.bin / "initdb"), "-D", str(self.datadir), "--auth=trust",
-             "--username=postgres", "--encoding=UTF8", "--no-instructions"],
+            [
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.datadir),
+                "--auth=trust",
+                "--username=postgres",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -114,13 +128,29 @@ class PostgresServer:
         socket_dir.mkdir(exist_ok=True)
         self._chown(socket_dir)
         argv = [
-            str(self.bin / "postgres"), "-D", str(self.datadir),
-            "-h", "127.0.0.1", "-p", str(self.port), "-k", str(socket_dir),
-            "-c", "max_connections=200",
-            "-c", "shared_buffers=256MB",
+            str(self.bin / "postgres"),
+            "-D",
+            str(self.datadir),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-k",
+            str(socket_dir),
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_buffers=256MB",
         ]
         if not self.durable:
-            argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+            argv += [
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]
         log = self.workdir / "postgres.log"
         if not log.exists():
             log.touch()
@@ -137,8 +167,21 @@ class PostgresServer:
     def _psql(self, sql: str, database: str = "postgres") -> subprocess.CompletedProcess[str]:
         psql = self.bin / "psql"
         return subprocess.run(
-            [str(psql), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,
-             "-v", "ON_ERROR_STOP=1", "-tAc", sql],
+            [
+                str(psql),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-tAc",
+                sql,
+            ],
             capture_output=True,
             text=True,
             check=False,

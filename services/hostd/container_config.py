@@ -155,6 +155,8 @@ def limit_mismatches(
         ("Privileged", False, host.get("Privileged")),
         ("NetworkMode", _network_mode(spec), host.get("NetworkMode")),
         ("Binds", [], host.get("Binds") or []),
+        # Top-level Mounts also lists the anonymous volumes of an image's VOLUME lines:
+        # they live outside the writable layer and its disk bound, so they are refused too.
         ("Mounts", [], (host.get("Mounts") or []) + (inspect.get("Mounts") or [])),
         ("VolumesFrom", [], host.get("VolumesFrom") or []),
         ("Devices", [], host.get("Devices") or []),

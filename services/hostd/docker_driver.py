@@ -239,6 +239,12 @@ class DockerDriver:
         except docker.errors.DockerException as exc:
             raise DockerDriverError(f"{what}: {exc}") from exc
 
+    def __enter__(self) -> "DockerDriver":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         with self._lock:
             if self._client is not None:

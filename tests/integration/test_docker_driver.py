@@ -1,0 +1,434 @@
+"""The Docker driver on real private engines: limits hold, hardening shows, failures are named.
+
+Every container here runs the busybox test image with `network_mode="none"`.
+"""
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from potluck.hostd.container_config import CAPABILITIES, ContainerSpec
+from potluck.hostd.docker_driver import (
+    ContainerNotFound,
+    DockerDriver,
+    DockerDriverError,
+    EngineUnavailable,
+    ImageNotAvailable,
+    LimitsNotApplied,
+    ManagedContainer,
+)
+from potluck.localstack import DockerEngine, build_test_image
+
+MiB = 1024 * 1024
+HOST = "host-a"
+T = TypeVar("T")
+
+# Linux capability numbers of what we keep (see container_config.CAPABILITIES).
+CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "SETGID": 6, "SETUID": 7}
+
+
+def _spec(image: str, **changes: Any) -> ContainerSpec:
+    base = ContainerSpec(
+        allocation_id=f"t-{uuid.uuid4().hex[:12]}",
+        host_id=HOST,
+        image=image,
+        cpus=0.5,
+        memory_bytes=64 * MiB,
+        disk_bytes=256 * MiB,
+        pids_limit=64,
+        command=["sleep", "1000"],
+        env={"POTLUCK_TEST": "1"},
+    )
+    return replace(base, **changes)
+
+
+def _wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value is not None:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _exited(driver: DockerDriver, container_id: str) -> ManagedContainer:
+    def probe() -> ManagedContainer | None:
+        state = driver.state(container_id)
+        return state if state.exit_code is not None else None
+
+    return _wait_for(f"container {container_id[:12]} to exit", probe)
+
+
+def _cat(driver: DockerDriver, container_id: str, path: str) -> str:
+    result = driver.exec_run(container_id, ["cat", path])
+    assert result.exit_code == 0, result.output
+    return result.output.decode().strip()
+
+
+def _processes_under(path: Path) -> list[str]:
+    """Command lines of live processes that mention `path` (our dockerd, containerd, shims)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if str(path) in cmdline and stat.rpartition(")")[2].split()[0] != "Z":
+            found.append(cmdline)
+    return found
+
+
+def test_memory_hog_is_oom_killed(docker_driver: DockerDriver, test_image: str) -> None:
+    """A container limited to 64 MiB reads 256 MiB into one buffer (busybox dd bs=256M).
+    Afterwards the kernel has killed it: state() says exited, oom_killed, exit code 137."""
+    spec = _spec(test_image, command=["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"])
+    container_id = docker_driver.run(spec)
+
+    state = _exited(docker_driver, container_id)
+
+    assert state.oom_killed
+    assert state.exit_code == 137
+    assert not state.running
+    assert state.allocation_id == spec.allocation_id
+    assert state.finished_at is not None
+
+
+def test_fork_bomb_stops_at_the_pids_limit(docker_driver: DockerDriver, test_image: str) -> None:
+    """A shell forks `sleep` until fork fails, then blocks on a FIFO using builtins only.
+    Afterwards the bomb hit the wall (fork failed, pids.events counted it), the container's
+    pids stay at or below the limit, and the engine still answers and lists containers."""
+    limit = 32
+    bomb = (
+        "mkfifo /tmp/hold; (while :; do sleep 1000 & done);"
+        " read cur < /sys/fs/cgroup/pids/pids.current;"
+        " read ev < /sys/fs/cgroup/pids/pids.events;"
+        ' echo "current=$cur $ev"; read x < /tmp/hold'
+    )
+    spec = _spec(test_image, pids_limit=limit, command=["sh", "-c", bomb])
+    container_id = docker_driver.run(spec)
+
+    log = _wait_for(
+        "the bomb to report",
+        lambda: text if "current=" in (text := docker_driver.logs(container_id).decode()) else None,
+        timeout=60,
+    )
+    assert "can't fork" in log, log
+    report = next(line for line in log.splitlines() if line.startswith("current="))
+    current, _, failures = report.removeprefix("current=").partition(" max ")
+    assert limit - 2 <= int(current) <= limit
+    assert int(failures) >= 1
+    for _ in range(5):
+        assert docker_driver.ping()
+        assert docker_driver.usage(container_id).pids <= limit
+        time.sleep(0.2)
+    assert docker_driver.state(container_id).running
+    assert [c.container_id for c in docker_driver.list_managed(HOST)] == [container_id]
+
+
+def test_limits_are_visible_in_the_containers_own_cgroups(
+    docker_driver: DockerDriver, test_image: str
+) -> None:
+    """A container asks for 0.5 CPU, 96 MiB and 50 pids. Afterwards its own cgroup files
+    (read from inside with exec) carry exactly those limits, and swap adds nothing."""
+    spec = _spec(test_image, cpus=0.5, memory_bytes=96 * MiB, pids_limit=50)
+    container_id = docker_driver.run(spec)
+    facts = docker_driver.engine_facts()
+
+    if facts.cgroup_version == "1":
+        assert (
+            int(_cat(docker_driver, container_id, "/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+            == 96 * MiB
+        )
+        memsw = docker_driver.exec_run(
+            container_id, ["cat", "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"]
+        )
+        if memsw.exit_code == 0:  # only where the kernel accounts swap
+            assert int(memsw.output) == 96 * MiB
+        quota = int(_cat(docker_driver, container_id, "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"))
+        period = int(_cat(docker_driver, container_id, "/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
+        assert int(_cat(docker_driver, container_id, "/sys/fs/cgroup/pids/pids.max")) == 50
+    else:
+        assert int(_cat(docker_driver, container_id, "/sys/fs/cgroup/memory.max")) == 96 * MiB
+        assert int(_cat(docker_driver, container_id, "/sys/fs/cgroup/memory.swap.max")) == 0
+        quota_text, period_text = _cat(
+            docker_driver, container_id, "/sys/fs/cgroup/cpu.max"
+        ).split()
+        quota, period = int(quota_text), int(period_text)
+        assert int(_cat(docker_driver, container_id, "/sys/fs/cgroup/pids.max")) == 50
+    assert quota / period == pytest.approx(0.5)
+    assert docker_driver.usage(container_id).memory_limit_bytes == 96 * MiB
+
+
+def test_inspect_shows_the_hardening(docker_driver: DockerDriver, test_image: str) -> None:
+    """A default container (no network asked). Afterwards inspect shows CapDrop ALL, only our
+    few capabilities added, no-new-privileges, not privileged, network none, no binds, mounts
+    or devices, no host namespaces; inside, the process has exactly those capabilities,
+    NoNewPrivs and a seccomp filter, and sees no network interface but lo."""
+    container_id = docker_driver.run(_spec(test_image))
+    attrs = docker_driver.inspect(container_id)
+    host = attrs["HostConfig"]
+
+    assert host["CapDrop"] == ["ALL"]
+    assert sorted(c.removeprefix("CAP_") for c in host["CapAdd"]) == sorted(CAPABILITIES)
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert not any("unconfined" in o for o in host["SecurityOpt"])
+    assert host["Privileged"] is False
+    assert host["NetworkMode"] == "none"
+    assert not host["Binds"]
+    assert not host.get("Mounts")
+    assert not attrs["Mounts"]
+    assert not host["Devices"]
+    assert (host["PidMode"], host["UTSMode"], host["UsernsMode"]) == ("", "", "")
+    assert (host["IpcMode"], host["CgroupnsMode"]) == ("private", "private")
+    assert host["Init"] is True
+    assert host["LogConfig"]["Type"] == "json-file"
+    assert host["LogConfig"]["Config"]["max-size"]
+
+    status = dict(
+        line.split(":\t", 1)
+        for line in _cat(docker_driver, container_id, "/proc/self/status").splitlines()
+    )
+    assert int(status["CapEff"], 16) == sum(1 << CAP_BITS[c] for c in CAPABILITIES)
+    assert int(status["CapBnd"], 16) == sum(1 << CAP_BITS[c] for c in CAPABILITIES)
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["Seccomp"].strip() == "2"  # filter mode: the engine's default profile
+    assert _cat(docker_driver, container_id, "/proc/net/dev").count(":") == 1  # lo only
+
+
+def test_writable_layer_grows_with_what_the_container_writes(
+    docker_driver: DockerDriver, test_image: str
+) -> None:
+    """A container writes 20 MiB to /tmp in its own layer. Afterwards writable_layer_bytes
+    has grown by at least that much."""
+    container_id = docker_driver.run(_spec(test_image))
+    before = docker_driver.writable_layer_bytes(container_id)
+
+    result = docker_driver.exec_run(
+        container_id, ["dd", "if=/dev/zero", "of=/tmp/blob", "bs=1M", "count=20"]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert docker_driver.writable_layer_bytes(container_id) - before >= 20 * MiB
+
+
+def test_running_an_allocation_twice_keeps_one_container(
+    docker_driver: DockerDriver, test_image: str
+) -> None:
+    """run() twice with the same spec, as a restarted hostd would. Afterwards there is one
+    container for the allocation, the same id both times, and its labels give the spec back."""
+    spec = _spec(test_image)
+
+    first = docker_driver.run(spec)
+    second = docker_driver.run(spec)
+
+    assert first == second
+    mine = [c for c in docker_driver.list_managed(HOST) if c.allocation_id == spec.allocation_id]
+    assert [c.container_id for c in mine] == [first]
+    assert mine[0].running
+    assert mine[0].spec == spec
+
+
+def test_running_an_allocation_with_another_spec_is_refused(
+    docker_driver: DockerDriver, test_image: str
+) -> None:
+    """run() of an allocation whose container exists with other limits. Afterwards
+    DockerDriverError was raised and the existing container is untouched and running."""
+    spec = _spec(test_image)
+    container_id = docker_driver.run(spec)
+
+    with pytest.raises(DockerDriverError, match="remove it first"):
+        docker_driver.run(replace(spec, memory_bytes=128 * MiB))
+
+    assert docker_driver.state(container_id).running
+
+
+def test_no_engine_at_the_url_is_engine_unavailable(tmp_path: Path) -> None:
+    """A driver pointed at a socket that does not exist. Afterwards every call has raised
+    EngineUnavailable naming the URL and saying to start the engine."""
+    url = f"unix://{tmp_path}/no-engine.sock"
+    driver = DockerDriver(url, timeout=5)
+
+    for call in (driver.ping, lambda: driver.list_managed(HOST), lambda: driver.state("x")):
+        with pytest.raises(EngineUnavailable, match="start the engine") as caught:
+            call()
+        assert url in str(caught.value)
+
+
+def test_stopped_engine_is_unavailable_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A dedicated engine runs a container, then stops. Afterwards the driver says
+    EngineUnavailable, and no dockerd, containerd, shim or container of it is left."""
+    engine = DockerEngine(tmp_path / "engine")
+    try:
+        engine.start()
+        image = build_test_image(engine.url)
+        with DockerDriver(engine.url, timeout=5) as driver:
+            container_id = driver.run(_spec(image))
+            assert driver.state(container_id).running
+
+            engine.stop()
+
+            with pytest.raises(EngineUnavailable, match=engine.url):
+                driver.state(container_id)
+        assert _processes_under(engine.exec_root) == []
+        assert _processes_under(engine.data_root) == []
+    finally:
+        engine.stop()
+
+
+def test_engine_crash_cleanup_and_restart(tmp_path: Path) -> None:
+    """A dedicated engine runs a container and is SIGKILLed: the container lives on in its
+    shim. stop() then ends what the crashed engine left (containerd, shim, container), and a
+    restarted engine answers and reports the container as no longer running."""
+    engine = DockerEngine(tmp_path / "engine")
+    try:
+        engine.start()
+        with DockerDriver(engine.url, timeout=5) as driver:
+            container_id = driver.run(_spec(build_test_image(engine.url)))
+
+        engine.kill()
+        assert any("containerd-shim" in p for p in _processes_under(engine.exec_root))
+        engine.stop()
+        assert _processes_under(engine.exec_root) == []
+
+        engine.start()
+        with DockerDriver(engine.url, timeout=5) as driver:
+            assert driver.ping()
+            assert not _exited(driver, container_id).running
+    finally:
+        engine.stop()
+    assert _processes_under(engine.exec_root) == []
+
+
+def test_engine_in_a_deep_directory_gets_a_short_socket(tmp_path: Path) -> None:
+    """An engine whose workdir path is too long for a unix socket starts anyway. Afterwards
+    its socket lives in a short directory under /tmp, it answered, and stop() removed that
+    directory."""
+    engine = DockerEngine(tmp_path / ("deep" * 25) / "engine")
+    try:
+        engine.start()
+        assert engine.url.startswith("unix:///tmp/pl-dk-")
+        with DockerDriver(engine.url, timeout=5) as driver:
+            assert driver.ping()
+    finally:
+        engine.stop()
+    assert not engine.runtime_dir.exists()
+    assert _processes_under(engine.data_root) == []
+
+
+def test_missing_image_is_image_not_available(docker_driver: DockerDriver) -> None:
+    """run() with an image the engine does not have (nothing is pulled). Afterwards
+    ImageNotAvailable was raised and no container exists for the allocation."""
+    spec = _spec(f"potluck-absent-{uuid.uuid4().hex[:8]}:latest")
+
+    with pytest.raises(ImageNotAvailable, match=spec.image):
+        docker_driver.run(spec)
+
+    assert [
+        c for c in docker_driver.list_managed(HOST) if c.allocation_id == spec.allocation_id
+    ] == []
+
+
+def test_verify_limits_refuses_a_container_that_disagrees(
+    docker_driver: DockerDriver, test_image: str
+) -> None:
+    """A container runs with 64 MiB; verify_limits is asked about 128 MiB. Afterwards
+    LimitsNotApplied names Memory with both values, and the container is gone."""
+    spec = _spec(test_image)
+    container_id = docker_driver.run(spec)
+
+    with pytest.raises(LimitsNotApplied) as caught:
+        docker_driver.verify_limits(container_id, replace(spec, memory_bytes=128 * MiB))
+
+    assert (caught.value.field, caught.value.wanted, caught.value.got) == (
+        "Memory",
+        128 * MiB,
+        64 * MiB,
+    )
+    with pytest.raises(ContainerNotFound):
+        docker_driver.state(container_id)
+
+
+def test_events_report_start_and_die_with_exit_code(
+    docker_driver: DockerDriver, test_image: str
+) -> None:
+    """Events of the host are followed in a thread while a container exits with 3.
+    Afterwards its start and die (exit code 3) were seen, and close() ended the thread."""
+    spec = _spec(test_image, command=["sh", "-c", "exit 3"])
+    stream = docker_driver.events(HOST, since=int(time.time()) - 1)
+    seen: list[dict[str, Any]] = []
+    died = threading.Event()
+
+    def follow() -> None:
+        for event in stream:
+            seen.append(event)
+            if event["action"] == "die" and event["allocation_id"] == spec.allocation_id:
+                died.set()
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    container_id = docker_driver.run(spec)
+
+    assert died.wait(30)
+    stream.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    mine = [e for e in seen if e["container_id"] == container_id]
+    assert [e["action"] for e in mine] == ["start", "die"]
+    assert mine[1]["exit_code"] == 3
+    assert mine[1]["allocation_id"] == spec.allocation_id
+
+
+def test_pause_unpause_and_stop(docker_driver: DockerDriver, test_image: str) -> None:
+    """A running container is paused, unpaused, then stopped. Afterwards each state showed
+    (paused, running), and the stop ended it by SIGTERM through docker-init (exit 143)."""
+    container_id = docker_driver.run(_spec(test_image))
+
+    docker_driver.pause(container_id)
+    assert docker_driver.state(container_id).status == "paused"
+    docker_driver.unpause(container_id)
+    assert docker_driver.state(container_id).running
+    docker_driver.stop(container_id, timeout=5)
+
+    assert docker_driver.state(container_id).exit_code == 143
+
+
+def test_engine_facts_are_honest(docker_engine: DockerEngine, docker_driver: DockerDriver) -> None:
+    """Facts of the private engine. Afterwards the disk quota is reported supported only where
+    the engine can give one (overlay2 on xfs with pquota), and seccomp is on."""
+    facts = docker_driver.engine_facts()
+    info = docker_engine.info()
+
+    assert facts.storage_driver == info["Driver"]
+    assert facts.cgroup_version in ("1", "2")
+    assert facts.seccomp
+    backing = dict(info.get("DriverStatus") or []).get("Backing Filesystem")
+    if facts.storage_driver == "overlay2" and backing != "xfs":
+        assert not facts.disk_quota_supported
+
+
+def test_two_engines_are_two_laptops(docker_engines: list[DockerEngine], test_image: str) -> None:
+    """The same allocation runs on the first and the second engine. Afterwards each engine
+    has its own container and sees only its own."""
+    first, second = (DockerDriver(e.url) for e in docker_engines[:2])
+    spec = _spec(test_image)
+    try:
+        a, b = first.run(spec), second.run(spec)
+
+        assert a != b
+        assert [c.container_id for c in first.list_managed(HOST)] == [a]
+        assert [c.container_id for c in second.list_managed(HOST)] == [b]
+    finally:
+        for driver in (first, second):
+            for container in driver.list_managed(HOST):
+                driver.remove(container.container_id)
+            driver.close()

@@ -1,0 +1,191 @@
+"""Limits and hardening as create arguments, and the check that reads them back."""
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from potluck.hostd.container_config import (
+    CAPABILITIES,
+    LABEL_SPEC,
+    ContainerSpec,
+    create_kwargs,
+    limit_mismatches,
+)
+
+MiB = 1024 * 1024
+
+
+def _spec(**changes: Any) -> ContainerSpec:
+    values: dict[str, Any] = {
+        "allocation_id": "a1b2",
+        "host_id": "host-1",
+        "image": "busybox:latest",
+        "cpus": 1.5,
+        "memory_bytes": 256 * MiB,
+        "disk_bytes": 1024 * MiB,
+        "pids_limit": 128,
+        "command": ["sleep", "infinity"],
+        "env": {"A": "1"},
+    }
+    values.update(changes)
+    return ContainerSpec(**values)
+
+
+def _inspect_as_the_engine_reports(spec: ContainerSpec, *, disk_quota: bool) -> dict[str, Any]:
+    """What docker inspect shows for a container created from create_kwargs (Docker 20.10)."""
+    host: dict[str, Any] = {
+        "NanoCpus": spec.nano_cpus,
+        "Memory": spec.memory_bytes,
+        "MemorySwap": spec.memory_bytes,
+        "PidsLimit": spec.pids_limit,
+        "OomKillDisable": False,
+        "CapDrop": ["ALL"],
+        "CapAdd": [f"CAP_{c}" for c in CAPABILITIES],
+        "SecurityOpt": ["no-new-privileges"],
+        "Privileged": False,
+        "NetworkMode": "bridge" if spec.network else "none",
+        "Binds": None,
+        "VolumesFrom": None,
+        "Devices": [],
+        "DeviceCgroupRules": None,
+        "DeviceRequests": None,
+        "PidMode": "",
+        "IpcMode": "private",
+        "UTSMode": "",
+        "UsernsMode": "",
+        "CgroupnsMode": "private",
+        "Init": True,
+        "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
+    }
+    if disk_quota:
+        host["StorageOpt"] = {"size": str(spec.disk_bytes)}
+    return {"HostConfig": host, "Mounts": []}
+
+
+def test_create_kwargs_carry_every_limit_and_the_hardening() -> None:
+    """A spec of 1.5 cpus, 256 MiB, 128 pids, no network. The create arguments ask for
+    exactly these limits, no swap, all capabilities dropped but a few, no new privileges,
+    no network, docker-init, rotated logs, and labels that give the spec back."""
+    spec = _spec()
+
+    kwargs = create_kwargs(spec, disk_quota=False)
+
+    assert kwargs["name"] == "potluck-a1b2"
+    assert kwargs["nano_cpus"] == 1_500_000_000
+    assert kwargs["mem_limit"] == kwargs["memswap_limit"] == 256 * MiB
+    assert kwargs["pids_limit"] == 128
+    assert kwargs["cap_drop"] == ["ALL"]
+    assert sorted(kwargs["cap_add"]) == sorted(CAPABILITIES)
+    assert kwargs["security_opt"] == ["no-new-privileges"]
+    assert kwargs["privileged"] is False
+    assert kwargs["network_mode"] == "none"
+    assert kwargs["init"] is True
+    assert kwargs["log_config"]["config"]["max-size"]
+    assert "storage_opt" not in kwargs
+    for forbidden in ("volumes", "devices", "pid_mode", "userns_mode", "uts_mode", "mounts"):
+        assert forbidden not in kwargs
+    assert kwargs["labels"]["potluck.allocation"] == "a1b2"
+    assert kwargs["labels"]["potluck.host"] == "host-1"
+    assert kwargs["labels"]["potluck.managed"] == "1"
+    assert ContainerSpec.from_json(kwargs["labels"][LABEL_SPEC]) == spec
+
+
+def test_disk_quota_and_network_only_when_asked() -> None:
+    """With quota support the writable layer gets a size; a spec that asks for network gets
+    the engine's bridge."""
+    kwargs = create_kwargs(_spec(network=True), disk_quota=True)
+
+    assert kwargs["storage_opt"] == {"size": str(1024 * MiB)}
+    assert kwargs["network_mode"] == "bridge"
+
+
+@pytest.mark.parametrize("disk_quota", [False, True])
+@pytest.mark.parametrize("network", [False, True])
+def test_a_container_as_asked_has_no_mismatch(disk_quota: bool, network: bool) -> None:
+    """inspect as the engine reports a container made from our arguments: nothing differs."""
+    spec = _spec(network=network)
+
+    assert limit_mismatches(spec, _inspect_as_the_engine_reports(spec, disk_quota=disk_quota),
+                            disk_quota=disk_quota) == []  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("HostConfig", "NanoCpus"), 0, "NanoCpus"),
+        (("HostConfig", "Memory"), 0, "Memory"),
+        (("HostConfig", "MemorySwap"), -1, "MemorySwap"),
+        (("HostConfig", "PidsLimit"), None, "PidsLimit"),
+        (("HostConfig", "OomKillDisable"), True, "OomKillDisable"),
+        (("HostConfig", "CapDrop"), [], "CapDrop"),
+        (("HostConfig", "CapAdd"), ["CAP_SYS_ADMIN"], "CapAdd"),
+        (("HostConfig", "SecurityOpt"), [], "SecurityOpt.no-new-privileges"),
+        (("HostConfig", "SecurityOpt"), ["no-new-privileges", "seccomp=unconfined"],
+         "SecurityOpt.unconfined"),
+        (("HostConfig", "Privileged"), True, "Privileged"),
+        (("HostConfig", "NetworkMode"), "host", "NetworkMode"),
+        (("HostConfig", "Binds"), ["/:/host"], "Binds"),
+        (("Mounts",), [{"Type": "bind", "Source": "/var/run/docker.sock"}], "Mounts"),
+        (("HostConfig", "Devices"), [{"PathOnHost": "/dev/kvm"}], "Devices"),
+        (("HostConfig", "PidMode"), "host", "PidMode"),
+        (("HostConfig", "IpcMode"), "host", "IpcMode"),
+        (("HostConfig", "UTSMode"), "host", "UTSMode"),
+        (("HostConfig", "UsernsMode"), "host", "UsernsMode"),
+        (("HostConfig", "CgroupnsMode"), "host", "CgroupnsMode"),
+        (("HostConfig", "Init"), None, "Init"),
+        (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"max-file": "3"}},
+         "LogConfig.max-size"),
+        (("HostConfig", "LogConfig", "Type"), "none", "LogConfig.Type"),
+    ],
+)  # fmt: skip
+def test_each_setting_that_did_not_take_effect_is_named(
+    path: tuple[str, ...], value: Any, field: str
+) -> None:
+    """One setting of an otherwise good inspect is changed: that field, and only it, is named
+    with what we wanted and what the engine reports."""
+    spec = _spec()
+    inspect = copy.deepcopy(_inspect_as_the_engine_reports(spec, disk_quota=False))
+    target = inspect
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+
+    mismatches = limit_mismatches(spec, inspect, disk_quota=False)
+
+    assert [m[0] for m in mismatches] == [field]
+
+
+def test_a_missing_disk_quota_is_named_when_the_engine_supports_quotas() -> None:
+    spec = _spec()
+    inspect = _inspect_as_the_engine_reports(spec, disk_quota=False)
+
+    assert limit_mismatches(spec, inspect, disk_quota=True) == [
+        ("StorageOpt.size", str(spec.disk_bytes), None)
+    ]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"allocation_id": "../etc"},
+        {"allocation_id": ""},
+        {"host_id": ""},
+        {"cpus": 0},
+        {"memory_bytes": 1024},
+        {"disk_bytes": 0},
+        {"pids_limit": 0},
+    ],
+)
+def test_impossible_specs_are_refused(changes: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(changes))):
+        _spec(**changes)
+
+
+def test_the_spec_survives_its_label() -> None:
+    """A spec written to the label and read back is the same spec (hostd compares them)."""
+    spec = _spec(env={"X": "y z"}, command=None, network=True)
+
+    assert ContainerSpec.from_json(spec.to_json()) == spec
+    assert json.loads(spec.to_json())["allocation_id"] == "a1b2"
