@@ -1,0 +1,129 @@
+"""The member's controls, bad input to hostd, and the registry's read model against the log."""
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+from potluck.hostd.docker_driver import DockerDriver
+from potluck.localstack.docker_engine import DockerEngine
+from potluck.registry.projection import host_as_dict
+from tests.e2e.conftest import wait_for_status
+from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
+
+
+def member(pool: Pool, host: EnrolledHost, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "potluck", "host", *args, "--config", str(host.config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+async def container_status(engine: DockerEngine, host_id: str, alloc_id: str) -> str:
+    driver = DockerDriver(engine.url)
+    try:
+        return next(c.status for c in driver.list_managed(host_id) if c.allocation_id == alloc_id)
+    finally:
+        driver.close()
+
+
+async def wait_container(engine: DockerEngine, host_id: str, alloc_id: str, status: str, pool: Pool) -> None:
+    for _ in range(100):
+        if await container_status(engine, host_id, alloc_id) == status:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"container of {alloc_id} never became {status}\n{pool.logs()}")
+
+
+async def test_pause_freezes_and_resume_thaws_containers(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    await place(pool.store, laptop.host_id, "work", spec())
+    await wait_for_status(pool, "work", "running")
+    paused = await asyncio.to_thread(member, pool, laptop, "pause")
+    assert paused.returncode == 0, paused.stderr
+    await pool.wait_for_host(laptop.host_id, "paused")
+    await wait_container(docker_engines[0], laptop.host_id, "work", "paused", pool)
+    again = await asyncio.to_thread(member, pool, laptop, "pause")
+    assert "already so" in again.stdout
+    resumed = await asyncio.to_thread(member, pool, laptop, "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    await pool.wait_for_host(laptop.host_id, "online")
+    await wait_container(docker_engines[0], laptop.host_id, "work", "running", pool)
+
+
+async def test_drain_stops_running_work_after_its_grace(pool: Pool, laptop: EnrolledHost) -> None:
+    await place(pool.store, laptop.host_id, "long", spec())
+    await wait_for_status(pool, "long", "running")
+    drained = await asyncio.to_thread(member, pool, laptop, "drain", "--grace", "1")
+    assert drained.returncode == 0, drained.stderr
+    await pool.wait_for_host(laptop.host_id, "draining")
+    await wait_for_status(pool, "long", "exited", timeout=30)
+
+
+async def test_an_image_the_member_does_not_allow_is_refused_with_a_report(
+    pool: Pool, laptop: EnrolledHost
+) -> None:
+    await place(pool.store, laptop.host_id, "evil", spec(image="evil/miner:latest"))
+    await wait_for_status(pool, "evil", "failed")
+    state = await allocation(pool.store, "evil")
+    assert state is not None
+    assert state.reason == "image_not_allowed"
+
+
+def test_bad_config_is_refused_naming_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "hostd.toml"
+    creds = tmp_path / "h.creds"
+    creds.write_text('host_id = "h-1"\nnats_seed = "SUAXX"\n')
+    cases = {
+        'host_id = "h-1"\ncredentials_file = "h.creds"\nstate_dir = "s"\n[donate]\ncpus = -1\nmemory = "1G"\ndisk = "1G"\n':
+            "donate.cpus",
+        'host_id = "h-1"\ncredentials_file = "h.creds"\nstate_dir = "s"\n[donate]\ncpus = 1\nmemory = "lots"\ndisk = "1G"\n':
+            "donate.memory",
+        'host_id = "H 1"\ncredentials_file = "h.creds"\nstate_dir = "s"\n[donate]\ncpus = 1\nmemory = "1G"\ndisk = "1G"\n':
+            "host_id",
+        'host_id = "h-1"\ncredentials_file = "h.creds"\nstate_dir = "s"\ndocker_url = "http://x"\n[donate]\ncpus = 1\nmemory = "1G"\ndisk = "1G"\n':
+            "docker_url",
+        "this is not toml": "not valid TOML",
+        'host_id = "h-2"\ncredentials_file = "h.creds"\nstate_dir = "s"\n[donate]\ncpus = 1\nmemory = "1G"\ndisk = "1G"\n':
+            "belongs to host 'h-1'",
+    }
+    for text, fragment in cases.items():
+        config.write_text(text)
+        done = subprocess.run([sys.executable, "-m", "potluck", "hostd", "--config", str(config)],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2, (text, done.stderr)
+        assert fragment in done.stderr, (text, done.stderr)
+
+
+async def test_hostd_says_clearly_when_its_docker_engine_is_down(pool: Pool, tmp_path: Path) -> None:
+    host = await pool.enroll("no-engine")
+    engine = DockerEngine(tmp_path / "never-started")
+    pool.write_config(host, engine)
+    process = pool.start_hostd(host)
+    for _ in range(200):
+        if "hostd.engine_unavailable" in process.log_tail(50):
+            break
+        await asyncio.sleep(0.1)
+    log = process.log_tail(50)
+    assert "hostd.engine_unavailable" in log
+    assert "start the Docker engine" in log
+    await asyncio.sleep(1)
+    assert process.running(), "hostd must wait for its engine, not crash"
+
+
+async def test_registry_read_model_rebuilt_from_the_log_equals_the_live_one(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    other = await pool.enroll("laptop-b")
+    pool.write_config(other, docker_engines[1], labels={"gpu": "no"})
+    pool.start_hostd(other)
+    await pool.wait_for_host(other.host_id, "online")
+    assert (await asyncio.to_thread(member, pool, other, "pause")).returncode == 0
+    await pool.wait_for_host(other.host_id, "paused")
+    live = await pool.live_hosts()
+    rebuilt = await pool.hosts()
+    assert live["position"] <= rebuilt.position
+    for row in live["hosts"]:
+        row.pop("last_seen_s_ago")
+    assert live["hosts"] == [host_as_dict(h) for h in sorted(rebuilt.hosts.values(), key=lambda h: h.host_id)]
