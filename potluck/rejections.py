@@ -8,9 +8,7 @@ from typing import Any
 
 
 class Rejected(Exception):
-    def __init__(
-        self, code: str, message: str, *, field: str | None = None, status: int = 409
-    ) -> None:
+    def __init__(self, code: str, message: str, *, field: str | None = None, status: int = 409) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message

@@ -6,7 +6,7 @@ subscribers with dead letters (subscriber), subjects and streams (bus), and
 trace-context propagation (tracing). Nothing service-specific lives here.
 """
 
-from potluck.events.bus import EVENTS_STREAM, REPORTS_STREAM, DEAD_LETTER_STREAM, ensure_streams
+from potluck.events.bus import DEAD_LETTER_STREAM, EVENTS_STREAM, REPORTS_STREAM, ensure_streams
 from potluck.events.errors import (
     DuplicateEvent,
     EventsError,

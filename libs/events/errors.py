@@ -27,9 +27,7 @@ class SchemaError(EventsError):
 
 class UnknownEventType(SchemaError):
     def __init__(self, type_name: str) -> None:
-        super().__init__(
-            f"unknown event type {type_name!r}: no class is registered under that name"
-        )
+        super().__init__(f"unknown event type {type_name!r}: no class is registered under that name")
         self.type_name = type_name
 
 

@@ -48,6 +48,9 @@ class RelayBehind(Exception):
     """Acks for a batch did not arrive in time; the batch is published again."""
 
 
+_RETRY_RELAY: tuple[type[BaseException], ...] = (*TRANSIENT_DB_ERRORS, *TRANSIENT_BUS_ERRORS, RelayBehind)
+
+
 def relay_headers(record: RecordedEvent) -> dict[str, str]:
     headers = {
         bus.H_MSG_ID: str(record.event_id),
@@ -90,7 +93,7 @@ class OutboxRelay:
             try:
                 await bus.ensure_streams(self.js)
                 await self._lead()
-            except (*TRANSIENT_DB_ERRORS, *TRANSIENT_BUS_ERRORS, RelayBehind) as exc:
+            except _RETRY_RELAY as exc:
                 log.warning(
                     "relay.retrying",
                     relay=self.name,
@@ -105,7 +108,7 @@ class OutboxRelay:
     async def _lead(self) -> None:
         conn = await asyncpg.connect(self.store.dsn, timeout=10)
         try:
-            while not await conn.fetchval(
+            while not await conn.fetchval(  # noqa: ASYNC110 - a lock has no event to wait on
                 "SELECT pg_try_advisory_lock(hashtext('potluck-relay:' || $1::text))", self.name
             ):
                 await asyncio.sleep(self.retry_interval)
@@ -114,14 +117,10 @@ class OutboxRelay:
                 "INSERT INTO relay_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING", self.name
             )
             self.checkpoint = int(
-                await conn.fetchval(
-                    "SELECT position FROM relay_checkpoints WHERE name = $1", self.name
-                )
+                await conn.fetchval("SELECT position FROM relay_checkpoints WHERE name = $1", self.name)
             )
             log.info("relay.leading", relay=self.name, checkpoint=self.checkpoint)
-            follower = LogFollower(
-                self.store, after_position=self.checkpoint, batch_size=self.batch_size
-            )
+            follower = LogFollower(self.store, after_position=self.checkpoint, batch_size=self.batch_size)
             async for batch in follower.batches():
                 await self._publish(batch)
                 await conn.execute(
@@ -155,9 +154,7 @@ class OutboxRelay:
                     )
             done, pending = await asyncio.wait(futures, timeout=self.ack_timeout)
             if pending:
-                raise RelayBehind(
-                    f"{len(pending)} of {len(batch)} acks missing after {self.ack_timeout}s"
-                )
+                raise RelayBehind(f"{len(pending)} of {len(batch)} acks missing after {self.ack_timeout}s")
             acks = [f.result() for f in done]
         finally:
             for f in futures:

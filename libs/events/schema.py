@@ -54,9 +54,7 @@ class EventRegistry:
         name = cls.__dict__.get("type_name") or cls.__name__
         existing = self._types.get(name)
         if existing is not None and existing is not cls:
-            raise ValueError(
-                f"event type {name!r} is already registered to {existing.__qualname__}"
-            )
+            raise ValueError(f"event type {name!r} is already registered to {existing.__qualname__}")
         cls.type_name = name
         self._types[name] = cls
         return cls
@@ -79,9 +77,7 @@ class EventRegistry:
         except KeyError:
             raise UnknownEventType(type_name) from None
 
-    def decode(
-        self, type_name: str, schema_version: int, data: Mapping[str, Any] | str | bytes
-    ) -> Event:
+    def decode(self, type_name: str, schema_version: int, data: Mapping[str, Any] | str | bytes) -> Event:
         cls = self.class_for(type_name)
         if isinstance(data, str | bytes):
             try:

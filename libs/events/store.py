@@ -51,7 +51,9 @@ class StreamAppend:
     expected_version: int | None = ANY_VERSION
 
 
-_COLUMNS = "position, event_id, stream, version, type, schema_version, data::text, metadata::text, recorded_at"
+_COLUMNS = (
+    "position, event_id, stream, version, type, schema_version, data::text, metadata::text, recorded_at"
+)
 
 _INSERT = """
 INSERT INTO events (event_id, stream, version, type, schema_version, data, metadata)
@@ -79,6 +81,9 @@ def _record(row: asyncpg.Record) -> RecordedEvent:
     )
 
 
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
 class EventStore:
     """Append-only log of domain events in one Postgres table."""
 
@@ -97,9 +102,7 @@ class EventStore:
         events: EventRegistry = registry,
         migrate: bool = True,
     ) -> "EventStore":
-        pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, command_timeout=60
-        )
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=60)
         store = cls(pool, dsn, events=events)
         if migrate:
             await store.migrate()
@@ -141,7 +144,7 @@ class EventStore:
         *,
         expected_version: int | None = ANY_VERSION,
         metadata: Mapping[str, Any] | None = None,
-        connection: asyncpg.Connection | None = None,
+        connection: Connection | None = None,
     ) -> list[RecordedEvent]:
         return await self.append_streams(
             [StreamAppend(stream, events, expected_version)],
@@ -154,7 +157,7 @@ class EventStore:
         appends: Sequence[StreamAppend],
         *,
         metadata: Mapping[str, Any] | None = None,
-        connection: asyncpg.Connection | None = None,
+        connection: Connection | None = None,
     ) -> list[RecordedEvent]:
         """Append to several streams atomically, each checked against its expected version.
 
@@ -173,7 +176,7 @@ class EventStore:
             return await self._append(conn, appends, common)
 
     async def _append(
-        self, conn: asyncpg.Connection, appends: Sequence[StreamAppend], common: Mapping[str, Any]
+        self, conn: Connection, appends: Sequence[StreamAppend], common: Mapping[str, Any]
     ) -> list[RecordedEvent]:
         try:
             async with conn.transaction():
@@ -236,9 +239,7 @@ class EventStore:
                 metadata=json.loads(cols[6][n]),
                 recorded_at=row[2],
             )
-            for n, (row, (new, stream, version, data_json)) in enumerate(
-                zip(inserted, pending, strict=True)
-            )
+            for n, (row, (new, stream, version, data_json)) in enumerate(zip(inserted, pending, strict=True))
         ]
 
     async def read_stream(self, stream: str, *, after_version: int = 0) -> list[RecordedEvent]:
@@ -263,9 +264,7 @@ class EventStore:
         return [_record(r) for r in rows]
 
     async def stream_version(self, stream: str) -> int:
-        version = await self.pool.fetchval(
-            "SELECT max(version) FROM events WHERE stream = $1", stream
-        )
+        version = await self.pool.fetchval("SELECT max(version) FROM events WHERE stream = $1", stream)
         return int(version or 0)
 
     async def head_position(self) -> int:

@@ -46,6 +46,9 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
+_BUS_AWAY: tuple[type[BaseException], ...] = (*TRANSIENT_BUS_ERRORS, nats.js.errors.ServiceUnavailableError)
+_DEPENDENCY_AWAY: tuple[type[BaseException], ...] = (*TRANSIENT_DB_ERRORS, *TRANSIENT_BUS_ERRORS)
+
 
 @dataclass(frozen=True)
 class LoggedEvent:
@@ -194,14 +197,12 @@ class Subscriber(Generic[T]):
                 if sub is None:
                     if self.create_consumer:
                         await self._ensure_consumer()
-                    sub = await self.js.pull_subscribe_bind(
-                        durable=self.durable, stream=self.stream
-                    )
+                    sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
                 msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
                 backoff = 0.1
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue  # nothing to fetch within fetch_timeout
-            except (*TRANSIENT_BUS_ERRORS, nats.js.errors.ServiceUnavailableError) as exc:
+            except _BUS_AWAY as exc:
                 log.warning("subscriber.bus_unavailable", consumer=self.durable, error=repr(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
@@ -222,7 +223,7 @@ class Subscriber(Generic[T]):
     async def _process(self, msg: Msg) -> None:
         try:
             item = self.decode(msg)
-        except Exception as exc:  # noqa: BLE001 - whatever the payload did, it is poison
+        except Exception as exc:
             await self._dead_letter(msg, f"cannot decode: {exc}")
             return
         position = _position_of(item)
@@ -249,7 +250,7 @@ class Subscriber(Generic[T]):
             except (PoisonMessage, SchemaError) as exc:
                 await self._dead_letter(msg, f"cannot apply: {exc}")
                 return
-            except (*TRANSIENT_DB_ERRORS, *TRANSIENT_BUS_ERRORS) as exc:
+            except _DEPENDENCY_AWAY as exc:
                 # A dependency is away: keep the message (and the order) and wait.
                 log.warning(
                     "subscriber.transient_failure",
@@ -289,9 +290,7 @@ class Subscriber(Generic[T]):
                 bus.H_DLQ_CONSUMER: self.durable,
             }
         )
-        log.error(
-            "subscriber.dead_letter", consumer=self.durable, subject=msg.subject, reason=reason
-        )
+        log.error("subscriber.dead_letter", consumer=self.durable, subject=msg.subject, reason=reason)
         backoff = 0.1
         while True:
             try:

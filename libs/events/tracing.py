@@ -22,7 +22,7 @@ def current_trace_carrier() -> dict[str, str]:
 
 
 def trace_carrier_of(metadata: Mapping[str, object]) -> dict[str, str]:
-    return {k: str(metadata[k]) for k in TRACE_KEYS if k in metadata and metadata[k]}
+    return {k: str(metadata[k]) for k in TRACE_KEYS if metadata.get(k)}
 
 
 def context_from(carrier: Mapping[str, str] | None) -> Context:

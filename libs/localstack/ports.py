@@ -27,6 +27,4 @@ def wait_for_port(port: int, *, what: str, timeout: float = 30.0, host: str = "1
         if port_accepts(port, host):
             return
         time.sleep(0.05)
-    raise LocalStackError(
-        f"{what} did not accept connections on {host}:{port} within {timeout:.0f}s"
-    )
+    raise LocalStackError(f"{what} did not accept connections on {host}:{port} within {timeout:.0f}s")

@@ -48,9 +48,7 @@ def _is_static_elf(data: bytes) -> bool:
 
 def _applet_paths() -> list[str]:
     """Where each applet lives (bin/sh, usr/bin/env, ...), as busybox itself says."""
-    result = subprocess.run(
-        [str(BUSYBOX), "--list-full"], capture_output=True, text=True, check=False
-    )
+    result = subprocess.run([str(BUSYBOX), "--list-full"], capture_output=True, text=True, check=False)
     paths = {line.strip() for line in result.stdout.splitlines() if line.strip()}
     names = {path.rsplit("/", 1)[-1] for path in paths}
     paths.update(f"bin/{name}" for name in REQUIRED_APPLETS if name not in names)
@@ -62,9 +60,7 @@ def rootfs_tarball() -> bytes:
     try:
         busybox = BUSYBOX.read_bytes()
     except OSError as exc:
-        raise LocalStackError(
-            f"cannot read {BUSYBOX} ({exc}): `apt-get install busybox-static`"
-        ) from exc
+        raise LocalStackError(f"cannot read {BUSYBOX} ({exc}): `apt-get install busybox-static`") from exc
     if not _is_static_elf(busybox):
         raise LocalStackError(
             f"{BUSYBOX} is not a static executable, so it cannot run in an empty image: "
@@ -111,9 +107,7 @@ def image_exists(docker_url: str, tag: str) -> bool:
         return True
     if status == 404:
         return False
-    raise LocalStackError(
-        f"GET /images/{tag}/json on {docker_url} answered {status}: {body[:300]!r}"
-    )
+    raise LocalStackError(f"GET /images/{tag}/json on {docker_url} answered {status}: {body[:300]!r}")
 
 
 def build_test_image(docker_url: str, tag: str = DEFAULT_TAG) -> str:
@@ -140,9 +134,7 @@ def build_test_image(docker_url: str, tag: str = DEFAULT_TAG) -> str:
             f"cannot reach the Docker engine at {docker_url} to build {tag}: {exc}; start it first"
         ) from exc
     if status != 200:
-        raise LocalStackError(
-            f"importing {tag} into {docker_url} answered {status}: {body[:300]!r}"
-        )
+        raise LocalStackError(f"importing {tag} into {docker_url} answered {status}: {body[:300]!r}")
     # The answer is a stream of JSON objects; a failure arrives as {"error": ...} with status 200.
     for line in body.splitlines():
         if line.strip() and "error" in (message := json.loads(line)):

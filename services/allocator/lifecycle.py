@@ -49,9 +49,7 @@ def _check_host(state: AllocationState | None, alloc_id: str, host_id: str) -> A
     if state is None:
         raise PoisonMessage(f"host {host_id} reported on unknown allocation {alloc_id}")
     if state.host_id != host_id:
-        raise PoisonMessage(
-            f"host {host_id} reported on allocation {alloc_id}, which is not placed there"
-        )
+        raise PoisonMessage(f"host {host_id} reported on allocation {alloc_id}, which is not placed there")
     return state
 
 

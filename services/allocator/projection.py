@@ -102,9 +102,7 @@ def evolve(
         case AllocationRunning():
             return replace(state, status="running", container_id=event.container_id)
         case AllocationExited():
-            return replace(
-                state, status="exited", exit_code=event.exit_code, oom_killed=event.oom_killed
-            )
+            return replace(state, status="exited", exit_code=event.exit_code, oom_killed=event.oom_killed)
         case AllocationFailed():
             return replace(state, status="failed", reason=event.reason)
         case AllocationLost():
@@ -125,9 +123,7 @@ class AllocationsView:
     allocations: dict[str, AllocationState] = field(default_factory=dict)
     position: int = 0
 
-    def apply(
-        self, event: Event, *, position: int, version: int, at: datetime
-    ) -> AllocationState | None:
+    def apply(self, event: Event, *, position: int, version: int, at: datetime) -> AllocationState | None:
         if position <= self.position:
             return None
         self.position = position

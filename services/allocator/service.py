@@ -71,9 +71,7 @@ async def append_decisions(store: EventStore, decisions: list[Decision], source_
             expected = decision.expected if stream == alloc_stream(decision.alloc_id) else None
             appends.append(StreamAppend(stream, new, expected))
         try:
-            await store.append_streams(
-                appends, metadata={"actor": "allocator", "causation_id": source_id}
-            )
+            await store.append_streams(appends, metadata={"actor": "allocator", "causation_id": source_id})
         except DuplicateEvent:
             log.info("allocator.report_already_applied", source=source_id)
 
@@ -166,9 +164,7 @@ class AllocatorService:
                 ]
                 decisions = decide_actual_state(states, host_id, report)
             else:
-                decision = decide(
-                    await load_allocation(self.store, report.alloc_id), host_id, report
-                )
+                decision = decide(await load_allocation(self.store, report.alloc_id), host_id, report)
                 decisions = [decision] if decision else []
             await append_decisions(self.store, decisions, report.report_id)
 

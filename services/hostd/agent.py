@@ -44,6 +44,9 @@ from potluck.rejections import Rejected
 
 log = structlog.get_logger(__name__)
 
+#: The service we asked is not there (yet), or the bus is away: ask again later.
+_PEER_AWAY: tuple[type[BaseException], ...] = (*TRANSIENT_BUS_ERRORS, nats.errors.NoRespondersError)
+
 
 class HostdStopped(Exception):
     """hostd cannot go on (e.g. not enrolled); the message says what the member should do."""
@@ -140,10 +143,8 @@ class Agent:
         backoff = 0.5
         while True:
             try:
-                reply = await self._request(
-                    f"{REGISTER}.{self.host_id}", request.model_dump_json().encode()
-                )
-            except (*TRANSIENT_BUS_ERRORS, nats.errors.NoRespondersError) as exc:
+                reply = await self._request(f"{REGISTER}.{self.host_id}", request.model_dump_json().encode())
+            except _PEER_AWAY as exc:
                 log.warning("hostd.registry_unavailable", error=repr(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
@@ -151,14 +152,10 @@ class Agent:
             if not reply.ok:
                 error = reply.error or {}
                 if error.get("code") == "NOT_ENROLLED":
-                    raise HostdStopped(
-                        f"{error.get('message')}: run `potluck ops hosts enroll` first"
-                    )
+                    raise HostdStopped(f"{error.get('message')}: run `potluck ops hosts enroll` first")
                 raise Rejected(str(error.get("code")), str(error.get("message")))
             self.admin = str(reply.data.get("admin", "active"))
-            log.info(
-                "hostd.registered", host_id=self.host_id, admin=self.admin, donated=request.donated
-            )
+            log.info("hostd.registered", host_id=self.host_id, admin=self.admin, donated=request.donated)
             return
 
     async def _snapshot(self) -> DesiredState:
@@ -173,7 +170,7 @@ class Agent:
                         return snapshot
                 else:
                     log.warning("hostd.snapshot_refused", error=reply.error)
-            except (*TRANSIENT_BUS_ERRORS, nats.errors.NoRespondersError, ValidationError) as exc:
+            except (*_PEER_AWAY, ValidationError) as exc:  # type: ignore[misc]
                 log.warning("hostd.allocator_unavailable", error=repr(exc), retry_in=backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
@@ -242,7 +239,7 @@ class Agent:
                         timeout=5,
                     )
                     break
-                except (*TRANSIENT_BUS_ERRORS, nats.errors.NoRespondersError) as exc:
+                except _PEER_AWAY as exc:
                     log.warning("hostd.report_retry", kind=report.kind, error=repr(exc))
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
@@ -253,7 +250,5 @@ class Agent:
         while True:
             beat = Heartbeat(hostd_version=__version__, containers=len(self.containers.containers))
             with contextlib.suppress(*TRANSIENT_BUS_ERRORS):
-                await self.nc.publish(
-                    f"{HEARTBEAT}.{self.host_id}", beat.model_dump_json().encode()
-                )
+                await self.nc.publish(f"{HEARTBEAT}.{self.host_id}", beat.model_dump_json().encode())
             await asyncio.sleep(interval)

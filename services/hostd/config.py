@@ -93,9 +93,7 @@ class HostdConfig(BaseModel):
         return value
 
     def image_allowed(self, image: str) -> bool:
-        return not self.allowed_images or any(
-            fnmatch.fnmatchcase(image, p) for p in self.allowed_images
-        )
+        return not self.allowed_images or any(fnmatch.fnmatchcase(image, p) for p in self.allowed_images)
 
     def nats_seed(self) -> str:
         """The host's nkey seed, from the credentials file enrollment wrote."""
@@ -123,9 +121,7 @@ def load_config(path: Path) -> HostdConfig:
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: no such file; see `potluck hostd --help` for an example"
-        ) from None
+        raise ConfigError(f"{path}: no such file; see `potluck hostd --help` for an example") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     base = path.parent
@@ -136,7 +132,6 @@ def load_config(path: Path) -> HostdConfig:
         return HostdConfig.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
-            for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from None

@@ -58,9 +58,7 @@ def container_spec(host_id: str, alloc_id: str, spec: AllocationSpec) -> Contain
 
 
 class ContainerManager:
-    def __init__(
-        self, config: HostdConfig, driver: DockerDriver, report: Callable[[Report], None]
-    ) -> None:
+    def __init__(self, config: HostdConfig, driver: DockerDriver, report: Callable[[Report], None]) -> None:
         self.config = config
         self.host_id = config.host_id
         self.driver = driver
@@ -268,10 +266,20 @@ class ContainerManager:
         self.desired.pop(alloc_id, None)
         if self._stopping.pop(alloc_id, None) is not None:
             return  # reported as a failure when we stopped it
-        log.info("hostd.container_exited", alloc_id=alloc_id, exit_code=state.exit_code,
-                 oom_killed=state.oom_killed)
-        self.report(ContainerExited(alloc_id=alloc_id, container_id=container_id,
-                                    exit_code=state.exit_code or 0, oom_killed=state.oom_killed))
+        log.info(
+            "hostd.container_exited",
+            alloc_id=alloc_id,
+            exit_code=state.exit_code,
+            oom_killed=state.oom_killed,
+        )
+        self.report(
+            ContainerExited(
+                alloc_id=alloc_id,
+                container_id=container_id,
+                exit_code=state.exit_code or 0,
+                oom_killed=state.oom_killed,
+            )
+        )
 
     async def watch_docker_events(self) -> None:
         """Follows the engine's die events in a thread; restarts the stream after an engine outage."""
@@ -311,10 +319,8 @@ class ContainerManager:
         """Notices the engine going away and coming back; reconciles when it returns."""
         while True:
             was_up = self.engine_up
-            try:
+            with contextlib.suppress(DockerDriverError):
                 await self._docker(self.driver.ping)
-            except DockerDriverError:
-                pass
             if self.engine_up and was_up is False:
                 await self.reconcile()
             await asyncio.sleep(interval)
@@ -341,9 +347,7 @@ class ContainerManager:
                         f"wrote {used} bytes, more than its disk bound of {spec.disk_bytes}",
                     )
 
-    async def _stop_for(
-        self, alloc_id: str, container_id: str, reason: FailureReason, detail: str
-    ) -> None:
+    async def _stop_for(self, alloc_id: str, container_id: str, reason: FailureReason, detail: str) -> None:
         self._stopping[alloc_id] = reason
         self._fail(alloc_id, reason, detail)
         async with self._lock:

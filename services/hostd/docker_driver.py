@@ -322,9 +322,7 @@ class DockerDriver:
                     )
             except docker.errors.NotFound:
                 try:
-                    container = client.containers.create(
-                        **create_kwargs(spec, disk_quota=disk_quota)
-                    )
+                    container = client.containers.create(**create_kwargs(spec, disk_quota=disk_quota))
                 except docker.errors.APIError as exc:
                     if exc.status_code != 409:  # 409: a concurrent run() created it first
                         raise
@@ -401,9 +399,7 @@ class DockerDriver:
         detail = memory.get("stats") or {}
         cache = detail.get("total_inactive_file", detail.get("inactive_file", 0))
         return ContainerUsage(
-            cpu_total_ns=int(
-                ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage", 0)
-            ),
+            cpu_total_ns=int(((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage", 0)),
             memory_bytes=max(0, int(memory.get("usage", 0)) - int(cache)),
             memory_limit_bytes=int(memory.get("limit", 0)),
             pids=int((stats.get("pids_stats") or {}).get("current", 0)),

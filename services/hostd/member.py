@@ -17,9 +17,7 @@ async def control(config: HostdConfig, action: str, grace_s: float = 300.0) -> R
         inbox_prefix=inbox_prefix(config.host_id),
     )
     try:
-        msg = await nc.request(
-            f"{CONTROL}.{config.host_id}", command.model_dump_json().encode(), timeout=10
-        )
+        msg = await nc.request(f"{CONTROL}.{config.host_id}", command.model_dump_json().encode(), timeout=10)
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
         raise ConnectionError(f"the registry did not answer on {config.nats_url}: {exc!r}") from exc
     finally:

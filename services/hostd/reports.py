@@ -102,9 +102,7 @@ class EngineStatus(Report):
     detail: str = ""
 
 
-AnyReport = (
-    ContainerStarted | ContainerExited | ContainerFailed | ActualState | UsageSampled | EngineStatus
-)
+AnyReport = ContainerStarted | ContainerExited | ContainerFailed | ActualState | UsageSampled | EngineStatus
 
 
 def report_subject(host_id: str, report: Report) -> str:

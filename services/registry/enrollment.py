@@ -6,6 +6,7 @@ only into the credentials file handed to the member, and the NATS
 authorization file, rendered from the log, holds only public keys.
 """
 
+import contextlib
 import secrets
 import tomllib
 from pathlib import Path
@@ -29,9 +30,7 @@ def new_host_id() -> str:
     return f"h-{secrets.token_hex(6)}"
 
 
-async def enroll_host(
-    store: EventStore, name: str, *, host_id: str | None = None
-) -> tuple[str, KeyPair]:
+async def enroll_host(store: EventStore, name: str, *, host_id: str | None = None) -> tuple[str, KeyPair]:
     host_id = validate_host_id(host_id or new_host_id())
     key = new_user_key()
     await decide_and_append(
@@ -76,11 +75,11 @@ async def refresh_nats_authorization(
 ) -> bool:
     """Render the users file from the log; reload nats-server when it changed."""
     view = await current_hosts(store)
-    hosts = [
-        (h.host_id, h.nkey) for h in view.hosts.values() if h.nkey and h.admin != "deregistered"
-    ]
+    hosts = [(h.host_id, h.nkey) for h in view.hosts.values() if h.nkey and h.admin != "deregistered"]
     text = render_authorization([public_key_of(s) for s in service_seeds], hosts)
     changed = write_authorization(auth_file, text)
-    if changed and pid_file is not None and pid_file.exists():
-        reload_nats(pid_file)
+    if changed and pid_file is not None:
+        # No PID file: nats-server is not started yet and reads the file when it starts.
+        with contextlib.suppress(FileNotFoundError):
+            reload_nats(pid_file)
     return changed

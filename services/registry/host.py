@@ -86,7 +86,7 @@ def control(state: HostState | None, host_id: str, cmd: ControlHost, by: Actor) 
 
 def beat_returned(state: HostState) -> list[Event]:
     if state.registered and state.liveness in ("suspect", "lost"):
-        return [HostRecovered(host_id=state.host_id, was=state.liveness)]  # type: ignore[arg-type]
+        return [HostRecovered(host_id=state.host_id, was=state.liveness)]
     return []
 
 

@@ -141,9 +141,7 @@ class RegistryService:
             reply = Reply(ok=False, error=exc.as_dict())
         except Exception as exc:
             log.exception("registry.request_failed", subject=msg.subject)
-            reply = Reply(
-                ok=False, error={"code": "INTERNAL", "message": f"registry failed: {exc!r}"}
-            )
+            reply = Reply(ok=False, error={"code": "INTERNAL", "message": f"registry failed: {exc!r}"})
         if msg.reply:
             await msg.respond(reply.model_dump_json().encode())
 
@@ -152,9 +150,7 @@ class RegistryService:
         hosts = []
         for state in sorted(self.view.hosts.values(), key=lambda h: h.host_id):
             row = host_as_dict(state)
-            row["last_seen_s_ago"] = (
-                round(seen_ago[state.host_id], 3) if state.host_id in seen_ago else None
-            )
+            row["last_seen_s_ago"] = round(seen_ago[state.host_id], 3) if state.host_id in seen_ago else None
             hosts.append(row)
         reply = Reply(ok=True, data={"position": self.view.position, "hosts": hosts})
         if msg.reply:

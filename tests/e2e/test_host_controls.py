@@ -15,7 +15,10 @@ from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 def member(pool: Pool, host: EnrolledHost, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "potluck", "host", *args, "--config", str(host.config)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -75,23 +78,40 @@ def test_bad_config_is_refused_naming_the_field(tmp_path: Path) -> None:
     config = tmp_path / "hostd.toml"
     creds = tmp_path / "h.creds"
     creds.write_text('host_id = "h-1"\nnats_seed = "SUAXX"\n')
+    base = {
+        "host_id": '"h-1"',
+        "credentials_file": '"h.creds"',
+        "state_dir": '"s"',
+        "docker_url": '"unix:///run/docker.sock"',
+    }
+    donate = {"cpus": "1", "memory": '"1G"', "disk": '"1G"'}
+
+    def config_text(top: dict[str, str], table: dict[str, str]) -> str:
+        return (
+            "".join(f"{k} = {v}\n" for k, v in top.items())
+            + "[donate]\n"
+            + "".join(f"{k} = {v}\n" for k, v in table.items())
+        )
+
     cases = {
-        'host_id = "h-1"\ncredentials_file = "h.creds"\nstate_dir = "s"\n[donate]\ncpus = -1\nmemory = "1G"\ndisk = "1G"\n':
-            "donate.cpus",
-        'host_id = "h-1"\ncredentials_file = "h.creds"\nstate_dir = "s"\n[donate]\ncpus = 1\nmemory = "lots"\ndisk = "1G"\n':
-            "donate.memory",
-        'host_id = "H 1"\ncredentials_file = "h.creds"\nstate_dir = "s"\n[donate]\ncpus = 1\nmemory = "1G"\ndisk = "1G"\n':
-            "host_id",
-        'host_id = "h-1"\ncredentials_file = "h.creds"\nstate_dir = "s"\ndocker_url = "http://x"\n[donate]\ncpus = 1\nmemory = "1G"\ndisk = "1G"\n':
-            "docker_url",
+        config_text(base, {**donate, "cpus": "-1"}): "donate.cpus",
+        config_text(base, {**donate, "memory": '"lots"'}): "donate.memory",
+        config_text({**base, "host_id": '"H 1"'}, donate): "host_id",
+        config_text({**base, "docker_url": '"http://x"'}, donate): "docker_url",
+        config_text({**base, "nats_url": '"http://x"'}, donate): "nats_url",
+        config_text({**base, "surprise": "1"}, donate): "surprise",
+        config_text({**base, "host_id": '"h-2"'}, donate): "belongs to host 'h-1'",
         "this is not toml": "not valid TOML",
-        'host_id = "h-2"\ncredentials_file = "h.creds"\nstate_dir = "s"\n[donate]\ncpus = 1\nmemory = "1G"\ndisk = "1G"\n':
-            "belongs to host 'h-1'",
     }
     for text, fragment in cases.items():
         config.write_text(text)
-        done = subprocess.run([sys.executable, "-m", "potluck", "hostd", "--config", str(config)],
-                              capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "potluck", "hostd", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 2, (text, done.stderr)
         assert fragment in done.stderr, (text, done.stderr)
 

@@ -1,4 +1,5 @@
-"""Faults named and survived: kill -9 hostd, a silent laptop, a restarted registry, engine and NATS restarts."""
+"""Faults named and survived: kill -9 hostd, a silent laptop, a restarted registry,
+and restarts of the Docker engine and of NATS."""
 
 import asyncio
 import os
@@ -19,8 +20,14 @@ async def host_event_types(store: EventStore, host_id: str) -> list[str]:
 
 def orphan_spec(host_id: str, wanted: AllocationSpec) -> ContainerSpec:
     return ContainerSpec(
-        allocation_id="orphan", host_id=host_id, image=wanted.image, cpus=0.1,
-        memory_bytes=32 << 20, disk_bytes=16 << 20, pids_limit=16, command=["sleep", "3600"],
+        allocation_id="orphan",
+        host_id=host_id,
+        image=wanted.image,
+        cpus=0.1,
+        memory_bytes=32 << 20,
+        disk_bytes=16 << 20,
+        pids_limit=16,
+        command=["sleep", "3600"],
     )
 
 
@@ -59,7 +66,8 @@ async def test_a_silent_host_becomes_suspect_then_lost_and_recovers_when_beats_r
     pool: Pool, laptop: EnrolledHost
 ) -> None:
     """SIGSTOP the hostd (a closed lid): suspect after 3 missed beats, lost after 2 s; SIGCONT: recovered."""
-    assert laptop.process is not None and laptop.process.pid is not None
+    assert laptop.process is not None
+    assert laptop.process.pid is not None
     os.kill(laptop.process.pid, signal.SIGSTOP)
     try:
         await pool.wait_for_host(laptop.host_id, "suspect", timeout=5)

@@ -50,10 +50,14 @@ async def test_limits_are_in_the_containers_cgroup_and_inspect_shows_no_privileg
         cid = container.container_id
         read = driver.exec_run(
             cid,
-            ["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-             "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes",
-             "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us",
-             "/sys/fs/cgroup/pids/pids.max"],
+            [
+                "cat",
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes",
+                "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+                "/sys/fs/cgroup/cpu/cpu.cfs_period_us",
+                "/sys/fs/cgroup/pids/pids.max",
+            ],
         )
         memory, memsw, quota, period, pids = read.output.decode().split()
         assert int(memory) == 96 << 20

@@ -7,6 +7,7 @@ import signal
 import nats.errors
 import nats.js.errors
 import pytest
+from nats.aio.msg import Msg
 
 from potluck.events import EVENTS_STREAM
 from potluck.localstack.docker_engine import DockerEngine
@@ -33,7 +34,8 @@ async def test_a_host_cannot_beat_or_report_as_another(
     """B falls silent; A publishes heartbeats and a report under B's subjects. NATS refuses
     them, so B still goes suspect and no report of A's lands under B's name."""
     a, b = two_laptops
-    assert b.process is not None and b.process.pid is not None
+    assert b.process is not None
+    assert b.process.pid is not None
     errors: list[str] = []
     nc = await pool.client(a, errors=errors)
     os.kill(b.process.pid, signal.SIGSTOP)
@@ -49,12 +51,14 @@ async def test_a_host_cannot_beat_or_report_as_another(
     finally:
         os.kill(b.process.pid, signal.SIGCONT)
         await nc.close()
-    assert any("permissions violation" in e.lower() and f"potluck.hb.{b.host_id}" in e for e in errors), errors
+    assert any("permissions violation" in e.lower() and f"potluck.hb.{b.host_id}" in e for e in errors), (
+        errors
+    )
     js = (await pool.client()).jetstream()
     info = await js.stream_info("POTLUCK_REPORTS")
     for seq in range(1, info.state.last_seq + 1):
         msg = await js.get_msg("POTLUCK_REPORTS", seq=seq)
-        assert not (msg.subject.startswith(f"potluck.report.{b.host_id}.") and msg.data == b"{}")
+        assert not ((msg.subject or "").startswith(f"potluck.report.{b.host_id}.") and msg.data == b"{}")
 
 
 async def test_a_host_cannot_read_another_hosts_placements(
@@ -70,11 +74,15 @@ async def test_a_host_cannot_read_another_hosts_placements(
         sub = await js.pull_subscribe_bind(durable=host_consumer(b.host_id), stream=EVENTS_STREAM)
         with pytest.raises((nats.errors.TimeoutError, nats.js.errors.APIError)):
             await sub.fetch(1, timeout=1)
-        with pytest.raises((nats.errors.TimeoutError, nats.js.errors.APIError, nats.errors.NoRespondersError)):
-            await js.add_consumer(EVENTS_STREAM, durable_name="spy", filter_subject="potluck.evt.>", timeout=1)
+        with pytest.raises(
+            (nats.errors.TimeoutError, nats.js.errors.APIError, nats.errors.NoRespondersError)
+        ):
+            await js.add_consumer(
+                EVENTS_STREAM, durable_name="spy", filter_subject="potluck.evt.>", timeout=1
+            )
         seen: list[bytes] = []
 
-        async def spy(msg: nats.aio.msg.Msg) -> None:
+        async def spy(msg: Msg) -> None:
             seen.append(msg.data)
 
         await nc.subscribe("potluck.evt.>", cb=spy)

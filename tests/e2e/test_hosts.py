@@ -5,9 +5,7 @@ from tests.e2e.conftest import wait_for_status
 from tests.fixtures.pool import Pool, place, spec
 
 
-async def test_two_hostds_register_with_their_caps(
-    pool: Pool, docker_engines: list[DockerEngine]
-) -> None:
+async def test_two_hostds_register_with_their_caps(pool: Pool, docker_engines: list[DockerEngine]) -> None:
     a = await pool.enroll("laptop-a")
     b = await pool.enroll("laptop-b")
     pool.write_config(a, docker_engines[0], donate={"cpus": 1.5, "memory": "1G", "disk": "2G"})

@@ -146,8 +146,7 @@ def test_limits_are_visible_in_the_containers_own_cgroups(
 
     if facts.cgroup_version == "1":
         assert (
-            int(_cat(docker_driver, container_id, "/sys/fs/cgroup/memory/memory.limit_in_bytes"))
-            == 96 * MiB
+            int(_cat(docker_driver, container_id, "/sys/fs/cgroup/memory/memory.limit_in_bytes")) == 96 * MiB
         )
         memsw = docker_driver.exec_run(
             container_id, ["cat", "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"]
@@ -160,9 +159,7 @@ def test_limits_are_visible_in_the_containers_own_cgroups(
     else:
         assert int(_cat(docker_driver, container_id, "/sys/fs/cgroup/memory.max")) == 96 * MiB
         assert int(_cat(docker_driver, container_id, "/sys/fs/cgroup/memory.swap.max")) == 0
-        quota_text, period_text = _cat(
-            docker_driver, container_id, "/sys/fs/cgroup/cpu.max"
-        ).split()
+        quota_text, period_text = _cat(docker_driver, container_id, "/sys/fs/cgroup/cpu.max").split()
         quota, period = int(quota_text), int(period_text)
         assert int(_cat(docker_driver, container_id, "/sys/fs/cgroup/pids.max")) == 50
     assert quota / period == pytest.approx(0.5)
@@ -195,8 +192,7 @@ def test_inspect_shows_the_hardening(docker_driver: DockerDriver, test_image: st
     assert host["LogConfig"]["Config"]["max-size"]
 
     status = dict(
-        line.split(":\t", 1)
-        for line in _cat(docker_driver, container_id, "/proc/self/status").splitlines()
+        line.split(":\t", 1) for line in _cat(docker_driver, container_id, "/proc/self/status").splitlines()
     )
     assert int(status["CapEff"], 16) == sum(1 << CAP_BITS[c] for c in CAPABILITIES)
     assert int(status["CapBnd"], 16) == sum(1 << CAP_BITS[c] for c in CAPABILITIES)
@@ -213,9 +209,7 @@ def test_writable_layer_grows_with_what_the_container_writes(
     container_id = docker_driver.run(_spec(test_image))
     before = docker_driver.writable_layer_bytes(container_id)
 
-    result = docker_driver.exec_run(
-        container_id, ["dd", "if=/dev/zero", "of=/tmp/blob", "bs=1M", "count=20"]
-    )
+    result = docker_driver.exec_run(container_id, ["dd", "if=/dev/zero", "of=/tmp/blob", "bs=1M", "count=20"])
 
     assert result.exit_code == 0, result.output
     assert docker_driver.writable_layer_bytes(container_id) - before >= 20 * MiB
@@ -333,9 +327,7 @@ def test_missing_image_is_image_not_available(docker_driver: DockerDriver) -> No
     with pytest.raises(ImageNotAvailable, match=spec.image):
         docker_driver.run(spec)
 
-    assert [
-        c for c in docker_driver.list_managed(HOST) if c.allocation_id == spec.allocation_id
-    ] == []
+    assert [c for c in docker_driver.list_managed(HOST) if c.allocation_id == spec.allocation_id] == []
 
 
 def test_verify_limits_refuses_a_container_that_disagrees(
@@ -358,9 +350,7 @@ def test_verify_limits_refuses_a_container_that_disagrees(
         docker_driver.state(container_id)
 
 
-def test_events_report_start_and_die_with_exit_code(
-    docker_driver: DockerDriver, test_image: str
-) -> None:
+def test_events_report_start_and_die_with_exit_code(docker_driver: DockerDriver, test_image: str) -> None:
     """Events of the host are followed in a thread while a container exits with 3.
     Afterwards its start and die (exit code 3) were seen, and close() ended the thread."""
     spec = _spec(test_image, command=["sh", "-c", "exit 3"])

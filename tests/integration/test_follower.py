@@ -19,7 +19,9 @@ async def _writer(store: EventStore, writer: int, count: int, seed: int) -> list
     while done < count:
         size = min(rng.randint(1, 40), count - done)
         stream = f"thing-{writer}-{rng.randint(0, 20)}"
-        recorded = await store.append(stream, [ThingHappened(thing_id=stream, count=done + i) for i in range(size)])
+        recorded = await store.append(
+            stream, [ThingHappened(thing_id=stream, count=done + i) for i in range(size)]
+        )
         ids += [r.event_id for r in recorded]
         done += size
         if rng.random() < 0.2:
@@ -34,7 +36,9 @@ async def _follow(follower: LogFollower, want: int, seen: list[RecordedEvent]) -
             return
 
 
-async def test_follower_sees_every_event_of_concurrent_writers_once_in_order(store: EventStore) -> None:
+async def test_follower_sees_every_event_of_concurrent_writers_once_in_order(
+    store: EventStore,
+) -> None:
     """8 writers append 10,000 events in batches while a follower reads: none skipped or doubled."""
     seen: list[RecordedEvent] = []
     follower = LogFollower(store, batch_size=500)

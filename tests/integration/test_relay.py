@@ -58,8 +58,20 @@ async def test_only_one_of_two_relays_leads(store: EventStore, nc: NATS) -> None
 def _start_relay_process(database_url: str, nats_url: str, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "potluck", "--log-level", "DEBUG", "relay",
-             "--database-url", database_url, "--nats-url", nats_url, "--batch-size", "100"],
+            [
+                sys.executable,
+                "-m",
+                "potluck",
+                "--log-level",
+                "DEBUG",
+                "relay",
+                "--database-url",
+                database_url,
+                "--nats-url",
+                nats_url,
+                "--batch-size",
+                "100",
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -81,12 +93,14 @@ async def test_relay_killed_mid_batch_resumes_without_loss_or_duplicates(
             )
         ]
     received = Received()
-    consumer = event_subscriber(nc, durable="kill-test", subjects=["potluck.evt.>"], handle=received,
-                                events=sample)
+    consumer = event_subscriber(
+        nc, durable="kill-test", subjects=["potluck.evt.>"], handle=received, events=sample
+    )
     consuming = asyncio.create_task(consumer.run())
     log = tmp_path / "relay.log"
     relay = _start_relay_process(database_url, nats_server.url, log)
     try:
+
         async def checkpoint() -> int:
             value = await store.pool.fetchval("SELECT position FROM relay_checkpoints WHERE name = 'main'")
             return int(value or 0)

@@ -35,7 +35,9 @@ async def test_append_then_read_stream_and_all(store: EventStore) -> None:
     assert await store.read_all(everything[0].position, 1) == [everything[1]]
 
 
-async def test_two_writers_with_the_same_expected_version_exactly_one_wins(store: EventStore) -> None:
+async def test_two_writers_with_the_same_expected_version_exactly_one_wins(
+    store: EventStore,
+) -> None:
     """Both read version 1 and append; one must get the conflict naming stream and versions."""
     await store.append("thing-x", [thing(0)], expected_version=NO_STREAM)
     results = await asyncio.gather(
@@ -59,18 +61,22 @@ async def test_multi_stream_append_is_all_or_nothing(store: EventStore) -> None:
     await store.append("host-a", [HostThingHappened(host_id="a", value=1)], expected_version=NO_STREAM)
     head = await store.head_position()
     with pytest.raises(WrongExpectedVersion) as info:
-        await store.append_streams([
-            StreamAppend("alloc-1", [thing(1)], expected_version=NO_STREAM),
-            StreamAppend("host-a", [HostThingHappened(host_id="a", value=2)], expected_version=0),
-        ])
+        await store.append_streams(
+            [
+                StreamAppend("alloc-1", [thing(1)], expected_version=NO_STREAM),
+                StreamAppend("host-a", [HostThingHappened(host_id="a", value=2)], expected_version=0),
+            ]
+        )
     assert info.value.stream == "host-a"
     assert await store.head_position() == head
     assert await store.read_stream("alloc-1") == []
 
-    done = await store.append_streams([
-        StreamAppend("alloc-1", [thing(1)], expected_version=NO_STREAM),
-        StreamAppend("host-a", [HostThingHappened(host_id="a", value=2)], expected_version=1),
-    ])
+    done = await store.append_streams(
+        [
+            StreamAppend("alloc-1", [thing(1)], expected_version=NO_STREAM),
+            StreamAppend("host-a", [HostThingHappened(host_id="a", value=2)], expected_version=1),
+        ]
+    )
     assert [(r.stream, r.version) for r in done] == [("alloc-1", 1), ("host-a", 2)]
 
 
@@ -88,17 +94,21 @@ async def test_a_duplicate_event_id_is_refused_and_nothing_of_the_batch_is_writt
 
 
 async def test_append_inside_a_callers_transaction_rolls_back_with_it(store: EventStore) -> None:
-    async with store.pool.acquire() as conn:
-        with pytest.raises(RuntimeError):
-            async with conn.transaction():
-                await store.append("thing-t", [thing(1)], connection=conn)
-                raise RuntimeError("the caller's effect failed")
+    async def append_then_fail() -> None:
+        async with store.pool.acquire() as conn, conn.transaction():
+            await store.append("thing-t", [thing(1)], connection=conn)
+            raise RuntimeError("the caller's effect failed")
+
+    with pytest.raises(RuntimeError):
+        await append_then_fail()
     assert await store.read_stream("thing-t") == []
 
 
 async def test_metadata_and_routing_key_are_stored(store: EventStore) -> None:
     [rec] = await store.append(
-        "host-h9", [HostThingHappened(host_id="h9", value=1)], metadata={"actor": "op", "correlation_id": "c1"}
+        "host-h9",
+        [HostThingHappened(host_id="h9", value=1)],
+        metadata={"actor": "op", "correlation_id": "c1"},
     )
     [back] = await store.read_stream("host-h9")
     assert back.metadata == rec.metadata

@@ -32,7 +32,7 @@ def _headers(position: int, type_name: str = "ThingHappened", version: str = "2"
     }
 
 
-async def _dead_letters(nc: NATS, expected: int) -> list[tuple[str, str]]:
+async def _dead_letters(nc: NATS, expected: int) -> list[tuple[str, str | None]]:
     js = nc.jetstream()
     info = await js.stream_info(DEAD_LETTER_STREAM)
     assert info.state.messages == expected
@@ -57,10 +57,16 @@ async def test_poison_messages_are_dead_lettered_and_good_ones_still_applied(nc:
     await js.publish("potluck.evt.thing.Nope", b"{}", headers=_headers(3, "Nope"))
     await js.publish(subject, json.dumps({"thing_id": "x", "count": -5}).encode(), headers=_headers(4))
     await js.publish(subject, good, headers={"Nats-Msg-Id": str(uuid4())})
-    await js.publish(subject, ThingHappened(thing_id="refuse", count=1).model_dump_json().encode(),
-                     headers=_headers(6))
-    await js.publish(subject, ThingHappened(thing_id="ok", count=2).model_dump_json().encode(),
-                     headers=_headers(7))
+    await js.publish(
+        subject,
+        ThingHappened(thing_id="refuse", count=1).model_dump_json().encode(),
+        headers=_headers(6),
+    )
+    await js.publish(
+        subject,
+        ThingHappened(thing_id="ok", count=2).model_dump_json().encode(),
+        headers=_headers(7),
+    )
 
     applied: list[LoggedEvent] = []
 
@@ -70,7 +76,9 @@ async def test_poison_messages_are_dead_lettered_and_good_ones_still_applied(nc:
             raise PoisonMessage("thing 'refuse' can never be applied")
         applied.append(delivered)
 
-    consumer = event_subscriber(nc, durable="poison", subjects=["potluck.evt.>"], handle=handle, events=sample)
+    consumer = event_subscriber(
+        nc, durable="poison", subjects=["potluck.evt.>"], handle=handle, events=sample
+    )
     task = asyncio.create_task(consumer.run())
     try:
         await wait_until(lambda: consumer.applied + consumer.dead_lettered == 7, 10, "all seven settled")
@@ -92,8 +100,11 @@ async def test_a_failing_handler_is_retried_then_dead_lettered(nc: NATS) -> None
     await ensure_streams(js)
     subject = "potluck.evt.thing.ThingHappened"
     for position in (1, 2):
-        await js.publish(subject, ThingHappened(thing_id=str(position), count=0).model_dump_json().encode(),
-                         headers=_headers(position))
+        await js.publish(
+            subject,
+            ThingHappened(thing_id=str(position), count=0).model_dump_json().encode(),
+            headers=_headers(position),
+        )
     calls: list[int] = []
 
     async def handle(delivered: LoggedEvent) -> None:
@@ -101,8 +112,14 @@ async def test_a_failing_handler_is_retried_then_dead_lettered(nc: NATS) -> None
         if delivered.position == 1:
             raise RuntimeError("bug in the handler")
 
-    consumer = event_subscriber(nc, durable="buggy", subjects=[subject], handle=handle, events=sample,
-                                attempts_before_dead_letter=3)
+    consumer = event_subscriber(
+        nc,
+        durable="buggy",
+        subjects=[subject],
+        handle=handle,
+        events=sample,
+        attempts_before_dead_letter=3,
+    )
     task = asyncio.create_task(consumer.run())
     try:
         await wait_until(lambda: consumer.applied == 1, 10, "the second message")
@@ -123,7 +140,9 @@ async def test_a_message_at_an_applied_position_is_not_applied_again(nc: NATS) -
     for position in (1, 2, 2, 1, 3):
         await js.publish("potluck.evt.thing.ThingHappened", body, headers=_headers(position))
     received = Received()
-    consumer = event_subscriber(nc, durable="idem", subjects=["potluck.evt.>"], handle=received, events=sample)
+    consumer = event_subscriber(
+        nc, durable="idem", subjects=["potluck.evt.>"], handle=received, events=sample
+    )
     task = asyncio.create_task(consumer.run())
     try:
         await wait_until(lambda: consumer.applied + consumer.skipped == 5, 10, "five settled")
@@ -139,8 +158,14 @@ async def test_consumer_and_relay_survive_a_nats_restart(
     """NATS restarts under a running relay and consumer: every event arrives once."""
     received = Received()
     relay = OutboxRelay(store, nc.jetstream(), retry_interval=0.2, ack_timeout=2)
-    consumer = event_subscriber(nc, durable="restart", subjects=["potluck.evt.>"], handle=received,
-                                events=sample, fetch_timeout=0.5)
+    consumer = event_subscriber(
+        nc,
+        durable="restart",
+        subjects=["potluck.evt.>"],
+        handle=received,
+        events=sample,
+        fetch_timeout=0.5,
+    )
     tasks = [asyncio.create_task(relay.run()), asyncio.create_task(consumer.run())]
     try:
         first = await store.append("thing-1", [ThingHappened(thing_id="a", count=i) for i in range(200)])
@@ -160,15 +185,19 @@ async def test_the_span_around_an_append_is_the_parent_of_the_consumers_span(
 ) -> None:
     received = Received()
     relay = OutboxRelay(store, nc.jetstream())
-    consumer = event_subscriber(nc, durable="traced", subjects=["potluck.evt.>"], handle=received,
-                                events=sample)
+    consumer = event_subscriber(
+        nc, durable="traced", subjects=["potluck.evt.>"], handle=received, events=sample
+    )
     tasks = [asyncio.create_task(relay.run()), asyncio.create_task(consumer.run())]
     try:
         with trace.get_tracer("test").start_as_current_span("user request") as request:
             await store.append("thing-t", [ThingHappened(thing_id="t", count=1)])
         await wait_until(lambda: len(received.counts) == 1, 10, "the traced event")
-        await wait_until(lambda: any(s.name.startswith("handle") for s in spans.get_finished_spans()), 5,
-                         "the consumer span to end")
+        await wait_until(
+            lambda: any(s.name.startswith("handle") for s in spans.get_finished_spans()),
+            5,
+            "the consumer span to end",
+        )
     finally:
         await stop(*tasks)
     finished = spans.get_finished_spans()
