@@ -2,7 +2,7 @@
 
 ChildProcess records each server it starts in $POTLUCK_RUN_DIR (PID and the
 kernel's start time for it, so a recycled PID is never mistaken for ours).
-`python -m potluck.localstack.reaper DIR` ends whatever of those still runs.
+`potluck.localstack.reaper.main(DIR)` ends whatever of those still runs.
 """
 
 import contextlib
@@ -57,7 +57,11 @@ def reap(run_dir: Path, grace: float = 10.0) -> list[int]:
     return ours
 
 
-if __name__ == "__main__":
-    left = reap(Path(sys.argv[1]))
+def main(run_dir: str) -> None:
+    left = reap(Path(run_dir))
     if left:
         print(f"stopped {len(left)} server(s) the test run left behind: {left}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

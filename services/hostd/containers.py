@@ -303,7 +303,9 @@ class ContainerManager:
                 finally:
                     closed.set()
 
-            reader = loop.run_in_executor(None, pump)
+            # A daemon thread, not the loop's executor: a read blocked on the
+            # engine's socket must not hold up the process at exit.
+            threading.Thread(target=pump, name="docker-events", daemon=True).start()
             try:
                 while not (closed.is_set() and died.empty()):
                     with contextlib.suppress(TimeoutError):
@@ -311,8 +313,6 @@ class ContainerManager:
                         await self.on_container_died(container_id)
             finally:
                 stream.close()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(reader, 5)
             await asyncio.sleep(1.0)
 
     async def watch_engine(self, interval: float = 2.0) -> None:
