@@ -143,17 +143,44 @@ def registry(
     run(serve("registry", Backends(database_url, nats_url, nats_seed_file, relay), body))
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
+    return host, int(port)
+
+
 @main.command()
 @database_option
 @nats_options
 @relay_option
-def allocator(database_url: str, nats_url: str, nats_seed_file: Path | None, relay: bool) -> None:
-    """Run the allocator: desired state for hosts, their reports, the allocation lifecycle."""
-    from potluck.allocator.service import AllocatorService
+@click.option(
+    "--listen",
+    envvar="POTLUCK_ALLOCATOR_LISTEN",
+    default="127.0.0.1:8080",
+    show_default=True,
+    help="HOST:PORT of the HTTP API [env: POTLUCK_ALLOCATOR_LISTEN].",
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["best_fit", "spread"]),
+    default="best_fit",
+    show_default=True,
+    help="Placement: pack hosts tightly, or spread work across them.",
+)
+def allocator(
+    database_url: str, nats_url: str, nats_seed_file: Path | None, relay: bool, listen: str, strategy: str
+) -> None:
+    """Run the allocator: the HTTP API, placement, the allocation lifecycle."""
+    from potluck.allocator.engine import AllocatorEngine
+    from potluck.allocator.service import AllocatorService, serve_http
     from potluck.bootstrap import Backends, serve
 
+    host, port = parse_listen(listen)
+
     async def body(store: Any, nc: Any) -> None:
-        await AllocatorService(store, nc).run()
+        engine = AllocatorEngine(store, strategy=strategy)  # type: ignore[arg-type]
+        await AllocatorService(store, nc, engine).run(lambda: serve_http(engine, host, port))
 
     run(serve("allocator", Backends(database_url, nats_url, nats_seed_file, relay), body))
 
@@ -209,6 +236,29 @@ def _control(config_path: Path, action: str, grace_s: float = 300.0) -> None:
         fail(f"{(reply.error or {}).get('message')} ({(reply.error or {}).get('code')})")
     recorded = reply.data.get("recorded") or []
     click.echo(f"{action}: {'done' if recorded else 'already so'} for host {config.host_id}")
+
+
+@host.command(name="status")
+@CONFIG
+def host_status(config_path: Path) -> None:
+    """This machine as the registry sees it (JSON)."""
+    from potluck.hostd.config import ConfigError, load_config
+    from potluck.hostd.member import status
+
+    try:
+        reply = run(status(load_config(config_path)))
+    except (ConfigError, ConnectionError) as exc:
+        fail(str(exc), 2)
+    if not reply.ok:
+        fail(f"{(reply.error or {}).get('message')} ({(reply.error or {}).get('code')})")
+    click.echo(json.dumps(reply.data, indent=2))
+
+
+@host.command()
+@CONFIG
+def deregister(config_path: Path) -> None:
+    """Take this machine back: its work is stopped and it leaves the pool."""
+    _control(config_path, "deregister")
 
 
 @host.command()
@@ -324,6 +374,47 @@ def ops_hosts_enroll(
     )
 
 
+@ops_hosts.command(name="control")
+@click.argument("host_id")
+@click.argument("action", type=click.Choice(["pause", "resume", "drain", "deregister"]))
+@database_option
+@click.option(
+    "--grace",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="With drain: seconds running work gets before it is stopped.",
+)
+def ops_hosts_control(host_id: str, action: str, database_url: str, grace: float) -> None:
+    """Pause, resume, drain or deregister HOST_ID as the operator."""
+    from potluck.events import EventStore
+    from potluck.registry import host as aggregate
+    from potluck.registry.messages import ControlHost
+    from potluck.registry.service import decide_and_append
+    from potluck.rejections import Rejected
+
+    command = ControlHost.model_validate({"action": action, "grace_s": grace})
+
+    async def go() -> list[str]:
+        store = await EventStore.open(database_url, max_size=2)
+        try:
+            outcome = await decide_and_append(
+                store,
+                host_id,
+                lambda s: aggregate.control(s, host_id, command, "operator"),
+                {"actor": "operator"},
+            )
+            return [type(e).type_name for e in outcome.events]
+        finally:
+            await store.close()
+
+    try:
+        recorded = run(go())
+    except Rejected as exc:
+        fail(exc.message)
+    click.echo(json.dumps({"host_id": host_id, "action": action, "recorded": recorded}))
+
+
 @ops_hosts.command(name="list")
 @database_option
 def ops_hosts_list(database_url: str) -> None:
@@ -352,6 +443,64 @@ def ops_hosts_list(database_url: str) -> None:
 
     for row in run(go()):
         click.echo(json.dumps(row))
+
+
+@ops.group(name="users")
+def ops_users() -> None:
+    """Add users of the HTTP API."""
+
+
+@ops_users.command(name="add")
+@click.argument("name")
+@database_option
+@click.option(
+    "--cpus",
+    type=click.FloatRange(min=0.01),
+    default=8.0,
+    show_default=True,
+    help="Quota: CPUs held at once.",
+)
+@click.option("--memory", default="16G", show_default=True, help="Quota: memory held at once (e.g. 16G).")
+@click.option(
+    "--allocations",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Quota: allocations held at once.",
+)
+def ops_users_add(name: str, database_url: str, cpus: float, memory: str, allocations: int) -> None:
+    """Add user NAME and print their bearer token (shown once; only its hash is kept)."""
+    from potluck.allocator.events import Quota, user_stream
+    from potluck.allocator.users import UsersView, add_user
+    from potluck.events import EventStore, registry
+    from potluck.rejections import Rejected
+    from potluck.sizes import parse_size
+
+    try:
+        quota = Quota(cpus=cpus, memory_bytes=parse_size(memory), allocations=allocations)
+    except ValueError as exc:
+        fail(str(exc), 2)
+
+    async def go() -> str:
+        store = await EventStore.open(database_url, max_size=2)
+        try:
+            view = UsersView()
+            records = await store.read_stream(user_stream(name))
+            for record in records:
+                view.apply(registry.decode_record(record))
+            events, token = add_user(view.users.get(name), name, quota)
+            await store.append(
+                user_stream(name), events, expected_version=len(records), metadata={"actor": "operator"}
+            )
+            return token
+        finally:
+            await store.close()
+
+    try:
+        token = run(go())
+    except Rejected as exc:
+        fail(exc.message, 1 if exc.status != 400 else 2)
+    click.echo(json.dumps({"user": name, "token": token}))
 
 
 @main.command()

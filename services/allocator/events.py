@@ -42,6 +42,7 @@ class AllocationRequested(AllocationEvent):
     spec: AllocationSpec
     lifetime_s: float = Field(gt=0)
     constraints: dict[str, str] = Field(default_factory=dict)
+    queue_timeout_s: float = Field(default=600.0, ge=0)
 
 
 @event_type
@@ -117,3 +118,32 @@ def alloc_stream(alloc_id: str) -> str:
 
 def capacity_stream(host_id: str) -> str:
     return f"capacity-{host_id}"
+
+
+class Quota(BaseModel):
+    """The most one user may hold at once, all active allocations together."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpus: float = Field(default=8.0, gt=0)
+    memory_bytes: int = Field(default=16 << 30, gt=0)
+    allocations: int = Field(default=10, ge=1)
+
+
+@event_type
+class UserAdded(Event):
+    """`token_sha256` is the hash of the user's bearer token; the token itself is never logged."""
+
+    user: str
+    token_sha256: str
+    quota: Quota = Field(default_factory=Quota)
+
+
+@event_type
+class UserTokenRotated(Event):
+    user: str
+    token_sha256: str
+
+
+def user_stream(user: str) -> str:
+    return f"user-{user}"

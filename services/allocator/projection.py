@@ -41,6 +41,7 @@ class AllocationState:
     spec: AllocationSpec
     lifetime_s: float
     status: AllocationStatus = "pending"
+    queue_timeout_s: float = 600.0
     constraints: dict[str, str] = field(default_factory=dict)
     host_id: str | None = None
     container_id: str | None = None
@@ -73,6 +74,7 @@ def evolve(
             version=version,
             requested_at=at,
             changed_at=at,
+            queue_timeout_s=event.queue_timeout_s,
         )
     if state is None:
         if isinstance(event, AllocationPlaced):

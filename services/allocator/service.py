@@ -6,23 +6,22 @@ snapshot request, and turns reports into lifecycle events.
 """
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import TypeAdapter, ValidationError
 
+from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.events import alloc_stream
 from potluck.allocator.lifecycle import Decision, decide, decide_actual_state
 from potluck.allocator.messages import DESIRED, DesiredAllocation, DesiredState
-from potluck.allocator.projection import AllocationState, AllocationsView, evolve
+from potluck.allocator.projection import AllocationState, evolve
 from potluck.events import (
     REPORTS_STREAM,
     DuplicateEvent,
     EventStore,
-    LogFollower,
     NewEvent,
     PoisonMessage,
     StreamAppend,
@@ -84,16 +83,16 @@ def report_decoder(msg: Msg) -> tuple[str, AnyReport]:
 
 
 class AllocatorService:
-    def __init__(self, store: EventStore, nc: NATS) -> None:
+    """The allocator process: read model, reactions, hostd's snapshots and reports, and the HTTP API."""
+
+    def __init__(self, store: EventStore, nc: NATS, engine: AllocatorEngine | None = None) -> None:
         self.store = store
         self.nc = nc
-        self.view = AllocationsView()
-        self.loaded = asyncio.Event()
+        self.engine = engine or AllocatorEngine(store)
 
-    async def run(self, *extra: Callable[[], Any]) -> None:
+    async def run(self, *extra: Callable[[], Awaitable[None]]) -> None:
         await ensure_streams(self.nc.jetstream())
-        await self._catch_up()
-        self.loaded.set()
+        await self.engine.catch_up()
         sub = await self.nc.subscribe(f"{DESIRED}.*", queue="allocator", cb=self._on_desired)
         reports = Subscriber(
             self.nc,
@@ -104,37 +103,19 @@ class AllocatorService:
             handle=self._on_report,
         )
         try:
-            await asyncio.gather(self._follow(), reports.run(), *(job() for job in extra))
+            await asyncio.gather(
+                self.engine.follow(), self.engine.run_reactions(), reports.run(), *(job() for job in extra)
+            )
         finally:
             await sub.unsubscribe()
-
-    async def _catch_up(self) -> None:
-        while records := await self.store.read_all(self.view.position, 5000):
-            for record in records:
-                self._apply(record)
-
-    def _apply(self, record: Any) -> None:
-        if record.category in ("alloc",):
-            self.view.apply(
-                registry.decode_record(record),
-                position=record.position,
-                version=record.version,
-                at=record.recorded_at,
-            )
-        else:
-            self.view.position = record.position
-
-    async def _follow(self) -> None:
-        async for record in LogFollower(self.store, after_position=self.view.position).events():
-            self._apply(record)
 
     async def _on_desired(self, msg: Msg) -> None:
         host_id = host_of(msg.subject)
         snapshot = DesiredState(
-            position=self.view.position,
+            position=self.engine.position,
             allocations=[
                 DesiredAllocation(alloc_id=a.alloc_id, spec=a.spec, expires_at=a.expires_at)
-                for a in self.view.desired_for(host_id)
+                for a in self.engine.allocations.desired_for(host_id)
             ],
         )
         if msg.reply:
@@ -148,10 +129,7 @@ class AllocatorService:
             return  # metrics, not facts
         if isinstance(report, EngineStatus):
             (log.info if report.available else log.warning)(
-                "allocator.host_engine",
-                host_id=host_id,
-                available=report.available,
-                detail=report.detail,
+                "allocator.host_engine", host_id=host_id, available=report.available, detail=report.detail
             )
             return
 
@@ -159,7 +137,7 @@ class AllocatorService:
             if isinstance(report, ActualState):
                 states = [
                     s
-                    for a in self.view.desired_for(host_id)
+                    for a in self.engine.allocations.desired_for(host_id)
                     if (s := await load_allocation(self.store, a.alloc_id)) is not None
                 ]
                 decisions = decide_actual_state(states, host_id, report)
@@ -172,3 +150,25 @@ class AllocatorService:
             await on_conflict(attempt)
         except ValidationError as exc:
             raise PoisonMessage(str(exc)) from exc
+
+
+async def serve_http(engine: AllocatorEngine, host: str, port: int) -> None:
+    """The HTTP API until cancelled."""
+    from aiohttp import web
+
+    from potluck.allocator.api import make_app
+
+    runner = web.AppRunner(make_app(engine), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise OSError(
+                f"cannot listen on {host}:{port}: {exc.strerror}; is another allocator running?"
+            ) from exc
+        log.info("allocator.listening", url=f"http://{host}:{port}")
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

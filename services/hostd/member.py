@@ -4,12 +4,11 @@ import nats.errors
 
 from potluck.events.connection import connect_bus
 from potluck.hostd.config import HostdConfig
-from potluck.registry.messages import CONTROL, ControlHost, Reply
+from potluck.registry.messages import CONTROL, STATUS, ControlHost, Reply
 from potluck.registry.nats_auth import inbox_prefix
 
 
-async def control(config: HostdConfig, action: str, grace_s: float = 300.0) -> Reply:
-    command = ControlHost.model_validate({"action": action, "grace_s": grace_s})
+async def _ask(config: HostdConfig, subject: str, payload: bytes) -> Reply:
     nc = await connect_bus(
         config.nats_url,
         name=f"member-{config.host_id}",
@@ -17,9 +16,18 @@ async def control(config: HostdConfig, action: str, grace_s: float = 300.0) -> R
         inbox_prefix=inbox_prefix(config.host_id),
     )
     try:
-        msg = await nc.request(f"{CONTROL}.{config.host_id}", command.model_dump_json().encode(), timeout=10)
+        msg = await nc.request(f"{subject}.{config.host_id}", payload, timeout=10)
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
         raise ConnectionError(f"the registry did not answer on {config.nats_url}: {exc!r}") from exc
     finally:
         await nc.close()
     return Reply.model_validate_json(msg.data)
+
+
+async def control(config: HostdConfig, action: str, grace_s: float = 300.0) -> Reply:
+    command = ControlHost.model_validate({"action": action, "grace_s": grace_s})
+    return await _ask(config, CONTROL, command.model_dump_json().encode())
+
+
+async def status(config: HostdConfig) -> Reply:
+    return await _ask(config, STATUS, b"{}")

@@ -13,6 +13,7 @@ from potluck.registry.events import Capacity, EngineFacts
 
 REGISTER = "potluck.rpc.registry.register"
 CONTROL = "potluck.rpc.registry.control"
+STATUS = "potluck.rpc.registry.status"
 HEARTBEAT = "potluck.hb"
 #: Operators and services only: hosts may publish solely on subjects ending in their id.
 LIST_HOSTS = "potluck.rpc.registry.hosts"

@@ -25,6 +25,7 @@ from potluck.registry.messages import (
     HEARTBEAT,
     LIST_HOSTS,
     REGISTER,
+    STATUS,
     ControlHost,
     Heartbeat,
     RegisterHost,
@@ -110,6 +111,7 @@ class RegistryService:
             await self.nc.subscribe(f"{CONTROL}.*", queue="registry", cb=self._on_control),
             await self.nc.subscribe(f"{HEARTBEAT}.*", cb=self._on_heartbeat),
             await self.nc.subscribe(LIST_HOSTS, queue="registry", cb=self._on_list),
+            await self.nc.subscribe(f"{STATUS}.*", queue="registry", cb=self._on_status),
         ]
         try:
             await asyncio.gather(self._follow(), self._watch_liveness())
@@ -144,6 +146,18 @@ class RegistryService:
             reply = Reply(ok=False, error={"code": "INTERNAL", "message": f"registry failed: {exc!r}"})
         if msg.reply:
             await msg.respond(reply.model_dump_json().encode())
+
+    async def _on_status(self, msg: Msg) -> None:
+        await self._respond(msg, self.status)
+
+    async def status(self, host_id: str, payload: bytes) -> dict[str, Any]:
+        state = self.view.hosts.get(host_id)
+        if state is None:
+            raise Rejected("NOT_ENROLLED", f"host {host_id} is not enrolled", status=404)
+        row = host_as_dict(state)
+        seen = self.last_seen.seen_ago().get(host_id)
+        row["last_seen_s_ago"] = None if seen is None else round(seen, 3)
+        return row
 
     async def _on_list(self, msg: Msg) -> None:
         seen_ago = self.last_seen.seen_ago()

@@ -147,3 +147,27 @@ async def test_registry_read_model_rebuilt_from_the_log_equals_the_live_one(
     for row in live["hosts"]:
         row.pop("last_seen_s_ago")
     assert live["hosts"] == [host_as_dict(h) for h in sorted(rebuilt.hosts.values(), key=lambda h: h.host_id)]
+
+
+async def test_member_sees_status_and_can_take_the_machine_back(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    """`potluck host status` shows the registry's view; `deregister` stops the work and leaves the pool."""
+    import json
+
+    shown = await asyncio.to_thread(member, pool, laptop, "status")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["status"] == "online"
+    await place(pool.store, laptop.host_id, "taken-back", spec())
+    await wait_for_status(pool, "taken-back", "running")
+    left = await asyncio.to_thread(member, pool, laptop, "deregister")
+    assert left.returncode == 0, left.stderr
+    await pool.wait_for_host(laptop.host_id, "deregistered")
+    await wait_for_status(pool, "taken-back", "lost")
+    with DockerDriver(docker_engines[0].url) as driver:
+        for _ in range(100):
+            if not driver.list_managed(laptop.host_id):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the deregistered host still runs containers")

@@ -1,0 +1,203 @@
+"""The allocator's HTTP API for users (aiohttp), versioned under /v1.
+
+Errors are JSON `{"error": {"code", "message", "field"}}`, mapped in one
+middleware: 400 malformed, 401 no or wrong token, 403 quota, 404 not found
+(also for another user's allocation: its existence is not disclosed), 409
+conflict, 422 impossible, 503 not ready yet.
+"""
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from potluck.allocator.engine import AllocatorEngine
+from potluck.allocator.openapi import openapi_document
+from potluck.allocator.projection import TERMINAL
+from potluck.allocator.schemas import (
+    Allocation,
+    AllocationList,
+    CreateAllocation,
+    Error,
+    ErrorBody,
+    ExtendAllocation,
+    History,
+)
+from potluck.allocator.users import User
+from potluck.rejections import Rejected
+
+log = structlog.get_logger(__name__)
+
+ENGINE: web.AppKey[AllocatorEngine] = web.AppKey("engine", AllocatorEngine)
+PUBLIC = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
+MAX_WAIT_S = 300.0
+STATES = frozenset({"pending", "placed", "running", *TERMINAL})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+    body = ErrorBody(error=Error(code=code, message=message, field=field))
+    return web.json_response(body.model_dump(exclude_none=True), status=status)
+
+
+def ok(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(text=model.model_dump_json(), status=status, content_type="application/json")
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Rejected as exc:
+        return error(exc.status, exc.code, exc.message, exc.field)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        return error(400, "INVALID_FIELD", f"{field or 'body'}: {first['msg']}", field)
+    except web.HTTPException as exc:
+        if exc.status == 405:
+            return error(405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed on {request.path}")
+        if exc.status == 404:
+            return error(404, "NOT_FOUND", f"no such endpoint: {request.path}")
+        raise
+    except Exception:
+        log.exception("api.unhandled", method=request.method, path=request.path)
+        return error(500, "INTERNAL", "the allocator failed; the operator's log has the detail")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return error(
+            401,
+            "UNAUTHENTICATED",
+            "send 'Authorization: Bearer <token>'; an operator gives tokens with `potluck ops users add`",
+        )
+    engine = request.app[ENGINE]
+    user = engine.users.authenticate(token.strip())
+    if user is None:
+        # A user added a moment ago may not be folded yet: catch up with the log once.
+        await engine.caught_up_with_log()
+        user = engine.users.authenticate(token.strip())
+    if user is None:
+        return error(401, "UNAUTHENTICATED", "this token is not valid; ask an operator for a new one")
+    request["user"] = user
+    return await handler(request)
+
+
+async def _json(request: web.Request) -> Any:
+    if request.content_type not in ("application/json", ""):
+        raise Rejected("UNSUPPORTED_MEDIA_TYPE", "send the body as application/json", status=415)
+    try:
+        return await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Rejected("MALFORMED_JSON", f"the body is not valid JSON: {exc}", status=400) from None
+
+
+def _user(request: web.Request) -> User:
+    user: User = request["user"]
+    return user
+
+
+async def create(request: web.Request) -> web.Response:
+    body = CreateAllocation.model_validate(await _json(request))
+    state = await request.app[ENGINE].request_allocation(_user(request), body)
+    return ok(Allocation.of(state), 201 if state.status != "pending" else 202)
+
+
+async def listing(request: web.Request) -> web.Response:
+    wanted = request.query.get("state")
+    if wanted is not None and wanted not in STATES:
+        raise Rejected("INVALID_FIELD", f"state must be one of {sorted(STATES)}", field="state", status=400)
+    found = request.app[ENGINE].allocations_of(_user(request).name, wanted)
+    return ok(AllocationList(allocations=[Allocation.of(a) for a in found]))
+
+
+def _timeout(request: web.Request) -> float:
+    raw = request.query.get("timeout", "30")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise Rejected(
+            "INVALID_FIELD", "timeout must be a number of seconds", field="timeout", status=400
+        ) from None
+    if not 0 <= value <= MAX_WAIT_S:
+        raise Rejected(
+            "INVALID_FIELD",
+            f"timeout must be between 0 and {MAX_WAIT_S:g} seconds",
+            field="timeout",
+            status=400,
+        )
+    return value
+
+
+async def show(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    alloc_id = request.match_info["alloc_id"]
+    wanted = request.query.get("wait")
+    if wanted is not None:
+        if wanted not in STATES:
+            raise Rejected("INVALID_FIELD", f"wait must be one of {sorted(STATES)}", field="wait", status=400)
+        state = await engine.wait_for(_user(request), alloc_id, wanted, _timeout(request))
+    else:
+        state = engine.allocation_of(_user(request), alloc_id)
+    return ok(Allocation.of(state))
+
+
+async def release(request: web.Request) -> web.Response:
+    state = await request.app[ENGINE].release(_user(request), request.match_info["alloc_id"])
+    return ok(Allocation.of(state))
+
+
+async def extend(request: web.Request) -> web.Response:
+    body = ExtendAllocation.model_validate(await _json(request))
+    state = await request.app[ENGINE].extend(_user(request), request.match_info["alloc_id"], body.by)
+    return ok(Allocation.of(state))
+
+
+async def history(request: web.Request) -> web.Response:
+    alloc_id = request.match_info["alloc_id"]
+    entries = await request.app[ENGINE].history(_user(request), alloc_id)
+    return ok(History(allocation_id=alloc_id, events=entries))
+
+
+async def pool(request: web.Request) -> web.Response:
+    return ok(request.app[ENGINE].pool())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if not request.app[ENGINE].ready.is_set():
+        return error(503, "NOT_READY", "the allocator is still loading the event log")
+    return web.json_response({"status": "ready"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+def make_app(engine: AllocatorEngine) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=256 * 1024)
+    app[ENGINE] = engine
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/v1/openapi.json", openapi)
+    app.router.add_post("/v1/allocations", create)
+    app.router.add_get("/v1/allocations", listing)
+    app.router.add_get("/v1/allocations/{alloc_id}", show)
+    app.router.add_delete("/v1/allocations/{alloc_id}", release)
+    app.router.add_post("/v1/allocations/{alloc_id}/extend", extend)
+    app.router.add_get("/v1/allocations/{alloc_id}/events", history)
+    app.router.add_get("/v1/pool", pool)
+    return app

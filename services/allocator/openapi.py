@@ -1,0 +1,163 @@
+"""/v1/openapi.json, assembled from the pydantic models the handlers use, so it cannot drift."""
+
+from functools import cache
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from potluck import __version__
+from potluck.allocator.schemas import (
+    Allocation,
+    AllocationList,
+    CreateAllocation,
+    ErrorBody,
+    ExtendAllocation,
+    History,
+    Pool,
+)
+
+_REF = "#/components/schemas/{model}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(model=name)}
+
+
+def _json(name: str) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Malformed request",
+        401: "Missing or wrong token",
+        403: "Quota exceeded",
+        404: "No such allocation (or not yours)",
+        409: "Conflict",
+        415: "Not JSON",
+        422: "Impossible request: more than any host could ever give",
+        503: "Not ready",
+    }
+    return {str(c): {"description": text[c], **_json("ErrorBody")} for c in codes}
+
+
+_ID = {"name": "alloc_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_STATE = {
+    "type": "string",
+    "enum": ["pending", "placed", "running", "exited", "failed", "lost", "expired", "released", "refused"],
+}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    _, schemas = models_json_schema(
+        [(m, "validation") for m in (CreateAllocation, ExtendAllocation)]
+        + [(m, "serialization") for m in (Allocation, AllocationList, History, Pool, ErrorBody)],
+        ref_template=_REF,
+    )
+    auth: list[dict[str, list[str]]] = [{"bearer": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Potluck allocator",
+            "version": __version__,
+            "description": "Ask the pool for capacity; get a container with exactly those limits.",
+        },
+        "servers": [{"url": "/"}],
+        "components": {
+            "schemas": schemas["$defs"],
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/v1/allocations": {
+                "post": {
+                    "operationId": "createAllocation",
+                    "security": auth,
+                    "requestBody": {"required": True, **_json("CreateAllocation")},
+                    "responses": {
+                        "201": {"description": "Placed", **_json("Allocation")},
+                        "202": {"description": "Pending: waits for capacity", **_json("Allocation")},
+                        **_errors(400, 401, 403, 415, 422),
+                    },
+                },
+                "get": {
+                    "operationId": "listAllocations",
+                    "security": auth,
+                    "parameters": [{"name": "state", "in": "query", "required": False, "schema": _STATE}],
+                    "responses": {
+                        "200": {"description": "The caller's allocations", **_json("AllocationList")},
+                        **_errors(400, 401),
+                    },
+                },
+            },
+            "/v1/allocations/{alloc_id}": {
+                "get": {
+                    "operationId": "getAllocation",
+                    "security": auth,
+                    "parameters": [
+                        _ID,
+                        {"name": "wait", "in": "query", "required": False, "schema": _STATE},
+                        {
+                            "name": "timeout",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "number", "minimum": 0, "maximum": 300},
+                        },
+                    ],
+                    "responses": {
+                        "200": {"description": "The allocation", **_json("Allocation")},
+                        **_errors(400, 401, 404),
+                    },
+                },
+                "delete": {
+                    "operationId": "releaseAllocation",
+                    "security": auth,
+                    "parameters": [_ID],
+                    "responses": {
+                        "200": {"description": "Released", **_json("Allocation")},
+                        **_errors(401, 404),
+                    },
+                },
+            },
+            "/v1/allocations/{alloc_id}/extend": {
+                "post": {
+                    "operationId": "extendAllocation",
+                    "security": auth,
+                    "parameters": [_ID],
+                    "requestBody": {"required": True, **_json("ExtendAllocation")},
+                    "responses": {
+                        "200": {"description": "Extended", **_json("Allocation")},
+                        **_errors(400, 401, 404, 409, 415),
+                    },
+                },
+            },
+            "/v1/allocations/{alloc_id}/events": {
+                "get": {
+                    "operationId": "allocationHistory",
+                    "security": auth,
+                    "parameters": [_ID],
+                    "responses": {
+                        "200": {"description": "The allocation's events", **_json("History")},
+                        **_errors(401, 404),
+                    },
+                },
+            },
+            "/v1/pool": {
+                "get": {
+                    "operationId": "getPool",
+                    "security": auth,
+                    "responses": {
+                        "200": {"description": "Hosts and capacity", **_json("Pool")},
+                        **_errors(401),
+                    },
+                },
+            },
+            "/healthz": {"get": {"operationId": "healthz", "responses": {"200": {"description": "Alive"}}}},
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "responses": {"200": {"description": "Ready"}, **_errors(503)},
+                }
+            },
+        },
+    }

@@ -1,0 +1,618 @@
+"""Placement: a snapshot of the hosts and a request in, a decision out (Nomad's scheduler, in small).
+
+Pure: no I/O, no clock, no randomness. The same inputs always give the same
+decision.
+
+Decisions
+    ``Placed(host_id)``   a schedulable host has the request free now.
+    ``Wait(reason)``      some host matching the request could hold it (judged on
+                          its donation) but none that is schedulable has it free
+                          now: the request waits in the fair queue.
+                          ``NO_FREE_CAPACITY``: a schedulable host could hold it
+                          once capacity frees; ``NO_SCHEDULABLE_HOST``: only hosts
+                          that are suspect, lost, paused or draining could.
+    ``Impossible(...)``   no registered host, whatever its liveness or admin
+                          state, could ever give it (HTTP 422). ``code`` is
+                          ``NO_HOST_MATCHES`` (field ``constraints``),
+                          ``NO_HOST_ALLOWS_IMAGE`` (field ``image``) or
+                          ``EXCEEDS_ANY_HOST`` (field ``cpus``, ``memory`` or
+                          ``disk``: the first resource, in that order, that no
+                          matching host donates together with the ones before it).
+
+Scoring
+    Free capacity is measured in reference shares: one cpu weighs as much as
+    4 GiB of memory and as 256 GiB of disk. ``best_fit`` (the default, bin
+    packing) chooses the schedulable host that has the request free with the
+    smallest score, i.e. the least weighted capacity left over after placing;
+    ``spread`` the one with the largest. Ties go to the smallest host id.
+    Because the weights are fixed (not relative to each host), a host's score
+    does not depend on the request, which lets ``Scheduler`` keep the hosts
+    sorted once and answer each request without looking at all of them.
+
+Two implementations of one rule
+    ``place(hosts, request)`` looks at every host: the plain statement of the
+    rule, for a one-off decision. ``Scheduler`` holds the same hosts grouped
+    by levels of their free cpus and memory, each group sorted by score, and
+    is kept current by ``reserve``/``release``/``set_host``; its ``place``
+    gives the same decision as ``place(scheduler.snapshots(), request)`` (the
+    unit and property tests hold it to that) without looking at most hosts: it
+    opens only groups that could hold the request, best first, and stops as
+    soon as no unopened group can beat what it found.
+"""
+
+import fnmatch
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Literal, TypeAlias
+
+from potluck.registry.events import Capacity
+from potluck.sizes import format_size
+
+Strategy = Literal["best_fit", "spread"]
+STRATEGIES: tuple[Strategy, ...] = ("best_fit", "spread")
+
+GIB = 1 << 30
+#: What one reference share of each resource is (see "Scoring" above).
+CPU_UNIT = 1.0
+MEMORY_UNIT = 4 * GIB
+DISK_UNIT = 256 * GIB
+#: Capacity.fits_in allows this much rounding on cpus; so does every check here.
+CPU_TOLERANCE = 1e-9
+#: Below this much under the request's own score no host can hold the request.
+_SCORE_SLACK = 1e-6
+
+ZERO = Capacity.model_construct(cpus=0.0, memory_bytes=0, disk_bytes=0)
+
+NO_FREE_CAPACITY = "NO_FREE_CAPACITY"
+NO_SCHEDULABLE_HOST = "NO_SCHEDULABLE_HOST"
+NO_HOST_MATCHES = "NO_HOST_MATCHES"
+NO_HOST_ALLOWS_IMAGE = "NO_HOST_ALLOWS_IMAGE"
+EXCEEDS_ANY_HOST = "EXCEEDS_ANY_HOST"
+
+WAIT_MESSAGES: Mapping[str, str] = {
+    NO_FREE_CAPACITY: "no host has that much free right now; the request waits until capacity frees",
+    NO_SCHEDULABLE_HOST: (
+        "only hosts that are offline, paused or draining could hold the request; it waits for one to return"
+    ),
+}
+
+
+def score(cpus: float, memory_bytes: int, disk_bytes: int) -> float:
+    """Capacity in reference shares; monotonic in each argument."""
+    return cpus / CPU_UNIT + memory_bytes / MEMORY_UNIT + disk_bytes / DISK_UNIT
+
+
+@dataclass(frozen=True)
+class HostSnapshot:
+    """A host as placement sees it. ``allowed_images`` holds glob patterns; empty allows any image."""
+
+    host_id: str
+    donated: Capacity
+    reserved: Capacity = ZERO
+    labels: Mapping[str, str] = field(default_factory=dict)
+    schedulable: bool = True
+    allowed_images: tuple[str, ...] = ()
+
+    @property
+    def free(self) -> Capacity:
+        return self.donated - self.reserved
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    """What to place. Every constraint must equal the host's label of that name."""
+
+    alloc_id: str
+    resources: Capacity
+    constraints: Mapping[str, str] = field(default_factory=dict)
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class Placed:
+    host_id: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return WAIT_MESSAGES.get(self.reason, self.reason)
+
+
+@dataclass(frozen=True)
+class Impossible:
+    code: str
+    message: str
+    field: str
+
+
+Decision: TypeAlias = Placed | Wait | Impossible
+
+
+# --- one host, as both implementations see it ------------------------------------------------
+
+
+class _Host:
+    """Mutable per-host bookkeeping: donated and reserved as plain numbers, and its index entries."""
+
+    __slots__ = (
+        "dc",
+        "dd",
+        "dm",
+        "donated",
+        "donated_entry",
+        "free_entry",
+        "host_id",
+        "images",
+        "labels",
+        "rc",
+        "rd",
+        "rm",
+        "schedulable",
+    )
+
+    def __init__(self, snapshot: HostSnapshot) -> None:
+        self.host_id = snapshot.host_id
+        self.donated = snapshot.donated
+        self.dc = snapshot.donated.cpus
+        self.dm = snapshot.donated.memory_bytes
+        self.dd = snapshot.donated.disk_bytes
+        self.rc = snapshot.reserved.cpus
+        self.rm = snapshot.reserved.memory_bytes
+        self.rd = snapshot.reserved.disk_bytes
+        self.labels: Mapping[str, str] = dict(snapshot.labels)
+        self.images = tuple(snapshot.allowed_images)
+        self.schedulable = snapshot.schedulable
+        self.free_entry: _Entry | None = None
+        self.donated_entry: _Entry | None = None
+
+    def free_values(self) -> tuple[float, int, int]:
+        # Exactly Capacity.__sub__, so both implementations see the same numbers.
+        return round(self.dc - self.rc, 6), self.dm - self.rm, self.dd - self.rd
+
+    def snapshot(self) -> HostSnapshot:
+        return HostSnapshot(
+            host_id=self.host_id,
+            donated=self.donated,
+            reserved=Capacity.model_construct(cpus=self.rc, memory_bytes=self.rm, disk_bytes=self.rd),
+            labels=dict(self.labels),
+            schedulable=self.schedulable,
+            allowed_images=self.images,
+        )
+
+
+def _fits(c: float, m: int, d: int, fc: float, fm: int, fd: int) -> bool:
+    return c <= fc + CPU_TOLERANCE and m <= fm and d <= fd
+
+
+def _labels_match(labels: Mapping[str, str], constraints: tuple[tuple[str, str], ...]) -> bool:
+    return all(labels.get(k) == v for k, v in constraints)
+
+
+def _image_allowed(patterns: tuple[str, ...], image: str | None) -> bool:
+    return image is None or not patterns or any(fnmatch.fnmatchcase(image, p) for p in patterns)
+
+
+def _cpus(c: float) -> str:
+    return f"{c:g} cpu" + ("" if c == 1 else "s")
+
+
+def _no_match(request: PlacementRequest) -> Impossible:
+    if request.constraints:
+        wanted = ", ".join(f"{k}={v}" for k, v in sorted(request.constraints.items()))
+        return Impossible(NO_HOST_MATCHES, f"no host in the pool has the labels {wanted}", "constraints")
+    return Impossible(EXCEEDS_ANY_HOST, "no host is registered in the pool", "cpus")
+
+
+def _image_refused(request: PlacementRequest) -> Impossible:
+    where = " matching the constraints" if request.constraints else ""
+    return Impossible(NO_HOST_ALLOWS_IMAGE, f"no host{where} allows the image {request.image!r}", "image")
+
+
+def _exceeds(
+    request: PlacementRequest, field: Literal["cpus", "memory", "disk"], narrowed: bool
+) -> Impossible:
+    """`narrowed`: some host that matches the constraints does not allow the image."""
+    r = request.resources
+    wanted = {
+        "cpus": _cpus(r.cpus),
+        "memory": f"{_cpus(r.cpus)} with {format_size(r.memory_bytes)} of memory",
+        "disk": (
+            f"{_cpus(r.cpus)} with {format_size(r.memory_bytes)} of memory "
+            f"and {format_size(r.disk_bytes)} of disk"
+        ),
+    }[field]
+    where = " matching the constraints" if request.constraints else ""
+    if narrowed:
+        where += f" that allows the image {request.image!r}"
+    return Impossible(EXCEEDS_ANY_HOST, f"no host{where} donates {wanted}", field)
+
+
+def _decide_over(hosts: Iterable[_Host], request: PlacementRequest, strategy: Strategy) -> Decision:
+    """The rule, by looking at every host: what `place` does, and `Scheduler` for small candidate sets."""
+    r = request.resources
+    c, m, d = r.cpus, r.memory_bytes, r.disk_bytes
+    constraints = tuple(request.constraints.items())
+    matching = [h for h in hosts if _labels_match(h.labels, constraints)]
+    if not matching:
+        return _no_match(request)
+    allowed = [h for h in matching if _image_allowed(h.images, request.image)]
+    if not allowed:
+        return _image_refused(request)
+    narrowed = len(allowed) < len(matching)
+    best: tuple[float, str] | None = None
+    for h in allowed:
+        if h.schedulable:
+            fc, fm, fd = h.free_values()
+            if _fits(c, m, d, fc, fm, fd):
+                s = score(fc, fm, fd)
+                key = (s if strategy == "best_fit" else -s, h.host_id)
+                if best is None or key < best:
+                    best = key
+    if best is not None:
+        return Placed(best[1])
+    if any(h.schedulable and _fits(c, m, d, h.dc, h.dm, h.dd) for h in allowed):
+        return Wait(NO_FREE_CAPACITY)
+    if any(_fits(c, m, d, h.dc, h.dm, h.dd) for h in allowed):
+        return Wait(NO_SCHEDULABLE_HOST)
+    if not any(_fits(c, 0, 0, h.dc, h.dm, h.dd) for h in allowed):
+        return _exceeds(request, "cpus", narrowed)
+    if not any(_fits(c, m, 0, h.dc, h.dm, h.dd) for h in allowed):
+        return _exceeds(request, "memory", narrowed)
+    return _exceeds(request, "disk", narrowed)
+
+
+def _check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown placement strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+
+
+def place(
+    hosts: Sequence[HostSnapshot], request: PlacementRequest, strategy: Strategy = "best_fit"
+) -> Decision:
+    """Decide where `request` goes among `hosts` (every registered host, schedulable or not)."""
+    _check_strategy(strategy)
+    return _decide_over((_Host(h) for h in hosts), request, strategy)
+
+
+# --- the index ------------------------------------------------------------------------------
+
+#: (score, host_id, cpus, memory, disk): sorted by score, then host id (unique within an index).
+_Entry: TypeAlias = tuple[float, str, float, int, int]
+_Accept: TypeAlias = Callable[[str], bool] | None
+
+_M = 1 << 20
+#: A host's group is the largest level at or below its cpus, and at or below its memory.
+CPU_LEVELS: tuple[float, ...] = (
+    *(0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 14.0, 16.0),
+    *(20.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0, 192.0, 256.0, 512.0),
+)
+MEMORY_LEVELS: tuple[int, ...] = (
+    *(0, 128 * _M, 256 * _M, 512 * _M, 768 * _M, GIB, 3 * GIB // 2, 2 * GIB, 3 * GIB, 4 * GIB),
+    *(5 * GIB, 6 * GIB, 7 * GIB, 8 * GIB, 10 * GIB, 12 * GIB, 14 * GIB, 16 * GIB, 20 * GIB, 24 * GIB),
+    *(32 * GIB, 48 * GIB, 64 * GIB, 96 * GIB, 128 * GIB, 192 * GIB, 256 * GIB, 512 * GIB, 1024 * GIB),
+)
+
+
+def _level(levels: Sequence[float], value: float) -> int:
+    i = bisect_right(levels, value) - 1
+    return i if i > 0 else 0
+
+
+class _Group:
+    """Entries whose cpus and memory fall in one pair of levels, sorted by (score, host_id)."""
+
+    __slots__ = ("ci", "entries", "mi")
+
+    def __init__(self, ci: int, mi: int) -> None:
+        self.ci = ci
+        self.mi = mi
+        self.entries: list[_Entry] = []
+
+
+class _Index:
+    """Entries grouped by the levels of their cpus and memory.
+
+    A search looks only at groups whose levels could hold the request, visits
+    them in the order of their best entry and stops as soon as no remaining
+    group can beat what it found; inside a group it reads entries in order.
+    Hosts that best fit has left nearly full sit in low groups it never opens.
+    """
+
+    __slots__ = ("_groups",)
+
+    def __init__(self) -> None:
+        self._groups: dict[tuple[int, int], _Group] = {}
+
+    def __len__(self) -> int:
+        return sum(len(g.entries) for g in self._groups.values())
+
+    def __iter__(self) -> Iterator[_Entry]:
+        for key in sorted(self._groups):
+            yield from self._groups[key].entries
+
+    def add(self, e: _Entry) -> None:
+        key = (_level(CPU_LEVELS, e[2]), _level(MEMORY_LEVELS, e[3]))
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group(*key)
+        insort(group.entries, e)
+
+    def discard(self, e: _Entry) -> None:
+        key = (_level(CPU_LEVELS, e[2]), _level(MEMORY_LEVELS, e[3]))
+        group = self._groups.get(key)
+        entries = group.entries if group is not None else []
+        j = bisect_left(entries, e)
+        if j == len(entries) or entries[j] != e:
+            raise KeyError(e[1])
+        del entries[j]
+        if not entries:
+            del self._groups[key]
+
+    def _candidates(self, c: float, m: int) -> list[_Group]:
+        ci = _level(CPU_LEVELS, c - CPU_TOLERANCE)
+        mi = _level(MEMORY_LEVELS, m)
+        return [g for g in self._groups.values() if g.ci >= ci and g.mi >= mi]
+
+    def best_fit(self, c: float, m: int, d: int, accept: _Accept) -> _Entry | None:
+        """The smallest entry in (score, host_id) order that holds (c, m, d)."""
+        key = (score(c, m, d) - _SCORE_SLACK,)  # nothing below this can hold the request
+        starts = []
+        for g in self._candidates(c, m):
+            j = bisect_left(g.entries, key)
+            if j < len(g.entries):
+                starts.append((g.entries[j], j, g))
+        starts.sort(key=lambda s: s[0])
+        tol = CPU_TOLERANCE
+        best: _Entry | None = None
+        for first, j, g in starts:
+            if best is not None and first >= best:
+                break
+            for e in islice(g.entries, j, None) if j else g.entries:
+                if best is not None and e >= best:
+                    break
+                if c <= e[2] + tol and m <= e[3] and d <= e[4] and (accept is None or accept(e[1])):
+                    best = e
+                    break
+        return best
+
+    def widest(self, c: float, m: int, d: int, accept: _Accept) -> _Entry | None:
+        """The entry with the largest score that holds (c, m, d); among equals, the smallest host id."""
+        tops = sorted(
+            ((g.entries[-1][0], g) for g in self._candidates(c, m)), key=lambda t: t[0], reverse=True
+        )
+        tol = CPU_TOLERANCE
+        best: _Entry | None = None
+        for top, g in tops:
+            if best is not None and top < best[0]:
+                break
+            entries = g.entries
+            for e in reversed(entries):
+                if best is not None and e[0] < best[0]:
+                    break
+                if c <= e[2] + tol and m <= e[3] and d <= e[4] and (accept is None or accept(e[1])):
+                    # The first entry of this score that holds it has the smallest host id.
+                    for low in islice(entries, bisect_left(entries, (e[0],)), None):
+                        if (
+                            c <= low[2] + tol
+                            and m <= low[3]
+                            and d <= low[4]
+                            and (accept is None or accept(low[1]))
+                        ):
+                            e = low
+                            break
+                    if best is None or e[0] > best[0] or e[1] < best[1]:
+                        best = e
+                    break
+        return best
+
+    def any_fit(self, c: float, m: int, d: int, accept: _Accept) -> bool:
+        tol = CPU_TOLERANCE
+        for g in self._candidates(c, m):
+            for e in g.entries:
+                if c <= e[2] + tol and m <= e[3] and d <= e[4] and (accept is None or accept(e[1])):
+                    return True
+        return False
+
+
+class Scheduler:
+    """The hosts of the pool, indexed for placement; `place` is a pure function of what it holds.
+
+    Keep it in step with the registry and the capacity ledger through
+    `set_host`, `remove_host`, `set_schedulable` and `set_reserved` (or
+    `reserve`/`release` for tentative reservations). It does no I/O and never
+    changes itself while deciding.
+    """
+
+    #: Candidate sets no larger than this (the hosts carrying the rarest
+    #: required label) are decided by looking at each of them.
+    SMALL_CANDIDATES = 128
+
+    def __init__(self, hosts: Iterable[HostSnapshot] = ()) -> None:
+        self._hosts: dict[str, _Host] = {}
+        self._free = _Index()  # schedulable hosts, by free capacity
+        self._donated_on = _Index()  # schedulable hosts, by donated capacity
+        self._donated_off = _Index()  # the other registered hosts, by donated capacity
+        self._by_label: dict[tuple[str, str], set[str]] = {}
+        self._restricted: dict[str, tuple[str, ...]] = {}
+        for snapshot in hosts:
+            self.set_host(snapshot)
+
+    # -- keeping it current --
+
+    def __len__(self) -> int:
+        return len(self._hosts)
+
+    def __contains__(self, host_id: object) -> bool:
+        return host_id in self._hosts
+
+    def set_host(self, snapshot: HostSnapshot) -> None:
+        """Add a host, or replace everything known about it."""
+        self.remove_host(snapshot.host_id)
+        host = _Host(snapshot)
+        self._hosts[host.host_id] = host
+        for pair in host.labels.items():
+            self._by_label.setdefault(pair, set()).add(host.host_id)
+        if host.images:
+            self._restricted[host.host_id] = host.images
+        host.donated_entry = (score(host.dc, host.dm, host.dd), host.host_id, host.dc, host.dm, host.dd)
+        (self._donated_on if host.schedulable else self._donated_off).add(host.donated_entry)
+        self._index_free(host)
+
+    def remove_host(self, host_id: str) -> None:
+        host = self._hosts.pop(host_id, None)
+        if host is None:
+            return
+        for pair in host.labels.items():
+            members = self._by_label[pair]
+            members.discard(host_id)
+            if not members:
+                del self._by_label[pair]
+        self._restricted.pop(host_id, None)
+        if host.donated_entry is not None:
+            (self._donated_on if host.schedulable else self._donated_off).discard(host.donated_entry)
+        self._unindex_free(host)
+
+    def set_schedulable(self, host_id: str, schedulable: bool) -> None:
+        host = self._hosts[host_id]
+        if host.schedulable == schedulable:
+            return
+        self._unindex_free(host)
+        assert host.donated_entry is not None
+        (self._donated_on if host.schedulable else self._donated_off).discard(host.donated_entry)
+        host.schedulable = schedulable
+        (self._donated_on if host.schedulable else self._donated_off).add(host.donated_entry)
+        self._index_free(host)
+
+    def set_reserved(self, host_id: str, reserved: Capacity) -> None:
+        """Mirror the ledger's reserved amount for a host exactly."""
+        host = self._hosts[host_id]
+        self._unindex_free(host)
+        host.rc, host.rm, host.rd = reserved.cpus, reserved.memory_bytes, reserved.disk_bytes
+        self._index_free(host)
+
+    def reserve(self, host_id: str, amount: Capacity) -> None:
+        """Add to a host's reservation (the same arithmetic as Capacity.__add__)."""
+        host = self._hosts[host_id]
+        self._unindex_free(host)
+        host.rc = round(host.rc + amount.cpus, 6)
+        host.rm += amount.memory_bytes
+        host.rd += amount.disk_bytes
+        self._index_free(host)
+
+    def release(self, host_id: str, amount: Capacity) -> None:
+        """Take back part of a host's reservation (the same arithmetic as Capacity.__sub__)."""
+        host = self._hosts[host_id]
+        self._unindex_free(host)
+        host.rc = round(host.rc - amount.cpus, 6)
+        host.rm -= amount.memory_bytes
+        host.rd -= amount.disk_bytes
+        self._index_free(host)
+
+    def _index_free(self, host: _Host) -> None:
+        if host.schedulable:
+            fc, fm, fd = host.free_values()
+            host.free_entry = (score(fc, fm, fd), host.host_id, fc, fm, fd)
+            self._free.add(host.free_entry)
+
+    def _unindex_free(self, host: _Host) -> None:
+        if host.free_entry is not None:
+            self._free.discard(host.free_entry)
+            host.free_entry = None
+
+    # -- reading --
+
+    def snapshot(self, host_id: str) -> HostSnapshot:
+        return self._hosts[host_id].snapshot()
+
+    def snapshots(self) -> list[HostSnapshot]:
+        """Every host, by host id: what `place(...)` would be given."""
+        return [self._hosts[h].snapshot() for h in sorted(self._hosts)]
+
+    # -- deciding --
+
+    def place(self, request: PlacementRequest, strategy: Strategy = "best_fit") -> Decision:
+        """The same decision as `place(self.snapshots(), request, strategy)`."""
+        _check_strategy(strategy)
+        r = request.resources
+        c, m, d = r.cpus, r.memory_bytes, r.disk_bytes
+        accept: _Accept = None
+        if request.constraints or (request.image is not None and self._restricted):
+            if request.constraints:
+                candidates = self._rarest(request.constraints)
+                if len(candidates) <= self.SMALL_CANDIDATES:
+                    return _decide_over([self._hosts[h] for h in candidates], request, strategy)
+            accept = self._acceptor(request)
+        if strategy == "best_fit":
+            found = self._free.best_fit(c, m, d, accept)
+        else:
+            found = self._free.widest(c, m, d, accept)
+        if found is not None:
+            return Placed(found[1])
+        return self._why_not(request, c, m, d, accept)
+
+    def _rarest(self, constraints: Mapping[str, str]) -> set[str]:
+        """The hosts carrying the least common of the required labels (a superset of the matches)."""
+        rarest: set[str] | None = None
+        for pair in constraints.items():
+            members = self._by_label.get(pair)
+            if not members:
+                return set()
+            if rarest is None or len(members) < len(rarest):
+                rarest = members
+        return rarest if rarest is not None else set(self._hosts)
+
+    def _acceptor(self, request: PlacementRequest) -> Callable[[str], bool]:
+        constraints = tuple(request.constraints.items())
+        image = request.image
+        restricted = self._restricted if image is not None else {}
+        hosts = self._hosts
+        verdicts: dict[tuple[str, ...], bool] = {}
+
+        def accept(host_id: str) -> bool:
+            if constraints and not _labels_match(hosts[host_id].labels, constraints):
+                return False
+            patterns = restricted.get(host_id)
+            if patterns is not None:
+                verdict = verdicts.get(patterns)
+                if verdict is None:
+                    verdict = verdicts[patterns] = _image_allowed(patterns, image)
+                return verdict
+            return True
+
+        return accept
+
+    def _any_donation(self, c: float, m: int, d: int, accept: _Accept) -> bool:
+        return self._donated_on.any_fit(c, m, d, accept) or self._donated_off.any_fit(c, m, d, accept)
+
+    def _why_not(self, request: PlacementRequest, c: float, m: int, d: int, accept: _Accept) -> Decision:
+        if self._donated_on.any_fit(c, m, d, accept):
+            return Wait(NO_FREE_CAPACITY)
+        if self._donated_off.any_fit(c, m, d, accept):
+            return Wait(NO_SCHEDULABLE_HOST)
+        # Impossible: say why, in the same order as _decide_over.
+        if request.constraints:
+            constraints = tuple(request.constraints.items())
+            matching = [
+                h
+                for h in self._rarest(request.constraints)
+                if _labels_match(self._hosts[h].labels, constraints)
+            ]
+        else:
+            matching = list(self._hosts)
+        if not matching:
+            return _no_match(request)
+        allowed = sum(1 for h in matching if _image_allowed(self._hosts[h].images, request.image))
+        if not allowed:
+            return _image_refused(request)
+        narrowed = allowed < len(matching)
+        if not self._any_donation(c, 0, 0, accept):
+            return _exceeds(request, "cpus", narrowed)
+        if not self._any_donation(c, m, 0, accept):
+            return _exceeds(request, "memory", narrowed)
+        return _exceeds(request, "disk", narrowed)

@@ -1,0 +1,68 @@
+"""Users of the HTTP API: bearer tokens (stored hashed) and quotas, folded from the log.
+
+Tokens are 32 random bytes, so a plain SHA-256 is enough to store them: there
+is nothing to brute-force that a slow password hash would protect.
+"""
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from potluck.allocator.events import Quota, UserAdded, UserTokenRotated
+from potluck.events import Event
+from potluck.rejections import Rejected
+
+USER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def new_token() -> str:
+    return "pl_" + secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    token_sha256: str
+    quota: Quota
+
+
+@dataclass
+class UsersView:
+    users: dict[str, User] = field(default_factory=dict)
+    by_token: dict[str, str] = field(default_factory=dict)
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case UserAdded():
+                self.users[event.user] = User(event.user, event.token_sha256, event.quota)
+                self.by_token[event.token_sha256] = event.user
+            case UserTokenRotated():
+                old = self.users.get(event.user)
+                if old is not None:
+                    self.by_token.pop(old.token_sha256, None)
+                    self.users[event.user] = User(old.name, event.token_sha256, old.quota)
+                    self.by_token[event.token_sha256] = event.user
+
+    def authenticate(self, token: str) -> User | None:
+        name = self.by_token.get(token_hash(token))
+        return self.users.get(name) if name else None
+
+
+def add_user(existing: User | None, name: str, quota: Quota) -> tuple[list[Event], str]:
+    """Decide adding a user; returns the events and the token to show once."""
+    if not USER_NAME.match(name):
+        raise Rejected(
+            "BAD_USER_NAME",
+            "a user name is 1-32 of [a-z0-9_-], starting with a letter",
+            field="name",
+            status=400,
+        )
+    if existing is not None:
+        raise Rejected("USER_EXISTS", f"user {name} exists; rotate their token instead")
+    token = new_token()
+    return [UserAdded(user=name, token_sha256=token_hash(token), quota=quota)], token

@@ -1,0 +1,232 @@
+"""Users get capacity: the allocator's HTTP API on real hosts, engines and the event log."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from potluck.allocator.events import CapacityFreed
+from potluck.hostd.docker_driver import DockerDriver
+from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.test_image import DEFAULT_TAG
+from tests.fixtures.pool import EnrolledHost, Pool
+
+
+class Api:
+    def __init__(self, http: aiohttp.ClientSession, base: str, token: str | None) -> None:
+        self.http = http
+        self.base = base
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def call(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        async with self.http.request(method, self.base + path, json=body, headers=self.headers, **kw) as r:
+            return r.status, await r.json()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def alice(pool: Pool, laptop: EnrolledHost, http: aiohttp.ClientSession) -> Api:
+    await pool.wait_api()
+    return Api(http, pool.api, await pool.add_user("alice"))
+
+
+@pytest.fixture
+async def bob(pool: Pool, alice: Api, http: aiohttp.ClientSession) -> Api:
+    return Api(http, pool.api, await pool.add_user("bob"))
+
+
+def small(**extra: Any) -> dict[str, Any]:
+    return {
+        "cpus": 0.5,
+        "memory": "64M",
+        "disk": "64M",
+        "image": DEFAULT_TAG,
+        "command": ["sleep", "3600"],
+        **extra,
+    }
+
+
+async def test_post_runs_a_container_with_exactly_those_limits_and_delete_frees_it(
+    pool: Pool, alice: Api, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    status, created = await alice.call("POST", "/v1/allocations", small(cpus=0.75, memory="96M"))
+    assert status == 201, created
+    assert created["host_id"] == laptop.host_id
+    status, running = await alice.call("GET", f"/v1/allocations/{created['id']}?wait=running&timeout=30")
+    assert status == 200
+    assert running["state"] == "running", pool.logs()
+
+    with DockerDriver(docker_engines[0].url) as driver:
+        [container] = [c for c in driver.list_managed(laptop.host_id) if c.allocation_id == created["id"]]
+        host_config = driver.inspect(container.container_id)["HostConfig"]
+        assert host_config["NanoCpus"] == 750_000_000
+        assert host_config["Memory"] == 96 << 20
+        assert host_config["PidsLimit"] == 512
+
+        _, pool_before = await alice.call("GET", "/v1/pool")
+        assert pool_before["total"]["reserved"]["cpus"] == 0.75
+        status, released = await alice.call("DELETE", f"/v1/allocations/{created['id']}")
+        assert status == 200
+        assert released["state"] == "released"
+        for _ in range(100):
+            if not [c for c in driver.list_managed(laptop.host_id) if c.allocation_id == created["id"]]:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the released container is still there")
+    _, pool_after = await alice.call("GET", "/v1/pool")
+    assert pool_after["total"]["reserved"] == {"cpus": 0, "memory": 0, "disk": 0}
+    status, history = await alice.call("GET", f"/v1/allocations/{created['id']}/events")
+    assert [e["type"] for e in history["events"]] == [
+        "AllocationRequested",
+        "AllocationPlaced",
+        "AllocationRunning",
+        "AllocationReleased",
+    ]
+
+
+async def test_one_user_cannot_see_or_change_anothers_allocations(alice: Api, bob: Api) -> None:
+    _, mine = await alice.call("POST", "/v1/allocations", small())
+    path = f"/v1/allocations/{mine['id']}"
+    for method, suffix, body in (
+        ("GET", "", None),
+        ("DELETE", "", None),
+        ("POST", "/extend", {"by": 60}),
+        ("GET", "/events", None),
+    ):
+        status, answer = await bob.call(method, path + suffix, body)
+        assert status == 404, (method, suffix, answer)
+        assert answer["error"]["code"] == "NOT_FOUND"
+    _, listed = await bob.call("GET", "/v1/allocations")
+    assert listed["allocations"] == []
+    status, still = await alice.call("GET", path)
+    assert status == 200
+    assert still["state"] in ("placed", "running")
+
+
+async def test_a_missing_or_wrong_token_gets_401(pool: Pool, alice: Api, http: aiohttp.ClientSession) -> None:
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}):
+        async with http.get(pool.api + "/v1/allocations", headers=headers) as response:
+            assert response.status == 401
+            assert (await response.json())["error"]["code"] == "UNAUTHENTICATED"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "field"),
+    [
+        ("{not json", 400, "MALFORMED_JSON", None),
+        ({"cpus": 1}, 400, "INVALID_FIELD", "memory"),
+        (small(cpus=-1), 400, "INVALID_FIELD", "cpus"),
+        (small(memory="lots"), 400, "INVALID_FIELD", "memory"),
+        (small(surprise=True), 400, "INVALID_FIELD", "surprise"),
+        (small(ssh_keys=["not a key"]), 400, "INVALID_FIELD", "ssh_keys"),
+        (small(cpus=64), 422, "EXCEEDS_ANY_HOST", "cpus"),
+        (small(memory="512G"), 422, "EXCEEDS_ANY_HOST", "memory"),
+        (small(constraints={"gpu": "yes"}), 422, "NO_HOST_MATCHES", "constraints"),
+    ],
+)
+async def test_bad_requests_get_a_clear_error_and_nothing_is_recorded(
+    pool: Pool, alice: Api, body: Any, status: int, code: str, field: str | None
+) -> None:
+    head = await pool.store.head_position()
+    if isinstance(body, str):
+        async with alice.http.post(
+            pool.api + "/v1/allocations",
+            data=body,
+            headers={**alice.headers, "Content-Type": "application/json"},
+        ) as response:
+            got_status, answer = response.status, await response.json()
+    else:
+        got_status, answer = await alice.call("POST", "/v1/allocations", body)
+    assert got_status == status, answer
+    assert answer["error"]["code"] == code
+    assert answer["error"].get("field") == field
+    assert answer["error"]["message"]
+    assert await pool.store.head_position() == head
+
+
+async def test_quota_bounds_what_one_user_holds(pool: Pool, alice: Api, http: aiohttp.ClientSession) -> None:
+    carol = Api(http, pool.api, await pool.add_user("carol", allocations=1, cpus=1.0))
+    status, _ = await carol.call("POST", "/v1/allocations", small())
+    assert status == 201
+    status, answer = await carol.call("POST", "/v1/allocations", small())
+    assert status == 403
+    assert answer["error"]["code"] == "QUOTA_EXCEEDED"
+
+
+async def test_a_request_that_fits_the_pool_but_not_its_free_capacity_waits_then_runs(
+    pool: Pool, alice: Api
+) -> None:
+    status, big = await alice.call("POST", "/v1/allocations", small(cpus=1.5))
+    assert status == 201
+    status, waiting = await alice.call("POST", "/v1/allocations", small(cpus=1.0))
+    assert status == 202
+    assert waiting["state"] == "pending"
+    await alice.call("DELETE", f"/v1/allocations/{big['id']}")
+    _, now = await alice.call("GET", f"/v1/allocations/{waiting['id']}?wait=running&timeout=30")
+    assert now["state"] == "running", pool.logs()
+
+
+async def test_a_pending_request_is_refused_when_its_queue_timeout_passes(pool: Pool, alice: Api) -> None:
+    await alice.call("POST", "/v1/allocations", small(cpus=2.0))
+    _, waiting = await alice.call("POST", "/v1/allocations", small(cpus=1.0, queue_timeout=1))
+    assert waiting["state"] == "pending"
+    _, later = await alice.call("GET", f"/v1/allocations/{waiting['id']}?wait=refused&timeout=15")
+    assert later["state"] == "refused"
+    assert later["reason"] == "QUEUE_TIMEOUT"
+
+
+async def test_lifetime_expiry_stops_the_container_and_frees_capacity(
+    pool: Pool, alice: Api, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    _, created = await alice.call("POST", "/v1/allocations", small(lifetime=3))
+    _, running = await alice.call("GET", f"/v1/allocations/{created['id']}?wait=running&timeout=30")
+    assert running["state"] == "running"
+    _, expired = await alice.call("GET", f"/v1/allocations/{created['id']}?wait=expired&timeout=30")
+    assert expired["state"] == "expired"
+    with DockerDriver(docker_engines[0].url) as driver:
+        for _ in range(100):
+            if not [c for c in driver.list_managed(laptop.host_id) if c.allocation_id == created["id"]]:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the expired container is still there")
+    _, after = await alice.call("GET", "/v1/pool")
+    assert after["total"]["reserved"]["cpus"] == 0
+
+
+async def test_extend_moves_the_expiry(alice: Api) -> None:
+    _, created = await alice.call("POST", "/v1/allocations", small(lifetime="1h"))
+    status, extended = await alice.call("POST", f"/v1/allocations/{created['id']}/extend", {"by": "30m"})
+    assert status == 200
+    assert extended["expires_at"] > created["expires_at"]
+
+
+async def test_a_lost_host_makes_its_allocations_lost_and_frees_capacity(
+    pool: Pool, alice: Api, laptop: EnrolledHost
+) -> None:
+    import os
+    import signal
+
+    _, created = await alice.call("POST", "/v1/allocations", small())
+    await alice.call("GET", f"/v1/allocations/{created['id']}?wait=running&timeout=30")
+    assert laptop.process is not None
+    assert laptop.process.pid is not None
+    os.kill(laptop.process.pid, signal.SIGSTOP)
+    try:
+        _, lost = await alice.call("GET", f"/v1/allocations/{created['id']}?wait=lost&timeout=30")
+    finally:
+        os.kill(laptop.process.pid, signal.SIGCONT)
+    assert lost["state"] == "lost"
+    freed = [
+        r for r in await pool.store.read_stream(f"capacity-{laptop.host_id}") if r.type == "CapacityFreed"
+    ]
+    assert len(freed) == 1
+    assert CapacityFreed.model_validate(freed[0].data).alloc_id == created["id"]
