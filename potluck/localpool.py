@@ -1,0 +1,189 @@
+"""A whole pool on this machine, as real processes: what `potluck up`, the
+end-to-end tests and the benchmarks stand on.
+
+NATS requires nkeys, as in a deployment: the services share one identity,
+every enrolled host gets its own, and the users file is rendered from the log
+and reloaded, exactly as `potluck ops hosts enroll` does.
+"""
+
+import asyncio
+import contextlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import aiohttp
+
+from potluck.events import EventStore
+from potluck.localstack import NatsServer, free_port
+from potluck.localstack.process import ChildProcess
+from potluck.localstack.test_image import DEFAULT_TAG
+from potluck.registry.enrollment import enroll_host, refresh_nats_authorization, write_credentials
+from potluck.registry.nats_auth import new_user_key
+
+
+@dataclass
+class EnrolledHost:
+    host_id: str
+    name: str
+    credentials: Path
+    config: Path
+    process: ChildProcess | None = None
+
+
+@dataclass
+class LocalPool:
+    workdir: Path
+    nats: NatsServer
+    database_url: str
+    store: EventStore
+    services_seed_file: Path
+    services_seed: str
+    processes: dict[str, ChildProcess] = field(default_factory=dict)
+    liveness: tuple[float, int, float] = (5.0, 3, 300.0)
+    log_level: str = "INFO"
+
+    def _potluck(self, name: str, *args: str) -> ChildProcess:
+        proc = ChildProcess(
+            [sys.executable, "-m", "potluck", "--log-level", self.log_level, *args],
+            log_path=self.workdir / f"{name}.log",
+        )
+        proc.start()
+        self.processes[name] = proc
+        return proc
+
+    def _service_args(self) -> list[str]:
+        return [
+            "--database-url",
+            self.database_url,
+            "--nats-url",
+            self.nats.url,
+            "--nats-seed-file",
+            str(self.services_seed_file),
+        ]
+
+    def start_registry(self) -> ChildProcess:
+        interval, missed, lost = self.liveness
+        return self._potluck(
+            "registry",
+            "registry",
+            *self._service_args(),
+            "--heartbeat-interval",
+            str(interval),
+            "--suspect-after-missed",
+            str(missed),
+            "--lost-after",
+            str(lost),
+        )
+
+    api_port: int = 0
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start_allocator(
+        self, name: str = "allocator", *, port: int | None = None, relay: bool = True
+    ) -> ChildProcess:
+        port = port or free_port()
+        if name == "allocator":
+            self.api_port = port
+        extra = [] if relay else ["--no-relay"]
+        return self._potluck(
+            name, "allocator", *self._service_args(), "--listen", f"127.0.0.1:{port}", *extra
+        )
+
+    async def wait_api(self, port: int | None = None, timeout: float = 30) -> None:
+        url = f"http://127.0.0.1:{port or self.api_port}/readyz"
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with aiohttp.ClientSession() as http:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(url) as response:
+                        if response.status == 200:
+                            return
+                if asyncio.get_running_loop().time() > deadline:
+                    raise AssertionError(f"the allocator API at {url} never became ready\n{self.logs()}")
+                await asyncio.sleep(0.1)
+
+    async def add_user(self, name: str, **quota: Any) -> str:
+        from potluck.allocator.events import Quota, user_stream
+        from potluck.allocator.users import add_user
+
+        events, token = add_user(None, name, Quota(**quota))
+        await self.store.append(user_stream(name), events, expected_version=0)
+        return token
+
+    async def enroll(self, name: str) -> EnrolledHost:
+        host_id, key = await enroll_host(self.store, name)
+        credentials = self.workdir / f"{name}.creds"
+        write_credentials(credentials, host_id, key)
+        await refresh_nats_authorization(self.store, self.nats.auth_file, [self.services_seed], None)
+        self.nats.reload()
+        await asyncio.sleep(0.2)  # the reload is asynchronous in nats-server
+        return EnrolledHost(host_id, name, credentials, self.workdir / f"{name}.toml")
+
+    def write_config(self, host: EnrolledHost, docker_url: str, **overrides: Any) -> Path:
+        settings: dict[str, Any] = {
+            "host_id": host.host_id,
+            "credentials_file": str(host.credentials),
+            "nats_url": self.nats.url,
+            "docker_url": docker_url,
+            "state_dir": str(self.workdir / f"{host.name}-state"),
+            "allowed_images": [DEFAULT_TAG],
+            "donate": {"cpus": 2, "memory": "2G", "disk": "4G"},
+            "labels": {"name": host.name},
+            "timing": {
+                "heartbeat_interval_s": self.liveness[0],
+                "drain_grace_s": 2,
+                "usage_interval_s": 5,
+                "disk_check_interval_s": 0.5,
+            },
+        }
+        for key, value in overrides.items():
+            settings[key] = value
+        host.config.write_text(_toml(settings))
+        return host.config
+
+    def start_hostd(self, host: EnrolledHost) -> ChildProcess:
+        host.process = self._potluck(f"hostd-{host.name}", "hostd", "--config", str(host.config))
+        return host.process
+
+    def logs(self, lines: int = 40) -> str:
+        return "\n".join(f"--- {name} ---\n{proc.log_tail(lines)}" for name, proc in self.processes.items())
+
+    def stop_all(self) -> None:
+        for proc in self.processes.values():
+            proc.stop(timeout=10)
+
+    @classmethod
+    async def create(cls, workdir: Path, database_url: str, **options: Any) -> Self:
+        """NATS with nkey authorization in `workdir`, the services' identity, a store on `database_url`."""
+        key = new_user_key()
+        seed_file = workdir / "services.seed"
+        seed_file.write_text(key.seed)
+        seed_file.chmod(0o600)
+        nats = NatsServer(workdir / "nats", authorization=True)
+        store = await EventStore.open(database_url, max_size=5)
+        await refresh_nats_authorization(store, nats.auth_file, [key.seed], None)
+        nats.start()
+        return cls(workdir, nats, database_url, store, seed_file, key.seed, **options)
+
+    async def close(self) -> None:
+        self.stop_all()
+        self.nats.stop()
+        await self.store.close()
+
+
+def _toml(settings: dict[str, Any]) -> str:
+    lines: list[str] = []
+    tables: list[str] = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            body = "\n".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items())
+            tables.append(f"[{key}]\n{body}\n")
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n\n" + "\n".join(tables)
