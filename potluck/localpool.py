@@ -161,6 +161,7 @@ class LocalPool:
     @classmethod
     async def create(cls, workdir: Path, database_url: str, **options: Any) -> Self:
         """NATS with nkey authorization in `workdir`, the services' identity, a store on `database_url`."""
+        workdir.mkdir(parents=True, exist_ok=True)
         key = new_user_key()
         seed_file = workdir / "services.seed"
         seed_file.write_text(key.seed)
