@@ -42,7 +42,7 @@ Two implementations of one rule
 
 import fnmatch
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Literal, TypeAlias
@@ -329,13 +329,6 @@ class _Index:
     def __init__(self) -> None:
         self._groups: dict[tuple[int, int], _Group] = {}
 
-    def __len__(self) -> int:
-        return sum(len(g.entries) for g in self._groups.values())
-
-    def __iter__(self) -> Iterator[_Entry]:
-        for key in sorted(self._groups):
-            yield from self._groups[key].entries
-
     def add(self, e: _Entry) -> None:
         key = (_level(CPU_LEVELS, e[2]), _level(MEMORY_LEVELS, e[3]))
         group = self._groups.get(key)
@@ -355,7 +348,7 @@ class _Index:
             del self._groups[key]
 
     def _candidates(self, c: float, m: int) -> list[_Group]:
-        ci = _level(CPU_LEVELS, c - CPU_TOLERANCE)
+        ci = _level(CPU_LEVELS, c - 2 * CPU_TOLERANCE)  # anything within the tolerance counts
         mi = _level(MEMORY_LEVELS, m)
         return [g for g in self._groups.values() if g.ci >= ci and g.mi >= mi]
 

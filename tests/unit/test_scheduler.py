@@ -1,0 +1,499 @@
+"""Placement decisions, captured as a harness sees them (Nomad's scheduler tests).
+
+Every scenario runs against each way of deciding: the plain `place` over
+snapshots, a `Scheduler` built from them, and a `Scheduler` brought to the same
+state step by step (hosts added empty and schedulable, then reserved and
+switched), so the index is held to the rule it claims to implement.
+"""
+
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+import pytest
+
+from potluck.allocator.capacity import CapacityLedger, host_snapshots, snapshot_of
+from potluck.allocator.events import CapacityReserved
+from potluck.allocator.scheduler import (
+    EXCEEDS_ANY_HOST,
+    NO_FREE_CAPACITY,
+    NO_HOST_ALLOWS_IMAGE,
+    NO_HOST_MATCHES,
+    NO_SCHEDULABLE_HOST,
+    ZERO,
+    Decision,
+    HostSnapshot,
+    Impossible,
+    Placed,
+    PlacementRequest,
+    Scheduler,
+    Strategy,
+    Wait,
+    place,
+)
+from potluck.events import Event
+from potluck.registry.events import (
+    Capacity,
+    EngineFacts,
+    HostDeregistered,
+    HostDrainStarted,
+    HostEnrolled,
+    HostLost,
+    HostPaused,
+    HostRecovered,
+    HostRegistered,
+    HostResumed,
+    HostSuspected,
+)
+from potluck.registry.projection import HostState, HostsView, evolve
+
+GIB = 1 << 30
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+ENGINE = EngineFacts(
+    version="27.0", cgroup_version="2", storage_driver="overlay2", disk_quota_supported=False
+)
+
+
+def cap(cpus: float, memory: int, disk: int = 10 * GIB) -> Capacity:
+    return Capacity(cpus=cpus, memory_bytes=memory, disk_bytes=disk)
+
+
+def host_state(
+    host_id: str, donated: Capacity, *then: Event, labels: dict[str, str] | None = None
+) -> HostState:
+    """A host as the registry's projection folds it: enrolled, registered, then `then`."""
+    events: list[Event] = [
+        HostEnrolled(host_id=host_id, name=host_id, nkey="U" + host_id),
+        HostRegistered(
+            host_id=host_id, donated=donated, labels=labels or {}, engine=ENGINE, hostd_version="test"
+        ),
+        *then,
+    ]
+    state: HostState | None = None
+    for version, event in enumerate(events, start=1):
+        state = evolve(state, event, version, T0)
+    assert state is not None
+    return state
+
+
+def snap(
+    host_id: str,
+    donated: Capacity,
+    *then: Event,
+    reserved: Capacity = ZERO,
+    labels: dict[str, str] | None = None,
+) -> HostSnapshot:
+    snapshot = snapshot_of(host_state(host_id, donated, *then, labels=labels), reserved)
+    assert snapshot is not None
+    return snapshot
+
+
+def request(
+    cpus: float,
+    memory: int,
+    disk: int = GIB,
+    *,
+    constraints: dict[str, str] | None = None,
+    image: str | None = None,
+) -> PlacementRequest:
+    return PlacementRequest(
+        alloc_id=f"a-{cpus}-{memory}-{disk}",
+        resources=cap(cpus, memory, disk),
+        constraints=constraints or {},
+        image=image,
+    )
+
+
+# --- three ways of deciding --------------------------------------------------------------------
+
+Decide = Callable[[Sequence[HostSnapshot], PlacementRequest, Strategy], Decision]
+
+
+def by_scan(hosts: Sequence[HostSnapshot], req: PlacementRequest, strategy: Strategy) -> Decision:
+    return place(hosts, req, strategy)
+
+
+def by_index(hosts: Sequence[HostSnapshot], req: PlacementRequest, strategy: Strategy) -> Decision:
+    return Scheduler(hosts).place(req, strategy)
+
+
+def by_steps(hosts: Sequence[HostSnapshot], req: PlacementRequest, strategy: Strategy) -> Decision:
+    scheduler = Scheduler()
+    for h in hosts:
+        scheduler.set_host(replace(h, reserved=ZERO, schedulable=True))
+    for h in reversed(hosts):
+        if h.reserved != ZERO:
+            scheduler.reserve(h.host_id, h.reserved)
+        scheduler.set_schedulable(h.host_id, h.schedulable)
+    return scheduler.place(req, strategy)
+
+
+@pytest.fixture(params=[by_scan, by_index, by_steps], ids=["place", "Scheduler", "Scheduler-steps"])
+def decide(request: pytest.FixtureRequest) -> Decide:
+    fn: Decide = request.param
+    return fn
+
+
+@dataclass
+class Harness:
+    """Places requests one after another, reserving what it placed, and captures every decision."""
+
+    decide: Decide
+    hosts: dict[str, HostSnapshot]
+    decisions: list[tuple[str, Decision]] = field(default_factory=list)
+
+    def place(self, req: PlacementRequest, strategy: Strategy = "best_fit") -> Decision:
+        decision = self.decide(list(self.hosts.values()), req, strategy)
+        self.decisions.append((req.alloc_id, decision))
+        if isinstance(decision, Placed):
+            h = self.hosts[decision.host_id]
+            self.hosts[h.host_id] = replace(h, reserved=h.reserved + req.resources)
+        return decision
+
+    def placed_on(self) -> list[str | None]:
+        return [d.host_id if isinstance(d, Placed) else None for _, d in self.decisions]
+
+
+def harness(decide: Decide, *hosts: HostSnapshot) -> Harness:
+    return Harness(decide, {h.host_id: h for h in hosts})
+
+
+# --- best fit and spread -------------------------------------------------------------------------
+
+
+def test_best_fit_takes_the_host_left_tightest(decide: Decide) -> None:
+    hosts = [snap("big", cap(8, 32 * GIB)), snap("small", cap(2, 4 * GIB))]
+    assert decide(hosts, request(1, GIB), "best_fit") == Placed("small")
+
+
+def test_spread_takes_the_host_with_most_free(decide: Decide) -> None:
+    hosts = [snap("big", cap(8, 32 * GIB)), snap("small", cap(2, 4 * GIB))]
+    assert decide(hosts, request(1, GIB), "spread") == Placed("big")
+
+
+def test_best_fit_weighs_every_resource(decide: Decide) -> None:
+    # Left over after 1 cpu, 1 GiB: cpu-heavy 3 cpus + 1 GiB (3.25 shares); memory-heavy 1 cpu + 7 GiB (2.75).
+    hosts = [snap("cpu-heavy", cap(4, 2 * GIB)), snap("memory-heavy", cap(2, 8 * GIB))]
+    assert decide(hosts, request(1, GIB), "best_fit") == Placed("memory-heavy")
+    assert decide(hosts, request(1, GIB), "spread") == Placed("cpu-heavy")
+
+
+def test_best_fit_counts_what_is_reserved(decide: Decide) -> None:
+    hosts = [
+        snap("a", cap(8, 16 * GIB), reserved=cap(6, 12 * GIB, GIB)),
+        snap("b", cap(4, 8 * GIB)),
+    ]
+    assert decide(hosts, request(1, GIB), "best_fit") == Placed("a")
+    assert decide(hosts, request(1, GIB), "spread") == Placed("b")
+
+
+def test_best_fit_packs_one_host_while_spread_alternates(decide: Decide) -> None:
+    packing = harness(decide, snap("a", cap(4, 8 * GIB)), snap("b", cap(4, 8 * GIB)))
+    spreading = harness(decide, snap("a", cap(4, 8 * GIB)), snap("b", cap(4, 8 * GIB)))
+    for i in range(5):
+        packing.place(PlacementRequest(f"p{i}", cap(1, GIB, GIB)), "best_fit")
+        spreading.place(PlacementRequest(f"s{i}", cap(1, GIB, GIB)), "spread")
+    assert packing.placed_on() == ["a", "a", "a", "a", "b"]
+    assert spreading.placed_on() == ["a", "b", "a", "b", "a"]
+
+
+def test_a_full_pool_makes_the_next_request_wait(decide: Decide) -> None:
+    h = harness(decide, snap("a", cap(2, 4 * GIB)), snap("b", cap(1, 2 * GIB)))
+    for i in range(3):
+        h.place(PlacementRequest(f"r{i}", cap(1, 2 * GIB, GIB)))
+    h.place(PlacementRequest("r3", cap(1, 2 * GIB, GIB)))
+    assert h.placed_on() == ["b", "a", "a", None]
+    assert h.decisions[-1] == ("r3", Wait(NO_FREE_CAPACITY))
+
+
+@pytest.mark.parametrize("strategy", ["best_fit", "spread"])
+def test_ties_go_to_the_smallest_host_id_whatever_the_order(decide: Decide, strategy: Strategy) -> None:
+    hosts = [snap(name, cap(4, 8 * GIB)) for name in ("h2", "h10", "h1", "h3")]
+    for order in itertools.permutations(hosts):
+        assert decide(list(order), request(1, GIB), strategy) == Placed("h1")
+
+
+@pytest.mark.parametrize("strategy", ["best_fit", "spread"])
+def test_the_same_inputs_give_the_same_decision(decide: Decide, strategy: Strategy) -> None:
+    rnd = random.Random(7)
+    hosts = [
+        snap(f"h{i}", cap(rnd.choice([2, 4, 8]), rnd.choice([4, 8, 16]) * GIB), reserved=cap(1, GIB))
+        for i in range(60)
+    ]
+    req = request(2, 3 * GIB)
+    first = decide(hosts, req, strategy)
+    for _ in range(5):
+        rnd.shuffle(hosts)
+        assert decide(hosts, req, strategy) == first
+
+
+def test_an_unknown_strategy_is_refused(decide: Decide) -> None:
+    with pytest.raises(ValueError, match="unknown placement strategy"):
+        decide([snap("a", cap(1, GIB))], request(1, GIB), "worst_fit")  # type: ignore[arg-type]
+
+
+# --- constraints and images ----------------------------------------------------------------------
+
+
+def test_constraints_choose_among_matching_hosts_only(decide: Decide) -> None:
+    hosts = [
+        snap("tight-amd", cap(1, 2 * GIB), labels={"arch": "amd64"}),
+        snap("roomy-arm", cap(8, 32 * GIB), labels={"arch": "arm64", "gpu": "no"}),
+    ]
+    assert decide(hosts, request(1, GIB, constraints={"arch": "arm64"}), "best_fit") == Placed("roomy-arm")
+    both = {"arch": "arm64", "gpu": "no"}
+    assert decide(hosts, request(1, GIB, constraints=both), "best_fit") == Placed("roomy-arm")
+
+
+@pytest.mark.parametrize(
+    "constraints", [{"arch": "riscv"}, {"zone": "moon"}, {"arch": "arm64", "gpu": "yes"}]
+)
+def test_constraints_no_host_has_are_impossible(decide: Decide, constraints: dict[str, str]) -> None:
+    hosts = [
+        snap("a", cap(8, 32 * GIB), labels={"arch": "amd64"}),
+        snap("b", cap(8, 32 * GIB), HostPaused(host_id="b", by="member"), labels={"arch": "arm64"}),
+    ]
+    decision = decide(hosts, request(1, GIB, constraints=constraints), "best_fit")
+    assert isinstance(decision, Impossible)
+    assert (decision.code, decision.field) == (NO_HOST_MATCHES, "constraints")
+
+
+def test_a_match_only_on_an_unschedulable_host_waits(decide: Decide) -> None:
+    hosts = [
+        snap("a", cap(8, 32 * GIB), labels={"arch": "amd64"}),
+        snap("b", cap(8, 32 * GIB), HostPaused(host_id="b", by="member"), labels={"arch": "arm64"}),
+    ]
+    assert decide(hosts, request(1, GIB, constraints={"arch": "arm64"}), "best_fit") == Wait(
+        NO_SCHEDULABLE_HOST
+    )
+
+
+def test_a_match_only_on_hosts_too_small_is_impossible(decide: Decide) -> None:
+    hosts = [
+        snap("a", cap(2, 4 * GIB), labels={"arch": "arm64"}),
+        snap("b", cap(16, 64 * GIB), labels={"arch": "amd64"}),
+    ]
+    decision = decide(hosts, request(4, GIB, constraints={"arch": "arm64"}), "best_fit")
+    assert isinstance(decision, Impossible)
+    assert (decision.code, decision.field) == (EXCEEDS_ANY_HOST, "cpus")
+    assert decision.message == "no host matching the constraints donates 4 cpus"
+
+
+def test_hosts_that_restrict_images_get_only_those(decide: Decide) -> None:
+    debian_only = replace(snap("tight", cap(1, 2 * GIB)), allowed_images=("debian:*",))
+    anything = snap("roomy", cap(8, 32 * GIB))
+    assert decide([debian_only, anything], request(1, GIB, image="debian:12"), "best_fit") == Placed("tight")
+    assert decide([debian_only, anything], request(1, GIB, image="alpine:3"), "best_fit") == Placed("roomy")
+    assert decide([debian_only, anything], request(1, GIB), "best_fit") == Placed("tight")
+    decision = decide([debian_only], request(1, GIB, image="alpine:3"), "best_fit")
+    assert isinstance(decision, Impossible)
+    assert (decision.code, decision.field) == (NO_HOST_ALLOWS_IMAGE, "image")
+
+
+# --- hosts that may not take work --------------------------------------------------------------
+
+UNSCHEDULABLE: dict[str, Callable[[str], Event]] = {
+    "suspect": lambda h: HostSuspected(host_id=h, silent_for_s=30),
+    "lost": lambda h: HostLost(host_id=h, silent_for_s=300),
+    "paused": lambda h: HostPaused(host_id=h, by="member"),
+    "draining": lambda h: HostDrainStarted(host_id=h, by="member", grace_s=60),
+}
+
+
+@pytest.mark.parametrize("status", sorted(UNSCHEDULABLE))
+def test_an_unschedulable_host_is_skipped(decide: Decide, status: str) -> None:
+    tight = snap("tight", cap(1, 2 * GIB), UNSCHEDULABLE[status]("tight"))
+    roomy = snap("roomy", cap(8, 32 * GIB))
+    state = host_state("tight", cap(1, 2 * GIB), UNSCHEDULABLE[status]("tight"))
+    assert state.status == status
+    assert not state.schedulable
+    assert not tight.schedulable
+    assert decide([tight, roomy], request(1, GIB), "best_fit") == Placed("roomy")
+    assert decide([tight, roomy], request(1, GIB), "spread") == Placed("roomy")
+    # Only it could hold the request: wait for it to come back rather than refuse.
+    assert decide([tight], request(1, GIB), "best_fit") == Wait(NO_SCHEDULABLE_HOST)
+
+
+@pytest.mark.parametrize(
+    ("status", "back"),
+    [
+        ("suspect", HostRecovered(host_id="h", was="suspect")),
+        ("lost", HostRecovered(host_id="h", was="lost")),
+        ("paused", HostResumed(host_id="h", by="member")),
+    ],
+)
+def test_a_host_that_comes_back_takes_work_again(decide: Decide, status: str, back: Event) -> None:
+    host = snap("h", cap(2, 4 * GIB), UNSCHEDULABLE[status]("h"), back)
+    assert host.schedulable
+    assert decide([host], request(1, GIB), "best_fit") == Placed("h")
+
+
+def test_a_deregistered_host_counts_for_nothing(decide: Decide) -> None:
+    gone = host_state("gone", cap(16, 64 * GIB), HostDeregistered(host_id="gone", by="member"))
+    assert gone.status == "deregistered"
+    assert not gone.schedulable
+    assert snapshot_of(gone) is None
+    small = snap("small", cap(2, 4 * GIB))
+    view = HostsView(hosts={"gone": gone, "small": host_state("small", cap(2, 4 * GIB))})
+    assert [h.host_id for h in host_snapshots(view, CapacityLedger())] == ["small"]
+    decision = decide([small], request(8, GIB), "best_fit")
+    assert isinstance(decision, Impossible)
+    assert decision.field == "cpus"
+    # Handed in anyway (schedulable False, as its state says), it is skipped like any other.
+    raw = HostSnapshot("gone", cap(16, 64 * GIB), ZERO, {}, gone.schedulable)
+    assert decide([raw, small], request(8, GIB), "best_fit") == Wait(NO_SCHEDULABLE_HOST)
+    assert decide([raw, small], request(1, GIB), "best_fit") == Placed("small")
+
+
+def test_reregistering_after_deregistration_makes_a_host_schedulable() -> None:
+    state = host_state(
+        "h",
+        cap(2, 4 * GIB),
+        HostDeregistered(host_id="h", by="member"),
+        HostRegistered(host_id="h", donated=cap(4, 8 * GIB), engine=ENGINE, hostd_version="test"),
+    )
+    snapshot = snapshot_of(state)
+    assert snapshot is not None
+    assert snapshot.schedulable
+    assert snapshot.donated == cap(4, 8 * GIB)
+
+
+# --- waiting versus impossible -------------------------------------------------------------------
+
+
+def test_exactly_the_donation_fits_an_empty_host(decide: Decide) -> None:
+    assert decide([snap("h", cap(4, 8 * GIB, 100 * GIB))], request(4, 8 * GIB, 100 * GIB), "best_fit") == (
+        Placed("h")
+    )
+
+
+def test_exactly_the_donation_waits_while_anything_is_reserved(decide: Decide) -> None:
+    host = snap("h", cap(4, 8 * GIB, 100 * GIB), reserved=cap(0.5, 1, 1))
+    assert decide([host], request(4, 8 * GIB, 100 * GIB), "best_fit") == Wait(NO_FREE_CAPACITY)
+
+
+def test_exactly_what_is_free_fits_and_one_byte_more_waits(decide: Decide) -> None:
+    host = snap("h", cap(4, 8 * GIB, 100 * GIB), reserved=cap(1, 3 * GIB, 40 * GIB))
+    assert decide([host], request(3, 5 * GIB, 60 * GIB), "best_fit") == Placed("h")
+    assert decide([host], request(3, 5 * GIB + 1, 60 * GIB), "best_fit") == Wait(NO_FREE_CAPACITY)
+    assert decide([host], request(3, 5 * GIB, 60 * GIB + 1), "best_fit") == Wait(NO_FREE_CAPACITY)
+    assert decide([host], request(3.000001, 5 * GIB, 60 * GIB), "best_fit") == Wait(NO_FREE_CAPACITY)
+
+
+def test_free_cpus_after_many_small_reservations_are_exact(decide: Decide) -> None:
+    ledger = CapacityLedger()
+    for i in range(7):
+        ledger.apply(CapacityReserved(host_id="h", alloc_id=f"a{i}", amount=cap(0.1, 1, 1)), version=i + 1)
+    host = snap("h", cap(1, GIB), reserved=ledger.reserved("h"))
+    assert decide([host], request(0.3, 1), "best_fit") == Placed("h")
+    assert decide([host], request(0.300001, 1), "best_fit") == Wait(NO_FREE_CAPACITY)
+
+
+@pytest.mark.parametrize(
+    ("wanted", "field"),
+    [
+        (cap(4.000001, 8 * GIB, 100 * GIB), "cpus"),
+        (cap(4, 8 * GIB + 1, 100 * GIB), "memory"),
+        (cap(4, 8 * GIB, 100 * GIB + 1), "disk"),
+    ],
+)
+def test_one_unit_over_the_largest_donation_is_impossible(
+    decide: Decide, wanted: Capacity, field: str
+) -> None:
+    # Judged on donations, whatever each host's state: the big one is lost, yet it counts.
+    hosts = [
+        snap("big", cap(4, 8 * GIB, 100 * GIB), HostLost(host_id="big", silent_for_s=600)),
+        snap("small", cap(1, GIB, 10 * GIB)),
+    ]
+    decision = decide(hosts, PlacementRequest("x", wanted), "best_fit")
+    assert isinstance(decision, Impossible)
+    assert (decision.code, decision.field) == (EXCEEDS_ANY_HOST, field)
+    assert decision.message.startswith("no host donates 4 cpus")
+
+
+def test_the_first_resource_no_host_gives_with_the_ones_before_is_named(decide: Decide) -> None:
+    hosts = [snap("cpus", cap(8, 2 * GIB)), snap("memory", cap(1, 16 * GIB))]
+    both = decide(hosts, request(4, 8 * GIB), "best_fit")
+    assert isinstance(both, Impossible)
+    assert both.field == "memory"
+    too_many_cpus = decide(hosts, request(9, GIB), "best_fit")
+    assert isinstance(too_many_cpus, Impossible)
+    assert too_many_cpus.field == "cpus"
+    too_much_disk = decide(hosts, request(1, GIB, 1 << 40), "best_fit")
+    assert isinstance(too_much_disk, Impossible)
+    assert too_much_disk.field == "disk"
+
+
+def test_an_empty_pool_can_give_nothing(decide: Decide) -> None:
+    decision = decide([], request(1, GIB), "best_fit")
+    assert isinstance(decision, Impossible)
+    assert (decision.code, decision.field) == (EXCEEDS_ANY_HOST, "cpus")
+
+
+def test_wait_reasons_have_messages() -> None:
+    assert "capacity frees" in Wait(NO_FREE_CAPACITY).message
+    assert "paused" in Wait(NO_SCHEDULABLE_HOST).message
+
+
+# --- the index itself ----------------------------------------------------------------------------
+
+
+def test_scheduler_snapshots_round_trip() -> None:
+    hosts = [
+        snap("a", cap(4, 8 * GIB), reserved=cap(1, GIB), labels={"arch": "arm64"}),
+        snap("b", cap(2, 4 * GIB), HostPaused(host_id="b", by="member")),
+    ]
+    scheduler = Scheduler(hosts)
+    assert scheduler.snapshots() == hosts
+    assert len(scheduler) == 2
+    assert "a" in scheduler
+    assert "z" not in scheduler
+    scheduler.reserve("a", cap(1, GIB))
+    scheduler.release("a", cap(1, GIB))
+    assert scheduler.snapshot("a") == hosts[0]
+    scheduler.set_reserved("a", cap(4, 8 * GIB))
+    assert scheduler.place(request(1, GIB)) == Wait(NO_FREE_CAPACITY)
+    scheduler.remove_host("a")
+    scheduler.remove_host("a")
+    assert scheduler.snapshots() == hosts[1:]
+    assert scheduler.place(request(1, GIB)) == Wait(NO_SCHEDULABLE_HOST)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_scheduler_agrees_with_place_over_a_large_changing_pool(seed: int) -> None:
+    rnd = random.Random(seed)
+    shapes = [cap(c, m * GIB, d * GIB) for c in (1, 2, 4, 8, 16) for m in (2, 8, 32) for d in (50, 500)]
+    labels = [{}, {"arch": "arm64"}, {"arch": "amd64"}, {"arch": "amd64", "gpu": "yes"}]
+    scheduler = Scheduler()
+    for i in range(400):
+        scheduler.set_host(
+            HostSnapshot(
+                f"h{i:04d}",
+                rnd.choice(shapes),
+                labels=rnd.choice(labels),
+                schedulable=rnd.random() > 0.1,
+                allowed_images=rnd.choice([(), (), ("debian:*",)]),
+            )
+        )
+    live: list[tuple[str, Capacity]] = []
+    for n in range(300):
+        req = PlacementRequest(
+            f"r{n}",
+            cap(rnd.choice([0.25, 0.5, 1, 2, 4, 12]), rnd.choice([1, 2, 6, 24]) * GIB // 2),
+            constraints=rnd.choice([{}, {}, {"arch": "amd64"}, {"gpu": "yes"}, {"arch": "ppc"}]),
+            image=rnd.choice([None, "debian:12", "alpine:3"]),
+        )
+        strategy: Strategy = rnd.choice(["best_fit", "spread"])
+        decision = scheduler.place(req, strategy)
+        assert decision == place(scheduler.snapshots(), req, strategy), (n, req)
+        if isinstance(decision, Placed):
+            scheduler.reserve(decision.host_id, req.resources)
+            live.append((decision.host_id, req.resources))
+        if live and rnd.random() < 0.3:
+            host_id, amount = live.pop(rnd.randrange(len(live)))
+            scheduler.release(host_id, amount)
+        if rnd.random() < 0.05:
+            host_id = f"h{rnd.randrange(400):04d}"
+            scheduler.set_schedulable(host_id, not scheduler.snapshot(host_id).schedulable)
