@@ -503,11 +503,128 @@ def ops_users_add(name: str, database_url: str, cpus: float, memory: str, alloca
     click.echo(json.dumps({"user": name, "token": token}))
 
 
+def _attach_user_commands() -> None:
+    from potluck.user.cli import alloc, login, ssh
+
+    main.add_command(login)
+    main.add_command(alloc)
+    main.add_command(ssh)
+
+
+_attach_user_commands()
+
+
+STATE_DIR = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    envvar="POTLUCK_HOME",
+    help="Where the pool keeps its state [default: ~/.potluck].",
+)
+
+
 @main.command()
-def up() -> None:
-    """Bring the whole pool up on this machine (not yet: see issue 'The newcomer's path')."""
-    click.echo("potluck up: not yet. The services it starts are still being built; see README.md.")
-    sys.exit(3)
+@STATE_DIR
+@click.option("--detach", is_flag=True, help="Run in the background; `potluck down` stops it.")
+@click.option("--api-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--nats-port", type=click.IntRange(1, 65535), default=4222, show_default=True)
+@click.option("--postgres-port", type=click.IntRange(1, 65535), default=55432, show_default=True)
+@click.option("--cpus", type=click.FloatRange(min=0.1), default=None, help="CPUs this machine donates.")
+@click.option("--memory", default="2G", show_default=True, help="Memory this machine donates.")
+@click.option("--disk", default="10G", show_default=True, help="Disk this machine donates.")
+def up(
+    state_dir: Path | None,
+    detach: bool,
+    api_port: int,
+    nats_port: int,
+    postgres_port: int,
+    cpus: float | None,
+    memory: str,
+    disk: str,
+) -> None:
+    """Bring a whole pool up on this machine (Ctrl-C stops it; the event log is kept)."""
+    from rich.console import Console
+
+    from potluck import up as local
+    from potluck.localstack import LocalStackError
+
+    console = Console(stderr=True)
+    settings = local.UpSettings(
+        state_dir or local.default_state_dir(),
+        api_port,
+        nats_port,
+        postgres_port,
+        cpus or local.UpSettings.cpus,
+        memory,
+        disk,
+    )
+    already = local.running(settings.state_dir)
+    if already is not None:
+        click.echo(f"already up (pid {already.pid}); `potluck down` stops it.")
+        click.echo("\n".join(local.summary(already)))
+        return
+    if detach:
+        argv = [
+            "up",
+            "--state-dir",
+            str(settings.state_dir),
+            "--api-port",
+            str(api_port),
+            "--nats-port",
+            str(nats_port),
+            "--postgres-port",
+            str(postgres_port),
+            "--cpus",
+            str(settings.cpus),
+            "--memory",
+            memory,
+            "--disk",
+            disk,
+        ]
+        try:
+            with console.status("starting the pool in the background"):
+                ready = local.start_detached(settings, argv)
+        except LocalStackError as exc:
+            fail(str(exc))
+        click.echo("\n".join(local.summary(ready)))
+        return
+
+    status = console.status("starting")
+
+    def say(message: str) -> None:
+        status.update(message)
+        console.log(message)
+
+    def on_ready(ready: "local.Running") -> None:
+        status.stop()
+        click.echo("\n".join(local.summary(ready)))
+        click.echo("\nCtrl-C stops the pool (the event log is kept).")
+
+    status.start()
+    try:
+        run(local.serve(settings, say, on_ready))
+    except local.AlreadyUp:
+        status.stop()
+        click.echo("already up; `potluck down` stops it.")
+    except LocalStackError as exc:
+        status.stop()
+        fail(str(exc))
+    finally:
+        status.stop()
+
+
+@main.command()
+@STATE_DIR
+def down(state_dir: Path | None) -> None:
+    """Stop a pool started with `potluck up` (the event log is kept)."""
+    from potluck import up as local
+    from potluck.localstack import LocalStackError
+
+    try:
+        pid = local.stop(state_dir or local.default_state_dir())
+    except LocalStackError as exc:
+        fail(str(exc))
+    click.echo("stopped." if pid else "not running.")
 
 
 if __name__ == "__main__":

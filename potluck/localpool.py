@@ -159,18 +159,27 @@ class LocalPool:
             proc.stop(timeout=10)
 
     @classmethod
-    async def create(cls, workdir: Path, database_url: str, **options: Any) -> Self:
-        """NATS with nkey authorization in `workdir`, the services' identity, a store on `database_url`."""
+    async def create(
+        cls, workdir: Path, database_url: str, *, nats_port: int | None = None, **options: Any
+    ) -> Self:
+        """NATS with nkey authorization in `workdir`, the services' identity, a store on `database_url`.
+
+        Whatever `workdir` already holds (the services' seed, JetStream's data) is kept,
+        so a pool started again carries on where it stopped.
+        """
         workdir.mkdir(parents=True, exist_ok=True)
-        key = new_user_key()
         seed_file = workdir / "services.seed"
-        seed_file.write_text(key.seed)
-        seed_file.chmod(0o600)
-        nats = NatsServer(workdir / "nats", authorization=True)
+        if seed_file.exists():
+            seed = seed_file.read_text().strip()
+        else:
+            seed = new_user_key().seed
+            seed_file.touch(mode=0o600)
+            seed_file.write_text(seed)
+        nats = NatsServer(workdir / "nats", authorization=True, port=nats_port)
         store = await EventStore.open(database_url, max_size=5)
-        await refresh_nats_authorization(store, nats.auth_file, [key.seed], None)
+        await refresh_nats_authorization(store, nats.auth_file, [seed], None)
         nats.start()
-        return cls(workdir, nats, database_url, store, seed_file, key.seed, **options)
+        return cls(workdir, nats, database_url, store, seed_file, seed, **options)
 
     async def close(self) -> None:
         self.stop_all()

@@ -110,24 +110,20 @@ def image_exists(docker_url: str, tag: str) -> bool:
     raise LocalStackError(f"GET /images/{tag}/json on {docker_url} answered {status}: {body[:300]!r}")
 
 
-def build_test_image(docker_url: str, tag: str = DEFAULT_TAG) -> str:
-    """Import the busybox image under `tag` unless the engine has it already; return `tag`."""
+def import_rootfs(docker_url: str, tar: bytes, tag: str, *, changes: list[str]) -> str:
+    """Load a root filesystem tarball as image `tag` (the engine's import, no registry)."""
+    repo, colon, version = tag.rpartition(":")
+    if not colon or "/" in version:  # no tag, or the colon was a registry's port
+        repo, version = tag, "latest"
+    query = [("fromSrc", "-"), ("repo", repo), ("tag", version)] + [("changes", c) for c in changes]
     try:
-        if image_exists(docker_url, tag):
-            return tag
-        repo, colon, version = tag.rpartition(":")
-        if not colon or "/" in version:  # no tag, or the colon was a registry's port
-            repo, version = tag, "latest"
-        query = [("fromSrc", "-"), ("repo", repo), ("tag", version),
-                 ("changes", 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin'),
-                 ("changes", 'CMD ["/bin/sh"]')]  # fmt: skip
         status, body = engine_request(
             docker_url,
             "POST",
             "/images/create?" + urllib.parse.urlencode(query),
-            body=rootfs_tarball(),
+            body=tar,
             headers={"Content-Type": "application/x-tar"},
-            timeout=120.0,
+            timeout=600.0,
         )
     except OSError as exc:
         raise LocalStackError(
@@ -140,3 +136,20 @@ def build_test_image(docker_url: str, tag: str = DEFAULT_TAG) -> str:
         if line.strip() and "error" in (message := json.loads(line)):
             raise LocalStackError(f"importing {tag} into {docker_url} failed: {message['error']}")
     return tag
+
+
+def build_test_image(docker_url: str, tag: str = DEFAULT_TAG) -> str:
+    """Import the busybox image under `tag` unless the engine has it already; return `tag`."""
+    try:
+        if image_exists(docker_url, tag):
+            return tag
+    except OSError as exc:
+        raise LocalStackError(
+            f"cannot reach the Docker engine at {docker_url} to build {tag}: {exc}; start it first"
+        ) from exc
+    return import_rootfs(
+        docker_url,
+        rootfs_tarball(),
+        tag,
+        changes=["ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin", 'CMD ["/bin/sh"]'],
+    )

@@ -1,0 +1,281 @@
+"""`potluck up` and `potluck down`: a whole pool on this machine, for a first try.
+
+Embedded NATS and Postgres, a Docker engine (this machine's, or a private one
+when none answers), the central services, a hostd donating part of this
+machine, and a demo user. State lives in one directory (default
+~/.potluck): the event log survives `down`, so the next `up` carries on where
+it stopped.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from potluck.localpool import EnrolledHost, LocalPool
+from potluck.localstack import LocalStackError, PostgresServer
+from potluck.localstack.default_image import ensure_default_image
+from potluck.localstack.docker_engine import DockerEngine, ensure_docker_installed
+from potluck.localstack.ports import port_accepts
+from potluck.localstack.reaper import start_time
+from potluck.localstack.test_image import build_test_image
+
+Say = Callable[[str], None]
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("POTLUCK_HOME") or Path.home() / ".potluck")
+
+
+@dataclass(frozen=True)
+class UpSettings:
+    state_dir: Path
+    api_port: int = 8080
+    nats_port: int = 4222
+    postgres_port: int = 55432
+    cpus: float = max(1.0, (os.cpu_count() or 2) / 2)
+    memory: str = "2G"
+    disk: str = "10G"
+
+
+@dataclass(frozen=True)
+class Running:
+    pid: int
+    api: str
+    nats: str
+    database: str
+    docker: str
+    image: str
+    token: str
+    host_id: str
+    logs: str
+
+
+class AlreadyUp(Exception):
+    pass
+
+
+def _pid_alive(state_dir: Path) -> int | None:
+    pid_file = state_dir / "up.pid"
+    try:
+        pid_text, started = pid_file.read_text().split()
+        pid = int(pid_text)
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if start_time(pid) == started else None
+
+
+def running(state_dir: Path) -> Running | None:
+    if _pid_alive(state_dir) is None:
+        return None
+    try:
+        return Running(**json.loads((state_dir / "up.json").read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def _check_ports(settings: UpSettings, *, postgres: bool) -> None:
+    wanted = {"--api-port": settings.api_port, "--nats-port": settings.nats_port}
+    if postgres:
+        wanted["--postgres-port"] = settings.postgres_port
+    for option, port in wanted.items():
+        if port_accepts(port):
+            raise LocalStackError(
+                f"port {port} is in use on 127.0.0.1; stop what listens there or choose another with {option}"
+            )
+
+
+def _engine(state_dir: Path, say: Say) -> tuple[str, DockerEngine | None]:
+    from potluck.localstack.docker_engine import engine_answers
+
+    for url in (os.environ.get("DOCKER_HOST"), "unix:///var/run/docker.sock"):
+        if url and url.startswith("unix://") and engine_answers(url):
+            say(f"using the Docker engine at {url}")
+            return url, None
+    ensure_docker_installed()
+    engine = DockerEngine(state_dir / "docker")
+    say("starting a private Docker engine")
+    engine.start()
+    return engine.url, engine
+
+
+async def _wait_online(api: str, token: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"{api}/v1/pool", headers=headers) as response:
+                    if response.status == 200 and any(
+                        h["status"] == "online" for h in (await response.json())["hosts"]
+                    ):
+                        return
+            await asyncio.sleep(0.2)
+    raise LocalStackError("the local hostd did not come online; see the logs in the state directory")
+
+
+async def _local_host(pool: LocalPool) -> EnrolledHost:
+    saved = pool.workdir / "local.host"
+    if saved.exists():
+        host_id = saved.read_text().strip()
+        return EnrolledHost(host_id, "local", pool.workdir / "local.creds", pool.workdir / "local.toml")
+    host = await pool.enroll("local")
+    saved.write_text(host.host_id)
+    return host
+
+
+async def _demo_token(pool: LocalPool) -> str:
+    saved = pool.workdir.parent / "demo.token"
+    if saved.exists():
+        return saved.read_text().strip()
+    token = await pool.add_user("demo")
+    saved.touch(mode=0o600)
+    saved.write_text(token)
+    return token
+
+
+async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], None]) -> None:
+    """Start everything, call `on_ready`, run until SIGINT/SIGTERM, then stop everything we started."""
+    state = settings.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    if _pid_alive(state) is not None:
+        raise AlreadyUp(str(state))
+    external_db = os.environ.get("POTLUCK_DATABASE_URL")
+    _check_ports(settings, postgres=not external_db)
+    (state / "up.pid").write_text(f"{os.getpid()} {start_time(os.getpid())}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    postgres: PostgresServer | None = None
+    engine: DockerEngine | None = None
+    pool: LocalPool | None = None
+    try:
+        if external_db:
+            database_url = external_db
+        else:
+            say("starting Postgres (the event log)")
+            postgres = PostgresServer(state / "postgres", port=settings.postgres_port, durable=True)
+            await asyncio.to_thread(postgres.start)
+            database_url = postgres.url
+        docker_url, engine = await asyncio.to_thread(_engine, state, say)
+        image = await asyncio.to_thread(ensure_default_image, docker_url, say)
+        await asyncio.to_thread(build_test_image, docker_url)
+        say("starting NATS, the registry and the allocator")
+        pool = await LocalPool.create(state / "pool", database_url, nats_port=settings.nats_port)
+        pool.start_registry()
+        pool.start_allocator(port=settings.api_port)
+        host = await _local_host(pool)
+        pool.write_config(
+            host,
+            docker_url,
+            allowed_images=[],
+            donate={"cpus": settings.cpus, "memory": settings.memory, "disk": settings.disk},
+            labels={"name": "local"},
+            timing={"heartbeat_interval_s": 5, "drain_grace_s": 300},
+        )
+        say("starting hostd, donating part of this machine")
+        pool.start_hostd(host)
+        await pool.wait_api()
+        token = await _demo_token(pool)
+        await _wait_online(pool.api, token)
+        ready = Running(
+            pid=os.getpid(),
+            api=pool.api,
+            nats=pool.nats.url,
+            database=database_url,
+            docker=docker_url,
+            image=image,
+            token=token,
+            host_id=host.host_id,
+            logs=str(pool.workdir),
+        )
+        (state / "up.json").write_text(json.dumps(asdict(ready)))
+        on_ready(ready)
+        await stop.wait()
+        say("stopping")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            (state / "up.json").unlink()
+        if pool is not None:
+            await pool.close()
+        if engine is not None:
+            await asyncio.to_thread(engine.stop)
+        if postgres is not None:
+            await asyncio.to_thread(postgres.stop)
+        with contextlib.suppress(FileNotFoundError):
+            (state / "up.pid").unlink()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def start_detached(settings: UpSettings, argv: list[str], timeout: float = 600) -> Running:
+    """Run `potluck up` in the background and wait until it is ready (or failed)."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    log = settings.state_dir / "up.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "potluck", *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            raise LocalStackError(f"potluck up stopped (exit code {proc.returncode}):\n{tail}")
+        found = running(settings.state_dir)
+        if found is not None and found.pid == proc.pid:
+            return found
+        time.sleep(0.25)
+    raise LocalStackError(f"potluck up was not ready within {timeout:.0f}s; see {log}")
+
+
+def stop(state_dir: Path, timeout: float = 120) -> int | None:
+    """Stop a pool started with `potluck up`; returns its PID, or None when none was running."""
+    pid = _pid_alive(state_dir)
+    if pid is None:
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _pid_alive(state_dir) is None:
+            return pid
+        time.sleep(0.2)
+    raise LocalStackError(f"potluck up (pid {pid}) did not stop within {timeout:.0f}s")
+
+
+def summary(ready: Running) -> list[str]:
+    return [
+        f"allocator API   {ready.api}",
+        f"NATS            {ready.nats}",
+        f"event log       {ready.database}",
+        f"Docker engine   {ready.docker}",
+        f"default image   {ready.image}",
+        f"local host      {ready.host_id}",
+        f"logs            {ready.logs}",
+        "",
+        f"demo token      {ready.token}",
+        "",
+        "next:",
+        f"  potluck login --url {ready.api} --token {ready.token}",
+        f"  potluck alloc create --cpus 1 --memory 512M --image {ready.image} "
+        "--ssh-key ~/.ssh/id_ed25519.pub --wait",
+        "  potluck alloc ls",
+    ]
+
+
+def settings_dict(settings: UpSettings) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}

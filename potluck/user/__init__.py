@@ -1,0 +1,1 @@
+"""The user's side of the `potluck` command: login, allocations, ssh."""

@@ -1,0 +1,264 @@
+"""`potluck login`, `potluck alloc ...` and `potluck ssh`: the user's commands.
+
+Human tables by default (rich), `--json` for scripts; exit codes in
+potluck/user/client.py.
+"""
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from potluck.user.client import Api, ClientError, ExitCode, Login
+
+JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
+out = Console()
+err = Console(stderr=True)
+
+
+def _bail(exc: ClientError) -> NoReturn:
+    err.print(f"[red]error:[/red] {exc}", highlight=False)
+    sys.exit(int(exc.code))
+
+
+def _call(method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
+    try:
+        return asyncio.run(Api(Login.load()).call(method, path, body, timeout=timeout))
+    except ClientError as exc:
+        _bail(exc)
+
+
+def _size(n: int) -> str:
+    for unit, factor in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= factor:
+            return f"{n / factor:g}{unit}"
+    return str(n)
+
+
+def _table(allocations: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "STATE", "HOST", "CPUS", "MEMORY", "DISK", "IMAGE", "EXPIRES"):
+        table.add_column(column)
+    for a in allocations:
+        table.add_row(
+            a["id"],
+            a["state"],
+            a.get("host_id") or "-",
+            f"{a['cpus']:g}",
+            _size(a["memory"]),
+            _size(a["disk"]),
+            a["image"],
+            (a.get("expires_at") or "-")[:19],
+        )
+    return table
+
+
+def _show(allocation: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(allocation))
+    else:
+        out.print(_table([allocation]))
+        if allocation.get("reason"):
+            out.print(f"reason: {allocation['reason']}", highlight=False)
+
+
+@click.command()
+@click.option("--url", required=True, help="The allocator, e.g. http://127.0.0.1:8080.")
+@click.option("--token", required=True, envvar="POTLUCK_TOKEN", help="Your bearer token (from the operator).")
+@click.option("--gateway", default="127.0.0.1:2222", show_default=True, help="The SSH gateway, HOST:PORT.")
+def login(url: str, token: str, gateway: str) -> None:
+    """Remember the allocator's URL and your token (checked against the allocator first)."""
+    candidate = Login(url.rstrip("/"), token, gateway)
+    try:
+        asyncio.run(Api(candidate).call("GET", "/v1/allocations"))
+    except ClientError as exc:
+        _bail(exc)
+    path = candidate.save()
+    click.echo(f"logged in to {candidate.url}; saved in {path}")
+
+
+@click.group()
+def alloc() -> None:
+    """Ask for capacity and manage your allocations."""
+
+
+@alloc.command()
+@click.option("--cpus", type=click.FloatRange(min=0.01), required=True, help="CPU cores, e.g. 1 or 0.5.")
+@click.option("--memory", required=True, help="Memory, e.g. 512M or 4G.")
+@click.option("--disk", default="1G", show_default=True, help="Writable disk, e.g. 10G.")
+@click.option("--image", required=True, help="Container image, e.g. potluck-default:latest.")
+@click.option(
+    "--ssh-key",
+    "ssh_keys",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Public key file allowed to SSH in (repeatable).",
+)
+@click.option("--lifetime", default="1h", show_default=True, help="How long it may run, e.g. 30m, 2h, 1d.")
+@click.option("--constraint", "constraints", multiple=True, help="Host label KEY=VALUE that must match.")
+@click.option("--env", "env", multiple=True, help="Environment variable KEY=VALUE.")
+@click.option("--network/--no-network", default=False, show_default=True, help="Outbound network.")
+@click.option("--wait/--no-wait", default=False, help="Wait until it runs (with progress).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1, max=3600),
+    default=120.0,
+    show_default=True,
+    help="With --wait: give up after this many seconds (exit code 4).",
+)
+@JSON
+@click.argument("command", nargs=-1)
+def create(
+    cpus: float,
+    memory: str,
+    disk: str,
+    image: str,
+    ssh_keys: tuple[Path, ...],
+    lifetime: str,
+    constraints: tuple[str, ...],
+    env: tuple[str, ...],
+    network: bool,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Ask for a container; COMMAND (after --) is what it runs (default: sleep for its lifetime)."""
+
+    def pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
+        result = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=what)
+            result[key] = value
+        return result
+
+    body: dict[str, Any] = {
+        "cpus": cpus,
+        "memory": memory,
+        "disk": disk,
+        "image": image,
+        "lifetime": lifetime,
+        "ssh_keys": [p.read_text().strip() for p in ssh_keys],
+        "network": network,
+        "constraints": pairs(constraints, "--constraint"),
+        "env": pairs(env, "--env"),
+        "command": list(command) or ["sleep", "infinity"],
+    }
+    created = _call("POST", "/v1/allocations", body)
+    if wait and created["state"] not in ("running",):
+        created = _wait(created, timeout, as_json)
+    _show(created, as_json)
+    if wait and created["state"] != "running":
+        err.print(f"allocation {created['id']} is {created['state']}, not running", highlight=False)
+        sys.exit(int(ExitCode.REFUSED))
+
+
+def _wait(created: dict[str, Any], timeout: float, as_json: bool) -> dict[str, Any]:
+    loop_deadline = asyncio.run(_now()) + timeout
+    current: dict[str, Any] = created
+    status = err.status(f"waiting for {created['id']} to run ({created['state']})") if not as_json else None
+    if status is not None:
+        status.start()
+    try:
+        while True:
+            left = loop_deadline - asyncio.run(_now())
+            if left <= 0:
+                err.print(
+                    f"timed out after {timeout:g}s: {created['id']} is {current['state']}", highlight=False
+                )
+                sys.exit(int(ExitCode.TIMEOUT))
+            chunk = min(left, 10.0)
+            current = _call(
+                "GET", f"/v1/allocations/{created['id']}?wait=running&timeout={chunk:.1f}", timeout=chunk
+            )
+            if status is not None:
+                status.update(f"waiting for {created['id']} to run ({current['state']})")
+            if current["state"] not in ("pending", "placed"):
+                return current
+    finally:
+        if status is not None:
+            status.stop()
+
+
+async def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+@alloc.command(name="ls")
+@click.option("--state", default=None, help="Only allocations in this state.")
+@JSON
+def ls(state: str | None, as_json: bool) -> None:
+    """Your allocations."""
+    query = f"?state={state}" if state else ""
+    found = _call("GET", f"/v1/allocations{query}")["allocations"]
+    if as_json:
+        click.echo(json.dumps(found))
+    else:
+        out.print(_table(found))
+
+
+@alloc.command()
+@click.argument("alloc_id")
+@JSON
+def show(alloc_id: str, as_json: bool) -> None:
+    """One allocation with its event history."""
+    allocation = _call("GET", f"/v1/allocations/{alloc_id}")
+    history = _call("GET", f"/v1/allocations/{alloc_id}/events")["events"]
+    if as_json:
+        click.echo(json.dumps({**allocation, "events": history}))
+        return
+    _show(allocation, False)
+    table = Table(box=None, header_style="bold", title="history", title_justify="left")
+    for column in ("#", "WHEN", "EVENT"):
+        table.add_column(column)
+    for entry in history:
+        table.add_row(str(entry["version"]), entry["recorded_at"][:23], entry["type"])
+    out.print(table)
+
+
+@alloc.command()
+@click.argument("alloc_id")
+@JSON
+def rm(alloc_id: str, as_json: bool) -> None:
+    """Release an allocation: its container is stopped and removed."""
+    _show(_call("DELETE", f"/v1/allocations/{alloc_id}"), as_json)
+
+
+@alloc.command()
+@click.argument("alloc_id")
+@click.option("--by", default="1h", show_default=True, help="How much longer, e.g. 30m or 2h.")
+@JSON
+def extend(alloc_id: str, by: str, as_json: bool) -> None:
+    """Let an allocation run longer."""
+    _show(_call("POST", f"/v1/allocations/{alloc_id}/extend", {"by": by}), as_json)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("alloc_id")
+@click.option(
+    "-i",
+    "--identity",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Private key file (default: ssh's own choice).",
+)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def ssh(alloc_id: str, identity: str | None, command: tuple[str, ...]) -> None:
+    """Open a shell (or run COMMAND) in an allocation's container through the gateway."""
+    try:
+        login_data = Login.load()
+    except ClientError as exc:
+        _bail(exc)
+    host, _, port = login_data.gateway.rpartition(":")
+    from potluck.sshgateway.client import ssh_argv
+
+    argv = ssh_argv(alloc_id, host or "127.0.0.1", int(port or 2222), identity)
+    os.execvp(argv[0], [*argv, *command])

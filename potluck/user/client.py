@@ -1,0 +1,120 @@
+"""A small client of the allocator's HTTP API, with errors that say what to do.
+
+Exit codes scripts can rely on (see `ExitCode`): 0 done, 1 the API refused,
+2 wrong usage or local configuration, 3 the allocator cannot be reached,
+4 a wait timed out before the allocation got where it was asked to go.
+"""
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    REFUSED = 1
+    USAGE = 2
+    UNREACHABLE = 3
+    TIMEOUT = 4
+
+
+class ClientError(Exception):
+    def __init__(self, message: str, code: ExitCode, *, api_code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.api_code = api_code
+
+
+def config_path() -> Path:
+    explicit = os.environ.get("POTLUCK_CONFIG")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "potluck" / "client.toml"
+
+
+@dataclass(frozen=True)
+class Login:
+    url: str
+    token: str
+    gateway: str = "127.0.0.1:2222"
+
+    def save(self, path: Path | None = None) -> Path:
+        path = path or config_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+        path.chmod(0o600)
+        path.write_text(
+            f"url = {json.dumps(self.url)}\ntoken = {json.dumps(self.token)}\n"
+            f"gateway = {json.dumps(self.gateway)}\n"
+        )
+        return path
+
+    @classmethod
+    def load(cls) -> "Login":
+        url = os.environ.get("POTLUCK_URL")
+        token = os.environ.get("POTLUCK_TOKEN")
+        gateway = os.environ.get("POTLUCK_GATEWAY")
+        path = config_path()
+        if path.exists():
+            try:
+                saved = tomllib.loads(path.read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise ClientError(
+                    f"{path} is not valid TOML ({exc}); run `potluck login` again", ExitCode.USAGE
+                ) from None
+            url = url or saved.get("url")
+            token = token or saved.get("token")
+            gateway = gateway or saved.get("gateway")
+        if not url or not token:
+            raise ClientError(
+                "not logged in: run `potluck login --url URL --token TOKEN` "
+                "(or set POTLUCK_URL and POTLUCK_TOKEN)",
+                ExitCode.USAGE,
+            )
+        return cls(str(url).rstrip("/"), str(token), str(gateway or "127.0.0.1:2222"))
+
+
+class Api:
+    def __init__(self, login: Login, timeout: float = 30.0) -> None:
+        self.login = login
+        self.timeout = timeout
+
+    async def call(self, method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
+        url = self.login.url + path
+        headers = {"Authorization": f"Bearer {self.login.token}"}
+        client_timeout = aiohttp.ClientTimeout(total=(timeout or self.timeout) + 5)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=client_timeout) as http,
+                http.request(method, url, json=body, headers=headers) as response,
+            ):
+                try:
+                    answer = await response.json(content_type=None)
+                except json.JSONDecodeError:
+                    answer = None
+                if response.status >= 400:
+                    error = (answer or {}).get("error") if isinstance(answer, dict) else None
+                    if error is None:
+                        raise ClientError(f"{method} {url} answered {response.status}", ExitCode.REFUSED)
+                    where = f" ({error['field']})" if error.get("field") else ""
+                    code = ExitCode.USAGE if response.status == 401 else ExitCode.REFUSED
+                    hint = "; run `potluck login` with a valid token" if response.status == 401 else ""
+                    raise ClientError(f"{error['message']}{where}{hint}", code, api_code=error.get("code"))
+                return answer
+        except aiohttp.ClientConnectionError as exc:
+            raise ClientError(
+                f"cannot reach the allocator at {self.login.url} ({exc}); is the pool up? "
+                "(`potluck up`, or check the URL given to `potluck login`)",
+                ExitCode.UNREACHABLE,
+            ) from None
+        except TimeoutError:
+            raise ClientError(
+                f"the allocator at {self.login.url} did not answer in time", ExitCode.UNREACHABLE
+            ) from None
