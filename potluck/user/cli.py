@@ -18,7 +18,8 @@ from rich.table import Table
 from potluck.user.client import Api, ClientError, ExitCode, Login
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
-out = Console()
+# Piped output is not cut at 80 columns: ids must stay whole for scripts that grep them.
+out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 
