@@ -10,12 +10,15 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from potluck import __version__
 from potluck.logs import configure_logging
+
+if TYPE_CHECKING:
+    from potluck.events import EventStore
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,6 +61,17 @@ def relay_option(f: F) -> F:
 
 def run(coro: Awaitable[T]) -> T:
     return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def with_store(database_url: str, work: Callable[["EventStore"], Awaitable[T]]) -> T:
+    """Runs an operator command's `work` on the event store, closing it afterwards."""
+    from potluck.events import EventStore
+
+    store = await EventStore.open(database_url, max_size=2)
+    try:
+        return await work(store)
+    finally:
+        await store.close()
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -347,20 +361,16 @@ def ops_hosts_enroll(
     )
     from potluck.rejections import Rejected
 
-    async def go() -> str:
-        store = await EventStore.open(database_url, max_size=2)
-        try:
-            host_id, key = await enroll_host(store, name)
-            write_credentials(credentials_out or Path(f"{name}.creds"), host_id, key)
-            if nats_auth_file is not None:
-                seeds = [read_seed(service_seed_file)] if service_seed_file else []
-                await refresh_nats_authorization(store, nats_auth_file, seeds, nats_pid_file)
-            return host_id
-        finally:
-            await store.close()
+    async def go(store: EventStore) -> str:
+        host_id, key = await enroll_host(store, name)
+        write_credentials(credentials_out or Path(f"{name}.creds"), host_id, key)
+        if nats_auth_file is not None:
+            seeds = [read_seed(service_seed_file)] if service_seed_file else []
+            await refresh_nats_authorization(store, nats_auth_file, seeds, nats_pid_file)
+        return host_id
 
     try:
-        host_id = run(go())
+        host_id = run(with_store(database_url, go))
     except Rejected as exc:
         fail(exc.message)
     click.echo(
@@ -395,21 +405,17 @@ def ops_hosts_control(host_id: str, action: str, database_url: str, grace: float
 
     command = ControlHost.model_validate({"action": action, "grace_s": grace})
 
-    async def go() -> list[str]:
-        store = await EventStore.open(database_url, max_size=2)
-        try:
-            outcome = await decide_and_append(
-                store,
-                host_id,
-                lambda s: aggregate.control(s, host_id, command, "operator"),
-                {"actor": "operator"},
-            )
-            return [type(e).type_name for e in outcome.events]
-        finally:
-            await store.close()
+    async def go(store: EventStore) -> list[str]:
+        outcome = await decide_and_append(
+            store,
+            host_id,
+            lambda s: aggregate.control(s, host_id, command, "operator"),
+            {"actor": "operator"},
+        )
+        return [type(e).type_name for e in outcome.events]
 
     try:
-        recorded = run(go())
+        recorded = run(with_store(database_url, go))
     except Rejected as exc:
         fail(exc.message)
     click.echo(json.dumps({"host_id": host_id, "action": action, "recorded": recorded}))
@@ -422,12 +428,8 @@ def ops_hosts_list(database_url: str) -> None:
     from potluck.events import EventStore
     from potluck.registry.enrollment import current_hosts
 
-    async def go() -> list[dict[str, Any]]:
-        store = await EventStore.open(database_url, max_size=2)
-        try:
-            view = await current_hosts(store)
-        finally:
-            await store.close()
+    async def go(store: EventStore) -> list[dict[str, Any]]:
+        view = await current_hosts(store)
         return [
             {
                 "host_id": h.host_id,
@@ -441,7 +443,7 @@ def ops_hosts_list(database_url: str) -> None:
             for h in view.hosts.values()
         ]
 
-    for row in run(go()):
+    for row in run(with_store(database_url, go)):
         click.echo(json.dumps(row))
 
 
@@ -481,23 +483,19 @@ def ops_users_add(name: str, database_url: str, cpus: float, memory: str, alloca
     except ValueError as exc:
         fail(str(exc), 2)
 
-    async def go() -> str:
-        store = await EventStore.open(database_url, max_size=2)
-        try:
-            view = UsersView()
-            records = await store.read_stream(user_stream(name))
-            for record in records:
-                view.apply(registry.decode_record(record))
-            events, token = add_user(view.users.get(name), name, quota)
-            await store.append(
-                user_stream(name), events, expected_version=len(records), metadata={"actor": "operator"}
-            )
-            return token
-        finally:
-            await store.close()
+    async def go(store: EventStore) -> str:
+        view = UsersView()
+        records = await store.read_stream(user_stream(name))
+        for record in records:
+            view.apply(registry.decode_record(record))
+        events, token = add_user(view.users.get(name), name, quota)
+        await store.append(
+            user_stream(name), events, expected_version=len(records), metadata={"actor": "operator"}
+        )
+        return token
 
     try:
-        token = run(go())
+        token = run(with_store(database_url, go))
     except Rejected as exc:
         fail(exc.message, 1 if exc.status != 400 else 2)
     click.echo(json.dumps({"user": name, "token": token}))

@@ -63,6 +63,6 @@ def add_user(existing: User | None, name: str, quota: Quota) -> tuple[list[Event
             status=400,
         )
     if existing is not None:
-        raise Rejected("USER_EXISTS", f"user {name} exists; rotate their token instead")
+        raise Rejected("USER_EXISTS", f"user {name} exists already; pick another name")
     token = new_token()
     return [UserAdded(user=name, token_sha256=token_hash(token), quota=quota)], token
