@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.tracing",
     "tests.fixtures.docker",
     "tests.fixtures.pool",
+    "tests.fixtures.ssh",
 ]

@@ -30,7 +30,10 @@ from potluck.events.subscriber import decoder_for_logged_events
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.containers import ContainerManager
 from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
+from potluck.hostd.exec_bridge import ExecBridge
+from potluck.hostd.gateway_link import keep_linked
 from potluck.hostd.reports import REPORT_PREFIX, Report, report_subject
+from potluck.hostd.ssh_identity import host_key_path, ssh_host_key
 from potluck.registry.events import (
     EngineFacts,
     HostDeregistered,
@@ -41,6 +44,7 @@ from potluck.registry.events import (
 from potluck.registry.messages import HEARTBEAT, REGISTER, Heartbeat, RegisterHost, Reply
 from potluck.registry.nats_auth import host_consumer, host_event_filter, inbox_prefix
 from potluck.rejections import Rejected
+from potluck.telemetry import TracedQueue, publish_span
 
 log = structlog.get_logger(__name__)
 
@@ -57,13 +61,14 @@ class Agent:
         self.config = config
         self.host_id = config.host_id
         self.driver = DockerDriver(config.docker_url)
-        self.outbox: asyncio.Queue[Report] = asyncio.Queue()
+        self.outbox: TracedQueue[Report] = TracedQueue()
         self.containers = ContainerManager(config, self.driver, self.outbox.put_nowait)
         self.positions = MemoryPositions()
         self.nc: NATS | None = None
         self.admin = "active"
         self._resync = asyncio.Event()
         self.ready = asyncio.Event()
+        self.ssh_host_key = ssh_host_key(config.state_dir, config.host_id)
 
     async def run(self) -> None:
         facts = await self._engine_facts()
@@ -98,6 +103,12 @@ class Agent:
                 self.containers.watch_engine(),
                 self.containers.guard_disk(),
                 self.containers.sample_usage(),
+                keep_linked(
+                    self.host_id,
+                    host_key_path(self.config.state_dir),
+                    self.config.gateways,
+                    ExecBridge(self.config.docker_url, self.host_id, state_dir=self.config.state_dir),
+                ),
             )
         finally:
             with contextlib.suppress(Exception):
@@ -139,6 +150,7 @@ class Agent:
             allowed_images=self.config.allowed_images,
             engine=facts,
             hostd_version=__version__,
+            ssh_host_key=self.ssh_host_key,
         )
         backoff = 0.5
         while True:
@@ -228,21 +240,25 @@ class Agent:
         assert self.nc is not None
         js = self.nc.jetstream()
         while True:
-            report = await self.outbox.get()
-            backoff = 0.2
-            while True:
-                try:
-                    await js.publish(
-                        report_subject(self.host_id, report),
-                        report.model_dump_json().encode(),
-                        headers={"Nats-Msg-Id": report.report_id},
-                        timeout=5,
-                    )
-                    break
-                except _PEER_AWAY as exc:
-                    log.warning("hostd.report_retry", kind=report.kind, error=repr(exc))
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+            report, context = await self.outbox.get()
+            subject = report_subject(self.host_id, report)
+            with publish_span(
+                subject, parent=context, attributes={"potluck.report": report.kind}
+            ) as trace_headers:
+                backoff = 0.2
+                while True:
+                    try:
+                        await js.publish(
+                            subject,
+                            report.model_dump_json().encode(),
+                            headers={"Nats-Msg-Id": report.report_id, **trace_headers},
+                            timeout=5,
+                        )
+                        break
+                    except _PEER_AWAY as exc:
+                        log.warning("hostd.report_retry", kind=report.kind, error=repr(exc))
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 5.0)
 
     async def _beat(self) -> None:
         assert self.nc is not None

@@ -21,6 +21,10 @@
     usage_interval_s = 30
     disk_check_interval_s = 10  # how often writable layers are measured (no engine quota)
 
+    [[gateways]]        # SSH gateways this machine keeps connected to (outbound; no port opens)
+    address = "gateway.example:2223"
+    client_key = "ssh-ed25519 AAAA... potluck-sshgateway"   # `potluck sshgateway --print-client-key`
+
 Relative paths are taken from the configuration file's folder.
 """
 
@@ -31,6 +35,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from potluck.hostd.gateway_link import GatewayLink
 from potluck.registry.events import Capacity
 from potluck.registry.nats_auth import validate_host_id
 from potluck.sizes import Size
@@ -72,6 +77,7 @@ class HostdConfig(BaseModel):
     donate: Donation
     labels: dict[str, str] = Field(default_factory=dict)
     timing: Timing = Field(default_factory=Timing)
+    gateways: list[GatewayLink] = Field(default_factory=list)
 
     @field_validator("host_id")
     @classmethod

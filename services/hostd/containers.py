@@ -37,6 +37,7 @@ from potluck.hostd.reports import (
     UsageSample,
     UsageSampled,
 )
+from potluck.telemetry import docker_span
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -143,7 +144,9 @@ class ContainerManager:
     async def _start(self, spec: ContainerSpec) -> None:
         alloc_id = spec.allocation_id
         try:
-            container_id = await self._docker(self.driver.run, spec)
+            with docker_span("create+start", alloc_id=alloc_id, image=spec.image) as span:
+                container_id = await self._docker(self.driver.run, spec)
+                span.set_attribute("container.id", container_id)
         except EngineUnavailable:
             return  # stays desired; started when the engine answers again
         except ImageNotAvailable as exc:

@@ -5,11 +5,11 @@ Every event names its host in `host_id`, which also ends its bus subject
 host's events and no other's.
 """
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from potluck.events import Event, event_type
+from potluck.events import Event, event_type, registry
 
 Actor = Literal["member", "operator", "registry"]
 
@@ -70,11 +70,15 @@ class HostEnrolled(HostEvent):
 
 @event_type
 class HostRegistered(HostEvent):
+    schema_version: ClassVar[int] = 2
+
     donated: Capacity
     labels: dict[str, str] = Field(default_factory=dict)
     allowed_images: list[str] = Field(default_factory=list)
     engine: EngineFacts
     hostd_version: str
+    #: hostd's SSH host key (OpenSSH public key line); gateways map reverse connections by it.
+    ssh_host_key: str = ""
 
 
 @event_type
@@ -115,6 +119,12 @@ class HostDrainStarted(HostEvent):
 @event_type
 class HostDeregistered(HostEvent):
     by: Actor
+
+
+@registry.upcaster("HostRegistered", 1)
+def _host_registered_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 had no SSH host key."""
+    return {**data, "ssh_host_key": ""}
 
 
 def host_stream(host_id: str) -> str:

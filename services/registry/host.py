@@ -48,6 +48,7 @@ def register(state: HostState | None, host_id: str, req: RegisterHost) -> list[E
         allowed_images=req.allowed_images,
         engine=req.engine,
         hostd_version=req.hostd_version,
+        ssh_host_key=req.ssh_host_key,
     )
     unchanged = (
         current.registered
@@ -56,6 +57,7 @@ def register(state: HostState | None, host_id: str, req: RegisterHost) -> list[E
         and list(current.allowed_images) == req.allowed_images
         and current.engine == req.engine
         and current.hostd_version == req.hostd_version
+        and current.ssh_host_key == req.ssh_host_key
     )
     if unchanged:
         return (

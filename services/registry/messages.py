@@ -38,6 +38,7 @@ class RegisterHost(Message):
     allowed_images: list[str] = Field(default_factory=list)
     engine: EngineFacts
     hostd_version: str
+    ssh_host_key: str = ""
 
 
 class ControlHost(Message):

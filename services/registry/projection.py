@@ -41,6 +41,7 @@ class HostState:
     allowed_images: tuple[str, ...] = ()
     engine: EngineFacts | None = None
     hostd_version: str = ""
+    ssh_host_key: str = ""
     admin: AdminState = "active"
     liveness: Liveness | None = None
     drain_grace_s: float = 0.0
@@ -82,6 +83,7 @@ def evolve(state: HostState | None, event: Event, version: int, at: datetime) ->
                 allowed_images=tuple(event.allowed_images),
                 engine=event.engine,
                 hostd_version=event.hostd_version,
+                ssh_host_key=event.ssh_host_key,
                 admin="active" if state.admin == "deregistered" else state.admin,
                 liveness="online",
             )

@@ -1,0 +1,550 @@
+"""hostd's outbound connections to the SSH gateways, and the sessions they carry.
+
+A laptop opens no port: hostd dials every gateway in its config and runs an
+SSH *server* on each outbound TCP connection (`asyncssh.connect_reverse`);
+the gateway, which listens with `asyncssh.listen_reverse`, is the SSH client
+on it. Both ends authenticate: the gateway checks the host key hostd presents
+against the one logged when this host registered (ssh_identity.py), and hostd
+accepts only the gateway client key its member pinned in the config.
+
+One session per connection. hostd keeps `spares` idle, authenticated
+connections ready at each gateway; the gateway takes one for each user
+session and never puts a second session on it, and hostd dials a new spare
+as soon as one is taken. Every session thus has its own TCP connection and
+its own flow control, so a bulk transfer cannot queue ahead of another
+session's keystrokes (a shared connection was measured raising an
+interactive session's echo round trip from 1.7 ms to 16 ms p50 under a bulk
+transfer; see bench/README.md for this design's figures), and the handshake
+is paid before the user asks, not while they wait. A connection that drops
+is dialled again with exponential backoff (with jitter), forever: a laptop
+that wakes up or changes Wi-Fi is back within a backoff step, without
+anything restarted; keepalives notice a silently dead connection.
+
+Each session is bridged to `docker exec` in the allocation's container
+(exec_bridge.py): the gateway sends the allocation id in the session's
+`POTLUCK_ALLOC` variable, hostd checks the container's labels say it belongs
+to that allocation and to this host, and runs the command (or a login shell,
+or an sftp-server the image has) as the container's default user, with a TTY
+when the session asked for a PTY. Data is passed in both directions with flow
+control at each end (SSH windows, the engine socket's buffer); window changes
+resize the exec's TTY; signals reach its process; when the channel closes
+before the process ended, the process and its descendants are ended (HUP,
+then KILL).
+
+The hostd config's part (one entry per gateway):
+
+    [[gateways]]
+    address = "gateway.example:2223"
+    client_key = "ssh-ed25519 AAAA... potluck-sshgateway"
+"""
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import structlog
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from potluck.hostd.exec_bridge import ExecBridge, ExecError, ExecProcess, ExecRefused, exec_env
+from potluck.hostd.ssh_identity import load_or_create_key
+
+__all__ = ["GatewayLink", "HostSession", "LinkTiming", "command_argv", "keep_linked"]
+
+log = structlog.get_logger(__name__)
+
+#: Offered on the hop to the gateway, best first (aes128-gcm is the fastest with AES-NI).
+LINK_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com")
+
+_LOGIN_SHELL = 'cd "$HOME" 2>/dev/null; if command -v bash >/dev/null 2>&1; then exec bash -l; fi; exec sh -l'
+_SFTP_SERVER = (
+    "for p in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server /usr/libexec/sftp-server "
+    '/usr/lib/ssh/sftp-server /usr/lib/sftp-server; do [ -x "$p" ] && exec "$p"; done; '
+    'echo "potluck: this container has no sftp-server: install one in the image (openssh-sftp-server), '
+    'or use scp -O, rsync or tar over ssh" >&2; exit 127'
+)
+
+
+def _parse_address(value: str) -> tuple[str, int]:
+    host, sep, port = value.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT, e.g. gateway.example:2223")
+    return host, int(port)
+
+
+class GatewayLink(BaseModel):
+    """One gateway this host keeps connected to: where it listens for hosts, and its pinned key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str
+    client_key: str
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        _parse_address(value)
+        return value.strip()
+
+    @field_validator("client_key")
+    @classmethod
+    def _client_key(cls, value: str) -> str:
+        try:
+            asyncssh.import_public_key(value.strip())
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            raise ValueError(f"not an OpenSSH public key line ({exc})") from None
+        return value.strip()
+
+    @property
+    def host(self) -> str:
+        return _parse_address(self.address)[0]
+
+    @property
+    def port(self) -> int:
+        return _parse_address(self.address)[1]
+
+    def key_blob(self) -> bytes:
+        return bytes(asyncssh.import_public_key(self.client_key).public_data)
+
+
+@dataclass(frozen=True)
+class LinkTiming:
+    #: Idle connections kept ready at each gateway.
+    spares: int = 2
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    keepalive_interval_s: float = 15.0
+    keepalive_count_max: int = 3
+    connect_timeout_s: float = 15.0
+    #: A used connection still open this long after its session ended is closed by hostd.
+    linger_s: float = 5.0
+    #: SSH channel window (bytes in flight) of each session on the hop to the gateway.
+    window: int = 2 * 1024 * 1024
+
+
+#: Bytes one read from a socket may take (asyncio's default is 256 KiB). See `limit_reads`.
+READ_CHUNK = 64 * 1024
+
+
+def limit_reads(transport: object) -> None:
+    """Cap how much one read of `transport` takes (a transport, or an asyncssh connection's).
+
+    One event-loop turn handles every ready socket, and asyncssh decrypts (and the
+    gateway re-encrypts) all of a read at once; with 256 KiB reads a bulk transfer
+    holds the loop for milliseconds, and every other session's keystrokes wait that
+    long at each hop. Smaller reads keep turns short; asyncssh also copies its input
+    buffer once per packet, so they cost no throughput.
+    """
+    target = getattr(transport, "_transport", transport)
+    if hasattr(target, "max_size"):
+        target.max_size = READ_CHUNK
+
+
+def command_argv(command: str | None, subsystem: str | None) -> list[str]:
+    """What runs in the container: the command through /bin/sh -c, a login shell, or an sftp-server."""
+    if subsystem == "sftp":
+        return ["/bin/sh", "-c", _SFTP_SERVER]
+    if command is not None:
+        return ["/bin/sh", "-c", command]
+    return ["/bin/sh", "-c", _LOGIN_SHELL]
+
+
+class HostSession(asyncssh.SSHServerSession[bytes]):
+    """One session from the gateway, bridged to a docker exec in the allocation's container."""
+
+    def __init__(
+        self, bridge: ExecBridge, tasks: set["asyncio.Task[Any]"], on_closed: Callable[[], None]
+    ) -> None:
+        self._bridge = bridge
+        self._tasks = tasks
+        self._on_closed = on_closed
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self._term_type: str | None = None
+        self._size = (0, 0)
+        self._command: str | None = None
+        self._subsystem: str | None = None
+        self._process: ExecProcess | None = None
+        self._pending: list[bytes] = []
+        self._eof = False
+        self._lost = False
+        self._finishing = False
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # The SSH side.
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self._chan = chan
+
+    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any) -> bool:
+        self._term_type = term_type or "xterm"
+        self._size = (term_size[0], term_size[1])
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        self._command = command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        if subsystem != "sftp":
+            return False
+        self._subsystem = subsystem
+        return True
+
+    def session_started(self) -> None:
+        self._spawn(self._start())
+
+    async def _start(self) -> None:
+        chan = self._chan
+        assert chan is not None
+        env = dict(chan.get_environment())
+        alloc_id = env.get("POTLUCK_ALLOC", "")
+        session_id = env.get("POTLUCK_SESSION", "")
+        tty = self._term_type is not None
+        try:
+            process = await self._bridge.open(
+                alloc_id,
+                command_argv(self._command, self._subsystem),
+                tty=tty,
+                env=exec_env(alloc_id, session_id, self._term_type, env),
+                size=self._size,
+            )
+        except ExecRefused as exc:
+            log.info("link.session_refused", alloc_id=alloc_id, session_id=session_id, reason=str(exc))
+            self._fail(str(exc))
+            return
+        except ExecError as exc:
+            log.error("link.session_failed", alloc_id=alloc_id, session_id=session_id, error=str(exc))
+            self._fail("the session could not be started in the container (hostd's log says why)")
+            return
+        log.info(
+            "link.session_started",
+            alloc_id=alloc_id,
+            session_id=session_id,
+            exec_id=process.exec_id[:12],
+            tty=tty,
+        )
+        self._process = process
+        if self._lost:
+            await process.terminate()
+            return
+        process.attach(self)
+        for data in self._pending:
+            process.write(data)
+        self._pending.clear()
+        if self._eof:
+            process.write_eof()
+        chan.resume_reading()
+
+    def _fail(self, message: str) -> None:
+        chan = self._chan
+        if chan is None or chan.is_closing():
+            return
+        with contextlib.suppress(OSError):
+            chan.write(f"potluck: {message}\r\n".encode(), asyncssh.EXTENDED_DATA_STDERR)
+            chan.exit(255)
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self._process is not None:
+            self._process.write(data)
+        elif self._chan is not None:
+            # Input before the exec runs: keep it, and let the SSH window hold back the rest.
+            self._pending.append(data)
+            self._chan.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._process is not None:
+            self._process.write_eof()
+        return True  # keep our side open for the process's output
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        self._size = (width, height)
+        if self._process is not None:
+            self._spawn(self._resize(self._process, width, height))
+
+    async def _resize(self, process: ExecProcess, width: int, height: int) -> None:
+        with contextlib.suppress(ExecError):
+            await process.resize(width, height)
+
+    def signal_received(self, signal: str) -> None:
+        if self._process is not None:
+            self._spawn(self._signal(self._process, signal))
+
+    async def _signal(self, process: ExecProcess, name: str) -> None:
+        with contextlib.suppress(ExecError):
+            if not await process.signal(name):
+                log.info("link.signal_not_delivered", signal=name, exec_id=process.exec_id[:12])
+
+    def break_received(self, msec: int) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        # The gateway is not taking output as fast as the process makes it.
+        if self._process is not None:
+            self._process.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._process is not None:
+            self._process.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        process = self._process
+        if process is not None and not process.finished:
+            self._spawn(process.terminate())
+        self._on_closed()
+
+    # The exec side (ExecSink).
+
+    def exec_data(self, data: bytes, stderr: bool) -> None:
+        chan = self._chan
+        if chan is not None and not chan.is_closing():
+            chan.write(data, asyncssh.EXTENDED_DATA_STDERR if stderr else None)
+
+    def exec_eof(self) -> None:
+        if not self._finishing:
+            self._finishing = True
+            self._spawn(self._finish())
+
+    async def _finish(self) -> None:
+        process = self._process
+        chan = self._chan
+        assert process is not None
+        assert chan is not None
+        try:
+            status = await process.wait_exit()
+        except ExecError as exc:
+            log.warning("link.exit_code_unknown", exec_id=process.exec_id[:12], error=str(exc))
+            status = None
+        if status is None:
+            # The stream ended but the engine says the process runs on: end it.
+            await process.terminate()
+            self._fail("the container's engine did not report how the command ended")
+            return
+        if not chan.is_closing():
+            chan.exit(status)
+
+    def exec_pause(self) -> None:
+        if self._chan is not None:
+            self._chan.pause_reading()
+
+    def exec_resume(self) -> None:
+        if self._chan is not None:
+            self._chan.resume_reading()
+
+
+class _Link:
+    """One outbound connection to a gateway; it carries at most one session."""
+
+    def __init__(
+        self, gateway: GatewayLink, bridge: ExecBridge, tasks: set["asyncio.Task[Any]"], linger_s: float
+    ):
+        self.gateway = gateway
+        self.bridge = bridge
+        self.tasks = tasks
+        self.linger_s = linger_s
+        self.gateway_key = gateway.key_blob()
+        self.used = asyncio.Event()
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.session: HostSession | None = None
+
+    def server(self) -> "_LinkServer":
+        return _LinkServer(self)
+
+    def open_session(self) -> HostSession | bool:
+        if self.session is not None:
+            log.warning("link.second_session_refused", gateway=self.gateway.address)
+            return False
+        self.session = HostSession(self.bridge, self.tasks, self._session_closed)
+        self.used.set()
+        return self.session
+
+    def _session_closed(self) -> None:
+        conn = self.conn
+        if conn is not None:
+            asyncio.get_running_loop().call_later(self.linger_s, conn.close)
+
+
+class _LinkServer(asyncssh.SSHServer):
+    def __init__(self, link: _Link) -> None:
+        self._link = link
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._link.conn = conn
+        limit_reads(conn)
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        accepted = bytes(key.public_data) == self._link.gateway_key
+        if not accepted:
+            log.warning(
+                "link.gateway_key_refused",
+                gateway=self._link.gateway.address,
+                fingerprint=key.get_fingerprint(),
+                hint="the gateway presented a key other than the client_key pinned in hostd's config",
+            )
+        return accepted
+
+    def session_requested(self) -> HostSession | bool:
+        return self._link.open_session()
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
+        return False
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        return False
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        return False
+
+
+async def _dial(link: _Link, host_key: asyncssh.SSHKey, timing: LinkTiming) -> asyncssh.SSHServerConnection:
+    return await asyncssh.connect_reverse(
+        link.gateway.host,
+        link.gateway.port,
+        server_factory=link.server,
+        server_host_keys=[host_key],
+        authorized_client_keys=None,
+        public_key_auth=True,
+        password_auth=False,
+        kbdint_auth=False,
+        gss_auth=False,
+        gss_kex=False,
+        host_based_auth=False,
+        allow_pty=True,
+        line_editor=False,
+        x11_forwarding=False,
+        agent_forwarding=False,
+        sftp_factory=None,
+        allow_scp=False,
+        encoding=None,
+        window=timing.window,
+        compression_algs=None,
+        encryption_algs=list(LINK_CIPHERS),
+        keepalive_interval=timing.keepalive_interval_s,
+        keepalive_count_max=timing.keepalive_count_max,
+        login_timeout=timing.connect_timeout_s,
+        connect_timeout=timing.connect_timeout_s,
+    )
+
+
+async def _keep_spare(
+    gateway: GatewayLink,
+    slot: int,
+    host_key: asyncssh.SSHKey,
+    bridge: ExecBridge,
+    timing: LinkTiming,
+    tasks: set["asyncio.Task[Any]"],
+    conns: set[asyncssh.SSHServerConnection],
+) -> None:
+    backoff = timing.initial_backoff_s
+    failures = 0
+    while True:
+        link = _Link(gateway, bridge, tasks, timing.linger_s)
+        try:
+            conn = await _dial(link, host_key, timing)
+        except (TimeoutError, OSError, asyncssh.Error) as exc:
+            failures += 1
+            wait = backoff * random.uniform(0.5, 1.0)
+            (log.warning if failures in (1, 5) or failures % 50 == 0 else log.debug)(
+                "link.dial_failed",
+                gateway=gateway.address,
+                slot=slot,
+                error=f"{type(exc).__name__}: {exc}",
+                retry_in=round(wait, 2),
+                failures=failures,
+                hint="gateway down or unreachable, or it does not know this host's key yet "
+                "(registration pending)",
+            )
+            await asyncio.sleep(wait)
+            backoff = min(backoff * 2, timing.max_backoff_s)
+            continue
+        if failures:
+            log.info("link.connected", gateway=gateway.address, slot=slot, after_failures=failures)
+        else:
+            log.debug("link.connected", gateway=gateway.address, slot=slot)
+        failures = 0
+        conns.add(conn)
+        started = time.monotonic()
+        closed = asyncio.ensure_future(conn.wait_closed())
+        used = asyncio.ensure_future(link.used.wait())
+        try:
+            await asyncio.wait({closed, used}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            used.cancel()
+        if link.used.is_set():
+            # The gateway took this one for a session: it lives on until the session ends.
+            closed.add_done_callback(lambda _, c=conn: conns.discard(c))  # type: ignore[misc]
+            backoff = timing.initial_backoff_s
+            continue
+        conns.discard(conn)
+        # Closed while idle: the gateway went away, or the network did.
+        if time.monotonic() - started > 10 * timing.initial_backoff_s:
+            backoff = timing.initial_backoff_s
+        wait = backoff * random.uniform(0.5, 1.0)
+        log.info("link.dropped", gateway=gateway.address, slot=slot, retry_in=round(wait, 2))
+        await asyncio.sleep(wait)
+        backoff = min(backoff * 2, timing.max_backoff_s)
+
+
+async def keep_linked(
+    host_id: str,
+    key_path: Path,
+    gateways: Sequence[GatewayLink],
+    bridge: ExecBridge,
+    *,
+    timing: LinkTiming | None = None,
+) -> None:
+    """Keep `timing.spares` idle connections at every gateway, forever; serve sessions on them.
+
+    `key_path` is hostd's SSH host key (made if missing; ssh_identity.host_key_path(state_dir)).
+    Cancel to stop: every connection is closed, and the processes of sessions
+    still running are ended.
+    """
+    timing = timing or LinkTiming()
+    host_key = load_or_create_key(key_path, comment=f"potluck-hostd-{host_id}")
+    with contextlib.suppress(ExecError, OSError):
+        await bridge.reap_orphans()
+    if not gateways:
+        log.info("link.no_gateways", hint="add [[gateways]] to hostd's config to reach sessions")
+        await asyncio.Event().wait()
+    tasks: set[asyncio.Task[Any]] = set()
+    conns: set[asyncssh.SSHServerConnection] = set()
+    spares = [
+        asyncio.ensure_future(_keep_spare(gateway, slot, host_key, bridge, timing, tasks, conns))
+        for gateway in gateways
+        for slot in range(timing.spares)
+    ]
+    try:
+        await asyncio.gather(*spares)
+    finally:
+        for task in spares:
+            task.cancel()
+        await asyncio.gather(*spares, return_exceptions=True)
+        for conn in list(conns):
+            conn.close()
+        # Closing the connections ends their sessions, whose processes are being terminated.
+        await asyncio.sleep(0)
+        if tasks:
+            await asyncio.wait(list(tasks), timeout=bridge.kill_grace_s + 5)

@@ -1,0 +1,82 @@
+"""Session audit: who reached which allocation, from where, when, how much, how it ended.
+
+One stream per session, `session-<session_id>`: `SessionStarted` is appended
+before any byte reaches the container (if the log cannot take it, the session
+is refused: no unrecorded sessions), `SessionEnded` when the session is over,
+with the byte counts and the exit status. A session refused after
+authentication (allocation not running, host not connected) gets both events,
+with the reason in `SessionEnded.reason`. Failed authentications are not
+events (they would let strangers fill the log); they are logged and rate
+limited (ratelimit.py).
+
+`reason` codes are stable UPPER_SNAKE strings:
+
+    EXITED                  the command or shell ended; exit_status or exit_signal says how
+    CLIENT_DISCONNECTED     the user's side closed before the command ended (it was ended)
+    HOST_DISCONNECTED       the connection to the host dropped (laptop asleep, offline, hostd stopped)
+    HOST_NOT_CONNECTED      no connection from the host reached this gateway in time
+    ALLOCATION_NOT_RUNNING  the allocation was not running when the session opened
+    ALLOCATION_ENDED        the allocation stopped running (released, expired, lost) during the session
+    UPSTREAM_FAILED         the host refused or failed to start the session (detail says why)
+    GATEWAY_STOPPING        the gateway shut down
+"""
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from potluck.events import Event, event_type
+
+SessionKind = Literal["shell", "exec", "subsystem"]
+EndReason = Literal[
+    "EXITED",
+    "CLIENT_DISCONNECTED",
+    "HOST_DISCONNECTED",
+    "HOST_NOT_CONNECTED",
+    "ALLOCATION_NOT_RUNNING",
+    "ALLOCATION_ENDED",
+    "UPSTREAM_FAILED",
+    "GATEWAY_STOPPING",
+]
+
+#: Commands are recorded up to this many characters.
+MAX_COMMAND = 512
+
+
+class SessionEvent(Event):
+    session_id: str
+    alloc_id: str
+
+
+@event_type
+class SessionStarted(SessionEvent):
+    """A user authenticated with a key registered on the allocation and opened a session."""
+
+    user: str
+    host_id: str | None
+    key_fingerprint: str
+    source_address: str
+    source_port: int
+    gateway: str
+    kind: SessionKind
+    command: str | None = Field(default=None, max_length=MAX_COMMAND)
+    pty: bool = False
+    term_type: str | None = None
+    started_at: datetime
+
+
+@event_type
+class SessionEnded(SessionEvent):
+    reason: EndReason
+    detail: str = ""
+    exit_status: int | None = None
+    exit_signal: str | None = None
+    bytes_in: int = Field(default=0, ge=0)
+    bytes_out: int = Field(default=0, ge=0)
+    started_at: datetime
+    ended_at: datetime
+
+
+def session_stream(session_id: str) -> str:
+    return f"session-{session_id}"

@@ -1,0 +1,102 @@
+"""The gateway's read model, folded from the log alone: allocations, and hosts' SSH keys.
+
+Allocations fold exactly as the allocator's (`AllocationsView`, reused). For
+hosts the gateway needs only one thing the registry's `HostState` does not
+keep: the public SSH host key each hostd sent when it registered
+(`HostRegistered.ssh_host_key`), which is how a reverse connection from a
+laptop is mapped to its host id. A key belongs to the first registered host
+that presented it; another host registering the same key is ignored until the
+first one deregisters (so a member who copies a state directory to a second
+machine cannot take over the first one's sessions). A deregistered host's key
+is forgotten; a lost host keeps its key, since it may come back.
+
+Keys are compared by their wire blob (`key_blob`): the algorithm name is part
+of it, comments and spacing are not.
+"""
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from potluck.allocator.events import AllocationEvent
+from potluck.allocator.projection import AllocationState, AllocationsView
+from potluck.events import Event
+from potluck.registry.events import HostDeregistered, HostRegistered
+
+__all__ = ["GatewayView", "HostKeyConflict", "key_blob"]
+
+
+def key_blob(line: str) -> bytes | None:
+    """The wire blob of an OpenSSH public key line (`ssh-ed25519 AAAA... comment`), or None."""
+    parts = line.strip().split()
+    if len(parts) < 2:
+        return None
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    # The blob starts with the algorithm name as an SSH string; it must match the line's.
+    if len(blob) < 4:
+        return None
+    size = int.from_bytes(blob[:4], "big")
+    if blob[4 : 4 + size] != parts[0].encode():
+        return None
+    return blob
+
+
+@dataclass(frozen=True)
+class HostKeyConflict:
+    """A host registered a key that already belongs to another host (ignored)."""
+
+    host_id: str
+    owner: str
+
+
+@dataclass
+class GatewayView:
+    allocations: AllocationsView = field(default_factory=AllocationsView)
+    host_keys: dict[str, bytes] = field(default_factory=dict)
+    key_owner: dict[bytes, str] = field(default_factory=dict)
+    position: int = 0
+
+    def apply(
+        self, event: Event, *, position: int, version: int, at: datetime
+    ) -> AllocationState | HostKeyConflict | None:
+        """Fold one event; returns the allocation it changed, or a key conflict, or None."""
+        if position <= self.position:
+            return None
+        self.position = position
+        if isinstance(event, AllocationEvent):
+            return self.allocations.apply(event, position=position, version=version, at=at)
+        self.allocations.position = position
+        if isinstance(event, HostRegistered):
+            return self._registered(event.host_id, str(getattr(event, "ssh_host_key", "") or ""))
+        if isinstance(event, HostDeregistered):
+            self._forget(event.host_id)
+        return None
+
+    def _forget(self, host_id: str) -> None:
+        old = self.host_keys.pop(host_id, None)
+        if old is not None and self.key_owner.get(old) == host_id:
+            del self.key_owner[old]
+
+    def _registered(self, host_id: str, line: str) -> HostKeyConflict | None:
+        blob = key_blob(line) if line else None
+        if blob is None:
+            # Registered without a (valid) key: an older hostd, or no gateways configured.
+            self._forget(host_id)
+            return None
+        owner = self.key_owner.get(blob)
+        if owner is not None and owner != host_id:
+            return HostKeyConflict(host_id=host_id, owner=owner)
+        self._forget(host_id)
+        self.host_keys[host_id] = blob
+        self.key_owner[blob] = host_id
+        return None
+
+    def host_for_key(self, blob: bytes) -> str | None:
+        return self.key_owner.get(blob)
+
+    def allocation(self, alloc_id: str) -> AllocationState | None:
+        return self.allocations.allocations.get(alloc_id)

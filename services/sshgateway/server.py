@@ -1,0 +1,295 @@
+"""The gateway's two SSH faces: users log in here; hostds connect in here.
+
+Users (`asyncssh.listen`). The login name is an allocation id. Only public-key
+authentication exists, and a key is accepted only when it is one of the keys
+registered on that allocation (`spec.ssh_keys`); certificates, passwords,
+keyboard-interactive, GSS and host-based logins are all refused. An unknown
+allocation and a wrong key look the same to the client ("Permission denied
+(publickey)"), so strangers learn nothing. Whether the allocation is running
+is said after authentication, on the session itself (sessions.py), only to
+someone holding one of its keys: "allocation a1 is released: nothing runs
+there any more", exit status 255.
+
+Failed logins (connections that end without authenticating) are rate limited
+per source address and per allocation (ratelimit.py): the next attempt is
+delayed exponentially, and too many failures lock the source (or, after many
+more, the allocation) out for a while, with a banner saying so. One
+connection may offer `max_keys_per_connection` keys.
+
+Off, always: agent forwarding, X11 forwarding, TCP/IP and Unix socket
+forwarding in both directions (`-L`, `-R`, `-D`), tun/tap. Compression is off
+(`compression_algs=None`) and TCP_NODELAY is on (asyncssh sets it on every
+TCP connection); line editing is off and data is bytes.
+
+Hosts (`asyncssh.listen_reverse`). Each hostd dials in and runs an SSH
+server; the gateway is the client. The host key it presents must be one
+logged in a `HostRegistered` event (projection.py): that is how the gateway
+knows which host it is. The gateway logs in with its own tunnel key, which
+hostd has pinned. Authenticated connections go to the LinkPool, one session
+each.
+"""
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import asyncssh
+import structlog
+
+from potluck.hostd.gateway_link import LINK_CIPHERS, limit_reads
+from potluck.sshgateway.projection import key_blob
+from potluck.sshgateway.ratelimit import FailureLimiter
+from potluck.sshgateway.sessions import GatewayContext, GatewaySession, LoginIdentity
+from potluck.sshgateway.settings import TUNNEL_USER
+
+__all__ = ["GatewayServer", "TunnelClient", "listen_for_hosts", "listen_for_users"]
+
+log = structlog.get_logger(__name__)
+
+SERVER_VERSION = "Potluck_sshgateway"
+
+
+class Limiters:
+    def __init__(self, ctx: GatewayContext, clock: Callable[[], float] = time.monotonic) -> None:
+        self.source = FailureLimiter(ctx.settings.source_policy())
+        self.alloc = FailureLimiter(ctx.settings.alloc_policy())
+        self.clock = clock
+
+
+class GatewayServer(asyncssh.SSHServer):
+    """One user connection: authentication, then sessions."""
+
+    def __init__(self, ctx: GatewayContext, limiters: Limiters) -> None:
+        self._ctx = ctx
+        self._limiters = limiters
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._address = ""
+        self._port = 0
+        self._username: str | None = None
+        self._locked = False
+        self._rejected = 0
+        self._key: asyncssh.SSHKey | None = None
+        self._authenticated = False
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        self._ctx.connections.add(conn)
+        limit_reads(conn)
+        peer = conn.get_extra_info("peername") or ("", 0)
+        self._address, self._port = str(peer[0]), int(peer[1])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._conn is not None:
+            self._ctx.connections.discard(self._conn)
+        if self._authenticated or self._username is None:
+            return
+        now = self._limiters.clock()
+        source = self._limiters.source.failed(self._address, now)
+        alloc = self._limiters.alloc.failed(self._username, now)
+        log.info(
+            "login.failed",
+            source=self._address,
+            alloc_id=self._username[:64],
+            keys_offered=self._rejected,
+            locked=self._locked,
+            next_delay_s=max(source.delay_s, alloc.delay_s),
+            source_locked_for_s=round(source.locked_for_s, 1),
+        )
+
+    async def begin_auth(self, username: str) -> bool:
+        self._username = username
+        now = self._limiters.clock()
+        source = self._limiters.source.check(self._address, now)
+        alloc = self._limiters.alloc.check(username, now)
+        if source.locked or alloc.locked:
+            self._locked = True
+            whom = "from your address" if source.locked else "to this allocation"
+            wait = max(source.locked_for_s, alloc.locked_for_s)
+            log.warning("login.locked_out", source=self._address, alloc_id=username[:64], wait_s=round(wait))
+            if self._conn is not None:
+                self._conn.send_auth_banner(
+                    f"potluck: too many failed logins {whom}; try again in {max(1, round(wait))} s\r\n"
+                )
+            return True
+        delay = max(source.delay_s, alloc.delay_s)
+        if delay > 0:
+            log.debug("login.delayed", source=self._address, delay_s=delay)
+            await asyncio.sleep(delay)
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def host_based_auth_supported(self) -> bool:
+        return False
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if self._locked or self._rejected >= self._ctx.settings.max_keys_per_connection:
+            return False
+        state = self._ctx.view.allocation(username)
+        presented = bytes(key.public_data)
+        if state is not None and any(key_blob(line) == presented for line in state.spec.ssh_keys):
+            self._key = key
+            return True
+        self._rejected += 1
+        return False
+
+    def auth_completed(self) -> None:
+        self._authenticated = True
+        assert self._username is not None
+        self._limiters.alloc.succeeded(self._username)
+        log.info(
+            "login.accepted",
+            source=self._address,
+            alloc_id=self._username,
+            fingerprint=self._key.get_fingerprint() if self._key else "",
+        )
+
+    def session_requested(self) -> GatewaySession | bool:
+        if not self._authenticated or self._username is None or self._key is None:
+            return False
+        return GatewaySession(
+            self._ctx,
+            LoginIdentity(
+                alloc_id=self._username,
+                key_fingerprint=self._key.get_fingerprint("sha256"),
+                source_address=self._address,
+                source_port=self._port,
+            ),
+        )
+
+    # Forwarding of any kind is refused.
+
+    def _refused(self, what: str) -> asyncssh.ChannelOpenError:
+        log.info("forwarding.refused", what=what, source=self._address, alloc_id=self._username)
+        return asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "potluck: forwarding is disabled on this gateway"
+        )
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
+        raise self._refused(f"direct-tcpip to {dest_host}:{dest_port}")
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        self._refused(f"tcpip-forward on {listen_host}:{listen_port}")
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        raise self._refused(f"direct-streamlocal to {dest_path}")
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        self._refused(f"streamlocal-forward on {listen_path}")
+        return False
+
+    def tun_requested(self, unit: int | None) -> bool:
+        raise self._refused("tun")
+
+    def tap_requested(self, unit: int | None) -> bool:
+        raise self._refused("tap")
+
+
+class TunnelClient(asyncssh.SSHClient):
+    """The gateway's side of one reverse connection from a hostd."""
+
+    def __init__(self, ctx: GatewayContext) -> None:
+        self._ctx = ctx
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._peer = ""
+        self.host_id: str | None = None
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self._conn = conn
+        limit_reads(conn)
+        peer = conn.get_extra_info("peername") or ("", 0)
+        self._peer = f"{peer[0]}:{peer[1]}"
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        host_id = self._ctx.view.host_for_key(bytes(key.public_data))
+        if host_id is None:
+            log.warning(
+                "link.unknown_host_key",
+                peer=self._peer,
+                fingerprint=key.get_fingerprint(),
+                hint="no registered host has this SSH key (not registered yet, deregistered, or not a host)",
+            )
+            return False
+        self.host_id = host_id
+        return True
+
+    def auth_completed(self) -> None:
+        assert self._conn is not None
+        assert self.host_id is not None
+        log.debug("link.accepted", host_id=self.host_id, peer=self._peer)
+        self._ctx.links.offer(self.host_id, self._conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._conn is not None:
+            self._ctx.links.discard(self._conn)
+
+
+def _common_options(ctx: GatewayContext) -> dict[str, Any]:
+    settings = ctx.settings
+    return {
+        "compression_algs": None,
+        "keepalive_interval": settings.keepalive_interval_s,
+        "keepalive_count_max": settings.keepalive_count_max,
+        "config": None,
+        "gss_kex": False,
+        "gss_auth": False,
+        "host_based_auth": False,
+        "kbdint_auth": False,
+        "password_auth": False,
+        "x11_forwarding": False,
+        "agent_forwarding": False,
+        "encoding": None,
+    }
+
+
+async def listen_for_users(ctx: GatewayContext, host_key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
+    host, port = ctx.settings.listen_address
+    limiters = Limiters(ctx)
+    return await asyncssh.listen(
+        host,
+        port,
+        server_factory=lambda: GatewayServer(ctx, limiters),
+        server_host_keys=[host_key],
+        authorized_client_keys=None,
+        public_key_auth=True,
+        allow_pty=True,
+        line_editor=False,
+        sftp_factory=None,
+        allow_scp=False,
+        rdns_lookup=False,
+        server_version=SERVER_VERSION,
+        encryption_algs=list(ctx.settings.ciphers),
+        login_timeout=ctx.settings.login_timeout_s,
+        reuse_address=True,
+        **_common_options(ctx),
+    )
+
+
+async def listen_for_hosts(ctx: GatewayContext, tunnel_key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
+    host, port = ctx.settings.tunnel_address
+    return await asyncssh.listen_reverse(
+        host,
+        port,
+        client_factory=lambda: TunnelClient(ctx),
+        # Not None (that would skip the check): an empty list, so that every key goes
+        # through TunnelClient.validate_host_public_key, and no known_hosts file is read.
+        known_hosts=([], [], []),
+        username=TUNNEL_USER,
+        client_keys=[tunnel_key],
+        agent_path=None,
+        preferred_auth="publickey",
+        public_key_auth=True,
+        encryption_algs=list(LINK_CIPHERS),
+        connect_timeout=ctx.settings.login_timeout_s,
+        reuse_address=True,
+        **_common_options(ctx),
+    )

@@ -1,0 +1,158 @@
+"""The gateway's settings: one frozen object, validated at start, from the environment.
+
+Every field can be set as `POTLUCK_SSHGATEWAY_<FIELD>` (upper case); lists
+are comma-separated. A bad value raises `SettingsError` naming the variable.
+
+    POTLUCK_SSHGATEWAY_LISTEN=0.0.0.0:2222          users' ssh connects here
+    POTLUCK_SSHGATEWAY_TUNNEL_LISTEN=0.0.0.0:2223   every hostd dials out to here
+    POTLUCK_SSHGATEWAY_STATE_DIR=/var/lib/potluck-sshgateway
+
+Keys live in `state_dir`, made on first start and kept: `ssh_host_ed25519_key`
+is the host key users see (so their known_hosts stays valid across restarts),
+`tunnel_client_ed25519_key` is what the gateway presents to each hostd, whose
+public half members pin in their hostd config (`gateways = [{address = ...,
+client_key = "ssh-ed25519 ..."}]`; `potluck sshgateway --print-client-key`
+prints it).
+
+Ciphers: only AES-GCM is offered to users by default. OpenSSH clients prefer
+chacha20-poly1305 when the server offers it, and on this CPU (AES-NI) asyncssh
+moves about 1.6x more data per second with aes128-gcm (issue 5's measurements;
+bench/README.md). Every OpenSSH since 6.2 supports AES-GCM. Compression is off
+on every hop: zlib costs CPU and caps throughput in asyncssh.
+"""
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from potluck.sshgateway.ratelimit import LimitPolicy
+
+__all__ = ["ENV_PREFIX", "GatewaySettings", "SettingsError", "parse_address"]
+
+ENV_PREFIX = "POTLUCK_SSHGATEWAY_"
+HOST_KEY_FILE = "ssh_host_ed25519_key"
+TUNNEL_KEY_FILE = "tunnel_client_ed25519_key"
+#: The user name the gateway logs in with on a hostd's reverse connection.
+TUNNEL_USER = "potluck-gateway"
+DEFAULT_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names the environment variable."""
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    host, sep, port = value.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:2222")
+    return host, int(port)
+
+
+class GatewaySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    state_dir: Path
+    listen: str = "127.0.0.1:2222"
+    tunnel_listen: str = "127.0.0.1:2223"
+    #: Names this gateway in audit events.
+    name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=255)
+    ciphers: tuple[str, ...] = DEFAULT_CIPHERS
+
+    #: How long a new session waits for a connection from its host.
+    link_wait_s: float = Field(default=10.0, gt=0)
+    #: How long opening a session on a host's connection may take (a dead link fails here).
+    channel_open_timeout_s: float = Field(default=10.0, gt=0)
+    login_timeout_s: float = Field(default=30.0, gt=0)
+    keepalive_interval_s: float = Field(default=15.0, gt=0)
+    keepalive_count_max: int = Field(default=3, ge=1)
+    #: SSH channel window on the hop to hostd (bytes in flight per session).
+    link_window: int = Field(default=2 * 1024 * 1024, ge=64 * 1024)
+
+    #: Keys one connection may offer before the rest are refused (OpenSSH's MaxAuthTries).
+    max_keys_per_connection: int = Field(default=6, ge=1)
+    failure_window_s: float = Field(default=600.0, gt=0)
+    source_delay_s: float = Field(default=0.5, ge=0)
+    source_max_delay_s: float = Field(default=8.0, ge=0)
+    source_lockout_after: int = Field(default=10, ge=1)
+    source_lockout_s: float = Field(default=300.0, ge=0)
+    alloc_delay_s: float = Field(default=0.5, ge=0)
+    alloc_max_delay_s: float = Field(default=4.0, ge=0)
+    alloc_lockout_after: int = Field(default=50, ge=1)
+    alloc_lockout_s: float = Field(default=120.0, ge=0)
+
+    @field_validator("listen", "tunnel_listen")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        parse_address(value)
+        return value
+
+    @field_validator("ciphers")
+    @classmethod
+    def _ciphers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one cipher")
+        return value
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_address(self.listen)
+
+    @property
+    def tunnel_address(self) -> tuple[str, int]:
+        return parse_address(self.tunnel_listen)
+
+    @property
+    def host_key_path(self) -> Path:
+        return self.state_dir / HOST_KEY_FILE
+
+    @property
+    def tunnel_key_path(self) -> Path:
+        return self.state_dir / TUNNEL_KEY_FILE
+
+    def source_policy(self) -> LimitPolicy:
+        return LimitPolicy(
+            base_delay_s=self.source_delay_s,
+            max_delay_s=max(self.source_max_delay_s, self.source_delay_s),
+            window_s=self.failure_window_s,
+            lockout_after=self.source_lockout_after,
+            lockout_s=self.source_lockout_s,
+        )
+
+    def alloc_policy(self) -> LimitPolicy:
+        return LimitPolicy(
+            base_delay_s=self.alloc_delay_s,
+            max_delay_s=max(self.alloc_max_delay_s, self.alloc_delay_s),
+            window_s=self.failure_window_s,
+            lockout_after=self.alloc_lockout_after,
+            lockout_s=self.alloc_lockout_s,
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "GatewaySettings":
+        """Settings from `POTLUCK_SSHGATEWAY_*` variables; `overrides` (e.g. CLI options) win."""
+        env = os.environ if environ is None else environ
+        raw: dict[str, Any] = {}
+        for name in cls.model_fields:
+            value = env.get(ENV_PREFIX + name.upper())
+            if value is None:
+                continue
+            if name == "ciphers":
+                raw[name] = tuple(v.strip() for v in value.split(",") if v.strip())
+            else:
+                raw[name] = value
+        given = {k: v for k, v in overrides.items() if v is not None}
+        raw.update(given)
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                field = str(err["loc"][0]) if err["loc"] else ""
+                source = ENV_PREFIX + field.upper() if field and field not in given else field
+                problems.append(f"{source or '(settings)'}: {err['msg']}")
+            raise SettingsError("; ".join(problems)) from None
