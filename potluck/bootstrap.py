@@ -18,6 +18,7 @@ from nats.aio.client import Client as NATS
 from potluck.events import EventStore, OutboxRelay
 from potluck.events.connection import connect_bus
 from potluck.runner import run_tasks_until, run_until_signalled
+from potluck.telemetry import TelemetryConfigError, configure_telemetry, pool_metrics
 
 log = structlog.get_logger(__name__)
 
@@ -52,8 +53,17 @@ async def serve(name: str, backends: Backends, body: Body) -> None:
             if backends.relay:
                 relay = OutboxRelay(store, nc.jetstream(), batch_size=backends.relay_batch_size)
                 jobs.append(relay.run())
+                pool_metrics().watch_relay(store)
+            jobs.append(pool_metrics().run())
             log.info(f"{name}.started", relay=backends.relay)
             await run_tasks_until(stop, *jobs)
             log.info(f"{name}.stopping")
 
-    await run_until_signalled(main)
+    try:
+        shutdown_telemetry = configure_telemetry(f"potluck-{name}")
+    except TelemetryConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    try:
+        await run_until_signalled(main)
+    finally:
+        shutdown_telemetry()

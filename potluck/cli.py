@@ -152,7 +152,11 @@ def registry(
         fail(str(exc), 2)
 
     async def body(store: Any, nc: Any) -> None:
-        await RegistryService(store, nc, policy).run()
+        from potluck.telemetry import pool_metrics
+
+        service = RegistryService(store, nc, policy)
+        pool_metrics().watch_registry(service)
+        await service.run()
 
     run(serve("registry", Backends(database_url, nats_url, nats_seed_file, relay), body))
 
@@ -193,10 +197,74 @@ def allocator(
     host, port = parse_listen(listen)
 
     async def body(store: Any, nc: Any) -> None:
+        from potluck.telemetry import pool_metrics
+
         engine = AllocatorEngine(store, strategy=strategy)  # type: ignore[arg-type]
+        metrics = pool_metrics()
+        metrics.watch_allocator(engine)
+        engine.on_applied.append(lambda record: metrics.on_record(record, engine.allocations))
         await AllocatorService(store, nc, engine).run(lambda: serve_http(engine, host, port))
 
     run(serve("allocator", Backends(database_url, nats_url, nats_seed_file, relay), body))
+
+
+@main.command()
+@database_option
+@nats_options
+@relay_option
+@click.option(
+    "--listen",
+    envvar="POTLUCK_SSHGATEWAY_LISTEN",
+    default=None,
+    help="HOST:PORT for users (default 127.0.0.1:2222) [env: POTLUCK_SSHGATEWAY_LISTEN].",
+)
+@click.option(
+    "--tunnel-listen",
+    envvar="POTLUCK_SSHGATEWAY_TUNNEL_LISTEN",
+    default=None,
+    help="HOST:PORT hostds dial (default 127.0.0.1:2223) [env: POTLUCK_SSHGATEWAY_TUNNEL_LISTEN].",
+)
+@click.option(
+    "--state-dir",
+    envvar="POTLUCK_SSHGATEWAY_STATE_DIR",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the gateway keeps its keys [env: POTLUCK_SSHGATEWAY_STATE_DIR].",
+)
+@click.option(
+    "--print-client-key",
+    is_flag=True,
+    help="Print the public key members pin as client_key in hostd's [[gateways]], and exit.",
+)
+def sshgateway(
+    database_url: str,
+    nats_url: str,
+    nats_seed_file: Path | None,
+    relay: bool,
+    listen: str | None,
+    tunnel_listen: str | None,
+    state_dir: Path | None,
+    print_client_key: bool,
+) -> None:
+    """Run the SSH gateway: users' sessions to their containers, through each host's hostd.
+
+    Other settings come from POTLUCK_SSHGATEWAY_* variables (services/sshgateway/settings.py)."""
+    from potluck.sshgateway.service import client_public_key, run_gateway
+    from potluck.sshgateway.settings import GatewaySettings, SettingsError
+
+    try:
+        settings = GatewaySettings.from_env(listen=listen, tunnel_listen=tunnel_listen, state_dir=state_dir)
+    except SettingsError as exc:
+        fail(str(exc), 2)
+    if print_client_key:
+        click.echo(client_public_key(settings))
+        return
+    from potluck.bootstrap import Backends, serve
+
+    async def body(store: Any, nc: Any) -> None:
+        await run_gateway(store, settings)
+
+    run(serve("sshgateway", Backends(database_url, nats_url, nats_seed_file, relay), body))
 
 
 CONFIG = click.option(
@@ -223,13 +291,23 @@ def hostd(config_path: Path) -> None:
     except ConfigError as exc:
         fail(str(exc), 2)
 
+    from potluck.telemetry import TelemetryConfigError, configure_telemetry
+
     async def main(stop: asyncio.Event) -> None:
         await run_tasks_until(stop, Agent(config).run())
 
     try:
+        shutdown_telemetry = configure_telemetry(
+            "potluck-hostd", resource_attributes={"potluck.host_id": config.host_id}
+        )
+    except TelemetryConfigError as exc:
+        fail(str(exc), 2)
+    try:
         run(run_until_signalled(main))
     except HostdStopped as exc:
         fail(str(exc), 3)
+    finally:
+        shutdown_telemetry()
 
 
 @main.group()
@@ -306,6 +384,15 @@ def drain(config_path: Path, grace: float) -> None:
 @main.group()
 def ops() -> None:
     """Operator tools."""
+
+
+def _attach_ops_tools() -> None:
+    from potluck.ops.cli import register
+
+    register(ops)
+
+
+_attach_ops_tools()
 
 
 @ops.group(name="hosts")

@@ -98,6 +98,8 @@ class AllocatorEngine:
         self._capacity_changed = asyncio.Event()
         self._reactions: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self._placing = asyncio.Lock()
+        #: Called with each record folded while following the log (not while catching up): metrics.
+        self.on_applied: list[Callable[[RecordedEvent], None]] = []
 
     # Folding the log.
 
@@ -139,6 +141,8 @@ class AllocatorEngine:
         async for batch in LogFollower(self.store, after_position=self.position).batches():
             for record in batch:
                 self.apply(record)
+                for hook in self.on_applied:
+                    hook(record)
             async with self._advanced:
                 self._advanced.notify_all()
 

@@ -31,6 +31,7 @@ from potluck.events import (
     registry,
 )
 from potluck.hostd.reports import ActualState, AnyReport, EngineStatus, UsageSampled
+from potluck.ops.live import ALLOCATOR_STATE, state_responder
 from potluck.registry.messages import Reply, host_of
 from potluck.retry import on_conflict
 
@@ -94,6 +95,9 @@ class AllocatorService:
         await ensure_streams(self.nc.jetstream())
         await self.engine.catch_up()
         sub = await self.nc.subscribe(f"{DESIRED}.*", queue="allocator", cb=self._on_desired)
+        state_sub = await self.nc.subscribe(
+            ALLOCATOR_STATE, queue="allocator", cb=state_responder(self.engine)
+        )
         reports = Subscriber(
             self.nc,
             durable="allocator-reports",
@@ -108,6 +112,7 @@ class AllocatorService:
             )
         finally:
             await sub.unsubscribe()
+            await state_sub.unsubscribe()
 
     async def _on_desired(self, msg: Msg) -> None:
         host_id = host_of(msg.subject)

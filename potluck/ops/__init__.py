@@ -1,0 +1,30 @@
+"""Operator tools: `potluck ops replay`, `events tail|show`, `status` and `trace`.
+
+- replay.py   rebuild every read model from the log; the pool at a past
+              position or time; compare with the live services (`--check`)
+- events.py   follow the log live, or show one stream's history
+- status.py   one screen: hosts, capacity, allocations by state, relay lag
+- trace.py    the trace id an allocation was requested under
+- live.py     asking the running registry and allocator for their read models
+- cli.py      the click commands, attached under `potluck ops`
+
+Every command reads the log directly (`--database-url`); only `replay
+--check` also asks the running services, over NATS. Bad input (an unknown
+stream or allocation, a position past the end, a malformed time) is an
+`OpsError`: one line on stderr and a non-zero exit.
+"""
+
+
+class OpsError(Exception):
+    """A clear, one-line reason an ops command cannot do what was asked (exit status 1)."""
+
+    exit_code = 1
+
+
+class LiveUnavailable(OpsError):
+    """A running service did not answer (exit status 2: the check could not be made)."""
+
+    exit_code = 2
+
+
+__all__ = ["LiveUnavailable", "OpsError"]

@@ -1,0 +1,468 @@
+"""The operator commands as click commands, attached under `potluck ops` by `register(ops)`.
+
+    potluck ops replay [--until POSITION|TIME] [--check] [--json]
+    potluck ops events tail [--type T]... [--stream S] [--after POSITION] [--count N] [--json]
+    potluck ops events show STREAM [--json]
+    potluck ops status [--json]
+    potluck ops trace ALLOC [--json]
+
+Each reads the log at `--database-url` (POTLUCK_DATABASE_URL); `replay
+--check` also asks the running registry and allocator over NATS. Tables go to
+stdout, progress and errors to stderr. An error is one line, `error: ...`,
+and exit status 1 (2 for bad usage, or when a live service could not be asked).
+
+`python -m potluck.ops.cli` runs the same commands without the rest of `potluck`.
+"""
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import click
+from rich.console import Console
+from rich.table import Table
+
+from potluck.events import EventStore, RecordedEvent
+from potluck.ops import LiveUnavailable, OpsError
+
+__all__ = ["COMMANDS", "events", "main", "register", "replay", "status", "trace"]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _database_option(f: F) -> F:
+    return click.option(
+        "--database-url",
+        envvar="POTLUCK_DATABASE_URL",
+        required=True,
+        help="Postgres URL of the event log [env: POTLUCK_DATABASE_URL].",
+    )(f)
+
+
+def _json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")(f)
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "the database URL"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _console() -> Console:
+    # Not a terminal (a pipe, a file): wide enough that tables are not folded.
+    return Console(markup=False, highlight=False, emoji=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@contextlib.asynccontextmanager
+async def _store(database_url: str) -> Any:
+    try:
+        store = await EventStore.open(database_url, min_size=1, max_size=2, migrate=False)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise OpsError(f"cannot reach the event log at {_redacted(database_url)}: {exc}") from None
+    try:
+        yield store
+    except asyncpg.UndefinedTableError:
+        raise OpsError(
+            f"{_redacted(database_url)} has no event log yet: start a service (or `potluck relay`) once"
+        ) from None
+    finally:
+        await store.close()
+
+
+def _run(job: Callable[[EventStore], Awaitable[T]], database_url: str) -> T:
+    async def go() -> T:
+        async with _store(database_url) as store:
+            return await job(store)
+
+    try:
+        return asyncio.run(go())
+    except OpsError as exc:
+        _fail(str(exc), exc.exit_code)
+        raise  # unreachable: _fail exits
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+class _Progress:
+    """Replay progress on stderr: a line rewritten in place on a terminal, a line a second otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.last = 0.0
+        self.done: tuple[int, int, int] | None = None
+        self.printed: tuple[int, int, int] | None = None
+
+    def __call__(self, folded: int, position: int, head: int) -> None:
+        self.done = (folded, position, head)
+        now = time.monotonic()
+        if self.quiet or now - self.last < 1.0:
+            return
+        self.last = now
+        self._print(self.done)
+
+    def _print(self, done: tuple[int, int, int]) -> None:
+        folded, position, head = done
+        self.printed = done
+        percent = 100.0 if head == 0 else min(100.0, 100.0 * position / head)
+        line = f"replaying: {folded} events, position {position} of {head} ({percent:.0f}%)"
+        if sys.stderr.isatty():
+            click.echo(f"\r{line}", err=True, nl=False)
+        else:
+            click.echo(line, err=True)
+
+    def finish(self) -> None:
+        if self.quiet or self.done is None:
+            return
+        if self.done != self.printed:
+            self._print(self.done)
+        if sys.stderr.isatty():
+            click.echo("", err=True)
+
+
+# --- replay -----------------------------------------------------------------------------------
+
+
+@click.command()
+@_database_option
+@click.option(
+    "--until",
+    "until_text",
+    metavar="POSITION|TIME",
+    default=None,
+    help="Show the pool as it was at this log position (inclusive), or time (ISO 8601, UTC if no zone; "
+    "or e.g. '15m ago').",
+)
+@click.option(
+    "--check", is_flag=True, help="Compare the rebuilt models with the running registry and allocator."
+)
+@click.option(
+    "--nats-url",
+    envvar="POTLUCK_NATS_URL",
+    default="nats://127.0.0.1:4222",
+    show_default=True,
+    help="With --check: NATS server [env: POTLUCK_NATS_URL].",
+)
+@click.option(
+    "--nats-seed-file",
+    envvar="POTLUCK_NATS_SEED_FILE",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --check: the services' NATS nkey seed [env: POTLUCK_NATS_SEED_FILE].",
+)
+@click.option(
+    "--timeout",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="With --check: seconds to wait for each service.",
+)
+@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+@_json_option
+def replay(
+    database_url: str,
+    until_text: str | None,
+    check: bool,
+    nats_url: str,
+    nats_seed_file: Path | None,
+    timeout: float,
+    batch_size: int,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Rebuild every read model (hosts, capacity, allocations, users, sessions) from the log."""
+    from potluck.ops.replay import Until, parse_until, replay_until
+    from potluck.ops.replay import check as check_models
+    from potluck.ops.status import pool_view, render_pool
+
+    if check and until_text is not None:
+        raise click.UsageError("--check compares the whole log with the running services; drop --until")
+    until: Until | None = None
+    if until_text is not None:
+        try:
+            until = parse_until(until_text)
+        except OpsError as exc:
+            _fail(str(exc))
+    seed = None
+    if check and nats_seed_file is not None:
+        try:
+            seed = nats_seed_file.read_text().strip()
+        except OSError as exc:
+            _fail(f"cannot read the NATS seed file {nats_seed_file}: {exc.strerror}", 2)
+    progress = _Progress(quiet)
+    console = _console()
+
+    if check:
+
+        async def checked(store: EventStore) -> Any:
+            live = await _live_models(nats_url, seed, timeout)
+            return await check_models(store, live, progress=progress, batch_size=batch_size)
+
+        result = _run(checked, database_url)
+        progress.finish()
+        if as_json:
+            click.echo(json.dumps(result.as_dict(), indent=2))
+        else:
+            _print_check(console, result)
+        sys.exit(0 if result.ok else 1)
+
+    async def rebuilt(store: EventStore) -> Any:
+        return await replay_until(store, until, progress=progress, batch_size=batch_size)
+
+    models = _run(rebuilt, database_url)
+    progress.finish()
+    for skipped in models.skipped:
+        click.echo(
+            f"warning: skipped {skipped.type} at position {skipped.position} "
+            f"({skipped.stream}): {skipped.error}",
+            err=True,
+        )
+    if until is not None:
+        view = pool_view(models)
+        view["until"] = until.text
+        if as_json:
+            click.echo(json.dumps(view, indent=2))
+        else:
+            when = (
+                f" (last event recorded {view['recorded_at']})"
+                if view["recorded_at"]
+                else " (before any event)"
+            )
+            render_pool(
+                console, view, title=f"The pool as of {until.text}: log position {models.position}{when}"
+            )
+        return
+    if as_json:
+        click.echo(
+            json.dumps({"position": models.position, "events": models.folded, **models.to_dict()}, indent=2)
+        )
+        return
+    view = pool_view(models)
+    by_state = ", ".join(f"{s} {n}" for s, n in view["allocations_by_state"].items()) or "none"
+    console.print(
+        f"Replayed {models.folded} events through position {models.position}: "
+        f"{len(view['hosts'])} hosts, {len(view['allocations'])} allocations ({by_state}), "
+        f"{view['users']} users, {view['sessions']['total']} sessions."
+    )
+
+
+async def _live_models(nats_url: str, seed: str | None, timeout: float) -> list[Any]:
+    import nats
+    import nats.errors
+
+    from potluck.ops.live import fetch_allocator, fetch_registry
+
+    async def quiet(exc: Exception) -> None:
+        return None
+
+    options: dict[str, Any] = {
+        "connect_timeout": min(timeout, 5.0),
+        "max_reconnect_attempts": 1,  # the first connect: one retry, then NoServersError
+        "reconnect_time_wait": 0.2,
+        "error_cb": quiet,
+    }
+    if seed:
+        options["nkeys_seed_str"] = seed
+    try:
+        nc = await asyncio.wait_for(nats.connect(nats_url, **options), timeout + 5)
+    except (OSError, nats.errors.Error, TimeoutError) as exc:
+        raise LiveUnavailable(f"cannot reach NATS at {nats_url}: {exc or type(exc).__name__}") from None
+    try:
+        return [await fetch_registry(nc, timeout), await fetch_allocator(nc, timeout)]
+    finally:
+        await nc.close()
+
+
+def _print_check(console: Console, result: Any) -> None:
+    for comparison in result.comparisons:
+        counts = ", ".join(f"{n} {part}" for part, n in comparison.compared.items())
+        if comparison.differences:
+            console.print(
+                f"{comparison.service} at position {comparison.position} ({counts}): "
+                f"{len(comparison.differences)} differences"
+            )
+            for line in comparison.differences:
+                console.print(f"  {line}")
+        else:
+            console.print(f"{comparison.service} at position {comparison.position} ({counts}): no difference")
+    console.print(
+        f"sessions: {len(result.models.sessions.sessions)} rebuilt (no running service keeps them to compare)"
+    )
+    console.print("OK: the live read models equal the replay" if result.ok else "DIFFERENT: see above")
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+@click.group()
+def events() -> None:
+    """Follow the log, or show one stream's history."""
+
+
+def _emitter(as_json: bool) -> Callable[[RecordedEvent], None]:
+    from potluck.ops.events import event_line, event_row
+
+    def emit(record: RecordedEvent) -> None:
+        line = json.dumps(event_row(record)) if as_json else event_line(record)
+        click.echo(line)
+        sys.stdout.flush()
+
+    return emit
+
+
+@events.command(name="tail")
+@_database_option
+@click.option("--type", "types", multiple=True, metavar="TYPE", help="Only events of this type (repeatable).")
+@click.option(
+    "--stream", default=None, metavar="STREAM", help="Only events of this stream, e.g. alloc-a-91bc03d2e4f5."
+)
+@click.option(
+    "--after",
+    type=int,
+    default=None,
+    metavar="POSITION",
+    help="Start after this position (0: from the beginning) [default: the head, only new events].",
+)
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after this many events.")
+@_json_option
+def events_tail(
+    database_url: str,
+    types: tuple[str, ...],
+    stream: str | None,
+    after: int | None,
+    count: int | None,
+    as_json: bool,
+) -> None:
+    """Print events as they are logged, until interrupted."""
+    from potluck.ops.events import tail
+
+    emit = _emitter(as_json)
+
+    async def follow(store: EventStore) -> int:
+        return await tail(store, emit, types=types, stream=stream, after=after, count=count)
+
+    _run(follow, database_url)
+
+
+@events.command(name="show")
+@click.argument("stream")
+@_database_option
+@_json_option
+def events_show(stream: str, database_url: str, as_json: bool) -> None:
+    """The history of one STREAM (an aggregate), e.g. host-h-3f2a9c1e7b40 or alloc-a-91bc03d2e4f5."""
+    from potluck.ops.events import event_row, show, summary
+
+    records = _run(lambda store: show(store, stream), database_url)
+    if as_json:
+        for record in records:
+            click.echo(json.dumps(event_row(record)))
+        return
+    table = Table(title=f"{stream}: {len(records)} events", title_justify="left")
+    for column in ("version", "position", "recorded", "type", "data", "actor"):
+        table.add_column(column, overflow="fold")
+    for record in records:
+        table.add_row(
+            str(record.version),
+            str(record.position),
+            record.recorded_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            record.type,
+            summary(record, width=200),
+            str(record.metadata.get("actor", "")),
+        )
+    _console().print(table)
+
+
+# --- status and trace -------------------------------------------------------------------------
+
+
+@click.command()
+@_database_option
+@click.option("--relay", "relay_name", default="main", show_default=True, help="The relay whose lag to show.")
+@_json_option
+def status(database_url: str, relay_name: str, as_json: bool) -> None:
+    """The pool on one screen: hosts, capacity, allocations by state, the relay's lag."""
+    from potluck.ops.status import gather_status, render_status
+
+    view = _run(lambda store: gather_status(store, relay_name), database_url)
+    if as_json:
+        click.echo(json.dumps(view, indent=2))
+    else:
+        render_status(_console(), view)
+
+
+@click.command()
+@click.argument("alloc")
+@_database_option
+@click.option(
+    "--viewer-url",
+    envvar="POTLUCK_TRACE_VIEWER_URL",
+    default=None,
+    help="Also print this URL with {trace_id} filled in, e.g. http://localhost:16686/trace/{trace_id} "
+    "[env: POTLUCK_TRACE_VIEWER_URL].",
+)
+@_json_option
+def trace(alloc: str, database_url: str, viewer_url: str | None, as_json: bool) -> None:
+    """Print the trace id ALLOC (an allocation id) was requested under."""
+    from potluck.ops.trace import find_trace
+
+    if viewer_url is not None and "{trace_id}" not in viewer_url:
+        raise click.BadParameter("the URL must contain {trace_id}", param_hint="--viewer-url")
+    found = _run(lambda store: find_trace(store, alloc), database_url)
+    if as_json:
+        click.echo(json.dumps(found.as_dict(viewer_url), indent=2))
+        return
+    click.echo(found.trace_id)
+    if viewer_url:
+        click.echo(viewer_url.format(trace_id=found.trace_id))
+
+
+#: What `register` attaches under a group (the integrator's `potluck ops`).
+COMMANDS: tuple[click.Command, ...] = (replay, events, status, trace)
+
+
+def register(group: click.Group) -> None:
+    """Attach replay, events (tail, show), status and trace under `group`."""
+    for command in COMMANDS:
+        group.add_command(command)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    envvar="POTLUCK_LOG_LEVEL",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+def main(log_level: str) -> None:
+    """Operator tools for a Potluck pool (also `potluck ops ...`)."""
+    from potluck.logs import configure_logging
+
+    configure_logging(log_level)
+
+
+register(main)
+
+
+if __name__ == "__main__":
+    main()

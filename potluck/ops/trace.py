@@ -1,0 +1,93 @@
+"""`potluck ops trace ALLOC`: the trace an allocation was requested under.
+
+The event store puts the current span's W3C `traceparent` into the metadata
+of every event it appends (potluck.events.tracing), so the first event of
+`alloc-<id>` names the trace of the HTTP request that asked for it; that
+trace goes on through the relay, hostd's Docker calls and its reports. Later
+events of the allocation carry the traces of what changed it (a report, a
+release), listed too.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from potluck.allocator.events import alloc_stream
+from potluck.events import EventStore
+from potluck.events.tracing import trace_carrier_of
+from potluck.ops import OpsError
+
+__all__ = ["AllocationTrace", "find_trace", "parse_traceparent"]
+
+
+def parse_traceparent(value: str) -> tuple[str, str] | None:
+    """(trace id, parent span id) of a W3C traceparent, or None if it is not one."""
+    parts = value.strip().split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    trace_id, span_id = parts[1].lower(), parts[2].lower()
+    try:
+        int(trace_id, 16)
+        int(span_id, 16)
+    except ValueError:
+        return None
+    if set(trace_id) == {"0"} or set(span_id) == {"0"}:
+        return None
+    return trace_id, span_id
+
+
+@dataclass(frozen=True)
+class AllocationTrace:
+    alloc_id: str
+    trace_id: str
+    span_id: str
+    first_event: str
+    position: int
+    #: Every event of the allocation with the trace it was recorded in.
+    events: list[dict[str, Any]]
+
+    def as_dict(self, viewer_url: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "alloc_id": self.alloc_id,
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "first_event": self.first_event,
+            "position": self.position,
+            "events": self.events,
+        }
+        if viewer_url:
+            out["url"] = viewer_url.format(trace_id=self.trace_id)
+        return out
+
+
+def _alloc_id(value: str) -> str:
+    value = value.strip()
+    return value.removeprefix("alloc-")
+
+
+async def find_trace(store: EventStore, alloc: str) -> AllocationTrace:
+    alloc_id = _alloc_id(alloc)
+    if not alloc_id:
+        raise OpsError("give an allocation id, e.g. a-91bc03d2e4f5")
+    records = await store.read_stream(alloc_stream(alloc_id))
+    if not records:
+        raise OpsError(f"no allocation {alloc_id!r} in the log")
+    events = []
+    for record in records:
+        parsed = parse_traceparent(trace_carrier_of(record.metadata).get("traceparent", ""))
+        events.append(
+            {
+                "position": record.position,
+                "version": record.version,
+                "type": record.type,
+                "trace_id": parsed[0] if parsed else None,
+                "span_id": parsed[1] if parsed else None,
+            }
+        )
+    first = records[0]
+    parsed = parse_traceparent(trace_carrier_of(first.metadata).get("traceparent", ""))
+    if parsed is None:
+        raise OpsError(
+            f"allocation {alloc_id} was recorded without trace context ({first.type} at position "
+            f"{first.position} has no traceparent): tracing was off in the allocator then"
+        )
+    return AllocationTrace(alloc_id, parsed[0], parsed[1], first.type, first.position, events)

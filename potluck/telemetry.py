@@ -1,0 +1,727 @@
+"""OpenTelemetry for every Potluck process, configured by the standard `OTEL_*` variables.
+
+`configure_telemetry(service_name)` is called once at the start of a process
+(the central services in potluck.bootstrap.serve, hostd in the CLI) and
+returns the callable that flushes and shuts everything down at its end.
+
+Where spans and metrics go, for each signal separately:
+
+- an OTLP/HTTP exporter (protobuf) when `OTEL_EXPORTER_OTLP_ENDPOINT`, or the
+  signal's own `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` /
+  `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, is set, or when
+  `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER` says `otlp` explicitly
+  (then the default endpoint, http://localhost:4318);
+- otherwise a local JSON-lines file when `POTLUCK_TRACES_FILE` /
+  `POTLUCK_METRICS_FILE` is set (one span, or one metrics batch, per line;
+  several processes may append to one file);
+- otherwise nothing: the API stays the no-op one and costs nothing.
+
+`OTEL_SDK_DISABLED=true` or an exporter of `none` turns a signal off;
+`console` writes it to stderr. `OTEL_SERVICE_NAME` overrides the service's
+default name (`potluck-allocator`, `potluck-hostd`, ...);
+`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`, `..._TIMEOUT`,
+`OTEL_BSP_*` and `OTEL_METRIC_EXPORT_INTERVAL` work as everywhere. Only the
+`http/protobuf` protocol is installed; asking for another one names the
+variable and fails at start, as any bad setting does.
+
+Sampling is parent-based (a hostd follows the allocator's decision), with
+`OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` for the roots, and one
+rule of our own: a database query that is not part of any trace (a follower
+polling the log, a relay checkpoint) starts none. The asyncpg instrumentation
+then shows exactly the queries of a traced request (the log append among
+them), and the aiohttp server instrumentation the HTTP requests (health
+checks excluded).
+
+The helpers below give hostd its spans: `docker_span` around a Docker call,
+`TracedQueue` to remember in which span a report was made, and
+`publish_span` around its publication, so that the allocator's handling of
+the report joins the trace. `PoolMetrics` samples the gauges an operator and
+a member watch from a service's own read models.
+"""
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricExportResult,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.util.types import Attributes
+
+from potluck import __version__
+from potluck.events.tracing import current_trace_carrier
+
+if TYPE_CHECKING:
+    from potluck.allocator.engine import AllocatorEngine
+    from potluck.allocator.projection import AllocationsView
+    from potluck.events import EventStore, RecordedEvent
+    from potluck.registry.service import RegistryService
+
+__all__ = [
+    "DEFAULT_OTLP_ENDPOINT",
+    "JsonLinesMetricExporter",
+    "JsonLinesSpanExporter",
+    "PoolMetrics",
+    "SignalPlan",
+    "Telemetry",
+    "TelemetryConfigError",
+    "TelemetryPlan",
+    "TracedQueue",
+    "build_telemetry",
+    "configure_telemetry",
+    "docker_span",
+    "plan_telemetry",
+    "pool_metrics",
+    "publish_span",
+    "tracer",
+]
+
+T = TypeVar("T")
+
+DEFAULT_OTLP_ENDPOINT = "http://localhost:4318"
+TRACES_FILE = "POTLUCK_TRACES_FILE"
+METRICS_FILE = "POTLUCK_METRICS_FILE"
+#: Health checks poll every few seconds; they would drown the traces that matter.
+_DEFAULT_EXCLUDED_URLS = "/healthz,/readyz"
+
+Destination = Literal["otlp", "file", "console", "off"]
+
+
+class TelemetryConfigError(ValueError):
+    """A bad OTEL_* or POTLUCK_* telemetry setting; the message names the variable."""
+
+
+# --- what goes where --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignalPlan:
+    """Where one signal (traces or metrics) goes: an OTLP URL, a file path, the console, or nowhere."""
+
+    destination: Destination
+    target: str | None = None
+
+    @property
+    def on(self) -> bool:
+        return self.destination != "off"
+
+
+@dataclass(frozen=True)
+class TelemetryPlan:
+    service_name: str
+    traces: SignalPlan
+    metrics: SignalPlan
+    sampler: Sampler = field(default_factory=lambda: ParentBased(ALWAYS_ON))
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _exporters(environ: Mapping[str, str], variable: str) -> set[str]:
+    raw = environ.get(variable, "").strip().lower()
+    if not raw:
+        return set()
+    names = {part.strip() for part in raw.split(",") if part.strip()}
+    unknown = names - {"otlp", "console", "none"}
+    if unknown:
+        raise TelemetryConfigError(
+            f"{variable}={raw!r}: only otlp, console and none are supported, not {', '.join(sorted(unknown))}"
+        )
+    return names
+
+
+def _check_protocol(environ: Mapping[str, str], signal: str) -> None:
+    for variable in (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        value = environ.get(variable, "").strip().lower()
+        if value:
+            if value != "http/protobuf":
+                raise TelemetryConfigError(
+                    f"{variable}={value!r}: potluck exports OTLP over http/protobuf only "
+                    "(a collector's port 4318); set it to http/protobuf or unset it"
+                )
+            return
+
+
+def _otlp_url(environ: Mapping[str, str], signal: str, explicit: bool) -> str | None:
+    own = environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "").strip()
+    if own:
+        return own
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    if not base and not explicit:
+        return None
+    return f"{(base or DEFAULT_OTLP_ENDPOINT).rstrip('/')}/v1/{signal.lower()}"
+
+
+def _signal(
+    environ: Mapping[str, str], signal: Literal["traces", "metrics"], file_variable: str
+) -> SignalPlan:
+    exporters = _exporters(environ, f"OTEL_{signal.upper()}_EXPORTER")
+    if "none" in exporters and len(exporters) == 1:
+        return SignalPlan("off")
+    url = _otlp_url(environ, signal, explicit="otlp" in exporters)
+    if url is not None:
+        _check_protocol(environ, signal.upper())
+        if not url.startswith(("http://", "https://")):
+            raise TelemetryConfigError(
+                f"the OTLP {signal} endpoint {url!r} (from OTEL_EXPORTER_OTLP_ENDPOINT or "
+                f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT) must be an http:// or https:// URL"
+            )
+        return SignalPlan("otlp", url)
+    path = environ.get(file_variable, "").strip()
+    if path:
+        parent = Path(path).expanduser().parent
+        if not parent.is_dir():
+            raise TelemetryConfigError(f"{file_variable}={path!r}: the directory {parent} does not exist")
+        return SignalPlan("file", str(Path(path).expanduser()))
+    if "console" in exporters:
+        return SignalPlan("console")
+    return SignalPlan("off")
+
+
+def _root_sampler(environ: Mapping[str, str]) -> Sampler:
+    name = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
+    base = name.removeprefix("parentbased_")
+    if base == "always_on":
+        return ALWAYS_ON
+    if base == "always_off":
+        return ALWAYS_OFF
+    if base == "traceidratio":
+        raw = environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0").strip() or "1.0"
+        try:
+            ratio = float(raw)
+        except ValueError:
+            ratio = -1.0
+        if not 0.0 <= ratio <= 1.0:
+            raise TelemetryConfigError(f"OTEL_TRACES_SAMPLER_ARG={raw!r} must be a ratio between 0 and 1")
+        return TraceIdRatioBased(ratio)
+    raise TelemetryConfigError(
+        f"OTEL_TRACES_SAMPLER={name!r}: use always_on, always_off, traceidratio "
+        "(parentbased_ variants are the same here: sampling always follows the parent)"
+    )
+
+
+def plan_telemetry(service_name: str, environ: Mapping[str, str] | None = None) -> TelemetryPlan:
+    """Read the environment; raise TelemetryConfigError naming the variable on a bad value."""
+    env = os.environ if environ is None else environ
+    name = env.get("OTEL_SERVICE_NAME", "").strip() or _resource_service_name(env) or service_name
+    if _truthy(env.get("OTEL_SDK_DISABLED")):
+        return TelemetryPlan(name, SignalPlan("off"), SignalPlan("off"))
+    return TelemetryPlan(
+        service_name=name,
+        traces=_signal(env, "traces", TRACES_FILE),
+        metrics=_signal(env, "metrics", METRICS_FILE),
+        sampler=ParentBased(NoOrphanQueries(_root_sampler(env))),
+    )
+
+
+def _resource_service_name(environ: Mapping[str, str]) -> str | None:
+    for item in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, _, value = item.partition("=")
+        if key.strip() == "service.name" and value.strip():
+            return value.strip()
+    return None
+
+
+# --- sampling ---------------------------------------------------------------------------------
+
+
+class NoOrphanQueries(Sampler):
+    """A root sampler that starts no trace for a database query outside any trace.
+
+    Followers poll the log and relays write checkpoints all the time; each
+    query would otherwise be a trace of its own. Queries inside a trace are
+    decided by the parent (ParentBased), so they are kept.
+    """
+
+    def __init__(self, delegate: Sampler) -> None:
+        self.delegate = delegate
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> SamplingResult:
+        if (
+            kind == SpanKind.CLIENT
+            and attributes
+            and ("db.system" in attributes or "db.system.name" in attributes)
+        ):
+            return SamplingResult(Decision.DROP)
+        return self.delegate.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"NoOrphanQueries{{{self.delegate.get_description()}}}"
+
+
+# --- local files ------------------------------------------------------------------------------
+
+
+class _LineFile:
+    """Appends whole lines to a file, one write per line, shared safely by threads and processes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def write(self, lines: Sequence[str]) -> None:
+        if not lines:
+            return
+        data = "".join(line + "\n" for line in lines).encode()
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Each finished span as one JSON object per line (the SDK's own JSON form of a span)."""
+
+    def __init__(self, path: str) -> None:
+        self._file = _LineFile(path)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            self._file.write([span.to_json(indent=None) for span in spans])
+        except OSError:
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class JsonLinesMetricExporter(MetricExporter):
+    """Each metrics collection as one JSON object per line."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._file = _LineFile(path)
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        try:
+            self._file.write([json.dumps(json.loads(metrics_data.to_json(indent=None)))])
+        except OSError:
+            return MetricExportResult.FAILURE
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        return None
+
+
+# --- building and installing ------------------------------------------------------------------
+
+
+@dataclass
+class Telemetry:
+    plan: TelemetryPlan
+    tracer_provider: TracerProvider | None
+    meter_provider: MeterProvider | None
+    _closers: list[Callable[[], object]] = field(default_factory=list)
+    _closed: bool = False
+
+    def shutdown(self) -> None:
+        """Flush what is pending and stop; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        for close in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                close()
+        if self.tracer_provider is not None:
+            with contextlib.suppress(Exception):
+                self.tracer_provider.shutdown()
+        if self.meter_provider is not None:
+            with contextlib.suppress(Exception):
+                self.meter_provider.shutdown()
+
+
+def _span_exporter(plan: SignalPlan) -> SpanExporter:
+    if plan.destination == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(endpoint=plan.target)
+    if plan.destination == "file":
+        assert plan.target is not None
+        return JsonLinesSpanExporter(plan.target)
+    return ConsoleSpanExporter(out=sys.stderr)
+
+
+def _metric_reader(plan: SignalPlan) -> MetricReader:
+    exporter: MetricExporter
+    if plan.destination == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        exporter = OTLPMetricExporter(endpoint=plan.target)
+    elif plan.destination == "file":
+        assert plan.target is not None
+        exporter = JsonLinesMetricExporter(plan.target)
+    else:
+        exporter = ConsoleMetricExporter(out=sys.stderr)
+    return PeriodicExportingMetricReader(exporter)
+
+
+def build_telemetry(
+    service_name: str,
+    *,
+    environ: Mapping[str, str] | None = None,
+    resource_attributes: Mapping[str, str] | None = None,
+) -> Telemetry:
+    """Providers as the environment asks, without installing them globally (tests use this)."""
+    plan = plan_telemetry(service_name, environ)
+    attributes: dict[str, str] = {
+        "service.namespace": "potluck",
+        "service.version": __version__,
+        **(resource_attributes or {}),
+        "service.name": plan.service_name,
+    }
+    resource = Resource.create(attributes)
+    tracer_provider = None
+    if plan.traces.on:
+        tracer_provider = TracerProvider(resource=resource, sampler=plan.sampler)
+        tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(plan.traces)))
+    meter_provider = None
+    if plan.metrics.on:
+        meter_provider = MeterProvider(resource=resource, metric_readers=[_metric_reader(plan.metrics)])
+    return Telemetry(plan, tracer_provider, meter_provider)
+
+
+def _instrument(telemetry: Telemetry) -> None:
+    """The aiohttp server and asyncpg instrumentations, where traces are on."""
+    if telemetry.tracer_provider is None:
+        return
+    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+    # Read by the instrumentation when it is switched on.
+    os.environ.setdefault("OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS", _DEFAULT_EXCLUDED_URLS)
+    for instrumentor in (AioHttpServerInstrumentor(), AsyncPGInstrumentor()):  # type: ignore[no-untyped-call]
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument(tracer_provider=telemetry.tracer_provider)
+            telemetry._closers.append(instrumentor.uninstrument)
+
+
+def configure_telemetry(
+    service_name: str, *, resource_attributes: Mapping[str, str] | None = None
+) -> Callable[[], None]:
+    """Install tracing and metrics for this process as OTEL_* says; returns the shutdown callable.
+
+    Call it before the aiohttp application is made (the instrumentation
+    replaces `aiohttp.web.Application`) and call the result once at exit, so
+    that buffered spans are sent.
+    """
+    telemetry = build_telemetry(service_name, resource_attributes=resource_attributes)
+    if telemetry.tracer_provider is not None:
+        trace.set_tracer_provider(telemetry.tracer_provider)
+    if telemetry.meter_provider is not None:
+        metrics.set_meter_provider(telemetry.meter_provider)
+    _instrument(telemetry)
+    return telemetry.shutdown
+
+
+# --- spans for hostd --------------------------------------------------------------------------
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer("potluck", __version__)
+
+
+@contextlib.contextmanager
+def docker_span(
+    operation: str, *, alloc_id: str, image: str | None = None, container_id: str | None = None
+) -> Iterator[trace.Span]:
+    """A CLIENT span around one call to the Docker engine, e.g. `docker_span("create+start", ...)`.
+
+    An exception leaving the block marks the span as failed. Spans opened in
+    the worker thread of `asyncio.to_thread` inside it become its children.
+    """
+    attributes: dict[str, str] = {"potluck.alloc_id": alloc_id, "peer.service": "docker"}
+    if image is not None:
+        attributes["container.image.name"] = image
+    if container_id is not None:
+        attributes["container.id"] = container_id
+    with tracer().start_as_current_span(
+        f"docker {operation}", kind=SpanKind.CLIENT, attributes=attributes
+    ) as span:
+        yield span
+
+
+class TracedQueue(Generic[T]):
+    """An asyncio queue that remembers the trace context each item was put in.
+
+    hostd makes a report inside the span of the event that caused it and
+    sends it later from another task; `get()` hands back that context for
+    `publish_span`.
+    """
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[tuple[T, Context]] = asyncio.Queue()
+
+    def put_nowait(self, item: T) -> None:
+        self._queue.put_nowait((item, otel_context.get_current()))
+
+    async def get(self) -> tuple[T, Context]:
+        return await self._queue.get()
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
+    def empty(self) -> bool:
+        return self._queue.empty()
+
+
+@contextlib.contextmanager
+def publish_span(
+    subject: str, *, parent: Context | None = None, attributes: Mapping[str, str | int] | None = None
+) -> Iterator[dict[str, str]]:
+    """A PRODUCER span around publishing on `subject`; yields the trace headers to send with it.
+
+    With `parent` (a context from `TracedQueue.get`) the span continues that
+    trace. A message made outside any trace (a usage sample, say) gets no
+    span and no headers: it would only start a trace of its own.
+    """
+    base = parent if parent is not None else otel_context.get_current()
+    if not trace.get_current_span(base).get_span_context().is_valid:
+        yield {}
+        return
+    with tracer().start_as_current_span(
+        f"publish {subject}",
+        context=base,
+        kind=SpanKind.PRODUCER,
+        attributes={"messaging.system": "nats", "messaging.destination.name": subject, **(attributes or {})},
+    ):
+        yield current_trace_carrier()
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+_LATENCY_BUCKETS = [
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+    3600,
+]
+
+Sample = list[tuple[str, float, dict[str, str]]]
+
+
+class PoolMetrics:
+    """The numbers an operator and a member watch, as OpenTelemetry instruments.
+
+    Gauges (sampled every `interval` seconds by `run()` on the event loop, so
+    the exporter's thread never reads a model while the loop changes it):
+
+        potluck.capacity.cpus / .memory / .disk   {host_id, kind=donated|reserved|free}
+        potluck.allocations                       {state}
+        potluck.hosts                             {status}
+        potluck.host.heartbeats_missed            {host_id}
+        potluck.relay.lag                         {relay}: head position minus checkpoint
+
+    and the histogram `potluck.placement.latency` (seconds from a request to
+    its placement), recorded by `on_record` as the allocator follows the log.
+    A service watches what it has: `watch_allocator`, `watch_registry`, `watch_relay`.
+    """
+
+    GAUGES = (
+        ("potluck.capacity.cpus", "{cpu}", "CPUs donated, reserved and free per host"),
+        ("potluck.capacity.memory", "By", "Memory donated, reserved and free per host"),
+        ("potluck.capacity.disk", "By", "Disk donated, reserved and free per host"),
+        ("potluck.allocations", "{allocation}", "Allocations by state"),
+        ("potluck.hosts", "{host}", "Hosts by status"),
+        ("potluck.host.heartbeats_missed", "{heartbeat}", "Heartbeats missed in a row per registered host"),
+        ("potluck.relay.lag", "{event}", "Events in the log the relay has not published yet"),
+    )
+
+    def __init__(self, meter: metrics.Meter | None = None) -> None:
+        self.meter = meter or metrics.get_meter("potluck", __version__)
+        self._values: dict[str, list[Observation]] = {name: [] for name, _, _ in self.GAUGES}
+        self._sync: list[Callable[[], Sample]] = []
+        self._async: list[Callable[[], Awaitable[Sample]]] = []
+        for name, unit, description in self.GAUGES:
+            self.meter.create_observable_gauge(
+                name, callbacks=[self._callback(name)], unit=unit, description=description
+            )
+        self.placement_latency = self.meter.create_histogram(
+            "potluck.placement.latency",
+            unit="s",
+            description="Time from an allocation's request to its placement",
+            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
+        )
+
+    def _callback(self, name: str) -> Callable[[CallbackOptions], list[Observation]]:
+        def observe(options: CallbackOptions) -> list[Observation]:
+            return list(self._values[name])
+
+        return observe
+
+    # Sources.
+
+    def watch_allocator(self, engine: "AllocatorEngine") -> None:
+        def sample() -> Sample:
+            out: Sample = []
+            for host_id, row in engine_capacity(engine).items():
+                host = engine.hosts.hosts.get(host_id)
+                if host is None or host.admin == "deregistered":
+                    continue
+                for kind in ("donated", "reserved", "free"):
+                    figures = row.get(kind)
+                    if not figures:
+                        continue
+                    attrs = {"host_id": host_id, "kind": kind}
+                    out.append(("potluck.capacity.cpus", figures["cpus"], attrs))
+                    out.append(("potluck.capacity.memory", figures["memory_bytes"], attrs))
+                    out.append(("potluck.capacity.disk", figures["disk_bytes"], attrs))
+            states: dict[str, int] = {}
+            for alloc in list(engine.allocations.allocations.values()):
+                states[alloc.status] = states.get(alloc.status, 0) + 1
+            out.extend(("potluck.allocations", n, {"state": s}) for s, n in sorted(states.items()))
+            return out
+
+        self._sync.append(sample)
+
+    def watch_registry(self, service: "RegistryService") -> None:
+        def sample() -> Sample:
+            out: Sample = []
+            statuses: dict[str, int] = {}
+            interval = service.policy.heartbeat_interval_s
+            for host in list(service.view.hosts.values()):
+                statuses[host.status] = statuses.get(host.status, 0) + 1
+                if host.registered:
+                    missed = math.floor(service.last_seen.silent_for(host.host_id) / interval)
+                    out.append(("potluck.host.heartbeats_missed", missed, {"host_id": host.host_id}))
+            out.extend(("potluck.hosts", n, {"status": s}) for s, n in sorted(statuses.items()))
+            return out
+
+        self._sync.append(sample)
+
+    def watch_relay(self, store: "EventStore", name: str = "main") -> None:
+        async def sample() -> Sample:
+            from potluck.ops.status import relay_lag
+
+            lag = await relay_lag(store, name)
+            return [("potluck.relay.lag", lag.lag, {"relay": name})]
+
+        self._async.append(sample)
+
+    # Events.
+
+    def on_record(self, record: "RecordedEvent", allocations: "AllocationsView") -> None:
+        """Call after the allocator folded `record` while following the log (not while catching up)."""
+        if record.type != "AllocationPlaced":
+            return
+        state = allocations.allocations.get(str(record.data.get("alloc_id")))
+        if state is None or state.requested_at is None:
+            return
+        self.record_placement(state.requested_at, record.recorded_at)
+
+    def record_placement(self, requested_at: datetime, placed_at: datetime) -> None:
+        self.placement_latency.record(max((placed_at - requested_at).total_seconds(), 0.0))
+
+    async def sample(self) -> None:
+        """Take every gauge's values now."""
+        values: dict[str, list[Observation]] = {name: [] for name in self._values}
+        samples: list[Sample] = [source() for source in self._sync]
+        for source in self._async:
+            try:
+                samples.append(await source())
+            except Exception:  # the database is away: keep the last value rather than stop
+                for name, _, _ in self.GAUGES:
+                    if name == "potluck.relay.lag":
+                        values[name] = list(self._values[name])
+        for sample in samples:
+            for name, value, attrs in sample:
+                values[name].append(Observation(value, attrs))
+        self._values = values
+
+    async def run(self, interval: float = 5.0) -> None:
+        """Sample until cancelled; idle when metrics are off (no SDK meter provider installed)."""
+        if not isinstance(metrics.get_meter_provider(), MeterProvider):
+            await asyncio.Event().wait()
+        while True:
+            await self.sample()
+            await asyncio.sleep(interval)
+
+
+_pool_metrics: PoolMetrics | None = None
+
+
+def pool_metrics() -> PoolMetrics:
+    """This process's one PoolMetrics (instruments must be made once per process)."""
+    global _pool_metrics
+    if _pool_metrics is None:
+        _pool_metrics = PoolMetrics()
+    return _pool_metrics
+
+
+def engine_capacity(engine: "AllocatorEngine") -> dict[str, dict[str, Any]]:
+    from potluck.projections import capacity_as_dict
+
+    return capacity_as_dict(engine.hosts, engine.ledger)

@@ -1,0 +1,445 @@
+"""The operator's commands, as the real `potluck ops ...` processes, on a real pool.
+
+Users allocate over HTTP on two hosts with their own Docker engines; the
+operator then replays the log and checks it against the running registry
+and allocator, looks at the pool as it was at an earlier moment (compared
+with the allocator's own answer taken at that moment), follows the log,
+shows a stream, reads the status screen. Every command refuses bad input with
+one clear line and a non-zero exit.
+"""
+
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from potluck.events import EventStore
+from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.test_image import DEFAULT_TAG
+from potluck.ops.live import LiveModel, fetch_allocator
+from potluck.registry.events import Capacity, EngineFacts, HostEnrolled, HostRegistered, host_stream
+from tests.e2e.conftest import wait_for_status
+from tests.fixtures.pool import EnrolledHost, Pool
+
+#: The real command: `potluck ops ...`.
+POTLUCK_OPS = (sys.executable, "-m", "potluck", "ops")
+
+
+async def ops(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *POTLUCK_OPS, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+class User:
+    def __init__(self, http: aiohttp.ClientSession, pool: Pool, token: str) -> None:
+        self.http = http
+        self.pool = pool
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        async with self.http.request(method, self.pool.api + path, json=body, headers=self.headers) as r:
+            answer = await r.json()
+            assert r.status < 300, answer
+            return answer
+
+    async def allocate(self, cpus: float) -> str:
+        body = {
+            "cpus": cpus,
+            "memory": "64M",
+            "disk": "64M",
+            "image": DEFAULT_TAG,
+            "command": ["sleep", "3600"],
+        }
+        created = await self.call("POST", "/v1/allocations", body)
+        return str(created["id"])
+
+
+async def second_laptop(pool: Pool, engine: DockerEngine) -> EnrolledHost:
+    host = await pool.enroll("laptop-b")
+    pool.write_config(host, engine)
+    pool.start_hostd(host)
+    await pool.wait_for_host(host.host_id, "online")
+    return host
+
+
+async def allocator_now(pool: Pool) -> LiveModel:
+    nc = await pool.client()
+    try:
+        return await fetch_allocator(nc)
+    finally:
+        await nc.close()
+
+
+async def test_replay_check_and_the_pool_at_an_earlier_moment(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine], database_url: str
+) -> None:
+    other = await second_laptop(pool, docker_engines[1])
+    await pool.wait_api()
+    async with aiohttp.ClientSession() as http:
+        alice = User(http, pool, await pool.add_user("alice"))
+        bob = User(http, pool, await pool.add_user("bob"))
+        first = await alice.allocate(1.5)
+        second = await bob.allocate(1.0)  # does not fit next to `first`: the other laptop
+        third = await bob.allocate(0.5)
+        for alloc_id in (first, second, third):
+            await wait_for_status(pool, alloc_id, "running")
+
+        then = await allocator_now(pool)
+        assert {a: row["status"] for a, row in then.models["allocations"].items()} == {
+            first: "running",
+            second: "running",
+            third: "running",
+        }
+
+        await alice.call("DELETE", f"/v1/allocations/{first}")
+        await wait_for_status(pool, first, "released")
+        code, out, err = await ops("hosts", "control", other.host_id, "pause", "--database-url", database_url)
+        assert code == 0, err
+        fourth = await alice.allocate(0.5)
+        await wait_for_status(pool, fourth, "running")
+
+    # Both live models are compared, each at the position it reports.
+    code, out, err = await ops(
+        "replay",
+        "--check",
+        "--database-url",
+        database_url,
+        "--nats-url",
+        pool.nats.url,
+        "--nats-seed-file",
+        str(pool.services_seed_file),
+    )
+    assert code == 0, out + err + pool.logs()
+    assert "registry at position" in out
+    assert "allocator at position" in out
+    assert out.count("no difference") == 2
+    code, out, err = await ops(
+        "replay",
+        "--check",
+        "--json",
+        "--database-url",
+        database_url,
+        "--nats-url",
+        pool.nats.url,
+        "--nats-seed-file",
+        str(pool.services_seed_file),
+    )
+    assert code == 0, err
+    checked = json.loads(out)
+    assert checked["ok"] is True
+    allocator_side = next(c for c in checked["comparisons"] if c["service"] == "allocator")
+    assert allocator_side["compared"]["allocations"] == 4
+    assert allocator_side["compared"]["hosts"] == 2
+
+    # The pool as it was when the allocator answered above.
+    code, out, err = await ops(
+        "replay", "--until", str(then.position), "--json", "--database-url", database_url
+    )
+    assert code == 0, err
+    view = json.loads(out)
+    assert view["position"] == then.position
+    assert {a["alloc_id"]: a["status"] for a in view["allocations"]} == {
+        a: row["status"] for a, row in then.models["allocations"].items()
+    }
+    assert {h["host_id"]: h["reserved"] for h in view["hosts"]} == {
+        h: row["reserved"] for h, row in then.models["capacity"].items()
+    }
+    assert {h["host_id"]: h["status"] for h in view["hosts"]} == {
+        h: row["status"] for h, row in then.models["hosts"].items()
+    }
+    assert view["allocations_by_state"] == {"running": 3}
+
+    code, out, _ = await ops("replay", "--until", str(then.position), "--database-url", database_url, "-q")
+    assert code == 0
+    assert f"log position {then.position}" in out
+    for alloc_id in (first, second, third):
+        assert alloc_id in out
+    assert fourth not in out
+
+
+async def test_status_events_and_trace_on_a_running_pool(
+    pool: Pool, laptop: EnrolledHost, database_url: str
+) -> None:
+    await pool.wait_api()
+    async with aiohttp.ClientSession() as http:
+        alice = User(http, pool, await pool.add_user("alice"))
+        alloc_id = await alice.allocate(0.5)
+        await wait_for_status(pool, alloc_id, "running")
+
+        # Follows from the head as it is now, whenever the process gets going.
+        head = await pool.store.head_position()
+        tail = await asyncio.create_subprocess_exec(
+            *POTLUCK_OPS,
+            "events",
+            "tail",
+            "--type",
+            "AllocationReleased",
+            "--type",
+            "CapacityFreed",
+            "--count",
+            "2",
+            "--after",
+            str(head),
+            "--json",
+            "--database-url",
+            database_url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        await asyncio.sleep(0.5)  # following live, whether it starts before or after the release
+        await alice.call("DELETE", f"/v1/allocations/{alloc_id}")
+        tail_out, tail_err = await asyncio.wait_for(tail.communicate(), 60)
+    assert tail.returncode == 0, tail_err.decode()
+    followed = [json.loads(line) for line in tail_out.decode().splitlines()]
+    assert sorted(e["type"] for e in followed) == ["AllocationReleased", "CapacityFreed"]
+    assert {e["data"]["alloc_id"] for e in followed} == {alloc_id}
+
+    code, out, err = await ops(
+        "events", "show", f"alloc-{alloc_id}", "--json", "--database-url", database_url
+    )
+    assert code == 0, err
+    history = [json.loads(line) for line in out.splitlines()]
+    assert [e["type"] for e in history] == [
+        "AllocationRequested",
+        "AllocationPlaced",
+        "AllocationRunning",
+        "AllocationReleased",
+    ]
+    assert [e["version"] for e in history] == [1, 2, 3, 4]
+    code, out, _ = await ops("events", "show", f"alloc-{alloc_id}", "--database-url", database_url)
+    assert code == 0
+    assert "AllocationPlaced" in out
+    assert "actor" in out
+
+    code, out, _ = await ops("events", "tail", "--after", "0", "--count", "3", "--database-url", database_url)
+    assert code == 0
+    assert len(out.splitlines()) == 3
+    assert "HostEnrolled" in out.splitlines()[0]
+
+    # The relay (embedded in the services) catches up: lag 0.
+    for _ in range(100):
+        code, out, err = await ops("status", "--json", "--database-url", database_url)
+        assert code == 0, err
+        status = json.loads(out)
+        if status["relay"]["lag"] == 0:
+            break
+        await asyncio.sleep(0.2)
+    assert status["relay"]["lag"] == 0
+    assert status["relay"]["checkpoint"] == status["relay"]["head"] == status["position"]
+    assert [h["host_id"] for h in status["hosts"]] == [laptop.host_id]
+    assert status["allocations_by_state"] == {"released": 1}
+    assert status["capacity"]["donated"]["cpus"] == 2.0
+    assert status["capacity"]["reserved"]["cpus"] == 0.0
+    code, out, _ = await ops("status", "--database-url", database_url)
+    assert code == 0
+    assert "Relay 'main': 0 events behind the log" in out
+    assert laptop.host_id in out
+
+    # This pool runs without tracing: the allocation has no trace to show, and says why.
+    code, out, err = await ops("trace", alloc_id, "--database-url", database_url)
+    assert code == 1
+    assert "without trace context" in err
+
+
+async def test_bad_input_to_every_command_gets_one_clear_line_and_a_failure(
+    store: EventStore, database_url: str
+) -> None:
+    engine = EngineFacts(
+        version="27", cgroup_version="2", storage_driver="overlay2", disk_quota_supported=False
+    )
+    await store.append(
+        host_stream("h-1"),
+        [
+            HostEnrolled(host_id="h-1", name="laptop", nkey="UKEY"),
+            HostRegistered(
+                host_id="h-1",
+                donated=Capacity(cpus=2, memory_bytes=1 << 30, disk_bytes=1 << 30),
+                engine=engine,
+                hostd_version="test",
+            ),
+        ],
+    )
+    head = await store.head_position()
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    db = ("--database-url", database_url)
+    cases: list[tuple[tuple[str, ...], int, str]] = [
+        (("events", "show", "alloc-a-nope", *db), 1, "no stream 'alloc-a-nope' in the log"),
+        (("events", "show", "host-h", *db), 1, "similar streams: host-h-1"),
+        (("events", "show", "nodash", *db), 1, "is not a stream name"),
+        (("events", "tail", "--type", "HostExploded", *db), 1, "unknown event type 'HostExploded'"),
+        (("events", "tail", "--stream", "alloc-a-nope", *db), 1, "no stream 'alloc-a-nope'"),
+        (("events", "tail", "--after", str(head + 5), *db), 1, "past the end of the log"),
+        (("events", "tail", "--after", "-1", *db), 1, "negative"),
+        (("replay", "--until", str(head + 1), *db), 1, f"position {head + 1} is past the end of the log"),
+        (("replay", "--until", "next tuesday", *db), 1, "is neither a log position"),
+        (("replay", "--until", "2025-02-30T10:00:00", *db), 1, "is neither a log position"),
+        (("replay", "--until", future, *db), 1, "is in the future"),
+        (("replay", "--check", "--until", "1", *db), 2, "drop --until"),
+        (
+            ("replay", "--check", "--nats-url", "nats://127.0.0.1:9", "--timeout", "1", *db),
+            2,
+            "cannot reach NATS",
+        ),
+        (("trace", "a-doesnotexist", *db), 1, "no allocation 'a-doesnotexist' in the log"),
+        (("trace", "a-x", "--viewer-url", "http://viewer/", *db), 2, "{trace_id}"),
+        (
+            ("status", "--database-url", "postgresql://u:s3cret@127.0.0.1:9/x"),
+            1,
+            "cannot reach the event log",
+        ),
+        (("status",), 2, "Missing option '--database-url'"),
+    ]
+    for args, code, message in cases:
+        got, out, err = await ops(*args)
+        assert (got, message in err) == (code, True), (args, got, out, err)
+        assert "Traceback" not in err, (args, err)
+        assert "s3cret" not in err
+    # A database without an event log yet.
+    admin_url = database_url.rsplit("/", 1)[0] + "/postgres"
+    got, _, err = await ops("status", "--database-url", admin_url)
+    assert got == 1
+    assert "has no event log yet" in err
+
+
+# --- the compose deployment ----------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+#: Service keys of the Compose Specification (compose-spec/compose-spec, schema/compose-spec.json)
+#: that this file may use; anything else is a typo compose would refuse.
+SERVICE_KEYS = {
+    "build", "command", "depends_on", "entrypoint", "environment", "healthcheck", "image", "pid",
+    "ports", "profiles", "restart", "secrets", "user", "volumes",
+}  # fmt: skip
+HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"}
+CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+
+
+def _compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return loaded
+
+
+def test_the_compose_file_is_consistent_and_complete() -> None:
+    """No compose tool is installed here (`docker compose` is missing and Debian's docker-compose is
+    v1, which predates the specification this file follows): the file is checked against the
+    specification's rules that matter, and against the rest of the repository."""
+    compose = _compose()
+    services: dict[str, dict[str, Any]] = compose["services"]
+    assert compose["name"] == "potluck"
+    assert set(compose) <= {"name", "services", "volumes", "secrets", "x-potluck"}
+    assert {
+        "nats", "postgres", "registry", "allocator", "sshgateway", "otel-collector", "jaeger", "hostd",
+    } <= set(services)  # fmt: skip
+    volumes = set(compose["volumes"])
+    for name, service in services.items():
+        assert set(service) <= SERVICE_KEYS, (name, set(service) - SERVICE_KEYS)
+        for dependency, how in (service.get("depends_on") or {}).items():
+            assert dependency in services, (name, dependency)
+            assert how["condition"] in CONDITIONS, (name, how)
+            if how["condition"] == "service_healthy":
+                assert "healthcheck" in services[dependency], (name, dependency)
+            if how["condition"] == "service_completed_successfully":
+                assert services[dependency].get("restart") == "no", dependency
+        for mount in service.get("volumes", []):
+            source = mount.split(":")[0]
+            if source.startswith("./"):
+                assert (REPO / source).exists(), (name, source)
+            elif not source.startswith("/"):
+                assert source in volumes, (name, source)
+        for secret in service.get("secrets", []):
+            assert secret in compose["secrets"], (name, secret)
+        check = service.get("healthcheck")
+        if check is not None:
+            assert set(check) <= HEALTHCHECK_KEYS, name
+            assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+            if check["test"][:3] == ["CMD", "python", "-c"]:
+                compile(check["test"][3], f"{name} healthcheck", "exec")
+        elif service.get("restart") != "no":
+            # Long-running services report their health, but the collector (distroless: no
+            # shell or client inside; its health_check extension answers on :13133).
+            assert name == "otel-collector", f"{name} has no healthcheck"
+
+    # Only the trial runs a hostd, and it holds no database credentials.
+    assert {n for n, s in services.items() if s.get("profiles")} == {"hostd", "trial-setup"}
+    assert all(services[n]["profiles"] == ["trial"] for n in ("hostd", "trial-setup"))
+    assert "POTLUCK_DATABASE_URL" not in services["hostd"]["environment"]
+    assert services["hostd"]["secrets"] == []
+
+    # No secret in the file: the password comes from .env, whose example is committed instead.
+    text = (REPO / "docker-compose.yml").read_text()
+    assert "${POSTGRES_PASSWORD:?" in text
+    assert (REPO / "ops" / "compose.env.example").exists()
+    assert compose["secrets"]["services_seed"]["file"].startswith("./ops/secrets/")
+
+    # Every process exports OTLP/HTTP to the collector, which receives it and sends traces to Jaeger.
+    env = compose["x-potluck"]["environment"]
+    assert "http://otel-collector:4318" in env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    assert "{trace_id}" in env["POTLUCK_TRACE_VIEWER_URL"]
+    collector = yaml.safe_load((REPO / "ops" / "otel-collector.yaml").read_text())
+    assert collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
+    for pipeline in collector["service"]["pipelines"].values():
+        for part in ("receivers", "processors", "exporters"):
+            assert set(pipeline[part]) <= set(collector[part]), (part, pipeline)
+    assert collector["exporters"]["otlp/jaeger"]["endpoint"] == "jaeger:4317"
+    assert set(collector["service"]["pipelines"]) == {"traces", "metrics"}
+
+    # The services run commands this `potluck` has, with options it knows.
+    from click.testing import CliRunner
+
+    from potluck.cli import main
+
+    for name in ("registry", "allocator", "sshgateway", "hostd"):
+        command = services[name]["command"]
+        assert command[:2] == ["potluck", name], name
+        assert name in main.commands, f"`potluck {name}` does not exist"
+    hostd_help = CliRunner().invoke(main, ["hostd", "--help"]).output
+    assert "--config" in hostd_help
+    enroll_help = CliRunner().invoke(main, ["ops", "hosts", "enroll", "--help"]).output
+    for option in ("--credentials-out", "--nats-auth-file", "--nats-pid-file"):
+        assert option in enroll_help
+    compile(services["nats-auth"]["command"][2], "nats-auth", "exec")
+    setup = services["trial-setup"]["command"][0]
+    compile(setup.split("<<'PY'\n", 1)[1].rsplit("PY\n", 1)[0], "trial-setup", "exec")
+
+
+def test_the_dockerfile_is_a_debian_image_of_this_repository() -> None:
+    """Building needs the python base image from Docker Hub, which this machine cannot reach (only
+    PyPI, Debian and npm are), so the file's syntax and references are checked instead."""
+    instructions = {
+        "FROM",
+        "ENV",
+        "RUN",
+        "WORKDIR",
+        "COPY",
+        "USER",
+        "ENTRYPOINT",
+        "CMD",
+        "ARG",
+        "EXPOSE",
+        "LABEL",
+    }
+    lines = [
+        line.strip()
+        for line in (REPO / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    words = [line.split()[0] for line in lines]
+    assert set(words) <= instructions, set(words) - instructions
+    assert words[0] == "FROM"
+    assert "bookworm" in lines[0] or "debian" in lines[0]
+    for line in lines:
+        if line.startswith("COPY"):
+            for source in line.split()[1:-1]:
+                assert (REPO / source).exists(), source
+        if line.startswith(("CMD", "ENTRYPOINT")):
+            json.loads(line.split(None, 1)[1])
+    assert 'potluck = "potluck.cli:main"' in (REPO / "pyproject.toml").read_text()

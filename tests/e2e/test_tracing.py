@@ -1,0 +1,408 @@
+"""One trace follows a user's request through every process; metrics arrive the same way.
+
+The pool's real processes (registry, allocator, hostd, each with its relay)
+get the standard OTEL_* variables pointing at a real OTLP/HTTP receiver on
+loopback (tests/fixtures/otlp.py); the user makes an allocation over HTTP.
+The spans that arrive must form one trace with the right parents, across
+processes: the allocator's HTTP request and its log append, the relay's
+publish, hostd's consumer, its Docker create+start and its report, and the
+allocator's handling of that report.
+
+The last tests build the telemetry in this process: the environment's
+choices (OTLP, a JSON-lines file, off, bad values) and the rule that a
+database query outside any trace starts none.
+"""
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+from opentelemetry.trace import SpanKind
+
+from potluck.hostd.docker_driver import DockerDriver
+from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.test_image import DEFAULT_TAG
+from potluck.telemetry import (
+    DEFAULT_OTLP_ENDPOINT,
+    SignalPlan,
+    TelemetryConfigError,
+    build_telemetry,
+    plan_telemetry,
+)
+from tests.fixtures.otlp import CollectedSpan, OtlpReceiver
+from tests.fixtures.pool import EnrolledHost, Pool
+
+OTEL_VARIABLES = (
+    "OTEL_SDK_DISABLED",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_TRACES_SAMPLER",
+    "POTLUCK_TRACES_FILE",
+    "POTLUCK_METRICS_FILE",
+)
+
+
+@pytest.fixture
+async def collector() -> AsyncIterator[OtlpReceiver]:
+    receiver = OtlpReceiver()
+    await receiver.start()
+    try:
+        yield receiver
+    finally:
+        await receiver.stop()
+
+
+@pytest.fixture
+async def traced_pool(
+    tmp_path: Path,
+    database_url: str,
+    docker_engines: list[DockerEngine],
+    collector: OtlpReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Pool]:
+    """The `pool` fixture's processes, started with OTEL_* pointing at `collector`."""
+    for name in OTEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    # LocalPool's processes inherit this process's environment.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "500")
+    pool = await Pool.create(tmp_path, database_url, liveness=(0.2, 3, 2.0), log_level="DEBUG")
+    try:
+        pool.start_registry()
+        pool.start_allocator()
+        yield pool
+    finally:
+        await pool.close()
+        for engine in docker_engines:
+            with DockerDriver(engine.url) as driver:
+                for container in driver.list_managed(None):
+                    driver.remove(container.container_id)
+
+
+@pytest.fixture
+async def traced_laptop(traced_pool: Pool, docker_engines: list[DockerEngine]) -> EnrolledHost:
+    host = await traced_pool.enroll("laptop-a")
+    traced_pool.write_config(host, docker_engines[0])
+    traced_pool.start_hostd(host)
+    await traced_pool.wait_for_host(host.host_id, "online")
+    return host
+
+
+async def allocate(pool: Pool) -> str:
+    """A user's allocation over HTTP, until it runs; its id."""
+    await pool.wait_api()
+    token = await pool.add_user("alice")
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"cpus": 0.5, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG, "command": ["sleep", "3600"]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(pool.api + "/v1/allocations", json=body, headers=headers) as response:
+            created = await response.json()
+            assert response.status == 201, created
+        alloc_id = str(created["id"])
+        url = f"{pool.api}/v1/allocations/{alloc_id}?wait=running&timeout=30"
+        async with http.get(url, headers=headers) as response:
+            running = await response.json()
+    assert running["state"] == "running", pool.logs()
+    return alloc_id
+
+
+def one(spans: list[CollectedSpan], what: str) -> CollectedSpan:
+    assert len(spans) == 1, f"expected one {what}, got {[str(s) for s in spans]}"
+    return spans[0]
+
+
+async def test_one_trace_covers_the_request_the_log_the_bus_hostd_and_its_report(
+    traced_pool: Pool, traced_laptop: EnrolledHost, collector: OtlpReceiver, database_url: str
+) -> None:
+    host_id = traced_laptop.host_id
+    alloc_id = await allocate(traced_pool)
+
+    server = await collector.wait_for(
+        "allocator HTTP span for POST /v1/allocations",
+        lambda: collector.find(
+            lambda s: (
+                s.service == "potluck-allocator" and s.kind == "SERVER" and s.name == "POST /v1/allocations"
+            )
+        ),
+    )
+    server = one(server, "POST /v1/allocations server span")
+    trace_id = server.trace_id
+    assert server.parent_span_id is None
+
+    def named(service: str | tuple[str, ...], kind: str, name: str) -> list[CollectedSpan]:
+        services = (service,) if isinstance(service, str) else service
+        return [
+            s
+            for s in collector.trace(trace_id)
+            if s.service in services and s.kind == kind and s.name.startswith(name)
+        ]
+
+    relays = ("potluck-allocator", "potluck-registry")
+    placed_subject = f"potluck.evt.alloc.AllocationPlaced.{host_id}"
+    report_subject = f"potluck.report.{host_id}.started"
+    running_subject = f"potluck.evt.alloc.AllocationRunning.{host_id}"
+
+    def complete() -> bool:
+        spans = collector.trace(trace_id)
+        ids = {s.span_id for s in spans}
+        return (
+            bool(named(relays, "PRODUCER", "relay AllocationRunning"))
+            and bool(named("potluck-hostd", "CONSUMER", f"handle {running_subject}"))
+            # every parent has arrived: no span hangs off a span we never saw
+            and all(s.parent_span_id is None or s.parent_span_id in ids for s in spans)
+        )
+
+    await collector.wait_for(f"the whole trace {trace_id}", complete)
+
+    # The log append: asyncpg's INSERT into the event log, inside the HTTP request (and, later in
+    # the trace, inside the allocator's handling of hostd's report).
+    inserts = [
+        s
+        for s in named("potluck-allocator", "CLIENT", "INSERT")
+        if "INSERT INTO events"
+        in str(s.attributes.get("db.statement", s.attributes.get("db.query.text", "")))
+    ]
+    assert [s for s in inserts if s.parent_span_id == server.span_id], [
+        str(s) for s in collector.trace(trace_id)
+    ]
+
+    # The relay publishes AllocationPlaced as a child of the request that logged it.
+    relay_placed = one(named(relays, "PRODUCER", "relay AllocationPlaced"), "relay of AllocationPlaced")
+    assert relay_placed.parent_span_id == server.span_id
+    assert relay_placed.attributes["messaging.system"] == "nats"
+
+    # hostd, another process, consumes it in the same trace: the relay's span or the request's.
+    consumer = one(named("potluck-hostd", "CONSUMER", f"handle {placed_subject}"), "hostd consumer span")
+    assert consumer.parent_span_id in (relay_placed.span_id, server.span_id)
+    assert consumer.resource["potluck.host_id"] == host_id
+
+    # Docker create+start inside that consumer span.
+    docker = one(named("potluck-hostd", "CLIENT", "docker create+start"), "Docker span")
+    assert docker.parent_span_id == consumer.span_id
+    assert docker.attributes["potluck.alloc_id"] == alloc_id
+    assert docker.attributes["container.image.name"] == DEFAULT_TAG
+    assert docker.start_ns >= consumer.start_ns
+
+    # hostd's report, published in the trace of the event that caused it ...
+    published = one(named("potluck-hostd", "PRODUCER", f"publish {report_subject}"), "report publish span")
+    assert published.parent_span_id == consumer.span_id
+    assert published.start_ns >= docker.end_ns
+
+    # ... handled by the allocator as its child, whose append the relay carries on.
+    handled = one(named("potluck-allocator", "CONSUMER", f"handle {report_subject}"), "allocator report span")
+    assert handled.parent_span_id == published.span_id
+    relay_running = one(named(relays, "PRODUCER", "relay AllocationRunning"), "relay of AllocationRunning")
+    assert relay_running.parent_span_id == handled.span_id
+    assert {s.parent_span_id for s in inserts} == {server.span_id, handled.span_id}
+
+    services = {s.service for s in collector.trace(trace_id)}
+    assert {"potluck-allocator", "potluck-hostd"} <= services
+    assert not collector.rejected
+
+    # The operator finds the trace from the allocation id.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "potluck",
+        "ops",
+        "trace",
+        alloc_id,
+        "--database-url",
+        database_url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().split() == [trace_id]
+
+
+async def test_pool_metrics_reach_the_collector(
+    traced_pool: Pool, traced_laptop: EnrolledHost, collector: OtlpReceiver
+) -> None:
+    host_id = traced_laptop.host_id
+    await allocate(traced_pool)
+
+    def latest(name: str, **attrs: str) -> float | None:
+        points = [
+            p for p in collector.metric(name) if all(p.attributes.get(k) == v for k, v in attrs.items())
+        ]
+        return points[-1].value if points else None
+
+    await collector.wait_for(
+        "capacity gauges showing the reservation",
+        lambda: latest("potluck.capacity.cpus", host_id=host_id, kind="reserved") == 0.5,
+    )
+    assert latest("potluck.capacity.cpus", host_id=host_id, kind="donated") == 2.0
+    assert latest("potluck.capacity.cpus", host_id=host_id, kind="free") == 1.5
+    assert latest("potluck.capacity.memory", host_id=host_id, kind="reserved") == 64 << 20
+    await collector.wait_for(
+        "allocations by state", lambda: latest("potluck.allocations", state="running") == 1.0
+    )
+    await collector.wait_for(
+        "heartbeats missed per host",
+        lambda: latest("potluck.host.heartbeats_missed", host_id=host_id) is not None,
+    )
+    await collector.wait_for("relay lag", lambda: collector.metric("potluck.relay.lag"))
+    lags = [p.value for p in collector.metric("potluck.relay.lag")]
+    assert all(lag is not None and lag >= 0 for lag in lags)
+    placement = await collector.wait_for(
+        "the placement latency histogram", lambda: collector.metric("potluck.placement.latency")
+    )
+    assert placement[-1].count is not None
+    assert placement[-1].count >= 1
+    assert {p.service for p in collector.metric("potluck.allocations")} == {"potluck-allocator"}
+
+
+# --- in this process: the environment's choices --------------------------------------------------
+
+
+def test_the_environment_chooses_where_spans_and_metrics_go(tmp_path: Path) -> None:
+    nothing = plan_telemetry("potluck-registry", {})
+    assert (nothing.service_name, nothing.traces, nothing.metrics) == (
+        "potluck-registry",
+        SignalPlan("off"),
+        SignalPlan("off"),
+    )
+    otlp = plan_telemetry("potluck-registry", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"})
+    assert otlp.traces == SignalPlan("otlp", "http://collector:4318/v1/traces")
+    assert otlp.metrics == SignalPlan("otlp", "http://collector:4318/v1/metrics")
+    own = plan_telemetry(
+        "x",
+        {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:4318/v1/traces",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_SERVICE_NAME": "named",
+        },
+    )
+    assert (own.service_name, own.traces.target, own.metrics) == (
+        "named",
+        "http://t:4318/v1/traces",
+        SignalPlan("off"),
+    )
+    explicit = plan_telemetry("x", {"OTEL_TRACES_EXPORTER": "otlp"})
+    assert explicit.traces == SignalPlan("otlp", f"{DEFAULT_OTLP_ENDPOINT}/v1/traces")
+    files = plan_telemetry(
+        "x",
+        {"POTLUCK_TRACES_FILE": str(tmp_path / "t.jsonl"), "POTLUCK_METRICS_FILE": str(tmp_path / "m.jsonl")},
+    )
+    assert files.traces == SignalPlan("file", str(tmp_path / "t.jsonl"))
+    assert files.metrics == SignalPlan("file", str(tmp_path / "m.jsonl"))
+    disabled = plan_telemetry(
+        "x", {"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}
+    )
+    assert not disabled.traces.on
+    assert not disabled.metrics.on
+    resource_name = plan_telemetry("x", {"OTEL_RESOURCE_ATTRIBUTES": "a=b,service.name=from-resource"})
+    assert resource_name.service_name == "from-resource"
+
+    for environ, variable in (
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "PROTOCOL"),
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ({"OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER"),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"}, "OTEL_TRACES_SAMPLER_ARG"),
+        ({"POTLUCK_TRACES_FILE": "/no/such/dir/t.jsonl"}, "POTLUCK_TRACES_FILE"),
+    ):
+        with pytest.raises(TelemetryConfigError, match=variable):
+            plan_telemetry("x", environ)
+
+
+async def test_spans_go_to_a_real_otlp_receiver_and_to_a_local_file(
+    collector: OtlpReceiver, tmp_path: Path
+) -> None:
+    telemetry = build_telemetry("potluck-test", environ={"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint})
+    assert telemetry.tracer_provider is not None
+    tracer = telemetry.tracer_provider.get_tracer("test")
+    with (
+        tracer.start_as_current_span("outer") as outer,
+        tracer.start_as_current_span("inner", kind=SpanKind.CLIENT),
+    ):
+        pass
+    await asyncio.to_thread(telemetry.shutdown)
+    spans = await collector.wait_for(
+        "two spans", lambda: collector.spans if len(collector.spans) >= 2 else None
+    )
+    by_name = {s.name: s for s in spans}
+    assert (
+        by_name["inner"].parent_span_id
+        == by_name["outer"].span_id
+        == format(outer.get_span_context().span_id, "016x")
+    )
+    assert by_name["outer"].resource["service.name"] == "potluck-test"
+    assert by_name["outer"].resource["service.namespace"] == "potluck"
+
+    path = tmp_path / "spans.jsonl"
+    to_file = build_telemetry("potluck-test", environ={"POTLUCK_TRACES_FILE": str(path)})
+    assert to_file.tracer_provider is not None
+    file_tracer = to_file.tracer_provider.get_tracer("test")
+    for i in range(3):
+        with file_tracer.start_as_current_span(f"span-{i}"):
+            pass
+    to_file.shutdown()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["name"] for line in lines] == ["span-0", "span-1", "span-2"]
+    assert {line["resource"]["attributes"]["service.name"] for line in lines} == {"potluck-test"}
+
+
+async def test_a_query_outside_any_trace_starts_none_but_one_inside_is_kept(
+    collector: OtlpReceiver, database_url: str
+) -> None:
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+    telemetry = build_telemetry("potluck-test", environ={"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint})
+    assert telemetry.tracer_provider is not None
+    instrumentor = AsyncPGInstrumentor()  # type: ignore[no-untyped-call]
+    instrumentor.instrument(tracer_provider=telemetry.tracer_provider)
+    try:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.fetchval("SELECT 1 AS orphan")
+            with telemetry.tracer_provider.get_tracer("test").start_as_current_span("request"):
+                await conn.fetchval("SELECT 2 AS traced")
+        finally:
+            await conn.close()
+    finally:
+        instrumentor.uninstrument()
+        await asyncio.to_thread(telemetry.shutdown)
+    spans = await collector.wait_for(
+        "the request span", lambda: collector.find(lambda s: s.name == "request")
+    )
+    request = one(spans, "request span")
+    queries = collector.find(lambda s: s.kind == "CLIENT")
+    statements = [str(q.attributes.get("db.statement", q.attributes.get("db.query.text"))) for q in queries]
+    assert statements == ["SELECT 2 AS traced"]
+    assert queries[0].parent_span_id == request.span_id
+
+
+def test_processes_fail_at_start_on_a_bad_setting(tmp_path: Path) -> None:
+    """`potluck.telemetry` is what every process calls first; a bad value names its variable."""
+    import subprocess
+
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "from potluck.telemetry import configure_telemetry; configure_telemetry('x')"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL" in done.stderr
