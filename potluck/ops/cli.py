@@ -29,6 +29,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from potluck.cli_options import database_option
 from potluck.events import EventStore, RecordedEvent
 from potluck.ops import LiveUnavailable, OpsError
 
@@ -36,15 +37,6 @@ __all__ = ["COMMANDS", "events", "main", "register", "replay", "status", "trace"
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _database_option(f: F) -> F:
-    return click.option(
-        "--database-url",
-        envvar="POTLUCK_DATABASE_URL",
-        required=True,
-        help="Postgres URL of the event log [env: POTLUCK_DATABASE_URL].",
-    )(f)
 
 
 def _json_option(f: F) -> F:
@@ -143,7 +135,7 @@ class _Progress:
 
 
 @click.command()
-@_database_option
+@database_option
 @click.option(
     "--until",
     "until_text",
@@ -331,7 +323,7 @@ def _emitter(as_json: bool) -> Callable[[RecordedEvent], None]:
 
 
 @events.command(name="tail")
-@_database_option
+@database_option
 @click.option("--type", "types", multiple=True, metavar="TYPE", help="Only events of this type (repeatable).")
 @click.option(
     "--stream", default=None, metavar="STREAM", help="Only events of this stream, e.g. alloc-a-91bc03d2e4f5."
@@ -366,7 +358,7 @@ def events_tail(
 
 @events.command(name="show")
 @click.argument("stream")
-@_database_option
+@database_option
 @_json_option
 def events_show(stream: str, database_url: str, as_json: bool) -> None:
     """The history of one STREAM (an aggregate), e.g. host-h-3f2a9c1e7b40 or alloc-a-91bc03d2e4f5."""
@@ -396,7 +388,7 @@ def events_show(stream: str, database_url: str, as_json: bool) -> None:
 
 
 @click.command()
-@_database_option
+@database_option
 @click.option("--relay", "relay_name", default="main", show_default=True, help="The relay whose lag to show.")
 @_json_option
 def status(database_url: str, relay_name: str, as_json: bool) -> None:
@@ -412,7 +404,7 @@ def status(database_url: str, relay_name: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("alloc")
-@_database_option
+@database_option
 @click.option(
     "--viewer-url",
     envvar="POTLUCK_TRACE_VIEWER_URL",
