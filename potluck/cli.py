@@ -19,7 +19,8 @@ from potluck.cli_options import database_option, nats_options, relay_option
 from potluck.logs import configure_logging
 
 if TYPE_CHECKING:
-    from potluck.events import EventStore
+    from potluck.allocator.users import User
+    from potluck.events import Event, EventStore
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -525,10 +526,8 @@ def ops_users() -> None:
 )
 def ops_users_add(name: str, database_url: str, cpus: float, memory: str, allocations: int) -> None:
     """Add user NAME and print their bearer token (shown once; only its hash is kept)."""
-    from potluck.allocator.events import Quota, user_stream
-    from potluck.allocator.users import UsersView, add_user
-    from potluck.events import EventStore, registry
-    from potluck.rejections import Rejected
+    from potluck.allocator.events import Quota
+    from potluck.allocator.users import add_user
     from potluck.sizes import parse_size
 
     try:
@@ -536,12 +535,34 @@ def ops_users_add(name: str, database_url: str, cpus: float, memory: str, alloca
     except ValueError as exc:
         fail(str(exc), 2)
 
+    _decide_for_user(database_url, name, lambda user: add_user(user, name, quota))
+
+
+@ops_users.command(name="rotate-token")
+@click.argument("name")
+@database_option
+def ops_users_rotate_token(name: str, database_url: str) -> None:
+    """Give user NAME a new bearer token and print it; the old token stops working."""
+    from potluck.allocator.users import rotate_token
+
+    _decide_for_user(database_url, name, lambda user: rotate_token(user, name))
+
+
+def _decide_for_user(
+    database_url: str, name: str, decide: "Callable[[User | None], tuple[list[Event], str]]"
+) -> None:
+    """Fold user NAME's stream, let `decide` choose, append at the version read; print the token."""
+    from potluck.allocator.events import user_stream
+    from potluck.allocator.users import UsersView
+    from potluck.events import EventStore, registry
+    from potluck.rejections import Rejected
+
     async def go(store: EventStore) -> str:
         view = UsersView()
         records = await store.read_stream(user_stream(name))
         for record in records:
             view.apply(registry.decode_record(record))
-        events, token = add_user(view.users.get(name), name, quota)
+        events, token = decide(view.users.get(name))
         await store.append(
             user_stream(name), events, expected_version=len(records), metadata={"actor": "operator"}
         )
@@ -550,7 +571,7 @@ def ops_users_add(name: str, database_url: str, cpus: float, memory: str, alloca
     try:
         token = run(with_store(database_url, go))
     except Rejected as exc:
-        fail(exc.message, 1 if exc.status != 400 else 2)
+        fail(exc.message, 2 if exc.status == 400 else 1)
     click.echo(json.dumps({"user": name, "token": token}))
 
 
@@ -580,6 +601,20 @@ STATE_DIR = click.option(
 @click.option("--api-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--nats-port", type=click.IntRange(1, 65535), default=4222, show_default=True)
 @click.option("--postgres-port", type=click.IntRange(1, 65535), default=55432, show_default=True)
+@click.option(
+    "--ssh-port",
+    type=click.IntRange(1, 65535),
+    default=2222,
+    show_default=True,
+    help="Users' ssh connects here.",
+)
+@click.option(
+    "--tunnel-port",
+    type=click.IntRange(1, 65535),
+    default=2223,
+    show_default=True,
+    help="hostds dial the gateway here.",
+)
 @click.option("--cpus", type=click.FloatRange(min=0.1), default=None, help="CPUs this machine donates.")
 @click.option("--memory", default="2G", show_default=True, help="Memory this machine donates.")
 @click.option("--disk", default="10G", show_default=True, help="Disk this machine donates.")
@@ -589,6 +624,8 @@ def up(
     api_port: int,
     nats_port: int,
     postgres_port: int,
+    ssh_port: int,
+    tunnel_port: int,
     cpus: float | None,
     memory: str,
     disk: str,
@@ -605,6 +642,8 @@ def up(
         api_port,
         nats_port,
         postgres_port,
+        ssh_port,
+        tunnel_port,
         cpus or local.UpSettings.cpus,
         memory,
         disk,
@@ -625,6 +664,10 @@ def up(
             str(nats_port),
             "--postgres-port",
             str(postgres_port),
+            "--ssh-port",
+            str(ssh_port),
+            "--tunnel-port",
+            str(tunnel_port),
             "--cpus",
             str(settings.cpus),
             "--memory",

@@ -8,13 +8,13 @@ and reloaded, exactly as `potluck ops hosts enroll` does.
 
 import asyncio
 import contextlib
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 import aiohttp
+import tomli_w
 
 from potluck.events import EventStore
 from potluck.localstack import NatsServer, free_port
@@ -144,8 +144,33 @@ class LocalPool:
         }
         for key, value in overrides.items():
             settings[key] = value
-        host.config.write_text(_toml(settings))
+        host.config.write_text(tomli_w.dumps(settings))
         return host.config
+
+    def start_gateway(self, *, listen: str, tunnel_listen: str) -> ChildProcess:
+        """The SSH gateway, its keys kept in `workdir/sshgateway` across restarts."""
+        return self._potluck(
+            "sshgateway",
+            "sshgateway",
+            *self._service_args(),
+            "--listen",
+            listen,
+            "--tunnel-listen",
+            tunnel_listen,
+            "--state-dir",
+            str(self.gateway_state_dir),
+        )
+
+    @property
+    def gateway_state_dir(self) -> Path:
+        return self.workdir / "sshgateway"
+
+    def gateway_client_key(self) -> str:
+        """The public key hostds pin for this pool's gateway (made now if the gateway never ran)."""
+        from potluck.sshgateway.service import client_public_key
+        from potluck.sshgateway.settings import GatewaySettings
+
+        return client_public_key(GatewaySettings(state_dir=self.gateway_state_dir))
 
     def start_hostd(self, host: EnrolledHost) -> ChildProcess:
         host.process = self._potluck(f"hostd-{host.name}", "hostd", "--config", str(host.config))
@@ -185,15 +210,3 @@ class LocalPool:
         self.stop_all()
         self.nats.stop()
         await self.store.close()
-
-
-def _toml(settings: dict[str, Any]) -> str:
-    lines: list[str] = []
-    tables: list[str] = []
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            body = "\n".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items())
-            tables.append(f"[{key}]\n{body}\n")
-        else:
-            lines.append(f"{key} = {json.dumps(value)}")
-    return "\n".join(lines) + "\n\n" + "\n".join(tables)

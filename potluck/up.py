@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 
 from potluck.localpool import EnrolledHost, LocalPool
-from potluck.localstack import LocalStackError, PostgresServer
+from potluck.localstack import LocalStackError, PostgresServer, wait_for_port
 from potluck.localstack.default_image import ensure_default_image
 from potluck.localstack.docker_engine import DockerEngine, ensure_docker_installed
 from potluck.localstack.ports import port_accepts
@@ -43,6 +43,8 @@ class UpSettings:
     api_port: int = 8080
     nats_port: int = 4222
     postgres_port: int = 55432
+    ssh_port: int = 2222
+    tunnel_port: int = 2223
     cpus: float = max(1.0, (os.cpu_count() or 2) / 2)
     memory: str = "2G"
     disk: str = "10G"
@@ -55,6 +57,7 @@ class Running:
     nats: str
     database: str
     docker: str
+    ssh: str
     image: str
     token: str
     host_id: str
@@ -85,7 +88,12 @@ def running(state_dir: Path) -> Running | None:
 
 
 def _check_ports(settings: UpSettings, *, postgres: bool) -> None:
-    wanted = {"--api-port": settings.api_port, "--nats-port": settings.nats_port}
+    wanted = {
+        "--api-port": settings.api_port,
+        "--nats-port": settings.nats_port,
+        "--ssh-port": settings.ssh_port,
+        "--tunnel-port": settings.tunnel_port,
+    }
     if postgres:
         wanted["--postgres-port"] = settings.postgres_port
     for option, port in wanted.items():
@@ -171,10 +179,15 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         docker_url, engine = await asyncio.to_thread(_engine, state, say)
         image = await asyncio.to_thread(ensure_default_image, docker_url, say)
         await asyncio.to_thread(build_test_image, docker_url)
-        say("starting NATS, the registry and the allocator")
+        say("starting NATS, the registry, the allocator and the SSH gateway")
         pool = await LocalPool.create(state / "pool", database_url, nats_port=settings.nats_port)
         pool.start_registry()
         pool.start_allocator(port=settings.api_port)
+        ssh = f"127.0.0.1:{settings.ssh_port}"
+        tunnel = f"127.0.0.1:{settings.tunnel_port}"
+        # The key is made here, before the gateway starts, so that the two never race to make it.
+        client_key = pool.gateway_client_key()
+        pool.start_gateway(listen=ssh, tunnel_listen=tunnel)
         host = await _local_host(pool)
         pool.write_config(
             host,
@@ -183,10 +196,13 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             donate={"cpus": settings.cpus, "memory": settings.memory, "disk": settings.disk},
             labels={"name": "local"},
             timing={"heartbeat_interval_s": 5, "drain_grace_s": 300},
+            # hostd dials the gateway (no port opens on a member's machine) and pins its key.
+            gateways=[{"address": tunnel, "client_key": client_key}],
         )
         say("starting hostd, donating part of this machine")
         pool.start_hostd(host)
         await pool.wait_api()
+        await asyncio.to_thread(wait_for_port, settings.ssh_port, what="the SSH gateway", timeout=60)
         token = await _demo_token(pool)
         await _wait_online(pool.api, token)
         ready = Running(
@@ -195,6 +211,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             nats=pool.nats.url,
             database=database_url,
             docker=docker_url,
+            ssh=ssh,
             image=image,
             token=token,
             host_id=host.host_id,
@@ -260,6 +277,7 @@ def stop(state_dir: Path, timeout: float = 120) -> int | None:
 def summary(ready: Running) -> list[str]:
     return [
         f"allocator API   {ready.api}",
+        f"SSH gateway     {ready.ssh}",
         f"NATS            {ready.nats}",
         f"event log       {ready.database}",
         f"Docker engine   {ready.docker}",
@@ -270,10 +288,11 @@ def summary(ready: Running) -> list[str]:
         f"demo token      {ready.token}",
         "",
         "next:",
-        f"  potluck login --url {ready.api} --token {ready.token}",
+        f"  potluck login --url {ready.api} --token {ready.token} --gateway {ready.ssh}",
         f"  potluck alloc create --cpus 1 --memory 512M --image {ready.image} "
         "--ssh-key ~/.ssh/id_ed25519.pub --wait",
         "  potluck alloc ls",
+        "  potluck ssh ALLOCATION_ID",
     ]
 
 

@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from potluck.user.client import Api, ClientError, ExitCode, Login
+from potluck.user.client import Api, ClientError, ExitCode, Login, config_path
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 # Piped output is not cut at 80 columns: ids must stay whole for scripts that grep them.
@@ -261,5 +261,22 @@ def ssh(alloc_id: str, identity: str | None, command: tuple[str, ...]) -> None:
     host, _, port = login_data.gateway.rpartition(":")
     from potluck.sshgateway.client import ssh_argv
 
-    argv = ssh_argv(alloc_id, host or "127.0.0.1", int(port or 2222), identity)
+    try:
+        argv = ssh_argv(
+            alloc_id,
+            host or "127.0.0.1",
+            int(port or 2222),
+            identity,
+            known_hosts_file=config_path().with_name("known_hosts"),
+        )
+    except ValueError as exc:
+        _bail(
+            ClientError(
+                f"{exc}; check the id (`potluck alloc ls`) and the gateway given to `potluck login`",
+                ExitCode.USAGE,
+            )
+        )
+    # Trust the gateway's key on first use, then hold it to that key. The file is Potluck's
+    # own, so a gateway's key never mixes with the user's other hosts in ~/.ssh/known_hosts.
+    argv[1:1] = ["-o", "StrictHostKeyChecking=accept-new"]
     os.execvp(argv[0], [*argv, *command])

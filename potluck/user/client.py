@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import tomli_w
 
 
 class ExitCode(IntEnum):
@@ -50,10 +51,7 @@ class Login:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600, exist_ok=True)
         path.chmod(0o600)
-        path.write_text(
-            f"url = {json.dumps(self.url)}\ntoken = {json.dumps(self.token)}\n"
-            f"gateway = {json.dumps(self.gateway)}\n"
-        )
+        path.write_text(tomli_w.dumps({"url": self.url, "token": self.token, "gateway": self.gateway}))
         return path
 
     @classmethod

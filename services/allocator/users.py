@@ -66,3 +66,11 @@ def add_user(existing: User | None, name: str, quota: Quota) -> tuple[list[Event
         raise Rejected("USER_EXISTS", f"user {name} exists already; pick another name")
     token = new_token()
     return [UserAdded(user=name, token_sha256=token_hash(token), quota=quota)], token
+
+
+def rotate_token(existing: User | None, name: str) -> tuple[list[Event], str]:
+    """Decide a new token for a user (a leaked one, say); the old one stops working."""
+    if existing is None:
+        raise Rejected("USER_NOT_FOUND", f"there is no user {name}; `potluck ops users add {name}` adds one")
+    token = new_token()
+    return [UserTokenRotated(user=name, token_sha256=token_hash(token))], token

@@ -103,8 +103,6 @@ class RegistryService:
     async def run(self) -> None:
         await ensure_streams(self.js)
         await rebuild_view(self.store, self.view)
-        # Counted from now, not from before the restart: every host gets a fresh grace period.
-        self.last_seen = LastSeen()
         log.info("registry.loaded", hosts=len(self.view.hosts), position=self.view.position)
         subs = [
             await self.nc.subscribe(f"{REGISTER}.*", queue="registry", cb=self._on_register),
@@ -113,6 +111,10 @@ class RegistryService:
             await self.nc.subscribe(LIST_HOSTS, queue="registry", cb=self._on_list),
             await self.nc.subscribe(f"{STATUS}.*", queue="registry", cb=self._on_status),
         ]
+        # Only once the server has our subscriptions can beats arrive; silence is counted from
+        # then, not from before the restart, so every host gets a fresh grace period.
+        await self.nc.flush()
+        self.last_seen = LastSeen()
         try:
             await asyncio.gather(self._follow(), self._watch_liveness())
         finally:
@@ -243,16 +245,18 @@ class RegistryService:
             for host_id, state in list(self.view.hosts.items()):
                 if not state.registered or state.liveness == "lost":
                     continue
-                silent = self.last_seen.silent_for(host_id)
-                if silent < self.policy.suspect_after_s:
+                if self.last_seen.silent_for(host_id) < self.policy.suspect_after_s:
                     continue
+                # The silence is measured again when deciding, after the stream is read: a beat
+                # (and its HostRecovered) may have come in meanwhile, and a figure taken before
+                # it would declare lost a host that has just recovered.
                 await decide_and_append(
                     self.store,
                     host_id,
-                    lambda s, silent=silent: (
+                    lambda s, host_id=host_id: (
                         aggregate.went_silent(  # type: ignore[misc]
                             s,
-                            silent,
+                            self.last_seen.silent_for(host_id),
                             suspect_after_s=self.policy.suspect_after_s,
                             lost_after_s=self.policy.lost_after_s,
                         )

@@ -32,14 +32,35 @@ def newcomer(tmp_path: Path) -> dict[str, str]:
     }
 
 
+def processes_mentioning(needle: str) -> list[str]:
+    """Command lines of live processes that name `needle` (a state directory, say)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:  # ended while we looked
+            continue
+        line = " ".join(a.decode(errors="replace") for a in argv if a)
+        if needle in line:
+            found.append(f"{cmdline.parent.name}: {line}")
+    return found
+
+
 @pytest.mark.slow
 def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_path: Path) -> None:
+    """README: `potluck up`, then the user quick start (login, create --wait, a command in the
+    container over the real `ssh` through the gateway, release), then `potluck down`.
+    Afterwards no process started for this state directory is alive, and the log is kept."""
     ports = [
         "--api-port",
         str(free_port()),
         "--nats-port",
         str(free_port()),
         "--postgres-port",
+        str(free_port()),
+        "--ssh-port",
+        str(free_port()),
+        "--tunnel-port",
         str(free_port()),
     ]
     started = potluck("up", "--detach", *ports, env=newcomer, timeout=900)
@@ -48,12 +69,15 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         summary = started.stdout
         token = next(line.split()[-1] for line in summary.splitlines() if line.startswith("demo token"))
         api = next(line.split()[-1] for line in summary.splitlines() if line.startswith("allocator API"))
+        gateway = next(line.split()[-1] for line in summary.splitlines() if line.startswith("SSH gateway"))
+        assert f"potluck login --url {api} --token {token} --gateway {gateway}" in summary
 
         again = potluck("up", "--detach", *ports, env=newcomer)
         assert again.returncode == 0
         assert "already up" in again.stdout
 
-        assert potluck("login", "--url", api, "--token", token, env=newcomer).returncode == 0
+        logged_in = potluck("login", "--url", api, "--token", token, "--gateway", gateway, env=newcomer)
+        assert logged_in.returncode == 0, logged_in.stderr
         key = tmp_path / "id_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
         created = potluck(
@@ -79,6 +103,27 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         allocation = json.loads(created.stdout)
         assert allocation["state"] == "running"
 
+        # The real OpenSSH client, through the gateway and hostd's outbound link, into the container.
+        answered = potluck(
+            "ssh", allocation["id"], "-i", str(key), "--", "python3", "--version", env=newcomer
+        )
+        assert answered.returncode == 0, answered.stdout + answered.stderr
+        assert answered.stdout.startswith("Python 3."), answered.stdout
+        limit = potluck(
+            "ssh",
+            allocation["id"],
+            "-i",
+            str(key),
+            "--",
+            # cgroup v2, else v1: the container sees its own limit either way.
+            "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+            env=newcomer,
+        )
+        assert limit.stdout.split() == [str(512 << 20)], limit.stdout + limit.stderr
+        assert (tmp_path / "known_hosts").read_text().strip(), "the gateway's key is remembered"
+        failed = potluck("ssh", allocation["id"], "-i", str(key), "--", "exit 7", env=newcomer)
+        assert failed.returncode == 7, failed.stderr
+
         listed = potluck("alloc", "ls", "--json", env=newcomer)
         assert [a["id"] for a in json.loads(listed.stdout)] == [allocation["id"]]
         shown = potluck("alloc", "show", allocation["id"], env=newcomer)
@@ -93,6 +138,7 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
     state = Path(newcomer["POTLUCK_HOME"])
     assert not (state / "up.pid").exists()
     assert (state / "postgres" / "data" / "PG_VERSION").exists(), "the event log is kept"
+    assert processes_mentioning(str(state)) == []
 
 
 def test_a_port_in_use_is_named(newcomer: dict[str, str]) -> None:
