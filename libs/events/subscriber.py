@@ -192,29 +192,36 @@ class Subscriber(Generic[T]):
         """Consume until cancelled. Survives NATS restarts (the client reconnects)."""
         backoff = 0.1
         sub: JetStreamContext.PullSubscription | None = None
-        while True:
-            try:
-                if sub is None:
-                    if self.create_consumer:
-                        await self._ensure_consumer()
-                    sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
-                msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
-                backoff = 0.1
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue  # nothing to fetch within fetch_timeout
-            except _BUS_AWAY as exc:
-                log.warning("subscriber.bus_unavailable", consumer=self.durable, error=repr(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-                continue
-            except nats.js.errors.NotFoundError:
-                # The consumer (or stream) vanished, e.g. JetStream lost its
-                # state: create it again and carry on from our positions.
-                sub = None
-                await asyncio.sleep(backoff)
-                continue
-            for msg in msgs:
-                await self._process(msg)
+        try:
+            while True:
+                try:
+                    if sub is None:
+                        if self.create_consumer:
+                            await self._ensure_consumer()
+                        sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+                    msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
+                    backoff = 0.1
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue  # nothing to fetch within fetch_timeout
+                except _BUS_AWAY as exc:
+                    log.warning("subscriber.bus_unavailable", consumer=self.durable, error=repr(exc))
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.max_backoff)
+                    continue
+                except nats.js.errors.NotFoundError:
+                    # The consumer (or stream) vanished, e.g. JetStream lost its
+                    # state: create it again and carry on from our positions.
+                    sub = None
+                    await asyncio.sleep(backoff)
+                    continue
+                for msg in msgs:
+                    await self._process(msg)
+        finally:
+            # A pull subscription left behind holds unprocessed status messages, and the
+            # connection's drain at shutdown would wait on them until its own timeout.
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
 
     async def _ensure_consumer(self) -> None:
         await bus.ensure_streams(self.js)
