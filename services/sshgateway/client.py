@@ -40,7 +40,7 @@ def ssh_argv(
     `tty`: None lets ssh decide (a PTY for an interactive shell), True forces one
     (`-tt`), False refuses one (`-T`).
     """
-    if not _ALLOC.match(alloc_id):
+    if not _ALLOC.fullmatch(alloc_id):
         raise ValueError(f"{alloc_id!r} is not an allocation id")
     if not gateway_host or gateway_host.startswith("-") or any(c.isspace() for c in gateway_host):
         raise ValueError(f"{gateway_host!r} is not a host name or address")
@@ -50,7 +50,10 @@ def ssh_argv(
     if identity_file is not None:
         argv += ["-i", str(identity_file), "-o", "IdentitiesOnly=yes"]
     if known_hosts_file is not None:
-        argv += ["-o", f"UserKnownHostsFile={known_hosts_file}"]
+        # ssh splits this option's value at whitespace (it is a list of files): quote the path.
+        if '"' in str(known_hosts_file):
+            raise ValueError(f"{known_hosts_file!r}: a known_hosts path cannot hold a double quote")
+        argv += ["-o", f'UserKnownHostsFile="{known_hosts_file}"']
     argv += [
         "-o", "ForwardAgent=no",
         "-o", "ForwardX11=no",

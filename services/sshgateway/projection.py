@@ -40,7 +40,8 @@ def key_blob(line: str) -> bytes | None:
     if len(blob) < 4:
         return None
     size = int.from_bytes(blob[:4], "big")
-    if blob[4 : 4 + size] != parts[0].encode():
+    # The name must fit in the blob and be followed by key data.
+    if len(blob) <= 4 + size or blob[4 : 4 + size] != parts[0].encode():
         return None
     return blob
 

@@ -47,9 +47,18 @@ class SettingsError(ValueError):
 
 def parse_address(value: str) -> tuple[str, int]:
     host, sep, port = value.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:2222")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    # An IPv6 address must be bracketed, or "::1" would read as host ":" and port 1.
+    ambiguous = ":" in host and not bracketed
+    if (
+        not sep
+        or not host
+        or ambiguous
+        or not (port.isascii() and port.isdigit())
+        or not 0 <= int(port) < 65536
+    ):
+        raise ValueError(f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:2222 or [::1]:2222")
     return host, int(port)
 
 
@@ -84,6 +93,14 @@ class GatewaySettings(BaseModel):
     alloc_max_delay_s: float = Field(default=4.0, ge=0)
     alloc_lockout_after: int = Field(default=50, ge=1)
     alloc_lockout_s: float = Field(default=120.0, ge=0)
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _state_dir(cls, value: Any) -> Any:
+        # An empty value would become Path("."), and the keys would land wherever we started.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("name a directory; an empty value would put the keys in the working directory")
+        return value
 
     @field_validator("listen", "tunnel_listen")
     @classmethod

@@ -1,14 +1,24 @@
-"""`ops/bench events --quick` runs end to end and prints every metric as one JSON line.
+"""`ops/bench NAME --quick` runs end to end and prints every metric as one JSON line.
 
-No timing thresholds here: the figures belong in bench/README.md.
+For each benchmark, the metrics its module docstring and bench/README.md
+document, each with its unit and whether it is measured against a baseline
+(the same quantity without Potluck, in the same run): then the record carries
+`baseline` and `ratio` = value / baseline. No timing thresholds here: the
+figures belong in bench/README.md.
 """
 
 import json
+import math
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+
+#: metric -> (unit, measured against a baseline)
+Documented = dict[str, tuple[str, bool]]
 
 REQUIRED = {
     "append_batched": "events/s",
@@ -18,26 +28,109 @@ REQUIRED = {
     "append_to_consumer_p99": "ms",
 }
 
+GATEWAY: Documented = {
+    "throughput": ("MB/s", True),
+    "throughput_up": ("MB/s", True),
+    "rtt_p50": ("ms", True),
+    "rtt_p99": ("ms", True),
+    "rtt_p50_under_load": ("ms", True),
+    "rtt_p99_under_load": ("ms", True),
+}
+PLACEMENT: Documented = {
+    "placement_in_process": ("decisions/s", False),
+    "placement_in_process_spread": ("decisions/s", False),
+    "placement_through_log": ("decisions/s", False),
+    "placement_through_log_batched": ("decisions/s", False),
+}
+ALLOCATION: Documented = {
+    "post_to_running_p50": ("ms", True),
+    "post_to_running_p99": ("ms", True),
+}
 
-def test_quick_event_bench_prints_every_metric_once() -> None:
+
+def run_quick(bench: str, timeout: float = 150) -> list[dict[str, Any]]:
+    """`ops/bench BENCH --quick`: its exit status checked, its stdout as JSON records."""
     result = subprocess.run(
-        [str(ROOT / "ops" / "bench"), "events", "--quick"],
+        [str(ROOT / "ops" / "bench"), bench, "--quick"],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=timeout,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     records: list[dict[str, Any]] = [json.loads(line) for line in lines]  # stdout holds only JSON
+    assert records, result.stderr[-4000:]
     for record in records:
         assert {"bench", "metric", "value", "unit"} <= record.keys(), record
-        assert record["bench"] == "events"
+        assert record["bench"] == bench, record
+    return records
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_documented(records: list[dict[str, Any]], documented: Documented) -> None:
+    printed = [r["metric"] for r in records]
+    assert sorted(printed) == sorted(documented), "every documented metric, once, and no other"
+    for record in records:
+        unit, with_baseline = documented[record["metric"]]
+        assert record["unit"] == unit, record
+        assert is_number(record["value"]), record
+        assert record["value"] > 0, record
+        if with_baseline:
+            assert is_number(record["baseline"]), record
+            assert record["baseline"] > 0, record
+            assert is_number(record["ratio"]), record
+            # value and baseline are printed rounded (about 5 significant digits), ratio to 3 places.
+            assert record["ratio"] == pytest.approx(record["value"] / record["baseline"], rel=1e-3, abs=1e-3)
+        else:
+            assert "baseline" not in record, record
+            assert "ratio" not in record, record
+
+
+def test_quick_event_bench_prints_every_metric_once() -> None:
+    records = run_quick("events")
     for metric, unit in REQUIRED.items():
         found = [r for r in records if r["metric"] == metric]
-        assert len(found) == 1, (metric, lines)
+        assert len(found) == 1, (metric, records)
         assert found[0]["unit"] == unit, found[0]
         value = found[0]["value"]
         assert isinstance(value, int | float), found[0]
         assert value > 0, found[0]
+
+
+def test_quick_gateway_bench_prints_every_metric_once_against_docker_exec() -> None:
+    records = run_quick("gateway")
+    check_documented(records, GATEWAY)
+    for record in records:
+        assert record["priority"] is False, record
+        if record["metric"].startswith("rtt_"):
+            # The documented "added" round trip: the gateway's figure minus docker exec's
+            # (both printed to about 5 significant digits).
+            slack = 1e-4 * (record["value"] + record["baseline"]) + 1e-3
+            assert record["added_ms"] == pytest.approx(record["value"] - record["baseline"], abs=slack)
+
+
+def test_quick_placement_bench_prints_every_metric_once() -> None:
+    records = run_quick("placement")
+    check_documented(records, PLACEMENT)
+    by_metric = {r["metric"]: r for r in records}
+    assert by_metric["placement_in_process"]["strategy"] == "best_fit"
+    assert by_metric["placement_in_process_spread"]["strategy"] == "spread"
+    assert by_metric["placement_through_log"]["decisions_per_append"] == 1
+    assert by_metric["placement_through_log_batched"]["decisions_per_append"] > 1
+    assert is_number(by_metric["placement_through_log"]["store_append_per_s"])
+    for record in records:
+        # Every decision is counted as placed, waited or impossible.
+        assert record["placed"] + record["waited"] + record["impossible"] == record["decisions"], record
+        assert record["placed"] > 0, record
+
+
+def test_quick_allocation_bench_prints_every_metric_once_against_docker_run() -> None:
+    records = run_quick("allocation")
+    check_documented(records, ALLOCATION)
+    for record in records:
+        assert record["rounds"] >= 1, record
