@@ -7,7 +7,7 @@ version N into version N+1, so events logged by older code still replay.
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError
 from datetime import datetime
 from functools import cached_property
 from typing import Any, ClassVar, TypeVar
@@ -122,9 +122,32 @@ registry = EventRegistry()
 event_type = registry.register
 
 
-@dataclass(frozen=True)
 class RecordedEvent:
-    """One row of the log. `data` is parsed on first use: replay often needs only the type."""
+    """One event of the log, as read back or as just appended. Read-only.
+
+    `data` and `metadata` are parsed from their JSON on first use, then kept:
+    replay often needs only the type and the stream, and parsing every row's
+    JSON cost more than the query itself (bench/README.md, "replay").
+
+    Events read from the log are instances of a private subclass that is the
+    asyncpg row itself (`store._LoggedRow`), so reading builds no Python object
+    per row. Use the attributes: anything else such a row answers (indexing,
+    `keys()`, iteration) is asyncpg's, and events from `append` have none of it.
+    Equality compares the fields, whichever kind either side is; like a frozen
+    dataclass whose fields include a dict, events are not hashable.
+    """
+
+    __match_args__ = (
+        "position",
+        "event_id",
+        "stream",
+        "version",
+        "type",
+        "schema_version",
+        "data_json",
+        "metadata",
+        "recorded_at",
+    )
 
     position: int
     event_id: UUID
@@ -136,6 +159,31 @@ class RecordedEvent:
     metadata: JsonDict
     recorded_at: datetime
 
+    def __init__(
+        self,
+        position: int,
+        event_id: UUID,
+        stream: str,
+        version: int,
+        type: str,
+        schema_version: int,
+        data_json: str,
+        metadata: JsonDict,
+        recorded_at: datetime,
+    ) -> None:
+        # Into __dict__ directly: __setattr__ refuses every assignment.
+        self.__dict__.update(
+            position=position,
+            event_id=event_id,
+            stream=stream,
+            version=version,
+            type=type,
+            schema_version=schema_version,
+            data_json=data_json,
+            metadata=metadata,
+            recorded_at=recorded_at,
+        )
+
     @cached_property
     def data(self) -> JsonDict:
         parsed: JsonDict = json.loads(self.data_json)
@@ -144,6 +192,50 @@ class RecordedEvent:
     @property
     def category(self) -> str:
         return stream_category(self.stream)
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (
+            self.position,
+            self.event_id,
+            self.stream,
+            self.version,
+            self.type,
+            self.schema_version,
+            self.data_json,
+            self.metadata,
+            self.recorded_at,
+        )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RecordedEvent):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __ne__(self, other: object) -> bool:
+        # Defined, not inherited: on rows it would otherwise be asyncpg.Record's.
+        if not isinstance(other, RecordedEvent):
+            return NotImplemented
+        return self._fields() != other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        names = self.__match_args__
+        return (
+            "RecordedEvent("
+            + ", ".join(f"{n}={v!r}" for n, v in zip(names, self._fields(), strict=True))
+            + ")"
+        )
+
+    def __reduce__(self) -> tuple[Callable[..., "RecordedEvent"], tuple[Any, ...]]:
+        # Pickles and copies as a plain RecordedEvent, rows included.
+        return (RecordedEvent, self._fields())
 
 
 def stream_category(stream: str) -> str:

@@ -16,14 +16,16 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
-from typing import Any
+from operator import itemgetter
+from typing import Any, cast
 from uuid import UUID, uuid4
 
 import asyncpg
 
 from potluck.events.errors import DuplicateEvent, WrongExpectedVersion
-from potluck.events.schema import Event, EventRegistry, RecordedEvent, registry
+from potluck.events.schema import Event, EventRegistry, JsonDict, RecordedEvent, registry
 from potluck.events.tracing import current_trace_carrier
 
 NOTIFY_CHANNEL = "potluck_events"
@@ -51,6 +53,8 @@ class StreamAppend:
     expected_version: int | None = ANY_VERSION
 
 
+#: What reads select: RecordedEvent's fields, in the order of its constructor (and of
+#: `RecordedEvent.__match_args__`), which `_LoggedRow` below relies on.
 _COLUMNS = (
     "position, event_id, stream, version, type, schema_version, data::text, metadata::text, recorded_at"
 )
@@ -67,18 +71,43 @@ RETURNING position, event_id, recorded_at
 _DUPLICATE_KEY = re.compile(r"\(event_id\)=\(([0-9a-f-]{36})\)")
 
 
-def _record(row: asyncpg.Record) -> RecordedEvent:
-    return RecordedEvent(
-        position=row[0],
-        event_id=row[1],
-        stream=row[2],
-        version=row[3],
-        type=row[4],
-        schema_version=row[5],
-        data_json=row[6],
-        metadata=json.loads(row[7]),
-        recorded_at=row[8],
-    )
+_METADATA = RecordedEvent.__match_args__.index("metadata")
+
+
+class _LoggedRow(RecordedEvent, asyncpg.Record):
+    """An event read from the log: the asyncpg row of `_COLUMNS`, asked for with
+    ``record_class=`` so that reading builds no Python object per row.
+
+    The fields are properties reading the row's columns (set up below);
+    `metadata` is parsed from its text on first use, `data` as in RecordedEvent.
+    """
+
+    # asyncpg refuses a record class with its own __init__ (it never calls one).
+    __init__ = asyncpg.Record.__init__
+
+    @cached_property
+    def metadata(self) -> JsonDict:  # type: ignore[override]
+        parsed: JsonDict = json.loads(self[_METADATA])
+        return parsed
+
+    # Rows would otherwise order like tuples (asyncpg.Record's); RecordedEvents do not order.
+    def __lt__(self, other: object) -> bool:
+        return NotImplemented
+
+    def __le__(self, other: object) -> bool:
+        return NotImplemented
+
+    def __gt__(self, other: object) -> bool:
+        return NotImplemented
+
+    def __ge__(self, other: object) -> bool:
+        return NotImplemented
+
+
+# Each field but `metadata` is its column of _COLUMNS, read by a C getter.
+for _index, _name in enumerate(RecordedEvent.__match_args__):
+    if _index != _METADATA:
+        setattr(_LoggedRow, _name, property(itemgetter(_index)))
 
 
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -247,8 +276,9 @@ class EventStore:
             f"SELECT {_COLUMNS} FROM events WHERE stream = $1 AND version > $2 ORDER BY version",
             stream,
             after_version,
+            record_class=_LoggedRow,
         )
-        return [_record(r) for r in rows]
+        return cast(list[RecordedEvent], rows)
 
     async def read_all(
         self, after_position: int = 0, limit: int = 1000, *, until_position: int | None = None
@@ -260,8 +290,9 @@ class EventStore:
             after_position,
             until_position if until_position is not None else 2**63 - 1,
             limit,
+            record_class=_LoggedRow,
         )
-        return [_record(r) for r in rows]
+        return cast(list[RecordedEvent], rows)
 
     async def stream_version(self, stream: str) -> int:
         version = await self.pool.fetchval("SELECT max(version) FROM events WHERE stream = $1", stream)

@@ -31,6 +31,15 @@ resize the exec's TTY; signals reach its process; when the channel closes
 before the process ended, the process and its descendants are ended (HUP,
 then KILL).
 
+Each session is a span, `exec session`, the child of the gateway's session
+span: the gateway sends its context in the session's `TRACEPARENT` (and
+`TRACESTATE`) variables (potluck.sshgateway.session_trace), which never reach
+the container (exec_env passes only the locale and our markers). Inside it,
+the Docker calls: `docker exec create+start`, `docker exec inspect` (waiting
+for the exit code) and `docker exec terminate` (ending the process when the
+channel closed first). A session without a context (the gateway's tracing
+is off) starts a trace of its own if hostd's tracing is on.
+
 The hostd config's part (one entry per gateway):
 
     [[gateways]]
@@ -42,17 +51,23 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from potluck.events.tracing import context_from_env
 from potluck.hostd.exec_bridge import ExecBridge, ExecError, ExecProcess, ExecRefused, exec_env
 from potluck.hostd.ssh_identity import load_or_create_key
+from potluck.telemetry import docker_span, tracer
 
 __all__ = ["GatewayLink", "HostSession", "LinkTiming", "command_argv", "keep_linked"]
 
@@ -174,6 +189,9 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         self._eof = False
         self._lost = False
         self._finishing = False
+        self._alloc_id = ""
+        self._span: trace.Span | None = None
+        self._span_ended = False
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -213,20 +231,36 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         alloc_id = env.get("POTLUCK_ALLOC", "")
         session_id = env.get("POTLUCK_SESSION", "")
         tty = self._term_type is not None
+        self._alloc_id = alloc_id
+        self._span = tracer().start_span(
+            "exec session",
+            context=context_from_env(env),
+            kind=SpanKind.SERVER,
+            attributes={
+                "potluck.alloc_id": alloc_id,
+                "potluck.session_id": session_id,
+                "potluck.session.pty": tty,
+            },
+        )
         try:
-            process = await self._bridge.open(
-                alloc_id,
-                command_argv(self._command, self._subsystem),
-                tty=tty,
-                env=exec_env(alloc_id, session_id, self._term_type, env),
-                size=self._size,
-            )
+            with self._docker("exec create+start") as span:
+                process = await self._bridge.open(
+                    alloc_id,
+                    command_argv(self._command, self._subsystem),
+                    tty=tty,
+                    env=exec_env(alloc_id, session_id, self._term_type, env),
+                    size=self._size,
+                )
+                span.set_attribute("container.id", process.container_id)
+                span.set_attribute("potluck.exec_id", process.exec_id)
         except ExecRefused as exc:
             log.info("link.session_refused", alloc_id=alloc_id, session_id=session_id, reason=str(exc))
+            self._end_span(error=f"refused: {exc}")
             self._fail(str(exc))
             return
         except ExecError as exc:
             log.error("link.session_failed", alloc_id=alloc_id, session_id=session_id, error=str(exc))
+            self._end_span(error=str(exc))
             self._fail("the session could not be started in the container (hostd's log says why)")
             return
         log.info(
@@ -237,8 +271,10 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
             tty=tty,
         )
         self._process = process
+        self._span.set_attribute("container.id", process.container_id)
+        self._span.set_attribute("potluck.exec_id", process.exec_id)
         if self._lost:
-            await process.terminate()
+            await self._terminate_and_end(process)
             return
         process.attach(self)
         for data in self._pending:
@@ -247,6 +283,51 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         if self._eof:
             process.write_eof()
         chan.resume_reading()
+
+    # The session's span and the Docker calls' spans inside it.
+
+    @contextlib.contextmanager
+    def _docker(self, operation: str, process: ExecProcess | None = None) -> Iterator[trace.Span]:
+        """A span around one Docker call of this session, the child of the session's span."""
+        parent = trace.set_span_in_context(self._span) if self._span is not None else Context()
+        token = otel_context.attach(parent)
+        try:
+            with docker_span(
+                operation,
+                alloc_id=self._alloc_id,
+                container_id=process.container_id if process is not None else None,
+            ) as span:
+                if process is not None:
+                    span.set_attribute("potluck.exec_id", process.exec_id)
+                yield span
+        finally:
+            otel_context.detach(token)
+
+    def _end_span(
+        self, *, exit_status: int | None = None, error: str | None = None, terminated: bool = False
+    ) -> None:
+        """End the session's span once; whichever way the session ends first says how."""
+        span = self._span
+        if span is None or self._span_ended:
+            return
+        self._span_ended = True
+        if exit_status is not None:
+            span.set_attribute("process.exit.code", exit_status)
+        if terminated:
+            span.set_attribute("potluck.session.terminated", True)
+        if error is not None:
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end()
+
+    async def _terminate(self, process: ExecProcess) -> None:
+        with self._docker("exec terminate", process) as span:
+            span.set_attribute("potluck.exec.processes_signalled", await process.terminate())
+
+    async def _terminate_and_end(self, process: ExecProcess) -> None:
+        try:
+            await self._terminate(process)
+        finally:
+            self._end_span(terminated=True)
 
     def _fail(self, message: str) -> None:
         chan = self._chan
@@ -304,7 +385,7 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         self._lost = True
         process = self._process
         if process is not None and not process.finished:
-            self._spawn(process.terminate())
+            self._spawn(self._terminate_and_end(process))
         self._on_closed()
 
     # The exec side (ExecSink).
@@ -325,17 +406,28 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         assert process is not None
         assert chan is not None
         try:
-            status = await process.wait_exit()
+            with self._docker("exec inspect", process) as span:
+                status = await process.wait_exit()
+                if status is not None:
+                    span.set_attribute("process.exit.code", status)
         except ExecError as exc:
             log.warning("link.exit_code_unknown", exec_id=process.exec_id[:12], error=str(exc))
             status = None
         if status is None:
             # The stream ended but the engine says the process runs on: end it.
-            await process.terminate()
+            await self._terminate(process)
             self._fail("the container's engine did not report how the command ended")
+            self._end_span(error="the engine did not report the exit code", terminated=True)
             return
         if not chan.is_closing():
             chan.exit(status)
+        if self._lost:
+            # The channel closed first and the stream ended because the process is being
+            # ended (terminate): that task ends the span once it is done.
+            if self._span is not None and not self._span_ended:
+                self._span.set_attribute("process.exit.code", status)
+            return
+        self._end_span(exit_status=status)
 
     def exec_pause(self) -> None:
         if self._chan is not None:

@@ -22,6 +22,9 @@ with a message, when its allocation stops running (released, expired, lost)
 and when the gateway shuts down. Every session is recorded (events.py):
 `SessionStarted` before anything reaches the container (no log, no session),
 `SessionEnded` afterwards, written in the background with retries.
+
+Every session is also one trace (session_trace.py): the gateway's span is its
+root, and its context goes to hostd in the session's environment.
 """
 
 import asyncio
@@ -35,6 +38,9 @@ from typing import Any
 
 import asyncssh
 import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
 
 from potluck.allocator.projection import AllocationState
 from potluck.events import DuplicateEvent, EventStore, NewEvent, WrongExpectedVersion, event_id_for
@@ -47,6 +53,7 @@ from potluck.sshgateway.events import (
     session_stream,
 )
 from potluck.sshgateway.projection import GatewayView
+from potluck.sshgateway.session_trace import SessionTrace
 from potluck.sshgateway.settings import GatewaySettings
 
 __all__ = ["AuditLog", "GatewayContext", "GatewaySession", "LinkPool", "LoginIdentity", "SessionRegistry"]
@@ -129,7 +136,7 @@ class AuditLog:
     def __init__(self, store: EventStore, *, timeout: float = 5.0) -> None:
         self.store = store
         self.timeout = timeout
-        self._queue: asyncio.Queue[SessionEnded] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[SessionEnded, Context]] = asyncio.Queue()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -139,35 +146,45 @@ class AuditLog:
             self.store.append(session_stream(event.session_id), [new], expected_version=0), self.timeout
         )
 
-    def ended(self, event: SessionEnded) -> None:
+    def ended(self, event: SessionEnded, trace_context: Context | None = None) -> None:
+        """Queue `event`; it is appended in `trace_context` (the session's), so it joins that trace."""
         self._idle.clear()
-        self._queue.put_nowait(event)
+        self._queue.put_nowait((event, trace_context if trace_context is not None else Context()))
 
     async def run(self) -> None:
         while True:
-            event = await self._queue.get()
-            backoff = 0.2
-            while True:
-                new = NewEvent(event, event_id=event_id_for("sshgateway", event.session_id, 1))
-                try:
-                    await asyncio.wait_for(
-                        self.store.append(session_stream(event.session_id), [new], expected_version=1),
-                        self.timeout,
-                    )
-                    break
-                except (DuplicateEvent, WrongExpectedVersion) as exc:
-                    # An earlier try went through after all (its answer was lost), or a bug.
-                    with contextlib.suppress(Exception):
-                        if await self.store.contains(new.event_id):
-                            break
-                    log.error("audit.session_end_conflict", session_id=event.session_id, error=str(exc))
-                    break
-                except Exception as exc:  # the log is away: keep the fact, try again
-                    log.warning("audit.append_failed", session_id=event.session_id, error=repr(exc))
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 10.0)
+            event, trace_context = await self._queue.get()
+            # The append (asyncpg's span, the traceparent in the event's metadata) belongs to
+            # the session's trace, not to whatever this long-lived task was started in.
+            token = otel_context.attach(trace_context)
+            try:
+                await self._append_ended(event)
+            finally:
+                otel_context.detach(token)
             if self._queue.empty():
                 self._idle.set()
+
+    async def _append_ended(self, event: SessionEnded) -> None:
+        backoff = 0.2
+        while True:
+            new = NewEvent(event, event_id=event_id_for("sshgateway", event.session_id, 1))
+            try:
+                await asyncio.wait_for(
+                    self.store.append(session_stream(event.session_id), [new], expected_version=1),
+                    self.timeout,
+                )
+                return
+            except (DuplicateEvent, WrongExpectedVersion) as exc:
+                # An earlier try went through after all (its answer was lost), or a bug.
+                with contextlib.suppress(Exception):
+                    if await self.store.contains(new.event_id):
+                        return
+                log.error("audit.session_end_conflict", session_id=event.session_id, error=str(exc))
+                return
+            except Exception as exc:  # the log is away: keep the fact, try again
+                log.warning("audit.append_failed", session_id=event.session_id, error=repr(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
 
     async def flush(self, timeout: float) -> bool:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -297,11 +314,22 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         self.bytes_in = 0
         self.bytes_out = 0
         self.host_id: str | None = None
+        self.trace: SessionTrace | None = None
 
     # Requests on the user's channel.
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
+        # Started here, not in __init__: from now on asyncssh promises connection_lost, which
+        # ends the span if nothing else did.
+        self.trace = SessionTrace.start(
+            session_id=self.session_id,
+            alloc_id=self.identity.alloc_id,
+            key_fingerprint=self.identity.key_fingerprint,
+            peer_address=self.identity.source_address,
+            peer_port=self.identity.source_port,
+            gateway=self.ctx.settings.name,
+        )
 
     def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any) -> bool:
         self._term_type = term_type or "xterm"
@@ -340,9 +368,23 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         }
         env["POTLUCK_ALLOC"] = self.identity.alloc_id
         env["POTLUCK_SESSION"] = self.session_id
+        if self.trace is not None:
+            # hostd's exec span continues this session's trace (session_trace.py says why here).
+            env.update(self.trace.link_env())
         return env
 
+    def _trace_context(self) -> Context:
+        return trace.set_span_in_context(self.trace.span) if self.trace is not None else Context()
+
     async def _start(self) -> None:
+        # Everything the opening does (the audit append, the host's session) is in the span.
+        token = otel_context.attach(self._trace_context())
+        try:
+            await self._open()
+        finally:
+            otel_context.detach(token)
+
+    async def _open(self) -> None:
         ctx = self.ctx
         alloc_id = self.identity.alloc_id
         state = ctx.view.allocation(alloc_id)
@@ -363,16 +405,22 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
             term_type=self._term_type,
             started_at=self._started_at,
         )
+        if self.trace is not None:
+            self.trace.describe(kind=self._kind, pty=self._term_type is not None, host_id=self.host_id)
         try:
             await ctx.audit.started(started)
         except Exception as exc:
             log.error("session.audit_unavailable", session_id=self.session_id, error=repr(exc))
+            if self.trace is not None:
+                self.trace.finish(
+                    "AUDIT_UNAVAILABLE", repr(exc), bytes_in=self.bytes_in, bytes_out=self.bytes_out
+                )
             self._refuse("the session could not be recorded (audit log unavailable); try again later")
             return
         self._recorded_start = True
         if self._end_fact is not None:
             # The user left while the start was being recorded.
-            ctx.audit.ended(self._end_fact)
+            ctx.audit.ended(self._end_fact, self._trace_context())
             return
         ctx.sessions.add(self)
         log.info(
@@ -383,6 +431,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
             source=self.identity.source_address,
             kind=self._kind,
             pty=self._term_type is not None,
+            trace_id=self.trace.trace_id if self.trace is not None else None,
         )
         if ctx.stopping:
             self._end("GATEWAY_STOPPING", "the gateway is shutting down")
@@ -425,6 +474,8 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
                 log.warning(
                     "session.link_failed", session_id=self.session_id, host_id=self.host_id, error=repr(exc)
                 )
+                if self.trace is not None:
+                    self.trace.span.add_event("link failed, trying another", {"error": repr(exc)})
                 link.close()
                 continue
             break
@@ -592,6 +643,15 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
             started_at=self._started_at,
             ended_at=ended_at,
         )
+        if self.trace is not None:
+            self.trace.finish(
+                reason,
+                detail,
+                bytes_in=self.bytes_in,
+                bytes_out=self.bytes_out,
+                exit_status=exit_status,
+                exit_signal=exit_signal,
+            )
         if self._recorded_start:
-            self.ctx.audit.ended(self._end_fact)
+            self.ctx.audit.ended(self._end_fact, self._trace_context())
         # Otherwise _start writes it once SessionStarted is in the log (or never, if it is not).
