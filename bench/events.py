@@ -53,6 +53,7 @@ from potluck.events import (
     event_subscriber,
 )
 from potluck.events.store import _COLUMNS as STORE_COLUMNS  # exactly what read_all selects
+from potluck.localstack.process import ChildProcess
 
 BENCH = "events"
 PARTS = ("append", "replay", "relay", "latency")
@@ -462,12 +463,8 @@ async def bench_latency(servers: BenchServers, args: argparse.Namespace) -> None
     url = await servers.fresh_database("bench_latency")
     pool_size = 10
     store = await open_store(url, min_size=pool_size, max_size=pool_size)
-    # The relay has a pool of its own, as when it runs as a process of its own:
-    # appends queued for the table lock never hold up its reads.
-    relay_store = await open_store(url, max_size=2, migrate=False)
-    relay_nc = await connect_nats(servers.nats_url, "bench-relay")
     consumer_nc = await connect_nats(servers.nats_url, "bench-consumer")
-    await reset_streams(relay_nc)
+    await reset_streams(consumer_nc)
     sent: dict[uuid.UUID, float] = {}
     seen: dict[uuid.UUID, float] = {}
     append_calls: list[float] = []
@@ -475,7 +472,6 @@ async def bench_latency(servers: BenchServers, args: argparse.Namespace) -> None
     async def handle(delivered: LoggedEvent) -> None:
         seen[delivered.event_id] = time.monotonic()
 
-    relay = OutboxRelay(relay_store, relay_nc.jetstream(), name="bench")
     consumer = event_subscriber(
         consumer_nc,
         durable="bench-latency",
@@ -483,10 +479,24 @@ async def bench_latency(servers: BenchServers, args: argparse.Namespace) -> None
         handle=handle,
         events=bench_events,
     )
-    tasks = [
-        asyncio.create_task(relay.run(), name="relay"),
-        asyncio.create_task(consumer.run(), name="consumer"),
-    ]
+    tasks = [asyncio.create_task(consumer.run(), name="consumer")]
+    relay_process: ChildProcess | None = None
+    relay_nc: NATS | None = None
+    relay_store: EventStore | None = None
+    if args.relay_in_process:
+        # The relay has a pool of its own, as in a process of its own: appends
+        # queued for the table lock never hold up its reads.
+        relay_store = await open_store(url, max_size=2, migrate=False)
+        relay_nc = await connect_nats(servers.nats_url, "bench-relay")
+        relay = OutboxRelay(relay_store, relay_nc.jetstream(), name="bench")
+        tasks.append(asyncio.create_task(relay.run(), name="relay"))
+    else:
+        # As deployed: `potluck relay`, a process of its own, on the other core.
+        relay_process = ChildProcess(
+            [sys.executable, "-m", "potluck", "relay", "--database-url", url, "--nats-url", servers.nats_url],
+            log_path=servers.workdir / "bench-relay.log",
+        )
+        relay_process.start()
 
     async def append_one(i: int) -> None:
         new = NewEvent(make_event(4 * i), metadata=metadata())  # a routed BenchCapacityReserved
@@ -524,9 +534,13 @@ async def bench_latency(servers: BenchServers, args: argparse.Namespace) -> None
         await wait_for(lambda: len(seen) >= total, 60, "every event at the consumer", tasks)
     finally:
         await stop(*tasks)
-        await relay_nc.close()
+        if relay_process is not None:
+            relay_process.stop()
+        if relay_nc is not None:
+            await relay_nc.close()
+        if relay_store is not None:
+            await relay_store.close()
         await consumer_nc.close()
-        await relay_store.close()
         await store.close()
     latencies = [(seen[k] - sent[k]) * 1000 for k in sent]
     calls = [c * 1000 for c in append_calls]
@@ -535,6 +549,7 @@ async def bench_latency(servers: BenchServers, args: argparse.Namespace) -> None
         "rate_per_s": rate,
         "achieved_rate_per_s": round(total / elapsed, 1),
         "max_schedule_lag_ms": round(late * 1000, 3),
+        "relay": "in process" if args.relay_in_process else "potluck relay process",
     }
     record("append_to_consumer_p50", percentile(latencies, 50), "ms", **common)
     record(
@@ -583,6 +598,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--latency-rate", type=int, default=1000, help="appends per second")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--relay-in-process",
+        action="store_true",
+        help="append-to-consumer: run the relay in the benchmark's process, not as `potluck relay`",
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile one replay pass (stderr)")
     args = parser.parse_args(argv)
     if args.quick:

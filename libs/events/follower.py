@@ -90,7 +90,11 @@ class LogFollower:
                 if batch:
                     self.position = batch[-1].position
                     yield batch
-                    continue
+                    if len(batch) == self.batch_size:
+                        continue
+                # A short batch held everything committed when it was read; anything
+                # committed since has notified (and set the wake-up cleared before
+                # that read), so reading again before then would find nothing.
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
         finally:

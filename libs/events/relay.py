@@ -113,6 +113,9 @@ class OutboxRelay:
             ):
                 await asyncio.sleep(self.retry_interval)
             self.is_leader = True
+            # A checkpoint lost to a database crash only means republishing, which
+            # Nats-Msg-Id and the consumers' positions absorb: no fsync to wait for.
+            await conn.execute("SET synchronous_commit = off")
             await conn.execute(
                 "INSERT INTO relay_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING", self.name
             )

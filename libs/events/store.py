@@ -12,6 +12,7 @@ Rolled-back appends still burn sequence values, so positions have holes that
 will never fill; readers must not wait for them.
 """
 
+import asyncio
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,16 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from potluck.events.errors import DuplicateEvent, WrongExpectedVersion
+from potluck.events.errors import DuplicateEvent
+from potluck.events.group_commit import (
+    EncodedEvent,
+    EncodedStream,
+    GroupCommitter,
+    PendingAppend,
+    check_versions,
+    insert_columns,
+    recorded_events,
+)
 from potluck.events.schema import Event, EventRegistry, JsonDict, RecordedEvent, registry
 from potluck.events.tracing import current_trace_carrier
 
@@ -59,13 +69,18 @@ _COLUMNS = (
     "position, event_id, stream, version, type, schema_version, data::text, metadata::text, recorded_at"
 )
 
-_INSERT = """
-INSERT INTO events (event_id, stream, version, type, schema_version, data, metadata)
-SELECT e.event_id, e.stream, e.version, e.type, e.schema_version, e.data::jsonb, e.metadata::jsonb
-FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::int[], $6::text[], $7::text[])
-     WITH ORDINALITY AS e(event_id, stream, version, type, schema_version, data, metadata, ord)
-ORDER BY e.ord
-RETURNING position, event_id, recorded_at
+# Every row notifies with the same payload, which Postgres delivers once per
+# transaction: the wake-up costs no round trip of its own.
+_INSERT = f"""
+WITH inserted AS (
+    INSERT INTO events (event_id, stream, version, type, schema_version, data, metadata)
+    SELECT e.event_id, e.stream, e.version, e.type, e.schema_version, e.data::jsonb, e.metadata::jsonb
+    FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::int[], $6::text[], $7::text[])
+         WITH ORDINALITY AS e(event_id, stream, version, type, schema_version, data, metadata, ord)
+    ORDER BY e.ord
+    RETURNING position, event_id, recorded_at
+)
+SELECT position, event_id, recorded_at, pg_notify('{NOTIFY_CHANNEL}', '') FROM inserted ORDER BY position
 """
 
 _DUPLICATE_KEY = re.compile(r"\(event_id\)=\(([0-9a-f-]{36})\)")
@@ -113,6 +128,13 @@ for _index, _name in enumerate(RecordedEvent.__match_args__):
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release (RESET ALL, UNLISTEN, advisory unlock...), a
+    round trip per append and read: the pool's users leave no session state behind (the
+    follower and the relay hold connections of their own). asyncpg still rolls back an
+    open transaction first."""
+
+
 class EventStore:
     """Append-only log of domain events in one Postgres table."""
 
@@ -120,6 +142,7 @@ class EventStore:
         self.pool = pool
         self.dsn = dsn
         self.registry = events
+        self._committer = GroupCommitter(self._commit_group)
 
     @classmethod
     async def open(
@@ -131,13 +154,16 @@ class EventStore:
         events: EventRegistry = registry,
         migrate: bool = True,
     ) -> "EventStore":
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=60)
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, command_timeout=60, reset=_keep_session
+        )
         store = cls(pool, dsn, events=events)
         if migrate:
             await store.migrate()
         return store
 
     async def close(self) -> None:
+        await self._committer.close()
         await self.pool.close()
 
     async def migrate(self) -> list[str]:
@@ -198,78 +224,54 @@ class EventStore:
         streams = [a.stream for a in appends]
         if len(set(streams)) != len(streams):
             raise ValueError("each stream may appear once in an append; merge its events")
-        common = {**current_trace_carrier(), **(metadata or {})}
+        encoded = _encode(appends, {**current_trace_carrier(), **(metadata or {})})
         if connection is not None:
-            return await self._append(connection, appends, common)
-        async with self.pool.acquire() as conn:
-            return await self._append(conn, appends, common)
+            pending = PendingAppend(encoded, asyncio.get_running_loop().create_future())
+            await self._commit(connection, [pending])
+            return pending.done.result()
+        return await self._committer.submit(encoded)
 
-    async def _append(
-        self, conn: Connection, appends: Sequence[StreamAppend], common: Mapping[str, Any]
-    ) -> list[RecordedEvent]:
+    async def _commit_group(self, group: list[PendingAppend]) -> None:
+        async with self.pool.acquire() as conn:
+            try:
+                await self._commit(conn, group)
+            except DuplicateEvent:
+                if len(group) == 1:
+                    raise
+                # Only the INSERT knows which append it was: one transaction each.
+                for pending in group:
+                    try:
+                        await self._commit(conn, [pending])
+                    except DuplicateEvent as exc:
+                        pending.done.set_exception(exc)
+
+    async def _commit(self, conn: Connection, group: list[PendingAppend]) -> None:
+        """Append the group in one transaction (a savepoint inside the caller's), then hand
+        each append its outcome."""
+        inserted: list[asyncpg.Record] = []
         try:
             async with conn.transaction():
                 await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
                 rows = await conn.fetch(
                     "SELECT stream, max(version) FROM events WHERE stream = ANY($1::text[]) GROUP BY stream",
-                    [a.stream for a in appends],
+                    list({s.stream for pending in group for s in pending.streams}),
                 )
-                current = {r[0]: r[1] for r in rows}
-                cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
-                pending: list[tuple[NewEvent, str, int, str]] = []
-                for a in appends:
-                    actual = current.get(a.stream, 0)
-                    if a.expected_version is not None and a.expected_version != actual:
-                        raise WrongExpectedVersion(a.stream, a.expected_version, actual)
-                    for i, item in enumerate(a.events, start=1):
-                        new = item if isinstance(item, NewEvent) else NewEvent(item)
-                        meta = dict(common)
-                        meta.update(new.metadata)
-                        key = new.event.routing_key()
-                        if key is not None:
-                            meta["routing_key"] = key
-                        meta_json = json.dumps(meta)
-                        data_json = new.event.model_dump_json()
-                        version = actual + i
-                        for col, value in zip(
-                            cols,
-                            (
-                                new.event_id,
-                                a.stream,
-                                version,
-                                type(new.event).type_name,
-                                new.event.schema_version,
-                                data_json,
-                                meta_json,
-                            ),
-                            strict=True,
-                        ):
-                            col.append(value)
-                        pending.append((new, a.stream, version, data_json))
-                if not pending:
-                    return []
-                inserted = await conn.fetch(_INSERT, *cols)
-                await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(inserted[-1][0]))
+                accepted, refused = check_versions(group, {r[0]: r[1] for r in rows})
+                cols = insert_columns(accepted)
+                if cols[0]:
+                    inserted = await conn.fetch(_INSERT, *cols)
         except asyncpg.UniqueViolationError as exc:
-            ids = [UUID(m) for m in _DUPLICATE_KEY.findall(getattr(exc, "detail", "") or "")]
             if exc.constraint_name == "events_stream_version_key":
                 # Cannot happen under the table lock unless someone bypassed it.
                 raise
+            ids = [UUID(m) for m in _DUPLICATE_KEY.findall(getattr(exc, "detail", "") or "")]
             raise DuplicateEvent(ids) from None
-        return [
-            RecordedEvent(
-                position=row[0],
-                event_id=row[1],
-                stream=stream,
-                version=version,
-                type=type(new.event).type_name,
-                schema_version=new.event.schema_version,
-                data_json=data_json,
-                metadata=json.loads(cols[6][n]),
-                recorded_at=row[2],
-            )
-            for n, (row, (new, stream, version, data_json)) in enumerate(zip(inserted, pending, strict=True))
-        ]
+        for (pending, _), recorded in zip(accepted, recorded_events(accepted, inserted), strict=True):
+            if not pending.done.done():
+                pending.done.set_result(recorded)
+        for pending, conflict in refused:
+            if not pending.done.done():
+                pending.done.set_exception(conflict)
 
     async def read_stream(self, stream: str, *, after_version: int = 0) -> list[RecordedEvent]:
         rows = await self.pool.fetch(
@@ -304,3 +306,28 @@ class EventStore:
 
     async def contains(self, event_id: UUID) -> bool:
         return bool(await self.pool.fetchval("SELECT 1 FROM events WHERE event_id = $1", event_id))
+
+
+def _encode(appends: Sequence[StreamAppend], common: Mapping[str, Any]) -> list[EncodedStream]:
+    """Serialise the events outside the transaction, so the table lock waits on no JSON."""
+    encoded: list[EncodedStream] = []
+    for a in appends:
+        events: list[EncodedEvent] = []
+        for item in a.events:
+            new = item if isinstance(item, NewEvent) else NewEvent(item)
+            meta = dict(common)
+            meta.update(new.metadata)
+            key = new.event.routing_key()
+            if key is not None:
+                meta["routing_key"] = key
+            events.append(
+                EncodedEvent(
+                    event_id=new.event_id,
+                    type=type(new.event).type_name,
+                    schema_version=new.event.schema_version,
+                    data_json=new.event.model_dump_json(),
+                    metadata_json=json.dumps(meta),
+                )
+            )
+        encoded.append(EncodedStream(a.stream, events, a.expected_version))
+    return encoded

@@ -37,6 +37,9 @@ __all__ = ["Gateway", "client_public_key", "run_gateway"]
 
 log = structlog.get_logger(__name__)
 
+#: How long a stopping gateway lets users' clients read why their session ended.
+_USER_GOODBYE_SECONDS = 1.0
+
 #: Stream categories the gateway folds; everything else is skipped without decoding.
 _CATEGORIES = frozenset({"alloc", "host"})
 
@@ -137,6 +140,7 @@ class Gateway:
         for session in sessions:
             session.end("GATEWAY_STOPPING", "the gateway is shutting down; the session ended")
         self.ctx.links.close_all()
+        await self._let_users_leave(_USER_GOODBYE_SECONDS)
         for conn in list(self.ctx.connections):
             conn.close()
         if not await self.ctx.audit.flush(10.0):
@@ -144,6 +148,17 @@ class Gateway:
         for task in list(self.ctx.tasks):
             task.cancel()
         log.info("gateway.stopped", sessions_ended=len(sessions))
+
+    async def _let_users_leave(self, timeout: float) -> None:
+        # Closing a connection right after writing "shutting down" and the exit status
+        # can drop both before the client reads them; clients whose session ended
+        # disconnect by themselves, so wait briefly for them before closing the rest.
+        waiting = [asyncio.ensure_future(conn.wait_closed()) for conn in self.ctx.connections]
+        if not waiting:
+            return
+        _, still_open = await asyncio.wait(waiting, timeout=timeout)
+        for waiter in still_open:
+            waiter.cancel()
 
 
 async def run_gateway(

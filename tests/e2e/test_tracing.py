@@ -166,17 +166,31 @@ async def test_one_trace_covers_the_request_the_log_the_bus_hostd_and_its_report
 
     await collector.wait_for(f"the whole trace {trace_id}", complete)
 
-    # The log append: asyncpg's INSERT into the event log, inside the HTTP request (and, later in
-    # the trace, inside the allocator's handling of hostd's report).
-    inserts = [
-        s
-        for s in named("potluck-allocator", "CLIENT", "INSERT")
-        if "INSERT INTO events"
-        in str(s.attributes.get("db.statement", s.attributes.get("db.query.text", "")))
-    ]
-    assert [s for s in inserts if s.parent_span_id == server.span_id], [
+    # The log append: a span of the event store inside the HTTP request (and, later in the trace,
+    # inside the allocator's handling of hostd's report), and asyncpg's INSERT into the event log
+    # below it, in the transaction its group commit shares (or not) with other appends.
+    appends = named("potluck-allocator", "CLIENT", "events append")
+    assert [s for s in appends if s.parent_span_id == server.span_id], [
         str(s) for s in collector.trace(trace_id)
     ]
+    by_id = {s.span_id: s for s in collector.trace(trace_id)}
+
+    def ancestors(span: CollectedSpan) -> set[str]:
+        seen: set[str] = set()
+        while span.parent_span_id in by_id and span.parent_span_id not in seen:
+            seen.add(span.parent_span_id)
+            span = by_id[span.parent_span_id]
+        return seen
+
+    inserts = [
+        s
+        for s in collector.trace(trace_id)
+        if s.service == "potluck-allocator"
+        and s.kind == "CLIENT"
+        and "INSERT INTO events"
+        in str(s.attributes.get("db.statement", s.attributes.get("db.query.text", "")))
+    ]
+    assert [s for s in inserts if {a.span_id for a in appends} & ancestors(s)], [str(s) for s in inserts]
 
     # The relay publishes AllocationPlaced as a child of the request that logged it.
     relay_placed = one(named(relays, "PRODUCER", "relay AllocationPlaced"), "relay of AllocationPlaced")
@@ -205,7 +219,7 @@ async def test_one_trace_covers_the_request_the_log_the_bus_hostd_and_its_report
     assert handled.parent_span_id == published.span_id
     relay_running = one(named(relays, "PRODUCER", "relay AllocationRunning"), "relay of AllocationRunning")
     assert relay_running.parent_span_id == handled.span_id
-    assert {s.parent_span_id for s in inserts} == {server.span_id, handled.span_id}
+    assert {s.parent_span_id for s in appends} == {server.span_id, handled.span_id}
 
     services = {s.service for s in collector.trace(trace_id)}
     assert {"potluck-allocator", "potluck-hostd"} <= services

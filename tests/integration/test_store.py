@@ -35,16 +35,23 @@ async def test_append_then_read_stream_and_all(store: EventStore) -> None:
     assert await store.read_all(everything[0].position, 1) == [everything[1]]
 
 
+@pytest.mark.parametrize("writers", ["one process", "two processes"])
 async def test_two_writers_with_the_same_expected_version_exactly_one_wins(
-    store: EventStore,
+    store: EventStore, writers: str
 ) -> None:
-    """Both read version 1 and append; one must get the conflict naming stream and versions."""
-    await store.append("thing-x", [thing(0)], expected_version=NO_STREAM)
-    results = await asyncio.gather(
-        store.append("thing-x", [thing(1)], expected_version=1),
-        store.append("thing-x", [thing(2)], expected_version=1),
-        return_exceptions=True,
-    )
+    """Both read version 1 and append; one must get the conflict naming stream and versions.
+    From one process both appends share a group commit; from two they race for the table lock."""
+    other = store if writers == "one process" else await EventStore.open(store.dsn, migrate=False)
+    try:
+        await store.append("thing-x", [thing(0)], expected_version=NO_STREAM)
+        results = await asyncio.gather(
+            store.append("thing-x", [thing(1)], expected_version=1),
+            other.append("thing-x", [thing(2)], expected_version=1),
+            return_exceptions=True,
+        )
+    finally:
+        if other is not store:
+            await other.close()
     conflicts = [r for r in results if isinstance(r, WrongExpectedVersion)]
     wins = [r for r in results if isinstance(r, list)]
     assert len(conflicts) == 1
@@ -54,6 +61,56 @@ async def test_two_writers_with_the_same_expected_version_exactly_one_wins(
     assert "expected 1" in str(conflicts[0])
     assert "actual 2" in str(conflicts[0])
     assert await store.stream_version("thing-x") == 2
+
+
+async def test_concurrent_appends_share_transactions_and_each_keeps_its_own_outcome(
+    store: EventStore,
+) -> None:
+    """50 appends at once from one process: 40 to new streams and 10 racing for one version of
+    a shared stream. The new ones all land, exactly one racer wins, and they went out in fewer
+    transactions than appends (rows of one transaction share their `xmin`). Then 10 appends each
+    carrying an event id the log already holds, among 10 good ones: each duplicate is refused
+    alone and the good ones land."""
+    taken = uuid4()
+    await store.append("thing-shared", [NewEvent(thing(0), event_id=taken)], expected_version=NO_STREAM)
+    fresh = [
+        store.append(f"thing-new-{n}", [thing(n), thing(n + 1)], expected_version=NO_STREAM)
+        for n in range(40)
+    ]
+    racers = [store.append("thing-shared", [thing(n)], expected_version=1) for n in range(10)]
+    results = await asyncio.gather(*fresh, *racers, return_exceptions=True)
+
+    assert all(isinstance(r, list) and [e.version for e in r] == [1, 2] for r in results[:40]), results
+    raced = results[40:]
+    assert sum(isinstance(r, list) for r in raced) == 1
+    assert all(
+        isinstance(r, WrongExpectedVersion) and r.actual == 2 for r in raced if not isinstance(r, list)
+    )
+    transactions = await store.pool.fetchval("SELECT count(DISTINCT xmin::text) FROM events")
+    assert 1 < transactions < 1 + 41
+
+    dupes = [store.append(f"thing-dupe-{n}", [NewEvent(thing(n), event_id=taken)]) for n in range(10)]
+    good = [store.append(f"thing-good-{n}", [thing(n)], expected_version=NO_STREAM) for n in range(10)]
+    results = await asyncio.gather(*dupes, *good, return_exceptions=True)
+    assert all(isinstance(r, DuplicateEvent) and r.event_ids == [taken] for r in results[:10]), results
+    assert all(isinstance(r, list) for r in results[10:]), results
+
+    everything = await store.read_all(0, 1000)
+    assert len(everything) == 1 + 80 + 1 + 10
+    assert [e.position for e in everything] == sorted(e.position for e in everything)
+    assert not [e for e in everything if e.stream.startswith("thing-dupe-")]
+
+
+async def test_an_append_whose_caller_gave_up_still_lands_whole(store: EventStore) -> None:
+    """A caller cancelled while its append is queued or committing: the append is not torn;
+    it commits (as a COMMIT already sent would) and the next append sees it."""
+    waiting = asyncio.ensure_future(store.append("thing-c", [thing(1), thing(2)], expected_version=NO_STREAM))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    after = await store.append("thing-c", [thing(3)], expected_version=2)
+    assert [e.version for e in after] == [3]
 
 
 async def test_multi_stream_append_is_all_or_nothing(store: EventStore) -> None:

@@ -1,0 +1,224 @@
+"""Group commit: appends that arrive while one is committing share the next transaction.
+
+Appends are serialised by the table lock anyway (see store.py), so concurrent
+appends from one process only ever waited for each other; each paid for its
+own BEGIN, LOCK, version check, INSERT, NOTIFY and COMMIT, with the lock held
+across all of those round trips. Here one task commits at a time and takes
+every append queued meanwhile into its transaction, so under load the cost of
+a transaction (and of its fsync) is shared by many appends, and at low load an
+append still goes out at once.
+
+Every append keeps its own outcome: its expected versions are checked against
+the log as extended by the appends before it in the same group, and one that
+conflicts is refused alone. An event id that is already logged is only found by
+the INSERT, which aborts the whole transaction; the group is then committed
+again one append per transaction, so that only the offending append fails.
+"""
+
+import asyncio
+import contextvars
+import json
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind
+
+from potluck.events.errors import WrongExpectedVersion
+from potluck.events.schema import RecordedEvent
+from potluck.events.tracing import tracer
+
+#: Bounds one group's transaction (the table lock is held for all of it).
+MAX_GROUP_EVENTS = 5000
+
+
+@dataclass(frozen=True)
+class EncodedEvent:
+    """One event ready for the INSERT; encoded before the lock is taken."""
+
+    event_id: UUID
+    type: str
+    schema_version: int
+    data_json: str
+    metadata_json: str
+
+
+@dataclass(frozen=True)
+class EncodedStream:
+    stream: str
+    events: Sequence[EncodedEvent]
+    expected_version: int | None
+
+
+@dataclass
+class PendingAppend:
+    """One caller's append_streams call, waiting for its group's transaction."""
+
+    streams: Sequence[EncodedStream]
+    done: "asyncio.Future[list[RecordedEvent]]"
+    #: The caller's context: its group's commit is traced as the child of the first append's.
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
+    span: trace.Span = field(default_factory=trace.get_current_span)
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = sum(len(s.events) for s in self.streams)
+
+
+#: Commits a list of appends in one transaction; resolves each append's future.
+CommitGroup = Callable[[list[PendingAppend]], Coroutine[Any, Any, None]]
+
+
+class GroupCommitter:
+    """Queues appends and commits them, a group per transaction, from one task."""
+
+    def __init__(self, commit: CommitGroup) -> None:
+        self._commit = commit
+        self._queue: list[PendingAppend] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def submit(self, streams: Sequence[EncodedStream]) -> list[RecordedEvent]:
+        with tracer().start_as_current_span(
+            "events append",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "db.system": "postgresql",
+                "potluck.streams": [s.stream for s in streams],
+                "potluck.events": sum(len(s.events) for s in streams),
+            },
+        ):
+            pending = PendingAppend(streams, asyncio.get_running_loop().create_future())
+            # An outcome nobody waits for any more (a cancelled caller) is not an error to report.
+            pending.done.add_done_callback(_consume)
+            self._queue.append(pending)
+            if self._worker is None or self._worker.done():
+                self._worker = asyncio.create_task(self._drain(), name="potluck-group-commit")
+            # A caller that is cancelled stops waiting; its append, already queued or
+            # in flight, still commits or fails with its group, as a sent COMMIT would.
+            return await asyncio.shield(pending.done)
+
+    async def close(self) -> None:
+        """Wait for the appends already queued."""
+        if self._worker is not None and not self._worker.done():
+            await asyncio.wait([self._worker])
+
+    async def _drain(self) -> None:
+        while self._queue:
+            group = self._take_group()
+            try:
+                await asyncio.create_task(self._traced(group), context=group[0].context)
+            except asyncio.CancelledError:
+                for pending in [*group, *self._queue]:
+                    pending.done.cancel()
+                self._queue.clear()
+                raise
+            except Exception as exc:
+                # The group's transaction failed as a whole: every append in it did.
+                for pending in group:
+                    if not pending.done.done():
+                        pending.done.set_exception(exc)
+
+    async def _traced(self, group: list[PendingAppend]) -> None:
+        links = [Link(p.span.get_span_context()) for p in group[1:]]
+        with tracer().start_as_current_span(
+            "events commit", kind=SpanKind.INTERNAL, links=links, attributes={"potluck.appends": len(group)}
+        ):
+            await self._commit(group)
+
+    def _take_group(self) -> list[PendingAppend]:
+        size = 0
+        taken = 0
+        for pending in self._queue:
+            if taken and size + pending.size > MAX_GROUP_EVENTS:
+                break
+            size += pending.size
+            taken += 1
+        group, self._queue = self._queue[:taken], self._queue[taken:]
+        return group
+
+
+def check_versions(
+    group: Sequence[PendingAppend], current: Mapping[str, int]
+) -> tuple[list[tuple[PendingAppend, list[int]]], list[tuple[PendingAppend, WrongExpectedVersion]]]:
+    """Which appends of the group may go in, in order, and which conflict.
+
+    Each append is checked against `current` as extended by the accepted
+    appends before it. Returns the accepted appends with the version of each
+    of their streams before them, and the refused ones with their error, which
+    the caller hands out only once the group has committed: a conflict that
+    an append earlier in a group which then failed caused is no conflict.
+    """
+    versions = dict(current)
+    accepted: list[tuple[PendingAppend, list[int]]] = []
+    refused: list[tuple[PendingAppend, WrongExpectedVersion]] = []
+    for pending in group:
+        conflict = next(
+            (
+                WrongExpectedVersion(s.stream, s.expected_version, versions.get(s.stream, 0))
+                for s in pending.streams
+                if s.expected_version is not None and s.expected_version != versions.get(s.stream, 0)
+            ),
+            None,
+        )
+        if conflict is not None:
+            refused.append((pending, conflict))
+            continue
+        bases = [versions.get(s.stream, 0) for s in pending.streams]
+        for s, base in zip(pending.streams, bases, strict=True):
+            versions[s.stream] = base + len(s.events)
+        accepted.append((pending, bases))
+    return accepted, refused
+
+
+def insert_columns(accepted: Sequence[tuple[PendingAppend, list[int]]]) -> tuple[list[Any], ...]:
+    """The INSERT's column arrays, in the order the events are to be logged."""
+    cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+    ids, streams, versions, types, schema_versions, data, metadata = cols
+    for pending, bases in accepted:
+        for s, base in zip(pending.streams, bases, strict=True):
+            for i, e in enumerate(s.events, start=1):
+                ids.append(e.event_id)
+                streams.append(s.stream)
+                versions.append(base + i)
+                types.append(e.type)
+                schema_versions.append(e.schema_version)
+                data.append(e.data_json)
+                metadata.append(e.metadata_json)
+    return cols
+
+
+def recorded_events(
+    accepted: Sequence[tuple[PendingAppend, list[int]]], inserted: Sequence[asyncpg.Record]
+) -> list[list[RecordedEvent]]:
+    """Each accepted append's recorded events, from the INSERT's rows (position, event_id,
+    recorded_at, and the notification's empty result) in the order of `insert_columns`."""
+    rows = iter(inserted)
+    results: list[list[RecordedEvent]] = []
+    for pending, bases in accepted:
+        recorded: list[RecordedEvent] = []
+        for s, base in zip(pending.streams, bases, strict=True):
+            for i, e in enumerate(s.events, start=1):
+                position, event_id, recorded_at, _ = next(rows)
+                recorded.append(
+                    RecordedEvent(
+                        position=position,
+                        event_id=event_id,
+                        stream=s.stream,
+                        version=base + i,
+                        type=e.type,
+                        schema_version=e.schema_version,
+                        data_json=e.data_json,
+                        metadata=json.loads(e.metadata_json),
+                        recorded_at=recorded_at,
+                    )
+                )
+        results.append(recorded)
+    return results
+
+
+def _consume(done: "asyncio.Future[list[RecordedEvent]]") -> None:
+    if not done.cancelled():
+        done.exception()
