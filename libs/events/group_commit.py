@@ -16,19 +16,18 @@ again one append per transaction, so that only the offending append fails.
 """
 
 import asyncio
-import contextvars
-import json
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 from opentelemetry import trace
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from potluck.events.errors import WrongExpectedVersion
-from potluck.events.schema import RecordedEvent
+from potluck.events.schema import JsonDict, RecordedEvent
 from potluck.events.tracing import tracer
 
 #: Bounds one group's transaction (the table lock is held for all of it).
@@ -39,10 +38,12 @@ MAX_GROUP_EVENTS = 5000
 class EncodedEvent:
     """One event ready for the INSERT; encoded before the lock is taken."""
 
-    event_id: UUID
+    #: None: Postgres draws a random one.
+    event_id: UUID | None
     type: str
     schema_version: int
     data_json: str
+    metadata: JsonDict
     metadata_json: str
 
 
@@ -59,8 +60,7 @@ class PendingAppend:
 
     streams: Sequence[EncodedStream]
     done: "asyncio.Future[list[RecordedEvent]]"
-    #: The caller's context: its group's commit is traced as the child of the first append's.
-    context: contextvars.Context = field(default_factory=contextvars.copy_context)
+    #: The append's span; its group's commit is traced as the child of the first append's.
     span: trace.Span = field(default_factory=trace.get_current_span)
     size: int = field(init=False)
 
@@ -80,8 +80,16 @@ class GroupCommitter:
         self._queue: list[PendingAppend] = []
         self._worker: asyncio.Task[None] | None = None
 
-    async def submit(self, streams: Sequence[EncodedStream]) -> list[RecordedEvent]:
-        with tracer().start_as_current_span(
+    def enqueue(self, streams: Sequence[EncodedStream]) -> "asyncio.Future[list[RecordedEvent]]":
+        """Queue an append now and return its outcome to await.
+
+        Appends queued one after the other commit in that order, in one group or
+        in successive ones, so a caller may queue an append whose expected
+        versions count on the appends it queued before. Cancelling the returned
+        future does not withdraw the append (it commits or fails with its group,
+        as a COMMIT already sent would); it only stops the wait.
+        """
+        span = tracer().start_span(
             "events append",
             kind=SpanKind.CLIENT,
             attributes={
@@ -89,16 +97,17 @@ class GroupCommitter:
                 "potluck.streams": [s.stream for s in streams],
                 "potluck.events": sum(len(s.events) for s in streams),
             },
-        ):
-            pending = PendingAppend(streams, asyncio.get_running_loop().create_future())
-            # An outcome nobody waits for any more (a cancelled caller) is not an error to report.
-            pending.done.add_done_callback(_consume)
-            self._queue.append(pending)
-            if self._worker is None or self._worker.done():
-                self._worker = asyncio.create_task(self._drain(), name="potluck-group-commit")
-            # A caller that is cancelled stops waiting; its append, already queued or
-            # in flight, still commits or fails with its group, as a sent COMMIT would.
-            return await asyncio.shield(pending.done)
+        )
+        done: asyncio.Future[list[RecordedEvent]] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(partial(_finish, span))
+        self._queue.append(PendingAppend(streams, done, span))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain(), name="potluck-group-commit")
+        return done
+
+    async def submit(self, streams: Sequence[EncodedStream]) -> list[RecordedEvent]:
+        """Queue an append and wait for its outcome (a cancelled caller only stops waiting)."""
+        return await asyncio.shield(self.enqueue(streams))
 
     async def close(self) -> None:
         """Wait for the appends already queued."""
@@ -109,7 +118,7 @@ class GroupCommitter:
         while self._queue:
             group = self._take_group()
             try:
-                await asyncio.create_task(self._traced(group), context=group[0].context)
+                await self._traced(group)
             except asyncio.CancelledError:
                 for pending in [*group, *self._queue]:
                     pending.done.cancel()
@@ -124,7 +133,11 @@ class GroupCommitter:
     async def _traced(self, group: list[PendingAppend]) -> None:
         links = [Link(p.span.get_span_context()) for p in group[1:]]
         with tracer().start_as_current_span(
-            "events commit", kind=SpanKind.INTERNAL, links=links, attributes={"potluck.appends": len(group)}
+            "events commit",
+            context=trace.set_span_in_context(group[0].span),
+            kind=SpanKind.INTERNAL,
+            links=links,
+            attributes={"potluck.appends": len(group)},
         ):
             await self._commit(group)
 
@@ -194,14 +207,14 @@ def recorded_events(
     accepted: Sequence[tuple[PendingAppend, list[int]]], inserted: Sequence[asyncpg.Record]
 ) -> list[list[RecordedEvent]]:
     """Each accepted append's recorded events, from the INSERT's rows (position, event_id,
-    recorded_at, and the notification's empty result) in the order of `insert_columns`."""
+    recorded_at) in the order of `insert_columns`."""
     rows = iter(inserted)
     results: list[list[RecordedEvent]] = []
     for pending, bases in accepted:
         recorded: list[RecordedEvent] = []
         for s, base in zip(pending.streams, bases, strict=True):
             for i, e in enumerate(s.events, start=1):
-                position, event_id, recorded_at, _ = next(rows)
+                position, event_id, recorded_at = next(rows)
                 recorded.append(
                     RecordedEvent(
                         position=position,
@@ -211,7 +224,7 @@ def recorded_events(
                         type=e.type,
                         schema_version=e.schema_version,
                         data_json=e.data_json,
-                        metadata=json.loads(e.metadata_json),
+                        metadata=e.metadata,
                         recorded_at=recorded_at,
                     )
                 )
@@ -219,6 +232,11 @@ def recorded_events(
     return results
 
 
-def _consume(done: "asyncio.Future[list[RecordedEvent]]") -> None:
-    if not done.cancelled():
-        done.exception()
+def _finish(span: trace.Span, done: "asyncio.Future[list[RecordedEvent]]") -> None:
+    # Retrieving the exception also keeps an outcome nobody awaits any more (a
+    # cancelled caller) from being reported as an error never retrieved.
+    error = None if done.cancelled() else done.exception()
+    if error is not None:
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+    span.end()

@@ -38,6 +38,7 @@ from potluck.events.group_commit import (
 from potluck.events.schema import Event, EventRegistry, JsonDict, RecordedEvent, registry
 from potluck.events.tracing import current_trace_carrier
 
+#: Where appends notify: the trigger of migration 0002 names it too.
 NOTIFY_CHANNEL = "potluck_events"
 _MIGRATION_LOCK = 0x706F746C75636B  # "potluck": one migrator at a time
 
@@ -69,18 +70,15 @@ _COLUMNS = (
     "position, event_id, stream, version, type, schema_version, data::text, metadata::text, recorded_at"
 )
 
-# Every row notifies with the same payload, which Postgres delivers once per
-# transaction: the wake-up costs no round trip of its own.
-_INSERT = f"""
-WITH inserted AS (
-    INSERT INTO events (event_id, stream, version, type, schema_version, data, metadata)
-    SELECT e.event_id, e.stream, e.version, e.type, e.schema_version, e.data::jsonb, e.metadata::jsonb
-    FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::int[], $6::text[], $7::text[])
-         WITH ORDINALITY AS e(event_id, stream, version, type, schema_version, data, metadata, ord)
-    ORDER BY e.ord
-    RETURNING position, event_id, recorded_at
-)
-SELECT position, event_id, recorded_at, pg_notify('{NOTIFY_CHANNEL}', '') FROM inserted ORDER BY position
+# Followers are woken by the NOTIFY of a statement-level trigger (migration 0002).
+_INSERT = """
+INSERT INTO events (event_id, stream, version, type, schema_version, data, metadata)
+SELECT coalesce(e.event_id, gen_random_uuid()), e.stream, e.version, e.type, e.schema_version,
+       e.data::jsonb, e.metadata::jsonb
+FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::int[], $6::text[], $7::text[])
+     WITH ORDINALITY AS e(event_id, stream, version, type, schema_version, data, metadata, ord)
+ORDER BY e.ord
+RETURNING position, event_id, recorded_at
 """
 
 _DUPLICATE_KEY = re.compile(r"\(event_id\)=\(([0-9a-f-]{36})\)")
@@ -221,15 +219,28 @@ class EventStore:
         written. `connection` enlists the append in the caller's transaction
         (as a savepoint), e.g. to record a consumer position with it.
         """
-        streams = [a.stream for a in appends]
-        if len(set(streams)) != len(streams):
-            raise ValueError("each stream may appear once in an append; merge its events")
-        encoded = _encode(appends, {**current_trace_carrier(), **(metadata or {})})
-        if connection is not None:
-            pending = PendingAppend(encoded, asyncio.get_running_loop().create_future())
-            await self._commit(connection, [pending])
-            return pending.done.result()
-        return await self._committer.submit(encoded)
+        if connection is None:
+            return await asyncio.shield(self.append_streams_nowait(appends, metadata=metadata))
+        _check_streams_once(appends)
+        pending = PendingAppend(
+            _encode(appends, _common(metadata)), asyncio.get_running_loop().create_future()
+        )
+        await self._commit(connection, [pending])
+        return pending.done.result()
+
+    def append_streams_nowait(
+        self, appends: Sequence[StreamAppend], *, metadata: Mapping[str, Any] | None = None
+    ) -> "asyncio.Future[list[RecordedEvent]]":
+        """Queue an atomic multi-stream append now; await the returned future for its outcome.
+
+        What `append_streams` does, in two steps: appends queued one after the
+        other commit in that order (often in one transaction), so a caller can
+        queue an append whose expected versions count on those it queued
+        before, without waiting for them. Cancelling the future only stops the
+        wait; the append still commits or fails.
+        """
+        _check_streams_once(appends)
+        return self._committer.enqueue(_encode(appends, _common(metadata)))
 
     async def _commit_group(self, group: list[PendingAppend]) -> None:
         async with self.pool.acquire() as conn:
@@ -308,26 +319,56 @@ class EventStore:
         return bool(await self.pool.fetchval("SELECT 1 FROM events WHERE event_id = $1", event_id))
 
 
+def _check_streams_once(appends: Sequence[StreamAppend]) -> None:
+    streams = [a.stream for a in appends]
+    if len(set(streams)) != len(streams):
+        raise ValueError("each stream may appear once in an append; merge its events")
+
+
+def _common(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Metadata every event of an append carries: the caller's trace context and `metadata`."""
+    return {**current_trace_carrier(), **(metadata or {})}
+
+
 def _encode(appends: Sequence[StreamAppend], common: Mapping[str, Any]) -> list[EncodedStream]:
-    """Serialise the events outside the transaction, so the table lock waits on no JSON."""
-    encoded: list[EncodedStream] = []
+    """Serialise the events outside the transaction, so the table lock waits on no JSON.
+
+    Events of one append mostly share their metadata (the common part and the
+    routing key), so it is built and serialised once per distinct value, and
+    the recorded events share its dict. Bare events get their id from Postgres
+    (`gen_random_uuid()`), which is cheaper than `uuid4()` here.
+    """
+    shared: dict[str | None, tuple[JsonDict, str]] = {}
+
+    def metadata_of(key: str | None, own: Mapping[str, Any]) -> tuple[JsonDict, str]:
+        if not own and key in shared:
+            return shared[key]
+        meta = dict(common)
+        meta.update(own)
+        if key is not None:
+            meta["routing_key"] = key
+        encoded = (meta, json.dumps(meta))
+        if not own:
+            shared[key] = encoded
+        return encoded
+
+    streams: list[EncodedStream] = []
     for a in appends:
         events: list[EncodedEvent] = []
         for item in a.events:
-            new = item if isinstance(item, NewEvent) else NewEvent(item)
-            meta = dict(common)
-            meta.update(new.metadata)
-            key = new.event.routing_key()
-            if key is not None:
-                meta["routing_key"] = key
+            event, event_id, own = (
+                (item.event, item.event_id, item.metadata) if isinstance(item, NewEvent) else (item, None, {})
+            )
+            meta, meta_json = metadata_of(event.routing_key(), own)
             events.append(
                 EncodedEvent(
-                    event_id=new.event_id,
-                    type=type(new.event).type_name,
-                    schema_version=new.event.schema_version,
-                    data_json=new.event.model_dump_json(),
-                    metadata_json=json.dumps(meta),
+                    event_id=event_id,
+                    type=type(event).type_name,
+                    schema_version=event.schema_version,
+                    data_json=event.model_dump_json(),
+                    metadata=meta,
+                    metadata_json=meta_json,
                 )
             )
-        encoded.append(EncodedStream(a.stream, events, a.expected_version))
-    return encoded
+        streams.append(EncodedStream(a.stream, events, a.expected_version))
+    return streams

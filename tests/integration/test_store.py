@@ -176,7 +176,7 @@ async def test_metadata_and_routing_key_are_stored(store: EventStore) -> None:
 async def test_migrations_run_once(store: EventStore) -> None:
     assert await store.migrate() == []
     names = await store.pool.fetch("SELECT name FROM schema_migrations")
-    assert [n[0] for n in names] == ["0001_event_log.sql"]
+    assert sorted(n[0] for n in names) == ["0001_event_log.sql", "0002_notify_per_statement.sql"]
 
 
 async def test_a_stream_may_appear_once_per_append(store: EventStore) -> None:
