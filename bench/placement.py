@@ -39,7 +39,7 @@ import asyncio
 import os
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,6 +60,7 @@ from potluck.allocator.events import (
     AllocationSpec,
     CapacityReserved,
     alloc_stream,
+    capacity_stream,
 )
 from potluck.allocator.scheduler import (
     HostSnapshot,
@@ -324,6 +325,48 @@ class Allocator:
             self.fold(appends)
         return decision
 
+    async def place_pipelined(
+        self, requests: Sequence[AllocationRequested], now: datetime, tally: Tally, window: int
+    ) -> None:
+        """As the allocator serves concurrent requests: each decision is its own two-stream
+        append, queued at once (`append_streams_nowait`) while up to `window` earlier ones are
+        still committing. The index holds each reservation from its decision on, and the
+        capacity stream's expected version counts the reservations queued on that host before
+        it (services/allocator/in_flight.py); the store commits what is queued in groups."""
+        flying: deque[tuple[asyncio.Future[Any], CapacityReserved, int]] = deque()
+        queued_on: Counter[str] = Counter()
+
+        async def land_oldest() -> None:
+            outcome, reserved, version = flying.popleft()
+            queued_on[reserved.host_id] -= 1
+            try:
+                await outcome
+            except BaseException:
+                self.scheduler.release(reserved.host_id, reserved.amount)
+                raise
+            self.ledger.apply(reserved, version=version)
+
+        for requested in requests:
+            decision = self.scheduler.place(placement_request(requested), self.strategy)
+            tally.count(decision)
+            if isinstance(decision, Placed):
+                host_id = decision.host_id
+                self.scheduler.reserve(host_id, requested.spec.resources)
+                placed = allocation_placed(requested, host_id, now)
+                reserved = Placement(placed, 1).reservation
+                version = self.ledger.version(host_id) + queued_on[host_id] + 1
+                appends = [
+                    StreamAppend(alloc_stream(placed.alloc_id), [placed], 1),
+                    StreamAppend(capacity_stream(host_id), [reserved], version - 1),
+                ]
+                outcome = self.store.append_streams_nowait(appends, metadata={"actor": "allocator"})
+                queued_on[host_id] += 1
+                flying.append((outcome, reserved, version))
+            while len(flying) >= window:
+                await land_oldest()
+        while flying:
+            await land_oldest()
+
     async def place_batch(self, batch: Sequence[AllocationRequested], now: datetime, tally: Tally) -> None:
         placements = []
         for requested in batch:
@@ -391,6 +434,10 @@ async def bench_through_log(servers: BenchServers, args: argparse.Namespace) -> 
         r.model_copy(update={"alloc_id": f"batched-{i:07d}"})
         for i, r in enumerate(simulated_requests(args.log_batched_decisions, seed=6))
     ]
+    pipelined = [
+        r.model_copy(update={"alloc_id": f"piped-{i:07d}"})
+        for i, r in enumerate(simulated_requests(args.log_pipelined_decisions, seed=7))
+    ]
     url = await servers.fresh_database("bench_placement")
     store = await EventStore.open(url, min_size=2, max_size=4)
     try:
@@ -404,7 +451,7 @@ async def bench_through_log(servers: BenchServers, args: argparse.Namespace) -> 
             scheduler = Scheduler(host_snapshots(view, ledger))
         rebuild_s = sw.seconds
         say(f"rebuilt the registry view and the Scheduler from the log in {rebuild_s:.1f}s")
-        await load_requests(store, single + batched)
+        await load_requests(store, single + batched + pipelined)
         # Churn as in process would change nothing here: hosts keep their registered state.
         for h in hosts:
             if not h.schedulable:
@@ -422,22 +469,49 @@ async def bench_through_log(servers: BenchServers, args: argparse.Namespace) -> 
         ceiling = await store_append_rate(store, single[: max(1, len(single) // 3)], hosts[0].host_id, now)
         say(f"the store alone: {ceiling:,.0f} two-stream appends/s (prebuilt events, no placement)")
 
-        say(f"through the log: {len(single):,} decisions, one two-stream append each, durable Postgres")
+        say(
+            f"through the log: {len(pipelined):,} decisions, one two-stream append each, "
+            f"up to {args.in_flight} in flight, durable Postgres"
+        )
+        tally = Tally()
+        with Stopwatch() as sw:
+            await allocator.place_pipelined(pipelined, now, tally, args.in_flight)
+        transactions = await store.pool.fetchval(
+            "SELECT count(DISTINCT xmin::text) FROM events "
+            "WHERE type = 'CapacityReserved' AND data->>'alloc_id' LIKE 'piped-%'"
+        )
+        record(
+            "placement_through_log",
+            len(pipelined) / sw.seconds,
+            "decisions/s",
+            strategy=allocator.strategy,
+            hosts=len(hosts),
+            decisions=len(pipelined),
+            decisions_per_append=1,
+            in_flight=args.in_flight,
+            transactions=transactions,
+            seconds=round(sw.seconds, 3),
+            store_append_per_s=round(ceiling, 1),
+            rebuild_from_log_s=round(rebuild_s, 3),
+            **tally.as_dict(),
+        )
+        placed += tally.placed
+
+        say(f"through the log: {len(single):,} decisions, one two-stream append each, one at a time")
         tally = Tally()
         with Stopwatch() as sw:
             for requested in single:
                 tally.count(await allocator.place_one(requested, now))
         record(
-            "placement_through_log",
+            "placement_through_log_one_at_a_time",
             len(single) / sw.seconds,
             "decisions/s",
             strategy=allocator.strategy,
             hosts=len(hosts),
             decisions=len(single),
             decisions_per_append=1,
+            in_flight=1,
             seconds=round(sw.seconds, 3),
-            store_append_per_s=round(ceiling, 1),
-            rebuild_from_log_s=round(rebuild_s, 3),
             **tally.as_dict(),
         )
         placed += tally.placed
@@ -482,7 +556,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--fill", type=float, default=0.7, help="in process: keep this share of cpus reserved"
     )
     parser.add_argument("--scan-decisions", type=int, default=200, help="decisions for scan_per_s")
-    parser.add_argument("--log-decisions", type=int, default=3_000, help="one append per decision")
+    parser.add_argument(
+        "--log-pipelined-decisions", type=int, default=10_000, help="one append per decision, pipelined"
+    )
+    parser.add_argument(
+        "--in-flight", type=int, default=64, help="appends queued while earlier ones commit (pipelined run)"
+    )
+    parser.add_argument(
+        "--log-decisions", type=int, default=3_000, help="one append per decision, one at a time"
+    )
     parser.add_argument("--log-batched-decisions", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=32, help="decisions per append in the batched run")
     args = parser.parse_args(argv)
@@ -490,6 +572,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.decisions = min(args.decisions, 5_000)
         args.scan_decisions = min(args.scan_decisions, 20)
         args.log_decisions = min(args.log_decisions, 200)
+        args.log_pipelined_decisions = min(args.log_pipelined_decisions, 640)
         args.log_batched_decisions = min(args.log_batched_decisions, 640)
     return args
 

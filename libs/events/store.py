@@ -5,7 +5,9 @@ EXCLUSIVE MODE`` inside its transaction (the eventsourcing library's choice),
 so a position is drawn only by the one writer that will commit next; a reader
 that has seen position N can never later find a committed event below N.
 The cost is that appends are serialised, which suits a log written by a few
-decision-making services; batches keep the throughput (see bench/README.md).
+decision-making services; batches keep the throughput, and appends made
+concurrently in one process share a transaction (group_commit.py; figures in
+bench/README.md).
 We preferred this to Marten-style gap detection on the read side because it
 keeps every reader trivial: ``position > last_seen`` is always correct.
 Rolled-back appends still burn sequence values, so positions have holes that

@@ -133,11 +133,18 @@ def snapshot_of(state: HostState, reserved: Capacity = ZERO) -> HostSnapshot | N
     )
 
 
-def host_snapshots(view: HostsView, ledger: CapacityLedger) -> list[HostSnapshot]:
-    """Every registered host with what the ledger says it has reserved, by host id."""
+def host_snapshots(
+    view: HostsView, ledger: CapacityLedger, *, in_flight: Mapping[str, Capacity] | None = None
+) -> list[HostSnapshot]:
+    """Every registered host with what the ledger says it has reserved, plus the reservations
+    `in_flight` (queued for the log, not in the ledger yet), by host id."""
+    extra = in_flight or {}
     snapshots = []
     for host_id in sorted(view.hosts):
-        snapshot = snapshot_of(view.hosts[host_id], ledger.reserved(host_id))
+        reserved = ledger.reserved(host_id)
+        if host_id in extra:
+            reserved = reserved + extra[host_id]
+        snapshot = snapshot_of(view.hosts[host_id], reserved)
         if snapshot is not None:
             snapshots.append(snapshot)
     return snapshots

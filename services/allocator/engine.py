@@ -10,6 +10,12 @@ over-committed, whatever the number of replicas.
 
 A handler that appends waits until the follower has folded its own append
 before answering, so a user reads their own writes.
+
+New requests are decided one at a time (under `_placing`) but not committed one
+at a time: each decision queues its append and lets the next decision go while
+it commits, counting the requests still in flight (in_flight.py). Concurrent
+requests so share transactions instead of each waiting for a commit and a
+round trip through the follower.
 """
 
 import asyncio
@@ -36,6 +42,7 @@ from potluck.allocator.events import (
     alloc_stream,
     capacity_stream,
 )
+from potluck.allocator.in_flight import InFlight, InFlightRequests, sum_of
 from potluck.allocator.projection import ACTIVE, AllocationState, AllocationsView
 from potluck.allocator.queue import FairQueue
 from potluck.allocator.scheduler import Decision, Impossible, Placed, Strategy, place
@@ -98,6 +105,7 @@ class AllocatorEngine:
         self._capacity_changed = asyncio.Event()
         self._reactions: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self._placing = asyncio.Lock()
+        self.in_flight = InFlightRequests()
         #: Called with each record folded while following the log (not while catching up): metrics.
         self.on_applied: list[Callable[[RecordedEvent], None]] = []
 
@@ -117,10 +125,15 @@ class AllocatorEngine:
                 self.ledger.apply(event, version=record.version)
                 if isinstance(event, CapacityFreed):
                     self._capacity_changed.set()
+                elif isinstance(event, CapacityReserved):
+                    self.in_flight.settle(event.alloc_id)
             elif record.category == "alloc":
                 self.allocations.apply(event, position=record.position, version=record.version, at=at)
                 if isinstance(event, AllocationRequested):
                     self._capacity_changed.set()
+                    entry = self.in_flight.get(event.alloc_id)
+                    if entry is not None and entry.host_id is None:
+                        self.in_flight.settle(event.alloc_id)
             else:
                 self.users.apply(event)
         self.position = record.position
@@ -244,11 +257,13 @@ class AllocatorEngine:
     # Decisions.
 
     def _check_quota(self, user: User, wanted: Capacity) -> None:
-        held = [
-            a
+        # By allocation id: a request being folded is in the view and maybe still in flight.
+        held = {e.alloc_id: e.resources for e in self.in_flight.of_user(user.name)}
+        held.update(
+            (a.alloc_id, a.spec.resources)
             for a in self.allocations.allocations.values()
             if a.user == user.name and (a.status in ACTIVE or a.status == "pending")
-        ]
+        )
         quota = user.quota
         if len(held) + 1 > quota.allocations:
             raise Rejected(
@@ -256,7 +271,7 @@ class AllocatorEngine:
                 f"you hold {len(held)} allocations, your quota is {quota.allocations}; release one first",
                 status=403,
             )
-        cpus = sum(a.spec.resources.cpus for a in held) + wanted.cpus
+        cpus = sum(r.cpus for r in held.values()) + wanted.cpus
         if cpus > quota.cpus + 1e-9:
             raise Rejected(
                 "QUOTA_EXCEEDED",
@@ -264,7 +279,7 @@ class AllocatorEngine:
                 field="cpus",
                 status=403,
             )
-        memory = sum(a.spec.resources.memory_bytes for a in held) + wanted.memory_bytes
+        memory = sum(r.memory_bytes for r in held.values()) + wanted.memory_bytes
         if memory > quota.memory_bytes:
             raise Rejected(
                 "QUOTA_EXCEEDED",
@@ -273,8 +288,28 @@ class AllocatorEngine:
                 status=403,
             )
 
+    def _in_flight_on(self, host_id: str) -> dict[str, Capacity]:
+        """Reservations queued on the host that the ledger does not hold yet."""
+        return {
+            alloc_id: amount
+            for alloc_id, amount in self.in_flight.on_host(host_id).items()
+            if not self.ledger.holds(host_id, alloc_id)
+        }
+
     def _decide(self, wanted: AllocationState | AllocationRequested) -> Decision:
-        return place(host_snapshots(self.hosts, self.ledger), placement_request(wanted), self.strategy)
+        pending = {
+            host_id: sum_of(self._in_flight_on(host_id).values())
+            for host_id in {e.host_id for e in self.in_flight.of_all() if e.host_id is not None}
+        }
+        return place(
+            host_snapshots(self.hosts, self.ledger, in_flight=pending),
+            placement_request(wanted),
+            self.strategy,
+        )
+
+    def _capacity_version(self, host_id: str) -> int:
+        """The version `capacity-<host_id>` will have once the reservations queued on it land."""
+        return self.ledger.version(host_id) + len(self._in_flight_on(host_id))
 
     def _placement(
         self,
@@ -296,7 +331,7 @@ class AllocatorEngine:
         reserved = CapacityReserved(host_id=host_id, alloc_id=alloc_id, amount=spec.resources)
         return [
             StreamAppend(alloc_stream(alloc_id), [*head, placed], state_version),
-            StreamAppend(capacity_stream(host_id), [reserved], self.ledger.version(host_id)),
+            StreamAppend(capacity_stream(host_id), [reserved], self._capacity_version(host_id)),
         ]
 
     async def request_allocation(self, user: User, body: CreateAllocation) -> AllocationState:
@@ -319,21 +354,28 @@ class AllocatorEngine:
         )
 
         async def attempt() -> AllocationState:
-            decision = self._decide(requested)
-            if isinstance(decision, Impossible):
-                raise Rejected(decision.code, decision.message, field=decision.field, status=422)
-            self._check_quota(user, spec.resources)
-            if isinstance(decision, Placed):
-                appends = self._placement(
-                    0, alloc_id, user.name, spec, decision.host_id, body.lifetime, [requested]
-                )
-            else:
-                appends = [StreamAppend(alloc_stream(alloc_id), [requested], 0)]
-            await self._append(appends, f"user:{user.name}")
+            async with self._placing:
+                decision = self._decide(requested)
+                if isinstance(decision, Impossible):
+                    raise Rejected(decision.code, decision.message, field=decision.field, status=422)
+                self._check_quota(user, spec.resources)
+                if isinstance(decision, Placed):
+                    host_id: str | None = decision.host_id
+                    appends = self._placement(
+                        0, alloc_id, user.name, spec, decision.host_id, body.lifetime, [requested]
+                    )
+                else:
+                    host_id = None
+                    appends = [StreamAppend(alloc_stream(alloc_id), [requested], 0)]
+                # Queued now, in decision order; the next decision counts it until it is folded.
+                self.in_flight.add(InFlight(alloc_id, user.name, spec.resources, host_id))
+                outcome = self.store.append_streams_nowait(appends, metadata={"actor": f"user:{user.name}"})
+                outcome.add_done_callback(lambda f: self._landed_or_not(alloc_id, f))
+            recorded = await asyncio.shield(outcome)
+            await self._seen(recorded[-1].position)
             return self.allocations.allocations[alloc_id]
 
-        async with self._placing:
-            state = await self._retrying(attempt)
+        state = await self._retrying(attempt)
         assert state is not None
         log.info(
             "allocation.requested",
@@ -343,6 +385,11 @@ class AllocatorEngine:
             host_id=state.host_id,
         )
         return state
+
+    def _landed_or_not(self, alloc_id: str, outcome: "asyncio.Future[list[RecordedEvent]]") -> None:
+        # A failed append no longer counts; one that landed counts until the follower folds it.
+        if outcome.cancelled() or outcome.exception() is not None:
+            self.in_flight.settle(alloc_id)
 
     def _end(self, state: AllocationState, event: AllocationEvent) -> list[StreamAppend]:
         appends = [StreamAppend(alloc_stream(state.alloc_id), [event], state.version)]

@@ -161,6 +161,26 @@ async def test_quota_bounds_what_one_user_holds(pool: Pool, alice: Api, http: ai
     assert answer["error"]["code"] == "QUOTA_EXCEEDED"
 
 
+async def test_concurrent_requests_of_one_user_never_pass_the_quota(
+    pool: Pool, alice: Api, http: aiohttp.ClientSession
+) -> None:
+    """Nine requests at once from a user allowed three: the allocator decides each while the
+    others' appends are still in flight, so it must count those. Exactly three are accepted
+    and the other six are refused with QUOTA_EXCEEDED; the log holds three allocations."""
+    dave = Api(http, pool.api, await pool.add_user("dave", allocations=3, cpus=4.0))
+    answers = await asyncio.gather(
+        *(dave.call("POST", "/v1/allocations", small(cpus=0.25)) for _ in range(9))
+    )
+    accepted = [a for status, a in answers if status in (201, 202)]
+    refused = [a for status, a in answers if status == 403]
+    assert len(accepted) == 3, answers
+    assert len(refused) == 6, answers
+    assert {a["error"]["code"] for a in refused} == {"QUOTA_EXCEEDED"}
+    status, listed = await dave.call("GET", "/v1/allocations")
+    assert status == 200
+    assert sorted(a["id"] for a in listed["allocations"]) == sorted(a["id"] for a in accepted)
+
+
 async def test_a_request_that_fits_the_pool_but_not_its_free_capacity_waits_then_runs(
     pool: Pool, alice: Api
 ) -> None:
