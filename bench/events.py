@@ -14,7 +14,8 @@
   JetStream, from its start until its checkpoint reaches the head of the log.
   relay_publish_sync_always: the same with `jetstream { sync_interval: always }`.
 - append_to_consumer_p50 / _p99 (ms): single-event appends paced at a steady
-  rate, with a relay and an event_subscriber running in this process; the time
+  rate, with an event_subscriber in this process and the relay as deployed, a
+  `potluck relay` process (`--relay-in-process`: in this process); the time
   from just before the append call to the handler seeing the event.
 
 Progress and a summary against the targets go to stderr.

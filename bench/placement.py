@@ -10,20 +10,24 @@
   also carries `scan_per_s`: the same decisions by `place(...)`, which looks
   at every host (the rule stated plainly), measured on a few hundred.
 - placement_through_log (decisions/s): each decision made a fact as the
-  allocator makes it: one append of AllocationPlaced on `alloc-<id>` and
-  CapacityReserved on `capacity-<host_id>`, each with its expected version,
-  to a durable Postgres (fsync on) started for the run; the ledger and the
-  Scheduler are then brought up to date from what was appended. 10,000 hosts
-  are registered in the log first (HostEnrolled + HostRegistered, in big
+  allocator makes it under concurrent requests: one append of AllocationPlaced
+  on `alloc-<id>` and CapacityReserved on `capacity-<host_id>`, each with its
+  expected version, queued (`append_streams_nowait`) while up to `--in-flight`
+  earlier ones still commit; later decisions count the reservations in flight
+  (as services/allocator/in_flight.py does), and the store commits what is
+  queued in groups. Durable Postgres (fsync on) started for the run. 10,000
+  hosts are registered in the log first (HostEnrolled + HostRegistered, in big
   batched appends) and the Scheduler is built from the registry projection
   rebuilt from the log; the requests are logged before the clock starts.
   `store_append_per_s` is the same two-stream append with its events built
-  beforehand and no placement around it: the most one append per decision
-  can give on this machine.
+  beforehand, no placement around it, one at a time: the most one append per
+  decision can give when each waits for the one before.
+  placement_through_log_one_at_a_time: one decision per append, each append
+  awaited (and folded) before the next decision.
   placement_through_log_batched: the same decisions, `--batch` of them
   decided in a row and appended in one transaction (every allocation and
-  capacity stream still checked against its expected version), as an
-  allocator does when requests arrive faster than one commit per request.
+  capacity stream still checked against its expected version): what one
+  transaction per 32 decisions gives without the group commit's queue.
 
 The simulated pool: laptops and desktops of 2-16 cpus, 8-64 GiB of memory,
 128-1024 GiB of disk; a quarter arm64, 1% with a GPU label, 10% accepting only

@@ -40,6 +40,7 @@ PLACEMENT: Documented = {
     "placement_in_process": ("decisions/s", False),
     "placement_in_process_spread": ("decisions/s", False),
     "placement_through_log": ("decisions/s", False),
+    "placement_through_log_one_at_a_time": ("decisions/s", False),
     "placement_through_log_batched": ("decisions/s", False),
 }
 ALLOCATION: Documented = {
@@ -121,6 +122,8 @@ def test_quick_placement_bench_prints_every_metric_once() -> None:
     assert by_metric["placement_in_process"]["strategy"] == "best_fit"
     assert by_metric["placement_in_process_spread"]["strategy"] == "spread"
     assert by_metric["placement_through_log"]["decisions_per_append"] == 1
+    assert by_metric["placement_through_log"]["in_flight"] > 1
+    assert by_metric["placement_through_log_one_at_a_time"]["in_flight"] == 1
     assert by_metric["placement_through_log_batched"]["decisions_per_append"] > 1
     assert is_number(by_metric["placement_through_log"]["store_append_per_s"])
     for record in records:
