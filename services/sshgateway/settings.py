@@ -63,7 +63,9 @@ def parse_address(value: str) -> tuple[str, int]:
 
 
 class GatewaySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # "inf" would parse as a float and mean "never": a timeout that never fires
+    # or a lockout that never ends is a mistake, not a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     state_dir: Path
     listen: str = "127.0.0.1:2222"

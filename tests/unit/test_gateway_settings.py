@@ -106,6 +106,8 @@ def test_a_missing_state_dir_names_its_variable() -> None:
         ("source_delay_s", "-0.1"),
         ("source_lockout_after", "0"),
         ("alloc_lockout_s", "-5"),
+        ("login_timeout_s", "inf"),
+        ("source_max_delay_s", "Infinity"),
     ],
 )
 def test_a_bad_value_names_its_variable(field: str, value: str) -> None:
