@@ -13,9 +13,9 @@
 """
 
 import asyncio
-import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 
 import asyncpg
 import nats.errors
@@ -51,18 +51,25 @@ class RelayBehind(Exception):
 _RETRY_RELAY: tuple[type[BaseException], ...] = (*TRANSIENT_DB_ERRORS, *TRANSIENT_BUS_ERRORS, RelayBehind)
 
 
-def relay_headers(record: RecordedEvent) -> dict[str, str]:
-    headers = {
+def trace_carrier(record: RecordedEvent) -> dict[str, str]:
+    """The trace context the event was appended in; {} without parsing the metadata when it
+    carries none (every event, where tracing is off)."""
+    if "traceparent" not in record.metadata_json:
+        return {}
+    return trace_carrier_of(record.metadata)
+
+
+def relay_headers(record: RecordedEvent, carrier: Mapping[str, str]) -> dict[str, str]:
+    return {
         bus.H_MSG_ID: str(record.event_id),
         bus.H_POSITION: str(record.position),
         bus.H_STREAM: record.stream,
         bus.H_VERSION: str(record.version),
         bus.H_TYPE: record.type,
         bus.H_SCHEMA_VERSION: str(record.schema_version),
-        bus.H_METADATA: json.dumps(record.metadata),
+        bus.H_METADATA: record.metadata_json,
+        **carrier,
     }
-    headers.update(trace_carrier_of(record.metadata))
-    return headers
 
 
 class OutboxRelay:
@@ -142,17 +149,24 @@ class OutboxRelay:
         futures: list[asyncio.Future[PubAck]] = []
         try:
             for record in batch:
-                with tracer().start_as_current_span(
-                    f"relay {record.type}",
-                    context=context_from(trace_carrier_of(record.metadata)),
-                    kind=SpanKind.PRODUCER,
-                    attributes={"potluck.position": record.position, "messaging.system": "nats"},
+                carrier = trace_carrier(record)
+                # The producer span joins the trace of the request that appended the event; an
+                # event appended outside any trace gets none (it would only be a trace of its own).
+                with (
+                    tracer().start_as_current_span(
+                        f"relay {record.type}",
+                        context=context_from(carrier),
+                        kind=SpanKind.PRODUCER,
+                        attributes={"potluck.position": record.position, "messaging.system": "nats"},
+                    )
+                    if carrier
+                    else nullcontext()
                 ):
                     futures.append(
                         await self.js.publish_async(
                             bus.event_subject(record),
                             record.data_json.encode(),
-                            headers=relay_headers(record),
+                            headers=relay_headers(record, carrier),
                         )
                     )
             done, pending = await asyncio.wait(futures, timeout=self.ack_timeout)

@@ -190,6 +190,12 @@ class RecordedEvent:
         return parsed
 
     @property
+    def metadata_json(self) -> str:
+        """The metadata as JSON text; an event read from the log hands out its column's text
+        without parsing it (the relay copies it into a header as it is)."""
+        return json.dumps(self.metadata)
+
+    @property
     def category(self) -> str:
         return stream_category(self.stream)
 

@@ -83,6 +83,14 @@ ORDER BY e.ord
 RETURNING position, event_id, recorded_at
 """
 
+# One backward index probe of (stream, version) per stream. `max(version) ... WHERE
+# stream = ANY(...) GROUP BY stream` reads every event of those streams instead, so
+# appends slowed down as their streams grew.
+_STREAM_VERSIONS = """
+SELECT s.stream, (SELECT max(version) FROM events WHERE stream = s.stream)
+FROM unnest($1::text[]) AS s(stream)
+"""
+
 _DUPLICATE_KEY = re.compile(r"\(event_id\)=\(([0-9a-f-]{36})\)")
 
 
@@ -123,6 +131,7 @@ class _LoggedRow(RecordedEvent, asyncpg.Record):
 for _index, _name in enumerate(RecordedEvent.__match_args__):
     if _index != _METADATA:
         setattr(_LoggedRow, _name, property(itemgetter(_index)))
+_LoggedRow.metadata_json = property(itemgetter(_METADATA))
 
 
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -266,10 +275,9 @@ class EventStore:
             async with conn.transaction():
                 await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
                 rows = await conn.fetch(
-                    "SELECT stream, max(version) FROM events WHERE stream = ANY($1::text[]) GROUP BY stream",
-                    list({s.stream for pending in group for s in pending.streams}),
+                    _STREAM_VERSIONS, list({s.stream for pending in group for s in pending.streams})
                 )
-                accepted, refused = check_versions(group, {r[0]: r[1] for r in rows})
+                accepted, refused = check_versions(group, {r[0]: r[1] or 0 for r in rows})
                 cols = insert_columns(accepted)
                 if cols[0]:
                     inserted = await conn.fetch(_INSERT, *cols)

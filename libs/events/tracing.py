@@ -12,6 +12,7 @@ specifies for environment carriers, sent as SSH `env` requests.
 """
 
 from collections.abc import Mapping
+from functools import cache
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -51,5 +52,8 @@ def context_from(carrier: Mapping[str, str] | None) -> Context:
     return propagate.extract(dict(carrier or {}))
 
 
+@cache
 def tracer() -> trace.Tracer:
+    # Cached: the relay asks once per event. Before a provider is installed this is
+    # OpenTelemetry's proxy tracer, which turns into the real one once it is.
     return trace.get_tracer("potluck.events")

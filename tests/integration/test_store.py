@@ -1,6 +1,7 @@
 """The Postgres event store on a real server."""
 
 import asyncio
+import json
 from uuid import uuid4
 
 import pytest
@@ -171,6 +172,25 @@ async def test_metadata_and_routing_key_are_stored(store: EventStore) -> None:
     assert back.metadata == rec.metadata
     assert back.metadata["routing_key"] == "h9"
     assert back.metadata["actor"] == "op"
+    # The relay copies a logged event's metadata text into a header without parsing it.
+    assert json.loads(back.metadata_json) == json.loads(rec.metadata_json) == rec.metadata
+
+
+async def test_expected_versions_are_checked_against_existing_and_new_streams_alike(
+    store: EventStore,
+) -> None:
+    """A multi-stream append naming a stream with history and one with none: each is checked
+    against its own newest version (0 for the new one), and a wrong guess names the actual one."""
+    await store.append("thing-old", [thing(1), thing(2), thing(3)], expected_version=NO_STREAM)
+    with pytest.raises(WrongExpectedVersion) as wrong:
+        await store.append_streams(
+            [StreamAppend("thing-old", [thing(4)], 3), StreamAppend("thing-new", [thing(5)], 1)]
+        )
+    assert (wrong.value.stream, wrong.value.expected, wrong.value.actual) == ("thing-new", 1, 0)
+    recorded = await store.append_streams(
+        [StreamAppend("thing-old", [thing(4)], 3), StreamAppend("thing-new", [thing(5)], NO_STREAM)]
+    )
+    assert [(r.stream, r.version) for r in recorded] == [("thing-old", 4), ("thing-new", 1)]
 
 
 async def test_migrations_run_once(store: EventStore) -> None:
