@@ -6,7 +6,9 @@ made on that model and appended with expected versions: the allocation's own
 stream and the chosen host's `capacity-<host>` stream, in one transaction. If
 another replica reserved on that host first, the append fails, we wait until
 our model has caught up with the log and decide again: no host is ever
-over-committed, whatever the number of replicas.
+over-committed, whatever the number of replicas. A new request also appends to
+its user's `quota-<user>` stream with its expected version, so that replicas
+deciding requests of one user at once cannot together pass the user's quota.
 
 A handler that appends waits until the follower has folded its own append
 before answering, so a user reads their own writes.
@@ -39,8 +41,10 @@ from potluck.allocator.events import (
     AllocationSpec,
     CapacityFreed,
     CapacityReserved,
+    QuotaCharged,
     alloc_stream,
     capacity_stream,
+    quota_stream,
 )
 from potluck.allocator.in_flight import InFlight, InFlightRequests, sum_of
 from potluck.allocator.projection import ACTIVE, AllocationState, AllocationsView
@@ -64,7 +68,7 @@ from potluck.rejections import Rejected
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
-FOLDED = frozenset({"host", "capacity", "alloc", "user"})
+FOLDED = frozenset({"host", "capacity", "alloc", "user", "quota"})
 
 
 def utcnow() -> datetime:
@@ -106,6 +110,8 @@ class AllocatorEngine:
         self._reactions: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self._placing = asyncio.Lock()
         self.in_flight = InFlightRequests()
+        #: Version of each user's `quota-<user>` stream, as folded.
+        self.quota_versions: dict[str, int] = {}
         #: Called with each record folded while following the log (not while catching up): metrics.
         self.on_applied: list[Callable[[RecordedEvent], None]] = []
 
@@ -134,6 +140,9 @@ class AllocatorEngine:
                     entry = self.in_flight.get(event.alloc_id)
                     if entry is not None and entry.host_id is None:
                         self.in_flight.settle(event.alloc_id)
+            elif record.category == "quota":
+                if isinstance(event, QuotaCharged):
+                    self.quota_versions[event.user] = record.version
             else:
                 self.users.apply(event)
         self.position = record.position
@@ -311,6 +320,18 @@ class AllocatorEngine:
         """The version `capacity-<host_id>` will have once the reservations queued on it land."""
         return self.ledger.version(host_id) + len(self._in_flight_on(host_id))
 
+    def _quota_version(self, user: str) -> int:
+        """The version `quota-<user>` will have once the user's requests in flight land.
+
+        Each request charges its quota in the transaction that records it, before its
+        allocation's events, so a request whose allocation is folded has been counted
+        in `quota_versions` already.
+        """
+        unfolded = sum(
+            1 for e in self.in_flight.of_user(user) if e.alloc_id not in self.allocations.allocations
+        )
+        return self.quota_versions.get(user, 0) + unfolded
+
     def _placement(
         self,
         state_version: int,
@@ -359,14 +380,23 @@ class AllocatorEngine:
                 if isinstance(decision, Impossible):
                     raise Rejected(decision.code, decision.message, field=decision.field, status=422)
                 self._check_quota(user, spec.resources)
+                # First in the transaction: see _quota_version.
+                charged = StreamAppend(
+                    quota_stream(user.name),
+                    [QuotaCharged(user=user.name, alloc_id=alloc_id)],
+                    self._quota_version(user.name),
+                )
                 if isinstance(decision, Placed):
                     host_id: str | None = decision.host_id
-                    appends = self._placement(
-                        0, alloc_id, user.name, spec, decision.host_id, body.lifetime, [requested]
-                    )
+                    appends = [
+                        charged,
+                        *self._placement(
+                            0, alloc_id, user.name, spec, decision.host_id, body.lifetime, [requested]
+                        ),
+                    ]
                 else:
                     host_id = None
-                    appends = [StreamAppend(alloc_stream(alloc_id), [requested], 0)]
+                    appends = [charged, StreamAppend(alloc_stream(alloc_id), [requested], 0)]
                 # Queued now, in decision order; the next decision counts it until it is folded.
                 self.in_flight.add(InFlight(alloc_id, user.name, spec.resources, host_id))
                 outcome = self.store.append_streams_nowait(appends, metadata={"actor": f"user:{user.name}"})

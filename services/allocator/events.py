@@ -1,4 +1,5 @@
-"""Facts about allocations (streams `alloc-<id>`) and host reservations (streams `capacity-<host_id>`).
+"""Facts about allocations (streams `alloc-<id>`), host reservations (streams `capacity-<host_id>`),
+users (`user-<name>`) and what each user's requests count against their quota (`quota-<name>`).
 
 Events that concern a host carry its id in `host_id`, which ends their bus
 subject, so the host's hostd receives them through its own consumer.
@@ -147,3 +148,22 @@ class UserTokenRotated(Event):
 
 def user_stream(user: str) -> str:
     return f"user-{user}"
+
+
+@event_type
+class QuotaCharged(Event):
+    """A request of `user` was checked against their quota and counts against it while active.
+
+    Recorded in the request's own transaction, on `quota-<user>` with its expected
+    version: two allocator replicas deciding requests of one user at once cannot
+    both pass a quota that has room for only one; the second one's append conflicts
+    and it decides again, seeing the first. What a user holds is read from the
+    allocations themselves; this stream only orders the decisions.
+    """
+
+    user: str
+    alloc_id: str
+
+
+def quota_stream(user: str) -> str:
+    return f"quota-{user}"

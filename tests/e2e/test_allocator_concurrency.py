@@ -79,6 +79,54 @@ async def test_two_allocators_200_concurrent_requests_never_over_commit(pool: Po
     assert len({a["id"] for a in placed + pending}) == len(placed) + len(pending)
 
 
+async def test_two_allocators_never_let_one_user_pass_their_quota(pool: Pool) -> None:
+    """A user allowed 3 allocations sends 40 requests at once, half to each replica. Each replica
+    sees only its own requests in flight; the user's quota stream, appended with an expected
+    version in every request's transaction, makes the other replica's decisions conflict and be
+    taken again. Exactly 3 are accepted, 37 refused with QUOTA_EXCEEDED (none BUSY), and the
+    log holds exactly 3 allocations of that user."""
+    await register_hosts_in_the_log(pool)
+    second = pool.start_allocator("allocator-2", relay=False)
+    await pool.wait_api()
+    second_port = int(second.argv[second.argv.index("--listen") + 1].rsplit(":", 1)[1])
+    await pool.wait_api(second_port)
+    token = await pool.add_user("erin", allocations=3, cpus=100.0)
+    bases = [pool.api, f"http://127.0.0.1:{second_port}"]
+    headers = {"Authorization": f"Bearer {token}"}
+    # Only h-three could take one at all: most requests wait as pending, with no host's capacity
+    # stream in their append that would serialise the replicas' decisions by chance.
+    body = {"cpus": 4.0, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG}
+    requests = 40
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=requests)) as http:
+
+        async def one(i: int, method: str = "POST", path: str = "/v1/allocations") -> tuple[int, Any]:
+            async with http.request(method, bases[i % 2] + path, json=body, headers=headers) as response:
+                return response.status, await response.json()
+
+        # Open every connection first, so that the requests reach both replicas together.
+        await asyncio.gather(*(one(i, "GET") for i in range(requests)))
+        answers = await asyncio.gather(*(one(i) for i in range(requests)))
+    accepted = [a for status, a in answers if status in (201, 202)]
+    refused = [a for status, a in answers if status == 403]
+    assert (len(accepted), len(refused)) == (3, requests - 3), answers
+    assert {a["error"]["code"] for a in refused} == {"QUOTA_EXCEEDED"}
+    requested = [
+        r
+        async for r in _records_of_type(pool, "AllocationRequested")
+        if registry.decode_record(r).user == "erin"  # type: ignore[attr-defined]
+    ]
+    assert sorted(r.stream.removeprefix("alloc-") for r in requested) == sorted(a["id"] for a in accepted)
+
+
+async def _records_of_type(pool: Pool, type_name: str) -> Any:
+    position = 0
+    while batch := await pool.store.read_all(position, 1000):
+        for record in batch:
+            if record.type == type_name:
+                yield record
+        position = batch[-1].position
+
+
 async def test_a_restarted_allocator_rebuilds_from_the_log_and_carries_on(pool: Pool) -> None:
     """SIGKILL the allocator between requests: after a restart every allocation is there once,
     with the same state, and new requests are placed on what is still free."""
