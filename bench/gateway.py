@@ -36,21 +36,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.harness import bench_servers, emit, percentile, say
-from potluck.allocator.events import (
+from potluck.contracts.allocation_events import (
     AllocationPlaced,
     AllocationRequested,
     AllocationRunning,
     AllocationSpec,
     alloc_stream,
 )
+from potluck.contracts.capacity import Capacity
+from potluck.contracts.engine import EngineFacts
+from potluck.contracts.host_events import HostEnrolled, HostRegistered, host_stream
 from potluck.events import EventStore
 from potluck.hostd.container_config import ContainerSpec
 from potluck.hostd.docker_driver import DockerDriver
-from potluck.hostd.ssh_identity import host_key_path, ssh_host_key
+from potluck.kernel.ssh_identity import host_key_path, ssh_host_key
 from potluck.localstack import DockerEngine, build_test_image, free_port, wait_for_port
 from potluck.localstack.process import ChildProcess
 from potluck.localstack.test_image import DEFAULT_TAG
-from potluck.registry.events import Capacity, EngineFacts, HostEnrolled, HostRegistered, host_stream
 from potluck.sshgateway.settings import GatewaySettings
 
 BENCH = "gateway"

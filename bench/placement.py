@@ -59,13 +59,6 @@ from potluck.allocator.capacity import (
     placement_request,
     reservation_appends,
 )
-from potluck.allocator.events import (
-    AllocationRequested,
-    AllocationSpec,
-    CapacityReserved,
-    alloc_stream,
-    capacity_stream,
-)
 from potluck.allocator.scheduler import (
     HostSnapshot,
     Impossible,
@@ -76,9 +69,18 @@ from potluck.allocator.scheduler import (
     Wait,
     place,
 )
+from potluck.contracts.allocation_events import (
+    AllocationRequested,
+    AllocationSpec,
+    CapacityReserved,
+    alloc_stream,
+    capacity_stream,
+)
+from potluck.contracts.capacity import Capacity
+from potluck.contracts.engine import EngineFacts
+from potluck.contracts.host_events import HostEnrolled, HostRegistered, host_stream
 from potluck.events import NO_STREAM, Event, EventStore, StreamAppend, registry
-from potluck.registry.events import Capacity, EngineFacts, HostEnrolled, HostRegistered, host_stream
-from potluck.registry.projection import HostsView
+from potluck.readmodels.hosts import HostsView
 from potluck.registry.service import rebuild_view
 
 BENCH = "placement"

@@ -5,4 +5,6 @@ distribution serves every role: ``potluck.events`` is ``libs/events``,
 ``potluck.registry`` is ``services/registry``, and so on.
 """
 
-__version__ = "0.1.0"
+from potluck.kernel.version import __version__
+
+__all__ = ["__version__"]

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from potluck import __version__
 from potluck.cli_options import database_option, nats_options, relay_option
+from potluck.kernel.version import __version__
 from potluck.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -407,13 +407,13 @@ def ops_hosts_enroll(
 ) -> None:
     """Admit a machine NAME: record it, and write the credentials its hostd needs."""
     from potluck.events import EventStore
+    from potluck.kernel.rejections import Rejected
     from potluck.registry.enrollment import (
         enroll_host,
         read_seed,
         refresh_nats_authorization,
         write_credentials,
     )
-    from potluck.rejections import Rejected
 
     async def go(store: EventStore) -> str:
         host_id, key = await enroll_host(store, name)
@@ -451,11 +451,11 @@ def ops_hosts_enroll(
 )
 def ops_hosts_control(host_id: str, action: str, database_url: str, grace: float) -> None:
     """Pause, resume, drain or deregister HOST_ID as the operator."""
+    from potluck.contracts.messages import ControlHost
     from potluck.events import EventStore
+    from potluck.kernel.rejections import Rejected
     from potluck.registry import host as aggregate
-    from potluck.registry.messages import ControlHost
     from potluck.registry.service import decide_and_append
-    from potluck.rejections import Rejected
 
     command = ControlHost.model_validate({"action": action, "grace_s": grace})
 
@@ -526,9 +526,9 @@ def ops_users() -> None:
 )
 def ops_users_add(name: str, database_url: str, cpus: float, memory: str, allocations: int) -> None:
     """Add user NAME and print their bearer token (shown once; only its hash is kept)."""
-    from potluck.allocator.events import Quota
     from potluck.allocator.users import add_user
-    from potluck.sizes import parse_size
+    from potluck.contracts.allocation_events import Quota
+    from potluck.kernel.sizes import parse_size
 
     try:
         quota = Quota(cpus=cpus, memory_bytes=parse_size(memory), allocations=allocations)
@@ -552,10 +552,10 @@ def _decide_for_user(
     database_url: str, name: str, decide: "Callable[[User | None], tuple[list[Event], str]]"
 ) -> None:
     """Fold user NAME's stream, let `decide` choose, append at the version read; print the token."""
-    from potluck.allocator.events import user_stream
     from potluck.allocator.users import UsersView
+    from potluck.contracts.allocation_events import user_stream
     from potluck.events import EventStore, registry
-    from potluck.rejections import Rejected
+    from potluck.kernel.rejections import Rejected
 
     async def go(store: EventStore) -> str:
         view = UsersView()

@@ -109,8 +109,8 @@ class LocalPool:
                 await asyncio.sleep(0.1)
 
     async def add_user(self, name: str, **quota: Any) -> str:
-        from potluck.allocator.events import Quota, user_stream
         from potluck.allocator.users import add_user
+        from potluck.contracts.allocation_events import Quota, user_stream
 
         events, token = add_user(None, name, Quota(**quota))
         await self.store.append(user_stream(name), events, expected_version=0)

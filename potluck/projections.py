@@ -23,14 +23,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from potluck.allocator import events as _allocator_events  # noqa: F401 - registers the event types
+from potluck.allocator.canonical import canonical as allocator_canonical
+from potluck.allocator.canonical import iso
 from potluck.allocator.capacity import CapacityLedger
-from potluck.allocator.projection import AllocationState, AllocationsView
 from potluck.allocator.users import UsersView
+from potluck.contracts import allocation_events as _allocator_events  # noqa: F401 - registers the event types
+from potluck.contracts import host_events as _registry_events  # noqa: F401 - registers the event types
 from potluck.events import Event, EventStore, RecordedEvent, SchemaError, registry
-from potluck.registry import events as _registry_events  # noqa: F401 - registers the event types
-from potluck.registry.events import Capacity
-from potluck.registry.projection import HostsView, host_as_dict
+from potluck.readmodels.allocations import AllocationsView
+from potluck.readmodels.hosts import HostsView
 from potluck.sshgateway.events import SessionEnded, SessionStarted
 
 __all__ = [
@@ -40,9 +41,7 @@ __all__ = [
     "SessionState",
     "SessionsView",
     "SkippedEvent",
-    "allocation_as_dict",
     "canonical",
-    "capacity_as_dict",
     "count_by",
     "totals",
 ]
@@ -235,61 +234,6 @@ class ReadModels:
 # --- the canonical form -----------------------------------------------------------------------
 
 
-def _iso(at: datetime | None) -> str | None:
-    return at.isoformat() if at is not None else None
-
-
-def _figures(c: Capacity) -> dict[str, Any]:
-    return {"cpus": round(c.cpus, 6), "memory_bytes": c.memory_bytes, "disk_bytes": c.disk_bytes}
-
-
-def capacity_as_dict(hosts: HostsView, ledger: CapacityLedger) -> dict[str, dict[str, Any]]:
-    """Per host with a donation or a capacity stream: donated, reserved, free, and who holds what."""
-    rows: dict[str, dict[str, Any]] = {}
-    for host_id in sorted(set(hosts.hosts) | set(ledger.host_ids())):
-        host = hosts.hosts.get(host_id)
-        donated = host.donated if host is not None and host.donated is not None else None
-        if donated is None and not ledger.version(host_id):
-            continue
-        reserved = ledger.reserved(host_id)
-        rows[host_id] = {
-            "version": ledger.version(host_id),
-            "donated": _figures(donated) if donated is not None else None,
-            "reserved": _figures(reserved),
-            "free": _figures(donated - reserved) if donated is not None else None,
-            "holdings": {a: _figures(c) for a, c in sorted(ledger.holdings(host_id).items())},
-        }
-    return rows
-
-
-def allocation_as_dict(state: AllocationState) -> dict[str, Any]:
-    spec = state.spec
-    return {
-        "alloc_id": state.alloc_id,
-        "user": state.user,
-        "status": state.status,
-        "host_id": state.host_id,
-        "container_id": state.container_id,
-        "resources": _figures(spec.resources),
-        "image": spec.image,
-        "command": list(spec.command) if spec.command is not None else None,
-        # Values may be a user's secrets: the canonical form keeps only the names.
-        "env": sorted(spec.env),
-        "ssh_keys": len(spec.ssh_keys),
-        "network": spec.network,
-        "pids_limit": spec.pids_limit,
-        "lifetime_s": state.lifetime_s,
-        "constraints": dict(sorted(state.constraints.items())),
-        "expires_at": _iso(state.expires_at),
-        "exit_code": state.exit_code,
-        "oom_killed": state.oom_killed,
-        "reason": state.reason,
-        "version": state.version,
-        "requested_at": _iso(state.requested_at),
-        "changed_at": _iso(state.changed_at),
-    }
-
-
 def _session_as_dict(s: SessionState) -> dict[str, Any]:
     return {
         "session_id": s.session_id,
@@ -301,8 +245,8 @@ def _session_as_dict(s: SessionState) -> dict[str, Any]:
         "source": s.source,
         "gateway": s.gateway,
         "state": "open" if s.open else "ended",
-        "started_at": _iso(s.started_at),
-        "ended_at": _iso(s.ended_at),
+        "started_at": iso(s.started_at),
+        "ended_at": iso(s.ended_at),
         "reason": s.reason,
         "exit_status": s.exit_status,
         "exit_signal": s.exit_signal,
@@ -320,20 +264,7 @@ def canonical(
     sessions: SessionsView | None = None,
 ) -> dict[str, Any]:
     """The models given, as plain data in the one form replay and live services share."""
-    out: dict[str, Any] = {}
-    if hosts is not None:
-        out["hosts"] = {h: host_as_dict(hosts.hosts[h]) for h in sorted(hosts.hosts)}
-    if ledger is not None:
-        out["capacity"] = capacity_as_dict(hosts or HostsView(), ledger)
-    if allocations is not None:
-        out["allocations"] = {
-            a: allocation_as_dict(allocations.allocations[a]) for a in sorted(allocations.allocations)
-        }
-    if users is not None:
-        out["users"] = {
-            name: {"user": name, "quota": users.users[name].quota.model_dump(mode="json")}
-            for name in sorted(users.users)
-        }
+    out = allocator_canonical(hosts=hosts, ledger=ledger, allocations=allocations, users=users)
     if sessions is not None:
         out["sessions"] = {s: _session_as_dict(sessions.sessions[s]) for s in sorted(sessions.sessions)}
     return out

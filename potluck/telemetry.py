@@ -46,13 +46,12 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -85,13 +84,12 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
 
-from potluck import __version__
-from potluck.events.tracing import current_trace_carrier
+from potluck.kernel.version import __version__
 
 if TYPE_CHECKING:
     from potluck.allocator.engine import AllocatorEngine
-    from potluck.allocator.projection import AllocationsView
     from potluck.events import EventStore, RecordedEvent
+    from potluck.readmodels.allocations import AllocationsView
     from potluck.registry.service import RegistryService
 
 __all__ = [
@@ -103,14 +101,10 @@ __all__ = [
     "Telemetry",
     "TelemetryConfigError",
     "TelemetryPlan",
-    "TracedQueue",
     "build_telemetry",
     "configure_telemetry",
-    "docker_span",
     "plan_telemetry",
     "pool_metrics",
-    "publish_span",
-    "tracer",
 ]
 
 T = TypeVar("T")
@@ -473,80 +467,6 @@ def configure_telemetry(
     return telemetry.shutdown
 
 
-# --- spans for hostd --------------------------------------------------------------------------
-
-
-def tracer() -> trace.Tracer:
-    return trace.get_tracer("potluck", __version__)
-
-
-@contextlib.contextmanager
-def docker_span(
-    operation: str, *, alloc_id: str, image: str | None = None, container_id: str | None = None
-) -> Iterator[trace.Span]:
-    """A CLIENT span around one call to the Docker engine, e.g. `docker_span("create+start", ...)`.
-
-    An exception leaving the block marks the span as failed. Spans opened in
-    the worker thread of `asyncio.to_thread` inside it become its children.
-    """
-    attributes: dict[str, str] = {"potluck.alloc_id": alloc_id, "peer.service": "docker"}
-    if image is not None:
-        attributes["container.image.name"] = image
-    if container_id is not None:
-        attributes["container.id"] = container_id
-    with tracer().start_as_current_span(
-        f"docker {operation}", kind=SpanKind.CLIENT, attributes=attributes
-    ) as span:
-        yield span
-
-
-class TracedQueue(Generic[T]):
-    """An asyncio queue that remembers the trace context each item was put in.
-
-    hostd makes a report inside the span of the event that caused it and
-    sends it later from another task; `get()` hands back that context for
-    `publish_span`.
-    """
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[tuple[T, Context]] = asyncio.Queue()
-
-    def put_nowait(self, item: T) -> None:
-        self._queue.put_nowait((item, otel_context.get_current()))
-
-    async def get(self) -> tuple[T, Context]:
-        return await self._queue.get()
-
-    def qsize(self) -> int:
-        return self._queue.qsize()
-
-    def empty(self) -> bool:
-        return self._queue.empty()
-
-
-@contextlib.contextmanager
-def publish_span(
-    subject: str, *, parent: Context | None = None, attributes: Mapping[str, str | int] | None = None
-) -> Iterator[dict[str, str]]:
-    """A PRODUCER span around publishing on `subject`; yields the trace headers to send with it.
-
-    With `parent` (a context from `TracedQueue.get`) the span continues that
-    trace. A message made outside any trace (a usage sample, say) gets no
-    span and no headers: it would only start a trace of its own.
-    """
-    base = parent if parent is not None else otel_context.get_current()
-    if not trace.get_current_span(base).get_span_context().is_valid:
-        yield {}
-        return
-    with tracer().start_as_current_span(
-        f"publish {subject}",
-        context=base,
-        kind=SpanKind.PRODUCER,
-        attributes={"messaging.system": "nats", "messaging.destination.name": subject, **(attributes or {})},
-    ):
-        yield current_trace_carrier()
-
-
 # --- metrics ----------------------------------------------------------------------------------
 
 _LATENCY_BUCKETS = [
@@ -722,6 +642,6 @@ def pool_metrics() -> PoolMetrics:
 
 
 def engine_capacity(engine: "AllocatorEngine") -> dict[str, dict[str, Any]]:
-    from potluck.projections import capacity_as_dict
+    from potluck.allocator.canonical import capacity_as_dict
 
     return capacity_as_dict(engine.hosts, engine.ledger)

@@ -25,6 +25,11 @@ EVENTS_STREAM = "POTLUCK_EVENTS"
 REPORTS_STREAM = "POTLUCK_REPORTS"
 DEAD_LETTER_STREAM = "POTLUCK_DEAD_LETTERS"
 
+#: Subject prefixes of the streams: logged events, hostd's reports, dead letters.
+EVENT_PREFIX = "potluck.evt"
+REPORT_PREFIX = "potluck.report"
+DEAD_LETTER_PREFIX = "potluck.dlq"
+
 # Headers set by the relay on every logged event.
 H_MSG_ID = "Nats-Msg-Id"
 H_POSITION = "Potluck-Position"
@@ -44,13 +49,13 @@ DUPLICATE_WINDOW_S = 120.0
 
 
 def event_subject(record: RecordedEvent) -> str:
-    subject = f"potluck.evt.{record.category}.{record.type}"
+    subject = f"{EVENT_PREFIX}.{record.category}.{record.type}"
     key = record.metadata.get("routing_key")
     return f"{subject}.{key}" if key else subject
 
 
 def dead_letter_subject(consumer: str) -> str:
-    return f"potluck.dlq.{consumer}"
+    return f"{DEAD_LETTER_PREFIX}.{consumer}"
 
 
 @dataclass(frozen=True)
@@ -61,9 +66,9 @@ class StreamSpec:
 
 
 STREAMS = (
-    StreamSpec(EVENTS_STREAM, ["potluck.evt.>"], 7 * 86400),
-    StreamSpec(REPORTS_STREAM, ["potluck.report.>"], 7 * 86400),
-    StreamSpec(DEAD_LETTER_STREAM, ["potluck.dlq.>"], 30 * 86400),
+    StreamSpec(EVENTS_STREAM, [f"{EVENT_PREFIX}.>"], 7 * 86400),
+    StreamSpec(REPORTS_STREAM, [f"{REPORT_PREFIX}.>"], 7 * 86400),
+    StreamSpec(DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"], 30 * 86400),
 )
 
 

@@ -9,15 +9,26 @@ Where a process hands work to another through neither (the SSH gateway opening
 a session on a host's reverse connection), the context travels as the
 environment variables `TRACEPARENT` and `TRACESTATE`: the names OpenTelemetry
 specifies for environment carriers, sent as SSH `env` requests.
+
+A process that makes a message inside one span and publishes it later from
+another task (hostd's reports) keeps the context with it in a `TracedQueue`
+and publishes it inside `publish_span`, so the consumer joins the trace.
 """
 
-from collections.abc import Mapping
+import asyncio
+import contextlib
+from collections.abc import Iterator, Mapping
 from functools import cache
+from typing import Generic, TypeVar
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
 
 TRACE_KEYS = ("traceparent", "tracestate")
+
+T = TypeVar("T")
 
 
 def current_trace_carrier() -> dict[str, str]:
@@ -57,3 +68,50 @@ def tracer() -> trace.Tracer:
     # Cached: the relay asks once per event. Before a provider is installed this is
     # OpenTelemetry's proxy tracer, which turns into the real one once it is.
     return trace.get_tracer("potluck.events")
+
+
+class TracedQueue(Generic[T]):
+    """An asyncio queue that remembers the trace context each item was put in.
+
+    hostd makes a report inside the span of the event that caused it and
+    sends it later from another task; `get()` hands back that context for
+    `publish_span`.
+    """
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[tuple[T, Context]] = asyncio.Queue()
+
+    def put_nowait(self, item: T) -> None:
+        self._queue.put_nowait((item, otel_context.get_current()))
+
+    async def get(self) -> tuple[T, Context]:
+        return await self._queue.get()
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
+    def empty(self) -> bool:
+        return self._queue.empty()
+
+
+@contextlib.contextmanager
+def publish_span(
+    subject: str, *, parent: Context | None = None, attributes: Mapping[str, str | int] | None = None
+) -> Iterator[dict[str, str]]:
+    """A PRODUCER span around publishing on `subject`; yields the trace headers to send with it.
+
+    With `parent` (a context from `TracedQueue.get`) the span continues that
+    trace. A message made outside any trace (a usage sample, say) gets no
+    span and no headers: it would only start a trace of its own.
+    """
+    base = parent if parent is not None else otel_context.get_current()
+    if not trace.get_current_span(base).get_span_context().is_valid:
+        yield {}
+        return
+    with tracer().start_as_current_span(
+        f"publish {subject}",
+        context=base,
+        kind=SpanKind.PRODUCER,
+        attributes={"messaging.system": "nats", "messaging.destination.name": subject, **(attributes or {})},
+    ):
+        yield current_trace_carrier()

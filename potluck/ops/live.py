@@ -1,69 +1,24 @@
 """The live read models of the running services, for `replay --check`.
 
-The registry answers `potluck.rpc.registry.hosts` (LIST_HOSTS) with its
-hosts and the log position its view has folded. The allocator answers
-`potluck.rpc.allocator.state` (ALLOCATOR_STATE) with its hosts, capacity
-ledger, allocations and users in the canonical form of potluck.projections
-(`allocator_state` builds that answer; the allocator subscribes
-`state_responder(engine)` to the subject). Both answers are computed in one
-step of the event loop, so the position and the models belong together.
+The registry answers LIST_HOSTS with its hosts and the log position its view
+has folded. The allocator answers ALLOCATOR_STATE with its hosts, capacity
+ledger, allocations and users in the canonical form (potluck.allocator.live_state).
+Both answers are computed in one step of the event loop, so the position and
+the models belong together.
 """
 
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
+from potluck.contracts.messages import Reply
+from potluck.contracts.subjects import ALLOCATOR_STATE, LIST_HOSTS
 from potluck.ops import LiveUnavailable
-from potluck.projections import canonical
-from potluck.registry.messages import LIST_HOSTS, Reply
 
-if TYPE_CHECKING:
-    from potluck.allocator.engine import AllocatorEngine
-
-__all__ = [
-    "ALLOCATOR_STATE",
-    "LiveModel",
-    "allocator_state",
-    "fetch_allocator",
-    "fetch_registry",
-    "state_responder",
-]
-
-#: Operators and services only (hosts may publish only on subjects ending in their own id).
-ALLOCATOR_STATE = "potluck.rpc.allocator.state"
-
-
-def allocator_state(engine: "AllocatorEngine") -> dict[str, Any]:
-    """The allocator's read models as of `engine.position`, in the canonical form replay gives."""
-    return {
-        "position": engine.position,
-        **canonical(
-            hosts=engine.hosts,
-            ledger=engine.ledger,
-            allocations=engine.allocations,
-            users=engine.users,
-        ),
-    }
-
-
-def state_responder(engine: "AllocatorEngine") -> Callable[[Msg], Awaitable[None]]:
-    """The NATS callback answering ALLOCATOR_STATE requests from `engine`."""
-
-    async def respond(msg: Msg) -> None:
-        if not msg.reply:
-            return
-        if not engine.ready.is_set():
-            reply = Reply(ok=False, error={"code": "NOT_READY", "message": "the allocator is still loading"})
-        else:
-            reply = Reply(ok=True, data=allocator_state(engine))
-        await msg.respond(reply.model_dump_json().encode())
-
-    return respond
+__all__ = ["LiveModel", "fetch_allocator", "fetch_registry"]
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from potluck.durations import parse_duration
 from potluck.events import EventStore
+from potluck.kernel.durations import parse_duration
 from potluck.ops import OpsError
 from potluck.ops.live import LiveModel
 from potluck.projections import Progress, ReadModels

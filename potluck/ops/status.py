@@ -12,9 +12,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from potluck.allocator.projection import TERMINAL
 from potluck.events import EventStore
 from potluck.projections import ReadModels, count_by, totals
+from potluck.readmodels.allocations import TERMINAL
 
 __all__ = ["RelayLag", "gather_status", "pool_view", "relay_lag", "render_pool", "render_status"]
 

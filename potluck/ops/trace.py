@@ -11,7 +11,7 @@ release), listed too.
 from dataclasses import dataclass
 from typing import Any
 
-from potluck.allocator.events import alloc_stream
+from potluck.contracts.allocation_events import alloc_stream
 from potluck.events import EventStore
 from potluck.events.tracing import trace_carrier_of
 from potluck.ops import OpsError

@@ -16,7 +16,6 @@ from pydantic import BaseModel, ValidationError
 
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.openapi import openapi_document
-from potluck.allocator.projection import TERMINAL
 from potluck.allocator.schemas import (
     Allocation,
     AllocationList,
@@ -27,7 +26,8 @@ from potluck.allocator.schemas import (
     History,
 )
 from potluck.allocator.users import User
-from potluck.rejections import Rejected
+from potluck.kernel.rejections import Rejected
+from potluck.readmodels.allocations import TERMINAL
 
 log = structlog.get_logger(__name__)
 

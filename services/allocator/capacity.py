@@ -25,7 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from potluck.allocator.events import (
+from potluck.allocator.scheduler import ZERO, HostSnapshot, PlacementRequest, Scheduler
+from potluck.contracts.allocation_events import (
     AllocationPlaced,
     AllocationRequested,
     CapacityFreed,
@@ -33,11 +34,10 @@ from potluck.allocator.events import (
     alloc_stream,
     capacity_stream,
 )
-from potluck.allocator.projection import AllocationState
-from potluck.allocator.scheduler import ZERO, HostSnapshot, PlacementRequest, Scheduler
+from potluck.contracts.capacity import Capacity
 from potluck.events import Event, StreamAppend
-from potluck.registry.events import Capacity
-from potluck.registry.projection import HostState, HostsView
+from potluck.readmodels.allocations import AllocationState
+from potluck.readmodels.hosts import HostState, HostsView
 
 
 class _HostLedger:

@@ -29,7 +29,12 @@ from uuid import uuid4
 import structlog
 
 from potluck.allocator.capacity import CapacityLedger, host_snapshots, placement_request
-from potluck.allocator.events import (
+from potluck.allocator.in_flight import InFlight, InFlightRequests, sum_of
+from potluck.allocator.queue import FairQueue
+from potluck.allocator.scheduler import Decision, Impossible, Placed, Strategy, place
+from potluck.allocator.schemas import CapacityFigures, CreateAllocation, HistoryEntry, Pool, PoolHost
+from potluck.allocator.users import User, UsersView
+from potluck.contracts.allocation_events import (
     AllocationEvent,
     AllocationExpired,
     AllocationExtended,
@@ -46,12 +51,8 @@ from potluck.allocator.events import (
     capacity_stream,
     quota_stream,
 )
-from potluck.allocator.in_flight import InFlight, InFlightRequests, sum_of
-from potluck.allocator.projection import ACTIVE, AllocationState, AllocationsView
-from potluck.allocator.queue import FairQueue
-from potluck.allocator.scheduler import Decision, Impossible, Placed, Strategy, place
-from potluck.allocator.schemas import CapacityFigures, CreateAllocation, HistoryEntry, Pool, PoolHost
-from potluck.allocator.users import User, UsersView
+from potluck.contracts.capacity import Capacity
+from potluck.contracts.host_events import HostDeregistered, HostLost
 from potluck.events import (
     Event,
     EventStore,
@@ -61,9 +62,9 @@ from potluck.events import (
     WrongExpectedVersion,
     registry,
 )
-from potluck.registry.events import Capacity, HostDeregistered, HostLost
-from potluck.registry.projection import HostsView
-from potluck.rejections import Rejected
+from potluck.kernel.rejections import Rejected
+from potluck.readmodels.allocations import ACTIVE, AllocationState, AllocationsView
+from potluck.readmodels.hosts import HostsView
 
 log = structlog.get_logger(__name__)
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from potluck.allocator.scheduler import ZERO
-from potluck.registry.events import Capacity
+from potluck.contracts.capacity import Capacity
 
 
 @dataclass(frozen=True)

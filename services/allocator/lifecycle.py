@@ -8,7 +8,7 @@ append.
 
 from dataclasses import dataclass
 
-from potluck.allocator.events import (
+from potluck.contracts.allocation_events import (
     AllocationExited,
     AllocationFailed,
     AllocationRunning,
@@ -16,15 +16,15 @@ from potluck.allocator.events import (
     alloc_stream,
     capacity_stream,
 )
-from potluck.allocator.projection import ACTIVE, AllocationState
-from potluck.events import Event, PoisonMessage
-from potluck.hostd.reports import (
+from potluck.contracts.reports import (
     ActualState,
     AnyReport,
     ContainerExited,
     ContainerFailed,
     ContainerStarted,
 )
+from potluck.events import Event, PoisonMessage
+from potluck.readmodels.allocations import ACTIVE, AllocationState
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from potluck import __version__
 from potluck.allocator.schemas import (
     Allocation,
     AllocationList,
@@ -15,6 +14,7 @@ from potluck.allocator.schemas import (
     History,
     Pool,
 )
+from potluck.kernel.version import __version__
 
 _REF = "#/components/schemas/{model}"
 

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from potluck.allocator.projection import AllocationState
 from potluck.allocator.scheduler import Decision, Impossible, Placed, PlacementRequest, Wait
+from potluck.readmodels.allocations import AllocationState
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

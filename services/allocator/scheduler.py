@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Literal, TypeAlias
 
-from potluck.registry.events import Capacity
-from potluck.sizes import format_size
+from potluck.contracts.capacity import Capacity
+from potluck.kernel.sizes import format_size
 
 Strategy = Literal["best_fit", "spread"]
 STRATEGIES: tuple[Strategy, ...] = ("best_fit", "spread")

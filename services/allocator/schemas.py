@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from potluck.allocator.projection import AllocationState, AllocationStatus
-from potluck.durations import Duration
-from potluck.sizes import Size
+from potluck.kernel.durations import Duration
+from potluck.kernel.sizes import Size
+from potluck.readmodels.allocations import AllocationState, AllocationStatus
 
 MAX_LIFETIME_S = 7 * 86400
 _SSH_KEY = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")

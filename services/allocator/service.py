@@ -14,10 +14,12 @@ from nats.aio.msg import Msg
 from pydantic import TypeAdapter, ValidationError
 
 from potluck.allocator.engine import AllocatorEngine
-from potluck.allocator.events import alloc_stream
 from potluck.allocator.lifecycle import Decision, decide, decide_actual_state
-from potluck.allocator.messages import DESIRED, DesiredAllocation, DesiredState
-from potluck.allocator.projection import AllocationState, evolve
+from potluck.allocator.live_state import state_responder
+from potluck.contracts.allocation_events import alloc_stream
+from potluck.contracts.messages import DesiredAllocation, DesiredState, Reply
+from potluck.contracts.reports import ActualState, AnyReport, EngineStatus, UsageSampled
+from potluck.contracts.subjects import ALLOCATOR_STATE, DESIRED, host_of
 from potluck.events import (
     REPORTS_STREAM,
     DuplicateEvent,
@@ -30,10 +32,8 @@ from potluck.events import (
     event_id_for,
     registry,
 )
-from potluck.hostd.reports import ActualState, AnyReport, EngineStatus, UsageSampled
-from potluck.ops.live import ALLOCATOR_STATE, state_responder
-from potluck.registry.messages import Reply, host_of
-from potluck.retry import on_conflict
+from potluck.events.retry import on_conflict
+from potluck.readmodels.allocations import AllocationState, evolve
 
 log = structlog.get_logger(__name__)
 

@@ -9,9 +9,9 @@ import re
 import secrets
 from dataclasses import dataclass, field
 
-from potluck.allocator.events import Quota, UserAdded, UserTokenRotated
+from potluck.contracts.allocation_events import Quota, UserAdded, UserTokenRotated
 from potluck.events import Event
-from potluck.rejections import Rejected
+from potluck.kernel.rejections import Rejected
 
 USER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 

@@ -15,36 +15,38 @@ import structlog
 from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 
-from potluck import __version__
-from potluck.allocator.events import (
+from potluck.contracts.allocation_events import (
     AllocationExpired,
     AllocationLost,
     AllocationPlaced,
     AllocationReleased,
 )
-from potluck.allocator.messages import DESIRED, DesiredState
+from potluck.contracts.engine import EngineFacts
+from potluck.contracts.host_events import HostDeregistered, HostDrainStarted, HostPaused, HostResumed
+from potluck.contracts.messages import DesiredState, Heartbeat, RegisterHost, Reply
+from potluck.contracts.reports import Report, report_subject
+from potluck.contracts.subjects import (
+    DESIRED,
+    HEARTBEAT,
+    REGISTER,
+    REPORT_PREFIX,
+    host_consumer,
+    host_event_filter,
+    inbox_prefix,
+)
 from potluck.events import EVENTS_STREAM, LoggedEvent, MemoryPositions, Subscriber
 from potluck.events.connection import connect_bus
 from potluck.events.relay import TRANSIENT_BUS_ERRORS
 from potluck.events.subscriber import decoder_for_logged_events
+from potluck.events.tracing import TracedQueue, publish_span
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.containers import ContainerManager
 from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
 from potluck.hostd.exec_bridge import ExecBridge
 from potluck.hostd.gateway_link import keep_linked
-from potluck.hostd.reports import REPORT_PREFIX, Report, report_subject
-from potluck.hostd.ssh_identity import host_key_path, ssh_host_key
-from potluck.registry.events import (
-    EngineFacts,
-    HostDeregistered,
-    HostDrainStarted,
-    HostPaused,
-    HostResumed,
-)
-from potluck.registry.messages import HEARTBEAT, REGISTER, Heartbeat, RegisterHost, Reply
-from potluck.registry.nats_auth import host_consumer, host_event_filter, inbox_prefix
-from potluck.rejections import Rejected
-from potluck.telemetry import TracedQueue, publish_span
+from potluck.kernel.rejections import Rejected
+from potluck.kernel.ssh_identity import host_key_path, ssh_host_key
+from potluck.kernel.version import __version__
 
 log = structlog.get_logger(__name__)
 
@@ -119,14 +121,7 @@ class Agent:
         attempt = 0
         while True:
             try:
-                facts = await asyncio.to_thread(self.driver.engine_facts)
-                return EngineFacts(
-                    version=facts.version,
-                    api_version=facts.api_version,
-                    cgroup_version=facts.cgroup_version,
-                    storage_driver=facts.storage_driver,
-                    disk_quota_supported=facts.disk_quota_supported,
-                )
+                return await asyncio.to_thread(self.driver.engine_facts)
             except DockerDriverError as exc:
                 attempt += 1
                 if attempt == 1 or attempt % 30 == 0:

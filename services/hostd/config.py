@@ -35,10 +35,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from potluck.contracts.capacity import Capacity
+from potluck.contracts.subjects import validate_host_id
 from potluck.hostd.gateway_link import GatewayLink
-from potluck.registry.events import Capacity
-from potluck.registry.nats_auth import validate_host_id
-from potluck.sizes import Size
+from potluck.kernel.sizes import Size
 
 
 class ConfigError(Exception):

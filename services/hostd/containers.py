@@ -13,19 +13,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from potluck.allocator.events import AllocationSpec
-from potluck.hostd.config import HostdConfig
-from potluck.hostd.container_config import ContainerSpec
-from potluck.hostd.docker_driver import (
-    ContainerNotFound,
-    DockerDriver,
-    DockerDriverError,
-    EngineUnavailable,
-    ImageNotAvailable,
-    LimitsNotApplied,
-)
-from potluck.hostd.reconciler import reconcile
-from potluck.hostd.reports import (
+from potluck.contracts.allocation_events import AllocationSpec
+from potluck.contracts.reports import (
     ActualState,
     ContainerExited,
     ContainerFailed,
@@ -37,7 +26,18 @@ from potluck.hostd.reports import (
     UsageSample,
     UsageSampled,
 )
-from potluck.telemetry import docker_span
+from potluck.hostd.config import HostdConfig
+from potluck.hostd.container_config import ContainerSpec
+from potluck.hostd.docker_driver import (
+    ContainerNotFound,
+    DockerDriver,
+    DockerDriverError,
+    EngineUnavailable,
+    ImageNotAvailable,
+    LimitsNotApplied,
+)
+from potluck.hostd.reconciler import reconcile
+from potluck.hostd.spans import docker_span
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -28,6 +28,7 @@ import docker.errors
 import docker.transport.unixconn
 import requests
 
+from potluck.contracts.engine import EngineFacts
 from potluck.hostd.container_config import (
     LABEL_ALLOCATION,
     LABEL_HOST,
@@ -86,16 +87,6 @@ class LimitsNotApplied(DockerDriverError):
             f"wanted {wanted!r}, the engine reports {got!r}; the container was removed"
         )
         self.field, self.wanted, self.got, self.container_id = field, wanted, got, container_id
-
-
-@dataclass(frozen=True)
-class EngineFacts:
-    version: str
-    api_version: str
-    cgroup_version: str
-    storage_driver: str
-    disk_quota_supported: bool
-    seccomp: bool
 
 
 @dataclass(frozen=True)

@@ -64,17 +64,16 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from potluck.contracts.link import LINK_CIPHERS, limit_reads
 from potluck.events.tracing import context_from_env
 from potluck.hostd.exec_bridge import ExecBridge, ExecError, ExecProcess, ExecRefused, exec_env
-from potluck.hostd.ssh_identity import load_or_create_key
-from potluck.telemetry import docker_span, tracer
+from potluck.hostd.spans import docker_span, tracer
+from potluck.kernel.ssh_identity import load_or_create_key
 
 __all__ = ["GatewayLink", "HostSession", "LinkTiming", "command_argv", "keep_linked"]
 
 log = structlog.get_logger(__name__)
 
-#: Offered on the hop to the gateway, best first (aes128-gcm is the fastest with AES-NI).
-LINK_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com")
 
 _LOGIN_SHELL = 'cd "$HOME" 2>/dev/null; if command -v bash >/dev/null 2>&1; then exec bash -l; fi; exec sh -l'
 _SFTP_SERVER = (
@@ -141,24 +140,6 @@ class LinkTiming:
     linger_s: float = 5.0
     #: SSH channel window (bytes in flight) of each session on the hop to the gateway.
     window: int = 2 * 1024 * 1024
-
-
-#: Bytes one read from a socket may take (asyncio's default is 256 KiB). See `limit_reads`.
-READ_CHUNK = 64 * 1024
-
-
-def limit_reads(transport: object) -> None:
-    """Cap how much one read of `transport` takes (a transport, or an asyncssh connection's).
-
-    One event-loop turn handles every ready socket, and asyncssh decrypts (and the
-    gateway re-encrypts) all of a read at once; with 256 KiB reads a bulk transfer
-    holds the loop for milliseconds, and every other session's keystrokes wait that
-    long at each hop. Smaller reads keep turns short; asyncssh also copies its input
-    buffer once per packet, so they cost no throughput.
-    """
-    target = getattr(transport, "_transport", transport)
-    if hasattr(target, "max_size"):
-        target.max_size = READ_CHUNK
 
 
 def command_argv(command: str | None, subsystem: str | None) -> list[str]:

@@ -2,10 +2,10 @@
 
 import nats.errors
 
+from potluck.contracts.messages import ControlHost, Reply
+from potluck.contracts.subjects import CONTROL, STATUS, inbox_prefix
 from potluck.events.connection import connect_bus
 from potluck.hostd.config import HostdConfig
-from potluck.registry.messages import CONTROL, STATUS, ControlHost, Reply
-from potluck.registry.nats_auth import inbox_prefix
 
 
 async def _ask(config: HostdConfig, subject: str, payload: bytes) -> Reply:

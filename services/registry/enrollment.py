@@ -11,7 +11,9 @@ import secrets
 import tomllib
 from pathlib import Path
 
+from potluck.contracts.subjects import validate_host_id
 from potluck.events import EventStore
+from potluck.readmodels.hosts import HostsView
 from potluck.registry import host as aggregate
 from potluck.registry.nats_auth import (
     KeyPair,
@@ -19,10 +21,8 @@ from potluck.registry.nats_auth import (
     public_key_of,
     reload_nats,
     render_authorization,
-    validate_host_id,
     write_authorization,
 )
-from potluck.registry.projection import HostsView
 from potluck.registry.service import decide_and_append, rebuild_view
 
 

@@ -5,8 +5,7 @@ state, call these, and append the result with the stream's expected version.
 Repeating a command that already took effect produces no event.
 """
 
-from potluck.events import Event
-from potluck.registry.events import (
+from potluck.contracts.host_events import (
     Actor,
     HostDeregistered,
     HostDrainStarted,
@@ -18,9 +17,10 @@ from potluck.registry.events import (
     HostResumed,
     HostSuspected,
 )
-from potluck.registry.messages import ControlHost, RegisterHost
-from potluck.registry.projection import HostState
-from potluck.rejections import Rejected
+from potluck.contracts.messages import ControlHost, RegisterHost
+from potluck.events import Event
+from potluck.kernel.rejections import Rejected
+from potluck.readmodels.hosts import HostState
 
 
 def enroll(state: HostState | None, host_id: str, name: str, nkey: str) -> list[Event]:

@@ -21,9 +21,16 @@ from typing import Any
 
 import nkeys
 
+from potluck.contracts.subjects import (
+    HEARTBEAT,
+    REPORT_PREFIX,
+    host_consumer,
+    host_rpc_filter,
+    host_subject,
+    inbox_prefix,
+    validate_host_id,
+)
 from potluck.events import EVENTS_STREAM
-
-HOST_ID_ALPHABET = set("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
 @dataclass(frozen=True)
@@ -41,26 +48,14 @@ def public_key_of(seed: str) -> str:
     return str(nkeys.from_seed(seed.encode()).public_key.decode())
 
 
-def inbox_prefix(host_id: str) -> str:
-    return f"_INBOX_{host_id}"
-
-
-def host_consumer(host_id: str) -> str:
-    return f"hostd-{host_id}"
-
-
-def host_event_filter(host_id: str) -> str:
-    return f"potluck.evt.*.*.{host_id}"
-
-
 def host_permissions(host_id: str) -> dict[str, Any]:
     consumer = host_consumer(host_id)
     return {
         "publish": {
             "allow": [
-                f"potluck.hb.{host_id}",
-                f"potluck.report.{host_id}.>",
-                f"potluck.rpc.*.*.{host_id}",
+                host_subject(HEARTBEAT, host_id),
+                f"{REPORT_PREFIX}.{host_id}.>",
+                host_rpc_filter(host_id),
                 f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{consumer}",
                 f"$JS.API.CONSUMER.INFO.{EVENTS_STREAM}.{consumer}",
                 f"$JS.ACK.{EVENTS_STREAM}.{consumer}.>",
@@ -68,12 +63,6 @@ def host_permissions(host_id: str) -> dict[str, Any]:
         },
         "subscribe": {"allow": [f"{inbox_prefix(host_id)}.>"]},
     }
-
-
-def validate_host_id(host_id: str) -> str:
-    if not host_id or not set(host_id) <= HOST_ID_ALPHABET or len(host_id) > 64:
-        raise ValueError(f"host id {host_id!r} must be 1-64 of [a-z0-9-]")
-    return host_id
 
 
 def render_authorization(service_keys: Iterable[str], hosts: Iterable[tuple[str, str]]) -> str:

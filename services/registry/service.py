@@ -16,26 +16,24 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
-from potluck.events import EVENTS_STREAM, Event, EventStore, LogFollower, ensure_streams, registry
-from potluck.registry import host as aggregate
-from potluck.registry.events import Actor, host_stream
-from potluck.registry.liveness import LastSeen, LivenessPolicy
-from potluck.registry.messages import (
+from potluck.contracts.host_events import Actor, host_stream
+from potluck.contracts.messages import ControlHost, Heartbeat, RegisterHost, Reply
+from potluck.contracts.subjects import (
     CONTROL,
     HEARTBEAT,
     LIST_HOSTS,
     REGISTER,
     STATUS,
-    ControlHost,
-    Heartbeat,
-    RegisterHost,
-    Reply,
+    host_consumer,
+    host_event_filter,
     host_of,
 )
-from potluck.registry.nats_auth import host_consumer, host_event_filter
-from potluck.registry.projection import HostState, HostsView, evolve, host_as_dict
-from potluck.rejections import Rejected
-from potluck.retry import on_conflict
+from potluck.events import EVENTS_STREAM, Event, EventStore, LogFollower, ensure_streams, registry
+from potluck.events.retry import on_conflict
+from potluck.kernel.rejections import Rejected
+from potluck.readmodels.hosts import HostState, HostsView, evolve, host_as_dict
+from potluck.registry import host as aggregate
+from potluck.registry.liveness import LastSeen, LivenessPolicy
 
 log = structlog.get_logger(__name__)
 

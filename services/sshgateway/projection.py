@@ -19,10 +19,10 @@ import binascii
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from potluck.allocator.events import AllocationEvent
-from potluck.allocator.projection import AllocationState, AllocationsView
+from potluck.contracts.allocation_events import AllocationEvent
+from potluck.contracts.host_events import HostDeregistered, HostRegistered
 from potluck.events import Event
-from potluck.registry.events import HostDeregistered, HostRegistered
+from potluck.readmodels.allocations import AllocationState, AllocationsView
 
 __all__ = ["GatewayView", "HostKeyConflict", "key_blob"]
 

@@ -37,7 +37,7 @@ from typing import Any
 import asyncssh
 import structlog
 
-from potluck.hostd.gateway_link import LINK_CIPHERS, limit_reads
+from potluck.contracts.link import LINK_CIPHERS, limit_reads
 from potluck.sshgateway.projection import key_blob
 from potluck.sshgateway.ratelimit import FailureLimiter
 from potluck.sshgateway.sessions import GatewayContext, GatewaySession, LoginIdentity

@@ -24,10 +24,10 @@ import contextlib
 import asyncssh
 import structlog
 
-from potluck.allocator.projection import AllocationState
+from potluck.contracts.host_events import HostDeregistered, HostRegistered
 from potluck.events import EventStore, LogFollower, RecordedEvent, SchemaError, registry
-from potluck.hostd.ssh_identity import load_or_create_key, public_key_line
-from potluck.registry.events import HostDeregistered, HostRegistered
+from potluck.kernel.ssh_identity import load_or_create_key, public_key_line
+from potluck.readmodels.allocations import AllocationState
 from potluck.sshgateway.projection import GatewayView, HostKeyConflict
 from potluck.sshgateway.server import listen_for_hosts, listen_for_users
 from potluck.sshgateway.sessions import AuditLog, GatewayContext, LinkPool

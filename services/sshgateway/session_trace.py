@@ -30,8 +30,8 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from potluck import __version__
 from potluck.events.tracing import trace_env_of
+from potluck.kernel.version import __version__
 
 __all__ = ["FAILED_REASONS", "SPAN_NAME", "SessionTrace"]
 

@@ -42,8 +42,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from potluck.allocator.projection import AllocationState
 from potluck.events import DuplicateEvent, EventStore, NewEvent, WrongExpectedVersion, event_id_for
+from potluck.readmodels.allocations import AllocationState
 from potluck.sshgateway.events import (
     MAX_COMMAND,
     EndReason,

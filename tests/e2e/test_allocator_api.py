@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from potluck.allocator.events import CapacityFreed
+from potluck.contracts.allocation_events import CapacityFreed
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG

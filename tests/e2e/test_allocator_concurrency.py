@@ -8,10 +8,12 @@ import aiohttp
 import pytest
 
 from potluck.allocator.capacity import CapacityLedger
+from potluck.contracts.capacity import Capacity
+from potluck.contracts.engine import EngineFacts
+from potluck.contracts.host_events import HostEnrolled, HostRegistered
 from potluck.events import registry
 from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.projections import ReadModels
-from potluck.registry.events import Capacity, EngineFacts, HostEnrolled, HostRegistered
 from tests.fixtures.pool import Pool
 
 HOSTS = {"h-one": 2.0, "h-two": 3.0, "h-three": 4.0}

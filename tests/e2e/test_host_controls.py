@@ -7,7 +7,7 @@ from pathlib import Path
 
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
-from potluck.registry.projection import host_as_dict
+from potluck.readmodels.hosts import host_as_dict
 from tests.e2e.conftest import wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from potluck.allocator.events import AllocationSpec
+from potluck.contracts.allocation_events import AllocationSpec
 from potluck.events import EventStore
 from potluck.hostd.container_config import ContainerSpec
 from potluck.hostd.docker_driver import DockerDriver

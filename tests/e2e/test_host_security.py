@@ -9,10 +9,10 @@ import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
 
+from potluck.contracts.messages import Heartbeat
+from potluck.contracts.subjects import host_consumer
 from potluck.events import EVENTS_STREAM
 from potluck.localstack.docker_engine import DockerEngine
-from potluck.registry.messages import Heartbeat
-from potluck.registry.nats_auth import host_consumer
 from tests.fixtures.pool import EnrolledHost, Pool, place, spec
 
 

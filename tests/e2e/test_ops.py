@@ -22,11 +22,13 @@ import aiohttp
 import pytest
 import yaml
 
+from potluck.contracts.capacity import Capacity
+from potluck.contracts.engine import EngineFacts
+from potluck.contracts.host_events import HostEnrolled, HostRegistered, host_stream
 from potluck.events import EventStore
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.ops.live import LiveModel, fetch_allocator
-from potluck.registry.events import Capacity, EngineFacts, HostEnrolled, HostRegistered, host_stream
 from tests.e2e.conftest import wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool
 

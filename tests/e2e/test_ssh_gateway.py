@@ -18,12 +18,12 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from potluck.allocator.events import AllocationSpec
-from potluck.hostd.ssh_identity import host_key_path
+from potluck.contracts.allocation_events import AllocationSpec
+from potluck.contracts.capacity import Capacity
+from potluck.kernel.ssh_identity import host_key_path
 from potluck.localstack import free_port, wait_for_port
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
-from potluck.registry.events import Capacity
 from potluck.sshgateway.service import client_public_key
 from tests.e2e.conftest import wait_for_status
 from tests.fixtures import ssh as ssh_fixtures

@@ -20,24 +20,28 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from potluck.allocator.engine import AllocatorEngine
-from potluck.allocator.events import Quota, UserTokenRotated, user_stream
 from potluck.allocator.lifecycle import decide
+from potluck.allocator.live_state import state_responder
 from potluck.allocator.schemas import CreateAllocation
 from potluck.allocator.service import append_decisions, load_allocation
 from potluck.allocator.users import User, add_user, token_hash
+from potluck.contracts.allocation_events import Quota, UserTokenRotated, user_stream
+from potluck.contracts.capacity import Capacity
+from potluck.contracts.engine import EngineFacts
+from potluck.contracts.host_events import host_stream
+from potluck.contracts.messages import ControlHost, RegisterHost
+from potluck.contracts.reports import ContainerExited, ContainerStarted
+from potluck.contracts.subjects import ALLOCATOR_STATE
 from potluck.events import DuplicateEvent, Event, EventStore, NewEvent
-from potluck.hostd.reports import ContainerExited, ContainerStarted
 from potluck.localstack import NatsServer
 from potluck.ops import OpsError
-from potluck.ops.live import ALLOCATOR_STATE, LiveModel, fetch_allocator, fetch_registry, state_responder
+from potluck.ops.live import LiveModel, fetch_allocator, fetch_registry
 from potluck.ops.replay import Until, check, differences, parse_until, replay_until
 from potluck.projections import ReadModels
+from potluck.readmodels.hosts import HostState
 from potluck.registry import host as aggregate
 from potluck.registry.enrollment import enroll_host
-from potluck.registry.events import Capacity, EngineFacts, host_stream
 from potluck.registry.liveness import LivenessPolicy
-from potluck.registry.messages import ControlHost, RegisterHost
-from potluck.registry.projection import HostState
 from potluck.registry.service import RegistryService, decide_and_append
 from potluck.sshgateway.events import SessionEnded, SessionStarted, session_stream
 from tests.fixtures.sample_events import ThingHappened

@@ -24,16 +24,6 @@ from potluck.allocator.capacity import (
     placement_request,
     reservation_appends,
 )
-from potluck.allocator.events import (
-    AllocationRefused,
-    AllocationReleased,
-    AllocationRequested,
-    AllocationSpec,
-    CapacityFreed,
-    alloc_stream,
-    capacity_stream,
-)
-from potluck.allocator.projection import AllocationState, AllocationsView, evolve
 from potluck.allocator.scheduler import (
     NO_FREE_CAPACITY,
     NO_SCHEDULABLE_HOST,
@@ -43,16 +33,21 @@ from potluck.allocator.scheduler import (
     Wait,
     place,
 )
-from potluck.events import NO_STREAM, Event, EventStore, StreamAppend, WrongExpectedVersion, registry
-from potluck.registry.events import (
-    Capacity,
-    EngineFacts,
-    HostEnrolled,
-    HostPaused,
-    HostRegistered,
-    host_stream,
+from potluck.contracts.allocation_events import (
+    AllocationRefused,
+    AllocationReleased,
+    AllocationRequested,
+    AllocationSpec,
+    CapacityFreed,
+    alloc_stream,
+    capacity_stream,
 )
-from potluck.registry.projection import HostsView
+from potluck.contracts.capacity import Capacity
+from potluck.contracts.engine import EngineFacts
+from potluck.contracts.host_events import HostEnrolled, HostPaused, HostRegistered, host_stream
+from potluck.events import NO_STREAM, Event, EventStore, StreamAppend, WrongExpectedVersion, registry
+from potluck.readmodels.allocations import AllocationState, AllocationsView, evolve
+from potluck.readmodels.hosts import HostsView
 from potluck.registry.service import rebuild_view
 
 MIB = 1 << 20

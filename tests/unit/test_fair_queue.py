@@ -5,8 +5,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from potluck.allocator.events import AllocationRequested, AllocationSpec
-from potluck.allocator.projection import AllocationState, evolve
 from potluck.allocator.queue import FairQueue
 from potluck.allocator.scheduler import (
     EXCEEDS_ANY_HOST,
@@ -19,7 +17,9 @@ from potluck.allocator.scheduler import (
     Scheduler,
     Wait,
 )
-from potluck.registry.events import Capacity
+from potluck.contracts.allocation_events import AllocationRequested, AllocationSpec
+from potluck.contracts.capacity import Capacity
+from potluck.readmodels.allocations import AllocationState, evolve
 
 GIB = 1 << 30
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

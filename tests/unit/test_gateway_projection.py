@@ -16,22 +16,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from potluck.allocator.events import (
+from potluck.contracts.allocation_events import (
     AllocationPlaced,
     AllocationRequested,
     AllocationRunning,
     AllocationSpec,
 )
-from potluck.allocator.projection import AllocationState
+from potluck.contracts.capacity import Capacity
+from potluck.contracts.engine import EngineFacts
+from potluck.contracts.host_events import HostDeregistered, HostLost, HostPaused, HostRegistered
 from potluck.events import Event
-from potluck.registry.events import (
-    Capacity,
-    EngineFacts,
-    HostDeregistered,
-    HostLost,
-    HostPaused,
-    HostRegistered,
-)
+from potluck.readmodels.allocations import AllocationState
 from potluck.sshgateway.projection import GatewayView, HostKeyConflict, key_blob
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

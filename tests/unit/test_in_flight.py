@@ -4,7 +4,7 @@ import pytest
 
 from potluck.allocator.in_flight import InFlight, InFlightRequests
 from potluck.allocator.scheduler import ZERO
-from potluck.registry.events import Capacity
+from potluck.contracts.capacity import Capacity
 
 GIB = 1024**3
 

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 import pytest
 
 from potluck.allocator.capacity import CapacityLedger, host_snapshots, snapshot_of
-from potluck.allocator.events import CapacityReserved
 from potluck.allocator.scheduler import (
     EXCEEDS_ANY_HOST,
     NO_FREE_CAPACITY,
@@ -33,10 +32,10 @@ from potluck.allocator.scheduler import (
     Wait,
     place,
 )
-from potluck.events import Event
-from potluck.registry.events import (
-    Capacity,
-    EngineFacts,
+from potluck.contracts.allocation_events import CapacityReserved
+from potluck.contracts.capacity import Capacity
+from potluck.contracts.engine import EngineFacts
+from potluck.contracts.host_events import (
     HostDeregistered,
     HostDrainStarted,
     HostEnrolled,
@@ -47,7 +46,8 @@ from potluck.registry.events import (
     HostResumed,
     HostSuspected,
 )
-from potluck.registry.projection import HostState, HostsView, evolve
+from potluck.events import Event
+from potluck.readmodels.hosts import HostState, HostsView, evolve
 
 GIB = 1 << 30
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

@@ -37,15 +37,6 @@ from potluck.allocator.capacity import (
     placement_request,
     reservation_appends,
 )
-from potluck.allocator.events import (
-    AllocationPlaced,
-    AllocationRequested,
-    AllocationSpec,
-    CapacityFreed,
-    CapacityReserved,
-    alloc_stream,
-    capacity_stream,
-)
 from potluck.allocator.scheduler import (
     NO_FREE_CAPACITY,
     NO_SCHEDULABLE_HOST,
@@ -60,10 +51,18 @@ from potluck.allocator.scheduler import (
     place,
     score,
 )
-from potluck.events import Event, StreamAppend, WrongExpectedVersion
-from potluck.registry.events import (
-    Capacity,
-    EngineFacts,
+from potluck.contracts.allocation_events import (
+    AllocationPlaced,
+    AllocationRequested,
+    AllocationSpec,
+    CapacityFreed,
+    CapacityReserved,
+    alloc_stream,
+    capacity_stream,
+)
+from potluck.contracts.capacity import Capacity
+from potluck.contracts.engine import EngineFacts
+from potluck.contracts.host_events import (
     HostDeregistered,
     HostDrainStarted,
     HostEnrolled,
@@ -74,7 +73,8 @@ from potluck.registry.events import (
     HostResumed,
     HostSuspected,
 )
-from potluck.registry.projection import HostState, HostsView
+from potluck.events import Event, StreamAppend, WrongExpectedVersion
+from potluck.readmodels.hosts import HostState, HostsView
 
 MIB = 1 << 20
 GIB = 1 << 30

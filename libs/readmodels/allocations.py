@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from potluck.allocator.events import (
+from potluck.contracts.allocation_events import (
     AllocationEvent,
     AllocationExited,
     AllocationExpired,

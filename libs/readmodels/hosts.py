@@ -9,10 +9,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from potluck.events import Event
-from potluck.registry.events import (
-    Capacity,
-    EngineFacts,
+from potluck.contracts.capacity import Capacity
+from potluck.contracts.engine import EngineFacts
+from potluck.contracts.host_events import (
     HostDeregistered,
     HostDrainStarted,
     HostEnrolled,
@@ -24,6 +23,7 @@ from potluck.registry.events import (
     HostResumed,
     HostSuspected,
 )
+from potluck.events import Event
 
 Liveness = Literal["online", "suspect", "lost"]
 AdminState = Literal["active", "paused", "draining", "deregistered"]

@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from potluck.contracts.capacity import Capacity
 from potluck.events import Event, event_type
-from potluck.registry.events import Capacity
 
 
 class AllocationSpec(BaseModel):

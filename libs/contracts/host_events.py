@@ -7,52 +7,13 @@ host's events and no other's.
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from potluck.contracts.capacity import Capacity
+from potluck.contracts.engine import EngineFacts
 from potluck.events import Event, event_type, registry
 
 Actor = Literal["member", "operator", "registry"]
-
-
-class Capacity(BaseModel):
-    """CPU, memory and disk: what a member donates, or what an allocation asks for."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    cpus: float = Field(gt=0, le=1024)
-    memory_bytes: int = Field(gt=0)
-    disk_bytes: int = Field(gt=0)
-
-    def fits_in(self, other: "Capacity") -> bool:
-        return (
-            self.cpus <= other.cpus + 1e-9
-            and self.memory_bytes <= other.memory_bytes
-            and self.disk_bytes <= other.disk_bytes
-        )
-
-    def __add__(self, other: "Capacity") -> "Capacity":
-        return Capacity.model_construct(
-            cpus=round(self.cpus + other.cpus, 6),
-            memory_bytes=self.memory_bytes + other.memory_bytes,
-            disk_bytes=self.disk_bytes + other.disk_bytes,
-        )
-
-    def __sub__(self, other: "Capacity") -> "Capacity":
-        return Capacity.model_construct(
-            cpus=round(self.cpus - other.cpus, 6),
-            memory_bytes=self.memory_bytes - other.memory_bytes,
-            disk_bytes=self.disk_bytes - other.disk_bytes,
-        )
-
-
-class EngineFacts(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    version: str
-    api_version: str = ""
-    cgroup_version: str
-    storage_driver: str
-    disk_quota_supported: bool
 
 
 class HostEvent(Event):

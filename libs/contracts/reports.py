@@ -11,7 +11,7 @@ from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
 
-REPORT_PREFIX = "potluck.report"
+from potluck.events.bus import REPORT_PREFIX
 
 FailureReason = Literal[
     "image_not_allowed",

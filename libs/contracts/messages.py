@@ -1,0 +1,57 @@
+"""What crosses the bus as requests and replies (not logged as such).
+
+hostd and the member CLI ask the registry (RegisterHost, ControlHost, and
+Heartbeat on its own subject); hostd asks the allocator for its desired state
+(DesiredState). Every request subject ends in the host id (see subjects.py).
+"""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from potluck.contracts.allocation_events import AllocationSpec
+from potluck.contracts.capacity import Capacity
+from potluck.contracts.engine import EngineFacts
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RegisterHost(Message):
+    donated: Capacity
+    labels: dict[str, str] = Field(default_factory=dict)
+    allowed_images: list[str] = Field(default_factory=list)
+    engine: EngineFacts
+    hostd_version: str
+    ssh_host_key: str = ""
+
+
+class ControlHost(Message):
+    action: Literal["pause", "resume", "drain", "deregister"]
+    grace_s: float = Field(default=300.0, ge=0, le=7 * 86400)
+
+
+class Heartbeat(Message):
+    hostd_version: str = ""
+    containers: int = Field(default=0, ge=0)
+
+
+class Reply(Message):
+    ok: bool
+    error: dict[str, Any] | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class DesiredAllocation(Message):
+    alloc_id: str
+    spec: AllocationSpec
+    expires_at: datetime | None = None
+
+
+class DesiredState(Message):
+    """What a host should run, as of log position `position`; later events follow on its consumer."""
+
+    position: int
+    allocations: list[DesiredAllocation]

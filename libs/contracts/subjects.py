@@ -1,0 +1,83 @@
+"""Every NATS subject that crosses between Potluck's processes, and how a host id sits in it.
+
+Subjects end in the host id wherever a host publishes, and NATS permissions
+(the registry's nats_auth) let a host publish only on its own, so a service
+takes the host's identity from the subject NATS authorised and never from a
+payload field. The streams' own prefixes (`potluck.evt`, `potluck.report`,
+`potluck.dlq`) belong to the event library's bus module.
+"""
+
+from potluck.events.bus import EVENT_PREFIX, REPORT_PREFIX
+
+__all__ = [
+    "ALLOCATOR_STATE",
+    "CONTROL",
+    "DESIRED",
+    "HEARTBEAT",
+    "HOST_ID_ALPHABET",
+    "LIST_HOSTS",
+    "REGISTER",
+    "REPORT_PREFIX",
+    "RPC_PREFIX",
+    "STATUS",
+    "host_consumer",
+    "host_event_filter",
+    "host_of",
+    "host_rpc_filter",
+    "host_subject",
+    "inbox_prefix",
+    "validate_host_id",
+]
+
+RPC_PREFIX = "potluck.rpc"
+
+# Requests a host makes, each followed by `.<host_id>` (see host_subject).
+REGISTER = f"{RPC_PREFIX}.registry.register"
+CONTROL = f"{RPC_PREFIX}.registry.control"
+STATUS = f"{RPC_PREFIX}.registry.status"
+DESIRED = f"{RPC_PREFIX}.allocator.desired"
+#: Heartbeats (core NATS, no stream), followed by `.<host_id>`.
+HEARTBEAT = "potluck.hb"
+
+#: Operators and services only: hosts may publish solely on subjects ending in their id.
+LIST_HOSTS = f"{RPC_PREFIX}.registry.hosts"
+#: Operators and services only: the allocator's read models, for `replay --check`.
+ALLOCATOR_STATE = f"{RPC_PREFIX}.allocator.state"
+
+HOST_ID_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def validate_host_id(host_id: str) -> str:
+    """A host id is one subject token: 1-64 of [a-z0-9-]."""
+    if not host_id or not set(host_id) <= HOST_ID_ALPHABET or len(host_id) > 64:
+        raise ValueError(f"host id {host_id!r} must be 1-64 of [a-z0-9-]")
+    return host_id
+
+
+def host_subject(prefix: str, host_id: str) -> str:
+    return f"{prefix}.{host_id}"
+
+
+def host_of(subject: str) -> str:
+    """The host id NATS authorised: the subject's last token."""
+    return subject.rsplit(".", 1)[-1]
+
+
+def host_rpc_filter(host_id: str) -> str:
+    """Every request subject a host may publish on."""
+    return f"{RPC_PREFIX}.*.*.{host_id}"
+
+
+def inbox_prefix(host_id: str) -> str:
+    """The host's own reply inboxes: no host can read another's replies."""
+    return f"_INBOX_{host_id}"
+
+
+def host_consumer(host_id: str) -> str:
+    """The durable consumer on the events stream that carries the host's events to its hostd."""
+    return f"hostd-{host_id}"
+
+
+def host_event_filter(host_id: str) -> str:
+    """Logged events routed to the host (`potluck.evt.<category>.<Type>.<host_id>`)."""
+    return f"{EVENT_PREFIX}.*.*.{host_id}"

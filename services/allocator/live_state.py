@@ -1,0 +1,42 @@
+"""The allocator's answer to ALLOCATOR_STATE: its read models as of its position, for `replay --check`."""
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.msg import Msg
+
+from potluck.allocator.canonical import canonical
+from potluck.contracts.messages import Reply
+
+if TYPE_CHECKING:
+    from potluck.allocator.engine import AllocatorEngine
+
+__all__ = ["allocator_state", "state_responder"]
+
+
+def allocator_state(engine: "AllocatorEngine") -> dict[str, Any]:
+    """The allocator's read models as of `engine.position`, in the canonical form replay gives."""
+    return {
+        "position": engine.position,
+        **canonical(
+            hosts=engine.hosts,
+            ledger=engine.ledger,
+            allocations=engine.allocations,
+            users=engine.users,
+        ),
+    }
+
+
+def state_responder(engine: "AllocatorEngine") -> Callable[[Msg], Awaitable[None]]:
+    """The NATS callback answering ALLOCATOR_STATE requests from `engine`."""
+
+    async def respond(msg: Msg) -> None:
+        if not msg.reply:
+            return
+        if not engine.ready.is_set():
+            reply = Reply(ok=False, error={"code": "NOT_READY", "message": "the allocator is still loading"})
+        else:
+            reply = Reply(ok=True, data=allocator_state(engine))
+        await msg.respond(reply.model_dump_json().encode())
+
+    return respond
