@@ -17,8 +17,10 @@ from nats.aio.client import Client as NATS
 
 from potluck.events import EventStore, OutboxRelay
 from potluck.events.connection import connect_bus
+from potluck.events.relay import watch_relay_lag
+from potluck.kernel.metrics import pool_metrics
 from potluck.runner import run_tasks_until, run_until_signalled
-from potluck.telemetry import TelemetryConfigError, configure_telemetry, pool_metrics
+from potluck.telemetry import TelemetryConfigError, configure_telemetry
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +55,7 @@ async def serve(name: str, backends: Backends, body: Body) -> None:
             if backends.relay:
                 relay = OutboxRelay(store, nc.jetstream(), batch_size=backends.relay_batch_size)
                 jobs.append(relay.run())
-                pool_metrics().watch_relay(store)
+                watch_relay_lag(pool_metrics(), store)
             jobs.append(pool_metrics().run())
             log.info(f"{name}.started", relay=backends.relay)
             await run_tasks_until(stop, *jobs)

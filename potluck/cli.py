@@ -119,10 +119,11 @@ def registry(
         fail(str(exc), 2)
 
     async def body(store: Any, nc: Any) -> None:
-        from potluck.telemetry import pool_metrics
+        from potluck.kernel.metrics import pool_metrics
+        from potluck.registry.metrics import watch_registry
 
         service = RegistryService(store, nc, policy)
-        pool_metrics().watch_registry(service)
+        watch_registry(pool_metrics(), service)
         await service.run()
 
     run(serve("registry", Backends(database_url, nats_url, nats_seed_file, relay), body))
@@ -164,12 +165,11 @@ def allocator(
     host, port = parse_listen(listen)
 
     async def body(store: Any, nc: Any) -> None:
-        from potluck.telemetry import pool_metrics
+        from potluck.allocator.metrics import watch_allocator
+        from potluck.kernel.metrics import pool_metrics
 
         engine = AllocatorEngine(store, strategy=strategy)  # type: ignore[arg-type]
-        metrics = pool_metrics()
-        metrics.watch_allocator(engine)
-        engine.on_applied.append(lambda record: metrics.on_record(record, engine.allocations))
+        watch_allocator(pool_metrics(), engine)
         await AllocatorService(store, nc, engine).run(lambda: serve_http(engine, host, port))
 
     run(serve("allocator", Backends(database_url, nats_url, nats_seed_file, relay), body))

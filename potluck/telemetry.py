@@ -32,29 +32,24 @@ then shows exactly the queries of a traced request (the log append among
 them), and the aiohttp server instrumentation the HTTP requests (health
 checks excluded).
 
-The helpers below give hostd its spans: `docker_span` around a Docker call,
-`TracedQueue` to remember in which span a report was made, and
-`publish_span` around its publication, so that the allocator's handling of
-the report joins the trace. `PoolMetrics` samples the gauges an operator and
-a member watch from a service's own read models.
+This module only sets telemetry up. The span helpers live beside what they
+trace (potluck.events.tracing for the bus, potluck.hostd.spans for Docker),
+and the pool's metrics in potluck.kernel.metrics, fed by each service's own
+metrics module.
 """
 
-import asyncio
 import contextlib
 import json
-import math
 import os
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
-from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
@@ -87,16 +82,12 @@ from opentelemetry.util.types import Attributes
 from potluck.kernel.version import __version__
 
 if TYPE_CHECKING:
-    from potluck.allocator.engine import AllocatorEngine
-    from potluck.events import EventStore, RecordedEvent
-    from potluck.readmodels.allocations import AllocationsView
-    from potluck.registry.service import RegistryService
+    pass
 
 __all__ = [
     "DEFAULT_OTLP_ENDPOINT",
     "JsonLinesMetricExporter",
     "JsonLinesSpanExporter",
-    "PoolMetrics",
     "SignalPlan",
     "Telemetry",
     "TelemetryConfigError",
@@ -104,7 +95,6 @@ __all__ = [
     "build_telemetry",
     "configure_telemetry",
     "plan_telemetry",
-    "pool_metrics",
 ]
 
 T = TypeVar("T")
@@ -465,183 +455,3 @@ def configure_telemetry(
         metrics.set_meter_provider(telemetry.meter_provider)
     _instrument(telemetry)
     return telemetry.shutdown
-
-
-# --- metrics ----------------------------------------------------------------------------------
-
-_LATENCY_BUCKETS = [
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    5,
-    10,
-    30,
-    60,
-    120,
-    300,
-    600,
-    1800,
-    3600,
-]
-
-Sample = list[tuple[str, float, dict[str, str]]]
-
-
-class PoolMetrics:
-    """The numbers an operator and a member watch, as OpenTelemetry instruments.
-
-    Gauges (sampled every `interval` seconds by `run()` on the event loop, so
-    the exporter's thread never reads a model while the loop changes it):
-
-        potluck.capacity.cpus / .memory / .disk   {host_id, kind=donated|reserved|free}
-        potluck.allocations                       {state}
-        potluck.hosts                             {status}
-        potluck.host.heartbeats_missed            {host_id}
-        potluck.relay.lag                         {relay}: head position minus checkpoint
-
-    and the histogram `potluck.placement.latency` (seconds from a request to
-    its placement), recorded by `on_record` as the allocator follows the log.
-    A service watches what it has: `watch_allocator`, `watch_registry`, `watch_relay`.
-    """
-
-    GAUGES = (
-        ("potluck.capacity.cpus", "{cpu}", "CPUs donated, reserved and free per host"),
-        ("potluck.capacity.memory", "By", "Memory donated, reserved and free per host"),
-        ("potluck.capacity.disk", "By", "Disk donated, reserved and free per host"),
-        ("potluck.allocations", "{allocation}", "Allocations by state"),
-        ("potluck.hosts", "{host}", "Hosts by status"),
-        ("potluck.host.heartbeats_missed", "{heartbeat}", "Heartbeats missed in a row per registered host"),
-        ("potluck.relay.lag", "{event}", "Events in the log the relay has not published yet"),
-    )
-
-    def __init__(self, meter: metrics.Meter | None = None) -> None:
-        self.meter = meter or metrics.get_meter("potluck", __version__)
-        self._values: dict[str, list[Observation]] = {name: [] for name, _, _ in self.GAUGES}
-        self._sync: list[Callable[[], Sample]] = []
-        self._async: list[Callable[[], Awaitable[Sample]]] = []
-        for name, unit, description in self.GAUGES:
-            self.meter.create_observable_gauge(
-                name, callbacks=[self._callback(name)], unit=unit, description=description
-            )
-        self.placement_latency = self.meter.create_histogram(
-            "potluck.placement.latency",
-            unit="s",
-            description="Time from an allocation's request to its placement",
-            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
-        )
-
-    def _callback(self, name: str) -> Callable[[CallbackOptions], list[Observation]]:
-        def observe(options: CallbackOptions) -> list[Observation]:
-            return list(self._values[name])
-
-        return observe
-
-    # Sources.
-
-    def watch_allocator(self, engine: "AllocatorEngine") -> None:
-        def sample() -> Sample:
-            out: Sample = []
-            for host_id, row in engine_capacity(engine).items():
-                host = engine.hosts.hosts.get(host_id)
-                if host is None or host.admin == "deregistered":
-                    continue
-                for kind in ("donated", "reserved", "free"):
-                    figures = row.get(kind)
-                    if not figures:
-                        continue
-                    attrs = {"host_id": host_id, "kind": kind}
-                    out.append(("potluck.capacity.cpus", figures["cpus"], attrs))
-                    out.append(("potluck.capacity.memory", figures["memory_bytes"], attrs))
-                    out.append(("potluck.capacity.disk", figures["disk_bytes"], attrs))
-            states: dict[str, int] = {}
-            for alloc in list(engine.allocations.allocations.values()):
-                states[alloc.status] = states.get(alloc.status, 0) + 1
-            out.extend(("potluck.allocations", n, {"state": s}) for s, n in sorted(states.items()))
-            return out
-
-        self._sync.append(sample)
-
-    def watch_registry(self, service: "RegistryService") -> None:
-        def sample() -> Sample:
-            out: Sample = []
-            statuses: dict[str, int] = {}
-            interval = service.policy.heartbeat_interval_s
-            for host in list(service.view.hosts.values()):
-                statuses[host.status] = statuses.get(host.status, 0) + 1
-                if host.registered:
-                    missed = math.floor(service.last_seen.silent_for(host.host_id) / interval)
-                    out.append(("potluck.host.heartbeats_missed", missed, {"host_id": host.host_id}))
-            out.extend(("potluck.hosts", n, {"status": s}) for s, n in sorted(statuses.items()))
-            return out
-
-        self._sync.append(sample)
-
-    def watch_relay(self, store: "EventStore", name: str = "main") -> None:
-        async def sample() -> Sample:
-            from potluck.ops.status import relay_lag
-
-            lag = await relay_lag(store, name)
-            return [("potluck.relay.lag", lag.lag, {"relay": name})]
-
-        self._async.append(sample)
-
-    # Events.
-
-    def on_record(self, record: "RecordedEvent", allocations: "AllocationsView") -> None:
-        """Call after the allocator folded `record` while following the log (not while catching up)."""
-        if record.type != "AllocationPlaced":
-            return
-        state = allocations.allocations.get(str(record.data.get("alloc_id")))
-        if state is None or state.requested_at is None:
-            return
-        self.record_placement(state.requested_at, record.recorded_at)
-
-    def record_placement(self, requested_at: datetime, placed_at: datetime) -> None:
-        self.placement_latency.record(max((placed_at - requested_at).total_seconds(), 0.0))
-
-    async def sample(self) -> None:
-        """Take every gauge's values now."""
-        values: dict[str, list[Observation]] = {name: [] for name in self._values}
-        samples: list[Sample] = [source() for source in self._sync]
-        for source in self._async:
-            try:
-                samples.append(await source())
-            except Exception:  # the database is away: keep the last value rather than stop
-                for name, _, _ in self.GAUGES:
-                    if name == "potluck.relay.lag":
-                        values[name] = list(self._values[name])
-        for sample in samples:
-            for name, value, attrs in sample:
-                values[name].append(Observation(value, attrs))
-        self._values = values
-
-    async def run(self, interval: float = 5.0) -> None:
-        """Sample until cancelled; idle when metrics are off (no SDK meter provider installed)."""
-        if not isinstance(metrics.get_meter_provider(), MeterProvider):
-            await asyncio.Event().wait()
-        while True:
-            await self.sample()
-            await asyncio.sleep(interval)
-
-
-_pool_metrics: PoolMetrics | None = None
-
-
-def pool_metrics() -> PoolMetrics:
-    """This process's one PoolMetrics (instruments must be made once per process)."""
-    global _pool_metrics
-    if _pool_metrics is None:
-        _pool_metrics = PoolMetrics()
-    return _pool_metrics
-
-
-def engine_capacity(engine: "AllocatorEngine") -> dict[str, dict[str, Any]]:
-    from potluck.allocator.canonical import capacity_as_dict
-
-    return capacity_as_dict(engine.hosts, engine.ledger)

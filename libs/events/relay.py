@@ -16,6 +16,9 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 import nats.errors
@@ -30,6 +33,7 @@ from potluck.events.follower import TRANSIENT_DB_ERRORS, LogFollower
 from potluck.events.schema import RecordedEvent
 from potluck.events.store import EventStore
 from potluck.events.tracing import context_from, trace_carrier_of, tracer
+from potluck.kernel.metrics import PoolMetrics, Sample
 
 log = structlog.get_logger(__name__)
 
@@ -186,3 +190,49 @@ class OutboxRelay:
             through=batch[-1].position,
             seconds=round(time.perf_counter() - started, 4),
         )
+
+
+@dataclass(frozen=True)
+class RelayLag:
+    name: str
+    head: int
+    checkpoint: int | None
+    updated_at: datetime | None
+
+    @property
+    def lag(self) -> int:
+        return self.head - (self.checkpoint or 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "head": self.head,
+            "checkpoint": self.checkpoint,
+            "lag": self.lag,
+            "checkpoint_updated_at": self.updated_at.isoformat() if self.updated_at else None,
+        }
+
+
+async def relay_lag(store: EventStore, name: str = "main") -> RelayLag:
+    """How far the relay named `name` is behind the log (it has never run: checkpoint None)."""
+    row = await store.pool.fetchrow(
+        "SELECT (SELECT coalesce(max(position), 0) FROM events) AS head, "
+        "(SELECT position FROM relay_checkpoints WHERE name = $1) AS checkpoint, "
+        "(SELECT updated_at FROM relay_checkpoints WHERE name = $1) AS updated_at",
+        name,
+    )
+    assert row is not None
+    checkpoint = row["checkpoint"]
+    return RelayLag(
+        name, int(row["head"]), int(checkpoint) if checkpoint is not None else None, row["updated_at"]
+    )
+
+
+def watch_relay_lag(metrics: PoolMetrics, store: EventStore, name: str = "main") -> None:
+    """Sample the relay's lag (events logged, not yet on the bus) into `potluck.relay.lag`."""
+
+    async def sample() -> Sample:
+        lag = await relay_lag(store, name)
+        return [("potluck.relay.lag", lag.lag, {"relay": name})]
+
+    metrics.add_async_source(sample)

@@ -5,7 +5,6 @@ capacity, allocations by state, and the relay's lag behind the log (head
 position minus the relay's checkpoint: events not yet on the bus).
 """
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,46 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from potluck.events import EventStore
+from potluck.events.relay import relay_lag
 from potluck.projections import ReadModels, count_by, totals
 from potluck.readmodels.allocations import TERMINAL
 
-__all__ = ["RelayLag", "gather_status", "pool_view", "relay_lag", "render_pool", "render_status"]
-
-
-@dataclass(frozen=True)
-class RelayLag:
-    name: str
-    head: int
-    checkpoint: int | None
-    updated_at: datetime | None
-
-    @property
-    def lag(self) -> int:
-        return self.head - (self.checkpoint or 0)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "head": self.head,
-            "checkpoint": self.checkpoint,
-            "lag": self.lag,
-            "checkpoint_updated_at": self.updated_at.isoformat() if self.updated_at else None,
-        }
-
-
-async def relay_lag(store: EventStore, name: str = "main") -> RelayLag:
-    """How far the relay named `name` is behind the log (it has never run: checkpoint None)."""
-    row = await store.pool.fetchrow(
-        "SELECT (SELECT coalesce(max(position), 0) FROM events) AS head, "
-        "(SELECT position FROM relay_checkpoints WHERE name = $1) AS checkpoint, "
-        "(SELECT updated_at FROM relay_checkpoints WHERE name = $1) AS updated_at",
-        name,
-    )
-    assert row is not None
-    checkpoint = row["checkpoint"]
-    return RelayLag(
-        name, int(row["head"]), int(checkpoint) if checkpoint is not None else None, row["updated_at"]
-    )
+__all__ = ["gather_status", "pool_view", "render_pool", "render_status"]
 
 
 def pool_view(models: ReadModels) -> dict[str, Any]:
