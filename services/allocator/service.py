@@ -32,7 +32,7 @@ from potluck.events import (
     event_id_for,
     registry,
 )
-from potluck.events.retry import on_conflict
+from potluck.events.decide import decide_and_append as retry_on_conflict
 from potluck.readmodels.allocations import AllocationState, evolve
 
 log = structlog.get_logger(__name__)
@@ -152,7 +152,7 @@ class AllocatorService:
             await append_decisions(self.store, decisions, report.report_id)
 
         try:
-            await on_conflict(attempt)
+            await retry_on_conflict(attempt)
         except ValidationError as exc:
             raise PoisonMessage(str(exc)) from exc
 

@@ -29,7 +29,7 @@ from potluck.contracts.subjects import (
     host_of,
 )
 from potluck.events import EVENTS_STREAM, Event, EventStore, LogFollower, ensure_streams, registry
-from potluck.events.retry import on_conflict
+from potluck.events.decide import decide_and_append as retry_on_conflict
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostState, HostsView, evolve, host_as_dict
 from potluck.registry import host as aggregate
@@ -72,7 +72,7 @@ async def decide_and_append(
                 log.info("host.event", host_id=host_id, type=type(event).type_name)
         return Outcome(state, events)
 
-    return await on_conflict(attempt)
+    return await retry_on_conflict(attempt)
 
 
 async def rebuild_view(store: EventStore, view: HostsView, batch: int = 5000) -> None:

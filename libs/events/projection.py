@@ -1,0 +1,160 @@
+"""One way to fold the log into state: a projection, the Fold that feeds it, and what an
+unreadable event does.
+
+A *projection* is pure: it names the stream categories it reads and folds one
+decoded event at a time (`apply(event, record)`); it does no I/O and never
+decides. A `Fold` owns everything around it, the same in every service and in
+the operator tools: it decodes each record of those categories once, hands it
+over in log order, remembers the position reached, catches up from the store
+and then follows it (`LogFollower`), and lets a caller wait until its own
+append has been folded (`seen`), so a handler reads its own writes.
+
+An event a projection cannot decode (a type from a newer writer, data that no
+longer validates, a schema version without an upcaster) is *skipped*: counted,
+logged with its position, stream and type, kept in `skipped` for
+`potluck ops status`, and folding goes on. One unreadable event must never stop
+a service from serving everything else; the log keeps the event, so a fixed
+reader that replays it still sees it.
+"""
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from potluck.events.errors import SchemaError
+from potluck.events.follower import LogFollower
+from potluck.events.schema import Event, RecordedEvent, registry
+from potluck.events.store import EventStore
+
+__all__ = ["Fold", "Projection", "SkippedEvent", "SkippedEvents", "decode_or_skip"]
+
+log = structlog.get_logger(__name__)
+
+#: Called after each batch folded while following: the records of that batch.
+BatchHook = Callable[[Sequence[RecordedEvent]], None]
+
+
+class Projection(Protocol):
+    """A pure fold of the events of `categories` (stream name prefixes before the first '-')."""
+
+    @property
+    def categories(self) -> frozenset[str]: ...
+
+    def apply(self, event: Event, record: RecordedEvent) -> None: ...
+
+
+@dataclass(frozen=True)
+class SkippedEvent:
+    position: int
+    stream: str
+    type: str
+    error: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"position": self.position, "stream": self.stream, "type": self.type, "error": self.error}
+
+
+@dataclass
+class SkippedEvents:
+    """How many events a reader could not decode, and the most recent of them."""
+
+    count: int = 0
+    recent: deque[SkippedEvent] = field(default_factory=lambda: deque(maxlen=20))
+
+    def add(self, skipped: SkippedEvent) -> None:
+        self.count += 1
+        self.recent.append(skipped)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "recent": [s.as_dict() for s in self.recent]}
+
+
+def decode_or_skip(record: RecordedEvent, skipped: SkippedEvents, *, reader: str) -> Event | None:
+    """The event `record` holds, or None after counting and logging why it cannot be read."""
+    try:
+        return registry.decode_record(record)
+    except SchemaError as exc:
+        entry = SkippedEvent(record.position, record.stream, record.type, str(exc))
+        skipped.add(entry)
+        log.error(
+            "events.skipped_unreadable",
+            reader=reader,
+            position=record.position,
+            stream=record.stream,
+            type=record.type,
+            error=str(exc),
+            skipped_total=skipped.count,
+            hint="a newer writer's event type, or data this version cannot read; upgrade this reader",
+        )
+        return None
+
+
+class Fold:
+    """Feeds a projection the log in order, from `position` on; see the module docstring."""
+
+    def __init__(self, projection: Projection, *, reader: str, position: int = 0) -> None:
+        self.projection = projection
+        self.reader = reader
+        self.position = position
+        self.skipped = SkippedEvents()
+        #: Called with each batch folded while following the log (not while catching up).
+        self.after_batch: list[BatchHook] = []
+        self._advanced = asyncio.Condition()
+
+    def apply(self, record: RecordedEvent) -> None:
+        """Fold one record; records at or below `position` were folded already and are ignored."""
+        if record.position <= self.position:
+            return
+        if record.category in self.projection.categories:
+            event = decode_or_skip(record, self.skipped, reader=self.reader)
+            if event is not None:
+                self.projection.apply(event, record)
+        self.position = record.position
+
+    def apply_all(self, records: Iterable[RecordedEvent]) -> None:
+        for record in records:
+            self.apply(record)
+
+    async def catch_up(
+        self, store: EventStore, *, until_position: int | None = None, batch_size: int = 5000
+    ) -> None:
+        """Fold what the log holds now (up to `until_position`, inclusive, when given)."""
+        while True:
+            if until_position is not None and self.position >= until_position:
+                return
+            batch = await store.read_all(self.position, batch_size, until_position=until_position)
+            if not batch:
+                return
+            self.apply_all(batch)
+
+    async def batches(self, store: EventStore) -> AsyncIterator[Sequence[RecordedEvent]]:
+        """Follow the log forever, folding each batch before handing it out."""
+        async for batch in LogFollower(store, after_position=self.position).batches():
+            self.apply_all(batch)
+            for hook in self.after_batch:
+                hook(batch)
+            async with self._advanced:
+                self._advanced.notify_all()
+            yield batch
+
+    async def follow(self, store: EventStore) -> None:
+        """Fold the log as it grows, until cancelled."""
+        async for _ in self.batches(store):
+            pass
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Until `predicate` holds after some batch is folded (TimeoutError after `timeout`)."""
+        async with self._advanced:
+            await asyncio.wait_for(self._advanced.wait_for(predicate), timeout)
+
+    async def seen(self, position: int, timeout: float = 30.0) -> None:
+        """Until the projection includes `position` (e.g. the caller's own append)."""
+        await self.wait_until(lambda: self.position >= position, timeout)
+
+    async def caught_up_with(self, store: EventStore, timeout: float = 30.0) -> None:
+        """Until the projection includes everything committed before this call."""
+        await self.seen(await store.head_position(), timeout)
