@@ -20,7 +20,7 @@ reader that replays it still sees it.
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -58,12 +58,12 @@ class SkippedEvent:
         return {"position": self.position, "stream": self.stream, "type": self.type, "error": self.error}
 
 
-@dataclass
 class SkippedEvents:
-    """How many events a reader could not decode, and the most recent of them."""
+    """How many events a reader could not decode, and the last `keep` of them (None: all)."""
 
-    count: int = 0
-    recent: deque[SkippedEvent] = field(default_factory=lambda: deque(maxlen=20))
+    def __init__(self, keep: int | None = 20) -> None:
+        self.count = 0
+        self.recent: deque[SkippedEvent] = deque(maxlen=keep)
 
     def add(self, skipped: SkippedEvent) -> None:
         self.count += 1
@@ -96,11 +96,14 @@ def decode_or_skip(record: RecordedEvent, skipped: SkippedEvents, *, reader: str
 class Fold:
     """Feeds a projection the log in order, from `position` on; see the module docstring."""
 
-    def __init__(self, projection: Projection, *, reader: str, position: int = 0) -> None:
+    def __init__(
+        self, projection: Projection, *, reader: str, position: int = 0, keep_skipped: int | None = 20
+    ) -> None:
+        """`reader` names the service or tool in logs; `keep_skipped` bounds what `skipped` remembers."""
         self.projection = projection
         self.reader = reader
         self.position = position
-        self.skipped = SkippedEvents()
+        self.skipped = SkippedEvents(keep_skipped)
         #: Called with each batch folded while following the log (not while catching up).
         self.after_batch: list[BatchHook] = []
         self._advanced = asyncio.Condition()
