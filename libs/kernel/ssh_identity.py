@@ -1,13 +1,13 @@
 """hostd's SSH identity: an ed25519 key pair made on first start and kept in its state_dir.
 
 hostd is the SSH *server* on its outbound connections to the gateways
-(gateway_link.py), so this is its host key. The public half travels to the
+(potluck.hostd.gateway_link), so this is its host key. The public half travels to the
 gateways through the log: hostd sends it when it registers
 (`RegisterHost.ssh_host_key`, logged as `HostRegistered.ssh_host_key`), and a
 gateway accepts a connection from a laptop only when the key it presents is
 the one registered for a host, and so knows which host it is.
 
-The same helpers make and load the gateway's own keys (sshgateway/service.py).
+The same helpers make and load the gateway's own keys (potluck.sshgateway.service).
 A key file is written whole or not at all (a temporary file renamed over the
 name), readable by its owner only; a key file that exists but cannot be read
 is an error, never silently replaced, since a new key would break every

@@ -4,7 +4,7 @@ A laptop opens no port: hostd dials every gateway in its config and runs an
 SSH *server* on each outbound TCP connection (`asyncssh.connect_reverse`);
 the gateway, which listens with `asyncssh.listen_reverse`, is the SSH client
 on it. Both ends authenticate: the gateway checks the host key hostd presents
-against the one logged when this host registered (ssh_identity.py), and hostd
+against the one logged when this host registered (potluck.kernel.ssh_identity), and hostd
 accepts only the gateway client key its member pinned in the config.
 
 One session per connection. hostd keeps `spares` idle, authenticated
