@@ -23,7 +23,14 @@ from potluck.events.errors import (
 )
 from potluck.events.follower import TRANSIENT_DB_ERRORS, LogFollower
 from potluck.events.ids import event_id_for
-from potluck.events.projection import Fold, Projection, SkippedEvent, SkippedEvents, decode_or_skip
+from potluck.events.projection import (
+    Fold,
+    Projection,
+    SkippedEvent,
+    SkippedEvents,
+    VersionedProjection,
+    decode_or_skip,
+)
 from potluck.events.relay import OutboxRelay
 from potluck.events.schema import Event, EventRegistry, RecordedEvent, event_type, registry
 from potluck.events.store import ANY_VERSION, NO_STREAM, EventStore, NewEvent, StreamAppend
@@ -71,6 +78,7 @@ __all__ = [
     "Subscriber",
     "UnknownEventType",
     "UnsupportedSchemaVersion",
+    "VersionedProjection",
     "WrongExpectedVersion",
     "decide_and_append",
     "decode_or_skip",

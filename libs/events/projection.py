@@ -15,13 +15,19 @@ logged with its position, stream and type, kept in `skipped` for
 `potluck ops status`, and folding goes on. One unreadable event must never stop
 a service from serving everything else; the log keeps the event, so a fixed
 reader that replays it still sees it.
+
+A skipped event still took a version of its stream. A projection that decides
+with expected versions (the allocator's ledger, say) must count it, or every
+later append to that stream would conflict forever: such a projection also
+implements `VersionedProjection.passed_over(record)`, which the Fold calls
+for each event it skipped.
 """
 
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -30,7 +36,7 @@ from potluck.events.follower import LogFollower
 from potluck.events.schema import Event, RecordedEvent, registry
 from potluck.events.store import EventStore
 
-__all__ = ["Fold", "Projection", "SkippedEvent", "SkippedEvents", "decode_or_skip"]
+__all__ = ["Fold", "Projection", "SkippedEvent", "SkippedEvents", "VersionedProjection", "decode_or_skip"]
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +51,13 @@ class Projection(Protocol):
     def categories(self) -> frozenset[str]: ...
 
     def apply(self, event: Event, record: RecordedEvent) -> None: ...
+
+
+@runtime_checkable
+class VersionedProjection(Projection, Protocol):
+    """A projection that tracks stream versions, told of each event of its categories it could not read."""
+
+    def passed_over(self, record: RecordedEvent) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,8 @@ class Fold:
             event = decode_or_skip(record, self.skipped, reader=self.reader)
             if event is not None:
                 self.projection.apply(event, record)
+            elif isinstance(self.projection, VersionedProjection):
+                self.projection.passed_over(record)
         self.position = record.position
 
     def apply_all(self, records: Iterable[RecordedEvent]) -> None:

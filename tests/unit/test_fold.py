@@ -98,6 +98,29 @@ def test_an_unreadable_event_of_a_category_nobody_folds_is_not_even_decoded() ->
     assert fold.position == 1
 
 
+class VersionCounter(Recorder):
+    """Tracks each stream's version, as a projection that decides with expected versions must."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.versions: dict[str, int] = {}
+
+    def apply(self, event: Event, record: RecordedEvent) -> None:
+        super().apply(event, record)
+        self.versions[record.stream] = record.version
+
+    def passed_over(self, record: RecordedEvent) -> None:
+        self.versions[record.stream] = record.version
+
+
+def test_a_skipped_event_still_moves_its_streams_version_for_a_versioned_projection() -> None:
+    projection = VersionCounter()
+    fold = Fold(projection, reader="test")
+    fold.apply_all([record(1), record(2, type_name="HostTeleported")])
+    assert [p for p, _ in projection.seen] == [1]
+    assert projection.versions == {"host-h1": 2}
+
+
 def test_skipped_events_remembered_are_bounded_but_all_are_counted() -> None:
     fold = Fold(Recorder(), reader="test", keep_skipped=3)
     fold.apply_all(record(p, type_name="HostTeleported") for p in range(1, 11))
