@@ -1,16 +1,18 @@
 """Every read model of the pool, folded from the log alone: what `potluck ops replay` rebuilds.
 
 `ReadModels` folds recorded events exactly as the services do, with the
-services' own pure folds: hosts (`HostsView`, as the registry and the
-allocator keep it), the capacity ledger (`CapacityLedger`), allocations
-(`AllocationsView`) and users (`UsersView`), as `AllocatorEngine.apply` does,
-plus the gateway's session audit (`SessionsView`, here). The fold is
-deterministic: the same events give the same state, so a rebuild compared
-with a running service's model shows any drift.
+services' own projections driven by the one `Fold` of potluck.events: the
+allocator's `AllocatorModel` (hosts as the registry and the allocator keep
+them, the capacity ledger, allocations, users, quota versions), the very
+class a running allocator folds, plus the gateway's session audit
+(`SessionsView`, here). The fold is deterministic: the same events give the
+same state, so a rebuild compared with a running service's model shows any
+drift.
 
 Streams of categories no read model folds are skipped without decoding. An
 event that cannot be decoded (unknown type, malformed data) is skipped as the
-services skip it, and remembered in `skipped` so that an operator sees it.
+services skip it (the Fold's one policy), and every one is remembered in
+`skipped` so that an operator sees it.
 
 `canonical(...)` turns the models into plain JSON-able dicts in one canonical
 form (sorted keys, ISO times, no token hashes, environment values redacted):
@@ -18,24 +20,26 @@ the form `ReadModels.to_dict()` gives, the form a live service answers with
 (see potluck.ops.live), and the form the check compares.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from potluck.allocator.canonical import canonical as allocator_canonical
 from potluck.allocator.canonical import iso
 from potluck.allocator.capacity import CapacityLedger
+from potluck.allocator.model import AllocatorModel
 from potluck.allocator.users import UsersView
 from potluck.contracts import allocation_events as _allocator_events  # noqa: F401 - registers the event types
 from potluck.contracts import host_events as _registry_events  # noqa: F401 - registers the event types
-from potluck.events import Event, EventStore, RecordedEvent, SchemaError, registry
+from potluck.events import Event, EventStore, Fold, RecordedEvent, SkippedEvent
 from potluck.readmodels.allocations import AllocationsView
 from potluck.readmodels.hosts import HostsView
 from potluck.sshgateway.events import SessionEnded, SessionStarted
 
 __all__ = [
     "FOLDED_CATEGORIES",
+    "PoolModel",
     "Progress",
     "ReadModels",
     "SessionState",
@@ -45,9 +49,6 @@ __all__ = [
     "count_by",
     "totals",
 ]
-
-#: Stream categories some read model folds; the rest is skipped without decoding.
-FOLDED_CATEGORIES = frozenset({"host", "capacity", "alloc", "user", "session"})
 
 #: Called after each batch: (events folded so far, position reached, head of the log).
 Progress = Callable[[int, int, int], None]
@@ -122,53 +123,78 @@ class SessionsView:
 # --- the fold ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SkippedEvent:
-    position: int
-    stream: str
-    type: str
-    error: str
+class PoolModel:
+    """Every read model as one projection: the allocator's own model and the gateway's audit."""
+
+    categories: ClassVar[frozenset[str]] = AllocatorModel.categories | {"session"}
+
+    def __init__(self) -> None:
+        self.allocator = AllocatorModel()
+        self.sessions = SessionsView()
+
+    def apply(self, event: Event, record: RecordedEvent) -> None:
+        if record.category == "session":
+            self.sessions.apply(event)
+        else:
+            self.allocator.apply(event, record)
+
+    def passed_over(self, record: RecordedEvent) -> None:
+        if record.category != "session":
+            self.allocator.passed_over(record)
 
 
-@dataclass
+#: Stream categories some read model folds; the rest is skipped without decoding.
+FOLDED_CATEGORIES = PoolModel.categories
+
+
 class ReadModels:
-    hosts: HostsView = field(default_factory=HostsView)
-    ledger: CapacityLedger = field(default_factory=CapacityLedger)
-    allocations: AllocationsView = field(default_factory=AllocationsView)
-    users: UsersView = field(default_factory=UsersView)
-    sessions: SessionsView = field(default_factory=SessionsView)
-    #: The last position folded (0: nothing yet), and when that event was recorded.
-    position: int = 0
-    recorded_at: datetime | None = None
-    folded: int = 0
-    skipped: list[SkippedEvent] = field(default_factory=list)
+    """Every read model of the pool, folded by one `Fold` (reader "replay") from the log alone."""
+
+    def __init__(self) -> None:
+        self.models = PoolModel()
+        #: Every event the replay could not read is kept, for the operator to see.
+        self.fold = Fold(self.models, reader="replay", keep_skipped=None)
+        #: When the last event folded was recorded, and how many events were folded (of any category).
+        self.recorded_at: datetime | None = None
+        self.folded = 0
+
+    @property
+    def hosts(self) -> HostsView:
+        return self.models.allocator.hosts
+
+    @property
+    def ledger(self) -> CapacityLedger:
+        return self.models.allocator.ledger
+
+    @property
+    def allocations(self) -> AllocationsView:
+        return self.models.allocator.allocations
+
+    @property
+    def users(self) -> UsersView:
+        return self.models.allocator.users
+
+    @property
+    def sessions(self) -> SessionsView:
+        return self.models.sessions
+
+    @property
+    def position(self) -> int:
+        """The last position folded (0: nothing yet)."""
+        return self.fold.position
+
+    @property
+    def skipped(self) -> Sequence[SkippedEvent]:
+        """The events that could not be read, in log order."""
+        return tuple(self.fold.skipped.recent)
 
     def apply(self, record: RecordedEvent) -> None:
         """Fold one recorded event; events at or below `position` are ignored (replays are harmless)."""
-        if record.position <= self.position:
+        if record.position <= self.fold.position:
             return
-        self.position = record.position
+        self.fold.apply(record)
         self.recorded_at = record.recorded_at
         self.folded += 1
-        category = record.category
-        if category not in FOLDED_CATEGORIES:
-            return
-        try:
-            event = registry.decode_record(record)
-        except SchemaError as exc:
-            self.skipped.append(SkippedEvent(record.position, record.stream, record.type, str(exc)))
-            return
-        at = record.recorded_at
-        if category == "host":
-            self.hosts.apply(event, position=record.position, version=record.version, at=at)
-        elif category == "capacity":
-            self.ledger.apply(event, version=record.version)
-        elif category == "alloc":
-            self.allocations.apply(event, position=record.position, version=record.version, at=at)
-        elif category == "user":
-            self.users.apply(event)
-        else:
-            self.sessions.apply(event)
 
     async def advance(
         self,
@@ -199,7 +225,7 @@ class ReadModels:
                 progress(self.folded, self.position, head)
         # Positions have holes (rolled-back appends); the state "at" `limit` includes them.
         if until_time is None:
-            self.position = max(self.position, limit)
+            self.fold.position = max(self.fold.position, limit)
         return self
 
     @classmethod

@@ -5,7 +5,8 @@ Pure: events in, state out; no I/O.
 `CapacityLedger` folds CapacityReserved and CapacityFreed into what each host
 has reserved, which allocation holds what, and each capacity stream's
 version. An event at or below the version already folded is a replay and
-changes nothing. Beyond that it is idempotent per allocation: a reservation an
+changes nothing; one that could not be read (`passed_over`) still counts in
+the version. Beyond that it is idempotent per allocation: a reservation an
 allocation already holds on a host is not counted twice, and freeing what it
 does not hold (a double free) changes nothing, so reserved can never go
 negative. A free always gives back what the allocation holds, whatever amount
@@ -80,6 +81,13 @@ class CapacityLedger:
             return False
         host.reserved = host.reserved - held
         return True
+
+    def passed_over(self, host_id: str, *, version: int) -> None:
+        """An event of `capacity-<host_id>` at `version` that could not be read: only the version moves."""
+        host = self._hosts.get(host_id)
+        if host is None:
+            host = self._hosts[host_id] = _HostLedger()
+        host.version = max(host.version, version)
 
     @classmethod
     def rebuild(cls, events: Iterable[tuple[Event, int]]) -> "CapacityLedger":

@@ -1,90 +1,93 @@
-"""The allocator's state and decisions: what the HTTP API and the bus handlers call.
+"""The allocator's shell: it folds the log into its model, and runs users' commands on it.
 
-Read model: hosts (registry events), the capacity ledger, allocations and
-users, all folded from the log by one follower, in log order. Decisions are
-made on that model and appended with expected versions: the allocation's own
-stream and the chosen host's `capacity-<host>` stream, in one transaction. If
-another replica reserved on that host first, the append fails, we wait until
-our model has caught up with the log and decide again: no host is ever
-over-committed, whatever the number of replicas. A new request also appends to
-its user's `quota-<user>` stream with its expected version, so that replicas
-deciding requests of one user at once cannot together pass the user's quota.
+The model (model.py: hosts, the capacity ledger, allocations, users, quota
+versions) is folded from the log by one `Fold`, in log order. Decisions
+(decisions.py) are made on it and appended with expected versions: the
+allocation's own stream and the chosen host's `capacity-<host>` stream, in one
+transaction. If another replica reserved on that host first, the append fails,
+`decide_and_append` waits until our model has caught up with the log and
+decides again: no host is ever over-committed, whatever the number of
+replicas. A new request also appends to its user's `quota-<user>` stream with
+its expected version, so that replicas deciding requests of one user at once
+cannot together pass the user's quota. When other writers win every attempt,
+the user is told the pool is busy.
 
-A handler that appends waits until the follower has folded its own append
+A command that appends waits until the fold has taken in its own append
 before answering, so a user reads their own writes.
 
-New requests are decided one at a time (under `_placing`) but not committed one
+New requests are decided one at a time (under `placing`) but not committed one
 at a time: each decision queues its append and lets the next decision go while
 it commits, counting the requests still in flight (in_flight.py). Concurrent
 requests so share transactions instead of each waiting for a commit and a
-round trip through the follower.
+round trip through the follower. What the allocator does of its own accord
+(lost hosts, expiry, the pending queue) is in reactions.py.
 """
 
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
-from uuid import uuid4
+from datetime import UTC, datetime
+from typing import TypeVar
 
 import structlog
 
-from potluck.allocator.capacity import CapacityLedger, host_snapshots, placement_request
-from potluck.allocator.in_flight import InFlight, InFlightRequests, sum_of
-from potluck.allocator.queue import FairQueue
-from potluck.allocator.scheduler import Decision, Impossible, Placed, Strategy, place
-from potluck.allocator.schemas import CapacityFigures, CreateAllocation, HistoryEntry, Pool, PoolHost
-from potluck.allocator.users import User, UsersView
-from potluck.contracts.allocation_events import (
-    AllocationEvent,
-    AllocationExpired,
-    AllocationExtended,
-    AllocationLost,
-    AllocationPlaced,
-    AllocationRefused,
-    AllocationReleased,
-    AllocationRequested,
-    AllocationSpec,
-    CapacityFreed,
-    CapacityReserved,
-    QuotaCharged,
-    alloc_stream,
-    capacity_stream,
-    quota_stream,
+from potluck.allocator.capacity import CapacityLedger
+from potluck.allocator.decisions import (
+    Outlook,
+    check_quota,
+    extension,
+    new_alloc_id,
+    release,
+    request_appends,
+    requested,
 )
-from potluck.contracts.capacity import Capacity
-from potluck.contracts.host_events import HostDeregistered, HostLost
+from potluck.allocator.in_flight import InFlight, InFlightRequests
+from potluck.allocator.model import AllocatorModel
+from potluck.allocator.reactions import Reactions
+from potluck.allocator.scheduler import Impossible, Placed, Strategy
+from potluck.allocator.schemas import CreateAllocation, HistoryEntry, Pool
+from potluck.allocator.users import User, UsersView
+from potluck.contracts.allocation_events import AllocationRequested, CapacityReserved, alloc_stream
 from potluck.events import (
+    Contended,
     Event,
     EventStore,
-    LogFollower,
+    Fold,
     RecordedEvent,
+    RetryPolicy,
     StreamAppend,
-    WrongExpectedVersion,
-    registry,
+    decide_and_append,
 )
 from potluck.kernel.rejections import Rejected
-from potluck.readmodels.allocations import ACTIVE, AllocationState, AllocationsView
+from potluck.readmodels.allocations import AllocationState, AllocationsView
 from potluck.readmodels.hosts import HostsView
+
+__all__ = ["AllocatorEngine", "Clock", "utcnow"]
 
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
-FOLDED = frozenset({"host", "capacity", "alloc", "user", "quota"})
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def new_alloc_id() -> str:
-    return f"a-{uuid4().hex[:12]}"
+class _Watched:
+    """The model as the engine folds it: after each event, the engine notes what follows from it."""
 
+    def __init__(self, model: AllocatorModel, noticed: Callable[[Event, RecordedEvent], None]) -> None:
+        self.model = model
+        self.noticed = noticed
+        self.categories = model.categories
 
-def figures(c: Capacity) -> CapacityFigures:
-    return CapacityFigures(cpus=round(c.cpus, 6), memory=c.memory_bytes, disk=c.disk_bytes)
+    def apply(self, event: Event, record: RecordedEvent) -> None:
+        self.model.apply(event, record)
+        self.noticed(event, record)
 
-
-ZERO = Capacity.model_construct(cpus=0.0, memory_bytes=0, disk_bytes=0)
+    def passed_over(self, record: RecordedEvent) -> None:
+        self.model.passed_over(record)
 
 
 class AllocatorEngine:
@@ -100,98 +103,100 @@ class AllocatorEngine:
         self.strategy: Strategy = strategy
         self.clock = clock
         self.conflict_attempts = conflict_attempts
-        self.hosts = HostsView()
-        self.ledger = CapacityLedger()
-        self.allocations = AllocationsView()
-        self.users = UsersView()
-        self.position = 0
+        self.model = AllocatorModel()
+        self.fold = Fold(_Watched(self.model, self._noticed), reader="allocator")
+        self.fold.after_batch.append(self._applied)
         self.ready = asyncio.Event()
-        self._advanced = asyncio.Condition()
-        self._capacity_changed = asyncio.Event()
-        self._reactions: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
-        self._placing = asyncio.Lock()
+        #: Held while deciding where new work goes: one placement decision at a time.
+        self.placing = asyncio.Lock()
         self.in_flight = InFlightRequests()
-        #: Version of each user's `quota-<user>` stream, as folded.
-        self.quota_versions: dict[str, int] = {}
+        self.reactions = Reactions(self)
         #: Called with each record folded while following the log (not while catching up): metrics.
         self.on_applied: list[Callable[[RecordedEvent], None]] = []
 
+    # The model, as others read it.
+
+    @property
+    def hosts(self) -> HostsView:
+        return self.model.hosts
+
+    @property
+    def ledger(self) -> CapacityLedger:
+        return self.model.ledger
+
+    @property
+    def allocations(self) -> AllocationsView:
+        return self.model.allocations
+
+    @property
+    def users(self) -> UsersView:
+        return self.model.users
+
+    @property
+    def quota_versions(self) -> dict[str, int]:
+        return self.model.quota_versions
+
+    @property
+    def position(self) -> int:
+        return self.fold.position
+
+    def outlook(self) -> Outlook:
+        """The model and the requests in flight: what the next decision decides on."""
+        return Outlook(self.model, self.in_flight)
+
     # Folding the log.
 
-    def apply(self, record: RecordedEvent) -> None:
-        if record.category in FOLDED:
-            event = registry.decode_record(record)
-            at = record.recorded_at
-            if record.category == "host":
-                self.hosts.apply(event, position=record.position, version=record.version, at=at)
-                if isinstance(event, HostLost | HostDeregistered):
-                    host_id = event.host_id
-                    self._reactions.put_nowait(lambda: self.lose_allocations_of(host_id))
-                self._capacity_changed.set()
-            elif record.category == "capacity":
-                self.ledger.apply(event, version=record.version)
-                if isinstance(event, CapacityFreed):
-                    self._capacity_changed.set()
-                elif isinstance(event, CapacityReserved):
-                    self.in_flight.settle(event.alloc_id)
-            elif record.category == "alloc":
-                self.allocations.apply(event, position=record.position, version=record.version, at=at)
-                if isinstance(event, AllocationRequested):
-                    self._capacity_changed.set()
-                    entry = self.in_flight.get(event.alloc_id)
-                    if entry is not None and entry.host_id is None:
-                        self.in_flight.settle(event.alloc_id)
-            elif record.category == "quota":
-                if isinstance(event, QuotaCharged):
-                    self.quota_versions[event.user] = record.version
-            else:
-                self.users.apply(event)
-        self.position = record.position
+    def _noticed(self, event: Event, record: RecordedEvent) -> None:
+        # A request in flight no longer counts once the last event of its append is folded.
+        if isinstance(event, CapacityReserved):
+            self.in_flight.settle(event.alloc_id)
+        elif isinstance(event, AllocationRequested):
+            entry = self.in_flight.get(event.alloc_id)
+            if entry is not None and entry.host_id is None:
+                self.in_flight.settle(event.alloc_id)
+        self.reactions.notice(event, record)
+
+    def _applied(self, batch: Sequence[RecordedEvent]) -> None:
+        for record in batch:
+            for hook in self.on_applied:
+                hook(record)
 
     async def catch_up(self) -> None:
-        while records := await self.store.read_all(self.position, 5000):
-            for record in records:
-                self.apply(record)
+        await self.fold.catch_up(self.store)
         self.ready.set()
         log.info(
             "allocator.loaded",
             position=self.position,
             hosts=len(self.hosts.hosts),
             allocations=len(self.allocations.allocations),
+            skipped=self.fold.skipped.count,
         )
 
     async def follow(self) -> None:
-        async for batch in LogFollower(self.store, after_position=self.position).batches():
-            for record in batch:
-                self.apply(record)
-                for hook in self.on_applied:
-                    hook(record)
-            async with self._advanced:
-                self._advanced.notify_all()
-
-    async def _seen(self, position: int, timeout: float = 30.0) -> None:
-        """Until the read model includes `position` (our own append)."""
-        async with self._advanced:
-            await asyncio.wait_for(self._advanced.wait_for(lambda: self.position >= position), timeout)
-
-    async def _append(self, appends: Sequence[StreamAppend], actor: str) -> None:
-        recorded = await self.store.append_streams(appends, metadata={"actor": actor})
-        if recorded:
-            await self._seen(recorded[-1].position)
+        await self.fold.follow(self.store)
 
     async def caught_up_with_log(self) -> None:
-        await self._seen(await self.store.head_position())
+        await self.fold.caught_up_with(self.store)
 
-    async def _retrying(
-        self, attempt: Callable[[], Awaitable[AllocationState | None]]
-    ) -> AllocationState | None:
-        for _ in range(self.conflict_attempts):
-            try:
-                return await attempt()
-            except WrongExpectedVersion as exc:
-                log.debug("allocator.conflict", stream=exc.stream, expected=exc.expected, actual=exc.actual)
-                await self.caught_up_with_log()
-        raise Rejected("BUSY", "the pool is changing too fast to decide; try again", status=503)
+    async def append(self, appends: Sequence[StreamAppend], actor: str) -> None:
+        """Append (nothing, when `appends` is empty) and wait until the model includes it."""
+        if not appends:
+            return
+        recorded = await self.store.append_streams(appends, metadata={"actor": actor})
+        if recorded:
+            await self.fold.seen(recorded[-1].position)
+
+    async def decide(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run `attempt` (decide, append) until no other writer wins; BUSY when they always do."""
+        try:
+            return await decide_and_append(
+                attempt,
+                before_retry=self.caught_up_with_log,
+                policy=RetryPolicy(attempts=self.conflict_attempts),
+            )
+        except Contended as exc:
+            log.info("allocator.contended", stream=exc.conflict.stream, attempts=exc.attempts)
+            raise Rejected("BUSY", "the pool is changing too fast to decide; try again", status=503) from exc
 
     # Queries.
 
@@ -206,12 +211,7 @@ class AllocatorEngine:
         return self._mine(user, alloc_id)
 
     def allocations_of(self, user: str, status: str | None = None) -> list[AllocationState]:
-        found = [
-            a
-            for a in self.allocations.allocations.values()
-            if a.user == user and (status is None or a.status == status)
-        ]
-        return sorted(found, key=lambda a: (a.requested_at or datetime.min.replace(tzinfo=UTC), a.alloc_id))
+        return self.model.allocations_of(user, status)
 
     async def wait_for(self, user: User, alloc_id: str, status: str, timeout: float) -> AllocationState:
         """Returns once the allocation is in `status` or a terminal state, or when `timeout` passes."""
@@ -221,9 +221,8 @@ class AllocatorEngine:
             state = self.allocations.allocations[alloc_id]
             return state.status == status or state.terminal
 
-        async with self._advanced:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._advanced.wait_for(reached), timeout)
+        with contextlib.suppress(TimeoutError):
+            await self.fold.wait_until(reached, timeout)
         return self._mine(user, alloc_id)
 
     async def history(self, user: User, alloc_id: str) -> list[HistoryEntry]:
@@ -236,178 +235,38 @@ class AllocatorEngine:
         ]
 
     def pool(self) -> Pool:
-        rows = []
-        donated_total = reserved_total = ZERO
-        for host in sorted(self.hosts.hosts.values(), key=lambda h: h.host_id):
-            if host.donated is None or host.admin == "deregistered":
-                continue
-            reserved = self.ledger.reserved(host.host_id)
-            rows.append(
-                PoolHost(
-                    host_id=host.host_id,
-                    name=host.name,
-                    status=host.status,
-                    labels=dict(host.labels),
-                    donated=figures(host.donated),
-                    reserved=figures(reserved),
-                    free=figures(host.donated - reserved),
-                )
-            )
-            donated_total = donated_total + host.donated
-            reserved_total = reserved_total + reserved
-        return Pool(
-            hosts=rows,
-            total={
-                "donated": figures(donated_total),
-                "reserved": figures(reserved_total),
-                "free": figures(donated_total - reserved_total),
-            },
-        )
+        return self.model.pool()
 
-    # Decisions.
-
-    def _check_quota(self, user: User, wanted: Capacity) -> None:
-        # By allocation id: a request being folded is in the view and maybe still in flight.
-        held = {e.alloc_id: e.resources for e in self.in_flight.of_user(user.name)}
-        held.update(
-            (a.alloc_id, a.spec.resources)
-            for a in self.allocations.allocations.values()
-            if a.user == user.name and (a.status in ACTIVE or a.status == "pending")
-        )
-        quota = user.quota
-        if len(held) + 1 > quota.allocations:
-            raise Rejected(
-                "QUOTA_EXCEEDED",
-                f"you hold {len(held)} allocations, your quota is {quota.allocations}; release one first",
-                status=403,
-            )
-        cpus = sum(r.cpus for r in held.values()) + wanted.cpus
-        if cpus > quota.cpus + 1e-9:
-            raise Rejected(
-                "QUOTA_EXCEEDED",
-                f"this would hold {cpus:g} CPUs, your quota is {quota.cpus:g}",
-                field="cpus",
-                status=403,
-            )
-        memory = sum(r.memory_bytes for r in held.values()) + wanted.memory_bytes
-        if memory > quota.memory_bytes:
-            raise Rejected(
-                "QUOTA_EXCEEDED",
-                f"this would hold {memory} bytes of memory, your quota is {quota.memory_bytes}",
-                field="memory",
-                status=403,
-            )
-
-    def _in_flight_on(self, host_id: str) -> dict[str, Capacity]:
-        """Reservations queued on the host that the ledger does not hold yet."""
-        return {
-            alloc_id: amount
-            for alloc_id, amount in self.in_flight.on_host(host_id).items()
-            if not self.ledger.holds(host_id, alloc_id)
-        }
-
-    def _decide(self, wanted: AllocationState | AllocationRequested) -> Decision:
-        pending = {
-            host_id: sum_of(self._in_flight_on(host_id).values())
-            for host_id in {e.host_id for e in self.in_flight.of_all() if e.host_id is not None}
-        }
-        return place(
-            host_snapshots(self.hosts, self.ledger, in_flight=pending),
-            placement_request(wanted),
-            self.strategy,
-        )
-
-    def _capacity_version(self, host_id: str) -> int:
-        """The version `capacity-<host_id>` will have once the reservations queued on it land."""
-        return self.ledger.version(host_id) + len(self._in_flight_on(host_id))
-
-    def _quota_version(self, user: str) -> int:
-        """The version `quota-<user>` will have once the user's requests in flight land.
-
-        Each request charges its quota in the transaction that records it, before its
-        allocation's events, so a request whose allocation is folded has been counted
-        in `quota_versions` already.
-        """
-        unfolded = sum(
-            1 for e in self.in_flight.of_user(user) if e.alloc_id not in self.allocations.allocations
-        )
-        return self.quota_versions.get(user, 0) + unfolded
-
-    def _placement(
-        self,
-        state_version: int,
-        alloc_id: str,
-        user: str,
-        spec: AllocationSpec,
-        host_id: str,
-        lifetime_s: float,
-        head: list[Event],
-    ) -> list[StreamAppend]:
-        placed = AllocationPlaced(
-            alloc_id=alloc_id,
-            host_id=host_id,
-            user=user,
-            spec=spec,
-            expires_at=self.clock() + timedelta(seconds=lifetime_s),
-        )
-        reserved = CapacityReserved(host_id=host_id, alloc_id=alloc_id, amount=spec.resources)
-        return [
-            StreamAppend(alloc_stream(alloc_id), [*head, placed], state_version),
-            StreamAppend(capacity_stream(host_id), [reserved], self._capacity_version(host_id)),
-        ]
+    # Users' commands.
 
     async def request_allocation(self, user: User, body: CreateAllocation) -> AllocationState:
-        spec = AllocationSpec(
-            resources=Capacity(cpus=body.cpus, memory_bytes=body.memory, disk_bytes=body.disk),
-            image=body.image,
-            command=body.command,
-            env=dict(body.env),
-            ssh_keys=list(body.ssh_keys),
-            network=body.network,
-        )
         alloc_id = new_alloc_id()
-        requested = AllocationRequested(
-            alloc_id=alloc_id,
-            user=user.name,
-            spec=spec,
-            lifetime_s=body.lifetime,
-            constraints=dict(body.constraints),
-            queue_timeout_s=body.queue_timeout,
-        )
+        request = requested(user.name, alloc_id, body)
 
         async def attempt() -> AllocationState:
-            async with self._placing:
-                decision = self._decide(requested)
+            async with self.placing:
+                outlook = self.outlook()
+                decision = outlook.place(request, self.strategy)
                 if isinstance(decision, Impossible):
                     raise Rejected(decision.code, decision.message, field=decision.field, status=422)
-                self._check_quota(user, spec.resources)
-                # First in the transaction: see _quota_version.
-                charged = StreamAppend(
-                    quota_stream(user.name),
-                    [QuotaCharged(user=user.name, alloc_id=alloc_id)],
-                    self._quota_version(user.name),
+                check_quota(user.quota, outlook.held_by(user.name), request.spec.resources)
+                host_id = decision.host_id if isinstance(decision, Placed) else None
+                appends = request_appends(
+                    request,
+                    host_id,
+                    now=self.clock(),
+                    quota_version=outlook.quota_version(user.name),
+                    capacity_version=outlook.capacity_version(host_id) if host_id else 0,
                 )
-                if isinstance(decision, Placed):
-                    host_id: str | None = decision.host_id
-                    appends = [
-                        charged,
-                        *self._placement(
-                            0, alloc_id, user.name, spec, decision.host_id, body.lifetime, [requested]
-                        ),
-                    ]
-                else:
-                    host_id = None
-                    appends = [charged, StreamAppend(alloc_stream(alloc_id), [requested], 0)]
                 # Queued now, in decision order; the next decision counts it until it is folded.
-                self.in_flight.add(InFlight(alloc_id, user.name, spec.resources, host_id))
+                self.in_flight.add(InFlight(alloc_id, user.name, request.spec.resources, host_id))
                 outcome = self.store.append_streams_nowait(appends, metadata={"actor": f"user:{user.name}"})
                 outcome.add_done_callback(lambda f: self._landed_or_not(alloc_id, f))
             recorded = await asyncio.shield(outcome)
-            await self._seen(recorded[-1].position)
+            await self.fold.seen(recorded[-1].position)
             return self.allocations.allocations[alloc_id]
 
-        state = await self._retrying(attempt)
-        assert state is not None
+        state = await self.decide(attempt)
         log.info(
             "allocation.requested",
             alloc_id=alloc_id,
@@ -418,160 +277,36 @@ class AllocatorEngine:
         return state
 
     def _landed_or_not(self, alloc_id: str, outcome: "asyncio.Future[list[RecordedEvent]]") -> None:
-        # A failed append no longer counts; one that landed counts until the follower folds it.
+        # A failed append no longer counts; one that landed counts until the fold takes it in.
         if outcome.cancelled() or outcome.exception() is not None:
             self.in_flight.settle(alloc_id)
 
-    def _end(self, state: AllocationState, event: AllocationEvent) -> list[StreamAppend]:
-        appends = [StreamAppend(alloc_stream(state.alloc_id), [event], state.version)]
-        if state.status in ACTIVE and state.host_id is not None:
-            freed = CapacityFreed(host_id=state.host_id, alloc_id=state.alloc_id, amount=state.spec.resources)
-            appends.append(StreamAppend(capacity_stream(state.host_id), [freed]))
-        return appends
-
     async def release(self, user: User, alloc_id: str) -> AllocationState:
         async def attempt() -> AllocationState:
-            state = self._mine(user, alloc_id)
-            if not state.terminal:
-                released = AllocationReleased(
-                    alloc_id=alloc_id, host_id=state.host_id, by=f"user:{user.name}"
-                )
-                await self._append(self._end(state, released), f"user:{user.name}")
+            await self.append(release(self._mine(user, alloc_id), f"user:{user.name}"), f"user:{user.name}")
             return self._mine(user, alloc_id)
 
-        state = await self._retrying(attempt)
-        assert state is not None
-        return state
+        return await self.decide(attempt)
 
     async def extend(self, user: User, alloc_id: str, by_s: float) -> AllocationState:
         async def attempt() -> AllocationState:
-            state = self._mine(user, alloc_id)
-            if state.terminal:
-                raise Rejected(
-                    "ALREADY_ENDED", f"allocation {alloc_id} is {state.status}; it cannot be extended"
-                )
-            base = state.expires_at or self.clock()
-            limit = self.clock() + timedelta(days=7)
-            new_expiry = min(base + timedelta(seconds=by_s), limit)
-            event = AllocationExtended(alloc_id=alloc_id, expires_at=new_expiry)
-            await self._append(
-                [StreamAppend(alloc_stream(alloc_id), [event], state.version)], f"user:{user.name}"
-            )
+            appends = extension(self._mine(user, alloc_id), by_s, self.clock())
+            await self.append(appends, f"user:{user.name}")
             return self._mine(user, alloc_id)
 
-        state = await self._retrying(attempt)
-        assert state is not None
-        return state
+        return await self.decide(attempt)
 
-    # Reactions: lost hosts, expiry, the pending queue.
-
-    async def lose_allocations_of(self, host_id: str) -> None:
-        for alloc in list(self.allocations.allocations.values()):
-            if alloc.host_id != host_id or alloc.status not in ACTIVE:
-                continue
-            alloc_id = alloc.alloc_id
-
-            async def attempt(alloc_id: str = alloc_id) -> AllocationState | None:
-                state = self.allocations.allocations[alloc_id]
-                if state.status in ACTIVE and state.host_id == host_id:
-                    await self._append(
-                        self._end(state, AllocationLost(alloc_id=alloc_id, host_id=host_id)), "allocator"
-                    )
-                return None
-
-            await self._retrying(attempt)
-            log.warning("allocation.lost", alloc_id=alloc_id, host_id=host_id)
-
-    async def expire_due(self) -> int:
-        now = self.clock()
-        due = [
-            a.alloc_id
-            for a in self.allocations.allocations.values()
-            if a.status in ACTIVE and a.expires_at is not None and a.expires_at <= now
-        ]
-        for alloc_id in due:
-
-            async def attempt(alloc_id: str = alloc_id) -> AllocationState | None:
-                state = self.allocations.allocations[alloc_id]
-                if (
-                    state.status in ACTIVE
-                    and state.expires_at is not None
-                    and state.expires_at <= self.clock()
-                ):
-                    assert state.host_id is not None
-                    await self._append(
-                        self._end(state, AllocationExpired(alloc_id=alloc_id, host_id=state.host_id)),
-                        "allocator",
-                    )
-                return None
-
-            await self._retrying(attempt)
-            log.info("allocation.expired", alloc_id=alloc_id)
-        return len(due)
-
-    def _queue(self) -> FairQueue:
-        pending = [a for a in self.allocations.allocations.values() if a.status == "pending"]
-        return FairQueue.of(pending)
-
-    async def place_pending(self) -> int:
-        """Places what waits, fairly by user; refuses what waited past its queue timeout."""
-        placed = 0
-        async with self._placing:
-            now = self.clock()
-            for state in self._queue().in_order():
-                current = self.allocations.allocations[state.alloc_id]
-                if current.status != "pending":
-                    continue
-                waited = (now - (current.requested_at or now)).total_seconds()
-                if waited > current.queue_timeout_s:
-                    refused = AllocationRefused(
-                        alloc_id=current.alloc_id,
-                        reason="QUEUE_TIMEOUT",
-                        detail=f"no capacity freed within {current.queue_timeout_s:g}s",
-                    )
-                    with contextlib.suppress(WrongExpectedVersion):
-                        await self._append(
-                            [StreamAppend(alloc_stream(current.alloc_id), [refused], current.version)],
-                            "allocator",
-                        )
-                    continue
-                decision = self._decide(current)
-                if isinstance(decision, Placed):
-                    appends = self._placement(
-                        current.version,
-                        current.alloc_id,
-                        current.user,
-                        current.spec,
-                        decision.host_id,
-                        current.lifetime_s,
-                        [],
-                    )
-                    try:
-                        await self._append(appends, "allocator")
-                        placed += 1
-                    except WrongExpectedVersion:
-                        await self.caught_up_with_log()
-                elif isinstance(decision, Impossible):
-                    refused = AllocationRefused(
-                        alloc_id=current.alloc_id, reason="NO_HOST_COULD_EVER_FIT", detail=decision.message
-                    )
-                    with contextlib.suppress(WrongExpectedVersion):
-                        await self._append(
-                            [StreamAppend(alloc_stream(current.alloc_id), [refused], current.version)],
-                            "allocator",
-                        )
-        return placed
+    # What the allocator does of its own accord (reactions.py).
 
     async def run_reactions(self, tick: float = 1.0) -> None:
         """Lost hosts, expiry and the pending queue, until cancelled."""
-        while True:
-            while not self._reactions.empty():
-                await self._reactions.get_nowait()()
-            await self.expire_due()
-            if self._capacity_changed.is_set() or any(
-                a.status == "pending" for a in self.allocations.allocations.values()
-            ):
-                self._capacity_changed.clear()
-                await self.place_pending()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._capacity_changed.wait(), tick)
+        await self.reactions.run(tick)
+
+    async def lose_allocations_of(self, host_id: str) -> None:
+        await self.reactions.lose_allocations_of(host_id)
+
+    async def expire_due(self) -> int:
+        return await self.reactions.expire_due()
+
+    async def place_pending(self) -> int:
+        return await self.reactions.place_pending()

@@ -1,4 +1,5 @@
-"""The allocator's answer to ALLOCATOR_STATE: its read models as of its position, for `replay --check`."""
+"""The allocator's answer to ALLOCATOR_STATE: its read models as of its position, for `replay --check`,
+and the events it could not read (`skipped`), for `potluck ops status`."""
 
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,8 @@ __all__ = ["allocator_state", "state_responder"]
 
 
 def allocator_state(engine: "AllocatorEngine") -> dict[str, Any]:
-    """The allocator's read models as of `engine.position`, in the canonical form replay gives."""
+    """The allocator's read models as of `engine.position`, in the canonical form replay gives,
+    and what it skipped as unreadable."""
     return {
         "position": engine.position,
         **canonical(
@@ -24,6 +26,8 @@ def allocator_state(engine: "AllocatorEngine") -> dict[str, Any]:
             allocations=engine.allocations,
             users=engine.users,
         ),
+        # Not a read model: the events this allocator could not read (count and the latest).
+        "skipped": engine.fold.skipped.as_dict(),
     }
 
 

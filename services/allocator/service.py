@@ -16,6 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.lifecycle import Decision, decide, decide_actual_state
 from potluck.allocator.live_state import state_responder
+from potluck.allocator.model import passed_over
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.contracts.messages import DesiredAllocation, DesiredState, Reply
 from potluck.contracts.reports import ActualState, AnyReport, EngineStatus, UsageSampled
@@ -26,13 +27,14 @@ from potluck.events import (
     EventStore,
     NewEvent,
     PoisonMessage,
+    SkippedEvents,
     StreamAppend,
     Subscriber,
+    decide_and_append,
+    decode_or_skip,
     ensure_streams,
     event_id_for,
-    registry,
 )
-from potluck.events.decide import decide_and_append as retry_on_conflict
 from potluck.readmodels.allocations import AllocationState, evolve
 
 log = structlog.get_logger(__name__)
@@ -40,16 +42,25 @@ log = structlog.get_logger(__name__)
 _reports: TypeAdapter[AnyReport] = TypeAdapter(AnyReport)
 
 
-async def load_allocation(store: EventStore, alloc_id: str) -> AllocationState | None:
+async def load_allocation(
+    store: EventStore, alloc_id: str, *, skipped: SkippedEvents | None = None
+) -> AllocationState | None:
+    """The allocation as its own stream says now (None: no such allocation).
+
+    An event of the stream that cannot be read is skipped (logged, and counted
+    in `skipped` when given) but still counts in the version, as in the model.
+    The engine's fold counts each unreadable event of the log once already, so
+    the service's own loads leave `skipped` out.
+    """
+    if skipped is None:
+        skipped = SkippedEvents()
     state: AllocationState | None = None
     for record in await store.read_stream(alloc_stream(alloc_id)):
-        state = evolve(
-            state,
-            registry.decode_record(record),
-            record.version,
-            record.recorded_at,
-            record.position,
-        )
+        event = decode_or_skip(record, skipped, reader="allocator")
+        if event is None:
+            state = passed_over(state, record)
+        else:
+            state = evolve(state, event, record.version, record.recorded_at, record.position)
     return state
 
 
@@ -152,7 +163,7 @@ class AllocatorService:
             await append_decisions(self.store, decisions, report.report_id)
 
         try:
-            await retry_on_conflict(attempt)
+            await decide_and_append(attempt)
         except ValidationError as exc:
             raise PoisonMessage(str(exc)) from exc
 

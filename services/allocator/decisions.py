@@ -1,0 +1,285 @@
+"""The allocator's decisions: state in, the appends that make them facts out. Pure.
+
+Each function takes the model's values (and the time, where it matters) and
+returns the `StreamAppend`s to write in one transaction, each stream with the
+version it was decided on, or raises `Rejected` for the user. The engine
+(engine.py) and the reactions (reactions.py) run them and append; a conflict
+means the state was stale and the decision is made again.
+
+`Outlook` is the model as the next decision must see it: the log's state plus
+the requests queued for the log but not folded back yet (in_flight.py). Their
+reservations count against their hosts, their requests against their users'
+quotas, and each of their appends moves the version its stream will have.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import uuid4
+
+from potluck.allocator.capacity import Placement, allocation_placed, host_snapshots, placement_request
+from potluck.allocator.in_flight import InFlightRequests, sum_of
+from potluck.allocator.model import AllocatorModel
+from potluck.allocator.scheduler import Decision, Impossible, Strategy, place
+from potluck.allocator.schemas import CreateAllocation
+from potluck.contracts.allocation_events import (
+    AllocationEvent,
+    AllocationExpired,
+    AllocationExtended,
+    AllocationLost,
+    AllocationRefused,
+    AllocationReleased,
+    AllocationRequested,
+    AllocationSpec,
+    CapacityFreed,
+    Quota,
+    QuotaCharged,
+    alloc_stream,
+    capacity_stream,
+    quota_stream,
+)
+from potluck.contracts.capacity import Capacity
+from potluck.events import Event, StreamAppend
+from potluck.kernel.rejections import Rejected
+from potluck.readmodels.allocations import ACTIVE, AllocationState
+
+__all__ = [
+    "MAX_EXPIRY",
+    "Outlook",
+    "check_quota",
+    "ending",
+    "expiry",
+    "extension",
+    "loss",
+    "never_fits",
+    "new_alloc_id",
+    "placement",
+    "refusal",
+    "release",
+    "request_appends",
+    "requested",
+    "timed_out",
+]
+
+#: How far ahead of now an allocation may be extended.
+MAX_EXPIRY = timedelta(days=7)
+
+Wanted = AllocationState | AllocationRequested
+
+
+def new_alloc_id() -> str:
+    return f"a-{uuid4().hex[:12]}"
+
+
+# --- the model with the requests in flight ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """The model plus the requests in flight: what the next decision decides on."""
+
+    model: AllocatorModel
+    in_flight: InFlightRequests
+
+    def in_flight_on(self, host_id: str) -> dict[str, Capacity]:
+        """Reservations queued on the host that the ledger does not hold yet."""
+        return {
+            alloc_id: amount
+            for alloc_id, amount in self.in_flight.on_host(host_id).items()
+            if not self.model.ledger.holds(host_id, alloc_id)
+        }
+
+    def reservations(self) -> dict[str, Capacity]:
+        """By host, what the requests in flight reserve there beyond the ledger."""
+        hosts = {e.host_id for e in self.in_flight.of_all() if e.host_id is not None}
+        return {host_id: sum_of(self.in_flight_on(host_id).values()) for host_id in hosts}
+
+    def place(self, wanted: Wanted, strategy: Strategy) -> Decision:
+        """Where `wanted` goes now: Placed, Wait or Impossible (scheduler.py)."""
+        snapshots = host_snapshots(self.model.hosts, self.model.ledger, in_flight=self.reservations())
+        return place(snapshots, placement_request(wanted), strategy)
+
+    def capacity_version(self, host_id: str) -> int:
+        """The version `capacity-<host_id>` will have once the reservations queued on it land."""
+        return self.model.ledger.version(host_id) + len(self.in_flight_on(host_id))
+
+    def quota_version(self, user: str) -> int:
+        """The version `quota-<user>` will have once the user's requests in flight land.
+
+        Each request charges its quota in the transaction that records it, before its
+        allocation's events, so a request whose allocation is folded has been counted
+        in `quota_versions` already.
+        """
+        allocations = self.model.allocations.allocations
+        unfolded = sum(1 for e in self.in_flight.of_user(user) if e.alloc_id not in allocations)
+        return self.model.quota_versions.get(user, 0) + unfolded
+
+    def held_by(self, user: str) -> dict[str, Capacity]:
+        """What the user holds, waits for or has in flight, by allocation (each counted once)."""
+        held = {e.alloc_id: e.resources for e in self.in_flight.of_user(user)}
+        held.update(self.model.held_by(user))
+        return held
+
+
+# --- a new request ------------------------------------------------------------------------------
+
+
+def requested(user: str, alloc_id: str, body: CreateAllocation) -> AllocationRequested:
+    """The request a user's HTTP body asks for."""
+    spec = AllocationSpec(
+        resources=Capacity(cpus=body.cpus, memory_bytes=body.memory, disk_bytes=body.disk),
+        image=body.image,
+        command=body.command,
+        env=dict(body.env),
+        ssh_keys=list(body.ssh_keys),
+        network=body.network,
+    )
+    return AllocationRequested(
+        alloc_id=alloc_id,
+        user=user,
+        spec=spec,
+        lifetime_s=body.lifetime,
+        constraints=dict(body.constraints),
+        queue_timeout_s=body.queue_timeout,
+    )
+
+
+def check_quota(quota: Quota, held: dict[str, Capacity], wanted: Capacity) -> None:
+    """Refuse a request that would take the user past `quota`, given what they `held` already."""
+    if len(held) + 1 > quota.allocations:
+        raise Rejected(
+            "QUOTA_EXCEEDED",
+            f"you hold {len(held)} allocations, your quota is {quota.allocations}; release one first",
+            status=403,
+        )
+    cpus = sum(r.cpus for r in held.values()) + wanted.cpus
+    if cpus > quota.cpus + 1e-9:
+        raise Rejected(
+            "QUOTA_EXCEEDED",
+            f"this would hold {cpus:g} CPUs, your quota is {quota.cpus:g}",
+            field="cpus",
+            status=403,
+        )
+    memory = sum(r.memory_bytes for r in held.values()) + wanted.memory_bytes
+    if memory > quota.memory_bytes:
+        raise Rejected(
+            "QUOTA_EXCEEDED",
+            f"this would hold {memory} bytes of memory, your quota is {quota.memory_bytes}",
+            field="memory",
+            status=403,
+        )
+
+
+def placement(
+    wanted: Wanted,
+    host_id: str,
+    *,
+    now: datetime,
+    alloc_version: int,
+    capacity_version: int,
+    preceding: Sequence[Event] = (),
+) -> list[StreamAppend]:
+    """Place `wanted` on the host: AllocationPlaced on its stream (after `preceding`), expecting
+    `alloc_version`, and CapacityReserved on the host's, expecting `capacity_version`."""
+    decided = Placement(allocation_placed(wanted, host_id, now), alloc_version, tuple(preceding))
+    return [
+        StreamAppend(alloc_stream(wanted.alloc_id), [*decided.preceding, decided.placed], alloc_version),
+        StreamAppend(capacity_stream(host_id), [decided.reservation], capacity_version),
+    ]
+
+
+def request_appends(
+    request: AllocationRequested,
+    host_id: str | None,
+    *,
+    now: datetime,
+    quota_version: int,
+    capacity_version: int = 0,
+) -> list[StreamAppend]:
+    """A new request, placed on `host_id` at once or (None) left pending, charged to its user's quota.
+
+    The quota's charge goes first in the transaction: see `Outlook.quota_version`.
+    """
+    charged = StreamAppend(
+        quota_stream(request.user),
+        [QuotaCharged(user=request.user, alloc_id=request.alloc_id)],
+        quota_version,
+    )
+    if host_id is None:
+        return [charged, StreamAppend(alloc_stream(request.alloc_id), [request], 0)]
+    return [
+        charged,
+        *placement(
+            request,
+            host_id,
+            now=now,
+            alloc_version=0,
+            capacity_version=capacity_version,
+            preceding=[request],
+        ),
+    ]
+
+
+# --- changes and ends of an allocation ---------------------------------------------------------
+
+
+def ending(state: AllocationState, event: AllocationEvent) -> list[StreamAppend]:
+    """`event` ends the allocation; one that held capacity frees it in the same transaction."""
+    appends = [StreamAppend(alloc_stream(state.alloc_id), [event], state.version)]
+    if state.status in ACTIVE and state.host_id is not None:
+        freed = CapacityFreed(host_id=state.host_id, alloc_id=state.alloc_id, amount=state.spec.resources)
+        appends.append(StreamAppend(capacity_stream(state.host_id), [freed]))
+    return appends
+
+
+def release(state: AllocationState, by: str) -> list[StreamAppend]:
+    """Release on a user's request; nothing to do for an allocation that has ended already."""
+    if state.terminal:
+        return []
+    return ending(state, AllocationReleased(alloc_id=state.alloc_id, host_id=state.host_id, by=by))
+
+
+def extension(state: AllocationState, by_s: float, now: datetime) -> list[StreamAppend]:
+    """Push the expiry `by_s` later, at most MAX_EXPIRY from `now`."""
+    if state.terminal:
+        raise Rejected(
+            "ALREADY_ENDED", f"allocation {state.alloc_id} is {state.status}; it cannot be extended"
+        )
+    base = state.expires_at or now
+    new_expiry = min(base + timedelta(seconds=by_s), now + MAX_EXPIRY)
+    extended = AllocationExtended(alloc_id=state.alloc_id, expires_at=new_expiry)
+    return [StreamAppend(alloc_stream(state.alloc_id), [extended], state.version)]
+
+
+def loss(state: AllocationState, host_id: str) -> list[StreamAppend]:
+    """The allocation is lost with its host, if it is still active there."""
+    if state.status not in ACTIVE or state.host_id != host_id:
+        return []
+    return ending(state, AllocationLost(alloc_id=state.alloc_id, host_id=host_id))
+
+
+def expiry(state: AllocationState, now: datetime) -> list[StreamAppend]:
+    """The allocation expires, if it is active and its lifetime has run out at `now`."""
+    if state.status not in ACTIVE or state.expires_at is None or state.expires_at > now:
+        return []
+    assert state.host_id is not None, "an active allocation has a host"
+    return ending(state, AllocationExpired(alloc_id=state.alloc_id, host_id=state.host_id))
+
+
+def refusal(state: AllocationState, reason: str, detail: str) -> list[StreamAppend]:
+    """A pending request is refused for good."""
+    refused = AllocationRefused(alloc_id=state.alloc_id, reason=reason, detail=detail)
+    return [StreamAppend(alloc_stream(state.alloc_id), [refused], state.version)]
+
+
+def timed_out(state: AllocationState, now: datetime) -> list[StreamAppend]:
+    """The refusal of a pending request that has waited past its queue timeout at `now`."""
+    waited = (now - (state.requested_at or now)).total_seconds()
+    if state.status != "pending" or waited <= state.queue_timeout_s:
+        return []
+    return refusal(state, "QUEUE_TIMEOUT", f"no capacity freed within {state.queue_timeout_s:g}s")
+
+
+def never_fits(state: AllocationState, impossible: Impossible) -> list[StreamAppend]:
+    """The refusal of a pending request that no host of the pool could ever hold any more."""
+    return refusal(state, "NO_HOST_COULD_EVER_FIT", impossible.message)

@@ -1,0 +1,161 @@
+"""The allocator's read model: everything it decides on, folded from the log. Pure.
+
+`AllocatorModel` is a `Projection` (potluck.events): it folds host events into
+`HostsView`, the `capacity-<host>` streams into the `CapacityLedger`,
+allocation events into `AllocationsView`, users into `UsersView`, and keeps
+the version of each user's `quota-<user>` stream. No asyncio, no I/O, no
+decision: the allocator's engine feeds it through a `Fold` and decides on it,
+and `potluck ops replay` feeds the very same class, so a replay shows exactly
+what a running allocator holds.
+
+An event the Fold cannot read still took a version of its stream
+(`passed_over`): the model counts it in every version it keeps, or each later
+append that expects that version would conflict forever.
+
+The queries here answer from the model alone (what a user holds, the pool's
+figures); what also depends on requests still in flight is in decisions.py.
+"""
+
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import ClassVar
+
+from potluck.allocator.capacity import CapacityLedger
+from potluck.allocator.schemas import CapacityFigures, Pool, PoolHost
+from potluck.allocator.users import UsersView
+from potluck.contracts.allocation_events import QuotaCharged
+from potluck.contracts.capacity import Capacity
+from potluck.events import Event, RecordedEvent
+from potluck.readmodels.allocations import ACTIVE, AllocationState, AllocationsView
+from potluck.readmodels.hosts import HostsView
+
+__all__ = ["CATEGORIES", "AllocatorModel", "figures", "passed_over"]
+
+#: The stream categories the allocator folds.
+CATEGORIES = frozenset({"host", "capacity", "alloc", "user", "quota"})
+
+ZERO = Capacity.model_construct(cpus=0.0, memory_bytes=0, disk_bytes=0)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def figures(c: Capacity) -> CapacityFigures:
+    return CapacityFigures(cpus=round(c.cpus, 6), memory=c.memory_bytes, disk=c.disk_bytes)
+
+
+def passed_over(state: AllocationState | None, record: RecordedEvent) -> AllocationState | None:
+    """An allocation after an event of its stream that could not be read: only its version moves."""
+    return None if state is None else replace(state, version=record.version)
+
+
+@dataclass
+class AllocatorModel:
+    categories: ClassVar[frozenset[str]] = CATEGORIES
+
+    hosts: HostsView = field(default_factory=HostsView)
+    ledger: CapacityLedger = field(default_factory=CapacityLedger)
+    allocations: AllocationsView = field(default_factory=AllocationsView)
+    users: UsersView = field(default_factory=UsersView)
+    #: Version of each user's `quota-<user>` stream, as folded.
+    quota_versions: dict[str, int] = field(default_factory=dict)
+
+    # Folding.
+
+    def apply(self, event: Event, record: RecordedEvent) -> None:
+        at = record.recorded_at
+        match record.category:
+            case "host":
+                self.hosts.apply(event, position=record.position, version=record.version, at=at)
+            case "capacity":
+                self.ledger.apply(event, version=record.version)
+            case "alloc":
+                self.allocations.apply(event, position=record.position, version=record.version, at=at)
+            case "quota":
+                if isinstance(event, QuotaCharged):
+                    self.quota_versions[event.user] = record.version
+            case "user":
+                self.users.apply(event)
+
+    def passed_over(self, record: RecordedEvent) -> None:
+        """An event of `record.stream` the Fold could not read: count its version."""
+        _, _, stream_id = record.stream.partition("-")
+        match record.category:
+            case "host":
+                host = self.hosts.hosts.get(stream_id)
+                if host is not None:
+                    self.hosts.hosts[stream_id] = replace(host, version=record.version)
+            case "capacity":
+                self.ledger.passed_over(stream_id, version=record.version)
+            case "alloc":
+                alloc = passed_over(self.allocations.allocations.get(stream_id), record)
+                if alloc is not None:
+                    self.allocations.allocations[stream_id] = alloc
+            case "quota":
+                self.quota_versions[stream_id] = record.version
+
+    # Queries.
+
+    def allocations_of(self, user: str, status: str | None = None) -> list[AllocationState]:
+        """The user's allocations (in `status`, when given), oldest request first."""
+        found = [
+            a
+            for a in self.allocations.allocations.values()
+            if a.user == user and (status is None or a.status == status)
+        ]
+        return sorted(found, key=lambda a: (a.requested_at or _EARLIEST, a.alloc_id))
+
+    def held_by(self, user: str) -> dict[str, Capacity]:
+        """What the user holds or waits for (placed, running or pending), by allocation."""
+        return {
+            a.alloc_id: a.spec.resources
+            for a in self.allocations.allocations.values()
+            if a.user == user and (a.status in ACTIVE or a.status == "pending")
+        }
+
+    def active_on(self, host_id: str) -> list[str]:
+        """Allocations holding capacity on the host."""
+        return [
+            a.alloc_id
+            for a in self.allocations.allocations.values()
+            if a.host_id == host_id and a.status in ACTIVE
+        ]
+
+    def due(self, now: datetime) -> list[str]:
+        """Active allocations whose lifetime has run out at `now`."""
+        return [
+            a.alloc_id
+            for a in self.allocations.allocations.values()
+            if a.status in ACTIVE and a.expires_at is not None and a.expires_at <= now
+        ]
+
+    def pending(self) -> list[AllocationState]:
+        return [a for a in self.allocations.allocations.values() if a.status == "pending"]
+
+    def pool(self) -> Pool:
+        """Donated, reserved and free capacity of each host that donates, and in total."""
+        rows = []
+        donated_total = reserved_total = ZERO
+        for host in sorted(self.hosts.hosts.values(), key=lambda h: h.host_id):
+            if host.donated is None or host.admin == "deregistered":
+                continue
+            reserved = self.ledger.reserved(host.host_id)
+            rows.append(
+                PoolHost(
+                    host_id=host.host_id,
+                    name=host.name,
+                    status=host.status,
+                    labels=dict(host.labels),
+                    donated=figures(host.donated),
+                    reserved=figures(reserved),
+                    free=figures(host.donated - reserved),
+                )
+            )
+            donated_total = donated_total + host.donated
+            reserved_total = reserved_total + reserved
+        return Pool(
+            hosts=rows,
+            total={
+                "donated": figures(donated_total),
+                "reserved": figures(reserved_total),
+                "free": figures(donated_total - reserved_total),
+            },
+        )

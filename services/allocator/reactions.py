@@ -1,0 +1,122 @@
+"""What the allocator does of its own accord: lost hosts, expiry, the pending queue.
+
+Nobody asks for these; the log does. The engine tells `Reactions` of each
+event its model has folded (`notice`): a host lost or deregistered takes its
+allocations with it, and any change of hosts, a freed reservation or a new
+request may let a pending request be placed. `run` reacts to those, and
+expires what has outlived its lifetime, once a `tick` at least.
+
+Each reaction decides with the pure functions of decisions.py on the engine's
+model and appends through the engine, like a user's command: ends of
+allocations are retried by `decide_and_append` when another writer moved a
+stream first. The pending queue is served fairly by user (queue.py) under the
+engine's `placing` lock, so it never decides against a user's request at the
+same time; a placement that loses a race is left pending for the next round.
+"""
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+import structlog
+
+from potluck.allocator.decisions import expiry, loss, never_fits, placement, timed_out
+from potluck.allocator.queue import FairQueue
+from potluck.allocator.scheduler import Impossible, Placed
+from potluck.contracts.allocation_events import AllocationRequested, CapacityFreed
+from potluck.contracts.host_events import HostDeregistered, HostLost
+from potluck.events import Event, RecordedEvent, WrongExpectedVersion
+
+if TYPE_CHECKING:
+    from potluck.allocator.engine import AllocatorEngine
+
+__all__ = ["Reactions"]
+
+log = structlog.get_logger(__name__)
+
+
+class Reactions:
+    def __init__(self, engine: "AllocatorEngine") -> None:
+        self.engine = engine
+        #: Hosts lost or deregistered whose allocations are still to be given up.
+        self.lost_hosts: asyncio.Queue[str] = asyncio.Queue()
+        self.capacity_changed = asyncio.Event()
+
+    def notice(self, event: Event, record: RecordedEvent) -> None:
+        """After the model folded `event`: remember what to react to."""
+        if isinstance(event, HostLost | HostDeregistered):
+            self.lost_hosts.put_nowait(event.host_id)
+        if record.category == "host" or isinstance(event, CapacityFreed | AllocationRequested):
+            self.capacity_changed.set()
+
+    async def run(self, tick: float = 1.0) -> None:
+        """Lost hosts, expiry and the pending queue, until cancelled."""
+        while True:
+            while not self.lost_hosts.empty():
+                await self.lose_allocations_of(self.lost_hosts.get_nowait())
+            await self.expire_due()
+            if self.capacity_changed.is_set() or self.engine.model.pending():
+                self.capacity_changed.clear()
+                await self.place_pending()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.capacity_changed.wait(), tick)
+
+    async def lose_allocations_of(self, host_id: str) -> None:
+        engine = self.engine
+        allocations = engine.model.allocations.allocations
+        for alloc_id in engine.model.active_on(host_id):
+
+            async def attempt(alloc_id: str = alloc_id) -> None:
+                await engine.append(loss(allocations[alloc_id], host_id), "allocator")
+
+            await engine.decide(attempt)
+            log.warning("allocation.lost", alloc_id=alloc_id, host_id=host_id)
+
+    async def expire_due(self) -> int:
+        engine = self.engine
+        allocations = engine.model.allocations.allocations
+        due = engine.model.due(engine.clock())
+        for alloc_id in due:
+
+            async def attempt(alloc_id: str = alloc_id) -> None:
+                await engine.append(expiry(allocations[alloc_id], engine.clock()), "allocator")
+
+            await engine.decide(attempt)
+            log.info("allocation.expired", alloc_id=alloc_id)
+        return len(due)
+
+    async def place_pending(self) -> int:
+        """Places what waits, fairly by user; refuses what waited past its queue timeout."""
+        engine = self.engine
+        allocations = engine.model.allocations.allocations
+        placed = 0
+        async with engine.placing:
+            now = engine.clock()
+            for pending in FairQueue.of(engine.model.pending()).in_order():
+                current = allocations[pending.alloc_id]
+                if current.status != "pending":
+                    continue
+                refused = timed_out(current, now)
+                if refused:
+                    with contextlib.suppress(WrongExpectedVersion):
+                        await engine.append(refused, "allocator")
+                    continue
+                outlook = engine.outlook()
+                decision = outlook.place(current, engine.strategy)
+                if isinstance(decision, Placed):
+                    appends = placement(
+                        current,
+                        decision.host_id,
+                        now=engine.clock(),
+                        alloc_version=current.version,
+                        capacity_version=outlook.capacity_version(decision.host_id),
+                    )
+                    try:
+                        await engine.append(appends, "allocator")
+                        placed += 1
+                    except WrongExpectedVersion:
+                        await engine.caught_up_with_log()
+                elif isinstance(decision, Impossible):
+                    with contextlib.suppress(WrongExpectedVersion):
+                        await engine.append(never_fits(current, decision), "allocator")
+        return placed
