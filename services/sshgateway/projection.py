@@ -12,19 +12,25 @@ is forgotten; a lost host keeps its key, since it may come back.
 
 Keys are compared by their wire blob (`key_blob`): the algorithm name is part
 of it, comments and spacing are not.
+
+`GatewayView` is a `potluck.events.Projection` (`categories`, `apply`), so a
+`Fold` can feed it; `fold` is the same step saying what it changed, which
+the gateway needs in order to react (reactions.py ends sessions, closes
+links). The view itself decides nothing and does no I/O.
 """
 
 import base64
 import binascii
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import ClassVar
 
 from potluck.contracts.allocation_events import AllocationEvent
 from potluck.contracts.host_events import HostDeregistered, HostRegistered
-from potluck.events import Event
+from potluck.events import Event, RecordedEvent
 from potluck.readmodels.allocations import AllocationState, AllocationsView
 
-__all__ = ["GatewayView", "HostKeyConflict", "key_blob"]
+__all__ = ["Change", "GatewayView", "HostKeyConflict", "key_blob"]
 
 
 def key_blob(line: str) -> bytes | None:
@@ -54,17 +60,29 @@ class HostKeyConflict:
     owner: str
 
 
+#: What folding one event changed: an allocation (its new state), a refused key, or nothing.
+Change = AllocationState | HostKeyConflict | None
+
+
 @dataclass
 class GatewayView:
+    """The gateway's read model; a `potluck.events.Projection` of the `alloc` and `host` streams."""
+
+    categories: ClassVar[frozenset[str]] = frozenset({"alloc", "host"})
+
     allocations: AllocationsView = field(default_factory=AllocationsView)
     host_keys: dict[str, bytes] = field(default_factory=dict)
     key_owner: dict[bytes, str] = field(default_factory=dict)
     position: int = 0
 
-    def apply(
-        self, event: Event, *, position: int, version: int, at: datetime
-    ) -> AllocationState | HostKeyConflict | None:
-        """Fold one event; returns the allocation it changed, or a key conflict, or None."""
+    def apply(self, event: Event, record: RecordedEvent) -> None:
+        """Fold one event of the log (the Projection protocol); `fold` says what it changed."""
+        self.fold(event, position=record.position, version=record.version, at=record.recorded_at)
+
+    def fold(self, event: Event, *, position: int, version: int, at: datetime) -> Change:
+        """Fold one event; returns the allocation it changed, or a key conflict, or None.
+
+        Events at or before `position` were folded already and change nothing."""
         if position <= self.position:
             return None
         self.position = position

@@ -38,9 +38,11 @@ import asyncssh
 import structlog
 
 from potluck.contracts.link import LINK_CIPHERS, limit_reads
+from potluck.sshgateway.audit import LoginIdentity
+from potluck.sshgateway.context import GatewayContext
 from potluck.sshgateway.projection import key_blob
 from potluck.sshgateway.ratelimit import FailureLimiter
-from potluck.sshgateway.sessions import GatewayContext, GatewaySession, LoginIdentity
+from potluck.sshgateway.sessions import GatewaySession
 from potluck.sshgateway.settings import TUNNEL_USER
 
 __all__ = ["GatewayServer", "TunnelClient", "listen_for_hosts", "listen_for_users"]

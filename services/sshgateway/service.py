@@ -5,13 +5,16 @@
 
 1. makes or loads its two keys (settings.py says which is which);
 2. folds the log from the start into its view (projection.py), then keeps
-   following it (`LogFollower`), so that a key added to an allocation, a
-   release, or a new host counts within moments;
+   following it, with the one `potluck.events.Fold` every reader uses (an
+   event it cannot read is skipped, counted and logged, and the gateway goes
+   on), so that a key added to an allocation, a release, or a new host counts
+   within moments;
 3. listens for users and for hosts (server.py);
-4. writes session audit events (sessions.AuditLog).
+4. writes session audit events (audit.AuditLog).
 
 When an allocation stops running, its sessions end with a message; when a
-host deregisters or registers a new key, its idle connections are closed. On
+host deregisters or registers a new key, its idle connections are closed
+(reactions.py). On
 shutdown the listeners close first, sessions in progress end with "the
 gateway is shutting down", and the pending audit events are written.
 
@@ -24,13 +27,14 @@ import contextlib
 import asyncssh
 import structlog
 
-from potluck.contracts.host_events import HostDeregistered, HostRegistered
-from potluck.events import EventStore, LogFollower, RecordedEvent, SchemaError, registry
+from potluck.events import EventStore, Fold
 from potluck.kernel.ssh_identity import load_or_create_key, public_key_line
-from potluck.readmodels.allocations import AllocationState
-from potluck.sshgateway.projection import GatewayView, HostKeyConflict
+from potluck.sshgateway.audit import AuditLog
+from potluck.sshgateway.context import GatewayContext
+from potluck.sshgateway.links import LinkPool
+from potluck.sshgateway.projection import GatewayView
+from potluck.sshgateway.reactions import GatewayReactions
 from potluck.sshgateway.server import listen_for_hosts, listen_for_users
-from potluck.sshgateway.sessions import AuditLog, GatewayContext, LinkPool
 from potluck.sshgateway.settings import GatewaySettings
 
 __all__ = ["Gateway", "client_public_key", "run_gateway"]
@@ -39,9 +43,6 @@ log = structlog.get_logger(__name__)
 
 #: How long a stopping gateway lets users' clients read why their session ended.
 _USER_GOODBYE_SECONDS = 1.0
-
-#: Stream categories the gateway folds; everything else is skipped without decoding.
-_CATEGORIES = frozenset({"alloc", "host"})
 
 
 def client_public_key(settings: GatewaySettings) -> str:
@@ -55,62 +56,21 @@ class Gateway:
         self.settings = settings
         self.view = GatewayView()
         self.ctx = GatewayContext(settings=settings, view=self.view, links=LinkPool(), audit=AuditLog(store))
+        #: The log folded into `view`, reacting to changes (reactions.py); unreadable events skipped.
+        reactions = GatewayReactions(self.view, self.ctx.sessions, self.ctx.links)
+        self.fold = Fold(reactions, reader="sshgateway")
         self.ready = asyncio.Event()
 
-    def apply(self, record: RecordedEvent) -> None:
-        if record.category not in _CATEGORIES:
-            self.view.position = max(self.view.position, record.position)
-            self.view.allocations.position = self.view.position
-            return
-        try:
-            event = registry.decode_record(record)
-        except SchemaError as exc:
-            log.warning("gateway.event_skipped", position=record.position, type=record.type, error=str(exc))
-            self.view.position = max(self.view.position, record.position)
-            self.view.allocations.position = self.view.position
-            return
-        host_id = getattr(event, "host_id", None)
-        key_before = self.view.host_keys.get(host_id) if isinstance(host_id, str) else None
-        result = self.view.apply(
-            event, position=record.position, version=record.version, at=record.recorded_at
-        )
-        if isinstance(result, AllocationState):
-            if result.status != "running":
-                for session in self.ctx.sessions.of(result.alloc_id):
-                    session.end(
-                        "ALLOCATION_ENDED",
-                        f"allocation {result.alloc_id} is now {result.status}; the session ended",
-                    )
-        elif isinstance(result, HostKeyConflict):
-            log.warning(
-                "gateway.host_key_conflict",
-                host_id=result.host_id,
-                owner=result.owner,
-                hint="two hosts registered the same SSH key (a copied state_dir?); the second is ignored",
-            )
-        if (
-            isinstance(event, HostRegistered | HostDeregistered)
-            and key_before is not None
-            and self.view.host_keys.get(event.host_id) != key_before
-        ):
-            self.ctx.links.close_host(event.host_id)
-
-    async def catch_up(self) -> None:
-        while records := await self.store.read_all(self.view.position, 5000):
-            for record in records:
-                self.apply(record)
-
-    async def follow(self) -> None:
-        follower = LogFollower(self.store, after_position=self.view.position)
-        async for batch in follower.batches():
-            for record in batch:
-                self.apply(record)
+    @property
+    def position(self) -> int:
+        """How far into the log the gateway has read."""
+        return self.fold.position
 
     async def run(self) -> None:
         settings = self.settings
         host_key = load_or_create_key(settings.host_key_path, comment="potluck-sshgateway-host")
         tunnel_key = load_or_create_key(settings.tunnel_key_path, comment="potluck-sshgateway")
-        await self.catch_up()
+        await self.fold.catch_up(self.store)
         audit = asyncio.ensure_future(self.ctx.audit.run())
         acceptors: list[asyncssh.SSHAcceptor] = []
         try:
@@ -122,10 +82,10 @@ class Gateway:
                 hosts=settings.tunnel_listen,
                 host_key=host_key.get_fingerprint(),
                 client_key=public_key_line(tunnel_key),
-                position=self.view.position,
+                position=self.position,
             )
             self.ready.set()
-            await self.follow()
+            await self.fold.follow(self.store)
         finally:
             for acceptor in acceptors:
                 acceptor.close()

@@ -79,7 +79,7 @@ class Feed:
     def __call__(self, event: Event, version: int = 1) -> object:
         self.position += 1
         at = T0 + timedelta(seconds=self.position)
-        return self.view.apply(event, position=self.position, version=version, at=at)
+        return self.view.fold(event, position=self.position, version=version, at=at)
 
 
 # --- key_blob ----------------------------------------------------------------------------------------
@@ -241,12 +241,12 @@ def test_re_registering_with_the_same_key_keeps_it() -> None:
 
 def test_events_at_or_before_the_views_position_are_ignored() -> None:
     view = GatewayView()
-    assert view.apply(registered("h1", KEY_A), position=5, version=1, at=T0) is None
+    assert view.fold(registered("h1", KEY_A), position=5, version=1, at=T0) is None
     assert view.position == 5
     # A redelivered or older event changes nothing, whatever it says.
-    view.apply(HostDeregistered(host_id="h1", by="member"), position=5, version=2, at=T0)
-    view.apply(HostDeregistered(host_id="h1", by="member"), position=3, version=2, at=T0)
-    view.apply(registered("h2", KEY_B), position=4, version=1, at=T0)
+    view.fold(HostDeregistered(host_id="h1", by="member"), position=5, version=2, at=T0)
+    view.fold(HostDeregistered(host_id="h1", by="member"), position=3, version=2, at=T0)
+    view.fold(registered("h2", KEY_B), position=4, version=1, at=T0)
     assert view.position == 5
     assert view.host_for_key(blob_of(KEY_A)) == "h1"
     assert view.host_for_key(blob_of(KEY_B)) is None
@@ -283,9 +283,9 @@ def test_a_redelivered_allocation_event_is_not_folded_twice() -> None:
     placed = AllocationPlaced(
         alloc_id="a1", host_id="h1", user="ann", spec=SPEC, expires_at=T0 + timedelta(hours=1)
     )
-    view.apply(requested, position=1, version=1, at=T0)
-    view.apply(placed, position=2, version=2, at=T0)
-    assert view.apply(requested, position=1, version=1, at=T0) is None
+    view.fold(requested, position=1, version=1, at=T0)
+    view.fold(placed, position=2, version=2, at=T0)
+    assert view.fold(requested, position=1, version=1, at=T0) is None
     allocation = view.allocation("a1")
     assert allocation is not None
     assert allocation.status == "placed"

@@ -1,0 +1,167 @@
+"""Bridging a user's channel to the session on the host's link, both ways, bytes counted.
+
+Bridging is at the channel level, so the gateway sees and counts every byte
+for the audit (audit.ByteCounts) and never buffers without bound:
+
+- data, stdout and stderr apart, are written through as they arrive; when a
+  channel's send buffer passes its high-water mark asyncssh calls
+  `pause_writing()`, and the bridge stops reading the other channel, which
+  stops its SSH window updates, which stops the sender (a slow reader slows
+  the writer, end to end, through the engine's socket too);
+- end of input, window changes, breaks and signals go to the host;
+- what the user sends before the host's session is open (the audit append
+  and the link come first) is held, and the user's channel stops being read
+  until then: at most one read's worth is ever held.
+
+`Bridge` is the user's side and the wiring; `HostSide` is the asyncssh
+session on the host's link, feeding the bridge, and keeping how the command
+ended (exit status or signal) for whoever handles its close. Neither decides
+anything about the session's life: that is sessions.py's.
+"""
+
+import contextlib
+from collections.abc import Callable
+
+import asyncssh
+
+from potluck.sshgateway.audit import ByteCounts
+
+__all__ = ["Bridge", "HostSide"]
+
+_STDERR = asyncssh.EXTENDED_DATA_STDERR
+
+
+class Bridge:
+    """The user's channel, the host's (once open), what is held in between, and the counts."""
+
+    def __init__(self, counts: ByteCounts) -> None:
+        self.counts = counts
+        self.user: asyncssh.SSHServerChannel[bytes] | None = None
+        self.host: asyncssh.SSHClientChannel[bytes] | None = None
+        self._held: list[bytes] = []
+        self._user_eof = False
+
+    def connect(self, host: asyncssh.SSHClientChannel[bytes]) -> None:
+        """Bridge to the host's session: what was held goes first, then the user is read again."""
+        self.host = host
+        for data in self._held:
+            host.write(data)
+        self._held.clear()
+        if self._user_eof:
+            host.write_eof()
+        assert self.user is not None
+        self.user.resume_reading()
+
+    def close_host(self) -> None:
+        if self.host is not None:
+            self.host.close()
+
+    # From the user.
+
+    def from_user(self, data: bytes) -> None:
+        self.counts.bytes_in += len(data)
+        if self.host is not None:
+            self.host.write(data)
+        elif self.user is not None:
+            self._held.append(data)
+            self.user.pause_reading()
+
+    def user_eof(self) -> None:
+        self._user_eof = True
+        if self.host is not None:
+            self.host.write_eof()
+
+    def resize(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        if self.host is not None:
+            self.host.change_terminal_size(width, height, pixwidth, pixheight)
+
+    def signal(self, signal: str) -> None:
+        if self.host is not None:
+            self.host.send_signal(signal)
+
+    def send_break(self, msec: int) -> bool:
+        if self.host is None:
+            return False
+        self.host.send_break(msec)
+        return True
+
+    def user_reads_slowly(self) -> None:
+        # The user reads slower than the container writes: stop taking from the host.
+        if self.host is not None:
+            self.host.pause_reading()
+
+    def user_reads_again(self) -> None:
+        if self.host is not None:
+            self.host.resume_reading()
+
+    # From the host.
+
+    def from_host(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        user = self.user
+        if user is None or user.is_closing():
+            return
+        self.counts.bytes_out += len(data)
+        user.write(data, datatype)
+
+    def host_eof(self) -> None:
+        user = self.user
+        if user is not None and not user.is_closing():
+            user.write_eof()
+
+    def host_reads_slowly(self) -> None:
+        if self.user is not None:
+            self.user.pause_reading()
+
+    def host_reads_again(self) -> None:
+        if self.user is not None:
+            self.user.resume_reading()
+
+    # To the user, at the end.
+
+    def exit(self, status: int) -> None:
+        if self.user is not None and not self.user.is_closing():
+            self.user.exit(status)
+
+    def exit_with_signal(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        if self.user is not None and not self.user.is_closing():
+            self.user.exit_with_signal(signal, core_dumped, msg, lang)
+
+    def refuse(self, message: str) -> None:
+        """Tell the user why the session ends (`potluck: ...` on stderr), exit status 255."""
+        user = self.user
+        if user is not None and not user.is_closing():
+            with contextlib.suppress(OSError):
+                user.write(f"potluck: {message}\r\n".encode(), _STDERR)
+                user.exit(255)
+
+
+class HostSide(asyncssh.SSHClientSession[bytes]):
+    """The session on the host's link: feeds the bridge, keeps how the command ended."""
+
+    def __init__(self, bridge: Bridge, closed: Callable[["HostSide", Exception | None], None]) -> None:
+        self._bridge = bridge
+        self._closed = closed
+        self.exit_status: int | None = None
+        self.exit_signal: tuple[str, bool, str, str] | None = None
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self._bridge.from_host(data, datatype)
+
+    def eof_received(self) -> bool:
+        self._bridge.host_eof()
+        return True
+
+    def exit_status_received(self, status: int) -> None:
+        self.exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self.exit_signal = (signal, core_dumped, msg, lang)
+
+    def pause_writing(self) -> None:
+        self._bridge.host_reads_slowly()
+
+    def resume_writing(self) -> None:
+        self._bridge.host_reads_again()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed(self, exc)

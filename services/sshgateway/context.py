@@ -1,0 +1,77 @@
+"""What the gateway's parts share: settings, the view of the log, the links, the audit, the sessions.
+
+One `GatewayContext` per gateway, made by service.py and handed to the SSH
+faces (server.py) and to every session (sessions.py); nothing in it is
+global. `SessionRegistry` finds the sessions in progress on an allocation,
+so that they can be ended when it stops running, and all of them when the
+gateway stops; it knows sessions only as something with a login that can
+be ended (`LiveSession`), so that it need not import the session itself.
+"""
+
+import asyncio
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import asyncssh
+
+from potluck.sshgateway.audit import AuditLog, LoginIdentity
+from potluck.sshgateway.events import EndReason
+from potluck.sshgateway.links import LinkPool
+from potluck.sshgateway.projection import GatewayView
+from potluck.sshgateway.settings import GatewaySettings
+
+__all__ = ["GatewayContext", "LiveSession", "SessionRegistry"]
+
+
+class LiveSession(Protocol):
+    @property
+    def identity(self) -> LoginIdentity: ...
+
+    def end(self, reason: EndReason, message: str) -> None:
+        """End the session from the gateway's side, telling the user `message`."""
+
+
+class SessionRegistry:
+    """Sessions in progress, by allocation, so they can be ended when it stops running."""
+
+    def __init__(self) -> None:
+        self._by_alloc: dict[str, set[LiveSession]] = {}
+
+    def add(self, session: LiveSession) -> None:
+        self._by_alloc.setdefault(session.identity.alloc_id, set()).add(session)
+
+    def remove(self, session: LiveSession) -> None:
+        sessions = self._by_alloc.get(session.identity.alloc_id)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self._by_alloc[session.identity.alloc_id]
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._by_alloc.values())
+
+    def of(self, alloc_id: str) -> list[LiveSession]:
+        return list(self._by_alloc.get(alloc_id, ()))
+
+    def all(self) -> list[LiveSession]:
+        return [s for sessions in self._by_alloc.values() for s in sessions]
+
+
+@dataclass
+class GatewayContext:
+    settings: GatewaySettings
+    view: GatewayView
+    links: LinkPool
+    audit: AuditLog
+    sessions: SessionRegistry = field(default_factory=SessionRegistry)
+    tasks: set["asyncio.Task[Any]"] = field(default_factory=set)
+    #: Users' connections, closed when the gateway stops.
+    connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
+    stopping: bool = False
+
+    def spawn(self, coro: Awaitable[Any]) -> "asyncio.Task[Any]":
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task

@@ -1,0 +1,118 @@
+"""Links to hosts: the reverse SSH connections hostds dial in, and opening a session on one.
+
+Each hostd keeps a few authenticated connections to the gateway idle
+(server.py's `TunnelClient` checks the host's key and offers them here).
+A user's session takes one for itself and never shares it, and closes it
+when it ends; hostd dials a new spare as soon as one is taken
+(potluck.hostd.gateway_link says why: a connection per session keeps one
+user's bulk transfer from delaying another's keystrokes).
+
+`LinkPool.take` waits a bounded time for a link from a host that has none
+idle (a laptop that just woke up); a link handed to a session that gave up
+meanwhile goes back to the pool. `open_host_session` asks the host for what
+the user asked the gateway for, with the same terminal, and raw bytes.
+"""
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+
+import asyncssh
+
+from potluck.sshgateway.request import SessionRequest
+
+__all__ = ["LinkPool", "open_host_session"]
+
+
+class LinkPool:
+    """Idle, authenticated reverse connections per host; each is taken for exactly one session."""
+
+    def __init__(self) -> None:
+        self._idle: dict[str, deque[asyncssh.SSHClientConnection]] = {}
+        self._waiters: dict[str, deque[asyncio.Future[asyncssh.SSHClientConnection]]] = {}
+        self._host_of: dict[asyncssh.SSHClientConnection, str] = {}
+
+    def offer(self, host_id: str, conn: asyncssh.SSHClientConnection) -> None:
+        self._host_of[conn] = host_id
+        waiters = self._waiters.get(host_id)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self._idle.setdefault(host_id, deque()).append(conn)
+
+    def discard(self, conn: asyncssh.SSHClientConnection) -> None:
+        host_id = self._host_of.pop(conn, None)
+        if host_id is not None:
+            idle = self._idle.get(host_id)
+            if idle is not None:
+                with contextlib.suppress(ValueError):
+                    idle.remove(conn)
+
+    def idle(self, host_id: str) -> int:
+        return sum(1 for c in self._idle.get(host_id, ()) if not c.is_closed())
+
+    async def take(self, host_id: str, timeout: float) -> asyncssh.SSHClientConnection | None:
+        """An idle connection from `host_id`, waiting up to `timeout` for one to arrive."""
+        idle = self._idle.get(host_id)
+        while idle:
+            conn = idle.popleft()
+            if not conn.is_closed():
+                return conn
+        waiter: asyncio.Future[asyncssh.SSHClientConnection] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(host_id, deque())
+        waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return None
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                # Handed over just as the session gave up: keep it for the next one.
+                self.offer(host_id, waiter.result())
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
+
+    def close_host(self, host_id: str) -> None:
+        for conn in list(self._idle.pop(host_id, ())):
+            conn.close()
+
+    def close_all(self) -> None:
+        for host_id in list(self._idle):
+            self.close_host(host_id)
+        for conn in list(self._host_of):
+            conn.close()
+
+
+async def open_host_session(
+    link: asyncssh.SSHClientConnection,
+    session_factory: Callable[[], asyncssh.SSHClientSession[bytes]],
+    request: SessionRequest,
+    env: dict[str | bytes, str | bytes],
+    *,
+    window: int,
+    timeout: float,
+) -> asyncssh.SSHClientChannel[bytes]:
+    """Ask the host, on `link`, for what the user asked for, with `env`; the host's channel.
+
+    Raises TimeoutError, asyncssh.Error or OSError if the session cannot be opened."""
+    chan, _ = await asyncio.wait_for(
+        link.create_session(
+            session_factory,
+            request.command,
+            subsystem=request.subsystem,
+            env=env,
+            request_pty=request.pty,
+            term_type=request.term_type,
+            term_size=request.term_size if request.pty else (),
+            term_modes=request.term_modes if request.pty else (),
+            encoding=None,
+            window=window,
+        ),
+        timeout,
+    )
+    return chan

@@ -1,0 +1,71 @@
+"""What the gateway does when the log changes what it knows.
+
+The gateway's `Fold` (service.py) feeds `GatewayReactions`, a projection
+that folds each event into the view (projection.py) and then acts on what
+changed:
+
+- an allocation that stops running (released, expired, lost...) ends its
+  sessions, each with a message saying why;
+- a host that deregisters, or registers with another key, has its idle links
+  closed: they were authenticated with the key it no longer has;
+- a host registering a key that another host holds is logged (the view
+  ignores it).
+
+Events the gateway cannot read never get here: the `Fold` skips them, counts
+them and logs `events.skipped_unreadable`, and the gateway goes on serving.
+"""
+
+import structlog
+
+from potluck.contracts.host_events import HostDeregistered, HostRegistered
+from potluck.events import Event, RecordedEvent
+from potluck.readmodels.allocations import AllocationState
+from potluck.sshgateway.context import SessionRegistry
+from potluck.sshgateway.links import LinkPool
+from potluck.sshgateway.projection import GatewayView, HostKeyConflict
+
+__all__ = ["GatewayReactions"]
+
+log = structlog.get_logger(__name__)
+
+
+class GatewayReactions:
+    """The view, folded, and the gateway's reactions to its changes; a Projection for a Fold."""
+
+    categories = GatewayView.categories
+
+    def __init__(self, view: GatewayView, sessions: SessionRegistry, links: LinkPool) -> None:
+        self.view = view
+        self.sessions = sessions
+        self.links = links
+
+    def apply(self, event: Event, record: RecordedEvent) -> None:
+        host_id = getattr(event, "host_id", None)
+        key_before = self.view.host_keys.get(host_id) if isinstance(host_id, str) else None
+        change = self.view.fold(
+            event, position=record.position, version=record.version, at=record.recorded_at
+        )
+        if isinstance(change, AllocationState):
+            self._allocation_changed(change)
+        elif isinstance(change, HostKeyConflict):
+            log.warning(
+                "gateway.host_key_conflict",
+                host_id=change.host_id,
+                owner=change.owner,
+                hint="two hosts registered the same SSH key (a copied state_dir?); the second is ignored",
+            )
+        if (
+            isinstance(event, HostRegistered | HostDeregistered)
+            and key_before is not None
+            and self.view.host_keys.get(event.host_id) != key_before
+        ):
+            self.links.close_host(event.host_id)
+
+    def _allocation_changed(self, allocation: AllocationState) -> None:
+        if allocation.status == "running":
+            return
+        for session in self.sessions.of(allocation.alloc_id):
+            session.end(
+                "ALLOCATION_ENDED",
+                f"allocation {allocation.alloc_id} is now {allocation.status}; the session ended",
+            )
