@@ -66,7 +66,8 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from potluck.contracts.link import LINK_CIPHERS, limit_reads
 from potluck.events.tracing import context_from_env
-from potluck.hostd.exec_bridge import ExecBridge, ExecError, ExecProcess, ExecRefused, exec_env
+from potluck.hostd.exec_bridge import ExecBridge, ExecProcess, exec_env
+from potluck.hostd.exec_errors import ExecError, ExecRefused
 from potluck.hostd.spans import docker_span, tracer
 from potluck.kernel.ssh_identity import load_or_create_key
 

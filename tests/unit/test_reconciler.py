@@ -1,0 +1,209 @@
+"""The reconciler's decisions: what hostd starts, adopts, reports and removes after a restart.
+
+Each rule by example first (one allocation, each combination of wanted or not
+and of its container missing, running or exited; then duplicates), then
+hypothesis over any mix of wanted allocations and containers found, against
+the rules stated one by one.
+"""
+
+import random
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from potluck.hostd.container_config import ContainerSpec
+from potluck.hostd.docker_driver import ManagedContainer
+from potluck.hostd.reconciler import Plan, reconcile
+
+MiB = 1024 * 1024
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def _spec(alloc_id: str) -> ContainerSpec:
+    return ContainerSpec(
+        allocation_id=alloc_id,
+        host_id="host-1",
+        image="busybox:latest",
+        cpus=1.0,
+        memory_bytes=64 * MiB,
+        disk_bytes=256 * MiB,
+        pids_limit=64,
+    )
+
+
+def _container(
+    alloc_id: str, container_id: str = "", *, running: bool = True, started_s: float | None = 0.0
+) -> ManagedContainer:
+    return ManagedContainer(
+        container_id=container_id or f"c-{alloc_id}",
+        allocation_id=alloc_id,
+        status="running" if running else "exited",
+        running=running,
+        exit_code=None if running else 0,
+        oom_killed=False,
+        started_at=None if started_s is None else T0 + timedelta(seconds=started_s),
+        finished_at=None,
+    )
+
+
+# One allocation, each combination of desired and actual.
+
+
+def test_nothing_wanted_and_nothing_found_plans_nothing() -> None:
+    plan = reconcile({}, [])
+    assert plan == Plan()
+    assert plan.empty
+
+
+def test_a_wanted_allocation_without_a_container_is_started() -> None:
+    spec = _spec("a1")
+    assert reconcile({"a1": spec}, []) == Plan(start=[spec])
+
+
+def test_a_wanted_allocation_with_a_running_container_is_adopted_not_started() -> None:
+    found = _container("a1")
+    plan = reconcile({"a1": _spec("a1")}, [found])
+    assert plan == Plan(adopt=[found])
+    assert not plan.empty
+
+
+def test_a_wanted_allocation_whose_container_exited_is_reported_not_restarted() -> None:
+    exited = _container("a1", running=False)
+    assert reconcile({"a1": _spec("a1")}, [exited]) == Plan(report_exited=[exited])
+
+
+def test_a_running_container_no_allocation_wants_is_removed() -> None:
+    found = _container("a1")
+    assert reconcile({}, [found]) == Plan(remove=[found])
+
+
+def test_an_exited_container_no_allocation_wants_is_removed_not_reported() -> None:
+    exited = _container("a1", running=False)
+    assert reconcile({}, [exited]) == Plan(remove=[exited])
+
+
+# Two containers for one allocation.
+
+
+def test_of_two_running_containers_the_older_is_kept() -> None:
+    older, newer = _container("a1", "c-old", started_s=0), _container("a1", "c-new", started_s=5)
+    assert reconcile({"a1": _spec("a1")}, [newer, older]) == Plan(adopt=[older], remove=[newer])
+
+
+def test_a_running_container_is_kept_over_an_older_exited_one() -> None:
+    exited = _container("a1", "c-exited", running=False, started_s=0)
+    running = _container("a1", "c-running", started_s=5)
+    assert reconcile({"a1": _spec("a1")}, [exited, running]) == Plan(adopt=[running], remove=[exited])
+
+
+def test_a_container_never_started_comes_after_one_that_started() -> None:
+    never = _container("a1", "c-never", running=False, started_s=None)
+    started = _container("a1", "c-started", running=False, started_s=9)
+    plan = reconcile({"a1": _spec("a1")}, [never, started])
+    assert plan == Plan(report_exited=[started], remove=[never])
+
+
+def test_duplicates_of_an_unwanted_allocation_are_all_removed() -> None:
+    one, two = _container("a1", "c-1", started_s=0), _container("a1", "c-2", started_s=1)
+    plan = reconcile({}, [two, one])
+    assert sorted(c.container_id for c in plan.remove) == ["c-1", "c-2"]
+    assert not plan.start
+    assert not plan.adopt
+    assert not plan.report_exited
+
+
+def test_starts_come_in_allocation_order() -> None:
+    specs = {alloc: _spec(alloc) for alloc in ("b", "c", "a")}
+    assert [s.allocation_id for s in reconcile(specs, []).start] == ["a", "b", "c"]
+
+
+# Any mix, under hypothesis.
+
+_ALLOCS = st.sampled_from(["a", "b", "c", "d", "e"])
+
+
+@st.composite
+def _situations(draw: st.DrawFn) -> tuple[dict[str, ContainerSpec], list[ManagedContainer]]:
+    desired = {alloc: _spec(alloc) for alloc in draw(st.sets(_ALLOCS))}
+    found = draw(
+        st.lists(
+            st.tuples(_ALLOCS, st.booleans(), st.none() | st.integers(0, 3)),
+            max_size=8,
+        )
+    )
+    actual = [
+        _container(alloc, f"c{i}", running=running, started_s=started)
+        for i, (alloc, running, started) in enumerate(found)
+    ]
+    return desired, actual
+
+
+def _rank(c: ManagedContainer) -> tuple[bool, float]:
+    """Running first, then the one that started first; a container never started last."""
+    return (not c.running, c.started_at.timestamp() if c.started_at else float("inf"))
+
+
+@given(_situations())
+def test_every_container_found_gets_exactly_one_fate(
+    situation: tuple[dict[str, ContainerSpec], list[ManagedContainer]],
+) -> None:
+    desired, actual = situation
+    plan = reconcile(desired, actual)
+    fates = [c.container_id for c in plan.adopt + plan.report_exited + plan.remove]
+    assert sorted(fates) == sorted(c.container_id for c in actual)
+
+
+@given(_situations())
+def test_what_runs_afterwards_is_exactly_what_is_wanted(
+    situation: tuple[dict[str, ContainerSpec], list[ManagedContainer]],
+) -> None:
+    desired, actual = situation
+    plan = reconcile(desired, actual)
+    found = {c.allocation_id for c in actual}
+    # Started: wanted and nothing found, once each, in order.
+    assert [s.allocation_id for s in plan.start] == sorted(set(desired) - found)
+    assert all(plan_spec is desired[plan_spec.allocation_id] for plan_spec in plan.start)
+    # Every wanted allocation with a container keeps exactly one: adopted if running, else reported.
+    kept = [c.allocation_id for c in plan.adopt + plan.report_exited]
+    assert sorted(kept) == sorted(set(desired) & found)
+    assert all(c.running for c in plan.adopt)
+    assert not any(c.running for c in plan.report_exited)
+    # An allocation nobody wants keeps nothing.
+    assert all(c.allocation_id in desired for c in plan.adopt + plan.report_exited)
+
+
+@given(_situations())
+def test_the_container_kept_is_the_best_one_of_its_allocation(
+    situation: tuple[dict[str, ContainerSpec], list[ManagedContainer]],
+) -> None:
+    desired, actual = situation
+    plan = reconcile(desired, actual)
+    for kept in plan.adopt + plan.report_exited:
+        rivals = [c for c in actual if c.allocation_id == kept.allocation_id]
+        assert _rank(kept) == min(_rank(c) for c in rivals)
+        # A container that exited is reported only when none of its allocation runs.
+        assert kept.running or not any(c.running for c in rivals)
+
+
+@given(_situations())
+def test_the_plan_is_empty_only_when_there_is_nothing_to_do(
+    situation: tuple[dict[str, ContainerSpec], list[ManagedContainer]],
+) -> None:
+    desired, actual = situation
+    assert reconcile(desired, actual).empty == (not desired and not actual)
+
+
+@given(_situations(), st.randoms())
+def test_the_order_containers_are_listed_in_does_not_change_the_decisions(
+    situation: tuple[dict[str, ContainerSpec], list[ManagedContainer]], rnd: random.Random
+) -> None:
+    desired, actual = situation
+    shuffled = list(actual)
+    rnd.shuffle(shuffled)
+    before, after = reconcile(desired, actual), reconcile(desired, shuffled)
+    assert before.start == after.start
+    for decided in ("adopt", "report_exited", "remove"):
+        assert [(c.allocation_id, _rank(c)) for c in getattr(before, decided)] == [
+            (c.allocation_id, _rank(c)) for c in getattr(after, decided)
+        ]
