@@ -554,14 +554,17 @@ def _decide_for_user(
     """Fold user NAME's stream, let `decide` choose, append at the version read; print the token."""
     from potluck.allocator.users import UsersView
     from potluck.contracts.allocation_events import user_stream
-    from potluck.events import EventStore, registry
+    from potluck.events import EventStore, SkippedEvents, decode_or_skip
     from potluck.kernel.rejections import Rejected
 
     async def go(store: EventStore) -> str:
         view = UsersView()
         records = await store.read_stream(user_stream(name))
+        skipped = SkippedEvents()
         for record in records:
-            view.apply(registry.decode_record(record))
+            event = decode_or_skip(record, skipped, reader="potluck ops users")
+            if event is not None:
+                view.apply(event)
         events, token = decide(view.users.get(name))
         await store.append(
             user_stream(name), events, expected_version=len(records), metadata={"actor": "operator"}

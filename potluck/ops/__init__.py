@@ -3,15 +3,18 @@
 - replay.py   rebuild every read model from the log; the pool at a past
               position or time; compare with the live services (`--check`)
 - events.py   follow the log live, or show one stream's history
-- status.py   one screen: hosts, capacity, allocations by state, relay lag
+- status.py   one screen: hosts, capacity, allocations by state, relay lag,
+              events this version cannot decode (and, with --live, how many
+              the running services skipped)
 - trace.py    the trace id an allocation was requested under
 - live.py     asking the running registry and allocator for their read models
+              (and the events they skipped)
 - cli.py      the click commands, attached under `potluck ops`
 
 Every command reads the log directly (`--database-url`); only `replay
---check` also asks the running services, over NATS. Bad input (an unknown
-stream or allocation, a position past the end, a malformed time) is an
-`OpsError`: one line on stderr and a non-zero exit.
+--check` and `status --live` also ask the running services, over NATS. Bad
+input (an unknown stream or allocation, a position past the end, a malformed
+time) is an `OpsError`: one line on stderr and a non-zero exit.
 """
 
 

@@ -3,11 +3,12 @@
     potluck ops replay [--until POSITION|TIME] [--check] [--json]
     potluck ops events tail [--type T]... [--stream S] [--after POSITION] [--count N] [--json]
     potluck ops events show STREAM [--json]
-    potluck ops status [--json]
+    potluck ops status [--live] [--json]
     potluck ops trace ALLOC [--json]
 
 Each reads the log at `--database-url` (POTLUCK_DATABASE_URL); `replay
---check` also asks the running registry and allocator over NATS. Tables go to
+--check` and `status --live` also ask the running registry and allocator
+over NATS. Tables go to
 stdout, progress and errors to stderr. An error is one line, `error: ...`,
 and exit status 1 (2 for bad usage, or when a live service could not be asked).
 
@@ -131,6 +132,45 @@ class _Progress:
             click.echo("", err=True)
 
 
+def _nats_options(when: str) -> Callable[[F], F]:
+    """--nats-url, --nats-seed-file and --timeout, for a command that asks the running services."""
+
+    def decorate(f: F) -> F:
+        f = click.option(
+            "--timeout",
+            default=5.0,
+            show_default=True,
+            type=click.FloatRange(min=0.1),
+            help=f"{when}: seconds to wait for each service.",
+        )(f)
+        f = click.option(
+            "--nats-seed-file",
+            envvar="POTLUCK_NATS_SEED_FILE",
+            type=click.Path(path_type=Path),
+            default=None,
+            help=f"{when}: the services' NATS nkey seed [env: POTLUCK_NATS_SEED_FILE].",
+        )(f)
+        return click.option(
+            "--nats-url",
+            envvar="POTLUCK_NATS_URL",
+            default="nats://127.0.0.1:4222",
+            show_default=True,
+            help=f"{when}: NATS server [env: POTLUCK_NATS_URL].",
+        )(f)
+
+    return decorate
+
+
+def _read_seed(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        _fail(f"cannot read the NATS seed file {path}: {exc.strerror}", 2)
+        raise  # unreachable: _fail exits
+
+
 # --- replay -----------------------------------------------------------------------------------
 
 
@@ -147,27 +187,7 @@ class _Progress:
 @click.option(
     "--check", is_flag=True, help="Compare the rebuilt models with the running registry and allocator."
 )
-@click.option(
-    "--nats-url",
-    envvar="POTLUCK_NATS_URL",
-    default="nats://127.0.0.1:4222",
-    show_default=True,
-    help="With --check: NATS server [env: POTLUCK_NATS_URL].",
-)
-@click.option(
-    "--nats-seed-file",
-    envvar="POTLUCK_NATS_SEED_FILE",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="With --check: the services' NATS nkey seed [env: POTLUCK_NATS_SEED_FILE].",
-)
-@click.option(
-    "--timeout",
-    default=5.0,
-    show_default=True,
-    type=click.FloatRange(min=0.1),
-    help="With --check: seconds to wait for each service.",
-)
+@_nats_options("With --check")
 @click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @_json_option
@@ -185,7 +205,7 @@ def replay(
     """Rebuild every read model (hosts, capacity, allocations, users, sessions) from the log."""
     from potluck.ops.replay import Until, parse_until, replay_until
     from potluck.ops.replay import check as check_models
-    from potluck.ops.status import pool_view, render_pool
+    from potluck.ops.status import pool_view, render_pool, skipped_entries
 
     if check and until_text is not None:
         raise click.UsageError("--check compares the whole log with the running services; drop --until")
@@ -195,12 +215,7 @@ def replay(
             until = parse_until(until_text)
         except OpsError as exc:
             _fail(str(exc))
-    seed = None
-    if check and nats_seed_file is not None:
-        try:
-            seed = nats_seed_file.read_text().strip()
-        except OSError as exc:
-            _fail(f"cannot read the NATS seed file {nats_seed_file}: {exc.strerror}", 2)
+    seed = _read_seed(nats_seed_file) if check else None
     progress = _Progress(quiet)
     console = _console()
 
@@ -223,7 +238,7 @@ def replay(
 
     models = _run(rebuilt, database_url)
     progress.finish()
-    for skipped in models.skipped:
+    for skipped in skipped_entries(models.skipped)[1]:
         click.echo(
             f"warning: skipped {skipped.type} at position {skipped.position} "
             f"({skipped.stream}): {skipped.error}",
@@ -258,11 +273,11 @@ def replay(
     )
 
 
-async def _live_models(nats_url: str, seed: str | None, timeout: float) -> list[Any]:
+@contextlib.asynccontextmanager
+async def _nats(nats_url: str, seed: str | None, timeout: float) -> Any:
+    """A NATS connection as the services' identity; LiveUnavailable when NATS cannot be reached."""
     import nats
     import nats.errors
-
-    from potluck.ops.live import fetch_allocator, fetch_registry
 
     async def quiet(exc: Exception) -> None:
         return None
@@ -280,9 +295,34 @@ async def _live_models(nats_url: str, seed: str | None, timeout: float) -> list[
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         raise LiveUnavailable(f"cannot reach NATS at {nats_url}: {exc or type(exc).__name__}") from None
     try:
-        return [await fetch_registry(nc, timeout), await fetch_allocator(nc, timeout)]
+        yield nc
     finally:
         await nc.close()
+
+
+async def _live_models(nats_url: str, seed: str | None, timeout: float) -> list[Any]:
+    from potluck.ops.live import fetch_allocator, fetch_registry
+
+    async with _nats(nats_url, seed, timeout) as nc:
+        return [await fetch_registry(nc, timeout), await fetch_allocator(nc, timeout)]
+
+
+async def _service_answers(nats_url: str, seed: str | None, timeout: float) -> dict[str, Any]:
+    """Each running service's live model, or the one line saying why it could not be had."""
+    from potluck.ops.live import fetch_allocator, fetch_registry
+
+    fetchers = {"registry": fetch_registry, "allocator": fetch_allocator}
+    try:
+        async with _nats(nats_url, seed, timeout) as nc:
+            answers: dict[str, Any] = {}
+            for name, fetch in fetchers.items():
+                try:
+                    answers[name] = await fetch(nc, timeout)
+                except LiveUnavailable as exc:
+                    answers[name] = str(exc)
+            return answers
+    except LiveUnavailable as exc:
+        return dict.fromkeys(fetchers, str(exc))
 
 
 def _print_check(console: Console, result: Any) -> None:
@@ -390,12 +430,32 @@ def events_show(stream: str, database_url: str, as_json: bool) -> None:
 @click.command()
 @database_option
 @click.option("--relay", "relay_name", default="main", show_default=True, help="The relay whose lag to show.")
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Also ask the running registry and allocator (over NATS) how many events they skipped.",
+)
+@_nats_options("With --live")
 @_json_option
-def status(database_url: str, relay_name: str, as_json: bool) -> None:
-    """The pool on one screen: hosts, capacity, allocations by state, the relay's lag."""
+def status(
+    database_url: str,
+    relay_name: str,
+    live: bool,
+    nats_url: str,
+    nats_seed_file: Path | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """The pool on one screen: hosts, capacity, allocations by state, the relay's lag, unreadable events."""
     from potluck.ops.status import gather_status, render_status
 
-    view = _run(lambda store: gather_status(store, relay_name), database_url)
+    seed = _read_seed(nats_seed_file) if live else None
+
+    async def gather(store: EventStore) -> dict[str, Any]:
+        services = await _service_answers(nats_url, seed, timeout) if live else None
+        return await gather_status(store, relay_name, services=services)
+
+    view = _run(gather, database_url)
     if as_json:
         click.echo(json.dumps(view, indent=2))
     else:

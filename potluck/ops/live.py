@@ -5,10 +5,15 @@ has folded. The allocator answers ALLOCATOR_STATE with its hosts, capacity
 ledger, allocations and users in the canonical form (potluck.allocator.live_state).
 Both answers are computed in one step of the event loop, so the position and
 the models belong together.
+
+Each answer also says which events the service skipped because it could not
+decode them (`"skipped": {"count": N, "recent": [...]}`): not a model to
+compare with a replay, but what `potluck ops status --live` shows, so it is
+kept apart on `LiveModel`. A service too old to say leaves it None.
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats.errors
@@ -28,6 +33,10 @@ class LiveModel:
     service: str
     position: int
     models: dict[str, Any]
+    #: How many events the service could not decode and skipped (None: it did not say).
+    skipped: int | None = None
+    #: The last of those it remembers: position, stream, type and error of each.
+    skipped_recent: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def _ask(nc: NATS, subject: str, service: str, timeout: float) -> dict[str, Any]:
@@ -49,20 +58,31 @@ async def _ask(nc: NATS, subject: str, service: str, timeout: float) -> dict[str
     return reply.data
 
 
+def _skipped(data: dict[str, Any]) -> tuple[int | None, list[dict[str, Any]]]:
+    """Take the `skipped` report out of an answer: (count, recent), (None, []) when absent."""
+    skipped = data.pop("skipped", None)
+    if not isinstance(skipped, dict):
+        return None, []
+    recent = skipped.get("recent")
+    return int(skipped.get("count", 0)), _plain(recent) if isinstance(recent, list) else []
+
+
 async def fetch_registry(nc: NATS, timeout: float = 5.0) -> LiveModel:
-    data = await _ask(nc, LIST_HOSTS, "registry", timeout)
+    data = dict(await _ask(nc, LIST_HOSTS, "registry", timeout))
+    skipped, recent = _skipped(data)
     hosts: dict[str, Any] = {}
     for row in data.get("hosts", []):
         row = dict(row)
         row.pop("last_seen_s_ago", None)  # not a fact of the log
         hosts[str(row["host_id"])] = row
-    return LiveModel("registry", int(data.get("position", 0)), {"hosts": _plain(hosts)})
+    return LiveModel("registry", int(data.get("position", 0)), {"hosts": _plain(hosts)}, skipped, recent)
 
 
 async def fetch_allocator(nc: NATS, timeout: float = 5.0) -> LiveModel:
     data = dict(await _ask(nc, ALLOCATOR_STATE, "allocator", timeout))
     position = int(data.pop("position", 0))
-    return LiveModel("allocator", position, _plain(data))
+    skipped, recent = _skipped(data)
+    return LiveModel("allocator", position, _plain(data), skipped, recent)
 
 
 def _plain(value: Any) -> Any:

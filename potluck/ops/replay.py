@@ -23,6 +23,7 @@ from potluck.events import EventStore
 from potluck.kernel.durations import parse_duration
 from potluck.ops import OpsError
 from potluck.ops.live import LiveModel
+from potluck.ops.status import skipped_entries
 from potluck.projections import Progress, ReadModels
 
 __all__ = [
@@ -155,7 +156,10 @@ class CheckResult:
                 }
                 for c in self.comparisons
             ],
-            "skipped_events": [s.__dict__ for s in self.models.skipped],
+            "skipped_events": [
+                {"position": s.position, "stream": s.stream, "type": s.type, "error": s.error}
+                for s in skipped_entries(self.models.skipped)[1]
+            ],
         }
 
 

@@ -3,20 +3,38 @@
 Everything comes from the log (the truth): hosts with their state and
 capacity, allocations by state, and the relay's lag behind the log (head
 position minus the relay's checkpoint: events not yet on the bus).
+
+And the events this version cannot read: every reader skips an event it
+cannot decode (a newer writer's type, data that no longer validates) and goes
+on, so such an event changes nothing on screen unless it is shown. The
+status's own rebuild counts them, with each one's position, stream and type;
+with `--live`, the running registry and allocator say how many they skipped
+(they may run another version than this command, so the figures may differ).
 """
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from potluck.events import EventStore
+from potluck.events import EventStore, SkippedEvents
 from potluck.events.relay import relay_lag
+from potluck.ops.live import LiveModel
 from potluck.projections import ReadModels, count_by, totals
 from potluck.readmodels.allocations import TERMINAL
 
-__all__ = ["gather_status", "pool_view", "render_pool", "render_status"]
+__all__ = [
+    "ServiceAnswer",
+    "gather_status",
+    "pool_view",
+    "render_pool",
+    "render_status",
+    "render_unreadable",
+    "skipped_entries",
+    "unreadable_events",
+]
 
 
 def pool_view(models: ReadModels) -> dict[str, Any]:
@@ -66,11 +84,50 @@ def pool_view(models: ReadModels) -> dict[str, Any]:
     }
 
 
-async def gather_status(store: EventStore, relay: str = "main") -> dict[str, Any]:
+def skipped_entries(skipped: Any) -> tuple[int, list[Any]]:
+    """How many events a rebuild skipped, and those it remembers in log order (each with position,
+    stream, type and error), from `ReadModels.skipped`: a SkippedEvents counter or a list."""
+    if isinstance(skipped, SkippedEvents):
+        count, entries = skipped.count, list(skipped.recent)
+    else:
+        entries = list(skipped)
+        count = len(entries)
+    return count, sorted(entries, key=lambda e: int(e.position))
+
+
+#: What a running service answered when asked (its LiveModel), or why it did not (one line).
+ServiceAnswer = LiveModel | str
+
+
+def unreadable_events(skipped: Any, services: Mapping[str, ServiceAnswer] | None = None) -> dict[str, Any]:
+    """The events a rebuild skipped (`ReadModels.skipped`: SkippedEvents, or a list of entries with
+    position, stream, type and error), and what each service asked said it skipped (None: not asked)."""
+    count, entries = skipped_entries(skipped)
+    events = [{"position": e.position, "stream": e.stream, "type": e.type, "error": e.error} for e in entries]
+    asked: dict[str, Any] | None = None
+    if services is not None:
+        asked = {}
+        for name, answer in services.items():
+            if isinstance(answer, LiveModel):
+                asked[name] = {
+                    "position": answer.position,
+                    "skipped": answer.skipped,
+                    "recent": answer.skipped_recent,
+                }
+            else:
+                asked[name] = {"error": answer}
+    return {"count": count, "events": events, "services": asked}
+
+
+async def gather_status(
+    store: EventStore, relay: str = "main", *, services: Mapping[str, ServiceAnswer] | None = None
+) -> dict[str, Any]:
+    """The pool from the log; `services`: the running services' answers, when they were asked."""
     lag = await relay_lag(store, relay)
     models = await ReadModels.rebuild(store, until_position=lag.head)
     view = pool_view(models)
     view["relay"] = lag.as_dict()
+    view["unreadable"] = unreadable_events(models.skipped, services)
     view["now"] = datetime.now(UTC).isoformat()
     return view
 
@@ -171,3 +228,38 @@ def render_status(console: Console, view: dict[str, Any]) -> None:
     console.print(
         f"Users: {view['users']}; SSH sessions: {sessions['open']} open, {sessions['total']} recorded"
     )
+    render_unreadable(console, view["unreadable"])
+
+
+def render_unreadable(console: Console, unreadable: dict[str, Any]) -> None:
+    count = unreadable["count"]
+    if count == 0:
+        console.print("Unreadable events: none in the log")
+    else:
+        console.print(
+            f"Unreadable events: {count} in the log that this version cannot decode; "
+            "every reader skips them (upgrade the readers to fold them)",
+            style="bold",
+        )
+        table = Table(title_justify="left")
+        for column in ("position", "stream", "type", "why"):
+            table.add_column(column, overflow="fold")
+        for e in unreadable["events"]:
+            table.add_row(str(e["position"]), e["stream"], e["type"], e["error"])
+        if len(unreadable["events"]) < count:
+            table.caption = f"the last {len(unreadable['events'])} of {count}"
+        console.print(table)
+    services = unreadable["services"]
+    if services is None:
+        return
+    parts = []
+    for name, answer in services.items():
+        if "error" in answer:
+            parts.append(f"{name} not asked: {answer['error']}")
+        elif answer["skipped"] is None:
+            parts.append(f"{name} (at position {answer['position']}) does not say")
+        else:
+            positions = ", ".join(str(e["position"]) for e in answer["recent"])
+            at = f" (at {positions})" if positions else ""
+            parts.append(f"{name} {answer['skipped']}{at}, folded to position {answer['position']}")
+    console.print("Skipped by the running services: " + "; ".join(parts))

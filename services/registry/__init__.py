@@ -1,1 +1,13 @@
-"""registry service (see DESIGN.md, Components)."""
+"""registry service (see DESIGN.md, Components): which machines are in the pool, and how they are.
+
+- host.py        the Host aggregate: pure decisions (enroll, register, control, silence, beats)
+- repository.py  a command on one host: load its stream, decide, append; one retry policy
+- projection.py  the registry's view (HostsView) as a projection fed by potluck.events' Fold
+- requests.py    register, control, a host's status, the list: what hosts and operators ask
+- replies.py     a handler's result or refusal as one Reply, errors by stable code
+- heartbeats.py  heartbeats in, HostSuspected / HostLost / HostRecovered out
+- liveness.py    the liveness policy and the last-seen clock
+- service.py     the process: fold, subscriptions, follow, watch
+- enrollment.py, nats_auth.py   admitting a machine: its id, its NATS key, the users file
+- metrics.py     hosts by status, heartbeats missed
+"""

@@ -23,7 +23,8 @@ from potluck.registry.nats_auth import (
     render_authorization,
     write_authorization,
 )
-from potluck.registry.service import decide_and_append, rebuild_view
+from potluck.registry.projection import rebuild_view
+from potluck.registry.repository import decide_and_append
 
 
 def new_host_id() -> str:

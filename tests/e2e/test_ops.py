@@ -25,7 +25,9 @@ import yaml
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import HostEnrolled, HostRegistered, host_stream
-from potluck.events import EventStore
+from potluck.contracts.messages import ControlHost
+from potluck.contracts.subjects import CONTROL
+from potluck.events import Event, EventRegistry, EventStore
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.ops.live import LiveModel, fetch_allocator
@@ -254,6 +256,111 @@ async def test_status_events_and_trace_on_a_running_pool(
     code, out, err = await ops("trace", alloc_id, "--database-url", database_url)
     assert code == 1
     assert "without trace context" in err
+
+
+#: Event types of a newer writer: registered here only, so no reader of this version knows them.
+newer_writer = EventRegistry()
+
+
+@newer_writer.register
+class HostTeleported(Event):
+    routing_field = "host_id"
+    host_id: str
+    to: str
+
+
+async def test_status_shows_unreadable_events_and_what_each_service_skipped(
+    pool: Pool, laptop: EnrolledHost, database_url: str
+) -> None:
+    """An event this version cannot decode is skipped by every reader, which goes on; `ops status`
+    names it (position, stream, type) and, with --live, says what the running services skipped."""
+    db = ("--database-url", database_url)
+    live = ("--live", "--nats-url", pool.nats.url, "--nats-seed-file", str(pool.services_seed_file))
+    code, out, err = await ops("status", "--json", *db)
+    assert code == 0, err
+    assert json.loads(out)["unreadable"] == {"count": 0, "events": [], "services": None}
+    code, out, err = await ops("status", *db)
+    assert code == 0, err
+    assert "Unreadable events: none in the log" in out
+    assert "Skipped by the running services" not in out
+
+    # A service that does not answer is said not to, and the rest is still shown.
+    pool.processes["allocator"].stop(timeout=10)
+    [teleported] = await pool.store.append(
+        host_stream(laptop.host_id), [HostTeleported(host_id=laptop.host_id, to="mars")]
+    )
+    where = teleported.position
+
+    # The registry skipped it and keeps serving: the list, and commands decided on the stream
+    # that holds it (the member's pause through the registry, the operator's resume from here).
+    for _ in range(100):
+        listed = await pool.live_hosts()
+        if listed["position"] >= where:
+            break
+        await asyncio.sleep(0.1)
+    assert listed["position"] >= where
+    assert listed["skipped"]["count"] == 1
+    [skipped] = listed["skipped"]["recent"]
+    assert (skipped["position"], skipped["stream"], skipped["type"]) == (
+        where,
+        f"host-{laptop.host_id}",
+        "HostTeleported",
+    )
+    nc = await pool.client(laptop)
+    try:
+        paused = await nc.request(
+            f"{CONTROL}.{laptop.host_id}", ControlHost(action="pause").model_dump_json().encode(), timeout=10
+        )
+        assert json.loads(paused.data) == {
+            "ok": True,
+            "error": None,
+            "data": {"host_id": laptop.host_id, "recorded": ["HostPaused"]},
+        }
+    finally:
+        await nc.close()
+    await pool.wait_for_host(laptop.host_id, "paused")
+    code, out, err = await ops("hosts", "control", laptop.host_id, "resume", *db)
+    assert code == 0, err
+    assert json.loads(out)["recorded"] == ["HostResumed"]
+    await pool.wait_for_host(laptop.host_id, "online")
+
+    code, out, err = await ops("status", "--json", *db)
+    assert code == 0, err
+    status = json.loads(out)
+    assert [h["status"] for h in status["hosts"]] == ["online"]
+    unreadable = status["unreadable"]
+    assert unreadable["count"] == 1
+    [event] = unreadable["events"]
+    assert (event["position"], event["stream"], event["type"]) == (
+        where,
+        f"host-{laptop.host_id}",
+        "HostTeleported",
+    )
+    assert "HostTeleported" in event["error"]
+    assert unreadable["services"] is None
+
+    code, out, err = await ops("status", "--json", *live, "--timeout", "2", *db)
+    assert code == 0, err
+    services = json.loads(out)["unreadable"]["services"]
+    assert services["registry"]["skipped"] == 1
+    assert [e["position"] for e in services["registry"]["recent"]] == [where]
+    assert services["registry"]["position"] >= where
+    assert "no allocator answered" in services["allocator"]["error"]
+
+    code, out, err = await ops("status", *live, "--timeout", "2", *db)
+    assert code == 0, err
+    assert "Unreadable events: 1 in the log that this version cannot decode" in out
+    assert f"host-{laptop.host_id}" in out
+    assert "HostTeleported" in out
+    assert f"registry 1 (at {where})" in out
+    assert "allocator not asked: no allocator answered" in out
+    print(out)  # shown with -s: what an operator reads
+
+    # NATS away: status still shows the log, and says why the services were not asked.
+    code, out, err = await ops("status", "--json", "--live", "--nats-url", "nats://127.0.0.1:9", *db)
+    assert code == 0, err
+    services = json.loads(out)["unreadable"]["services"]
+    assert all("cannot reach NATS" in services[name]["error"] for name in ("registry", "allocator"))
 
 
 async def test_bad_input_to_every_command_gets_one_clear_line_and_a_failure(

@@ -1,0 +1,91 @@
+"""Heartbeats in, liveness transitions out: HostSuspected, HostLost, HostRecovered.
+
+Beats are not events, so they only move the last-seen clock (liveness.py);
+the watch compares each registered host's silence with the policy and lets
+the Host aggregate decide, on the host's stream, whether that is a
+transition. The view says which hosts to look at; the stream has the last
+word, so a beat and its HostRecovered that land meanwhile are not undone.
+
+A transition that cannot be recorded now (other writers won every attempt)
+is logged and tried again at the next look: the watch never stops.
+"""
+
+import asyncio
+
+import structlog
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from potluck.contracts.messages import Heartbeat
+from potluck.contracts.subjects import host_of
+from potluck.events import Event, EventStore
+from potluck.kernel.rejections import Rejected
+from potluck.readmodels.hosts import HostState, HostsView
+from potluck.registry import host as aggregate
+from potluck.registry.liveness import LastSeen, LivenessPolicy
+from potluck.registry.replies import first_error
+from potluck.registry.repository import Decision, decide_and_append
+
+__all__ = ["LivenessWatch"]
+
+log = structlog.get_logger(__name__)
+
+METADATA = {"actor": "registry"}
+
+
+class LivenessWatch:
+    def __init__(self, store: EventStore, view: HostsView, policy: LivenessPolicy) -> None:
+        self.store = store
+        self.view = view
+        self.policy = policy
+        self.last_seen = LastSeen()
+
+    def start_clock(self) -> None:
+        """Count silence from now: every host gets a fresh grace period (e.g. after a restart)."""
+        self.last_seen = LastSeen()
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        host_id = host_of(msg.subject)
+        try:
+            Heartbeat.model_validate_json(msg.data)
+        except ValidationError as exc:
+            log.warning("registry.bad_heartbeat", host_id=host_id, error=first_error(exc))
+            return
+        self.last_seen.beat(host_id)
+        state = self.view.hosts.get(host_id)
+        if state is not None and state.liveness in ("suspect", "lost"):
+            await self._decide(host_id, lambda s: aggregate.beat_returned(s) if s else [])
+
+    async def run(self) -> None:
+        """Look at every registered host's silence, twice a heartbeat interval (at least once a second)."""
+        interval = min(1.0, self.policy.heartbeat_interval_s / 2)
+        while True:
+            await asyncio.sleep(interval)
+            for host_id, state in list(self.view.hosts.items()):
+                if not state.registered or state.liveness == "lost":
+                    continue
+                if self.last_seen.silent_for(host_id) < self.policy.suspect_after_s:
+                    continue
+                await self._decide(host_id, self._went_silent(host_id))
+
+    def _went_silent(self, host_id: str) -> Decision:
+        # The silence is measured again when deciding, after the stream is read: a beat (and its
+        # HostRecovered) may have come in meanwhile, and a figure taken before it would declare
+        # lost a host that has just recovered.
+        def decide(state: HostState | None) -> list[Event]:
+            if state is None:
+                return []
+            return aggregate.went_silent(
+                state,
+                self.last_seen.silent_for(host_id),
+                suspect_after_s=self.policy.suspect_after_s,
+                lost_after_s=self.policy.lost_after_s,
+            )
+
+        return decide
+
+    async def _decide(self, host_id: str, decide: Decision) -> None:
+        try:
+            await decide_and_append(self.store, host_id, decide, METADATA)
+        except Rejected as exc:
+            log.warning("registry.liveness_not_recorded", host_id=host_id, code=exc.code, error=exc.message)

@@ -1,0 +1,93 @@
+"""A command on one host, decided on the host's stream as the log has it, and appended.
+
+Commands are decided on `host-<id>` read from the store, not on the possibly
+lagging read model, and appended with the stream's expected version, so two
+registry replicas (or the registry and an operator's `potluck ops hosts`)
+never record the same transition twice. An attempt here is only "load, decide
+(host.py, pure), append"; potluck.events' `decide_and_append` is the one retry
+policy around it. When other writers win every attempt the command is refused
+as BUSY, like any other refusal, rather than failing the caller.
+
+An event of the stream that this version cannot decode is skipped as every
+reader skips it (`decode_or_skip`), and the expected version is still the
+stream's own, so the append neither overwrites the event nor retries forever.
+Skips of a load are logged but not counted in the service's figure: every
+such event is in the log the service folds, which counts each exactly once.
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from potluck.contracts.host_events import host_stream
+from potluck.events import Contended, Event, EventStore, SkippedEvents, decode_or_skip
+from potluck.events import decide_and_append as retry_on_conflict
+from potluck.kernel.rejections import Rejected
+from potluck.readmodels.hosts import HostState, evolve
+
+__all__ = ["Decision", "Outcome", "decide_and_append", "load_host", "load_host_stream"]
+
+log = structlog.get_logger(__name__)
+
+#: The aggregate's part: the current state (None: no such host) to the events it produces.
+Decision = Callable[[HostState | None], list[Event]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The state a command was decided on, and the events it recorded (none: nothing to change)."""
+
+    state: HostState | None
+    events: list[Event]
+
+
+async def load_host_stream(
+    store: EventStore, host_id: str, skipped: SkippedEvents | None = None, *, reader: str = "registry"
+) -> tuple[HostState | None, int]:
+    """The host as its stream has it, and the stream's version (what an append must expect)."""
+    skipped = SkippedEvents() if skipped is None else skipped
+    state: HostState | None = None
+    version = 0
+    for record in await store.read_stream(host_stream(host_id)):
+        version = record.version
+        event = decode_or_skip(record, skipped, reader=reader)
+        if event is not None:
+            state = evolve(state, event, record.version, record.recorded_at)
+    return state, version
+
+
+async def load_host(
+    store: EventStore, host_id: str, skipped: SkippedEvents | None = None, *, reader: str = "registry"
+) -> HostState | None:
+    state, _ = await load_host_stream(store, host_id, skipped, reader=reader)
+    return state
+
+
+async def decide_and_append(
+    store: EventStore,
+    host_id: str,
+    decide: Decision,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    reader: str = "registry",
+) -> Outcome:
+    """Load, decide, append at the version read; again if another writer won; BUSY if they always do."""
+
+    async def attempt() -> Outcome:
+        state, version = await load_host_stream(store, host_id, reader=reader)
+        events = decide(state)
+        if events:
+            await store.append(host_stream(host_id), events, expected_version=version, metadata=metadata)
+            for event in events:
+                log.info("host.event", host_id=host_id, type=type(event).type_name)
+        return Outcome(state, events)
+
+    try:
+        return await retry_on_conflict(attempt)
+    except Contended as exc:
+        log.warning("host.contended", host_id=host_id, attempts=exc.attempts, error=str(exc.conflict))
+        raise Rejected(
+            "BUSY", f"host {host_id} is changing too fast to decide; try again", status=503
+        ) from exc

@@ -1,0 +1,99 @@
+"""What hosts and operators ask the registry: register, control, a host's status, the list.
+
+Registration and controls are commands: decided on the host's stream and
+appended (repository.py), answered with what was recorded. Status and the
+list are queries: answered from the read model the registry folds, with the
+last-seen clock that only the running registry has, and the log position the
+model has reached, so an answer and its position belong together.
+"""
+
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from potluck.contracts.host_events import Actor
+from potluck.contracts.messages import ControlHost, RegisterHost
+from potluck.contracts.subjects import host_consumer, host_event_filter
+from potluck.events import EVENTS_STREAM, EventStore, Fold
+from potluck.kernel.rejections import Rejected
+from potluck.readmodels.hosts import HostsView, host_as_dict
+from potluck.registry import host as aggregate
+from potluck.registry.heartbeats import LivenessWatch
+from potluck.registry.repository import decide_and_append, load_host
+
+__all__ = ["HostRequests"]
+
+
+class HostRequests:
+    def __init__(
+        self, store: EventStore, js: JetStreamContext, fold: Fold, view: HostsView, watch: LivenessWatch
+    ) -> None:
+        self.store = store
+        self.js = js
+        self.fold = fold
+        self.view = view
+        self.watch = watch
+
+    async def register(self, host_id: str, payload: bytes) -> dict[str, Any]:
+        req = RegisterHost.model_validate_json(payload)
+        outcome = await decide_and_append(
+            self.store,
+            host_id,
+            lambda s: aggregate.register(s, host_id, req),
+            {"actor": f"host:{host_id}"},
+        )
+        await self._ensure_host_consumer(host_id)
+        self.watch.last_seen.beat(host_id)
+        state = await load_host(self.store, host_id)
+        assert state is not None
+        return {
+            "host_id": host_id,
+            "admin": state.admin,
+            "consumer": host_consumer(host_id),
+            "heartbeat_interval_s": self.watch.policy.heartbeat_interval_s,
+            "recorded": [type(e).type_name for e in outcome.events],
+        }
+
+    async def control_from_member(self, host_id: str, payload: bytes) -> dict[str, Any]:
+        return await self.control(host_id, ControlHost.model_validate_json(payload), by="member")
+
+    async def control(self, host_id: str, cmd: ControlHost, *, by: Actor) -> dict[str, Any]:
+        outcome = await decide_and_append(
+            self.store, host_id, lambda s: aggregate.control(s, host_id, cmd, by), {"actor": by}
+        )
+        return {"host_id": host_id, "recorded": [type(e).type_name for e in outcome.events]}
+
+    async def status(self, host_id: str, payload: bytes) -> dict[str, Any]:
+        state = self.view.hosts.get(host_id)
+        if state is None:
+            raise Rejected("NOT_ENROLLED", f"host {host_id} is not enrolled", status=404)
+        row = host_as_dict(state)
+        seen = self.watch.last_seen.seen_ago().get(host_id)
+        row["last_seen_s_ago"] = None if seen is None else round(seen, 3)
+        return row
+
+    def list_hosts(self) -> dict[str, Any]:
+        """Every host, the position the view has folded, and the events the fold could not read."""
+        seen_ago = self.watch.last_seen.seen_ago()
+        hosts = []
+        for state in sorted(self.view.hosts.values(), key=lambda h: h.host_id):
+            row = host_as_dict(state)
+            seen = seen_ago.get(state.host_id)
+            row["last_seen_s_ago"] = None if seen is None else round(seen, 3)
+            hosts.append(row)
+        return {"position": self.fold.position, "hosts": hosts, "skipped": self.fold.skipped.as_dict()}
+
+    async def _ensure_host_consumer(self, host_id: str) -> None:
+        """The host's one consumer: its own events only. Hosts may not create consumers."""
+        await self.js.add_consumer(
+            EVENTS_STREAM,
+            config=ConsumerConfig(
+                durable_name=host_consumer(host_id),
+                filter_subject=host_event_filter(host_id),
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=30,
+                max_ack_pending=256,
+            ),
+        )
