@@ -3,6 +3,7 @@
 import asyncio
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,16 @@ async def gatewayed(pool: Pool, docker_engines: list[DockerEngine], tmp_path: Pa
         subprocess.run, ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
     )
     return Gatewayed(pool, host, ssh_port, key, await pool.add_user("alice"))
+
+
+#: The real command: `potluck ops ...`.
+POTLUCK_OPS = (sys.executable, "-m", "potluck", "ops")
+
+
+async def ops(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *POTLUCK_OPS, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,20 +30,8 @@ from potluck.events import Event, EventRegistry, EventStore
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.ops.live import LiveModel, fetch_allocator
-from tests.e2e.conftest import wait_for_status
+from tests.e2e.conftest import POTLUCK_OPS, ops, wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool
-
-#: The real command: `potluck ops ...`.
-POTLUCK_OPS = (sys.executable, "-m", "potluck", "ops")
-
-
-async def ops(*args: str, timeout: float = 60) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *POTLUCK_OPS, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 class User:

@@ -7,9 +7,7 @@ serving. The event still took a version of its stream, so decisions on that
 stream (a placement on the host, a release of the allocation) still succeed.
 """
 
-import asyncio
 import json
-import sys
 from typing import Any
 
 import aiohttp
@@ -19,7 +17,7 @@ from potluck.contracts.allocation_events import alloc_stream, capacity_stream
 from potluck.contracts.host_events import host_stream
 from potluck.contracts.messages import Reply
 from potluck.contracts.subjects import ALLOCATOR_STATE
-from tests.e2e.conftest import Gatewayed
+from tests.e2e.conftest import Gatewayed, ops
 
 
 async def append_unreadable(
@@ -43,25 +41,6 @@ async def append_unreadable(
     finally:
         await conn.close()
     return int(position)
-
-
-async def ops_status(database_url: str) -> dict[str, Any]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "potluck",
-        "ops",
-        "status",
-        "--json",
-        "--database-url",
-        database_url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    status: dict[str, Any] = json.loads(out)
-    return status
 
 
 async def test_an_unreadable_event_is_skipped_counted_shown_and_every_service_keeps_serving(
@@ -122,8 +101,9 @@ async def test_an_unreadable_event_is_skipped_counted_shown_and_every_service_ke
     assert reply.data["skipped"]["count"] == 4, reply.data["skipped"]
     assert sorted(s["position"] for s in reply.data["skipped"]["recent"]) == positions
 
-    status = await ops_status(pool.database_url)
-    unreadable = status["unreadable_events"]
+    code, out, err = await ops("status", "--json", "--database-url", pool.database_url)
+    assert code == 0, err
+    unreadable = json.loads(out)["unreadable"]
     assert unreadable["count"] == 4, unreadable
     assert [(e["position"], e["type"]) for e in unreadable["events"]] == list(
         zip(
