@@ -30,9 +30,9 @@ async def append_unreadable(
         async with conn.transaction():
             await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
             position = await conn.fetchval(
-                "INSERT INTO events (stream, version, type, schema_version, data, metadata) "
-                "SELECT $1::text, coalesce(max(version), 0) + 1, $2, 1, $3::jsonb, $4::jsonb "
-                "FROM events WHERE stream = $1::text RETURNING position",
+                "INSERT INTO events (event_id, stream, version, type, schema_version, data, metadata) "
+                "SELECT gen_random_uuid(), $1::text, coalesce(max(version), 0) + 1, $2, 1, "
+                "$3::jsonb, $4::jsonb FROM events WHERE stream = $1::text RETURNING position",
                 stream,
                 type_name,
                 json.dumps(data),
