@@ -18,21 +18,37 @@ def database_option(f: F) -> F:
     )(f)
 
 
-def nats_options(f: F) -> F:
-    f = click.option(
-        "--nats-seed-file",
-        envvar="POTLUCK_NATS_SEED_FILE",
-        type=click.Path(exists=True, path_type=Path),
-        default=None,
-        help="This service's NATS nkey seed [env: POTLUCK_NATS_SEED_FILE].",
-    )(f)
-    return click.option(
-        "--nats-url",
-        envvar="POTLUCK_NATS_URL",
-        default="nats://127.0.0.1:4222",
-        show_default=True,
-        help="NATS server [env: POTLUCK_NATS_URL].",
-    )(f)
+def nats_options_for(when: str | None = None) -> Callable[[F], F]:
+    """--nats-url and --nats-seed-file; `when` says when an operator's command uses them.
+
+    A service needs its seed file at start (click checks it exists); an operator's
+    command reads the services' seed only when asked to reach them, and says then
+    what is wrong with it.
+    """
+    prefix = f"{when}: " if when else ""
+    seed = "the services' NATS nkey seed" if when else "This service's NATS nkey seed"
+
+    def decorate(f: F) -> F:
+        f = click.option(
+            "--nats-seed-file",
+            envvar="POTLUCK_NATS_SEED_FILE",
+            type=click.Path(exists=when is None, path_type=Path),
+            default=None,
+            help=f"{prefix}{seed} [env: POTLUCK_NATS_SEED_FILE].",
+        )(f)
+        return click.option(
+            "--nats-url",
+            envvar="POTLUCK_NATS_URL",
+            default="nats://127.0.0.1:4222",
+            show_default=True,
+            help=f"{prefix}NATS server [env: POTLUCK_NATS_URL].",
+        )(f)
+
+    return decorate
+
+
+#: A service's --nats-url and --nats-seed-file.
+nats_options = nats_options_for()
 
 
 def relay_option(f: F) -> F:

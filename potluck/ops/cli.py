@@ -30,7 +30,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from potluck.cli_options import database_option
+from potluck.cli_options import database_option, nats_options_for
 from potluck.events import EventStore, RecordedEvent
 from potluck.ops import LiveUnavailable, OpsError
 
@@ -143,20 +143,7 @@ def _nats_options(when: str) -> Callable[[F], F]:
             type=click.FloatRange(min=0.1),
             help=f"{when}: seconds to wait for each service.",
         )(f)
-        f = click.option(
-            "--nats-seed-file",
-            envvar="POTLUCK_NATS_SEED_FILE",
-            type=click.Path(path_type=Path),
-            default=None,
-            help=f"{when}: the services' NATS nkey seed [env: POTLUCK_NATS_SEED_FILE].",
-        )(f)
-        return click.option(
-            "--nats-url",
-            envvar="POTLUCK_NATS_URL",
-            default="nats://127.0.0.1:4222",
-            show_default=True,
-            help=f"{when}: NATS server [env: POTLUCK_NATS_URL].",
-        )(f)
+        return nats_options_for(when)(f)
 
     return decorate
 
