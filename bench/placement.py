@@ -81,7 +81,7 @@ from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import HostEnrolled, HostRegistered, host_stream
 from potluck.events import NO_STREAM, Event, EventStore, StreamAppend, registry
 from potluck.readmodels.hosts import HostsView
-from potluck.registry.service import rebuild_view
+from potluck.registry.projection import rebuild_view
 
 BENCH = "placement"
 PARTS = ("in_process", "through_log")

@@ -455,12 +455,12 @@ def ops_hosts_control(host_id: str, action: str, database_url: str, grace: float
     from potluck.events import EventStore
     from potluck.kernel.rejections import Rejected
     from potluck.registry import host as aggregate
-    from potluck.registry.service import decide_and_append
+    from potluck.registry.repository import decide_on_host
 
     command = ControlHost.model_validate({"action": action, "grace_s": grace})
 
     async def go(store: EventStore) -> list[str]:
-        outcome = await decide_and_append(
+        outcome = await decide_on_host(
             store,
             host_id,
             lambda s: aggregate.control(s, host_id, command, "operator"),

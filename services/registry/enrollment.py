@@ -24,7 +24,7 @@ from potluck.registry.nats_auth import (
     write_authorization,
 )
 from potluck.registry.projection import rebuild_view
-from potluck.registry.repository import decide_and_append
+from potluck.registry.repository import decide_on_host
 
 
 def new_host_id() -> str:
@@ -34,7 +34,7 @@ def new_host_id() -> str:
 async def enroll_host(store: EventStore, name: str, *, host_id: str | None = None) -> tuple[str, KeyPair]:
     host_id = validate_host_id(host_id or new_host_id())
     key = new_user_key()
-    await decide_and_append(
+    await decide_on_host(
         store,
         host_id,
         lambda s: aggregate.enroll(s, host_id, name, key.public),

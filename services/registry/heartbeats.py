@@ -24,7 +24,7 @@ from potluck.readmodels.hosts import HostState, HostsView
 from potluck.registry import host as aggregate
 from potluck.registry.liveness import LastSeen, LivenessPolicy
 from potluck.registry.replies import first_error
-from potluck.registry.repository import Decision, decide_and_append
+from potluck.registry.repository import Decision, decide_on_host
 
 __all__ = ["LivenessWatch"]
 
@@ -86,6 +86,6 @@ class LivenessWatch:
 
     async def _decide(self, host_id: str, decide: Decision) -> None:
         try:
-            await decide_and_append(self.store, host_id, decide, METADATA)
+            await decide_on_host(self.store, host_id, decide, METADATA)
         except Rejected as exc:
             log.warning("registry.liveness_not_recorded", host_id=host_id, code=exc.code, error=exc.message)

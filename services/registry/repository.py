@@ -22,12 +22,11 @@ from typing import Any
 import structlog
 
 from potluck.contracts.host_events import host_stream
-from potluck.events import Contended, Event, EventStore, SkippedEvents, decode_or_skip
-from potluck.events import decide_and_append as retry_on_conflict
+from potluck.events import Contended, Event, EventStore, SkippedEvents, decide_and_append, decode_or_skip
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostState, evolve
 
-__all__ = ["Decision", "Outcome", "decide_and_append", "load_host", "load_host_stream"]
+__all__ = ["Decision", "Outcome", "decide_on_host", "load_host", "load_host_stream"]
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +64,7 @@ async def load_host(
     return state
 
 
-async def decide_and_append(
+async def decide_on_host(
     store: EventStore,
     host_id: str,
     decide: Decision,
@@ -85,7 +84,7 @@ async def decide_and_append(
         return Outcome(state, events)
 
     try:
-        return await retry_on_conflict(attempt)
+        return await decide_and_append(attempt)
     except Contended as exc:
         log.warning("host.contended", host_id=host_id, attempts=exc.attempts, error=str(exc.conflict))
         raise Rejected(

@@ -20,7 +20,7 @@ from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostsView, host_as_dict
 from potluck.registry import host as aggregate
 from potluck.registry.heartbeats import LivenessWatch
-from potluck.registry.repository import decide_and_append, load_host
+from potluck.registry.repository import decide_on_host, load_host
 
 __all__ = ["HostRequests"]
 
@@ -37,7 +37,7 @@ class HostRequests:
 
     async def register(self, host_id: str, payload: bytes) -> dict[str, Any]:
         req = RegisterHost.model_validate_json(payload)
-        outcome = await decide_and_append(
+        outcome = await decide_on_host(
             self.store,
             host_id,
             lambda s: aggregate.register(s, host_id, req),
@@ -59,7 +59,7 @@ class HostRequests:
         return await self.control(host_id, ControlHost.model_validate_json(payload), by="member")
 
     async def control(self, host_id: str, cmd: ControlHost, *, by: Actor) -> dict[str, Any]:
-        outcome = await decide_and_append(
+        outcome = await decide_on_host(
             self.store, host_id, lambda s: aggregate.control(s, host_id, cmd, by), {"actor": by}
         )
         return {"host_id": host_id, "recorded": [type(e).type_name for e in outcome.events]}

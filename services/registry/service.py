@@ -24,14 +24,11 @@ from potluck.events import EventStore, SkippedEvents, ensure_streams
 from potluck.readmodels.hosts import HostsView
 from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.liveness import LastSeen, LivenessPolicy
-from potluck.registry.projection import hosts_fold, rebuild_view
+from potluck.registry.projection import hosts_fold
 from potluck.registry.replies import answer, on_host_request
-from potluck.registry.repository import Outcome, decide_and_append, load_host
 from potluck.registry.requests import HostRequests
 
-# decide_and_append, load_host, Outcome and rebuild_view are imported from here by the CLI,
-# the tests and the benchmarks.
-__all__ = ["Outcome", "RegistryService", "decide_and_append", "load_host", "rebuild_view"]
+__all__ = ["RegistryService"]
 
 log = structlog.get_logger(__name__)
 

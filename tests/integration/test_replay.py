@@ -42,7 +42,8 @@ from potluck.readmodels.hosts import HostState
 from potluck.registry import host as aggregate
 from potluck.registry.enrollment import enroll_host
 from potluck.registry.liveness import LivenessPolicy
-from potluck.registry.service import RegistryService, decide_and_append
+from potluck.registry.repository import decide_on_host
+from potluck.registry.service import RegistryService
 from potluck.sshgateway.events import SessionEnded, SessionStarted, session_stream
 from tests.fixtures.sample_events import ThingHappened
 from tests.helpers import stop, wait_until
@@ -105,7 +106,7 @@ async def register_host(store: EventStore, name: str, cpus: float, **labels: str
         engine=ENGINE,
         hostd_version="test",
     )
-    await decide_and_append(
+    await decide_on_host(
         store, host_id, lambda s: aggregate.register(s, host_id, request), {"actor": f"host:{host_id}"}
     )
     return host_id
@@ -113,7 +114,7 @@ async def register_host(store: EventStore, name: str, cpus: float, **labels: str
 
 async def control(store: EventStore, host_id: str, action: str) -> None:
     command = ControlHost.model_validate({"action": action, "grace_s": 5})
-    await decide_and_append(store, host_id, lambda s: aggregate.control(s, host_id, command, "operator"))
+    await decide_on_host(store, host_id, lambda s: aggregate.control(s, host_id, command, "operator"))
 
 
 async def add_a_user(services: Services, name: str) -> User:
@@ -231,7 +232,7 @@ async def scenario(services: Services) -> Scenario:
             assert state is not None
             return aggregate.went_silent(state, silent, suspect_after_s=180, lost_after_s=1000)
 
-        await decide_and_append(store, a, silence)
+        await decide_on_host(store, a, silence)
     await status_of(services, second, "lost")
     await store.append(
         user_stream("bob"), [UserTokenRotated(user="bob", token_sha256=token_hash("new"))], expected_version=1

@@ -48,7 +48,7 @@ from potluck.contracts.host_events import HostEnrolled, HostPaused, HostRegister
 from potluck.events import NO_STREAM, Event, EventStore, StreamAppend, WrongExpectedVersion, registry
 from potluck.readmodels.allocations import AllocationState, AllocationsView, evolve
 from potluck.readmodels.hosts import HostsView
-from potluck.registry.service import rebuild_view
+from potluck.registry.projection import rebuild_view
 
 MIB = 1 << 20
 GIB = 1 << 30
