@@ -102,7 +102,9 @@ class FailureLimiter:
         record = self._records.pop(key, None) or _Record(failures=deque())
         self._trim(record, now)
         record.failures.append(now)
-        if len(record.failures) >= self.policy.lockout_after and record.locked_until <= now:
+        # Failures that arrive during a lockout (connections admitted before it, ending now)
+        # count too: enough of them lock the key again from now, so parallel attempts gain nothing.
+        if len(record.failures) >= self.policy.lockout_after:
             record.locked_until = now + self.policy.lockout_s
             record.failures.clear()
         self._records[key] = record  # most recently failed last

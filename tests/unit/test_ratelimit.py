@@ -105,3 +105,17 @@ def test_verdicts_stay_within_the_policy(gaps: list[float], later: float) -> Non
     final = limiter.check("k", now=now + later)
     assert 0.0 <= final.delay_s <= POLICY.max_delay_s
     assert final.locked_for_s <= POLICY.lockout_s
+
+
+def test_failures_during_a_lockout_lock_the_key_again_from_then() -> None:
+    """Connections admitted before a lockout may fail during it (failures are counted when they end):
+    enough of them renew the lockout from the last one, and the count starts again."""
+    limiter = FailureLimiter(POLICY)
+    for _ in range(POLICY.lockout_after):
+        limiter.failed("k", now=0.0)
+    for _ in range(POLICY.lockout_after - 1):
+        verdict = limiter.failed("k", now=10.0)
+    assert verdict.locked_for_s == POLICY.lockout_s - 10.0
+    verdict = limiter.failed("k", now=10.0)
+    assert verdict.locked_for_s == POLICY.lockout_s
+    assert verdict.failures == 0
