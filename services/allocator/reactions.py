@@ -25,12 +25,16 @@ from potluck.allocator.queue import FairQueue
 from potluck.allocator.scheduler import Impossible, Placed
 from potluck.contracts.allocation_events import AllocationRequested, CapacityFreed
 from potluck.contracts.host_events import HostDeregistered, HostLost
-from potluck.events import Event, RecordedEvent, WrongExpectedVersion
+from potluck.events import TRANSIENT_DB_ERRORS, Event, RecordedEvent, WrongExpectedVersion
+from potluck.kernel.rejections import Rejected
 
 if TYPE_CHECKING:
     from potluck.allocator.engine import AllocatorEngine
 
 __all__ = ["Reactions"]
+
+#: A round that fails with one of these is tried again a tick later instead of ending the service.
+RETRIED_NEXT_ROUND: tuple[type[BaseException], ...] = (Rejected, *TRANSIENT_DB_ERRORS)
 
 log = structlog.get_logger(__name__)
 
@@ -50,16 +54,40 @@ class Reactions:
             self.capacity_changed.set()
 
     async def run(self, tick: float = 1.0) -> None:
-        """Lost hosts, expiry and the pending queue, until cancelled."""
+        """Lost hosts, expiry and the pending queue, until cancelled.
+
+        A round that fails (the database away, other writers winning every attempt) is
+        logged and tried again a tick later: the allocator keeps serving its API, and
+        nothing is lost, since every reaction is decided again from the log.
+        """
         while True:
-            while not self.lost_hosts.empty():
-                await self.lose_allocations_of(self.lost_hosts.get_nowait())
-            await self.expire_due()
-            if self.capacity_changed.is_set() or self.engine.model.pending():
-                self.capacity_changed.clear()
-                await self.place_pending()
+            try:
+                await self._round()
+            except RETRIED_NEXT_ROUND as exc:
+                log.error(
+                    "allocator.reaction_failed",
+                    error=str(exc) or type(exc).__name__,
+                    retry_in_s=tick,
+                    hint="check that Postgres is up; the allocator tries again",
+                )
+                self.capacity_changed.set()
+                await asyncio.sleep(tick)
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.capacity_changed.wait(), tick)
+
+    async def _round(self) -> None:
+        while not self.lost_hosts.empty():
+            host_id = self.lost_hosts.get_nowait()
+            try:
+                await self.lose_allocations_of(host_id)
+            except BaseException:
+                self.lost_hosts.put_nowait(host_id)  # not done: again next round
+                raise
+        await self.expire_due()
+        if self.capacity_changed.is_set() or self.engine.model.pending():
+            self.capacity_changed.clear()
+            await self.place_pending()
 
     async def lose_allocations_of(self, host_id: str) -> None:
         engine = self.engine

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from potluck.contracts.messages import Heartbeat
 from potluck.contracts.subjects import host_of
-from potluck.events import Event, EventStore
+from potluck.events import TRANSIENT_DB_ERRORS, Event, EventStore
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostState, HostsView
 from potluck.registry import host as aggregate
@@ -89,3 +89,11 @@ class LivenessWatch:
             await decide_on_host(self.store, host_id, decide, METADATA)
         except Rejected as exc:
             log.warning("registry.liveness_not_recorded", host_id=host_id, code=exc.code, error=exc.message)
+        except TRANSIENT_DB_ERRORS as exc:
+            # The database is away: the transition is decided again at the next look.
+            log.error(
+                "registry.liveness_not_recorded",
+                host_id=host_id,
+                error=str(exc) or type(exc).__name__,
+                hint="check that Postgres is up; the registry tries again",
+            )

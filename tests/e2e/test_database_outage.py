@@ -1,0 +1,79 @@
+"""Postgres goes away under running services: they keep running, say so, and catch up after.
+
+The log is the truth, so while it is away nothing can be decided; but a service must not end
+because a background loop (the allocator's expiry, the registry's liveness) met a lost
+connection. It logs what went wrong and decides again once the database is back.
+"""
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from potluck.hostd.docker_driver import DockerDriver
+from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.postgres_server import PostgresServer
+from potluck.localstack.test_image import DEFAULT_TAG
+from tests.fixtures.pool import Pool
+
+
+@pytest.mark.slow
+async def test_services_outlive_a_database_outage_and_decide_what_fell_due_meanwhile(
+    tmp_path: Path, own_postgres: PostgresServer, docker_engines: list[DockerEngine]
+) -> None:
+    """What is tried: an allocation whose lifetime ends while Postgres is stopped, so the
+    allocator's expiry meets a lost connection, and the registry's liveness loop runs throughout.
+    What must hold: neither process ends; once Postgres is back the allocation is expired (as
+    the log then says) and the API answers."""
+    pool = await Pool.create(tmp_path / "pool", own_postgres.url, liveness=(0.5, 6, 60.0), log_level="DEBUG")
+    try:
+        pool.start_registry()
+        pool.start_allocator()
+        host = await pool.enroll("laptop-a")
+        pool.write_config(host, docker_engines[0])
+        pool.start_hostd(host)
+        await pool.wait_for_host(host.host_id, "online")
+        await pool.wait_api()
+        headers = {"Authorization": f"Bearer {await pool.add_user('alice')}"}
+        body = {
+            "cpus": 0.5,
+            "memory": "64M",
+            "image": DEFAULT_TAG,
+            "command": ["sleep", "600"],
+            "lifetime": 4,
+        }
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.post(f"{pool.api}/v1/allocations", json=body) as r:
+                created = await r.json()
+                assert r.status == 201, created
+            alloc = f"{pool.api}/v1/allocations/{created['id']}"
+            async with http.get(f"{alloc}?wait=running&timeout=30") as r:
+                assert (await r.json())["state"] == "running", pool.logs()
+
+            await asyncio.to_thread(own_postgres.stop)
+            await asyncio.sleep(6)  # the lifetime ends; expiry meets the lost connection
+            for name in ("registry", "allocator"):
+                assert pool.processes[name].running(), f"the {name} ended:\n{pool.logs()}"
+            await asyncio.to_thread(own_postgres.start)
+
+            state = None
+            for _ in range(150):
+                try:
+                    async with http.get(alloc) as r:
+                        if r.status == 200:
+                            state = (await r.json())["state"]
+                            if state == "expired":
+                                break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+            assert state == "expired", pool.logs()
+        assert "allocator.reaction_failed" in pool.processes["allocator"].log_tail(400)
+        for name in ("registry", "allocator"):
+            assert pool.processes[name].running(), f"the {name} ended:\n{pool.logs()}"
+    finally:
+        await pool.close()
+        with DockerDriver(docker_engines[0].url) as driver:
+            for container in driver.list_managed(None):
+                driver.remove(container.container_id)
