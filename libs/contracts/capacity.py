@@ -2,6 +2,9 @@
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: The smallest CPU share Docker can enforce. Less reads back as NanoCpus=0: no limit at all.
+MIN_CPUS = 0.01
+
 
 class Capacity(BaseModel):
     """CPU, memory and disk: what a member donates, or what an allocation asks for."""

@@ -2,6 +2,11 @@
 
 `K M G T` and `KiB MiB GiB TiB` are powers of 1024; `KB MB GB TB` powers of 1000;
 a bare number is bytes.
+
+Text from strangers is parsed in time linear in its length and bounded before
+any matching: at most MAX_TEXT characters, a number of at most 15 digits (and 6
+decimals), at most one space before the unit. The pattern has no two ways to
+match the same text, so it cannot backtrack.
 """
 
 import re
@@ -25,17 +30,30 @@ _UNITS = {
     "TIB": 1 << 40,
     "TB": 10**12,
 }
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_SIZE = re.compile(r"(\d{1,15}(?:\.\d{1,6})?) ?([A-Za-z]{0,3})")
+#: The longest size text accepted (anything longer is refused before it is matched).
+MAX_TEXT = 32
 
 
-def parse_size(value: str | int) -> int:
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse_size(value: str | int | float) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON's 68719476735.0 is an integer too
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
             raise ValueError("a size cannot be negative")
         return value
     if not isinstance(value, str):
-        raise ValueError(f"expected a size like 512M or 4G, not {value!r}")
-    match = _SIZE.match(value)
+        raise ValueError(f"expected a size like 512M or 4G, not {_shown(value)}")
+    if len(value) > MAX_TEXT:
+        raise ValueError(
+            f"a size is at most {MAX_TEXT} characters, e.g. 512M or 4G; this one has {len(value)}"
+        )
+    match = _SIZE.fullmatch(value.strip())
     unit = match.group(2).upper() if match else ""
     if match is None or unit not in _UNITS:
         raise ValueError(f"{value!r} is not a size; write e.g. 512M, 4G or 1073741824")

@@ -98,8 +98,12 @@ async def _json(request: web.Request) -> Any:
         raise Rejected("UNSUPPORTED_MEDIA_TYPE", "send the body as application/json", status=415)
     try:
         return await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or an integer of too many digits
         raise Rejected("MALFORMED_JSON", f"the body is not valid JSON: {exc}", status=400) from None
+    except RecursionError:
+        raise Rejected(
+            "MALFORMED_JSON", "the body is not valid JSON: nested too deeply", status=400
+        ) from None
 
 
 def _user(request: web.Request) -> User:

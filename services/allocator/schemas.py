@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from potluck.contracts.capacity import MIN_CPUS
 from potluck.kernel.durations import Duration
 from potluck.kernel.sizes import Size
 from potluck.readmodels.allocations import AllocationState, AllocationStatus
@@ -20,7 +21,9 @@ class Body(BaseModel):
 
 
 class CreateAllocation(Body):
-    cpus: float = Field(gt=0, le=256, description="CPU cores (fractions allowed).")
+    cpus: float = Field(
+        ge=MIN_CPUS, le=256, description=f"CPU cores, fractions allowed down to {MIN_CPUS} (Docker's floor)."
+    )
     memory: Size = Field(ge=16 << 20, le=1 << 44, description="Memory: bytes, or e.g. 512M, 4G.")
     disk: Size = Field(
         default=1 << 30, ge=16 << 20, le=1 << 46, description="Writable disk: bytes, or e.g. 1G."

@@ -11,6 +11,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from potluck.contracts.capacity import MIN_CPUS
+
 # Containers run strangers' code on a member's laptop, as root inside the
 # container. Docker's default set is dropped entirely; we add back only what
 # ordinary shell work and package managers need on the container's own files:
@@ -55,8 +57,11 @@ class ContainerSpec:
             raise ValueError(f"allocation_id {self.allocation_id!r} is not a valid container name")
         if not self.host_id:
             raise ValueError("host_id must not be empty")
-        if not self.cpus > 0:
-            raise ValueError(f"cpus must be positive, not {self.cpus}")
+        if not self.cpus >= MIN_CPUS:
+            # Below Docker's floor the quota reads back as 0, which Docker takes as no limit.
+            raise ValueError(
+                f"cpus must be at least {MIN_CPUS} (less would run without a CPU limit), not {self.cpus}"
+            )
         if self.memory_bytes < MIN_MEMORY_BYTES:
             raise ValueError(f"memory_bytes must be at least {MIN_MEMORY_BYTES}")
         if self.disk_bytes <= 0:

@@ -130,6 +130,17 @@ async def test_a_missing_or_wrong_token_gets_401(pool: Pool, alice: Api, http: a
         (small(cpus=64), 422, "EXCEEDS_ANY_HOST", "cpus"),
         (small(memory="512G"), 422, "EXCEEDS_ANY_HOST", "memory"),
         (small(constraints={"gpu": "yes"}), 422, "NO_HOST_MATCHES", "constraints"),
+        # A share below Docker's floor would run with NanoCpus=0: no CPU limit at all.
+        (small(cpus=1e-10), 400, "INVALID_FIELD", "cpus"),
+        (small(cpus=5e-324), 400, "INVALID_FIELD", "cpus"),
+        # Long texts are refused before any matching (they once took seconds of the event loop).
+        (small(memory="1" + " " * 32_000 + "x"), 400, "INVALID_FIELD", "memory"),
+        (small(lifetime="1" + " " * 32_000 + "h"), 400, "INVALID_FIELD", "lifetime"),
+        (small(memory="9" * 300), 400, "INVALID_FIELD", "memory"),
+        (small(lifetime=10**400), 400, "INVALID_FIELD", "lifetime"),
+        # JSON that Python's parser gives up on is malformed JSON, not a crash.
+        ('{"cpus": ' + "[" * 100_000 + "]" * 100_000 + "}", 400, "MALFORMED_JSON", None),
+        ('{"cpus": 1, "memory": ' + "9" * 5_000 + "}", 400, "MALFORMED_JSON", None),
     ],
 )
 async def test_bad_requests_get_a_clear_error_and_nothing_is_recorded(

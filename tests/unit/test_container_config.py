@@ -173,6 +173,9 @@ def test_a_missing_disk_quota_is_named_when_the_engine_supports_quotas() -> None
         {"allocation_id": ""},
         {"host_id": ""},
         {"cpus": 0},
+        # Below Docker's floor NanoCpus reads back as 0, which the engine takes as "no limit".
+        {"cpus": 0.001},
+        {"cpus": 5e-324},
         {"memory_bytes": 1024},
         {"disk_bytes": 0},
         {"pids_limit": 0},
