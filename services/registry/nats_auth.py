@@ -17,10 +17,11 @@ import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import nkeys
 
+from potluck.contracts.reports import AnyReport
 from potluck.contracts.subjects import (
     HEARTBEAT,
     REPORT_PREFIX,
@@ -31,6 +32,15 @@ from potluck.contracts.subjects import (
     validate_host_id,
 )
 from potluck.events import EVENTS_STREAM
+
+#: What a host may report, one subject each: the report kinds, and hostd's own dead letters
+#: (`potluck.report.<id>.dead_letter`, hostd's Subscriber). Only these, so the reports stream's
+#: per-subject bound is a bound per host and kind: a host cannot spread a flood over subjects
+#: it makes up.
+REPORT_KINDS: tuple[str, ...] = (
+    *sorted(str(model.model_fields["kind"].default) for model in get_args(AnyReport)),
+    "dead_letter",
+)
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,7 @@ def host_permissions(host_id: str) -> dict[str, Any]:
         "publish": {
             "allow": [
                 host_subject(HEARTBEAT, host_id),
-                f"{REPORT_PREFIX}.{host_id}.>",
+                *(f"{REPORT_PREFIX}.{host_id}.{kind}" for kind in REPORT_KINDS),
                 host_rpc_filter(host_id),
                 f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{consumer}",
                 f"$JS.API.CONSUMER.INFO.{EVENTS_STREAM}.{consumer}",
