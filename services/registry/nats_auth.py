@@ -3,9 +3,14 @@
 Every client authenticates with an nkey (an Ed25519 key pair): the server's
 configuration holds only public keys, and each enrolled host gets its own
 key pair at enrollment, never shared. A host may publish only on its own
-subjects and subscribe only to its own reply inbox; its placements reach it
-through one durable JetStream consumer, which the registry creates, and which
-is the only JetStream object the host may read or acknowledge.
+subjects (reports only of the kinds there are) and subscribe only to its own
+reply inbox; its placements reach it through one durable JetStream consumer,
+which the registry creates, and which is the only JetStream object the host
+may read or acknowledge.
+
+NATS does not check the reply subject a request names: the services check
+it themselves before answering (potluck.events' ReplyGuard), so a host's
+request is answered only into the host's own inbox.
 
 The authorization file is rendered from the event log (enrolled hosts) plus
 the central services' public keys, and nats-server is told to reload it.

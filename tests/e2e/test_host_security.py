@@ -110,11 +110,12 @@ async def test_a_host_cannot_direct_the_services_answers_elsewhere(
     pool: Pool, two_laptops: tuple[EnrolledHost, EnrolledHost]
 ) -> None:
     """A sends requests the registry and the allocator answer (status, register, control,
-    desired state), each on its own subjects but naming as reply subject the JetStream API
-    (purge the reports stream) or B's inbox. Before: the services published there with their
-    unrestricted identity, purging the stream and writing into B's inbox. Afterwards: the
-    reports stream keeps every message, B's inbox receives nothing, each forged request is
-    refused, logged and counted, and A's own requests (own inbox) are answered as before."""
+    desired state), each on its own subjects but naming as reply subject B's inbox, B's report
+    subject, or the JetStream API (purge the reports stream). Before: the services published
+    there with their unrestricted identity: into B's inbox, and a "report" stored in the
+    reports stream under B's name. Afterwards: nothing reaches B's inbox or B's reports, the
+    reports stream keeps every message, each forged request is refused, logged and counted,
+    and A's own requests (own inbox) are answered as before."""
     a, b = two_laptops
     services = await pool.client()
     js = services.jetstream()
@@ -132,6 +133,8 @@ async def test_a_host_cannot_direct_the_services_answers_elsewhere(
     as_a = await pool.client(a)
     purge = f"$JS.API.STREAM.PURGE.{REPORTS_STREAM}"
     into_b = f"{inbox_prefix(b.host_id)}.forged.x"
+    b_report = f"potluck.report.{b.host_id}.started"
+    b_started_before = (await _subject_counts(js, b_report)).get(b_report, 0)
     forged = [
         (f"{STATUS}.{a.host_id}", purge),
         (f"{REGISTER}.{a.host_id}", purge),
@@ -139,6 +142,8 @@ async def test_a_host_cannot_direct_the_services_answers_elsewhere(
         (f"{STATUS}.{a.host_id}", into_b),
         (f"{DESIRED}.{a.host_id}", purge),
         (f"{DESIRED}.{a.host_id}", into_b),
+        (f"{STATUS}.{a.host_id}", b_report),
+        (f"{DESIRED}.{a.host_id}", b_report),
         (f"{STATUS}.{a.host_id}", f"{inbox_prefix(a.host_id)}.*"),
     ]
     try:
@@ -156,12 +161,13 @@ async def test_a_host_cannot_direct_the_services_answers_elsewhere(
         await as_a.close()
         await as_b.close()
     assert landed_in_b == []
+    assert (await _subject_counts(js, b_report)).get(b_report, 0) == b_started_before
     assert (await js.stream_info(REPORTS_STREAM)).state.messages >= reports_before, pool.logs()
     refused = (await pool.live_hosts())["refused"]["reply_subjects"]
-    assert refused.get(a.host_id) == 5, refused
+    assert refused.get(a.host_id) == 6, refused
     assert b.host_id not in refused
     allocator_log = pool.processes["allocator"].log_tail(400)
-    assert allocator_log.count("bus.reply_refused") == 2, allocator_log
+    assert allocator_log.count("bus.reply_refused") == 3, allocator_log
     await services.close()
 
 
