@@ -42,6 +42,16 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 _ID = {"name": "alloc_id", "in": "path", "required": True, "schema": {"type": "string"}}
+#: What a created allocation's id leads to (OpenAPI links: clients, and fuzzers' stateful runs, follow them).
+_LINKS = {
+    name: {"operationId": operation, "parameters": {"alloc_id": "$response.body#/id"}}
+    for name, operation in (
+        ("GetAllocation", "getAllocation"),
+        ("ReleaseAllocation", "releaseAllocation"),
+        ("ExtendAllocation", "extendAllocation"),
+        ("AllocationHistory", "allocationHistory"),
+    )
+}
 _STATE = {
     "type": "string",
     "enum": ["pending", "placed", "running", "exited", "failed", "lost", "expired", "released", "refused"],
@@ -75,8 +85,12 @@ def openapi_document() -> dict[str, Any]:
                     "security": auth,
                     "requestBody": {"required": True, **_json("CreateAllocation")},
                     "responses": {
-                        "201": {"description": "Placed", **_json("Allocation")},
-                        "202": {"description": "Pending: waits for capacity", **_json("Allocation")},
+                        "201": {"description": "Placed", **_json("Allocation"), "links": _LINKS},
+                        "202": {
+                            "description": "Pending: waits for capacity",
+                            **_json("Allocation"),
+                            "links": _LINKS,
+                        },
                         **_errors(400, 401, 403, 415, 422),
                     },
                 },
