@@ -39,6 +39,7 @@ ENGINE: web.AppKey[AllocatorEngine] = web.AppKey("engine", AllocatorEngine)
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
 PUBLIC = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
 MAX_WAIT_S = 300.0
+MAX_BODY = 256 * 1024
 STATES = frozenset({"pending", "placed", "running", *TERMINAL})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -75,6 +76,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             return response
         if exc.status == 404:
             return error(404, "NOT_FOUND", f"no such endpoint: {request.path}")
+        if exc.status == 413:
+            return error(413, "BODY_TOO_LARGE", f"the body is larger than {MAX_BODY // 1024} KiB")
         raise
     except Exception:
         log.exception("api.unhandled", method=request.method, path=request.path)
@@ -220,7 +223,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def make_app(engine: AllocatorEngine, failures: FailureWindow | None = None) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=256 * 1024)
+    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_BODY)
     app[ENGINE] = engine
     app[AUTH] = Authenticator(
         engine.users,
