@@ -132,8 +132,27 @@ def _no_constant(name: str) -> Any:
 
 
 def _loads(text: str) -> Any:
-    # Python's parser takes NaN and Infinity, which JSON has not.
-    return json.loads(text, parse_constant=_no_constant)
+    # Python's parser takes NaN and Infinity, which JSON has not, and \ud800-style escapes of
+    # lone surrogates, which encode as no UTF-8 (RFC 7493 forbids them; Postgres refuses them).
+    body = json.loads(text, parse_constant=_no_constant)
+    _no_lone_surrogates(body)
+    return body
+
+
+def _no_lone_surrogates(value: Any) -> None:
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"a string holds a lone surrogate: {value[:20]!r}") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_lone_surrogates(key)
+            _no_lone_surrogates(item)
+    elif isinstance(value, list):
+        for item in value:
+            _no_lone_surrogates(item)
 
 
 def _user(request: web.Request) -> User:

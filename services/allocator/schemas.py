@@ -17,9 +17,11 @@ MAX_LIFETIME_S = 7 * 86400
 # for both dialects (ECMA 262 and Python's), so the schema and the server agree on every text.
 SSH_KEY = (
     r"^(?:ssh-(?:ed25519|rsa|dss)|ecdsa-sha2-nistp(?:256|384|521)|sk-[A-Za-z0-9@.-]+)"
-    r" [A-Za-z0-9+/]+={0,2}(?: [^\r\n]*)?$"
+    r" [A-Za-z0-9+/]+={0,2}(?: [^\r\n\u0000]*)?$"
 )
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
+#: Free text: anything but NUL, which neither Postgres' JSON nor a process' argv or environment holds.
+TEXT = r"^[^\u0000]*$"
 LABEL_NAME = r"^[A-Za-z0-9_.-]{1,63}$"
 #: The longest OpenSSH public key line accepted (a 16384-bit RSA key is about 2.8 KB).
 MAX_KEY_TEXT = 8192
@@ -52,6 +54,11 @@ def _matching(pattern: str, what: str) -> Callable[[str], str]:
     return check
 
 
+Text = Annotated[
+    str,
+    AfterValidator(_matching(TEXT, "text without NUL characters")),
+    WithJsonSchema({"type": "string", "pattern": TEXT}),
+]
 SshKey = Annotated[
     str,
     AfterValidator(_matching(SSH_KEY, "one OpenSSH public key line, e.g. 'ssh-ed25519 AAAA... me'")),
@@ -81,14 +88,14 @@ class CreateAllocation(Request):
     image: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
     ssh_keys: list[SshKey] = Field(default_factory=list, max_length=16, description="OpenSSH public keys.")
     lifetime: Lifetime = Field(default=3600.0, description="Seconds, or e.g. 2h.")
-    command: list[str] | None = Field(default=None, max_length=256)
+    command: list[Text] | None = Field(default=None, max_length=256)
     env: Annotated[
-        dict[str, str],
+        dict[str, Text],
         AfterValidator(_names_match(ENV_NAME, "environment variable name")),
         Field(json_schema_extra={"propertyNames": {"pattern": ENV_NAME}}),
     ] = Field(default_factory=dict, max_length=128)
     constraints: Annotated[
-        dict[str, str],
+        dict[str, Text],
         AfterValidator(_names_match(LABEL_NAME, "label name")),
         Field(json_schema_extra={"propertyNames": {"pattern": LABEL_NAME}}),
     ] = Field(default_factory=dict, max_length=16, description="Host labels that must match.")

@@ -132,6 +132,10 @@ async def test_a_missing_or_wrong_token_gets_401(pool: Pool, alice: Api, http: a
         (small(cpus="1"), 400, "INVALID_FIELD", "cpus"),
         (small(env={"BAD NAME": "x"}), 400, "INVALID_FIELD", "env"),
         (small(env={"A\n": "x"}), 400, "INVALID_FIELD", "env"),
+        # Postgres cannot store NUL or a lone surrogate; Docker cannot pass NUL on.
+        (small(command=["sh", "-c", "echo \u0000"]), 400, "INVALID_FIELD", "command"),
+        (small(env={"A": "\u0000"}), 400, "INVALID_FIELD", "env"),
+        ('{"cpus": 1, "memory": "64M", "image": "x", "command": ["\\ud8e6"]}', 400, "MALFORMED_JSON", None),
         # A size text is checked against the pattern the schema publishes: bounds included.
         (small(memory="15M"), 400, "INVALID_FIELD", "memory"),
         (small(memory="0.5G"), 400, "INVALID_FIELD", "memory"),
@@ -286,8 +290,10 @@ async def test_query_parameters_methods_and_numbers_are_as_the_published_schema_
     nothing is recorded by the refused requests."""
     _, created = await alice.call("POST", "/v1/allocations", small(disk=float(64 << 20)))
     assert created["disk"] == 64 << 20, created
-    head = await pool.store.head_position()
     path = f"/v1/allocations/{created['id']}"
+    _, running = await alice.call("GET", f"{path}?wait=running&timeout=30")
+    assert running["state"] == "running"  # nothing more to record until it ends
+    head = await pool.store.head_position()
     for query in ("timeout=301", "timeout=-1", "timeout=nan", "timeout=inf", "wait=running&timeout=1e9"):
         started = asyncio.get_running_loop().time()
         status, answer = await alice.call("GET", f"{path}?{query}")
@@ -337,8 +343,10 @@ async def test_a_disk_quota_bounds_what_one_user_holds(
     room for both). What must hold: the second request is refused with QUOTA_EXCEEDED naming
     disk, and records nothing."""
     erin = Api(http, pool.api, await pool.add_user("erin", disk_bytes=100 << 20))
-    status, _ = await erin.call("POST", "/v1/allocations", small(disk="64M"))
+    status, first = await erin.call("POST", "/v1/allocations", small(disk="64M"))
     assert status == 201
+    _, running = await erin.call("GET", f"/v1/allocations/{first['id']}?wait=running&timeout=30")
+    assert running["state"] == "running"  # nothing more to record until it ends
     head = await pool.store.head_position()
     status, answer = await erin.call("POST", "/v1/allocations", small(disk="64M"))
     assert status == 403, answer
