@@ -2,11 +2,14 @@
 
 Errors are JSON `{"error": {"code", "message", "field"}}`, mapped in one
 middleware: 400 malformed, 401 no or wrong token, 403 quota, 404 not found
-(also for another user's allocation: its existence is not disclosed), 409
-conflict, 422 impossible, 503 not ready yet.
+(also for another user's allocation: its existence is not disclosed), 405
+with `Allow`, 409 conflict, 415 not JSON, 422 impossible, 429 too many failed
+authentications from one address (authentication.py), 503 not ready yet.
+Every query parameter is checked whether or not another makes it matter.
 """
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,6 +17,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureWindow
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.openapi import openapi_document
 from potluck.allocator.schemas import (
@@ -32,8 +36,10 @@ from potluck.readmodels.allocations import TERMINAL
 log = structlog.get_logger(__name__)
 
 ENGINE: web.AppKey[AllocatorEngine] = web.AppKey("engine", AllocatorEngine)
+AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
 PUBLIC = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
 MAX_WAIT_S = 300.0
+MAX_BODY = 256 * 1024
 STATES = frozenset({"pending", "placed", "running", *TERMINAL})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -56,13 +62,22 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error(exc.status, exc.code, exc.message, exc.field)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        return error(400, "INVALID_FIELD", f"{field or 'body'}: {first['msg']}", field)
+        path = ".".join(str(p) for p in first["loc"]) or None
+        # `field` names the body's field (ssh_keys, not ssh_keys.2); the message the exact place.
+        field = str(first["loc"][0]) if first["loc"] else None
+        return error(400, "INVALID_FIELD", f"{path or 'body'}: {first['msg']}", field)
     except web.HTTPException as exc:
-        if exc.status == 405:
-            return error(405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed on {request.path}")
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            response = error(
+                405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed on {request.path}; use {allowed}"
+            )
+            response.headers["Allow"] = allowed
+            return response
         if exc.status == 404:
             return error(404, "NOT_FOUND", f"no such endpoint: {request.path}")
+        if exc.status == 413:
+            return error(413, "BODY_TOO_LARGE", f"the body is larger than {MAX_BODY // 1024} KiB")
         raise
     except Exception:
         log.exception("api.unhandled", method=request.method, path=request.path)
@@ -81,12 +96,18 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             "UNAUTHENTICATED",
             "send 'Authorization: Bearer <token>'; an operator gives tokens with `potluck ops users add`",
         )
-    engine = request.app[ENGINE]
-    user = engine.users.authenticate(token.strip())
-    if user is None:
-        # A user added a moment ago may not be folded yet: catch up with the log once.
-        await engine.caught_up_with_log()
-        user = engine.users.authenticate(token.strip())
+    auth = request.app[AUTH]
+    source = request.remote or "unknown"
+    locked = auth.locked(source)
+    if locked is not None:
+        response = error(
+            429,
+            "TOO_MANY_FAILURES",
+            f"too many failed authentications from {source}; try again in {math.ceil(locked.retry_after_s)}s",
+        )
+        response.headers["Retry-After"] = str(math.ceil(locked.retry_after_s))
+        return response
+    user = await auth.authenticate(source, token.strip())
     if user is None:
         return error(401, "UNAUTHENTICATED", "this token is not valid; ask an operator for a new one")
     request["user"] = user
@@ -97,13 +118,41 @@ async def _json(request: web.Request) -> Any:
     if request.content_type not in ("application/json", ""):
         raise Rejected("UNSUPPORTED_MEDIA_TYPE", "send the body as application/json", status=415)
     try:
-        return await request.json(loads=json.loads)
+        return await request.json(loads=_loads)
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or an integer of too many digits
         raise Rejected("MALFORMED_JSON", f"the body is not valid JSON: {exc}", status=400) from None
     except RecursionError:
         raise Rejected(
             "MALFORMED_JSON", "the body is not valid JSON: nested too deeply", status=400
         ) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _loads(text: str) -> Any:
+    # Python's parser takes NaN and Infinity, which JSON has not, and \ud800-style escapes of
+    # lone surrogates, which encode as no UTF-8 (RFC 7493 forbids them; Postgres refuses them).
+    body = json.loads(text, parse_constant=_no_constant)
+    _no_lone_surrogates(body)
+    return body
+
+
+def _no_lone_surrogates(value: Any) -> None:
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"a string holds a lone surrogate: {value[:20]!r}") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_lone_surrogates(key)
+            _no_lone_surrogates(item)
+    elif isinstance(value, list):
+        for item in value:
+            _no_lone_surrogates(item)
 
 
 def _user(request: web.Request) -> User:
@@ -147,10 +196,11 @@ async def show(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     alloc_id = request.match_info["alloc_id"]
     wanted = request.query.get("wait")
+    timeout = _timeout(request)  # checked even without `wait`: the schema bounds it either way
     if wanted is not None:
         if wanted not in STATES:
             raise Rejected("INVALID_FIELD", f"wait must be one of {sorted(STATES)}", field="wait", status=400)
-        state = await engine.wait_for(_user(request), alloc_id, wanted, _timeout(request))
+        state = await engine.wait_for(_user(request), alloc_id, wanted, timeout)
     else:
         state = engine.allocation_of(_user(request), alloc_id)
     return ok(Allocation.of(state))
@@ -191,9 +241,14 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
-def make_app(engine: AllocatorEngine) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=256 * 1024)
+def make_app(engine: AllocatorEngine, failures: FailureWindow | None = None) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_BODY)
     app[ENGINE] = engine
+    app[AUTH] = Authenticator(
+        engine.users,
+        lambda: engine.fold.caught_up_with(engine.store, timeout=CATCH_UP_S),
+        failures=failures,
+    )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/openapi.json", openapi)
