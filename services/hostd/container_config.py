@@ -114,13 +114,12 @@ def _network_mode(spec: ContainerSpec) -> str:
 
 def network_kwargs(spec: ContainerSpec, *, internal: bool) -> dict[str, Any]:
     """Arguments for docker-py's `networks.create`: a bridge for this one container.
-    `internal`: no route out (for engines without iptables, which cannot isolate bridges)."""
+    `internal`: no route out, whatever the engine's firewall does (see `_bridge_options`)."""
     return {
         "name": network_name(spec),
         "driver": "bridge",
         "internal": internal,
-        # One container per network; should one more join, it still may not talk to it.
-        "options": {"com.docker.network.bridge.enable_icc": "false"},
+        "options": _bridge_options(internal=internal),
         "labels": {
             LABEL_ALLOCATION: spec.allocation_id,
             LABEL_HOST: spec.host_id,
@@ -129,6 +128,18 @@ def network_kwargs(spec: ContainerSpec, *, internal: bool) -> dict[str, Any]:
         },
         "check_duplicate": True,
     }
+
+
+def _bridge_options(*, internal: bool) -> dict[str, str]:
+    # One container per network; should one more join, it still may not talk to it.
+    options = {"com.docker.network.bridge.enable_icc": "false"}
+    if internal:
+        # Docker makes a network internal with firewall rules only: the container still gets
+        # a default route via the bridge's address, and an engine without iptables forwards
+        # from there into every other bridge. With no address on the bridge that route
+        # leads nowhere: the container reaches its own address and nothing else.
+        options["com.docker.network.bridge.inhibit_ipv4"] = "true"
+    return options
 
 
 def network_mismatches(
@@ -142,7 +153,9 @@ def network_mismatches(
         ("Network.Internal", internal, bool(network.get("Internal"))),
         ("Network.Labels.allocation", spec.allocation_id, labels.get(LABEL_ALLOCATION)),
         ("Network.Labels.host", spec.host_id, labels.get(LABEL_HOST)),
-        ("Network.icc", "false", options.get("com.docker.network.bridge.enable_icc")),
+    ]
+    checks += [
+        (f"Network.Options.{k}", v, options.get(k)) for k, v in _bridge_options(internal=internal).items()
     ]
     return [(name, wanted, got) for name, wanted, got in checks if wanted != got]
 

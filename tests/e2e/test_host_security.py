@@ -320,13 +320,16 @@ async def test_members_decide_what_runs_and_containers_keep_their_secrets_and_th
             addresses[alloc_id] = networks[f"potluck-{alloc_id}"]["IPAddress"]
             assert addresses[alloc_id]
         for alloc_id, address in addresses.items():
+            # busybox wget's own -T crashes (static build); timeout bounds it instead.
             fetch = (
-                f"for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -T 2 -O - http://{address}:8080/ && exit 0; "
+                f"for i in 1 2 3 4 5 6 7 8 9 10; do timeout 2 wget -q -O - http://{address}:8080/ && exit 0; "
                 "sleep 0.5; done; exit 1"
             )
             assert await _exec(driver, alloc_id, b.host_id, fetch) == (0, "served\n")
             [peer] = [p for p in addresses if p != alloc_id]
-            code, output = await _exec(driver, peer, b.host_id, f"wget -q -T 3 -O - http://{address}:8080/")
+            code, output = await _exec(
+                driver, peer, b.host_id, f"timeout 3 wget -q -O - http://{address}:8080/"
+            )
             assert code != 0
             assert "served" not in output
         await release(pool.store, b.host_id, "other")
