@@ -26,6 +26,7 @@ the last `:` and would have to be imported outside hostd's driver.
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 DEFAULT_REGISTRY = "docker.io"
 DEFAULT_TAG = "latest"
@@ -121,6 +122,7 @@ def _check(
     return ImageReference(registry, path, tag, digest)
 
 
+@lru_cache(maxsize=4096)  # the scheduler asks about the same few names for every host
 def parse_reference(text: str) -> ImageReference:
     """The normalised parts of an image reference; InvalidReference if it is not one."""
     parts = _split(text, "image")
@@ -152,6 +154,7 @@ class ImagePattern:
         return image.digest is not None and bool(_glob(p.digest).fullmatch(image.digest))
 
 
+@lru_cache(maxsize=4096)
 def parse_pattern(text: str) -> ImagePattern:
     """An `allowed_images` entry; InvalidReference (naming the part) if it cannot mean an image."""
     parts = _split(text, "pattern")
@@ -163,18 +166,12 @@ def parse_pattern(text: str) -> ImagePattern:
     )
 
 
-_globs: dict[str, re.Pattern[str]] = {}
-
-
+@lru_cache(maxsize=4096)
 def _glob(part: str) -> re.Pattern[str]:
     # Parts never hold '/', so '.*' stays inside the part it was written in.
-    found = _globs.get(part)
-    if found is None:
-        regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in part)
-        found = _globs[part] = re.compile(regex, re.DOTALL)
-        if len(_globs) > 4096:
-            _globs.clear()
-    return found
+    return re.compile(
+        "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in part), re.DOTALL
+    )
 
 
 def image_allowed(patterns: "list[str] | tuple[str, ...]", image: str) -> bool:

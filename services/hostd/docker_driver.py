@@ -97,7 +97,7 @@ class LimitsNotApplied(DockerDriverError):
         else:
             message = (
                 f"{field} did not take effect on container {container_id[:12] or '?'}: "
-                f"wanted {wanted!r}, the engine reports {got!r}; the container was removed before it started"
+                f"wanted {wanted!r}, the engine reports {got!r}; the container was removed"
             )
         super().__init__(message)
         self.field, self.wanted, self.got, self.container_id = field, wanted, got, container_id

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from potluck.contracts.allocation_events import AllocationSpec
+from potluck.contracts.capacity import Capacity
 from potluck.hostd.container_config import (
     CAPABILITIES,
     LABEL_SPEC,
@@ -258,3 +260,9 @@ def test_environment_values_never_show_in_repr_or_differences() -> None:
     assert spec.differences(other) == ["cpus", "env"]
     assert spec.differences(spec) == []
     assert spec.differences(None) == ["(unreadable)"]
+    wanted = AllocationSpec(
+        resources=Capacity(cpus=1, memory_bytes=MiB, disk_bytes=MiB), image="x", env=spec.env
+    )
+    assert "s3cret" not in repr(wanted)
+    assert "s3cret" not in str(wanted)
+    assert AllocationSpec.model_validate_json(wanted.model_dump_json()).env == spec.env
