@@ -268,7 +268,8 @@ async def test_members_decide_what_runs_and_containers_keep_their_secrets_and_th
     - an image whose `*`-matched text names another registry (`potluck-test:5000/evil/img:1`)
       is refused by A's hostd as image_not_allowed, not pulled;
     - a networked allocation sent to A anyway fails as network_not_allowed; asked through the
-      API, one is placed on B, whose registration says it allows networks;
+      API, one is placed on B, whose registration says it allows networks, and one that only
+      A's labels match is refused (422 NO_HOST_ALLOWS_NETWORK);
     - two networked containers on B each have a network of their own (never the default
       bridge): each reaches its own server, neither reaches the other's; releasing one
       removes its network;
@@ -302,6 +303,10 @@ async def test_members_decide_what_runs_and_containers_keep_their_secrets_and_th
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
         body = {"cpus": 0.5, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG, "network": True,
                 "command": ["sh", "-c", "echo served > /index.html; httpd -f -p 8080 -h /"]}  # fmt: skip
+        async with http.post(
+            pool.api + "/v1/allocations", json={**body, "constraints": {"name": "laptop-a"}}
+        ) as r:
+            assert (r.status, (await r.json())["error"]["code"]) == (422, "NO_HOST_ALLOWS_NETWORK")
         async with http.post(pool.api + "/v1/allocations", json=body) as response:
             created = await response.json()
             assert response.status == 201, created
