@@ -2,6 +2,7 @@
 the services answer it anywhere but in its own inbox."""
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,7 @@ from potluck.contracts.subjects import CONTROL, DESIRED, REGISTER, STATUS, host_
 from potluck.events import EVENTS_STREAM, REPORTS_STREAM
 from potluck.events.bus import STREAM_SPECS
 from potluck.hostd.container_config import ContainerSpec
-from potluck.hostd.docker_driver import DockerDriver
+from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.registry.service import REQUEST_RATE
@@ -364,7 +365,8 @@ async def test_members_decide_what_runs_and_containers_keep_their_secrets_and_th
             )
             await wait_for_status(pool, "dup", "failed")
         finally:
-            await asyncio.to_thread(driver.remove, "potluck-dup")
+            with contextlib.suppress(DockerDriverError):  # hostd may be removing it already
+                await asyncio.to_thread(driver.remove, "potluck-dup")
     failed = [e.data_json for e in await pool.store.read_stream("alloc-dup") if e.type == "AllocationFailed"]
     assert failed, pool.logs()
     detail = "\n".join(failed)
