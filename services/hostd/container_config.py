@@ -1,9 +1,11 @@
 """Pure translation of an allocation's limits into Docker create arguments, and back.
 
-`create_kwargs` says what we ask the engine for; `limit_mismatches` reads an
-`inspect` answer and lists every limit or security setting that did not take
-effect, so that hostd refuses to run work on a container it cannot bound.
-Nothing here talks to Docker.
+`create_kwargs` (and `network_kwargs`, for an allocation's own network) say
+what we ask the engine for; `image_refusals` reads an image's inspect before
+anything is made from it; `limit_mismatches` and `network_mismatches` read the
+engine's answer back and list every limit or security setting that did not
+take effect, so that hostd refuses to start work it cannot bound. Nothing here
+talks to Docker.
 """
 
 import json
