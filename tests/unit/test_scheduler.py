@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from potluck.allocator.capacity import CapacityLedger, host_snapshots, snapshot_of
 from potluck.allocator.scheduler import (
@@ -22,6 +24,7 @@ from potluck.allocator.scheduler import (
     NO_HOST_ALLOWS_NETWORK,
     NO_HOST_MATCHES,
     NO_SCHEDULABLE_HOST,
+    STRATEGIES,
     ZERO,
     Decision,
     HostSnapshot,
@@ -47,6 +50,7 @@ from potluck.contracts.host_events import (
     HostResumed,
     HostSuspected,
 )
+from potluck.contracts.image_reference import image_allowed
 from potluck.events import Event
 from potluck.readmodels.hosts import HostState, HostsView, evolve
 
@@ -563,3 +567,47 @@ def test_scheduler_agrees_with_place_over_a_large_changing_pool(seed: int) -> No
         if rnd.random() < 0.05:
             host_id = f"h{rnd.randrange(400):04d}"
             scheduler.set_schedulable(host_id, not scheduler.snapshot(host_id).schedulable)
+
+
+@st.composite
+def _network_pools(draw: st.DrawFn) -> tuple[list[HostSnapshot], PlacementRequest]:
+    hosts = [
+        HostSnapshot(
+            f"h{i}",
+            cap(draw(st.sampled_from([1, 2, 4])), draw(st.sampled_from([1, 4])) * GIB),
+            reserved=draw(st.sampled_from([ZERO, cap(1, GIB)])),
+            schedulable=draw(st.booleans()),
+            allowed_images=draw(st.sampled_from([(), ("debian:*",), ("ghcr.io/acme/*:*",)])),
+            allow_network=draw(st.booleans()),
+        )
+        for i in range(draw(st.integers(0, 6)))
+    ]
+    req = PlacementRequest(
+        "r",
+        cap(draw(st.sampled_from([0.5, 1, 3])), GIB),
+        image=draw(st.sampled_from([None, "debian:12", "ghcr.io/acme/tool:1", "debian:5000/acme/tool:1"])),
+        network=draw(st.booleans()),
+    )
+    return hosts, req
+
+
+@given(_network_pools(), st.sampled_from(STRATEGIES))
+def test_a_networked_request_never_lands_where_the_member_said_no(
+    case: tuple[list[HostSnapshot], PlacementRequest], strategy: Strategy
+) -> None:
+    """Any pool, any request: both implementations decide alike; a placement is on a host that
+    admits the image and, if asked, a network; NO_HOST_ALLOWS_NETWORK only when no host that
+    admits the image allows a network."""
+    hosts, req = case
+    decision = place(hosts, req, strategy)
+    assert Scheduler(hosts).place(req, strategy) == decision
+    by_id = {h.host_id: h for h in hosts}
+    admits_image = [h for h in hosts if req.image is None or image_allowed(h.allowed_images, req.image)]
+    if isinstance(decision, Placed):
+        host = by_id[decision.host_id]
+        assert host in admits_image
+        assert host.allow_network or not req.network
+    if isinstance(decision, Impossible) and decision.code == NO_HOST_ALLOWS_NETWORK:
+        assert req.network
+        assert admits_image
+        assert not any(h.allow_network for h in admits_image)
