@@ -22,7 +22,8 @@ class AllocationSpec(BaseModel):
     resources: Capacity
     image: str = Field(min_length=1, max_length=512)
     command: list[str] | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    #: Users' secrets: kept out of repr, so out of any log line or error that formats a spec.
+    env: dict[str, str] = Field(default_factory=dict, repr=False)
     ssh_keys: list[str] = Field(default_factory=list)
     network: bool = False
     pids_limit: int = Field(default=512, ge=16, le=65536)

@@ -36,6 +36,8 @@ class HostRegistered(HostEvent):
     donated: Capacity
     labels: dict[str, str] = Field(default_factory=dict)
     allowed_images: list[str] = Field(default_factory=list)
+    #: Containers that ask for a network may run here; hosts registered before it was asked never.
+    allow_network: bool = False
     engine: EngineFacts
     hostd_version: str
     #: hostd's SSH host key (OpenSSH public key line); gateways map reverse connections by it.

@@ -23,6 +23,8 @@ class RegisterHost(Message):
     donated: Capacity
     labels: dict[str, str] = Field(default_factory=dict)
     allowed_images: list[str] = Field(default_factory=list)
+    #: The member lets containers that ask for a network run here (hostd's `allow_network`).
+    allow_network: bool = False
     engine: EngineFacts
     hostd_version: str
     ssh_host_key: str = ""

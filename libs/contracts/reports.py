@@ -15,6 +15,7 @@ from potluck.events.bus import REPORT_PREFIX
 
 FailureReason = Literal[
     "image_not_allowed",
+    "network_not_allowed",
     "image_not_available",
     "limits_not_applied",
     "disk_limit_exceeded",

@@ -39,6 +39,7 @@ class HostState:
     donated: Capacity | None = None
     labels: dict[str, str] = field(default_factory=dict)
     allowed_images: tuple[str, ...] = ()
+    allow_network: bool = False
     engine: EngineFacts | None = None
     hostd_version: str = ""
     ssh_host_key: str = ""
@@ -81,6 +82,7 @@ def evolve(state: HostState | None, event: Event, version: int, at: datetime) ->
                 donated=event.donated,
                 labels=dict(event.labels),
                 allowed_images=tuple(event.allowed_images),
+                allow_network=event.allow_network,
                 engine=event.engine,
                 hostd_version=event.hostd_version,
                 ssh_host_key=event.ssh_host_key,
@@ -142,6 +144,7 @@ def host_as_dict(state: HostState) -> dict[str, object]:
         "donated": state.donated.model_dump() if state.donated else None,
         "labels": dict(state.labels),
         "allowed_images": list(state.allowed_images),
+        "allow_network": state.allow_network,
         "engine": state.engine.model_dump() if state.engine else None,
         "hostd_version": state.hostd_version,
         "changed_at": state.changed_at.isoformat() if state.changed_at else None,

@@ -138,6 +138,7 @@ def snapshot_of(state: HostState, reserved: Capacity = ZERO) -> HostSnapshot | N
         labels=dict(state.labels),
         schedulable=state.schedulable,
         allowed_images=tuple(state.allowed_images),
+        allow_network=state.allow_network,
     )
 
 
@@ -169,6 +170,7 @@ def placement_request(state: AllocationState | AllocationRequested) -> Placement
         resources=state.spec.resources,
         constraints=dict(state.constraints),
         image=state.spec.image,
+        network=state.spec.network,
     )
 
 

@@ -62,6 +62,7 @@ class FairQueue:
                 resources=state.spec.resources,
                 constraints=dict(state.constraints),
                 image=state.spec.image,
+                network=state.spec.network,
             )
             queue.push(state.user, request, at, at + timedelta(seconds=state.queue_timeout_s))
         return queue

@@ -14,7 +14,10 @@ Decisions
     ``Impossible(...)``   no registered host, whatever its liveness or admin
                           state, could ever give it (HTTP 422). ``code`` is
                           ``NO_HOST_MATCHES`` (field ``constraints``),
-                          ``NO_HOST_ALLOWS_IMAGE`` (field ``image``) or
+                          ``NO_HOST_ALLOWS_IMAGE`` (field ``image``),
+                          ``NO_HOST_ALLOWS_NETWORK`` (field ``network``: the
+                          request wants a network and no matching host that
+                          allows the image lets containers have one) or
                           ``EXCEEDS_ANY_HOST`` (field ``cpus``, ``memory`` or
                           ``disk``: the first resource, in that order, that no
                           matching host donates together with the ones before it).
@@ -40,7 +43,6 @@ Two implementations of one rule
     soon as no unopened group can beat what it found.
 """
 
-import fnmatch
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ from itertools import islice
 from typing import Literal, TypeAlias
 
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.image_reference import image_allowed
 from potluck.kernel.sizes import format_size
 
 Strategy = Literal["best_fit", "spread"]
@@ -69,6 +72,7 @@ NO_FREE_CAPACITY = "NO_FREE_CAPACITY"
 NO_SCHEDULABLE_HOST = "NO_SCHEDULABLE_HOST"
 NO_HOST_MATCHES = "NO_HOST_MATCHES"
 NO_HOST_ALLOWS_IMAGE = "NO_HOST_ALLOWS_IMAGE"
+NO_HOST_ALLOWS_NETWORK = "NO_HOST_ALLOWS_NETWORK"
 EXCEEDS_ANY_HOST = "EXCEEDS_ANY_HOST"
 
 WAIT_MESSAGES: Mapping[str, str] = {
@@ -86,7 +90,9 @@ def score(cpus: float, memory_bytes: int, disk_bytes: int) -> float:
 
 @dataclass(frozen=True)
 class HostSnapshot:
-    """A host as placement sees it. ``allowed_images`` holds glob patterns; empty allows any image."""
+    """A host as placement sees it. ``allowed_images`` holds image patterns (see
+    potluck.contracts.image_reference); empty allows any image. ``allow_network``: its
+    member lets containers that ask for a network run there."""
 
     host_id: str
     donated: Capacity
@@ -94,6 +100,7 @@ class HostSnapshot:
     labels: Mapping[str, str] = field(default_factory=dict)
     schedulable: bool = True
     allowed_images: tuple[str, ...] = ()
+    allow_network: bool = False
 
     @property
     def free(self) -> Capacity:
@@ -102,12 +109,14 @@ class HostSnapshot:
 
 @dataclass(frozen=True)
 class PlacementRequest:
-    """What to place. Every constraint must equal the host's label of that name."""
+    """What to place. Every constraint must equal the host's label of that name; a request
+    with ``network`` goes only to hosts that allow it."""
 
     alloc_id: str
     resources: Capacity
     constraints: Mapping[str, str] = field(default_factory=dict)
     image: str | None = None
+    network: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,6 +159,7 @@ class _Host:
         "host_id",
         "images",
         "labels",
+        "network",
         "rc",
         "rd",
         "rm",
@@ -168,6 +178,7 @@ class _Host:
         self.labels: Mapping[str, str] = dict(snapshot.labels)
         self.images = tuple(snapshot.allowed_images)
         self.schedulable = snapshot.schedulable
+        self.network = snapshot.allow_network
         self.free_entry: _Entry | None = None
         self.donated_entry: _Entry | None = None
 
@@ -183,6 +194,7 @@ class _Host:
             labels=dict(self.labels),
             schedulable=self.schedulable,
             allowed_images=self.images,
+            allow_network=self.network,
         )
 
 
@@ -195,7 +207,12 @@ def _labels_match(labels: Mapping[str, str], constraints: tuple[tuple[str, str],
 
 
 def _image_allowed(patterns: tuple[str, ...], image: str | None) -> bool:
-    return image is None or not patterns or any(fnmatch.fnmatchcase(image, p) for p in patterns)
+    return image is None or image_allowed(patterns, image)
+
+
+def _admits(host: _Host, request: PlacementRequest) -> bool:
+    """The host's member allows what the request asks for: its image and, if wanted, a network."""
+    return (host.network or not request.network) and _image_allowed(host.images, request.image)
 
 
 def _cpus(c: float) -> str:
@@ -214,10 +231,29 @@ def _image_refused(request: PlacementRequest) -> Impossible:
     return Impossible(NO_HOST_ALLOWS_IMAGE, f"no host{where} allows the image {request.image!r}", "image")
 
 
+def _network_refused(request: PlacementRequest, images_narrowed: bool) -> Impossible:
+    where = " matching the constraints" if request.constraints else ""
+    if images_narrowed:
+        where += f" that allows the image {request.image!r}"
+    return Impossible(NO_HOST_ALLOWS_NETWORK, f"no host{where} lets containers have a network", "network")
+
+
+def _refused(request: PlacementRequest, matching: Sequence[_Host]) -> tuple[Impossible | None, bool]:
+    """Why no host that matches the constraints admits the request (None if one does), and
+    whether some matching host does not admit it (narrowed)."""
+    images = [h for h in matching if _image_allowed(h.images, request.image)]
+    if not images:
+        return _image_refused(request), True
+    admitted = [h for h in images if h.network or not request.network]
+    if not admitted:
+        return _network_refused(request, len(images) < len(matching)), True
+    return None, len(admitted) < len(matching)
+
+
 def _exceeds(
     request: PlacementRequest, field: Literal["cpus", "memory", "disk"], narrowed: bool
 ) -> Impossible:
-    """`narrowed`: some host that matches the constraints does not allow the image."""
+    """`narrowed`: some host that matches the constraints does not admit the request."""
     r = request.resources
     wanted = {
         "cpus": _cpus(r.cpus),
@@ -229,7 +265,11 @@ def _exceeds(
     }[field]
     where = " matching the constraints" if request.constraints else ""
     if narrowed:
-        where += f" that allows the image {request.image!r}"
+        where += " that allows " + (
+            f"the image {request.image!r}" + (" and a network" if request.network else "")
+            if request.image is not None
+            else "a network"
+        )
     return Impossible(EXCEEDS_ANY_HOST, f"no host{where} donates {wanted}", field)
 
 
@@ -241,10 +281,10 @@ def _decide_over(hosts: Iterable[_Host], request: PlacementRequest, strategy: St
     matching = [h for h in hosts if _labels_match(h.labels, constraints)]
     if not matching:
         return _no_match(request)
-    allowed = [h for h in matching if _image_allowed(h.images, request.image)]
-    if not allowed:
-        return _image_refused(request)
-    narrowed = len(allowed) < len(matching)
+    refused, narrowed = _refused(request, matching)
+    if refused is not None:
+        return refused
+    allowed = [h for h in matching if _admits(h, request)]
     best: tuple[float, str] | None = None
     for h in allowed:
         if h.schedulable:
@@ -433,6 +473,7 @@ class Scheduler:
         self._donated_off = _Index()  # the other registered hosts, by donated capacity
         self._by_label: dict[tuple[str, str], set[str]] = {}
         self._restricted: dict[str, tuple[str, ...]] = {}
+        self._networked: set[str] = set()  # hosts that allow containers a network
         for snapshot in hosts:
             self.set_host(snapshot)
 
@@ -453,6 +494,8 @@ class Scheduler:
             self._by_label.setdefault(pair, set()).add(host.host_id)
         if host.images:
             self._restricted[host.host_id] = host.images
+        if host.network:
+            self._networked.add(host.host_id)
         host.donated_entry = (score(host.dc, host.dm, host.dd), host.host_id, host.dc, host.dm, host.dd)
         (self._donated_on if host.schedulable else self._donated_off).add(host.donated_entry)
         self._index_free(host)
@@ -467,6 +510,7 @@ class Scheduler:
             if not members:
                 del self._by_label[pair]
         self._restricted.pop(host_id, None)
+        self._networked.discard(host_id)
         if host.donated_entry is not None:
             (self._donated_on if host.schedulable else self._donated_off).discard(host.donated_entry)
         self._unindex_free(host)
@@ -535,7 +579,11 @@ class Scheduler:
         r = request.resources
         c, m, d = r.cpus, r.memory_bytes, r.disk_bytes
         accept: _Accept = None
-        if request.constraints or (request.image is not None and self._restricted):
+        if (
+            request.constraints
+            or (request.image is not None and self._restricted)
+            or (request.network and self._networked != set(self._hosts))
+        ):
             if request.constraints:
                 candidates = self._rarest(request.constraints)
                 if len(candidates) <= self.SMALL_CANDIDATES:
@@ -564,11 +612,14 @@ class Scheduler:
         constraints = tuple(request.constraints.items())
         image = request.image
         restricted = self._restricted if image is not None else {}
+        networked = self._networked if request.network else None
         hosts = self._hosts
         verdicts: dict[tuple[str, ...], bool] = {}
 
         def accept(host_id: str) -> bool:
             if constraints and not _labels_match(hosts[host_id].labels, constraints):
+                return False
+            if networked is not None and host_id not in networked:
                 return False
             patterns = restricted.get(host_id)
             if patterns is not None:
@@ -600,10 +651,9 @@ class Scheduler:
             matching = list(self._hosts)
         if not matching:
             return _no_match(request)
-        allowed = sum(1 for h in matching if _image_allowed(self._hosts[h].images, request.image))
-        if not allowed:
-            return _image_refused(request)
-        narrowed = allowed < len(matching)
+        refused, narrowed = _refused(request, [self._hosts[h] for h in matching])
+        if refused is not None:
+            return refused
         if not self._any_donation(c, 0, 0, accept):
             return _exceeds(request, "cpus", narrowed)
         if not self._any_donation(c, m, 0, accept):

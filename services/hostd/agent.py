@@ -65,7 +65,7 @@ class Agent:
     def __init__(self, config: HostdConfig) -> None:
         self.config = config
         self.host_id = config.host_id
-        self.driver = DockerDriver(config.docker_url)
+        self.driver = DockerDriver(config.docker_url, internal_networks=config.internal_network)
         self.outbox: TracedQueue[Report] = TracedQueue()
         self.containers = ContainerManager(config, self.driver, self.outbox.put_nowait)
         self.positions = MemoryPositions()
@@ -146,6 +146,7 @@ class Agent:
             donated=self.config.donate.capacity(),
             labels=self.config.labels,
             allowed_images=self.config.allowed_images,
+            allow_network=self.config.allow_network,
             engine=facts,
             hostd_version=__version__,
             ssh_host_key=self.ssh_host_key,

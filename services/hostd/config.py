@@ -5,7 +5,9 @@
     nats_url = "nats://pool.example:4222"
     docker_url = "unix:///var/run/docker.sock"
     state_dir = "/var/lib/potluck-hostd"
-    allowed_images = ["potluck-test:*", "debian:*"]   # glob patterns; empty = any image
+    allowed_images = ["potluck-test:*", "debian:*"]   # see below; empty = any image
+    allow_network = false       # may containers here have a network? (see below)
+    internal_network = false    # true: their network has no route out (see below)
 
     [donate]            # the most this machine gives the pool, all allocations together
     cpus = 2
@@ -26,9 +28,27 @@
     client_key = "ssh-ed25519 AAAA... potluck-sshgateway"   # `potluck sshgateway --print-client-key`
 
 Relative paths are taken from the configuration file's folder.
+
+`allowed_images` entries are image references whose parts may hold `*` (any
+run of characters) and `?` (one), matched part by part: registry, each
+component of the repository, tag, digest (see potluck.contracts.image_reference).
+`*` never spans `/`, `:` or `@`: `debian:*` is every tag of Docker Hub's debian
+and not `debian:5000/evil/img:1` (registry `debian:5000`); `ghcr.io/acme/*:*`
+is every tag of every image directly under ghcr.io/acme. No tag means
+`:latest`, as with `docker pull`. An entry that is not a valid pattern stops
+hostd at start, naming it.
+
+`allow_network` (default false): allocations that ask for `network: true` are
+placed here only when it is true, and hostd refuses any that arrives
+otherwise. Where it is true, each such container gets a bridge network of its
+own (`potluck-<allocation>`), never the engine's default bridge, so containers
+cannot reach one another; they can reach what the laptop routes to, its LAN
+included, through the engine's NAT. Without networking a container has only
+its loopback. `internal_network = true` makes those networks internal (no
+route out at all): for engines that run without iptables (`--iptables=false`),
+where Docker cannot keep bridge networks apart, and for tests.
 """
 
-import fnmatch
 import os
 import tomllib
 from pathlib import Path
@@ -36,6 +56,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.image_reference import InvalidReference, image_allowed, parse_pattern
 from potluck.contracts.subjects import validate_host_id
 from potluck.hostd.gateway_link import GatewayLink
 from potluck.kernel.sizes import Size
@@ -74,6 +95,8 @@ class HostdConfig(BaseModel):
     docker_url: str = "unix:///var/run/docker.sock"
     state_dir: Path
     allowed_images: list[str] = Field(default_factory=list)
+    allow_network: bool = False
+    internal_network: bool = False
     donate: Donation
     labels: dict[str, str] = Field(default_factory=dict)
     timing: Timing = Field(default_factory=Timing)
@@ -83,6 +106,16 @@ class HostdConfig(BaseModel):
     @classmethod
     def _host_id(cls, value: str) -> str:
         return validate_host_id(value)
+
+    @field_validator("allowed_images")
+    @classmethod
+    def _allowed_images(cls, value: list[str]) -> list[str]:
+        for i, text in enumerate(value):
+            try:
+                parse_pattern(text)
+            except InvalidReference as exc:
+                raise ValueError(f"entry {i}: {exc}") from None
+        return value
 
     @field_validator("nats_url")
     @classmethod
@@ -99,7 +132,7 @@ class HostdConfig(BaseModel):
         return value
 
     def image_allowed(self, image: str) -> bool:
-        return not self.allowed_images or any(fnmatch.fnmatchcase(image, p) for p in self.allowed_images)
+        return image_allowed(self.allowed_images, image)
 
     def nats_seed(self) -> str:
         """The host's nkey seed, from the credentials file enrollment wrote."""

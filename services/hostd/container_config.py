@@ -1,14 +1,16 @@
 """Pure translation of an allocation's limits into Docker create arguments, and back.
 
-`create_kwargs` says what we ask the engine for; `limit_mismatches` reads an
-`inspect` answer and lists every limit or security setting that did not take
-effect, so that hostd refuses to run work on a container it cannot bound.
-Nothing here talks to Docker.
+`create_kwargs` (and `network_kwargs`, for an allocation's own network) say
+what we ask the engine for; `image_refusals` reads an image's inspect before
+anything is made from it; `limit_mismatches` and `network_mismatches` read the
+engine's answer back and list every limit or security setting that did not
+take effect, so that hostd refuses to start work it cannot bound. Nothing here
+talks to Docker.
 """
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from potluck.contracts.capacity import MIN_CPUS
@@ -32,6 +34,16 @@ LABEL_ALLOCATION = "potluck.allocation"
 LABEL_HOST = "potluck.host"
 LABEL_MANAGED = "potluck.managed"
 LABEL_SPEC = "potluck.spec"
+LABEL_NETWORK = "potluck.network"
+# Open files: the soft limit most programs expect, a hard limit they may raise it to
+# (the engine's own default is about a million, kernel memory a container could pin).
+NOFILE_SOFT = 1024
+NOFILE_HARD = 4096
+# Processes of the container's user. The kernel counts them per uid across the whole
+# machine (and never for uid 0 of the machine), so a container running as uid 1000
+# shares the count with the member's own session: generous, with the pids cgroup
+# limit as the real bound on the container.
+NPROC = 4096
 # The engine refuses memory limits below 6 MiB.
 MIN_MEMORY_BYTES = 6 * 1024 * 1024
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
@@ -49,7 +61,8 @@ class ContainerSpec:
     disk_bytes: int
     pids_limit: int
     command: list[str] | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    # Users' environment values are secrets: kept out of repr, so out of logs and errors.
+    env: dict[str, str] = field(default_factory=dict, repr=False)
     network: bool = False
 
     def __post_init__(self) -> None:
@@ -84,10 +97,84 @@ class ContainerSpec:
     def from_json(cls, text: str) -> "ContainerSpec":
         return cls(**json.loads(text))
 
+    def differences(self, other: "ContainerSpec | None") -> list[str]:
+        """Names of the fields in which `other` differs; names only, never values (env)."""
+        if other is None:
+            return ["(unreadable)"]
+        return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+
+def network_name(spec: ContainerSpec) -> str:
+    """The bridge network of the allocation's own, when it may have one."""
+    return spec.container_name
+
 
 def _network_mode(spec: ContainerSpec) -> str:
-    # "bridge" is the engine's default network: outbound through the member's NAT.
-    return "bridge" if spec.network else "none"
+    # Never "bridge", the engine's default network shared by every container on it.
+    return network_name(spec) if spec.network else "none"
+
+
+def network_kwargs(spec: ContainerSpec, *, internal: bool) -> dict[str, Any]:
+    """Arguments for docker-py's `networks.create`: a bridge for this one container.
+    `internal`: no route out, whatever the engine's firewall does (see `_bridge_options`)."""
+    return {
+        "name": network_name(spec),
+        "driver": "bridge",
+        "internal": internal,
+        "options": _bridge_options(internal=internal),
+        "labels": {
+            LABEL_ALLOCATION: spec.allocation_id,
+            LABEL_HOST: spec.host_id,
+            LABEL_MANAGED: "1",
+            LABEL_NETWORK: "1",
+        },
+        "check_duplicate": True,
+    }
+
+
+def _bridge_options(*, internal: bool) -> dict[str, str]:
+    # One container per network; should one more join, it still may not talk to it.
+    options = {"com.docker.network.bridge.enable_icc": "false"}
+    if internal:
+        # Docker makes a network internal with firewall rules only: the container still gets
+        # a default route via the bridge's address, and an engine without iptables forwards
+        # from there into every other bridge. With no address on the bridge that route
+        # leads nowhere: the container reaches its own address and nothing else.
+        options["com.docker.network.bridge.inhibit_ipv4"] = "true"
+    return options
+
+
+def network_mismatches(
+    spec: ContainerSpec, network: dict[str, Any], *, internal: bool
+) -> list[tuple[str, Any, Any]]:
+    """(field, wanted, got) for what a network's inspect shows against what the allocation needs."""
+    labels = network.get("Labels") or {}
+    options = network.get("Options") or {}
+    checks: list[tuple[str, Any, Any]] = [
+        ("Network.Driver", "bridge", network.get("Driver")),
+        ("Network.Internal", internal, bool(network.get("Internal"))),
+        ("Network.Labels.allocation", spec.allocation_id, labels.get(LABEL_ALLOCATION)),
+        ("Network.Labels.host", spec.host_id, labels.get(LABEL_HOST)),
+    ]
+    checks += [
+        (f"Network.Options.{k}", v, options.get(k)) for k, v in _bridge_options(internal=internal).items()
+    ]
+    return [(name, wanted, got) for name, wanted, got in checks if wanted != got]
+
+
+def ulimits() -> list[dict[str, Any]]:
+    return [
+        {"Name": "nofile", "Soft": NOFILE_SOFT, "Hard": NOFILE_HARD},
+        {"Name": "nproc", "Soft": NPROC, "Hard": NPROC},
+    ]
+
+
+def image_refusals(image_inspect: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(field, wanted, got) for what an image would bring that no container of ours may have,
+    read before any container is made from it."""
+    config = image_inspect.get("Config") or {}
+    # A VOLUME line makes an anonymous volume outside the writable layer and its disk bound.
+    return [("Image.Config.Volumes", {}, config.get("Volumes"))] if config.get("Volumes") else []
 
 
 def labels(spec: ContainerSpec) -> dict[str, str]:
@@ -115,6 +202,7 @@ def create_kwargs(spec: ContainerSpec, *, disk_quota: bool) -> dict[str, Any]:
         "mem_limit": spec.memory_bytes,
         "memswap_limit": spec.memory_bytes,
         "pids_limit": spec.pids_limit,
+        "ulimits": ulimits(),
         "cap_drop": ["ALL"],
         "cap_add": list(CAPABILITIES),
         # The engine's default seccomp profile applies because we name no other.
@@ -135,6 +223,10 @@ def create_kwargs(spec: ContainerSpec, *, disk_quota: bool) -> dict[str, Any]:
     return kwargs
 
 
+def _ulimit_set(values: list[dict[str, Any]] | None) -> list[tuple[str, int, int]]:
+    return sorted((str(u.get("Name")), int(u.get("Soft", -1)), int(u.get("Hard", -1))) for u in values or [])
+
+
 def _caps(values: list[str] | None) -> list[str]:
     return sorted(v.upper().removeprefix("CAP_") for v in values or [])
 
@@ -151,6 +243,7 @@ def limit_mismatches(
         ("Memory", spec.memory_bytes, host.get("Memory")),
         ("MemorySwap", spec.memory_bytes, host.get("MemorySwap")),
         ("PidsLimit", spec.pids_limit, host.get("PidsLimit")),
+        ("Ulimits", _ulimit_set(ulimits()), _ulimit_set(host.get("Ulimits"))),
         ("OomKillDisable", False, bool(host.get("OomKillDisable"))),
         ("CapDrop", ["ALL"], _caps(host.get("CapDrop"))),
         ("CapAdd", sorted(CAPABILITIES), _caps(host.get("CapAdd"))),

@@ -123,6 +123,15 @@ class ContainerManager:
                 f"image {spec.image!r} is not in this host's allowed_images {self.config.allowed_images}",
             )
             return None
+        if spec.network and not self.config.allow_network:
+            # The scheduler never sends one here; an allocation placed before the member
+            # changed the setting, or by a bug, still gets no network.
+            self._fail(
+                alloc_id,
+                "network_not_allowed",
+                "the allocation asks for a network; this host's allow_network is false",
+            )
+            return None
         try:
             return container_spec(self.host_id, alloc_id, spec)
         except ValueError as exc:

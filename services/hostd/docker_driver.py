@@ -8,10 +8,13 @@ this module as a `DockerDriverError`:
     +-- EngineUnavailable      no engine answers at the URL (down, socket missing, hung)
     +-- ImageNotAvailable      the image is not on the engine and was not pulled
     +-- ContainerNotFound      no container with that id or name
-    +-- LimitsNotApplied       a limit or security setting did not take effect
+    +-- LimitsNotApplied       a limit or security setting would not, or did not, take effect
 
 What a container gets is decided in `container_config` (pure, unit-tested);
-here it is created, started, read back and verified.
+here it is created, read back and verified, and only then started: the image
+is read before anything is made from it (a VOLUME line would escape the disk
+bound), the engine must apply its seccomp profile, and the created container's
+inspect must show every limit, so nothing of the allocation's runs unbounded.
 """
 
 import contextlib
@@ -36,7 +39,11 @@ from potluck.hostd.container_config import (
     LABEL_SPEC,
     ContainerSpec,
     create_kwargs,
+    image_refusals,
     limit_mismatches,
+    network_kwargs,
+    network_mismatches,
+    network_name,
 )
 
 __all__ = [
@@ -81,11 +88,18 @@ class ContainerNotFound(DockerDriverError):
 
 
 class LimitsNotApplied(DockerDriverError):
-    def __init__(self, field: str, wanted: Any, got: Any, *, container_id: str = "") -> None:
-        super().__init__(
-            f"{field} did not take effect on container {container_id[:12] or '?'}: "
-            f"wanted {wanted!r}, the engine reports {got!r}; the container was removed"
-        )
+    def __init__(
+        self, field: str, wanted: Any, got: Any, *, container_id: str = "", before: str = ""
+    ) -> None:
+        """`before`: refused before any container was made (what was read), else after creating one."""
+        if before:
+            message = f"{field}: wanted {wanted!r}, {before} has {got!r}; no container was made"
+        else:
+            message = (
+                f"{field} did not take effect on container {container_id[:12] or '?'}: "
+                f"wanted {wanted!r}, the engine reports {got!r}; the container was removed"
+            )
+        super().__init__(message)
         self.field, self.wanted, self.got, self.container_id = field, wanted, got, container_id
 
 
@@ -186,9 +200,12 @@ class EventStream:
 
 
 class DockerDriver:
-    def __init__(self, base_url: str, timeout: float = 30) -> None:
+    def __init__(self, base_url: str, timeout: float = 30, *, internal_networks: bool = False) -> None:
+        """`internal_networks`: an allocation's own network has no route out (hostd's
+        `internal_network`)."""
         self.base_url = base_url
         self.timeout = timeout
+        self.internal_networks = internal_networks
         self._client: docker.DockerClient | None = None
         self._facts: EngineFacts | None = None
         self._lock = threading.Lock()
@@ -298,9 +315,13 @@ class DockerDriver:
     # Containers.
 
     def run(self, spec: ContainerSpec) -> str:
-        """Create and start the allocation's container, or find the one a previous run()
-        made from the same spec; then check its limits. Returns the container id."""
-        disk_quota = self.engine_facts().disk_quota_supported
+        """Create the allocation's container, or find the one a previous run() made from the
+        same spec; check its limits; then start it if it is not running. Returns its id."""
+        facts = self.engine_facts()
+        if not facts.seccomp:
+            # Without the engine's profile every syscall reaches the laptop's kernel.
+            raise LimitsNotApplied("seccomp", True, False, before=f"the engine at {self.base_url}")
+        disk_quota = facts.disk_quota_supported
         name = spec.container_name
         with self._errors(f"running {name}") as client:
             try:
@@ -308,24 +329,58 @@ class DockerDriver:
                 made_from = _managed(container.attrs).spec
                 if made_from != spec:
                     raise DockerDriverError(
-                        f"{name} already exists but was made from {made_from}, not {spec}: "
-                        "remove it first to run the allocation with the new spec"
+                        f"{name} already exists but was made from another spec (it differs in "
+                        f"{', '.join(spec.differences(made_from))}): "
+                        "remove it first to run the allocation with this one"
                     )
             except docker.errors.NotFound:
+                self._check_image(client, spec.image)
+                if spec.network:
+                    self._own_network(client, spec)
                 try:
                     container = client.containers.create(**create_kwargs(spec, disk_quota=disk_quota))
                 except docker.errors.APIError as exc:
                     if exc.status_code != 409:  # 409: a concurrent run() created it first
+                        self._remove_network(client, spec)
                         raise
                     container = client.containers.get(name)
-            if container.status == "created":
+        self.verify_limits(container.id or "", spec)
+        if container.status == "created":
+            with self._errors(f"starting {name}"):
                 try:
                     container.start()
                 except docker.errors.APIError:
                     container.remove(force=True)
                     raise
-        self.verify_limits(container.id or "", spec)
         return container.id or ""
+
+    def _check_image(self, client: docker.DockerClient, image: str) -> None:
+        """Refuse, before making anything from it, an image that brings what no container may have."""
+        attrs: dict[str, Any] = client.api.inspect_image(image)  # type: ignore[no-untyped-call]
+        refusals = image_refusals(attrs)
+        if refusals:
+            field, wanted, got = refusals[0]
+            raise LimitsNotApplied(field, wanted, got, before=f"the image {image}")
+
+    def _own_network(self, client: docker.DockerClient, spec: ContainerSpec) -> None:
+        """Make the allocation's own bridge network, or check the one a previous run() made."""
+        kwargs = network_kwargs(spec, internal=self.internal_networks)
+        try:
+            client.networks.create(**kwargs)
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:
+                raise
+        attrs: dict[str, Any] = client.api.inspect_network(network_name(spec))
+        mismatches = network_mismatches(spec, attrs, internal=self.internal_networks)
+        if mismatches:
+            field, wanted, got = mismatches[0]
+            raise LimitsNotApplied(field, wanted, got, before=f"the network {network_name(spec)}")
+
+    def _remove_network(self, client: docker.DockerClient, spec: ContainerSpec) -> None:
+        # A network left behind holds nothing and the next run() of the allocation reuses it.
+        if spec.network:
+            with contextlib.suppress(docker.errors.APIError):
+                client.api.remove_network(network_name(spec))
 
     def verify_limits(self, container_id: str, spec: ContainerSpec) -> None:
         """Raise LimitsNotApplied (after removing the container) unless inspect shows them all."""
@@ -357,12 +412,15 @@ class DockerDriver:
             client.api.stop(container_id, timeout=timeout)
 
     def remove(self, container_id: str) -> None:
-        """Kill and remove; a container that is already gone is fine."""
+        """Kill and remove, with the allocation's own network; a container already gone is fine."""
         with (
             contextlib.suppress(ContainerNotFound),
             self._errors(f"removing {container_id[:12]}") as client,
         ):
+            spec = _managed(client.api.inspect_container(container_id)).spec
             client.api.remove_container(container_id, force=True)
+            if spec is not None:
+                self._remove_network(client, spec)
 
     def pause(self, container_id: str) -> None:
         with self._errors(f"pausing {container_id[:12]}") as client:

@@ -46,6 +46,7 @@ def register(state: HostState | None, host_id: str, req: RegisterHost) -> list[E
         donated=req.donated,
         labels=req.labels,
         allowed_images=req.allowed_images,
+        allow_network=req.allow_network,
         engine=req.engine,
         hostd_version=req.hostd_version,
         ssh_host_key=req.ssh_host_key,
@@ -55,6 +56,7 @@ def register(state: HostState | None, host_id: str, req: RegisterHost) -> list[E
         and current.donated == req.donated
         and current.labels == req.labels
         and list(current.allowed_images) == req.allowed_images
+        and current.allow_network == req.allow_network
         and current.engine == req.engine
         and current.hostd_version == req.hostd_version
         and current.ssh_host_key == req.ssh_host_key

@@ -1,11 +1,19 @@
 """Limits that hold: what a placed container tries, and what must stop it."""
 
+import time
+from dataclasses import replace
 from pathlib import Path
 
+import docker
+
+from potluck.hostd.container_config import NOFILE_HARD, NOFILE_SOFT, NPROC, create_kwargs
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.test_image import DEFAULT_TAG, import_rootfs, rootfs_tarball
 from tests.e2e.conftest import wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
+
+VOLUME_IMAGE = "potluck-volume:1"
 
 
 async def test_a_memory_hog_is_oom_killed_and_reported(pool: Pool, laptop: EnrolledHost) -> None:
@@ -91,3 +99,65 @@ async def test_writing_past_the_disk_bound_stops_the_container(pool: Pool, lapto
     state = await allocation(pool.store, "writer")
     assert state is not None
     assert state.reason == "disk_limit_exceeded"
+
+
+async def test_files_processes_syscalls_and_volumes_are_bounded_before_anything_runs(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """Inside a placed container, `ulimit` reads back our open-files and processes limits (not
+    the engine's million) and seccomp is on: `unshare -U`, which the engine's profile blocks,
+    fails, while the same container made with seccomp=unconfined can call it. An image with a
+    VOLUME line is refused from its own inspect: the allocation fails with limits_not_applied,
+    and the engine never started a container for it nor made a volume."""
+    engine = docker_engines[0]
+    import_rootfs(engine.url, rootfs_tarball(), VOLUME_IMAGE, changes=["VOLUME /data", 'CMD ["/bin/sh"]'])
+    host = await pool.enroll("laptop-bounded")
+    pool.write_config(host, engine, allowed_images=[DEFAULT_TAG, "potluck-volume:*"])
+    pool.start_hostd(host)
+    await pool.wait_for_host(host.host_id, "online")
+    client = docker.DockerClient(base_url=engine.url)
+    driver = DockerDriver(engine.url)
+    try:
+        volumes_before = {v.name for v in client.volumes.list()}
+        since = int(time.time()) - 1
+        await place(pool.store, host.host_id, "bounded", spec())
+        await place(pool.store, host.host_id, "volume", spec(image=VOLUME_IMAGE))
+        await wait_for_status(pool, "bounded", "running")
+        await wait_for_status(pool, "volume", "failed")
+
+        [container] = [c for c in driver.list_managed(host.host_id) if c.allocation_id == "bounded"]
+        # stdout and stderr arrive in frames of their own: read the limits and the refusal apart.
+        probe = ["sh", "-c", "ulimit -n; ulimit -Hn; ulimit -u; grep Seccomp: /proc/self/status"]
+        limits = driver.exec_run(container.container_id, probe).output.decode().splitlines()
+        nofile, nofile_hard, nproc, seccomp = limits
+        assert (int(nofile), int(nofile_hard), int(nproc)) == (NOFILE_SOFT, NOFILE_HARD, NPROC)
+        assert seccomp.split() == ["Seccomp:", "2"]  # 2: a filter is on
+        blocked = driver.exec_run(container.container_id, ["unshare", "-U", "true"])
+        assert blocked.exit_code != 0
+        assert "Operation not permitted" in blocked.output.decode()
+        # The control: the same container without the profile gets through, so seccomp is what stopped it.
+        assert container.spec is not None
+        control = replace(container.spec, allocation_id="seccomp-control", host_id="control")
+        kwargs = create_kwargs(control, disk_quota=False)
+        kwargs["security_opt"] = [*kwargs["security_opt"], "seccomp=unconfined"]
+        unconfined = client.containers.create(**kwargs)
+        try:
+            unconfined.start()
+            assert driver.exec_run(unconfined.id or "", ["unshare", "-U", "true"]).exit_code == 0
+        finally:
+            unconfined.remove(force=True)
+
+        state = await allocation(pool.store, "volume")
+        assert state is not None
+        assert state.reason == "limits_not_applied"
+        starts = [
+            e
+            for e in driver.events(host.host_id, since=since, until=int(time.time()) + 1)
+            if e["action"] == "start"
+        ]
+        assert [e["allocation_id"] for e in starts] == ["bounded"]
+        assert {v.name for v in client.volumes.list()} == volumes_before
+        assert "volume" not in {c.allocation_id for c in driver.list_managed(host.host_id)}
+    finally:
+        driver.close()
+        client.close()

@@ -2,10 +2,13 @@
 the services answer it anywhere but in its own inbox."""
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Awaitable, Callable
 
+import aiohttp
+import docker
 import nats.errors
 import nats.js.errors
 import pytest
@@ -18,9 +21,13 @@ from potluck.contracts.reports import UsageSampled
 from potluck.contracts.subjects import CONTROL, DESIRED, REGISTER, STATUS, host_consumer, inbox_prefix
 from potluck.events import EVENTS_STREAM, REPORTS_STREAM
 from potluck.events.bus import STREAM_SPECS
+from potluck.hostd.container_config import ContainerSpec
+from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
 from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.registry.service import REQUEST_RATE
-from tests.fixtures.pool import EnrolledHost, Pool, place, spec
+from tests.e2e.conftest import wait_for_status
+from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, release, spec
 
 
 @pytest.fixture
@@ -246,3 +253,125 @@ async def test_a_host_in_a_loop_is_refused_and_bounded_while_others_are_served(
 async def _subject_counts(js: JetStreamContext, subjects: str) -> dict[str, int]:
     info = await js.stream_info(REPORTS_STREAM, subjects_filter=subjects)
     return dict(info.state.subjects or {})
+
+
+async def _exec(driver: DockerDriver, alloc_id: str, host_id: str, command: str) -> tuple[int, str]:
+    [container] = [c for c in driver.list_managed(host_id) if c.allocation_id == alloc_id]
+    result = await asyncio.to_thread(driver.exec_run, container.container_id, ["sh", "-c", command])
+    return result.exit_code, result.output.decode(errors="replace")
+
+
+async def test_members_decide_what_runs_and_containers_keep_their_secrets_and_their_distance(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """Laptop A allows `potluck-test:*` and no network; laptop B allows networks (internal ones,
+    as its engine runs without iptables). Tried, and what must hold:
+    - an image whose `*`-matched text names another registry (`potluck-test:5000/evil/img:1`)
+      is refused by A's hostd as image_not_allowed, not pulled;
+    - a networked allocation sent to A anyway fails as network_not_allowed; asked through the
+      API, one is placed on B, whose registration says it allows networks, and one that only
+      A's labels match is refused (422 NO_HOST_ALLOWS_NETWORK);
+    - two networked containers on B each have a network of their own (never the default
+      bridge): each reaches its own server, neither reaches the other's; releasing one
+      removes its network;
+    - a container name already taken, made from another spec with a secret in its
+      environment, makes the allocation fail naming the differing fields: neither secret
+      shows in the failure event or any service's log."""
+    a = await pool.enroll("laptop-a")
+    b = await pool.enroll("laptop-b")
+    pool.write_config(a, docker_engines[0], allowed_images=["potluck-test:*"])
+    pool.write_config(b, docker_engines[1], allow_network=True, internal_network=True)
+    for host in (a, b):
+        pool.start_hostd(host)
+    await pool.wait_for_host(a.host_id, "online")
+    await pool.wait_for_host(b.host_id, "online")
+    hosts = (await pool.hosts()).hosts
+    assert (hosts[a.host_id].allow_network, hosts[b.host_id].allow_network) == (False, True)
+
+    await place(pool.store, a.host_id, "evil", spec(image="potluck-test:5000/evil/img:1"))
+    networked = spec().model_copy(update={"network": True})
+    await place(pool.store, a.host_id, "net-on-a", networked)
+    await wait_for_status(pool, "evil", "failed")
+    await wait_for_status(pool, "net-on-a", "failed")
+    evil, net_on_a = await allocation(pool.store, "evil"), await allocation(pool.store, "net-on-a")
+    assert evil is not None
+    assert evil.reason == "image_not_allowed"
+    assert net_on_a is not None
+    assert net_on_a.reason == "network_not_allowed"
+
+    await pool.wait_api()
+    token = await pool.add_user("alice")
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        body = {"cpus": 0.5, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG, "network": True,
+                "command": ["sh", "-c", "echo served > /index.html; httpd -f -p 8080 -h /"]}  # fmt: skip
+        async with http.post(
+            pool.api + "/v1/allocations", json={**body, "constraints": {"name": "laptop-a"}}
+        ) as r:
+            assert (r.status, (await r.json())["error"]["code"]) == (422, "NO_HOST_ALLOWS_NETWORK")
+        async with http.post(pool.api + "/v1/allocations", json=body) as response:
+            created = await response.json()
+            assert response.status == 201, created
+    assert created["host_id"] == b.host_id
+    server = networked.model_copy(update={"command": body["command"]})
+    await place(pool.store, b.host_id, "other", server)
+    await wait_for_status(pool, created["id"], "running")
+    await wait_for_status(pool, "other", "running")
+
+    with DockerDriver(docker_engines[1].url) as driver:
+        addresses = {}
+        for alloc_id in (created["id"], "other"):
+            [container] = [c for c in driver.list_managed(b.host_id) if c.allocation_id == alloc_id]
+            networks = driver.inspect(container.container_id)["NetworkSettings"]["Networks"]
+            assert list(networks) == [f"potluck-{alloc_id}"]
+            addresses[alloc_id] = networks[f"potluck-{alloc_id}"]["IPAddress"]
+            assert addresses[alloc_id]
+        for alloc_id, address in addresses.items():
+            # busybox wget's own -T crashes (static build); timeout bounds it instead.
+            fetch = (
+                f"for i in 1 2 3 4 5 6 7 8 9 10; do timeout 2 wget -q -O - http://{address}:8080/ && exit 0; "
+                "sleep 0.5; done; exit 1"
+            )
+            assert await _exec(driver, alloc_id, b.host_id, fetch) == (0, "served\n")
+            [peer] = [p for p in addresses if p != alloc_id]
+            code, output = await _exec(
+                driver, peer, b.host_id, f"timeout 3 wget -q -O - http://{address}:8080/"
+            )
+            assert code != 0
+            assert "served" not in output
+        await release(pool.store, b.host_id, "other")
+        await wait_for_status(pool, "other", "released")
+        client = docker.DockerClient(base_url=docker_engines[1].url)
+        try:
+            for _ in range(50):
+                if "potluck-other" not in {n.name for n in client.networks.list()}:
+                    break
+                await asyncio.sleep(0.2)
+            names = {n.name for n in client.networks.list()}
+            assert "potluck-other" not in names
+            assert f"potluck-{created['id']}" in names
+        finally:
+            client.close()
+
+    # A container left by another spec under the allocation's name: the failure names fields only.
+    leftover = ContainerSpec(
+        allocation_id="dup", host_id="elsewhere", image=DEFAULT_TAG, cpus=0.5, memory_bytes=64 << 20,
+        disk_bytes=64 << 20, pids_limit=64, command=["sleep", "3600"], env={"TOKEN": "first-s3cret"},
+    )  # fmt: skip
+    with DockerDriver(docker_engines[0].url) as driver:
+        await asyncio.to_thread(driver.run, leftover)
+        try:
+            await place(
+                pool.store, a.host_id, "dup", spec().model_copy(update={"env": {"TOKEN": "second-s3cret"}})
+            )
+            await wait_for_status(pool, "dup", "failed")
+        finally:
+            with contextlib.suppress(DockerDriverError):  # hostd may be removing it already
+                await asyncio.to_thread(driver.remove, "potluck-dup")
+    failed = [e.data_json for e in await pool.store.read_stream("alloc-dup") if e.type == "AllocationFailed"]
+    assert failed, pool.logs()
+    detail = "\n".join(failed)
+    assert "env" in detail
+    for secret in ("first-s3cret", "second-s3cret"):
+        assert secret not in detail
+        for log in pool.workdir.glob("*.log"):
+            assert secret not in log.read_text(errors="replace"), log.name

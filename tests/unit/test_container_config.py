@@ -6,12 +6,20 @@ from typing import Any
 
 import pytest
 
+from potluck.contracts.allocation_events import AllocationSpec
+from potluck.contracts.capacity import Capacity
 from potluck.hostd.container_config import (
     CAPABILITIES,
     LABEL_SPEC,
+    NOFILE_HARD,
+    NOFILE_SOFT,
+    NPROC,
     ContainerSpec,
     create_kwargs,
+    image_refusals,
     limit_mismatches,
+    network_kwargs,
+    network_mismatches,
 )
 
 MiB = 1024 * 1024
@@ -45,7 +53,11 @@ def _inspect_as_the_engine_reports(spec: ContainerSpec, *, disk_quota: bool) -> 
         "CapAdd": [f"CAP_{c}" for c in CAPABILITIES],
         "SecurityOpt": ["no-new-privileges"],
         "Privileged": False,
-        "NetworkMode": "bridge" if spec.network else "none",
+        "NetworkMode": "potluck-a1b2" if spec.network else "none",
+        "Ulimits": [
+            {"Name": "nofile", "Hard": NOFILE_HARD, "Soft": NOFILE_SOFT},
+            {"Name": "nproc", "Hard": NPROC, "Soft": NPROC},
+        ],
         "Binds": None,
         "VolumesFrom": None,
         "Devices": [],
@@ -94,11 +106,12 @@ def test_create_kwargs_carry_every_limit_and_the_hardening() -> None:
 
 def test_disk_quota_and_network_only_when_asked() -> None:
     """With quota support the writable layer gets a size; a spec that asks for network gets
-    the engine's bridge."""
+    a network of its own, never the engine's shared default bridge."""
     kwargs = create_kwargs(_spec(network=True), disk_quota=True)
 
     assert kwargs["storage_opt"] == {"size": str(1024 * MiB)}
-    assert kwargs["network_mode"] == "bridge"
+    assert kwargs["network_mode"] == "potluck-a1b2"
+    assert create_kwargs(_spec(network=True), disk_quota=True)["network_mode"] != "bridge"
 
 
 @pytest.mark.parametrize("disk_quota", [False, True])
@@ -126,6 +139,9 @@ def test_a_container_as_asked_has_no_mismatch(disk_quota: bool, network: bool) -
          "SecurityOpt.unconfined"),
         (("HostConfig", "Privileged"), True, "Privileged"),
         (("HostConfig", "NetworkMode"), "host", "NetworkMode"),
+        (("HostConfig", "NetworkMode"), "bridge", "NetworkMode"),
+        (("HostConfig", "Ulimits"), None, "Ulimits"),
+        (("HostConfig", "Ulimits"), [{"Name": "nofile", "Hard": 1 << 20, "Soft": 1 << 20}], "Ulimits"),
         (("HostConfig", "Binds"), ["/:/host"], "Binds"),
         (("Mounts",), [{"Type": "bind", "Source": "/var/run/docker.sock"}], "Mounts"),
         (("HostConfig", "Devices"), [{"PathOnHost": "/dev/kvm"}], "Devices"),
@@ -192,3 +208,61 @@ def test_the_spec_survives_its_label() -> None:
 
     assert ContainerSpec.from_json(spec.to_json()) == spec
     assert json.loads(spec.to_json())["allocation_id"] == "a1b2"
+
+
+def test_create_kwargs_bound_open_files_and_processes() -> None:
+    """The container gets soft and hard limits on open files and on its user's processes."""
+    limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in create_kwargs(_spec(), disk_quota=False)["ulimits"]}
+
+    assert limits == {"nofile": (NOFILE_SOFT, NOFILE_HARD), "nproc": (NPROC, NPROC)}
+
+
+def test_an_image_with_a_volume_is_refused_before_anything_is_made() -> None:
+    """An image's VOLUME would be an anonymous volume outside the disk bound: named from the
+    image's own inspect; an image without one passes."""
+    assert image_refusals({"Config": {"Volumes": {"/data": {}}}}) == [
+        ("Image.Config.Volumes", {}, {"/data": {}})
+    ]
+    assert image_refusals({"Config": {"Volumes": None}}) == []
+    assert image_refusals({}) == []
+
+
+@pytest.mark.parametrize("internal", [False, True])
+def test_the_allocations_own_network_is_checked(internal: bool) -> None:
+    """The network asked for, as the engine shows it, has no mismatch; one that is not internal
+    when it should be, or belongs to another allocation, is named."""
+    spec = _spec(network=True)
+    kwargs = network_kwargs(spec, internal=internal)
+    shown = {
+        "Driver": "bridge",
+        "Internal": internal,
+        "Labels": kwargs["labels"],
+        "Options": kwargs["options"],
+    }
+
+    assert kwargs["name"] == "potluck-a1b2"
+    assert network_mismatches(spec, shown, internal=internal) == []
+    assert [
+        m[0] for m in network_mismatches(spec, {**shown, "Internal": not internal}, internal=internal)
+    ] == ["Network.Internal"]
+    other = {**shown, "Labels": {**kwargs["labels"], "potluck.allocation": "other"}}
+    assert [m[0] for m in network_mismatches(spec, other, internal=internal)] == ["Network.Labels.allocation"]
+
+
+def test_environment_values_never_show_in_repr_or_differences() -> None:
+    """A spec formatted into a log line or an error shows no environment value; comparing two
+    specs names the fields that differ, not their values."""
+    spec = _spec(env={"TOKEN": "s3cret-value"})
+    other = _spec(env={"TOKEN": "other-s3cret"}, cpus=2.0)
+
+    assert "s3cret" not in repr(spec)
+    assert "s3cret" not in f"{spec}"
+    assert spec.differences(other) == ["cpus", "env"]
+    assert spec.differences(spec) == []
+    assert spec.differences(None) == ["(unreadable)"]
+    wanted = AllocationSpec(
+        resources=Capacity(cpus=1, memory_bytes=MiB, disk_bytes=MiB), image="x", env=spec.env
+    )
+    assert "s3cret" not in repr(wanted)
+    assert "s3cret" not in str(wanted)
+    assert AllocationSpec.model_validate_json(wanted.model_dump_json()).env == spec.env

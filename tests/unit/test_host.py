@@ -144,6 +144,7 @@ def test_registering_again_unchanged_while_online_records_nothing() -> None:
         {"donated": Capacity(cpus=1, memory_bytes=GIB, disk_bytes=GIB)},
         {"labels": {"name": "laptop", "gpu": "yes"}},
         {"allowed_images": ["other:2"]},
+        {"allow_network": True},
         {"engine": ENGINE.model_copy(update={"version": "28.0"})},
         {"hostd_version": "1.1"},
         {"ssh_host_key": "ssh-ed25519 BBBB"},

@@ -13,14 +13,18 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from potluck.allocator.capacity import CapacityLedger, host_snapshots, snapshot_of
 from potluck.allocator.scheduler import (
     EXCEEDS_ANY_HOST,
     NO_FREE_CAPACITY,
     NO_HOST_ALLOWS_IMAGE,
+    NO_HOST_ALLOWS_NETWORK,
     NO_HOST_MATCHES,
     NO_SCHEDULABLE_HOST,
+    STRATEGIES,
     ZERO,
     Decision,
     HostSnapshot,
@@ -46,6 +50,7 @@ from potluck.contracts.host_events import (
     HostResumed,
     HostSuspected,
 )
+from potluck.contracts.image_reference import image_allowed
 from potluck.events import Event
 from potluck.readmodels.hosts import HostState, HostsView, evolve
 
@@ -97,12 +102,14 @@ def request(
     *,
     constraints: dict[str, str] | None = None,
     image: str | None = None,
+    network: bool = False,
 ) -> PlacementRequest:
     return PlacementRequest(
         alloc_id=f"a-{cpus}-{memory}-{disk}",
         resources=cap(cpus, memory, disk),
         constraints=constraints or {},
         image=image,
+        network=network,
     )
 
 
@@ -292,6 +299,67 @@ def test_hosts_that_restrict_images_get_only_those(decide: Decide) -> None:
     assert (decision.code, decision.field) == (NO_HOST_ALLOWS_IMAGE, "image")
 
 
+@pytest.mark.parametrize(
+    "image",
+    ["debian:5000/evil/img:1", "debian/evil:1", "evil.example/debian:12", "debian@sha256:" + "a" * 64],
+)
+def test_an_image_pattern_admits_no_other_registry_or_repository(decide: Decide, image: str) -> None:
+    """`debian:*` is every tag of Docker Hub's debian: its `*` spans no ':', '/' or '@', so an
+    image from registry `debian:5000`, another repository, or pinned by digest alone is refused."""
+    debian_only = replace(snap("tight", cap(1, 2 * GIB)), allowed_images=("debian:*",))
+
+    decision = decide([debian_only], request(1, GIB, image=image), "best_fit")
+
+    assert isinstance(decision, Impossible)
+    assert (decision.code, decision.field) == (NO_HOST_ALLOWS_IMAGE, "image")
+    assert decide([debian_only], request(1, GIB, image="docker.io/library/debian:12"), "best_fit") == Placed(
+        "tight"
+    )
+
+
+def test_a_request_for_a_network_goes_only_where_the_member_allows_one(decide: Decide) -> None:
+    """Hosts allow no network unless their member said so: a networked request skips the
+    roomier host that does not, waits when the one that does is full, and is impossible
+    where no host does; requests without a network go anywhere."""
+    closed = snap("closed", cap(8, 32 * GIB))
+    open_ = replace(snap("open", cap(2, 4 * GIB)), allow_network=True)
+    assert not closed.allow_network
+
+    assert decide([closed, open_], request(4, GIB, network=True), "spread") == Impossible(
+        EXCEEDS_ANY_HOST, "no host that allows a network donates 4 cpus", "cpus"
+    )
+    assert decide([closed, open_], request(1, GIB, network=True), "spread") == Placed("open")
+    assert decide([closed, open_], request(1, GIB), "spread") == Placed("closed")
+    full = replace(open_, reserved=cap(2, 4 * GIB))
+    assert decide([closed, full], request(1, GIB, network=True), "best_fit") == Wait(NO_FREE_CAPACITY)
+    decision = decide([closed], request(1, GIB, network=True), "best_fit")
+    assert isinstance(decision, Impossible)
+    assert (decision.code, decision.field) == (NO_HOST_ALLOWS_NETWORK, "network")
+    debian_open = replace(open_, allowed_images=("debian:*",))
+    decision = decide([closed, debian_open], request(1, GIB, image="alpine:3", network=True), "best_fit")
+    assert decision == Impossible(
+        NO_HOST_ALLOWS_NETWORK,
+        "no host that allows the image 'alpine:3' lets containers have a network",
+        "network",
+    )
+
+
+def test_a_hosts_allow_network_comes_from_its_registration() -> None:
+    """The member's `allow_network` travels in HostRegistered to the scheduler's snapshot."""
+    state = evolve(
+        host_state("h", cap(1, GIB)),
+        HostRegistered(
+            host_id="h", donated=cap(1, GIB), allow_network=True, engine=ENGINE, hostd_version="t"
+        ),
+        9,
+        T0,
+    )
+    assert state is not None
+    snapshot = snapshot_of(state)
+    assert snapshot is not None
+    assert snapshot.allow_network
+
+
 # --- hosts that may not take work --------------------------------------------------------------
 
 UNSCHEDULABLE: dict[str, Callable[[str], Event]] = {
@@ -475,6 +543,7 @@ def test_scheduler_agrees_with_place_over_a_large_changing_pool(seed: int) -> No
                 labels=rnd.choice(labels),
                 schedulable=rnd.random() > 0.1,
                 allowed_images=rnd.choice([(), (), ("debian:*",)]),
+                allow_network=rnd.random() < 0.2,
             )
         )
     live: list[tuple[str, Capacity]] = []
@@ -484,6 +553,7 @@ def test_scheduler_agrees_with_place_over_a_large_changing_pool(seed: int) -> No
             cap(rnd.choice([0.25, 0.5, 1, 2, 4, 12]), rnd.choice([1, 2, 6, 24]) * GIB // 2),
             constraints=rnd.choice([{}, {}, {"arch": "amd64"}, {"gpu": "yes"}, {"arch": "ppc"}]),
             image=rnd.choice([None, "debian:12", "alpine:3"]),
+            network=rnd.random() < 0.3,
         )
         strategy: Strategy = rnd.choice(["best_fit", "spread"])
         decision = scheduler.place(req, strategy)
@@ -497,3 +567,47 @@ def test_scheduler_agrees_with_place_over_a_large_changing_pool(seed: int) -> No
         if rnd.random() < 0.05:
             host_id = f"h{rnd.randrange(400):04d}"
             scheduler.set_schedulable(host_id, not scheduler.snapshot(host_id).schedulable)
+
+
+@st.composite
+def _network_pools(draw: st.DrawFn) -> tuple[list[HostSnapshot], PlacementRequest]:
+    hosts = [
+        HostSnapshot(
+            f"h{i}",
+            cap(draw(st.sampled_from([1, 2, 4])), draw(st.sampled_from([1, 4])) * GIB),
+            reserved=draw(st.sampled_from([ZERO, cap(1, GIB)])),
+            schedulable=draw(st.booleans()),
+            allowed_images=draw(st.sampled_from([(), ("debian:*",), ("ghcr.io/acme/*:*",)])),
+            allow_network=draw(st.booleans()),
+        )
+        for i in range(draw(st.integers(0, 6)))
+    ]
+    req = PlacementRequest(
+        "r",
+        cap(draw(st.sampled_from([0.5, 1, 3])), GIB),
+        image=draw(st.sampled_from([None, "debian:12", "ghcr.io/acme/tool:1", "debian:5000/acme/tool:1"])),
+        network=draw(st.booleans()),
+    )
+    return hosts, req
+
+
+@given(_network_pools(), st.sampled_from(STRATEGIES))
+def test_a_networked_request_never_lands_where_the_member_said_no(
+    case: tuple[list[HostSnapshot], PlacementRequest], strategy: Strategy
+) -> None:
+    """Any pool, any request: both implementations decide alike; a placement is on a host that
+    admits the image and, if asked, a network; NO_HOST_ALLOWS_NETWORK only when no host that
+    admits the image allows a network."""
+    hosts, req = case
+    decision = place(hosts, req, strategy)
+    assert Scheduler(hosts).place(req, strategy) == decision
+    by_id = {h.host_id: h for h in hosts}
+    admits_image = [h for h in hosts if req.image is None or image_allowed(h.allowed_images, req.image)]
+    if isinstance(decision, Placed):
+        host = by_id[decision.host_id]
+        assert host in admits_image
+        assert host.allow_network or not req.network
+    if isinstance(decision, Impossible) and decision.code == NO_HOST_ALLOWS_NETWORK:
+        assert req.network
+        assert admits_image
+        assert not any(h.allow_network for h in admits_image)

@@ -466,8 +466,10 @@ def test_a_placement_request_carries_what_the_scheduler_needs() -> None:
     requested = AllocationRequested(
         alloc_id="a",
         user="u",
-        spec=AllocationSpec(resources=cap(2, GIB), image="debian:12"),
+        spec=AllocationSpec(resources=cap(2, GIB), image="debian:12", network=True),
         lifetime_s=60,
         constraints={"arch": "arm64"},
     )
-    assert placement_request(requested) == PlacementRequest("a", cap(2, GIB), {"arch": "arm64"}, "debian:12")
+    assert placement_request(requested) == PlacementRequest(
+        "a", cap(2, GIB), {"arch": "arm64"}, "debian:12", network=True
+    )
