@@ -67,7 +67,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from potluck.contracts.link import LINK_CIPHERS, limit_reads
+from potluck.contracts.link import LINK_CIPHERS, LINK_KEX_ALGS, LINK_MAC_ALGS, limit_reads
 from potluck.events.tracing import context_from_env
 from potluck.hostd.exec_bridge import ExecBridge, ExecProcess, exec_env
 from potluck.hostd.exec_errors import ExecError, ExecRefused
@@ -565,6 +565,8 @@ async def _dial(link: _Link, host_key: asyncssh.SSHKey, timing: LinkTiming) -> a
         window=timing.window,
         compression_algs=None,
         encryption_algs=list(LINK_CIPHERS),
+        kex_algs=list(LINK_KEX_ALGS),
+        mac_algs=list(LINK_MAC_ALGS),
         keepalive_interval=timing.keepalive_interval_s,
         keepalive_count_max=timing.keepalive_count_max,
         login_timeout=timing.connect_timeout_s,

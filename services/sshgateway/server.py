@@ -51,7 +51,7 @@ from typing import Any
 import asyncssh
 import structlog
 
-from potluck.contracts.link import LINK_CIPHERS, limit_reads
+from potluck.contracts.link import LINK_CIPHERS, LINK_KEX_ALGS, LINK_MAC_ALGS, limit_reads
 from potluck.sshgateway.admission import Admission, AdmissionPolicy
 from potluck.sshgateway.audit import LoginIdentity
 from potluck.sshgateway.context import GatewayContext
@@ -358,6 +358,8 @@ async def listen_for_hosts(ctx: GatewayContext, tunnel_key: asyncssh.SSHKey) -> 
         preferred_auth="publickey",
         public_key_auth=True,
         encryption_algs=list(LINK_CIPHERS),
+        kex_algs=list(LINK_KEX_ALGS),
+        mac_algs=list(LINK_MAC_ALGS),
         connect_timeout=ctx.settings.login_timeout_s,
         reuse_address=True,
         **_common_options(ctx),
