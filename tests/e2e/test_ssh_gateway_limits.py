@@ -223,16 +223,23 @@ async def test_new_connections_and_logins_in_progress_are_throttled_per_address(
     source = "127.0.0.60"
     started = time.monotonic()
     lines: list[bytes] = []
-    while len(lines) < 38 and time.monotonic() - started < 1.5:
+    banners: list[bytes] = []
+    while len(banners) < 38 and time.monotonic() - started < 1.5:
         lines += await asyncio.gather(*(_first_line(source, env.port) for _ in range(3)))
+        banners = [line for line in lines if line.startswith(b"SSH-")]
     elapsed = time.monotonic() - started
-    banners = [line for line in lines if line.startswith(b"SSH-")]
     refused = [line for line in lines if line.startswith(b"potluck: too many new connections")]
-    assert len(banners) / max(elapsed, 1.5) < 20, (len(banners), elapsed)
+    assert len(banners) / elapsed < 20, (len(banners), elapsed)
     assert len(banners) <= 10 + 2 * elapsed + 1
     assert len(banners) + len(refused) == len(lines), lines
 
-    throttled = await env.ssh("thr1", "true", key="gina", source=source, options=["-v"])
+    for _ in range(3):
+        # Take what tokens came back since, then ssh (at 2 a second, another may come between).
+        while (await _first_line(source, env.port)).startswith(b"SSH-"):
+            pass
+        throttled = await env.ssh("thr1", "true", key="gina", source=source, options=["-v"])
+        if throttled.returncode == 255:
+            break
     assert throttled.returncode == 255
     assert "potluck: too many new connections from your address" in throttled.err
     other = await env.ssh("thr1", "echo in", key="gina", source="127.0.0.61")
