@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,9 @@ log = structlog.get_logger(__name__)
 
 #: How long to wait after accept() fails (out of file descriptors) before trying again.
 _ACCEPT_RETRY_S = 0.1
+#: A flood is refused thousands of times a second: one log line per address per this long.
+_REFUSAL_LOG_EVERY_S = 10.0
+_REFUSAL_LOG_SOURCES = 1000
 
 
 class UserListener:
@@ -45,6 +49,8 @@ class UserListener:
         self._options = options
         self._clock = clock
         self._accepting: asyncio.Task[Any] | None = None
+        #: Per address: when its refusal was last logged, and how many since.
+        self._refusals: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
     @classmethod
     async def start(
@@ -81,10 +87,21 @@ class UserListener:
             source = str(peer[0])
             refusal = self.admission.admit(source, self._clock())
             if refusal is not None:
-                log.info("connection.refused", source=source, reason=refusal)
+                self._log_refusal(source, refusal)
                 _refuse(conn, refusal)
                 continue
             self._ctx.spawn(self._serve(conn, source))
+
+    def _log_refusal(self, source: str, reason: str) -> None:
+        now = self._clock()
+        logged_at, since = self._refusals.pop(source, (float("-inf"), 0))
+        if now - logged_at < _REFUSAL_LOG_EVERY_S:
+            self._refusals[source] = (logged_at, since + 1)
+            return
+        log.info("connection.refused", source=source, reason=reason, refused_since_last_logged=since)
+        self._refusals[source] = (now, 0)
+        while len(self._refusals) > _REFUSAL_LOG_SOURCES:
+            self._refusals.popitem(last=False)
 
     async def _serve(self, conn: socket.socket, source: str) -> None:
         try:
