@@ -7,6 +7,11 @@ the same bounded chunks, so neither end's event loop stalls on bulk data.
 
 #: Offered on the hop to the gateway, best first (aes128-gcm is the fastest with AES-NI).
 LINK_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com")
+#: Key exchanges on that hop: post-quantum hybrid first, then X25519; no SHA-1, no NIST curves
+#: (issue 13). A hostd from before this list offers asyncssh's defaults, which include both.
+LINK_KEX_ALGS = ("mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org")
+#: Used only with a non-AEAD cipher, which LINK_CIPHERS has none of; SHA-2 encrypt-then-MAC.
+LINK_MAC_ALGS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
 
 
 #: Bytes one read from a socket may take (asyncio's default is 256 KiB). See `limit_reads`.

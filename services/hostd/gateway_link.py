@@ -15,7 +15,10 @@ its own flow control, so a bulk transfer cannot queue ahead of another
 session's keystrokes (a shared connection was measured raising an
 interactive session's echo round trip from 1.7 ms to 16 ms p50 under a bulk
 transfer; see bench/README.md for this design's figures), and the handshake
-is paid before the user asks, not while they wait. A connection that drops
+is paid before the user asks, not while they wait. Sessions carried at once
+are capped, in all and per allocation (session_slots.py): the one over the
+cap is told why and ends at once, so a user opening sessions in a loop
+cannot exhaust the member's file descriptors. A connection that drops
 is dialled again with exponential backoff (with jitter), forever: a laptop
 that wakes up or changes Wi-Fi is back within a backoff step, without
 anything restarted; keepalives notice a silently dead connection.
@@ -64,10 +67,11 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from potluck.contracts.link import LINK_CIPHERS, limit_reads
+from potluck.contracts.link import LINK_CIPHERS, LINK_KEX_ALGS, LINK_MAC_ALGS, limit_reads
 from potluck.events.tracing import context_from_env
 from potluck.hostd.exec_bridge import ExecBridge, ExecProcess, exec_env
 from potluck.hostd.exec_errors import ExecError, ExecRefused
+from potluck.hostd.session_slots import SessionLimits, SessionSlots
 from potluck.hostd.spans import docker_span, tracer
 from potluck.kernel.ssh_identity import load_or_create_key
 
@@ -156,9 +160,17 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
     """One session from the gateway, bridged to a docker exec in the allocation's container."""
 
     def __init__(
-        self, bridge: ExecBridge, tasks: set["asyncio.Task[Any]"], on_closed: Callable[[], None]
+        self,
+        bridge: ExecBridge,
+        tasks: set["asyncio.Task[Any]"],
+        on_closed: Callable[[], None],
+        slots: SessionSlots,
     ) -> None:
         self._bridge = bridge
+        self._slots = slots
+        #: The allocation whose slot this session holds, until it is wholly over.
+        self._slot: str | None = None
+        self._starting = False
         self._tasks = tasks
         self._on_closed = on_closed
         self._chan: asyncssh.SSHServerChannel[bytes] | None = None
@@ -207,6 +219,18 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         self._spawn(self._start())
 
     async def _start(self) -> None:
+        self._starting = True
+        try:
+            await self._open()
+        finally:
+            self._starting = False
+
+    def _give_back_slot(self) -> None:
+        if self._slot is not None:
+            self._slots.give_back(self._slot)
+            self._slot = None
+
+    async def _open(self) -> None:
         chan = self._chan
         assert chan is not None
         env = dict(chan.get_environment())
@@ -224,6 +248,19 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
                 "potluck.session.pty": tty,
             },
         )
+        refusal = self._slots.take(alloc_id)
+        if refusal is not None:
+            log.warning(
+                "link.session_over_cap",
+                alloc_id=alloc_id,
+                session_id=session_id,
+                sessions=self._slots.in_use,
+                reason=refusal,
+            )
+            self._end_span(error=f"refused: {refusal}")
+            self._fail(refusal)
+            return
+        self._slot = alloc_id
         try:
             with self._docker("exec create+start") as span:
                 process = await self._bridge.open(
@@ -237,11 +274,13 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
                 span.set_attribute("potluck.exec_id", process.exec_id)
         except ExecRefused as exc:
             log.info("link.session_refused", alloc_id=alloc_id, session_id=session_id, reason=str(exc))
+            self._give_back_slot()
             self._end_span(error=f"refused: {exc}")
             self._fail(str(exc))
             return
         except ExecError as exc:
             log.error("link.session_failed", alloc_id=alloc_id, session_id=session_id, error=str(exc))
+            self._give_back_slot()
             self._end_span(error=str(exc))
             self._fail("the session could not be started in the container (hostd's log says why)")
             return
@@ -310,6 +349,7 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
             await self._terminate(process)
         finally:
             self._end_span(terminated=True)
+            self._give_back_slot()
 
     def _fail(self, message: str) -> None:
         chan = self._chan
@@ -367,7 +407,10 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         self._lost = True
         process = self._process
         if process is not None and not process.finished:
-            self._spawn(self._terminate_and_end(process))
+            self._spawn(self._terminate_and_end(process))  # gives the slot back once the process ended
+        elif not self._starting:
+            self._give_back_slot()
+        # else _open, still opening, gives it back (or terminates the process it got, then gives it).
         self._on_closed()
 
     # The exec side (ExecSink).
@@ -424,8 +467,14 @@ class _Link:
     """One outbound connection to a gateway; it carries at most one session."""
 
     def __init__(
-        self, gateway: GatewayLink, bridge: ExecBridge, tasks: set["asyncio.Task[Any]"], linger_s: float
+        self,
+        gateway: GatewayLink,
+        bridge: ExecBridge,
+        tasks: set["asyncio.Task[Any]"],
+        linger_s: float,
+        slots: SessionSlots,
     ):
+        self.slots = slots
         self.gateway = gateway
         self.bridge = bridge
         self.tasks = tasks
@@ -442,7 +491,7 @@ class _Link:
         if self.session is not None:
             log.warning("link.second_session_refused", gateway=self.gateway.address)
             return False
-        self.session = HostSession(self.bridge, self.tasks, self._session_closed)
+        self.session = HostSession(self.bridge, self.tasks, self._session_closed, self.slots)
         self.used.set()
         return self.session
 
@@ -516,6 +565,8 @@ async def _dial(link: _Link, host_key: asyncssh.SSHKey, timing: LinkTiming) -> a
         window=timing.window,
         compression_algs=None,
         encryption_algs=list(LINK_CIPHERS),
+        kex_algs=list(LINK_KEX_ALGS),
+        mac_algs=list(LINK_MAC_ALGS),
         keepalive_interval=timing.keepalive_interval_s,
         keepalive_count_max=timing.keepalive_count_max,
         login_timeout=timing.connect_timeout_s,
@@ -531,11 +582,12 @@ async def _keep_spare(
     timing: LinkTiming,
     tasks: set["asyncio.Task[Any]"],
     conns: set[asyncssh.SSHServerConnection],
+    slots: SessionSlots,
 ) -> None:
     backoff = timing.initial_backoff_s
     failures = 0
     while True:
-        link = _Link(gateway, bridge, tasks, timing.linger_s)
+        link = _Link(gateway, bridge, tasks, timing.linger_s, slots)
         try:
             conn = await _dial(link, host_key, timing)
         except (TimeoutError, OSError, asyncssh.Error) as exc:
@@ -589,14 +641,17 @@ async def keep_linked(
     bridge: ExecBridge,
     *,
     timing: LinkTiming | None = None,
+    limits: SessionLimits | None = None,
 ) -> None:
     """Keep `timing.spares` idle connections at every gateway, forever; serve sessions on them.
 
+    `limits` caps the sessions carried at once (session_slots.py); one over is told why.
     `key_path` is hostd's SSH host key (made if missing; ssh_identity.host_key_path(state_dir)).
     Cancel to stop: every connection is closed, and the processes of sessions
     still running are ended.
     """
     timing = timing or LinkTiming()
+    slots = SessionSlots(limits or SessionLimits())
     host_key = load_or_create_key(key_path, comment=f"potluck-hostd-{host_id}")
     with contextlib.suppress(ExecError, OSError):
         await bridge.reap_orphans()
@@ -606,7 +661,7 @@ async def keep_linked(
     tasks: set[asyncio.Task[Any]] = set()
     conns: set[asyncssh.SSHServerConnection] = set()
     spares = [
-        asyncio.ensure_future(_keep_spare(gateway, slot, host_key, bridge, timing, tasks, conns))
+        asyncio.ensure_future(_keep_spare(gateway, slot, host_key, bridge, timing, tasks, conns, slots))
         for gateway in gateways
         for slot in range(timing.spares)
     ]

@@ -19,6 +19,7 @@ from potluck.sshgateway.audit import AuditLog, LoginIdentity
 from potluck.sshgateway.events import EndReason
 from potluck.sshgateway.links import LinkPool
 from potluck.sshgateway.projection import GatewayView
+from potluck.sshgateway.session_caps import SessionCaps
 from potluck.sshgateway.settings import GatewaySettings
 
 __all__ = ["GatewayContext", "LiveSession", "SessionRegistry"]
@@ -65,10 +66,18 @@ class GatewayContext:
     links: LinkPool
     audit: AuditLog
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
+    #: Sessions open per connection and per user (settings' max_sessions_per_*).
+    caps: SessionCaps = field(init=False)
     tasks: set["asyncio.Task[Any]"] = field(default_factory=set)
     #: Users' connections, closed when the gateway stops.
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
     stopping: bool = False
+
+    def __post_init__(self) -> None:
+        self.caps = SessionCaps(
+            per_connection=self.settings.max_sessions_per_connection,
+            per_user=self.settings.max_sessions_per_user,
+        )
 
     def spawn(self, coro: Awaitable[Any]) -> "asyncio.Task[Any]":
         task = asyncio.ensure_future(coro)

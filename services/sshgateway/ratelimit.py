@@ -1,8 +1,12 @@
 """Failed logins slow down, then lock out: pure bookkeeping, the clock passed in.
 
-A *failure* is one SSH connection that ends without authenticating (however
+A *failure* is one SSH connection that does not authenticate (however
 many keys it offered: OpenSSH offers every key it has, one by one, and a
-user with five keys must not look like an attacker). The gateway keeps one
+user with five keys must not look like an attacker). It is counted when it
+happens, at the connection's first refused key (or, for one that offered
+none, when it goes), not when the connection ends: parallel connections
+then see each other's failures at once. A connection that authenticates
+after a refused key takes its failure back (`forgive`). The gateway keeps one
 `FailureLimiter` keyed by source address and one keyed by allocation id:
 
 - after n failures within `window_s`, the next attempt waits
@@ -22,6 +26,7 @@ Memory is bounded: at most `max_keys` keys are tracked, the least recently
 failed forgotten first.
 """
 
+import contextlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
@@ -111,6 +116,15 @@ class FailureLimiter:
         while len(self._records) > self.max_keys:
             self._records.popitem(last=False)
         return self.check(key, now)
+
+    def forgive(self, key: str, at: float) -> None:
+        """Take back the failure recorded at `at` (its connection authenticated after all).
+
+        A lockout it helped cause stays: by then other attempts were refused because of it."""
+        record = self._records.get(key)
+        if record is not None:
+            with contextlib.suppress(ValueError):
+                record.failures.remove(at)
 
     def succeeded(self, key: str) -> None:
         """Forget the key's failures (a lockout in force stays)."""

@@ -10,11 +10,25 @@ is said after authentication, on the session itself (sessions.py), only to
 someone holding one of its keys: "allocation a1 is released: nothing runs
 there any more", exit status 255.
 
-Failed logins (connections that end without authenticating) are rate limited
-per source address and per allocation (ratelimit.py): the next attempt is
+Before any of that, `UserListener` admits the TCP connection or closes it
+with a line saying why (admission.py: new connections per second and
+unauthenticated connections per address, unauthenticated connections in
+all); no key exchange is spent on a refused one.
+
+Failed logins (connections that do not authenticate) are rate limited per
+source address and per allocation (ratelimit.py): the next attempt is
 delayed exponentially, and too many failures lock the source (or, after many
-more, the allocation) out for a while, with a banner saying so. One
-connection may offer `max_keys_per_connection` keys.
+more, the allocation) out for a while, with a banner saying so. A failure is
+counted when it happens (the connection's first refused key), and every key
+is checked against the lockout, so parallel connections cannot all guess
+while no failure has been counted yet. One connection may offer
+`max_keys_per_connection` keys.
+
+Sessions are capped per connection and per user (session_caps.py); one over
+the cap is refused with a message the ssh client prints.
+
+Algorithms (settings.py): only the configured key exchanges, MACs and
+ciphers are offered, none of them SHA-1 or NIST curves.
 
 Off, always: agent forwarding, X11 forwarding, TCP/IP and Unix socket
 forwarding in both directions (`-L`, `-R`, `-D`), tun/tap. Compression is off
@@ -37,15 +51,17 @@ from typing import Any
 import asyncssh
 import structlog
 
-from potluck.contracts.link import LINK_CIPHERS, limit_reads
+from potluck.contracts.link import LINK_CIPHERS, LINK_KEX_ALGS, LINK_MAC_ALGS, limit_reads
+from potluck.sshgateway.admission import Admission, AdmissionPolicy
 from potluck.sshgateway.audit import LoginIdentity
 from potluck.sshgateway.context import GatewayContext
 from potluck.sshgateway.projection import key_blob
-from potluck.sshgateway.ratelimit import FailureLimiter
+from potluck.sshgateway.ratelimit import FailureLimiter, Verdict
 from potluck.sshgateway.sessions import GatewaySession
 from potluck.sshgateway.settings import TUNNEL_USER
+from potluck.sshgateway.user_listener import UserListener
 
-__all__ = ["GatewayServer", "TunnelClient", "listen_for_hosts", "listen_for_users"]
+__all__ = ["GatewayServer", "TunnelClient", "listen_for_hosts", "listen_for_users", "user_options"]
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +89,8 @@ class GatewayServer(asyncssh.SSHServer):
         self._rejected = 0
         self._key: asyncssh.SSHKey | None = None
         self._authenticated = False
+        #: When this connection's failure was counted (None: not yet).
+        self._failed_at: float | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -84,20 +102,38 @@ class GatewayServer(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
             self._ctx.connections.discard(self._conn)
-        if self._authenticated or self._username is None:
+        if self._authenticated or self._username is None or self._failed_at is not None:
             return
+        # It offered no key we refused (none at all, or it timed out): a failure all the same.
+        self._count_failure("no key accepted before the connection ended")
+
+    def _count_failure(self, why: str) -> None:
+        assert self._username is not None
         now = self._limiters.clock()
+        self._failed_at = now
         source = self._limiters.source.failed(self._address, now)
         alloc = self._limiters.alloc.failed(self._username, now)
         log.info(
             "login.failed",
             source=self._address,
             alloc_id=self._username[:64],
-            keys_offered=self._rejected,
+            why=why,
             locked=self._locked,
             next_delay_s=max(source.delay_s, alloc.delay_s),
             source_locked_for_s=round(source.locked_for_s, 1),
         )
+
+    def _lock_out(self, username: str, source: Verdict, alloc: Verdict) -> None:
+        if self._locked:
+            return
+        self._locked = True
+        whom = "from your address" if source.locked else "to this allocation"
+        wait = max(source.locked_for_s, alloc.locked_for_s)
+        log.warning("login.locked_out", source=self._address, alloc_id=username[:64], wait_s=round(wait))
+        if self._conn is not None:
+            self._conn.send_auth_banner(
+                f"potluck: too many failed logins {whom}; try again in {max(1, round(wait))} s\r\n"
+            )
 
     async def begin_auth(self, username: str) -> bool:
         self._username = username
@@ -105,14 +141,7 @@ class GatewayServer(asyncssh.SSHServer):
         source = self._limiters.source.check(self._address, now)
         alloc = self._limiters.alloc.check(username, now)
         if source.locked or alloc.locked:
-            self._locked = True
-            whom = "from your address" if source.locked else "to this allocation"
-            wait = max(source.locked_for_s, alloc.locked_for_s)
-            log.warning("login.locked_out", source=self._address, alloc_id=username[:64], wait_s=round(wait))
-            if self._conn is not None:
-                self._conn.send_auth_banner(
-                    f"potluck: too many failed logins {whom}; try again in {max(1, round(wait))} s\r\n"
-                )
+            self._lock_out(username, source, alloc)
             return True
         delay = max(source.delay_s, alloc.delay_s)
         if delay > 0:
@@ -135,17 +164,29 @@ class GatewayServer(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         if self._locked or self._rejected >= self._ctx.settings.max_keys_per_connection:
             return False
+        # Other connections' failures may have locked this source out since begin_auth.
+        now = self._limiters.clock()
+        source = self._limiters.source.check(self._address, now)
+        alloc = self._limiters.alloc.check(username, now)
+        if source.locked or alloc.locked:
+            self._lock_out(username, source, alloc)
+            return False
         state = self._ctx.view.allocation(username)
         presented = bytes(key.public_data)
         if state is not None and any(key_blob(line) == presented for line in state.spec.ssh_keys):
             self._key = key
             return True
         self._rejected += 1
+        if self._failed_at is None:
+            self._count_failure("key refused")
         return False
 
     def auth_completed(self) -> None:
         self._authenticated = True
         assert self._username is not None
+        if self._failed_at is not None:
+            # A refused key, then the right one: a user with several keys, not a failure.
+            self._limiters.source.forgive(self._address, self._failed_at)
         self._limiters.alloc.succeeded(self._username)
         log.info(
             "login.accepted",
@@ -157,6 +198,18 @@ class GatewayServer(asyncssh.SSHServer):
     def session_requested(self) -> GatewaySession | bool:
         if not self._authenticated or self._username is None or self._key is None:
             return False
+        allocation = self._ctx.view.allocation(self._username)
+        user = allocation.user if allocation is not None else self._username
+        place = self._ctx.caps.take(self._conn, user)
+        if isinstance(place, str):
+            log.info(
+                "session.refused",
+                source=self._address,
+                alloc_id=self._username,
+                user=user,
+                reason=place,
+            )
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, f"potluck: {place}")
         return GatewaySession(
             self._ctx,
             LoginIdentity(
@@ -165,6 +218,7 @@ class GatewayServer(asyncssh.SSHServer):
                 source_address=self._address,
                 source_port=self._port,
             ),
+            place,
         )
 
     # Forwarding of any kind is refused.
@@ -253,12 +307,11 @@ def _common_options(ctx: GatewayContext) -> dict[str, Any]:
     }
 
 
-async def listen_for_users(ctx: GatewayContext, host_key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
-    host, port = ctx.settings.listen_address
+def user_options(ctx: GatewayContext, host_key: asyncssh.SSHKey) -> asyncssh.SSHServerConnectionOptions:
+    """What every user connection runs with (settings.py says why these algorithms)."""
+    settings = ctx.settings
     limiters = Limiters(ctx)
-    return await asyncssh.listen(
-        host,
-        port,
+    return asyncssh.SSHServerConnectionOptions(
         server_factory=lambda: GatewayServer(ctx, limiters),
         server_host_keys=[host_key],
         authorized_client_keys=None,
@@ -267,13 +320,27 @@ async def listen_for_users(ctx: GatewayContext, host_key: asyncssh.SSHKey) -> as
         line_editor=False,
         sftp_factory=None,
         allow_scp=False,
-        rdns_lookup=False,
         server_version=SERVER_VERSION,
-        encryption_algs=list(ctx.settings.ciphers),
-        login_timeout=ctx.settings.login_timeout_s,
-        reuse_address=True,
+        kex_algs=list(settings.kex_algs),
+        mac_algs=list(settings.mac_algs),
+        encryption_algs=list(settings.ciphers),
+        login_timeout=settings.login_timeout_s,
         **_common_options(ctx),
     )
+
+
+async def listen_for_users(ctx: GatewayContext, host_key: asyncssh.SSHKey) -> UserListener:
+    settings = ctx.settings
+    admission = Admission(
+        AdmissionPolicy(
+            rate=settings.source_connections_per_s,
+            burst=settings.source_connection_burst,
+            max_unauthenticated=settings.max_unauthenticated,
+            source_max_unauthenticated=settings.source_max_unauthenticated,
+        )
+    )
+    host, port = settings.listen_address
+    return await UserListener.start(ctx, host, port, admission, user_options(ctx, host_key))
 
 
 async def listen_for_hosts(ctx: GatewayContext, tunnel_key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
@@ -291,6 +358,8 @@ async def listen_for_hosts(ctx: GatewayContext, tunnel_key: asyncssh.SSHKey) -> 
         preferred_auth="publickey",
         public_key_auth=True,
         encryption_algs=list(LINK_CIPHERS),
+        kex_algs=list(LINK_KEX_ALGS),
+        mac_algs=list(LINK_MAC_ALGS),
         connect_timeout=ctx.settings.login_timeout_s,
         reuse_address=True,
         **_common_options(ctx),

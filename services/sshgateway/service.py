@@ -36,6 +36,7 @@ from potluck.sshgateway.projection import GatewayView
 from potluck.sshgateway.reactions import GatewayReactions
 from potluck.sshgateway.server import listen_for_hosts, listen_for_users
 from potluck.sshgateway.settings import GatewaySettings
+from potluck.sshgateway.user_listener import UserListener
 
 __all__ = ["Gateway", "client_public_key", "run_gateway"]
 
@@ -72,7 +73,7 @@ class Gateway:
         tunnel_key = load_or_create_key(settings.tunnel_key_path, comment="potluck-sshgateway")
         await self.fold.catch_up(self.store)
         audit = asyncio.ensure_future(self.ctx.audit.run())
-        acceptors: list[asyncssh.SSHAcceptor] = []
+        acceptors: list[asyncssh.SSHAcceptor | UserListener] = []
         try:
             acceptors.append(await listen_for_users(self.ctx, host_key))
             acceptors.append(await listen_for_hosts(self.ctx, tunnel_key))

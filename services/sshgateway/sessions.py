@@ -42,6 +42,7 @@ from potluck.sshgateway.context import GatewayContext
 from potluck.sshgateway.events import EndReason, SessionEnded
 from potluck.sshgateway.links import open_host_session
 from potluck.sshgateway.request import SessionRequest, host_env
+from potluck.sshgateway.session_caps import SessionPlace
 from potluck.sshgateway.session_state import SessionState, Step, advance
 from potluck.sshgateway.session_trace import SessionTrace
 
@@ -65,9 +66,11 @@ def not_running_message(alloc_id: str, state: AllocationState | None) -> str:
 class GatewaySession(asyncssh.SSHServerSession[bytes]):
     """One user session: asyncssh's callbacks on the user's channel, and each step of its life."""
 
-    def __init__(self, ctx: GatewayContext, identity: LoginIdentity) -> None:
+    def __init__(self, ctx: GatewayContext, identity: LoginIdentity, place: SessionPlace) -> None:
         self.ctx = ctx
         self.identity = identity
+        #: Its place under the per-connection and per-user caps, given back when the channel closes.
+        self.place = place
         self.session_id = uuid.uuid4().hex
         self.state = SessionState.NEW
         self.request = SessionRequest()
@@ -286,6 +289,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         # Ended first, so that the host's side closing below finds the session over.
         self._record_end("CLIENT_DISCONNECTED", "")
         self._close_host()
+        self.place.give_back()
 
     # The host's side closing.
 

@@ -19,6 +19,28 @@ chacha20-poly1305 when the server offers it, and on this CPU (AES-NI) asyncssh
 moves about 1.6x more data per second with aes128-gcm (issue 5's measurements;
 bench/README.md). Every OpenSSH since 6.2 supports AES-GCM. Compression is off
 on every hop: zlib costs CPU and caps throughput in asyncssh.
+
+Key exchange and MACs (issue 13, `ssh-audit` clean): only
+`mlkem768x25519-sha256` (post-quantum hybrid, OpenSSH 9.9+) and
+`curve25519-sha256` (every OpenSSH since 6.5) are offered: no SHA-1, no NIST
+curves, no finite-field Diffie-Hellman (whose server-side cost is what the
+DHEat attack exploits). MACs are used only with a non-AEAD cipher; the ones
+offered are SHA-2 encrypt-then-MAC. Names asyncssh does not implement are
+refused at start.
+
+Connection limits (each refusal says why, and is logged with the source):
+
+- `source_connections_per_s`, `source_connection_burst`: new connections from
+  one address are admitted at this rate, with this burst (a token bucket);
+  one over is closed before the SSH banner with a line saying why (as
+  OpenSSH's MaxStartups does), so it costs no key exchange.
+- `max_unauthenticated`, `source_max_unauthenticated`: connections not yet
+  logged in, in all and from one address (OpenSSH's MaxStartups and
+  PerSourceMaxStartups); `login_timeout_s` bounds how long each may stay.
+- `max_sessions_per_connection` (OpenSSH's MaxSessions) and
+  `max_sessions_per_user` (sessions open at once by one allocation's owner,
+  over all their connections): one over is refused on the channel, with a
+  message the ssh client prints.
 """
 
 import os
@@ -27,11 +49,29 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import asyncssh.encryption
+import asyncssh.kex
+import asyncssh.mac
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from potluck.sshgateway.ratelimit import LimitPolicy
 
-__all__ = ["ENV_PREFIX", "GatewaySettings", "SettingsError", "parse_address"]
+__all__ = [
+    "DEFAULT_KEX_ALGS",
+    "DEFAULT_MAC_ALGS",
+    "ENV_PREFIX",
+    "GatewaySettings",
+    "SettingsError",
+    "parse_address",
+]
 
 ENV_PREFIX = "POTLUCK_SSHGATEWAY_"
 HOST_KEY_FILE = "ssh_host_ed25519_key"
@@ -39,6 +79,17 @@ TUNNEL_KEY_FILE = "tunnel_client_ed25519_key"
 #: The user name the gateway logs in with on a hostd's reverse connection.
 TUNNEL_USER = "potluck-gateway"
 DEFAULT_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+DEFAULT_KEX_ALGS = ("mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org")
+DEFAULT_MAC_ALGS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
+_LIST_FIELDS = ("ciphers", "kex_algs", "mac_algs")
+
+
+#: What asyncssh implements, per list setting (asyncssh's own registries).
+_IMPLEMENTED = {
+    "ciphers": asyncssh.encryption.get_encryption_algs,
+    "kex_algs": asyncssh.kex.get_kex_algs,
+    "mac_algs": asyncssh.mac.get_mac_algs,
+}
 
 
 class SettingsError(ValueError):
@@ -73,6 +124,17 @@ class GatewaySettings(BaseModel):
     #: Names this gateway in audit events.
     name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=255)
     ciphers: tuple[str, ...] = DEFAULT_CIPHERS
+    kex_algs: tuple[str, ...] = DEFAULT_KEX_ALGS
+    mac_algs: tuple[str, ...] = DEFAULT_MAC_ALGS
+
+    #: New connections admitted per second from one address, after a burst of `source_connection_burst`.
+    source_connections_per_s: float = Field(default=2.0, gt=0)
+    source_connection_burst: int = Field(default=10, ge=1)
+    #: Connections not logged in yet, in all and from one address.
+    max_unauthenticated: int = Field(default=64, ge=1)
+    source_max_unauthenticated: int = Field(default=10, ge=1)
+    max_sessions_per_connection: int = Field(default=10, ge=1)
+    max_sessions_per_user: int = Field(default=32, ge=1)
 
     #: How long a new session waits for a connection from its host.
     link_wait_s: float = Field(default=10.0, gt=0)
@@ -110,12 +172,25 @@ class GatewaySettings(BaseModel):
         parse_address(value)
         return value
 
-    @field_validator("ciphers")
+    @field_validator("ciphers", "kex_algs", "mac_algs")
     @classmethod
-    def _ciphers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _algorithms(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
         if not value:
-            raise ValueError("name at least one cipher")
+            raise ValueError("name at least one algorithm")
+        known = _IMPLEMENTED[info.field_name or ""]()
+        unknown = [name for name in value if name.encode() not in known]
+        if unknown:
+            raise ValueError(f"not implemented by asyncssh: {', '.join(unknown)}")
         return value
+
+    @model_validator(mode="after")
+    def _unauthenticated(self) -> "GatewaySettings":
+        if self.source_max_unauthenticated > self.max_unauthenticated:
+            raise ValueError(
+                "source_max_unauthenticated must not exceed max_unauthenticated "
+                f"({self.source_max_unauthenticated} > {self.max_unauthenticated})"
+            )
+        return self
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -160,7 +235,7 @@ class GatewaySettings(BaseModel):
             value = env.get(ENV_PREFIX + name.upper())
             if value is None:
                 continue
-            if name == "ciphers":
+            if name in _LIST_FIELDS:
                 raw[name] = tuple(v.strip() for v in value.split(",") if v.strip())
             else:
                 raw[name] = value

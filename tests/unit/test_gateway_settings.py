@@ -15,6 +15,8 @@ from pydantic import ValidationError
 from potluck.sshgateway.ratelimit import LimitPolicy
 from potluck.sshgateway.settings import (
     DEFAULT_CIPHERS,
+    DEFAULT_KEX_ALGS,
+    DEFAULT_MAC_ALGS,
     ENV_PREFIX,
     GatewaySettings,
     SettingsError,
@@ -204,10 +206,9 @@ def test_ciphers_are_a_comma_separated_list(value: str, expected: tuple[str, ...
     assert GatewaySettings.from_env(env(ciphers=value)).ciphers == expected
 
 
-cipher_names = st.text(
-    st.characters(whitelist_categories=["Ll", "Lu", "Nd"], whitelist_characters="-_.@"),
-    min_size=1,
-    max_size=24,
+# Names asyncssh implements: any other is refused (see test_unknown_algorithms_are_refused).
+cipher_names = st.sampled_from(
+    ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes256-ctr"]
 )
 
 
@@ -234,7 +235,7 @@ def test_an_override_of_ciphers_is_taken_as_given() -> None:
 
 
 def test_an_empty_cipher_override_is_refused() -> None:
-    with pytest.raises(SettingsError, match=r"^ciphers: .*at least one cipher"):
+    with pytest.raises(SettingsError, match=r"^ciphers: .*at least one algorithm"):
         GatewaySettings.from_env(STATE, ciphers=())
 
 
@@ -378,3 +379,64 @@ def test_any_valid_settings_give_valid_policies(values: dict[str, Any]) -> None:
 def test_an_empty_state_dir_is_refused_rather_than_taken_as_the_working_directory() -> None:
     with pytest.raises(SettingsError, match="POTLUCK_SSHGATEWAY_STATE_DIR"):
         GatewaySettings.from_env({"POTLUCK_SSHGATEWAY_STATE_DIR": ""})
+
+
+# --- key exchange, MACs, connection limits (issue 13) -----------------------------------------------
+
+
+def test_only_modern_key_exchanges_and_sha2_etm_macs_are_offered_by_default() -> None:
+    settings = GatewaySettings.from_env(STATE)
+    assert settings.kex_algs == DEFAULT_KEX_ALGS
+    assert settings.kex_algs[0] == "mlkem768x25519-sha256"
+    assert "curve25519-sha256" in settings.kex_algs
+    assert settings.mac_algs == DEFAULT_MAC_ALGS
+    for name in (*settings.kex_algs, *settings.mac_algs):
+        assert "sha1" not in name
+        assert "nistp" not in name
+    assert all(m.endswith("-etm@openssh.com") and "sha2" in m for m in settings.mac_algs)
+
+
+def test_kex_and_mac_lists_are_read_like_ciphers() -> None:
+    settings = GatewaySettings.from_env(
+        env(kex_algs=" curve25519-sha256 ,", mac_algs="hmac-sha2-512-etm@openssh.com")
+    )
+    assert settings.kex_algs == ("curve25519-sha256",)
+    assert settings.mac_algs == ("hmac-sha2-512-etm@openssh.com",)
+
+
+@pytest.mark.parametrize("field", ["ciphers", "kex_algs", "mac_algs"])
+def test_unknown_algorithms_are_refused_by_name(field: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        GatewaySettings.from_env(env(**{field: "curve25519-sha256,hmac-sha2-256-etm@openssh.com,rot13"}))
+    message = str(caught.value)
+    assert message.startswith(ENV_PREFIX + field.upper() + ":")
+    assert "rot13" in message
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("source_connections_per_s", "0"),
+        ("source_connection_burst", "0"),
+        ("max_unauthenticated", "0"),
+        ("source_max_unauthenticated", "0"),
+        ("max_sessions_per_connection", "0"),
+        ("max_sessions_per_user", "-1"),
+        ("source_connections_per_s", "inf"),
+    ],
+)
+def test_connection_limits_must_be_positive(field: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{ENV_PREFIX}{field.upper()}: "):
+        GatewaySettings.from_env(env(**{field: value}))
+
+
+def test_a_per_address_login_cap_above_the_whole_cap_is_refused() -> None:
+    with pytest.raises(SettingsError, match="source_max_unauthenticated must not exceed max_unauthenticated"):
+        GatewaySettings.from_env(env(max_unauthenticated="5", source_max_unauthenticated="6"))
+
+
+def test_the_default_throttle_keeps_ssh_audits_rate_test_under_its_limit() -> None:
+    """ssh-audit warns above 20 connections a second over its 1.5 s test."""
+    settings = GatewaySettings.from_env(STATE)
+    admitted = settings.source_connection_burst + settings.source_connections_per_s * 1.5
+    assert admitted / 1.5 < 20

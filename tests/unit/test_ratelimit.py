@@ -119,3 +119,16 @@ def test_failures_during_a_lockout_lock_the_key_again_from_then() -> None:
     verdict = limiter.failed("k", now=10.0)
     assert verdict.locked_for_s == POLICY.lockout_s
     assert verdict.failures == 0
+
+
+def test_a_failure_forgiven_no_longer_counts() -> None:
+    limiter = FailureLimiter(
+        LimitPolicy(base_delay_s=1, max_delay_s=8, window_s=100, lockout_after=3, lockout_s=50)
+    )
+    limiter.failed("src", 1.0)
+    limiter.failed("src", 2.0)
+    limiter.forgive("src", 2.0)
+    assert limiter.check("src", 3.0).failures == 1
+    limiter.forgive("src", 99.0)  # none recorded then: nothing changes
+    limiter.forgive("other", 1.0)
+    assert limiter.check("src", 3.0).failures == 1

@@ -1,0 +1,68 @@
+"""How many sessions one connection and one user may have open at once on the gateway.
+
+Each session a user opens holds a channel here and makes its host take (and
+then re-dial) a connection; without a cap one user could exhaust the
+gateway's and the host's file descriptors. A session holds its places from
+`take` until `give_back` (its channel closed). The user is the allocation's
+owner (who placed it), so several connections, or several allocations of
+theirs, share one cap.
+"""
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["SessionCaps", "SessionPlace"]
+
+
+@dataclass
+class SessionPlace:
+    """One session's places; give it back once."""
+
+    caps: "SessionCaps"
+    connection: object
+    user: str
+    returned: bool = False
+
+    def give_back(self) -> None:
+        if not self.returned:
+            self.returned = True
+            self.caps._release(self)
+
+
+@dataclass
+class SessionCaps:
+    per_connection: int
+    per_user: int
+    _by_connection: Counter[object] = field(default_factory=Counter)
+    _by_user: Counter[str] = field(default_factory=Counter)
+
+    def take(self, connection: object, user: str) -> SessionPlace | str:
+        """A place for one more session of `user` on `connection`, or why there is none."""
+        if self._by_connection[connection] >= self.per_connection:
+            return (
+                f"this connection has {self.per_connection} sessions open, the most allowed; "
+                "close one or open another connection"
+            )
+        if self._by_user[user] >= self.per_user:
+            return f"you have {self.per_user} sessions open, the most allowed; close one and try again"
+        self._by_connection[connection] += 1
+        self._by_user[user] += 1
+        return SessionPlace(self, connection, user)
+
+    def open_sessions(self, *, connection: object | None = None, user: str | None = None) -> int:
+        if connection is not None:
+            return self._by_connection[connection]
+        if user is not None:
+            return self._by_user[user]
+        return self._by_connection.total()
+
+    def _release(self, place: SessionPlace) -> None:
+        _decrement(self._by_connection, place.connection)
+        _decrement(self._by_user, place.user)
+
+
+def _decrement(counter: "Counter[Any]", key: object) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

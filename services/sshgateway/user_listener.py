@@ -1,0 +1,127 @@
+"""The users' port: accept, admit or refuse before SSH starts, then run SSH on what was admitted.
+
+asyncssh's own listener starts SSH (sends its banner, then a key exchange)
+on every connection it accepts. This one asks `Admission` first
+(admission.py), so a flood of connections from one address, or too many
+half-open logins, is closed with one line saying why, as OpenSSH does past
+MaxStartups, before any key exchange is spent on it. An admitted connection
+runs `asyncssh.run_server` with the gateway's options and holds its
+admission place until it has authenticated or gone.
+"""
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import asyncssh
+import structlog
+
+from potluck.sshgateway.admission import Admission
+from potluck.sshgateway.context import GatewayContext
+
+__all__ = ["UserListener"]
+
+log = structlog.get_logger(__name__)
+
+#: How long to wait after accept() fails (out of file descriptors) before trying again.
+_ACCEPT_RETRY_S = 0.1
+#: A flood is refused thousands of times a second: one log line per address per this long.
+_REFUSAL_LOG_EVERY_S = 10.0
+_REFUSAL_LOG_SOURCES = 1000
+
+
+class UserListener:
+    def __init__(
+        self,
+        ctx: GatewayContext,
+        sock: socket.socket,
+        admission: Admission,
+        options: asyncssh.SSHServerConnectionOptions,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ctx = ctx
+        self._sock = sock
+        self.admission = admission
+        self._options = options
+        self._clock = clock
+        self._accepting: asyncio.Task[Any] | None = None
+        #: Per address: when its refusal was last logged, and how many since.
+        self._refusals: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    @classmethod
+    async def start(
+        cls,
+        ctx: GatewayContext,
+        host: str,
+        port: int,
+        admission: Admission,
+        options: asyncssh.SSHServerConnectionOptions,
+    ) -> "UserListener":
+        loop = asyncio.get_running_loop()
+        family, _, _, _, address = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0]
+        sock = socket.create_server(address[:2], family=family, backlog=128)
+        sock.setblocking(False)
+        listener = cls(ctx, sock, admission, options)
+        listener._accepting = asyncio.ensure_future(listener._accept())
+        return listener
+
+    def close(self) -> None:
+        if self._accepting is not None:
+            self._accepting.cancel()
+        self._sock.close()
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(self._sock)
+            except OSError as exc:
+                # Out of file descriptors, or the client gave up already: the next one may do.
+                log.warning("listen.accept_failed", error=repr(exc))
+                await asyncio.sleep(_ACCEPT_RETRY_S)
+                continue
+            source = str(peer[0])
+            refusal = self.admission.admit(source, self._clock())
+            if refusal is not None:
+                self._log_refusal(source, refusal)
+                _refuse(conn, refusal)
+                continue
+            self._ctx.spawn(self._serve(conn, source))
+
+    def _log_refusal(self, source: str, reason: str) -> None:
+        now = self._clock()
+        logged_at, since = self._refusals.pop(source, (float("-inf"), 0))
+        if now - logged_at < _REFUSAL_LOG_EVERY_S:
+            self._refusals[source] = (logged_at, since + 1)
+            return
+        log.info("connection.refused", source=source, reason=reason, refused_since_last_logged=since)
+        self._refusals[source] = (now, 0)
+        while len(self._refusals) > _REFUSAL_LOG_SOURCES:
+            self._refusals.popitem(last=False)
+
+    async def _serve(self, conn: socket.socket, source: str) -> None:
+        try:
+            await asyncssh.run_server(conn, options=self._options)
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            # Not logged in (GatewayServer logs failed logins) or gone: nothing more to do.
+            log.debug("connection.ended_before_login", source=source, error=repr(exc))
+        except Exception as exc:
+            log.error("connection.failed", source=source, error=repr(exc))
+        finally:
+            self.admission.done(source)
+
+
+def _refuse(conn: socket.socket, reason: str) -> None:
+    """Say why in a line before any banner (RFC 4253 allows such lines; `ssh -v` shows them), close."""
+    with contextlib.suppress(OSError):
+        conn.send(f"potluck: {reason}\r\n".encode())
+        # Unread input (the client's own banner) would turn the close into a reset that can
+        # overtake our line: read what is there, then close.
+        with contextlib.suppress(BlockingIOError):
+            conn.recv(4096)
+        conn.shutdown(socket.SHUT_WR)
+    conn.close()
