@@ -154,15 +154,37 @@ def parse_listen(value: str) -> tuple[str, int]:
     show_default=True,
     help="Placement: pack hosts tightly, or spread work across them.",
 )
+@click.option(
+    "--registry-token-key",
+    envvar="POTLUCK_REGISTRY_TOKEN_KEY",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="EC private key (PEM) that signs the pool registry's access tokens; "
+    "without it the pool has no registry [env: POTLUCK_REGISTRY_TOKEN_KEY].",
+)
 def allocator(
-    database_url: str, nats_url: str, nats_seed_file: Path | None, relay: bool, listen: str, strategy: str
+    database_url: str,
+    nats_url: str,
+    nats_seed_file: Path | None,
+    relay: bool,
+    listen: str,
+    strategy: str,
+    registry_token_key: Path | None,
 ) -> None:
     """Run the allocator: the HTTP API, placement, the allocation lifecycle."""
     from potluck.allocator.engine import AllocatorEngine
+    from potluck.allocator.registry_tokens import TokenIssuer
     from potluck.allocator.service import AllocatorService, serve_http
     from potluck.bootstrap import Backends, serve
+    from potluck.kernel.signing_keys import SigningKeyError, load_signing_key
 
     host, port = parse_listen(listen)
+    tokens = None
+    if registry_token_key is not None:
+        try:
+            tokens = TokenIssuer(load_signing_key(registry_token_key))
+        except SigningKeyError as exc:
+            raise click.UsageError(str(exc)) from None
 
     async def body(store: Any, nc: Any) -> None:
         from potluck.allocator.metrics import watch_allocator
@@ -170,7 +192,9 @@ def allocator(
 
         engine = AllocatorEngine(store, strategy=strategy)  # type: ignore[arg-type]
         watch_allocator(pool_metrics(), engine)
-        await AllocatorService(store, nc, engine).run(lambda: serve_http(engine, host, port))
+        await AllocatorService(store, nc, engine).run(
+            lambda: serve_http(engine, host, port, registry_tokens=tokens)
+        )
 
     run(serve("allocator", Backends(database_url, nats_url, nats_seed_file, relay), body))
 

@@ -16,9 +16,12 @@ from typing import Any, Self
 import aiohttp
 import tomli_w
 
+from potluck.contracts.registry import ISSUER, SERVICE, TOKEN_PATH
 from potluck.events import EventStore
+from potluck.kernel.signing_keys import ensure_signing_key
 from potluck.localstack import NatsServer, free_port
 from potluck.localstack.process import ChildProcess
+from potluck.localstack.registry_server import RegistryServer
 from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.registry.enrollment import enroll_host, refresh_nats_authorization, write_credentials
 from potluck.registry.nats_auth import new_user_key
@@ -42,6 +45,7 @@ class LocalPool:
     services_seed_file: Path
     services_seed: str
     processes: dict[str, ChildProcess] = field(default_factory=dict)
+    image_registry: RegistryServer | None = None
     liveness: tuple[float, int, float] = (5.0, 3, 300.0)
     log_level: str = "INFO"
 
@@ -91,9 +95,36 @@ class LocalPool:
         if name == "allocator":
             self.api_port = port
         extra = [] if relay else ["--no-relay"]
+        key, _ = ensure_signing_key(self.workdir / "registry-keys")
         return self._potluck(
-            name, "allocator", *self._service_args(), "--listen", f"127.0.0.1:{port}", *extra
+            name,
+            "allocator",
+            *self._service_args(),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--registry-token-key",
+            str(key),
+            *extra,
         )
+
+    def start_image_registry(self, *, port: int | None = None) -> RegistryServer:
+        """The pool's image registry, trusting the allocator's tokens (start the allocator first)."""
+        if not self.api_port:
+            raise RuntimeError(
+                "start the allocator before the image registry: its API is the registry's realm"
+            )
+        _, cert = ensure_signing_key(self.workdir / "registry-keys")
+        if self.image_registry is None:
+            self.image_registry = RegistryServer(
+                self.workdir / "image-registry",
+                realm=self.api + TOKEN_PATH,
+                cert=cert,
+                service=SERVICE,
+                issuer=ISSUER,
+                port=port,
+            )
+        self.image_registry.start()
+        return self.image_registry
 
     async def wait_api(self, port: int | None = None, timeout: float = 30) -> None:
         url = f"http://127.0.0.1:{port or self.api_port}/readyz"
@@ -177,11 +208,16 @@ class LocalPool:
         return host.process
 
     def logs(self, lines: int = 40) -> str:
-        return "\n".join(f"--- {name} ---\n{proc.log_tail(lines)}" for name, proc in self.processes.items())
+        parts = [f"--- {name} ---\n{proc.log_tail(lines)}" for name, proc in self.processes.items()]
+        if self.image_registry is not None:
+            parts.append(f"--- image registry ---\n{self.image_registry.log_tail(lines)}")
+        return "\n".join(parts)
 
     def stop_all(self) -> None:
         for proc in self.processes.values():
             proc.stop(timeout=10)
+        if self.image_registry is not None:
+            self.image_registry.stop()
 
     @classmethod
     async def create(

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ValidationError
 
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.openapi import openapi_document
+from potluck.allocator.registry_auth import TOKEN_ISSUER, basic_password
+from potluck.allocator.registry_auth import token as registry_token_for
+from potluck.allocator.registry_tokens import TokenIssuer
 from potluck.allocator.schemas import (
     Allocation,
     AllocationList,
@@ -26,13 +29,15 @@ from potluck.allocator.schemas import (
     History,
 )
 from potluck.allocator.users import User
+from potluck.contracts.registry import TOKEN_PATH
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import TERMINAL
 
 log = structlog.get_logger(__name__)
 
 ENGINE: web.AppKey[AllocatorEngine] = web.AppKey("engine", AllocatorEngine)
-PUBLIC = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
+# The registry's token endpoint authenticates with HTTP Basic itself (Docker clients' way).
+PUBLIC = frozenset({"/healthz", "/readyz", "/v1/openapi.json", TOKEN_PATH})
 MAX_WAIT_S = 300.0
 STATES = frozenset({"pending", "placed", "running", *TERMINAL})
 
@@ -81,16 +86,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             "UNAUTHENTICATED",
             "send 'Authorization: Bearer <token>'; an operator gives tokens with `potluck ops users add`",
         )
-    engine = request.app[ENGINE]
-    user = engine.users.authenticate(token.strip())
-    if user is None:
-        # A user added a moment ago may not be folded yet: catch up with the log once.
-        await engine.caught_up_with_log()
-        user = engine.users.authenticate(token.strip())
+    user = await _authenticate(request.app[ENGINE], token.strip())
     if user is None:
         return error(401, "UNAUTHENTICATED", "this token is not valid; ask an operator for a new one")
     request["user"] = user
     return await handler(request)
+
+
+async def _authenticate(engine: AllocatorEngine, token: str) -> User | None:
+    user = engine.users.authenticate(token)
+    if user is None:
+        # A user added a moment ago may not be folded yet: catch up with the log once.
+        await engine.caught_up_with_log()
+        user = engine.users.authenticate(token)
+    return user
 
 
 async def _json(request: web.Request) -> Any:
@@ -191,9 +200,17 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
-def make_app(engine: AllocatorEngine) -> web.Application:
+async def registry_token(request: web.Request) -> web.Response:
+    password = basic_password(request)
+    user = await _authenticate(request.app[ENGINE], password) if password else None
+    return await registry_token_for(request, user)
+
+
+def make_app(engine: AllocatorEngine, *, registry_tokens: TokenIssuer | None = None) -> web.Application:
     app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=256 * 1024)
     app[ENGINE] = engine
+    if registry_tokens is not None:
+        app[TOKEN_ISSUER] = registry_tokens
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/openapi.json", openapi)
@@ -204,4 +221,5 @@ def make_app(engine: AllocatorEngine) -> web.Application:
     app.router.add_post("/v1/allocations/{alloc_id}/extend", extend)
     app.router.add_get("/v1/allocations/{alloc_id}/events", history)
     app.router.add_get("/v1/pool", pool)
+    app.router.add_get(TOKEN_PATH, registry_token)
     return app
