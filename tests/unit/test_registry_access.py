@@ -50,7 +50,7 @@ def test_a_user_name_that_cannot_be_a_namespace_gets_nothing() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "repository", "repository:x", "repository::pull", "repository:UP/x:pull", "repository:a//b:pull"],
+    ["x", "repository", "repository:x", "repository::pull", "repository:UP/x:pull", "repository:a//b:pull"],
 )
 def test_malformed_scopes_are_rejected_naming_the_scope(text: str) -> None:
     with pytest.raises(Rejected) as caught:
