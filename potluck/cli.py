@@ -159,8 +159,15 @@ def parse_listen(value: str) -> tuple[str, int]:
     envvar="POTLUCK_REGISTRY_TOKEN_KEY",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     default=None,
-    help="EC private key (PEM) that signs the pool registry's access tokens; "
-    "without it the pool has no registry [env: POTLUCK_REGISTRY_TOKEN_KEY].",
+    help="EC private key (PEM) that signs the pool registry's access tokens "
+    "[env: POTLUCK_REGISTRY_TOKEN_KEY].",
+)
+@click.option(
+    "--registry-address",
+    envvar="POTLUCK_REGISTRY_ADDRESS",
+    default=None,
+    help="The pool's image registry as image references name it, e.g. 127.0.0.1:5000; "
+    "without it (and --registry-token-key) the pool has no registry [env: POTLUCK_REGISTRY_ADDRESS].",
 )
 def allocator(
     database_url: str,
@@ -170,19 +177,23 @@ def allocator(
     listen: str,
     strategy: str,
     registry_token_key: Path | None,
+    registry_address: str | None,
 ) -> None:
     """Run the allocator: the HTTP API, placement, the allocation lifecycle."""
     from potluck.allocator.engine import AllocatorEngine
+    from potluck.allocator.pool_registry import PoolRegistry
     from potluck.allocator.registry_tokens import TokenIssuer
     from potluck.allocator.service import AllocatorService, serve_http
     from potluck.bootstrap import Backends, serve
     from potluck.kernel.signing_keys import SigningKeyError, load_signing_key
 
     host, port = parse_listen(listen)
-    tokens = None
-    if registry_token_key is not None:
+    registry = None
+    if (registry_token_key is None) != (registry_address is None):
+        raise click.UsageError("give both --registry-address and --registry-token-key, or neither")
+    if registry_token_key is not None and registry_address is not None:
         try:
-            tokens = TokenIssuer(load_signing_key(registry_token_key))
+            registry = PoolRegistry(registry_address, TokenIssuer(load_signing_key(registry_token_key)))
         except SigningKeyError as exc:
             raise click.UsageError(str(exc)) from None
 
@@ -193,7 +204,7 @@ def allocator(
         engine = AllocatorEngine(store, strategy=strategy)  # type: ignore[arg-type]
         watch_allocator(pool_metrics(), engine)
         await AllocatorService(store, nc, engine).run(
-            lambda: serve_http(engine, host, port, registry_tokens=tokens)
+            lambda: serve_http(engine, host, port, registry=registry)
         )
 
     run(serve("allocator", Backends(database_url, nats_url, nats_seed_file, relay), body))
@@ -604,10 +615,12 @@ def _decide_for_user(
 
 def _attach_user_commands() -> None:
     from potluck.user.cli import alloc, login, ssh
+    from potluck.user.images import image
 
     main.add_command(login)
     main.add_command(alloc)
     main.add_command(ssh)
+    main.add_command(image)
 
 
 _attach_user_commands()

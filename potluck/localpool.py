@@ -95,6 +95,7 @@ class LocalPool:
         if name == "allocator":
             self.api_port = port
         extra = [] if relay else ["--no-relay"]
+        registry = self._image_registry()
         key, _ = ensure_signing_key(self.workdir / "registry-keys")
         return self._potluck(
             name,
@@ -104,27 +105,33 @@ class LocalPool:
             f"127.0.0.1:{port}",
             "--registry-token-key",
             str(key),
+            "--registry-address",
+            registry.address,
             *extra,
         )
 
-    def start_image_registry(self, *, port: int | None = None) -> RegistryServer:
-        """The pool's image registry, trusting the allocator's tokens (start the allocator first)."""
-        if not self.api_port:
-            raise RuntimeError(
-                "start the allocator before the image registry: its API is the registry's realm"
-            )
-        _, cert = ensure_signing_key(self.workdir / "registry-keys")
+    def _image_registry(self) -> RegistryServer:
+        """The pool's image registry, made (not started) with the first allocator: its API is the realm."""
         if self.image_registry is None:
+            _, cert = ensure_signing_key(self.workdir / "registry-keys")
             self.image_registry = RegistryServer(
                 self.workdir / "image-registry",
                 realm=self.api + TOKEN_PATH,
                 cert=cert,
                 service=SERVICE,
                 issuer=ISSUER,
-                port=port,
             )
-        self.image_registry.start()
         return self.image_registry
+
+    def start_image_registry(self) -> RegistryServer:
+        """Start the pool's image registry (after the allocator, whose address it trusts)."""
+        if not self.api_port:
+            raise RuntimeError(
+                "start the allocator before the image registry: its API is the registry's realm"
+            )
+        registry = self._image_registry()
+        registry.start()
+        return registry
 
     async def wait_api(self, port: int | None = None, timeout: float = 30) -> None:
         url = f"http://127.0.0.1:{port or self.api_port}/readyz"

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ValidationError
 
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.openapi import openapi_document
-from potluck.allocator.registry_auth import TOKEN_ISSUER, basic_password
+from potluck.allocator.pool_registry import PoolRegistry
+from potluck.allocator.registry_auth import POOL_REGISTRY, basic_password, pool_registry
 from potluck.allocator.registry_auth import token as registry_token_for
-from potluck.allocator.registry_tokens import TokenIssuer
 from potluck.allocator.schemas import (
     Allocation,
     AllocationList,
@@ -122,6 +122,9 @@ def _user(request: web.Request) -> User:
 
 async def create(request: web.Request) -> web.Response:
     body = CreateAllocation.model_validate(await _json(request))
+    registry = request.app.get(POOL_REGISTRY)
+    if registry is not None:
+        registry.check_image(_user(request).name, body.image)
     state = await request.app[ENGINE].request_allocation(_user(request), body)
     return ok(Allocation.of(state), 201 if state.status != "pending" else 202)
 
@@ -206,11 +209,24 @@ async def registry_token(request: web.Request) -> web.Response:
     return await registry_token_for(request, user)
 
 
-def make_app(engine: AllocatorEngine, *, registry_tokens: TokenIssuer | None = None) -> web.Application:
+async def images(request: web.Request) -> web.Response:
+    registry = pool_registry(request)
+    user = _user(request)
+    repositories = await registry.repositories_of(user.name)
+    return web.json_response(
+        {
+            "registry": registry.address,
+            "prefix": registry.reference_prefix(user.name),
+            "images": [{"name": f"{registry.address}/{r.name}", "tags": r.tags} for r in repositories],
+        }
+    )
+
+
+def make_app(engine: AllocatorEngine, *, registry: PoolRegistry | None = None) -> web.Application:
     app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=256 * 1024)
     app[ENGINE] = engine
-    if registry_tokens is not None:
-        app[TOKEN_ISSUER] = registry_tokens
+    if registry is not None:
+        app[POOL_REGISTRY] = registry
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/openapi.json", openapi)
@@ -222,4 +238,5 @@ def make_app(engine: AllocatorEngine, *, registry_tokens: TokenIssuer | None = N
     app.router.add_get("/v1/allocations/{alloc_id}/events", history)
     app.router.add_get("/v1/pool", pool)
     app.router.add_get(TOKEN_PATH, registry_token)
+    app.router.add_get("/v1/images", images)
     return app

@@ -10,12 +10,21 @@ import datetime
 
 from aiohttp import BasicAuth, web
 
+from potluck.allocator.pool_registry import PoolRegistry
 from potluck.allocator.registry_access import grant_for_user, parse_scopes
-from potluck.allocator.registry_tokens import TokenIssuer
 from potluck.allocator.users import User
 from potluck.kernel.rejections import Rejected
 
-TOKEN_ISSUER: web.AppKey[TokenIssuer] = web.AppKey("registry_token_issuer", TokenIssuer)
+POOL_REGISTRY: web.AppKey[PoolRegistry] = web.AppKey("pool_registry", PoolRegistry)
+
+
+def pool_registry(request: web.Request) -> PoolRegistry:
+    registry = request.app.get(POOL_REGISTRY)
+    if registry is None:
+        raise Rejected(
+            "NO_REGISTRY", "this pool runs no image registry; ask the operator to start one", status=404
+        )
+    return registry
 
 
 def _unauthenticated(message: str) -> web.Response:
@@ -38,9 +47,7 @@ def basic_password(request: web.Request) -> str | None:
 
 async def token(request: web.Request, user: User | None) -> web.Response:
     """Answer a token request for `user` (None: the credentials were missing or wrong)."""
-    issuer = request.app.get(TOKEN_ISSUER)
-    if issuer is None:
-        raise Rejected("NO_REGISTRY", "this pool runs no image registry", status=404)
+    issuer = pool_registry(request).tokens
     if user is None:
         return _unauthenticated(
             "log in with your Potluck token as password, e.g. `potluck image push` does it for you"

@@ -6,6 +6,11 @@ and wrong or missing credentials get a clear refusal.
 """
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -117,3 +122,63 @@ async def test_token_endpoint_refuses_clearly_and_grants_only_the_own_namespace(
     claims = jwt.decode(body["token"], options={"verify_signature": False})
     assert claims["sub"] == "alice"
     assert claims["access"] == [{"type": "repository", "name": "alice/sim", "actions": ["pull", "push"]}]
+
+
+def _potluck(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "potluck", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_potluck_image_push_and_ls_from_the_users_own_engine(
+    pool: Pool, docker_engines: list[DockerEngine], test_image: str, tmp_path: Path
+) -> None:
+    """`potluck image push` of a local image lands in the user's namespace; `ls` shows it to that
+    user only; a missing image and no login each fail with a clear message and exit code 2."""
+    await pool.wait_api()
+    registry = await asyncio.to_thread(pool.start_image_registry)
+    dana = await pool.add_user("dana")
+    erin = await pool.add_user("erin")
+    laptop = docker_engines[0]
+    await asyncio.to_thread(_tag, laptop, test_image, "example.org/team/sim:7")
+    base = {"DOCKER_HOST": laptop.url, "POTLUCK_URL": pool.api, "POTLUCK_CONFIG": str(tmp_path / "none.toml")}
+    as_dana = {**base, "POTLUCK_TOKEN": dana}
+
+    pushed = await asyncio.to_thread(
+        _potluck, "image", "push", "example.org/team/sim:7", "--json", env=as_dana
+    )
+    assert pushed.returncode == 0, pushed.stderr + pool.logs()
+    result = json.loads(pushed.stdout)
+    assert result["image"] == f"{registry.address}/dana/sim:7"
+    assert result["digest"].startswith("sha256:")
+
+    listed = await asyncio.to_thread(_potluck, "image", "ls", "--json", env=as_dana)
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["images"] == [{"name": f"{registry.address}/dana/sim", "tags": ["7"]}]
+    others = await asyncio.to_thread(_potluck, "image", "ls", "--json", env={**base, "POTLUCK_TOKEN": erin})
+    assert json.loads(others.stdout)["images"] == []
+
+    missing = await asyncio.to_thread(_potluck, "image", "push", "no-such-image:1", env=as_dana)
+    assert missing.returncode == 2
+    assert "has no image no-such-image:1" in missing.stderr
+    anonymous = await asyncio.to_thread(_potluck, "image", "push", "example.org/team/sim:7", env=base)
+    assert anonymous.returncode == 2
+    assert "not logged in" in anonymous.stderr
+
+    # Erin cannot run Dana's image: refused at once, naming the field, before any placement.
+    body = {"cpus": 0.1, "memory": "64M", "image": result["image"], "command": ["true"]}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            pool.api + "/v1/allocations", json=body, headers={"Authorization": f"Bearer {erin}"}
+        ) as response,
+    ):
+        assert response.status == 403, await response.text()
+        refusal = (await response.json())["error"]
+    assert refusal["field"] == "image"
+    assert f"{registry.address}/erin/" in refusal["message"]
