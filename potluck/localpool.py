@@ -131,6 +131,8 @@ class LocalPool:
             )
         registry = self._image_registry()
         registry.start()
+        # One of the pool's processes like the services: stopped, logged and watched with them.
+        self.processes["image-registry"] = registry.process
         return registry
 
     async def wait_api(self, port: int | None = None, timeout: float = 30) -> None:
@@ -215,16 +217,11 @@ class LocalPool:
         return host.process
 
     def logs(self, lines: int = 40) -> str:
-        parts = [f"--- {name} ---\n{proc.log_tail(lines)}" for name, proc in self.processes.items()]
-        if self.image_registry is not None:
-            parts.append(f"--- image registry ---\n{self.image_registry.log_tail(lines)}")
-        return "\n".join(parts)
+        return "\n".join(f"--- {name} ---\n{proc.log_tail(lines)}" for name, proc in self.processes.items())
 
     def stop_all(self) -> None:
         for proc in self.processes.values():
             proc.stop(timeout=10)
-        if self.image_registry is not None:
-            self.image_registry.stop()
 
     @classmethod
     async def create(

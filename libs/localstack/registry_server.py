@@ -84,6 +84,10 @@ class RegistryServer:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def process(self) -> ChildProcess:
+        return self._proc
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid
 
