@@ -4,7 +4,10 @@ Embedded NATS and Postgres, a Docker engine (this machine's, or a private one
 when none answers), the central services, a hostd donating part of this
 machine, and a demo user. State lives in one directory (default
 ~/.potluck): the event log survives `down`, so the next `up` carries on where
-it stopped.
+it stopped. Once ready, a service process that dies (the registry, the
+allocator, the gateway, hostd) is started again, with growing pauses while it
+keeps dying (`potluck.supervisor`); `down` stops the watching first, then
+everything.
 """
 
 import asyncio
@@ -29,6 +32,7 @@ from potluck.localstack.docker_engine import DockerEngine, ensure_docker_install
 from potluck.localstack.ports import port_accepts
 from potluck.localstack.reaper import start_time
 from potluck.localstack.test_image import build_test_image
+from potluck.supervisor import Supervisor
 
 Say = Callable[[str], None]
 
@@ -168,6 +172,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
     postgres: PostgresServer | None = None
     engine: DockerEngine | None = None
     pool: LocalPool | None = None
+    watchers: list[asyncio.Task[None]] = []
     try:
         if external_db:
             database_url = external_db
@@ -219,9 +224,18 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         )
         (state / "up.json").write_text(json.dumps(asdict(ready)))
         on_ready(ready)
+        supervisor = Supervisor(say)
+        watchers = [
+            asyncio.create_task(supervisor.keep_running(name, proc), name=f"watch-{name}")
+            for name, proc in pool.processes.items()
+        ]
         await stop.wait()
         say("stopping")
     finally:
+        # Nothing may be restarted while it is being stopped.
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
             (state / "up.json").unlink()
         if pool is not None:

@@ -69,6 +69,8 @@ class AllocationFailed(AllocationEvent):
     host_id: str | None = None
     reason: str
     detail: str = ""
+    # Routed to the host it failed on: hostd removes the container once the failure is logged.
+    routing_field = "host_id"
 
 
 @event_type

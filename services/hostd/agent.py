@@ -16,7 +16,9 @@ from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 
 from potluck.contracts.allocation_events import (
+    AllocationExited,
     AllocationExpired,
+    AllocationFailed,
     AllocationLost,
     AllocationPlaced,
     AllocationReleased,
@@ -214,7 +216,15 @@ class Agent:
         match event:
             case AllocationPlaced(host_id=self.host_id):
                 await self.containers.place(event.alloc_id, event.spec)
-            case AllocationReleased() | AllocationExpired() | AllocationLost():
+            # Ended and logged (the allocator has freed its capacity too): the container's
+            # exit code is on record, so its writable layer leaves the member's disk.
+            case (
+                AllocationReleased()
+                | AllocationExpired()
+                | AllocationLost()
+                | AllocationExited()
+                | AllocationFailed()
+            ):
                 if getattr(event, "host_id", None) == self.host_id:
                     await self.containers.release(event.alloc_id)
             case HostPaused():

@@ -2,7 +2,15 @@
 
 Every Docker call runs off the event loop (the driver is synchronous), and
 calls that change containers are serialised by one lock, so a placement, a
-release and a reconciliation never interleave on the same container.
+release and a reconciliation never interleave on the same container. An
+engine that stops answering is a state hostd reports and waits out, never a
+reason for hostd to stop.
+
+A container that ended (exited, failed, stopped past its disk bound) keeps its
+writable layer on the member's disk until the allocator has logged the end,
+which is also when the allocator frees its capacity: the agent then calls
+`release`. Until then the container still holds what a restarted hostd needs
+to report it again (exit code, OOM flag).
 """
 
 import asyncio
@@ -36,7 +44,7 @@ from potluck.hostd.docker_driver import (
     ImageNotAvailable,
     LimitsNotApplied,
 )
-from potluck.hostd.reconciler import reconcile
+from potluck.hostd.reconciler import never_started, reconcile
 from potluck.hostd.spans import docker_span
 
 log = structlog.get_logger(__name__)
@@ -130,12 +138,21 @@ class ContainerManager:
             await self._start(built)
 
     async def release(self, alloc_id: str) -> None:
+        """The allocation is over here (released, expired, lost, or its end logged): remove
+        its container and writable layer. An engine that is away keeps the container until
+        the next reconciliation, which removes what no allocation wants."""
         self.desired.pop(alloc_id, None)
         async with self._lock:
             container_id = self.containers.pop(alloc_id, None) or f"potluck-{alloc_id}"
-            self._stopping.setdefault(alloc_id, None)
-            with contextlib.suppress(ContainerNotFound, EngineUnavailable):
+            self._stopping.pop(alloc_id, None)
+            try:
                 await self._docker(self.driver.remove, container_id)
+            except ContainerNotFound:
+                return
+            except DockerDriverError as exc:
+                log.warning("hostd.remove_failed", alloc_id=alloc_id, error=str(exc))
+                return
+            log.info("hostd.container_removed", alloc_id=alloc_id, container_id=container_id[:12])
 
     async def release_all(self) -> None:
         for alloc_id in list(self.desired) + list(self.containers):
@@ -160,54 +177,81 @@ class ContainerManager:
             return
         self.containers[alloc_id] = container_id
         if self.paused:
-            await self._docker(self.driver.pause, container_id)
+            with contextlib.suppress(DockerDriverError):
+                await self._docker(self.driver.pause, container_id)
         log.info("hostd.container_started", alloc_id=alloc_id, container_id=container_id[:12])
         self.report(ContainerStarted(alloc_id=alloc_id, container_id=container_id))
 
     async def reconcile(self) -> None:
+        """Bring the engine in line with the desired set. An engine that goes away midway
+        ends this round; `watch_engine` reconciles again when it answers."""
         async with self._lock:
+            with contextlib.suppress(EngineUnavailable):
+                await self._reconcile_locked()
+
+    async def _reconcile_locked(self) -> None:
+        actual = await self._docker(self.driver.list_managed, self.host_id)
+        plan = reconcile(self.desired, actual)
+        for container in plan.remove:
+            log.info(
+                "hostd.removing_unwanted",
+                alloc_id=container.allocation_id,
+                container_id=container.container_id[:12],
+            )
             try:
-                actual = await self._docker(self.driver.list_managed, self.host_id)
+                await self._docker(self.driver.remove, container.container_id)
+            except ContainerNotFound:
+                pass
             except EngineUnavailable:
-                return
-            plan = reconcile(self.desired, actual)
-            for container in plan.remove:
-                log.info(
-                    "hostd.removing_unwanted",
-                    alloc_id=container.allocation_id,
-                    container_id=container.container_id[:12],
-                )
-                self._stopping.setdefault(container.allocation_id, None)
-                with contextlib.suppress(ContainerNotFound):
-                    await self._docker(self.driver.remove, container.container_id)
-                if self.containers.get(container.allocation_id) == container.container_id:
-                    del self.containers[container.allocation_id]
-            for container in plan.adopt:
-                self.containers[container.allocation_id] = container.container_id
-                log.info(
-                    "hostd.adopted",
-                    alloc_id=container.allocation_id,
-                    container_id=container.container_id[:12],
-                )
+                raise
+            except DockerDriverError as exc:
+                log.warning("hostd.remove_failed", alloc_id=container.allocation_id, error=str(exc))
+            if self.containers.get(container.allocation_id) == container.container_id:
+                del self.containers[container.allocation_id]
+        for container in plan.adopt:
+            self.containers[container.allocation_id] = container.container_id
+            log.info(
+                "hostd.adopted",
+                alloc_id=container.allocation_id,
+                container_id=container.container_id[:12],
+            )
+            try:
                 if self.paused and container.status != "paused":
                     await self._docker(self.driver.pause, container.container_id)
                 elif not self.paused and container.status == "paused":
                     await self._docker(self.driver.unpause, container.container_id)
-            for container in plan.report_exited:
-                self.desired.pop(container.allocation_id, None)
-                self.report(
-                    ContainerExited(
-                        alloc_id=container.allocation_id,
-                        container_id=container.container_id,
-                        exit_code=container.exit_code or 0,
-                        oom_killed=container.oom_killed,
-                    )
+            except EngineUnavailable:
+                raise
+            except DockerDriverError as exc:
+                log.warning("hostd.pause_state_not_set", alloc_id=container.allocation_id, error=str(exc))
+        for container in plan.report_never_started:
+            # Kept until the failure is logged, like any ended container; it never ran, so
+            # starting it now would run work the allocator may already count as ended.
+            self._fail(
+                container.allocation_id,
+                "start_failed",
+                f"container {container.container_id[:12]} was created but never started "
+                "(hostd stopped between creating and starting it); the work did not run",
+            )
+        for container in plan.report_exited:
+            self.desired.pop(container.allocation_id, None)
+            self.report(
+                ContainerExited(
+                    alloc_id=container.allocation_id,
+                    container_id=container.container_id,
+                    exit_code=container.exit_code or 0,
+                    oom_killed=container.oom_killed,
                 )
-            for spec in plan.start:
-                await self._start(spec)
+            )
+        for spec in plan.start:
+            await self._start(spec)
 
     async def actual_state(self, as_of_position: int) -> ActualState:
-        containers = await self._docker(self.driver.list_managed, self.host_id)
+        # A container that never started has no exit to report; its allocation's failure is
+        # reported by the reconciliation, and a missing container is judged a failure too.
+        containers = [
+            c for c in await self._docker(self.driver.list_managed, self.host_id) if not never_started(c)
+        ]
         return ActualState(
             as_of_position=as_of_position,
             containers=[
@@ -261,8 +305,8 @@ class ContainerManager:
         # may die before run() has even returned its id to us.
         try:
             state = await self._docker(self.driver.state, container_id)
-        except (ContainerNotFound, EngineUnavailable):
-            return
+        except DockerDriverError:
+            return  # gone, or the engine is away: the next reconciliation reports it
         alloc_id = state.allocation_id
         if state.running or alloc_id not in self.desired:
             return  # restarted, or released by us
@@ -332,7 +376,11 @@ class ContainerManager:
         """Without an engine quota, measure writable layers and stop what writes past its bound."""
         while True:
             await asyncio.sleep(self.config.timing.disk_check_interval_s)
-            if self.driver.engine_facts().disk_quota_supported:
+            try:
+                facts = await self._docker(self.driver.engine_facts)
+            except DockerDriverError:
+                continue  # reported by _docker; measured again once the engine answers
+            if facts.disk_quota_supported:
                 continue
             for alloc_id, container_id in list(self.containers.items()):
                 spec = self.desired.get(alloc_id)

@@ -3,8 +3,10 @@
 After a restart hostd adopts the containers it finds by their labels, stops
 the ones no allocation wants, and starts wanted ones that are missing. A
 container that exited on its own is reported, not restarted: an allocation
-runs once. Two containers for one allocation (never made by us, but possible
-by hand) keep the running, older one.
+runs once. A container that was created but never started (hostd stopped
+between the two) did not run the work: it is reported as failed, never as an
+exit with code 0. Two containers for one allocation (never made by us, but
+possible by hand) keep the running, older one.
 """
 
 from collections.abc import Mapping, Sequence
@@ -19,11 +21,19 @@ class Plan:
     start: list[ContainerSpec] = field(default_factory=list)
     adopt: list[ManagedContainer] = field(default_factory=list)
     report_exited: list[ManagedContainer] = field(default_factory=list)
+    report_never_started: list[ManagedContainer] = field(default_factory=list)
     remove: list[ManagedContainer] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.start or self.adopt or self.report_exited or self.remove)
+        return not (
+            self.start or self.adopt or self.report_exited or self.report_never_started or self.remove
+        )
+
+
+def never_started(c: ManagedContainer) -> bool:
+    """Created and not started: the engine says "created" and no start time."""
+    return not c.running and c.status == "created" and c.started_at is None
 
 
 def _preference(c: ManagedContainer) -> tuple[int, float]:
@@ -43,6 +53,8 @@ def reconcile(desired: Mapping[str, ContainerSpec], actual: Sequence[ManagedCont
             plan.remove.append(keep)
         elif keep.running:
             plan.adopt.append(keep)
+        elif never_started(keep):
+            plan.report_never_started.append(keep)
         else:
             plan.report_exited.append(keep)
     for alloc_id, spec in sorted(desired.items()):

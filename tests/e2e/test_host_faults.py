@@ -137,3 +137,132 @@ async def test_hostd_carries_on_after_nats_restarts(pool: Pool, laptop: Enrolled
     await place(pool.store, laptop.host_id, "post", spec())
     await wait_for_status(pool, "post", "running", timeout=60)
     await pool.wait_for_host(laptop.host_id, "online")
+
+
+async def containers_of(driver: DockerDriver, host_id: str, alloc_id: str) -> list[str]:
+    found = await asyncio.to_thread(driver.list_managed, host_id)
+    return [c.container_id for c in found if c.allocation_id == alloc_id]
+
+
+async def wait_removed(
+    pool: Pool, driver: DockerDriver, host_id: str, alloc_id: str, timeout: float = 20
+) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await containers_of(driver, host_id, alloc_id):
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"the container of {alloc_id} is still on the engine after {timeout}s\n{pool.logs()}"
+        )
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.liveness(0.5, 6, 60.0)
+async def test_ended_containers_leave_the_disk_and_one_never_started_is_a_failure(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    """On one host, each way a container ends, then the container gone from the engine
+    (its writable layer with it) once the end is logged, the exit code still on record:
+    - it exits by itself with code 3: exited, code 3;
+    - it writes past its disk bound (no engine quota here): failed, disk_limit_exceeded;
+    - hostd is SIGKILLed between create and start (the window made deterministic by creating
+      the container as hostd would, labels and all, while hostd is down), then restarted:
+      the allocation fails with start_failed saying it never started, not exited with code 0.
+    (Lost only after 60 s: the restart is not about a lost host.)"""
+    import docker
+
+    from potluck.contracts.allocation_events import alloc_stream
+    from potluck.hostd.container_config import create_kwargs
+    from potluck.hostd.containers import container_spec
+    from tests.fixtures.pool import allocation
+
+    driver = DockerDriver(docker_engines[0].url)
+    try:
+        await place(pool.store, laptop.host_id, "done", spec(command=["sh", "-c", "sleep 1; exit 3"]))
+        await wait_for_status(pool, "done", "exited")
+        await wait_removed(pool, driver, laptop.host_id, "done")
+        done = await allocation(pool.store, "done")
+        assert done is not None
+        assert done.exit_code == 3
+
+        writer = spec(
+            disk=16 << 20, command=["sh", "-c", "dd if=/dev/zero of=/fill bs=1M count=48; sleep 3600"]
+        )
+        await place(pool.store, laptop.host_id, "writer", writer)
+        await wait_for_status(pool, "writer", "failed")
+        await wait_removed(pool, driver, laptop.host_id, "writer")
+        written = await allocation(pool.store, "writer")
+        assert written is not None
+        assert written.reason == "disk_limit_exceeded"
+
+        assert laptop.process is not None
+        laptop.process.kill()
+        await place(pool.store, laptop.host_id, "never", spec())
+        quota = (await asyncio.to_thread(driver.engine_facts)).disk_quota_supported
+        kwargs = create_kwargs(container_spec(laptop.host_id, "never", spec()), disk_quota=quota)
+        client = docker.DockerClient(base_url=docker_engines[0].url)
+        try:
+            created = await asyncio.to_thread(client.containers.create, **kwargs)
+        finally:
+            client.close()
+        assert (await asyncio.to_thread(driver.state, created.id or "")).status == "created"
+        pool.start_hostd(laptop)
+
+        await wait_for_status(pool, "never", "failed", timeout=60)
+        records = await pool.store.read_stream(alloc_stream("never"))
+        assert [r.type for r in records][-1] == "AllocationFailed"
+        assert records[-1].data["reason"] == "start_failed"
+        assert "never started" in records[-1].data["detail"]
+        await wait_removed(pool, driver, laptop.host_id, "never")
+    finally:
+        driver.close()
+
+
+async def test_hostd_outlives_its_docker_engine_stopping_and_recovers(
+    pool: Pool, tmp_path: os.PathLike[str]
+) -> None:
+    """The host's engine (one with no image yet, so hostd cannot cache what it learnt of it)
+    is stopped by its PID while hostd runs: hostd stays up past several disk checks and
+    reports the engine unavailable; the engine starts again: hostd reports it available
+    and runs new work."""
+    import json
+    from pathlib import Path
+
+    from nats.aio.msg import Msg
+
+    from potluck.contracts.subjects import REPORT_PREFIX
+    from potluck.localstack.test_image import build_test_image
+
+    engine = DockerEngine(Path(tmp_path) / "own-engine")
+    engine.start()
+    nc = await pool.client()
+    try:
+        host = await pool.enroll("outage")
+        engine_reports: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+
+        async def on_engine_report(msg: Msg) -> None:
+            engine_reports.put_nowait(json.loads(msg.data))
+
+        async def engine_reported(available: bool) -> None:
+            async with asyncio.timeout(20):
+                while (await engine_reports.get())["available"] is not available:
+                    pass
+
+        await nc.subscribe(f"{REPORT_PREFIX}.{host.host_id}.engine", cb=on_engine_report)
+        pool.write_config(host, engine)
+        pool.start_hostd(host)
+        await pool.wait_for_host(host.host_id, "online")
+        assert host.process is not None
+
+        await asyncio.to_thread(engine.stop)  # SIGTERM to dockerd's own PID
+        await engine_reported(False)
+        await asyncio.sleep(3)  # six disk checks against an engine that is away
+        assert host.process.running(), f"hostd exited\n{host.process.log_tail(60)}"
+
+        await asyncio.to_thread(engine.start)
+        await asyncio.to_thread(build_test_image, engine.url)
+        await engine_reported(True)
+        await place(pool.store, host.host_id, "after-outage", spec())
+        await wait_for_status(pool, "after-outage", "running", timeout=60)
+        assert host.process.running()
+    finally:
+        await nc.close()
+        engine.stop()

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,11 +48,32 @@ def processes_mentioning(needle: str) -> list[str]:
     return found
 
 
+def hostd_pids(state: Path) -> list[int]:
+    return [
+        int(line.split(":")[0]) for line in processes_mentioning(str(state)) if " hostd --config " in line
+    ]
+
+
+def restarted_hostd(state: Path, killed: int, timeout: float = 60) -> int:
+    """The new hostd's PID, once `potluck up` has said on its console that it restarted hostd."""
+    deadline = time.monotonic() + timeout
+    while True:
+        console = (state / "up.log").read_text(errors="replace")
+        pids = [pid for pid in hostd_pids(state) if pid != killed]
+        if "hostd-local was killed by signal 9" in console and "restarted hostd-local" in console and pids:
+            return pids[0]
+        assert time.monotonic() < deadline, f"hostd not restarted after {timeout}s:\n{console[-3000:]}"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_path: Path) -> None:
     """README: `potluck up`, then the user quick start (login, create --wait, a command in the
     container over the real `ssh` through the gateway, release), then `potluck down`.
-    Afterwards no process started for this state directory is alive, and the log is kept."""
+    Before the quick start its hostd is killed with SIGKILL: `potluck up` says so on its console
+    and starts it again, and the quick start runs on the restarted hostd.
+    Afterwards no process started for this state directory is alive (the restarted hostd
+    included), and the log is kept."""
     ports = [
         "--api-port",
         str(free_port()),
@@ -75,6 +98,11 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         again = potluck("up", "--detach", *ports, env=newcomer)
         assert again.returncode == 0
         assert "already up" in again.stdout
+
+        state = Path(newcomer["POTLUCK_HOME"])
+        [hostd] = hostd_pids(state)
+        os.kill(hostd, signal.SIGKILL)
+        restarted_hostd(state, hostd)
 
         logged_in = potluck("login", "--url", api, "--token", token, "--gateway", gateway, env=newcomer)
         assert logged_in.returncode == 0, logged_in.stderr

@@ -1,7 +1,8 @@
 """The reconciler's decisions: what hostd starts, adopts, reports and removes after a restart.
 
 Each rule by example first (one allocation, each combination of wanted or not
-and of its container missing, running or exited; then duplicates), then
+and of its container missing, running, exited or created and never started;
+then duplicates), then
 hypothesis over any mix of wanted allocations and containers found, against
 the rules stated one by one.
 """
@@ -33,12 +34,17 @@ def _spec(alloc_id: str) -> ContainerSpec:
 
 
 def _container(
-    alloc_id: str, container_id: str = "", *, running: bool = True, started_s: float | None = 0.0
+    alloc_id: str,
+    container_id: str = "",
+    *,
+    running: bool = True,
+    started_s: float | None = 0.0,
+    status: str = "",
 ) -> ManagedContainer:
     return ManagedContainer(
         container_id=container_id or f"c-{alloc_id}",
         allocation_id=alloc_id,
-        status="running" if running else "exited",
+        status=status or ("running" if running else "exited"),
         running=running,
         exit_code=None if running else 0,
         oom_killed=False,
@@ -71,6 +77,20 @@ def test_a_wanted_allocation_with_a_running_container_is_adopted_not_started() -
 def test_a_wanted_allocation_whose_container_exited_is_reported_not_restarted() -> None:
     exited = _container("a1", running=False)
     assert reconcile({"a1": _spec("a1")}, [exited]) == Plan(report_exited=[exited])
+
+
+def test_a_wanted_allocation_whose_container_never_started_is_reported_as_such() -> None:
+    """hostd stopped between create and start: the engine says "created", with no exit code.
+    That is not an exit with code 0 (the work never ran), nor something to start now."""
+    created = _container("a1", running=False, started_s=None, status="created")
+    plan = reconcile({"a1": _spec("a1")}, [created])
+    assert plan == Plan(report_never_started=[created])
+    assert not plan.empty
+
+
+def test_a_created_container_no_allocation_wants_is_removed() -> None:
+    created = _container("a1", running=False, started_s=None, status="created")
+    assert reconcile({}, [created]) == Plan(remove=[created])
 
 
 def test_a_running_container_no_allocation_wants_is_removed() -> None:
@@ -128,13 +148,19 @@ def _situations(draw: st.DrawFn) -> tuple[dict[str, ContainerSpec], list[Managed
     desired = {alloc: _spec(alloc) for alloc in draw(st.sets(_ALLOCS))}
     found = draw(
         st.lists(
-            st.tuples(_ALLOCS, st.booleans(), st.none() | st.integers(0, 3)),
+            st.tuples(_ALLOCS, st.sampled_from(["running", "exited", "created"]), st.integers(0, 3)),
             max_size=8,
         )
     )
     actual = [
-        _container(alloc, f"c{i}", running=running, started_s=started)
-        for i, (alloc, running, started) in enumerate(found)
+        _container(
+            alloc,
+            f"c{i}",
+            running=status == "running",
+            started_s=None if status == "created" else started,
+            status=status,
+        )
+        for i, (alloc, status, started) in enumerate(found)
     ]
     return desired, actual
 
@@ -150,7 +176,9 @@ def test_every_container_found_gets_exactly_one_fate(
 ) -> None:
     desired, actual = situation
     plan = reconcile(desired, actual)
-    fates = [c.container_id for c in plan.adopt + plan.report_exited + plan.remove]
+    fates = [
+        c.container_id for c in plan.adopt + plan.report_exited + plan.report_never_started + plan.remove
+    ]
     assert sorted(fates) == sorted(c.container_id for c in actual)
 
 
@@ -164,13 +192,17 @@ def test_what_runs_afterwards_is_exactly_what_is_wanted(
     # Started: wanted and nothing found, once each, in order.
     assert [s.allocation_id for s in plan.start] == sorted(set(desired) - found)
     assert all(plan_spec is desired[plan_spec.allocation_id] for plan_spec in plan.start)
-    # Every wanted allocation with a container keeps exactly one: adopted if running, else reported.
-    kept = [c.allocation_id for c in plan.adopt + plan.report_exited]
+    # Every wanted allocation with a container keeps exactly one: adopted if running, else
+    # reported as exited if it started, as never started if it did not.
+    kept = [c.allocation_id for c in plan.adopt + plan.report_exited + plan.report_never_started]
     assert sorted(kept) == sorted(set(desired) & found)
     assert all(c.running for c in plan.adopt)
-    assert not any(c.running for c in plan.report_exited)
+    assert all(not c.running and c.started_at is not None for c in plan.report_exited)
+    assert all(c.status == "created" and c.started_at is None for c in plan.report_never_started)
     # An allocation nobody wants keeps nothing.
-    assert all(c.allocation_id in desired for c in plan.adopt + plan.report_exited)
+    assert all(
+        c.allocation_id in desired for c in plan.adopt + plan.report_exited + plan.report_never_started
+    )
 
 
 @given(_situations())
@@ -179,7 +211,7 @@ def test_the_container_kept_is_the_best_one_of_its_allocation(
 ) -> None:
     desired, actual = situation
     plan = reconcile(desired, actual)
-    for kept in plan.adopt + plan.report_exited:
+    for kept in plan.adopt + plan.report_exited + plan.report_never_started:
         rivals = [c for c in actual if c.allocation_id == kept.allocation_id]
         assert _rank(kept) == min(_rank(c) for c in rivals)
         # A container that exited is reported only when none of its allocation runs.
@@ -203,7 +235,7 @@ def test_the_order_containers_are_listed_in_does_not_change_the_decisions(
     rnd.shuffle(shuffled)
     before, after = reconcile(desired, actual), reconcile(desired, shuffled)
     assert before.start == after.start
-    for decided in ("adopt", "report_exited", "remove"):
+    for decided in ("adopt", "report_exited", "report_never_started", "remove"):
         assert [(c.allocation_id, _rank(c)) for c in getattr(before, decided)] == [
             (c.allocation_id, _rank(c)) for c in getattr(after, decided)
         ]

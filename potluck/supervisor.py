@@ -1,0 +1,100 @@
+"""Keeps `potluck up`'s service processes running: one that dies is started again.
+
+A child that keeps dying soon after each start is restarted after pauses that
+grow (tenacity's exponential wait, the retry library the project already
+uses), so a crash loop does not spin the machine; one that ran a while before
+dying is restarted at once, and its next crashes start a new series of pauses.
+Every death and restart is said on the console. Cancelling the watch (as
+`potluck down` does, through `serve`) restarts nothing more; stopping the
+children stays with whoever started them.
+"""
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
+
+from potluck.localstack.errors import LocalStackError
+from potluck.localstack.process import ChildProcess
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    first_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    #: A child that ran this long before dying is restarted at once, its pauses start over.
+    stable_after_s: float = 60.0
+    poll_s: float = 0.5
+
+
+class _DiedSoon(Exception):
+    def __init__(self, how: str) -> None:
+        super().__init__(how)
+        self.how = how
+
+
+def _how_it_ended(proc: ChildProcess) -> str:
+    code = proc.exit_code()
+    if code is not None and code < 0:
+        return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class Supervisor:
+    def __init__(self, say: Say, policy: RestartPolicy | None = None) -> None:
+        self.say = say
+        self.policy = policy or RestartPolicy()
+        self.restarts: dict[str, int] = {}
+
+    async def keep_running(self, name: str, proc: ChildProcess) -> None:
+        """Watch `proc` until cancelled, starting it again whenever it dies."""
+        while True:
+            await self._until_stable(name, proc)
+            await self._exited(proc)
+            self.say(f"{name} {_how_it_ended(proc)} after running a while; restarting it now")
+            self._restart(name, proc)
+
+    async def _until_stable(self, name: str, proc: ChildProcess) -> None:
+        """Return once `proc` has run `stable_after_s`; restart it, with growing pauses,
+        each time it dies sooner."""
+
+        def announce(state: RetryCallState) -> None:
+            assert state.outcome is not None
+            assert state.next_action is not None
+            how = str(state.outcome.exception())
+            self.say(f"{name} {how}; restarting it in {round(state.next_action.sleep, 2):g}s")
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_DiedSoon),
+            wait=wait_exponential(multiplier=self.policy.first_delay_s, max=self.policy.max_delay_s),
+            before_sleep=announce,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    try:
+                        self._restart(name, proc)
+                    except LocalStackError as exc:
+                        raise _DiedSoon(f"could not be started ({exc})") from exc
+                try:
+                    await asyncio.wait_for(self._exited(proc), self.policy.stable_after_s)
+                except TimeoutError:
+                    return
+                raise _DiedSoon(_how_it_ended(proc))
+
+    async def _exited(self, proc: ChildProcess) -> None:
+        # Polled: the children are plain Popen processes (they outlive no event loop, and
+        # `potluck up` started them before one ran), and a poll is one non-blocking waitpid.
+        while True:
+            if not proc.running():
+                return
+            await asyncio.sleep(self.policy.poll_s)
+
+    def _restart(self, name: str, proc: ChildProcess) -> None:
+        proc.start()
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        self.say(f"restarted {name} (pid {proc.pid}, restart {self.restarts[name]})")
