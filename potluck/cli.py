@@ -655,6 +655,13 @@ STATE_DIR = click.option(
     show_default=True,
     help="hostds dial the gateway here.",
 )
+@click.option(
+    "--registry-port",
+    type=click.IntRange(1, 65535),
+    default=5050,
+    show_default=True,
+    help="The pool's image registry; part of every pool image's name, so keep it.",
+)
 @click.option("--cpus", type=click.FloatRange(min=0.1), default=None, help="CPUs this machine donates.")
 @click.option("--memory", default="2G", show_default=True, help="Memory this machine donates.")
 @click.option("--disk", default="10G", show_default=True, help="Disk this machine donates.")
@@ -666,6 +673,7 @@ def up(
     postgres_port: int,
     ssh_port: int,
     tunnel_port: int,
+    registry_port: int,
     cpus: float | None,
     memory: str,
     disk: str,
@@ -687,6 +695,7 @@ def up(
         cpus or local.UpSettings.cpus,
         memory,
         disk,
+        registry_port,
     )
     already = local.running(settings.state_dir)
     if already is not None:
@@ -708,6 +717,8 @@ def up(
             str(ssh_port),
             "--tunnel-port",
             str(tunnel_port),
+            "--registry-port",
+            str(registry_port),
             "--cpus",
             str(settings.cpus),
             "--memory",

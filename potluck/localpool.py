@@ -46,6 +46,7 @@ class LocalPool:
     services_seed: str
     processes: dict[str, ChildProcess] = field(default_factory=dict)
     image_registry: RegistryServer | None = None
+    image_registry_port: int | None = None
     liveness: tuple[float, int, float] = (5.0, 3, 300.0)
     log_level: str = "INFO"
 
@@ -120,6 +121,7 @@ class LocalPool:
                 cert=cert,
                 service=SERVICE,
                 issuer=ISSUER,
+                port=self.image_registry_port,
             )
         return self.image_registry
 
