@@ -552,6 +552,7 @@ def ops_users() -> None:
     help="Quota: CPUs held at once.",
 )
 @click.option("--memory", default="16G", show_default=True, help="Quota: memory held at once (e.g. 16G).")
+@click.option("--disk", default="64G", show_default=True, help="Quota: writable disk held at once.")
 @click.option(
     "--allocations",
     type=click.IntRange(min=1),
@@ -559,14 +560,21 @@ def ops_users() -> None:
     show_default=True,
     help="Quota: allocations held at once.",
 )
-def ops_users_add(name: str, database_url: str, cpus: float, memory: str, allocations: int) -> None:
+def ops_users_add(
+    name: str, database_url: str, cpus: float, memory: str, disk: str, allocations: int
+) -> None:
     """Add user NAME and print their bearer token (shown once; only its hash is kept)."""
     from potluck.allocator.users import add_user
     from potluck.contracts.allocation_events import Quota
     from potluck.kernel.sizes import parse_size
 
     try:
-        quota = Quota(cpus=cpus, memory_bytes=parse_size(memory), allocations=allocations)
+        quota = Quota(
+            cpus=cpus,
+            memory_bytes=parse_size(memory),
+            disk_bytes=parse_size(disk),
+            allocations=allocations,
+        )
     except ValueError as exc:
         fail(str(exc), 2)
 

@@ -123,6 +123,11 @@ def capacity_stream(host_id: str) -> str:
     return f"capacity-{host_id}"
 
 
+#: Writable disk one user may hold by default: ten allocations of the API's default 1 GiB, and
+#: room to spare, far from the terabytes one user could once take.
+DEFAULT_DISK_QUOTA = 64 << 30
+
+
 class Quota(BaseModel):
     """The most one user may hold at once, all active allocations together."""
 
@@ -131,6 +136,8 @@ class Quota(BaseModel):
     cpus: float = Field(default=8.0, gt=0)
     memory_bytes: int = Field(default=16 << 30, gt=0)
     allocations: int = Field(default=10, ge=1)
+    #: Users added before disk had a quota get this default too when their UserAdded is read.
+    disk_bytes: int = Field(default=DEFAULT_DISK_QUOTA, gt=0)
 
 
 @event_type

@@ -19,6 +19,7 @@ __all__ = [
     "REGISTER",
     "REPORT_PREFIX",
     "RPC_PREFIX",
+    "SERVICE_INBOX",
     "STATUS",
     "host_consumer",
     "host_event_filter",
@@ -71,6 +72,12 @@ def host_rpc_filter(host_id: str) -> str:
 def inbox_prefix(host_id: str) -> str:
     """The host's own reply inboxes: no host can read another's replies."""
     return f"_INBOX_{host_id}"
+
+
+#: The services' reply inboxes (nats-py's default prefix): requests only services may send
+#: (LIST_HOSTS, ALLOCATOR_STATE) are answered only there. Hosts' inboxes (`_INBOX_<id>`) are
+#: a different first token, so no host inbox is ever under it.
+SERVICE_INBOX = "_INBOX"
 
 
 def host_consumer(host_id: str) -> str:

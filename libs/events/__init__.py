@@ -4,7 +4,8 @@ Typed, versioned event schemas (schema), the Postgres event store (store) and
 its follower (follower), one way to fold the log into a read model
 (projection) and to decide and append under optimistic concurrency (decide),
 the outbox relay to JetStream (relay), durable
-subscribers with dead letters (subscriber), subjects and streams (bus), and
+subscribers with dead letters (subscriber), subjects and streams (bus),
+answering requests only into the requester's inbox (replies), and
 trace-context propagation (tracing). Nothing service-specific lives here.
 """
 

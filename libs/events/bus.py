@@ -11,6 +11,30 @@ Subjects carry what consumers filter on and what NATS permissions check:
 JetStream is derived from the Postgres log and never the only copy of a fact,
 so the streams keep the server's default fsync interval (see bench/README.md
 for the figures behind that choice).
+
+Every stream is bounded by age, by size, by message size and per subject, so
+no publisher in a loop fills the server's disk; which messages a full stream
+or subject gives up is chosen so that nothing the log still needs is lost:
+
+- events: a copy of the log, published by the relay only. Full, it drops its
+  oldest (as age already does): Postgres keeps every event, and a hostd
+  catches up from the allocator's snapshot when it starts and reconnects. A
+  subject is one event type routed to one host, so the per-subject bound
+  keeps one host's share from pushing out the others'.
+- reports: what hostd publishes, each host only on `potluck.report.<its
+  id>.<kind>` for the kinds there are (NATS permissions), so the per-subject
+  bound is per host and kind. A subject over its bound drops its own oldest:
+  a host in a loop pushes out only its own reports, never another host's the
+  allocator has not read yet. No legitimate host comes near the bound with
+  reports the log needs: `started`/`exited`/`failed` come once per
+  allocation, and `state`, `usage`, `engine` each supersede the one before.
+  A stream full as a whole refuses new reports (discard new) rather than
+  drop anyone's unread ones: hostd retries, and nothing stored is lost.
+- dead letters: kept for an operator to look at; full, the oldest go first,
+  and the per-subject (per consumer) bound keeps one consumer's flood from
+  pushing out the others' dead letters.
+
+`ensure_streams` applies the limits to streams an older version made, too.
 """
 
 from dataclasses import dataclass
@@ -58,32 +82,82 @@ def dead_letter_subject(consumer: str) -> str:
     return f"{DEAD_LETTER_PREFIX}.{consumer}"
 
 
+MiB = 1 << 20
+#: No bound of the stream's own: the server's max_payload (1 MiB by default) bounds every message,
+#: and a relayed event or a dead letter (a copy of what could not be applied) must always fit.
+NO_LIMIT = -1
+
+
 @dataclass(frozen=True)
 class StreamSpec:
+    """A stream's subjects and limits (see the module's docstring for each discard policy)."""
+
     name: str
     subjects: list[str]
     max_age_s: float
+    max_bytes: int
+    max_msgs_per_subject: int
+    max_msg_size: int
+    #: What a full stream does: drop its oldest (OLD) or refuse the newest (NEW). A subject over
+    #: its own bound always drops its own oldest.
+    discard: DiscardPolicy
+
+    def config(self) -> StreamConfig:
+        return StreamConfig(
+            name=self.name,
+            subjects=self.subjects,
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=self.discard,
+            max_age=self.max_age_s,
+            max_bytes=self.max_bytes,
+            max_msgs_per_subject=self.max_msgs_per_subject,
+            max_msg_size=self.max_msg_size,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        )
 
 
 STREAMS = (
-    StreamSpec(EVENTS_STREAM, [f"{EVENT_PREFIX}.>"], 7 * 86400),
-    StreamSpec(REPORTS_STREAM, [f"{REPORT_PREFIX}.>"], 7 * 86400),
-    StreamSpec(DEAD_LETTER_STREAM, [f"{DEAD_LETTER_PREFIX}.>"], 30 * 86400),
+    StreamSpec(
+        EVENTS_STREAM,
+        [f"{EVENT_PREFIX}.>"],
+        max_age_s=7 * 86400,
+        max_bytes=1024 * MiB,
+        max_msgs_per_subject=100_000,
+        max_msg_size=NO_LIMIT,
+        discard=DiscardPolicy.OLD,
+    ),
+    StreamSpec(
+        REPORTS_STREAM,
+        [f"{REPORT_PREFIX}.>"],
+        max_age_s=7 * 86400,
+        max_bytes=1024 * MiB,
+        # A host holds at most kinds x 100 x 64 KiB (about 45 MiB): it takes over twenty hosts
+        # flooding at once to fill the stream. 64 KiB is an ActualState of some 300 containers.
+        max_msgs_per_subject=100,
+        max_msg_size=64 * 1024,
+        discard=DiscardPolicy.NEW,
+    ),
+    StreamSpec(
+        DEAD_LETTER_STREAM,
+        [f"{DEAD_LETTER_PREFIX}.>"],
+        max_age_s=30 * 86400,
+        max_bytes=256 * MiB,
+        max_msgs_per_subject=10_000,
+        max_msg_size=NO_LIMIT,
+        discard=DiscardPolicy.OLD,
+    ),
 )
+
+#: The streams by name.
+STREAM_SPECS = {spec.name: spec for spec in STREAMS}
 
 
 async def ensure_streams(js: JetStreamContext) -> None:
-    """Create or update Potluck's streams; safe to call from every service at start."""
+    """Create Potluck's streams, or give existing ones (an older version's too) today's limits;
+    safe to call from every service at start."""
     for spec in STREAMS:
-        config = StreamConfig(
-            name=spec.name,
-            subjects=spec.subjects,
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
-            max_age=spec.max_age_s,
-            duplicate_window=DUPLICATE_WINDOW_S,
-        )
+        config = spec.config()
         try:
             await js.stream_info(spec.name)
         except NotFoundError:

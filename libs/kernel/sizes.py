@@ -10,9 +10,13 @@ match the same text, so it cannot backtrack.
 """
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
+
+from potluck.kernel.range_pattern import amount_in_range
 
 _UNITS = {
     "": 1,
@@ -30,7 +34,7 @@ _UNITS = {
     "TIB": 1 << 40,
     "TB": 10**12,
 }
-_SIZE = re.compile(r"(\d{1,15}(?:\.\d{1,6})?) ?([A-Za-z]{0,3})")
+_SIZE = re.compile(r"([0-9]{1,15}(?:\.[0-9]{1,6})?) ?([A-Za-z]{0,3})")
 #: The longest size text accepted (anything longer is refused before it is matched).
 MAX_TEXT = 32
 
@@ -69,3 +73,70 @@ def format_size(n: int) -> str:
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+def _spelled(unit: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" for c in unit)
+
+
+#: What may follow a number worth each factor, as a pattern: units in any case, one space before.
+_SUFFIXES = {
+    factor: "(?: ?(?:" + "|".join(_spelled(u) for u in units) + "))" + ("?" if factor == 1 else "")
+    for factor, units in (
+        (1, ["B"]),
+        (1 << 10, ["K", "KiB"]),
+        (10**3, ["KB"]),
+        (1 << 20, ["M", "MiB"]),
+        (10**6, ["MB"]),
+        (1 << 30, ["G", "GiB"]),
+        (10**9, ["GB"]),
+        (1 << 40, ["T", "TiB"]),
+        (10**12, ["TB"]),
+    )
+}
+
+
+_WRITTEN = (
+    "write a size as e.g. 512M or 1.5G: no spaces around it, no leading zeros,"
+    " a fraction only above one whole unit (512M, not 0.5G) and not on the largest amount"
+)
+
+
+class SizeBetween:
+    """Pydantic metadata for a size of lo..hi bytes: `Annotated[int, SizeBetween(lo, hi)]`.
+
+    An integer, or a text of at most MAX_TEXT characters matching a pattern
+    (range_pattern.py) that the JSON schema publishes as the server checks it, so a
+    text is accepted exactly when the schema says it is valid.
+    """
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+        self.pattern = amount_in_range(lo, hi, _SUFFIXES)
+        self._compiled = re.compile(self.pattern)
+
+    def parse(self, value: object) -> int:
+        if isinstance(value, str) and len(value) <= MAX_TEXT and self._compiled.fullmatch(value):
+            return parse_size(value)
+        size = parse_size(value)  # type: ignore[arg-type]  # refuses what is not a size at all
+        if not self.lo <= size <= self.hi:
+            raise ValueError(
+                f"the size must be from {format_size(self.lo)} to {format_size(self.hi)}"
+                f" ({self.lo} to {self.hi} bytes), not {_shown(value)}"
+            )
+        if isinstance(value, str):
+            raise ValueError(f"{_shown(value)}: {_WRITTEN}")
+        return size
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_before_validator_function(self.parse, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {
+            "anyOf": [
+                {"type": "integer", "minimum": self.lo, "maximum": self.hi},
+                {"type": "string", "maxLength": MAX_TEXT, "pattern": self.pattern},
+            ]
+        }

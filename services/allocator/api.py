@@ -2,11 +2,14 @@
 
 Errors are JSON `{"error": {"code", "message", "field"}}`, mapped in one
 middleware: 400 malformed, 401 no or wrong token, 403 quota, 404 not found
-(also for another user's allocation: its existence is not disclosed), 409
-conflict, 422 impossible, 503 not ready yet.
+(also for another user's allocation: its existence is not disclosed), 405
+with `Allow`, 409 conflict, 415 not JSON, 422 impossible, 429 too many failed
+authentications from one address (authentication.py), 503 not ready yet.
+Every query parameter is checked whether or not another makes it matter.
 """
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,6 +17,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureWindow
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.openapi import openapi_document
 from potluck.allocator.pool_registry import PoolRegistry
@@ -27,6 +31,8 @@ from potluck.allocator.schemas import (
     ErrorBody,
     ExtendAllocation,
     History,
+    PoolImage,
+    PoolImages,
 )
 from potluck.allocator.users import User
 from potluck.contracts.registry import TOKEN_PATH
@@ -36,9 +42,11 @@ from potluck.readmodels.allocations import TERMINAL
 log = structlog.get_logger(__name__)
 
 ENGINE: web.AppKey[AllocatorEngine] = web.AppKey("engine", AllocatorEngine)
+AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
 # The registry's token endpoint authenticates with HTTP Basic itself (Docker clients' way).
 PUBLIC = frozenset({"/healthz", "/readyz", "/v1/openapi.json", TOKEN_PATH})
 MAX_WAIT_S = 300.0
+MAX_BODY = 256 * 1024
 STATES = frozenset({"pending", "placed", "running", *TERMINAL})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -61,13 +69,22 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error(exc.status, exc.code, exc.message, exc.field)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        return error(400, "INVALID_FIELD", f"{field or 'body'}: {first['msg']}", field)
+        path = ".".join(str(p) for p in first["loc"]) or None
+        # `field` names the body's field (ssh_keys, not ssh_keys.2); the message the exact place.
+        field = str(first["loc"][0]) if first["loc"] else None
+        return error(400, "INVALID_FIELD", f"{path or 'body'}: {first['msg']}", field)
     except web.HTTPException as exc:
-        if exc.status == 405:
-            return error(405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed on {request.path}")
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            response = error(
+                405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed on {request.path}; use {allowed}"
+            )
+            response.headers["Allow"] = allowed
+            return response
         if exc.status == 404:
             return error(404, "NOT_FOUND", f"no such endpoint: {request.path}")
+        if exc.status == 413:
+            return error(413, "BODY_TOO_LARGE", f"the body is larger than {MAX_BODY // 1024} KiB")
         raise
     except Exception:
         log.exception("api.unhandled", method=request.method, path=request.path)
@@ -86,33 +103,71 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             "UNAUTHENTICATED",
             "send 'Authorization: Bearer <token>'; an operator gives tokens with `potluck ops users add`",
         )
-    user = await _authenticate(request.app[ENGINE], token.strip())
+    locked = _locked_out(request)
+    if locked is not None:
+        return locked
+    user = await request.app[AUTH].authenticate(request.remote or "unknown", token.strip())
     if user is None:
         return error(401, "UNAUTHENTICATED", "this token is not valid; ask an operator for a new one")
     request["user"] = user
     return await handler(request)
 
 
-async def _authenticate(engine: AllocatorEngine, token: str) -> User | None:
-    user = engine.users.authenticate(token)
-    if user is None:
-        # A user added a moment ago may not be folded yet: catch up with the log once.
-        await engine.caught_up_with_log()
-        user = engine.users.authenticate(token)
-    return user
+def _locked_out(request: web.Request) -> web.Response | None:
+    """429 while the request's address has failed to authenticate too often, else None."""
+    source = request.remote or "unknown"
+    locked = request.app[AUTH].locked(source)
+    if locked is None:
+        return None
+    retry_after = math.ceil(locked.retry_after_s)
+    response = error(
+        429,
+        "TOO_MANY_FAILURES",
+        f"too many failed authentications from {source}; try again in {retry_after}s",
+    )
+    response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 async def _json(request: web.Request) -> Any:
     if request.content_type not in ("application/json", ""):
         raise Rejected("UNSUPPORTED_MEDIA_TYPE", "send the body as application/json", status=415)
     try:
-        return await request.json(loads=json.loads)
+        return await request.json(loads=_loads)
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or an integer of too many digits
         raise Rejected("MALFORMED_JSON", f"the body is not valid JSON: {exc}", status=400) from None
     except RecursionError:
         raise Rejected(
             "MALFORMED_JSON", "the body is not valid JSON: nested too deeply", status=400
         ) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _loads(text: str) -> Any:
+    # Python's parser takes NaN and Infinity, which JSON has not, and \ud800-style escapes of
+    # lone surrogates, which encode as no UTF-8 (RFC 7493 forbids them; Postgres refuses them).
+    body = json.loads(text, parse_constant=_no_constant)
+    _no_lone_surrogates(body)
+    return body
+
+
+def _no_lone_surrogates(value: Any) -> None:
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"a string holds a lone surrogate: {value[:20]!r}") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_lone_surrogates(key)
+            _no_lone_surrogates(item)
+    elif isinstance(value, list):
+        for item in value:
+            _no_lone_surrogates(item)
 
 
 def _user(request: web.Request) -> User:
@@ -159,10 +214,11 @@ async def show(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     alloc_id = request.match_info["alloc_id"]
     wanted = request.query.get("wait")
+    timeout = _timeout(request)  # checked even without `wait`: the schema bounds it either way
     if wanted is not None:
         if wanted not in STATES:
             raise Rejected("INVALID_FIELD", f"wait must be one of {sorted(STATES)}", field="wait", status=400)
-        state = await engine.wait_for(_user(request), alloc_id, wanted, _timeout(request))
+        state = await engine.wait_for(_user(request), alloc_id, wanted, timeout)
     else:
         state = engine.allocation_of(_user(request), alloc_id)
     return ok(Allocation.of(state))
@@ -204,8 +260,12 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def registry_token(request: web.Request) -> web.Response:
+    """Docker's token request: the same failure limit per address as every other route."""
+    locked = _locked_out(request)
+    if locked is not None:
+        return locked
     password = basic_password(request)
-    user = await _authenticate(request.app[ENGINE], password) if password else None
+    user = await request.app[AUTH].authenticate(request.remote or "unknown", password) if password else None
     return await registry_token_for(request, user)
 
 
@@ -213,18 +273,25 @@ async def images(request: web.Request) -> web.Response:
     registry = pool_registry(request)
     user = _user(request)
     repositories = await registry.repositories_of(user.name)
-    return web.json_response(
-        {
-            "registry": registry.address,
-            "prefix": registry.reference_prefix(user.name),
-            "images": [{"name": f"{registry.address}/{r.name}", "tags": r.tags} for r in repositories],
-        }
+    return ok(
+        PoolImages(
+            registry=registry.address,
+            prefix=registry.reference_prefix(user.name),
+            images=[PoolImage(name=f"{registry.address}/{r.name}", tags=r.tags) for r in repositories],
+        )
     )
 
 
-def make_app(engine: AllocatorEngine, *, registry: PoolRegistry | None = None) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=256 * 1024)
+def make_app(
+    engine: AllocatorEngine, failures: FailureWindow | None = None, *, registry: PoolRegistry | None = None
+) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_BODY)
     app[ENGINE] = engine
+    app[AUTH] = Authenticator(
+        engine.users,
+        lambda: engine.fold.caught_up_with(engine.store, timeout=CATCH_UP_S),
+        failures=failures,
+    )
     if registry is not None:
         app[POOL_REGISTRY] = registry
     app.router.add_get("/healthz", healthz)

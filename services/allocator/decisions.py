@@ -168,6 +168,14 @@ def check_quota(quota: Quota, held: dict[str, Capacity], wanted: Capacity) -> No
             field="memory",
             status=403,
         )
+    disk = sum(r.disk_bytes for r in held.values()) + wanted.disk_bytes
+    if disk > quota.disk_bytes:
+        raise Rejected(
+            "QUOTA_EXCEEDED",
+            f"this would hold {disk} bytes of disk, your quota is {quota.disk_bytes}",
+            field="disk",
+            status=403,
+        )
 
 
 def placement(

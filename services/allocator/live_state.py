@@ -8,6 +8,8 @@ from nats.aio.msg import Msg
 
 from potluck.allocator.canonical import canonical
 from potluck.contracts.messages import Reply
+from potluck.contracts.subjects import SERVICE_INBOX
+from potluck.events.replies import ReplyGuard
 
 if TYPE_CHECKING:
     from potluck.allocator.engine import AllocatorEngine
@@ -31,11 +33,15 @@ def allocator_state(engine: "AllocatorEngine") -> dict[str, Any]:
     }
 
 
-def state_responder(engine: "AllocatorEngine") -> Callable[[Msg], Awaitable[None]]:
-    """The NATS callback answering ALLOCATOR_STATE requests from `engine`."""
+def state_responder(
+    engine: "AllocatorEngine", guard: ReplyGuard | None = None
+) -> Callable[[Msg], Awaitable[None]]:
+    """The NATS callback answering ALLOCATOR_STATE requests from `engine`, only into the services'
+    inbox: only services may ask, and the answer goes out with the allocator's identity."""
+    guard = guard or ReplyGuard("allocator")
 
     async def respond(msg: Msg) -> None:
-        if not msg.reply:
+        if not guard.allows(msg, SERVICE_INBOX, requester="services"):
             return
         if not engine.ready.is_set():
             reply = Reply(ok=False, error={"code": "NOT_READY", "message": "the allocator is still loading"})

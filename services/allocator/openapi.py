@@ -13,6 +13,7 @@ from potluck.allocator.schemas import (
     ExtendAllocation,
     History,
     Pool,
+    PoolImages,
 )
 from potluck.kernel.version import __version__
 
@@ -31,17 +32,37 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Malformed request",
         401: "Missing or wrong token",
-        403: "Quota exceeded",
-        404: "No such allocation (or not yours)",
+        403: "Quota exceeded, or an image in another user's namespace of the pool registry",
+        404: "No such allocation (or not yours), or no image registry in this pool",
         409: "Conflict",
+        413: "Body larger than 256 KiB",
         415: "Not JSON",
         422: "Impossible request: more than any host could ever give",
-        503: "Not ready",
+        429: "Too many failed authentications from this address; see Retry-After",
+        503: "Not ready, or the pool changes too fast to decide: try again",
     }
     return {str(c): {"description": text[c], **_json("ErrorBody")} for c in codes}
 
 
+def _authenticated(*codes: int) -> dict[str, Any]:
+    """The errors of an operation that needs a token: 401 and 429 (authentication.py) too."""
+    responses = _errors(*sorted({401, 429, *codes}))
+    retry_after = {"description": "Seconds until this address may try again", "schema": {"type": "integer"}}
+    responses["429"] = {**responses["429"], "headers": {"Retry-After": retry_after}}
+    return responses
+
+
 _ID = {"name": "alloc_id", "in": "path", "required": True, "schema": {"type": "string"}}
+#: What a created allocation's id leads to (OpenAPI links: clients, and fuzzers' stateful runs, follow them).
+_LINKS = {
+    name: {"operationId": operation, "parameters": {"alloc_id": "$response.body#/id"}}
+    for name, operation in (
+        ("GetAllocation", "getAllocation"),
+        ("ReleaseAllocation", "releaseAllocation"),
+        ("ExtendAllocation", "extendAllocation"),
+        ("AllocationHistory", "allocationHistory"),
+    )
+}
 _STATE = {
     "type": "string",
     "enum": ["pending", "placed", "running", "exited", "failed", "lost", "expired", "released", "refused"],
@@ -52,7 +73,7 @@ _STATE = {
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [(m, "validation") for m in (CreateAllocation, ExtendAllocation)]
-        + [(m, "serialization") for m in (Allocation, AllocationList, History, Pool, ErrorBody)],
+        + [(m, "serialization") for m in (Allocation, AllocationList, History, Pool, PoolImages, ErrorBody)],
         ref_template=_REF,
     )
     auth: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -75,9 +96,13 @@ def openapi_document() -> dict[str, Any]:
                     "security": auth,
                     "requestBody": {"required": True, **_json("CreateAllocation")},
                     "responses": {
-                        "201": {"description": "Placed", **_json("Allocation")},
-                        "202": {"description": "Pending: waits for capacity", **_json("Allocation")},
-                        **_errors(400, 401, 403, 415, 422),
+                        "201": {"description": "Placed", **_json("Allocation"), "links": _LINKS},
+                        "202": {
+                            "description": "Pending: waits for capacity",
+                            **_json("Allocation"),
+                            "links": _LINKS,
+                        },
+                        **_authenticated(400, 403, 413, 415, 422, 503),
                     },
                 },
                 "get": {
@@ -86,7 +111,7 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [{"name": "state", "in": "query", "required": False, "schema": _STATE}],
                     "responses": {
                         "200": {"description": "The caller's allocations", **_json("AllocationList")},
-                        **_errors(400, 401),
+                        **_authenticated(400),
                     },
                 },
             },
@@ -106,7 +131,7 @@ def openapi_document() -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": {"description": "The allocation", **_json("Allocation")},
-                        **_errors(400, 401, 404),
+                        **_authenticated(400, 404),
                     },
                 },
                 "delete": {
@@ -115,7 +140,7 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [_ID],
                     "responses": {
                         "200": {"description": "Released", **_json("Allocation")},
-                        **_errors(401, 404),
+                        **_authenticated(404, 503),
                     },
                 },
             },
@@ -127,7 +152,7 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {"required": True, **_json("ExtendAllocation")},
                     "responses": {
                         "200": {"description": "Extended", **_json("Allocation")},
-                        **_errors(400, 401, 404, 409, 415),
+                        **_authenticated(400, 404, 409, 413, 415, 503),
                     },
                 },
             },
@@ -138,7 +163,7 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [_ID],
                     "responses": {
                         "200": {"description": "The allocation's events", **_json("History")},
-                        **_errors(401, 404),
+                        **_authenticated(404),
                     },
                 },
             },
@@ -148,7 +173,17 @@ def openapi_document() -> dict[str, Any]:
                     "security": auth,
                     "responses": {
                         "200": {"description": "Hosts and capacity", **_json("Pool")},
-                        **_errors(401),
+                        **_authenticated(),
+                    },
+                },
+            },
+            "/v1/images": {
+                "get": {
+                    "operationId": "listImages",
+                    "security": auth,
+                    "responses": {
+                        "200": {"description": "Your images in the pool registry", **_json("PoolImages")},
+                        **_authenticated(404, 409, 503),
                     },
                 },
             },

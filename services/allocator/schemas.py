@@ -1,75 +1,112 @@
 """The HTTP API's request and response bodies; their JSON schemas feed /v1/openapi.json."""
 
 import re
+from collections.abc import Callable
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from potluck.contracts.capacity import MIN_CPUS
-from potluck.kernel.durations import Duration
-from potluck.kernel.sizes import Size
+from potluck.kernel.durations import DurationBetween
+from potluck.kernel.sizes import SizeBetween
 from potluck.readmodels.allocations import AllocationState, AllocationStatus
 
 MAX_LIFETIME_S = 7 * 86400
-_SSH_KEY = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")
-_LABEL = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
+# Patterns are published in the JSON schema as they are checked here, with re.fullmatch: written
+# for both dialects (ECMA 262 and Python's), so the schema and the server agree on every text.
+SSH_KEY = (
+    r"^(?:ssh-(?:ed25519|rsa|dss)|ecdsa-sha2-nistp(?:256|384|521)|sk-[A-Za-z0-9@.-]+)"
+    r" [A-Za-z0-9+/]+={0,2}(?: [^\r\n\u0000]*)?$"
+)
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
+#: Free text: anything but NUL, which neither Postgres' JSON nor a process' argv or environment holds.
+TEXT = r"^[^\u0000]*$"
+LABEL_NAME = r"^[A-Za-z0-9_.-]{1,63}$"
+#: The longest OpenSSH public key line accepted (a 16384-bit RSA key is about 2.8 KB).
+MAX_KEY_TEXT = 8192
+# Bounds of the fields (the JSON schema publishes them; the parsers check exactly those).
+Memory = Annotated[int, SizeBetween(16 << 20, 1 << 44)]
+Disk = Annotated[int, SizeBetween(16 << 20, 1 << 46)]
+Lifetime = Annotated[float, DurationBetween(0, MAX_LIFETIME_S, exclusive_lo=True)]
+QueueTimeout = Annotated[float, DurationBetween(0, 86400)]
 
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class CreateAllocation(Body):
+class Request(Body):
+    """A request body: strict, so that what the schema calls a boolean or a number is one
+    (no `0` for false, no `"1"` for 1); sizes and durations parse their own texts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _matching(pattern: str, what: str) -> Callable[[str], str]:
+    compiled = re.compile(pattern)
+
+    def check(text: str) -> str:
+        if not compiled.fullmatch(text):
+            raise ValueError(f"{text[:40]!r} is not {what}")
+        return text
+
+    return check
+
+
+Text = Annotated[
+    str,
+    AfterValidator(_matching(TEXT, "text without NUL characters")),
+    WithJsonSchema({"type": "string", "pattern": TEXT}),
+]
+SshKey = Annotated[
+    str,
+    AfterValidator(_matching(SSH_KEY, "one OpenSSH public key line, e.g. 'ssh-ed25519 AAAA... me'")),
+    WithJsonSchema({"type": "string", "maxLength": MAX_KEY_TEXT, "pattern": SSH_KEY}),
+    Field(max_length=MAX_KEY_TEXT),
+]
+
+
+def _names_match(pattern: str, what: str) -> Callable[[dict[str, str]], dict[str, str]]:
+    compiled = re.compile(pattern)
+
+    def check(names: dict[str, str]) -> dict[str, str]:
+        for name in names:
+            if not compiled.fullmatch(name):
+                raise ValueError(f"{what} {name[:40]!r} must match {pattern}")
+        return names
+
+    return check
+
+
+class CreateAllocation(Request):
     cpus: float = Field(
         ge=MIN_CPUS, le=256, description=f"CPU cores, fractions allowed down to {MIN_CPUS} (Docker's floor)."
     )
-    memory: Size = Field(ge=16 << 20, le=1 << 44, description="Memory: bytes, or e.g. 512M, 4G.")
-    disk: Size = Field(
-        default=1 << 30, ge=16 << 20, le=1 << 46, description="Writable disk: bytes, or e.g. 1G."
-    )
+    memory: Memory = Field(description="Memory: bytes, or e.g. 512M, 4G.")
+    disk: Disk = Field(default=1 << 30, description="Writable disk: bytes, or e.g. 1G.")
     image: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
-    ssh_keys: list[str] = Field(default_factory=list, max_length=16, description="OpenSSH public keys.")
-    lifetime: Duration = Field(default=3600.0, gt=0, le=MAX_LIFETIME_S, description="Seconds, or e.g. 2h.")
-    command: list[str] | None = Field(default=None, max_length=256)
-    env: dict[str, str] = Field(default_factory=dict, max_length=128)
-    constraints: dict[str, str] = Field(
-        default_factory=dict, max_length=16, description="Host labels that must match."
-    )
+    ssh_keys: list[SshKey] = Field(default_factory=list, max_length=16, description="OpenSSH public keys.")
+    lifetime: Lifetime = Field(default=3600.0, description="Seconds, or e.g. 2h.")
+    command: list[Text] | None = Field(default=None, max_length=256)
+    env: Annotated[
+        dict[str, Text],
+        AfterValidator(_names_match(ENV_NAME, "environment variable name")),
+        Field(json_schema_extra={"propertyNames": {"pattern": ENV_NAME}}),
+    ] = Field(default_factory=dict, max_length=128)
+    constraints: Annotated[
+        dict[str, Text],
+        AfterValidator(_names_match(LABEL_NAME, "label name")),
+        Field(json_schema_extra={"propertyNames": {"pattern": LABEL_NAME}}),
+    ] = Field(default_factory=dict, max_length=16, description="Host labels that must match.")
     network: bool = Field(default=False, description="Outbound network, where the member allows it.")
-    queue_timeout: Duration = Field(
-        default=600.0, ge=0, le=86400, description="How long to wait as pending for capacity."
+    queue_timeout: QueueTimeout = Field(
+        default=600.0, description="How long to wait as pending for capacity."
     )
 
-    @field_validator("ssh_keys")
-    @classmethod
-    def _keys(cls, keys: list[str]) -> list[str]:
-        for key in keys:
-            if not _SSH_KEY.match(key.strip()):
-                raise ValueError(
-                    "each key must be one OpenSSH public key line, e.g. 'ssh-ed25519 AAAA... me'"
-                )
-        return [k.strip() for k in keys]
 
-    @field_validator("constraints")
-    @classmethod
-    def _constraints(cls, labels: dict[str, str]) -> dict[str, str]:
-        for key in labels:
-            if not _LABEL.match(key):
-                raise ValueError(f"label name {key!r} must be 1-63 of [A-Za-z0-9_.-]")
-        return labels
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, env: dict[str, str]) -> dict[str, str]:
-        for key in env:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
-                raise ValueError(f"environment variable name {key!r} is not valid")
-        return env
-
-
-class ExtendAllocation(Body):
-    by: Duration = Field(gt=0, le=MAX_LIFETIME_S, description="Seconds to add, or e.g. 1h.")
+class ExtendAllocation(Request):
+    by: Lifetime = Field(description="Seconds to add, or e.g. 1h.")
 
 
 class Allocation(Body):
@@ -151,6 +188,17 @@ class PoolHost(Body):
 class Pool(Body):
     hosts: list[PoolHost]
     total: dict[Literal["donated", "reserved", "free"], CapacityFigures]
+
+
+class PoolImage(Body):
+    name: str = Field(description="Repository, as --image names it without the tag.")
+    tags: list[str]
+
+
+class PoolImages(Body):
+    registry: str = Field(description="The pool registry's address, as image references write it.")
+    prefix: str = Field(description="Your namespace: push and run images under this prefix.")
+    images: list[PoolImage]
 
 
 class Error(Body):

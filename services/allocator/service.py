@@ -3,6 +3,11 @@
 The HTTP API (api.py) and placement (scheduler.py) decide new allocations;
 this module keeps the read model current from the log, answers each hostd's
 snapshot request, and turns reports into lifecycle events.
+
+A snapshot is answered only into the asking host's own inbox, and the state
+(ALLOCATOR_STATE, services only) only into the services' inbox: the allocator
+publishes with an identity NATS lets publish anywhere, so a reply subject
+elsewhere is refused, logged and counted (potluck.events' ReplyGuard).
 """
 
 import asyncio
@@ -21,7 +26,7 @@ from potluck.allocator.pool_registry import PoolRegistry
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.contracts.messages import DesiredAllocation, DesiredState, Reply
 from potluck.contracts.reports import ActualState, AnyReport, EngineStatus, UsageSampled
-from potluck.contracts.subjects import ALLOCATOR_STATE, DESIRED, host_of
+from potluck.contracts.subjects import ALLOCATOR_STATE, DESIRED, host_of, inbox_prefix
 from potluck.events import (
     REPORTS_STREAM,
     DuplicateEvent,
@@ -36,6 +41,7 @@ from potluck.events import (
     ensure_streams,
     event_id_for,
 )
+from potluck.events.replies import ReplyGuard
 from potluck.readmodels.allocations import AllocationState, evolve
 
 log = structlog.get_logger(__name__)
@@ -102,13 +108,14 @@ class AllocatorService:
         self.store = store
         self.nc = nc
         self.engine = engine or AllocatorEngine(store)
+        self.replies = ReplyGuard("allocator")
 
     async def run(self, *extra: Callable[[], Awaitable[None]]) -> None:
         await ensure_streams(self.nc.jetstream())
         await self.engine.catch_up()
         sub = await self.nc.subscribe(f"{DESIRED}.*", queue="allocator", cb=self._on_desired)
         state_sub = await self.nc.subscribe(
-            ALLOCATOR_STATE, queue="allocator", cb=state_responder(self.engine)
+            ALLOCATOR_STATE, queue="allocator", cb=state_responder(self.engine, self.replies)
         )
         reports = Subscriber(
             self.nc,
@@ -128,6 +135,8 @@ class AllocatorService:
 
     async def _on_desired(self, msg: Msg) -> None:
         host_id = host_of(msg.subject)
+        if not self.replies.allows(msg, inbox_prefix(host_id), requester=host_id):
+            return
         snapshot = DesiredState(
             position=self.engine.position,
             allocations=[
@@ -135,10 +144,7 @@ class AllocatorService:
                 for a in self.engine.allocations.desired_for(host_id)
             ],
         )
-        if msg.reply:
-            await msg.respond(
-                Reply(ok=True, data=snapshot.model_dump(mode="json")).model_dump_json().encode()
-            )
+        await msg.respond(Reply(ok=True, data=snapshot.model_dump(mode="json")).model_dump_json().encode())
 
     async def _on_report(self, item: tuple[str, AnyReport]) -> None:
         host_id, report = item

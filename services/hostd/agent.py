@@ -46,6 +46,7 @@ from potluck.hostd.containers import ContainerManager
 from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
 from potluck.hostd.exec_bridge import ExecBridge
 from potluck.hostd.gateway_link import keep_linked
+from potluck.hostd.report_publisher import publish_until_stored
 from potluck.kernel.rejections import Rejected
 from potluck.kernel.ssh_identity import host_key_path, ssh_host_key
 from potluck.kernel.version import __version__
@@ -250,20 +251,13 @@ class Agent:
             with publish_span(
                 subject, parent=context, attributes={"potluck.report": report.kind}
             ) as trace_headers:
-                backoff = 0.2
-                while True:
-                    try:
-                        await js.publish(
-                            subject,
-                            report.model_dump_json().encode(),
-                            headers={"Nats-Msg-Id": report.report_id, **trace_headers},
-                            timeout=5,
-                        )
-                        break
-                    except _PEER_AWAY as exc:
-                        log.warning("hostd.report_retry", kind=report.kind, error=repr(exc))
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, 5.0)
+                await publish_until_stored(
+                    js,
+                    subject,
+                    report.model_dump_json().encode(),
+                    {"Nats-Msg-Id": report.report_id, **trace_headers},
+                    kind=report.kind,
+                )
 
     async def _beat(self) -> None:
         assert self.nc is not None

@@ -4,7 +4,8 @@
 - repository.py  a command on one host: load its stream, decide, append; one retry policy
 - projection.py  the registry's view (HostsView) as a projection fed by potluck.events' Fold
 - requests.py    register, control, a host's status, the list: what hosts and operators ask
-- replies.py     a handler's result or refusal as one Reply, errors by stable code
+- replies.py     a host's request admitted (rate, own reply inbox), answered as one Reply by stable code
+- host_rate.py   how fast one host may ask: a token bucket per host, for requests and for beats
 - heartbeats.py  heartbeats in, HostSuspected / HostLost / HostRecovered out
 - liveness.py    the liveness policy and the last-seen clock
 - service.py     the process: fold, subscriptions, follow, watch

@@ -11,6 +11,7 @@ is logged and tried again at the next look: the watch never stops.
 """
 
 import asyncio
+import time
 
 import structlog
 from nats.aio.msg import Msg
@@ -22,23 +23,33 @@ from potluck.events import TRANSIENT_DB_ERRORS, Event, EventStore
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostState, HostsView
 from potluck.registry import host as aggregate
+from potluck.registry.host_rate import HostRates, RatePolicy
 from potluck.registry.liveness import LastSeen, LivenessPolicy
 from potluck.registry.replies import first_error
 from potluck.registry.repository import Decision, decide_on_host
 
-__all__ = ["LivenessWatch"]
+__all__ = ["LivenessWatch", "beat_rate"]
 
 log = structlog.get_logger(__name__)
 
 METADATA = {"actor": "registry"}
 
 
+def beat_rate(policy: LivenessPolicy) -> RatePolicy:
+    """Four times the pace hostd beats at, and a burst of 20: reconnects and a slow loop pass."""
+    return RatePolicy(per_s=4 / policy.heartbeat_interval_s, burst=20)
+
+
 class LivenessWatch:
-    def __init__(self, store: EventStore, view: HostsView, policy: LivenessPolicy) -> None:
+    def __init__(
+        self, store: EventStore, view: HostsView, policy: LivenessPolicy, rates: HostRates | None = None
+    ) -> None:
         self.store = store
         self.view = view
         self.policy = policy
         self.last_seen = LastSeen()
+        #: Beats per host: a few times the pace hostd beats at, so only a host in a loop is refused.
+        self.rates = rates or HostRates(beat_rate(policy))
 
     def start_clock(self) -> None:
         """Count silence from now: every host gets a fresh grace period (e.g. after a restart)."""
@@ -46,6 +57,19 @@ class LivenessWatch:
 
     async def on_heartbeat(self, msg: Msg) -> None:
         host_id = host_of(msg.subject)
+        verdict = self.rates.check(host_id, time.monotonic())
+        if not verdict.allowed:
+            # Ignored, not counted as a beat: a host beating in a loop is not thereby more alive.
+            if verdict.log:
+                log.warning(
+                    "registry.host_rate_exceeded",
+                    host_id=host_id,
+                    subject=msg.subject,
+                    refused_in_a_row=verdict.streak,
+                    refused=self.rates.refused[host_id],
+                    per_s=self.rates.policy.per_s,
+                )
+            return
         try:
             Heartbeat.model_validate_json(msg.data)
         except ValidationError as exc:
@@ -86,7 +110,9 @@ class LivenessWatch:
 
     async def _decide(self, host_id: str, decide: Decision) -> None:
         try:
-            await decide_on_host(self.store, host_id, decide, METADATA)
+            await decide_on_host(
+                self.store, host_id, decide, METADATA, known=lambda: self.view.hosts.get(host_id)
+            )
         except Rejected as exc:
             log.warning("registry.liveness_not_recorded", host_id=host_id, code=exc.code, error=exc.message)
         except TRANSIENT_DB_ERRORS as exc:

@@ -3,9 +3,14 @@
 Every client authenticates with an nkey (an Ed25519 key pair): the server's
 configuration holds only public keys, and each enrolled host gets its own
 key pair at enrollment, never shared. A host may publish only on its own
-subjects and subscribe only to its own reply inbox; its placements reach it
-through one durable JetStream consumer, which the registry creates, and which
-is the only JetStream object the host may read or acknowledge.
+subjects (reports only of the kinds there are) and subscribe only to its own
+reply inbox; its placements reach it through one durable JetStream consumer,
+which the registry creates, and which is the only JetStream object the host
+may read or acknowledge.
+
+NATS does not check the reply subject a request names: the services check
+it themselves before answering (potluck.events' ReplyGuard), so a host's
+request is answered only into the host's own inbox.
 
 The authorization file is rendered from the event log (enrolled hosts) plus
 the central services' public keys, and nats-server is told to reload it.
@@ -17,10 +22,11 @@ import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import nkeys
 
+from potluck.contracts.reports import AnyReport
 from potluck.contracts.subjects import (
     HEARTBEAT,
     REPORT_PREFIX,
@@ -31,6 +37,15 @@ from potluck.contracts.subjects import (
     validate_host_id,
 )
 from potluck.events import EVENTS_STREAM
+
+#: What a host may report, one subject each: the report kinds, and hostd's own dead letters
+#: (`potluck.report.<id>.dead_letter`, hostd's Subscriber). Only these, so the reports stream's
+#: per-subject bound is a bound per host and kind: a host cannot spread a flood over subjects
+#: it makes up.
+REPORT_KINDS: tuple[str, ...] = (
+    *sorted(str(model.model_fields["kind"].default) for model in get_args(AnyReport)),
+    "dead_letter",
+)
 
 
 @dataclass(frozen=True)
@@ -54,7 +69,7 @@ def host_permissions(host_id: str) -> dict[str, Any]:
         "publish": {
             "allow": [
                 host_subject(HEARTBEAT, host_id),
-                f"{REPORT_PREFIX}.{host_id}.>",
+                *(f"{REPORT_PREFIX}.{host_id}.{kind}" for kind in REPORT_KINDS),
                 host_rpc_filter(host_id),
                 f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{consumer}",
                 f"$JS.API.CONSUMER.INFO.{EVENTS_STREAM}.{consumer}",

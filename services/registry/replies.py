@@ -5,8 +5,14 @@ raises to what the requester reads: a request that does not validate is
 BAD_REQUEST (naming the first bad field), a refusal of the aggregate keeps its
 own code (NOT_ENROLLED, NOT_REGISTERED, BUSY, ...), and anything else is
 INTERNAL, logged with its traceback, and the registry goes on serving.
+
+Before any handler runs, a host's request is admitted: within the host's rate
+(host_rate.py; beyond it the answer is RATE_LIMITED and nothing is read or
+written) and with a reply subject in the host's own inbox (potluck.events'
+ReplyGuard; any other is refused, logged and counted, and never answered).
 """
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,10 +21,12 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from potluck.contracts.messages import Reply
-from potluck.contracts.subjects import host_of
+from potluck.contracts.subjects import host_of, inbox_prefix
+from potluck.events.replies import ReplyGuard
 from potluck.kernel.rejections import Rejected
+from potluck.registry.host_rate import HostRates
 
-__all__ = ["HostHandler", "answer", "first_error", "on_host_request", "respond"]
+__all__ = ["HostHandler", "HostRequestGate", "answer", "first_error"]
 
 log = structlog.get_logger(__name__)
 
@@ -32,29 +40,62 @@ def first_error(exc: ValidationError) -> str:
     return f"{loc}: {err['msg']}"
 
 
-async def answer(msg: Msg, reply: Reply) -> None:
-    if msg.reply:
+async def answer(msg: Msg, reply: Reply, guard: ReplyGuard, inbox: str, *, requester: str) -> None:
+    await guard.respond(msg, reply.model_dump_json().encode(), inbox, requester=requester)
+
+
+class HostRequestGate:
+    """Admits hosts' requests (rate, reply subject) and answers them with a handler's result."""
+
+    def __init__(
+        self, guard: ReplyGuard, rates: HostRates, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.guard = guard
+        self.rates = rates
+        self.clock = clock
+
+    async def respond(self, msg: Msg, handler: HostHandler) -> None:
+        """Run `handler` for the host the subject names and answer with its data or its error."""
+        host_id = host_of(msg.subject)
+        inbox = inbox_prefix(host_id)
+        # The rate first: a host refused for its pace costs no more than this check, and its
+        # refused reply subjects are logged at most at the pace it is allowed.
+        verdict = self.rates.check(host_id, self.clock())
+        if not verdict.allowed:
+            if verdict.log:
+                log.warning(
+                    "registry.host_rate_exceeded",
+                    host_id=host_id,
+                    subject=msg.subject,
+                    refused_in_a_row=verdict.streak,
+                    refused=self.rates.refused[host_id],
+                    per_s=self.rates.policy.per_s,
+                    burst=self.rates.policy.burst,
+                )
+            refusal = Rejected(
+                "RATE_LIMITED",
+                f"host {host_id} asks faster than {self.rates.policy.per_s:g} requests a second; slow down",
+                status=429,
+            )
+            await answer(msg, Reply(ok=False, error=refusal.as_dict()), self.guard, inbox, requester=host_id)
+            return
+        if not self.guard.allows(msg, inbox, requester=host_id):
+            return
+        try:
+            reply = Reply(ok=True, data=await handler(host_id, msg.data))
+        except ValidationError as exc:
+            reply = Reply(ok=False, error={"code": "BAD_REQUEST", "message": first_error(exc)})
+        except Rejected as exc:
+            reply = Reply(ok=False, error=exc.as_dict())
+        except Exception as exc:
+            log.exception("registry.request_failed", subject=msg.subject)
+            reply = Reply(ok=False, error={"code": "INTERNAL", "message": f"registry failed: {exc!r}"})
         await msg.respond(reply.model_dump_json().encode())
 
+    def on_request(self, handler: HostHandler) -> Callable[[Msg], Awaitable[None]]:
+        """The NATS callback answering hosts' requests with `handler`."""
 
-async def respond(msg: Msg, handler: HostHandler) -> None:
-    """Run `handler` for the host the subject names and answer with its data or its error."""
-    try:
-        reply = Reply(ok=True, data=await handler(host_of(msg.subject), msg.data))
-    except ValidationError as exc:
-        reply = Reply(ok=False, error={"code": "BAD_REQUEST", "message": first_error(exc)})
-    except Rejected as exc:
-        reply = Reply(ok=False, error=exc.as_dict())
-    except Exception as exc:
-        log.exception("registry.request_failed", subject=msg.subject)
-        reply = Reply(ok=False, error={"code": "INTERNAL", "message": f"registry failed: {exc!r}"})
-    await answer(msg, reply)
+        async def callback(msg: Msg) -> None:
+            await self.respond(msg, handler)
 
-
-def on_host_request(handler: HostHandler) -> Callable[[Msg], Awaitable[None]]:
-    """The NATS callback answering requests with `handler`."""
-
-    async def callback(msg: Msg) -> None:
-        await respond(msg, handler)
-
-    return callback
+        return callback

@@ -13,6 +13,15 @@ reader skips it (`decode_or_skip`), and the expected version is still the
 stream's own, so the append neither overwrites the event nor retries forever.
 Skips of a load are logged but not counted in the service's figure: every
 such event is in the log the service folds, which counts each exactly once.
+
+A host's stream grows with every transition it goes through (registrations,
+silences and recoveries), so the registry does not fold it from the start for
+each command: it starts from the state its view already holds (`known`, the
+host as folded up to that state's version) and reads only the events after
+it. The state decided on and the version appended at are still the stream's
+own as of this read: an event the view has not folded yet is read here, and
+one appended after the read makes the append fail and the command be decided
+again, so optimistic concurrency holds exactly as with a full read.
 """
 
 from collections.abc import Callable, Mapping
@@ -26,7 +35,7 @@ from potluck.events import Contended, Event, EventStore, SkippedEvents, decide_a
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostState, evolve
 
-__all__ = ["Decision", "Outcome", "decide_on_host", "load_host", "load_host_stream"]
+__all__ = ["Decision", "Known", "Outcome", "decide_on_host", "load_host", "load_host_stream"]
 
 log = structlog.get_logger(__name__)
 
@@ -42,14 +51,29 @@ class Outcome:
     events: list[Event]
 
 
+#: Where a load may start instead of the stream's beginning: the host folded up to its version.
+Known = Callable[[], HostState | None]
+
+
 async def load_host_stream(
-    store: EventStore, host_id: str, skipped: SkippedEvents | None = None, *, reader: str = "registry"
+    store: EventStore,
+    host_id: str,
+    skipped: SkippedEvents | None = None,
+    *,
+    reader: str = "registry",
+    known: HostState | None = None,
 ) -> tuple[HostState | None, int]:
-    """The host as its stream has it, and the stream's version (what an append must expect)."""
+    """The host as its stream has it, and the stream's version (what an append must expect).
+
+    With `known` (the host folded from its stream up to `known.version`), only the events
+    after that version are read.
+    """
     skipped = SkippedEvents() if skipped is None else skipped
     state: HostState | None = None
     version = 0
-    for record in await store.read_stream(host_stream(host_id)):
+    if known is not None and known.host_id == host_id and known.version > 0:
+        state, version = known, known.version
+    for record in await store.read_stream(host_stream(host_id), after_version=version):
         version = record.version
         event = decode_or_skip(record, skipped, reader=reader)
         if event is not None:
@@ -58,9 +82,14 @@ async def load_host_stream(
 
 
 async def load_host(
-    store: EventStore, host_id: str, skipped: SkippedEvents | None = None, *, reader: str = "registry"
+    store: EventStore,
+    host_id: str,
+    skipped: SkippedEvents | None = None,
+    *,
+    reader: str = "registry",
+    known: HostState | None = None,
 ) -> HostState | None:
-    state, _ = await load_host_stream(store, host_id, skipped, reader=reader)
+    state, _ = await load_host_stream(store, host_id, skipped, reader=reader, known=known)
     return state
 
 
@@ -71,11 +100,17 @@ async def decide_on_host(
     metadata: Mapping[str, Any] | None = None,
     *,
     reader: str = "registry",
+    known: Known | None = None,
 ) -> Outcome:
-    """Load, decide, append at the version read; again if another writer won; BUSY if they always do."""
+    """Load, decide, append at the version read; again if another writer won; BUSY if they always do.
+
+    `known` gives, at each attempt, the host as far as a view has folded it (see the module's
+    docstring); without it the whole stream is read.
+    """
 
     async def attempt() -> Outcome:
-        state, version = await load_host_stream(store, host_id, reader=reader)
+        start = known() if known is not None else None
+        state, version = await load_host_stream(store, host_id, reader=reader, known=start)
         events = decide(state)
         if events:
             await store.append(host_stream(host_id), events, expected_version=version, metadata=metadata)

@@ -20,7 +20,7 @@ from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostsView, host_as_dict
 from potluck.registry import host as aggregate
 from potluck.registry.heartbeats import LivenessWatch
-from potluck.registry.repository import decide_on_host, load_host
+from potluck.registry.repository import Known, decide_on_host, load_host
 
 __all__ = ["HostRequests"]
 
@@ -42,10 +42,11 @@ class HostRequests:
             host_id,
             lambda s: aggregate.register(s, host_id, req),
             {"actor": f"host:{host_id}"},
+            known=self._known(host_id),
         )
         await self._ensure_host_consumer(host_id)
         self.watch.last_seen.beat(host_id)
-        state = await load_host(self.store, host_id)
+        state = await load_host(self.store, host_id, known=self.view.hosts.get(host_id))
         assert state is not None
         return {
             "host_id": host_id,
@@ -60,7 +61,11 @@ class HostRequests:
 
     async def control(self, host_id: str, cmd: ControlHost, *, by: Actor) -> dict[str, Any]:
         outcome = await decide_on_host(
-            self.store, host_id, lambda s: aggregate.control(s, host_id, cmd, by), {"actor": by}
+            self.store,
+            host_id,
+            lambda s: aggregate.control(s, host_id, cmd, by),
+            {"actor": by},
+            known=self._known(host_id),
         )
         return {"host_id": host_id, "recorded": [type(e).type_name for e in outcome.events]}
 
@@ -72,6 +77,10 @@ class HostRequests:
         seen = self.watch.last_seen.seen_ago().get(host_id)
         row["last_seen_s_ago"] = None if seen is None else round(seen, 3)
         return row
+
+    def _known(self, host_id: str) -> Known:
+        """The host as the view has folded it: a command reads only the host's events after it."""
+        return lambda: self.view.hosts.get(host_id)
 
     def list_hosts(self) -> dict[str, Any]:
         """Every host, the position the view has folded, and the events the fold could not read."""

@@ -7,6 +7,11 @@ the host's stream and appended (repository.py). This module starts them in
 order: the view catches up with the log before any request is answered, and
 silence is counted only once the subscriptions are in place.
 
+Hosts' requests pass one gate (replies.py): within the host's rate, and
+answered only into the host's own inbox; LIST_HOSTS, which only services may
+send, is answered only into the services' inbox. What was refused is counted
+per host in every LIST_HOSTS answer (`refused`).
+
 An event the registry cannot decode (a newer writer's type) is skipped and
 counted (`skipped`, also in every LIST_HOSTS answer), and the registry keeps
 serving.
@@ -19,16 +24,22 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from potluck.contracts.messages import Reply
-from potluck.contracts.subjects import CONTROL, HEARTBEAT, LIST_HOSTS, REGISTER, STATUS
+from potluck.contracts.subjects import CONTROL, HEARTBEAT, LIST_HOSTS, REGISTER, SERVICE_INBOX, STATUS
 from potluck.events import EventStore, SkippedEvents, ensure_streams
+from potluck.events.replies import ReplyGuard
 from potluck.readmodels.hosts import HostsView
 from potluck.registry.heartbeats import LivenessWatch
+from potluck.registry.host_rate import HostRates, RatePolicy
 from potluck.registry.liveness import LastSeen, LivenessPolicy
 from potluck.registry.projection import hosts_fold
-from potluck.registry.replies import answer, on_host_request
+from potluck.registry.replies import HostRequestGate, answer
 from potluck.registry.requests import HostRequests
 
-__all__ = ["RegistryService"]
+__all__ = ["REQUEST_RATE", "RegistryService"]
+
+#: Requests (register, control, status) per host: hostd registers at start and after each
+#: reconnect, a member's controls are typed by hand; 30 at once then 2 a second is ample.
+REQUEST_RATE = RatePolicy(per_s=2.0, burst=30)
 
 log = structlog.get_logger(__name__)
 
@@ -36,7 +47,9 @@ READER = "registry"
 
 
 class RegistryService:
-    def __init__(self, store: EventStore, nc: NATS, policy: LivenessPolicy) -> None:
+    def __init__(
+        self, store: EventStore, nc: NATS, policy: LivenessPolicy, *, request_rate: RatePolicy = REQUEST_RATE
+    ) -> None:
         self.store = store
         self.nc = nc
         self.js = nc.jetstream()
@@ -44,6 +57,8 @@ class RegistryService:
         self.view = HostsView()
         self.fold = hosts_fold(self.view, reader=READER)
         self.watch = LivenessWatch(store, self.view, policy)
+        self.replies = ReplyGuard("registry")
+        self.gate = HostRequestGate(self.replies, HostRates(request_rate))
         self.requests = HostRequests(store, self.js, self.fold, self.view, self.watch)
 
     @property
@@ -67,13 +82,17 @@ class RegistryService:
         )
         queue = "registry"
         subs = [
-            await self.nc.subscribe(f"{REGISTER}.*", queue=queue, cb=on_host_request(self.requests.register)),
             await self.nc.subscribe(
-                f"{CONTROL}.*", queue=queue, cb=on_host_request(self.requests.control_from_member)
+                f"{REGISTER}.*", queue=queue, cb=self.gate.on_request(self.requests.register)
+            ),
+            await self.nc.subscribe(
+                f"{CONTROL}.*", queue=queue, cb=self.gate.on_request(self.requests.control_from_member)
             ),
             await self.nc.subscribe(f"{HEARTBEAT}.*", cb=self.watch.on_heartbeat),
             await self.nc.subscribe(LIST_HOSTS, queue=queue, cb=self._on_list),
-            await self.nc.subscribe(f"{STATUS}.*", queue=queue, cb=on_host_request(self.requests.status)),
+            await self.nc.subscribe(
+                f"{STATUS}.*", queue=queue, cb=self.gate.on_request(self.requests.status)
+            ),
         ]
         # Only once the server has our subscriptions can beats arrive; silence is counted from
         # then, not from before the restart, so every host gets a fresh grace period.
@@ -85,5 +104,14 @@ class RegistryService:
             for sub in subs:
                 await sub.unsubscribe()
 
+    def refused(self) -> dict[str, dict[str, int]]:
+        """Refused per host since start: requests over the rate, beats over the rate, bad reply subjects."""
+        return {
+            "requests_over_rate": dict(sorted(self.gate.rates.refused.items())),
+            "beats_over_rate": dict(sorted(self.watch.rates.refused.items())),
+            "reply_subjects": self.replies.as_dict(),
+        }
+
     async def _on_list(self, msg: Msg) -> None:
-        await answer(msg, Reply(ok=True, data=self.requests.list_hosts()))
+        data = {**self.requests.list_hosts(), "refused": self.refused()}
+        await answer(msg, Reply(ok=True, data=data), self.replies, SERVICE_INBOX, requester="services")

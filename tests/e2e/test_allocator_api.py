@@ -127,6 +127,21 @@ async def test_a_missing_or_wrong_token_gets_401(pool: Pool, alice: Api, http: a
         (small(memory="lots"), 400, "INVALID_FIELD", "memory"),
         (small(surprise=True), 400, "INVALID_FIELD", "surprise"),
         (small(ssh_keys=["not a key"]), 400, "INVALID_FIELD", "ssh_keys"),
+        # What the published schema calls a boolean, a number or a name is one (no lax coercion).
+        (small(network=0), 400, "INVALID_FIELD", "network"),
+        (small(cpus="1"), 400, "INVALID_FIELD", "cpus"),
+        (small(env={"BAD NAME": "x"}), 400, "INVALID_FIELD", "env"),
+        (small(env={"A\n": "x"}), 400, "INVALID_FIELD", "env"),
+        # Postgres cannot store NUL or a lone surrogate; Docker cannot pass NUL on.
+        (small(command=["sh", "-c", "echo \u0000"]), 400, "INVALID_FIELD", "command"),
+        (small(env={"A": "\u0000"}), 400, "INVALID_FIELD", "env"),
+        ('{"cpus": 1, "memory": "64M", "image": "x", "command": ["\\ud8e6"]}', 400, "MALFORMED_JSON", None),
+        # A size text is checked against the pattern the schema publishes: bounds included.
+        (small(memory="15M"), 400, "INVALID_FIELD", "memory"),
+        (small(memory="0.5G"), 400, "INVALID_FIELD", "memory"),
+        (small(disk=" 64M"), 400, "INVALID_FIELD", "disk"),
+        (small(lifetime="0s"), 400, "INVALID_FIELD", "lifetime"),
+        (small(lifetime="7.5d"), 400, "INVALID_FIELD", "lifetime"),
         (small(cpus=64), 422, "EXCEEDS_ANY_HOST", "cpus"),
         (small(memory="512G"), 422, "EXCEEDS_ANY_HOST", "memory"),
         (small(constraints={"gpu": "yes"}), 422, "NO_HOST_MATCHES", "constraints"),
@@ -141,6 +156,7 @@ async def test_a_missing_or_wrong_token_gets_401(pool: Pool, alice: Api, http: a
         # JSON that Python's parser gives up on is malformed JSON, not a crash.
         ('{"cpus": ' + "[" * 100_000 + "]" * 100_000 + "}", 400, "MALFORMED_JSON", None),
         ('{"cpus": 1, "memory": ' + "9" * 5_000 + "}", 400, "MALFORMED_JSON", None),
+        ('{"cpus": NaN, "memory": "64M"}', 400, "MALFORMED_JSON", None),
     ],
 )
 async def test_bad_requests_get_a_clear_error_and_nothing_is_recorded(
@@ -261,3 +277,109 @@ async def test_a_lost_host_makes_its_allocations_lost_and_frees_capacity(
     ]
     assert len(freed) == 1
     assert CapacityFreed.model_validate(freed[0].data).alloc_id == created["id"]
+
+
+async def test_query_parameters_methods_and_numbers_are_as_the_published_schema_says(
+    pool: Pool, alice: Api, http: aiohttp.ClientSession
+) -> None:
+    """What is tried: the cases where the served OpenAPI document and the API disagreed: a
+    `timeout` out of its bounds without `wait`, an unsupported method, a size written as a JSON
+    float, and the error statuses of each operation. What must hold: each bad parameter is a 400
+    naming it, within milliseconds; a 405 carries `Allow`; an integral float is a size; size and
+    duration texts have a maxLength in the schema; 429 is declared where the API can answer it;
+    nothing is recorded by the refused requests."""
+    _, created = await alice.call("POST", "/v1/allocations", small(disk=float(64 << 20)))
+    assert created["disk"] == 64 << 20, created
+    path = f"/v1/allocations/{created['id']}"
+    _, running = await alice.call("GET", f"{path}?wait=running&timeout=30")
+    assert running["state"] == "running"  # nothing more to record until it ends
+    head = await pool.store.head_position()
+    for query in ("timeout=301", "timeout=-1", "timeout=nan", "timeout=inf", "wait=running&timeout=1e9"):
+        started = asyncio.get_running_loop().time()
+        status, answer = await alice.call("GET", f"{path}?{query}")
+        assert status == 400, (query, answer)
+        assert answer["error"]["field"] == "timeout"
+        assert asyncio.get_running_loop().time() - started < 1.0
+    status, answer = await alice.call("GET", "/v1/allocations?state=nonsense")
+    assert (status, answer["error"]["field"]) == (400, "state")
+
+    for method, target in (("PATCH", path), ("PUT", "/v1/allocations"), ("TRACE", "/v1/pool")):
+        async with http.request(method, pool.api + target, headers=alice.headers) as response:
+            assert response.status == 405, (method, target)
+            assert response.headers.get("Allow"), (method, target)
+            assert (await response.json())["error"]["code"] == "METHOD_NOT_ALLOWED"
+    async with http.request("PATCH", pool.api + path, headers=alice.headers) as response:
+        assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "DELETE"}
+
+    async with http.get(pool.api + "/v1/openapi.json") as response:
+        document = await response.json()
+    create = document["components"]["schemas"]["CreateAllocation"]["properties"]
+    extend = document["components"]["schemas"]["ExtendAllocation"]["properties"]
+    for name, schema in (
+        *((f, create[f]) for f in ("memory", "disk", "lifetime", "queue_timeout")),
+        ("by", extend["by"]),
+    ):
+        [text] = [s for s in schema["anyOf"] if s["type"] == "string"]
+        assert text["maxLength"] <= 32, name
+        assert text["pattern"], name
+    timeout = next(
+        p
+        for p in document["paths"]["/v1/allocations/{alloc_id}"]["get"]["parameters"]
+        if p["name"] == "timeout"
+    )
+    assert timeout["schema"]["maximum"] == 300
+    for path_item in document["paths"].values():
+        for operation in path_item.values():
+            if operation.get("security"):
+                assert "429" in operation["responses"], operation["operationId"]
+                assert "401" in operation["responses"], operation["operationId"]
+    assert await pool.store.head_position() == head
+
+
+async def test_a_disk_quota_bounds_what_one_user_holds(
+    pool: Pool, alice: Api, http: aiohttp.ClientSession
+) -> None:
+    """What is tried: a user whose disk quota is 100M asks for 64M of disk twice (the pool has
+    room for both). What must hold: the second request is refused with QUOTA_EXCEEDED naming
+    disk, and records nothing."""
+    erin = Api(http, pool.api, await pool.add_user("erin", disk_bytes=100 << 20))
+    status, first = await erin.call("POST", "/v1/allocations", small(disk="64M"))
+    assert status == 201
+    _, running = await erin.call("GET", f"/v1/allocations/{first['id']}?wait=running&timeout=30")
+    assert running["state"] == "running"  # nothing more to record until it ends
+    head = await pool.store.head_position()
+    status, answer = await erin.call("POST", "/v1/allocations", small(disk="64M"))
+    assert status == 403, answer
+    assert (answer["error"]["code"], answer["error"]["field"]) == ("QUOTA_EXCEEDED", "disk")
+    assert await pool.store.head_position() == head
+
+
+async def test_failed_authentications_are_cheap_and_limited_per_address(
+    pool: Pool, alice: Api, http: aiohttp.ClientSession
+) -> None:
+    """What is tried: from 127.0.0.1, wrong tokens (malformed, and shaped like real ones) until
+    the address is locked out; then alice's valid token from 127.0.0.1 and from 127.0.0.2.
+    What must hold: each failure is a quick 401; after 30 failures the address gets 429 with a
+    Retry-After of at most a minute, even with a valid token, while the valid token from the
+    other address still works; nothing is recorded."""
+    head = await pool.store.head_position()
+    wrong = ["nope", "pl_" + "A" * 43]
+    started = asyncio.get_running_loop().time()
+    for i in range(30):
+        headers = {"Authorization": f"Bearer {wrong[i % 2]}"}
+        async with http.get(pool.api + "/v1/allocations", headers=headers) as response:
+            assert response.status == 401, i
+    # 30 failures, half of them catching up with the log once: well under the old 30 s a piece.
+    assert asyncio.get_running_loop().time() - started < 10
+    for headers in ({"Authorization": f"Bearer {wrong[0]}"}, alice.headers):
+        async with http.get(pool.api + "/v1/allocations", headers=headers) as response:
+            assert response.status == 429
+            assert 0 < int(response.headers["Retry-After"]) <= 60
+            assert (await response.json())["error"]["code"] == "TOO_MANY_FAILURES"
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with (
+        aiohttp.ClientSession(connector=connector) as elsewhere,
+        elsewhere.get(pool.api + "/v1/allocations", headers=alice.headers) as response,
+    ):
+        assert response.status == 200
+    assert await pool.store.head_position() == head

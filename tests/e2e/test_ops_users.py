@@ -7,7 +7,8 @@ import sys
 
 import aiohttp
 
-from tests.fixtures.pool import Pool
+from potluck.localstack.test_image import DEFAULT_TAG
+from tests.fixtures.pool import EnrolledHost, Pool
 
 
 async def potluck(pool: Pool, *args: str) -> subprocess.CompletedProcess[str]:
@@ -29,15 +30,41 @@ async def status_with(pool: Pool, token: str) -> int:
         return r.status
 
 
-async def test_a_user_added_then_given_a_new_token_loses_the_old_one(pool: Pool) -> None:
-    """What is tried: add carol, add her again, a bad name, rotate her token, rotate an unknown user.
-    What must hold: the printed token works at once; a duplicate or bad name fails with a message
-    and adds nothing; after rotation the new token works and the old one gets 401."""
+async def allocate_disk(pool: Pool, token: str, disk: str) -> tuple[int, dict[str, object]]:
+    body = {"cpus": 0.1, "memory": "32M", "disk": disk, "image": DEFAULT_TAG, "command": ["sleep", "60"]}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{pool.api}/v1/allocations", json=body, headers={"Authorization": f"Bearer {token}"}) as r,
+    ):
+        return r.status, await r.json()
+
+
+async def test_a_user_added_then_given_a_new_token_loses_the_old_one(
+    pool: Pool, laptop: EnrolledHost
+) -> None:
+    """What is tried: add carol with a disk quota, take more disk than it allows, add her again,
+    a bad name, a bad disk quota, rotate her token, rotate an unknown user.
+    What must hold: the printed token works at once; `--disk` bounds the disk she holds (403
+    naming disk); a duplicate or bad name or quota fails with a message and adds nothing; after
+    rotation the new token works and the old one gets 401."""
     await pool.wait_api()
-    added = await potluck(pool, "ops", "users", "add", "carol", "--cpus", "2")
+    added = await potluck(pool, "ops", "users", "add", "carol", "--cpus", "2", "--disk", "100M")
     assert added.returncode == 0, added.stderr
     first = json.loads(added.stdout)["token"]
     assert await status_with(pool, first) == 200
+    status, _ = await allocate_disk(pool, first, "64M")
+    assert status == 201
+    status, refused = await allocate_disk(pool, first, "64M")
+    assert status == 403, refused
+    assert refused["error"] == {
+        "code": "QUOTA_EXCEEDED",
+        "message": f"this would hold {128 << 20} bytes of disk, your quota is {100 << 20}",
+        "field": "disk",
+    }
+    bad_disk = await potluck(pool, "ops", "users", "add", "dora", "--disk", "lots")
+    assert bad_disk.returncode == 2
+    assert "not a size" in bad_disk.stderr
+    assert await pool.store.read_stream("user-dora") == []
 
     again = await potluck(pool, "ops", "users", "add", "carol")
     assert again.returncode == 1

@@ -34,6 +34,7 @@ from potluck.allocator.model import AllocatorModel
 from potluck.allocator.scheduler import ZERO, Impossible, Placed, Wait
 from potluck.allocator.schemas import CreateAllocation
 from potluck.contracts.allocation_events import (
+    DEFAULT_DISK_QUOTA,
     AllocationExpired,
     AllocationExtended,
     AllocationLost,
@@ -45,12 +46,14 @@ from potluck.contracts.allocation_events import (
     CapacityReserved,
     Quota,
     QuotaCharged,
+    UserAdded,
     alloc_stream,
     capacity_stream,
     quota_stream,
 )
 from potluck.contracts.capacity import Capacity
 from potluck.events import Fold, StreamAppend, WrongExpectedVersion
+from potluck.events.schema import registry
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import AllocationState
 from tests.unit.test_allocator_model import GIB, T0, RecordingLog, cap, host, placed, spec
@@ -142,6 +145,29 @@ def test_the_quota_counts_allocations_cpus_and_memory() -> None:
             403,
             field,
         )
+
+
+def test_the_quota_counts_disk_and_users_added_before_it_get_the_default() -> None:
+    """A user can no longer hold terabytes of disk: the disk held counts against `disk_bytes`,
+    and a UserAdded recorded before that field existed reads with the default quota."""
+    quota = Quota(cpus=64, memory_bytes=64 * GIB, allocations=10, disk_bytes=3 * GIB)
+    held = {"a1": Capacity(cpus=1, memory_bytes=GIB, disk_bytes=2 * GIB)}
+    check_quota(quota, held, Capacity(cpus=1, memory_bytes=GIB, disk_bytes=GIB))  # exactly full
+    with pytest.raises(Rejected) as refused:
+        check_quota(quota, held, Capacity(cpus=1, memory_bytes=GIB, disk_bytes=GIB + 1))
+    assert (refused.value.code, refused.value.status, refused.value.field) == ("QUOTA_EXCEEDED", 403, "disk")
+
+    old = registry.decode(
+        "UserAdded",
+        1,
+        {
+            "user": "old",
+            "token_sha256": "0" * 64,
+            "quota": {"cpus": 8.0, "memory_bytes": GIB, "allocations": 10},
+        },
+    )
+    assert isinstance(old, UserAdded)
+    assert old.quota.disk_bytes == DEFAULT_DISK_QUOTA == 64 * GIB
 
 
 def test_a_request_placed_at_once_charges_the_quota_first_then_places_and_reserves() -> None:

@@ -1,0 +1,136 @@
+"""Who calls the HTTP API: bearer tokens against the users folded from the log, failures limited.
+
+A failed authentication must cost the allocator next to nothing, or guessing
+tokens becomes a way to tie it up:
+
+- a token that is not shaped like one `new_token` gives (`pl_` and 43
+  characters of URL-safe base64) fails at once;
+- a well-shaped token that no user holds may belong to a user added a moment
+  ago and not folded yet, so the model catches up with the log once, bounded
+  by CATCH_UP_S, and concurrent failures share that one catch-up;
+- each failure counts against the source address: `FailureWindow.limit`
+  failures within `window_s` lock the address out (429, with Retry-After)
+  until the oldest of them is older than the window. Only the address is
+  locked: a valid token from another address still works.
+
+Nothing is stored: the counts live in memory, bounded by `max_sources`.
+"""
+
+import asyncio
+import contextlib
+import re
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+
+from potluck.allocator.users import User, UsersView
+
+__all__ = ["TOKEN_SHAPE", "Authenticator", "FailureWindow", "Locked"]
+
+log = structlog.get_logger(__name__)
+
+#: What `users.new_token` makes: "pl_" and 32 random bytes in URL-safe base64, unpadded.
+TOKEN_SHAPE = re.compile(r"pl_[A-Za-z0-9_-]{43}")
+#: How long a well-shaped unknown token waits for the log to be folded (a user added just now).
+CATCH_UP_S = 2.0
+
+
+@dataclass(frozen=True)
+class Locked:
+    """The source failed too often: refuse it for `retry_after_s`."""
+
+    retry_after_s: float
+
+
+class FailureWindow:
+    """Failed authentications per source in a sliding window. Pure: the clock is passed in."""
+
+    def __init__(self, *, limit: int = 30, window_s: float = 60.0, max_sources: int = 100_000) -> None:
+        if limit < 1 or window_s <= 0 or max_sources < 1:
+            raise ValueError("need limit >= 1, window_s > 0 and max_sources >= 1")
+        self.limit = limit
+        self.window_s = window_s
+        self.max_sources = max_sources
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def _recent(self, source: str, now: float) -> deque[float] | None:
+        failures = self._failures.get(source)
+        if failures is None:
+            return None
+        while failures and failures[0] <= now - self.window_s:
+            failures.popleft()
+        if not failures:
+            del self._failures[source]
+            return None
+        return failures
+
+    def locked(self, source: str, now: float) -> Locked | None:
+        """Whether `source` is locked out `now`, and for how long."""
+        failures = self._recent(source, now)
+        if failures is None or len(failures) < self.limit:
+            return None
+        # Unlocked once enough of the failures have aged out of the window.
+        unlock_at = failures[len(failures) - self.limit] + self.window_s
+        return Locked(max(unlock_at - now, 0.001))
+
+    def failed(self, source: str, now: float) -> None:
+        failures = self._recent(source, now) or deque()
+        failures.append(now)
+        # Failures beyond the limit only prolong the lockout; keep no more than that many.
+        while len(failures) > self.limit:
+            failures.popleft()
+        self._failures.pop(source, None)
+        self._failures[source] = failures  # most recently failed last
+        while len(self._failures) > self.max_sources:
+            self._failures.popitem(last=False)
+
+
+class Authenticator:
+    """Tokens to users for the HTTP API, with failures cheap and limited per source address."""
+
+    def __init__(
+        self,
+        users: UsersView,
+        catch_up: Callable[[], Awaitable[None]],
+        *,
+        failures: FailureWindow | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.users = users
+        self.catch_up = catch_up
+        self.failures = failures or FailureWindow()
+        self.clock = clock or (lambda: asyncio.get_running_loop().time())
+        self._catching_up: asyncio.Task[None] | None = None
+
+    def locked(self, source: str) -> Locked | None:
+        return self.failures.locked(source, self.clock())
+
+    async def authenticate(self, source: str, token: str) -> User | None:
+        """The token's user, or None (counted as a failure of `source`)."""
+        user = self.users.authenticate(token)
+        if user is None and TOKEN_SHAPE.fullmatch(token):
+            await self._caught_up()
+            user = self.users.authenticate(token)
+        if user is None:
+            self.failures.failed(source, self.clock())
+            log.info("api.authentication_failed", source=source)
+        return user
+
+    async def _caught_up(self) -> None:
+        """One catch-up with the log at a time, shared by whoever waits; at most CATCH_UP_S."""
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.ensure_future(self.catch_up())
+            self._catching_up.add_done_callback(_consume)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self._catching_up), CATCH_UP_S)
+
+
+def _consume(task: "asyncio.Task[None]") -> None:
+    # A catch-up that failed (the database away) just leaves the token unknown: 401.
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("api.authentication_catch_up_failed", error=str(task.exception()))
