@@ -154,15 +154,48 @@ def parse_listen(value: str) -> tuple[str, int]:
     show_default=True,
     help="Placement: pack hosts tightly, or spread work across them.",
 )
+@click.option(
+    "--registry-token-key",
+    envvar="POTLUCK_REGISTRY_TOKEN_KEY",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="EC private key (PEM) that signs the pool registry's access tokens "
+    "[env: POTLUCK_REGISTRY_TOKEN_KEY].",
+)
+@click.option(
+    "--registry-address",
+    envvar="POTLUCK_REGISTRY_ADDRESS",
+    default=None,
+    help="The pool's image registry as image references name it, e.g. 127.0.0.1:5000; "
+    "without it (and --registry-token-key) the pool has no registry [env: POTLUCK_REGISTRY_ADDRESS].",
+)
 def allocator(
-    database_url: str, nats_url: str, nats_seed_file: Path | None, relay: bool, listen: str, strategy: str
+    database_url: str,
+    nats_url: str,
+    nats_seed_file: Path | None,
+    relay: bool,
+    listen: str,
+    strategy: str,
+    registry_token_key: Path | None,
+    registry_address: str | None,
 ) -> None:
     """Run the allocator: the HTTP API, placement, the allocation lifecycle."""
     from potluck.allocator.engine import AllocatorEngine
+    from potluck.allocator.pool_registry import PoolRegistry
+    from potluck.allocator.registry_tokens import TokenIssuer
     from potluck.allocator.service import AllocatorService, serve_http
     from potluck.bootstrap import Backends, serve
+    from potluck.kernel.signing_keys import SigningKeyError, load_signing_key
 
     host, port = parse_listen(listen)
+    registry = None
+    if (registry_token_key is None) != (registry_address is None):
+        raise click.UsageError("give both --registry-address and --registry-token-key, or neither")
+    if registry_token_key is not None and registry_address is not None:
+        try:
+            registry = PoolRegistry(registry_address, TokenIssuer(load_signing_key(registry_token_key)))
+        except SigningKeyError as exc:
+            raise click.UsageError(str(exc)) from None
 
     async def body(store: Any, nc: Any) -> None:
         from potluck.allocator.metrics import watch_allocator
@@ -170,7 +203,9 @@ def allocator(
 
         engine = AllocatorEngine(store, strategy=strategy)  # type: ignore[arg-type]
         watch_allocator(pool_metrics(), engine)
-        await AllocatorService(store, nc, engine).run(lambda: serve_http(engine, host, port))
+        await AllocatorService(store, nc, engine).run(
+            lambda: serve_http(engine, host, port, registry=registry)
+        )
 
     run(serve("allocator", Backends(database_url, nats_url, nats_seed_file, relay), body))
 
@@ -588,10 +623,12 @@ def _decide_for_user(
 
 def _attach_user_commands() -> None:
     from potluck.user.cli import alloc, login, ssh
+    from potluck.user.images import image
 
     main.add_command(login)
     main.add_command(alloc)
     main.add_command(ssh)
+    main.add_command(image)
 
 
 _attach_user_commands()
@@ -626,6 +663,13 @@ STATE_DIR = click.option(
     show_default=True,
     help="hostds dial the gateway here.",
 )
+@click.option(
+    "--registry-port",
+    type=click.IntRange(1, 65535),
+    default=5050,
+    show_default=True,
+    help="The pool's image registry; part of every pool image's name, so keep it.",
+)
 @click.option("--cpus", type=click.FloatRange(min=0.1), default=None, help="CPUs this machine donates.")
 @click.option("--memory", default="2G", show_default=True, help="Memory this machine donates.")
 @click.option("--disk", default="10G", show_default=True, help="Disk this machine donates.")
@@ -637,6 +681,7 @@ def up(
     postgres_port: int,
     ssh_port: int,
     tunnel_port: int,
+    registry_port: int,
     cpus: float | None,
     memory: str,
     disk: str,
@@ -658,6 +703,7 @@ def up(
         cpus or local.UpSettings.cpus,
         memory,
         disk,
+        registry_port,
     )
     already = local.running(settings.state_dir)
     if already is not None:
@@ -679,6 +725,8 @@ def up(
             str(ssh_port),
             "--tunnel-port",
             str(tunnel_port),
+            "--registry-port",
+            str(registry_port),
             "--cpus",
             str(settings.cpus),
             "--memory",

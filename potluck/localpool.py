@@ -16,9 +16,12 @@ from typing import Any, Self
 import aiohttp
 import tomli_w
 
+from potluck.contracts.registry import ISSUER, SERVICE, TOKEN_PATH
 from potluck.events import EventStore
+from potluck.kernel.signing_keys import ensure_signing_key
 from potluck.localstack import NatsServer, free_port
 from potluck.localstack.process import ChildProcess
+from potluck.localstack.registry_server import RegistryServer
 from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.registry.enrollment import enroll_host, refresh_nats_authorization, write_credentials
 from potluck.registry.nats_auth import new_user_key
@@ -42,6 +45,8 @@ class LocalPool:
     services_seed_file: Path
     services_seed: str
     processes: dict[str, ChildProcess] = field(default_factory=dict)
+    image_registry: RegistryServer | None = None
+    image_registry_port: int | None = None
     liveness: tuple[float, int, float] = (5.0, 3, 300.0)
     log_level: str = "INFO"
 
@@ -91,9 +96,46 @@ class LocalPool:
         if name == "allocator":
             self.api_port = port
         extra = [] if relay else ["--no-relay"]
+        registry = self._image_registry()
+        key, _ = ensure_signing_key(self.workdir / "registry-keys")
         return self._potluck(
-            name, "allocator", *self._service_args(), "--listen", f"127.0.0.1:{port}", *extra
+            name,
+            "allocator",
+            *self._service_args(),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--registry-token-key",
+            str(key),
+            "--registry-address",
+            registry.address,
+            *extra,
         )
+
+    def _image_registry(self) -> RegistryServer:
+        """The pool's image registry, made (not started) with the first allocator: its API is the realm."""
+        if self.image_registry is None:
+            _, cert = ensure_signing_key(self.workdir / "registry-keys")
+            self.image_registry = RegistryServer(
+                self.workdir / "image-registry",
+                realm=self.api + TOKEN_PATH,
+                cert=cert,
+                service=SERVICE,
+                issuer=ISSUER,
+                port=self.image_registry_port,
+            )
+        return self.image_registry
+
+    def start_image_registry(self) -> RegistryServer:
+        """Start the pool's image registry (after the allocator, whose address it trusts)."""
+        if not self.api_port:
+            raise RuntimeError(
+                "start the allocator before the image registry: its API is the registry's realm"
+            )
+        registry = self._image_registry()
+        registry.start()
+        # One of the pool's processes like the services: stopped, logged and watched with them.
+        self.processes["image-registry"] = registry.process
+        return registry
 
     async def wait_api(self, port: int | None = None, timeout: float = 30) -> None:
         url = f"http://127.0.0.1:{port or self.api_port}/readyz"

@@ -52,6 +52,8 @@ class UpSettings:
     cpus: float = max(1.0, (os.cpu_count() or 2) / 2)
     memory: str = "2G"
     disk: str = "10G"
+    # Part of every pool image's name: keep it stable across restarts.
+    registry_port: int = 5050
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Running:
     token: str
     host_id: str
     logs: str
+    registry: str = ""
 
 
 class AlreadyUp(Exception):
@@ -97,6 +100,7 @@ def _check_ports(settings: UpSettings, *, postgres: bool) -> None:
         "--nats-port": settings.nats_port,
         "--ssh-port": settings.ssh_port,
         "--tunnel-port": settings.tunnel_port,
+        "--registry-port": settings.registry_port,
     }
     if postgres:
         wanted["--postgres-port"] = settings.postgres_port
@@ -184,10 +188,16 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         docker_url, engine = await asyncio.to_thread(_engine, state, say)
         image = await asyncio.to_thread(ensure_default_image, docker_url, say)
         await asyncio.to_thread(build_test_image, docker_url)
-        say("starting NATS, the registry, the allocator and the SSH gateway")
-        pool = await LocalPool.create(state / "pool", database_url, nats_port=settings.nats_port)
+        say("starting NATS, the registry, the allocator, the image registry and the SSH gateway")
+        pool = await LocalPool.create(
+            state / "pool",
+            database_url,
+            nats_port=settings.nats_port,
+            image_registry_port=settings.registry_port,
+        )
         pool.start_registry()
         pool.start_allocator(port=settings.api_port)
+        image_registry = await asyncio.to_thread(pool.start_image_registry)
         ssh = f"127.0.0.1:{settings.ssh_port}"
         tunnel = f"127.0.0.1:{settings.tunnel_port}"
         # The key is made here, before the gateway starts, so that the two never race to make it.
@@ -221,6 +231,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             token=token,
             host_id=host.host_id,
             logs=str(pool.workdir),
+            registry=image_registry.address,
         )
         (state / "up.json").write_text(json.dumps(asdict(ready)))
         on_ready(ready)
@@ -296,6 +307,7 @@ def summary(ready: Running) -> list[str]:
         f"event log       {ready.database}",
         f"Docker engine   {ready.docker}",
         f"default image   {ready.image}",
+        f"image registry  {ready.registry}",
         f"local host      {ready.host_id}",
         f"logs            {ready.logs}",
         "",
@@ -307,6 +319,7 @@ def summary(ready: Running) -> list[str]:
         "--ssh-key ~/.ssh/id_ed25519.pub --wait",
         "  potluck alloc ls",
         "  potluck ssh ALLOCATION_ID",
+        "  potluck image push YOUR_IMAGE",
     ]
 
 

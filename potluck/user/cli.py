@@ -23,16 +23,16 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 
-def _bail(exc: ClientError) -> NoReturn:
+def bail(exc: ClientError) -> NoReturn:
     err.print(f"[red]error:[/red] {exc}", highlight=False)
     sys.exit(int(exc.code))
 
 
-def _call(method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
+def call_api(method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
     try:
         return asyncio.run(Api(Login.load()).call(method, path, body, timeout=timeout))
     except ClientError as exc:
-        _bail(exc)
+        bail(exc)
 
 
 def _size(n: int) -> str:
@@ -79,7 +79,7 @@ def login(url: str, token: str, gateway: str) -> None:
     try:
         asyncio.run(Api(candidate).call("GET", "/v1/allocations"))
     except ClientError as exc:
-        _bail(exc)
+        bail(exc)
     path = candidate.save()
     click.echo(f"logged in to {candidate.url}; saved in {path}")
 
@@ -153,7 +153,7 @@ def create(
         "env": pairs(env, "--env"),
         "command": list(command) or ["sleep", "infinity"],
     }
-    created = _call("POST", "/v1/allocations", body)
+    created = call_api("POST", "/v1/allocations", body)
     if wait and created["state"] not in ("running",):
         created = _wait(created, timeout, as_json)
     _show(created, as_json)
@@ -177,7 +177,7 @@ def _wait(created: dict[str, Any], timeout: float, as_json: bool) -> dict[str, A
                 )
                 sys.exit(int(ExitCode.TIMEOUT))
             chunk = min(left, 10.0)
-            current = _call(
+            current = call_api(
                 "GET", f"/v1/allocations/{created['id']}?wait=running&timeout={chunk:.1f}", timeout=chunk
             )
             if status is not None:
@@ -199,7 +199,7 @@ async def _now() -> float:
 def ls(state: str | None, as_json: bool) -> None:
     """Your allocations."""
     query = f"?state={state}" if state else ""
-    found = _call("GET", f"/v1/allocations{query}")["allocations"]
+    found = call_api("GET", f"/v1/allocations{query}")["allocations"]
     if as_json:
         click.echo(json.dumps(found))
     else:
@@ -211,8 +211,8 @@ def ls(state: str | None, as_json: bool) -> None:
 @JSON
 def show(alloc_id: str, as_json: bool) -> None:
     """One allocation with its event history."""
-    allocation = _call("GET", f"/v1/allocations/{alloc_id}")
-    history = _call("GET", f"/v1/allocations/{alloc_id}/events")["events"]
+    allocation = call_api("GET", f"/v1/allocations/{alloc_id}")
+    history = call_api("GET", f"/v1/allocations/{alloc_id}/events")["events"]
     if as_json:
         click.echo(json.dumps({**allocation, "events": history}))
         return
@@ -230,7 +230,7 @@ def show(alloc_id: str, as_json: bool) -> None:
 @JSON
 def rm(alloc_id: str, as_json: bool) -> None:
     """Release an allocation: its container is stopped and removed."""
-    _show(_call("DELETE", f"/v1/allocations/{alloc_id}"), as_json)
+    _show(call_api("DELETE", f"/v1/allocations/{alloc_id}"), as_json)
 
 
 @alloc.command()
@@ -239,7 +239,7 @@ def rm(alloc_id: str, as_json: bool) -> None:
 @JSON
 def extend(alloc_id: str, by: str, as_json: bool) -> None:
     """Let an allocation run longer."""
-    _show(_call("POST", f"/v1/allocations/{alloc_id}/extend", {"by": by}), as_json)
+    _show(call_api("POST", f"/v1/allocations/{alloc_id}/extend", {"by": by}), as_json)
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -257,7 +257,7 @@ def ssh(alloc_id: str, identity: str | None, command: tuple[str, ...]) -> None:
     try:
         login_data = Login.load()
     except ClientError as exc:
-        _bail(exc)
+        bail(exc)
     host, _, port = login_data.gateway.rpartition(":")
     from potluck.sshgateway.client import ssh_argv
 
@@ -270,7 +270,7 @@ def ssh(alloc_id: str, identity: str | None, command: tuple[str, ...]) -> None:
             known_hosts_file=config_path().with_name("known_hosts"),
         )
     except ValueError as exc:
-        _bail(
+        bail(
             ClientError(
                 f"{exc}; check the id (`potluck alloc ls`) and the gateway given to `potluck login`",
                 ExitCode.USAGE,

@@ -20,6 +20,9 @@ from pydantic import BaseModel, ValidationError
 from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureWindow
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.openapi import openapi_document
+from potluck.allocator.pool_registry import PoolRegistry
+from potluck.allocator.registry_auth import POOL_REGISTRY, basic_password, pool_registry
+from potluck.allocator.registry_auth import token as registry_token_for
 from potluck.allocator.schemas import (
     Allocation,
     AllocationList,
@@ -28,8 +31,11 @@ from potluck.allocator.schemas import (
     ErrorBody,
     ExtendAllocation,
     History,
+    PoolImage,
+    PoolImages,
 )
 from potluck.allocator.users import User
+from potluck.contracts.registry import TOKEN_PATH
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import TERMINAL
 
@@ -37,7 +43,8 @@ log = structlog.get_logger(__name__)
 
 ENGINE: web.AppKey[AllocatorEngine] = web.AppKey("engine", AllocatorEngine)
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
-PUBLIC = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
+# The registry's token endpoint authenticates with HTTP Basic itself (Docker clients' way).
+PUBLIC = frozenset({"/healthz", "/readyz", "/v1/openapi.json", TOKEN_PATH})
 MAX_WAIT_S = 300.0
 MAX_BODY = 256 * 1024
 STATES = frozenset({"pending", "placed", "running", *TERMINAL})
@@ -96,22 +103,30 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             "UNAUTHENTICATED",
             "send 'Authorization: Bearer <token>'; an operator gives tokens with `potluck ops users add`",
         )
-    auth = request.app[AUTH]
-    source = request.remote or "unknown"
-    locked = auth.locked(source)
+    locked = _locked_out(request)
     if locked is not None:
-        response = error(
-            429,
-            "TOO_MANY_FAILURES",
-            f"too many failed authentications from {source}; try again in {math.ceil(locked.retry_after_s)}s",
-        )
-        response.headers["Retry-After"] = str(math.ceil(locked.retry_after_s))
-        return response
-    user = await auth.authenticate(source, token.strip())
+        return locked
+    user = await request.app[AUTH].authenticate(request.remote or "unknown", token.strip())
     if user is None:
         return error(401, "UNAUTHENTICATED", "this token is not valid; ask an operator for a new one")
     request["user"] = user
     return await handler(request)
+
+
+def _locked_out(request: web.Request) -> web.Response | None:
+    """429 while the request's address has failed to authenticate too often, else None."""
+    source = request.remote or "unknown"
+    locked = request.app[AUTH].locked(source)
+    if locked is None:
+        return None
+    retry_after = math.ceil(locked.retry_after_s)
+    response = error(
+        429,
+        "TOO_MANY_FAILURES",
+        f"too many failed authentications from {source}; try again in {retry_after}s",
+    )
+    response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 async def _json(request: web.Request) -> Any:
@@ -162,6 +177,9 @@ def _user(request: web.Request) -> User:
 
 async def create(request: web.Request) -> web.Response:
     body = CreateAllocation.model_validate(await _json(request))
+    registry = request.app.get(POOL_REGISTRY)
+    if registry is not None:
+        registry.check_image(_user(request).name, body.image)
     state = await request.app[ENGINE].request_allocation(_user(request), body)
     return ok(Allocation.of(state), 201 if state.status != "pending" else 202)
 
@@ -241,7 +259,32 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
-def make_app(engine: AllocatorEngine, failures: FailureWindow | None = None) -> web.Application:
+async def registry_token(request: web.Request) -> web.Response:
+    """Docker's token request: the same failure limit per address as every other route."""
+    locked = _locked_out(request)
+    if locked is not None:
+        return locked
+    password = basic_password(request)
+    user = await request.app[AUTH].authenticate(request.remote or "unknown", password) if password else None
+    return await registry_token_for(request, user)
+
+
+async def images(request: web.Request) -> web.Response:
+    registry = pool_registry(request)
+    user = _user(request)
+    repositories = await registry.repositories_of(user.name)
+    return ok(
+        PoolImages(
+            registry=registry.address,
+            prefix=registry.reference_prefix(user.name),
+            images=[PoolImage(name=f"{registry.address}/{r.name}", tags=r.tags) for r in repositories],
+        )
+    )
+
+
+def make_app(
+    engine: AllocatorEngine, failures: FailureWindow | None = None, *, registry: PoolRegistry | None = None
+) -> web.Application:
     app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_BODY)
     app[ENGINE] = engine
     app[AUTH] = Authenticator(
@@ -249,6 +292,8 @@ def make_app(engine: AllocatorEngine, failures: FailureWindow | None = None) -> 
         lambda: engine.fold.caught_up_with(engine.store, timeout=CATCH_UP_S),
         failures=failures,
     )
+    if registry is not None:
+        app[POOL_REGISTRY] = registry
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/openapi.json", openapi)
@@ -259,4 +304,6 @@ def make_app(engine: AllocatorEngine, failures: FailureWindow | None = None) -> 
     app.router.add_post("/v1/allocations/{alloc_id}/extend", extend)
     app.router.add_get("/v1/allocations/{alloc_id}/events", history)
     app.router.add_get("/v1/pool", pool)
+    app.router.add_get(TOKEN_PATH, registry_token)
+    app.router.add_get("/v1/images", images)
     return app

@@ -13,6 +13,7 @@ from potluck.allocator.schemas import (
     ExtendAllocation,
     History,
     Pool,
+    PoolImages,
 )
 from potluck.kernel.version import __version__
 
@@ -31,8 +32,8 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Malformed request",
         401: "Missing or wrong token",
-        403: "Quota exceeded",
-        404: "No such allocation (or not yours)",
+        403: "Quota exceeded, or an image in another user's namespace of the pool registry",
+        404: "No such allocation (or not yours), or no image registry in this pool",
         409: "Conflict",
         413: "Body larger than 256 KiB",
         415: "Not JSON",
@@ -72,7 +73,7 @@ _STATE = {
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [(m, "validation") for m in (CreateAllocation, ExtendAllocation)]
-        + [(m, "serialization") for m in (Allocation, AllocationList, History, Pool, ErrorBody)],
+        + [(m, "serialization") for m in (Allocation, AllocationList, History, Pool, PoolImages, ErrorBody)],
         ref_template=_REF,
     )
     auth: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -173,6 +174,16 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "Hosts and capacity", **_json("Pool")},
                         **_authenticated(),
+                    },
+                },
+            },
+            "/v1/images": {
+                "get": {
+                    "operationId": "listImages",
+                    "security": auth,
+                    "responses": {
+                        "200": {"description": "Your images in the pool registry", **_json("PoolImages")},
+                        **_authenticated(404, 409, 503),
                     },
                 },
             },

@@ -190,6 +190,17 @@ class Pool(Body):
     total: dict[Literal["donated", "reserved", "free"], CapacityFigures]
 
 
+class PoolImage(Body):
+    name: str = Field(description="Repository, as --image names it without the tag.")
+    tags: list[str]
+
+
+class PoolImages(Body):
+    registry: str = Field(description="The pool registry's address, as image references write it.")
+    prefix: str = Field(description="Your namespace: push and run images under this prefix.")
+    images: list[PoolImage]
+
+
 class Error(Body):
     code: str = Field(description="Stable UPPER_SNAKE code for programs.")
     message: str = Field(description="What went wrong and what to do, for people.")

@@ -22,6 +22,7 @@ from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.lifecycle import Decision, decide, decide_actual_state
 from potluck.allocator.live_state import state_responder
 from potluck.allocator.model import passed_over
+from potluck.allocator.pool_registry import PoolRegistry
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.contracts.messages import DesiredAllocation, DesiredState, Reply
 from potluck.contracts.reports import ActualState, AnyReport, EngineStatus, UsageSampled
@@ -174,13 +175,15 @@ class AllocatorService:
             raise PoisonMessage(str(exc)) from exc
 
 
-async def serve_http(engine: AllocatorEngine, host: str, port: int) -> None:
-    """The HTTP API until cancelled."""
+async def serve_http(
+    engine: AllocatorEngine, host: str, port: int, *, registry: PoolRegistry | None = None
+) -> None:
+    """The HTTP API until cancelled (with the image registry's endpoints when the pool has one)."""
     from aiohttp import web
 
     from potluck.allocator.api import make_app
 
-    runner = web.AppRunner(make_app(engine), access_log=None)
+    runner = web.AppRunner(make_app(engine, registry=registry), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True)

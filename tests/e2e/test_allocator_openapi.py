@@ -32,6 +32,8 @@ async def test_schemathesis_finds_nothing_with_every_check_and_phase(
     pool.start_hostd(host)
     await pool.wait_for_host(host.host_id, "online")
     await pool.wait_api()
+    # The pool's image registry runs too, so GET /v1/images answers from it.
+    await asyncio.to_thread(pool.start_image_registry)
     filler = await pool.add_user("filler")
     body = {"cpus": 2, "memory": "2G", "disk": "4G", "image": DEFAULT_TAG, "command": ["sleep", "3600"]}
     async with (

@@ -85,6 +85,8 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         str(free_port()),
         "--tunnel-port",
         str(free_port()),
+        "--registry-port",
+        str(free_port()),
     ]
     started = potluck("up", "--detach", *ports, env=newcomer, timeout=900)
     try:
@@ -94,6 +96,10 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         api = next(line.split()[-1] for line in summary.splitlines() if line.startswith("allocator API"))
         gateway = next(line.split()[-1] for line in summary.splitlines() if line.startswith("SSH gateway"))
         assert f"potluck login --url {api} --token {token} --gateway {gateway}" in summary
+        registry = next(
+            line.split()[-1] for line in summary.splitlines() if line.startswith("image registry")
+        )
+        assert registry.startswith("127.0.0.1:")
 
         again = potluck("up", "--detach", *ports, env=newcomer)
         assert again.returncode == 0

@@ -439,6 +439,7 @@ def test_the_compose_file_is_consistent_and_complete() -> None:
     assert "COMPOSE_PROJECT_NAME=potluck" in (REPO / "ops" / "compose.env.example").read_text().splitlines()
     assert {
         "nats", "postgres", "registry", "allocator", "sshgateway", "otel-collector", "jaeger", "hostd",
+        "image-registry",
     } <= set(services)  # fmt: skip
     volumes = set(compose["volumes"])
     for name, service in services.items():
@@ -479,7 +480,16 @@ def test_the_compose_file_is_consistent_and_complete() -> None:
     text = (REPO / "docker-compose.yml").read_text()
     assert "${POSTGRES_PASSWORD:?" in text
     assert (REPO / "ops" / "compose.env.example").exists()
-    assert compose["secrets"]["services_seed"]["file"].startswith("./ops/secrets/")
+    for secret in compose["secrets"].values():
+        assert secret["file"].startswith("./ops/secrets/")
+    # The registry trusts the allocator's tokens: same service and issuer on both sides.
+    from potluck.contracts.registry import ISSUER, SERVICE, TOKEN_PATH
+
+    registry_env = services["image-registry"]["environment"]
+    assert registry_env["REGISTRY_AUTH_TOKEN_SERVICE"] == SERVICE
+    assert registry_env["REGISTRY_AUTH_TOKEN_ISSUER"] == ISSUER
+    assert registry_env["REGISTRY_AUTH_TOKEN_REALM"].endswith(TOKEN_PATH)
+    assert "POTLUCK_REGISTRY_TOKEN_KEY" in services["allocator"]["environment"]
 
     # Every process exports OTLP/HTTP to the collector, which receives it and sends traces to Jaeger.
     env = compose["x-potluck"]["environment"]

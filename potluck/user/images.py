@@ -1,0 +1,133 @@
+"""`potluck image push` and `potluck image ls`: users bring their own images to the pool.
+
+The push goes from the user's own Docker engine (DOCKER_HOST, as the docker
+CLI uses it) straight to the pool registry, authenticated with the user's
+Potluck token; the allocator only says where the registry is and signs the
+registry's access tokens. Progress is a bar per layer on a terminal (rich), one
+line per finished layer when piped.
+"""
+
+import json
+import sys
+from typing import Any
+
+import click
+import docker
+import docker.errors
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+from potluck.user.cli import JSON, bail, call_api, err, out
+from potluck.user.client import ClientError, ExitCode, Login
+
+
+def target_reference(prefix: str, image: str) -> str:
+    """Where `image` goes in the user's namespace: `prefix` + its last path part and tag.
+
+    `sim:2` and `ghcr.example/team/sim:2` both become `<registry>/<user>/sim:2`;
+    an image without a tag is pushed as `latest`, as `docker push` would.
+    """
+    name, digest_sep, _ = image.partition("@")
+    if digest_sep:
+        raise ClientError("push a tagged image, not a digest: tag it first (`docker tag`)", ExitCode.USAGE)
+    last = name.rsplit("/", 1)[-1]
+    repository, colon, tag = last.partition(":")
+    return f"{prefix}{repository}:{tag if colon else 'latest'}"
+
+
+def _docker() -> docker.DockerClient:
+    try:
+        return docker.from_env()
+    except docker.errors.DockerException as exc:
+        raise ClientError(
+            f"cannot reach your Docker engine ({exc}); is it running? (DOCKER_HOST says where)",
+            ExitCode.UNREACHABLE,
+        ) from None
+
+
+def _push_with_progress(client: docker.DockerClient, reference: str, token: str, quiet: bool) -> str:
+    repository, _, tag = reference.rpartition(":")
+    auth = {"username": "potluck", "password": token}
+    digest = ""
+    lines = client.api.push(repository, tag, auth_config=auth, stream=True, decode=True)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=err, disable=quiet
+    ) as progress:
+        tasks: dict[str, Any] = {}
+        for line in lines:
+            if "error" in line:
+                raise ClientError(f"the pool registry refused the push: {line['error']}", ExitCode.REFUSED)
+            digest = line.get("aux", {}).get("Digest", digest)
+            layer = line.get("id")
+            if not layer or layer == tag:
+                continue
+            detail = line.get("progressDetail") or {}
+            if layer not in tasks:
+                tasks[layer] = progress.add_task(f"{layer} {line.get('status', '')}", total=None)
+            progress.update(
+                tasks[layer],
+                description=f"{layer} {line.get('status', '')}",
+                completed=detail.get("current", 0),
+                total=detail.get("total"),
+            )
+            if quiet and line.get("status") in ("Pushed", "Layer already exists"):
+                err.print(f"{layer}: {line['status']}", highlight=False)
+    return digest
+
+
+@click.group()
+def image() -> None:
+    """Bring your images to the pool and list them."""
+
+
+@image.command()
+@click.argument("source")
+@JSON
+def push(source: str, as_json: bool) -> None:
+    """Push SOURCE from your Docker engine into your namespace of the pool registry.
+
+    Prints the name to give `potluck alloc create --image`.
+    """
+    try:
+        login = Login.load()
+    except ClientError as exc:
+        bail(exc)
+    where = call_api("GET", "/v1/images")
+    try:
+        reference = target_reference(where["prefix"], source)
+        client = _docker()
+        try:
+            try:
+                client.images.get(source).tag(reference)
+            except docker.errors.ImageNotFound:
+                raise ClientError(
+                    f"your Docker engine has no image {source}; build or pull it first", ExitCode.USAGE
+                ) from None
+            quiet = as_json or not sys.stderr.isatty()
+            digest = _push_with_progress(client, reference, login.token, quiet)
+        except docker.errors.APIError as exc:
+            raise ClientError(f"the push failed: {exc.explanation or exc}", ExitCode.REFUSED) from None
+        finally:
+            client.close()
+    except ClientError as exc:
+        bail(exc)
+    if as_json:
+        click.echo(json.dumps({"image": reference, "digest": digest}))
+    else:
+        out.print(f"pushed {reference} ({digest}); use it with --image {reference}", highlight=False)
+
+
+@image.command(name="ls")
+@JSON
+def ls(as_json: bool) -> None:
+    """Your images in the pool registry."""
+    listing = call_api("GET", "/v1/images")
+    if as_json:
+        click.echo(json.dumps(listing))
+        return
+    for entry in listing["images"]:
+        for tag in entry["tags"] or ["(no tags)"]:
+            out.print(f"{entry['name']}:{tag}", highlight=False)
+    if not listing["images"]:
+        err.print(
+            f"no images yet; `potluck image push IMAGE` puts one under {listing['prefix']}", highlight=False
+        )

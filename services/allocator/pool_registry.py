@@ -1,0 +1,110 @@
+"""The allocator's side of the pool registry: where it is, and what a user keeps there.
+
+Listing asks the registry itself (its catalog and tag lists) with a token the
+allocator signs for the purpose, so what `potluck image ls` shows is what a
+host would pull, not a copy that could drift.
+"""
+
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import aiohttp
+import structlog
+
+from potluck.allocator.registry_access import Scope, namespace_of
+from potluck.allocator.registry_tokens import TokenIssuer
+from potluck.kernel.rejections import Rejected
+
+log = structlog.get_logger(__name__)
+
+CATALOG_PAGE = 1000
+MAX_REPOSITORIES = 10_000
+TIMEOUT = aiohttp.ClientTimeout(total=15)
+
+
+@dataclass(frozen=True)
+class ImageRepository:
+    name: str
+    tags: list[str]
+
+
+@dataclass(frozen=True)
+class PoolRegistry:
+    """`address` as image references write it (`127.0.0.1:5000`); `tokens` signs access."""
+
+    address: str
+    tokens: TokenIssuer
+
+    def reference_prefix(self, user: str) -> str:
+        namespace = namespace_of(user)
+        if namespace is None:
+            raise Rejected(
+                "NO_NAMESPACE",
+                f"the user name {user!r} cannot name a registry namespace; ask an operator for another",
+                status=409,
+            )
+        return f"{self.address}/{namespace}/"
+
+    def check_image(self, user: str, image: str) -> None:
+        """Refuse `image` when it names another user's namespace of this registry.
+
+        Images from elsewhere are the hosts' business (their allow-lists); in the pool
+        registry each namespace is its owner's alone, to pull as much as to push.
+        """
+        if image.startswith(self.address + "/") and not image.startswith(self.reference_prefix(user)):
+            raise Rejected(
+                "IMAGE_FORBIDDEN",
+                f"{image[:200]} is in another user's namespace of the pool registry; "
+                f"yours is {self.reference_prefix(user)}",
+                field="image",
+                status=403,
+            )
+
+    async def repositories_of(self, user: str) -> list[ImageRepository]:
+        prefix = self.reference_prefix(user).removeprefix(self.address + "/")
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+            try:
+                names = [name for name in await self._catalog(http) if name.startswith(prefix)]
+                return [ImageRepository(name, await self._tags(http, name)) for name in sorted(names)]
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("pool_registry.unreachable", address=self.address, error=str(exc))
+                raise Rejected(
+                    "REGISTRY_UNAVAILABLE",
+                    f"the pool registry at {self.address} does not answer ({exc}); try again, "
+                    "or tell the operator",
+                    status=503,
+                ) from None
+
+    def _headers(self, scope: Scope) -> dict[str, str]:
+        issued = self.tokens.issue("potluck-allocator", [scope])
+        return {"Authorization": f"Bearer {issued.token}"}
+
+    async def _catalog(self, http: aiohttp.ClientSession) -> list[str]:
+        names: list[str] = []
+        url: str | None = f"http://{self.address}/v2/_catalog?n={CATALOG_PAGE}"
+        headers = self._headers(Scope("registry", "catalog", frozenset({"*"})))
+        while url is not None and len(names) < MAX_REPOSITORIES:
+            async with http.get(url, headers=headers) as response:
+                response.raise_for_status()
+                names += (await response.json()).get("repositories") or []
+                url = _next_page(self.address, response.headers.get("Link"))
+        return names
+
+    async def _tags(self, http: aiohttp.ClientSession, name: str) -> list[str]:
+        headers = self._headers(Scope("repository", name, frozenset({"pull"})))
+        async with http.get(f"http://{self.address}/v2/{name}/tags/list", headers=headers) as response:
+            if response.status == 404:  # every tag deleted since the catalog was read
+                return []
+            response.raise_for_status()
+            return sorted((await response.json()).get("tags") or [])
+
+
+def _next_page(address: str, link: str | None) -> str | None:
+    """The registry's `Link: </v2/_catalog?last=x&n=1000>; rel="next"`, on the same registry only."""
+    if not link or 'rel="next"' not in link:
+        return None
+    target = link.split(";", 1)[0].strip().lstrip("<").rstrip(">")
+    parsed = urlparse(target)
+    if parsed.netloc and parsed.netloc != address:
+        return None
+    return f"http://{address}{parsed.path}?{parsed.query}"
