@@ -109,6 +109,13 @@ class ExtendAllocation(Request):
     by: Lifetime = Field(description="Seconds to add, or e.g. 1h.")
 
 
+class PullProgress(Body):
+    """How far the host's pull of the image has come, as last logged (compressed bytes)."""
+
+    done_bytes: int = Field(description="Bytes fetched so far.")
+    total_bytes: int = Field(description="Bytes the layers being fetched announced so far; 0: not yet known.")
+
+
 class Allocation(Body):
     id: str
     user: str
@@ -127,6 +134,9 @@ class Allocation(Body):
     exit_code: int | None
     oom_killed: bool
     reason: str | None
+    pull: PullProgress | None = Field(
+        default=None, description="Set once the host began pulling the image (state `pulling`)."
+    )
 
     @classmethod
     def of(cls, state: AllocationState) -> "Allocation":
@@ -149,6 +159,9 @@ class Allocation(Body):
             exit_code=state.exit_code,
             oom_killed=state.oom_killed,
             reason=state.reason,
+            pull=None
+            if state.pull_done_bytes is None
+            else PullProgress(done_bytes=state.pull_done_bytes, total_bytes=state.pull_total_bytes or 0),
         )
 
 
