@@ -54,6 +54,8 @@ class AllocationState:
     exit_code: int | None = None
     oom_killed: bool = False
     reason: str | None = None
+    #: What the host said went wrong, when it failed (e.g. which image, which registry).
+    detail: str | None = None
     #: How far the host's pull of the image came (bytes, as last logged); None: never pulled.
     pull_done_bytes: int | None = None
     pull_total_bytes: int | None = None
@@ -131,7 +133,7 @@ def evolve(
         case AllocationExited():
             return replace(state, status="exited", exit_code=event.exit_code, oom_killed=event.oom_killed)
         case AllocationFailed():
-            return replace(state, status="failed", reason=event.reason)
+            return replace(state, status="failed", reason=event.reason, detail=event.detail or None)
         case AllocationLost():
             return replace(state, status="lost", reason="host lost")
         case AllocationExpired():

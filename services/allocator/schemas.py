@@ -149,6 +149,7 @@ class Allocation(Body):
     exit_code: int | None
     oom_killed: bool
     reason: str | None
+    detail: str | None = Field(default=None, description="What went wrong, when it failed.")
     pull: PullProgress | None = Field(
         default=None, description="Set once the host began pulling the image (state `pulling`)."
     )
@@ -174,6 +175,7 @@ class Allocation(Body):
             exit_code=state.exit_code,
             oom_killed=state.oom_killed,
             reason=state.reason,
+            detail=state.detail,
             pull=None
             if state.pull_done_bytes is None
             else PullProgress(done_bytes=state.pull_done_bytes, total_bytes=state.pull_total_bytes or 0),

@@ -125,7 +125,9 @@ def test_the_hosts_account_does_not_judge_a_pulling_allocation_missing() -> None
     assert decide_actual_state([alloc("placed")], "h1", report) == []
     missing = decide_actual_state([alloc("pulling")], "h1", ActualState(as_of_position=20, containers=[]))
     assert len(missing) == 1
-    assert missing[0].alloc_events[0].reason == "container_missing"
+    failure = missing[0].alloc_events[0]
+    assert isinstance(failure, AllocationFailed)
+    assert failure.reason == "container_missing"
 
 
 def test_the_read_model_folds_pulling_and_its_progress() -> None:
