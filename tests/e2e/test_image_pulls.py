@@ -130,7 +130,7 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
         running = await _get(http, pool, alice, created["id"], "?wait=running&timeout=60")
         assert running["state"] == "running", (running, pool.logs(80))
         assert running["host_id"] == host.host_id
-        history = await _get(http, pool, alice, created["id"], "/history")
+        history = await _get(http, pool, alice, created["id"], "/events")
         types = [entry["type"] for entry in history["events"]]
         assert types.index("AllocationPulling") < types.index("AllocationRunning"), types
         assert await asyncio.to_thread(_has_image, laptop_b, own)
