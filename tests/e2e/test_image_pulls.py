@@ -6,6 +6,7 @@ allocation at once (`image_not_available`: it never pulled).
 """
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
@@ -109,9 +110,9 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
     assert not await asyncio.to_thread(_has_image, laptop_a, own)
     assert not await asyncio.to_thread(_has_image, laptop_b, own)
 
-    # Short retries for the registry-down half: two attempts, half a second apart.
+    # Short retries for the registry-down half: two attempts, two seconds apart.
     monkeypatch.setenv("POTLUCK_HOSTD_PULL_ATTEMPTS", "2")
-    monkeypatch.setenv("POTLUCK_HOSTD_PULL_BACKOFF_S", "0.5")
+    monkeypatch.setenv("POTLUCK_HOSTD_PULL_BACKOFF_S", "2")
     host = await pool.enroll("laptop-b")
     pool.write_config(host, laptop_b, allowed_images=[DEFAULT_TAG, f"{registry.address}/alice/*:*"])
     pool.start_hostd(host)
@@ -163,9 +164,14 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
         refused = await asyncio.to_thread(_pull_error, laptop_a, f"{registry.address}/bob/own:1", token.token)
         assert refused is not None
 
-        # The registry goes away: the next allocation waits in `pulling`, then fails, saying why.
+        # The registry goes away: the next allocation waits in `pulling`, then fails, saying why;
+        # one released while its host pulls is released, and its pull dropped.
         await asyncio.to_thread(registry.stop)
         doomed = await _create(http, pool, alice, second)
+        dropped = await _create(http, pool, alice, second)
+        await wait_for_status(pool, dropped["id"], "pulling", timeout=30)
+        async with http.delete(f"{pool.api}/v1/allocations/{dropped['id']}", headers=headers) as response:
+            assert response.status == 200, await response.text()
         await wait_for_status(pool, doomed["id"], "pulling", timeout=30)
         shown = await _get(http, pool, alice, doomed["id"])
         assert shown["state"] in ("pulling", "failed"), shown
@@ -178,6 +184,14 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
         assert f"the registry {registry.address}" in failed["detail"], failed["detail"]
         assert "tried 2 times" in failed["detail"], failed["detail"]
         assert not await asyncio.to_thread(_has_image, laptop_b, second)
+        assert (await _get(http, pool, alice, dropped["id"]))["state"] == "released"
+        hostd_log = [
+            json.loads(line) for line in (pool.workdir / "hostd-laptop-b.log").read_text().splitlines()
+        ]
+        assert any(
+            entry.get("event") == "hostd.image_pull_dropped" and entry.get("alloc_id") == dropped["id"]
+            for entry in hostd_log
+        ), pool.logs(80)
         async with http.get(f"{pool.api}/v1/pool", headers=headers) as response:
             hosts = (await response.json())["hosts"]
         mine = next(h for h in hosts if h["host_id"] == host.host_id)
