@@ -21,12 +21,14 @@ from tests.e2e.conftest import wait_for_status
 from tests.fixtures.pool import Pool
 
 
-def _build_and_push(engine: DockerEngine, base: str, references: list[str], password: str) -> None:
-    """A user's own image (the test image and one layer more), pushed to the pool registry from
-    the user's engine, then removed there: afterwards only the registry has it."""
+def _build_and_push(
+    engine: DockerEngine, base: str, references: list[str], password: str, layer: str = "echo mine > /marker"
+) -> None:
+    """A user's own image (the test image and one layer more, made by `layer`), pushed to the pool
+    registry from the user's engine, then removed there: afterwards only the registry has it."""
     client = docker.DockerClient(base_url=engine.url)
     try:
-        container = client.containers.create(base, ["sh", "-c", "echo mine > /marker"], network_mode="none")
+        container = client.containers.create(base, ["sh", "-c", layer], network_mode="none")
         container.start()
         container.wait(timeout=30)
         repository, _, tag = references[0].rpartition(":")
@@ -73,8 +75,17 @@ def _pull_error(engine: DockerEngine, reference: str, token: str) -> str | None:
     return None
 
 
-async def _create(http: aiohttp.ClientSession, pool: Pool, token: str, image: str) -> dict[str, Any]:
-    body = {"cpus": 0.2, "memory": "64M", "disk": "64M", "image": image, "command": ["sleep", "3600"]}
+async def _create(
+    http: aiohttp.ClientSession, pool: Pool, token: str, image: str, on: str = "laptop-b"
+) -> dict[str, Any]:
+    body = {
+        "cpus": 0.2,
+        "memory": "64M",
+        "disk": "64M",
+        "image": image,
+        "command": ["sleep", "3600"],
+        "constraints": {"name": on},
+    }
     headers = {"Authorization": f"Bearer {token}"}
     async with http.post(f"{pool.api}/v1/allocations", json=body, headers=headers) as response:
         created: dict[str, Any] = await response.json()
@@ -107,6 +118,9 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
     await pool.add_user("bob")
     own, second = f"{registry.address}/alice/own:1", f"{registry.address}/alice/own:2"
     await asyncio.to_thread(_build_and_push, laptop_a, DEFAULT_TAG, [own, second], alice)
+    big = f"{registry.address}/alice/big:1"  # 80 MB that do not compress, for a 64 MB disk
+    fill = "head -c 83886080 /dev/urandom > /big"
+    await asyncio.to_thread(_build_and_push, laptop_a, DEFAULT_TAG, [big], alice, fill)
     assert not await asyncio.to_thread(_has_image, laptop_a, own)
     assert not await asyncio.to_thread(_has_image, laptop_b, own)
 
@@ -118,6 +132,15 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
     pool.start_hostd(host)
     await pool.wait_for_host(host.host_id, "online")
     stranger = await pool.enroll("laptop-x")  # enrolled, no hostd: only its NATS identity is used
+    small = await pool.enroll("laptop-small")  # donates the least disk there is: 64 MB
+    pool.write_config(
+        small,
+        laptop_a,
+        allowed_images=[f"{registry.address}/alice/*:*"],
+        donate={"cpus": 1, "memory": "1G", "disk": "64M"},
+    )
+    pool.start_hostd(small)
+    await pool.wait_for_host(small.host_id, "online")
 
     async with aiohttp.ClientSession() as http:
         # Not a reference at all: refused before anything is placed, naming the field.
@@ -163,6 +186,15 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
         assert await asyncio.to_thread(_pull_error, laptop_a, second, token.token) is None
         refused = await asyncio.to_thread(_pull_error, laptop_a, f"{registry.address}/bob/own:1", token.token)
         assert refused is not None
+
+        # An image larger than the host's donated disk: not pulled on, not retried, failed clearly.
+        too_big = await _create(http, pool, alice, big, on="laptop-small")
+        refused_big = await _get(http, pool, alice, too_big["id"], "?wait=failed&timeout=60")
+        assert refused_big["state"] == "failed", (refused_big, pool.logs(80))
+        assert refused_big["reason"] == "image_pull_failed"
+        assert "bytes of disk this host donates" in refused_big["detail"], refused_big["detail"]
+        assert "(tried once)" in refused_big["detail"], refused_big["detail"]
+        assert not await asyncio.to_thread(_has_image, laptop_a, big)
 
         # The registry goes away: the next allocation waits in `pulling`, then fails, saying why;
         # one released while its host pulls is released, and its pull dropped.
