@@ -33,8 +33,8 @@ Relative paths are taken from the configuration file's folder.
 run of characters) and `?` (one), matched part by part: registry, each
 component of the repository, tag, digest (see potluck.contracts.image_reference).
 `*` never spans `/`, `:` or `@`: `debian:*` is every tag of Docker Hub's debian
-and not `debian:5000/evil/img:1` (registry `debian:5000`); `ghcr.io/acme/*:*`
-is every tag of every image directly under ghcr.io/acme. No tag means
+and not `debian:5000/evil/img:1` (registry `debian:5000`); `registry.example.org/acme/*:*`
+is every tag of every image directly under registry.example.org/acme. No tag means
 `:latest`, as with `docker pull`. An entry that is not a valid pattern stops
 hostd at start, naming it.
 
