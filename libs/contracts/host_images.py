@@ -18,9 +18,11 @@ from pydantic import Field
 from potluck.contracts.image_reference import InvalidReference, parse_reference
 from potluck.events import Event, event_type
 
-#: At most this many names per report (and per host in the allocator's model): a member's
-#: engine full of images must not make one message or one event unbounded.
-MAX_IMAGES_HELD = 2000
+#: At most this many names, of at most this many characters together, per report (and per
+#: host in the allocator's model): a member's engine full of images must not make one message
+#: or one event unbounded, and a report must fit the reports stream's 64 KiB messages.
+MAX_IMAGES_HELD = 500
+MAX_IMAGES_HELD_CHARS = 48 * 1024
 
 
 def images_stream(host_id: str) -> str:
@@ -45,6 +47,19 @@ def held_names(tags: Iterable[str], digests: Iterable[str]) -> set[str]:
         except InvalidReference:
             continue
     return names
+
+
+def bounded(names: Iterable[str]) -> list[str]:
+    """The names a report carries: tags before digests (users ask by tag far more often), each
+    group sorted, cut at MAX_IMAGES_HELD names or MAX_IMAGES_HELD_CHARS characters."""
+    kept: list[str] = []
+    chars = 0
+    for name in sorted(set(names), key=lambda n: ("@" in n, n)):
+        chars += len(name) + 3  # quotes and a comma in the JSON
+        if len(kept) == MAX_IMAGES_HELD or chars > MAX_IMAGES_HELD_CHARS:
+            break
+        kept.append(name)
+    return sorted(kept)
 
 
 def image_keys(image: str) -> tuple[str, ...]:

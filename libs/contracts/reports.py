@@ -106,7 +106,7 @@ class EngineStatus(Report):
 
 class ImagesHeld(Report):
     """Every image the engine holds, by normalised name (tags and digests); sent after each
-    registration and whenever the set changes. At most MAX_IMAGES_HELD names."""
+    registration and whenever the set changes. At most MAX_IMAGES_HELD names (host_images.bounded)."""
 
     kind: Literal["images"] = "images"
     images: list[str] = Field(max_length=MAX_IMAGES_HELD)

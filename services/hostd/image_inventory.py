@@ -6,8 +6,10 @@ removed), at least every `timing.image_scan_interval_s`, and when the agent
 asks after a (re)registration. It then
 
 - notes when each image was last used: now, for every image a container (any
-  state) was made from; an image never seen in use counts from when it was
-  pulled or built;
+  state) was made from, and for an image that arrived since the last listing
+  (pulled, loaded, built: the engine's `Created` is when the image was built,
+  which may be long before it reached this engine); one present when hostd
+  started and never seen in use counts from its `Created`;
 - if `image_cache` is set and the images take more, removes images, least
   recently used first, until they fit: never one a container was made from,
   one an allocation placed here waits for, one the member named exactly in
@@ -31,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from potluck.contracts.host_images import MAX_IMAGES_HELD, held_names, image_keys
+from potluck.contracts.host_images import bounded, held_names, image_keys
 from potluck.contracts.reports import ImagesHeld, Report
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.docker_driver import DockerDriver, DockerDriverError, EngineImage
@@ -98,6 +100,7 @@ class ImageInventory:
         self.clock = clock
         self.last_used: dict[str, float] = {}
         self.held: list[str] | None = None  # the names last reported
+        self._present: set[str] | None = None  # image ids at the last listing (None: not listed yet)
         self._resend = True
         self._wake = asyncio.Event()
 
@@ -119,15 +122,20 @@ class ImageInventory:
         """List the images, remove what the cache has no room for, report if the set changed."""
         images = await asyncio.to_thread(self.driver.images)
         now = self.clock()
-        for image in images:
-            if image.containers:
-                self.last_used[image.image_id] = now
         present = {i.image_id for i in images}
+        for image in images:
+            arrived = self._present is not None and image.image_id not in self._present
+            if image.containers or arrived:
+                self.last_used[image.image_id] = now
+        self._present = present
         for image_id in [i for i in self.last_used if i not in present]:
             del self.last_used[image_id]
         if self.config.image_cache is not None:
             images = await self._evict(images, self.config.image_cache, now)
-        names = sorted(set().union(*(names_of(i) for i in images)))[:MAX_IMAGES_HELD]
+        every = set().union(*(names_of(i) for i in images))
+        names = bounded(every)
+        if len(names) < len(every) and self.held != names:
+            log.warning("hostd.images_not_all_reported", held=len(every), reported=len(names))
         if self._resend or names != self.held:
             self._resend = False
             self.held = names

@@ -35,13 +35,16 @@ from potluck.allocator.scheduler import (
 )
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.host_images import (
+    MAX_IMAGES_HELD,
     HostImagesReported,
+    bounded,
     held_names,
     holds_image,
     image_keys,
     images_stream,
 )
 from potluck.contracts.image_reference import image_allowed
+from potluck.contracts.reports import ImagesHeld
 from potluck.events import RecordedEvent
 from potluck.events.schema import encode
 
@@ -244,3 +247,15 @@ def test_the_allocator_model_folds_the_images_each_host_reports() -> None:
     assert model.images_versions["h1"] == 2
     assert model.images_on("h2") == frozenset()
     assert host_snapshots(model.hosts, model.ledger, images=model.host_images) == []
+
+
+def test_a_report_fits_the_reports_stream_however_many_images_the_engine_holds() -> None:
+    """An engine with thousands of long names: the report keeps tags before digests, stays
+    within its bounds and, serialised, within the reports stream's 64 KiB messages."""
+    tags = [f"registry.example.org:5000/some/long/path/image-{n:05d}:v{n}" for n in range(3000)]
+    digests = [f"docker.io/library/img{n}@sha256:{n:064x}" for n in range(3000)]
+    names = bounded([*digests, *tags])
+    assert len(names) <= MAX_IMAGES_HELD
+    assert all("@" not in n for n in names)
+    assert len(ImagesHeld(images=names).model_dump_json()) < 64 * 1024
+    assert bounded(["b:1", "a:1", "a:1"]) == ["a:1", "b:1"]
