@@ -34,7 +34,8 @@ async def test_allocations_go_first_to_the_laptop_that_holds_the_image(
     """Tried: the image imported into engine A only; A donates 3 cpus, B 2; four allocations
     of 1 cpu each. Must hold: each hostd's report is logged (A's names the image, B's does
     not); the first three are placed on A (where they run), the fourth, with A full, on B;
-    A's registered disk is its donation less its image_cache."""
+    A's registered disk is its donation less its image_cache; an image that later reaches B's
+    engine is in B's next logged report."""
     engine_a, engine_b = docker_engines
     await asyncio.to_thread(
         import_rootfs,
@@ -84,3 +85,11 @@ async def test_allocations_go_first_to_the_laptop_that_holds_the_image(
     assert [host for _, host in placed] == [a.host_id] * 3 + [b.host_id], (placed, pool.logs())
     for alloc_id, _ in placed[:3]:
         await wait_for_status(pool, alloc_id, "running")
+
+    # B's engine gets the image too (by hand, as a member might): its hostd notices from the
+    # engine's events and the pool learns of it.
+    await asyncio.to_thread(import_rootfs, engine_b.url, rootfs_tarball(), IMAGE, changes=[])
+    deadline = asyncio.get_running_loop().time() + 15
+    while HELD_NAME not in await logged_images(pool, b.host_id):
+        assert asyncio.get_running_loop().time() < deadline, f"B's new image never logged\n{pool.logs()}"
+        await asyncio.sleep(0.2)
