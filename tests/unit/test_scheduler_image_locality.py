@@ -141,7 +141,7 @@ def test_held_names_normalise_tags_and_digests_and_drop_none() -> None:
 
 # --- properties ---------------------------------------------------------------------------------
 
-IMAGES = ["debian:12", "alpine:3", "ghcr.io/acme/tool:1"]
+IMAGES = ["debian:12", "alpine:3", "registry.example.org/acme/tool:1"]
 NAMES = [f"docker.io/library/{i}" if "/" not in i else i for i in IMAGES]
 
 
@@ -154,7 +154,7 @@ def _pools(draw: st.DrawFn) -> tuple[list[HostSnapshot], PlacementRequest]:
             reserved=draw(st.sampled_from([ZERO, cap(1, GIB)])),
             labels=draw(st.sampled_from([{}, {"zone": "home"}])),
             schedulable=draw(st.booleans()),
-            allowed_images=draw(st.sampled_from([(), ("debian:*",), ("ghcr.io/acme/*:*",)])),
+            allowed_images=draw(st.sampled_from([(), ("debian:*",), ("registry.example.org/acme/*:*",)])),
             held_images=frozenset(draw(st.lists(st.sampled_from(NAMES), max_size=3))),
         )
         for i in range(draw(st.integers(0, 7)))
