@@ -11,6 +11,7 @@ from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from potluck.contracts.host_images import MAX_IMAGES_HELD
 from potluck.events.bus import REPORT_PREFIX
 
 FailureReason = Literal[
@@ -103,7 +104,23 @@ class EngineStatus(Report):
     detail: str = ""
 
 
-AnyReport = ContainerStarted | ContainerExited | ContainerFailed | ActualState | UsageSampled | EngineStatus
+class ImagesHeld(Report):
+    """Every image the engine holds, by normalised name (tags and digests); sent after each
+    registration and whenever the set changes. At most MAX_IMAGES_HELD names (host_images.bounded)."""
+
+    kind: Literal["images"] = "images"
+    images: list[str] = Field(max_length=MAX_IMAGES_HELD)
+
+
+AnyReport = (
+    ContainerStarted
+    | ContainerExited
+    | ContainerFailed
+    | ActualState
+    | UsageSampled
+    | EngineStatus
+    | ImagesHeld
+)
 
 
 def report_subject(host_id: str, report: Report) -> str:

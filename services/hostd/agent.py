@@ -46,6 +46,7 @@ from potluck.hostd.containers import ContainerManager
 from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
 from potluck.hostd.exec_bridge import ExecBridge
 from potluck.hostd.gateway_link import keep_linked
+from potluck.hostd.image_inventory import ImageInventory
 from potluck.hostd.report_publisher import publish_until_stored
 from potluck.kernel.rejections import Rejected
 from potluck.kernel.ssh_identity import host_key_path, ssh_host_key
@@ -68,6 +69,12 @@ class Agent:
         self.driver = DockerDriver(config.docker_url, internal_networks=config.internal_network)
         self.outbox: TracedQueue[Report] = TracedQueue()
         self.containers = ContainerManager(config, self.driver, self.outbox.put_nowait)
+        self.images = ImageInventory(
+            config,
+            self.driver,
+            self.outbox.put_nowait,
+            wanted=lambda: [spec.image for spec in self.containers.desired.values()],
+        )
         self.positions = MemoryPositions()
         self.nc: NATS | None = None
         self.admin = "active"
@@ -108,6 +115,7 @@ class Agent:
                 self.containers.watch_engine(),
                 self.containers.guard_disk(),
                 self.containers.sample_usage(),
+                self.images.run(),
                 keep_linked(
                     self.host_id,
                     host_key_path(self.config.state_dir),
@@ -143,7 +151,7 @@ class Agent:
 
     async def _register(self, facts: EngineFacts) -> None:
         request = RegisterHost(
-            donated=self.config.donate.capacity(),
+            donated=self.config.placeable(),
             labels=self.config.labels,
             allowed_images=self.config.allowed_images,
             allow_network=self.config.allow_network,
@@ -166,6 +174,7 @@ class Agent:
                     raise HostdStopped(f"{error.get('message')}: run `potluck ops hosts enroll` first")
                 raise Rejected(str(error.get("code")), str(error.get("message")))
             self.admin = str(reply.data.get("admin", "active"))
+            self.images.resend()
             log.info("hostd.registered", host_id=self.host_id, admin=self.admin, donated=request.donated)
             return
 
