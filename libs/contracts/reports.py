@@ -11,6 +11,7 @@ from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from potluck.contracts.host_images import MAX_IMAGES_HELD
 from potluck.events.bus import REPORT_PREFIX
 
 FailureReason = Literal[
@@ -120,6 +121,14 @@ class EngineStatus(Report):
     detail: str = ""
 
 
+class ImagesHeld(Report):
+    """Every image the engine holds, by normalised name (tags and digests); sent after each
+    registration and whenever the set changes. At most MAX_IMAGES_HELD names (host_images.bounded)."""
+
+    kind: Literal["images"] = "images"
+    images: list[str] = Field(max_length=MAX_IMAGES_HELD)
+
+
 AnyReport = (
     ContainerStarted
     | ContainerExited
@@ -128,6 +137,7 @@ AnyReport = (
     | ActualState
     | UsageSampled
     | EngineStatus
+    | ImagesHeld
 )
 
 

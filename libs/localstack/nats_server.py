@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from potluck.localstack.errors import LocalStackError
-from potluck.localstack.ports import free_port, wait_for_port
-from potluck.localstack.process import ChildProcess
+from potluck.localstack.ports import free_port
+from potluck.localstack.process import ChildProcess, start_listening
 
 
 def nats_server_binary() -> str:
@@ -70,11 +70,7 @@ class NatsServer:
         return self._proc.pid
 
     def start(self) -> None:
-        self._proc.start()
-        try:
-            wait_for_port(self.port, what="nats-server", timeout=20)
-        except LocalStackError as exc:
-            raise LocalStackError(f"{exc}; its log says:\n{self._proc.log_tail()}") from exc
+        start_listening(self._proc, self.port, what="nats-server")
 
     def stop(self) -> None:
         self._proc.stop()

@@ -10,6 +10,7 @@ from typing import Any
 
 from potluck.localstack import reaper
 from potluck.localstack.errors import LocalStackError
+from potluck.localstack.ports import wait_for_port
 
 
 def as_user(user: str | None) -> dict[str, Any]:
@@ -83,3 +84,12 @@ class ChildProcess:
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
         self.stop(sig=signal.SIGKILL)
+
+
+def start_listening(proc: ChildProcess, port: int, *, what: str, timeout: float = 20) -> None:
+    """Start `proc` and wait until it accepts on loopback `port`; its log's tail if it never does."""
+    proc.start()
+    try:
+        wait_for_port(port, what=what, timeout=timeout)
+    except LocalStackError as exc:
+        raise LocalStackError(f"{exc}; its log says:\n{proc.log_tail()}") from exc

@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 from potluck.localstack.errors import LocalStackError
-from potluck.localstack.ports import free_port, wait_for_port
-from potluck.localstack.process import ChildProcess
+from potluck.localstack.ports import free_port
+from potluck.localstack.process import ChildProcess, start_listening
 
 
 def registry_binary() -> str:
@@ -92,11 +92,7 @@ class RegistryServer:
         return self._proc.pid
 
     def start(self) -> None:
-        self._proc.start()
-        try:
-            wait_for_port(self.port, what="docker-registry", timeout=20)
-        except LocalStackError as exc:
-            raise LocalStackError(f"{exc}; its log says:\n{self._proc.log_tail()}") from exc
+        start_listening(self._proc, self.port, what="docker-registry")
 
     def stop(self) -> None:
         self._proc.stop()

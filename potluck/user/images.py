@@ -23,7 +23,7 @@ from potluck.user.client import ClientError, ExitCode, Login
 def target_reference(prefix: str, image: str) -> str:
     """Where `image` goes in the user's namespace: `prefix` + its last path part and tag.
 
-    `sim:2` and `ghcr.example/team/sim:2` both become `<registry>/<user>/sim:2`;
+    `sim:2` and `registry.example.org/team/sim:2` both become `<registry>/<user>/sim:2`;
     an image without a tag is pushed as `latest`, as `docker push` would.
     """
     name, digest_sep, _ = image.partition("@")

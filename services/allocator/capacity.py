@@ -123,7 +123,9 @@ class CapacityLedger:
 # --- from the read models to the scheduler --------------------------------------------------
 
 
-def snapshot_of(state: HostState, reserved: Capacity = ZERO) -> HostSnapshot | None:
+def snapshot_of(
+    state: HostState, reserved: Capacity = ZERO, held_images: frozenset[str] = frozenset()
+) -> HostSnapshot | None:
     """A registered host as placement sees it; None for a host that donates nothing now.
 
     Hosts only enrolled, or deregistered by their member, are left out: they
@@ -139,21 +141,27 @@ def snapshot_of(state: HostState, reserved: Capacity = ZERO) -> HostSnapshot | N
         schedulable=state.schedulable,
         allowed_images=tuple(state.allowed_images),
         allow_network=state.allow_network,
+        held_images=held_images,
     )
 
 
 def host_snapshots(
-    view: HostsView, ledger: CapacityLedger, *, in_flight: Mapping[str, Capacity] | None = None
+    view: HostsView,
+    ledger: CapacityLedger,
+    *,
+    in_flight: Mapping[str, Capacity] | None = None,
+    images: Mapping[str, frozenset[str]] | None = None,
 ) -> list[HostSnapshot]:
     """Every registered host with what the ledger says it has reserved, plus the reservations
-    `in_flight` (queued for the log, not in the ledger yet), by host id."""
+    `in_flight` (queued for the log, not in the ledger yet), and the images it holds, by host id."""
     extra = in_flight or {}
+    held = images or {}
     snapshots = []
     for host_id in sorted(view.hosts):
         reserved = ledger.reserved(host_id)
         if host_id in extra:
             reserved = reserved + extra[host_id]
-        snapshot = snapshot_of(view.hosts[host_id], reserved)
+        snapshot = snapshot_of(view.hosts[host_id], reserved, held.get(host_id, frozenset()))
         if snapshot is not None:
             snapshots.append(snapshot)
     return snapshots

@@ -96,7 +96,12 @@ class Outlook:
 
     def place(self, wanted: Wanted, strategy: Strategy) -> Decision:
         """Where `wanted` goes now: Placed, Wait or Impossible (scheduler.py)."""
-        snapshots = host_snapshots(self.model.hosts, self.model.ledger, in_flight=self.reservations())
+        snapshots = host_snapshots(
+            self.model.hosts,
+            self.model.ledger,
+            in_flight=self.reservations(),
+            images=self.model.host_images,
+        )
         return place(snapshots, placement_request(wanted), strategy)
 
     def capacity_version(self, host_id: str) -> int:

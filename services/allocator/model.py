@@ -1,7 +1,8 @@
 """The allocator's read model: everything it decides on, folded from the log. Pure.
 
 `AllocatorModel` is a `Projection` (potluck.events): it folds host events into
-`HostsView`, the `capacity-<host>` streams into the `CapacityLedger`,
+`HostsView`, the `capacity-<host>` streams into the `CapacityLedger`, the
+`images-<host>` streams into what each host holds (`host_images`),
 allocation events into `AllocationsView`, users into `UsersView`, and keeps
 the version of each user's `quota-<user>` stream. No asyncio, no I/O, no
 decision: the allocator's engine feeds it through a `Fold` and decides on it,
@@ -25,6 +26,7 @@ from potluck.allocator.schemas import CapacityFigures, Pool, PoolHost
 from potluck.allocator.users import UsersView
 from potluck.contracts.allocation_events import QuotaCharged
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.host_images import HostImagesReported
 from potluck.events import Event, RecordedEvent
 from potluck.readmodels.allocations import ACTIVE, AllocationState, AllocationsView
 from potluck.readmodels.hosts import HostsView
@@ -32,7 +34,8 @@ from potluck.readmodels.hosts import HostsView
 __all__ = ["CATEGORIES", "AllocatorModel", "figures", "passed_over"]
 
 #: The stream categories the allocator folds.
-CATEGORIES = frozenset({"host", "capacity", "alloc", "user", "quota"})
+CATEGORIES = frozenset({"host", "capacity", "alloc", "user", "quota", "images"})
+_NOTHING: frozenset[str] = frozenset()
 
 ZERO = Capacity.model_construct(cpus=0.0, memory_bytes=0, disk_bytes=0)
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -57,6 +60,10 @@ class AllocatorModel:
     users: UsersView = field(default_factory=UsersView)
     #: Version of each user's `quota-<user>` stream, as folded.
     quota_versions: dict[str, int] = field(default_factory=dict)
+    #: The images each host last reported holding (normalised names), and the version of its
+    #: `images-<host>` stream.
+    host_images: dict[str, frozenset[str]] = field(default_factory=dict)
+    images_versions: dict[str, int] = field(default_factory=dict)
 
     # Folding.
 
@@ -74,6 +81,10 @@ class AllocatorModel:
                     self.quota_versions[event.user] = record.version
             case "user":
                 self.users.apply(event)
+            case "images":
+                if isinstance(event, HostImagesReported):
+                    self.host_images[event.host_id] = frozenset(event.images)
+                    self.images_versions[event.host_id] = record.version
 
     def passed_over(self, record: RecordedEvent) -> None:
         """An event of `record.stream` the Fold could not read: count its version."""
@@ -91,8 +102,14 @@ class AllocatorModel:
                     self.allocations.allocations[stream_id] = alloc
             case "quota":
                 self.quota_versions[stream_id] = record.version
+            case "images":
+                self.images_versions[stream_id] = record.version
 
     # Queries.
+
+    def images_on(self, host_id: str) -> frozenset[str]:
+        """What the host last reported holding (nothing, before its first report)."""
+        return self.host_images.get(host_id, _NOTHING)
 
     def allocations_of(self, user: str, status: str | None = None) -> list[AllocationState]:
         """The user's allocations (in `status`, when given), oldest request first."""

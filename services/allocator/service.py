@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from pydantic import TypeAdapter, ValidationError
 
 from potluck.allocator.engine import AllocatorEngine
+from potluck.allocator.image_locality import record_images_held
 from potluck.allocator.image_tokens import image_token_responder
 from potluck.allocator.lifecycle import Decision, decide, decide_actual_state
 from potluck.allocator.live_state import state_responder
@@ -26,7 +27,7 @@ from potluck.allocator.model import passed_over
 from potluck.allocator.pool_registry import PoolRegistry
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.contracts.messages import DesiredAllocation, DesiredState, Reply
-from potluck.contracts.reports import ActualState, AnyReport, EngineStatus, UsageSampled
+from potluck.contracts.reports import ActualState, AnyReport, EngineStatus, ImagesHeld, UsageSampled
 from potluck.contracts.subjects import ALLOCATOR_STATE, DESIRED, IMAGE_TOKEN, host_of, inbox_prefix
 from potluck.events import (
     REPORTS_STREAM,
@@ -174,6 +175,9 @@ class AllocatorService:
             (log.info if report.available else log.warning)(
                 "allocator.host_engine", host_id=host_id, available=report.available, detail=report.detail
             )
+            return
+        if isinstance(report, ImagesHeld):
+            await record_images_held(self.store, host_id, report)
             return
 
         async def attempt() -> None:

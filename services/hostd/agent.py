@@ -54,6 +54,7 @@ from potluck.hostd.containers import ContainerManager
 from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
 from potluck.hostd.exec_bridge import ExecBridge
 from potluck.hostd.gateway_link import keep_linked
+from potluck.hostd.image_inventory import ImageInventory
 from potluck.hostd.image_pull import ImagePuller, PullFailed
 from potluck.hostd.report_publisher import publish_until_stored
 from potluck.kernel.rejections import Rejected
@@ -80,9 +81,16 @@ class Agent:
             config.docker_url,
             self.outbox.put_nowait,
             self._image_token,
-            disk_limit_bytes=config.donate.capacity().disk_bytes,
+            # The disk kept for images when the member set one, else all the donated disk.
+            disk_limit_bytes=int(config.image_cache or config.donate.disk),
         )
         self.containers = ContainerManager(config, self.driver, self.outbox.put_nowait, puller)
+        self.images = ImageInventory(
+            config,
+            self.driver,
+            self.outbox.put_nowait,
+            wanted=lambda: [spec.image for spec in self.containers.desired.values()],
+        )
         self.positions = MemoryPositions()
         self.nc: NATS | None = None
         self.admin = "active"
@@ -123,6 +131,7 @@ class Agent:
                 self.containers.watch_engine(),
                 self.containers.guard_disk(),
                 self.containers.sample_usage(),
+                self.images.run(),
                 keep_linked(
                     self.host_id,
                     host_key_path(self.config.state_dir),
@@ -177,7 +186,7 @@ class Agent:
 
     async def _register(self, facts: EngineFacts) -> None:
         request = RegisterHost(
-            donated=self.config.donate.capacity(),
+            donated=self.config.placeable(),
             labels=self.config.labels,
             allowed_images=self.config.allowed_images,
             allow_network=self.config.allow_network,
@@ -200,6 +209,7 @@ class Agent:
                     raise HostdStopped(f"{error.get('message')}: run `potluck ops hosts enroll` first")
                 raise Rejected(str(error.get("code")), str(error.get("message")))
             self.admin = str(reply.data.get("admin", "active"))
+            self.images.resend()
             log.info("hostd.registered", host_id=self.host_id, admin=self.admin, donated=request.donated)
             return
 

@@ -8,6 +8,7 @@
     allowed_images = ["potluck-test:*", "debian:*"]   # see below; empty = any image
     allow_network = false       # may containers here have a network? (see below)
     internal_network = false    # true: their network has no route out (see below)
+    image_cache = "5G"          # images kept on this machine, out of donate.disk (see below)
 
     [donate]            # the most this machine gives the pool, all allocations together
     cpus = 2
@@ -22,6 +23,8 @@
     drain_grace_s = 300         # running work gets this long to finish after `drain`
     usage_interval_s = 30
     disk_check_interval_s = 10  # how often writable layers are measured (no engine quota)
+    image_scan_interval_s = 30  # images are listed at least this often (and on every image event)
+    image_idle_s = 120          # an image no container has used for this long may be removed
 
     [[gateways]]        # SSH gateways this machine keeps connected to (outbound; no port opens)
     address = "gateway.example:2223"
@@ -33,8 +36,8 @@ Relative paths are taken from the configuration file's folder.
 run of characters) and `?` (one), matched part by part: registry, each
 component of the repository, tag, digest (see potluck.contracts.image_reference).
 `*` never spans `/`, `:` or `@`: `debian:*` is every tag of Docker Hub's debian
-and not `debian:5000/evil/img:1` (registry `debian:5000`); `ghcr.io/acme/*:*`
-is every tag of every image directly under ghcr.io/acme. No tag means
+and not `debian:5000/evil/img:1` (registry `debian:5000`); `registry.example.org/acme/*:*`
+is every tag of every image directly under registry.example.org/acme. No tag means
 `:latest`, as with `docker pull`. An entry that is not a valid pattern stops
 hostd at start, naming it.
 
@@ -47,19 +50,31 @@ included, through the engine's NAT. Without networking a container has only
 its loopback. `internal_network = true` makes those networks internal (no
 route out at all): for engines that run without iptables (`--iptables=false`),
 where Docker cannot keep bridge networks apart, and for tests.
+
+`image_cache` (default: unset): the most disk the engine's images may take.
+It is carved out of `donate.disk`: hostd registers `donate.disk - image_cache`
+as the disk allocations' writable layers may reserve, so images and containers
+together stay within what the member donated; it must be smaller than
+`donate.disk`. When the images take more, hostd removes images, least recently
+used first, until they fit: never one a container (running or stopped) was made
+from, never one an allocation placed here is waiting for, never one named
+exactly (no wildcard) in `allowed_images` (the member's own base images), and
+never one used or pulled in the last `image_idle_s`. Unset, hostd removes no
+image and registers all of `donate.disk` (images are then the member's to
+manage).
 """
 
 import os
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.image_reference import InvalidReference, image_allowed, parse_pattern
 from potluck.contracts.subjects import validate_host_id
 from potluck.hostd.gateway_link import GatewayLink
-from potluck.kernel.sizes import Size
+from potluck.kernel.sizes import Size, format_size
 
 
 class ConfigError(Exception):
@@ -84,6 +99,8 @@ class Timing(BaseModel):
     drain_grace_s: float = Field(default=300.0, ge=0)
     usage_interval_s: float = Field(default=30.0, gt=0)
     disk_check_interval_s: float = Field(default=10.0, gt=0)
+    image_scan_interval_s: float = Field(default=30.0, gt=0)
+    image_idle_s: float = Field(default=120.0, ge=0)
 
 
 class HostdConfig(BaseModel):
@@ -97,6 +114,7 @@ class HostdConfig(BaseModel):
     allowed_images: list[str] = Field(default_factory=list)
     allow_network: bool = False
     internal_network: bool = False
+    image_cache: Size | None = Field(default=None, gt=0)
     donate: Donation
     labels: dict[str, str] = Field(default_factory=dict)
     timing: Timing = Field(default_factory=Timing)
@@ -130,6 +148,31 @@ class HostdConfig(BaseModel):
         if not value.startswith(("unix://", "tcp://", "ssh://")):
             raise ValueError("must be unix:///path/docker.sock, tcp://host:port or ssh://...")
         return value
+
+    @model_validator(mode="after")
+    def _image_cache_within_donation(self) -> "HostdConfig":
+        if self.image_cache is not None and self.image_cache >= self.donate.disk:
+            raise ValueError(
+                f"image_cache ({format_size(self.image_cache)}) must be smaller than donate.disk "
+                f"({format_size(self.donate.disk)}): images are kept out of the donated disk, "
+                "and allocations need the rest"
+            )
+        return self
+
+    def placeable(self) -> Capacity:
+        """What allocations may reserve here: the donation, less the disk kept for images."""
+        donated = self.donate.capacity()
+        if self.image_cache is None:
+            return donated
+        return Capacity(
+            cpus=donated.cpus,
+            memory_bytes=donated.memory_bytes,
+            disk_bytes=donated.disk_bytes - self.image_cache,
+        )
+
+    def base_images(self) -> list[str]:
+        """The `allowed_images` entries that name one image (no wildcard): kept in the cache."""
+        return [text for text in self.allowed_images if "*" not in text and "?" not in text]
 
     def image_allowed(self, image: str) -> bool:
         return image_allowed(self.allowed_images, image)

@@ -53,6 +53,8 @@ __all__ = [
 ]  # fmt: skip
 
 WATCHED_EVENTS = ("start", "die", "oom")
+#: Image events, and the container events that start or end an image's use.
+IMAGE_EVENTS = ("pull", "tag", "untag", "delete", "import", "load", "create", "destroy")
 
 
 def _connect_closing_on_error(self: Any) -> None:
@@ -479,3 +481,77 @@ class DockerDriver:
         with self._errors(f"following events of host {host_id}") as client:
             raw = client.api.events(since=since, until=until, filters=filters, decode=True)
         return EventStream(raw, self.base_url, follows=until is None)
+
+    # Images held (image_inventory.py keeps the cache; these only read and remove).
+
+    def images(self) -> list["EngineImage"]:
+        """Every image the engine holds, with the containers (any state, anyone's) made from it."""
+        with self._errors("listing images") as client:
+            raw_images = client.api.images()
+            users: dict[str, int] = {}
+            for container in client.api.containers(all=True):
+                image_id = container.get("ImageID") or ""
+                users[image_id] = users.get(image_id, 0) + 1
+        return [
+            EngineImage(
+                image_id=str(raw["Id"]),
+                tags=tuple(t for t in raw.get("RepoTags") or () if t != "<none>:<none>"),
+                digests=tuple(d for d in raw.get("RepoDigests") or () if not d.startswith("<none>")),
+                size=int(raw.get("Size") or 0),
+                created=int(raw.get("Created") or 0),
+                containers=users.get(str(raw["Id"]), 0),
+            )
+            for raw in raw_images
+        ]
+
+    def remove_image(self, image: "EngineImage") -> None:
+        """Untag each of its tags (the last one deletes it), or delete it by id if it has none;
+        never forced, so the engine itself refuses an image a container was made from."""
+        with self._errors(f"removing image {image.image_id[:19]}") as client:
+            for name in image.tags or (image.image_id,):
+                client.api.remove_image(name, force=False, noprune=False)
+
+    def image_events(self) -> "ImageEvents":
+        """Events that change which images the engine holds or uses (pull, tag, untag, delete,
+        ...; a container made or removed), as they happen; iterate in a thread."""
+        filters = {"type": ["image", "container"], "event": list(IMAGE_EVENTS)}
+        with self._errors("following image events") as client:
+            raw = client.api.events(filters=filters, decode=True)
+        return ImageEvents(raw, self.base_url)
+
+
+@dataclass(frozen=True)
+class EngineImage:
+    image_id: str
+    tags: tuple[str, ...]
+    digests: tuple[str, ...]
+    size: int
+    #: When the engine built or pulled it (unix seconds).
+    created: int
+    #: Containers (any state) made from it.
+    containers: int
+
+
+class ImageEvents:
+    """The action of each image event; ends (EngineUnavailable) when the engine goes away."""
+
+    def __init__(self, stream: Any, base_url: str) -> None:
+        self._stream = stream
+        self._base_url = base_url
+        self._closed = False
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for raw in self._stream:
+                yield str(raw.get("Action") or raw.get("status") or "")
+        except (requests.RequestException, OSError) as exc:
+            if not self._closed:
+                raise EngineUnavailable(f"image events from {self._base_url} broke: {exc}") from exc
+            return
+        if not self._closed:
+            raise EngineUnavailable(f"image events from {self._base_url} ended: the engine stopped?")
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._stream.close()

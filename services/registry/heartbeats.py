@@ -23,7 +23,7 @@ from potluck.events import TRANSIENT_DB_ERRORS, Event, EventStore
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostState, HostsView
 from potluck.registry import host as aggregate
-from potluck.registry.host_rate import HostRates, RatePolicy
+from potluck.registry.host_rate import HostRates, RatePolicy, log_refusal
 from potluck.registry.liveness import LastSeen, LivenessPolicy
 from potluck.registry.replies import first_error
 from potluck.registry.repository import Decision, decide_on_host
@@ -60,15 +60,7 @@ class LivenessWatch:
         verdict = self.rates.check(host_id, time.monotonic())
         if not verdict.allowed:
             # Ignored, not counted as a beat: a host beating in a loop is not thereby more alive.
-            if verdict.log:
-                log.warning(
-                    "registry.host_rate_exceeded",
-                    host_id=host_id,
-                    subject=msg.subject,
-                    refused_in_a_row=verdict.streak,
-                    refused=self.rates.refused[host_id],
-                    per_s=self.rates.policy.per_s,
-                )
+            log_refusal(self.rates, verdict, host_id, msg.subject)
             return
         try:
             Heartbeat.model_validate_json(msg.data)

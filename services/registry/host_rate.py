@@ -9,13 +9,18 @@ is ignored. The first refusal of a streak is logged (then one log line per
 `log_every` refusals, so a loop cannot flood the log either), and every one is
 counted per host.
 
-Pure: the clock is a parameter, so the policy is tested without waiting.
+The policy is pure: the clock is a parameter, so it is tested without waiting.
+`log_refusal` is the one place the refusal's log line is written.
 """
 
 from collections import Counter
 from dataclasses import dataclass
 
-__all__ = ["Bucket", "HostRates", "RatePolicy"]
+import structlog
+
+__all__ = ["Bucket", "HostRates", "RatePolicy", "Verdict", "log_refusal"]
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,3 +96,17 @@ class HostRates:
         if len(self._buckets) >= self.max_hosts:
             # Every host is busy: forget the oldest, which at worst gives it a fresh burst.
             del self._buckets[next(iter(self._buckets))]
+
+
+def log_refusal(rates: HostRates, verdict: Verdict, host_id: str, subject: str) -> None:
+    """Log a refusal when `verdict` says this one is logged (the first of a streak, then sparsely)."""
+    if verdict.log:
+        log.warning(
+            "registry.host_rate_exceeded",
+            host_id=host_id,
+            subject=subject,
+            refused_in_a_row=verdict.streak,
+            refused=rates.refused[host_id],
+            per_s=rates.policy.per_s,
+            burst=rates.policy.burst,
+        )

@@ -24,7 +24,7 @@ from potluck.contracts.messages import Reply
 from potluck.contracts.subjects import host_of, inbox_prefix
 from potluck.events.replies import ReplyGuard
 from potluck.kernel.rejections import Rejected
-from potluck.registry.host_rate import HostRates
+from potluck.registry.host_rate import HostRates, log_refusal
 
 __all__ = ["HostHandler", "HostRequestGate", "answer", "first_error"]
 
@@ -62,16 +62,7 @@ class HostRequestGate:
         # refused reply subjects are logged at most at the pace it is allowed.
         verdict = self.rates.check(host_id, self.clock())
         if not verdict.allowed:
-            if verdict.log:
-                log.warning(
-                    "registry.host_rate_exceeded",
-                    host_id=host_id,
-                    subject=msg.subject,
-                    refused_in_a_row=verdict.streak,
-                    refused=self.rates.refused[host_id],
-                    per_s=self.rates.policy.per_s,
-                    burst=self.rates.policy.burst,
-                )
+            log_refusal(self.rates, verdict, host_id, msg.subject)
             refusal = Rejected(
                 "RATE_LIMITED",
                 f"host {host_id} asks faster than {self.rates.policy.per_s:g} requests a second; slow down",

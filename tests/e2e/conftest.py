@@ -38,6 +38,7 @@ async def laptop(pool: Pool, docker_engines: list[DockerEngine]) -> EnrolledHost
     pool.write_config(host, docker_engines[0])
     pool.start_hostd(host)
     await pool.wait_for_host(host.host_id, "online")
+    await pool.wait_for_images(host.host_id)
     return host
 
 
@@ -101,6 +102,7 @@ async def gatewayed(pool: Pool, docker_engines: list[DockerEngine], tmp_path: Pa
     )
     pool.start_hostd(host)
     await pool.wait_for_host(host.host_id, "online")
+    await pool.wait_for_images(host.host_id)
     await asyncio.to_thread(wait_for_port, ssh_port, what="the SSH gateway", timeout=30)
     await pool.wait_api()
     key = tmp_path / "id_alice"

@@ -570,10 +570,10 @@ def test_the_real_compose_tool_validates_the_compose_file(profiles: tuple[str, .
 
 def test_the_dockerfile_is_a_debian_image_of_this_repository() -> None:
     """Not built here: its base image, python:3.11-slim-bookworm, comes from Docker Hub, and no
-    container registry (Docker Hub, ghcr.io, quay.io, mirror.gcr.io) can be reached from this
-    machine, only package registries (Debian, PyPI), so `docker build` would fail at its FROM
-    line. The file's instructions, base and references are checked instead; `docker compose
-    build` builds it wherever Docker Hub answers."""
+    container registry can be reached from this machine, only package registries (Debian,
+    PyPI), so `docker build` would fail at its FROM line. The file's instructions, base and
+    references are checked instead; `docker compose build` builds it wherever Docker Hub
+    answers."""
     instructions = {
         "FROM",
         "ENV",

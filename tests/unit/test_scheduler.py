@@ -577,7 +577,7 @@ def _network_pools(draw: st.DrawFn) -> tuple[list[HostSnapshot], PlacementReques
             cap(draw(st.sampled_from([1, 2, 4])), draw(st.sampled_from([1, 4])) * GIB),
             reserved=draw(st.sampled_from([ZERO, cap(1, GIB)])),
             schedulable=draw(st.booleans()),
-            allowed_images=draw(st.sampled_from([(), ("debian:*",), ("ghcr.io/acme/*:*",)])),
+            allowed_images=draw(st.sampled_from([(), ("debian:*",), ("registry.example.org/acme/*:*",)])),
             allow_network=draw(st.booleans()),
         )
         for i in range(draw(st.integers(0, 6)))
@@ -585,7 +585,11 @@ def _network_pools(draw: st.DrawFn) -> tuple[list[HostSnapshot], PlacementReques
     req = PlacementRequest(
         "r",
         cap(draw(st.sampled_from([0.5, 1, 3])), GIB),
-        image=draw(st.sampled_from([None, "debian:12", "ghcr.io/acme/tool:1", "debian:5000/acme/tool:1"])),
+        image=draw(
+            st.sampled_from(
+                [None, "debian:12", "registry.example.org/acme/tool:1", "debian:5000/acme/tool:1"]
+            )
+        ),
         network=draw(st.booleans()),
     )
     return hosts, req
