@@ -203,7 +203,7 @@ def allocator(
 
         engine = AllocatorEngine(store, strategy=strategy)  # type: ignore[arg-type]
         watch_allocator(pool_metrics(), engine)
-        await AllocatorService(store, nc, engine).run(
+        await AllocatorService(store, nc, engine, registry=registry).run(
             lambda: serve_http(engine, host, port, registry=registry)
         )
 

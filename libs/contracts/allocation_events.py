@@ -55,6 +55,28 @@ class AllocationPlaced(HostAllocationEvent):
 
 
 @event_type
+class AllocationPulling(AllocationEvent):
+    """The host it is placed on lacks its image and began pulling it.
+
+    Not routed to the host (no routing field): the host already knows, it said so.
+    """
+
+    host_id: str
+    image: str
+    done_bytes: int = 0
+    total_bytes: int = 0
+
+
+@event_type
+class AllocationPullProgressed(AllocationEvent):
+    """How far the pull has come (logged at most every few seconds per allocation)."""
+
+    host_id: str
+    done_bytes: int
+    total_bytes: int
+
+
+@event_type
 class AllocationRunning(HostAllocationEvent):
     container_id: str
 

@@ -46,6 +46,29 @@ _PATTERN_PATH_COMPONENT = re.compile(r"[a-z0-9._\-*?]+")
 _PATTERN_TAG = re.compile(r"[\w.\-*?]{1,128}")
 _PATTERN_DIGEST = re.compile(r"[A-Za-z0-9+._\-:*?]+")
 
+#: The whole reference grammar as one pattern, ASCII only and valid both in ECMA 262 and in Python:
+#: the API publishes it in its JSON schema, so what the schema admits is what parse_reference reads.
+_P_ALNUM = "[a-z0-9]+"
+_P_COMPONENT = f"{_P_ALNUM}(?:(?:[._]|__|-+){_P_ALNUM})*"
+_P_DOMAIN_COMPONENT = "(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+# As _split decides: the first part is a registry only if it has a '.' or a port, is
+# `localhost`, or has capitals; otherwise it is the repository's first component. (IPv6
+# registries are left out of the pattern: no laptop pool names one.)
+_P_UPPER_COMPONENT = (
+    "(?:[A-Z]|[A-Z][a-zA-Z0-9-]*[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[A-Z]"
+    "|[a-zA-Z0-9][a-zA-Z0-9-]*[A-Z][a-zA-Z0-9-]*[a-zA-Z0-9])"
+)
+_P_HOST = (
+    f"(?:{_P_DOMAIN_COMPONENT}(?:(?:\\.{_P_DOMAIN_COMPONENT})+(?::[0-9]+)?|:[0-9]+)"
+    f"|localhost|{_P_UPPER_COMPONENT})"
+)
+_P_TAG = "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_P_DIGEST = "[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+# A first component followed by '/' and holding a '.' would be read as a registry: none here.
+_P_FIRST = f"{_P_ALNUM}(?:(?:_|__|-+){_P_ALNUM})*"
+_P_NAME = f"(?:{_P_HOST}/{_P_COMPONENT}(?:/{_P_COMPONENT})*|{_P_FIRST}(?:/{_P_COMPONENT})+|{_P_COMPONENT})"
+REFERENCE_PATTERN = f"^{_P_NAME}(?::{_P_TAG})?(?:@{_P_DIGEST})?$"
+
 
 class InvalidReference(ValueError):
     """Not an image reference (or pattern); the message says which part is wrong."""

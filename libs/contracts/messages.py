@@ -2,7 +2,9 @@
 
 hostd and the member CLI ask the registry (RegisterHost, ControlHost, and
 Heartbeat on its own subject); hostd asks the allocator for its desired state
-(DesiredState). Every request subject ends in the host id (see subjects.py).
+(DesiredState) and for a token to pull an allocation's image from the pool
+registry (ImageTokenRequest, answered with an ImageToken). Every request
+subject ends in the host id (see subjects.py).
 """
 
 from datetime import datetime
@@ -57,3 +59,19 @@ class DesiredState(Message):
 
     position: int
     allocations: list[DesiredAllocation]
+
+
+class ImageTokenRequest(Message):
+    """A host asks to pull `image` for its allocation `alloc_id` from the pool registry."""
+
+    alloc_id: str = Field(min_length=1, max_length=128)
+    image: str = Field(min_length=1, max_length=512)
+
+
+class ImageToken(Message):
+    """A registry token that lets one host pull one repository of the pool registry, briefly."""
+
+    registry: str
+    repository: str
+    token: str = Field(repr=False)
+    expires_in: int

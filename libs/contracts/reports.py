@@ -18,6 +18,7 @@ FailureReason = Literal[
     "image_not_allowed",
     "network_not_allowed",
     "image_not_available",
+    "image_pull_failed",
     "limits_not_applied",
     "disk_limit_exceeded",
     "engine_unavailable",
@@ -81,6 +82,22 @@ class ActualState(Report):
     # not have their container yet, and must not be judged by this report.
     as_of_position: int = Field(ge=0)
     containers: list[ContainerStatus]
+    #: Allocations with no container yet because their image is being pulled: not missing.
+    pulling: list[str] = Field(default_factory=list)
+
+
+class ContainerPulling(Report):
+    """The allocation's image is being pulled: sent when the pull starts and every few seconds.
+
+    `total_bytes` is what the layers being fetched announced so far (0 until known);
+    both count compressed bytes as the registry sends them.
+    """
+
+    kind: Literal["pulling"] = "pulling"
+    alloc_id: str
+    image: str
+    done_bytes: int = Field(default=0, ge=0)
+    total_bytes: int = Field(default=0, ge=0)
 
 
 class UsageSample(BaseModel):
@@ -116,6 +133,7 @@ AnyReport = (
     ContainerStarted
     | ContainerExited
     | ContainerFailed
+    | ContainerPulling
     | ActualState
     | UsageSampled
     | EngineStatus

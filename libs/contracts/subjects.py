@@ -15,6 +15,7 @@ __all__ = [
     "DESIRED",
     "HEARTBEAT",
     "HOST_ID_ALPHABET",
+    "IMAGE_TOKEN",
     "LIST_HOSTS",
     "REGISTER",
     "REPORT_PREFIX",
@@ -37,6 +38,8 @@ REGISTER = f"{RPC_PREFIX}.registry.register"
 CONTROL = f"{RPC_PREFIX}.registry.control"
 STATUS = f"{RPC_PREFIX}.registry.status"
 DESIRED = f"{RPC_PREFIX}.allocator.desired"
+#: A registry token to pull the image of one of the host's own allocations (ImageTokenRequest).
+IMAGE_TOKEN = f"{RPC_PREFIX}.allocator.image_token"
 #: Heartbeats (core NATS, no stream), followed by `.<host_id>`.
 HEARTBEAT = "potluck.hb"
 

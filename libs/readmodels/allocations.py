@@ -1,6 +1,6 @@
 """Pure fold of allocation events into allocation state: the allocator's read model.
 
-Lifecycle: pending -> placed -> running -> exited | failed | lost | expired |
+Lifecycle: pending -> placed [-> pulling] -> running -> exited | failed | lost | expired |
 released, or pending -> refused. `desired_for(host)` is what a host should be
 running: the snapshot a hostd asks for at start.
 """
@@ -18,6 +18,8 @@ from potluck.contracts.allocation_events import (
     AllocationFailed,
     AllocationLost,
     AllocationPlaced,
+    AllocationPulling,
+    AllocationPullProgressed,
     AllocationRefused,
     AllocationReleased,
     AllocationRequested,
@@ -27,11 +29,14 @@ from potluck.contracts.allocation_events import (
 from potluck.events import Event
 
 AllocationStatus = Literal[
-    "pending", "placed", "running", "exited", "failed", "lost", "expired", "released", "refused"
+    "pending", "placed", "pulling", "running", "exited", "failed", "lost", "expired", "released", "refused"
 ]
 TERMINAL: frozenset[str] = frozenset({"exited", "failed", "lost", "expired", "released", "refused"})
-#: States in which the allocation holds capacity on a host and wants a container there.
-ACTIVE: frozenset[str] = frozenset({"placed", "running"})
+#: States in which the allocation holds capacity on a host and wants a container there
+#: (`pulling`: placed, and its host is fetching the image first).
+ACTIVE: frozenset[str] = frozenset({"placed", "pulling", "running"})
+#: Active, with no container yet.
+STARTING: frozenset[str] = frozenset({"placed", "pulling"})
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,13 @@ class AllocationState:
     exit_code: int | None = None
     oom_killed: bool = False
     reason: str | None = None
+    #: What the host said went wrong, when it failed (e.g. which image, which registry).
+    detail: str | None = None
+    #: How far the host's pull of the image came (bytes, as last logged); None: never pulled.
+    pull_done_bytes: int | None = None
+    pull_total_bytes: int | None = None
+    #: When the last pull progress was logged (the allocator logs it at most every few seconds).
+    pull_logged_at: datetime | None = None
     version: int = 0
     placed_position: int | None = None
     requested_at: datetime | None = None
@@ -101,12 +113,27 @@ def evolve(
                 expires_at=event.expires_at,
                 placed_position=position,
             )
+        case AllocationPulling():
+            return replace(
+                state,
+                status="pulling",
+                pull_done_bytes=event.done_bytes,
+                pull_total_bytes=event.total_bytes,
+                pull_logged_at=at,
+            )
+        case AllocationPullProgressed():
+            return replace(
+                state,
+                pull_done_bytes=event.done_bytes,
+                pull_total_bytes=event.total_bytes,
+                pull_logged_at=at,
+            )
         case AllocationRunning():
             return replace(state, status="running", container_id=event.container_id)
         case AllocationExited():
             return replace(state, status="exited", exit_code=event.exit_code, oom_killed=event.oom_killed)
         case AllocationFailed():
-            return replace(state, status="failed", reason=event.reason)
+            return replace(state, status="failed", reason=event.reason, detail=event.detail or None)
         case AllocationLost():
             return replace(state, status="lost", reason="host lost")
         case AllocationExpired():

@@ -67,6 +67,12 @@ def _show(allocation: dict[str, Any], as_json: bool) -> None:
         out.print(_table([allocation]))
         if allocation.get("reason"):
             out.print(f"reason: {allocation['reason']}", highlight=False)
+        if allocation.get("detail"):
+            out.print(f"detail: {allocation['detail']}", highlight=False)
+        pull = allocation.get("pull")
+        if allocation.get("state") == "pulling" and pull:
+            total = _size(pull["total_bytes"]) if pull["total_bytes"] else "?"
+            out.print(f"pulling the image: {_size(pull['done_bytes'])} of {total}", highlight=False)
 
 
 @click.command()
@@ -182,7 +188,7 @@ def _wait(created: dict[str, Any], timeout: float, as_json: bool) -> dict[str, A
             )
             if status is not None:
                 status.update(f"waiting for {created['id']} to run ({current['state']})")
-            if current["state"] not in ("pending", "placed"):
+            if current["state"] not in ("pending", "placed", "pulling"):
                 return current
     finally:
         if status is not None:

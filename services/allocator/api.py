@@ -47,7 +47,7 @@ AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
 PUBLIC = frozenset({"/healthz", "/readyz", "/v1/openapi.json", TOKEN_PATH})
 MAX_WAIT_S = 300.0
 MAX_BODY = 256 * 1024
-STATES = frozenset({"pending", "placed", "running", *TERMINAL})
+STATES = frozenset({"pending", "placed", "pulling", "running", *TERMINAL})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

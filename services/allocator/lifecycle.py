@@ -7,10 +7,13 @@ append.
 """
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from potluck.contracts.allocation_events import (
     AllocationExited,
     AllocationFailed,
+    AllocationPulling,
+    AllocationPullProgressed,
     AllocationRunning,
     CapacityFreed,
     alloc_stream,
@@ -21,10 +24,14 @@ from potluck.contracts.reports import (
     AnyReport,
     ContainerExited,
     ContainerFailed,
+    ContainerPulling,
     ContainerStarted,
 )
 from potluck.events import Event, PoisonMessage
-from potluck.readmodels.allocations import ACTIVE, AllocationState
+from potluck.readmodels.allocations import ACTIVE, STARTING, AllocationState
+
+#: Pull progress is logged at most this often per allocation: enough to watch, not a flood of events.
+PULL_PROGRESS_EVERY = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -61,11 +68,47 @@ def ended(state: AllocationState, host_id: str, event: Event) -> Decision:
     return Decision(state.alloc_id, [event], host_id, freed, state.version)
 
 
-def decide(state: AllocationState | None, host_id: str, report: AnyReport) -> Decision | None:
+def pulling(
+    current: AllocationState, host_id: str, report: ContainerPulling, now: datetime
+) -> Decision | None:
+    """The first pull report makes the allocation `pulling`; later ones are logged as progress,
+    throttled to PULL_PROGRESS_EVERY (and once more when the pull has all it announced)."""
+    if current.status == "placed":
+        started = AllocationPulling(
+            alloc_id=current.alloc_id,
+            host_id=host_id,
+            image=current.spec.image,
+            done_bytes=report.done_bytes,
+            total_bytes=report.total_bytes,
+        )
+        return Decision(current.alloc_id, [started], expected=current.version)
+    if current.status != "pulling":
+        return None  # running already, or ended: a late report
+    if (report.done_bytes, report.total_bytes) == (current.pull_done_bytes, current.pull_total_bytes):
+        return None
+    complete = report.total_bytes > 0 and report.done_bytes >= report.total_bytes
+    last = current.pull_logged_at
+    if not complete and last is not None and now - last < PULL_PROGRESS_EVERY:
+        return None
+    progressed = AllocationPullProgressed(
+        alloc_id=current.alloc_id,
+        host_id=host_id,
+        done_bytes=report.done_bytes,
+        total_bytes=report.total_bytes,
+    )
+    return Decision(current.alloc_id, [progressed], expected=current.version)
+
+
+def decide(
+    state: AllocationState | None, host_id: str, report: AnyReport, *, now: datetime | None = None
+) -> Decision | None:
     match report:
+        case ContainerPulling():
+            current = _check_host(state, report.alloc_id, host_id)
+            return pulling(current, host_id, report, now or datetime.now(UTC))
         case ContainerStarted():
             current = _check_host(state, report.alloc_id, host_id)
-            if current.status != "placed":
+            if current.status not in STARTING:
                 return None
             running = AllocationRunning(
                 alloc_id=current.alloc_id, host_id=host_id, container_id=report.container_id
@@ -107,11 +150,14 @@ def decide_actual_state(
 ) -> list[Decision]:
     """Allocations active on this host that the host's own account contradicts."""
     seen = {c.alloc_id: c for c in report.containers}
+    fetching = set(report.pulling)
     decisions: list[Decision] = []
     for state in allocations:
         if state.host_id != host_id or state.status not in ACTIVE:
             continue
         container = seen.get(state.alloc_id)
+        if container is None and state.alloc_id in fetching:
+            continue  # no container yet: the host is pulling its image
         if container is None:
             # Only allocations the host knew of when it reconciled can be judged missing.
             placed_at = state.placed_position or 0
@@ -141,7 +187,7 @@ def decide_actual_state(
                     ),
                 )
             )
-        elif state.status == "placed":
+        elif state.status in STARTING:
             decisions.append(
                 Decision(
                     state.alloc_id,

@@ -65,7 +65,18 @@ _LINKS = {
 }
 _STATE = {
     "type": "string",
-    "enum": ["pending", "placed", "running", "exited", "failed", "lost", "expired", "released", "refused"],
+    "enum": [
+        "pending",
+        "placed",
+        "pulling",
+        "running",
+        "exited",
+        "failed",
+        "lost",
+        "expired",
+        "released",
+        "refused",
+    ],
 }
 
 

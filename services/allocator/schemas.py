@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from potluck.contracts.capacity import MIN_CPUS
+from potluck.contracts.image_reference import REFERENCE_PATTERN
 from potluck.kernel.durations import DurationBetween
 from potluck.kernel.sizes import SizeBetween
 from potluck.readmodels.allocations import AllocationState, AllocationStatus
@@ -65,6 +66,18 @@ SshKey = Annotated[
     WithJsonSchema({"type": "string", "maxLength": MAX_KEY_TEXT, "pattern": SSH_KEY}),
     Field(max_length=MAX_KEY_TEXT),
 ]
+ImageReference = Annotated[
+    str,
+    AfterValidator(
+        _matching(
+            REFERENCE_PATTERN,
+            "an image reference: [registry[:port]/]repository[:tag][@digest], the repository in "
+            "lowercase letters and digits separated by '/', '.', '_' or '-'",
+        )
+    ),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 255, "pattern": REFERENCE_PATTERN}),
+    Field(min_length=1, max_length=255),
+]
 
 
 def _names_match(pattern: str, what: str) -> Callable[[dict[str, str]], dict[str, str]]:
@@ -85,7 +98,9 @@ class CreateAllocation(Request):
     )
     memory: Memory = Field(description="Memory: bytes, or e.g. 512M, 4G.")
     disk: Disk = Field(default=1 << 30, description="Writable disk: bytes, or e.g. 1G.")
-    image: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
+    image: ImageReference = Field(
+        description="An image reference as `docker pull` takes it: [registry/]repository[:tag][@digest]."
+    )
     ssh_keys: list[SshKey] = Field(default_factory=list, max_length=16, description="OpenSSH public keys.")
     lifetime: Lifetime = Field(default=3600.0, description="Seconds, or e.g. 2h.")
     command: list[Text] | None = Field(default=None, max_length=256)
@@ -109,6 +124,13 @@ class ExtendAllocation(Request):
     by: Lifetime = Field(description="Seconds to add, or e.g. 1h.")
 
 
+class PullProgress(Body):
+    """How far the host's pull of the image has come, as last logged (compressed bytes)."""
+
+    done_bytes: int = Field(description="Bytes fetched so far.")
+    total_bytes: int = Field(description="Bytes the layers being fetched announced so far; 0: not yet known.")
+
+
 class Allocation(Body):
     id: str
     user: str
@@ -127,6 +149,10 @@ class Allocation(Body):
     exit_code: int | None
     oom_killed: bool
     reason: str | None
+    detail: str | None = Field(default=None, description="What went wrong, when it failed.")
+    pull: PullProgress | None = Field(
+        default=None, description="Set once the host began pulling the image (state `pulling`)."
+    )
 
     @classmethod
     def of(cls, state: AllocationState) -> "Allocation":
@@ -149,6 +175,10 @@ class Allocation(Body):
             exit_code=state.exit_code,
             oom_killed=state.oom_killed,
             reason=state.reason,
+            detail=state.detail,
+            pull=None
+            if state.pull_done_bytes is None
+            else PullProgress(done_bytes=state.pull_done_bytes, total_bytes=state.pull_total_bytes or 0),
         )
 
 

@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.image_locality import record_images_held
+from potluck.allocator.image_tokens import image_token_responder
 from potluck.allocator.lifecycle import Decision, decide, decide_actual_state
 from potluck.allocator.live_state import state_responder
 from potluck.allocator.model import passed_over
@@ -27,7 +28,7 @@ from potluck.allocator.pool_registry import PoolRegistry
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.contracts.messages import DesiredAllocation, DesiredState, Reply
 from potluck.contracts.reports import ActualState, AnyReport, EngineStatus, ImagesHeld, UsageSampled
-from potluck.contracts.subjects import ALLOCATOR_STATE, DESIRED, host_of, inbox_prefix
+from potluck.contracts.subjects import ALLOCATOR_STATE, DESIRED, IMAGE_TOKEN, host_of, inbox_prefix
 from potluck.events import (
     REPORTS_STREAM,
     DuplicateEvent,
@@ -105,10 +106,18 @@ def report_decoder(msg: Msg) -> tuple[str, AnyReport]:
 class AllocatorService:
     """The allocator process: read model, reactions, hostd's snapshots and reports, and the HTTP API."""
 
-    def __init__(self, store: EventStore, nc: NATS, engine: AllocatorEngine | None = None) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        nc: NATS,
+        engine: AllocatorEngine | None = None,
+        *,
+        registry: PoolRegistry | None = None,
+    ) -> None:
         self.store = store
         self.nc = nc
         self.engine = engine or AllocatorEngine(store)
+        self.registry = registry
         self.replies = ReplyGuard("allocator")
 
     async def run(self, *extra: Callable[[], Awaitable[None]]) -> None:
@@ -117,6 +126,16 @@ class AllocatorService:
         sub = await self.nc.subscribe(f"{DESIRED}.*", queue="allocator", cb=self._on_desired)
         state_sub = await self.nc.subscribe(
             ALLOCATOR_STATE, queue="allocator", cb=state_responder(self.engine, self.replies)
+        )
+        token_sub = await self.nc.subscribe(
+            f"{IMAGE_TOKEN}.*",
+            queue="allocator",
+            cb=image_token_responder(
+                lambda: self.engine.allocations,
+                self.registry,
+                self.replies,
+                lambda: self.engine.fold.caught_up_with(self.store, timeout=2.0),
+            ),
         )
         reports = Subscriber(
             self.nc,
@@ -133,6 +152,7 @@ class AllocatorService:
         finally:
             await sub.unsubscribe()
             await state_sub.unsubscribe()
+            await token_sub.unsubscribe()
 
     async def _on_desired(self, msg: Msg) -> None:
         host_id = host_of(msg.subject)

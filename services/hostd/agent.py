@@ -25,11 +25,19 @@ from potluck.contracts.allocation_events import (
 )
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import HostDeregistered, HostDrainStarted, HostPaused, HostResumed
-from potluck.contracts.messages import DesiredState, Heartbeat, RegisterHost, Reply
+from potluck.contracts.messages import (
+    DesiredState,
+    Heartbeat,
+    ImageToken,
+    ImageTokenRequest,
+    RegisterHost,
+    Reply,
+)
 from potluck.contracts.reports import Report, report_subject
 from potluck.contracts.subjects import (
     DESIRED,
     HEARTBEAT,
+    IMAGE_TOKEN,
     REGISTER,
     REPORT_PREFIX,
     host_consumer,
@@ -47,6 +55,7 @@ from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
 from potluck.hostd.exec_bridge import ExecBridge
 from potluck.hostd.gateway_link import keep_linked
 from potluck.hostd.image_inventory import ImageInventory
+from potluck.hostd.image_pull import ImagePuller, PullFailed
 from potluck.hostd.report_publisher import publish_until_stored
 from potluck.kernel.rejections import Rejected
 from potluck.kernel.ssh_identity import host_key_path, ssh_host_key
@@ -68,7 +77,14 @@ class Agent:
         self.host_id = config.host_id
         self.driver = DockerDriver(config.docker_url, internal_networks=config.internal_network)
         self.outbox: TracedQueue[Report] = TracedQueue()
-        self.containers = ContainerManager(config, self.driver, self.outbox.put_nowait)
+        puller = ImagePuller(
+            config.docker_url,
+            self.outbox.put_nowait,
+            self._image_token,
+            # The disk kept for images when the member set one, else all the donated disk.
+            disk_limit_bytes=int(config.image_cache or config.donate.disk),
+        )
+        self.containers = ContainerManager(config, self.driver, self.outbox.put_nowait, puller)
         self.images = ImageInventory(
             config,
             self.driver,
@@ -148,6 +164,25 @@ class Agent:
         assert self.nc is not None
         msg = await self.nc.request(subject, payload, timeout=timeout)
         return Reply.model_validate_json(msg.data)
+
+    async def _image_token(self, alloc_id: str, image: str) -> str | None:
+        """The allocator's token to pull `image` for `alloc_id` from the pool registry; None: the image
+        is from another registry (pulled anonymously)."""
+        request = ImageTokenRequest(alloc_id=alloc_id, image=image)
+        try:
+            reply = await self._request(f"{IMAGE_TOKEN}.{self.host_id}", request.model_dump_json().encode())
+        except _PEER_AWAY as exc:
+            raise PullFailed(f"the allocator did not answer for a registry token ({exc!r})") from exc
+        if reply.ok:
+            return ImageToken.model_validate(reply.data).token
+        error = reply.error or {}
+        code = str(error.get("code"))
+        if code in ("NOT_IN_POOL_REGISTRY", "NO_POOL_REGISTRY"):
+            return None
+        raise PullFailed(
+            f"the allocator refused a registry token: {error.get('message')}",
+            permanent=code in ("NOT_YOUR_ALLOCATION", "NOT_ITS_IMAGE", "NOT_ACTIVE"),
+        )
 
     async def _register(self, facts: EngineFacts) -> None:
         request = RegisterHost(

@@ -11,6 +11,11 @@ writable layer on the member's disk until the allocator has logged the end,
 which is also when the allocator frees its capacity: the agent then calls
 `release`. Until then the container still holds what a restarted hostd needs
 to report it again (exit code, OOM flag).
+
+An allocation whose image the engine lacks is not a failure at once: its
+image is pulled (image_pull.py) in a task of its own, outside the lock, and
+the container started when the pull is done; released meanwhile, the pull is
+dropped. Only a pull that failed all its attempts fails the allocation.
 """
 
 import asyncio
@@ -44,6 +49,7 @@ from potluck.hostd.docker_driver import (
     ImageNotAvailable,
     LimitsNotApplied,
 )
+from potluck.hostd.image_pull import ImagePuller, PullFailed
 from potluck.hostd.reconciler import never_started, reconcile
 from potluck.hostd.spans import docker_span
 
@@ -67,8 +73,17 @@ def container_spec(host_id: str, alloc_id: str, spec: AllocationSpec) -> Contain
 
 
 class ContainerManager:
-    def __init__(self, config: HostdConfig, driver: DockerDriver, report: Callable[[Report], None]) -> None:
+    def __init__(
+        self,
+        config: HostdConfig,
+        driver: DockerDriver,
+        report: Callable[[Report], None],
+        puller: ImagePuller | None = None,
+    ) -> None:
         self.config = config
+        self.puller = puller
+        # Allocations whose image is being pulled (no container yet), with the pull's task.
+        self.pulls: dict[str, asyncio.Task[None]] = {}
         self.host_id = config.host_id
         self.driver = driver
         self.report = report
@@ -113,6 +128,8 @@ class ContainerManager:
             if built is not None:
                 desired[alloc_id] = built
         self.desired = desired
+        for alloc_id in [a for a in self.pulls if a not in desired]:
+            self._stop_pull(alloc_id)
         await self.reconcile()
 
     def _admit(self, alloc_id: str, spec: AllocationSpec) -> ContainerSpec | None:
@@ -151,6 +168,7 @@ class ContainerManager:
         its container and writable layer. An engine that is away keeps the container until
         the next reconciliation, which removes what no allocation wants."""
         self.desired.pop(alloc_id, None)
+        self._stop_pull(alloc_id)
         async with self._lock:
             container_id = self.containers.pop(alloc_id, None) or f"potluck-{alloc_id}"
             self._stopping.pop(alloc_id, None)
@@ -167,7 +185,33 @@ class ContainerManager:
         for alloc_id in list(self.desired) + list(self.containers):
             await self.release(alloc_id)
 
-    async def _start(self, spec: ContainerSpec) -> None:
+    def _stop_pull(self, alloc_id: str) -> None:
+        task = self.pulls.pop(alloc_id, None)
+        if task is not None:
+            task.cancel()
+            log.info("hostd.image_pull_dropped", alloc_id=alloc_id)
+
+    def _begin_pull(self, spec: ContainerSpec) -> None:
+        if spec.allocation_id not in self.pulls:
+            self.pulls[spec.allocation_id] = asyncio.create_task(self._pull_then_start(spec))
+
+    async def _pull_then_start(self, spec: ContainerSpec) -> None:
+        alloc_id = spec.allocation_id
+        assert self.puller is not None
+        try:
+            await self.puller.pull(alloc_id, spec.image)
+        except PullFailed as exc:
+            if self.desired.get(alloc_id) == spec:
+                self._fail(alloc_id, "image_pull_failed", str(exc))
+            return
+        finally:
+            if self.pulls.get(alloc_id) is asyncio.current_task():
+                del self.pulls[alloc_id]
+        if self.desired.get(alloc_id) == spec:
+            async with self._lock:
+                await self._start(spec, pulled=True)
+
+    async def _start(self, spec: ContainerSpec, *, pulled: bool = False) -> None:
         alloc_id = spec.allocation_id
         try:
             with docker_span("create+start", alloc_id=alloc_id, image=spec.image) as span:
@@ -176,7 +220,10 @@ class ContainerManager:
         except EngineUnavailable:
             return  # stays desired; started when the engine answers again
         except ImageNotAvailable as exc:
-            self._fail(alloc_id, "image_not_available", str(exc))
+            if self.puller is None or pulled:
+                self._fail(alloc_id, "image_not_available", str(exc))
+            else:
+                self._begin_pull(spec)
             return
         except LimitsNotApplied as exc:
             self._fail(alloc_id, "limits_not_applied", str(exc))
@@ -273,6 +320,7 @@ class ContainerManager:
                 )
                 for c in containers
             ],
+            pulling=sorted(self.pulls),
         )
 
     # The member's controls.

@@ -54,7 +54,7 @@ log = structlog.get_logger(__name__)
 def not_running_message(alloc_id: str, state: AllocationState | None) -> str:
     if state is None:
         return f"allocation {alloc_id} does not exist"
-    if state.status in ("pending", "placed"):
+    if state.status in ("pending", "placed", "pulling"):
         return (
             f"allocation {alloc_id} is {state.status}: its container is not running yet; "
             "try again in a moment"

@@ -1,0 +1,131 @@
+"""Registry tokens for hosts: a host may pull the image of an allocation placed on it, nothing more.
+
+A host asks on IMAGE_TOKEN (its id ends the subject, which NATS lets only that
+host publish on) for the image of one of its allocations. The answer is a
+token scoped to pull that one repository of the pool registry, valid for a
+few minutes; the allocator signs it as it signs users' tokens. Asked for an
+allocation placed elsewhere, ended, or an image that is not that allocation's
+or not in the pool registry, the allocator refuses, saying why, and the host
+gets nothing it could use for another repository.
+"""
+
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from potluck.allocator.pool_registry import PoolRegistry
+from potluck.allocator.registry_access import Scope
+from potluck.contracts.messages import ImageToken, ImageTokenRequest, Reply
+from potluck.contracts.subjects import host_of, inbox_prefix
+from potluck.events.replies import ReplyGuard
+from potluck.kernel.rejections import Rejected
+from potluck.readmodels.allocations import ACTIVE, AllocationsView
+
+__all__ = ["grant_image_token", "image_token_responder", "pool_repository"]
+
+log = structlog.get_logger(__name__)
+
+
+def pool_repository(registry_address: str, image: str) -> str | None:
+    """The repository `image` names in the pool registry at `registry_address`, or None when it
+    names another registry (or no repository)."""
+    prefix = registry_address + "/"
+    if not image.startswith(prefix):
+        return None
+    path = image.removeprefix(prefix).split("@", 1)[0]
+    # The tag follows the last ':' after the last '/'; the registry's own port is already gone.
+    last = path.rsplit("/", 1)
+    if ":" in last[-1]:
+        path = path[: len(path) - len(last[-1]) + last[-1].index(":")]
+    return path or None
+
+
+def grant_image_token(
+    allocations: AllocationsView, registry: PoolRegistry | None, host_id: str, request: ImageTokenRequest
+) -> ImageToken:
+    """The token `host_id` gets for `request`, or Rejected saying why it gets none."""
+    if registry is None:
+        raise Rejected("NO_POOL_REGISTRY", "this pool runs no image registry", status=404)
+    state = allocations.allocations.get(request.alloc_id)
+    if state is None or state.host_id != host_id:
+        raise Rejected(
+            "NOT_YOUR_ALLOCATION",
+            f"allocation {request.alloc_id[:64]} is not placed on host {host_id}",
+            field="alloc_id",
+            status=403,
+        )
+    if state.status not in ACTIVE:
+        raise Rejected(
+            "NOT_ACTIVE",
+            f"allocation {request.alloc_id[:64]} is {state.status}; it needs no image any more",
+            field="alloc_id",
+        )
+    if request.image != state.spec.image:
+        raise Rejected(
+            "NOT_ITS_IMAGE",
+            f"allocation {request.alloc_id[:64]} runs {state.spec.image}, not {request.image[:200]}",
+            field="image",
+            status=403,
+        )
+    repository = pool_repository(registry.address, request.image)
+    if repository is None:
+        raise Rejected(
+            "NOT_IN_POOL_REGISTRY",
+            f"{request.image[:200]} is not in the pool registry {registry.address}; pull it from its own "
+            "registry",
+            field="image",
+            status=404,
+        )
+    issued = registry.tokens.issue(f"host:{host_id}", [Scope("repository", repository, frozenset({"pull"}))])
+    return ImageToken(
+        registry=registry.address, repository=repository, token=issued.token, expires_in=issued.expires_in
+    )
+
+
+def image_token_responder(
+    allocations: Callable[[], AllocationsView],
+    registry: PoolRegistry | None,
+    guard: ReplyGuard,
+    catch_up: Callable[[], Awaitable[None]] | None = None,
+) -> Callable[[Msg], Awaitable[None]]:
+    """The NATS callback answering IMAGE_TOKEN requests, only into the asking host's own inbox.
+
+    `catch_up` waits (briefly) until the read model holds what the log holds: a host learns of
+    its placement from the log, and may ask before this replica's read model has folded it."""
+
+    async def grant(host_id: str, request: ImageTokenRequest) -> ImageToken:
+        try:
+            return grant_image_token(allocations(), registry, host_id, request)
+        except Rejected as exc:
+            if exc.code != "NOT_YOUR_ALLOCATION" or catch_up is None:
+                raise
+        with contextlib.suppress(TimeoutError):
+            await catch_up()
+        return grant_image_token(allocations(), registry, host_id, request)
+
+    async def respond(msg: Msg) -> None:
+        host_id = host_of(msg.subject)
+        if not guard.allows(msg, inbox_prefix(host_id), requester=host_id):
+            return
+        try:
+            request = ImageTokenRequest.model_validate_json(msg.data)
+            token = await grant(host_id, request)
+        except ValidationError as exc:
+            reply = Reply(ok=False, error={"code": "BAD_REQUEST", "message": str(exc)[:500]})
+        except Rejected as exc:
+            log.warning("allocator.image_token_refused", host_id=host_id, code=exc.code, detail=exc.message)
+            reply = Reply(ok=False, error=exc.as_dict())
+        else:
+            log.info(
+                "allocator.image_token_issued",
+                host_id=host_id,
+                alloc_id=request.alloc_id,
+                repository=token.repository,
+            )
+            reply = Reply(ok=True, data=token.model_dump(mode="json"))
+        await msg.respond(reply.model_dump_json().encode())
+
+    return respond

@@ -1,0 +1,245 @@
+"""Pulling an allocation's image that the engine lacks: with a token from the allocator for the pool
+registry, anonymously from the registries the member allows, retried with backoff, progress reported.
+
+The engine does the pull (outbound only, from the laptop); its progress stream is read in a thread
+of its own, off the event loop, and each pull's progress goes out as a ContainerPulling report when
+it starts and at most every `progress_every_s`. A pull that fails is tried again after a growing
+pause (tenacity: the retry policy is a dependency already and says what it does in one place), a
+few times, then reported as failed with the image, its registry and the last error. Two things are
+not retried: an image whose layers announce more than the member donated as disk, and a token the
+allocator refuses for this allocation (it is not ours to pull).
+
+Pool registry tokens travel to the engine as `auth_config={"registrytoken": ...}`: the engine sends
+it as the bearer token to the registry (Moby's `AuthConfig.RegistryToken`), so the host never
+handles a password and the token is good for one repository, for minutes.
+"""
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import requests
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from potluck.contracts.image_reference import DEFAULT_REGISTRY, InvalidReference, parse_reference
+from potluck.contracts.reports import ContainerPulling, Report
+
+__all__ = ["ImagePuller", "PullFailed", "PullProgress", "PullSettings", "TokenSource"]
+
+log = structlog.get_logger(__name__)
+
+#: (alloc_id, image) -> a registry token for the pool registry, or None: not a pool image, pull
+#: it anonymously. Raises PullFailed when the allocator refuses or cannot be asked.
+TokenSource = Callable[[str, str], Awaitable[str | None]]
+
+
+class PullFailed(Exception):
+    """The image could not be pulled; `permanent`: trying again cannot help."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class PullSettings:
+    """How hard to try. The environment may shorten it (tests, a member on a slow link lengthen it)."""
+
+    attempts: int = 4
+    first_backoff_s: float = 2.0
+    max_backoff_s: float = 30.0
+    progress_every_s: float = 2.0
+
+    @classmethod
+    def from_env(cls) -> "PullSettings":
+        defaults = cls()
+        return cls(
+            attempts=max(1, int(os.environ.get("POTLUCK_HOSTD_PULL_ATTEMPTS", defaults.attempts))),
+            first_backoff_s=max(
+                0.0, float(os.environ.get("POTLUCK_HOSTD_PULL_BACKOFF_S", defaults.first_backoff_s))
+            ),
+            max_backoff_s=defaults.max_backoff_s,
+            progress_every_s=defaults.progress_every_s,
+        )
+
+
+@dataclass
+class PullProgress:
+    """Per-layer progress from the engine's stream, summed: compressed bytes fetched and announced."""
+
+    current: dict[str, int] = field(default_factory=dict)
+    total: dict[str, int] = field(default_factory=dict)
+
+    def update(self, line: dict[str, Any]) -> None:
+        layer = str(line.get("id") or "")
+        status = str(line.get("status") or "")
+        detail = line.get("progressDetail") or {}
+        if not layer:
+            return
+        if status == "Downloading" and isinstance(detail, dict):
+            total = int(detail.get("total") or 0)
+            if total > 0:
+                self.total[layer] = total
+            self.current[layer] = int(detail.get("current") or 0)
+        elif status in ("Download complete", "Pull complete", "Already exists") and layer in self.total:
+            self.current[layer] = self.total[layer]
+
+    @property
+    def done_bytes(self) -> int:
+        return sum(self.current.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.total.values())
+
+
+def registry_of(image: str) -> str:
+    with contextlib.suppress(InvalidReference):
+        return parse_reference(image).registry
+    return DEFAULT_REGISTRY
+
+
+class ImagePuller:
+    def __init__(
+        self,
+        docker_url: str,
+        report: Callable[[Report], None],
+        token_source: TokenSource,
+        *,
+        disk_limit_bytes: int,
+        settings: PullSettings | None = None,
+    ) -> None:
+        self.docker_url = docker_url
+        self.report = report
+        self.token_source = token_source
+        self.disk_limit_bytes = disk_limit_bytes
+        self.settings = settings or PullSettings.from_env()
+
+    async def pull(self, alloc_id: str, image: str) -> None:
+        """Pull `image` for `alloc_id`, retrying; PullFailed names the image, registry and error."""
+        registry = registry_of(image)
+        self.report(ContainerPulling(alloc_id=alloc_id, image=image))
+        attempt = 0
+        try:
+            async for attempting in AsyncRetrying(
+                stop=stop_after_attempt(self.settings.attempts),
+                wait=wait_exponential(
+                    multiplier=self.settings.first_backoff_s,
+                    min=self.settings.first_backoff_s,
+                    max=self.settings.max_backoff_s,
+                ),
+                retry=retry_if_exception(lambda exc: isinstance(exc, PullFailed) and not exc.permanent),
+                reraise=True,
+            ):
+                with attempting:
+                    attempt = attempting.retry_state.attempt_number
+                    await self._attempt(alloc_id, image, registry, attempt)
+        except PullFailed as exc:
+            tries = "once" if attempt <= 1 else f"{attempt} times"
+            raise PullFailed(
+                f"could not pull {image} from the registry {registry} (tried {tries}): {exc}",
+                permanent=exc.permanent,
+            ) from None
+        log.info("hostd.image_pulled", alloc_id=alloc_id, image=image, registry=registry, attempts=attempt)
+
+    async def _attempt(self, alloc_id: str, image: str, registry: str, attempt: int) -> None:
+        token = await self.token_source(alloc_id, image)
+        auth: dict[str, str] = {"registrytoken": token} if token else {}
+        log.info(
+            "hostd.image_pull_started",
+            alloc_id=alloc_id,
+            image=image,
+            registry=registry,
+            attempt=attempt,
+            with_token=token is not None,
+        )
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        cancelled = threading.Event()
+
+        def finish(error: BaseException | None) -> None:
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        def progress(snapshot: tuple[int, int]) -> None:
+            self.report(
+                ContainerPulling(
+                    alloc_id=alloc_id, image=image, done_bytes=snapshot[0], total_bytes=snapshot[1]
+                )
+            )
+
+        def publish(snapshot: tuple[int, int]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: hostd is stopping
+                loop.call_soon_threadsafe(progress, snapshot)
+
+        def work() -> None:
+            try:
+                self._stream(image, auth, cancelled, publish)
+            except BaseException as exc:  # handed to the loop, raised there
+                with contextlib.suppress(RuntimeError):  # the loop is gone: hostd is stopping
+                    loop.call_soon_threadsafe(finish, exc)
+                return
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(finish, None)
+
+        # A daemon thread, not the loop's executor: a pull blocked on a silent registry must not
+        # hold up hostd's exit, and a released allocation's pull is left to end on its own.
+        threading.Thread(target=work, name=f"pull-{alloc_id[:12]}", daemon=True).start()
+        try:
+            await done
+        finally:
+            cancelled.set()
+
+    def _stream(
+        self,
+        image: str,
+        auth: dict[str, str],
+        cancelled: threading.Event,
+        publish: Callable[[tuple[int, int]], None],
+    ) -> None:
+        """The blocking pull, read line by line; stops reading (the engine then drops the pull)
+        when `cancelled` is set."""
+        progress = PullProgress()
+        last = time.monotonic()
+        try:
+            client = docker.APIClient(base_url=self.docker_url, version="auto", timeout=60)
+        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+            raise PullFailed(f"no Docker engine answers at {self.docker_url}: {exc}") from exc
+        try:
+            stream = client.pull(image, stream=True, decode=True, auth_config=auth)
+            for line in stream:
+                if cancelled.is_set():
+                    return
+                if line.get("error") or line.get("errorDetail"):
+                    detail = line.get("errorDetail") or {}
+                    message = line.get("error") or (detail.get("message") if isinstance(detail, dict) else "")
+                    raise PullFailed(str(message)[:1000])
+                progress.update(line)
+                if progress.total_bytes > self.disk_limit_bytes:
+                    raise PullFailed(
+                        f"its layers take at least {progress.total_bytes} bytes, more than the "
+                        f"{self.disk_limit_bytes} bytes of disk this host donates",
+                        permanent=True,
+                    )
+                now = time.monotonic()
+                if now - last >= self.settings.progress_every_s:
+                    last = now
+                    publish((progress.done_bytes, progress.total_bytes))
+            publish((progress.done_bytes, progress.total_bytes))
+        except docker.errors.APIError as exc:
+            raise PullFailed(str(exc.explanation or exc)[:1000]) from exc
+        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+            raise PullFailed(f"{type(exc).__name__}: {exc}"[:1000]) from exc
+        finally:
+            client.close()

@@ -1,0 +1,231 @@
+"""A missing image is pulled, not a failure: real registry, real allocator and hostd, two engines.
+
+Engine A is the user's laptop, engine B the member's: the user's image is built and pushed from A
+and removed there, so it is in the pool registry only. Before this change hostd failed such an
+allocation at once (`image_not_available`: it never pulled).
+"""
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import docker
+import pytest
+
+from potluck.contracts.messages import ImageToken, ImageTokenRequest, Reply
+from potluck.contracts.subjects import IMAGE_TOKEN
+from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.test_image import DEFAULT_TAG
+from tests.e2e.conftest import wait_for_status
+from tests.fixtures.pool import Pool
+
+
+def _build_and_push(
+    engine: DockerEngine, base: str, references: list[str], password: str, layer: str = "echo mine > /marker"
+) -> None:
+    """A user's own image (the test image and one layer more, made by `layer`), pushed to the pool
+    registry from the user's engine, then removed there: afterwards only the registry has it."""
+    client = docker.DockerClient(base_url=engine.url)
+    try:
+        container = client.containers.create(base, ["sh", "-c", layer], network_mode="none")
+        container.start()
+        container.wait(timeout=30)
+        repository, _, tag = references[0].rpartition(":")
+        image = container.commit(repository, tag)
+        container.remove(force=True)
+        for reference in references:
+            repository, _, tag = reference.rpartition(":")
+            image.tag(repository, tag)
+            lines = list(
+                client.images.push(
+                    repository,
+                    tag,
+                    auth_config={"username": "alice", "password": password},
+                    stream=True,
+                    decode=True,
+                )
+            )
+            assert not [line for line in lines if "error" in line], lines[-3:]
+        for reference in references:
+            client.images.remove(reference)
+    finally:
+        client.close()
+
+
+def _has_image(engine: DockerEngine, reference: str) -> bool:
+    client = docker.DockerClient(base_url=engine.url)
+    try:
+        client.images.get(reference)
+    except docker.errors.ImageNotFound:
+        return False
+    finally:
+        client.close()
+    return True
+
+
+def _pull_error(engine: DockerEngine, reference: str, token: str) -> str | None:
+    client = docker.DockerClient(base_url=engine.url)
+    try:
+        client.images.pull(reference, auth_config={"registrytoken": token})
+    except docker.errors.APIError as exc:
+        return str(exc)
+    finally:
+        client.close()
+    return None
+
+
+async def _create(
+    http: aiohttp.ClientSession, pool: Pool, token: str, image: str, on: str = "laptop-b"
+) -> dict[str, Any]:
+    body = {
+        "cpus": 0.2,
+        "memory": "64M",
+        "disk": "64M",
+        "image": image,
+        "command": ["sleep", "3600"],
+        "constraints": {"name": on},
+    }
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.post(f"{pool.api}/v1/allocations", json=body, headers=headers) as response:
+        created: dict[str, Any] = await response.json()
+        assert response.status in (201, 202), created
+        return created
+
+
+async def _get(http: aiohttp.ClientSession, pool: Pool, token: str, alloc_id: str, query: str = "") -> Any:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.get(f"{pool.api}/v1/allocations/{alloc_id}{query}", headers=headers) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_registry_fails_clearly(
+    pool: Pool, docker_engines: list[DockerEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried: alice pushes her own image; an allocation of it is placed on a laptop that never
+    had it; then hosts ask for tokens they should not get; then the registry stops and another
+    image of hers is asked for. Must hold: the first allocation runs after `pulling` was logged,
+    the host pulled with a token the allocator scoped to that one repository; a host gets no
+    token for an allocation placed elsewhere nor for another repository; with the registry down
+    the allocation shows `pulling` with progress, then fails with `image_pull_failed` and a
+    detail naming the image and the registry, its capacity freed and nothing of it left on the
+    engine; a name that is no image reference is a 400 naming the field."""
+    laptop_a, laptop_b = docker_engines
+    await pool.wait_api()
+    registry = await asyncio.to_thread(pool.start_image_registry)
+    alice = await pool.add_user("alice")
+    await pool.add_user("bob")
+    own, second = f"{registry.address}/alice/own:1", f"{registry.address}/alice/own:2"
+    await asyncio.to_thread(_build_and_push, laptop_a, DEFAULT_TAG, [own, second], alice)
+    big = f"{registry.address}/alice/big:1"  # 80 MB that do not compress, for a 64 MB disk
+    fill = "head -c 83886080 /dev/urandom > /big"
+    await asyncio.to_thread(_build_and_push, laptop_a, DEFAULT_TAG, [big], alice, fill)
+    assert not await asyncio.to_thread(_has_image, laptop_a, own)
+    assert not await asyncio.to_thread(_has_image, laptop_b, own)
+
+    # Short retries for the registry-down half: two attempts, two seconds apart.
+    monkeypatch.setenv("POTLUCK_HOSTD_PULL_ATTEMPTS", "2")
+    monkeypatch.setenv("POTLUCK_HOSTD_PULL_BACKOFF_S", "2")
+    host = await pool.enroll("laptop-b")
+    pool.write_config(host, laptop_b, allowed_images=[DEFAULT_TAG, f"{registry.address}/alice/*:*"])
+    pool.start_hostd(host)
+    await pool.wait_for_host(host.host_id, "online")
+    stranger = await pool.enroll("laptop-x")  # enrolled, no hostd: only its NATS identity is used
+    small = await pool.enroll("laptop-small")  # donates the least disk there is: 64 MB
+    pool.write_config(
+        small,
+        laptop_a,
+        allowed_images=[f"{registry.address}/alice/*:*"],
+        donate={"cpus": 1, "memory": "1G", "disk": "64M"},
+    )
+    pool.start_hostd(small)
+    await pool.wait_for_host(small.host_id, "online")
+
+    async with aiohttp.ClientSession() as http:
+        # Not a reference at all: refused before anything is placed, naming the field.
+        headers = {"Authorization": f"Bearer {alice}"}
+        bad = {"cpus": 0.2, "memory": "64M", "image": "alice//own:1"}
+        async with http.post(f"{pool.api}/v1/allocations", json=bad, headers=headers) as response:
+            assert response.status == 400, await response.text()
+            assert (await response.json())["error"]["field"] == "image"
+
+        created = await _create(http, pool, alice, own)
+        running = await _get(http, pool, alice, created["id"], "?wait=running&timeout=60")
+        assert running["state"] == "running", (running, pool.logs(80))
+        assert running["host_id"] == host.host_id
+        history = await _get(http, pool, alice, created["id"], "/events")
+        types = [entry["type"] for entry in history["events"]]
+        assert types.index("AllocationPulling") < types.index("AllocationRunning"), types
+        assert await asyncio.to_thread(_has_image, laptop_b, own)
+
+        # Tokens: the host of the allocation gets one for its repository, pull only; a host it
+        # is not placed on gets none; the right host gets none for another repository.
+        async def ask(as_host: Any, alloc_id: str, image: str) -> Reply:
+            nc = await pool.client(as_host)
+            try:
+                request = ImageTokenRequest(alloc_id=alloc_id, image=image)
+                msg = await nc.request(
+                    f"{IMAGE_TOKEN}.{as_host.host_id}", request.model_dump_json().encode(), timeout=5
+                )
+                return Reply.model_validate_json(msg.data)
+            finally:
+                await nc.close()
+
+        granted = await ask(host, created["id"], own)
+        assert granted.ok, granted
+        token = ImageToken.model_validate(granted.data)
+        assert token.repository == "alice/own"
+        elsewhere = await ask(stranger, created["id"], own)
+        assert not elsewhere.ok
+        assert (elsewhere.error or {})["code"] == "NOT_YOUR_ALLOCATION"
+        other_repository = await ask(host, created["id"], f"{registry.address}/bob/secret:1")
+        assert not other_repository.ok
+        assert (other_repository.error or {})["code"] == "NOT_ITS_IMAGE"
+        # The registry itself holds the token to its scope: it pulls alice/own, and nothing else.
+        assert await asyncio.to_thread(_pull_error, laptop_a, second, token.token) is None
+        refused = await asyncio.to_thread(_pull_error, laptop_a, f"{registry.address}/bob/own:1", token.token)
+        assert refused is not None
+
+        # An image larger than the host's donated disk: not pulled on, not retried, failed clearly.
+        too_big = await _create(http, pool, alice, big, on="laptop-small")
+        refused_big = await _get(http, pool, alice, too_big["id"], "?wait=failed&timeout=60")
+        assert refused_big["state"] == "failed", (refused_big, pool.logs(80))
+        assert refused_big["reason"] == "image_pull_failed"
+        assert "bytes of disk this host donates" in refused_big["detail"], refused_big["detail"]
+        assert "(tried once)" in refused_big["detail"], refused_big["detail"]
+        assert not await asyncio.to_thread(_has_image, laptop_a, big)
+
+        # The registry goes away: the next allocation waits in `pulling`, then fails, saying why;
+        # one released while its host pulls is released, and its pull dropped.
+        await asyncio.to_thread(registry.stop)
+        doomed = await _create(http, pool, alice, second)
+        dropped = await _create(http, pool, alice, second)
+        await wait_for_status(pool, dropped["id"], "pulling", timeout=30)
+        async with http.delete(f"{pool.api}/v1/allocations/{dropped['id']}", headers=headers) as response:
+            assert response.status == 200, await response.text()
+        await wait_for_status(pool, doomed["id"], "pulling", timeout=30)
+        shown = await _get(http, pool, alice, doomed["id"])
+        assert shown["state"] in ("pulling", "failed"), shown
+        if shown["state"] == "pulling":
+            assert shown["pull"] is not None
+        failed = await _get(http, pool, alice, doomed["id"], "?wait=failed&timeout=60")
+        assert failed["state"] == "failed", (failed, pool.logs(80))
+        assert failed["reason"] == "image_pull_failed"
+        assert second in failed["detail"], failed["detail"]
+        assert f"the registry {registry.address}" in failed["detail"], failed["detail"]
+        assert "tried 2 times" in failed["detail"], failed["detail"]
+        assert not await asyncio.to_thread(_has_image, laptop_b, second)
+        assert (await _get(http, pool, alice, dropped["id"]))["state"] == "released"
+        hostd_log = [
+            json.loads(line) for line in (pool.workdir / "hostd-laptop-b.log").read_text().splitlines()
+        ]
+        assert any(
+            entry.get("event") == "hostd.image_pull_dropped" and entry.get("alloc_id") == dropped["id"]
+            for entry in hostd_log
+        ), pool.logs(80)
+        async with http.get(f"{pool.api}/v1/pool", headers=headers) as response:
+            hosts = (await response.json())["hosts"]
+        mine = next(h for h in hosts if h["host_id"] == host.host_id)
+        # Only the running allocation still holds capacity on the host.
+        assert mine["reserved"]["cpus"] == pytest.approx(0.2), mine
