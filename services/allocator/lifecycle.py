@@ -11,7 +11,7 @@ retries) sends the allocation back to be placed on another host
 failed it: then it fails, naming each host's reason.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from potluck.contracts.allocation_events import (
@@ -103,12 +103,16 @@ def pull_failed(state: AllocationState, host_id: str, report: ContainerFailed) -
     MAX_PULL_HOSTS hosts have tried."""
     failure = PullFailure(host_id=host_id, reason=report.reason, detail=report.detail)
     failures = (*state.pull_failures, failure)
-    if len(failures) >= MAX_PULL_HOSTS:
-        return ended(state, host_id, pull_failed_everywhere(state, failures, host_id))
     unplaced = AllocationUnplaced(
         alloc_id=state.alloc_id, host_id=host_id, reason=report.reason, detail=report.detail
     )
-    return ended(state, host_id, unplaced)
+    decision = ended(state, host_id, unplaced)
+    if len(failures) < MAX_PULL_HOSTS:
+        return decision
+    # It leaves this host like the others (its history and `failed_on` name every host),
+    # and fails in the same append.
+    failed = pull_failed_everywhere(state, failures, host_id)
+    return replace(decision, alloc_events=[unplaced, failed])
 
 
 def pulling(

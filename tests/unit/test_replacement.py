@@ -136,7 +136,8 @@ def test_a_failed_pull_on_the_last_host_allowed_fails_it_naming_every_host() -> 
     current = state_after(*events)
     decision = decide(current, hosts[-1], pull_failed(hosts[-1]))
     assert decision is not None
-    [failed] = decision.alloc_events
+    [left, failed] = decision.alloc_events
+    assert left == unplaced(hosts[-1])
     assert isinstance(failed, AllocationFailed)
     assert failed.reason == "image_pull_failed"
     assert failed.host_id == hosts[-1]
@@ -144,6 +145,9 @@ def test_a_failed_pull_on_the_last_host_allowed_fails_it_naming_every_host() -> 
         assert f"host {host_id}: registry unreachable from {host_id}" in failed.detail
     assert SPEC.image in failed.detail
     assert decision.capacity_events == [CapacityFreed(host_id=hosts[-1], alloc_id="a1", amount=RESOURCES)]
+    ended = view_of(*events, *decision.alloc_events).allocations["a1"]
+    assert (ended.status, ended.reason) == ("failed", "image_pull_failed")
+    assert [f.host_id for f in ended.pull_failures] == hosts
 
 
 def test_a_late_pull_failure_changes_nothing_and_another_hosts_is_poison() -> None:
