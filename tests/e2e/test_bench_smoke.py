@@ -47,6 +47,10 @@ ALLOCATION: Documented = {
     "post_to_running_p50": ("ms", True),
     "post_to_running_p99": ("ms", True),
 }
+IMAGES: Documented = {
+    "cold_start": ("ms", True),
+    "warm_start": ("ms", True),
+}
 
 
 def run_quick(bench: str, timeout: float = 150) -> list[dict[str, Any]]:
@@ -135,5 +139,12 @@ def test_quick_placement_bench_prints_every_metric_once() -> None:
 def test_quick_allocation_bench_prints_every_metric_once_against_docker_run() -> None:
     records = run_quick("allocation")
     check_documented(records, ALLOCATION)
+    for record in records:
+        assert record["rounds"] >= 1, record
+
+
+def test_quick_images_bench_prints_every_metric_once_against_docker_pull_and_run() -> None:
+    records = run_quick("images")
+    check_documented(records, IMAGES)
     for record in records:
         assert record["rounds"] >= 1, record

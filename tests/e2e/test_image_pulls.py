@@ -229,3 +229,58 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
         mine = next(h for h in hosts if h["host_id"] == host.host_id)
         # Only the running allocation still holds capacity on the host.
         assert mine["reserved"]["cpus"] == pytest.approx(0.2), mine
+
+
+def _pull_as(engine: DockerEngine, reference: str, user: str, password: str) -> None:
+    client = docker.DockerClient(base_url=engine.url)
+    try:
+        client.images.pull(reference, auth_config={"username": user, "password": password})
+    finally:
+        client.close()
+
+
+async def test_ten_allocations_on_two_laptops_the_holder_first_the_other_after_a_pull(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """Issue 14's acceptance, as a user and two members would see it. Tried: alice's image is in
+    the pool registry and on laptop A only; A has room for six of her allocations, B for more;
+    she asks for ten, one after the other. Must hold: all ten run; the first six went to A (it
+    holds the image) and ran without a pull; the four on B ran after `pulling` was logged."""
+    laptop_a, laptop_b = docker_engines
+    await pool.wait_api()
+    registry = await asyncio.to_thread(pool.start_image_registry)
+    alice = await pool.add_user("alice", allocations=100, cpus=100.0, memory_bytes=1 << 40)
+    image = f"{registry.address}/alice/ten:1"
+    await asyncio.to_thread(_build_and_push, laptop_a, DEFAULT_TAG, [image], alice, "echo ten > /marker")
+    await asyncio.to_thread(_pull_as, laptop_a, image, "alice", alice)
+    assert not await asyncio.to_thread(_has_image, laptop_b, image)
+
+    allowed = [DEFAULT_TAG, f"{registry.address}/alice/*:*"]
+    a, b = await pool.enroll("laptop-a"), await pool.enroll("laptop-b")
+    pool.write_config(a, laptop_a, allowed_images=allowed, donate={"cpus": 3, "memory": "2G", "disk": "4G"})
+    pool.write_config(b, laptop_b, allowed_images=allowed, donate={"cpus": 4, "memory": "2G", "disk": "4G"})
+    for host in (a, b):
+        pool.start_hostd(host)
+        await pool.wait_for_host(host.host_id, "online")
+        await pool.wait_for_images(host.host_id)
+
+    body = {"cpus": 0.5, "memory": "64M", "disk": "64M", "image": image, "command": ["sleep", "3600"]}
+    headers = {"Authorization": f"Bearer {alice}"}
+    placed: list[tuple[str, str]] = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(10):
+            async with http.post(f"{pool.api}/v1/allocations", json=body, headers=headers) as response:
+                created: dict[str, Any] = await response.json()
+                assert response.status == 201, created
+            placed.append((created["id"], created["host_id"]))
+        assert [host for _, host in placed] == [a.host_id] * 6 + [b.host_id] * 4, (placed, pool.logs())
+        for alloc_id, host_id in placed:
+            running = await _get(http, pool, alice, alloc_id, "?wait=running&timeout=90")
+            assert running["state"] == "running", (running, pool.logs(80))
+            history = await _get(http, pool, alice, alloc_id, "/events")
+            types = [entry["type"] for entry in history["events"]]
+            if host_id == a.host_id:
+                assert "AllocationPulling" not in types, types
+            else:
+                assert types.index("AllocationPulling") < types.index("AllocationRunning"), types
+    assert await asyncio.to_thread(_has_image, laptop_b, image)
