@@ -82,6 +82,18 @@ class AllocationRunning(HostAllocationEvent):
 
 
 @event_type
+class AllocationUnplaced(HostAllocationEvent):
+    """The host could not get the image (its pull failed after its retries): the allocation
+    leaves that host and waits to be placed again, never on a host it failed on before.
+
+    Routed to the host, so its hostd drops the allocation (and any pull still going).
+    """
+
+    reason: str
+    detail: str = ""
+
+
+@event_type
 class AllocationExited(HostAllocationEvent):
     exit_code: int
     oom_killed: bool = False

@@ -148,9 +148,14 @@ def _check(
 @lru_cache(maxsize=4096)  # the scheduler asks about the same few names for every host
 def parse_reference(text: str) -> ImageReference:
     """The normalised parts of an image reference; InvalidReference if it is not one."""
+    # The name as written (before `library/` is added), as the API's length bound sees it:
+    # what the API admits must parse here, or placement would meet a name it cannot read.
+    written = text.partition("@")[0]
+    if written.rfind(":") > written.rfind("/"):
+        written = written[: written.rfind(":")]
+    if len(written) > NAME_MAX:
+        raise InvalidReference(f"image {text[:40]!r}...: the name is longer than {NAME_MAX} characters")
     parts = _split(text, "image")
-    if len(parts[1]) > NAME_MAX:
-        raise InvalidReference(f"image {text[:40]!r}...: the repository is longer than {NAME_MAX} characters")
     return _check(text, "image", parts, _DOMAIN, _PATH_COMPONENT, _TAG, _DIGEST)
 
 

@@ -1,7 +1,9 @@
 """Pure fold of allocation events into allocation state: the allocator's read model.
 
 Lifecycle: pending -> placed [-> pulling] -> running -> exited | failed | lost | expired |
-released, or pending -> refused. `desired_for(host)` is what a host should be
+released, or pending -> refused. A host that cannot get the image sends the allocation back
+(placed | pulling -> pending, AllocationUnplaced), remembering that host and why in
+`pull_failures`, so it is placed again elsewhere. `desired_for(host)` is what a host should be
 running: the snapshot a hostd asks for at start.
 """
 
@@ -25,6 +27,7 @@ from potluck.contracts.allocation_events import (
     AllocationRequested,
     AllocationRunning,
     AllocationSpec,
+    AllocationUnplaced,
 )
 from potluck.events import Event
 
@@ -37,6 +40,15 @@ TERMINAL: frozenset[str] = frozenset({"exited", "failed", "lost", "expired", "re
 ACTIVE: frozenset[str] = frozenset({"placed", "pulling", "running"})
 #: Active, with no container yet.
 STARTING: frozenset[str] = frozenset({"placed", "pulling"})
+
+
+@dataclass(frozen=True)
+class PullFailure:
+    """A host the allocation was sent back from because it could not get the image, and why."""
+
+    host_id: str
+    reason: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,11 @@ class AllocationState:
     pull_total_bytes: int | None = None
     #: When the last pull progress was logged (the allocator logs it at most every few seconds).
     pull_logged_at: datetime | None = None
+    #: The hosts it was sent back from, oldest first: it is never placed on one of them again.
+    pull_failures: tuple[PullFailure, ...] = ()
+    #: Since when it waits to be placed: its request, or its last return from a host; its
+    #: queue timeout counts from here.
+    pending_since: datetime | None = None
     version: int = 0
     placed_position: int | None = None
     requested_at: datetime | None = None
@@ -69,6 +86,11 @@ class AllocationState:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def failed_on(self) -> frozenset[str]:
+        """Hosts it must not be placed on again."""
+        return frozenset(f.host_id for f in self.pull_failures)
 
 
 def evolve(
@@ -85,6 +107,7 @@ def evolve(
             constraints=dict(event.constraints),
             version=version,
             requested_at=at,
+            pending_since=at,
             changed_at=at,
             queue_timeout_s=event.queue_timeout_s,
         )
@@ -127,6 +150,23 @@ def evolve(
                 pull_done_bytes=event.done_bytes,
                 pull_total_bytes=event.total_bytes,
                 pull_logged_at=at,
+            )
+        case AllocationUnplaced():
+            if state.status not in ACTIVE or state.host_id != event.host_id:
+                return state
+            failure = PullFailure(host_id=event.host_id, reason=event.reason, detail=event.detail)
+            return replace(
+                state,
+                status="pending",
+                host_id=None,
+                container_id=None,
+                expires_at=None,
+                placed_position=None,
+                pull_done_bytes=None,
+                pull_total_bytes=None,
+                pull_logged_at=None,
+                pull_failures=(*state.pull_failures, failure),
+                pending_since=at,
             )
         case AllocationRunning():
             return replace(state, status="running", container_id=event.container_id)

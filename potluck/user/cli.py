@@ -69,6 +69,10 @@ def _show(allocation: dict[str, Any], as_json: bool) -> None:
             out.print(f"reason: {allocation['reason']}", highlight=False)
         if allocation.get("detail"):
             out.print(f"detail: {allocation['detail']}", highlight=False)
+        for failure in allocation.get("failed_on") or []:
+            out.print(
+                f"could not get the image on {failure['host_id']}: {failure['detail']}", highlight=False
+            )
         pull = allocation.get("pull")
         if allocation.get("state") == "pulling" and pull:
             total = _size(pull["total_bytes"]) if pull["total_bytes"] else "?"

@@ -179,6 +179,7 @@ def placement_request(state: AllocationState | AllocationRequested) -> Placement
         constraints=dict(state.constraints),
         image=state.spec.image,
         network=state.spec.network,
+        excluded_hosts=state.failed_on if isinstance(state, AllocationState) else frozenset(),
     )
 
 

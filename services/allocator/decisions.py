@@ -19,6 +19,7 @@ from uuid import uuid4
 
 from potluck.allocator.capacity import Placement, allocation_placed, host_snapshots, placement_request
 from potluck.allocator.in_flight import InFlightRequests, sum_of
+from potluck.allocator.lifecycle import pull_failed_everywhere
 from potluck.allocator.model import AllocatorModel
 from potluck.allocator.scheduler import Decision, Impossible, Strategy, place
 from potluck.allocator.schemas import CreateAllocation
@@ -287,12 +288,17 @@ def refusal(state: AllocationState, reason: str, detail: str) -> list[StreamAppe
 
 def timed_out(state: AllocationState, now: datetime) -> list[StreamAppend]:
     """The refusal of a pending request that has waited past its queue timeout at `now`."""
-    waited = (now - (state.requested_at or now)).total_seconds()
+    waited = (now - (state.pending_since or state.requested_at or now)).total_seconds()
     if state.status != "pending" or waited <= state.queue_timeout_s:
         return []
     return refusal(state, "QUEUE_TIMEOUT", f"no capacity freed within {state.queue_timeout_s:g}s")
 
 
 def never_fits(state: AllocationState, impossible: Impossible) -> list[StreamAppend]:
-    """The refusal of a pending request that no host of the pool could ever hold any more."""
+    """The end of a pending request that no host of the pool could ever hold any more: refused,
+    or, when hosts already failed to get its image, failed with each of their reasons (the
+    hosts left could not hold it, or there are none)."""
+    if state.pull_failures:
+        failed = pull_failed_everywhere(state, state.pull_failures)
+        return [StreamAppend(alloc_stream(state.alloc_id), [failed], state.version)]
     return refusal(state, "NO_HOST_COULD_EVER_FIT", impossible.message)

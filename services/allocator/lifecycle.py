@@ -4,9 +4,14 @@ A report is trusted only for allocations placed on the reporting host (the
 host id comes from the NATS subject its permissions allow). When an
 allocation leaves the active states its host capacity is freed in the same
 append.
+
+A host that could not get the image (`image_pull_failed`, after its own
+retries) sends the allocation back to be placed on another host
+(AllocationUnplaced, its capacity freed), until MAX_PULL_HOSTS hosts have
+failed it: then it fails, naming each host's reason.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from potluck.contracts.allocation_events import (
@@ -15,6 +20,7 @@ from potluck.contracts.allocation_events import (
     AllocationPulling,
     AllocationPullProgressed,
     AllocationRunning,
+    AllocationUnplaced,
     CapacityFreed,
     alloc_stream,
     capacity_stream,
@@ -28,10 +34,16 @@ from potluck.contracts.reports import (
     ContainerStarted,
 )
 from potluck.events import Event, PoisonMessage
-from potluck.readmodels.allocations import ACTIVE, STARTING, AllocationState
+from potluck.readmodels.allocations import ACTIVE, STARTING, AllocationState, PullFailure
 
 #: Pull progress is logged at most this often per allocation: enough to watch, not a flood of events.
 PULL_PROGRESS_EVERY = timedelta(seconds=5)
+#: A failed pull sends the allocation to another host, on at most this many hosts in all: an
+#: image no host can get fails after a bounded number of tries instead of going round the pool.
+MAX_PULL_HOSTS = 3
+#: The one report reason that sends an allocation to another host: the image, not the
+#: allocation, was the trouble there, and another host may get it.
+PULL_FAILED = "image_pull_failed"
 
 
 @dataclass(frozen=True)
@@ -61,11 +73,46 @@ def _check_host(state: AllocationState | None, alloc_id: str, host_id: str) -> A
 
 
 def ended(state: AllocationState, host_id: str, event: Event) -> Decision:
-    """An active allocation ends with `event`, and its reservation is freed."""
+    """An active allocation ends with `event` (or leaves the host, AllocationUnplaced), and its
+    reservation there is freed."""
     freed: list[Event] = [
         CapacityFreed(host_id=host_id, alloc_id=state.alloc_id, amount=state.spec.resources)
     ]
     return Decision(state.alloc_id, [event], host_id, freed, state.version)
+
+
+def tried_hosts(failures: tuple[PullFailure, ...]) -> str:
+    """Each host the image could not be got on, and why, for a failure's detail."""
+    return "; ".join(f"host {f.host_id}: {f.detail or f.reason}" for f in failures)
+
+
+def pull_failed_everywhere(
+    state: AllocationState, failures: tuple[PullFailure, ...], host_id: str | None = None
+) -> AllocationFailed:
+    """The end of an allocation whose image no host it was tried on could get."""
+    return AllocationFailed(
+        alloc_id=state.alloc_id,
+        host_id=host_id,
+        reason=PULL_FAILED,
+        detail=f"no host could get the image {state.spec.image!r}: {tried_hosts(failures)}",
+    )
+
+
+def pull_failed(state: AllocationState, host_id: str, report: ContainerFailed) -> Decision:
+    """The host could not get the image: place the allocation elsewhere, or fail it when
+    MAX_PULL_HOSTS hosts have tried."""
+    failure = PullFailure(host_id=host_id, reason=report.reason, detail=report.detail)
+    failures = (*state.pull_failures, failure)
+    unplaced = AllocationUnplaced(
+        alloc_id=state.alloc_id, host_id=host_id, reason=report.reason, detail=report.detail
+    )
+    decision = ended(state, host_id, unplaced)
+    if len(failures) < MAX_PULL_HOSTS:
+        return decision
+    # It leaves this host like the others (its history and `failed_on` name every host),
+    # and fails in the same append.
+    failed = pull_failed_everywhere(state, failures, host_id)
+    return replace(decision, alloc_events=[unplaced, failed])
 
 
 def pulling(
@@ -132,6 +179,8 @@ def decide(
             current = _check_host(state, report.alloc_id, host_id)
             if current.status not in ACTIVE:
                 return None
+            if report.reason == PULL_FAILED:
+                return pull_failed(current, host_id, report)
             return ended(
                 current,
                 host_id,

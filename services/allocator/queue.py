@@ -51,20 +51,24 @@ class FairQueue:
     def of(cls, allocations: Iterable[AllocationState]) -> "FairQueue":
         """A queue of the pending allocations of the read model, each user's in the order requested.
 
-        The deadline of each is its request time plus its queue timeout.
+        The deadline of each is its queue timeout after it began waiting (its request, or its
+        return from a host that could not get its image); hosts it was sent back from are
+        excluded from its placement.
         """
         queue = cls()
         pending = [a for a in allocations if a.status == "pending"]
         for state in sorted(pending, key=lambda a: (a.requested_at or _EPOCH, a.alloc_id)):
             at = state.requested_at or _EPOCH
+            since = state.pending_since or at
             request = PlacementRequest(
                 alloc_id=state.alloc_id,
                 resources=state.spec.resources,
                 constraints=dict(state.constraints),
                 image=state.spec.image,
                 network=state.spec.network,
+                excluded_hosts=state.failed_on,
             )
-            queue.push(state.user, request, at, at + timedelta(seconds=state.queue_timeout_s))
+            queue.push(state.user, request, at, since + timedelta(seconds=state.queue_timeout_s))
         return queue
 
     def __len__(self) -> int:

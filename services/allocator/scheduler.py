@@ -21,6 +21,9 @@ Decisions
                           ``EXCEEDS_ANY_HOST`` (field ``cpus``, ``memory`` or
                           ``disk``: the first resource, in that order, that no
                           matching host donates together with the ones before it).
+                          ``NO_HOST_LEFT`` (field ``image``): every host that
+                          admits the request is one it must not go to again
+                          (``excluded_hosts``: they could not get its image).
 
 Scoring
     Free capacity is measured in reference shares: one cpu weighs as much as
@@ -87,6 +90,7 @@ NO_HOST_MATCHES = "NO_HOST_MATCHES"
 NO_HOST_ALLOWS_IMAGE = "NO_HOST_ALLOWS_IMAGE"
 NO_HOST_ALLOWS_NETWORK = "NO_HOST_ALLOWS_NETWORK"
 EXCEEDS_ANY_HOST = "EXCEEDS_ANY_HOST"
+NO_HOST_LEFT = "NO_HOST_LEFT"
 
 WAIT_MESSAGES: Mapping[str, str] = {
     NO_FREE_CAPACITY: "no host has that much free right now; the request waits until capacity frees",
@@ -125,13 +129,15 @@ class HostSnapshot:
 @dataclass(frozen=True)
 class PlacementRequest:
     """What to place. Every constraint must equal the host's label of that name; a request
-    with ``network`` goes only to hosts that allow it."""
+    with ``network`` goes only to hosts that allow it, and none goes to a host in
+    ``excluded_hosts`` (hosts it was sent back from: they could not get its image)."""
 
     alloc_id: str
     resources: Capacity
     constraints: Mapping[str, str] = field(default_factory=dict)
     image: str | None = None
     network: bool = False
+    excluded_hosts: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -256,6 +262,15 @@ def _network_refused(request: PlacementRequest, images_narrowed: bool) -> Imposs
     return Impossible(NO_HOST_ALLOWS_NETWORK, f"no host{where} lets containers have a network", "network")
 
 
+def _none_left(request: PlacementRequest) -> Impossible:
+    tried = ", ".join(sorted(request.excluded_hosts))
+    return Impossible(
+        NO_HOST_LEFT,
+        f"every host that could take it was tried and could not get the image {request.image!r} ({tried})",
+        "image",
+    )
+
+
 def _refused(request: PlacementRequest, matching: Sequence[_Host]) -> tuple[Impossible | None, bool]:
     """Why no host that matches the constraints admits the request (None if one does), and
     whether some matching host does not admit it (narrowed)."""
@@ -326,6 +341,10 @@ def _decide_over(hosts: Iterable[_Host], request: PlacementRequest, strategy: St
     if refused is not None:
         return refused
     allowed = [h for h in matching if _admits(h, request)]
+    if request.excluded_hosts:
+        allowed = [h for h in allowed if h.host_id not in request.excluded_hosts]
+        if not allowed:
+            return _none_left(request)
     keys = image_keys(request.image) if request.image is not None else ()
     chosen = _best_among(allowed, request, strategy, keys)
     if chosen is not None:
@@ -625,6 +644,7 @@ class Scheduler:
             request.constraints
             or (request.image is not None and self._restricted)
             or (request.network and self._networked != set(self._hosts))
+            or request.excluded_hosts
         ):
             if request.constraints:
                 candidates = self._rarest(request.constraints)
@@ -682,10 +702,13 @@ class Scheduler:
         image = request.image
         restricted = self._restricted if image is not None else {}
         networked = self._networked if request.network else None
+        excluded = request.excluded_hosts
         hosts = self._hosts
         verdicts: dict[tuple[str, ...], bool] = {}
 
         def accept(host_id: str) -> bool:
+            if host_id in excluded:
+                return False
             if constraints and not _labels_match(hosts[host_id].labels, constraints):
                 return False
             if networked is not None and host_id not in networked:
@@ -720,9 +743,14 @@ class Scheduler:
             matching = list(self._hosts)
         if not matching:
             return _no_match(request)
-        refused, narrowed = _refused(request, [self._hosts[h] for h in matching])
+        matching_hosts = [self._hosts[h] for h in matching]
+        refused, narrowed = _refused(request, matching_hosts)
         if refused is not None:
             return refused
+        if request.excluded_hosts and all(
+            h.host_id in request.excluded_hosts for h in matching_hosts if _admits(h, request)
+        ):
+            return _none_left(request)
         if not self._any_donation(c, 0, 0, accept):
             return _exceeds(request, "cpus", narrowed)
         if not self._any_donation(c, m, 0, accept):

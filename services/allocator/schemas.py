@@ -131,6 +131,14 @@ class PullProgress(Body):
     total_bytes: int = Field(description="Bytes the layers being fetched announced so far; 0: not yet known.")
 
 
+class PullFailureView(Body):
+    """A host the allocation was sent back from because it could not get the image."""
+
+    host_id: str
+    reason: str = Field(description="`image_pull_failed`.")
+    detail: str = Field(description="What the host said: which image, which registry, what went wrong.")
+
+
 class Allocation(Body):
     id: str
     user: str
@@ -152,6 +160,10 @@ class Allocation(Body):
     detail: str | None = Field(default=None, description="What went wrong, when it failed.")
     pull: PullProgress | None = Field(
         default=None, description="Set once the host began pulling the image (state `pulling`)."
+    )
+    failed_on: list[PullFailureView] = Field(
+        default_factory=list,
+        description="Hosts that could not get the image, oldest first; it is placed on none of them again.",
     )
 
     @classmethod
@@ -179,6 +191,10 @@ class Allocation(Body):
             pull=None
             if state.pull_done_bytes is None
             else PullProgress(done_bytes=state.pull_done_bytes, total_bytes=state.pull_total_bytes or 0),
+            failed_on=[
+                PullFailureView(host_id=f.host_id, reason=f.reason, detail=f.detail)
+                for f in state.pull_failures
+            ],
         )
 
 

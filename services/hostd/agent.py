@@ -22,6 +22,7 @@ from potluck.contracts.allocation_events import (
     AllocationLost,
     AllocationPlaced,
     AllocationReleased,
+    AllocationUnplaced,
 )
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import HostDeregistered, HostDrainStarted, HostPaused, HostResumed
@@ -270,6 +271,7 @@ class Agent:
                 | AllocationLost()
                 | AllocationExited()
                 | AllocationFailed()
+                | AllocationUnplaced()  # it could not get the image: placed elsewhere now
             ):
                 if getattr(event, "host_id", None) == self.host_id:
                     await self.containers.release(event.alloc_id)

@@ -157,3 +157,12 @@ def test_hostd_refuses_a_config_with_an_invalid_pattern_naming_it(tmp_path: Path
     assert not loaded.internal_network
     assert loaded.image_allowed("debian:12")
     assert not loaded.image_allowed("debian:5000/evil/img:1")
+
+
+def test_a_name_as_long_as_the_api_admits_parses_though_library_makes_it_longer() -> None:
+    """Hypothesis found it: 250 characters written, 258 once `library/` is added. The API
+    bounds what is written, so the parser does too, and placement never meets an unreadable name."""
+    name = "a" * 250
+    assert parse_reference(name).repository == f"library/{name}"
+    with pytest.raises(InvalidReference):
+        parse_reference("a" * 256)

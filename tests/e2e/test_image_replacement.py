@@ -1,0 +1,174 @@
+"""A failed pull re-places the allocation on another host (issue 14): real registry, real
+allocator and hostds, two engines.
+
+Before this change a host's failed pull failed the allocation at once, although another host
+of the pool held the image.
+"""
+
+import asyncio
+import contextlib
+from typing import Any
+
+import aiohttp
+import docker
+
+from potluck.hostd.docker_driver import DockerDriver
+from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.test_image import DEFAULT_TAG
+from tests.e2e.conftest import wait_for_status
+from tests.e2e.test_host_controls import member
+from tests.fixtures.pool import Pool
+
+
+def _build_and_push_keeping(engine: DockerEngine, references: list[str], password: str) -> None:
+    """Alice's own images (the test image and one layer more), pushed to the pool registry from
+    `engine`, which keeps them: afterwards that engine and the registry have them."""
+    client = docker.DockerClient(base_url=engine.url)
+    try:
+        container = client.containers.create(
+            DEFAULT_TAG, ["sh", "-c", "echo mine > /marker"], network_mode="none"
+        )
+        container.start()
+        container.wait(timeout=30)
+        repository, _, tag = references[0].rpartition(":")
+        image = container.commit(repository, tag)
+        container.remove(force=True)
+        for reference in references:
+            repository, _, tag = reference.rpartition(":")
+            image.tag(repository, tag)
+            lines = list(
+                client.images.push(
+                    repository,
+                    tag,
+                    auth_config={"username": "alice", "password": password},
+                    stream=True,
+                    decode=True,
+                )
+            )
+            assert not [line for line in lines if "error" in line], lines[-3:]
+    finally:
+        client.close()
+
+
+def _remove_images(engine: DockerEngine, references: list[str]) -> None:
+    client = docker.DockerClient(base_url=engine.url)
+    try:
+        for reference in references:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                client.images.remove(reference, force=True)
+    finally:
+        client.close()
+
+
+def _containers_of(engine: DockerEngine, host_id: str) -> list[str]:
+    with DockerDriver(engine.url) as driver:
+        return [c.allocation_id for c in driver.list_managed(host_id)]
+
+
+async def _get(http: aiohttp.ClientSession, pool: Pool, token: str, alloc_id: str, query: str = "") -> Any:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.get(f"{pool.api}/v1/allocations/{alloc_id}{query}", headers=headers) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def test_a_failed_pull_places_the_allocation_on_another_host_and_fails_only_when_none_can(
+    pool: Pool, docker_engines: list[DockerEngine], monkeypatch: Any
+) -> None:
+    """Tried: alice's image is in the pool registry and on laptop A only; the registry stops;
+    A is paused, so her allocation goes to laptop B, whose pull fails; then A resumes. Then an
+    image no host holds is asked for. Must hold: the first allocation goes back to `pending`
+    showing B and B's reason, is never placed on B again, and ends running on A; its history
+    shows AllocationUnplaced on B; B holds nothing of it and no capacity. The second fails on
+    both hosts, once each, and then fails with `image_pull_failed` naming each host's reason."""
+    laptop_a, laptop_b = docker_engines
+    await pool.wait_api()
+    registry = await asyncio.to_thread(pool.start_image_registry)
+    alice = await pool.add_user("alice")
+    own, nowhere = f"{registry.address}/alice/own:1", f"{registry.address}/alice/nowhere:1"
+    await asyncio.to_thread(_build_and_push_keeping, laptop_a, [own, nowhere], alice)
+    await asyncio.to_thread(_remove_images, laptop_a, [nowhere])  # only in the registry
+    try:
+        await asyncio.to_thread(registry.stop)
+
+        # Short retries: two attempts, one second apart.
+        monkeypatch.setenv("POTLUCK_HOSTD_PULL_ATTEMPTS", "2")
+        monkeypatch.setenv("POTLUCK_HOSTD_PULL_BACKOFF_S", "1")
+        allowed = [DEFAULT_TAG, f"{registry.address}/alice/*:*"]
+        host_a, host_b = await pool.enroll("laptop-a"), await pool.enroll("laptop-b")
+        pool.write_config(host_a, laptop_a, allowed_images=allowed)
+        pool.write_config(host_b, laptop_b, allowed_images=allowed)
+        pool.start_hostd(host_a)
+        pool.start_hostd(host_b)
+        await pool.wait_for_host(host_a.host_id, "online")
+        await pool.wait_for_host(host_b.host_id, "online")
+        paused = await asyncio.to_thread(member, pool, host_a, "pause")
+        assert paused.returncode == 0, paused.stderr
+        await pool.wait_for_host(host_a.host_id, "paused")
+
+        headers = {"Authorization": f"Bearer {alice}"}
+        body = {"cpus": 0.2, "memory": "64M", "disk": "64M", "image": own, "command": ["sleep", "3600"]}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{pool.api}/v1/allocations", json=body, headers=headers) as response:
+                created = await response.json()
+                assert response.status in (201, 202), created
+            alloc_id = created["id"]
+            assert created["host_id"] == host_b.host_id, created
+
+            # B cannot get the image: the allocation waits for a host again, B's reason shown.
+            for _ in range(300):
+                shown = await _get(http, pool, alice, alloc_id)
+                if shown["failed_on"]:
+                    break
+                await asyncio.sleep(0.1)
+            assert shown["state"] == "pending", (shown, pool.logs(80))
+            assert shown["host_id"] is None
+            [failure] = shown["failed_on"]
+            assert failure["host_id"] == host_b.host_id
+            assert failure["reason"] == "image_pull_failed"
+            assert registry.address in failure["detail"], failure
+
+            resumed = await asyncio.to_thread(member, pool, host_a, "resume")
+            assert resumed.returncode == 0, resumed.stderr
+            running = await _get(http, pool, alice, alloc_id, "?wait=running&timeout=60")
+            assert running["state"] == "running", (running, pool.logs(80))
+            assert running["host_id"] == host_a.host_id
+            history = await _get(http, pool, alice, alloc_id, "/events")
+            steps = [(e["type"], e["data"].get("host_id")) for e in history["events"]]
+            placed_b = steps.index(("AllocationPlaced", host_b.host_id))
+            unplaced_b = steps.index(("AllocationUnplaced", host_b.host_id))
+            placed_a = steps.index(("AllocationPlaced", host_a.host_id))
+            assert placed_b < unplaced_b < placed_a < steps.index(("AllocationRunning", host_a.host_id)), (
+                steps
+            )
+            assert [s for s in steps if s[0] == "AllocationPlaced"] == [
+                ("AllocationPlaced", host_b.host_id),
+                ("AllocationPlaced", host_a.host_id),
+            ], steps
+            assert alloc_id not in await asyncio.to_thread(_containers_of, laptop_b, host_b.host_id)
+
+            # An image no host can get: tried on each host once, then failed naming both.
+            body["image"] = nowhere
+            async with http.post(f"{pool.api}/v1/allocations", json=body, headers=headers) as response:
+                doomed = await response.json()
+                assert response.status in (201, 202), doomed
+            failed = await _get(http, pool, alice, doomed["id"], "?wait=failed&timeout=60")
+            assert failed["state"] == "failed", (failed, pool.logs(80))
+            assert failed["reason"] == "image_pull_failed"
+            for host in (host_a, host_b):
+                assert f"host {host.host_id}: " in failed["detail"], failed["detail"]
+            assert sorted(f["host_id"] for f in failed["failed_on"]) == sorted(
+                [host_a.host_id, host_b.host_id]
+            )
+            history = await _get(http, pool, alice, doomed["id"], "/events")
+            placements = [e["data"]["host_id"] for e in history["events"] if e["type"] == "AllocationPlaced"]
+            assert sorted(placements) == sorted([host_a.host_id, host_b.host_id]), placements
+
+            async with http.get(f"{pool.api}/v1/pool", headers=headers) as response:
+                hosts = {h["host_id"]: h for h in (await response.json())["hosts"]}
+            # Only the running allocation still holds capacity, on A.
+            assert hosts[host_b.host_id]["reserved"]["cpus"] == 0, hosts
+            assert abs(hosts[host_a.host_id]["reserved"]["cpus"] - 0.2) < 1e-9, hosts
+            await wait_for_status(pool, alloc_id, "running", timeout=5)
+    finally:
+        await asyncio.to_thread(_remove_images, laptop_a, [own, nowhere])
