@@ -1,13 +1,43 @@
 """Loopback ports: pick a free one, wait until one accepts."""
 
+import random
 import socket
 import time
+from pathlib import Path
 
 from potluck.localstack.errors import LocalStackError
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port: int, host: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the kernel's choice for port 0)."""
+    """A port nobody listens on right now, for a server we start next.
+
+    Chosen below the kernel's ephemeral range: a port from that range (what binding
+    to port 0 gives) can be taken by any outgoing connection in the moment between
+    choosing it and the server binding it, which made servers fail to start.
+    """
+    low, _ = _ephemeral_range()
+    if low > 11_000:
+        for _ in range(64):
+            port = random.randint(10_000, low - 1)
+            if _bindable(port, host):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])

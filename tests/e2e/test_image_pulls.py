@@ -18,50 +18,8 @@ from potluck.contracts.subjects import IMAGE_TOKEN
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e.conftest import wait_for_status
+from tests.fixtures.images import build_and_push, get_allocation, has_image
 from tests.fixtures.pool import Pool
-
-
-def _build_and_push(
-    engine: DockerEngine, base: str, references: list[str], password: str, layer: str = "echo mine > /marker"
-) -> None:
-    """A user's own image (the test image and one layer more, made by `layer`), pushed to the pool
-    registry from the user's engine, then removed there: afterwards only the registry has it."""
-    client = docker.DockerClient(base_url=engine.url)
-    try:
-        container = client.containers.create(base, ["sh", "-c", layer], network_mode="none")
-        container.start()
-        container.wait(timeout=30)
-        repository, _, tag = references[0].rpartition(":")
-        image = container.commit(repository, tag)
-        container.remove(force=True)
-        for reference in references:
-            repository, _, tag = reference.rpartition(":")
-            image.tag(repository, tag)
-            lines = list(
-                client.images.push(
-                    repository,
-                    tag,
-                    auth_config={"username": "alice", "password": password},
-                    stream=True,
-                    decode=True,
-                )
-            )
-            assert not [line for line in lines if "error" in line], lines[-3:]
-        for reference in references:
-            client.images.remove(reference)
-    finally:
-        client.close()
-
-
-def _has_image(engine: DockerEngine, reference: str) -> bool:
-    client = docker.DockerClient(base_url=engine.url)
-    try:
-        client.images.get(reference)
-    except docker.errors.ImageNotFound:
-        return False
-    finally:
-        client.close()
-    return True
 
 
 def _pull_error(engine: DockerEngine, reference: str, token: str) -> str | None:
@@ -93,13 +51,6 @@ async def _create(
         return created
 
 
-async def _get(http: aiohttp.ClientSession, pool: Pool, token: str, alloc_id: str, query: str = "") -> Any:
-    headers = {"Authorization": f"Bearer {token}"}
-    async with http.get(f"{pool.api}/v1/allocations/{alloc_id}{query}", headers=headers) as response:
-        assert response.status == 200, await response.text()
-        return await response.json()
-
-
 async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_registry_fails_clearly(
     pool: Pool, docker_engines: list[DockerEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -117,12 +68,12 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
     alice = await pool.add_user("alice")
     await pool.add_user("bob")
     own, second = f"{registry.address}/alice/own:1", f"{registry.address}/alice/own:2"
-    await asyncio.to_thread(_build_and_push, laptop_a, DEFAULT_TAG, [own, second], alice)
+    await asyncio.to_thread(build_and_push, laptop_a, [own, second], alice)
     big = f"{registry.address}/alice/big:1"  # 80 MB that do not compress, for a 64 MB disk
     fill = "head -c 83886080 /dev/urandom > /big"
-    await asyncio.to_thread(_build_and_push, laptop_a, DEFAULT_TAG, [big], alice, fill)
-    assert not await asyncio.to_thread(_has_image, laptop_a, own)
-    assert not await asyncio.to_thread(_has_image, laptop_b, own)
+    await asyncio.to_thread(build_and_push, laptop_a, [big], alice, layer=fill)
+    assert not await asyncio.to_thread(has_image, laptop_a, own)
+    assert not await asyncio.to_thread(has_image, laptop_b, own)
 
     # Short retries for the registry-down half: two attempts, two seconds apart.
     monkeypatch.setenv("POTLUCK_HOSTD_PULL_ATTEMPTS", "2")
@@ -151,13 +102,13 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
             assert (await response.json())["error"]["field"] == "image"
 
         created = await _create(http, pool, alice, own)
-        running = await _get(http, pool, alice, created["id"], "?wait=running&timeout=60")
+        running = await get_allocation(http, pool.api, alice, created["id"], "?wait=running&timeout=60")
         assert running["state"] == "running", (running, pool.logs(80))
         assert running["host_id"] == host.host_id
-        history = await _get(http, pool, alice, created["id"], "/events")
+        history = await get_allocation(http, pool.api, alice, created["id"], "/events")
         types = [entry["type"] for entry in history["events"]]
         assert types.index("AllocationPulling") < types.index("AllocationRunning"), types
-        assert await asyncio.to_thread(_has_image, laptop_b, own)
+        assert await asyncio.to_thread(has_image, laptop_b, own)
 
         # Tokens: the host of the allocation gets one for its repository, pull only; a host it
         # is not placed on gets none; the right host gets none for another repository.
@@ -189,12 +140,12 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
 
         # An image larger than the host's donated disk: not pulled on, not retried, failed clearly.
         too_big = await _create(http, pool, alice, big, on="laptop-small")
-        refused_big = await _get(http, pool, alice, too_big["id"], "?wait=failed&timeout=60")
+        refused_big = await get_allocation(http, pool.api, alice, too_big["id"], "?wait=failed&timeout=60")
         assert refused_big["state"] == "failed", (refused_big, pool.logs(80))
         assert refused_big["reason"] == "image_pull_failed"
         assert "bytes of disk this host donates" in refused_big["detail"], refused_big["detail"]
         assert "(tried once)" in refused_big["detail"], refused_big["detail"]
-        assert not await asyncio.to_thread(_has_image, laptop_a, big)
+        assert not await asyncio.to_thread(has_image, laptop_a, big)
 
         # The registry goes away: the next allocation waits in `pulling`, then fails, saying why;
         # one released while its host pulls is released, and its pull dropped.
@@ -205,18 +156,18 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
         async with http.delete(f"{pool.api}/v1/allocations/{dropped['id']}", headers=headers) as response:
             assert response.status == 200, await response.text()
         await wait_for_status(pool, doomed["id"], "pulling", timeout=30)
-        shown = await _get(http, pool, alice, doomed["id"])
+        shown = await get_allocation(http, pool.api, alice, doomed["id"])
         assert shown["state"] in ("pulling", "failed"), shown
         if shown["state"] == "pulling":
             assert shown["pull"] is not None
-        failed = await _get(http, pool, alice, doomed["id"], "?wait=failed&timeout=60")
+        failed = await get_allocation(http, pool.api, alice, doomed["id"], "?wait=failed&timeout=60")
         assert failed["state"] == "failed", (failed, pool.logs(80))
         assert failed["reason"] == "image_pull_failed"
         assert second in failed["detail"], failed["detail"]
         assert f"the registry {registry.address}" in failed["detail"], failed["detail"]
         assert "tried 2 times" in failed["detail"], failed["detail"]
-        assert not await asyncio.to_thread(_has_image, laptop_b, second)
-        assert (await _get(http, pool, alice, dropped["id"]))["state"] == "released"
+        assert not await asyncio.to_thread(has_image, laptop_b, second)
+        assert (await get_allocation(http, pool.api, alice, dropped["id"]))["state"] == "released"
         hostd_log = [
             json.loads(line) for line in (pool.workdir / "hostd-laptop-b.log").read_text().splitlines()
         ]
@@ -251,9 +202,9 @@ async def test_ten_allocations_on_two_laptops_the_holder_first_the_other_after_a
     registry = await asyncio.to_thread(pool.start_image_registry)
     alice = await pool.add_user("alice", allocations=100, cpus=100.0, memory_bytes=1 << 40)
     image = f"{registry.address}/alice/ten:1"
-    await asyncio.to_thread(_build_and_push, laptop_a, DEFAULT_TAG, [image], alice, "echo ten > /marker")
+    await asyncio.to_thread(build_and_push, laptop_a, [image], alice, layer="echo ten > /marker")
     await asyncio.to_thread(_pull_as, laptop_a, image, "alice", alice)
-    assert not await asyncio.to_thread(_has_image, laptop_b, image)
+    assert not await asyncio.to_thread(has_image, laptop_b, image)
 
     allowed = [DEFAULT_TAG, f"{registry.address}/alice/*:*"]
     a, b = await pool.enroll("laptop-a"), await pool.enroll("laptop-b")
@@ -275,12 +226,12 @@ async def test_ten_allocations_on_two_laptops_the_holder_first_the_other_after_a
             placed.append((created["id"], created["host_id"]))
         assert [host for _, host in placed] == [a.host_id] * 6 + [b.host_id] * 4, (placed, pool.logs())
         for alloc_id, host_id in placed:
-            running = await _get(http, pool, alice, alloc_id, "?wait=running&timeout=90")
+            running = await get_allocation(http, pool.api, alice, alloc_id, "?wait=running&timeout=90")
             assert running["state"] == "running", (running, pool.logs(80))
-            history = await _get(http, pool, alice, alloc_id, "/events")
+            history = await get_allocation(http, pool.api, alice, alloc_id, "/events")
             types = [entry["type"] for entry in history["events"]]
             if host_id == a.host_id:
                 assert "AllocationPulling" not in types, types
             else:
                 assert types.index("AllocationPulling") < types.index("AllocationRunning"), types
-    assert await asyncio.to_thread(_has_image, laptop_b, image)
+    assert await asyncio.to_thread(has_image, laptop_b, image)

@@ -6,70 +6,22 @@ of the pool held the image.
 """
 
 import asyncio
-import contextlib
 from typing import Any
 
 import aiohttp
-import docker
 
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e.conftest import wait_for_status
 from tests.e2e.test_host_controls import member
+from tests.fixtures.images import build_and_push, get_allocation, remove_images
 from tests.fixtures.pool import Pool
-
-
-def _build_and_push_keeping(engine: DockerEngine, references: list[str], password: str) -> None:
-    """Alice's own images (the test image and one layer more), pushed to the pool registry from
-    `engine`, which keeps them: afterwards that engine and the registry have them."""
-    client = docker.DockerClient(base_url=engine.url)
-    try:
-        container = client.containers.create(
-            DEFAULT_TAG, ["sh", "-c", "echo mine > /marker"], network_mode="none"
-        )
-        container.start()
-        container.wait(timeout=30)
-        repository, _, tag = references[0].rpartition(":")
-        image = container.commit(repository, tag)
-        container.remove(force=True)
-        for reference in references:
-            repository, _, tag = reference.rpartition(":")
-            image.tag(repository, tag)
-            lines = list(
-                client.images.push(
-                    repository,
-                    tag,
-                    auth_config={"username": "alice", "password": password},
-                    stream=True,
-                    decode=True,
-                )
-            )
-            assert not [line for line in lines if "error" in line], lines[-3:]
-    finally:
-        client.close()
-
-
-def _remove_images(engine: DockerEngine, references: list[str]) -> None:
-    client = docker.DockerClient(base_url=engine.url)
-    try:
-        for reference in references:
-            with contextlib.suppress(docker.errors.ImageNotFound):
-                client.images.remove(reference, force=True)
-    finally:
-        client.close()
 
 
 def _containers_of(engine: DockerEngine, host_id: str) -> list[str]:
     with DockerDriver(engine.url) as driver:
         return [c.allocation_id for c in driver.list_managed(host_id)]
-
-
-async def _get(http: aiohttp.ClientSession, pool: Pool, token: str, alloc_id: str, query: str = "") -> Any:
-    headers = {"Authorization": f"Bearer {token}"}
-    async with http.get(f"{pool.api}/v1/allocations/{alloc_id}{query}", headers=headers) as response:
-        assert response.status == 200, await response.text()
-        return await response.json()
 
 
 async def test_a_failed_pull_places_the_allocation_on_another_host_and_fails_only_when_none_can(
@@ -86,8 +38,8 @@ async def test_a_failed_pull_places_the_allocation_on_another_host_and_fails_onl
     registry = await asyncio.to_thread(pool.start_image_registry)
     alice = await pool.add_user("alice")
     own, nowhere = f"{registry.address}/alice/own:1", f"{registry.address}/alice/nowhere:1"
-    await asyncio.to_thread(_build_and_push_keeping, laptop_a, [own, nowhere], alice)
-    await asyncio.to_thread(_remove_images, laptop_a, [nowhere])  # only in the registry
+    await asyncio.to_thread(build_and_push, laptop_a, [own, nowhere], alice, keep=True)
+    await asyncio.to_thread(remove_images, laptop_a, [nowhere])  # only in the registry
     try:
         await asyncio.to_thread(registry.stop)
 
@@ -117,7 +69,7 @@ async def test_a_failed_pull_places_the_allocation_on_another_host_and_fails_onl
 
             # B cannot get the image: the allocation waits for a host again, B's reason shown.
             for _ in range(300):
-                shown = await _get(http, pool, alice, alloc_id)
+                shown = await get_allocation(http, pool.api, alice, alloc_id)
                 if shown["failed_on"]:
                     break
                 await asyncio.sleep(0.1)
@@ -130,10 +82,10 @@ async def test_a_failed_pull_places_the_allocation_on_another_host_and_fails_onl
 
             resumed = await asyncio.to_thread(member, pool, host_a, "resume")
             assert resumed.returncode == 0, resumed.stderr
-            running = await _get(http, pool, alice, alloc_id, "?wait=running&timeout=60")
+            running = await get_allocation(http, pool.api, alice, alloc_id, "?wait=running&timeout=60")
             assert running["state"] == "running", (running, pool.logs(80))
             assert running["host_id"] == host_a.host_id
-            history = await _get(http, pool, alice, alloc_id, "/events")
+            history = await get_allocation(http, pool.api, alice, alloc_id, "/events")
             steps = [(e["type"], e["data"].get("host_id")) for e in history["events"]]
             placed_b = steps.index(("AllocationPlaced", host_b.host_id))
             unplaced_b = steps.index(("AllocationUnplaced", host_b.host_id))
@@ -152,7 +104,7 @@ async def test_a_failed_pull_places_the_allocation_on_another_host_and_fails_onl
             async with http.post(f"{pool.api}/v1/allocations", json=body, headers=headers) as response:
                 doomed = await response.json()
                 assert response.status in (201, 202), doomed
-            failed = await _get(http, pool, alice, doomed["id"], "?wait=failed&timeout=60")
+            failed = await get_allocation(http, pool.api, alice, doomed["id"], "?wait=failed&timeout=60")
             assert failed["state"] == "failed", (failed, pool.logs(80))
             assert failed["reason"] == "image_pull_failed"
             for host in (host_a, host_b):
@@ -160,7 +112,7 @@ async def test_a_failed_pull_places_the_allocation_on_another_host_and_fails_onl
             assert sorted(f["host_id"] for f in failed["failed_on"]) == sorted(
                 [host_a.host_id, host_b.host_id]
             )
-            history = await _get(http, pool, alice, doomed["id"], "/events")
+            history = await get_allocation(http, pool.api, alice, doomed["id"], "/events")
             placements = [e["data"]["host_id"] for e in history["events"] if e["type"] == "AllocationPlaced"]
             assert sorted(placements) == sorted([host_a.host_id, host_b.host_id]), placements
 
@@ -171,4 +123,4 @@ async def test_a_failed_pull_places_the_allocation_on_another_host_and_fails_onl
             assert abs(hosts[host_a.host_id]["reserved"]["cpus"] - 0.2) < 1e-9, hosts
             await wait_for_status(pool, alloc_id, "running", timeout=5)
     finally:
-        await asyncio.to_thread(_remove_images, laptop_a, [own, nowhere])
+        await asyncio.to_thread(remove_images, laptop_a, [own, nowhere])
