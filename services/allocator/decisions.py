@@ -159,27 +159,20 @@ def check_quota(quota: Quota, held: dict[str, Capacity], wanted: Capacity) -> No
             status=403,
         )
     cpus = sum(r.cpus for r in held.values()) + wanted.cpus
-    if cpus > quota.cpus + 1e-9:
-        raise Rejected(
-            "QUOTA_EXCEEDED",
-            f"this would hold {cpus:g} CPUs, your quota is {quota.cpus:g}",
-            field="cpus",
-            status=403,
-        )
+    # A float sum of CPU shares may land a hair above an exact quota.
+    _within_quota("cpus", cpus > quota.cpus + 1e-9, f"{cpus:g} CPUs", f"{quota.cpus:g}")
     memory = sum(r.memory_bytes for r in held.values()) + wanted.memory_bytes
-    if memory > quota.memory_bytes:
-        raise Rejected(
-            "QUOTA_EXCEEDED",
-            f"this would hold {memory} bytes of memory, your quota is {quota.memory_bytes}",
-            field="memory",
-            status=403,
-        )
+    _within_quota("memory", memory > quota.memory_bytes, f"{memory} bytes of memory", f"{quota.memory_bytes}")
     disk = sum(r.disk_bytes for r in held.values()) + wanted.disk_bytes
-    if disk > quota.disk_bytes:
+    _within_quota("disk", disk > quota.disk_bytes, f"{disk} bytes of disk", f"{quota.disk_bytes}")
+
+
+def _within_quota(field: str, over: bool, would_hold: str, quota: str) -> None:
+    if over:
         raise Rejected(
             "QUOTA_EXCEEDED",
-            f"this would hold {disk} bytes of disk, your quota is {quota.disk_bytes}",
-            field="disk",
+            f"this would hold {would_hold}, your quota is {quota}",
+            field=field,
             status=403,
         )
 
