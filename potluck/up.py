@@ -133,7 +133,7 @@ async def _wait_online(api: str, token: str, timeout: float = 60) -> None:
             with contextlib.suppress(aiohttp.ClientError):
                 async with http.get(f"{api}/v1/pool", headers=headers) as response:
                     if response.status == 200 and any(
-                        h["status"] == "online" for h in (await response.json())["hosts"]
+                        h["status"] == "active" for h in (await response.json())["hosts"]
                     ):
                         return
             await asyncio.sleep(0.2)

@@ -110,7 +110,9 @@ class AllocationFailed(AllocationEvent):
 
 @event_type
 class AllocationLost(HostAllocationEvent):
-    pass
+    """Given up with its host: what the user is told is `reason` (e.g. why the host was revoked)."""
+
+    reason: str = "host lost"
 
 
 @event_type

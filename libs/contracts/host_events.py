@@ -5,6 +5,7 @@ Every event names its host in `host_id`, which also ends its bus subject
 host's events and no other's.
 """
 
+from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -14,6 +15,9 @@ from potluck.contracts.engine import EngineFacts
 from potluck.events import Event, event_type, registry
 
 Actor = Literal["member", "operator", "registry"]
+
+#: What made a host's owner policy act (see services/hostd's policy).
+PolicyCause = Literal["owner", "battery", "heat", "window"]
 
 
 class HostEvent(Event):
@@ -46,21 +50,43 @@ class HostRegistered(HostEvent):
 
 @event_type
 class HostSuspected(HostEvent):
-    """Beats stopped for a few intervals; placements avoid the host."""
+    """Beats stopped for a few intervals, cause unknown: the host is *unreachable*.
+
+    Placements avoid it; its allocations are kept (they wait for the host). The
+    name stays for the log's sake: events already written keep their meaning.
+    """
 
     silent_for_s: float
 
 
 @event_type
+class HostSleeping(HostEvent):
+    """hostd announced that its machine is about to sleep (logind's PrepareForSleep).
+
+    The host is *asleep* at once: its allocations wait for it, frozen by the kernel.
+    """
+
+
+@event_type
+class HostWoke(HostEvent):
+    """hostd came back saying its machine slept `slept_s` seconds (CLOCK_BOOTTIME ran ahead
+    of CLOCK_MONOTONIC, or logind said so)."""
+
+    slept_s: float = Field(ge=0)
+
+
+@event_type
 class HostLost(HostEvent):
-    """Beats stayed away past the grace period; its allocations are lost."""
+    """Silent (asleep or unreachable) past `stranded_grace`: its allocations are given up."""
 
     silent_for_s: float
 
 
 @event_type
 class HostRecovered(HostEvent):
-    was: Literal["suspect", "lost"]
+    """Beats came back. `suspect` is how events written before `unreachable` name it."""
+
+    was: Literal["suspect", "unreachable", "asleep", "lost"]
 
 
 @event_type
@@ -82,6 +108,68 @@ class HostDrainStarted(HostEvent):
 @event_type
 class HostDeregistered(HostEvent):
     by: Actor
+
+
+@event_type
+class HostLeft(HostEvent):
+    """The member took the machine back for good (`potluck host leave`): it never registers
+    again; coming back needs a new enrollment."""
+
+    by: Actor
+
+
+@event_type
+class HostRevoked(HostEvent):
+    """An operator evicted the machine (stolen, compromised): its key is no longer honoured,
+    its allocations are lost, and nothing it sends is accepted again."""
+
+    by: str
+    reason: str = ""
+
+
+@event_type
+class HostJoinTokenIssued(HostEvent):
+    """An operator issued a single-use join token for the host (`potluck ops hosts enroll`).
+
+    Only the token's digest is logged, never the token; `join_nkey` is the public half of
+    the throwaway NATS identity the token carries, which may only ask to join.
+    """
+
+    token_sha256: str
+    join_nkey: str
+    expires_at: datetime
+
+
+@event_type
+class HostJoined(HostEvent):
+    """The member's machine redeemed its join token (`potluck join`), with a NATS key pair it
+    made itself: `nkey` is its public half, and the token is spent."""
+
+    nkey: str
+
+
+@event_type
+class HostThrottled(HostEvent):
+    """The owner policy cut the pool's CPU here to `share_cpus` (of the donated cpus)."""
+
+    cause: PolicyCause
+    reason: str
+    share_cpus: float = Field(ge=0)
+
+
+@event_type
+class HostFrozen(HostEvent):
+    """The owner policy froze the pool's containers here (cgroup freezer)."""
+
+    cause: PolicyCause
+    reason: str
+
+
+@event_type
+class HostShareRestored(HostEvent):
+    """The owner policy gave the pool its full donated share back."""
+
+    reason: str = ""
 
 
 @registry.upcaster("HostRegistered", 1)

@@ -175,7 +175,7 @@ def evolve(
         case AllocationFailed():
             return replace(state, status="failed", reason=event.reason, detail=event.detail or None)
         case AllocationLost():
-            return replace(state, status="lost", reason="host lost")
+            return replace(state, status="lost", reason=event.reason)
         case AllocationExpired():
             return replace(state, status="expired")
         case AllocationReleased():

@@ -16,17 +16,34 @@ from potluck.contracts.host_events import (
     HostDrainStarted,
     HostEnrolled,
     HostEvent,
+    HostFrozen,
+    HostJoined,
+    HostJoinTokenIssued,
+    HostLeft,
     HostLost,
     HostPaused,
     HostRecovered,
     HostRegistered,
     HostResumed,
+    HostRevoked,
+    HostShareRestored,
+    HostSleeping,
     HostSuspected,
+    HostThrottled,
+    HostWoke,
+    PolicyCause,
 )
 from potluck.events import Event
 
-Liveness = Literal["online", "suspect", "lost"]
-AdminState = Literal["active", "paused", "draining", "deregistered"]
+#: online: beating. asleep: said it sleeps (or came back saying it slept). unreachable: silent,
+#: cause unknown. lost: silent past the stranded grace; its allocations were given up.
+Liveness = Literal["online", "asleep", "unreachable", "lost"]
+#: left and revoked are for good: the host never registers again without a new enrollment.
+AdminState = Literal["active", "paused", "draining", "deregistered", "left", "revoked"]
+#: What the member's owner policy does to the pool's share here.
+PolicyState = Literal["normal", "throttled", "frozen"]
+#: Liveness states in which the host's allocations are kept, waiting for it.
+WAITING: frozenset[str] = frozenset({"asleep", "unreachable"})
 
 
 @dataclass(frozen=True)
@@ -46,20 +63,53 @@ class HostState:
     admin: AdminState = "active"
     liveness: Liveness | None = None
     drain_grace_s: float = 0.0
+    #: Since when the host has its current liveness (the event that set it).
+    liveness_since: datetime | None = None
+    #: How long it last said it slept (HostWoke).
+    slept_s: float | None = None
+    policy: PolicyState = "normal"
+    policy_cause: PolicyCause | None = None
+    policy_reason: str = ""
+    policy_since: datetime | None = None
+    #: CPUs the pool keeps while throttled.
+    policy_share_cpus: float | None = None
+    #: The unredeemed join token (digest only), its throwaway NATS key and its expiry.
+    join_token_sha256: str = ""
+    join_nkey: str = ""
+    join_expires_at: datetime | None = None
+    revoked_by: str = ""
+    revoked_reason: str = ""
     changed_at: datetime | None = None
 
     @property
     def schedulable(self) -> bool:
-        """May new work be placed here?"""
-        return self.registered and self.admin == "active" and self.liveness == "online"
+        """May new work be placed here? Never on a frozen host."""
+        return (
+            self.registered
+            and self.admin == "active"
+            and self.liveness == "online"
+            and self.policy != "frozen"
+        )
+
+    @property
+    def gone(self) -> bool:
+        """Left or revoked: nothing it sends is honoured until an operator enrolls it anew."""
+        return self.admin in ("left", "revoked")
+
+    @property
+    def waiting(self) -> bool:
+        """Asleep or unreachable: its allocations are kept and wait for it."""
+        return self.registered and self.liveness in WAITING
 
     @property
     def status(self) -> str:
-        if not self.registered:
-            return "deregistered" if self.admin == "deregistered" else "enrolled"
+        """One word among enrolled, active, paused, draining, asleep, unreachable, lost,
+        deregistered, left, revoked."""
+        if self.gone or not self.registered:
+            return self.admin if self.admin in ("deregistered", "left", "revoked") else "enrolled"
         if self.liveness != "online":
             return str(self.liveness)
-        return "online" if self.admin == "active" else self.admin
+        return self.admin
 
 
 def evolve(state: HostState | None, event: Event, version: int, at: datetime) -> HostState | None:
@@ -74,6 +124,10 @@ def evolve(state: HostState | None, event: Event, version: int, at: datetime) ->
         # A host event without enrollment cannot be decided by the aggregate; keep folding total.
         state = HostState(host_id=event.host_id, name=event.host_id, nkey="")
     state = replace(state, version=version, changed_at=at)
+    return _evolve_host(state, event, at)
+
+
+def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
     match event:
         case HostRegistered():
             return replace(
@@ -88,13 +142,18 @@ def evolve(state: HostState | None, event: Event, version: int, at: datetime) ->
                 ssh_host_key=event.ssh_host_key,
                 admin="active" if state.admin == "deregistered" else state.admin,
                 liveness="online",
+                liveness_since=at if state.liveness != "online" else state.liveness_since,
             )
         case HostSuspected():
-            return replace(state, liveness="suspect")
+            return replace(state, liveness="unreachable", liveness_since=at)
+        case HostSleeping():
+            return replace(state, liveness="asleep", liveness_since=at)
+        case HostWoke():
+            return replace(state, liveness="online", liveness_since=at, slept_s=event.slept_s)
         case HostLost():
-            return replace(state, liveness="lost")
+            return replace(state, liveness="lost", liveness_since=at)
         case HostRecovered():
-            return replace(state, liveness="online")
+            return replace(state, liveness="online", liveness_since=at)
         case HostPaused():
             return replace(state, admin="paused")
         case HostResumed():
@@ -103,6 +162,56 @@ def evolve(state: HostState | None, event: Event, version: int, at: datetime) ->
             return replace(state, admin="draining", drain_grace_s=event.grace_s)
         case HostDeregistered():
             return replace(state, admin="deregistered", registered=False, liveness=None)
+        case HostLeft():
+            return replace(state, admin="left", registered=False, liveness=None)
+        case HostRevoked():
+            return replace(
+                state,
+                admin="revoked",
+                registered=False,
+                liveness=None,
+                revoked_by=event.by,
+                revoked_reason=event.reason,
+                join_token_sha256="",
+                join_nkey="",
+                join_expires_at=None,
+            )
+        case HostJoinTokenIssued():
+            return replace(
+                state,
+                join_token_sha256=event.token_sha256,
+                join_nkey=event.join_nkey,
+                join_expires_at=event.expires_at,
+            )
+        case HostJoined():
+            return replace(state, nkey=event.nkey, join_token_sha256="", join_nkey="", join_expires_at=None)
+        case HostThrottled():
+            return replace(
+                state,
+                policy="throttled",
+                policy_cause=event.cause,
+                policy_reason=event.reason,
+                policy_since=at if state.policy != "throttled" else state.policy_since,
+                policy_share_cpus=event.share_cpus,
+            )
+        case HostFrozen():
+            return replace(
+                state,
+                policy="frozen",
+                policy_cause=event.cause,
+                policy_reason=event.reason,
+                policy_since=at,
+                policy_share_cpus=0.0,
+            )
+        case HostShareRestored():
+            return replace(
+                state,
+                policy="normal",
+                policy_cause=None,
+                policy_reason="",
+                policy_since=at,
+                policy_share_cpus=None,
+            )
     return state
 
 
@@ -147,5 +256,21 @@ def host_as_dict(state: HostState) -> dict[str, object]:
         "allow_network": state.allow_network,
         "engine": state.engine.model_dump() if state.engine else None,
         "hostd_version": state.hostd_version,
-        "changed_at": state.changed_at.isoformat() if state.changed_at else None,
+        "liveness_since": _iso(state.liveness_since),
+        "slept_s": state.slept_s,
+        "policy": {
+            "state": state.policy,
+            "cause": state.policy_cause,
+            "reason": state.policy_reason,
+            "since": _iso(state.policy_since),
+            "share_cpus": state.policy_share_cpus,
+        },
+        "revoked": {"by": state.revoked_by, "reason": state.revoked_reason}
+        if state.admin == "revoked"
+        else None,
+        "changed_at": _iso(state.changed_at),
     }
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at else None

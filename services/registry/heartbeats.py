@@ -69,7 +69,7 @@ class LivenessWatch:
             return
         self.last_seen.beat(host_id)
         state = self.view.hosts.get(host_id)
-        if state is not None and state.liveness in ("suspect", "lost"):
+        if state is not None and state.liveness in ("unreachable", "asleep", "lost"):
             await self._decide(host_id, lambda s: aggregate.beat_returned(s) if s else [])
 
     async def run(self) -> None:

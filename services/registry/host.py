@@ -89,7 +89,7 @@ def control(state: HostState | None, host_id: str, cmd: ControlHost, by: Actor) 
 
 
 def beat_returned(state: HostState) -> list[Event]:
-    if state.registered and state.liveness in ("suspect", "lost"):
+    if state.registered and state.liveness in ("unreachable", "asleep", "lost"):
         return [HostRecovered(host_id=state.host_id, was=state.liveness)]
     return []
 
@@ -99,7 +99,7 @@ def went_silent(
 ) -> list[Event]:
     if not state.registered:
         return []
-    if state.liveness in ("online", "suspect") and silent_for_s >= lost_after_s:
+    if state.liveness in ("online", "unreachable", "asleep") and silent_for_s >= lost_after_s:
         return [HostLost(host_id=state.host_id, silent_for_s=round(silent_for_s, 3))]
     if state.liveness == "online" and silent_for_s >= suspect_after_s:
         return [HostSuspected(host_id=state.host_id, silent_for_s=round(silent_for_s, 3))]

@@ -37,7 +37,7 @@ async def laptop(pool: Pool, docker_engines: list[DockerEngine]) -> EnrolledHost
     host = await pool.enroll("laptop-a")
     pool.write_config(host, docker_engines[0])
     pool.start_hostd(host)
-    await pool.wait_for_host(host.host_id, "online")
+    await pool.wait_for_host(host.host_id, "active")
     await pool.wait_for_images(host.host_id)
     return host
 
@@ -101,7 +101,7 @@ async def gatewayed(pool: Pool, docker_engines: list[DockerEngine], tmp_path: Pa
         gateways=[{"address": f"127.0.0.1:{tunnel_port}", "client_key": client_key}],
     )
     pool.start_hostd(host)
-    await pool.wait_for_host(host.host_id, "online")
+    await pool.wait_for_host(host.host_id, "active")
     await pool.wait_for_images(host.host_id)
     await asyncio.to_thread(wait_for_port, ssh_port, what="the SSH gateway", timeout=30)
     await pool.wait_api()

@@ -30,7 +30,7 @@ async def test_schemathesis_finds_nothing_with_every_check_and_phase(
     host = await pool.enroll("laptop-a")
     pool.write_config(host, docker_engines[0], allowed_images=[])  # none listed: any image
     pool.start_hostd(host)
-    await pool.wait_for_host(host.host_id, "online")
+    await pool.wait_for_host(host.host_id, "active")
     await pool.wait_api()
     # The pool's image registry runs too, so GET /v1/images answers from it.
     await asyncio.to_thread(pool.start_image_registry)

@@ -33,7 +33,7 @@ async def test_services_outlive_a_database_outage_and_decide_what_fell_due_meanw
         host = await pool.enroll("laptop-a")
         pool.write_config(host, docker_engines[0])
         pool.start_hostd(host)
-        await pool.wait_for_host(host.host_id, "online")
+        await pool.wait_for_host(host.host_id, "active")
         await pool.wait_api()
         headers = {"Authorization": f"Bearer {await pool.add_user('alice')}"}
         body = {

@@ -51,7 +51,7 @@ async def test_pause_freezes_and_resume_thaws_containers(
     assert "already so" in again.stdout
     resumed = await asyncio.to_thread(member, pool, laptop, "resume")
     assert resumed.returncode == 0, resumed.stderr
-    await pool.wait_for_host(laptop.host_id, "online")
+    await pool.wait_for_host(laptop.host_id, "active")
     await wait_container(docker_engines[0], laptop.host_id, "work", "running", pool)
 
 
@@ -138,7 +138,7 @@ async def test_registry_read_model_rebuilt_from_the_log_equals_the_live_one(
     other = await pool.enroll("laptop-b")
     pool.write_config(other, docker_engines[1], labels={"gpu": "no"})
     pool.start_hostd(other)
-    await pool.wait_for_host(other.host_id, "online")
+    await pool.wait_for_host(other.host_id, "active")
     assert (await asyncio.to_thread(member, pool, other, "pause")).returncode == 0
     await pool.wait_for_host(other.host_id, "paused")
     live = await pool.live_hosts()
@@ -157,7 +157,7 @@ async def test_member_sees_status_and_can_take_the_machine_back(
 
     shown = await asyncio.to_thread(member, pool, laptop, "status")
     assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout)["status"] == "online"
+    assert json.loads(shown.stdout)["status"] == "active"
     await place(pool.store, laptop.host_id, "taken-back", spec())
     await wait_for_status(pool, "taken-back", "running")
     left = await asyncio.to_thread(member, pool, laptop, "deregister")

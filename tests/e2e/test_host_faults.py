@@ -77,11 +77,11 @@ async def test_a_silent_host_becomes_suspect_then_lost_and_recovers_when_beats_r
     assert laptop.process.pid is not None
     os.kill(laptop.process.pid, signal.SIGSTOP)
     try:
-        await pool.wait_for_host(laptop.host_id, "suspect", timeout=5)
+        await pool.wait_for_host(laptop.host_id, "unreachable", timeout=5)
         await pool.wait_for_host(laptop.host_id, "lost", timeout=10)
     finally:
         os.kill(laptop.process.pid, signal.SIGCONT)
-    await pool.wait_for_host(laptop.host_id, "online", timeout=10)
+    await pool.wait_for_host(laptop.host_id, "active", timeout=10)
     types = await host_event_types(pool.store, laptop.host_id)
     assert types[-3:] == ["HostSuspected", "HostLost", "HostRecovered"]
 
@@ -97,7 +97,7 @@ async def test_a_restarted_registry_does_not_declare_hosts_lost(pool: Pool, lapt
     pool.start_registry()
     await asyncio.sleep(pool.liveness[2] * 1.5)
     live = await pool.live_hosts()
-    assert [h["status"] for h in live["hosts"]] == ["online"]
+    assert [h["status"] for h in live["hosts"]] == ["active"]
     assert "HostLost" not in await host_event_types(pool.store, laptop.host_id)
     assert "HostSuspected" not in await host_event_types(pool.store, laptop.host_id)
 
@@ -116,7 +116,7 @@ async def test_hostd_survives_its_docker_engine_restarting(pool: Pool, tmp_path:
         host = await pool.enroll("flaky")
         pool.write_config(host, engine)
         pool.start_hostd(host)
-        await pool.wait_for_host(host.host_id, "online")
+        await pool.wait_for_host(host.host_id, "active")
         await place(pool.store, host.host_id, "before", spec())
         await wait_for_status(pool, "before", "running")
 
@@ -136,7 +136,7 @@ async def test_hostd_carries_on_after_nats_restarts(pool: Pool, laptop: Enrolled
     await asyncio.to_thread(pool.nats.restart)
     await place(pool.store, laptop.host_id, "post", spec())
     await wait_for_status(pool, "post", "running", timeout=60)
-    await pool.wait_for_host(laptop.host_id, "online")
+    await pool.wait_for_host(laptop.host_id, "active")
 
 
 async def containers_of(driver: DockerDriver, host_id: str, alloc_id: str) -> list[str]:
@@ -249,7 +249,7 @@ async def test_hostd_outlives_its_docker_engine_stopping_and_recovers(
         await nc.subscribe(f"{REPORT_PREFIX}.{host.host_id}.engine", cb=on_engine_report)
         pool.write_config(host, engine)
         pool.start_hostd(host)
-        await pool.wait_for_host(host.host_id, "online")
+        await pool.wait_for_host(host.host_id, "active")
         assert host.process is not None
 
         await asyncio.to_thread(engine.stop)  # SIGTERM to dockerd's own PID

@@ -114,7 +114,7 @@ async def test_files_processes_syscalls_and_volumes_are_bounded_before_anything_
     host = await pool.enroll("laptop-bounded")
     pool.write_config(host, engine, allowed_images=[DEFAULT_TAG, "potluck-volume:*"])
     pool.start_hostd(host)
-    await pool.wait_for_host(host.host_id, "online")
+    await pool.wait_for_host(host.host_id, "active")
     client = docker.DockerClient(base_url=engine.url)
     driver = DockerDriver(engine.url)
     try:

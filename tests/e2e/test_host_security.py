@@ -37,8 +37,8 @@ async def two_laptops(pool: Pool, docker_engines: list[DockerEngine]) -> tuple[E
     for host, engine in ((a, docker_engines[0]), (b, docker_engines[1])):
         pool.write_config(host, engine)
         pool.start_hostd(host)
-    await pool.wait_for_host(a.host_id, "online")
-    await pool.wait_for_host(b.host_id, "online")
+    await pool.wait_for_host(a.host_id, "active")
+    await pool.wait_for_host(b.host_id, "active")
     return a, b
 
 
@@ -59,7 +59,7 @@ async def test_a_host_cannot_beat_or_report_as_another(
             await nc.publish(f"potluck.hb.{b.host_id}", beat)
             await asyncio.sleep(0.05)
         await nc.flush()
-        await pool.wait_for_host(b.host_id, "suspect", timeout=5)
+        await pool.wait_for_host(b.host_id, "unreachable", timeout=5)
         with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
             await nc.jetstream().publish(f"potluck.report.{b.host_id}.started", b"{}", timeout=1)
     finally:
@@ -247,7 +247,7 @@ async def test_a_host_in_a_loop_is_refused_and_bounded_while_others_are_served(
     assert b.host_id not in refused["beats_over_rate"]
     assert "registry.host_rate_exceeded" in pool.processes["registry"].log_tail(400)
     assert any("permissions violation" in e.lower() and "made-up" in e for e in errors), errors
-    await pool.wait_for_host(b.host_id, "online")
+    await pool.wait_for_host(b.host_id, "active")
 
 
 async def _subject_counts(js: JetStreamContext, subjects: str) -> dict[str, int]:
@@ -283,8 +283,8 @@ async def test_members_decide_what_runs_and_containers_keep_their_secrets_and_th
     pool.write_config(b, docker_engines[1], allow_network=True, internal_network=True)
     for host in (a, b):
         pool.start_hostd(host)
-    await pool.wait_for_host(a.host_id, "online")
-    await pool.wait_for_host(b.host_id, "online")
+    await pool.wait_for_host(a.host_id, "active")
+    await pool.wait_for_host(b.host_id, "active")
     hosts = (await pool.hosts()).hosts
     assert (hosts[a.host_id].allow_network, hosts[b.host_id].allow_network) == (False, True)
 

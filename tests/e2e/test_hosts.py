@@ -12,8 +12,8 @@ async def test_two_hostds_register_with_their_caps(pool: Pool, docker_engines: l
     pool.write_config(b, docker_engines[1], donate={"cpus": 1, "memory": "512M", "disk": "1G"})
     pool.start_hostd(a)
     pool.start_hostd(b)
-    await pool.wait_for_host(a.host_id, "online")
-    await pool.wait_for_host(b.host_id, "online")
+    await pool.wait_for_host(a.host_id, "active")
+    await pool.wait_for_host(b.host_id, "active")
     view = await pool.hosts()
     donated_a = view.hosts[a.host_id].donated
     donated_b = view.hosts[b.host_id].donated
@@ -31,6 +31,6 @@ async def test_a_placed_container_runs_and_is_reported(
     a = await pool.enroll("laptop-a")
     pool.write_config(a, docker_engines[0])
     pool.start_hostd(a)
-    await pool.wait_for_host(a.host_id, "online")
+    await pool.wait_for_host(a.host_id, "active")
     await place(pool.store, a.host_id, "run1", spec())
     await wait_for_status(pool, "run1", "running")

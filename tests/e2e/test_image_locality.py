@@ -56,8 +56,8 @@ async def test_allocations_go_first_to_the_laptop_that_holds_the_image(
     pool.write_config(b, engine_b, allowed_images=allowed, donate={"cpus": 2, "memory": "2G", "disk": "4G"})
     pool.start_hostd(a)
     pool.start_hostd(b)
-    await pool.wait_for_host(a.host_id, "online")
-    await pool.wait_for_host(b.host_id, "online")
+    await pool.wait_for_host(a.host_id, "active")
+    await pool.wait_for_host(b.host_id, "active")
     deadline = asyncio.get_running_loop().time() + 30
     while not (
         HELD_NAME in await logged_images(pool, a.host_id)

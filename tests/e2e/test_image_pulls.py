@@ -81,7 +81,7 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
     host = await pool.enroll("laptop-b")
     pool.write_config(host, laptop_b, allowed_images=[DEFAULT_TAG, f"{registry.address}/alice/*:*"])
     pool.start_hostd(host)
-    await pool.wait_for_host(host.host_id, "online")
+    await pool.wait_for_host(host.host_id, "active")
     stranger = await pool.enroll("laptop-x")  # enrolled, no hostd: only its NATS identity is used
     small = await pool.enroll("laptop-small")  # donates the least disk there is: 64 MB
     pool.write_config(
@@ -91,7 +91,7 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
         donate={"cpus": 1, "memory": "1G", "disk": "64M"},
     )
     pool.start_hostd(small)
-    await pool.wait_for_host(small.host_id, "online")
+    await pool.wait_for_host(small.host_id, "active")
 
     async with aiohttp.ClientSession() as http:
         # Not a reference at all: refused before anything is placed, naming the field.
@@ -212,7 +212,7 @@ async def test_ten_allocations_on_two_laptops_the_holder_first_the_other_after_a
     pool.write_config(b, laptop_b, allowed_images=allowed, donate={"cpus": 4, "memory": "2G", "disk": "4G"})
     for host in (a, b):
         pool.start_hostd(host)
-        await pool.wait_for_host(host.host_id, "online")
+        await pool.wait_for_host(host.host_id, "active")
         await pool.wait_for_images(host.host_id)
 
     body = {"cpus": 0.5, "memory": "64M", "disk": "64M", "image": image, "command": ["sleep", "3600"]}

@@ -52,8 +52,8 @@ async def test_a_failed_pull_places_the_allocation_on_another_host_and_fails_onl
         pool.write_config(host_b, laptop_b, allowed_images=allowed)
         pool.start_hostd(host_a)
         pool.start_hostd(host_b)
-        await pool.wait_for_host(host_a.host_id, "online")
-        await pool.wait_for_host(host_b.host_id, "online")
+        await pool.wait_for_host(host_a.host_id, "active")
+        await pool.wait_for_host(host_b.host_id, "active")
         paused = await asyncio.to_thread(member, pool, host_a, "pause")
         assert paused.returncode == 0, paused.stderr
         await pool.wait_for_host(host_a.host_id, "paused")

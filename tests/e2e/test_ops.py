@@ -62,7 +62,7 @@ async def second_laptop(pool: Pool, engine: DockerEngine) -> EnrolledHost:
     host = await pool.enroll("laptop-b")
     pool.write_config(host, engine)
     pool.start_hostd(host)
-    await pool.wait_for_host(host.host_id, "online")
+    await pool.wait_for_host(host.host_id, "active")
     return host
 
 
@@ -309,12 +309,12 @@ async def test_status_shows_unreadable_events_and_what_each_service_skipped(
     code, out, err = await ops("hosts", "control", laptop.host_id, "resume", *db)
     assert code == 0, err
     assert json.loads(out)["recorded"] == ["HostResumed"]
-    await pool.wait_for_host(laptop.host_id, "online")
+    await pool.wait_for_host(laptop.host_id, "active")
 
     code, out, err = await ops("status", "--json", *db)
     assert code == 0, err
     status = json.loads(out)
-    assert [h["status"] for h in status["hosts"]] == ["online"]
+    assert [h["status"] for h in status["hosts"]] == ["active"]
     unreadable = status["unreadable"]
     assert unreadable["count"] == 1
     [event] = unreadable["events"]

@@ -516,7 +516,7 @@ async def test_a_real_hostd_registers_its_key_and_carries_sessions(
         with config.open("a") as toml:
             toml.write(f'\n[[gateways]]\naddress = "{settings.tunnel_listen}"\nclient_key = "{client_key}"\n')
         pool.start_hostd(host)
-        await pool.wait_for_host(host.host_id, "online")
+        await pool.wait_for_host(host.host_id, "active")
         # The gateway starts after hostd, which keeps dialling it until it answers.
         await env.start_gateway()
         registered = [

@@ -43,7 +43,7 @@ async def test_a_session_runs_in_the_container_hostd_started_and_survives_hostd_
     assert gatewayed.host.process is not None
     gatewayed.host.process.kill()
     gatewayed.pool.start_hostd(gatewayed.host)
-    await gatewayed.pool.wait_for_host(gatewayed.host.host_id, "online")
+    await gatewayed.pool.wait_for_host(gatewayed.host.host_id, "active")
 
     second = await gatewayed.ssh(alloc_id, "echo again")
     assert second.returncode == 0, second.stderr + gatewayed.pool.logs()

@@ -96,7 +96,7 @@ async def traced_laptop(traced_pool: Pool, docker_engines: list[DockerEngine]) -
     host = await traced_pool.enroll("laptop-a")
     traced_pool.write_config(host, docker_engines[0])
     traced_pool.start_hostd(host)
-    await traced_pool.wait_for_host(host.host_id, "online")
+    await traced_pool.wait_for_host(host.host_id, "active")
     return host
 
 

@@ -63,7 +63,7 @@ async def test_a_long_host_stream_is_not_read_again_for_each_command(store: Even
         outcome = await decide_on_host(counting, host_id, recover, known=lambda: view.hosts.get(host_id))
         assert counting.reads == [1]
         assert seen[0] is not None
-        assert (seen[0].liveness, seen[0].version) == ("suspect", 403)
+        assert (seen[0].liveness, seen[0].version) == ("unreachable", 403)
         assert [type(e).__name__ for e in outcome.events] == ["HostRecovered"]
         assert (await load_host_stream(store, host_id))[1] == 404
     finally:
@@ -108,7 +108,7 @@ async def test_a_stale_view_still_loses_no_concurrent_write(store: EventStore) -
         await raced.close()
     assert [(s.liveness, s.version) for s in decided_on] == [
         ("online", known.version),
-        ("suspect", known.version + 1),
+        ("unreachable", known.version + 1),
     ]
     assert [type(e).__name__ for e in outcome.events] == ["HostLost"]
     records = await store.read_stream(host_stream(host_id))

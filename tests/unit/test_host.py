@@ -40,7 +40,7 @@ ENGINE = EngineFacts(
 H = "h-1"
 SUSPECT_S, LOST_S = 15.0, 300.0
 
-Silence = Literal["suspect", "lost"]
+Silence = Literal["unreachable", "lost"]
 
 
 def request(**changes: object) -> RegisterHost:
@@ -131,7 +131,7 @@ def test_register_an_enrolled_host_records_everything_it_offers() -> None:
         ssh_host_key=req.ssh_host_key,
     )
     state = then(enrolled(), [event])
-    assert (state.registered, state.admin, state.status) == (True, "active", "online")
+    assert (state.registered, state.admin, state.status) == (True, "active", "active")
 
 
 def test_registering_again_unchanged_while_online_records_nothing() -> None:
@@ -157,7 +157,7 @@ def test_registering_with_anything_changed_records_it_again(change: dict[str, ob
     assert then(registered(), host.register(registered(), H, req)).hostd_version == req.hostd_version
 
 
-@pytest.mark.parametrize("was", ["suspect", "lost"])
+@pytest.mark.parametrize("was", ["unreachable", "lost"])
 def test_registering_again_unchanged_after_silence_is_a_recovery(was: Silence) -> None:
     went: Event = HostSuspected(host_id=H, silent_for_s=20)
     if was == "lost":
@@ -171,7 +171,7 @@ def test_registering_keeps_an_operators_pause_but_lifts_a_deregistration() -> No
     assert then(paused, host.register(paused, H, request(hostd_version="2"))).admin == "paused"
     gone = registered(HostDeregistered(host_id=H, by="member"))
     back = then(gone, host.register(gone, H, request()))
-    assert (back.registered, back.admin, back.status) == (True, "active", "online")
+    assert (back.registered, back.admin, back.status) == (True, "active", "active")
 
 
 def test_a_deregistered_host_registering_unchanged_is_registered_again() -> None:
@@ -301,7 +301,7 @@ def test_silence_decides_on_liveness_not_on_admin_state() -> None:
     assert types(silent(paused, SUSPECT_S)) == ["HostSuspected"]
 
 
-@pytest.mark.parametrize("was", ["suspect", "lost"])
+@pytest.mark.parametrize("was", ["unreachable", "lost"])
 def test_a_beat_from_a_silent_host_is_a_recovery(was: Silence) -> None:
     state = replace(registered(), liveness=was)
     assert host.beat_returned(state) == [HostRecovered(host_id=H, was=was)]

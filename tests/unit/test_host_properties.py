@@ -100,16 +100,16 @@ class Model:
     def went_silent(self, seconds: float) -> list[str]:
         if not self.registered:
             return []
-        if self.liveness in ("online", "suspect") and seconds >= LOST_S:
+        if self.liveness in ("online", "unreachable") and seconds >= LOST_S:
             self.liveness = "lost"
             return ["HostLost"]
         if self.liveness == "online" and seconds >= SUSPECT_S:
-            self.liveness = "suspect"
+            self.liveness = "unreachable"
             return ["HostSuspected"]
         return []
 
     def beat_returned(self) -> list[str]:
-        if self.registered and self.liveness in ("suspect", "lost"):
+        if self.registered and self.liveness in ("unreachable", "lost"):
             self.liveness = "online"
             return ["HostRecovered"]
         return []

@@ -363,7 +363,7 @@ def test_a_hosts_allow_network_comes_from_its_registration() -> None:
 # --- hosts that may not take work --------------------------------------------------------------
 
 UNSCHEDULABLE: dict[str, Callable[[str], Event]] = {
-    "suspect": lambda h: HostSuspected(host_id=h, silent_for_s=30),
+    "unreachable": lambda h: HostSuspected(host_id=h, silent_for_s=30),
     "lost": lambda h: HostLost(host_id=h, silent_for_s=300),
     "paused": lambda h: HostPaused(host_id=h, by="member"),
     "draining": lambda h: HostDrainStarted(host_id=h, by="member", grace_s=60),
@@ -387,7 +387,7 @@ def test_an_unschedulable_host_is_skipped(decide: Decide, status: str) -> None:
 @pytest.mark.parametrize(
     ("status", "back"),
     [
-        ("suspect", HostRecovered(host_id="h", was="suspect")),
+        ("unreachable", HostRecovered(host_id="h", was="unreachable")),
         ("lost", HostRecovered(host_id="h", was="lost")),
         ("paused", HostResumed(host_id="h", by="member")),
     ],
