@@ -163,6 +163,9 @@ class HostFrozen(HostEvent):
 
     cause: PolicyCause
     reason: str
+    #: The member's `max_frozen_s`: an allocation frozen longer is told, and released if it
+    #: asked to be (`on_preempt`). None: no limit.
+    max_frozen_s: float | None = Field(default=None, gt=0)
 
 
 @event_type

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from potluck.contracts.allocation_events import AllocationSpec
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.engine import EngineFacts
+from potluck.contracts.host_events import PolicyCause
 
 
 class Message(BaseModel):
@@ -35,6 +36,31 @@ class RegisterHost(Message):
 class ControlHost(Message):
     action: Literal["pause", "resume", "drain", "deregister"]
     grace_s: float = Field(default=300.0, ge=0, le=7 * 86400)
+
+
+class SleepNotice(Message):
+    """hostd's machine is about to sleep (`slept_s` None), or woke after `slept_s` seconds."""
+
+    slept_s: float | None = Field(default=None, ge=0, le=10 * 365 * 86400)
+
+
+class PolicyChanged(Message):
+    """The owner policy's new state here; the same state again records nothing."""
+
+    state: Literal["normal", "throttled", "frozen"]
+    cause: PolicyCause | None = None
+    reason: str = Field(default="", max_length=500)
+    share_cpus: float | None = Field(default=None, ge=0, le=1024)
+    #: The member's `max_frozen_s`: allocations frozen longer are told (and released if they asked).
+    max_frozen_s: float | None = Field(default=None, gt=0)
+
+
+class JoinRequest(Message):
+    """A join token redeemed: `token` as `potluck ops hosts enroll` printed its secret part, and
+    the public half of the NATS key pair the member's machine made for itself."""
+
+    token: str = Field(min_length=16, max_length=256, repr=False)
+    nkey: str = Field(min_length=56, max_length=56)
 
 
 class Heartbeat(Message):

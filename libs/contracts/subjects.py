@@ -16,11 +16,14 @@ __all__ = [
     "HEARTBEAT",
     "HOST_ID_ALPHABET",
     "IMAGE_TOKEN",
+    "JOIN",
     "LIST_HOSTS",
+    "POLICY",
     "REGISTER",
     "REPORT_PREFIX",
     "RPC_PREFIX",
     "SERVICE_INBOX",
+    "SLEEP",
     "STATUS",
     "host_consumer",
     "host_event_filter",
@@ -38,6 +41,13 @@ REGISTER = f"{RPC_PREFIX}.registry.register"
 CONTROL = f"{RPC_PREFIX}.registry.control"
 STATUS = f"{RPC_PREFIX}.registry.status"
 DESIRED = f"{RPC_PREFIX}.allocator.desired"
+#: The machine is about to sleep, or slept and woke (SleepNotice).
+SLEEP = f"{RPC_PREFIX}.registry.sleep"
+#: The owner policy changed the pool's share here (PolicyChanged).
+POLICY = f"{RPC_PREFIX}.registry.policy"
+#: A new member's machine redeems its join token (JoinRequest); asked with the token's
+#: throwaway identity, whose only permission this is.
+JOIN = f"{RPC_PREFIX}.registry.join"
 #: A registry token to pull the image of one of the host's own allocations (ImageTokenRequest).
 IMAGE_TOKEN = f"{RPC_PREFIX}.allocator.image_token"
 #: Heartbeats (core NATS, no stream), followed by `.<host_id>`.

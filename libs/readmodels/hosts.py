@@ -73,6 +73,8 @@ class HostState:
     policy_since: datetime | None = None
     #: CPUs the pool keeps while throttled.
     policy_share_cpus: float | None = None
+    #: While frozen: how long allocations may stay frozen before they are told (HostFrozen).
+    policy_max_frozen_s: float | None = None
     #: The unredeemed join token (digest only), its throwaway NATS key and its expiry.
     join_token_sha256: str = ""
     join_nkey: str = ""
@@ -202,6 +204,7 @@ def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
                 policy_reason=event.reason,
                 policy_since=at,
                 policy_share_cpus=0.0,
+                policy_max_frozen_s=event.max_frozen_s,
             )
         case HostShareRestored():
             return replace(
@@ -211,6 +214,7 @@ def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
                 policy_reason="",
                 policy_since=at,
                 policy_share_cpus=None,
+                policy_max_frozen_s=None,
             )
     return state
 
