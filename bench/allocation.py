@@ -110,7 +110,7 @@ async def measure(rounds: int) -> None:
                 say("waiting for the host to register")
                 for _ in range(300):
                     async with http.get(f"{pool.api}/v1/pool", headers=headers) as response:
-                        if any(h["status"] == "online" for h in (await response.json())["hosts"]):
+                        if any(h["status"] == "active" for h in (await response.json())["hosts"]):
                             break
                     await asyncio.sleep(0.1)
                 driver = DockerDriver(engine.url)

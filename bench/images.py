@@ -131,7 +131,7 @@ async def potluck_ms(http: aiohttp.ClientSession, api: str, headers: dict[str, s
 async def _wait_online(http: aiohttp.ClientSession, api: str, headers: dict[str, str]) -> None:
     for _ in range(300):
         async with http.get(f"{api}/v1/pool", headers=headers) as response:
-            if any(h["status"] == "online" for h in (await response.json())["hosts"]):
+            if any(h["status"] == "active" for h in (await response.json())["hosts"]):
                 return
         await asyncio.sleep(0.1)
     raise RuntimeError("the host never came online")
