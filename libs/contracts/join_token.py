@@ -101,7 +101,7 @@ def decode(text: str, now: datetime | None = None) -> JoinToken:
         )
     payload = text[len(PREFIX) :]
     try:
-        body = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        body = base64.b64decode(payload + "=" * (-len(payload) % 4), altchars=b"-_", validate=True)
         raw = json.loads(body)
     except (binascii.Error, ValueError):
         raise JoinTokenError(
