@@ -243,3 +243,116 @@ async def test_an_expired_token_is_refused_by_the_member_and_by_the_registry(
     state = (await pool.hosts()).hosts[issued.host_id]
     assert state.nkey == ""
     assert state.status == "enrolled"
+
+
+def summary_value(summary: str, label: str) -> str:
+    return next(line.split()[-1] for line in summary.splitlines() if line.startswith(label))
+
+
+async def host_status(database_url: str, host_id: str) -> str | None:
+    from potluck.events import EventStore
+    from potluck.registry.enrollment import current_hosts
+
+    store = await EventStore.open(database_url, max_size=1)
+    try:
+        state = (await current_hosts(store)).hosts.get(host_id)
+    finally:
+        await store.close()
+    return None if state is None else state.status
+
+
+@pytest.mark.slow
+async def test_a_second_engine_joins_a_pool_from_potluck_up(
+    docker_engines: list[DockerEngine], tmp_path: Path
+) -> None:
+    """The README's way, on a pool from `potluck up`: the operator runs `potluck ops hosts enroll
+    laptop-b` and nothing else (the pool's database, NATS, users file and gateway are the
+    defaults); the member runs `potluck join TOKEN --start` on a second Docker engine. With the
+    local host paused, a user's allocation runs on the new host and answers through the
+    gateway over the real `ssh`; the same token a second time is refused."""
+    from potluck.localstack.test_image import DEFAULT_TAG
+
+    env = {
+        **os.environ,
+        "POTLUCK_HOME": str(tmp_path / "state"),
+        "POTLUCK_CONFIG": str(tmp_path / "client.toml"),
+    }
+    ports = [
+        *("--api-port", str(free_port()), "--nats-port", str(free_port())),
+        *("--postgres-port", str(free_port()), "--ssh-port", str(free_port())),
+        *("--tunnel-port", str(free_port()), "--registry-port", str(free_port())),
+    ]
+    started = await asyncio.to_thread(potluck, "up", "--detach", *ports, env=env, timeout=900)
+    joined: ChildProcess | None = None
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        summary = started.stdout
+        api, demo, gateway = (
+            summary_value(summary, k) for k in ("allocator API", "demo token", "SSH gateway")
+        )
+        database, local = summary_value(summary, "event log"), summary_value(summary, "local host")
+
+        enrolled = await potluck_async("ops", "hosts", "enroll", "laptop-b", env=env)
+        assert enrolled.returncode == 0, enrolled.stderr
+        [token] = enrolled.stdout.splitlines()
+        host_id = decode(token).host_id
+
+        config = tmp_path / "member" / "hostd.toml"
+        joined = ChildProcess(
+            [sys.executable, "-m", "potluck", *join_args(token, docker_engines[1], config), "--start"],
+            log_path=tmp_path / "join.log",
+        )
+        joined.start()
+
+        async def active() -> bool:
+            return await host_status(database, host_id) == "active"
+
+        deadline = asyncio.get_running_loop().time() + 90
+        while not await active():
+            assert joined.running(), joined.log_tail(40)
+            assert asyncio.get_running_loop().time() < deadline, joined.log_tail(40)
+            await asyncio.sleep(0.3)
+
+        paused = await potluck_async(
+            "ops", "hosts", "control", local, "pause", "--database-url", database, env=env
+        )
+        assert paused.returncode == 0, paused.stderr
+
+        logged_in = await potluck_async("login", "--url", api, "--token", demo, "--gateway", gateway, env=env)
+        assert logged_in.returncode == 0, logged_in.stderr
+        key = tmp_path / "id_ed25519"
+        await asyncio.to_thread(
+            subprocess.run, ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
+        )
+        created = await potluck_async(
+            "alloc", "create", "--cpus", "0.5", "--memory", "64M", "--image", DEFAULT_TAG,
+            "--ssh-key", f"{key}.pub", "--wait", "--json", "--", "sleep", "600",
+            env=env,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stdout + created.stderr + joined.log_tail(40)
+        allocation = json.loads(created.stdout)
+        assert allocation["state"] == "running"
+        assert allocation["host_id"] == host_id
+
+        answered = await potluck_async(
+            "ssh", allocation["id"], "-i", str(key), "--", "echo joined-$((40+2))", env=env
+        )
+        assert answered.returncode == 0, answered.stdout + answered.stderr
+        assert answered.stdout.strip() == "joined-42"
+
+        again = await potluck_async(
+            *join_args(token, docker_engines[1], tmp_path / "again" / "hostd.toml"), env=env
+        )
+        assert again.returncode != 0
+        assert SPENT in again.stderr
+    finally:
+        if joined is not None:
+            joined.stop(timeout=30)
+        stopped = await asyncio.to_thread(potluck, "down", env=env, timeout=180)
+        for engine in docker_engines[1:]:
+            from potluck.hostd.docker_driver import DockerDriver
+
+            with DockerDriver(engine.url) as driver:
+                for container in driver.list_managed(None):
+                    driver.remove(container.container_id)
+    assert stopped.returncode == 0, stopped.stderr
