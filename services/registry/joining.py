@@ -66,8 +66,6 @@ class JoinHandler:
                 "ask the operator to enroll with --credentials-out instead",
                 status=503,
             )
-        known = self.view.hosts.get(host_id)
-        throwaway = known.join_nkey if known is not None else ""
         outcome = await decide_on_host(
             self.store,
             host_id,
@@ -75,9 +73,10 @@ class JoinHandler:
                 s, host_id, token_sha256=secret_digest(req.token), nkey=req.nkey, now=datetime.now(UTC)
             ),
             {"actor": f"host:{host_id}"},
+            known=lambda: self.view.hosts.get(host_id),
         )
-        if outcome.state is not None:
-            throwaway = outcome.state.join_nkey or throwaway
+        # The state decided on still names the throwaway key the answer travels on.
+        throwaway = outcome.state.join_nkey if outcome.state is not None else ""
         lingering = [(host_id, throwaway)] if throwaway else []
         await self._refresh(also_joining=lingering)
         await asyncio.sleep(self.reload_settle_s)
