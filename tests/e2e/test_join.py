@@ -182,6 +182,32 @@ async def test_a_member_joins_with_a_token_and_users_reach_its_container(
     assert [r.type for r in records].count(HostJoined.type_name) == 1
 
 
+async def test_without_start_join_prints_the_command_and_writes_a_unit(
+    pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path
+) -> None:
+    """`potluck join TOKEN` without --start joins (the host has the member's key in the log), says
+    what it donates, prints the one command that starts hostd and writes a systemd unit beside
+    the configuration that runs exactly that command."""
+    issued = await enroll_with_token(pool.store, "laptop-d", nats_url=pool.nats.url)
+    await refresh_nats_authorization(
+        pool.store, pool.nats.auth_file, [pool.services_seed], pool.nats.pid_file
+    )
+    await connects(pool.nats.url, issued.join_seed, issued.host_id)  # the reload is applied
+    config = tmp_path / "member" / "hostd.toml"
+
+    joined = await potluck_async(*join_args(encode(issued), docker_engines[1], config))
+    assert joined.returncode == 0, joined.stderr + pool.logs()
+    assert "joined as laptop-d" in joined.stdout
+    assert "donating 1 CPUs, 1G of memory and 2G of disk" in joined.stdout
+    assert f"potluck hostd --config {config}" in joined.stdout
+    unit = (config.parent / "potluck-hostd.service").read_text()
+    assert f"-m potluck hostd --config {config.absolute()}" in unit
+    assert unit in joined.stdout + "\n"
+    state = (await pool.hosts()).hosts[issued.host_id]
+    assert state.nkey.startswith("U")
+    assert not state.join_nkey
+
+
 async def allocation_host(pool: Pool, alloc_id: str) -> str | None:
     from tests.fixtures.pool import allocation
 
