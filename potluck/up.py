@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from potluck.localpool import EnrolledHost, LocalPool
+from potluck.localpool import EnrolledHost, LocalPool, PoolFiles
 from potluck.localstack import LocalStackError, PostgresServer, wait_for_port
 from potluck.localstack.default_image import ensure_default_image
 from potluck.localstack.docker_engine import DockerEngine, ensure_docker_installed
@@ -69,6 +69,13 @@ class Running:
     host_id: str
     logs: str
     registry: str = ""
+    #: Where hostds dial the SSH gateway (what a joining member's [[gateways]] address is).
+    tunnel: str = ""
+
+
+def pool_files(state_dir: Path) -> PoolFiles:
+    """Where the pool of `potluck up` with this state directory keeps its NATS and gateway files."""
+    return PoolFiles.in_workdir(state_dir / "pool")
 
 
 class AlreadyUp(Exception):
@@ -232,6 +239,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             host_id=host.host_id,
             logs=str(pool.workdir),
             registry=image_registry.address,
+            tunnel=tunnel,
         )
         (state / "up.json").write_text(json.dumps(asdict(ready)))
         on_ready(ready)

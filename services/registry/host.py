@@ -5,11 +5,15 @@ state, call these, and append the result with the stream's expected version.
 Repeating a command that already took effect produces no event.
 """
 
+from datetime import datetime
+
 from potluck.contracts.host_events import (
     Actor,
     HostDeregistered,
     HostDrainStarted,
     HostEnrolled,
+    HostJoined,
+    HostJoinTokenIssued,
     HostLost,
     HostPaused,
     HostRecovered,
@@ -27,6 +31,53 @@ def enroll(state: HostState | None, host_id: str, name: str, nkey: str) -> list[
     if state is not None:
         raise Rejected("HOST_EXISTS", f"host {host_id} is already enrolled as {state.name!r}")
     return [HostEnrolled(host_id=host_id, name=name, nkey=nkey)]
+
+
+# --- Join tokens (`potluck ops hosts enroll` without credentials, then `potluck join`) ---
+
+
+def issue_token(
+    state: HostState | None, host_id: str, *, token_sha256: str, join_nkey: str, expires_at: datetime
+) -> list[Event]:
+    """A join token for a host enrolled without a key of its own; a new one replaces an unspent one."""
+    current = _require_enrolled(state, host_id)
+    if current.gone:
+        raise Rejected("HOST_GONE", f"host {host_id} is {current.admin}; enroll the machine anew")
+    if current.nkey:
+        raise Rejected("ALREADY_JOINED", f"host {host_id} has joined already; its token is spent")
+    return [
+        HostJoinTokenIssued(
+            host_id=host_id, token_sha256=token_sha256, join_nkey=join_nkey, expires_at=expires_at
+        )
+    ]
+
+
+def join(
+    state: HostState | None, host_id: str, *, token_sha256: str, nkey: str, now: datetime
+) -> list[Event]:
+    """Redeem the host's join token: its digest must match the unspent, unexpired one."""
+    used = "this join token was already used or has expired; ask the operator for a new one"
+    if state is None:
+        raise Rejected("UNKNOWN_TOKEN", "no such join token; ask the operator for a new one", status=404)
+    if state.gone:
+        raise Rejected(
+            "HOST_GONE",
+            f"host {host_id} is {state.admin}; ask the operator to enroll this machine anew",
+            status=403,
+        )
+    if not state.join_token_sha256:
+        if state.nkey:
+            raise Rejected("TOKEN_SPENT", used, status=409)
+        raise Rejected("UNKNOWN_TOKEN", "no such join token; ask the operator for a new one", status=404)
+    if state.join_token_sha256 != token_sha256:
+        raise Rejected("UNKNOWN_TOKEN", "no such join token; ask the operator for a new one", status=404)
+    if state.join_expires_at is not None and now >= state.join_expires_at:
+        raise Rejected(
+            "TOKEN_EXPIRED",
+            f"this join token expired at {state.join_expires_at.isoformat()}; ask the operator for a new one",
+            status=410,
+        )
+    return [HostJoined(host_id=host_id, nkey=nkey)]
 
 
 def _require_enrolled(state: HostState | None, host_id: str) -> HostState:

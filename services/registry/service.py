@@ -24,12 +24,21 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from potluck.contracts.messages import Reply
-from potluck.contracts.subjects import CONTROL, HEARTBEAT, LIST_HOSTS, REGISTER, SERVICE_INBOX, STATUS
+from potluck.contracts.subjects import (
+    CONTROL,
+    HEARTBEAT,
+    JOIN,
+    LIST_HOSTS,
+    REGISTER,
+    SERVICE_INBOX,
+    STATUS,
+)
 from potluck.events import EventStore, SkippedEvents, ensure_streams
 from potluck.events.replies import ReplyGuard
 from potluck.readmodels.hosts import HostsView
 from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.host_rate import HostRates, RatePolicy
+from potluck.registry.joining import JoinHandler, NatsAuthFiles
 from potluck.registry.liveness import LastSeen, LivenessPolicy
 from potluck.registry.projection import hosts_fold
 from potluck.registry.replies import HostRequestGate, answer
@@ -48,7 +57,13 @@ READER = "registry"
 
 class RegistryService:
     def __init__(
-        self, store: EventStore, nc: NATS, policy: LivenessPolicy, *, request_rate: RatePolicy = REQUEST_RATE
+        self,
+        store: EventStore,
+        nc: NATS,
+        policy: LivenessPolicy,
+        *,
+        request_rate: RatePolicy = REQUEST_RATE,
+        nats_auth: NatsAuthFiles | None = None,
     ) -> None:
         self.store = store
         self.nc = nc
@@ -60,6 +75,7 @@ class RegistryService:
         self.replies = ReplyGuard("registry")
         self.gate = HostRequestGate(self.replies, HostRates(request_rate))
         self.requests = HostRequests(store, self.js, self.fold, self.view, self.watch)
+        self.joining = JoinHandler(store, self.view, nats_auth)
 
     @property
     def last_seen(self) -> LastSeen:
@@ -93,6 +109,7 @@ class RegistryService:
             await self.nc.subscribe(
                 f"{STATUS}.*", queue=queue, cb=self.gate.on_request(self.requests.status)
             ),
+            await self.nc.subscribe(f"{JOIN}.*", queue=queue, cb=self.gate.on_request(self.joining.join)),
         ]
         # Only once the server has our subscriptions can beats arrive; silence is counted from
         # then, not from before the restart, so every host gets a fresh grace period.
@@ -103,6 +120,7 @@ class RegistryService:
         finally:
             for sub in subs:
                 await sub.unsubscribe()
+            await self.joining.close()
 
     def refused(self) -> dict[str, dict[str, int]]:
         """Refused per host since start: requests over the rate, beats over the rate, bad reply subjects."""
