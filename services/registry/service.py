@@ -24,7 +24,15 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from potluck.contracts.messages import Reply
-from potluck.contracts.subjects import CONTROL, HEARTBEAT, LIST_HOSTS, REGISTER, SERVICE_INBOX, STATUS
+from potluck.contracts.subjects import (
+    CONTROL,
+    HEARTBEAT,
+    LIST_HOSTS,
+    REGISTER,
+    SERVICE_INBOX,
+    SLEEP,
+    STATUS,
+)
 from potluck.events import EventStore, SkippedEvents, ensure_streams
 from potluck.events.replies import ReplyGuard
 from potluck.readmodels.hosts import HostsView
@@ -34,6 +42,7 @@ from potluck.registry.liveness import LastSeen, LivenessPolicy
 from potluck.registry.projection import hosts_fold
 from potluck.registry.replies import HostRequestGate, answer
 from potluck.registry.requests import HostRequests
+from potluck.registry.sleep_requests import SleepRequests
 
 __all__ = ["REQUEST_RATE", "RegistryService"]
 
@@ -60,6 +69,7 @@ class RegistryService:
         self.replies = ReplyGuard("registry")
         self.gate = HostRequestGate(self.replies, HostRates(request_rate))
         self.requests = HostRequests(store, self.js, self.fold, self.view, self.watch)
+        self.sleep = SleepRequests(store, self.view, self.watch)
 
     @property
     def last_seen(self) -> LastSeen:
@@ -93,6 +103,7 @@ class RegistryService:
             await self.nc.subscribe(
                 f"{STATUS}.*", queue=queue, cb=self.gate.on_request(self.requests.status)
             ),
+            await self.nc.subscribe(f"{SLEEP}.*", queue=queue, cb=self.gate.on_request(self.sleep.notice)),
         ]
         # Only once the server has our subscriptions can beats arrive; silence is counted from
         # then, not from before the restart, so every host gets a fresh grace period.

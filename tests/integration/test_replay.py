@@ -230,7 +230,7 @@ async def scenario(services: Services) -> Scenario:
 
         def silence(state: HostState | None, silent: float = silent) -> list[Event]:
             assert state is not None
-            return aggregate.went_silent(state, silent, suspect_after_s=180, lost_after_s=1000)
+            return aggregate.went_silent(state, silent, suspect_after_s=180, stranded_grace_s=1000)
 
         await decide_on_host(store, a, silence)
     await status_of(services, second, "lost")
