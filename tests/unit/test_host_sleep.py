@@ -44,7 +44,9 @@ def then(state: HostState | None, events: list[Event], at: datetime = T0) -> Hos
 def registered(*after: Event, at: datetime = T0) -> HostState:
     req = RegisterHost(
         donated=Capacity(cpus=2, memory_bytes=4 * GIB, disk_bytes=20 * GIB),
-        engine=EngineFacts(version="27.0", cgroup_version="2", storage_driver="overlay2"),
+        engine=EngineFacts(
+            version="27.0", cgroup_version="2", storage_driver="overlay2", disk_quota_supported=False
+        ),
         hostd_version="1.0",
     )
     enrolled = then(None, [HostEnrolled(host_id=H, name="laptop", nkey="UKEY")])
