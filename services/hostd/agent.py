@@ -287,6 +287,15 @@ class Agent:
                 | AllocationUnplaced()  # it could not get the image: placed elsewhere now
             ):
                 if getattr(event, "host_id", None) == self.host_id:
+                    if isinstance(event, AllocationLost):
+                        # Given up while this machine was away (asleep or unreachable past the
+                        # stranded grace): whatever still runs of it must stop now.
+                        log.warning(
+                            "hostd.stopping_given_up",
+                            alloc_id=event.alloc_id,
+                            reason=event.reason,
+                            hint="the pool gave this work up while the machine was away; it is stopped here",
+                        )
                     await self.containers.release(event.alloc_id)
             case HostPaused():
                 self.admin = "paused"
