@@ -41,6 +41,9 @@ ANNOUNCE_TIMEOUT_S = 1.0
 #: said: the sleep did not happen after all (a cancelled suspend whose signal we missed).
 NO_SLEEP_AFTER_S = 60.0
 
+#: On waking, beats start again once the wake is told, or after this long at the latest.
+BEATS_WAIT_FOR_WAKE_S = 10.0
+
 #: Ask the registry: subject, payload, timeout in seconds -> its reply.
 Request = Callable[[str, bytes, float], Awaitable[Reply]]
 
@@ -138,8 +141,12 @@ class SleepWatch:
 
     async def _woke(self, slept_s: float) -> None:
         self._announced_at = None
+        telling = asyncio.ensure_future(self._tell_woke(slept_s))
+        # Beats wait for the wake to be told (a beat first would record a plain recovery and
+        # lose how long it slept), but not for long: a registry away does not hear either.
+        await asyncio.wait({telling}, timeout=BEATS_WAIT_FOR_WAKE_S)
         self.awake.set()
-        await self._tell_woke(slept_s)
+        await telling
         self.on_woke()
 
     async def _tell_woke(self, slept_s: float) -> None:

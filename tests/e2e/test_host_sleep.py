@@ -121,8 +121,9 @@ def close_lid(laptop: EnrolledHost, engine: DockerEngine, alloc_id: str) -> None
 def open_lid(laptop: EnrolledHost, engine: DockerEngine, alloc_id: str) -> None:
     assert laptop.process is not None
     assert laptop.process.pid is not None
-    os.kill(laptop.process.pid, signal.SIGCONT)
+    # The container first: a thawed hostd may find it paused and unpause it itself.
     pause(engine, alloc_id, frozen=False)
+    os.kill(laptop.process.pid, signal.SIGCONT)
 
 
 @pytest.mark.liveness(0.25, 8, 60.0)
