@@ -96,11 +96,14 @@ def relay(database_url: str, nats_url: str, nats_seed_file: Path | None, batch_s
     help="Missed beats before a host is suspect (no new work).",
 )
 @click.option(
+    "--stranded-grace",
     "--lost-after",
-    default=300.0,
+    "stranded_grace",
+    default=8 * 3600.0,
     show_default=True,
     type=click.FloatRange(min=0.1),
-    help="Seconds of silence before a host is lost (its work given up).",
+    help="Seconds a host may stay asleep or unreachable before it is lost and its work given up "
+    "(--lost-after is the old name).",
 )
 @click.option(
     "--nats-auth-file",
@@ -124,18 +127,18 @@ def registry(
     relay: bool,
     heartbeat_interval: float,
     suspect_after_missed: int,
-    lost_after: float,
+    stranded_grace: float,
     nats_auth_file: Path | None,
     nats_pid_file: Path | None,
 ) -> None:
-    """Run the registry: host registration, joins, liveness, member controls."""
+    """Run the registry: host registration, joins, liveness, sleep, member controls."""
     from potluck.bootstrap import Backends, serve
     from potluck.registry.joining import NatsAuthFiles
     from potluck.registry.liveness import LivenessPolicy
     from potluck.registry.service import RegistryService
 
     try:
-        policy = LivenessPolicy(heartbeat_interval, suspect_after_missed, lost_after)
+        policy = LivenessPolicy(heartbeat_interval, suspect_after_missed, stranded_grace)
     except ValueError as exc:
         fail(str(exc), 2)
     nats_auth = None

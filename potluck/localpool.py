@@ -68,7 +68,8 @@ class LocalPool:
     processes: dict[str, ChildProcess] = field(default_factory=dict)
     image_registry: RegistryServer | None = None
     image_registry_port: int | None = None
-    liveness: tuple[float, int, float] = (5.0, 3, 300.0)
+    #: Heartbeat interval, missed beats before unreachable, stranded grace (see `potluck registry`).
+    liveness: tuple[float, int, float] = (5.0, 3, 8 * 3600.0)
     log_level: str = "INFO"
 
     def _potluck(self, name: str, *args: str) -> ChildProcess:
@@ -92,7 +93,7 @@ class LocalPool:
 
     def start_registry(self) -> ChildProcess:
         """The registry, able to admit hosts that join with a token (it re-renders the users file)."""
-        interval, missed, lost = self.liveness
+        interval, missed, stranded_grace = self.liveness
         return self._potluck(
             "registry",
             "registry",
@@ -105,8 +106,8 @@ class LocalPool:
             str(interval),
             "--suspect-after-missed",
             str(missed),
-            "--lost-after",
-            str(lost),
+            "--stranded-grace",
+            str(stranded_grace),
         )
 
     api_port: int = 0

@@ -57,7 +57,10 @@ from potluck.hostd.exec_bridge import ExecBridge
 from potluck.hostd.gateway_link import keep_linked
 from potluck.hostd.image_inventory import ImageInventory
 from potluck.hostd.image_pull import ImagePuller, PullFailed
+from potluck.hostd.logind_sleep import listen_to_logind, system_bus_address
 from potluck.hostd.report_publisher import publish_until_stored
+from potluck.hostd.sleep_clock import SleepClock
+from potluck.hostd.sleep_watch import SleepWatch
 from potluck.kernel.rejections import Rejected
 from potluck.kernel.ssh_identity import host_key_path, ssh_host_key
 from potluck.kernel.version import __version__
@@ -98,6 +101,14 @@ class Agent:
         self._resync = asyncio.Event()
         self.ready = asyncio.Event()
         self.ssh_host_key = ssh_host_key(config.state_dir, config.host_id)
+        # On waking: tell the registry, then re-sync as after a reconnect.
+        self.sleep = SleepWatch(
+            self.host_id,
+            self._request,
+            SleepClock(threshold_s=config.sleep.threshold_s),
+            on_woke=self._resync.set,
+            check_interval_s=config.sleep.check_interval_s,
+        )
 
     async def run(self) -> None:
         facts = await self._engine_facts()
@@ -133,6 +144,8 @@ class Agent:
                 self.containers.guard_disk(),
                 self.containers.sample_usage(),
                 self.images.run(),
+                self.sleep.run(),
+                listen_to_logind(self.sleep, system_bus_address(self.config.sleep.dbus_address)),
                 keep_linked(
                     self.host_id,
                     host_key_path(self.config.state_dir),
@@ -274,6 +287,15 @@ class Agent:
                 | AllocationUnplaced()  # it could not get the image: placed elsewhere now
             ):
                 if getattr(event, "host_id", None) == self.host_id:
+                    if isinstance(event, AllocationLost):
+                        # Given up while this machine was away (asleep or unreachable past the
+                        # stranded grace): whatever still runs of it must stop now.
+                        log.warning(
+                            "hostd.stopping_given_up",
+                            alloc_id=event.alloc_id,
+                            reason=event.reason,
+                            hint="the pool gave this work up while the machine was away; it is stopped here",
+                        )
                     await self.containers.release(event.alloc_id)
             case HostPaused():
                 self.admin = "paused"
@@ -310,6 +332,7 @@ class Agent:
         assert self.nc is not None
         interval = self.config.timing.heartbeat_interval_s
         while True:
+            await self.sleep.awake.wait()  # announced asleep: a beat would say it is up
             beat = Heartbeat(hostd_version=__version__, containers=len(self.containers.containers))
             with contextlib.suppress(*TRANSIENT_BUS_ERRORS):
                 await self.nc.publish(f"{HEARTBEAT}.{self.host_id}", beat.model_dump_json().encode())

@@ -19,9 +19,11 @@ from potluck.contracts.host_events import (
     HostRecovered,
     HostRegistered,
     HostResumed,
+    HostSleeping,
     HostSuspected,
+    HostWoke,
 )
-from potluck.contracts.messages import ControlHost, RegisterHost
+from potluck.contracts.messages import ControlHost, RegisterHost, SleepNotice
 from potluck.events import Event
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostState
@@ -140,18 +142,59 @@ def control(state: HostState | None, host_id: str, cmd: ControlHost, by: Actor) 
 
 
 def beat_returned(state: HostState) -> list[Event]:
+    """A beat from a host the log has as asleep, unreachable or lost: it is back.
+
+    An asleep host's beat is HostRecovered(was="asleep"), not HostWoke: a beat says the
+    machine is up, not how long it slept (hostd stops beating once it announced sleep, and
+    says HostWoke itself with the figure on waking; the beat may overtake that notice).
+    """
     if state.registered and state.liveness in ("unreachable", "asleep", "lost"):
         return [HostRecovered(host_id=state.host_id, was=state.liveness)]
     return []
 
 
 def went_silent(
-    state: HostState, silent_for_s: float, *, suspect_after_s: float, lost_after_s: float
+    state: HostState, silent_for_s: float, *, suspect_after_s: float, stranded_grace_s: float
 ) -> list[Event]:
+    """Silence: unreachable past the suspect time (unless it said it sleeps), lost past the
+    stranded grace whether asleep or unreachable."""
     if not state.registered:
         return []
-    if state.liveness in ("online", "unreachable", "asleep") and silent_for_s >= lost_after_s:
+    if state.liveness in ("online", "unreachable", "asleep") and silent_for_s >= stranded_grace_s:
         return [HostLost(host_id=state.host_id, silent_for_s=round(silent_for_s, 3))]
     if state.liveness == "online" and silent_for_s >= suspect_after_s:
         return [HostSuspected(host_id=state.host_id, silent_for_s=round(silent_for_s, 3))]
     return []
+
+
+# --- Sleep: announced before it happens, or told on waking (SleepNotice) ----------------------
+
+
+def sleep_noticed(state: HostState | None, host_id: str, notice: SleepNotice) -> list[Event]:
+    """hostd's SleepNotice: about to sleep (`slept_s` None), or woke after `slept_s`."""
+    current = _require_enrolled(state, host_id)
+    if not current.registered:
+        raise Rejected("NOT_REGISTERED", f"host {host_id} is not registered; start its hostd first")
+    if notice.slept_s is None:
+        return slept(current)
+    return woke(current, notice.slept_s)
+
+
+def slept(state: HostState) -> list[Event]:
+    """The machine is going to sleep: asleep at once, its allocations wait for it."""
+    if state.liveness == "asleep":
+        return []
+    return [HostSleeping(host_id=state.host_id)]
+
+
+def woke(state: HostState, slept_s: float) -> list[Event]:
+    """The machine slept `slept_s` and is back, whatever the registry made of its silence
+    meanwhile (asleep, unreachable, lost, or online for a nap shorter than the suspect time).
+
+    hostd repeats a notice until it is answered: the same figure again on an online host is
+    that repeat, and records nothing.
+    """
+    slept_s = round(slept_s, 3)
+    if state.liveness == "online" and state.slept_s == slept_s:
+        return []
+    return [HostWoke(host_id=state.host_id, slept_s=slept_s)]

@@ -31,6 +31,7 @@ from potluck.contracts.subjects import (
     LIST_HOSTS,
     REGISTER,
     SERVICE_INBOX,
+    SLEEP,
     STATUS,
 )
 from potluck.events import EventStore, SkippedEvents, ensure_streams
@@ -43,6 +44,7 @@ from potluck.registry.liveness import LastSeen, LivenessPolicy
 from potluck.registry.projection import hosts_fold
 from potluck.registry.replies import HostRequestGate, answer
 from potluck.registry.requests import HostRequests
+from potluck.registry.sleep_requests import SleepRequests
 
 __all__ = ["REQUEST_RATE", "RegistryService"]
 
@@ -76,6 +78,7 @@ class RegistryService:
         self.gate = HostRequestGate(self.replies, HostRates(request_rate))
         self.requests = HostRequests(store, self.js, self.fold, self.view, self.watch)
         self.joining = JoinHandler(store, self.view, nats_auth)
+        self.sleep = SleepRequests(store, self.view, self.watch)
 
     @property
     def last_seen(self) -> LastSeen:
@@ -110,6 +113,7 @@ class RegistryService:
                 f"{STATUS}.*", queue=queue, cb=self.gate.on_request(self.requests.status)
             ),
             await self.nc.subscribe(f"{JOIN}.*", queue=queue, cb=self.gate.on_request(self.joining.join)),
+            await self.nc.subscribe(f"{SLEEP}.*", queue=queue, cb=self.gate.on_request(self.sleep.notice)),
         ]
         # Only once the server has our subscriptions can beats arrive; silence is counted from
         # then, not from before the restart, so every host gets a fresh grace period.

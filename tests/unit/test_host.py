@@ -263,7 +263,7 @@ def test_an_action_the_contract_does_not_know_is_refused_as_a_bad_field() -> Non
 
 
 def silent(state: HostState, seconds: float) -> list[Event]:
-    return host.went_silent(state, seconds, suspect_after_s=SUSPECT_S, lost_after_s=LOST_S)
+    return host.went_silent(state, seconds, suspect_after_s=SUSPECT_S, stranded_grace_s=LOST_S)
 
 
 def test_a_host_quiet_for_less_than_the_suspect_time_is_left_alone() -> None:
