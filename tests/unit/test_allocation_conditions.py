@@ -85,6 +85,9 @@ def since_of(log: RecordingLog, type_name: str) -> str:
     [(HostSleeping(host_id="h1"), "asleep"), (HostSuspected(host_id="h1", silent_for_s=20), "unreachable")],
 )
 def test_an_allocation_on_a_host_away_is_waiting_for_it_since_it_went(event: Event, cause: str) -> None:
+    """The host sleeps, or stops answering: the allocation stays running and is shown waiting for
+    its host, with the cause and the time of the event that took the host away, in the API and
+    the CLI line."""
     log, model = pool("wait", event)
     body = shown(model)
     assert body["state"] == "running"
@@ -119,6 +122,8 @@ def test_waiting_comes_before_the_policy_and_ends_when_the_host_returns() -> Non
 
 
 def test_a_frozen_host_shows_frozen_with_its_reason_and_a_restored_one_nothing() -> None:
+    """HostFrozen: frozen with the policy's cause, reason and time (no share); HostShareRestored:
+    no condition, and the CLI line is the bare state."""
     log, model = pool("wait", frozen())
     body = shown(model)
     assert body["condition"] == {
@@ -163,6 +168,8 @@ def test_the_canonical_form_carries_the_condition_the_mark_and_on_preempt() -> N
 
 
 def test_on_preempt_defaults_to_wait_is_checked_and_reaches_the_spec() -> None:
+    """The HTTP body's on_preempt: `wait` when absent, `release` reaches the spec of the request,
+    anything else is refused naming the field."""
     base = {"cpus": 1, "memory": "1G", "image": "img:1"}
     assert CreateAllocation.model_validate(base).on_preempt == "wait"
     body = CreateAllocation.model_validate({**base, "on_preempt": "release"})
@@ -180,6 +187,8 @@ def frozen_at(log: RecordingLog) -> Any:
 
 
 def test_not_marked_before_the_members_limit_nor_without_one() -> None:
+    """Frozen exactly max_frozen_s, or frozen without a limit for a month: nothing to append, and
+    the model lists nothing due."""
     log, model = pool("release", frozen(60))
     state, h1 = model.allocations.allocations["a1"], model.hosts.hosts["h1"]
     assert frozen_too_long(state, h1, frozen_at(log) + timedelta(seconds=60)) == []
@@ -190,6 +199,9 @@ def test_not_marked_before_the_members_limit_nor_without_one() -> None:
 
 
 def test_wait_is_marked_once_per_freeze_and_keeps_running() -> None:
+    """Past the limit, an on_preempt=wait allocation gets one AllocationFrozenTooLong (expecting
+    its stream's version) and stays running and frozen; later rounds of the same freeze find
+    nothing; a new freeze after a restore is marked again."""
     log, model = pool("wait", frozen(60))
     now = frozen_at(log) + timedelta(seconds=61)
     assert model.frozen_too_long(now) == ["a1"]
@@ -223,6 +235,9 @@ def test_wait_is_marked_once_per_freeze_and_keeps_running() -> None:
 
 
 def test_release_is_marked_and_released_in_one_append_freeing_its_capacity() -> None:
+    """Past the limit, an on_preempt=release allocation is marked and released by `policy` in one
+    append with its CapacityFreed; its user reads the reason, the mark and the CLI line
+    `released (frozen too long)`; the host holds nothing for it any more."""
     log, model = pool("release", frozen(60))
     now = frozen_at(log) + timedelta(seconds=90)
     state, h1 = model.allocations.allocations["a1"], model.hosts.hosts["h1"]
@@ -249,6 +264,8 @@ def test_release_is_marked_and_released_in_one_append_freeing_its_capacity() -> 
 
 
 def test_a_host_that_resumed_in_time_leaves_its_allocations_alone() -> None:
+    """Frozen, then restored before the limit: hours later nothing is due; a throttled host is
+    never due, however long."""
     log, model = pool("release", frozen(60), HostShareRestored(host_id="h1"))
     now = frozen_at(log) + timedelta(hours=2)
     state, h1 = model.allocations.allocations["a1"], model.hosts.hosts["h1"]

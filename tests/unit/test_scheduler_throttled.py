@@ -115,6 +115,8 @@ def test_a_frozen_host_gets_nothing_new(decide: Decide) -> None:
 
 
 def test_set_throttled_moves_a_host_between_the_scheduler_indexes() -> None:
+    """a is the best fit; throttled, b wins; throttled twice changes nothing; restored (with a
+    reservation made meanwhile), a wins again and the snapshots hold exactly what was set."""
     scheduler = Scheduler([HostSnapshot("a", cap(2, 8 * GIB)), HostSnapshot("b", cap(8, 8 * GIB))])
     assert scheduler.place(req()) == Placed("a")  # best fit: the fuller one
     scheduler.set_throttled("a", True)
