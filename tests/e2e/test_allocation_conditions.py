@@ -264,8 +264,10 @@ async def test_frozen_past_the_members_limit_release_ends_and_wait_keeps_its_all
     --on-preempt release`, one with the default; the owner policy freezes the host with
     max_frozen_s=1 and keeps it frozen. What must hold: the first is released by the policy,
     its reason and frozen_too_long mark visible and its capacity freed; the second is marked
-    (once, however many rounds pass) and stays running and frozen; after the share is
-    restored it runs with no condition; replay agrees with the running allocator."""
+    (once, however many rounds pass) and stays running and frozen; a new request meanwhile
+    waits (pending: the only host is frozen); after the share is restored the marked one runs
+    with no condition and the waiting one is placed there; replay agrees with the running
+    allocator."""
     await pool.wait_api()
     alice = User(http, pool, await pool.add_user("alice"))
     created = json.loads(
@@ -323,8 +325,15 @@ async def test_frozen_past_the_members_limit_release_ends_and_wait_keeps_its_all
     ]
     assert [r.data["alloc_id"] for r in freed] == [releasing]
 
+    # The only host is frozen: a new request waits for it, and is placed once it resumes.
+    body = {"cpus": 0.25, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG, "command": ["sleep", "60"]}
+    status, queued = await alice.call("POST", "/v1/allocations", body)
+    assert status == 202, queued
+    assert queued["state"] == "pending"
     await record(pool, laptop.host_id, HostShareRestored(host_id=laptop.host_id))
     back = await alice.until(waiting, "restored", lambda a: a["condition"] is None)
     assert back["state"] == "running"
     assert back["frozen_too_long"] is not None  # kept in the record
+    resumed = await alice.until(queued["id"], "placed", lambda a: a["state"] == "running")
+    assert resumed["host_id"] == laptop.host_id
     await replay_agrees(pool)
