@@ -33,10 +33,12 @@ from potluck.contracts.host_events import (
     host_stream,
 )
 from potluck.events import Event
+from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e.conftest import ops
 from tests.fixtures.pool import EnrolledHost, Pool
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.liveness(0.5, 6, 600.0)
 
@@ -258,12 +260,13 @@ async def test_users_see_their_host_away_throttled_and_frozen_and_placement_avoi
 
 
 async def test_frozen_past_the_members_limit_release_ends_and_wait_keeps_its_allocation(
-    pool: Pool, laptop: EnrolledHost, http: aiohttp.ClientSession
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine], http: aiohttp.ClientSession
 ) -> None:
     """What is tried: two allocations on laptop-a, one created with `potluck alloc create
     --on-preempt release`, one with the default; the owner policy freezes the host with
     max_frozen_s=1 and keeps it frozen. What must hold: the first is released by the policy,
-    its reason and frozen_too_long mark visible and its capacity freed; the second is marked
+    its reason and frozen_too_long mark visible, its capacity freed and its container removed by
+    hostd; the second is marked
     (once, however many rounds pass) and stays running and frozen; a new request meanwhile
     waits (pending: the only host is frozen); after the share is restored the marked one runs
     with no condition and the waiting one is placed there; replay agrees with the running
@@ -324,6 +327,14 @@ async def test_frozen_past_the_members_limit_release_ends_and_wait_keeps_its_all
         r for r in await pool.store.read_stream(f"capacity-{laptop.host_id}") if r.type == "CapacityFreed"
     ]
     assert [r.data["alloc_id"] for r in freed] == [releasing]
+    # hostd removes the released container and keeps the other.
+    with DockerDriver(docker_engines[0].url) as driver:
+
+        def containers() -> set[str]:
+            return {c.allocation_id for c in driver.list_managed(laptop.host_id)}
+
+        await wait_until(lambda: releasing not in containers(), 30, "the released container to go")
+        assert waiting in containers()
 
     # The only host is frozen: a new request waits for it, and is placed once it resumes.
     body = {"cpus": 0.25, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG, "command": ["sleep", "60"]}
