@@ -1,10 +1,13 @@
-"""What the allocator does of its own accord: lost hosts, expiry, the pending queue.
+"""What the allocator does of its own accord: lost hosts, expiry, allocations frozen too long,
+the pending queue.
 
 Nobody asks for these; the log does. The engine tells `Reactions` of each
 event its model has folded (`notice`): a host lost or deregistered takes its
 allocations with it, and any change of hosts, a freed reservation or a new
 request may let a pending request be placed. `run` reacts to those, and
-expires what has outlived its lifetime, once a `tick` at least.
+expires what has outlived its lifetime, once a `tick` at least. The same
+round marks allocations that a host's owner policy has kept frozen past its
+member's `max_frozen_s`, and releases those that asked for it (`on_preempt`).
 
 Each reaction decides with the pure functions of decisions.py on the engine's
 model and appends through the engine, like a user's command: ends of
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from potluck.allocator.decisions import expiry, loss, never_fits, placement, timed_out
+from potluck.allocator.decisions import expiry, frozen_too_long, loss, never_fits, placement, timed_out
 from potluck.allocator.queue import FairQueue
 from potluck.allocator.scheduler import Impossible, Placed
 from potluck.contracts.allocation_events import AllocationRequested, CapacityFreed
@@ -85,6 +88,7 @@ class Reactions:
                 self.lost_hosts.put_nowait(host_id)  # not done: again next round
                 raise
         await self.expire_due()
+        await self.mark_frozen_too_long()
         if self.capacity_changed.is_set() or self.engine.model.pending():
             self.capacity_changed.clear()
             await self.place_pending()
@@ -111,6 +115,30 @@ class Reactions:
 
             await engine.decide(attempt)
             log.info("allocation.expired", alloc_id=alloc_id)
+        return len(due)
+
+    async def mark_frozen_too_long(self) -> int:
+        """Mark what a frozen host kept frozen too long (and release what asked for it); how many."""
+        engine = self.engine
+        model = engine.model
+        due = model.frozen_too_long(engine.clock())
+        for alloc_id in due:
+
+            async def attempt(alloc_id: str = alloc_id) -> None:
+                state = model.allocations.allocations[alloc_id]
+                host = model.hosts.hosts.get(state.host_id) if state.host_id else None
+                if host is not None:
+                    await engine.append(frozen_too_long(state, host, engine.clock()), "allocator")
+
+            await engine.decide(attempt)
+            state = model.allocations.allocations[alloc_id]
+            log.warning(
+                "allocation.frozen_too_long",
+                alloc_id=alloc_id,
+                host_id=state.host_id,
+                on_preempt=state.spec.on_preempt,
+                status=state.status,
+            )
         return len(due)
 
     async def place_pending(self) -> int:
