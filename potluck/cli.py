@@ -346,6 +346,8 @@ def host_status(config_path: Path) -> None:
     if not reply.ok:
         fail(f"{(reply.error or {}).get('message')} ({(reply.error or {}).get('code')})")
     click.echo(json.dumps(reply.data, indent=2))
+    if reply.data.get("status") == "left":
+        click.echo("this machine left the pool; ask an operator to enroll it again", err=True)
 
 
 @host.command()
@@ -353,6 +355,41 @@ def host_status(config_path: Path) -> None:
 def deregister(config_path: Path) -> None:
     """Take this machine back: its work is stopped and it leaves the pool."""
     _control(config_path, "deregister")
+
+
+@host.command()
+@CONFIG
+@click.option(
+    "--grace",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0, max=7 * 86400),
+    help="Seconds running work gets to finish before it is stopped.",
+)
+def leave(config_path: Path, grace: float) -> None:
+    """Take this machine back for good: drain, then leave the pool.
+
+    Unlike deregister, it stays out across restarts of hostd: coming back needs
+    a new enrollment by an operator.
+    """
+    from potluck.hostd.config import ConfigError, load_config
+    from potluck.hostd.member import leave as leave_pool
+
+    try:
+        config = load_config(config_path)
+        left = run(leave_pool(config, grace, lambda line: click.echo(line, err=True)))
+    except (ConfigError, ConnectionError) as exc:
+        fail(str(exc), 2)
+    if not left.reply.ok:
+        error = left.reply.error or {}
+        fail(f"{error.get('message')} ({error.get('code')})")
+    if left.still_here:
+        click.echo(f"{left.still_here} allocation(s) had not ended; they are lost with the host", err=True)
+    recorded = left.reply.data.get("recorded") or []
+    click.echo(
+        f"left: host {config.host_id} {'left the pool' if recorded else 'had left the pool already'}; "
+        "its hostd stops, and coming back needs a new enrollment by an operator"
+    )
 
 
 @host.command()
@@ -475,7 +512,7 @@ def ops_hosts_enroll(
 
 @ops_hosts.command(name="control")
 @click.argument("host_id")
-@click.argument("action", type=click.Choice(["pause", "resume", "drain", "deregister"]))
+@click.argument("action", type=click.Choice(["pause", "resume", "drain", "deregister", "leave"]))
 @database_option
 @click.option(
     "--grace",
@@ -485,7 +522,7 @@ def ops_hosts_enroll(
     help="With drain: seconds running work gets before it is stopped.",
 )
 def ops_hosts_control(host_id: str, action: str, database_url: str, grace: float) -> None:
-    """Pause, resume, drain or deregister HOST_ID as the operator."""
+    """Pause, resume, drain, deregister or leave (for good) HOST_ID as the operator."""
     from potluck.contracts.messages import ControlHost
     from potluck.events import EventStore
     from potluck.kernel.rejections import Rejected
@@ -512,8 +549,15 @@ def ops_hosts_control(host_id: str, action: str, database_url: str, grace: float
 
 @ops_hosts.command(name="list")
 @database_option
-def ops_hosts_list(database_url: str) -> None:
-    """Hosts as the log has them (one JSON object per line)."""
+@click.option(
+    "--json/--table",
+    "as_json",
+    default=None,
+    help="One JSON object per host per line [default: a table on a terminal, JSON when piped].",
+)
+def ops_hosts_list(database_url: str, as_json: bool | None) -> None:
+    """Hosts as the log has them, each with its state: active, paused, draining, asleep,
+    unreachable, lost, deregistered, left or revoked (and enrolled: never registered)."""
     from potluck.events import EventStore
     from potluck.registry.enrollment import current_hosts
 
@@ -528,12 +572,142 @@ def ops_hosts_list(database_url: str) -> None:
                 "liveness": h.liveness,
                 "donated": h.donated.model_dump() if h.donated else None,
                 "labels": h.labels,
+                "revoked": {"by": h.revoked_by, "reason": h.revoked_reason} if h.admin == "revoked" else None,
             }
-            for h in view.hosts.values()
+            for h in sorted(view.hosts.values(), key=lambda h: h.host_id)
         ]
 
-    for row in run(with_store(database_url, go)):
-        click.echo(json.dumps(row))
+    rows = run(with_store(database_url, go))
+    if as_json is None:
+        as_json = not sys.stdout.isatty()
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    click.echo(_hosts_table(rows))
+
+
+def _hosts_table(rows: list[dict[str, Any]]) -> str:
+    header = ("HOST", "NAME", "STATUS", "CPUS", "MEMORY", "DISK", "NOTE")
+    lines = [header]
+    for row in rows:
+        donated = row["donated"] or {}
+        revoked = row["revoked"]
+        note = (
+            f"by {revoked['by']}" + (f": {revoked['reason']}" if revoked["reason"] else "") if revoked else ""
+        )
+        lines.append(
+            (
+                row["host_id"],
+                row["name"],
+                row["status"],
+                f"{donated['cpus']:g}" if donated else "-",
+                _size(donated.get("memory_bytes")),
+                _size(donated.get("disk_bytes")),
+                note,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= factor:
+            return f"{n / factor:.3g}{unit}"
+    return str(n)
+
+
+@ops_hosts.command(name="revoke")
+@click.argument("host_id")
+@click.option("--reason", default="", help="Why (stolen, compromised...): recorded and shown to its users.")
+@database_option
+@click.option(
+    "--nats-auth-file",
+    envvar="POTLUCK_NATS_AUTH_FILE",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="NATS users file to re-render without the host's key [env: POTLUCK_NATS_AUTH_FILE; "
+    "default: the running `potluck up`'s].",
+)
+@click.option(
+    "--nats-pid-file",
+    envvar="POTLUCK_NATS_PID_FILE",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="nats-server's PID file, to make it reload the users [env: POTLUCK_NATS_PID_FILE].",
+)
+@click.option(
+    "--service-seed-file",
+    envvar="POTLUCK_NATS_SEED_FILE",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The central services' seed, whose public key stays in the users file.",
+)
+def ops_hosts_revoke(
+    host_id: str,
+    reason: str,
+    database_url: str,
+    nats_auth_file: Path | None,
+    nats_pid_file: Path | None,
+    service_seed_file: Path | None,
+) -> None:
+    """Evict HOST_ID (a stolen or compromised machine) for good.
+
+    Records who revoked it and why, takes its key out of the NATS users file and
+    reloads nats-server (its connections close, its key is refused from then on);
+    its allocations are lost with the reason, its gateway links closed.
+    """
+    import os
+
+    from potluck.events import EventStore
+    from potluck.kernel.rejections import Rejected
+    from potluck.registry.enrollment import read_seed, refresh_nats_authorization, revoke_host
+    from potluck.up import default_state_dir, nats_files
+
+    by = os.environ.get("USER") or "operator"
+    if nats_auth_file is None:
+        local = nats_files(default_state_dir())
+        if local is not None:
+            nats_auth_file, nats_pid_file, service_seed_file = (
+                local.auth_file,
+                nats_pid_file or local.pid_file,
+                service_seed_file or local.seed_file,
+            )
+
+    async def go(store: EventStore) -> tuple[list[str], bool]:
+        recorded = await revoke_host(store, host_id, by=by, reason=reason)
+        if nats_auth_file is None:
+            return recorded, False
+        seeds = [read_seed(service_seed_file)] if service_seed_file else []
+        await refresh_nats_authorization(store, nats_auth_file, seeds, nats_pid_file)
+        return recorded, True
+
+    try:
+        recorded, rendered = run(with_store(database_url, go))
+    except Rejected as exc:
+        fail(f"{exc.message} ({exc.code})")
+    if not rendered:
+        click.echo(
+            "warning: no NATS users file given (--nats-auth-file): the host's key is still accepted "
+            "until the file is rendered again (e.g. by the next `ops hosts enroll` with it)",
+            err=True,
+        )
+    click.echo(
+        json.dumps(
+            {
+                "host_id": host_id,
+                "revoked_by": by,
+                "reason": reason,
+                "recorded": recorded,
+                "nats_users_file": str(nats_auth_file) if rendered else None,
+            }
+        )
+    )
 
 
 @ops.group(name="users")

@@ -85,6 +85,25 @@ def _pid_alive(state_dir: Path) -> int | None:
     return pid if start_time(pid) == started else None
 
 
+@dataclass(frozen=True)
+class NatsFiles:
+    """Where a running `potluck up` keeps NATS's users file, its PID file and the services' seed:
+    operator commands (`ops hosts revoke`) re-render and reload with them by default."""
+
+    auth_file: Path
+    pid_file: Path
+    seed_file: Path
+
+
+def nats_files(state_dir: Path) -> NatsFiles | None:
+    """The running `potluck up`'s NATS files in `state_dir` (None: none runs there)."""
+    if running(state_dir) is None:
+        return None
+    pool = state_dir / "pool"
+    # LocalPool.create's layout: NatsServer(pool / "nats") and the services' seed beside it.
+    return NatsFiles(pool / "nats" / "auth.json", pool / "nats" / "nats-server.pid", pool / "services.seed")
+
+
 def running(state_dir: Path) -> Running | None:
     if _pid_alive(state_dir) is None:
         return None

@@ -40,6 +40,7 @@ from potluck.contracts.allocation_events import (
     quota_stream,
 )
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.host_events import HostDeregistered, HostLeft, HostLost, HostRevoked
 from potluck.events import Event, StreamAppend
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import ACTIVE, AllocationState
@@ -52,6 +53,7 @@ __all__ = [
     "expiry",
     "extension",
     "loss",
+    "loss_reason",
     "never_fits",
     "new_alloc_id",
     "placement",
@@ -258,11 +260,26 @@ def extension(state: AllocationState, by_s: float, now: datetime) -> list[Stream
     return [StreamAppend(alloc_stream(state.alloc_id), [extended], state.version)]
 
 
-def loss(state: AllocationState, host_id: str) -> list[StreamAppend]:
-    """The allocation is lost with its host, if it is still active there."""
+def loss(state: AllocationState, host_id: str, reason: str = "host lost") -> list[StreamAppend]:
+    """The allocation is lost with its host, if it is still active there; its user reads `reason`."""
     if state.status not in ACTIVE or state.host_id != host_id:
         return []
-    return ending(state, AllocationLost(alloc_id=state.alloc_id, host_id=host_id))
+    return ending(state, AllocationLost(alloc_id=state.alloc_id, host_id=host_id, reason=reason))
+
+
+def loss_reason(event: Event) -> str | None:
+    """Why a host event takes the host's allocations with it, in the words their users read;
+    None: it does not."""
+    match event:
+        case HostLost():
+            return "host lost"
+        case HostDeregistered():
+            return f"host deregistered by its {event.by}"
+        case HostLeft():
+            return "host left the pool"
+        case HostRevoked():
+            return f"host revoked by {event.by}" + (f": {event.reason}" if event.reason else "")
+    return None
 
 
 def expiry(state: AllocationState, now: datetime) -> list[StreamAppend]:

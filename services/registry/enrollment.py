@@ -1,4 +1,4 @@
-"""Operator side of admitting a machine: a host id, its own NATS key pair, and the NATS users file.
+"""Operator side of admitting (and evicting) a machine: a host id, its own NATS key pair, the NATS users file.
 
 Enrollment runs the Host aggregate in the operator's process (with database
 access, like the registry) and records HostEnrolled; the key pair's seed goes
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from potluck.contracts.subjects import validate_host_id
 from potluck.events import EventStore
-from potluck.readmodels.hosts import HostsView
+from potluck.readmodels.hosts import HostState, HostsView
 from potluck.registry import host as aggregate
 from potluck.registry.nats_auth import (
     KeyPair,
@@ -71,12 +71,21 @@ def read_seed(path: Path) -> str:
     return seed
 
 
+def has_nats_key(state: HostState) -> bool:
+    """Does the host keep its place in the NATS users file? Not once deregistered, left or revoked."""
+    return state.admin != "deregistered" and not state.gone
+
+
 async def refresh_nats_authorization(
     store: EventStore, auth_file: Path, service_seeds: list[str], pid_file: Path | None
 ) -> bool:
-    """Render the users file from the log; reload nats-server when it changed."""
+    """Render the users file from the log; reload nats-server when it changed.
+
+    A host that left or was revoked has no key there any more: on the reload,
+    nats-server closes its connections and refuses its key from then on.
+    """
     view = await current_hosts(store)
-    hosts = [(h.host_id, h.nkey) for h in view.hosts.values() if h.nkey and h.admin != "deregistered"]
+    hosts = [(h.host_id, h.nkey) for h in view.hosts.values() if h.nkey and has_nats_key(h)]
     text = render_authorization([public_key_of(s) for s in service_seeds], hosts)
     changed = write_authorization(auth_file, text)
     if changed and pid_file is not None:
@@ -84,3 +93,17 @@ async def refresh_nats_authorization(
         with contextlib.suppress(FileNotFoundError):
             reload_nats(pid_file)
     return changed
+
+
+async def revoke_host(store: EventStore, host_id: str, *, by: str, reason: str) -> list[str]:
+    """Record HostRevoked (by whom, why); the types recorded, none when it was revoked already.
+
+    Re-render the users file afterwards (`refresh_nats_authorization`): the key goes with it.
+    """
+    outcome = await decide_on_host(
+        store,
+        host_id,
+        lambda s: aggregate.revoke(s, host_id, by, reason),
+        {"actor": "operator"},
+    )
+    return [type(e).type_name for e in outcome.events]
