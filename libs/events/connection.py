@@ -5,7 +5,6 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import nats
 import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
@@ -109,15 +108,19 @@ async def connect_bus(
 
 async def _connect_unless_refused(url: str, options: dict[str, Any], refused: asyncio.Event) -> NATS:
     """nats.connect, given up once `refused` is set: nats-py would retry a refused key forever."""
-    connecting = asyncio.ensure_future(nats.connect(url, **options))
+    nc = NATS()
+    connecting = asyncio.ensure_future(nc.connect(url, **options))
     watching = asyncio.ensure_future(refused.wait())
     try:
         await asyncio.wait([connecting, watching], return_when=asyncio.FIRST_COMPLETED)
     finally:
         watching.cancel()
-    if connecting.done():
-        return connecting.result()
+    if connecting.done() and not refused.is_set():
+        connecting.result()
+        return nc
     connecting.cancel()
     with contextlib.suppress(BaseException):
         await connecting
+    with contextlib.suppress(Exception):
+        await nc.close()  # its socket too
     raise IdentityRefused()
