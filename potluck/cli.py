@@ -380,8 +380,13 @@ def leave(config_path: Path, grace: float) -> None:
         left = run(leave_pool(config, grace, lambda line: click.echo(line, err=True)))
     except (ConfigError, ConnectionError) as exc:
         fail(str(exc), 2)
+    error = left.reply.error or {}
+    if error.get("code") == "HOST_LEFT":
+        click.echo(
+            f"left: host {config.host_id} had left the pool already; coming back needs a new enrollment"
+        )
+        return
     if not left.reply.ok:
-        error = left.reply.error or {}
         fail(f"{error.get('message')} ({error.get('code')})")
     if left.still_here:
         click.echo(f"{left.still_here} allocation(s) had not ended; they are lost with the host", err=True)

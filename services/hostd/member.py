@@ -83,8 +83,8 @@ async def leave(config: HostdConfig, grace_s: float, say: Say, *, poll_s: float 
         drain = await _request(nc, config, CONTROL, _command("drain", grace_s))
         error = drain.error or {}
         if not drain.ok and error.get("code") != "NOT_REGISTERED":
-            # Left or revoked already, or refused: the leave says why just the same.
-            return Left(await _request(nc, config, CONTROL, _command("leave", 0)), False, 0)
+            # Left or revoked already (HOST_LEFT, HOST_REVOKED), or refused: the leave would be too.
+            return Left(drain, False, 0)
         if drain.ok:
             say(f"draining: running work gets {grace_s:g}s to finish")
         still_here = await _wait_for_no_work(nc, config, grace_s + LEAVE_MARGIN_S, say, poll_s)
