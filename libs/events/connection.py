@@ -94,16 +94,16 @@ async def connect_bus(
         attempt += 1
         try:
             return await _connect_unless_refused(url, options, refused)
+        except IdentityRefused as exc:  # an OSError too: before the clause that retries those
+            raise IdentityRefused(
+                f"NATS at {url} refuses this machine's key ({refusals} times): it is no longer "
+                "accepted (revoked?); ask an operator"
+            ) from exc
         except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
             if attempt >= first_attempts:
                 raise ConnectionError(
                     f"cannot reach NATS at {url} ({exc!r}); is nats-server running there?"
                 ) from exc
-        except IdentityRefused as exc:
-            raise IdentityRefused(
-                f"NATS at {url} refuses this machine's key ({refusals} times): it is no longer "
-                "accepted (revoked?); ask an operator"
-            ) from exc
 
 
 async def _connect_unless_refused(url: str, options: dict[str, Any], refused: asyncio.Event) -> NATS:

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -132,8 +133,10 @@ async def test_a_revoked_host_is_cut_off_its_work_lost_and_its_users_told_why(
     (authorization); hostd stops for good (exit code 3, saying it was revoked); the gateway refuses
     a link with the host's SSH key (it accepted one just before); the allocation is lost and its
     user reads "host revoked by olga: <reason>" from the API; a report sent with the old key fails
-    with an authorization error and nothing new lands in the log; `ops hosts list` says revoked;
-    replay of the log agrees with both running services."""
+    with an authorization error and nothing new lands in the log; `host status` says the key is
+    no longer accepted, and hostd started again stops for good at once; `ops hosts list` says
+    revoked; replay of the log agrees with both running services; a second revocation records
+    nothing."""
     pool, host = gatewayed.pool, gatewayed.host
     async with aiohttp.ClientSession() as http:
         alloc_id = await gatewayed.allocate(http)
@@ -184,6 +187,21 @@ async def test_a_revoked_host_is_cut_off_its_work_lost_and_its_users_told_why(
         await send_report(pool, host, report)
     await asyncio.sleep(1)
     assert await pool.store.head_position() == head
+
+    status = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "potluck", "host", "status", "--config", str(host.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert status.returncode == 2, status.stderr
+    assert "no longer accepted (revoked?)" in status.stderr
+    pool.start_hostd(host)  # the thief starts it again: it stops for good at once
+    await wait_until(lambda: not host.process.running(), 30, "hostd to stop again")  # type: ignore[union-attr]
+    assert host.process.exit_code() == 3, host.process.log_tail(40)
+    assert "no longer accepts this machine's key" in host.process.log_tail(40)
 
     code, out, err = await ops("hosts", "list", "--database-url", pool.database_url)
     assert code == 0, err
