@@ -515,6 +515,72 @@ def ops_hosts_enroll(
     )
 
 
+def nats_users_options(f: F) -> F:
+    """--nats-auth-file, --nats-pid-file, --service-seed-file: the users file a command that takes
+    a host's key away renders again (default: that of a `potluck up` running on the same log)."""
+    f = click.option(
+        "--service-seed-file",
+        envvar="POTLUCK_NATS_SEED_FILE",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="The central services' seed, whose public key stays in the users file.",
+    )(f)
+    f = click.option(
+        "--nats-pid-file",
+        envvar="POTLUCK_NATS_PID_FILE",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="nats-server's PID file, to make it reload the users [env: POTLUCK_NATS_PID_FILE].",
+    )(f)
+    return click.option(
+        "--nats-auth-file",
+        envvar="POTLUCK_NATS_AUTH_FILE",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="NATS users file to render again without the host's key [env: POTLUCK_NATS_AUTH_FILE; "
+        "default: that of a `potluck up` running on the same log].",
+    )(f)
+
+
+def _nats_users(
+    database_url: str, auth_file: Path | None, pid_file: Path | None, seed_file: Path | None
+) -> tuple[Path | None, Path | None, Path | None]:
+    """The users file, nats-server's PID file and the services' seed: as given, else those of the
+    `potluck up` running in POTLUCK_HOME (or ~/.potluck) on the same log, else none."""
+    from potluck.up import default_state_dir, nats_files
+
+    if auth_file is None:
+        local = nats_files(default_state_dir(), database_url)
+        if local is not None:
+            return local.auth_file, pid_file or local.pid_file, seed_file or local.seed_file
+    return auth_file, pid_file, seed_file
+
+
+async def _render_nats_users(
+    store: "EventStore", auth_file: Path | None, pid_file: Path | None, seed_file: Path | None
+) -> bool:
+    """Render the users file from the log and reload nats-server; False: no file to render."""
+    from potluck.registry.enrollment import read_seed, refresh_nats_authorization
+
+    if auth_file is None:
+        return False
+    seeds = [read_seed(seed_file)] if seed_file else []
+    await refresh_nats_authorization(store, auth_file, seeds, pid_file)
+    return True
+
+
+def _warn_not_rendered() -> None:
+    click.echo(
+        "warning: no NATS users file given (--nats-auth-file): the host's key is still accepted "
+        "until the file is rendered again (e.g. by the next `ops hosts enroll` with it)",
+        err=True,
+    )
+
+
+#: Controls that take the host's key out of the NATS users file.
+_KEY_TAKING_ACTIONS = frozenset({"deregister", "leave"})
+
+
 @ops_hosts.command(name="control")
 @click.argument("host_id")
 @click.argument("action", type=click.Choice(["pause", "resume", "drain", "deregister", "leave"]))
@@ -526,8 +592,20 @@ def ops_hosts_enroll(
     type=click.FloatRange(min=0),
     help="With drain: seconds running work gets before it is stopped.",
 )
-def ops_hosts_control(host_id: str, action: str, database_url: str, grace: float) -> None:
-    """Pause, resume, drain, deregister or leave (for good) HOST_ID as the operator."""
+@nats_users_options
+def ops_hosts_control(
+    host_id: str,
+    action: str,
+    database_url: str,
+    grace: float,
+    nats_auth_file: Path | None,
+    nats_pid_file: Path | None,
+    service_seed_file: Path | None,
+) -> None:
+    """Pause, resume, drain, deregister or leave (for good) HOST_ID as the operator.
+
+    Deregister and leave also render the NATS users file again without the host's key.
+    """
     from potluck.contracts.messages import ControlHost
     from potluck.events import EventStore
     from potluck.kernel.rejections import Rejected
@@ -535,20 +613,24 @@ def ops_hosts_control(host_id: str, action: str, database_url: str, grace: float
     from potluck.registry.repository import decide_on_host
 
     command = ControlHost.model_validate({"action": action, "grace_s": grace})
+    files = _nats_users(database_url, nats_auth_file, nats_pid_file, service_seed_file)
 
-    async def go(store: EventStore) -> list[str]:
+    async def go(store: EventStore) -> tuple[list[str], bool]:
         outcome = await decide_on_host(
             store,
             host_id,
             lambda s: aggregate.control(s, host_id, command, "operator"),
             {"actor": "operator"},
         )
-        return [type(e).type_name for e in outcome.events]
+        rendered = action in _KEY_TAKING_ACTIONS and await _render_nats_users(store, *files)
+        return [type(e).type_name for e in outcome.events], rendered
 
     try:
-        recorded = run(with_store(database_url, go))
+        recorded, rendered = run(with_store(database_url, go))
     except Rejected as exc:
         fail(exc.message)
+    if action in _KEY_TAKING_ACTIONS and not rendered:
+        _warn_not_rendered()
     click.echo(json.dumps({"host_id": host_id, "action": action, "recorded": recorded}))
 
 
@@ -631,28 +713,7 @@ def _size(n: int | None) -> str:
 @click.argument("host_id")
 @click.option("--reason", default="", help="Why (stolen, compromised...): recorded and shown to its users.")
 @database_option
-@click.option(
-    "--nats-auth-file",
-    envvar="POTLUCK_NATS_AUTH_FILE",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="NATS users file to re-render without the host's key [env: POTLUCK_NATS_AUTH_FILE; "
-    "default: the running `potluck up`'s].",
-)
-@click.option(
-    "--nats-pid-file",
-    envvar="POTLUCK_NATS_PID_FILE",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="nats-server's PID file, to make it reload the users [env: POTLUCK_NATS_PID_FILE].",
-)
-@click.option(
-    "--service-seed-file",
-    envvar="POTLUCK_NATS_SEED_FILE",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="The central services' seed, whose public key stays in the users file.",
-)
+@nats_users_options
 def ops_hosts_revoke(
     host_id: str,
     reason: str,
@@ -663,45 +724,29 @@ def ops_hosts_revoke(
 ) -> None:
     """Evict HOST_ID (a stolen or compromised machine) for good.
 
-    Records who revoked it and why, takes its key out of the NATS users file and
-    reloads nats-server (its connections close, its key is refused from then on);
-    its allocations are lost with the reason, its gateway links closed.
+    Records who revoked it ($USER) and why, takes its key out of the NATS users file and
+    reloads nats-server (its connections close, its key is refused from then on); its
+    allocations are lost with the reason, its gateway links closed.
     """
     import os
 
     from potluck.events import EventStore
     from potluck.kernel.rejections import Rejected
-    from potluck.registry.enrollment import read_seed, refresh_nats_authorization, revoke_host
-    from potluck.up import default_state_dir, nats_files
+    from potluck.registry.enrollment import revoke_host
 
     by = os.environ.get("USER") or "operator"
-    if nats_auth_file is None:
-        local = nats_files(default_state_dir())
-        if local is not None:
-            nats_auth_file, nats_pid_file, service_seed_file = (
-                local.auth_file,
-                nats_pid_file or local.pid_file,
-                service_seed_file or local.seed_file,
-            )
+    files = _nats_users(database_url, nats_auth_file, nats_pid_file, service_seed_file)
 
     async def go(store: EventStore) -> tuple[list[str], bool]:
         recorded = await revoke_host(store, host_id, by=by, reason=reason)
-        if nats_auth_file is None:
-            return recorded, False
-        seeds = [read_seed(service_seed_file)] if service_seed_file else []
-        await refresh_nats_authorization(store, nats_auth_file, seeds, nats_pid_file)
-        return recorded, True
+        return recorded, await _render_nats_users(store, *files)
 
     try:
         recorded, rendered = run(with_store(database_url, go))
     except Rejected as exc:
         fail(f"{exc.message} ({exc.code})")
     if not rendered:
-        click.echo(
-            "warning: no NATS users file given (--nats-auth-file): the host's key is still accepted "
-            "until the file is rendered again (e.g. by the next `ops hosts enroll` with it)",
-            err=True,
-        )
+        _warn_not_rendered()
     click.echo(
         json.dumps(
             {
@@ -709,7 +754,7 @@ def ops_hosts_revoke(
                 "revoked_by": by,
                 "reason": reason,
                 "recorded": recorded,
-                "nats_users_file": str(nats_auth_file) if rendered else None,
+                "nats_users_file": str(files[0]) if rendered else None,
             }
         )
     )

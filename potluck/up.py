@@ -95,9 +95,11 @@ class NatsFiles:
     seed_file: Path
 
 
-def nats_files(state_dir: Path) -> NatsFiles | None:
-    """The running `potluck up`'s NATS files in `state_dir` (None: none runs there)."""
-    if running(state_dir) is None:
+def nats_files(state_dir: Path, database_url: str) -> NatsFiles | None:
+    """The NATS files of the `potluck up` running in `state_dir` on the log at `database_url`
+    (None: none runs there, or it keeps another log, whose hosts its users file must not get)."""
+    ready = running(state_dir)
+    if ready is None or ready.database != database_url:
         return None
     pool = state_dir / "pool"
     # LocalPool.create's layout: NatsServer(pool / "nats") and the services' seed beside it.
