@@ -473,6 +473,8 @@ def host_status(config_path: Path) -> None:
     if not reply.ok:
         fail(f"{(reply.error or {}).get('message')} ({(reply.error or {}).get('code')})")
     click.echo(json.dumps(reply.data, indent=2))
+    if reply.data.get("status") == "left":
+        click.echo("this machine left the pool; ask an operator to enroll it again", err=True)
 
 
 @host.command()
@@ -480,6 +482,46 @@ def host_status(config_path: Path) -> None:
 def deregister(config_path: Path) -> None:
     """Take this machine back: its work is stopped and it leaves the pool."""
     _control(config_path, "deregister")
+
+
+@host.command()
+@CONFIG
+@click.option(
+    "--grace",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0, max=7 * 86400),
+    help="Seconds running work gets to finish before it is stopped.",
+)
+def leave(config_path: Path, grace: float) -> None:
+    """Take this machine back for good: drain, then leave the pool.
+
+    Unlike deregister, it stays out across restarts of hostd: coming back needs
+    a new enrollment by an operator.
+    """
+    from potluck.hostd.config import ConfigError, load_config
+    from potluck.hostd.member import leave as leave_pool
+
+    try:
+        config = load_config(config_path)
+        left = run(leave_pool(config, grace, lambda line: click.echo(line, err=True)))
+    except (ConfigError, ConnectionError) as exc:
+        fail(str(exc), 2)
+    error = left.reply.error or {}
+    if error.get("code") == "HOST_LEFT":
+        click.echo(
+            f"left: host {config.host_id} had left the pool already; coming back needs a new enrollment"
+        )
+        return
+    if not left.reply.ok:
+        fail(f"{error.get('message')} ({error.get('code')})")
+    if left.still_here:
+        click.echo(f"{left.still_here} allocation(s) had not ended; they are lost with the host", err=True)
+    recorded = left.reply.data.get("recorded") or []
+    click.echo(
+        f"left: host {config.host_id} {'left the pool' if recorded else 'had left the pool already'}; "
+        "its hostd stops, and coming back needs a new enrollment by an operator"
+    )
 
 
 @host.command()
@@ -730,9 +772,75 @@ def ops_hosts_enroll(
     click.echo(json.dumps({"host_id": host_id, "name": name, "credentials_file": str(credentials_out)}))
 
 
+def nats_users_options(f: F) -> F:
+    """--nats-auth-file, --nats-pid-file, --service-seed-file: the users file a command that takes
+    a host's key away renders again (default: that of a `potluck up` running on the same log)."""
+    f = click.option(
+        "--service-seed-file",
+        envvar="POTLUCK_NATS_SEED_FILE",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="The central services' seed, whose public key stays in the users file.",
+    )(f)
+    f = click.option(
+        "--nats-pid-file",
+        envvar="POTLUCK_NATS_PID_FILE",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="nats-server's PID file, to make it reload the users [env: POTLUCK_NATS_PID_FILE].",
+    )(f)
+    return click.option(
+        "--nats-auth-file",
+        envvar="POTLUCK_NATS_AUTH_FILE",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="NATS users file to render again without the host's key [env: POTLUCK_NATS_AUTH_FILE; "
+        "default: that of a `potluck up` running on the same log].",
+    )(f)
+
+
+def _nats_users(
+    database_url: str, auth_file: Path | None, pid_file: Path | None, seed_file: Path | None
+) -> tuple[Path | None, Path | None, Path | None]:
+    """The users file, nats-server's PID file and the services' seed: as given, else those of the
+    `potluck up` running in POTLUCK_HOME (or ~/.potluck) on the same log, else none."""
+    from potluck.up import default_state_dir, nats_files
+
+    if auth_file is None:
+        local = nats_files(default_state_dir(), database_url)
+        if local is not None:
+            return local.auth_file, pid_file or local.pid_file, seed_file or local.seed_file
+    return auth_file, pid_file, seed_file
+
+
+async def _render_nats_users(
+    store: "EventStore", auth_file: Path | None, pid_file: Path | None, seed_file: Path | None
+) -> bool:
+    """Render the users file from the log and reload nats-server; False: no file to render."""
+    from potluck.registry.enrollment import read_seed, refresh_nats_authorization
+
+    if auth_file is None:
+        return False
+    seeds = [read_seed(seed_file)] if seed_file else []
+    await refresh_nats_authorization(store, auth_file, seeds, pid_file)
+    return True
+
+
+def _warn_not_rendered() -> None:
+    click.echo(
+        "warning: no NATS users file given (--nats-auth-file): the host's key is still accepted "
+        "until the file is rendered again (e.g. by the next `ops hosts enroll` with it)",
+        err=True,
+    )
+
+
+#: Controls that take the host's key out of the NATS users file.
+_KEY_TAKING_ACTIONS = frozenset({"deregister", "leave"})
+
+
 @ops_hosts.command(name="control")
 @click.argument("host_id")
-@click.argument("action", type=click.Choice(["pause", "resume", "drain", "deregister"]))
+@click.argument("action", type=click.Choice(["pause", "resume", "drain", "deregister", "leave"]))
 @database_option
 @click.option(
     "--grace",
@@ -741,8 +849,20 @@ def ops_hosts_enroll(
     type=click.FloatRange(min=0),
     help="With drain: seconds running work gets before it is stopped.",
 )
-def ops_hosts_control(host_id: str, action: str, database_url: str, grace: float) -> None:
-    """Pause, resume, drain or deregister HOST_ID as the operator."""
+@nats_users_options
+def ops_hosts_control(
+    host_id: str,
+    action: str,
+    database_url: str,
+    grace: float,
+    nats_auth_file: Path | None,
+    nats_pid_file: Path | None,
+    service_seed_file: Path | None,
+) -> None:
+    """Pause, resume, drain, deregister or leave (for good) HOST_ID as the operator.
+
+    Deregister and leave also render the NATS users file again without the host's key.
+    """
     from potluck.contracts.messages import ControlHost
     from potluck.events import EventStore
     from potluck.kernel.rejections import Rejected
@@ -750,27 +870,38 @@ def ops_hosts_control(host_id: str, action: str, database_url: str, grace: float
     from potluck.registry.repository import decide_on_host
 
     command = ControlHost.model_validate({"action": action, "grace_s": grace})
+    files = _nats_users(database_url, nats_auth_file, nats_pid_file, service_seed_file)
 
-    async def go(store: EventStore) -> list[str]:
+    async def go(store: EventStore) -> tuple[list[str], bool]:
         outcome = await decide_on_host(
             store,
             host_id,
             lambda s: aggregate.control(s, host_id, command, "operator"),
             {"actor": "operator"},
         )
-        return [type(e).type_name for e in outcome.events]
+        rendered = action in _KEY_TAKING_ACTIONS and await _render_nats_users(store, *files)
+        return [type(e).type_name for e in outcome.events], rendered
 
     try:
-        recorded = run(with_store(database_url, go))
+        recorded, rendered = run(with_store(database_url, go))
     except Rejected as exc:
         fail(exc.message)
+    if action in _KEY_TAKING_ACTIONS and not rendered:
+        _warn_not_rendered()
     click.echo(json.dumps({"host_id": host_id, "action": action, "recorded": recorded}))
 
 
 @ops_hosts.command(name="list")
 @database_option
-def ops_hosts_list(database_url: str) -> None:
-    """Hosts as the log has them (one JSON object per line)."""
+@click.option(
+    "--json/--table",
+    "as_json",
+    default=None,
+    help="One JSON object per host per line [default: a table on a terminal, JSON when piped].",
+)
+def ops_hosts_list(database_url: str, as_json: bool | None) -> None:
+    """Hosts as the log has them, each with its state: active, paused, draining, asleep,
+    unreachable, lost, deregistered, left or revoked (and enrolled: never registered)."""
     from potluck.events import EventStore
     from potluck.registry.enrollment import current_hosts
 
@@ -785,12 +916,105 @@ def ops_hosts_list(database_url: str) -> None:
                 "liveness": h.liveness,
                 "donated": h.donated.model_dump() if h.donated else None,
                 "labels": h.labels,
+                "revoked": {"by": h.revoked_by, "reason": h.revoked_reason} if h.admin == "revoked" else None,
             }
-            for h in view.hosts.values()
+            for h in sorted(view.hosts.values(), key=lambda h: h.host_id)
         ]
 
-    for row in run(with_store(database_url, go)):
-        click.echo(json.dumps(row))
+    rows = run(with_store(database_url, go))
+    if as_json is None:
+        as_json = not sys.stdout.isatty()
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    click.echo(_hosts_table(rows))
+
+
+def _hosts_table(rows: list[dict[str, Any]]) -> str:
+    header = ("HOST", "NAME", "STATUS", "CPUS", "MEMORY", "DISK", "NOTE")
+    lines = [header]
+    for row in rows:
+        donated = row["donated"] or {}
+        revoked = row["revoked"]
+        note = (
+            f"by {revoked['by']}" + (f": {revoked['reason']}" if revoked["reason"] else "") if revoked else ""
+        )
+        lines.append(
+            (
+                row["host_id"],
+                row["name"],
+                row["status"],
+                f"{donated['cpus']:g}" if donated else "-",
+                _size(donated.get("memory_bytes")),
+                _size(donated.get("disk_bytes")),
+                note,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= factor:
+            return f"{n / factor:.3g}{unit}"
+    return str(n)
+
+
+@ops_hosts.command(name="revoke")
+@click.argument("host_id")
+@click.option("--reason", default="", help="Why (stolen, compromised...): recorded and shown to its users.")
+@database_option
+@nats_users_options
+def ops_hosts_revoke(
+    host_id: str,
+    reason: str,
+    database_url: str,
+    nats_auth_file: Path | None,
+    nats_pid_file: Path | None,
+    service_seed_file: Path | None,
+) -> None:
+    """Evict HOST_ID (a stolen or compromised machine) for good.
+
+    Records who revoked it ($USER) and why, takes its key out of the NATS users file and
+    reloads nats-server (its connections close, its key is refused from then on); its
+    allocations are lost with the reason, its gateway links closed.
+    """
+    import os
+
+    from potluck.events import EventStore
+    from potluck.kernel.rejections import Rejected
+    from potluck.registry.enrollment import revoke_host
+
+    by = os.environ.get("USER") or "operator"
+    files = _nats_users(database_url, nats_auth_file, nats_pid_file, service_seed_file)
+
+    async def go(store: EventStore) -> tuple[list[str], bool]:
+        recorded = await revoke_host(store, host_id, by=by, reason=reason)
+        return recorded, await _render_nats_users(store, *files)
+
+    try:
+        recorded, rendered = run(with_store(database_url, go))
+    except Rejected as exc:
+        fail(f"{exc.message} ({exc.code})")
+    if not rendered:
+        _warn_not_rendered()
+    click.echo(
+        json.dumps(
+            {
+                "host_id": host_id,
+                "revoked_by": by,
+                "reason": reason,
+                "recorded": recorded,
+                "nats_users_file": str(files[0]) if rendered else None,
+            }
+        )
+    )
 
 
 @ops.group(name="users")

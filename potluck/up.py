@@ -92,6 +92,27 @@ def _pid_alive(state_dir: Path) -> int | None:
     return pid if start_time(pid) == started else None
 
 
+@dataclass(frozen=True)
+class NatsFiles:
+    """Where a running `potluck up` keeps NATS's users file, its PID file and the services' seed:
+    operator commands (`ops hosts revoke`) re-render and reload with them by default."""
+
+    auth_file: Path
+    pid_file: Path
+    seed_file: Path
+
+
+def nats_files(state_dir: Path, database_url: str) -> NatsFiles | None:
+    """The NATS files of the `potluck up` running in `state_dir` on the log at `database_url`
+    (None: none runs there, or it keeps another log, whose hosts its users file must not get)."""
+    ready = running(state_dir)
+    if ready is None or ready.database != database_url:
+        return None
+    pool = state_dir / "pool"
+    # LocalPool.create's layout: NatsServer(pool / "nats") and the services' seed beside it.
+    return NatsFiles(pool / "nats" / "auth.json", pool / "nats" / "nats-server.pid", pool / "services.seed")
+
+
 def running(state_dir: Path) -> Running | None:
     if _pid_alive(state_dir) is None:
         return None

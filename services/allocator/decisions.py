@@ -42,6 +42,7 @@ from potluck.contracts.allocation_events import (
     quota_stream,
 )
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.host_events import HostDeregistered, HostLeft, HostLost, HostRevoked
 from potluck.events import Event, StreamAppend
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import ACTIVE, AllocationState
@@ -56,6 +57,7 @@ __all__ = [
     "extension",
     "frozen_too_long",
     "loss",
+    "loss_reason",
     "never_fits",
     "new_alloc_id",
     "placement",
@@ -301,6 +303,21 @@ def frozen_too_long(state: AllocationState, host: HostState, now: datetime) -> l
         ),
     )
     return ending(state, released, preceding=[marked])
+
+
+def loss_reason(event: Event) -> str | None:
+    """Why a host event takes the host's allocations with it, in the words their users read;
+    None: it does not."""
+    match event:
+        case HostLost():
+            return "host lost"
+        case HostDeregistered():
+            return f"host deregistered by its {event.by}"
+        case HostLeft():
+            return "host left the pool"
+        case HostRevoked():
+            return f"host revoked by {event.by}" + (f": {event.reason}" if event.reason else "")
+    return None
 
 
 def expiry(state: AllocationState, now: datetime) -> list[StreamAppend]:

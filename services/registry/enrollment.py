@@ -1,4 +1,4 @@
-"""Operator side of admitting a machine: a host id, its own NATS key pair, and the NATS users file.
+"""Operator side of admitting (and evicting) a machine: a host id, its own NATS key pair, the NATS users file.
 
 Enrollment runs the Host aggregate in the operator's process (with database
 access, like the registry) and records HostEnrolled; the key pair's seed goes
@@ -122,6 +122,11 @@ def joining_keys(view: HostsView, now: datetime) -> list[tuple[str, str]]:
     ]
 
 
+def has_nats_key(state: HostState) -> bool:
+    """Does the host keep its place in the NATS users file? Not once deregistered, left or revoked."""
+    return state.admin != "deregistered" and not state.gone
+
+
 async def refresh_nats_authorization(
     store: EventStore,
     auth_file: Path,
@@ -133,9 +138,10 @@ async def refresh_nats_authorization(
     """Render the users file from the log; reload nats-server when it changed.
 
     `also_joining` keeps throwaway join keys the log no longer lists (a token just spent,
-    whose holder still waits for the answer on that identity)."""
+    whose holder still waits for the answer on that identity). A host that left or was revoked
+    has no key there any more: on the reload, nats-server closes its connections."""
     view = await current_hosts(store)
-    hosts = [(h.host_id, h.nkey) for h in view.hosts.values() if h.nkey and h.admin != "deregistered"]
+    hosts = [(h.host_id, h.nkey) for h in view.hosts.values() if h.nkey and has_nats_key(h)]
     joining = sorted(set(joining_keys(view, datetime.now(UTC))) | set(also_joining))
     text = render_authorization([public_key_of(s) for s in service_seeds], hosts, joining)
     changed = write_authorization(auth_file, text)
@@ -144,3 +150,17 @@ async def refresh_nats_authorization(
         with contextlib.suppress(FileNotFoundError):
             reload_nats(pid_file)
     return changed
+
+
+async def revoke_host(store: EventStore, host_id: str, *, by: str, reason: str) -> list[str]:
+    """Record HostRevoked (by whom, why); the types recorded, none when it was revoked already.
+
+    Re-render the users file afterwards (`refresh_nats_authorization`): the key goes with it.
+    """
+    outcome = await decide_on_host(
+        store,
+        host_id,
+        lambda s: aggregate.revoke(s, host_id, by, reason),
+        {"actor": "operator"},
+    )
+    return [type(e).type_name for e in outcome.events]

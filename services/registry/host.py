@@ -3,6 +3,10 @@
 Pure functions of the current HostState and the command; the handlers load the
 state, call these, and append the result with the stream's expected version.
 Repeating a command that already took effect produces no event.
+
+Leaving (HostLeft) and revocation (HostRevoked) are final: a gone host's
+registration and controls are refused with HOST_LEFT or HOST_REVOKED
+(`gone_refusal`), unlike a deregistration, which the next registration lifts.
 """
 
 from datetime import datetime
@@ -14,11 +18,13 @@ from potluck.contracts.host_events import (
     HostEnrolled,
     HostJoined,
     HostJoinTokenIssued,
+    HostLeft,
     HostLost,
     HostPaused,
     HostRecovered,
     HostRegistered,
     HostResumed,
+    HostRevoked,
     HostSleeping,
     HostSuspected,
     HostWoke,
@@ -93,7 +99,7 @@ def _require_enrolled(state: HostState | None, host_id: str) -> HostState:
 
 
 def register(state: HostState | None, host_id: str, req: RegisterHost) -> list[Event]:
-    current = _require_enrolled(state, host_id)
+    current = _require_present(state, host_id)
     event = HostRegistered(
         host_id=host_id,
         donated=req.donated,
@@ -124,7 +130,9 @@ def register(state: HostState | None, host_id: str, req: RegisterHost) -> list[E
 
 
 def control(state: HostState | None, host_id: str, cmd: ControlHost, by: Actor) -> list[Event]:
-    current = _require_enrolled(state, host_id)
+    if cmd.action == "leave":
+        return leave(state, host_id, by)
+    current = _require_present(state, host_id)
     if current.admin == "deregistered" or not current.registered:
         raise Rejected("NOT_REGISTERED", f"host {host_id} is not registered; start its hostd first")
     match cmd.action:
@@ -139,6 +147,84 @@ def control(state: HostState | None, host_id: str, cmd: ControlHost, by: Actor) 
         case "deregister":
             return [HostDeregistered(host_id=host_id, by=by)]
     raise Rejected("UNKNOWN_ACTION", f"unknown action {cmd.action!r}", field="action", status=400)
+
+
+# --- leaving and revocation: final until an operator enrolls the machine anew -----------------
+
+
+def gone_refusal(state: HostState) -> Rejected | None:
+    """Why nothing a left or revoked host asks is honoured (None: it is not gone).
+
+    The one wording of HOST_LEFT and HOST_REVOKED: the registry's gate answers every
+    request of a gone host with it, and hostd stops on it instead of retrying.
+    """
+    if state.admin == "left":
+        return Rejected(
+            "HOST_LEFT",
+            f"this machine ({state.host_id}) left the pool; ask an operator to enroll it again",
+            status=410,
+        )
+    if state.admin == "revoked":
+        why = f": {state.revoked_reason}" if state.revoked_reason else ""
+        return Rejected(
+            "HOST_REVOKED",
+            f"this machine ({state.host_id}) was revoked by {state.revoked_by}{why}; "
+            "ask an operator to enroll it again",
+            status=403,
+        )
+    return None
+
+
+def _require_present(state: HostState | None, host_id: str) -> HostState:
+    """Enrolled, and neither left nor revoked."""
+    current = _require_enrolled(state, host_id)
+    refusal = gone_refusal(current)
+    if refusal is not None:
+        raise refusal
+    return current
+
+
+def leave(state: HostState | None, host_id: str, by: Actor) -> list[Event]:
+    """The member takes the machine back for good; leaving twice records nothing.
+
+    Allowed from any state but revoked (a deregistered host may still leave for good):
+    `potluck host leave` drains first, so what still runs here is lost with the host.
+    """
+    current = _require_enrolled(state, host_id)
+    if current.admin == "left":
+        return []
+    if current.admin == "revoked":
+        refusal = gone_refusal(current)
+        assert refusal is not None
+        raise refusal
+    return [HostLeft(host_id=host_id, by=by)]
+
+
+#: Bounds of what an operator writes as a revocation's reason (it is shown to users).
+MAX_REASON = 500
+
+
+def revoke(state: HostState | None, host_id: str, by: str, reason: str) -> list[Event]:
+    """An operator evicts the machine; revoking twice records nothing (the first reason stands).
+
+    A host that left may still be revoked (a machine stolen after its member left): the
+    event records who and why.
+    """
+    current = _require_enrolled(state, host_id)
+    if current.admin == "revoked":
+        return []
+    by = by.strip()
+    if not by:
+        raise Rejected("BAD_REQUEST", "a revocation names who revoked the host", field="by", status=400)
+    reason = reason.strip()
+    if len(reason) > MAX_REASON:
+        raise Rejected(
+            "BAD_REQUEST", f"the reason is longer than {MAX_REASON} characters", field="reason", status=400
+        )
+    return [HostRevoked(host_id=host_id, by=by, reason=reason)]
+
+
+# --- liveness ---------------------------------------------------------------------------------
 
 
 def beat_returned(state: HostState) -> list[Event]:

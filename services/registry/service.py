@@ -10,7 +10,8 @@ silence is counted only once the subscriptions are in place.
 Hosts' requests pass one gate (replies.py): within the host's rate, and
 answered only into the host's own inbox; LIST_HOSTS, which only services may
 send, is answered only into the services' inbox. What was refused is counted
-per host in every LIST_HOSTS answer (`refused`).
+per host in every LIST_HOSTS answer (`refused`). A host that left or was
+revoked is refused whatever it asks but its status (`refused.gone_hosts`).
 
 An event the registry cannot decode (a newer writer's type) is skipped and
 counted (`skipped`, also in every LIST_HOSTS answer), and the registry keeps
@@ -36,7 +37,9 @@ from potluck.contracts.subjects import (
 )
 from potluck.events import EventStore, SkippedEvents, ensure_streams
 from potluck.events.replies import ReplyGuard
+from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostsView
+from potluck.registry import host as aggregate
 from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.host_rate import HostRates, RatePolicy
 from potluck.registry.joining import JoinHandler, NatsAuthFiles
@@ -75,7 +78,7 @@ class RegistryService:
         self.fold = hosts_fold(self.view, reader=READER)
         self.watch = LivenessWatch(store, self.view, policy)
         self.replies = ReplyGuard("registry")
-        self.gate = HostRequestGate(self.replies, HostRates(request_rate))
+        self.gate = HostRequestGate(self.replies, HostRates(request_rate), gone=self._gone)
         self.requests = HostRequests(store, self.js, self.fold, self.view, self.watch)
         self.joining = JoinHandler(store, self.view, nats_auth)
         self.sleep = SleepRequests(store, self.view, self.watch)
@@ -110,7 +113,7 @@ class RegistryService:
             await self.nc.subscribe(f"{HEARTBEAT}.*", cb=self.watch.on_heartbeat),
             await self.nc.subscribe(LIST_HOSTS, queue=queue, cb=self._on_list),
             await self.nc.subscribe(
-                f"{STATUS}.*", queue=queue, cb=self.gate.on_request(self.requests.status)
+                f"{STATUS}.*", queue=queue, cb=self.gate.on_request(self.requests.status, gone_too=True)
             ),
             await self.nc.subscribe(f"{JOIN}.*", queue=queue, cb=self.gate.on_request(self.joining.join)),
             await self.nc.subscribe(f"{SLEEP}.*", queue=queue, cb=self.gate.on_request(self.sleep.notice)),
@@ -127,12 +130,19 @@ class RegistryService:
             await self.joining.close()
 
     def refused(self) -> dict[str, dict[str, int]]:
-        """Refused per host since start: requests over the rate, beats over the rate, bad reply subjects."""
+        """Refused per host since start: requests over the rate, beats over the rate, bad reply
+        subjects, requests of hosts that left or were revoked."""
         return {
             "requests_over_rate": dict(sorted(self.gate.rates.refused.items())),
             "beats_over_rate": dict(sorted(self.watch.rates.refused.items())),
             "reply_subjects": self.replies.as_dict(),
+            "gone_hosts": dict(sorted(self.gate.refused_gone.items())),
         }
+
+    def _gone(self, host_id: str) -> Rejected | None:
+        """Why a host that left or was revoked is refused, as the view has folded it."""
+        state = self.view.hosts.get(host_id)
+        return None if state is None else aggregate.gone_refusal(state)
 
     async def _on_list(self, msg: Msg) -> None:
         data = {**self.requests.list_hosts(), "refused": self.refused()}
