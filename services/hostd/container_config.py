@@ -44,6 +44,10 @@ NOFILE_HARD = 4096
 # shares the count with the member's own session: generous, with the pids cgroup
 # limit as the real bound on the container.
 NPROC = 4096
+# The lowest CPU weight the engine allows (cgroup v1 cpu.shares 2, v2 cpu.weight 1): the
+# owner's processes get a core from the pool's within a scheduler tick, the way BOINC runs
+# its work at idle priority; the quota (nano_cpus) still bounds the pool from above.
+CPU_SHARES = 2
 # The engine refuses memory limits below 6 MiB.
 MIN_MEMORY_BYTES = 6 * 1024 * 1024
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
@@ -198,6 +202,7 @@ def create_kwargs(spec: ContainerSpec, *, disk_quota: bool) -> dict[str, Any]:
         # docker-init as PID 1 reaps zombies and forwards signals.
         "init": True,
         "nano_cpus": spec.nano_cpus,
+        "cpu_shares": CPU_SHARES,
         # Memory equal to memory-plus-swap: no swap beyond the limit.
         "mem_limit": spec.memory_bytes,
         "memswap_limit": spec.memory_bytes,
@@ -240,6 +245,7 @@ def limit_mismatches(
     security = host.get("SecurityOpt") or []
     checks: list[tuple[str, Any, Any]] = [
         ("NanoCpus", spec.nano_cpus, host.get("NanoCpus")),
+        ("CpuShares", CPU_SHARES, host.get("CpuShares")),
         ("Memory", spec.memory_bytes, host.get("Memory")),
         ("MemorySwap", spec.memory_bytes, host.get("MemorySwap")),
         ("PidsLimit", spec.pids_limit, host.get("PidsLimit")),
