@@ -9,6 +9,7 @@ machine must cool 5 degrees below `max_temperature_c`. Windows go by the local c
 caller passes in.
 """
 
+import math
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
@@ -53,7 +54,8 @@ class Decision:
 
 
 def throttled_share(policy: OwnerPolicy, donated_cpus: float) -> float:
-    return round(policy.throttle_to * donated_cpus, 3)
+    # Down to a thousandth: never above what was donated.
+    return math.floor(policy.throttle_to * donated_cpus * 1000) / 1000
 
 
 def decide(
