@@ -224,6 +224,8 @@ async def test_heat_throttles_until_the_machine_cools_five_degrees(
     assert await m.events() == ["HostThrottled", "HostShareRestored"]
 
 
+# hostd restarts midway: its allocation must not be given up while it is away.
+@pytest.mark.liveness(0.5, 20, 120)
 @pytest.mark.parametrize("action", ["throttle", "freeze"])
 async def test_a_window_holds_the_pool_and_new_containers_get_it_too(
     pool: Pool, docker_engines: list[DockerEngine], action: str
