@@ -228,6 +228,13 @@ def create_kwargs(spec: ContainerSpec, *, disk_quota: bool) -> dict[str, Any]:
     return kwargs
 
 
+def _bounded_quota(spec: ContainerSpec, got: Any) -> Any:
+    """The spec's quota when `got` is a real quota no larger (0 or None is no limit at all)."""
+    if isinstance(got, int) and round(MIN_CPUS * 1e9) <= got <= spec.nano_cpus:
+        return spec.nano_cpus
+    return got
+
+
 def _ulimit_set(values: list[dict[str, Any]] | None) -> list[tuple[str, int, int]]:
     return sorted((str(u.get("Name")), int(u.get("Soft", -1)), int(u.get("Hard", -1))) for u in values or [])
 
@@ -244,7 +251,9 @@ def limit_mismatches(
     log = host.get("LogConfig") or {}
     security = host.get("SecurityOpt") or []
     checks: list[tuple[str, Any, Any]] = [
-        ("NanoCpus", spec.nano_cpus, host.get("NanoCpus")),
+        # The owner policy may have lowered the quota of a running container (never raised
+        # it): any quota from the engine's least up to the spec's bounds the work.
+        ("NanoCpus", spec.nano_cpus, _bounded_quota(spec, host.get("NanoCpus"))),
         ("CpuShares", CPU_SHARES, host.get("CpuShares")),
         ("Memory", spec.memory_bytes, host.get("Memory")),
         ("MemorySwap", spec.memory_bytes, host.get("MemorySwap")),

@@ -244,12 +244,13 @@ class ContainerManager:
             self._fail(alloc_id, "start_failed", str(exc))
             return
         self.containers[alloc_id] = container_id
-        self._quotas[alloc_id] = spec.cpus
         if self.held:
             with contextlib.suppress(DockerDriverError):
                 await self._docker(self.driver.pause, container_id)
-        if self.policy_share_cpus is not None:
-            await self._apply_quotas_locked()
+        # Created now, or found as an earlier hostd left it (perhaps throttled): set its quota,
+        # and while throttled, everyone's part of the share again.
+        self._quotas.pop(alloc_id, None)
+        await self._apply_quotas_locked()
         log.info("hostd.container_started", alloc_id=alloc_id, container_id=container_id[:12])
         self.report(ContainerStarted(alloc_id=alloc_id, container_id=container_id))
 

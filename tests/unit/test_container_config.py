@@ -269,3 +269,18 @@ def test_environment_values_never_show_in_repr_or_differences() -> None:
     assert "s3cret" not in repr(wanted)
     assert "s3cret" not in str(wanted)
     assert AllocationSpec.model_validate_json(wanted.model_dump_json()).env == spec.env
+
+
+def test_a_quota_the_owner_policy_lowered_still_bounds_the_container() -> None:
+    """A 1.5-CPU container throttled to 0.1 CPU reads back without a mismatch (hostd finds it
+    again after a restart); one raised above its spec, or with no quota, does not."""
+    spec = _spec()
+    inspect = _inspect_as_the_engine_reports(spec, disk_quota=False)
+
+    inspect["HostConfig"]["NanoCpus"] = 100_000_000
+    lowered = limit_mismatches(spec, inspect, disk_quota=False)
+    inspect["HostConfig"]["NanoCpus"] = 2_000_000_000
+    raised = limit_mismatches(spec, inspect, disk_quota=False)
+
+    assert lowered == []
+    assert [field for field, _, _ in raised] == ["NanoCpus"]
