@@ -77,6 +77,9 @@ class PolicyRunner:
         self._sustained = SustainedLoad(self.policy.busy_after_s)
         self._cgroups: dict[str, CgroupFiles | None] = {}  # container id -> its cgroup files
         self._unsent = asyncio.Event()
+        # Set once the owner's load is known (a full smoothing span sampled): a restarted hostd
+        # does not tell "normal" for the moment before it can tell the owner is still busy.
+        self._settled = asyncio.Event()
         self._readings: dict[str, Any] = {}
 
     def resend(self) -> None:
@@ -124,6 +127,8 @@ class PolicyRunner:
             power=_power_dict(power),
             temperature_c=temperature,
         )
+        if readings.owner_cpus is not None or self.policy.on_owner_busy == "ignore":
+            self._settled.set()
         decision, self._memory = decide(
             self.policy, self.config.donate.cpus, self._memory, readings, self.now_local(), at
         )
@@ -185,6 +190,7 @@ class PolicyRunner:
         """One sender: the latest state, retried until the registry answers."""
         subject = f"{POLICY}.{self.config.host_id}"
         backoff = 0.5
+        await self._settled.wait()
         while True:
             await self._unsent.wait()
             self._unsent.clear()
