@@ -11,6 +11,7 @@ process outside the containers. The registry records each change, `potluck ops r
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -257,13 +258,17 @@ async def test_a_window_holds_the_pool_and_new_containers_get_it_too(
 async def test_the_owners_own_load_throttles_or_freezes_until_idle(
     pool: Pool, docker_engines: list[DockerEngine], action: str
 ) -> None:
-    """A CPU-bound process outside the containers (the owner) above owner_busy_cpus 0.8:
-    throttled or frozen, cause owner, the reason naming the owner's CPUs. Killed: after
-    resume_after_idle_s of idle the container has its full quota back and runs."""
-    m = await machine(pool, docker_engines[0], f"owner-{action}", on_owner_busy=action, owner_busy_cpus=0.8)
+    """CPU-bound processes outside the containers (the owner), one per core, above
+    owner_busy_cpus 1.5 (high, so that the other work on a test machine does not count as a
+    busy owner): throttled or frozen, cause owner, the reason naming the owner's CPUs. Killed:
+    after resume_after_idle_s of idle the container has its full quota back and runs."""
+    m = await machine(pool, docker_engines[0], f"owner-{action}", on_owner_busy=action, owner_busy_cpus=1.5)
     await running(m, "guest")
     await m.until("the owner idle first", lambda: m.full_and_running("guest"))
-    burner = await asyncio.create_subprocess_exec(sys.executable, "-c", "while True: pass")
+    burners = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", "while True: pass")
+        for _ in range(max(2, os.cpu_count() or 2))
+    ]
     try:
         if action == "throttle":
             await m.until("throttled by the owner", lambda: m.cpu_limit("guest") == THROTTLED)
@@ -273,8 +278,9 @@ async def test_the_owners_own_load_throttles_or_freezes_until_idle(
         _, _, reason = await m.policy()
         assert "the owner uses" in reason
     finally:
-        burner.kill()  # by its own PID: the owner's process this test started
-        await burner.wait()
+        for burner in burners:
+            burner.kill()  # by its own PID: the owner's processes this test started
+            await burner.wait()
     await m.until("the share back after the owner went idle",
                   lambda: m.full_and_running("guest"), timeout=120)  # fmt: skip
     await m.until_recorded("normal", None)
