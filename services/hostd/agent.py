@@ -65,6 +65,7 @@ from potluck.hostd.gateway_link import keep_linked
 from potluck.hostd.image_inventory import ImageInventory
 from potluck.hostd.image_pull import ImagePuller, PullFailed
 from potluck.hostd.logind_sleep import listen_to_logind, system_bus_address
+from potluck.hostd.policy_runner import PolicyRunner
 from potluck.hostd.report_publisher import publish_until_stored
 from potluck.hostd.sleep_clock import SleepClock
 from potluck.hostd.sleep_watch import SleepWatch
@@ -112,6 +113,7 @@ class Agent:
             self.outbox.put_nowait,
             wanted=lambda: [spec.image for spec in self.containers.desired.values()],
         )
+        self.policy = PolicyRunner(config, self.containers, self._request)
         self.positions = MemoryPositions()
         self.nc: NATS | None = None
         self.admin = "active"
@@ -198,6 +200,7 @@ class Agent:
                 self.images.run(),
                 self.sleep.run(),
                 listen_to_logind(self.sleep, system_bus_address(self.config.sleep.dbus_address)),
+                self.policy.run(),
                 keep_linked(
                     self.host_id,
                     host_key_path(self.config.state_dir),
@@ -278,6 +281,7 @@ class Agent:
                 raise Rejected(str(error.get("code")), str(error.get("message")))
             self.admin = str(reply.data.get("admin", "active"))
             self.images.resend()
+            self.policy.resend()
             log.info("hostd.registered", host_id=self.host_id, admin=self.admin, donated=request.donated)
             return
 

@@ -1,4 +1,5 @@
-"""The member's controls, sent with the host's own NATS identity (no database, no open port).
+"""The member's controls, sent with the host's own NATS identity (no database, no open port),
+and what the running hostd reads on this machine (its status file in the state_dir).
 
 `leave` is the one control that takes a while: it drains the machine (the
 running work gets its grace), waits until nothing of the pool's is desired
@@ -8,9 +9,12 @@ for good: the host never registers again until an operator enrolls it anew.
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -19,6 +23,7 @@ from potluck.contracts.messages import ControlHost, DesiredState, Reply
 from potluck.contracts.subjects import CONTROL, DESIRED, STATUS, inbox_prefix
 from potluck.events.connection import connect_bus
 from potluck.hostd.config import HostdConfig
+from potluck.hostd.policy_runner import status_path
 
 #: After the drain's grace, how long `leave` still waits for hostd to stop the work and report it.
 LEAVE_MARGIN_S = 30.0
@@ -110,3 +115,23 @@ async def _wait_for_no_work(nc: NATS, config: HostdConfig, timeout_s: float, say
         if time.monotonic() >= deadline:
             return max(here, 0)
         await asyncio.sleep(poll_s)
+
+
+def local_status(config: HostdConfig) -> dict[str, Any]:
+    """hostd's own readings (donated caps, pool use, owner load, battery, temperature, the
+    policy and its last transitions), with how old they are; hostd rewrites them every second."""
+    path = status_path(config)
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"error": f"no {path}: hostd has not run here with this state_dir"}
+    except (OSError, ValueError) as exc:
+        return {"error": f"{path}: {exc}"}
+    try:
+        age = (datetime.now(UTC) - datetime.fromisoformat(str(data.get("at")))).total_seconds()
+    except ValueError:
+        age = None
+    data["age_s"] = None if age is None else round(age, 1)
+    if age is None or age > 10:
+        data["stale"] = "hostd has not updated this for a while: is it running?"
+    return data

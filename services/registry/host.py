@@ -16,6 +16,7 @@ from potluck.contracts.host_events import (
     HostDeregistered,
     HostDrainStarted,
     HostEnrolled,
+    HostFrozen,
     HostJoined,
     HostJoinTokenIssued,
     HostLeft,
@@ -25,11 +26,13 @@ from potluck.contracts.host_events import (
     HostRegistered,
     HostResumed,
     HostRevoked,
+    HostShareRestored,
     HostSleeping,
     HostSuspected,
+    HostThrottled,
     HostWoke,
 )
-from potluck.contracts.messages import ControlHost, RegisterHost, SleepNotice
+from potluck.contracts.messages import ControlHost, PolicyChanged, RegisterHost, SleepNotice
 from potluck.events import Event
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostState
@@ -284,3 +287,29 @@ def woke(state: HostState, slept_s: float) -> list[Event]:
     if state.liveness == "online" and state.slept_s == slept_s:
         return []
     return [HostWoke(host_id=state.host_id, slept_s=slept_s)]
+
+
+# The owner policy: hostd tells each change of its state (PolicyChanged), and again after
+# every registration; the same state again records nothing.
+
+
+def policy_changed(state: HostState | None, host_id: str, msg: PolicyChanged) -> list[Event]:
+    current = _require_enrolled(state, host_id)
+    if not current.registered or current.gone:
+        raise Rejected("NOT_REGISTERED", f"host {host_id} is not registered; start its hostd first")
+    if msg.state == "normal":
+        return [] if current.policy == "normal" else [HostShareRestored(host_id=host_id, reason=msg.reason)]
+    if msg.cause is None:
+        raise Rejected("BAD_REQUEST", f"a {msg.state} policy names its cause", field="cause", status=400)
+    if msg.state == "throttled":
+        share = msg.share_cpus if msg.share_cpus is not None else 0.0
+        if (
+            current.policy == "throttled"
+            and current.policy_cause == msg.cause
+            and current.policy_share_cpus == share
+        ):
+            return []
+        return [HostThrottled(host_id=host_id, cause=msg.cause, reason=msg.reason, share_cpus=share)]
+    if current.policy == "frozen" and current.policy_cause == msg.cause:
+        return []
+    return [HostFrozen(host_id=host_id, cause=msg.cause, reason=msg.reason, max_frozen_s=msg.max_frozen_s)]

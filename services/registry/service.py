@@ -30,6 +30,7 @@ from potluck.contracts.subjects import (
     HEARTBEAT,
     JOIN,
     LIST_HOSTS,
+    POLICY,
     REGISTER,
     SERVICE_INBOX,
     SLEEP,
@@ -44,6 +45,7 @@ from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.host_rate import HostRates, RatePolicy
 from potluck.registry.joining import JoinHandler, NatsAuthFiles
 from potluck.registry.liveness import LastSeen, LivenessPolicy
+from potluck.registry.policy_requests import PolicyRequests
 from potluck.registry.projection import hosts_fold
 from potluck.registry.replies import HostRequestGate, answer
 from potluck.registry.requests import HostRequests
@@ -111,6 +113,9 @@ class RegistryService:
                 f"{CONTROL}.*", queue=queue, cb=self.gate.on_request(self.requests.control_from_member)
             ),
             await self.nc.subscribe(f"{HEARTBEAT}.*", cb=self.watch.on_heartbeat),
+            await self.nc.subscribe(
+                f"{POLICY}.*", queue=queue, cb=self.gate.on_request(PolicyRequests(self.requests).changed)
+            ),
             await self.nc.subscribe(LIST_HOSTS, queue=queue, cb=self._on_list),
             await self.nc.subscribe(
                 f"{STATUS}.*", queue=queue, cb=self.gate.on_request(self.requests.status, gone_too=True)
