@@ -52,14 +52,23 @@ class Gatewayed:
         self.key = key
         self.token = token
 
-    async def allocate(self, http: aiohttp.ClientSession) -> str:
+    async def allocate(
+        self,
+        http: aiohttp.ClientSession,
+        *,
+        command: list[str] | None = ["sleep", "3600"],  # noqa: B006 (never mutated)
+        image: str = DEFAULT_TAG,
+        disk: str = "64M",
+        memory: str = "64M",
+    ) -> str:
+        """A running allocation's id; `command=None` asks for an interactive one."""
         headers = {"Authorization": f"Bearer {self.token}"}
         body = {
             "cpus": 0.5,
-            "memory": "64M",
-            "disk": "64M",
-            "image": DEFAULT_TAG,
-            "command": ["sleep", "3600"],
+            "memory": memory,
+            "disk": disk,
+            "image": image,
+            "command": command,
             "ssh_keys": [Path(f"{self.key}.pub").read_text().strip()],
         }
         async with http.post(f"{self.pool.api}/v1/allocations", json=body, headers=headers) as r:
