@@ -100,14 +100,20 @@ class Gatewayed:
 
 @pytest.fixture
 async def gatewayed(pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path) -> Gatewayed:
+    return await start_gatewayed(pool, docker_engines[0], tmp_path)
+
+
+async def start_gatewayed(pool: Pool, engine: DockerEngine, tmp_path: Path, **config: Any) -> Gatewayed:
+    """A gateway, one hostd on `engine` linked to it (its config with `config` on top), a user."""
     ssh_port, tunnel_port = free_port(), free_port()
     client_key = pool.gateway_client_key()
     pool.start_gateway(listen=f"127.0.0.1:{ssh_port}", tunnel_listen=f"127.0.0.1:{tunnel_port}")
     host = await pool.enroll("laptop-a")
     pool.write_config(
         host,
-        docker_engines[0],
+        engine,
         gateways=[{"address": f"127.0.0.1:{tunnel_port}", "client_key": client_key}],
+        **config,
     )
     pool.start_hostd(host)
     await pool.wait_for_host(host.host_id, "active")
