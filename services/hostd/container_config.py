@@ -261,7 +261,13 @@ def limit_mismatches(
     """(field, wanted, got) for each limit or security setting `inspect` does not show;
     `helper` as given to create_kwargs (its read-only mount is the only one allowed)."""
     host = inspect.get("HostConfig") or {}
-    mounts = _mount_facts([helper_mount(helper)] if helper is not None else [])
+    helper_facts = _mount_facts([helper_mount(helper)] if helper is not None else [])
+    got_host, got_top = _mount_facts(host.get("Mounts")), _mount_facts(inspect.get("Mounts"))
+    # A container made before the helper existed (an upgraded hostd adopting it) has no mount
+    # at all: fewer than allowed, so it is kept (without the helper's keep-alive or SFTP).
+    with_helper = bool(helper_facts) and got_host == helper_facts
+    mounts = helper_facts if with_helper or got_host or got_top else []
+    keep_alive = KEEP_ALIVE if with_helper and spec.command is None else None
     log = host.get("LogConfig") or {}
     security = host.get("SecurityOpt") or []
     checks: list[tuple[str, Any, Any]] = [
@@ -281,8 +287,8 @@ def limit_mismatches(
         ("Binds", [], host.get("Binds") or []),
         # Top-level Mounts also lists the anonymous volumes of an image's VOLUME lines:
         # they live outside the writable layer and its disk bound, so they are refused too.
-        ("HostConfig.Mounts", mounts, _mount_facts(host.get("Mounts"))),
-        ("Mounts", mounts, _mount_facts(inspect.get("Mounts"))),
+        ("HostConfig.Mounts", mounts, got_host),
+        ("Mounts", mounts, got_top),
         ("VolumesFrom", [], host.get("VolumesFrom") or []),
         ("Devices", [], host.get("Devices") or []),
         ("DeviceCgroupRules", [], host.get("DeviceCgroupRules") or []),
@@ -293,9 +299,8 @@ def limit_mismatches(
         ("UsernsMode", "", host.get("UsernsMode")),
         ("CgroupnsMode", "private", host.get("CgroupnsMode")),
         ("Init", True, host.get("Init")),
-        ("Config.Entrypoint", KEEP_ALIVE if helper is not None and spec.command is None else None,
-         (inspect.get("Config") or {}).get("Entrypoint") if helper is not None and spec.command is None
-         else None),
+        ("Config.Entrypoint", keep_alive,
+         (inspect.get("Config") or {}).get("Entrypoint") if keep_alive is not None else None),
         ("LogConfig.Type", "json-file", log.get("Type")),
         ("LogConfig.max-size", LOG_MAX_SIZE, (log.get("Config") or {}).get("max-size")),
         ("LogConfig.max-file", LOG_MAX_FILE, (log.get("Config") or {}).get("max-file")),

@@ -341,3 +341,16 @@ def test_without_a_helper_its_mount_is_refused() -> None:
     named = {name for name, _, _ in limit_mismatches(spec, inspect, disk_quota=False)}
 
     assert {"HostConfig.Mounts", "Mounts"} <= named
+
+
+def test_a_container_made_before_the_helper_existed_is_kept() -> None:
+    """An upgraded hostd adopts a container without any mount (made before the helper): no
+    mismatch, so the running allocation is not removed; one with the helper half-there is."""
+    spec = _spec(command=None)
+    older = _inspect_as_the_engine_reports(spec, disk_quota=False)
+    half = _with_helper(spec, _inspect_as_the_engine_reports(spec, disk_quota=False))
+    half["HostConfig"]["Mounts"] = []
+
+    assert limit_mismatches(spec, older, disk_quota=False, helper=HELPER) == []
+    named = {name for name, _, _ in limit_mismatches(spec, half, disk_quota=False, helper=HELPER)}
+    assert named & {"HostConfig.Mounts", "Mounts"}
