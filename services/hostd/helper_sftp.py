@@ -42,7 +42,7 @@ from potluck.hostd.container_files import (
     parse_stat,
 )
 from potluck.hostd.exec_bridge import ExecBridge, SessionProcess
-from potluck.hostd.exec_errors import ExecError
+from potluck.hostd.exec_errors import ExecError, ExecRefused
 from potluck.hostd.exec_stream import ExecSink
 
 __all__ = ["ContainerSFTPServer", "HelperSftpProcess", "open_sftp"]
@@ -556,7 +556,14 @@ async def open_sftp(
     """The sftp subsystem of a session: the image's own sftp-server when it has one (or when the
     helper cannot tell: the container predates it), else hostd's (HelperSftpProcess)."""
     files = ContainerFiles(bridge, alloc_id)
-    if await files.has_sftp_server() is False:
+    try:
+        has_one = await files.has_sftp_server()
+    except ExecRefused:
+        raise
+    except ExecError as exc:  # no helper in this container (it predates it): the image's own
+        log.info("helper_sftp.unavailable", alloc_id=alloc_id, error=str(exc))
+        has_one = None
+    if has_one is False:
         container_id = await bridge.container_for(alloc_id)
         log.info("helper_sftp.serving", alloc_id=alloc_id, container_id=container_id[:12])
         return HelperSftpProcess(files, container_id)
