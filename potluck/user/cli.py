@@ -198,7 +198,8 @@ def create(
     as_json: bool,
     command: tuple[str, ...],
 ) -> None:
-    """Ask for a container; COMMAND (after --) is what it runs (default: sleep for its lifetime)."""
+    """Ask for a container; COMMAND (after --) is what it runs, and it ends when COMMAND ends.
+    Without COMMAND it is interactive: up until released or expired (reach it with `potluck ssh`)."""
 
     def pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
         result = {}
@@ -220,7 +221,7 @@ def create(
         "on_preempt": on_preempt,
         "constraints": pairs(constraints, "--constraint"),
         "env": pairs(env, "--env"),
-        "command": list(command) or ["sleep", "infinity"],
+        "command": list(command) or None,
     }
     created = call_api("POST", "/v1/allocations", body)
     if wait and created["state"] not in ("running",):

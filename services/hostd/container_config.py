@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from potluck.contracts.capacity import MIN_CPUS
+from potluck.hostd.helper import HELPER_PATH, KEEP_ALIVE
 
 # Containers run strangers' code on a member's laptop, as root inside the
 # container. Docker's default set is dropped entirely; we add back only what
@@ -190,8 +191,27 @@ def labels(spec: ContainerSpec) -> dict[str, str]:
     }
 
 
-def create_kwargs(spec: ContainerSpec, *, disk_quota: bool) -> dict[str, Any]:
-    """Arguments for docker-py's `containers.create`, limits and hardening included."""
+def helper_mount(helper: str) -> dict[str, Any]:
+    """The read-only bind of this machine's static busybox (`helper`) at HELPER_PATH."""
+    return {"Type": "bind", "Source": helper, "Target": HELPER_PATH, "ReadOnly": True}
+
+
+def _mount_facts(mounts: list[dict[str, Any]] | None) -> list[tuple[Any, ...]]:
+    """What a mount list says, whichever of inspect's two spellings it uses (HostConfig.Mounts
+    has Target and ReadOnly, the top-level Mounts Destination and RW)."""
+    facts = []
+    for m in mounts or []:
+        read_only = bool(m["ReadOnly"]) if "ReadOnly" in m else not m.get("RW", True)
+        facts.append((m.get("Type"), m.get("Source"), m.get("Target") or m.get("Destination"), read_only))
+    return sorted(facts, key=repr)
+
+
+def create_kwargs(spec: ContainerSpec, *, disk_quota: bool, helper: str | None = None) -> dict[str, Any]:
+    """Arguments for docker-py's `containers.create`, limits and hardening included.
+
+    `helper`: this machine's static busybox (helper.py), mounted read-only; an allocation
+    without a command then runs KEEP_ALIVE instead of the image's CMD (and ENTRYPOINT):
+    it is interactive, up until released or expired, whatever the image would run."""
     kwargs: dict[str, Any] = {
         "image": spec.image,
         "command": spec.command,
@@ -225,6 +245,10 @@ def create_kwargs(spec: ContainerSpec, *, disk_quota: bool) -> dict[str, Any]:
     }
     if disk_quota:
         kwargs["storage_opt"] = {"size": str(spec.disk_bytes)}
+    if helper is not None:
+        kwargs["mounts"] = [helper_mount(helper)]
+        if spec.command is None:
+            kwargs["entrypoint"] = list(KEEP_ALIVE)
     return kwargs
 
 
@@ -244,10 +268,18 @@ def _caps(values: list[str] | None) -> list[str]:
 
 
 def limit_mismatches(
-    spec: ContainerSpec, inspect: dict[str, Any], *, disk_quota: bool
+    spec: ContainerSpec, inspect: dict[str, Any], *, disk_quota: bool, helper: str | None = None
 ) -> list[tuple[str, Any, Any]]:
-    """(field, wanted, got) for each limit or security setting `inspect` does not show."""
+    """(field, wanted, got) for each limit or security setting `inspect` does not show;
+    `helper` as given to create_kwargs (its read-only mount is the only one allowed)."""
     host = inspect.get("HostConfig") or {}
+    helper_facts = _mount_facts([helper_mount(helper)] if helper is not None else [])
+    got_host, got_top = _mount_facts(host.get("Mounts")), _mount_facts(inspect.get("Mounts"))
+    # A container made before the helper existed (an upgraded hostd adopting it) has no mount
+    # at all: fewer than allowed, so it is kept (without the helper's keep-alive or SFTP).
+    with_helper = bool(helper_facts) and got_host == helper_facts
+    mounts = helper_facts if with_helper or got_host or got_top else []
+    keep_alive = KEEP_ALIVE if with_helper and spec.command is None else None
     log = host.get("LogConfig") or {}
     security = host.get("SecurityOpt") or []
     checks: list[tuple[str, Any, Any]] = [
@@ -270,7 +302,8 @@ def limit_mismatches(
         ("Binds", [], host.get("Binds") or []),
         # Top-level Mounts also lists the anonymous volumes of an image's VOLUME lines:
         # they live outside the writable layer and its disk bound, so they are refused too.
-        ("Mounts", [], (host.get("Mounts") or []) + (inspect.get("Mounts") or [])),
+        ("HostConfig.Mounts", mounts, got_host),
+        ("Mounts", mounts, got_top),
         ("VolumesFrom", [], host.get("VolumesFrom") or []),
         ("Devices", [], host.get("Devices") or []),
         ("DeviceCgroupRules", [], host.get("DeviceCgroupRules") or []),
@@ -281,6 +314,8 @@ def limit_mismatches(
         ("UsernsMode", "", host.get("UsernsMode")),
         ("CgroupnsMode", "private", host.get("CgroupnsMode")),
         ("Init", True, host.get("Init")),
+        ("Config.Entrypoint", keep_alive,
+         (inspect.get("Config") or {}).get("Entrypoint") if keep_alive is not None else None),
         ("LogConfig.Type", "json-file", log.get("Type")),
         ("LogConfig.max-size", LOG_MAX_SIZE, (log.get("Config") or {}).get("max-size")),
         ("LogConfig.max-file", LOG_MAX_FILE, (log.get("Config") or {}).get("max-file")),

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import docker
 import docker.errors
@@ -45,6 +45,7 @@ from potluck.hostd.container_config import (
     network_mismatches,
     network_name,
 )
+from potluck.hostd.helper import find_helper
 
 __all__ = [
     "ContainerNotFound", "ContainerSpec", "ContainerUsage", "DockerDriver", "DockerDriverError",
@@ -202,12 +203,21 @@ class EventStream:
 
 
 class DockerDriver:
-    def __init__(self, base_url: str, timeout: float = 30, *, internal_networks: bool = False) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 30,
+        *,
+        internal_networks: bool = False,
+        helper: str | Literal["find"] | None = "find",
+    ) -> None:
         """`internal_networks`: an allocation's own network has no route out (hostd's
-        `internal_network`)."""
+        `internal_network`). `helper`: the static busybox containers get (helper.py); "find"
+        looks for one on this machine, None gives none."""
         self.base_url = base_url
         self.timeout = timeout
         self.internal_networks = internal_networks
+        self.helper = find_helper() if helper == "find" else helper
         self._client: docker.DockerClient | None = None
         self._facts: EngineFacts | None = None
         self._lock = threading.Lock()
@@ -340,7 +350,9 @@ class DockerDriver:
                 if spec.network:
                     self._own_network(client, spec)
                 try:
-                    container = client.containers.create(**create_kwargs(spec, disk_quota=disk_quota))
+                    container = client.containers.create(
+                        **create_kwargs(spec, disk_quota=disk_quota, helper=self.helper)
+                    )
                 except docker.errors.APIError as exc:
                     if exc.status_code != 409:  # 409: a concurrent run() created it first
                         self._remove_network(client, spec)
@@ -387,7 +399,9 @@ class DockerDriver:
     def verify_limits(self, container_id: str, spec: ContainerSpec) -> None:
         """Raise LimitsNotApplied (after removing the container) unless inspect shows them all."""
         disk_quota = self.engine_facts().disk_quota_supported
-        mismatches = limit_mismatches(spec, self.inspect(container_id), disk_quota=disk_quota)
+        mismatches = limit_mismatches(
+            spec, self.inspect(container_id), disk_quota=disk_quota, helper=self.helper
+        )
         if mismatches:
             self.remove(container_id)
             field, wanted, got = mismatches[0]

@@ -41,18 +41,25 @@ import signal
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from potluck.hostd import docker_http, process_tree
-from potluck.hostd.container_config import LABEL_ALLOCATION, LABEL_HOST, LABEL_MANAGED, NAME_PREFIX
+from potluck.hostd.container_config import (
+    LABEL_ALLOCATION,
+    LABEL_HOST,
+    LABEL_MANAGED,
+    LABEL_SPEC,
+    NAME_PREFIX,
+    ContainerSpec,
+)
 from potluck.hostd.docker_http import message
 from potluck.hostd.exec_errors import ExecError, ExecRefused
 from potluck.hostd.exec_stream import ExecSink, ExecStream
 from potluck.hostd.session_ledger import SessionLedger
 
-__all__ = ["ExecBridge", "ExecProcess", "exec_env", "signal_number"]
+__all__ = ["ExecBridge", "ExecProcess", "SessionProcess", "exec_env", "signal_number"]
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +74,26 @@ _SIGNALS = {
 
 def signal_number(name: str) -> int | None:
     return _SIGNALS.get(name.upper().removeprefix("SIG"))
+
+
+class SessionProcess(Protocol):
+    """What a session drives: an exec (ExecProcess), or hostd's own SFTP server for a container
+    without one (helper_sftp.HelperSftpProcess)."""
+
+    exec_id: str
+    container_id: str
+    finished: bool
+
+    def attach(self, sink: ExecSink) -> None: ...
+    def write(self, data: bytes) -> None: ...
+    def write_eof(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    async def resize(self, width: int, height: int) -> None: ...
+    async def signal(self, name: str) -> bool: ...
+    async def wait_exit(self, timeout: float = 10.0) -> int | None: ...
+    async def terminate(self) -> int: ...
+    def close(self) -> None: ...
 
 
 class ExecProcess:
@@ -97,6 +124,11 @@ class ExecProcess:
         transport = self._transport
         if transport is not None and not self._wrote_eof:
             transport.write(data)
+
+    def buffered(self) -> int:
+        """Input written but not yet taken by the engine's socket."""
+        transport = self._transport
+        return 0 if transport is None else transport.get_write_buffer_size()
 
     def write_eof(self) -> None:
         """End of the user's input: a half-close, but never with a TTY (see the module docstring)."""
@@ -219,6 +251,21 @@ class ExecBridge:
                 f"the container of allocation {alloc_id} is not running ({state.get('Status')})"
             )
         return str(body["Id"])
+
+    async def disk_left(self, alloc_id: str) -> int | None:
+        """Bytes the container may still write before its disk bound (its spec's disk_bytes less
+        its writable layer's size, which the engine measures: a walk of the layer); None if the
+        engine does not say."""
+        container_id = await self.container_for(alloc_id)
+        status, body = await self._call("GET", f"/containers/{container_id}/json?size=1")
+        if status != 200:
+            return None
+        try:
+            labels = (body.get("Config") or {}).get("Labels") or {}
+            bound = ContainerSpec.from_json(labels[LABEL_SPEC]).disk_bytes
+            return bound - int(body.get("SizeRw") or 0)
+        except (KeyError, TypeError, ValueError):
+            return None
 
     async def open(
         self,

@@ -27,7 +27,8 @@ Each session is bridged to `docker exec` in the allocation's container
 (exec_bridge.py): the gateway sends the allocation id in the session's
 `POTLUCK_ALLOC` variable, hostd checks the container's labels say it belongs
 to that allocation and to this host, and runs the command (or a login shell,
-or an sftp-server the image has) as the container's default user, with a TTY
+or the image's sftp-server, or hostd's own SFTP server for an image without
+one: helper_sftp.py) as the container's default user, with a TTY
 when the session asked for a PTY. Data is passed in both directions with flow
 control at each end (SSH windows, the engine socket's buffer); window changes
 resize the exec's TTY; signals reach its process; when the channel closes
@@ -69,8 +70,9 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from potluck.contracts.link import LINK_CIPHERS, LINK_KEX_ALGS, LINK_MAC_ALGS, limit_reads
 from potluck.events.tracing import context_from_env
-from potluck.hostd.exec_bridge import ExecBridge, ExecProcess, exec_env
+from potluck.hostd.exec_bridge import ExecBridge, SessionProcess, exec_env
 from potluck.hostd.exec_errors import ExecError, ExecRefused
+from potluck.hostd.helper_sftp import open_sftp
 from potluck.hostd.session_slots import SessionLimits, SessionSlots
 from potluck.hostd.spans import docker_span, tracer
 from potluck.kernel.ssh_identity import load_or_create_key
@@ -178,7 +180,7 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         self._size = (0, 0)
         self._command: str | None = None
         self._subsystem: str | None = None
-        self._process: ExecProcess | None = None
+        self._process: SessionProcess | None = None
         self._pending: list[bytes] = []
         self._eof = False
         self._lost = False
@@ -263,13 +265,14 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         self._slot = alloc_id
         try:
             with self._docker("exec create+start") as span:
-                process = await self._bridge.open(
-                    alloc_id,
-                    command_argv(self._command, self._subsystem),
-                    tty=tty,
-                    env=exec_env(alloc_id, session_id, self._term_type, env),
-                    size=self._size,
-                )
+                argv = command_argv(self._command, self._subsystem)
+                run_env = exec_env(alloc_id, session_id, self._term_type, env)
+                process: SessionProcess
+                if self._subsystem == "sftp" and not tty:
+                    # The image's sftp-server, or hostd's own for an image without one.
+                    process = await open_sftp(self._bridge, alloc_id, argv, run_env)
+                else:
+                    process = await self._bridge.open(alloc_id, argv, tty=tty, env=run_env, size=self._size)
                 span.set_attribute("container.id", process.container_id)
                 span.set_attribute("potluck.exec_id", process.exec_id)
         except ExecRefused as exc:
@@ -308,7 +311,7 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
     # The session's span and the Docker calls' spans inside it.
 
     @contextlib.contextmanager
-    def _docker(self, operation: str, process: ExecProcess | None = None) -> Iterator[trace.Span]:
+    def _docker(self, operation: str, process: SessionProcess | None = None) -> Iterator[trace.Span]:
         """A span around one Docker call of this session, the child of the session's span."""
         parent = trace.set_span_in_context(self._span) if self._span is not None else Context()
         token = otel_context.attach(parent)
@@ -340,11 +343,11 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
             span.set_status(Status(StatusCode.ERROR, error))
         span.end()
 
-    async def _terminate(self, process: ExecProcess) -> None:
+    async def _terminate(self, process: SessionProcess) -> None:
         with self._docker("exec terminate", process) as span:
             span.set_attribute("potluck.exec.processes_signalled", await process.terminate())
 
-    async def _terminate_and_end(self, process: ExecProcess) -> None:
+    async def _terminate_and_end(self, process: SessionProcess) -> None:
         try:
             await self._terminate(process)
         finally:
@@ -378,7 +381,7 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         if self._process is not None:
             self._spawn(self._resize(self._process, width, height))
 
-    async def _resize(self, process: ExecProcess, width: int, height: int) -> None:
+    async def _resize(self, process: SessionProcess, width: int, height: int) -> None:
         with contextlib.suppress(ExecError):
             await process.resize(width, height)
 
@@ -386,7 +389,7 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         if self._process is not None:
             self._spawn(self._signal(self._process, signal))
 
-    async def _signal(self, process: ExecProcess, name: str) -> None:
+    async def _signal(self, process: SessionProcess, name: str) -> None:
         with contextlib.suppress(ExecError):
             if not await process.signal(name):
                 log.info("link.signal_not_delivered", signal=name, exec_id=process.exec_id[:12])

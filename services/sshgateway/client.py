@@ -11,8 +11,10 @@ their exit status, stdin/stdout/stderr in both directions (`tar c . | potluck
 ssh ALLOC -- tar x -C /data`), and whatever runs over exec, e.g. rsync
 (`rsync -e 'ssh -p 2222' ... ALLOC@gateway:/data`) or legacy `scp -O` when the
 image has rsync or scp.
-The sftp subsystem works only when the image has an sftp-server (hostd looks
-for it in the usual places); there is no other subsystem.
+The sftp subsystem (sftp, and scp's default mode) works in every image: hostd
+runs the image's sftp-server when it has one, and otherwise serves SFTP itself,
+each file operation run in the container (potluck.hostd.helper_sftp); there is
+no other subsystem.
 """
 
 import re

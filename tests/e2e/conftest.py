@@ -52,14 +52,23 @@ class Gatewayed:
         self.key = key
         self.token = token
 
-    async def allocate(self, http: aiohttp.ClientSession) -> str:
+    async def allocate(
+        self,
+        http: aiohttp.ClientSession,
+        *,
+        command: list[str] | None = ["sleep", "3600"],  # noqa: B006 (never mutated)
+        image: str = DEFAULT_TAG,
+        disk: str = "64M",
+        memory: str = "64M",
+    ) -> str:
+        """A running allocation's id; `command=None` asks for an interactive one."""
         headers = {"Authorization": f"Bearer {self.token}"}
         body = {
             "cpus": 0.5,
-            "memory": "64M",
-            "disk": "64M",
-            "image": DEFAULT_TAG,
-            "command": ["sleep", "3600"],
+            "memory": memory,
+            "disk": disk,
+            "image": image,
+            "command": command,
             "ssh_keys": [Path(f"{self.key}.pub").read_text().strip()],
         }
         async with http.post(f"{self.pool.api}/v1/allocations", json=body, headers=headers) as r:
@@ -91,14 +100,20 @@ class Gatewayed:
 
 @pytest.fixture
 async def gatewayed(pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path) -> Gatewayed:
+    return await start_gatewayed(pool, docker_engines[0], tmp_path)
+
+
+async def start_gatewayed(pool: Pool, engine: DockerEngine, tmp_path: Path, **config: Any) -> Gatewayed:
+    """A gateway, one hostd on `engine` linked to it (its config with `config` on top), a user."""
     ssh_port, tunnel_port = free_port(), free_port()
     client_key = pool.gateway_client_key()
     pool.start_gateway(listen=f"127.0.0.1:{ssh_port}", tunnel_listen=f"127.0.0.1:{tunnel_port}")
     host = await pool.enroll("laptop-a")
     pool.write_config(
         host,
-        docker_engines[0],
+        engine,
         gateways=[{"address": f"127.0.0.1:{tunnel_port}", "client_key": client_key}],
+        **config,
     )
     pool.start_hostd(host)
     await pool.wait_for_host(host.host_id, "active")

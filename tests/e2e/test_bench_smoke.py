@@ -51,6 +51,13 @@ IMAGES: Documented = {
     "cold_start": ("ms", True),
     "warm_start": ("ms", True),
 }
+TRANSFER: Documented = {
+    "scp_up": ("MB/s", True),
+    "scp_down": ("MB/s", True),
+    "rsync_up": ("MB/s", True),
+    "cp_up": ("MB/s", True),
+    "cp_down": ("MB/s", True),
+}
 
 
 def run_quick(bench: str, timeout: float = 150) -> list[dict[str, Any]]:
@@ -148,3 +155,13 @@ def test_quick_images_bench_prints_every_metric_once_against_docker_pull_and_run
     check_documented(records, IMAGES)
     for record in records:
         assert record["rounds"] >= 1, record
+
+
+def test_quick_transfer_bench_prints_every_metric_once_against_docker_cp() -> None:
+    """`ops/bench transfer --quick` (32 MiB, one run; the default image from the cache): each
+    of scp, rsync and potluck cp through the gateway, against docker cp on the same container."""
+    records = run_quick("transfer", timeout=170)
+    check_documented(records, TRANSFER)
+    for record in records:
+        assert record["runs"] == 1, record
+        assert record["size_mb"] == 32, record

@@ -81,7 +81,8 @@ async def test_limits_are_in_the_containers_cgroup_and_inspect_shows_no_privileg
         assert "no-new-privileges" in host_config["SecurityOpt"]
         assert host_config["NetworkMode"] == "none"
         assert not host_config["Binds"]
-        assert not inspect["Mounts"]
+        # The one mount: the static busybox helper, read-only (services/hostd/helper.py).
+        assert [(m["Destination"], m["RW"]) for m in inspect["Mounts"]] == [("/.potluck/busybox", False)]
         assert not host_config["Devices"]
         assert host_config["PidMode"] == ""
         assert host_config["IpcMode"] in ("private", "")

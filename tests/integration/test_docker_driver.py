@@ -166,6 +166,28 @@ def test_limits_are_visible_in_the_containers_own_cgroups(
     assert docker_driver.usage(container_id).memory_limit_bytes == 96 * MiB
 
 
+def test_an_interactive_container_outlives_its_image_cmd_and_cannot_touch_the_helper(
+    docker_driver: DockerDriver, test_image: str
+) -> None:
+    """What is tried: a container without a command from the busybox image, whose CMD is a
+    shell that exits at once without a terminal; then writing over, and chmod u+s on, the
+    helper from inside. What must hold: after 3 s (and the mechanism: PID 1's child is the
+    helper's sleep) it still runs; the helper is read-only and has no setuid bit."""
+    container_id = docker_driver.run(_spec(test_image, command=None))
+    time.sleep(3)
+
+    assert docker_driver.state(container_id).running
+    children = docker_driver.exec_run(container_id, ["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"])
+    assert b"/.potluck/busybox sleep infinity" in children.output
+    overwrite = docker_driver.exec_run(container_id, ["sh", "-c", "echo x > /.potluck/busybox"])
+    setuid = docker_driver.exec_run(container_id, ["chmod", "u+s", "/.potluck/busybox"])
+    assert overwrite.exit_code != 0
+    assert setuid.exit_code != 0
+    assert docker_driver.exec_run(container_id, ["stat", "-c", "%A", "/.potluck/busybox"]).output.strip() == (
+        b"-rwxr-xr-x"
+    )
+
+
 def test_inspect_shows_the_hardening(docker_driver: DockerDriver, test_image: str) -> None:
     """A default container (no network asked). Afterwards inspect shows CapDrop ALL, only our
     few capabilities added, no-new-privileges, not privileged, network none, no binds, mounts
@@ -182,8 +204,9 @@ def test_inspect_shows_the_hardening(docker_driver: DockerDriver, test_image: st
     assert host["Privileged"] is False
     assert host["NetworkMode"] == "none"
     assert not host["Binds"]
-    assert not host.get("Mounts")
-    assert not attrs["Mounts"]
+    # The one mount: the static busybox helper, read-only (services/hostd/helper.py).
+    assert [(m["Target"], m["ReadOnly"]) for m in host["Mounts"]] == [("/.potluck/busybox", True)]
+    assert [(m["Destination"], m["RW"]) for m in attrs["Mounts"]] == [("/.potluck/busybox", False)]
     assert not host["Devices"]
     assert (host["PidMode"], host["UTSMode"], host["UsernsMode"]) == ("", "", "")
     assert (host["IpcMode"], host["CgroupnsMode"]) == ("private", "private")

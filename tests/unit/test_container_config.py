@@ -21,6 +21,7 @@ from potluck.hostd.container_config import (
     network_kwargs,
     network_mismatches,
 )
+from potluck.hostd.helper import KEEP_ALIVE
 
 MiB = 1024 * 1024
 
@@ -284,3 +285,90 @@ def test_a_quota_the_owner_policy_lowered_still_bounds_the_container() -> None:
 
     assert lowered == []
     assert [field for field, _, _ in raised] == ["NanoCpus"]
+
+
+HELPER = "/bin/busybox"
+
+
+def _with_helper(spec: ContainerSpec, inspect: dict[str, Any]) -> dict[str, Any]:
+    """inspect of a container made with the helper: its mount in both spellings, and the
+    keep-alive as entrypoint when the spec has no command."""
+    inspect["HostConfig"]["Mounts"] = [
+        {"Type": "bind", "Source": HELPER, "Target": "/.potluck/busybox", "ReadOnly": True}
+    ]
+    inspect["Mounts"] = [
+        {"Type": "bind", "Source": HELPER, "Destination": "/.potluck/busybox", "Mode": "", "RW": False,
+         "Propagation": "rprivate"}
+    ]  # fmt: skip
+    inspect["Config"] = {"Entrypoint": list(KEEP_ALIVE) if spec.command is None else None}
+    return inspect
+
+
+def test_an_allocation_without_a_command_runs_the_keep_alive_from_the_read_only_helper() -> None:
+    """No command and a helper: the entrypoint is the helper's sleep (whatever the image's CMD
+    or ENTRYPOINT), and the helper is the one mount, read-only. With a command the image's
+    entrypoint is left alone; without a helper nothing is mounted."""
+    interactive = create_kwargs(_spec(command=None), disk_quota=False, helper=HELPER)
+    task = create_kwargs(_spec(), disk_quota=False, helper=HELPER)
+
+    assert interactive["entrypoint"] == KEEP_ALIVE
+    assert KEEP_ALIVE[0] == "/.potluck/busybox"
+    assert interactive["mounts"] == [
+        {"Type": "bind", "Source": HELPER, "Target": "/.potluck/busybox", "ReadOnly": True}
+    ]
+    assert "entrypoint" not in task
+    assert task["mounts"] == interactive["mounts"]
+    assert "mounts" not in create_kwargs(_spec(command=None), disk_quota=False)
+
+
+@pytest.mark.parametrize("command", [None, ["sleep", "1"]])
+def test_the_helper_mount_as_the_engine_reports_it_is_no_mismatch(command: list[str] | None) -> None:
+    """A container made with the helper shows its mount (both spellings) and, without a
+    command, the keep-alive: nothing differs."""
+    spec = _spec(command=command)
+    inspect = _with_helper(spec, _inspect_as_the_engine_reports(spec, disk_quota=False))
+
+    assert limit_mismatches(spec, inspect, disk_quota=False, helper=HELPER) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda i: i["Mounts"][0].update(RW=True), "Mounts"),
+        (lambda i: i["HostConfig"]["Mounts"][0].update(ReadOnly=False), "HostConfig.Mounts"),
+        (lambda i: i["HostConfig"]["Mounts"][0].update(Source="/"), "HostConfig.Mounts"),
+        (lambda i: i["Mounts"].append({"Type": "volume", "Source": "x", "Destination": "/data"}), "Mounts"),
+        (lambda i: i["Config"].update(Entrypoint=["/bin/sh"]), "Config.Entrypoint"),
+    ],
+)
+def test_a_writable_or_other_mount_or_entrypoint_is_a_mismatch(change: Any, field: str) -> None:
+    """The helper's mount made writable, another source, another mount beside it, or an
+    interactive container that would not run the keep-alive: each is named."""
+    spec = _spec(command=None)
+    inspect = _with_helper(spec, _inspect_as_the_engine_reports(spec, disk_quota=False))
+    change(inspect)
+
+    assert field in [name for name, _, _ in limit_mismatches(spec, inspect, disk_quota=False, helper=HELPER)]
+
+
+def test_without_a_helper_its_mount_is_refused() -> None:
+    """A driver without a helper allows no mount at all, the helper's included."""
+    spec = _spec()
+    inspect = _with_helper(spec, _inspect_as_the_engine_reports(spec, disk_quota=False))
+
+    named = {name for name, _, _ in limit_mismatches(spec, inspect, disk_quota=False)}
+
+    assert {"HostConfig.Mounts", "Mounts"} <= named
+
+
+def test_a_container_made_before_the_helper_existed_is_kept() -> None:
+    """An upgraded hostd adopts a container without any mount (made before the helper): no
+    mismatch, so the running allocation is not removed; one with the helper half-there is."""
+    spec = _spec(command=None)
+    older = _inspect_as_the_engine_reports(spec, disk_quota=False)
+    half = _with_helper(spec, _inspect_as_the_engine_reports(spec, disk_quota=False))
+    half["HostConfig"]["Mounts"] = []
+
+    assert limit_mismatches(spec, older, disk_quota=False, helper=HELPER) == []
+    named = {name for name, _, _ in limit_mismatches(spec, half, disk_quota=False, helper=HELPER)}
+    assert named & {"HostConfig.Mounts", "Mounts"}

@@ -1,0 +1,570 @@
+"""SFTP for images that have no sftp-server: hostd speaks the protocol, the container does the I/O.
+
+ContainerSSH makes SFTP work in any image by injecting its agent; here the
+injected part is the helper busybox every container already has (helper.py),
+and the SFTP protocol itself is asyncssh's server (`SFTPServerHandler`), run
+in hostd on the session's byte stream. Every file operation of
+`ContainerSFTPServer` is an exec in the container (container_files.py): as
+the container's user, inside its filesystem, bounded like anything it runs.
+No method here touches hostd's own filesystem; asyncssh's defaults would
+(they map paths to the local disk), so every one of them is overridden, and
+what is not offered answers "operation unsupported". Writes are counted
+against the container's disk bound (its writable layer measured at the first
+open for writing): the write that would pass it is refused ("no space on
+filesystem"), so the transfer fails cleanly and the container stays within
+its bound (where the engine has no disk quota, hostd's guard would otherwise
+stop the container).
+
+`HelperSftpProcess` stands where an exec of the image's sftp-server would
+(gateway_link.HostSession drives both the same way: exec_bridge.SessionProcess):
+the session's input feeds the protocol, its replies go out as the process's
+output, and the session ends with status 0 when the client closes it.
+"""
+
+import asyncio
+import contextlib
+import itertools
+import posixpath
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+import asyncssh
+import structlog
+from asyncssh.logging import logger as asyncssh_logger
+from asyncssh.sftp import SFTPServerHandler
+
+from potluck.hostd.container_files import (
+    STAT_FORMAT,
+    ContainerFiles,
+    FileStat,
+    ReadStream,
+    WriteStream,
+    parse_stat,
+)
+from potluck.hostd.exec_bridge import ExecBridge, SessionProcess
+from potluck.hostd.exec_errors import ExecError, ExecRefused
+from potluck.hostd.exec_stream import ExecSink
+
+__all__ = ["ContainerSFTPServer", "HelperSftpProcess", "open_sftp"]
+
+log = structlog.get_logger(__name__)
+
+_ids = itertools.count(1)
+DISK_SLACK = 1 << 20
+#: Exit statuses of the scripts below, as SFTP errors.
+_ERRORS: dict[int, Callable[[str], asyncssh.SFTPError]] = {
+    2: asyncssh.SFTPNoSuchFile,
+    13: asyncssh.SFTPPermissionDenied,
+    17: asyncssh.SFTPFileAlreadyExists,
+    20: asyncssh.SFTPNotADirectory,
+    21: asyncssh.SFTPFileIsADirectory,
+    39: asyncssh.SFTPDirNotEmpty,
+}
+_MESSAGES = {
+    2: "No such file or directory",
+    13: "Permission denied",
+    17: "File exists",
+    20: "Not a directory",
+    21: "Is a directory",
+    39: "Directory not empty",
+}
+# Classify why a path cannot be used, the way the errno would (busybox's messages vary).
+_WHY = (
+    'why() { if [ ! -e "$1" ] && [ ! -L "$1" ]; then exit 2; fi; '
+    'if [ -n "$2" ] && [ -d "$1" ]; then exit 21; fi; exit 13; }; '
+)
+_OPEN = _WHY + (
+    'f=$1; flags=$2; d=$("$B" dirname -- "$f"); '
+    '[ -d "$d" ] || { [ -e "$d" ] && exit 20; exit 2; }; '
+    'case $flags in *x*) if [ -e "$f" ] || [ -L "$f" ]; then exit 17; fi;; esac; '
+    'case $flags in *c*) [ -e "$f" ] || : >> "$f" || why "$d";; esac; '
+    '[ -e "$f" ] || exit 2; [ -d "$f" ] && exit 21; '
+    'case $flags in *r*) [ -r "$f" ] || exit 13;; esac; '
+    'case $flags in *w*) [ -w "$f" ] || exit 13;; esac; '
+    'case $flags in *t*) : > "$f" || exit 13;; esac; '
+    'exec "$B" stat -L -c "' + STAT_FORMAT + '" -- "$f"'
+)
+_LIST = (
+    'cd -- "$1" 2>/dev/null || { [ -e "$1" ] || exit 2; [ -d "$1" ] || exit 20; exit 13; }; '
+    'for f in .* *; do { [ -e "$f" ] || [ -L "$f" ]; } || continue; '
+    '"$B" stat -c "' + STAT_FORMAT + '" -- "$f" && printf "%s\\0" "$f"; done'
+)
+
+
+def _attrs(info: FileStat) -> asyncssh.SFTPAttrs:
+    return asyncssh.SFTPAttrs(
+        size=info.size,
+        uid=info.uid,
+        gid=info.gid,
+        permissions=info.mode,
+        atime=info.atime,
+        mtime=info.mtime,
+    )
+
+
+def _text(path: bytes) -> str:
+    return path.decode("utf-8", errors="surrogateescape")
+
+
+class _Handle:
+    """An open file: its path and mode, and the exec streaming it, if any."""
+
+    def __init__(self, path: str, readable: bool, writable: bool, append: bool) -> None:
+        self.path = path
+        self.readable = readable
+        self.writable = writable
+        self.append = append
+        self.reader: ReadStream | None = None
+        self.writer: WriteStream | None = None
+        #: Where an append-mode write goes before any was made: the size at open.
+        self.append_at = 0
+        #: The file's end as far as this handle knows: writes past it grow the container's disk.
+        self.end = 0
+
+
+class ContainerSFTPServer(asyncssh.SFTPServer):
+    """asyncssh's SFTP server interface, each operation done in the container."""
+
+    def __init__(self, files: ContainerFiles, chan: Any = None) -> None:
+        super().__init__(chan)
+        self.files = files
+        self.handles: set[_Handle] = set()
+        #: What the container may still write (measured at the first open for writing, then
+        #: counted down): a write past it is refused, so the container stays within its bound.
+        self.disk_left: int | None = None
+
+    async def abort(self) -> None:
+        """End the execs of every open file (the session is gone: nobody will close them)."""
+        for handle in list(self.handles):
+            for stream in (handle.reader, handle.writer):
+                if stream is not None:
+                    with contextlib.suppress(ExecError, OSError):
+                        await stream.process.terminate()
+            handle.reader = handle.writer = None
+        self.handles.clear()
+
+    # Helpers.
+
+    async def _run(self, script: str, *args: str) -> bytes:
+        try:
+            done = await self.files.run(script, *args)
+        except ExecError as exc:
+            raise asyncssh.SFTPFailure(f"the container did not run the operation: {exc}") from exc
+        if done.status == 0:
+            return done.out
+        error = _ERRORS.get(done.status, asyncssh.SFTPFailure)
+        raise error(done.message or _MESSAGES.get(done.status, f"failed (status {done.status})"))
+
+    async def _stat(self, path: str, *, follow: bool) -> asyncssh.SFTPAttrs:
+        script = _WHY + f'"$B" stat {"-L " if follow else ""}-c "{STAT_FORMAT}" -- "$1" || why "$1"'
+        return _attrs(parse_stat((await self._run(script, path)).decode()))
+
+    def format_user(self, uid: int | None) -> str:
+        # asyncssh looks the id up in hostd's /etc/passwd: the container's names are not there.
+        return str(uid) if uid is not None else ""
+
+    def format_group(self, gid: int | None) -> str:
+        return str(gid) if gid is not None else ""
+
+    # Paths and attributes.
+
+    async def realpath(self, path: bytes) -> bytes:
+        out = await self._run(
+            # busybox's realpath takes no `--`: a name starting with - gets ./ instead.
+            "p=${1:-.}; case $p in -*) p=./$p;; esac; "
+            'if r=$("$B" realpath "$p" 2>/dev/null); then printf "%s" "$r"; exit 0; fi; '
+            'd=$("$B" realpath "$("$B" dirname -- "$p")" 2>/dev/null) || exit 2; '
+            'b=$("$B" basename -- "$p"); [ "$d" = / ] && d=; printf "%s/%s" "$d" "$b"',
+            _text(path),
+        )
+        return out or b"/"
+
+    async def stat(self, path: bytes) -> asyncssh.SFTPAttrs:
+        return await self._stat(_text(path), follow=True)
+
+    async def lstat(self, path: bytes) -> asyncssh.SFTPAttrs:
+        return await self._stat(_text(path), follow=False)
+
+    async def fstat(self, file_obj: object) -> asyncssh.SFTPAttrs:
+        handle = cast(_Handle, file_obj)
+        await self._flush(handle)
+        return await self._stat(handle.path, follow=True)
+
+    async def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        await self._setstat(_text(path), attrs)
+
+    async def lsetstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        raise asyncssh.SFTPOpUnsupported("lsetstat is not offered here")
+
+    async def fsetstat(self, file_obj: object, attrs: asyncssh.SFTPAttrs) -> None:
+        handle = cast(_Handle, file_obj)
+        await self._flush(handle)
+        await self._setstat(handle.path, attrs)
+
+    async def _setstat(self, path: str, attrs: asyncssh.SFTPAttrs) -> None:
+        size = "" if attrs.size is None else str(attrs.size)
+        mode = "" if attrs.permissions is None else format(attrs.permissions & 0o7777, "o")
+        owner = "" if attrs.uid is None or attrs.gid is None else f"{attrs.uid}:{attrs.gid}"
+        mtime = "" if attrs.mtime is None else str(int(attrs.mtime))
+        await self._run(
+            _WHY + '[ -e "$1" ] || exit 2; '
+            '[ -z "$2" ] || "$B" truncate -s "$2" -- "$1" || why "$1"; '
+            '[ -z "$4" ] || "$B" chown "$4" -- "$1" || why "$1"; '
+            '[ -z "$3" ] || "$B" chmod "$3" -- "$1" || why "$1"; '
+            '[ -z "$5" ] || "$B" touch -c -d "@$5" -- "$1" || why "$1"',
+            path, size, mode, owner, mtime,
+        )  # fmt: skip
+
+    # Files.
+
+    async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
+        readable = bool(pflags & asyncssh.FXF_READ)
+        writable = bool(pflags & (asyncssh.FXF_WRITE | asyncssh.FXF_APPEND))
+        flags = "".join(
+            letter
+            for letter, bit in (
+                ("r", asyncssh.FXF_READ), ("w", asyncssh.FXF_WRITE | asyncssh.FXF_APPEND),
+                ("c", asyncssh.FXF_CREAT), ("t", asyncssh.FXF_TRUNC), ("x", asyncssh.FXF_EXCL),
+            )
+            if pflags & bit
+        )  # fmt: skip
+        name = _text(path)
+        info = parse_stat((await self._run(_OPEN, name, flags)).decode())
+        handle = _Handle(name, readable, writable, bool(pflags & asyncssh.FXF_APPEND))
+        if writable and attrs.permissions is not None and pflags & asyncssh.FXF_CREAT:
+            with contextlib.suppress(asyncssh.SFTPError):
+                await self._setstat(name, asyncssh.SFTPAttrs(permissions=attrs.permissions))
+        handle.append_at = handle.end = info.size
+        if writable and self.disk_left is None:
+            left = await self.files.bridge.disk_left(self.files.alloc_id)
+            # Slack for what the bytes cost beyond themselves (blocks, directories, metadata).
+            self.disk_left = None if left is None else left - DISK_SLACK
+        self.handles.add(handle)
+        return handle
+
+    async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        handle = cast(_Handle, file_obj)
+        if not handle.readable:
+            raise asyncssh.SFTPPermissionDenied("the file was not opened for reading")
+        await self._flush(handle)
+        if handle.reader is None or handle.reader.position != offset:
+            if handle.reader is not None:
+                await handle.reader.close()
+            try:
+                handle.reader = await self.files.read_stream(handle.path, offset)
+            except ExecError as exc:
+                raise asyncssh.SFTPFailure(str(exc)) from exc
+        try:
+            return await handle.reader.read(size)
+        except OSError as exc:
+            raise asyncssh.SFTPFailure(str(exc)) from exc
+
+    async def write(self, file_obj: object, offset: int, data: bytes) -> int:
+        handle = cast(_Handle, file_obj)
+        if not handle.writable:
+            raise asyncssh.SFTPPermissionDenied("the file was not opened for writing")
+        if handle.reader is not None:
+            await handle.reader.close()
+            handle.reader = None
+        if handle.append:
+            offset = handle.writer.position if handle.writer is not None else handle.append_at
+        growth = max(0, offset + len(data) - handle.end)
+        if self.disk_left is not None and growth > self.disk_left:
+            await self._flush(handle)
+            raise asyncssh.SFTPNoSpaceOnFilesystem(
+                "the allocation's disk bound is reached: nothing more may be written"
+            )
+        if handle.writer is not None and handle.writer.position != offset:
+            await self._flush(handle)
+        try:
+            if handle.writer is None:
+                handle.writer = await self.files.write_stream(handle.path, offset)
+            await handle.writer.write(data)
+            handle.end = max(handle.end, offset + len(data))
+            if self.disk_left is not None:
+                self.disk_left -= growth
+        except ExecError as exc:
+            raise asyncssh.SFTPFailure(str(exc)) from exc
+        except OSError as exc:
+            handle.writer = None
+            raise asyncssh.SFTPFailure(str(exc)) from exc
+        return len(data)
+
+    async def _flush(self, handle: _Handle) -> None:
+        """Finish the pending writes of `handle`: SFTPFailure (no space left, ...) if they failed."""
+        writer, handle.writer = handle.writer, None
+        if writer is None:
+            return
+        try:
+            await writer.close()
+        except OSError as exc:
+            raise asyncssh.SFTPFailure(str(exc)) from exc
+
+    async def close(self, file_obj: object) -> None:
+        handle = cast(_Handle, file_obj)
+        self.handles.discard(handle)
+        if handle.reader is not None:
+            await handle.reader.close()
+            handle.reader = None
+        await self._flush(handle)
+
+    async def fsync(self, file_obj: object) -> None:
+        await self._flush(cast(_Handle, file_obj))
+
+    # Directories and names.
+
+    async def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
+        out = await self._run(_LIST, _text(path))
+        for entry in out.split(b"\0"):
+            line, sep, name = entry.partition(b"\n")
+            if not sep:
+                continue
+            attrs = _attrs(parse_stat(line.decode()))
+            yield asyncssh.SFTPName(name, attrs=attrs)
+
+    async def mkdir(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        mode = format((attrs.permissions if attrs.permissions is not None else 0o777) & 0o7777, "o")
+        await self._run(
+            _WHY + 'if [ -e "$1" ] || [ -L "$1" ]; then exit 17; fi; "$B" mkdir -m "$2" -- "$1" || '
+            'why "$("$B" dirname -- "$1")"',
+            _text(path), mode,
+        )  # fmt: skip
+
+    async def rmdir(self, path: bytes) -> None:
+        await self._run(
+            '[ -e "$1" ] || exit 2; [ -d "$1" ] || exit 20; "$B" rmdir -- "$1" 2>/dev/null && exit 0; '
+            '[ -n "$("$B" ls -A -- "$1")" ] && exit 39; exit 13',
+            _text(path),
+        )
+
+    async def remove(self, path: bytes) -> None:
+        await self._run(
+            _WHY + '[ -d "$1" ] && [ ! -L "$1" ] && exit 21; "$B" rm -f -- "$1" && [ ! -L "$1" ] && '
+            '[ ! -e "$1" ] || why "$1"',
+            _text(path),
+        )
+
+    async def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._run(
+            _WHY + '{ [ -e "$1" ] || [ -L "$1" ]; } || exit 2; { [ -e "$2" ] || [ -L "$2" ]; } && exit 17; '
+            '"$B" mv -- "$1" "$2" || why "$1"',
+            _text(oldpath), _text(newpath),
+        )  # fmt: skip
+
+    async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._run(
+            _WHY + '{ [ -e "$1" ] || [ -L "$1" ]; } || exit 2; "$B" mv -f -- "$1" "$2" || why "$1"',
+            _text(oldpath), _text(newpath),
+        )  # fmt: skip
+
+    async def readlink(self, path: bytes) -> bytes:
+        out = await self._run(_WHY + '[ -L "$1" ] || why "$1" x; exec "$B" readlink -- "$1"', _text(path))
+        return out.rstrip(b"\n")
+
+    async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._run(
+            _WHY + '{ [ -e "$2" ] || [ -L "$2" ]; } && exit 17; "$B" ln -s -- "$1" "$2" || why "$2"',
+            _text(oldpath), _text(newpath),
+        )  # fmt: skip
+
+    async def link(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._run(
+            _WHY + '{ [ -e "$2" ] || [ -L "$2" ]; } && exit 17; "$B" ln -- "$1" "$2" || why "$1"',
+            _text(oldpath), _text(newpath),
+        )  # fmt: skip
+
+    # Not offered: each would otherwise act on hostd's own filesystem (asyncssh's defaults).
+
+    def open56(self, *args: Any) -> object:
+        raise asyncssh.SFTPOpUnsupported("SFTP versions 5 and 6 are not offered here")
+
+    def statvfs(self, path: bytes) -> Any:
+        raise asyncssh.SFTPOpUnsupported("statvfs is not offered here")
+
+    def fstatvfs(self, file_obj: object) -> Any:
+        raise asyncssh.SFTPOpUnsupported("fstatvfs is not offered here")
+
+    def lock(self, *args: Any) -> Any:
+        raise asyncssh.SFTPOpUnsupported("locks are not offered here")
+
+    def unlock(self, *args: Any) -> Any:
+        raise asyncssh.SFTPOpUnsupported("locks are not offered here")
+
+    def map_path(self, path: bytes) -> bytes:
+        # Paths are the container's, passed through; normalised only.
+        return posixpath.normpath(path) if path else b"."
+
+    def reverse_map_path(self, path: bytes) -> bytes:
+        return path
+
+    def exit(self) -> None:
+        return None
+
+
+class _Channel:
+    """What asyncssh's SFTP handler asks of its writer's channel."""
+
+    def __init__(self, process: "HelperSftpProcess") -> None:
+        self._process = process
+
+    def is_closing(self) -> bool:
+        return self._process.finished
+
+    async def wait_closed(self) -> None:
+        return None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class _Reader:
+    """The session's input for asyncssh's SFTP handler (`readexactly`), with flow control."""
+
+    HIGH = 4 << 20
+
+    def __init__(self, process: "HelperSftpProcess") -> None:
+        self._process = process
+        self._buffer = bytearray()
+        self._more = asyncio.Event()
+        self._eof = False
+        self._paused = False
+        self.logger = asyncssh_logger.get_child("potluck-sftp")
+
+    def feed(self, data: bytes) -> None:
+        self._buffer.extend(data)
+        self._more.set()
+        if len(self._buffer) > self.HIGH and not self._paused and self._process.sink is not None:
+            self._paused = True
+            self._process.sink.exec_pause()
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self._more.set()
+
+    async def readexactly(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            if self._eof:
+                raise asyncio.IncompleteReadError(bytes(self._buffer), n)
+            self._more.clear()
+            await self._more.wait()
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        if self._paused and len(self._buffer) < self.HIGH // 4 and self._process.sink is not None:
+            self._paused = False
+            self._process.sink.exec_resume()
+        return data
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        # OpenSSH's clients send SYMLINK's arguments in the reverse order; asyncssh swaps them
+        # back when the client says it is OpenSSH. Users' scp and sftp are OpenSSH's.
+        return "SSH-2.0-OpenSSH_potluck" if name == "client_version" else default
+
+
+class _Writer:
+    """The handler's replies, as the session's output."""
+
+    def __init__(self, process: "HelperSftpProcess") -> None:
+        self._process = process
+        self.channel = _Channel(process)
+
+    def write(self, data: bytes) -> None:
+        if self._process.sink is not None and not self._process.finished:
+            self._process.sink.exec_data(data, False)
+
+    def write_eof(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._process.done()
+
+
+class HelperSftpProcess:
+    """An SFTP session served by hostd for a container without an sftp-server (module docstring)."""
+
+    def __init__(self, files: ContainerFiles, container_id: str) -> None:
+        self.exec_id = f"sftp-{next(_ids)}"  # short: logs print 12 characters of an id
+        self.container_id = container_id
+        self.tty = False
+        self.finished = False
+        self.exit_status: int | None = None
+        self.sink: ExecSink | None = None
+        self._reader = _Reader(self)
+        self._writer = _Writer(self)
+        self._server = ContainerSFTPServer(files)
+        self._task: asyncio.Task[None] | None = None
+
+    def attach(self, sink: ExecSink) -> None:
+        self.sink = sink
+        handler = SFTPServerHandler(self._server, self._reader, self._writer, 3)  # type: ignore[arg-type]
+        self._task = asyncio.ensure_future(self._serve(handler))
+
+    async def _serve(self, handler: SFTPServerHandler) -> None:
+        try:
+            await handler.run()
+        except Exception as exc:  # the session ends either way; hostd goes on
+            log.warning("helper_sftp.failed", container_id=self.container_id[:12], error=repr(exc))
+        finally:
+            self.done()
+
+    def done(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.exit_status = 0
+        if self.sink is not None:
+            self.sink.exec_eof()
+
+    def write(self, data: bytes) -> None:
+        self._reader.feed(data)
+
+    def write_eof(self) -> None:
+        self._reader.feed_eof()
+
+    def buffered(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+    async def resize(self, width: int, height: int) -> None:
+        return None
+
+    async def signal(self, name: str) -> bool:
+        return False
+
+    async def wait_exit(self, timeout: float = 10.0) -> int | None:
+        return 0 if self.finished else None
+
+    async def terminate(self) -> int:
+        self.close()
+        await self._server.abort()
+        return 1
+
+    def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self.finished = True
+        self.exit_status = self.exit_status if self.exit_status is not None else 0
+
+
+async def open_sftp(
+    bridge: ExecBridge, alloc_id: str, argv: list[str], env: dict[str, str]
+) -> SessionProcess:
+    """The sftp subsystem of a session: the image's own sftp-server when it has one (or when the
+    helper cannot tell: the container predates it), else hostd's (HelperSftpProcess)."""
+    files = ContainerFiles(bridge, alloc_id)
+    try:
+        has_one = await files.has_sftp_server()
+    except ExecRefused:
+        raise
+    except ExecError as exc:  # no helper in this container (it predates it): the image's own
+        log.info("helper_sftp.unavailable", alloc_id=alloc_id, error=str(exc))
+        has_one = None
+    if has_one is False:
+        container_id = await bridge.container_for(alloc_id)
+        log.info("helper_sftp.serving", alloc_id=alloc_id, container_id=container_id[:12])
+        return HelperSftpProcess(files, container_id)
+    return await bridge.open(alloc_id, argv, tty=False, env=env)

@@ -1,0 +1,361 @@
+"""Files in and out with the user's own tools, through the real gateway and hostd: OpenSSH's
+`scp` (its SFTP mode and `-O`), `sftp`, `rsync -e ssh`, and `potluck cp`.
+
+Every transfer is checked by content: sha256 of each file here against `sha256sum` run in the
+container (and back). The allocations are interactive (no command): they stay up on their own.
+"""
+
+import asyncio
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.test_image import DEFAULT_TAG
+from potluck.user.client import Login
+from tests.e2e.conftest import Gatewayed, start_gatewayed
+from tests.fixtures.pool import Pool, allocation
+
+BIG = 100 * 1000 * 1000
+
+
+@pytest.fixture
+async def files(
+    pool: Pool, docker_engines: list[DockerEngine], default_image: str, tmp_path: Path
+) -> Gatewayed:
+    """A gateway and a hostd that may run both the default image and the busybox test image."""
+    return await start_gatewayed(
+        pool,
+        docker_engines[0],
+        tmp_path,
+        allowed_images=[DEFAULT_TAG, default_image],
+        donate={"cpus": 2, "memory": "2G", "disk": "6G"},
+    )
+
+
+def _ssh_options(g: Gatewayed) -> list[str]:
+    """A clean OpenSSH client: no user config, no agent, no prompt for the gateway's key."""
+    return [
+        "-F", "/dev/null",
+        "-i", str(g.key),
+        "-o", "IdentitiesOnly=yes",
+        "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "BatchMode=yes",
+        "-o", "LogLevel=ERROR",
+    ]  # fmt: skip
+
+
+async def run(argv: Sequence[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    return await asyncio.to_thread(
+        subprocess.run, list(argv), capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+
+
+async def scp(g: Gatewayed, *args: str, legacy: bool = False) -> subprocess.CompletedProcess[str]:
+    return await run(["scp", *(["-O"] if legacy else []), "-P", str(g.ssh_port), *_ssh_options(g), *args])
+
+
+async def sftp(g: Gatewayed, alloc_id: str, batch: str) -> subprocess.CompletedProcess[str]:
+    """`sftp -b -` with the commands in `batch` (it stops at the first that fails)."""
+    argv = ["sftp", "-P", str(g.ssh_port), *_ssh_options(g), "-b", "-", f"{alloc_id}@127.0.0.1"]
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    return await asyncio.to_thread(
+        subprocess.run, argv, input=batch, capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+
+
+async def rsync(g: Gatewayed, *args: str) -> subprocess.CompletedProcess[str]:
+    shell = " ".join(["ssh", "-p", str(g.ssh_port), *_ssh_options(g)])
+    return await run(["rsync", "-a", "-e", shell, *args])
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tree_sums(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+async def remote_sums(g: Gatewayed, alloc_id: str, root: str) -> dict[str, str]:
+    """{relative path: sha256} of every file under `root` in the container, by its own sha256sum."""
+    done = await g.ssh(alloc_id, f"cd {root} && find . -type f -exec sha256sum {{}} +")
+    assert done.returncode == 0, done.stderr
+    sums = {}
+    for line in done.stdout.splitlines():
+        digest, _, name = line.partition("  ")
+        sums[name.removeprefix("./")] = digest
+    return sums
+
+
+def make_big(path: Path) -> Path:
+    with path.open("wb") as f:
+        for _ in range(BIG // (1 << 20)):
+            f.write(os.urandom(1 << 20))
+        f.write(os.urandom(BIG % (1 << 20)))
+    return path
+
+
+def make_tree(root: Path) -> Path:
+    """Nested folders, an empty file, a name with a space, a symlink within the tree."""
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    (root / "a" / "empty").write_bytes(b"")
+    (root / "a" / "with space.txt").write_bytes(os.urandom(1000))
+    for i in range(20):
+        (root / "a" / "b" / f"f{i}.bin").write_bytes(os.urandom(i * 4099))
+    (root / "a" / "b" / "c" / "deep.bin").write_bytes(os.urandom(300_000))
+    return root
+
+
+async def interactive(g: Gatewayed, image: str, disk: str = "1G") -> str:
+    async with aiohttp.ClientSession() as http:
+        return await g.allocate(http, command=None, image=image, disk=disk, memory="256M")
+
+
+@pytest.mark.slow
+async def test_scp_both_modes_sftp_and_rsync_into_the_default_image(
+    files: Gatewayed, default_image: str, tmp_path: Path
+) -> None:
+    """What is tried: a 100 MB file and a directory tree up with scp (SFTP mode), scp -O, sftp and
+    rsync, and back down the same ways. What must hold: every tool exits 0 and every file has
+    the same sha256 here, in the container, and back here."""
+    alloc_id = await interactive(files, default_image)
+    big = make_big(tmp_path / "big.bin")
+    tree = make_tree(tmp_path / "tree")
+    want = sha256(big)
+    target = f"{alloc_id}@127.0.0.1"
+
+    steps = [
+        ("scp", await scp(files, str(big), f"{target}:/root/scp.bin")),
+        ("scp -O", await scp(files, str(big), f"{target}:/root/scp-o.bin", legacy=True)),
+        ("sftp", await sftp(files, alloc_id, f"put {big} /root/sftp.bin\n")),
+        ("rsync", await rsync(files, str(big), f"{target}:/root/rsync.bin")),
+        ("scp -r", await scp(files, "-r", str(tree), f"{target}:/root/scp-tree")),
+        ("scp -O -r", await scp(files, "-r", str(tree), f"{target}:/root/scp-o-tree", legacy=True)),
+        ("rsync tree", await rsync(files, f"{tree}/", f"{target}:/root/rsync-tree")),
+    ]
+    for name, done in steps:
+        assert done.returncode == 0, f"{name}: {done.stderr}\n{files.pool.logs()}"
+    up = await remote_sums(files, alloc_id, "/root")
+    for name in ("scp.bin", "scp-o.bin", "sftp.bin", "rsync.bin"):
+        assert up[name] == want, name
+    for prefix in ("scp-tree", "scp-o-tree", "rsync-tree"):
+        assert {k.removeprefix(prefix + "/"): v for k, v in up.items() if k.startswith(prefix + "/")} == (
+            tree_sums(tree)
+        ), prefix
+
+    down = tmp_path / "down"
+    down.mkdir()
+    back = [
+        ("scp", await scp(files, f"{target}:/root/scp.bin", str(down / "scp.bin"))),
+        ("scp -O", await scp(files, f"{target}:/root/scp-o.bin", str(down / "scp-o.bin"), legacy=True)),
+        ("sftp", await sftp(files, alloc_id, f"get /root/sftp.bin {down / 'sftp.bin'}\n")),
+        ("rsync", await rsync(files, f"{target}:/root/rsync.bin", str(down / "rsync.bin"))),
+        ("scp -r", await scp(files, "-r", f"{target}:/root/scp-tree", str(down / "scp-tree"))),
+        ("rsync tree", await rsync(files, f"{target}:/root/rsync-tree/", str(down / "rsync-tree"))),
+    ]
+    for name, done in back:
+        assert done.returncode == 0, f"{name}: {done.stderr}"
+    for name in ("scp.bin", "scp-o.bin", "sftp.bin", "rsync.bin"):
+        assert sha256(down / name) == want, name
+    assert tree_sums(down / "scp-tree") == tree_sums(tree)
+    assert tree_sums(down / "rsync-tree") == tree_sums(tree)
+
+
+def potluck(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "potluck", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def logged_in(g: Gatewayed, tmp_path: Path) -> dict[str, str]:
+    """The environment of a user logged in to this pool (their own client config)."""
+    config = tmp_path / "client" / "client.toml"
+    Login(g.pool.api, g.token, f"127.0.0.1:{g.ssh_port}").save(config)
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    return {**env, "POTLUCK_CONFIG": str(config)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("image", ["default", "busybox"])
+async def test_potluck_cp_both_ways_files_and_directories(
+    files: Gatewayed, default_image: str, tmp_path: Path, image: str
+) -> None:
+    """What is tried: `potluck cp` of a 100 MB file and of a directory tree into an allocation
+    (into an existing folder, and as a new name), then back out (into a folder, and as a new
+    name), piped (no terminal). What must hold: each exits 0, prints no progress bar, and
+    the sha256 sums are the same here, in the container and back here."""
+    alloc_id = await interactive(files, default_image if image == "default" else DEFAULT_TAG)
+    env = logged_in(files, tmp_path)
+    big = make_big(tmp_path / "big.bin")
+    tree = make_tree(tmp_path / "tree")
+    assert (await files.ssh(alloc_id, "mkdir -p /srv/in")).returncode == 0
+
+    into = potluck("cp", "-i", str(files.key), str(big), f"{alloc_id}:/srv/in", env=env)
+    renamed = potluck("cp", "-i", str(files.key), str(tree), f"{alloc_id}:/srv/tree2", env=env)
+    tree_into = potluck("cp", "-i", str(files.key), str(tree), f"{alloc_id}:/srv/in/", env=env)
+
+    for done in (into, renamed, tree_into):
+        assert done.returncode == 0, done.stderr + files.pool.logs()
+        assert done.stderr == ""
+    sums = await remote_sums(files, alloc_id, "/srv")
+    assert sums["in/big.bin"] == sha256(big)
+    assert {k.removeprefix("tree2/"): v for k, v in sums.items() if k.startswith("tree2/")} == tree_sums(tree)
+    assert {k.removeprefix("in/tree/"): v for k, v in sums.items() if k.startswith("in/tree/")} == (
+        tree_sums(tree)
+    )
+
+    down = tmp_path / "down"
+    down.mkdir()
+    file_back = potluck("cp", "-i", str(files.key), f"{alloc_id}:/srv/in/big.bin", str(down), env=env)
+    tree_back = potluck("cp", "-i", str(files.key), f"{alloc_id}:/srv/tree2", str(down / "t"), env=env)
+    assert file_back.returncode == 0, file_back.stderr
+    assert tree_back.returncode == 0, tree_back.stderr
+    assert sha256(down / "big.bin") == sha256(big)
+    assert tree_sums(down / "t") == tree_sums(tree)
+
+
+@pytest.mark.slow
+async def test_potluck_cp_of_a_missing_path_or_past_the_disk_bound_fails_cleanly(
+    files: Gatewayed, tmp_path: Path
+) -> None:
+    """What is tried: `potluck cp` from a path the container does not have, to a folder it does
+    not have, and of 100 MB into an allocation whose disk bound is 64 MB. What must hold: each
+    exits non-zero naming the path or the bound; the allocation still runs, and its container
+    holds nothing of the refused copy."""
+    alloc_id = await interactive(files, DEFAULT_TAG, disk="64M")
+    env = logged_in(files, tmp_path)
+    big = make_big(tmp_path / "big.bin")
+
+    missing = potluck("cp", "-i", str(files.key), f"{alloc_id}:/no/such/file", str(tmp_path), env=env)
+    small = tmp_path / "small.txt"
+    small.write_text("small\n")
+    no_folder = potluck("cp", "-i", str(files.key), str(small), f"{alloc_id}:/no/such/dir/x", env=env)
+    too_big = potluck("cp", "-i", str(files.key), str(big), f"{alloc_id}:/root", env=env)
+
+    assert missing.returncode != 0
+    assert "/no/such/file: no such file or directory" in missing.stderr
+    assert no_folder.returncode != 0
+    assert "/no/such/dir: no such directory" in no_folder.stderr
+    assert too_big.returncode != 0
+    assert "disk" in too_big.stderr
+    left = await files.ssh(alloc_id, "ls -A /root; du -s -k /root")
+    assert left.returncode == 0, left.stderr
+    assert "big.bin" not in left.stdout
+
+
+@pytest.mark.slow
+async def test_scp_and_sftp_into_a_busybox_image_without_an_sftp_server(
+    files: Gatewayed, tmp_path: Path
+) -> None:
+    """What is tried: the busybox image (a shell and tar, no sftp-server, no scp): a 100 MB file
+    and a directory tree up with scp (SFTP mode) and sftp, back down with both, then sftp's
+    mkdir, rename, ls and rm. What must hold: each exits 0; the sha256 sums are the same here,
+    in the container and back here; sftp's listing names the renamed file; the sessions are in
+    the audit log as sftp sessions."""
+    alloc_id = await interactive(files, DEFAULT_TAG)
+    big = make_big(tmp_path / "big.bin")
+    tree = make_tree(tmp_path / "tree")
+    target = f"{alloc_id}@127.0.0.1"
+    assert (await files.ssh(alloc_id, "command -v sftp-server scp; ls /usr/lib/openssh")).returncode != 0
+
+    steps = [
+        ("scp", await scp(files, str(big), f"{target}:/root/scp.bin")),
+        ("sftp", await sftp(files, alloc_id, f"put {big} /root/sftp.bin\n")),
+        ("scp -r", await scp(files, "-r", str(tree), f"{target}:/root/tree")),
+    ]
+    for name, done in steps:
+        assert done.returncode == 0, f"{name}: {done.stderr}\n{files.pool.logs()}"
+    up = await remote_sums(files, alloc_id, "/root")
+    assert up["scp.bin"] == sha256(big)
+    assert up["sftp.bin"] == sha256(big)
+    assert {k.removeprefix("tree/"): v for k, v in up.items() if k.startswith("tree/")} == tree_sums(tree)
+
+    down = tmp_path / "down"
+    down.mkdir()
+    back = [
+        ("scp", await scp(files, f"{target}:/root/scp.bin", str(down / "scp.bin"))),
+        ("sftp", await sftp(files, alloc_id, f"get /root/sftp.bin {down / 'sftp.bin'}\n")),
+        ("scp -r", await scp(files, "-r", f"{target}:/root/tree", str(down / "tree"))),
+    ]
+    for name, done in back:
+        assert done.returncode == 0, f"{name}: {done.stderr}\n{files.pool.logs()}"
+    assert sha256(down / "scp.bin") == sha256(big)
+    assert sha256(down / "sftp.bin") == sha256(big)
+    assert tree_sums(down / "tree") == tree_sums(tree)
+
+    batch = "mkdir /root/made\nrename /root/sftp.bin /root/made/moved.bin\nls /root/made\nrm /root/scp.bin\n"
+    managed = await sftp(files, alloc_id, batch)
+    assert managed.returncode == 0, managed.stderr
+    assert "moved.bin" in managed.stdout
+    left = await files.ssh(alloc_id, "ls /root /root/made")
+    assert "scp.bin" not in left.stdout
+    assert "moved.bin" in left.stdout
+    records = await files.pool.store.read_all(0, limit=100_000)
+    started = [r.data for r in records if r.type == "SessionStarted" and r.data.get("alloc_id") == alloc_id]
+    assert sum(1 for s in started if s.get("command") == "sftp") >= 5
+
+
+@pytest.mark.slow
+async def test_sftp_into_busybox_cannot_leave_the_container_and_names_missing_paths(
+    files: Gatewayed, tmp_path: Path
+) -> None:
+    """What is tried: through hostd's SFTP, get of a path that does not exist, of /etc/hostname,
+    and of an absolute symlink to it. What must hold: the missing path fails saying so; what
+    comes back both times is the container's own file, not the host's (hostd never reads
+    the host's files: the container resolves every path itself)."""
+    alloc_id = await interactive(files, DEFAULT_TAG)
+    made = await files.ssh(alloc_id, "ln -s /etc/hostname /root/link")
+    assert made.returncode == 0, made.stderr
+
+    missing = await sftp(files, alloc_id, f"get /no/such/file {tmp_path / 'x'}\n")
+    assert missing.returncode != 0
+    assert "not found" in missing.stderr.lower() or "no such file" in missing.stderr.lower()
+
+    got = await sftp(
+        files, alloc_id, f"get /etc/hostname {tmp_path / 'hostname'}\nget /root/link {tmp_path / 'link'}\n"
+    )
+    assert got.returncode == 0, got.stderr
+    inside = (await files.ssh(alloc_id, "cat /etc/hostname")).stdout
+    assert inside != Path("/etc/hostname").read_text()
+    assert (tmp_path / "hostname").read_text() == inside
+    assert (tmp_path / "link").read_text() == inside
+
+
+@pytest.mark.slow
+async def test_sftp_past_the_disk_bound_fails_cleanly_and_the_container_stays_within_it(
+    files: Gatewayed, tmp_path: Path
+) -> None:
+    """What is tried: hostd's SFTP (busybox image) put of 100 MB into an allocation whose disk
+    bound is 64 MB. What must hold: sftp fails; afterwards (longer than hostd's disk check
+    interval) the allocation still runs and what was written is below the bound."""
+    alloc_id = await interactive(files, DEFAULT_TAG, disk="64M")
+    big = make_big(tmp_path / "big.bin")
+
+    put = await sftp(files, alloc_id, f"put {big} /root/big.bin\n")
+    await asyncio.sleep(2)
+
+    assert put.returncode != 0
+    state = await allocation(files.pool.store, alloc_id)
+    assert state is not None
+    assert state.status == "running", files.pool.logs()
+    left = await files.ssh(alloc_id, "du -s -k /root | cut -f1")
+    assert left.returncode == 0, left.stderr
+    assert int(left.stdout) < 64 * 1024

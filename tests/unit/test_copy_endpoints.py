@@ -1,0 +1,42 @@
+"""`potluck cp`'s reading of its arguments and the renaming of a fetched tree (potluck/user/copy.py)."""
+
+import tarfile
+from pathlib import Path
+
+import click
+import pytest
+
+from potluck.user.copy import Local, Remote, _renamed, parse_endpoint
+
+
+@pytest.mark.parametrize(
+    ("argument", "expected"),
+    [
+        ("a1b2:/data", Remote("a1b2", "/data")),
+        ("a1b2:rel/path", Remote("a1b2", "rel/path")),
+        ("data.csv", Local(Path("data.csv"))),
+        ("/abs/with:colon", Local(Path("/abs/with:colon"))),
+        ("./a1b2:/data", Local(Path("./a1b2:/data"))),
+        ("not an id:/x", Local(Path("not an id:/x"))),
+    ],
+)
+def test_alloc_colon_path_is_remote_and_anything_else_local(argument: str, expected: object) -> None:
+    """ALLOC:PATH names a path in an allocation; a path starting with / or ., or whose part
+    before the colon cannot be an id, is a local path (as docker cp reads them)."""
+    assert parse_endpoint(argument) == expected
+
+
+def test_an_alloc_without_a_path_is_a_usage_error() -> None:
+    """`ALLOC:` alone says which allocation but not where: a clear error naming the argument."""
+    with pytest.raises(click.BadParameter, match="a1b2:"):
+        parse_endpoint("a1b2:")
+
+
+def test_a_fetched_tree_is_renamed_at_its_top_only() -> None:
+    """The stream's top entry `out` and what is under it become `new`; a sibling whose name
+    merely starts the same (`outside`) is left alone."""
+    members = [tarfile.TarInfo(n) for n in ("out", "out/a", "out/b/c", "outside")]
+
+    names = [m.name for m in _renamed(iter(members), "out", "new")]
+
+    assert names == ["new", "new/a", "new/b/c", "outside"]
