@@ -335,17 +335,45 @@ def _control(config_path: Path, action: str, grace_s: float = 300.0) -> None:
 @host.command(name="status")
 @CONFIG
 def host_status(config_path: Path) -> None:
-    """This machine as the registry sees it (JSON)."""
+    """This machine as the registry sees it, and under `hostd` what hostd reads here: donated
+    caps, the pool's use, the owner's load, battery, temperature, the owner policy's state and
+    its last transitions (JSON)."""
     from potluck.hostd.config import ConfigError, load_config
-    from potluck.hostd.member import status
+    from potluck.hostd.member import local_status, status
 
     try:
-        reply = run(status(load_config(config_path)))
+        config = load_config(config_path)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    local = local_status(config)
+    try:
+        reply = run(status(config))
     except (ConfigError, ConnectionError) as exc:
+        click.echo(json.dumps({"hostd": local}, indent=2))
         fail(str(exc), 2)
     if not reply.ok:
         fail(f"{(reply.error or {}).get('message')} ({(reply.error or {}).get('code')})")
-    click.echo(json.dumps(reply.data, indent=2))
+    click.echo(json.dumps({**reply.data, "hostd": local}, indent=2))
+
+
+@host.command(name="policy")
+@CONFIG
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of TOML.")
+def host_policy(config_path: Path, as_json: bool) -> None:
+    """The owner policy in effect: the config's [policy] with every default filled in."""
+    import tomli_w
+
+    from potluck.hostd.config import ConfigError, load_config
+
+    try:
+        policy = load_config(config_path).policy
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    data = policy.as_toml()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(tomli_w.dumps({"policy": data}), nl=False)
 
 
 @host.command()

@@ -57,6 +57,7 @@ from potluck.hostd.exec_bridge import ExecBridge
 from potluck.hostd.gateway_link import keep_linked
 from potluck.hostd.image_inventory import ImageInventory
 from potluck.hostd.image_pull import ImagePuller, PullFailed
+from potluck.hostd.policy_runner import PolicyRunner
 from potluck.hostd.report_publisher import publish_until_stored
 from potluck.kernel.rejections import Rejected
 from potluck.kernel.ssh_identity import host_key_path, ssh_host_key
@@ -92,6 +93,7 @@ class Agent:
             self.outbox.put_nowait,
             wanted=lambda: [spec.image for spec in self.containers.desired.values()],
         )
+        self.policy = PolicyRunner(config, self.containers, self._request)
         self.positions = MemoryPositions()
         self.nc: NATS | None = None
         self.admin = "active"
@@ -133,6 +135,7 @@ class Agent:
                 self.containers.guard_disk(),
                 self.containers.sample_usage(),
                 self.images.run(),
+                self.policy.run(),
                 keep_linked(
                     self.host_id,
                     host_key_path(self.config.state_dir),
@@ -211,6 +214,7 @@ class Agent:
                 raise Rejected(str(error.get("code")), str(error.get("message")))
             self.admin = str(reply.data.get("admin", "active"))
             self.images.resend()
+            self.policy.resend()
             log.info("hostd.registered", host_id=self.host_id, admin=self.admin, donated=request.donated)
             return
 

@@ -26,6 +26,25 @@
     image_scan_interval_s = 30  # images are listed at least this often (and on every image event)
     image_idle_s = 120          # an image no container has used for this long may be removed
 
+    [policy]            # what the pool yields to the owner (see below); these are the defaults
+    owner_busy_cpus = 0.5       # the owner's own CPU use (not the pool's), in cores, that counts as busy
+    on_owner_busy = "throttle"  # "throttle" | "freeze" | "ignore"
+    throttle_to = 0.25          # fraction of the donated CPUs the pool keeps while throttled
+    resume_after_idle_s = 30    # the owner must be idle this long before the pool gets its share back
+    on_battery = "freeze"       # "freeze" | "throttle" | "run"
+    max_temperature_c = 85      # above it: throttle; 5 degrees below it: back
+    max_frozen_s = 3600         # frozen longer than this: the allocation is told
+    power_supply_dir = "/sys/class/power_supply"
+    thermal_dir = "/sys/class/thermal"
+    sample_interval_s = 0.5     # how often load, battery and heat are read
+    busy_after_s = 1.5          # the owner's load must stay above owner_busy_cpus this long
+
+    [[policy.windows]]  # hours (local clock) when the pool gets less or nothing; none by default
+    days = ["mon", "tue", "wed", "thu", "fri"]
+    from = "09:00"
+    to = "18:00"
+    action = "throttle"         # or "freeze"
+
     [[gateways]]        # SSH gateways this machine keeps connected to (outbound; no port opens)
     address = "gateway.example:2223"
     client_key = "ssh-ed25519 AAAA... potluck-sshgateway"   # `potluck sshgateway --print-client-key`
@@ -62,6 +81,38 @@ exactly (no wildcard) in `allowed_images` (the member's own base images), and
 never one used or pulled in the last `image_idle_s`. Unset, hostd removes no
 image and registers all of `donate.disk` (images are then the member's to
 manage).
+
+`[policy]`: the pool yields to the machine's owner. Pool containers always run
+at the lowest CPU weight the engine allows (`cpu_shares` 2, cgroup v2
+`cpu.weight` 1): the owner's processes get a core within a scheduler tick.
+On top of that hostd reads, every `sample_interval_s`:
+- the owner's load: the machine's CPU use (/proc/stat) minus the pool's own
+  (its containers' cgroups), in cores. Busy once it stayed at or above
+  `owner_busy_cpus` for `busy_after_s` (a shorter spike changes nothing);
+  `on_owner_busy` then throttles, freezes, or (`ignore`) does nothing. The pool
+  gets its share back only after the owner was idle `resume_after_idle_s`.
+  hostd reads no input-idle signal (keyboard, mouse): a desktop and a server
+  alike are judged by their load;
+- the battery, under `power_supply_dir` (sysfs layout): on battery when a
+  `type=Battery` supply says `status=Discharging`, or it has chargers
+  (Mains, USB) and none says `online=1`. `on_battery = "run"` ignores it. No
+  battery there: never on battery;
+- the temperature, the hottest `thermal_zone*/temp` under `thermal_dir`
+  (millidegrees): at or above `max_temperature_c` the pool is throttled until it
+  is 5 degrees below. No zone there: no sensor, and heat never acts;
+- `[[policy.windows]]`: on the listed `days` (mon..sun), from `from` until
+  `to` (HH:MM, local clock, `from` before `to`; `to` may be "24:00"), the pool is
+  throttled or frozen (`action`).
+Freezing beats throttling. Throttled, the pool's containers share
+`throttle_to` of the donated cpus in proportion to what each asked for (never
+less than 0.01 cpus each; memory is never shrunk); frozen, they are paused by
+the cgroup freezer, apart from and together with the member's own `potluck
+host pause` (they thaw when neither holds). The registry records each change
+(HostThrottled, HostFrozen, HostShareRestored); an allocation frozen longer than
+`max_frozen_s` is told to its user. Opting out entirely: `on_owner_busy =
+"ignore"`, `on_battery = "run"`, no windows, and a `max_temperature_c` the
+machine never reaches. `potluck host policy --config hostd.toml` prints the
+policy in effect.
 """
 
 import os
@@ -74,6 +125,7 @@ from potluck.contracts.capacity import Capacity
 from potluck.contracts.image_reference import InvalidReference, image_allowed, parse_pattern
 from potluck.contracts.subjects import validate_host_id
 from potluck.hostd.gateway_link import GatewayLink
+from potluck.hostd.policy_config import OwnerPolicy
 from potluck.kernel.sizes import Size, format_size
 
 
@@ -119,6 +171,7 @@ class HostdConfig(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     timing: Timing = Field(default_factory=Timing)
     gateways: list[GatewayLink] = Field(default_factory=list)
+    policy: OwnerPolicy = Field(default_factory=OwnerPolicy)
 
     @field_validator("host_id")
     @classmethod
@@ -210,6 +263,11 @@ def load_config(path: Path) -> HostdConfig:
     for key in ("credentials_file", "state_dir"):
         if isinstance(raw.get(key), str) and not os.path.isabs(raw[key]):
             raw[key] = str(base / raw[key])
+    policy = raw.get("policy")
+    if isinstance(policy, dict):
+        for key in ("power_supply_dir", "thermal_dir"):
+            if isinstance(policy.get(key), str) and not os.path.isabs(policy[key]):
+                policy[key] = str(base / policy[key])
     try:
         return HostdConfig.model_validate(raw)
     except ValidationError as exc:

@@ -44,6 +44,10 @@ NOFILE_HARD = 4096
 # shares the count with the member's own session: generous, with the pids cgroup
 # limit as the real bound on the container.
 NPROC = 4096
+# The lowest CPU weight the engine allows (cgroup v1 cpu.shares 2, v2 cpu.weight 1): the
+# owner's processes get a core from the pool's within a scheduler tick, the way BOINC runs
+# its work at idle priority; the quota (nano_cpus) still bounds the pool from above.
+CPU_SHARES = 2
 # The engine refuses memory limits below 6 MiB.
 MIN_MEMORY_BYTES = 6 * 1024 * 1024
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
@@ -198,6 +202,7 @@ def create_kwargs(spec: ContainerSpec, *, disk_quota: bool) -> dict[str, Any]:
         # docker-init as PID 1 reaps zombies and forwards signals.
         "init": True,
         "nano_cpus": spec.nano_cpus,
+        "cpu_shares": CPU_SHARES,
         # Memory equal to memory-plus-swap: no swap beyond the limit.
         "mem_limit": spec.memory_bytes,
         "memswap_limit": spec.memory_bytes,
@@ -223,6 +228,13 @@ def create_kwargs(spec: ContainerSpec, *, disk_quota: bool) -> dict[str, Any]:
     return kwargs
 
 
+def _bounded_quota(spec: ContainerSpec, got: Any) -> Any:
+    """The spec's quota when `got` is a real quota no larger (0 or None is no limit at all)."""
+    if isinstance(got, int) and round(MIN_CPUS * 1e9) <= got <= spec.nano_cpus:
+        return spec.nano_cpus
+    return got
+
+
 def _ulimit_set(values: list[dict[str, Any]] | None) -> list[tuple[str, int, int]]:
     return sorted((str(u.get("Name")), int(u.get("Soft", -1)), int(u.get("Hard", -1))) for u in values or [])
 
@@ -239,7 +251,10 @@ def limit_mismatches(
     log = host.get("LogConfig") or {}
     security = host.get("SecurityOpt") or []
     checks: list[tuple[str, Any, Any]] = [
-        ("NanoCpus", spec.nano_cpus, host.get("NanoCpus")),
+        # The owner policy may have lowered the quota of a running container (never raised
+        # it): any quota from the engine's least up to the spec's bounds the work.
+        ("NanoCpus", spec.nano_cpus, _bounded_quota(spec, host.get("NanoCpus"))),
+        ("CpuShares", CPU_SHARES, host.get("CpuShares")),
         ("Memory", spec.memory_bytes, host.get("Memory")),
         ("MemorySwap", spec.memory_bytes, host.get("MemorySwap")),
         ("PidsLimit", spec.pids_limit, host.get("PidsLimit")),

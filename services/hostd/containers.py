@@ -16,6 +16,11 @@ An allocation whose image the engine lacks is not a failure at once: its
 image is pulled (image_pull.py) in a task of its own, outside the lock, and
 the container started when the pull is done; released meanwhile, the pull is
 dropped. Only a pull that failed all its attempts fails the allocation.
+
+Two holds may freeze the containers at once: the member's `pause` (HostPaused) and the
+owner policy's freeze (policy_runner.py); they thaw only when neither holds. While the
+policy throttles, each container's CPU quota is its part of the pool's share
+(cpu_share.py), set again whenever a container starts; memory is never changed.
 """
 
 import asyncio
@@ -41,6 +46,7 @@ from potluck.contracts.reports import (
 )
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.container_config import ContainerSpec
+from potluck.hostd.cpu_share import spread
 from potluck.hostd.docker_driver import (
     ContainerNotFound,
     DockerDriver,
@@ -90,6 +96,11 @@ class ContainerManager:
         self.desired: dict[str, ContainerSpec] = {}
         self.containers: dict[str, str] = {}  # alloc_id -> container id
         self.paused = False
+        #: The owner policy: froze the pool, and the CPUs the pool keeps (None: its full share).
+        self.policy_frozen = False
+        self.policy_share_cpus: float | None = None
+        # The CPU quota last set on each container (alloc_id -> cpus), so that only changes go out.
+        self._quotas: dict[str, float] = {}
         self.engine_up: bool | None = None
         self._lock = asyncio.Lock()
         # Allocations whose container we stop ourselves, with the failure to report instead of an exit.
@@ -171,6 +182,7 @@ class ContainerManager:
         self._stop_pull(alloc_id)
         async with self._lock:
             container_id = self.containers.pop(alloc_id, None) or f"potluck-{alloc_id}"
+            self._quotas.pop(alloc_id, None)
             self._stopping.pop(alloc_id, None)
             try:
                 await self._docker(self.driver.remove, container_id)
@@ -232,9 +244,13 @@ class ContainerManager:
             self._fail(alloc_id, "start_failed", str(exc))
             return
         self.containers[alloc_id] = container_id
-        if self.paused:
+        if self.held:
             with contextlib.suppress(DockerDriverError):
                 await self._docker(self.driver.pause, container_id)
+        # Created now, or found as an earlier hostd left it (perhaps throttled): set its quota,
+        # and while throttled, everyone's part of the share again.
+        self._quotas.pop(alloc_id, None)
+        await self._apply_quotas_locked()
         log.info("hostd.container_started", alloc_id=alloc_id, container_id=container_id[:12])
         self.report(ContainerStarted(alloc_id=alloc_id, container_id=container_id))
 
@@ -271,10 +287,12 @@ class ContainerManager:
                 alloc_id=container.allocation_id,
                 container_id=container.container_id[:12],
             )
+            # A hostd that restarted does not know which quota it left: set it again.
+            self._quotas.pop(container.allocation_id, None)
             try:
-                if self.paused and container.status != "paused":
+                if self.held and container.status != "paused":
                     await self._docker(self.driver.pause, container.container_id)
-                elif not self.paused and container.status == "paused":
+                elif not self.held and container.status == "paused":
                     await self._docker(self.driver.unpause, container.container_id)
             except EngineUnavailable:
                 raise
@@ -301,6 +319,8 @@ class ContainerManager:
             )
         for spec in plan.start:
             await self._start(spec)
+        if plan.adopt:
+            await self._apply_quotas_locked()
 
     async def actual_state(self, as_of_position: int) -> ActualState:
         # A container that never started has no exit to report; its allocation's failure is
@@ -337,10 +357,58 @@ class ContainerManager:
         if self._drain_task is not None:
             self._drain_task.cancel()
             self._drain_task = None
+        if self.policy_frozen:
+            return  # the owner policy still holds them frozen
         async with self._lock:
             for container_id in list(self.containers.values()):
                 with contextlib.suppress(DockerDriverError):
                     await self._docker(self.driver.unpause, container_id)
+
+    # The owner policy.
+
+    @property
+    def held(self) -> bool:
+        """Frozen by the member's pause, the owner policy, or both."""
+        return self.paused or self.policy_frozen
+
+    async def set_policy(self, *, frozen: bool, share_cpus: float | None) -> None:
+        """Freeze or thaw the pool, and give each container its part of `share_cpus`
+        (None: each its full request). Thawing waits for the member's pause too."""
+        was_held = self.held
+        self.policy_frozen = frozen
+        self.policy_share_cpus = None if frozen else share_cpus
+        async with self._lock:
+            if not frozen:
+                await self._apply_quotas_locked()
+            if self.held != was_held:
+                change = self.driver.pause if self.held else self.driver.unpause
+                for container_id in list(self.containers.values()):
+                    with contextlib.suppress(DockerDriverError):
+                        await self._docker(change, container_id)
+
+    async def _apply_quotas_locked(self) -> None:
+        requested = {a: self.desired[a].cpus for a in self.containers if a in self.desired}
+        for alloc_id, cpus in spread(requested, self.policy_share_cpus).items():
+            if self._quotas.get(alloc_id) == cpus:
+                continue
+            container_id = self.containers[alloc_id]
+            try:
+                await self._docker(self.driver.update_cpus, container_id, cpus)
+            except DockerDriverError as exc:
+                log.warning(
+                    "hostd.quota_not_set",
+                    alloc_id=alloc_id,
+                    cpus=cpus,
+                    error=str(exc),
+                    hint="set again at the next policy change or container start",
+                )
+                continue
+            self._quotas[alloc_id] = cpus
+            log.info("hostd.quota_set", alloc_id=alloc_id, cpus=cpus)
+
+    def quotas(self) -> dict[str, float]:
+        """The CPU quota each container has now, as last set."""
+        return dict(self._quotas)
 
     def drain(self, grace_s: float) -> None:
         """No new work comes (the allocator sees the drain); what runs gets `grace_s` to finish."""

@@ -432,6 +432,18 @@ class DockerDriver:
         with self._errors(f"unpausing {container_id[:12]}") as client:
             client.api.unpause(container_id)
 
+    def update_cpus(self, container_id: str, cpus: float) -> None:
+        """Change a running container's CPU quota in place (`docker update --cpus`); its
+        memory and everything else stay as they are."""
+        with self._errors(f"updating the CPU quota of {container_id[:12]}") as client:
+            # docker-py's update_container knows no NanoCpus, which is what containers are
+            # created with (the engine refuses a CpuQuota next to it): the same endpoint, raw.
+            api: Any = client.api
+            response = api._post_json(
+                api._url("/containers/{0}/update", container_id), data={"NanoCpus": round(cpus * 1e9)}
+            )
+            api._raise_for_status(response)
+
     def writable_layer_bytes(self, container_id: str) -> int:
         """Bytes written to the container's own layer (SizeRw); the engine walks the layer."""
         with self._errors(f"measuring {container_id[:12]}") as client:

@@ -10,14 +10,17 @@ from potluck.contracts.host_events import (
     HostDeregistered,
     HostDrainStarted,
     HostEnrolled,
+    HostFrozen,
     HostLost,
     HostPaused,
     HostRecovered,
     HostRegistered,
     HostResumed,
+    HostShareRestored,
     HostSuspected,
+    HostThrottled,
 )
-from potluck.contracts.messages import ControlHost, RegisterHost
+from potluck.contracts.messages import ControlHost, PolicyChanged, RegisterHost
 from potluck.events import Event
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostState
@@ -104,3 +107,29 @@ def went_silent(
     if state.liveness == "online" and silent_for_s >= suspect_after_s:
         return [HostSuspected(host_id=state.host_id, silent_for_s=round(silent_for_s, 3))]
     return []
+
+
+# The owner policy: hostd tells each change of its state (PolicyChanged), and again after
+# every registration; the same state again records nothing.
+
+
+def policy_changed(state: HostState | None, host_id: str, msg: PolicyChanged) -> list[Event]:
+    current = _require_enrolled(state, host_id)
+    if not current.registered or current.gone:
+        raise Rejected("NOT_REGISTERED", f"host {host_id} is not registered; start its hostd first")
+    if msg.state == "normal":
+        return [] if current.policy == "normal" else [HostShareRestored(host_id=host_id, reason=msg.reason)]
+    if msg.cause is None:
+        raise Rejected("BAD_REQUEST", f"a {msg.state} policy names its cause", field="cause", status=400)
+    if msg.state == "throttled":
+        share = msg.share_cpus if msg.share_cpus is not None else 0.0
+        if (
+            current.policy == "throttled"
+            and current.policy_cause == msg.cause
+            and current.policy_share_cpus == share
+        ):
+            return []
+        return [HostThrottled(host_id=host_id, cause=msg.cause, reason=msg.reason, share_cpus=share)]
+    if current.policy == "frozen" and current.policy_cause == msg.cause:
+        return []
+    return [HostFrozen(host_id=host_id, cause=msg.cause, reason=msg.reason, max_frozen_s=msg.max_frozen_s)]

@@ -24,13 +24,14 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from potluck.contracts.messages import Reply
-from potluck.contracts.subjects import CONTROL, HEARTBEAT, LIST_HOSTS, REGISTER, SERVICE_INBOX, STATUS
+from potluck.contracts.subjects import CONTROL, HEARTBEAT, LIST_HOSTS, POLICY, REGISTER, SERVICE_INBOX, STATUS
 from potluck.events import EventStore, SkippedEvents, ensure_streams
 from potluck.events.replies import ReplyGuard
 from potluck.readmodels.hosts import HostsView
 from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.host_rate import HostRates, RatePolicy
 from potluck.registry.liveness import LastSeen, LivenessPolicy
+from potluck.registry.policy_requests import PolicyRequests
 from potluck.registry.projection import hosts_fold
 from potluck.registry.replies import HostRequestGate, answer
 from potluck.registry.requests import HostRequests
@@ -89,6 +90,9 @@ class RegistryService:
                 f"{CONTROL}.*", queue=queue, cb=self.gate.on_request(self.requests.control_from_member)
             ),
             await self.nc.subscribe(f"{HEARTBEAT}.*", cb=self.watch.on_heartbeat),
+            await self.nc.subscribe(
+                f"{POLICY}.*", queue=queue, cb=self.gate.on_request(PolicyRequests(self.requests).changed)
+            ),
             await self.nc.subscribe(LIST_HOSTS, queue=queue, cb=self._on_list),
             await self.nc.subscribe(
                 f"{STATUS}.*", queue=queue, cb=self.gate.on_request(self.requests.status)

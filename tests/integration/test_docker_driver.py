@@ -378,6 +378,40 @@ def test_events_report_start_and_die_with_exit_code(docker_driver: DockerDriver,
     assert mine[1]["allocation_id"] == spec.allocation_id
 
 
+def _cpu_quota(driver: DockerDriver, container_id: str, version: str) -> float:
+    if version == "1":
+        quota = int(_cat(driver, container_id, "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"))
+        return quota / int(_cat(driver, container_id, "/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
+    quota_text, period_text = _cat(driver, container_id, "/sys/fs/cgroup/cpu.max").split()
+    return int(quota_text) / int(period_text)
+
+
+def test_the_cpu_quota_changes_in_place_and_the_weight_is_the_lowest(
+    docker_driver: DockerDriver, test_image: str
+) -> None:
+    """A running 0.5-CPU container is updated to 0.1 CPU, paused and updated back to 0.5.
+    Afterwards its own cgroup showed each quota, its memory limit never moved, it is the same
+    container, and its CPU weight is the engine's lowest (cpu.shares 2 / cpu.weight 1)."""
+    container_id = docker_driver.run(_spec(test_image, cpus=0.5, memory_bytes=96 * MiB))
+    version = docker_driver.engine_facts().cgroup_version
+
+    docker_driver.update_cpus(container_id, 0.1)
+    lowered = _cpu_quota(docker_driver, container_id, version)
+    docker_driver.pause(container_id)
+    docker_driver.update_cpus(container_id, 0.5)
+    docker_driver.unpause(container_id)
+    restored = _cpu_quota(docker_driver, container_id, version)
+
+    assert lowered == pytest.approx(0.1)
+    assert restored == pytest.approx(0.5)
+    assert docker_driver.inspect(container_id)["HostConfig"]["Memory"] == 96 * MiB
+    assert docker_driver.usage(container_id).memory_limit_bytes == 96 * MiB
+    if version == "1":
+        assert int(_cat(docker_driver, container_id, "/sys/fs/cgroup/cpu/cpu.shares")) == 2
+    else:
+        assert int(_cat(docker_driver, container_id, "/sys/fs/cgroup/cpu.weight")) == 1
+
+
 def test_pause_unpause_and_stop(docker_driver: DockerDriver, test_image: str) -> None:
     """A running container is paused, unpaused, then stopped. Afterwards each state showed
     (paused, running), and the stop ended it by SIGTERM through docker-init (exit 143)."""

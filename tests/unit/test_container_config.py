@@ -45,6 +45,7 @@ def _inspect_as_the_engine_reports(spec: ContainerSpec, *, disk_quota: bool) -> 
     """What docker inspect shows for a container created from create_kwargs (Docker 20.10)."""
     host: dict[str, Any] = {
         "NanoCpus": spec.nano_cpus,
+        "CpuShares": 2,
         "Memory": spec.memory_bytes,
         "MemorySwap": spec.memory_bytes,
         "PidsLimit": spec.pids_limit,
@@ -78,14 +79,15 @@ def _inspect_as_the_engine_reports(spec: ContainerSpec, *, disk_quota: bool) -> 
 
 def test_create_kwargs_carry_every_limit_and_the_hardening() -> None:
     """A spec of 1.5 cpus, 256 MiB, 128 pids, no network. The create arguments ask for
-    exactly these limits, no swap, all capabilities dropped but a few, no new privileges,
-    no network, docker-init, rotated logs, and labels that give the spec back."""
+    exactly these limits, the lowest CPU weight, no swap, all capabilities dropped but a
+    few, no new privileges, no network, docker-init, rotated logs, and labels that give the spec back."""
     spec = _spec()
 
     kwargs = create_kwargs(spec, disk_quota=False)
 
     assert kwargs["name"] == "potluck-a1b2"
     assert kwargs["nano_cpus"] == 1_500_000_000
+    assert kwargs["cpu_shares"] == 2  # the lowest weight: the owner's processes come first
     assert kwargs["mem_limit"] == kwargs["memswap_limit"] == 256 * MiB
     assert kwargs["pids_limit"] == 128
     assert kwargs["cap_drop"] == ["ALL"]
@@ -128,6 +130,7 @@ def test_a_container_as_asked_has_no_mismatch(disk_quota: bool, network: bool) -
     ("path", "value", "field"),
     [
         (("HostConfig", "NanoCpus"), 0, "NanoCpus"),
+        (("HostConfig", "CpuShares"), 0, "CpuShares"),
         (("HostConfig", "Memory"), 0, "Memory"),
         (("HostConfig", "MemorySwap"), -1, "MemorySwap"),
         (("HostConfig", "PidsLimit"), None, "PidsLimit"),
@@ -266,3 +269,18 @@ def test_environment_values_never_show_in_repr_or_differences() -> None:
     assert "s3cret" not in repr(wanted)
     assert "s3cret" not in str(wanted)
     assert AllocationSpec.model_validate_json(wanted.model_dump_json()).env == spec.env
+
+
+def test_a_quota_the_owner_policy_lowered_still_bounds_the_container() -> None:
+    """A 1.5-CPU container throttled to 0.1 CPU reads back without a mismatch (hostd finds it
+    again after a restart); one raised above its spec, or with no quota, does not."""
+    spec = _spec()
+    inspect = _inspect_as_the_engine_reports(spec, disk_quota=False)
+
+    inspect["HostConfig"]["NanoCpus"] = 100_000_000
+    lowered = limit_mismatches(spec, inspect, disk_quota=False)
+    inspect["HostConfig"]["NanoCpus"] = 2_000_000_000
+    raised = limit_mismatches(spec, inspect, disk_quota=False)
+
+    assert lowered == []
+    assert [field for field, _, _ in raised] == ["NanoCpus"]

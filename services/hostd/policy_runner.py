@@ -1,0 +1,264 @@
+"""The owner policy at work in hostd: read the sensors, decide, change the containers, tell.
+
+Every `sample_interval_s` it reads the owner's load (cpu_load.py), the battery (power.py)
+and the temperature (thermal.py), asks owner_policy.decide, and on a change of action sets
+the containers (ContainerManager.set_policy) and tells the registry (PolicyChanged on
+POLICY.<host_id>, retried until answered; sent again after every registration, so a
+registry that missed one learns the current state). It also writes what it reads to
+`policy-status.json` in the state_dir, which `potluck host status` shows the member.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+import structlog
+
+from potluck.contracts.messages import PolicyChanged, Reply
+from potluck.contracts.subjects import POLICY
+from potluck.events.relay import TRANSIENT_BUS_ERRORS
+from potluck.hostd.config import HostdConfig
+from potluck.hostd.containers import ContainerManager
+from potluck.hostd.cpu_load import (
+    CgroupFiles,
+    LoadMeter,
+    SustainedLoad,
+    container_cgroup_files,
+    owner_cores,
+    read_bytes,
+)
+from potluck.hostd.docker_driver import DockerDriverError
+from potluck.hostd.owner_policy import Decision, Memory, Readings, decide
+from potluck.hostd.power import PowerReading, read_power
+from potluck.hostd.thermal import read_temperature
+
+log = structlog.get_logger(__name__)
+
+STATUS_FILE = "policy-status.json"
+_PEER_AWAY: tuple[type[BaseException], ...] = (*TRANSIENT_BUS_ERRORS, nats.errors.NoRespondersError)
+_STATUS_EVERY_S = 1.0
+_TRANSITIONS_KEPT = 20
+
+Request = Callable[[str, bytes], Awaitable[Reply]]
+
+
+def status_path(config: HostdConfig) -> Path:
+    return config.state_dir / STATUS_FILE
+
+
+class PolicyRunner:
+    def __init__(
+        self,
+        config: HostdConfig,
+        containers: ContainerManager,
+        request: Request,
+        *,
+        now_local: Callable[[], datetime] = datetime.now,
+    ) -> None:
+        self.config = config
+        self.policy = config.policy
+        self.containers = containers
+        self.request = request
+        self.now_local = now_local
+        self.decision = Decision()
+        self.since = datetime.now(UTC)
+        self.transitions: deque[dict[str, Any]] = deque(maxlen=_TRANSITIONS_KEPT)
+        self._memory = Memory()
+        self._meter = LoadMeter()
+        self._sustained = SustainedLoad(self.policy.busy_after_s)
+        self._cgroups: dict[str, CgroupFiles | None] = {}  # container id -> its cgroup files
+        self._unsent = asyncio.Event()
+        # Set once the owner's load is known (a full smoothing span sampled): a restarted hostd
+        # does not tell "normal" for the moment before it can tell the owner is still busy.
+        self._settled = asyncio.Event()
+        self._readings: dict[str, Any] = {}
+
+    def resend(self) -> None:
+        """Tell the registry the current state again (after a (re)registration)."""
+        self._unsent.set()
+
+    async def run(self) -> None:
+        await asyncio.gather(self._decide_loop(), self._report_loop())
+
+    async def _decide_loop(self) -> None:
+        interval = self.policy.sample_interval_s
+        last_status = 0.0
+        while True:
+            try:
+                await self.step()
+            except Exception:  # the policy must keep running whatever one sample does
+                log.exception("hostd.policy_step_failed", hint="a bug; the next sample tries again")
+            if time.monotonic() - last_status >= _STATUS_EVERY_S:
+                last_status = time.monotonic()
+                with contextlib.suppress(OSError):
+                    self.write_status()
+            await asyncio.sleep(interval)
+
+    async def step(self) -> None:
+        """One sample, one decision, and the containers changed if the action changed."""
+        files = await self._pool_files()
+        sample = self._meter.sample([f.cpu for f in files if f.cpu is not None])
+        at = time.monotonic()
+        owner: float | None = None
+        if sample is not None:
+            machine, pool = sample
+            owner = owner_cores(machine, pool)
+            self._sustained.add(at, owner)
+            self._readings.update(machine_cpus=round(machine, 3), pool_cpus=round(pool, 3))
+        memory_bytes = [read_bytes(f.memory) for f in files if f.memory is not None]
+        power = await asyncio.to_thread(read_power, Path(self.policy.power_supply_dir))
+        temperature = await asyncio.to_thread(read_temperature, Path(self.policy.thermal_dir))
+        readings = Readings(
+            owner_cpus=self._sustained.level(), on_battery=power.on_battery, temperature_c=temperature
+        )
+        self._readings.update(
+            owner_cpus=None if owner is None else round(owner, 3),
+            owner_sustained_cpus=readings.owner_cpus,
+            pool_memory_bytes=sum(m for m in memory_bytes if m is not None),
+            power=_power_dict(power),
+            temperature_c=temperature,
+        )
+        if readings.owner_cpus is not None or self.policy.on_owner_busy == "ignore":
+            self._settled.set()
+        decision, self._memory = decide(
+            self.policy, self.config.donate.cpus, self._memory, readings, self.now_local(), at
+        )
+        if decision.same_action(self.decision):
+            return
+        await self._change(decision)
+
+    async def _change(self, decision: Decision) -> None:
+        log.info(
+            "hostd.policy_changed",
+            state=decision.state,
+            cause=decision.cause,
+            reason=decision.reason,
+            share_cpus=decision.share_cpus,
+            was=self.decision.state,
+        )
+        self.decision = decision
+        self.since = datetime.now(UTC)
+        self.transitions.append({"at": self.since.isoformat(), **asdict(decision)})
+        await self.containers.set_policy(frozen=decision.state == "frozen", share_cpus=decision.share_cpus)
+        self._unsent.set()
+
+    async def _pool_files(self) -> list[CgroupFiles]:
+        """The cgroup files of the pool's running containers, found once per container."""
+        found: list[CgroupFiles] = []
+        current = set(self.containers.containers.values())
+        for container_id in list(self._cgroups):
+            if container_id not in current:
+                del self._cgroups[container_id]
+        for container_id in current:
+            if container_id not in self._cgroups or self._cgroups[container_id] is None:
+                self._cgroups[container_id] = await self._find_cgroup(container_id)
+            files = self._cgroups[container_id]
+            if files is not None:
+                found.append(files)
+        return found
+
+    async def _find_cgroup(self, container_id: str) -> CgroupFiles | None:
+        try:
+            inspect = await asyncio.to_thread(self.containers.driver.inspect, container_id)
+        except DockerDriverError:
+            return None
+        pid = int((inspect.get("State") or {}).get("Pid") or 0)
+        if pid <= 0:
+            return None
+        return container_cgroup_files(pid)
+
+    def message(self) -> PolicyChanged:
+        decision = self.decision
+        return PolicyChanged(
+            state=decision.state,
+            cause=decision.cause,
+            reason=decision.reason[:500],
+            share_cpus=decision.share_cpus if decision.state == "throttled" else None,
+            max_frozen_s=self.policy.max_frozen_s if decision.state == "frozen" else None,
+        )
+
+    async def _report_loop(self) -> None:
+        """One sender: the latest state, retried until the registry answers."""
+        subject = f"{POLICY}.{self.config.host_id}"
+        backoff = 0.5
+        await self._settled.wait()
+        while True:
+            await self._unsent.wait()
+            self._unsent.clear()
+            message = self.message()
+            try:
+                reply = await self.request(subject, message.model_dump_json().encode())
+            except _PEER_AWAY as exc:
+                log.warning("hostd.policy_not_told", error=repr(exc), retry_in=backoff)
+                reply = None
+            if reply is not None and reply.ok:
+                backoff = 0.5
+                log.info("hostd.policy_told", state=message.state, recorded=reply.data.get("recorded"))
+                continue
+            if reply is not None:
+                log.warning(
+                    "hostd.policy_refused",
+                    error=reply.error,
+                    retry_in=backoff,
+                    hint="the registry refused the policy state; hostd tries again",
+                )
+            self._unsent.set()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    def status(self) -> dict[str, Any]:
+        donated = self.config.donate
+        return {
+            "at": datetime.now(UTC).isoformat(),
+            "host_id": self.config.host_id,
+            "donated": {"cpus": donated.cpus, "memory_bytes": int(donated.memory)},
+            "pool": {
+                "containers": len(self.containers.containers),
+                "cpus": self._readings.get("pool_cpus"),
+                "memory_bytes": self._readings.get("pool_memory_bytes"),
+                "quotas": self.containers.quotas(),
+                "frozen_by_member": self.containers.paused,
+            },
+            "machine_cpus": self._readings.get("machine_cpus"),
+            "owner": {
+                "cpus": self._readings.get("owner_cpus"),
+                "sustained_cpus": self._readings.get("owner_sustained_cpus"),
+                "busy_from_cpus": self.policy.owner_busy_cpus,
+                "input_idle": "not read (load only)",
+            },
+            "battery": self._readings.get("power"),
+            "temperature_c": self._readings.get("temperature_c"),
+            "temperature": "no sensor"
+            if self._readings.get("temperature_c") is None
+            else f"{self._readings['temperature_c']:.0f} °C",
+            "policy": {
+                "state": self.decision.state,
+                "cause": self.decision.cause,
+                "reason": self.decision.reason,
+                "share_cpus": self.decision.share_cpus,
+                "since": self.since.isoformat(),
+            },
+            "transitions": list(self.transitions),
+        }
+
+    def write_status(self) -> None:
+        path = status_path(self.config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.status(), indent=2))
+        os.replace(temporary, path)
+
+
+def _power_dict(power: PowerReading) -> dict[str, Any]:
+    if not power.has_battery:
+        return {"present": False, "on_battery": False, "detail": "no battery"}
+    return {"present": True, "on_battery": power.on_battery, "detail": power.detail}
