@@ -282,8 +282,10 @@ async def measure(args: argparse.Namespace) -> None:
 
                 burner = await create_burner(http, pool.api, headers)
                 where = cpu_quota_file(allocation_pid(engine.url, burner["id"]))
-                full = read_quota(where)
-                say(f"the pool's full share: {full:.2f} CPUs ({where[0]})")
+                # The donated share, which the burner asked for whole: the quota it has now may be
+                # lowered already (the owner benchmark just ran).
+                full = float(CORES) - 0.001
+                say(f"the pool's quota now: {read_quota(where):.2f} CPUs of {CORES} ({where[0]})")
                 pooled: list[float] = []
                 reacts: list[float] = []
                 resumes: list[float] = []
