@@ -14,12 +14,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from potluck.cli_options import database_option, nats_options, relay_option
+from potluck.cli_options import database_option, nats_options, nats_options_for, relay_option
 from potluck.kernel.version import __version__
 from potluck.logs import configure_logging
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from potluck.allocator.users import User
+    from potluck.contracts.join_token import GatewayPin
     from potluck.events import Event, EventStore
 
 T = TypeVar("T")
@@ -93,11 +96,29 @@ def relay(database_url: str, nats_url: str, nats_seed_file: Path | None, batch_s
     help="Missed beats before a host is suspect (no new work).",
 )
 @click.option(
+    "--stranded-grace",
     "--lost-after",
-    default=300.0,
+    "stranded_grace",
+    default=8 * 3600.0,
     show_default=True,
     type=click.FloatRange(min=0.1),
-    help="Seconds of silence before a host is lost (its work given up).",
+    help="Seconds a host may stay asleep or unreachable before it is lost and its work given up "
+    "(--lost-after is the old name).",
+)
+@click.option(
+    "--nats-auth-file",
+    envvar="POTLUCK_NATS_AUTH_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="NATS users file to re-render when a member joins with a token; without it joins are "
+    "refused [env: POTLUCK_NATS_AUTH_FILE].",
+)
+@click.option(
+    "--nats-pid-file",
+    envvar="POTLUCK_NATS_PID_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="nats-server's PID file, to make it reload the users [env: POTLUCK_NATS_PID_FILE].",
 )
 def registry(
     database_url: str,
@@ -106,23 +127,33 @@ def registry(
     relay: bool,
     heartbeat_interval: float,
     suspect_after_missed: int,
-    lost_after: float,
+    stranded_grace: float,
+    nats_auth_file: Path | None,
+    nats_pid_file: Path | None,
 ) -> None:
-    """Run the registry: host registration, liveness, member controls."""
+    """Run the registry: host registration, joins, liveness, sleep, member controls."""
     from potluck.bootstrap import Backends, serve
+    from potluck.registry.joining import NatsAuthFiles
     from potluck.registry.liveness import LivenessPolicy
     from potluck.registry.service import RegistryService
 
     try:
-        policy = LivenessPolicy(heartbeat_interval, suspect_after_missed, lost_after)
+        policy = LivenessPolicy(heartbeat_interval, suspect_after_missed, stranded_grace)
     except ValueError as exc:
         fail(str(exc), 2)
+    nats_auth = None
+    if nats_auth_file is not None:
+        if nats_seed_file is None:
+            raise click.UsageError(
+                "--nats-auth-file needs --nats-seed-file: the services' key must stay in the users file"
+            )
+        nats_auth = NatsAuthFiles(nats_auth_file, nats_pid_file, nats_seed_file)
 
     async def body(store: Any, nc: Any) -> None:
         from potluck.kernel.metrics import pool_metrics
         from potluck.registry.metrics import watch_registry
 
-        service = RegistryService(store, nc, policy)
+        service = RegistryService(store, nc, policy, nats_auth=nats_auth)
         watch_registry(pool_metrics(), service)
         await service.run()
 
@@ -211,8 +242,13 @@ def allocator(
 
 
 @main.command()
-@database_option
-@nats_options
+@click.option(
+    "--database-url",
+    envvar="POTLUCK_DATABASE_URL",
+    default=None,
+    help="Postgres URL of the event log; not needed with --print-client-key [env: POTLUCK_DATABASE_URL].",
+)
+@nats_options_for("to serve")
 @relay_option
 @click.option(
     "--listen",
@@ -239,7 +275,7 @@ def allocator(
     help="Print the public key members pin as client_key in hostd's [[gateways]], and exit.",
 )
 def sshgateway(
-    database_url: str,
+    database_url: str | None,
     nats_url: str,
     nats_seed_file: Path | None,
     relay: bool,
@@ -250,17 +286,26 @@ def sshgateway(
 ) -> None:
     """Run the SSH gateway: users' sessions to their containers, through each host's hostd.
 
-    Other settings come from POTLUCK_SSHGATEWAY_* variables (services/sshgateway/settings.py)."""
+    Other settings come from POTLUCK_SSHGATEWAY_* variables (services/sshgateway/settings.py);
+    --print-client-key needs only the state directory."""
     from potluck.sshgateway.service import client_public_key, run_gateway
     from potluck.sshgateway.settings import GatewaySettings, SettingsError
 
+    if print_client_key:
+        try:
+            key = client_public_key(GatewaySettings.for_keys(state_dir))
+        except SettingsError as exc:
+            fail(str(exc), 2)
+        click.echo(key)
+        return
     try:
         settings = GatewaySettings.from_env(listen=listen, tunnel_listen=tunnel_listen, state_dir=state_dir)
     except SettingsError as exc:
         fail(str(exc), 2)
-    if print_client_key:
-        click.echo(client_public_key(settings))
-        return
+    if database_url is None:
+        raise click.UsageError("--database-url (or POTLUCK_DATABASE_URL) is needed to serve")
+    if nats_seed_file is not None and not nats_seed_file.exists():
+        raise click.UsageError(f"--nats-seed-file {nats_seed_file} does not exist")
     from potluck.bootstrap import Backends, serve
 
     async def body(store: Any, nc: Any) -> None:
@@ -312,6 +357,88 @@ def hostd(config_path: Path) -> None:
         shutdown_telemetry()
 
 
+@main.command()
+@click.argument("token")
+@click.option(
+    "--cpus",
+    type=click.FloatRange(min=0.1, max=1024),
+    default=None,
+    help="CPUs to donate [default: half of this machine's].",
+)
+@click.option("--memory", default="2G", show_default=True, help="Memory to donate (e.g. 4G).")
+@click.option("--disk", default="10G", show_default=True, help="Disk to donate (e.g. 20G).")
+@click.option(
+    "--docker-url",
+    envvar="DOCKER_HOST",
+    default="unix:///var/run/docker.sock",
+    show_default=True,
+    help="The Docker engine whose containers the pool gets [env: DOCKER_HOST].",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("hostd.toml"),
+    show_default=True,
+    help="Where to write hostd's configuration (the credentials file goes beside it).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="hostd's state directory [default: hostd-state beside the configuration].",
+)
+@click.option(
+    "--start/--no-start",
+    default=False,
+    show_default=True,
+    help="Run hostd now, in the foreground; otherwise print the command and a systemd unit.",
+)
+def join(
+    token: str,
+    cpus: float | None,
+    memory: str,
+    disk: str,
+    docker_url: str,
+    config_path: Path,
+    state_dir: Path | None,
+    start: bool,
+) -> None:
+    """Join a pool with the one-line TOKEN `potluck ops hosts enroll` printed: donate this machine."""
+    import os
+
+    from potluck.member.join import UNIT_NAME, JoinError, JoinSettings, hostd_argv, systemd_unit
+    from potluck.member.join import join as join_pool
+
+    settings = JoinSettings(
+        cpus=cpus if cpus is not None else max(1.0, (os.cpu_count() or 2) / 2),
+        memory=memory,
+        disk=disk,
+        docker_url=docker_url,
+        config_path=config_path,
+        state_dir=state_dir,
+    )
+    try:
+        joined = join_pool(token, settings)
+    except JoinError as exc:
+        fail(str(exc))
+    click.echo(joined.donation())
+    click.echo(f"wrote {joined.config_path} and {joined.config.credentials_file} (keep them private)")
+    argv = hostd_argv(joined.config_path)
+    if start:
+        click.echo("starting hostd")
+        sys.stdout.flush()
+        os.execv(argv[0], argv)
+    unit = joined.config_path.parent / UNIT_NAME
+    unit.write_text(systemd_unit(joined.config_path))
+    click.echo("start donating with:")
+    click.echo(f"  potluck hostd --config {joined.config_path}")
+    click.echo(f"or as a service, with the unit written to {unit}:")
+    click.echo(f"  cp {unit} ~/.config/systemd/user/ && systemctl --user enable --now {UNIT_NAME}")
+    click.echo("")
+    click.echo(systemd_unit(joined.config_path).rstrip())
+
+
 @main.group()
 def host() -> None:
     """Member controls for this machine: pause, resume, drain."""
@@ -354,6 +481,8 @@ def host_status(config_path: Path) -> None:
     if not reply.ok:
         fail(f"{(reply.error or {}).get('message')} ({(reply.error or {}).get('code')})")
     click.echo(json.dumps({**reply.data, "hostd": local}, indent=2))
+    if reply.data.get("status") == "left":
+        click.echo("this machine left the pool; ask an operator to enroll it again", err=True)
 
 
 @host.command(name="policy")
@@ -381,6 +510,46 @@ def host_policy(config_path: Path, as_json: bool) -> None:
 def deregister(config_path: Path) -> None:
     """Take this machine back: its work is stopped and it leaves the pool."""
     _control(config_path, "deregister")
+
+
+@host.command()
+@CONFIG
+@click.option(
+    "--grace",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0, max=7 * 86400),
+    help="Seconds running work gets to finish before it is stopped.",
+)
+def leave(config_path: Path, grace: float) -> None:
+    """Take this machine back for good: drain, then leave the pool.
+
+    Unlike deregister, it stays out across restarts of hostd: coming back needs
+    a new enrollment by an operator.
+    """
+    from potluck.hostd.config import ConfigError, load_config
+    from potluck.hostd.member import leave as leave_pool
+
+    try:
+        config = load_config(config_path)
+        left = run(leave_pool(config, grace, lambda line: click.echo(line, err=True)))
+    except (ConfigError, ConnectionError) as exc:
+        fail(str(exc), 2)
+    error = left.reply.error or {}
+    if error.get("code") == "HOST_LEFT":
+        click.echo(
+            f"left: host {config.host_id} had left the pool already; coming back needs a new enrollment"
+        )
+        return
+    if not left.reply.ok:
+        fail(f"{error.get('message')} ({error.get('code')})")
+    if left.still_here:
+        click.echo(f"{left.still_here} allocation(s) had not ended; they are lost with the host", err=True)
+    recorded = left.reply.data.get("recorded") or []
+    click.echo(
+        f"left: host {config.host_id} {'left the pool' if recorded else 'had left the pool already'}; "
+        "its hostd stops, and coming back needs a new enrollment by an operator"
+    )
 
 
 @host.command()
@@ -430,21 +599,96 @@ def ops_hosts() -> None:
     """Enroll and list donated machines."""
 
 
+def parse_duration(value: str) -> "timedelta":
+    """`90s`, `30m`, `24h` or `7d` (a bare number is seconds)."""
+    from datetime import timedelta
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = value.strip().lower()
+    scale = units.get(text[-1:])
+    number = text[:-1] if scale else text
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a duration like 30m, 24h or 7d") from None
+    if not 60 <= seconds <= 30 * 86400:
+        raise click.BadParameter(f"{value!r}: a join token lives between 1 minute and 30 days")
+    return timedelta(seconds=seconds)
+
+
+def _gateway_pin(value: str) -> "GatewayPin":
+    """ADDRESS=KEY: KEY is the client key line, a file holding it, or the gateway's state directory."""
+    from potluck.contracts.join_token import GatewayPin
+    from potluck.sshgateway.service import client_public_key
+    from potluck.sshgateway.settings import GatewaySettings
+
+    address, sep, key = value.partition("=")
+    if not sep or not address or not key:
+        raise click.BadParameter(
+            f"{value!r} is not ADDRESS=KEY, e.g. pool.example.org:2223=/var/lib/potluck-sshgateway"
+        )
+    path = Path(key)
+    if key.startswith("ssh-"):
+        line = key
+    elif path.is_dir():
+        line = client_public_key(GatewaySettings.for_keys(path))
+    elif path.is_file():
+        line = path.read_text().strip()
+    else:
+        raise click.BadParameter(f"{key!r} is neither a key line, a key file nor a gateway state directory")
+    return GatewayPin(address=address, client_key=line)
+
+
 @ops_hosts.command(name="enroll")
 @click.argument("name")
-@database_option
+@click.option(
+    "--database-url",
+    envvar="POTLUCK_DATABASE_URL",
+    default=None,
+    help="Postgres URL of the event log [env: POTLUCK_DATABASE_URL; default: the `potluck up` pool's].",
+)
 @click.option(
     "--credentials-out",
     type=click.Path(path_type=Path),
     default=None,
-    help="Where to write the host's credentials file [default: NAME.creds].",
+    help="Make the host's key pair here and write its credentials file instead of printing a "
+    "join token (the member then writes hostd.toml by hand).",
+)
+@click.option(
+    "--expires",
+    default="24h",
+    show_default=True,
+    help="How long the join token may be redeemed: 30m, 24h, 7d...",
+)
+@click.option(
+    "--nats-url",
+    "join_nats_url",
+    envvar="POTLUCK_JOIN_NATS_URL",
+    default=None,
+    help="The NATS URL members' machines reach [env: POTLUCK_JOIN_NATS_URL; default: the "
+    "`potluck up` pool's].",
+)
+@click.option(
+    "--gateway",
+    "gateways",
+    multiple=True,
+    help="ADDRESS=KEY of an SSH gateway hostd dials (KEY: its client key line, a file holding it, or "
+    "the gateway's state directory); repeat for more [default: the `potluck up` pool's].",
+)
+@click.option(
+    "--state-dir",
+    envvar="POTLUCK_HOME",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="State directory of the `potluck up` pool whose settings are the defaults [env: POTLUCK_HOME; "
+    "default: ~/.potluck].",
 )
 @click.option(
     "--nats-auth-file",
     envvar="POTLUCK_NATS_AUTH_FILE",
     type=click.Path(path_type=Path),
     default=None,
-    help="NATS users file to re-render [env: POTLUCK_NATS_AUTH_FILE].",
+    help="NATS users file to re-render [env: POTLUCK_NATS_AUTH_FILE; default: the `potluck up` pool's].",
 )
 @click.option(
     "--nats-pid-file",
@@ -462,48 +706,169 @@ def ops_hosts() -> None:
 )
 def ops_hosts_enroll(
     name: str,
-    database_url: str,
+    database_url: str | None,
     credentials_out: Path | None,
+    expires: str,
+    join_nats_url: str | None,
+    gateways: tuple[str, ...],
+    state_dir: Path | None,
     nats_auth_file: Path | None,
     nats_pid_file: Path | None,
     service_seed_file: Path | None,
 ) -> None:
-    """Admit a machine NAME: record it, and write the credentials its hostd needs."""
+    """Admit a machine NAME: record it and print its one-line join token (`potluck join TOKEN`).
+
+    On the machine of a `potluck up` pool no option is needed: the pool's database, NATS,
+    users file and gateway are the defaults. With --credentials-out, the key pair is made
+    here and written to that file instead (no token)."""
+    from potluck.contracts.join_token import encode
     from potluck.events import EventStore
     from potluck.kernel.rejections import Rejected
     from potluck.registry.enrollment import (
         enroll_host,
+        enroll_with_token,
         read_seed,
         refresh_nats_authorization,
         write_credentials,
     )
+    from potluck.sshgateway.service import client_public_key
+    from potluck.sshgateway.settings import GatewaySettings
+    from potluck.up import default_state_dir, pool_files, running
 
-    async def go(store: EventStore) -> str:
+    lifetime = parse_duration(expires)
+    pins = [_gateway_pin(g) for g in gateways]
+    up_dir = state_dir or default_state_dir()
+    up = running(up_dir)
+    if up is not None:
+        files = pool_files(up_dir)
+        database_url = database_url or up.database
+        join_nats_url = join_nats_url or up.nats
+        nats_auth_file = nats_auth_file or files.nats_auth_file
+        nats_pid_file = nats_pid_file or files.nats_pid_file
+        service_seed_file = service_seed_file or files.services_seed_file
+        if not gateways and up.tunnel:
+            key = client_public_key(GatewaySettings.for_keys(files.gateway_state_dir))
+            pins = [_gateway_pin(f"{up.tunnel}={key}")]
+    if database_url is None:
+        raise click.UsageError(
+            f"give --database-url (or POTLUCK_DATABASE_URL): no `potluck up` pool runs with state in {up_dir}"
+        )
+    if credentials_out is None and join_nats_url is None:
+        raise click.UsageError(
+            "give --nats-url (or POTLUCK_JOIN_NATS_URL), the NATS URL members reach: "
+            f"no `potluck up` pool runs with state in {up_dir}"
+        )
+    if nats_auth_file is not None and service_seed_file is None:
+        raise click.UsageError("--nats-auth-file needs --service-seed-file: the services' key stays in it")
+    db = database_url
+
+    async def refresh(store: EventStore) -> None:
+        if nats_auth_file is not None and service_seed_file is not None:
+            await refresh_nats_authorization(
+                store, nats_auth_file, [read_seed(service_seed_file)], nats_pid_file
+            )
+
+    async def with_credentials(store: EventStore) -> str:
         host_id, key = await enroll_host(store, name)
         write_credentials(credentials_out or Path(f"{name}.creds"), host_id, key)
-        if nats_auth_file is not None:
-            seeds = [read_seed(service_seed_file)] if service_seed_file else []
-            await refresh_nats_authorization(store, nats_auth_file, seeds, nats_pid_file)
+        await refresh(store)
         return host_id
 
+    async def with_token(store: EventStore) -> str:
+        token = await enroll_with_token(
+            store, name, nats_url=str(join_nats_url), gateways=pins, expires_in=lifetime
+        )
+        await refresh(store)
+        return encode(token)
+
     try:
-        host_id = run(with_store(database_url, go))
+        if credentials_out is not None:
+            host_id = run(with_store(db, with_credentials))
+        else:
+            printed = run(with_store(db, with_token))
     except Rejected as exc:
         fail(exc.message)
+    if credentials_out is None:
+        if nats_auth_file is None:
+            click.echo(
+                "warning: no --nats-auth-file: the token's identity is not in the NATS users file yet; "
+                "re-render it before the member joins",
+                err=True,
+            )
+        click.echo(printed)
+        return
+    click.echo(json.dumps({"host_id": host_id, "name": name, "credentials_file": str(credentials_out)}))
+
+
+def nats_users_options(f: F) -> F:
+    """--nats-auth-file, --nats-pid-file, --service-seed-file: the users file a command that takes
+    a host's key away renders again (default: that of a `potluck up` running on the same log)."""
+    f = click.option(
+        "--service-seed-file",
+        envvar="POTLUCK_NATS_SEED_FILE",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="The central services' seed, whose public key stays in the users file.",
+    )(f)
+    f = click.option(
+        "--nats-pid-file",
+        envvar="POTLUCK_NATS_PID_FILE",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="nats-server's PID file, to make it reload the users [env: POTLUCK_NATS_PID_FILE].",
+    )(f)
+    return click.option(
+        "--nats-auth-file",
+        envvar="POTLUCK_NATS_AUTH_FILE",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="NATS users file to render again without the host's key [env: POTLUCK_NATS_AUTH_FILE; "
+        "default: that of a `potluck up` running on the same log].",
+    )(f)
+
+
+def _nats_users(
+    database_url: str, auth_file: Path | None, pid_file: Path | None, seed_file: Path | None
+) -> tuple[Path | None, Path | None, Path | None]:
+    """The users file, nats-server's PID file and the services' seed: as given, else those of the
+    `potluck up` running in POTLUCK_HOME (or ~/.potluck) on the same log, else none."""
+    from potluck.up import default_state_dir, nats_files
+
+    if auth_file is None:
+        local = nats_files(default_state_dir(), database_url)
+        if local is not None:
+            return local.auth_file, pid_file or local.pid_file, seed_file or local.seed_file
+    return auth_file, pid_file, seed_file
+
+
+async def _render_nats_users(
+    store: "EventStore", auth_file: Path | None, pid_file: Path | None, seed_file: Path | None
+) -> bool:
+    """Render the users file from the log and reload nats-server; False: no file to render."""
+    from potluck.registry.enrollment import read_seed, refresh_nats_authorization
+
+    if auth_file is None:
+        return False
+    seeds = [read_seed(seed_file)] if seed_file else []
+    await refresh_nats_authorization(store, auth_file, seeds, pid_file)
+    return True
+
+
+def _warn_not_rendered() -> None:
     click.echo(
-        json.dumps(
-            {
-                "host_id": host_id,
-                "name": name,
-                "credentials_file": str(credentials_out or Path(f"{name}.creds")),
-            }
-        )
+        "warning: no NATS users file given (--nats-auth-file): the host's key is still accepted "
+        "until the file is rendered again (e.g. by the next `ops hosts enroll` with it)",
+        err=True,
     )
+
+
+#: Controls that take the host's key out of the NATS users file.
+_KEY_TAKING_ACTIONS = frozenset({"deregister", "leave"})
 
 
 @ops_hosts.command(name="control")
 @click.argument("host_id")
-@click.argument("action", type=click.Choice(["pause", "resume", "drain", "deregister"]))
+@click.argument("action", type=click.Choice(["pause", "resume", "drain", "deregister", "leave"]))
 @database_option
 @click.option(
     "--grace",
@@ -512,8 +877,20 @@ def ops_hosts_enroll(
     type=click.FloatRange(min=0),
     help="With drain: seconds running work gets before it is stopped.",
 )
-def ops_hosts_control(host_id: str, action: str, database_url: str, grace: float) -> None:
-    """Pause, resume, drain or deregister HOST_ID as the operator."""
+@nats_users_options
+def ops_hosts_control(
+    host_id: str,
+    action: str,
+    database_url: str,
+    grace: float,
+    nats_auth_file: Path | None,
+    nats_pid_file: Path | None,
+    service_seed_file: Path | None,
+) -> None:
+    """Pause, resume, drain, deregister or leave (for good) HOST_ID as the operator.
+
+    Deregister and leave also render the NATS users file again without the host's key.
+    """
     from potluck.contracts.messages import ControlHost
     from potluck.events import EventStore
     from potluck.kernel.rejections import Rejected
@@ -521,27 +898,38 @@ def ops_hosts_control(host_id: str, action: str, database_url: str, grace: float
     from potluck.registry.repository import decide_on_host
 
     command = ControlHost.model_validate({"action": action, "grace_s": grace})
+    files = _nats_users(database_url, nats_auth_file, nats_pid_file, service_seed_file)
 
-    async def go(store: EventStore) -> list[str]:
+    async def go(store: EventStore) -> tuple[list[str], bool]:
         outcome = await decide_on_host(
             store,
             host_id,
             lambda s: aggregate.control(s, host_id, command, "operator"),
             {"actor": "operator"},
         )
-        return [type(e).type_name for e in outcome.events]
+        rendered = action in _KEY_TAKING_ACTIONS and await _render_nats_users(store, *files)
+        return [type(e).type_name for e in outcome.events], rendered
 
     try:
-        recorded = run(with_store(database_url, go))
+        recorded, rendered = run(with_store(database_url, go))
     except Rejected as exc:
         fail(exc.message)
+    if action in _KEY_TAKING_ACTIONS and not rendered:
+        _warn_not_rendered()
     click.echo(json.dumps({"host_id": host_id, "action": action, "recorded": recorded}))
 
 
 @ops_hosts.command(name="list")
 @database_option
-def ops_hosts_list(database_url: str) -> None:
-    """Hosts as the log has them (one JSON object per line)."""
+@click.option(
+    "--json/--table",
+    "as_json",
+    default=None,
+    help="One JSON object per host per line [default: a table on a terminal, JSON when piped].",
+)
+def ops_hosts_list(database_url: str, as_json: bool | None) -> None:
+    """Hosts as the log has them, each with its state: active, paused, draining, asleep,
+    unreachable, lost, deregistered, left or revoked (and enrolled: never registered)."""
     from potluck.events import EventStore
     from potluck.registry.enrollment import current_hosts
 
@@ -556,12 +944,105 @@ def ops_hosts_list(database_url: str) -> None:
                 "liveness": h.liveness,
                 "donated": h.donated.model_dump() if h.donated else None,
                 "labels": h.labels,
+                "revoked": {"by": h.revoked_by, "reason": h.revoked_reason} if h.admin == "revoked" else None,
             }
-            for h in view.hosts.values()
+            for h in sorted(view.hosts.values(), key=lambda h: h.host_id)
         ]
 
-    for row in run(with_store(database_url, go)):
-        click.echo(json.dumps(row))
+    rows = run(with_store(database_url, go))
+    if as_json is None:
+        as_json = not sys.stdout.isatty()
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    click.echo(_hosts_table(rows))
+
+
+def _hosts_table(rows: list[dict[str, Any]]) -> str:
+    header = ("HOST", "NAME", "STATUS", "CPUS", "MEMORY", "DISK", "NOTE")
+    lines = [header]
+    for row in rows:
+        donated = row["donated"] or {}
+        revoked = row["revoked"]
+        note = (
+            f"by {revoked['by']}" + (f": {revoked['reason']}" if revoked["reason"] else "") if revoked else ""
+        )
+        lines.append(
+            (
+                row["host_id"],
+                row["name"],
+                row["status"],
+                f"{donated['cpus']:g}" if donated else "-",
+                _size(donated.get("memory_bytes")),
+                _size(donated.get("disk_bytes")),
+                note,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= factor:
+            return f"{n / factor:.3g}{unit}"
+    return str(n)
+
+
+@ops_hosts.command(name="revoke")
+@click.argument("host_id")
+@click.option("--reason", default="", help="Why (stolen, compromised...): recorded and shown to its users.")
+@database_option
+@nats_users_options
+def ops_hosts_revoke(
+    host_id: str,
+    reason: str,
+    database_url: str,
+    nats_auth_file: Path | None,
+    nats_pid_file: Path | None,
+    service_seed_file: Path | None,
+) -> None:
+    """Evict HOST_ID (a stolen or compromised machine) for good.
+
+    Records who revoked it ($USER) and why, takes its key out of the NATS users file and
+    reloads nats-server (its connections close, its key is refused from then on); its
+    allocations are lost with the reason, its gateway links closed.
+    """
+    import os
+
+    from potluck.events import EventStore
+    from potluck.kernel.rejections import Rejected
+    from potluck.registry.enrollment import revoke_host
+
+    by = os.environ.get("USER") or "operator"
+    files = _nats_users(database_url, nats_auth_file, nats_pid_file, service_seed_file)
+
+    async def go(store: EventStore) -> tuple[list[str], bool]:
+        recorded = await revoke_host(store, host_id, by=by, reason=reason)
+        return recorded, await _render_nats_users(store, *files)
+
+    try:
+        recorded, rendered = run(with_store(database_url, go))
+    except Rejected as exc:
+        fail(f"{exc.message} ({exc.code})")
+    if not rendered:
+        _warn_not_rendered()
+    click.echo(
+        json.dumps(
+            {
+                "host_id": host_id,
+                "revoked_by": by,
+                "reason": reason,
+                "recorded": recorded,
+                "nats_users_file": str(files[0]) if rendered else None,
+            }
+        )
+    )
 
 
 @ops.group(name="users")

@@ -27,6 +27,27 @@ from potluck.registry.enrollment import enroll_host, refresh_nats_authorization,
 from potluck.registry.nats_auth import new_user_key
 
 
+@dataclass(frozen=True)
+class PoolFiles:
+    """What an operator's `ops hosts enroll` (and the registry, for joins) needs of a local pool."""
+
+    nats_auth_file: Path
+    nats_pid_file: Path
+    services_seed_file: Path
+    gateway_state_dir: Path
+
+    @classmethod
+    def in_workdir(cls, workdir: Path) -> "PoolFiles":
+        nats = workdir / "nats"
+        return cls(
+            # NatsServer's own names in its workdir.
+            nats_auth_file=nats / "auth.json",
+            nats_pid_file=nats / "nats-server.pid",
+            services_seed_file=workdir / "services.seed",
+            gateway_state_dir=workdir / "sshgateway",
+        )
+
+
 @dataclass
 class EnrolledHost:
     host_id: str
@@ -47,7 +68,8 @@ class LocalPool:
     processes: dict[str, ChildProcess] = field(default_factory=dict)
     image_registry: RegistryServer | None = None
     image_registry_port: int | None = None
-    liveness: tuple[float, int, float] = (5.0, 3, 300.0)
+    #: Heartbeat interval, missed beats before unreachable, stranded grace (see `potluck registry`).
+    liveness: tuple[float, int, float] = (5.0, 3, 8 * 3600.0)
     log_level: str = "INFO"
 
     def _potluck(self, name: str, *args: str) -> ChildProcess:
@@ -70,17 +92,22 @@ class LocalPool:
         ]
 
     def start_registry(self) -> ChildProcess:
-        interval, missed, lost = self.liveness
+        """The registry, able to admit hosts that join with a token (it re-renders the users file)."""
+        interval, missed, stranded_grace = self.liveness
         return self._potluck(
             "registry",
             "registry",
             *self._service_args(),
+            "--nats-auth-file",
+            str(self.nats.auth_file),
+            "--nats-pid-file",
+            str(self.nats.pid_file),
             "--heartbeat-interval",
             str(interval),
             "--suspect-after-missed",
             str(missed),
-            "--lost-after",
-            str(lost),
+            "--stranded-grace",
+            str(stranded_grace),
         )
 
     api_port: int = 0
@@ -205,7 +232,7 @@ class LocalPool:
 
     @property
     def gateway_state_dir(self) -> Path:
-        return self.workdir / "sshgateway"
+        return PoolFiles.in_workdir(self.workdir).gateway_state_dir
 
     def gateway_client_key(self) -> str:
         """The public key hostds pin for this pool's gateway (made now if the gateway never ran)."""
@@ -235,7 +262,7 @@ class LocalPool:
         so a pool started again carries on where it stopped.
         """
         workdir.mkdir(parents=True, exist_ok=True)
-        seed_file = workdir / "services.seed"
+        seed_file = PoolFiles.in_workdir(workdir).services_seed_file
         if seed_file.exists():
             seed = seed_file.read_text().strip()
         else:

@@ -4,7 +4,10 @@ A child that keeps dying soon after each start is restarted after pauses that
 grow (tenacity's exponential wait, the retry library the project already
 uses), so a crash loop does not spin the machine; one that ran a while before
 dying is restarted at once, and its next crashes start a new series of pauses.
-Every death and restart is said on the console. Cancelling the watch (as
+Every death and restart is said on the console. A child that exits with a
+code saying it stopped for good (`FINAL_EXIT_CODES`: hostd of a machine that
+left the pool or was revoked) is said once and not restarted: starting it
+again would only be refused again. Cancelling the watch (as
 `potluck down` does, through `serve`) restarts nothing more; stopping the
 children stays with whoever started them.
 """
@@ -20,6 +23,10 @@ from potluck.localstack.process import ChildProcess
 
 Say = Callable[[str], None]
 
+#: Exit codes of a child that stopped for good: `potluck hostd` exits 3 on HostdStopped (not
+#: enrolled, left the pool, revoked), which no restart mends.
+FINAL_EXIT_CODES: frozenset[int] = frozenset({3})
+
 
 @dataclass(frozen=True)
 class RestartPolicy:
@@ -28,6 +35,10 @@ class RestartPolicy:
     #: A child that ran this long before dying is restarted at once, its pauses start over.
     stable_after_s: float = 60.0
     poll_s: float = 0.5
+
+
+class _StoppedForGood(Exception):
+    pass
 
 
 class _DiedSoon(Exception):
@@ -50,12 +61,24 @@ class Supervisor:
         self.restarts: dict[str, int] = {}
 
     async def keep_running(self, name: str, proc: ChildProcess) -> None:
-        """Watch `proc` until cancelled, starting it again whenever it dies."""
-        while True:
-            await self._until_stable(name, proc)
-            await self._exited(proc)
-            self.say(f"{name} {_how_it_ended(proc)} after running a while; restarting it now")
-            self._restart(name, proc)
+        """Watch `proc` until cancelled, starting it again whenever it dies, unless it stopped
+        for good (then the watch ends)."""
+        try:
+            while True:
+                await self._until_stable(name, proc)
+                await self._exited(proc)
+                self._unless_final(name, proc)
+                self.say(f"{name} {_how_it_ended(proc)} after running a while; restarting it now")
+                self._restart(name, proc)
+        except _StoppedForGood:
+            return
+
+    def _unless_final(self, name: str, proc: ChildProcess) -> None:
+        if proc.exit_code() in FINAL_EXIT_CODES:
+            self.say(
+                f"{name} {_how_it_ended(proc)}: it stopped for good (see its log for why); not restarting it"
+            )
+            raise _StoppedForGood(name)
 
     async def _until_stable(self, name: str, proc: ChildProcess) -> None:
         """Return once `proc` has run `stable_after_s`; restart it, with growing pauses,
@@ -84,6 +107,7 @@ class Supervisor:
                     await asyncio.wait_for(self._exited(proc), self.policy.stable_after_s)
                 except TimeoutError:
                     return
+                self._unless_final(name, proc)
                 raise _DiedSoon(_how_it_ended(proc))
 
     async def _exited(self, proc: ChildProcess) -> None:

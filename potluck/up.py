@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from potluck.localpool import EnrolledHost, LocalPool
+from potluck.localpool import EnrolledHost, LocalPool, PoolFiles
 from potluck.localstack import LocalStackError, PostgresServer, wait_for_port
 from potluck.localstack.default_image import ensure_default_image
 from potluck.localstack.docker_engine import DockerEngine, ensure_docker_installed
@@ -69,6 +69,13 @@ class Running:
     host_id: str
     logs: str
     registry: str = ""
+    #: Where hostds dial the SSH gateway (what a joining member's [[gateways]] address is).
+    tunnel: str = ""
+
+
+def pool_files(state_dir: Path) -> PoolFiles:
+    """Where the pool of `potluck up` with this state directory keeps its NATS and gateway files."""
+    return PoolFiles.in_workdir(state_dir / "pool")
 
 
 class AlreadyUp(Exception):
@@ -83,6 +90,27 @@ def _pid_alive(state_dir: Path) -> int | None:
     except (FileNotFoundError, ValueError):
         return None
     return pid if start_time(pid) == started else None
+
+
+@dataclass(frozen=True)
+class NatsFiles:
+    """Where a running `potluck up` keeps NATS's users file, its PID file and the services' seed:
+    operator commands (`ops hosts revoke`) re-render and reload with them by default."""
+
+    auth_file: Path
+    pid_file: Path
+    seed_file: Path
+
+
+def nats_files(state_dir: Path, database_url: str) -> NatsFiles | None:
+    """The NATS files of the `potluck up` running in `state_dir` on the log at `database_url`
+    (None: none runs there, or it keeps another log, whose hosts its users file must not get)."""
+    ready = running(state_dir)
+    if ready is None or ready.database != database_url:
+        return None
+    pool = state_dir / "pool"
+    # LocalPool.create's layout: NatsServer(pool / "nats") and the services' seed beside it.
+    return NatsFiles(pool / "nats" / "auth.json", pool / "nats" / "nats-server.pid", pool / "services.seed")
 
 
 def running(state_dir: Path) -> Running | None:
@@ -232,6 +260,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             host_id=host.host_id,
             logs=str(pool.workdir),
             registry=image_registry.address,
+            tunnel=tunnel,
         )
         (state / "up.json").write_text(json.dumps(asdict(ready)))
         on_ready(ready)

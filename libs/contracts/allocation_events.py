@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from potluck.contracts.capacity import Capacity
 from potluck.events import Event, event_type
 
+#: See AllocationSpec.on_preempt.
+OnPreempt = Literal["wait", "release"]
+ON_PREEMPT: tuple[OnPreempt, ...] = ("wait", "release")
+
 
 class AllocationSpec(BaseModel):
     """What the container must be: its image, limits and environment."""
@@ -27,6 +31,10 @@ class AllocationSpec(BaseModel):
     ssh_keys: list[str] = Field(default_factory=list)
     network: bool = False
     pids_limit: int = Field(default=512, ge=16, le=65536)
+    #: What happens when its host's owner policy keeps it frozen past the member's `max_frozen_s`:
+    #: "wait" stays frozen until the host resumes (interactive work loses nothing), "release"
+    #: ends it, so that its user can ask for capacity elsewhere.
+    on_preempt: OnPreempt = "wait"
 
 
 class AllocationEvent(Event):
@@ -122,9 +130,29 @@ class AllocationExpired(HostAllocationEvent):
 
 @event_type
 class AllocationReleased(AllocationEvent):
+    """Ended on request: its user's (`by` "user:<name>"), or the allocator's own when the
+    allocation asked for it (`by` "policy": frozen too long, see AllocationFrozenTooLong);
+    `reason` is what its user is told (empty for a user's own release)."""
+
     host_id: str | None = None
     by: str
+    reason: str = ""
     routing_field = "host_id"
+
+
+@event_type
+class AllocationFrozenTooLong(AllocationEvent):
+    """Its host's owner policy has kept it frozen past the member's `max_frozen_s`.
+
+    Recorded once per freeze of the host (`frozen_since`, when the host froze), for its
+    user to see; what follows is the allocation's own choice (`on_preempt` of its spec).
+    Not routed to the host: the host froze it and knows.
+    """
+
+    host_id: str
+    frozen_since: datetime
+    frozen_s: float = Field(ge=0)
+    max_frozen_s: float = Field(gt=0)
 
 
 @event_type

@@ -34,7 +34,8 @@ class RegisterHost(Message):
 
 
 class ControlHost(Message):
-    action: Literal["pause", "resume", "drain", "deregister"]
+    #: leave: for good (HostLeft); the host never registers again without a new enrollment.
+    action: Literal["pause", "resume", "drain", "deregister", "leave"]
     grace_s: float = Field(default=300.0, ge=0, le=7 * 86400)
 
 

@@ -1,14 +1,25 @@
 """Connecting to the bus the way every Potluck process should."""
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import nats
 import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 
 log = structlog.get_logger(__name__)
+
+
+class IdentityRefused(ConnectionError):
+    """NATS refused this client's key again and again (Authorization Violation): the key left
+    the server's users (a host revoked or gone), or it was never there."""
+
+
+def is_authorization_refusal(exc: BaseException) -> bool:
+    """Did the server refuse who we are? nats-py reports it as a plain error with the server's words."""
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower()
 
 
 async def connect_bus(
@@ -20,21 +31,46 @@ async def connect_bus(
     connect_timeout: float = 5.0,
     first_attempts: int = 3,
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
+    refused_after: int | None = None,
+    on_refused: Callable[[], Awaitable[None]] | None = None,
 ) -> NATS:
     """A NATS client that reconnects forever once connected.
 
     `seed` is the client's nkey seed (its identity); `inbox_prefix` must be
     the one its permissions allow (hosts have their own). `on_reconnect` runs
     after every reconnect: a place to re-send state the server may have lost.
+
+    With `refused_after`, a server that refuses the key that many times in a row
+    (each attempt is refused at once, so this takes about as many half seconds) is
+    taken at its word: connecting raises IdentityRefused, and once connected
+    `on_refused` runs (once), since reconnecting would go on forever.
     """
+    refusals = 0
+    refused = asyncio.Event()
 
     async def on_error(exc: Exception) -> None:
+        nonlocal refusals
         log.warning("bus.error", client=name, error=str(exc))
+        if refused_after is None or not is_authorization_refusal(exc):
+            return
+        refusals += 1
+        if refusals >= refused_after and not refused.is_set():
+            refused.set()
+            log.error(
+                "bus.identity_refused",
+                client=name,
+                refusals=refusals,
+                hint="NATS no longer accepts this key: the host was revoked or left; ask an operator",
+            )
+            if on_refused is not None:
+                await on_refused()
 
     async def on_disconnected() -> None:
         log.warning("bus.disconnected", client=name)
 
     async def on_reconnected() -> None:
+        nonlocal refusals
+        refusals = 0
         log.info("bus.reconnected", client=name)
         if on_reconnect is not None:
             await on_reconnect()
@@ -57,9 +93,34 @@ async def connect_bus(
     while True:
         attempt += 1
         try:
-            return await nats.connect(url, **options)
+            return await _connect_unless_refused(url, options, refused)
+        except IdentityRefused as exc:  # an OSError too: before the clause that retries those
+            raise IdentityRefused(
+                f"NATS at {url} refuses this machine's key ({refusals} times): it is no longer "
+                "accepted (revoked?); ask an operator"
+            ) from exc
         except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
             if attempt >= first_attempts:
                 raise ConnectionError(
                     f"cannot reach NATS at {url} ({exc!r}); is nats-server running there?"
                 ) from exc
+
+
+async def _connect_unless_refused(url: str, options: dict[str, Any], refused: asyncio.Event) -> NATS:
+    """nats.connect, given up once `refused` is set: nats-py would retry a refused key forever."""
+    nc = NATS()
+    connecting = asyncio.ensure_future(nc.connect(url, **options))
+    watching = asyncio.ensure_future(refused.wait())
+    try:
+        await asyncio.wait([connecting, watching], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+    if connecting.done() and not refused.is_set():
+        connecting.result()
+        return nc
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    with contextlib.suppress(Exception):
+        await nc.close()  # its socket too
+    raise IdentityRefused()

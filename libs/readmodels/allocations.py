@@ -3,7 +3,9 @@
 Lifecycle: pending -> placed [-> pulling] -> running -> exited | failed | lost | expired |
 released, or pending -> refused. A host that cannot get the image sends the allocation back
 (placed | pulling -> pending, AllocationUnplaced), remembering that host and why in
-`pull_failures`, so it is placed again elsewhere. `desired_for(host)` is what a host should be
+`pull_failures`, so it is placed again elsewhere. An active allocation that its host's owner
+policy kept frozen past the member's limit is marked (`frozen_too_long`,
+AllocationFrozenTooLong) and keeps its state. `desired_for(host)` is what a host should be
 running: the snapshot a hostd asks for at start.
 """
 
@@ -18,6 +20,7 @@ from potluck.contracts.allocation_events import (
     AllocationExpired,
     AllocationExtended,
     AllocationFailed,
+    AllocationFrozenTooLong,
     AllocationLost,
     AllocationPlaced,
     AllocationPulling,
@@ -52,6 +55,19 @@ class PullFailure:
 
 
 @dataclass(frozen=True)
+class FrozenMark:
+    """Its host's owner policy kept it frozen past the member's limit (AllocationFrozenTooLong)."""
+
+    host_id: str
+    #: When the host froze: one mark per freeze.
+    frozen_since: datetime
+    #: How long it had been frozen when it was marked, and the member's limit.
+    frozen_s: float
+    max_frozen_s: float
+    marked_at: datetime
+
+
+@dataclass(frozen=True)
 class AllocationState:
     alloc_id: str
     user: str
@@ -78,6 +94,8 @@ class AllocationState:
     #: Since when it waits to be placed: its request, or its last return from a host; its
     #: queue timeout counts from here.
     pending_since: datetime | None = None
+    #: The last time its host kept it frozen too long (None: never).
+    frozen_too_long: FrozenMark | None = None
     version: int = 0
     placed_position: int | None = None
     requested_at: datetime | None = None
@@ -179,7 +197,18 @@ def evolve(
         case AllocationExpired():
             return replace(state, status="expired")
         case AllocationReleased():
-            return replace(state, status="released")
+            return replace(state, status="released", reason=event.reason or state.reason)
+        case AllocationFrozenTooLong():
+            if state.status not in ACTIVE or state.host_id != event.host_id:
+                return state
+            mark = FrozenMark(
+                host_id=event.host_id,
+                frozen_since=event.frozen_since,
+                frozen_s=event.frozen_s,
+                max_frozen_s=event.max_frozen_s,
+                marked_at=at,
+            )
+            return replace(state, frozen_too_long=mark)
         case AllocationRefused():
             return replace(state, status="refused", reason=event.reason)
         case AllocationExtended():

@@ -202,7 +202,8 @@ def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
                 policy="frozen",
                 policy_cause=event.cause,
                 policy_reason=event.reason,
-                policy_since=at,
+                # Another cause keeping it frozen is the same freeze: max_frozen_s counts on.
+                policy_since=at if state.policy != "frozen" else state.policy_since,
                 policy_share_cpus=0.0,
                 policy_max_frozen_s=event.max_frozen_s,
             )

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -42,6 +43,30 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _since(iso: str | None) -> str:
+    """An API time as the user reads it: local HH:MM today, with the date otherwise."""
+    if not iso:
+        return "?"
+    at = datetime.fromisoformat(iso).astimezone()
+    return at.strftime("%H:%M" if at.date() == datetime.now().astimezone().date() else "%Y-%m-%d %H:%M")
+
+
+def _state(a: dict[str, Any]) -> str:
+    """The state, with what its host does to it (waiting, throttled, frozen) or why it ended."""
+    state: str = a["state"]
+    condition = a.get("condition")
+    if condition:
+        since = _since(condition.get("since"))
+        if condition["state"] == "waiting_for_host":
+            return f"{state} (waiting for host since {since}: {condition['cause']})"
+        return f"{state} ({condition['state']} since {since}: {condition['reason']})"
+    if state == "released" and a.get("frozen_too_long") and a.get("reason"):
+        return f"{state} (frozen too long)"
+    if state == "lost" and a.get("reason"):
+        return f"{state} ({a['reason']})"
+    return state
+
+
 def _table(allocations: list[dict[str, Any]]) -> Table:
     table = Table(box=None, header_style="bold")
     for column in ("ID", "STATE", "HOST", "CPUS", "MEMORY", "DISK", "IMAGE", "EXPIRES"):
@@ -49,7 +74,7 @@ def _table(allocations: list[dict[str, Any]]) -> Table:
     for a in allocations:
         table.add_row(
             a["id"],
-            a["state"],
+            _state(a),
             a.get("host_id") or "-",
             f"{a['cpus']:g}",
             _size(a["memory"]),
@@ -67,6 +92,7 @@ def _show(allocation: dict[str, Any], as_json: bool) -> None:
         out.print(_table([allocation]))
         if allocation.get("reason"):
             out.print(f"reason: {allocation['reason']}", highlight=False)
+        _show_condition(allocation)
         if allocation.get("detail"):
             out.print(f"detail: {allocation['detail']}", highlight=False)
         for failure in allocation.get("failed_on") or []:
@@ -77,6 +103,30 @@ def _show(allocation: dict[str, Any], as_json: bool) -> None:
         if allocation.get("state") == "pulling" and pull:
             total = _size(pull["total_bytes"]) if pull["total_bytes"] else "?"
             out.print(f"pulling the image: {_size(pull['done_bytes'])} of {total}", highlight=False)
+
+
+def _show_condition(allocation: dict[str, Any]) -> None:
+    condition = allocation.get("condition")
+    if condition:
+        since = _since(condition.get("since"))
+        if condition["state"] == "waiting_for_host":
+            out.print(f"waiting for its host since {since}: {condition['reason']}", highlight=False)
+        else:
+            share = condition.get("share_cpus")
+            kept = f" (the pool keeps {share:g} CPUs on that host)" if share is not None else ""
+            out.print(f"{condition['state']} since {since}: {condition['reason']}{kept}", highlight=False)
+    mark = allocation.get("frozen_too_long")
+    if mark:
+        then = (
+            "it was released"
+            if allocation.get("on_preempt") == "release"
+            else "it waits for the host to resume (on_preempt=wait)"
+        )
+        out.print(
+            f"frozen too long: its host froze it at {_since(mark['frozen_since'])} for over "
+            f"{mark['max_frozen_s']:g}s, the member's limit; {then}",
+            highlight=False,
+        )
 
 
 @click.command()
@@ -115,6 +165,13 @@ def alloc() -> None:
 @click.option("--constraint", "constraints", multiple=True, help="Host label KEY=VALUE that must match.")
 @click.option("--env", "env", multiple=True, help="Environment variable KEY=VALUE.")
 @click.option("--network/--no-network", default=False, show_default=True, help="Outbound network.")
+@click.option(
+    "--on-preempt",
+    type=click.Choice(["wait", "release"]),
+    default="wait",
+    show_default=True,
+    help="If its host's owner keeps it frozen past the member's limit: wait for the host, or release it.",
+)
 @click.option("--wait/--no-wait", default=False, help="Wait until it runs (with progress).")
 @click.option(
     "--timeout",
@@ -135,6 +192,7 @@ def create(
     constraints: tuple[str, ...],
     env: tuple[str, ...],
     network: bool,
+    on_preempt: str,
     wait: bool,
     timeout: float,
     as_json: bool,
@@ -159,6 +217,7 @@ def create(
         "lifetime": lifetime,
         "ssh_keys": [p.read_text().strip() for p in ssh_keys],
         "network": network,
+        "on_preempt": on_preempt,
         "constraints": pairs(constraints, "--constraint"),
         "env": pairs(env, "--env"),
         "command": list(command) or ["sleep", "infinity"],

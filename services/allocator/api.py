@@ -37,7 +37,7 @@ from potluck.allocator.schemas import (
 from potluck.allocator.users import User
 from potluck.contracts.registry import TOKEN_PATH
 from potluck.kernel.rejections import Rejected
-from potluck.readmodels.allocations import TERMINAL
+from potluck.readmodels.allocations import TERMINAL, AllocationState
 
 log = structlog.get_logger(__name__)
 
@@ -170,6 +170,12 @@ def _no_lone_surrogates(value: Any) -> None:
             _no_lone_surrogates(item)
 
 
+def _shown(request: web.Request, state: AllocationState) -> Allocation:
+    """The allocation as its user sees it, with its host's condition."""
+    hosts = request.app[ENGINE].hosts.hosts
+    return Allocation.of(state, hosts.get(state.host_id) if state.host_id else None)
+
+
 def _user(request: web.Request) -> User:
     user: User = request["user"]
     return user
@@ -181,7 +187,7 @@ async def create(request: web.Request) -> web.Response:
     if registry is not None:
         registry.check_image(_user(request).name, body.image)
     state = await request.app[ENGINE].request_allocation(_user(request), body)
-    return ok(Allocation.of(state), 201 if state.status != "pending" else 202)
+    return ok(_shown(request, state), 201 if state.status != "pending" else 202)
 
 
 async def listing(request: web.Request) -> web.Response:
@@ -189,7 +195,7 @@ async def listing(request: web.Request) -> web.Response:
     if wanted is not None and wanted not in STATES:
         raise Rejected("INVALID_FIELD", f"state must be one of {sorted(STATES)}", field="state", status=400)
     found = request.app[ENGINE].allocations_of(_user(request).name, wanted)
-    return ok(AllocationList(allocations=[Allocation.of(a) for a in found]))
+    return ok(AllocationList(allocations=[_shown(request, a) for a in found]))
 
 
 def _timeout(request: web.Request) -> float:
@@ -221,18 +227,18 @@ async def show(request: web.Request) -> web.Response:
         state = await engine.wait_for(_user(request), alloc_id, wanted, timeout)
     else:
         state = engine.allocation_of(_user(request), alloc_id)
-    return ok(Allocation.of(state))
+    return ok(_shown(request, state))
 
 
 async def release(request: web.Request) -> web.Response:
     state = await request.app[ENGINE].release(_user(request), request.match_info["alloc_id"])
-    return ok(Allocation.of(state))
+    return ok(_shown(request, state))
 
 
 async def extend(request: web.Request) -> web.Response:
     body = ExtendAllocation.model_validate(await _json(request))
     state = await request.app[ENGINE].extend(_user(request), request.match_info["alloc_id"], body.by)
-    return ok(Allocation.of(state))
+    return ok(_shown(request, state))
 
 
 async def history(request: web.Request) -> web.Response:

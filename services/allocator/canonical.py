@@ -10,10 +10,11 @@ from datetime import datetime
 from typing import Any
 
 from potluck.allocator.capacity import CapacityLedger
+from potluck.allocator.conditions import condition_of
 from potluck.allocator.users import UsersView
 from potluck.contracts.capacity import Capacity
 from potluck.readmodels.allocations import AllocationState, AllocationsView
-from potluck.readmodels.hosts import HostsView, host_as_dict
+from potluck.readmodels.hosts import HostState, HostsView, host_as_dict
 
 __all__ = ["allocation_as_dict", "canonical", "capacity_as_dict", "iso"]
 
@@ -45,8 +46,11 @@ def capacity_as_dict(hosts: HostsView, ledger: CapacityLedger) -> dict[str, dict
     return rows
 
 
-def allocation_as_dict(state: AllocationState) -> dict[str, Any]:
+def allocation_as_dict(state: AllocationState, host: HostState | None = None) -> dict[str, Any]:
+    """`host`, its host's state, gives the condition its user is told (conditions.py)."""
     spec = state.spec
+    condition = condition_of(state, host)
+    mark = state.frozen_too_long
     return {
         "alloc_id": state.alloc_id,
         "user": state.user,
@@ -67,6 +71,25 @@ def allocation_as_dict(state: AllocationState) -> dict[str, Any]:
         "exit_code": state.exit_code,
         "oom_killed": state.oom_killed,
         "reason": state.reason,
+        "on_preempt": spec.on_preempt,
+        "condition": None
+        if condition is None
+        else {
+            "state": condition.state,
+            "cause": condition.cause,
+            "reason": condition.reason,
+            "since": iso(condition.since),
+            "share_cpus": condition.share_cpus,
+        },
+        "frozen_too_long": None
+        if mark is None
+        else {
+            "host_id": mark.host_id,
+            "frozen_since": iso(mark.frozen_since),
+            "frozen_s": mark.frozen_s,
+            "max_frozen_s": mark.max_frozen_s,
+            "marked_at": iso(mark.marked_at),
+        },
         "version": state.version,
         "requested_at": iso(state.requested_at),
         "changed_at": iso(state.changed_at),
@@ -87,9 +110,12 @@ def canonical(
     if ledger is not None:
         out["capacity"] = capacity_as_dict(hosts or HostsView(), ledger)
     if allocations is not None:
-        out["allocations"] = {
-            a: allocation_as_dict(allocations.allocations[a]) for a in sorted(allocations.allocations)
-        }
+        known = hosts.hosts if hosts is not None else {}
+        out["allocations"] = {}
+        for alloc_id in sorted(allocations.allocations):
+            state = allocations.allocations[alloc_id]
+            host = known.get(state.host_id) if state.host_id else None
+            out["allocations"][alloc_id] = allocation_as_dict(state, host)
     if users is not None:
         out["users"] = {
             name: {"user": name, "quota": users.users[name].quota.model_dump(mode="json")}

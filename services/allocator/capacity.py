@@ -130,6 +130,8 @@ def snapshot_of(
 
     Hosts only enrolled, or deregistered by their member, are left out: they
     could give nothing, so they count neither for placing nor for "could ever fit".
+    A host frozen by its owner's policy is not schedulable (HostState.schedulable); one
+    throttled is, but comes last (scheduler.py).
     """
     if not state.registered or state.donated is None:
         return None
@@ -142,6 +144,7 @@ def snapshot_of(
         allowed_images=tuple(state.allowed_images),
         allow_network=state.allow_network,
         held_images=held_images,
+        throttled=state.policy == "throttled",
     )
 
 

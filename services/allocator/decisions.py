@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from uuid import uuid4
 
 from potluck.allocator.capacity import Placement, allocation_placed, host_snapshots, placement_request
+from potluck.allocator.conditions import frozen_past_limit
 from potluck.allocator.in_flight import InFlightRequests, sum_of
 from potluck.allocator.lifecycle import pull_failed_everywhere
 from potluck.allocator.model import AllocatorModel
@@ -27,6 +28,7 @@ from potluck.contracts.allocation_events import (
     AllocationEvent,
     AllocationExpired,
     AllocationExtended,
+    AllocationFrozenTooLong,
     AllocationLost,
     AllocationRefused,
     AllocationReleased,
@@ -40,9 +42,11 @@ from potluck.contracts.allocation_events import (
     quota_stream,
 )
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.host_events import HostDeregistered, HostLeft, HostLost, HostRevoked
 from potluck.events import Event, StreamAppend
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import ACTIVE, AllocationState
+from potluck.readmodels.hosts import HostState
 
 __all__ = [
     "MAX_EXPIRY",
@@ -51,7 +55,9 @@ __all__ = [
     "ending",
     "expiry",
     "extension",
+    "frozen_too_long",
     "loss",
+    "loss_reason",
     "never_fits",
     "new_alloc_id",
     "placement",
@@ -139,6 +145,7 @@ def requested(user: str, alloc_id: str, body: CreateAllocation) -> AllocationReq
         env=dict(body.env),
         ssh_keys=list(body.ssh_keys),
         network=body.network,
+        on_preempt=body.on_preempt,
     )
     return AllocationRequested(
         alloc_id=alloc_id,
@@ -230,9 +237,12 @@ def request_appends(
 # --- changes and ends of an allocation ---------------------------------------------------------
 
 
-def ending(state: AllocationState, event: AllocationEvent) -> list[StreamAppend]:
-    """`event` ends the allocation; one that held capacity frees it in the same transaction."""
-    appends = [StreamAppend(alloc_stream(state.alloc_id), [event], state.version)]
+def ending(
+    state: AllocationState, event: AllocationEvent, preceding: Sequence[AllocationEvent] = ()
+) -> list[StreamAppend]:
+    """`event` ends the allocation (after `preceding`, on its stream); one that held capacity
+    frees it in the same transaction."""
+    appends = [StreamAppend(alloc_stream(state.alloc_id), [*preceding, event], state.version)]
     if state.status in ACTIVE and state.host_id is not None:
         freed = CapacityFreed(host_id=state.host_id, alloc_id=state.alloc_id, amount=state.spec.resources)
         appends.append(StreamAppend(capacity_stream(state.host_id), [freed]))
@@ -258,11 +268,56 @@ def extension(state: AllocationState, by_s: float, now: datetime) -> list[Stream
     return [StreamAppend(alloc_stream(state.alloc_id), [extended], state.version)]
 
 
-def loss(state: AllocationState, host_id: str) -> list[StreamAppend]:
-    """The allocation is lost with its host, if it is still active there."""
+def loss(state: AllocationState, host_id: str, reason: str = "host lost") -> list[StreamAppend]:
+    """The allocation is lost with its host, if it is still active there; its user is told `reason`."""
     if state.status not in ACTIVE or state.host_id != host_id:
         return []
-    return ending(state, AllocationLost(alloc_id=state.alloc_id, host_id=host_id))
+    return ending(state, AllocationLost(alloc_id=state.alloc_id, host_id=host_id, reason=reason))
+
+
+def frozen_too_long(state: AllocationState, host: HostState, now: datetime) -> list[StreamAppend]:
+    """Mark an allocation its host has kept frozen past the member's `max_frozen_s` at `now`
+    (once per freeze), and release it in the same append if it asked to be (`on_preempt`
+    "release"); nothing when the host resumed in time or it was marked for this freeze."""
+    frozen_s = frozen_past_limit(state, host, now)
+    if frozen_s is None:
+        return []
+    assert host.policy_since is not None
+    assert host.policy_max_frozen_s is not None
+    marked = AllocationFrozenTooLong(
+        alloc_id=state.alloc_id,
+        host_id=host.host_id,
+        frozen_since=host.policy_since,
+        frozen_s=round(frozen_s, 3),
+        max_frozen_s=host.policy_max_frozen_s,
+    )
+    if state.spec.on_preempt != "release":
+        return [StreamAppend(alloc_stream(state.alloc_id), [marked], state.version)]
+    released = AllocationReleased(
+        alloc_id=state.alloc_id,
+        host_id=host.host_id,
+        by="policy",
+        reason=(
+            f"its host's owner policy kept it frozen {frozen_s:.0f}s, longer than the member allows "
+            f"({host.policy_max_frozen_s:g}s), and it asked to be released then (on_preempt=release)"
+        ),
+    )
+    return ending(state, released, preceding=[marked])
+
+
+def loss_reason(event: Event) -> str | None:
+    """Why a host event takes the host's allocations with it, in the words their users read;
+    None: it does not."""
+    match event:
+        case HostLost():
+            return "host lost"
+        case HostDeregistered():
+            return f"host deregistered by its {event.by}"
+        case HostLeft():
+            return "host left the pool"
+        case HostRevoked():
+            return f"host revoked by {event.by}" + (f": {event.reason}" if event.reason else "")
+    return None
 
 
 def expiry(state: AllocationState, now: datetime) -> list[StreamAppend]:

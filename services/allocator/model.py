@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import ClassVar
 
 from potluck.allocator.capacity import CapacityLedger
+from potluck.allocator.conditions import frozen_past_limit
 from potluck.allocator.schemas import CapacityFigures, Pool, PoolHost
 from potluck.allocator.users import UsersView
 from potluck.contracts.allocation_events import QuotaCharged
@@ -143,6 +144,22 @@ class AllocatorModel:
             for a in self.allocations.allocations.values()
             if a.status in ACTIVE and a.expires_at is not None and a.expires_at <= now
         ]
+
+    def frozen_too_long(self, now: datetime) -> list[str]:
+        """Active allocations that a frozen host has kept frozen past its member's limit at `now`
+        and that are not marked for this freeze yet (conditions.frozen_past_limit)."""
+        frozen = {
+            h.host_id: h
+            for h in self.hosts.hosts.values()
+            if h.policy == "frozen" and h.policy_max_frozen_s is not None
+        }
+        if not frozen:
+            return []
+        return sorted(
+            a.alloc_id
+            for a in self.allocations.allocations.values()
+            if a.host_id in frozen and frozen_past_limit(a, frozen[a.host_id], now) is not None
+        )
 
     def pending(self) -> list[AllocationState]:
         return [a for a in self.allocations.allocations.values() if a.status == "pending"]

@@ -1,10 +1,14 @@
-"""What the allocator does of its own accord: lost hosts, expiry, the pending queue.
+"""What the allocator does of its own accord: lost hosts, expiry, allocations frozen too long,
+the pending queue.
 
 Nobody asks for these; the log does. The engine tells `Reactions` of each
-event its model has folded (`notice`): a host lost or deregistered takes its
-allocations with it, and any change of hosts, a freed reservation or a new
+event its model has folded (`notice`): a host lost, deregistered, left or
+revoked takes its allocations with it (each lost with the reason its user
+reads, `loss_reason`), and any change of hosts, a freed reservation or a new
 request may let a pending request be placed. `run` reacts to those, and
-expires what has outlived its lifetime, once a `tick` at least.
+expires what has outlived its lifetime, once a `tick` at least. The same
+round marks allocations that a host's owner policy has kept frozen past its
+member's `max_frozen_s`, and releases those that asked for it (`on_preempt`).
 
 Each reaction decides with the pure functions of decisions.py on the engine's
 model and appends through the engine, like a user's command: ends of
@@ -20,11 +24,18 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from potluck.allocator.decisions import expiry, loss, never_fits, placement, timed_out
+from potluck.allocator.decisions import (
+    expiry,
+    frozen_too_long,
+    loss,
+    loss_reason,
+    never_fits,
+    placement,
+    timed_out,
+)
 from potluck.allocator.queue import FairQueue
 from potluck.allocator.scheduler import Impossible, Placed
 from potluck.contracts.allocation_events import AllocationRequested, CapacityFreed
-from potluck.contracts.host_events import HostDeregistered, HostLost
 from potluck.events import TRANSIENT_DB_ERRORS, Event, RecordedEvent, WrongExpectedVersion
 from potluck.kernel.rejections import Rejected
 
@@ -42,14 +53,16 @@ log = structlog.get_logger(__name__)
 class Reactions:
     def __init__(self, engine: "AllocatorEngine") -> None:
         self.engine = engine
-        #: Hosts lost or deregistered whose allocations are still to be given up.
-        self.lost_hosts: asyncio.Queue[str] = asyncio.Queue()
+        #: Hosts gone (lost, deregistered, left, revoked) whose allocations are still to be
+        #: given up, each with the reason their users read.
+        self.lost_hosts: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self.capacity_changed = asyncio.Event()
 
     def notice(self, event: Event, record: RecordedEvent) -> None:
         """After the model folded `event`: remember what to react to."""
-        if isinstance(event, HostLost | HostDeregistered):
-            self.lost_hosts.put_nowait(event.host_id)
+        reason = loss_reason(event)
+        if reason is not None:
+            self.lost_hosts.put_nowait((str(getattr(event, "host_id", "")), reason))
         if record.category == "host" or isinstance(event, CapacityFreed | AllocationRequested):
             self.capacity_changed.set()
 
@@ -78,27 +91,28 @@ class Reactions:
 
     async def _round(self) -> None:
         while not self.lost_hosts.empty():
-            host_id = self.lost_hosts.get_nowait()
+            host_id, reason = self.lost_hosts.get_nowait()
             try:
-                await self.lose_allocations_of(host_id)
+                await self.lose_allocations_of(host_id, reason)
             except BaseException:
-                self.lost_hosts.put_nowait(host_id)  # not done: again next round
+                self.lost_hosts.put_nowait((host_id, reason))  # not done: again next round
                 raise
         await self.expire_due()
+        await self.mark_frozen_too_long()
         if self.capacity_changed.is_set() or self.engine.model.pending():
             self.capacity_changed.clear()
             await self.place_pending()
 
-    async def lose_allocations_of(self, host_id: str) -> None:
+    async def lose_allocations_of(self, host_id: str, reason: str = "host lost") -> None:
         engine = self.engine
         allocations = engine.model.allocations.allocations
         for alloc_id in engine.model.active_on(host_id):
 
             async def attempt(alloc_id: str = alloc_id) -> None:
-                await engine.append(loss(allocations[alloc_id], host_id), "allocator")
+                await engine.append(loss(allocations[alloc_id], host_id, reason), "allocator")
 
             await engine.decide(attempt)
-            log.warning("allocation.lost", alloc_id=alloc_id, host_id=host_id)
+            log.warning("allocation.lost", alloc_id=alloc_id, host_id=host_id, reason=reason)
 
     async def expire_due(self) -> int:
         engine = self.engine
@@ -111,6 +125,30 @@ class Reactions:
 
             await engine.decide(attempt)
             log.info("allocation.expired", alloc_id=alloc_id)
+        return len(due)
+
+    async def mark_frozen_too_long(self) -> int:
+        """Mark what a frozen host kept frozen too long (and release what asked for it); how many."""
+        engine = self.engine
+        model = engine.model
+        due = model.frozen_too_long(engine.clock())
+        for alloc_id in due:
+
+            async def attempt(alloc_id: str = alloc_id) -> None:
+                state = model.allocations.allocations[alloc_id]
+                host = model.hosts.hosts.get(state.host_id) if state.host_id else None
+                if host is not None:
+                    await engine.append(frozen_too_long(state, host, engine.clock()), "allocator")
+
+            await engine.decide(attempt)
+            state = model.allocations.allocations[alloc_id]
+            log.warning(
+                "allocation.frozen_too_long",
+                alloc_id=alloc_id,
+                host_id=state.host_id,
+                on_preempt=state.spec.on_preempt,
+                status=state.status,
+            )
         return len(due)
 
     async def place_pending(self) -> int:

@@ -10,7 +10,8 @@ Decisions
                           now: the request waits in the fair queue.
                           ``NO_FREE_CAPACITY``: a schedulable host could hold it
                           once capacity frees; ``NO_SCHEDULABLE_HOST``: only hosts
-                          that are suspect, lost, paused or draining could.
+                          that are away (asleep, unreachable, lost), paused,
+                          draining or frozen by their owner's policy could.
     ``Impossible(...)``   no registered host, whatever its liveness or admin
                           state, could ever give it (HTTP 422). ``code`` is
                           ``NO_HOST_MATCHES`` (field ``constraints``),
@@ -46,6 +47,16 @@ Image locality
     wait. A host that must pull the image is slower to start (Kubernetes'
     ImageLocality scores the same way, as one score among others; here it is
     the first one because a pull dwarfs any packing gain).
+
+Throttled hosts
+    A host whose owner's policy cut the pool's CPU (``throttled``: the owner
+    uses the machine, it runs on battery or hot, or it is the member's busy
+    hours) still takes work, but only when no host that is not throttled has
+    room: new work there would start slow and slow the owner down. This
+    preference comes before image locality (a pull is paid once, a throttle
+    for as long as it lasts) and, like it, never turns a placement into a wait
+    or sends work past what the member admits. A *frozen* host takes nothing
+    new at all: it is not schedulable (HostState.schedulable).
 
 Two implementations of one rule
     ``place(hosts, request)`` looks at every host: the plain statement of the
@@ -95,7 +106,8 @@ NO_HOST_LEFT = "NO_HOST_LEFT"
 WAIT_MESSAGES: Mapping[str, str] = {
     NO_FREE_CAPACITY: "no host has that much free right now; the request waits until capacity frees",
     NO_SCHEDULABLE_HOST: (
-        "only hosts that are offline, paused or draining could hold the request; it waits for one to return"
+        "only hosts that are away, paused, draining or frozen by their owner could hold the request; "
+        "it waits for one to return"
     ),
 }
 
@@ -110,7 +122,8 @@ class HostSnapshot:
     """A host as placement sees it. ``allowed_images`` holds image patterns (see
     potluck.contracts.image_reference); empty allows any image. ``allow_network``: its
     member lets containers that ask for a network run there. ``held_images``: the
-    normalised names of the images its engine holds (potluck.contracts.host_images)."""
+    normalised names of the images its engine holds (potluck.contracts.host_images).
+    ``throttled``: its owner's policy cut the pool's CPU there; it is chosen last."""
 
     host_id: str
     donated: Capacity
@@ -120,6 +133,7 @@ class HostSnapshot:
     allowed_images: tuple[str, ...] = ()
     allow_network: bool = False
     held_images: frozenset[str] = frozenset()
+    throttled: bool = False
 
     @property
     def free(self) -> Capacity:
@@ -186,6 +200,7 @@ class _Host:
         "rd",
         "rm",
         "schedulable",
+        "throttled",
     )
 
     def __init__(self, snapshot: HostSnapshot) -> None:
@@ -202,6 +217,7 @@ class _Host:
         self.schedulable = snapshot.schedulable
         self.network = snapshot.allow_network
         self.held = snapshot.held_images
+        self.throttled = snapshot.throttled
         self.free_entry: _Entry | None = None
         self.donated_entry: _Entry | None = None
 
@@ -219,6 +235,7 @@ class _Host:
             allowed_images=self.images,
             allow_network=self.network,
             held_images=self.held,
+            throttled=self.throttled,
         )
 
 
@@ -314,19 +331,25 @@ def _best_among(
     allowed: Iterable[_Host], request: PlacementRequest, strategy: Strategy, keys: tuple[str, ...]
 ) -> str | None:
     """The schedulable host, among hosts that admit the request, that has it free and comes
-    first: holding the image (`keys`), then by the strategy's score, then by host id."""
+    first: not throttled, then holding the image (`keys`), then by the strategy's score, then by
+    host id."""
     r = request.resources
     c, m, d = r.cpus, r.memory_bytes, r.disk_bytes
-    best: tuple[int, float, str] | None = None
+    best: tuple[int, int, float, str] | None = None
     for h in allowed:
         if h.schedulable:
             fc, fm, fd = h.free_values()
             if _fits(c, m, d, fc, fm, fd):
                 s = score(fc, fm, fd)
-                key = (0 if _holds(h, keys) else 1, s if strategy == "best_fit" else -s, h.host_id)
+                key = (
+                    1 if h.throttled else 0,
+                    0 if _holds(h, keys) else 1,
+                    s if strategy == "best_fit" else -s,
+                    h.host_id,
+                )
                 if best is None or key < best:
                     best = key
-    return None if best is None else best[2]
+    return None if best is None else best[3]
 
 
 def _decide_over(hosts: Iterable[_Host], request: PlacementRequest, strategy: Strategy) -> Decision:
@@ -422,6 +445,9 @@ class _Index:
     def __init__(self) -> None:
         self._groups: dict[tuple[int, int], _Group] = {}
 
+    def __bool__(self) -> bool:
+        return bool(self._groups)
+
     def add(self, e: _Entry) -> None:
         key = (_level(CPU_LEVELS, e[2]), _level(MEMORY_LEVELS, e[3]))
         group = self._groups.get(key)
@@ -510,7 +536,7 @@ class Scheduler:
     """The hosts of the pool, indexed for placement; `place` is a pure function of what it holds.
 
     Keep it in step with the registry and the capacity ledger through
-    `set_host`, `remove_host`, `set_schedulable` and `set_reserved` (or
+    `set_host`, `remove_host`, `set_schedulable`, `set_throttled` and `set_reserved` (or
     `reserve`/`release` for tentative reservations). It does no I/O and never
     changes itself while deciding.
     """
@@ -521,7 +547,8 @@ class Scheduler:
 
     def __init__(self, hosts: Iterable[HostSnapshot] = ()) -> None:
         self._hosts: dict[str, _Host] = {}
-        self._free = _Index()  # schedulable hosts, by free capacity
+        self._free = _Index()  # schedulable hosts not throttled, by free capacity
+        self._free_throttled = _Index()  # schedulable hosts throttled by their owner's policy
         self._donated_on = _Index()  # schedulable hosts, by donated capacity
         self._donated_off = _Index()  # the other registered hosts, by donated capacity
         self._by_label: dict[tuple[str, str], set[str]] = {}
@@ -587,6 +614,15 @@ class Scheduler:
         (self._donated_on if host.schedulable else self._donated_off).add(host.donated_entry)
         self._index_free(host)
 
+    def set_throttled(self, host_id: str, throttled: bool) -> None:
+        """The host's owner policy throttled it (True) or gave the pool its share back."""
+        host = self._hosts[host_id]
+        if host.throttled == throttled:
+            return
+        self._unindex_free(host)
+        host.throttled = throttled
+        self._index_free(host)
+
     def set_reserved(self, host_id: str, reserved: Capacity) -> None:
         """Mirror the ledger's reserved amount for a host exactly."""
         host = self._hosts[host_id]
@@ -612,15 +648,18 @@ class Scheduler:
         host.rd -= amount.disk_bytes
         self._index_free(host)
 
+    def _free_index(self, host: _Host) -> "_Index":
+        return self._free_throttled if host.throttled else self._free
+
     def _index_free(self, host: _Host) -> None:
         if host.schedulable:
             fc, fm, fd = host.free_values()
             host.free_entry = (score(fc, fm, fd), host.host_id, fc, fm, fd)
-            self._free.add(host.free_entry)
+            self._free_index(host).add(host.free_entry)
 
     def _unindex_free(self, host: _Host) -> None:
         if host.free_entry is not None:
-            self._free.discard(host.free_entry)
+            self._free_index(host).discard(host.free_entry)
             host.free_entry = None
 
     # -- reading --
@@ -651,21 +690,30 @@ class Scheduler:
                 if len(candidates) <= self.SMALL_CANDIDATES:
                     return _decide_over([self._hosts[h] for h in candidates], request, strategy)
             accept = self._acceptor(request)
-        local = self._local(request, strategy, accept)
-        if local is not None:
-            return Placed(local)
-        found = self._search(c, m, d, strategy, accept)
-        if found is not None:
-            return Placed(found[1])
+        # Hosts not throttled first, then throttled ones; in each, those holding the image first.
+        for throttled, index in ((False, self._free), (True, self._free_throttled)):
+            if not index:
+                continue
+            local = self._local(request, strategy, accept, throttled)
+            if local is not None:
+                return Placed(local)
+            found = self._search(c, m, d, strategy, accept, index)
+            if found is not None:
+                return Placed(found[1])
         return self._why_not(request, c, m, d, accept)
 
-    def _search(self, c: float, m: int, d: int, strategy: Strategy, accept: _Accept) -> _Entry | None:
+    def _search(
+        self, c: float, m: int, d: int, strategy: Strategy, accept: _Accept, index: "_Index"
+    ) -> _Entry | None:
         if strategy == "best_fit":
-            return self._free.best_fit(c, m, d, accept)
-        return self._free.widest(c, m, d, accept)
+            return index.best_fit(c, m, d, accept)
+        return index.widest(c, m, d, accept)
 
-    def _local(self, request: PlacementRequest, strategy: Strategy, accept: _Accept) -> str | None:
-        """The host the request goes to among those that hold its image (None: none has room)."""
+    def _local(
+        self, request: PlacementRequest, strategy: Strategy, accept: _Accept, throttled: bool
+    ) -> str | None:
+        """The host the request goes to among those that hold its image and are (not) `throttled`
+        (None: none has room)."""
         if request.image is None:
             return None
         keys = image_keys(request.image)
@@ -676,14 +724,19 @@ class Scheduler:
             return None
         if len(holders) <= self.SMALL_CANDIDATES:
             hosts = [self._hosts[h] for h in holders]
-            admitted = [h for h in hosts if (accept is None or accept(h.host_id)) and _admits(h, request)]
+            admitted = [
+                h
+                for h in hosts
+                if h.throttled == throttled and (accept is None or accept(h.host_id)) and _admits(h, request)
+            ]
             return _best_among(admitted, request, strategy, keys)
         r = request.resources
 
         def holding(host_id: str) -> bool:
             return host_id in holders and (accept is None or accept(host_id))
 
-        found = self._search(r.cpus, r.memory_bytes, r.disk_bytes, strategy, holding)
+        index = self._free_throttled if throttled else self._free
+        found = self._search(r.cpus, r.memory_bytes, r.disk_bytes, strategy, holding, index)
         return None if found is None else found[1]
 
     def _rarest(self, constraints: Mapping[str, str]) -> set[str]:

@@ -7,11 +7,14 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
+from potluck.allocator.conditions import ConditionCause, ConditionState, condition_of
+from potluck.contracts.allocation_events import OnPreempt
 from potluck.contracts.capacity import MIN_CPUS
 from potluck.contracts.image_reference import REFERENCE_PATTERN
 from potluck.kernel.durations import DurationBetween
 from potluck.kernel.sizes import SizeBetween
 from potluck.readmodels.allocations import AllocationState, AllocationStatus
+from potluck.readmodels.hosts import HostState
 
 MAX_LIFETIME_S = 7 * 86400
 # Patterns are published in the JSON schema as they are checked here, with re.fullmatch: written
@@ -118,6 +121,13 @@ class CreateAllocation(Request):
     queue_timeout: QueueTimeout = Field(
         default=600.0, description="How long to wait as pending for capacity."
     )
+    on_preempt: OnPreempt = Field(
+        default="wait",
+        description=(
+            "When its host's owner policy keeps it frozen longer than the member allows "
+            "(`frozen_too_long`): `wait` stays frozen until the host resumes, `release` ends it."
+        ),
+    )
 
 
 class ExtendAllocation(Request):
@@ -139,6 +149,38 @@ class PullFailureView(Body):
     detail: str = Field(description="What the host said: which image, which registry, what went wrong.")
 
 
+class Condition(Body):
+    """What its host does to an active allocation now (absent when the host runs it normally)."""
+
+    state: ConditionState = Field(
+        description=(
+            "`waiting_for_host`: the host is asleep or unreachable; the container resumes as it was "
+            "when it returns. `throttled`: the host's owner policy gives the pool less CPU there. "
+            "`frozen`: the owner policy paused the pool's containers there."
+        )
+    )
+    cause: ConditionCause = Field(
+        description=(
+            "`asleep` or `unreachable` (waiting); `owner` (the owner uses the machine), `battery`, "
+            "`heat` or `window` (the member's hours) for throttled and frozen."
+        )
+    )
+    reason: str = Field(description="Why, for people (the owner policy's own words when it gave some).")
+    since: datetime | None = Field(description="Since when the host is in this state.")
+    share_cpus: float | None = Field(
+        description="While throttled: the CPUs the pool keeps on that host, all its allocations together."
+    )
+
+
+class FrozenTooLong(Body):
+    """Its host's owner policy kept it frozen past the member's limit (the last time it did)."""
+
+    frozen_since: datetime = Field(description="When the host froze.")
+    frozen_s: float = Field(description="How long it had been frozen when this was noticed.")
+    max_frozen_s: float = Field(description="The member's limit.")
+    marked_at: datetime = Field(description="When this was noticed.")
+
+
 class Allocation(Body):
     id: str
     user: str
@@ -156,7 +198,12 @@ class Allocation(Body):
     expires_at: datetime | None
     exit_code: int | None
     oom_killed: bool
-    reason: str | None
+    reason: str | None = Field(
+        description=(
+            "Why it ended, when it was refused, failed, lost (e.g. `host lost`, or who revoked the "
+            "host and why) or released by the allocator (frozen too long)."
+        )
+    )
     detail: str | None = Field(default=None, description="What went wrong, when it failed.")
     pull: PullProgress | None = Field(
         default=None, description="Set once the host began pulling the image (state `pulling`)."
@@ -165,10 +212,24 @@ class Allocation(Body):
         default_factory=list,
         description="Hosts that could not get the image, oldest first; it is placed on none of them again.",
     )
+    on_preempt: OnPreempt = Field(
+        default="wait", description="What happens when it is frozen too long: `wait` or `release`."
+    )
+    condition: Condition | None = Field(
+        default=None,
+        description="Set while it is active on a host that is away, throttled or frozen; null otherwise.",
+    )
+    frozen_too_long: FrozenTooLong | None = Field(
+        default=None,
+        description="Set once its host kept it frozen past the member's limit (kept in the record).",
+    )
 
     @classmethod
-    def of(cls, state: AllocationState) -> "Allocation":
+    def of(cls, state: AllocationState, host: HostState | None = None) -> "Allocation":
+        """The allocation as its user sees it; `host`, its host's state, gives its condition."""
         spec = state.spec
+        condition = condition_of(state, host)
+        mark = state.frozen_too_long
         return cls(
             id=state.alloc_id,
             user=state.user,
@@ -195,6 +256,24 @@ class Allocation(Body):
                 PullFailureView(host_id=f.host_id, reason=f.reason, detail=f.detail)
                 for f in state.pull_failures
             ],
+            on_preempt=spec.on_preempt,
+            condition=None
+            if condition is None
+            else Condition(
+                state=condition.state,
+                cause=condition.cause,
+                reason=condition.reason,
+                since=condition.since,
+                share_cpus=condition.share_cpus,
+            ),
+            frozen_too_long=None
+            if mark is None
+            else FrozenTooLong(
+                frozen_since=mark.frozen_since,
+                frozen_s=mark.frozen_s,
+                max_frozen_s=mark.max_frozen_s,
+                marked_at=mark.marked_at,
+            ),
         )
 
 

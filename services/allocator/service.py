@@ -2,7 +2,8 @@
 
 The HTTP API (api.py) and placement (scheduler.py) decide new allocations;
 this module keeps the read model current from the log, answers each hostd's
-snapshot request, and turns reports into lifecycle events.
+snapshot request, and turns reports into lifecycle events. A report from a
+host that left or was revoked is dropped (counted and logged), never a fact.
 
 A snapshot is answered only into the asking host's own inbox, and the state
 (ALLOCATOR_STATE, services only) only into the services' inbox: the allocator
@@ -119,6 +120,8 @@ class AllocatorService:
         self.engine = engine or AllocatorEngine(store)
         self.registry = registry
         self.replies = ReplyGuard("allocator")
+        #: Reports dropped per host because the host left or was revoked before they were read.
+        self.dropped_from_gone: dict[str, int] = {}
 
     async def run(self, *extra: Callable[[], Awaitable[None]]) -> None:
         await ensure_streams(self.nc.jetstream())
@@ -169,6 +172,8 @@ class AllocatorService:
 
     async def _on_report(self, item: tuple[str, AnyReport]) -> None:
         host_id, report = item
+        if self._from_gone_host(host_id, report):
+            return
         if isinstance(report, UsageSampled):
             return  # metrics, not facts
         if isinstance(report, EngineStatus):
@@ -197,6 +202,26 @@ class AllocatorService:
             await decide_and_append(attempt)
         except ValidationError as exc:
             raise PoisonMessage(str(exc)) from exc
+
+    def _from_gone_host(self, host_id: str, report: AnyReport) -> bool:
+        """Is `report` from a host that left or was revoked? Then it is dropped, counted and logged.
+
+        NATS refuses a revoked host's key from the revocation on, but what it sent before
+        may still wait in the reports stream: none of it becomes a fact.
+        """
+        host = self.engine.hosts.hosts.get(host_id)
+        if host is None or not host.gone:
+            return False
+        self.dropped_from_gone[host_id] = self.dropped_from_gone.get(host_id, 0) + 1
+        log.warning(
+            "allocator.report_from_gone_host_dropped",
+            host_id=host_id,
+            kind=report.kind,
+            host_status=host.status,
+            dropped=self.dropped_from_gone[host_id],
+            hint="the host left or was revoked; its reports are ignored until an operator enrolls it again",
+        )
+        return True
 
 
 async def serve_http(

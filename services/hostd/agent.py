@@ -25,7 +25,14 @@ from potluck.contracts.allocation_events import (
     AllocationUnplaced,
 )
 from potluck.contracts.engine import EngineFacts
-from potluck.contracts.host_events import HostDeregistered, HostDrainStarted, HostPaused, HostResumed
+from potluck.contracts.host_events import (
+    HostDeregistered,
+    HostDrainStarted,
+    HostLeft,
+    HostPaused,
+    HostResumed,
+    HostRevoked,
+)
 from potluck.contracts.messages import (
     DesiredState,
     Heartbeat,
@@ -46,7 +53,7 @@ from potluck.contracts.subjects import (
     inbox_prefix,
 )
 from potluck.events import EVENTS_STREAM, LoggedEvent, MemoryPositions, Subscriber
-from potluck.events.connection import connect_bus
+from potluck.events.connection import IdentityRefused, connect_bus
 from potluck.events.relay import TRANSIENT_BUS_ERRORS
 from potluck.events.subscriber import decoder_for_logged_events
 from potluck.events.tracing import TracedQueue, publish_span
@@ -57,8 +64,11 @@ from potluck.hostd.exec_bridge import ExecBridge
 from potluck.hostd.gateway_link import keep_linked
 from potluck.hostd.image_inventory import ImageInventory
 from potluck.hostd.image_pull import ImagePuller, PullFailed
+from potluck.hostd.logind_sleep import listen_to_logind, system_bus_address
 from potluck.hostd.policy_runner import PolicyRunner
 from potluck.hostd.report_publisher import publish_until_stored
+from potluck.hostd.sleep_clock import SleepClock
+from potluck.hostd.sleep_watch import SleepWatch
 from potluck.kernel.rejections import Rejected
 from potluck.kernel.ssh_identity import host_key_path, ssh_host_key
 from potluck.kernel.version import __version__
@@ -69,8 +79,18 @@ log = structlog.get_logger(__name__)
 _PEER_AWAY: tuple[type[BaseException], ...] = (*TRANSIENT_BUS_ERRORS, nats.errors.NoRespondersError)
 
 
+#: The registry's refusals after which hostd stops for good instead of retrying: the machine
+#: left the pool or was revoked, and only a new enrollment brings it back.
+FINAL_REFUSALS = frozenset({"HOST_LEFT", "HOST_REVOKED"})
+
+#: Refusals of the host's key in a row (about half a second apart) taken as final: the key
+#: left NATS's users (a revoked host). A reload of the users file refuses no one on the way.
+KEY_REFUSED_AFTER = 4
+
+
 class HostdStopped(Exception):
-    """hostd cannot go on (e.g. not enrolled); the message says what the member should do."""
+    """hostd cannot go on (e.g. not enrolled, left, revoked); the message says what the member
+    should do. `potluck hostd` exits with code 3 on it, which `potluck up` does not restart."""
 
 
 class Agent:
@@ -98,18 +118,61 @@ class Agent:
         self.nc: NATS | None = None
         self.admin = "active"
         self._resync = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._stop_reason = ""
         self.ready = asyncio.Event()
         self.ssh_host_key = ssh_host_key(config.state_dir, config.host_id)
+        # On waking: tell the registry, then re-sync as after a reconnect.
+        self.sleep = SleepWatch(
+            self.host_id,
+            self._request,
+            SleepClock(threshold_s=config.sleep.threshold_s),
+            on_woke=self._resync.set,
+            check_interval_s=config.sleep.check_interval_s,
+        )
 
     async def run(self) -> None:
-        facts = await self._engine_facts()
-        self.nc = await connect_bus(
-            self.config.nats_url,
-            name=f"hostd-{self.host_id}",
-            seed=self.config.nats_seed(),
-            inbox_prefix=inbox_prefix(self.host_id),
-            on_reconnect=self._on_reconnect,
+        """Serve until cancelled; raises HostdStopped once the machine is out of the pool for good."""
+        serving = asyncio.ensure_future(self._serve())
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait([serving, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            serving.cancel()  # nothing if it ended already
+            await asyncio.gather(serving, return_exceptions=True)
+        if self._stopped.is_set():
+            raise HostdStopped(self._stop_reason)
+        serving.result()  # how serving ended: its error, if any
+
+    def _stop(self, reason: str) -> None:
+        """Stop for good, saying `reason` (the machine left or was revoked)."""
+        if not self._stopped.is_set():
+            self._stop_reason = reason
+            self._stopped.set()
+            log.error("hostd.stopped_for_good", host_id=self.host_id, reason=reason, hint=reason)
+
+    async def _key_refused(self) -> None:
+        self._stop(
+            f"NATS no longer accepts this machine's key (host {self.host_id} revoked?); "
+            "ask an operator to enroll it again"
         )
+
+    async def _serve(self) -> None:
+        facts = await self._engine_facts()
+        try:
+            self.nc = await connect_bus(
+                self.config.nats_url,
+                name=f"hostd-{self.host_id}",
+                seed=self.config.nats_seed(),
+                inbox_prefix=inbox_prefix(self.host_id),
+                on_reconnect=self._on_reconnect,
+                refused_after=KEY_REFUSED_AFTER,
+                on_refused=self._key_refused,
+            )
+        except IdentityRefused:
+            await self._key_refused()
+            return
         try:
             await self._register(facts)
             await self._sync()
@@ -135,6 +198,8 @@ class Agent:
                 self.containers.guard_disk(),
                 self.containers.sample_usage(),
                 self.images.run(),
+                self.sleep.run(),
+                listen_to_logind(self.sleep, system_bus_address(self.config.sleep.dbus_address)),
                 self.policy.run(),
                 keep_linked(
                     self.host_id,
@@ -211,6 +276,8 @@ class Agent:
                 error = reply.error or {}
                 if error.get("code") == "NOT_ENROLLED":
                     raise HostdStopped(f"{error.get('message')}: run `potluck ops hosts enroll` first")
+                if error.get("code") in FINAL_REFUSALS:
+                    raise HostdStopped(f"{error.get('message')} ({error.get('code')})")
                 raise Rejected(str(error.get("code")), str(error.get("message")))
             self.admin = str(reply.data.get("admin", "active"))
             self.images.resend()
@@ -278,6 +345,15 @@ class Agent:
                 | AllocationUnplaced()  # it could not get the image: placed elsewhere now
             ):
                 if getattr(event, "host_id", None) == self.host_id:
+                    if isinstance(event, AllocationLost):
+                        # Given up while this machine was away (asleep or unreachable past the
+                        # stranded grace): whatever still runs of it must stop now.
+                        log.warning(
+                            "hostd.stopping_given_up",
+                            alloc_id=event.alloc_id,
+                            reason=event.reason,
+                            hint="the pool gave this work up while the machine was away; it is stopped here",
+                        )
                     await self.containers.release(event.alloc_id)
             case HostPaused():
                 self.admin = "paused"
@@ -291,6 +367,17 @@ class Agent:
             case HostDeregistered():
                 self.admin = "deregistered"
                 await self.containers.release_all()
+            case HostLeft() | HostRevoked() if event.host_id == self.host_id:
+                # Out of the pool for good: nothing of the pool runs here any more.
+                self.admin = "left" if isinstance(event, HostLeft) else "revoked"
+                await self.containers.release_all()
+                why = (
+                    "this machine left the pool"
+                    if isinstance(event, HostLeft)
+                    else f"this machine was revoked by {event.by}"
+                    + (f": {event.reason}" if event.reason else "")
+                )
+                self._stop(f"{why}; ask an operator to enroll it again")
 
     async def _send_reports(self) -> None:
         """One sender, in order, retrying each report until JetStream has it."""
@@ -314,6 +401,7 @@ class Agent:
         assert self.nc is not None
         interval = self.config.timing.heartbeat_interval_s
         while True:
+            await self.sleep.awake.wait()  # announced asleep: a beat would say it is up
             beat = Heartbeat(hostd_version=__version__, containers=len(self.containers.containers))
             with contextlib.suppress(*TRANSIENT_BUS_ERRORS):
                 await self.nc.publish(f"{HEARTBEAT}.{self.host_id}", beat.model_dump_json().encode())

@@ -49,6 +49,11 @@
     address = "gateway.example:2223"
     client_key = "ssh-ed25519 AAAA... potluck-sshgateway"   # `potluck sshgateway --print-client-key`
 
+    [sleep]             # how hostd notices this machine sleep (see below)
+    threshold_s = 2             # the boot-time clock ahead of the monotonic one by more: it slept
+    check_interval_s = 1        # how often the two clocks are compared
+    dbus_address = "unix:path=/run/dbus/system_bus_socket"   # logind's bus; "" listens to none
+
 Relative paths are taken from the configuration file's folder.
 
 `allowed_images` entries are image references whose parts may hold `*` (any
@@ -81,6 +86,13 @@ exactly (no wildcard) in `allowed_images` (the member's own base images), and
 never one used or pulled in the last `image_idle_s`. Unset, hostd removes no
 image and registers all of `donate.disk` (images are then the member's to
 manage).
+
+`[sleep]`: a sleeping laptop is not a dead one. hostd listens to systemd-logind's
+PrepareForSleep on the system D-Bus and tells the registry before the machine
+sleeps, so the pool shows it asleep at once (its work waits, frozen by the kernel);
+without D-Bus or logind it says one line in its log and goes on. Either way, on
+waking it sees the suspend in its clocks, tells how long it slept, and re-syncs.
+`dbus_address` unset: `DBUS_SYSTEM_BUS_ADDRESS`, else the system bus's usual socket.
 
 `[policy]`: the pool yields to the machine's owner. Pool containers always run
 at the lowest CPU weight the engine allows (`cpu_shares` 2, cgroup v2
@@ -155,6 +167,15 @@ class Timing(BaseModel):
     image_idle_s: float = Field(default=120.0, ge=0)
 
 
+class SleepSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threshold_s: float = Field(default=2.0, gt=0, le=3600)
+    check_interval_s: float = Field(default=1.0, gt=0, le=60)
+    #: Where logind is; None: DBUS_SYSTEM_BUS_ADDRESS or the usual socket; "": do not listen.
+    dbus_address: str | None = None
+
+
 class HostdConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -171,6 +192,7 @@ class HostdConfig(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     timing: Timing = Field(default_factory=Timing)
     gateways: list[GatewayLink] = Field(default_factory=list)
+    sleep: SleepSettings = Field(default_factory=SleepSettings)
     policy: OwnerPolicy = Field(default_factory=OwnerPolicy)
 
     @field_validator("host_id")

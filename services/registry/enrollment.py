@@ -1,4 +1,4 @@
-"""Operator side of admitting a machine: a host id, its own NATS key pair, and the NATS users file.
+"""Operator side of admitting (and evicting) a machine: a host id, its own NATS key pair, the NATS users file.
 
 Enrollment runs the Host aggregate in the operator's process (with database
 access, like the registry) and records HostEnrolled; the key pair's seed goes
@@ -9,11 +9,15 @@ authorization file, rendered from the log, holds only public keys.
 import contextlib
 import secrets
 import tomllib
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from potluck.contracts import join_token
+from potluck.contracts.join_token import GatewayPin, JoinToken
 from potluck.contracts.subjects import validate_host_id
-from potluck.events import EventStore
-from potluck.readmodels.hosts import HostsView
+from potluck.events import Event, EventStore
+from potluck.readmodels.hosts import HostState, HostsView, evolve
 from potluck.registry import host as aggregate
 from potluck.registry.nats_auth import (
     KeyPair,
@@ -41,6 +45,44 @@ async def enroll_host(store: EventStore, name: str, *, host_id: str | None = Non
         {"actor": "operator"},
     )
     return host_id, key
+
+
+async def enroll_with_token(
+    store: EventStore,
+    name: str,
+    *,
+    nats_url: str,
+    gateways: Iterable[GatewayPin] = (),
+    expires_in: timedelta = timedelta(hours=24),
+    now: datetime | None = None,
+) -> JoinToken:
+    """Enroll a machine that will make its own key pair: HostEnrolled without a key, and a
+    single-use join token (the log keeps its secret's digest and the throwaway public key)."""
+    host_id = validate_host_id(new_host_id())
+    throwaway = new_user_key()
+    token = JoinToken(
+        host_id=host_id,
+        name=name,
+        nats_url=nats_url,
+        join_seed=throwaway.seed,
+        secret=join_token.new_secret(),
+        gateways=tuple(gateways),
+        expires_at=(now or datetime.now(UTC)) + expires_in,
+    )
+
+    def decide(state: HostState | None) -> list[Event]:
+        enrolled = aggregate.enroll(state, host_id, name, "")
+        after = evolve(None, enrolled[0], 1, token.expires_at)
+        return enrolled + aggregate.issue_token(
+            after,
+            host_id,
+            token_sha256=join_token.secret_digest(token.secret),
+            join_nkey=throwaway.public,
+            expires_at=token.expires_at,
+        )
+
+    await decide_on_host(store, host_id, decide, {"actor": "operator"})
+    return token
 
 
 async def current_hosts(store: EventStore) -> HostsView:
@@ -71,16 +113,54 @@ def read_seed(path: Path) -> str:
     return seed
 
 
+def joining_keys(view: HostsView, now: datetime) -> list[tuple[str, str]]:
+    """The throwaway keys of join tokens neither spent nor expired."""
+    return [
+        (h.host_id, h.join_nkey)
+        for h in view.hosts.values()
+        if h.join_nkey and not h.gone and (h.join_expires_at is None or now < h.join_expires_at)
+    ]
+
+
+def has_nats_key(state: HostState) -> bool:
+    """Does the host keep its place in the NATS users file? Not once deregistered, left or revoked."""
+    return state.admin != "deregistered" and not state.gone
+
+
 async def refresh_nats_authorization(
-    store: EventStore, auth_file: Path, service_seeds: list[str], pid_file: Path | None
+    store: EventStore,
+    auth_file: Path,
+    service_seeds: list[str],
+    pid_file: Path | None,
+    *,
+    also_joining: Iterable[tuple[str, str]] = (),
 ) -> bool:
-    """Render the users file from the log; reload nats-server when it changed."""
+    """Render the users file from the log; reload nats-server when it changed.
+
+    `also_joining` keeps throwaway join keys the log no longer lists (a token just spent,
+    whose holder still waits for the answer on that identity). A host that left or was revoked
+    has no key there any more: on the reload, nats-server closes its connections."""
     view = await current_hosts(store)
-    hosts = [(h.host_id, h.nkey) for h in view.hosts.values() if h.nkey and h.admin != "deregistered"]
-    text = render_authorization([public_key_of(s) for s in service_seeds], hosts)
+    hosts = [(h.host_id, h.nkey) for h in view.hosts.values() if h.nkey and has_nats_key(h)]
+    joining = sorted(set(joining_keys(view, datetime.now(UTC))) | set(also_joining))
+    text = render_authorization([public_key_of(s) for s in service_seeds], hosts, joining)
     changed = write_authorization(auth_file, text)
     if changed and pid_file is not None:
         # No PID file: nats-server is not started yet and reads the file when it starts.
         with contextlib.suppress(FileNotFoundError):
             reload_nats(pid_file)
     return changed
+
+
+async def revoke_host(store: EventStore, host_id: str, *, by: str, reason: str) -> list[str]:
+    """Record HostRevoked (by whom, why); the types recorded, none when it was revoked already.
+
+    Re-render the users file afterwards (`refresh_nats_authorization`): the key goes with it.
+    """
+    outcome = await decide_on_host(
+        store,
+        host_id,
+        lambda s: aggregate.revoke(s, host_id, by, reason),
+        {"actor": "operator"},
+    )
+    return [type(e).type_name for e in outcome.events]

@@ -1,4 +1,4 @@
-"""Heartbeats in, liveness transitions out: HostSuspected, HostLost, HostRecovered.
+"""Heartbeats in, liveness transitions out: HostSuspected (unreachable), HostLost, HostRecovered.
 
 Beats are not events, so they only move the last-seen clock (liveness.py);
 the watch compares each registered host's silence with the policy and lets
@@ -12,6 +12,7 @@ is logged and tried again at the next look: the watch never stops.
 
 import asyncio
 import time
+from datetime import UTC, datetime
 
 import structlog
 from nats.aio.msg import Msg
@@ -24,7 +25,7 @@ from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostState, HostsView
 from potluck.registry import host as aggregate
 from potluck.registry.host_rate import HostRates, RatePolicy, log_refusal
-from potluck.registry.liveness import LastSeen, LivenessPolicy
+from potluck.registry.liveness import LastSeen, LivenessPolicy, silence_of
 from potluck.registry.replies import first_error
 from potluck.registry.repository import Decision, decide_on_host
 
@@ -93,9 +94,9 @@ class LivenessWatch:
                 return []
             return aggregate.went_silent(
                 state,
-                self.last_seen.silent_for(host_id),
+                silence_of(state, self.last_seen.silent_for(host_id), datetime.now(UTC)),
                 suspect_after_s=self.policy.suspect_after_s,
-                lost_after_s=self.policy.lost_after_s,
+                stranded_grace_s=self.policy.stranded_grace_s,
             )
 
         return decide

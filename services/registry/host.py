@@ -3,7 +3,13 @@
 Pure functions of the current HostState and the command; the handlers load the
 state, call these, and append the result with the stream's expected version.
 Repeating a command that already took effect produces no event.
+
+Leaving (HostLeft) and revocation (HostRevoked) are final: a gone host's
+registration and controls are refused with HOST_LEFT or HOST_REVOKED
+(`gone_refusal`), unlike a deregistration, which the next registration lifts.
 """
+
+from datetime import datetime
 
 from potluck.contracts.host_events import (
     Actor,
@@ -11,16 +17,22 @@ from potluck.contracts.host_events import (
     HostDrainStarted,
     HostEnrolled,
     HostFrozen,
+    HostJoined,
+    HostJoinTokenIssued,
+    HostLeft,
     HostLost,
     HostPaused,
     HostRecovered,
     HostRegistered,
     HostResumed,
+    HostRevoked,
     HostShareRestored,
+    HostSleeping,
     HostSuspected,
     HostThrottled,
+    HostWoke,
 )
-from potluck.contracts.messages import ControlHost, PolicyChanged, RegisterHost
+from potluck.contracts.messages import ControlHost, PolicyChanged, RegisterHost, SleepNotice
 from potluck.events import Event
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostState
@@ -30,6 +42,53 @@ def enroll(state: HostState | None, host_id: str, name: str, nkey: str) -> list[
     if state is not None:
         raise Rejected("HOST_EXISTS", f"host {host_id} is already enrolled as {state.name!r}")
     return [HostEnrolled(host_id=host_id, name=name, nkey=nkey)]
+
+
+# --- Join tokens (`potluck ops hosts enroll` without credentials, then `potluck join`) ---
+
+
+def issue_token(
+    state: HostState | None, host_id: str, *, token_sha256: str, join_nkey: str, expires_at: datetime
+) -> list[Event]:
+    """A join token for a host enrolled without a key of its own; a new one replaces an unspent one."""
+    current = _require_enrolled(state, host_id)
+    if current.gone:
+        raise Rejected("HOST_GONE", f"host {host_id} is {current.admin}; enroll the machine anew")
+    if current.nkey:
+        raise Rejected("ALREADY_JOINED", f"host {host_id} has joined already; its token is spent")
+    return [
+        HostJoinTokenIssued(
+            host_id=host_id, token_sha256=token_sha256, join_nkey=join_nkey, expires_at=expires_at
+        )
+    ]
+
+
+def join(
+    state: HostState | None, host_id: str, *, token_sha256: str, nkey: str, now: datetime
+) -> list[Event]:
+    """Redeem the host's join token: its digest must match the unspent, unexpired one."""
+    used = "this join token was already used or has expired; ask the operator for a new one"
+    if state is None:
+        raise Rejected("UNKNOWN_TOKEN", "no such join token; ask the operator for a new one", status=404)
+    if state.gone:
+        raise Rejected(
+            "HOST_GONE",
+            f"host {host_id} is {state.admin}; ask the operator to enroll this machine anew",
+            status=403,
+        )
+    if not state.join_token_sha256:
+        if state.nkey:
+            raise Rejected("TOKEN_SPENT", used, status=409)
+        raise Rejected("UNKNOWN_TOKEN", "no such join token; ask the operator for a new one", status=404)
+    if state.join_token_sha256 != token_sha256:
+        raise Rejected("UNKNOWN_TOKEN", "no such join token; ask the operator for a new one", status=404)
+    if state.join_expires_at is not None and now >= state.join_expires_at:
+        raise Rejected(
+            "TOKEN_EXPIRED",
+            f"this join token expired at {state.join_expires_at.isoformat()}; ask the operator for a new one",
+            status=410,
+        )
+    return [HostJoined(host_id=host_id, nkey=nkey)]
 
 
 def _require_enrolled(state: HostState | None, host_id: str) -> HostState:
@@ -43,7 +102,7 @@ def _require_enrolled(state: HostState | None, host_id: str) -> HostState:
 
 
 def register(state: HostState | None, host_id: str, req: RegisterHost) -> list[Event]:
-    current = _require_enrolled(state, host_id)
+    current = _require_present(state, host_id)
     event = HostRegistered(
         host_id=host_id,
         donated=req.donated,
@@ -74,7 +133,9 @@ def register(state: HostState | None, host_id: str, req: RegisterHost) -> list[E
 
 
 def control(state: HostState | None, host_id: str, cmd: ControlHost, by: Actor) -> list[Event]:
-    current = _require_enrolled(state, host_id)
+    if cmd.action == "leave":
+        return leave(state, host_id, by)
+    current = _require_present(state, host_id)
     if current.admin == "deregistered" or not current.registered:
         raise Rejected("NOT_REGISTERED", f"host {host_id} is not registered; start its hostd first")
     match cmd.action:
@@ -91,22 +152,141 @@ def control(state: HostState | None, host_id: str, cmd: ControlHost, by: Actor) 
     raise Rejected("UNKNOWN_ACTION", f"unknown action {cmd.action!r}", field="action", status=400)
 
 
+# --- leaving and revocation: final until an operator enrolls the machine anew -----------------
+
+
+def gone_refusal(state: HostState) -> Rejected | None:
+    """Why nothing a left or revoked host asks is honoured (None: it is not gone).
+
+    The one wording of HOST_LEFT and HOST_REVOKED: the registry's gate answers every
+    request of a gone host with it, and hostd stops on it instead of retrying.
+    """
+    if state.admin == "left":
+        return Rejected(
+            "HOST_LEFT",
+            f"this machine ({state.host_id}) left the pool; ask an operator to enroll it again",
+            status=410,
+        )
+    if state.admin == "revoked":
+        why = f": {state.revoked_reason}" if state.revoked_reason else ""
+        return Rejected(
+            "HOST_REVOKED",
+            f"this machine ({state.host_id}) was revoked by {state.revoked_by}{why}; "
+            "ask an operator to enroll it again",
+            status=403,
+        )
+    return None
+
+
+def _require_present(state: HostState | None, host_id: str) -> HostState:
+    """Enrolled, and neither left nor revoked."""
+    current = _require_enrolled(state, host_id)
+    refusal = gone_refusal(current)
+    if refusal is not None:
+        raise refusal
+    return current
+
+
+def leave(state: HostState | None, host_id: str, by: Actor) -> list[Event]:
+    """The member takes the machine back for good; leaving twice records nothing.
+
+    Allowed from any state but revoked (a deregistered host may still leave for good):
+    `potluck host leave` drains first, so what still runs here is lost with the host.
+    """
+    current = _require_enrolled(state, host_id)
+    if current.admin == "left":
+        return []
+    if current.admin == "revoked":
+        refusal = gone_refusal(current)
+        assert refusal is not None
+        raise refusal
+    return [HostLeft(host_id=host_id, by=by)]
+
+
+#: Bounds of what an operator writes as a revocation's reason (it is shown to users).
+MAX_REASON = 500
+
+
+def revoke(state: HostState | None, host_id: str, by: str, reason: str) -> list[Event]:
+    """An operator evicts the machine; revoking twice records nothing (the first reason stands).
+
+    A host that left may still be revoked (a machine stolen after its member left): the
+    event records who and why.
+    """
+    current = _require_enrolled(state, host_id)
+    if current.admin == "revoked":
+        return []
+    by = by.strip()
+    if not by:
+        raise Rejected("BAD_REQUEST", "a revocation names who revoked the host", field="by", status=400)
+    reason = reason.strip()
+    if len(reason) > MAX_REASON:
+        raise Rejected(
+            "BAD_REQUEST", f"the reason is longer than {MAX_REASON} characters", field="reason", status=400
+        )
+    return [HostRevoked(host_id=host_id, by=by, reason=reason)]
+
+
+# --- liveness ---------------------------------------------------------------------------------
+
+
 def beat_returned(state: HostState) -> list[Event]:
+    """A beat from a host the log has as asleep, unreachable or lost: it is back.
+
+    An asleep host's beat is HostRecovered(was="asleep"), not HostWoke: a beat says the
+    machine is up, not how long it slept (hostd stops beating once it announced sleep, and
+    says HostWoke itself with the figure on waking; the beat may overtake that notice).
+    """
     if state.registered and state.liveness in ("unreachable", "asleep", "lost"):
         return [HostRecovered(host_id=state.host_id, was=state.liveness)]
     return []
 
 
 def went_silent(
-    state: HostState, silent_for_s: float, *, suspect_after_s: float, lost_after_s: float
+    state: HostState, silent_for_s: float, *, suspect_after_s: float, stranded_grace_s: float
 ) -> list[Event]:
+    """Silence: unreachable past the suspect time (unless it said it sleeps), lost past the
+    stranded grace whether asleep or unreachable."""
     if not state.registered:
         return []
-    if state.liveness in ("online", "unreachable", "asleep") and silent_for_s >= lost_after_s:
+    if state.liveness in ("online", "unreachable", "asleep") and silent_for_s >= stranded_grace_s:
         return [HostLost(host_id=state.host_id, silent_for_s=round(silent_for_s, 3))]
     if state.liveness == "online" and silent_for_s >= suspect_after_s:
         return [HostSuspected(host_id=state.host_id, silent_for_s=round(silent_for_s, 3))]
     return []
+
+
+# --- Sleep: announced before it happens, or told on waking (SleepNotice) ----------------------
+
+
+def sleep_noticed(state: HostState | None, host_id: str, notice: SleepNotice) -> list[Event]:
+    """hostd's SleepNotice: about to sleep (`slept_s` None), or woke after `slept_s`."""
+    current = _require_enrolled(state, host_id)
+    if not current.registered:
+        raise Rejected("NOT_REGISTERED", f"host {host_id} is not registered; start its hostd first")
+    if notice.slept_s is None:
+        return slept(current)
+    return woke(current, notice.slept_s)
+
+
+def slept(state: HostState) -> list[Event]:
+    """The machine is going to sleep: asleep at once, its allocations wait for it."""
+    if state.liveness == "asleep":
+        return []
+    return [HostSleeping(host_id=state.host_id)]
+
+
+def woke(state: HostState, slept_s: float) -> list[Event]:
+    """The machine slept `slept_s` and is back, whatever the registry made of its silence
+    meanwhile (asleep, unreachable, lost, or online for a nap shorter than the suspect time).
+
+    hostd repeats a notice until it is answered: the same figure again on an online host is
+    that repeat, and records nothing.
+    """
+    slept_s = round(slept_s, 3)
+    if state.liveness == "online" and state.slept_s == slept_s:
+        return []
+    return [HostWoke(host_id=state.host_id, slept_s=slept_s)]
 
 
 # The owner policy: hostd tells each change of its state (PolicyChanged), and again after

@@ -1,38 +1,67 @@
-"""When a silent host becomes suspect, then lost: the policy and the last-seen clock.
+"""When a silent host becomes unreachable, then lost: the policy and the last-seen clock.
 
 Heartbeats are not events; only the transitions they cause are. A restarted
 registry has seen nobody yet, so it counts every host as seen at its own start:
 each host gets a fresh grace period instead of the whole pool being declared
 lost at once.
+
+Silence is not death. A host silent past the suspect time is *unreachable*
+(no new work, its allocations wait for it); one that said it sleeps is *asleep*
+and is not suspected at all. Either is *lost* (its allocations given up) only
+after `stranded_grace_s`: a laptop closed overnight keeps its users' work.
 """
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+
+from potluck.readmodels.hosts import HostState
+
+#: Eight hours: a laptop closed for the night comes back with its work.
+STRANDED_GRACE_S = 8 * 3600.0
 
 
 @dataclass(frozen=True)
 class LivenessPolicy:
     """Defaults fit laptops: a lid closed for lunch or a Wi-Fi change makes a host
-    suspect (no new work) long before it is lost (its work given up)."""
+    unreachable (no new work) long before it is lost (its work given up).
+
+    One grace for all work today. Batch work (issue 18) may get a shorter one of its
+    own: re-queued elsewhere rather than waiting; that belongs here, as a second field
+    the allocator's loss decision reads, when batch allocations exist.
+    """
 
     heartbeat_interval_s: float = 5.0
     suspect_after_missed: int = 3
-    lost_after_s: float = 300.0
+    stranded_grace_s: float = STRANDED_GRACE_S
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval_s <= 0:
             raise ValueError("heartbeat interval must be positive")
         if self.suspect_after_missed < 1:
             raise ValueError("suspect_after_missed must be at least 1")
-        if self.lost_after_s <= self.suspect_after_s:
+        if self.stranded_grace_s <= self.suspect_after_s:
             raise ValueError(
-                f"lost_after_s ({self.lost_after_s}) must exceed the suspect time ({self.suspect_after_s})"
+                f"stranded_grace_s ({self.stranded_grace_s}) must exceed the suspect time "
+                f"({self.suspect_after_s})"
             )
 
     @property
     def suspect_after_s(self) -> float:
         return self.heartbeat_interval_s * self.suspect_after_missed
+
+
+def silence_of(state: HostState, seen_silent_s: float, now: datetime) -> float:
+    """How long the host has been silent, for deciding.
+
+    The last-seen clock starts afresh with each registry; a host already asleep or
+    unreachable in the log has been silent at least since the log says so, so a
+    restarted registry does not hand an eight-hour sleeper another eight hours.
+    """
+    if state.waiting and state.liveness_since is not None:
+        return max(seen_silent_s, (now - state.liveness_since).total_seconds())
+    return seen_silent_s
 
 
 class LastSeen:

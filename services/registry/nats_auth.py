@@ -29,6 +29,7 @@ import nkeys
 from potluck.contracts.reports import AnyReport
 from potluck.contracts.subjects import (
     HEARTBEAT,
+    JOIN,
     REPORT_PREFIX,
     host_consumer,
     host_rpc_filter,
@@ -80,11 +81,26 @@ def host_permissions(host_id: str) -> dict[str, Any]:
     }
 
 
-def render_authorization(service_keys: Iterable[str], hosts: Iterable[tuple[str, str]]) -> str:
-    """nats-server configuration (JSON is valid NATS config) for services and (host_id, nkey) pairs."""
+def join_permissions(host_id: str) -> dict[str, Any]:
+    """A join token's throwaway identity: ask to join as this host, read the answer; nothing else."""
+    return {
+        "publish": {"allow": [host_subject(JOIN, host_id)]},
+        "subscribe": {"allow": [f"{inbox_prefix(host_id)}.>"]},
+    }
+
+
+def render_authorization(
+    service_keys: Iterable[str],
+    hosts: Iterable[tuple[str, str]],
+    joining: Iterable[tuple[str, str]] = (),
+) -> str:
+    """nats-server configuration (JSON is valid NATS config) for services, (host_id, nkey) pairs,
+    and the (host_id, throwaway nkey) pairs of unspent join tokens."""
     users: list[dict[str, Any]] = [{"nkey": key} for key in sorted(set(service_keys))]
     for host_id, key in sorted(hosts):
         users.append({"nkey": key, "permissions": host_permissions(validate_host_id(host_id))})
+    for host_id, key in sorted(joining):
+        users.append({"nkey": key, "permissions": join_permissions(validate_host_id(host_id))})
     return json.dumps({"authorization": {"users": users}}, indent=2) + "\n"
 
 

@@ -10,6 +10,10 @@ Before any handler runs, a host's request is admitted: within the host's rate
 (host_rate.py; beyond it the answer is RATE_LIMITED and nothing is read or
 written) and with a reply subject in the host's own inbox (potluck.events'
 ReplyGuard; any other is refused, logged and counted, and never answered).
+Then a host that left or was revoked is refused, whatever it asks (HOST_LEFT,
+HOST_REVOKED, from the gate's `gone` check): no handler of a gone host's
+request runs, so none can bring it back. Only its status is answered, so the
+member can read that it left.
 """
 
 import time
@@ -26,12 +30,18 @@ from potluck.events.replies import ReplyGuard
 from potluck.kernel.rejections import Rejected
 from potluck.registry.host_rate import HostRates, log_refusal
 
-__all__ = ["HostHandler", "HostRequestGate", "answer", "first_error"]
+__all__ = ["GoneCheck", "HostHandler", "HostRequestGate", "answer", "first_error"]
 
 log = structlog.get_logger(__name__)
 
 #: A request about one host (its id is the subject's last token) and its payload, to the answer's data.
 HostHandler = Callable[[str, bytes], Awaitable[dict[str, Any]]]
+#: Why a host is refused whatever it asks (it left, it was revoked), or None.
+GoneCheck = Callable[[str], Rejected | None]
+
+
+def _never_gone(host_id: str) -> Rejected | None:
+    return None
 
 
 def first_error(exc: ValidationError) -> str:
@@ -48,14 +58,24 @@ class HostRequestGate:
     """Admits hosts' requests (rate, reply subject) and answers them with a handler's result."""
 
     def __init__(
-        self, guard: ReplyGuard, rates: HostRates, clock: Callable[[], float] = time.monotonic
+        self,
+        guard: ReplyGuard,
+        rates: HostRates,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        gone: GoneCheck = _never_gone,
     ) -> None:
         self.guard = guard
         self.rates = rates
         self.clock = clock
+        self.gone = gone
+        #: Requests refused per host because it left or was revoked.
+        self.refused_gone: dict[str, int] = {}
 
-    async def respond(self, msg: Msg, handler: HostHandler) -> None:
-        """Run `handler` for the host the subject names and answer with its data or its error."""
+    async def respond(self, msg: Msg, handler: HostHandler, *, gone_too: bool = False) -> None:
+        """Run `handler` for the host the subject names and answer with its data or its error.
+
+        A gone host's request is refused before `handler` runs, unless `gone_too` (its status)."""
         host_id = host_of(msg.subject)
         inbox = inbox_prefix(host_id)
         # The rate first: a host refused for its pace costs no more than this check, and its
@@ -72,6 +92,18 @@ class HostRequestGate:
             return
         if not self.guard.allows(msg, inbox, requester=host_id):
             return
+        gone = None if gone_too else self.gone(host_id)
+        if gone is not None:
+            self.refused_gone[host_id] = self.refused_gone.get(host_id, 0) + 1
+            log.warning(
+                "registry.gone_host_refused",
+                host_id=host_id,
+                subject=msg.subject,
+                code=gone.code,
+                hint="the host left or was revoked; it comes back only if an operator enrolls it again",
+            )
+            await msg.respond(Reply(ok=False, error=gone.as_dict()).model_dump_json().encode())
+            return
         try:
             reply = Reply(ok=True, data=await handler(host_id, msg.data))
         except ValidationError as exc:
@@ -83,10 +115,10 @@ class HostRequestGate:
             reply = Reply(ok=False, error={"code": "INTERNAL", "message": f"registry failed: {exc!r}"})
         await msg.respond(reply.model_dump_json().encode())
 
-    def on_request(self, handler: HostHandler) -> Callable[[Msg], Awaitable[None]]:
-        """The NATS callback answering hosts' requests with `handler`."""
+    def on_request(self, handler: HostHandler, *, gone_too: bool = False) -> Callable[[Msg], Awaitable[None]]:
+        """The NATS callback answering hosts' requests with `handler` (gone hosts too if `gone_too`)."""
 
         async def callback(msg: Msg) -> None:
-            await self.respond(msg, handler)
+            await self.respond(msg, handler, gone_too=gone_too)
 
         return callback

@@ -10,7 +10,8 @@ silence is counted only once the subscriptions are in place.
 Hosts' requests pass one gate (replies.py): within the host's rate, and
 answered only into the host's own inbox; LIST_HOSTS, which only services may
 send, is answered only into the services' inbox. What was refused is counted
-per host in every LIST_HOSTS answer (`refused`).
+per host in every LIST_HOSTS answer (`refused`). A host that left or was
+revoked is refused whatever it asks but its status (`refused.gone_hosts`).
 
 An event the registry cannot decode (a newer writer's type) is skipped and
 counted (`skipped`, also in every LIST_HOSTS answer), and the registry keeps
@@ -24,17 +25,31 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from potluck.contracts.messages import Reply
-from potluck.contracts.subjects import CONTROL, HEARTBEAT, LIST_HOSTS, POLICY, REGISTER, SERVICE_INBOX, STATUS
+from potluck.contracts.subjects import (
+    CONTROL,
+    HEARTBEAT,
+    JOIN,
+    LIST_HOSTS,
+    POLICY,
+    REGISTER,
+    SERVICE_INBOX,
+    SLEEP,
+    STATUS,
+)
 from potluck.events import EventStore, SkippedEvents, ensure_streams
 from potluck.events.replies import ReplyGuard
+from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostsView
+from potluck.registry import host as aggregate
 from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.host_rate import HostRates, RatePolicy
+from potluck.registry.joining import JoinHandler, NatsAuthFiles
 from potluck.registry.liveness import LastSeen, LivenessPolicy
 from potluck.registry.policy_requests import PolicyRequests
 from potluck.registry.projection import hosts_fold
 from potluck.registry.replies import HostRequestGate, answer
 from potluck.registry.requests import HostRequests
+from potluck.registry.sleep_requests import SleepRequests
 
 __all__ = ["REQUEST_RATE", "RegistryService"]
 
@@ -49,7 +64,13 @@ READER = "registry"
 
 class RegistryService:
     def __init__(
-        self, store: EventStore, nc: NATS, policy: LivenessPolicy, *, request_rate: RatePolicy = REQUEST_RATE
+        self,
+        store: EventStore,
+        nc: NATS,
+        policy: LivenessPolicy,
+        *,
+        request_rate: RatePolicy = REQUEST_RATE,
+        nats_auth: NatsAuthFiles | None = None,
     ) -> None:
         self.store = store
         self.nc = nc
@@ -59,8 +80,10 @@ class RegistryService:
         self.fold = hosts_fold(self.view, reader=READER)
         self.watch = LivenessWatch(store, self.view, policy)
         self.replies = ReplyGuard("registry")
-        self.gate = HostRequestGate(self.replies, HostRates(request_rate))
+        self.gate = HostRequestGate(self.replies, HostRates(request_rate), gone=self._gone)
         self.requests = HostRequests(store, self.js, self.fold, self.view, self.watch)
+        self.joining = JoinHandler(store, self.view, nats_auth)
+        self.sleep = SleepRequests(store, self.view, self.watch)
 
     @property
     def last_seen(self) -> LastSeen:
@@ -95,8 +118,10 @@ class RegistryService:
             ),
             await self.nc.subscribe(LIST_HOSTS, queue=queue, cb=self._on_list),
             await self.nc.subscribe(
-                f"{STATUS}.*", queue=queue, cb=self.gate.on_request(self.requests.status)
+                f"{STATUS}.*", queue=queue, cb=self.gate.on_request(self.requests.status, gone_too=True)
             ),
+            await self.nc.subscribe(f"{JOIN}.*", queue=queue, cb=self.gate.on_request(self.joining.join)),
+            await self.nc.subscribe(f"{SLEEP}.*", queue=queue, cb=self.gate.on_request(self.sleep.notice)),
         ]
         # Only once the server has our subscriptions can beats arrive; silence is counted from
         # then, not from before the restart, so every host gets a fresh grace period.
@@ -107,14 +132,22 @@ class RegistryService:
         finally:
             for sub in subs:
                 await sub.unsubscribe()
+            await self.joining.close()
 
     def refused(self) -> dict[str, dict[str, int]]:
-        """Refused per host since start: requests over the rate, beats over the rate, bad reply subjects."""
+        """Refused per host since start: requests over the rate, beats over the rate, bad reply
+        subjects, requests of hosts that left or were revoked."""
         return {
             "requests_over_rate": dict(sorted(self.gate.rates.refused.items())),
             "beats_over_rate": dict(sorted(self.watch.rates.refused.items())),
             "reply_subjects": self.replies.as_dict(),
+            "gone_hosts": dict(sorted(self.gate.refused_gone.items())),
         }
+
+    def _gone(self, host_id: str) -> Rejected | None:
+        """Why a host that left or was revoked is refused, as the view has folded it."""
+        state = self.view.hosts.get(host_id)
+        return None if state is None else aggregate.gone_refusal(state)
 
     async def _on_list(self, msg: Msg) -> None:
         data = {**self.requests.list_hosts(), "refused": self.refused()}

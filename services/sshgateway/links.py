@@ -81,6 +81,13 @@ class LinkPool:
         for conn in list(self._idle.pop(host_id, ())):
             conn.close()
 
+    def sever_host(self, host_id: str) -> None:
+        """Close every link of `host_id`, idle or carrying a session (a revoked host)."""
+        self.close_host(host_id)
+        for conn, owner in list(self._host_of.items()):
+            if owner == host_id:
+                conn.close()
+
     def close_all(self) -> None:
         for host_id in list(self._idle):
             self.close_host(host_id)

@@ -7,8 +7,9 @@ keep: the public SSH host key each hostd sent when it registered
 laptop is mapped to its host id. A key belongs to the first registered host
 that presented it; another host registering the same key is ignored until the
 first one deregisters (so a member who copies a state directory to a second
-machine cannot take over the first one's sessions). A deregistered host's key
-is forgotten; a lost host keeps its key, since it may come back.
+machine cannot take over the first one's sessions). A deregistered, left or
+revoked host's key is forgotten (its links are refused from then on); a lost
+host keeps its key, since it may come back.
 
 Keys are compared by their wire blob (`key_blob`): the algorithm name is part
 of it, comments and spacing are not.
@@ -26,7 +27,7 @@ from datetime import datetime
 from typing import ClassVar
 
 from potluck.contracts.allocation_events import AllocationEvent
-from potluck.contracts.host_events import HostDeregistered, HostRegistered
+from potluck.contracts.host_events import HostDeregistered, HostLeft, HostRegistered, HostRevoked
 from potluck.events import Event, RecordedEvent
 from potluck.readmodels.allocations import AllocationState, AllocationsView
 
@@ -91,7 +92,7 @@ class GatewayView:
         self.allocations.position = position
         if isinstance(event, HostRegistered):
             return self._registered(event.host_id, str(getattr(event, "ssh_host_key", "") or ""))
-        if isinstance(event, HostDeregistered):
+        if isinstance(event, HostDeregistered | HostLeft | HostRevoked):
             self._forget(event.host_id)
         return None
 

@@ -6,8 +6,9 @@ changed:
 
 - an allocation that stops running (released, expired, lost...) ends its
   sessions, each with a message saying why;
-- a host that deregisters, or registers with another key, has its idle links
-  closed: they were authenticated with the key it no longer has;
+- a host that deregisters, leaves, is revoked, or registers with another key,
+  has its idle links closed: they were authenticated with the key it no
+  longer has (a revoked host's sessions end with its allocations, lost);
 - a host registering a key that another host holds is logged (the view
   ignores it).
 
@@ -17,7 +18,7 @@ them and logs `events.skipped_unreadable`, and the gateway goes on serving.
 
 import structlog
 
-from potluck.contracts.host_events import HostDeregistered, HostRegistered
+from potluck.contracts.host_events import HostDeregistered, HostLeft, HostRegistered, HostRevoked
 from potluck.events import Event, RecordedEvent
 from potluck.readmodels.allocations import AllocationState
 from potluck.sshgateway.context import SessionRegistry
@@ -55,11 +56,15 @@ class GatewayReactions:
                 hint="two hosts registered the same SSH key (a copied state_dir?); the second is ignored",
             )
         if (
-            isinstance(event, HostRegistered | HostDeregistered)
+            isinstance(event, HostRegistered | HostDeregistered | HostLeft | HostRevoked)
             and key_before is not None
             and self.view.host_keys.get(event.host_id) != key_before
         ):
             self.links.close_host(event.host_id)
+        if isinstance(event, HostRevoked):
+            # Stolen or compromised: not even a link carrying a session stays open.
+            self.links.sever_host(event.host_id)
+            log.warning("gateway.host_revoked", host_id=event.host_id, by=event.by, reason=event.reason)
 
     def _allocation_changed(self, allocation: AllocationState) -> None:
         if allocation.status == "running":

@@ -272,7 +272,8 @@ class TunnelClient(asyncssh.SSHClient):
                 "link.unknown_host_key",
                 peer=self._peer,
                 fingerprint=key.get_fingerprint(),
-                hint="no registered host has this SSH key (not registered yet, deregistered, or not a host)",
+                hint="no registered host has this SSH key "
+                "(not registered yet, deregistered, left, revoked, or not a host)",
             )
             return False
         self.host_id = host_id

@@ -227,6 +227,21 @@ class GatewaySettings(BaseModel):
         )
 
     @classmethod
+    def for_keys(cls, state_dir: Path | None, environ: Mapping[str, str] | None = None) -> "GatewaySettings":
+        """Only what the gateway's keys need, its state directory (the option, else
+        `POTLUCK_SSHGATEWAY_STATE_DIR`); nothing else is read, so printing a key needs no
+        database, NATS or listening settings."""
+        env = os.environ if environ is None else environ
+        value: Any = state_dir if state_dir is not None else env.get(ENV_PREFIX + "STATE_DIR")
+        source = "--state-dir" if state_dir is not None else ENV_PREFIX + "STATE_DIR"
+        if value is None:
+            raise SettingsError(f"{source}: name the gateway's state directory, where its keys are")
+        try:
+            return cls(state_dir=value)
+        except ValidationError as exc:
+            raise SettingsError(f"{source}: {exc.errors()[0]['msg']}") from None
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "GatewaySettings":
         """Settings from `POTLUCK_SSHGATEWAY_*` variables; `overrides` (e.g. CLI options) win."""
         env = os.environ if environ is None else environ

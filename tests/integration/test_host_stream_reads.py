@@ -100,7 +100,7 @@ async def test_a_stale_view_still_loses_no_concurrent_write(store: EventStore) -
     def silence(state: HostState | None) -> list[Event]:
         assert state is not None
         decided_on.append(state)
-        return aggregate.went_silent(state, 10.0, suspect_after_s=1.0, lost_after_s=5.0)
+        return aggregate.went_silent(state, 10.0, suspect_after_s=1.0, stranded_grace_s=5.0)
 
     try:
         outcome = await decide_on_host(raced, host_id, silence, known=lambda: view.hosts.get(host_id))

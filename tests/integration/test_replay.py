@@ -29,7 +29,7 @@ from potluck.contracts.allocation_events import Quota, UserTokenRotated, user_st
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import host_stream
-from potluck.contracts.messages import ControlHost, RegisterHost
+from potluck.contracts.messages import ControlHost, RegisterHost, SleepNotice
 from potluck.contracts.reports import ContainerExited, ContainerStarted
 from potluck.contracts.subjects import ALLOCATOR_STATE
 from potluck.events import DuplicateEvent, Event, EventStore, NewEvent
@@ -230,7 +230,7 @@ async def scenario(services: Services) -> Scenario:
 
         def silence(state: HostState | None, silent: float = silent) -> list[Event]:
             assert state is not None
-            return aggregate.went_silent(state, silent, suspect_after_s=180, lost_after_s=1000)
+            return aggregate.went_silent(state, silent, suspect_after_s=180, stranded_grace_s=1000)
 
         await decide_on_host(store, a, silence)
     await status_of(services, second, "lost")
@@ -415,3 +415,45 @@ async def test_moments_the_log_has_not_reached_are_refused(store: EventStore) ->
     for bad in ("yesterday", "-3", "2025-13-45", "x ago", "12:00 tomorrow"):
         with pytest.raises(OpsError, match="--until"):
             parse_until(bad)
+
+
+async def test_replay_reproduces_asleep_woke_unreachable_and_lost(services: Services) -> None:
+    """Four hosts through sleep and silence, decided by the registry's aggregate as its
+    handlers do: one announced sleep (asleep), one slept and woke (active, slept 120 s),
+    one unreachable, one asleep then lost past the stranded grace. `replay --check` finds
+    no difference with the running registry and allocator, liveness_since and slept_s
+    included, and the replay has each state."""
+    store = services.store
+    asleep, woke, unreachable, lost = [await register_host(store, f"lid-{i}", 2) for i in range(4)]
+
+    async def notice(host_id: str, slept_s: float | None) -> None:
+        note = SleepNotice(slept_s=slept_s)
+        await decide_on_host(store, host_id, lambda s: aggregate.sleep_noticed(s, host_id, note))
+
+    async def silent(host_id: str, seconds: float) -> None:
+        def decide(state: HostState | None) -> list[Event]:
+            assert state is not None
+            return aggregate.went_silent(state, seconds, suspect_after_s=180, stranded_grace_s=1000)
+
+        await decide_on_host(store, host_id, decide)
+
+    await notice(asleep, None)
+    await notice(woke, None)
+    await notice(woke, 120.0)
+    await silent(unreachable, 200.0)
+    await notice(lost, None)
+    await silent(lost, 200.0)  # asleep: not suspected
+    await silent(lost, 2000.0)
+    await services.settled()
+
+    result = await check(store, await services.live())
+    assert result.ok, [c.differences for c in result.comparisons]
+    hosts = plain(result.models.to_dict())["hosts"]
+    assert [hosts[h]["status"] for h in (asleep, woke, unreachable, lost)] == [
+        "asleep",
+        "active",
+        "unreachable",
+        "lost",
+    ]
+    assert hosts[woke]["slept_s"] == 120.0
+    assert all(hosts[h]["liveness_since"] for h in (asleep, woke, unreachable, lost))

@@ -93,3 +93,17 @@ async def test_once_the_watch_is_cancelled_nothing_is_restarted(tmp_path: Path) 
     await asyncio.sleep(0.3)
     assert not proc.running()
     assert said == []
+
+
+async def test_a_child_that_stopped_for_good_is_said_once_and_not_restarted(tmp_path: Path) -> None:
+    """A child exiting with code 3 (hostd of a machine that left or was revoked): the watch
+    ends after saying so once, and no new process of it is started."""
+    said: list[str] = []
+    proc = child(tmp_path, "exit 3")
+    first = proc.pid
+    await asyncio.wait_for(Supervisor(said.append, FAST).keep_running("hostd-local", proc), 10)
+    assert said == [
+        "hostd-local exited with code 3: it stopped for good (see its log for why); not restarting it"
+    ]
+    assert proc.pid == first
+    assert not proc.running()

@@ -21,6 +21,7 @@ from potluck.allocator.decisions import (
     expiry,
     extension,
     loss,
+    loss_reason,
     never_fits,
     placement,
     refusal,
@@ -52,7 +53,15 @@ from potluck.contracts.allocation_events import (
     quota_stream,
 )
 from potluck.contracts.capacity import Capacity
-from potluck.events import Fold, StreamAppend, WrongExpectedVersion
+from potluck.contracts.host_events import (
+    HostDeregistered,
+    HostLeft,
+    HostLost,
+    HostPaused,
+    HostRevoked,
+    HostSuspected,
+)
+from potluck.events import Event, Fold, StreamAppend, WrongExpectedVersion
 from potluck.events.schema import registry
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import AllocationState
@@ -309,6 +318,32 @@ def test_loss_only_of_what_is_active_on_the_lost_host() -> None:
     assert alloc.events == [AllocationLost(alloc_id="a1", host_id="h1")]
     assert loss(state("running"), "h2") == []
     assert loss(state("exited"), "h1") == []
+
+
+def test_loss_tells_the_user_the_reason_given() -> None:
+    """A loss decided with a reason carries it in AllocationLost, which is what the user reads."""
+    alloc, freed = loss(state("running"), "h1", "host revoked by olga: stolen")
+    lost = AllocationLost(alloc_id="a1", host_id="h1", reason="host revoked by olga: stolen")
+    assert alloc.events == [lost]
+    assert freed.events == [CapacityFreed(host_id="h1", alloc_id="a1", amount=cap(1))]
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        (HostLost(host_id="h1", silent_for_s=400), "host lost"),
+        (HostDeregistered(host_id="h1", by="member"), "host deregistered by its member"),
+        (HostLeft(host_id="h1", by="member"), "host left the pool"),
+        (HostRevoked(host_id="h1", by="olga", reason="stolen laptop"), "host revoked by olga: stolen laptop"),
+        (HostRevoked(host_id="h1", by="olga"), "host revoked by olga"),
+        (HostPaused(host_id="h1", by="member"), None),
+        (HostSuspected(host_id="h1", silent_for_s=20), None),
+    ],
+)
+def test_which_host_events_take_its_allocations_and_why(event: Event, reason: str | None) -> None:
+    """Lost, deregistered, left and revoked hosts take their allocations with them, each with the
+    reason the users read; a pause or a silence (the host may come back) takes nothing."""
+    assert loss_reason(event) == reason
 
 
 def test_expiry_only_when_the_lifetime_has_run_out() -> None:

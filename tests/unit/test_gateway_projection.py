@@ -24,7 +24,14 @@ from potluck.contracts.allocation_events import (
 )
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.engine import EngineFacts
-from potluck.contracts.host_events import HostDeregistered, HostLost, HostPaused, HostRegistered
+from potluck.contracts.host_events import (
+    HostDeregistered,
+    HostLeft,
+    HostLost,
+    HostPaused,
+    HostRegistered,
+    HostRevoked,
+)
 from potluck.events import Event
 from potluck.readmodels.allocations import AllocationState
 from potluck.sshgateway.projection import GatewayView, HostKeyConflict, key_blob
@@ -202,6 +209,20 @@ def test_the_key_is_free_again_once_its_owner_deregisters() -> None:
     assert feed.view.host_for_key(blob_of(KEY_A)) is None  # h2's earlier attempt does not count
     assert feed(registered("h2", KEY_A)) is None
     assert feed.view.host_for_key(blob_of(KEY_A)) == "h2"
+
+
+@pytest.mark.parametrize(
+    "gone",
+    [HostLeft(host_id="h1", by="member"), HostRevoked(host_id="h1", by="olga", reason="stolen")],
+    ids=["left", "revoked"],
+)
+def test_a_host_that_left_or_was_revoked_loses_its_key(gone: Event) -> None:
+    """A left or revoked host's key maps to no host any more: its links are refused."""
+    feed = Feed()
+    feed(registered("h1", KEY_A))
+    feed(gone)
+    assert feed.view.host_for_key(blob_of(KEY_A)) is None
+    assert "h1" not in feed.view.host_keys
 
 
 def test_a_lost_or_paused_host_keeps_its_key() -> None:

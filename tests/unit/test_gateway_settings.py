@@ -440,3 +440,25 @@ def test_the_default_throttle_keeps_ssh_audits_rate_test_under_its_limit() -> No
     settings = GatewaySettings.from_env(STATE)
     admitted = settings.source_connection_burst + settings.source_connections_per_s * 1.5
     assert admitted / 1.5 < 20
+
+
+# --- for_keys (`potluck sshgateway --print-client-key`) ------------------------------------------------
+
+
+def test_keys_need_only_the_state_dir() -> None:
+    """Printing the client key reads only the state directory: other variables, even bad ones, are
+    not read, so an operator's shell without the gateway's settings prints it."""
+    broken = env(listen="not an address", max_unauthenticated="-1")
+    settings = GatewaySettings.for_keys(None, broken)
+    assert settings.state_dir == Path("/var/lib/potluck-sshgateway")
+    assert GatewaySettings.for_keys(Path("/srv/gw"), broken).state_dir == Path("/srv/gw")
+
+
+def test_keys_without_a_state_dir_say_where_to_name_it() -> None:
+    """No option and no variable: the error names both; an empty variable is refused by name."""
+    with pytest.raises(
+        SettingsError, match=r"POTLUCK_SSHGATEWAY_STATE_DIR: name the gateway's state directory"
+    ):
+        GatewaySettings.for_keys(None, {})
+    with pytest.raises(SettingsError, match=r"POTLUCK_SSHGATEWAY_STATE_DIR: .*name a directory"):
+        GatewaySettings.for_keys(None, {"POTLUCK_SSHGATEWAY_STATE_DIR": " "})

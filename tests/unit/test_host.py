@@ -19,11 +19,13 @@ from potluck.contracts.host_events import (
     HostDeregistered,
     HostDrainStarted,
     HostEnrolled,
+    HostLeft,
     HostLost,
     HostPaused,
     HostRecovered,
     HostRegistered,
     HostResumed,
+    HostRevoked,
     HostSuspected,
 )
 from potluck.contracts.messages import ControlHost, RegisterHost
@@ -259,11 +261,121 @@ def test_an_action_the_contract_does_not_know_is_refused_as_a_bad_field() -> Non
     assert (info.value.field, info.value.status) == ("action", 400)
 
 
+# --- leave and revoke: for good ----------------------------------------------------------------
+
+LEFT = HostLeft(host_id=H, by="member")
+REVOKED = HostRevoked(host_id=H, by="olga", reason="stolen from a train")
+
+
+@pytest.mark.parametrize("by", ["member", "operator"])
+def test_leave_records_who_left_and_a_second_leave_records_nothing(by: Actor) -> None:
+    """A registered host leaves; the state is left, unregistered, not schedulable; again: nothing."""
+    state = registered()
+    assert host.control(state, H, control("leave"), by) == [HostLeft(host_id=H, by=by)]
+    left = then(state, [HostLeft(host_id=H, by=by)])
+    assert (left.status, left.registered, left.schedulable, left.gone) == ("left", False, False, True)
+    assert host.control(left, H, control("leave"), by) == []
+
+
+@pytest.mark.parametrize(
+    "before",
+    [[], [HostDeregistered(host_id=H, by="member")], [HostLost(host_id=H, silent_for_s=400)]],
+    ids=["never-registered", "deregistered", "lost"],
+)
+def test_a_host_not_registered_or_silent_may_still_leave(before: list[Event]) -> None:
+    """Leaving needs no running hostd: an enrolled, deregistered or lost host may leave too."""
+    state = then(enrolled(), before) if before else enrolled()
+    if before and isinstance(before[0], HostLost):
+        state = registered(*before)
+    assert host.leave(state, H, "member") == [HostLeft(host_id=H, by="member")]
+
+
+def test_leave_of_a_host_never_enrolled_is_refused() -> None:
+    with refused("NOT_ENROLLED"):
+        host.leave(None, H, "member")
+
+
+def test_a_left_host_registering_again_is_refused_for_good() -> None:
+    """Unlike a deregistration, leaving is not lifted by the next registration (hostd restarted,
+    NATS reconnected): HOST_LEFT, saying that an operator must enroll it again."""
+    left = registered(LEFT)
+    with refused("HOST_LEFT") as info:
+        host.register(left, H, request())
+    assert "enroll it again" in info.value.message
+    with refused("HOST_LEFT"):
+        host.register(left, H, request(hostd_version="9"))
+
+
+@pytest.mark.parametrize("action", ["pause", "resume", "drain", "deregister"])
+def test_controls_of_a_gone_host_are_refused_with_why(action: str) -> None:
+    with refused("HOST_LEFT"):
+        host.control(registered(LEFT), H, control(action), "member")
+    with refused("HOST_REVOKED") as info:
+        host.control(registered(REVOKED), H, control(action), "operator")
+    assert "olga" in info.value.message
+    assert "stolen from a train" in info.value.message
+
+
+def test_revoke_records_who_and_why_and_a_second_revoke_records_nothing() -> None:
+    """The first revocation stands: revoking again (another reason) records nothing."""
+    state = registered()
+    assert host.revoke(state, H, "olga", "  stolen from a train ") == [REVOKED]
+    revoked = then(state, [REVOKED])
+    assert (revoked.status, revoked.revoked_by, revoked.revoked_reason) == (
+        "revoked",
+        "olga",
+        "stolen from a train",
+    )
+    assert host.revoke(revoked, H, "piet", "again") == []
+
+
+def test_a_host_that_left_may_still_be_revoked_but_a_revoked_one_cannot_leave() -> None:
+    assert host.revoke(registered(LEFT), H, "olga", "stolen after it left") == [
+        HostRevoked(host_id=H, by="olga", reason="stolen after it left")
+    ]
+    with refused("HOST_REVOKED"):
+        host.leave(registered(REVOKED), H, "member")
+
+
+def test_a_revoked_host_registering_again_is_refused_with_the_reason() -> None:
+    with refused("HOST_REVOKED") as info:
+        host.register(registered(REVOKED), H, request())
+    assert info.value.message.endswith("ask an operator to enroll it again")
+    assert "stolen from a train" in info.value.message
+
+
+def test_revoke_refuses_a_host_never_enrolled_an_anonymous_revoker_and_a_long_reason() -> None:
+    with refused("NOT_ENROLLED"):
+        host.revoke(None, H, "olga", "")
+    with refused("BAD_REQUEST") as anonymous:
+        host.revoke(registered(), H, "  ", "stolen")
+    assert anonymous.value.field == "by"
+    with refused("BAD_REQUEST") as long:
+        host.revoke(registered(), H, "olga", "x" * (host.MAX_REASON + 1))
+    assert long.value.field == "reason"
+
+
+def test_gone_refusal_names_only_left_and_revoked_hosts() -> None:
+    assert host.gone_refusal(registered()) is None
+    assert host.gone_refusal(registered(HostDeregistered(host_id=H, by="member"))) is None
+    left, revoked = host.gone_refusal(registered(LEFT)), host.gone_refusal(registered(REVOKED))
+    assert left is not None
+    assert revoked is not None
+    assert (left.code, revoked.code) == ("HOST_LEFT", "HOST_REVOKED")
+
+
+def test_a_gone_host_beating_or_silent_records_nothing() -> None:
+    """Beats of a left or revoked host bring nothing back; its silence means nothing."""
+    for gone in (registered(LEFT), registered(REVOKED)):
+        assert host.beat_returned(gone) == []
+        assert silent(gone, LOST_S * 10) == []
+
+
 # --- liveness ---------------------------------------------------------------------------------
 
 
 def silent(state: HostState, seconds: float) -> list[Event]:
-    return host.went_silent(state, seconds, suspect_after_s=SUSPECT_S, lost_after_s=LOST_S)
+    return host.went_silent(state, seconds, suspect_after_s=SUSPECT_S, stranded_grace_s=LOST_S)
 
 
 def test_a_host_quiet_for_less_than_the_suspect_time_is_left_alone() -> None:

@@ -25,7 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import Actor
-from potluck.contracts.messages import ControlHost, RegisterHost
+from potluck.contracts.messages import ControlHost, RegisterHost, SleepNotice
 from potluck.events import Event
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostState, evolve
@@ -62,6 +62,7 @@ class Model:
     liveness: str | None = None
     offered: RegisterHost | None = None
     grace_s: float = 0.0
+    slept_s: float | None = None
     history: list[str] = field(default_factory=list)
 
     def register(self, req: RegisterHost) -> list[str] | str:
@@ -100,7 +101,7 @@ class Model:
     def went_silent(self, seconds: float) -> list[str]:
         if not self.registered:
             return []
-        if self.liveness in ("online", "unreachable") and seconds >= LOST_S:
+        if self.liveness in ("online", "unreachable", "asleep") and seconds >= LOST_S:
             self.liveness = "lost"
             return ["HostLost"]
         if self.liveness == "online" and seconds >= SUSPECT_S:
@@ -109,10 +110,25 @@ class Model:
         return []
 
     def beat_returned(self) -> list[str]:
-        if self.registered and self.liveness in ("unreachable", "lost"):
+        if self.registered and self.liveness in ("unreachable", "asleep", "lost"):
             self.liveness = "online"
             return ["HostRecovered"]
         return []
+
+    def sleep_noticed(self, slept_s: float | None) -> list[str] | str:
+        if not self.enrolled:
+            return "NOT_ENROLLED"
+        if not self.registered:
+            return "NOT_REGISTERED"
+        if slept_s is None:
+            if self.liveness == "asleep":
+                return []
+            self.liveness = "asleep"
+            return ["HostSleeping"]
+        if self.liveness == "online" and self.slept_s == slept_s:
+            return []  # the same notice again: hostd repeats it until answered
+        self.liveness, self.slept_s = "online", slept_s
+        return ["HostWoke"]
 
 
 class HostMachine(RuleBasedStateMachine):
@@ -167,7 +183,7 @@ class HostMachine(RuleBasedStateMachine):
         assert self.state is not None
         state = self.state
         self._decide(
-            lambda: host.went_silent(state, seconds, suspect_after_s=SUSPECT_S, lost_after_s=LOST_S),
+            lambda: host.went_silent(state, seconds, suspect_after_s=SUSPECT_S, stranded_grace_s=LOST_S),
             self.model.went_silent(seconds),
         )
 
@@ -177,6 +193,15 @@ class HostMachine(RuleBasedStateMachine):
         assert self.state is not None
         state = self.state
         self._decide(lambda: host.beat_returned(state), self.model.beat_returned())
+
+    @rule(slept_s=st.sampled_from([None, None, 0.5, 30.0, 40000.0]), again=st.booleans())
+    def sleep_noticed(self, slept_s: float | None, again: bool) -> None:
+        notice = SleepNotice(slept_s=slept_s)
+        events = self._decide(
+            lambda: host.sleep_noticed(self.state, H, notice), self.model.sleep_noticed(slept_s)
+        )
+        if again and events:
+            assert host.sleep_noticed(self.state, H, notice) == []
 
     @invariant()
     def folded_state_is_the_models(self) -> None:
@@ -191,6 +216,8 @@ class HostMachine(RuleBasedStateMachine):
             self.model.liveness,
         )
         assert state.version == self.version
+        assert state.slept_s == self.model.slept_s
+        assert state.waiting == (self.model.registered and self.model.liveness in ("asleep", "unreachable"))
         assert state.schedulable == (
             self.model.registered and self.model.admin == "active" and self.model.liveness == "online"
         )

@@ -4,7 +4,8 @@ The state machine keeps a small log in memory that enforces expected versions
 the way EventStore.append_streams does, folds the capacity streams into a
 CapacityLedger and the host streams into the registry's projection, and keeps
 a Scheduler in step with both. On every step, on every host, reserved <=
-donated; no placement lands on a host that is not schedulable; the Scheduler
+donated; no placement lands on a host that is not schedulable (frozen by its owner's
+policy included), nor on a throttled one while another has room; the Scheduler
 decides as `place` over the snapshots does; and a brute-force reference
 (Capacity.fits_in over every host) agrees with every Placed, Wait and
 Impossible. Two replicas deciding on the same ledger version cannot both
@@ -66,12 +67,16 @@ from potluck.contracts.host_events import (
     HostDeregistered,
     HostDrainStarted,
     HostEnrolled,
+    HostFrozen,
     HostLost,
     HostPaused,
     HostRecovered,
     HostRegistered,
     HostResumed,
+    HostShareRestored,
+    HostSleeping,
     HostSuspected,
+    HostThrottled,
 )
 from potluck.events import Event, StreamAppend, WrongExpectedVersion
 from potluck.readmodels.hosts import HostState, HostsView
@@ -123,7 +128,10 @@ request_capacities = st.builds(
 label_sets = st.sampled_from([{}, {"arch": "arm64"}, {"arch": "amd64"}, {"arch": "amd64", "gpu": "yes"}])
 constraint_sets = st.sampled_from([{}, {}, {}, {"arch": "amd64"}, {"gpu": "yes"}, {"zone": "moon"}])
 strategies = st.sampled_from(["best_fit", "spread"])
-CHANGES = ("suspect", "lost", "recover", "pause", "resume", "drain", "deregister", "reregister")
+CHANGES = (
+    *("suspect", "lost", "recover", "pause", "resume", "drain", "deregister", "reregister"),
+    *("sleep", "throttle", "freeze", "restore"),
+)
 
 
 def spec_for(resources: Capacity) -> AllocationSpec:
@@ -210,6 +218,14 @@ class PoolMachine(RuleBasedStateMachine):
                 event = HostDrainStarted(host_id=host_id, by="member", grace_s=30)
             case "deregister":
                 event = HostDeregistered(host_id=host_id, by="member")
+            case "sleep":
+                event = HostSleeping(host_id=host_id)
+            case "throttle":
+                event = HostThrottled(host_id=host_id, cause="owner", reason="busy owner", share_cpus=0.5)
+            case "freeze":
+                event = HostFrozen(host_id=host_id, cause="battery", reason="on battery", max_frozen_s=60)
+            case "restore":
+                event = HostShareRestored(host_id=host_id)
             case _:
                 assert state.donated is not None
                 event = HostRegistered(
@@ -364,6 +380,11 @@ def check_against_reference(
         case Placed(host_id):
             chosen = next(s for s in room if s.host_id == host_id)
             assert states[host_id].schedulable, f"placed on {states[host_id].status} host {host_id}"
+            assert states[host_id].policy != "frozen"
+            # Throttled hosts only when no other has room; the strategy chooses among the rest.
+            full_speed = [s for s in room if not s.throttled]
+            assert chosen.throttled == (not full_speed)
+            room = full_speed or room
             scores = [score(s.free.cpus, s.free.memory_bytes, s.free.disk_bytes) for s in room]
             mine = score(chosen.free.cpus, chosen.free.memory_bytes, chosen.free.disk_bytes)
             assert mine == (min(scores) if strategy == "best_fit" else max(scores))

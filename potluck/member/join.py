@@ -1,0 +1,223 @@
+"""`potluck join TOKEN`: a member's machine becomes a host of the pool, with one command.
+
+In order, so that nothing is spent before what can be checked here is checked: decode the
+token (malformed or expired by its own `expires_at` is refused at once), check that Docker
+answers, validate the hostd configuration it will write, refuse to overwrite one; then make
+the machine's own NATS key pair and write its credentials (0600), redeem the token with the
+token's throwaway identity (the registry records HostJoined and admits the new key before it
+answers), check that the new key connects, and write hostd.toml (0600). The seed never
+leaves this machine: only its public half is sent.
+"""
+
+import asyncio
+import contextlib
+import os
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nats
+import nkeys
+import tomli_w
+from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
+
+from potluck.contracts.join_token import JoinToken, JoinTokenError, decode
+from potluck.contracts.messages import JoinRequest, Reply
+from potluck.contracts.subjects import JOIN, host_subject, inbox_prefix
+from potluck.hostd.config import HostdConfig
+from potluck.localstack.docker_engine import engine_answers
+
+__all__ = ["JoinError", "JoinSettings", "Joined", "join", "systemd_unit"]
+
+SPENT = "this join token was already used or has expired; ask the operator for a new one"
+UNIT_NAME = "potluck-hostd.service"
+
+
+class JoinError(Exception):
+    """Joining failed; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class JoinSettings:
+    cpus: float
+    memory: str
+    disk: str
+    docker_url: str
+    config_path: Path
+    state_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Joined:
+    token: JoinToken
+    config: HostdConfig
+    config_path: Path
+    settings: JoinSettings
+
+    def donation(self) -> str:
+        s = self.settings
+        return (
+            f"joined as {self.token.name} ({self.token.host_id}): donating {s.cpus:g} CPUs, "
+            f"{s.memory} of memory and {s.disk} of disk on {s.docker_url}"
+        )
+
+
+def new_key_pair() -> tuple[str, str]:
+    """This machine's own NATS identity: (seed, public key)."""
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    return seed.decode(), nkeys.from_seed(seed).public_key.decode()
+
+
+def host_settings(token: JoinToken, settings: JoinSettings, credentials: Path) -> dict[str, Any]:
+    state_dir = settings.state_dir or settings.config_path.parent / "hostd-state"
+    return {
+        "host_id": token.host_id,
+        "credentials_file": str(credentials.absolute()),
+        "nats_url": token.nats_url,
+        "docker_url": settings.docker_url,
+        "state_dir": str(state_dir.absolute()),
+        "labels": {"name": token.name},
+        "donate": {"cpus": settings.cpus, "memory": settings.memory, "disk": settings.disk},
+        "gateways": [g.model_dump() for g in token.gateways],
+    }
+
+
+def _private_file(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
+def _authorization_error(exc: BaseException) -> bool:
+    return "authorization" in str(exc).lower()
+
+
+async def _connect(url: str, seed: str, host_id: str) -> NATS:
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    try:
+        return await nats.connect(
+            url,
+            nkeys_seed_str=seed,
+            inbox_prefix=inbox_prefix(host_id),
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            connect_timeout=5,
+            error_cb=on_error,
+        )
+    except (TimeoutError, NatsError, OSError) as exc:
+        if _authorization_error(exc) or any(_authorization_error(Exception(e)) for e in errors):
+            raise PermissionError(str(exc)) from None
+        raise JoinError(
+            f"cannot reach the pool's NATS at {url} ({exc or type(exc).__name__}); "
+            "is this machine on the pool's network?"
+        ) from None
+
+
+async def redeem(token: JoinToken, public_key: str, timeout: float = 30) -> None:
+    """Ask the registry to admit `public_key` as the token's host; refused tokens raise JoinError."""
+    try:
+        nc = await _connect(token.nats_url, token.join_seed, token.host_id)
+    except PermissionError:
+        raise JoinError(SPENT) from None
+    try:
+        request = JoinRequest(token=token.secret, nkey=public_key)
+        try:
+            msg = await nc.request(
+                host_subject(JOIN, token.host_id), request.model_dump_json().encode(), timeout=timeout
+            )
+        except NatsError as exc:
+            raise JoinError(
+                f"the pool's registry did not answer the join request ({exc or type(exc).__name__}); "
+                "try again in a minute, or ask the operator whether the registry runs"
+            ) from None
+        reply = Reply.model_validate_json(msg.data)
+        if not reply.ok:
+            error = reply.error or {}
+            raise JoinError(f"{error.get('message', 'refused')} [{error.get('code', '?')}]")
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+async def connects(url: str, seed: str, host_id: str, timeout: float = 15) -> None:
+    """The new key is admitted: connect with it (nats-server applies the reload on its own time)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            nc = await _connect(url, seed, host_id)
+        except PermissionError as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise JoinError(
+                    f"the registry accepted this machine, but NATS refuses its key ({exc}); "
+                    "ask the operator to check the registry's --nats-auth-file and --nats-pid-file"
+                ) from None
+            await asyncio.sleep(0.5)
+            continue
+        await nc.close()
+        return
+
+
+def join(text: str, settings: JoinSettings, now: datetime | None = None) -> Joined:
+    """Everything `potluck join` does before starting hostd; raises JoinError saying what failed."""
+    try:
+        token = decode(text, now or datetime.now(UTC))
+    except JoinTokenError as exc:
+        raise JoinError(str(exc)) from None
+    config_path = settings.config_path
+    if config_path.exists():
+        raise JoinError(f"{config_path} exists already; choose another --config, or remove it if it is stale")
+    if not engine_answers(settings.docker_url):
+        raise JoinError(
+            f"no Docker engine answers at {settings.docker_url}; start Docker, or name it with --docker-url"
+        )
+    credentials = config_path.parent / f"{token.host_id}.creds"
+    try:
+        config = HostdConfig.model_validate(host_settings(token, settings, credentials))
+    except ValueError as exc:
+        raise JoinError(f"the hostd configuration would be invalid: {exc}") from None
+    seed, public = new_key_pair()
+    # Written before the token is spent: a key pair the registry admitted must not be lost.
+    _private_file(
+        credentials,
+        "# Potluck host credentials: keep this file private to this machine.\n"
+        f'host_id = "{token.host_id}"\n'
+        f'nats_seed = "{seed}"\n',
+    )
+    try:
+        asyncio.run(redeem(token, public))
+    except JoinError:
+        credentials.unlink(missing_ok=True)
+        raise
+    asyncio.run(connects(token.nats_url, seed, token.host_id))
+    _private_file(config_path, tomli_w.dumps(host_settings(token, settings, credentials)))
+    return Joined(token, config, config_path, settings)
+
+
+def hostd_argv(config_path: Path) -> list[str]:
+    return [sys.executable, "-m", "potluck", "hostd", "--config", str(config_path.absolute())]
+
+
+def systemd_unit(config_path: Path) -> str:
+    """A unit that runs this hostd (`systemctl --user enable --now`, or as a system unit)."""
+    return (
+        "[Unit]\n"
+        "Description=Potluck hostd: donates this machine to the pool\n"
+        "After=network-online.target docker.service\n"
+        "Wants=network-online.target\n"
+        "\n"
+        "[Service]\n"
+        f"ExecStart={' '.join(hostd_argv(config_path))}\n"
+        "Restart=on-failure\n"
+        "RestartSec=5\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=default.target\n"
+    )

@@ -1,0 +1,114 @@
+"""A new member's machine redeems its join token (JOIN.<host_id>, asked with the token's throwaway key).
+
+The Host aggregate decides (host.py `join`: unknown, spent or expired tokens and gone hosts
+are refused, each with its own code); HostJoined records the public key the machine made
+for itself. Before answering, the NATS users file is rendered again with that key in it and
+nats-server reloads, so the member can connect as itself as soon as it reads the answer.
+
+The throwaway key stays in the file for that answer: nats-server closes the connections of
+users a reload removes, and the answer travels on the throwaway's connection. It is taken
+out a moment later (`linger_s`); meanwhile it can only ask to join again, which the spent
+token refuses.
+"""
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from potluck.contracts.join_token import secret_digest
+from potluck.contracts.messages import JoinRequest
+from potluck.events import EventStore
+from potluck.kernel.rejections import Rejected
+from potluck.readmodels.hosts import HostsView
+from potluck.registry import host as aggregate
+from potluck.registry.enrollment import read_seed, refresh_nats_authorization
+from potluck.registry.repository import decide_on_host
+
+__all__ = ["JoinHandler", "NatsAuthFiles"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class NatsAuthFiles:
+    """What the registry needs to change who may connect: the users file nats-server includes,
+    nats-server's PID file (to make it reload), and the services' seed, whose key stays in."""
+
+    auth_file: Path
+    pid_file: Path | None
+    service_seed_file: Path
+
+    def service_seeds(self) -> list[str]:
+        return [read_seed(self.service_seed_file)]
+
+
+@dataclass
+class JoinHandler:
+    store: EventStore
+    view: HostsView
+    auth: NatsAuthFiles | None
+    #: How long nats-server gets to apply a reload (SIGHUP is answered asynchronously).
+    reload_settle_s: float = 0.3
+    #: How long the spent token's throwaway key stays in the users file after the answer.
+    linger_s: float = 5.0
+    _cleanups: set["asyncio.Task[None]"] = field(default_factory=set)
+
+    async def join(self, host_id: str, payload: bytes) -> dict[str, Any]:
+        req = JoinRequest.model_validate_json(payload)
+        if self.auth is None:
+            raise Rejected(
+                "JOIN_UNAVAILABLE",
+                "this pool's registry runs without --nats-auth-file, so it cannot admit a new key; "
+                "ask the operator to enroll with --credentials-out instead",
+                status=503,
+            )
+        outcome = await decide_on_host(
+            self.store,
+            host_id,
+            lambda s: aggregate.join(
+                s, host_id, token_sha256=secret_digest(req.token), nkey=req.nkey, now=datetime.now(UTC)
+            ),
+            {"actor": f"host:{host_id}"},
+            known=lambda: self.view.hosts.get(host_id),
+        )
+        # The state decided on still names the throwaway key the answer travels on.
+        throwaway = outcome.state.join_nkey if outcome.state is not None else ""
+        lingering = [(host_id, throwaway)] if throwaway else []
+        await self._refresh(also_joining=lingering)
+        await asyncio.sleep(self.reload_settle_s)
+        log.info("registry.host_joined", host_id=host_id, nkey=req.nkey)
+        task = asyncio.create_task(self._forget_throwaway(host_id))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        return {"host_id": host_id, "recorded": [type(e).type_name for e in outcome.events]}
+
+    async def _refresh(self, *, also_joining: list[tuple[str, str]]) -> None:
+        assert self.auth is not None
+        await refresh_nats_authorization(
+            self.store,
+            self.auth.auth_file,
+            self.auth.service_seeds(),
+            self.auth.pid_file,
+            also_joining=also_joining,
+        )
+
+    async def _forget_throwaway(self, host_id: str) -> None:
+        await asyncio.sleep(self.linger_s)
+        try:
+            await self._refresh(also_joining=[])
+        except Exception:
+            log.exception(
+                "registry.join_cleanup_failed",
+                host_id=host_id,
+                hint="the spent token's key stays in the NATS users file until the next enrollment "
+                "re-renders it; it can only ask to join, which is refused",
+            )
+
+    async def close(self) -> None:
+        for task in list(self._cleanups):
+            task.cancel()
+        await asyncio.gather(*self._cleanups, return_exceptions=True)

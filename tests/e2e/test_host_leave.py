@@ -1,0 +1,127 @@
+"""`potluck host leave`: the member takes the machine back for good.
+
+Issue 15's acceptance: after the drain, restarting hostd and reconnecting NATS does not bring the
+host back; `ops hosts list` shows "left". Replay of the log still agrees with the running services.
+"""
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from potluck.events import EventStore
+from tests.e2e.conftest import ops, wait_for_status
+from tests.e2e.test_host_revoke import connect_as, replay_agrees, seed_of
+from tests.fixtures.pool import EnrolledHost, Pool, place, spec
+from tests.helpers import wait_until
+
+
+def member(host: EnrolledHost, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "potluck", "host", *args, "--config", str(host.config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def host_event_types(store: EventStore, host_id: str) -> list[str]:
+    return [r.type for r in await store.read_stream(f"host-{host_id}")]
+
+
+async def hostd_stops_for_good(pool: Pool, host: EnrolledHost) -> str:
+    """Until hostd exits; it must exit with 3 (stopped for good). Its log's tail."""
+    assert host.process is not None
+    await wait_until(lambda: not host.process.running(), 30, "hostd to stop")  # type: ignore[union-attr]
+    tail = host.process.log_tail(40)
+    assert host.process.exit_code() == 3, tail
+    return tail
+
+
+async def test_a_host_that_left_after_its_drain_never_comes_back_on_its_own(
+    pool: Pool, laptop: EnrolledHost
+) -> None:
+    """`host leave --grace 1` with an allocation running: it drains (the allocation exits), then
+    records HostLeft; hostd stops (exit 3). Starting hostd again, and again after NATS restarted,
+    is refused (HOST_LEFT, exit 3) and records nothing: the host stays "left" in `ops hosts list`
+    and in `host status`. Its controls are refused; replay agrees; and once the users file is
+    rendered again (another enrollment) its key is refused by NATS too."""
+    await place(pool.store, laptop.host_id, "work", spec())
+    await wait_for_status(pool, "work", "running")
+
+    left = await asyncio.to_thread(member, laptop, "leave", "--grace", "1")
+    assert left.returncode == 0, left.stderr + pool.logs()
+    assert "draining" in left.stderr
+    assert f"left: host {laptop.host_id} left the pool" in left.stdout
+    await wait_for_status(pool, "work", "exited")  # drained, not lost
+    await pool.wait_for_host(laptop.host_id, "left")
+    assert "left the pool" in await hostd_stops_for_good(pool, laptop)
+    events_when_left = await host_event_types(pool.store, laptop.host_id)
+    assert events_when_left[-2:] == ["HostDrainStarted", "HostLeft"], events_when_left
+
+    pool.start_hostd(laptop)
+    assert "HOST_LEFT" in await hostd_stops_for_good(pool, laptop)
+    await asyncio.to_thread(pool.nats.restart)
+    pool.start_hostd(laptop)
+    assert "HOST_LEFT" in await hostd_stops_for_good(pool, laptop)
+    assert await host_event_types(pool.store, laptop.host_id) == events_when_left
+    await pool.wait_for_host(laptop.host_id, "left")
+
+    again = await asyncio.to_thread(member, laptop, "leave")
+    assert again.returncode == 0, again.stderr
+    assert "had left the pool already" in again.stdout
+    paused = await asyncio.to_thread(member, laptop, "pause")
+    assert paused.returncode == 1
+    assert "HOST_LEFT" in paused.stderr
+    assert "enroll it again" in paused.stderr
+    status = await asyncio.to_thread(member, laptop, "status")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["status"] == "left"
+    assert "left the pool" in status.stderr
+
+    code, out, err = await ops("hosts", "list", "--database-url", pool.database_url)
+    assert code == 0, err
+    [row] = [json.loads(line) for line in out.splitlines()]
+    assert (row["host_id"], row["status"]) == (laptop.host_id, "left")
+    code, out, err = await ops("hosts", "list", "--table", "--database-url", pool.database_url)
+    assert code == 0, err
+    assert out.splitlines()[0].split()[:3] == ["HOST", "NAME", "STATUS"]
+    assert out.splitlines()[1].split()[:3] == [laptop.host_id, laptop.name, "left"]
+    assert (await pool.live_hosts())["refused"]["gone_hosts"].get(laptop.host_id, 0) >= 1
+    await replay_agrees(pool)
+
+    await pool.enroll("laptop-b")  # renders the users file from the log again
+    nc = NATS()
+    try:
+        with pytest.raises(Exception, match="Authorization Violation"):
+            await nc.connect(
+                pool.nats.url, nkeys_seed_str=seed_of(laptop), allow_reconnect=False, max_reconnect_attempts=0
+            )
+    finally:
+        await nc.close()
+
+
+async def test_an_operator_can_make_a_host_leave_and_its_key_goes_at_once(
+    pool: Pool, laptop: EnrolledHost
+) -> None:
+    """An operator makes the host leave (`ops hosts control HOST leave` with the pool's NATS files):
+    HostLeft is recorded, hostd stops for good (exit 3), and a new connection with the host's key is
+    refused by NATS, since the users file was rendered again without it."""
+    nats_files = (
+        *("--nats-auth-file", str(pool.nats.auth_file)),
+        *("--nats-pid-file", str(pool.nats.pid_file)),
+        *("--service-seed-file", str(pool.services_seed_file)),
+    )
+    db = ("--database-url", pool.database_url)
+    code, out, err = await ops("hosts", "control", laptop.host_id, "leave", *db, *nats_files)
+    assert code == 0, err
+    assert json.loads(out)["recorded"] == ["HostLeft"]
+    await pool.wait_for_host(laptop.host_id, "left")
+    await hostd_stops_for_good(pool, laptop)
+    with pytest.raises(Exception, match="Authorization Violation"):
+        await connect_as(pool, laptop)
+    assert (await host_event_types(pool.store, laptop.host_id))[-1] == "HostLeft"

@@ -1,0 +1,384 @@
+"""Members join with one command: `potluck ops hosts enroll NAME` prints a token, `potluck join
+TOKEN` on the member's machine does the rest (issue 15).
+
+Real NATS (nkey authorization, users file re-rendered and reloaded), Postgres, the registry,
+the allocator, the SSH gateway and a second private Docker engine standing for the member's
+laptop. The commands run as subprocesses, exactly as an operator and a member type them.
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from potluck.contracts.host_events import HostJoined, HostJoinTokenIssued, host_stream
+from potluck.contracts.join_token import PREFIX, decode, encode
+from potluck.localstack import free_port, wait_for_port
+from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.process import ChildProcess
+from potluck.member.join import connects
+from potluck.registry.enrollment import enroll_with_token, refresh_nats_authorization
+from potluck.registry.nats_auth import public_key_of
+from tests.e2e.conftest import Gatewayed
+from tests.fixtures.pool import EnrolledHost, Pool
+from tests.helpers import wait_until
+
+SPENT = "this join token was already used or has expired; ask the operator for a new one"
+
+
+def potluck(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "potluck", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+async def potluck_async(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(potluck, *args, env=env)
+
+
+def join_args(token: str, engine: DockerEngine | str, config: Path) -> list[str]:
+    url = engine if isinstance(engine, str) else engine.url
+    return [
+        "join",
+        token,
+        "--docker-url",
+        url,
+        "--config",
+        str(config),
+        "--cpus",
+        "1",
+        "--memory",
+        "1G",
+        "--disk",
+        "2G",
+    ]
+
+
+def start_join(pool: Pool, token: str, engine: DockerEngine, config: Path) -> ChildProcess:
+    """`potluck join TOKEN --start`: joins, then runs hostd in the foreground (stopped with the pool)."""
+    proc = ChildProcess(
+        [
+            sys.executable,
+            "-m",
+            "potluck",
+            "--log-level",
+            "DEBUG",
+            *join_args(token, engine, config),
+            "--start",
+        ],
+        log_path=pool.workdir / "join.log",
+    )
+    proc.start()
+    pool.processes["joined-hostd"] = proc
+    return proc
+
+
+@pytest.mark.slow
+async def test_a_member_joins_with_a_token_and_users_reach_its_container(
+    pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path
+) -> None:
+    """The operator enrolls with `ops hosts enroll` (gateway key from `sshgateway --print-client-key`
+    with only the state directory); the member runs `potluck join TOKEN --start` against its own
+    engine. Afterwards: the host is active with the member's own key, its config and credentials
+    are 0600, the log holds the token's digest and never the token, a user's allocation runs on
+    it and answers through the gateway, the throwaway key leaves the NATS users file, and the same
+    token a second time is refused with a clear message and a non-zero exit code."""
+    ssh_port, tunnel_port = free_port(), free_port()
+    printed = await potluck_async(
+        "sshgateway", "--print-client-key", "--state-dir", str(pool.gateway_state_dir), env=no_database_env()
+    )
+    assert printed.returncode == 0, printed.stderr
+    client_key = printed.stdout.strip()
+    assert client_key.startswith("ssh-ed25519 ")
+    assert client_key == pool.gateway_client_key()
+    pool.start_gateway(listen=f"127.0.0.1:{ssh_port}", tunnel_listen=f"127.0.0.1:{tunnel_port}")
+    await pool.wait_api()
+
+    enrolled = await potluck_async(
+        "ops", "hosts", "enroll", "laptop-b",
+        "--database-url", pool.database_url,
+        "--nats-url", pool.nats.url,
+        "--gateway", f"127.0.0.1:{tunnel_port}={pool.gateway_state_dir}",
+        "--nats-auth-file", str(pool.nats.auth_file),
+        "--nats-pid-file", str(pool.nats.pid_file),
+        "--service-seed-file", str(pool.services_seed_file),
+        env=no_up_env(tmp_path),
+    )  # fmt: skip
+    assert enrolled.returncode == 0, enrolled.stderr
+    [token] = enrolled.stdout.splitlines()
+    assert token.startswith(PREFIX)
+    content = decode(token)
+    assert [(g.address, g.client_key) for g in content.gateways] == [(f"127.0.0.1:{tunnel_port}", client_key)]
+
+    records = await pool.store.read_stream(host_stream(content.host_id))
+    assert token not in json.dumps([r.data for r in records])
+    assert content.secret not in json.dumps([r.data for r in records])
+    assert [r.type for r in records] == ["HostEnrolled", HostJoinTokenIssued.type_name]
+    throwaway = public_key_of(content.join_seed)
+    assert throwaway in pool.nats.auth_file.read_text(), "enroll admits the token's identity"
+
+    # Docker is checked before anything is spent: the same token still joins afterwards.
+    member = tmp_path / "member"
+    no_docker = await potluck_async(
+        *join_args(token, "unix:///nonexistent/docker.sock", member / "hostd.toml")
+    )
+    assert no_docker.returncode != 0
+    assert "no Docker engine answers at unix:///nonexistent/docker.sock" in no_docker.stderr
+    assert not (member / "hostd.toml").exists()
+
+    config = member / "hostd.toml"
+    start_join(pool, token, docker_engines[1], config)
+    await pool.wait_for_host(content.host_id, "active", timeout=60)
+    state = (await pool.hosts()).hosts[content.host_id]
+    joined_key = state.nkey
+    assert joined_key.startswith("U")
+    written = tomllib.loads(config.read_text())
+    credentials = Path(written["credentials_file"])
+    assert oct(config.stat().st_mode & 0o777) == "0o600"
+    assert oct(credentials.stat().st_mode & 0o777) == "0o600"
+    assert written["host_id"] == content.host_id
+    assert written["gateways"] == [{"address": f"127.0.0.1:{tunnel_port}", "client_key": client_key}]
+    assert "joined as laptop-b" in (pool.workdir / "join.log").read_text()
+
+    # A user's container on the new host, reached through the gateway.
+    await asyncio.to_thread(wait_for_port, ssh_port, what="the SSH gateway", timeout=30)
+    key = tmp_path / "id_alice"
+    await asyncio.to_thread(
+        subprocess.run, ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
+    )
+    host = EnrolledHost(content.host_id, "laptop-b", credentials, config)
+    user = Gatewayed(pool, host, ssh_port, key, await pool.add_user("alice"))
+    async with aiohttp.ClientSession() as http:
+        alloc_id = await user.allocate(http)
+    placed = await allocation_host(pool, alloc_id)
+    assert placed == content.host_id
+    answered = await user.ssh(alloc_id, "echo joined-$((20+22))")
+    assert answered.returncode == 0, answered.stderr + pool.logs()
+    assert answered.stdout.strip() == "joined-42"
+
+    # The spent token's throwaway key leaves the users file once the answer was read.
+    await wait_until(lambda: throwaway not in pool.nats.auth_file.read_text(), 30, "the throwaway key to go")
+    assert joined_key in pool.nats.auth_file.read_text()
+
+    again = await potluck_async(*join_args(token, docker_engines[1], tmp_path / "again" / "hostd.toml"))
+    assert again.returncode != 0
+    assert SPENT in again.stderr
+    assert not (tmp_path / "again" / "hostd.toml").exists()
+    records = await pool.store.read_stream(host_stream(content.host_id))
+    assert [r.type for r in records].count(HostJoined.type_name) == 1
+
+
+async def test_without_start_join_prints_the_command_and_writes_a_unit(
+    pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path
+) -> None:
+    """`potluck join TOKEN` without --start joins (the host has the member's key in the log), says
+    what it donates, prints the one command that starts hostd and writes a systemd unit beside
+    the configuration that runs exactly that command."""
+    issued = await enroll_with_token(pool.store, "laptop-d", nats_url=pool.nats.url)
+    await refresh_nats_authorization(
+        pool.store, pool.nats.auth_file, [pool.services_seed], pool.nats.pid_file
+    )
+    await connects(pool.nats.url, issued.join_seed, issued.host_id)  # the reload is applied
+    config = tmp_path / "member" / "hostd.toml"
+
+    joined = await potluck_async(*join_args(encode(issued), docker_engines[1], config))
+    assert joined.returncode == 0, joined.stderr + pool.logs()
+    assert "joined as laptop-d" in joined.stdout
+    assert "donating 1 CPUs, 1G of memory and 2G of disk" in joined.stdout
+    assert f"potluck hostd --config {config}" in joined.stdout
+    unit = (config.parent / "potluck-hostd.service").read_text()
+    assert f"-m potluck hostd --config {config.absolute()}" in unit
+    assert unit in joined.stdout + "\n"
+    state = (await pool.hosts()).hosts[issued.host_id]
+    assert state.nkey.startswith("U")
+    assert not state.join_nkey
+
+
+async def allocation_host(pool: Pool, alloc_id: str) -> str | None:
+    from tests.fixtures.pool import allocation
+
+    state = await allocation(pool.store, alloc_id)
+    return None if state is None else state.host_id
+
+
+def no_database_env() -> dict[str, str]:
+    """The environment without any database or NATS settings: printing a key needs none."""
+    drop = {"POTLUCK_DATABASE_URL", "POTLUCK_NATS_URL", "POTLUCK_NATS_SEED_FILE"}
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def no_up_env(tmp_path: Path) -> dict[str, str]:
+    """No `potluck up` pool in POTLUCK_HOME: every setting comes from the options."""
+    return {**os.environ, "POTLUCK_HOME": str(tmp_path / "no-up")}
+
+
+async def test_an_expired_token_is_refused_by_the_member_and_by_the_registry(
+    pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path
+) -> None:
+    """A token past its expires_at is refused by `potluck join` at once. The same token with its
+    expires_at edited into the future is refused too: NATS no longer admits its identity; and
+    when the users file still holds it (rendered while it was valid), the registry refuses it
+    as expired by the log's own expiry. None writes a configuration, and the host never joins."""
+    past = datetime.now(UTC) - timedelta(hours=25)
+    issued = await enroll_with_token(pool.store, "laptop-c", nats_url=pool.nats.url, now=past)
+    await refresh_nats_authorization(
+        pool.store, pool.nats.auth_file, [pool.services_seed], pool.nats.pid_file
+    )
+    config = tmp_path / "member" / "hostd.toml"
+
+    refused = await potluck_async(*join_args(encode(issued), docker_engines[1], config))
+    assert refused.returncode != 0
+    assert "this join token expired at" in refused.stderr
+    assert "ask the operator for a new one" in refused.stderr
+
+    edited = issued.model_copy(update={"expires_at": datetime.now(UTC) + timedelta(hours=1)})
+    # The throwaway key of an expired token is not in the users file: NATS refuses it.
+    refused_again = await potluck_async(*join_args(encode(edited), docker_engines[1], config))
+    assert refused_again.returncode != 0
+    assert SPENT in refused_again.stderr
+    assert not config.exists()
+
+    throwaway = public_key_of(issued.join_seed)
+    await refresh_nats_authorization(
+        pool.store,
+        pool.nats.auth_file,
+        [pool.services_seed],
+        pool.nats.pid_file,
+        also_joining=[(issued.host_id, throwaway)],
+    )
+    await connects(pool.nats.url, issued.join_seed, issued.host_id)  # the reload is applied
+    by_registry = await potluck_async(*join_args(encode(edited), docker_engines[1], config))
+    assert by_registry.returncode != 0
+    assert f"this join token expired at {issued.expires_at.isoformat()}" in by_registry.stderr
+    assert "[TOKEN_EXPIRED]" in by_registry.stderr
+    assert not config.exists()
+    state = (await pool.hosts()).hosts[issued.host_id]
+    assert state.nkey == ""
+    assert state.status == "enrolled"
+
+
+def summary_value(summary: str, label: str) -> str:
+    return next(line.split()[-1] for line in summary.splitlines() if line.startswith(label))
+
+
+async def host_status(database_url: str, host_id: str) -> str | None:
+    from potluck.events import EventStore
+    from potluck.registry.enrollment import current_hosts
+
+    store = await EventStore.open(database_url, max_size=1)
+    try:
+        state = (await current_hosts(store)).hosts.get(host_id)
+    finally:
+        await store.close()
+    return None if state is None else state.status
+
+
+@pytest.mark.slow
+async def test_a_second_engine_joins_a_pool_from_potluck_up(
+    docker_engines: list[DockerEngine], tmp_path: Path
+) -> None:
+    """The README's way, on a pool from `potluck up`: the operator runs `potluck ops hosts enroll
+    laptop-b` and nothing else (the pool's database, NATS, users file and gateway are the
+    defaults); the member runs `potluck join TOKEN --start` on a second Docker engine. With the
+    local host paused, a user's allocation runs on the new host and answers through the
+    gateway over the real `ssh`; the same token a second time is refused."""
+    from potluck.localstack.test_image import DEFAULT_TAG
+
+    env = {
+        **os.environ,
+        "POTLUCK_HOME": str(tmp_path / "state"),
+        "POTLUCK_CONFIG": str(tmp_path / "client.toml"),
+    }
+    ports = [
+        *("--api-port", str(free_port()), "--nats-port", str(free_port())),
+        *("--postgres-port", str(free_port()), "--ssh-port", str(free_port())),
+        *("--tunnel-port", str(free_port()), "--registry-port", str(free_port())),
+    ]
+    started = await asyncio.to_thread(potluck, "up", "--detach", *ports, env=env, timeout=900)
+    joined: ChildProcess | None = None
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        summary = started.stdout
+        api, demo, gateway = (
+            summary_value(summary, k) for k in ("allocator API", "demo token", "SSH gateway")
+        )
+        database, local = summary_value(summary, "event log"), summary_value(summary, "local host")
+
+        enrolled = await potluck_async("ops", "hosts", "enroll", "laptop-b", env=env)
+        assert enrolled.returncode == 0, enrolled.stderr
+        [token] = enrolled.stdout.splitlines()
+        host_id = decode(token).host_id
+
+        config = tmp_path / "member" / "hostd.toml"
+        joined = ChildProcess(
+            [sys.executable, "-m", "potluck", *join_args(token, docker_engines[1], config), "--start"],
+            log_path=tmp_path / "join.log",
+        )
+        joined.start()
+
+        async def active() -> bool:
+            return await host_status(database, host_id) == "active"
+
+        deadline = asyncio.get_running_loop().time() + 90
+        while not await active():
+            assert joined.running(), joined.log_tail(40)
+            assert asyncio.get_running_loop().time() < deadline, joined.log_tail(40)
+            await asyncio.sleep(0.3)
+
+        paused = await potluck_async(
+            "ops", "hosts", "control", local, "pause", "--database-url", database, env=env
+        )
+        assert paused.returncode == 0, paused.stderr
+
+        logged_in = await potluck_async("login", "--url", api, "--token", demo, "--gateway", gateway, env=env)
+        assert logged_in.returncode == 0, logged_in.stderr
+        key = tmp_path / "id_ed25519"
+        await asyncio.to_thread(
+            subprocess.run, ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
+        )
+        created = await potluck_async(
+            "alloc", "create", "--cpus", "0.5", "--memory", "64M", "--image", DEFAULT_TAG,
+            "--ssh-key", f"{key}.pub", "--wait", "--json", "--", "sleep", "600",
+            env=env,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stdout + created.stderr + joined.log_tail(40)
+        allocation = json.loads(created.stdout)
+        assert allocation["state"] == "running"
+        assert allocation["host_id"] == host_id
+
+        answered = await potluck_async(
+            "ssh", allocation["id"], "-i", str(key), "--", "echo joined-$((40+2))", env=env
+        )
+        assert answered.returncode == 0, answered.stdout + answered.stderr
+        assert answered.stdout.strip() == "joined-42"
+
+        again = await potluck_async(
+            *join_args(token, docker_engines[1], tmp_path / "again" / "hostd.toml"), env=env
+        )
+        assert again.returncode != 0
+        assert SPENT in again.stderr
+    finally:
+        if joined is not None:
+            joined.stop(timeout=30)
+        stopped = await asyncio.to_thread(potluck, "down", env=env, timeout=180)
+        for engine in docker_engines[1:]:
+            from potluck.hostd.docker_driver import DockerDriver
+
+            with DockerDriver(engine.url) as driver:
+                for container in driver.list_managed(None):
+                    driver.remove(container.container_id)
+    assert stopped.returncode == 0, stopped.stderr
