@@ -383,7 +383,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.reps, args.rounds, args.owner_seconds = 1, 1, 0.5
-        args.resume_after, args.flap_period, args.flap_for = 2.0, 1.0, 4.0
+        args.resume_after, args.flap_period, args.flap_for = 2.0, 2.0, 6.0
     asyncio.run(measure(args))
 
 
