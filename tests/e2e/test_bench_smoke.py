@@ -58,6 +58,13 @@ TRANSFER: Documented = {
     "cp_up": ("MB/s", True),
     "cp_down": ("MB/s", True),
 }
+MEMBER: Documented = {
+    "owner_slowdown": ("x", True),
+    "react_p50": ("ms", False),
+    "react_p99": ("ms", False),
+    "resume_s": ("s", False),
+    "flaps": ("transitions", False),
+}
 
 
 def run_quick(bench: str, timeout: float = 150) -> list[dict[str, Any]]:
@@ -165,3 +172,21 @@ def test_quick_transfer_bench_prints_every_metric_once_against_docker_cp() -> No
     for record in records:
         assert record["runs"] == 1, record
         assert record["size_mb"] == 32, record
+
+
+def test_quick_member_bench_prints_every_metric_once_against_a_plain_docker_run() -> None:
+    """The owner policy measured end to end: the owner's slowdown against a plain `docker run
+    --cpus` burner, how fast the pool's quota drops and comes back, and the flaps. How many
+    flaps a two-second alternation gives depends on the machine's other load (it counts as
+    the owner's), so only the count's shape is checked: whole, and its parts add up."""
+    records = run_quick("member", timeout=240)
+    flaps = next(r for r in records if r["metric"] == "flaps")
+    assert flaps["value"] == flaps["throttles"] + flaps["resumes"], flaps
+    others = [r for r in records if r["metric"] != "flaps"]
+    check_documented(others, {k: v for k, v in MEMBER.items() if k != "flaps"})
+    assert flaps["unit"] == "transitions"
+    assert isinstance(flaps["value"], int), flaps
+    assert flaps["value"] >= 0, flaps
+    by_metric = {r["metric"]: r for r in records}
+    assert by_metric["react_p50"]["value"] <= by_metric["react_p99"]["value"]
+    assert by_metric["owner_slowdown"]["cores"] >= 1
