@@ -206,8 +206,13 @@ def _mount_facts(mounts: list[dict[str, Any]] | None) -> list[tuple[Any, ...]]:
     return sorted(facts, key=repr)
 
 
-def create_kwargs(spec: ContainerSpec, *, disk_quota: bool, helper: str | None = None) -> dict[str, Any]:
+def create_kwargs(
+    spec: ContainerSpec, *, disk_quota: bool, helper: str | None = None, cgroup_parent: str | None = None
+) -> dict[str, Any]:
     """Arguments for docker-py's `containers.create`, limits and hardening included.
+
+    `cgroup_parent`: the pool's own parent group (pool_weight.py), which hostd gives the
+    lowest CPU weight, so that the pool as a whole yields to the owner's processes.
 
     `helper`: this machine's static busybox (helper.py), mounted read-only; an allocation
     without a command then runs KEEP_ALIVE instead of the image's CMD (and ENTRYPOINT):
@@ -243,6 +248,8 @@ def create_kwargs(spec: ContainerSpec, *, disk_quota: bool, helper: str | None =
         },
         "restart_policy": {"Name": "no"},
     }
+    if cgroup_parent is not None:
+        kwargs["cgroup_parent"] = cgroup_parent
     if disk_quota:
         kwargs["storage_opt"] = {"size": str(spec.disk_bytes)}
     if helper is not None:

@@ -30,6 +30,7 @@ import docker
 import docker.errors
 import docker.transport.unixconn
 import requests
+import structlog
 
 from potluck.contracts.engine import EngineFacts
 from potluck.hostd.container_config import (
@@ -46,6 +47,7 @@ from potluck.hostd.container_config import (
     network_name,
 )
 from potluck.hostd.helper import find_helper
+from potluck.hostd.pool_weight import cgroup_parent, lower_parent_weight
 
 __all__ = [
     "ContainerNotFound", "ContainerSpec", "ContainerUsage", "DockerDriver", "DockerDriverError",
@@ -56,6 +58,8 @@ __all__ = [
 WATCHED_EVENTS = ("start", "die", "oom")
 #: Image events, and the container events that start or end an image's use.
 IMAGE_EVENTS = ("pull", "tag", "untag", "delete", "import", "load", "create", "destroy")
+
+log = structlog.get_logger(__name__)
 
 
 def _connect_closing_on_error(self: Any) -> None:
@@ -220,6 +224,7 @@ class DockerDriver:
         self.helper = find_helper() if helper == "find" else helper
         self._client: docker.DockerClient | None = None
         self._facts: EngineFacts | None = None
+        self._cgroup_driver = "cgroupfs"
         self._lock = threading.Lock()
 
     # Plumbing: one client made on first use, and every failure translated.
@@ -283,6 +288,7 @@ class DockerDriver:
         with self._errors("reading engine facts") as client:
             info = client.info()
             version = client.version()
+        self._cgroup_driver = str(info.get("CgroupDriver") or "cgroupfs")
         quota = self._probe_disk_quota()
         facts = EngineFacts(
             version=str(version.get("Version", "")),
@@ -351,7 +357,12 @@ class DockerDriver:
                     self._own_network(client, spec)
                 try:
                     container = client.containers.create(
-                        **create_kwargs(spec, disk_quota=disk_quota, helper=self.helper)
+                        **create_kwargs(
+                            spec,
+                            disk_quota=disk_quota,
+                            helper=self.helper,
+                            cgroup_parent=self._pool_parent(),
+                        )
                     )
                 except docker.errors.APIError as exc:
                     if exc.status_code != 409:  # 409: a concurrent run() created it first
@@ -366,7 +377,30 @@ class DockerDriver:
                 except docker.errors.APIError:
                     container.remove(force=True)
                     raise
+                container.reload()
+            self._lower_pool_weight(container.attrs)
         return container.id or ""
+
+    def _pool_parent(self) -> str | None:
+        """The pool's own cgroup parent, for an engine on this machine (hostd sets its weight)."""
+        return cgroup_parent(self._cgroup_driver) if self.base_url.startswith("unix://") else None
+
+    def _lower_pool_weight(self, attrs: dict[str, Any]) -> None:
+        if self._pool_parent() is None:
+            return
+        pid = int((attrs.get("State") or {}).get("Pid") or 0)
+        try:
+            written = lower_parent_weight(pid) if pid else None
+        except OSError as exc:
+            written = None
+            log.warning(
+                "hostd.pool_weight_not_set",
+                error=str(exc),
+                hint="the pool's containers keep their own lowest weight; run hostd as root "
+                "on the engine's machine for the pool to yield to the owner as a whole",
+            )
+        if written is not None:
+            log.debug("hostd.pool_weight_set", file=str(written))
 
     def _check_image(self, client: docker.DockerClient, image: str) -> None:
         """Refuse, before making anything from it, an image that brings what no container may have."""

@@ -23,6 +23,7 @@ from potluck.hostd.docker_driver import (
     LimitsNotApplied,
     ManagedContainer,
 )
+from potluck.hostd.pool_weight import parent_weight_file
 from potluck.localstack import DockerEngine, build_test_image
 
 MiB = 1024 * 1024
@@ -433,6 +434,14 @@ def test_the_cpu_quota_changes_in_place_and_the_weight_is_the_lowest(
         assert int(_cat(docker_driver, container_id, "/sys/fs/cgroup/cpu/cpu.shares")) == 2
     else:
         assert int(_cat(docker_driver, container_id, "/sys/fs/cgroup/cpu.weight")) == 1
+    # The pool as a whole yields too: its own parent group has the lowest weight, read on the
+    # machine (a container's own weight ranks it only among the pool's containers).
+    pid = docker_driver.inspect(container_id)["State"]["Pid"]
+    found = parent_weight_file(Path(f"/proc/{pid}/cgroup").read_text())
+    assert found is not None, Path(f"/proc/{pid}/cgroup").read_text()
+    weight_file, lowest = found
+    assert int(weight_file.read_text()) == lowest
+    assert weight_file.parent.name in ("potluck", "potluck.slice")
 
 
 def test_pause_unpause_and_stop(docker_driver: DockerDriver, test_image: str) -> None:
