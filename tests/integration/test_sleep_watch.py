@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import nats
+import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -16,7 +17,7 @@ from potluck.contracts.capacity import Capacity
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import host_stream
 from potluck.contracts.messages import RegisterHost, Reply
-from potluck.contracts.subjects import inbox_prefix
+from potluck.contracts.subjects import LIST_HOSTS, inbox_prefix
 from potluck.events import EventStore
 from potluck.hostd.sleep_clock import SleepClock
 from potluck.hostd.sleep_watch import SleepWatch
@@ -26,7 +27,7 @@ from potluck.registry.enrollment import enroll_host
 from potluck.registry.liveness import LivenessPolicy
 from potluck.registry.repository import decide_on_host
 from potluck.registry.service import RegistryService
-from tests.helpers import stop, wait_until
+from tests.helpers import stop
 
 GIB = 1 << 30
 
@@ -49,7 +50,16 @@ class Clocks:
 async def registry(store: EventStore, nc: NATS) -> AsyncIterator[RegistryService]:
     service = RegistryService(store, nc, LivenessPolicy(60.0, 3, 1000.0))
     task = asyncio.create_task(service.run())
-    await wait_until(lambda: service.view.position >= 0, 10, "the registry to start")
+    # Serving only once it answers: on a loaded machine its start (streams, catch-up,
+    # subscriptions) outlasts announce()'s one-second try.
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        try:
+            await nc.request(LIST_HOSTS, b"{}", timeout=0.5)
+            break
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            assert asyncio.get_running_loop().time() < deadline, "the registry never answered"
+            await asyncio.sleep(0.1)
     try:
         yield service
     finally:
