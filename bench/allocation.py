@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.harness import bench_servers, emit, percentile, say
+from bench.harness import bench_servers, emit, percentile, say, wait_active_host
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localpool import LocalPool
 from potluck.localstack.docker_engine import DockerEngine
@@ -108,11 +108,7 @@ async def measure(rounds: int) -> None:
             raw: list[float] = []
             async with aiohttp.ClientSession() as http:
                 say("waiting for the host to register")
-                for _ in range(300):
-                    async with http.get(f"{pool.api}/v1/pool", headers=headers) as response:
-                        if any(h["status"] == "active" for h in (await response.json())["hosts"]):
-                            break
-                    await asyncio.sleep(0.1)
+                await wait_active_host(http, pool.api, headers)
                 driver = DockerDriver(engine.url)
                 for i in range(rounds + 2):
                     ms, alloc_id = await potluck_ms(http, pool.api, headers)

@@ -11,6 +11,7 @@
 - ``percentile`` for latency distributions.
 """
 
+import asyncio
 import contextlib
 import json
 import math
@@ -24,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import aiohttp
 import asyncpg
 
 from potluck.localstack import NatsServer, PostgresServer
@@ -68,6 +70,19 @@ def emit(
     record.update(extra)
     print(json.dumps(record), flush=True)
     return record
+
+
+async def wait_active_host(
+    http: aiohttp.ClientSession, api: str, headers: dict[str, str], timeout_s: float = 60
+) -> None:
+    """Until the pool's API lists an active host (the bench's hostd registered)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        async with http.get(f"{api}/v1/pool", headers=headers) as response:
+            if any(h["status"] == "active" for h in (await response.json())["hosts"]):
+                return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"no host became active within {timeout_s:.0f} s; see the pool's logs")
 
 
 def say(*parts: object) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 import docker
 
-from bench.harness import bench_servers, emit, percentile, say
+from bench.harness import bench_servers, emit, percentile, say, wait_active_host
 from potluck.localpool import LocalPool
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG, build_test_image
@@ -128,15 +128,6 @@ async def potluck_ms(http: aiohttp.ClientSession, api: str, headers: dict[str, s
     return elapsed
 
 
-async def _wait_online(http: aiohttp.ClientSession, api: str, headers: dict[str, str]) -> None:
-    for _ in range(300):
-        async with http.get(f"{api}/v1/pool", headers=headers) as response:
-            if any(h["status"] == "active" for h in (await response.json())["hosts"]):
-                return
-        await asyncio.sleep(0.1)
-    raise RuntimeError("the host never came online")
-
-
 async def measure(rounds: int, blob_mb: int) -> None:
     cold: list[float] = []
     cold_raw: list[float] = []
@@ -169,7 +160,7 @@ async def measure(rounds: int, blob_mb: int) -> None:
             pool.start_hostd(host)
             headers = {"Authorization": f"Bearer {token}"}
             async with aiohttp.ClientSession() as http:
-                await _wait_online(http, pool.api, headers)
+                await wait_active_host(http, pool.api, headers)
                 for i in range(rounds + 1):
                     await asyncio.to_thread(_forget, engine, image)
                     ms = await potluck_ms(http, pool.api, headers, image)

@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -39,7 +40,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.harness import Stopwatch, bench_servers, emit, percentile, say
+from bench.harness import Stopwatch, bench_servers, emit, percentile, say, wait_active_host
 from potluck.localpool import LocalPool
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG, build_test_image
@@ -206,15 +207,6 @@ def docker_rm(docker_url: str, name: str) -> None:
     subprocess.run([docker, "-H", docker_url, "rm", "-f", name], check=False, capture_output=True)
 
 
-async def wait_active(http: aiohttp.ClientSession, api: str, headers: dict[str, str]) -> None:
-    for _ in range(600):
-        async with http.get(f"{api}/v1/pool", headers=headers) as response:
-            if any(h["status"] == "active" for h in (await response.json())["hosts"]):
-                return
-        await asyncio.sleep(0.1)
-    raise RuntimeError("the host never came online")
-
-
 async def count_flaps(
     where: tuple[Path, str], full: float, period: float, duration: float, settle: float
 ) -> tuple[int, int]:
@@ -274,7 +266,7 @@ async def measure(args: argparse.Namespace) -> None:
             token = await pool.add_user("bench", cpus=1000.0, memory_bytes=1 << 40)
             headers = {"Authorization": f"Bearer {token}"}
             async with aiohttp.ClientSession() as http:
-                await wait_active(http, pool.api, headers)
+                await wait_active_host(http, pool.api, headers)
                 await asyncio.sleep(args.resume_after + 2)  # the owner's idle time starts counting
 
                 idle = [owner_benchmark(iterations) for _ in range(args.reps)]
@@ -329,13 +321,13 @@ async def measure(args: argparse.Namespace) -> None:
             await pool.close()
             engine.stop()
 
-    alone = statistics_median(idle)
+    alone = statistics.median(idle)
     emit(
         BENCH,
         "owner_slowdown",
-        statistics_median(pooled) / alone,
+        statistics.median(pooled) / alone,
         "x",
-        baseline=statistics_median(plain) / alone,
+        baseline=statistics.median(plain) / alone,
         owner_alone_s=round(alone, 3),
         cores=CORES,
         donated_cpus=CORES,
@@ -345,7 +337,7 @@ async def measure(args: argparse.Namespace) -> None:
     emit(
         BENCH,
         "resume_s",
-        statistics_median(resumes),
+        statistics.median(resumes),
         "s",
         max_s=round(max(resumes), 3),
         resume_after_idle_s=args.resume_after,
@@ -365,10 +357,6 @@ async def measure(args: argparse.Namespace) -> None:
         "targets: owner_slowdown <= 1.10; react_p50 <= 2000 ms; "
         f"resume_s <= {args.resume_after + 2:.0f} s (hysteresis + 2); flaps = 2 (one throttle, one resume)"
     )
-
-
-def statistics_median(values: list[float]) -> float:
-    return percentile(values, 50)
 
 
 def main() -> None:

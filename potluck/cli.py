@@ -93,7 +93,7 @@ def relay(database_url: str, nats_url: str, nats_seed_file: Path | None, batch_s
     default=3,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Missed beats before a host is suspect (no new work).",
+    help="Missed beats before a host is unreachable (no new work; its allocations wait for it).",
 )
 @click.option(
     "--stranded-grace",

@@ -13,8 +13,8 @@ import tarfile
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Literal
 
+from potluck.kernel.elf import is_static_elf
 from potluck.localstack.docker_engine import engine_request
 from potluck.localstack.errors import LocalStackError
 
@@ -29,21 +29,6 @@ REQUIRED_APPLETS = [
 ]  # fmt: skip
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
-
-
-def _is_static_elf(data: bytes) -> bool:
-    """An ELF executable without a program interpreter (PT_INTERP) runs in an empty rootfs."""
-    if data[:4] != b"\x7fELF" or data[4] != 2:  # 64-bit only
-        return False
-    order: Literal["little", "big"] = "little" if data[5] == 1 else "big"
-    phoff = int.from_bytes(data[32:40], order)
-    phentsize = int.from_bytes(data[54:56], order)
-    phnum = int.from_bytes(data[56:58], order)
-    for i in range(phnum):
-        start = phoff + i * phentsize
-        if int.from_bytes(data[start : start + 4], order) == 3:  # PT_INTERP
-            return False
-    return True
 
 
 def _applet_paths() -> list[str]:
@@ -61,7 +46,7 @@ def rootfs_tarball() -> bytes:
         busybox = BUSYBOX.read_bytes()
     except OSError as exc:
         raise LocalStackError(f"cannot read {BUSYBOX} ({exc}): `apt-get install busybox-static`") from exc
-    if not _is_static_elf(busybox):
+    if not is_static_elf(busybox):
         raise LocalStackError(
             f"{BUSYBOX} is not a static executable, so it cannot run in an empty image: "
             "`apt-get install busybox-static` (it replaces the dynamic busybox)"

@@ -19,11 +19,12 @@ interactive allocation runs its image's CMD as before, with a warning.
 
 import stat
 from pathlib import Path
-from typing import Literal
 
 import structlog
 
-__all__ = ["HELPER_PATH", "KEEP_ALIVE", "find_helper", "is_static_elf"]
+from potluck.kernel.elf import is_static_elf
+
+__all__ = ["HELPER_PATH", "KEEP_ALIVE", "find_helper"]
 
 log = structlog.get_logger(__name__)
 
@@ -33,21 +34,6 @@ HELPER_PATH = "/.potluck/busybox"
 KEEP_ALIVE = [HELPER_PATH, "sleep", "infinity"]
 #: Where Debian's busybox-static puts it.
 CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
-
-
-def is_static_elf(data: bytes) -> bool:
-    """A 64-bit ELF executable without a program interpreter (PT_INTERP): it runs in any rootfs."""
-    if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2:
-        return False
-    order: Literal["little", "big"] = "little" if data[5] == 1 else "big"
-    phoff = int.from_bytes(data[32:40], order)
-    phentsize = int.from_bytes(data[54:56], order)
-    phnum = int.from_bytes(data[56:58], order)
-    for i in range(phnum):
-        start = phoff + i * phentsize
-        if int.from_bytes(data[start : start + 4], order) == 3:  # PT_INTERP
-            return False
-    return True
 
 
 def _refusal(path: Path) -> str | None:

@@ -4,7 +4,8 @@ import os
 import shutil
 from pathlib import Path
 
-from potluck.hostd.helper import find_helper, is_static_elf
+from potluck.hostd.helper import find_helper
+from potluck.kernel.elf import is_static_elf
 
 
 def test_the_static_busybox_of_this_machine_is_offered() -> None:
