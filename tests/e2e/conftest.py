@@ -138,3 +138,20 @@ async def ops(*args: str, timeout: float = 60) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+async def replay_agrees(pool: Pool) -> None:
+    """`potluck ops replay --check` finds no difference between the running registry's and
+    allocator's read models and a rebuild from the log."""
+    code, out, err = await ops(
+        "replay",
+        "--check",
+        "--database-url",
+        pool.database_url,
+        "--nats-url",
+        pool.nats.url,
+        "--nats-seed-file",
+        str(pool.services_seed_file),
+    )
+    assert code == 0, out + err + pool.logs()
+    assert out.count("no difference") == 2, out

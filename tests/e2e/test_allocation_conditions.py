@@ -36,7 +36,7 @@ from potluck.events import Event
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
-from tests.e2e.conftest import ops
+from tests.e2e.conftest import replay_agrees
 from tests.fixtures.pool import EnrolledHost, Pool
 from tests.helpers import wait_until
 
@@ -131,21 +131,6 @@ async def second_host(pool: Pool, engine: DockerEngine) -> EnrolledHost:
 
 def row_of(listing: str, alloc_id: str) -> str:
     return next(line for line in listing.splitlines() if alloc_id in line)
-
-
-async def replay_agrees(pool: Pool) -> None:
-    code, out, err = await ops(
-        "replay",
-        "--check",
-        "--database-url",
-        pool.database_url,
-        "--nats-url",
-        pool.nats.url,
-        "--nats-seed-file",
-        str(pool.services_seed_file),
-    )
-    assert code == 0, out + err + pool.logs()
-    assert out.count("no difference") == 2, out
 
 
 async def test_users_see_their_host_away_throttled_and_frozen_and_placement_avoids_it(

@@ -13,8 +13,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from potluck.events import EventStore
-from tests.e2e.conftest import ops, wait_for_status
-from tests.e2e.test_host_revoke import connect_as, replay_agrees, seed_of
+from tests.e2e.conftest import ops, replay_agrees, wait_for_status
+from tests.e2e.test_host_revoke import connect_as, seed_of
 from tests.fixtures.pool import EnrolledHost, Pool, place, spec
 from tests.helpers import wait_until
 

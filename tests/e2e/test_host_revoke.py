@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 
 from potluck.contracts.reports import ContainerExited, report_subject
 from potluck.kernel.ssh_identity import host_key_path, load_or_create_key
-from tests.e2e.conftest import Gatewayed, ops, wait_for_status
+from tests.e2e.conftest import Gatewayed, ops, replay_agrees, wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 from tests.helpers import wait_until
 
@@ -213,21 +213,6 @@ async def test_a_revoked_host_is_cut_off_its_work_lost_and_its_users_told_why(
     code, out, err = await revoke(pool, host)
     assert code == 0, err
     assert json.loads(out)["recorded"] == [], "a second revocation records nothing"
-
-
-async def replay_agrees(pool: Pool) -> None:
-    code, out, err = await ops(
-        "replay",
-        "--check",
-        "--database-url",
-        pool.database_url,
-        "--nats-url",
-        pool.nats.url,
-        "--nats-seed-file",
-        str(pool.services_seed_file),
-    )
-    assert code == 0, out + err + pool.logs()
-    assert out.count("no difference") == 2, out
 
 
 async def test_reports_a_revoked_host_sent_before_are_dropped_not_recorded(
