@@ -639,6 +639,44 @@ def _gateway_pin(value: str) -> "GatewayPin":
     return GatewayPin(address=address, client_key=line)
 
 
+def nats_users_options(
+    auth_help: str = "NATS users file to render again without the host's key [env: "
+    "POTLUCK_NATS_AUTH_FILE; default: that of a `potluck up` running on the same log].",
+) -> Callable[[F], F]:
+    """--nats-auth-file, --nats-pid-file, --service-seed-file: the users file a command that
+    changes who may connect renders again (default: that of a `potluck up` running on the same
+    log)."""
+
+    def options(f: F) -> F:
+        return _nats_users_options(f, auth_help)
+
+    return options
+
+
+def _nats_users_options(f: F, auth_help: str) -> F:
+    f = click.option(
+        "--service-seed-file",
+        envvar="POTLUCK_NATS_SEED_FILE",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="The central services' seed, whose public key stays in the users file.",
+    )(f)
+    f = click.option(
+        "--nats-pid-file",
+        envvar="POTLUCK_NATS_PID_FILE",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="nats-server's PID file, to make it reload the users [env: POTLUCK_NATS_PID_FILE].",
+    )(f)
+    return click.option(
+        "--nats-auth-file",
+        envvar="POTLUCK_NATS_AUTH_FILE",
+        type=click.Path(path_type=Path),
+        default=None,
+        help=auth_help,
+    )(f)
+
+
 @ops_hosts.command(name="enroll")
 @click.argument("name")
 @click.option(
@@ -683,26 +721,8 @@ def _gateway_pin(value: str) -> "GatewayPin":
     help="State directory of the `potluck up` pool whose settings are the defaults [env: POTLUCK_HOME; "
     "default: ~/.potluck].",
 )
-@click.option(
-    "--nats-auth-file",
-    envvar="POTLUCK_NATS_AUTH_FILE",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="NATS users file to re-render [env: POTLUCK_NATS_AUTH_FILE; default: the `potluck up` pool's].",
-)
-@click.option(
-    "--nats-pid-file",
-    envvar="POTLUCK_NATS_PID_FILE",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="nats-server's PID file, to make it reload the users [env: POTLUCK_NATS_PID_FILE].",
-)
-@click.option(
-    "--service-seed-file",
-    envvar="POTLUCK_NATS_SEED_FILE",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="The central services' seed, whose public key stays in the users file.",
+@nats_users_options(
+    "NATS users file to re-render [env: POTLUCK_NATS_AUTH_FILE; default: the `potluck up` pool's]."
 )
 def ops_hosts_enroll(
     name: str,
@@ -800,33 +820,6 @@ def ops_hosts_enroll(
     click.echo(json.dumps({"host_id": host_id, "name": name, "credentials_file": str(credentials_out)}))
 
 
-def nats_users_options(f: F) -> F:
-    """--nats-auth-file, --nats-pid-file, --service-seed-file: the users file a command that takes
-    a host's key away renders again (default: that of a `potluck up` running on the same log)."""
-    f = click.option(
-        "--service-seed-file",
-        envvar="POTLUCK_NATS_SEED_FILE",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="The central services' seed, whose public key stays in the users file.",
-    )(f)
-    f = click.option(
-        "--nats-pid-file",
-        envvar="POTLUCK_NATS_PID_FILE",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="nats-server's PID file, to make it reload the users [env: POTLUCK_NATS_PID_FILE].",
-    )(f)
-    return click.option(
-        "--nats-auth-file",
-        envvar="POTLUCK_NATS_AUTH_FILE",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="NATS users file to render again without the host's key [env: POTLUCK_NATS_AUTH_FILE; "
-        "default: that of a `potluck up` running on the same log].",
-    )(f)
-
-
 def _nats_users(
     database_url: str, auth_file: Path | None, pid_file: Path | None, seed_file: Path | None
 ) -> tuple[Path | None, Path | None, Path | None]:
@@ -877,7 +870,7 @@ _KEY_TAKING_ACTIONS = frozenset({"deregister", "leave"})
     type=click.FloatRange(min=0),
     help="With drain: seconds running work gets before it is stopped.",
 )
-@nats_users_options
+@nats_users_options()
 def ops_hosts_control(
     host_id: str,
     action: str,
@@ -998,7 +991,7 @@ def _size(n: int | None) -> str:
 @click.argument("host_id")
 @click.option("--reason", default="", help="Why (stolen, compromised...): recorded and shown to its users.")
 @database_option
-@nats_users_options
+@nats_users_options()
 def ops_hosts_revoke(
     host_id: str,
     reason: str,
