@@ -23,7 +23,7 @@ from potluck.contracts.join_token import PREFIX, decode, encode
 from potluck.localstack import free_port, wait_for_port
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.process import ChildProcess
-from potluck.member.join import connects
+from potluck.member.join import JoinError, connects
 from potluck.registry.enrollment import enroll_with_token, refresh_nats_authorization
 from potluck.registry.nats_auth import public_key_of
 from tests.e2e.conftest import Gatewayed
@@ -192,7 +192,15 @@ async def test_without_start_join_prints_the_command_and_writes_a_unit(
     await refresh_nats_authorization(
         pool.store, pool.nats.auth_file, [pool.services_seed], pool.nats.pid_file
     )
-    await connects(pool.nats.url, issued.join_seed, issued.host_id)  # the reload is applied
+    # nats-server applies a reload asynchronously: wait until it admits the throwaway again.
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        try:
+            await connects(pool.nats.url, issued.join_seed, issued.host_id)
+            break
+        except (JoinError, PermissionError):
+            assert asyncio.get_running_loop().time() < deadline, "the reload never admitted the key"
+            await asyncio.sleep(0.2)
     config = tmp_path / "member" / "hostd.toml"
 
     joined = await potluck_async(*join_args(encode(issued), docker_engines[1], config))
@@ -260,7 +268,15 @@ async def test_an_expired_token_is_refused_by_the_member_and_by_the_registry(
         pool.nats.pid_file,
         also_joining=[(issued.host_id, throwaway)],
     )
-    await connects(pool.nats.url, issued.join_seed, issued.host_id)  # the reload is applied
+    # nats-server applies a reload asynchronously: wait until it admits the throwaway again.
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        try:
+            await connects(pool.nats.url, issued.join_seed, issued.host_id)
+            break
+        except (JoinError, PermissionError):
+            assert asyncio.get_running_loop().time() < deadline, "the reload never admitted the key"
+            await asyncio.sleep(0.2)
     by_registry = await potluck_async(*join_args(encode(edited), docker_engines[1], config))
     assert by_registry.returncode != 0
     assert f"this join token expired at {issued.expires_at.isoformat()}" in by_registry.stderr
