@@ -35,6 +35,10 @@ class AllocationSpec(BaseModel):
     #: "wait" stays frozen until the host resumes (interactive work loses nothing), "release"
     #: ends it, so that its user can ask for capacity elsewhere.
     on_preempt: OnPreempt = "wait"
+    #: Seconds its container is kept once it exited on its own (AllocationExited.kept_until),
+    #: stopped, with its files and logs, for `potluck cp` and `potluck logs`; its disk stays
+    #: reserved on the host until it is removed (AllocationDiscarded). 0: removed at once.
+    keep_for_s: float = Field(default=0.0, ge=0, le=7 * 86400)
 
 
 class AllocationEvent(Event):
@@ -53,6 +57,10 @@ class AllocationRequested(AllocationEvent):
     lifetime_s: float = Field(gt=0)
     constraints: dict[str, str] = Field(default_factory=dict)
     queue_timeout_s: float = Field(default=600.0, ge=0)
+    #: Set for a task of a batch job (job_events.py): its job, its index and which attempt.
+    job_id: str | None = None
+    task_index: int | None = Field(default=None, ge=0)
+    attempt: int = Field(default=1, ge=1)
 
 
 @event_type
@@ -105,6 +113,18 @@ class AllocationUnplaced(HostAllocationEvent):
 class AllocationExited(HostAllocationEvent):
     exit_code: int
     oom_killed: bool = False
+    #: Its spec asked to keep the stopped container (keep_for_s): kept until then, its disk
+    #: still reserved (CapacityRetained), and its host does not remove it on this event.
+    kept_until: datetime | None = None
+
+
+@event_type
+class AllocationDiscarded(HostAllocationEvent):
+    """A container kept after its exit (AllocationExited.kept_until) is removed now: its time
+    was up, its user released it, or its job was removed. Routed to the host, which removes
+    it; its disk is freed (CapacityFreed) in the same append."""
+
+    reason: str = ""
 
 
 @event_type
@@ -171,6 +191,17 @@ class CapacityReserved(Event):
     host_id: str
     alloc_id: str
     amount: Capacity
+
+
+@event_type
+class CapacityRetained(Event):
+    """The allocation's work ended on the host, but its stopped container is kept
+    (AllocationExited.kept_until): of what it held, only `disk_bytes` of disk stays reserved,
+    until CapacityFreed."""
+
+    host_id: str
+    alloc_id: str
+    disk_bytes: int = Field(ge=0)
 
 
 @event_type

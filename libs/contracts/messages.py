@@ -86,6 +86,9 @@ class DesiredState(Message):
 
     position: int
     allocations: list[DesiredAllocation]
+    #: Ended allocations whose stopped containers the host keeps for their results and logs
+    #: (AllocationExited.kept_until): neither started nor removed until AllocationDiscarded.
+    kept: list[str] = Field(default_factory=list)
 
 
 class ImageTokenRequest(Message):

@@ -5,8 +5,10 @@ released, or pending -> refused. A host that cannot get the image sends the allo
 (placed | pulling -> pending, AllocationUnplaced), remembering that host and why in
 `pull_failures`, so it is placed again elsewhere. An active allocation that its host's owner
 policy kept frozen past the member's limit is marked (`frozen_too_long`,
-AllocationFrozenTooLong) and keeps its state. `desired_for(host)` is what a host should be
-running: the snapshot a hostd asks for at start.
+AllocationFrozenTooLong) and keeps its state. An allocation that exited may keep its stopped
+container (`kept_until`, its spec's keep_for_s) until AllocationDiscarded. `desired_for(host)`
+is what a host should be running and `kept_on(host)` what it keeps stopped: the snapshot a
+hostd asks for at start.
 """
 
 from collections.abc import Iterable
@@ -15,6 +17,7 @@ from datetime import datetime
 from typing import Literal
 
 from potluck.contracts.allocation_events import (
+    AllocationDiscarded,
     AllocationEvent,
     AllocationExited,
     AllocationExpired,
@@ -43,6 +46,17 @@ TERMINAL: frozenset[str] = frozenset({"exited", "failed", "lost", "expired", "re
 ACTIVE: frozenset[str] = frozenset({"placed", "pulling", "running"})
 #: Active, with no container yet.
 STARTING: frozenset[str] = frozenset({"placed", "pulling"})
+
+
+#: The events that end an allocation.
+TERMINAL_EVENTS = (
+    AllocationExited,
+    AllocationFailed,
+    AllocationLost,
+    AllocationExpired,
+    AllocationReleased,
+    AllocationRefused,
+)
 
 
 @dataclass(frozen=True)
@@ -100,10 +114,25 @@ class AllocationState:
     placed_position: int | None = None
     requested_at: datetime | None = None
     changed_at: datetime | None = None
+    #: When its container started (AllocationRunning) and when it ended (its terminal event).
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    #: Its stopped container is kept until then (AllocationExited.kept_until); None once it
+    #: is removed (AllocationDiscarded), or when it never was kept.
+    kept_until: datetime | None = None
+    #: A batch job's task (AllocationRequested): its job, its index and which attempt.
+    job_id: str | None = None
+    task_index: int | None = None
+    attempt: int = 1
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def kept(self) -> bool:
+        """Ended, and its stopped container is still kept on its host."""
+        return self.kept_until is not None
 
     @property
     def failed_on(self) -> frozenset[str]:
@@ -128,6 +157,9 @@ def evolve(
             pending_since=at,
             changed_at=at,
             queue_timeout_s=event.queue_timeout_s,
+            job_id=event.job_id,
+            task_index=event.task_index,
+            attempt=event.attempt,
         )
     if state is None:
         if isinstance(event, AllocationPlaced):
@@ -142,9 +174,13 @@ def evolve(
         else:
             return None
     state = replace(state, version=version, changed_at=at)
+    if isinstance(event, AllocationDiscarded):
+        return replace(state, kept_until=None)
     if state.terminal and not isinstance(event, AllocationExtended):
         # Late reports (a container that exits after its release) change nothing.
         return state
+    if isinstance(event, TERMINAL_EVENTS):
+        state = replace(state, ended_at=at)
     match event:
         case AllocationPlaced():
             return replace(
@@ -187,9 +223,15 @@ def evolve(
                 pending_since=at,
             )
         case AllocationRunning():
-            return replace(state, status="running", container_id=event.container_id)
+            return replace(state, status="running", container_id=event.container_id, started_at=at)
         case AllocationExited():
-            return replace(state, status="exited", exit_code=event.exit_code, oom_killed=event.oom_killed)
+            return replace(
+                state,
+                status="exited",
+                exit_code=event.exit_code,
+                oom_killed=event.oom_killed,
+                kept_until=event.kept_until,
+            )
         case AllocationFailed():
             return replace(state, status="failed", reason=event.reason, detail=event.detail or None)
         case AllocationLost():
@@ -235,6 +277,13 @@ class AllocationsView:
     def desired_for(self, host_id: str) -> list[AllocationState]:
         return sorted(
             (a for a in self.allocations.values() if a.host_id == host_id and a.status in ACTIVE),
+            key=lambda a: a.alloc_id,
+        )
+
+    def kept_on(self, host_id: str) -> list[AllocationState]:
+        """Ended allocations whose stopped containers the host keeps (for results and logs)."""
+        return sorted(
+            (a for a in self.allocations.values() if a.host_id == host_id and a.kept),
             key=lambda a: a.alloc_id,
         )
 

@@ -2,7 +2,8 @@
 
 Pure: events in, state out; no I/O.
 
-`CapacityLedger` folds CapacityReserved and CapacityFreed into what each host
+`CapacityLedger` folds CapacityReserved, CapacityRetained (an ended allocation
+whose stopped container is kept holds only its disk) and CapacityFreed into what each host
 has reserved, which allocation holds what, and each capacity stream's
 version. An event at or below the version already folded is a replay and
 changes nothing; one that could not be read (`passed_over`) still counts in
@@ -32,6 +33,7 @@ from potluck.contracts.allocation_events import (
     AllocationRequested,
     CapacityFreed,
     CapacityReserved,
+    CapacityRetained,
     alloc_stream,
     capacity_stream,
 )
@@ -62,7 +64,7 @@ class CapacityLedger:
         Returns whether the host's reserved amount changed. Events at or below
         the version already folded, and events of other kinds, are ignored.
         """
-        if not isinstance(event, CapacityReserved | CapacityFreed):
+        if not isinstance(event, CapacityReserved | CapacityFreed | CapacityRetained):
             return False
         host = self._hosts.get(event.host_id)
         if host is None:
@@ -75,6 +77,16 @@ class CapacityLedger:
                 return False
             host.holdings[event.alloc_id] = event.amount
             host.reserved = host.reserved + event.amount
+            return True
+        if isinstance(event, CapacityRetained):
+            holding = host.holdings.get(event.alloc_id)
+            if holding is None:
+                return False
+            kept = Capacity.model_construct(
+                cpus=0.0, memory_bytes=0, disk_bytes=min(event.disk_bytes, holding.disk_bytes)
+            )
+            host.holdings[event.alloc_id] = kept
+            host.reserved = host.reserved - holding + kept
             return True
         held = host.holdings.pop(event.alloc_id, None)
         if held is None:

@@ -3,7 +3,7 @@
 `AllocatorModel` is a `Projection` (potluck.events): it folds host events into
 `HostsView`, the `capacity-<host>` streams into the `CapacityLedger`, the
 `images-<host>` streams into what each host holds (`host_images`),
-allocation events into `AllocationsView`, users into `UsersView`, and keeps
+allocation events into `AllocationsView`, jobs into `JobsView`, users into `UsersView`, and keeps
 the version of each user's `quota-<user>` stream. No asyncio, no I/O, no
 decision: the allocator's engine feeds it through a `Fold` and decides on it,
 and `potluck ops replay` feeds the very same class, so a replay shows exactly
@@ -31,11 +31,12 @@ from potluck.contracts.host_images import HostImagesReported
 from potluck.events import Event, RecordedEvent
 from potluck.readmodels.allocations import ACTIVE, AllocationState, AllocationsView
 from potluck.readmodels.hosts import HostsView
+from potluck.readmodels.jobs import JobsView
 
 __all__ = ["CATEGORIES", "AllocatorModel", "figures", "passed_over"]
 
 #: The stream categories the allocator folds.
-CATEGORIES = frozenset({"host", "capacity", "alloc", "user", "quota", "images"})
+CATEGORIES = frozenset({"host", "capacity", "alloc", "user", "quota", "images", "job"})
 _NOTHING: frozenset[str] = frozenset()
 
 ZERO = Capacity.model_construct(cpus=0.0, memory_bytes=0, disk_bytes=0)
@@ -58,6 +59,7 @@ class AllocatorModel:
     hosts: HostsView = field(default_factory=HostsView)
     ledger: CapacityLedger = field(default_factory=CapacityLedger)
     allocations: AllocationsView = field(default_factory=AllocationsView)
+    jobs: JobsView = field(default_factory=JobsView)
     users: UsersView = field(default_factory=UsersView)
     #: Version of each user's `quota-<user>` stream, as folded.
     quota_versions: dict[str, int] = field(default_factory=dict)
@@ -80,6 +82,8 @@ class AllocatorModel:
             case "quota":
                 if isinstance(event, QuotaCharged):
                     self.quota_versions[event.user] = record.version
+            case "job":
+                self.jobs.apply(event, version=record.version, at=at)
             case "user":
                 self.users.apply(event)
             case "images":
@@ -103,6 +107,10 @@ class AllocatorModel:
                     self.allocations.allocations[stream_id] = alloc
             case "quota":
                 self.quota_versions[stream_id] = record.version
+            case "job":
+                job = self.jobs.jobs.get(stream_id)
+                if job is not None:
+                    self.jobs.jobs[stream_id] = replace(job, version=record.version)
             case "images":
                 self.images_versions[stream_id] = record.version
 

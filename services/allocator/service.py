@@ -167,6 +167,7 @@ class AllocatorService:
                 DesiredAllocation(alloc_id=a.alloc_id, spec=a.spec, expires_at=a.expires_at)
                 for a in self.engine.allocations.desired_for(host_id)
             ],
+            kept=[a.alloc_id for a in self.engine.allocations.kept_on(host_id)],
         )
         await msg.respond(Reply(ok=True, data=snapshot.model_dump(mode="json")).model_dump_json().encode())
 

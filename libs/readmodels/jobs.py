@@ -1,0 +1,143 @@
+"""Pure fold of job events (streams `job-<id>`) into job state.
+
+A job's own stream says what was submitted, which allocation is which
+attempt of which task, and how the job ended. How each attempt went is the
+allocation's own state (allocations.py), looked up by its id: the job holds
+only the ids, so nothing is recorded twice.
+
+Lifecycle: running -> succeeded | failed (JobCompleted) | cancelled (JobCancelled).
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from potluck.contracts.job_events import (
+    JobCancelled,
+    JobCompleted,
+    JobEvent,
+    JobSpec,
+    JobSubmitted,
+    JobTaskRequested,
+)
+from potluck.events import Event
+
+__all__ = ["JOB_TERMINAL", "JobState", "JobStatus", "JobsView", "evolve"]
+
+JobStatus = Literal["running", "succeeded", "failed", "cancelled"]
+JOB_TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class JobState:
+    job_id: str
+    user: str
+    spec: JobSpec
+    submitted_at: datetime
+    status: JobStatus = "running"
+    #: Each task's attempts, oldest first, as allocation ids (a task not requested yet is absent).
+    attempts: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    #: Set by JobCompleted.
+    succeeded: int = 0
+    failed: int = 0
+    #: Set by JobCancelled.
+    cancelled_by: str | None = None
+    reason: str | None = None
+    ended_at: datetime | None = None
+    version: int = 0
+    changed_at: datetime | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in JOB_TERMINAL
+
+    @property
+    def deadline(self) -> datetime | None:
+        if self.spec.deadline_s is None:
+            return None
+        return self.submitted_at + timedelta(seconds=self.spec.deadline_s)
+
+    def latest(self, task_index: int) -> str | None:
+        """The allocation of the task's latest attempt; None: never requested."""
+        tried = self.attempts.get(task_index)
+        return tried[-1] if tried else None
+
+    def alloc_ids(self) -> list[str]:
+        """Every attempt's allocation, by task, oldest attempt first."""
+        return [a for index in sorted(self.attempts) for a in self.attempts[index]]
+
+
+def evolve(state: JobState | None, event: Event, version: int, at: datetime) -> JobState | None:
+    if not isinstance(event, JobEvent):
+        return state
+    if isinstance(event, JobSubmitted):
+        return JobState(
+            job_id=event.job_id,
+            user=event.user,
+            spec=event.spec,
+            submitted_at=at,
+            version=version,
+            changed_at=at,
+        )
+    if state is None:
+        return None
+    state = replace(state, version=version, changed_at=at)
+    match event:
+        case JobTaskRequested():
+            tried = state.attempts.get(event.task_index, ())
+            if event.alloc_id in tried:
+                return state
+            return replace(state, attempts={**state.attempts, event.task_index: (*tried, event.alloc_id)})
+        case JobCompleted():
+            if state.terminal:
+                return state
+            return replace(
+                state,
+                status="failed" if event.failed else "succeeded",
+                succeeded=event.succeeded,
+                failed=event.failed,
+                ended_at=at,
+            )
+        case JobCancelled():
+            if state.terminal:
+                return state
+            return replace(state, status="cancelled", cancelled_by=event.by, reason=event.reason, ended_at=at)
+    return state
+
+
+@dataclass
+class JobsView:
+    jobs: dict[str, JobState] = field(default_factory=dict)
+    #: Which job and task each attempt's allocation belongs to.
+    task_of: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def apply(self, event: Event, *, version: int, at: datetime) -> JobState | None:
+        if not isinstance(event, JobEvent):
+            return None
+        current = self.jobs.get(event.job_id)
+        if current is not None and version <= current.version:
+            return None  # folded already
+        new = evolve(current, event, version, at)
+        if new is None:
+            return None
+        self.jobs[event.job_id] = new
+        if isinstance(event, JobTaskRequested):
+            self.task_of[event.alloc_id] = (event.job_id, event.task_index)
+        return new
+
+    def of_user(self, user: str) -> list[JobState]:
+        """The user's jobs, oldest first."""
+        return sorted(
+            (j for j in self.jobs.values() if j.user == user), key=lambda j: (j.submitted_at, j.job_id)
+        )
+
+    def running(self) -> list[JobState]:
+        return [j for j in self.jobs.values() if not j.terminal]
+
+    @classmethod
+    def rebuild(cls, events: Iterable[tuple[Event, int, datetime]]) -> "JobsView":
+        view = cls()
+        for event, version, at in events:
+            view.apply(event, version=version, at=at)
+        return view
