@@ -6,7 +6,7 @@ that log and folded back, and its attempts are ended by hand (exit codes, OOM,
 failures, host losses), as hosts and the allocator would end them.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from itertools import count
 from typing import Any, Literal
@@ -170,14 +170,15 @@ class Sim:
                 events.append(AllocationLost(alloc_id=alloc_id, host_id="h1"))
         self.add([StreamAppend(alloc_stream(alloc_id), events)])
 
-    def run_to_end(self, outcomes: "Iterator[Outcome] | None" = None, limit: int = 500) -> None:
-        """Step and end every active attempt (as `outcomes` says, else "ok") until the job ends."""
+    def run_to_end(self, outcomes: Sequence[Outcome] = (), limit: int = 500) -> None:
+        """Step and end every active attempt (as `outcomes` says, then "ok") until the job ends."""
+        script = iter(outcomes)
         for _ in range(limit):
             self.step()
             if self.job.terminal:
                 return
             for alloc_id in self.active():
-                self.end(alloc_id, next(outcomes, "ok") if outcomes is not None else "ok")
+                self.end(alloc_id, next(script, "ok"))
         raise AssertionError("the job never ended")
 
 
@@ -300,7 +301,7 @@ def test_a_non_zero_exit_fails_the_task_unless_retries_were_asked() -> None:
     without, it fails after one attempt and the job fails (1 failed); with, it gets exactly
     2 attempts, then fails for good."""
     plain = Sim(job_spec(2))
-    plain.run_to_end(iter(["exit", "ok"]))
+    plain.run_to_end(["exit", "ok"])
     assert plain.job.status == "failed"
     assert (plain.job.succeeded, plain.job.failed) == (1, 1)
     assert len(plain.job.attempts[0]) == 1
@@ -367,7 +368,7 @@ def test_host_losses_are_requeued_without_using_retries_up_to_the_limit() -> Non
     their hosts. Must hold: it is re-queued MAX_HOST_LOSSES times without any retry left, then
     fails for good with MAX_HOST_LOSSES + 1 attempts."""
     sim = Sim(job_spec(1))
-    sim.run_to_end(iter(["lost"] * 10))
+    sim.run_to_end(["lost"] * 10)
     assert sim.job.status == "failed"
     assert len(sim.job.attempts[0]) == MAX_HOST_LOSSES + 1
 
@@ -379,7 +380,7 @@ def test_losses_and_retries_are_counted_apart() -> None:
     assert retried(job_spec(1, retries=1, retry_on=("exit", "lost")), ["lost", "exit", "lost"])
     assert not retried(job_spec(1, retries=1, retry_on=("exit", "lost")), ["exit", "lost", "exit"])
     sim = Sim(job_spec(1, retries=1, retry_on=("exit", "lost")))
-    sim.run_to_end(iter(["lost", "exit", "lost", "ok"]))
+    sim.run_to_end(["lost", "exit", "lost", "ok"])
     assert sim.job.status == "succeeded"
     assert len(sim.job.attempts[0]) == 4
 
@@ -565,7 +566,7 @@ def _check(sim: Sim, spec: JobSpec, quota: Quota) -> None:
     for index, tried in job.attempts.items():
         endings = [ended_as(sim.allocations[a]) for a in tried]
         done = [e for e in endings if e is not None]
-        retried_count = sum(1 for k in range(1, len(done) + 1) if retried(spec, done[:k]))  # type: ignore[arg-type]
+        retried_count = sum(1 for k in range(1, len(done) + 1) if retried(spec, done[:k]))
         if standing(job, index, sim.allocations).state == "retrying":
             assert len(tried) == retried_count
         else:
