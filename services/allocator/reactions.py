@@ -66,7 +66,9 @@ class Reactions:
         reason = loss_reason(event)
         if reason is not None:
             self.lost_hosts.put_nowait((str(getattr(event, "host_id", "")), reason))
-        if record.category == "host" or isinstance(event, CapacityFreed | CapacityRetained | AllocationRequested):
+        if record.category == "host" or isinstance(
+            event, CapacityFreed | CapacityRetained | AllocationRequested
+        ):
             self.capacity_changed.set()
 
     async def run(self, tick: float = 1.0) -> None:

@@ -5,7 +5,10 @@ that folds each event into the view (projection.py) and then acts on what
 changed:
 
 - an allocation that stops running (released, expired, lost...) ends its
-  sessions, each with a message saying why;
+  sessions, each with a message saying why; one that exited with its
+  container kept keeps them (they read its logs and files) until it is
+  discarded, and a `potluck-logs` session is left to end at its host, which
+  ends it once it has sent the last of the container's output;
 - a host that deregisters, leaves, is revoked, or registers with another key,
   has its idle links closed: they were authenticated with the key it no
   longer has (a revoked host's sessions end with its allocations, lost);
@@ -24,6 +27,7 @@ from potluck.readmodels.allocations import AllocationState
 from potluck.sshgateway.context import SessionRegistry
 from potluck.sshgateway.links import LinkPool
 from potluck.sshgateway.projection import GatewayView, HostKeyConflict
+from potluck.sshgateway.sessions import GatewaySession, reachable
 
 __all__ = ["GatewayReactions"]
 
@@ -67,9 +71,17 @@ class GatewayReactions:
             log.warning("gateway.host_revoked", host_id=event.host_id, by=event.by, reason=event.reason)
 
     def _allocation_changed(self, allocation: AllocationState) -> None:
-        if allocation.status == "running":
+        if reachable(allocation):
             return
         for session in self.sessions.of(allocation.alloc_id):
+            if (
+                allocation.status in ("exited", "failed")
+                and isinstance(session, GatewaySession)
+                and session.reads_logs
+            ):
+                # Its host ends it once the container's output is all sent (the engine's
+                # log stream ends when the container stops): ending it here could cut the end.
+                continue
             session.end(
                 "ALLOCATION_ENDED",
                 f"allocation {allocation.alloc_id} is now {allocation.status}; the session ended",
