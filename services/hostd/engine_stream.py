@@ -37,39 +37,39 @@ class ChunkDecoder:
 
     def feed(self, data: bytes) -> list[bytes]:
         out: list[bytes] = []
-        view = memoryview(data)
-        while view and not self.done:
+        pos, size = 0, len(data)
+        while pos < size and not self.done:
             if self._crlf:
-                skip = min(self._crlf, len(view))
+                skip = min(self._crlf, size - pos)
                 self._crlf -= skip
-                view = view[skip:]
+                pos += skip
                 continue
             if self._left:
-                take = view[: self._left]
-                self._left -= len(take)
-                view = view[len(take) :]
-                out.append(bytes(take))
+                take = min(self._left, size - pos)
+                out.append(data[pos : pos + take])
+                self._left -= take
+                pos += take
                 if not self._left:
                     self._crlf = 2
                 continue
-            end = bytes(view).find(b"\n")
+            end = data.find(b"\n", pos)
             if end < 0:
-                self._line += view
+                self._line += data[pos:]
                 if len(self._line) > 1024:
                     raise ExecError("the engine sent a chunk size line without an end")
                 break
-            self._line += view[:end]
-            view = view[end + 1 :]
+            self._line += data[pos:end]
+            pos = end + 1
             size_text = bytes(self._line).split(b";")[0].strip()
             self._line.clear()
             try:
-                size = int(size_text, 16)
+                chunk = int(size_text, 16)
             except ValueError:
                 raise ExecError(f"the engine sent a bad chunk size {size_text[:20]!r}") from None
-            if size == 0:
+            if chunk == 0:
                 self.done = True
             else:
-                self._left = size
+                self._left = chunk
         return out
 
 
