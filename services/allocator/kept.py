@@ -19,7 +19,6 @@ from potluck.contracts.allocation_events import (
     alloc_stream,
     capacity_stream,
 )
-from potluck.contracts.capacity import Capacity
 from potluck.events import StreamAppend
 from potluck.readmodels.allocations import AllocationState
 
@@ -35,9 +34,9 @@ def discard(state: AllocationState, reason: str) -> list[StreamAppend]:
     if not state.kept or state.host_id is None:
         return []
     discarded = AllocationDiscarded(alloc_id=state.alloc_id, host_id=state.host_id, reason=reason)
-    # What stays reserved of a kept allocation is its disk alone (the ledger frees what it holds).
-    disk = Capacity.model_construct(cpus=0.0, memory_bytes=0, disk_bytes=state.spec.resources.disk_bytes)
-    freed = CapacityFreed(host_id=state.host_id, alloc_id=state.alloc_id, amount=disk)
+    # The amount names its reservation (a Capacity is never zero); the ledger frees what it
+    # still holds of it, which for a kept allocation is its disk alone (CapacityRetained).
+    freed = CapacityFreed(host_id=state.host_id, alloc_id=state.alloc_id, amount=state.spec.resources)
     return [
         StreamAppend(alloc_stream(state.alloc_id), [discarded], state.version),
         StreamAppend(capacity_stream(state.host_id), [freed]),

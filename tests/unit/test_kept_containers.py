@@ -101,7 +101,9 @@ def test_discard_removes_the_container_and_frees_its_disk_in_one_append() -> Non
     assert appends[1].stream == capacity_stream("h1")
     [freed] = appends[1].events
     assert isinstance(freed, CapacityFreed)
-    assert freed.alloc_id == "a1"
+    # Read back as the log does: what is written must be readable.
+    assert CapacityFreed.model_validate(freed.model_dump(mode="json")) == freed
+    assert freed == CapacityFreed(host_id="h1", alloc_id="a1", amount=RESOURCES)
 
 
 def test_nothing_to_discard_when_not_kept() -> None:
