@@ -21,13 +21,14 @@ them and logs `events.skipped_unreadable`, and the gateway goes on serving.
 
 import structlog
 
+from potluck.contracts.allocation_events import AllocationDiscarded
 from potluck.contracts.host_events import HostDeregistered, HostLeft, HostRegistered, HostRevoked
 from potluck.events import Event, RecordedEvent
 from potluck.readmodels.allocations import AllocationState
 from potluck.sshgateway.context import SessionRegistry
 from potluck.sshgateway.links import LinkPool
 from potluck.sshgateway.projection import GatewayView, HostKeyConflict
-from potluck.sshgateway.sessions import GatewaySession, reachable
+from potluck.sshgateway.sessions import reachable
 
 __all__ = ["GatewayReactions"]
 
@@ -51,7 +52,7 @@ class GatewayReactions:
             event, position=record.position, version=record.version, at=record.recorded_at
         )
         if isinstance(change, AllocationState):
-            self._allocation_changed(change)
+            self._allocation_changed(change, discarded=isinstance(event, AllocationDiscarded))
         elif isinstance(change, HostKeyConflict):
             log.warning(
                 "gateway.host_key_conflict",
@@ -70,19 +71,19 @@ class GatewayReactions:
             self.links.sever_host(event.host_id)
             log.warning("gateway.host_revoked", host_id=event.host_id, by=event.by, reason=event.reason)
 
-    def _allocation_changed(self, allocation: AllocationState) -> None:
+    def _allocation_changed(self, allocation: AllocationState, *, discarded: bool = False) -> None:
         if reachable(allocation):
             return
+        ended_by_itself = allocation.status in ("exited", "failed") and not discarded
         for session in self.sessions.of(allocation.alloc_id):
-            if (
-                allocation.status in ("exited", "failed")
-                and isinstance(session, GatewaySession)
-                and session.reads_logs
-            ):
-                # Its host ends it once the container's output is all sent (the engine's
-                # log stream ends when the container stops): ending it here could cut the end.
+            # A `potluck-logs` session's host ends it once the container's output is all sent
+            # (the engine's log stream ends when the container stops): ending it here on the
+            # exit could cut the end. (A GatewaySession says; other live sessions never read logs.)
+            if ended_by_itself and getattr(session, "reads_logs", False):
                 continue
-            session.end(
-                "ALLOCATION_ENDED",
-                f"allocation {allocation.alloc_id} is now {allocation.status}; the session ended",
+            message = (
+                f"allocation {allocation.alloc_id}'s kept container was removed; the session ended"
+                if discarded
+                else f"allocation {allocation.alloc_id} is now {allocation.status}; the session ended"
             )
+            session.end("ALLOCATION_ENDED", message)
