@@ -78,8 +78,8 @@ class GatewayReactions:
         for session in self.sessions.of(allocation.alloc_id):
             # A `potluck-logs` session's host ends it once the container's output is all sent
             # (the engine's log stream ends when the container stops): ending it here on the
-            # exit could cut the end. (A GatewaySession says; other live sessions never read logs.)
-            if ended_by_itself and getattr(session, "reads_logs", False):
+            # exit could cut the end.
+            if ended_by_itself and session.reads_logs:
                 continue
             message = (
                 f"allocation {allocation.alloc_id}'s kept container was removed; the session ended"
