@@ -162,6 +162,12 @@ def alloc() -> None:
     help="Public key file allowed to SSH in (repeatable).",
 )
 @click.option("--lifetime", default="1h", show_default=True, help="How long it may run, e.g. 30m, 2h, 1d.")
+@click.option(
+    "--keep-for",
+    default=None,
+    help="Keep its stopped container this long after COMMAND ends, e.g. 1h, for `potluck cp` and "
+    "`potluck logs` (its disk stays reserved until then). Default: removed at once.",
+)
 @click.option("--constraint", "constraints", multiple=True, help="Host label KEY=VALUE that must match.")
 @click.option("--env", "env", multiple=True, help="Environment variable KEY=VALUE.")
 @click.option("--network/--no-network", default=False, show_default=True, help="Outbound network.")
@@ -189,6 +195,7 @@ def create(
     image: str,
     ssh_keys: tuple[Path, ...],
     lifetime: str,
+    keep_for: str | None,
     constraints: tuple[str, ...],
     env: tuple[str, ...],
     network: bool,
@@ -223,6 +230,8 @@ def create(
         "env": pairs(env, "--env"),
         "command": list(command) or None,
     }
+    if keep_for is not None:
+        body["keep_for"] = keep_for
     created = call_api("POST", "/v1/allocations", body)
     if wait and created["state"] not in ("running",):
         created = _wait(created, timeout, as_json)

@@ -3,12 +3,16 @@
 One side is `ALLOC:PATH` (as `docker cp` and `kubectl cp` write it), the
 other a local path. The copy is a tar stream over one exec session of the
 user's own `ssh` (the same invocation as `potluck ssh`: their key, Potluck's
-known_hosts), so it needs nothing in the image but `sh` and `tar` (busybox
-has both), is audited like any session, and the container's own tar writes
-the files, as the container's user. A copy larger than the allocation's disk
-bound is refused before anything is sent; one that fits the bound but not
-what is left of it fails where the engine bounds the disk (hostd's guard
-otherwise).
+known_hosts; remote.py), audited like any session. Into an allocation, it
+needs nothing in the image but `sh` and `tar` (busybox has both), and the
+container's own tar writes the files, as the container's user. Out of one,
+hostd reads the files from the engine itself (the reserved command
+`potluck-archive get PATH`, the tar `docker cp` reads), so that a download
+works on a running container and on an ended one whose container is kept
+(`--keep-for`: its results); an upload into a kept container is refused.
+A copy larger than the allocation's disk bound is refused before anything
+is sent; one that fits the bound but not what is left of it fails where the
+engine bounds the disk (hostd's guard otherwise).
 
 Where things land, as with `docker cp`: into DST when DST is an existing
 directory, else as DST (its parent must exist). The local side packs and
@@ -22,10 +26,8 @@ printed: no such path, disk full, ...), 2 wrong usage, 255 ssh could not
 reach the allocation (ssh's own code).
 """
 
-import asyncio
 import os
 import re
-import shlex
 import subprocess
 import sys
 import tarfile
@@ -39,7 +41,8 @@ import click
 from rich.console import Console
 from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
-from potluck.user.client import Api, ClientError, ExitCode, Login, config_path
+from potluck.user.client import ClientError, ExitCode
+from potluck.user.remote import allocation, readable, ssh_command, ssh_script
 
 __all__ = ["Local", "Remote", "cp", "parse_endpoint"]
 
@@ -57,14 +60,6 @@ if [ ! -d "$parent" ]; then echo "potluck: $parent: no such directory in the all
 tmp=$(mktemp -d "$parent/.potluck-cp.XXXXXX") || exit 1
 if (cd "$tmp" && tar -x -f -) && mv -f "$tmp/$name" "$dst"; then rmdir "$tmp"; exit 0; fi
 rm -rf "$tmp"; exit 1
-"""
-# $1: SRC in the container.
-_SEND = r"""
-src=$1
-if [ ! -e "$src" ] && [ ! -L "$src" ]; then
-  echo "potluck: $src: no such file or directory in the allocation" >&2; exit 2
-fi
-cd "$(dirname -- "$src")" && exec tar -c -f - -- "$(basename -- "$src")"
 """
 
 
@@ -87,26 +82,6 @@ def parse_endpoint(value: str) -> Remote | Local:
     if not path:
         raise click.BadParameter(f"{value!r}: give a path after the colon, e.g. {alloc_id}:/data")
     return Remote(alloc_id, path)
-
-
-def _ssh_command(remote: Remote, identity: str | None, script: str, *args: str) -> list[str]:
-    from potluck.sshgateway.client import ssh_argv
-
-    login = Login.load()
-    host, _, port = login.gateway.rpartition(":")
-    command = " ".join(shlex.quote(a) for a in ("sh", "-c", script, "potluck-cp", *args))
-    argv = ssh_argv(
-        remote.alloc_id,
-        host or "127.0.0.1",
-        int(port or 2222),
-        identity,
-        command=[command],
-        tty=False,
-        known_hosts_file=config_path().with_name("known_hosts"),
-    )
-    # As `potluck ssh`: trust the gateway's key on first use, then hold it to that key.
-    argv[1:1] = ["-o", "StrictHostKeyChecking=accept-new", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
-    return argv
 
 
 class _Meter:
@@ -199,9 +174,22 @@ def _finish(
 
 
 def _disk_bound(alloc_id: str) -> int:
-    """The allocation's disk bound, from the allocator (which also says if it does not exist)."""
-    allocation = asyncio.run(Api(Login.load()).call("GET", f"/v1/allocations/{alloc_id}"))
-    return int(allocation["disk"])
+    """The allocation's disk bound, from the allocator (which also says if it does not exist);
+    CopyFailed if it runs no more (an ended one's kept container is for reading only)."""
+    found = allocation(alloc_id)
+    if found["state"] not in ("running", "pending", "placed", "pulling"):
+        kept = found.get("kept_until")
+        why = (
+            f"its stopped container is kept until {kept} for its results, read-only: "
+            f"`potluck cp {alloc_id}:PATH .` fetches them"
+            if kept
+            else "its container was removed"
+        )
+        raise CopyFailed(
+            f"allocation {alloc_id} is {found['state']}: nothing can be copied into it; {why}",
+            int(ExitCode.REFUSED),
+        )
+    return int(found["disk"])
 
 
 def upload(source: Path, target: Remote, identity: str | None) -> int:
@@ -217,7 +205,7 @@ def upload(source: Path, target: Remote, identity: str | None) -> int:
             f"({bound} bytes): nothing was copied; ask for more disk (`potluck alloc create --disk`)",
             int(ExitCode.REFUSED),
         )
-    argv = _ssh_command(target, identity, _RECEIVE, target.path, name)
+    argv = ssh_script(target.alloc_id, identity, _RECEIVE, target.path, name)
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     reader, errors = _stderr_reader(proc)
     assert proc.stdin is not None
@@ -253,7 +241,8 @@ def download(source: Remote, target: Path, identity: str | None) -> int:
         into, new_name = target.parent if str(target.parent) else Path("."), target.name
         if str(target).endswith(os.sep) or not into.is_dir():
             raise CopyFailed(f"{into}: no such directory here", int(ExitCode.USAGE))
-    argv = _ssh_command(source, identity, _SEND, source.path)
+    readable(source.alloc_id)
+    argv = ssh_command(source.alloc_id, identity, ["potluck-archive", "get", source.path])
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     reader, errors = _stderr_reader(proc)
     assert proc.stdout is not None

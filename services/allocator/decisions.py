@@ -20,6 +20,7 @@ from uuid import uuid4
 from potluck.allocator.capacity import Placement, allocation_placed, host_snapshots, placement_request
 from potluck.allocator.conditions import frozen_past_limit
 from potluck.allocator.in_flight import InFlightRequests, sum_of
+from potluck.allocator.kept import discard
 from potluck.allocator.lifecycle import pull_failed_everywhere
 from potluck.allocator.model import AllocatorModel
 from potluck.allocator.scheduler import Decision, Impossible, Strategy, place
@@ -146,6 +147,7 @@ def requested(user: str, alloc_id: str, body: CreateAllocation) -> AllocationReq
         ssh_keys=list(body.ssh_keys),
         network=body.network,
         on_preempt=body.on_preempt,
+        keep_for_s=body.keep_for,
     )
     return AllocationRequested(
         alloc_id=alloc_id,
@@ -250,9 +252,10 @@ def ending(
 
 
 def release(state: AllocationState, by: str) -> list[StreamAppend]:
-    """Release on a user's request; nothing to do for an allocation that has ended already."""
+    """Release on a user's request; nothing to do for an allocation that has ended already,
+    unless its stopped container is kept: then it is removed now, and its disk freed."""
     if state.terminal:
-        return []
+        return discard(state, f"released by {by}")
     return ending(state, AllocationReleased(alloc_id=state.alloc_id, host_id=state.host_id, by=by))
 
 

@@ -338,7 +338,8 @@ class AllocatorEngine:
         return job
 
     async def cancel_job(self, user: User, job_id: str) -> JobState:
-        """Cancel the job (nothing to do once it has ended) and release what it still runs."""
+        """Cancel the job (nothing to do once it has ended), release what it still runs and
+        remove the containers its tasks keep."""
 
         async def attempt() -> None:
             job = self._my_job(user, job_id)
@@ -347,6 +348,8 @@ class AllocatorEngine:
         await self.decide(attempt)
         if self._my_job(user, job_id).status == "cancelled":
             await self.reactions.jobs.release_attempts(job_id)
+        # Removed, ended or not: the containers its finished tasks keep for results go too.
+        await self.reactions.jobs.discard_kept(job_id)
         return self._my_job(user, job_id)
 
     async def wait_for_job(self, user: User, job_id: str, timeout: float) -> JobState:

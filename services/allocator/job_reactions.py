@@ -32,6 +32,7 @@ from potluck.allocator.job_decisions import (
     release_attempt,
     step,
 )
+from potluck.allocator.kept import discard
 from potluck.contracts.allocation_events import AllocationEvent, Quota
 from potluck.contracts.job_events import JobEvent, JobTaskRequested
 from potluck.events import Event, RecordedEvent
@@ -190,3 +191,23 @@ class JobDriver:
         if released:
             log.info("job.released", job_id=job_id, attempts=released)
         return released
+
+    async def discard_kept(self, job_id: str) -> int:
+        """Remove the stopped containers its attempts still keep (the job was removed: its
+        results are not wanted any more), freeing their disk; how many."""
+        engine = self.engine
+        allocations = engine.model.allocations.allocations
+        kept = [
+            a for a in engine.model.jobs.jobs[job_id].alloc_ids() if a in allocations and allocations[a].kept
+        ]
+        for alloc_id in kept:
+
+            async def attempt(alloc_id: str = alloc_id) -> None:
+                await engine.append(
+                    discard(allocations[alloc_id], f"its job {job_id} was removed"), "allocator"
+                )
+
+            await engine.decide(attempt)
+        if kept:
+            log.info("job.discarded", job_id=job_id, attempts=len(kept))
+        return len(kept)

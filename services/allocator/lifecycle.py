@@ -9,6 +9,12 @@ A host that could not get the image (`image_pull_failed`, after its own
 retries) sends the allocation back to be placed on another host
 (AllocationUnplaced, its capacity freed), until MAX_PULL_HOSTS hosts have
 failed it: then it fails, naming each host's reason.
+
+An allocation whose command exited on its own, and whose spec asks to keep
+its container (`keep_for_s` > 0), ends with AllocationExited(kept_until =
+now + keep_for_s): its host keeps the stopped container for its files and
+logs, and only its disk stays reserved (CapacityRetained instead of
+CapacityFreed) until it is discarded (kept.py). Every other end frees all.
 """
 
 from dataclasses import dataclass, replace
@@ -22,6 +28,7 @@ from potluck.contracts.allocation_events import (
     AllocationRunning,
     AllocationUnplaced,
     CapacityFreed,
+    CapacityRetained,
     alloc_stream,
     capacity_stream,
 )
@@ -79,6 +86,26 @@ def ended(state: AllocationState, host_id: str, event: Event) -> Decision:
         CapacityFreed(host_id=host_id, alloc_id=state.alloc_id, amount=state.spec.resources)
     ]
     return Decision(state.alloc_id, [event], host_id, freed, state.version)
+
+
+def exited(state: AllocationState, host_id: str, exit_code: int, oom_killed: bool, now: datetime) -> Decision:
+    """The allocation's command exited on its own: it ends, its stopped container kept for
+    its spec's keep_for_s (only its disk still reserved) or, without one, removed."""
+    keep_for_s = state.spec.keep_for_s
+    kept_until = now + timedelta(seconds=keep_for_s) if keep_for_s > 0 else None
+    event = AllocationExited(
+        alloc_id=state.alloc_id,
+        host_id=host_id,
+        exit_code=exit_code,
+        oom_killed=oom_killed,
+        kept_until=kept_until,
+    )
+    if kept_until is None:
+        return ended(state, host_id, event)
+    retained: list[Event] = [
+        CapacityRetained(host_id=host_id, alloc_id=state.alloc_id, disk_bytes=state.spec.resources.disk_bytes)
+    ]
+    return Decision(state.alloc_id, [event], host_id, retained, state.version)
 
 
 def tried_hosts(failures: tuple[PullFailure, ...]) -> str:
@@ -165,16 +192,7 @@ def decide(
             current = _check_host(state, report.alloc_id, host_id)
             if current.status not in ACTIVE:
                 return None
-            return ended(
-                current,
-                host_id,
-                AllocationExited(
-                    alloc_id=current.alloc_id,
-                    host_id=host_id,
-                    exit_code=report.exit_code,
-                    oom_killed=report.oom_killed,
-                ),
-            )
+            return exited(current, host_id, report.exit_code, report.oom_killed, now or datetime.now(UTC))
         case ContainerFailed():
             current = _check_host(state, report.alloc_id, host_id)
             if current.status not in ACTIVE:
@@ -195,9 +213,10 @@ def decide(
 
 
 def decide_actual_state(
-    allocations: list[AllocationState], host_id: str, report: ActualState
+    allocations: list[AllocationState], host_id: str, report: ActualState, *, now: datetime | None = None
 ) -> list[Decision]:
     """Allocations active on this host that the host's own account contradicts."""
+    at = now or datetime.now(UTC)
     seen = {c.alloc_id: c for c in report.containers}
     fetching = set(report.pulling)
     decisions: list[Decision] = []
@@ -224,18 +243,7 @@ def decide_actual_state(
                     )
                 )
         elif not container.running:
-            decisions.append(
-                ended(
-                    state,
-                    host_id,
-                    AllocationExited(
-                        alloc_id=state.alloc_id,
-                        host_id=host_id,
-                        exit_code=container.exit_code or 0,
-                        oom_killed=container.oom_killed,
-                    ),
-                )
-            )
+            decisions.append(exited(state, host_id, container.exit_code or 0, container.oom_killed, at))
         elif state.status in STARTING:
             decisions.append(
                 Decision(

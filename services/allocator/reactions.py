@@ -8,8 +8,10 @@ reads, `loss_reason`), and any change of hosts, a freed reservation or a new
 request may let a pending request be placed. `run` reacts to those, and
 expires what has outlived its lifetime, once a `tick` at least. The same
 round marks allocations that a host's owner policy has kept frozen past its
-member's `max_frozen_s`, and releases those that asked for it (`on_preempt`),
-and drives batch jobs (job_reactions.py).
+member's `max_frozen_s`, and releases those that asked for it (`on_preempt`).
+Stopped containers kept past their `keep_for` are discarded in the round too,
+and those of a host that is gone with its allocations (kept.py). The round
+also drives batch jobs (job_reactions.py).
 
 Each reaction decides with the pure functions of decisions.py on the engine's
 model and appends through the engine, like a user's command: ends of
@@ -35,9 +37,10 @@ from potluck.allocator.decisions import (
     timed_out,
 )
 from potluck.allocator.job_reactions import JobDriver
+from potluck.allocator.kept import TIME_UP, discard, due, kept_on
 from potluck.allocator.queue import FairQueue
 from potluck.allocator.scheduler import Impossible, Placed
-from potluck.contracts.allocation_events import AllocationRequested, CapacityFreed
+from potluck.contracts.allocation_events import AllocationRequested, CapacityFreed, CapacityRetained
 from potluck.events import TRANSIENT_DB_ERRORS, Event, RecordedEvent, WrongExpectedVersion
 from potluck.kernel.rejections import Rejected
 
@@ -66,7 +69,9 @@ class Reactions:
         reason = loss_reason(event)
         if reason is not None:
             self.lost_hosts.put_nowait((str(getattr(event, "host_id", "")), reason))
-        if record.category == "host" or isinstance(event, CapacityFreed | AllocationRequested):
+        if record.category == "host" or isinstance(
+            event, CapacityFreed | CapacityRetained | AllocationRequested
+        ):
             self.capacity_changed.set()
         if self.jobs.notice(event, record):
             self.capacity_changed.set()  # wakes the round, which drives the job
@@ -103,6 +108,7 @@ class Reactions:
                 self.lost_hosts.put_nowait((host_id, reason))  # not done: again next round
                 raise
         await self.expire_due()
+        await self.discard_due()
         await self.mark_frozen_too_long()
         # Before the queue: the attempts jobs request now are placed in this round.
         await self.jobs.drive()
@@ -120,6 +126,24 @@ class Reactions:
 
             await engine.decide(attempt)
             log.warning("allocation.lost", alloc_id=alloc_id, host_id=host_id, reason=reason)
+        await self._discard(kept_on(allocations.values(), host_id), f"its host is gone ({reason})")
+
+    async def discard_due(self) -> int:
+        """Remove the kept containers whose keep_for is up; how many."""
+        kept = self.engine.model.allocations.allocations.values()
+        return await self._discard(due(kept, self.engine.clock()), TIME_UP)
+
+    async def _discard(self, alloc_ids: list[str], reason: str) -> int:
+        engine = self.engine
+        allocations = engine.model.allocations.allocations
+        for alloc_id in alloc_ids:
+
+            async def attempt(alloc_id: str = alloc_id) -> None:
+                await engine.append(discard(allocations[alloc_id], reason), "allocator")
+
+            await engine.decide(attempt)
+            log.info("allocation.discarded", alloc_id=alloc_id, reason=reason)
+        return len(alloc_ids)
 
     async def expire_due(self) -> int:
         engine = self.engine

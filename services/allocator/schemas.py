@@ -34,6 +34,8 @@ Memory = Annotated[int, SizeBetween(16 << 20, 1 << 44)]
 Disk = Annotated[int, SizeBetween(16 << 20, 1 << 46)]
 Lifetime = Annotated[float, DurationBetween(0, MAX_LIFETIME_S, exclusive_lo=True)]
 QueueTimeout = Annotated[float, DurationBetween(0, 86400)]
+MAX_KEEP_FOR_S = 7 * 86400
+KeepFor = Annotated[float, DurationBetween(0, MAX_KEEP_FOR_S)]
 
 
 class Body(BaseModel):
@@ -126,6 +128,14 @@ class CreateAllocation(Request):
         description=(
             "When its host's owner policy keeps it frozen longer than the member allows "
             "(`frozen_too_long`): `wait` stays frozen until the host resumes, `release` ends it."
+        ),
+    )
+    keep_for: KeepFor = Field(
+        default=0.0,
+        description=(
+            "Seconds (or e.g. 1h) its stopped container is kept once its command exited, for "
+            "`potluck cp ALLOC:PATH` and `potluck logs`; its disk stays reserved until then. "
+            "0: removed at once."
         ),
     )
 
@@ -223,6 +233,13 @@ class Allocation(Body):
         default=None,
         description="Set once its host kept it frozen past the member's limit (kept in the record).",
     )
+    kept_until: datetime | None = Field(
+        default=None,
+        description=(
+            "Its command exited and its stopped container (files, logs) is kept until then (`keep_for`); "
+            "null once it is removed, or when it was not kept."
+        ),
+    )
 
     @classmethod
     def of(cls, state: AllocationState, host: HostState | None = None) -> "Allocation":
@@ -274,6 +291,7 @@ class Allocation(Body):
                 max_frozen_s=mark.max_frozen_s,
                 marked_at=mark.marked_at,
             ),
+            kept_until=state.kept_until,
         )
 
 

@@ -16,6 +16,7 @@ from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 
 from potluck.contracts.allocation_events import (
+    AllocationDiscarded,
     AllocationExited,
     AllocationExpired,
     AllocationFailed,
@@ -114,6 +115,9 @@ class Agent:
             wanted=lambda: [spec.image for spec in self.containers.desired.values()],
         )
         self.policy = PolicyRunner(config, self.containers, self._request)
+        self.exec_bridge = ExecBridge(
+            config.docker_url, self.host_id, state_dir=config.state_dir, kept=self.containers.kept
+        )
         self.positions = MemoryPositions()
         self.nc: NATS | None = None
         self.admin = "active"
@@ -205,7 +209,7 @@ class Agent:
                     self.host_id,
                     host_key_path(self.config.state_dir),
                     self.config.gateways,
-                    ExecBridge(self.config.docker_url, self.host_id, state_dir=self.config.state_dir),
+                    self.exec_bridge,
                 ),
             )
         finally:
@@ -309,7 +313,9 @@ class Agent:
         self.positions.advance(snapshot.position)
         if self.admin == "paused":
             self.containers.paused = True
-        await self.containers.set_desired([(a.alloc_id, a.spec) for a in snapshot.allocations])
+        await self.containers.set_desired(
+            [(a.alloc_id, a.spec) for a in snapshot.allocations], kept=snapshot.kept
+        )
         with contextlib.suppress(DockerDriverError):
             self.outbox.put_nowait(await self.containers.actual_state(snapshot.position))
         log.info(
@@ -334,6 +340,11 @@ class Agent:
         match event:
             case AllocationPlaced(host_id=self.host_id):
                 await self.containers.place(event.alloc_id, event.spec)
+            # Its command exited and its user asked to keep the stopped container (files, logs).
+            case AllocationExited(host_id=self.host_id, kept_until=until) if until is not None:
+                await self.containers.keep(event.alloc_id, until)
+            case AllocationDiscarded(host_id=self.host_id):
+                await self.containers.discard(event.alloc_id)
             # Ended and logged (the allocator has freed its capacity too): the container's
             # exit code is on record, so its writable layer leaves the member's disk.
             case (

@@ -10,7 +10,10 @@ A container that ended (exited, failed, stopped past its disk bound) keeps its
 writable layer on the member's disk until the allocator has logged the end,
 which is also when the allocator frees its capacity: the agent then calls
 `release`. Until then the container still holds what a restarted hostd needs
-to report it again (exit code, OOM flag).
+to report it again (exit code, OOM flag). An allocation that asked to keep its
+container (AllocationExited.kept_until) is `keep`-t instead: stopped, with its
+files and logs, out of every other bookkeeping (quotas, pause, usage), neither
+removed nor reported by reconciliation, until AllocationDiscarded (`discard`).
 
 An allocation whose image the engine lacks is not a failure at once: its
 image is pulled (image_pull.py) in a task of its own, outside the lock, and
@@ -26,7 +29,8 @@ policy throttles, each container's CPU quota is its part of the pool's share
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import structlog
@@ -106,6 +110,10 @@ class ContainerManager:
         # Allocations whose container we stop ourselves, with the failure to report instead of an exit.
         self._stopping: dict[str, FailureReason | None] = {}
         self._drain_task: asyncio.Task[None] | None = None
+        #: Ended allocations whose stopped containers are kept, with until when (None: a restarted
+        #: hostd learnt of it from a snapshot, which does not say). Changed in place: the exec
+        #: side reads it to tell a session into a kept container what still works.
+        self.kept: dict[str, datetime | None] = {}
 
     async def _docker(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -131,8 +139,11 @@ class ContainerManager:
 
     # What the allocator wants.
 
-    async def set_desired(self, wanted: list[tuple[str, AllocationSpec]]) -> None:
-        """Replace the desired set (from a snapshot) and bring the engine in line."""
+    async def set_desired(self, wanted: list[tuple[str, AllocationSpec]], kept: Iterable[str] = ()) -> None:
+        """Replace the desired set and the kept one (from a snapshot) and bring the engine in line."""
+        known = dict(self.kept)
+        self.kept.clear()
+        self.kept.update({alloc_id: known.get(alloc_id) for alloc_id in kept})
         desired: dict[str, ContainerSpec] = {}
         for alloc_id, spec in wanted:
             built = self._admit(alloc_id, spec)
@@ -194,8 +205,26 @@ class ContainerManager:
             log.info("hostd.container_removed", alloc_id=alloc_id, container_id=container_id[:12])
 
     async def release_all(self) -> None:
-        for alloc_id in list(self.desired) + list(self.containers):
+        for alloc_id in list(self.desired) + list(self.containers) + list(self.kept):
+            self.kept.pop(alloc_id, None)
             await self.release(alloc_id)
+
+    async def keep(self, alloc_id: str, until: datetime) -> None:
+        """The allocation ended and its stopped container is kept until `until` (for its files and
+        logs): out of the running set, not removed."""
+        self.desired.pop(alloc_id, None)
+        self._stop_pull(alloc_id)
+        async with self._lock:
+            self.kept[alloc_id] = until
+            self.containers.pop(alloc_id, None)
+            self._quotas.pop(alloc_id, None)
+            self._stopping.pop(alloc_id, None)
+        log.info("hostd.container_kept", alloc_id=alloc_id, until=until.isoformat())
+
+    async def discard(self, alloc_id: str) -> None:
+        """A kept container's time is up (or its user released it): remove it now."""
+        self.kept.pop(alloc_id, None)
+        await self.release(alloc_id)
 
     def _stop_pull(self, alloc_id: str) -> None:
         task = self.pulls.pop(alloc_id, None)
@@ -263,7 +292,7 @@ class ContainerManager:
 
     async def _reconcile_locked(self) -> None:
         actual = await self._docker(self.driver.list_managed, self.host_id)
-        plan = reconcile(self.desired, actual)
+        plan = reconcile(self.desired, actual, self.kept)
         for container in plan.remove:
             log.info(
                 "hostd.removing_unwanted",
@@ -325,8 +354,11 @@ class ContainerManager:
     async def actual_state(self, as_of_position: int) -> ActualState:
         # A container that never started has no exit to report; its allocation's failure is
         # reported by the reconciliation, and a missing container is judged a failure too.
+        # Nor has a kept one anything to report: its end is on record.
         containers = [
-            c for c in await self._docker(self.driver.list_managed, self.host_id) if not never_started(c)
+            c
+            for c in await self._docker(self.driver.list_managed, self.host_id)
+            if not never_started(c) and c.allocation_id not in self.kept
         ]
         return ActualState(
             as_of_position=as_of_position,

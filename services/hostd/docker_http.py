@@ -16,6 +16,8 @@ So this is only as much HTTP as the engine's exec calls need:
   end, a chunked body put back together, the body parsed as JSON.
 - `Hijacked` and `hijack`: one request upgraded to a raw stream; a subclass
   says what to do with the stream's bytes.
+- (engine_stream.py builds on these: a `GET` whose answer is read as a stream,
+  for a container's logs and files.)
 
 Both speak to a `unix://` socket (a laptop's own engine) or `tcp://` (a
 private engine in tests). Failures are `ExecError` (exec_errors.py): the exec
@@ -32,13 +34,23 @@ from typing import Any
 from potluck.contracts.link import limit_reads
 from potluck.hostd.exec_errors import ExecError
 
-__all__ = ["HEAD_MAX", "Hijacked", "call", "dechunk", "hijack", "message", "parse_head", "request_bytes"]
+__all__ = [
+    "HEAD_MAX",
+    "Hijacked",
+    "address",
+    "call",
+    "dechunk",
+    "hijack",
+    "message",
+    "parse_head",
+    "request_bytes",
+]
 
 #: An upgrade answer's head longer than this is not an answer from the engine.
 HEAD_MAX = 64 * 1024
 
 
-def _address(url: str) -> tuple[str, int] | str:
+def address(url: str) -> tuple[str, int] | str:
     """(host, port) of a tcp:// URL, or the path of a unix:// one."""
     if url.startswith("unix://"):
         return url.removeprefix("unix://")
@@ -94,10 +106,10 @@ def message(body: Any) -> str:
 
 
 async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    address = _address(url)
-    if isinstance(address, str):
-        return await asyncio.open_unix_connection(address)
-    return await asyncio.open_connection(*address)
+    where = address(url)
+    if isinstance(where, str):
+        return await asyncio.open_unix_connection(where)
+    return await asyncio.open_connection(*where)
 
 
 async def call(url: str, method: str, path: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
@@ -219,11 +231,11 @@ async def hijack(url: str, protocol: Hijacked, timeout: float) -> None:
     """
     loop = asyncio.get_running_loop()
     try:
-        address = _address(url)
-        if isinstance(address, str):
-            await asyncio.wait_for(loop.create_unix_connection(lambda: protocol, address), timeout)
+        where = address(url)
+        if isinstance(where, str):
+            await asyncio.wait_for(loop.create_unix_connection(lambda: protocol, where), timeout)
         else:
-            await asyncio.wait_for(loop.create_connection(lambda: protocol, *address), timeout)
+            await asyncio.wait_for(loop.create_connection(lambda: protocol, *where), timeout)
         await asyncio.wait_for(protocol.upgraded, timeout)
     except BaseException:
         if protocol.transport is not None:

@@ -40,6 +40,7 @@ import re
 import signal
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -199,8 +200,11 @@ class ExecBridge:
         kill_grace_s: float = 2.0,
         host_signals: bool = True,
         timeout: float = 10.0,
+        kept: Mapping[str, datetime | None] | None = None,
     ) -> None:
-        """`host_signals=False` always signals from inside the container (what a non-root hostd does)."""
+        """`host_signals=False` always signals from inside the container (what a non-root hostd does).
+        `kept`: the ended allocations whose stopped containers are kept, and until when
+        (ContainerManager.kept), to tell a session into one what still works."""
         self.docker_url = docker_url
         self.host_id = host_id
         self.sessions = SessionLedger(state_dir / "sessions" if state_dir is not None else None)
@@ -208,6 +212,7 @@ class ExecBridge:
         self.host_signals = host_signals
         self.timeout = timeout
         self._api: tuple[int, int] | None = None
+        self.kept: Mapping[str, datetime | None] = kept if kept is not None else {}
 
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         return await docker_http.call(self.docker_url, method, path, body, self.timeout)
@@ -220,8 +225,9 @@ class ExecBridge:
             self._api = (int(major), int(minor or 0))
         return self._api
 
-    async def container_for(self, alloc_id: str) -> str:
-        """The id of the allocation's running container on this host; ExecRefused if there is none."""
+    async def container_for(self, alloc_id: str, *, stopped_ok: bool = False) -> str:
+        """The id of the allocation's running container on this host; ExecRefused if there is none.
+        `stopped_ok`: a stopped one will do too (logs and files of an ended allocation)."""
         if not _ALLOC.match(alloc_id):
             raise ExecRefused(f"{alloc_id!r} is not an allocation id")
         status, body = await self._call("GET", f"/containers/{NAME_PREFIX}{alloc_id}/json")
@@ -242,11 +248,15 @@ class ExecBridge:
             )
             raise ExecRefused(f"allocation {alloc_id} has no container on this host")
         state = body.get("State") or {}
+        if stopped_ok:
+            return str(body["Id"])
         if state.get("Paused"):
             raise ExecRefused(
                 f"the container of allocation {alloc_id} is paused (the member paused this machine)"
             )
         if not state.get("Running"):
+            if alloc_id in self.kept:
+                raise ExecRefused(kept_refusal(alloc_id, self.kept[alloc_id]))
             raise ExecRefused(
                 f"the container of allocation {alloc_id} is not running ({state.get('Status')})"
             )
@@ -414,6 +424,15 @@ class ExecBridge:
         if ended:
             log.info("exec.orphans_reaped", count=ended)
         return ended
+
+
+def kept_refusal(alloc_id: str, until: datetime | None) -> str:
+    """What a session into a kept, stopped container reads: what still works, and until when."""
+    when = f"until {until.isoformat(timespec='seconds')}" if until is not None else "for its keep_for"
+    return (
+        f"allocation {alloc_id} has ended; its stopped container is kept {when}: nothing runs in it, "
+        f"but `potluck cp {alloc_id}:PATH .` fetches its files and `potluck logs {alloc_id}` shows its output"
+    )
 
 
 def exec_env(

@@ -33,7 +33,9 @@ when the session asked for a PTY. Data is passed in both directions with flow
 control at each end (SSH windows, the engine socket's buffer); window changes
 resize the exec's TTY; signals reach its process; when the channel closes
 before the process ended, the process and its descendants are ended (HUP,
-then KILL).
+then KILL). The reserved commands `potluck-logs` and `potluck-archive` are
+served by hostd itself from the engine (reserved_commands.py), for a running
+container and for a stopped, kept one.
 
 Each session is a span, `exec session`, the child of the gateway's session
 span: the gateway sends its context in the session's `TRACEPARENT` (and
@@ -73,6 +75,7 @@ from potluck.events.tracing import context_from_env
 from potluck.hostd.exec_bridge import ExecBridge, SessionProcess, exec_env
 from potluck.hostd.exec_errors import ExecError, ExecRefused
 from potluck.hostd.helper_sftp import open_sftp
+from potluck.hostd.reserved_commands import open_reserved, reserved_command
 from potluck.hostd.session_slots import SessionLimits, SessionSlots
 from potluck.hostd.spans import docker_span, tracer
 from potluck.kernel.ssh_identity import load_or_create_key
@@ -268,7 +271,10 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
                 argv = command_argv(self._command, self._subsystem)
                 run_env = exec_env(alloc_id, session_id, self._term_type, env)
                 process: SessionProcess
-                if self._subsystem == "sftp" and not tty:
+                reserved = reserved_command(self._command) if self._subsystem is None else None
+                if reserved is not None:
+                    process = await open_reserved(self._bridge, alloc_id, reserved)
+                elif self._subsystem == "sftp" and not tty:
                     # The image's sftp-server, or hostd's own for an image without one.
                     process = await open_sftp(self._bridge, alloc_id, argv, run_env)
                 else:

@@ -7,9 +7,14 @@ runs once. A container that was created but never started (hostd stopped
 between the two) did not run the work: it is reported as failed, never as an
 exit with code 0. Two containers for one allocation (never made by us, but
 possible by hand) keep the running, older one.
+
+A kept allocation's stopped container (`kept`: its command exited, and its
+user may still fetch its files and logs until the allocator discards it) is
+neither removed nor reported: its end is on record already. Only its
+duplicates, if any, go.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from potluck.hostd.container_config import ContainerSpec
@@ -41,7 +46,11 @@ def _preference(c: ManagedContainer) -> tuple[int, float]:
     return (0 if c.running else 1, started)
 
 
-def reconcile(desired: Mapping[str, ContainerSpec], actual: Sequence[ManagedContainer]) -> Plan:
+def reconcile(
+    desired: Mapping[str, ContainerSpec],
+    actual: Sequence[ManagedContainer],
+    kept: Collection[str] = (),
+) -> Plan:
     plan = Plan()
     by_alloc: dict[str, list[ManagedContainer]] = {}
     for container in actual:
@@ -49,6 +58,8 @@ def reconcile(desired: Mapping[str, ContainerSpec], actual: Sequence[ManagedCont
     for alloc_id, containers in sorted(by_alloc.items()):
         keep, *extra = sorted(containers, key=_preference)
         plan.remove.extend(extra)
+        if alloc_id in kept and alloc_id not in desired:
+            continue
         if alloc_id not in desired:
             plan.remove.append(keep)
         elif keep.running:

@@ -29,6 +29,11 @@ class LiveSession(Protocol):
     @property
     def identity(self) -> LoginIdentity: ...
 
+    @property
+    def reads_logs(self) -> bool:
+        """A `potluck-logs` session: its host ends it once the container's output is all sent."""
+        ...
+
     def end(self, reason: EndReason, message: str) -> None:
         """End the session from the gateway's side, telling the user `message`."""
 

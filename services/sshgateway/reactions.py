@@ -5,7 +5,10 @@ that folds each event into the view (projection.py) and then acts on what
 changed:
 
 - an allocation that stops running (released, expired, lost...) ends its
-  sessions, each with a message saying why;
+  sessions, each with a message saying why; one that exited with its
+  container kept keeps them (they read its logs and files) until it is
+  discarded, and a `potluck-logs` session is left to end at its host, which
+  ends it once it has sent the last of the container's output;
 - a host that deregisters, leaves, is revoked, or registers with another key,
   has its idle links closed: they were authenticated with the key it no
   longer has (a revoked host's sessions end with its allocations, lost);
@@ -18,12 +21,14 @@ them and logs `events.skipped_unreadable`, and the gateway goes on serving.
 
 import structlog
 
+from potluck.contracts.allocation_events import AllocationDiscarded
 from potluck.contracts.host_events import HostDeregistered, HostLeft, HostRegistered, HostRevoked
 from potluck.events import Event, RecordedEvent
 from potluck.readmodels.allocations import AllocationState
 from potluck.sshgateway.context import SessionRegistry
 from potluck.sshgateway.links import LinkPool
 from potluck.sshgateway.projection import GatewayView, HostKeyConflict
+from potluck.sshgateway.sessions import reachable
 
 __all__ = ["GatewayReactions"]
 
@@ -47,7 +52,7 @@ class GatewayReactions:
             event, position=record.position, version=record.version, at=record.recorded_at
         )
         if isinstance(change, AllocationState):
-            self._allocation_changed(change)
+            self._allocation_changed(change, discarded=isinstance(event, AllocationDiscarded))
         elif isinstance(change, HostKeyConflict):
             log.warning(
                 "gateway.host_key_conflict",
@@ -66,11 +71,19 @@ class GatewayReactions:
             self.links.sever_host(event.host_id)
             log.warning("gateway.host_revoked", host_id=event.host_id, by=event.by, reason=event.reason)
 
-    def _allocation_changed(self, allocation: AllocationState) -> None:
-        if allocation.status == "running":
+    def _allocation_changed(self, allocation: AllocationState, *, discarded: bool = False) -> None:
+        if reachable(allocation):
             return
+        ended_by_itself = allocation.status in ("exited", "failed") and not discarded
         for session in self.sessions.of(allocation.alloc_id):
-            session.end(
-                "ALLOCATION_ENDED",
-                f"allocation {allocation.alloc_id} is now {allocation.status}; the session ended",
+            # A `potluck-logs` session's host ends it once the container's output is all sent
+            # (the engine's log stream ends when the container stops): ending it here on the
+            # exit could cut the end.
+            if ended_by_itself and session.reads_logs:
+                continue
+            message = (
+                f"allocation {allocation.alloc_id}'s kept container was removed; the session ended"
+                if discarded
+                else f"allocation {allocation.alloc_id} is now {allocation.status}; the session ended"
             )
+            session.end("ALLOCATION_ENDED", message)

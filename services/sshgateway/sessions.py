@@ -8,9 +8,11 @@ ENDED); this module does what each step takes:
 
 1. recording the start: `SessionStarted` is appended before anything reaches
    the container (audit.py; no log, no session: the user reads why);
-2. choosing the host: a session opens only for an allocation that is running
-   (otherwise the user, who authenticated with a key registered on it, reads
-   why), and not on a gateway that is stopping;
+2. choosing the host: a session opens only for an allocation that is running,
+   or that ended with its stopped container kept (`kept_until`: its host
+   serves its logs and files, and refuses anything else saying so), otherwise
+   the user, who authenticated with a key registered on it, reads why; and
+   not on a gateway that is stopping;
 3. connecting: taking one of the host's links, waiting a bounded time for one
    (a link whose session fails to open is closed and another tried);
 4. bridging, until the session ends.
@@ -18,8 +20,9 @@ ENDED); this module does what each step takes:
 A session ends when the command exits (its exit status or signal goes back
 to the user), when the user leaves, when the host's link drops (the user gets
 a message saying so and exit status 255), when its allocation stops running
-(released, expired, lost) and when the gateway shuts down; the first end
-wins. `SessionEnded` is then written in the background with retries.
+(released, expired, lost; a kept one's sessions end when it is discarded;
+`potluck-logs` ends on its own when the container stops) and when the
+gateway shuts down; the first end wins. `SessionEnded` is then written in the background with retries.
 
 Every session is also one trace (session_trace.py): the gateway's span is its
 root, and its context goes to hostd in the session's environment.
@@ -46,7 +49,7 @@ from potluck.sshgateway.session_caps import SessionPlace
 from potluck.sshgateway.session_state import SessionState, Step, advance
 from potluck.sshgateway.session_trace import SessionTrace
 
-__all__ = ["GatewaySession", "not_running_message"]
+__all__ = ["GatewaySession", "not_running_message", "reachable"]
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +63,17 @@ def not_running_message(alloc_id: str, state: AllocationState | None) -> str:
             "try again in a moment"
         )
     why = f" ({state.reason})" if state.reason else ""
+    if state.status == "exited":
+        return (
+            f"allocation {alloc_id} is exited{why}: its container was removed (it was not kept, or its "
+            "keep_for is up); ask for keep_for on the next one to fetch results after it ends"
+        )
     return f"allocation {alloc_id} is {state.status}{why}: nothing runs there any more"
+
+
+def reachable(state: AllocationState | None) -> bool:
+    """Whether sessions go to the allocation's host: it runs, or it ended and its container is kept."""
+    return state is not None and state.host_id is not None and (state.status == "running" or state.kept)
 
 
 class GatewaySession(asyncssh.SSHServerSession[bytes]):
@@ -81,6 +94,12 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         self._link: asyncssh.SSHClientConnection | None = None
         #: Built at the end; queued once SessionStarted is in the log, if the end came first.
         self._end_fact: SessionEnded | None = None
+
+    @property
+    def reads_logs(self) -> bool:
+        """A `potluck-logs` session (served by hostd): it ends when the container's output does."""
+        command = self.request.command
+        return command is not None and command.split(maxsplit=1)[:1] == ["potluck-logs"]
 
     def _step(self, step: Step) -> None:
         self.state = advance(self.state, step)
@@ -204,7 +223,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         if self.ctx.stopping:
             self._end("GATEWAY_STOPPING", "the gateway is shutting down")
             return None
-        if allocation is None or allocation.status != "running" or allocation.host_id is None:
+        if allocation is None or not reachable(allocation) or allocation.host_id is None:
             self._end("ALLOCATION_NOT_RUNNING", not_running_message(self.identity.alloc_id, allocation))
             return None
         return allocation.host_id

@@ -141,16 +141,22 @@ async def test_a_job_of_20_tasks_runs_every_index_once_on_both_hosts(
 
 
 async def test_a_task_that_exits_3_fails_the_job_unless_retried(
-    pool: Pool, two_hosts: list[EnrolledHost], http: aiohttp.ClientSession, test_image: str
+    pool: Pool,
+    two_hosts: list[EnrolledHost],
+    http: aiohttp.ClientSession,
+    test_image: str,
+    docker_engines: list[DockerEngine],
 ) -> None:
-    """Tried: two jobs of 6 tasks where task 5 exits 3, one without retries and one with
-    `retries: 1, retry_on: ["exit"]`. Must hold: both fail with 5 succeeded and 1 failed; task 5
-    exited 3 after 1 attempt in the first and after 2 in the second; the others took 1 each."""
+    """Tried: two jobs of 6 tasks that keep their containers, where task 5 exits 3, one without
+    retries and one with `retries: 1, retry_on: ["exit"]`; then the first job is removed. Must
+    hold: both fail with 5 succeeded and 1 failed; task 5 exited 3 after 1 attempt in the first
+    and after 2 in the second; the others took 1 each; each finished task's container is kept,
+    and removing the ended job keeps its outcome but removes its kept containers."""
     alice = Api(http, pool.api, await pool.add_user("alice"))
     fails = 'test "$POTLUCK_TASK_INDEX" != 5 || exit 3'
-    _, once = await alice.call("POST", "/v1/jobs", job(test_image, fails, tasks=6))
+    _, once = await alice.call("POST", "/v1/jobs", job(test_image, fails, tasks=6, keep_for="1h"))
     _, twice = await alice.call(
-        "POST", "/v1/jobs", job(test_image, fails, tasks=6, retries=1, retry_on=["exit"])
+        "POST", "/v1/jobs", job(test_image, fails, tasks=6, retries=1, retry_on=["exit"], keep_for="1h")
     )
     for created, attempts in ((once, 1), (twice, 2)):
         status, done = await alice.call("GET", f"/v1/jobs/{created['id']}?{WAIT}")
@@ -161,6 +167,25 @@ async def test_a_task_that_exits_3_fails_the_job_unless_retried(
         assert (fifth["state"], fifth["exit_code"], fifth["attempts"]) == ("failed", 3, attempts)
         assert fifth["reason"] == "exited with code 3"
         assert {t["attempts"] for t in done["task_list"][:5]} == {1}
+        assert all(t["kept_until"] for t in done["task_list"]), done["task_list"]
+
+    status, removed = await alice.call("DELETE", f"/v1/jobs/{once['id']}")
+    assert status == 200
+    assert removed["state"] == "failed", "removing an ended job keeps its outcome"
+    assert [t["kept_until"] for t in removed["task_list"]] == [None] * 6
+    gone = {t["alloc_id"] for t in removed["task_list"]}
+    for _ in range(300):
+        left = []
+        for engine in docker_engines:
+            with DockerDriver(engine.url) as driver:
+                left += [c for c in driver.list_managed(None) if c.allocation_id in gone]
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"the removed job's containers are still there: {left}\n{pool.logs()}")
+    _, still = await alice.call("GET", f"/v1/jobs/{twice['id']}")
+    assert all(t["kept_until"] for t in still["task_list"]), "the other job's are kept"
 
 
 async def test_a_big_job_does_not_starve_another_users_allocation_and_delete_releases_it(

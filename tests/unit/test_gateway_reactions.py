@@ -38,6 +38,7 @@ class Session:
 
     identity: LoginIdentity
     ends: list[tuple[EndReason, str]] = field(default_factory=list)
+    reads_logs: bool = False
 
     def end(self, reason: EndReason, message: str) -> None:
         self.ends.append((reason, message))

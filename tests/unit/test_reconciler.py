@@ -133,6 +133,25 @@ def test_duplicates_of_an_unwanted_allocation_are_all_removed() -> None:
     assert not plan.report_exited
 
 
+# Kept containers: an ended allocation whose stopped container is kept for its files and logs.
+
+
+def test_a_kept_allocations_stopped_container_is_neither_removed_nor_reported() -> None:
+    """What is tried: a restarted hostd finds the stopped container of an allocation its snapshot
+    lists as kept, and no allocation wants it. What must hold: the plan is empty (kept as it is)."""
+    kept = _container("a1", running=False)
+    assert reconcile({}, [kept], kept={"a1"}) == Plan()
+    assert reconcile({}, [kept]) == Plan(remove=[kept])  # the same container, not kept: removed
+
+
+def test_only_the_duplicates_of_a_kept_container_go() -> None:
+    """What is tried: a kept allocation with two stopped containers. What must hold: the one that
+    started last is removed, the other stays; a kept id with no container plans nothing."""
+    first = _container("a1", "c-1", running=False, started_s=0)
+    second = _container("a1", "c-2", running=False, started_s=5)
+    assert reconcile({}, [second, first], kept={"a1", "a9"}) == Plan(remove=[second])
+
+
 def test_starts_come_in_allocation_order() -> None:
     specs = {alloc: _spec(alloc) for alloc in ("b", "c", "a")}
     assert [s.allocation_id for s in reconcile(specs, []).start] == ["a", "b", "c"]

@@ -1,0 +1,75 @@
+"""Session commands hostd serves itself instead of running them in the container.
+
+These exec command names are reserved: a session whose command is one of them
+never reaches the container's own programs, and it works on a running
+container and on a stopped, kept one alike (AllocationExited.kept_until):
+
+    potluck-logs [--follow|-f] [--tail N]   its stdout and stderr (container_logs.py)
+    potluck-archive get PATH                PATH as a tar stream (container_archive.py)
+
+`potluck logs` and `potluck cp ALLOC:PATH LOCAL` send them through the
+gateway like any exec session (the same audit, the same per-allocation caps
+in session_slots.py). A malformed one is refused with its usage.
+"""
+
+import argparse
+import shlex
+from dataclasses import dataclass
+
+from potluck.hostd.container_archive import open_archive
+from potluck.hostd.container_logs import LogsRequest, open_logs
+from potluck.hostd.engine_stream import StreamedProcess
+from potluck.hostd.exec_bridge import ExecBridge
+from potluck.hostd.exec_errors import ExecRefused
+
+__all__ = ["ARCHIVE", "LOGS", "ArchiveGet", "Reserved", "open_reserved", "reserved_command"]
+
+LOGS = "potluck-logs"
+ARCHIVE = "potluck-archive"
+_LOGS_USAGE = f"usage: {LOGS} [--follow] [--tail N]"
+_ARCHIVE_USAGE = f"usage: {ARCHIVE} get PATH"
+
+
+@dataclass(frozen=True)
+class ArchiveGet:
+    path: str
+
+
+Reserved = LogsRequest | ArchiveGet
+
+
+class _Refusing(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ExecRefused(f"{self.usage}: {message}")
+
+
+def reserved_command(command: str | None) -> Reserved | None:
+    """What a reserved session command asks for; None when `command` is not one (it runs in the
+    container); ExecRefused when it is one, malformed."""
+    if not command:
+        return None
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return None
+    if not argv or argv[0] not in (LOGS, ARCHIVE):
+        return None
+    if argv[0] == LOGS:
+        parser = _Refusing(prog=LOGS, usage=_LOGS_USAGE, add_help=False)
+        parser.add_argument("-f", "--follow", action="store_true")
+        parser.add_argument("--tail", type=int, default=None)
+        args = parser.parse_args(argv[1:])
+        if args.tail is not None and args.tail < 0:
+            raise ExecRefused(f"{_LOGS_USAGE}: --tail must be 0 or more")
+        return LogsRequest(follow=args.follow, tail=args.tail)
+    if len(argv) != 3 or argv[1] != "get" or not argv[2]:
+        raise ExecRefused(_ARCHIVE_USAGE)
+    return ArchiveGet(argv[2])
+
+
+async def open_reserved(bridge: ExecBridge, alloc_id: str, request: Reserved) -> StreamedProcess:
+    """Serve `request` from the allocation's container, running or stopped."""
+    container_id = await bridge.container_for(alloc_id, stopped_ok=True)
+    if isinstance(request, LogsRequest):
+        return await open_logs(bridge.docker_url, container_id, request, bridge.timeout)
+    return await open_archive(bridge.docker_url, container_id, request.path, bridge.timeout)
