@@ -53,4 +53,5 @@ def test_bad_key_value_is_refused_before_anything_is_sent() -> None:
         env={"POTLUCK_CONFIG": "/nonexistent/client.toml", "POTLUCK_URL": "", "POTLUCK_TOKEN": ""},
     )
     assert result.exit_code == 2, result.output
-    assert "--env" in result.output and "KEY=VALUE" in result.output
+    assert "--env" in result.output
+    assert "KEY=VALUE" in result.output
