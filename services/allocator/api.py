@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureWindow
 from potluck.allocator.engine import AllocatorEngine
+from potluck.allocator.job_schemas import CreateJob, Job, JobList
 from potluck.allocator.openapi import openapi_document
 from potluck.allocator.pool_registry import PoolRegistry
 from potluck.allocator.registry_auth import POOL_REGISTRY, basic_password, pool_registry
@@ -38,6 +39,7 @@ from potluck.allocator.users import User
 from potluck.contracts.registry import TOKEN_PATH
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import TERMINAL, AllocationState
+from potluck.readmodels.jobs import JobState
 
 log = structlog.get_logger(__name__)
 
@@ -247,6 +249,43 @@ async def history(request: web.Request) -> web.Response:
     return ok(History(allocation_id=alloc_id, events=entries))
 
 
+def _job(request: web.Request, job: JobState, *, tasks: bool = True) -> Job:
+    return Job.of(job, request.app[ENGINE].allocations.allocations, tasks=tasks)
+
+
+async def create_job(request: web.Request) -> web.Response:
+    body = CreateJob.model_validate(await _json(request))
+    registry = request.app.get(POOL_REGISTRY)
+    if registry is not None:
+        registry.check_image(_user(request).name, body.image)
+    job = await request.app[ENGINE].submit_job(_user(request), body)
+    return ok(_job(request, job), 201)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    jobs = request.app[ENGINE].jobs_of(_user(request))
+    return ok(JobList(jobs=[_job(request, job, tasks=False) for job in jobs]))
+
+
+async def show_job(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    job_id = request.match_info["job_id"]
+    wanted = request.query.get("wait")
+    timeout = _timeout(request)  # checked even without `wait`, as for allocations
+    if wanted is not None:
+        if wanted != "done":
+            raise Rejected("INVALID_FIELD", "wait must be 'done'", field="wait", status=400)
+        job = await engine.wait_for_job(_user(request), job_id, timeout)
+    else:
+        job = engine.job_of(_user(request), job_id)
+    return ok(_job(request, job))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    job = await request.app[ENGINE].cancel_job(_user(request), request.match_info["job_id"])
+    return ok(_job(request, job))
+
+
 async def pool(request: web.Request) -> web.Response:
     return ok(request.app[ENGINE].pool())
 
@@ -309,6 +348,10 @@ def make_app(
     app.router.add_delete("/v1/allocations/{alloc_id}", release)
     app.router.add_post("/v1/allocations/{alloc_id}/extend", extend)
     app.router.add_get("/v1/allocations/{alloc_id}/events", history)
+    app.router.add_post("/v1/jobs", create_job)
+    app.router.add_get("/v1/jobs", list_jobs)
+    app.router.add_get("/v1/jobs/{job_id}", show_job)
+    app.router.add_delete("/v1/jobs/{job_id}", cancel_job)
     app.router.add_get("/v1/pool", pool)
     app.router.add_get(TOKEN_PATH, registry_token)
     app.router.add_get("/v1/images", images)

@@ -42,12 +42,15 @@ from potluck.allocator.decisions import (
     requested,
 )
 from potluck.allocator.in_flight import InFlight, InFlightRequests
+from potluck.allocator.job_decisions import attempt_request, cancellation, new_job_id
+from potluck.allocator.job_schemas import CreateJob
 from potluck.allocator.model import AllocatorModel
 from potluck.allocator.reactions import Reactions
 from potluck.allocator.scheduler import Impossible, Placed, Strategy
 from potluck.allocator.schemas import CreateAllocation, HistoryEntry, Pool
 from potluck.allocator.users import User, UsersView
 from potluck.contracts.allocation_events import AllocationRequested, CapacityReserved, alloc_stream
+from potluck.contracts.job_events import JobSubmitted, job_stream
 from potluck.events import (
     Contended,
     Event,
@@ -61,6 +64,7 @@ from potluck.events import (
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import AllocationState, AllocationsView
 from potluck.readmodels.hosts import HostsView
+from potluck.readmodels.jobs import JobState
 
 __all__ = ["AllocatorEngine", "Clock", "utcnow"]
 
@@ -295,6 +299,64 @@ class AllocatorEngine:
             return self._mine(user, alloc_id)
 
         return await self.decide(attempt)
+
+    # Batch jobs: the engine records them; the reactions' job driver (job_reactions.py) runs them.
+
+    def _my_job(self, user: User, job_id: str) -> JobState:
+        job = self.model.jobs.jobs.get(job_id)
+        if job is None or job.user != user.name:
+            # Another user's job is as good as absent, like their allocations.
+            raise Rejected("NOT_FOUND", f"no job {job_id} of yours", field="job_id", status=404)
+        return job
+
+    def job_of(self, user: User, job_id: str) -> JobState:
+        return self._my_job(user, job_id)
+
+    def jobs_of(self, user: User) -> list[JobState]:
+        """The user's jobs, oldest first."""
+        return self.model.jobs.of_user(user.name)
+
+    async def submit_job(self, user: User, body: CreateJob) -> JobState:
+        """Record a new job; refused when no host could ever hold one task (422) or one task
+        alone is more than the user's whole quota (403). Its tasks wait for room otherwise."""
+        job_id = new_job_id()
+        spec = body.spec()
+        # The first task stands for all: they differ only in their environment.
+        probe = attempt_request(job_id, user.name, spec, 0, 1, new_alloc_id())
+        check_quota(user.quota, {}, spec.task.resources)
+
+        async def attempt() -> JobState:
+            decision = self.outlook().place(probe, self.strategy)
+            if isinstance(decision, Impossible):
+                raise Rejected(decision.code, decision.message, field=decision.field, status=422)
+            submitted = JobSubmitted(job_id=job_id, user=user.name, spec=spec)
+            await self.append([StreamAppend(job_stream(job_id), [submitted], 0)], f"user:{user.name}")
+            return self.model.jobs.jobs[job_id]
+
+        job = await self.decide(attempt)
+        log.info("job.submitted", job_id=job_id, user=user.name, tasks=spec.tasks)
+        return job
+
+    async def cancel_job(self, user: User, job_id: str) -> JobState:
+        """Cancel the job (nothing to do once it has ended) and release what it still runs."""
+
+        async def attempt() -> None:
+            job = self._my_job(user, job_id)
+            await self.append(
+                cancellation(job, f"user:{user.name}", "removed by its user"), f"user:{user.name}"
+            )
+
+        await self.decide(attempt)
+        if self._my_job(user, job_id).status == "cancelled":
+            await self.reactions.jobs.release_attempts(job_id)
+        return self._my_job(user, job_id)
+
+    async def wait_for_job(self, user: User, job_id: str, timeout: float) -> JobState:
+        """Returns once the job has ended, or when `timeout` passes."""
+        self._my_job(user, job_id)
+        with contextlib.suppress(TimeoutError):
+            await self.fold.wait_until(lambda: self.model.jobs.jobs[job_id].terminal, timeout)
+        return self._my_job(user, job_id)
 
     # What the allocator does of its own accord (reactions.py).
 

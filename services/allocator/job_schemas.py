@@ -1,10 +1,12 @@
 """The HTTP API's bodies for batch jobs (`/v1/jobs`); their JSON schemas feed /v1/openapi.json."""
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
+from potluck.allocator.job_decisions import TaskState, standing
 from potluck.allocator.schemas import (
     ENV_NAME,
     LABEL_NAME,
@@ -18,29 +20,25 @@ from potluck.allocator.schemas import (
     Text,
     _names_match,
 )
-from potluck.contracts.capacity import MIN_CPUS
+from potluck.contracts.allocation_events import AllocationSpec
+from potluck.contracts.capacity import MIN_CPUS, Capacity
 from potluck.contracts.job_events import (
     DEFAULT_KEEP_FOR_S,
     DEFAULT_RETRY_ON,
     MAX_KEEP_FOR_S,
     MAX_RETRIES,
     MAX_TASKS,
+    JobSpec,
     RetryOn,
 )
 from potluck.kernel.durations import DurationBetween
-from potluck.readmodels.jobs import JobStatus
+from potluck.readmodels.allocations import AllocationState
+from potluck.readmodels.jobs import JobState, JobStatus
 
 __all__ = ["CreateJob", "Job", "JobList", "JobTask", "TaskState"]
 
 KeepFor = Annotated[float, DurationBetween(0, MAX_KEEP_FOR_S)]
 Deadline = Annotated[float, DurationBetween(0, 30 * 86400, exclusive_lo=True)]
-
-#: A task as `job show` counts it: `waiting` not requested yet (parallelism, quota), then its
-#: latest attempt's allocation state, `succeeded` (exit 0) or `failed` for good; `retrying`
-#: its latest attempt ended and another is about to be requested; `cancelled` the job ended first.
-TaskState = Literal[
-    "waiting", "pending", "placed", "pulling", "running", "retrying", "succeeded", "failed", "cancelled"
-]
 
 
 class CreateJob(Request):
@@ -97,6 +95,28 @@ class CreateJob(Request):
         description="How long a finished task's container is kept for `potluck cp` and `potluck logs`.",
     )
 
+    def spec(self) -> JobSpec:
+        """The job this body asks for."""
+        return JobSpec(
+            tasks=self.tasks,
+            task=AllocationSpec(
+                resources=Capacity(cpus=self.cpus, memory_bytes=self.memory, disk_bytes=self.disk),
+                image=self.image,
+                command=self.command,
+                env=dict(self.env),
+                ssh_keys=list(self.ssh_keys),
+                network=self.network,
+                keep_for_s=self.keep_for,
+            ),
+            lifetime_s=self.lifetime,
+            constraints=dict(self.constraints),
+            parallelism=self.parallelism,
+            retries=self.retries,
+            # Each kind once, in the order the user gave: a list that repeats one means it once.
+            retry_on=tuple(dict.fromkeys(self.retry_on)),
+            deadline_s=self.deadline,
+        )
+
 
 class JobTask(Body):
     index: int
@@ -110,6 +130,59 @@ class JobTask(Body):
     ended_at: datetime | None
     duration_s: float | None = Field(description="Its latest attempt's run, from start to end.")
     kept_until: datetime | None = Field(description="Its container is kept until then for results.")
+
+    @classmethod
+    def of(cls, job: JobState, index: int, allocations: Mapping[str, AllocationState]) -> "JobTask":
+        found = standing(job, index, allocations)
+        latest = found.latest
+        if latest is None:
+            return cls(
+                index=index,
+                state=found.state,
+                alloc_id=job.latest(index),
+                host_id=None,
+                attempts=found.attempts,
+                exit_code=None,
+                reason=None,
+                started_at=None,
+                ended_at=None,
+                duration_s=None,
+                kept_until=None,
+            )
+        duration = None
+        if latest.started_at is not None and latest.ended_at is not None:
+            duration = round((latest.ended_at - latest.started_at).total_seconds(), 3)
+        return cls(
+            index=index,
+            state=found.state,
+            alloc_id=latest.alloc_id,
+            host_id=latest.host_id,
+            attempts=found.attempts,
+            exit_code=latest.exit_code,
+            reason=_why_ended(latest),
+            started_at=latest.started_at,
+            ended_at=latest.ended_at,
+            duration_s=duration,
+            kept_until=latest.kept_until,
+        )
+
+
+def _why_ended(state: AllocationState) -> str | None:
+    """Why an attempt ended, in its user's words; None while it runs or when it exited 0."""
+    match state.status:
+        case "exited":
+            if state.oom_killed:
+                return "killed: out of memory"
+            return None if state.exit_code == 0 else f"exited with code {state.exit_code}"
+        case "failed":
+            return f"{state.reason}: {state.detail}" if state.detail else state.reason
+        case "expired":
+            return "its lifetime ran out"
+        case "lost" | "refused":
+            return state.reason
+        case "released":
+            return state.reason or "released"
+    return None
 
 
 class Job(Body):
@@ -134,6 +207,43 @@ class Job(Body):
     task_list: list[JobTask] = Field(
         default_factory=list, description="Each task (GET /v1/jobs/{job_id}; empty in listings)."
     )
+
+    @classmethod
+    def of(cls, job: JobState, allocations: Mapping[str, AllocationState], *, tasks: bool = True) -> "Job":
+        """The job as its user sees it: counts by state, and each task (`tasks`) or none."""
+        task_list = [JobTask.of(job, index, allocations) for index in range(job.spec.tasks)]
+        counts: dict[TaskState, int] = {}
+        for task in task_list:
+            counts[task.state] = counts.get(task.state, 0) + 1
+        spec = job.spec
+        cancelled = job.cancelled_by
+        return cls(
+            id=job.job_id,
+            user=job.user,
+            state=job.status,
+            tasks=spec.tasks,
+            counts=counts,
+            image=spec.task.image,
+            command=spec.task.command,
+            cpus=spec.task.resources.cpus,
+            memory=spec.task.resources.memory_bytes,
+            disk=spec.task.resources.disk_bytes,
+            parallelism=spec.parallelism,
+            retries=spec.retries,
+            retry_on=list(spec.retry_on),
+            keep_for=spec.task.keep_for_s,
+            created_at=job.submitted_at,
+            deadline=job.deadline,
+            ended_at=job.ended_at,
+            reason=None if cancelled is None else _why_cancelled(cancelled, job.reason),
+            task_list=task_list if tasks else [],
+        )
+
+
+def _why_cancelled(by: str, reason: str | None) -> str:
+    if by == "deadline":
+        return "cancelled: its deadline passed"
+    return f"removed by {by}" + (f": {reason}" if reason else "")
 
 
 class JobList(Body):

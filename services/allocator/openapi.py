@@ -5,6 +5,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from potluck.allocator.job_schemas import CreateJob, Job, JobList
 from potluck.allocator.schemas import (
     Allocation,
     AllocationList,
@@ -33,7 +34,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "Malformed request",
         401: "Missing or wrong token",
         403: "Quota exceeded, or an image in another user's namespace of the pool registry",
-        404: "No such allocation (or not yours), or no image registry in this pool",
+        404: "No such allocation or job (or not yours), or no image registry in this pool",
         409: "Conflict",
         413: "Body larger than 256 KiB",
         415: "Not JSON",
@@ -80,11 +81,21 @@ _STATE = {
 }
 
 
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_JOB_LINKS = {
+    name: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
+    for name, operation in (("GetJob", "getJob"), ("CancelJob", "cancelJob"))
+}
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
-        [(m, "validation") for m in (CreateAllocation, ExtendAllocation)]
-        + [(m, "serialization") for m in (Allocation, AllocationList, History, Pool, PoolImages, ErrorBody)],
+        [(m, "validation") for m in (CreateAllocation, ExtendAllocation, CreateJob)]
+        + [
+            (m, "serialization")
+            for m in (Allocation, AllocationList, History, Pool, PoolImages, Job, JobList, ErrorBody)
+        ],
         ref_template=_REF,
     )
     auth: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -175,6 +186,65 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "The allocation's events", **_json("History")},
                         **_authenticated(404),
+                    },
+                },
+            },
+            "/v1/jobs": {
+                "post": {
+                    "operationId": "createJob",
+                    "summary": "Run many tasks: each an allocation of the same spec, with its index",
+                    "security": auth,
+                    "requestBody": {"required": True, **_json("CreateJob")},
+                    "responses": {
+                        "201": {
+                            "description": "Submitted: its tasks are requested as quota and pool allow",
+                            **_json("Job"),
+                            "links": _JOB_LINKS,
+                        },
+                        **_authenticated(400, 403, 413, 415, 422, 503),
+                    },
+                },
+                "get": {
+                    "operationId": "listJobs",
+                    "security": auth,
+                    "responses": {
+                        "200": {"description": "The caller's jobs, without their tasks", **_json("JobList")},
+                        **_authenticated(),
+                    },
+                },
+            },
+            "/v1/jobs/{job_id}": {
+                "get": {
+                    "operationId": "getJob",
+                    "security": auth,
+                    "parameters": [
+                        _JOB_ID,
+                        {
+                            "name": "wait",
+                            "in": "query",
+                            "required": False,
+                            "description": "`done`: answer once the job has ended (or after `timeout`)",
+                            "schema": {"type": "string", "enum": ["done"]},
+                        },
+                        {
+                            "name": "timeout",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "number", "minimum": 0, "maximum": 300},
+                        },
+                    ],
+                    "responses": {
+                        "200": {"description": "The job and each of its tasks", **_json("Job")},
+                        **_authenticated(400, 404),
+                    },
+                },
+                "delete": {
+                    "operationId": "cancelJob",
+                    "security": auth,
+                    "parameters": [_JOB_ID],
+                    "responses": {
+                        "200": {"description": "Cancelled; what it ran is released", **_json("Job")},
+                        **_authenticated(404, 503),
                     },
                 },
             },

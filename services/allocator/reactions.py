@@ -8,7 +8,8 @@ reads, `loss_reason`), and any change of hosts, a freed reservation or a new
 request may let a pending request be placed. `run` reacts to those, and
 expires what has outlived its lifetime, once a `tick` at least. The same
 round marks allocations that a host's owner policy has kept frozen past its
-member's `max_frozen_s`, and releases those that asked for it (`on_preempt`).
+member's `max_frozen_s`, and releases those that asked for it (`on_preempt`),
+and drives batch jobs (job_reactions.py).
 
 Each reaction decides with the pure functions of decisions.py on the engine's
 model and appends through the engine, like a user's command: ends of
@@ -33,6 +34,7 @@ from potluck.allocator.decisions import (
     placement,
     timed_out,
 )
+from potluck.allocator.job_reactions import JobDriver
 from potluck.allocator.queue import FairQueue
 from potluck.allocator.scheduler import Impossible, Placed
 from potluck.contracts.allocation_events import AllocationRequested, CapacityFreed
@@ -57,6 +59,7 @@ class Reactions:
         #: given up, each with the reason their users read.
         self.lost_hosts: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self.capacity_changed = asyncio.Event()
+        self.jobs = JobDriver(engine)
 
     def notice(self, event: Event, record: RecordedEvent) -> None:
         """After the model folded `event`: remember what to react to."""
@@ -65,6 +68,8 @@ class Reactions:
             self.lost_hosts.put_nowait((str(getattr(event, "host_id", "")), reason))
         if record.category == "host" or isinstance(event, CapacityFreed | AllocationRequested):
             self.capacity_changed.set()
+        if self.jobs.notice(event, record):
+            self.capacity_changed.set()  # wakes the round, which drives the job
 
     async def run(self, tick: float = 1.0) -> None:
         """Lost hosts, expiry and the pending queue, until cancelled.
@@ -99,6 +104,8 @@ class Reactions:
                 raise
         await self.expire_due()
         await self.mark_frozen_too_long()
+        # Before the queue: the attempts jobs request now are placed in this round.
+        await self.jobs.drive()
         if self.capacity_changed.is_set() or self.engine.model.pending():
             self.capacity_changed.clear()
             await self.place_pending()
