@@ -37,7 +37,7 @@ from potluck.readmodels.jobs import JobState, JobStatus
 
 __all__ = ["CreateJob", "Job", "JobList", "JobTask", "TaskState"]
 
-KeepFor = Annotated[float, DurationBetween(0, MAX_KEEP_FOR_S)]
+KeepFor = Annotated[float, DurationBetween(0, int(MAX_KEEP_FOR_S))]
 Deadline = Annotated[float, DurationBetween(0, 30 * 86400, exclusive_lo=True)]
 
 
