@@ -160,7 +160,7 @@ async def running_on(p: TwoHosts, http: aiohttp.ClientSession, job_id: str) -> d
     return {t["index"]: t["host_id"] for t in job["task_list"] if t["state"] == "running"}
 
 
-@pytest.mark.liveness(0.5, 4, 2.0)
+@pytest.mark.liveness(0.5, 4, 4.0)
 async def test_tasks_of_a_host_killed_mid_job_are_requeued_and_the_job_completes_on_the_other(
     two_hosts: TwoHosts, test_image: str
 ) -> None:
