@@ -342,9 +342,7 @@ class AllocatorEngine:
 
         async def attempt() -> None:
             job = self._my_job(user, job_id)
-            await self.append(
-                cancellation(job, f"user:{user.name}", "removed by its user"), f"user:{user.name}"
-            )
+            await self.append(cancellation(job, f"user:{user.name}", ""), f"user:{user.name}")
 
         await self.decide(attempt)
         if self._my_job(user, job_id).status == "cancelled":

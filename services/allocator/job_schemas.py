@@ -4,7 +4,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from potluck.allocator.job_decisions import TaskState, standing
 from potluck.allocator.schemas import (
@@ -37,12 +37,25 @@ from potluck.readmodels.jobs import JobState, JobStatus
 
 __all__ = ["CreateJob", "Job", "JobList", "JobTask", "TaskState"]
 
+# DurationBetween builds its pattern from whole seconds.
 KeepFor = Annotated[float, DurationBetween(0, int(MAX_KEEP_FOR_S))]
 Deadline = Annotated[float, DurationBetween(0, 30 * 86400, exclusive_lo=True)]
 
 
+def _whole(value: object) -> object:
+    # JSON Schema's integer is any number without a fraction (586.0 too); the strict body takes
+    # only Python ints, so a whole float becomes one here. A bool is left to be refused.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: A count: an integer, written with or without a zero fraction.
+Count = Annotated[int, BeforeValidator(_whole)]
+
+
 class CreateJob(Request):
-    tasks: int = Field(
+    tasks: Count = Field(
         ge=1, le=MAX_TASKS, description="How many tasks: each gets POTLUCK_TASK_INDEX 0..tasks-1."
     )
     cpus: float = Field(ge=MIN_CPUS, le=256, description="CPU cores of each task.")
@@ -69,13 +82,13 @@ class CreateJob(Request):
     lifetime: Lifetime = Field(
         default=3600.0, description="Each attempt's lifetime once placed: seconds, or e.g. 2h."
     )
-    parallelism: int | None = Field(
+    parallelism: Count | None = Field(
         default=None,
         ge=1,
         le=MAX_TASKS,
         description="Most tasks active at once; absent: as many as your quota and the pool allow.",
     )
-    retries: int = Field(
+    retries: Count = Field(
         default=0, ge=0, le=MAX_RETRIES, description="Retries of a task that ends as `retry_on` names."
     )
     retry_on: list[RetryOn] = Field(
@@ -211,10 +224,17 @@ class Job(Body):
     @classmethod
     def of(cls, job: JobState, allocations: Mapping[str, AllocationState], *, tasks: bool = True) -> "Job":
         """The job as its user sees it: counts by state, and each task (`tasks`) or none."""
-        task_list = [JobTask.of(job, index, allocations) for index in range(job.spec.tasks)]
         counts: dict[TaskState, int] = {}
-        for task in task_list:
-            counts[task.state] = counts.get(task.state, 0) + 1
+        for index in job.attempts:
+            state = standing(job, index, allocations).state
+            counts[state] = counts.get(state, 0) + 1
+        # Tasks not requested yet are counted, not looked at: a listing of big jobs costs their
+        # attempts, not their tasks.
+        unrequested = job.spec.tasks - len(job.attempts)
+        if unrequested:
+            waiting: TaskState = "cancelled" if job.status == "cancelled" else "waiting"
+            counts[waiting] = counts.get(waiting, 0) + unrequested
+        task_list = [JobTask.of(job, index, allocations) for index in range(job.spec.tasks)] if tasks else []
         spec = job.spec
         cancelled = job.cancelled_by
         return cls(
@@ -236,7 +256,7 @@ class Job(Body):
             deadline=job.deadline,
             ended_at=job.ended_at,
             reason=None if cancelled is None else _why_cancelled(cancelled, job.reason),
-            task_list=task_list if tasks else [],
+            task_list=task_list,
         )
 
 

@@ -1,0 +1,219 @@
+"""Batch jobs through the allocator's HTTP API (/v1/jobs) on a real pool: two hostds, each on its
+own Docker engine, the real allocator and event log."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from potluck.contracts.job_events import TASK_INDEX_ENV
+from potluck.hostd.docker_driver import DockerDriver
+from potluck.localstack.docker_engine import DockerEngine
+from tests.e2e.test_allocator_api import Api
+from tests.fixtures.pool import EnrolledHost, Pool, allocation
+
+#: Long enough for a loaded machine; the waits end as soon as the job does.
+WAIT = "wait=done&timeout=240"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def two_hosts(pool: Pool, docker_engines: list[DockerEngine]) -> list[EnrolledHost]:
+    """Two active hosts, each on its own engine, donating 2 CPUs and 2 GiB."""
+    hosts = [await pool.enroll(name) for name in ("laptop-a", "laptop-b")]
+    for host, engine in zip(hosts, docker_engines, strict=True):
+        pool.write_config(host, engine)
+        pool.start_hostd(host)
+    for host in hosts:
+        await pool.wait_for_host(host.host_id, "active")
+        await pool.wait_for_images(host.host_id)
+    await pool.wait_api()
+    return hosts
+
+
+def job(test_image: str, command: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "cpus": 0.5,
+        "memory": "32M",
+        "disk": "32M",
+        "image": test_image,
+        "command": ["sh", "-c", command],
+        "keep_for": 0,
+        **extra,
+    }
+
+
+async def count_streams(pool: Pool, *prefixes: str) -> int:
+    """Streams of the log whose names start with one of `prefixes`."""
+    patterns = [f"{p}%" for p in prefixes]
+    return int(
+        await pool.store.pool.fetchval(
+            "SELECT count(DISTINCT stream) FROM events WHERE stream LIKE ANY($1::text[])", patterns
+        )
+    )
+
+
+async def test_bad_jobs_get_a_clear_400_or_404_and_nothing_is_created(
+    pool: Pool, http: aiohttp.ClientSession, test_image: str
+) -> None:
+    """Tried: zero and 100,000 tasks, a negative retry count, an unknown retry_on, a body that is
+    not JSON, and an unknown job read and removed. Must hold: 400 naming the field (or the
+    malformed body), 404 for the job, and no job- or alloc- stream in the log afterwards."""
+    await pool.wait_api()
+    alice = Api(http, pool.api, await pool.add_user("alice"))
+    good = job(test_image, "true", tasks=2)
+    for change, field in (
+        ({"tasks": 0}, "tasks"),
+        ({"tasks": 100_000}, "tasks"),
+        ({"retries": -1}, "retries"),
+        ({"retry_on": ["sometimes"]}, "retry_on"),
+        ({"parallelism": 0}, "parallelism"),
+    ):
+        status, answer = await alice.call("POST", "/v1/jobs", {**good, **change})
+        assert status == 400, (change, answer)
+        assert answer["error"]["code"] == "INVALID_FIELD"
+        assert answer["error"]["field"] == field
+        assert field in answer["error"]["message"]
+    async with http.post(
+        pool.api + "/v1/jobs",
+        data="{tasks: 3",
+        headers={**alice.headers, "Content-Type": "application/json"},
+    ) as r:
+        assert r.status == 400
+        assert (await r.json())["error"]["code"] == "MALFORMED_JSON"
+    for method in ("GET", "DELETE"):
+        status, answer = await alice.call(method, "/v1/jobs/j-000000000000")
+        assert status == 404, answer
+        assert answer["error"]["code"] == "NOT_FOUND"
+        assert "j-000000000000" in answer["error"]["message"]
+    status, listed = await alice.call("GET", "/v1/jobs")
+    assert (status, listed) == (200, {"jobs": []})
+    assert await count_streams(pool, "job-", "alloc-") == 0
+
+
+async def test_a_job_of_20_tasks_runs_every_index_once_on_both_hosts(
+    pool: Pool, two_hosts: list[EnrolledHost], http: aiohttp.ClientSession, test_image: str
+) -> None:
+    """Tried: a job of 20 tasks, each checking that its index and job id are in its environment;
+    then a job no host could ever hold; then another user reading the job. Must hold: the job
+    succeeds, each index ran exactly once (one attempt, exit 0, its own index in its allocation's
+    environment) and tasks ran on both hosts; the impossible job is refused (422) without a job
+    stream; the other user gets 404."""
+    alice = Api(http, pool.api, await pool.add_user("alice"))
+    check = 'echo $POTLUCK_TASK_INDEX; test -n "$POTLUCK_JOB_ID" && test "$POTLUCK_TASK_INDEX" -lt 20'
+    status, created = await alice.call("POST", "/v1/jobs", job(test_image, check, tasks=20))
+    assert status == 201, created
+    assert (created["state"], created["tasks"]) == ("running", 20)
+    status, done = await alice.call("GET", f"/v1/jobs/{created['id']}?{WAIT}")
+    assert status == 200
+    assert done["state"] == "succeeded", (done["counts"], pool.logs())
+    assert done["counts"] == {"succeeded": 20}
+    tasks = done["task_list"]
+    assert [t["index"] for t in tasks] == list(range(20))
+    assert {(t["attempts"], t["exit_code"]) for t in tasks} == {(1, 0)}
+    assert {t["host_id"] for t in tasks} == {h.host_id for h in two_hosts}
+    for task in tasks:
+        state = await allocation(pool.store, task["alloc_id"])
+        assert state is not None
+        assert state.spec.env[TASK_INDEX_ENV] == str(task["index"])
+        assert (state.job_id, state.task_index) == (created["id"], task["index"])
+    assert await count_streams(pool, "alloc-") == 20, "one allocation per task: none twice"
+
+    before = await count_streams(pool, "job-")
+    status, refused = await alice.call("POST", "/v1/jobs", job(test_image, "true", tasks=2, cpus=3))
+    assert status == 422, refused
+    # The scheduler's own refusal, as POST /v1/allocations gives it for the same size.
+    assert refused["error"]["code"] == "EXCEEDS_ANY_HOST"
+    assert await count_streams(pool, "job-") == before
+
+    bob = Api(http, pool.api, await pool.add_user("bob"))
+    status, hidden = await bob.call("GET", f"/v1/jobs/{created['id']}")
+    assert status == 404, hidden
+    _, listed = await alice.call("GET", "/v1/jobs")
+    assert [(j["id"], j["task_list"]) for j in listed["jobs"]] == [(created["id"], [])]
+
+
+async def test_a_task_that_exits_3_fails_the_job_unless_retried(
+    pool: Pool, two_hosts: list[EnrolledHost], http: aiohttp.ClientSession, test_image: str
+) -> None:
+    """Tried: two jobs of 6 tasks where task 5 exits 3, one without retries and one with
+    `retries: 1, retry_on: ["exit"]`. Must hold: both fail with 5 succeeded and 1 failed; task 5
+    exited 3 after 1 attempt in the first and after 2 in the second; the others took 1 each."""
+    alice = Api(http, pool.api, await pool.add_user("alice"))
+    fails = 'test "$POTLUCK_TASK_INDEX" != 5 || exit 3'
+    _, once = await alice.call("POST", "/v1/jobs", job(test_image, fails, tasks=6))
+    _, twice = await alice.call(
+        "POST", "/v1/jobs", job(test_image, fails, tasks=6, retries=1, retry_on=["exit"])
+    )
+    for created, attempts in ((once, 1), (twice, 2)):
+        status, done = await alice.call("GET", f"/v1/jobs/{created['id']}?{WAIT}")
+        assert status == 200
+        assert done["state"] == "failed", (done["counts"], pool.logs())
+        assert done["counts"] == {"succeeded": 5, "failed": 1}
+        fifth = done["task_list"][5]
+        assert (fifth["state"], fifth["exit_code"], fifth["attempts"]) == ("failed", 3, attempts)
+        assert fifth["reason"] == "exited with code 3"
+        assert {t["attempts"] for t in done["task_list"][:5]} == {1}
+
+
+async def test_a_big_job_does_not_starve_another_users_allocation_and_delete_releases_it(
+    pool: Pool,
+    two_hosts: list[EnrolledHost],
+    http: aiohttp.ClientSession,
+    test_image: str,
+    docker_engines: list[DockerEngine],
+) -> None:
+    """Tried: alice's job of 1,000 one-CPU tasks that sleep a second fills the pool (4 CPUs);
+    then bob asks for one CPU, then alice removes her job. Must hold: bob's allocation waits,
+    then is placed while most of the job's tasks still wait (the fair queue serves him before
+    the job is done); the removal cancels the job, every attempt it requested ends, the pool
+    reserves only bob's CPU, and no container of the job is left on either engine."""
+    alice = Api(http, pool.api, await pool.add_user("alice"))
+    bob = Api(http, pool.api, await pool.add_user("bob"))
+    status, created = await alice.call("POST", "/v1/jobs", job(test_image, "sleep 1", tasks=1000, cpus=1))
+    assert status == 201, created
+    path = f"/v1/jobs/{created['id']}"
+    for _ in range(600):
+        _, pool_now = await alice.call("GET", "/v1/pool")
+        if pool_now["total"]["free"]["cpus"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"the job never filled the pool\n{pool.logs()}")
+
+    body = {"cpus": 1, "memory": "32M", "disk": "32M", "image": test_image, "command": ["sleep", "3600"]}
+    status, mine = await bob.call("POST", "/v1/allocations", body)
+    assert status == 202, mine
+    status, placed = await bob.call("GET", f"/v1/allocations/{mine['id']}?wait=running&timeout=120")
+    assert placed["state"] == "running", pool.logs()
+    _, meanwhile = await alice.call("GET", path)
+    assert meanwhile["counts"].get("waiting", 0) > 900, meanwhile["counts"]
+
+    status, removed = await alice.call("DELETE", path)
+    assert status == 200
+    assert removed["state"] == "cancelled"
+    assert removed["reason"] == "removed by user:alice"
+    assert not {"pending", "placed", "pulling", "running"} & removed["counts"].keys(), removed["counts"]
+    _, pool_after = await alice.call("GET", "/v1/pool")
+    assert pool_after["total"]["reserved"]["cpus"] == 1
+    for attempt in [t for t in removed["task_list"] if t["alloc_id"]]:
+        state = await allocation(pool.store, attempt["alloc_id"])
+        assert state is not None
+        assert state.terminal, state
+    for _ in range(300):
+        left = []
+        for engine in docker_engines:
+            with DockerDriver(engine.url) as driver:
+                left += [c for c in driver.list_managed(None) if c.allocation_id != mine["id"]]
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"the job's containers are still there: {left}\n{pool.logs()}")
