@@ -193,8 +193,14 @@ def wait_for_job(job_id: str, timeout: float | None) -> dict[str, Any]:
             progress.stop()
 
 
-def _finish_wait(job: dict[str, Any], timeout: float | None, as_json: bool) -> None:
-    """Print the waited job as asked and exit with its code."""
+def _wait_and_exit(job_id: str, timeout: float | None, as_json: bool) -> None:
+    """Wait for the job, print it as asked and exit with its code."""
+    try:
+        job = wait_for_job(job_id, timeout)
+    except KeyboardInterrupt:
+        # Ctrl-C stops the waiting, not the job: say so rather than print a traceback.
+        err.print(f"stopped waiting; job {job_id} goes on (`potluck job wait {job_id}`)", highlight=False)
+        sys.exit(130)
     code = wait_exit_code(job)
     if as_json:
         click.echo(json.dumps(job))
@@ -304,7 +310,7 @@ def run(
         return
     if not as_json:
         click.echo(created["id"])
-    _finish_wait(wait_for_job(created["id"], timeout), timeout, as_json)
+    _wait_and_exit(created["id"], timeout, as_json)
 
 
 @click.group()
@@ -346,4 +352,4 @@ def job_rm(job_id: str, as_json: bool) -> None:
 def job_wait(job_id: str, timeout: float | None, as_json: bool) -> None:
     """Wait until a job ends: exit 0 if every task succeeded, 5 if one failed or the job was
     cancelled, 4 if --timeout passed first (a progress bar on a terminal meanwhile)."""
-    _finish_wait(wait_for_job(job_id, timeout), timeout, as_json)
+    _wait_and_exit(job_id, timeout, as_json)
