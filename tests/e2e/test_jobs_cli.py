@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from potluck.hostd.docker_driver import DockerDriver
 from potluck.localpool import EnrolledHost
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import build_test_image
@@ -152,12 +153,18 @@ async def test_a_job_of_twenty_tasks_runs_each_index_once_and_wait_exits_by_the_
     assert "no-such-job" in unknown.stderr, unknown.stderr
 
 
-async def running_on(p: TwoHosts, http: aiohttp.ClientSession, job_id: str) -> dict[int, str]:
-    """{task index: host id} of the job's running tasks, as the API has them."""
+async def running_on(p: TwoHosts, http: aiohttp.ClientSession, job_id: str) -> dict[int, tuple[str, str]]:
+    """{task index: (host id, allocation id)} of the job's running tasks, as the API has them."""
     headers = {"Authorization": f"Bearer {p.token}"}
     async with http.get(f"{p.pool.api}/v1/jobs/{job_id}", headers=headers) as response:
         job = await response.json()
-    return {t["index"]: t["host_id"] for t in job["task_list"] if t["state"] == "running"}
+    return {t["index"]: (t["host_id"], t["alloc_id"]) for t in job["task_list"] if t["state"] == "running"}
+
+
+async def containers_of(engine: DockerEngine, alloc_ids: set[str]) -> list[str]:
+    with DockerDriver(engine.url) as driver:
+        found = await asyncio.to_thread(driver.list_managed, None)
+    return [c.allocation_id for c in found if c.allocation_id in alloc_ids]
 
 
 @pytest.mark.liveness(0.5, 4, 4.0)
@@ -166,7 +173,8 @@ async def test_tasks_of_a_host_killed_mid_job_are_requeued_and_the_job_completes
 ) -> None:
     """8 tasks sleeping a few seconds; once tasks run on a host, its hostd is killed (-9) and
     its Docker engine stopped. The registry declares it lost; its tasks are re-queued (their
-    attempts count 2) and finish on the other host; `job wait` exits 0."""
+    attempts count 2) and finish on the other host; `job wait` exits 0. When the host comes
+    back (engine and hostd), the earlier attempts' containers left on its engine are removed."""
     p = two_hosts
     job_id = await p.run("--tasks", "8", *TASK, "--image", test_image, "--", "sleep", "4")
     async with aiohttp.ClientSession() as http:
@@ -175,15 +183,16 @@ async def test_tasks_of_a_host_killed_mid_job_are_requeued_and_the_job_completes
             assert asyncio.get_running_loop().time() < deadline, p.pool.logs()
             await asyncio.sleep(0.2)
     # The host with the most running tasks is the one that goes.
-    counts = {h: list(running.values()).count(h) for h in set(running.values())}
-    victim = p.host_of(max(counts, key=lambda h: counts[h]))
+    on_host = [host_id for host_id, _ in running.values()]
+    victim = p.host_of(max(set(on_host), key=on_host.count))
     survivor = 1 - victim
-    doomed = {i for i, h in running.items() if h == p.hosts[victim].host_id}
+    doomed = {i: alloc_id for i, (h, alloc_id) in running.items() if h == p.hosts[victim].host_id}
     engine = p.engines[victim]
     process = p.hosts[victim].process
     assert process is not None
     process.kill()
     await asyncio.to_thread(engine.stop)
+    engine_up = False
     try:
         await p.pool.wait_for_host(p.hosts[victim].host_id, "lost", timeout=60)
         waited = await p.potluck("job", "wait", job_id, "--timeout", "90")
@@ -193,7 +202,18 @@ async def test_tasks_of_a_host_killed_mid_job_are_requeued_and_the_job_completes
         for index in doomed:
             assert tasks[index]["attempts"] == 2, tasks[index]
             assert tasks[index]["host_id"] == p.hosts[survivor].host_id, tasks[index]
+
+        await asyncio.to_thread(engine.start)
+        engine_up = True
+        assert await containers_of(engine, set(doomed.values())), "the engine kept the stopped containers"
+        p.pool.start_hostd(p.hosts[victim])
+        await p.pool.wait_for_host(p.hosts[victim].host_id, "active")
+        deadline = asyncio.get_running_loop().time() + 30
+        while left := await containers_of(engine, set(doomed.values())):
+            assert asyncio.get_running_loop().time() < deadline, f"{left} still there\n{p.pool.logs()}"
+            await asyncio.sleep(0.2)
     finally:
         # The session's engines outlive this test: the next one finds it up, image and all.
-        await asyncio.to_thread(engine.start)
+        if not engine_up:
+            await asyncio.to_thread(engine.start)
         await asyncio.to_thread(build_test_image, engine.url)
