@@ -95,8 +95,9 @@ async def test_a_job_of_twenty_tasks_runs_each_index_once_and_wait_exits_by_the_
     """20 tasks on two hosts, index 3 exiting 3, no retries: `job wait` exits 5 (failed), and
     `job show` lists each index once with one attempt, exit 3 for index 3 and 0 for the rest,
     on both hosts. Then, at once, the same with `--retries 1 --retry-on exit` (index 3 tried
-    twice, failed for good: 5) and a job whose tasks all exit 0 (`run --wait` exits 0).
-    Bad input (no tasks, an unknown job) is refused with the CLI's usage and refusal codes."""
+    twice, failed for good: 5) and a job whose tasks all exit 0 (`run --wait` exits 0). A job
+    removed with `job rm` is cancelled and `job wait` on it exits 5. Bad input (no tasks, an
+    unknown job) is refused with the CLI's usage and refusal codes."""
     p = two_hosts
     job_id = await p.run("--tasks", "20", *TASK, "--image", test_image, "--", *EXIT_3_ON_INDEX_3)
 
@@ -145,6 +146,13 @@ async def test_a_job_of_twenty_tasks_runs_each_index_once_and_wait_exits_by_the_
     listed = await p.potluck("job", "ls", "--json")
     assert listed.returncode == 0, listed.stderr
     assert {j["id"] for j in json.loads(listed.stdout)} >= {job_id, clean_id}
+
+    long_id = await p.run("--tasks", "2", *TASK, "--image", test_image, "--", "sleep", "600")
+    removed = await p.potluck("job", "rm", long_id, "--json")
+    assert removed.returncode == 0, removed.stderr
+    assert json.loads(removed.stdout)["state"] == "cancelled", removed.stdout
+    cancelled = await p.potluck("job", "wait", long_id, "--timeout", "30")
+    assert cancelled.returncode == ExitCode.JOB_FAILED, cancelled.stderr
 
     none = await p.potluck("run", "--tasks", "0", *TASK, "--image", test_image, "--", "true")
     assert none.returncode == ExitCode.USAGE, none.stderr
