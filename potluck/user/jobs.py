@@ -184,7 +184,7 @@ def wait_for_job(job_id: str, timeout: float | None) -> dict[str, Any]:
             if progress is not None and bar is not None:
                 progress.update(bar, completed=done_count(job))
             left = round_s if deadline is None else min(round_s, deadline - time.monotonic())
-            if left <= 0:
+            if left < 0.1:  # what would be asked for is "0.0": no request worth making
                 return job
             job = call_api("GET", f"/v1/jobs/{job_id}?wait=done&timeout={left:.1f}", timeout=left)
         return job
