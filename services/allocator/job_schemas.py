@@ -52,6 +52,9 @@ def _whole(value: object) -> object:
 
 #: A count: an integer, written with or without a zero fraction.
 Count = Annotated[int, BeforeValidator(_whole)]
+#: Its bounds inside the type, before the validator: on an optional field (or after the
+#: validator) pydantic publishes them as `ge`/`le`, which JSON Schema does not know.
+Parallelism = Annotated[int, Field(ge=1, le=MAX_TASKS), BeforeValidator(_whole)]
 
 
 class CreateJob(Request):
@@ -82,10 +85,8 @@ class CreateJob(Request):
     lifetime: Lifetime = Field(
         default=3600.0, description="Each attempt's lifetime once placed: seconds, or e.g. 2h."
     )
-    parallelism: Count | None = Field(
+    parallelism: Parallelism | None = Field(
         default=None,
-        ge=1,
-        le=MAX_TASKS,
         description="Most tasks active at once; absent: as many as your quota and the pool allow.",
     )
     retries: Count = Field(

@@ -217,3 +217,26 @@ async def test_a_big_job_does_not_starve_another_users_allocation_and_delete_rel
         await asyncio.sleep(0.1)
     else:
         raise AssertionError(f"the job's containers are still there: {left}\n{pool.logs()}")
+
+
+async def test_a_job_past_its_deadline_is_cancelled_and_what_it_ran_is_released(
+    pool: Pool, two_hosts: list[EnrolledHost], http: aiohttp.ClientSession, test_image: str
+) -> None:
+    """Tried: a job of 3 tasks that sleep a minute, with a 3-second deadline. Must hold: the job
+    ends cancelled by its deadline, then every task is cancelled (its attempt released by the
+    allocator) and the pool reserves nothing."""
+    alice = Api(http, pool.api, await pool.add_user("alice"))
+    _, created = await alice.call("POST", "/v1/jobs", job(test_image, "sleep 60", tasks=3, deadline=3))
+    status, done = await alice.call("GET", f"/v1/jobs/{created['id']}?{WAIT}")
+    assert status == 200
+    assert done["state"] == "cancelled", (done["counts"], pool.logs())
+    assert done["reason"] == "cancelled: its deadline passed"
+    for _ in range(300):
+        _, shown = await alice.call("GET", f"/v1/jobs/{created['id']}")
+        if shown["counts"] == {"cancelled": 3}:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"the job's tasks are {shown['counts']}\n{pool.logs()}")
+    _, pool_after = await alice.call("GET", "/v1/pool")
+    assert pool_after["total"]["reserved"] == {"cpus": 0, "memory": 0, "disk": 0}

@@ -462,6 +462,18 @@ def test_the_job_view_shows_each_task_its_attempts_and_why_it_ended() -> None:
     assert Job.of(sim.job, sim.allocations, tasks=False).task_list == []
 
 
+def test_tasks_not_requested_yet_are_counted_waiting_then_cancelled() -> None:
+    """Tried: a 10-task job with parallelism 3, shown before and after its user cancels it.
+    Must hold: 3 pending and 7 waiting; once cancelled the 7 count as cancelled."""
+    sim = Sim(job_spec(10, parallelism=3))
+    sim.step()
+    assert Job.of(sim.job, sim.allocations).counts == {"pending": 3, "waiting": 7}
+    sim.add(cancellation(sim.job, "user:alice", ""))
+    shown = Job.of(sim.job, sim.allocations, tasks=False)
+    assert shown.counts == {"pending": 3, "cancelled": 7}
+    assert shown.reason == "removed by user:alice"
+
+
 def test_the_body_becomes_the_spec_it_asks_for() -> None:
     """Tried: a CreateJob body with sizes as text and a repeated retry_on. Must hold: the spec's
     task has exactly those limits, keep_for and environment, and each retry kind once."""
