@@ -19,10 +19,10 @@ from typing import Any
 import aiohttp
 
 from bench.harness import bench_servers, emit, percentile, say, wait_active_host
+from bench.pool import private_pool
 from potluck.hostd.docker_driver import DockerDriver
-from potluck.localpool import LocalPool
 from potluck.localstack.docker_engine import DockerEngine
-from potluck.localstack.test_image import DEFAULT_TAG, build_test_image
+from potluck.localstack.test_image import DEFAULT_TAG
 
 BENCH = "allocation"
 
@@ -89,41 +89,24 @@ async def potluck_ms(http: aiohttp.ClientSession, api: str, headers: dict[str, s
 
 async def measure(rounds: int) -> None:
     with bench_servers() as servers:
-        engine = DockerEngine(servers.workdir / "docker")
-        engine.start()
-        pool = await LocalPool.create(
-            servers.workdir / "pool", await servers.fresh_database("allocation"), liveness=(1.0, 5, 60.0)
-        )
-        try:
-            build_test_image(engine.url)
-            pool.start_registry()
-            pool.start_allocator()
-            host = await pool.enroll("bench-host")
-            pool.write_config(host, engine.url, donate={"cpus": 2, "memory": "4G", "disk": "8G"})
-            pool.start_hostd(host)
-            await pool.wait_api()
-            token = await pool.add_user("bench", allocations=1000, cpus=1000.0, memory_bytes=1 << 50)
-            headers = {"Authorization": f"Bearer {token}"}
+        async with private_pool(servers, BENCH) as bench, aiohttp.ClientSession() as http:
+            engine = bench.engines[0]
             potluck: list[float] = []
             raw: list[float] = []
-            async with aiohttp.ClientSession() as http:
-                say("waiting for the host to register")
-                await wait_active_host(http, pool.api, headers)
-                driver = DockerDriver(engine.url)
-                for i in range(rounds + 2):
-                    ms, alloc_id = await potluck_ms(http, pool.api, headers)
-                    baseline = await asyncio.to_thread(docker_run_ms, engine, f"raw-{i}")
-                    if i >= 2:  # the first rounds warm caches on both sides
-                        potluck.append(ms)
-                        raw.append(baseline)
-                    async with http.delete(f"{pool.api}/v1/allocations/{alloc_id}", headers=headers):
-                        pass
-                    await asyncio.to_thread(driver.remove, f"raw-{i}")
-                    say(f"round {i}: potluck {ms:.1f} ms, docker run {baseline:.1f} ms")
-                driver.close()
-        finally:
-            await pool.close()
-            engine.stop()
+            say("waiting for the host to register")
+            await wait_active_host(http, bench.api, bench.headers)
+            driver = DockerDriver(engine.url)
+            for i in range(rounds + 2):
+                ms, alloc_id = await potluck_ms(http, bench.api, bench.headers)
+                baseline = await asyncio.to_thread(docker_run_ms, engine, f"raw-{i}")
+                if i >= 2:  # the first rounds warm caches on both sides
+                    potluck.append(ms)
+                    raw.append(baseline)
+                async with http.delete(f"{bench.api}/v1/allocations/{alloc_id}", headers=bench.headers):
+                    pass
+                await asyncio.to_thread(driver.remove, f"raw-{i}")
+                say(f"round {i}: potluck {ms:.1f} ms, docker run {baseline:.1f} ms")
+            driver.close()
     for p in (50, 99):
         emit(
             BENCH,

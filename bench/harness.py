@@ -73,16 +73,18 @@ def emit(
 
 
 async def wait_active_host(
-    http: aiohttp.ClientSession, api: str, headers: dict[str, str], timeout_s: float = 60
+    http: aiohttp.ClientSession, api: str, headers: dict[str, str], timeout_s: float = 60, *, count: int = 1
 ) -> None:
-    """Until the pool's API lists an active host (the bench's hostd registered)."""
+    """Until the pool's API lists `count` active hosts (the bench's hostds registered)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         async with http.get(f"{api}/v1/pool", headers=headers) as response:
-            if any(h["status"] == "active" for h in (await response.json())["hosts"]):
+            if sum(h["status"] == "active" for h in (await response.json())["hosts"]) >= count:
                 return
         await asyncio.sleep(0.1)
-    raise RuntimeError(f"no host became active within {timeout_s:.0f} s; see the pool's logs")
+    raise RuntimeError(
+        f"fewer than {count} host(s) became active within {timeout_s:.0f} s; see the pool's logs"
+    )
 
 
 def say(*parts: object) -> None:

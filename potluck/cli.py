@@ -1127,10 +1127,13 @@ def _attach_user_commands() -> None:
     from potluck.user.cli import alloc, login, ssh
     from potluck.user.copy import cp
     from potluck.user.images import image
+    from potluck.user.jobs import job, run
     from potluck.user.logs import logs
 
     main.add_command(login)
     main.add_command(alloc)
+    main.add_command(run)
+    main.add_command(job)
     main.add_command(ssh)
     main.add_command(cp)
     main.add_command(logs)

@@ -36,14 +36,25 @@ def call_api(method: str, path: str, body: Any = None, *, timeout: float | None 
         bail(exc)
 
 
-def _size(n: int) -> str:
+def key_values(items: tuple[str, ...], what: str) -> dict[str, str]:
+    """Repeated KEY=VALUE options as a dict; `what` names the option in the error."""
+    result = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=what)
+        result[key] = value
+    return result
+
+
+def size_text(n: int) -> str:
     for unit, factor in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
         if n >= factor:
             return f"{n / factor:g}{unit}"
     return str(n)
 
 
-def _since(iso: str | None) -> str:
+def local_time(iso: str | None) -> str:
     """An API time as the user reads it: local HH:MM today, with the date otherwise."""
     if not iso:
         return "?"
@@ -56,7 +67,7 @@ def _state(a: dict[str, Any]) -> str:
     state: str = a["state"]
     condition = a.get("condition")
     if condition:
-        since = _since(condition.get("since"))
+        since = local_time(condition.get("since"))
         if condition["state"] == "waiting_for_host":
             return f"{state} (waiting for host since {since}: {condition['cause']})"
         return f"{state} ({condition['state']} since {since}: {condition['reason']})"
@@ -77,8 +88,8 @@ def _table(allocations: list[dict[str, Any]]) -> Table:
             _state(a),
             a.get("host_id") or "-",
             f"{a['cpus']:g}",
-            _size(a["memory"]),
-            _size(a["disk"]),
+            size_text(a["memory"]),
+            size_text(a["disk"]),
             a["image"],
             (a.get("expires_at") or "-")[:19],
         )
@@ -101,14 +112,14 @@ def _show(allocation: dict[str, Any], as_json: bool) -> None:
             )
         pull = allocation.get("pull")
         if allocation.get("state") == "pulling" and pull:
-            total = _size(pull["total_bytes"]) if pull["total_bytes"] else "?"
-            out.print(f"pulling the image: {_size(pull['done_bytes'])} of {total}", highlight=False)
+            total = size_text(pull["total_bytes"]) if pull["total_bytes"] else "?"
+            out.print(f"pulling the image: {size_text(pull['done_bytes'])} of {total}", highlight=False)
 
 
 def _show_condition(allocation: dict[str, Any]) -> None:
     condition = allocation.get("condition")
     if condition:
-        since = _since(condition.get("since"))
+        since = local_time(condition.get("since"))
         if condition["state"] == "waiting_for_host":
             out.print(f"waiting for its host since {since}: {condition['reason']}", highlight=False)
         else:
@@ -123,7 +134,7 @@ def _show_condition(allocation: dict[str, Any]) -> None:
             else "it waits for the host to resume (on_preempt=wait)"
         )
         out.print(
-            f"frozen too long: its host froze it at {_since(mark['frozen_since'])} for over "
+            f"frozen too long: its host froze it at {local_time(mark['frozen_since'])} for over "
             f"{mark['max_frozen_s']:g}s, the member's limit; {then}",
             highlight=False,
         )
@@ -208,15 +219,6 @@ def create(
     """Ask for a container; COMMAND (after --) is what it runs, and it ends when COMMAND ends.
     Without COMMAND it is interactive: up until released or expired (reach it with `potluck ssh`)."""
 
-    def pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
-        result = {}
-        for item in items:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=what)
-            result[key] = value
-        return result
-
     body: dict[str, Any] = {
         "cpus": cpus,
         "memory": memory,
@@ -226,8 +228,8 @@ def create(
         "ssh_keys": [p.read_text().strip() for p in ssh_keys],
         "network": network,
         "on_preempt": on_preempt,
-        "constraints": pairs(constraints, "--constraint"),
-        "env": pairs(env, "--env"),
+        "constraints": key_values(constraints, "--constraint"),
+        "env": key_values(env, "--env"),
         "command": list(command) or None,
     }
     if keep_for is not None:

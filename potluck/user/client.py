@@ -2,7 +2,8 @@
 
 Exit codes scripts can rely on (see `ExitCode`): 0 done, 1 the API refused,
 2 wrong usage or local configuration, 3 the allocator cannot be reached,
-4 a wait timed out before the allocation got where it was asked to go.
+4 a wait timed out before the allocation (or job) got where it was asked to go,
+5 a job ended with a task that failed, or was cancelled (`potluck job wait`).
 """
 
 import json
@@ -23,6 +24,7 @@ class ExitCode(IntEnum):
     USAGE = 2
     UNREACHABLE = 3
     TIMEOUT = 4
+    JOB_FAILED = 5
 
 
 class ClientError(Exception):

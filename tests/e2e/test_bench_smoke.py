@@ -58,6 +58,10 @@ TRANSFER: Documented = {
     "cp_up": ("MB/s", True),
     "cp_down": ("MB/s", True),
 }
+JOBS: Documented = {
+    "tasks_per_s": ("tasks/s", True),
+    "overhead_p50": ("ms", True),
+}
 MEMBER: Documented = {
     "owner_slowdown": ("x", True),
     "react_p50": ("ms", False),
@@ -190,3 +194,14 @@ def test_quick_member_bench_prints_every_metric_once_against_a_plain_docker_run(
     by_metric = {r["metric"]: r for r in records}
     assert by_metric["react_p50"]["value"] <= by_metric["react_p99"]["value"]
     assert by_metric["owner_slowdown"]["cores"] >= 1
+
+
+def test_quick_jobs_bench_prints_every_metric_once_against_docker_run_rm() -> None:
+    """`ops/bench jobs --quick`: a job of 10 `true` tasks on two private engines, against
+    10 raw `docker run --rm` at the same concurrency; both metrics positive, with baselines."""
+    records = run_quick("jobs", timeout=200)
+    check_documented(records, JOBS)
+    for record in records:
+        assert record["tasks"] == 10, record
+    overhead = next(r for r in records if r["metric"] == "overhead_p50")
+    assert overhead["span"] == "placed_to_exited", overhead

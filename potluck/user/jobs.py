@@ -1,0 +1,355 @@
+"""`potluck run` and `potluck job ...`: batch jobs of many tasks, from the user's side.
+
+A job is created with `POST /v1/jobs` and followed with `GET /v1/jobs/{id}`; waiting
+uses the API's own `?wait=done&timeout=` in rounds (the server holds each request
+until the job ends or the round is over), so a wait is no busy loop. `job wait` and
+`run --wait` exit 0 only if every task succeeded, ExitCode.JOB_FAILED when a task
+failed or the job was cancelled, ExitCode.TIMEOUT when `--timeout` passed first.
+"""
+
+import json
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from potluck.contracts.job_events import RETRY_ON
+from potluck.user.cli import JSON, call_api, err, key_values, local_time, out
+from potluck.user.client import ExitCode
+
+#: Task states in the order a summary lists them: the finished ones first, as users look for those.
+TASK_STATES = (
+    "succeeded",
+    "failed",
+    "cancelled",
+    "running",
+    "pulling",
+    "placed",
+    "pending",
+    "retrying",
+    "waiting",
+)
+DONE_STATES = frozenset({"succeeded", "failed", "cancelled"})
+#: Seconds the server holds one wait request: short on a terminal so the progress bar moves,
+#: long when piped (nobody watches; fewer requests).
+ROUND_ON_TERMINAL_S = 2.0
+ROUND_PIPED_S = 30.0
+#: Failed tasks named after a wait, so a long list of failures does not bury the summary.
+FAILURES_SHOWN = 5
+
+
+def counts_text(counts: Mapping[str, int]) -> str:
+    """`18 succeeded, 2 failed`: the non-zero counts, finished states first."""
+    parts = [f"{counts[s]} {s}" for s in TASK_STATES if counts.get(s)]
+    parts += [f"{n} {s}" for s, n in sorted(counts.items()) if n and s not in TASK_STATES]
+    return ", ".join(parts) or "-"
+
+
+def done_count(job: Mapping[str, Any]) -> int:
+    counts: Mapping[str, int] = job.get("counts") or {}
+    return sum(n for s, n in counts.items() if s in DONE_STATES)
+
+
+def duration_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def wait_exit_code(job: Mapping[str, Any]) -> ExitCode:
+    """What `job wait` exits with for the job as it was last seen."""
+    if job["state"] == "succeeded":
+        return ExitCode.OK
+    if job["state"] == "running":
+        return ExitCode.TIMEOUT
+    return ExitCode.JOB_FAILED
+
+
+def parse_retry_on(value: str | None) -> list[str] | None:
+    """`exit,oom` as the API's list; None (the API's default) when not given."""
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in RETRY_ON]
+    if unknown or not names:
+        raise click.BadParameter(
+            f"{value!r}: give a comma-separated list of {', '.join(RETRY_ON)}", param_hint="--retry-on"
+        )
+    return names
+
+
+def _jobs_table(jobs: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "STATE", "TASKS", "COUNTS", "IMAGE", "CREATED"):
+        table.add_column(column)
+    for job in jobs:
+        table.add_row(
+            job["id"],
+            job["state"],
+            str(job["tasks"]),
+            counts_text(job.get("counts") or {}),
+            job["image"],
+            local_time(job.get("created_at")),
+        )
+    return table
+
+
+def _task_state(task: Mapping[str, Any]) -> str:
+    state: str = task["state"]
+    if task.get("reason") and state != "succeeded":
+        return f"{state} ({task['reason']})"
+    return state
+
+
+def _tasks_table(tasks: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in ("INDEX", "STATE", "HOST", "EXIT", "ATTEMPTS", "DURATION", "ALLOCATION"):
+        table.add_column(column)
+    for task in sorted(tasks, key=lambda t: int(t["index"])):
+        exit_code = task.get("exit_code")
+        table.add_row(
+            str(task["index"]),
+            _task_state(task),
+            task.get("host_id") or "-",
+            "-" if exit_code is None else str(exit_code),
+            str(task["attempts"]),
+            duration_text(task.get("duration_s")),
+            task.get("alloc_id") or "-",
+        )
+    return table
+
+
+def _show_job(job: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(job))
+        return
+    out.print(_jobs_table([job]))
+    if job.get("reason"):
+        out.print(f"reason: {job['reason']}", highlight=False)
+    out.print(f"tasks: {counts_text(job.get('counts') or {})}", highlight=False)
+    if job.get("task_list"):
+        out.print(_tasks_table(job["task_list"]))
+
+
+def _say_outcome(job: Mapping[str, Any]) -> None:
+    """One line on stderr for a waited job, and which tasks failed: stdout stays for scripts."""
+    err.print(f"job {job['id']} {job['state']}: {counts_text(job.get('counts') or {})}", highlight=False)
+    failed = [t for t in job.get("task_list") or [] if t["state"] == "failed"]
+    for task in failed[:FAILURES_SHOWN]:
+        code = task.get("exit_code")
+        why = task.get("reason") or (f"exit code {code}" if code is not None else "failed")
+        err.print(
+            f"  task {task['index']} failed after {task['attempts']} attempt(s): {why} "
+            f"(`potluck logs {task['alloc_id']}`)",
+            highlight=False,
+        )
+    if len(failed) > FAILURES_SHOWN:
+        err.print(f"  ... and {len(failed) - FAILURES_SHOWN} more (`potluck job show {job['id']}`)")
+
+
+def wait_for_job(job_id: str, timeout: float | None) -> dict[str, Any]:
+    """The job once it ended, or as it was when `timeout` seconds passed; a progress bar of
+    finished tasks on stderr when that is a terminal."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    job: dict[str, Any] = call_api("GET", f"/v1/jobs/{job_id}")
+    progress = (
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+        if err.is_terminal
+        else None
+    )
+    round_s = ROUND_ON_TERMINAL_S if progress is not None else ROUND_PIPED_S
+    bar = progress.add_task(f"job {job_id}", total=job["tasks"]) if progress is not None else None
+    if progress is not None:
+        progress.start()
+    try:
+        while job["state"] == "running":
+            if progress is not None and bar is not None:
+                progress.update(bar, completed=done_count(job))
+            left = round_s if deadline is None else min(round_s, deadline - time.monotonic())
+            if left < 0.1:  # what would be asked for is "0.0": no request worth making
+                return job
+            job = call_api("GET", f"/v1/jobs/{job_id}?wait=done&timeout={left:.1f}", timeout=left)
+        return job
+    finally:
+        if progress is not None:
+            progress.stop()
+
+
+def _wait_and_exit(job_id: str, timeout: float | None, as_json: bool) -> None:
+    """Wait for the job, print it as asked and exit with its code."""
+    try:
+        job = wait_for_job(job_id, timeout)
+    except KeyboardInterrupt:
+        # Ctrl-C stops the waiting, not the job: say so rather than print a traceback.
+        err.print(f"stopped waiting; job {job_id} goes on (`potluck job wait {job_id}`)", highlight=False)
+        sys.exit(130)
+    code = wait_exit_code(job)
+    if as_json:
+        click.echo(json.dumps(job))
+    if code is ExitCode.TIMEOUT:
+        err.print(
+            f"timed out after {timeout:g}s: job {job['id']} is still running "
+            f"({counts_text(job.get('counts') or {})}); `potluck job wait {job['id']}` waits again",
+            highlight=False,
+        )
+    else:
+        _say_outcome(job)
+    sys.exit(int(code))
+
+
+WAIT_TIMEOUT = click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Give up waiting after this many seconds (exit code 4) [default: wait until it ends].",
+)
+
+
+@click.command(name="run")
+@click.option("--tasks", type=click.IntRange(min=1), required=True, help="How many tasks (0..N-1).")
+@click.option("--cpus", type=click.FloatRange(min=0.01), required=True, help="CPU cores of each task.")
+@click.option("--memory", required=True, help="Memory of each task, e.g. 512M or 4G.")
+@click.option("--disk", default="1G", show_default=True, help="Writable disk of each task, e.g. 10G.")
+@click.option("--image", required=True, help="Container image every task runs.")
+@click.option("--env", "env", multiple=True, help="Environment variable KEY=VALUE (repeatable).")
+@click.option("--constraint", "constraints", multiple=True, help="Host label KEY=VALUE that must match.")
+@click.option(
+    "--ssh-key",
+    "ssh_keys",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Public key file allowed to SSH into a task (repeatable).",
+)
+@click.option("--lifetime", default="1h", show_default=True, help="Each attempt's longest run, e.g. 30m.")
+@click.option("--parallelism", type=click.IntRange(min=1), default=None, help="Most tasks running at once.")
+@click.option(
+    "--retries", type=click.IntRange(min=0), default=0, show_default=True, help="Retries of a failed task."
+)
+@click.option(
+    "--retry-on",
+    default=None,
+    help="What is retried, comma-separated: exit (non-zero exit), oom, failed (its host could not "
+    "run it), lost (its host was lost; re-queued without using --retries) [default: lost].",
+)
+@click.option("--deadline", default=None, help="Cancel the job if not done this long after now, e.g. 6h.")
+@click.option(
+    "--keep-for",
+    default=None,
+    help="Keep each finished task's container this long for `potluck cp`/`potluck logs` [default: 1h].",
+)
+@click.option("--network/--no-network", default=False, show_default=True, help="Outbound network.")
+@click.option("--wait/--no-wait", default=False, help="Wait until the job ends and exit like `job wait`.")
+@WAIT_TIMEOUT
+@JSON
+@click.argument("command", nargs=-1)
+def run(
+    tasks: int,
+    cpus: float,
+    memory: str,
+    disk: str,
+    image: str,
+    env: tuple[str, ...],
+    constraints: tuple[str, ...],
+    ssh_keys: tuple[Path, ...],
+    lifetime: str,
+    parallelism: int | None,
+    retries: int,
+    retry_on: str | None,
+    deadline: str | None,
+    keep_for: str | None,
+    network: bool,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND (after --) as a job of TASKS tasks and print the job's id.
+
+    Each task is a container of its own with POTLUCK_TASK_INDEX (0..TASKS-1) and
+    POTLUCK_JOB_ID in its environment. Follow it with `potluck job show`/`job wait`.
+    """
+    body: dict[str, Any] = {
+        "tasks": tasks,
+        "cpus": cpus,
+        "memory": memory,
+        "disk": disk,
+        "image": image,
+        "command": list(command) or None,
+        "env": key_values(env, "--env"),
+        "constraints": key_values(constraints, "--constraint"),
+        "ssh_keys": [p.read_text().strip() for p in ssh_keys],
+        "lifetime": lifetime,
+        "parallelism": parallelism,
+        "retries": retries,
+        "network": network,
+    }
+    # Absent options leave the API's defaults (its OpenAPI document says them) in charge.
+    optional = {"retry_on": parse_retry_on(retry_on), "deadline": deadline, "keep_for": keep_for}
+    body.update({k: v for k, v in optional.items() if v is not None})
+    created: dict[str, Any] = call_api("POST", "/v1/jobs", body)
+    if not wait:
+        click.echo(json.dumps(created) if as_json else created["id"])
+        return
+    if not as_json:
+        click.echo(created["id"])
+    _wait_and_exit(created["id"], timeout, as_json)
+
+
+@click.group()
+def job() -> None:
+    """Follow and cancel your batch jobs (`potluck run` creates them)."""
+
+
+@job.command(name="ls")
+@JSON
+def job_ls(as_json: bool) -> None:
+    """Your jobs."""
+    jobs = call_api("GET", "/v1/jobs")["jobs"]
+    if as_json:
+        click.echo(json.dumps(jobs))
+    else:
+        out.print(_jobs_table(jobs))
+
+
+@job.command(name="show")
+@click.argument("job_id")
+@JSON
+def job_show(job_id: str, as_json: bool) -> None:
+    """A job: its tasks counted by state, then each task's state, host, exit code, attempts."""
+    _show_job(call_api("GET", f"/v1/jobs/{job_id}"), as_json)
+
+
+@job.command(name="rm")
+@click.argument("job_id")
+@JSON
+def job_rm(job_id: str, as_json: bool) -> None:
+    """Cancel a job: what still runs is stopped, what waits is never started."""
+    _show_job(call_api("DELETE", f"/v1/jobs/{job_id}"), as_json)
+
+
+@job.command(name="wait")
+@click.argument("job_id")
+@WAIT_TIMEOUT
+@JSON
+def job_wait(job_id: str, timeout: float | None, as_json: bool) -> None:
+    """Wait until a job ends: exit 0 if every task succeeded, 5 if one failed or the job was
+    cancelled, 4 if --timeout passed first (a progress bar on a terminal meanwhile)."""
+    _wait_and_exit(job_id, timeout, as_json)
