@@ -2,7 +2,11 @@
 
 Every Docker call runs off the event loop (the driver is synchronous), and
 calls that change containers are serialised by one lock, so a placement, a
-release and a reconciliation never interleave on the same container. An
+release and a reconciliation never interleave on the same container. The one
+exception is a new placement's create and start, which run outside the lock, a
+few at once (`place`): reconciliation leaves an allocation alone while its
+start is under way, and a start that finds its allocation released meanwhile
+removes what it made. An
 engine that stops answering is a state hostd reports and waits out, never a
 reason for hostd to stop.
 
@@ -66,6 +70,10 @@ from potluck.hostd.spans import docker_span
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
+#: Placements started at once: enough for the engine to work on several containers side by
+#: side, few enough not to crowd a member's machine with engine calls.
+START_CONCURRENCY = 4
+
 
 def container_spec(host_id: str, alloc_id: str, spec: AllocationSpec) -> ContainerSpec:
     return ContainerSpec(
@@ -107,6 +115,11 @@ class ContainerManager:
         self._quotas: dict[str, float] = {}
         self.engine_up: bool | None = None
         self._lock = asyncio.Lock()
+        #: Placements whose start is under way (place), and the slots they take turns in.
+        self._starts: dict[str, asyncio.Task[None]] = {}
+        #: Of those, the ones released (or dropped by a snapshot) meanwhile.
+        self._unwanted_starts: set[str] = set()
+        self._start_slots = asyncio.Semaphore(START_CONCURRENCY)
         # Allocations whose container we stop ourselves, with the failure to report instead of an exit.
         self._stopping: dict[str, FailureReason | None] = {}
         self._drain_task: asyncio.Task[None] | None = None
@@ -150,6 +163,7 @@ class ContainerManager:
             if built is not None:
                 desired[alloc_id] = built
         self.desired = desired
+        self._unwanted_starts.update(a for a in self._starts if a not in desired)
         for alloc_id in [a for a in self.pulls if a not in desired]:
             self._stop_pull(alloc_id)
         await self.reconcile()
@@ -178,18 +192,58 @@ class ContainerManager:
             return None
 
     async def place(self, alloc_id: str, spec: AllocationSpec) -> None:
+        """Start the allocation's container in a task of its own, and return at once: the
+        placements of a job arrive together, and the engine creates a few containers side by
+        side far sooner than one after another (bench/README.md, `jobs`)."""
         built = self._admit(alloc_id, spec)
         if built is None:
             return
         self.desired[alloc_id] = built
-        async with self._lock:
-            await self._start(built)
+        if alloc_id in self._starts:
+            return
+        task = asyncio.create_task(self._start_placed(built))
+        self._starts[alloc_id] = task
+        task.add_done_callback(lambda done: self._started_or_not(alloc_id, done))
+
+    def _started_or_not(self, alloc_id: str, task: "asyncio.Task[None]") -> None:
+        if self._starts.get(alloc_id) is task:
+            del self._starts[alloc_id]
+            self._unwanted_starts.discard(alloc_id)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("hostd.start_crashed", alloc_id=alloc_id, error=repr(task.exception()))
+
+    async def _start_placed(self, spec: ContainerSpec) -> None:
+        """One placement's start: the engine's create and start outside the lock (so several go
+        at once, at most START_CONCURRENCY), the bookkeeping under it. Reconciliation leaves an
+        allocation alone while its start is under way (`_starts`)."""
+        alloc_id = spec.allocation_id
+        async with self._start_slots:
+            if self.desired.get(alloc_id) != spec or alloc_id in self.containers:
+                return  # released (or started by a reconciliation) while it waited
+            container_id = await self._create(spec)
+            if container_id is None:
+                return
+            async with self._lock:
+                if alloc_id in self._unwanted_starts:
+                    # Released while the engine started it: it must not run on.
+                    log.info(
+                        "hostd.removing_released_start", alloc_id=alloc_id, container_id=container_id[:12]
+                    )
+                    with contextlib.suppress(DockerDriverError):
+                        await self._docker(self.driver.remove, container_id)
+                    return
+                if alloc_id in self.kept:
+                    return  # it exited at once, its end is on record, and its container is kept
+                # (Exited at once and not kept: as any exit, its end being logged releases it.)
+                await self._started(spec, container_id)
 
     async def release(self, alloc_id: str) -> None:
         """The allocation is over here (released, expired, lost, or its end logged): remove
         its container and writable layer. An engine that is away keeps the container until
         the next reconciliation, which removes what no allocation wants."""
         self.desired.pop(alloc_id, None)
+        if alloc_id in self._starts:
+            self._unwanted_starts.add(alloc_id)
         self._stop_pull(alloc_id)
         async with self._lock:
             container_id = self.containers.pop(alloc_id, None) or f"potluck-{alloc_id}"
@@ -253,25 +307,38 @@ class ContainerManager:
                 await self._start(spec, pulled=True)
 
     async def _start(self, spec: ContainerSpec, *, pulled: bool = False) -> None:
+        """Create and start the container, under the lock."""
+        container_id = await self._create(spec, pulled=pulled)
+        if container_id is not None:
+            await self._started(spec, container_id)
+
+    async def _create(self, spec: ContainerSpec, *, pulled: bool = False) -> str | None:
+        """The engine's create and start; None when it did not start (reported, or to be
+        pulled first, or the engine is away)."""
         alloc_id = spec.allocation_id
         try:
             with docker_span("create+start", alloc_id=alloc_id, image=spec.image) as span:
                 container_id = await self._docker(self.driver.run, spec)
                 span.set_attribute("container.id", container_id)
         except EngineUnavailable:
-            return  # stays desired; started when the engine answers again
+            return None  # stays desired; started when the engine answers again
         except ImageNotAvailable as exc:
             if self.puller is None or pulled:
                 self._fail(alloc_id, "image_not_available", str(exc))
             else:
                 self._begin_pull(spec)
-            return
+            return None
         except LimitsNotApplied as exc:
             self._fail(alloc_id, "limits_not_applied", str(exc))
-            return
+            return None
         except DockerDriverError as exc:
             self._fail(alloc_id, "start_failed", str(exc))
-            return
+            return None
+        return container_id
+
+    async def _started(self, spec: ContainerSpec, container_id: str) -> None:
+        """Bookkeeping of a container the engine started, under the lock."""
+        alloc_id = spec.allocation_id
         self.containers[alloc_id] = container_id
         if self.held:
             with contextlib.suppress(DockerDriverError):
@@ -291,8 +358,15 @@ class ContainerManager:
                 await self._reconcile_locked()
 
     async def _reconcile_locked(self) -> None:
-        actual = await self._docker(self.driver.list_managed, self.host_id)
-        plan = reconcile(self.desired, actual, self.kept)
+        # An allocation whose start is under way is its start's business: its container may be
+        # created and not started yet, which would otherwise read as "never started".
+        actual = [
+            c
+            for c in await self._docker(self.driver.list_managed, self.host_id)
+            if c.allocation_id not in self._starts
+        ]
+        desired = {a: spec for a, spec in self.desired.items() if a not in self._starts}
+        plan = reconcile(desired, actual, self.kept)
         for container in plan.remove:
             log.info(
                 "hostd.removing_unwanted",
@@ -372,7 +446,8 @@ class ContainerManager:
                 )
                 for c in containers
             ],
-            pulling=sorted(self.pulls),
+            # No container yet, and not missing: its image is coming, or its start is under way.
+            pulling=sorted({*self.pulls, *self._starts}),
         )
 
     # The member's controls.
