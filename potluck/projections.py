@@ -35,6 +35,7 @@ from potluck.contracts import host_events as _registry_events  # noqa: F401 - re
 from potluck.events import Event, EventStore, Fold, RecordedEvent, SkippedEvent
 from potluck.readmodels.allocations import AllocationsView
 from potluck.readmodels.hosts import HostsView
+from potluck.readmodels.jobs import JobsView
 from potluck.sshgateway.events import SessionEnded, SessionStarted
 
 __all__ = [
@@ -175,6 +176,10 @@ class ReadModels:
         return self.models.allocator.users
 
     @property
+    def jobs(self) -> JobsView:
+        return self.models.allocator.jobs
+
+    @property
     def sessions(self) -> SessionsView:
         return self.models.sessions
 
@@ -253,6 +258,7 @@ class ReadModels:
             ledger=self.ledger,
             allocations=self.allocations,
             users=self.users,
+            jobs=self.jobs,
             sessions=self.sessions,
         )
 
@@ -287,10 +293,11 @@ def canonical(
     ledger: CapacityLedger | None = None,
     allocations: AllocationsView | None = None,
     users: UsersView | None = None,
+    jobs: JobsView | None = None,
     sessions: SessionsView | None = None,
 ) -> dict[str, Any]:
     """The models given, as plain data in the one form replay and live services share."""
-    out = allocator_canonical(hosts=hosts, ledger=ledger, allocations=allocations, users=users)
+    out = allocator_canonical(hosts=hosts, ledger=ledger, allocations=allocations, users=users, jobs=jobs)
     if sessions is not None:
         out["sessions"] = {s: _session_as_dict(sessions.sessions[s]) for s in sorted(sessions.sessions)}
     return out

@@ -15,8 +15,9 @@ from potluck.allocator.users import UsersView
 from potluck.contracts.capacity import Capacity
 from potluck.readmodels.allocations import AllocationState, AllocationsView
 from potluck.readmodels.hosts import HostState, HostsView, host_as_dict
+from potluck.readmodels.jobs import JobState, JobsView
 
-__all__ = ["allocation_as_dict", "canonical", "capacity_as_dict", "iso"]
+__all__ = ["allocation_as_dict", "canonical", "capacity_as_dict", "iso", "job_as_dict"]
 
 
 def iso(at: datetime | None) -> str | None:
@@ -90,9 +91,40 @@ def allocation_as_dict(state: AllocationState, host: HostState | None = None) ->
             "max_frozen_s": mark.max_frozen_s,
             "marked_at": iso(mark.marked_at),
         },
+        "keep_for_s": spec.keep_for_s,
+        "kept_until": iso(state.kept_until),
+        "job_id": state.job_id,
+        "task_index": state.task_index,
+        "attempt": state.attempt,
+        "started_at": iso(state.started_at),
+        "ended_at": iso(state.ended_at),
         "version": state.version,
         "requested_at": iso(state.requested_at),
         "changed_at": iso(state.changed_at),
+    }
+
+
+def job_as_dict(job: JobState) -> dict[str, Any]:
+    spec = job.spec
+    return {
+        "job_id": job.job_id,
+        "user": job.user,
+        "status": job.status,
+        "tasks": spec.tasks,
+        "image": spec.task.image,
+        "parallelism": spec.parallelism,
+        "retries": spec.retries,
+        "retry_on": list(spec.retry_on),
+        "deadline": iso(job.deadline),
+        "keep_for_s": spec.task.keep_for_s,
+        "attempts": {str(i): list(job.attempts[i]) for i in sorted(job.attempts)},
+        "succeeded": job.succeeded,
+        "failed": job.failed,
+        "cancelled_by": job.cancelled_by,
+        "reason": job.reason,
+        "submitted_at": iso(job.submitted_at),
+        "ended_at": iso(job.ended_at),
+        "version": job.version,
     }
 
 
@@ -102,6 +134,7 @@ def canonical(
     ledger: CapacityLedger | None = None,
     allocations: AllocationsView | None = None,
     users: UsersView | None = None,
+    jobs: JobsView | None = None,
 ) -> dict[str, Any]:
     """The models given, as plain data in the one form replay and live services share."""
     out: dict[str, Any] = {}
@@ -121,4 +154,6 @@ def canonical(
             name: {"user": name, "quota": users.users[name].quota.model_dump(mode="json")}
             for name in sorted(users.users)
         }
+    if jobs is not None:
+        out["jobs"] = {j: job_as_dict(jobs.jobs[j]) for j in sorted(jobs.jobs)}
     return out

@@ -27,6 +27,7 @@ def allocator_state(engine: "AllocatorEngine") -> dict[str, Any]:
             ledger=engine.ledger,
             allocations=engine.allocations,
             users=engine.users,
+            jobs=engine.model.jobs,
         ),
         # Not a read model: the events this allocator could not read (count and the latest).
         "skipped": engine.fold.skipped.as_dict(),

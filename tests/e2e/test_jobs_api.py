@@ -11,6 +11,7 @@ import pytest
 from potluck.contracts.job_events import TASK_INDEX_ENV
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
+from tests.e2e.conftest import replay_agrees
 from tests.e2e.test_allocator_api import Api
 from tests.fixtures.pool import EnrolledHost, Pool, allocation
 
@@ -151,7 +152,8 @@ async def test_a_task_that_exits_3_fails_the_job_unless_retried(
     retries and one with `retries: 1, retry_on: ["exit"]`; then the first job is removed. Must
     hold: both fail with 5 succeeded and 1 failed; task 5 exited 3 after 1 attempt in the first
     and after 2 in the second; the others took 1 each; each finished task's container is kept,
-    and removing the ended job keeps its outcome but removes its kept containers."""
+    and removing the ended job keeps its outcome but removes its kept containers; a replay of
+    the log (`potluck ops replay --check`) holds the same jobs and allocations as the allocator."""
     alice = Api(http, pool.api, await pool.add_user("alice"))
     fails = 'test "$POTLUCK_TASK_INDEX" != 5 || exit 3'
     _, once = await alice.call("POST", "/v1/jobs", job(test_image, fails, tasks=6, keep_for="1h"))
@@ -186,6 +188,7 @@ async def test_a_task_that_exits_3_fails_the_job_unless_retried(
         raise AssertionError(f"the removed job's containers are still there: {left}\n{pool.logs()}")
     _, still = await alice.call("GET", f"/v1/jobs/{twice['id']}")
     assert all(t["kept_until"] for t in still["task_list"]), "the other job's are kept"
+    await replay_agrees(pool)
 
 
 async def test_a_big_job_does_not_starve_another_users_allocation_and_delete_releases_it(

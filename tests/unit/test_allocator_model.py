@@ -350,7 +350,11 @@ def test_the_same_events_give_the_same_state_however_they_are_fed(
         replay.apply(record)
     assert replay.to_dict() == {
         **canonical(
-            hosts=at_once.hosts, ledger=at_once.ledger, allocations=at_once.allocations, users=at_once.users
+            hosts=at_once.hosts,
+            ledger=at_once.ledger,
+            allocations=at_once.allocations,
+            users=at_once.users,
+            jobs=at_once.jobs,
         ),
         "sessions": {},
     }
