@@ -36,14 +36,8 @@ class FrameDecoder:
         self._stderr = False
 
     def feed(self, data: bytes) -> list[tuple[bytes, bool]]:
-        """The payload bytes in `data`, each piece with whether it is stderr; never an empty piece.
-
-        Consecutive frames of one stream in `data` come out as one piece: the engine frames
-        every 32 KiB it copies, and each piece becomes an SSH packet (or several) to the
-        gateway, so joining them lets a read go out in one packet of the link's size."""
+        """The payload bytes in `data`, each piece with whether it is stderr; never an empty piece."""
         out: list[tuple[bytes, bool]] = []
-        run: list[memoryview] = []
-        run_stderr = False
         view = memoryview(data)
         while view:
             if self._left == 0:
@@ -59,13 +53,7 @@ class FrameDecoder:
             take = view[: self._left]
             self._left -= len(take)
             view = view[len(take) :]
-            if run and run_stderr != self._stderr:
-                out.append((b"".join(run), run_stderr))
-                run = []
-            run.append(take)
-            run_stderr = self._stderr
-        if run:
-            out.append((b"".join(run), run_stderr))
+            out.append((bytes(take), self._stderr))
         return out
 
 

@@ -87,10 +87,9 @@ def test_a_frame_is_handed_on_in_pieces_as_it_arrives() -> None:
 
 
 def test_stream_2_is_stderr_and_the_others_stdout() -> None:
-    """Frames of streams 2, 1, 0 in one read: stderr, then stdout (1 and 0 joined, one piece)."""
     decoder = FrameDecoder()
     wire = _frame(2, b"err") + _frame(1, b"out") + _frame(0, b"in?")
-    assert decoder.feed(wire) == [(b"err", True), (b"outin?", False)]
+    assert decoder.feed(wire) == [(b"err", True), (b"out", False), (b"in?", False)]
 
 
 # The upgraded connection.
