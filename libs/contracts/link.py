@@ -17,18 +17,11 @@ LINK_KEX_ALGS = ("mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha25
 LINK_MAC_ALGS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
 
 
-#: Bytes of data in one SSH packet on the hop, each way: each end announces it for what it
-#: receives. asyncssh's default is 32 KiB; larger packets cut the per-packet cost (a decrypt,
-#: an encrypt, a send, asyncssh's bookkeeping) eightfold for bulk data, and stay under the
-#: 256 KiB packet any asyncssh end accepts without being told (so a hostd from before this
-#: constant and a gateway after it, or the reverse, still agree).
-LINK_MAX_PKTSIZE = 128 * 1024
-#: Bytes in flight per session on the hop, each way (SSH channel window). Bulk transfers
-#: through the gateway are bound by window / round trip, and on a busy machine the round trip
-#: is mostly the time each process waits for a core: 2 MiB (asyncssh's default) held
-#: scp through two hops to a third of `docker cp`. At most this much is buffered per session
-#: and direction when the far end stops reading.
-LINK_WINDOW = 8 * 1024 * 1024
+#: Bytes in flight per session on each hop, each way (SSH channel window): asyncssh's default,
+#: named so both ends and users' sessions say the same. 8 MiB was tried (bench/README.md,
+#: `transfer`): on the 2-core bench machine, CPU bound, it did not speed scp, and bench
+#: `gateway`'s upload through `cat` ran slower with it; it also holds 4x more per session.
+LINK_WINDOW = 2 * 1024 * 1024
 
 
 #: Bytes one read from a socket may take (asyncio's default is 256 KiB). See `limit_reads`.

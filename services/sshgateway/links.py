@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 import asyncssh
 
-from potluck.contracts.link import LINK_MAX_PKTSIZE
 from potluck.sshgateway.request import SessionRequest
 
 __all__ = ["LinkPool", "open_host_session"]
@@ -120,7 +119,6 @@ async def open_host_session(
             term_modes=request.term_modes if request.pty else (),
             encoding=None,
             window=window,
-            max_pktsize=LINK_MAX_PKTSIZE,
         ),
         timeout,
     )
