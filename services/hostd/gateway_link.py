@@ -70,14 +70,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from potluck.contracts.link import (
-    LINK_CIPHERS,
-    LINK_KEX_ALGS,
-    LINK_MAC_ALGS,
-    LINK_WINDOW,
-    coalesce_writes,
-    limit_reads,
-)
+from potluck.contracts.link import LINK_CIPHERS, LINK_KEX_ALGS, LINK_MAC_ALGS, limit_reads
 from potluck.events.tracing import context_from_env
 from potluck.hostd.exec_bridge import ExecBridge, SessionProcess, exec_env
 from potluck.hostd.exec_errors import ExecError, ExecRefused
@@ -156,7 +149,7 @@ class LinkTiming:
     #: A used connection still open this long after its session ended is closed by hostd.
     linger_s: float = 5.0
     #: SSH channel window (bytes in flight) of each session on the hop to the gateway.
-    window: int = LINK_WINDOW
+    window: int = 2 * 1024 * 1024
 
 
 def command_argv(command: str | None, subsystem: str | None) -> list[str]:
@@ -524,7 +517,6 @@ class _LinkServer(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._link.conn = conn
         limit_reads(conn)
-        coalesce_writes(conn)
 
     def begin_auth(self, username: str) -> bool:
         return True

@@ -51,7 +51,7 @@ from typing import Any
 import asyncssh
 import structlog
 
-from potluck.contracts.link import LINK_CIPHERS, LINK_KEX_ALGS, LINK_MAC_ALGS, coalesce_writes, limit_reads
+from potluck.contracts.link import LINK_CIPHERS, LINK_KEX_ALGS, LINK_MAC_ALGS, limit_reads
 from potluck.sshgateway.admission import Admission, AdmissionPolicy
 from potluck.sshgateway.audit import LoginIdentity
 from potluck.sshgateway.context import GatewayContext
@@ -96,7 +96,6 @@ class GatewayServer(asyncssh.SSHServer):
         self._conn = conn
         self._ctx.connections.add(conn)
         limit_reads(conn)
-        coalesce_writes(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self._address, self._port = str(peer[0]), int(peer[1])
 
@@ -263,7 +262,6 @@ class TunnelClient(asyncssh.SSHClient):
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
         limit_reads(conn)
-        coalesce_writes(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self._peer = f"{peer[0]}:{peer[1]}"
 
@@ -328,7 +326,6 @@ def user_options(ctx: GatewayContext, host_key: asyncssh.SSHKey) -> asyncssh.SSH
         mac_algs=list(settings.mac_algs),
         encryption_algs=list(settings.ciphers),
         login_timeout=settings.login_timeout_s,
-        window=settings.user_window,
         **_common_options(ctx),
     )
 

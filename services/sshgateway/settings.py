@@ -62,7 +62,6 @@ from pydantic import (
     model_validator,
 )
 
-from potluck.contracts.link import LINK_WINDOW
 from potluck.sshgateway.ratelimit import LimitPolicy
 
 __all__ = [
@@ -144,10 +143,8 @@ class GatewaySettings(BaseModel):
     login_timeout_s: float = Field(default=30.0, gt=0)
     keepalive_interval_s: float = Field(default=15.0, gt=0)
     keepalive_count_max: int = Field(default=3, ge=1)
-    #: SSH channel window on the hop to hostd (bytes in flight per session; link.py says why 8 MiB).
-    link_window: int = Field(default=LINK_WINDOW, ge=64 * 1024)
-    #: SSH channel window of users' sessions (what an upload may have in flight to the gateway).
-    user_window: int = Field(default=LINK_WINDOW, ge=64 * 1024)
+    #: SSH channel window on the hop to hostd (bytes in flight per session).
+    link_window: int = Field(default=2 * 1024 * 1024, ge=64 * 1024)
 
     #: Keys one connection may offer before the rest are refused (OpenSSH's MaxAuthTries).
     max_keys_per_connection: int = Field(default=6, ge=1)
