@@ -144,9 +144,10 @@ async def test_a_kept_task_gives_its_results_and_logs_until_its_keep_for_is_up(
     engine = docker_engines[0]
     env = logged_in(g, tmp_path)
     key = ["-i", str(g.key)]
-    kept = await task(
-        g, "mkdir -p /out && echo 42 > /out/result.txt && echo one && echo two >&2 && echo three", "120s"
-    )
+    # Docker reads stdout and stderr through two pipes: the pauses fix the lines' order in the
+    # log, which `--tail 2` reads across both.
+    lines = "echo one && sleep 0.3 && echo two >&2 && sleep 0.3 && echo three"
+    kept = await task(g, f"mkdir -p /out && echo 42 > /out/result.txt && {lines}", "120s")
     await wait_for_status(g.pool, kept, "exited")
     shown = await api(g, "GET", f"/v1/allocations/{kept}")
     assert shown["kept_until"] is not None
