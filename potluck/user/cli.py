@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from potluck.user.client import Api, ClientError, ExitCode, Login, config_path
+from potluck.user.remote import IDENTITY
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 # Piped output is not cut at 80 columns: ids must stay whole for scripts that grep them.
@@ -325,13 +326,7 @@ def extend(alloc_id: str, by: str, as_json: bool) -> None:
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("alloc_id")
-@click.option(
-    "-i",
-    "--identity",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="Private key file (default: ssh's own choice).",
-)
+@IDENTITY
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def ssh(alloc_id: str, identity: str | None, command: tuple[str, ...]) -> None:
     """Open a shell (or run COMMAND) in an allocation's container through the gateway."""

@@ -42,7 +42,7 @@ from rich.console import Console
 from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
 from potluck.user.client import ClientError, ExitCode
-from potluck.user.remote import allocation, readable, ssh_command, ssh_script
+from potluck.user.remote import IDENTITY, allocation, readable, ssh_command, ssh_script
 
 __all__ = ["Local", "Remote", "cp", "parse_endpoint"]
 
@@ -289,13 +289,7 @@ def copy(src: str, dst: str, identity: str | None) -> int:
 @click.command()
 @click.argument("src")
 @click.argument("dst")
-@click.option(
-    "-i",
-    "--identity",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="Private key file (default: ssh's own choice).",
-)
+@IDENTITY
 def cp(src: str, dst: str, identity: str | None) -> None:
     """Copy files or directories between here and an allocation: one of SRC and DST is ALLOC:PATH.
 

@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 
 from potluck.user.client import ClientError
-from potluck.user.remote import readable, ssh_command
+from potluck.user.remote import IDENTITY, readable, ssh_command
 
 __all__ = ["logs"]
 
@@ -31,13 +31,7 @@ err = Console(stderr=True)
 @click.argument("alloc_id")
 @click.option("-f", "--follow", is_flag=True, help="Follow what it prints; end when it stops.")
 @click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines.")
-@click.option(
-    "-i",
-    "--identity",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="Private key file (default: ssh's own choice).",
-)
+@IDENTITY
 def logs(alloc_id: str, follow: bool, tail: int | None, identity: str | None) -> None:
     """Show an allocation's output (stdout and stderr), while it runs or once it ended and was kept.
 

@@ -13,9 +13,20 @@ import shlex
 from collections.abc import Sequence
 from typing import Any
 
+import click
+
 from potluck.user.client import Api, ClientError, ExitCode, Login, config_path
 
-__all__ = ["allocation", "readable", "ssh_command", "ssh_script"]
+__all__ = ["IDENTITY", "allocation", "readable", "ssh_command", "ssh_script"]
+
+#: The key the user's `ssh` logs in with (`potluck ssh`, `cp`, `logs`).
+IDENTITY = click.option(
+    "-i",
+    "--identity",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Private key file (default: ssh's own choice).",
+)
 
 
 def ssh_command(alloc_id: str, identity: str | None, argv: Sequence[str]) -> list[str]:

@@ -4,21 +4,20 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import BeforeValidator, Field
 
 from potluck.allocator.job_decisions import TaskState, standing
 from potluck.allocator.schemas import (
-    ENV_NAME,
-    LABEL_NAME,
     Body,
     Disk,
+    EnvVars,
+    HostLabels,
     ImageReference,
     Lifetime,
     Memory,
     Request,
     SshKey,
     Text,
-    _names_match,
 )
 from potluck.contracts.allocation_events import AllocationSpec
 from potluck.contracts.capacity import MIN_CPUS, Capacity
@@ -68,19 +67,13 @@ class CreateJob(Request):
     command: list[Text] | None = Field(
         default=None, max_length=256, description="Each task's command (the image's own when absent)."
     )
-    env: Annotated[
-        dict[str, Text],
-        AfterValidator(_names_match(ENV_NAME, "environment variable name")),
-        Field(json_schema_extra={"propertyNames": {"pattern": ENV_NAME}}),
-    ] = Field(default_factory=dict, max_length=128)
+    env: EnvVars = Field(default_factory=dict, max_length=128)
     ssh_keys: list[SshKey] = Field(
         default_factory=list, max_length=16, description="OpenSSH public keys, to reach a task with ssh."
     )
-    constraints: Annotated[
-        dict[str, Text],
-        AfterValidator(_names_match(LABEL_NAME, "label name")),
-        Field(json_schema_extra={"propertyNames": {"pattern": LABEL_NAME}}),
-    ] = Field(default_factory=dict, max_length=16, description="Host labels that must match.")
+    constraints: HostLabels = Field(
+        default_factory=dict, max_length=16, description="Host labels that must match."
+    )
     network: bool = Field(default=False, description="Outbound network, where the member allows it.")
     lifetime: Lifetime = Field(
         default=3600.0, description="Each attempt's lifetime once placed: seconds, or e.g. 2h."

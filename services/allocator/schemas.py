@@ -97,6 +97,19 @@ def _names_match(pattern: str, what: str) -> Callable[[dict[str, str]], dict[str
     return check
 
 
+#: Environment variables by name, and host labels by name, as request bodies take them.
+EnvVars = Annotated[
+    dict[str, Text],
+    AfterValidator(_names_match(ENV_NAME, "environment variable name")),
+    Field(json_schema_extra={"propertyNames": {"pattern": ENV_NAME}}),
+]
+HostLabels = Annotated[
+    dict[str, Text],
+    AfterValidator(_names_match(LABEL_NAME, "label name")),
+    Field(json_schema_extra={"propertyNames": {"pattern": LABEL_NAME}}),
+]
+
+
 class CreateAllocation(Request):
     cpus: float = Field(
         ge=MIN_CPUS, le=256, description=f"CPU cores, fractions allowed down to {MIN_CPUS} (Docker's floor)."
@@ -109,16 +122,10 @@ class CreateAllocation(Request):
     ssh_keys: list[SshKey] = Field(default_factory=list, max_length=16, description="OpenSSH public keys.")
     lifetime: Lifetime = Field(default=3600.0, description="Seconds, or e.g. 2h.")
     command: list[Text] | None = Field(default=None, max_length=256)
-    env: Annotated[
-        dict[str, Text],
-        AfterValidator(_names_match(ENV_NAME, "environment variable name")),
-        Field(json_schema_extra={"propertyNames": {"pattern": ENV_NAME}}),
-    ] = Field(default_factory=dict, max_length=128)
-    constraints: Annotated[
-        dict[str, Text],
-        AfterValidator(_names_match(LABEL_NAME, "label name")),
-        Field(json_schema_extra={"propertyNames": {"pattern": LABEL_NAME}}),
-    ] = Field(default_factory=dict, max_length=16, description="Host labels that must match.")
+    env: EnvVars = Field(default_factory=dict, max_length=128)
+    constraints: HostLabels = Field(
+        default_factory=dict, max_length=16, description="Host labels that must match."
+    )
     network: bool = Field(default=False, description="Outbound network, where the member allows it.")
     queue_timeout: QueueTimeout = Field(
         default=600.0, description="How long to wait as pending for capacity."
