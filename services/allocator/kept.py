@@ -7,7 +7,8 @@ user can fetch results (`potluck cp ALLOC:PATH .`) and read its logs
 lifecycle.py). It is discarded (AllocationDiscarded, routed to its host,
 which removes the container, and CapacityFreed in the same append) when its
 time is up (`due`), when its user releases it early, when its job is removed
-(the jobs helper calls `discard`), or when its host is gone (`kept_on`).
+(the jobs helper calls `discard`), or when its host is gone
+(AllocationsView.kept_on).
 """
 
 from collections.abc import Iterable
@@ -22,7 +23,7 @@ from potluck.contracts.allocation_events import (
 from potluck.events import StreamAppend
 from potluck.readmodels.allocations import AllocationState
 
-__all__ = ["TIME_UP", "discard", "due", "kept_on"]
+__all__ = ["TIME_UP", "discard", "due"]
 
 #: The reason an AllocationDiscarded carries when its keep_for ran out.
 TIME_UP = "keep_for is up"
@@ -46,8 +47,3 @@ def discard(state: AllocationState, reason: str) -> list[StreamAppend]:
 def due(allocations: Iterable[AllocationState], now: datetime) -> list[str]:
     """The kept allocations whose keep_for is up at `now`, by id."""
     return sorted(a.alloc_id for a in allocations if a.kept_until is not None and a.kept_until <= now)
-
-
-def kept_on(allocations: Iterable[AllocationState], host_id: str) -> list[str]:
-    """The kept allocations on `host_id`, by id (discarded with their host when it is gone)."""
-    return sorted(a.alloc_id for a in allocations if a.kept and a.host_id == host_id)

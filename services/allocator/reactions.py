@@ -37,7 +37,7 @@ from potluck.allocator.decisions import (
     timed_out,
 )
 from potluck.allocator.job_reactions import JobDriver
-from potluck.allocator.kept import TIME_UP, discard, due, kept_on
+from potluck.allocator.kept import TIME_UP, discard, due
 from potluck.allocator.queue import FairQueue
 from potluck.allocator.scheduler import Impossible, Placed
 from potluck.contracts.allocation_events import AllocationRequested, CapacityFreed, CapacityRetained
@@ -126,7 +126,8 @@ class Reactions:
 
             await engine.decide(attempt)
             log.warning("allocation.lost", alloc_id=alloc_id, host_id=host_id, reason=reason)
-        await self._discard(kept_on(allocations.values(), host_id), f"its host is gone ({reason})")
+        kept = [a.alloc_id for a in engine.model.allocations.kept_on(host_id)]
+        await self._discard(kept, f"its host is gone ({reason})")
 
     async def discard_due(self) -> int:
         """Remove the kept containers whose keep_for is up; how many."""

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from potluck.allocator.capacity import CapacityLedger
 from potluck.allocator.decisions import release
-from potluck.allocator.kept import TIME_UP, discard, due, kept_on
+from potluck.allocator.kept import TIME_UP, discard, due
 from potluck.allocator.lifecycle import decide, decide_actual_state
 from potluck.contracts.allocation_events import (
     AllocationDiscarded,
@@ -28,7 +28,7 @@ from potluck.contracts.allocation_events import (
 )
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.reports import ActualState, ContainerExited, ContainerFailed, ContainerStatus
-from potluck.readmodels.allocations import AllocationState
+from potluck.readmodels.allocations import AllocationState, AllocationsView
 
 GIB = 1 << 30
 RESOURCES = Capacity(cpus=1, memory_bytes=GIB, disk_bytes=2 * GIB)
@@ -118,7 +118,8 @@ def test_due_and_kept_on_pick_only_kept_allocations() -> None:
     running = replace(alloc(), alloc_id="a-run")
     every = [early, late, other, running]
     assert due(every, NOW) == ["a-early", "a-other"]
-    assert kept_on(every, "h1") == ["a-early", "a-late"]
+    view = AllocationsView(allocations={a.alloc_id: a for a in every})
+    assert [a.alloc_id for a in view.kept_on("h1")] == ["a-early", "a-late"]
 
 
 def test_releasing_a_kept_allocation_discards_it_and_an_ended_one_is_left_alone() -> None:
