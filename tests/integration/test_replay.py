@@ -275,7 +275,13 @@ async def test_replay_check_finds_no_difference_after_a_scenario(
     assert result.ok, [c.differences for c in result.comparisons]
     registry_side, allocator_side = result.comparisons
     assert registry_side.compared == {"hosts": 3}
-    assert allocator_side.compared == {"hosts": 3, "capacity": 3, "allocations": 4, "users": 2}
+    assert allocator_side.compared == {
+        "hosts": 3,
+        "capacity": 3,
+        "allocations": 4,
+        "users": 2,
+        "jobs": 0,
+    }
     assert result.models.position == await services.store.head_position()
     state = plain(result.models.to_dict())
     first, second, third, waiting = done.allocations
