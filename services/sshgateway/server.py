@@ -145,7 +145,7 @@ class GatewayServer(asyncssh.SSHServer):
             return True
         delay = max(source.delay_s, alloc.delay_s)
         if delay > 0:
-            log.debug("login.delayed", source=self._address, delay_s=delay)
+            log.info("login.delayed", source=self._address, alloc_id=username[:64], delay_s=delay)
             await asyncio.sleep(delay)
         return True
 
