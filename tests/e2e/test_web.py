@@ -58,8 +58,9 @@ class WebPool:
         await page.goto("/")
         assert page.url.endswith("/web/signin"), "the pool page must ask for a sign-in first"
         await page.fill("#token", self.tokens[user])
-        await page.click("button[type=submit]")
-        await page.wait_for_url(f"{self.pool.api}/")
+        async with page.expect_navigation(wait_until="domcontentloaded"):
+            await page.click("button[type=submit]")
+        assert page.url == f"{self.pool.api}/", await page.content()
         return page
 
 

@@ -82,7 +82,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     if is_page(request.path):
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        # Not no-referrer: under it Chromium posts forms with `Origin: null`, which _same_origin refuses.
+        response.headers["Referrer-Policy"] = "same-origin"
         response.headers.setdefault("Cache-Control", "no-store")
 
 
