@@ -19,9 +19,10 @@ from aiohttp import web
 
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.users import User
-from potluck.allocator.web import views
+from potluck.allocator.web import history, views
 from potluck.allocator.web.live import Changes, stream
 from potluck.allocator.web.sessions import Session, Sessions
+from potluck.events import EventStore, RecordedEvent
 from potluck.kernel.rejections import Rejected
 
 __all__ = ["PREFIX", "is_page", "setup"]
@@ -66,6 +67,7 @@ def setup(app: web.Application, engine: AllocatorEngine, authenticate: Authentic
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/", pool_page)
     app.router.add_get(PREFIX + "live/pool", pool_live)
+    app.router.add_get(PREFIX + "history", history_page)
     app.router.add_get(PREFIX + "signin", signin_form)
     app.router.add_post(PREFIX + "signin", signin)
     app.router.add_post(PREFIX + "signout", signout)
@@ -170,7 +172,40 @@ def _pool_context(request: web.Request, session: Session) -> dict[str, Any]:
 
 async def pool_page(request: web.Request) -> web.Response:
     session = _session(request)
-    return _render("pool.html", request, {"session": session, **_pool_context(request, session)})
+    raw = request.query.get("at")
+    if raw is None:
+        return _render(
+            "pool.html", request, {"session": session, "at": None, **_pool_context(request, session)}
+        )
+    try:
+        moment = history.parse_at(raw)
+    except ValueError as exc:
+        return _render("bad_request.html", request, {"session": session, "what": str(exc)}, status=400)
+    records = await _log_until(request.app[ENGINE].store, moment)
+    model, position = history.fold_until(records, moment)
+    past = views.pool_page(model, position, session.user)
+    return _render("pool.html", request, {"session": session, "at": raw, "pool": past})
+
+
+async def _log_until(store: EventStore, moment: history.Moment) -> list[RecordedEvent]:
+    """The log from its start up to `moment` (and the one record past a time, which tells where
+    it ends). The whole log is read: a past page costs one replay, as `potluck ops replay` does."""
+    records: list[RecordedEvent] = []
+    while True:
+        after = records[-1].position if records else 0
+        batch = await store.read_all(after, 5000, until_position=moment.position)
+        records.extend(batch)
+        if not batch or not moment.includes(batch[-1]):
+            return records
+
+
+async def history_page(request: web.Request) -> web.Response:
+    session = _session(request)
+    engine = request.app[ENGINE]
+    records = await _log_until(engine.store, history.Moment())
+    series = history.samples(records, engine.clock())
+    plots = [history.plot(series, "cpus"), history.plot(series, "memory")]
+    return _render("history.html", request, {"session": session, "plots": plots, "position": engine.position})
 
 
 async def pool_live(request: web.Request) -> web.StreamResponse:

@@ -164,14 +164,8 @@ def pool_page(model: AllocatorModel, position: int, viewer: str | None = None) -
             if a.user == viewer:
                 mine_on.setdefault(a.host_id, []).append(a.alloc_id)
     rows = []
-    donated_total = [0.0, 0, 0]
-    reserved_total = [0.0, 0, 0]
     for host in _shown_hosts(model):
         reserved = model.ledger.reserved(host.host_id) if host.donated is not None else None
-        counted = host.donated is not None and not host.gone and host.admin != "deregistered"
-        if counted and host.donated is not None and reserved is not None:
-            donated_total = _add(donated_total, host.donated)
-            reserved_total = _add(reserved_total, reserved)
         rows.append(
             HostRow(
                 host_id=host.host_id,
@@ -194,24 +188,25 @@ def pool_page(model: AllocatorModel, position: int, viewer: str | None = None) -
         )
         for a in sorted(pending, key=lambda a: (a.pending_since or a.requested_at or _never(), a.alloc_id))
     )
+    donated_total, reserved_total = pool_totals(model)
     totals = (
         Bar(
             "CPU",
-            cpus(round(reserved_total[0], 3)),
-            cpus(round(donated_total[0], 3)),
-            _percent(reserved_total[0], donated_total[0]),
+            cpus(round(reserved_total.cpus, 3)),
+            cpus(round(donated_total.cpus, 3)),
+            _percent(reserved_total.cpus, donated_total.cpus),
         ),
         Bar(
             "memory",
-            size(int(reserved_total[1])),
-            size(int(donated_total[1])),
-            _percent(reserved_total[1], donated_total[1]),
+            size(reserved_total.memory),
+            size(donated_total.memory),
+            _percent(reserved_total.memory, donated_total.memory),
         ),
         Bar(
             "disk",
-            size(int(reserved_total[2])),
-            size(int(donated_total[2])),
-            _percent(reserved_total[2], donated_total[2]),
+            size(reserved_total.disk),
+            size(donated_total.disk),
+            _percent(reserved_total.disk, donated_total.disk),
         ),
     )
     return PoolPage(hosts=tuple(rows), totals=totals, queue=queue, position=position)
@@ -224,8 +219,28 @@ def _status(host: HostState) -> str:
     return host.status
 
 
-def _add(total: list[float], c: Capacity) -> list[float]:
-    return [total[0] + c.cpus, total[1] + c.memory_bytes, total[2] + c.disk_bytes]
+@dataclass(frozen=True)
+class Amount:
+    """CPU, memory and disk added up (Capacity cannot be zero)."""
+
+    cpus: float = 0.0
+    memory: int = 0
+    disk: int = 0
+
+    def plus(self, c: Capacity) -> "Amount":
+        return Amount(self.cpus + c.cpus, self.memory + c.memory_bytes, self.disk + c.disk_bytes)
+
+
+def pool_totals(model: AllocatorModel) -> tuple[Amount, Amount]:
+    """What the pool's hosts donate and what of it is reserved: hosts that left, were revoked or
+    deregistered count for neither."""
+    donated = reserved = Amount()
+    for host in model.hosts.hosts.values():
+        if host.donated is None or host.gone or host.admin == "deregistered":
+            continue
+        donated = donated.plus(host.donated)
+        reserved = reserved.plus(model.ledger.reserved(host.host_id))
+    return donated, reserved
 
 
 def _never() -> datetime:
