@@ -98,9 +98,11 @@ async def web_pool(
 
 
 async def test_pool_page_is_live_and_escapes_labels(web_pool: WebPool, browser: Browser) -> None:  # noqa: F811
-    """Tried: alice signs in and opens the pool page; an allocation of hers is made through the API.
+    """Tried: alice signs in and opens the pool page; an allocation of hers is made through the API;
+    then the page at the log position before it, and the day's history.
     Must hold: both hosts show with a CPU, memory and disk bar each; the label holding markup shows as
-    text and fires no dialog; the new allocation appears on the open page within 2 s, no reload."""
+    text and fires no dialog; the new allocation appears on the open page within 2 s, no reload;
+    `?at=` the earlier position shows both hosts without it; the history has its two plots."""
     page = await web_pool.signed_in(browser, "alice")
     dialogs: list[str] = []
     page.on("dialog", lambda d: dialogs.append(d.message))
@@ -117,14 +119,21 @@ async def test_pool_page_is_live_and_escapes_labels(web_pool: WebPool, browser: 
     assert XSS in await laptop.inner_text()
     assert await page.locator("article.host img").count() == 0
 
-    await page.wait_for_selector("[data-live]")
-    await page.wait_for_function("document.querySelector('[data-live]') !== null")
+    before = await web_pool.pool.store.head_position()
     alloc_id = await web_pool.allocate("alice")
     await page.wait_for_selector(f'[data-alloc="{alloc_id}"]', timeout=2000)
     assert loads == [], "the page must update without reloading"
     assert dialogs == []
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENSHOTS / "pool.png"), full_page=True)
+
+    await page.goto(f"/?at={before}")
+    assert await page.locator("article.host").count() == 2
+    assert await page.locator(f'[data-alloc="{alloc_id}"]').count() == 0, "?at= shows the log as it was"
+    await page.goto("/web/history")
+    assert await page.locator("figure.plot svg polyline.reserved").count() == 2
+    await page.screenshot(path=str(SCREENSHOTS / "history.png"), full_page=True)
+    assert dialogs == []
     await page.context.close()
 
 

@@ -126,8 +126,8 @@ def plot(series: list[Sample], resource: str, *, width: int = 600, height: int =
         top=f"{top:g}" if not gib else f"{top:.1f}",
         donated=line("donated"),
         reserved=line("reserved"),
-        start=series[0].at.strftime("%H:%M") if series else "",
-        end=series[-1].at.strftime("%H:%M UTC") if series else "",
+        start=series[0].at.strftime("%Y-%m-%d %H:%M") if series else "",
+        end=series[-1].at.strftime("%Y-%m-%d %H:%M UTC") if series else "",
         width=width,
         height=height,
     )
