@@ -741,7 +741,10 @@ def ops_hosts_enroll(
     On the machine of a `potluck up` pool no option is needed: the pool's database, NATS,
     users file and gateway are the defaults. With --credentials-out, the key pair is made
     here and written to that file instead (no token)."""
+    from potluck.allocator.members import new_member_token
+    from potluck.allocator.users import token_hash
     from potluck.contracts.join_token import encode
+    from potluck.contracts.member_events import MemberTokenIssued, member_stream
     from potluck.events import EventStore
     from potluck.kernel.rejections import Rejected
     from potluck.registry.enrollment import (
@@ -788,9 +791,17 @@ def ops_hosts_enroll(
                 store, nats_auth_file, [read_seed(service_seed_file)], nats_pid_file
             )
 
+    member_token = new_member_token()
+
+    async def issue_member_token(store: EventStore, host_id: str) -> None:
+        # Only the digest is logged; the member signs in to the web page's "my machine" with it.
+        issued = MemberTokenIssued(token_sha256=token_hash(member_token), host_ids=[host_id])
+        await store.append(member_stream(host_id), [issued], metadata={"actor": "operator"})
+
     async def with_credentials(store: EventStore) -> str:
         host_id, key = await enroll_host(store, name)
         write_credentials(credentials_out or Path(f"{name}.creds"), host_id, key)
+        await issue_member_token(store, host_id)
         await refresh(store)
         return host_id
 
@@ -798,6 +809,7 @@ def ops_hosts_enroll(
         token = await enroll_with_token(
             store, name, nats_url=str(join_nats_url), gateways=pins, expires_in=lifetime
         )
+        await issue_member_token(store, token.host_id)
         await refresh(store)
         return encode(token)
 
@@ -815,9 +827,20 @@ def ops_hosts_enroll(
                 "re-render it before the member joins",
                 err=True,
             )
+        # stdout holds the join token alone (`potluck join $(...)`): the web token goes to stderr.
+        click.echo(f"member's web page token (sign in to see this machine): {member_token}", err=True)
         click.echo(printed)
         return
-    click.echo(json.dumps({"host_id": host_id, "name": name, "credentials_file": str(credentials_out)}))
+    click.echo(
+        json.dumps(
+            {
+                "host_id": host_id,
+                "name": name,
+                "credentials_file": str(credentials_out),
+                "member_token": member_token,
+            }
+        )
+    )
 
 
 def _nats_users(

@@ -14,7 +14,10 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page
 
+from potluck.allocator.members import new_member_token
+from potluck.allocator.users import token_hash
 from potluck.contracts.allocation_events import alloc_stream
+from potluck.contracts.member_events import MemberTokenIssued, member_stream
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
@@ -52,7 +55,7 @@ class WebPool:
     async def event_types(self, alloc_id: str) -> list[str]:
         return [r.type for r in await self.pool.store.read_stream(alloc_stream(alloc_id))]
 
-    async def signed_in(self, browser: Browser, user: str) -> Page:  # noqa: F811
+    async def signed_in(self, browser: Browser, user: str, landing: str = "/") -> Page:  # noqa: F811
         context = await browser.new_context(base_url=self.pool.api)
         page = await context.new_page()
         await page.goto("/")
@@ -60,7 +63,7 @@ class WebPool:
         await page.fill("#token", self.tokens[user])
         async with page.expect_navigation(wait_until="domcontentloaded"):
             await page.click("button[type=submit]")
-        assert page.url == f"{self.pool.api}/", await page.content()
+        assert page.url == f"{self.pool.api}{landing}", await page.content()
         return page
 
 
@@ -75,6 +78,7 @@ async def web_pool(
         pool.start_registry()
         pool.start_allocator()
         tokens = {name: await pool.add_user(name) for name in ("alice", "bob")}
+        tokens["member"] = new_member_token()
         hosts = {}
         for name, engine, labels in (
             ("desk", docker_engines[0], {"room": "study"}),
@@ -84,6 +88,9 @@ async def web_pool(
             pool.write_config(host, engine, labels=labels)
             pool.start_hostd(host)
             hosts[name] = host.host_id
+        # What `potluck ops hosts enroll` records beside the credentials: desk's member's token.
+        issued = MemberTokenIssued(token_sha256=token_hash(tokens["member"]), host_ids=[hosts["desk"]])
+        await pool.store.append(member_stream(hosts["desk"]), [issued])
         for host_id in hosts.values():
             await pool.wait_for_host(host_id, "active")
             await pool.wait_for_images(host_id)
@@ -173,6 +180,26 @@ async def test_allocation_page_extends_and_releases_and_hides_others(
     await bob.goto("/")
     assert alloc_id not in await bob.content()
     await bob.context.close()
+
+
+async def test_a_member_sees_their_machine_and_nothing_else(web_pool: WebPool, browser: Browser) -> None:  # noqa: F811
+    """Tried: desk's member signs in with their web token, then asks for the pool and the user pages.
+    Must hold: their page shows desk with its bars and owner-policy state, never laptop; the pool
+    page and the users' pages send them back to their machine."""
+    page = await web_pool.signed_in(browser, "member", landing="/web/machine")
+    cards = page.locator("article.host")
+    assert await cards.count() == 1
+    assert await cards.first.get_attribute("data-host") == web_pool.hosts["desk"]
+    assert await page.locator("article.host .bar").count() == 3
+    assert await page.locator(".policy-state").inner_text() == "normal"
+    assert await page.locator("figure.plot").count() == 2
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / "machine.png"), full_page=True)
+    for elsewhere in ("/", "/web/mine", "/web/history"):
+        await page.goto(elsewhere)
+        assert page.url.endswith("/web/machine"), elsewhere
+    assert web_pool.hosts["laptop"] not in await page.content()
+    await page.context.close()
 
 
 async def test_pages_refuse_posts_without_the_session_token(web_pool: WebPool) -> None:

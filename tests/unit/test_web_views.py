@@ -10,10 +10,13 @@ from datetime import timedelta
 import jinja2
 import pytest
 
+from potluck.allocator.members import new_member_token
+from potluck.allocator.users import token_hash
 from potluck.allocator.web import history, views
 from potluck.allocator.web.routes import HERE
 from potluck.contracts.allocation_events import AllocationRequested, alloc_stream
 from potluck.contracts.host_events import HostThrottled, host_stream
+from potluck.contracts.member_events import MemberTokenIssued, member_stream
 from tests.unit.test_allocator_model import RecordingLog, cap, folded, host, placed, spec
 
 
@@ -102,3 +105,25 @@ def test_the_days_samples_follow_the_log_and_plot_within_the_box() -> None:
     assert all(0 <= x <= 300 and 0 <= y <= 100 for x, y in points)
     assert series[0].at == end - timedelta(seconds=30)
     assert series[-1].at == end
+
+
+def test_a_members_token_shows_their_hosts_only_and_a_new_one_replaces_it() -> None:
+    log = pool_log()
+    first, second = new_member_token(), new_member_token()
+    log.add(member_stream("h2"), MemberTokenIssued(token_sha256=token_hash(first), host_ids=["h1", "h2"]))
+    log.add(member_stream("h2"), MemberTokenIssued(token_sha256=token_hash(second), host_ids=["h2"]))
+    model, _ = folded(log)
+
+    old, new = model.members.authenticate(first), model.members.authenticate(second)
+    machines = views.machine_page(model, new.host_ids if new else ())
+    series = history.samples(log.records, log.records[-1].recorded_at, points=5, only=frozenset({"h2"}))
+
+    assert old is not None
+    assert old.host_ids == ("h1",)  # h2 went to the newer token
+    assert new is not None
+    assert new.host_ids == ("h2",)
+    assert model.members.authenticate("pm_" + "x" * 43) is None
+    ((machine),) = machines
+    assert (machine.host.host_id, machine.policy, machine.share) == ("h2", "throttled", "0.5 of 2 CPU")
+    assert machine.host.mine == ()  # never another user's allocation ids
+    assert (series[-1].donated.cpus, series[-1].reserved.cpus) == (2, 0)

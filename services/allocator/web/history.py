@@ -68,9 +68,14 @@ class Sample:
 
 
 def samples(
-    records: Iterable[RecordedEvent], end: datetime, points: int = 96, span: timedelta = DAY
+    records: Iterable[RecordedEvent],
+    end: datetime,
+    points: int = 96,
+    span: timedelta = DAY,
+    only: frozenset[str] | None = None,
 ) -> list[Sample]:
-    """The pool's totals at `points` evenly spaced times over `span` up to `end`."""
+    """The pool's totals (of the hosts in `only`, when given) at `points` evenly spaced times
+    over `span` up to `end`."""
     # Counted back from `end`, so that the last sample is at `end` exactly.
     times: Iterator[datetime] = (end - span * (points - 1 - i) / (points - 1) for i in range(points))
     model, fold = _fold()
@@ -78,13 +83,13 @@ def samples(
     t = next(times, None)
     for record in records:
         while t is not None and record.recorded_at > t:
-            out.append(Sample(t, *pool_totals(model)))
+            out.append(Sample(t, *pool_totals(model, only)))
             t = next(times, None)
         if t is None:
             break
         fold.apply(record)
     while t is not None:
-        out.append(Sample(t, *pool_totals(model)))
+        out.append(Sample(t, *pool_totals(model, only)))
         t = next(times, None)
     return out
 

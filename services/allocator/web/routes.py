@@ -68,6 +68,8 @@ def setup(app: web.Application, engine: AllocatorEngine, authenticate: Authentic
     app.router.add_get("/", pool_page)
     app.router.add_get(PREFIX + "live/pool", pool_live)
     app.router.add_get(PREFIX + "history", history_page)
+    app.router.add_get(PREFIX + "machine", machine_page)
+    app.router.add_get(PREFIX + "live/machine", machine_live)
     app.router.add_get(PREFIX + "signin", signin_form)
     app.router.add_post(PREFIX + "signin", signin)
     app.router.add_post(PREFIX + "signout", signout)
@@ -92,11 +94,29 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 # Sessions.
 
 
-def _session(request: web.Request) -> Session:
+def _any_session(request: web.Request) -> Session:
     session = request.app[SESSIONS].of(request)
-    if session is None or session.user not in request.app[ENGINE].users.users:
+    if session is None:
         raise web.HTTPSeeOther(PREFIX + "signin")
     return session
+
+
+def _session(request: web.Request) -> Session:
+    """A user's session; a member is sent to their machine's page, which is all they may see."""
+    session = _any_session(request)
+    if session.member is not None:
+        raise web.HTTPSeeOther(PREFIX + "machine")
+    if session.user not in request.app[ENGINE].users.users:
+        raise web.HTTPSeeOther(PREFIX + "signin")
+    return session
+
+
+def _member_hosts(request: web.Request, session: Session) -> tuple[str, ...]:
+    """The hosts a member's session shows; a token replaced since signs the member out."""
+    member = request.app[ENGINE].model.members.by_token.get(session.member or "")
+    if member is None:
+        raise web.HTTPSeeOther(PREFIX + "signin")
+    return member.host_ids
 
 
 def _user(request: web.Request, session: Session) -> User:
@@ -144,6 +164,12 @@ async def signin(request: web.Request) -> web.Response:
     token = form.get("token")
     user = None
     if isinstance(token, str) and token.strip():
+        member = request.app[ENGINE].model.members.authenticate(token.strip())
+        if member is not None:
+            response = _see_other(PREFIX + "machine")
+            request.app[SESSIONS].start(response, request, "member", member=member.token_sha256)
+            log.info("web.member_signed_in", hosts=list(member.host_ids))
+            return response
         user = await request.app[AUTHENTICATE](request.remote or "unknown", token.strip())
     if user is None:
         error = "this token is not valid; an operator gives tokens with `potluck ops users add`"
@@ -155,7 +181,7 @@ async def signin(request: web.Request) -> web.Response:
 
 
 async def signout(request: web.Request) -> web.Response:
-    session = _session(request)
+    session = _any_session(request)
     await _form_of(request, session)
     response = _see_other(PREFIX + "signin")
     request.app[SESSIONS].end(response, request)
@@ -329,3 +355,34 @@ async def extend(request: web.Request) -> web.Response:
 
 async def release(request: web.Request) -> web.Response:
     return await _act(request, _release)
+
+
+# A member's machine.
+
+
+def _machine_context(request: web.Request, host_ids: tuple[str, ...]) -> dict[str, Any]:
+    return {"machines": views.machine_page(request.app[ENGINE].model, host_ids)}
+
+
+async def machine_page(request: web.Request) -> web.Response:
+    session = _any_session(request)
+    if session.member is None:
+        raise web.HTTPSeeOther("/")
+    host_ids = _member_hosts(request, session)
+    engine = request.app[ENGINE]
+    records = await _log_until(engine.store, history.Moment())
+    series = history.samples(records, engine.clock(), only=frozenset(host_ids))
+    plots = [history.plot(series, "cpus"), history.plot(series, "memory")]
+    return _render(
+        "machine.html", request, {"session": session, "plots": plots, **_machine_context(request, host_ids)}
+    )
+
+
+async def machine_live(request: web.Request) -> web.StreamResponse:
+    session = _any_session(request)
+    host_ids = _member_hosts(request, session)
+    return await stream(
+        request,
+        request.app[CHANGES],
+        lambda: _fragment("_machine.html", request, _machine_context(request, host_ids)),
+    )

@@ -28,9 +28,12 @@ LIFETIME_S = 12 * 3600.0
 
 @dataclass(frozen=True)
 class Session:
+    #: The user's name; for a member, "member" (members sign in with a token of their hosts).
     user: str
     csrf: str
     expires_at: float
+    #: A member's session: the digest of their web token (its hosts are looked up each time).
+    member: str | None = None
 
     def csrf_ok(self, sent: str | None) -> bool:
         return sent is not None and hmac.compare_digest(self.csrf.encode(), sent.encode())
@@ -44,9 +47,13 @@ class Sessions:
         self.max_sessions = max_sessions
         self.lifetime_s = lifetime_s
 
-    def start(self, response: web.StreamResponse, request: web.Request, user: str) -> Session:
+    def start(
+        self, response: web.StreamResponse, request: web.Request, user: str, *, member: str | None = None
+    ) -> Session:
         session_id = secrets.token_urlsafe(32)
-        session = Session(user=user, csrf=secrets.token_urlsafe(32), expires_at=time.time() + self.lifetime_s)
+        session = Session(
+            user=user, csrf=secrets.token_urlsafe(32), expires_at=time.time() + self.lifetime_s, member=member
+        )
         self._by_id[session_id] = session
         while len(self._by_id) > self.max_sessions:
             self._by_id.popitem(last=False)

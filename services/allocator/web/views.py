@@ -21,11 +21,13 @@ __all__ = [
     "Bar",
     "HostRow",
     "JobRow",
+    "MachineRow",
     "Moment",
     "PoolPage",
     "QueueRow",
     "allocation_rows",
     "job_rows",
+    "machine_page",
     "pool_page",
     "timeline",
 ]
@@ -231,12 +233,14 @@ class Amount:
         return Amount(self.cpus + c.cpus, self.memory + c.memory_bytes, self.disk + c.disk_bytes)
 
 
-def pool_totals(model: AllocatorModel) -> tuple[Amount, Amount]:
-    """What the pool's hosts donate and what of it is reserved: hosts that left, were revoked or
-    deregistered count for neither."""
+def pool_totals(model: AllocatorModel, only: frozenset[str] | None = None) -> tuple[Amount, Amount]:
+    """What the pool's hosts (those in `only`, when given) donate and what of it is reserved:
+    hosts that left, were revoked or deregistered count for neither."""
     donated = reserved = Amount()
     for host in model.hosts.hosts.values():
         if host.donated is None or host.gone or host.admin == "deregistered":
+            continue
+        if only is not None and host.host_id not in only:
             continue
         donated = donated.plus(host.donated)
         reserved = reserved.plus(model.ledger.reserved(host.host_id))
@@ -320,3 +324,32 @@ def timeline(entries: Iterable[HistoryEntry]) -> tuple[Moment, ...]:
         )
         moments.append(Moment(at=when(entry.recorded_at), what=entry.type, detail=facts[:300]))
     return tuple(moments)
+
+
+@dataclass(frozen=True)
+class MachineRow:
+    """A member's host: what the pool uses of it and where its owner policy stands."""
+
+    host: HostRow
+    policy: str
+    share: str
+    max_frozen: str
+
+
+def machine_page(model: AllocatorModel, host_ids: Iterable[str]) -> tuple[MachineRow, ...]:
+    """The member's hosts only; others' allocations on them are counted, never named."""
+    wanted = set(host_ids)
+    page = pool_page(model, 0)
+    rows = []
+    for row in page.hosts:
+        if row.host_id not in wanted:
+            continue
+        host = model.hosts.hosts[row.host_id]
+        share = (
+            f"{cpus(round(host.policy_share_cpus, 3))} of {cpus(host.donated.cpus)} CPU"
+            if host.policy_share_cpus is not None and host.donated is not None
+            else "all it donates"
+        )
+        max_frozen = f"{host.policy_max_frozen_s:g} s" if host.policy_max_frozen_s is not None else "no limit"
+        rows.append(MachineRow(host=row, policy=host.policy, share=share, max_frozen=max_frozen))
+    return tuple(rows)
