@@ -1116,6 +1116,26 @@ def ops_users_rotate_token(name: str, database_url: str) -> None:
     _decide_for_user(database_url, name, lambda user: rotate_token(user, name))
 
 
+@ops_users.command(name="web-token")
+@database_option
+def ops_users_web_token(database_url: str) -> None:
+    """Print a new operator token for the web page, which shows every user's allocations to it;
+    the previous one stops working. Only its hash is kept."""
+    from potluck.allocator.members import new_member_token
+    from potluck.allocator.users import token_hash
+    from potluck.contracts.member_events import OPERATORS_STREAM, OperatorWebTokenIssued
+    from potluck.events import EventStore
+
+    token = new_member_token()
+
+    async def go(store: EventStore) -> None:
+        issued = OperatorWebTokenIssued(token_sha256=token_hash(token))
+        await store.append(OPERATORS_STREAM, [issued], metadata={"actor": "operator"})
+
+    run(with_store(database_url, go))
+    click.echo(token)
+
+
 def _decide_for_user(
     database_url: str, name: str, decide: "Callable[[User | None], tuple[list[Event], str]]"
 ) -> None:

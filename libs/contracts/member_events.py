@@ -1,4 +1,4 @@
-"""Facts about members' web tokens (streams `member-<host_id>`).
+"""Facts about members' and operators' web tokens (streams `member-<host_id>`, `member-operators`).
 
 A member signs in to the web page with a token tied to the hosts they donate;
 `potluck ops hosts enroll` prints it beside the host's credentials. The log
@@ -9,7 +9,10 @@ from pydantic import Field
 
 from potluck.events import Event, event_type
 
-__all__ = ["MemberTokenIssued", "member_stream"]
+__all__ = ["OPERATORS_STREAM", "MemberTokenIssued", "OperatorWebTokenIssued", "member_stream"]
+
+#: Where operators' web tokens are recorded (host ids are `h-...`, so no host's stream).
+OPERATORS_STREAM = "member-operators"
 
 
 @event_type
@@ -23,3 +26,11 @@ class MemberTokenIssued(Event):
 
 def member_stream(host_id: str) -> str:
     return f"member-{host_id}"
+
+
+@event_type
+class OperatorWebTokenIssued(Event):
+    """An operator's web token (its hash): the page shows every user's allocations to it.
+    A later one replaces the earlier token."""
+
+    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")

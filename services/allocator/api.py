@@ -357,5 +357,5 @@ def make_app(
     app.router.add_get("/v1/pool", pool)
     app.router.add_get(TOKEN_PATH, registry_token)
     app.router.add_get("/v1/images", images)
-    setup_pages(app, engine, app[AUTH].authenticate)
+    setup_pages(app, engine, app[AUTH])
     return app

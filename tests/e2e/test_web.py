@@ -5,7 +5,9 @@ allocator's fold and post through its engine, so the tests share them and
 stay within a few seconds each.
 """
 
+import asyncio
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -199,6 +201,34 @@ async def test_a_member_sees_their_machine_and_nothing_else(web_pool: WebPool, b
         await page.goto(elsewhere)
         assert page.url.endswith("/web/machine"), elsewhere
     assert web_pool.hosts["laptop"] not in await page.content()
+    await page.context.close()
+
+
+async def test_an_operator_sees_every_users_allocations_and_changes_none(
+    web_pool: WebPool,
+    browser: Browser,  # noqa: F811
+) -> None:
+    """Tried: `potluck ops users web-token` prints an operator token; the operator signs in with it
+    and opens the list and one of alice's allocations. Must hold: alice's and bob's allocations are
+    listed, alice's page opens (200) and offers no extend or release button."""
+    made = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "potluck", "ops", "users", "web-token",
+        "--database-url", web_pool.pool.database_url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await made.communicate()
+    assert made.returncode == 0, err.decode()
+    web_pool.tokens["operator"] = out.decode().strip()
+    alice, bob = await web_pool.allocate("alice"), await web_pool.allocate("bob")
+
+    page = await web_pool.signed_in(browser, "operator")
+    await page.goto("/web/mine")
+    for alloc_id in (alice, bob):
+        await page.wait_for_selector(f'[data-alloc="{alloc_id}"]')
+    answer = await page.goto(f"/web/allocations/{alice}")
+    assert answer is not None
+    assert answer.status == 200
+    assert await page.locator("#extend, #release").count() == 0
     await page.context.close()
 
 

@@ -17,11 +17,14 @@ import jinja2
 import structlog
 from aiohttp import web
 
+from potluck.allocator.authentication import Authenticator
 from potluck.allocator.engine import AllocatorEngine
+from potluck.allocator.schemas import HistoryEntry
 from potluck.allocator.users import User
 from potluck.allocator.web import history, views
 from potluck.allocator.web.live import Changes, stream
 from potluck.allocator.web.sessions import Session, Sessions
+from potluck.contracts.allocation_events import alloc_stream
 from potluck.events import EventStore, RecordedEvent
 from potluck.kernel.rejections import Rejected
 
@@ -34,14 +37,15 @@ HERE = Path(__file__).parent
 ENGINE: web.AppKey[AllocatorEngine] = web.AppKey("web_engine", AllocatorEngine)
 SESSIONS: web.AppKey[Sessions] = web.AppKey("web_sessions", Sessions)
 CHANGES: web.AppKey[Changes] = web.AppKey("web_changes", Changes)
-Authenticate = Callable[[str, str], Awaitable[User | None]]
-AUTHENTICATE: web.AppKey[Authenticate] = web.AppKey("web_authenticate")
+AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("web_authenticator", Authenticator)
 
 #: No inline script or style, nothing from elsewhere, no framing.
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+#: The name an operator's session shows: no user can be called that (users.USER_NAME).
+OPERATOR = "(operator)"
 EXTEND_CHOICES = {"1h": 3600.0, "4h": 4 * 3600.0, "24h": 24 * 3600.0}
 
 
@@ -50,7 +54,7 @@ def is_page(path: str) -> bool:
     return path == "/" or path.startswith(PREFIX)
 
 
-def setup(app: web.Application, engine: AllocatorEngine, authenticate: Authenticate) -> None:
+def setup(app: web.Application, engine: AllocatorEngine, authenticator: Authenticator) -> None:
     """Add the pages to the allocator's app; they follow the engine's own fold."""
     aiohttp_jinja2.setup(
         app,
@@ -63,7 +67,7 @@ def setup(app: web.Application, engine: AllocatorEngine, authenticate: Authentic
     app[ENGINE] = engine
     app[SESSIONS] = Sessions()
     app[CHANGES] = changes
-    app[AUTHENTICATE] = authenticate
+    app[AUTHENTICATOR] = authenticator
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/", pool_page)
     app.router.add_get(PREFIX + "live/pool", pool_live)
@@ -106,7 +110,11 @@ def _session(request: web.Request) -> Session:
     session = _any_session(request)
     if session.member is not None:
         raise web.HTTPSeeOther(PREFIX + "machine")
-    if session.user not in request.app[ENGINE].users.users:
+    members = request.app[ENGINE].model.members
+    if session.operator is not None:
+        if not members.operator_still(session.operator):  # a newer operator token replaced it
+            raise web.HTTPSeeOther(PREFIX + "signin")
+    elif session.user not in request.app[ENGINE].users.users:
         raise web.HTTPSeeOther(PREFIX + "signin")
     return session
 
@@ -160,17 +168,32 @@ async def signin_form(request: web.Request) -> web.Response:
 
 async def signin(request: web.Request) -> web.Response:
     _same_origin(request)
+    authenticator = request.app[AUTHENTICATOR]
+    source = request.remote or "unknown"
+    locked = authenticator.locked(source)
+    if locked is not None:
+        # The same limit as the API's bearer tokens: guessing through the form costs as much.
+        wait = f"too many failed sign-ins from {source}; try again in {locked.retry_after_s:.0f} s"
+        response = _render("signin.html", request, {"session": None, "error": wait}, status=429)
+        response.headers["Retry-After"] = str(max(1, round(locked.retry_after_s)))
+        return response
     form = await request.post()
     token = form.get("token")
     user = None
     if isinstance(token, str) and token.strip():
-        member = request.app[ENGINE].model.members.authenticate(token.strip())
+        members = request.app[ENGINE].model.members
+        if members.is_operator(token.strip()):
+            response = _see_other("/")
+            request.app[SESSIONS].start(response, request, OPERATOR, operator=members.operator_token)
+            log.info("web.operator_signed_in")
+            return response
+        member = members.authenticate(token.strip())
         if member is not None:
             response = _see_other(PREFIX + "machine")
             request.app[SESSIONS].start(response, request, "member", member=member.token_sha256)
             log.info("web.member_signed_in", hosts=list(member.host_ids))
             return response
-        user = await request.app[AUTHENTICATE](request.remote or "unknown", token.strip())
+        user = await authenticator.authenticate(source, token.strip())
     if user is None:
         error = "this token is not valid; an operator gives tokens with `potluck ops users add`"
         return _render("signin.html", request, {"session": None, "error": error}, status=401)
@@ -193,7 +216,8 @@ async def signout(request: web.Request) -> web.Response:
 
 def _pool_context(request: web.Request, session: Session) -> dict[str, Any]:
     engine = request.app[ENGINE]
-    return {"pool": views.pool_page(engine.model, engine.position, session.user)}
+    everyone = session.operator is not None
+    return {"pool": views.pool_page(engine.model, engine.position, session.user, everyone=everyone)}
 
 
 async def pool_page(request: web.Request) -> web.Response:
@@ -209,7 +233,7 @@ async def pool_page(request: web.Request) -> web.Response:
         return _render("bad_request.html", request, {"session": session, "what": str(exc)}, status=400)
     records = await _log_until(request.app[ENGINE].store, moment)
     model, position = history.fold_until(records, moment)
-    past = views.pool_page(model, position, session.user)
+    past = views.pool_page(model, position, session.user, everyone=session.operator is not None)
     return _render("pool.html", request, {"session": session, "at": raw, "pool": past})
 
 
@@ -248,8 +272,12 @@ async def pool_live(request: web.Request) -> web.StreamResponse:
 
 def _mine_context(request: web.Request, session: Session) -> dict[str, Any]:
     engine = request.app[ENGINE]
-    mine = engine.model.allocations_of(session.user)
-    jobs = engine.model.jobs.of_user(session.user)
+    if session.operator is not None:  # operators see every user's
+        mine = list(engine.allocations.allocations.values())
+        jobs = list(engine.model.jobs.jobs.values())
+    else:
+        mine = engine.model.allocations_of(session.user)
+        jobs = engine.model.jobs.of_user(session.user)
     return {"rows": views.allocation_rows(engine.model, mine), "jobs": views.job_rows(jobs)}
 
 
@@ -278,10 +306,16 @@ def _not_found(request: web.Request, session: Session, alloc_id: str) -> web.Res
 
 def _allocation_context(request: web.Request, session: Session, alloc_id: str) -> dict[str, Any] | None:
     engine = request.app[ENGINE]
-    try:
-        state = engine.allocation_of(_user(request, session), alloc_id)
-    except Rejected:
-        return None
+    if session.operator is not None:
+        found = engine.allocations.allocations.get(alloc_id)
+        if found is None:
+            return None
+        state = found
+    else:
+        try:
+            state = engine.allocation_of(_user(request, session), alloc_id)
+        except Rejected:
+            return None
     (row,) = views.allocation_rows(engine.model, [state])
     return {"alloc": row, "state": state}
 
@@ -292,7 +326,12 @@ async def allocation_page(request: web.Request) -> web.Response:
     context = _allocation_context(request, session, alloc_id)
     if context is None:
         return _not_found(request, session, alloc_id)
-    records = await request.app[ENGINE].history(_user(request, session), alloc_id)
+    records = [
+        HistoryEntry(
+            position=r.position, version=r.version, type=r.type, recorded_at=r.recorded_at, data=r.data
+        )
+        for r in await request.app[ENGINE].store.read_stream(alloc_stream(alloc_id))
+    ]
     return _render(
         "allocation.html",
         request,
@@ -324,6 +363,8 @@ async def _act(
 ) -> web.Response:
     session = _session(request)
     form = await _form_of(request, session)
+    if session.operator is not None:
+        raise web.HTTPForbidden(text="operators look here; an allocation's user extends or releases it")
     alloc_id = request.match_info["alloc_id"]
     if _allocation_context(request, session, alloc_id) is None:
         return _not_found(request, session, alloc_id)

@@ -34,6 +34,8 @@ class Session:
     expires_at: float
     #: A member's session: the digest of their web token (its hosts are looked up each time).
     member: str | None = None
+    #: An operator's session: the digest of the operators' web token it signed in with.
+    operator: str | None = None
 
     def csrf_ok(self, sent: str | None) -> bool:
         return sent is not None and hmac.compare_digest(self.csrf.encode(), sent.encode())
@@ -48,11 +50,21 @@ class Sessions:
         self.lifetime_s = lifetime_s
 
     def start(
-        self, response: web.StreamResponse, request: web.Request, user: str, *, member: str | None = None
+        self,
+        response: web.StreamResponse,
+        request: web.Request,
+        user: str,
+        *,
+        member: str | None = None,
+        operator: str | None = None,
     ) -> Session:
         session_id = secrets.token_urlsafe(32)
         session = Session(
-            user=user, csrf=secrets.token_urlsafe(32), expires_at=time.time() + self.lifetime_s, member=member
+            user=user,
+            csrf=secrets.token_urlsafe(32),
+            expires_at=time.time() + self.lifetime_s,
+            member=member,
+            operator=operator,
         )
         self._by_id[session_id] = session
         while len(self._by_id) > self.max_sessions:

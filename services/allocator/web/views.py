@@ -153,7 +153,9 @@ def _shown_hosts(model: AllocatorModel) -> Iterable[HostState]:
     )
 
 
-def pool_page(model: AllocatorModel, position: int, viewer: str | None = None) -> PoolPage:
+def pool_page(
+    model: AllocatorModel, position: int, viewer: str | None = None, *, everyone: bool = False
+) -> PoolPage:
     """Every host with its state and bars, the pool's totals and its fair queue, as `viewer` sees it."""
     active_on: dict[str, int] = {}
     mine_on: dict[str, list[str]] = {}
@@ -163,7 +165,7 @@ def pool_page(model: AllocatorModel, position: int, viewer: str | None = None) -
             pending.append(a)
         elif a.host_id is not None and a.status not in TERMINAL:
             active_on[a.host_id] = active_on.get(a.host_id, 0) + 1
-            if a.user == viewer:
+            if everyone or a.user == viewer:
                 mine_on.setdefault(a.host_id, []).append(a.alloc_id)
     rows = []
     for host in _shown_hosts(model):
@@ -182,10 +184,10 @@ def pool_page(model: AllocatorModel, position: int, viewer: str | None = None) -
         )
     queue = tuple(
         QueueRow(
-            alloc_id=a.alloc_id if a.user == viewer else "",
+            alloc_id=a.alloc_id if everyone or a.user == viewer else "",
             user=a.user,
             wants=wants(a.spec.resources),
-            image=a.spec.image if a.user == viewer else "",
+            image=a.spec.image if everyone or a.user == viewer else "",
             since=when(a.pending_since or a.requested_at),
         )
         for a in sorted(pending, key=lambda a: (a.pending_since or a.requested_at or _never(), a.alloc_id))
