@@ -62,9 +62,8 @@ class WebPool:
         page = await context.new_page()
         await page.goto("/")
         assert page.url.endswith("/web/signin"), "the pool page must ask for a sign-in first"
-        if not (SCREENSHOTS / "signin.png").exists():
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            await page.screenshot(path=str(SCREENSHOTS / "signin.png"))
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SCREENSHOTS / "signin.png"))
         await page.fill("#token", self.tokens[user])
         async with page.expect_navigation(wait_until="domcontentloaded"):
             await page.click("button[type=submit]")
