@@ -28,7 +28,13 @@ class Changes:
 
     def __init__(self) -> None:
         self.count = 0
+        self.closed = False
         self._moved = asyncio.Event()
+
+    def close(self) -> None:
+        """End every stream: the app shuts down, and would otherwise wait for open pages."""
+        self.closed = True
+        self._moved.set()
 
     def folded(self, batch: Sequence[RecordedEvent]) -> None:
         self.count += 1
@@ -59,8 +65,10 @@ async def stream(request: web.Request, changes: Changes, render: Callable[[], st
     last = render()
     await response.write(_event("fragment", last))
     try:
-        while True:
+        while not changes.closed:
             now = await changes.after(seen, KEEPALIVE_S)
+            if changes.closed:
+                break
             if now == seen:
                 await response.write(b": still here\n\n")
                 continue

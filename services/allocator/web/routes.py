@@ -69,6 +69,7 @@ def setup(app: web.Application, engine: AllocatorEngine, authenticator: Authenti
     app[CHANGES] = changes
     app[AUTHENTICATOR] = authenticator
     app.on_response_prepare.append(_security_headers)
+    app.on_shutdown.append(_close_streams)
     app.router.add_get("/", pool_page)
     app.router.add_get(PREFIX + "live/pool", pool_live)
     app.router.add_get(PREFIX + "history", history_page)
@@ -84,6 +85,10 @@ def setup(app: web.Application, engine: AllocatorEngine, authenticator: Authenti
     app.router.add_post(PREFIX + "allocations/{alloc_id}/extend", extend)
     app.router.add_post(PREFIX + "allocations/{alloc_id}/release", release)
     app.router.add_static(PREFIX + "static/", HERE / "static", append_version=False)
+
+
+async def _close_streams(app: web.Application) -> None:
+    app[CHANGES].close()
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
