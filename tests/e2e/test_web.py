@@ -117,8 +117,8 @@ async def test_pool_page_is_live_and_escapes_labels(web_pool: WebPool, browser: 
     page = await web_pool.signed_in(browser, "alice")
     dialogs: list[str] = []
     page.on("dialog", lambda d: dialogs.append(d.message))
-    loads: list[str] = []
-    page.on("load", lambda p: loads.append(p.url))
+    errors: list[str] = []  # a CSP violation (an inline script or style) is logged as an error
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
 
     cards = page.locator("article.host")
     assert await cards.count() == 2
@@ -131,9 +131,10 @@ async def test_pool_page_is_live_and_escapes_labels(web_pool: WebPool, browser: 
     assert await page.locator("article.host img").count() == 0
 
     before = await web_pool.pool.store.head_position()
+    await page.evaluate("window.sameDocument = true")  # gone if the page reloads
     alloc_id = await web_pool.allocate("alice")
     await page.wait_for_selector(f'[data-alloc="{alloc_id}"]', timeout=2000)
-    assert loads == [], "the page must update without reloading"
+    assert await page.evaluate("window.sameDocument === true"), "the page must update without reloading"
     assert dialogs == []
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENSHOTS / "pool.png"), full_page=True)
@@ -145,6 +146,7 @@ async def test_pool_page_is_live_and_escapes_labels(web_pool: WebPool, browser: 
     assert await page.locator("figure.plot svg polyline.reserved").count() == 2
     await page.screenshot(path=str(SCREENSHOTS / "history.png"), full_page=True)
     assert dialogs == []
+    assert errors == []
     await page.context.close()
 
 
