@@ -17,8 +17,8 @@ import pytest
 from playwright.async_api import Browser, Page
 
 from potluck.allocator.members import new_member_token
-from potluck.allocator.users import token_hash
-from potluck.contracts.allocation_events import alloc_stream
+from potluck.allocator.users import User, rotate_token, token_hash
+from potluck.contracts.allocation_events import Quota, alloc_stream, user_stream
 from potluck.contracts.member_events import MemberTokenIssued, member_stream
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
@@ -261,3 +261,25 @@ async def test_pages_refuse_posts_without_the_session_token(web_pool: WebPool) -
         ) as r:
             assert r.status == 403
     assert await web_pool.event_types(alloc_id) == before
+
+
+async def test_rotating_a_users_token_ends_their_web_sessions(web_pool: WebPool) -> None:
+    """Tried: carol signs in with a plain client, then an operator rotates her token (a leaked one).
+    Must hold: the pool page answers her session before, and sends it to sign in after."""
+    token = await web_pool.pool.add_user("carol")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.post(f"{web_pool.pool.api}/web/signin", data={"token": token}) as r:
+            assert r.status == 200
+        async with http.get(f"{web_pool.pool.api}/", allow_redirects=False) as r:
+            assert r.status == 200
+        events, _ = rotate_token(User("carol", token_hash(token), Quota()), "carol")
+        await web_pool.pool.store.append(user_stream("carol"), events)
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:  # until the allocator has folded the rotation
+            async with http.get(f"{web_pool.pool.api}/", allow_redirects=False) as r:
+                if r.status == 303:
+                    assert r.headers["Location"] == "/web/signin"
+                    return
+                assert r.status == 200
+            assert asyncio.get_running_loop().time() < deadline, "the old session still works"
+            await asyncio.sleep(0.1)

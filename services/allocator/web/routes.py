@@ -1,7 +1,10 @@
-"""The pages' handlers: the pool, sign-in, a user's allocations and one allocation.
+"""The pages' handlers: the pool (now, or `?at=` a past moment), the day's history, sign-in, a
+user's allocations and jobs, one allocation, and a member's machine.
 
-Every page but sign-in needs a session (sessions.py); another user's
-allocation answers 404, exactly as one that does not exist. GETs change
+Every page but sign-in needs a session (sessions.py): a user's sees their own
+allocations (another user's answers 404, exactly as one that does not exist),
+an operator's sees every user's and changes none, a member's sees only their
+hosts. GETs change
 nothing; every POST carries the session's CSRF token (sign-in, which has no
 session yet, is held to the same origin instead) and answers with a redirect,
 so that reloading a page never posts twice.
@@ -119,8 +122,10 @@ def _session(request: web.Request) -> Session:
     if session.operator is not None:
         if not members.operator_still(session.operator):  # a newer operator token replaced it
             raise web.HTTPSeeOther(PREFIX + "signin")
-    elif session.user not in request.app[ENGINE].users.users:
-        raise web.HTTPSeeOther(PREFIX + "signin")
+    else:
+        user = request.app[ENGINE].users.users.get(session.user)
+        if user is None or user.token_sha256 != session.token:  # gone, or its token rotated since
+            raise web.HTTPSeeOther(PREFIX + "signin")
     return session
 
 
@@ -203,7 +208,7 @@ async def signin(request: web.Request) -> web.Response:
         error = "this token is not valid; an operator gives tokens with `potluck ops users add`"
         return _render("signin.html", request, {"session": None, "error": error}, status=401)
     response = _see_other("/")
-    request.app[SESSIONS].start(response, request, user.name)
+    request.app[SESSIONS].start(response, request, user.name, token=user.token_sha256)
     log.info("web.signed_in", user=user.name)
     return response
 

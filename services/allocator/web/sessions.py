@@ -36,6 +36,8 @@ class Session:
     member: str | None = None
     #: An operator's session: the digest of the operators' web token it signed in with.
     operator: str | None = None
+    #: A user's session: the digest of the token it signed in with (rotating it signs out).
+    token: str | None = None
 
     def csrf_ok(self, sent: str | None) -> bool:
         return sent is not None and hmac.compare_digest(self.csrf.encode(), sent.encode())
@@ -57,6 +59,7 @@ class Sessions:
         *,
         member: str | None = None,
         operator: str | None = None,
+        token: str | None = None,
     ) -> Session:
         session_id = secrets.token_urlsafe(32)
         session = Session(
@@ -65,6 +68,7 @@ class Sessions:
             expires_at=time.time() + self.lifetime_s,
             member=member,
             operator=operator,
+            token=token,
         )
         self._by_id[session_id] = session
         while len(self._by_id) > self.max_sessions:
