@@ -740,7 +740,9 @@ def ops_hosts_enroll(
 
     On the machine of a `potluck up` pool no option is needed: the pool's database, NATS,
     users file and gateway are the defaults. With --credentials-out, the key pair is made
-    here and written to that file instead (no token)."""
+    here and written to that file instead (no token). Either way the member's token for the
+    web page ("my machine") is printed too: on stderr beside a join token, as `member_token`
+    in the JSON beside credentials."""
     from potluck.allocator.members import new_member_token
     from potluck.allocator.users import token_hash
     from potluck.contracts.join_token import encode

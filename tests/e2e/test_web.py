@@ -6,6 +6,7 @@ stay within a few seconds each.
 """
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -188,10 +189,15 @@ async def test_allocation_page_extends_and_releases_and_hides_others(
     await bob.context.close()
 
 
-async def test_a_member_sees_their_machine_and_nothing_else(web_pool: WebPool, browser: Browser) -> None:  # noqa: F811
+async def test_a_member_sees_their_machine_and_nothing_else(
+    web_pool: WebPool,
+    browser: Browser,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     """Tried: desk's member signs in with their web token, then asks for the pool and the user pages.
     Must hold: their page shows desk with its bars and owner-policy state, never laptop; the pool
-    page and the users' pages send them back to their machine."""
+    page and the users' pages send them back to their machine. The member token that
+    `potluck ops hosts enroll --credentials-out` prints for a new machine signs in as well."""
     page = await web_pool.signed_in(browser, "member", landing="/web/machine")
     cards = page.locator("article.host")
     assert await cards.count() == 1
@@ -206,6 +212,20 @@ async def test_a_member_sees_their_machine_and_nothing_else(web_pool: WebPool, b
         assert page.url.endswith("/web/machine"), elsewhere
     assert web_pool.hosts["laptop"] not in await page.content()
     await page.context.close()
+
+    # The token `potluck ops hosts enroll` prints beside a new machine's credentials signs in too.
+    made = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "potluck", "ops", "hosts", "enroll", "spare",
+        "--credentials-out", str(tmp_path / "spare.creds"), "--state-dir", str(tmp_path / "no-up"),
+        "--database-url", web_pool.pool.database_url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await made.communicate()
+    assert made.returncode == 0, err.decode()
+    web_pool.tokens["spare"] = json.loads(out)["member_token"]
+    spare = await web_pool.signed_in(browser, "spare", landing="/web/machine")
+    assert "None of your machines has registered yet" in await spare.locator("main").inner_text()
+    await spare.context.close()
 
 
 async def test_an_operator_sees_every_users_allocations_and_changes_none(
