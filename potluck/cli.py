@@ -740,8 +740,13 @@ def ops_hosts_enroll(
 
     On the machine of a `potluck up` pool no option is needed: the pool's database, NATS,
     users file and gateway are the defaults. With --credentials-out, the key pair is made
-    here and written to that file instead (no token)."""
+    here and written to that file instead (no token). Either way the member's token for the
+    web page ("my machine") is printed too: on stderr beside a join token, as `member_token`
+    in the JSON beside credentials."""
+    from potluck.allocator.members import new_member_token
+    from potluck.allocator.users import token_hash
     from potluck.contracts.join_token import encode
+    from potluck.contracts.member_events import MemberTokenIssued, member_stream
     from potluck.events import EventStore
     from potluck.kernel.rejections import Rejected
     from potluck.registry.enrollment import (
@@ -788,9 +793,17 @@ def ops_hosts_enroll(
                 store, nats_auth_file, [read_seed(service_seed_file)], nats_pid_file
             )
 
+    member_token = new_member_token()
+
+    async def issue_member_token(store: EventStore, host_id: str) -> None:
+        # Only the digest is logged; the member signs in to the web page's "my machine" with it.
+        issued = MemberTokenIssued(token_sha256=token_hash(member_token), host_ids=[host_id])
+        await store.append(member_stream(host_id), [issued], metadata={"actor": "operator"})
+
     async def with_credentials(store: EventStore) -> str:
         host_id, key = await enroll_host(store, name)
         write_credentials(credentials_out or Path(f"{name}.creds"), host_id, key)
+        await issue_member_token(store, host_id)
         await refresh(store)
         return host_id
 
@@ -798,6 +811,7 @@ def ops_hosts_enroll(
         token = await enroll_with_token(
             store, name, nats_url=str(join_nats_url), gateways=pins, expires_in=lifetime
         )
+        await issue_member_token(store, token.host_id)
         await refresh(store)
         return encode(token)
 
@@ -815,9 +829,20 @@ def ops_hosts_enroll(
                 "re-render it before the member joins",
                 err=True,
             )
+        # stdout holds the join token alone (`potluck join $(...)`): the web token goes to stderr.
+        click.echo(f"member's web page token (sign in to see this machine): {member_token}", err=True)
         click.echo(printed)
         return
-    click.echo(json.dumps({"host_id": host_id, "name": name, "credentials_file": str(credentials_out)}))
+    click.echo(
+        json.dumps(
+            {
+                "host_id": host_id,
+                "name": name,
+                "credentials_file": str(credentials_out),
+                "member_token": member_token,
+            }
+        )
+    )
 
 
 def _nats_users(
@@ -1091,6 +1116,26 @@ def ops_users_rotate_token(name: str, database_url: str) -> None:
     from potluck.allocator.users import rotate_token
 
     _decide_for_user(database_url, name, lambda user: rotate_token(user, name))
+
+
+@ops_users.command(name="web-token")
+@database_option
+def ops_users_web_token(database_url: str) -> None:
+    """Print a new operator token for the web page, which shows every user's allocations to it;
+    the previous one stops working. Only its hash is kept."""
+    from potluck.allocator.members import new_member_token
+    from potluck.allocator.users import token_hash
+    from potluck.contracts.member_events import OPERATORS_STREAM, OperatorWebTokenIssued
+    from potluck.events import EventStore
+
+    token = new_member_token()
+
+    async def go(store: EventStore) -> None:
+        issued = OperatorWebTokenIssued(token_sha256=token_hash(token))
+        await store.append(OPERATORS_STREAM, [issued], metadata={"actor": "operator"})
+
+    run(with_store(database_url, go))
+    click.echo(token)
 
 
 def _decide_for_user(

@@ -331,6 +331,7 @@ def stop(state_dir: Path, timeout: float = 120) -> int | None:
 def summary(ready: Running) -> list[str]:
     return [
         f"allocator API   {ready.api}",
+        f"web page        {ready.api}/",
         f"SSH gateway     {ready.ssh}",
         f"NATS            {ready.nats}",
         f"event log       {ready.database}",

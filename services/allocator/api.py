@@ -36,6 +36,8 @@ from potluck.allocator.schemas import (
     PoolImages,
 )
 from potluck.allocator.users import User
+from potluck.allocator.web import is_page
+from potluck.allocator.web import setup as setup_pages
 from potluck.contracts.registry import TOKEN_PATH
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import TERMINAL, AllocationState
@@ -95,7 +97,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC:
+    if request.path in PUBLIC or is_page(request.path):  # the pages sign in with a session
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -355,4 +357,5 @@ def make_app(
     app.router.add_get("/v1/pool", pool)
     app.router.add_get(TOKEN_PATH, registry_token)
     app.router.add_get("/v1/images", images)
+    setup_pages(app, engine, app[AUTH])
     return app

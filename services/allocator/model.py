@@ -23,6 +23,7 @@ from typing import ClassVar
 
 from potluck.allocator.capacity import CapacityLedger
 from potluck.allocator.conditions import frozen_past_limit
+from potluck.allocator.members import MembersView
 from potluck.allocator.schemas import CapacityFigures, Pool, PoolHost
 from potluck.allocator.users import UsersView
 from potluck.contracts.allocation_events import QuotaCharged
@@ -36,7 +37,7 @@ from potluck.readmodels.jobs import JobsView
 __all__ = ["CATEGORIES", "AllocatorModel", "figures", "passed_over"]
 
 #: The stream categories the allocator folds.
-CATEGORIES = frozenset({"host", "capacity", "alloc", "user", "quota", "images", "job"})
+CATEGORIES = frozenset({"host", "capacity", "alloc", "user", "quota", "images", "job", "member"})
 _NOTHING: frozenset[str] = frozenset()
 
 ZERO = Capacity.model_construct(cpus=0.0, memory_bytes=0, disk_bytes=0)
@@ -61,6 +62,8 @@ class AllocatorModel:
     allocations: AllocationsView = field(default_factory=AllocationsView)
     jobs: JobsView = field(default_factory=JobsView)
     users: UsersView = field(default_factory=UsersView)
+    #: Members' web tokens (the web page's "my machine").
+    members: MembersView = field(default_factory=MembersView)
     #: Version of each user's `quota-<user>` stream, as folded.
     quota_versions: dict[str, int] = field(default_factory=dict)
     #: The images each host last reported holding (normalised names), and the version of its
@@ -86,6 +89,8 @@ class AllocatorModel:
                 self.jobs.apply(event, version=record.version, at=at)
             case "user":
                 self.users.apply(event)
+            case "member":
+                self.members.apply(event)
             case "images":
                 if isinstance(event, HostImagesReported):
                     self.host_images[event.host_id] = frozenset(event.images)

@@ -205,3 +205,11 @@ def test_quick_jobs_bench_prints_every_metric_once_against_docker_run_rm() -> No
         assert record["tasks"] == 10, record
     overhead = next(r for r in records if r["metric"] == "overhead_p50")
     assert overhead["span"] == "placed_to_exited", overhead
+
+
+def test_quick_web_bench_prints_the_pool_page_time() -> None:
+    """`ops/bench web --quick`: 20 hosts and 200 allocations in the log, the pool page got 5 times."""
+    records = run_quick("web")
+    check_documented(records, {"pool_page_ms": ("ms", False), "pool_page_fold_ms": ("ms", False)})
+    for record in records:
+        assert (record["hosts"], record["allocations"]) == (20, 200), record

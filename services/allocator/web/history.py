@@ -1,0 +1,138 @@
+"""The pool as the log had it: folded up to a moment, and sampled over a day for the plots. Pure.
+
+Both fold the records they are given with the allocator's own model (the same
+`Fold` and projections the engine follows the log with), so a past page is
+exactly what the live one showed then; the caller reads the records.
+"""
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from potluck.allocator.model import AllocatorModel
+from potluck.allocator.web.views import Amount, pool_totals
+from potluck.events import Fold, RecordedEvent
+
+__all__ = ["Moment", "Plot", "Sample", "fold_until", "parse_at", "plot", "samples"]
+
+DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Moment:
+    """A point of the log: a position, or a time (everything recorded up to it)."""
+
+    position: int | None = None
+    at: datetime | None = None
+
+    def includes(self, record: RecordedEvent) -> bool:
+        if self.position is not None:
+            return record.position <= self.position
+        return self.at is None or record.recorded_at <= self.at
+
+
+def parse_at(raw: str) -> Moment:
+    """`?at=`: a log position (digits) or an ISO time (UTC when it names no zone); ValueError else."""
+    raw = raw.strip()
+    if raw.isdigit():
+        return Moment(position=int(raw))
+    try:
+        at = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(
+            f"at={raw[:40]!r} is neither a log position nor an ISO time (e.g. 2026-11-30T12:00:00Z)"
+        ) from None
+    return Moment(at=at if at.tzinfo is not None else at.replace(tzinfo=UTC))
+
+
+def _fold() -> tuple[AllocatorModel, Fold]:
+    model = AllocatorModel()
+    return model, Fold(model, reader="web-history")
+
+
+def fold_until(records: Iterable[RecordedEvent], moment: Moment) -> tuple[AllocatorModel, int]:
+    """The model and its position once every record up to `moment` (in log order) is folded."""
+    model, fold = _fold()
+    for record in records:
+        if not moment.includes(record):
+            break
+        fold.apply(record)
+    return model, fold.position
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: datetime
+    donated: Amount
+    reserved: Amount
+
+
+def samples(
+    records: Iterable[RecordedEvent],
+    end: datetime,
+    points: int = 96,
+    span: timedelta = DAY,
+    only: frozenset[str] | None = None,
+) -> list[Sample]:
+    """The pool's totals (of the hosts in `only`, when given) at `points` evenly spaced times
+    over `span` up to `end`."""
+    # Counted back from `end`, so that the last sample is at `end` exactly.
+    times: Iterator[datetime] = (end - span * (points - 1 - i) / (points - 1) for i in range(points))
+    model, fold = _fold()
+    out: list[Sample] = []
+    t = next(times, None)
+    for record in records:
+        while t is not None and record.recorded_at > t:
+            out.append(Sample(t, *pool_totals(model, only)))
+            t = next(times, None)
+        if t is None:
+            break
+        fold.apply(record)
+    while t is not None:
+        out.append(Sample(t, *pool_totals(model, only)))
+        t = next(times, None)
+    return out
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One resource over time as SVG polylines (in a 0..width x 0..height box, y down)."""
+
+    title: str
+    unit: str
+    top: str
+    donated: str
+    reserved: str
+    start: str
+    end: str
+    width: int = 600
+    height: int = 160
+
+
+def plot(series: list[Sample], resource: str, *, width: int = 600, height: int = 160) -> Plot:
+    """`resource` ("cpus" or "memory") of `series` as two lines: donated and reserved."""
+    gib = resource == "memory"
+
+    def value(a: Amount) -> float:
+        return a.memory / (1 << 30) if gib else a.cpus
+
+    top = max([value(s.donated) for s in series] + [value(s.reserved) for s in series] + [1.0])
+    n = max(len(series) - 1, 1)
+
+    def line(pick: str) -> str:
+        return " ".join(
+            f"{i * width / n:.1f},{height - value(getattr(s, pick)) * height / top:.1f}"
+            for i, s in enumerate(series)
+        )
+
+    return Plot(
+        title="CPU" if not gib else "memory",
+        unit="GiB" if gib else "cores",
+        top=f"{top:g}" if not gib else f"{top:.1f}",
+        donated=line("donated"),
+        reserved=line("reserved"),
+        start=series[0].at.strftime("%Y-%m-%d %H:%M") if series else "",
+        end=series[-1].at.strftime("%Y-%m-%d %H:%M UTC") if series else "",
+        width=width,
+        height=height,
+    )

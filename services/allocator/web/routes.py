@@ -1,0 +1,439 @@
+"""The pages' handlers: the pool (now, or `?at=` a past moment), the day's history, sign-in, a
+user's allocations and jobs, one allocation, and a member's machine.
+
+Every page but sign-in needs a session (sessions.py): a user's sees their own
+allocations (another user's answers 404, exactly as one that does not exist),
+an operator's sees every user's and changes none, a member's sees only their
+hosts. GETs change
+nothing; every POST carries the session's CSRF token (sign-in, which has no
+session yet, is held to the same origin instead) and answers with a redirect,
+so that reloading a page never posts twice.
+"""
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp_jinja2
+import jinja2
+import structlog
+from aiohttp import web
+
+from potluck.allocator.authentication import Authenticator
+from potluck.allocator.engine import AllocatorEngine
+from potluck.allocator.schemas import HistoryEntry
+from potluck.allocator.users import User
+from potluck.allocator.web import history, views
+from potluck.allocator.web.live import Changes, stream
+from potluck.allocator.web.sessions import Session, Sessions
+from potluck.contracts.allocation_events import alloc_stream
+from potluck.events import EventStore, RecordedEvent
+from potluck.kernel.rejections import Rejected
+
+__all__ = ["PREFIX", "is_page", "setup"]
+
+log = structlog.get_logger(__name__)
+
+PREFIX = "/web/"
+HERE = Path(__file__).parent
+ENGINE: web.AppKey[AllocatorEngine] = web.AppKey("web_engine", AllocatorEngine)
+SESSIONS: web.AppKey[Sessions] = web.AppKey("web_sessions", Sessions)
+CHANGES: web.AppKey[Changes] = web.AppKey("web_changes", Changes)
+AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("web_authenticator", Authenticator)
+
+#: No inline script or style, nothing from elsewhere, no framing.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+#: The name an operator's session shows: no user can be called that (users.USER_NAME).
+OPERATOR = "(operator)"
+EXTEND_CHOICES = {"1h": 3600.0, "4h": 4 * 3600.0, "24h": 24 * 3600.0}
+
+
+def is_page(path: str) -> bool:
+    """Whether the API's bearer-token check leaves this path to the pages' own sessions."""
+    return path == "/" or path.startswith(PREFIX)
+
+
+def setup(app: web.Application, engine: AllocatorEngine, authenticator: Authenticator) -> None:
+    """Add the pages to the allocator's app; they follow the engine's own fold."""
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    changes = Changes()
+    engine.fold.after_batch.append(changes.folded)
+    app[ENGINE] = engine
+    app[SESSIONS] = Sessions()
+    app[CHANGES] = changes
+    app[AUTHENTICATOR] = authenticator
+    app.on_response_prepare.append(_security_headers)
+    app.on_shutdown.append(_close_streams)
+    app.router.add_get("/", pool_page)
+    app.router.add_get(PREFIX + "live/pool", pool_live)
+    app.router.add_get(PREFIX + "history", history_page)
+    app.router.add_get(PREFIX + "machine", machine_page)
+    app.router.add_get(PREFIX + "live/machine", machine_live)
+    app.router.add_get(PREFIX + "signin", signin_form)
+    app.router.add_post(PREFIX + "signin", signin)
+    app.router.add_post(PREFIX + "signout", signout)
+    app.router.add_get(PREFIX + "mine", mine_page)
+    app.router.add_get(PREFIX + "live/mine", mine_live)
+    app.router.add_get(PREFIX + "allocations/{alloc_id}", allocation_page)
+    app.router.add_get(PREFIX + "live/allocations/{alloc_id}", allocation_live)
+    app.router.add_post(PREFIX + "allocations/{alloc_id}/extend", extend)
+    app.router.add_post(PREFIX + "allocations/{alloc_id}/release", release)
+    app.router.add_static(PREFIX + "static/", HERE / "static", append_version=False)
+
+
+async def _close_streams(app: web.Application) -> None:
+    app[CHANGES].close()
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if is_page(request.path):
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        # Not no-referrer: under it Chromium posts forms with `Origin: null`, which _same_origin refuses.
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers.setdefault("Cache-Control", "no-store")
+
+
+# Sessions.
+
+
+def _any_session(request: web.Request) -> Session:
+    session = request.app[SESSIONS].of(request)
+    if session is None:
+        raise web.HTTPSeeOther(PREFIX + "signin")
+    return session
+
+
+def _session(request: web.Request) -> Session:
+    """A user's session; a member is sent to their machine's page, which is all they may see."""
+    session = _any_session(request)
+    if session.member is not None:
+        raise web.HTTPSeeOther(PREFIX + "machine")
+    members = request.app[ENGINE].model.members
+    if session.operator is not None:
+        if not members.operator_still(session.operator):  # a newer operator token replaced it
+            raise web.HTTPSeeOther(PREFIX + "signin")
+    else:
+        user = request.app[ENGINE].users.users.get(session.user)
+        if user is None or user.token_sha256 != session.token:  # gone, or its token rotated since
+            raise web.HTTPSeeOther(PREFIX + "signin")
+    return session
+
+
+def _member_hosts(request: web.Request, session: Session) -> tuple[str, ...]:
+    """The hosts a member's session shows; a token replaced since signs the member out."""
+    member = request.app[ENGINE].model.members.by_token.get(session.member or "")
+    if member is None:
+        raise web.HTTPSeeOther(PREFIX + "signin")
+    return member.host_ids
+
+
+def _user(request: web.Request, session: Session) -> User:
+    return request.app[ENGINE].users.users[session.user]
+
+
+def _same_origin(request: web.Request) -> None:
+    """Refuse a POST that another site's page sent (the browser says so in its headers)."""
+    site = request.headers.get("Sec-Fetch-Site")
+    origin = request.headers.get("Origin")
+    if site not in (None, "same-origin", "none") or (
+        origin is not None and origin != f"{request.scheme}://{request.host}"
+    ):
+        raise web.HTTPForbidden(text="this form must be sent from Potluck's own page")
+
+
+async def _form_of(request: web.Request, session: Session) -> Any:
+    _same_origin(request)
+    form = await request.post()
+    sent = form.get("csrf")
+    if not session.csrf_ok(sent if isinstance(sent, str) else None):
+        raise web.HTTPForbidden(text="the form is stale or not from this page; reload it and try again")
+    return form
+
+
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
+
+
+def _render(name: str, request: web.Request, context: dict[str, Any], status: int = 200) -> web.Response:
+    return aiohttp_jinja2.render_template(name, request, context, status=status)
+
+
+def _fragment(name: str, request: web.Request, context: dict[str, Any]) -> str:
+    return aiohttp_jinja2.render_string(name, request, context)
+
+
+async def signin_form(request: web.Request) -> web.Response:
+    return _render("signin.html", request, {"session": None, "error": None})
+
+
+async def signin(request: web.Request) -> web.Response:
+    _same_origin(request)
+    authenticator = request.app[AUTHENTICATOR]
+    source = request.remote or "unknown"
+    locked = authenticator.locked(source)
+    if locked is not None:
+        # The same limit as the API's bearer tokens: guessing through the form costs as much.
+        wait = f"too many failed sign-ins from {source}; try again in {locked.retry_after_s:.0f} s"
+        response = _render("signin.html", request, {"session": None, "error": wait}, status=429)
+        response.headers["Retry-After"] = str(max(1, round(locked.retry_after_s)))
+        return response
+    form = await request.post()
+    token = form.get("token")
+    user = None
+    if isinstance(token, str) and token.strip():
+        members = request.app[ENGINE].model.members
+        if members.is_operator(token.strip()):
+            response = _see_other("/")
+            request.app[SESSIONS].start(response, request, OPERATOR, operator=members.operator_token)
+            log.info("web.operator_signed_in")
+            return response
+        member = members.authenticate(token.strip())
+        if member is not None:
+            response = _see_other(PREFIX + "machine")
+            request.app[SESSIONS].start(response, request, "member", member=member.token_sha256)
+            log.info("web.member_signed_in", hosts=list(member.host_ids))
+            return response
+        user = await authenticator.authenticate(source, token.strip())
+    if user is None:
+        error = "this token is not valid; an operator gives tokens with `potluck ops users add`"
+        return _render("signin.html", request, {"session": None, "error": error}, status=401)
+    response = _see_other("/")
+    request.app[SESSIONS].start(response, request, user.name, token=user.token_sha256)
+    log.info("web.signed_in", user=user.name)
+    return response
+
+
+async def signout(request: web.Request) -> web.Response:
+    session = _any_session(request)
+    await _form_of(request, session)
+    response = _see_other(PREFIX + "signin")
+    request.app[SESSIONS].end(response, request)
+    return response
+
+
+# The pool.
+
+
+def _pool_context(request: web.Request, session: Session) -> dict[str, Any]:
+    engine = request.app[ENGINE]
+    everyone = session.operator is not None
+    return {"pool": views.pool_page(engine.model, engine.position, session.user, everyone=everyone)}
+
+
+async def pool_page(request: web.Request) -> web.Response:
+    session = _session(request)
+    raw = request.query.get("at")
+    if raw is None:
+        return _render(
+            "pool.html", request, {"session": session, "at": None, **_pool_context(request, session)}
+        )
+    try:
+        moment = history.parse_at(raw)
+    except ValueError as exc:
+        return _render("bad_request.html", request, {"session": session, "what": str(exc)}, status=400)
+    records = await _log_until(request.app[ENGINE].store, moment)
+    model, position = history.fold_until(records, moment)
+    past = views.pool_page(model, position, session.user, everyone=session.operator is not None)
+    return _render("pool.html", request, {"session": session, "at": raw, "pool": past})
+
+
+async def _log_until(store: EventStore, moment: history.Moment) -> list[RecordedEvent]:
+    """The log from its start up to `moment` (and the one record past a time, which tells where
+    it ends). The whole log is read: a past page costs one replay, as `potluck ops replay` does."""
+    records: list[RecordedEvent] = []
+    while True:
+        after = records[-1].position if records else 0
+        batch = await store.read_all(after, 5000, until_position=moment.position)
+        records.extend(batch)
+        if not batch or not moment.includes(batch[-1]):
+            return records
+
+
+async def history_page(request: web.Request) -> web.Response:
+    session = _session(request)
+    engine = request.app[ENGINE]
+    records = await _log_until(engine.store, history.Moment())
+    series = history.samples(records, engine.clock())
+    plots = [history.plot(series, "cpus"), history.plot(series, "memory")]
+    return _render("history.html", request, {"session": session, "plots": plots, "position": engine.position})
+
+
+async def pool_live(request: web.Request) -> web.StreamResponse:
+    session = _session(request)
+    return await stream(
+        request,
+        request.app[CHANGES],
+        lambda: _fragment("_pool.html", request, _pool_context(request, session)),
+    )
+
+
+# A user's allocations.
+
+
+def _mine_context(request: web.Request, session: Session) -> dict[str, Any]:
+    engine = request.app[ENGINE]
+    if session.operator is not None:  # operators see every user's
+        mine = list(engine.allocations.allocations.values())
+        jobs = list(engine.model.jobs.jobs.values())
+    else:
+        mine = engine.model.allocations_of(session.user)
+        jobs = engine.model.jobs.of_user(session.user)
+    return {"rows": views.allocation_rows(engine.model, mine), "jobs": views.job_rows(jobs)}
+
+
+async def mine_page(request: web.Request) -> web.Response:
+    session = _session(request)
+    return _render("mine.html", request, {"session": session, **_mine_context(request, session)})
+
+
+async def mine_live(request: web.Request) -> web.StreamResponse:
+    session = _session(request)
+    return await stream(
+        request,
+        request.app[CHANGES],
+        lambda: _fragment("_mine.html", request, _mine_context(request, session)),
+    )
+
+
+def _not_found(request: web.Request, session: Session, alloc_id: str) -> web.Response:
+    return _render(
+        "not_found.html",
+        request,
+        {"session": session, "what": f"no allocation {alloc_id} of yours"},
+        status=404,
+    )
+
+
+def _allocation_context(request: web.Request, session: Session, alloc_id: str) -> dict[str, Any] | None:
+    engine = request.app[ENGINE]
+    if session.operator is not None:
+        found = engine.allocations.allocations.get(alloc_id)
+        if found is None:
+            return None
+        state = found
+    else:
+        try:
+            state = engine.allocation_of(_user(request, session), alloc_id)
+        except Rejected:
+            return None
+    (row,) = views.allocation_rows(engine.model, [state])
+    return {"alloc": row, "state": state}
+
+
+async def allocation_page(request: web.Request) -> web.Response:
+    session = _session(request)
+    alloc_id = request.match_info["alloc_id"]
+    context = _allocation_context(request, session, alloc_id)
+    if context is None:
+        return _not_found(request, session, alloc_id)
+    records = [
+        HistoryEntry(
+            position=r.position, version=r.version, type=r.type, recorded_at=r.recorded_at, data=r.data
+        )
+        for r in await request.app[ENGINE].store.read_stream(alloc_stream(alloc_id))
+    ]
+    return _render(
+        "allocation.html",
+        request,
+        {
+            "session": session,
+            "timeline": views.timeline(records),
+            "extend_choices": list(EXTEND_CHOICES),
+            "error": request.query.get("error"),
+            **context,
+        },
+    )
+
+
+async def allocation_live(request: web.Request) -> web.StreamResponse:
+    session = _session(request)
+    alloc_id = request.match_info["alloc_id"]
+    if _allocation_context(request, session, alloc_id) is None:
+        return _not_found(request, session, alloc_id)
+
+    def render() -> str:
+        context = _allocation_context(request, session, alloc_id) or {}
+        return _fragment("_allocation.html", request, context)
+
+    return await stream(request, request.app[CHANGES], render)
+
+
+async def _act(
+    request: web.Request, act: Callable[[AllocatorEngine, User, str, Any], Awaitable[object]]
+) -> web.Response:
+    session = _session(request)
+    form = await _form_of(request, session)
+    if session.operator is not None:
+        raise web.HTTPForbidden(text="operators look here; an allocation's user extends or releases it")
+    alloc_id = request.match_info["alloc_id"]
+    if _allocation_context(request, session, alloc_id) is None:
+        return _not_found(request, session, alloc_id)
+    page = f"{PREFIX}allocations/{alloc_id}"
+    try:
+        await act(request.app[ENGINE], _user(request, session), alloc_id, form)
+    except Rejected as exc:
+        # The message goes back as a query parameter: plain text, escaped where shown.
+        raise web.HTTPSeeOther(f"{page}?{urlencode({'error': exc.message})}") from None
+    raise web.HTTPSeeOther(page)
+
+
+async def _extend(engine: AllocatorEngine, user: User, alloc_id: str, form: Any) -> object:
+    by = form.get("by")
+    if by not in EXTEND_CHOICES:
+        raise Rejected(
+            "INVALID_FIELD", f"extend by one of {', '.join(EXTEND_CHOICES)}", field="by", status=400
+        )
+    return await engine.extend(user, alloc_id, EXTEND_CHOICES[by])
+
+
+async def _release(engine: AllocatorEngine, user: User, alloc_id: str, form: Any) -> object:
+    return await engine.release(user, alloc_id)
+
+
+async def extend(request: web.Request) -> web.Response:
+    return await _act(request, _extend)
+
+
+async def release(request: web.Request) -> web.Response:
+    return await _act(request, _release)
+
+
+# A member's machine.
+
+
+def _machine_context(request: web.Request, host_ids: tuple[str, ...]) -> dict[str, Any]:
+    return {"machines": views.machine_page(request.app[ENGINE].model, host_ids)}
+
+
+async def machine_page(request: web.Request) -> web.Response:
+    session = _any_session(request)
+    if session.member is None:
+        raise web.HTTPSeeOther("/")
+    host_ids = _member_hosts(request, session)
+    engine = request.app[ENGINE]
+    records = await _log_until(engine.store, history.Moment())
+    series = history.samples(records, engine.clock(), only=frozenset(host_ids))
+    plots = [history.plot(series, "cpus"), history.plot(series, "memory")]
+    return _render(
+        "machine.html", request, {"session": session, "plots": plots, **_machine_context(request, host_ids)}
+    )
+
+
+async def machine_live(request: web.Request) -> web.StreamResponse:
+    session = _any_session(request)
+    host_ids = _member_hosts(request, session)
+    return await stream(
+        request,
+        request.app[CHANGES],
+        lambda: _fragment("_machine.html", request, _machine_context(request, host_ids)),
+    )

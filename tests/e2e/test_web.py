@@ -1,0 +1,305 @@
+"""The web pages in a real Chromium (Playwright), against one real pool of two hosts for the module.
+
+One pool and one browser serve every test here: the pages only read the
+allocator's fold and post through its engine, so the tests share them and
+stay within a few seconds each.
+"""
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, Page
+
+from potluck.allocator.members import new_member_token
+from potluck.allocator.users import User, rotate_token, token_hash
+from potluck.contracts.allocation_events import Quota, alloc_stream, user_stream
+from potluck.contracts.member_events import MemberTokenIssued, member_stream
+from potluck.hostd.docker_driver import DockerDriver
+from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.test_image import DEFAULT_TAG
+from tests.fixtures.browser import browser  # noqa: F401 (the fixture, used by name)
+from tests.fixtures.pool import Pool
+from tests.fixtures.servers import _fresh_database
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+XSS = "<img src=x onerror=alert(1)>"
+
+
+class WebPool:
+    def __init__(self, pool: Pool, tokens: dict[str, str], hosts: dict[str, str]) -> None:
+        self.pool = pool
+        self.tokens = tokens
+        self.hosts = hosts  # name -> host id
+
+    async def allocate(self, user: str) -> str:
+        body = {
+            "cpus": 0.5,
+            "memory": "64M",
+            "disk": "64M",
+            "image": DEFAULT_TAG,
+            "command": ["sleep", "600"],
+        }
+        headers = {"Authorization": f"Bearer {self.tokens[user]}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{self.pool.api}/v1/allocations", json=body, headers=headers) as r,
+        ):
+            created: dict[str, Any] = await r.json()
+            assert r.status in (201, 202), created
+        return str(created["id"])
+
+    async def event_types(self, alloc_id: str) -> list[str]:
+        return [r.type for r in await self.pool.store.read_stream(alloc_stream(alloc_id))]
+
+    async def signed_in(self, browser: Browser, user: str, landing: str = "/") -> Page:  # noqa: F811
+        context = await browser.new_context(base_url=self.pool.api)
+        page = await context.new_page()
+        await page.goto("/")
+        assert page.url.endswith("/web/signin"), "the pool page must ask for a sign-in first"
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SCREENSHOTS / "signin.png"))
+        await page.fill("#token", self.tokens[user])
+        async with page.expect_navigation(wait_until="domcontentloaded"):
+            await page.click("button[type=submit]")
+        assert page.url == f"{self.pool.api}{landing}", await page.content()
+        return page
+
+
+@pytest.fixture(scope="module")
+async def web_pool(
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, docker_engines: list[DockerEngine]
+) -> AsyncIterator[WebPool]:
+    """Two hosts on the two engines, one labelled with markup; users alice and bob."""
+    database_url = await _fresh_database(postgres_url, f"web{os.getpid()}")
+    pool = await Pool.create(tmp_path_factory.mktemp("web"), database_url, liveness=(0.5, 6, 10.0))
+    try:
+        pool.start_registry()
+        pool.start_allocator()
+        tokens = {name: await pool.add_user(name) for name in ("alice", "bob")}
+        tokens["member"] = new_member_token()
+        hosts = {}
+        for name, engine, labels in (
+            ("desk", docker_engines[0], {"room": "study"}),
+            ("laptop", docker_engines[1], {"note": XSS}),
+        ):
+            host = await pool.enroll(name)
+            pool.write_config(host, engine, labels=labels)
+            pool.start_hostd(host)
+            hosts[name] = host.host_id
+        # What `potluck ops hosts enroll` records beside the credentials: desk's member's token.
+        issued = MemberTokenIssued(token_sha256=token_hash(tokens["member"]), host_ids=[hosts["desk"]])
+        await pool.store.append(member_stream(hosts["desk"]), [issued])
+        for host_id in hosts.values():
+            await pool.wait_for_host(host_id, "active")
+            await pool.wait_for_images(host_id)
+        await pool.wait_api()
+        yield WebPool(pool, tokens, hosts)
+    finally:
+        await pool.close()
+        for engine in docker_engines:
+            with DockerDriver(engine.url) as driver:
+                for container in driver.list_managed(None):
+                    driver.remove(container.container_id)
+
+
+async def test_pool_page_is_live_and_escapes_labels(web_pool: WebPool, browser: Browser) -> None:  # noqa: F811
+    """Tried: alice signs in and opens the pool page; an allocation of hers is made through the API;
+    then the page at the log position before it, and the day's history.
+    Must hold: both hosts show with a CPU, memory and disk bar each; the label holding markup shows as
+    text and fires no dialog; the new allocation appears on the open page within 2 s, no reload;
+    `?at=` the earlier position shows both hosts without it; the history has its two plots."""
+    page = await web_pool.signed_in(browser, "alice")
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: dialogs.append(d.message))
+    errors: list[str] = []  # a CSP violation (an inline script or style) is logged as an error
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+    cards = page.locator("article.host")
+    assert await cards.count() == 2
+    for host_id in web_pool.hosts.values():
+        bars = page.locator(f'article[data-host="{host_id}"] .bar')
+        assert await bars.count() == 3
+    assert await page.locator('.totals .bar[data-resource="CPU"] .figures').inner_text() == "0 of 4 used"
+    laptop = page.locator(f'article[data-host="{web_pool.hosts["laptop"]}"] .labels')
+    assert XSS in await laptop.inner_text()
+    assert await page.locator("article.host img").count() == 0
+
+    before = await web_pool.pool.store.head_position()
+    await page.evaluate("window.sameDocument = true")  # gone if the page reloads
+    alloc_id = await web_pool.allocate("alice")
+    await page.wait_for_selector(f'[data-alloc="{alloc_id}"]', timeout=2000)
+    assert await page.evaluate("window.sameDocument === true"), "the page must update without reloading"
+    assert dialogs == []
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / "pool.png"), full_page=True)
+
+    await page.goto(f"/?at={before}")
+    assert await page.locator("article.host").count() == 2
+    assert await page.locator(f'[data-alloc="{alloc_id}"]').count() == 0, "?at= shows the log as it was"
+    await page.goto("/web/history")
+    assert await page.locator("figure.plot svg polyline.reserved").count() == 2
+    await page.screenshot(path=str(SCREENSHOTS / "history.png"), full_page=True)
+    assert dialogs == []
+    assert errors == []
+    await page.context.close()
+
+
+async def test_allocation_page_extends_and_releases_and_hides_others(
+    web_pool: WebPool,
+    browser: Browser,  # noqa: F811
+) -> None:
+    """Tried: alice extends then releases her allocation through its page; bob lists his own and asks
+    for alice's page by URL. Must hold: AllocationExtended then AllocationReleased are in its stream;
+    bob's list never shows alice's allocation and her page answers him 404."""
+    alloc_id = await web_pool.allocate("alice")
+    page = await web_pool.signed_in(browser, "alice")
+    await page.goto("/web/mine")
+    await page.wait_for_selector(f'[data-alloc="{alloc_id}"]')
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / "mine.png"), full_page=True)
+
+    await page.goto(f"/web/allocations/{alloc_id}")
+    assert f"potluck ssh {alloc_id}" in await page.locator("input.copy").first.input_value()
+    await page.select_option("#by", "4h")
+    await page.click("#extend")
+    await page.wait_for_url(f"**/web/allocations/{alloc_id}")
+    assert "AllocationExtended" in await web_pool.event_types(alloc_id)
+    await page.screenshot(path=str(SCREENSHOTS / "allocation.png"), full_page=True)
+    await page.click("#release")
+    await page.wait_for_url(f"**/web/allocations/{alloc_id}")
+    assert "AllocationReleased" in await web_pool.event_types(alloc_id)
+    await page.wait_for_selector(".timeline >> text=AllocationReleased")
+    await page.context.close()
+
+    bob = await web_pool.signed_in(browser, "bob")
+    await bob.goto("/web/mine")
+    assert alloc_id not in await bob.content()
+    answer = await bob.goto(f"/web/allocations/{alloc_id}")
+    assert answer is not None
+    assert answer.status == 404
+    await bob.goto("/")
+    assert alloc_id not in await bob.content()
+    await bob.context.close()
+
+
+async def test_a_member_sees_their_machine_and_nothing_else(
+    web_pool: WebPool,
+    browser: Browser,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Tried: desk's member signs in with their web token, then asks for the pool and the user pages.
+    Must hold: their page shows desk with its bars and owner-policy state, never laptop; the pool
+    page and the users' pages send them back to their machine. The member token that
+    `potluck ops hosts enroll --credentials-out` prints for a new machine signs in as well."""
+    page = await web_pool.signed_in(browser, "member", landing="/web/machine")
+    cards = page.locator("article.host")
+    assert await cards.count() == 1
+    assert await cards.first.get_attribute("data-host") == web_pool.hosts["desk"]
+    assert await page.locator("article.host .bar").count() == 3
+    assert await page.locator(".policy-state").inner_text() == "normal"
+    assert await page.locator("figure.plot").count() == 2
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / "machine.png"), full_page=True)
+    for elsewhere in ("/", "/web/mine", "/web/history"):
+        await page.goto(elsewhere)
+        assert page.url.endswith("/web/machine"), elsewhere
+    assert web_pool.hosts["laptop"] not in await page.content()
+    await page.context.close()
+
+    # The token `potluck ops hosts enroll` prints beside a new machine's credentials signs in too.
+    made = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "potluck", "ops", "hosts", "enroll", "spare",
+        "--credentials-out", str(tmp_path / "spare.creds"), "--state-dir", str(tmp_path / "no-up"),
+        "--database-url", web_pool.pool.database_url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await made.communicate()
+    assert made.returncode == 0, err.decode()
+    web_pool.tokens["spare"] = json.loads(out)["member_token"]
+    spare = await web_pool.signed_in(browser, "spare", landing="/web/machine")
+    assert "None of your machines has registered yet" in await spare.locator("main").inner_text()
+    await spare.context.close()
+
+
+async def test_an_operator_sees_every_users_allocations_and_changes_none(
+    web_pool: WebPool,
+    browser: Browser,  # noqa: F811
+) -> None:
+    """Tried: `potluck ops users web-token` prints an operator token; the operator signs in with it
+    and opens the list and one of alice's allocations. Must hold: alice's and bob's allocations are
+    listed, alice's page opens (200) and offers no extend or release button."""
+    made = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "potluck", "ops", "users", "web-token",
+        "--database-url", web_pool.pool.database_url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await made.communicate()
+    assert made.returncode == 0, err.decode()
+    web_pool.tokens["operator"] = out.decode().strip()
+    alice, bob = await web_pool.allocate("alice"), await web_pool.allocate("bob")
+
+    page = await web_pool.signed_in(browser, "operator")
+    await page.goto("/web/mine")
+    for alloc_id in (alice, bob):
+        await page.wait_for_selector(f'[data-alloc="{alloc_id}"]')
+    answer = await page.goto(f"/web/allocations/{alice}")
+    assert answer is not None
+    assert answer.status == 200
+    assert await page.locator("#extend, #release").count() == 0
+    await page.context.close()
+
+
+async def test_pages_refuse_posts_without_the_session_token(web_pool: WebPool) -> None:
+    """Tried: with a plain client, sign in by the form, then POST a release without the CSRF token.
+    Must hold: the session cookie is HttpOnly, SameSite=Strict and holds no token; the POST is
+    refused (403) and appends nothing; pages send a Content-Security-Policy with no inline script."""
+    alloc_id = await web_pool.allocate("alice")
+    before = await web_pool.event_types(alloc_id)
+    # unsafe: keep the session cookie although it comes from an IP address (127.0.0.1).
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(f"{web_pool.pool.api}/web/signin") as r:
+            assert r.status == 200
+            assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+            assert "unsafe-inline" not in r.headers["Content-Security-Policy"]
+        async with http.post(
+            f"{web_pool.pool.api}/web/signin", data={"token": web_pool.tokens["alice"]}, allow_redirects=False
+        ) as r:
+            assert r.status == 303
+            cookie = r.headers["Set-Cookie"]
+            assert "HttpOnly" in cookie
+            assert "SameSite=Strict" in cookie
+            assert web_pool.tokens["alice"] not in cookie
+        async with http.post(
+            f"{web_pool.pool.api}/web/allocations/{alloc_id}/release", data={}, allow_redirects=False
+        ) as r:
+            assert r.status == 403
+    assert await web_pool.event_types(alloc_id) == before
+
+
+async def test_rotating_a_users_token_ends_their_web_sessions(web_pool: WebPool) -> None:
+    """Tried: carol signs in with a plain client, then an operator rotates her token (a leaked one).
+    Must hold: the pool page answers her session before, and sends it to sign in after."""
+    token = await web_pool.pool.add_user("carol")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.post(f"{web_pool.pool.api}/web/signin", data={"token": token}) as r:
+            assert r.status == 200
+        async with http.get(f"{web_pool.pool.api}/", allow_redirects=False) as r:
+            assert r.status == 200
+        events, _ = rotate_token(User("carol", token_hash(token), Quota()), "carol")
+        await web_pool.pool.store.append(user_stream("carol"), events)
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:  # until the allocator has folded the rotation
+            async with http.get(f"{web_pool.pool.api}/", allow_redirects=False) as r:
+                if r.status == 303:
+                    assert r.headers["Location"] == "/web/signin"
+                    return
+                assert r.status == 200
+            assert asyncio.get_running_loop().time() < deadline, "the old session still works"
+            await asyncio.sleep(0.1)
