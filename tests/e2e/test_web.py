@@ -256,14 +256,30 @@ async def test_an_operator_sees_every_users_allocations_and_changes_none(
     await page.context.close()
 
 
+def loopback_jar(web_pool: WebPool) -> aiohttp.CookieJar:
+    """A client's cookies as a browser keeps them for a page on 127.0.0.1: from an IP address
+    (unsafe) and Secure over plain http, since loopback counts as a secure origin."""
+    return aiohttp.CookieJar(unsafe=True, treat_as_secure_origin=[web_pool.pool.api])
+
+
 async def test_pages_refuse_posts_without_the_session_token(web_pool: WebPool) -> None:
     """Tried: with a plain client, sign in by the form, then POST a release without the CSRF token.
-    Must hold: the session cookie is HttpOnly, SameSite=Strict and holds no token; the POST is
-    refused (403) and appends nothing; pages send a Content-Security-Policy with no inline script."""
+    Must hold: the session cookie is Secure, HttpOnly, SameSite=Strict and holds no token; the POST
+    is refused (403) and appends nothing; pages send a Content-Security-Policy with no inline script.
+    Also tried: signing in over plain http under a host name that is not loopback (a Host header),
+    where the browser would drop the Secure cookie: refused (400) with the reason, no session."""
     alloc_id = await web_pool.allocate("alice")
     before = await web_pool.event_types(alloc_id)
-    # unsafe: keep the session cookie although it comes from an IP address (127.0.0.1).
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+    async with aiohttp.ClientSession(cookie_jar=loopback_jar(web_pool)) as http:
+        async with http.post(
+            f"{web_pool.pool.api}/web/signin",
+            data={"token": web_pool.tokens["alice"]},
+            headers={"Host": "potluck.lan", "Origin": "http://potluck.lan"},
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 400
+            assert "needs https" in await r.text()
+            assert "Set-Cookie" not in r.headers
         async with http.get(f"{web_pool.pool.api}/web/signin") as r:
             assert r.status == 200
             assert "script-src 'self'" in r.headers["Content-Security-Policy"]
@@ -273,6 +289,7 @@ async def test_pages_refuse_posts_without_the_session_token(web_pool: WebPool) -
         ) as r:
             assert r.status == 303
             cookie = r.headers["Set-Cookie"]
+            assert "Secure" in cookie
             assert "HttpOnly" in cookie
             assert "SameSite=Strict" in cookie
             assert web_pool.tokens["alice"] not in cookie
@@ -287,7 +304,7 @@ async def test_rotating_a_users_token_ends_their_web_sessions(web_pool: WebPool)
     """Tried: carol signs in with a plain client, then an operator rotates her token (a leaked one).
     Must hold: the pool page answers her session before, and sends it to sign in after."""
     token = await web_pool.pool.add_user("carol")
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+    async with aiohttp.ClientSession(cookie_jar=loopback_jar(web_pool)) as http:
         async with http.post(f"{web_pool.pool.api}/web/signin", data={"token": token}) as r:
             assert r.status == 200
         async with http.get(f"{web_pool.pool.api}/", allow_redirects=False) as r:

@@ -26,7 +26,7 @@ from potluck.allocator.schemas import HistoryEntry
 from potluck.allocator.users import User
 from potluck.allocator.web import history, views
 from potluck.allocator.web.live import Changes, stream
-from potluck.allocator.web.sessions import Session, Sessions
+from potluck.allocator.web.sessions import Session, Sessions, can_keep_cookie
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.events import EventStore, RecordedEvent
 from potluck.kernel.rejections import Rejected
@@ -187,6 +187,12 @@ async def signin(request: web.Request) -> web.Response:
         response = _render("signin.html", request, {"session": None, "error": wait}, status=429)
         response.headers["Retry-After"] = str(max(1, round(locked.retry_after_s)))
         return response
+    if not can_keep_cookie(request):
+        error = (
+            "sign-in needs https (or this page opened on 127.0.0.1): over plain http the token "
+            "would cross the network in clear and the browser would drop the session cookie"
+        )
+        return _render("signin.html", request, {"session": None, "error": error}, status=400)
     form = await request.post()
     token = form.get("token")
     user = None

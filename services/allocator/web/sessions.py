@@ -6,9 +6,11 @@ which maps (in the allocator's memory) to the user's name and to the CSRF
 token that every POST form carries. An allocator restart signs everybody out,
 which costs a sign-in and keeps nothing secret on disk.
 
-The cookie is Secure when the request came over https. Over plain http on
-127.0.0.1 a Secure cookie would never be sent back, so the page could not be
-used at all there; SameSite=Strict and HttpOnly hold either way.
+The cookie is always Secure, HttpOnly and SameSite=Strict. Browsers keep a
+Secure cookie over https and over plain http to loopback (127.0.0.1, ::1,
+localhost: the pool from `potluck up`); anywhere else over plain http they
+would drop it, so `can_keep_cookie` lets the sign-in say so instead of
+failing silently (and the token would have crossed the network in clear).
 """
 
 import hmac
@@ -19,11 +21,19 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-__all__ = ["COOKIE", "Session", "Sessions"]
+__all__ = ["COOKIE", "Session", "Sessions", "can_keep_cookie"]
 
 COOKIE = "potluck_session"
 #: A session lasts this long after its sign-in; then the user signs in again.
 LIFETIME_S = 12 * 3600.0
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "[::1]", "localhost"})
+
+
+def can_keep_cookie(request: web.Request) -> bool:
+    """Whether a browser keeps a Secure cookie for this request: https, or http to loopback."""
+    return request.secure or (request.url.host or "") in LOOPBACK_HOSTS
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,7 @@ class Sessions:
             session_id,
             httponly=True,
             samesite="Strict",
-            secure=request.secure,
+            secure=True,
             path="/",
             max_age=int(self.lifetime_s),
         )
