@@ -403,7 +403,8 @@ _Entry: TypeAlias = tuple[float, str, float, int, int]
 _Accept: TypeAlias = Callable[[str], bool] | None
 
 _M = 1 << 20
-#: A host's group is the largest level at or below its cpus, and at or below its memory.
+#: A host's group is the largest level at or below its cpus (plus the tolerance), and at or
+#: below its memory.
 CPU_LEVELS: tuple[float, ...] = (
     *(0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 14.0, 16.0),
     *(20.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0, 192.0, 256.0, 512.0),
@@ -421,82 +422,107 @@ def _level(levels: Sequence[float], value: float) -> int:
 
 
 class _Group:
-    """Entries whose cpus and memory fall in one pair of levels, sorted by (score, host_id)."""
+    """Entries whose cpus (plus the tolerance) and memory fall in one pair of levels, sorted by
+    (score, host_id).
 
-    __slots__ = ("ci", "entries", "mi")
+    ``lb``: no entry of the group that could hold a request scores below it (the score of
+    its levels, less the tolerance on cpus)."""
+
+    __slots__ = ("ci", "entries", "lb", "mi")
 
     def __init__(self, ci: int, mi: int) -> None:
         self.ci = ci
         self.mi = mi
         self.entries: list[_Entry] = []
+        self.lb = score(CPU_LEVELS[ci] - CPU_TOLERANCE, MEMORY_LEVELS[mi], 0)
 
 
 class _Index:
     """Entries grouped by the levels of their cpus and memory.
 
-    A search looks only at groups whose levels could hold the request, visits
-    them in the order of their best entry and stops as soon as no remaining
-    group can beat what it found; inside a group it reads entries in order.
-    Hosts that best fit has left nearly full sit in low groups it never opens.
+    A search opens only the groups whose levels could hold the request. Best fit
+    visits them by their lower bound and stops as soon as no group left can beat
+    what it found; inside a group it starts at the request's own score and reads
+    entries in order. Hosts that best fit has left nearly full sit in low groups
+    it never opens. Groups are kept once made (there are at most a few hundred
+    pairs of levels), so the candidate groups of each request level are worked
+    out once and kept until a new group appears.
     """
 
-    __slots__ = ("_groups",)
+    __slots__ = ("_candidates_at", "_groups", "_size")
 
     def __init__(self) -> None:
         self._groups: dict[tuple[int, int], _Group] = {}
+        self._candidates_at: dict[tuple[int, int], list[_Group]] = {}
+        self._size = 0
 
     def __bool__(self) -> bool:
-        return bool(self._groups)
+        return self._size > 0
 
-    def add(self, e: _Entry) -> None:
-        key = (_level(CPU_LEVELS, e[2]), _level(MEMORY_LEVELS, e[3]))
+    def _group_of(self, e: _Entry) -> _Group:
+        # Levels on cpus plus the tolerance: a request's own level then finds every host that
+        # holds it within the tolerance.
+        key = (_level(CPU_LEVELS, e[2] + CPU_TOLERANCE), _level(MEMORY_LEVELS, e[3]))
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(*key)
-        insort(group.entries, e)
+            self._candidates_at.clear()
+        return group
+
+    def add(self, e: _Entry) -> None:
+        insort(self._group_of(e).entries, e)
+        self._size += 1
 
     def discard(self, e: _Entry) -> None:
-        key = (_level(CPU_LEVELS, e[2]), _level(MEMORY_LEVELS, e[3]))
-        group = self._groups.get(key)
-        entries = group.entries if group is not None else []
+        entries = self._group_of(e).entries
         j = bisect_left(entries, e)
         if j == len(entries) or entries[j] != e:
             raise KeyError(e[1])
         del entries[j]
-        if not entries:
-            del self._groups[key]
+        self._size -= 1
 
     def _candidates(self, c: float, m: int) -> list[_Group]:
-        ci = _level(CPU_LEVELS, c - 2 * CPU_TOLERANCE)  # anything within the tolerance counts
-        mi = _level(MEMORY_LEVELS, m)
-        return [g for g in self._groups.values() if g.ci >= ci and g.mi >= mi]
+        """Groups whose levels could hold (c, m), by lower bound."""
+        key = (_level(CPU_LEVELS, c), _level(MEMORY_LEVELS, m))
+        found = self._candidates_at.get(key)
+        if found is None:
+            ci, mi = key
+            found = sorted(
+                (g for g in self._groups.values() if g.ci >= ci and g.mi >= mi),
+                key=lambda g: (g.lb, g.ci, g.mi),
+            )
+            self._candidates_at[key] = found
+        return found
 
     def best_fit(self, c: float, m: int, d: int, accept: _Accept) -> _Entry | None:
         """The smallest entry in (score, host_id) order that holds (c, m, d)."""
         key = (score(c, m, d) - _SCORE_SLACK,)  # nothing below this can hold the request
-        starts = []
-        for g in self._candidates(c, m):
-            j = bisect_left(g.entries, key)
-            if j < len(g.entries):
-                starts.append((g.entries[j], j, g))
-        starts.sort(key=lambda s: s[0])
         tol = CPU_TOLERANCE
         best: _Entry | None = None
-        for first, j, g in starts:
-            if best is not None and first >= best:
-                break
-            for e in islice(g.entries, j, None) if j else g.entries:
+        for g in self._candidates(c, m):
+            if best is not None and g.lb > best[0]:
+                break  # this group and the ones after it score above what was found
+            entries = g.entries
+            j = bisect_left(entries, key)
+            n = len(entries)
+            # A group's levels most often hold the request: its first entry from the key on is
+            # then its answer, and one comparison rules it out or in.
+            while j < n:
+                e = entries[j]
                 if best is not None and e >= best:
                     break
                 if c <= e[2] + tol and m <= e[3] and d <= e[4] and (accept is None or accept(e[1])):
                     best = e
                     break
+                j += 1
         return best
 
     def widest(self, c: float, m: int, d: int, accept: _Accept) -> _Entry | None:
         """The entry with the largest score that holds (c, m, d); among equals, the smallest host id."""
         tops = sorted(
-            ((g.entries[-1][0], g) for g in self._candidates(c, m)), key=lambda t: t[0], reverse=True
+            ((g.entries[-1][0], g) for g in self._candidates(c, m) if g.entries),
+            key=lambda t: t[0],
+            reverse=True,
         )
         tol = CPU_TOLERANCE
         best: _Entry | None = None
