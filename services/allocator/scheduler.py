@@ -72,6 +72,7 @@ Two implementations of one rule
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import islice
 from typing import Literal, TypeAlias
 
@@ -191,6 +192,7 @@ class _Host:
         "donated",
         "donated_entry",
         "free_entry",
+        "free_group",
         "held",
         "host_id",
         "images",
@@ -219,6 +221,7 @@ class _Host:
         self.held = snapshot.held_images
         self.throttled = snapshot.throttled
         self.free_entry: _Entry | None = None
+        self.free_group: _Group | None = None  # where free_entry sits, so taking it out finds it at once
         self.donated_entry: _Entry | None = None
 
     def free_values(self) -> tuple[float, int, int]:
@@ -248,7 +251,18 @@ def _labels_match(labels: Mapping[str, str], constraints: tuple[tuple[str, str],
 
 
 def _image_allowed(patterns: tuple[str, ...], image: str | None) -> bool:
-    return image is None or image_allowed(patterns, image)
+    return image is None or not patterns or _allows(patterns, image)
+
+
+@lru_cache(maxsize=4096)
+def _image_keys(image: str) -> tuple[str, ...]:
+    return image_keys(image)
+
+
+@lru_cache(maxsize=4096)
+def _allows(patterns: tuple[str, ...], image: str) -> bool:
+    # Pure and asked again for every decision on the same few pattern lists and images.
+    return image_allowed(patterns, image)
 
 
 def _admits(host: _Host, request: PlacementRequest) -> bool:
@@ -368,7 +382,7 @@ def _decide_over(hosts: Iterable[_Host], request: PlacementRequest, strategy: St
         allowed = [h for h in allowed if h.host_id not in request.excluded_hosts]
         if not allowed:
             return _none_left(request)
-    keys = image_keys(request.image) if request.image is not None else ()
+    keys = _image_keys(request.image) if request.image is not None else ()
     chosen = _best_among(allowed, request, strategy, keys)
     if chosen is not None:
         return Placed(chosen)
@@ -469,12 +483,16 @@ class _Index:
             self._candidates_at.clear()
         return group
 
-    def add(self, e: _Entry) -> None:
-        insort(self._group_of(e).entries, e)
+    def add(self, e: _Entry) -> "_Group":
+        """Add the entry; returns its group, for `discard`."""
+        group = self._group_of(e)
+        insort(group.entries, e)
         self._size += 1
+        return group
 
-    def discard(self, e: _Entry) -> None:
-        entries = self._group_of(e).entries
+    def discard(self, e: _Entry, group: "_Group | None" = None) -> None:
+        """Take out the entry (from `group`, when the caller knows it from `add`)."""
+        entries = (group or self._group_of(e)).entries
         j = bisect_left(entries, e)
         if j == len(entries) or entries[j] != e:
             raise KeyError(e[1])
@@ -564,23 +582,27 @@ class Scheduler:
     Keep it in step with the registry and the capacity ledger through
     `set_host`, `remove_host`, `set_schedulable`, `set_throttled` and `set_reserved` (or
     `reserve`/`release` for tentative reservations). It does no I/O and never
-    changes itself while deciding.
+    changes itself while deciding, but for the label indexes it builds the first
+    time a request names a label (see `place`).
     """
 
     #: Candidate sets no larger than this (the hosts carrying the rarest
     #: required label) are decided by looking at each of them.
-    SMALL_CANDIDATES = 128
+    SMALL_CANDIDATES = 16
 
-    def __init__(self, hosts: Iterable[HostSnapshot] = ()) -> None:
+    def __init__(self, hosts: Iterable[HostSnapshot] = (), *, label_indexes: bool = True) -> None:
         self._hosts: dict[str, _Host] = {}
         self._free = _Index()  # schedulable hosts not throttled, by free capacity
         self._free_throttled = _Index()  # schedulable hosts throttled by their owner's policy
         self._donated_on = _Index()  # schedulable hosts, by donated capacity
         self._donated_off = _Index()  # the other registered hosts, by donated capacity
         self._by_label: dict[tuple[str, str], set[str]] = {}
-        self._restricted: dict[str, tuple[str, ...]] = {}
+        self._restricted: dict[tuple[str, ...], set[str]] = {}  # image patterns -> hosts limited to them
         self._networked: set[str] = set()  # hosts that allow containers a network
         self._holders: dict[str, set[str]] = {}  # image name -> hosts that hold it
+        #: For a label some requests require: a Scheduler of the hosts that carry it, kept in
+        #: step with this one (None: this is one of them).
+        self._labelled: dict[tuple[str, str], Scheduler] | None = {} if label_indexes else None
         for snapshot in hosts:
             self.set_host(snapshot)
 
@@ -592,6 +614,12 @@ class Scheduler:
     def __contains__(self, host_id: object) -> bool:
         return host_id in self._hosts
 
+    def _label_indexes_of(self, host: _Host) -> "list[Scheduler]":
+        labelled = self._labelled
+        if not labelled:
+            return []
+        return [index for pair in host.labels.items() if (index := labelled.get(pair)) is not None]
+
     def set_host(self, snapshot: HostSnapshot) -> None:
         """Add a host, or replace everything known about it."""
         self.remove_host(snapshot.host_id)
@@ -600,7 +628,7 @@ class Scheduler:
         for pair in host.labels.items():
             self._by_label.setdefault(pair, set()).add(host.host_id)
         if host.images:
-            self._restricted[host.host_id] = host.images
+            self._restricted.setdefault(host.images, set()).add(host.host_id)
         if host.network:
             self._networked.add(host.host_id)
         for name in host.held:
@@ -608,6 +636,8 @@ class Scheduler:
         host.donated_entry = (score(host.dc, host.dm, host.dd), host.host_id, host.dc, host.dm, host.dd)
         (self._donated_on if host.schedulable else self._donated_off).add(host.donated_entry)
         self._index_free(host)
+        for index in self._label_indexes_of(host):
+            index.set_host(snapshot)
 
     def remove_host(self, host_id: str) -> None:
         host = self._hosts.pop(host_id, None)
@@ -618,7 +648,11 @@ class Scheduler:
             members.discard(host_id)
             if not members:
                 del self._by_label[pair]
-        self._restricted.pop(host_id, None)
+        if host.images:
+            limited = self._restricted[host.images]
+            limited.discard(host_id)
+            if not limited:
+                del self._restricted[host.images]
         self._networked.discard(host_id)
         for name in host.held:
             holders = self._holders[name]
@@ -628,6 +662,8 @@ class Scheduler:
         if host.donated_entry is not None:
             (self._donated_on if host.schedulable else self._donated_off).discard(host.donated_entry)
         self._unindex_free(host)
+        for index in self._label_indexes_of(host):
+            index.remove_host(host_id)
 
     def set_schedulable(self, host_id: str, schedulable: bool) -> None:
         host = self._hosts[host_id]
@@ -639,6 +675,8 @@ class Scheduler:
         host.schedulable = schedulable
         (self._donated_on if host.schedulable else self._donated_off).add(host.donated_entry)
         self._index_free(host)
+        for index in self._label_indexes_of(host):
+            index.set_schedulable(host_id, schedulable)
 
     def set_throttled(self, host_id: str, throttled: bool) -> None:
         """The host's owner policy throttled it (True) or gave the pool its share back."""
@@ -648,6 +686,8 @@ class Scheduler:
         self._unindex_free(host)
         host.throttled = throttled
         self._index_free(host)
+        for index in self._label_indexes_of(host):
+            index.set_throttled(host_id, throttled)
 
     def set_reserved(self, host_id: str, reserved: Capacity) -> None:
         """Mirror the ledger's reserved amount for a host exactly."""
@@ -655,6 +695,8 @@ class Scheduler:
         self._unindex_free(host)
         host.rc, host.rm, host.rd = reserved.cpus, reserved.memory_bytes, reserved.disk_bytes
         self._index_free(host)
+        for index in self._label_indexes_of(host):
+            index.set_reserved(host_id, reserved)
 
     def reserve(self, host_id: str, amount: Capacity) -> None:
         """Add to a host's reservation (the same arithmetic as Capacity.__add__)."""
@@ -664,6 +706,8 @@ class Scheduler:
         host.rm += amount.memory_bytes
         host.rd += amount.disk_bytes
         self._index_free(host)
+        for index in self._label_indexes_of(host):
+            index.reserve(host_id, amount)
 
     def release(self, host_id: str, amount: Capacity) -> None:
         """Take back part of a host's reservation (the same arithmetic as Capacity.__sub__)."""
@@ -673,6 +717,8 @@ class Scheduler:
         host.rm -= amount.memory_bytes
         host.rd -= amount.disk_bytes
         self._index_free(host)
+        for index in self._label_indexes_of(host):
+            index.release(host_id, amount)
 
     def _free_index(self, host: _Host) -> "_Index":
         return self._free_throttled if host.throttled else self._free
@@ -681,12 +727,13 @@ class Scheduler:
         if host.schedulable:
             fc, fm, fd = host.free_values()
             host.free_entry = (score(fc, fm, fd), host.host_id, fc, fm, fd)
-            self._free_index(host).add(host.free_entry)
+            host.free_group = self._free_index(host).add(host.free_entry)
 
     def _unindex_free(self, host: _Host) -> None:
         if host.free_entry is not None:
-            self._free_index(host).discard(host.free_entry)
+            self._free_index(host).discard(host.free_entry, host.free_group)
             host.free_entry = None
+            host.free_group = None
 
     # -- reading --
 
@@ -700,22 +747,25 @@ class Scheduler:
     # -- deciding --
 
     def place(self, request: PlacementRequest, strategy: Strategy = "best_fit") -> Decision:
-        """The same decision as `place(self.snapshots(), request, strategy)`."""
+        """The same decision as `place(self.snapshots(), request, strategy)`.
+
+        A request that requires labels is decided among the hosts that carry the
+        rarest of them: by looking at each when they are few, otherwise by the index
+        of that label's hosts, built the first time it is asked for. Only hosts that
+        match every label can take it or explain why not, so that index decides
+        exactly as this one would.
+        """
         _check_strategy(strategy)
+        if request.constraints:
+            pair, candidates = self._rarest(request.constraints)
+            if len(candidates) <= self.SMALL_CANDIDATES:
+                return _decide_over([self._hosts[h] for h in candidates], request, strategy)
+            if self._labelled is not None and len(candidates) < len(self._hosts):
+                assert pair is not None
+                return self._label_index(pair, candidates).place(request, strategy)
         r = request.resources
         c, m, d = r.cpus, r.memory_bytes, r.disk_bytes
-        accept: _Accept = None
-        if (
-            request.constraints
-            or (request.image is not None and self._restricted)
-            or (request.network and self._networked != set(self._hosts))
-            or request.excluded_hosts
-        ):
-            if request.constraints:
-                candidates = self._rarest(request.constraints)
-                if len(candidates) <= self.SMALL_CANDIDATES:
-                    return _decide_over([self._hosts[h] for h in candidates], request, strategy)
-            accept = self._acceptor(request)
+        accept = self._acceptor(request)
         # Hosts not throttled first, then throttled ones; in each, those holding the image first.
         for throttled, index in ((False, self._free), (True, self._free_throttled)):
             if not index:
@@ -727,6 +777,15 @@ class Scheduler:
             if found is not None:
                 return Placed(found[1])
         return self._why_not(request, c, m, d, accept)
+
+    def _label_index(self, pair: tuple[str, str], members: set[str]) -> "Scheduler":
+        assert self._labelled is not None
+        index = self._labelled.get(pair)
+        if index is None:
+            index = Scheduler((self._hosts[h].snapshot() for h in members), label_indexes=False)
+            index.SMALL_CANDIDATES = self.SMALL_CANDIDATES
+            self._labelled[pair] = index
+        return index
 
     def _search(
         self, c: float, m: int, d: int, strategy: Strategy, accept: _Accept, index: "_Index"
@@ -740,9 +799,9 @@ class Scheduler:
     ) -> str | None:
         """The host the request goes to among those that hold its image and are (not) `throttled`
         (None: none has room)."""
-        if request.image is None:
+        if request.image is None or not self._holders:
             return None
-        keys = image_keys(request.image)
+        keys = _image_keys(request.image)
         holders: set[str] = set()
         for key in keys:
             holders |= self._holders.get(key, set())
@@ -765,40 +824,42 @@ class Scheduler:
         found = self._search(r.cpus, r.memory_bytes, r.disk_bytes, strategy, holding, index)
         return None if found is None else found[1]
 
-    def _rarest(self, constraints: Mapping[str, str]) -> set[str]:
-        """The hosts carrying the least common of the required labels (a superset of the matches)."""
+    def _rarest(self, constraints: Mapping[str, str]) -> tuple[tuple[str, str] | None, set[str]]:
+        """The least common of the required labels and the hosts carrying it (a superset of
+        the matches; empty when some required label is on no host)."""
         rarest: set[str] | None = None
+        rarest_pair: tuple[str, str] | None = None
         for pair in constraints.items():
             members = self._by_label.get(pair)
             if not members:
-                return set()
+                return pair, set()
             if rarest is None or len(members) < len(rarest):
-                rarest = members
-        return rarest if rarest is not None else set(self._hosts)
+                rarest, rarest_pair = members, pair
+        return (rarest_pair, rarest) if rarest is not None else (None, set(self._hosts))
 
-    def _acceptor(self, request: PlacementRequest) -> Callable[[str], bool]:
-        constraints = tuple(request.constraints.items())
+    def _acceptor(self, request: PlacementRequest) -> _Accept:
+        """Which hosts admit the request beyond its size; None when every host here does."""
+        n = len(self._hosts)
+        by_label = self._by_label
+        constraints = tuple(p for p in request.constraints.items() if len(by_label.get(p, ())) < n)
         image = request.image
-        restricted = self._restricted if image is not None else {}
-        networked = self._networked if request.network else None
+        refused: set[str] = set()
+        if image is not None:
+            for patterns, limited in self._restricted.items():
+                if not _allows(patterns, image):
+                    refused = refused | limited if refused else limited
+        networked = self._networked if request.network and len(self._networked) < n else None
         excluded = request.excluded_hosts
+        if not (constraints or refused or networked is not None or excluded):
+            return None
         hosts = self._hosts
-        verdicts: dict[tuple[str, ...], bool] = {}
 
         def accept(host_id: str) -> bool:
-            if host_id in excluded:
-                return False
-            if constraints and not _labels_match(hosts[host_id].labels, constraints):
+            if host_id in excluded or host_id in refused:
                 return False
             if networked is not None and host_id not in networked:
                 return False
-            patterns = restricted.get(host_id)
-            if patterns is not None:
-                verdict = verdicts.get(patterns)
-                if verdict is None:
-                    verdict = verdicts[patterns] = _image_allowed(patterns, image)
-                return verdict
-            return True
+            return not constraints or _labels_match(hosts[host_id].labels, constraints)
 
         return accept
 
@@ -815,7 +876,7 @@ class Scheduler:
             constraints = tuple(request.constraints.items())
             matching = [
                 h
-                for h in self._rarest(request.constraints)
+                for h in self._rarest(request.constraints)[1]
                 if _labels_match(self._hosts[h].labels, constraints)
             ]
         else:
