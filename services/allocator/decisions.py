@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import uuid4
 
-from potluck.allocator.capacity import Placement, allocation_placed, host_snapshots, placement_request
+from potluck.allocator.capacity import Placement, allocation_placed, placement_request
 from potluck.allocator.conditions import frozen_past_limit
 from potluck.allocator.in_flight import InFlightRequests, sum_of
 from potluck.allocator.kept import discard
 from potluck.allocator.lifecycle import pull_failed_everywhere
 from potluck.allocator.model import AllocatorModel
-from potluck.allocator.scheduler import Decision, Impossible, Strategy, place
+from potluck.allocator.placement_index import in_flight_beyond
+from potluck.allocator.scheduler import Decision, Impossible, Strategy
 from potluck.allocator.schemas import CreateAllocation
 from potluck.contracts.allocation_events import (
     AllocationEvent,
@@ -91,11 +92,7 @@ class Outlook:
 
     def in_flight_on(self, host_id: str) -> dict[str, Capacity]:
         """Reservations queued on the host that the ledger does not hold yet."""
-        return {
-            alloc_id: amount
-            for alloc_id, amount in self.in_flight.on_host(host_id).items()
-            if not self.model.ledger.holds(host_id, alloc_id)
-        }
+        return in_flight_beyond(self.model.ledger, self.in_flight, host_id)
 
     def reservations(self) -> dict[str, Capacity]:
         """By host, what the requests in flight reserve there beyond the ledger."""
@@ -103,14 +100,11 @@ class Outlook:
         return {host_id: sum_of(self.in_flight_on(host_id).values()) for host_id in hosts}
 
     def place(self, wanted: Wanted, strategy: Strategy) -> Decision:
-        """Where `wanted` goes now: Placed, Wait or Impossible (scheduler.py)."""
-        snapshots = host_snapshots(
-            self.model.hosts,
-            self.model.ledger,
-            in_flight=self.reservations(),
-            images=self.model.host_images,
-        )
-        return place(snapshots, placement_request(wanted), strategy)
+        """Where `wanted` goes now: Placed, Wait or Impossible (scheduler.py), decided on the
+        model's index brought up to date host by host (placement_index.py)."""
+        model = self.model
+        scheduler = model.placement.current(model.hosts, model.ledger, model.host_images, self.in_flight)
+        return scheduler.place(placement_request(wanted), strategy)
 
     def capacity_version(self, host_id: str) -> int:
         """The version `capacity-<host_id>` will have once the reservations queued on it land."""

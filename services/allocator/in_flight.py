@@ -41,6 +41,8 @@ class InFlightRequests:
     def __init__(self) -> None:
         self._entries: dict[str, InFlight] = {}
         self._on_host: dict[str, dict[str, Capacity]] = {}
+        #: Hosts whose reservations in flight came or went since `take_changed` last asked.
+        self._changed: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -51,16 +53,24 @@ class InFlightRequests:
         self._entries[entry.alloc_id] = entry
         if entry.host_id is not None:
             self._on_host.setdefault(entry.host_id, {})[entry.alloc_id] = entry.resources
+            self._changed.add(entry.host_id)
 
     def settle(self, alloc_id: str) -> None:
         """The entry's append was folded, or failed: it no longer counts. Unknown ids are ignored."""
         entry = self._entries.pop(alloc_id, None)
         if entry is None or entry.host_id is None:
             return
+        self._changed.add(entry.host_id)
         held = self._on_host[entry.host_id]
         del held[alloc_id]
         if not held:
             del self._on_host[entry.host_id]
+
+    def take_changed(self) -> set[str]:
+        """Hosts whose reservations in flight changed since the last call (placement_index.py,
+        its one reader, brings only those up to date)."""
+        changed, self._changed = self._changed, set()
+        return changed
 
     def get(self, alloc_id: str) -> InFlight | None:
         return self._entries.get(alloc_id)

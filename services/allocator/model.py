@@ -24,10 +24,12 @@ from typing import ClassVar
 from potluck.allocator.capacity import CapacityLedger
 from potluck.allocator.conditions import frozen_past_limit
 from potluck.allocator.members import MembersView
+from potluck.allocator.placement_index import PlacementIndex
 from potluck.allocator.schemas import CapacityFigures, Pool, PoolHost
 from potluck.allocator.users import UsersView
 from potluck.contracts.allocation_events import QuotaCharged
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.host_events import HostEvent
 from potluck.contracts.host_images import HostImagesReported
 from potluck.events import Event, RecordedEvent
 from potluck.readmodels.allocations import ACTIVE, AllocationState, AllocationsView
@@ -70,6 +72,9 @@ class AllocatorModel:
     #: `images-<host>` stream.
     host_images: dict[str, frozenset[str]] = field(default_factory=dict)
     images_versions: dict[str, int] = field(default_factory=dict)
+    #: The Scheduler kept in step with what is folded here (placement_index.py); not state of
+    #: its own: it follows from the hosts, the ledger and the images.
+    placement: PlacementIndex = field(default_factory=PlacementIndex, compare=False, repr=False)
 
     # Folding.
 
@@ -78,8 +83,11 @@ class AllocatorModel:
         match record.category:
             case "host":
                 self.hosts.apply(event, position=record.position, version=record.version, at=at)
+                if isinstance(event, HostEvent):
+                    self.placement.touch(event.host_id)
             case "capacity":
-                self.ledger.apply(event, version=record.version)
+                if self.ledger.apply(event, version=record.version):
+                    self.placement.touch(getattr(event, "host_id", ""), reservation_only=True)
             case "alloc":
                 self.allocations.apply(event, position=record.position, version=record.version, at=at)
             case "quota":
@@ -95,6 +103,7 @@ class AllocatorModel:
                 if isinstance(event, HostImagesReported):
                     self.host_images[event.host_id] = frozenset(event.images)
                     self.images_versions[event.host_id] = record.version
+                    self.placement.touch(event.host_id)
 
     def passed_over(self, record: RecordedEvent) -> None:
         """An event of `record.stream` the Fold could not read: count its version."""
