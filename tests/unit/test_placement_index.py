@@ -32,6 +32,7 @@ from potluck.allocator.scheduler import (
     place,
 )
 from potluck.contracts.allocation_events import (
+    AllocationPlaced,
     AllocationRequested,
     AllocationSpec,
     CapacityFreed,
@@ -209,7 +210,8 @@ class Allocator(RuleBasedStateMachine):
 
     def in_flight_amount(self, alloc_id: str) -> Capacity:
         placed = self.appends[alloc_id][0].events[-1]
-        return placed.spec.resources  # type: ignore[attr-defined]
+        assert isinstance(placed, AllocationPlaced)
+        return placed.spec.resources
 
     def snapshots(self) -> list[HostSnapshot]:
         return host_snapshots(
