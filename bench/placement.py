@@ -43,7 +43,7 @@ import asyncio
 import os
 import random
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,11 +54,12 @@ from potluck.allocator.capacity import (
     CapacityLedger,
     Placement,
     allocation_placed,
-    host_snapshots,
     placement_appends,
     placement_request,
-    reservation_appends,
 )
+from potluck.allocator.decisions import Outlook, placement
+from potluck.allocator.in_flight import InFlight, InFlightRequests
+from potluck.allocator.model import AllocatorModel
 from potluck.allocator.scheduler import (
     HostSnapshot,
     Impossible,
@@ -70,18 +71,16 @@ from potluck.allocator.scheduler import (
     place,
 )
 from potluck.contracts.allocation_events import (
+    AllocationPlaced,
     AllocationRequested,
     AllocationSpec,
     CapacityReserved,
     alloc_stream,
-    capacity_stream,
 )
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.engine import EngineFacts
-from potluck.contracts.host_events import HostEnrolled, HostRegistered, host_stream
-from potluck.events import NO_STREAM, Event, EventStore, StreamAppend, registry
-from potluck.readmodels.hosts import HostsView
-from potluck.registry.projection import rebuild_view
+from potluck.contracts.host_events import HostEnrolled, HostPaused, HostRegistered, host_stream
+from potluck.events import NO_STREAM, Event, EventStore, Fold, RecordedEvent, StreamAppend, registry
 
 BENCH = "placement"
 PARTS = ("in_process", "through_log")
@@ -288,6 +287,8 @@ async def load_hosts(store: EventStore, hosts: Sequence[SimHost], per_append: in
                     hostd_version="bench",
                 ),
             ]
+            if not h.schedulable:
+                events.append(HostPaused(host_id=h.host_id, by="member"))
             appends.append(StreamAppend(host_stream(h.host_id), events, NO_STREAM))
         await store.append_streams(appends, metadata={"actor": "operator"})
 
@@ -300,35 +301,55 @@ async def load_requests(store: EventStore, requests: Sequence[AllocationRequeste
         )
 
 
-@dataclass
 class Allocator:
-    """What an allocator replica holds: the pool as the log says, indexed for placement."""
+    """What an allocator replica holds and does to place (services/allocator/engine.py): its model
+    folded from the log, the requests it has in flight, and each decision made by `Outlook.place`
+    on the model's placement index (placement_index.py), with the expected versions the engine
+    gives its appends. Quotas and HTTP are left out: placement is measured."""
 
-    store: EventStore
-    ledger: CapacityLedger
-    scheduler: Scheduler
-    strategy: Strategy = "best_fit"
+    def __init__(self, store: EventStore, strategy: Strategy = "best_fit") -> None:
+        self.store = store
+        self.strategy: Strategy = strategy
+        self.model = AllocatorModel()
+        self.fold = Fold(self.model, reader="bench")
+        self.in_flight = InFlightRequests()
 
-    def fold(self, appends: Sequence[StreamAppend]) -> None:
-        """What was just appended, with the expected versions it passed, into the ledger and index."""
-        for append in appends:
-            if not append.stream.startswith("capacity-"):
-                continue
-            assert append.expected_version is not None
-            host_id = ""
-            for i, item in enumerate(append.events, start=1):
-                assert isinstance(item, CapacityReserved)
-                self.ledger.apply(item, version=append.expected_version + i)
-                host_id = item.host_id
-            self.scheduler.set_reserved(host_id, self.ledger.reserved(host_id))
+    @property
+    def ledger(self) -> CapacityLedger:
+        return self.model.ledger
+
+    def land(self, alloc_ids: Sequence[str], recorded: Sequence[RecordedEvent]) -> None:
+        """What was just appended, folded as the engine's follower folds it; no longer in flight."""
+        self.fold.apply_all(recorded)
+        for alloc_id in alloc_ids:
+            self.in_flight.settle(alloc_id)
+
+    def decide(self, requested: AllocationRequested, now: datetime) -> tuple[object, list[StreamAppend]]:
+        """A decision, and for a placement its two-stream append, counted in flight from now on."""
+        outlook = Outlook(self.model, self.in_flight)
+        decision = outlook.place(requested, self.strategy)
+        if not isinstance(decision, Placed):
+            return decision, []
+        host_id = decision.host_id
+        appends = placement(
+            requested,
+            host_id,
+            now=now,
+            alloc_version=1,
+            capacity_version=outlook.capacity_version(host_id),
+        )
+        self.in_flight.add(InFlight(requested.alloc_id, requested.user, requested.spec.resources, host_id))
+        return decision, appends
 
     async def place_one(self, requested: AllocationRequested, now: datetime) -> object:
-        decision = self.scheduler.place(placement_request(requested), self.strategy)
-        if isinstance(decision, Placed):
-            placed = allocation_placed(requested, decision.host_id, now)
-            appends = reservation_appends(placed, self.ledger, alloc_version=1)
-            await self.store.append_streams(appends, metadata={"actor": "allocator"})
-            self.fold(appends)
+        decision, appends = self.decide(requested, now)
+        if appends:
+            try:
+                recorded = await self.store.append_streams(appends, metadata={"actor": "allocator"})
+            except BaseException:
+                self.in_flight.settle(requested.alloc_id)
+                raise
+            self.land([requested.alloc_id], recorded)
         return decision
 
     async def place_pipelined(
@@ -336,38 +357,25 @@ class Allocator:
     ) -> None:
         """As the allocator serves concurrent requests: each decision is its own two-stream
         append, queued at once (`append_streams_nowait`) while up to `window` earlier ones are
-        still committing. The index holds each reservation from its decision on, and the
-        capacity stream's expected version counts the reservations queued on that host before
-        it (services/allocator/in_flight.py); the store commits what is queued in groups."""
-        flying: deque[tuple[asyncio.Future[Any], CapacityReserved, int]] = deque()
-        queued_on: Counter[str] = Counter()
+        still committing; the decisions made meanwhile count them in flight (in_flight.py), and
+        the store commits what is queued in groups."""
+        flying: deque[tuple[asyncio.Future[list[RecordedEvent]], str]] = deque()
 
         async def land_oldest() -> None:
-            outcome, reserved, version = flying.popleft()
-            queued_on[reserved.host_id] -= 1
+            outcome, alloc_id = flying.popleft()
             try:
-                await outcome
+                recorded = await outcome
             except BaseException:
-                self.scheduler.release(reserved.host_id, reserved.amount)
+                self.in_flight.settle(alloc_id)
                 raise
-            self.ledger.apply(reserved, version=version)
+            self.land([alloc_id], recorded)
 
         for requested in requests:
-            decision = self.scheduler.place(placement_request(requested), self.strategy)
+            decision, appends = self.decide(requested, now)
             tally.count(decision)
-            if isinstance(decision, Placed):
-                host_id = decision.host_id
-                self.scheduler.reserve(host_id, requested.spec.resources)
-                placed = allocation_placed(requested, host_id, now)
-                reserved = Placement(placed, 1).reservation
-                version = self.ledger.version(host_id) + queued_on[host_id] + 1
-                appends = [
-                    StreamAppend(alloc_stream(placed.alloc_id), [placed], 1),
-                    StreamAppend(capacity_stream(host_id), [reserved], version - 1),
-                ]
+            if appends:
                 outcome = self.store.append_streams_nowait(appends, metadata={"actor": "allocator"})
-                queued_on[host_id] += 1
-                flying.append((outcome, reserved, version))
+                flying.append((outcome, requested.alloc_id))
             while len(flying) >= window:
                 await land_oldest()
         while flying:
@@ -376,20 +384,22 @@ class Allocator:
     async def place_batch(self, batch: Sequence[AllocationRequested], now: datetime, tally: Tally) -> None:
         placements = []
         for requested in batch:
-            decision = self.scheduler.place(placement_request(requested), self.strategy)
+            decision, appends = self.decide(requested, now)
             tally.count(decision)
-            if isinstance(decision, Placed):
-                # Held in the index until the append says yes (set_reserved then mirrors the ledger).
-                self.scheduler.reserve(decision.host_id, requested.spec.resources)
-                placements.append(Placement(allocation_placed(requested, decision.host_id, now), 1))
+            if appends:
+                placed = appends[0].events[-1]
+                assert isinstance(placed, AllocationPlaced)
+                placements.append(Placement(placed, 1))
+        # One transaction: each capacity stream expects the ledger's version, whatever it holds.
         appends = placement_appends(placements, self.ledger)
+        alloc_ids = [p.placed.alloc_id for p in placements]
         try:
-            await self.store.append_streams(appends, metadata={"actor": "allocator"})
+            recorded = await self.store.append_streams(appends, metadata={"actor": "allocator"})
         except BaseException:
-            for p in placements:
-                self.scheduler.release(p.placed.host_id, p.placed.spec.resources)
+            for alloc_id in alloc_ids:
+                self.in_flight.settle(alloc_id)
             raise
-        self.fold(appends)
+        self.land(alloc_ids, recorded)
 
 
 async def store_append_rate(
@@ -450,24 +460,19 @@ async def bench_through_log(servers: BenchServers, args: argparse.Namespace) -> 
         with Stopwatch() as sw:
             await load_hosts(store, hosts)
         say(f"registered {len(hosts):,} hosts in the log in {sw.seconds:.1f}s")
+        warm = [r.model_copy(update={"alloc_id": f"warm-{i}"}) for i, r in enumerate(single[:8])]
+        await load_requests(store, warm + single + batched + pipelined)
+        allocator = Allocator(store)
         with Stopwatch() as sw:
-            view = HostsView()
-            await rebuild_view(store, view)
-            ledger = CapacityLedger()
-            scheduler = Scheduler(host_snapshots(view, ledger))
+            await allocator.fold.catch_up(store)
+            allocator.model.placement.current(
+                allocator.model.hosts, allocator.ledger, allocator.model.host_images, allocator.in_flight
+            )
         rebuild_s = sw.seconds
-        say(f"rebuilt the registry view and the Scheduler from the log in {rebuild_s:.1f}s")
-        await load_requests(store, single + batched + pipelined)
-        # Churn as in process would change nothing here: hosts keep their registered state.
-        for h in hosts:
-            if not h.schedulable:
-                scheduler.set_schedulable(h.host_id, False)
-        allocator = Allocator(store, ledger, scheduler)
+        say(f"folded the allocator's model from the log and built its placement index in {rebuild_s:.1f}s")
         now = datetime.now(UTC)
 
         # Warm up: every pooled connection prepares the append's statements.
-        warm = [r.model_copy(update={"alloc_id": f"warm-{i}"}) for i, r in enumerate(single[:8])]
-        await load_requests(store, warm)
         placed = 0
         for r in warm:
             placed += isinstance(await allocator.place_one(r, now), Placed)

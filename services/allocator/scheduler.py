@@ -451,6 +451,10 @@ class _Group:
         self.lb = score(CPU_LEVELS[ci] - CPU_TOLERANCE, MEMORY_LEVELS[mi], 0)
 
 
+def _group_order(g: _Group) -> tuple[float, int, int]:
+    return (g.lb, g.ci, g.mi)
+
+
 class _Index:
     """Entries grouped by the levels of their cpus and memory.
 
@@ -460,7 +464,7 @@ class _Index:
     entries in order. Hosts that best fit has left nearly full sit in low groups
     it never opens. Groups are kept once made (there are at most a few hundred
     pairs of levels), so the candidate groups of each request level are worked
-    out once and kept until a new group appears.
+    out once; a new group is slotted into them.
     """
 
     __slots__ = ("_candidates_at", "_groups", "_size")
@@ -480,7 +484,11 @@ class _Index:
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(*key)
-            self._candidates_at.clear()
+            # Into the candidate lists it belongs to, in order: a pool filling up makes new
+            # groups often, and working every list out anew cost more than the searches.
+            for (ci, mi), candidates in self._candidates_at.items():
+                if group.ci >= ci and group.mi >= mi:
+                    insort(candidates, group, key=_group_order)
         return group
 
     def add(self, e: _Entry) -> "_Group":
@@ -505,10 +513,7 @@ class _Index:
         found = self._candidates_at.get(key)
         if found is None:
             ci, mi = key
-            found = sorted(
-                (g for g in self._groups.values() if g.ci >= ci and g.mi >= mi),
-                key=lambda g: (g.lb, g.ci, g.mi),
-            )
+            found = sorted((g for g in self._groups.values() if g.ci >= ci and g.mi >= mi), key=_group_order)
             self._candidates_at[key] = found
         return found
 

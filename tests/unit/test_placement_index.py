@@ -53,7 +53,7 @@ from potluck.contracts.host_events import (
     host_stream,
 )
 from potluck.contracts.host_images import HostImagesReported, images_stream
-from potluck.events import Event, Fold, StreamAppend
+from potluck.events import Event, Fold, StreamAppend, WrongExpectedVersion
 from tests.unit.test_allocator_model import ENGINE, GIB, T0, RecordingLog
 
 IMAGES = ("debian:12", "python:3.12", "potluck-test:1")
@@ -189,9 +189,16 @@ class Allocator(RuleBasedStateMachine):
         return alloc_id
 
     @rule(target=landed, alloc_id=consumes(queued))
-    def land(self, alloc_id: str) -> str:
-        """The append commits and the model folds it; the request then no longer counts in flight."""
-        self.fold.apply_all(self.log.append(self.appends[alloc_id]))
+    def land(self, alloc_id: str) -> object:
+        """The append commits and the model folds it; the request then no longer counts in flight.
+        Landing out of queue order, it may expect a version another landed first: it is refused,
+        as the log refuses it, and counts no more."""
+        try:
+            recorded = self.log.append(self.appends[alloc_id])
+        except WrongExpectedVersion:
+            self.in_flight.settle(alloc_id)
+            return multiple()
+        self.fold.apply_all(recorded)
         self.in_flight.settle(alloc_id)
         return alloc_id
 
