@@ -106,8 +106,18 @@ class PlacementIndex:
 
     @staticmethod
     def _reserved(ledger: CapacityLedger, in_flight: InFlightRequests, host_id: str) -> Capacity:
-        # The same sum as host_snapshots makes: the ledger's, plus what is in flight beyond it.
+        """The ledger's reservation plus what is in flight beyond it: the sum host_snapshots
+        makes, by the same arithmetic (Capacity.__add__), without a Capacity per step."""
         reserved = ledger.reserved(host_id)
-        if in_flight.count_on(host_id):
-            reserved = reserved + sum_of(in_flight_beyond(ledger, in_flight, host_id).values())
-        return reserved
+        if not in_flight.count_on(host_id):
+            return reserved
+        cpus, memory, disk = 0.0, 0, 0
+        for amount in in_flight_beyond(ledger, in_flight, host_id).values():
+            cpus = round(cpus + amount.cpus, 6)
+            memory += amount.memory_bytes
+            disk += amount.disk_bytes
+        return Capacity.model_construct(
+            cpus=round(reserved.cpus + cpus, 6),
+            memory_bytes=reserved.memory_bytes + memory,
+            disk_bytes=reserved.disk_bytes + disk,
+        )

@@ -697,6 +697,8 @@ class Scheduler:
     def set_reserved(self, host_id: str, reserved: Capacity) -> None:
         """Mirror the ledger's reserved amount for a host exactly."""
         host = self._hosts[host_id]
+        if host.rc == reserved.cpus and host.rm == reserved.memory_bytes and host.rd == reserved.disk_bytes:
+            return  # often so: an append that lands moves a reservation from in flight to the ledger
         self._unindex_free(host)
         host.rc, host.rm, host.rd = reserved.cpus, reserved.memory_bytes, reserved.disk_bytes
         self._index_free(host)
