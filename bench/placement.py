@@ -40,6 +40,7 @@ Progress and a summary against the targets go to stderr.
 
 import argparse
 import asyncio
+import gc
 import os
 import random
 import time
@@ -465,6 +466,7 @@ async def bench_through_log(servers: BenchServers, args: argparse.Namespace) -> 
         allocator = Allocator(store)
         with Stopwatch() as sw:
             await allocator.fold.catch_up(store)
+            gc.freeze()  # as the allocator's process does once caught up (AllocatorEngine.freeze_loaded)
             allocator.model.placement.current(
                 allocator.model.hosts, allocator.ledger, allocator.model.host_images, allocator.in_flight
             )

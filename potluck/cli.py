@@ -232,7 +232,7 @@ def allocator(
         from potluck.allocator.metrics import watch_allocator
         from potluck.kernel.metrics import pool_metrics
 
-        engine = AllocatorEngine(store, strategy=strategy)  # type: ignore[arg-type]
+        engine = AllocatorEngine(store, strategy=strategy, freeze_loaded=True)  # type: ignore[arg-type]
         watch_allocator(pool_metrics(), engine)
         await AllocatorService(store, nc, engine, registry=registry).run(
             lambda: serve_http(engine, host, port, registry=registry)

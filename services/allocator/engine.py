@@ -25,6 +25,7 @@ round trip through the follower. What the allocator does of its own accord
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -102,8 +103,14 @@ class AllocatorEngine:
         strategy: Strategy = "best_fit",
         clock: Clock = utcnow,
         conflict_attempts: int = 20,
+        freeze_loaded: bool = False,
     ) -> None:
         self.store = store
+        #: After catching up, exempt what was loaded from the cyclic GC (`gc.freeze`): the
+        #: model lives as long as the process, and scanning it on every full collection
+        #: cost the decisions after it about half their time (bench/README.md, placement).
+        #: For the allocator's own process only: it is never collected afterwards.
+        self.freeze_loaded = freeze_loaded
         self.strategy: Strategy = strategy
         self.clock = clock
         self.conflict_attempts = conflict_attempts
@@ -167,6 +174,8 @@ class AllocatorEngine:
 
     async def catch_up(self) -> None:
         await self.fold.catch_up(self.store)
+        if self.freeze_loaded:
+            gc.freeze()
         self.ready.set()
         log.info(
             "allocator.loaded",

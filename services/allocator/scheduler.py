@@ -850,11 +850,11 @@ class Scheduler:
         by_label = self._by_label
         constraints = tuple(p for p in request.constraints.items() if len(by_label.get(p, ())) < n)
         image = request.image
-        refused: set[str] = set()
+        refused: list[set[str]] = []  # hosts whose members' allow-lists refuse the image, by list
         if image is not None:
-            for patterns, limited in self._restricted.items():
-                if not _allows(patterns, image):
-                    refused = refused | limited if refused else limited
+            refused = [
+                limited for patterns, limited in self._restricted.items() if not _allows(patterns, image)
+            ]
         networked = self._networked if request.network and len(self._networked) < n else None
         excluded = request.excluded_hosts
         if not (constraints or refused or networked is not None or excluded):
@@ -862,7 +862,7 @@ class Scheduler:
         hosts = self._hosts
 
         def accept(host_id: str) -> bool:
-            if host_id in excluded or host_id in refused:
+            if host_id in excluded or any(host_id in limited for limited in refused):
                 return False
             if networked is not None and host_id not in networked:
                 return False
