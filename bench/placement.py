@@ -10,15 +10,18 @@
   also carries `scan_per_s`: the same decisions by `place(...)`, which looks
   at every host (the rule stated plainly), measured on a few hundred.
 - placement_through_log (decisions/s): each decision made a fact as the
-  allocator makes it under concurrent requests: one append of AllocationPlaced
-  on `alloc-<id>` and CapacityReserved on `capacity-<host_id>`, each with its
-  expected version, queued (`append_streams_nowait`) while up to `--in-flight`
-  earlier ones still commit; later decisions count the reservations in flight
-  (as services/allocator/in_flight.py does), and the store commits what is
-  queued in groups. Durable Postgres (fsync on) started for the run. 10,000
-  hosts are registered in the log first (HostEnrolled + HostRegistered, in big
-  batched appends) and the Scheduler is built from the registry projection
-  rebuilt from the log; the requests are logged before the clock starts.
+  allocator makes it under concurrent requests, by the allocator's own code:
+  `Outlook.place` on the model's kept placement index, the engine's expected
+  versions, one append of AllocationPlaced on `alloc-<id>` and CapacityReserved
+  on `capacity-<host_id>`, queued (`append_streams_nowait`) while up to
+  `--in-flight` earlier ones still commit; later decisions count the
+  reservations in flight (services/allocator/in_flight.py), the store commits
+  what is queued in groups, and each append that lands is folded into the
+  model by a `Fold`, decoded as the engine's follower decodes it. Durable
+  Postgres (fsync on) started for the run. 10,000 hosts are registered in the
+  log first (HostEnrolled + HostRegistered, and HostPaused for the 5% not
+  schedulable, in big batched appends) and the allocator's model is folded
+  from the log; the requests are logged before the clock starts.
   `store_append_per_s` is the same two-stream append with its events built
   beforehand, no placement around it, one at a time: the most one append per
   decision can give when each waits for the one before.
@@ -86,8 +89,8 @@ from potluck.events import NO_STREAM, Event, EventStore, Fold, RecordedEvent, St
 BENCH = "placement"
 PARTS = ("in_process", "through_log")
 TARGETS: dict[str, tuple[str, float]] = {
-    "placement_in_process": (">=", 5_000),
-    "placement_through_log": (">=", 1_000),
+    "placement_in_process": (">=", 40_000),  # issue 20
+    "placement_through_log": (">=", 8_000),
 }
 RESULTS: dict[str, float] = {}
 

@@ -66,7 +66,9 @@ Two implementations of one rule
     gives the same decision as ``place(scheduler.snapshots(), request)`` (the
     unit and property tests hold it to that) without looking at most hosts: it
     opens only groups that could hold the request, best first, and stops as
-    soon as no unopened group can beat what it found.
+    soon as no unopened group can beat what it found. A request that names a
+    label is decided among the hosts carrying it, by an index of their own
+    (bench/README.md, placement, has the profiles).
 """
 
 from bisect import bisect_left, bisect_right, insort
