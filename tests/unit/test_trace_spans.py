@@ -194,3 +194,15 @@ def test_the_waterfall_places_spans_on_the_trace_time_line() -> None:
         (0, 0.0, 1.0, 100.0),
         (1, 0.2, 0.5, 50.0),
     ]
+
+
+def test_a_local_pool_keeps_its_spans_unless_a_collector_is_named() -> None:
+    """`potluck up` writes spans to its own file only when OTEL_* sends them nowhere else."""
+    from potluck.telemetry import collector_configured
+
+    assert not collector_configured({})
+    assert not collector_configured({"OTEL_TRACES_EXPORTER": "console"})
+    assert not collector_configured({"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c"})
+    assert collector_configured({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+    assert collector_configured({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"})
+    assert collector_configured({"OTEL_TRACES_EXPORTER": "otlp"})
