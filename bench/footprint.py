@@ -32,6 +32,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -307,7 +308,7 @@ async def run(seconds: float) -> None:
                     session.kill()
                 await session.wait()
     load = os.getloadavg()
-    extra = {
+    extra: dict[str, Any] = {
         **busy.fields("window_"),
         **empty.fields("idle_"),
         "seconds": round(seconds),

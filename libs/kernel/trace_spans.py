@@ -24,6 +24,8 @@ __all__ = [
     "WaterfallRow",
     "read_spans",
     "span_tree",
+    "spans_files",
+    "walk",
     "waterfall",
 ]
 
@@ -148,6 +150,15 @@ def _lines(path: Path, needle: bytes) -> Iterable[str]:
                     yield line.decode("utf-8", errors="replace")
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         return
+
+
+def spans_files(path: Path | str) -> list[Path]:
+    """A spans file and the older part it rotated to (`<file>.1`), oldest first, those that exist.
+
+    What to give `read_spans` for the file a process's POTLUCK_TRACES_FILE names.
+    """
+    current = Path(path)
+    return [p for p in (current.with_name(current.name + ".1"), current) if p.is_file()]
 
 
 def read_spans(paths: Sequence[Path | str], trace_id: str) -> list[SpanRecord]:

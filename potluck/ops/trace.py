@@ -20,14 +20,14 @@ from typing import Any
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.events import EventStore
 from potluck.events.tracing import trace_carrier_of
-from potluck.kernel.trace_spans import SpanRecord, read_spans, span_tree, walk, waterfall
+from potluck.kernel.trace_spans import SpanRecord, read_spans, span_tree, spans_files, walk, waterfall
 from potluck.ops import OpsError
 
 __all__ = [
     "AllocationTrace",
     "find_trace",
     "parse_traceparent",
-    "spans_files",
+    "trace_spans",
     "tree_lines",
     "waterfall_dicts",
 ]
@@ -105,11 +105,6 @@ async def find_trace(store: EventStore, alloc: str) -> AllocationTrace:
             f"{first.position} has no traceparent): tracing was off in the allocator then"
         )
     return AllocationTrace(alloc_id, parsed[0], parsed[1], first.type, first.position, events)
-
-
-def spans_files(path: Path) -> list[Path]:
-    """The spans file and the old one it rotated to, oldest first (the ones that exist)."""
-    return [p for p in (path.with_name(path.name + ".1"), path) if p.is_file()]
 
 
 def trace_spans(path: Path, trace_id: str) -> list[SpanRecord]:

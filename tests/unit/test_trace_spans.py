@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from potluck.kernel.trace_spans import SpanRecord, read_spans, span_tree, walk, waterfall
+from potluck.kernel.trace_spans import SpanRecord, read_spans, span_tree, spans_files, walk, waterfall
 from potluck.telemetry import JsonLinesSpanExporter, _LineFile
 
 TRACE = "4303378a64ec1232e93520658e208aa4"
@@ -114,6 +114,28 @@ def test_the_file_rotates_at_its_bound_keeping_one_old_file(tmp_path: Path) -> N
     big = ["y" * 5000]
     _LineFile(str(tmp_path / "big.jsonl"), max_bytes=4096).write(big)
     assert (tmp_path / "big.jsonl").read_text() == big[0] + "\n"
+
+
+def test_a_trace_is_read_across_the_rotation(tmp_path: Path) -> None:
+    """Spans of one trace written past the file's bound: the current file and `.1` together give
+    the newest spans, in order, with no gap; the current file alone gives fewer."""
+    path = tmp_path / "traces.jsonl"
+    provider = TracerProvider(resource=Resource.create({"service.name": "potluck-hostd"}))
+    provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(str(path), max_bytes=8192)))
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("root") as root:
+        for i in range(60):
+            with tracer.start_as_current_span(f"child {i:02d}"):
+                pass
+    trace_id = format(root.get_span_context().trace_id, "032x")
+    assert spans_files(path) == [tmp_path / "traces.jsonl.1", path]
+    both = [s.name for s in read_spans(spans_files(path), trace_id)]
+    assert len(read_spans([path], trace_id)) < len(both) < 61
+    kept = [name for name in both if name != "root"]
+    first = int(kept[0].split()[1])
+    assert kept == [f"child {i:02d}" for i in range(first, 60)]
+    assert both[0] == "root"  # written last (it ends last), read first (it starts first)
+    assert spans_files(tmp_path / "nothing.jsonl") == []
 
 
 # --- the tree and the waterfall, for any spans --------------------------------------------------
