@@ -220,6 +220,8 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         if not collector_configured():
             # Every process started below inherits it: spans stay in the state dir, no collector needed.
             os.environ.setdefault(TRACES_FILE, str(pool_files(state).traces_file))
+            # Written within a second (not the SDK's 5 s), so a new allocation's page shows its trace.
+            os.environ.setdefault("OTEL_BSP_SCHEDULE_DELAY", "1000")
         say("starting NATS, the registry, the allocator, the image registry and the SSH gateway")
         pool = await LocalPool.create(
             state / "pool",
