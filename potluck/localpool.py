@@ -35,6 +35,8 @@ class PoolFiles:
     nats_pid_file: Path
     services_seed_file: Path
     gateway_state_dir: Path
+    #: Where the pool's processes append their spans (POTLUCK_TRACES_FILE), unless OTEL_* names a collector.
+    traces_file: Path
 
     @classmethod
     def in_workdir(cls, workdir: Path) -> "PoolFiles":
@@ -45,6 +47,7 @@ class PoolFiles:
             nats_pid_file=nats / "nats-server.pid",
             services_seed_file=workdir / "services.seed",
             gateway_state_dir=workdir / "sshgateway",
+            traces_file=workdir / "traces.jsonl",
         )
 
 

@@ -13,7 +13,10 @@ Where spans and metrics go, for each signal separately:
   (then the default endpoint, http://localhost:4318);
 - otherwise a local JSON-lines file when `POTLUCK_TRACES_FILE` /
   `POTLUCK_METRICS_FILE` is set (one span, or one metrics batch, per line;
-  several processes may append to one file);
+  several processes may append to one file; at POTLUCK_TELEMETRY_FILE_MAX_BYTES,
+  32 MiB by default, it moves to `<file>.1`, the one old file kept). A pool
+  from `potluck up` sets POTLUCK_TRACES_FILE for its processes unless OTEL_*
+  names a collector (`collector_configured`);
 - otherwise nothing: the API stays the no-op one and costs nothing.
 
 `OTEL_SDK_DISABLED=true` or an exporter of `none` turns a signal off;
@@ -93,6 +96,7 @@ __all__ = [
     "TelemetryConfigError",
     "TelemetryPlan",
     "build_telemetry",
+    "collector_configured",
     "configure_telemetry",
     "plan_telemetry",
 ]
@@ -102,6 +106,9 @@ T = TypeVar("T")
 DEFAULT_OTLP_ENDPOINT = "http://localhost:4318"
 TRACES_FILE = "POTLUCK_TRACES_FILE"
 METRICS_FILE = "POTLUCK_METRICS_FILE"
+#: The size at which a local traces or metrics file is moved to `<file>.1` (the one old file kept).
+FILE_MAX_BYTES = "POTLUCK_TELEMETRY_FILE_MAX_BYTES"
+DEFAULT_FILE_MAX_BYTES = 32 << 20
 #: Health checks poll every few seconds; they would drown the traces that matter.
 _DEFAULT_EXCLUDED_URLS = "/healthz,/readyz"
 
@@ -121,6 +128,8 @@ class SignalPlan:
 
     destination: Destination
     target: str | None = None
+    #: For a file: the size at which it rotates (None: DEFAULT_FILE_MAX_BYTES).
+    max_bytes: int | None = None
 
     @property
     def on(self) -> bool:
@@ -194,10 +203,36 @@ def _signal(
         parent = Path(path).expanduser().parent
         if not parent.is_dir():
             raise TelemetryConfigError(f"{file_variable}={path!r}: the directory {parent} does not exist")
-        return SignalPlan("file", str(Path(path).expanduser()))
+        return SignalPlan("file", str(Path(path).expanduser()), _file_max_bytes(environ))
     if "console" in exporters:
         return SignalPlan("console")
     return SignalPlan("off")
+
+
+def _file_max_bytes(environ: Mapping[str, str]) -> int | None:
+    raw = environ.get(FILE_MAX_BYTES, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 4096:
+        raise TelemetryConfigError(f"{FILE_MAX_BYTES}={raw!r} must be a whole number of bytes, at least 4096")
+    return value
+
+
+def collector_configured(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether OTEL_* sends traces to a collector (then a local pool keeps no spans file of its own)."""
+    env = os.environ if environ is None else environ
+    if _truthy(env.get("OTEL_SDK_DISABLED")):
+        return False
+    exporters = {part.strip().lower() for part in env.get("OTEL_TRACES_EXPORTER", "").split(",")}
+    return (
+        "otlp" in exporters
+        or bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip())
+        or bool(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip())
+    )
 
 
 def _root_sampler(environ: Mapping[str, str]) -> Sampler:
@@ -286,10 +321,19 @@ class NoOrphanQueries(Sampler):
 
 
 class _LineFile:
-    """Appends whole lines to a file, one write per line, shared safely by threads and processes."""
+    """Appends whole lines to a file, one write per line, shared safely by threads and processes.
 
-    def __init__(self, path: str) -> None:
+    The file is bounded: once it holds `max_bytes`, the writer that notices
+    renames it to `<path>.1` (replacing the previous old file) and starts a new
+    one, so at most about twice `max_bytes` stays on disk. An flock on the file
+    being rotated, and a check that the path still names it, let only one of
+    several processes rotate it; a writer still holding the old file writes its
+    lines there, where readers find them too.
+    """
+
+    def __init__(self, path: str, max_bytes: int = DEFAULT_FILE_MAX_BYTES) -> None:
         self.path = path
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
 
     def write(self, lines: Sequence[str]) -> None:
@@ -299,20 +343,53 @@ class _LineFile:
         with self._lock:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:
+                if os.fstat(fd).st_size + len(data) > self.max_bytes and self._rotate(fd):
+                    os.close(fd)
+                    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
                 os.write(fd, data)
             finally:
                 os.close(fd)
 
+    def _rotate(self, fd: int) -> bool:
+        """Move the full file aside unless another writer already did; True when the path changed."""
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            mine = os.fstat(fd)
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                return True
+            if (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino):
+                return True
+            if mine.st_size == 0:
+                # One batch larger than the bound: write it rather than rotate forever.
+                return False
+            os.replace(self.path, self.path + ".1")
+            return True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _span_line(span: ReadableSpan) -> str:
+    line = json.loads(span.to_json(indent=None))
+    line["start_time_unix_nano"] = span.start_time
+    line["end_time_unix_nano"] = span.end_time
+    return json.dumps(line, separators=(",", ":"), default=str)
+
 
 class JsonLinesSpanExporter(SpanExporter):
-    """Each finished span as one JSON object per line (the SDK's own JSON form of a span)."""
+    """Each finished span as one JSON object per line: the SDK's own JSON form of a span, plus its
+    exact start and end (`start_time_unix_nano`, `end_time_unix_nano`; the SDK's times stop at the
+    microsecond). potluck.kernel.trace_spans reads them back."""
 
-    def __init__(self, path: str) -> None:
-        self._file = _LineFile(path)
+    def __init__(self, path: str, max_bytes: int = DEFAULT_FILE_MAX_BYTES) -> None:
+        self._file = _LineFile(path, max_bytes)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
-            self._file.write([span.to_json(indent=None) for span in spans])
+            self._file.write([_span_line(span) for span in spans])
         except OSError:
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
@@ -327,9 +404,9 @@ class JsonLinesSpanExporter(SpanExporter):
 class JsonLinesMetricExporter(MetricExporter):
     """Each metrics collection as one JSON object per line."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, max_bytes: int = DEFAULT_FILE_MAX_BYTES) -> None:
         super().__init__()
-        self._file = _LineFile(path)
+        self._file = _LineFile(path, max_bytes)
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
@@ -381,7 +458,7 @@ def _span_exporter(plan: SignalPlan) -> SpanExporter:
         return OTLPSpanExporter(endpoint=plan.target)
     if plan.destination == "file":
         assert plan.target is not None
-        return JsonLinesSpanExporter(plan.target)
+        return JsonLinesSpanExporter(plan.target, plan.max_bytes or DEFAULT_FILE_MAX_BYTES)
     return ConsoleSpanExporter(out=sys.stderr)
 
 
@@ -393,7 +470,7 @@ def _metric_reader(plan: SignalPlan) -> MetricReader:
         exporter = OTLPMetricExporter(endpoint=plan.target)
     elif plan.destination == "file":
         assert plan.target is not None
-        exporter = JsonLinesMetricExporter(plan.target)
+        exporter = JsonLinesMetricExporter(plan.target, plan.max_bytes or DEFAULT_FILE_MAX_BYTES)
     else:
         exporter = ConsoleMetricExporter(out=sys.stderr)
     return PeriodicExportingMetricReader(exporter)

@@ -33,6 +33,7 @@ from potluck.localstack.ports import port_accepts
 from potluck.localstack.reaper import start_time
 from potluck.localstack.test_image import build_test_image
 from potluck.supervisor import Supervisor
+from potluck.telemetry import TRACES_FILE, collector_configured
 
 Say = Callable[[str], None]
 
@@ -216,6 +217,11 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         docker_url, engine = await asyncio.to_thread(_engine, state, say)
         image = await asyncio.to_thread(ensure_default_image, docker_url, say)
         await asyncio.to_thread(build_test_image, docker_url)
+        if not collector_configured():
+            # Every process started below inherits it: spans stay in the state dir, no collector needed.
+            os.environ.setdefault(TRACES_FILE, str(pool_files(state).traces_file))
+            # Written within a second (not the SDK's 5 s), so a new allocation's page shows its trace.
+            os.environ.setdefault("OTEL_BSP_SCHEDULE_DELAY", "1000")
         say("starting NATS, the registry, the allocator, the image registry and the SSH gateway")
         pool = await LocalPool.create(
             state / "pool",

@@ -4,7 +4,7 @@
     potluck ops events tail [--type T]... [--stream S] [--after POSITION] [--count N] [--json]
     potluck ops events show STREAM [--json]
     potluck ops status [--live] [--json]
-    potluck ops trace ALLOC [--json]
+    potluck ops trace ALLOC [--spans-file FILE] [--json]
 
 Each reads the log at `--database-url` (POTLUCK_DATABASE_URL); `replay
 --check` and `status --live` also ask the running registry and allocator
@@ -459,20 +459,49 @@ def status(
     help="Also print this URL with {trace_id} filled in, e.g. http://localhost:16686/trace/{trace_id} "
     "[env: POTLUCK_TRACE_VIEWER_URL].",
 )
+@click.option(
+    "--spans-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="POTLUCK_TRACES_FILE",
+    default=None,
+    help="The JSON-lines file the pool's processes write their spans to; the trace is printed as a "
+    "tree from it (and from FILE.1, the older part) [default: the local pool's, "
+    "$POTLUCK_HOME/pool/traces.jsonl; env: POTLUCK_TRACES_FILE].",
+)
 @_json_option
-def trace(alloc: str, database_url: str, viewer_url: str | None, as_json: bool) -> None:
-    """Print the trace id ALLOC (an allocation id) was requested under."""
-    from potluck.ops.trace import find_trace
+def trace(
+    alloc: str, database_url: str, viewer_url: str | None, spans_file: Path | None, as_json: bool
+) -> None:
+    """Print the trace ALLOC (an allocation id) was requested under: its id, and its spans as a tree
+    where the pool keeps them locally."""
+    from potluck.ops.trace import find_trace, trace_spans, tree_lines, waterfall_dicts
 
     if viewer_url is not None and "{trace_id}" not in viewer_url:
         raise click.BadParameter("the URL must contain {trace_id}", param_hint="--viewer-url")
     found = _run(lambda store: find_trace(store, alloc), database_url)
+    given = spans_file is not None
+    if spans_file is None:
+        from potluck.up import default_state_dir, pool_files
+
+        spans_file = pool_files(default_state_dir()).traces_file
+    spans = trace_spans(spans_file, found.trace_id)
+    if not spans and (given or spans_file.exists()):
+        click.echo(
+            f"no spans of trace {found.trace_id} in {spans_file} (or its .1): the pool's processes "
+            "write them there when POTLUCK_TRACES_FILE names it and no OTEL_* collector is set",
+            err=True,
+        )
     if as_json:
-        click.echo(json.dumps(found.as_dict(viewer_url), indent=2))
+        out = found.as_dict(viewer_url)
+        if spans:
+            out["spans"] = waterfall_dicts(spans)
+        click.echo(json.dumps(out, indent=2))
         return
     click.echo(found.trace_id)
     if viewer_url:
         click.echo(viewer_url.format(trace_id=found.trace_id))
+    for line in tree_lines(spans):
+        click.echo(line)
 
 
 #: What `register` attaches under a group (the integrator's `potluck ops`).

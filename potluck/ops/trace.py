@@ -6,17 +6,31 @@ of every event it appends (potluck.events.tracing), so the first event of
 trace goes on through the relay, hostd's Docker calls and its reports. Later
 events of the allocation carry the traces of what changed it (a report, a
 release), listed too.
+
+Where the pool keeps its spans locally (a pool from `potluck up`, whose
+processes append them to a JSON-lines file), the trace itself is read back
+from that file and printed as a tree.
 """
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.events import EventStore
 from potluck.events.tracing import trace_carrier_of
+from potluck.kernel.trace_spans import SpanRecord, read_spans, span_tree, spans_files, walk, waterfall
 from potluck.ops import OpsError
 
-__all__ = ["AllocationTrace", "find_trace", "parse_traceparent"]
+__all__ = [
+    "AllocationTrace",
+    "find_trace",
+    "parse_traceparent",
+    "trace_spans",
+    "tree_lines",
+    "waterfall_dicts",
+]
 
 
 def parse_traceparent(value: str) -> tuple[str, str] | None:
@@ -91,3 +105,23 @@ async def find_trace(store: EventStore, alloc: str) -> AllocationTrace:
             f"{first.position} has no traceparent): tracing was off in the allocator then"
         )
     return AllocationTrace(alloc_id, parsed[0], parsed[1], first.type, first.position, events)
+
+
+def trace_spans(path: Path, trace_id: str) -> list[SpanRecord]:
+    return read_spans(spans_files(path), trace_id)
+
+
+def tree_lines(spans: Sequence[SpanRecord]) -> list[str]:
+    """The trace as an indented tree, one span a line: service, span name, duration (and errors)."""
+    walked = list(walk(span_tree(spans)))
+    width = max((len(node.span.service) for _, node in walked), default=0)
+    lines = []
+    for depth, node in walked:
+        span = node.span
+        error = "  ERROR" if span.status == "ERROR" else ""
+        lines.append(f"{'  ' * depth}{span.service:<{width}}  {span.name}  {span.duration_ms:.1f} ms{error}")
+    return lines
+
+
+def waterfall_dicts(spans: Sequence[SpanRecord]) -> list[dict[str, Any]]:
+    return [asdict(row) for row in waterfall(spans)]

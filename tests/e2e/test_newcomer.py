@@ -137,6 +137,20 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         allocation = json.loads(created.stdout)
         assert allocation["state"] == "running"
 
+        # Tracing is on in a pool from `potluck up`, its spans kept in the state directory:
+        # `potluck ops trace` prints the allocation's trace from them, hostd's Docker calls included.
+        database = next(line.split()[-1] for line in summary.splitlines() if line.startswith("event log"))
+        for _ in range(60):  # the processes write their spans in batches
+            traced = potluck("ops", "trace", allocation["id"], "--database-url", database, env=newcomer)
+            assert traced.returncode == 0, traced.stderr
+            if "docker create+start" in traced.stdout:
+                break
+            time.sleep(0.5)
+        root = traced.stdout.splitlines()[1]
+        assert root.split()[0] == "potluck-allocator", traced.stdout
+        assert "  POST /v1/allocations  " in root, traced.stdout
+        assert "potluck-hostd" in traced.stdout, traced.stdout + traced.stderr
+
         # The real OpenSSH client, through the gateway and hostd's outbound link, into the container.
         answered = potluck(
             "ssh", allocation["id"], "-i", str(key), "--", "python3", "--version", env=newcomer

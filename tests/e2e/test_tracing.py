@@ -14,6 +14,7 @@ database query outside any trace starts none.
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -63,19 +64,20 @@ async def collector() -> AsyncIterator[OtlpReceiver]:
         await receiver.stop()
 
 
-@pytest.fixture
-async def traced_pool(
+@contextlib.asynccontextmanager
+async def _pool_with(
     tmp_path: Path,
     database_url: str,
     docker_engines: list[DockerEngine],
-    collector: OtlpReceiver,
     monkeypatch: pytest.MonkeyPatch,
+    **environ: str,
 ) -> AsyncIterator[Pool]:
-    """The `pool` fixture's processes, started with OTEL_* pointing at `collector`."""
+    """The `pool` fixture's processes, started with these telemetry variables (and no other OTEL_*)."""
     for name in OTEL_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     # LocalPool's processes inherit this process's environment.
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "500")
     pool = await Pool.create(tmp_path, database_url, liveness=(0.2, 3, 2.0), log_level="DEBUG")
@@ -91,13 +93,32 @@ async def traced_pool(
                     driver.remove(container.container_id)
 
 
+async def _laptop(pool: Pool, docker_engines: list[DockerEngine]) -> EnrolledHost:
+    host = await pool.enroll("laptop-a")
+    pool.write_config(host, docker_engines[0])
+    pool.start_hostd(host)
+    await pool.wait_for_host(host.host_id, "active")
+    return host
+
+
+@pytest.fixture
+async def traced_pool(
+    tmp_path: Path,
+    database_url: str,
+    docker_engines: list[DockerEngine],
+    collector: OtlpReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Pool]:
+    """The `pool` fixture's processes, started with OTEL_* pointing at `collector`."""
+    async with _pool_with(
+        tmp_path, database_url, docker_engines, monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint
+    ) as pool:
+        yield pool
+
+
 @pytest.fixture
 async def traced_laptop(traced_pool: Pool, docker_engines: list[DockerEngine]) -> EnrolledHost:
-    host = await traced_pool.enroll("laptop-a")
-    traced_pool.write_config(host, docker_engines[0])
-    traced_pool.start_hostd(host)
-    await traced_pool.wait_for_host(host.host_id, "active")
-    return host
+    return await _laptop(traced_pool, docker_engines)
 
 
 async def allocate(pool: Pool) -> str:
@@ -241,6 +262,83 @@ async def test_one_trace_covers_the_request_the_log_the_bus_hostd_and_its_report
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert out.decode().split() == [trace_id]
+
+
+async def _ops_trace(database_url: str, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "potluck",
+        "ops",
+        "trace",
+        *args,
+        "--database-url",
+        database_url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_a_pool_keeping_spans_in_a_local_file_shows_the_trace_as_a_tree(
+    tmp_path: Path, database_url: str, docker_engines: list[DockerEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's processes append their spans to one local file (POTLUCK_TRACES_FILE, as `potluck
+    up` sets it), no collector anywhere; after an allocation runs, `potluck ops trace ALLOC` prints
+    its trace as one tree: the HTTP request at the top, the log append and the relay's publish under
+    it, and hostd's Docker create+start deeper, in another process's service."""
+    spans_file = tmp_path / "traces.jsonl"
+    async with _pool_with(
+        tmp_path / "pool", database_url, docker_engines, monkeypatch, POTLUCK_TRACES_FILE=str(spans_file)
+    ) as pool:
+        await _laptop(pool, docker_engines)
+        alloc_id = await allocate(pool)
+
+        wanted = ("events append", "relay AllocationPlaced", "docker create+start", "relay AllocationRunning")
+
+        def whole(out: str) -> bool:
+            """Every wanted span is there, and one root: no span waits for its parent to be exported."""
+            tree = out.splitlines()[1:]
+            return all(name in out for name in wanted) and all(t.startswith(" ") for t in tree[1:])
+
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            code, out, err = await _ops_trace(database_url, alloc_id, "--spans-file", str(spans_file))
+            assert code == 0, err
+            if whole(out) or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.5)
+
+    assert whole(out), f"the trace never showed whole\n{out}\n{err}"
+    trace_id, *tree = out.splitlines()
+    assert len(trace_id) == 32, out
+
+    def line(services: tuple[str, ...], name: str) -> int:
+        """The indentation of the first span of one of `services` whose name starts with `name`."""
+        for text in tree:
+            service, rest = text.split(None, 1)
+            if service in services and rest.lstrip().startswith(name):
+                return len(text) - len(text.lstrip())
+        raise AssertionError(f"no {services} span {name!r} in\n{out}")
+
+    allocator, relays = ("potluck-allocator",), ("potluck-allocator", "potluck-registry")
+    assert tree[0].startswith("potluck-allocator  POST /v1/allocations  "), out
+    assert tree[0].endswith(" ms")
+    assert line(allocator, "events append") == 2
+    assert line(relays, "relay AllocationPlaced") == 2
+    # Under hostd's consumer span, itself under the relay's publish or the request.
+    assert line(("potluck-hostd",), "docker create+start") >= 4
+
+    code, out, err = await _ops_trace(database_url, alloc_id, "--spans-file", str(spans_file), "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["trace_id"] == trace_id
+    rows = shown["spans"]
+    assert rows[0]["name"] == "POST /v1/allocations"
+    assert (rows[0]["depth"], rows[0]["offset"]) == (0, 0.0)
+    assert all(0.0 <= r["offset"] <= 1.0 and 0.0 <= r["width"] <= 1.0 for r in rows)
+    assert {"potluck-allocator", "potluck-hostd"} <= {r["service"] for r in rows}
 
 
 async def test_pool_metrics_reach_the_collector(
