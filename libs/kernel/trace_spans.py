@@ -22,6 +22,7 @@ __all__ = [
     "SpanNode",
     "SpanRecord",
     "WaterfallRow",
+    "parse_traceparent",
     "read_spans",
     "span_tree",
     "spans_files",
@@ -67,6 +68,22 @@ class WaterfallRow:
     duration_ms: float
     status: str
     span_id: str
+
+
+def parse_traceparent(value: str) -> tuple[str, str] | None:
+    """(trace id, parent span id) of a W3C traceparent, or None if it is not one."""
+    parts = value.strip().split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    trace_id, span_id = parts[1].lower(), parts[2].lower()
+    try:
+        int(trace_id, 16)
+        int(span_id, 16)
+    except ValueError:
+        return None
+    if set(trace_id) == {"0"} or set(span_id) == {"0"}:
+        return None
+    return trace_id, span_id
 
 
 def _hex_id(value: Any, digits: int) -> str | None:

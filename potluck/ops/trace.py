@@ -20,7 +20,15 @@ from typing import Any
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.events import EventStore
 from potluck.events.tracing import trace_carrier_of
-from potluck.kernel.trace_spans import SpanRecord, read_spans, span_tree, spans_files, walk, waterfall
+from potluck.kernel.trace_spans import (
+    SpanRecord,
+    parse_traceparent,
+    read_spans,
+    span_tree,
+    spans_files,
+    walk,
+    waterfall,
+)
 from potluck.ops import OpsError
 
 __all__ = [
@@ -31,22 +39,6 @@ __all__ = [
     "tree_lines",
     "waterfall_dicts",
 ]
-
-
-def parse_traceparent(value: str) -> tuple[str, str] | None:
-    """(trace id, parent span id) of a W3C traceparent, or None if it is not one."""
-    parts = value.strip().split("-")
-    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
-        return None
-    trace_id, span_id = parts[1].lower(), parts[2].lower()
-    try:
-        int(trace_id, 16)
-        int(span_id, 16)
-    except ValueError:
-        return None
-    if set(trace_id) == {"0"} or set(span_id) == {"0"}:
-        return None
-    return trace_id, span_id
 
 
 @dataclass(frozen=True)

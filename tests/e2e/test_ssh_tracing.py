@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from potluck.events.tracing import trace_carrier_of
-from potluck.ops.trace import parse_traceparent
+from potluck.kernel.trace_spans import parse_traceparent
 from potluck.sshgateway.events import session_stream
 from tests.fixtures.otlp import CollectedSpan, OtlpReceiver
 from tests.fixtures.ssh import SshEnv

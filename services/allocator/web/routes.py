@@ -27,6 +27,7 @@ from potluck.allocator.users import User
 from potluck.allocator.web import history, views
 from potluck.allocator.web.live import Changes, stream
 from potluck.allocator.web.sessions import Session, Sessions, can_keep_cookie
+from potluck.allocator.web.trace import trace_of
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.events import EventStore, RecordedEvent
 from potluck.kernel.rejections import Rejected
@@ -342,11 +343,12 @@ async def allocation_page(request: web.Request) -> web.Response:
     context = _allocation_context(request, session, alloc_id)
     if context is None:
         return _not_found(request, session, alloc_id)
+    recorded = await request.app[ENGINE].store.read_stream(alloc_stream(alloc_id))
     records = [
         HistoryEntry(
             position=r.position, version=r.version, type=r.type, recorded_at=r.recorded_at, data=r.data
         )
-        for r in await request.app[ENGINE].store.read_stream(alloc_stream(alloc_id))
+        for r in recorded
     ]
     return _render(
         "allocation.html",
@@ -354,6 +356,7 @@ async def allocation_page(request: web.Request) -> web.Response:
         {
             "session": session,
             "timeline": views.timeline(records),
+            "trace": await trace_of(recorded),
             "extend_choices": list(EXTEND_CHOICES),
             "error": request.query.get("error"),
             **context,
