@@ -77,6 +77,7 @@ from potluck.contracts.link import (
     LINK_MAC_ALGS,
     limit_reads,
     request_short_slice,
+    skip_ignore_packets,
 )
 from potluck.events.tracing import context_from_env
 from potluck.hostd.exec_bridge import ExecBridge, SessionProcess, exec_env
@@ -526,6 +527,7 @@ class _LinkServer(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._link.conn = conn
         limit_reads(conn)
+        skip_ignore_packets(conn)
 
     def begin_auth(self, username: str) -> bool:
         return True

@@ -1,4 +1,5 @@
-"""The short CPU slice the gateway and hostd's link ask for (potluck.contracts.link)."""
+"""How both ends of the link tune their connections (potluck.contracts.link): a short CPU
+slice, and no ignore packet before every packet."""
 
 import ctypes
 import os
@@ -11,7 +12,7 @@ from typing import TypeVar
 
 import pytest
 
-from potluck.contracts.link import request_short_slice
+from potluck.contracts.link import request_short_slice, skip_ignore_packets
 
 T = TypeVar("T")
 _GETATTR = {"x86_64": 315, "aarch64": 275}.get(platform.machine())
@@ -64,3 +65,35 @@ def test_short_slice_is_what_the_kernel_then_reports() -> None:
     assert nice_moved == 0
     if before:  # kernels before EEVDF's custom slices report 0 and ignore the request
         assert after == 100_000
+
+
+class _Conn:
+    """What skip_ignore_packets uses of an asyncssh connection: send_packet and the cipher."""
+
+    def __init__(self, cipher: str) -> None:
+        self.cipher = cipher
+        self.sent: list[tuple[int, tuple[bytes, ...]]] = []
+
+    def send_packet(self, pkttype: int, *args: bytes, handler: object = None) -> None:
+        self.sent.append((pkttype, args))
+
+    def get_extra_info(self, name: str) -> str:
+        return self.cipher if name == "send_cipher" else ""
+
+
+@pytest.mark.parametrize(
+    ("cipher", "ignores_kept"),
+    [("aes128-gcm@openssh.com", 0), ("chacha20-poly1305@openssh.com", 0), ("aes256-cbc", 1), ("", 1)],
+)
+def test_only_the_empty_ignore_before_each_packet_is_skipped(cipher: str, ignores_kept: int) -> None:
+    """An empty ignore packet, data and a non-empty ignore are sent: with an AEAD cipher only
+    the empty ignore is dropped; with CBC (or before keys are chosen) everything goes out."""
+    conn = _Conn(cipher)
+    skip_ignore_packets(conn)
+    conn.send_packet(2, b"\0\0\0\0")
+    conn.send_packet(94, b"\0\0\0\1", b"\0\0\0\3abc")
+    conn.send_packet(2, b"\0\0\0\1x")
+    types = [t for t, _ in conn.sent]
+    assert types.count(94) == 1
+    assert (2, (b"\0\0\0\1x",)) in conn.sent
+    assert conn.sent.count((2, (b"\0\0\0\0",))) == ignores_kept
