@@ -90,6 +90,11 @@ class Setup:
         return self.ssh(command) if via == "gateway" else self.exec(command)
 
 
+def _load() -> float:
+    """The machine's load when a metric was taken: a busy machine's figures mean less."""
+    return round(os.getloadavg()[0], 2)
+
+
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
 
@@ -126,7 +131,17 @@ async def throughput(setup: Setup, size_mb: int, runs: int, *, priority: bool) -
                 rates[via].append(size_mb / seconds)
         value, baseline = statistics.median(rates["gateway"]), statistics.median(rates["exec"])
         say(f"{metric}: gateway {value:.0f} MB/s, docker exec {baseline:.0f} MB/s")
-        emit(BENCH, metric, value, "MB/s", baseline, size_mb=size_mb, runs=runs, priority=priority)
+        emit(
+            BENCH,
+            metric,
+            value,
+            "MB/s",
+            baseline,
+            size_mb=size_mb,
+            runs=runs,
+            priority=priority,
+            load_avg_1m=_load(),
+        )
 
 
 async def _echo_rtts(argv: list[str], echoes: int) -> list[float]:
@@ -178,6 +193,7 @@ async def round_trip(setup: Setup, echoes: int, *, under_load: bool, priority: b
             echoes=echoes,
             added_ms=round(value - baseline, 3),
             priority=priority,
+            load_avg_1m=_load(),
         )
 
 
