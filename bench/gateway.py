@@ -15,7 +15,9 @@ run) and `ratio`:
 
 `--priority` gives the gateway and link processes a higher CPU share (autogroup nice -10, as
 root): on a machine whose cores are all busy, this separates what scheduling costs from what
-the gateway's design costs (bench/README.md).
+the gateway's design costs (bench/README.md). `--default-slice` runs both with the kernel's
+default CPU slice instead of the short one they ask for (potluck.contracts.link
+request_short_slice), to measure what it buys. `--only` runs one part.
 
 Everything is real and on this machine: a durable Postgres holding the log, a private Docker
 engine with the busybox test image, the gateway and the host's link (hostd's `keep_linked`) each
@@ -46,6 +48,7 @@ from potluck.contracts.allocation_events import (
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import HostEnrolled, HostRegistered, host_stream
+from potluck.contracts.link import LATENCY_SLICE_US
 from potluck.events import EventStore
 from potluck.hostd.container_config import ContainerSpec
 from potluck.hostd.docker_driver import DockerDriver
@@ -87,6 +90,11 @@ class Setup:
         return self.ssh(command) if via == "gateway" else self.exec(command)
 
 
+def _load() -> float:
+    """The machine's load when a metric was taken: a busy machine's figures mean less."""
+    return round(os.getloadavg()[0], 2)
+
+
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
 
@@ -123,7 +131,17 @@ async def throughput(setup: Setup, size_mb: int, runs: int, *, priority: bool) -
                 rates[via].append(size_mb / seconds)
         value, baseline = statistics.median(rates["gateway"]), statistics.median(rates["exec"])
         say(f"{metric}: gateway {value:.0f} MB/s, docker exec {baseline:.0f} MB/s")
-        emit(BENCH, metric, value, "MB/s", baseline, size_mb=size_mb, runs=runs, priority=priority)
+        emit(
+            BENCH,
+            metric,
+            value,
+            "MB/s",
+            baseline,
+            size_mb=size_mb,
+            runs=runs,
+            priority=priority,
+            load_avg_1m=_load(),
+        )
 
 
 async def _echo_rtts(argv: list[str], echoes: int) -> list[float]:
@@ -175,6 +193,7 @@ async def round_trip(setup: Setup, echoes: int, *, under_load: bool, priority: b
             echoes=echoes,
             added_ms=round(value - baseline, 3),
             priority=priority,
+            load_avg_1m=_load(),
         )
 
 
@@ -272,8 +291,17 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path, engine
     try:
         await prepare(store, setup, state_dir)
         me = [sys.executable, "-m", "bench.gateway"]
+        slice_us = "0" if args.default_slice else str(LATENCY_SLICE_US)
         gateway = ChildProcess(
-            [*me, "_gateway", database_url, str(settings.state_dir), settings.listen, settings.tunnel_listen],
+            [
+                *me,
+                "_gateway",
+                database_url,
+                str(settings.state_dir),
+                settings.listen,
+                settings.tunnel_listen,
+                slice_us,
+            ],
             log_path=workdir / "gateway.log",
         )
         gateway.start()
@@ -288,6 +316,7 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path, engine
                 engine.url,
                 f"127.0.0.1:{tunnel_port}",
                 client_public_key(settings),
+                slice_us,
             ],
             log_path=workdir / "link.log",
         )
@@ -296,9 +325,12 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path, engine
         boost(link, args.priority)
         await wait_reachable(setup)
         say("gateway and link up; measuring")
-        await throughput(setup, args.size_mb, args.runs, priority=args.priority)
-        await round_trip(setup, args.echoes, under_load=False, priority=args.priority)
-        await round_trip(setup, args.echoes, under_load=True, priority=args.priority)
+        if args.only in (None, "throughput"):
+            await throughput(setup, args.size_mb, args.runs, priority=args.priority)
+        if args.only in (None, "rtt"):
+            await round_trip(setup, args.echoes, under_load=False, priority=args.priority)
+        if args.only in (None, "rtt_under_load"):
+            await round_trip(setup, args.echoes, under_load=True, priority=args.priority)
     finally:
         for proc in reversed(processes):
             proc.stop(timeout=15)
@@ -315,8 +347,10 @@ def _serve(role: str, params: Sequence[str]) -> None:
     async def gateway(stop: asyncio.Event) -> None:
         from potluck.sshgateway.service import run_gateway
 
-        database_url, state_dir, listen, tunnel_listen = params
-        settings = GatewaySettings(state_dir=Path(state_dir), listen=listen, tunnel_listen=tunnel_listen)
+        database_url, state_dir, listen, tunnel_listen, slice_us = params
+        settings = GatewaySettings(
+            state_dir=Path(state_dir), listen=listen, tunnel_listen=tunnel_listen, cpu_slice_us=int(slice_us)
+        )
         store = await EventStore.open(database_url, max_size=5)
         try:
             await run_tasks_until(stop, run_gateway(store, settings))
@@ -325,12 +359,14 @@ def _serve(role: str, params: Sequence[str]) -> None:
 
     async def link(stop: asyncio.Event) -> None:
         from potluck.hostd.exec_bridge import ExecBridge
-        from potluck.hostd.gateway_link import GatewayLink, keep_linked
+        from potluck.hostd.gateway_link import GatewayLink, LinkTiming, keep_linked
 
-        state_dir, docker_url, address, client_key = params
+        state_dir, docker_url, address, client_key, slice_us = params
         bridge = ExecBridge(docker_url, HOST, state_dir=Path(state_dir))
         gateways = [GatewayLink(address=address, client_key=client_key)]
-        await run_tasks_until(stop, keep_linked(HOST, host_key_path(Path(state_dir)), gateways, bridge))
+        timing = LinkTiming(cpu_slice_us=int(slice_us))
+        linked = keep_linked(HOST, host_key_path(Path(state_dir)), gateways, bridge, timing=timing)
+        await run_tasks_until(stop, linked)
 
     asyncio.run(run_until_signalled(gateway if role == "_gateway" else link))
 
@@ -346,6 +382,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--priority", action="store_true", help="run the gateway and the link at autogroup nice -10 (root)"
     )
+    parser.add_argument(
+        "--default-slice",
+        action="store_true",
+        help="run the gateway and the link with the kernel's default CPU slice (not the short one)",
+    )
+    parser.add_argument("--only", choices=["throughput", "rtt", "rtt_under_load"], help="run one part")
     args = parser.parse_args(argv)
     if args.quick:
         args.size_mb = min(args.size_mb, 32)

@@ -70,7 +70,15 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from potluck.contracts.link import LINK_CIPHERS, LINK_KEX_ALGS, LINK_MAC_ALGS, limit_reads
+from potluck.contracts.link import (
+    LATENCY_SLICE_US,
+    LINK_CIPHERS,
+    LINK_KEX_ALGS,
+    LINK_MAC_ALGS,
+    limit_reads,
+    request_short_slice,
+    skip_ignore_packets,
+)
 from potluck.events.tracing import context_from_env
 from potluck.hostd.exec_bridge import ExecBridge, SessionProcess, exec_env
 from potluck.hostd.exec_errors import ExecError, ExecRefused
@@ -150,6 +158,8 @@ class LinkTiming:
     linger_s: float = 5.0
     #: SSH channel window (bytes in flight) of each session on the hop to the gateway.
     window: int = 2 * 1024 * 1024
+    #: CPU slice hostd's event loop asks for, in microseconds (request_short_slice); 0: the default.
+    cpu_slice_us: int = LATENCY_SLICE_US
 
 
 def command_argv(command: str | None, subsystem: str | None) -> list[str]:
@@ -517,6 +527,7 @@ class _LinkServer(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._link.conn = conn
         limit_reads(conn)
+        skip_ignore_packets(conn)
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -661,6 +672,9 @@ async def keep_linked(
     """
     timing = timing or LinkTiming()
     slots = SessionSlots(limits or SessionLimits())
+    # Sessions are served on this thread's event loop: keystrokes wait for its turn on the CPU.
+    short = request_short_slice(timing.cpu_slice_us)
+    log.debug("link.cpu_slice", short=short, slice_us=timing.cpu_slice_us)
     host_key = load_or_create_key(key_path, comment=f"potluck-hostd-{host_id}")
     with contextlib.suppress(ExecError, OSError):
         await bridge.reap_orphans()

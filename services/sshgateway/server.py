@@ -51,7 +51,13 @@ from typing import Any
 import asyncssh
 import structlog
 
-from potluck.contracts.link import LINK_CIPHERS, LINK_KEX_ALGS, LINK_MAC_ALGS, limit_reads
+from potluck.contracts.link import (
+    LINK_CIPHERS,
+    LINK_KEX_ALGS,
+    LINK_MAC_ALGS,
+    limit_reads,
+    skip_ignore_packets,
+)
 from potluck.sshgateway.admission import Admission, AdmissionPolicy
 from potluck.sshgateway.audit import LoginIdentity
 from potluck.sshgateway.context import GatewayContext
@@ -96,6 +102,7 @@ class GatewayServer(asyncssh.SSHServer):
         self._conn = conn
         self._ctx.connections.add(conn)
         limit_reads(conn)
+        skip_ignore_packets(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self._address, self._port = str(peer[0]), int(peer[1])
 
@@ -262,6 +269,7 @@ class TunnelClient(asyncssh.SSHClient):
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
         limit_reads(conn)
+        skip_ignore_packets(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self._peer = f"{peer[0]}:{peer[1]}"
 

@@ -27,6 +27,7 @@ import contextlib
 import asyncssh
 import structlog
 
+from potluck.contracts.link import request_short_slice
 from potluck.events import EventStore, Fold
 from potluck.kernel.ssh_identity import load_or_create_key, public_key_line
 from potluck.sshgateway.audit import AuditLog
@@ -69,6 +70,8 @@ class Gateway:
 
     async def run(self) -> None:
         settings = self.settings
+        short = request_short_slice(settings.cpu_slice_us)
+        log.debug("gateway.cpu_slice", short=short, slice_us=settings.cpu_slice_us)
         host_key = load_or_create_key(settings.host_key_path, comment="potluck-sshgateway-host")
         tunnel_key = load_or_create_key(settings.tunnel_key_path, comment="potluck-sshgateway")
         await self.fold.catch_up(self.store)

@@ -145,6 +145,10 @@ class GatewaySettings(BaseModel):
     keepalive_count_max: int = Field(default=3, ge=1)
     #: SSH channel window on the hop to hostd (bytes in flight per session).
     link_window: int = Field(default=2 * 1024 * 1024, ge=64 * 1024)
+    #: CPU slice the event loop asks the kernel for, in microseconds (potluck.contracts.link
+    #: request_short_slice: keystrokes stay prompt while another session moves bulk data);
+    #: 0 keeps the kernel's default.
+    cpu_slice_us: int = Field(default=100, ge=0, le=100_000)
 
     #: Keys one connection may offer before the rest are refused (OpenSSH's MaxAuthTries).
     max_keys_per_connection: int = Field(default=6, ge=1)

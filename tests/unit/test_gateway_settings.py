@@ -103,6 +103,8 @@ def test_a_missing_state_dir_names_its_variable() -> None:
         ("keepalive_interval_s", "nan"),
         ("keepalive_count_max", "0"),
         ("link_window", "1024"),
+        ("cpu_slice_us", "-1"),
+        ("cpu_slice_us", "200000"),
         ("max_keys_per_connection", "1.5"),
         ("failure_window_s", "0"),
         ("source_delay_s", "-0.1"),
