@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 
+from potluck.allocator.web.connect import GATEWAY_ADDRESS
 from potluck.localpool import EnrolledHost, LocalPool, PoolFiles
 from potluck.localstack import LocalStackError, PostgresServer, wait_for_port
 from potluck.localstack.default_image import ensure_default_image
@@ -222,6 +223,8 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             os.environ.setdefault(TRACES_FILE, str(pool_files(state).traces_file))
             # Written within a second (not the SDK's 5 s), so a new allocation's page shows its trace.
             os.environ.setdefault("OTEL_BSP_SCHEDULE_DELAY", "1000")
+        # The allocator's pages print the plain `ssh` line with the gateway's address.
+        os.environ.setdefault(GATEWAY_ADDRESS, f"127.0.0.1:{settings.ssh_port}")
         say("starting NATS, the registry, the allocator, the image registry and the SSH gateway")
         pool = await LocalPool.create(
             state / "pool",

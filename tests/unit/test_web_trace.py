@@ -1,4 +1,4 @@
-"""An allocation's trace on its page (services/allocator/web/trace.py and allocation.html's section).
+"""An allocation's page: its trace (web/trace.py, _trace.html) and how to reach it (web/connect.py).
 
 What must hold: the trace the allocation was requested under is found from its first event's
 traceparent; its spans are read from the local spans file and drawn as SVG rows, names escaped;
@@ -14,6 +14,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from potluck.allocator.web.connect import GATEWAY_ADDRESS, plain_ssh_line
 from potluck.allocator.web.routes import HERE
 from potluck.allocator.web.trace import trace_of
 from potluck.events import RecordedEvent
@@ -83,3 +84,10 @@ async def test_a_viewer_url_links_out_and_an_untraced_allocation_says_so(tmp_pat
 
     assert await trace_of([requested(None)], env) is None
     assert "recorded without trace context" in render(None)
+
+
+def test_the_plain_ssh_line_names_the_gateway_the_operator_gave_or_placeholders() -> None:
+    assert plain_ssh_line("a-1", {GATEWAY_ADDRESS: "127.0.0.1:2222"}) == "ssh -p 2222 a-1@127.0.0.1"
+    assert plain_ssh_line("a-1", {GATEWAY_ADDRESS: "[::1]:22"}) == "ssh -p 22 a-1@[::1]"
+    for unusable in ({}, {GATEWAY_ADDRESS: "gateway"}, {GATEWAY_ADDRESS: "host:port"}):
+        assert plain_ssh_line("a-1", unusable) == "ssh -p GATEWAY_PORT a-1@GATEWAY_HOST"

@@ -25,6 +25,7 @@ from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.schemas import HistoryEntry
 from potluck.allocator.users import User
 from potluck.allocator.web import history, views
+from potluck.allocator.web.connect import plain_ssh_line
 from potluck.allocator.web.live import Changes, stream
 from potluck.allocator.web.sessions import Session, Sessions, can_keep_cookie
 from potluck.allocator.web.trace import trace_of
@@ -357,6 +358,7 @@ async def allocation_page(request: web.Request) -> web.Response:
             "session": session,
             "timeline": views.timeline(records),
             "trace": await trace_of(recorded),
+            "ssh_line": plain_ssh_line(alloc_id),
             "extend_choices": list(EXTEND_CHOICES),
             "error": request.query.get("error"),
             **context,
