@@ -18,11 +18,11 @@ again one append per transaction, so that only the offending append fails.
 import asyncio
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any
 from uuid import UUID
 
-import asyncpg
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
@@ -186,41 +186,61 @@ def check_versions(
     return accepted, refused
 
 
-def insert_columns(accepted: Sequence[tuple[PendingAppend, list[int]]]) -> tuple[list[Any], ...]:
-    """The INSERT's column arrays, in the order the events are to be logged."""
-    cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
-    ids, streams, versions, types, schema_versions, data, metadata = cols
-    for pending, bases in accepted:
-        for s, base in zip(pending.streams, bases, strict=True):
-            for i, e in enumerate(s.events, start=1):
-                ids.append(e.event_id)
-                streams.append(s.stream)
-                versions.append(base + i)
-                types.append(e.type)
-                schema_versions.append(e.schema_version)
-                data.append(e.data_json)
-                metadata.append(e.metadata_json)
-    return cols
+#: The columns `log_rows` fills, in its rows' order: COPY names them.
+COPY_COLUMNS = (
+    "position",
+    "event_id",
+    "stream",
+    "version",
+    "type",
+    "schema_version",
+    "data",
+    "metadata",
+    "recorded_at",
+)
+
+#: (position, event id, recorded at) drawn for one event, in log order (see store.py, `_DRAW`).
+Drawn = tuple[int, UUID, datetime]
 
 
-def recorded_events(
-    accepted: Sequence[tuple[PendingAppend, list[int]]], inserted: Sequence[asyncpg.Record]
-) -> list[list[RecordedEvent]]:
-    """Each accepted append's recorded events, from the INSERT's rows (position, event_id,
-    recorded_at) in the order of `insert_columns`."""
-    rows = iter(inserted)
+def log_rows(
+    accepted: Sequence[tuple[PendingAppend, list[int]]], drawn: Sequence[Drawn]
+) -> tuple[list[tuple[Any, ...]], list[list[RecordedEvent]]]:
+    """The rows to COPY (`COPY_COLUMNS`), in the order the events are to be logged, and each
+    accepted append's recorded events.
+
+    `drawn` holds one (position, id, time) per event, positions ascending: the i-th event of
+    the group takes the i-th, and its own id if it came with one.
+    """
+    slots = iter(drawn)
+    rows: list[tuple[Any, ...]] = []
     results: list[list[RecordedEvent]] = []
     for pending, bases in accepted:
         recorded: list[RecordedEvent] = []
         for s, base in zip(pending.streams, bases, strict=True):
             for i, e in enumerate(s.events, start=1):
-                position, event_id, recorded_at = next(rows)
+                position, fresh_id, recorded_at = next(slots)
+                event_id = fresh_id if e.event_id is None else e.event_id
+                version = base + i
+                rows.append(
+                    (
+                        position,
+                        event_id,
+                        s.stream,
+                        version,
+                        e.type,
+                        e.schema_version,
+                        e.data_json,
+                        e.metadata_json,
+                        recorded_at,
+                    )
+                )
                 recorded.append(
                     RecordedEvent(
                         position=position,
                         event_id=event_id,
                         stream=s.stream,
-                        version=base + i,
+                        version=version,
                         type=e.type,
                         schema_version=e.schema_version,
                         data_json=e.data_json,
@@ -229,7 +249,9 @@ def recorded_events(
                     )
                 )
         results.append(recorded)
-    return results
+    if next(slots, None) is not None:
+        raise ValueError("more positions drawn than events to log")
+    return rows, results
 
 
 def _finish(span: trace.Span, done: "asyncio.Future[list[RecordedEvent]]") -> None:

@@ -1,13 +1,15 @@
 """The version checks of a group commit (libs/events/group_commit.py), without a database."""
 
 import asyncio
+from datetime import UTC, datetime
+from uuid import uuid4
 
 from potluck.events.group_commit import (
     EncodedEvent,
     EncodedStream,
     PendingAppend,
     check_versions,
-    insert_columns,
+    log_rows,
 )
 
 
@@ -42,6 +44,18 @@ def test_each_append_is_checked_against_the_log_as_the_appends_before_it_leave_i
         (stale, ("s", 2, 5)),
         (torn, ("s", 1, 6)),
     ]
-    ids, streams, versions, *_ = insert_columns(accepted)
-    assert list(zip(streams, versions, strict=True)) == [("s", 3), ("s", 4), ("s", 5), ("t", 1), ("s", 6)]
-    assert ids == [None] * 5
+    drawn = [(10 + n, uuid4(), datetime.now(UTC)) for n in range(5)]
+    rows, recorded = log_rows(accepted, drawn)
+    assert [(r[0], r[2], r[3]) for r in rows] == [
+        (10, "s", 3),
+        (11, "s", 4),
+        (12, "s", 5),
+        (13, "t", 1),
+        (14, "s", 6),
+    ]
+    assert [r[1] for r in rows] == [d[1] for d in drawn]  # events without an id take the drawn one
+    assert [[(e.position, e.stream, e.version) for e in r] for r in recorded] == [
+        [(10, "s", 3)],
+        [(11, "s", 4), (12, "s", 5), (13, "t", 1)],
+        [(14, "s", 6)],
+    ]
