@@ -32,7 +32,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,6 +230,11 @@ async def bench_append(servers: BenchServers, args: argparse.Namespace) -> None:
         with Stopwatch() as sw:
             await asyncio.gather(*(writer() for _ in range(writers)))
         assert await store.pool.fetchval("SELECT count(*) FROM events") == total + writers
+        if args.profile:
+            again = [(f"profiled-{stream}", events) for stream, events in work[: max(1, batches // 4)]]
+            with profiled(f"{len(again) * batch:,} more events appended the same way"):
+                for stream, events in again:
+                    await store.append(stream, events, metadata=metadata())
     finally:
         await store.close()
     record(
@@ -344,17 +349,31 @@ async def bench_replay(servers: BenchServers, args: argparse.Namespace) -> None:
         await store.close()
 
 
-async def profile_replay(store: EventStore, batch: int) -> None:
-    """cProfile one type-only replay pass; the top of the profile goes to stderr."""
+@contextlib.contextmanager
+def profiled(what: str) -> Iterator[None]:
+    """cProfile the block; the top of the profile, by own time, goes to stderr.
+
+    Time the process spends waiting for its servers shows as `poll` of `select.epoll`.
+    """
     profiler = cProfile.Profile()
-    profiler.enable()
-    _, seconds = await replay_pass(store, batch, type_only)
-    profiler.disable()
+    with Stopwatch() as sw:
+        profiler.enable()
+        try:
+            yield
+        finally:
+            profiler.disable()
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out).strip_dirs().sort_stats("tottime")
     stats.print_stats(25)
-    say(f"profile of one type-only replay pass ({seconds:.1f}s under cProfile), by own time:")
+    say(f"profile of {what} ({sw.seconds:.1f}s under cProfile), by own time:")
     print(out.getvalue(), file=sys.stderr)
+
+
+async def profile_replay(store: EventStore, batch: int) -> None:
+    """cProfile one type-only and one typed replay pass."""
+    for name, project in (("type-only", type_only), ("typed", typed)):
+        with profiled(f"one {name} replay pass"):
+            await replay_pass(store, batch, project)
 
 
 # --- relay ----------------------------------------------------------------
@@ -394,8 +413,11 @@ async def wait_for(
         await asyncio.sleep(0.005)
 
 
-async def relay_run(db_url: str, nats_url: str, total: int, batch: int) -> tuple[float, int]:
-    """Seconds for a fresh relay to publish a pre-filled log of `total` events."""
+async def relay_run(
+    db_url: str, nats_url: str, total: int, batch: int, *, profile: bool = False
+) -> tuple[float, int]:
+    """Seconds for a fresh relay to publish a pre-filled log of `total` events (`profile`: under
+    cProfile, the load excluded)."""
     store = await open_store(db_url, max_size=4)
     await bulk_load(db_url, total)
     nc = await connect_nats(nats_url, "bench-relay")
@@ -403,7 +425,10 @@ async def relay_run(db_url: str, nats_url: str, total: int, batch: int) -> tuple
         await reset_streams(nc)
         head = await store.head_position()
         relay = OutboxRelay(store, nc.jetstream(), name="bench", batch_size=batch)
-        with Stopwatch() as sw:
+        with (
+            profiled(f"a relay publishing {total:,} events") if profile else contextlib.nullcontext(),
+            Stopwatch() as sw,
+        ):
             task = asyncio.create_task(relay.run(), name="relay")
             try:
                 await wait_for(lambda: relay.checkpoint >= head, max(60.0, total / 500), "the relay", [task])
@@ -433,6 +458,14 @@ async def bench_relay(servers: BenchServers, args: argparse.Namespace) -> None:
         duplicates=duplicates,
         jetstream_sync="default",
     )
+    if args.profile:
+        await relay_run(
+            await servers.fresh_database("bench_relay_profiled"),
+            servers.nats_url,
+            total // 4,
+            batch,
+            profile=True,
+        )
     if args.sync_always_events > 0:
         total = args.sync_always_events
         say(f"relay: {total:,} events, batch {batch}, JetStream sync_interval: always")
@@ -604,7 +637,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="append-to-consumer: run the relay in the benchmark's process, not as `potluck relay`",
     )
-    parser.add_argument("--profile", action="store_true", help="cProfile one replay pass (stderr)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after each part's measurement, cProfile a further run of it (stderr): appends, "
+        "a type-only and a typed replay pass, a relay over a quarter of the events",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.append_events = min(args.append_events, 5_000)
