@@ -27,6 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from potluck.events.errors import WrongExpectedVersion
+from potluck.events.ids import random_ids
 from potluck.events.schema import JsonDict, RecordedEvent
 from potluck.events.tracing import tracer
 
@@ -199,28 +200,26 @@ COPY_COLUMNS = (
     "recorded_at",
 )
 
-#: (position, event id, recorded at) drawn for one event, in log order (see store.py, `_DRAW`).
-Drawn = tuple[int, UUID, datetime]
-
 
 def log_rows(
-    accepted: Sequence[tuple[PendingAppend, list[int]]], drawn: Sequence[Drawn]
+    accepted: Sequence[tuple[PendingAppend, list[int]]], first: int, recorded_at: datetime
 ) -> tuple[list[tuple[Any, ...]], list[list[RecordedEvent]]]:
     """The rows to COPY (`COPY_COLUMNS`), in the order the events are to be logged, and each
     accepted append's recorded events.
 
-    `drawn` holds one (position, id, time) per event, positions ascending: the i-th event of
-    the group takes the i-th, and its own id if it came with one.
+    The i-th event of the group takes position `first + i`; an event that came without an
+    id gets a random one.
     """
-    slots = iter(drawn)
+    ids = iter(random_ids(sum(e.event_id is None for p, _ in accepted for s in p.streams for e in s.events)))
+    position = first - 1
     rows: list[tuple[Any, ...]] = []
     results: list[list[RecordedEvent]] = []
     for pending, bases in accepted:
         recorded: list[RecordedEvent] = []
         for s, base in zip(pending.streams, bases, strict=True):
             for i, e in enumerate(s.events, start=1):
-                position, fresh_id, recorded_at = next(slots)
-                event_id = fresh_id if e.event_id is None else e.event_id
+                position += 1
+                event_id = next(ids) if e.event_id is None else e.event_id
                 version = base + i
                 rows.append(
                     (
@@ -249,8 +248,6 @@ def log_rows(
                     )
                 )
         results.append(recorded)
-    if next(slots, None) is not None:
-        raise ValueError("more positions drawn than events to log")
     return rows, results
 
 
