@@ -65,7 +65,7 @@ def trace_carrier(record: RecordedEvent) -> dict[str, str]:
 
 def relay_headers(record: RecordedEvent, carrier: Mapping[str, str]) -> dict[str, str]:
     return {
-        bus.H_MSG_ID: str(record.event_id),
+        bus.H_MSG_ID: record.event_id_text,
         bus.H_POSITION: str(record.position),
         bus.H_STREAM: record.stream,
         bus.H_VERSION: str(record.version),

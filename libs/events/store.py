@@ -19,6 +19,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from importlib import resources
 from operator import itemgetter
@@ -26,6 +27,7 @@ from typing import Any, cast
 from uuid import UUID, uuid4
 
 import asyncpg
+from asyncpg.pgproto.pgproto import UUID as RowUUID
 
 from potluck.events.errors import DuplicateEvent
 from potluck.events.group_commit import (
@@ -68,8 +70,12 @@ class StreamAppend:
 
 #: What reads select: RecordedEvent's fields, in the order of its constructor (and of
 #: `RecordedEvent.__match_args__`), which `_LoggedRow` below relies on.
+#: The id comes as text and the time as microseconds since the epoch (exact: extract gives
+#: a numeric): asyncpg builds a UUID and a datetime per row otherwise, which made reading a
+#: row about a third slower (bench/README.md, "replay"); `_LoggedRow` builds them on first use.
 _COLUMNS = (
-    "position, event_id, stream, version, type, schema_version, data::text, metadata::text, recorded_at"
+    "position, event_id::text, stream, version, type, schema_version, data::text, metadata::text, "
+    "(extract(epoch FROM recorded_at) * 1000000)::int8"
 )
 
 # Appends COPY their rows (a multi-row insert: one WAL record per heap page instead of
@@ -101,6 +107,9 @@ _DUPLICATE_KEY = re.compile(r"\(event_id\)=\(([0-9a-f-]{36})\)")
 
 
 _METADATA = RecordedEvent.__match_args__.index("metadata")
+_EVENT_ID = RecordedEvent.__match_args__.index("event_id")
+_RECORDED_AT = RecordedEvent.__match_args__.index("recorded_at")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class _LoggedRow(RecordedEvent, asyncpg.Record):
@@ -108,7 +117,8 @@ class _LoggedRow(RecordedEvent, asyncpg.Record):
     ``record_class=`` so that reading builds no Python object per row.
 
     The fields are properties reading the row's columns (set up below);
-    `metadata` is parsed from its text on first use, `data` as in RecordedEvent.
+    `metadata`, `event_id` and `recorded_at` are built from their columns on first use,
+    `data` as in RecordedEvent.
     """
 
     # asyncpg refuses a record class with its own __init__ (it never calls one).
@@ -118,6 +128,20 @@ class _LoggedRow(RecordedEvent, asyncpg.Record):
     def metadata(self) -> JsonDict:  # type: ignore[override]
         parsed: JsonDict = json.loads(self[_METADATA])
         return parsed
+
+    @cached_property
+    def event_id(self) -> UUID:  # type: ignore[override]
+        # asyncpg's own UUID, as a uuid column gives, parsed in C.
+        return RowUUID(self[_EVENT_ID])
+
+    @property
+    def event_id_text(self) -> str:
+        return cast(str, self[_EVENT_ID])
+
+    @cached_property
+    def recorded_at(self) -> datetime:  # type: ignore[override]
+        # Exact, as asyncpg's own decoder: integer microseconds added to the epoch.
+        return _EPOCH + timedelta(microseconds=self[_RECORDED_AT])
 
     # Rows would otherwise order like tuples (asyncpg.Record's); RecordedEvents do not order.
     def __lt__(self, other: object) -> bool:
@@ -133,9 +157,9 @@ class _LoggedRow(RecordedEvent, asyncpg.Record):
         return NotImplemented
 
 
-# Each field but `metadata` is its column of _COLUMNS, read by a C getter.
+# Each other field is its column of _COLUMNS, read by a C getter.
 for _index, _name in enumerate(RecordedEvent.__match_args__):
-    if _index != _METADATA:
+    if _index not in (_METADATA, _EVENT_ID, _RECORDED_AT):
         setattr(_LoggedRow, _name, property(itemgetter(_index)))
 _LoggedRow.metadata_json = property(itemgetter(_METADATA))
 
