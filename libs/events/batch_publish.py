@@ -21,7 +21,10 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import APIError
+from nats.js.api import Header
+from nats.js.errors import APIError, NoStreamResponseError
+
+STATUS = Header.STATUS
 
 
 class BatchAckTimeout(Exception):
@@ -38,10 +41,15 @@ class _Batch:
         self.acked = bytearray(size)
         self.waiting = size
         self.duplicates = 0
-        self.error: APIError | None = None
+        self.error: Exception | None = None
         self.settled = asyncio.Event()
         if size == 0:
             self.settled.set()
+
+    def fail(self, error: Exception) -> None:
+        if self.error is None:
+            self.error = error
+        self.settled.set()
 
     def ack(self, index: int, data: bytes) -> None:
         if not 0 <= index < len(self.acked) or self.acked[index]:
@@ -50,8 +58,7 @@ class _Batch:
         if b'"error"' in data or b'"duplicate"' in data:
             reply = json.loads(data)
             if "error" in reply:
-                self.error = APIError.from_error(reply["error"])
-                self.settled.set()
+                self.fail(APIError.from_error(reply["error"]))
                 return
             self.duplicates += bool(reply.get("duplicate"))
         self.acked[index] = 1
@@ -85,8 +92,14 @@ class BatchPublisher:
         batch = self._batch
         number, _, index = msg.subject[len(self._prefix) + 1 :].partition(".")
         # An ack of an earlier batch (one given up on) arriving late counts for nothing.
-        if batch is not None and number == str(batch.number):
-            batch.ack(int(index), msg.data)
+        if batch is None or number != str(batch.number):
+            return
+        if (msg.headers and msg.headers.get(STATUS)) or not msg.data:
+            # Not an ack: the server's own reply that nothing took the message (503, no
+            # stream on that subject), which publish_async reports the same way.
+            batch.fail(NoStreamResponseError())
+            return
+        batch.ack(int(index), msg.data)
 
     def begin(self, size: int) -> "_Batch":
         """A new batch of `size` messages, the one acks now count for; `send` each, then `wait`."""
@@ -104,7 +117,8 @@ class BatchPublisher:
 
     async def wait(self, batch: "_Batch", timeout: float) -> int:
         """Wait until JetStream acked every message of the batch. Returns how many were
-        duplicates it dropped; raises APIError (a message refused) or BatchAckTimeout."""
+        duplicates it dropped; raises APIError (a message refused), NoStreamResponseError (a
+        subject no stream takes) or BatchAckTimeout."""
         try:
             try:
                 await asyncio.wait_for(batch.settled.wait(), timeout)
