@@ -39,7 +39,7 @@ MAX_GROUP_EVENTS = 5000
 class EncodedEvent:
     """One event ready for the INSERT; encoded before the lock is taken."""
 
-    #: None: Postgres draws a random one.
+    #: None: a random one is drawn when the rows are built (log_rows).
     event_id: UUID | None
     type: str
     schema_version: int
