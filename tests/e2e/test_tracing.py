@@ -187,8 +187,7 @@ async def test_one_trace_covers_the_request_the_log_the_bus_hostd_and_its_report
         for s in collector.trace(trace_id)
         if s.service == "potluck-allocator"
         and s.kind == "CLIENT"
-        and "COPY events"
-        in str(s.attributes.get("db.statement", s.attributes.get("db.query.text", "")))
+        and "COPY events" in str(s.attributes.get("db.statement", s.attributes.get("db.query.text", "")))
     ]
     assert [s for s in inserts if {a.span_id for a in appends} & ancestors(s)], [str(s) for s in inserts]
 
