@@ -4,15 +4,12 @@
 
 - append_batched (events/s): EventStore.append in batches against a durable
   Postgres (fsync and synchronous_commit on, the defaults).
-- replay (events/s): store.read_batches (read_all, the next batch read while
-  this one is folded, as Fold.catch_up reads) over a pre-filled log of 1M events
-  into a projection that looks only at each event's type and stream (no parse of
+- replay (events/s): read_all in a loop over a pre-filled log of 1M events into
+  a projection that looks only at each event's type and stream (no parse of
   `data`). Extra metrics: replay_parsed (the projection also parses the data
   JSON and sums a field), replay_typed (each event decoded into its pydantic
-  class through the registry, as a service's projection does),
-  replay_typed_no_read_ahead (the same with a plain read_all loop). The baseline
-  is the read_all query in a loop on the raw asyncpg driver, without building
-  events. Each figure also gives the benchmark process's CPU seconds.
+  class through the registry, as a service's projection does). The baseline is
+  the same query loop on the raw asyncpg driver, without building events.
 - relay_publish (events/s): an OutboxRelay publishing a pre-filled log to
   JetStream, from its start until its checkpoint reaches the head of the log.
   relay_publish_sync_always: the same with `jetstream { sync_interval: always }`.
@@ -290,26 +287,15 @@ def typed(p: Projection, e: RecordedEvent) -> None:
 
 
 async def replay_pass(
-    store: EventStore,
-    batch: int,
-    project: Callable[[Projection, RecordedEvent], None],
-    *,
-    read_ahead: bool = True,
+    store: EventStore, batch: int, project: Callable[[Projection, RecordedEvent], None]
 ) -> tuple[Projection, float]:
-    """One pass over the log as Fold.catch_up makes it (store.read_batches: the next batch
-    is read while this one is folded), or (`read_ahead=False`) a plain read_all loop."""
     p = Projection(Counter(), {})
+    after = 0
     with Stopwatch() as sw, CpuTime() as cpu:
-        if read_ahead:
-            async for events in store.read_batches(0, batch):
-                for e in events:
-                    project(p, e)
-        else:
-            after = 0
-            while events := await store.read_all(after, batch):
-                for e in events:
-                    project(p, e)
-                after = events[-1].position
+        while events := await store.read_all(after, batch):
+            for e in events:
+                project(p, e)
+            after = events[-1].position
     p.cpu_seconds = cpu.seconds
     return p, sw.seconds
 
@@ -356,13 +342,12 @@ async def bench_replay(servers: BenchServers, args: argparse.Namespace) -> None:
         raw_rate = total / raw_seconds
         say(f"replay baseline (asyncpg fetch only): {raw_rate:,.0f} events/s")
 
-        for metric, project, read_ahead in (
-            ("replay", type_only, True),
-            ("replay_parsed", parsed, True),
-            ("replay_typed", typed, True),
-            ("replay_typed_no_read_ahead", typed, False),
+        for metric, project in (
+            ("replay", type_only),
+            ("replay_parsed", parsed),
+            ("replay_typed", typed),
         ):
-            projection, seconds = await replay_pass(store, batch, project, read_ahead=read_ahead)
+            projection, seconds = await replay_pass(store, batch, project)
             assert sum(projection.counts.values()) == total
             assert len(projection.versions) == min(STREAMS, total)
             record(
@@ -374,12 +359,10 @@ async def bench_replay(servers: BenchServers, args: argparse.Namespace) -> None:
                 events=total,
                 seconds=round(seconds, 3),
                 cpu_seconds=round(projection.cpu_seconds, 3),
-                read="store.read_batches (reads ahead)" if read_ahead else "read_all loop",
                 projection={
                     "replay": "type and stream only, data not parsed",
                     "replay_parsed": "data JSON parsed, one field summed",
                     "replay_typed": "each event decoded into its pydantic class",
-                    "replay_typed_no_read_ahead": "each event decoded into its pydantic class",
                 }[metric],
             )
         if args.profile:

@@ -24,7 +24,6 @@ for each event it skipped.
 """
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -142,13 +141,13 @@ class Fold:
         self, store: EventStore, *, until_position: int | None = None, batch_size: int = 5000
     ) -> None:
         """Fold what the log holds now (up to `until_position`, inclusive, when given)."""
-        if until_position is not None and self.position >= until_position:
-            return
-        # The next batch is read while this one is folded (EventStore.read_batches).
-        batches = store.read_batches(self.position, batch_size, until_position=until_position)
-        async with contextlib.aclosing(batches):  # a fold that fails stops the read ahead now
-            async for batch in batches:
-                self.apply_all(batch)
+        while True:
+            if until_position is not None and self.position >= until_position:
+                return
+            batch = await store.read_all(self.position, batch_size, until_position=until_position)
+            if not batch:
+                return
+            self.apply_all(batch)
 
     async def batches(self, store: EventStore) -> AsyncIterator[Sequence[RecordedEvent]]:
         """Follow the log forever, folding each batch before handing it out."""

@@ -15,10 +15,9 @@ will never fill; readers must not wait for them.
 """
 
 import asyncio
-import contextlib
 import json
 import re
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -356,37 +355,6 @@ class EventStore:
             record_class=_LoggedRow,
         )
         return cast(list[RecordedEvent], rows)
-
-    async def read_batches(
-        self, after_position: int = 0, limit: int = 1000, *, until_position: int | None = None
-    ) -> AsyncGenerator[list[RecordedEvent]]:
-        """What a loop over `read_all` gives, batch after batch until the end of the log (or
-        `until_position`), with the next batch read while the caller works on this one.
-
-        Catching up is otherwise a relay: Postgres waits while the caller folds a batch,
-        and the caller waits while Postgres reads the next (about half the time of a replay
-        on two cores, bench/README.md "replay"). The read ahead uses a second pooled
-        connection; only one is ever in flight. Stopping early: close the iterator
-        (`contextlib.aclosing`) so that the read ahead stops at once.
-        """
-        ahead: asyncio.Task[list[RecordedEvent]] | None = None
-        try:
-            batch = await self.read_all(after_position, limit, until_position=until_position)
-            while batch:
-                last = batch[-1].position
-                more = len(batch) == limit and (until_position is None or last < until_position)
-                if more:
-                    ahead = asyncio.ensure_future(self.read_all(last, limit, until_position=until_position))
-                yield batch
-                if ahead is None:
-                    return
-                batch, ahead = await ahead, None
-        finally:
-            if ahead is not None:
-                # The caller stopped early: the read ahead is not wanted.
-                ahead.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await ahead
 
     async def stream_version(self, stream: str) -> int:
         version = await self.pool.fetchval("SELECT max(version) FROM events WHERE stream = $1", stream)

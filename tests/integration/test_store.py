@@ -1,7 +1,6 @@
 """The Postgres event store on a real server."""
 
 import asyncio
-import contextlib
 import json
 from uuid import uuid4
 
@@ -214,23 +213,3 @@ async def test_migrations_run_once(store: EventStore) -> None:
 async def test_a_stream_may_appear_once_per_append(store: EventStore) -> None:
     with pytest.raises(ValueError, match="once"):
         await store.append_streams([StreamAppend("s-1", [thing(1)]), StreamAppend("s-1", [thing(2)])])
-
-
-async def test_read_batches_hands_out_what_read_all_would_in_order(store: EventStore) -> None:
-    """Read 25 events in batches of 10 (each next batch read ahead), whole, up to a position,
-    and stopping after the first batch. Must hold: the same events as read_all, in log order,
-    in batches of 10, 10 and 5; `until_position` is inclusive; stopping early (and closing
-    the iterator) leaves no read running."""
-    await store.append("thing-1", [thing(n) for n in range(25)])
-    everything = await store.read_all(0, 100)
-    batches = [batch async for batch in store.read_batches(0, 10)]
-    assert [len(b) for b in batches] == [10, 10, 5]
-    assert [e for b in batches for e in b] == everything
-    until = everything[14].position
-    upto = [e async for b in store.read_batches(0, 10, until_position=until) for e in b]
-    assert upto == everything[:15]
-    async with contextlib.aclosing(store.read_batches(0, 10)) as reading:
-        async for first in reading:
-            assert first == everything[:10]
-            break
-    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and "read_all" in repr(t)]
