@@ -18,15 +18,16 @@ again one append per transaction, so that only the offending append fails.
 import asyncio
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any
 from uuid import UUID
 
-import asyncpg
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from potluck.events.errors import WrongExpectedVersion
+from potluck.events.ids import random_ids
 from potluck.events.schema import JsonDict, RecordedEvent
 from potluck.events.tracing import tracer
 
@@ -38,7 +39,7 @@ MAX_GROUP_EVENTS = 5000
 class EncodedEvent:
     """One event ready for the INSERT; encoded before the lock is taken."""
 
-    #: None: Postgres draws a random one.
+    #: None: a random one is drawn when the rows are built (log_rows).
     event_id: UUID | None
     type: str
     schema_version: int
@@ -186,41 +187,59 @@ def check_versions(
     return accepted, refused
 
 
-def insert_columns(accepted: Sequence[tuple[PendingAppend, list[int]]]) -> tuple[list[Any], ...]:
-    """The INSERT's column arrays, in the order the events are to be logged."""
-    cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
-    ids, streams, versions, types, schema_versions, data, metadata = cols
-    for pending, bases in accepted:
-        for s, base in zip(pending.streams, bases, strict=True):
-            for i, e in enumerate(s.events, start=1):
-                ids.append(e.event_id)
-                streams.append(s.stream)
-                versions.append(base + i)
-                types.append(e.type)
-                schema_versions.append(e.schema_version)
-                data.append(e.data_json)
-                metadata.append(e.metadata_json)
-    return cols
+#: The columns `log_rows` fills, in its rows' order: COPY names them.
+COPY_COLUMNS = (
+    "position",
+    "event_id",
+    "stream",
+    "version",
+    "type",
+    "schema_version",
+    "data",
+    "metadata",
+    "recorded_at",
+)
 
 
-def recorded_events(
-    accepted: Sequence[tuple[PendingAppend, list[int]]], inserted: Sequence[asyncpg.Record]
-) -> list[list[RecordedEvent]]:
-    """Each accepted append's recorded events, from the INSERT's rows (position, event_id,
-    recorded_at) in the order of `insert_columns`."""
-    rows = iter(inserted)
+def log_rows(
+    accepted: Sequence[tuple[PendingAppend, list[int]]], first: int, recorded_at: datetime
+) -> tuple[list[tuple[Any, ...]], list[list[RecordedEvent]]]:
+    """The rows to COPY (`COPY_COLUMNS`), in the order the events are to be logged, and each
+    accepted append's recorded events.
+
+    The i-th event of the group takes position `first + i`; an event that came without an
+    id gets a random one.
+    """
+    ids = iter(random_ids(sum(e.event_id is None for p, _ in accepted for s in p.streams for e in s.events)))
+    position = first - 1
+    rows: list[tuple[Any, ...]] = []
     results: list[list[RecordedEvent]] = []
     for pending, bases in accepted:
         recorded: list[RecordedEvent] = []
         for s, base in zip(pending.streams, bases, strict=True):
             for i, e in enumerate(s.events, start=1):
-                position, event_id, recorded_at = next(rows)
+                position += 1
+                event_id = next(ids) if e.event_id is None else e.event_id
+                version = base + i
+                rows.append(
+                    (
+                        position,
+                        event_id,
+                        s.stream,
+                        version,
+                        e.type,
+                        e.schema_version,
+                        e.data_json,
+                        e.metadata_json,
+                        recorded_at,
+                    )
+                )
                 recorded.append(
                     RecordedEvent(
                         position=position,
                         event_id=event_id,
                         stream=s.stream,
-                        version=base + i,
+                        version=version,
                         type=e.type,
                         schema_version=e.schema_version,
                         data_json=e.data_json,
@@ -229,7 +248,7 @@ def recorded_events(
                     )
                 )
         results.append(recorded)
-    return results
+    return rows, results
 
 
 def _finish(span: trace.Span, done: "asyncio.Future[list[RecordedEvent]]") -> None:

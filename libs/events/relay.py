@@ -8,8 +8,8 @@
   between publishing and checkpointing republishes that batch on restart;
   JetStream drops the copies within its duplicate window, and consumers skip
   positions they have already applied for anything older.
-- Acks are awaited per batch (pipelined ``publish_async``), and only then does
-  the checkpoint move.
+- Acks are awaited per batch (every message of the batch is sent before the
+  first ack is awaited: batch_publish.py), and only then does the checkpoint move.
 """
 
 import asyncio
@@ -25,10 +25,10 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
 from opentelemetry.trace import SpanKind
 
 from potluck.events import bus
+from potluck.events.batch_publish import BatchAckTimeout, BatchPublisher
 from potluck.events.follower import TRANSIENT_DB_ERRORS, LogFollower
 from potluck.events.schema import RecordedEvent
 from potluck.events.store import EventStore
@@ -65,7 +65,7 @@ def trace_carrier(record: RecordedEvent) -> dict[str, str]:
 
 def relay_headers(record: RecordedEvent, carrier: Mapping[str, str]) -> dict[str, str]:
     return {
-        bus.H_MSG_ID: str(record.event_id),
+        bus.H_MSG_ID: record.event_id_text,
         bus.H_POSITION: str(record.position),
         bus.H_STREAM: record.stream,
         bus.H_VERSION: str(record.version),
@@ -135,54 +135,56 @@ class OutboxRelay:
             )
             log.info("relay.leading", relay=self.name, checkpoint=self.checkpoint)
             follower = LogFollower(self.store, after_position=self.checkpoint, batch_size=self.batch_size)
-            async for batch in follower.batches():
-                await self._publish(batch)
-                await conn.execute(
-                    "UPDATE relay_checkpoints SET position = $2, updated_at = now() "
-                    "WHERE name = $1 AND position < $2",
-                    self.name,
-                    batch[-1].position,
-                )
-                self.checkpoint = batch[-1].position
+            # The JetStream context's own connection: nats-py keeps it private, and every
+            # caller hands the relay `nc.jetstream()`.
+            publisher = BatchPublisher(self.js._nc)
+            await publisher.start()
+            try:
+                async for batch in follower.batches():
+                    await self._publish(publisher, batch)
+                    await conn.execute(
+                        "UPDATE relay_checkpoints SET position = $2, updated_at = now() "
+                        "WHERE name = $1 AND position < $2",
+                        self.name,
+                        batch[-1].position,
+                    )
+                    self.checkpoint = batch[-1].position
+            finally:
+                await asyncio.shield(publisher.close())
         finally:
             # Closing the session releases the advisory lock.
             await asyncio.shield(conn.close(timeout=2))
 
-    async def _publish(self, batch: Sequence[RecordedEvent]) -> None:
+    async def _publish(self, publisher: BatchPublisher, batch: Sequence[RecordedEvent]) -> None:
         started = time.perf_counter()
-        futures: list[asyncio.Future[PubAck]] = []
+        pending = publisher.begin(len(batch))
+        for index, record in enumerate(batch):
+            carrier = trace_carrier(record)
+            # The producer span joins the trace of the request that appended the event; an
+            # event appended outside any trace gets none (it would only be a trace of its own).
+            with (
+                tracer().start_as_current_span(
+                    f"relay {record.type}",
+                    context=context_from(carrier),
+                    kind=SpanKind.PRODUCER,
+                    attributes={"potluck.position": record.position, "messaging.system": "nats"},
+                )
+                if carrier
+                else nullcontext()
+            ):
+                await publisher.send(
+                    pending,
+                    index,
+                    bus.event_subject(record),
+                    record.data_json.encode(),
+                    relay_headers(record, carrier),
+                )
         try:
-            for record in batch:
-                carrier = trace_carrier(record)
-                # The producer span joins the trace of the request that appended the event; an
-                # event appended outside any trace gets none (it would only be a trace of its own).
-                with (
-                    tracer().start_as_current_span(
-                        f"relay {record.type}",
-                        context=context_from(carrier),
-                        kind=SpanKind.PRODUCER,
-                        attributes={"potluck.position": record.position, "messaging.system": "nats"},
-                    )
-                    if carrier
-                    else nullcontext()
-                ):
-                    futures.append(
-                        await self.js.publish_async(
-                            bus.event_subject(record),
-                            record.data_json.encode(),
-                            headers=relay_headers(record, carrier),
-                        )
-                    )
-            done, pending = await asyncio.wait(futures, timeout=self.ack_timeout)
-            if pending:
-                raise RelayBehind(f"{len(pending)} of {len(batch)} acks missing after {self.ack_timeout}s")
-            acks = [f.result() for f in done]
-        finally:
-            for f in futures:
-                # Unanswered publishes hold a slot of the client's pending limit.
-                f.cancel()
+            duplicates = await publisher.wait(pending, self.ack_timeout)
+        except BatchAckTimeout as exc:
+            raise RelayBehind(str(exc)) from None
         self.published += len(batch)
-        self.duplicates += sum(1 for a in acks if a.duplicate)
+        self.duplicates += duplicates
         log.debug(
             "relay.published",
             relay=self.name,

@@ -132,8 +132,8 @@ async def test_one_trace_covers_an_ssh_session_from_the_gateway_to_the_docker_ex
         return (
             bool(named("potluck-hostd", "docker exec inspect"))
             and len(appends) == 2  # SessionStarted, then SessionEnded
-            # below an append, asyncpg's INSERT (in a transaction maybe shared with other appends)
-            and any("INSERT INTO events" in statement(s) for s in spans)
+            # below an append, its COPY into the log (in a transaction maybe shared with others)
+            and any("COPY events" in statement(s) for s in spans)
             and all(s.parent_span_id is None or s.parent_span_id in ids for s in spans)
         )
 

@@ -188,7 +188,7 @@ async def test_one_trace_covers_the_request_the_log_the_bus_hostd_and_its_report
     await collector.wait_for(f"the whole trace {trace_id}", complete)
 
     # The log append: a span of the event store inside the HTTP request (and, later in the trace,
-    # inside the allocator's handling of hostd's report), and asyncpg's INSERT into the event log
+    # inside the allocator's handling of hostd's report), and the COPY into the event log
     # below it, in the transaction its group commit shares (or not) with other appends.
     appends = named("potluck-allocator", "CLIENT", "events append")
     assert [s for s in appends if s.parent_span_id == server.span_id], [
@@ -208,8 +208,7 @@ async def test_one_trace_covers_the_request_the_log_the_bus_hostd_and_its_report
         for s in collector.trace(trace_id)
         if s.service == "potluck-allocator"
         and s.kind == "CLIENT"
-        and "INSERT INTO events"
-        in str(s.attributes.get("db.statement", s.attributes.get("db.query.text", "")))
+        and "COPY events" in str(s.attributes.get("db.statement", s.attributes.get("db.query.text", "")))
     ]
     assert [s for s in inserts if {a.span_id for a in appends} & ancestors(s)], [str(s) for s in inserts]
 
