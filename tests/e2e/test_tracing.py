@@ -26,7 +26,6 @@ import asyncpg
 import pytest
 from opentelemetry.trace import SpanKind
 
-from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.telemetry import (
@@ -36,8 +35,9 @@ from potluck.telemetry import (
     build_telemetry,
     plan_telemetry,
 )
+from tests.e2e.conftest import ops
 from tests.fixtures.otlp import CollectedSpan, OtlpReceiver
-from tests.fixtures.pool import EnrolledHost, Pool
+from tests.fixtures.pool import EnrolledHost, Pool, remove_managed_containers
 
 OTEL_VARIABLES = (
     "OTEL_SDK_DISABLED",
@@ -87,10 +87,7 @@ async def _pool_with(
         yield pool
     finally:
         await pool.close()
-        for engine in docker_engines:
-            with DockerDriver(engine.url) as driver:
-                for container in driver.list_managed(None):
-                    driver.remove(container.container_id)
+        remove_managed_containers(docker_engines)
 
 
 async def _laptop(pool: Pool, docker_engines: list[DockerEngine]) -> EnrolledHost:
@@ -246,38 +243,13 @@ async def test_one_trace_covers_the_request_the_log_the_bus_hostd_and_its_report
     assert not collector.rejected
 
     # The operator finds the trace from the allocation id.
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "potluck",
-        "ops",
-        "trace",
-        alloc_id,
-        "--database-url",
-        database_url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    assert out.decode().split() == [trace_id]
+    code, out, err = await _ops_trace(database_url, alloc_id)
+    assert code == 0, err
+    assert out.split() == [trace_id]
 
 
 async def _ops_trace(database_url: str, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "potluck",
-        "ops",
-        "trace",
-        *args,
-        "--database-url",
-        database_url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    return proc.returncode or 0, out.decode(), err.decode()
+    return await ops("trace", *args, "--database-url", database_url)
 
 
 async def test_a_pool_keeping_spans_in_a_local_file_shows_the_trace_as_a_tree(

@@ -21,11 +21,10 @@ from potluck.allocator.members import new_member_token
 from potluck.allocator.users import User, rotate_token, token_hash
 from potluck.contracts.allocation_events import Quota, alloc_stream, user_stream
 from potluck.contracts.member_events import MemberTokenIssued, member_stream
-from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.fixtures.browser import browser  # noqa: F401 (the fixture, used by name)
-from tests.fixtures.pool import Pool
+from tests.fixtures.pool import Pool, remove_managed_containers
 from tests.fixtures.servers import _fresh_database
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -103,10 +102,7 @@ async def web_pool(
         yield WebPool(pool, tokens, hosts)
     finally:
         await pool.close()
-        for engine in docker_engines:
-            with DockerDriver(engine.url) as driver:
-                for container in driver.list_managed(None):
-                    driver.remove(container.container_id)
+        remove_managed_containers(docker_engines)
 
 
 async def test_pool_page_is_live_and_escapes_labels(web_pool: WebPool, browser: Browser) -> None:  # noqa: F811
