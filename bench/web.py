@@ -123,7 +123,8 @@ async def run(args: argparse.Namespace) -> None:
             await web.TCPSite(runner, "127.0.0.1", port).start()
             base = f"http://127.0.0.1:{port}"
             try:
-                jar = aiohttp.CookieJar(unsafe=True)  # the session cookie of 127.0.0.1
+                # The Secure session cookie of 127.0.0.1, kept and sent back as a browser does.
+                jar = aiohttp.CookieJar(unsafe=True, treat_as_secure_origin=[base])
                 async with aiohttp.ClientSession(cookie_jar=jar) as http:
                     async with http.post(f"{base}/web/signin", data={"token": token}) as r:
                         assert r.status == 200, await r.text()
