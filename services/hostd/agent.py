@@ -213,8 +213,12 @@ class Agent:
                 ),
             )
         finally:
+            # Not drain(): the tasks that would take what is still queued are cancelled by now,
+            # so drain() waited out its timeout on every stop. What hostd published is flushed.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.drain(), 5)
+                await asyncio.wait_for(self.nc.flush(), 2)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.close(), 2)
             self.driver.close()
 
     async def _engine_facts(self) -> EngineFacts:

@@ -207,8 +207,10 @@ async def test_a_host_in_a_loop_is_refused_and_bounded_while_others_are_served(
     as_b = await pool.client(b)
     limits = STREAM_SPECS[REPORTS_STREAM]
     try:
-        b_before = await _subject_counts(js, f"potluck.report.{b.host_id}.>")
-        assert b_before, "B has reported nothing yet"
+        # "active" comes from B's registration; its first report may follow a moment later.
+        b_reports = f"potluck.report.{b.host_id}.>"
+        await wait_until(lambda: _has_reports(js, b_reports), "a report from B before the loop")
+        b_before = await _subject_counts(js, b_reports)
 
         replies = await asyncio.gather(
             *(_answered(as_a, f"{STATUS}.{a.host_id}") for _ in range(int(REQUEST_RATE.burst) * 3))
@@ -248,6 +250,10 @@ async def test_a_host_in_a_loop_is_refused_and_bounded_while_others_are_served(
     assert "registry.host_rate_exceeded" in pool.processes["registry"].log_tail(400)
     assert any("permissions violation" in e.lower() and "made-up" in e for e in errors), errors
     await pool.wait_for_host(b.host_id, "active")
+
+
+async def _has_reports(js: JetStreamContext, subjects: str) -> bool:
+    return bool(await _subject_counts(js, subjects))
 
 
 async def _subject_counts(js: JetStreamContext, subjects: str) -> dict[str, int]:
