@@ -279,6 +279,8 @@ class LocalPool:
         return cls(workdir, nats, database_url, store, seed_file, seed, **options)
 
     async def close(self) -> None:
-        self.stop_all()
+        # In a thread: a process may, while it stops, wait on a server in this very loop (a
+        # test's OTLP receiver took each traced service's last export only after its kill).
+        await asyncio.to_thread(self.stop_all)
         self.nats.stop()
         await self.store.close()
