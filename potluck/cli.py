@@ -6,7 +6,9 @@ serving users, members and operators needs.
 """
 
 import asyncio
+import faulthandler
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -30,6 +32,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def run(coro: Awaitable[T]) -> T:
+    # `kill -USR1 PID` prints every thread's stack to stderr (the process's log): what an
+    # operator needs from a service that hangs, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 

@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from potluck.kernel.cancellation import cancel_until_done
+
 log = structlog.get_logger(__name__)
 
 
@@ -32,6 +34,4 @@ async def run_tasks_until(stop: asyncio.Event, *tasks: Awaitable[None]) -> None:
             if task is not stopper and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
     finally:
-        for task in [*running, stopper]:
-            task.cancel()
-        await asyncio.gather(*running, stopper, return_exceptions=True)
+        await cancel_until_done([*running, stopper])

@@ -70,6 +70,7 @@ from potluck.hostd.policy_runner import PolicyRunner
 from potluck.hostd.report_publisher import publish_until_stored
 from potluck.hostd.sleep_clock import SleepClock
 from potluck.hostd.sleep_watch import SleepWatch
+from potluck.kernel.cancellation import cancel_until_done
 from potluck.kernel.rejections import Rejected
 from potluck.kernel.ssh_identity import host_key_path, ssh_host_key
 from potluck.kernel.version import __version__
@@ -142,9 +143,7 @@ class Agent:
         try:
             await asyncio.wait([serving, stopped], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stopped.cancel()
-            serving.cancel()  # nothing if it ended already
-            await asyncio.gather(serving, return_exceptions=True)
+            await cancel_until_done([stopped, serving])  # nothing for one that ended already
         if self._stopped.is_set():
             raise HostdStopped(self._stop_reason)
         serving.result()  # how serving ended: its error, if any

@@ -6,6 +6,8 @@ host back; `ops hosts list` shows "left". Replay of the log still agrees with th
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -36,7 +38,14 @@ async def host_event_types(store: EventStore, host_id: str) -> list[str]:
 async def hostd_stops_for_good(pool: Pool, host: EnrolledHost) -> str:
     """Until hostd exits; it must exit with 3 (stopped for good). Its log's tail."""
     assert host.process is not None
-    await wait_until(lambda: not host.process.running(), 30, "hostd to stop")  # type: ignore[union-attr]
+    try:
+        await wait_until(lambda: not host.process.running(), 30, "hostd to stop")  # type: ignore[union-attr]
+    except AssertionError:
+        pid = host.process.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGUSR1)  # its stacks, into its log, for the failure
+        await asyncio.sleep(0.5)
+        raise AssertionError(f"hostd did not stop:\n{host.process.log_tail(120)}") from None
     tail = host.process.log_tail(40)
     assert host.process.exit_code() == 3, tail
     return tail
