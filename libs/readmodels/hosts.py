@@ -114,6 +114,11 @@ class HostState:
         return self.admin
 
 
+#: The fold's own version, part of its snapshots' kind (potluck.events.snapshots): bump it
+#: when a change to `evolve` makes a stream fold to another state than before.
+HOST_FOLD_VERSION = 1
+
+
 def evolve(state: HostState | None, event: Event, version: int, at: datetime) -> HostState | None:
     """One step of the fold. Events of other aggregates leave the state alone."""
     if not isinstance(event, HostEvent):

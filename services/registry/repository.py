@@ -22,22 +22,42 @@ it. The state decided on and the version appended at are still the stream's
 own as of this read: an event the view has not folded yet is read here, and
 one appended after the read makes the append fail and the command be decided
 again, so optimistic concurrency holds exactly as with a full read.
+
+Without such a view (an operator's command, a replica), the load starts from the
+stream's snapshot (potluck.events.snapshots) when there is one, and a load that
+folded many events leaves one where it ended: a host's decade of silences and
+recoveries costs one row and the events since, never the whole stream.
 """
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import structlog
 
 from potluck.contracts.host_events import host_stream
 from potluck.events import Contended, Event, EventStore, SkippedEvents, decide_and_append, decode_or_skip
+from potluck.events.snapshots import Snapshots
 from potluck.kernel.rejections import Rejected
-from potluck.readmodels.hosts import HostState, evolve
+from potluck.readmodels.hosts import HOST_FOLD_VERSION, HostState, evolve
 
-__all__ = ["Decision", "Known", "Outcome", "decide_on_host", "load_host", "load_host_stream"]
+__all__ = [
+    "SNAPSHOT_AFTER_EVENTS",
+    "Decision",
+    "Known",
+    "Outcome",
+    "decide_on_host",
+    "host_snapshots",
+    "load_host",
+    "load_host_stream",
+]
 
 log = structlog.get_logger(__name__)
+
+#: A load that had to fold this many events keeps a snapshot where it ended: the next load
+#: of the stream (an operator's command, a replica that has not folded it) starts there.
+SNAPSHOT_AFTER_EVENTS = 100
 
 #: The aggregate's part: the current state (None: no such host) to the events it produces.
 Decision = Callable[[HostState | None], list[Event]]
@@ -69,16 +89,31 @@ async def load_host_stream(
     after that version are read.
     """
     skipped = SkippedEvents() if skipped is None else skipped
+    stream = host_stream(host_id)
+    snapshots = host_snapshots(store)
     state: HostState | None = None
     version = 0
     if known is not None and known.host_id == host_id and known.version > 0:
         state, version = known, known.version
-    for record in await store.read_stream(host_stream(host_id), after_version=version):
+    elif (snapshot := await snapshots.load(stream)) is not None:
+        state, version = snapshot.state, snapshot.version
+    records = await store.read_stream(stream, after_version=version)
+    for record in records:
         version = record.version
         event = decode_or_skip(record, skipped, reader=reader)
         if event is not None:
             state = evolve(state, event, record.version, record.recorded_at)
+    if state is not None and len(records) >= SNAPSHOT_AFTER_EVENTS:
+        try:
+            await snapshots.save(stream, version, state)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            # A cost saving only: the load stands without it.
+            log.warning("host.snapshot_not_saved", host_id=host_id, error=str(exc))
     return state, version
+
+
+def host_snapshots(store: EventStore) -> Snapshots[HostState]:
+    return Snapshots(store, "host", HOST_FOLD_VERSION, HostState)
 
 
 async def load_host(

@@ -3,10 +3,11 @@ on the stream's own state and version (real Postgres)."""
 
 from potluck.contracts.host_events import HostRecovered, HostSuspected, host_stream
 from potluck.events import Event, EventStore, RecordedEvent
-from potluck.readmodels.hosts import HostState, HostsView
+from potluck.events.snapshots import Snapshots
+from potluck.readmodels.hosts import HOST_FOLD_VERSION, HostState, HostsView
 from potluck.registry import host as aggregate
 from potluck.registry.projection import rebuild_view
-from potluck.registry.repository import decide_on_host, load_host_stream
+from potluck.registry.repository import decide_on_host, host_snapshots, load_host_stream
 from tests.integration.test_replay import register_host
 
 
@@ -114,3 +115,65 @@ async def test_a_stale_view_still_loses_no_concurrent_write(store: EventStore) -
     records = await store.read_stream(host_stream(host_id))
     assert [r.type for r in records][-2:] == ["HostSuspected", "HostLost"]
     assert [r.version for r in records] == list(range(1, len(records) + 1))
+
+
+async def test_a_long_host_stream_loads_from_its_snapshot_and_a_stale_or_broken_one_is_ignored(
+    store: EventStore,
+) -> None:
+    """A host went through 1,000 silences and recoveries, and no view has folded it (an
+    operator's command, a replica). Before: every load read all 2,002 events. Afterwards: the
+    first load reads them and keeps a snapshot; the next command reads none, the one after
+    only what was appended since, and each decides on the state a full fold from the log gives.
+    A snapshot of another fold version, or one that no longer reads as a host, is ignored: the
+    load reads the whole stream and gets the same state."""
+    host_id = await register_host(store, "decade", 2)
+    flaps: list[Event] = []
+    for _ in range(1000):
+        flaps += [
+            HostSuspected(host_id=host_id, silent_for_s=1.0),
+            HostRecovered(host_id=host_id, was="suspect"),
+        ]
+    await store.append(host_stream(host_id), flaps)
+    stream = host_stream(host_id)
+
+    async def folded_from_the_log() -> HostState:
+        view = HostsView()
+        await rebuild_view(store, view)
+        return view.hosts[host_id]
+
+    counting = await _counting(store)
+    try:
+        first = await load_host_stream(counting, host_id)
+        assert counting.reads == [2002]
+        assert first == (await folded_from_the_log(), 2002)
+        assert (snapshot := await host_snapshots(store).load(stream)) is not None
+        assert snapshot.version == 2002
+
+        counting.reads.clear()
+        outcome = await decide_on_host(
+            counting,
+            host_id,
+            lambda state: (
+                aggregate.went_silent(state, 1.0, suspect_after_s=0.5, stranded_grace_s=60.0)
+                if state is not None
+                else []
+            ),
+        )
+        assert counting.reads == [0]
+        assert [type(e).__name__ for e in outcome.events] == ["HostSuspected"]
+        counting.reads.clear()
+        assert await load_host_stream(counting, host_id) == (await folded_from_the_log(), 2003)
+        assert counting.reads == [1]
+
+        # The fold changed (its version bumped): the old snapshot is not read.
+        counting.reads.clear()
+        newer_fold = Snapshots(store, "host", HOST_FOLD_VERSION + 1, HostState)
+        assert await newer_fold.load(stream) is None
+        # A snapshot that no longer reads as a host: a full read, the same state.
+        await store.pool.execute(
+            'UPDATE snapshots SET state = \'{"not": "a host"}\'::jsonb WHERE stream = $1', stream
+        )
+        assert await load_host_stream(counting, host_id) == (await folded_from_the_log(), 2003)
+        assert counting.reads == [2003]
+    finally:
+        await counting.close()

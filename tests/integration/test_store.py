@@ -207,7 +207,11 @@ async def test_expected_versions_are_checked_against_existing_and_new_streams_al
 async def test_migrations_run_once(store: EventStore) -> None:
     assert await store.migrate() == []
     names = await store.pool.fetch("SELECT name FROM schema_migrations")
-    assert sorted(n[0] for n in names) == ["0001_event_log.sql", "0002_notify_per_statement.sql"]
+    assert sorted(n[0] for n in names) == [
+        "0001_event_log.sql",
+        "0002_notify_per_statement.sql",
+        "0003_snapshots.sql",
+    ]
 
 
 async def test_a_stream_may_appear_once_per_append(store: EventStore) -> None:
