@@ -94,11 +94,12 @@ class LocalPool:
             str(self.services_seed_file),
         ]
 
-    def start_registry(self) -> ChildProcess:
-        """The registry, able to admit hosts that join with a token (it re-renders the users file)."""
+    def start_registry(self, name: str = "registry") -> ChildProcess:
+        """The registry, able to admit hosts that join with a token (it re-renders the users file);
+        another `name` starts one more replica beside it."""
         interval, missed, stranded_grace = self.liveness
         return self._potluck(
-            "registry",
+            name,
             "registry",
             *self._service_args(),
             "--nats-auth-file",
@@ -219,10 +220,11 @@ class LocalPool:
         host.config.write_text(tomli_w.dumps(settings))
         return host.config
 
-    def start_gateway(self, *, listen: str, tunnel_listen: str) -> ChildProcess:
-        """The SSH gateway, its keys kept in `workdir/sshgateway` across restarts."""
+    def start_gateway(self, *, listen: str, tunnel_listen: str, name: str = "sshgateway") -> ChildProcess:
+        """The SSH gateway, its keys kept in `workdir/sshgateway` across restarts; another `name`
+        starts one more replica beside it, with the same keys (users and hosts pin one key)."""
         return self._potluck(
-            "sshgateway",
+            name,
             "sshgateway",
             *self._service_args(),
             "--listen",

@@ -1,0 +1,214 @@
+"""Two of each central service on one log, one of them killed (-9) mid-work: nothing lost or doubled.
+
+The allocator's replicas are tested in test_allocator_concurrency.py; here the registry, the SSH
+gateway and the outbox relay (embedded in the registry and the allocator) get the same treatment.
+"""
+
+import asyncio
+import collections
+import subprocess
+from pathlib import Path
+from uuid import UUID
+
+import aiohttp
+import pytest
+
+from potluck.contracts.host_events import host_stream
+from potluck.events import EVENTS_STREAM, event_subscriber
+from potluck.localstack import free_port, wait_for_port
+from potluck.localstack.docker_engine import DockerEngine
+from tests.e2e.conftest import Gatewayed
+from tests.fixtures.pool import EnrolledHost, Pool
+from tests.fixtures.sample_events import ThingHappened, sample
+from tests.helpers import Received, stop, wait_until
+
+#: Suspect after 1.5 s of silence, lost after 3 s: short enough for a lean test, long enough that
+#: a hostd merely waiting for one of two loaded cores is not suspected.
+LIVENESS = (0.3, 5, 3.0)
+
+
+async def host_events(pool: Pool, host_id: str) -> list[str]:
+    return [r.type for r in await pool.store.read_stream(host_stream(host_id))]
+
+
+async def online(pool: Pool, name: str, engine: DockerEngine) -> EnrolledHost:
+    host = await pool.enroll(name)
+    pool.write_config(host, engine)
+    pool.start_hostd(host)
+    return host
+
+
+@pytest.mark.liveness(*LIVENESS)
+async def test_two_registries_decide_each_transition_once_and_one_survives_a_kill(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """Tried: two registries watch two heartbeating hosts; one host's hostd is killed (-9) until it
+    is lost; then one registry is killed (-9) while the beats go on; the lost host's hostd starts
+    again. Must hold: each transition (suspected, lost, recovered) is in the host's stream once,
+    though both registries saw the silence; the live host is never suspected, before or after the
+    kill; the surviving registry answers the returning host's registration."""
+    pool.start_registry("registry-2")
+    steady = await online(pool, "steady", docker_engines[0])
+    flaky = await online(pool, "flaky", docker_engines[1])
+    for host in (steady, flaky):
+        await pool.wait_for_host(host.host_id, "active")
+
+    assert flaky.process is not None
+    flaky.process.kill()
+    await pool.wait_for_host(flaky.host_id, "lost", timeout=30)
+    # Both registries measured the silence; a second decision would land within a look (≤ 1 s).
+    await asyncio.sleep(1.5)
+    silent = await host_events(pool, flaky.host_id)
+    assert (silent.count("HostSuspected"), silent.count("HostLost")) == (1, 1), silent
+
+    pool.processes["registry"].kill()
+    # Beats go on to the survivor alone; three suspect windows pass without the steady host
+    # being suspected (a registry that stopped counting its beats would suspect it in one).
+    await asyncio.sleep(3 * LIVENESS[0] * LIVENESS[1])
+    assert (await pool.hosts()).hosts[steady.host_id].status == "active"
+    assert "HostSuspected" not in await host_events(pool, steady.host_id)
+
+    pool.start_hostd(flaky)  # registers again: only the surviving registry can answer
+    await pool.wait_for_host(flaky.host_id, "active", timeout=60)
+    back = await host_events(pool, flaky.host_id)
+    assert back.count("HostRecovered") <= 1, back
+    assert (back.count("HostSuspected"), back.count("HostLost")) == (1, 1), back
+    assert back.count("HostRegistered") == 2, back
+
+
+async def two_gateways(pool: Pool, engine: DockerEngine, tmp_path: Path) -> tuple[Gatewayed, Gatewayed]:
+    """Two gateways with the pool's one set of keys, a hostd linked to both, a user: a
+    Gatewayed for each gateway's SSH port."""
+    client_key = pool.gateway_client_key()
+    ports = [(free_port(), free_port()) for _ in range(2)]
+    for n, (ssh_port, tunnel_port) in enumerate(ports):
+        pool.start_gateway(
+            listen=f"127.0.0.1:{ssh_port}",
+            tunnel_listen=f"127.0.0.1:{tunnel_port}",
+            name="sshgateway" if n == 0 else f"sshgateway-{n + 1}",
+        )
+    host = await pool.enroll("laptop-a")
+    links = [{"address": f"127.0.0.1:{tunnel}", "client_key": client_key} for _, tunnel in ports]
+    pool.write_config(host, engine, gateways=links)
+    pool.start_hostd(host)
+    await pool.wait_for_host(host.host_id, "active")
+    await pool.wait_for_images(host.host_id)
+    for ssh_port, _ in ports:
+        await asyncio.to_thread(wait_for_port, ssh_port, what="an SSH gateway", timeout=30)
+    await pool.wait_api()
+    key = tmp_path / "id_alice"
+    await asyncio.to_thread(
+        subprocess.run, ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
+    )
+    token = await pool.add_user("alice")
+    first, second = (Gatewayed(pool, host, ssh_port, key, token) for ssh_port, _ in ports)
+    return first, second
+
+
+async def session_events(pool: Pool, alloc_id: str) -> dict[str, collections.Counter[str]]:
+    """Per event type, how many times each session of the allocation has it in the log."""
+    counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for record in await pool.store.read_all(0, limit=100_000):
+        if record.type.startswith("Session") and record.data.get("alloc_id") == alloc_id:
+            counts[record.type][record.data["session_id"]] += 1
+    return counts
+
+
+async def test_a_session_through_either_gateway_and_through_the_survivor_of_a_kill(
+    pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path
+) -> None:
+    """Tried: one user session through each of two gateways (one hostd linked to both); a third,
+    long one through the first gateway, which is killed (-9) while it runs; then a new session
+    through the second. Must hold: every session that ran to its end gave its exit status; the
+    killed gateway's session ends at the client; the new one works; the audit has every session's
+    SessionStarted once, and the SessionEnded of each session the surviving or closed gateways
+    carried once. The killed gateway's open session has no SessionEnded: only that gateway knew
+    its byte counts and end, so its start stays the only record of it."""
+    first, second = await two_gateways(pool, docker_engines[0], tmp_path)
+    async with aiohttp.ClientSession() as http:
+        alloc_id = await first.allocate(http)
+
+    one = await first.ssh(alloc_id, "echo one")
+    two = await second.ssh(alloc_id, "echo two")
+    assert (one.returncode, one.stdout, two.returncode, two.stdout) == (0, "one\n", 0, "two\n"), (
+        one.stderr + two.stderr + pool.logs()
+    )
+
+    long = asyncio.create_task(first.ssh(alloc_id, "echo started; sleep 60"))
+
+    async def long_session_open() -> bool:
+        return len((await session_events(pool, alloc_id))["SessionStarted"]) == 3
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while not await long_session_open():
+        assert asyncio.get_running_loop().time() < deadline, pool.logs()
+        await asyncio.sleep(0.1)
+    pool.processes["sshgateway"].kill()
+    cut = await asyncio.wait_for(long, 30)
+    assert cut.returncode != 0, cut.stdout
+
+    three = await second.ssh(alloc_id, "echo three")
+    assert (three.returncode, three.stdout) == (0, "three\n"), three.stderr + pool.logs()
+
+    # The survivor writes a session's end just after the client sees it: wait for the last one.
+    deadline = asyncio.get_running_loop().time() + 30
+    while len((counts := await session_events(pool, alloc_id))["SessionEnded"]) < 3:
+        assert asyncio.get_running_loop().time() < deadline, (counts, pool.logs())
+        await asyncio.sleep(0.1)
+    started, ended = counts["SessionStarted"], counts["SessionEnded"]
+    assert sorted(started.values()) == [1, 1, 1, 1], counts
+    assert sorted(ended.values()) == [1, 1, 1], counts
+    assert set(ended) < set(started), counts
+
+
+def leading_relay(pool: Pool) -> str:
+    """Which of the pool's processes leads the relay, as its log says (one has said so)."""
+    leaders = [name for name, proc in pool.processes.items() if "relay.leading" in proc.log_tail(100_000)]
+    assert len(leaders) == 1, (leaders, pool.logs())
+    return leaders[0]
+
+
+async def test_events_appended_while_the_leading_relay_is_killed_all_reach_consumers_once(
+    pool: Pool,
+) -> None:
+    """Tried: the pool's registry and allocator each run the relay (one leads); events are
+    appended in small batches while the leader is killed (-9) mid-way; the other takes over.
+    Must hold: a durable consumer (the subscriber every projection on the bus uses) applies every
+    appended event exactly once, in log order, and the bus's stream holds each event once."""
+    nc = await pool.client()
+    received = Received()
+    consumer = event_subscriber(
+        nc, durable="replica-test", subjects=["potluck.evt.thing.>"], handle=received, events=sample
+    )
+    consuming = asyncio.create_task(consumer.run())
+    appended: list[UUID] = []
+    try:
+        first = await pool.store.append("thing-0", [ThingHappened(thing_id="t", count=0)])
+        appended += [r.event_id for r in first]
+        await wait_until(lambda: len(received.counts) == 1, 30, "the first event at the consumer")
+        leader = leading_relay(pool)
+
+        async def append_batches(start: int, batches: int) -> None:
+            for batch in range(start, start + batches):
+                records = await pool.store.append(
+                    f"thing-{batch}", [ThingHappened(thing_id="t", count=i) for i in range(20)]
+                )
+                appended.extend(r.event_id for r in records)
+                await asyncio.sleep(0.02)
+
+        appending = asyncio.create_task(append_batches(1, 100))
+        await wait_until(lambda: len(received.counts) > 200, 30, "the relay to be mid-way")
+        pool.processes[leader].kill()
+        await appending
+        await append_batches(101, 10)  # after the kill: the new leader relays these too
+        await wait_until(lambda: len(received.counts) >= len(appended), 60, "every event at the consumer")
+        await asyncio.sleep(0.5)  # give any duplicate a chance to arrive
+        info = await nc.jetstream().stream_info(EVENTS_STREAM, subjects_filter="potluck.evt.thing.>")
+    finally:
+        await stop(consuming)
+        await nc.close()
+    assert set(received.counts) == set(appended)
+    assert max(received.counts.values()) == 1, received.counts.most_common(3)
+    assert received.positions == sorted(received.positions)
+    thing_messages = sum((info.state.subjects or {}).values())
+    assert thing_messages == len(appended), (thing_messages, len(appended))
