@@ -46,7 +46,7 @@ async def test_two_registries_decide_each_transition_once_and_one_survives_a_kil
     is lost; then one registry is killed (-9) while the beats go on; the lost host's hostd starts
     again. Must hold: each transition (suspected, lost, recovered) is in the host's stream once,
     though both registries saw the silence; the live host is never suspected, before or after the
-    kill; the surviving registry answers the returning host's registration."""
+    kill; the surviving registry answers the returning host's (changed) registration."""
     pool.start_registry("registry-2")
     steady = await online(pool, "steady", docker_engines[0])
     flaky = await online(pool, "flaky", docker_engines[1])
@@ -68,9 +68,15 @@ async def test_two_registries_decide_each_transition_once_and_one_survives_a_kil
     assert (await pool.hosts()).hosts[steady.host_id].status == "active"
     assert "HostSuspected" not in await host_events(pool, steady.host_id)
 
-    pool.start_hostd(flaky)  # registers again: only the surviving registry can answer
+    # It registers again, donating less: a changed registration is a new HostRegistered, and only
+    # the surviving registry can answer it.
+    pool.write_config(flaky, docker_engines[1], donate={"cpus": 1, "memory": "2G", "disk": "4G"})
+    pool.start_hostd(flaky)
     await pool.wait_for_host(flaky.host_id, "active", timeout=60)
     back = await host_events(pool, flaky.host_id)
+    donated = (await pool.hosts()).hosts[flaky.host_id].donated
+    assert donated is not None
+    assert donated.cpus == 1, pool.logs()
     assert back.count("HostRecovered") <= 1, back
     assert (back.count("HostSuspected"), back.count("HostLost")) == (1, 1), back
     assert back.count("HostRegistered") == 2, back
@@ -198,6 +204,7 @@ async def test_events_appended_while_the_leading_relay_is_killed_all_reach_consu
 
         appending = asyncio.create_task(append_batches(1, 100))
         await wait_until(lambda: len(received.counts) > 200, 30, "the relay to be mid-way")
+        assert not appending.done(), "the kill must land while events are being appended"
         pool.processes[leader].kill()
         await appending
         await append_batches(101, 10)  # after the kill: the new leader relays these too
