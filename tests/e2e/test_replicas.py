@@ -13,10 +13,15 @@ from uuid import UUID
 import aiohttp
 import pytest
 
-from potluck.contracts.host_events import host_stream
+from potluck.contracts.capacity import Capacity
+from potluck.contracts.engine import EngineFacts
+from potluck.contracts.host_events import HostEnrolled, HostRegistered, host_stream
 from potluck.events import EVENTS_STREAM, event_subscriber
 from potluck.localstack import free_port, wait_for_port
 from potluck.localstack.docker_engine import DockerEngine
+from potluck.registry import host as aggregate
+from potluck.registry.nats_auth import new_user_key
+from potluck.registry.repository import Decision, decide_on_host
 from tests.e2e.conftest import Gatewayed
 from tests.fixtures.pool import EnrolledHost, Pool
 from tests.fixtures.sample_events import ThingHappened, sample
@@ -29,6 +34,37 @@ LIVENESS = (0.3, 5, 3.0)
 
 async def host_events(pool: Pool, host_id: str) -> list[str]:
     return [r.type for r in await pool.store.read_stream(host_stream(host_id))]
+
+
+async def ghost_host(pool: Pool, host_id: str) -> None:
+    """A host registered in the log whose hostd never runs: silent from the start."""
+    facts = EngineFacts(
+        version="test", cgroup_version="1", storage_driver="overlay2", disk_quota_supported=False
+    )
+    await pool.store.append(
+        host_stream(host_id),
+        [
+            # A real key: the NATS users file is rendered from every enrolled host's.
+            HostEnrolled(host_id=host_id, name=host_id, nkey=new_user_key().public),
+            HostRegistered(
+                host_id=host_id,
+                donated=Capacity(cpus=1.0, memory_bytes=1 << 30, disk_bytes=1 << 30),
+                engine=facts,
+                hostd_version="test",
+            ),
+        ],
+        expected_version=0,
+    )
+
+
+def silent_for(seconds: float) -> Decision:
+    """What each registry's liveness watch decides for a host silent that long."""
+    suspect_after, grace = LIVENESS[0] * LIVENESS[1], LIVENESS[2]
+    return lambda state: (
+        aggregate.went_silent(state, seconds, suspect_after_s=suspect_after, stranded_grace_s=grace)
+        if state
+        else []
+    )
 
 
 async def online(pool: Pool, name: str, engine: DockerEngine) -> EnrolledHost:
@@ -46,8 +82,13 @@ async def test_two_registries_decide_each_transition_once_and_one_survives_a_kil
     is lost; then one registry is killed (-9) while the beats go on; the lost host's hostd starts
     again. Must hold: each transition (suspected, lost, recovered) is in the host's stream once,
     though both registries saw the silence; the live host is never suspected, before or after the
-    kill; the surviving registry answers the returning host's (changed) registration."""
+    kill; the surviving registry answers the returning host's (changed) registration. Also, for a
+    race that does not hang on two processes' timing: two deciders read the same version of a
+    silent host's stream at once (what each registry runs); one HostSuspected is recorded."""
     pool.start_registry("registry-2")
+    await ghost_host(pool, "h-ghost")
+    await asyncio.gather(*(decide_on_host(pool.store, "h-ghost", silent_for(2.0)) for _ in range(2)))
+    assert (await host_events(pool, "h-ghost")).count("HostSuspected") == 1
     steady = await online(pool, "steady", docker_engines[0])
     flaky = await online(pool, "flaky", docker_engines[1])
     for host in (steady, flaky):
@@ -60,6 +101,8 @@ async def test_two_registries_decide_each_transition_once_and_one_survives_a_kil
     await asyncio.sleep(1.5)
     silent = await host_events(pool, flaky.host_id)
     assert (silent.count("HostSuspected"), silent.count("HostLost")) == (1, 1), silent
+    ghost = await host_events(pool, "h-ghost")  # lost by the registries meanwhile
+    assert (ghost.count("HostSuspected"), ghost.count("HostLost")) == (1, 1), ghost
 
     pool.processes["registry"].kill()
     # Beats go on to the survivor alone; three suspect windows pass without the steady host
