@@ -183,7 +183,8 @@ class Agent:
             await self._register(facts)
             await self._sync()
             # The web page's log tail: answered here, one bounded page a request (log_tail.py).
-            await self.nc.subscribe(f"{LOG_TAIL}.{self.host_id}", cb=LogTailResponder(self.exec_bridge))
+            log_tail = LogTailResponder(self.exec_bridge)
+            await self.nc.subscribe(f"{LOG_TAIL}.{self.host_id}", cb=log_tail.answer)
             self.ready.set()
             subscriber = Subscriber(
                 self.nc,

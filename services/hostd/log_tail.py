@@ -99,7 +99,8 @@ class LogTailResponder:
         fresh = after_cursor(parse_entries(bytes(stream.body)), request.after)
         return fit_page(fresh, request.after, request.tail)
 
-    async def __call__(self, msg: Msg) -> None:
+    async def answer(self, msg: Msg) -> None:
+        """The subscription's callback (nats-py takes only a coroutine function)."""
         if not self.replies.allows(msg, SERVICE_INBOX, requester="services"):
             return
         try:

@@ -345,7 +345,8 @@ async def test_allocation_page_tails_its_log_live_for_its_owner_only(
     and stays on it. Bob asks for the log's route by URL, and the other host's NATS identity asks
     for (and listens to) the allocation's host's log requests.
     Must hold: the lines show on the page, the markup as text; later lines arrive without a reload;
-    Bob gets 404 and no line; NATS refuses the other host both ways and it hears no request."""
+    once released (its container removed) the page says the log is gone; Bob gets 404 and no line;
+    NATS refuses the other host both ways and it hears no request."""
     alloc_id = await web_pool.allocate("alice", TALKER)
     page = await web_pool.signed_in(browser, "alice")
     errors: list[str] = []  # a CSP violation (an inline script) is logged as an error
@@ -364,6 +365,15 @@ async def test_allocation_page_tails_its_log_live_for_its_owner_only(
     assert errors == []
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENSHOTS / "allocation-log.png"), full_page=True)
+    headers = {"Authorization": f"Bearer {web_pool.tokens['alice']}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.delete(f"{web_pool.pool.api}/v1/allocations/{alloc_id}", headers=headers) as r,
+    ):
+        assert r.status in (200, 202), await r.text()
+    # Released, its container removed: the page says where the log went, and keeps what it showed.
+    await page.locator(".log-note", has_text="gone from host").wait_for(timeout=30_000)
+    assert await page.locator("#log div", has_text="line-1").count() >= 1
     await page.context.close()
 
     bob = await web_pool.signed_in(browser, "bob")
