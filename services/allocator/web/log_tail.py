@@ -29,6 +29,7 @@ from potluck.allocator.web.live import KEEPALIVE_S, Changes
 from potluck.contracts.log_tail import LogCursor, LogTailPage, LogTailRequest
 from potluck.contracts.messages import Reply
 from potluck.contracts.subjects import LOG_TAIL, host_subject
+from potluck.readmodels.allocations import TERMINAL
 
 __all__ = ["LogSource", "LogUnavailable", "Whereabouts", "follow_log", "note_for"]
 
@@ -172,8 +173,10 @@ async def follow_log(
                 quiet_since = asyncio.get_running_loop().time()
             if page is not None:
                 await asyncio.sleep(POLL_S)
-            else:  # nothing to read: ask again later, or as soon as the allocation moves
-                await changes.after(changes.count, IDLE_POLL_S)
+            else:  # nothing to read: ask again later, or soon after the allocation moves
+                gone = code == "NOT_HERE" and now.status in TERMINAL
+                await changes.after(changes.count, KEEPALIVE_S if gone else IDLE_POLL_S)
+                await asyncio.sleep(POLL_S)  # a busy pool never makes a page ask more than once a second
     except ConnectionResetError:
         pass  # the browser went away
     return response
