@@ -240,7 +240,7 @@ def allocator(
         engine = AllocatorEngine(store, strategy=strategy, freeze_loaded=True)  # type: ignore[arg-type]
         watch_allocator(pool_metrics(), engine)
         await AllocatorService(store, nc, engine, registry=registry).run(
-            lambda: serve_http(engine, host, port, registry=registry)
+            lambda: serve_http(engine, host, port, registry=registry, nc=nc)
         )
 
     run(serve("allocator", Backends(database_url, nats_url, nats_seed_file, relay), body))

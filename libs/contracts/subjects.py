@@ -18,6 +18,7 @@ __all__ = [
     "IMAGE_TOKEN",
     "JOIN",
     "LIST_HOSTS",
+    "LOG_TAIL",
     "POLICY",
     "REGISTER",
     "REPORT_PREFIX",
@@ -52,6 +53,10 @@ JOIN = f"{RPC_PREFIX}.registry.join"
 IMAGE_TOKEN = f"{RPC_PREFIX}.allocator.image_token"
 #: Heartbeats (core NATS, no stream), followed by `.<host_id>`.
 HEARTBEAT = "potluck.hb"
+
+#: Requests to a host, followed by `.<host_id>`: one page of an allocation's container log
+#: (log_tail.py). Only services may ask; only that host subscribes (nats_auth).
+LOG_TAIL = "potluck.logs"
 
 #: Operators and services only: hosts may publish solely on subjects ending in their id.
 LIST_HOSTS = f"{RPC_PREFIX}.registry.hosts"

@@ -38,6 +38,7 @@ from potluck.allocator.schemas import (
 from potluck.allocator.users import User
 from potluck.allocator.web import is_page
 from potluck.allocator.web import setup as setup_pages
+from potluck.allocator.web.log_tail import LogSource
 from potluck.contracts.registry import TOKEN_PATH
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import TERMINAL, AllocationState
@@ -330,7 +331,11 @@ async def images(request: web.Request) -> web.Response:
 
 
 def make_app(
-    engine: AllocatorEngine, failures: FailureWindow | None = None, *, registry: PoolRegistry | None = None
+    engine: AllocatorEngine,
+    failures: FailureWindow | None = None,
+    *,
+    registry: PoolRegistry | None = None,
+    logs: LogSource | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_BODY)
     app[ENGINE] = engine
@@ -357,5 +362,5 @@ def make_app(
     app.router.add_get("/v1/pool", pool)
     app.router.add_get(TOKEN_PATH, registry_token)
     app.router.add_get("/v1/images", images)
-    setup_pages(app, engine, app[AUTH])
+    setup_pages(app, engine, app[AUTH], logs)
     return app

@@ -226,14 +226,22 @@ class AllocatorService:
 
 
 async def serve_http(
-    engine: AllocatorEngine, host: str, port: int, *, registry: PoolRegistry | None = None
+    engine: AllocatorEngine,
+    host: str,
+    port: int,
+    *,
+    registry: PoolRegistry | None = None,
+    nc: NATS | None = None,
 ) -> None:
-    """The HTTP API until cancelled (with the image registry's endpoints when the pool has one)."""
+    """The HTTP API until cancelled (with the image registry's endpoints when the pool has one;
+    with `nc`, the pages tail containers' logs through the hosts)."""
     from aiohttp import web
 
     from potluck.allocator.api import make_app
+    from potluck.allocator.web.log_tail import LogSource
 
-    runner = web.AppRunner(make_app(engine, registry=registry), access_log=None)
+    logs = LogSource(nc) if nc is not None else None
+    runner = web.AppRunner(make_app(engine, registry=registry, logs=logs), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -47,6 +47,7 @@ from potluck.contracts.subjects import (
     DESIRED,
     HEARTBEAT,
     IMAGE_TOKEN,
+    LOG_TAIL,
     REGISTER,
     REPORT_PREFIX,
     host_consumer,
@@ -65,6 +66,7 @@ from potluck.hostd.exec_bridge import ExecBridge
 from potluck.hostd.gateway_link import keep_linked
 from potluck.hostd.image_inventory import ImageInventory
 from potluck.hostd.image_pull import ImagePuller, PullFailed
+from potluck.hostd.log_tail import LogTailResponder
 from potluck.hostd.logind_sleep import listen_to_logind, system_bus_address
 from potluck.hostd.policy_runner import PolicyRunner
 from potluck.hostd.report_publisher import publish_until_stored
@@ -179,6 +181,9 @@ class Agent:
         try:
             await self._register(facts)
             await self._sync()
+            # The web page's log tail: answered here, one bounded page a request (log_tail.py).
+            log_tail = LogTailResponder(self.exec_bridge)
+            await self.nc.subscribe(f"{LOG_TAIL}.{self.host_id}", cb=log_tail.answer)
             self.ready.set()
             subscriber = Subscriber(
                 self.nc,

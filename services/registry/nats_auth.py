@@ -30,6 +30,7 @@ from potluck.contracts.reports import AnyReport
 from potluck.contracts.subjects import (
     HEARTBEAT,
     JOIN,
+    LOG_TAIL,
     REPORT_PREFIX,
     host_consumer,
     host_rpc_filter,
@@ -77,7 +78,10 @@ def host_permissions(host_id: str) -> dict[str, Any]:
                 f"$JS.ACK.{EVENTS_STREAM}.{consumer}.>",
             ]
         },
-        "subscribe": {"allow": [f"{inbox_prefix(host_id)}.>"]},
+        # Its own log-tail requests (only services may send them), answered once each into the
+        # asker's inbox: allow_responses lets it publish to a reply subject it was given, nowhere else.
+        "subscribe": {"allow": [f"{inbox_prefix(host_id)}.>", host_subject(LOG_TAIL, host_id)]},
+        "allow_responses": {"max": 1, "expires": "30s"},
     }
 
 

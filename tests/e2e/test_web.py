@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nats.errors
 import pytest
 from playwright.async_api import Browser, Page
 
@@ -24,7 +25,7 @@ from potluck.contracts.member_events import MemberTokenIssued, member_stream
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.fixtures.browser import browser  # noqa: F401 (the fixture, used by name)
-from tests.fixtures.pool import Pool, remove_managed_containers
+from tests.fixtures.pool import EnrolledHost, Pool, remove_managed_containers
 from tests.fixtures.servers import _fresh_database
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -32,18 +33,21 @@ XSS = "<img src=x onerror=alert(1)>"
 
 
 class WebPool:
-    def __init__(self, pool: Pool, tokens: dict[str, str], hosts: dict[str, str]) -> None:
+    def __init__(
+        self, pool: Pool, tokens: dict[str, str], hosts: dict[str, str], enrolled: dict[str, EnrolledHost]
+    ) -> None:
         self.pool = pool
         self.tokens = tokens
         self.hosts = hosts  # name -> host id
+        self.enrolled = enrolled  # host id -> its enrollment (credentials)
 
-    async def allocate(self, user: str) -> str:
+    async def allocate(self, user: str, command: tuple[str, ...] = ("sleep", "600")) -> str:
         body = {
             "cpus": 0.5,
             "memory": "64M",
             "disk": "64M",
             "image": DEFAULT_TAG,
-            "command": ["sleep", "600"],
+            "command": list(command),
         }
         headers = {"Authorization": f"Bearer {self.tokens[user]}"}
         async with (
@@ -84,6 +88,7 @@ async def web_pool(
         tokens = {name: await pool.add_user(name) for name in ("alice", "bob")}
         tokens["member"] = new_member_token()
         hosts = {}
+        enrolled = {}
         for name, engine, labels in (
             ("desk", docker_engines[0], {"room": "study"}),
             ("laptop", docker_engines[1], {"note": XSS}),
@@ -92,6 +97,7 @@ async def web_pool(
             pool.write_config(host, engine, labels=labels)
             pool.start_hostd(host)
             hosts[name] = host.host_id
+            enrolled[host.host_id] = host
         # What `potluck ops hosts enroll` records beside the credentials: desk's member's token.
         issued = MemberTokenIssued(token_sha256=token_hash(tokens["member"]), host_ids=[hosts["desk"]])
         await pool.store.append(member_stream(hosts["desk"]), [issued])
@@ -99,7 +105,7 @@ async def web_pool(
             await pool.wait_for_host(host_id, "active")
             await pool.wait_for_images(host_id)
         await pool.wait_api()
-        yield WebPool(pool, tokens, hosts)
+        yield WebPool(pool, tokens, hosts, enrolled)
     finally:
         await pool.close()
         remove_managed_containers(docker_engines)
@@ -316,3 +322,91 @@ async def test_rotating_a_users_token_ends_their_web_sessions(web_pool: WebPool)
                 assert r.status == 200
             assert asyncio.get_running_loop().time() < deadline, "the old session still works"
             await asyncio.sleep(0.1)
+
+
+#: Prints a line with markup, then a numbered line every 0.3 s.
+TALKER = (
+    "sh",
+    "-c",
+    "echo '<b>first</b>'; i=0; while [ $i -lt 2000 ]; do i=$((i+1)); echo line-$i; sleep 0.3; done",
+)
+
+
+async def _last_number(page: Page) -> int:
+    text: str = await page.locator("#log div").last.inner_text()
+    return int(text.removeprefix("line-")) if text.startswith("line-") else 0
+
+
+async def test_allocation_page_tails_its_log_live_for_its_owner_only(
+    web_pool: WebPool,
+    browser: Browser,  # noqa: F811
+) -> None:
+    """Tried: alice's container prints a line with markup, then a line every 0.3 s; she opens its page
+    and stays on it. Bob asks for the log's route by URL, and the other host's NATS identity asks
+    for (and listens to) the allocation's host's log requests.
+    Must hold: the lines show on the page, the markup as text; later lines arrive without a reload;
+    once released (its container removed) the page says the log is gone; Bob gets 404 and no line;
+    NATS refuses the other host both ways and it hears no request."""
+    alloc_id = await web_pool.allocate("alice", TALKER)
+    page = await web_pool.signed_in(browser, "alice")
+    errors: list[str] = []  # a CSP violation (an inline script) is logged as an error
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    await page.goto(f"/web/allocations/{alloc_id}")
+    await page.evaluate("window.sameDocument = true")  # gone if the page reloads
+    await page.locator("#log div", has_text="line-2").wait_for(timeout=60_000)
+    assert await page.locator("#log div").first.inner_text() == "<b>first</b>"
+    assert await page.locator("#log b").count() == 0, "a log line must show as text, never as markup"
+    seen = await _last_number(page)
+    await page.locator("#log div", has_text=f"line-{seen + 3}").wait_for(timeout=20_000)
+    assert await page.evaluate("window.sameDocument === true"), "new lines must come without a reload"
+    texts = await page.locator("#log div").all_inner_texts()
+    numbered = [int(t.removeprefix("line-")) for t in texts if t.startswith("line-")]
+    assert numbered == list(range(numbered[0], numbered[-1] + 1)), "no line twice, none lost"
+    assert errors == []
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / "allocation-log.png"), full_page=True)
+    headers = {"Authorization": f"Bearer {web_pool.tokens['alice']}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.delete(f"{web_pool.pool.api}/v1/allocations/{alloc_id}", headers=headers) as r,
+    ):
+        assert r.status in (200, 202), await r.text()
+    # Released, its container removed: the page says where the log went, and keeps what it showed.
+    await page.locator(".log-note", has_text="gone from host").wait_for(timeout=30_000)
+    assert await page.locator("#log div", has_text="line-1").count() >= 1
+    await page.context.close()
+
+    bob = await web_pool.signed_in(browser, "bob")
+    answer = await bob.context.request.get(f"/web/live/allocations/{alloc_id}/log")
+    assert answer.status == 404
+    assert "line-" not in await answer.text()
+    await bob.context.close()
+
+    placed = [
+        r
+        for r in await web_pool.pool.store.read_stream(alloc_stream(alloc_id))
+        if r.type == "AllocationPlaced"
+    ]
+    holder = placed[-1].data["host_id"]
+    (other,) = [h for host_id, h in web_pool.enrolled.items() if host_id != holder]
+    refused: list[str] = []
+    spy = await web_pool.pool.client(other, errors=refused)
+    heard: list[bytes] = []
+    try:
+
+        async def listen(msg: Any) -> None:
+            heard.append(msg.data)
+
+        await spy.subscribe(f"potluck.logs.{holder}", cb=listen)
+        with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
+            await spy.request(
+                f"potluck.logs.{holder}", json.dumps({"alloc_id": alloc_id}).encode(), timeout=1
+            )
+        deadline = asyncio.get_running_loop().time() + 10
+        while len([e for e in refused if "permissions violation" in e.lower()]) < 2:
+            assert asyncio.get_running_loop().time() < deadline, refused
+            await asyncio.sleep(0.1)
+    finally:
+        await spy.close()
+    assert heard == []
+    assert all(f"potluck.logs.{holder}" in e for e in refused if "permissions violation" in e.lower())

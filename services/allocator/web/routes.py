@@ -27,6 +27,7 @@ from potluck.allocator.users import User
 from potluck.allocator.web import history, views
 from potluck.allocator.web.connect import plain_ssh_line
 from potluck.allocator.web.live import Changes, stream
+from potluck.allocator.web.log_tail import LogSource, Whereabouts, follow_log
 from potluck.allocator.web.sessions import Session, Sessions, can_keep_cookie
 from potluck.allocator.web.trace import trace_of
 from potluck.contracts.allocation_events import alloc_stream
@@ -43,6 +44,8 @@ ENGINE: web.AppKey[AllocatorEngine] = web.AppKey("web_engine", AllocatorEngine)
 SESSIONS: web.AppKey[Sessions] = web.AppKey("web_sessions", Sessions)
 CHANGES: web.AppKey[Changes] = web.AppKey("web_changes", Changes)
 AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("web_authenticator", Authenticator)
+#: How the pages reach hosts for a container's log; None: they cannot (an app without the bus).
+LOGS: web.AppKey[LogSource | None] = web.AppKey("web_logs")
 
 #: No inline script or style, nothing from elsewhere, no framing.
 CSP = (
@@ -59,8 +62,11 @@ def is_page(path: str) -> bool:
     return path == "/" or path.startswith(PREFIX)
 
 
-def setup(app: web.Application, engine: AllocatorEngine, authenticator: Authenticator) -> None:
-    """Add the pages to the allocator's app; they follow the engine's own fold."""
+def setup(
+    app: web.Application, engine: AllocatorEngine, authenticator: Authenticator, logs: LogSource | None = None
+) -> None:
+    """Add the pages to the allocator's app; they follow the engine's own fold, and ask hosts
+    for containers' logs through `logs`."""
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -73,6 +79,7 @@ def setup(app: web.Application, engine: AllocatorEngine, authenticator: Authenti
     app[SESSIONS] = Sessions()
     app[CHANGES] = changes
     app[AUTHENTICATOR] = authenticator
+    app[LOGS] = logs
     app.on_response_prepare.append(_security_headers)
     app.on_shutdown.append(_close_streams)
     app.router.add_get("/", pool_page)
@@ -87,6 +94,7 @@ def setup(app: web.Application, engine: AllocatorEngine, authenticator: Authenti
     app.router.add_get(PREFIX + "live/mine", mine_live)
     app.router.add_get(PREFIX + "allocations/{alloc_id}", allocation_page)
     app.router.add_get(PREFIX + "live/allocations/{alloc_id}", allocation_live)
+    app.router.add_get(PREFIX + "live/allocations/{alloc_id}/log", allocation_log)
     app.router.add_post(PREFIX + "allocations/{alloc_id}/extend", extend)
     app.router.add_post(PREFIX + "allocations/{alloc_id}/release", release)
     app.router.add_static(PREFIX + "static/", HERE / "static", append_version=False)
@@ -377,6 +385,22 @@ async def allocation_live(request: web.Request) -> web.StreamResponse:
         return _fragment("_allocation.html", request, context)
 
     return await stream(request, request.app[CHANGES], render)
+
+
+async def allocation_log(request: web.Request) -> web.StreamResponse:
+    """The container's log as it grows, for the owner or an operator only (404 otherwise, as the page)."""
+    session = _session(request)
+    alloc_id = request.match_info["alloc_id"]
+    if _allocation_context(request, session, alloc_id) is None:
+        return _not_found(request, session, alloc_id)
+
+    def where() -> Whereabouts | None:
+        context = _allocation_context(request, session, alloc_id)
+        if context is None:
+            return None
+        return Whereabouts(status=context["state"].status, host_id=context["state"].host_id)
+
+    return await follow_log(request, request.app[CHANGES], request.app[LOGS], alloc_id, where)
 
 
 async def _act(
