@@ -4,7 +4,7 @@ A host's stream grows with every registration, silence and recovery; deciding a
 command on it from version 0 costs more each month. A snapshot is the fold's
 state at one version of the stream, kept in the `snapshots` table beside the
 log. Events never change, so a snapshot stays true for as long as the fold that
-made it: `kind` names the fold and its shape (see `Snapshots.kind_of`), and a
+made it: `kind` names the fold and its shape (`_kind`), and a
 snapshot of another kind is never read. The log stays the only source of truth:
 a snapshot that is missing, of another kind or unreadable is a full read, never
 an error, and `potluck ops replay` never reads them.
@@ -27,6 +27,25 @@ log = structlog.get_logger(__name__)
 S = TypeVar("S")
 
 
+# Built once per fold: a registry makes a Snapshots for every command it decides on a host.
+_adapters: dict[type[Any], TypeAdapter[Any]] = {}
+_kinds: dict[tuple[str, int, type[Any]], str] = {}
+
+
+def _adapter(state_type: type[Any]) -> TypeAdapter[Any]:
+    if state_type not in _adapters:
+        _adapters[state_type] = TypeAdapter(state_type)
+    return _adapters[state_type]
+
+
+def _kind(name: str, fold_version: int, state_type: type[Any]) -> str:
+    key = (name, fold_version, state_type)
+    if key not in _kinds:
+        schema = json.dumps(_adapter(state_type).json_schema(), sort_keys=True)
+        _kinds[key] = f"{name}/{fold_version}/{hashlib.sha256(schema.encode()).hexdigest()[:12]}"
+    return _kinds[key]
+
+
 @dataclass(frozen=True)
 class Snapshot(Generic[S]):
     version: int
@@ -42,13 +61,8 @@ class Snapshots(Generic[S]):
 
     def __init__(self, store: EventStore, name: str, fold_version: int, state_type: type[S]) -> None:
         self.store = store
-        self.kind = self.kind_of(name, fold_version, state_type)
-        self._adapter: TypeAdapter[S] = TypeAdapter(state_type)
-
-    @staticmethod
-    def kind_of(name: str, fold_version: int, state_type: type[Any]) -> str:
-        schema = json.dumps(TypeAdapter(state_type).json_schema(), sort_keys=True)
-        return f"{name}/{fold_version}/{hashlib.sha256(schema.encode()).hexdigest()[:12]}"
+        self.kind = _kind(name, fold_version, state_type)
+        self._adapter: TypeAdapter[S] = _adapter(state_type)
 
     async def load(self, stream: str) -> Snapshot[S] | None:
         row = await self.store.pool.fetchrow(
