@@ -24,6 +24,8 @@ import binascii
 import contextlib
 import os
 import struct
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -140,10 +142,30 @@ def _public_line_on_file(path: Path) -> str | None:
     return None
 
 
+_MAKE_KEY = (
+    "import sys; from pathlib import Path; from potluck.kernel.ssh_identity import load_or_create_key; "
+    "load_or_create_key(Path(sys.argv[1]), comment=sys.argv[2])"
+)
+
+
 def ssh_host_key(state_dir: Path, host_id: str = "") -> str:
     """Load (or make) hostd's host key and return its public line: send this at registration."""
-    line = _public_line_on_file(host_key_path(state_dir))
+    path = host_key_path(state_dir)
+    comment = f"potluck-hostd-{host_id}" if host_id else ""
+    line = _public_line_on_file(path)
+    if line is None and not path.exists():
+        # First start: the key is made in a child process, so that asyncssh's modules do not
+        # stay resident in hostd for its whole life when it has no gateway to link to.
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                [sys.executable, "-c", _MAKE_KEY, str(path), comment],
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+        line = _public_line_on_file(path)
     if line is not None:
         return line
-    key = load_or_create_key(host_key_path(state_dir), comment=f"potluck-hostd-{host_id}" if host_id else "")
+    # Whatever went wrong above is found again here, in this process, and named.
+    key = load_or_create_key(path, comment=comment)
     return public_key_line(key)

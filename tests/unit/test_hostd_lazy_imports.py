@@ -57,6 +57,20 @@ def test_host_key_line_is_read_without_asyncssh(tmp_path: Path) -> None:
     assert answer == {"line": expected, "loaded": []}
 
 
+def test_a_first_start_makes_the_key_without_loading_asyncssh(tmp_path: Path) -> None:
+    """No key yet (a first start): one is made, mode 0600, its line is what asyncssh reads from
+    it, and the process that asked has not loaded asyncssh."""
+    answer = _loaded_after(
+        "from pathlib import Path\n"
+        "from potluck.kernel.ssh_identity import ssh_host_key\n"
+        f"result = {{'line': ssh_host_key(Path({str(tmp_path)!r}), 'h1')}}"
+    )
+    path = host_key_path(tmp_path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert answer == {"line": public_key_line(load_or_create_key(path)), "loaded": []}
+    assert str(answer["line"]).endswith(" potluck-hostd-h1")
+
+
 def test_host_key_line_of_a_replaced_key_is_the_new_one(tmp_path: Path) -> None:
     """A key file replaced while its .pub stayed behind: the line is the new key's, not the stale one."""
     path = host_key_path(tmp_path)
