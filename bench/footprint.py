@@ -12,6 +12,9 @@ real processes, set up as bench/pool.py does but with hostd's default timing
 2. idle with one allocation running and one SSH session open through the
    gateway (an `ssh ... -- cat` that waits on its input), the figures below.
 
+`--no-gateway`: hostd's config has no `[[gateways]]` (a member who reaches no
+sessions), so window 2 has the allocation and no session.
+
 Read from /proc for hostd's process and any children it started, sampled
 every second:
 
@@ -179,8 +182,8 @@ def _env() -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def laptop_pool(servers: BenchServers) -> AsyncIterator[Laptop]:
-    """bench/pool.py's pool with the SSH gateway, and one hostd linked to it (no telemetry)."""
+async def laptop_pool(servers: BenchServers, *, linked: bool = True) -> AsyncIterator[Laptop]:
+    """bench/pool.py's pool with the SSH gateway, and one hostd linked to it unless not `linked`."""
     for name in _TELEMETRY:
         os.environ.pop(name, None)
     if any(name.startswith("OTEL_") for name in os.environ):
@@ -205,7 +208,7 @@ async def laptop_pool(servers: BenchServers) -> AsyncIterator[Laptop]:
             engine.url,
             allowed_images=[DEFAULT_TAG],
             donate={"cpus": 1, "memory": "1G", "disk": "2G"},
-            gateways=[{"address": f"127.0.0.1:{tunnel_port}", "client_key": client_key}],
+            gateways=[{"address": f"127.0.0.1:{tunnel_port}", "client_key": client_key}] if linked else [],
             timing={},
         )
         pool.start_hostd(host)
@@ -285,9 +288,9 @@ def _report(window: Window, what: str) -> None:
     )
 
 
-async def run(seconds: float) -> None:
+async def run(seconds: float, *, linked: bool = True) -> None:
     with bench_servers() as servers:
-        async with laptop_pool(servers) as laptop, aiohttp.ClientSession() as http:
+        async with laptop_pool(servers, linked=linked) as laptop, aiohttp.ClientSession() as http:
             await wait_active_host(http, laptop.pool.api, laptop.headers)
             assert laptop.host.process is not None
             assert laptop.host.process.pid is not None
@@ -298,22 +301,29 @@ async def run(seconds: float) -> None:
             empty = await measure(pid, seconds)
             _report(empty, "idle")
             alloc_id = await allocate(laptop, http)
-            session = await open_session(laptop, alloc_id)
-            try:
+            if not linked:
                 await asyncio.sleep(min(10.0, seconds / 2))
-                say(f"window 2: one allocation ({alloc_id}) and one SSH session open, {seconds:.0f} s")
+                say(f"window 2: one allocation ({alloc_id}), no gateway, {seconds:.0f} s")
                 busy = await measure(pid, seconds)
-                _report(busy, "with an allocation and a session")
-                await echo(session, b"still open\n")
-            finally:
-                if session.returncode is None:
-                    session.kill()
-                await session.wait()
+                _report(busy, "with an allocation")
+            else:
+                session = await open_session(laptop, alloc_id)
+                try:
+                    await asyncio.sleep(min(10.0, seconds / 2))
+                    say(f"window 2: one allocation ({alloc_id}) and one SSH session open, {seconds:.0f} s")
+                    busy = await measure(pid, seconds)
+                    _report(busy, "with an allocation and a session")
+                    await echo(session, b"still open\n")
+                finally:
+                    if session.returncode is None:
+                        session.kill()
+                    await session.wait()
     load = os.getloadavg()
     extra: dict[str, Any] = {
         **busy.fields("window_"),
         **empty.fields("idle_"),
         "seconds": round(seconds),
+        "gateway": linked,
         "loadavg": [round(x, 2) for x in load],
     }
     emit(BENCH, "hostd_rss_mb", busy.peak.rss / MB, "MB", **extra)
@@ -329,6 +339,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each window (default 60)")
     parser.add_argument("--quick", action="store_true", help="10 s windows: a smoke test")
+    parser.add_argument(
+        "--no-gateway", action="store_true", help="hostd without [[gateways]]: window 2 has no SSH session"
+    )
     return parser.parse_args(argv)
 
 
@@ -336,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.seconds <= 0:
         raise SystemExit("--seconds must be positive")
-    asyncio.run(run(10.0 if args.quick else args.seconds))
+    asyncio.run(run(10.0 if args.quick else args.seconds, linked=not args.no_gateway))
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ from potluck.hostd.config import HostdConfig
 from potluck.hostd.containers import ContainerManager
 from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
 from potluck.hostd.exec_bridge import ExecBridge
-from potluck.hostd.gateway_link import keep_linked
+from potluck.hostd.exec_errors import ExecError
+from potluck.hostd.heap import trim_heap_periodically
 from potluck.hostd.image_inventory import ImageInventory
 from potluck.hostd.image_pull import ImagePuller, PullFailed
 from potluck.hostd.log_tail import LogTailResponder
@@ -200,6 +201,7 @@ class Agent:
                 subscriber.run(),
                 self._send_reports(),
                 self._beat(),
+                trim_heap_periodically(),
                 self._resync_after_reconnect(facts),
                 self.containers.watch_docker_events(),
                 self.containers.watch_engine(),
@@ -209,12 +211,7 @@ class Agent:
                 self.sleep.run(),
                 listen_to_logind(self.sleep, system_bus_address(self.config.sleep.dbus_address)),
                 self.policy.run(),
-                keep_linked(
-                    self.host_id,
-                    host_key_path(self.config.state_dir),
-                    self.config.gateways,
-                    self.exec_bridge,
-                ),
+                self._link(),
             )
         finally:
             # Not drain(): the tasks that would take what is still queued are cancelled by now,
@@ -224,6 +221,24 @@ class Agent:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.close(), 2)
             self.driver.close()
+
+    async def _link(self) -> None:
+        """Serve sessions through the gateways in the config (gateway_link.py), forever.
+
+        gateway_link, and asyncssh with it (~18 MB resident), is imported only by a hostd
+        that has gateways: one without them only ends the sessions' processes a previous
+        run left (as keep_linked would) and waits.
+        """
+        if not self.config.gateways:
+            with contextlib.suppress(ExecError, OSError):
+                await self.exec_bridge.reap_orphans()
+            log.info("link.no_gateways", hint="add [[gateways]] to hostd's config to reach sessions")
+            await asyncio.Event().wait()
+        from potluck.hostd.gateway_link import keep_linked
+
+        await keep_linked(
+            self.host_id, host_key_path(self.config.state_dir), self.config.gateways, self.exec_bridge
+        )
 
     async def _engine_facts(self) -> EngineFacts:
         attempt = 0

@@ -136,7 +136,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.image_reference import InvalidReference, image_allowed, parse_pattern
 from potluck.contracts.subjects import validate_host_id
-from potluck.hostd.gateway_link import GatewayLink
+from potluck.hostd.gateway_config import GatewayLink
 from potluck.hostd.policy_config import OwnerPolicy
 from potluck.kernel.sizes import Size, format_size
 

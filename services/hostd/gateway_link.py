@@ -68,7 +68,6 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from pydantic import BaseModel, ConfigDict, field_validator
 
 from potluck.contracts.link import (
     LATENCY_SLICE_US,
@@ -82,6 +81,7 @@ from potluck.contracts.link import (
 from potluck.events.tracing import context_from_env
 from potluck.hostd.exec_bridge import ExecBridge, SessionProcess, exec_env
 from potluck.hostd.exec_errors import ExecError, ExecRefused
+from potluck.hostd.gateway_config import GatewayLink
 from potluck.hostd.helper_sftp import open_sftp
 from potluck.hostd.reserved_commands import open_reserved, reserved_command
 from potluck.hostd.session_slots import SessionLimits, SessionSlots
@@ -100,49 +100,6 @@ _SFTP_SERVER = (
     'echo "potluck: this container has no sftp-server: install one in the image (openssh-sftp-server), '
     'or use scp -O, rsync or tar over ssh" >&2; exit 127'
 )
-
-
-def _parse_address(value: str) -> tuple[str, int]:
-    host, sep, port = value.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{value!r} is not HOST:PORT, e.g. gateway.example:2223")
-    return host, int(port)
-
-
-class GatewayLink(BaseModel):
-    """One gateway this host keeps connected to: where it listens for hosts, and its pinned key."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    address: str
-    client_key: str
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        _parse_address(value)
-        return value.strip()
-
-    @field_validator("client_key")
-    @classmethod
-    def _client_key(cls, value: str) -> str:
-        try:
-            asyncssh.import_public_key(value.strip())
-        except (asyncssh.KeyImportError, ValueError) as exc:
-            raise ValueError(f"not an OpenSSH public key line ({exc})") from None
-        return value.strip()
-
-    @property
-    def host(self) -> str:
-        return _parse_address(self.address)[0]
-
-    @property
-    def port(self) -> int:
-        return _parse_address(self.address)[1]
-
-    def key_blob(self) -> bytes:
-        return bytes(asyncssh.import_public_key(self.client_key).public_data)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,97 @@
+"""hostd loads asyncssh and the OpenTelemetry exporters only when its config needs them (issue 20).
+
+Each check runs in a fresh interpreter: in pytest's own process other tests have imported
+everything already.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from potluck.hostd.gateway_config import GatewayLink
+from potluck.kernel.ssh_identity import host_key_path, load_or_create_key, public_key_line
+
+
+def _loaded_after(code: str) -> dict[str, object]:
+    """Run `code` in a fresh interpreter; it sets `result`; returns it with the heavy modules loaded."""
+    script = (
+        f"import sys, json\n{code}\n"
+        "heavy = ('asyncssh', 'opentelemetry.exporter')\n"
+        "result['loaded'] = sorted(\n"
+        "    m for m in heavy if any(k == m or k.startswith(m + '.') for k in sys.modules)\n"
+        ")\n"
+        "print(json.dumps(result))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return answer
+
+
+def test_hostd_modules_load_neither_asyncssh_nor_exporters() -> None:
+    """Importing hostd's command, agent, config and telemetry with tracing off: neither asyncssh nor
+    an OpenTelemetry exporter is in sys.modules (the link's modules come in with [[gateways]])."""
+    answer = _loaded_after(
+        "import potluck.cli, potluck.hostd.agent, potluck.hostd.config\n"
+        "from potluck.telemetry import configure_telemetry\n"
+        "configure_telemetry('potluck-hostd')()\n"
+        "result = {}"
+    )
+    assert answer["loaded"] == []
+
+
+def test_host_key_line_is_read_without_asyncssh(tmp_path: Path) -> None:
+    """With hostd's key made, its public line is read without loading asyncssh, and it is the very
+    line asyncssh gives for that key (what the gateway pins at registration)."""
+    path = host_key_path(tmp_path)
+    expected = public_key_line(load_or_create_key(path, comment="potluck-hostd-h1"))
+    answer = _loaded_after(
+        "from pathlib import Path\n"
+        "from potluck.kernel.ssh_identity import ssh_host_key\n"
+        f"result = {{'line': ssh_host_key(Path({str(tmp_path)!r}), 'h1')}}"
+    )
+    assert answer == {"line": expected, "loaded": []}
+
+
+def test_a_first_start_makes_the_key_without_loading_asyncssh(tmp_path: Path) -> None:
+    """No key yet (a first start): one is made, mode 0600, its line is what asyncssh reads from
+    it, and the process that asked has not loaded asyncssh."""
+    answer = _loaded_after(
+        "from pathlib import Path\n"
+        "from potluck.kernel.ssh_identity import ssh_host_key\n"
+        f"result = {{'line': ssh_host_key(Path({str(tmp_path)!r}), 'h1')}}"
+    )
+    path = host_key_path(tmp_path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert answer == {"line": public_key_line(load_or_create_key(path)), "loaded": []}
+    assert str(answer["line"]).endswith(" potluck-hostd-h1")
+
+
+def test_host_key_line_of_a_replaced_key_is_the_new_one(tmp_path: Path) -> None:
+    """A key file replaced while its .pub stayed behind: the line is the new key's, not the stale one."""
+    path = host_key_path(tmp_path)
+    load_or_create_key(path, comment="old")
+    stale = path.with_name(path.name + ".pub").read_text()
+    path.unlink()
+    new = load_or_create_key(path, comment="new")
+    path.with_name(path.name + ".pub").write_text(stale)
+    from potluck.kernel.ssh_identity import ssh_host_key
+
+    assert ssh_host_key(tmp_path, "h1") == public_key_line(new)
+
+
+def test_gateway_key_is_checked_as_asyncssh_reads_it() -> None:
+    """A pinned gateway key: its blob is what asyncssh decodes; a line that is not a key is refused
+    with the field named."""
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="potluck-sshgateway")
+    line = key.export_public_key("openssh").decode().strip()
+    link = GatewayLink(address="127.0.0.1:2223", client_key=line)
+    assert link.key_blob() == bytes(asyncssh.import_public_key(line).public_data)
+    blob = line.split()[1]
+    for bad in ("ssh-ed25519", "ssh-rsa " + blob, "ssh-ed25519 !!!", "ssh-ed25519 " + blob[:-8]):
+        with pytest.raises(ValueError, match="client_key"):
+            GatewayLink(address="127.0.0.1:2223", client_key=bad)
