@@ -186,6 +186,10 @@ class NatsCluster:
         for node in self.nodes:
             node.stop()
 
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
     def kill(self, index: int) -> None:
         """SIGKILL node `index`, as a crashed machine."""
         self.nodes[index].kill()
