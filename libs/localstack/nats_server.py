@@ -40,11 +40,9 @@ class NatsServer:
         port: int | None = None,
         config: Path | None = None,
         authorization: bool = False,
-        extra_args: Sequence[str] = (),
     ) -> None:
         """`authorization=True` makes the server require the nkeys listed in `auth_file`
-        (write it before start; call `reload()` after changing it). `extra_args` go to
-        nats-server as they are (a cluster's node gives its name, routes and monitor port)."""
+        (write it before start; call `reload()` after changing it)."""
         self.workdir = workdir
         self.port = port or free_port()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +64,6 @@ class NatsServer:
         ]
         if config is not None:
             argv += ["--config", str(config)]
-        argv += extra_args
         self._proc = ChildProcess(argv, log_path=workdir / "nats-server.log")
 
     @property
@@ -120,29 +117,24 @@ class NatsCluster:
         self.auth_file = workdir / "auth.json"
         route_ports = [free_port() for _ in range(nodes)]
         self.monitor_ports = [free_port() for _ in range(nodes)]
-        routes = ",".join(f"nats-route://127.0.0.1:{port}" for port in route_ports)
         self.nodes: list[NatsServer] = []
         for i in range(nodes):
             node_dir = workdir / f"node-{i + 1}"
             node_dir.mkdir(parents=True, exist_ok=True)
             config = node_dir / "nats-server.conf"
+            # All in the file, not on the command line: a reload (SIGHUP) re-reads only the
+            # file, and refuses a JetStream cluster whose server_name came from a flag.
             # include is relative to the including file: every node reads the one users file.
+            routes = ", ".join(f'"nats-route://127.0.0.1:{port}"' for port in route_ports)
             config.write_text(
-                f'pid_file: "{node_dir / "nats-server.pid"}"\ninclude "../{self.auth_file.name}"\n'
+                f'pid_file: "{node_dir / "nats-server.pid"}"\n'
+                f'server_name: "{name}-{i + 1}"\n'
+                f'http: "127.0.0.1:{self.monitor_ports[i]}"\n'
+                f'cluster {{\n  name: "{name}"\n  listen: "127.0.0.1:{route_ports[i]}"\n'
+                f"  routes: [{routes}]\n}}\n"
+                f'include "../{self.auth_file.name}"\n'
             )
-            extra = [
-                "--server_name",
-                f"{name}-{i + 1}",
-                "--cluster_name",
-                name,
-                "--cluster",
-                f"nats://127.0.0.1:{route_ports[i]}",
-                "--routes",
-                routes,
-                "--http_port",
-                str(self.monitor_ports[i]),
-            ]
-            self.nodes.append(NatsServer(node_dir, config=config, extra_args=extra))
+            self.nodes.append(NatsServer(node_dir, config=config))
 
     @property
     def url(self) -> str:
