@@ -1,10 +1,14 @@
 """The pure parts of running on a NATS cluster: server lists and stream replicas."""
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from potluck.events.bus import STREAMS, check_replicas, replicas_to_apply
+from potluck.hostd.config import HostdConfig
 from potluck.kernel.nats_urls import nats_servers
 
 
@@ -58,3 +62,18 @@ def test_every_stream_is_configured_with_the_replicas_given() -> None:
     for spec in STREAMS:
         assert spec.config(3).num_replicas == 3
         assert spec.config().num_replicas == 1
+
+
+def test_hostd_takes_a_clusters_nodes_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    """Tried: hostd's config with three nodes, then with one node missing its scheme. Must hold:
+    the first is kept as written; the second is refused naming the entry."""
+    common = {
+        "host_id": "h-0123456789ab",
+        "credentials_file": tmp_path / "c",
+        "state_dir": tmp_path,
+        "donate": {"cpus": 1, "memory": "1G", "disk": "2G"},
+    }
+    nodes = "nats://a:4222,nats://b:4222,nats://c:4222"
+    assert HostdConfig(nats_url=nodes, **common).nats_url == nodes
+    with pytest.raises(ValidationError, match="'b:4222' must start with nats://"):
+        HostdConfig(nats_url="nats://a:4222,b:4222", **common)
