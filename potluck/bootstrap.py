@@ -15,7 +15,8 @@ from pathlib import Path
 import structlog
 from nats.aio.client import Client as NATS
 
-from potluck.events import EventStore, OutboxRelay
+from potluck.events import EventStore, OutboxRelay, ensure_streams
+from potluck.events.bus import StreamReplicasError
 from potluck.events.connection import connect_bus
 from potluck.events.relay import watch_relay_lag
 from potluck.kernel.metrics import pool_metrics
@@ -32,6 +33,8 @@ class Backends:
     nats_seed_file: Path | None = None
     relay: bool = True
     relay_batch_size: int = 500
+    #: Copies of each JetStream stream to keep (--stream-replicas); None keeps what they have.
+    stream_replicas: int | None = None
 
     def seed(self) -> str | None:
         if self.nats_seed_file is None:
@@ -51,6 +54,11 @@ async def serve(name: str, backends: Backends, body: Body) -> None:
             stack.push_async_callback(store.close)
             nc = await connect_bus(backends.nats_url, name=f"potluck-{name}", seed=backends.seed())
             stack.push_async_callback(nc.drain)
+            # Before anything subscribes: later ensure_streams calls keep these replicas.
+            try:
+                await ensure_streams(nc.jetstream(), backends.stream_replicas)
+            except StreamReplicasError as exc:
+                raise SystemExit(f"error: {exc}") from None
             jobs: list[Awaitable[None]] = [body(store, nc)]
             if backends.relay:
                 relay = OutboxRelay(store, nc.jetstream(), batch_size=backends.relay_batch_size)

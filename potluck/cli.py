@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from potluck.cli_options import database_option, nats_options, nats_options_for, relay_option
+from potluck.cli_options import (
+    database_option,
+    nats_options,
+    nats_options_for,
+    relay_option,
+    stream_replicas_option,
+)
 from potluck.kernel.version import __version__
 from potluck.logs import configure_logging
 
@@ -71,20 +77,32 @@ def main(log_level: str) -> None:
 @main.command()
 @database_option
 @nats_options
+@stream_replicas_option
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 10_000))
-def relay(database_url: str, nats_url: str, nats_seed_file: Path | None, batch_size: int) -> None:
+def relay(
+    database_url: str,
+    nats_url: str,
+    nats_seed_file: Path | None,
+    stream_replicas: int | None,
+    batch_size: int,
+) -> None:
     """Publish the event log to JetStream, in order (one leader at a time)."""
     from potluck.bootstrap import Backends, serve
 
     async def idle(*_: object) -> None:
         await asyncio.Event().wait()
 
-    run(serve("relay", Backends(database_url, nats_url, nats_seed_file, True, batch_size), idle))
+    run(
+        serve(
+            "relay", Backends(database_url, nats_url, nats_seed_file, True, batch_size, stream_replicas), idle
+        )
+    )
 
 
 @main.command()
 @database_option
 @nats_options
+@stream_replicas_option
 @relay_option
 @click.option(
     "--heartbeat-interval",
@@ -129,6 +147,7 @@ def registry(
     database_url: str,
     nats_url: str,
     nats_seed_file: Path | None,
+    stream_replicas: int | None,
     relay: bool,
     heartbeat_interval: float,
     suspect_after_missed: int,
@@ -162,7 +181,13 @@ def registry(
         watch_registry(pool_metrics(), service)
         await service.run()
 
-    run(serve("registry", Backends(database_url, nats_url, nats_seed_file, relay), body))
+    run(
+        serve(
+            "registry",
+            Backends(database_url, nats_url, nats_seed_file, relay, stream_replicas=stream_replicas),
+            body,
+        )
+    )
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -175,6 +200,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 @main.command()
 @database_option
 @nats_options
+@stream_replicas_option
 @relay_option
 @click.option(
     "--listen",
@@ -209,6 +235,7 @@ def allocator(
     database_url: str,
     nats_url: str,
     nats_seed_file: Path | None,
+    stream_replicas: int | None,
     relay: bool,
     listen: str,
     strategy: str,
@@ -243,7 +270,13 @@ def allocator(
             lambda: serve_http(engine, host, port, registry=registry, nc=nc)
         )
 
-    run(serve("allocator", Backends(database_url, nats_url, nats_seed_file, relay), body))
+    run(
+        serve(
+            "allocator",
+            Backends(database_url, nats_url, nats_seed_file, relay, stream_replicas=stream_replicas),
+            body,
+        )
+    )
 
 
 @main.command()
@@ -254,6 +287,7 @@ def allocator(
     help="Postgres URL of the event log; not needed with --print-client-key [env: POTLUCK_DATABASE_URL].",
 )
 @nats_options_for("to serve")
+@stream_replicas_option
 @relay_option
 @click.option(
     "--listen",
@@ -283,6 +317,7 @@ def sshgateway(
     database_url: str | None,
     nats_url: str,
     nats_seed_file: Path | None,
+    stream_replicas: int | None,
     relay: bool,
     listen: str | None,
     tunnel_listen: str | None,
@@ -316,7 +351,13 @@ def sshgateway(
     async def body(store: Any, nc: Any) -> None:
         await run_gateway(store, settings)
 
-    run(serve("sshgateway", Backends(database_url, nats_url, nats_seed_file, relay), body))
+    run(
+        serve(
+            "sshgateway",
+            Backends(database_url, nats_url, nats_seed_file, relay, stream_replicas=stream_replicas),
+            body,
+        )
+    )
 
 
 CONFIG = click.option(

@@ -41,7 +41,7 @@ def nats_options_for(when: str | None = None) -> Callable[[F], F]:
             envvar="POTLUCK_NATS_URL",
             default="nats://127.0.0.1:4222",
             show_default=True,
-            help=f"{prefix}NATS server [env: POTLUCK_NATS_URL].",
+            help=f"{prefix}NATS server, or a cluster's nodes separated by commas [env: POTLUCK_NATS_URL].",
         )(f)
 
     return decorate
@@ -57,4 +57,16 @@ def relay_option(f: F) -> F:
         default=True,
         show_default=True,
         help="Also run an outbox relay (one leader among all of them).",
+    )(f)
+
+
+def stream_replicas_option(f: F) -> F:
+    return click.option(
+        "--stream-replicas",
+        envvar="POTLUCK_STREAM_REPLICAS",
+        type=click.IntRange(1, 5),
+        default=None,
+        help="Nodes that keep a copy of each JetStream stream: 3 on a three-node NATS cluster, "
+        "1 on a single server; existing streams are scaled to it. Unset: streams keep the "
+        "copies they have (1 for new ones) [env: POTLUCK_STREAM_REPLICAS].",
     )(f)

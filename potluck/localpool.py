@@ -19,7 +19,7 @@ import tomli_w
 from potluck.contracts.registry import ISSUER, SERVICE, TOKEN_PATH
 from potluck.events import EventStore
 from potluck.kernel.signing_keys import ensure_signing_key
-from potluck.localstack import NatsServer, free_port
+from potluck.localstack import NatsCluster, NatsServer, free_port
 from potluck.localstack.process import ChildProcess
 from potluck.localstack.registry_server import RegistryServer
 from potluck.localstack.test_image import DEFAULT_TAG
@@ -63,7 +63,8 @@ class EnrolledHost:
 @dataclass
 class LocalPool:
     workdir: Path
-    nats: NatsServer
+    #: One server, or a cluster's nodes (its `url` lists them all).
+    nats: NatsServer | NatsCluster
     database_url: str
     store: EventStore
     services_seed_file: Path
@@ -74,6 +75,8 @@ class LocalPool:
     #: Heartbeat interval, missed beats before unreachable, stranded grace (see `potluck registry`).
     liveness: tuple[float, int, float] = (5.0, 3, 8 * 3600.0)
     log_level: str = "INFO"
+    #: The services' --stream-replicas (None: the streams keep their copies, 1 when new).
+    stream_replicas: int | None = None
 
     def _potluck(self, name: str, *args: str) -> ChildProcess:
         proc = ChildProcess(
@@ -85,6 +88,7 @@ class LocalPool:
         return proc
 
     def _service_args(self) -> list[str]:
+        replicas = [] if self.stream_replicas is None else ["--stream-replicas", str(self.stream_replicas)]
         return [
             "--database-url",
             self.database_url,
@@ -92,6 +96,7 @@ class LocalPool:
             self.nats.url,
             "--nats-seed-file",
             str(self.services_seed_file),
+            *replicas,
         ]
 
     def start_registry(self, name: str = "registry") -> ChildProcess:
@@ -259,9 +264,18 @@ class LocalPool:
 
     @classmethod
     async def create(
-        cls, workdir: Path, database_url: str, *, nats_port: int | None = None, **options: Any
+        cls,
+        workdir: Path,
+        database_url: str,
+        *,
+        nats_port: int | None = None,
+        nats_nodes: int = 1,
+        **options: Any,
     ) -> Self:
         """NATS with nkey authorization in `workdir`, the services' identity, a store on `database_url`.
+
+        `nats_nodes` above 1 starts a NATS cluster of that many nodes instead of one server
+        (give `stream_replicas` too, for streams kept on several of them).
 
         Whatever `workdir` already holds (the services' seed, JetStream's data) is kept,
         so a pool started again carries on where it stopped.
@@ -274,7 +288,11 @@ class LocalPool:
             seed = new_user_key().seed
             seed_file.touch(mode=0o600)
             seed_file.write_text(seed)
-        nats = NatsServer(workdir / "nats", authorization=True, port=nats_port)
+        nats: NatsServer | NatsCluster
+        if nats_nodes > 1:
+            nats = NatsCluster(workdir / "nats", nodes=nats_nodes)
+        else:
+            nats = NatsServer(workdir / "nats", authorization=True, port=nats_port)
         store = await EventStore.open(database_url, max_size=5)
         await refresh_nats_authorization(store, nats.auth_file, [seed], None)
         nats.start()

@@ -5,5 +5,6 @@ pytest_plugins = [
     "tests.fixtures.tracing",
     "tests.fixtures.docker",
     "tests.fixtures.pool",
+    "tests.fixtures.nats_cluster",
     "tests.fixtures.ssh",
 ]

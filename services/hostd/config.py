@@ -2,7 +2,7 @@
 
     host_id = "h-3f2a9c1e7b40"             # printed by `potluck ops hosts enroll`
     credentials_file = "h-3f2a.creds"      # its NATS identity, from the same command
-    nats_url = "nats://pool.example:4222"
+    nats_url = "nats://pool.example:4222"   # a cluster: its nodes, separated by commas
     docker_url = "unix:///var/run/docker.sock"
     state_dir = "/var/lib/potluck-hostd"
     allowed_images = ["potluck-test:*", "debian:*"]   # see below; empty = any image
@@ -138,6 +138,7 @@ from potluck.contracts.image_reference import InvalidReference, image_allowed, p
 from potluck.contracts.subjects import validate_host_id
 from potluck.hostd.gateway_config import GatewayLink
 from potluck.hostd.policy_config import OwnerPolicy
+from potluck.kernel.nats_urls import nats_servers
 from potluck.kernel.sizes import Size, format_size
 
 
@@ -213,8 +214,7 @@ class HostdConfig(BaseModel):
     @field_validator("nats_url")
     @classmethod
     def _nats_url(cls, value: str) -> str:
-        if not value.startswith(("nats://", "tls://")):
-            raise ValueError("must start with nats:// or tls://")
+        nats_servers(value)  # one server, or a cluster's nodes separated by commas
         return value
 
     @field_validator("docker_url")

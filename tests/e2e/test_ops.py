@@ -478,7 +478,12 @@ def test_the_compose_file_is_consistent_and_complete() -> None:
             assert name == "otel-collector", f"{name} has no healthcheck"
 
     # Only the trial runs a hostd, and it holds no database credentials.
-    assert {n for n, s in services.items() if s.get("profiles")} == {"hostd", "trial-setup"}
+    assert {n for n, s in services.items() if s.get("profiles") == ["trial"]} == {"hostd", "trial-setup"}
+    # The cluster profile adds only NATS nodes, each reading the cluster's config.
+    cluster = {n for n, s in services.items() if s.get("profiles") == ["cluster"]}
+    assert cluster == {"nats-1", "nats-2", "nats-3"}
+    assert all(services[n]["command"] == ["--config", "/etc/nats/cluster.conf"] for n in cluster)
+    assert all(s.get("profiles") in (None, ["trial"], ["cluster"]) for s in services.values())
     assert all(services[n]["profiles"] == ["trial"] for n in ("hostd", "trial-setup"))
     assert "POTLUCK_DATABASE_URL" not in services["hostd"]["environment"]
     assert services["hostd"]["secrets"] == []
@@ -550,7 +555,7 @@ def _docker_compose(*args: str, env_file: Path, tmp_path: Path) -> subprocess.Co
     )
 
 
-@pytest.mark.parametrize("profiles", [(), ("trial",)], ids=["central", "trial"])
+@pytest.mark.parametrize("profiles", [(), ("trial",), ("cluster",)], ids=["central", "trial", "cluster"])
 def test_the_real_compose_tool_validates_the_compose_file(profiles: tuple[str, ...], tmp_path: Path) -> None:
     """Debian's docker-compose (1.29, installed by ops/setup) parses the file against its schema,
     resolves the anchors and profiles, and interpolates the example env file, with no engine."""
