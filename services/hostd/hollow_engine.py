@@ -147,7 +147,7 @@ class HollowDriver(DockerDriver):
                         "remove it first to run the allocation with this one"
                     )
                 return found.container_id
-            if spec.image not in self._images:
+            if not self._has(spec.image):
                 raise ImageNotAvailable(
                     f"running {spec.container_name}: the hollow engine has no {spec.image}"
                 )
@@ -158,7 +158,7 @@ class HollowDriver(DockerDriver):
 
     def _has(self, image: str) -> bool:
         """Given as a name or a pattern ("*": any image is there, as if pulled long ago)."""
-        return image in self._images or image_allowed(sorted(self._images), image)
+        return image in self._images or "*" in self._images or image_allowed(sorted(self._images), image)
 
     def _by_name(self, name_or_id: str) -> _Container | None:
         found = self._containers.get(name_or_id)
