@@ -247,6 +247,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--join-timeout", type=float, default=900.0, help="Seconds for a step's hosts to join."
     )
     parser.add_argument("--gap", type=float, default=0.2, help="Seconds between placements of the stream.")
+    parser.add_argument("--keep", action="store_true", help="Keep the servers' directory (logs).")
     args = parser.parse_args(argv)
     default_steps = QUICK_STEPS if args.quick else FULL_STEPS
     args.steps = [int(s) for s in args.steps.split(",")] if args.steps else list(default_steps)
@@ -258,7 +259,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.monotonic()
-    with bench_servers() as servers:
+    with bench_servers(keep=args.keep) as servers:
         asyncio.run(run(servers, args))
     say(f"done in {time.monotonic() - started:.0f}s")
 
