@@ -9,6 +9,7 @@
 - trace.py    the trace id an allocation was requested under
 - live.py     asking the running registry and allocator for their read models
               (and the events they skipped)
+- hollow.py   `ops hollow --hosts N`: hollow hosts (in-memory engine) for scale tests only
 - cli.py      the click commands, attached under `potluck ops`
 
 Every command reads the log directly (`--database-url`); only `replay

@@ -99,10 +99,11 @@ class HostdStopped(Exception):
 
 
 class Agent:
-    def __init__(self, config: HostdConfig) -> None:
+    def __init__(self, config: HostdConfig, driver: DockerDriver | None = None) -> None:
+        """`driver`: the engine; a hollow one (hollow_engine.py) for scale tests, else Docker's."""
         self.config = config
         self.host_id = config.host_id
-        self.driver = DockerDriver(config.docker_url, internal_networks=config.internal_network)
+        self.driver = driver or DockerDriver(config.docker_url, internal_networks=config.internal_network)
         self.outbox: TracedQueue[Report] = TracedQueue()
         puller = ImagePuller(
             config.docker_url,

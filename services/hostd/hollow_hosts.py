@@ -1,0 +1,116 @@
+"""Many hollow hostds in one process: real agents (NATS identity, registration, heartbeats,
+reports, reconciliation, owner policy) over `HollowDriver`, for scale tests only.
+
+Each host is an ordinary `Agent` with its own nkey and connection; only its engine is in
+memory. What would read this machine rather than the hollow one is pointed away in the
+config, not in code: the owner policy reads an empty power/thermal directory and counts
+the owner busy only past every core (the hollow process itself keeps the machine busy), and
+the sleep clock allows an hour of loop lag before calling it sleep (thousands of agents on
+one loop lag far more than a laptop's clock ever jumps awake).
+"""
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from potluck.hostd.agent import Agent, HostdStopped
+from potluck.hostd.config import HostdConfig
+from potluck.hostd.hollow_engine import HOLLOW_LABEL, HollowDriver
+from potluck.kernel.cancellation import cancel_until_done
+
+log = structlog.get_logger(__name__)
+
+#: Two reader threads per host follow its (in-memory) engine's events, as for Docker; a small
+#: stack keeps thousands of them cheap (they only wait on a queue).
+THREAD_STACK_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class HollowHost:
+    host_id: str
+    name: str
+    credentials_file: Path
+
+
+def hollow_config(
+    host: HollowHost,
+    *,
+    nats_url: str,
+    workdir: Path,
+    images: Iterable[str],
+    heartbeat_s: float,
+    donate: dict[str, Any] | None = None,
+) -> HostdConfig:
+    """A hostd config for one hollow host: labelled `hollow=true`, its files under `workdir`."""
+    quiet = workdir / "no-sensors"
+    quiet.mkdir(parents=True, exist_ok=True)
+    return HostdConfig.model_validate(
+        {
+            "host_id": host.host_id,
+            "credentials_file": host.credentials_file,
+            "nats_url": nats_url,
+            "state_dir": workdir / f"{host.name}-state",
+            "allowed_images": list(images),
+            "donate": donate or {"cpus": 4, "memory": "8G", "disk": "32G"},
+            "labels": {"name": host.name, HOLLOW_LABEL[0]: HOLLOW_LABEL[1]},
+            "timing": {"heartbeat_interval_s": heartbeat_s, "usage_interval_s": 60.0},
+            "sleep": {"threshold_s": 3600.0, "check_interval_s": 60.0, "dbus_address": ""},
+            "policy": {
+                "owner_busy_cpus": 1024,
+                "sample_interval_s": 2.0,
+                "power_supply_dir": str(quiet),
+                "thermal_dir": str(quiet),
+            },
+        }
+    )
+
+
+class HollowFleet:
+    """N agents on one loop; `ready` counts those registered and synced."""
+
+    def __init__(self, configs: list[HostdConfig], images: Iterable[str]) -> None:
+        wanted = list(images)
+        self.agents = [Agent(c, HollowDriver(c.host_id, wanted)) for c in configs]
+        self.stopped: dict[str, str] = {}
+
+    @property
+    def ready(self) -> int:
+        return sum(agent.ready.is_set() for agent in self.agents)
+
+    async def _run_one(self, agent: Agent) -> None:
+        try:
+            await agent.run()
+        except HostdStopped as exc:
+            # One host out of the pool for good (revoked, left): the others go on.
+            self.stopped[agent.host_id] = str(exc)
+            log.warning("hollow.host_stopped", host_id=agent.host_id, reason=str(exc))
+
+    async def run(
+        self, on_progress: Callable[[int, int], None] | None = None, start_gap_s: float = 0.002
+    ) -> None:
+        """Run every agent until cancelled; `on_progress(ready, total)` about twice a second
+        until all are ready. Starts are spread by `start_gap_s` so that the registry sees a
+        stream of registrations rather than one burst."""
+        threading.stack_size(THREAD_STACK_BYTES)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for agent in self.agents:
+                tasks.append(asyncio.create_task(self._run_one(agent)))
+                await asyncio.sleep(start_gap_s)
+            total = len(self.agents)
+            while on_progress is not None:
+                ready = self.ready
+                on_progress(ready, total)
+                if ready + len(self.stopped) >= total:
+                    break
+                await asyncio.sleep(0.5)
+            await asyncio.gather(*tasks)
+        finally:
+            with contextlib.suppress(Exception):
+                await cancel_until_done(tasks)
