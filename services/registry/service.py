@@ -19,6 +19,7 @@ serving.
 """
 
 import asyncio
+import json
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -40,6 +41,7 @@ from potluck.events import EventStore, SkippedEvents, ensure_streams
 from potluck.events.replies import ReplyGuard
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostsView
+from potluck.readmodels.state_pages import BadStateRequest
 from potluck.registry import host as aggregate
 from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.host_rate import HostRates, RatePolicy
@@ -150,5 +152,12 @@ class RegistryService:
         return None if state is None else aggregate.gone_refusal(state)
 
     async def _on_list(self, msg: Msg) -> None:
-        data = {**self.requests.list_hosts(), "refused": self.refused()}
-        await answer(msg, Reply(ok=True, data=data), self.replies, SERVICE_INBOX, requester="services")
+        try:
+            request = json.loads(msg.data) if msg.data.strip() else {}
+            if not isinstance(request, dict):
+                raise BadStateRequest('the request must be a JSON object, e.g. {} or {"after": "h-..."}')
+            reply = Reply(ok=True, data={**self.requests.list_hosts(request), "refused": self.refused()})
+        except (ValueError, BadStateRequest) as exc:
+            log.info("registry.list_request_refused", error=str(exc))
+            reply = Reply(ok=False, error={"code": "BAD_REQUEST", "message": str(exc)})
+        await answer(msg, reply, self.replies, SERVICE_INBOX, requester="services")
