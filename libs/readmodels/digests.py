@@ -23,6 +23,7 @@ __all__ = [
     "bucket_count",
     "bucket_digests",
     "bucket_of",
+    "canonical_json",
     "differing_buckets",
     "differing_keys",
     "key_digests",
@@ -115,13 +116,14 @@ def page_rows(
     rows: dict[str, Any] = {}
     missing: list[str] = []
     known = set(model.keys)
-    used = 0
+    used = 1  # with each row's ':' and ',' counted, the braces take one more
     for i, key in enumerate(keys):
         if key not in known:
             missing.append(key)
             continue
         row = model.row(key)
-        size = len(canonical_json(row)) + len(key) + 8
+        # ASCII-escaped JSON is at least as long as its UTF-8: an upper bound of the bytes sent.
+        size = len(canonical_json(key)) + len(canonical_json(row)) + 2
         if used + size > budget:
             return rows, missing, list(keys[i:])
         rows[key] = row
