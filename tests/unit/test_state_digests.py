@@ -28,7 +28,7 @@ from potluck.readmodels.state_pages import (
     page_after,
 )
 
-keys = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
+keys = st.text(st.characters(codec="utf-8"), min_size=1, max_size=12)
 values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
