@@ -105,7 +105,8 @@ async def test_replay_check_compares_100k_allocations_and_names_the_one_that_dif
     loaded_pool: Pool,
 ) -> None:
     """100,000 allocations in the log, the real services caught up: the check agrees (exit 0)
-    though no service could send its models in one message. Then one allocation's refusal is
+    though no service could send its models in one message, and `status --live` shows them
+    counted. Then one allocation's refusal is
     rewritten in the log behind the allocator's back: the check fails (exit 1) naming that
     allocation's field, with both values, and no other difference."""
     pool = loaded_pool
@@ -118,6 +119,23 @@ async def test_replay_check_compares_100k_allocations_and_names_the_one_that_dif
     }
     allocator = next(c for c in report["comparisons"] if c["service"] == "allocator")
     assert allocator["compared"]["allocations"] == ALLOCATIONS
+
+    # The status screen at the same scale, asking the services what they skipped: counts, not rows.
+    code, out, err = await ops(
+        "status",
+        "--live",
+        "--database-url",
+        pool.database_url,
+        "--nats-url",
+        pool.nats.url,
+        "--nats-seed-file",
+        str(pool.services_seed_file),
+        "--timeout",
+        "30",
+        timeout=120,
+    )
+    assert code == 0, out + err
+    assert f"Allocations by state: refused {ALLOCATIONS}" in out, out
 
     victim = alloc_id(ALLOCATIONS // 2)
     rewritten = await pool.store.pool.execute(
