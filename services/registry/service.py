@@ -9,7 +9,9 @@ silence is counted only once the subscriptions are in place.
 
 Hosts' requests pass one gate (replies.py): within the host's rate, and
 answered only into the host's own inbox; LIST_HOSTS, which only services may
-send, is answered only into the services' inbox. What was refused is counted
+send, is answered only into the services' inbox, one page of hosts at a time
+(`next`: the host id to ask after), or with digests of the hosts model for
+`potluck ops replay --check` (potluck.readmodels.state_pages). What was refused is counted
 per host in every LIST_HOSTS answer (`refused`). A host that left or was
 revoked is refused whatever it asks but its status (`refused.gone_hosts`).
 
