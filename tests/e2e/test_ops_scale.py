@@ -16,6 +16,7 @@ import nats.errors
 import pytest
 
 from potluck.contracts.allocation_events import AllocationRefused, AllocationRequested, alloc_stream
+from potluck.contracts.host_events import HostEnrolled, host_stream
 from potluck.contracts.messages import Reply
 from potluck.contracts.subjects import ALLOCATOR_STATE, LIST_HOSTS
 from potluck.events import EventStore, StreamAppend
@@ -23,6 +24,8 @@ from tests.e2e.conftest import ops
 from tests.fixtures.pool import Pool, spec
 
 ALLOCATIONS = 100_000
+#: Enrolled hosts: their rows take more than NATS' max payload, so the registry's list is paged.
+HOSTS = 3_000
 #: Streams per append: one COPY of 2,000 events.
 BATCH = 1000
 
@@ -50,6 +53,43 @@ async def load_allocations(store: EventStore, count: int) -> None:
         )
 
 
+async def load_hosts(store: EventStore, count: int) -> list[str]:
+    """`count` machines enrolled (not yet registered: no heartbeats expected of them)."""
+    ids = [f"h-{i:012x}" for i in range(count)]
+    for start in range(0, count, BATCH):
+        await store.append_streams(
+            [
+                StreamAppend(
+                    host_stream(h),
+                    [HostEnrolled(host_id=h, name=f"m{h}", nkey="U" + "A" * 55)],
+                    expected_version=0,
+                )
+                for h in ids[start : start + BATCH]
+            ]
+        )
+    return ids
+
+
+async def listed_hosts(pool: Pool) -> tuple[list[str], int]:
+    """Every host id the registry lists, following `next` page by page; and how many pages."""
+    nc = await pool.client()
+    try:
+        ids: list[str] = []
+        request: dict[str, str] = {}
+        pages = 0
+        while True:
+            msg = await nc.request(LIST_HOSTS, json.dumps(request).encode(), timeout=10)
+            reply = Reply.model_validate_json(msg.data)
+            assert reply.ok, reply.error
+            pages += 1
+            ids.extend(h["host_id"] for h in reply.data["hosts"])
+            if reply.data["next"] is None:
+                return ids, pages
+            request = {"after": reply.data["next"]}
+    finally:
+        await nc.close()
+
+
 async def caught_up(pool: Pool, subject: str, head: int, timeout: float = 120) -> None:
     """Until the service on `subject` answers at the log's head."""
     nc = await pool.client()
@@ -72,6 +112,7 @@ async def caught_up(pool: Pool, subject: str, head: int, timeout: float = 120) -
 async def loaded_pool(tmp_path: Path, database_url: str) -> AsyncIterator[Pool]:
     pool = await Pool.create(tmp_path, database_url, log_level="INFO")
     try:
+        await load_hosts(pool.store, HOSTS)
         await load_allocations(pool.store, ALLOCATIONS)
         head = await pool.store.head_position()
         pool.start_registry()
@@ -105,7 +146,8 @@ async def test_replay_check_compares_100k_allocations_and_names_the_one_that_dif
     loaded_pool: Pool,
 ) -> None:
     """100,000 allocations in the log, the real services caught up: the check agrees (exit 0)
-    though no service could send its models in one message, and `status --live` shows them
+    though no service could send its models in one message; the registry lists its 3,000
+    hosts page by page; and `status --live` shows them
     counted. Then one allocation's refusal is
     rewritten in the log behind the allocator's back: the check fails (exit 1) naming that
     allocation's field, with both values, and no other difference."""
@@ -119,6 +161,13 @@ async def test_replay_check_compares_100k_allocations_and_names_the_one_that_dif
     }
     allocator = next(c for c in report["comparisons"] if c["service"] == "allocator")
     assert allocator["compared"]["allocations"] == ALLOCATIONS
+    registry = next(c for c in report["comparisons"] if c["service"] == "registry")
+    assert registry["compared"]["hosts"] == HOSTS
+
+    # The registry's list, too big for one message, comes in pages that together hold every host.
+    ids, pages = await listed_hosts(pool)
+    assert sorted(ids) == [f"h-{i:012x}" for i in range(HOSTS)]
+    assert pages > 1
 
     # The status screen at the same scale, asking the services what they skipped: counts, not rows.
     code, out, err = await ops(
