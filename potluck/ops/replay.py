@@ -194,7 +194,13 @@ async def _compare(
             continue
         mine = keyed(replayed[part])
         keys: list[str] = []
-        for index in differing_buckets(bucket_digests(mine, live.buckets), live.digests):
+        buckets = differing_buckets(bucket_digests(mine, live.buckets), live.digests)
+        unexamined = 0
+        for n, index in enumerate(buckets):
+            if len(keys) > SHOWN_ROWS + NAMED_KEYS:
+                # Enough to show and name: a model that differs throughout is not fetched whole.
+                unexamined = len(buckets) - n
+                break
             theirs = await source.bucket(part, index, live.buckets, at=at)
             keys.extend(differing_keys(key_digests(mine, index, live.buckets), theirs))
         keys.sort()
@@ -213,6 +219,11 @@ async def _compare(
         if rest:
             named = ", ".join(rest[:NAMED_KEYS]) + (", ..." if len(rest) > NAMED_KEYS else "")
             found.append(f"{part}: {len(rest)} more rows differ: {named}")
+        if unexamined:
+            found.append(
+                f"{part}: and more in {unexamined} of {live.buckets} buckets of rows not examined "
+                f"({live.count} rows live, {len(replayed[part])} replayed)"
+            )
     return compared, found
 
 

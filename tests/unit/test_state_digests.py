@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from potluck.ops.live import LiveModel, MemorySource
-from potluck.ops.replay import SHOWN_ROWS, _compare
+from potluck.ops.replay import NAMED_KEYS, SHOWN_ROWS, _compare
 from potluck.readmodels.digests import (
     MAX_BUCKETS,
     PAGE_BUDGET,
@@ -156,3 +156,30 @@ async def test_compare_shows_the_first_rows_and_names_the_rest() -> None:
     assert found[-1] == "allocations: 10 more rows differ: " + ", ".join(
         f"a-{i:04d}" for i in range(SHOWN_ROWS, SHOWN_ROWS + 10)
     )
+
+
+async def test_a_model_that_differs_throughout_is_not_fetched_whole() -> None:
+    """Every one of 20,000 rows differs: the comparison stops asking for buckets once it has
+    enough rows to show and name, and says how many buckets it left unexamined."""
+    replayed = {f"a-{i:05d}": {"status": "running"} for i in range(20_000)}
+    live = {k: {"status": "exited"} for k in replayed}
+    source = MemorySource(LiveModel("allocator", 7, {"allocations": live}))
+    summary = await source.summary()
+    asked: list[int] = []
+    bucket = source.bucket
+
+    async def counted(model: str, index: int, buckets: int, *, at: int) -> dict[str, str]:
+        asked.append(index)
+        return await bucket(model, index, buckets, at=at)
+
+    source.bucket = counted  # type: ignore[method-assign]
+    _compared, found = await _compare(source, summary, {"allocations": replayed})
+    buckets = summary.models["allocations"].buckets
+    assert len(asked) < buckets
+    assert found[-1] == (
+        f"allocations: and more in {buckets - len(asked)} of {buckets} buckets of rows not examined "
+        "(20000 rows live, 20000 replayed)"
+    )
+    assert len(found) == SHOWN_ROWS + 2
+    assert found[-2].endswith(", ...")
+    assert NAMED_KEYS < 20_000
