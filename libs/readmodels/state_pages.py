@@ -23,11 +23,18 @@ from potluck.readmodels.digests import (
     Keyed,
     bucket_count,
     bucket_digests,
+    bucket_digests_yielding,
     key_digests,
     page_rows,
 )
 
-__all__ = ["MAX_KEYS_PER_REQUEST", "BadStateRequest", "answer_state_request", "page_after"]
+__all__ = [
+    "MAX_KEYS_PER_REQUEST",
+    "BadStateRequest",
+    "answer_state_request",
+    "answer_state_request_yielding",
+    "page_after",
+]
 
 #: Keys one `rows` request may name (some 40 KB of ids).
 MAX_KEYS_PER_REQUEST = 1000
@@ -96,4 +103,19 @@ def answer_state_request(request: Mapping[str, Any], models: Mapping[str, Keyed]
             summary["buckets"] = buckets
             summary["digests"] = bucket_digests(model, buckets)
         out[name] = summary
+    return {"models": out}
+
+
+async def answer_state_request_yielding(
+    request: Mapping[str, Any], models: Mapping[str, Keyed]
+) -> dict[str, Any]:
+    """`answer_state_request`, letting the event loop run while digesting every row (`models` must
+    be a snapshot that does not change meanwhile)."""
+    if not request.get("digests") or any(k in request for k in ("bucket", "rows", "page")):
+        return answer_state_request(request, models)
+    out: dict[str, Any] = {}
+    for name, model in models.items():
+        buckets = bucket_count(len(model.keys))
+        digests = await bucket_digests_yielding(model, buckets)
+        out[name] = {"count": len(model.keys), "buckets": buckets, "digests": digests}
     return {"models": out}

@@ -19,7 +19,7 @@ from potluck.contracts.subjects import SERVICE_INBOX
 from potluck.events.replies import ReplyGuard
 from potluck.readmodels.digests import Keyed, keyed
 from potluck.readmodels.hosts import host_as_dict
-from potluck.readmodels.state_pages import BadStateRequest, answer_state_request
+from potluck.readmodels.state_pages import BadStateRequest, answer_state_request_yielding
 
 if TYPE_CHECKING:
     from potluck.allocator.engine import AllocatorEngine
@@ -32,10 +32,12 @@ log = structlog.get_logger(__name__)
 def allocator_models(engine: "AllocatorEngine") -> dict[str, Keyed]:
     """Each read model, by key, in the canonical form replay gives (potluck.allocator.canonical);
     rows are computed only when asked for."""
-    hosts = engine.hosts.hosts
-    allocations = engine.allocations.allocations
-    users = engine.users.users
-    jobs = engine.model.jobs.jobs
+    # Copies of the maps, at this instant: the states in them are immutable, so rows computed later
+    # (while the allocator goes on folding) are still those of this position.
+    hosts = dict(engine.hosts.hosts)
+    allocations = dict(engine.allocations.allocations)
+    users = dict(engine.users.users)
+    jobs = dict(engine.model.jobs.jobs)
 
     def allocation(alloc_id: str) -> dict[str, Any]:
         state = allocations[alloc_id]
@@ -51,15 +53,18 @@ def allocator_models(engine: "AllocatorEngine") -> dict[str, Keyed]:
     }
 
 
-def allocator_state(engine: "AllocatorEngine", request: dict[str, Any] | None = None) -> dict[str, Any]:
+async def allocator_state(engine: "AllocatorEngine", request: dict[str, Any] | None = None) -> dict[str, Any]:
     """The answer to one request (state_pages.py) as of `engine.position`, with what the allocator
-    skipped as unreadable. BadStateRequest for a request it cannot answer."""
-    return {
-        "position": engine.position,
-        **answer_state_request(request or {}, allocator_models(engine)),
-        # Not a read model: the events this allocator could not read (count and the latest).
-        "skipped": engine.fold.skipped.as_dict(),
-    }
+    skipped as unreadable. BadStateRequest for a request it cannot answer.
+
+    Position, models and skipped are taken at one instant; digesting every row then lets the
+    loop run (placements go on), over that snapshot."""
+    position = engine.position
+    models = allocator_models(engine)
+    # Not a read model: the events this allocator could not read (count and the latest).
+    skipped = engine.fold.skipped.as_dict()
+    answer = await answer_state_request_yielding(request or {}, models)
+    return {"position": position, **answer, "skipped": skipped}
 
 
 def _request_of(data: bytes) -> dict[str, Any]:
@@ -88,7 +93,7 @@ def state_responder(
             reply = Reply(ok=False, error={"code": "NOT_READY", "message": "the allocator is still loading"})
         else:
             try:
-                reply = Reply(ok=True, data=allocator_state(engine, _request_of(msg.data)))
+                reply = Reply(ok=True, data=await allocator_state(engine, _request_of(msg.data)))
             except BadStateRequest as exc:
                 log.info("allocator.state_request_refused", error=str(exc))
                 reply = Reply(ok=False, error={"code": "BAD_REQUEST", "message": str(exc)})

@@ -15,6 +15,7 @@ from potluck.readmodels.digests import (
     PAGE_BUDGET,
     bucket_count,
     bucket_digests,
+    bucket_digests_yielding,
     canonical_json,
     differing_buckets,
     differing_keys,
@@ -183,3 +184,10 @@ async def test_a_model_that_differs_throughout_is_not_fetched_whole() -> None:
     assert len(found) == SHOWN_ROWS + 2
     assert found[-2].endswith(", ...")
     assert NAMED_KEYS < 20_000
+
+
+@given(models, st.sampled_from([1, 4, 32]))
+async def test_digests_while_yielding_are_the_same_digests(rows: dict[str, Any], buckets: int) -> None:
+    """The digests a service computes letting its loop run equal those computed at once."""
+    model = keyed(rows)
+    assert await bucket_digests_yielding(model, buckets, every=3) == bucket_digests(model, buckets)
