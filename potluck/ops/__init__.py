@@ -8,7 +8,7 @@
               the running services skipped)
 - trace.py    the trace id an allocation was requested under
 - live.py     asking the running registry and allocator for their read models
-              (and the events they skipped)
+              (digests, then the rows that differ; and the events they skipped)
 - hollow.py   `ops hollow --hosts N`: hollow hosts (in-memory engine) for scale tests only
 - cli.py      the click commands, attached under `potluck ops`
 

@@ -210,8 +210,12 @@ def replay(
     if check:
 
         async def checked(store: EventStore) -> Any:
-            live = await _live_models(nats_url, seed, timeout)
-            return await check_models(store, live, progress=progress, batch_size=batch_size)
+            from potluck.ops.live import allocator_source, registry_source
+
+            # The services answer digests and pages while the replay runs: the connection stays open.
+            async with _nats(nats_url, seed, timeout) as nc:
+                live = [registry_source(nc, timeout), allocator_source(nc, timeout)]
+                return await check_models(store, live, progress=progress, batch_size=batch_size)
 
         result = _run(checked, database_url)
         progress.finish()
@@ -288,13 +292,6 @@ async def _nats(nats_url: str, seed: str | None, timeout: float) -> Any:
         await nc.close()
 
 
-async def _live_models(nats_url: str, seed: str | None, timeout: float) -> list[Any]:
-    from potluck.ops.live import fetch_allocator, fetch_registry
-
-    async with _nats(nats_url, seed, timeout) as nc:
-        return [await fetch_registry(nc, timeout), await fetch_allocator(nc, timeout)]
-
-
 async def _service_answers(nats_url: str, seed: str | None, timeout: float) -> dict[str, Any]:
     """Each running service's live model, or the one line saying why it could not be had."""
     from potluck.ops.live import fetch_allocator, fetch_registry
@@ -305,7 +302,7 @@ async def _service_answers(nats_url: str, seed: str | None, timeout: float) -> d
             answers: dict[str, Any] = {}
             for name, fetch in fetchers.items():
                 try:
-                    answers[name] = await fetch(nc, timeout)
+                    answers[name] = await fetch(nc, timeout, models=False)
                 except LiveUnavailable as exc:
                     answers[name] = str(exc)
             return answers

@@ -3,15 +3,18 @@ and compared with what the running services hold.
 
 - `replay_until(store, until)` folds the log up to a position (inclusive) or
   up to the last event recorded at or before a time: the pool as it was then.
-- `check(store, live)` replays up to the very position each live model
-  reports (a service answers with its models and its position together), so
-  a running service that is still catching up is not a difference; every
-  field that differs is one, listed by its path.
+- `check(store, live)` replays up to the very position each live service
+  reports (a service answers with its position), so a running service that is
+  still catching up is not a difference; every field that differs is one,
+  listed by its path. The services answer digests, never their whole models
+  (potluck.readmodels.digests): only the rows that differ are fetched, the
+  first SHOWN_ROWS of a model field by field, the rest named by key.
 
 Positions have holes (rolled-back appends burn sequence values), so "the
 state at position P" is the fold of every event at or below P.
 """
 
+import asyncio
 import json
 import re
 from collections.abc import Sequence
@@ -21,10 +24,11 @@ from typing import Any
 
 from potluck.events import EventStore
 from potluck.kernel.durations import parse_duration
-from potluck.ops import OpsError
-from potluck.ops.live import LiveModel
+from potluck.ops import LiveUnavailable, OpsError
+from potluck.ops.live import ATTEMPTS, LiveModel, MemorySource, Moved, Source, Summary
 from potluck.ops.status import skipped_entries
 from potluck.projections import Progress, ReadModels
+from potluck.readmodels.digests import bucket_digests, differing_buckets, differing_keys, key_digests, keyed
 
 __all__ = [
     "CheckResult",
@@ -163,34 +167,114 @@ class CheckResult:
         }
 
 
+#: Differing rows fetched and shown field by field, per model; the rest are named by key only.
+SHOWN_ROWS = 50
+#: Keys named at most in the line that counts the rest.
+NAMED_KEYS = 200
+
+
+def _canonical(models: ReadModels) -> dict[str, Any]:
+    """The replayed models in the form the services answer in (potluck.allocator.canonical)."""
+    return models.to_dict()
+
+
+async def _compare(
+    source: Source, summary: Summary, replayed: dict[str, Any]
+) -> tuple[dict[str, int], list[str]]:
+    """Compare by bucket digests, then by row digests in the buckets that differ, then field by field
+    for the first SHOWN_ROWS rows that differ. Moved when the service moves meanwhile."""
+    found: list[str] = []
+    compared: dict[str, int] = {}
+    at = summary.position
+    for part in sorted(summary.models):
+        live = summary.models[part]
+        compared[part] = live.count
+        if part not in replayed:
+            found.append(f"{part}: the live model has it, the replay has no such model")
+            continue
+        mine = keyed(replayed[part])
+        keys: list[str] = []
+        buckets = differing_buckets(bucket_digests(mine, live.buckets), live.digests)
+        unexamined = 0
+        for n, index in enumerate(buckets):
+            if len(keys) > SHOWN_ROWS + NAMED_KEYS:
+                # Enough to show and name: a model that differs throughout is not fetched whole.
+                unexamined = len(buckets) - n
+                break
+            theirs = await source.bucket(part, index, live.buckets, at=at)
+            keys.extend(differing_keys(key_digests(mine, index, live.buckets), theirs))
+        keys.sort()
+        shown = keys[:SHOWN_ROWS]
+        rows = await source.rows(part, shown, at=at) if shown else {}
+        for key in shown:
+            where = f"{part}.{key}"
+            if key not in rows:
+                found.append(f"{where}: only in the replay: {_show(replayed[part][key])}")
+            elif key not in replayed[part]:
+                found.append(f"{where}: only in the live model: {_show(rows[key])}")
+            else:
+                lines = differences(_plain(replayed[part][key]), rows[key], where)
+                found.extend(lines or [f"{where}: the digests differ but the rows read alike"])
+        rest = keys[SHOWN_ROWS:]
+        if rest:
+            named = ", ".join(rest[:NAMED_KEYS]) + (", ..." if len(rest) > NAMED_KEYS else "")
+            found.append(f"{part}: {len(rest)} more rows differ: {named}")
+        if unexamined:
+            found.append(
+                f"{part}: and more in {unexamined} of {live.buckets} buckets of rows not examined "
+                f"({live.count} rows live, {len(replayed[part])} replayed)"
+            )
+    return compared, found
+
+
 async def check(
-    store: EventStore, live: Sequence[LiveModel], *, progress: Progress | None = None, batch_size: int = 5000
+    store: EventStore,
+    live: Sequence[LiveModel | Source],
+    *,
+    progress: Progress | None = None,
+    batch_size: int = 5000,
 ) -> CheckResult:
-    """Replay to each live model's own position and compare; then on to the head."""
+    """Replay to each service's own position and compare, by digests; then on to the head.
+
+    A service that moves on while it is compared is asked again from its new position (the
+    replay only goes forward: a service behind the replay is waited for a moment)."""
     head = await store.head_position()
+    sources = [MemorySource(x) if isinstance(x, LiveModel) else x for x in live]
+    firsts = [(await source.summary(), source) for source in sources]
     models = ReadModels()
+    replayed: dict[str, Any] = {}
+    replayed_at = -1
     comparisons = []
-    for model in sorted(live, key=lambda m: m.position):
-        if model.position > head:
-            raise OpsError(
-                f"the {model.service} reports position {model.position}, past the log's head {head}: "
-                "is it connected to another database?"
+    for summary, source in sorted(firsts, key=lambda pair: pair[0].position):
+        for attempt in range(ATTEMPTS):
+            if summary.position > head:
+                head = await store.head_position()
+                if summary.position > head:
+                    raise OpsError(
+                        f"the {source.service} reports position {summary.position}, past the log's head "
+                        f"{head}: is it connected to another database?"
+                    )
+            if summary.position < models.position:
+                # Another replica, or a service still folding what the replay already has.
+                await asyncio.sleep(0.2 * (attempt + 1))
+                summary = await source.summary()
+                continue
+            await models.advance(
+                store, until_position=summary.position, progress=progress, batch_size=batch_size, head=head
             )
-        await models.advance(
-            store, until_position=model.position, progress=progress, batch_size=batch_size, head=head
-        )
-        replayed = _plain(models.to_dict())
-        mine = {part: replayed[part] for part in model.models if part in replayed}
-        unknown = sorted(set(model.models) - set(replayed))
-        found = differences(mine, model.models)
-        found.extend(f"{part}: the live model has it, the replay has no such model" for part in unknown)
-        comparisons.append(
-            Comparison(
-                service=model.service,
-                position=model.position,
-                compared={part: len(rows) for part, rows in model.models.items() if isinstance(rows, dict)},
-                differences=found,
+            if replayed_at != models.position:
+                replayed, replayed_at = _canonical(models), models.position
+            try:
+                compared, found = await _compare(source, summary, replayed)
+            except Moved:
+                summary = await source.summary()
+                continue
+            comparisons.append(Comparison(source.service, summary.position, compared, found))
+            break
+        else:
+            raise LiveUnavailable(
+                f"the {source.service} kept moving (or stayed behind position {models.position}) "
+                f"while it was compared ({ATTEMPTS} tries); run the check again when the pool is quieter"
             )
-        )
-    await models.advance(store, progress=progress, batch_size=batch_size, head=head)
+    await models.advance(store, progress=progress, batch_size=batch_size, head=max(head, models.position))
     return CheckResult(models, comparisons)

@@ -7,6 +7,7 @@ last-seen clock that only the running registry has, and the log position the
 model has reached, so an answer and its position belong together.
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -17,12 +18,17 @@ from potluck.contracts.messages import ControlHost, RegisterHost
 from potluck.contracts.subjects import host_consumer, host_event_filter
 from potluck.events import EVENTS_STREAM, EventStore, Fold
 from potluck.kernel.rejections import Rejected
+from potluck.readmodels.digests import Keyed
 from potluck.readmodels.hosts import HostsView, host_as_dict
+from potluck.readmodels.state_pages import BadStateRequest, answer_state_request, page_after
 from potluck.registry import host as aggregate
 from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.repository import Known, decide_on_host, load_host
 
-__all__ = ["HostRequests"]
+__all__ = ["STATE_REQUESTS", "HostRequests"]
+
+#: The requests on LIST_HOSTS that ask for the read model rather than a page of the list.
+STATE_REQUESTS = ("digests", "bucket", "rows", "page")
 
 
 class HostRequests:
@@ -82,16 +88,31 @@ class HostRequests:
         """The host as the view has folded it: a command reads only the host's events after it."""
         return lambda: self.view.hosts.get(host_id)
 
-    def list_hosts(self) -> dict[str, Any]:
-        """Every host, the position the view has folded, and the events the fold could not read."""
+    def list_hosts(self, request: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """One page of hosts by id (`{"after": HOST}` for the next; `next` says where to go on),
+        the position the view has folded, and the events the fold could not read.
+
+        `{"digests": true}` and the other read-model requests of replay --check
+        (potluck.readmodels.state_pages) are answered over the `hosts` model instead."""
+        request = request or {}
+        base = {"position": self.fold.position, "skipped": self.fold.skipped.as_dict()}
+        hosts = self.view.hosts
+        if any(k in request for k in STATE_REQUESTS):
+            model = Keyed(list(hosts), lambda h: host_as_dict(hosts[h]))
+            return {**base, **answer_state_request(request, {"hosts": model})}
+        after = request.get("after")
+        if after is not None and not isinstance(after, str):
+            raise BadStateRequest(f"after must be a host id or null, not {after!r}")
         seen_ago = self.watch.last_seen.seen_ago()
-        hosts = []
-        for state in sorted(self.view.hosts.values(), key=lambda h: h.host_id):
-            row = host_as_dict(state)
-            seen = seen_ago.get(state.host_id)
-            row["last_seen_s_ago"] = None if seen is None else round(seen, 3)
-            hosts.append(row)
-        return {"position": self.fold.position, "hosts": hosts, "skipped": self.fold.skipped.as_dict()}
+
+        def row(host_id: str) -> dict[str, Any]:
+            out = host_as_dict(hosts[host_id])
+            seen = seen_ago.get(host_id)
+            out["last_seen_s_ago"] = None if seen is None else round(seen, 3)
+            return out
+
+        page, next_key = page_after(Keyed(list(hosts), row), after)
+        return {**base, "hosts": list(page.values()), "next": next_key}
 
     async def _ensure_host_consumer(self, host_id: str) -> None:
         """The host's one consumer: its own events only. Hosts may not create consumers."""

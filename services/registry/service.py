@@ -9,7 +9,9 @@ silence is counted only once the subscriptions are in place.
 
 Hosts' requests pass one gate (replies.py): within the host's rate, and
 answered only into the host's own inbox; LIST_HOSTS, which only services may
-send, is answered only into the services' inbox. What was refused is counted
+send, is answered only into the services' inbox, one page of hosts at a time
+(`next`: the host id to ask after), or with digests of the hosts model for
+`potluck ops replay --check` (potluck.readmodels.state_pages). What was refused is counted
 per host in every LIST_HOSTS answer (`refused`). A host that left or was
 revoked is refused whatever it asks but its status (`refused.gone_hosts`).
 
@@ -19,6 +21,7 @@ serving.
 """
 
 import asyncio
+import json
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -40,6 +43,7 @@ from potluck.events import EventStore, SkippedEvents, ensure_streams
 from potluck.events.replies import ReplyGuard
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostsView
+from potluck.readmodels.state_pages import BadStateRequest
 from potluck.registry import host as aggregate
 from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.host_rate import HostRates, RatePolicy
@@ -150,5 +154,12 @@ class RegistryService:
         return None if state is None else aggregate.gone_refusal(state)
 
     async def _on_list(self, msg: Msg) -> None:
-        data = {**self.requests.list_hosts(), "refused": self.refused()}
-        await answer(msg, Reply(ok=True, data=data), self.replies, SERVICE_INBOX, requester="services")
+        try:
+            request = json.loads(msg.data) if msg.data.strip() else {}
+            if not isinstance(request, dict):
+                raise BadStateRequest('the request must be a JSON object, e.g. {} or {"after": "h-..."}')
+            reply = Reply(ok=True, data={**self.requests.list_hosts(request), "refused": self.refused()})
+        except (ValueError, BadStateRequest) as exc:
+            log.info("registry.list_request_refused", error=str(exc))
+            reply = Reply(ok=False, error={"code": "BAD_REQUEST", "message": str(exc)})
+        await answer(msg, reply, self.replies, SERVICE_INBOX, requester="services")
