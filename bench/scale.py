@@ -34,7 +34,7 @@ import aiohttp
 from bench.harness import BenchServers, bench_servers, emit, percentile, say
 from bench.pool import UNBOUNDED_QUOTA
 from potluck.localpool import LocalPool
-from potluck.localstack import free_port
+from potluck.localstack import NatsServer, free_port
 from potluck.localstack.process import ChildProcess
 
 BENCH = "scale"
@@ -153,10 +153,12 @@ async def run(servers: BenchServers, args: argparse.Namespace) -> None:
     # Monitoring on loopback, for nats_msgs_per_s: the pool's config file, then a restart
     # before any service connects.
     monitor = free_port()
-    assert pool.nats.config is not None
-    with pool.nats.config.open("a") as config:
+    nats = pool.nats
+    assert isinstance(nats, NatsServer), "scale runs on one NATS node"
+    assert nats.config is not None
+    with nats.config.open("a") as config:
         config.write(f"http: 127.0.0.1:{monitor}\n")
-    pool.nats.restart()
+    nats.restart()
     hollow: ChildProcess | None = None
     held = 0
     at_held: dict[str, float] = {}
@@ -187,7 +189,7 @@ async def run(servers: BenchServers, args: argparse.Namespace) -> None:
                 pids = {
                     "registry": pool.processes["registry"].pid,
                     "allocator": pool.processes["allocator"].pid,
-                    "nats": pool.nats.pid,
+                    "nats": nats.pid,
                     "hollow": hollow.pid,
                 }
                 cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
