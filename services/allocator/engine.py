@@ -27,8 +27,9 @@ import asyncio
 import contextlib
 import gc
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import fields
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -44,6 +45,7 @@ from potluck.allocator.decisions import (
 )
 from potluck.allocator.in_flight import InFlight, InFlightRequests
 from potluck.allocator.job_decisions import attempt_request, cancellation, new_job_id
+from potluck.allocator.job_reactions import _Tracked
 from potluck.allocator.job_schemas import CreateJob
 from potluck.allocator.model import AllocatorModel
 from potluck.allocator.reactions import Reactions
@@ -62,12 +64,14 @@ from potluck.events import (
     StreamAppend,
     decide_and_append,
 )
+from potluck.events.checkpoints import Checkpoint, Checkpoints
 from potluck.kernel.rejections import Rejected
+from potluck.readmodels.allocations import ACTIVE as _ACTIVE
 from potluck.readmodels.allocations import AllocationState, AllocationsView
-from potluck.readmodels.hosts import HostsView
+from potluck.readmodels.hosts import HostState, HostsView
 from potluck.readmodels.jobs import JobState
 
-__all__ = ["AllocatorEngine", "Clock", "utcnow"]
+__all__ = ["FOLD_VERSION", "AllocatorEngine", "Clock", "utcnow"]
 
 log = structlog.get_logger(__name__)
 
@@ -75,8 +79,32 @@ Clock = Callable[[], datetime]
 T = TypeVar("T")
 
 
+#: The fold's own version, part of its checkpoints' key (potluck.events.checkpoints): bump it
+#: when a change to how the model folds makes a log fold to another model than before in a
+#: module the checkpoint does not hold a class of (a change to those makes it stale by itself).
+FOLD_VERSION = 1
+#: The model's parts a checkpoint holds: not the placement index, which follows from the
+#: others and points at the requests in flight.
+_KEPT = tuple(f.name for f in fields(AllocatorModel) if f.name != "placement")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _gone_reason(host: HostState) -> str | None:
+    """Why the host's allocations went with it, as decisions.loss_reason words it from the
+    event (None: the host is not gone)."""
+    if host.admin == "revoked":
+        because = f": {host.revoked_reason}" if host.revoked_reason else ""
+        return f"host revoked by {host.revoked_by}{because}"
+    if host.admin == "left":
+        return "host left the pool"
+    if host.admin == "deregistered":
+        return "host deregistered"
+    if host.liveness == "lost":
+        return "host lost"
+    return None
 
 
 class _Watched:
@@ -118,6 +146,8 @@ class AllocatorEngine:
         self.fold = Fold(_Watched(self.model, self._noticed), reader="allocator")
         self.fold.after_batch.append(self._applied)
         self.ready = asyncio.Event()
+        #: The position of the checkpoint the model was loaded from (0: folded from zero).
+        self.resumed_from = 0
         #: Held while deciding where new work goes: one placement decision at a time.
         self.placing = asyncio.Lock()
         self.in_flight = InFlightRequests()
@@ -172,7 +202,54 @@ class AllocatorEngine:
             for hook in self.on_applied:
                 hook(record)
 
-    async def catch_up(self) -> None:
+    def checkpoints(self) -> Checkpoints:
+        return Checkpoints(self.store, "allocator", "allocator-model", FOLD_VERSION)
+
+    def checkpoint_state(self) -> object:
+        """What a checkpoint keeps: the model's parts and what the fold could not read."""
+        return ({name: getattr(self.model, name) for name in _KEPT}, self.fold.skipped)
+
+    def resume(self, checkpoint: Checkpoint) -> None:
+        """Take the model a checkpoint holds, before catching up from its position."""
+        parts: dict[str, Any]
+        parts, skipped = checkpoint.state
+        for name in _KEPT:
+            setattr(self.model, name, parts[name])
+        self.model.placement = type(self.model.placement)()
+        self.fold.position = checkpoint.position
+        self.fold.skipped = skipped
+        self._notice_resumed()
+
+    def _notice_resumed(self) -> None:
+        """What the reactions would have noticed folding the log up to the checkpoint: every
+        host gone with allocations still on it, every job (all are driven once after a fold from
+        zero, with the tasks they requested open), and a look at the pending queue."""
+        reactions = self.reactions
+        with_allocations = {
+            a.host_id
+            for a in self.model.allocations.allocations.values()
+            if a.host_id is not None and (a.status in _ACTIVE or a.kept)
+        }
+        for host_id in sorted(with_allocations):
+            host = self.model.hosts.hosts.get(host_id)
+            reason = None if host is None else _gone_reason(host)
+            if reason is not None:
+                reactions.lost_hosts.put_nowait((host_id, reason))
+        driver = reactions.jobs
+        for job in self.model.jobs.jobs.values():
+            driver.dirty.add(job.job_id)
+            driver.tracked[job.job_id] = _Tracked(open=set(job.attempts))
+            if job.deadline is not None and not job.terminal:
+                driver.deadlines[job.job_id] = job.deadline
+        reactions.capacity_changed.set()
+
+    async def catch_up(self, *, resume: bool = False) -> None:
+        """Fold the log; with `resume`, from the newest checkpoint this code can read."""
+        if resume:
+            checkpoint = await self.checkpoints().load()
+            if checkpoint is not None:
+                self.resume(checkpoint)
+                self.resumed_from = checkpoint.position
         await self.fold.catch_up(self.store)
         if self.freeze_loaded:
             gc.freeze()
@@ -180,6 +257,7 @@ class AllocatorEngine:
         log.info(
             "allocator.loaded",
             position=self.position,
+            resumed_from=self.resumed_from,
             hosts=len(self.hosts.hosts),
             allocations=len(self.allocations.allocations),
             skipped=self.fold.skipped.count,

@@ -44,6 +44,7 @@ from potluck.events import (
     ensure_streams,
     event_id_for,
 )
+from potluck.events.checkpoints import Checkpointer, checkpoint_policy
 from potluck.events.replies import ReplyGuard
 from potluck.readmodels.allocations import AllocationState, evolve
 
@@ -125,7 +126,14 @@ class AllocatorService:
 
     async def run(self, *extra: Callable[[], Awaitable[None]]) -> None:
         await ensure_streams(self.nc.jetstream())
-        await self.engine.catch_up()
+        await self.engine.catch_up(resume=True)
+        checkpointer = Checkpointer(
+            self.engine.checkpoints(),
+            self.engine.checkpoint_state,
+            lambda: self.engine.position,
+            **checkpoint_policy(),
+            saved_at=self.engine.resumed_from,
+        )
         sub = await self.nc.subscribe(f"{DESIRED}.*", queue="allocator", cb=self._on_desired)
         state_sub = await self.nc.subscribe(
             ALLOCATOR_STATE, queue="allocator", cb=state_responder(self.engine, self.replies)
@@ -150,7 +158,11 @@ class AllocatorService:
         )
         try:
             await asyncio.gather(
-                self.engine.follow(), self.engine.run_reactions(), reports.run(), *(job() for job in extra)
+                self.engine.follow(),
+                self.engine.run_reactions(),
+                reports.run(),
+                checkpointer.run(),
+                *(job() for job in extra),
             )
         finally:
             await sub.unsubscribe()

@@ -40,9 +40,10 @@ from potluck.contracts.subjects import (
     STATUS,
 )
 from potluck.events import EventStore, SkippedEvents, ensure_streams
+from potluck.events.checkpoints import Checkpointer, Checkpoints, checkpoint_policy
 from potluck.events.replies import ReplyGuard
 from potluck.kernel.rejections import Rejected
-from potluck.readmodels.hosts import HostsView
+from potluck.readmodels.hosts import HOST_FOLD_VERSION, HostsView
 from potluck.readmodels.state_pages import BadStateRequest
 from potluck.registry import host as aggregate
 from potluck.registry.heartbeats import LivenessWatch
@@ -100,12 +101,29 @@ class RegistryService:
 
     async def run(self) -> None:
         await ensure_streams(self.js)
+        checkpoints = Checkpoints(self.store, READER, "registry-hosts", HOST_FOLD_VERSION)
+        checkpoint = await checkpoints.load()
+        resumed_from = 0
+        if checkpoint is not None:
+            view, skipped = checkpoint.state
+            self.view.hosts = view.hosts
+            self.view.position = view.position
+            self.fold.position = resumed_from = checkpoint.position
+            self.fold.skipped = skipped
         await self.fold.catch_up(self.store)
         self.view.position = max(self.view.position, self.fold.position)
+        checkpointer = Checkpointer(
+            checkpoints,
+            lambda: (self.view, self.fold.skipped),
+            lambda: self.fold.position,
+            **checkpoint_policy(),
+            saved_at=resumed_from,
+        )
         log.info(
             "registry.loaded",
             hosts=len(self.view.hosts),
             position=self.fold.position,
+            resumed_from=resumed_from,
             skipped=self.fold.skipped.count,
         )
         queue = "registry"
@@ -132,7 +150,7 @@ class RegistryService:
         await self.nc.flush()
         self.watch.start_clock()
         try:
-            await asyncio.gather(self.fold.follow(self.store), self.watch.run())
+            await asyncio.gather(self.fold.follow(self.store), self.watch.run(), checkpointer.run())
         finally:
             for sub in subs:
                 await sub.unsubscribe()

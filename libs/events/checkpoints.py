@@ -1,0 +1,322 @@
+"""Checkpoints of a service's whole fold, so that a restart resumes from a position.
+
+A service (the allocator, the registry) folds the whole log into memory. Over a
+long log that fold is what a restart waits for, so from time to time the
+service keeps its fold's state in the `checkpoints` table together with the log
+position it has folded to: one row, written in one statement, so the state and
+its position can never disagree (the tracking-table pattern). At start the
+service loads the newest checkpoint its code can read and folds only the log
+after that position, with the same `Fold` as before.
+
+The log stays the only source of truth. A checkpoint is read only when it was
+written by the same fold (`fold`: the fold's name and its own version, bumped by
+hand when the fold's logic changes) over the same state shapes (`schema`: a
+hash of the source of every module whose classes the state holds, listed in the
+row, so any change to them makes old checkpoints stale by itself). A checkpoint
+that is missing, stale, beyond the log's head or unreadable means a full fold
+and a warning, never an error; `potluck ops replay` never reads checkpoints.
+
+The state is pickled: the allocator's model is plain classes (slots, dicts of
+frozen dataclasses) that no schema library describes, pickle restores it
+exactly (the determinism tests compare it with a fold from zero), and it is
+several times faster than JSON both ways. Only the services write this table,
+with the same rights as they write the log itself.
+
+Encoding runs on the event loop, between two folded batches (the state is then
+consistent); the write runs without holding anything, so a decision never waits
+on a checkpoint write, only on the encoding's pause (logged as `encode_ms`).
+"""
+
+import asyncio
+import hashlib
+import os
+import pickle
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import BigInteger, Column, DateTime, LargeBinary, Text, text
+from sqlmodel import Field, SQLModel
+
+from potluck.events.store import EventStore
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointRow",
+    "Checkpointer",
+    "Checkpoints",
+    "checkpoint_policy",
+    "schema_of",
+    "state_modules",
+]
+
+log = structlog.get_logger(__name__)
+
+#: How far `state_modules` looks into each container: its items are of a few types only.
+_SAMPLE = 8
+
+
+class CheckpointRow(SQLModel, table=True):
+    """One reader's fold at one position. Migration 0004 creates this table (a unit test
+    checks that the two agree): the SQL migrations are what runs, in order, on every database."""
+
+    __tablename__ = "checkpoints"
+
+    reader: str = Field(sa_column=Column(Text, primary_key=True))
+    fold: str = Field(sa_column=Column(Text, primary_key=True))
+    schema_hash: str = Field(sa_column=Column("schema", Text, primary_key=True))
+    #: The modules whose source `schema_hash` covers, comma-separated.
+    modules: str = Field(sa_column=Column(Text, nullable=False))
+    position: int = Field(sa_column=Column(BigInteger, nullable=False))
+    state: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    taken_at: datetime = Field(
+        default_factory=lambda: datetime.now(UTC),
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    )
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    position: int
+    state: Any
+
+
+def state_modules(state: object) -> list[str]:
+    """The modules defining the classes `state` holds (a few items of each container looked at)."""
+    found: set[str] = set()
+    seen: set[int] = set()
+    todo: list[object] = [state]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        cls = type(item)
+        module = cls.__module__
+        if module != "builtins":
+            found.add(module)
+        if isinstance(item, str | bytes | int | float | bool) or item is None:
+            continue
+        if isinstance(item, dict):
+            for key, value in list(item.items())[:_SAMPLE]:
+                todo.extend((key, value))
+        elif isinstance(item, list | tuple | set | frozenset):
+            todo.extend(list(item)[:_SAMPLE])
+        else:
+            if hasattr(item, "__dict__"):
+                todo.extend(vars(item).values())
+            for slot in getattr(cls, "__slots__", ()):
+                if hasattr(item, slot):
+                    todo.append(getattr(item, slot))
+            pydantic_extra = getattr(item, "__pydantic_fields__", None)
+            if pydantic_extra is not None and not hasattr(item, "__dict__"):
+                todo.extend(getattr(item, name) for name in pydantic_extra)
+    return sorted(found)
+
+
+def schema_of(modules: Iterable[str]) -> str | None:
+    """A hash of the source of `modules` as this process has them (None: one is missing)."""
+    digest = hashlib.sha256()
+    for name in modules:
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if module is None or path is None:
+            return None
+        try:
+            with open(path, "rb") as source:
+                digest.update(name.encode() + b"\0" + source.read() + b"\0")
+        except OSError:
+            return None
+    return digest.hexdigest()[:16]
+
+
+class Checkpoints:
+    """The checkpoints of one reader's fold (`name` at `fold_version`)."""
+
+    def __init__(self, store: EventStore, reader: str, name: str, fold_version: int) -> None:
+        self.store = store
+        self.reader = reader
+        self.fold = f"{name}/{fold_version}"
+
+    async def load(self) -> Checkpoint | None:
+        """The newest checkpoint this code can read, or None (then fold from zero)."""
+        try:
+            rows = await self.store.pool.fetch(
+                "SELECT schema, modules, position FROM checkpoints WHERE reader = $1 AND fold = $2 "
+                "ORDER BY position DESC",
+                self.reader,
+                self.fold,
+            )
+            head = await self.store.head_position()
+        except Exception as exc:  # a checkpoint is never worth a crash
+            log.warning("checkpoint.unreadable", reader=self.reader, error=str(exc)[:200])
+            return None
+        for schema, modules, position in rows:
+            if schema != schema_of(m for m in modules.split(",") if m):
+                continue
+            if position > head:
+                log.warning(
+                    "checkpoint.beyond_log",
+                    reader=self.reader,
+                    position=position,
+                    head=head,
+                    hint="the log is shorter than the checkpoint says: folding from zero",
+                )
+                return None
+            return await self._read(schema, position)
+        if rows:
+            log.warning(
+                "checkpoint.stale",
+                reader=self.reader,
+                fold=self.fold,
+                found=len(rows),
+                hint="the code of the fold changed since they were taken: folding from zero",
+            )
+        return None
+
+    async def _read(self, schema: str, position: int) -> Checkpoint | None:
+        started = time.perf_counter()
+        try:
+            data = await self.store.pool.fetchval(
+                "SELECT state FROM checkpoints WHERE reader = $1 AND fold = $2 AND schema = $3",
+                self.reader,
+                self.fold,
+                schema,
+            )
+            state = pickle.loads(data)
+        except Exception as exc:  # unreadable: the log still has everything
+            log.warning(
+                "checkpoint.unreadable",
+                reader=self.reader,
+                position=position,
+                error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                hint="folding from zero; the next checkpoint replaces it",
+            )
+            return None
+        log.info(
+            "checkpoint.loaded",
+            reader=self.reader,
+            position=position,
+            bytes=len(data),
+            load_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return Checkpoint(position, state)
+
+    def encode(self, state: object) -> tuple[str, str, bytes]:
+        """(modules, schema, data) of `state`: run between two folded batches."""
+        modules = state_modules(state)
+        schema = schema_of(modules) or ""
+        return ",".join(modules), schema, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    async def save(self, position: int, encoded: tuple[str, str, bytes]) -> None:
+        """Keep `encoded` as the fold up to `position`, unless a later one is kept; in the same
+        transaction, drop this reader's checkpoints of other code that are a day old."""
+        modules, schema, data = encoded
+        async with self.store.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO checkpoints (reader, fold, schema, modules, position, state) "
+                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (reader, fold, schema) DO UPDATE SET "
+                "modules = excluded.modules, position = excluded.position, state = excluded.state, "
+                "taken_at = now() WHERE checkpoints.position < excluded.position",
+                self.reader,
+                self.fold,
+                schema,
+                modules,
+                position,
+                data,
+            )
+            await conn.execute(
+                "DELETE FROM checkpoints WHERE reader = $1 AND (fold, schema) <> ($2, $3) "
+                "AND taken_at < now() - interval '1 day'",
+                self.reader,
+                self.fold,
+                schema,
+            )
+
+
+def checkpoint_policy() -> dict[str, float]:
+    """How often services checkpoint: POTLUCK_CHECKPOINT_EVERY_EVENTS (events folded, default
+    100000) and POTLUCK_CHECKPOINT_EVERY_S (seconds, default 300), whichever comes first."""
+    policy: dict[str, float] = {}
+    for name, key, default in (
+        ("POTLUCK_CHECKPOINT_EVERY_EVENTS", "every_events", 100_000),
+        ("POTLUCK_CHECKPOINT_EVERY_S", "every_s", 300.0),
+    ):
+        raw = os.environ.get(name, "")
+        try:
+            value = float(raw) if raw else float(default)
+        except ValueError:
+            hint = f"set it to e.g. {default}, or unset it"
+            raise ValueError(f"{name}={raw!r} is not a number; {hint}") from None
+        if value <= 0:
+            raise ValueError(f"{name}={raw!r} must be above 0; set it to e.g. {default}, or unset it")
+        policy[key] = value
+    return policy
+
+
+class Checkpointer:
+    """Takes a checkpoint every `every_events` events folded or `every_s` seconds (when the
+    position moved), until cancelled. `state` and `position` read the fold as it is now."""
+
+    def __init__(
+        self,
+        checkpoints: Checkpoints,
+        state: Callable[[], object],
+        position: Callable[[], int],
+        *,
+        every_events: float = 100_000,
+        every_s: float = 300.0,
+        tick_s: float = 1.0,
+        saved_at: int = 0,
+    ) -> None:
+        self.checkpoints = checkpoints
+        self.state = state
+        self.position = position
+        self.every_events = every_events
+        self.every_s = every_s
+        self.tick_s = tick_s
+        #: The position of the newest checkpoint kept (or loaded at start).
+        self.saved_at = saved_at
+        self._last = time.monotonic()
+
+    def due(self) -> bool:
+        moved = self.position() - self.saved_at
+        return moved >= self.every_events or (moved > 0 and time.monotonic() - self._last >= self.every_s)
+
+    async def take(self) -> None:
+        """Encode now (the state is consistent between batches), then write."""
+        position = self.position()
+        started = time.perf_counter()
+        encoded = self.checkpoints.encode(self.state())
+        encode_ms = round((time.perf_counter() - started) * 1000, 1)
+        await self.checkpoints.save(position, encoded)
+        self.saved_at = position
+        self._last = time.monotonic()
+        log.info(
+            "checkpoint.saved",
+            reader=self.checkpoints.reader,
+            position=position,
+            bytes=len(encoded[2]),
+            encode_ms=encode_ms,
+            total_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            if not self.due():
+                continue
+            try:
+                await self.take()
+            except Exception as exc:  # a failed checkpoint costs only a longer restart
+                self._last = time.monotonic()
+                log.warning(
+                    "checkpoint.failed",
+                    reader=self.checkpoints.reader,
+                    error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                    hint="the service goes on; a restart folds more of the log until one is kept",
+                )
