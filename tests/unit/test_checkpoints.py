@@ -61,7 +61,7 @@ def test_the_sqlmodel_table_and_the_migration_agree() -> None:
     """The migration runs, the sqlmodel class documents and types the rows: the same columns,
     types, nullability and primary key in both."""
     table = CheckpointRow.__table__  # type: ignore[attr-defined]
-    dialect = postgresql.dialect()
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     ours = {c.name: (c.type.compile(dialect=dialect).lower(), c.nullable) for c in table.columns}
     synonyms = {"timestamp with time zone": "timestamptz", "varchar": "text"}
     ours = {name: (synonyms.get(kind, kind), nullable) for name, (kind, nullable) in ours.items()}
