@@ -218,6 +218,17 @@ async def start_timed(pool: LocalPool, token: str, timeout: float) -> dict[str, 
     return {"allocator_s": allocator_s, "registry_s": registry_s}
 
 
+def checkpoint_lines(pool: LocalPool) -> dict[str, dict[str, float]]:
+    """Per service, its last `checkpoint.saved` log line: size, encoding pause, whole write."""
+    saved = {}
+    for name in ("allocator", "registry"):
+        for raw in (pool.workdir / f"{name}.log").read_bytes().splitlines():
+            if b'"checkpoint.saved"' in raw:
+                line = json.loads(raw)
+                saved[name] = {k: line[k] for k in ("position", "bytes", "encode_ms", "total_ms")}
+    return saved
+
+
 def kill(pool: LocalPool) -> None:
     for name in ("allocator", "registry"):
         pool.processes[name].kill()
@@ -241,6 +252,8 @@ async def run(servers: BenchServers, args: argparse.Namespace) -> None:
         say(f"first start (from zero): {first}")
         kept = await checkpointed(pool.store, head, args.timeout)
         say(f"checkpoints kept: {kept}")
+        saved = checkpoint_lines(pool)
+        say(f"checkpoints taken: {saved}")
         kill(pool)
         resumed = await start_timed(pool, token, args.timeout)
         say(f"restart from checkpoints: {resumed}")
@@ -248,9 +261,6 @@ async def run(servers: BenchServers, args: argparse.Namespace) -> None:
         await pool.store.pool.execute("DELETE FROM checkpoints")
         zero = await start_timed(pool, token, args.timeout)
         say(f"restart without checkpoints: {zero}")
-        sizes = await pool.store.pool.fetchrow(
-            "SELECT reader, length(state) FROM checkpoints WHERE reader = 'allocator'"
-        )
     finally:
         await pool.close()
     load = round(os.getloadavg()[0], 2)
@@ -261,7 +271,9 @@ async def run(servers: BenchServers, args: argparse.Namespace) -> None:
         resumed["allocator_s"],
         "s",
         registry_s=round(resumed["registry_s"], 2),
-        checkpoint_bytes=None if sizes is None else sizes[1],
+        checkpoint_bytes=saved["allocator"]["bytes"],
+        checkpoint_encode_ms=saved["allocator"]["encode_ms"],
+        checkpoint_total_ms=saved["allocator"]["total_ms"],
         **detail,
     )
     emit(
