@@ -89,6 +89,8 @@ class RegistryService:
         self.requests = HostRequests(store, self.js, self.fold, self.view, self.watch)
         self.joining = JoinHandler(store, self.view, nats_auth)
         self.sleep = SleepRequests(store, self.view, self.watch)
+        #: The position of the checkpoint the view was loaded from (0: folded from zero).
+        self.resumed_from = 0
 
     @property
     def last_seen(self) -> LastSeen:
@@ -103,12 +105,11 @@ class RegistryService:
         await ensure_streams(self.js)
         checkpoints = Checkpoints(self.store, READER, "registry-hosts", HOST_FOLD_VERSION)
         checkpoint = await checkpoints.load()
-        resumed_from = 0
         if checkpoint is not None:
             view, skipped = checkpoint.state
             self.view.hosts = view.hosts
             self.view.position = view.position
-            self.fold.position = resumed_from = checkpoint.position
+            self.fold.position = self.resumed_from = checkpoint.position
             self.fold.skipped = skipped
         await self.fold.catch_up(self.store)
         self.view.position = max(self.view.position, self.fold.position)
@@ -117,13 +118,13 @@ class RegistryService:
             lambda: (self.view, self.fold.skipped),
             lambda: self.fold.position,
             **checkpoint_policy(),
-            saved_at=resumed_from,
+            saved_at=self.resumed_from,
         )
         log.info(
             "registry.loaded",
             hosts=len(self.view.hosts),
             position=self.fold.position,
-            resumed_from=resumed_from,
+            resumed_from=self.resumed_from,
             skipped=self.fold.skipped.count,
         )
         queue = "registry"

@@ -6,10 +6,22 @@ checkpoint of another fold version, of other code, unreadable or beyond the log'
 never read (a full fold, a warning), and never stops the engine from starting.
 """
 
+import asyncio
+
+import pytest
+from nats.aio.client import Client as NATS
+
 from potluck.allocator.engine import AllocatorEngine
+from potluck.contracts.host_events import HostRecovered, HostSuspected, host_stream
 from potluck.events import EventStore, StreamAppend
 from potluck.events.checkpoints import Checkpointer, Checkpoints
 from potluck.events.schema import registry
+from potluck.readmodels.hosts import HostsView
+from potluck.registry.liveness import LivenessPolicy
+from potluck.registry.projection import rebuild_view
+from potluck.registry.service import RegistryService
+from tests.helpers import stop, wait_until
+from tests.integration.test_replay import register_host
 from tests.unit.test_allocator_model import RecordingLog, cap, host, placed, spec, state_of
 
 
@@ -96,3 +108,45 @@ async def test_a_checkpoint_of_other_code_or_unreadable_means_a_full_fold(store:
     await started.catch_up(resume=True)
     assert started.resumed_from == 0
     assert state_of(started.model) == reference
+
+
+async def test_a_registry_resumed_from_its_checkpoint_holds_what_a_fold_from_zero_holds(
+    store: EventStore, nc: NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry checkpointing after every event folds two hosts and stops; more host events
+    land while it is away. The next registry resumes from the checkpoint's position and its
+    view equals a view folded from zero."""
+    monkeypatch.setenv("POTLUCK_CHECKPOINT_EVERY_EVENTS", "1")
+    first_host = await register_host(store, "one", 2)
+    await register_host(store, "two", 2)
+    head = await store.head_position()
+    first = RegistryService(store, nc, LivenessPolicy(60.0, 3, 1000.0))
+    task = asyncio.create_task(first.run())
+    try:
+        deadline = asyncio.get_running_loop().time() + 20
+        kept = "SELECT max(position) FROM checkpoints WHERE reader = 'registry'"
+        while await store.pool.fetchval(kept) != head:
+            assert asyncio.get_running_loop().time() < deadline, "the registry never checkpointed"
+            await asyncio.sleep(0.05)
+    finally:
+        await stop(task)
+    await store.append(
+        host_stream(first_host),
+        [
+            HostSuspected(host_id=first_host, silent_for_s=9.0),
+            HostRecovered(host_id=first_host, was="unreachable"),
+        ],
+    )
+
+    second = RegistryService(store, nc, LivenessPolicy(60.0, 3, 1000.0))
+    task = asyncio.create_task(second.run())
+    try:
+        final = await store.head_position()
+        await wait_until(lambda: second.view.position >= final, 20, "the second registry to fold the log")
+    finally:
+        await stop(task)
+    zero = HostsView()
+    await rebuild_view(store, zero)
+    assert second.resumed_from == head
+    assert second.view.hosts == zero.hosts
+    assert second.view.hosts[first_host].version == 4
