@@ -225,7 +225,7 @@ def checkpoint_lines(pool: LocalPool) -> dict[str, dict[str, float]]:
         for raw in (pool.workdir / f"{name}.log").read_bytes().splitlines():
             if b'"checkpoint.saved"' in raw:
                 line = json.loads(raw)
-                saved[name] = {k: line[k] for k in ("position", "bytes", "encode_ms", "total_ms")}
+                saved[name] = {k: line[k] for k in ("position", "bytes", "pause_ms", "encode_ms", "total_ms")}
     return saved
 
 
@@ -272,6 +272,7 @@ async def run(servers: BenchServers, args: argparse.Namespace) -> None:
         "s",
         registry_s=round(resumed["registry_s"], 2),
         checkpoint_bytes=saved["allocator"]["bytes"],
+        checkpoint_pause_ms=saved["allocator"]["pause_ms"],
         checkpoint_encode_ms=saved["allocator"]["encode_ms"],
         checkpoint_total_ms=saved["allocator"]["total_ms"],
         **detail,
