@@ -22,9 +22,11 @@ exactly (the determinism tests compare it with a fold from zero), and it is
 several times faster than JSON both ways. Only the services write this table,
 with the same rights as they write the log itself.
 
-Encoding runs on the event loop, between two folded batches (the state is then
-consistent); the write runs without holding anything, so a decision never waits
-on a checkpoint write, only on the encoding's pause (logged as `encode_ms`).
+A checkpoint is taken between two folded batches (the state is then consistent): the
+process forks, and the child pickles the state it was given into a pipe while the parent
+goes on folding and deciding (Redis' BGSAVE). The loop pauses only for the fork and a
+sampled walk of the state (logged as `pause_ms`); pickling the allocator's model of a
+1,000,000-event log took 9 s on the loop before (bench/README.md, `scale: restart_s`).
 """
 
 import asyncio

@@ -7,6 +7,7 @@ refuses nonsense with a hint; and the allocator's model resumed from a checkpoin
 halfway and fed the rest folds to exactly what a fold from zero gives.
 """
 
+import asyncio
 import importlib
 import pickle
 import re
@@ -102,8 +103,9 @@ def _pool_log() -> RecordingLog:
 
 
 def test_a_state_encoded_and_decoded_is_the_same_and_names_its_modules() -> None:
-    """Encode the allocator's model as a checkpoint does; decoding it gives an equal model,
-    and the modules its classes come from are those the schema hash covers."""
+    """Encode the allocator's model as a checkpoint does, on the loop and in a forked child;
+    decoding either gives an equal model, and the modules its classes come from are those the
+    schema hash covers."""
     engine = _engine()
     engine.fold.apply_all(_pool_log().records)
     checkpoints = Checkpoints(None, "allocator", "m", 1)  # type: ignore[arg-type]
@@ -121,6 +123,10 @@ def test_a_state_encoded_and_decoded_is_the_same_and_names_its_modules() -> None
         assert needed in named
     assert "potluck.allocator.placement_index" not in named, "the index is rebuilt, never kept"
     assert schema == schema_of(named)
+    # Pickled by a forked child instead (what the services do): the same state, the same names.
+    aside = asyncio.run(checkpoints.encode_aside(engine.checkpoint_state()))
+    assert aside[:2] == (modules, schema)
+    assert state_of(AllocatorModel(**pickle.loads(aside[2])[0])) == state_of(engine.model)
 
 
 def test_the_schema_changes_when_a_module_of_the_state_changes(tmp_path: Path) -> None:
