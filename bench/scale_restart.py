@@ -215,6 +215,9 @@ async def start_timed(pool: LocalPool, token: str, timeout: float) -> dict[str, 
                 if b'"allocator.loaded"' in raw or b'"registry.loaded"' in raw:
                     line = json.loads(raw)
                     say(f"  {line.get('event')}: resumed_from={line.get('resumed_from')}")
+                if b'"checkpoint.loaded"' in raw:
+                    line = json.loads(raw)
+                    say(f"  {line['reader']}: checkpoint of {line['bytes']} bytes read in {line['load_ms']} ms")
     return {"allocator_s": allocator_s, "registry_s": registry_s}
 
 

@@ -18,9 +18,9 @@ and a warning, never an error; `potluck ops replay` never reads checkpoints.
 
 The state is pickled: the allocator's model is plain classes (slots, dicts of
 frozen dataclasses) that no schema library describes, pickle restores it
-exactly (the determinism tests compare it with a fold from zero), and it is
-several times faster than JSON both ways. Only the services write this table,
-with the same rights as they write the log itself.
+exactly (the determinism tests compare it with a fold from zero), and the model
+needs no second description to stay in step with. Only the services write this
+table, with the same rights as they write the log itself.
 
 A checkpoint is taken between two folded batches (the state is then consistent): the
 process forks, and the child pickles the state it was given into a pipe while the parent
