@@ -217,7 +217,7 @@ async def start_timed(pool: LocalPool, token: str, timeout: float) -> dict[str, 
                     say(f"  {line.get('event')}: resumed_from={line.get('resumed_from')}")
                 if b'"checkpoint.loaded"' in raw:
                     line = json.loads(raw)
-                    say(f"  {line['reader']}: checkpoint of {line['bytes']} bytes read in {line['load_ms']} ms")
+                    say(f"  {line['reader']}: read {line['bytes']} B checkpoint in {line['load_ms']} ms")
     return {"allocator_s": allocator_s, "registry_s": registry_s}
 
 
