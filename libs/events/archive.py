@@ -31,7 +31,9 @@ of `events` only: an append retrying an event archived since would be logged twi
 only events far older than any retry (the CLI asks for an age or a position explicitly).
 """
 
+import asyncio
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -64,7 +66,8 @@ moved AS (
     RETURNING {", ".join(f"e.{c.strip()}" for c in _COLUMNS.split(","))}
 ),
 kept AS (
-    INSERT INTO events_archive ({_COLUMNS}) SELECT {_COLUMNS} FROM moved RETURNING position
+    INSERT INTO events_archive ({_COLUMNS}) SELECT {_COLUMNS} FROM moved ORDER BY position
+    RETURNING position
 )
 SELECT count(*), coalesce(max(position), 0) FROM kept
 """
@@ -176,15 +179,21 @@ async def archive(
     store: EventStore,
     plan: ArchivePlan,
     *,
-    batch_size: int = 2000,
+    batch_size: int = 500,
+    rest: float = 1.0,
     progress: Progress | None = None,
 ) -> ArchiveResult:
-    """Move what `plan` allows, `batch_size` events per transaction, oldest first.
+    """Move what `plan` allows, `batch_size` events per transaction, oldest first, resting
+    `rest` times as long as each batch took before the next.
 
-    Safe to interrupt anywhere and to rerun: a batch moves whole or not at all.
+    Appends wait for a batch in progress (bench/README.md, "archive"): the batch size bounds
+    how long one waits, the rest how many do. Safe to interrupt anywhere and to rerun: a
+    batch moves whole or not at all.
     """
     if batch_size < 1:
         raise ArchiveError(f"the batch size must be at least 1, not {batch_size}")
+    if not math.isfinite(rest) or rest < 0:
+        raise ArchiveError(f"the rest between batches must be zero or more, not {rest}")
     moved = batches = 0
     async with store.pool.acquire() as conn:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _ARCHIVE_LOCK):
@@ -192,6 +201,7 @@ async def archive(
         try:
             position = 0
             while True:
+                started = time.monotonic()
                 async with conn.transaction():
                     row = await conn.fetchrow(_MOVE, position, plan.boundary, batch_size)
                 assert row is not None
@@ -204,6 +214,7 @@ async def archive(
                 log.info("archive.batch", moved=n, position=last, boundary=plan.boundary)
                 if progress is not None:
                     progress(moved, position, plan.boundary)
+                await asyncio.sleep(rest * (time.monotonic() - started))
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _ARCHIVE_LOCK)
     return ArchiveResult(plan, moved, batches)

@@ -1,6 +1,6 @@
 """`potluck ops archive`: move old events from the hot table to `events_archive`.
 
-    potluck ops archive --older-than 30d [--before POSITION] [--batch-size N] [--dry-run] [--json]
+    potluck ops archive --older-than 30d [--before POSITION] [--batch-size N] [--rest R] [--dry-run] [--json]
 
 Replay, services' start and followers read both tables (potluck.events.archive says what
 may move and why the log's guarantees still hold). Events below the boundary move in
@@ -48,6 +48,7 @@ async def _main(
     before: int | None,
     older_than: float | None,
     batch_size: int,
+    rest: float,
     *,
     dry_run: bool,
     quiet: bool,
@@ -80,7 +81,7 @@ async def _main(
             bar.update(task, completed=moved, position=position)
 
         with bar:
-            result = await archive(store, plan, batch_size=batch_size, progress=on_batch)
+            result = await archive(store, plan, batch_size=batch_size, rest=rest, progress=on_batch)
         return plan, result
     except ArchiveError as exc:
         raise OpsError(str(exc)) from None
@@ -111,10 +112,17 @@ async def _main(
 )
 @click.option(
     "--batch-size",
-    default=2000,
+    default=500,
     show_default=True,
     type=click.IntRange(1, 100_000),
-    help="Events moved per transaction (appends wait for each batch).",
+    help="Events moved per transaction (an append waits for the batch in progress).",
+)
+@click.option(
+    "--rest",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, 100),
+    help="After each batch, wait this many times as long as it took (appends run meanwhile).",
 )
 @click.option("--dry-run", is_flag=True, help="Say what would move, move nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
@@ -124,6 +132,7 @@ def archive_command(
     older_than_text: str | None,
     before: int | None,
     batch_size: int,
+    rest: float,
     dry_run: bool,
     quiet: bool,
     as_json: bool,
@@ -134,7 +143,7 @@ def archive_command(
     """
     try:
         older_than = parse_age(older_than_text) if older_than_text is not None else None
-        job = _main(database_url, before, older_than, batch_size, dry_run=dry_run, quiet=quiet)
+        job = _main(database_url, before, older_than, batch_size, rest, dry_run=dry_run, quiet=quiet)
         plan, result = asyncio.run(job)
     except OpsError as exc:
         click.echo(f"error: {exc}", err=True)
