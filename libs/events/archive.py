@@ -151,13 +151,13 @@ async def plan_archive(
         if older_than is not None:
             # The first event recorded at or after the cutoff (recorded_at is drawn under the
             # append's table lock, so it follows position order); everything before it is older.
+            cutoff = await conn.fetchval("SELECT now() - $1::interval", timedelta(seconds=older_than))
             first_young = await conn.fetchval(
-                "SELECT position FROM events WHERE recorded_at >= now() - $1::interval "
-                "ORDER BY recorded_at LIMIT 1",
-                timedelta(seconds=older_than),
+                "SELECT position FROM events WHERE recorded_at >= $1 ORDER BY recorded_at LIMIT 1", cutoff
             )
             if first_young is not None:
-                limits.append((int(first_young) - 1, f"the age (events recorded before {older_than:g}s ago)"))
+                when = cutoff.isoformat(timespec="seconds")
+                limits.append((int(first_young) - 1, f"the age: events recorded before {when}"))
         readers = await conn.fetch(
             "SELECT 'relay ' || name, position FROM relay_checkpoints "
             "UNION ALL SELECT 'consumer ' || consumer, position FROM consumer_positions"
