@@ -91,10 +91,12 @@ async def test_archive_then_every_read_equals_the_original(store: EventStore) ->
     assert await store.head_position() == original[-1].position
     assert await store.contains(UUID(str(original[0].event_id)))
     followed: list[RecordedEvent] = []
-    async for batch in LogFollower(store, after_position=0, batch_size=50).batches():
+    from_zero = LogFollower(store, after_position=0, batch_size=50)
+    async for batch in from_zero.batches():
         followed.extend(batch)
         if followed[-1].position == original[-1].position:
             break
+    await from_zero.close()
     assert followed == original
     snap = await snapshots.load("long-1")
     assert snap is not None
@@ -110,8 +112,9 @@ async def test_appends_to_archived_streams_keep_their_version_checks(store: Even
     """Archive the long stream up to its head, then: a stale expected version (one now in the
     archive) and NO_STREAM are refused; two stores race with the same expected version and
     exactly one wins; then 60 appends from two stores race with an archive of the same streams
-    running in small batches. Must hold: versions stay 1..N with no gap or repeat across both
-    tables, nothing lost, the archive moved something."""
+    running in small batches, while a follower reads from position 0 in batches of 4. Must
+    hold: versions stay 1..N with no gap or repeat across both tables, nothing lost, the
+    archive moved something, the follower saw every event once, in order."""
     original = await fill(store, streams=5, long=20)
     await archive(store, await plan_archive(store, before=original[-1].position + 1), batch_size=5)
     assert await store.stream_version("long-1") == 20
@@ -144,12 +147,28 @@ async def test_appends_to_archived_streams_keep_their_version_checks(store: Even
                 await asyncio.sleep(0.01)
             return moved
 
+        followed: list[RecordedEvent] = []
+        follower = LogFollower(store, after_position=0, batch_size=4, poll_interval=0.1)
+
+        async def follow() -> None:
+            async for batch in follower.batches():
+                followed.extend(batch)
+
+        following = asyncio.create_task(follow())
         _, _, moved = await asyncio.gather(appends(store, 1), appends(other, 2), archiving())
+        head = await store.head_position()
+        for _ in range(300):
+            if followed and followed[-1].position >= head:
+                break
+            await asyncio.sleep(0.05)
+        following.cancel()
+        await follower.close()
     finally:
         await other.close()
     assert moved > 0
     everything = await store.read_all(0, 100_000)
     assert len(everything) == len(original) + 1 + 60
+    assert followed == everything
     for stream in {e.stream for e in everything}:
         versions = [e.version for e in await store.read_stream(stream)]
         assert versions == list(range(1, len(versions) + 1)), stream
