@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+import asyncpg
 import structlog
 
 from potluck.events.store import EventStore
@@ -195,26 +196,29 @@ async def archive(
     if not math.isfinite(rest) or rest < 0:
         raise ArchiveError(f"the rest between batches must be zero or more, not {rest}")
     moved = batches = 0
-    async with store.pool.acquire() as conn:
+    # A connection of its own, not the pool's: the session lock goes with it when it closes,
+    # whatever ends the run (the pool keeps sessions as they are; store.py `_keep_session`).
+    conn = await asyncpg.connect(store.dsn)
+    try:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _ARCHIVE_LOCK):
             raise ArchiveError("another archive is running on this log; wait for it to finish")
-        try:
-            position = 0
-            while True:
-                started = time.monotonic()
-                async with conn.transaction():
-                    row = await conn.fetchrow(_MOVE, position, plan.boundary, batch_size)
-                assert row is not None
-                n, last = int(row[0]), int(row[1])
-                if n == 0:
-                    break
-                moved += n
-                batches += 1
-                position = last
-                log.info("archive.batch", moved=n, position=last, boundary=plan.boundary)
-                if progress is not None:
-                    progress(moved, position, plan.boundary)
-                await asyncio.sleep(rest * (time.monotonic() - started))
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _ARCHIVE_LOCK)
+        position = 0
+        while True:
+            started = time.monotonic()
+            async with conn.transaction():
+                row = await conn.fetchrow(_MOVE, position, plan.boundary, batch_size)
+            assert row is not None
+            n, last = int(row[0]), int(row[1])
+            if n == 0:
+                break
+            moved += n
+            batches += 1
+            position = last
+            log.debug("archive.batch", moved=n, position=last, boundary=plan.boundary)
+            if progress is not None:
+                progress(moved, position, plan.boundary)
+            await asyncio.sleep(rest * (time.monotonic() - started))
+    finally:
+        log.info("archive.ended", moved=moved, batches=batches, boundary=plan.boundary)
+        await conn.close()
     return ArchiveResult(plan, moved, batches)

@@ -158,6 +158,6 @@ def archive_command(
         click.echo(("Would archive " if dry_run else "Nothing to archive: ") + _describe(plan))
     else:
         click.echo(
-            f"Archived {result.moved} events in {result.batches} batches, up to position {plan.boundary} "
+            f"Archived {result.moved} events in {result.batches} batch(es), up to position {plan.boundary} "
             f"(bounded by {plan.bound_by})."
         )

@@ -17,7 +17,7 @@ from potluck.events import (
     StreamAppend,
     WrongExpectedVersion,
 )
-from potluck.events.archive import ArchiveError, ArchivePlan, archive, plan_archive
+from potluck.events.archive import _ARCHIVE_LOCK, ArchiveError, ArchivePlan, archive, plan_archive
 from potluck.events.snapshots import Snapshots
 from tests.fixtures.sample_events import ThingHappened
 
@@ -233,9 +233,9 @@ async def test_a_killed_archive_loses_and_doubles_nothing_and_a_rerun_finishes(
 
 
 async def test_bad_input_and_readers_bound_what_moves(store: EventStore) -> None:
-    """No limit, a position past the head or below 1, a negative age: a clear ArchiveError and
-    nothing moved. A relay checkpoint caps the boundary (and is named); an age that every event
-    is younger than moves nothing."""
+    """No limit, a position past the head or below 1, a negative age, another archive running:
+    a clear ArchiveError and nothing moved. A relay checkpoint caps the boundary (and is
+    named); an age that every event is younger than moves nothing."""
     original = await fill(store, streams=5, long=10)
     head = original[-1].position
     for kwargs, words in [
@@ -248,6 +248,11 @@ async def test_bad_input_and_readers_bound_what_moves(store: EventStore) -> None
             await plan_archive(store, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ArchiveError, match="batch size"):
         await archive(store, ArchivePlan(head, head, "test"), batch_size=0)
+    async with store.pool.acquire() as other_archiver:
+        await other_archiver.execute("SELECT pg_advisory_lock($1)", _ARCHIVE_LOCK)
+        with pytest.raises(ArchiveError, match="another archive is running"):
+            await archive(store, await plan_archive(store, before=head + 1))
+        await other_archiver.execute("SELECT pg_advisory_unlock($1)", _ARCHIVE_LOCK)
     assert (await tables(store))[1] == []
 
     young = await plan_archive(store, older_than=3600)
