@@ -104,11 +104,20 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Relay until cancelled; survives Postgres and NATS going away and coming back."""
+        # Streams are ensured at start and again only when a publish found no stream (a NATS
+        # that came back without its store): asking a stream that is electing a new leader
+        # for its info waits out the API timeout, which after a node dies would add seconds
+        # to every retry.
+        streams_ready = False
         while True:
             try:
-                await bus.ensure_streams(self.js)
+                if not streams_ready:
+                    await bus.ensure_streams(self.js)
+                    streams_ready = True
                 await self._lead()
             except _RETRY_RELAY as exc:
+                if isinstance(exc, nats.js.errors.NoStreamResponseError):
+                    streams_ready = False
                 log.warning(
                     "relay.retrying",
                     relay=self.name,
