@@ -24,6 +24,7 @@ from potluck.cli_options import (
     stream_replicas_option,
 )
 from potluck.kernel.version import __version__
+from potluck.lazy_group import AttachingGroup
 from potluck.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -60,7 +61,20 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _attach_user_commands(group: click.Group) -> None:
+    from potluck.user.cli import alloc, login, ssh
+    from potluck.user.copy import cp
+    from potluck.user.images import image
+    from potluck.user.jobs import job, run
+    from potluck.user.logs import logs
+
+    for command in (login, alloc, run, job, ssh, cp, logs, image):
+        group.add_command(command)
+
+
+@click.group(
+    cls=AttachingGroup, attach=_attach_user_commands, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="potluck")
 @click.option(
     "--log-level",
@@ -626,18 +640,15 @@ def drain(config_path: Path, grace: float) -> None:
     _control(config_path, "drain", grace)
 
 
-@main.group()
-def ops() -> None:
-    """Operator tools."""
-
-
-def _attach_ops_tools() -> None:
+def _attach_ops_tools(group: click.Group) -> None:
     from potluck.ops.cli import register
 
-    register(ops)
+    register(group)
 
 
-_attach_ops_tools()
+@main.group(cls=AttachingGroup, attach=_attach_ops_tools)
+def ops() -> None:
+    """Operator tools."""
 
 
 @ops.group(name="hosts")
@@ -1212,26 +1223,6 @@ def _decide_for_user(
     except Rejected as exc:
         fail(exc.message, 2 if exc.status == 400 else 1)
     click.echo(json.dumps({"user": name, "token": token}))
-
-
-def _attach_user_commands() -> None:
-    from potluck.user.cli import alloc, login, ssh
-    from potluck.user.copy import cp
-    from potluck.user.images import image
-    from potluck.user.jobs import job, run
-    from potluck.user.logs import logs
-
-    main.add_command(login)
-    main.add_command(alloc)
-    main.add_command(run)
-    main.add_command(job)
-    main.add_command(ssh)
-    main.add_command(cp)
-    main.add_command(logs)
-    main.add_command(image)
-
-
-_attach_user_commands()
 
 
 STATE_DIR = click.option(

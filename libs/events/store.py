@@ -12,6 +12,12 @@ We preferred this to Marten-style gap detection on the read side because it
 keeps every reader trivial: ``position > last_seen`` is always correct.
 Rolled-back appends still burn sequence values, so positions have holes that
 will never fill; readers must not wait for them.
+
+Old events may have been moved to `events_archive` (archive.py, migration 0005): reads
+go through the view `all_events` (both tables, in one statement, so one snapshot: a move
+commits both halves at once and a reader sees an event in one table or the other, never in
+none or both). Appends and the version checks need only `events`: the archiver leaves
+every stream's latest event there.
 """
 
 import asyncio
@@ -335,7 +341,7 @@ class EventStore:
 
     async def read_stream(self, stream: str, *, after_version: int = 0) -> list[RecordedEvent]:
         rows = await self.pool.fetch(
-            f"SELECT {_COLUMNS} FROM events WHERE stream = $1 AND version > $2 ORDER BY version",
+            f"SELECT {_COLUMNS} FROM all_events WHERE stream = $1 AND version > $2 ORDER BY version",
             stream,
             after_version,
             record_class=_LoggedRow,
@@ -347,7 +353,7 @@ class EventStore:
     ) -> list[RecordedEvent]:
         """Up to `limit` events after `after_position` (and at most `until_position`), in log order."""
         rows = await self.pool.fetch(
-            f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $2 "
+            f"SELECT {_COLUMNS} FROM all_events WHERE position > $1 AND position <= $2 "
             "ORDER BY position LIMIT $3",
             after_position,
             until_position if until_position is not None else 2**63 - 1,
@@ -357,15 +363,23 @@ class EventStore:
         return cast(list[RecordedEvent], rows)
 
     async def stream_version(self, stream: str) -> int:
+        # A stream's latest event is never archived.
         version = await self.pool.fetchval("SELECT max(version) FROM events WHERE stream = $1", stream)
         return int(version or 0)
 
     async def head_position(self) -> int:
+        # The log's last event is its stream's latest, never archived.
         head = await self.pool.fetchval("SELECT max(position) FROM events")
         return int(head or 0)
 
     async def contains(self, event_id: UUID) -> bool:
-        return bool(await self.pool.fetchval("SELECT 1 FROM events WHERE event_id = $1", event_id))
+        return bool(
+            await self.pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE event_id = $1) "
+                "OR EXISTS (SELECT 1 FROM events_archive WHERE event_id = $1)",
+                event_id,
+            )
+        )
 
 
 _COPY_STATEMENT = f"COPY events ({', '.join(COPY_COLUMNS)}) FROM STDIN (FORMAT binary)"

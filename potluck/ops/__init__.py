@@ -10,6 +10,7 @@
 - live.py     asking the running registry and allocator for their read models
               (digests, then the rows that differ; and the events they skipped)
 - hollow.py   `ops hollow --hosts N`: hollow hosts (in-memory engine) for scale tests only
+- archive.py  `ops archive`: old events moved to events_archive (replay still reads them)
 - cli.py      the click commands, attached under `potluck ops`
 
 Every command reads the log directly (`--database-url`); only `replay

@@ -33,6 +33,7 @@ from rich.table import Table
 from potluck.cli_options import database_option, nats_options_for
 from potluck.events import EventStore, RecordedEvent
 from potluck.ops import LiveUnavailable, OpsError
+from potluck.ops.archive import archive_command
 from potluck.ops.hollow import hollow
 
 __all__ = ["COMMANDS", "events", "main", "register", "replay", "status", "trace"]
@@ -503,7 +504,7 @@ def trace(
 
 
 #: What `register` attaches under a group (the integrator's `potluck ops`).
-COMMANDS: tuple[click.Command, ...] = (replay, events, status, trace, hollow)
+COMMANDS: tuple[click.Command, ...] = (replay, events, status, trace, hollow, archive_command)
 
 
 def register(group: click.Group) -> None:

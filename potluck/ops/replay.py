@@ -12,6 +12,9 @@ and compared with what the running services hold.
 
 Positions have holes (rolled-back appends burn sequence values), so "the
 state at position P" is the fold of every event at or below P.
+
+Events moved by `potluck ops archive` are folded with the rest: the store reads the
+archive and the hot table as one log, in position order (tests/e2e/test_ops_archive.py).
 """
 
 import asyncio

@@ -212,6 +212,7 @@ async def test_migrations_run_once(store: EventStore) -> None:
         "0002_notify_per_statement.sql",
         "0003_snapshots.sql",
         "0004_checkpoints.sql",
+        "0005_events_archive.sql",
     ]
 
 

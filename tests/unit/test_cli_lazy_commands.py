@@ -1,0 +1,41 @@
+"""`potluck`'s user and operator commands are attached on first need, not at import.
+
+Every service, a member's hostd among them, runs through `potluck`: what the command
+module imports stays resident in each of them (issue 20's footprint).
+"""
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from potluck.cli import main
+
+USER_COMMANDS = ("login", "alloc", "run", "job", "ssh", "cp", "logs", "image")
+
+
+def test_importing_the_command_loads_neither_user_nor_operator_commands() -> None:
+    """A fresh interpreter imports potluck.cli and hostd's modules: no potluck.user or potluck.ops
+    module is loaded (the services' path never needs them)."""
+    script = (
+        "import sys, potluck.cli, potluck.hostd.agent, potluck.hostd.config\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('potluck.user', 'potluck.ops'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_every_command_is_listed_and_reachable() -> None:
+    """`--help` lists the user commands beside the services', each answers its own `--help`, the
+    operator tools are reachable under `ops`, and an unknown name is still refused."""
+    runner = CliRunner()
+    listing = runner.invoke(main, ["--help"]).output
+    for name in (*USER_COMMANDS, "hostd", "registry", "allocator", "ops", "up"):
+        assert f"  {name} " in listing, name
+        assert runner.invoke(main, [name, "--help"]).exit_code == 0, name
+    for name in ("replay", "status", "trace", "hosts", "hollow"):
+        assert runner.invoke(main, ["ops", name, "--help"]).exit_code == 0, name
+    unknown = runner.invoke(main, ["no-such-command"])
+    assert unknown.exit_code == 2
+    assert "No such command" in unknown.output
