@@ -183,8 +183,9 @@ async def run(servers: BenchServers, rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="ops/bench nats_cluster", description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="nodes killed, one after another")
+    parser.add_argument("--keep", action="store_true", help="keep the servers' directory (logs)")
     args = parser.parse_args()
-    with bench_servers() as servers:
+    with bench_servers(keep=args.keep) as servers:
         asyncio.run(run(servers, args.rounds))
 
 

@@ -9,6 +9,7 @@ halfway and fed the rest folds to exactly what a fold from zero gives.
 
 import asyncio
 import importlib
+import os
 import pickle
 import re
 import sys
@@ -26,6 +27,7 @@ from potluck.events.checkpoints import (
     Checkpoint,
     CheckpointRow,
     Checkpoints,
+    _unpickled,
     checkpoint_policy,
     schema_of,
     state_modules,
@@ -177,7 +179,7 @@ def test_a_model_resumed_from_a_checkpoint_folds_to_what_a_fold_from_zero_gives(
     cut = min(cut, len(log.records))
     first = _engine()
     first.fold.apply_all(log.records[:cut])
-    state = pickle.loads(pickle.dumps(first.checkpoint_state()))
+    state = _unpickled(pickle.dumps(first.checkpoint_state()))  # as a service loads it
     resumed = _engine()
     resumed.resume(Checkpoint(first.position, state))
     assert resumed.position == first.position
@@ -193,3 +195,26 @@ def test_a_model_resumed_from_a_checkpoint_folds_to_what_a_fold_from_zero_gives(
     )
     assert resumed.position == fold.position
     assert resumed.fold.skipped.count == fold.skipped.count
+
+
+class _Forged:
+    """What a forged checkpoint row could hold: a pickle that calls os.mkdir when loaded."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.mkdir, (str(self.path),)
+
+
+def test_a_checkpoint_naming_anything_but_state_classes_is_refused_unrun(tmp_path: Path) -> None:
+    """A row whose pickle names a callable outside the state's classes (os.mkdir here): loading
+    it raises before anything is called (the caller folds from zero), and the directory the
+    pickle would have made does not exist; a real state still loads."""
+    target = tmp_path / "made-by-a-checkpoint"
+    with pytest.raises(pickle.UnpicklingError, match="may not name"):
+        _unpickled(pickle.dumps(_Forged(target)))
+    assert not target.exists()
+    with pytest.raises(pickle.UnpicklingError):
+        _unpickled(pickle.dumps(Path("/etc")))  # a library class the state never holds
+    assert _unpickled(pickle.dumps(_engine().checkpoint_state())) is not None
