@@ -23,6 +23,7 @@ import asyncio
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -103,6 +104,23 @@ async def potluck_ms(
     return elapsed, created["id"]
 
 
+#: The orders of a round's three measurements, taken in turn.
+ORDERS = (("cold", "warm", "raw"), ("warm", "raw", "cold"), ("raw", "cold", "warm"))
+
+
+def settle(driver: DockerDriver, host_id: str, gone: Sequence[str] = (), timeout: float = 30) -> None:
+    """Until the allocations `gone` have no container and one warm container waits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        managed = driver.list_managed(host_id)
+        if not any(c.allocation_id in gone for c in managed) and any(
+            not c.allocation_id and c.status == "created" for c in managed
+        ):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"host {host_id} did not settle within {timeout} s")
+
+
 def engine_parts(engine: DockerEngine, rounds: int) -> dict[str, list[float]]:
     """The engine's steps of both paths, timed one by one with the driver's calls."""
     parts: dict[str, list[float]] = {"create": [], "take": [], "readback": [], "start": []}
@@ -155,21 +173,37 @@ async def measure(rounds: int) -> None:
             say("waiting for the host to register")
             await wait_active_host(http, bench.api, bench.headers)
             driver = DockerDriver(engine.url)
+            # The first of the shape, so that hostd keeps one ahead from now on.
+            _, first = await potluck_ms(http, bench.api, bench.headers, warm=True)
+            async with http.delete(f"{bench.api}/v1/allocations/{first}", headers=bench.headers):
+                pass
+            await asyncio.to_thread(settle, driver, bench.hosts[0].host_id, [first])
             for i in range(rounds + 2):
-                cold_ms, cold_id = await potluck_ms(http, bench.api, bench.headers, warm=False)
-                baseline = await asyncio.to_thread(docker_run_ms, engine, f"raw-{i}")
-                warm_ms, warm_id = await potluck_ms(http, bench.api, bench.headers, warm=True)
+                # Each round in another order, and each path alone on a settled host (the last
+                # round's containers gone, the warm container made again): none pays for another.
+                times: dict[str, float] = {}
+                made: list[str] = []
+                for path in ORDERS[i % len(ORDERS)]:
+                    if path == "raw":
+                        times[path] = await asyncio.to_thread(docker_run_ms, engine, f"raw-{i}")
+                    else:
+                        times[path], alloc_id = await potluck_ms(
+                            http, bench.api, bench.headers, warm=path == "warm"
+                        )
+                        made.append(alloc_id)
+                    await asyncio.to_thread(settle, driver, bench.hosts[0].host_id)
                 if i >= 2:  # the first rounds warm caches on both sides (and make the first warm one)
-                    cold.append(cold_ms)
-                    warm.append(warm_ms)
-                    raw.append(baseline)
-                for alloc_id in (cold_id, warm_id):
+                    cold.append(times["cold"])
+                    warm.append(times["warm"])
+                    raw.append(times["raw"])
+                for alloc_id in made:
                     async with http.delete(f"{bench.api}/v1/allocations/{alloc_id}", headers=bench.headers):
                         pass
                 await asyncio.to_thread(driver.remove, f"raw-{i}")
+                await asyncio.to_thread(settle, driver, bench.hosts[0].host_id, made)
                 say(
-                    f"round {i}: potluck {cold_ms:.1f} ms, warm {warm_ms:.1f} ms, "
-                    f"docker run {baseline:.1f} ms"
+                    f"round {i}: potluck {times['cold']:.1f} ms, warm {times['warm']:.1f} ms, "
+                    f"docker run {times['raw']:.1f} ms"
                 )
             driver.close()
             say("timing the engine's parts")
