@@ -93,10 +93,11 @@ created ahead (never started) for each of the two allocation shapes (image, comm
 disk bound) it placed last, so that the next allocation of that shape only has to be
 started: its CPU, memory and pids limits are set with `docker update` and read back
 before it starts, its hardening is that of any container. Allocations with environment
-values or a network never take one. They hold no CPU or memory, count against
-`donate.disk` with their disk bound, and go when the host leaves or drains. Starting
-dominates `docker run` on most engines, so the gain is small (bench/README.md,
-`allocation`).
+values or a network never take one. They hold no CPU or memory (nor anything while
+the machine sleeps), count against `donate.disk` with their disk bound, keep their
+image in the cache (the engine removes no image a container was made from), and go
+when the host leaves or drains. Starting dominates `docker run`, so the gain is
+small (bench/README.md, `allocation`).
 
 `[sleep]`: a sleeping laptop is not a dead one. hostd listens to systemd-logind's
 PrepareForSleep on the system D-Bus and tells the registry before the machine

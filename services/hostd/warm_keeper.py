@@ -128,8 +128,3 @@ class WarmKeeper:
                 container = self.ready.pop()
                 with contextlib.suppress(DockerDriverError):
                     await self._thread(self.driver.remove, container.container_id)
-
-    def forget_image(self, image: str) -> None:
-        """The image is to go: its warm containers too (they would keep the engine from it)."""
-        self.recent.forget_image(image)
-        self.refill_soon()

@@ -76,9 +76,6 @@ class RecentShapes:
         self.keys.insert(0, key)
         del self.keys[self.size :]
 
-    def forget_image(self, image: str) -> None:
-        self.keys = [k for k in self.keys if k.image != image]
-
 
 @dataclass(frozen=True)
 class RefillPlan:

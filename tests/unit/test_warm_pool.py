@@ -77,15 +77,12 @@ def test_take_removes_one_of_the_shape_only() -> None:
 
 
 def test_recent_shapes_newest_first_bounded() -> None:
-    """The shapes noted last are kept, newest first, at most `size`; forgetting an image
-    drops its shapes."""
+    """The shapes noted last are kept, newest first, at most `size`."""
     recent = RecentShapes(size=2)
     a, b, c = (WarmKey(f"img{i}", None, MiB) for i in range(3))
     for key in (a, b, a, c):
         recent.note(key)
     assert recent.keys == [c, a]
-    recent.forget_image("img2")
-    assert recent.keys == [a]
 
 
 @pytest.mark.parametrize("command", [["sleep", "3600"], None])
