@@ -4,12 +4,15 @@ The whole pool runs as real processes (NATS with nkeys, Postgres, registry,
 allocator, one hostd on a private Docker engine, with `warm_containers = 1`). The
 baseline is a raw `docker run -d` of the same image with the same limits on the same
 engine, measured in the same run, interleaved with Potluck's own so that all see the
-same machine. Each round places two allocations of the same limits: one with an
-environment value (which no warm container may take: today's create-and-start path,
-the default) and one without (it takes the container hostd made ahead of it).
+same machine. Each round places three allocations of the same limits, in turning order:
+one with an environment value (which no warm container may take: today's
+create-and-start path, what a host with the default `warm_containers = 0` does), one
+without (it takes the container hostd created ahead of it) and one without a command
+(interactive: it takes the one hostd started ahead and froze).
 
-    post_to_running_p50, post_to_running_p99             ms, created on placement (default)
-    post_to_running_warm_p50, post_to_running_warm_p99   ms, a warm container taken
+    post_to_running_p50, _p99                    ms, created on placement (the default)
+    post_to_running_warm_p50, _p99               ms, a container created ahead taken
+    post_to_running_interactive_warm_p50, _p99   ms, a container started ahead unfrozen
     engine_create, engine_take, engine_readback, engine_start   ms (p50), the engine's parts
 
 The engine's parts are timed on the same engine with the driver's own calls, one step at
@@ -78,8 +81,10 @@ def docker_run_ms(engine: DockerEngine, name: str) -> float:
 
 
 async def potluck_ms(
-    http: aiohttp.ClientSession, api: str, headers: dict[str, str], *, warm: bool
+    http: aiohttp.ClientSession, api: str, headers: dict[str, str], path: str
 ) -> tuple[float, str]:
+    """`path`: "cold" (an env value: no warm container takes it), "warm" (the same command,
+    created ahead), "interactive" (no command: started ahead and frozen)."""
     body: dict[str, Any] = {
         "cpus": 0.5,
         "memory": "64M",
@@ -87,8 +92,10 @@ async def potluck_ms(
         "image": DEFAULT_TAG,
         "command": ["sleep", "3600"],
     }
-    if not warm:
-        body["env"] = {"BENCH": "created-on-placement"}  # no warm container takes it
+    if path == "cold":
+        body["env"] = {"BENCH": "created-on-placement"}
+    elif path == "interactive":
+        del body["command"]
     started = time.perf_counter()
     async with http.post(f"{api}/v1/allocations", json=body, headers=headers) as response:
         created = await response.json()
@@ -104,18 +111,28 @@ async def potluck_ms(
     return elapsed, created["id"]
 
 
+#: Each metric and the path it times.
+METRICS = (
+    ("post_to_running", "cold"),
+    ("post_to_running_warm", "warm"),
+    ("post_to_running_interactive_warm", "interactive"),
+)
 #: The orders of a round's three measurements, taken in turn.
-ORDERS = (("cold", "warm", "raw"), ("warm", "raw", "cold"), ("raw", "cold", "warm"))
+ORDERS = (
+    ("cold", "warm", "interactive", "raw"),
+    ("warm", "interactive", "raw", "cold"),
+    ("interactive", "raw", "cold", "warm"),
+    ("raw", "cold", "warm", "interactive"),
+)
 
 
 def settle(driver: DockerDriver, host_id: str, gone: Sequence[str] = (), timeout: float = 30) -> None:
-    """Until the allocations `gone` have no container and one warm container waits."""
+    """Until the allocations `gone` have no container and a warm container of each shape waits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         managed = driver.list_managed(host_id)
-        if not any(c.allocation_id in gone for c in managed) and any(
-            not c.allocation_id and c.status == "created" for c in managed
-        ):
+        waiting = {c.status for c in managed if not c.allocation_id}
+        if not any(c.allocation_id in gone for c in managed) and waiting == {"created", "paused"}:
             return
         time.sleep(0.05)
     raise RuntimeError(f"host {host_id} did not settle within {timeout} s")
@@ -167,17 +184,18 @@ async def measure(rounds: int) -> None:
             aiohttp.ClientSession() as http,
         ):
             engine = bench.engines[0]
-            cold: list[float] = []
-            warm: list[float] = []
-            raw: list[float] = []
+            measured: dict[str, list[float]] = {"cold": [], "warm": [], "interactive": [], "raw": []}
             say("waiting for the host to register")
             await wait_active_host(http, bench.api, bench.headers)
             driver = DockerDriver(engine.url)
-            # The first of the shape, so that hostd keeps one ahead from now on.
-            _, first = await potluck_ms(http, bench.api, bench.headers, warm=True)
-            async with http.delete(f"{bench.api}/v1/allocations/{first}", headers=bench.headers):
-                pass
-            await asyncio.to_thread(settle, driver, bench.hosts[0].host_id, [first])
+            # The first of each warm shape, so that hostd keeps one ahead from now on.
+            firsts = [
+                (await potluck_ms(http, bench.api, bench.headers, p))[1] for p in ("warm", "interactive")
+            ]
+            for first in firsts:
+                async with http.delete(f"{bench.api}/v1/allocations/{first}", headers=bench.headers):
+                    pass
+            await asyncio.to_thread(settle, driver, bench.hosts[0].host_id, firsts)
             for i in range(rounds + 2):
                 # Each round in another order, and each path alone on a settled host (the last
                 # round's containers gone, the warm container made again): none pays for another.
@@ -187,15 +205,12 @@ async def measure(rounds: int) -> None:
                     if path == "raw":
                         times[path] = await asyncio.to_thread(docker_run_ms, engine, f"raw-{i}")
                     else:
-                        times[path], alloc_id = await potluck_ms(
-                            http, bench.api, bench.headers, warm=path == "warm"
-                        )
+                        times[path], alloc_id = await potluck_ms(http, bench.api, bench.headers, path)
                         made.append(alloc_id)
                     await asyncio.to_thread(settle, driver, bench.hosts[0].host_id)
-                if i >= 2:  # the first rounds warm caches on both sides (and make the first warm one)
-                    cold.append(times["cold"])
-                    warm.append(times["warm"])
-                    raw.append(times["raw"])
+                if i >= 2:  # the first rounds warm caches on both sides
+                    for path, values in measured.items():
+                        values.append(times[path])
                 for alloc_id in made:
                     async with http.delete(f"{bench.api}/v1/allocations/{alloc_id}", headers=bench.headers):
                         pass
@@ -203,13 +218,14 @@ async def measure(rounds: int) -> None:
                 await asyncio.to_thread(settle, driver, bench.hosts[0].host_id, made)
                 say(
                     f"round {i}: potluck {times['cold']:.1f} ms, warm {times['warm']:.1f} ms, "
-                    f"docker run {times['raw']:.1f} ms"
+                    f"interactive {times['interactive']:.1f} ms, docker run {times['raw']:.1f} ms"
                 )
             driver.close()
             say("timing the engine's parts")
             parts = await asyncio.to_thread(engine_parts, engine, rounds + 2)
     for p in (50, 99):
-        for name, values in (("post_to_running", cold), ("post_to_running_warm", warm)):
+        for name, path in METRICS:
+            values, raw = measured[path], measured["raw"]
             emit(
                 BENCH,
                 f"{name}_p{p}",

@@ -2,11 +2,12 @@
 driver whose client and error translation these use (callers run them in a thread).
 
 Made ahead: the image is read first (`_check_image`, as for any container) and the
-container created with the shape's create arguments (warm_pool.py), never started.
+container created with the shape's create arguments (warm_pool.py); an interactive one is
+also started and paused (warm_pool.starts_ahead), any other is never started.
 Taken: renamed to the allocation's name, its limits raised with `docker update`, then
 read back in full by the driver's `verify_limits` exactly as a container created for the
 allocation would be (a mismatch removes it and fails the allocation), and only then
-started. What fails before the start leaves the allocation to the usual create path.
+started (or unpaused). What fails before the start leaves the allocation to the usual create path.
 """
 
 import uuid
@@ -20,6 +21,7 @@ from potluck.hostd.warm_pool import (
     WarmContainer,
     WarmKey,
     limits_update,
+    starts_ahead,
     warm_create_kwargs,
 )
 
@@ -46,12 +48,24 @@ def create_warm(driver: DockerDriver, host_id: str, key: WarmKey) -> WarmContain
                 cgroup_parent=driver._pool_parent(),
             )
         )
-    return WarmContainer(container_id=container.id or "", key=key)
+    container_id = container.id or ""
+    if not starts_ahead(key, driver.helper):
+        return WarmContainer(container_id=container_id, key=key)
+    try:
+        with driver._errors(f"starting warm container {container_id[:12]} ahead") as client:
+            client.api.start(container_id)
+            attrs = client.api.inspect_container(container_id)
+            driver._lower_pool_weight(attrs)
+            client.api.pause(container_id)
+    except DockerDriverError:
+        driver.remove(container_id)
+        raise
+    return WarmContainer(container_id=container_id, key=key, started=True)
 
 
 def list_warm(driver: DockerDriver, host_id: str) -> list[tuple[str, str]]:
-    """(id, name) of this host's warm containers not taken (created, never started)."""
-    filters = {"label": [f"{LABEL_WARM}=1", f"{LABEL_HOST}={host_id}"], "status": ["created"]}
+    """(id, name) of this host's warm containers not taken (created, or started and paused)."""
+    filters = {"label": [f"{LABEL_WARM}=1", f"{LABEL_HOST}={host_id}"], "status": ["created", "paused"]}
     with driver._errors(f"listing warm containers of host {host_id}") as client:
         found = client.api.containers(all=True, filters=filters)
     return [
@@ -62,11 +76,11 @@ def list_warm(driver: DockerDriver, host_id: str) -> list[tuple[str, str]]:
     ]
 
 
-def take_warm(driver: DockerDriver, container_id: str, spec: ContainerSpec) -> str:
+def take_warm(driver: DockerDriver, warm: WarmContainer, spec: ContainerSpec) -> str:
     """Make the warm container `spec`'s allocation and start it; returns its id.
     NotTaken: nothing started, the warm container is gone, create the allocation's own.
     LimitsNotApplied: the read-back failed (the container is removed), as in `run`."""
-    name = spec.container_name
+    name, container_id = spec.container_name, warm.container_id
     try:
         with driver._errors(f"taking warm container {container_id[:12]} as {name}") as client:
             # docker-py's update_container knows no NanoCpus (see DockerDriver.update_cpus).
@@ -81,10 +95,14 @@ def take_warm(driver: DockerDriver, container_id: str, spec: ContainerSpec) -> s
     driver.verify_limits(container_id, spec)
     try:
         with driver._errors(f"starting {name}") as client:
-            client.api.start(container_id)
+            if warm.started:
+                client.api.unpause(container_id)
+            else:
+                client.api.start(container_id)
             attrs = client.api.inspect_container(container_id)
     except DockerDriverError:
         driver.remove(container_id)
         raise
-    driver._lower_pool_weight(attrs)
+    if not warm.started:
+        driver._lower_pool_weight(attrs)
     return container_id

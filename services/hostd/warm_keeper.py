@@ -1,12 +1,14 @@
 """The warm containers of this host (issue 20): kept filled in the background, taken by
-placements (containers.py), emptied when the host leaves the pool or stops taking work.
+placements (containers.py), emptied when the host leaves the pool or drains.
 
 `warm_containers` (hostd.toml) of each of the shapes placed here last (warm_pool.py) are
-kept created, never started: they hold an empty writable layer and no CPU or memory, and
-count against the donated disk with their disk bound. Filling runs in a task of its own,
-never on a placement's path; a placement that finds none of its shape creates its own as
-before. A hostd that starts removes the warm containers a previous one left (it cannot
-know which shapes they were for) and fills again after its first placement.
+kept created (an interactive shape's started and frozen): they hold an empty writable
+layer and no CPU (a frozen keep-alive holds a few hundred kB of memory, within its
+placeholder's 6 MiB), and count against the donated disk with their disk bound.
+Filling runs in a task of its own, never on a placement's path; a placement that finds
+none of its shape creates its own as before. A hostd that starts removes the warm
+containers a previous one left (it cannot know which shapes they were for) and fills
+again after its first placement.
 """
 
 import asyncio
@@ -61,7 +63,7 @@ class WarmKeeper:
             if found is None:
                 return None
             try:
-                container_id = await self._thread(take_warm, self.driver, found.container_id, spec)
+                container_id = await self._thread(take_warm, self.driver, found, spec)
             except NotTaken as exc:
                 log.warning("hostd.warm_not_taken", alloc_id=spec.allocation_id, error=str(exc))
                 return None

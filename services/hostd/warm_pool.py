@@ -10,6 +10,11 @@ of that shape takes it as it is; its CPU, memory and pids limits are set at take
 (users' secrets) or a network of their own never take one: a warm container holds no user
 data, and a network is made per allocation.
 
+An interactive shape (no command: the helper's keep-alive runs, nothing of the image's or
+the user's) is started ahead too and frozen (`docker pause`): taking it is `docker update`
+and `docker unpause`, no start at all (`starts_ahead`). What runs in it is hostd's own
+`sleep`, which a container started at placement would run just the same.
+
 A warm container's labels name no allocation, only this host and `potluck.warm`; once taken
 it is renamed `potluck-<allocation>`, and that name is what tells whose it is
 (`allocation_of_warm`). Its disk bound is in a label of its own (the exec side reads it).
@@ -35,6 +40,8 @@ LABEL_WARM_DISK = "potluck.warm.disk"
 WARM_NAME_PREFIX = "potluck_warm_"
 #: Shapes kept warm: the most recently placed ones, so the pool follows what runs here.
 RECENT_SHAPES = 2
+#: A warm container's pids limit until taken: docker-init and the keep-alive, with room.
+PLACEHOLDER_PIDS = 8
 
 
 @dataclass(frozen=True)
@@ -57,10 +64,18 @@ def warm_key(spec: ContainerSpec) -> WarmKey | None:
     )
 
 
+def starts_ahead(key: WarmKey, helper: str | None) -> bool:
+    """Is a warm container of this shape started (and frozen) ahead? Only when what it runs
+    is the helper's keep-alive, never the image's command or an allocation's."""
+    return key.command is None and helper is not None
+
+
 @dataclass(frozen=True)
 class WarmContainer:
     container_id: str
     key: WarmKey
+    #: Started ahead and paused (starts_ahead), else created only.
+    started: bool = False
 
 
 @dataclass
@@ -137,7 +152,7 @@ def placeholder_spec(key: WarmKey, host_id: str, suffix: str) -> ContainerSpec:
         cpus=MIN_CPUS,
         memory_bytes=MIN_MEMORY_BYTES,
         disk_bytes=key.disk_bytes,
-        pids_limit=1,
+        pids_limit=PLACEHOLDER_PIDS,
         command=None if key.command is None else list(key.command),
     )
 

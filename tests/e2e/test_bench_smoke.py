@@ -48,6 +48,8 @@ ALLOCATION: Documented = {
     "post_to_running_p99": ("ms", True),
     "post_to_running_warm_p50": ("ms", True),
     "post_to_running_warm_p99": ("ms", True),
+    "post_to_running_interactive_warm_p50": ("ms", True),
+    "post_to_running_interactive_warm_p99": ("ms", True),
     "engine_create": ("ms", False),
     "engine_take": ("ms", False),
     "engine_readback": ("ms", False),

@@ -23,8 +23,10 @@ MiB = 1 << 20
 
 
 def _warm(client: docker.DockerClient) -> list[Any]:
-    """Warm containers not taken: created, never started, named potluck_warm_*."""
-    found = client.containers.list(all=True, filters={"label": "potluck.warm=1", "status": "created"})
+    """Warm containers not taken: created (or started ahead and paused), named potluck_warm_*."""
+    found = client.containers.list(
+        all=True, filters={"label": "potluck.warm=1", "status": ["created", "paused"]}
+    )
     return [c for c in found if (c.name or "").startswith("potluck_warm_")]
 
 
@@ -54,7 +56,9 @@ async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
     container (renamed), with its own limits read back and a HostConfig equal to a cold-started
     twin's; the exec side finds it as the allocation's; the pool is refilled with a new one; the
     exiting shape's warm run prints its output and exits 3, reported as such; the allocation
-    with env never takes a warm container and sees its env; the cold host never makes one."""
+    with env never takes a warm container and sees its env; an interactive allocation (no
+    command) takes one started ahead and frozen, runs unfrozen and answers an exec; the cold
+    host never makes one."""
     warm_engine, cold_engine = docker_engines[0], docker_engines[1]
     warm = await pool.enroll("laptop-warm")
     pool.write_config(warm, warm_engine, warm_containers=1)
@@ -131,6 +135,31 @@ async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
         assert state.exit_code == 3
         taken_lines = [line for line in pool.logs(400).splitlines() if "hostd.warm_taken" in line]
         assert any("exits-2" in line for line in taken_lines)
+
+        # Interactive (no command: the helper's keep-alive): started ahead and frozen, taken by
+        # unfreezing; it runs, answers an exec, and its HostConfig is its cold twin's.
+        interactive = AllocationSpec(
+            resources=Capacity(cpus=0.5, memory_bytes=64 * MiB, disk_bytes=64 * MiB),
+            image=DEFAULT_TAG,
+            command=None,
+            pids_limit=64,
+        )
+        await place(pool.store, warm.host_id, "i-1", interactive)
+        await wait_for_status(pool, "i-1", "running")
+        [frozen] = await _until(
+            "an interactive warm container started ahead",
+            lambda: [c for c in _warm(client) if c.status == "paused"],
+            pool,
+        )
+        await place(pool.store, warm.host_id, "i-2", interactive)
+        await wait_for_status(pool, "i-2", "running")
+        taken = client.containers.get("potluck-i-2")
+        assert taken.id == frozen.id
+        assert taken.attrs["State"]["Running"] is True
+        assert taken.attrs["State"]["Paused"] is False
+        assert taken.exec_run(["/.potluck/busybox", "true"]).exit_code == 0
+        assert _host_config(client, "i-2") == _host_config(client, "i-1")
+        assert await bridge.container_for("i-2") == taken.id
 
         # The cold host: as today, no warm container, each allocation its own labels.
         for alloc_id in ("c1", "c2"):

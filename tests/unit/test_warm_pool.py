@@ -26,6 +26,7 @@ from potluck.hostd.warm_pool import (
     allocation_of_warm,
     limits_update,
     refill_plan,
+    starts_ahead,
     take,
     warm_create_kwargs,
     warm_key,
@@ -60,6 +61,14 @@ def test_shape_leaves_out_limits_and_refuses_env_and_network() -> None:
     assert warm_key(_spec(disk_bytes=128 * MiB)) != base
     assert warm_key(_spec(env={"TOKEN": "secret"})) is None
     assert warm_key(_spec(network=True)) is None
+
+
+def test_only_the_helpers_keep_alive_is_started_ahead() -> None:
+    """An interactive shape (no command) with the helper runs hostd's own keep-alive, so it
+    may be started ahead; a command, or no helper (the image's own CMD would run), may not."""
+    assert starts_ahead(WarmKey("img", None, MiB), "/usr/bin/busybox")
+    assert not starts_ahead(WarmKey("img", ("sleep", "1"), MiB), "/usr/bin/busybox")
+    assert not starts_ahead(WarmKey("img", None, MiB), None)
 
 
 def test_take_removes_one_of_the_shape_only() -> None:
