@@ -26,6 +26,10 @@ from potluck.hostd.warm_pool import RecentShapes, WarmContainer, refill_plan, ta
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
+#: A refill that failed is tried again this many times in all, waiting longer each time.
+REFILL_ATTEMPTS = 5
+REFILL_RETRY_S = 0.5
+
 
 class WarmKeeper:
     def __init__(
@@ -82,14 +86,21 @@ class WarmKeeper:
 
     async def _refill_loop(self) -> None:
         self._again = True
+        failures = 0
         while self._again:
             self._again = False
             try:
                 await self.refill()
+                failures = 0
             except DockerDriverError as exc:
-                # The engine is away or refused: the next placement or reconciliation asks again.
-                log.warning("hostd.warm_refill_failed", error=str(exc))
-                return
+                # A refused or dropped call (the engine busy removing, or away): tried again a
+                # few times; then the next placement or reconciliation asks again.
+                failures += 1
+                log.warning("hostd.warm_refill_failed", error=str(exc), attempt=failures)
+                if failures >= REFILL_ATTEMPTS:
+                    return
+                self._again = True
+                await asyncio.sleep(REFILL_RETRY_S * failures)
 
     async def refill(self) -> None:
         async with self._lock:
