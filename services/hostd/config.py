@@ -89,15 +89,17 @@ image and registers all of `donate.disk` (images are then the member's to
 manage).
 
 `warm_containers` (default 0: none; at most 8): hostd keeps this many containers
-created ahead (never started) for each of the two allocation shapes (image, command,
-disk bound) it placed last, so that the next allocation of that shape only has to be
-started: its CPU, memory and pids limits are set with `docker update` and read back
-before it starts, its hardening is that of any container. Allocations with environment
-values or a network never take one. They hold no CPU or memory (nor anything while
-the machine sleeps), count against `donate.disk` with their disk bound, keep their
-image in the cache (the engine removes no image a container was made from), and go
-when the host leaves or drains. Starting dominates `docker run`, so the gain is
-small (bench/README.md, `allocation`).
+made ahead for each of the two allocation shapes (image, command, disk bound) it
+placed last. The next allocation of that shape takes one: its CPU, memory and pids
+limits are set with `docker update` and read back before it runs, its hardening is
+that of any container. An interactive shape (no command: hostd's own keep-alive runs)
+is started ahead and frozen, and taking it is unfreezing it: about half a `docker run`.
+Any other shape is only created ahead (Docker cannot change a command), which saves
+the engine's create, a few percent (bench/README.md, `allocation`). Allocations with
+environment values or a network never take one. They hold no CPU (a frozen keep-alive
+a few hundred kB of memory), count against `donate.disk` with their disk bound, keep
+their image in the cache (the engine removes no image a container was made from), and
+go when the host leaves or drains.
 
 `[sleep]`: a sleeping laptop is not a dead one. hostd listens to systemd-logind's
 PrepareForSleep on the system D-Bus and tells the registry before the machine
