@@ -13,6 +13,7 @@ import pytest
 
 from potluck.contracts.allocation_events import AllocationSpec
 from potluck.contracts.capacity import Capacity
+from potluck.hostd.docker_driver import DockerDriver
 from potluck.hostd.exec_bridge import ExecBridge
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
@@ -57,8 +58,9 @@ async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
     twin's; the exec side finds it as the allocation's; the pool is refilled with a new one; the
     exiting shape's warm run prints its output and exits 3, reported as such; the allocation
     with env never takes a warm container and sees its env; an interactive allocation (no
-    command) takes one started ahead and frozen, runs unfrozen and answers an exec; the cold
-    host never makes one."""
+    command) takes one started ahead and frozen, runs unfrozen and answers an exec; the
+    engine's listing gives the taken ones their allocations (what a restarted hostd adopts
+    by) and the waiting ones none; the cold host never makes one."""
     warm_engine, cold_engine = docker_engines[0], docker_engines[1]
     warm = await pool.enroll("laptop-warm")
     pool.write_config(warm, warm_engine, warm_containers=1)
@@ -160,6 +162,14 @@ async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
         assert taken.exec_run(["/.potluck/busybox", "true"]).exit_code == 0
         assert _host_config(client, "i-2") == _host_config(client, "i-1")
         assert await bridge.container_for("i-2") == taken.id
+
+        # What a restarted hostd reconciles by: the taken containers are their allocations'
+        # (by name), a warm one waiting is nobody's.
+        with DockerDriver(warm_engine.url) as driver:
+            managed = {c.container_id: c.allocation_id for c in driver.list_managed(warm.host_id)}
+        assert managed[str(client.containers.get("potluck-second").id)] == "second"
+        assert managed[str(taken.id)] == "i-2"
+        assert all(managed[str(c.id)] == "" for c in _warm(client))
 
         # The cold host: as today, no warm container, each allocation its own labels.
         for alloc_id in ("c1", "c2"):
