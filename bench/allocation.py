@@ -1,12 +1,24 @@
 """`ops/bench allocation`: how long from POST /v1/allocations to a running container.
 
 The whole pool runs as real processes (NATS with nkeys, Postgres, registry,
-allocator, one hostd on a private Docker engine). The baseline is a raw
-`docker run -d` of the same image with the same limits on the same engine,
-measured in the same run, interleaved with Potluck's own so that both see the
-same machine.
+allocator, one hostd on a private Docker engine, with `warm_containers = 1`). The
+baseline is a raw `docker run -d` of the same image with the same limits on the same
+engine, measured in the same run, interleaved with Potluck's own so that all see the
+same machine. Each round places three allocations of the same limits, in turning order:
+one with an environment value (which no warm container may take: today's
+create-and-start path, what a host with the default `warm_containers = 0` does), one
+without (it takes the container hostd created ahead of it) and one without a command
+(interactive: it takes the one hostd started ahead and froze).
 
-    post_to_running_p50, post_to_running_p99   ms, with baseline and ratio
+    post_to_running_p50, _p99                    ms, created on placement (the default)
+    post_to_running_warm_p50, _p99               ms, a container created ahead taken
+    post_to_running_interactive_warm_p50, _p99   ms, a container started ahead unfrozen
+    engine_create, engine_take, engine_readback, engine_start   ms (p50), the engine's parts
+
+The engine's parts are timed on the same engine with the driver's own calls, one step at
+a time: `create` (image check and create, what a warm container saves), `take` (rename
+and `docker update` of the limits, what it costs instead), `readback` (inspect and the
+limit check, both paths), `start` (start and inspect, both paths).
 """
 
 import argparse
@@ -14,13 +26,17 @@ import asyncio
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
 
 from bench.harness import bench_servers, emit, percentile, say, wait_active_host
 from bench.pool import private_pool
+from potluck.hostd.container_config import ContainerSpec, limit_mismatches
 from potluck.hostd.docker_driver import DockerDriver
+from potluck.hostd.warm_engine import create_warm
+from potluck.hostd.warm_pool import limits_update, warm_key
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 
@@ -64,7 +80,11 @@ def docker_run_ms(engine: DockerEngine, name: str) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-async def potluck_ms(http: aiohttp.ClientSession, api: str, headers: dict[str, str]) -> tuple[float, str]:
+async def potluck_ms(
+    http: aiohttp.ClientSession, api: str, headers: dict[str, str], path: str
+) -> tuple[float, str]:
+    """`path`: "cold" (an env value: no warm container takes it), "warm" (the same command,
+    created ahead), "interactive" (no command: started ahead and frozen)."""
     body: dict[str, Any] = {
         "cpus": 0.5,
         "memory": "64M",
@@ -72,6 +92,10 @@ async def potluck_ms(http: aiohttp.ClientSession, api: str, headers: dict[str, s
         "image": DEFAULT_TAG,
         "command": ["sleep", "3600"],
     }
+    if path == "cold":
+        body["env"] = {"BENCH": "created-on-placement"}
+    elif path == "interactive":
+        del body["command"]
     started = time.perf_counter()
     async with http.post(f"{api}/v1/allocations", json=body, headers=headers) as response:
         created = await response.json()
@@ -87,36 +111,132 @@ async def potluck_ms(http: aiohttp.ClientSession, api: str, headers: dict[str, s
     return elapsed, created["id"]
 
 
+#: Each metric and the path it times.
+METRICS = (
+    ("post_to_running", "cold"),
+    ("post_to_running_warm", "warm"),
+    ("post_to_running_interactive_warm", "interactive"),
+)
+#: The orders of a round's three measurements, taken in turn.
+ORDERS = (
+    ("cold", "warm", "interactive", "raw"),
+    ("warm", "interactive", "raw", "cold"),
+    ("interactive", "raw", "cold", "warm"),
+    ("raw", "cold", "warm", "interactive"),
+)
+
+
+def settle(driver: DockerDriver, host_id: str, gone: Sequence[str] = (), timeout: float = 30) -> None:
+    """Until the allocations `gone` have no container and a warm container of each shape waits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        managed = driver.list_managed(host_id)
+        waiting = {c.status for c in managed if not c.allocation_id}
+        if not any(c.allocation_id in gone for c in managed) and waiting == {"created", "paused"}:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"host {host_id} did not settle within {timeout} s")
+
+
+def engine_parts(engine: DockerEngine, rounds: int) -> dict[str, list[float]]:
+    """The engine's steps of both paths, timed one by one with the driver's calls."""
+    parts: dict[str, list[float]] = {"create": [], "take": [], "readback": [], "start": []}
+    with DockerDriver(engine.url) as driver:
+        facts = driver.engine_facts()
+        for i in range(rounds):
+            spec = ContainerSpec(
+                allocation_id=f"parts-{i}", host_id="bench-parts", image=DEFAULT_TAG, cpus=0.5,
+                memory_bytes=64 << 20, disk_bytes=64 << 20, pids_limit=512, command=["sleep", "3600"],
+            )  # fmt: skip
+            key = warm_key(spec)
+            assert key is not None
+            watch = time.perf_counter()
+            made = create_warm(driver, "bench-parts", key)
+            parts["create"].append(time.perf_counter() - watch)
+            client: Any = driver._api().api
+            watch = time.perf_counter()
+            client.rename(made.container_id, spec.container_name)
+            response = client._post_json(
+                client._url("/containers/{0}/update", made.container_id), data=limits_update(spec)
+            )
+            client._raise_for_status(response)
+            parts["take"].append(time.perf_counter() - watch)
+            watch = time.perf_counter()
+            mismatches = limit_mismatches(
+                spec, driver.inspect(made.container_id), disk_quota=facts.disk_quota_supported,
+                helper=driver.helper,
+            )  # fmt: skip
+            parts["readback"].append(time.perf_counter() - watch)
+            if mismatches:
+                raise RuntimeError(f"the read-back found {mismatches}")
+            watch = time.perf_counter()
+            client.start(made.container_id)
+            driver.inspect(made.container_id)
+            parts["start"].append(time.perf_counter() - watch)
+            driver.remove(made.container_id)
+    return {name: [v * 1000 for v in values[2:]] for name, values in parts.items()}
+
+
 async def measure(rounds: int) -> None:
     with bench_servers() as servers:
-        async with private_pool(servers, BENCH) as bench, aiohttp.ClientSession() as http:
+        async with (
+            private_pool(servers, BENCH, hostd={"warm_containers": 1}) as bench,
+            aiohttp.ClientSession() as http,
+        ):
             engine = bench.engines[0]
-            potluck: list[float] = []
-            raw: list[float] = []
+            measured: dict[str, list[float]] = {"cold": [], "warm": [], "interactive": [], "raw": []}
             say("waiting for the host to register")
             await wait_active_host(http, bench.api, bench.headers)
             driver = DockerDriver(engine.url)
-            for i in range(rounds + 2):
-                ms, alloc_id = await potluck_ms(http, bench.api, bench.headers)
-                baseline = await asyncio.to_thread(docker_run_ms, engine, f"raw-{i}")
-                if i >= 2:  # the first rounds warm caches on both sides
-                    potluck.append(ms)
-                    raw.append(baseline)
-                async with http.delete(f"{bench.api}/v1/allocations/{alloc_id}", headers=bench.headers):
+            # The first of each warm shape, so that hostd keeps one ahead from now on.
+            firsts = [
+                (await potluck_ms(http, bench.api, bench.headers, p))[1] for p in ("warm", "interactive")
+            ]
+            for first in firsts:
+                async with http.delete(f"{bench.api}/v1/allocations/{first}", headers=bench.headers):
                     pass
+            await asyncio.to_thread(settle, driver, bench.hosts[0].host_id, firsts)
+            for i in range(rounds + 2):
+                # Each round in another order, and each path alone on a settled host (the last
+                # round's containers gone, the warm container made again): none pays for another.
+                times: dict[str, float] = {}
+                made: list[str] = []
+                for path in ORDERS[i % len(ORDERS)]:
+                    if path == "raw":
+                        times[path] = await asyncio.to_thread(docker_run_ms, engine, f"raw-{i}")
+                    else:
+                        times[path], alloc_id = await potluck_ms(http, bench.api, bench.headers, path)
+                        made.append(alloc_id)
+                    await asyncio.to_thread(settle, driver, bench.hosts[0].host_id)
+                if i >= 2:  # the first rounds warm caches on both sides
+                    for path, values in measured.items():
+                        values.append(times[path])
+                for alloc_id in made:
+                    async with http.delete(f"{bench.api}/v1/allocations/{alloc_id}", headers=bench.headers):
+                        pass
                 await asyncio.to_thread(driver.remove, f"raw-{i}")
-                say(f"round {i}: potluck {ms:.1f} ms, docker run {baseline:.1f} ms")
+                await asyncio.to_thread(settle, driver, bench.hosts[0].host_id, made)
+                say(
+                    f"round {i}: potluck {times['cold']:.1f} ms, warm {times['warm']:.1f} ms, "
+                    f"interactive {times['interactive']:.1f} ms, docker run {times['raw']:.1f} ms"
+                )
             driver.close()
+            say("timing the engine's parts")
+            parts = await asyncio.to_thread(engine_parts, engine, rounds + 2)
     for p in (50, 99):
-        emit(
-            BENCH,
-            f"post_to_running_p{p}",
-            percentile(potluck, p),
-            "ms",
-            baseline=percentile(raw, p),
-            rounds=len(potluck),
-        )
-    say("target: post_to_running_p50 ratio <= 1.5")
+        for name, path in METRICS:
+            values, raw = measured[path], measured["raw"]
+            emit(
+                BENCH,
+                f"{name}_p{p}",
+                percentile(values, p),
+                "ms",
+                baseline=percentile(raw, p),
+                rounds=len(values),
+            )
+    for name, values in parts.items():
+        emit(BENCH, f"engine_{name}", percentile(values, 50), "ms", rounds=len(values))
+    say("target (issue 20): post_to_running_p50 ratio <= 0.7")
 
 
 def main() -> None:

@@ -52,9 +52,15 @@ def _start_engine(engine: DockerEngine) -> None:
 
 @contextlib.asynccontextmanager
 async def private_pool(
-    servers: BenchServers, name: str, *, hosts: int = 1, donate: dict[str, Any] | None = None
+    servers: BenchServers,
+    name: str,
+    *,
+    hosts: int = 1,
+    donate: dict[str, Any] | None = None,
+    hostd: dict[str, Any] | None = None,
 ) -> AsyncIterator[BenchPool]:
-    """`hosts` hostds, each on its own private engine, and a user "bench" with no real quota."""
+    """`hosts` hostds, each on its own private engine, and a user "bench" with no real quota;
+    `hostd`: more hostd.toml settings."""
     engines = [DockerEngine(servers.workdir / f"docker{i}") for i in range(hosts)]
     say(f"starting {hosts} private Docker engine(s)")
     pool: LocalPool | None = None
@@ -68,7 +74,8 @@ async def private_pool(
         enrolled = []
         for i, engine in enumerate(engines):
             host = await pool.enroll(f"bench-host-{i}")
-            pool.write_config(host, engine.url, donate=donate or {"cpus": 2, "memory": "4G", "disk": "8G"})
+            donated = donate or {"cpus": 2, "memory": "4G", "disk": "8G"}
+            pool.write_config(host, engine.url, donate=donated, **(hostd or {}))
             pool.start_hostd(host)
             enrolled.append(host)
         await pool.wait_api()

@@ -9,6 +9,7 @@
     allow_network = false       # may containers here have a network? (see below)
     internal_network = false    # true: their network has no route out (see below)
     image_cache = "5G"          # images kept on this machine, out of donate.disk (see below)
+    warm_containers = 0         # containers kept created ahead, per recent shape (see below)
 
     [donate]            # the most this machine gives the pool, all allocations together
     cpus = 2
@@ -87,6 +88,19 @@ never one used or pulled in the last `image_idle_s`. Unset, hostd removes no
 image and registers all of `donate.disk` (images are then the member's to
 manage).
 
+`warm_containers` (default 0: none; at most 8): hostd keeps this many containers
+made ahead for each of the two allocation shapes (image, command, disk bound) it
+placed last. The next allocation of that shape takes one: its CPU, memory and pids
+limits are set with `docker update` and read back before it runs, its hardening is
+that of any container. An interactive shape (no command: hostd's own keep-alive runs)
+is started ahead and frozen, and taking it is unfreezing it: about half a `docker run`.
+Any other shape is only created ahead (Docker cannot change a command), which saves
+the engine's create, a few percent (bench/README.md, `allocation`). Allocations with
+environment values or a network never take one. They hold no CPU (a frozen keep-alive
+a few hundred kB of memory), count against `donate.disk` with their disk bound, keep
+their image in the cache (the engine removes no image a container was made from), and
+go when the host leaves or drains.
+
 `[sleep]`: a sleeping laptop is not a dead one. hostd listens to systemd-logind's
 PrepareForSleep on the system D-Bus and tells the registry before the machine
 sleeps, so the pool shows it asleep at once (its work waits, frozen by the kernel);
@@ -141,6 +155,9 @@ from potluck.hostd.policy_config import OwnerPolicy
 from potluck.kernel.nats_urls import nats_servers
 from potluck.kernel.sizes import Size, format_size
 
+#: Warm containers per shape: a few are all a burst of placements takes before the refill.
+MAX_WARM_CONTAINERS = 8
+
 
 class ConfigError(Exception):
     """The configuration file cannot be used; the message names the file and the field."""
@@ -189,6 +206,7 @@ class HostdConfig(BaseModel):
     allow_network: bool = False
     internal_network: bool = False
     image_cache: Size | None = Field(default=None, gt=0)
+    warm_containers: int = 0
     donate: Donation
     labels: dict[str, str] = Field(default_factory=dict)
     timing: Timing = Field(default_factory=Timing)
@@ -209,6 +227,15 @@ class HostdConfig(BaseModel):
                 parse_pattern(text)
             except InvalidReference as exc:
                 raise ValueError(f"entry {i}: {exc}") from None
+        return value
+
+    @field_validator("warm_containers")
+    @classmethod
+    def _warm_containers(cls, value: int) -> int:
+        if not 0 <= value <= MAX_WARM_CONTAINERS:
+            raise ValueError(
+                f"must be from 0 (keep none) to {MAX_WARM_CONTAINERS} containers per shape, not {value}"
+            )
         return value
 
     @field_validator("nats_url")

@@ -24,6 +24,11 @@ image is pulled (image_pull.py) in a task of its own, outside the lock, and
 the container started when the pull is done; released meanwhile, the pull is
 dropped. Only a pull that failed all its attempts fails the allocation.
 
+With `warm_containers` set, a placement of a shape placed here lately takes a container
+created ahead (warm_keeper.py) instead of creating one: only its limits are set, read back,
+and it is started. Warm containers are not allocations: reconciliation and the reports
+leave them out (their labels name no allocation until one takes them).
+
 Two holds may freeze the containers at once: the member's `pause` (HostPaused) and the
 owner policy's freeze (policy_runner.py); they thaw only when neither holds. While the
 policy throttles, each container's CPU quota is its part of the pool's share
@@ -66,6 +71,7 @@ from potluck.hostd.docker_driver import (
 from potluck.hostd.image_pull import ImagePuller, PullFailed
 from potluck.hostd.reconciler import never_started, reconcile
 from potluck.hostd.spans import docker_span
+from potluck.hostd.warm_keeper import WarmKeeper
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -127,6 +133,17 @@ class ContainerManager:
         #: hostd learnt of it from a snapshot, which does not say). Changed in place: the exec
         #: side reads it to tell a session into a kept container what still works.
         self.kept: dict[str, datetime | None] = {}
+        #: Containers created ahead; None when `warm_containers` is 0 or the engine is not
+        #: Docker's (the hollow one of scale tests).
+        self.warm: WarmKeeper | None = None
+        self._warm_emptied: asyncio.Task[None] | None = None
+        if config.warm_containers > 0 and isinstance(driver, DockerDriver):
+            self.warm = WarmKeeper(driver, self.host_id, config.warm_containers, self._disk_free)
+
+    def _disk_free(self) -> int:
+        """The donated disk no allocation placed here reserves."""
+        reserved = sum(spec.disk_bytes for spec in self.desired.values())
+        return self.config.placeable().disk_bytes - reserved
 
     async def _docker(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -259,6 +276,8 @@ class ContainerManager:
             log.info("hostd.container_removed", alloc_id=alloc_id, container_id=container_id[:12])
 
     async def release_all(self) -> None:
+        if self.warm is not None:
+            await self.warm.empty()
         for alloc_id in list(self.desired) + list(self.containers) + list(self.kept):
             self.kept.pop(alloc_id, None)
             await self.release(alloc_id)
@@ -317,9 +336,16 @@ class ContainerManager:
         pulled first, or the engine is away)."""
         alloc_id = spec.allocation_id
         try:
-            with docker_span("create+start", alloc_id=alloc_id, image=spec.image) as span:
-                container_id = await self._docker(self.driver.run, spec)
-                span.set_attribute("container.id", container_id)
+            container_id = None
+            if self.warm is not None and not pulled:
+                with docker_span("take-warm+start", alloc_id=alloc_id, image=spec.image) as span:
+                    container_id = await self._warm_take(spec)
+                    if container_id is not None:
+                        span.set_attribute("container.id", container_id)
+            if container_id is None:
+                with docker_span("create+start", alloc_id=alloc_id, image=spec.image) as span:
+                    container_id = await self._docker(self.driver.run, spec)
+                    span.set_attribute("container.id", container_id)
         except EngineUnavailable:
             return None  # stays desired; started when the engine answers again
         except ImageNotAvailable as exc:
@@ -334,6 +360,17 @@ class ContainerManager:
         except DockerDriverError as exc:
             self._fail(alloc_id, "start_failed", str(exc))
             return None
+        return container_id
+
+    async def _warm_take(self, spec: ContainerSpec) -> str | None:
+        assert self.warm is not None
+        try:
+            container_id = await self.warm.take(spec)
+        except EngineUnavailable:
+            self._engine_state(False, "the Docker engine stopped answering")
+            raise
+        if container_id is not None:
+            self._engine_state(True)
         return container_id
 
     async def _started(self, spec: ContainerSpec, container_id: str) -> None:
@@ -360,10 +397,11 @@ class ContainerManager:
     async def _reconcile_locked(self) -> None:
         # An allocation whose start is under way is its start's business: its container may be
         # created and not started yet, which would otherwise read as "never started".
+        # Warm containers not taken name no allocation: the warm keeper's, not reconciliation's.
         actual = [
             c
             for c in await self._docker(self.driver.list_managed, self.host_id)
-            if c.allocation_id not in self._starts
+            if c.allocation_id and c.allocation_id not in self._starts
         ]
         desired = {a: spec for a, spec in self.desired.items() if a not in self._starts}
         plan = reconcile(desired, actual, self.kept)
@@ -424,6 +462,8 @@ class ContainerManager:
             await self._start(spec)
         if plan.adopt:
             await self._apply_quotas_locked()
+        if self.warm is not None:
+            self.warm.refill_soon()
 
     async def actual_state(self, as_of_position: int) -> ActualState:
         # A container that never started has no exit to report; its allocation's failure is
@@ -432,7 +472,7 @@ class ContainerManager:
         containers = [
             c
             for c in await self._docker(self.driver.list_managed, self.host_id)
-            if not never_started(c) and c.allocation_id not in self.kept
+            if c.allocation_id and not never_started(c) and c.allocation_id not in self.kept
         ]
         return ActualState(
             as_of_position=as_of_position,
@@ -519,6 +559,8 @@ class ContainerManager:
 
     def drain(self, grace_s: float) -> None:
         """No new work comes (the allocator sees the drain); what runs gets `grace_s` to finish."""
+        if self.warm is not None and self._warm_emptied is None:
+            self._warm_emptied = asyncio.create_task(self.warm.empty())
         if self._drain_task is None or self._drain_task.done():
             self._drain_task = asyncio.create_task(self._stop_after(grace_s))
 

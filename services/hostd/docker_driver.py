@@ -48,6 +48,7 @@ from potluck.hostd.container_config import (
 )
 from potluck.hostd.helper import find_helper
 from potluck.hostd.pool_weight import cgroup_parent, lower_parent_weight
+from potluck.hostd.warm_pool import allocation_of_warm
 
 __all__ = [
     "ContainerNotFound", "ContainerSpec", "ContainerUsage", "DockerDriver", "DockerDriverError",
@@ -153,7 +154,8 @@ def _managed(attrs: dict[str, Any]) -> ManagedContainer:
     ended = status in ("exited", "dead")
     return ManagedContainer(
         container_id=attrs["Id"],
-        allocation_id=labels.get(LABEL_ALLOCATION, ""),
+        # A container created ahead (warm_pool.py) is the allocation's it was renamed for.
+        allocation_id=labels.get(LABEL_ALLOCATION) or allocation_of_warm(attrs.get("Name", ""), labels),
         status=status,
         running=bool(state.get("Running")),
         exit_code=int(state.get("ExitCode", 0)) if ended else None,

@@ -59,6 +59,7 @@ from potluck.hostd.docker_http import message
 from potluck.hostd.exec_errors import ExecError, ExecRefused
 from potluck.hostd.exec_stream import ExecSink, ExecStream
 from potluck.hostd.session_ledger import SessionLedger
+from potluck.hostd.warm_pool import LABEL_WARM_DISK, allocation_of_warm
 
 __all__ = ["ExecBridge", "ExecProcess", "SessionProcess", "exec_env", "signal_number"]
 
@@ -236,11 +237,9 @@ class ExecBridge:
         if status != 200:
             raise ExecError(f"inspecting the container of {alloc_id}: {status} {message(body)}")
         labels = ((body.get("Config") or {}).get("Labels")) or {}
-        if (
-            labels.get(LABEL_MANAGED) != "1"
-            or labels.get(LABEL_ALLOCATION) != alloc_id
-            or labels.get(LABEL_HOST) != self.host_id
-        ):
+        # A container created ahead (warm_pool.py) names its allocation by its name alone.
+        owner = labels.get(LABEL_ALLOCATION) or allocation_of_warm(str(body.get("Name") or ""), labels)
+        if labels.get(LABEL_MANAGED) != "1" or owner != alloc_id or labels.get(LABEL_HOST) != self.host_id:
             log.warning(
                 "exec.container_not_ours",
                 alloc_id=alloc_id,
@@ -272,7 +271,10 @@ class ExecBridge:
             return None
         try:
             labels = (body.get("Config") or {}).get("Labels") or {}
-            bound = ContainerSpec.from_json(labels[LABEL_SPEC]).disk_bytes
+            if LABEL_WARM_DISK in labels:
+                bound = int(labels[LABEL_WARM_DISK])
+            else:
+                bound = ContainerSpec.from_json(labels[LABEL_SPEC]).disk_bytes
             return bound - int(body.get("SizeRw") or 0)
         except (KeyError, TypeError, ValueError):
             return None

@@ -46,6 +46,14 @@ PLACEMENT: Documented = {
 ALLOCATION: Documented = {
     "post_to_running_p50": ("ms", True),
     "post_to_running_p99": ("ms", True),
+    "post_to_running_warm_p50": ("ms", True),
+    "post_to_running_warm_p99": ("ms", True),
+    "post_to_running_interactive_warm_p50": ("ms", True),
+    "post_to_running_interactive_warm_p99": ("ms", True),
+    "engine_create": ("ms", False),
+    "engine_take": ("ms", False),
+    "engine_readback": ("ms", False),
+    "engine_start": ("ms", False),
 }
 IMAGES: Documented = {
     "cold_start": ("ms", True),

@@ -1,0 +1,108 @@
+"""Warm containers on the engine: made ahead, listed, taken, removed. Synchronous, like the
+driver whose client and error translation these use (callers run them in a thread).
+
+Made ahead: the image is read first (`_check_image`, as for any container) and the
+container created with the shape's create arguments (warm_pool.py); an interactive one is
+also started and paused (warm_pool.starts_ahead), any other is never started.
+Taken: renamed to the allocation's name, its limits raised with `docker update`, then
+read back in full by the driver's `verify_limits` exactly as a container created for the
+allocation would be (a mismatch removes it and fails the allocation), and only then
+started (or unpaused). What fails before the start leaves the allocation to the usual create path.
+"""
+
+import uuid
+from typing import Any
+
+from potluck.hostd.container_config import LABEL_HOST, ContainerSpec
+from potluck.hostd.docker_driver import DockerDriver, DockerDriverError, LimitsNotApplied
+from potluck.hostd.warm_pool import (
+    LABEL_WARM,
+    WARM_NAME_PREFIX,
+    WarmContainer,
+    WarmKey,
+    limits_update,
+    starts_ahead,
+    warm_create_kwargs,
+)
+
+
+class NotTaken(DockerDriverError):
+    """A warm container could not become the allocation before its start (renamed away,
+    removed by hand, the update refused): it was removed; create the allocation's own."""
+
+
+def create_warm(driver: DockerDriver, host_id: str, key: WarmKey) -> WarmContainer:
+    facts = driver.engine_facts()
+    if not facts.seccomp:
+        raise LimitsNotApplied("seccomp", True, False, before=f"the engine at {driver.base_url}")
+    suffix = uuid.uuid4().hex[:12]
+    with driver._errors(f"creating a warm container of {key.image}") as client:
+        driver._check_image(client, key.image)
+        container = client.containers.create(
+            **warm_create_kwargs(
+                key,
+                host_id,
+                suffix,
+                disk_quota=facts.disk_quota_supported,
+                helper=driver.helper,
+                cgroup_parent=driver._pool_parent(),
+            )
+        )
+    container_id = container.id or ""
+    if not starts_ahead(key, driver.helper):
+        return WarmContainer(container_id=container_id, key=key)
+    try:
+        with driver._errors(f"starting warm container {container_id[:12]} ahead") as client:
+            client.api.start(container_id)
+            attrs = client.api.inspect_container(container_id)
+            driver._lower_pool_weight(attrs)
+            client.api.pause(container_id)
+    except DockerDriverError:
+        driver.remove(container_id)
+        raise
+    return WarmContainer(container_id=container_id, key=key, started=True)
+
+
+def list_warm(driver: DockerDriver, host_id: str) -> list[tuple[str, str]]:
+    """(id, name) of this host's warm containers not taken (created, or started and paused)."""
+    filters = {"label": [f"{LABEL_WARM}=1", f"{LABEL_HOST}={host_id}"], "status": ["created", "paused"]}
+    with driver._errors(f"listing warm containers of host {host_id}") as client:
+        found = client.api.containers(all=True, filters=filters)
+    return [
+        (str(c["Id"]), name.removeprefix("/"))
+        for c in found
+        for name in (c.get("Names") or [""])[:1]
+        if name.removeprefix("/").startswith(WARM_NAME_PREFIX)
+    ]
+
+
+def take_warm(driver: DockerDriver, warm: WarmContainer, spec: ContainerSpec) -> str:
+    """Make the warm container `spec`'s allocation and start it; returns its id.
+    NotTaken: nothing started, the warm container is gone, create the allocation's own.
+    LimitsNotApplied: the read-back failed (the container is removed), as in `run`."""
+    name, container_id = spec.container_name, warm.container_id
+    try:
+        with driver._errors(f"taking warm container {container_id[:12]} as {name}") as client:
+            # docker-py's update_container knows no NanoCpus (see DockerDriver.update_cpus).
+            api: Any = client.api
+            api.rename(container_id, name)
+            url = api._url("/containers/{0}/update", container_id)
+            response = api._post_json(url, data=limits_update(spec))
+            api._raise_for_status(response)
+    except DockerDriverError as exc:
+        driver.remove(container_id)
+        raise NotTaken(str(exc)) from exc
+    driver.verify_limits(container_id, spec)
+    try:
+        with driver._errors(f"starting {name}") as client:
+            if warm.started:
+                client.api.unpause(container_id)
+            else:
+                client.api.start(container_id)
+            attrs = client.api.inspect_container(container_id)
+    except DockerDriverError:
+        driver.remove(container_id)
+        raise
+    if not warm.started:
+        driver._lower_pool_weight(attrs)
+    return container_id

@@ -1,0 +1,208 @@
+"""Containers created ahead (issue 20): which allocations a warm container can become, and
+which warm containers to keep. Pure: no Docker here (warm_engine.py makes and takes them,
+warm_keeper.py keeps them filled).
+
+Docker cannot change a container's command, environment, labels or disk quota after
+create, so a warm container is made for one *shape* of allocation (`WarmKey`): its image,
+its command (None: interactive, the helper's keep-alive), and its disk bound. An allocation
+of that shape takes it as it is; its CPU, memory and pids limits are set at take time with
+`docker update` and read back as for any container. Allocations with environment values
+(users' secrets) or a network of their own never take one: a warm container holds no user
+data, and a network is made per allocation.
+
+An interactive shape (no command: the helper's keep-alive runs, nothing of the image's or
+the user's) is started ahead too and frozen (`docker pause`): taking it is `docker update`
+and `docker unpause`, no start at all (`starts_ahead`). What runs in it is hostd's own
+`sleep`, which a container started at placement would run just the same.
+
+A warm container's labels name no allocation, only this host and `potluck.warm`; once taken
+it is renamed `potluck-<allocation>`, and that name is what tells whose it is
+(`allocation_of_warm`). Its disk bound is in a label of its own (the exec side reads it).
+"""
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from potluck.contracts.capacity import MIN_CPUS
+from potluck.hostd.container_config import (
+    LABEL_HOST,
+    LABEL_MANAGED,
+    MIN_MEMORY_BYTES,
+    NAME_PREFIX,
+    ContainerSpec,
+    create_kwargs,
+)
+
+LABEL_WARM = "potluck.warm"
+LABEL_WARM_DISK = "potluck.warm.disk"
+#: Not NAME_PREFIX ("potluck-"): no allocation's container name can be a warm one's.
+WARM_NAME_PREFIX = "potluck_warm_"
+#: Shapes kept warm: the most recently placed ones, so the pool follows what runs here.
+RECENT_SHAPES = 2
+#: A warm container's pids limit until taken: docker-init and the keep-alive, with room.
+PLACEHOLDER_PIDS = 8
+
+
+@dataclass(frozen=True)
+class WarmKey:
+    """The shape of allocation a warm container can become."""
+
+    image: str
+    command: tuple[str, ...] | None
+    disk_bytes: int
+
+
+def warm_key(spec: ContainerSpec) -> WarmKey | None:
+    """The shape `spec` has, or None when no warm container may become it."""
+    if spec.env or spec.network:
+        return None
+    return WarmKey(
+        image=spec.image,
+        command=None if spec.command is None else tuple(spec.command),
+        disk_bytes=spec.disk_bytes,
+    )
+
+
+def starts_ahead(key: WarmKey, helper: str | None) -> bool:
+    """Is a warm container of this shape started (and frozen) ahead? Only when what it runs
+    is the helper's keep-alive, never the image's command or an allocation's."""
+    return key.command is None and helper is not None
+
+
+@dataclass(frozen=True)
+class WarmContainer:
+    container_id: str
+    key: WarmKey
+    #: Started ahead and paused (starts_ahead), else created only.
+    started: bool = False
+
+
+@dataclass
+class RecentShapes:
+    """The shapes of the last allocations placed here, newest first, at most `size`."""
+
+    size: int = RECENT_SHAPES
+    keys: list[WarmKey] = field(default_factory=list)
+
+    def note(self, key: WarmKey) -> None:
+        if key in self.keys:
+            self.keys.remove(key)
+        self.keys.insert(0, key)
+        del self.keys[self.size :]
+
+
+@dataclass(frozen=True)
+class RefillPlan:
+    create: list[WarmKey] = field(default_factory=list)
+    remove: list[WarmContainer] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.create or self.remove)
+
+
+def refill_plan(
+    wanted: Sequence[WarmKey], have: Iterable[WarmContainer], per_key: int, disk_free: int
+) -> RefillPlan:
+    """Keep `per_key` warm containers of each wanted shape (newest shape first), and none of
+    any other. `disk_free`: the donated disk no allocation reserves; warm containers count
+    against it with their disk bound, so together they never promise more than was donated."""
+    plan = RefillPlan()
+    by_key: dict[WarmKey, list[WarmContainer]] = {}
+    for container in have:
+        if container.key in wanted and per_key > 0:
+            by_key.setdefault(container.key, []).append(container)
+        else:
+            plan.remove.append(container)
+    budget = disk_free
+    for key in wanted:
+        kept = by_key.get(key, [])
+        for container in kept[per_key:]:
+            plan.remove.append(container)
+        for container in kept[:per_key]:
+            if container.key.disk_bytes > budget:
+                plan.remove.append(container)  # allocations took the disk it counted on
+            else:
+                budget -= container.key.disk_bytes
+        for _ in range(per_key - len(kept[:per_key])):
+            if key.disk_bytes > budget:
+                break
+            budget -= key.disk_bytes
+            plan.create.append(key)
+    return plan
+
+
+def take(have: list[WarmContainer], spec: ContainerSpec) -> WarmContainer | None:
+    """Remove from `have` and return a warm container `spec` can become, if there is one."""
+    key = warm_key(spec)
+    for i, container in enumerate(have):
+        if container.key == key:
+            return have.pop(i)
+    return None
+
+
+def placeholder_spec(key: WarmKey, host_id: str, suffix: str) -> ContainerSpec:
+    """The spec a warm container is created from: the shape's image, command and disk bound,
+    and the tightest CPU, memory and pids limits, which its taker raises to its own."""
+    return ContainerSpec(
+        allocation_id=f"warm-{suffix}",
+        host_id=host_id,
+        image=key.image,
+        cpus=MIN_CPUS,
+        memory_bytes=MIN_MEMORY_BYTES,
+        disk_bytes=key.disk_bytes,
+        pids_limit=PLACEHOLDER_PIDS,
+        command=None if key.command is None else list(key.command),
+    )
+
+
+def warm_labels(key: WarmKey, host_id: str) -> dict[str, str]:
+    return {
+        LABEL_HOST: host_id,
+        LABEL_MANAGED: "1",
+        LABEL_WARM: "1",
+        LABEL_WARM_DISK: str(key.disk_bytes),
+    }
+
+
+def warm_create_kwargs(
+    key: WarmKey,
+    host_id: str,
+    suffix: str,
+    *,
+    disk_quota: bool,
+    helper: str | None,
+    cgroup_parent: str | None,
+) -> dict[str, Any]:
+    """create_kwargs of an allocation of this shape (the same hardening, mounts, entrypoint,
+    log settings), with a warm container's name and labels and the placeholder's limits."""
+    kwargs = create_kwargs(
+        placeholder_spec(key, host_id, suffix),
+        disk_quota=disk_quota,
+        helper=helper,
+        cgroup_parent=cgroup_parent,
+    )
+    kwargs["name"] = WARM_NAME_PREFIX + suffix
+    kwargs["labels"] = warm_labels(key, host_id)
+    return kwargs
+
+
+def limits_update(spec: ContainerSpec) -> dict[str, Any]:
+    """The body of `POST /containers/{id}/update` that gives a taken warm container `spec`'s
+    limits: the same values create_kwargs would have set (memory equal to memory-plus-swap)."""
+    return {
+        "NanoCpus": spec.nano_cpus,
+        "Memory": spec.memory_bytes,
+        "MemorySwap": spec.memory_bytes,
+        "PidsLimit": spec.pids_limit,
+    }
+
+
+def allocation_of_warm(name: str, labels: dict[str, str]) -> str:
+    """The allocation a taken warm container runs, from its name (`/potluck-<allocation>`);
+    "" for a warm container not taken, or any other."""
+    if labels.get(LABEL_WARM) != "1":
+        return ""
+    name = name.removeprefix("/")
+    return name.removeprefix(NAME_PREFIX) if name.startswith(NAME_PREFIX) else ""

@@ -1,0 +1,198 @@
+"""Containers created ahead (issue 20, `warm_containers`): a placement of a shape placed here
+lately takes one and only starts it; nothing else about the allocation changes.
+
+One pool, two hosts: `warm` on the first engine keeps one container per shape ahead,
+`cold` on the second keeps none (today's behaviour).
+"""
+
+import asyncio
+from typing import Any
+
+import docker
+import pytest
+
+from potluck.contracts.allocation_events import AllocationSpec
+from potluck.contracts.capacity import Capacity
+from potluck.hostd.docker_driver import DockerDriver
+from potluck.hostd.exec_bridge import ExecBridge
+from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.test_image import DEFAULT_TAG
+from tests.e2e.conftest import wait_for_status
+from tests.fixtures.pool import Pool, allocation, place, spec
+
+MiB = 1 << 20
+
+
+def _warm(client: docker.DockerClient) -> list[Any]:
+    """Warm containers not taken: created (or started ahead and paused), named potluck_warm_*."""
+    found = client.containers.list(
+        all=True, filters={"label": "potluck.warm=1", "status": ["created", "paused"]}
+    )
+    return [c for c in found if (c.name or "").startswith("potluck_warm_")]
+
+
+async def _until(what: str, check: Any, pool: Pool, timeout: float = 60) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        got = await asyncio.to_thread(check)
+        if got:
+            return got
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s\n{pool.logs(80)}")
+        await asyncio.sleep(0.2)
+
+
+def _host_config(client: docker.DockerClient, alloc_id: str) -> dict[str, Any]:
+    attrs: dict[str, Any] = client.api.inspect_container(f"potluck-{alloc_id}")
+    return dict(attrs["HostConfig"])
+
+
+async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """Tried: on the warm host, a first allocation of a shape (cold, as always), then a second
+    one of that shape with other limits; then a new shape (a command that prints and exits 3)
+    twice; beside them an allocation with env values. On the cold host, two of one shape.
+    Must hold: after the first, one warm container waits; the second runs in exactly that
+    container (renamed), with its own limits read back and a HostConfig equal to a cold-started
+    twin's; the exec side finds it as the allocation's; the pool is refilled with a new one; the
+    exiting shape's warm run prints its output and exits 3, reported as such; the allocation
+    with env never takes a warm container and sees its env; an interactive allocation (no
+    command) takes one started ahead and frozen, runs unfrozen and answers an exec; the
+    engine's listing gives the taken ones their allocations (what a restarted hostd adopts
+    by) and the waiting ones none; the cold host never makes one."""
+    warm_engine, cold_engine = docker_engines[0], docker_engines[1]
+    warm = await pool.enroll("laptop-warm")
+    pool.write_config(warm, warm_engine, warm_containers=1)
+    pool.start_hostd(warm)
+    cold = await pool.enroll("laptop-cold")
+    pool.write_config(cold, cold_engine)
+    pool.start_hostd(cold)
+    await pool.wait_for_host(warm.host_id, "active")
+    await pool.wait_for_host(cold.host_id, "active")
+    client = docker.DockerClient(base_url=warm_engine.url)
+    cold_client = docker.DockerClient(base_url=cold_engine.url)
+    try:
+        # The first of its shape creates its own; one of its shape is made ahead after it.
+        await place(pool.store, warm.host_id, "first", spec())
+        await wait_for_status(pool, "first", "running")
+        [ahead] = await _until("a warm container made ahead", lambda: _warm(client), pool)
+        assert ahead.labels.get("potluck.allocation") is None
+        assert ahead.attrs["Config"]["Env"] == client.images.get(DEFAULT_TAG).attrs["Config"]["Env"]
+
+        # The second of that shape, with other limits, runs in it.
+        await place(pool.store, warm.host_id, "second", spec(cpus=0.25, memory=80 * MiB, pids_limit=50))
+        await wait_for_status(pool, "second", "running")
+        taken = client.containers.get("potluck-second")
+        assert taken.id == ahead.id
+        host = taken.attrs["HostConfig"]
+        assert (host["NanoCpus"], host["Memory"], host["MemorySwap"], host["PidsLimit"]) == (
+            250_000_000,
+            80 * MiB,
+            80 * MiB,
+            50,
+        )
+        bridge = ExecBridge(warm_engine.url, warm.host_id, state_dir=pool.workdir / "bridge-state")
+        assert await bridge.container_for("second") == taken.id
+        assert await bridge.disk_left("second") is not None
+        # Refilled, off the placement's path: a new warm container of the shape.
+        await _until(
+            "the warm pool refilled",
+            lambda: [c for c in _warm(client) if c.id != ahead.id],
+            pool,
+        )
+
+        # A twin with env values of its own is created cold; apart from names and ids, the
+        # engine's HostConfig of the two is the same.
+        twin = AllocationSpec(
+            resources=Capacity(cpus=0.25, memory_bytes=80 * MiB, disk_bytes=64 * MiB),
+            image=DEFAULT_TAG,
+            command=["sh", "-c", 'echo "marker=$MARKER"; sleep 3600'],
+            env={"MARKER": "twin-env"},
+            pids_limit=50,
+        )
+        await place(pool.store, warm.host_id, "twin", twin)
+        await wait_for_status(pool, "twin", "running")
+        assert client.containers.get("potluck-twin").labels.get("potluck.allocation") == "twin"
+        await _until(
+            "the twin's env in its output",
+            lambda: b"marker=twin-env" in client.containers.get("potluck-twin").logs(),
+            pool,
+        )
+        assert _host_config(client, "second") == _host_config(client, "twin")
+
+        # A new shape: its first run is cold, its second warm; output and exit code hold.
+        exits = spec(command=["sh", "-c", "echo hello-from-$HOSTNAME-ok; exit 3"])
+        await place(pool.store, warm.host_id, "exits-1", exits)
+        await wait_for_status(pool, "exits-1", "exited")
+        await _until(
+            "a warm container of the exiting shape",
+            lambda: [c for c in _warm(client) if c.attrs["Config"]["Cmd"] == exits.command],
+            pool,
+        )
+        await place(pool.store, warm.host_id, "exits-2", exits)
+        await wait_for_status(pool, "exits-2", "exited")
+        state = await allocation(pool.store, "exits-2")
+        assert state is not None
+        assert state.exit_code == 3
+        taken_lines = [line for line in pool.logs(400).splitlines() if "hostd.warm_taken" in line]
+        assert any("exits-2" in line for line in taken_lines)
+
+        # Interactive (no command: the helper's keep-alive): started ahead and frozen, taken by
+        # unfreezing; it runs, answers an exec, and its HostConfig is its cold twin's.
+        interactive = AllocationSpec(
+            resources=Capacity(cpus=0.5, memory_bytes=64 * MiB, disk_bytes=64 * MiB),
+            image=DEFAULT_TAG,
+            command=None,
+            pids_limit=64,
+        )
+        await place(pool.store, warm.host_id, "i-1", interactive)
+        await wait_for_status(pool, "i-1", "running")
+        [frozen] = await _until(
+            "an interactive warm container started ahead",
+            lambda: [c for c in _warm(client) if c.status == "paused"],
+            pool,
+        )
+        await place(pool.store, warm.host_id, "i-2", interactive)
+        await wait_for_status(pool, "i-2", "running")
+        taken = client.containers.get("potluck-i-2")
+        assert taken.id == frozen.id
+        assert taken.attrs["State"]["Running"] is True
+        assert taken.attrs["State"]["Paused"] is False
+        assert taken.exec_run(["/.potluck/busybox", "true"]).exit_code == 0
+        assert _host_config(client, "i-2") == _host_config(client, "i-1")
+        assert await bridge.container_for("i-2") == taken.id
+
+        # What a restarted hostd reconciles by: the taken containers are their allocations'
+        # (by name), a warm one waiting is nobody's.
+        with DockerDriver(warm_engine.url) as driver:
+            managed = {c.container_id: c.allocation_id for c in driver.list_managed(warm.host_id)}
+        assert managed[str(client.containers.get("potluck-second").id)] == "second"
+        assert managed[str(taken.id)] == "i-2"
+        assert all(managed[str(c.id)] == "" for c in _warm(client))
+
+        # The cold host: as today, no warm container, each allocation its own labels.
+        for alloc_id in ("c1", "c2"):
+            await place(pool.store, cold.host_id, alloc_id, spec())
+            await wait_for_status(pool, alloc_id, "running")
+            container = cold_client.containers.get(f"potluck-{alloc_id}")
+            assert container.labels["potluck.allocation"] == alloc_id
+        assert cold_client.containers.list(all=True, filters={"label": "potluck.warm=1"}) == []
+    finally:
+        client.close()
+        cold_client.close()
+
+
+@pytest.mark.parametrize("value", [-1, 9])
+def test_a_bad_warm_containers_setting_stops_hostd_naming_it(value: int, tmp_path: Any) -> None:
+    """Tried: a hostd.toml with warm_containers out of range. Must hold: loading it fails with
+    the file, the field and the allowed range named."""
+    from potluck.hostd.config import ConfigError, load_config
+
+    path = tmp_path / "hostd.toml"
+    path.write_text(
+        'host_id = "h-0123456789ab"\ncredentials_file = "c"\nstate_dir = "s"\n'
+        f'warm_containers = {value}\n[donate]\ncpus = 1\nmemory = "1G"\ndisk = "1G"\n'
+    )
+    with pytest.raises(ConfigError, match=r"hostd.toml: warm_containers: .*from 0 \(keep none\) to 8"):
+        load_config(path)

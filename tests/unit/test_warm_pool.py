@@ -1,0 +1,206 @@
+"""Containers created ahead (warm_pool.py): which allocations may take one, which to keep.
+
+By example first (the shapes, taking, the create arguments against an allocation's own,
+naming), then hypothesis over any wanted shapes and warm containers found, against the
+rules of `refill_plan` stated one by one.
+"""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from potluck.hostd.config import HostdConfig
+from potluck.hostd.container_config import (
+    LABEL_ALLOCATION,
+    LABEL_SPEC,
+    ContainerSpec,
+    create_kwargs,
+    limit_mismatches,
+)
+from potluck.hostd.warm_pool import (
+    LABEL_WARM,
+    LABEL_WARM_DISK,
+    RecentShapes,
+    WarmContainer,
+    WarmKey,
+    allocation_of_warm,
+    limits_update,
+    refill_plan,
+    starts_ahead,
+    take,
+    warm_create_kwargs,
+    warm_key,
+)
+
+MiB = 1024 * 1024
+
+
+def _spec(alloc_id: str = "a1", **changes: object) -> ContainerSpec:
+    fields: dict[str, object] = {
+        "allocation_id": alloc_id,
+        "host_id": "host-1",
+        "image": "busybox:latest",
+        "cpus": 0.5,
+        "memory_bytes": 64 * MiB,
+        "disk_bytes": 64 * MiB,
+        "pids_limit": 512,
+        "command": ["sleep", "3600"],
+    }
+    fields.update(changes)
+    return ContainerSpec(**fields)  # type: ignore[arg-type]
+
+
+def test_shape_leaves_out_limits_and_refuses_env_and_network() -> None:
+    """Allocations differing only in CPU, memory or pids share a shape; a command, image or
+    disk bound makes another; env values (secrets) or a network of its own make none."""
+    base = warm_key(_spec())
+    assert base == WarmKey("busybox:latest", ("sleep", "3600"), 64 * MiB)
+    assert warm_key(_spec("b", cpus=1.5, memory_bytes=128 * MiB, pids_limit=64)) == base
+    assert warm_key(_spec(command=["true"])) != base
+    assert warm_key(_spec(command=None)) == WarmKey("busybox:latest", None, 64 * MiB)
+    assert warm_key(_spec(disk_bytes=128 * MiB)) != base
+    assert warm_key(_spec(env={"TOKEN": "secret"})) is None
+    assert warm_key(_spec(network=True)) is None
+
+
+def test_only_the_helpers_keep_alive_is_started_ahead() -> None:
+    """An interactive shape (no command) with the helper runs hostd's own keep-alive, so it
+    may be started ahead; a command, or no helper (the image's own CMD would run), may not."""
+    assert starts_ahead(WarmKey("img", None, MiB), "/usr/bin/busybox")
+    assert not starts_ahead(WarmKey("img", ("sleep", "1"), MiB), "/usr/bin/busybox")
+    assert not starts_ahead(WarmKey("img", None, MiB), None)
+
+
+def test_take_removes_one_of_the_shape_only() -> None:
+    """A placement takes one warm container of its own shape out of the ready list, and
+    none of another shape; a second taker of the same shape gets the next one."""
+    other = WarmContainer("c-other", WarmKey("busybox:latest", ("true",), 64 * MiB))
+    first = WarmContainer("c1", warm_key(_spec()))  # type: ignore[arg-type]
+    second = WarmContainer("c2", warm_key(_spec()))  # type: ignore[arg-type]
+    ready = [other, first, second]
+    assert take(ready, _spec("a")) == first
+    assert take(ready, _spec("b")) == second
+    assert take(ready, _spec("c")) is None
+    assert take(ready, _spec("d", env={"X": "1"})) is None
+    assert ready == [other]
+
+
+def test_recent_shapes_newest_first_bounded() -> None:
+    """The shapes noted last are kept, newest first, at most `size`."""
+    recent = RecentShapes(size=2)
+    a, b, c = (WarmKey(f"img{i}", None, MiB) for i in range(3))
+    for key in (a, b, a, c):
+        recent.note(key)
+    assert recent.keys == [c, a]
+
+
+@pytest.mark.parametrize("command", [["sleep", "3600"], None])
+def test_warm_container_is_made_as_an_allocation_of_its_shape(command: list[str] | None) -> None:
+    """A warm container's create arguments are an allocation's own (hardening, mounts,
+    entrypoint, logs, disk quota) but for its name, labels (no allocation, no env) and the
+    tightest limits; after `limits_update` the read-back finds nothing amiss."""
+    spec = _spec(command=command)
+    key = warm_key(spec)
+    assert key is not None
+    helper = "/usr/bin/busybox"
+    warm = warm_create_kwargs(key, "host-1", "abc", disk_quota=True, helper=helper, cgroup_parent="/potluck")
+    own = create_kwargs(spec, disk_quota=True, helper=helper, cgroup_parent="/potluck")
+    differing = {k for k in own.keys() | warm.keys() if own.get(k) != warm.get(k)}
+    assert differing == {"name", "labels", "nano_cpus", "mem_limit", "memswap_limit", "pids_limit"}
+    assert warm["environment"] == {}
+    assert warm["name"] == "potluck_warm_abc"
+    assert LABEL_ALLOCATION not in warm["labels"]
+    assert LABEL_SPEC not in warm["labels"]
+    assert warm["labels"][LABEL_WARM] == "1"
+    assert warm["labels"][LABEL_WARM_DISK] == str(64 * MiB)
+    assert warm["nano_cpus"] < spec.nano_cpus
+    assert warm["mem_limit"] < spec.memory_bytes
+    # What the engine would show once updated: the created settings with the update on top.
+    update = limits_update(spec)
+    host = {
+        "NanoCpus": update["NanoCpus"],
+        "CpuShares": warm["cpu_shares"],
+        "Memory": update["Memory"],
+        "MemorySwap": update["MemorySwap"],
+        "PidsLimit": update["PidsLimit"],
+        "Ulimits": warm["ulimits"],
+        "CapDrop": warm["cap_drop"],
+        "CapAdd": warm["cap_add"],
+        "SecurityOpt": warm["security_opt"],
+        "Privileged": False,
+        "NetworkMode": warm["network_mode"],
+        "Mounts": warm["mounts"],
+        "IpcMode": "private",
+        "CgroupnsMode": "private",
+        "Init": True,
+        "PidMode": "",
+        "UTSMode": "",
+        "UsernsMode": "",
+        "LogConfig": {"Type": "json-file", "Config": warm["log_config"]["config"]},
+        "StorageOpt": warm["storage_opt"],
+    }
+    inspect = {
+        "HostConfig": host,
+        "Mounts": [{"Type": "bind", "Source": helper, "Destination": "/.potluck/busybox", "RW": False}],
+        "Config": {"Entrypoint": warm.get("entrypoint")},
+    }
+    assert limit_mismatches(spec, inspect, disk_quota=True, helper=helper) == []
+    # Without the update, the placeholder's limits fail the read-back.
+    host.update(Memory=warm["mem_limit"], MemorySwap=warm["memswap_limit"])
+    assert [m[0] for m in limit_mismatches(spec, inspect, disk_quota=True, helper=helper)] == [
+        "Memory",
+        "MemorySwap",
+    ]
+
+
+def test_allocation_of_warm_from_its_name() -> None:
+    """A taken warm container is the allocation its name says; one not taken, or a
+    container without the warm label, is nobody's."""
+    warm = {LABEL_WARM: "1"}
+    assert allocation_of_warm("/potluck-a1b2", warm) == "a1b2"
+    assert allocation_of_warm("/potluck_warm_abc", warm) == ""
+    assert allocation_of_warm("/potluck-a1b2", {}) == ""
+    assert allocation_of_warm("/someone-else", warm) == ""
+
+
+def test_warm_containers_setting_is_validated() -> None:
+    """`warm_containers` defaults to none and refuses a negative or too large count, saying
+    the range."""
+    base = {"host_id": "h-0123456789ab", "credentials_file": "c", "state_dir": "s"}
+    donate = {"cpus": 1, "memory": "1G", "disk": "1G"}
+    assert HostdConfig.model_validate({**base, "donate": donate}).warm_containers == 0
+    assert HostdConfig.model_validate({**base, "donate": donate, "warm_containers": 2}).warm_containers == 2
+    for bad in (-1, 9):
+        with pytest.raises(ValueError, match="from 0 \\(keep none\\) to 8"):
+            HostdConfig.model_validate({**base, "donate": donate, "warm_containers": bad})
+
+
+KEYS = [WarmKey(f"img{i}", None, (i + 1) * 10 * MiB) for i in range(4)]
+
+
+@given(
+    wanted=st.lists(st.sampled_from(KEYS), unique=True, max_size=3),
+    have_keys=st.lists(st.sampled_from(KEYS), max_size=8),
+    per_key=st.integers(0, 3),
+    disk_free=st.integers(0, 200 * MiB),
+)
+def test_refill_plan_rules(
+    wanted: list[WarmKey], have_keys: list[WarmKey], per_key: int, disk_free: int
+) -> None:
+    """Whatever is wanted and found: every container found is kept or removed (never both);
+    none of an unwanted shape is kept; no shape has more than `per_key` after the plan; the
+    kept and created together fit `disk_free`; and the plan creates only wanted shapes."""
+    have = [WarmContainer(f"c{i}", key) for i, key in enumerate(have_keys)]
+    plan = refill_plan(wanted, have, per_key, disk_free)
+    removed = {c.container_id for c in plan.remove}
+    assert len(removed) == len(plan.remove)
+    kept = [c for c in have if c.container_id not in removed]
+    assert all(c.key in wanted for c in kept)
+    assert all(k in wanted for k in plan.create)
+    after = [c.key for c in kept] + plan.create
+    for key in wanted:
+        assert after.count(key) <= per_key
+    assert sum(k.disk_bytes for k in after) <= disk_free
+    # With room enough, every wanted shape ends with exactly per_key.
+    if disk_free >= sum(k.disk_bytes for k in wanted) * per_key:
+        assert all(after.count(key) == per_key for key in wanted)
