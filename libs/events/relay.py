@@ -104,10 +104,10 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Relay until cancelled; survives Postgres and NATS going away and coming back."""
-        # Streams are ensured at start and again only when a publish found no stream (a NATS
-        # that came back without its store): asking a stream that is electing a new leader
-        # for its info waits out the API timeout, which after a node dies would add seconds
-        # to every retry.
+        # Streams are ensured at start and again only when a publish found no stream and the
+        # stream is really gone (a NATS that came back without its store). A publish also finds
+        # none while the stream elects a new leader after a node died; ensuring then would
+        # wait out the API timeout on every retry, so that case just retries the publish.
         streams_ready = False
         while True:
             try:
@@ -117,7 +117,7 @@ class OutboxRelay:
                 await self._lead()
             except _RETRY_RELAY as exc:
                 if isinstance(exc, nats.js.errors.NoStreamResponseError):
-                    streams_ready = False
+                    streams_ready = await self._streams_still_there()
                 log.warning(
                     "relay.retrying",
                     relay=self.name,
@@ -128,6 +128,14 @@ class OutboxRelay:
             finally:
                 self.is_leader = False
             await asyncio.sleep(self.retry_interval)
+
+    async def _streams_still_there(self) -> bool:
+        """After a publish no stream took: do the streams exist? An unanswered question counts
+        as yes (the publish is retried, and asks again if it fails the same way)."""
+        try:
+            return await bus.streams_exist(self.js)
+        except _RETRY_RELAY:
+            return True
 
     async def _lead(self) -> None:
         conn = await asyncpg.connect(self.store.dsn, timeout=10)

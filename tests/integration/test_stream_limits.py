@@ -7,7 +7,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import APIError
 
 from potluck.events import REPORTS_STREAM, ensure_streams
-from potluck.events.bus import STREAMS
+from potluck.events.bus import STREAMS, streams_exist
 
 
 async def test_streams_made_by_an_older_version_get_the_limits_and_keep_their_messages(nc: NATS) -> None:
@@ -59,3 +59,14 @@ async def test_a_subject_over_its_bound_drops_only_its_own_oldest(nc: NATS) -> N
     assert newest.data == str(spec.max_msgs_per_subject + 19).encode()
     with pytest.raises(APIError, match=r"(?i)size"):
         await js.publish("potluck.report.h-loop.state", b"x" * (spec.max_msg_size + 1))
+
+
+async def test_streams_exist_says_whether_each_stream_is_there(nc: NATS) -> None:
+    """What the relay asks after a publish no stream took (a leaderless stream answers the same
+    way): no streams, then every stream after ensure_streams, then one stream deleted."""
+    js = nc.jetstream()
+    assert not await streams_exist(js)
+    await ensure_streams(js)
+    assert await streams_exist(js)
+    await js.delete_stream(REPORTS_STREAM)
+    assert not await streams_exist(js)
