@@ -71,11 +71,27 @@ def hollow_config(
     )
 
 
+def make_host_keys(configs: Iterable[HostdConfig]) -> None:
+    """Each host's SSH host key, made here in this process where missing.
+
+    A real hostd makes its key in a child process, to keep asyncssh out of its memory; for
+    thousands of hollow hosts that is thousands of interpreters started one after another
+    (minutes before the first registers), and one process holding asyncssh once costs nothing.
+    """
+    from potluck.kernel.ssh_identity import host_key_path, load_or_create_key
+
+    for config in configs:
+        path = host_key_path(config.state_dir)
+        if not path.exists():
+            load_or_create_key(path, comment=f"potluck-hostd-{config.host_id}")
+
+
 class HollowFleet:
     """N agents on one loop; `ready` counts those registered and synced."""
 
     def __init__(self, configs: list[HostdConfig], images: Iterable[str]) -> None:
         wanted = list(images)
+        make_host_keys(configs)
         self.agents = [Agent(c, HollowDriver(c.host_id, wanted)) for c in configs]
         self.stopped: dict[str, str] = {}
 
