@@ -131,6 +131,9 @@ class Agent:
             config.docker_url, self.host_id, state_dir=config.state_dir, kept=self.containers.kept
         )
         self.positions = MemoryPositions()
+        #: Whether this agent trims its process's heap; many agents in one process (hollow hosts)
+        #: share one trimmer, since each trim collects the whole process.
+        self.trims_heap = True
         self._subscriber: Subscriber[LoggedEvent] | None = None
         self.nc: NATS | None = None
         self.admin = "active"
@@ -214,7 +217,7 @@ class Agent:
                 subscriber.run(),
                 self._send_reports(),
                 self._beat(),
-                trim_heap_periodically(),
+                trim_heap_periodically() if self.trims_heap else asyncio.Event().wait(),
                 self._resync_after_reconnect(facts),
                 self.containers.watch_docker_events(),
                 self.containers.watch_engine(),

@@ -21,6 +21,7 @@ import structlog
 
 from potluck.hostd.agent import Agent, HostdStopped
 from potluck.hostd.config import HostdConfig
+from potluck.hostd.heap import trim_heap_periodically
 from potluck.hostd.hollow_engine import HOLLOW_LABEL, HollowDriver
 from potluck.kernel.cancellation import cancel_until_done
 
@@ -93,6 +94,10 @@ class HollowFleet:
         wanted = list(images)
         make_host_keys(configs)
         self.agents = [Agent(c, HollowDriver(c.host_id, wanted)) for c in configs]
+        for agent in self.agents:
+            # One trimmer for the process: a collection per agent was a full gc.collect() over
+            # every agent's objects, thousands of times over at start-up.
+            agent.trims_heap = False
         self.stopped: dict[str, str] = {}
 
     @property
@@ -114,6 +119,7 @@ class HollowFleet:
         until all are ready. Starts are spread by `start_gap_s` so that the registry sees a
         stream of registrations rather than one burst."""
         threading.stack_size(THREAD_STACK_BYTES)
+        trimmer = asyncio.create_task(trim_heap_periodically())
         tasks: list[asyncio.Task[None]] = []
         try:
             for agent in self.agents:
@@ -129,4 +135,4 @@ class HollowFleet:
             await asyncio.gather(*tasks)
         finally:
             with contextlib.suppress(Exception):
-                await cancel_until_done(tasks)
+                await cancel_until_done([trimmer, *tasks])
