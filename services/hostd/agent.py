@@ -134,6 +134,8 @@ class Agent:
         #: Whether this agent trims its process's heap; many agents in one process (hollow hosts)
         #: share one trimmer, since each trim collects the whole process.
         self.trims_heap = True
+        #: How often the engine is pinged to notice it going away; an in-memory engine never does.
+        self.engine_check_s = 2.0
         self._subscriber: Subscriber[LoggedEvent] | None = None
         self.nc: NATS | None = None
         self.admin = "active"
@@ -220,7 +222,7 @@ class Agent:
                 trim_heap_periodically() if self.trims_heap else asyncio.Event().wait(),
                 self._resync_after_reconnect(facts),
                 self.containers.watch_docker_events(),
-                self.containers.watch_engine(),
+                self.containers.watch_engine(self.engine_check_s),
                 self.containers.guard_disk(),
                 self.containers.sample_usage(),
                 self.images.run(),

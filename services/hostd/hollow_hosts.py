@@ -32,6 +32,10 @@ log = structlog.get_logger(__name__)
 THREAD_STACK_BYTES = 256 * 1024
 
 
+#: How often a hollow host pings its in-memory engine.
+HOLLOW_ENGINE_CHECK_S = 60.0
+
+
 @dataclass(frozen=True)
 class HollowHost:
     host_id: str
@@ -98,6 +102,9 @@ class HollowFleet:
             # One trimmer for the process: a collection per agent was a full gc.collect() over
             # every agent's objects, thousands of times over at start-up.
             agent.trims_heap = False
+            # The in-memory engine never goes away: a ping every 2 s each was a thread hop per
+            # host per 2 s, a third of the process's time.
+            agent.engine_check_s = HOLLOW_ENGINE_CHECK_S
         self.stopped: dict[str, str] = {}
 
     @property
