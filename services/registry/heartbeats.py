@@ -89,9 +89,10 @@ class LivenessWatch:
     def due(self) -> list[str]:
         """The hosts whose silence, as the view has folded them, makes a transition due now.
 
-        Taken in memory: the view may lag the stream (a transition just appended and not yet
-        folded is due again once), never the other way, so no transition is missed; the
-        stream is read to decide for real.
+        Taken in memory; the stream is read to decide for real. The view may lag the stream:
+        a transition appended and not yet folded is due again (and the stream then decides
+        nothing), and one due only on events not yet folded waits for the fold (a moment),
+        never longer: the view catches up with every append.
         """
         now = datetime.now(UTC)
         return [
