@@ -97,6 +97,12 @@ MiB = 1 << 20
 NO_LIMIT = -1
 
 
+#: Consumers a stream may have: every host has its own on the events stream. nats-server (2.15)
+#: gives a stream that sets none a limit of 1,000, and takes -1 for that default too, so a pool
+#: past a thousand hosts could not register one more (`maximum consumers limit reached`).
+MAX_CONSUMERS = 100_000
+
+
 @dataclass(frozen=True)
 class StreamSpec:
     """A stream's subjects and limits (see the module's docstring for each discard policy)."""
@@ -124,6 +130,7 @@ class StreamSpec:
             max_msgs_per_subject=self.max_msgs_per_subject,
             max_msg_size=self.max_msg_size,
             duplicate_window=DUPLICATE_WINDOW_S,
+            max_consumers=MAX_CONSUMERS,
         )
 
 

@@ -175,6 +175,7 @@ class Subscriber(Generic[T]):
         self.applied = 0
         self.skipped = 0
         self.dead_lettered = 0
+        self._wake = asyncio.Event()
 
     def consumer_config(self) -> ConsumerConfig:
         one = len(self.subjects) == 1
@@ -199,7 +200,7 @@ class Subscriber(Generic[T]):
                         if self.create_consumer:
                             await self._ensure_consumer()
                         sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
-                    msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
+                    msgs = await self._fetch(sub)
                     backoff = 0.1
                 except (TimeoutError, nats.errors.TimeoutError):
                     continue  # nothing to fetch within fetch_timeout
@@ -222,6 +223,28 @@ class Subscriber(Generic[T]):
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
+
+    def wake(self) -> None:
+        """Give up the fetch now waiting and ask again: after a reconnect, a long fetch's pull
+        request may have died with the old server, and would otherwise be waited out."""
+        self._wake.set()
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        self._wake.clear()
+        fetch = asyncio.ensure_future(sub.fetch(self.batch_size, timeout=self.fetch_timeout))
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({fetch, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            if not fetch.done():
+                fetch.cancel()
+                # What it would have fetched stays in the subscription's queue for the next fetch.
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await fetch
+        if fetch.cancelled():
+            raise TimeoutError("woken: fetch again")
+        return fetch.result()
 
     async def _ensure_consumer(self) -> None:
         await bus.ensure_streams(self.js)

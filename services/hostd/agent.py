@@ -9,6 +9,7 @@ actually runs: JetStream may have lost reports or events in between.
 
 import asyncio
 import contextlib
+import random
 
 import nats.errors
 import structlog
@@ -92,6 +93,12 @@ FINAL_REFUSALS = frozenset({"HOST_LEFT", "HOST_REVOKED"})
 #: left NATS's users (a revoked host). A reload of the users file refuses no one on the way.
 KEY_REFUSED_AFTER = 4
 
+#: How long one fetch of the host's consumer waits for an event. The server holds the pull
+#: request and delivers an event the moment it is logged, so this is not a delay: it is how
+#: often an idle host asks again (a 1 s poll cost every idle host 4 NATS messages a second,
+#: five times its heartbeats). After a reconnect the fetch is given up and asked again.
+EVENT_FETCH_S = 30.0
+
 
 class HostdStopped(Exception):
     """hostd cannot go on (e.g. not enrolled, left, revoked); the message says what the member
@@ -124,6 +131,12 @@ class Agent:
             config.docker_url, self.host_id, state_dir=config.state_dir, kept=self.containers.kept
         )
         self.positions = MemoryPositions()
+        #: Whether this agent trims its process's heap; many agents in one process (hollow hosts)
+        #: share one trimmer, since each trim collects the whole process.
+        self.trims_heap = True
+        #: How often the engine is pinged to notice it going away; an in-memory engine never does.
+        self.engine_check_s = 2.0
+        self._subscriber: Subscriber[LoggedEvent] | None = None
         self.nc: NATS | None = None
         self.admin = "active"
         self._resync = asyncio.Event()
@@ -187,7 +200,7 @@ class Agent:
             log_tail = LogTailResponder(self.exec_bridge)
             await self.nc.subscribe(f"{LOG_TAIL}.{self.host_id}", cb=log_tail.answer)
             self.ready.set()
-            subscriber = Subscriber(
+            subscriber = self._subscriber = Subscriber(
                 self.nc,
                 durable=host_consumer(self.host_id),
                 stream=EVENTS_STREAM,
@@ -195,6 +208,10 @@ class Agent:
                 decode=decoder_for_logged_events(),
                 handle=self._on_event,
                 positions=self.positions,
+                # One event a fetch: a fetch of one returns the moment it arrives, where a batch's
+                # fetch waits out its timeout for the rest. A host's events are few.
+                batch_size=1,
+                fetch_timeout=EVENT_FETCH_S,
                 create_consumer=False,
                 dead_letter_subject=f"{REPORT_PREFIX}.{self.host_id}.dead_letter",
             )
@@ -202,10 +219,10 @@ class Agent:
                 subscriber.run(),
                 self._send_reports(),
                 self._beat(),
-                trim_heap_periodically(),
+                trim_heap_periodically() if self.trims_heap else asyncio.Event().wait(),
                 self._resync_after_reconnect(facts),
                 self.containers.watch_docker_events(),
-                self.containers.watch_engine(),
+                self.containers.watch_engine(self.engine_check_s),
                 self.containers.guard_disk(),
                 self.containers.sample_usage(),
                 self.images.run(),
@@ -296,8 +313,11 @@ class Agent:
             try:
                 reply = await self._request(f"{REGISTER}.{self.host_id}", request.model_dump_json().encode())
             except _PEER_AWAY as exc:
-                log.warning("hostd.registry_unavailable", error=repr(exc), retry_in=backoff)
-                await asyncio.sleep(backoff)
+                # Jittered: hosts turned away together (a registry restart, a crowd joining at once)
+                # come back spread out rather than as the same crowd again.
+                wait = backoff * random.uniform(0.5, 1.5)
+                log.warning("hostd.registry_unavailable", error=repr(exc), retry_in=round(wait, 2))
+                await asyncio.sleep(wait)
                 backoff = min(backoff * 2, 10.0)
                 continue
             if not reply.ok:
@@ -350,6 +370,8 @@ class Agent:
         )
 
     async def _on_reconnect(self) -> None:
+        if self._subscriber is not None:
+            self._subscriber.wake()
         self._resync.set()
 
     async def _resync_after_reconnect(self, facts: EngineFacts) -> None:

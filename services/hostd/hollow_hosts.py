@@ -6,7 +6,9 @@ memory. What would read this machine rather than the hollow one is pointed away 
 config, not in code: the owner policy reads an empty power/thermal directory and counts
 the owner busy only past every core (the hollow process itself keeps the machine busy), and
 the sleep clock allows an hour of loop lag before calling it sleep (thousands of agents on
-one loop lag far more than a laptop's clock ever jumps awake).
+one loop lag far more than a laptop's clock ever jumps awake). What only looks at the
+in-memory engine (its disk, its images, whether it answers) is looked at every few minutes,
+and one heap trimmer serves the whole process: measured, those were most of its CPU.
 """
 
 import asyncio
@@ -21,6 +23,7 @@ import structlog
 
 from potluck.hostd.agent import Agent, HostdStopped
 from potluck.hostd.config import HostdConfig
+from potluck.hostd.heap import trim_heap_periodically
 from potluck.hostd.hollow_engine import HOLLOW_LABEL, HollowDriver
 from potluck.kernel.cancellation import cancel_until_done
 
@@ -29,6 +32,10 @@ log = structlog.get_logger(__name__)
 #: Two reader threads per host follow its (in-memory) engine's events, as for Docker; a small
 #: stack keeps thousands of them cheap (they only wait on a queue).
 THREAD_STACK_BYTES = 256 * 1024
+
+
+#: How often a hollow host pings its in-memory engine.
+HOLLOW_ENGINE_CHECK_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,14 @@ def hollow_config(
             "allowed_images": list(images),
             "donate": donate or {"cpus": 4, "memory": "8G", "disk": "32G"},
             "labels": {"name": host.name, HOLLOW_LABEL[0]: HOLLOW_LABEL[1]},
-            "timing": {"heartbeat_interval_s": heartbeat_s, "usage_interval_s": 60.0},
+            # Beats at the deployed pace; what only looks at the in-memory engine (its disk, its
+            # images), which nothing changes behind the agent's back, is looked at rarely.
+            "timing": {
+                "heartbeat_interval_s": heartbeat_s,
+                "usage_interval_s": 60.0,
+                "disk_check_interval_s": 300.0,
+                "image_scan_interval_s": 300.0,
+            },
             "sleep": {"threshold_s": 3600.0, "check_interval_s": 60.0, "dbus_address": ""},
             "policy": {
                 "owner_busy_cpus": 1024,
@@ -71,12 +85,35 @@ def hollow_config(
     )
 
 
+def make_host_keys(configs: Iterable[HostdConfig]) -> None:
+    """Each host's SSH host key, made here in this process where missing.
+
+    A real hostd makes its key in a child process, to keep asyncssh out of its memory; for
+    thousands of hollow hosts that is thousands of interpreters started one after another
+    (minutes before the first registers), and one process holding asyncssh once costs nothing.
+    """
+    from potluck.kernel.ssh_identity import host_key_path, load_or_create_key
+
+    for config in configs:
+        path = host_key_path(config.state_dir)
+        if not path.exists():
+            load_or_create_key(path, comment=f"potluck-hostd-{config.host_id}")
+
+
 class HollowFleet:
     """N agents on one loop; `ready` counts those registered and synced."""
 
     def __init__(self, configs: list[HostdConfig], images: Iterable[str]) -> None:
         wanted = list(images)
+        make_host_keys(configs)
         self.agents = [Agent(c, HollowDriver(c.host_id, wanted)) for c in configs]
+        for agent in self.agents:
+            # One trimmer for the process: a collection per agent was a full gc.collect() over
+            # every agent's objects, thousands of times over at start-up.
+            agent.trims_heap = False
+            # The in-memory engine never goes away: a ping every 2 s each was a thread hop per
+            # host per 2 s, a third of the process's time.
+            agent.engine_check_s = HOLLOW_ENGINE_CHECK_S
         self.stopped: dict[str, str] = {}
 
     @property
@@ -98,6 +135,7 @@ class HollowFleet:
         until all are ready. Starts are spread by `start_gap_s` so that the registry sees a
         stream of registrations rather than one burst."""
         threading.stack_size(THREAD_STACK_BYTES)
+        trimmer = asyncio.create_task(trim_heap_periodically())
         tasks: list[asyncio.Task[None]] = []
         try:
             for agent in self.agents:
@@ -113,4 +151,4 @@ class HollowFleet:
             await asyncio.gather(*tasks)
         finally:
             with contextlib.suppress(Exception):
-                await cancel_until_done(tasks)
+                await cancel_until_done([trimmer, *tasks])

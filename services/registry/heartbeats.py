@@ -3,8 +3,13 @@
 Beats are not events, so they only move the last-seen clock (liveness.py);
 the watch compares each registered host's silence with the policy and lets
 the Host aggregate decide, on the host's stream, whether that is a
-transition. The view says which hosts to look at; the stream has the last
-word, so a beat and its HostRecovered that land meanwhile are not undone.
+transition. The view says which hosts to look at: the aggregate's decision
+is first taken on the view's state, in memory, and the stream is read (and
+appended to, at the version read) only when that says a transition is due.
+So a watch over thousands of hosts, many of them already unreachable, reads
+the database once per transition, not once per silent host a second. The
+stream has the last word, so a beat and its HostRecovered that land
+meanwhile are not undone.
 
 A transition that cannot be recorded now (other writers won every attempt)
 is logged and tried again at the next look: the watch never stops.
@@ -25,7 +30,7 @@ from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostState, HostsView
 from potluck.registry import host as aggregate
 from potluck.registry.host_rate import HostRates, RatePolicy, log_refusal
-from potluck.registry.liveness import LastSeen, LivenessPolicy, silence_of
+from potluck.registry.liveness import LastSeen, LivenessPolicy, silence_of, transition_due
 from potluck.registry.replies import first_error
 from potluck.registry.repository import Decision, decide_on_host
 
@@ -78,12 +83,23 @@ class LivenessWatch:
         interval = min(1.0, self.policy.heartbeat_interval_s / 2)
         while True:
             await asyncio.sleep(interval)
-            for host_id, state in list(self.view.hosts.items()):
-                if not state.registered or state.liveness == "lost":
-                    continue
-                if self.last_seen.silent_for(host_id) < self.policy.suspect_after_s:
-                    continue
+            for host_id in self.due():
                 await self._decide(host_id, self._went_silent(host_id))
+
+    def due(self) -> list[str]:
+        """The hosts whose silence, as the view has folded them, makes a transition due now.
+
+        Taken in memory; the stream is read to decide for real. The view may lag the stream:
+        a transition appended and not yet folded is due again (and the stream then decides
+        nothing), and one due only on events not yet folded waits for the fold (a moment),
+        never longer: the view catches up with every append.
+        """
+        now = datetime.now(UTC)
+        return [
+            host_id
+            for host_id, state in list(self.view.hosts.items())
+            if transition_due(state, self.last_seen.silent_for(host_id), now, self.policy)
+        ]
 
     def _went_silent(self, host_id: str) -> Decision:
         # The silence is measured again when deciding, after the stream is read: a beat (and its

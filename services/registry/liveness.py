@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from potluck.readmodels.hosts import HostState
+from potluck.registry.host import went_silent
 
 #: Eight hours: a laptop closed for the night comes back with its work.
 STRANDED_GRACE_S = 8 * 3600.0
@@ -62,6 +63,29 @@ def silence_of(state: HostState, seen_silent_s: float, now: datetime) -> float:
     if state.waiting and state.liveness_since is not None:
         return max(seen_silent_s, (now - state.liveness_since).total_seconds())
     return seen_silent_s
+
+
+def transition_due(state: HostState, seen_silent_s: float, now: datetime, policy: LivenessPolicy) -> bool:
+    """Whether the Host aggregate would record a silence transition for `state` now.
+
+    The cheap test first (every host within its suspect time, i.e. nearly all, stops
+    there), then the aggregate's own decision, so that the watch and the aggregate can
+    never disagree on what is due: an unreachable host is due again only at the
+    stranded grace, a lost one never.
+    """
+    if not state.registered or state.liveness == "lost":
+        return False
+    silence = silence_of(state, seen_silent_s, now)
+    if silence < policy.suspect_after_s:
+        return False
+    return bool(
+        went_silent(
+            state,
+            silence,
+            suspect_after_s=policy.suspect_after_s,
+            stranded_grace_s=policy.stranded_grace_s,
+        )
+    )
 
 
 class LastSeen:

@@ -3,7 +3,8 @@
 One concern per module: the view is HostsView fed by potluck.events' Fold
 (projection.py); registration, controls and queries are requests.py;
 heartbeats and silence are heartbeats.py; a command on a host is decided on
-the host's stream and appended (repository.py). This module starts them in
+the host's stream and appended (repository.py); registrations are taken a few
+at a time, and dropped once their sender stopped waiting (admission.py). This module starts them in
 order: the view catches up with the log before any request is answered, and
 silence is counted only once the subscriptions are in place.
 
@@ -46,6 +47,7 @@ from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HOST_FOLD_VERSION, HostsView
 from potluck.readmodels.state_pages import BadStateRequest
 from potluck.registry import host as aggregate
+from potluck.registry.admission import Admission
 from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.host_rate import HostRates, RatePolicy
 from potluck.registry.joining import JoinHandler, NatsAuthFiles
@@ -91,6 +93,8 @@ class RegistryService:
         self.sleep = SleepRequests(store, self.view, self.watch)
         #: The position of the checkpoint the view was loaded from (0: folded from zero).
         self.resumed_from = 0
+        #: Registrations a few at a time: thousands at once are served, not timed out (admission.py).
+        self.registrations = Admission("register")
 
     @property
     def last_seen(self) -> LastSeen:
@@ -130,7 +134,9 @@ class RegistryService:
         queue = "registry"
         subs = [
             await self.nc.subscribe(
-                f"{REGISTER}.*", queue=queue, cb=self.gate.on_request(self.requests.register)
+                f"{REGISTER}.*",
+                queue=queue,
+                cb=self.registrations.admit(self.gate.on_request(self.requests.register)),
             ),
             await self.nc.subscribe(
                 f"{CONTROL}.*", queue=queue, cb=self.gate.on_request(self.requests.control_from_member)
@@ -155,6 +161,7 @@ class RegistryService:
         finally:
             for sub in subs:
                 await sub.unsubscribe()
+            await self.registrations.close()
             await self.joining.close()
 
     def refused(self) -> dict[str, dict[str, int]]:

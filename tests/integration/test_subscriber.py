@@ -4,6 +4,7 @@ import asyncio
 import json
 from uuid import uuid4
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -212,3 +213,44 @@ async def test_the_span_around_an_append_is_the_parent_of_the_consumers_span(
     assert relayed.parent.span_id == context.span_id
     assert handled.kind == trace.SpanKind.CONSUMER
     assert relayed.kind == trace.SpanKind.PRODUCER
+
+
+async def test_a_long_poll_consumer_gets_events_at_once_and_after_a_restart_when_woken(
+    nats_server: NatsServer, nc: NATS
+) -> None:
+    """hostd's way of following its events: one event a fetch and a fetch that waits 120 s.
+    Tried: an event published while the consumer idles in its fetch, then NATS restarted,
+    the consumer woken (as hostd does on reconnect), and another event published.
+    Holds: each is handled well before the fetch would have expired (20 s of 120), once."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    received = Received()
+    consumer = event_subscriber(
+        nc,
+        durable="longpoll",
+        subjects=["potluck.evt.>"],
+        handle=received,
+        events=sample,
+        batch_size=1,
+        fetch_timeout=120.0,
+    )
+    task = asyncio.create_task(consumer.run())
+    body = ThingHappened(thing_id="a", count=1).model_dump_json().encode()
+    try:
+        await asyncio.sleep(1.0)  # the consumer is now waiting in its long fetch
+        await js.publish("potluck.evt.thing.ThingHappened", body, headers=_headers(1))
+        await wait_until(lambda: received.positions == [1], 20, "the event published while idle")
+
+        await asyncio.to_thread(nats_server.restart)
+        await wait_until(lambda: nc.is_connected, 30, "the client reconnected")
+        consumer.wake()
+        for _ in range(60):  # JetStream takes a moment to serve again after the restart
+            try:
+                await js.publish("potluck.evt.thing.ThingHappened", body, headers=_headers(2))
+                break
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                await asyncio.sleep(0.5)
+        await wait_until(lambda: received.positions == [1, 2], 20, "the event published after the restart")
+    finally:
+        await stop(task)
+    assert consumer.applied == 2
