@@ -250,6 +250,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--gap", type=float, default=0.2, help="Seconds between placements of the stream.")
     parser.add_argument("--keep", action="store_true", help="Keep the servers' directory (logs).")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="Measure restart_s instead (a 1,000,000-event log, bench/scale_restart.py); the options "
+        "after it are that benchmark's (`ops/bench scale_restart --help`).",
+    )
     args = parser.parse_args(argv)
     default_steps = QUICK_STEPS if args.quick else FULL_STEPS
     args.steps = [int(s) for s in args.steps.split(",")] if args.steps else list(default_steps)
@@ -259,7 +265,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["--restart"]:
+        from bench import scale_restart
+
+        scale_restart.main(given[1:])
+        return
+    args = parse_args(given)
     started = time.monotonic()
     with bench_servers(keep=args.keep) as servers:
         asyncio.run(run(servers, args))
