@@ -27,8 +27,10 @@ What may move, and why it keeps every invariant of the log:
   appends wait for a batch (and a batch for them); batches are kept small for that.
 
 Idempotent appends (an event id seen before is refused) are checked by the unique event_id
-of `events` only: an append retrying an event archived since would be logged twice. Archive
-only events far older than any retry (the CLI asks for an age or a position explicitly).
+of `events` only: an append retrying an event archived since would be logged twice. So events
+younger than `KEEP_RECENT_S` (the longest a JetStream stream keeps a message, so the longest
+a message can still be redelivered and turned into an event again) never move, whatever the
+operator asks; `keep_recent` lowers it only where no retry can come (tests).
 """
 
 import asyncio
@@ -41,11 +43,15 @@ from datetime import timedelta
 import asyncpg
 import structlog
 
+from potluck.events.bus import STREAMS
 from potluck.events.store import EventStore
 
-__all__ = ["ArchiveError", "ArchivePlan", "ArchiveResult", "archive", "plan_archive"]
+__all__ = ["KEEP_RECENT_S", "ArchiveError", "ArchivePlan", "ArchiveResult", "archive", "plan_archive"]
 
 log = structlog.get_logger(__name__)
+
+#: Events younger than this stay hot: the longest any stream keeps a message to redeliver.
+KEEP_RECENT_S = max(spec.max_age_s for spec in STREAMS)
 
 #: One archiver at a time ("potluck" + "arch").
 _ARCHIVE_LOCK = 0x706F746C61726368
@@ -126,10 +132,12 @@ async def plan_archive(
     *,
     before: int | None = None,
     older_than: float | None = None,
+    keep_recent: float = KEEP_RECENT_S,
     count: bool = True,
 ) -> ArchivePlan:
     """The boundary for events below position `before` and recorded more than `older_than`
-    seconds ago (either or both), capped by the known readers; with `count`, how much would move.
+    seconds ago (either or both), capped by the known readers and by `keep_recent` (events
+    younger stay); with `count`, how much would move.
 
     ArchiveError for neither limit, a position past the head or below 1, a negative age.
     """
@@ -148,17 +156,21 @@ async def plan_archive(
     limits: list[tuple[int, str]] = [(head, "the head of the log")]
     if before is not None:
         limits.append((before - 1, f"--before {before}"))
+    _check_age(keep_recent)
+    ages = [(keep_recent, "events younger than any stream keeps a message to redeliver stay")]
+    if older_than is not None:
+        ages.append((older_than, "the age"))
     async with store.pool.acquire() as conn:
-        if older_than is not None:
+        for age, why in ages:
             # The first event recorded at or after the cutoff (recorded_at is drawn under the
             # append's table lock, so it follows position order); everything before it is older.
-            cutoff = await conn.fetchval("SELECT now() - $1::interval", timedelta(seconds=older_than))
+            cutoff = await conn.fetchval("SELECT now() - $1::interval", timedelta(seconds=age))
             first_young = await conn.fetchval(
                 "SELECT position FROM events WHERE recorded_at >= $1 ORDER BY recorded_at LIMIT 1", cutoff
             )
             if first_young is not None:
                 when = cutoff.isoformat(timespec="seconds")
-                limits.append((int(first_young) - 1, f"the age: events recorded before {when}"))
+                limits.append((int(first_young) - 1, f"{why}: events recorded before {when}"))
         readers = await conn.fetch(
             "SELECT 'relay ' || name, position FROM relay_checkpoints "
             "UNION ALL SELECT 'consumer ' || consumer, position FROM consumer_positions"

@@ -18,21 +18,28 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from potluck.cli_options import database_option
-from potluck.events.archive import ArchiveError, ArchivePlan, ArchiveResult, archive, plan_archive
+from potluck.events.archive import (
+    KEEP_RECENT_S,
+    ArchiveError,
+    ArchivePlan,
+    ArchiveResult,
+    archive,
+    plan_archive,
+)
 from potluck.kernel.durations import parse_duration
 from potluck.ops import OpsError
 
 __all__ = ["archive_command", "parse_age"]
 
 
-def parse_age(text: str) -> float:
+def parse_age(text: str, option: str = "--older-than") -> float:
     """`30d`, `12h`, `90m`: seconds. OpsError for a negative or malformed age."""
     if text.strip().startswith("-"):
-        raise OpsError(f"--older-than {text}: an age cannot be negative; write e.g. 30d")
+        raise OpsError(f"{option} {text}: an age cannot be negative; write e.g. 30d")
     try:
         return parse_duration(text)
     except ValueError as exc:
-        raise OpsError(f"--older-than {text}: {exc}") from None
+        raise OpsError(f"{option} {text}: {exc}") from None
 
 
 def _describe(plan: ArchivePlan) -> str:
@@ -50,6 +57,7 @@ async def _main(
     batch_size: int,
     rest: float,
     *,
+    keep_recent: float,
     dry_run: bool,
     quiet: bool,
 ) -> tuple[ArchivePlan, ArchiveResult | None]:
@@ -61,7 +69,7 @@ async def _main(
         raise OpsError(f"cannot reach the event log ({exc}): give the pool's --database-url") from None
     err = Console(stderr=True)
     try:
-        plan = await plan_archive(store, before=before, older_than=older_than)
+        plan = await plan_archive(store, before=before, older_than=older_than, keep_recent=keep_recent)
         if dry_run or not plan.movable:
             return plan, None
         if not quiet:
@@ -124,6 +132,16 @@ async def _main(
     type=click.FloatRange(0, 100),
     help="After each batch, wait this many times as long as it took (appends run meanwhile).",
 )
+@click.option(
+    "--keep-recent",
+    "keep_recent_text",
+    metavar="AGE",
+    default=f"{int(KEEP_RECENT_S // 86400)}d",
+    show_default=True,
+    help="Events younger than this never move, whatever else is asked: a message JetStream still "
+    "keeps may be redelivered, and its event's id is checked against the hot table only. Lower "
+    "it only on a log no service appends to from the bus.",
+)
 @click.option("--dry-run", is_flag=True, help="Say what would move, move nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -133,6 +151,7 @@ def archive_command(
     before: int | None,
     batch_size: int,
     rest: float,
+    keep_recent_text: str,
     dry_run: bool,
     quiet: bool,
     as_json: bool,
@@ -143,7 +162,17 @@ def archive_command(
     """
     try:
         older_than = parse_age(older_than_text) if older_than_text is not None else None
-        job = _main(database_url, before, older_than, batch_size, rest, dry_run=dry_run, quiet=quiet)
+        keep_recent = parse_age(keep_recent_text, "--keep-recent")
+        job = _main(
+            database_url,
+            before,
+            older_than,
+            batch_size,
+            rest,
+            keep_recent=keep_recent,
+            dry_run=dry_run,
+            quiet=quiet,
+        )
         plan, result = asyncio.run(job)
     except OpsError as exc:
         click.echo(f"error: {exc}", err=True)

@@ -73,7 +73,7 @@ async def test_archive_then_every_read_equals_the_original(store: EventStore) ->
     snapshots = Snapshots(store, "test-long", 1, int)
     await snapshots.save("long-1", 10, 10)
 
-    plan = await plan_archive(store, before=original[-1].position + 1)
+    plan = await plan_archive(store, keep_recent=0, before=original[-1].position + 1)
     assert (plan.boundary, plan.movable, plan.streams) == (original[-1].position, len(original) - 31, 31)
     result = await archive(store, plan, batch_size=7)
     assert result.moved == plan.movable
@@ -103,7 +103,7 @@ async def test_archive_then_every_read_equals_the_original(store: EventStore) ->
     assert snap.version == 10
     assert await store.read_stream("long-1", after_version=snap.version) == before["long-1"][10:]
 
-    again = await plan_archive(store, before=original[-1].position + 1)
+    again = await plan_archive(store, keep_recent=0, before=original[-1].position + 1)
     assert again.movable == 0
     assert (await archive(store, again)).moved == 0
 
@@ -116,7 +116,9 @@ async def test_appends_to_archived_streams_keep_their_version_checks(store: Even
     hold: versions stay 1..N with no gap or repeat across both tables, nothing lost, the
     archive moved something, the follower saw every event once, in order."""
     original = await fill(store, streams=5, long=20)
-    await archive(store, await plan_archive(store, before=original[-1].position + 1), batch_size=5)
+    await archive(
+        store, await plan_archive(store, keep_recent=0, before=original[-1].position + 1), batch_size=5
+    )
     assert await store.stream_version("long-1") == 20
 
     with pytest.raises(WrongExpectedVersion) as stale:
@@ -142,7 +144,7 @@ async def test_appends_to_archived_streams_keep_their_version_checks(store: Even
         async def archiving() -> int:
             moved = 0
             for _ in range(5):
-                plan = await plan_archive(store, before=await store.head_position() + 1)
+                plan = await plan_archive(store, keep_recent=0, before=await store.head_position() + 1)
                 moved += (await archive(store, plan, batch_size=3)).moved
                 await asyncio.sleep(0.01)
             return moved
@@ -183,12 +185,24 @@ async def test_a_killed_archive_loses_and_doubles_nothing_and_a_rerun_finishes(
     every event in exactly one table, reads equal the original; a final rerun moves exactly
     the rest."""
     original = await fill(store, streams=10, long=20, bulk=3000)
-    movable = (await plan_archive(store, before=original[-1].position + 1)).movable
+    movable = (await plan_archive(store, keep_recent=0, before=original[-1].position + 1)).movable
     assert movable is not None
     env = {**os.environ, "POTLUCK_DATABASE_URL": database_url}
     before = str(original[-1].position + 1)
     run = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "potluck.ops.cli", "archive", "--before", before, "--batch-size", "1", "-q"),
+        *(
+            sys.executable,
+            "-m",
+            "potluck.ops.cli",
+            "archive",
+            "--before",
+            before,
+            "--keep-recent",
+            "0s",
+            "--batch-size",
+            "1",
+            "-q",
+        ),
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -216,7 +230,7 @@ async def test_a_killed_archive_loses_and_doubles_nothing_and_a_rerun_finishes(
     with pytest.raises(Stop):
         await archive(
             store,
-            await plan_archive(store, before=original[-1].position + 1),
+            await plan_archive(store, keep_recent=0, before=original[-1].position + 1),
             batch_size=5,
             progress=stop_after_two,
         )
@@ -224,7 +238,7 @@ async def test_a_killed_archive_loses_and_doubles_nothing_and_a_rerun_finishes(
     _, cold_after = await tables(store)
     assert len(cold_after) == len(cold) + 10
 
-    rest = await plan_archive(store, before=original[-1].position + 1)
+    rest = await plan_archive(store, keep_recent=0, before=original[-1].position + 1)
     assert rest.movable == movable - len(cold_after)
     assert (await archive(store, rest, batch_size=50)).moved == rest.movable
     await assert_whole(store, original)
@@ -235,7 +249,8 @@ async def test_a_killed_archive_loses_and_doubles_nothing_and_a_rerun_finishes(
 async def test_bad_input_and_readers_bound_what_moves(store: EventStore) -> None:
     """No limit, a position past the head or below 1, a negative age, another archive running:
     a clear ArchiveError and nothing moved. A relay checkpoint caps the boundary (and is
-    named); an age that every event is younger than moves nothing."""
+    named); an age that every event is younger than moves nothing, and by default nothing
+    younger than the streams' longest redelivery window moves."""
     original = await fill(store, streams=5, long=10)
     head = original[-1].position
     for kwargs, words in [
@@ -251,17 +266,23 @@ async def test_bad_input_and_readers_bound_what_moves(store: EventStore) -> None
     async with store.pool.acquire() as other_archiver:
         await other_archiver.execute("SELECT pg_advisory_lock($1)", _ARCHIVE_LOCK)
         with pytest.raises(ArchiveError, match="another archive is running"):
-            await archive(store, await plan_archive(store, before=head + 1))
+            await archive(store, await plan_archive(store, keep_recent=0, before=head + 1))
         await other_archiver.execute("SELECT pg_advisory_unlock($1)", _ARCHIVE_LOCK)
     assert (await tables(store))[1] == []
 
-    young = await plan_archive(store, older_than=3600)
+    young = await plan_archive(store, keep_recent=0, older_than=3600)
     assert young.boundary == 0
     assert young.movable == 0
     assert young.bound_by.startswith("the age")
+    # By default nothing a stream may still redeliver moves, whatever the position asked.
+    recent = await plan_archive(store, before=head + 1)
+    assert (recent.boundary, recent.movable) == (0, 0)
+    assert "redeliver" in recent.bound_by
+    with pytest.raises(ArchiveError, match="zero or more"):
+        await plan_archive(store, before=head + 1, keep_recent=-1.0)
 
     await store.pool.execute("INSERT INTO relay_checkpoints (name, position) VALUES ('main', $1)", head // 2)
-    capped = await plan_archive(store, before=head + 1)
+    capped = await plan_archive(store, keep_recent=0, before=head + 1)
     assert capped.boundary == head // 2
     assert "relay main" in capped.bound_by
     await archive(store, capped)
