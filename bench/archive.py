@@ -23,11 +23,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from bench.events import BenchCapacityReserved, bulk_load, open_store
+from bench.events import BenchCapacityReserved, bulk_load, open_store, raw_pass
 from bench.harness import BenchServers, Stopwatch, bench_servers, emit, percentile, say
 from potluck.events import EventStore
 from potluck.events.archive import archive, plan_archive
-from potluck.events.store import _COLUMNS as STORE_COLUMNS
 
 BENCH = "archive"
 
@@ -42,19 +41,6 @@ async def read_pass(store: EventStore, batch: int) -> tuple[int, float]:
         while events := await store.read_all(after, batch):
             n += len(events)
             after = events[-1].position
-    return n, sw.seconds
-
-
-async def raw_hot_pass(store: EventStore, batch: int) -> tuple[int, float]:
-    sql = (
-        f"SELECT {STORE_COLUMNS} FROM events WHERE position > $1 AND position <= $2 "
-        "ORDER BY position LIMIT $3"
-    )
-    after, n = 0, 0
-    with Stopwatch() as sw:
-        while rows := await store.pool.fetch(sql, after, 2**63 - 1, batch):
-            n += len(rows)
-            after = rows[-1][0]
     return n, sw.seconds
 
 
@@ -79,8 +65,8 @@ async def run(servers: BenchServers, args: argparse.Namespace) -> None:
     store = await open_store(url, max_size=4)
     try:
         await bulk_load(url, args.events)
-        await raw_hot_pass(store, args.read_batch)  # warms the buffers
-        total, raw_seconds = await raw_hot_pass(store, args.read_batch)
+        await raw_pass(store, args.read_batch)  # warms the buffers
+        total, raw_seconds = await raw_pass(store, args.read_batch)
         n, hot_seconds = await read_pass(store, args.read_batch)
         assert n == total == args.events, (n, total)
         hot_rate = n / hot_seconds
