@@ -239,13 +239,17 @@ def test_user_commands_without_login_say_what_to_do(newcomer: dict[str, str]) ->
 #: its loggers), which must not leak into the tests that run after this one in pytest's process.
 HELP_WALK = """
 import json, sys
-from click import Group
+from click import Context, Group
 from click.testing import CliRunner
 from potluck.cli import main
 
 def walk(group, prefix):
+    # list_commands/get_command, as click's own help does: commands attached on first need
+    # (potluck.lazy_group) are not in `group.commands` until then.
     found = [prefix]
-    for name, command in group.commands.items():
+    context = Context(group)
+    for name in group.list_commands(context):
+        command = group.get_command(context, name)
         found += walk(command, [*prefix, name]) if isinstance(command, Group) else [[*prefix, name]]
     return found
 
