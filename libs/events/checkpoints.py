@@ -3,7 +3,8 @@
 A service (the allocator, the registry) folds the whole log into memory. Over a
 long log that fold is what a restart waits for, so from time to time the
 service keeps its fold's state in the `checkpoints` table together with the log
-position it has folded to: one row, written in one statement, so the state and
+position it has folded to (the table: checkpoint_table.py, defined with sqlmodel): one
+row, written in one statement, so the state and
 its position can never disagree (the tracking-table pattern). At start the
 service loads the newest checkpoint its code can read and folds only the log
 after that position, with the same `Fold` as before.
@@ -41,18 +42,14 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import BigInteger, Column, DateTime, LargeBinary, Text, text
-from sqlmodel import Field, SQLModel
 
 from potluck.events.store import EventStore
 
 __all__ = [
     "Checkpoint",
-    "CheckpointRow",
     "Checkpointer",
     "Checkpoints",
     "checkpoint_policy",
@@ -64,25 +61,6 @@ log = structlog.get_logger(__name__)
 
 #: How far `state_modules` looks into each container: its items are of a few types only.
 _SAMPLE = 8
-
-
-class CheckpointRow(SQLModel, table=True):
-    """One reader's fold at one position. Migration 0004 creates this table (a unit test
-    checks that the two agree): the SQL migrations are what runs, in order, on every database."""
-
-    __tablename__ = "checkpoints"
-
-    reader: str = Field(sa_column=Column(Text, primary_key=True))
-    fold: str = Field(sa_column=Column(Text, primary_key=True))
-    schema_hash: str = Field(sa_column=Column("schema", Text, primary_key=True))
-    #: The modules whose source `schema_hash` covers, comma-separated.
-    modules: str = Field(sa_column=Column(Text, nullable=False))
-    position: int = Field(sa_column=Column(BigInteger, nullable=False))
-    state: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    taken_at: datetime = Field(
-        default_factory=lambda: datetime.now(UTC),
-        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=text("now()")),
-    )
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ from sqlalchemy.dialects import postgresql
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.model import AllocatorModel
 from potluck.events import Event
+from potluck.events.checkpoint_table import CheckpointRow
 from potluck.events.checkpoints import (
     Checkpoint,
-    CheckpointRow,
     Checkpoints,
     _unpickled,
     checkpoint_policy,

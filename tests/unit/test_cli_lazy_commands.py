@@ -6,7 +6,10 @@ module imports stays resident in each of them (issue 20's footprint).
 
 import subprocess
 import sys
+from collections.abc import Iterator
 
+import pytest
+import structlog
 from click.testing import CliRunner
 
 from potluck.cli import main
@@ -26,6 +29,16 @@ def test_importing_the_command_loads_neither_user_nor_operator_commands() -> Non
     assert done.stdout.strip() == "[]"
 
 
+@pytest.fixture
+def logging_as_it_was() -> Iterator[None]:
+    """`potluck`'s group configures structlog (cached loggers, a renderer) when it runs: put the
+    test process's configuration back, or later tests' `capture_logs` would see nothing."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.mark.usefixtures("logging_as_it_was")
 def test_every_command_is_listed_and_reachable() -> None:
     """`--help` lists the user commands beside the services', each answers its own `--help`, the
     operator tools are reachable under `ops`, and an unknown name is still refused."""

@@ -136,7 +136,13 @@ def spawn() -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(script: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE)
+        # Default signal dispositions, as a container's processes have: a suite started under
+        # `nohup` would otherwise hand its ignored SIGHUP down to the tree.
+        proc = subprocess.Popen(
+            ["sh", "-c", script],
+            stdout=subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
+        )
         started.append(proc)
         return proc
 
