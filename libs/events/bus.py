@@ -45,14 +45,23 @@ outage, keep whatever replicas the streams already have, so they never undo
 an operator's choice.
 """
 
+import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
+import nats.errors
+import structlog
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from potluck.events.schema import RecordedEvent
+
+log = structlog.get_logger(__name__)
+
+#: What JetStream answers (or fails to) while it is not ready for a stream request yet: a
+#: cluster forming a replicated stream's raft group, a leader being elected, a server starting.
+_NOT_READY = (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError)
 
 EVENTS_STREAM = "POTLUCK_EVENTS"
 REPORTS_STREAM = "POTLUCK_REPORTS"
@@ -199,13 +208,31 @@ def replicas_to_apply(existing: int | None, wanted: int | None) -> int:
     return existing or 1
 
 
-async def ensure_streams(js: JetStreamContext, replicas: int | None = None) -> None:
+async def ensure_streams(
+    js: JetStreamContext, replicas: int | None = None, *, patience_s: float = 60.0
+) -> None:
     """Create Potluck's streams, or give existing ones (an older version's too) today's limits;
     safe to call from every service at start.
 
     `replicas` scales the streams to that many copies (an existing stream too); None keeps
     the copies each stream has. A server that cannot keep that many raises StreamReplicasError.
+    While JetStream is not ready (creating a replicated stream on a cluster takes seconds, and
+    several services starting at once ask together) it asks again for up to `patience_s`.
     """
+    deadline = asyncio.get_running_loop().time() + patience_s
+    delay = 0.5
+    while True:
+        try:
+            return await _ensure_streams_once(js, replicas)
+        except _NOT_READY as exc:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise
+            log.warning("bus.streams_not_ready", error=repr(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def _ensure_streams_once(js: JetStreamContext, replicas: int | None) -> None:
     for spec in STREAMS:
         try:
             info = await js.stream_info(spec.name)
