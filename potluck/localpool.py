@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any, Self
 
 import aiohttp
+import nats
 import tomli_w
 
 from potluck.contracts.registry import ISSUER, SERVICE, TOKEN_PATH
+from potluck.contracts.subjects import LIST_HOSTS
 from potluck.events import EventStore
 from potluck.kernel.signing_keys import ensure_signing_key
 from potluck.localstack import NatsCluster, NatsServer, free_port
@@ -185,6 +187,30 @@ class LocalPool:
                 if asyncio.get_running_loop().time() > deadline:
                     raise AssertionError(f"the allocator API at {url} never became ready\n{self.logs()}")
                 await asyncio.sleep(0.1)
+
+    async def wait_registry(self, timeout: float = 60) -> None:
+        """Until the registry answers on NATS: it subscribes only once it has folded the log,
+        and whoever asks it first (a join, a host) must not race its start."""
+        nc = await nats.connect(self.nats.url.split(","), nkeys_seed_str=self.services_seed)
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            while True:
+                try:
+                    await nc.request(LIST_HOSTS, b"{}", timeout=1)
+                    return
+                except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise AssertionError(f"the registry never answered\n{self.logs()}") from None
+                    await asyncio.sleep(0.1)
+        finally:
+            await nc.close()
+
+    async def start_central_services(self) -> None:
+        """The registry and the allocator, returning once both answer."""
+        self.start_registry()
+        self.start_allocator()
+        await self.wait_registry()
+        await self.wait_api()
 
     async def add_user(self, name: str, **quota: Any) -> str:
         from potluck.allocator.users import add_user

@@ -27,9 +27,7 @@ async def bare_pool(tmp_path: Path, database_url: str) -> AsyncIterator[Pool]:
     """Registry and allocator on secured NATS and a fresh log; no Docker engine at all."""
     pool = await Pool.create(tmp_path, database_url, liveness=LIVENESS, log_level="INFO")
     try:
-        pool.start_registry()
-        pool.start_allocator()
-        await pool.wait_api()
+        await pool.start_central_services()
         yield pool
     finally:
         await pool.close()

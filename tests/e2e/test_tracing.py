@@ -82,8 +82,7 @@ async def _pool_with(
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "500")
     pool = await Pool.create(tmp_path, database_url, liveness=(0.2, 3, 2.0), log_level="DEBUG")
     try:
-        pool.start_registry()
-        pool.start_allocator()
+        await pool.start_central_services()
         yield pool
     finally:
         await pool.close()
