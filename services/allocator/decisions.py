@@ -58,6 +58,7 @@ __all__ = [
     "expiry",
     "extension",
     "frozen_too_long",
+    "gone_reason",
     "loss",
     "loss_reason",
     "never_fits",
@@ -314,6 +315,23 @@ def loss_reason(event: Event) -> str | None:
             return "host left the pool"
         case HostRevoked():
             return f"host revoked by {event.by}" + (f": {event.reason}" if event.reason else "")
+    return None
+
+
+def gone_reason(host: HostState) -> str | None:
+    """`loss_reason` read from a host's folded state rather than from the event that changed it
+    (a model resumed from a checkpoint has the state only); None: the host is not gone. The state
+    does not keep who deregistered a host, so that reason names no one."""
+    if host.admin == "revoked":
+        return f"host revoked by {host.revoked_by}" + (
+            f": {host.revoked_reason}" if host.revoked_reason else ""
+        )
+    if host.admin == "left":
+        return "host left the pool"
+    if host.admin == "deregistered":
+        return "host deregistered"
+    if host.liveness == "lost":
+        return "host lost"
     return None
 
 

@@ -38,6 +38,7 @@ from potluck.allocator.decisions import (
     Outlook,
     check_quota,
     extension,
+    gone_reason,
     new_alloc_id,
     release,
     request_appends,
@@ -68,7 +69,7 @@ from potluck.events.checkpoints import Checkpoint, Checkpoints
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import ACTIVE as _ACTIVE
 from potluck.readmodels.allocations import AllocationState, AllocationsView
-from potluck.readmodels.hosts import HostState, HostsView
+from potluck.readmodels.hosts import HostsView
 from potluck.readmodels.jobs import JobState
 
 __all__ = ["FOLD_VERSION", "AllocatorEngine", "Clock", "utcnow"]
@@ -90,21 +91,6 @@ _KEPT = tuple(f.name for f in fields(AllocatorModel) if f.name != "placement")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _gone_reason(host: HostState) -> str | None:
-    """Why the host's allocations went with it, as decisions.loss_reason words it from the
-    event (None: the host is not gone)."""
-    if host.admin == "revoked":
-        because = f": {host.revoked_reason}" if host.revoked_reason else ""
-        return f"host revoked by {host.revoked_by}{because}"
-    if host.admin == "left":
-        return "host left the pool"
-    if host.admin == "deregistered":
-        return "host deregistered"
-    if host.liveness == "lost":
-        return "host lost"
-    return None
 
 
 class _Watched:
@@ -232,7 +218,7 @@ class AllocatorEngine:
         }
         for host_id in sorted(with_allocations):
             host = self.model.hosts.hosts.get(host_id)
-            reason = None if host is None else _gone_reason(host)
+            reason = None if host is None else gone_reason(host)
             if reason is not None:
                 reactions.lost_hosts.put_nowait((host_id, reason))
         driver = reactions.jobs
