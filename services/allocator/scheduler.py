@@ -14,7 +14,9 @@ Decisions
                           draining or frozen by their owner's policy could.
     ``Impossible(...)``   no registered host, whatever its liveness or admin
                           state, could ever give it (HTTP 422). ``code`` is
-                          ``NO_HOST_MATCHES`` (field ``constraints``),
+                          ``NO_HOST_MATCHES`` (field ``constraints``: no host
+                          has its labels, or only hollow hosts, which take
+                          only requests constrained to ``hollow=true``),
                           ``NO_HOST_ALLOWS_IMAGE`` (field ``image``),
                           ``NO_HOST_ALLOWS_NETWORK`` (field ``network``: the
                           request wants a network and no matching host that
@@ -58,6 +60,17 @@ Throttled hosts
     or sends work past what the member admits. A *frozen* host takes nothing
     new at all: it is not schedulable (HostState.schedulable).
 
+Hollow hosts
+    A host labelled ``hollow=true`` (``HOLLOW_LABEL``: ``potluck ops hollow``,
+    an in-memory engine for scale tests) accepts work and runs none of it. It
+    takes only a request constrained to ``hollow=true``; every other request
+    is decided as if it were not in the pool, so no user's work and no job's
+    task "runs" on nothing. A refusal that set hollow hosts aside says so
+    (``HOLLOW_ASIDE``): when only hollow hosts match, ``NO_HOST_MATCHES``
+    names them rather than claiming the pool has no such host; otherwise the
+    refusal's own reason carries the note. ``Scheduler`` keeps them in a
+    ``Scheduler`` of their own, which only requests that want them open.
+
 Two implementations of one rule
     ``place(hosts, request)`` looks at every host: the plain statement of the
     rule, for a one-off decision. ``Scheduler`` holds the same hosts grouped
@@ -80,6 +93,7 @@ from typing import Literal, TypeAlias
 
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.host_images import image_keys
+from potluck.contracts.host_labels import HOLLOW_LABEL
 from potluck.contracts.image_reference import image_allowed
 from potluck.kernel.sizes import format_size
 
@@ -105,6 +119,12 @@ NO_HOST_ALLOWS_IMAGE = "NO_HOST_ALLOWS_IMAGE"
 NO_HOST_ALLOWS_NETWORK = "NO_HOST_ALLOWS_NETWORK"
 EXCEEDS_ANY_HOST = "EXCEEDS_ANY_HOST"
 NO_HOST_LEFT = "NO_HOST_LEFT"
+
+# HOLLOW_LABEL (potluck.contracts.host_labels, where hostd's hollow hosts take it from too):
+# hollow hosts run nothing, so only requests constrained to it may go there.
+_HOLLOW_KEY, _HOLLOW_VALUE = HOLLOW_LABEL
+#: Said after a refusal whose reason holds only because hollow hosts were set aside.
+HOLLOW_ASIDE = f"hollow hosts take only requests constrained to {_HOLLOW_KEY}={_HOLLOW_VALUE}"
 
 WAIT_MESSAGES: Mapping[str, str] = {
     NO_FREE_CAPACITY: "no host has that much free right now; the request waits until capacity frees",
@@ -252,6 +272,16 @@ def _labels_match(labels: Mapping[str, str], constraints: tuple[tuple[str, str],
     return all(labels.get(k) == v for k, v in constraints)
 
 
+def is_hollow(labels: Mapping[str, str]) -> bool:
+    """The host runs nothing (HOLLOW_LABEL): only requests that want hollow hosts go there."""
+    return labels.get(_HOLLOW_KEY) == _HOLLOW_VALUE
+
+
+def wants_hollow(request: PlacementRequest) -> bool:
+    """The request is constrained to HOLLOW_LABEL: the only kind a hollow host takes."""
+    return request.constraints.get(_HOLLOW_KEY) == _HOLLOW_VALUE
+
+
 def _image_allowed(patterns: tuple[str, ...], image: str | None) -> bool:
     return image is None or not patterns or _allows(patterns, image)
 
@@ -276,11 +306,25 @@ def _cpus(c: float) -> str:
     return f"{c:g} cpu" + ("" if c == 1 else "s")
 
 
-def _no_match(request: PlacementRequest) -> Impossible:
+def _no_match(request: PlacementRequest, hollow_aside: bool = False) -> Impossible:
+    """No host matches the request's constraints; `hollow_aside`: hollow hosts would, had the
+    request wanted them."""
     if request.constraints:
         wanted = ", ".join(f"{k}={v}" for k, v in sorted(request.constraints.items()))
+        if hollow_aside:
+            message = f"no host in the pool has the labels {wanted} but hollow hosts, and {HOLLOW_ASIDE}"
+            return Impossible(NO_HOST_MATCHES, message, "constraints")
         return Impossible(NO_HOST_MATCHES, f"no host in the pool has the labels {wanted}", "constraints")
+    if hollow_aside:
+        # Not "no host is registered": there are hosts, and a constraint is what would reach them.
+        message = f"no host in the pool takes it: the pool has only hollow hosts, and {HOLLOW_ASIDE}"
+        return Impossible(NO_HOST_MATCHES, message, "constraints")
     return Impossible(EXCEEDS_ANY_HOST, "no host is registered in the pool", "cpus")
+
+
+def _hollow_noted(refusal: Impossible) -> Impossible:
+    """A refusal among the hosts left once hollow ones were set aside: true only with that said."""
+    return Impossible(refusal.code, f"{refusal.message} ({HOLLOW_ASIDE})", refusal.field)
 
 
 def _image_refused(request: PlacementRequest) -> Impossible:
@@ -370,12 +414,23 @@ def _best_among(
 
 def _decide_over(hosts: Iterable[_Host], request: PlacementRequest, strategy: Strategy) -> Decision:
     """The rule, by looking at every host: what `place` does, and `Scheduler` for small candidate sets."""
-    r = request.resources
-    c, m, d = r.cpus, r.memory_bytes, r.disk_bytes
     constraints = tuple(request.constraints.items())
     matching = [h for h in hosts if _labels_match(h.labels, constraints)]
+    aside = False
+    if not wants_hollow(request):
+        kept = [h for h in matching if not is_hollow(h.labels)]
+        aside, matching = len(kept) < len(matching), kept
     if not matching:
-        return _no_match(request)
+        return _no_match(request, aside)
+    decision = _decide_among(matching, request, strategy)
+    return _hollow_noted(decision) if aside and isinstance(decision, Impossible) else decision
+
+
+def _decide_among(matching: list[_Host], request: PlacementRequest, strategy: Strategy) -> Decision:
+    """The rule among the hosts that match the request's constraints and may take it (hollow
+    or not); there is at least one."""
+    r = request.resources
+    c, m, d = r.cpus, r.memory_bytes, r.disk_bytes
     refused, narrowed = _refused(request, matching)
     if refused is not None:
         return refused
@@ -597,7 +652,9 @@ class Scheduler:
     #: required label) are decided by looking at each of them.
     SMALL_CANDIDATES = 16
 
-    def __init__(self, hosts: Iterable[HostSnapshot] = (), *, label_indexes: bool = True) -> None:
+    def __init__(
+        self, hosts: Iterable[HostSnapshot] = (), *, label_indexes: bool = True, hollow_apart: bool = True
+    ) -> None:
         self._hosts: dict[str, _Host] = {}
         self._free = _Index()  # schedulable hosts not throttled, by free capacity
         self._free_throttled = _Index()  # schedulable hosts throttled by their owner's policy
@@ -610,16 +667,29 @@ class Scheduler:
         #: For a label some requests require: a Scheduler of the hosts that carry it, kept in
         #: step with this one (None: this is one of them).
         self._labelled: dict[tuple[str, str], Scheduler] | None = {} if label_indexes else None
+        #: The hollow hosts (see "Hollow hosts"), in a Scheduler of their own that only requests
+        #: wanting them open, so that no other request ever weighs or skips one (None: this is
+        #: that Scheduler, or a label's index, which the request was routed to already).
+        self._hollow: Scheduler | None = (
+            Scheduler(label_indexes=label_indexes, hollow_apart=False) if hollow_apart else None
+        )
         for snapshot in hosts:
             self.set_host(snapshot)
 
     # -- keeping it current --
 
     def __len__(self) -> int:
-        return len(self._hosts)
+        return len(self._hosts) + (len(self._hollow) if self._hollow is not None else 0)
 
     def __contains__(self, host_id: object) -> bool:
-        return host_id in self._hosts
+        return host_id in self._hosts or (self._hollow is not None and host_id in self._hollow)
+
+    def _holder(self, host_id: str) -> "Scheduler":
+        """The Scheduler that holds the host: this one, or that of the hollow hosts (KeyError:
+        neither)."""
+        if host_id in self._hosts or self._hollow is None or host_id not in self._hollow:
+            return self
+        return self._hollow
 
     def _label_indexes_of(self, host: _Host) -> "list[Scheduler]":
         labelled = self._labelled
@@ -630,6 +700,9 @@ class Scheduler:
     def set_host(self, snapshot: HostSnapshot) -> None:
         """Add a host, or replace everything known about it."""
         self.remove_host(snapshot.host_id)
+        if self._hollow is not None and is_hollow(snapshot.labels):
+            self._hollow.set_host(snapshot)
+            return
         host = _Host(snapshot)
         self._hosts[host.host_id] = host
         for pair in host.labels.items():
@@ -649,6 +722,8 @@ class Scheduler:
     def remove_host(self, host_id: str) -> None:
         host = self._hosts.pop(host_id, None)
         if host is None:
+            if self._hollow is not None:
+                self._hollow.remove_host(host_id)
             return
         for pair in host.labels.items():
             members = self._by_label[pair]
@@ -673,6 +748,9 @@ class Scheduler:
             index.remove_host(host_id)
 
     def set_schedulable(self, host_id: str, schedulable: bool) -> None:
+        if (holder := self._holder(host_id)) is not self:
+            holder.set_schedulable(host_id, schedulable)
+            return
         host = self._hosts[host_id]
         if host.schedulable == schedulable:
             return
@@ -687,6 +765,9 @@ class Scheduler:
 
     def set_throttled(self, host_id: str, throttled: bool) -> None:
         """The host's owner policy throttled it (True) or gave the pool its share back."""
+        if (holder := self._holder(host_id)) is not self:
+            holder.set_throttled(host_id, throttled)
+            return
         host = self._hosts[host_id]
         if host.throttled == throttled:
             return
@@ -698,6 +779,9 @@ class Scheduler:
 
     def set_reserved(self, host_id: str, reserved: Capacity) -> None:
         """Mirror the ledger's reserved amount for a host exactly."""
+        if (holder := self._holder(host_id)) is not self:
+            holder.set_reserved(host_id, reserved)
+            return
         host = self._hosts[host_id]
         if host.rc == reserved.cpus and host.rm == reserved.memory_bytes and host.rd == reserved.disk_bytes:
             return  # often so: an append that lands moves a reservation from in flight to the ledger
@@ -709,6 +793,9 @@ class Scheduler:
 
     def reserve(self, host_id: str, amount: Capacity) -> None:
         """Add to a host's reservation (the same arithmetic as Capacity.__add__)."""
+        if (holder := self._holder(host_id)) is not self:
+            holder.reserve(host_id, amount)
+            return
         host = self._hosts[host_id]
         self._unindex_free(host)
         host.rc = round(host.rc + amount.cpus, 6)
@@ -720,6 +807,9 @@ class Scheduler:
 
     def release(self, host_id: str, amount: Capacity) -> None:
         """Take back part of a host's reservation (the same arithmetic as Capacity.__sub__)."""
+        if (holder := self._holder(host_id)) is not self:
+            holder.release(host_id, amount)
+            return
         host = self._hosts[host_id]
         self._unindex_free(host)
         host.rc = round(host.rc - amount.cpus, 6)
@@ -747,11 +837,12 @@ class Scheduler:
     # -- reading --
 
     def snapshot(self, host_id: str) -> HostSnapshot:
-        return self._hosts[host_id].snapshot()
+        return self._holder(host_id)._hosts[host_id].snapshot()
 
     def snapshots(self) -> list[HostSnapshot]:
         """Every host, by host id: what `place(...)` would be given."""
-        return [self._hosts[h].snapshot() for h in sorted(self._hosts)]
+        hosts = self._hosts if self._hollow is None else {**self._hosts, **self._hollow._hosts}
+        return [hosts[h].snapshot() for h in sorted(hosts)]
 
     # -- deciding --
 
@@ -762,9 +853,33 @@ class Scheduler:
         rarest of them: by looking at each when they are few, otherwise by the index
         of that label's hosts, built the first time it is asked for. Only hosts that
         match every label can take it or explain why not, so that index decides
-        exactly as this one would.
+        exactly as this one would. A request that wants hollow hosts is decided
+        among them alone, any other without them (see "Hollow hosts").
         """
         _check_strategy(strategy)
+        hollow = self._hollow
+        if hollow is None:
+            return self._place_here(request, strategy)
+        if wants_hollow(request):
+            # Decided with this one's setting, which may change after it was built (tests do so).
+            hollow.SMALL_CANDIDATES = self.SMALL_CANDIDATES
+            return hollow.place(request, strategy)
+        decision = self._place_here(request, strategy)
+        if isinstance(decision, Impossible) and hollow._matched(request.constraints):
+            if not self._matched(request.constraints):
+                return _no_match(request, hollow_aside=True)
+            return _hollow_noted(decision)
+        return decision
+
+    def _matched(self, constraints: Mapping[str, str]) -> bool:
+        """Some host here carries every label in `constraints`."""
+        if not constraints:
+            return bool(self._hosts)
+        pairs = tuple(constraints.items())
+        return any(_labels_match(self._hosts[h].labels, pairs) for h in self._rarest(constraints)[1])
+
+    def _place_here(self, request: PlacementRequest, strategy: Strategy) -> Decision:
+        """`place` among the hosts this Scheduler holds itself."""
         if request.constraints:
             pair, candidates = self._rarest(request.constraints)
             if len(candidates) <= self.SMALL_CANDIDATES:
@@ -791,7 +906,9 @@ class Scheduler:
         assert self._labelled is not None
         index = self._labelled.get(pair)
         if index is None:
-            index = Scheduler((self._hosts[h].snapshot() for h in members), label_indexes=False)
+            index = Scheduler(
+                (self._hosts[h].snapshot() for h in members), label_indexes=False, hollow_apart=False
+            )
             index.SMALL_CANDIDATES = self.SMALL_CANDIDATES
             self._labelled[pair] = index
         return index

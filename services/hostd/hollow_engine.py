@@ -40,8 +40,6 @@ from potluck.hostd.docker_driver import (
 HOLLOW_URL = "hollow://in-memory"
 #: Exit code of a container stopped (SIGTERM, as `docker stop` gives to a shell).
 STOPPED_EXIT = 143
-#: The label a hollow host registers with, so that no one mistakes it for a machine.
-HOLLOW_LABEL = ("hollow", "true")
 
 
 @dataclass

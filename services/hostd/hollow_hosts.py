@@ -21,10 +21,11 @@ from typing import Any
 
 import structlog
 
+from potluck.contracts.host_labels import HOLLOW_LABEL
 from potluck.hostd.agent import Agent, HostdStopped
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.heap import trim_heap_periodically
-from potluck.hostd.hollow_engine import HOLLOW_LABEL, HollowDriver
+from potluck.hostd.hollow_engine import HollowDriver
 from potluck.kernel.cancellation import cancel_until_done
 
 log = structlog.get_logger(__name__)

@@ -29,7 +29,9 @@ from potluck.allocator.scheduler import (
     PlacementRequest,
     Scheduler,
     Strategy,
+    is_hollow,
     place,
+    wants_hollow,
 )
 from potluck.contracts.allocation_events import (
     AllocationPlaced,
@@ -82,7 +84,9 @@ donations = st.builds(
     st.sampled_from([1.0, 2.0, 4.0, 8.0]),
     st.integers(1, 16),
 )
-label_sets = st.sampled_from([{}, {"arch": "arm64"}, {"arch": "amd64"}, {"arch": "amd64", "gpu": "yes"}])
+label_sets = st.sampled_from(
+    [{}, {"arch": "arm64"}, {"arch": "amd64"}, {"arch": "amd64", "gpu": "yes"}, {"hollow": "true"}]
+)
 allow_lists = st.sampled_from([[], [], ["debian:*"], ["python:*", "potluck-test:*"]])
 requests = st.builds(
     lambda c, m, labels, image, network: (
@@ -93,7 +97,7 @@ requests = st.builds(
     ),
     st.sampled_from([0.5, 1.0, 2.0, 3.0]),
     st.integers(1, 6),
-    st.sampled_from([{}, {}, {"arch": "arm64"}, {"gpu": "yes"}]),
+    st.sampled_from([{}, {}, {"arch": "arm64"}, {"gpu": "yes"}, {"hollow": "true"}]),
     st.sampled_from([None, *IMAGES]),
     st.booleans(),
 )
@@ -177,6 +181,8 @@ class Allocator(RuleBasedStateMachine):
         if not isinstance(decision, Placed):
             return multiple()
         host_id = decision.host_id
+        # Hollow hosts (scale tests) run nothing: only requests constrained to them go there.
+        assert is_hollow(self.model.hosts.hosts[host_id].labels) == wants_hollow(placement_request(request))
         self.appends[alloc_id] = placement(
             request,
             host_id,

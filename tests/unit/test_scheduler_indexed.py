@@ -4,16 +4,29 @@
 bounds, and decides requests that name a label by a separate index of that label's
 hosts. Under hypothesis: a random pool (labels, members' image allow-lists,
 networks, throttled, unschedulable, held images, reservations, some over their
-donation), then a random run of reservations, releases and state changes, each
-followed by a decision. Every decision must equal `place(scheduler.snapshots(),
-...)`, with every path indexed (`SMALL_CANDIDATES` 0) and with the default.
+donation, hollow hosts), then a random run of reservations, releases and state
+changes (a host registering again with or without the hollow label among them),
+each followed by a decision. Every decision must equal `place(scheduler.snapshots(),
+...)`, with every path indexed (`SMALL_CANDIDATES` 0) and with the default, and
+goes to a hollow host exactly when the request is constrained to hollow=true.
 """
+
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from potluck.allocator.scheduler import STRATEGIES, HostSnapshot, Placed, PlacementRequest, Scheduler, place
+from potluck.allocator.scheduler import (
+    STRATEGIES,
+    HostSnapshot,
+    Placed,
+    PlacementRequest,
+    Scheduler,
+    is_hollow,
+    place,
+    wants_hollow,
+)
 from potluck.contracts.capacity import Capacity
 
 GIB = 1 << 30
@@ -46,7 +59,12 @@ hosts = st.builds(
     ),
     donations,
     st.sampled_from([0.0, 0.25, 0.5, 1.0, 1.2]),  # share of the donation reserved (1.2: over it)
-    st.sampled_from([{}, {"arch": "arm64"}, {"arch": "amd64"}, {"arch": "amd64", "gpu": "yes"}]),
+    st.sampled_from(
+        [
+            *({}, {"arch": "arm64"}, {"arch": "amd64"}, {"arch": "amd64", "gpu": "yes"}),
+            *({"hollow": "true"}, {"hollow": "true", "arch": "amd64"}),
+        ]
+    ),
     st.sampled_from([(), (), ("debian:*",), ("python:*",)]),
     st.booleans(),
     st.sampled_from([True, True, True, False]),
@@ -58,14 +76,19 @@ requests = st.builds(
         "r", resources, constraints, image, network, frozenset(excluded)
     ),
     capacities,
-    st.sampled_from([{}, {}, {"arch": "arm64"}, {"arch": "amd64"}, {"gpu": "yes"}, {"zone": "moon"}]),
+    st.sampled_from(
+        [
+            *({}, {}, {"arch": "arm64"}, {"arch": "amd64"}, {"gpu": "yes"}, {"zone": "moon"}),
+            *({"hollow": "true"}, {"hollow": "true", "arch": "amd64"}),
+        ]
+    ),
     st.sampled_from([None, *IMAGES]),
     st.booleans(),
     st.sets(st.sampled_from(["h0", "h1", "h2"]), max_size=2),
 )
 steps = st.lists(
     st.tuples(
-        st.sampled_from(["reserve", "release", "schedulable", "throttled", "none"]),
+        st.sampled_from(["reserve", "release", "schedulable", "throttled", "hollow", "none"]),
         st.integers(0, 39),
         capacities,
         requests,
@@ -114,7 +137,19 @@ def test_the_index_decides_as_the_plain_rule(small: int, pool: list[tuple], run:
                 scheduler.set_schedulable(host_id, not scheduler.snapshot(host_id).schedulable)
             case "throttled":
                 scheduler.set_throttled(host_id, not scheduler.snapshot(host_id).throttled)
-        assert scheduler.place(request, strategy) == place(scheduler.snapshots(), request, strategy)
+            case "hollow":
+                # The host registers again, the other way round: hollow, or not any more.
+                before = scheduler.snapshot(host_id)
+                labels = {k: v for k, v in before.labels.items() if k != "hollow"}
+                if not is_hollow(before.labels):
+                    labels["hollow"] = "true"
+                scheduler.set_host(replace(before, labels=labels))
+        decision = scheduler.place(request, strategy)
+        snapshots = scheduler.snapshots()
+        assert decision == place(snapshots, request, strategy)
+        if isinstance(decision, Placed):
+            chosen = next(s for s in snapshots if s.host_id == decision.host_id)
+            assert is_hollow(chosen.labels) == wants_hollow(request)
 
 
 def test_a_label_index_follows_the_hosts_it_was_built_from() -> None:

@@ -5,7 +5,9 @@ the way EventStore.append_streams does, folds the capacity streams into a
 CapacityLedger and the host streams into the registry's projection, and keeps
 a Scheduler in step with both. On every step, on every host, reserved <=
 donated; no placement lands on a host that is not schedulable (frozen by its owner's
-policy included), nor on a throttled one while another has room; the Scheduler
+policy included), nor on a throttled one while another has room, nor on a
+hollow host unless the request is constrained to hollow=true (and a request so
+constrained on no other kind); the Scheduler
 decides as `place` over the snapshots does; and a brute-force reference
 (Capacity.fits_in over every host) agrees with every Placed, Wait and
 Impossible. Two replicas deciding on the same ledger version cannot both
@@ -49,8 +51,10 @@ from potluck.allocator.scheduler import (
     Scheduler,
     Strategy,
     Wait,
+    is_hollow,
     place,
     score,
+    wants_hollow,
 )
 from potluck.contracts.allocation_events import (
     AllocationPlaced,
@@ -125,8 +129,15 @@ request_capacities = st.builds(
     st.integers(1, 40),
     st.integers(1, 40),
 )
-label_sets = st.sampled_from([{}, {"arch": "arm64"}, {"arch": "amd64"}, {"arch": "amd64", "gpu": "yes"}])
-constraint_sets = st.sampled_from([{}, {}, {}, {"arch": "amd64"}, {"gpu": "yes"}, {"zone": "moon"}])
+label_sets = st.sampled_from(
+    [
+        *({}, {"arch": "arm64"}, {"arch": "amd64"}, {"arch": "amd64", "gpu": "yes"}),
+        *({"hollow": "true"}, {"hollow": "true", "arch": "amd64"}),
+    ]
+)
+constraint_sets = st.sampled_from(
+    [{}, {}, {}, {"arch": "amd64"}, {"gpu": "yes"}, {"zone": "moon"}, {"hollow": "true"}]
+)
 strategies = st.sampled_from(["best_fit", "spread"])
 CHANGES = (
     *("suspect", "lost", "recover", "pause", "resume", "drain", "deregister", "reregister"),
@@ -373,12 +384,19 @@ def check_against_reference(
 ) -> None:
     """Brute force over every host with Capacity.fits_in: does the decision stand?"""
     wanted = req.resources
-    matching = [s for s in snapshots if all(s.labels.get(k) == v for k, v in req.constraints.items())]
+    # A hollow host is for requests constrained to hollow=true only; to any other, not there.
+    matching = [
+        s
+        for s in snapshots
+        if all(s.labels.get(k) == v for k, v in req.constraints.items())
+        and (wants_hollow(req) or not is_hollow(s.labels))
+    ]
     room = [s for s in matching if s.schedulable and wanted.fits_in(s.free)]
     ever = [s for s in matching if wanted.fits_in(s.donated)]
     match decision:
         case Placed(host_id):
             chosen = next(s for s in room if s.host_id == host_id)
+            assert is_hollow(chosen.labels) == wants_hollow(req), (host_id, chosen.labels, req.constraints)
             assert states[host_id].schedulable, f"placed on {states[host_id].status} host {host_id}"
             assert states[host_id].policy != "frozen"
             # Throttled hosts only when no other has room; the strategy chooses among the rest.
