@@ -79,13 +79,14 @@ async def placement_stream(
     http: aiohttp.ClientSession, api: str, headers: dict[str, str], stop: asyncio.Event, gap_s: float
 ) -> tuple[list[float], int]:
     """Request, then release, one small allocation after another until `stop`; the request
-    latencies (ms) and how many failed."""
+    latencies (ms) and how many failed. Constrained to hollow=true: hollow hosts take no other."""
     body = {
         "cpus": 0.1,
         "memory": "64M",
         "disk": "64M",
         "image": "busybox:latest",
         "command": ["sleep", "60"],
+        "constraints": {"hollow": "true"},
     }
     latencies: list[float] = []
     failed = 0

@@ -45,9 +45,11 @@ async def _active_hollow(pool: Pool) -> dict[str, Any]:
 async def test_hollow_hosts_register_take_an_allocation_and_stop_quietly(
     bare_pool: Pool, tmp_path: Path
 ) -> None:
-    """`ops hollow --hosts 20` on a running pool: all 20 register active (labelled hollow), an
-    allocation requested through the API is placed on one of them and reported running, and
-    SIGTERM ends the process with status 0 having deregistered, left or revoked nothing."""
+    """`ops hollow --hosts 20` on a running pool: all 20 register active (labelled hollow); an
+    allocation or a job not constrained to hollow=true is refused (only hollow hosts are in the
+    pool, and they run nothing), while an allocation constrained to it is placed on one of them
+    and reported running; SIGTERM ends the process with status 0 having deregistered, left or
+    revoked nothing."""
     pool = bare_pool
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "potluck", "ops", "hollow",
@@ -79,12 +81,32 @@ async def test_hollow_hosts_register_take_an_allocation_and_stop_quietly(
             "image": "busybox:latest",
             "command": ["sleep", "1"],
         }
-        async with (
-            aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http,
-            http.post(f"{pool.api}/v1/allocations", json=body) as r,
-        ):
-            created = await r.json()
-            assert r.status == 201, created
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+            # Ordinary work, an allocation or a job's tasks, never goes where it would run on nothing.
+            for path, ordinary in (("/v1/allocations", body), ("/v1/jobs", {**body, "tasks": 2})):
+                async with http.post(f"{pool.api}{path}", json=ordinary) as r:
+                    refused = await r.json()
+                    assert r.status == 422, refused
+                assert refused["error"]["code"] == "NO_HOST_MATCHES", refused
+                assert refused["error"]["field"] == "constraints", refused
+                assert refused["error"]["message"] == (
+                    "no host in the pool takes it: the pool has only hollow hosts, and "
+                    "hollow hosts take only requests constrained to hollow=true"
+                ), refused
+            async with http.post(
+                f"{pool.api}/v1/allocations", json={**body, "constraints": {"hollow": "true"}}
+            ) as r:
+                created = await r.json()
+                assert r.status == 201, created
+            # The refusals recorded nothing: the user holds only what was placed.
+            async with http.get(f"{pool.api}/v1/allocations") as r:
+                listed = await r.json()
+                assert r.status == 200, listed
+            assert [a["id"] for a in listed["allocations"]] == [created["id"]]
+            async with http.get(f"{pool.api}/v1/jobs") as r:
+                jobs = await r.json()
+                assert r.status == 200, jobs
+            assert jobs["jobs"] == [], jobs
         alloc_id = str(created["id"])
         await wait_for_status(pool, alloc_id, "running", timeout=60)
         state = await allocation(pool.store, alloc_id)
