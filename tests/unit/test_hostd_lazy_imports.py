@@ -1,6 +1,7 @@
 """hostd loads asyncssh and the OpenTelemetry exporters only when its config needs them, and
-never what only other processes use: rich and pygments (through structlog), the event store
-(asyncpg) and the relay, the user and operator commands (issue 20).
+never what it has no use for: rich and pygments (through structlog), charset_normalizer
+(through requests), the event store (asyncpg) and the relay, the user and operator commands
+(issue 20).
 
 Each check runs in a fresh interpreter: in pytest's own process other tests have imported
 everything already.
@@ -31,6 +32,8 @@ KEPT_OUT = (
     "potluck.events.projection",
     "potluck.user",
     "potluck.ops",
+    "charset_normalizer",
+    "chardet",
 )
 
 
@@ -153,3 +156,19 @@ def test_gateway_key_is_checked_as_asyncssh_reads_it() -> None:
     for bad in ("ssh-ed25519", "ssh-rsa " + blob, "ssh-ed25519 !!!", "ssh-ed25519 " + blob[:-8]):
         with pytest.raises(ValueError, match="client_key"):
             GatewayLink(address="127.0.0.1:2223", client_key=bad)
+
+
+def test_the_engine_sdk_reads_text_without_a_charset_detector() -> None:
+    """hostd's requests has no character-set detector, warns nothing at import, and reads an
+    answer that names no charset as UTF-8 (the engine's encoding); the SDK's errors are there."""
+    answer = _loaded_after(
+        "import warnings\n"
+        "warnings.simplefilter('error')\n"
+        "from potluck.hostd.docker_sdk import docker, requests\n"
+        "response = requests.models.Response()\n"
+        "response._content = 'conteneur arrêté'.encode()\n"
+        "response.headers['Content-Type'] = 'application/octet-stream'\n"
+        "errors = issubclass(docker.errors.NotFound, docker.errors.APIError)\n"
+        "result = {'text': response.text, 'errors': errors}"
+    )
+    assert answer == {"text": "conteneur arrêté", "errors": True, "loaded": []}
