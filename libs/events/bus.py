@@ -53,11 +53,24 @@ import nats.errors
 import structlog
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from potluck.events.schema import RecordedEvent
 
 log = structlog.get_logger(__name__)
+
+#: Errors that mean "the bus is away for now", as opposed to a bug. Here rather than in the relay,
+#: which uses them too, so that a process that only talks to the bus (hostd) need not load the
+#: relay and the store behind it.
+TRANSIENT_BUS_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoServersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    NoStreamResponseError,
+    asyncio.TimeoutError,
+)
 
 #: What JetStream answers (or fails to) while it is not ready for a stream request yet: a
 #: cluster forming a replicated stream's raft group, a leader being elected, a server starting.

@@ -21,7 +21,6 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import nats.errors
 import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
@@ -29,6 +28,7 @@ from opentelemetry.trace import SpanKind
 
 from potluck.events import bus
 from potluck.events.batch_publish import BatchAckTimeout, BatchPublisher
+from potluck.events.bus import TRANSIENT_BUS_ERRORS
 from potluck.events.follower import TRANSIENT_DB_ERRORS, LogFollower
 from potluck.events.schema import RecordedEvent
 from potluck.events.store import EventStore
@@ -36,16 +36,6 @@ from potluck.events.tracing import context_from, trace_carrier_of, tracer
 from potluck.kernel.metrics import PoolMetrics, Sample
 
 log = structlog.get_logger(__name__)
-
-TRANSIENT_BUS_ERRORS: tuple[type[BaseException], ...] = (
-    nats.errors.TimeoutError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.NoServersError,
-    nats.errors.OutboundBufferLimitError,
-    nats.errors.StaleConnectionError,
-    nats.js.errors.NoStreamResponseError,
-    asyncio.TimeoutError,
-)
 
 
 class RelayBehind(Exception):

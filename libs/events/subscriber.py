@@ -20,6 +20,7 @@ position check is exact.
 import asyncio
 import contextlib
 import json
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +37,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.trace import SpanKind
 
 from potluck.events import bus
+from potluck.events.bus import TRANSIENT_BUS_ERRORS
 from potluck.events.errors import PoisonMessage, SchemaError
-from potluck.events.follower import TRANSIENT_DB_ERRORS
-from potluck.events.relay import TRANSIENT_BUS_ERRORS
 from potluck.events.schema import Event, EventRegistry, registry
 from potluck.events.tracing import context_from, tracer
 
@@ -47,7 +47,20 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 _BUS_AWAY: tuple[type[BaseException], ...] = (*TRANSIENT_BUS_ERRORS, nats.js.errors.ServiceUnavailableError)
-_DEPENDENCY_AWAY: tuple[type[BaseException], ...] = (*TRANSIENT_DB_ERRORS, *TRANSIENT_BUS_ERRORS)
+
+
+def _dependency_away() -> tuple[type[BaseException], ...]:
+    """What a handler raises when the bus or the database is away for now.
+
+    The database's errors are asyncpg's classes (and OSError). A process that has not loaded
+    asyncpg (hostd, which only talks to the bus) cannot meet them, so they are taken only once
+    it is loaded rather than loading it, and the store behind it, into every subscriber's process.
+    """
+    if "asyncpg" in sys.modules:
+        from potluck.events.follower import TRANSIENT_DB_ERRORS
+
+        return (*TRANSIENT_DB_ERRORS, *TRANSIENT_BUS_ERRORS)
+    return (OSError, *TRANSIENT_BUS_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -280,7 +293,7 @@ class Subscriber(Generic[T]):
             except (PoisonMessage, SchemaError) as exc:
                 await self._dead_letter(msg, f"cannot apply: {exc}")
                 return
-            except _DEPENDENCY_AWAY as exc:
+            except _dependency_away() as exc:
                 # A dependency is away: keep the message (and the order) and wait.
                 log.warning(
                     "subscriber.transient_failure",

@@ -56,8 +56,8 @@ from potluck.contracts.subjects import (
     inbox_prefix,
 )
 from potluck.events import EVENTS_STREAM, LoggedEvent, MemoryPositions, Subscriber
+from potluck.events.bus import TRANSIENT_BUS_ERRORS
 from potluck.events.connection import IdentityRefused, connect_bus
-from potluck.events.relay import TRANSIENT_BUS_ERRORS
 from potluck.events.subscriber import decoder_for_logged_events
 from potluck.events.tracing import TracedQueue, publish_span
 from potluck.hostd.config import HostdConfig

@@ -1,4 +1,4 @@
-"""The Docker engine, as hostd sees it: the only module in the project that imports docker.
+"""The Docker engine, as hostd sees it, through the docker SDK (docker_sdk.py imports it).
 
 Synchronous on purpose: callers run each method with `asyncio.to_thread`, and
 `events()` in a thread of its own. Every docker SDK or requests failure leaves
@@ -26,10 +26,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-import docker
-import docker.errors
-import docker.transport.unixconn
-import requests
 import structlog
 
 from potluck.contracts.engine import EngineFacts
@@ -46,6 +42,7 @@ from potluck.hostd.container_config import (
     network_mismatches,
     network_name,
 )
+from potluck.hostd.docker_sdk import docker, requests
 from potluck.hostd.helper import find_helper
 from potluck.hostd.pool_weight import cgroup_parent, lower_parent_weight
 from potluck.hostd.warm_pool import allocation_of_warm

@@ -23,13 +23,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import docker
-import requests
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from potluck.contracts.image_reference import DEFAULT_REGISTRY, InvalidReference, parse_reference
 from potluck.contracts.reports import ContainerPulling, Report
+from potluck.hostd.docker_sdk import docker, requests
 
 __all__ = ["ImagePuller", "PullFailed", "PullProgress", "PullSettings", "TokenSource"]
 

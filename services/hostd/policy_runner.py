@@ -25,7 +25,7 @@ import structlog
 
 from potluck.contracts.messages import PolicyChanged, Reply
 from potluck.contracts.subjects import POLICY
-from potluck.events.relay import TRANSIENT_BUS_ERRORS
+from potluck.events.bus import TRANSIENT_BUS_ERRORS
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.containers import ContainerManager
 from potluck.hostd.cpu_load import (

@@ -15,7 +15,7 @@ import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
 
-from potluck.events.relay import TRANSIENT_BUS_ERRORS
+from potluck.events.bus import TRANSIENT_BUS_ERRORS
 
 log = structlog.get_logger(__name__)
 

@@ -28,7 +28,7 @@ import structlog
 
 from potluck.contracts.messages import Reply, SleepNotice
 from potluck.contracts.subjects import SLEEP
-from potluck.events.relay import TRANSIENT_BUS_ERRORS
+from potluck.events.bus import TRANSIENT_BUS_ERRORS
 from potluck.hostd.sleep_clock import SleepClock
 
 __all__ = ["ANNOUNCE_TIMEOUT_S", "Request", "SleepWatch"]

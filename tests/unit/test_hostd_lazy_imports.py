@@ -1,4 +1,7 @@
-"""hostd loads asyncssh and the OpenTelemetry exporters only when its config needs them (issue 20).
+"""hostd loads asyncssh and the OpenTelemetry exporters only when its config needs them, and
+never what it has no use for: rich and pygments (through structlog), charset_normalizer
+(through requests), the event store (asyncpg) and the relay, the user and operator commands
+(issue 20).
 
 Each check runs in a fresh interpreter: in pytest's own process other tests have imported
 everything already.
@@ -15,12 +18,30 @@ import pytest
 from potluck.hostd.gateway_config import GatewayLink
 from potluck.kernel.ssh_identity import host_key_path, load_or_create_key, public_key_line
 
+#: What a hostd without [[gateways]] and without a collector has no use for: each would stay
+#: resident for its whole life.
+KEPT_OUT = (
+    "asyncssh",
+    "opentelemetry.exporter",
+    "rich",
+    "pygments",
+    "asyncpg",
+    "potluck.events.store",
+    "potluck.events.follower",
+    "potluck.events.relay",
+    "potluck.events.projection",
+    "potluck.user",
+    "potluck.ops",
+    "charset_normalizer",
+    "chardet",
+)
+
 
 def _loaded_after(code: str) -> dict[str, object]:
-    """Run `code` in a fresh interpreter; it sets `result`; returns it with the heavy modules loaded."""
+    """Run `code` in a fresh interpreter; it sets `result`; returns it with the KEPT_OUT modules loaded."""
     script = (
         f"import sys, json\n{code}\n"
-        "heavy = ('asyncssh', 'opentelemetry.exporter')\n"
+        f"heavy = {KEPT_OUT!r}\n"
         "result['loaded'] = sorted(\n"
         "    m for m in heavy if any(k == m or k.startswith(m + '.') for k in sys.modules)\n"
         ")\n"
@@ -32,9 +53,9 @@ def _loaded_after(code: str) -> dict[str, object]:
     return answer
 
 
-def test_hostd_modules_load_neither_asyncssh_nor_exporters() -> None:
-    """Importing hostd's command, agent, config and telemetry with tracing off: neither asyncssh nor
-    an OpenTelemetry exporter is in sys.modules (the link's modules come in with [[gateways]])."""
+def test_hostd_modules_load_none_of_what_hostd_does_not_use() -> None:
+    """Importing hostd's command, agent, config and telemetry with tracing off: none of KEPT_OUT is
+    in sys.modules (the link's modules come in with [[gateways]])."""
     answer = _loaded_after(
         "import potluck.cli, potluck.hostd.agent, potluck.hostd.config\n"
         "from potluck.telemetry import configure_telemetry\n"
@@ -42,6 +63,46 @@ def test_hostd_modules_load_neither_asyncssh_nor_exporters() -> None:
         "result = {}"
     )
     assert answer["loaded"] == []
+
+
+def test_the_hostd_command_loads_none_of_what_hostd_does_not_use(tmp_path: Path) -> None:
+    """`potluck hostd` itself, as a member starts it, up to its config (a missing file here, so
+    it stops there with exit code 2 after importing the agent and configuring logging): none of
+    KEPT_OUT is loaded, so nothing imported ahead of potluck.logs let structlog load rich."""
+    answer = _loaded_after(
+        "from potluck.cli import main\n"
+        "try:\n"
+        f"    main(['hostd', '--config', {str(tmp_path / 'hostd.toml')!r}])\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "result = {'exit': code, 'agent': 'potluck.hostd.agent' in sys.modules}"
+    )
+    assert answer == {"exit": 2, "agent": True, "loaded": []}
+
+
+def test_console_logs_still_carry_the_traceback_without_rich() -> None:
+    """For people (not JSON), an exception is still logged with its traceback, while rich stays
+    unloaded; and rich is importable afterwards, for the user commands that draw with it."""
+    script = (
+        "import sys\n"
+        "from potluck.logs import configure_logging\n"
+        "import structlog\n"
+        "configure_logging('INFO', json=False)\n"
+        "try:\n"
+        "    1 / 0\n"
+        "except ZeroDivisionError:\n"
+        "    structlog.get_logger().exception('it.failed', host='h1')\n"
+        "print('rich' in sys.modules, file=sys.stdout)\n"
+        "import rich.console\n"
+        "print(rich.console.Console.__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "Console"]
+    assert "it.failed" in done.stderr
+    assert "host=h1" in done.stderr
+    assert "Traceback (most recent call last)" in done.stderr
+    assert "ZeroDivisionError: division by zero" in done.stderr
 
 
 def test_host_key_line_is_read_without_asyncssh(tmp_path: Path) -> None:
@@ -95,3 +156,19 @@ def test_gateway_key_is_checked_as_asyncssh_reads_it() -> None:
     for bad in ("ssh-ed25519", "ssh-rsa " + blob, "ssh-ed25519 !!!", "ssh-ed25519 " + blob[:-8]):
         with pytest.raises(ValueError, match="client_key"):
             GatewayLink(address="127.0.0.1:2223", client_key=bad)
+
+
+def test_the_engine_sdk_reads_text_without_a_charset_detector() -> None:
+    """hostd's requests has no character-set detector, warns nothing at import, and reads an
+    answer that names no charset as UTF-8 (the engine's encoding); the SDK's errors are there."""
+    answer = _loaded_after(
+        "import warnings\n"
+        "warnings.simplefilter('error')\n"
+        "from potluck.hostd.docker_sdk import docker, requests\n"
+        "response = requests.models.Response()\n"
+        "response._content = 'conteneur arrêté'.encode()\n"
+        "response.headers['Content-Type'] = 'application/octet-stream'\n"
+        "errors = issubclass(docker.errors.NotFound, docker.errors.APIError)\n"
+        "result = {'text': response.text, 'errors': errors}"
+    )
+    assert answer == {"text": "conteneur arrêté", "errors": True, "loaded": []}
