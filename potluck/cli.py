@@ -363,7 +363,7 @@ def sshgateway(
     from potluck.bootstrap import Backends, serve
 
     async def body(store: Any, nc: Any) -> None:
-        await run_gateway(store, settings)
+        await run_gateway(store, settings, bus=nc, stream_replicas=stream_replicas)
 
     run(
         serve(

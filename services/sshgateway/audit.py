@@ -74,6 +74,8 @@ class SessionRecord:
     session_id: str
     identity: LoginIdentity
     gateway: str
+    #: The gateway process's run id (events.py); None for a gateway without a bus.
+    gateway_run: str | None = None
     started_at: datetime = field(default_factory=_now)
     counts: ByteCounts = field(default_factory=ByteCounts)
 
@@ -88,6 +90,7 @@ class SessionRecord:
             source_address=self.identity.source_address,
             source_port=self.identity.source_port,
             gateway=self.gateway,
+            gateway_run=self.gateway_run,
             kind=request.kind,
             command=command[:MAX_COMMAND] if command else None,
             pty=request.pty,

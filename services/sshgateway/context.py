@@ -27,6 +27,9 @@ __all__ = ["GatewayContext", "LiveSession", "SessionRegistry"]
 
 class LiveSession(Protocol):
     @property
+    def session_id(self) -> str: ...
+
+    @property
     def identity(self) -> LoginIdentity: ...
 
     @property
@@ -60,6 +63,9 @@ class SessionRegistry:
     def of(self, alloc_id: str) -> list[LiveSession]:
         return list(self._by_alloc.get(alloc_id, ()))
 
+    def find(self, alloc_id: str, session_id: str) -> LiveSession | None:
+        return next((s for s in self.of(alloc_id) if s.session_id == session_id), None)
+
     def all(self) -> list[LiveSession]:
         return [s for sessions in self._by_alloc.values() for s in sessions]
 
@@ -77,6 +83,9 @@ class GatewayContext:
     #: Users' connections, closed when the gateway stops.
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
     stopping: bool = False
+    #: This process's run id, recorded in its sessions' starts; None without a bus (no liveness
+    #: entry, so no other gateway could tell whether it is alive: its sessions are never swept).
+    run_id: str | None = None
 
     def __post_init__(self) -> None:
         self.caps = SessionCaps(

@@ -19,6 +19,15 @@ limited (ratelimit.py).
     ALLOCATION_ENDED        the allocation stopped running (released, expired, lost) during the session
     UPSTREAM_FAILED         the host refused or failed to start the session (detail says why)
     GATEWAY_STOPPING        the gateway shut down
+    GATEWAY_LOST            the gateway carrying it stopped without ending it (killed, its machine
+                            died, or cut off from the bus): another gateway recorded the end
+                            (gateway_sweep.py), with no byte counts (only the lost one knew them)
+
+`SessionStarted.gateway_run` names the gateway process that carries the
+session (a new id each start; `gateway` is its configured name, which replicas
+on one machine share). It is how a session whose gateway is gone is told from
+one whose gateway is alive; sessions recorded before it existed have none and
+are never declared lost.
 """
 
 from datetime import datetime
@@ -38,6 +47,7 @@ EndReason = Literal[
     "ALLOCATION_ENDED",
     "UPSTREAM_FAILED",
     "GATEWAY_STOPPING",
+    "GATEWAY_LOST",
 ]
 
 #: Commands are recorded up to this many characters.
@@ -59,6 +69,8 @@ class SessionStarted(SessionEvent):
     source_address: str
     source_port: int
     gateway: str
+    #: The gateway process's run id; None before runs were recorded, or for a gateway without a bus.
+    gateway_run: str | None = None
     kind: SessionKind
     command: str | None = Field(default=None, max_length=MAX_COMMAND)
     pty: bool = False

@@ -11,6 +11,11 @@ machine cannot take over the first one's sessions). A deregistered, left or
 revoked host's key is forgotten (its links are refused from then on); a lost
 host keeps its key, since it may come back.
 
+Sessions: the view keeps the sessions that some gateway run started and
+none has ended yet (`open_sessions`, from the `session` streams), which the
+sweep for lost gateways looks through (gateway_runs.py); sessions recorded
+without a run are not kept.
+
 Keys are compared by their wire blob (`key_blob`): the algorithm name is part
 of it, comments and spacing are not.
 
@@ -30,6 +35,8 @@ from potluck.contracts.allocation_events import AllocationEvent
 from potluck.contracts.host_events import HostDeregistered, HostLeft, HostRegistered, HostRevoked
 from potluck.events import Event, RecordedEvent
 from potluck.readmodels.allocations import AllocationState, AllocationsView
+from potluck.sshgateway.events import SessionEnded, SessionStarted
+from potluck.sshgateway.gateway_runs import OpenSession
 
 __all__ = ["Change", "GatewayView", "HostKeyConflict", "key_blob"]
 
@@ -67,13 +74,16 @@ Change = AllocationState | HostKeyConflict | None
 
 @dataclass
 class GatewayView:
-    """The gateway's read model; a `potluck.events.Projection` of the `alloc` and `host` streams."""
+    """The gateway's read model; a `potluck.events.Projection` of the `alloc`, `host` and
+    `session` streams."""
 
-    categories: ClassVar[frozenset[str]] = frozenset({"alloc", "host"})
+    categories: ClassVar[frozenset[str]] = frozenset({"alloc", "host", "session"})
 
     allocations: AllocationsView = field(default_factory=AllocationsView)
     host_keys: dict[str, bytes] = field(default_factory=dict)
     key_owner: dict[bytes, str] = field(default_factory=dict)
+    #: Sessions started by a gateway run and not ended, by session id.
+    open_sessions: dict[str, OpenSession] = field(default_factory=dict)
     position: int = 0
 
     def apply(self, event: Event, record: RecordedEvent) -> None:
@@ -94,6 +104,16 @@ class GatewayView:
             return self._registered(event.host_id, str(getattr(event, "ssh_host_key", "") or ""))
         if isinstance(event, HostDeregistered | HostLeft | HostRevoked):
             self._forget(event.host_id)
+        elif isinstance(event, SessionStarted) and event.gateway_run is not None:
+            self.open_sessions[event.session_id] = OpenSession(
+                session_id=event.session_id,
+                alloc_id=event.alloc_id,
+                gateway=event.gateway,
+                gateway_run=event.gateway_run,
+                started_at=event.started_at,
+            )
+        elif isinstance(event, SessionEnded):
+            self.open_sessions.pop(event.session_id, None)
         return None
 
     def _forget(self, host_id: str) -> None:

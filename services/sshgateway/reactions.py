@@ -13,7 +13,10 @@ changed:
   has its idle links closed: they were authenticated with the key it no
   longer has (a revoked host's sessions end with its allocations, lost);
 - a host registering a key that another host holds is logged (the view
-  ignores it).
+  ignores it);
+- a session of this gateway's that another gateway recorded as GATEWAY_LOST
+  (this one was cut off from the bus for longer than `run_lost_after_s`)
+  ends here too: the log says it ended, so no byte may flow after that.
 
 Events the gateway cannot read never get here: the `Fold` skips them, counts
 them and logs `events.skipped_unreadable`, and the gateway goes on serving.
@@ -26,6 +29,7 @@ from potluck.contracts.host_events import HostDeregistered, HostLeft, HostRegist
 from potluck.events import Event, RecordedEvent
 from potluck.readmodels.allocations import AllocationState
 from potluck.sshgateway.context import SessionRegistry
+from potluck.sshgateway.events import SessionEnded
 from potluck.sshgateway.links import LinkPool
 from potluck.sshgateway.projection import GatewayView, HostKeyConflict
 from potluck.sshgateway.sessions import reachable
@@ -66,6 +70,8 @@ class GatewayReactions:
             and self.view.host_keys.get(event.host_id) != key_before
         ):
             self.links.close_host(event.host_id)
+        if isinstance(event, SessionEnded) and event.reason == "GATEWAY_LOST":
+            self._declared_lost(event)
         if isinstance(event, HostRevoked):
             # Stolen or compromised: not even a link carrying a session stays open.
             self.links.sever_host(event.host_id)
@@ -87,3 +93,14 @@ class GatewayReactions:
                 else f"allocation {allocation.alloc_id} is now {allocation.status}; the session ended"
             )
             session.end("ALLOCATION_ENDED", message)
+
+    def _declared_lost(self, event: SessionEnded) -> None:
+        session = self.sessions.find(event.alloc_id, event.session_id)
+        if session is None:  # not this gateway's, or over already
+            return
+        log.warning("gateway.own_session_declared_lost", session_id=event.session_id, detail=event.detail)
+        session.end(
+            "GATEWAY_LOST",
+            "this gateway was out of touch with the pool for too long and the session was recorded "
+            "as ended; connect again",
+        )

@@ -1,6 +1,6 @@
 """The gateway process: fold the log, listen for users and for hosts, record sessions.
 
-`run_gateway(store, settings)` runs until cancelled (the CLI runs it under
+`run_gateway(store, settings, bus=nc)` runs until cancelled (the CLI runs it under
 `potluck.bootstrap.serve`, which cancels it on SIGTERM). It
 
 1. makes or loads its two keys (settings.py says which is which);
@@ -9,30 +9,40 @@
    event it cannot read is skipped, counted and logged, and the gateway goes
    on), so that a key added to an allocation, a release, or a new host counts
    within moments;
-3. listens for users and for hosts (server.py);
-4. writes session audit events (audit.AuditLog).
+3. with a bus: puts its run's liveness entry up (liveness.py), keeps it
+   fresh, and sweeps for sessions that lost gateways left open
+   (gateway_sweep.py), from then on every `lost_sweep_s`;
+4. listens for users and for hosts (server.py);
+5. writes session audit events (audit.AuditLog).
 
 When an allocation stops running, its sessions end with a message; when a
 host deregisters or registers a new key, its idle connections are closed
 (reactions.py). On
 shutdown the listeners close first, sessions in progress end with "the
-gateway is shutting down", and the pending audit events are written.
+gateway is shutting down", the pending audit events are written, and then its
+run's entry is deleted.
 
-The gateway needs only the database: it publishes nothing on NATS.
+The log is all it needs to serve: the bus carries only its run's liveness. A
+gateway run without one (tests, benchmarks) records no run id in its
+sessions, so no other gateway ever ends them for it.
 """
 
 import asyncio
 import contextlib
+import uuid
 
 import asyncssh
 import structlog
+from nats.aio.client import Client as NATS
 
 from potluck.contracts.link import request_short_slice
 from potluck.events import EventStore, Fold
 from potluck.kernel.ssh_identity import load_or_create_key, public_key_line
 from potluck.sshgateway.audit import AuditLog
 from potluck.sshgateway.context import GatewayContext
+from potluck.sshgateway.gateway_sweep import LostSessionSweep
 from potluck.sshgateway.links import LinkPool
+from potluck.sshgateway.liveness import RunEntry
 from potluck.sshgateway.projection import GatewayView
 from potluck.sshgateway.reactions import GatewayReactions
 from potluck.sshgateway.server import listen_for_hosts, listen_for_users
@@ -53,11 +63,43 @@ def client_public_key(settings: GatewaySettings) -> str:
 
 
 class Gateway:
-    def __init__(self, store: EventStore, settings: GatewaySettings) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        settings: GatewaySettings,
+        *,
+        bus: NATS | None = None,
+        stream_replicas: int | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.view = GatewayView()
-        self.ctx = GatewayContext(settings=settings, view=self.view, links=LinkPool(), audit=AuditLog(store))
+        self.run_id = uuid.uuid4().hex
+        self.entry: RunEntry | None = None
+        self.sweep: LostSessionSweep | None = None
+        if bus is not None:
+            self.entry = RunEntry(
+                bus.jetstream(),
+                self.run_id,
+                gateway=settings.name,
+                refresh_s=settings.run_refresh_s,
+                replicas=stream_replicas,
+            )
+            self.sweep = LostSessionSweep(
+                store,
+                self.view,
+                self.entry,
+                gateway=settings.name,
+                lost_after_s=settings.run_lost_after_s,
+                interval_s=settings.lost_sweep_s,
+            )
+        self.ctx = GatewayContext(
+            settings=settings,
+            view=self.view,
+            links=LinkPool(),
+            audit=AuditLog(store),
+            run_id=self.run_id if bus is not None else None,
+        )
         #: The log folded into `view`, reacting to changes (reactions.py); unreadable events skipped.
         reactions = GatewayReactions(self.view, self.ctx.sessions, self.ctx.links)
         self.fold = Fold(reactions, reader="sshgateway")
@@ -75,7 +117,13 @@ class Gateway:
         host_key = load_or_create_key(settings.host_key_path, comment="potluck-sshgateway-host")
         tunnel_key = load_or_create_key(settings.tunnel_key_path, comment="potluck-sshgateway")
         await self.fold.catch_up(self.store)
+        if self.entry is not None:
+            # Up before any session of this run is recorded: a sweeper that finds this run in a
+            # SessionStarted finds its entry too.
+            await self.entry.put()
         audit = asyncio.ensure_future(self.ctx.audit.run())
+        fresh = asyncio.ensure_future(self.entry.keep_fresh()) if self.entry is not None else None
+        sweep = asyncio.ensure_future(self.sweep.run()) if self.sweep is not None else None
         acceptors: list[asyncssh.SSHAcceptor | UserListener] = []
         try:
             acceptors.append(await listen_for_users(self.ctx, host_key))
@@ -87,16 +135,21 @@ class Gateway:
                 host_key=host_key.get_fingerprint(),
                 client_key=public_key_line(tunnel_key),
                 position=self.position,
+                run=self.ctx.run_id,
             )
             self.ready.set()
             await self.fold.follow(self.store)
         finally:
             for acceptor in acceptors:
                 acceptor.close()
+            await _cancel(sweep)
             await self._shutdown()
-            audit.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await audit
+            await _cancel(fresh)
+            if self.entry is not None:
+                # Only once the ends are written: if they could not be, the entry is gone
+                # and another gateway records them lost.
+                await self.entry.withdraw()
+            await _cancel(audit)
 
     async def _shutdown(self) -> None:
         self.ctx.stopping = True
@@ -125,11 +178,24 @@ class Gateway:
             waiter.cancel()
 
 
+async def _cancel(task: "asyncio.Future[None] | None") -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def run_gateway(
-    store: EventStore, settings: GatewaySettings, *, ready: asyncio.Event | None = None
+    store: EventStore,
+    settings: GatewaySettings,
+    *,
+    ready: asyncio.Event | None = None,
+    bus: NATS | None = None,
+    stream_replicas: int | None = None,
 ) -> None:
-    """Run the gateway until cancelled. `ready` is set once both listeners accept connections."""
-    gateway = Gateway(store, settings)
+    """Run the gateway until cancelled. `ready` is set once both listeners accept connections;
+    `bus` carries its run's liveness, and lets it end the sessions of lost gateways."""
+    gateway = Gateway(store, settings, bus=bus, stream_replicas=stream_replicas)
     if ready is not None:
         gateway.ready = ready
     await gateway.run()

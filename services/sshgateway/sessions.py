@@ -21,8 +21,10 @@ A session ends when the command exits (its exit status or signal goes back
 to the user), when the user leaves, when the host's link drops (the user gets
 a message saying so and exit status 255), when its allocation stops running
 (released, expired, lost; a kept one's sessions end when it is discarded;
-`potluck-logs` ends on its own when the container stops) and when the
-gateway shuts down; the first end wins. `SessionEnded` is then written in the background with retries.
+`potluck-logs` ends on its own when the container stops), when the
+gateway shuts down, and when another gateway took this one for lost (cut off
+from the bus) and recorded the session's end; the first end wins.
+`SessionEnded` is then written in the background with retries.
 
 Every session is also one trace (session_trace.py): the gateway's span is its
 root, and its context goes to hostd in the session's environment.
@@ -87,7 +89,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         self.session_id = uuid.uuid4().hex
         self.state = SessionState.NEW
         self.request = SessionRequest()
-        self.record = SessionRecord(self.session_id, identity, ctx.settings.name)
+        self.record = SessionRecord(self.session_id, identity, ctx.settings.name, ctx.run_id)
         self.host_id: str | None = None
         self.trace: SessionTrace | None = None
         self._bridge = Bridge(self.record.counts)
@@ -202,7 +204,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         if self.state is SessionState.ENDED:
             # The user left while the start was being recorded: now its end can be.
             assert self._end_fact is not None
-            self.ctx.audit.ended(self._end_fact, self._trace_context())
+            self._queue_end(self._end_fact)
             return False
         self.ctx.sessions.add(self)
         log.info(
@@ -383,5 +385,11 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
                 exit_signal=exit_signal,
             )
         if self.state is SessionState.ENDED:
-            self.ctx.audit.ended(ended, self._trace_context())
+            self._queue_end(ended)
         # ENDING: _record_start queues it once SessionStarted is in the log; UNRECORDED: never.
+
+    def _queue_end(self, ended: SessionEnded) -> None:
+        # GATEWAY_LOST is written by another gateway's sweep only (gateway_sweep.py): a session
+        # ending for it ends because that end is in the log already.
+        if ended.reason != "GATEWAY_LOST":
+            self.ctx.audit.ended(ended, self._trace_context())

@@ -41,6 +41,14 @@ Connection limits (each refusal says why, and is logged with the source):
   `max_sessions_per_user` (sessions open at once by one allocation's owner,
   over all their connections): one over is refused on the channel, with a
   message the ssh client prints.
+
+Lost gateways (gateway_sweep.py): each gateway refreshes an entry for its run
+every `run_refresh_s` in a JetStream key-value bucket, and every
+`lost_sweep_s` looks whether the runs that carry open sessions still do; a
+run whose entry it has seen unchanged (or absent) for `run_lost_after_s` is
+lost, and its sessions get `SessionEnded` GATEWAY_LOST. `run_lost_after_s`
+must be at least twice `run_refresh_s`, so that one late refresh never counts
+as a death.
 """
 
 import os
@@ -162,6 +170,13 @@ class GatewaySettings(BaseModel):
     alloc_lockout_after: int = Field(default=50, ge=1)
     alloc_lockout_s: float = Field(default=120.0, ge=0)
 
+    #: How often the gateway refreshes its run's liveness entry on the bus.
+    run_refresh_s: float = Field(default=10.0, gt=0)
+    #: How long a run's entry must be seen unchanged or absent before its sessions are ended.
+    run_lost_after_s: float = Field(default=30.0, gt=0)
+    #: How often the gateway looks for sessions whose gateway is lost.
+    lost_sweep_s: float = Field(default=15.0, gt=0)
+
     @field_validator("state_dir", mode="before")
     @classmethod
     def _state_dir(cls, value: Any) -> Any:
@@ -193,6 +208,16 @@ class GatewaySettings(BaseModel):
             raise ValueError(
                 "source_max_unauthenticated must not exceed max_unauthenticated "
                 f"({self.source_max_unauthenticated} > {self.max_unauthenticated})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _lost_after(self) -> "GatewaySettings":
+        if self.run_lost_after_s < 2 * self.run_refresh_s:
+            raise ValueError(
+                "run_lost_after_s must be at least twice run_refresh_s "
+                f"({self.run_lost_after_s} < 2 x {self.run_refresh_s}): "
+                "a live gateway would be taken for lost"
             )
         return self
 

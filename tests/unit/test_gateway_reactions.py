@@ -25,7 +25,8 @@ from potluck.events import Event, Fold, RecordedEvent
 from potluck.events.schema import encode
 from potluck.sshgateway.audit import LoginIdentity
 from potluck.sshgateway.context import SessionRegistry
-from potluck.sshgateway.events import EndReason
+from potluck.sshgateway.events import EndReason, SessionEnded, SessionStarted, session_stream
+from potluck.sshgateway.gateway_runs import OpenSession
 from potluck.sshgateway.links import LinkPool
 from potluck.sshgateway.projection import GatewayView, key_blob
 from potluck.sshgateway.reactions import GatewayReactions
@@ -39,6 +40,7 @@ class Session:
     identity: LoginIdentity
     ends: list[tuple[EndReason, str]] = field(default_factory=list)
     reads_logs: bool = False
+    session_id: str = field(default_factory=lambda: uuid4().hex)
 
     def end(self, reason: EndReason, message: str) -> None:
         self.ends.append((reason, message))
@@ -137,7 +139,7 @@ def test_an_unreadable_event_is_skipped_counted_and_logged_and_the_fold_goes_on(
 def test_other_streams_are_not_decoded_but_the_position_follows_them() -> None:
     fold, _, _ = gateway_fold()
     log = Log()
-    unknown_elsewhere = log.raw("session-s1", "SomethingNobodyKnows", "not even json")
+    unknown_elsewhere = log.raw("thing-s1", "SomethingNobodyKnows", "not even json")
     fold.apply(unknown_elsewhere)
     assert fold.skipped.count == 0
     assert fold.position == unknown_elsewhere.position
@@ -155,3 +157,60 @@ def test_the_view_alone_is_a_projection_a_fold_can_feed() -> None:
     allocation = view.allocation("a1")
     assert allocation is not None
     assert allocation.status == "running"
+
+
+def started(session_id: str, run: str | None) -> SessionStarted:
+    return SessionStarted(
+        session_id=session_id,
+        alloc_id="a1",
+        user="ann",
+        host_id="h1",
+        key_fingerprint="SHA256:k",
+        source_address="192.0.2.1",
+        source_port=50000,
+        gateway="gw",
+        gateway_run=run,
+        kind="shell",
+        started_at=T0,
+    )
+
+
+def ended(session_id: str, reason: EndReason) -> SessionEnded:
+    return SessionEnded(
+        session_id=session_id, alloc_id="a1", reason=reason, started_at=T0, ended_at=T0 + timedelta(1)
+    )
+
+
+def test_the_view_keeps_the_sessions_a_run_started_until_they_end() -> None:
+    fold, view, _ = gateway_fold()
+    log = Log()
+    fold.apply_all(
+        [
+            log(session_stream("s1"), started("s1", "run-1")),
+            log(session_stream("s2"), started("s2", "run-2")),
+            log(session_stream("old"), started("old", None)),  # recorded before runs were
+        ]
+    )
+    assert view.open_sessions == {
+        "s1": OpenSession("s1", "a1", "gw", "run-1", T0),
+        "s2": OpenSession("s2", "a1", "gw", "run-2", T0),
+    }
+    fold.apply_all(
+        [log(session_stream("s1"), ended("s1", "EXITED")), log(session_stream("old"), ended("old", "EXITED"))]
+    )
+    assert list(view.open_sessions) == ["s2"]
+
+
+def test_a_session_of_this_gateway_recorded_lost_elsewhere_ends_here_and_no_other() -> None:
+    """A gateway cut off from the bus was taken for lost: its session's end is in the log, so the
+    session ends here too (and, ending for GATEWAY_LOST, writes no second end)."""
+    fold, _, sessions = gateway_fold()
+    log = Log()
+    fold.apply_all(running(log, "a1"))
+    mine, other = session_on("a1"), session_on("a1")
+    sessions.add(mine)
+    sessions.add(other)
+    fold.apply(log(session_stream(mine.session_id), ended(mine.session_id, "GATEWAY_LOST")))
+    fold.apply(log(session_stream(other.session_id), ended(other.session_id, "EXITED")))
+    assert [reason for reason, _ in mine.ends] == ["GATEWAY_LOST"]
+    assert other.ends == []

@@ -6,13 +6,15 @@ user made up. `SessionRecord` makes the two audit events from the request,
 the login and the bytes the bridge counted.
 """
 
+import json
 from datetime import timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from potluck.events.schema import encode, registry
 from potluck.sshgateway.audit import MAX_DETAIL, LoginIdentity, SessionRecord
-from potluck.sshgateway.events import MAX_COMMAND
+from potluck.sshgateway.events import MAX_COMMAND, SessionStarted
 from potluck.sshgateway.request import SessionRequest, host_env
 
 LOGIN = LoginIdentity(
@@ -103,3 +105,15 @@ def test_the_end_carries_the_counted_bytes_and_a_bounded_detail() -> None:
     assert timedelta(0) <= ended.ended_at - ended.started_at < timedelta(seconds=5)
     exited = record.ended("EXITED", "", exit_status=3)
     assert (exited.exit_status, exited.exit_signal) == (3, None)
+
+
+def test_the_start_names_the_gateways_run_and_a_start_recorded_before_runs_still_reads() -> None:
+    started = SessionRecord("s1", LOGIN, "gw1", "run-1").started(SessionRequest(), user="ann", host_id="h1")
+    assert started.gateway_run == "run-1"
+    without_bus = SessionRecord("s1", LOGIN, "gw1").started(SessionRequest(), user="", host_id=None)
+    assert without_bus.gateway_run is None
+    older = json.loads(encode(started))
+    del older["gateway_run"]
+    decoded = registry.decode(SessionStarted.type_name, SessionStarted.schema_version, json.dumps(older))
+    assert isinstance(decoded, SessionStarted)
+    assert (decoded.session_id, decoded.gateway, decoded.gateway_run) == ("s1", "gw1", None)

@@ -437,6 +437,17 @@ def test_a_per_address_login_cap_above_the_whole_cap_is_refused() -> None:
         GatewaySettings.from_env(env(max_unauthenticated="5", source_max_unauthenticated="6"))
 
 
+def test_lost_gateway_timings_are_read_and_a_grace_under_two_refreshes_is_refused() -> None:
+    settings = GatewaySettings.from_env(env(run_refresh_s="0.5", run_lost_after_s="1", lost_sweep_s="0.25"))
+    assert (settings.run_refresh_s, settings.run_lost_after_s, settings.lost_sweep_s) == (0.5, 1.0, 0.25)
+    defaults = GatewaySettings.from_env(STATE)
+    assert defaults.run_lost_after_s >= 2 * defaults.run_refresh_s
+    with pytest.raises(SettingsError, match="run_lost_after_s must be at least twice run_refresh_s"):
+        GatewaySettings.from_env(env(run_refresh_s="10", run_lost_after_s="19.9"))
+    with pytest.raises(SettingsError, match=f"^{ENV_PREFIX}LOST_SWEEP_S: "):
+        GatewaySettings.from_env(env(lost_sweep_s="0"))
+
+
 def test_the_default_throttle_keeps_ssh_audits_rate_test_under_its_limit() -> None:
     """ssh-audit warns above 20 connections a second over its 1.5 s test."""
     settings = GatewaySettings.from_env(STATE)
