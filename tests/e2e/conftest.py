@@ -80,7 +80,7 @@ class Gatewayed:
         assert running["state"] == "running", self.pool.logs()
         return str(created["id"])
 
-    async def ssh(self, alloc_id: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def ssh_argv(self, alloc_id: str, command: str) -> list[str]:
         argv = ssh_argv(alloc_id, "127.0.0.1", self.ssh_port, self.key, command=[command], tty=False)
         # A clean client: no user config, no agent, no prompt for the gateway's key.
         argv[1:1] = [
@@ -92,9 +92,32 @@ class Gatewayed:
             "UserKnownHostsFile=/dev/null",
         ]
         argv[1:1] = ["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
-        env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+        return argv
+
+    @staticmethod
+    def ssh_env() -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+
+    async def ssh(self, alloc_id: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        argv = self.ssh_argv(alloc_id, command)
         return await asyncio.to_thread(
-            subprocess.run, argv, capture_output=True, text=True, env=env, timeout=timeout, check=False
+            subprocess.run,
+            argv,
+            capture_output=True,
+            text=True,
+            env=self.ssh_env(),
+            timeout=timeout,
+            check=False,
+        )
+
+    async def ssh_process(self, alloc_id: str, command: str) -> asyncio.subprocess.Process:
+        """A session left open for the test to talk to: its stdin and stdout are pipes."""
+        return await asyncio.create_subprocess_exec(
+            *self.ssh_argv(alloc_id, command),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.ssh_env(),
         )
 
 

@@ -16,13 +16,14 @@ import pytest
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import HostEnrolled, HostRegistered, host_stream
-from potluck.events import EVENTS_STREAM, event_subscriber
+from potluck.events import EVENTS_STREAM, RecordedEvent, event_subscriber
 from potluck.localstack import free_port, wait_for_port
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.registry import host as aggregate
 from potluck.registry.nats_auth import new_user_key
 from potluck.registry.repository import Decision, decide_on_host
-from tests.e2e.conftest import Gatewayed
+from potluck.sshgateway.events import session_stream
+from tests.e2e.conftest import Gatewayed, replay_agrees
 from tests.fixtures.pool import EnrolledHost, Pool
 from tests.fixtures.sample_events import ThingHappened, sample
 from tests.helpers import Received, stop, wait_until
@@ -172,16 +173,52 @@ async def session_events(pool: Pool, alloc_id: str) -> dict[str, collections.Cou
     return counts
 
 
+async def session_records(pool: Pool, session_id: str) -> list[RecordedEvent]:
+    return list(await pool.store.read_stream(session_stream(session_id)))
+
+
+async def started_session(pool: Pool, alloc_id: str, command: str, timeout: float = 30) -> RecordedEvent:
+    """The SessionStarted of the allocation's session running `command`, once it is in the log."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        for record in await pool.store.read_all(0, limit=100_000):
+            data = record.data
+            if record.type == "SessionStarted" and (data["alloc_id"], data["command"]) == (alloc_id, command):
+                return record
+        assert asyncio.get_running_loop().time() < deadline, pool.logs()
+        await asyncio.sleep(0.1)
+
+
+async def echoes(session: asyncio.subprocess.Process, line: bytes) -> bytes:
+    """What a `cat` session sends back for `line`."""
+    assert session.stdin is not None
+    assert session.stdout is not None
+    session.stdin.write(line)
+    await session.stdin.drain()
+    return await asyncio.wait_for(session.stdout.readline(), 30)
+
+
+#: The gateways refresh their runs' entries every 0.5 s and take a run silent for 4 s for lost.
+LOST_GATEWAY_TIMING = {
+    "POTLUCK_SSHGATEWAY_RUN_REFRESH_S": "0.5",
+    "POTLUCK_SSHGATEWAY_RUN_LOST_AFTER_S": "4",
+    "POTLUCK_SSHGATEWAY_LOST_SWEEP_S": "0.5",
+}
+
+
 async def test_a_session_through_either_gateway_and_through_the_survivor_of_a_kill(
-    pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path
+    pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Tried: one user session through each of two gateways (one hostd linked to both); a third,
-    long one through the first gateway, which is killed (-9) while it runs; then a new session
-    through the second. Must hold: every session that ran to its end gave its exit status; the
-    killed gateway's session ends at the client; the new one works; the audit has every session's
-    SessionStarted once, and the SessionEnded of each session the surviving or closed gateways
-    carried once. The killed gateway's open session has no SessionEnded: only that gateway knew
-    its byte counts and end, so its start stays the only record of it."""
+    """Tried: one user session through each of two gateways (one hostd linked to both); a `cat`
+    session through the second, held open; a long one through the first, which is killed (-9)
+    while it runs; then a new session through the second. Must hold: every session that ran to
+    its end gave its exit status; the killed gateway's session ends at the client; the new one
+    works; within seconds the survivor records the killed gateway's session as ended, once,
+    GATEWAY_LOST, naming the killed run; the held session through the survivor is untouched
+    (it still echoes, and ends EXITED when its input ends); the audit has every session's
+    SessionStarted and SessionEnded once; and `potluck ops replay --check` still agrees."""
+    for name, value in LOST_GATEWAY_TIMING.items():
+        monkeypatch.setenv(name, value)
     first, second = await two_gateways(pool, docker_engines[0], tmp_path)
     async with aiohttp.ClientSession() as http:
         alloc_id = await first.allocate(http)
@@ -192,15 +229,15 @@ async def test_a_session_through_either_gateway_and_through_the_survivor_of_a_ki
         one.stderr + two.stderr + pool.logs()
     )
 
+    held = await second.ssh_process(alloc_id, "cat")
+    assert await echoes(held, b"ping\n") == b"ping\n", pool.logs()
+    survivor_run = (await started_session(pool, alloc_id, "cat")).data["gateway_run"]
     long = asyncio.create_task(first.ssh(alloc_id, "echo started; sleep 60"))
+    lost = await started_session(pool, alloc_id, "echo started; sleep 60")
+    killed_run = lost.data["gateway_run"]
+    assert None not in (survivor_run, killed_run)
+    assert survivor_run != killed_run
 
-    async def long_session_open() -> bool:
-        return len((await session_events(pool, alloc_id))["SessionStarted"]) == 3
-
-    deadline = asyncio.get_running_loop().time() + 30
-    while not await long_session_open():
-        assert asyncio.get_running_loop().time() < deadline, pool.logs()
-        await asyncio.sleep(0.1)
     pool.processes["sshgateway"].kill()
     cut = await asyncio.wait_for(long, 30)
     assert cut.returncode != 0, cut.stdout
@@ -208,15 +245,39 @@ async def test_a_session_through_either_gateway_and_through_the_survivor_of_a_ki
     three = await second.ssh(alloc_id, "echo three")
     assert (three.returncode, three.stdout) == (0, "three\n"), three.stderr + pool.logs()
 
+    # Entry silent for 4 s, sweeps every 0.5 s: recorded within seconds of the kill.
+    lost_id = lost.data["session_id"]
+    deadline = asyncio.get_running_loop().time() + 30
+    while len(records := await session_records(pool, lost_id)) < 2:
+        assert asyncio.get_running_loop().time() < deadline, pool.logs()
+        await asyncio.sleep(0.2)
+    end = records[1]
+    assert (end.type, end.data["reason"]) == ("SessionEnded", "GATEWAY_LOST"), end.data
+    assert f"run {killed_run} stopped without ending the session" in end.data["detail"]
+    assert end.metadata["recorded_by"].endswith(f"run {survivor_run}"), end.metadata
+    assert (end.data["bytes_in"], end.data["bytes_out"]) == (0, 0)
+
+    held_id = (await started_session(pool, alloc_id, "cat")).data["session_id"]
+    assert len(await session_records(pool, held_id)) == 1
+    assert await echoes(held, b"pong\n") == b"pong\n", pool.logs()
+    assert held.stdin is not None
+    held.stdin.close()
+    assert await asyncio.wait_for(held.wait(), 30) == 0, pool.logs()
+
     # The survivor writes a session's end just after the client sees it: wait for the last one.
     deadline = asyncio.get_running_loop().time() + 30
-    while len((counts := await session_events(pool, alloc_id))["SessionEnded"]) < 3:
+    while len((counts := await session_events(pool, alloc_id))["SessionEnded"]) < 5:
         assert asyncio.get_running_loop().time() < deadline, (counts, pool.logs())
         await asyncio.sleep(0.1)
+    await asyncio.sleep(2)  # a second GATEWAY_LOST from a racing sweep would land by now
+    counts = await session_events(pool, alloc_id)
     started, ended = counts["SessionStarted"], counts["SessionEnded"]
-    assert sorted(started.values()) == [1, 1, 1, 1], counts
-    assert sorted(ended.values()) == [1, 1, 1], counts
-    assert set(ended) < set(started), counts
+    assert sorted(started.values()) == [1] * 5, counts
+    assert sorted(ended.values()) == [1] * 5, counts
+    assert set(ended) == set(started), counts
+    held_end = (await session_records(pool, held_id))[1]
+    assert (held_end.data["reason"], held_end.data["exit_status"]) == ("EXITED", 0), held_end.data
+    await replay_agrees(pool)
 
 
 def leading_relay(pool: Pool) -> str:
