@@ -8,33 +8,17 @@ no other session gets anything.
 """
 
 import asyncio
-from datetime import UTC, datetime
 
 from nats.aio.client import Client as NATS
 
 from potluck.events import EventStore, Fold
-from potluck.sshgateway.events import SessionStarted, session_stream
+from potluck.sshgateway.events import session_stream
 from potluck.sshgateway.gateway_sweep import LostSessionSweep
 from potluck.sshgateway.liveness import RunEntry
 from potluck.sshgateway.projection import GatewayView
+from tests.unit.test_gateway_reactions import started
 
 LOST_AFTER = 30.0
-
-
-def started(session_id: str, run: str | None) -> SessionStarted:
-    return SessionStarted(
-        session_id=session_id,
-        alloc_id="a1",
-        user="ann",
-        host_id="h1",
-        key_fingerprint="SHA256:k",
-        source_address="192.0.2.1",
-        source_port=50000,
-        gateway="gw",
-        gateway_run=run,
-        kind="shell",
-        started_at=datetime(2025, 1, 1, tzinfo=UTC),
-    )
 
 
 class Clock:

@@ -9,7 +9,7 @@ message says they were set aside); a request with it exactly as if they were the
 whole pool; and both implementations agree.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -38,6 +38,7 @@ from potluck.allocator.scheduler import (
 )
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.host_labels import HOLLOW_LABEL
+from tests.unit.test_scheduler import Decide, by_index, by_scan
 
 GIB = 1 << 30
 HOLLOW = dict([HOLLOW_LABEL])
@@ -61,17 +62,6 @@ def req(
     cpus: float = 1, constraints: dict[str, str] | None = None, image: str | None = None
 ) -> PlacementRequest:
     return PlacementRequest("r", cap(cpus), constraints or {}, image)
-
-
-Decide = Callable[[Sequence[HostSnapshot], PlacementRequest, Strategy], Decision]
-
-
-def by_scan(hosts: Sequence[HostSnapshot], r: PlacementRequest, strategy: Strategy) -> Decision:
-    return place(hosts, r, strategy)
-
-
-def by_index(hosts: Sequence[HostSnapshot], r: PlacementRequest, strategy: Strategy) -> Decision:
-    return Scheduler(hosts).place(r, strategy)
 
 
 def by_steps(hosts: Sequence[HostSnapshot], r: PlacementRequest, strategy: Strategy) -> Decision:
