@@ -157,6 +157,14 @@ def relay(
     default=None,
     help="nats-server's PID file, to make it reload the users [env: POTLUCK_NATS_PID_FILE].",
 )
+@click.option(
+    "--consumer-grace",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds the events consumer of a host that deregistered, left or was revoked is kept "
+    "for a hostd that has not acknowledged it yet; then it is removed.",
+)
 def registry(
     database_url: str,
     nats_url: str,
@@ -168,6 +176,7 @@ def registry(
     stranded_grace: float,
     nats_auth_file: Path | None,
     nats_pid_file: Path | None,
+    consumer_grace: float,
 ) -> None:
     """Run the registry: host registration, joins, liveness, sleep, member controls."""
     from potluck.bootstrap import Backends, serve
@@ -191,7 +200,7 @@ def registry(
         from potluck.kernel.metrics import pool_metrics
         from potluck.registry.metrics import watch_registry
 
-        service = RegistryService(store, nc, policy, nats_auth=nats_auth)
+        service = RegistryService(store, nc, policy, nats_auth=nats_auth, consumer_grace_s=consumer_grace)
         watch_registry(pool_metrics(), service)
         await service.run()
 

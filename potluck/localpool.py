@@ -76,6 +76,8 @@ class LocalPool:
     image_registry_port: int | None = None
     #: Heartbeat interval, missed beats before unreachable, stranded grace (see `potluck registry`).
     liveness: tuple[float, int, float] = (5.0, 3, 8 * 3600.0)
+    #: The registry's --consumer-grace: how long an out host's consumer waits for its hostd.
+    consumer_grace_s: float = 60.0
     log_level: str = "INFO"
     #: The services' --stream-replicas (None: the streams keep their copies, 1 when new).
     stream_replicas: int | None = None
@@ -119,6 +121,8 @@ class LocalPool:
             str(missed),
             "--stranded-grace",
             str(stranded_grace),
+            "--consumer-grace",
+            str(self.consumer_grace_s),
         )
 
     api_port: int = 0

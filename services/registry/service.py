@@ -14,7 +14,9 @@ send, is answered only into the services' inbox, one page of hosts at a time
 (`next`: the host id to ask after), or with digests of the hosts model for
 `potluck ops replay --check` (potluck.readmodels.state_pages). What was refused is counted
 per host in every LIST_HOSTS answer (`refused`). A host that left or was
-revoked is refused whatever it asks but its status (`refused.gone_hosts`).
+revoked is refused whatever it asks but its status (`refused.gone_hosts`). The events
+consumer of a host that deregistered, left or was revoked is removed from NATS once its
+hostd acknowledged that, or after a grace (consumer_sweep.py).
 
 An event the registry cannot decode (a newer writer's type) is skipped and
 counted (`skipped`, also in every LIST_HOSTS answer), and the registry keeps
@@ -48,6 +50,7 @@ from potluck.readmodels.hosts import HOST_FOLD_VERSION, HostsView
 from potluck.readmodels.state_pages import BadStateRequest
 from potluck.registry import host as aggregate
 from potluck.registry.admission import Admission
+from potluck.registry.consumer_sweep import ConsumerSweep
 from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.host_rate import HostRates, RatePolicy
 from potluck.registry.joining import JoinHandler, NatsAuthFiles
@@ -78,6 +81,7 @@ class RegistryService:
         *,
         request_rate: RatePolicy = REQUEST_RATE,
         nats_auth: NatsAuthFiles | None = None,
+        consumer_grace_s: float = 60.0,
     ) -> None:
         self.store = store
         self.nc = nc
@@ -95,6 +99,9 @@ class RegistryService:
         self.resumed_from = 0
         #: Registrations a few at a time: thousands at once are served, not timed out (admission.py).
         self.registrations = Admission("register")
+        #: Removes the consumers of hosts that are out of the pool (consumer_sweep.py).
+        self.consumers = ConsumerSweep(self.js, self.view, grace_s=consumer_grace_s)
+        self.fold.after_batch.append(self.consumers.notice)
 
     @property
     def last_seen(self) -> LastSeen:
@@ -157,7 +164,9 @@ class RegistryService:
         await self.nc.flush()
         self.watch.start_clock()
         try:
-            await asyncio.gather(self.fold.follow(self.store), self.watch.run(), checkpointer.run())
+            await asyncio.gather(
+                self.fold.follow(self.store), self.watch.run(), checkpointer.run(), self.consumers.run()
+            )
         finally:
             for sub in subs:
                 await sub.unsubscribe()

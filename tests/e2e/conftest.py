@@ -9,12 +9,39 @@ from typing import Any
 
 import aiohttp
 import pytest
+from nats.js.errors import NotFoundError
 
+from potluck.contracts.subjects import host_consumer
+from potluck.events import EVENTS_STREAM
 from potluck.localstack import free_port, wait_for_port
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.sshgateway.client import ssh_argv
 from tests.fixtures.pool import EnrolledHost, Pool, allocation
+
+
+async def consumer_removed(pool: Pool, gone: EnrolledHost, *kept: EnrolledHost, timeout: float = 30) -> None:
+    """Within `timeout`, the events consumer of `gone` is no longer on the server (the registry
+    removed it); those of the `kept` hosts still are."""
+    nc = await pool.client()
+    try:
+        js = nc.jetstream()
+        for host in kept:
+            await js.consumer_info(EVENTS_STREAM, host_consumer(host.host_id))
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                await js.consumer_info(EVENTS_STREAM, host_consumer(gone.host_id))
+            except NotFoundError:
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{host_consumer(gone.host_id)} still there\n{pool.logs()}")
+            await asyncio.sleep(0.2)
+        for host in kept:
+            await js.consumer_info(EVENTS_STREAM, host_consumer(host.host_id))
+    finally:
+        await nc.close()
+    assert "registry.consumer_removed" in pool.processes["registry"].log_path.read_text(errors="replace")
 
 
 async def wait_for_status(pool: Pool, alloc_id: str, status: str, timeout: float = 30) -> None:

@@ -15,7 +15,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from potluck.events import EventStore
-from tests.e2e.conftest import ops, replay_agrees, wait_for_status
+from potluck.localstack.docker_engine import DockerEngine
+from tests.e2e.conftest import consumer_removed, ops, replay_agrees, wait_for_status
 from tests.e2e.test_host_revoke import connect_as, seed_of
 from tests.fixtures.pool import EnrolledHost, Pool, place, spec
 from tests.helpers import wait_until
@@ -79,6 +80,7 @@ async def test_a_host_that_left_after_its_drain_never_comes_back_on_its_own(
     assert "HOST_LEFT" in await hostd_stops_for_good(pool, laptop)
     assert await host_event_types(pool.store, laptop.host_id) == events_when_left
     await pool.wait_for_host(laptop.host_id, "left")
+    await consumer_removed(pool, laptop)  # and hostd's refused restarts did not bring it back
 
     again = await asyncio.to_thread(member, laptop, "leave")
     assert again.returncode == 0, again.stderr
@@ -115,11 +117,16 @@ async def test_a_host_that_left_after_its_drain_never_comes_back_on_its_own(
 
 
 async def test_an_operator_can_make_a_host_leave_and_its_key_goes_at_once(
-    pool: Pool, laptop: EnrolledHost
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
 ) -> None:
     """An operator makes the host leave (`ops hosts control HOST leave` with the pool's NATS files):
     HostLeft is recorded, hostd stops for good (exit 3), and a new connection with the host's key is
-    refused by NATS, since the users file was rendered again without it."""
+    refused by NATS, since the users file was rendered again without it. The registry removes the
+    host's events consumer; another host's stays."""
+    other = await pool.enroll("laptop-b")
+    pool.write_config(other, docker_engines[1])
+    pool.start_hostd(other)
+    await pool.wait_for_host(other.host_id, "active")
     nats_files = (
         *("--nats-auth-file", str(pool.nats.auth_file)),
         *("--nats-pid-file", str(pool.nats.pid_file)),
@@ -134,3 +141,4 @@ async def test_an_operator_can_make_a_host_leave_and_its_key_goes_at_once(
     with pytest.raises(Exception, match="Authorization Violation"):
         await connect_as(pool, laptop)
     assert (await host_event_types(pool.store, laptop.host_id))[-1] == "HostLeft"
+    await consumer_removed(pool, laptop, other)

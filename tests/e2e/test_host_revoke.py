@@ -22,7 +22,8 @@ from nats.aio.client import Client as NATS
 
 from potluck.contracts.reports import ContainerExited, report_subject
 from potluck.kernel.ssh_identity import host_key_path, load_or_create_key
-from tests.e2e.conftest import Gatewayed, ops, replay_agrees, wait_for_status
+from potluck.localstack.docker_engine import DockerEngine
+from tests.e2e.conftest import Gatewayed, consumer_removed, ops, replay_agrees, wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 from tests.helpers import wait_until
 
@@ -125,7 +126,7 @@ async def dial_link(host: EnrolledHost) -> None:
 
 
 async def test_a_revoked_host_is_cut_off_its_work_lost_and_its_users_told_why(
-    gatewayed: Gatewayed,
+    gatewayed: Gatewayed, docker_engines: list[DockerEngine]
 ) -> None:
     """Revoke a linked host with a running allocation and an open NATS connection of its own.
 
@@ -136,8 +137,12 @@ async def test_a_revoked_host_is_cut_off_its_work_lost_and_its_users_told_why(
     with an authorization error and nothing new lands in the log; `host status` says the key is
     no longer accepted, and hostd started again stops for good at once; `ops hosts list` says
     revoked; replay of the log agrees with both running services; a second revocation records
-    nothing."""
+    nothing. The registry removes the revoked host's events consumer; another host's stays."""
     pool, host = gatewayed.pool, gatewayed.host
+    other = await pool.enroll("laptop-b")
+    pool.write_config(other, docker_engines[1])
+    pool.start_hostd(other)
+    await pool.wait_for_host(other.host_id, "active")
     async with aiohttp.ClientSession() as http:
         alloc_id = await gatewayed.allocate(http)
     await dial_link(host)  # the gateway takes the host's key before the revocation
@@ -163,6 +168,7 @@ async def test_a_revoked_host_is_cut_off_its_work_lost_and_its_users_told_why(
     await wait_until(lambda: not host.process.running(), 30, "hostd to stop")  # type: ignore[union-attr]
     assert host.process.exit_code() == 3, host.process.log_tail(40)
     assert "revoked" in host.process.log_tail(40)
+    await consumer_removed(pool, host, other)
 
     with pytest.raises((asyncssh.Error, OSError)):
         await dial_link(host)
