@@ -78,7 +78,7 @@ class ConsumerSweep:
 
     async def sweep(self) -> int:
         """Remove what is due; the number of consumers of out hosts still kept for now."""
-        found = candidates(self.view.hosts, await self._consumer_names())
+        found = candidates(self.view.hosts, await self._consumers())
         if not found:
             return 0
         acknowledged = {c.consumer: await self._acknowledged(c) for c in found}
@@ -87,13 +87,16 @@ class ConsumerSweep:
             await self._remove(c, acknowledged[c.consumer])
         return len(found) - len(due)
 
-    async def _consumer_names(self) -> list[str]:
-        names: list[str] = []
+    async def _consumers(self) -> dict[str, datetime | None]:
+        """The consumers on the events stream, each with when it was made."""
+        made: dict[str, datetime | None] = {}
+        offset = 0
         while True:
-            page = await self.js.consumers_info(EVENTS_STREAM, offset=len(names))
-            names += [info.name for info in page]
+            page = await self.js.consumers_info(EVENTS_STREAM, offset=offset)
+            made |= {info.name: info.created for info in page}
+            offset += len(page)
             if len(page) < LIST_PAGE:
-                return names
+                return made
 
     async def _acknowledged(self, c: Candidate) -> bool:
         """Has hostd acknowledged the last event that put its host out?"""

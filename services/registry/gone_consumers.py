@@ -9,7 +9,9 @@ owns, or whose host is asleep, unreachable, paused or draining, is kept. The hos
 learns that it is out through that very consumer (HostLeft makes it stop for good), so the
 consumer stays until hostd has acknowledged the event that put the host out, or, for a hostd
 that never will (offline, or its key already refused), until `grace_s` has passed since it.
-A deregistered host that registers again is active again, and its consumer is made anew.
+A deregistered host that registers again is active again, and its consumer is made anew: a
+consumer made after its host went out belongs to that return and is kept, even while the
+view, a moment behind the log, still says the host is out.
 """
 
 from collections.abc import Iterable, Mapping
@@ -48,15 +50,19 @@ class Candidate:
     since: datetime | None
 
 
-def candidates(hosts: Mapping[str, HostState], consumers: Iterable[str]) -> list[Candidate]:
-    """The consumers among `consumers` (names on the server) whose host is out of the pool."""
+def candidates(hosts: Mapping[str, HostState], consumers: Mapping[str, datetime | None]) -> list[Candidate]:
+    """The consumers among `consumers` (name on the server: when it was made) whose host is out
+    of the pool, and which were made before it went out."""
     found = []
-    for name in sorted(set(consumers)):
+    for name in sorted(consumers):
         host_id = host_of_consumer(name)
         state = None if host_id is None else hosts.get(host_id)
         if state is None or state.admin not in OUT_EVENT:
             continue
-        found.append(Candidate(name, state.host_id, OUT_EVENT[state.admin], state.changed_at))
+        since, created = state.changed_at, consumers[name]
+        if since is not None and created is not None and created > since:
+            continue
+        found.append(Candidate(name, state.host_id, OUT_EVENT[state.admin], since))
     return found
 
 

@@ -106,9 +106,9 @@ async def test_an_out_host_whose_hostd_acknowledged_the_event_loses_its_consumer
     js = nc.jetstream()
     await ensure_streams(js)
     left, _ = await enroll_host(store, "left")
+    sub = await js.pull_subscribe(host_event_filter(left), durable=host_consumer(left), stream=EVENTS_STREAM)
     await decide_on_host(store, left, lambda s: aggregate.leave(s, left, "member"))
     await js.publish(f"{EVENT_PREFIX}.host.HostLeft.{left}", b"{}")
-    sub = await js.pull_subscribe(host_event_filter(left), durable=host_consumer(left), stream=EVENTS_STREAM)
     view = HostsView()
     await rebuild_view(store, view)
     sweep = ConsumerSweep(js, view, grace_s=3600.0)
@@ -119,3 +119,22 @@ async def test_an_out_host_whose_hostd_acknowledged_the_event_loses_its_consumer
     assert await sweep.sweep() == 0
     assert not await consumer_exists(nc, host_consumer(left))
     assert sweep.removed == 1
+
+
+async def test_a_consumer_made_after_its_host_went_out_is_kept(store: EventStore, nc: NATS) -> None:
+    """Whatever the view says of the host, a consumer made after the host's last event is the
+    one of its return (a deregistered host that registered again), and is kept."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    back, _ = await enroll_host(store, "back")
+    await decide_on_host(store, back, lambda s: aggregate.leave(s, back, "member"))
+    await asyncio.sleep(0.05)  # the server's clock and the log's are the same machine's here
+    await js.add_consumer(
+        EVENTS_STREAM,
+        config=ConsumerConfig(durable_name=host_consumer(back), filter_subject=host_event_filter(back)),
+    )
+    view = HostsView()
+    await rebuild_view(store, view)
+    sweep = ConsumerSweep(js, view, grace_s=0.0)
+    assert await sweep.sweep() == 0
+    assert await consumer_exists(nc, host_consumer(back))
