@@ -224,9 +224,12 @@ class Subscriber(Generic[T]):
                     continue
                 except nats.js.errors.NotFoundError:
                     # The consumer (or stream) vanished, e.g. JetStream lost its
-                    # state: create it again and carry on from our positions.
+                    # state: create it again and carry on from our positions. One that
+                    # cannot create its own (a hostd whose host the registry took out
+                    # of the pool) asks ever less often until it is made anew.
                     sub = None
                     await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.max_backoff)
                     continue
                 for msg in msgs:
                     await self._process(msg)

@@ -17,7 +17,7 @@ from potluck.events import (
     PoisonMessage,
     event_subscriber,
 )
-from potluck.events.bus import ensure_streams
+from potluck.events.bus import EVENTS_STREAM, ensure_streams
 from potluck.localstack import NatsServer
 from tests.fixtures.sample_events import ThingHappened, sample
 from tests.helpers import Received, stop, wait_until
@@ -251,6 +251,42 @@ async def test_a_long_poll_consumer_gets_events_at_once_and_after_a_restart_when
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
                 await asyncio.sleep(0.5)
         await wait_until(lambda: received.positions == [1, 2], 20, "the event published after the restart")
+    finally:
+        await stop(task)
+    assert consumer.applied == 2
+
+
+async def test_a_consumer_that_cannot_make_its_own_waits_for_it_to_be_made_anew(nc: NATS) -> None:
+    """hostd's way (`create_consumer=False`) when the registry removed its consumer (its host
+    deregistered): the subscriber keeps asking, backing off, and once the consumer is made again
+    it carries on, applying what was published meanwhile, each event once."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    received = Received()
+    consumer = event_subscriber(
+        nc,
+        durable="made-by-another",
+        subjects=["potluck.evt.>"],
+        handle=received,
+        events=sample,
+        batch_size=1,
+        fetch_timeout=0.5,
+        create_consumer=False,
+        max_backoff=0.5,
+    )
+    await js.add_consumer(EVENTS_STREAM, config=consumer.consumer_config())
+    task = asyncio.create_task(consumer.run())
+    body = ThingHappened(thing_id="a", count=1).model_dump_json().encode()
+    try:
+        await js.publish("potluck.evt.thing.ThingHappened", body, headers=_headers(1))
+        await wait_until(lambda: received.positions == [1], 20, "the first event")
+        await js.delete_consumer(EVENTS_STREAM, "made-by-another")
+        await js.publish("potluck.evt.thing.ThingHappened", body, headers=_headers(2))
+        await asyncio.sleep(1.5)  # several binds refused meanwhile
+        assert received.positions == [1]
+        assert not task.done()
+        await js.add_consumer(EVENTS_STREAM, config=consumer.consumer_config())
+        await wait_until(lambda: received.positions == [1, 2], 20, "the event published meanwhile")
     finally:
         await stop(task)
     assert consumer.applied == 2
