@@ -27,6 +27,11 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
+    # What asyncpg raises on a connection the server terminated while shutting down, when the
+    # next statement meets the half-read termination ("cannot switch to state 12; another
+    # operation (2) is in progress": MagicStack/asyncpg#1069). Seen on the relay's own
+    # connection in tests/e2e/test_database_outage.py; it ended the registry.
+    asyncpg.InternalClientError,
 )
 
 
