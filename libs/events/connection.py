@@ -124,6 +124,11 @@ async def _connect_unless_refused(
     finally:
         watching.cancel()
     if connecting.done() and not refused.is_set():
+        if connecting.exception() is not None:
+            # nats-py leaves the socket of a failed connect open (a refused key, a server that
+            # went away mid-handshake): close it before the caller tries again.
+            with contextlib.suppress(Exception):
+                await nc.close()
         connecting.result()
         return nc
     connecting.cancel()

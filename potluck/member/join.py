@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import nats
 import nkeys
 import tomli_w
 from nats.aio.client import Client as NATS
@@ -103,8 +102,9 @@ async def _connect(url: str, seed: str, host_id: str) -> NATS:
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
 
+    nc = NATS()
     try:
-        return await nats.connect(
+        await nc.connect(
             nats_servers(url),
             nkeys_seed_str=seed,
             inbox_prefix=inbox_prefix(host_id),
@@ -113,7 +113,12 @@ async def _connect(url: str, seed: str, host_id: str) -> NATS:
             connect_timeout=5,
             error_cb=on_error,
         )
+        return nc
     except (TimeoutError, NatsError, OSError) as exc:
+        # A connection the server refused (a key not admitted yet: `connects` asks again every
+        # half second) is left open by nats-py's connect: close it, or each try leaks a socket.
+        with contextlib.suppress(Exception):
+            await nc.close()
         if _authorization_error(exc) or any(_authorization_error(Exception(e)) for e in errors):
             raise PermissionError(str(exc)) from None
         raise JoinError(
