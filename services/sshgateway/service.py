@@ -28,7 +28,6 @@ sessions, so no other gateway ever ends them for it.
 """
 
 import asyncio
-import contextlib
 import uuid
 
 import asyncssh
@@ -37,6 +36,7 @@ from nats.aio.client import Client as NATS
 
 from potluck.contracts.link import request_short_slice
 from potluck.events import EventStore, Fold
+from potluck.kernel.cancellation import cancel_until_done
 from potluck.kernel.ssh_identity import load_or_create_key, public_key_line
 from potluck.sshgateway.audit import AuditLog
 from potluck.sshgateway.context import GatewayContext
@@ -179,10 +179,12 @@ class Gateway:
 
 
 async def _cancel(task: "asyncio.Future[None] | None") -> None:
+    """End `task` (cancel_until_done: its NATS requests may swallow one cancellation), raising
+    what it failed with, if anything but the cancellation."""
     if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_until_done([task])
+        if not task.cancelled() and (error := task.exception()) is not None:
+            raise error
 
 
 async def run_gateway(
