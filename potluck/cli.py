@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+# Before any command's module imports nats (nothing above does): see its docstring.
+import potluck.events.nats_without_websockets  # noqa: F401
 from potluck.cli_options import (
     database_option,
     nats_options,

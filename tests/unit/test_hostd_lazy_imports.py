@@ -1,7 +1,7 @@
 """hostd loads asyncssh and the OpenTelemetry exporters only when its config needs them, and
 never what it has no use for: rich and pygments (through structlog), charset_normalizer
-(through requests), the event store (asyncpg) and the relay, the user and operator commands
-(issue 20).
+(through requests), aiohttp (through nats-py), the event store (asyncpg) and the relay, the
+user and operator commands (issue 20).
 
 Each check runs in a fresh interpreter: in pytest's own process other tests have imported
 everything already.
@@ -34,6 +34,7 @@ KEPT_OUT = (
     "potluck.ops",
     "charset_normalizer",
     "chardet",
+    "aiohttp",
 )
 
 
@@ -78,6 +79,22 @@ def test_the_hostd_command_loads_none_of_what_hostd_does_not_use(tmp_path: Path)
         "result = {'exit': code, 'agent': 'potluck.hostd.agent' in sys.modules}"
     )
     assert answer == {"exit": 2, "agent": True, "loaded": []}
+
+
+def test_the_registry_and_the_gateway_load_no_aiohttp_and_the_allocator_serves_with_it() -> None:
+    """Through the potluck command, as they start: nats-py in the registry and the gateway has no
+    aiohttp behind it (they serve no HTTP); the allocator imports aiohttp for its API all the
+    same, and nats-py's connect still works there, over nats://."""
+    answer = _loaded_after(
+        "import potluck.cli, potluck.registry.service, potluck.sshgateway.service\n"
+        "plain = 'aiohttp' in sys.modules\n"
+        "import potluck.allocator.service, aiohttp.web\n"
+        "import nats.aio.transport\n"
+        "result = {'plain': plain, 'api': 'aiohttp.web' in sys.modules,\n"
+        "          'tcp': nats.aio.transport.TcpTransport.__name__}"
+    )
+    assert "aiohttp" in answer.pop("loaded")  # type: ignore[operator]
+    assert answer == {"plain": False, "api": True, "tcp": "TcpTransport"}
 
 
 def test_console_logs_still_carry_the_traceback_without_rich() -> None:
