@@ -21,7 +21,7 @@ ON_PREEMPT: tuple[OnPreempt, ...] = ("wait", "release")
 class AllocationSpec(BaseModel):
     """What the container must be: its image, limits and environment."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # see Event's
 
     resources: Capacity
     image: str = Field(min_length=1, max_length=512)
@@ -227,7 +227,7 @@ DEFAULT_DISK_QUOTA = 64 << 30
 class Quota(BaseModel):
     """The most one user may hold at once, all active allocations together."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # see Event's
 
     cpus: float = Field(default=8.0, gt=0)
     memory_bytes: int = Field(default=16 << 30, gt=0)

@@ -9,7 +9,7 @@ MIN_CPUS = 0.01
 class Capacity(BaseModel):
     """CPU, memory and disk: what a member donates, or what an allocation asks for."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # see Event's
 
     cpus: float = Field(gt=0, le=1024)
     memory_bytes: int = Field(gt=0)

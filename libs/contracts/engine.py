@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict
 class EngineFacts(BaseModel):
     """What hostd reads off its Docker engine at start and sends when it registers."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # see Event's
 
     version: str
     api_version: str = ""

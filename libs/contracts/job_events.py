@@ -50,7 +50,7 @@ JOB_ID_ENV = "POTLUCK_JOB_ID"
 class JobSpec(BaseModel):
     """What a job runs: `tasks` allocations of `task`, and how they are driven."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # see Event's
 
     tasks: int = Field(ge=1, le=MAX_TASKS)
     #: Each task's allocation, before its index and job id are added to its environment. Its

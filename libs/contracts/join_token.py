@@ -47,14 +47,14 @@ class JoinTokenError(ValueError):
 class GatewayPin(BaseModel):
     """An SSH gateway hostd dials out to, and the public key it must present."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # see Event's
 
     address: str = Field(min_length=3, max_length=300)
     client_key: str = Field(min_length=16, max_length=2000)
 
 
 class JoinToken(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # see Event's
 
     host_id: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")
     name: str = Field(min_length=1, max_length=200)

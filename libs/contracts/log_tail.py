@@ -42,7 +42,7 @@ PAGE_BUDGET = 256 * 1024
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # see Event's
 
 
 class LogCursor(_Message):

@@ -19,7 +19,7 @@ from potluck.contracts.host_events import PolicyCause
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # see Event's
 
 
 class RegisterHost(Message):

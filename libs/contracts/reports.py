@@ -36,7 +36,7 @@ def _id() -> str:
 
 
 class Report(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # see Event's
 
     kind: str
     report_id: str = Field(default_factory=_id)
@@ -65,7 +65,7 @@ class ContainerFailed(Report):
 
 
 class ContainerStatus(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # see Event's
 
     alloc_id: str
     container_id: str
@@ -101,7 +101,7 @@ class ContainerPulling(Report):
 
 
 class UsageSample(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # see Event's
 
     alloc_id: str
     cpu_total_ns: int
