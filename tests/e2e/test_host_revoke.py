@@ -139,12 +139,13 @@ async def test_a_revoked_host_is_cut_off_its_work_lost_and_its_users_told_why(
     revoked; replay of the log agrees with both running services; a second revocation records
     nothing. The registry removes the revoked host's events consumer; another host's stays."""
     pool, host = gatewayed.pool, gatewayed.host
+    async with aiohttp.ClientSession() as http:
+        alloc_id = await gatewayed.allocate(http)
+    # Only now: with two hosts up, the allocation could have been placed on this one instead.
     other = await pool.enroll("laptop-b")
     pool.write_config(other, docker_engines[1])
     pool.start_hostd(other)
     await pool.wait_for_host(other.host_id, "active")
-    async with aiohttp.ClientSession() as http:
-        alloc_id = await gatewayed.allocate(http)
     await dial_link(host)  # the gateway takes the host's key before the revocation
     errors: list[str] = []
     as_host = await pool.client(host, errors=errors)
