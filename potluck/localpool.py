@@ -9,6 +9,7 @@ and reloaded, exactly as `potluck ops hosts enroll` does.
 import asyncio
 import contextlib
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -209,10 +210,15 @@ class LocalPool:
         finally:
             await nc.close()
 
-    async def start_central_services(self) -> None:
-        """The registry and the allocator, returning once both answer."""
+    async def start_central_services(self, *, wait: bool = True) -> None:
+        """The registry and the allocator, returning once both answer; with `wait=False` at once
+        (`central_services_ready` waits for them then)."""
         self.start_registry()
         self.start_allocator()
+        if wait:
+            await self.central_services_ready()
+
+    async def central_services_ready(self) -> None:
         await self.wait_registry()
         await self.wait_api()
 
@@ -289,8 +295,14 @@ class LocalPool:
         return "\n".join(f"--- {name} ---\n{proc.log_tail(lines)}" for name, proc in self.processes.items())
 
     def stop_all(self) -> None:
-        for proc in self.processes.values():
-            proc.stop(timeout=10)
+        """Stop every process, all at once: each closes its bus connection and its store as it
+        stops, and one after another those waits added up on every stop of a pool."""
+        processes = list(self.processes.values())
+        if not processes:
+            return
+        with ThreadPoolExecutor(len(processes), thread_name_prefix="stop") as stopping:
+            # list(): the first exception of a stop is raised here, after all have been tried.
+            list(stopping.map(lambda proc: proc.stop(timeout=10), processes))
 
     @classmethod
     async def create(

@@ -61,9 +61,14 @@ async def wait_for_status(pool: Pool, alloc_id: str, status: str, timeout: float
 @pytest.fixture
 async def laptop(pool: Pool, docker_engines: list[DockerEngine]) -> EnrolledHost:
     """One enrolled, registered, online host on the first private engine."""
+    return await start_laptop(pool, docker_engines[0])
+
+
+async def start_laptop(pool: Pool, engine: DockerEngine) -> EnrolledHost:
     host = await pool.enroll("laptop-a")
-    pool.write_config(host, docker_engines[0])
+    pool.write_config(host, engine)
     pool.start_hostd(host)
+    await pool.central_services_ready()  # see HOST_FIXTURES_THAT_WAIT
     await pool.wait_for_host(host.host_id, "active")
     await pool.wait_for_images(host.host_id)
     return host
@@ -166,10 +171,10 @@ async def start_gatewayed(pool: Pool, engine: DockerEngine, tmp_path: Path, **co
         **config,
     )
     pool.start_hostd(host)
+    await pool.central_services_ready()  # see HOST_FIXTURES_THAT_WAIT
     await pool.wait_for_host(host.host_id, "active")
     await pool.wait_for_images(host.host_id)
     await asyncio.to_thread(wait_for_port, ssh_port, what="the SSH gateway", timeout=30)
-    await pool.wait_api()
     key = tmp_path / "id_alice"
     await asyncio.to_thread(
         subprocess.run, ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True

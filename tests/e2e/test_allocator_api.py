@@ -2,7 +2,6 @@
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
@@ -10,19 +9,8 @@ import pytest
 from potluck.contracts.allocation_events import CapacityFreed
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
-from potluck.localstack.test_image import DEFAULT_TAG
+from tests.e2e.allocator_api import Api, small
 from tests.fixtures.pool import EnrolledHost, Pool
-
-
-class Api:
-    def __init__(self, http: aiohttp.ClientSession, base: str, token: str | None) -> None:
-        self.http = http
-        self.base = base
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-    async def call(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
-        async with self.http.request(method, self.base + path, json=body, headers=self.headers, **kw) as r:
-            return r.status, await r.json()
 
 
 @pytest.fixture
@@ -40,17 +28,6 @@ async def alice(pool: Pool, laptop: EnrolledHost, http: aiohttp.ClientSession) -
 @pytest.fixture
 async def bob(pool: Pool, alice: Api, http: aiohttp.ClientSession) -> Api:
     return Api(http, pool.api, await pool.add_user("bob"))
-
-
-def small(**extra: Any) -> dict[str, Any]:
-    return {
-        "cpus": 0.5,
-        "memory": "64M",
-        "disk": "64M",
-        "image": DEFAULT_TAG,
-        "command": ["sleep", "3600"],
-        **extra,
-    }
 
 
 async def test_post_runs_a_container_with_exactly_those_limits_and_delete_frees_it(
@@ -116,67 +93,6 @@ async def test_a_missing_or_wrong_token_gets_401(pool: Pool, alice: Api, http: a
         async with http.get(pool.api + "/v1/allocations", headers=headers) as response:
             assert response.status == 401
             assert (await response.json())["error"]["code"] == "UNAUTHENTICATED"
-
-
-@pytest.mark.parametrize(
-    ("body", "status", "code", "field"),
-    [
-        ("{not json", 400, "MALFORMED_JSON", None),
-        ({"cpus": 1}, 400, "INVALID_FIELD", "memory"),
-        (small(cpus=-1), 400, "INVALID_FIELD", "cpus"),
-        (small(memory="lots"), 400, "INVALID_FIELD", "memory"),
-        (small(surprise=True), 400, "INVALID_FIELD", "surprise"),
-        (small(ssh_keys=["not a key"]), 400, "INVALID_FIELD", "ssh_keys"),
-        # What the published schema calls a boolean, a number or a name is one (no lax coercion).
-        (small(network=0), 400, "INVALID_FIELD", "network"),
-        (small(cpus="1"), 400, "INVALID_FIELD", "cpus"),
-        (small(env={"BAD NAME": "x"}), 400, "INVALID_FIELD", "env"),
-        (small(env={"A\n": "x"}), 400, "INVALID_FIELD", "env"),
-        # Postgres cannot store NUL or a lone surrogate; Docker cannot pass NUL on.
-        (small(command=["sh", "-c", "echo \u0000"]), 400, "INVALID_FIELD", "command"),
-        (small(env={"A": "\u0000"}), 400, "INVALID_FIELD", "env"),
-        ('{"cpus": 1, "memory": "64M", "image": "x", "command": ["\\ud8e6"]}', 400, "MALFORMED_JSON", None),
-        # A size text is checked against the pattern the schema publishes: bounds included.
-        (small(memory="15M"), 400, "INVALID_FIELD", "memory"),
-        (small(memory="0.5G"), 400, "INVALID_FIELD", "memory"),
-        (small(disk=" 64M"), 400, "INVALID_FIELD", "disk"),
-        (small(lifetime="0s"), 400, "INVALID_FIELD", "lifetime"),
-        (small(lifetime="7.5d"), 400, "INVALID_FIELD", "lifetime"),
-        (small(cpus=64), 422, "EXCEEDS_ANY_HOST", "cpus"),
-        (small(memory="512G"), 422, "EXCEEDS_ANY_HOST", "memory"),
-        (small(constraints={"gpu": "yes"}), 422, "NO_HOST_MATCHES", "constraints"),
-        # A share below Docker's floor would run with NanoCpus=0: no CPU limit at all.
-        (small(cpus=1e-10), 400, "INVALID_FIELD", "cpus"),
-        (small(cpus=5e-324), 400, "INVALID_FIELD", "cpus"),
-        # Long texts are refused before any matching (they once took seconds of the event loop).
-        (small(memory="1" + " " * 32_000 + "x"), 400, "INVALID_FIELD", "memory"),
-        (small(lifetime="1" + " " * 32_000 + "h"), 400, "INVALID_FIELD", "lifetime"),
-        (small(memory="9" * 300), 400, "INVALID_FIELD", "memory"),
-        (small(lifetime=10**400), 400, "INVALID_FIELD", "lifetime"),
-        # JSON that Python's parser gives up on is malformed JSON, not a crash.
-        ('{"cpus": ' + "[" * 100_000 + "]" * 100_000 + "}", 400, "MALFORMED_JSON", None),
-        ('{"cpus": 1, "memory": ' + "9" * 5_000 + "}", 400, "MALFORMED_JSON", None),
-        ('{"cpus": NaN, "memory": "64M"}', 400, "MALFORMED_JSON", None),
-    ],
-)
-async def test_bad_requests_get_a_clear_error_and_nothing_is_recorded(
-    pool: Pool, alice: Api, body: Any, status: int, code: str, field: str | None
-) -> None:
-    head = await pool.store.head_position()
-    if isinstance(body, str):
-        async with alice.http.post(
-            pool.api + "/v1/allocations",
-            data=body,
-            headers={**alice.headers, "Content-Type": "application/json"},
-        ) as response:
-            got_status, answer = response.status, await response.json()
-    else:
-        got_status, answer = await alice.call("POST", "/v1/allocations", body)
-    assert got_status == status, answer
-    assert answer["error"]["code"] == code
-    assert answer["error"].get("field") == field
-    assert answer["error"]["message"]
-    assert await pool.store.head_position() == head
 
 
 async def test_quota_bounds_what_one_user_holds(pool: Pool, alice: Api, http: aiohttp.ClientSession) -> None:

@@ -22,7 +22,7 @@ async def test_schemathesis_finds_nothing_with_every_check_and_phase(
 ) -> None:
     """What is tried: schemathesis with every check (schemathesis.toml enables them all but
     use_after_free, each exception with its reason) and its examples, coverage, fuzzing and
-    stateful phases, 250 examples per operation (POTLUCK_FUZZ_EXAMPLES=N for more). What
+    stateful phases, 500 examples per operation (POTLUCK_FUZZ_EXAMPLES=N for more). What
     must hold: no failure and no error.
 
     The one host takes any image but is full (one allocation of another user holds all it
@@ -57,7 +57,7 @@ async def test_schemathesis_finds_nothing_with_every_check_and_phase(
         "--header",
         f"Authorization: Bearer {token}",
         "--max-examples",
-        os.environ.get("POTLUCK_FUZZ_EXAMPLES", "250"),
+        os.environ.get("POTLUCK_FUZZ_EXAMPLES", "500"),
         "--phases",
         "examples,coverage,fuzzing,stateful",
         "--workers",

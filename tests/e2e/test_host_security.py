@@ -37,6 +37,7 @@ async def two_laptops(pool: Pool, docker_engines: list[DockerEngine]) -> tuple[E
     for host, engine in ((a, docker_engines[0]), (b, docker_engines[1])):
         pool.write_config(host, engine)
         pool.start_hostd(host)
+    await pool.central_services_ready()  # see HOST_FIXTURES_THAT_WAIT
     await pool.wait_for_host(a.host_id, "active")
     await pool.wait_for_host(b.host_id, "active")
     return a, b

@@ -11,8 +11,8 @@ import pytest
 from potluck.contracts.job_events import TASK_INDEX_ENV
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
+from tests.e2e.allocator_api import Api
 from tests.e2e.conftest import replay_agrees
-from tests.e2e.test_allocator_api import Api
 from tests.fixtures.pool import EnrolledHost, Pool, allocation
 
 #: Long enough for a loaded machine; the waits end as soon as the job does.
@@ -32,10 +32,10 @@ async def two_hosts(pool: Pool, docker_engines: list[DockerEngine]) -> list[Enro
     for host, engine in zip(hosts, docker_engines, strict=True):
         pool.write_config(host, engine)
         pool.start_hostd(host)
+    await pool.central_services_ready()  # see HOST_FIXTURES_THAT_WAIT
     for host in hosts:
         await pool.wait_for_host(host.host_id, "active")
         await pool.wait_for_images(host.host_id)
-    await pool.wait_api()
     return hosts
 
 

@@ -74,9 +74,9 @@ async def two_hosts(pool: Pool, docker_engines: list[DockerEngine], tmp_path: Pa
         pool.write_config(host, engine, donate={"cpus": 0.5, "memory": "1G", "disk": "2G"})
         pool.start_hostd(host)
         hosts.append(host)
+    await pool.central_services_ready()  # see HOST_FIXTURES_THAT_WAIT
     for host in hosts:
         await pool.wait_for_host(host.host_id, "active")
-    await pool.wait_api()
     token = await pool.add_user("alice")
     config = tmp_path / "client" / "client.toml"
     Login(pool.api, token).save(config)

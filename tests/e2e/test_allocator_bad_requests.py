@@ -1,0 +1,90 @@
+"""Bad request bodies to the allocator's HTTP API: a clear error each, and nothing recorded.
+
+Each case leaves the pool as it found it, which its last assertion checks, so all of them share
+one pool (`module_pool`) with one host and one user, started once for the module.
+"""
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from potluck.localstack.docker_engine import DockerEngine
+from tests.e2e.allocator_api import Api, small
+from tests.e2e.conftest import start_laptop
+from tests.fixtures.pool import Pool
+
+
+@pytest.fixture(scope="module")
+async def shared(module_pool: Pool, docker_engines: list[DockerEngine]) -> AsyncIterator[tuple[Pool, Api]]:
+    """The module's pool, a host on the first engine, and alice with her own HTTP session."""
+    await start_laptop(module_pool, docker_engines[0])
+    token = await module_pool.add_user("alice")
+    async with aiohttp.ClientSession() as http:
+        yield module_pool, Api(http, module_pool.api, token)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "field"),
+    [
+        ("{not json", 400, "MALFORMED_JSON", None),
+        ({"cpus": 1}, 400, "INVALID_FIELD", "memory"),
+        (small(cpus=-1), 400, "INVALID_FIELD", "cpus"),
+        (small(memory="lots"), 400, "INVALID_FIELD", "memory"),
+        (small(surprise=True), 400, "INVALID_FIELD", "surprise"),
+        (small(ssh_keys=["not a key"]), 400, "INVALID_FIELD", "ssh_keys"),
+        # What the published schema calls a boolean, a number or a name is one (no lax coercion).
+        (small(network=0), 400, "INVALID_FIELD", "network"),
+        (small(cpus="1"), 400, "INVALID_FIELD", "cpus"),
+        (small(env={"BAD NAME": "x"}), 400, "INVALID_FIELD", "env"),
+        (small(env={"A\n": "x"}), 400, "INVALID_FIELD", "env"),
+        # Postgres cannot store NUL or a lone surrogate; Docker cannot pass NUL on.
+        (small(command=["sh", "-c", "echo \u0000"]), 400, "INVALID_FIELD", "command"),
+        (small(env={"A": "\u0000"}), 400, "INVALID_FIELD", "env"),
+        ('{"cpus": 1, "memory": "64M", "image": "x", "command": ["\\ud8e6"]}', 400, "MALFORMED_JSON", None),
+        # A size text is checked against the pattern the schema publishes: bounds included.
+        (small(memory="15M"), 400, "INVALID_FIELD", "memory"),
+        (small(memory="0.5G"), 400, "INVALID_FIELD", "memory"),
+        (small(disk=" 64M"), 400, "INVALID_FIELD", "disk"),
+        (small(lifetime="0s"), 400, "INVALID_FIELD", "lifetime"),
+        (small(lifetime="7.5d"), 400, "INVALID_FIELD", "lifetime"),
+        (small(cpus=64), 422, "EXCEEDS_ANY_HOST", "cpus"),
+        (small(memory="512G"), 422, "EXCEEDS_ANY_HOST", "memory"),
+        (small(constraints={"gpu": "yes"}), 422, "NO_HOST_MATCHES", "constraints"),
+        # A share below Docker's floor would run with NanoCpus=0: no CPU limit at all.
+        (small(cpus=1e-10), 400, "INVALID_FIELD", "cpus"),
+        (small(cpus=5e-324), 400, "INVALID_FIELD", "cpus"),
+        # Long texts are refused before any matching (they once took seconds of the event loop).
+        (small(memory="1" + " " * 32_000 + "x"), 400, "INVALID_FIELD", "memory"),
+        (small(lifetime="1" + " " * 32_000 + "h"), 400, "INVALID_FIELD", "lifetime"),
+        (small(memory="9" * 300), 400, "INVALID_FIELD", "memory"),
+        (small(lifetime=10**400), 400, "INVALID_FIELD", "lifetime"),
+        # JSON that Python's parser gives up on is malformed JSON, not a crash.
+        ('{"cpus": ' + "[" * 100_000 + "]" * 100_000 + "}", 400, "MALFORMED_JSON", None),
+        ('{"cpus": 1, "memory": ' + "9" * 5_000 + "}", 400, "MALFORMED_JSON", None),
+        ('{"cpus": NaN, "memory": "64M"}', 400, "MALFORMED_JSON", None),
+    ],
+)
+async def test_bad_requests_get_a_clear_error_and_nothing_is_recorded(
+    shared: tuple[Pool, Api], body: Any, status: int, code: str, field: str | None
+) -> None:
+    """What is tried: one bad request body. What must hold: the status and error code the API
+    publishes for it, naming the field, with a message; the log's head does not move (so the
+    next case meets the same pool)."""
+    pool, alice = shared
+    head = await pool.store.head_position()
+    if isinstance(body, str):
+        async with alice.http.post(
+            pool.api + "/v1/allocations",
+            data=body,
+            headers={**alice.headers, "Content-Type": "application/json"},
+        ) as response:
+            got_status, answer = response.status, await response.json()
+    else:
+        got_status, answer = await alice.call("POST", "/v1/allocations", body)
+    assert got_status == status, answer
+    assert answer["error"]["code"] == code
+    assert answer["error"].get("field") == field
+    assert answer["error"]["message"]
+    assert await pool.store.head_position() == head
