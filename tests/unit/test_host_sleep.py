@@ -158,3 +158,21 @@ def test_silence_of_a_waiting_host_counts_from_the_log_when_the_clock_started_la
     assert silence_of(state, 10.0, now) == 7 * 3600
     assert silence_of(state, 8 * 3600.0, now) == 8 * 3600
     assert silence_of(registered(), 10.0, now) == 10.0
+
+
+def test_an_online_host_is_silent_at_most_since_the_log_says_it_came_online() -> None:
+    """A registry up for 10 s that has no beat of a host another registry registered 0.5 s ago
+    (by the log): the host is silent 0.5 s, not 10, so neither suspected nor lost at once; one
+    beaten 0.2 s ago is silent 0.2 s; a log clock ahead of the registry's gives 0, not less."""
+    state = registered()
+    assert state.liveness_since is not None
+    came = state.liveness_since
+    assert silence_of(state, 10.0, came + timedelta(seconds=0.5)) == 0.5
+    assert silence_of(state, 0.2, came + timedelta(seconds=0.5)) == 0.2
+    assert silence_of(state, 10.0, came - timedelta(seconds=3)) == 0.0
+    recovered = then(
+        registered(),
+        [HostSuspected(host_id=H, silent_for_s=20), HostRecovered(host_id=H, was="unreachable")],
+        at=came + timedelta(hours=1),
+    )
+    assert silence_of(recovered, 10.0, came + timedelta(hours=1, seconds=2)) == 2.0

@@ -52,7 +52,8 @@ def test_a_suspected_host_is_not_due_again_until_its_grace() -> None:
     """Tried: an unreachable host, silent long past the suspect time but within the grace.
     Holds: not due (no stream read a second for it); due once the grace is reached."""
     state = STATES["unreachable"]
-    assert transition_due(STATES["online"], 15.0, T0, POLICY)
+    # Online since T0 by the log, an hour before: silent 15 s by the beats (silence_of).
+    assert transition_due(STATES["online"], 15.0, T0 + timedelta(hours=1), POLICY)
     assert not transition_due(state, 600.0, T0, POLICY)
     assert transition_due(state, 3600.0, T0, POLICY)
     assert not transition_due(STATES["lost"], 1e6, T0, POLICY)
