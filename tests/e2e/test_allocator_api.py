@@ -21,7 +21,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def alice(pool: Pool, laptop: EnrolledHost, http: aiohttp.ClientSession) -> Api:
-    await pool.wait_api()
     return Api(http, pool.api, await pool.add_user("alice"))
 
 
