@@ -25,6 +25,7 @@ from potluck.cli_options import (
     relay_option,
     stream_replicas_option,
 )
+from potluck.kernel.cancellation import then_end_the_rest
 from potluck.kernel.version import __version__
 from potluck.lazy_group import AttachingGroup
 from potluck.logs import configure_logging
@@ -44,7 +45,7 @@ def run(coro: Awaitable[T]) -> T:
     # `kill -USR1 PID` prints every thread's stack to stderr (the process's log): what an
     # operator needs from a service that hangs, without stopping it.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    return asyncio.run(coro)  # type: ignore[arg-type]
+    return asyncio.run(then_end_the_rest(coro))
 
 
 async def with_store(database_url: str, work: Callable[["EventStore"], Awaitable[T]]) -> T:

@@ -233,9 +233,12 @@ class Agent:
             )
         finally:
             # Not drain(): the tasks that would take what is still queued are cancelled by now,
-            # so drain() waited out its timeout on every stop. What hostd published is flushed.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.flush(), 2)
+            # so drain() waited out its timeout on every stop. What hostd published is flushed,
+            # unless the server is gone (it drops a machine that left): flushing then waits out
+            # its timeout, and the cancellation run() sends again after 1 s cut close() off.
+            if self.nc.is_connected:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.nc.flush(), 2)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.close(), 2)
             self.driver.close()

@@ -1,6 +1,7 @@
 import asyncio
+import threading
 
-from potluck.kernel.cancellation import cancel_until_done
+from potluck.kernel.cancellation import cancel_until_done, then_end_the_rest
 
 
 async def test_a_task_that_swallows_one_cancellation_still_ends() -> None:
@@ -38,3 +39,36 @@ async def test_finished_tasks_keep_their_results_and_errors() -> None:
     await cancel_until_done([done, failed])
     assert done.result() == "kept"
     assert isinstance(failed.exception(), ValueError)
+
+
+def test_a_process_ends_though_a_task_it_left_behind_loses_its_cancellation() -> None:
+    """What is tried: a main that returns while a task it started loses the one cancellation
+    asyncio.run sends at the end (as nats-py's reconnect loop did in a hostd that had left the
+    pool). What must hold: the loop still ends, with main's result, and the task is cancelled.
+    Plain asyncio.run would wait for that task forever, so it runs in a thread, given 30 s."""
+    left: list[asyncio.Task[None]] = []
+
+    async def loses_the_first_cancel() -> None:
+        lost = False
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost = True
+
+    async def main() -> str:
+        left.append(asyncio.ensure_future(loses_the_first_cancel()))
+        await asyncio.sleep(0.05)
+        return "main's result"
+
+    outcome: list[str] = []
+    runner = threading.Thread(
+        target=lambda: outcome.append(asyncio.run(then_end_the_rest(main()))), daemon=True
+    )
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive(), "the loop did not end: a task it left behind is still running"
+    assert outcome == ["main's result"]
+    assert left[0].cancelled()
