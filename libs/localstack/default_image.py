@@ -15,6 +15,7 @@ The image carries the same key in `POTLUCK_IMAGE_KEY`: an engine holding an
 older build of the tag gets the new one.
 """
 
+import fcntl
 import hashlib
 import json
 import os
@@ -80,6 +81,17 @@ def rootfs_tarball(say: Callable[[str], None] = lambda _: None) -> tuple[Path, s
     tarball = cache_dir() / f"rootfs-{key}.tar"
     if tarball.exists():
         return tarball, key
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    # One build at a time per key: two builders (`potluck up` while the tests run, two test
+    # workers) would write the same .partial file. Whoever waited finds the tarball built.
+    with tarball.with_suffix(".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not tarball.exists():
+            _build_rootfs(tarball, suite, say)
+    return tarball, key
+
+
+def _build_rootfs(tarball: Path, suite: str, say: Callable[[str], None]) -> None:
     archive = machine_archive(suite)
     if archive is None:
         raise LocalStackError(
@@ -89,7 +101,6 @@ def rootfs_tarball(say: Callable[[str], None] = lambda _: None) -> tuple[Path, s
             f"{DEFAULT_IMAGE} yourself"
         )
     debootstrap = _debootstrap(say)
-    tarball.parent.mkdir(parents=True, exist_ok=True)
     argv = [debootstrap, "--variant=minbase", f"--include={','.join(PACKAGES)}"]
     if archive.keyring is not None and Path(archive.keyring).is_file():
         argv.append(f"--keyring={archive.keyring}")
@@ -112,7 +123,6 @@ def rootfs_tarball(say: Callable[[str], None] = lambda _: None) -> tuple[Path, s
         with tarfile.open(partial, "w") as archive_file:
             archive_file.add(root, arcname=".")
         partial.replace(tarball)
-    return tarball, key
 
 
 def _engine_key(docker_url: str) -> str | None:
