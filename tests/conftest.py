@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.pool",
     "tests.fixtures.nats_cluster",
     "tests.fixtures.ssh",
+    "tests.fixtures.solo",
 ]

@@ -186,6 +186,7 @@ def test_quick_transfer_bench_prints_every_metric_once_against_docker_cp() -> No
         assert record["size_mb"] == 32, record
 
 
+@pytest.mark.solo  # the owner's load it measures is every process outside the pool's containers
 def test_quick_member_bench_prints_every_metric_once_against_a_plain_docker_run() -> None:
     """The owner policy measured end to end: the owner's slowdown against a plain `docker run
     --cpus` burner, how fast the pool's quota drops and comes back, and the flaps. How many

@@ -27,6 +27,9 @@ from potluck.localstack.docker_engine import DockerEngine
 from tests.e2e.conftest import ops, wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool, place, spec
 
+#: The owner's load is every process outside the pool's containers: the other test worker's too.
+pytestmark = pytest.mark.solo
+
 CGROUP = Path("/sys/fs/cgroup")
 ALL_DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 #: Fast enough for a test: sampled every 0.2 s, busy after 1 s, back after 2 s idle.

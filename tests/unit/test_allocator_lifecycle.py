@@ -112,7 +112,10 @@ def test_an_end_reported_after_the_allocation_ended_changes_nothing(status: str)
 
 
 @pytest.mark.parametrize(
-    "report", [started(), exited(), ContainerFailed(alloc_id="a1", reason="start_failed")], ids=str
+    # Ids by kind: a report's own id and time differ in every process that collects the tests.
+    "report",
+    [started(), exited(), ContainerFailed(alloc_id="a1", reason="start_failed")],
+    ids=lambda report: report.kind,
 )
 def test_a_host_is_believed_only_about_what_is_placed_on_it(
     report: ContainerStarted | ContainerExited | ContainerFailed,
