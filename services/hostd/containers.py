@@ -38,6 +38,7 @@ policy throttles, each container's CPU quota is its part of the pool's share
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -80,6 +81,11 @@ T = TypeVar("T")
 #: side, few enough not to crowd a member's machine with engine calls.
 START_CONCURRENCY = 4
 
+#: While the engine's event stream is open, the engine is pinged this seldom: the stream ends
+#: when the engine goes away, so a ping every few seconds would tell nothing new; the rare one
+#: is for an engine that hangs with its socket open.
+ENGINE_CHECK_WHILE_STREAMING_S = 30.0
+
 
 def container_spec(host_id: str, alloc_id: str, spec: AllocationSpec) -> ContainerSpec:
     return ContainerSpec(
@@ -120,6 +126,9 @@ class ContainerManager:
         # The CPU quota last set on each container (alloc_id -> cpus), so that only changes go out.
         self._quotas: dict[str, float] = {}
         self.engine_up: bool | None = None
+        #: Whether watch_docker_events holds an open event stream of the engine.
+        self._events_open = False
+        self._reconcile_on_return: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         #: Placements whose start is under way (place), and the slots they take turns in.
         self._starts: dict[str, asyncio.Task[None]] = {}
@@ -156,7 +165,13 @@ class ContainerManager:
 
     def _engine_state(self, up: bool, detail: str = "") -> None:
         if self.engine_up is not up:
+            came_back = up and self.engine_up is False
             self.engine_up = up
+            if came_back:
+                # Whichever call finds the engine back (a ping, the event stream reopening, a
+                # start) sets this, so the reconciliation is started here and not by the ping
+                # alone, which would miss the return another call noticed first.
+                self._reconcile_on_return = asyncio.create_task(self.reconcile())
             (log.info if up else log.error)(
                 "hostd.engine", available=up, url=self.driver.base_url, detail=detail
             )
@@ -605,16 +620,18 @@ class ContainerManager:
     async def watch_docker_events(self) -> None:
         """Follows the engine's die events in a thread; restarts the stream after an engine outage."""
         loop = asyncio.get_running_loop()
-        died: asyncio.Queue[str] = asyncio.Queue()
         while True:
             try:
                 stream = await self._docker(self.driver.events, self.host_id)
             except EngineUnavailable:
                 await asyncio.sleep(1.0)
                 continue
-            closed = threading.Event()
+            # None marks the stream's end: the loop sleeps on the queue alone, with no timer to
+            # look for the end (a wake-up a second per host was a measurable share of an idle
+            # hostd's CPU, and most of thousands of hollow hosts').
+            died: asyncio.Queue[str | None] = asyncio.Queue()
 
-            def pump(stream: Any = stream, closed: threading.Event = closed) -> None:
+            def pump(stream: Any = stream, died: asyncio.Queue[str | None] = died) -> None:
                 try:
                     for event in stream:
                         if event["action"] == "die" and event["container_id"]:
@@ -622,28 +639,32 @@ class ContainerManager:
                 except DockerDriverError:
                     pass
                 finally:
-                    closed.set()
+                    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                        loop.call_soon_threadsafe(died.put_nowait, None)
 
             # A daemon thread, not the loop's executor: a read blocked on the
             # engine's socket must not hold up the process at exit.
             threading.Thread(target=pump, name="docker-events", daemon=True).start()
+            self._events_open = True
             try:
-                while not (closed.is_set() and died.empty()):
-                    with contextlib.suppress(TimeoutError):
-                        container_id = await asyncio.wait_for(died.get(), 1.0)
-                        await self.on_container_died(container_id)
+                while (container_id := await died.get()) is not None:
+                    await self.on_container_died(container_id)
             finally:
+                self._events_open = False
                 stream.close()
             await asyncio.sleep(1.0)
 
     async def watch_engine(self, interval: float = 2.0) -> None:
-        """Notices the engine going away and coming back; reconciles when it returns."""
+        """Notices the engine going away and coming back (`_engine_state` reconciles when it
+        returns): a ping every `interval`, or every ENGINE_CHECK_WHILE_STREAMING_S while the
+        engine's event stream is open and would end if the engine went away."""
+        last_ping = -float("inf")
         while True:
-            was_up = self.engine_up
-            with contextlib.suppress(DockerDriverError):
-                await self._docker(self.driver.ping)
-            if self.engine_up and was_up is False:
-                await self.reconcile()
+            streaming = self._events_open and self.engine_up
+            if not streaming or time.monotonic() - last_ping >= ENGINE_CHECK_WHILE_STREAMING_S:
+                last_ping = time.monotonic()
+                with contextlib.suppress(DockerDriverError):
+                    await self._docker(self.driver.ping)
             await asyncio.sleep(interval)
 
     async def guard_disk(self) -> None:

@@ -119,7 +119,8 @@ async def _wait_for_no_work(nc: NATS, config: HostdConfig, timeout_s: float, say
 
 def local_status(config: HostdConfig) -> dict[str, Any]:
     """hostd's own readings (donated caps, pool use, owner load, battery, temperature, the
-    policy and its last transitions), with how old they are; hostd rewrites them every second."""
+    policy and its last transitions), with how old they are; hostd rewrites them every few
+    seconds and at every change of its policy."""
     path = status_path(config)
     try:
         data: dict[str, Any] = json.loads(path.read_text())

@@ -45,7 +45,10 @@ log = structlog.get_logger(__name__)
 
 STATUS_FILE = "policy-status.json"
 _PEER_AWAY: tuple[type[BaseException], ...] = (*TRANSIENT_BUS_ERRORS, nats.errors.NoRespondersError)
-_STATUS_EVERY_S = 1.0
+#: How often the status file (`potluck host status`) is rewritten, besides at every change of
+#: the policy's decision; `local_status` calls it stale only past 10 s. Every sample (2 s) was
+#: an eighth of an idle hostd's CPU.
+_STATUS_EVERY_S = 5.0
 _TRANSITIONS_KEPT = 20
 
 Request = Callable[[str, bytes], Awaitable[Reply]]
@@ -115,8 +118,9 @@ class PolicyRunner:
             self._sustained.add(at, owner)
             self._readings.update(machine_cpus=round(machine, 3), pool_cpus=round(pool, 3))
         memory_bytes = [read_bytes(f.memory) for f in files if f.memory is not None]
-        power = await asyncio.to_thread(read_power, Path(self.policy.power_supply_dir))
-        temperature = await asyncio.to_thread(read_temperature, Path(self.policy.thermal_dir))
+        # One thread hop for both: a battery's files can take an ACPI query each to read, so they
+        # stay off the loop, but a hop costs more than the reads on most machines.
+        power, temperature = await asyncio.to_thread(self._read_sensors)
         readings = Readings(
             owner_cpus=self._sustained.level(), on_battery=power.on_battery, temperature_c=temperature
         )
@@ -136,6 +140,9 @@ class PolicyRunner:
             return
         await self._change(decision)
 
+    def _read_sensors(self) -> tuple[PowerReading, float | None]:
+        return read_power(Path(self.policy.power_supply_dir)), read_temperature(Path(self.policy.thermal_dir))
+
     async def _change(self, decision: Decision) -> None:
         log.info(
             "hostd.policy_changed",
@@ -150,6 +157,8 @@ class PolicyRunner:
         self.transitions.append({"at": self.since.isoformat(), **asdict(decision)})
         await self.containers.set_policy(frozen=decision.state == "frozen", share_cpus=decision.share_cpus)
         self._unsent.set()
+        with contextlib.suppress(OSError):
+            self.write_status()
 
     async def _pool_files(self) -> list[CgroupFiles]:
         """The cgroup files of the pool's running containers, found once per container."""

@@ -221,8 +221,9 @@ async def test_hostd_outlives_its_docker_engine_stopping_and_recovers(
 ) -> None:
     """The host's engine (one with no image yet, so hostd cannot cache what it learnt of it)
     is stopped by its PID while hostd runs: hostd stays up past several disk checks and
-    reports the engine unavailable; the engine starts again: hostd reports it available
-    and runs new work."""
+    reports the engine unavailable; an allocation is placed on it meanwhile; the engine starts
+    again: hostd reports it available, starts what was placed during the outage (whichever of
+    hostd's calls finds the engine back first), and runs new work."""
     import json
     from pathlib import Path
 
@@ -254,12 +255,14 @@ async def test_hostd_outlives_its_docker_engine_stopping_and_recovers(
 
         await asyncio.to_thread(engine.stop)  # SIGTERM to dockerd's own PID
         await engine_reported(False)
+        await place(pool.store, host.host_id, "during-outage", spec())
         await asyncio.sleep(3)  # six disk checks against an engine that is away
         assert host.process.running(), f"hostd exited\n{host.process.log_tail(60)}"
 
         await asyncio.to_thread(engine.start)
         await asyncio.to_thread(build_test_image, engine.url)
         await engine_reported(True)
+        await wait_for_status(pool, "during-outage", "running", timeout=60)
         await place(pool.store, host.host_id, "after-outage", spec())
         await wait_for_status(pool, "after-outage", "running", timeout=60)
         assert host.process.running()
