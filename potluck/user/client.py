@@ -125,14 +125,19 @@ class Api:
             ) from None
 
     async def rows(
-        self, path: str, key: str, query: Mapping[str, str] | None = None, most: int | None = None
+        self,
+        path: str,
+        key: str,
+        query: Mapping[str, str] | None = None,
+        most: int | None = None,
+        page_rows: int = PAGE_ROWS,
     ) -> list[Any]:
         """Every row of a paged list (`GET /v1/allocations`, `/v1/jobs`: each page's `key`),
-        following each page's `next`; only the first `most` when given."""
+        following each page's `next`, `page_rows` at a time; only the first `most` when given."""
         found: list[Any] = []
         after: str | None = None
         while True:
-            wanted = PAGE_ROWS if most is None else min(PAGE_ROWS, most - len(found))
+            wanted = page_rows if most is None else min(page_rows, most - len(found))
             params = {**(query or {}), "limit": str(wanted), **({"after": after} if after else {})}
             page = await self.call("GET", f"{path}?{urlencode(params)}")
             found += page[key]
