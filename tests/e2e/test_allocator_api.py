@@ -372,9 +372,10 @@ async def test_a_user_walks_the_pages_of_their_allocations_and_sees_each_once(
 
 async def test_bad_page_requests_get_a_clear_400_and_change_nothing(alice: Api, bob: Api) -> None:
     """Tried: `limit` 0, 1001, -1, 1.5, x, empty and +5; `after` bob's allocation, an id that
-    never was and an empty one, alone and with a valid limit. Must hold: each is a 400
-    INVALID_FIELD naming the field; bob's id and the unknown one get the very same answer (his
-    id's existence is not told); alice's list is the same afterwards."""
+    never was and an empty one, alone and with a valid limit; then `limit` 1 and 1000 and her
+    own last id. Must hold: each bad one is a 400 INVALID_FIELD naming the field; bob's id and
+    the unknown one get the very same answer (his id's existence is not told); the edges are
+    accepted (after her last id: an empty last page); alice's list is the same afterwards."""
     mine = await _released(alice)
     theirs = await _released(bob)
     _, before = await alice.call("GET", "/v1/allocations")
@@ -398,6 +399,9 @@ async def test_bad_page_requests_get_a_clear_400_and_change_nothing(alice: Api, 
     _, of_bobs = await alice.call("GET", f"/v1/allocations?after={theirs}")
     _, unknown = await alice.call("GET", "/v1/allocations?after=a-never-was")
     assert of_bobs == unknown
+    for limit in (1, 1000):
+        status, edge = await alice.call("GET", f"/v1/allocations?limit={limit}")
+        assert (status, edge) == (200, before)
     status, last = await alice.call("GET", f"/v1/allocations?after={mine}")
     assert status == 200
     assert last == {"allocations": [], "next": None}

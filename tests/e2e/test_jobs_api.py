@@ -278,7 +278,7 @@ async def test_a_user_walks_the_pages_of_their_jobs_and_bad_pages_get_a_clear_40
     allocations (no job). Must hold: the pages hold 2, 2 and 1 jobs, `next` the last id of each
     and null on the last, each of alice's jobs once in the order submitted and never bob's; each
     bad request is a 400 INVALID_FIELD naming the field, bob's job and the unknown id get the same
-    answer, and alice's list is the same afterwards."""
+    answer; `limit` 1 and 1000 are accepted; alice's list is the same afterwards."""
     alice = Api(http, pool.api, await pool.add_user("alice"))
     bob = Api(http, pool.api, await pool.add_user("bob"))
     mine = []
@@ -322,5 +322,9 @@ async def test_a_user_walks_the_pages_of_their_jobs_and_bad_pages_get_a_clear_40
     _, of_bobs = await alice.call("GET", f"/v1/jobs?after={theirs['id']}")
     _, unknown = await alice.call("GET", "/v1/jobs?after=j-never-was")
     assert of_bobs == unknown
+    for limit in (1, 1000):
+        status, edge = await alice.call("GET", f"/v1/jobs?limit={limit}")
+        assert status == 200, edge
+        assert [j["id"] for j in edge["jobs"]] == mine[:limit]
     _, again = await alice.call("GET", "/v1/jobs")
     assert [j["id"] for j in again["jobs"]] == mine
