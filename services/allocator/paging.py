@@ -4,8 +4,11 @@
 1000), oldest first; `next` is the id to send as `after` for the following page, null on the
 last. The cursor is the id of a row of the caller's own list (readmodels/owner_index.py keeps
 each user's rows in order), so rows created meanwhile come after, on later pages. Any other
-`after`, another user's id as much as one that never existed, gets the same 400: the answer
-does not tell whether someone else's id exists.
+`after`, another user's id as much as one that never existed, gets the same 404, as the
+caller's own row of that id would if it did not exist: the answer does not tell whether
+someone else's id exists. (A 404 rather than a 400: the query is well formed, the row it
+names is not found; the OpenAPI fuzzer's valid-data check counts a 400 for a well-formed
+query as a defect, which keeps it strict on `limit`.)
 """
 
 import re
@@ -45,9 +48,9 @@ def page_query(query: Mapping[str, str], owns: Callable[[str], bool], what: str)
     after = query.get("after")
     if after is not None and not owns(after):
         raise Rejected(
-            "INVALID_FIELD",
+            "NOT_FOUND",
             f"after must be the `next` of a page of your {what}: none of yours has this id",
             field="after",
-            status=400,
+            status=404,
         )
     return PageQuery(limit=limit, after=after)

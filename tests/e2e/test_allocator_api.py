@@ -370,11 +370,12 @@ async def test_a_user_walks_the_pages_of_their_allocations_and_sees_each_once(
     assert [a["id"] for a in first_five] == mine[:5]
 
 
-async def test_bad_page_requests_get_a_clear_400_and_change_nothing(alice: Api, bob: Api) -> None:
+async def test_bad_page_requests_get_a_clear_400_or_404_and_change_nothing(alice: Api, bob: Api) -> None:
     """Tried: `limit` 0, 1001, -1, 1.5, x, empty and +5; `after` bob's allocation, an id that
     never was and an empty one, alone and with a valid limit; then `limit` 1 and 1000 and her
-    own last id. Must hold: each bad one is a 400 INVALID_FIELD naming the field; bob's id and
-    the unknown one get the very same answer (his id's existence is not told); the edges are
+    own last id. Must hold: each bad limit is a 400 INVALID_FIELD naming the field, each `after`
+    not hers a 404 NOT_FOUND naming `after`; bob's id and the unknown one get the very same
+    answer (his id's existence is not told); the edges are
     accepted (after her last id: an empty last page); alice's list is the same afterwards."""
     mine = await _released(alice)
     theirs = await _released(bob)
@@ -387,15 +388,15 @@ async def test_bad_page_requests_get_a_clear_400_and_change_nothing(alice: Api, 
         ("limit=x", "limit"),
         ("limit=", "limit"),
         ("limit=%2B5", "limit"),
-        (f"after={theirs}", "after"),
-        ("after=a-never-was", "after"),
-        ("after=", "after"),
-        (f"limit=5&after={theirs}", "after"),
     ):
         status, answer = await alice.call("GET", f"/v1/allocations?{query}")
         assert status == 400, (query, answer)
         assert answer["error"]["code"] == "INVALID_FIELD", query
         assert answer["error"]["field"] == field, query
+    for query in (f"after={theirs}", "after=a-never-was", "after=", f"limit=5&after={theirs}"):
+        status, answer = await alice.call("GET", f"/v1/allocations?{query}")
+        assert status == 404, (query, answer)
+        assert (answer["error"]["code"], answer["error"]["field"]) == ("NOT_FOUND", "after"), query
     _, of_bobs = await alice.call("GET", f"/v1/allocations?after={theirs}")
     _, unknown = await alice.call("GET", "/v1/allocations?after=a-never-was")
     assert of_bobs == unknown

@@ -270,15 +270,16 @@ async def test_a_job_past_its_deadline_is_cancelled_and_what_it_ran_is_released(
     assert pool_after["total"]["reserved"] == {"cpus": 0, "memory": 0, "disk": 0}
 
 
-async def test_a_user_walks_the_pages_of_their_jobs_and_bad_pages_get_a_clear_400(
+async def test_a_user_walks_the_pages_of_their_jobs_and_bad_pages_get_a_clear_400_or_404(
     pool: Pool, two_hosts: list[EnrolledHost], http: aiohttp.ClientSession, test_image: str
 ) -> None:
     """Tried: alice submits 5 jobs of one task and bob 1; alice walks pages of 2, then asks for
     `limit` 0, 1001 and x, and `after` bob's job, a job that never was and one of her own
     allocations (no job). Must hold: the pages hold 2, 2 and 1 jobs, `next` the last id of each
     and null on the last, each of alice's jobs once in the order submitted and never bob's; each
-    bad request is a 400 INVALID_FIELD naming the field, bob's job and the unknown id get the same
-    answer; `limit` 1 and 1000 are accepted; alice's list is the same afterwards."""
+    bad limit is a 400 INVALID_FIELD naming the field, each `after` not hers a 404 NOT_FOUND
+    naming `after`, bob's job and the unknown id get the same answer; `limit` 1 and 1000 are
+    accepted; alice's list is the same afterwards."""
     alice = Api(http, pool.api, await pool.add_user("alice"))
     bob = Api(http, pool.api, await pool.add_user("bob"))
     mine = []
@@ -312,13 +313,14 @@ async def test_a_user_walks_the_pages_of_their_jobs_and_bad_pages_get_a_clear_40
         ("limit=0", "limit"),
         ("limit=1001", "limit"),
         ("limit=x", "limit"),
-        (f"after={theirs['id']}", "after"),
-        ("after=j-never-was", "after"),
-        (f"after={an_allocation}", "after"),
     ):
         status, answer = await alice.call("GET", f"/v1/jobs?{query}")
         assert status == 400, (query, answer)
         assert (answer["error"]["code"], answer["error"]["field"]) == ("INVALID_FIELD", field), query
+    for query in (f"after={theirs['id']}", "after=j-never-was", f"after={an_allocation}"):
+        status, answer = await alice.call("GET", f"/v1/jobs?{query}")
+        assert status == 404, (query, answer)
+        assert (answer["error"]["code"], answer["error"]["field"]) == ("NOT_FOUND", "after"), query
     _, of_bobs = await alice.call("GET", f"/v1/jobs?after={theirs['id']}")
     _, unknown = await alice.call("GET", "/v1/jobs?after=j-never-was")
     assert of_bobs == unknown
