@@ -36,6 +36,7 @@ from potluck.contracts.allocation_events import (
     AllocationUnplaced,
 )
 from potluck.events import Event
+from potluck.readmodels.owner_index import OwnerIndex
 
 AllocationStatus = Literal[
     "pending", "placed", "pulling", "running", "exited", "failed", "lost", "expired", "released", "refused"
@@ -262,6 +263,12 @@ def evolve(
 class AllocationsView:
     allocations: dict[str, AllocationState] = field(default_factory=dict)
     position: int = 0
+    #: Each user's allocations, oldest request first (owner_index.py): follows from `allocations`.
+    by_user: OwnerIndex = field(default_factory=OwnerIndex, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for a in self.allocations.values():
+            self.by_user.put(a.user, a.requested_at, a.alloc_id)
 
     def apply(self, event: Event, *, position: int, version: int, at: datetime) -> AllocationState | None:
         if position <= self.position:
@@ -272,6 +279,7 @@ class AllocationsView:
         new = evolve(self.allocations.get(event.alloc_id), event, version, at, position)
         if new is not None:
             self.allocations[event.alloc_id] = new
+            self.by_user.put(new.user, new.requested_at, new.alloc_id)
         return new
 
     def desired_for(self, host_id: str) -> list[AllocationState]:

@@ -22,6 +22,7 @@ from potluck.contracts.job_events import (
     JobTaskRequested,
 )
 from potluck.events import Event
+from potluck.readmodels.owner_index import OwnerIndex
 
 __all__ = ["JOB_TERMINAL", "JobState", "JobStatus", "JobsView", "evolve"]
 
@@ -111,6 +112,12 @@ class JobsView:
     jobs: dict[str, JobState] = field(default_factory=dict)
     #: Which job and task each attempt's allocation belongs to.
     task_of: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: Each user's jobs, oldest first (owner_index.py): follows from `jobs`.
+    by_user: OwnerIndex = field(default_factory=OwnerIndex, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for j in self.jobs.values():
+            self.by_user.put(j.user, j.submitted_at, j.job_id)
 
     def apply(self, event: Event, *, version: int, at: datetime) -> JobState | None:
         if not isinstance(event, JobEvent):
@@ -122,15 +129,14 @@ class JobsView:
         if new is None:
             return None
         self.jobs[event.job_id] = new
+        self.by_user.put(new.user, new.submitted_at, new.job_id)
         if isinstance(event, JobTaskRequested):
             self.task_of[event.alloc_id] = (event.job_id, event.task_index)
         return new
 
     def of_user(self, user: str) -> list[JobState]:
         """The user's jobs, oldest first."""
-        return sorted(
-            (j for j in self.jobs.values() if j.user == user), key=lambda j: (j.submitted_at, j.job_id)
-        )
+        return [self.jobs[job_id] for job_id in self.by_user.ids(user)]
 
     def running(self) -> list[JobState]:
         return [j for j in self.jobs.values() if not j.terminal]

@@ -37,6 +37,23 @@ def call_api(method: str, path: str, body: Any = None, *, timeout: float | None 
         bail(exc)
 
 
+def list_rows(path: str, key: str, query: dict[str, str], most: int | None) -> list[Any]:
+    """Every row of a paged list, or the first `most` (Api.rows)."""
+    try:
+        return asyncio.run(Api(Login.load()).rows(path, key, query, most))
+    except ClientError as exc:
+        bail(exc)
+
+
+#: `--limit N` of the list commands: all rows unless given.
+LIMIT = click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Show only the first N (oldest first); all by default.",
+)
+
+
 def key_values(items: tuple[str, ...], what: str) -> dict[str, str]:
     """Repeated KEY=VALUE options as a dict; `what` names the option in the error."""
     result = {}
@@ -149,7 +166,7 @@ def login(url: str, token: str, gateway: str) -> None:
     """Remember the allocator's URL and your token (checked against the allocator first)."""
     candidate = Login(url.rstrip("/"), token, gateway)
     try:
-        asyncio.run(Api(candidate).call("GET", "/v1/allocations"))
+        asyncio.run(Api(candidate).call("GET", "/v1/allocations?limit=1"))
     except ClientError as exc:
         bail(exc)
     path = candidate.save()
@@ -277,11 +294,11 @@ async def _now() -> float:
 
 @alloc.command(name="ls")
 @click.option("--state", default=None, help="Only allocations in this state.")
+@LIMIT
 @JSON
-def ls(state: str | None, as_json: bool) -> None:
-    """Your allocations."""
-    query = f"?state={state}" if state else ""
-    found = call_api("GET", f"/v1/allocations{query}")["allocations"]
+def ls(state: str | None, limit: int | None, as_json: bool) -> None:
+    """Your allocations, oldest request first."""
+    found = list_rows("/v1/allocations", "allocations", {"state": state} if state else {}, limit)
     if as_json:
         click.echo(json.dumps(found))
     else:

@@ -9,13 +9,18 @@ Exit codes scripts can rely on (see `ExitCode`): 0 done, 1 the API refused,
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import tomli_w
+
+#: Rows asked for per page of a list: the API's most, so a long list takes few requests.
+PAGE_ROWS = 1000
 
 
 class ExitCode(IntEnum):
@@ -118,3 +123,24 @@ class Api:
             raise ClientError(
                 f"the allocator at {self.login.url} did not answer in time", ExitCode.UNREACHABLE
             ) from None
+
+    async def rows(
+        self,
+        path: str,
+        key: str,
+        query: Mapping[str, str] | None = None,
+        most: int | None = None,
+        page_rows: int = PAGE_ROWS,
+    ) -> list[Any]:
+        """Every row of a paged list (`GET /v1/allocations`, `/v1/jobs`: each page's `key`),
+        following each page's `next`, `page_rows` at a time; only the first `most` when given."""
+        found: list[Any] = []
+        after: str | None = None
+        while True:
+            wanted = page_rows if most is None else min(page_rows, most - len(found))
+            params = {**(query or {}), "limit": str(wanted), **({"after": after} if after else {})}
+            page = await self.call("GET", f"{path}?{urlencode(params)}")
+            found += page[key]
+            after = page.get("next")
+            if after is None or (most is not None and len(found) >= most):
+                return found

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from potluck.contracts.job_events import RETRY_ON
-from potluck.user.cli import JSON, call_api, err, key_values, local_time, out
+from potluck.user.cli import JSON, LIMIT, call_api, err, key_values, list_rows, local_time, out
 from potluck.user.client import ExitCode
 
 #: Task states in the order a summary lists them: the finished ones first, as users look for those.
@@ -319,10 +319,11 @@ def job() -> None:
 
 
 @job.command(name="ls")
+@LIMIT
 @JSON
-def job_ls(as_json: bool) -> None:
-    """Your jobs."""
-    jobs = call_api("GET", "/v1/jobs")["jobs"]
+def job_ls(limit: int | None, as_json: bool) -> None:
+    """Your jobs, oldest first."""
+    jobs = list_rows("/v1/jobs", "jobs", {}, limit)
     if as_json:
         click.echo(json.dumps(jobs))
     else:

@@ -21,6 +21,7 @@ from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureW
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.job_schemas import CreateJob, Job, JobList
 from potluck.allocator.openapi import openapi_document
+from potluck.allocator.paging import page_query
 from potluck.allocator.pool_registry import PoolRegistry
 from potluck.allocator.registry_auth import POOL_REGISTRY, basic_password, pool_registry
 from potluck.allocator.registry_auth import token as registry_token_for
@@ -199,8 +200,11 @@ async def listing(request: web.Request) -> web.Response:
     wanted = request.query.get("state")
     if wanted is not None and wanted not in STATES:
         raise Rejected("INVALID_FIELD", f"state must be one of {sorted(STATES)}", field="state", status=400)
-    found = request.app[ENGINE].allocations_of(_user(request).name, wanted)
-    return ok(AllocationList(allocations=[_shown(request, a) for a in found]))
+    user = _user(request).name
+    model = request.app[ENGINE].model
+    page = page_query(request.query, lambda a: model.allocations.by_user.owns(user, a), "allocations")
+    found, following = model.allocations_page(user, wanted, page.after, page.limit)
+    return ok(AllocationList(allocations=[_shown(request, a) for a in found], next=following))
 
 
 def _timeout(request: web.Request) -> float:
@@ -266,8 +270,11 @@ async def create_job(request: web.Request) -> web.Response:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    jobs = request.app[ENGINE].jobs_of(_user(request))
-    return ok(JobList(jobs=[_job(request, job, tasks=False) for job in jobs]))
+    user = _user(request).name
+    model = request.app[ENGINE].model
+    page = page_query(request.query, lambda j: model.jobs.by_user.owns(user, j), "jobs")
+    jobs, following = model.jobs_page(user, page.after, page.limit)
+    return ok(JobList(jobs=[_job(request, job, tasks=False) for job in jobs], next=following))
 
 
 async def show_job(request: web.Request) -> web.Response:

@@ -287,9 +287,6 @@ class AllocatorEngine:
     def allocation_of(self, user: User, alloc_id: str) -> AllocationState:
         return self._mine(user, alloc_id)
 
-    def allocations_of(self, user: str, status: str | None = None) -> list[AllocationState]:
-        return self.model.allocations_of(user, status)
-
     async def wait_for(self, user: User, alloc_id: str, status: str, timeout: float) -> AllocationState:
         """Returns once the allocation is in `status` or a terminal state, or when `timeout` passes."""
         self._mine(user, alloc_id)
@@ -384,10 +381,6 @@ class AllocatorEngine:
 
     def job_of(self, user: User, job_id: str) -> JobState:
         return self._my_job(user, job_id)
-
-    def jobs_of(self, user: User) -> list[JobState]:
-        """The user's jobs, oldest first."""
-        return self.model.jobs.of_user(user.name)
 
     async def submit_job(self, user: User, body: CreateJob) -> JobState:
         """Record a new job; refused when no host could ever hold one task (422) or one task

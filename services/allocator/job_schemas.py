@@ -261,4 +261,7 @@ def _why_cancelled(by: str, reason: str | None) -> str:
 
 
 class JobList(Body):
+    """One page of the caller's jobs, oldest first (paging.py)."""
+
     jobs: list[Job]
+    next: str | None = Field(description="Send as `after` for the following page; null on the last page")

@@ -18,7 +18,7 @@ figures); what also depends on requests still in flight is in decisions.py.
 """
 
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import ClassVar
 
 from potluck.allocator.capacity import CapacityLedger
@@ -34,7 +34,7 @@ from potluck.contracts.host_images import HostImagesReported
 from potluck.events import Event, RecordedEvent
 from potluck.readmodels.allocations import ACTIVE, AllocationState, AllocationsView
 from potluck.readmodels.hosts import HostsView
-from potluck.readmodels.jobs import JobsView
+from potluck.readmodels.jobs import JobState, JobsView
 
 __all__ = ["CATEGORIES", "AllocatorModel", "figures", "passed_over"]
 
@@ -43,7 +43,6 @@ CATEGORIES = frozenset({"host", "capacity", "alloc", "user", "quota", "images", 
 _NOTHING: frozenset[str] = frozenset()
 
 ZERO = Capacity.model_construct(cpus=0.0, memory_bytes=0, disk_bytes=0)
-_EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
 def figures(c: Capacity) -> CapacityFigures:
@@ -136,20 +135,32 @@ class AllocatorModel:
 
     def allocations_of(self, user: str, status: str | None = None) -> list[AllocationState]:
         """The user's allocations (in `status`, when given), oldest request first."""
-        found = [
-            a
-            for a in self.allocations.allocations.values()
-            if a.user == user and (status is None or a.status == status)
-        ]
-        return sorted(found, key=lambda a: (a.requested_at or _EARLIEST, a.alloc_id))
+        allocations = self.allocations.allocations
+        found = (allocations[a] for a in self.allocations.by_user.ids(user))
+        return [a for a in found if status is None or a.status == status]
+
+    def allocations_page(
+        self, user: str, status: str | None, after: str | None, limit: int
+    ) -> tuple[list[AllocationState], str | None]:
+        """Up to `limit` of `allocations_of(user, status)` after the allocation `after` (one of
+        the user's), and the `after` of the next page (None: the last)."""
+        allocations = self.allocations.allocations
+        ids, following = self.allocations.by_user.page(
+            user, after, limit, lambda a: status is None or allocations[a].status == status
+        )
+        return [allocations[a] for a in ids], following
+
+    def jobs_page(self, user: str, after: str | None, limit: int) -> tuple[list[JobState], str | None]:
+        """Up to `limit` of the user's jobs, oldest first, after the job `after` (one of the
+        user's), and the `after` of the next page (None: the last)."""
+        ids, following = self.jobs.by_user.page(user, after, limit)
+        return [self.jobs.jobs[j] for j in ids], following
 
     def held_by(self, user: str) -> dict[str, Capacity]:
         """What the user holds or waits for (placed, running or pending), by allocation."""
-        return {
-            a.alloc_id: a.spec.resources
-            for a in self.allocations.allocations.values()
-            if a.user == user and (a.status in ACTIVE or a.status == "pending")
-        }
+        allocations = self.allocations.allocations
+        found = (allocations[a] for a in self.allocations.by_user.ids(user))
+        return {a.alloc_id: a.spec.resources for a in found if a.status in ACTIVE or a.status == "pending"}
 
     def active_on(self, host_id: str) -> list[str]:
         """Allocations holding capacity on the host."""

@@ -6,6 +6,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from potluck.allocator.job_schemas import CreateJob, Job, JobList
+from potluck.allocator.paging import DEFAULT_LIMIT, MAX_LIMIT
 from potluck.allocator.schemas import (
     Allocation,
     AllocationList,
@@ -81,6 +82,25 @@ _STATE = {
 }
 
 
+#: `?limit=&after=` of the lists (paging.py): the same for allocations and jobs.
+_PAGE = [
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": "Rows per page",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    },
+    {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": "The previous page's `next`: this page starts after that row (404 if it is not yours)",
+        "schema": {"type": "string"},
+    },
+]
+
+
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _JOB_LINKS = {
     name: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
@@ -130,10 +150,16 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "operationId": "listAllocations",
                     "security": auth,
-                    "parameters": [{"name": "state", "in": "query", "required": False, "schema": _STATE}],
+                    "parameters": [
+                        {"name": "state", "in": "query", "required": False, "schema": _STATE},
+                        *_PAGE,
+                    ],
                     "responses": {
-                        "200": {"description": "The caller's allocations", **_json("AllocationList")},
-                        **_authenticated(400),
+                        "200": {
+                            "description": "A page of the caller's allocations, oldest request first",
+                            **_json("AllocationList"),
+                        },
+                        **_authenticated(400, 404),
                     },
                 },
             },
@@ -207,9 +233,13 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "operationId": "listJobs",
                     "security": auth,
+                    "parameters": _PAGE,
                     "responses": {
-                        "200": {"description": "The caller's jobs, without their tasks", **_json("JobList")},
-                        **_authenticated(),
+                        "200": {
+                            "description": "A page of the caller's jobs, oldest first, without their tasks",
+                            **_json("JobList"),
+                        },
+                        **_authenticated(400, 404),
                     },
                 },
             },

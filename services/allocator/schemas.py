@@ -303,7 +303,10 @@ class Allocation(Body):
 
 
 class AllocationList(Body):
+    """One page of the caller's allocations, oldest request first (paging.py)."""
+
     allocations: list[Allocation]
+    next: str | None = Field(description="Send as `after` for the following page; null on the last page")
 
 
 class HistoryEntry(Body):

@@ -9,6 +9,8 @@ import pytest
 from potluck.contracts.allocation_events import CapacityFreed
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
+from potluck.user.client import Api as ClientApi
+from potluck.user.client import Login
 from tests.e2e.allocator_api import Api, small
 from tests.fixtures.pool import EnrolledHost, Pool
 
@@ -298,3 +300,111 @@ async def test_failed_authentications_are_cheap_and_limited_per_address(
     ):
         assert response.status == 200
     assert await pool.store.head_position() == head
+
+
+async def _walk(user: Api, path: str, rows: str, limit: int, query: str = "") -> list[list[str]]:
+    """The ids of each page of the list, following `next` from the first page to the last."""
+    pages: list[list[str]] = []
+    after = ""
+    while True:
+        status, page = await user.call("GET", f"{path}?limit={limit}{query}{after}")
+        assert status == 200, page
+        pages.append([row["id"] for row in page[rows]])
+        if page["next"] is None:
+            return pages
+        assert page["next"] == pages[-1][-1]
+        after = f"&after={page['next']}"
+
+
+async def _released(user: Api) -> str:
+    """A new allocation of the user's, released at once (its row stays in the list)."""
+    status, created = await user.call("POST", "/v1/allocations", small(cpus=0.25))
+    assert status in (201, 202), created
+    status, _ = await user.call("DELETE", f"/v1/allocations/{created['id']}")
+    assert status == 200
+    return str(created["id"])
+
+
+async def test_a_user_walks_the_pages_of_their_allocations_and_sees_each_once(
+    pool: Pool, alice: Api, bob: Api
+) -> None:
+    """Tried: alice has 7 allocations and bob 2; alice walks pages of 3 and makes an 8th between the
+    first and the second page; then pages of 8, of 2 with `state=released`, the default page, and
+    the CLI's client following `next` two rows at a time and stopping after the first 5.
+    Must hold: each page holds at most `limit` rows and `next` is its last id (null on the last);
+    the walk shows each of alice's 8 exactly once, oldest request first, the new one last, and
+    none of bob's; a page of exactly all her rows is the last (`next` null); the filter keeps
+    paging; the client's walk and its first 5 agree with the API's order."""
+    mine = [await _released(alice) for _ in range(7)]
+    theirs = [await _released(bob) for _ in range(2)]
+
+    status, first = await alice.call("GET", "/v1/allocations?limit=3")
+    assert status == 200
+    assert [a["id"] for a in first["allocations"]] == mine[:3]
+    assert first["next"] == mine[2]
+    mine.append(await _released(alice))  # made while alice pages: it comes after, on a later page
+    pages = [mine[:3]]
+    after = first["next"]
+    while after is not None:
+        _, page = await alice.call("GET", f"/v1/allocations?limit=3&after={after}")
+        pages.append([a["id"] for a in page["allocations"]])
+        after = page["next"]
+    assert [len(p) for p in pages] == [3, 3, 2]
+    assert [a for p in pages for a in p] == mine
+    assert not set(theirs) & {a for p in pages for a in p}
+
+    assert await _walk(alice, "/v1/allocations", "allocations", 8) == [mine]
+    released = await _walk(alice, "/v1/allocations", "allocations", 2, "&state=released")
+    assert [a for p in released for a in p] == mine
+    assert await _walk(alice, "/v1/allocations", "allocations", 2, "&state=running") == [[]]
+    status, default = await alice.call("GET", "/v1/allocations")
+    assert [a["id"] for a in default["allocations"]] == mine
+    assert default["next"] is None
+    _, bobs = await bob.call("GET", "/v1/allocations")
+    assert [a["id"] for a in bobs["allocations"]] == theirs
+
+    login = Login(pool.api, alice.headers["Authorization"].removeprefix("Bearer "))
+    walked = await ClientApi(login).rows("/v1/allocations", "allocations", page_rows=2)
+    assert [a["id"] for a in walked] == mine
+    first_five = await ClientApi(login).rows("/v1/allocations", "allocations", most=5, page_rows=2)
+    assert [a["id"] for a in first_five] == mine[:5]
+
+
+async def test_bad_page_requests_get_a_clear_400_or_404_and_change_nothing(alice: Api, bob: Api) -> None:
+    """Tried: `limit` 0, 1001, -1, 1.5, x, empty and +5; `after` bob's allocation, an id that
+    never was and an empty one, alone and with a valid limit; then `limit` 1 and 1000 and her
+    own last id. Must hold: each bad limit is a 400 INVALID_FIELD naming the field, each `after`
+    not hers a 404 NOT_FOUND naming `after`; bob's id and the unknown one get the very same
+    answer (his id's existence is not told); the edges are
+    accepted (after her last id: an empty last page); alice's list is the same afterwards."""
+    mine = await _released(alice)
+    theirs = await _released(bob)
+    _, before = await alice.call("GET", "/v1/allocations")
+    for query, field in (
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=1.5", "limit"),
+        ("limit=x", "limit"),
+        ("limit=", "limit"),
+        ("limit=%2B5", "limit"),
+    ):
+        status, answer = await alice.call("GET", f"/v1/allocations?{query}")
+        assert status == 400, (query, answer)
+        assert answer["error"]["code"] == "INVALID_FIELD", query
+        assert answer["error"]["field"] == field, query
+    for query in (f"after={theirs}", "after=a-never-was", "after=", f"limit=5&after={theirs}"):
+        status, answer = await alice.call("GET", f"/v1/allocations?{query}")
+        assert status == 404, (query, answer)
+        assert (answer["error"]["code"], answer["error"]["field"]) == ("NOT_FOUND", "after"), query
+    _, of_bobs = await alice.call("GET", f"/v1/allocations?after={theirs}")
+    _, unknown = await alice.call("GET", "/v1/allocations?after=a-never-was")
+    assert of_bobs == unknown
+    for limit in (1, 1000):
+        status, edge = await alice.call("GET", f"/v1/allocations?limit={limit}")
+        assert (status, edge) == (200, before)
+    status, last = await alice.call("GET", f"/v1/allocations?after={mine}")
+    assert status == 200
+    assert last == {"allocations": [], "next": None}
+    _, after = await alice.call("GET", "/v1/allocations")
+    assert after == before

@@ -95,7 +95,7 @@ async def test_bad_jobs_get_a_clear_400_or_404_and_nothing_is_created(
         assert answer["error"]["code"] == "NOT_FOUND"
         assert "j-000000000000" in answer["error"]["message"]
     status, listed = await alice.call("GET", "/v1/jobs")
-    assert (status, listed) == (200, {"jobs": []})
+    assert (status, listed) == (200, {"jobs": [], "next": None})
     assert await count_streams(pool, "job-", "alloc-") == 0
 
 
@@ -268,3 +268,65 @@ async def test_a_job_past_its_deadline_is_cancelled_and_what_it_ran_is_released(
         raise AssertionError(f"the job's tasks are {shown['counts']}\n{pool.logs()}")
     _, pool_after = await alice.call("GET", "/v1/pool")
     assert pool_after["total"]["reserved"] == {"cpus": 0, "memory": 0, "disk": 0}
+
+
+async def test_a_user_walks_the_pages_of_their_jobs_and_bad_pages_get_a_clear_400_or_404(
+    pool: Pool, two_hosts: list[EnrolledHost], http: aiohttp.ClientSession, test_image: str
+) -> None:
+    """Tried: alice submits 5 jobs of one task and bob 1; alice walks pages of 2, then asks for
+    `limit` 0, 1001 and x, and `after` bob's job, a job that never was and one of her own
+    allocations (no job). Must hold: the pages hold 2, 2 and 1 jobs, `next` the last id of each
+    and null on the last, each of alice's jobs once in the order submitted and never bob's; each
+    bad limit is a 400 INVALID_FIELD naming the field, each `after` not hers a 404 NOT_FOUND
+    naming `after`, bob's job and the unknown id get the same answer; `limit` 1 and 1000 are
+    accepted; alice's list is the same afterwards."""
+    alice = Api(http, pool.api, await pool.add_user("alice"))
+    bob = Api(http, pool.api, await pool.add_user("bob"))
+    mine = []
+    for _ in range(5):
+        status, created = await alice.call("POST", "/v1/jobs", job(test_image, "true", tasks=1))
+        assert status == 201, created
+        mine.append(created["id"])
+    status, theirs = await bob.call("POST", "/v1/jobs", job(test_image, "true", tasks=1))
+    assert status == 201, theirs
+
+    pages: list[list[str]] = []
+    after = ""
+    while True:
+        status, page = await alice.call("GET", f"/v1/jobs?limit=2{after}")
+        assert status == 200, page
+        pages.append([j["id"] for j in page["jobs"]])
+        if page["next"] is None:
+            break
+        assert page["next"] == pages[-1][-1]
+        after = f"&after={page['next']}"
+    assert pages == [mine[0:2], mine[2:4], mine[4:]]
+    _, listed = await alice.call("GET", "/v1/jobs")
+    assert [j["id"] for j in listed["jobs"]] == mine
+    assert listed["next"] is None
+
+    status, done = await alice.call("GET", f"/v1/jobs/{mine[0]}?{WAIT}")  # its task is requested
+    assert status == 200, done
+    _, allocations = await alice.call("GET", "/v1/allocations")
+    an_allocation = allocations["allocations"][0]["id"]
+    for query, field in (
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=x", "limit"),
+    ):
+        status, answer = await alice.call("GET", f"/v1/jobs?{query}")
+        assert status == 400, (query, answer)
+        assert (answer["error"]["code"], answer["error"]["field"]) == ("INVALID_FIELD", field), query
+    for query in (f"after={theirs['id']}", "after=j-never-was", f"after={an_allocation}"):
+        status, answer = await alice.call("GET", f"/v1/jobs?{query}")
+        assert status == 404, (query, answer)
+        assert (answer["error"]["code"], answer["error"]["field"]) == ("NOT_FOUND", "after"), query
+    _, of_bobs = await alice.call("GET", f"/v1/jobs?after={theirs['id']}")
+    _, unknown = await alice.call("GET", "/v1/jobs?after=j-never-was")
+    assert of_bobs == unknown
+    for limit in (1, 1000):
+        status, edge = await alice.call("GET", f"/v1/jobs?limit={limit}")
+        assert status == 200, edge
+        assert [j["id"] for j in edge["jobs"]] == mine[:limit]
+    _, again = await alice.call("GET", "/v1/jobs")
+    assert [j["id"] for j in again["jobs"]] == mine

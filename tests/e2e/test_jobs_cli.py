@@ -96,8 +96,9 @@ async def test_a_job_of_twenty_tasks_runs_each_index_once_and_wait_exits_by_the_
     `job show` lists each index once with one attempt, exit 3 for index 3 and 0 for the rest,
     on both hosts. Then, at once, the same with `--retries 1 --retry-on exit` (index 3 tried
     twice, failed for good: 5) and a job whose tasks all exit 0 (`run --wait` exits 0). A job
-    removed with `job rm` is cancelled and `job wait` on it exits 5. Bad input (no tasks, an
-    unknown job) is refused with the CLI's usage and refusal codes."""
+    removed with `job rm` is cancelled and `job wait` on it exits 5. `job ls` and `alloc ls`
+    list every job and allocation, each once, and `--limit N` the first N. Bad input (no tasks,
+    an unknown job, `--limit 0`) is refused with the CLI's usage and refusal codes."""
     p = two_hosts
     job_id = await p.run("--tasks", "20", *TASK, "--image", test_image, "--", *EXIT_3_ON_INDEX_3)
 
@@ -145,7 +146,22 @@ async def test_a_job_of_twenty_tasks_runs_each_index_once_and_wait_exits_by_the_
 
     listed = await p.potluck("job", "ls", "--json")
     assert listed.returncode == 0, listed.stderr
-    assert {j["id"] for j in json.loads(listed.stdout)} >= {job_id, clean_id}
+    every_job = json.loads(listed.stdout)
+    assert {j["id"] for j in every_job} >= {job_id, clean_id}
+    # The lists follow the API's pages to the end; --limit shows the first N (oldest first).
+    first = await p.potluck("job", "ls", "--json", "--limit", "1")
+    assert first.returncode == 0, first.stderr
+    assert [j["id"] for j in json.loads(first.stdout)] == [every_job[0]["id"]]
+    allocations = await p.potluck("alloc", "ls", "--json")
+    assert allocations.returncode == 0, allocations.stderr
+    every_allocation = [a["id"] for a in json.loads(allocations.stdout)]
+    assert len(every_allocation) == len(set(every_allocation)) >= 20 + 5 + 4
+    some = await p.potluck("alloc", "ls", "--json", "--limit", "3")
+    assert [a["id"] for a in json.loads(some.stdout)] == every_allocation[:3]
+    table = await p.potluck("job", "ls", "--limit", "1")
+    assert table.returncode == 0, table.stderr
+    assert every_job[0]["id"] in table.stdout
+    assert (await p.potluck("alloc", "ls", "--limit", "0")).returncode == ExitCode.USAGE
 
     long_id = await p.run("--tasks", "2", *TASK, "--image", test_image, "--", "sleep", "600")
     removed = await p.potluck("job", "rm", long_id, "--json")

@@ -20,7 +20,15 @@ from playwright.async_api import Browser, Page
 
 from potluck.allocator.members import new_member_token
 from potluck.allocator.users import User, rotate_token, token_hash
-from potluck.contracts.allocation_events import Quota, alloc_stream, user_stream
+from potluck.contracts.allocation_events import (
+    AllocationReleased,
+    AllocationRequested,
+    AllocationSpec,
+    Quota,
+    alloc_stream,
+    user_stream,
+)
+from potluck.contracts.capacity import Capacity
 from potluck.contracts.member_events import MemberTokenIssued, member_stream
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
@@ -410,3 +418,42 @@ async def test_allocation_page_tails_its_log_live_for_its_owner_only(
         await spy.close()
     assert heard == []
     assert all(f"potluck.logs.{holder}" in e for e in refused if "permissions violation" in e.lower())
+
+
+async def test_a_long_history_shows_the_newest_finished_and_says_how_many_are_left_out(
+    web_pool: WebPool,
+    browser: Browser,  # noqa: F811
+) -> None:
+    """Tried: erin has 53 finished allocations (written to the log as a long-lived user's would
+    be) and then one that runs; she opens her page. Must hold: it lists 51 allocations, the one
+    that runs and the 50 newest finished, counts all 54, and says that 3 older ones are not shown
+    and that `potluck alloc ls` lists them all; the 3 oldest are not on it."""
+    web_pool.tokens["erin"] = await web_pool.pool.add_user("erin")
+    spec = AllocationSpec(
+        resources=Capacity(cpus=0.5, memory_bytes=64 << 20, disk_bytes=64 << 20), image=DEFAULT_TAG
+    )
+    old = [f"old-erin-{n:02}" for n in range(53)]
+    for alloc_id in old:
+        await web_pool.pool.store.append(
+            alloc_stream(alloc_id),
+            [
+                AllocationRequested(alloc_id=alloc_id, user="erin", spec=spec, lifetime_s=60),
+                AllocationReleased(alloc_id=alloc_id, by="user:erin"),
+            ],
+            expected_version=0,
+        )
+    running = await web_pool.allocate("erin")
+
+    page = await web_pool.signed_in(browser, "erin")
+    await page.goto("/web/mine")
+    await page.wait_for_selector(f'[data-alloc="{running}"]')
+    assert await page.locator("table.allocations tbody tr").count() == 51
+    assert await page.locator("h2").first.inner_text() == "Allocations (54)"
+    note = page.locator("p.not-shown").first
+    assert await note.get_attribute("data-not-shown") == "3"
+    assert "3 older finished allocations" in await note.inner_text()
+    assert "potluck alloc ls lists them all" in await note.inner_text()
+    content = await page.content()
+    assert all(f'data-alloc="{a}"' not in content for a in old[:3])
+    assert all(f'data-alloc="{a}"' in content for a in old[3:])
+    await page.context.close()

@@ -28,6 +28,7 @@ from potluck.allocator.web import history, views
 from potluck.allocator.web.connect import plain_ssh_line
 from potluck.allocator.web.live import Changes, stream
 from potluck.allocator.web.log_tail import LogSource, Whereabouts, follow_log
+from potluck.allocator.web.mine_page import mine_of
 from potluck.allocator.web.sessions import Session, Sessions, can_keep_cookie
 from potluck.allocator.web.trace import trace_of
 from potluck.contracts.allocation_events import alloc_stream
@@ -297,14 +298,9 @@ async def pool_live(request: web.Request) -> web.StreamResponse:
 
 
 def _mine_context(request: web.Request, session: Session) -> dict[str, Any]:
-    engine = request.app[ENGINE]
-    if session.operator is not None:  # operators see every user's
-        mine = list(engine.allocations.allocations.values())
-        jobs = list(engine.model.jobs.jobs.values())
-    else:
-        mine = engine.model.allocations_of(session.user)
-        jobs = engine.model.jobs.of_user(session.user)
-    return {"rows": views.allocation_rows(engine.model, mine), "jobs": views.job_rows(jobs)}
+    # Operators see every user's.
+    user = None if session.operator is not None else session.user
+    return {"mine": mine_of(request.app[ENGINE].model, user), "operator": session.operator is not None}
 
 
 async def mine_page(request: web.Request) -> web.Response:
