@@ -18,6 +18,25 @@ class Api:
             return r.status, await r.json()
 
 
+async def refused_pages(
+    api: Api, path: str, bad_limits: list[tuple[str, str]], foreign_afters: list[str], theirs: str, never: str
+) -> None:
+    """Each query of `bad_limits` (query, field) is a 400 INVALID_FIELD naming its field; each
+    `after` of `foreign_afters` (queries) a 404 NOT_FOUND naming `after`; and another user's id
+    (`theirs`) gets the very same answer as one that never was (`never`)."""
+    for query, field in bad_limits:
+        status, answer = await api.call("GET", f"{path}?{query}")
+        assert status == 400, (query, answer)
+        assert (answer["error"]["code"], answer["error"]["field"]) == ("INVALID_FIELD", field), query
+    for query in foreign_afters:
+        status, answer = await api.call("GET", f"{path}?{query}")
+        assert status == 404, (query, answer)
+        assert (answer["error"]["code"], answer["error"]["field"]) == ("NOT_FOUND", "after"), query
+    _, of_theirs = await api.call("GET", f"{path}?after={theirs}")
+    _, unknown = await api.call("GET", f"{path}?after={never}")
+    assert of_theirs == unknown
+
+
 def small(**extra: Any) -> dict[str, Any]:
     return {
         "cpus": 0.5,
