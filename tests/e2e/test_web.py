@@ -36,15 +36,24 @@ from tests.fixtures.browser import browser  # noqa: F401 (the fixture, used by n
 from tests.fixtures.pool import EnrolledHost, Pool, remove_managed_containers
 from tests.fixtures.servers import _fresh_database
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+#: Set to a folder (`POTLUCK_SCREENSHOTS=docs/screenshots`, the README's picture is
+#: pool.png there) to keep the pages' screenshots; otherwise they go to the run's temporary
+#: folder, so that running the tests leaves the checkout as it was.
+SCREENSHOTS_ENV = "POTLUCK_SCREENSHOTS"
 XSS = "<img src=x onerror=alert(1)>"
 
 
 class WebPool:
     def __init__(
-        self, pool: Pool, tokens: dict[str, str], hosts: dict[str, str], enrolled: dict[str, EnrolledHost]
+        self,
+        pool: Pool,
+        tokens: dict[str, str],
+        hosts: dict[str, str],
+        enrolled: dict[str, EnrolledHost],
+        shots: Path,
     ) -> None:
         self.pool = pool
+        self.shots = shots  # where the screenshots go (SCREENSHOTS_ENV)
         self.tokens = tokens
         self.hosts = hosts  # name -> host id
         self.enrolled = enrolled  # host id -> its enrollment (credentials)
@@ -74,8 +83,7 @@ class WebPool:
         page = await context.new_page()
         await page.goto("/")
         assert page.url.endswith("/web/signin"), "the pool page must ask for a sign-in first"
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=str(SCREENSHOTS / "signin.png"))
+        await page.screenshot(path=str(self.shots / "signin.png"))
         await page.fill("#token", self.tokens[user])
         async with page.expect_navigation(wait_until="domcontentloaded"):
             await page.click("button[type=submit]")
@@ -113,7 +121,9 @@ async def web_pool(
             await pool.wait_for_host(host_id, "active")
             await pool.wait_for_images(host_id)
         await pool.wait_api()
-        yield WebPool(pool, tokens, hosts, enrolled)
+        shots = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path_factory.mktemp("screenshots"))
+        shots.mkdir(parents=True, exist_ok=True)
+        yield WebPool(pool, tokens, hosts, enrolled, shots)
     finally:
         await pool.close()
         remove_managed_containers(docker_engines)
@@ -147,15 +157,14 @@ async def test_pool_page_is_live_and_escapes_labels(web_pool: WebPool, browser: 
     await page.wait_for_selector(f'[data-alloc="{alloc_id}"]', timeout=2000)
     assert await page.evaluate("window.sameDocument === true"), "the page must update without reloading"
     assert dialogs == []
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / "pool.png"), full_page=True)
+    await page.screenshot(path=str(web_pool.shots / "pool.png"), full_page=True)
 
     await page.goto(f"/?at={before}")
     assert await page.locator("article.host").count() == 2
     assert await page.locator(f'[data-alloc="{alloc_id}"]').count() == 0, "?at= shows the log as it was"
     await page.goto("/web/history")
     assert await page.locator("figure.plot svg polyline.reserved").count() == 2
-    await page.screenshot(path=str(SCREENSHOTS / "history.png"), full_page=True)
+    await page.screenshot(path=str(web_pool.shots / "history.png"), full_page=True)
     assert dialogs == []
     assert errors == []
     await page.context.close()
@@ -172,8 +181,7 @@ async def test_allocation_page_extends_and_releases_and_hides_others(
     page = await web_pool.signed_in(browser, "alice")
     await page.goto("/web/mine")
     await page.wait_for_selector(f'[data-alloc="{alloc_id}"]')
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / "mine.png"), full_page=True)
+    await page.screenshot(path=str(web_pool.shots / "mine.png"), full_page=True)
 
     await page.goto(f"/web/allocations/{alloc_id}")
     assert f"potluck ssh {alloc_id}" in await page.locator("input.copy").first.input_value()
@@ -181,7 +189,7 @@ async def test_allocation_page_extends_and_releases_and_hides_others(
     await page.click("#extend")
     await page.wait_for_url(f"**/web/allocations/{alloc_id}")
     assert "AllocationExtended" in await web_pool.event_types(alloc_id)
-    await page.screenshot(path=str(SCREENSHOTS / "allocation.png"), full_page=True)
+    await page.screenshot(path=str(web_pool.shots / "allocation.png"), full_page=True)
     await page.click("#release")
     await page.wait_for_url(f"**/web/allocations/{alloc_id}")
     assert "AllocationReleased" in await web_pool.event_types(alloc_id)
@@ -215,8 +223,7 @@ async def test_a_member_sees_their_machine_and_nothing_else(
     assert await page.locator("article.host .bar").count() == 3
     assert await page.locator(".policy-state").inner_text() == "normal"
     assert await page.locator("figure.plot").count() == 2
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / "machine.png"), full_page=True)
+    await page.screenshot(path=str(web_pool.shots / "machine.png"), full_page=True)
     for elsewhere in ("/", "/web/mine", "/web/history"):
         await page.goto(elsewhere)
         assert page.url.endswith("/web/machine"), elsewhere
@@ -371,8 +378,7 @@ async def test_allocation_page_tails_its_log_live_for_its_owner_only(
     numbered = [int(t.removeprefix("line-")) for t in texts if t.startswith("line-")]
     assert numbered == list(range(numbered[0], numbered[-1] + 1)), "no line twice, none lost"
     assert errors == []
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / "allocation-log.png"), full_page=True)
+    await page.screenshot(path=str(web_pool.shots / "allocation-log.png"), full_page=True)
     headers = {"Authorization": f"Bearer {web_pool.tokens['alice']}"}
     async with (
         aiohttp.ClientSession() as http,
