@@ -8,6 +8,7 @@ serving users, members and operators needs.
 import asyncio
 import faulthandler
 import json
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,7 @@ from potluck.cli_options import (
     relay_option,
     stream_replicas_option,
 )
-from potluck.kernel.cancellation import then_end_the_rest
+from potluck.kernel.cancellation import task_whereabouts, then_end_the_rest
 from potluck.kernel.version import __version__
 from potluck.lazy_group import AttachingGroup
 from potluck.logs import configure_logging
@@ -41,11 +42,34 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: How long the tasks a command leaves behind get to end once the command has.
+LEFTOVER_GRACE_S = 10.0
+#: The exit status when some did not (EX_SOFTWARE): the process stopped, but not cleanly.
+STUCK_EXIT_STATUS = 70
+
+
+def _end_without(tasks: list["asyncio.Future[Any]"]) -> None:
+    """Ends the process, naming the tasks that ignored every cancellation: a supervisor would
+    otherwise wait for a stopped service until it kills it, with nothing in its log."""
+    import structlog
+
+    structlog.get_logger("potluck.cli").error(
+        "process.tasks_did_not_end",
+        tasks=[task_whereabouts(task) for task in tasks],
+        grace_s=LEFTOVER_GRACE_S,
+        exit_status=STUCK_EXIT_STATUS,
+        hint="a bug (a task that ignores its cancellation); the process ends without them",
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(STUCK_EXIT_STATUS)
+
+
 def run(coro: Awaitable[T]) -> T:
     # `kill -USR1 PID` prints every thread's stack to stderr (the process's log): what an
     # operator needs from a service that hangs, without stopping it.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    return asyncio.run(then_end_the_rest(coro))
+    return asyncio.run(then_end_the_rest(coro, grace_s=LEFTOVER_GRACE_S, on_stuck=_end_without))
 
 
 async def with_store(database_url: str, work: Callable[["EventStore"], Awaitable[T]]) -> T:
