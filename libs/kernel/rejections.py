@@ -15,6 +15,11 @@ class Rejected(Exception):
         self.field = field
         self.status = status
 
+    @classmethod
+    def invalid_field(cls, field: str, message: str) -> "Rejected":
+        """A request's field (a query parameter, a form's) that is not what it must be: a 400."""
+        return cls("INVALID_FIELD", message, field=field, status=400)
+
     def as_dict(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.field is not None:

@@ -199,7 +199,7 @@ async def create(request: web.Request) -> web.Response:
 async def listing(request: web.Request) -> web.Response:
     wanted = request.query.get("state")
     if wanted is not None and wanted not in STATES:
-        raise Rejected("INVALID_FIELD", f"state must be one of {sorted(STATES)}", field="state", status=400)
+        raise Rejected.invalid_field("state", f"state must be one of {sorted(STATES)}")
     user = _user(request).name
     model = request.app[ENGINE].model
     page = page_query(request.query, lambda a: model.allocations.by_user.owns(user, a), "allocations")
@@ -212,16 +212,9 @@ def _timeout(request: web.Request) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise Rejected(
-            "INVALID_FIELD", "timeout must be a number of seconds", field="timeout", status=400
-        ) from None
+        raise Rejected.invalid_field("timeout", "timeout must be a number of seconds") from None
     if not 0 <= value <= MAX_WAIT_S:
-        raise Rejected(
-            "INVALID_FIELD",
-            f"timeout must be between 0 and {MAX_WAIT_S:g} seconds",
-            field="timeout",
-            status=400,
-        )
+        raise Rejected.invalid_field("timeout", f"timeout must be between 0 and {MAX_WAIT_S:g} seconds")
     return value
 
 
@@ -232,7 +225,7 @@ async def show(request: web.Request) -> web.Response:
     timeout = _timeout(request)  # checked even without `wait`: the schema bounds it either way
     if wanted is not None:
         if wanted not in STATES:
-            raise Rejected("INVALID_FIELD", f"wait must be one of {sorted(STATES)}", field="wait", status=400)
+            raise Rejected.invalid_field("wait", f"wait must be one of {sorted(STATES)}")
         state = await engine.wait_for(_user(request), alloc_id, wanted, timeout)
     else:
         state = engine.allocation_of(_user(request), alloc_id)
@@ -284,7 +277,7 @@ async def show_job(request: web.Request) -> web.Response:
     timeout = _timeout(request)  # checked even without `wait`, as for allocations
     if wanted is not None:
         if wanted != "done":
-            raise Rejected("INVALID_FIELD", "wait must be 'done'", field="wait", status=400)
+            raise Rejected.invalid_field("wait", "wait must be 'done'")
         job = await engine.wait_for_job(_user(request), job_id, timeout)
     else:
         job = engine.job_of(_user(request), job_id)

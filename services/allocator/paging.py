@@ -39,11 +39,8 @@ def page_query(query: Mapping[str, str], owns: Callable[[str], bool], what: str)
     if raw is not None:
         limit = int(raw) if _DIGITS.fullmatch(raw) else 0
         if not 1 <= limit <= MAX_LIMIT:
-            raise Rejected(
-                "INVALID_FIELD",
-                f"limit must be a whole number from 1 to {MAX_LIMIT} (rows per page)",
-                field="limit",
-                status=400,
+            raise Rejected.invalid_field(
+                "limit", f"limit must be a whole number from 1 to {MAX_LIMIT} (rows per page)"
             )
     after = query.get("after")
     if after is not None and not owns(after):

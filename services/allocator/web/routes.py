@@ -421,9 +421,7 @@ async def _act(
 async def _extend(engine: AllocatorEngine, user: User, alloc_id: str, form: Any) -> object:
     by = form.get("by")
     if by not in EXTEND_CHOICES:
-        raise Rejected(
-            "INVALID_FIELD", f"extend by one of {', '.join(EXTEND_CHOICES)}", field="by", status=400
-        )
+        raise Rejected.invalid_field("by", f"extend by one of {', '.join(EXTEND_CHOICES)}")
     return await engine.extend(user, alloc_id, EXTEND_CHOICES[by])
 
 
