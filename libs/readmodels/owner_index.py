@@ -47,15 +47,9 @@ class OwnerIndex:
         where = self.placed.get(row_id)
         return where is not None and where[0] == owner
 
-    def count(self, owner: str) -> int:
-        return len(self.rows.get(owner, ()))
-
     def ids(self, owner: str) -> Iterator[str]:
         """The owner's ids, oldest first."""
         return (row_id for _, row_id in self.rows.get(owner, ()))
-
-    def newest_first(self, owner: str) -> Iterator[str]:
-        return (row_id for _, row_id in reversed(self.rows.get(owner, ())))
 
     def page(
         self, owner: str, after: str | None, limit: int, keep: Callable[[str], bool] = lambda _: True

@@ -103,10 +103,8 @@ def test_the_index_agrees_with_the_plain_scan(plan: list[tuple[str, int, str, in
     rebuilt = AllocationsView(allocations=dict(view.allocations))
     for user in USERS:
         assert list(view.by_user.ids(user)) == _scan(view, user)
-        assert list(view.by_user.newest_first(user)) == _scan(view, user)[::-1]
         assert list(rebuilt.by_user.ids(user)) == _scan(view, user)
-        assert view.by_user.count(user) == len(_scan(view, user))
-    assert sum(view.by_user.count(u) for u in USERS) == len(view.allocations)
+    assert sum(len(list(view.by_user.ids(u))) for u in USERS) == len(view.allocations)
 
 
 @given(steps, st.integers(1, 4), st.sampled_from((None, "pending", "placed", "running", "released")))
