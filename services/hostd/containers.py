@@ -393,8 +393,7 @@ class ContainerManager:
         alloc_id = spec.allocation_id
         self.containers[alloc_id] = container_id
         if self.held:
-            with contextlib.suppress(DockerDriverError):
-                await self._docker(self.driver.pause, container_id)
+            await self._set_frozen(alloc_id, container_id, True)
         # Created now, or found as an earlier hostd left it (perhaps throttled): set its quota,
         # and while throttled, everyone's part of the share again.
         self._quotas.pop(alloc_id, None)
@@ -510,9 +509,8 @@ class ContainerManager:
     async def pause_all(self) -> None:
         self.paused = True
         async with self._lock:
-            for container_id in list(self.containers.values()):
-                with contextlib.suppress(DockerDriverError):
-                    await self._docker(self.driver.pause, container_id)
+            for alloc_id, container_id in list(self.containers.items()):
+                await self._set_frozen(alloc_id, container_id, True)
 
     async def resume_all(self) -> None:
         self.paused = False
@@ -522,9 +520,8 @@ class ContainerManager:
         if self.policy_frozen:
             return  # the owner policy still holds them frozen
         async with self._lock:
-            for container_id in list(self.containers.values()):
-                with contextlib.suppress(DockerDriverError):
-                    await self._docker(self.driver.unpause, container_id)
+            for alloc_id, container_id in list(self.containers.items()):
+                await self._set_frozen(alloc_id, container_id, False)
 
     # The owner policy.
 
@@ -543,10 +540,22 @@ class ContainerManager:
             if not frozen:
                 await self._apply_quotas_locked()
             if self.held != was_held:
-                change = self.driver.pause if self.held else self.driver.unpause
-                for container_id in list(self.containers.values()):
-                    with contextlib.suppress(DockerDriverError):
-                        await self._docker(change, container_id)
+                for alloc_id, container_id in list(self.containers.items()):
+                    await self._set_frozen(alloc_id, container_id, self.held)
+
+    async def _set_frozen(self, alloc_id: str, container_id: str, frozen: bool) -> None:
+        """Pause or unpause one container. One the engine could not change (it tried again
+        already: pause_races.py) is logged, not left unsaid; the next reconciliation sets it."""
+        try:
+            await self._docker(self.driver.pause if frozen else self.driver.unpause, container_id)
+        except DockerDriverError as exc:
+            log.warning(
+                "hostd.pause_state_not_set",
+                alloc_id=alloc_id,
+                paused=frozen,
+                error=str(exc),
+                hint="set again when the engine next reconciles this host's containers",
+            )
 
     async def _apply_quotas_locked(self) -> None:
         requested = {a: self.desired[a].cpus for a in self.containers if a in self.desired}

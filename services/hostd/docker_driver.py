@@ -29,6 +29,7 @@ from typing import Any, Literal
 import structlog
 
 from potluck.contracts.engine import EngineFacts
+from potluck.hostd import pause_races
 from potluck.hostd.container_config import (
     LABEL_ALLOCATION,
     LABEL_HOST,
@@ -133,6 +134,19 @@ class ContainerUsage:
 class ExecResult:
     exit_code: int
     output: bytes
+
+
+def _engine_failed(exc: BaseException) -> bool:
+    """A 5xx: the engine (runc's freezer) failed the call, not refused it."""
+    return isinstance(exc, docker.errors.APIError) and bool(exc.is_server_error())
+
+
+def _refused_as_paused(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, docker.errors.APIError)
+        and exc.status_code == 409
+        and pause_races.says_paused(str(exc.explanation))
+    )
 
 
 def _time(value: str | None) -> datetime | None:
@@ -473,11 +487,15 @@ class DockerDriver:
 
     def pause(self, container_id: str) -> None:
         with self._errors(f"pausing {container_id[:12]}") as client:
-            client.api.pause(container_id)
+            for attempt in pause_races.freezing(_engine_failed):
+                with attempt:
+                    client.api.pause(container_id)
 
     def unpause(self, container_id: str) -> None:
         with self._errors(f"unpausing {container_id[:12]}") as client:
-            client.api.unpause(container_id)
+            for attempt in pause_races.freezing(_engine_failed):
+                with attempt:
+                    client.api.unpause(container_id)
 
     def update_cpus(self, container_id: str, cpus: float) -> None:
         """Change a running container's CPU quota in place (`docker update --cpus`); its
@@ -517,7 +535,9 @@ class DockerDriver:
 
     def exec_run(self, container_id: str, argv: list[str], *, user: str = "") -> ExecResult:
         with self._errors(f"exec in {container_id[:12]}") as client:
-            exec_id = client.api.exec_create(container_id, argv, user=user)["Id"]
+            for attempt in pause_races.while_stale_paused(_refused_as_paused):
+                with attempt:
+                    exec_id = client.api.exec_create(container_id, argv, user=user)["Id"]
             output = client.api.exec_start(exec_id)
             code = client.api.exec_inspect(exec_id).get("ExitCode")
         return ExecResult(exit_code=-1 if code is None else int(code), output=output)

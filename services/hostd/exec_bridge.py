@@ -46,7 +46,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from potluck.hostd import docker_http, process_tree
+from potluck.hostd import docker_http, pause_races, process_tree
 from potluck.hostd.container_config import (
     LABEL_ALLOCATION,
     LABEL_HOST,
@@ -301,7 +301,9 @@ class ExecBridge:
         }
         if tty and width > 0 and height > 0 and await self.api_version() >= (1, 42):
             create["ConsoleSize"] = [height, width]
-        status, body = await self._call("POST", f"/containers/{container_id}/exec", create)
+        status, body = await pause_races.ask_while_paused(
+            lambda: self._call("POST", f"/containers/{container_id}/exec", create), message
+        )
         if status == 409:
             raise ExecRefused(f"the container of allocation {alloc_id} is not running: {message(body)}")
         if status != 201:

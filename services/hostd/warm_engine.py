@@ -56,7 +56,7 @@ def create_warm(driver: DockerDriver, host_id: str, key: WarmKey) -> WarmContain
             client.api.start(container_id)
             attrs = client.api.inspect_container(container_id)
             driver._lower_pool_weight(attrs)
-            client.api.pause(container_id)
+        driver.pause(container_id)  # tried again if the engine fails the freeze (pause_races.py)
     except DockerDriverError:
         driver.remove(container_id)
         raise
@@ -94,10 +94,10 @@ def take_warm(driver: DockerDriver, warm: WarmContainer, spec: ContainerSpec) ->
         raise NotTaken(str(exc)) from exc
     driver.verify_limits(container_id, spec)
     try:
+        if warm.started:
+            driver.unpause(container_id)  # tried again if the engine fails the thaw (pause_races.py)
         with driver._errors(f"starting {name}") as client:
-            if warm.started:
-                client.api.unpause(container_id)
-            else:
+            if not warm.started:
                 client.api.start(container_id)
             attrs = client.api.inspect_container(container_id)
     except DockerDriverError:

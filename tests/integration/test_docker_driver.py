@@ -3,6 +3,7 @@
 Every container here runs the busybox test image with `network_mode="none"`.
 """
 
+import asyncio
 import threading
 import time
 import uuid
@@ -23,6 +24,8 @@ from potluck.hostd.docker_driver import (
     LimitsNotApplied,
     ManagedContainer,
 )
+from potluck.hostd.exec_bridge import ExecBridge
+from potluck.hostd.exec_errors import ExecRefused
 from potluck.hostd.pool_weight import parent_weight_file
 from potluck.localstack import DockerEngine, build_test_image
 
@@ -488,3 +491,69 @@ def test_two_engines_are_two_laptops(docker_engines: list[DockerEngine], test_im
             for container in driver.list_managed(HOST):
                 driver.remove(container.container_id)
             driver.close()
+
+
+class _Output:
+    """An ExecSink that keeps stdout and knows when the stream ended."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.ended = asyncio.Event()
+
+    def exec_data(self, data: bytes, stderr: bool) -> None:
+        self.data += data
+
+    def exec_eof(self) -> None:
+        self.ended.set()
+
+    def exec_pause(self) -> None:
+        pass
+
+    def exec_resume(self) -> None:
+        pass
+
+
+async def _bridge_echo(bridge: ExecBridge, alloc_id: str, text: str) -> bytes:
+    process = await bridge.open(alloc_id, ["echo", text], tty=False, env={})
+    output = _Output()
+    process.attach(output)
+    process.write_eof()
+    await asyncio.wait_for(output.ended.wait(), 10)
+    process.close()
+    return output.data
+
+
+def test_an_exec_right_after_a_pause_and_unpause_runs(docker_driver: DockerDriver, test_image: str) -> None:
+    """A container is paused and at once unpaused, then an exec runs in it, 20 times over through
+    the driver and 20 through hostd's exec bridge (the engine's late "paused" event can mark it
+    paused again for a moment: moby's daemon/monitor.go). Afterwards every exec ran and printed
+    its round, and a container left paused is still refused, with the engine's own words."""
+    spec = _spec(test_image)
+    container_id = docker_driver.run(spec)
+    bridge = ExecBridge(docker_driver.base_url, HOST)
+
+    async def rounds() -> None:
+        for round_ in range(20):
+            await asyncio.to_thread(docker_driver.pause, container_id)
+            await asyncio.to_thread(docker_driver.unpause, container_id)
+            assert (
+                await _bridge_echo(bridge, spec.allocation_id, f"bridge {round_}")
+                == f"bridge {round_}\n".encode()
+            )
+        await asyncio.to_thread(docker_driver.pause, container_id)
+        with pytest.raises(ExecRefused, match="is paused"):
+            await _bridge_echo(bridge, spec.allocation_id, "left paused")
+        await asyncio.to_thread(docker_driver.unpause, container_id)
+
+    for round_ in range(20):
+        docker_driver.pause(container_id)
+        docker_driver.unpause(container_id)
+        assert (
+            docker_driver.exec_run(container_id, ["echo", f"round {round_}"]).output
+            == f"round {round_}\n".encode()
+        )
+    asyncio.run(rounds())
+    docker_driver.pause(container_id)
+    with pytest.raises(DockerDriverError, match="is paused"):
+        docker_driver.exec_run(container_id, ["true"])
+    docker_driver.unpause(container_id)

@@ -1,0 +1,99 @@
+"""How long hostd tries again around the engine's pause races (pause_races.py), without an engine:
+the policies are given calls that fail as the engine does, and what they return or raise is read."""
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from potluck.hostd import pause_races
+
+
+class EngineFailed(Exception):
+    pass
+
+
+class Refused(Exception):
+    pass
+
+
+class Failing:
+    """A call that raises `error` its first `times` calls, then returns "done"."""
+
+    def __init__(self, times: int, error: Exception) -> None:
+        self.times = times
+        self.error = error
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.times:
+            raise self.error
+        return "done"
+
+
+def _freezing(call: Failing) -> str:
+    for attempt in pause_races.freezing(_engine_failed):
+        with attempt:
+            return call()
+    raise AssertionError("unreachable: tenacity returns or raises")
+
+
+def _engine_failed(exc: BaseException) -> bool:
+    return isinstance(exc, EngineFailed)
+
+
+def test_a_freeze_the_engine_failed_is_tried_again_until_it_holds() -> None:
+    """A pause failing twice with the engine's error, then holding. Afterwards it ran three times
+    and returned; nothing was raised."""
+    call = Failing(2, EngineFailed("OCI runtime pause failed: unable to freeze"))
+    assert _freezing(call) == "done"
+    assert call.calls == 3
+
+
+def test_a_freeze_failing_every_time_raises_the_engines_own_error_after_the_attempts() -> None:
+    call = Failing(99, EngineFailed("unable to freeze"))
+    with pytest.raises(EngineFailed, match="unable to freeze"):
+        _freezing(call)
+    assert call.calls == pause_races.FREEZE_ATTEMPTS
+
+
+def test_a_refusal_is_an_answer_and_is_not_tried_again() -> None:
+    """A 409-like refusal (already paused, not running). Afterwards: raised at once, one call."""
+    call = Failing(99, Refused("is not running"))
+    with pytest.raises(Refused):
+        _freezing(call)
+    assert call.calls == 1
+
+
+def test_an_exec_refused_as_paused_is_asked_again_and_a_lasting_pause_is_answered() -> None:
+    """The engine says "is paused" twice, then creates the exec; for a second container it says
+    so throughout. Afterwards the first got its 201 on the third call, and the second got the
+    engine's 409 and its message back after about STALE_PAUSE_S, not an exception."""
+    paused = {"message": "Container abc is paused, unpause the container before exec"}
+    answers = [(409, paused), (409, paused), (201, {"Id": "e1"})]
+
+    async def settling() -> tuple[int, Any]:
+        return answers.pop(0)
+
+    async def lasting() -> tuple[int, Any]:
+        return 409, paused
+
+    def message(body: Any) -> str:
+        return str(body["message"])
+
+    async def both() -> tuple[tuple[int, Any], tuple[int, Any], float]:
+        first = await pause_races.ask_while_paused(lambda: settling(), message)
+        started = asyncio.get_running_loop().time()
+        second = await pause_races.ask_while_paused(lasting, message)
+        return first, second, asyncio.get_running_loop().time() - started
+
+    first, second, waited = asyncio.run(both())
+    assert first == (201, {"Id": "e1"})
+    assert second == (409, paused)
+    assert pause_races.STALE_PAUSE_S <= waited < pause_races.STALE_PAUSE_S + 1.0
+
+
+def test_only_the_engines_paused_refusal_counts_as_paused() -> None:
+    assert pause_races.says_paused("Container 93c9 is paused, unpause the container before exec")
+    assert not pause_races.says_paused("Container 93c9 is not running")
