@@ -136,17 +136,16 @@ def read_usage_ns(path: Path) -> int | None:
 
 
 class LoadMeter:
-    """Samples the machine's and the pool's CPU use; `sample` returns both in cores."""
+    """The machine's and the pool's CPU use between two samples, in cores."""
 
-    def __init__(self, proc_stat: Path = Path("/proc/stat")) -> None:
-        self.proc_stat = proc_stat
+    def __init__(self) -> None:
         self._ticks: CpuTicks | None = None
         self._at: float | None = None
         self._usage: dict[Path, int] = {}
 
-    def sample(self, pool_files: list[Path]) -> tuple[float, float] | None:
-        """(machine cores, pool cores) since the previous call; None on the first."""
-        ticks = parse_proc_stat(self.proc_stat.read_text())
+    def sample(self, ticks: CpuTicks, pool_files: list[Path]) -> tuple[float, float] | None:
+        """(machine cores, pool cores) since the previous call, from the machine's `ticks`
+        (machine_sensors.py reads them) and the pool's cgroup files; None on the first."""
         now = time.monotonic()
         usage: dict[Path, int] = {}
         for path in pool_files:
@@ -156,7 +155,8 @@ class LoadMeter:
                     usage[path] = value
         before, at, previous = self._ticks, self._at, self._usage
         self._ticks, self._at, self._usage = ticks, now, usage
-        if before is None or at is None or now <= at:
+        # The same reading twice (shared, and asked again too soon) has no interval either.
+        if before is None or at is None or now <= at or ticks.total <= before.total:
             return None
         # Only containers seen both times count: one that started or ended in between
         # has no interval of its own.

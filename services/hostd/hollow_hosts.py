@@ -8,7 +8,8 @@ the owner busy only past every core (the hollow process itself keeps the machine
 the sleep clock allows an hour of loop lag before calling it sleep (thousands of agents on
 one loop lag far more than a laptop's clock ever jumps awake). What only looks at the
 in-memory engine (its disk, its images, whether it answers) is looked at every few minutes,
-and one heap trimmer serves the whole process: measured, those were most of its CPU.
+one heap trimmer serves the whole process, and the hosts share one set of machine sensors
+(each host's policy still decides alone): measured, those were most of its CPU.
 """
 
 import asyncio
@@ -26,6 +27,7 @@ from potluck.hostd.agent import Agent, HostdStopped
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.heap import trim_heap_periodically
 from potluck.hostd.hollow_engine import HollowDriver
+from potluck.hostd.machine_sensors import MachineSensors
 from potluck.kernel.cancellation import cancel_until_done
 
 log = structlog.get_logger(__name__)
@@ -108,6 +110,7 @@ class HollowFleet:
         wanted = list(images)
         make_host_keys(configs)
         self.agents = [Agent(c, HollowDriver(c.host_id, wanted)) for c in configs]
+        sensors: dict[tuple[Path, Path], MachineSensors] = {}
         for agent in self.agents:
             # One trimmer for the process: a collection per agent was a full gc.collect() over
             # every agent's objects, thousands of times over at start-up.
@@ -115,6 +118,10 @@ class HollowFleet:
             # The in-memory engine never goes away: a ping every 2 s each was a thread hop per
             # host per 2 s, a third of the process's time.
             agent.engine_check_s = HOLLOW_ENGINE_CHECK_S
+            # One machine under all of them: one reading of it at a time, not one per host
+            # (machine_sensors.py; the policy's reads were over half of the process's CPU).
+            where = (agent.policy.sensors.power_supply_dir, agent.policy.sensors.thermal_dir)
+            agent.policy.sensors = sensors.setdefault(where, agent.policy.sensors)
         self.stopped: dict[str, str] = {}
 
     @property

@@ -37,9 +37,9 @@ from potluck.hostd.cpu_load import (
     read_bytes,
 )
 from potluck.hostd.docker_driver import DockerDriverError
+from potluck.hostd.machine_sensors import MachineSensors
 from potluck.hostd.owner_policy import Decision, Memory, Readings, decide
-from potluck.hostd.power import PowerReading, read_power
-from potluck.hostd.thermal import read_temperature
+from potluck.hostd.power import PowerReading
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +76,12 @@ class PolicyRunner:
         self.since = datetime.now(UTC)
         self.transitions: deque[dict[str, Any]] = deque(maxlen=_TRANSITIONS_KEPT)
         self._memory = Memory()
+        #: The machine's readings; many runners in one process (hollow hosts) share one.
+        self.sensors = MachineSensors(
+            Path(self.policy.power_supply_dir),
+            Path(self.policy.thermal_dir),
+            fresh_for_s=self.policy.sample_interval_s / 2,  # each of its own samples reads afresh
+        )
         self._meter = LoadMeter()
         self._sustained = SustainedLoad(self.policy.busy_after_s)
         self._cgroups: dict[str, CgroupFiles | None] = {}  # container id -> its cgroup files
@@ -109,7 +115,8 @@ class PolicyRunner:
     async def step(self) -> None:
         """One sample, one decision, and the containers changed if the action changed."""
         files = await self._pool_files()
-        sample = self._meter.sample([f.cpu for f in files if f.cpu is not None])
+        machine_now = await self.sensors.read()
+        sample = self._meter.sample(machine_now.ticks, [f.cpu for f in files if f.cpu is not None])
         at = time.monotonic()
         owner: float | None = None
         if sample is not None:
@@ -118,9 +125,7 @@ class PolicyRunner:
             self._sustained.add(at, owner)
             self._readings.update(machine_cpus=round(machine, 3), pool_cpus=round(pool, 3))
         memory_bytes = [read_bytes(f.memory) for f in files if f.memory is not None]
-        # One thread hop for both: a battery's files can take an ACPI query each to read, so they
-        # stay off the loop, but a hop costs more than the reads on most machines.
-        power, temperature = await asyncio.to_thread(self._read_sensors)
+        power, temperature = machine_now.power, machine_now.temperature_c
         readings = Readings(
             owner_cpus=self._sustained.level(), on_battery=power.on_battery, temperature_c=temperature
         )
@@ -139,9 +144,6 @@ class PolicyRunner:
         if decision.same_action(self.decision):
             return
         await self._change(decision)
-
-    def _read_sensors(self) -> tuple[PowerReading, float | None]:
-        return read_power(Path(self.policy.power_supply_dir)), read_temperature(Path(self.policy.thermal_dir))
 
     async def _change(self, decision: Decision) -> None:
         log.info(

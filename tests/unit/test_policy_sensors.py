@@ -7,12 +7,14 @@ sysfs (tmp_path): what each returns, and that a machine without a battery or sen
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from potluck.contracts.capacity import MIN_CPUS
 from potluck.hostd.cpu_load import (
     CpuTicks,
+    LoadMeter,
     SustainedLoad,
     cpu_usage_file,
     machine_cores,
@@ -43,6 +45,25 @@ def test_machine_cores_is_the_busy_share_times_the_cpus() -> None:
     before = CpuTicks(busy=0, total=0, cpus=2)
     assert machine_cores(before, CpuTicks(busy=100, total=200, cpus=2)) == 1.0
     assert machine_cores(before, before) == 0.0
+
+
+def test_the_load_meter_counts_an_interval_only_between_two_different_readings(tmp_path: Path) -> None:
+    """A meter given the machine's ticks three times, the second time the same reading as the
+    first (a shared reading asked again too soon), with one pool container's usage file.
+    Afterwards the first and the repeated reading gave no sample, and the third gave the
+    machine's busy share between the two readings and the pool's use over its own interval."""
+    usage = tmp_path / "cpuacct.usage"
+    usage.write_text("0\n")
+    meter = LoadMeter()
+    first = CpuTicks(busy=100, total=1000, cpus=2)
+    assert meter.sample(first, [usage]) is None
+    assert meter.sample(first, [usage]) is None
+    usage.write_text(f"{10**9}\n")
+    sample = meter.sample(CpuTicks(busy=600, total=2000, cpus=2), [usage])
+    assert sample is not None
+    machine, pool = sample
+    assert machine == pytest.approx(1.0)
+    assert pool > 0
 
 
 def test_the_owner_is_the_machine_less_the_pool_never_below_zero() -> None:
