@@ -8,8 +8,9 @@ the owner busy only past every core (the hollow process itself keeps the machine
 the sleep clock allows an hour of loop lag before calling it sleep (thousands of agents on
 one loop lag far more than a laptop's clock ever jumps awake). What only looks at the
 in-memory engine (its disk, its images, whether it answers) is looked at every few minutes,
-one heap trimmer serves the whole process, and the hosts share one set of machine sensors
-(each host's policy still decides alone): measured, those were most of its CPU.
+one heap trimmer serves the whole process, the hosts share one set of machine sensors (each
+host's policy still decides alone), and the policy's status file, which no member reads here,
+is rewritten every few minutes: measured, those were most of its CPU.
 """
 
 import asyncio
@@ -39,6 +40,8 @@ THREAD_STACK_BYTES = 256 * 1024
 
 #: How often a hollow host pings its in-memory engine.
 HOLLOW_ENGINE_CHECK_S = 60.0
+#: How often a hollow host rewrites its policy status file, besides at each change.
+HOLLOW_STATUS_EVERY_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,9 @@ class HollowFleet:
             # (machine_sensors.py; the policy's reads were over half of the process's CPU).
             where = (agent.policy.sensors.power_supply_dir, agent.policy.sensors.thermal_dir)
             agent.policy.sensors = sensors.setdefault(where, agent.policy.sensors)
+            # No member reads a hollow host's status file (`potluck host status`); rewritten
+            # every 5 s it was the largest part left (JSON and a file write per host).
+            agent.policy.status_every_s = HOLLOW_STATUS_EVERY_S
         self.stopped: dict[str, str] = {}
 
     @property

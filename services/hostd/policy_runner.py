@@ -83,6 +83,8 @@ class PolicyRunner:
             fresh_for_s=self.policy.sample_interval_s / 2,  # each of its own samples reads afresh
         )
         self._meter = LoadMeter()
+        #: How often the status file is rewritten besides at each change (hollow hosts: rarely).
+        self.status_every_s = _STATUS_EVERY_S
         self._sustained = SustainedLoad(self.policy.busy_after_s)
         self._cgroups: dict[str, CgroupFiles | None] = {}  # container id -> its cgroup files
         self._unsent = asyncio.Event()
@@ -106,7 +108,7 @@ class PolicyRunner:
                 await self.step()
             except Exception:  # the policy must keep running whatever one sample does
                 log.exception("hostd.policy_step_failed", hint="a bug; the next sample tries again")
-            if time.monotonic() - last_status >= _STATUS_EVERY_S:
+            if time.monotonic() - last_status >= self.status_every_s:
                 last_status = time.monotonic()
                 with contextlib.suppress(OSError):
                     self.write_status()
