@@ -546,33 +546,42 @@ class ContainerManager:
     async def _set_frozen(self, alloc_id: str, container_id: str, frozen: bool) -> None:
         """Pause or unpause one container. One the engine could not change (it tried again
         already: pause_races.py) is logged, not left unsaid; the next reconciliation sets it."""
+        await self._changed_or_logged(
+            self.driver.pause if frozen else self.driver.unpause,
+            container_id,
+            event="hostd.pause_state_not_set",
+            hint="set again when the engine next reconciles this host's containers",
+            alloc_id=alloc_id,
+            paused=frozen,
+        )
+
+    async def _changed_or_logged(
+        self, change: Callable[..., object], *args: Any, event: str, hint: str, **about: Any
+    ) -> bool:
+        """One change to a container that hostd goes on without when the engine refuses it:
+        the refusal is logged as `event` with `about` and what happens next (`hint`)."""
         try:
-            await self._docker(self.driver.pause if frozen else self.driver.unpause, container_id)
+            await self._docker(change, *args)
         except DockerDriverError as exc:
-            log.warning(
-                "hostd.pause_state_not_set",
-                alloc_id=alloc_id,
-                paused=frozen,
-                error=str(exc),
-                hint="set again when the engine next reconciles this host's containers",
-            )
+            log.warning(event, **about, error=str(exc), hint=hint)
+            return False
+        return True
 
     async def _apply_quotas_locked(self) -> None:
         requested = {a: self.desired[a].cpus for a in self.containers if a in self.desired}
         for alloc_id, cpus in spread(requested, self.policy_share_cpus).items():
             if self._quotas.get(alloc_id) == cpus:
                 continue
-            container_id = self.containers[alloc_id]
-            try:
-                await self._docker(self.driver.update_cpus, container_id, cpus)
-            except DockerDriverError as exc:
-                log.warning(
-                    "hostd.quota_not_set",
-                    alloc_id=alloc_id,
-                    cpus=cpus,
-                    error=str(exc),
-                    hint="set again at the next policy change or container start",
-                )
+            set_now = await self._changed_or_logged(
+                self.driver.update_cpus,
+                self.containers[alloc_id],
+                cpus,
+                event="hostd.quota_not_set",
+                hint="set again at the next policy change or container start",
+                alloc_id=alloc_id,
+                cpus=cpus,
+            )
+            if not set_now:
                 continue
             self._quotas[alloc_id] = cpus
             log.info("hostd.quota_set", alloc_id=alloc_id, cpus=cpus)
