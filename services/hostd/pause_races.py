@@ -4,7 +4,7 @@
   when the processes do not settle in time ("OCI runtime pause failed: unable to freeze"): on a
   loaded machine, which is when an owner policy freezes the pool. The engine answers 500 and
   leaves the container as it was. A pause or unpause the engine failed that way is tried again,
-  `FREEZE_ATTEMPTS` times over about two seconds; a refusal (409: not running, already paused)
+  `FREEZE_ATTEMPTS` times over about 1.5 seconds; a refusal (409: not running, already paused)
   is an answer and is not.
 - **A container that still says paused.** Docker 20.10 marks a container paused when `pause`
   returns and again when containerd's paused event reaches the daemon's event queue (moby
