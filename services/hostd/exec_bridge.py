@@ -74,6 +74,16 @@ _SIGNALS = {
 }  # fmt: skip
 
 
+def _inspected_paused(answer: tuple[int, Any]) -> bool:
+    status, body = answer
+    return status == 200 and isinstance(body, dict) and bool((body.get("State") or {}).get("Paused"))
+
+
+def _exec_refused_as_paused(answer: tuple[int, Any]) -> bool:
+    status, body = answer
+    return status == 409 and pause_races.says_paused(message(body))
+
+
 def signal_number(name: str) -> int | None:
     return _SIGNALS.get(name.upper().removeprefix("SIG"))
 
@@ -231,7 +241,14 @@ class ExecBridge:
         `stopped_ok`: a stopped one will do too (logs and files of an ended allocation)."""
         if not _ALLOC.match(alloc_id):
             raise ExecRefused(f"{alloc_id!r} is not an allocation id")
-        status, body = await self._call("GET", f"/containers/{NAME_PREFIX}{alloc_id}/json")
+        path = f"/containers/{NAME_PREFIX}{alloc_id}/json"
+        if stopped_ok:
+            status, body = await self._call("GET", path)
+        else:
+            # A container unpaused a moment ago may still say paused (pause_races.py).
+            status, body = await pause_races.ask_while_paused(
+                lambda: self._call("GET", path), _inspected_paused
+            )
         if status == 404:
             raise ExecRefused(f"allocation {alloc_id} has no container on this host")
         if status != 200:
@@ -302,7 +319,7 @@ class ExecBridge:
         if tty and width > 0 and height > 0 and await self.api_version() >= (1, 42):
             create["ConsoleSize"] = [height, width]
         status, body = await pause_races.ask_while_paused(
-            lambda: self._call("POST", f"/containers/{container_id}/exec", create), message
+            lambda: self._call("POST", f"/containers/{container_id}/exec", create), _exec_refused_as_paused
         )
         if status == 409:
             raise ExecRefused(f"the container of allocation {alloc_id} is not running: {message(body)}")

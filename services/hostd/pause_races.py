@@ -87,10 +87,11 @@ def _last_answer(state: RetryCallState) -> Any:
 
 
 async def ask_while_paused(
-    ask: Callable[[], Awaitable[tuple[int, Any]]], message_of: Callable[[Any], str]
+    ask: Callable[[], Awaitable[tuple[int, Any]]], still_paused: Callable[[tuple[int, Any]], bool]
 ) -> tuple[int, Any]:
-    """An exec create's `(status, body)`, asked again while it is a 409 "is paused"; the last
-    answer when the time is up."""
+    """An engine call's `(status, body)`, asked again while `still_paused` says the answer is
+    the container paused (an inspect's State.Paused, an exec create's 409); the last answer
+    when the time is up."""
 
     async def asked() -> tuple[int, Any]:
         # tenacity awaits what a coroutine function returns; `ask` may be a plain lambda.
@@ -99,7 +100,7 @@ async def ask_while_paused(
     answer: tuple[int, Any] = await AsyncRetrying(
         stop=stop_after_delay(STALE_PAUSE_S),
         wait=wait_fixed(_STALE_PAUSE_EVERY_S),
-        retry=retry_if_result(lambda answer: answer[0] == 409 and says_paused(message_of(answer[1]))),
+        retry=retry_if_result(still_paused),
         retry_error_callback=_last_answer,
     )(asked)
     return answer

@@ -79,13 +79,13 @@ def test_an_exec_refused_as_paused_is_asked_again_and_a_lasting_pause_is_answere
     async def lasting() -> tuple[int, Any]:
         return 409, paused
 
-    def message(body: Any) -> str:
-        return str(body["message"])
+    def still_paused(answer: tuple[int, Any]) -> bool:
+        return answer[0] == 409 and pause_races.says_paused(str(answer[1]["message"]))
 
     async def both() -> tuple[tuple[int, Any], tuple[int, Any], float]:
-        first = await pause_races.ask_while_paused(lambda: settling(), message)
+        first = await pause_races.ask_while_paused(lambda: settling(), still_paused)
         started = asyncio.get_running_loop().time()
-        second = await pause_races.ask_while_paused(lasting, message)
+        second = await pause_races.ask_while_paused(lasting, still_paused)
         return first, second, asyncio.get_running_loop().time() - started
 
     first, second, waited = asyncio.run(both())
