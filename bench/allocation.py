@@ -7,18 +7,20 @@ engine, measured in the same run, interleaved with Potluck's own so that all see
 same machine. Each round places three allocations of the same limits, in turning order:
 one with an environment value (which no warm container may take: today's
 create-and-start path, what a host with the default `warm_containers = 0` does), one
-without (it takes the container hostd created ahead of it) and one without a command
-(interactive: it takes the one hostd started ahead and froze).
+without (it takes the container hostd started ahead of it and froze, its launcher waiting
+to run the command) and one without a command (interactive: it takes the one hostd
+started ahead and froze, running hostd's keep-alive).
 
     post_to_running_p50, _p99                    ms, created on placement (the default)
-    post_to_running_warm_p50, _p99               ms, a container created ahead taken
-    post_to_running_interactive_warm_p50, _p99   ms, a container started ahead unfrozen
-    engine_create, engine_take, engine_readback, engine_start   ms (p50), the engine's parts
+    post_to_running_warm_p50, _p99               ms, a task's container started ahead unfrozen
+    post_to_running_interactive_warm_p50, _p99   ms, an interactive one started ahead unfrozen
+    engine_create, _start, _ahead, _take, _readback, _unfreeze   ms (p50), the engine's parts
 
 The engine's parts are timed on the same engine with the driver's own calls, one step at
-a time: `create` (image check and create, what a warm container saves), `take` (rename
-and `docker update` of the limits, what it costs instead), `readback` (inspect and the
-limit check, both paths), `start` (start and inspect, both paths).
+a time. Today's path: `create` (image check and create), `start` (start and inspect).
+A warm container: `ahead` (made, started and frozen ahead, off the placement's path),
+`take` (rename and `docker update` of the limits), `readback` (inspect and the limit
+check, both paths), `unfreeze` (unpause, the launcher's go, inspect: instead of `start`).
 """
 
 import argparse
@@ -33,8 +35,9 @@ import aiohttp
 
 from bench.harness import bench_servers, emit, percentile, say, wait_active_host
 from bench.pool import private_pool
-from potluck.hostd.container_config import ContainerSpec, limit_mismatches
+from potluck.hostd.container_config import ContainerSpec, create_kwargs, limit_mismatches
 from potluck.hostd.docker_driver import DockerDriver
+from potluck.hostd.launcher import GO_SIGNAL
 from potluck.hostd.warm_engine import create_warm
 from potluck.hostd.warm_pool import limits_update, warm_key
 from potluck.localstack.docker_engine import DockerEngine
@@ -84,7 +87,8 @@ async def potluck_ms(
     http: aiohttp.ClientSession, api: str, headers: dict[str, str], path: str
 ) -> tuple[float, str]:
     """`path`: "cold" (an env value: no warm container takes it), "warm" (the same command,
-    created ahead), "interactive" (no command: started ahead and frozen)."""
+    its launcher started ahead and frozen), "interactive" (no command: started ahead and
+    frozen)."""
     body: dict[str, Any] = {
         "cpus": 0.5,
         "memory": "64M",
@@ -131,8 +135,9 @@ def settle(driver: DockerDriver, host_id: str, gone: Sequence[str] = (), timeout
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         managed = driver.list_managed(host_id)
-        waiting = {c.status for c in managed if not c.allocation_id}
-        if not any(c.allocation_id in gone for c in managed) and waiting == {"created", "paused"}:
+        waiting = [c.status for c in managed if not c.allocation_id]
+        ready = len(waiting) == 2 and set(waiting) <= {"created", "paused"}
+        if ready and not any(c.allocation_id in gone for c in managed):
             return
         time.sleep(0.05)
     raise RuntimeError(f"host {host_id} did not settle within {timeout} s")
@@ -140,20 +145,34 @@ def settle(driver: DockerDriver, host_id: str, gone: Sequence[str] = (), timeout
 
 def engine_parts(engine: DockerEngine, rounds: int) -> dict[str, list[float]]:
     """The engine's steps of both paths, timed one by one with the driver's calls."""
-    parts: dict[str, list[float]] = {"create": [], "take": [], "readback": [], "start": []}
+    parts: dict[str, list[float]] = {
+        "create": [], "start": [], "ahead": [], "take": [], "readback": [], "unfreeze": [],
+    }  # fmt: skip
     with DockerDriver(engine.url) as driver:
         facts = driver.engine_facts()
+        client: Any = driver._api().api
         for i in range(rounds):
             spec = ContainerSpec(
                 allocation_id=f"parts-{i}", host_id="bench-parts", image=DEFAULT_TAG, cpus=0.5,
                 memory_bytes=64 << 20, disk_bytes=64 << 20, pids_limit=512, command=["sleep", "3600"],
             )  # fmt: skip
+            # Today's path: created and started on placement.
+            watch = time.perf_counter()
+            driver._check_image(driver._api(), spec.image)
+            kwargs = create_kwargs(spec, disk_quota=facts.disk_quota_supported, helper=driver.helper)
+            container_id = str(driver._api().containers.create(**kwargs).id)
+            parts["create"].append(time.perf_counter() - watch)
+            watch = time.perf_counter()
+            client.start(container_id)
+            driver.inspect(container_id)
+            parts["start"].append(time.perf_counter() - watch)
+            driver.remove(container_id)
+            # A warm container: made ahead (off the placement's path), then taken.
             key = warm_key(spec)
             assert key is not None
             watch = time.perf_counter()
             made = create_warm(driver, "bench-parts", key)
-            parts["create"].append(time.perf_counter() - watch)
-            client: Any = driver._api().api
+            parts["ahead"].append(time.perf_counter() - watch)
             watch = time.perf_counter()
             client.rename(made.container_id, spec.container_name)
             response = client._post_json(
@@ -170,9 +189,13 @@ def engine_parts(engine: DockerEngine, rounds: int) -> dict[str, list[float]]:
             if mismatches:
                 raise RuntimeError(f"the read-back found {mismatches}")
             watch = time.perf_counter()
-            client.start(made.container_id)
+            if made.started:
+                driver.unpause(made.container_id)
+                driver.signal(made.container_id, GO_SIGNAL)
+            else:
+                client.start(made.container_id)
             driver.inspect(made.container_id)
-            parts["start"].append(time.perf_counter() - watch)
+            parts["unfreeze"].append(time.perf_counter() - watch)
             driver.remove(made.container_id)
     return {name: [v * 1000 for v in values[2:]] for name, values in parts.items()}
 

@@ -9,7 +9,7 @@
     allow_network = false       # may containers here have a network? (see below)
     internal_network = false    # true: their network has no route out (see below)
     image_cache = "5G"          # images kept on this machine, out of donate.disk (see below)
-    warm_containers = 0         # containers kept created ahead, per recent shape (see below)
+    warm_containers = 0         # containers kept made ahead, per recent shape (see below)
 
     [donate]            # the most this machine gives the pool, all allocations together
     cpus = 2
@@ -92,12 +92,13 @@ manage).
 made ahead for each of the two allocation shapes (image, command, disk bound) it
 placed last. The next allocation of that shape takes one: its CPU, memory and pids
 limits are set with `docker update` and read back before it runs, its hardening is
-that of any container. An interactive shape (no command: hostd's own keep-alive runs)
-is started ahead and frozen, and taking it is unfreezing it: about half a `docker run`.
-Any other shape is only created ahead (Docker cannot change a command), which saves
-the engine's create, a few percent (bench/README.md, `allocation`). Allocations with
-environment values or a network never take one. They hold no CPU (a frozen keep-alive
-a few hundred kB of memory), count against `donate.disk` with their disk bound, keep
+that of any container. With the helper (helper.py) they are started ahead and frozen,
+running only hostd's keep-alive (no command) or the launcher that runs the command once
+the container is taken (launcher.py); taking one is unfreezing it: about half a `docker
+run` (bench/README.md, `allocation`). Without the helper they are only created ahead,
+which saves a few percent. Allocations with environment values or a network never take
+one. They hold no CPU (a frozen one a few hundred kB of memory), count against
+`donate.disk` with their disk bound, keep
 their image in the cache (the engine removes no image a container was made from), and
 go when the host leaves or drains.
 

@@ -25,9 +25,10 @@ the container started when the pull is done; released meanwhile, the pull is
 dropped. Only a pull that failed all its attempts fails the allocation.
 
 With `warm_containers` set, a placement of a shape placed here lately takes a container
-created ahead (warm_keeper.py) instead of creating one: only its limits are set, read back,
-and it is started. Warm containers are not allocations: reconciliation and the reports
-leave them out (their labels name no allocation until one takes them).
+made ahead (warm_keeper.py) instead of creating one: only its limits are set, read back,
+and it is unfrozen (its command run by the launcher, launcher.py). Warm containers are not
+allocations: reconciliation and the reports leave them out (their labels name no
+allocation until one takes them).
 
 Two holds may freeze the containers at once: the member's `pause` (HostPaused) and the
 owner policy's freeze (policy_runner.py); they thaw only when neither holds. While the

@@ -415,13 +415,15 @@ class DockerDriver:
         if written is not None:
             log.debug("hostd.pool_weight_set", file=str(written))
 
-    def _check_image(self, client: docker.DockerClient, image: str) -> None:
-        """Refuse, before making anything from it, an image that brings what no container may have."""
+    def _check_image(self, client: docker.DockerClient, image: str) -> dict[str, Any]:
+        """Refuse, before making anything from it, an image that brings what no container may
+        have; the image's inspect when it is fine."""
         attrs: dict[str, Any] = client.api.inspect_image(image)  # type: ignore[no-untyped-call]
         refusals = image_refusals(attrs)
         if refusals:
             field, wanted, got = refusals[0]
             raise LimitsNotApplied(field, wanted, got, before=f"the image {image}")
+        return attrs
 
     def _own_network(self, client: docker.DockerClient, spec: ContainerSpec) -> None:
         """Make the allocation's own bridge network, or check the one a previous run() made."""
@@ -496,6 +498,14 @@ class DockerDriver:
             for attempt in pause_races.freezing(_engine_failed):
                 with attempt:
                     client.api.unpause(container_id)
+
+    def signal(self, container_id: str, signal: str) -> None:
+        """Send `signal` to the container's PID 1 (docker-init hands it to its child); asked
+        again while the engine still holds the container paused after an unpause."""
+        with self._errors(f"signalling {container_id[:12]}") as client:
+            for attempt in pause_races.while_stale_paused(_refused_as_paused):
+                with attempt:
+                    client.api.kill(container_id, signal=signal)
 
     def update_cpus(self, container_id: str, cpus: float) -> None:
         """Change a running container's CPU quota in place (`docker update --cpus`); its

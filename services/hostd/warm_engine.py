@@ -2,19 +2,27 @@
 driver whose client and error translation these use (callers run them in a thread).
 
 Made ahead: the image is read first (`_check_image`, as for any container) and the
-container created with the shape's create arguments (warm_pool.py); an interactive one is
-also started and paused (warm_pool.starts_ahead), any other is never started.
+container created with the shape's create arguments (warm_pool.py); with the helper it is
+also started and paused (warm_pool.starts_ahead): an interactive one once it runs, one with
+a command once its launcher is seen waiting (launcher.py). Without the helper it is only
+created.
 Taken: renamed to the allocation's name, its limits raised with `docker update`, then
 read back in full by the driver's `verify_limits` exactly as a container created for the
 allocation would be (a mismatch removes it and fails the allocation), and only then
-started (or unpaused). What fails before the start leaves the allocation to the usual create path.
+started, or unpaused (and its launcher told to run the command). What fails before that
+leaves the allocation to the usual create path.
 """
 
+import time
 import uuid
 from typing import Any
 
+import docker
+
+from potluck.contracts.capacity import MIN_CPUS
 from potluck.hostd.container_config import LABEL_HOST, ContainerSpec
 from potluck.hostd.docker_driver import DockerDriver, DockerDriverError, LimitsNotApplied
+from potluck.hostd.launcher import GO_SIGNAL, is_waiting
 from potluck.hostd.warm_pool import (
     LABEL_WARM,
     WARM_NAME_PREFIX,
@@ -25,10 +33,42 @@ from potluck.hostd.warm_pool import (
     warm_create_kwargs,
 )
 
+#: How long a launcher started ahead may take to be seen waiting (it needs milliseconds).
+LAUNCHER_READY_S = 10.0
+_LAUNCHER_LOOK_EVERY_S = 0.02
+
 
 class NotTaken(DockerDriverError):
     """A warm container could not become the allocation before its start (renamed away,
     removed by hand, the update refused): it was removed; create the allocation's own."""
+
+
+class ShapeCannotStart(DockerDriverError):
+    """A warm container's launcher ended before it waited (its command is not in the image):
+    it was removed. Allocations of the shape start cold, where the engine says why."""
+
+
+def _until_launcher_waits(client: docker.DockerClient, container_id: str, key: WarmKey) -> None:
+    deadline = time.monotonic() + LAUNCHER_READY_S
+    while True:
+        state = client.api.inspect_container(container_id).get("State") or {}
+        if not state.get("Running"):
+            said = client.api.logs(container_id, tail=3).decode(errors="replace").strip()
+            raise ShapeCannotStart(
+                f"the launcher of a warm container of {key.image} {list(key.command or [])} "
+                f"ended with {state.get('ExitCode')} before it waited: {said or '(no output)'}"
+            )
+        top = client.api.top(container_id)
+        if is_waiting(top):
+            return
+        if time.monotonic() > deadline:
+            running = [str(row[-1])[:60] for row in top.get("Processes") or []]
+            raise DockerDriverError(
+                f"the launcher of warm container {container_id[:12]} was not seen waiting "
+                f"within {LAUNCHER_READY_S:.0f} s (running: {running}); the engine or the "
+                "machine is too busy"
+            )
+        time.sleep(_LAUNCHER_LOOK_EVERY_S)
 
 
 def create_warm(driver: DockerDriver, host_id: str, key: WarmKey) -> WarmContainer:
@@ -37,7 +77,7 @@ def create_warm(driver: DockerDriver, host_id: str, key: WarmKey) -> WarmContain
         raise LimitsNotApplied("seccomp", True, False, before=f"the engine at {driver.base_url}")
     suffix = uuid.uuid4().hex[:12]
     with driver._errors(f"creating a warm container of {key.image}") as client:
-        driver._check_image(client, key.image)
+        image = driver._check_image(client, key.image)
         container = client.containers.create(
             **warm_create_kwargs(
                 key,
@@ -46,16 +86,20 @@ def create_warm(driver: DockerDriver, host_id: str, key: WarmKey) -> WarmContain
                 disk_quota=facts.disk_quota_supported,
                 helper=driver.helper,
                 cgroup_parent=driver._pool_parent(),
+                image_entrypoint=(image.get("Config") or {}).get("Entrypoint"),
             )
         )
     container_id = container.id or ""
-    if not starts_ahead(key, driver.helper):
+    if not starts_ahead(driver.helper):
         return WarmContainer(container_id=container_id, key=key)
     try:
         with driver._errors(f"starting warm container {container_id[:12]} ahead") as client:
             client.api.start(container_id)
             attrs = client.api.inspect_container(container_id)
             driver._lower_pool_weight(attrs)
+            if key.command is not None:
+                _until_launcher_waits(client, container_id, key)
+        driver.update_cpus(container_id, MIN_CPUS)  # its start is done: the placeholder's again
         driver.pause(container_id)  # tried again if the engine fails the freeze (pause_races.py)
     except DockerDriverError:
         driver.remove(container_id)
@@ -96,6 +140,8 @@ def take_warm(driver: DockerDriver, warm: WarmContainer, spec: ContainerSpec) ->
     try:
         if warm.started:
             driver.unpause(container_id)  # tried again if the engine fails the thaw (pause_races.py)
+            if warm.key.command is not None:
+                driver.signal(container_id, GO_SIGNAL)  # the launcher execs the command
         with driver._errors(f"starting {name}") as client:
             if not warm.started:
                 client.api.start(container_id)

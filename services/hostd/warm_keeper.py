@@ -2,9 +2,10 @@
 placements (containers.py), emptied when the host leaves the pool or drains.
 
 `warm_containers` (hostd.toml) of each of the shapes placed here last (warm_pool.py) are
-kept created (an interactive shape's started and frozen): they hold an empty writable
-layer and no CPU (a frozen keep-alive holds a few hundred kB of memory, within its
-placeholder's 6 MiB), and count against the donated disk with their disk bound.
+kept started and frozen (only created where the machine has no helper): they hold an
+empty writable layer and no CPU (a frozen keep-alive or launcher holds a few hundred kB of
+memory, within its placeholder's 6 MiB), and count against the donated disk with their
+disk bound.
 Filling runs in a task of its own, never on a placement's path; a placement that finds
 none of its shape creates its own as before. A hostd that starts removes the warm
 containers a previous one left (it cannot know which shapes they were for) and fills
@@ -20,7 +21,13 @@ import structlog
 
 from potluck.hostd.container_config import ContainerSpec
 from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
-from potluck.hostd.warm_engine import NotTaken, create_warm, list_warm, take_warm
+from potluck.hostd.warm_engine import (
+    NotTaken,
+    ShapeCannotStart,
+    create_warm,
+    list_warm,
+    take_warm,
+)
 from potluck.hostd.warm_pool import RecentShapes, WarmContainer, refill_plan, take, warm_key
 
 log = structlog.get_logger(__name__)
@@ -116,7 +123,15 @@ class WarmKeeper:
             for key in plan.create:
                 if not self.wanted or key not in self.recent.keys:
                     break  # emptied or moved on meanwhile
-                made = await self._thread(create_warm, self.driver, self.host_id, key)
+                try:
+                    made = await self._thread(create_warm, self.driver, self.host_id, key)
+                except ShapeCannotStart as exc:
+                    # Its command is not in its image: each allocation of it fails at start,
+                    # cold, in the engine's words; no warm one is made for it until it is
+                    # placed here again.
+                    self.recent.forget(key)
+                    log.warning("hostd.warm_shape_dropped", image=key.image, error=str(exc))
+                    continue
                 self.ready.append(made)
                 log.info("hostd.warm_created", image=key.image, container_id=made.container_id[:12])
 

@@ -10,10 +10,12 @@ of that shape takes it as it is; its CPU, memory and pids limits are set at take
 (users' secrets) or a network of their own never take one: a warm container holds no user
 data, and a network is made per allocation.
 
-An interactive shape (no command: the helper's keep-alive runs, nothing of the image's or
-the user's) is started ahead too and frozen (`docker pause`): taking it is `docker update`
-and `docker unpause`, no start at all (`starts_ahead`). What runs in it is hostd's own
-`sleep`, which a container started at placement would run just the same.
+With the helper (helper.py) on this machine, every warm container is started ahead too and
+frozen (`docker pause`): taking it is `docker update` and `docker unpause`, no start at all
+(`starts_ahead`). An interactive shape (no command) runs hostd's own keep-alive, which a
+container started at placement would run just the same; a shape with a command runs the
+launcher (launcher.py), which waits for its go before it `exec`s the command, so nothing of
+the command runs before the allocation is placed.
 
 A warm container's labels name no allocation, only this host and `potluck.warm`; once taken
 it is renamed `potluck-<allocation>`, and that name is what tells whose it is
@@ -33,6 +35,7 @@ from potluck.hostd.container_config import (
     ContainerSpec,
     create_kwargs,
 )
+from potluck.hostd.launcher import launcher_entrypoint
 
 LABEL_WARM = "potluck.warm"
 LABEL_WARM_DISK = "potluck.warm.disk"
@@ -42,6 +45,10 @@ WARM_NAME_PREFIX = "potluck_warm_"
 RECENT_SHAPES = 2
 #: A warm container's pids limit until taken: docker-init and the keep-alive, with room.
 PLACEHOLDER_PIDS = 8
+#: The CPU a warm container started ahead has while it starts, until its keep-alive or
+#: launcher runs: at the placeholder's MIN_CPUS runc's own set-up inside the container
+#: (`runc init`) took over 10 s on a busy machine. It is lowered again before the freeze.
+STARTING_CPUS = 0.5
 
 
 @dataclass(frozen=True)
@@ -64,10 +71,10 @@ def warm_key(spec: ContainerSpec) -> WarmKey | None:
     )
 
 
-def starts_ahead(key: WarmKey, helper: str | None) -> bool:
-    """Is a warm container of this shape started (and frozen) ahead? Only when what it runs
-    is the helper's keep-alive, never the image's command or an allocation's."""
-    return key.command is None and helper is not None
+def starts_ahead(helper: str | None) -> bool:
+    """Are warm containers started (and frozen) ahead? Only with the helper, whose keep-alive
+    or launcher is all they run until taken, never the image's command or an allocation's."""
+    return helper is not None
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,10 @@ class RecentShapes:
             self.keys.remove(key)
         self.keys.insert(0, key)
         del self.keys[self.size :]
+
+    def forget(self, key: WarmKey) -> None:
+        if key in self.keys:
+            self.keys.remove(key)
 
 
 @dataclass(frozen=True)
@@ -142,14 +153,15 @@ def take(have: list[WarmContainer], spec: ContainerSpec) -> WarmContainer | None
     return None
 
 
-def placeholder_spec(key: WarmKey, host_id: str, suffix: str) -> ContainerSpec:
+def placeholder_spec(key: WarmKey, host_id: str, suffix: str, *, starting: bool = False) -> ContainerSpec:
     """The spec a warm container is created from: the shape's image, command and disk bound,
-    and the tightest CPU, memory and pids limits, which its taker raises to its own."""
+    and the tightest CPU, memory and pids limits, which its taker raises to its own; one
+    `starting` ahead gets STARTING_CPUS until it is frozen."""
     return ContainerSpec(
         allocation_id=f"warm-{suffix}",
         host_id=host_id,
         image=key.image,
-        cpus=MIN_CPUS,
+        cpus=STARTING_CPUS if starting else MIN_CPUS,
         memory_bytes=MIN_MEMORY_BYTES,
         disk_bytes=key.disk_bytes,
         pids_limit=PLACEHOLDER_PIDS,
@@ -174,17 +186,22 @@ def warm_create_kwargs(
     disk_quota: bool,
     helper: str | None,
     cgroup_parent: str | None,
+    image_entrypoint: list[str] | None,
 ) -> dict[str, Any]:
     """create_kwargs of an allocation of this shape (the same hardening, mounts, entrypoint,
-    log settings), with a warm container's name and labels and the placeholder's limits."""
+    log settings), with a warm container's name and labels and the placeholder's limits; a
+    shape with a command that is started ahead runs it through the launcher, after the
+    image's ENTRYPOINT (`image_entrypoint`) as docker would."""
     kwargs = create_kwargs(
-        placeholder_spec(key, host_id, suffix),
+        placeholder_spec(key, host_id, suffix, starting=starts_ahead(helper)),
         disk_quota=disk_quota,
         helper=helper,
         cgroup_parent=cgroup_parent,
     )
     kwargs["name"] = WARM_NAME_PREFIX + suffix
     kwargs["labels"] = warm_labels(key, host_id)
+    if key.command is not None and starts_ahead(helper):
+        kwargs["entrypoint"] = launcher_entrypoint(image_entrypoint)
     return kwargs
 
 

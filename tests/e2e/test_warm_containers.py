@@ -42,6 +42,23 @@ async def _until(what: str, check: Any, pool: Pool, timeout: float = 60) -> Any:
         await asyncio.sleep(0.2)
 
 
+def _processes(client: docker.DockerClient, container_id: str | None) -> list[str]:
+    """What runs in the container, by `docker top`, the helper's own named for what it is."""
+    named = {
+        "/.potluck/busybox sleep 2147": "launcher-wait",  # the engine's ps may cut the line
+        "/.potluck/busybox sh -c": "launcher",
+        "/sbin/docker-init": "docker-init",
+    }
+    assert container_id is not None
+    top = client.api.top(container_id)
+    column = top["Titles"].index("CMD")
+    found = []
+    for row in top["Processes"]:
+        cmd = row[column]
+        found.append(next((name for start, name in named.items() if cmd.startswith(start)), cmd))
+    return sorted(found)
+
+
 def _host_config(client: docker.DockerClient, alloc_id: str) -> dict[str, Any]:
     attrs: dict[str, Any] = client.api.inspect_container(f"potluck-{alloc_id}")
     return dict(attrs["HostConfig"])
@@ -55,8 +72,11 @@ async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
     twice; beside them an allocation with env values. On the cold host, two of one shape.
     Must hold: after the first, one warm container waits; the second runs in exactly that
     container (renamed), with its own limits read back and a HostConfig equal to a cold-started
-    twin's; the exec side finds it as the allocation's; the pool is refilled with a new one; the
-    exiting shape's warm run prints its output and exits 3, reported as such; the allocation
+    twin's; the exec side finds it as the allocation's; the pool is refilled with a new one; a
+    warm container of a shape with a command waits frozen in its launcher with nothing of the
+    command run (no process, no output) and, once taken, runs the command as docker-init's
+    only child, the launcher gone; the exiting shape's warm run prints its output once and
+    exits 3, reported as such; the allocation
     with env never takes a warm container and sees its env; an interactive allocation (no
     command) takes one started ahead and frozen, runs unfrozen and answers an exec; the
     engine's listing gives the taken ones their allocations (what a restarted hostd adopts
@@ -76,15 +96,25 @@ async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
         # The first of its shape creates its own; one of its shape is made ahead after it.
         await place(pool.store, warm.host_id, "first", spec())
         await wait_for_status(pool, "first", "running")
-        [ahead] = await _until("a warm container made ahead", lambda: _warm(client), pool)
+        [ahead] = await _until(
+            "a warm container made ahead and frozen",
+            lambda: [c for c in _warm(client) if c.status == "paused"],
+            pool,
+        )
         assert ahead.labels.get("potluck.allocation") is None
         assert ahead.attrs["Config"]["Env"] == client.images.get(DEFAULT_TAG).attrs["Config"]["Env"]
+        # Started ahead and frozen, but what runs is the launcher waiting, not the command.
+        assert ahead.status == "paused"
+        assert _processes(client, ahead.id) == ["docker-init", "launcher", "launcher-wait"]
+        assert ahead.logs() == b""
 
         # The second of that shape, with other limits, runs in it.
         await place(pool.store, warm.host_id, "second", spec(cpus=0.25, memory=80 * MiB, pids_limit=50))
         await wait_for_status(pool, "second", "running")
         taken = client.containers.get("potluck-second")
         assert taken.id == ahead.id
+        # The launcher became the command: docker-init and `sleep 3600`, as `docker run` has.
+        assert _processes(client, taken.id) == ["/bin/sleep 3600", "docker-init"]
         host = taken.attrs["HostConfig"]
         assert (host["NanoCpus"], host["Memory"], host["MemorySwap"], host["PidsLimit"]) == (
             250_000_000,
@@ -122,15 +152,24 @@ async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
         assert _host_config(client, "second") == _host_config(client, "twin")
 
         # A new shape: its first run is cold, its second warm; output and exit code hold.
-        exits = spec(command=["sh", "-c", "echo hello-from-$HOSTNAME-ok; exit 3"])
+        exits = spec(command=["sh", "-c", "echo hello-from-$HOSTNAME-ok; sleep 2; exit 3"])
         await place(pool.store, warm.host_id, "exits-1", exits)
         await wait_for_status(pool, "exits-1", "exited")
         await _until(
             "a warm container of the exiting shape",
-            lambda: [c for c in _warm(client) if c.attrs["Config"]["Cmd"] == exits.command],
+            lambda: [
+                c for c in _warm(client) if c.attrs["Config"]["Cmd"] == exits.command and c.status == "paused"
+            ],
             pool,
         )
+        [waiting] = [c for c in _warm(client) if c.attrs["Config"]["Cmd"] == exits.command]
+        assert waiting.logs() == b""  # nothing of the command ran ahead
         await place(pool.store, warm.host_id, "exits-2", exits)
+        await wait_for_status(pool, "exits-2", "running")
+        ran = client.containers.get("potluck-exits-2")
+        assert ran.id == waiting.id
+        printed = f"hello-from-{ran.attrs['Config']['Hostname']}-ok\n".encode()
+        await _until("the command's output", lambda: ran.logs() == printed, pool)
         await wait_for_status(pool, "exits-2", "exited")
         state = await allocation(pool.store, "exits-2")
         assert state is not None
@@ -150,7 +189,7 @@ async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
         await wait_for_status(pool, "i-1", "running")
         [frozen] = await _until(
             "an interactive warm container started ahead",
-            lambda: [c for c in _warm(client) if c.status == "paused"],
+            lambda: [c for c in _warm(client) if c.status == "paused" and c.attrs["Config"]["Cmd"] is None],
             pool,
         )
         await place(pool.store, warm.host_id, "i-2", interactive)

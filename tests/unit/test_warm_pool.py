@@ -17,6 +17,7 @@ from potluck.hostd.container_config import (
     create_kwargs,
     limit_mismatches,
 )
+from potluck.hostd.launcher import launcher_entrypoint
 from potluck.hostd.warm_pool import (
     LABEL_WARM,
     LABEL_WARM_DISK,
@@ -63,12 +64,11 @@ def test_shape_leaves_out_limits_and_refuses_env_and_network() -> None:
     assert warm_key(_spec(network=True)) is None
 
 
-def test_only_the_helpers_keep_alive_is_started_ahead() -> None:
-    """An interactive shape (no command) with the helper runs hostd's own keep-alive, so it
-    may be started ahead; a command, or no helper (the image's own CMD would run), may not."""
-    assert starts_ahead(WarmKey("img", None, MiB), "/usr/bin/busybox")
-    assert not starts_ahead(WarmKey("img", ("sleep", "1"), MiB), "/usr/bin/busybox")
-    assert not starts_ahead(WarmKey("img", None, MiB), None)
+def test_only_containers_with_the_helper_are_started_ahead() -> None:
+    """With the helper, what a warm container runs until taken is hostd's keep-alive or
+    launcher, so it may be started ahead; without it the image's own CMD would run: not."""
+    assert starts_ahead("/usr/bin/busybox")
+    assert not starts_ahead(None)
 
 
 def test_take_removes_one_of_the_shape_only() -> None:
@@ -92,21 +92,39 @@ def test_recent_shapes_newest_first_bounded() -> None:
     for key in (a, b, a, c):
         recent.note(key)
     assert recent.keys == [c, a]
+    recent.forget(a)
+    recent.forget(b)  # not kept: nothing to forget
+    assert recent.keys == [c]
 
 
 @pytest.mark.parametrize("command", [["sleep", "3600"], None])
 def test_warm_container_is_made_as_an_allocation_of_its_shape(command: list[str] | None) -> None:
     """A warm container's create arguments are an allocation's own (hardening, mounts,
-    entrypoint, logs, disk quota) but for its name, labels (no allocation, no env) and the
-    tightest limits; after `limits_update` the read-back finds nothing amiss."""
-    spec = _spec(command=command)
+    entrypoint, logs, disk quota) but for its name, labels (no allocation, no env), the
+    tightest limits and, for a command, the launcher (after the image's ENTRYPOINT) as its
+    entrypoint; after `limits_update` the read-back finds nothing amiss."""
+    spec = _spec(command=command, cpus=1.5)
     key = warm_key(spec)
     assert key is not None
     helper = "/usr/bin/busybox"
-    warm = warm_create_kwargs(key, "host-1", "abc", disk_quota=True, helper=helper, cgroup_parent="/potluck")
+    warm = warm_create_kwargs(
+        key,
+        "host-1",
+        "abc",
+        disk_quota=True,
+        helper=helper,
+        cgroup_parent="/potluck",
+        image_entrypoint=["/entry.sh", "--flag"],
+    )
     own = create_kwargs(spec, disk_quota=True, helper=helper, cgroup_parent="/potluck")
     differing = {k for k in own.keys() | warm.keys() if own.get(k) != warm.get(k)}
-    assert differing == {"name", "labels", "nano_cpus", "mem_limit", "memswap_limit", "pids_limit"}
+    limits = {"name", "labels", "nano_cpus", "mem_limit", "memswap_limit", "pids_limit"}
+    if command is None:
+        assert differing == limits
+    else:
+        assert differing == limits | {"entrypoint"}
+        assert warm["entrypoint"] == launcher_entrypoint(["/entry.sh", "--flag"])
+        assert warm["command"] == command
     assert warm["environment"] == {}
     assert warm["name"] == "potluck_warm_abc"
     assert LABEL_ALLOCATION not in warm["labels"]

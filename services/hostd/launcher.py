@@ -1,0 +1,84 @@
+"""The launcher that lets a task's container be started ahead (issue 20) without running its
+command early.
+
+Most of `docker run` is the start (runc: shim, namespaces, cgroups, rootfs), so a container
+merely created ahead saves little. A warm container of a shape with a command is therefore
+started ahead too, but what it starts is this launcher, a few lines of the helper's own shell
+(helper.py): it finds the command's executable, then waits, frozen with the container, doing
+nothing of the command's. Taking it unfreezes it and sends it `GO_SIGNAL`; the launcher then
+`exec`s the command in its own process, so from there on the container is the one `docker run`
+would have made: docker-init as PID 1, the command as its only child, the same pid, the image's
+ENTRYPOINT before the command, the same environment, user and working directory, the command's
+exit code the container's.
+
+Why the script looks as it does:
+- The executable is found by walking `$PATH` by hand and run by its path: Debian's static
+  busybox prefers its own applets, so `exec ls` would run busybox's ls, not the image's.
+- The wait is a `sleep` child (the shell has no blocking builtin), killed and reaped before the
+  `exec`: nothing of the launcher is left in the task, not even a zombie, and no "Terminated"
+  line reaches the task's log.
+- The signal's trap is set before anything else: hostd sees the launcher's `sleep` running
+  (`is_waiting`) before it freezes the container, so the signal never meets a shell without it.
+- A command that cannot be found ends the launcher at once with 127 and docker's message, before
+  the container is frozen: the warm container is dropped and the allocation starts cold, where
+  the engine refuses the start in its own words as before.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+from potluck.hostd.helper import HELPER_PATH
+
+__all__ = ["GO_SIGNAL", "is_waiting", "launcher_entrypoint"]
+
+#: What tells a waiting launcher to run its command.
+GO_SIGNAL = "SIGUSR1"
+#: The launcher's `sleep` argument, which tells its wait apart from anything a command runs.
+_WAIT_FOR = "2147483647"
+_WAITING = f"{HELPER_PATH} sleep {_WAIT_FOR}"
+_WAIT_PREFIX = f"{HELPER_PATH} sleep "
+_SHELL_PREFIX = f"{HELPER_PATH} sh "
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+_SCRIPT = f"""\
+trap 'kill $! 2>/dev/null; wait $! 2>/dev/null; shift; exec "$p" "$@"' USR1
+case $1 in
+*/*) p=$1 ;;
+*) p=; IFS=:
+   for d in ${{PATH:-{_DEFAULT_PATH}}}; do
+     if [ -f "$d/$1" ] && [ -x "$d/$1" ]; then p=$d/$1; break; fi
+   done
+   unset IFS ;;
+esac
+if [ -z "$p" ]; then
+  echo "exec: \\"$1\\": executable file not found in \\$PATH" >&2
+  exit 127
+fi
+while :; do {_WAITING} & wait $!; done
+"""
+
+
+def launcher_entrypoint(image_entrypoint: list[str] | None) -> list[str]:
+    """The ENTRYPOINT a started-ahead task container is created with; its CMD stays the
+    command, so the launcher's arguments are the image's ENTRYPOINT and then the command,
+    exactly what docker would have run."""
+    return [HELPER_PATH, "sh", "-c", _SCRIPT, "potluck-launcher", *(image_entrypoint or [])]
+
+
+def is_waiting(top: Mapping[str, Any]) -> bool:
+    """Does `docker top`'s answer (`ps -ef` in the container) show the launcher waiting, its
+    trap set and its command found? That is its own `sleep` running as a child of the
+    launcher's shell. The engine's `ps` cuts lines at its terminal's width (80 columns under
+    some engines), so a command line counts when it is a cut of the expected one."""
+    titles = [str(t) for t in top.get("Titles") or []]
+    if not {"PID", "PPID", "CMD"} <= set(titles):
+        return False
+    pid, ppid, cmd = (titles.index(t) for t in ("PID", "PPID", "CMD"))
+    rows = [[str(field) for field in row] for row in top.get("Processes") or [] if len(row) == len(titles)]
+    commands = {row[pid]: row[cmd] for row in rows}
+    return any(
+        row[cmd].startswith(_WAIT_PREFIX)
+        and _WAITING.startswith(row[cmd])
+        and commands.get(row[ppid], "").startswith(_SHELL_PREFIX)
+        for row in rows
+    )

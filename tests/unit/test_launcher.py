@@ -1,0 +1,128 @@
+"""The launcher a task's warm container is started ahead with (services/hostd/launcher.py),
+run here by this machine's static busybox (ops/setup installs it) as a plain process: the
+shell semantics it relies on are busybox's, not Docker's."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from potluck.hostd.helper import HELPER_PATH, find_helper
+from potluck.hostd.launcher import GO_SIGNAL, is_waiting, launcher_entrypoint
+
+BUSYBOX = find_helper()
+
+
+def _launch(tmp_path: Path, argv: list[str]) -> subprocess.Popen[bytes]:
+    """The launcher as a container would run it, with the machine's busybox where the
+    container has the helper, and `tmp_path/bin` as the image's PATH."""
+    assert BUSYBOX is not None, "no static busybox here: run ops/setup (busybox-static)"
+    entrypoint = [part.replace(HELPER_PATH, BUSYBOX) for part in launcher_entrypoint(None)]
+    entrypoint[0] = BUSYBOX
+    return subprocess.Popen(
+        [*entrypoint, *argv],
+        env={"PATH": str(tmp_path / "bin")},
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _children(pid: int) -> list[str]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [Path(f"/proc/{c}/cmdline").read_bytes().decode() for c in path.read_text().split()]
+
+
+def _until_waiting(proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 10
+    while not any("sleep" in c for c in _children(proc.pid)):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the launcher never started its wait"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def image_bin(tmp_path: Path) -> Path:
+    """An "image" whose `ls` is its own script: busybox has an ls applet too."""
+    (tmp_path / "bin").mkdir()
+    script = tmp_path / "bin" / "ls"
+    # `read` is the shell's own: no child of the script's while it lists its children.
+    script.write_text(
+        f'#!{BUSYBOX} sh\necho "image-ls [$1] [$2]"; echo "stdin=$(cat)"\n'
+        'read -r kids < /proc/$$/task/$$/children; echo "children=[$kids]"; exit 3\n'
+    )
+    script.chmod(0o755)
+    return tmp_path
+
+
+def test_the_launcher_runs_nothing_until_told_then_is_the_command(image_bin: Path) -> None:
+    """Tried: the launcher of `ls 'a b' "c'd"` started, left waiting, then sent the go signal.
+    Must hold: before the signal nothing of the command ran (no output) and the wait is its
+    only child; after it the launcher's process *is* the image's `ls` (not busybox's applet),
+    with its arguments intact, stdin empty, its exit code 3, no "Terminated" line and no
+    child of the launcher left behind."""
+    proc = _launch(image_bin, ["ls", "a b", "c'd"])
+    try:
+        _until_waiting(proc)
+        assert len(_children(proc.pid)) == 1
+        os.kill(proc.pid, getattr(signal, GO_SIGNAL))
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert out.decode() == "image-ls [a b] [c'd]\nstdin=\nchildren=[]\n"
+    assert err == b""
+    assert proc.returncode == 3
+
+
+def test_a_command_not_in_the_image_ends_the_launcher_before_it_waits(image_bin: Path) -> None:
+    """Tried: the launcher of a command the image's PATH does not have. Must hold: it ends at
+    once with 127 and docker's own message, having waited for nothing."""
+    proc = _launch(image_bin, ["no-such-tool", "x"])
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 127
+    assert out == b""
+    assert err.decode().strip() == 'exec: "no-such-tool": executable file not found in $PATH'
+
+
+def test_a_path_with_a_slash_is_run_as_given(image_bin: Path) -> None:
+    """Tried: the command given by a relative path. Must hold: it is run from the working
+    directory, as docker runs it, once told to."""
+    proc = _launch(image_bin, ["./bin/ls", "rel"])
+    try:
+        _until_waiting(proc)
+        os.kill(proc.pid, getattr(signal, GO_SIGNAL))
+        out, _ = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert out.decode().startswith("image-ls [rel] []\n")
+
+
+def test_waiting_is_read_from_docker_top() -> None:
+    """`docker top` shows the launcher waiting only when its own sleep runs under its shell,
+    even when the engine's ps cut the lines at 80 columns; the keep-alive of an interactive
+    container, a command's own sleep, a sleep cut too short to tell, or an answer without
+    the columns needed do not count."""
+    titles = ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+    init = "/sbin/docker-init -- /.potluck/busybox sh -c trap ..."
+    shell = "/.potluck/busybox sh -c trap 'kill $! ..."
+
+    def top(*processes: tuple[str, str, str]) -> dict[str, object]:
+        return {
+            "Titles": titles,
+            "Processes": [["root", p, pp, "0", "", "?", "", c] for p, pp, c in processes],
+        }
+
+    waiting = f"{HELPER_PATH} sleep 2147483647"
+    assert is_waiting(top(("1", "0", init), ("7", "1", shell), ("8", "7", waiting)))
+    assert is_waiting(top(("1", "0", init), ("7", "1", shell), ("8", "7", waiting[:32])))
+    assert not is_waiting(top(("1", "0", init), ("7", "1", shell), ("8", "7", waiting[:20])))
+    assert not is_waiting(top(("1", "0", init), ("7", "1", shell)))
+    assert not is_waiting(top(("1", "0", init), ("8", "1", waiting)))  # not under the launcher
+    assert not is_waiting(top(("1", "0", init), ("7", "1", f"{HELPER_PATH} sleep infinity")))
+    assert not is_waiting(top(("1", "0", init), ("7", "1", shell), ("8", "7", "sleep 2147483647")))
+    assert not is_waiting({"Titles": ["PID", "CMD"], "Processes": [["8", waiting]]})
+    assert not is_waiting({})
