@@ -51,9 +51,11 @@ ALLOCATION: Documented = {
     "post_to_running_interactive_warm_p50": ("ms", True),
     "post_to_running_interactive_warm_p99": ("ms", True),
     "engine_create": ("ms", False),
+    "engine_start": ("ms", False),
+    "engine_ahead": ("ms", False),
     "engine_take": ("ms", False),
     "engine_readback": ("ms", False),
-    "engine_start": ("ms", False),
+    "engine_unfreeze": ("ms", False),
 }
 IMAGES: Documented = {
     "cold_start": ("ms", True),

@@ -3,7 +3,9 @@ and restarts of the Docker engine and of NATS."""
 
 import asyncio
 import os
+import shutil
 import signal
+import tempfile
 
 import pytest
 
@@ -234,6 +236,12 @@ async def test_hostd_outlives_its_docker_engine_stopping_and_recovers(
 
     engine = DockerEngine(Path(tmp_path) / "own-engine")
     engine.start()
+    # hostd reaches the engine through a link of its own, which goes with the engine and comes
+    # back only once the restarted engine has its image again: importing it takes seconds under
+    # load, and an engine seen without it sends the placement to a pull that cannot work here.
+    link_dir = Path(tempfile.mkdtemp(prefix="pl-lnk-"))  # short: a socket path has 108 bytes
+    link = link_dir / "docker.sock"
+    link.symlink_to(engine.socket_path)
     nc = await pool.client()
     try:
         host = await pool.enroll("outage")
@@ -248,12 +256,13 @@ async def test_hostd_outlives_its_docker_engine_stopping_and_recovers(
                     pass
 
         await nc.subscribe(f"{REPORT_PREFIX}.{host.host_id}.engine", cb=on_engine_report)
-        pool.write_config(host, engine)
+        pool.write_config(host, f"unix://{link}")
         pool.start_hostd(host)
         await pool.wait_for_host(host.host_id, "active")
         assert host.process is not None
 
         await asyncio.to_thread(engine.stop)  # SIGTERM to dockerd's own PID
+        link.unlink()
         await engine_reported(False)
         await place(pool.store, host.host_id, "during-outage", spec())
         await asyncio.sleep(3)  # six disk checks against an engine that is away
@@ -261,6 +270,7 @@ async def test_hostd_outlives_its_docker_engine_stopping_and_recovers(
 
         await asyncio.to_thread(engine.start)
         await asyncio.to_thread(build_test_image, engine.url)
+        link.symlink_to(engine.socket_path)
         await engine_reported(True)
         await wait_for_status(pool, "during-outage", "running", timeout=60)
         await place(pool.store, host.host_id, "after-outage", spec())
@@ -269,3 +279,4 @@ async def test_hostd_outlives_its_docker_engine_stopping_and_recovers(
     finally:
         await nc.close()
         engine.stop()
+        shutil.rmtree(link_dir, ignore_errors=True)
