@@ -28,6 +28,7 @@ from potluck.hostd.exec_bridge import ExecBridge
 from potluck.hostd.exec_errors import ExecRefused
 from potluck.hostd.pool_weight import parent_weight_file
 from potluck.localstack import DockerEngine, build_test_image
+from tests.fixtures.docker import container_spec
 
 MiB = 1024 * 1024
 HOST = "host-a"
@@ -38,18 +39,7 @@ CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "SETGID": 6, "SETUID": 7
 
 
 def _spec(image: str, **changes: Any) -> ContainerSpec:
-    base = ContainerSpec(
-        allocation_id=f"t-{uuid.uuid4().hex[:12]}",
-        host_id=HOST,
-        image=image,
-        cpus=0.5,
-        memory_bytes=64 * MiB,
-        disk_bytes=256 * MiB,
-        pids_limit=64,
-        command=["sleep", "1000"],
-        env={"POTLUCK_TEST": "1"},
-    )
-    return replace(base, **changes)
+    return container_spec(image, HOST, **{"env": {"POTLUCK_TEST": "1"}, **changes})
 
 
 def _wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:

@@ -13,22 +13,14 @@ from potluck.hostd.container_config import ContainerSpec
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.hostd.warm_engine import ShapeCannotStart, create_warm, list_warm, take_warm
 from potluck.hostd.warm_pool import warm_key
+from tests.fixtures.docker import container_spec
 
 HOST = "host-warm-launcher"
 MiB = 1 << 20
 
 
 def _spec(image: str, command: list[str]) -> ContainerSpec:
-    return ContainerSpec(
-        allocation_id=f"w-{uuid.uuid4().hex[:12]}",
-        host_id=HOST,
-        image=image,
-        cpus=0.5,
-        memory_bytes=64 * MiB,
-        disk_bytes=64 * MiB,
-        pids_limit=64,
-        command=command,
-    )
+    return container_spec(image, HOST, disk_bytes=64 * MiB, command=command)
 
 
 def _exited(client: docker.DockerClient, container_id: str) -> tuple[int, bytes]:
