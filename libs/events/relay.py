@@ -13,6 +13,7 @@
 """
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
@@ -66,6 +67,12 @@ def relay_headers(record: RecordedEvent, carrier: Mapping[str, str]) -> dict[str
     }
 
 
+#: How often a publish is tried again while a stream has no leader.
+ELECTION_RETRY_S = 0.2
+#: While a stream elects, one retry in this many is logged as a warning (the rest at debug).
+_ELECTION_LOG_EVERY = 10
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -99,25 +106,39 @@ class OutboxRelay:
         # none while the stream elects a new leader after a node died; ensuring then would
         # wait out the API timeout on every retry, so that case just retries the publish.
         streams_ready = False
+        electing = 0  # retries in a row while a stream has no leader
         while True:
+            wait = self.retry_interval
+            published = self.published
             try:
                 if not streams_ready:
                     await bus.ensure_streams(self.js)
                     streams_ready = True
                 await self._lead()
             except _RETRY_RELAY as exc:
+                electing_now = False
                 if isinstance(exc, nats.js.errors.NoStreamResponseError):
                     streams_ready = await self._streams_still_there()
-                log.warning(
+                    electing_now = streams_ready
+                # A stream electing a leader refuses at once and is led again 4-9 s after its
+                # leader died (nats-server's raft election timeouts); asked again often, the
+                # relay publishes within ELECTION_RETRY_S of the new leader, not within 1 s.
+                electing = electing + 1 if electing_now and self.published == published else int(electing_now)
+                if electing_now:
+                    wait = min(self.retry_interval, ELECTION_RETRY_S)
+                quiet = electing > 1 and electing % _ELECTION_LOG_EVERY != 0
+                log.log(
+                    logging.DEBUG if quiet else logging.WARNING,
                     "relay.retrying",
                     relay=self.name,
                     error=repr(exc),
                     checkpoint=self.checkpoint,
-                    retry_in=self.retry_interval,
+                    retry_in=wait,
+                    retries_while_electing=electing,
                 )
             finally:
                 self.is_leader = False
-            await asyncio.sleep(self.retry_interval)
+            await asyncio.sleep(wait)
 
     async def _streams_still_there(self) -> bool:
         """After a publish no stream took: do the streams exist? An unanswered question counts
