@@ -123,7 +123,9 @@ class OutboxRelay:
                 # A stream electing a leader refuses at once and is led again 4-9 s after its
                 # leader died (nats-server's raft election timeouts); asked again often, the
                 # relay publishes within ELECTION_RETRY_S of the new leader, not within 1 s.
-                electing = electing + 1 if electing_now and self.published == published else int(electing_now)
+                if self.published != published:
+                    electing = 0  # it published since the last retry: this is a new run of them
+                electing = electing + 1 if electing_now else 0
                 if electing_now:
                     wait = min(self.retry_interval, ELECTION_RETRY_S)
                 quiet = electing > 1 and electing % _ELECTION_LOG_EVERY != 0
