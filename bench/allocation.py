@@ -1,26 +1,33 @@
 """`ops/bench allocation`: how long from POST /v1/allocations to a running container.
 
-The whole pool runs as real processes (NATS with nkeys, Postgres, registry,
-allocator, one hostd on a private Docker engine, with `warm_containers = 1`). The
-baseline is a raw `docker run -d` of the same image with the same limits on the same
-engine, measured in the same run, interleaved with Potluck's own so that all see the
-same machine. Each round places three allocations of the same limits, in turning order:
-one with an environment value (which no warm container may take: today's
-create-and-start path, what a host with the default `warm_containers = 0` does), one
-without (it takes the container hostd started ahead of it and froze, its launcher waiting
-to run the command) and one without a command (interactive: it takes the one hostd
-started ahead and froze, running hostd's keep-alive).
+The whole pool runs as real processes (NATS with nkeys, Postgres, registry, allocator),
+with two hostds, each on a private Docker engine: host 0 with `warm_containers = 1`, host 1
+with the default `warm_containers = 0`; each allocation names its host by a label. The
+baseline is a raw `docker run -d` of the same image with the same limits on engine 0,
+measured in the same run, interleaved with Potluck's own so that all see the same machine.
+Each round places four allocations of the same limits, in turning order:
 
-    post_to_running_p50, _p99                    ms, created on placement (the default)
-    post_to_running_warm_p50, _p99               ms, a task's container started ahead unfrozen
-    post_to_running_interactive_warm_p50, _p99   ms, an interactive one started ahead unfrozen
-    engine_create, _start, _ahead, _take, _readback, _unfreeze   ms (p50), the engine's parts
+- a task with an environment value, as users' secrets and batch tasks have them, on host 0:
+  it takes the container hostd started ahead of it and froze, whose launcher reads the
+  value and then runs the command (`post_to_running`);
+- the same without the value (`post_to_running_warm`);
+- one without a command (interactive: it takes the one hostd started ahead and froze,
+  running hostd's keep-alive);
+- the first again on host 1, where its container is created and started on placement, as
+  on every host with the default settings (`post_to_running_cold`).
 
-The engine's parts are timed on the same engine with the driver's own calls, one step at
-a time. Today's path: `create` (image check and create), `start` (start and inspect).
+    post_to_running_p50, _p99                    ms, a task with an env value, warm host
+    post_to_running_warm_p50, _p99               ms, the same task without the value
+    post_to_running_interactive_warm_p50, _p99   ms, an interactive one, warm host
+    post_to_running_cold_p50, _p99               ms, the first, created on placement
+    engine_create, _start, _ahead, _take, _readback, _unfreeze, _attach   ms (p50)
+
+The engine's parts are timed on engine 0 with the driver's own calls, one step at a time.
+Created on placement: `create` (image check and create), `start` (start and inspect).
 A warm container: `ahead` (made, started and frozen ahead, off the placement's path),
 `take` (rename and `docker update` of the limits), `readback` (inspect and the limit
-check, both paths), `unfreeze` (unpause, the launcher's go, inspect: instead of `start`).
+check, both paths), `unfreeze` (unpause, attach to its stdin, the launcher's go, the values
+written, inspect: instead of `start`), of which `attach` (the attach alone) is a part.
 """
 
 import argparse
@@ -37,7 +44,7 @@ from bench.harness import bench_servers, emit, percentile, say, wait_active_host
 from bench.pool import private_pool
 from potluck.hostd.container_config import ContainerSpec, create_kwargs, limit_mismatches
 from potluck.hostd.docker_driver import DockerDriver
-from potluck.hostd.launcher import GO_SIGNAL
+from potluck.hostd.launcher import GO_WITH_ENV_SIGNAL, env_payload
 from potluck.hostd.warm_engine import create_warm
 from potluck.hostd.warm_pool import limits_update, warm_key
 from potluck.localstack.docker_engine import DockerEngine
@@ -83,21 +90,28 @@ def docker_run_ms(engine: DockerEngine, name: str) -> float:
     return (time.perf_counter() - started) * 1000
 
 
+#: The labels that tell the bench's two hosts apart, which each allocation names.
+WARM_HOST, COLD_HOST = {"bench": "warm"}, {"bench": "cold"}
+#: The environment value of a task as users send them: a secret, a batch task's index.
+ENV = {"BENCH_TOKEN": "s3cret value", "POTLUCK_TASK_INDEX": "7"}
+
+
 async def potluck_ms(
     http: aiohttp.ClientSession, api: str, headers: dict[str, str], path: str
 ) -> tuple[float, str]:
-    """`path`: "cold" (an env value: no warm container takes it), "warm" (the same command,
-    its launcher started ahead and frozen), "interactive" (no command: started ahead and
-    frozen)."""
+    """`path`: "env" (a task with an env value, warm host), "warm" (the same command without
+    it), "interactive" (no command, warm host), "cold" (as "env", on the host that keeps
+    nothing warm)."""
     body: dict[str, Any] = {
         "cpus": 0.5,
         "memory": "64M",
         "disk": "64M",
         "image": DEFAULT_TAG,
         "command": ["sleep", "3600"],
+        "constraints": COLD_HOST if path == "cold" else WARM_HOST,
     }
-    if path == "cold":
-        body["env"] = {"BENCH": "created-on-placement"}
+    if path in ("env", "cold"):
+        body["env"] = ENV
     elif path == "interactive":
         del body["command"]
     started = time.perf_counter()
@@ -117,26 +131,26 @@ async def potluck_ms(
 
 #: Each metric and the path it times.
 METRICS = (
-    ("post_to_running", "cold"),
+    ("post_to_running", "env"),
     ("post_to_running_warm", "warm"),
     ("post_to_running_interactive_warm", "interactive"),
+    ("post_to_running_cold", "cold"),
 )
-#: The orders of a round's three measurements, taken in turn.
-ORDERS = (
-    ("cold", "warm", "interactive", "raw"),
-    ("warm", "interactive", "raw", "cold"),
-    ("interactive", "raw", "cold", "warm"),
-    ("raw", "cold", "warm", "interactive"),
-)
+PATHS = ("env", "warm", "interactive", "cold", "raw")
+#: The orders of a round's measurements, taken in turn.
+ORDERS = tuple(PATHS[i:] + PATHS[:i] for i in range(len(PATHS)))
 
 
-def settle(driver: DockerDriver, host_id: str, gone: Sequence[str] = (), timeout: float = 30) -> None:
-    """Until the allocations `gone` have no container and a warm container of each shape waits."""
+def settle(
+    driver: DockerDriver, host_id: str, gone: Sequence[str] = (), *, warm: int = 2, timeout: float = 30
+) -> None:
+    """Until the allocations `gone` have no container and `warm` warm containers (one of each
+    shape) wait."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         managed = driver.list_managed(host_id)
         waiting = [c.status for c in managed if not c.allocation_id]
-        ready = len(waiting) == 2 and set(waiting) <= {"created", "paused"}
+        ready = len(waiting) == warm and set(waiting) <= {"created", "paused"}
         if ready and not any(c.allocation_id in gone for c in managed):
             return
         time.sleep(0.05)
@@ -146,7 +160,7 @@ def settle(driver: DockerDriver, host_id: str, gone: Sequence[str] = (), timeout
 def engine_parts(engine: DockerEngine, rounds: int) -> dict[str, list[float]]:
     """The engine's steps of both paths, timed one by one with the driver's calls."""
     parts: dict[str, list[float]] = {
-        "create": [], "start": [], "ahead": [], "take": [], "readback": [], "unfreeze": [],
+        "create": [], "start": [], "ahead": [], "take": [], "attach": [], "readback": [], "unfreeze": [],
     }  # fmt: skip
     with DockerDriver(engine.url) as driver:
         facts = driver.engine_facts()
@@ -155,6 +169,7 @@ def engine_parts(engine: DockerEngine, rounds: int) -> dict[str, list[float]]:
             spec = ContainerSpec(
                 allocation_id=f"parts-{i}", host_id="bench-parts", image=DEFAULT_TAG, cpus=0.5,
                 memory_bytes=64 << 20, disk_bytes=64 << 20, pids_limit=512, command=["sleep", "3600"],
+                env=ENV,
             )  # fmt: skip
             # Today's path: created and started on placement.
             watch = time.perf_counter()
@@ -168,7 +183,7 @@ def engine_parts(engine: DockerEngine, rounds: int) -> dict[str, list[float]]:
             parts["start"].append(time.perf_counter() - watch)
             driver.remove(container_id)
             # A warm container: made ahead (off the placement's path), then taken.
-            key = warm_key(spec)
+            key = warm_key(spec, env_at_take=True)
             assert key is not None
             watch = time.perf_counter()
             made = create_warm(driver, "bench-parts", key)
@@ -188,12 +203,16 @@ def engine_parts(engine: DockerEngine, rounds: int) -> dict[str, list[float]]:
             parts["readback"].append(time.perf_counter() - watch)
             if mismatches:
                 raise RuntimeError(f"the read-back found {mismatches}")
+            if not made.started:
+                raise RuntimeError("warm containers were only created ahead: is the helper missing?")
             watch = time.perf_counter()
-            if made.started:
-                driver.unpause(made.container_id)
-                driver.signal(made.container_id, GO_SIGNAL)
-            else:
-                client.start(made.container_id)
+            driver.unpause(made.container_id)
+            attaching = time.perf_counter()
+            stdin = driver.attach_stdin(made.container_id)
+            parts["attach"].append(time.perf_counter() - attaching)
+            driver.signal(made.container_id, GO_WITH_ENV_SIGNAL)
+            stdin.write_all(env_payload(spec.env))
+            stdin.close()
             driver.inspect(made.container_id)
             parts["unfreeze"].append(time.perf_counter() - watch)
             driver.remove(made.container_id)
@@ -203,14 +222,28 @@ def engine_parts(engine: DockerEngine, rounds: int) -> dict[str, list[float]]:
 async def measure(rounds: int) -> None:
     with bench_servers() as servers:
         async with (
-            private_pool(servers, BENCH, hostd={"warm_containers": 1}) as bench,
+            private_pool(
+                servers,
+                BENCH,
+                hosts=2,
+                hostd_each=[
+                    {"warm_containers": 1, "labels": WARM_HOST},
+                    {"warm_containers": 0, "labels": COLD_HOST},
+                ],
+            ) as bench,
             aiohttp.ClientSession() as http,
         ):
             engine = bench.engines[0]
-            measured: dict[str, list[float]] = {"cold": [], "warm": [], "interactive": [], "raw": []}
-            say("waiting for the host to register")
-            await wait_active_host(http, bench.api, bench.headers)
-            driver = DockerDriver(engine.url)
+            measured: dict[str, list[float]] = {path: [] for path in PATHS}
+            say("waiting for the hosts to register")
+            await wait_active_host(http, bench.api, bench.headers, count=2)
+            warm_host, cold_host = (host.host_id for host in bench.hosts)
+            drivers = [DockerDriver(e.url) for e in bench.engines]
+
+            async def settled(gone: Sequence[str] = ()) -> None:
+                await asyncio.to_thread(settle, drivers[0], warm_host, gone)
+                await asyncio.to_thread(settle, drivers[1], cold_host, gone, warm=0)
+
             # The first of each warm shape, so that hostd keeps one ahead from now on.
             firsts = [
                 (await potluck_ms(http, bench.api, bench.headers, p))[1] for p in ("warm", "interactive")
@@ -218,10 +251,10 @@ async def measure(rounds: int) -> None:
             for first in firsts:
                 async with http.delete(f"{bench.api}/v1/allocations/{first}", headers=bench.headers):
                     pass
-            await asyncio.to_thread(settle, driver, bench.hosts[0].host_id, firsts)
+            await settled(firsts)
             for i in range(rounds + 2):
-                # Each round in another order, and each path alone on a settled host (the last
-                # round's containers gone, the warm container made again): none pays for another.
+                # Each round in another order, and each path alone on settled hosts (the last
+                # round's containers gone, the warm containers made again): none pays for another.
                 times: dict[str, float] = {}
                 made: list[str] = []
                 for path in ORDERS[i % len(ORDERS)]:
@@ -230,20 +263,18 @@ async def measure(rounds: int) -> None:
                     else:
                         times[path], alloc_id = await potluck_ms(http, bench.api, bench.headers, path)
                         made.append(alloc_id)
-                    await asyncio.to_thread(settle, driver, bench.hosts[0].host_id)
+                    await settled()
                 if i >= 2:  # the first rounds warm caches on both sides
                     for path, values in measured.items():
                         values.append(times[path])
                 for alloc_id in made:
                     async with http.delete(f"{bench.api}/v1/allocations/{alloc_id}", headers=bench.headers):
                         pass
-                await asyncio.to_thread(driver.remove, f"raw-{i}")
-                await asyncio.to_thread(settle, driver, bench.hosts[0].host_id, made)
-                say(
-                    f"round {i}: potluck {times['cold']:.1f} ms, warm {times['warm']:.1f} ms, "
-                    f"interactive {times['interactive']:.1f} ms, docker run {times['raw']:.1f} ms"
-                )
-            driver.close()
+                await asyncio.to_thread(drivers[0].remove, f"raw-{i}")
+                await settled(made)
+                say(f"round {i}: " + ", ".join(f"{path} {times[path]:.1f} ms" for path in PATHS))
+            for driver in drivers:
+                driver.close()
             say("timing the engine's parts")
             parts = await asyncio.to_thread(engine_parts, engine, rounds + 2)
     for p in (50, 99):

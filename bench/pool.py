@@ -9,7 +9,7 @@ how much runs at once. Everything is stopped on the way out.
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,9 +58,10 @@ async def private_pool(
     hosts: int = 1,
     donate: dict[str, Any] | None = None,
     hostd: dict[str, Any] | None = None,
+    hostd_each: Sequence[dict[str, Any]] = (),
 ) -> AsyncIterator[BenchPool]:
     """`hosts` hostds, each on its own private engine, and a user "bench" with no real quota;
-    `hostd`: more hostd.toml settings."""
+    `hostd`: more hostd.toml settings; `hostd_each[i]`: host i's own, on top of those."""
     engines = [DockerEngine(servers.workdir / f"docker{i}") for i in range(hosts)]
     say(f"starting {hosts} private Docker engine(s)")
     pool: LocalPool | None = None
@@ -75,7 +76,8 @@ async def private_pool(
         for i, engine in enumerate(engines):
             host = await pool.enroll(f"bench-host-{i}")
             donated = donate or {"cpus": 2, "memory": "4G", "disk": "8G"}
-            pool.write_config(host, engine.url, donate=donated, **(hostd or {}))
+            own = hostd_each[i] if i < len(hostd_each) else {}
+            pool.write_config(host, engine.url, donate=donated, **{**(hostd or {}), **own})
             pool.start_hostd(host)
             enrolled.append(host)
         await pool.wait_api()

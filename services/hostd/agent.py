@@ -128,7 +128,11 @@ class Agent:
         )
         self.policy = PolicyRunner(config, self.containers, self._request)
         self.exec_bridge = ExecBridge(
-            config.docker_url, self.host_id, state_dir=config.state_dir, kept=self.containers.kept
+            config.docker_url,
+            self.host_id,
+            state_dir=config.state_dir,
+            kept=self.containers.kept,
+            env_of=self.containers.env_of,
         )
         self.positions = MemoryPositions()
         #: Whether this agent trims its process's heap; many agents in one process (hollow hosts)

@@ -96,11 +96,13 @@ that of any container. With the helper (helper.py) they are started ahead and fr
 running only hostd's keep-alive (no command) or the launcher that runs the command once
 the container is taken (launcher.py); taking one is unfreezing it: about half a `docker
 run` (bench/README.md, `allocation`). Without the helper they are only created ahead,
-which saves a few percent. Allocations with environment values or a network never take
-one. They hold no CPU (a frozen one a few hundred kB of memory), count against
-`donate.disk` with their disk bound, keep
-their image in the cache (the engine removes no image a container was made from), and
-go when the host leaves or drains.
+which saves a few percent. An allocation's environment values are given at the take
+(a task's launcher reads them before its command runs; sessions get them from the exec
+bridge), so only a container started ahead takes an allocation that has them; one with a
+network of its own never takes one. They hold no CPU (a frozen one a few hundred kB of
+memory), count against `donate.disk` with their disk bound, keep their image in the cache
+(the engine removes no image a container was made from), and go when the host leaves or
+drains.
 
 `[sleep]`: a sleeping laptop is not a dead one. hostd listens to systemd-logind's
 PrepareForSleep on the system D-Bus and tells the registry before the machine

@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -184,6 +184,11 @@ class ContainerManager:
         self.report(ContainerFailed(alloc_id=alloc_id, reason=reason, detail=detail[:2000]))
 
     # What the allocator wants.
+
+    def env_of(self, alloc_id: str) -> Mapping[str, str]:
+        """The environment values of an allocation placed here ({} for one not, or no more)."""
+        spec = self.desired.get(alloc_id)
+        return spec.env if spec is not None else {}
 
     async def set_desired(self, wanted: list[tuple[str, AllocationSpec]], kept: Iterable[str] = ()) -> None:
         """Replace the desired set and the kept one (from a snapshot) and bring the engine in line."""

@@ -141,6 +141,23 @@ def _engine_failed(exc: BaseException) -> bool:
     return isinstance(exc, docker.errors.APIError) and bool(exc.is_server_error())
 
 
+class StdinWriter:
+    """What `docker attach --stdin` gives: docker-py's file object on the upgraded connection,
+    and under it the socket that carries stdin. Both are closed together (the socket's file
+    descriptor stays open while the file object does)."""
+
+    def __init__(self, attached: Any) -> None:
+        self._attached = attached
+        self._socket: socket.socket = attached._sock if hasattr(attached, "_sock") else attached
+
+    def write_all(self, data: bytes) -> None:
+        self._socket.sendall(data)
+
+    def close(self) -> None:
+        self._socket.close()
+        self._attached.close()
+
+
 def _refused_as_paused(exc: BaseException) -> bool:
     return (
         isinstance(exc, docker.errors.APIError)
@@ -506,6 +523,16 @@ class DockerDriver:
             for attempt in pause_races.while_stale_paused(_refused_as_paused):
                 with attempt:
                     client.api.kill(container_id, signal=signal)
+
+    def attach_stdin(self, container_id: str) -> StdinWriter:
+        """A write end of a running container's stdin (`docker attach --stdin`; the container
+        made with stdin open); asked again while the engine still holds it paused after an
+        unpause, as `signal` is."""
+        with self._errors(f"attaching to the stdin of {container_id[:12]}") as client:
+            for attempt in pause_races.while_stale_paused(_refused_as_paused):
+                with attempt:
+                    attached = client.api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
+        return StdinWriter(attached)
 
     def update_cpus(self, container_id: str, cpus: float) -> None:
         """Change a running container's CPU quota in place (`docker update --cpus`); its

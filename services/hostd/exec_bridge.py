@@ -39,7 +39,7 @@ import contextlib
 import re
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -212,10 +212,13 @@ class ExecBridge:
         host_signals: bool = True,
         timeout: float = 10.0,
         kept: Mapping[str, datetime | None] | None = None,
+        env_of: Callable[[str], Mapping[str, str]] | None = None,
     ) -> None:
         """`host_signals=False` always signals from inside the container (what a non-root hostd does).
         `kept`: the ended allocations whose stopped containers are kept, and until when
-        (ContainerManager.kept), to tell a session into one what still works."""
+        (ContainerManager.kept), to tell a session into one what still works.
+        `env_of`: an allocation's own environment values, given to every exec into it: a
+        container made ahead (warm_pool.py) was created without them."""
         self.docker_url = docker_url
         self.host_id = host_id
         self.sessions = SessionLedger(state_dir / "sessions" if state_dir is not None else None)
@@ -224,6 +227,7 @@ class ExecBridge:
         self.timeout = timeout
         self._api: tuple[int, int] | None = None
         self.kept: Mapping[str, datetime | None] = kept if kept is not None else {}
+        self.env_of: Callable[[str], Mapping[str, str]] = env_of or (lambda alloc_id: {})
 
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         return await docker_http.call(self.docker_url, method, path, body, self.timeout)
@@ -314,7 +318,9 @@ class ExecBridge:
             "AttachStderr": True,
             "Tty": tty,
             "Cmd": list(argv),
-            "Env": [f"{k}={v}" for k, v in env.items()],
+            # The allocation's values first: the session's own (TERM, POTLUCK_*) win, as they
+            # win over a container's environment.
+            "Env": [f"{k}={v}" for k, v in {**self.env_of(alloc_id), **env}.items()],
         }
         if tty and width > 0 and height > 0 and await self.api_version() >= (1, 42):
             create["ConsoleSize"] = [height, width]

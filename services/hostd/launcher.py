@@ -22,17 +22,31 @@ Why the script looks as it does:
 - A command that cannot be found ends the launcher at once with 127 and docker's message, before
   the container is frozen: the warm container is dropped and the allocation starts cold, where
   the engine refuses the start in its own words as before.
+- An allocation's environment values (its user's secrets, a batch task's index) cannot be put in
+  a container made before the allocation was placed. They come at the go instead:
+  `GO_WITH_ENV_SIGNAL` tells the launcher to read them first from its stdin (the container is
+  made with stdin open, and hostd writes `env_payload` into it), a byte count and then
+  `export` lines quoted for the shell, so any value reaches the command unchanged. Either go
+  gives the command /dev/null as stdin, as `docker run` without `-i` does.
+- The launcher's own variables would shadow the image's or the user's of the same name, so the
+  PATH walk runs in a subshell and the one variable kept, the executable, has a name no one
+  uses and is gone before the command runs.
 """
 
+import re
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
 from potluck.hostd.helper import HELPER_PATH
 
-__all__ = ["GO_SIGNAL", "is_waiting", "launcher_entrypoint"]
+__all__ = ["GO_SIGNAL", "GO_WITH_ENV_SIGNAL", "env_payload", "is_waiting", "launcher_entrypoint"]
 
 #: What tells a waiting launcher to run its command.
 GO_SIGNAL = "SIGUSR1"
+#: What tells a waiting launcher to read the allocation's environment from its stdin, then
+#: run its command.
+GO_WITH_ENV_SIGNAL = "SIGUSR2"
 #: The launcher's `sleep` argument, which tells its wait apart from anything a command runs.
 _WAIT_FOR = "2147483647"
 _WAITING = f"{HELPER_PATH} sleep {_WAIT_FOR}"
@@ -40,17 +54,22 @@ _WAIT_PREFIX = f"{HELPER_PATH} sleep "
 _SHELL_PREFIX = f"{HELPER_PATH} sh "
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
+_EXE = "__potluck_launcher_exe"
+_GO = f'kill $! 2>/dev/null; wait $! 2>/dev/null; shift; set -- "${_EXE}" "$@"; unset {_EXE}'
+_READ_ENV = f'eval "$({HELPER_PATH} head -c "$(read -r n; echo "$n")")"'
+_RUN = 'exec "$@" </dev/null'
+
 _SCRIPT = f"""\
-trap 'kill $! 2>/dev/null; wait $! 2>/dev/null; shift; exec "$p" "$@"' USR1
+trap '{_GO}; {_RUN}' USR1
+trap '{_GO}; {_READ_ENV}; {_RUN}' USR2
 case $1 in
-*/*) p=$1 ;;
-*) p=; IFS=:
+*/*) {_EXE}=$1 ;;
+*) {_EXE}=$(IFS=:
    for d in ${{PATH:-{_DEFAULT_PATH}}}; do
-     if [ -f "$d/$1" ] && [ -x "$d/$1" ]; then p=$d/$1; break; fi
-   done
-   unset IFS ;;
+     if [ -f "$d/$1" ] && [ -x "$d/$1" ]; then printf '%s\\n' "$d/$1"; break; fi
+   done) ;;
 esac
-if [ -z "$p" ]; then
+if [ -z "${_EXE}" ]; then
   echo "exec: \\"$1\\": executable file not found in \\$PATH" >&2
   exit 127
 fi
@@ -63,6 +82,22 @@ def launcher_entrypoint(image_entrypoint: list[str] | None) -> list[str]:
     command, so the launcher's arguments are the image's ENTRYPOINT and then the command,
     exactly what docker would have run."""
     return [HELPER_PATH, "sh", "-c", _SCRIPT, "potluck-launcher", *(image_entrypoint or [])]
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def env_payload(env: Mapping[str, str]) -> bytes:
+    """What a launcher told GO_WITH_ENV_SIGNAL reads from its stdin: the byte count of a
+    script, then the script, one `export` per value, each value quoted for the shell.
+    ValueError for a name the shell cannot export (the allocator allows none)."""
+    lines = []
+    for name, value in env.items():
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"environment variable name {name[:40]!r} cannot be exported by a shell")
+        lines.append(f"export {name}={shlex.quote(value)}\n")
+    script = "".join(lines).encode()
+    return b"%d\n" % len(script) + script
 
 
 def is_waiting(top: Mapping[str, Any]) -> bool:

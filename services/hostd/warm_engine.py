@@ -9,7 +9,8 @@ created.
 Taken: renamed to the allocation's name, its limits raised with `docker update`, then
 read back in full by the driver's `verify_limits` exactly as a container created for the
 allocation would be (a mismatch removes it and fails the allocation), and only then
-started, or unpaused (and its launcher told to run the command). What fails before that
+started, or unpaused (and its launcher told to run the command, after reading the
+allocation's environment values from the stdin hostd attached to). What fails before that
 leaves the allocation to the usual create path.
 """
 
@@ -22,7 +23,7 @@ import docker
 from potluck.contracts.capacity import MIN_CPUS
 from potluck.hostd.container_config import LABEL_HOST, ContainerSpec
 from potluck.hostd.docker_driver import DockerDriver, DockerDriverError, LimitsNotApplied
-from potluck.hostd.launcher import GO_SIGNAL, is_waiting
+from potluck.hostd.launcher import GO_SIGNAL, GO_WITH_ENV_SIGNAL, env_payload, is_waiting
 from potluck.hostd.warm_pool import (
     LABEL_WARM,
     WARM_NAME_PREFIX,
@@ -120,12 +121,30 @@ def list_warm(driver: DockerDriver, host_id: str) -> list[tuple[str, str]]:
     ]
 
 
+def _go_with_env(driver: DockerDriver, container_id: str, spec: ContainerSpec) -> None:
+    """Tell an unfrozen launcher to read the allocation's environment values, and write them
+    to its stdin (the engine attaches only to a running container). It reads exactly the
+    payload's count, so the stream needs no end."""
+    stdin = driver.attach_stdin(container_id)
+    try:
+        driver.signal(container_id, GO_WITH_ENV_SIGNAL)
+        with driver._errors(f"giving {spec.container_name} its environment"):
+            stdin.write_all(env_payload(spec.env))
+    finally:
+        stdin.close()
+
+
 def take_warm(driver: DockerDriver, warm: WarmContainer, spec: ContainerSpec) -> str:
     """Make the warm container `spec`'s allocation and start it; returns its id.
     NotTaken: nothing started, the warm container is gone, create the allocation's own.
     LimitsNotApplied: the read-back failed (the container is removed), as in `run`."""
     name, container_id = spec.container_name, warm.container_id
+    # A task's values go to its launcher; an interactive one's sessions get them from the
+    # exec bridge (ExecBridge.env_of), and its keep-alive needs none.
+    give_env = bool(spec.env) and warm.key.command is not None
     try:
+        if give_env:
+            env_payload(spec.env)  # a name no shell can export is refused here: started cold
         with driver._errors(f"taking warm container {container_id[:12]} as {name}") as client:
             # docker-py's update_container knows no NanoCpus (see DockerDriver.update_cpus).
             api: Any = client.api
@@ -133,14 +152,16 @@ def take_warm(driver: DockerDriver, warm: WarmContainer, spec: ContainerSpec) ->
             url = api._url("/containers/{0}/update", container_id)
             response = api._post_json(url, data=limits_update(spec))
             api._raise_for_status(response)
-    except DockerDriverError as exc:
+    except (DockerDriverError, ValueError) as exc:
         driver.remove(container_id)
         raise NotTaken(str(exc)) from exc
     driver.verify_limits(container_id, spec)
     try:
         if warm.started:
             driver.unpause(container_id)  # tried again if the engine fails the thaw (pause_races.py)
-            if warm.key.command is not None:
+            if give_env:
+                _go_with_env(driver, container_id, spec)
+            elif warm.key.command is not None:
                 driver.signal(container_id, GO_SIGNAL)  # the launcher execs the command
         with driver._errors(f"starting {name}") as client:
             if not warm.started:

@@ -28,7 +28,7 @@ from potluck.hostd.warm_engine import (
     list_warm,
     take_warm,
 )
-from potluck.hostd.warm_pool import RecentShapes, WarmContainer, refill_plan, take, warm_key
+from potluck.hostd.warm_pool import RecentShapes, WarmContainer, env_at_take, refill_plan, take, warm_key
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -65,7 +65,7 @@ class WarmKeeper:
         none (or it could not become the allocation): then create its own, as before.
         Raises as the driver's `run` does once the container was taken (LimitsNotApplied,
         a failed start). Refills in the background either way."""
-        key = warm_key(spec)
+        key = warm_key(spec, env_at_take=env_at_take(self.driver.helper))
         if key is None:
             return None
         self.recent.note(key)

@@ -6,9 +6,12 @@ Docker cannot change a container's command, environment, labels or disk quota af
 create, so a warm container is made for one *shape* of allocation (`WarmKey`): its image,
 its command (None: interactive, the helper's keep-alive), and its disk bound. An allocation
 of that shape takes it as it is; its CPU, memory and pids limits are set at take time with
-`docker update` and read back as for any container. Allocations with environment values
-(users' secrets) or a network of their own never take one: a warm container holds no user
-data, and a network is made per allocation.
+`docker update` and read back as for any container. A warm container holds no user data:
+an allocation's environment values (users' secrets, a batch task's index) reach it only
+when it is taken, and only one started ahead can take them (`env_at_take`): a task's
+launcher reads them before it runs the command (launcher.py), and hostd's exec bridge gives
+them to every session into it. Allocations with a network of their own never take one: a
+network is made per allocation.
 
 With the helper (helper.py) on this machine, every warm container is started ahead too and
 frozen (`docker pause`): taking it is `docker update` and `docker unpause`, no start at all
@@ -60,9 +63,10 @@ class WarmKey:
     disk_bytes: int
 
 
-def warm_key(spec: ContainerSpec) -> WarmKey | None:
-    """The shape `spec` has, or None when no warm container may become it."""
-    if spec.env or spec.network:
+def warm_key(spec: ContainerSpec, *, env_at_take: bool) -> WarmKey | None:
+    """The shape `spec` has, or None when no warm container may become it. `env_at_take`:
+    warm containers here can be given environment values when taken (see `env_at_take`)."""
+    if spec.network or (spec.env and not env_at_take):
         return None
     return WarmKey(
         image=spec.image,
@@ -75,6 +79,12 @@ def starts_ahead(helper: str | None) -> bool:
     """Are warm containers started (and frozen) ahead? Only with the helper, whose keep-alive
     or launcher is all they run until taken, never the image's command or an allocation's."""
     return helper is not None
+
+
+def env_at_take(helper: str | None) -> bool:
+    """Can a warm container here take an allocation's environment values? Only one started
+    ahead: its launcher reads them at the go, and sessions get them from the exec bridge."""
+    return starts_ahead(helper)
 
 
 @dataclass(frozen=True)
@@ -145,10 +155,11 @@ def refill_plan(
 
 
 def take(have: list[WarmContainer], spec: ContainerSpec) -> WarmContainer | None:
-    """Remove from `have` and return a warm container `spec` can become, if there is one."""
-    key = warm_key(spec)
+    """Remove from `have` and return a warm container `spec` can become, if there is one:
+    of its shape, and started ahead if `spec` has environment values."""
+    key = warm_key(spec, env_at_take=True)
     for i, container in enumerate(have):
-        if container.key == key:
+        if container.key == key and (container.started or not spec.env):
             return have.pop(i)
     return None
 
@@ -202,6 +213,9 @@ def warm_create_kwargs(
     kwargs["labels"] = warm_labels(key, host_id)
     if key.command is not None and starts_ahead(helper):
         kwargs["entrypoint"] = launcher_entrypoint(image_entrypoint)
+        # Where the launcher reads the taker's environment values from (env_payload); the
+        # command itself gets /dev/null, as without it.
+        kwargs["stdin_open"] = True
     return kwargs
 
 

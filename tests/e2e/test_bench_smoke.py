@@ -50,10 +50,13 @@ ALLOCATION: Documented = {
     "post_to_running_warm_p99": ("ms", True),
     "post_to_running_interactive_warm_p50": ("ms", True),
     "post_to_running_interactive_warm_p99": ("ms", True),
+    "post_to_running_cold_p50": ("ms", True),
+    "post_to_running_cold_p99": ("ms", True),
     "engine_create": ("ms", False),
     "engine_start": ("ms", False),
     "engine_ahead": ("ms", False),
     "engine_take": ("ms", False),
+    "engine_attach": ("ms", False),
     "engine_readback": ("ms", False),
     "engine_unfreeze": ("ms", False),
 }

@@ -69,15 +69,17 @@ async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
 ) -> None:
     """Tried: on the warm host, a first allocation of a shape (cold, as always), then a second
     one of that shape with other limits; then a new shape (a command that prints and exits 3)
-    twice; beside them an allocation with env values. On the cold host, two of one shape.
+    twice; beside them two allocations with env values. On the cold host, two of one shape.
     Must hold: after the first, one warm container waits; the second runs in exactly that
     container (renamed), with its own limits read back and a HostConfig equal to a cold-started
     twin's; the exec side finds it as the allocation's; the pool is refilled with a new one; a
     warm container of a shape with a command waits frozen in its launcher with nothing of the
     command run (no process, no output) and, once taken, runs the command as docker-init's
     only child, the launcher gone; the exiting shape's warm run prints its output once and
-    exits 3, reported as such; the allocation
-    with env never takes a warm container and sees its env; an interactive allocation (no
+    exits 3, reported as such; an allocation
+    with env values is cold as the first of its shape and sees its values, and the next of its
+    shape, with other values, takes the warm one made after it and sees its own values (the
+    container was made without any), with the same HostConfig; an interactive allocation (no
     command) takes one started ahead and frozen, runs unfrozen and answers an exec; the
     engine's listing gives the taken ones their allocations (what a restarted hostd adopts
     by) and the waiting ones none; the cold host never makes one."""
@@ -132,8 +134,8 @@ async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
             pool,
         )
 
-        # A twin with env values of its own is created cold; apart from names and ids, the
-        # engine's HostConfig of the two is the same.
+        # A twin with env values of its own, the first of its shape, is created cold; apart
+        # from names and ids, the engine's HostConfig of the two is the same.
         twin = AllocationSpec(
             resources=Capacity(cpus=0.25, memory_bytes=80 * MiB, disk_bytes=64 * MiB),
             image=DEFAULT_TAG,
@@ -150,6 +152,28 @@ async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
             pool,
         )
         assert _host_config(client, "second") == _host_config(client, "twin")
+
+        # The next of the twin's shape, with values of its own, takes the container made ahead
+        # after the twin: its values reach the command though the container was made without.
+        [twin_ahead] = await _until(
+            "a warm container of the twin's shape",
+            lambda: [
+                c for c in _warm(client) if c.attrs["Config"]["Cmd"] == twin.command and c.status == "paused"
+            ],
+            pool,
+        )
+        assert not any(e.startswith("MARKER=") for e in twin_ahead.attrs["Config"]["Env"])
+        await place(
+            pool.store, warm.host_id, "twin-2", twin.model_copy(update={"env": {"MARKER": "warm 'v' $x"}})
+        )
+        await wait_for_status(pool, "twin-2", "running")
+        assert client.containers.get("potluck-twin-2").id == twin_ahead.id
+        await _until(
+            "the taker's env in its output",
+            lambda: client.containers.get("potluck-twin-2").logs() == b"marker=warm 'v' $x\n",
+            pool,
+        )
+        assert _host_config(client, "twin-2") == _host_config(client, "twin")
 
         # A new shape: its first run is cold, its second warm; output and exit code hold.
         exits = spec(command=["sh", "-c", "echo hello-from-$HOSTNAME-ok; sleep 2; exit 3"])

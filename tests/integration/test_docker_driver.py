@@ -29,6 +29,7 @@ from potluck.hostd.exec_errors import ExecRefused
 from potluck.hostd.pool_weight import parent_weight_file
 from potluck.localstack import DockerEngine, build_test_image
 from tests.fixtures.docker import container_spec
+from tests.fixtures.exec_output import bridge_output
 
 MiB = 1024 * 1024
 HOST = "host-a"
@@ -483,36 +484,6 @@ def test_two_engines_are_two_laptops(docker_engines: list[DockerEngine], test_im
             driver.close()
 
 
-class _Output:
-    """An ExecSink that keeps stdout and knows when the stream ended."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.ended = asyncio.Event()
-
-    def exec_data(self, data: bytes, stderr: bool) -> None:
-        self.data += data
-
-    def exec_eof(self) -> None:
-        self.ended.set()
-
-    def exec_pause(self) -> None:
-        pass
-
-    def exec_resume(self) -> None:
-        pass
-
-
-async def _bridge_echo(bridge: ExecBridge, alloc_id: str, text: str) -> bytes:
-    process = await bridge.open(alloc_id, ["echo", text], tty=False, env={})
-    output = _Output()
-    process.attach(output)
-    process.write_eof()
-    await asyncio.wait_for(output.ended.wait(), 10)
-    process.close()
-    return output.data
-
-
 def test_an_exec_right_after_a_pause_and_unpause_runs(docker_driver: DockerDriver, test_image: str) -> None:
     """A container is paused and at once unpaused, then an exec runs in it, 20 times over through
     the driver and 20 through hostd's exec bridge (the engine's late "paused" event can mark it
@@ -527,12 +498,12 @@ def test_an_exec_right_after_a_pause_and_unpause_runs(docker_driver: DockerDrive
             await asyncio.to_thread(docker_driver.pause, container_id)
             await asyncio.to_thread(docker_driver.unpause, container_id)
             assert (
-                await _bridge_echo(bridge, spec.allocation_id, f"bridge {round_}")
+                await bridge_output(bridge, spec.allocation_id, ["echo", f"bridge {round_}"])
                 == f"bridge {round_}\n".encode()
             )
         await asyncio.to_thread(docker_driver.pause, container_id)
         with pytest.raises(ExecRefused, match="is paused"):
-            await _bridge_echo(bridge, spec.allocation_id, "left paused")
+            await bridge_output(bridge, spec.allocation_id, ["echo", "left paused"])
         await asyncio.to_thread(docker_driver.unpause, container_id)
 
     for round_ in range(20):

@@ -11,12 +11,18 @@ from pathlib import Path
 import pytest
 
 from potluck.hostd.helper import HELPER_PATH, find_helper
-from potluck.hostd.launcher import GO_SIGNAL, is_waiting, launcher_entrypoint
+from potluck.hostd.launcher import GO_SIGNAL, GO_WITH_ENV_SIGNAL, env_payload, is_waiting, launcher_entrypoint
 
 BUSYBOX = find_helper()
 
 
-def _launch(tmp_path: Path, argv: list[str]) -> subprocess.Popen[bytes]:
+def _launch(
+    tmp_path: Path,
+    argv: list[str],
+    *,
+    image_env: dict[str, str] | None = None,
+    stdin: int = subprocess.DEVNULL,
+) -> subprocess.Popen[bytes]:
     """The launcher as a container would run it, with the machine's busybox where the
     container has the helper, and `tmp_path/bin` as the image's PATH."""
     assert BUSYBOX is not None, "no static busybox here: run ops/setup (busybox-static)"
@@ -24,9 +30,9 @@ def _launch(tmp_path: Path, argv: list[str]) -> subprocess.Popen[bytes]:
     entrypoint[0] = BUSYBOX
     return subprocess.Popen(
         [*entrypoint, *argv],
-        env={"PATH": str(tmp_path / "bin")},
+        env={**(image_env or {}), "PATH": str(tmp_path / "bin")},
         cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -76,6 +82,45 @@ def test_the_launcher_runs_nothing_until_told_then_is_the_command(image_bin: Pat
     assert out.decode() == "image-ls [a b] [c'd]\nstdin=\nchildren=[]\n"
     assert err == b""
     assert proc.returncode == 3
+
+
+def test_env_values_given_at_the_go_reach_the_command_unchanged(image_bin: Path) -> None:
+    """Tried: the launcher, its stdin a pipe as in a warm container, told GO_WITH_ENV_SIGNAL
+    and then given values with quotes, `$`, backquotes, a newline, non-ASCII and an empty
+    one, plus bytes after the payload; the image's own environment has `p` and `n` (names a
+    careless launcher would use itself). Must hold: the command sees exactly the values,
+    the image's variables untouched, none of the launcher's own, stdin empty (/dev/null, not
+    the pipe: the extra bytes are not read), its arguments intact, its exit code."""
+    script = image_bin / "bin" / "env-show"
+    script.write_text(
+        f"#!{BUSYBOX} sh\n"
+        'printf "%s|" "$TOKEN" "$NAME" "$EMPTY" "$p" "$n" "$__potluck_launcher_exe" "$1" "$(cat)"; exit 7\n'
+    )
+    script.chmod(0o755)
+    values = {"TOKEN": 'it\'s "q" $HOME `id`\nline 2', "NAME": "ü  two", "EMPTY": ""}
+    proc = _launch(
+        image_bin, ["env-show", "a b"], image_env={"p": "image-p", "n": "image-n"}, stdin=subprocess.PIPE
+    )
+    assert proc.stdin is not None
+    try:
+        _until_waiting(proc)
+        os.kill(proc.pid, getattr(signal, GO_WITH_ENV_SIGNAL))
+        proc.stdin.write(env_payload(values) + b"not for the command\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert out.decode() == f"{values['TOKEN']}|ü  two||image-p|image-n||a b||"
+    assert err == b""
+    assert proc.returncode == 7
+
+
+def test_env_payload_refuses_a_name_no_shell_can_export() -> None:
+    """A name that is not a shell identifier would be code in the launcher's `eval`: refused."""
+    assert env_payload({}) == b"0\n"
+    for name in ("A;id", "1A", "A B", "A=B", ""):
+        with pytest.raises(ValueError, match="cannot be exported"):
+            env_payload({name: "x"})
 
 
 def test_a_command_not_in_the_image_ends_the_launcher_before_it_waits(image_bin: Path) -> None:

@@ -25,6 +25,7 @@ from potluck.hostd.warm_pool import (
     WarmContainer,
     WarmKey,
     allocation_of_warm,
+    env_at_take,
     limits_update,
     refill_plan,
     starts_ahead,
@@ -51,38 +52,56 @@ def _spec(alloc_id: str = "a1", **changes: object) -> ContainerSpec:
     return ContainerSpec(**fields)  # type: ignore[arg-type]
 
 
-def test_shape_leaves_out_limits_and_refuses_env_and_network() -> None:
-    """Allocations differing only in CPU, memory or pids share a shape; a command, image or
-    disk bound makes another; env values (secrets) or a network of its own make none."""
-    base = warm_key(_spec())
+def test_shape_leaves_out_limits_env_and_refuses_a_network() -> None:
+    """Allocations differing only in CPU, memory, pids or environment values share a shape;
+    a command, image or disk bound makes another; a network of its own makes none. Env
+    values are given at the take, so only where they can be (containers started ahead)."""
+    base = warm_key(_spec(), env_at_take=True)
     assert base == WarmKey("busybox:latest", ("sleep", "3600"), 64 * MiB)
-    assert warm_key(_spec("b", cpus=1.5, memory_bytes=128 * MiB, pids_limit=64)) == base
-    assert warm_key(_spec(command=["true"])) != base
-    assert warm_key(_spec(command=None)) == WarmKey("busybox:latest", None, 64 * MiB)
-    assert warm_key(_spec(disk_bytes=128 * MiB)) != base
-    assert warm_key(_spec(env={"TOKEN": "secret"})) is None
-    assert warm_key(_spec(network=True)) is None
+    assert warm_key(_spec("b", cpus=1.5, memory_bytes=128 * MiB, pids_limit=64), env_at_take=True) == base
+    assert warm_key(_spec(command=["true"]), env_at_take=True) != base
+    assert warm_key(_spec(command=None), env_at_take=True) == WarmKey("busybox:latest", None, 64 * MiB)
+    assert warm_key(_spec(disk_bytes=128 * MiB), env_at_take=True) != base
+    assert warm_key(_spec(env={"TOKEN": "secret"}), env_at_take=True) == base
+    assert warm_key(_spec(env={"TOKEN": "secret"}), env_at_take=False) is None
+    assert warm_key(_spec(), env_at_take=False) == base
+    assert warm_key(_spec(network=True), env_at_take=True) is None
 
 
 def test_only_containers_with_the_helper_are_started_ahead() -> None:
     """With the helper, what a warm container runs until taken is hostd's keep-alive or
     launcher, so it may be started ahead; without it the image's own CMD would run: not."""
     assert starts_ahead("/usr/bin/busybox")
+    assert env_at_take("/usr/bin/busybox")
+    assert not env_at_take(None)
     assert not starts_ahead(None)
 
 
 def test_take_removes_one_of_the_shape_only() -> None:
     """A placement takes one warm container of its own shape out of the ready list, and
     none of another shape; a second taker of the same shape gets the next one."""
+    key = warm_key(_spec(), env_at_take=True)
+    assert key is not None
     other = WarmContainer("c-other", WarmKey("busybox:latest", ("true",), 64 * MiB))
-    first = WarmContainer("c1", warm_key(_spec()))  # type: ignore[arg-type]
-    second = WarmContainer("c2", warm_key(_spec()))  # type: ignore[arg-type]
+    first = WarmContainer("c1", key)
+    second = WarmContainer("c2", key, started=True)
     ready = [other, first, second]
     assert take(ready, _spec("a")) == first
     assert take(ready, _spec("b")) == second
     assert take(ready, _spec("c")) is None
-    assert take(ready, _spec("d", env={"X": "1"})) is None
     assert ready == [other]
+
+
+def test_env_values_take_only_a_container_started_ahead() -> None:
+    """An allocation with environment values skips a container only created ahead (it would
+    start without them) and takes one started ahead, whose launcher reads them at the go."""
+    key = warm_key(_spec(), env_at_take=True)
+    assert key is not None
+    created, started = WarmContainer("c1", key), WarmContainer("c2", key, started=True)
+    ready = [created, started]
+    assert take(ready, _spec("a", env={"X": "1"})) == started
+    assert take(ready, _spec("b", env={"X": "1"})) is None
+    assert ready == [created]
 
 
 def test_recent_shapes_newest_first_bounded() -> None:
@@ -104,7 +123,7 @@ def test_warm_container_is_made_as_an_allocation_of_its_shape(command: list[str]
     tightest limits and, for a command, the launcher (after the image's ENTRYPOINT) as its
     entrypoint; after `limits_update` the read-back finds nothing amiss."""
     spec = _spec(command=command, cpus=1.5)
-    key = warm_key(spec)
+    key = warm_key(spec, env_at_take=True)
     assert key is not None
     helper = "/usr/bin/busybox"
     warm = warm_create_kwargs(
@@ -122,7 +141,9 @@ def test_warm_container_is_made_as_an_allocation_of_its_shape(command: list[str]
     if command is None:
         assert differing == limits
     else:
-        assert differing == limits | {"entrypoint"}
+        # stdin open: where the launcher reads a taker's environment values from.
+        assert differing == limits | {"entrypoint", "stdin_open"}
+        assert warm["stdin_open"] is True
         assert warm["entrypoint"] == launcher_entrypoint(["/entry.sh", "--flag"])
         assert warm["command"] == command
     assert warm["environment"] == {}
