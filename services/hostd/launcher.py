@@ -26,8 +26,11 @@ Why the script looks as it does:
   a container made before the allocation was placed. They come at the go instead:
   `GO_WITH_ENV_SIGNAL` tells the launcher to read them first from its stdin (the container is
   made with stdin open, and hostd writes `env_payload` into it), a byte count and then
-  `export` lines quoted for the shell, so any value reaches the command unchanged. Either go
-  gives the command /dev/null as stdin, as `docker run` without `-i` does.
+  `export` lines quoted for the shell, so any value reaches the command unchanged. Values
+  that do not all come within ENV_WAIT_S (hostd went away after the signal) end the launcher
+  with 125 and a line saying so: the command never runs without its values, and never hangs
+  waiting for them. Either go gives the command /dev/null as stdin, as `docker run` without
+  `-i` does.
 - The launcher's own variables would shadow the image's or the user's of the same name, so the
   PATH walk runs in a subshell and the one variable kept, the executable, has a name no one
   uses and is gone before the command runs.
@@ -54,14 +57,32 @@ _WAIT_PREFIX = f"{HELPER_PATH} sleep "
 _SHELL_PREFIX = f"{HELPER_PATH} sh "
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
+#: How long a launcher told GO_WITH_ENV_SIGNAL waits for the values' count, and then for the
+#: values: hostd writes both at once, right after the signal; longer means hostd went away.
+ENV_WAIT_S = 30
+#: The launcher's own variables: names no image or user has reason to use.
 _EXE = "__potluck_launcher_exe"
+_ENV_END = "__potluck_env_end"
 _GO = f'kill $! 2>/dev/null; wait $! 2>/dev/null; shift; set -- "${_EXE}" "$@"; unset {_EXE}'
-_READ_ENV = f'eval "$({HELPER_PATH} head -c "$(read -r n; echo "$n")")"'
+_NO_ENV = (
+    "potluck: the environment values of this allocation did not come from hostd in time; "
+    "the command did not run"
+)
 _RUN = 'exec "$@" </dev/null'
 
-_SCRIPT = f"""\
+
+def _read_env(wait_s: int) -> str:
+    """Read and evaluate env_payload; without its last line (hostd went away before or while
+    writing it) end with 125, docker's own code for "the command was not run"."""
+    read = f'read -r -t {wait_s} n && {HELPER_PATH} timeout {wait_s} {HELPER_PATH} head -c "$n"'
+    not_all = f'{{ echo "{_NO_ENV}" >&2; exit 125; }}'
+    return f'eval "$({read})"; [ -n "${_ENV_END}" ] || {not_all}; unset {_ENV_END}'
+
+
+def _script(env_wait_s: int) -> str:
+    return f"""\
 trap '{_GO}; {_RUN}' USR1
-trap '{_GO}; {_READ_ENV}; {_RUN}' USR2
+trap '{_GO}; {_read_env(env_wait_s)}; {_RUN}' USR2
 case $1 in
 */*) {_EXE}=$1 ;;
 *) {_EXE}=$(IFS=:
@@ -77,11 +98,11 @@ while :; do {_WAITING} & wait $!; done
 """
 
 
-def launcher_entrypoint(image_entrypoint: list[str] | None) -> list[str]:
+def launcher_entrypoint(image_entrypoint: list[str] | None, *, env_wait_s: int = ENV_WAIT_S) -> list[str]:
     """The ENTRYPOINT a started-ahead task container is created with; its CMD stays the
     command, so the launcher's arguments are the image's ENTRYPOINT and then the command,
     exactly what docker would have run."""
-    return [HELPER_PATH, "sh", "-c", _SCRIPT, "potluck-launcher", *(image_entrypoint or [])]
+    return [HELPER_PATH, "sh", "-c", _script(env_wait_s), "potluck-launcher", *(image_entrypoint or [])]
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -89,13 +110,15 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 def env_payload(env: Mapping[str, str]) -> bytes:
     """What a launcher told GO_WITH_ENV_SIGNAL reads from its stdin: the byte count of a
-    script, then the script, one `export` per value, each value quoted for the shell.
+    script, then the script, one `export` per value, each value quoted for the shell, and a
+    last line that tells the launcher it has all of them.
     ValueError for a name the shell cannot export (the allocator allows none)."""
     lines = []
     for name, value in env.items():
         if not _ENV_NAME.fullmatch(name):
             raise ValueError(f"environment variable name {name[:40]!r} cannot be exported by a shell")
         lines.append(f"export {name}={shlex.quote(value)}\n")
+    lines.append(f"{_ENV_END}=1\n")
     script = "".join(lines).encode()
     return b"%d\n" % len(script) + script
 

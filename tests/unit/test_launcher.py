@@ -22,11 +22,13 @@ def _launch(
     *,
     image_env: dict[str, str] | None = None,
     stdin: int = subprocess.DEVNULL,
+    env_wait_s: int = 30,
 ) -> subprocess.Popen[bytes]:
     """The launcher as a container would run it, with the machine's busybox where the
     container has the helper, and `tmp_path/bin` as the image's PATH."""
     assert BUSYBOX is not None, "no static busybox here: run ops/setup (busybox-static)"
-    entrypoint = [part.replace(HELPER_PATH, BUSYBOX) for part in launcher_entrypoint(None)]
+    launcher = launcher_entrypoint(None, env_wait_s=env_wait_s)
+    entrypoint = [part.replace(HELPER_PATH, BUSYBOX) for part in launcher]
     entrypoint[0] = BUSYBOX
     return subprocess.Popen(
         [*entrypoint, *argv],
@@ -115,9 +117,44 @@ def test_env_values_given_at_the_go_reach_the_command_unchanged(image_bin: Path)
     assert proc.returncode == 7
 
 
+@pytest.mark.parametrize(
+    "given",
+    [
+        b"",  # hostd went away after the signal, before writing
+        env_payload({"TOKEN": "abc"})[:-8],  # ... while writing: the stream stops mid-value
+        b"%d\nexport TOKEN=abc\n" % len(b"export TOKEN=abc\n"),  # a whole line, not the last
+    ],
+    ids=["nothing", "cut-mid-value", "cut-between-lines"],
+)
+def test_env_values_that_do_not_all_come_end_the_launcher_not_the_command(
+    image_bin: Path, given: bytes
+) -> None:
+    """Tried: a launcher told GO_WITH_ENV_SIGNAL whose stdin then gets nothing, a payload cut in
+    a value, or one cut between whole lines (its stdin then stays open, as a container's
+    does). Must hold: within its wait it ends with 125 and says why, and the command never
+    runs, rather than hanging or running without some of its values."""
+    script = image_bin / "bin" / "ran"
+    script.write_text(f"#!{BUSYBOX} sh\necho the-command-ran\n")
+    script.chmod(0o755)
+    proc = _launch(image_bin, ["ran"], stdin=subprocess.PIPE, env_wait_s=1)
+    assert proc.stdin is not None
+    try:
+        _until_waiting(proc)
+        os.kill(proc.pid, getattr(signal, GO_WITH_ENV_SIGNAL))
+        proc.stdin.write(given)
+        proc.stdin.flush()
+        proc.wait(timeout=10)  # its stdin still open: the wait is what ends it
+        out, err = proc.communicate()
+    finally:
+        proc.kill()
+    assert proc.returncode == 125
+    assert b"the-command-ran" not in out
+    assert b"did not come from hostd in time; the command did not run" in err
+
+
 def test_env_payload_refuses_a_name_no_shell_can_export() -> None:
     """A name that is not a shell identifier would be code in the launcher's `eval`: refused."""
-    assert env_payload({}) == b"0\n"
+    assert env_payload({}) == b"20\n__potluck_env_end=1\n"
     for name in ("A;id", "1A", "A B", "A=B", ""):
         with pytest.raises(ValueError, match="cannot be exported"):
             env_payload({name: "x"})
