@@ -65,7 +65,8 @@ class WarmKey:
 
 def warm_key(spec: ContainerSpec, *, env_at_take: bool) -> WarmKey | None:
     """The shape `spec` has, or None when no warm container may become it. `env_at_take`:
-    warm containers here can be given environment values when taken (see `env_at_take`)."""
+    whether warm containers here can be given environment values when taken (the function
+    of that name answers it for a machine)."""
     if spec.network or (spec.env and not env_at_take):
         return None
     return WarmKey(
