@@ -97,15 +97,20 @@ def visible(pid: int) -> bool:
 
 
 def select_tree(roots: Sequence[int], procs: Iterable[Proc], belongs: Callable[[int], bool]) -> list[int]:
-    """The live processes among `roots` and their descendants that `belongs` accepts.
+    """The live processes among `roots` and their descendants that `belongs` accepts,
+    each before its descendants: signalled in this order, a parent is
+    killed before its children die, so it cannot exit in their place (a shell's `wait`
+    returning 0) or start new ones that no list holds.
 
     A process that is dead or not accepted is not taken, and neither are its
     descendants through it. `belongs` is asked only about live processes reached.
     """
     children: dict[int, list[int]] = {}
+    parent: dict[int, int] = {}
     alive: set[int] = set()
     for proc in procs:
         children.setdefault(proc.ppid, []).append(proc.pid)
+        parent[proc.pid] = proc.ppid
         if proc.alive:
             alive.add(proc.pid)
     found: list[int] = []
@@ -119,7 +124,15 @@ def select_tree(roots: Sequence[int], procs: Iterable[Proc], belongs: Callable[[
         if pid in alive and belongs(pid):
             found.append(pid)
             todo.extend(children.get(pid, []))
-    return found
+
+    def depth(pid: int) -> int:
+        steps, up = 0, {pid}
+        while (pid := parent.get(pid, 0)) > 0 and pid not in up:
+            up.add(pid)
+            steps += 1
+        return steps
+
+    return sorted(found, key=depth)
 
 
 def _all_procs() -> Iterable[Proc]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from potluck.hostd.process_tree import (
@@ -111,6 +111,8 @@ def _reference(procs: Sequence[Proc], roots: Sequence[int], belongs: set[int]) -
 
 
 @given(_tables())
+# A root listed after its own child, as end_tree re-walks the tree it found.
+@example(([Proc(pid=1, ppid=0, alive=True), Proc(pid=2, ppid=1, alive=True)], [1, 2], {1, 2}))
 def test_the_tree_is_the_roots_and_their_descendants_reached_through_live_members(
     table: tuple[list[Proc], list[int], set[int]],
 ) -> None:
@@ -124,6 +126,12 @@ def test_the_tree_is_the_roots_and_their_descendants_reached_through_live_member
     found = select_tree(roots, procs, belongs_to)
     assert len(found) == len(set(found))
     assert set(found) == _reference(procs, roots, belongs)
+    # Parents before their children: signalled in this order, no parent outlives a child's
+    # end by enough to exit in its place or start another.
+    parent = {p.pid: p.ppid for p in procs}
+    for i, pid in enumerate(found):
+        if parent[pid] in found:
+            assert found.index(parent[pid]) < i, f"{pid} before its parent {parent[pid]} in {found}"
     alive = {p.pid for p in procs if p.alive}
     assert set(asked) <= alive, "asked about a dead process"
 
