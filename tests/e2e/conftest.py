@@ -92,6 +92,7 @@ class Gatewayed:
         image: str = DEFAULT_TAG,
         disk: str = "64M",
         memory: str = "64M",
+        env: dict[str, str] | None = None,
     ) -> str:
         """A running allocation's id; `command=None` asks for an interactive one."""
         headers = {"Authorization": f"Bearer {self.token}"}
@@ -101,6 +102,7 @@ class Gatewayed:
             "disk": disk,
             "image": image,
             "command": command,
+            "env": env or {},
             "ssh_keys": [Path(f"{self.key}.pub").read_text().strip()],
         }
         async with http.post(f"{self.pool.api}/v1/allocations", json=body, headers=headers) as r:

@@ -6,8 +6,11 @@ One pool, two hosts: `warm` on the first engine keeps one container per shape ah
 """
 
 import asyncio
+from functools import partial
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import docker
 import pytest
 
@@ -17,7 +20,7 @@ from potluck.hostd.docker_driver import DockerDriver
 from potluck.hostd.exec_bridge import ExecBridge
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
-from tests.e2e.conftest import wait_for_status
+from tests.e2e.conftest import start_gatewayed, wait_for_status
 from tests.fixtures.pool import Pool, allocation, place, spec
 
 MiB = 1 << 20
@@ -29,6 +32,11 @@ def _warm(client: docker.DockerClient) -> list[Any]:
         all=True, filters={"label": "potluck.warm=1", "status": ["created", "paused"]}
     )
     return [c for c in found if (c.name or "").startswith("potluck_warm_")]
+
+
+def _frozen_of(client: docker.DockerClient, command: list[str] | None) -> list[Any]:
+    """Warm containers started ahead and frozen for allocations of `command`."""
+    return [c for c in _warm(client) if c.status == "paused" and c.attrs["Config"]["Cmd"] == command]
 
 
 async def _until(what: str, check: Any, pool: Pool, timeout: float = 60) -> Any:
@@ -244,6 +252,35 @@ async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
     finally:
         client.close()
         cold_client.close()
+
+
+async def test_an_ssh_session_into_a_warm_taken_allocation_sees_its_env_values(
+    pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path
+) -> None:
+    """Tried, through the real gateway, hostd and `ssh`: on a host with `warm_containers = 1`,
+    an interactive allocation and a task, each first without values (cold, so that one of its
+    shape is made ahead), then again with values (a quote, `$`, spaces), taking the warm one.
+    Must hold: the second of each runs in a container made ahead (its engine record holds
+    none of the values), and an `ssh` session into it sees the allocation's values, while
+    the gateway's own variables (POTLUCK_ALLOC) are the session's."""
+    gatewayed = await start_gatewayed(pool, docker_engines[0], tmp_path, warm_containers=1)
+    client = docker.DockerClient(base_url=docker_engines[0].url)
+    values = {"SECRET": "it's $not expanded", "SPACED": "a  b"}
+    show = 'printf "%s|%s|%s" "$SECRET" "$SPACED" "$POTLUCK_ALLOC"'
+    try:
+        async with aiohttp.ClientSession() as http:
+            for command in (None, ["sleep", "3600"]):
+                await gatewayed.allocate(http, command=command)
+                await _until(f"a warm container for {command}", partial(_frozen_of, client, command), pool)
+                alloc_id = await gatewayed.allocate(http, command=command, env=values)
+                taken = client.containers.get(f"potluck-{alloc_id}")
+                assert taken.labels.get("potluck.warm") == "1", f"{command}: not taken warm\n{pool.logs(80)}"
+                assert not any(e.startswith(("SECRET=", "SPACED=")) for e in taken.attrs["Config"]["Env"])
+                said = await gatewayed.ssh(alloc_id, show)
+                assert said.returncode == 0, said.stderr + pool.logs(80)
+                assert said.stdout == f"{values['SECRET']}|a  b|{alloc_id}"
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("value", [-1, 9])
