@@ -145,12 +145,13 @@ def settle(
     driver: DockerDriver, host_id: str, gone: Sequence[str] = (), *, warm: int = 2, timeout: float = 30
 ) -> None:
     """Until the allocations `gone` have no container and `warm` warm containers (one of each
-    shape) wait."""
+    shape) wait, frozen: a refill's container is "created" before it is started and frozen,
+    and hostd takes it only then (the bench's engines have the helper, see engine_parts)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         managed = driver.list_managed(host_id)
         waiting = [c.status for c in managed if not c.allocation_id]
-        ready = len(waiting) == warm and set(waiting) <= {"created", "paused"}
+        ready = len(waiting) == warm and set(waiting) <= {"paused"}
         if ready and not any(c.allocation_id in gone for c in managed):
             return
         time.sleep(0.05)
