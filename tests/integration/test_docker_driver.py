@@ -484,6 +484,9 @@ def test_two_engines_are_two_laptops(docker_engines: list[DockerEngine], test_im
             driver.close()
 
 
+# 40 execs in a container of the lowest CPU weight (pool_weight.py): on a machine busy with
+# other tests each takes seconds (measured: 3-5 s with two cores busy), more than the default.
+@pytest.mark.timeout(600)
 def test_an_exec_right_after_a_pause_and_unpause_runs(docker_driver: DockerDriver, test_image: str) -> None:
     """A container is paused and at once unpaused, then an exec runs in it, 20 times over through
     the driver and 20 through hostd's exec bridge (the engine's late "paused" event can mark it
