@@ -49,17 +49,31 @@ class ShapeCannotStart(DockerDriverError):
     it was removed. Allocations of the shape start cold, where the engine says why."""
 
 
+def _launcher_ended(client: docker.DockerClient, container_id: str, key: WarmKey) -> ShapeCannotStart | None:
+    """Why the launcher is no longer running, or None while it runs."""
+    state = client.api.inspect_container(container_id).get("State") or {}
+    if state.get("Running"):
+        return None
+    said = client.api.logs(container_id, tail=3).decode(errors="replace").strip()
+    return ShapeCannotStart(
+        f"the launcher of a warm container of {key.image} {list(key.command or [])} "
+        f"ended with {state.get('ExitCode')} before it waited: {said or '(no output)'}"
+    )
+
+
 def _until_launcher_waits(client: docker.DockerClient, container_id: str, key: WarmKey) -> None:
     deadline = time.monotonic() + LAUNCHER_READY_S
     while True:
-        state = client.api.inspect_container(container_id).get("State") or {}
-        if not state.get("Running"):
-            said = client.api.logs(container_id, tail=3).decode(errors="replace").strip()
-            raise ShapeCannotStart(
-                f"the launcher of a warm container of {key.image} {list(key.command or [])} "
-                f"ended with {state.get('ExitCode')} before it waited: {said or '(no output)'}"
-            )
-        top = client.api.top(container_id)
+        if (ended := _launcher_ended(client, container_id, key)) is not None:
+            raise ended
+        try:
+            top = client.api.top(container_id)
+        except docker.errors.APIError:
+            # A launcher that ends between the inspect and the top fails the top (runc:
+            # "container does not exist"): that is the same answer as the inspect's.
+            if (ended := _launcher_ended(client, container_id, key)) is not None:
+                raise ended from None
+            raise
         if is_waiting(top):
             return
         if time.monotonic() > deadline:

@@ -97,14 +97,19 @@ def test_a_taken_launcher_runs_the_command_as_docker_would(
 def test_a_command_the_image_lacks_is_found_out_before_the_freeze(
     docker_driver: DockerDriver, test_image: str
 ) -> None:
-    """Tried: a warm container of a command that is not in the image. Must hold: making it
-    fails with ShapeCannotStart, saying the exit code and docker's own message, and leaves no
-    container behind (nothing frozen waits for a take that could only fail)."""
-    spec = _spec(test_image, ["no-such-tool", "--flag"])
-    key = warm_key(spec, env_at_take=True)
-    assert key is not None
-    with pytest.raises(ShapeCannotStart, match=r'ended with 127 .*"no-such-tool": executable file not found'):
-        create_warm(docker_driver, HOST, key)
+    """Tried: a warm container of a command that is not in the image, 10 times over (its
+    launcher may end between hostd's two looks at it, an inspect and a `top`, which the engine
+    then refuses: seen under load). Must hold: making it fails with ShapeCannotStart every
+    time, saying the exit code and docker's own message, and leaves no container behind
+    (nothing frozen waits for a take that could only fail)."""
+    for _ in range(10):
+        spec = _spec(test_image, ["no-such-tool", "--flag"])
+        key = warm_key(spec, env_at_take=True)
+        assert key is not None
+        with pytest.raises(
+            ShapeCannotStart, match=r'ended with 127 .*"no-such-tool": executable file not found'
+        ):
+            create_warm(docker_driver, HOST, key)
     assert list_warm(docker_driver, HOST) == []
 
 
