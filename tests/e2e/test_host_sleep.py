@@ -94,12 +94,15 @@ def count(engine: DockerEngine, alloc_id: str) -> int:
 
 
 def pause(engine: DockerEngine, alloc_id: str, *, frozen: bool) -> None:
-    client = docker.DockerClient(base_url=engine.url)
+    """Freeze or thaw the allocation's container as the sleeping machine would. Through the
+    driver, which tries again when runc fails the freeze ("unable to freeze", 500) on a
+    loaded machine, as it did here once: a machine's own sleep never fails that way."""
+    driver = DockerDriver(engine.url, helper=None)
     try:
-        container = client.containers.get(f"potluck-{alloc_id}")
-        container.pause() if frozen else container.unpause()
+        container_id = f"potluck-{alloc_id}"
+        driver.pause(container_id) if frozen else driver.unpause(container_id)
     finally:
-        client.close()
+        driver.close()
 
 
 async def counting(engine: DockerEngine, alloc_id: str, above: int, pool: Pool, timeout: float = 15) -> int:
