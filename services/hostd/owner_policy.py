@@ -5,7 +5,8 @@ reason a person can read, and the CPUs the pool keeps, plus the memory the next 
 needs. Freezing beats throttling; among causes of the same action the first of heat,
 battery, owner, window names it. Hysteresis keeps it from flapping: once busy, the owner
 must stay idle `resume_after_idle_s` before the pool gets its share back, and a hot
-machine must cool 5 degrees below `max_temperature_c`. Windows go by the local clock the
+machine must cool 5 degrees below `max_temperature_c` (a reading that fails meanwhile is not
+a cooler machine). Windows go by the local clock the
 caller passes in.
 """
 
@@ -76,21 +77,10 @@ def decide(
     if readings.on_battery and policy.on_battery != "run":
         wanted.append((policy.on_battery, "battery", "the machine runs on battery"))
 
-    temperature = readings.temperature_c
-    hot = temperature is not None and (
-        temperature >= policy.max_temperature_c
-        or (memory.hot and temperature > policy.max_temperature_c - HEAT_HYSTERESIS_C)
-    )
-    memory = replace(memory, hot=hot)
-    if hot and temperature is not None:
-        wanted.append(
-            (
-                "throttle",
-                "heat",
-                f"the machine is at {temperature:.0f} °C (max {policy.max_temperature_c:g} °C; "
-                f"back below {policy.max_temperature_c - HEAT_HYSTERESIS_C:g} °C)",
-            )
-        )
+    heat_reason = _heat(policy, memory, readings.temperature_c)
+    memory = replace(memory, hot=bool(heat_reason))
+    if heat_reason:
+        wanted.append(("throttle", "heat", heat_reason))
 
     for window in policy.windows:
         if window.covers(now_local.weekday(), now_local.time()):
@@ -104,6 +94,27 @@ def decide(
     if action == "freeze":
         return Decision("frozen", chosen[1], chosen[2], 0.0), memory
     return Decision("throttled", chosen[1], chosen[2], throttled_share(policy, donated_cpus)), memory
+
+
+def _heat(policy: OwnerPolicy, memory: Memory, temperature: float | None) -> str:
+    """Why the machine counts as hot (""; not hot). A sensor that does not answer (None) is not
+    a machine that cooled: thermal zones can fail a read for a moment (EIO, EAGAIN while a zone
+    wakes), and a hot machine stays throttled until a reading says it is below the mark. A
+    machine never read hot with no sensor stays normal."""
+    back_below = policy.max_temperature_c - HEAT_HYSTERESIS_C
+    if temperature is None:
+        if not memory.hot:
+            return ""
+        return (
+            f"the temperature cannot be read and the machine was last hot (max "
+            f"{policy.max_temperature_c:g} °C; back below {back_below:g} °C)"
+        )
+    if temperature >= policy.max_temperature_c or (memory.hot and temperature > back_below):
+        return (
+            f"the machine is at {temperature:.0f} °C (max {policy.max_temperature_c:g} °C; "
+            f"back below {back_below:g} °C)"
+        )
+    return ""
 
 
 def _owner(policy: OwnerPolicy, memory: Memory, readings: Readings, at: float) -> tuple[Memory, str]:

@@ -39,6 +39,14 @@ FAST = {"sample_interval_s": 0.2, "busy_after_s": 1.0, "resume_after_idle_s": 2}
 FULL, THROTTLED = 1.0, 0.5
 
 
+def sysfs_write(path: Path, text: str) -> None:
+    """Replace the file whole, as sysfs shows a value: a reader never sees it half-written
+    (hostd's own tolerance of failed reads is tested in tests/unit/test_owner_policy.py)."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    os.replace(part, path)
+
+
 class Machine:
     """A hostd on a private engine, its sysfs-shaped power and thermal folders, one container."""
 
@@ -122,15 +130,15 @@ class Machine:
         battery, mains = self.power / "BAT0", self.power / "AC"
         battery.mkdir(parents=True, exist_ok=True)
         mains.mkdir(parents=True, exist_ok=True)
-        (battery / "type").write_text("Battery\n")
-        (battery / "status").write_text("Discharging\n" if discharging else "Charging\n")
-        (mains / "type").write_text("Mains\n")
-        (mains / "online").write_text("0\n" if discharging else "1\n")
+        sysfs_write(battery / "type", "Battery\n")
+        sysfs_write(battery / "status", "Discharging\n" if discharging else "Charging\n")
+        sysfs_write(mains / "type", "Mains\n")
+        sysfs_write(mains / "online", "0\n" if discharging else "1\n")
 
     def temperature(self, celsius: float) -> None:
         zone = self.thermal / "thermal_zone0"
         zone.mkdir(parents=True, exist_ok=True)
-        (zone / "temp").write_text(f"{round(celsius * 1000)}\n")
+        sysfs_write(zone / "temp", f"{round(celsius * 1000)}\n")
 
     def member(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

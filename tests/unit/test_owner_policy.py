@@ -97,6 +97,24 @@ def test_heat_throttles_until_five_degrees_below_the_max() -> None:
     assert "86 °C" in decisions[1].reason
 
 
+def test_a_hot_machine_whose_sensor_fails_a_read_stays_throttled_until_it_reads_cool() -> None:
+    """86 °C throttles; a failed read (None) and 82 °C keep it throttled, with no change of
+    action in between; 79.9 °C gives the share back."""
+    decisions = run(
+        OwnerPolicy(max_temperature_c=85),
+        [(0.0, Readings(temperature_c=86.0)), (1.0, Readings(temperature_c=None)),
+         (2.0, Readings(temperature_c=82.0)), (3.0, Readings(temperature_c=None)),
+         (4.0, Readings(temperature_c=79.9)), (5.0, Readings(temperature_c=None))],
+    )  # fmt: skip
+
+    assert [(d.state, d.cause) for d in decisions] == [
+        ("throttled", "heat"), ("throttled", "heat"), ("throttled", "heat"),
+        ("throttled", "heat"), ("normal", None), ("normal", None),
+    ]  # fmt: skip
+    assert transitions(decisions) == ["throttled", "normal"]
+    assert "cannot be read" in decisions[1].reason
+
+
 def test_a_machine_without_sensors_is_never_hot() -> None:
     """No thermal zone (None): normal."""
     assert run(OwnerPolicy(), [(0.0, Readings(temperature_c=None))]) == [Decision()]
