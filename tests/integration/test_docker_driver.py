@@ -283,7 +283,7 @@ def test_stopped_engine_is_unavailable_and_leaves_nothing_behind(tmp_path: Path)
     try:
         engine.start()
         image = build_test_image(engine.url)
-        with DockerDriver(engine.url, timeout=5) as driver:
+        with DockerDriver(engine.url, timeout=30) as driver:
             container_id = driver.run(_spec(image))
             assert driver.state(container_id).running
 
@@ -304,7 +304,7 @@ def test_engine_crash_cleanup_and_restart(tmp_path: Path) -> None:
     engine = DockerEngine(tmp_path / "engine")
     try:
         engine.start()
-        with DockerDriver(engine.url, timeout=5) as driver:
+        with DockerDriver(engine.url, timeout=30) as driver:
             container_id = driver.run(_spec(build_test_image(engine.url)))
 
         engine.kill()
@@ -313,7 +313,7 @@ def test_engine_crash_cleanup_and_restart(tmp_path: Path) -> None:
         assert _processes_under(engine.exec_root) == []
 
         engine.start()
-        with DockerDriver(engine.url, timeout=5) as driver:
+        with DockerDriver(engine.url, timeout=30) as driver:
             assert driver.ping()
             assert not _exited(driver, container_id).running
     finally:
@@ -329,7 +329,7 @@ def test_engine_in_a_deep_directory_gets_a_short_socket(tmp_path: Path) -> None:
     try:
         engine.start()
         assert engine.url.startswith("unix:///tmp/pl-dk-")
-        with DockerDriver(engine.url, timeout=5) as driver:
+        with DockerDriver(engine.url, timeout=30) as driver:
             assert driver.ping()
     finally:
         engine.stop()
@@ -447,7 +447,7 @@ def test_pause_unpause_and_stop(docker_driver: DockerDriver, test_image: str) ->
     assert docker_driver.state(container_id).status == "paused"
     docker_driver.unpause(container_id)
     assert docker_driver.state(container_id).running
-    docker_driver.stop(container_id, timeout=5)
+    docker_driver.stop(container_id, timeout=30)
 
     assert docker_driver.state(container_id).exit_code == 143
 
