@@ -128,7 +128,8 @@ On top of that hostd reads, every `sample_interval_s`:
   battery there: never on battery;
 - the temperature, the hottest `thermal_zone*/temp` under `thermal_dir`
   (millidegrees): at or above `max_temperature_c` the pool is throttled until it
-  is 5 degrees below. No zone there: no sensor, and heat never acts;
+  is 5 degrees below; a hot machine whose zones fail a read stays throttled until
+  one reads cool again. No zone there: no sensor, and heat never acts;
 - `[[policy.windows]]`: on the listed `days` (mon..sun), from `from` until
   `to` (HH:MM, local clock, `from` before `to`; `to` may be "24:00"), the pool is
   throttled or frozen (`action`).
