@@ -220,8 +220,9 @@ async def test_heat_throttles_until_the_machine_cools_five_degrees(
     pool: Pool, docker_engines: list[DockerEngine]
 ) -> None:
     """A thermal zone at 90 °C over a max of 80: throttled by heat; at 77 °C still throttled
-    (within 5 °C); at 70 °C the full quota is back and the log has HostThrottled (heat) then
-    HostShareRestored."""
+    (within 5 °C); with the zone unreadable for a while, still throttled (a sensor that fails
+    is not a machine that cooled); at 70 °C the full quota is back and the log has
+    HostThrottled (heat) then HostShareRestored, nothing in between."""
     m = await machine(pool, docker_engines[0], "hot", max_temperature_c=80)
     m.temperature(50)
     await running(m, "warm")
@@ -232,6 +233,10 @@ async def test_heat_throttles_until_the_machine_cools_five_degrees(
     m.temperature(77)
     await asyncio.sleep(1)  # several samples at 77 °C
     assert m.cpu_limit("warm") == THROTTLED
+    sysfs_write(m.thermal / "thermal_zone0" / "temp", "not a number\n")
+    await asyncio.sleep(1)  # several samples that cannot be read
+    assert m.cpu_limit("warm") == THROTTLED
+    assert (await m.policy())[:2] == ("throttled", "heat")
     m.temperature(70)
     await m.until("the full quota back", lambda: m.cpu_limit("warm") == FULL)
     await m.until_recorded("normal", None)
