@@ -102,18 +102,11 @@ def _heat(policy: OwnerPolicy, memory: Memory, temperature: float | None) -> str
     wakes), and a hot machine stays throttled until a reading says it is below the mark. A
     machine never read hot with no sensor stays normal."""
     back_below = policy.max_temperature_c - HEAT_HYSTERESIS_C
+    limits = f"max {policy.max_temperature_c:g} °C; back below {back_below:g} °C"
     if temperature is None:
-        if not memory.hot:
-            return ""
-        return (
-            f"the temperature cannot be read and the machine was last hot (max "
-            f"{policy.max_temperature_c:g} °C; back below {back_below:g} °C)"
-        )
+        return f"the temperature cannot be read and the machine was last hot ({limits})" if memory.hot else ""
     if temperature >= policy.max_temperature_c or (memory.hot and temperature > back_below):
-        return (
-            f"the machine is at {temperature:.0f} °C (max {policy.max_temperature_c:g} °C; "
-            f"back below {back_below:g} °C)"
-        )
+        return f"the machine is at {temperature:.0f} °C ({limits})"
     return ""
 
 

@@ -136,9 +136,16 @@ class Machine:
         sysfs_write(mains / "online", "0\n" if discharging else "1\n")
 
     def temperature(self, celsius: float) -> None:
+        self._zone_reads(f"{round(celsius * 1000)}\n")
+
+    def sensor_fails(self) -> None:
+        """The zone answers with something that is not a temperature."""
+        self._zone_reads("not a number\n")
+
+    def _zone_reads(self, text: str) -> None:
         zone = self.thermal / "thermal_zone0"
         zone.mkdir(parents=True, exist_ok=True)
-        sysfs_write(zone / "temp", f"{round(celsius * 1000)}\n")
+        sysfs_write(zone / "temp", text)
 
     def member(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -233,7 +240,7 @@ async def test_heat_throttles_until_the_machine_cools_five_degrees(
     m.temperature(77)
     await asyncio.sleep(1)  # several samples at 77 °C
     assert m.cpu_limit("warm") == THROTTLED
-    sysfs_write(m.thermal / "thermal_zone0" / "temp", "not a number\n")
+    m.sensor_fails()
     await asyncio.sleep(1)  # several samples that cannot be read
     assert m.cpu_limit("warm") == THROTTLED
     assert (await m.policy())[:2] == ("throttled", "heat")
