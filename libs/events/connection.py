@@ -52,6 +52,7 @@ async def connect_bus(
     """
     refusals = 0
     refused = asyncio.Event()
+    client: NATS | None = None
 
     async def on_error(exc: Exception) -> None:
         nonlocal refusals
@@ -71,6 +72,11 @@ async def connect_bus(
                 await on_refused()
 
     async def on_disconnected() -> None:
+        # nats-py calls this on our own close() as well, with the client already closed: a
+        # process ending or a short command finishing is not a lost server worth a warning.
+        if client is not None and client.is_closed:
+            log.debug("bus.closed", client=name)
+            return
         log.warning("bus.disconnected", client=name)
 
     async def on_reconnected() -> None:
@@ -98,8 +104,9 @@ async def connect_bus(
     attempt = 0
     while True:
         attempt += 1
+        client = NATS()
         try:
-            return await _connect_unless_refused(servers, options, refused)
+            return await _connect_unless_refused(client, servers, options, refused)
         except IdentityRefused as exc:  # an OSError too: before the clause that retries those
             raise IdentityRefused(
                 f"NATS at {url} refuses this machine's key ({refusals} times): it is no longer "
@@ -113,10 +120,9 @@ async def connect_bus(
 
 
 async def _connect_unless_refused(
-    servers: list[str], options: dict[str, Any], refused: asyncio.Event
+    nc: NATS, servers: list[str], options: dict[str, Any], refused: asyncio.Event
 ) -> NATS:
-    """nats.connect, given up once `refused` is set: nats-py would retry a refused key forever."""
-    nc = NATS()
+    """nc.connect, given up once `refused` is set: nats-py would retry a refused key forever."""
     connecting = asyncio.ensure_future(nc.connect(servers, **options))
     watching = asyncio.ensure_future(refused.wait())
     try:
