@@ -40,6 +40,8 @@ class PoolFiles:
     gateway_state_dir: Path
     #: Where the pool's processes append their spans (POTLUCK_TRACES_FILE), unless OTEL_* names a collector.
     traces_file: Path
+    #: The key that signs the pool registry's tokens (the allocator's), and its certificate.
+    registry_keys_dir: Path
 
     @classmethod
     def in_workdir(cls, workdir: Path) -> "PoolFiles":
@@ -51,6 +53,7 @@ class PoolFiles:
             services_seed_file=workdir / "services.seed",
             gateway_state_dir=workdir / "sshgateway",
             traces_file=workdir / "traces.jsonl",
+            registry_keys_dir=workdir / "registry-keys",
         )
 
 
@@ -140,7 +143,7 @@ class LocalPool:
             self.api_port = port
         extra = [] if relay else ["--no-relay"]
         registry = self._image_registry()
-        key, _ = ensure_signing_key(self.workdir / "registry-keys")
+        key = self.registry_signing_key()
         return self._potluck(
             name,
             "allocator",
@@ -154,10 +157,15 @@ class LocalPool:
             *extra,
         )
 
+    def registry_signing_key(self) -> Path:
+        """The key the allocator signs the pool registry's tokens with (made the first time)."""
+        key, _ = ensure_signing_key(PoolFiles.in_workdir(self.workdir).registry_keys_dir)
+        return key
+
     def _image_registry(self) -> RegistryServer:
         """The pool's image registry, made (not started) with the first allocator: its API is the realm."""
         if self.image_registry is None:
-            _, cert = ensure_signing_key(self.workdir / "registry-keys")
+            _, cert = ensure_signing_key(PoolFiles.in_workdir(self.workdir).registry_keys_dir)
             self.image_registry = RegistryServer(
                 self.workdir / "image-registry",
                 realm=self.api + TOKEN_PATH,

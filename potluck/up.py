@@ -190,6 +190,25 @@ async def _demo_token(pool: LocalPool) -> str:
     return token
 
 
+async def _publish_default_image(
+    pool: LocalPool, docker_url: str, registry: str, image: str, say: Say
+) -> None:
+    """Put the default image in the pool registry's library, where members' machines that lack it
+    pull it. A pool whose registry refuses still runs it here; the operator is told how to retry."""
+    from potluck.ops.pool_images import PublishFailed, publish_image
+
+    say(f"publishing {image} in the image registry, for members' machines to pull")
+    try:
+        await asyncio.to_thread(
+            publish_image, docker_url, registry, pool.registry_signing_key(), image, quiet=True
+        )
+    except PublishFailed as exc:
+        say(
+            f"could not publish {image} ({exc}): only this machine can run it; "
+            f"`potluck ops images publish {image}` tries again"
+        )
+
+
 async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], None]) -> None:
     """Start everything, call `on_ready`, run until SIGINT/SIGTERM, then stop everything we started."""
     state = settings.state_dir
@@ -235,6 +254,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         pool.start_registry()
         pool.start_allocator(port=settings.api_port)
         image_registry = await asyncio.to_thread(pool.start_image_registry)
+        await _publish_default_image(pool, docker_url, image_registry.address, image, say)
         ssh = f"127.0.0.1:{settings.ssh_port}"
         tunnel = f"127.0.0.1:{settings.tunnel_port}"
         # The key is made here, before the gateway starts, so that the two never race to make it.

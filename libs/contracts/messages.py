@@ -99,9 +99,14 @@ class ImageTokenRequest(Message):
 
 
 class ImageToken(Message):
-    """A registry token that lets one host pull one repository of the pool registry, briefly."""
+    """A registry token that lets one host pull one repository of the pool registry, briefly.
+
+    `reference` is what to pull when it is not the image itself: the pool library's copy of a
+    Docker Hub name (`potluck-default:latest` as `<registry>/library/potluck-default:latest`),
+    which the host then tags with the name the allocation asked for."""
 
     registry: str
     repository: str
     token: str = Field(repr=False)
     expires_in: int
+    reference: str | None = None

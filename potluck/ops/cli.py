@@ -35,6 +35,7 @@ from potluck.events import EventStore, RecordedEvent
 from potluck.ops import LiveUnavailable, OpsError
 from potluck.ops.archive import archive_command
 from potluck.ops.hollow import hollow
+from potluck.ops.pool_images import images
 
 __all__ = ["COMMANDS", "events", "main", "register", "replay", "status", "trace"]
 
@@ -504,11 +505,11 @@ def trace(
 
 
 #: What `register` attaches under a group (the integrator's `potluck ops`).
-COMMANDS: tuple[click.Command, ...] = (replay, events, status, trace, hollow, archive_command)
+COMMANDS: tuple[click.Command, ...] = (replay, events, status, trace, hollow, archive_command, images)
 
 
 def register(group: click.Group) -> None:
-    """Attach replay, events (tail, show), status and trace under `group`."""
+    """Attach replay, events (tail, show), status, trace, hollow, archive and images under `group`."""
     for command in COMMANDS:
         group.add_command(command)
 

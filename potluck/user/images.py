@@ -44,9 +44,9 @@ def _docker() -> docker.DockerClient:
         ) from None
 
 
-def _push_with_progress(client: docker.DockerClient, reference: str, token: str, quiet: bool) -> str:
+def push_with_progress(client: docker.DockerClient, reference: str, auth: dict[str, str], quiet: bool) -> str:
+    """Push `reference` (tagged) to its registry with `auth`, showing each layer; its digest."""
     repository, _, tag = reference.rpartition(":")
-    auth = {"username": "potluck", "password": token}
     digest = ""
     lines = client.api.push(repository, tag, auth_config=auth, stream=True, decode=True)
     with Progress(
@@ -103,7 +103,9 @@ def push(source: str, as_json: bool) -> None:
                     f"your Docker engine has no image {source}; build or pull it first", ExitCode.USAGE
                 ) from None
             quiet = as_json or not sys.stderr.isatty()
-            digest = _push_with_progress(client, reference, login.token, quiet)
+            digest = push_with_progress(
+                client, reference, {"username": "potluck", "password": login.token}, quiet
+            )
         except docker.errors.APIError as exc:
             raise ClientError(f"the push failed: {exc.explanation or exc}", ExitCode.REFUSED) from None
         finally:

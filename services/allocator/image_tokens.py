@@ -7,6 +7,12 @@ few minutes; the allocator signs it as it signs users' tokens. Asked for an
 allocation placed elsewhere, ended, or an image that is not that allocation's
 or not in the pool registry, the allocator refuses, saying why, and the host
 gets nothing it could use for another repository.
+
+A Docker Hub name of an official image (`potluck-default:latest`, `python:3.12`)
+that the pool's library holds is pulled from there (`library/potluck-default`):
+a pool from `potluck up` publishes its default image so, and every laptop can
+run it without reaching the internet. A name the library does not hold is
+pulled from Docker Hub, anonymously, as before.
 """
 
 import contextlib
@@ -17,14 +23,15 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from potluck.allocator.pool_registry import PoolRegistry
-from potluck.allocator.registry_access import Scope
+from potluck.allocator.registry_access import LIBRARY, Scope
+from potluck.contracts.image_reference import DEFAULT_REGISTRY, InvalidReference, parse_reference
 from potluck.contracts.messages import ImageToken, ImageTokenRequest, Reply
 from potluck.contracts.subjects import host_of, inbox_prefix
 from potluck.events.replies import ReplyGuard
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import ACTIVE, AllocationsView
 
-__all__ = ["grant_image_token", "image_token_responder", "pool_repository"]
+__all__ = ["grant_image_token", "image_token_responder", "library_copy", "pool_repository"]
 
 log = structlog.get_logger(__name__)
 
@@ -43,10 +50,33 @@ def pool_repository(registry_address: str, image: str) -> str | None:
     return path or None
 
 
+def library_copy(image: str) -> tuple[str, str] | None:
+    """The repository and tag of `image` in the pool's library when it is a Docker Hub official
+    name with a tag (`python:3.12` -> `library/python`, `3.12`); None for anything else (another
+    registry, a user's repository on Docker Hub, a digest, which a copy's tag could not stand for)."""
+    try:
+        reference = parse_reference(image)
+    except InvalidReference:
+        return None
+    if reference.registry != DEFAULT_REGISTRY or reference.digest is not None or reference.tag is None:
+        return None
+    if not reference.repository.startswith(LIBRARY + "/") or reference.repository.count("/") != 1:
+        return None
+    return reference.repository, reference.tag
+
+
 def grant_image_token(
-    allocations: AllocationsView, registry: PoolRegistry | None, host_id: str, request: ImageTokenRequest
+    allocations: AllocationsView,
+    registry: PoolRegistry | None,
+    host_id: str,
+    request: ImageTokenRequest,
+    *,
+    library_holds: bool = False,
 ) -> ImageToken:
-    """The token `host_id` gets for `request`, or Rejected saying why it gets none."""
+    """The token `host_id` gets for `request`, or Rejected saying why it gets none.
+
+    `library_holds`: the pool's library has the copy `library_copy` names (asked of the registry
+    by the caller, after this said NOT_IN_POOL_REGISTRY)."""
     if registry is None:
         raise Rejected("NO_POOL_REGISTRY", "this pool runs no image registry", status=404)
     state = allocations.allocations.get(request.alloc_id)
@@ -71,6 +101,11 @@ def grant_image_token(
             status=403,
         )
     repository = pool_repository(registry.address, request.image)
+    reference: str | None = None
+    copy = library_copy(request.image) if library_holds else None
+    if repository is None and copy is not None:
+        repository = copy[0]
+        reference = f"{registry.address}/{copy[0]}:{copy[1]}"
     if repository is None:
         raise Rejected(
             "NOT_IN_POOL_REGISTRY",
@@ -81,7 +116,11 @@ def grant_image_token(
         )
     issued = registry.tokens.issue(f"host:{host_id}", [Scope("repository", repository, frozenset({"pull"}))])
     return ImageToken(
-        registry=registry.address, repository=repository, token=issued.token, expires_in=issued.expires_in
+        registry=registry.address,
+        repository=repository,
+        token=issued.token,
+        expires_in=issued.expires_in,
+        reference=reference,
     )
 
 
@@ -96,15 +135,26 @@ def image_token_responder(
     `catch_up` waits (briefly) until the read model holds what the log holds: a host learns of
     its placement from the log, and may ask before this replica's read model has folded it."""
 
-    async def grant(host_id: str, request: ImageTokenRequest) -> ImageToken:
+    async def decide(host_id: str, request: ImageTokenRequest) -> ImageToken:
         try:
             return grant_image_token(allocations(), registry, host_id, request)
+        except Rejected as exc:
+            copy = library_copy(request.image)
+            if exc.code != "NOT_IN_POOL_REGISTRY" or registry is None or copy is None:
+                raise
+            if not await registry.holds(*copy):
+                raise
+        return grant_image_token(allocations(), registry, host_id, request, library_holds=True)
+
+    async def grant(host_id: str, request: ImageTokenRequest) -> ImageToken:
+        try:
+            return await decide(host_id, request)
         except Rejected as exc:
             if exc.code != "NOT_YOUR_ALLOCATION" or catch_up is None:
                 raise
         with contextlib.suppress(TimeoutError):
             await catch_up()
-        return grant_image_token(allocations(), registry, host_id, request)
+        return await decide(host_id, request)
 
     async def respond(msg: Msg) -> None:
         host_id = host_of(msg.subject)

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import aiohttp
 import structlog
 
-from potluck.allocator.registry_access import Scope, namespace_of
+from potluck.allocator.registry_access import LIBRARY, Scope, namespace_of
 from potluck.allocator.registry_tokens import TokenIssuer
 from potluck.kernel.rejections import Rejected
 
@@ -20,6 +20,13 @@ log = structlog.get_logger(__name__)
 CATALOG_PAGE = 1000
 MAX_REPOSITORIES = 10_000
 TIMEOUT = aiohttp.ClientTimeout(total=15)
+#: What a manifest may be, as the engine asks for it (a registry answers 404 for a type not asked).
+MANIFEST_TYPES = (
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+)
 
 
 @dataclass(frozen=True)
@@ -49,9 +56,15 @@ class PoolRegistry:
         """Refuse `image` when it names another user's namespace of this registry.
 
         Images from elsewhere are the hosts' business (their allow-lists); in the pool
-        registry each namespace is its owner's alone, to pull as much as to push.
+        registry each namespace is its owner's alone, to pull as much as to push, except the
+        pool's library, which every user may run.
         """
-        if image.startswith(self.address + "/") and not image.startswith(self.reference_prefix(user)):
+        library = f"{self.address}/{LIBRARY}/"
+        if (
+            image.startswith(self.address + "/")
+            and not image.startswith(library)
+            and not image.startswith(self.reference_prefix(user))
+        ):
             raise Rejected(
                 "IMAGE_FORBIDDEN",
                 f"{image[:200]} is in another user's namespace of the pool registry; "
@@ -67,13 +80,31 @@ class PoolRegistry:
                 names = [name for name in await self._catalog(http) if name.startswith(prefix)]
                 return [ImageRepository(name, await self._tags(http, name)) for name in sorted(names)]
             except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("pool_registry.unreachable", address=self.address, error=str(exc))
-                raise Rejected(
-                    "REGISTRY_UNAVAILABLE",
-                    f"the pool registry at {self.address} does not answer ({exc}); try again, "
-                    "or tell the operator",
-                    status=503,
-                ) from None
+                raise self._unavailable(exc) from None
+
+    async def holds(self, repository: str, tag: str) -> bool:
+        """Does the registry have `repository:tag`? Rejected (503) when it does not answer: the
+        caller must not take a registry that is down for one that lacks the image."""
+        headers = self._headers(Scope("repository", repository, frozenset({"pull"})))
+        headers["Accept"] = ", ".join(MANIFEST_TYPES)
+        url = f"http://{self.address}/v2/{repository}/manifests/{tag}"
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+            try:
+                async with http.head(url, headers=headers) as response:
+                    if response.status == 404:
+                        return False
+                    response.raise_for_status()
+                    return True
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise self._unavailable(exc) from None
+
+    def _unavailable(self, exc: Exception) -> Rejected:
+        log.warning("pool_registry.unreachable", address=self.address, error=str(exc))
+        return Rejected(
+            "REGISTRY_UNAVAILABLE",
+            f"the pool registry at {self.address} does not answer ({exc}); try again, or tell the operator",
+            status=503,
+        )
 
     def _headers(self, scope: Scope) -> dict[str, str]:
         issued = self.tokens.issue("potluck-allocator", [scope])

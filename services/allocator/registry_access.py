@@ -6,6 +6,11 @@ is granted pull, push and delete on the repositories of their own namespace
 another's images. Scopes the registry may ask for but nobody here is granted
 (the catalog of every repository, say) are answered with no access, which the
 token specification asks for instead of an error.
+
+The `library` namespace holds the pool's own images, which the operator
+publishes for everyone (`potluck ops images publish`; `potluck up` publishes
+the default image there): every user may pull them, no user may write them,
+and no user can own that namespace by being called `library`.
 """
 
 import re
@@ -20,6 +25,9 @@ REPOSITORY = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 MAX_REPOSITORY = 255
 MAX_SCOPES = 16
 USER_ACTIONS = frozenset({"pull", "push", "delete"})
+#: The pool's own images, Docker Hub's convention for its official ones: `potluck-default:latest`
+#: is `library/potluck-default:latest` in the pool registry.
+LIBRARY = "library"
 
 
 @dataclass(frozen=True)
@@ -59,12 +67,21 @@ def parse_scopes(values: list[str]) -> list[Scope]:
 
 
 def namespace_of(user: str) -> str | None:
-    """The repository namespace of `user`, or None when the name cannot be a repository component."""
-    return user if re.fullmatch(_COMPONENT, user) else None
+    """The repository namespace of `user`, or None when the name cannot be a repository component
+    (or is the pool's own namespace)."""
+    return user if re.fullmatch(_COMPONENT, user) and user != LIBRARY else None
+
+
+def in_library(repository: str) -> bool:
+    return repository.startswith(LIBRARY + "/")
 
 
 def grant_for_user(user: str, wanted: Scope) -> Scope:
-    """What `user` gets of `wanted`: its actions within the user's own namespace, else none."""
+    """What `user` gets of `wanted`: its actions within the user's own namespace, pull of the
+    pool's library, else none."""
+    if wanted.type == "repository" and in_library(wanted.name):
+        pull = wanted.actions & {"pull", "*"}
+        return Scope(wanted.type, wanted.name, frozenset({"pull"}) if pull else frozenset())
     namespace = namespace_of(user)
     own = wanted.type == "repository" and namespace is not None and wanted.name.startswith(namespace + "/")
     actions = wanted.actions & USER_ACTIONS if own else frozenset()

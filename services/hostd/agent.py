@@ -286,7 +286,7 @@ class Agent:
         msg = await self.nc.request(subject, payload, timeout=timeout)
         return Reply.model_validate_json(msg.data)
 
-    async def _image_token(self, alloc_id: str, image: str) -> str | None:
+    async def _image_token(self, alloc_id: str, image: str) -> ImageToken | None:
         """The allocator's token to pull `image` for `alloc_id` from the pool registry; None: the image
         is from another registry (pulled anonymously)."""
         request = ImageTokenRequest(alloc_id=alloc_id, image=image)
@@ -295,7 +295,7 @@ class Agent:
         except _PEER_AWAY as exc:
             raise PullFailed(f"the allocator did not answer for a registry token ({exc!r})") from exc
         if reply.ok:
-            return ImageToken.model_validate(reply.data).token
+            return ImageToken.model_validate(reply.data)
         error = reply.error or {}
         code = str(error.get("code"))
         if code in ("NOT_IN_POOL_REGISTRY", "NO_POOL_REGISTRY"):

@@ -12,6 +12,10 @@ allocator refuses for this allocation (it is not ours to pull).
 Pool registry tokens travel to the engine as `auth_config={"registrytoken": ...}`: the engine sends
 it as the bearer token to the registry (Moby's `AuthConfig.RegistryToken`), so the host never
 handles a password and the token is good for one repository, for minutes.
+
+A Docker Hub name that the pool's library holds (the default image of a pool from `potluck up`)
+comes with the library copy's reference: that is pulled, tagged with the allocation's name, and
+its own name untagged, so the engine holds the image as if pulled by that name.
 """
 
 import asyncio
@@ -27,6 +31,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from potluck.contracts.image_reference import DEFAULT_REGISTRY, InvalidReference, parse_reference
+from potluck.contracts.messages import ImageToken
 from potluck.contracts.reports import ContainerPulling, Report
 from potluck.hostd.docker_sdk import docker, requests
 
@@ -36,7 +41,7 @@ log = structlog.get_logger(__name__)
 
 #: (alloc_id, image) -> a registry token for the pool registry, or None: not a pool image, pull
 #: it anonymously. Raises PullFailed when the allocator refuses or cannot be asked.
-TokenSource = Callable[[str, str], Awaitable[str | None]]
+TokenSource = Callable[[str, str], Awaitable[ImageToken | None]]
 
 
 class PullFailed(Exception):
@@ -139,7 +144,11 @@ class ImagePuller:
             ):
                 with attempting:
                     attempt = attempting.retry_state.attempt_number
-                    await self._attempt(alloc_id, image, registry, attempt)
+                    token = await self.token_source(alloc_id, image)
+                    source = image
+                    if token is not None and token.reference:  # the pool library's copy
+                        source, registry = token.reference, token.registry
+                    await self._attempt(alloc_id, image, source, registry, token, attempt)
         except PullFailed as exc:
             tries = "once" if attempt <= 1 else f"{attempt} times"
             raise PullFailed(
@@ -148,14 +157,16 @@ class ImagePuller:
             ) from None
         log.info("hostd.image_pulled", alloc_id=alloc_id, image=image, registry=registry, attempts=attempt)
 
-    async def _attempt(self, alloc_id: str, image: str, registry: str, attempt: int) -> None:
-        token = await self.token_source(alloc_id, image)
-        auth: dict[str, str] = {"registrytoken": token} if token else {}
+    async def _attempt(
+        self, alloc_id: str, image: str, source: str, registry: str, token: ImageToken | None, attempt: int
+    ) -> None:
+        auth: dict[str, str] = {"registrytoken": token.token} if token else {}
         log.info(
             "hostd.image_pull_started",
             alloc_id=alloc_id,
             image=image,
             registry=registry,
+            source=source,
             attempt=attempt,
             with_token=token is not None,
         )
@@ -184,7 +195,9 @@ class ImagePuller:
 
         def work() -> None:
             try:
-                self._stream(image, auth, cancelled, publish)
+                self._stream(source, auth, cancelled, publish)
+                if source != image and not cancelled.is_set():
+                    self._name_as(source, image)
             except BaseException as exc:  # handed to the loop, raised there
                 with contextlib.suppress(RuntimeError):  # the loop is gone: hostd is stopping
                     loop.call_soon_threadsafe(finish, exc)
@@ -199,6 +212,21 @@ class ImagePuller:
             await done
         finally:
             cancelled.set()
+
+    def _name_as(self, source: str, image: str) -> None:
+        """Give the pulled `source` the allocation's name `image`, and drop the source's own."""
+        repository, tag = image, "latest"
+        if image.rfind(":") > image.rfind("/"):
+            repository, _, tag = image.rpartition(":")
+        try:
+            client = docker.APIClient(base_url=self.docker_url, version="auto", timeout=60)
+            try:
+                client.tag(source, repository, tag)
+                client.remove_image(source, noprune=True)
+            finally:
+                client.close()
+        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+            raise PullFailed(f"pulled {source} but could not name it {image}: {exc}"[:1000]) from exc
 
     def _stream(
         self,

@@ -243,3 +243,103 @@ async def test_ten_allocations_on_two_laptops_the_holder_first_the_other_after_a
                 # before B took it up (a slow machine places the ten slower than B pulls).
                 assert first_pull_on_b < at["AllocationRunning"], (types, first_pull_on_b, at)
     assert await asyncio.to_thread(has_image, laptop_b, image)
+
+
+def _build_local(engine: DockerEngine, reference: str, layer: str) -> str:
+    """An image only this engine has (the test image and one layer more); its id."""
+    client = docker.DockerClient(base_url=engine.url)
+    try:
+        container = client.containers.create(DEFAULT_TAG, ["sh", "-c", layer], network_mode="none")
+        container.start()
+        container.wait(timeout=30)
+        repository, _, tag = reference.rpartition(":")
+        image = container.commit(repository, tag)
+        container.remove(force=True)
+        return str(image.id)
+    finally:
+        client.close()
+
+
+def _image_ids(engine: DockerEngine) -> dict[str, str]:
+    """Every name the engine gives an image, with the image's id."""
+    client = docker.DockerClient(base_url=engine.url)
+    try:
+        return {tag: str(image.id) for image in client.images.list() for tag in image.tags}
+    finally:
+        client.close()
+
+
+async def test_the_pools_own_image_reaches_a_laptop_that_never_had_it(
+    pool: Pool, docker_engines: list[DockerEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `potluck up` does with its default image, on two laptops. Tried: the operator
+    publishes `potluck-course:1`, built on laptop A only, in the pool registry's library; alice
+    asks for it by that Docker Hub-style name on laptop B, which never had it and reaches no
+    Docker Hub; she also tries to overwrite the library with her own token; then the registry
+    stops and another library name is asked for on B. Must hold: B pulls the library's copy and
+    runs it, holding it under the name asked for (same image id as on A) and not under the
+    library's; alice's push is refused and the library copy is unchanged; a name that cannot be
+    a pool image is refused by `publish` saying why; with the registry down, the allocation
+    fails with a detail naming the pool registry (never a silent fall back to Docker Hub)."""
+    from potluck.ops.pool_images import PublishFailed, publish_image
+
+    laptop_a, laptop_b = docker_engines
+    await pool.wait_api()
+    registry = await asyncio.to_thread(pool.start_image_registry)
+    alice = await pool.add_user("alice")
+    course = "potluck-course:1"
+    built = await asyncio.to_thread(_build_local, laptop_a, course, "echo course > /marker")
+    key = pool.registry_signing_key()
+    published = await asyncio.to_thread(
+        publish_image, laptop_a.url, registry.address, key, course, quiet=True
+    )
+    assert published.startswith(f"{registry.address}/library/potluck-course:1@sha256:"), published
+    assert f"{registry.address}/library/potluck-course:1" not in await asyncio.to_thread(_image_ids, laptop_a)
+    with pytest.raises(PublishFailed, match="cannot name a pool image"):
+        await asyncio.to_thread(publish_image, laptop_a.url, registry.address, key, "alice/sim:1", quiet=True)
+    # alice's own image under the library's name: the registry refuses her token there.
+    await asyncio.to_thread(
+        _build_local, laptop_a, f"{registry.address}/library/potluck-course:1", "echo evil > /marker"
+    )
+    client = docker.DockerClient(base_url=laptop_a.url)
+    try:
+        lines = list(
+            client.images.push(
+                f"{registry.address}/library/potluck-course",
+                "1",
+                auth_config={"username": "alice", "password": alice},
+                stream=True,
+                decode=True,
+            )
+        )
+    finally:
+        client.close()
+    assert any("error" in line for line in lines), lines[-3:]
+
+    monkeypatch.setenv("POTLUCK_HOSTD_PULL_ATTEMPTS", "2")
+    monkeypatch.setenv("POTLUCK_HOSTD_PULL_BACKOFF_S", "1")
+    host = await pool.enroll("laptop-b")
+    pool.write_config(host, laptop_b, allowed_images=[DEFAULT_TAG, "potluck-course:*"])
+    pool.start_hostd(host)
+    await pool.wait_for_host(host.host_id, "active")
+    assert course not in await asyncio.to_thread(_image_ids, laptop_b)
+
+    async with aiohttp.ClientSession() as http:
+        created = await _create(http, pool, alice, course)
+        running = await get_allocation(http, pool.api, alice, created["id"], "?wait=running&timeout=60")
+        assert running["state"] == "running", (running, pool.logs(80))
+        history = await get_allocation(http, pool.api, alice, created["id"], "/events")
+        types = [entry["type"] for entry in history["events"]]
+        assert types.index("AllocationPulling") < types.index("AllocationRunning"), types
+        on_b = await asyncio.to_thread(_image_ids, laptop_b)
+        assert on_b.get(course) == built, on_b  # the operator's image, not alice's attempt
+        assert not [name for name in on_b if name.startswith(registry.address)], on_b
+
+        await asyncio.to_thread(registry.stop)
+        doomed = await _create(http, pool, alice, "potluck-course:2")
+        failed = await get_allocation(http, pool.api, alice, doomed["id"], "?wait=failed&timeout=90")
+        assert failed["state"] == "failed", (failed, pool.logs(80))
+        assert failed["reason"] == "image_pull_failed"
+        assert f"the pool registry at {registry.address} does not answer" in failed["detail"], failed[
+            "detail"
+        ]

@@ -100,6 +100,17 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
             line.split()[-1] for line in summary.splitlines() if line.startswith("image registry")
         )
         assert registry.startswith("127.0.0.1:")
+        # The default image is in the registry's library, where other members' machines pull it;
+        # the operator's command publishes it again with the pool's defaults (nothing to give).
+        console = (Path(newcomer["POTLUCK_HOME"]) / "up.log").read_text()
+        assert "publishing potluck-default:latest" in console, console
+        assert "could not publish" not in console, console
+        republished = potluck("ops", "images", "publish", "potluck-default:latest", env=newcomer)
+        assert republished.returncode == 0, republished.stdout + republished.stderr
+        assert f"published {registry}/library/potluck-default:latest@sha256:" in republished.stdout
+        not_a_pool_name = potluck("ops", "images", "publish", "someone/else:1", env=newcomer)
+        assert not_a_pool_name.returncode == 1
+        assert "cannot name a pool image" in not_a_pool_name.stderr
 
         again = potluck("up", "--detach", *ports, env=newcomer)
         assert again.returncode == 0

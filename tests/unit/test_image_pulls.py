@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from potluck.allocator.image_tokens import grant_image_token, pool_repository
+from potluck.allocator.image_tokens import grant_image_token, library_copy, pool_repository
 from potluck.allocator.lifecycle import PULL_PROGRESS_EVERY, decide, decide_actual_state
 from potluck.allocator.pool_registry import PoolRegistry
 from potluck.allocator.registry_tokens import TokenIssuer
@@ -207,6 +207,63 @@ def test_anything_else_is_refused_saying_why(
 )
 def test_pool_repository_of_an_image(image: str, repository: str | None) -> None:
     assert pool_repository(REGISTRY, image) == repository
+
+
+@pytest.mark.parametrize(
+    ("image", "copy"),
+    [
+        ("potluck-default:latest", ("library/potluck-default", "latest")),
+        ("potluck-default", ("library/potluck-default", "latest")),
+        ("python:3.12", ("library/python", "3.12")),
+        ("docker.io/library/python:3.12", ("library/python", "3.12")),
+        ("bob/sim:1", None),  # a Docker Hub user's repository: not the pool's to stand for
+        (f"python@sha256:{'a' * 64}", None),  # a digest: a copy's tag cannot stand for it
+        (f"{REGISTRY}/alice/tiny:1", None),
+        ("registry.example.org/python:3", None),
+        ("Not A Reference", None),
+    ],
+)
+def test_only_docker_hub_official_names_with_a_tag_have_a_library_copy(
+    image: str, copy: tuple[str, str] | None
+) -> None:
+    assert library_copy(image) == copy
+
+
+def test_a_library_copy_is_granted_only_when_the_library_holds_it() -> None:
+    """Tried: a host pulling `potluck-default:latest` for its allocation, the library holding it
+    or not. Must hold: with it, a pull-only token for `library/potluck-default` and the copy's
+    reference to pull; without it, NOT_IN_POOL_REGISTRY (pulled from Docker Hub as before); for
+    another host's allocation, refused whatever the library holds."""
+    image = "potluck-default:latest"
+    view = _view(alloc("pulling", image=image))
+    request = ImageTokenRequest(alloc_id="a1", image=image)
+    token = grant_image_token(view, _registry(), "h1", request, library_holds=True)
+    assert (token.repository, token.reference) == (
+        "library/potluck-default",
+        f"{REGISTRY}/library/potluck-default:latest",
+    )
+    claims = jwt.decode(token.token, options={"verify_signature": False})
+    assert claims["access"] == [
+        {"type": "repository", "name": "library/potluck-default", "actions": ["pull"]}
+    ]
+    with pytest.raises(Rejected) as absent:
+        grant_image_token(view, _registry(), "h1", request)
+    assert absent.value.code == "NOT_IN_POOL_REGISTRY"
+    with pytest.raises(Rejected) as elsewhere:
+        grant_image_token(view, _registry(), "h2", request, library_holds=True)
+    assert elsewhere.value.code == "NOT_YOUR_ALLOCATION"
+    pool_image = grant_image_token(
+        _view(alloc("pulling")), _registry(), "h1", ImageTokenRequest(alloc_id="a1", image=IMAGE)
+    )
+    assert pool_image.reference is None  # a pool image is pulled by its own name
+
+
+def test_every_user_may_run_library_images_but_not_another_users() -> None:
+    registry = _registry()
+    registry.check_image("bob", f"{REGISTRY}/library/potluck-default:latest")
+    with pytest.raises(Rejected) as refused:
+        registry.check_image("bob", IMAGE)
+    assert refused.value.code == "IMAGE_FORBIDDEN"
 
 
 # hostd's reading of the engine's pull stream.

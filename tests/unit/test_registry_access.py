@@ -1,4 +1,5 @@
-"""The pool registry's access decision: a user's grants never leave their namespace."""
+"""The pool registry's access decision: a user's grants never leave their namespace, and the
+pool's library (`library/...`, what the operator publishes for everyone) is pull-only for all."""
 
 import pytest
 from hypothesis import given
@@ -8,6 +9,7 @@ from potluck.allocator.registry_access import (
     REPOSITORY,
     Scope,
     grant_for_user,
+    namespace_of,
     parse_scope,
     parse_scopes,
 )
@@ -18,12 +20,30 @@ repository = st.lists(component, min_size=1, max_size=4).map("/".join)
 actions = st.sets(st.sampled_from(["pull", "push", "delete", "*", "frobnicate"]), min_size=1)
 
 
-@given(user=st.from_regex(r"\A[a-z][a-z0-9]{0,10}\Z"), name=repository, wanted=actions)
-def test_grants_stay_in_the_users_namespace(user: str, name: str, wanted: set[str]) -> None:
+users = st.one_of(st.just("library"), st.from_regex(r"\A[a-z][a-z0-9]{0,10}\Z"))
+names = st.one_of(repository, repository.map("library/".__add__))
+
+
+@given(user=users, name=names, wanted=actions)
+def test_grants_stay_in_the_users_namespace_or_pull_the_library(
+    user: str, name: str, wanted: set[str]
+) -> None:
     granted = grant_for_user(user, Scope("repository", name, frozenset(wanted)))
-    if granted.actions:
+    if name.startswith("library/"):
+        assert granted.actions == ({"pull"} if wanted & {"pull", "*"} else set())
+    elif granted.actions:
         assert name.startswith(user + "/")
+        assert user != "library"
         assert granted.actions <= {"pull", "push", "delete"}
+
+
+def test_nobody_writes_the_library_not_even_a_user_called_library() -> None:
+    for user in ("alice", "library"):
+        assert grant_for_user(user, parse_scope("repository:library/potluck-default:*")).actions == {"pull"}
+        assert (
+            grant_for_user(user, parse_scope("repository:library/python:push,delete")).actions == frozenset()
+        )
+    assert namespace_of("library") is None
 
 
 @given(name=repository, wanted=actions)
