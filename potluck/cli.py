@@ -25,6 +25,7 @@ from potluck.cli_options import (
     nats_options_for,
     relay_option,
     stream_replicas_option,
+    up_state_dir_option,
 )
 from potluck.kernel.cancellation import task_whereabouts, then_end_the_rest
 from potluck.kernel.version import __version__
@@ -806,14 +807,7 @@ def _nats_users_options(f: F, auth_help: str) -> F:
     help="ADDRESS=KEY of an SSH gateway hostd dials (KEY: its client key line, a file holding it, or "
     "the gateway's state directory); repeat for more [default: the `potluck up` pool's].",
 )
-@click.option(
-    "--state-dir",
-    envvar="POTLUCK_HOME",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="State directory of the `potluck up` pool whose settings are the defaults [env: POTLUCK_HOME; "
-    "default: ~/.potluck].",
-)
+@up_state_dir_option
 @nats_users_options(
     "NATS users file to re-render [env: POTLUCK_NATS_AUTH_FILE; default: the `potluck up` pool's]."
 )

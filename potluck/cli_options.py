@@ -70,3 +70,15 @@ def stream_replicas_option(f: F) -> F:
         "1 on a single server; existing streams are scaled to it. Unset: streams keep the "
         "copies they have (1 for new ones) [env: POTLUCK_STREAM_REPLICAS].",
     )(f)
+
+
+def up_state_dir_option(f: F) -> F:
+    """--state-dir of an operator's command whose defaults come from a running `potluck up`."""
+    return click.option(
+        "--state-dir",
+        envvar="POTLUCK_HOME",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="State directory of the `potluck up` pool whose settings are the defaults [env: POTLUCK_HOME; "
+        "default: ~/.potluck].",
+    )(f)

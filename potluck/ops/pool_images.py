@@ -22,6 +22,7 @@ import docker.errors
 from potluck.allocator.image_tokens import library_copy
 from potluck.allocator.registry_access import Scope
 from potluck.allocator.registry_tokens import TokenIssuer
+from potluck.cli_options import up_state_dir_option
 from potluck.kernel.signing_keys import KEY_FILE, SigningKeyError, load_signing_key
 from potluck.user.client import ClientError, ExitCode
 from potluck.user.images import push_with_progress
@@ -109,13 +110,7 @@ def images() -> None:
     default=None,
     help="The allocator's registry signing key [default: the `potluck up` pool's].",
 )
-@click.option(
-    "--state-dir",
-    envvar="POTLUCK_HOME",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="State directory of the `potluck up` pool whose settings are the defaults [default: ~/.potluck].",
-)
+@up_state_dir_option
 def publish(
     image: str,
     docker_url: str | None,
