@@ -12,6 +12,7 @@ The push goes from the operator's Docker engine with a token this command signs 
 key the allocator signs with, so it needs no user and no running allocator.
 """
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -73,8 +74,10 @@ def publish_image(docker_url: str, registry_address: str, key_path: Path, image:
         try:
             digest = push_with_progress(client, reference, {"registrytoken": token}, quiet)
         finally:
-            # The engine keeps the image under the name users ask for, not under the library's.
-            client.images.remove(reference, noprune=True)
+            # The engine keeps the image under the name users ask for, not under the library's;
+            # a failed untag must not hide how the push went.
+            with contextlib.suppress(docker.errors.APIError):
+                client.images.remove(reference, noprune=True)
     except ClientError as exc:
         raise PublishFailed(str(exc)) from None
     except docker.errors.APIError as exc:
