@@ -113,6 +113,8 @@ class AllocationUnplaced(HostAllocationEvent):
 class AllocationExited(HostAllocationEvent):
     exit_code: int
     oom_killed: bool = False
+    #: Why its host stopped it, for its user ("host drained"); None: its command ended on its own.
+    reason: str | None = None
     #: Its spec asked to keep the stopped container (keep_for_s): kept until then, its disk
     #: still reserved (CapacityRetained), and its host does not remove it on this event.
     kept_until: datetime | None = None

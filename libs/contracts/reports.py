@@ -49,12 +49,17 @@ class ContainerStarted(Report):
     container_id: str
 
 
+#: Why hostd itself stopped a container that then exited (None: its command ended on its own).
+StopReason = Literal["host_drained"]
+
+
 class ContainerExited(Report):
     kind: Literal["exited"] = "exited"
     alloc_id: str
     container_id: str
     exit_code: int
     oom_killed: bool
+    stopped_by_host: StopReason | None = None
 
 
 class ContainerFailed(Report):

@@ -232,6 +232,7 @@ def evolve(
                 exit_code=event.exit_code,
                 oom_killed=event.oom_killed,
                 kept_until=event.kept_until,
+                reason=event.reason,
             )
         case AllocationFailed():
             return replace(state, status="failed", reason=event.reason, detail=event.detail or None)

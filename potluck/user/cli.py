@@ -91,7 +91,7 @@ def _state(a: dict[str, Any]) -> str:
         return f"{state} ({condition['state']} since {since}: {condition['reason']})"
     if state == "released" and a.get("frozen_too_long") and a.get("reason"):
         return f"{state} (frozen too long)"
-    if state == "lost" and a.get("reason"):
+    if state in ("lost", "exited") and a.get("reason"):
         return f"{state} ({a['reason']})"
     return state
 

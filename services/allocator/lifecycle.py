@@ -39,6 +39,7 @@ from potluck.contracts.reports import (
     ContainerFailed,
     ContainerPulling,
     ContainerStarted,
+    StopReason,
 )
 from potluck.events import Event, PoisonMessage
 from potluck.readmodels.allocations import ACTIVE, STARTING, AllocationState, PullFailure
@@ -88,9 +89,21 @@ def ended(state: AllocationState, host_id: str, event: Event) -> Decision:
     return Decision(state.alloc_id, [event], host_id, freed, state.version)
 
 
-def exited(state: AllocationState, host_id: str, exit_code: int, oom_killed: bool, now: datetime) -> Decision:
-    """The allocation's command exited on its own: it ends, its stopped container kept for
-    its spec's keep_for_s (only its disk still reserved) or, without one, removed."""
+#: What its user reads when its host stopped it (ContainerExited.stopped_by_host).
+STOPPED_BY_HOST: dict[StopReason, str] = {"host_drained": "host drained"}
+
+
+def exited(
+    state: AllocationState,
+    host_id: str,
+    exit_code: int,
+    oom_killed: bool,
+    now: datetime,
+    stopped_by_host: StopReason | None = None,
+) -> Decision:
+    """The allocation's command exited (on its own, or its host stopped it): it ends, its
+    stopped container kept for its spec's keep_for_s (only its disk still reserved) or,
+    without one, removed."""
     keep_for_s = state.spec.keep_for_s
     kept_until = now + timedelta(seconds=keep_for_s) if keep_for_s > 0 else None
     event = AllocationExited(
@@ -99,6 +112,7 @@ def exited(state: AllocationState, host_id: str, exit_code: int, oom_killed: boo
         exit_code=exit_code,
         oom_killed=oom_killed,
         kept_until=kept_until,
+        reason=STOPPED_BY_HOST[stopped_by_host] if stopped_by_host is not None else None,
     )
     if kept_until is None:
         return ended(state, host_id, event)
@@ -192,7 +206,14 @@ def decide(
             current = _check_host(state, report.alloc_id, host_id)
             if current.status not in ACTIVE:
                 return None
-            return exited(current, host_id, report.exit_code, report.oom_killed, now or datetime.now(UTC))
+            return exited(
+                current,
+                host_id,
+                report.exit_code,
+                report.oom_killed,
+                now or datetime.now(UTC),
+                report.stopped_by_host,
+            )
         case ContainerFailed():
             current = _check_host(state, report.alloc_id, host_id)
             if current.status not in ACTIVE:

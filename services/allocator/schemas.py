@@ -218,7 +218,8 @@ class Allocation(Body):
     reason: str | None = Field(
         description=(
             "Why it ended, when it was refused, failed, lost (e.g. `host lost`, or who revoked the "
-            "host and why) or released by the allocator (frozen too long)."
+            "host and why), released by the allocator (frozen too long) or stopped by its host "
+            "(exited, `host drained`)."
         )
     )
     detail: str | None = Field(default=None, description="What went wrong, when it failed.")

@@ -138,6 +138,8 @@ class ContainerManager:
         self._start_slots = asyncio.Semaphore(START_CONCURRENCY)
         # Allocations whose container we stop ourselves, with the failure to report instead of an exit.
         self._stopping: dict[str, FailureReason | None] = {}
+        #: Allocations whose container the drain stopped: their exit says so, for their users.
+        self._drained: set[str] = set()
         self._drain_task: asyncio.Task[None] | None = None
         #: Ended allocations whose stopped containers are kept, with until when (None: a restarted
         #: hostd learnt of it from a snapshot, which does not say). Changed in place: the exec
@@ -287,6 +289,7 @@ class ContainerManager:
             container_id = self.containers.pop(alloc_id, None) or f"potluck-{alloc_id}"
             self._quotas.pop(alloc_id, None)
             self._stopping.pop(alloc_id, None)
+            self._drained.discard(alloc_id)
             try:
                 await self._docker(self.driver.remove, container_id)
             except ContainerNotFound:
@@ -470,13 +473,8 @@ class ContainerManager:
             )
         for container in plan.report_exited:
             self.desired.pop(container.allocation_id, None)
-            self.report(
-                ContainerExited(
-                    alloc_id=container.allocation_id,
-                    container_id=container.container_id,
-                    exit_code=container.exit_code or 0,
-                    oom_killed=container.oom_killed,
-                )
+            self._report_exit(
+                container.allocation_id, container.container_id, container.exit_code, container.oom_killed
             )
         for spec in plan.start:
             await self._start(spec)
@@ -607,7 +605,8 @@ class ContainerManager:
         await asyncio.sleep(grace_s)
         log.info("hostd.drain_grace_over", containers=len(self.containers))
         async with self._lock:
-            for container_id in list(self.containers.values()):
+            for alloc_id, container_id in list(self.containers.items()):
+                self._drained.add(alloc_id)
                 with contextlib.suppress(DockerDriverError):
                     await self._docker(self.driver.stop, container_id, 10)
 
@@ -632,12 +631,18 @@ class ContainerManager:
             exit_code=state.exit_code,
             oom_killed=state.oom_killed,
         )
+        self._report_exit(alloc_id, container_id, state.exit_code, state.oom_killed)
+
+    def _report_exit(self, alloc_id: str, container_id: str, exit_code: int | None, oom_killed: bool) -> None:
+        drained = alloc_id in self._drained
+        self._drained.discard(alloc_id)
         self.report(
             ContainerExited(
                 alloc_id=alloc_id,
                 container_id=container_id,
-                exit_code=state.exit_code or 0,
-                oom_killed=state.oom_killed,
+                exit_code=exit_code or 0,
+                oom_killed=oom_killed,
+                stopped_by_host="host_drained" if drained else None,
             )
         )
 

@@ -95,6 +95,17 @@ def test_an_exit_ends_an_active_allocation_and_frees_its_capacity(status: str) -
     assert decision.streams == {alloc_stream("a1"): decision.alloc_events, capacity_stream("h1"): freed()}
 
 
+def test_an_exit_the_host_caused_says_so_to_the_user() -> None:
+    report = ContainerExited(
+        alloc_id="a1", container_id="c1", exit_code=143, oom_killed=False, stopped_by_host="host_drained"
+    )
+    decision = decide(alloc(status="running"), "h1", report)
+    assert decision is not None
+    assert decision.alloc_events == [
+        AllocationExited(alloc_id="a1", host_id="h1", exit_code=143, reason="host drained")
+    ]
+
+
 def test_a_failure_ends_an_active_allocation_with_its_reason() -> None:
     report = ContainerFailed(alloc_id="a1", reason="limits_not_applied", detail="no memory limit")
     decision = decide(alloc(status="placed"), "h1", report)
