@@ -620,6 +620,12 @@ class ContainerManager:
         except DockerDriverError:
             return  # gone, or the engine is away: the next reconciliation reports it
         alloc_id = state.allocation_id
+        start = self._starts.get(alloc_id) if alloc_id is not None else None
+        if start is not None:
+            # Its start is still being recorded (limits read back, quota set): a short command
+            # can end before that. Its exit goes after ContainerStarted, so that the log says
+            # it ran (and for how long) before it ended.
+            await asyncio.wait([start])
         if state.running or alloc_id not in self.desired:
             return  # restarted, or released by us
         self.desired.pop(alloc_id, None)
