@@ -23,6 +23,7 @@ from potluck.cli_options import (
     database_option,
     nats_options,
     nats_options_for,
+    operator_database_option,
     relay_option,
     stream_replicas_option,
     up_state_dir_option,
@@ -974,7 +975,7 @@ _KEY_TAKING_ACTIONS = frozenset({"deregister", "leave"})
 @ops_hosts.command(name="control")
 @click.argument("host_id")
 @click.argument("action", type=click.Choice(["pause", "resume", "drain", "deregister", "leave"]))
-@database_option
+@operator_database_option
 @click.option(
     "--grace",
     default=300.0,
@@ -1025,7 +1026,7 @@ def ops_hosts_control(
 
 
 @ops_hosts.command(name="list")
-@database_option
+@operator_database_option
 @click.option(
     "--json/--table",
     "as_json",
@@ -1102,7 +1103,7 @@ def _size(n: int | None) -> str:
 @ops_hosts.command(name="revoke")
 @click.argument("host_id")
 @click.option("--reason", default="", help="Why (stolen, compromised...): recorded and shown to its users.")
-@database_option
+@operator_database_option
 @nats_users_options()
 def ops_hosts_revoke(
     host_id: str,
@@ -1157,7 +1158,7 @@ def ops_users() -> None:
 
 @ops_users.command(name="add")
 @click.argument("name")
-@database_option
+@operator_database_option
 @click.option(
     "--cpus",
     type=click.FloatRange(min=0.01),
@@ -1197,7 +1198,7 @@ def ops_users_add(
 
 @ops_users.command(name="rotate-token")
 @click.argument("name")
-@database_option
+@operator_database_option
 def ops_users_rotate_token(name: str, database_url: str) -> None:
     """Give user NAME a new bearer token and print it; the old token stops working."""
     from potluck.allocator.users import rotate_token
@@ -1206,7 +1207,7 @@ def ops_users_rotate_token(name: str, database_url: str) -> None:
 
 
 @ops_users.command(name="web-token")
-@database_option
+@operator_database_option
 def ops_users_web_token(database_url: str) -> None:
     """Print a new operator token for the web page, which shows every user's allocations to it;
     the previous one stops working. Only its hash is kept."""

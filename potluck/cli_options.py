@@ -18,6 +18,36 @@ def database_option(f: F) -> F:
     )(f)
 
 
+def _database_of_a_running_pool(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    """The given URL, or that of the `potluck up` pool running with state in POTLUCK_HOME (or
+    ~/.potluck): on the machine of such a pool, operator commands need no option."""
+    if value:
+        return value
+    from potluck.up import default_state_dir, running
+
+    state_dir = default_state_dir()
+    up = running(state_dir)
+    if up is None:
+        raise click.UsageError(
+            "give --database-url (or POTLUCK_DATABASE_URL): "
+            f"no `potluck up` pool runs with state in {state_dir}",
+            ctx,
+        )
+    return up.database
+
+
+def operator_database_option(f: F) -> F:
+    """--database-url of an operator's command: on the machine of a running `potluck up`, its log."""
+    return click.option(
+        "--database-url",
+        envvar="POTLUCK_DATABASE_URL",
+        default=None,
+        callback=_database_of_a_running_pool,
+        help="Postgres URL of the event log [env: POTLUCK_DATABASE_URL; default: the running "
+        "`potluck up` pool's].",
+    )(f)
+
+
 def nats_options_for(when: str | None = None) -> Callable[[F], F]:
     """--nats-url and --nats-seed-file; `when` says when an operator's command uses them.
 

@@ -17,7 +17,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from potluck.cli_options import database_option
+from potluck.cli_options import operator_database_option
 from potluck.events.archive import (
     KEEP_RECENT_S,
     ArchiveError,
@@ -103,7 +103,7 @@ async def _main(
 
 
 @click.command("archive")
-@database_option
+@operator_database_option
 @click.option(
     "--older-than",
     "older_than_text",

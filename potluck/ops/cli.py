@@ -30,8 +30,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from potluck.cli_options import database_option, nats_options_for
+from potluck.cli_options import nats_options_for, operator_database_option
 from potluck.events import EventStore, RecordedEvent
+from potluck.events.connection import is_authorization_refusal
 from potluck.ops import LiveUnavailable, OpsError
 from potluck.ops.archive import archive_command
 from potluck.ops.hollow import hollow
@@ -151,6 +152,24 @@ def _nats_options(when: str) -> Callable[[F], F]:
     return decorate
 
 
+def _with_pool_defaults(nats_url: str, seed_file: Path | None) -> tuple[str, Path | None]:
+    """Where the services are, as given; else, on the machine of a running `potluck up`, its
+    NATS and its services' seed (used only for that pool's NATS)."""
+    from click.core import ParameterSource
+
+    from potluck.up import default_state_dir, pool_files, running
+
+    state_dir = default_state_dir()
+    up = running(state_dir)
+    if up is None:
+        return nats_url, seed_file
+    if click.get_current_context().get_parameter_source("nats_url") == ParameterSource.DEFAULT:
+        nats_url = up.nats
+    if seed_file is None and nats_url == up.nats:
+        seed_file = pool_files(state_dir).services_seed_file
+    return nats_url, seed_file
+
+
 def _read_seed(path: Path | None) -> str | None:
     if path is None:
         return None
@@ -165,7 +184,7 @@ def _read_seed(path: Path | None) -> str | None:
 
 
 @click.command()
-@database_option
+@operator_database_option
 @click.option(
     "--until",
     "until_text",
@@ -205,6 +224,7 @@ def replay(
             until = parse_until(until_text)
         except OpsError as exc:
             _fail(str(exc))
+    nats_url, nats_seed_file = _with_pool_defaults(nats_url, nats_seed_file)
     seed = _read_seed(nats_seed_file) if check else None
     progress = _Progress(quiet)
     console = _console()
@@ -273,8 +293,10 @@ async def _nats(nats_url: str, seed: str | None, timeout: float) -> Any:
     import nats
     import nats.errors
 
+    said: list[str] = []
+
     async def quiet(exc: Exception) -> None:
-        return None
+        said.append(str(exc))
 
     options: dict[str, Any] = {
         "connect_timeout": min(timeout, 5.0),
@@ -287,6 +309,13 @@ async def _nats(nats_url: str, seed: str | None, timeout: float) -> Any:
     try:
         nc = await asyncio.wait_for(nats.connect(nats_url.split(","), **options), timeout + 5)
     except (OSError, nats.errors.Error, TimeoutError) as exc:
+        # nats-py ends a refused key with "no servers available": what the server said is the cause.
+        refused = next((text for text in said if is_authorization_refusal(Exception(text))), None)
+        if refused is not None:
+            raise LiveUnavailable(
+                f"NATS at {nats_url} refuses this client ({refused}); give --nats-seed-file, "
+                "the services' seed (POTLUCK_NATS_SEED_FILE)"
+            ) from None
         raise LiveUnavailable(f"cannot reach NATS at {nats_url}: {exc or type(exc).__name__}") from None
     try:
         yield nc
@@ -350,7 +379,7 @@ def _emitter(as_json: bool) -> Callable[[RecordedEvent], None]:
 
 
 @events.command(name="tail")
-@database_option
+@operator_database_option
 @click.option("--type", "types", multiple=True, metavar="TYPE", help="Only events of this type (repeatable).")
 @click.option(
     "--stream", default=None, metavar="STREAM", help="Only events of this stream, e.g. alloc-a-91bc03d2e4f5."
@@ -385,7 +414,7 @@ def events_tail(
 
 @events.command(name="show")
 @click.argument("stream")
-@database_option
+@operator_database_option
 @_json_option
 def events_show(stream: str, database_url: str, as_json: bool) -> None:
     """The history of one STREAM (an aggregate), e.g. host-h-3f2a9c1e7b40 or alloc-a-91bc03d2e4f5."""
@@ -415,7 +444,7 @@ def events_show(stream: str, database_url: str, as_json: bool) -> None:
 
 
 @click.command()
-@database_option
+@operator_database_option
 @click.option("--relay", "relay_name", default="main", show_default=True, help="The relay whose lag to show.")
 @click.option(
     "--live",
@@ -436,6 +465,7 @@ def status(
     """The pool on one screen: hosts, capacity, allocations by state, the relay's lag, unreadable events."""
     from potluck.ops.status import gather_status, render_status
 
+    nats_url, nats_seed_file = _with_pool_defaults(nats_url, nats_seed_file)
     seed = _read_seed(nats_seed_file) if live else None
 
     async def gather(store: EventStore) -> dict[str, Any]:
@@ -451,7 +481,7 @@ def status(
 
 @click.command()
 @click.argument("alloc")
-@database_option
+@operator_database_option
 @click.option(
     "--viewer-url",
     envvar="POTLUCK_TRACE_VIEWER_URL",

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from potluck.localstack import free_port
+from potluck.registry.nats_auth import new_user_key
 
 
 def potluck(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -22,6 +23,10 @@ def potluck(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess
         timeout=timeout,
         check=False,
     )
+
+
+#: What an operator may have exported: the defaults from a running `potluck up` are tested without.
+OPERATOR_SETTINGS = ("POTLUCK_DATABASE_URL", "POTLUCK_NATS_URL", "POTLUCK_NATS_SEED_FILE")
 
 
 @pytest.fixture
@@ -162,6 +167,23 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         assert "  POST /v1/allocations  " in root, traced.stdout
         assert "potluck-hostd" in traced.stdout, traced.stdout + traced.stderr
 
+        # An operator on this machine gives no option: the running pool's log, NATS and seed.
+        # A seed NATS does not know is named as the cause, not as "no servers available".
+        operator = {k: v for k, v in newcomer.items() if k not in OPERATOR_SETTINGS}
+        status = potluck("ops", "status", "--live", env=operator)
+        assert status.returncode == 0, status.stderr
+        assert "Pool at log position" in status.stdout, status.stdout
+        assert "folded to position" in status.stdout, status.stdout
+        assert "not asked" not in status.stdout, status.stdout
+        checked = potluck("ops", "replay", "--check", "--quiet", env=operator)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "OK: the live read models equal the replay" in checked.stdout, checked.stdout
+        stranger = tmp_path / "stranger.seed"
+        stranger.write_text(new_user_key().seed)
+        refused = potluck("ops", "status", "--live", "--nats-seed-file", str(stranger), env=operator)
+        assert "refuses this client" in refused.stdout, refused.stdout + refused.stderr
+        assert "give --nats-seed-file" in refused.stdout, refused.stdout
+
         # The real OpenSSH client, through the gateway and hostd's outbound link, into the container.
         answered = potluck(
             "ssh", allocation["id"], "-i", str(key), "--", "python3", "--version", env=newcomer
@@ -198,6 +220,22 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
     assert not (state / "up.pid").exists()
     assert (state / "postgres" / "data" / "PG_VERSION").exists(), "the event log is kept"
     assert processes_mentioning(str(state)) == []
+
+
+def test_operator_commands_without_a_pool_say_what_to_give(newcomer: dict[str, str]) -> None:
+    """Tried: operator commands with no --database-url, no POTLUCK_DATABASE_URL and no `potluck
+    up` running. Must hold: each exits 2 naming the option, the variable and where it looked."""
+    operator = {k: v for k, v in newcomer.items() if k not in OPERATOR_SETTINGS}
+    for args in (
+        ("ops", "status"),
+        ("ops", "hosts", "list"),
+        ("ops", "replay"),
+        ("ops", "users", "web-token"),
+    ):
+        done = potluck(*args, env=operator)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert "give --database-url (or POTLUCK_DATABASE_URL)" in done.stderr, (args, done.stderr)
+        assert f"no `potluck up` pool runs with state in {newcomer['POTLUCK_HOME']}" in done.stderr
 
 
 def test_a_port_in_use_is_named(newcomer: dict[str, str]) -> None:
