@@ -396,7 +396,7 @@ async def test_bad_input_to_every_command_gets_one_clear_line_and_a_failure(
             1,
             "cannot reach the event log",
         ),
-        (("status",), 2, "Missing option '--database-url'"),
+        (("status",), 2, "give --database-url (or POTLUCK_DATABASE_URL)"),
     ]
     # A few at once: each is a whole `python -m potluck` start, one after another over 40 s.
     room = asyncio.Semaphore(4)
