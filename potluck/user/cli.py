@@ -18,11 +18,17 @@ from rich.table import Table
 
 from potluck.user.client import Api, ClientError, ExitCode, Login, config_path
 from potluck.user.remote import IDENTITY
+from potluck.user.ssh_keys import admitted_keys
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 # Piped output is not cut at 80 columns: ids must stay whole for scripts that grep them.
 out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
+
+
+def say_to_user(text: str) -> None:
+    """A line for the person at the terminal, on stderr (stdout stays the command's answer)."""
+    err.print(text, highlight=False, soft_wrap=True)
 
 
 def bail(exc: ClientError) -> NoReturn:
@@ -188,7 +194,8 @@ def alloc() -> None:
     "ssh_keys",
     multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Public key file allowed to SSH in (repeatable).",
+    help="Public key file allowed to SSH in (repeatable). Default: those of ~/.ssh/id_rsa.pub, "
+    "id_ecdsa.pub and id_ed25519.pub that exist, the keys `ssh` offers.",
 )
 @click.option("--lifetime", default="1h", show_default=True, help="How long it may run, e.g. 30m, 2h, 1d.")
 @click.option(
@@ -243,7 +250,7 @@ def create(
         "disk": disk,
         "image": image,
         "lifetime": lifetime,
-        "ssh_keys": [p.read_text().strip() for p in ssh_keys],
+        "ssh_keys": admitted_keys(ssh_keys, say_to_user),
         "network": network,
         "on_preempt": on_preempt,
         "constraints": key_values(constraints, "--constraint"),

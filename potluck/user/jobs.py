@@ -19,8 +19,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from potluck.contracts.job_events import RETRY_ON
-from potluck.user.cli import JSON, LIMIT, call_api, err, key_values, list_rows, local_time, out
+from potluck.user.cli import (
+    JSON,
+    LIMIT,
+    call_api,
+    err,
+    key_values,
+    list_rows,
+    local_time,
+    out,
+    say_to_user,
+)
 from potluck.user.client import ExitCode
+from potluck.user.ssh_keys import admitted_keys
 
 #: Task states in the order a summary lists them: the finished ones first, as users look for those.
 TASK_STATES = (
@@ -236,7 +247,8 @@ WAIT_TIMEOUT = click.option(
     "ssh_keys",
     multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Public key file allowed to SSH into a task (repeatable).",
+    help="Public key file allowed to SSH into a task (repeatable). Default: those of "
+    "~/.ssh/id_rsa.pub, id_ecdsa.pub and id_ed25519.pub that exist.",
 )
 @click.option("--lifetime", default="1h", show_default=True, help="Each attempt's longest run, e.g. 30m.")
 @click.option("--parallelism", type=click.IntRange(min=1), default=None, help="Most tasks running at once.")
@@ -295,7 +307,7 @@ def run(
         "command": list(command) or None,
         "env": key_values(env, "--env"),
         "constraints": key_values(constraints, "--constraint"),
-        "ssh_keys": [p.read_text().strip() for p in ssh_keys],
+        "ssh_keys": admitted_keys(ssh_keys, say_to_user),
         "lifetime": lifetime,
         "parallelism": parallelism,
         "retries": retries,

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -211,6 +212,25 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         assert "AllocationRunning" in shown.stdout
         released = potluck("alloc", "rm", allocation["id"], "--json", env=newcomer)
         assert json.loads(released.stdout)["state"] == "released"
+
+        # Without --ssh-key the user's own default key is admitted, and they are told which;
+        # with none in ~/.ssh they are told that nothing can reach it, and how to make one.
+        home = tmp_path / "home"
+        (home / ".ssh").mkdir(parents=True)
+        shutil.copy(f"{key}.pub", home / ".ssh" / "id_ed25519.pub")
+        small = ("--cpus", "0.1", "--memory", "64M", "--image", "potluck-default:latest", "--json")
+        keyless = potluck("alloc", "create", *small, "--wait", env={**newcomer, "HOME": str(home)})
+        assert keyless.returncode == 0, keyless.stderr
+        assert f"{home}/.ssh/id_ed25519.pub may SSH in" in keyless.stderr, keyless.stderr
+        keyless_id = json.loads(keyless.stdout)["id"]
+        reached = potluck("ssh", keyless_id, "-i", str(key), "--", "true", env=newcomer)
+        assert reached.returncode == 0, reached.stdout + reached.stderr
+        assert potluck("alloc", "rm", keyless_id, env=newcomer).returncode == 0
+        nobody = potluck("alloc", "create", *small, env={**newcomer, "HOME": str(tmp_path / "empty")})
+        assert nobody.returncode == 0, nobody.stderr
+        assert "no public key in" in nobody.stderr, nobody.stderr
+        assert "ssh-keygen -t ed25519" in nobody.stderr, nobody.stderr
+        assert potluck("alloc", "rm", json.loads(nobody.stdout)["id"], env=newcomer).returncode == 0
     finally:
         stopped = potluck("down", env=newcomer, timeout=180)
     assert stopped.returncode == 0, stopped.stderr

@@ -1,0 +1,32 @@
+"""The public keys an allocation admits when its user names none: their own default ones.
+
+`potluck ssh`, `potluck cp` and `potluck logs` all go through the gateway with the user's
+OpenSSH client, which offers the default identities in ~/.ssh. An allocation created without
+`--ssh-key` admitted no key at all, so every one of them ended in "Permission denied
+(publickey)", even for a task's logs. With no `--ssh-key`, the keys OpenSSH would offer are
+the ones admitted, and the user is told which (or that there are none, and how to make one).
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["DEFAULT_IDENTITIES", "admitted_keys"]
+
+#: The identities OpenSSH offers by default (ssh(1), -i), in its order.
+DEFAULT_IDENTITIES = ("id_rsa", "id_ecdsa", "id_ed25519")
+
+
+def admitted_keys(given: tuple[Path, ...], say: Callable[[str], None]) -> list[str]:
+    """The public key lines of `given`, or of the user's default identities when none is given."""
+    if given:
+        return [path.read_text().strip() for path in given]
+    ssh_dir = Path.home() / ".ssh"
+    found = [path for name in DEFAULT_IDENTITIES if (path := ssh_dir / f"{name}.pub").is_file()]
+    if found:
+        say(f"no --ssh-key given: {', '.join(map(str, found))} may SSH in (potluck ssh, cp and logs)")
+    else:
+        say(
+            f"no --ssh-key given and no public key in {ssh_dir}: potluck ssh, cp and logs cannot reach "
+            "it; `ssh-keygen -t ed25519` makes one, then give --ssh-key ~/.ssh/id_ed25519.pub"
+        )
+    return [path.read_text().strip() for path in found]
