@@ -166,7 +166,11 @@ def image_token_responder(
         except ValidationError as exc:
             reply = Reply(ok=False, error={"code": "BAD_REQUEST", "message": str(exc)[:500]})
         except Rejected as exc:
-            log.warning("allocator.image_token_refused", host_id=host_id, code=exc.code, detail=exc.message)
+            # Not in the pool registry: routine, the host pulls it from its own registry.
+            routine = exc.code in ("NOT_IN_POOL_REGISTRY", "NO_POOL_REGISTRY")
+            (log.info if routine else log.warning)(
+                "allocator.image_token_refused", host_id=host_id, code=exc.code, detail=exc.message
+            )
             reply = Reply(ok=False, error=exc.as_dict())
         else:
             log.info(

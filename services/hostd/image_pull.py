@@ -131,6 +131,8 @@ class ImagePuller:
         registry = registry_of(image)
         self.report(ContainerPulling(alloc_id=alloc_id, image=image))
         attempt = 0
+        # Whether the last attempt failed asking the allocator (then no registry was tried).
+        asking = False
         try:
             async for attempting in AsyncRetrying(
                 stop=stop_after_attempt(self.settings.attempts),
@@ -144,16 +146,18 @@ class ImagePuller:
             ):
                 with attempting:
                     attempt = attempting.retry_state.attempt_number
+                    asking = True
                     token = await self.token_source(alloc_id, image)
+                    asking = False
                     source = image
                     if token is not None and token.reference:  # the pool library's copy
                         source, registry = token.reference, token.registry
                     await self._attempt(alloc_id, image, source, registry, token, attempt)
         except PullFailed as exc:
             tries = "once" if attempt <= 1 else f"{attempt} times"
+            where = "" if asking else f" from the registry {registry}"
             raise PullFailed(
-                f"could not pull {image} from the registry {registry} (tried {tries}): {exc}",
-                permanent=exc.permanent,
+                f"could not pull {image}{where} (tried {tries}): {exc}", permanent=exc.permanent
             ) from None
         log.info("hostd.image_pulled", alloc_id=alloc_id, image=image, registry=registry, attempts=attempt)
 

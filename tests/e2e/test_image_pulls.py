@@ -343,3 +343,4 @@ async def test_the_pools_own_image_reaches_a_laptop_that_never_had_it(
         assert f"the pool registry at {registry.address} does not answer" in failed["detail"], failed[
             "detail"
         ]
+        assert "docker.io" not in failed["detail"], failed["detail"]  # no registry was tried
