@@ -25,8 +25,14 @@ def _bindable(port: int, host: str) -> bool:
         return True
 
 
+#: Ports this process has handed out: a caller often picks several before starting anything
+#: (a NATS cluster's client, route and monitoring ports), and none of them is bound yet.
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now, for a server we start next.
+    """A port nobody listens on right now, for a server we start next, and never one this process
+    handed out before (two nodes of one cluster given the same port failed to start).
 
     Chosen below the kernel's ephemeral range: a port from that range (what binding
     to port 0 gives) can be taken by any outgoing connection in the moment between
@@ -36,7 +42,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     if low > 11_000:
         for _ in range(64):
             port = random.randint(10_000, low - 1)
-            if _bindable(port, host):
+            if port not in _handed_out and _bindable(port, host):
+                _handed_out.add(port)
                 return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
