@@ -12,7 +12,8 @@ from pathlib import Path
 
 __all__ = ["DEFAULT_IDENTITIES", "admitted_keys"]
 
-#: The identities OpenSSH offers by default (ssh(1), -i), in its order.
+#: The usual identities OpenSSH offers by default (ssh(1), -i), in its order; its security-key
+#: (`_sk`) and legacy ones are left out.
 DEFAULT_IDENTITIES = ("id_rsa", "id_ecdsa", "id_ed25519")
 
 
