@@ -572,10 +572,12 @@ class DockerDriver:
 
     def exec_run(self, container_id: str, argv: list[str], *, user: str = "") -> ExecResult:
         with self._errors(f"exec in {container_id[:12]}") as client:
+            # The engine's stale "paused" can refuse the start as well as the create; a start it
+            # refused ran nothing, so both are asked again, with a new exec.
             for attempt in pause_races.while_stale_paused(_refused_as_paused):
                 with attempt:
                     exec_id = client.api.exec_create(container_id, argv, user=user)["Id"]
-            output = client.api.exec_start(exec_id)
+                    output = client.api.exec_start(exec_id)
             code = client.api.exec_inspect(exec_id).get("ExitCode")
         return ExecResult(exit_code=-1 if code is None else int(code), output=output)
 
