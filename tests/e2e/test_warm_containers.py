@@ -123,8 +123,15 @@ async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
         await wait_for_status(pool, "second", "running")
         taken = client.containers.get("potluck-second")
         assert taken.id == ahead.id
-        # The launcher became the command: docker-init and `sleep 3600`, as `docker run` has.
-        assert _processes(client, taken.id) == ["/bin/sleep 3600", "docker-init"]
+        # The launcher becomes the command: docker-init and `sleep 3600`, as `docker run` has.
+        # Running is logged once the launcher is told to go; on a busy machine its exec of the
+        # command may still be under way at that moment (a full run saw `[busybox]`, the launcher).
+        await _until(
+            "the launcher giving way to the command",
+            lambda: _processes(client, taken.id) == ["/bin/sleep 3600", "docker-init"],
+            pool,
+            timeout=30,
+        )
         host = taken.attrs["HostConfig"]
         assert (host["NanoCpus"], host["Memory"], host["MemorySwap"], host["PidsLimit"]) == (
             250_000_000,
