@@ -144,7 +144,7 @@ async def throughput(setup: Setup, size_mb: int, runs: int, *, priority: bool) -
         )
 
 
-async def _echo_rtts(argv: list[str], echoes: int) -> list[float]:
+async def _echo_rtts(argv: list[str], echoes: int, via: str) -> list[float]:
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=_env()
     )
@@ -156,7 +156,15 @@ async def _echo_rtts(argv: list[str], echoes: int) -> list[float]:
             started = time.perf_counter()
             proc.stdin.write(b"x")
             await proc.stdin.drain()
-            await asyncio.wait_for(proc.stdout.readexactly(1), 10)
+            # The first echo waits for the session itself to start: on a busy machine a
+            # `docker exec` beside a bulk one took over 10 s for that.
+            wait = 120 if i == 0 else 10
+            try:
+                await asyncio.wait_for(proc.stdout.readexactly(1), wait)
+            except TimeoutError:
+                raise RuntimeError(f"echo {i} through {via} not back within {wait} s") from None
+            if i == 0:
+                say(f"first echo through {via}: {time.perf_counter() - started:.1f} s")
             if i >= 20:  # warm-up
                 samples.append((time.perf_counter() - started) * 1000)
     finally:
@@ -175,7 +183,7 @@ async def round_trip(setup: Setup, echoes: int, *, under_load: bool, priority: b
             )
             await asyncio.sleep(1.0)  # at full speed
         try:
-            results[via] = await _echo_rtts(setup.path(via, "cat"), echoes)
+            results[via] = await _echo_rtts(setup.path(via, "cat"), echoes, via)
         finally:
             if load is not None:
                 load.kill()
