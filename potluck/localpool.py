@@ -157,15 +157,19 @@ class LocalPool:
             *extra,
         )
 
+    def _registry_keys(self) -> tuple[Path, Path]:
+        """The registry token key and its certificate (made the first time)."""
+        return ensure_signing_key(PoolFiles.in_workdir(self.workdir).registry_keys_dir)
+
     def registry_signing_key(self) -> Path:
         """The key the allocator signs the pool registry's tokens with (made the first time)."""
-        key, _ = ensure_signing_key(PoolFiles.in_workdir(self.workdir).registry_keys_dir)
+        key, _ = self._registry_keys()
         return key
 
     def _image_registry(self) -> RegistryServer:
         """The pool's image registry, made (not started) with the first allocator: its API is the realm."""
         if self.image_registry is None:
-            _, cert = ensure_signing_key(PoolFiles.in_workdir(self.workdir).registry_keys_dir)
+            _, cert = self._registry_keys()
             self.image_registry = RegistryServer(
                 self.workdir / "image-registry",
                 realm=self.api + TOKEN_PATH,
