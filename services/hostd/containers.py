@@ -19,6 +19,14 @@ container (AllocationExited.kept_until) is `keep`-t instead: stopped, with its
 files and logs, out of every other bookkeeping (quotas, pause, usage), neither
 removed nor reported by reconciliation, until AllocationDiscarded (`discard`).
 
+An interactive allocation (no command: its container runs the helper's keep-alive) is up
+until it is released or expires. Its container stopping without hostd stopping it (the
+engine restarted, the machine rebooted, the keep-alive killed) is therefore no end: hostd
+starts the same container again, its files as they were and its limits read back
+(`_start_again`), when the die event comes or at the reconciliation after the engine or
+hostd is back; a few times in a window (restart_budget.py), after which its end is
+reported as a task's would be.
+
 An allocation whose image the engine lacks is not a failure at once: its
 image is pulled (image_pull.py) in a task of its own, outside the lock, and
 the container started when the pull is done; released meanwhile, the pull is
@@ -69,9 +77,11 @@ from potluck.hostd.docker_driver import (
     EngineUnavailable,
     ImageNotAvailable,
     LimitsNotApplied,
+    ManagedContainer,
 )
 from potluck.hostd.image_pull import ImagePuller, PullFailed
 from potluck.hostd.reconciler import never_started, reconcile
+from potluck.hostd.restart_budget import RestartBudget
 from potluck.hostd.spans import docker_span
 from potluck.hostd.warm_keeper import WarmKeeper
 
@@ -87,6 +97,8 @@ START_CONCURRENCY = 4
 #: is for an engine that hangs with its socket open.
 ENGINE_CHECK_WHILE_STREAMING_S = 30.0
 
+#: A stopped interactive container the engine refused to start is asked again after this.
+RESTART_RETRY_S = 2.0
 
 def container_spec(host_id: str, alloc_id: str, spec: AllocationSpec) -> ContainerSpec:
     return ContainerSpec(
@@ -140,6 +152,10 @@ class ContainerManager:
         self._stopping: dict[str, FailureReason | None] = {}
         #: Allocations whose container the drain stopped: their exit says so, for their users.
         self._drained: set[str] = set()
+        #: How often each interactive allocation's container was started again lately.
+        self._restarts = RestartBudget()
+        #: Tasks that must outlive the call that made them (a reference keeps them alive).
+        self._background: set[asyncio.Task[None]] = set()
         self._drain_task: asyncio.Task[None] | None = None
         #: Ended allocations whose stopped containers are kept, with until when (None: a restarted
         #: hostd learnt of it from a snapshot, which does not say). Changed in place: the exec
@@ -290,6 +306,7 @@ class ContainerManager:
             self._quotas.pop(alloc_id, None)
             self._stopping.pop(alloc_id, None)
             self._drained.discard(alloc_id)
+            self._restarts.forget(alloc_id)
             try:
                 await self._docker(self.driver.remove, container_id)
             except ContainerNotFound:
@@ -427,7 +444,7 @@ class ContainerManager:
             if c.allocation_id and c.allocation_id not in self._starts
         ]
         desired = {a: spec for a, spec in self.desired.items() if a not in self._starts}
-        plan = reconcile(desired, actual, self.kept)
+        plan = reconcile(desired, actual, self.kept, no_restart=self._drained | self._stopping.keys())
         for container in plan.remove:
             log.info(
                 "hostd.removing_unwanted",
@@ -472,10 +489,9 @@ class ContainerManager:
                 "(hostd stopped between creating and starting it); the work did not run",
             )
         for container in plan.report_exited:
-            self.desired.pop(container.allocation_id, None)
-            self._report_exit(
-                container.allocation_id, container.container_id, container.exit_code, container.oom_killed
-            )
+            self._exited(container)
+        for container in plan.restart:
+            await self._start_again(container)
         for spec in plan.start:
             await self._start(spec)
         if plan.adopt:
@@ -628,16 +644,96 @@ class ContainerManager:
             await asyncio.wait([start])
         if state.running or alloc_id not in self.desired:
             return  # restarted, or released by us
-        self.desired.pop(alloc_id, None)
-        if self._stopping.pop(alloc_id, None) is not None:
+        if self._stopping.get(alloc_id) is not None:
+            self.desired.pop(alloc_id, None)
+            self._stopping.pop(alloc_id, None)
             return  # reported as a failure when we stopped it
+        if state.keeps_alive and alloc_id not in self._drained:
+            async with self._lock:
+                # An engine going away is waited out: the reconciliation on its return starts it.
+                with contextlib.suppress(EngineUnavailable):
+                    await self._start_again(state)
+            return
+        self._exited(state)
+
+    def _exited(self, container: ManagedContainer) -> None:
+        """Its container ended: the allocation is no longer wanted here, and its end is reported."""
+        self.desired.pop(container.allocation_id, None)
         log.info(
             "hostd.container_exited",
-            alloc_id=alloc_id,
-            exit_code=state.exit_code,
-            oom_killed=state.oom_killed,
+            alloc_id=container.allocation_id,
+            exit_code=container.exit_code,
+            oom_killed=container.oom_killed,
         )
-        self._report_exit(alloc_id, container_id, state.exit_code, state.oom_killed)
+        self._report_exit(
+            container.allocation_id, container.container_id, container.exit_code, container.oom_killed
+        )
+
+    async def _start_again(self, stopped: ManagedContainer) -> None:
+        """Start an interactive allocation's stopped container again, under the lock (see the
+        module's note); past its restart budget, or refused by the engine, its end is reported.
+        EngineUnavailable: the engine is away, and the reconciliation on its return does this."""
+        alloc_id, container_id = stopped.allocation_id, stopped.container_id
+        spec = self.desired.get(alloc_id)
+        if spec is None or alloc_id in self._drained or self._stopping.get(alloc_id) is not None:
+            return  # released, drained or stopped by us while this waited for the lock
+        try:
+            if (await self._docker(self.driver.state, container_id)).running:
+                return  # started already (the reconciliation and the die event both saw it stop)
+        except ContainerNotFound:
+            return  # removed by hand: the reconciliation starts the allocation a new one
+        except EngineUnavailable:
+            raise
+        except DockerDriverError as exc:
+            self._retry_start_again(stopped, exc)
+            return
+        if not self._restarts.allow(alloc_id, time.monotonic()):
+            log.warning(
+                "hostd.restarts_exhausted",
+                alloc_id=alloc_id,
+                times=self._restarts.times,
+                window_s=self._restarts.window_s,
+                hint="its container keeps stopping: its end is reported; see the engine's log",
+            )
+            self._exited(stopped)
+            return
+        try:
+            await self._docker(self.driver.start_again, container_id, spec)
+        except EngineUnavailable:
+            raise
+        except LimitsNotApplied as exc:
+            self._fail(alloc_id, "limits_not_applied", str(exc))
+            return
+        except DockerDriverError as exc:
+            self._retry_start_again(stopped, exc)
+            return
+        log.warning(
+            "hostd.container_restarted",
+            alloc_id=alloc_id,
+            container_id=container_id[:12],
+            exit_code=stopped.exit_code,
+            oom_killed=stopped.oom_killed,
+            hint="an interactive allocation stays up until released or expired: its stopped "
+            "container (engine restarted, machine rebooted, keep-alive ended) runs again, files kept",
+        )
+        await self._started(spec, container_id)
+
+    def _retry_start_again(self, stopped: ManagedContainer, error: DockerDriverError) -> None:
+        """Ask the engine again in a moment: one shutting down refuses starts for a while before
+        it stops answering. Each try counts against the restart budget, so an engine that keeps
+        refusing ends the allocation (its exit reported) after a few."""
+        alloc_id = stopped.allocation_id
+        log.warning("hostd.restart_failed", alloc_id=alloc_id, error=str(error), retry_in_s=RESTART_RETRY_S)
+
+        async def again() -> None:
+            await asyncio.sleep(RESTART_RETRY_S)
+            async with self._lock:
+                with contextlib.suppress(EngineUnavailable):  # the reconciliation on its return
+                    await self._start_again(stopped)
+
+        task = asyncio.create_task(again(), name=f"start-again-{alloc_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _report_exit(self, alloc_id: str, container_id: str, exit_code: int | None, oom_killed: bool) -> None:
         drained = alloc_id in self._drained

@@ -44,7 +44,7 @@ from potluck.hostd.container_config import (
     network_name,
 )
 from potluck.hostd.docker_sdk import docker, requests
-from potluck.hostd.helper import find_helper
+from potluck.hostd.helper import KEEP_ALIVE, find_helper
 from potluck.hostd.pool_weight import cgroup_parent, lower_parent_weight
 from potluck.hostd.warm_pool import allocation_of_warm
 
@@ -120,6 +120,8 @@ class ManagedContainer:
     started_at: datetime | None
     finished_at: datetime | None
     spec: ContainerSpec | None = None
+    #: It runs hostd's keep-alive (an interactive allocation's, helper.py), not a command.
+    keeps_alive: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,7 @@ def _managed(attrs: dict[str, Any]) -> ManagedContainer:
         started_at=_time(state.get("StartedAt")),
         finished_at=_time(state.get("FinishedAt")) if ended else None,
         spec=spec,
+        keeps_alive=list((attrs.get("Config") or {}).get("Entrypoint") or []) == KEEP_ALIVE,
     )
 
 
@@ -472,6 +475,15 @@ class DockerDriver:
             self.remove(container_id)
             field, wanted, got = mismatches[0]
             raise LimitsNotApplied(field, wanted, got, container_id=container_id)
+
+    def start_again(self, container_id: str, spec: ContainerSpec) -> None:
+        """Start an allocation's stopped container once more, its writable layer as it was; its
+        limits are read back first, as a new container's are (a mismatch removes it)."""
+        self.verify_limits(container_id, spec)
+        with self._errors(f"starting {container_id[:12]} again") as client:
+            client.api.start(container_id)
+            attrs = client.api.inspect_container(container_id)
+        self._lower_pool_weight(attrs)
 
     def inspect(self, container_id: str) -> dict[str, Any]:
         with self._errors(f"inspecting {container_id[:12]}") as client:

@@ -206,6 +206,15 @@ class HollowDriver(DockerDriver):
     def verify_limits(self, container_id: str, spec: ContainerSpec) -> None:
         self.inspect(container_id)
 
+    def start_again(self, container_id: str, spec: ContainerSpec) -> None:
+        with self._lock:
+            container = self._get(container_id, "starting again")
+            if container.status == "running":
+                return
+            container.status, container.exit_code, container.oom_killed = "running", None, False
+            container.started, container.finished = time.time(), None
+        self._event("start", container.container_id, container.spec, None)
+
     def inspect(self, container_id: str) -> dict[str, Any]:
         with self._lock:
             container = self._get(container_id, "inspecting")

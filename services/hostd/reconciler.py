@@ -2,10 +2,15 @@
 
 After a restart hostd adopts the containers it finds by their labels, stops
 the ones no allocation wants, and starts wanted ones that are missing. A
-container that exited on its own is reported, not restarted: an allocation
-runs once. A container that was created but never started (hostd stopped
-between the two) did not run the work: it is reported as failed, never as an
-exit with code 0. Two containers for one allocation (never made by us, but
+task's container that exited is reported, not restarted: a task runs once.
+An interactive allocation's container (its keep-alive, helper.py) that stopped
+is started again (`restart`), its files as they were: such an allocation is up
+until released or expired, and only something outside it (the engine
+restarted, the machine rebooted) stops its keep-alive; not one the host
+stopped itself (`no_restart`: drained, or stopped for a failure). A container
+that was created but never started (hostd stopped between the two) did not
+run the work: it is reported as failed, never as an exit with code 0. Two
+containers for one allocation (never made by us, but
 possible by hand) keep the running, older one.
 
 A kept allocation's stopped container (`kept`: its command exited, and its
@@ -26,13 +31,19 @@ class Plan:
     start: list[ContainerSpec] = field(default_factory=list)
     adopt: list[ManagedContainer] = field(default_factory=list)
     report_exited: list[ManagedContainer] = field(default_factory=list)
+    restart: list[ManagedContainer] = field(default_factory=list)
     report_never_started: list[ManagedContainer] = field(default_factory=list)
     remove: list[ManagedContainer] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not (
-            self.start or self.adopt or self.report_exited or self.report_never_started or self.remove
+            self.start
+            or self.adopt
+            or self.report_exited
+            or self.restart
+            or self.report_never_started
+            or self.remove
         )
 
 
@@ -41,15 +52,17 @@ def never_started(c: ManagedContainer) -> bool:
     return not c.running and c.status == "created" and c.started_at is None
 
 
-def _preference(c: ManagedContainer) -> tuple[int, float]:
+def _preference(c: ManagedContainer) -> tuple[int, float, str]:
     started = c.started_at.timestamp() if c.started_at else float("inf")
-    return (0 if c.running else 1, started)
+    # The id last, so that of two alike the same is kept whatever order the engine lists them in.
+    return (0 if c.running else 1, started, c.container_id)
 
 
 def reconcile(
     desired: Mapping[str, ContainerSpec],
     actual: Sequence[ManagedContainer],
     kept: Collection[str] = (),
+    no_restart: Collection[str] = (),
 ) -> Plan:
     plan = Plan()
     by_alloc: dict[str, list[ManagedContainer]] = {}
@@ -66,6 +79,8 @@ def reconcile(
             plan.adopt.append(keep)
         elif never_started(keep):
             plan.report_never_started.append(keep)
+        elif keep.keeps_alive and alloc_id not in no_restart:
+            plan.restart.append(keep)
         else:
             plan.report_exited.append(keep)
     for alloc_id, spec in sorted(desired.items()):

@@ -6,20 +6,49 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Callable
 
 import pytest
 
-from potluck.contracts.allocation_events import AllocationSpec
+from potluck.contracts.allocation_events import AllocationSpec, alloc_stream
 from potluck.events import EventStore
 from potluck.hostd.container_config import ContainerSpec
-from potluck.hostd.docker_driver import DockerDriver
+from potluck.hostd.docker_driver import ContainerNotFound, DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
 from tests.e2e.conftest import wait_for_status
-from tests.fixtures.pool import EnrolledHost, Pool, place, spec
+from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 
 
 async def host_event_types(store: EventStore, host_id: str) -> list[str]:
     return [r.type for r in await store.read_stream(f"host-{host_id}")]
+
+
+def interactive() -> AllocationSpec:
+    """An allocation without a command: up until released or expired."""
+    return spec().model_copy(update={"command": None})
+
+
+async def container_of(pool: Pool, alloc_id: str) -> str:
+    state = await allocation(pool.store, alloc_id)
+    assert state is not None
+    assert state.container_id, state
+    return state.container_id
+
+
+async def alloc_event_types(store: EventStore, alloc_id: str) -> list[str]:
+    return [r.type for r in await store.read_stream(alloc_stream(alloc_id))]
+
+
+async def wait_running_again(
+    driver: DockerDriver, container_id: str, timeout: float = 60, logs: Callable[[], str] = str
+) -> None:
+    """Until the container runs (again); gone or still stopped after `timeout` fails, with `logs()`."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not (await asyncio.to_thread(driver.state, container_id)).running:
+                await asyncio.sleep(0.2)
+    except (TimeoutError, ContainerNotFound) as exc:
+        raise AssertionError(f"container {container_id[:12]} does not run again: {exc!r}\n{logs()}") from None
 
 
 def orphan_spec(host_id: str, wanted: AllocationSpec) -> ContainerSpec:
@@ -105,14 +134,17 @@ async def test_a_restarted_registry_does_not_declare_hosts_lost(pool: Pool, lapt
 
 
 async def test_hostd_survives_its_docker_engine_restarting(pool: Pool, tmp_path: os.PathLike[str]) -> None:
-    """The engine restarts under hostd: the running container dies with it and is reported as
-    exited; the engine's return is noticed and new work runs again."""
+    """The engine restarts under hostd (as on a member's reboot). What must hold: the task's
+    container died with it and is reported as exited; the interactive allocation (no command)
+    is still running, in the same container, started again with the file written into it
+    before; the engine's return is noticed and new work runs again."""
     from pathlib import Path
 
     from potluck.localstack.test_image import build_test_image
 
     engine = DockerEngine(Path(tmp_path) / "own-engine")
     engine.start()
+    driver = DockerDriver(engine.url)
     try:
         build_test_image(engine.url)
         host = await pool.enroll("flaky")
@@ -120,14 +152,27 @@ async def test_hostd_survives_its_docker_engine_restarting(pool: Pool, tmp_path:
         pool.start_hostd(host)
         await pool.wait_for_host(host.host_id, "active")
         await place(pool.store, host.host_id, "before", spec())
+        await place(pool.store, host.host_id, "sandbox", interactive())
         await wait_for_status(pool, "before", "running")
+        await wait_for_status(pool, "sandbox", "running")
+        sandbox = await container_of(pool, "sandbox")
+        wrote = await asyncio.to_thread(driver.exec_run, sandbox, ["sh", "-c", "echo kept > /kept.txt"])
+        assert wrote.exit_code == 0, wrote.output
 
         await asyncio.to_thread(engine.restart)
         await wait_for_status(pool, "before", "exited", timeout=60)
         await place(pool.store, host.host_id, "after", spec())
         await wait_for_status(pool, "after", "running", timeout=60)
         assert "hostd.engine" in (host.process.log_tail(200) if host.process else "")
+
+        process = host.process
+        await wait_running_again(driver, sandbox, logs=lambda: process.log_tail(100) if process else "")
+        assert await container_of(pool, "sandbox") == sandbox
+        read = await asyncio.to_thread(driver.exec_run, sandbox, ["cat", "/kept.txt"])
+        assert read.output.strip() == b"kept", read.output
+        assert "AllocationExited" not in await alloc_event_types(pool.store, "sandbox")
     finally:
+        driver.close()
         engine.stop()
 
 

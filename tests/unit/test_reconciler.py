@@ -40,6 +40,7 @@ def _container(
     running: bool = True,
     started_s: float | None = 0.0,
     status: str = "",
+    keeps_alive: bool = False,
 ) -> ManagedContainer:
     return ManagedContainer(
         container_id=container_id or f"c-{alloc_id}",
@@ -50,6 +51,7 @@ def _container(
         oom_killed=False,
         started_at=None if started_s is None else T0 + timedelta(seconds=started_s),
         finished_at=None,
+        keeps_alive=keeps_alive,
     )
 
 
@@ -74,9 +76,19 @@ def test_a_wanted_allocation_with_a_running_container_is_adopted_not_started() -
     assert not plan.empty
 
 
-def test_a_wanted_allocation_whose_container_exited_is_reported_not_restarted() -> None:
+def test_a_wanted_allocation_whose_task_exited_is_reported_not_restarted() -> None:
     exited = _container("a1", running=False)
     assert reconcile({"a1": _spec("a1")}, [exited]) == Plan(report_exited=[exited])
+
+
+def test_an_interactive_allocations_stopped_container_is_started_again() -> None:
+    """Its keep-alive stopped (engine restarted, machine rebooted): up until released, so its
+    container runs again, with its files; not one the host drained or stopped itself."""
+    stopped = _container("a1", running=False, keeps_alive=True)
+    assert reconcile({"a1": _spec("a1")}, [stopped]) == Plan(restart=[stopped])
+    assert reconcile({"a1": _spec("a1")}, [stopped], no_restart={"a1"}) == Plan(report_exited=[stopped])
+    assert reconcile({}, [stopped]) == Plan(remove=[stopped])
+    assert not Plan(restart=[stopped]).empty
 
 
 def test_a_wanted_allocation_whose_container_never_started_is_reported_as_such() -> None:
@@ -167,7 +179,9 @@ def _situations(draw: st.DrawFn) -> tuple[dict[str, ContainerSpec], list[Managed
     desired = {alloc: _spec(alloc) for alloc in draw(st.sets(_ALLOCS))}
     found = draw(
         st.lists(
-            st.tuples(_ALLOCS, st.sampled_from(["running", "exited", "created"]), st.integers(0, 3)),
+            st.tuples(
+                _ALLOCS, st.sampled_from(["running", "exited", "created"]), st.integers(0, 3), st.booleans()
+            ),
             max_size=8,
         )
     )
@@ -178,8 +192,9 @@ def _situations(draw: st.DrawFn) -> tuple[dict[str, ContainerSpec], list[Managed
             running=status == "running",
             started_s=None if status == "created" else started,
             status=status,
+            keeps_alive=keeps_alive,
         )
-        for i, (alloc, status, started) in enumerate(found)
+        for i, (alloc, status, started, keeps_alive) in enumerate(found)
     ]
     return desired, actual
 
@@ -196,7 +211,8 @@ def test_every_container_found_gets_exactly_one_fate(
     desired, actual = situation
     plan = reconcile(desired, actual)
     fates = [
-        c.container_id for c in plan.adopt + plan.report_exited + plan.report_never_started + plan.remove
+        c.container_id
+        for c in plan.adopt + plan.report_exited + plan.restart + plan.report_never_started + plan.remove
     ]
     assert sorted(fates) == sorted(c.container_id for c in actual)
 
@@ -212,16 +228,37 @@ def test_what_runs_afterwards_is_exactly_what_is_wanted(
     assert [s.allocation_id for s in plan.start] == sorted(set(desired) - found)
     assert all(plan_spec is desired[plan_spec.allocation_id] for plan_spec in plan.start)
     # Every wanted allocation with a container keeps exactly one: adopted if running, else
-    # reported as exited if it started, as never started if it did not.
-    kept = [c.allocation_id for c in plan.adopt + plan.report_exited + plan.report_never_started]
+    # started again if it started and keeps alive (interactive), reported as exited if it
+    # started and ran a command, as never started if it did not start.
+    one_each = plan.adopt + plan.report_exited + plan.restart + plan.report_never_started
+    kept = [c.allocation_id for c in one_each]
     assert sorted(kept) == sorted(set(desired) & found)
     assert all(c.running for c in plan.adopt)
-    assert all(not c.running and c.started_at is not None for c in plan.report_exited)
+    assert all(not c.running and c.started_at is not None and not c.keeps_alive for c in plan.report_exited)
+    assert all(not c.running and c.started_at is not None and c.keeps_alive for c in plan.restart)
     assert all(c.status == "created" and c.started_at is None for c in plan.report_never_started)
     # An allocation nobody wants keeps nothing.
     assert all(
-        c.allocation_id in desired for c in plan.adopt + plan.report_exited + plan.report_never_started
+        c.allocation_id in desired
+        for c in plan.adopt + plan.report_exited + plan.restart + plan.report_never_started
     )
+
+
+@given(_situations(), st.sets(_ALLOCS))
+def test_what_the_host_stopped_itself_is_never_started_again(
+    situation: tuple[dict[str, ContainerSpec], list[ManagedContainer]], no_restart: set[str]
+) -> None:
+    """Drained, or stopped for a failure: reported as exited, whatever it ran; the rest of the
+    plan is what it is without the exception."""
+    desired, actual = situation
+    plan, free = reconcile(desired, actual, no_restart=no_restart), reconcile(desired, actual)
+    assert not {c.allocation_id for c in plan.restart} & no_restart
+    moved = [c for c in free.restart if c.allocation_id in no_restart]
+    assert plan.restart == [c for c in free.restart if c not in moved]
+    assert sorted(c.container_id for c in plan.report_exited) == sorted(
+        c.container_id for c in free.report_exited + moved
+    )
+    assert (plan.start, plan.adopt, plan.remove) == (free.start, free.adopt, free.remove)
 
 
 @given(_situations())
@@ -230,7 +267,7 @@ def test_the_container_kept_is_the_best_one_of_its_allocation(
 ) -> None:
     desired, actual = situation
     plan = reconcile(desired, actual)
-    for kept in plan.adopt + plan.report_exited + plan.report_never_started:
+    for kept in plan.adopt + plan.report_exited + plan.restart + plan.report_never_started:
         rivals = [c for c in actual if c.allocation_id == kept.allocation_id]
         assert _rank(kept) == min(_rank(c) for c in rivals)
         # A container that exited is reported only when none of its allocation runs.
@@ -254,7 +291,7 @@ def test_the_order_containers_are_listed_in_does_not_change_the_decisions(
     rnd.shuffle(shuffled)
     before, after = reconcile(desired, actual), reconcile(desired, shuffled)
     assert before.start == after.start
-    for decided in ("adopt", "report_exited", "report_never_started", "remove"):
+    for decided in ("adopt", "report_exited", "restart", "report_never_started", "remove"):
         assert [(c.allocation_id, _rank(c)) for c in getattr(before, decided)] == [
             (c.allocation_id, _rank(c)) for c in getattr(after, decided)
         ]

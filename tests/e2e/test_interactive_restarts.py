@@ -1,0 +1,124 @@
+"""An interactive allocation is up until released or expired: its container stopped from outside
+(the keep-alive killed, as an engine shutdown or the OOM killer would) is started again by hostd,
+a bounded number of times (services/hostd/restart_budget.py). Real hostd, Docker, NATS and log.
+The engine restarting under a running hostd is in test_host_faults.py."""
+
+import asyncio
+from pathlib import Path
+
+from potluck.hostd.docker_driver import DockerDriver
+from potluck.hostd.restart_budget import RestartBudget
+from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.test_image import build_test_image
+from tests.e2e.conftest import wait_for_status
+from tests.e2e.test_host_faults import alloc_event_types, container_of, interactive, wait_running_again
+from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
+
+
+async def _kill(driver: DockerDriver, container_id: str) -> None:
+    """SIGKILL to the container's PID 1 (docker-init): the container dies with 137."""
+    started = (await asyncio.to_thread(driver.state, container_id)).started_at
+    await asyncio.to_thread(driver.signal, container_id, "KILL")
+    async with asyncio.timeout(30):
+        while True:
+            now = await asyncio.to_thread(driver.state, container_id)
+            if not now.running or now.started_at != started:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_a_killed_keep_alive_is_started_again_until_its_budget_then_its_end_is_reported(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    """What is tried: an interactive allocation's container is killed from outside, once more
+    than hostd's restart budget allows; a task's container is killed once. What must hold: each
+    time within the budget the same container runs again with the file written before the first
+    kill, and the allocation stays running with no end logged; the kill past the budget ends it
+    (exited, 137), as a task's kill ends the task at once (exited, 137, no restart)."""
+    budget = RestartBudget()
+    driver = DockerDriver(docker_engines[0].url)
+    try:
+        await place(pool.store, laptop.host_id, "sandbox", interactive())
+        await place(pool.store, laptop.host_id, "task", spec())
+        await wait_for_status(pool, "sandbox", "running")
+        await wait_for_status(pool, "task", "running")
+        sandbox = await container_of(pool, "sandbox")
+        wrote = await asyncio.to_thread(driver.exec_run, sandbox, ["sh", "-c", "echo kept > /kept.txt"])
+        assert wrote.exit_code == 0, wrote.output
+
+        for _ in range(budget.times):
+            await _kill(driver, sandbox)
+            await wait_running_again(driver, sandbox, timeout=30)
+            read = await asyncio.to_thread(driver.exec_run, sandbox, ["cat", "/kept.txt"])
+            assert read.output.strip() == b"kept", read.output
+        state = await allocation(pool.store, "sandbox")
+        assert state is not None
+        assert state.status == "running", pool.logs()
+        assert await container_of(pool, "sandbox") == sandbox
+        assert "AllocationExited" not in await alloc_event_types(pool.store, "sandbox")
+        assert "hostd.container_restarted" in (laptop.process.log_tail(400) if laptop.process else "")
+
+        await _kill(driver, sandbox)
+        await wait_for_status(pool, "sandbox", "exited", timeout=30)
+        state = await allocation(pool.store, "sandbox")
+        assert state is not None
+        assert state.exit_code == 137
+
+        await _kill(driver, await container_of(pool, "task"))
+        await wait_for_status(pool, "task", "exited", timeout=30)
+        state = await allocation(pool.store, "task")
+        assert state is not None
+        assert state.exit_code == 137
+    finally:
+        driver.close()
+
+
+async def test_after_a_reboot_hostd_starts_the_interactive_container_again_and_reports_the_task(
+    pool: Pool, tmp_path: Path
+) -> None:
+    """A member's reboot: hostd is killed (-9), then its engine restarts with hostd away, then
+    hostd starts. What must hold: the interactive allocation is still running, in the same
+    container with the file written before; the task that ran is exited (143) once hostd is
+    back; nothing placed ends lost."""
+    # hostd is away for seconds: long enough to be suspected, not lost.
+    pool.processes["registry"].stop()
+    pool.liveness = (0.5, 3, 120.0)
+    pool.start_registry()
+    engine = DockerEngine(tmp_path / "own-engine")
+    engine.start()
+    driver = DockerDriver(engine.url)
+    try:
+        build_test_image(engine.url)
+        host = await pool.enroll("rebooted")
+        pool.write_config(host, engine)
+        pool.start_hostd(host)
+        await pool.wait_for_host(host.host_id, "active")
+        await place(pool.store, host.host_id, "sandbox", interactive())
+        await place(pool.store, host.host_id, "task", spec())
+        await wait_for_status(pool, "sandbox", "running")
+        await wait_for_status(pool, "task", "running")
+        sandbox = await container_of(pool, "sandbox")
+        wrote = await asyncio.to_thread(driver.exec_run, sandbox, ["sh", "-c", "echo kept > /kept.txt"])
+        assert wrote.exit_code == 0, wrote.output
+
+        assert host.process is not None
+        host.process.kill()
+        await asyncio.to_thread(engine.restart)
+        assert not (await asyncio.to_thread(driver.state, sandbox)).running
+        pool.start_hostd(host)
+
+        process = host.process
+        await wait_running_again(driver, sandbox, logs=lambda: process.log_tail(100) if process else "")
+        read = await asyncio.to_thread(driver.exec_run, sandbox, ["cat", "/kept.txt"])
+        assert read.output.strip() == b"kept", read.output
+        await wait_for_status(pool, "task", "exited", timeout=60)
+        task = await allocation(pool.store, "task")
+        assert task is not None
+        assert task.exit_code == 143
+        state = await allocation(pool.store, "sandbox")
+        assert state is not None
+        assert state.status == "running", pool.logs()
+        assert "AllocationExited" not in await alloc_event_types(pool.store, "sandbox")
+    finally:
+        driver.close()
+        engine.stop()
