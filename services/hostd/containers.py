@@ -100,6 +100,13 @@ ENGINE_CHECK_WHILE_STREAMING_S = 30.0
 #: A stopped interactive container the engine refused to start is asked again after this.
 RESTART_RETRY_S = 2.0
 
+#: The reconciliation on the engine's return waits this long first: an engine shutting down
+#: answers some calls and fails others for a second or two, and without the pause each call
+#: that failed was followed by one that found the engine "back" and a new reconciliation
+#: (some 150 of each, and as many engine reports, in 2 s of one engine's shutdown).
+ENGINE_RETURN_SETTLE_S = 0.5
+
+
 def container_spec(host_id: str, alloc_id: str, spec: AllocationSpec) -> ContainerSpec:
     return ContainerSpec(
         allocation_id=alloc_id,
@@ -190,11 +197,15 @@ class ContainerManager:
                 # Whichever call finds the engine back (a ping, the event stream reopening, a
                 # start) sets this, so the reconciliation is started here and not by the ping
                 # alone, which would miss the return another call noticed first.
-                self._reconcile_on_return = asyncio.create_task(self.reconcile())
+                self._reconcile_on_return = asyncio.create_task(self._reconcile_after_return())
             (log.info if up else log.error)(
                 "hostd.engine", available=up, url=self.driver.base_url, detail=detail
             )
             self.report(EngineStatus(available=up, detail=detail))
+
+    async def _reconcile_after_return(self) -> None:
+        await asyncio.sleep(ENGINE_RETURN_SETTLE_S)
+        await self.reconcile()
 
     def _fail(self, alloc_id: str, reason: FailureReason, detail: str) -> None:
         log.warning("hostd.container_failed", alloc_id=alloc_id, reason=reason, detail=detail)

@@ -171,6 +171,10 @@ async def test_hostd_survives_its_docker_engine_restarting(pool: Pool, tmp_path:
         read = await asyncio.to_thread(driver.exec_run, sandbox, ["cat", "/kept.txt"])
         assert read.output.strip() == b"kept", read.output
         assert "AllocationExited" not in await alloc_event_types(pool.store, "sandbox")
+        # Each change of the engine's state is a report to the allocator: the second or two of
+        # an engine's shutdown, half answering, once made some 150 of them (ENGINE_RETURN_SETTLE_S).
+        changes = (process.log_tail(100_000) if process else "").count('"hostd.engine"')
+        assert changes < 40, f"{changes} engine state changes logged in one restart"
     finally:
         driver.close()
         engine.stop()
