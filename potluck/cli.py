@@ -685,8 +685,17 @@ def _attach_ops_tools(group: click.Group) -> None:
 
 
 @main.group(cls=AttachingGroup, attach=_attach_ops_tools)
-def ops() -> None:
+@click.pass_context
+def ops(ctx: click.Context) -> None:
     """Operator tools."""
+    from click.core import ParameterSource
+
+    # An operator's command says what it did in its own output; the info lines of the service
+    # code some of them run (each event a host enrollment appends) belong in services' logs,
+    # and came out as JSON among the command's output. As `potluck-ops` does, they show with
+    # --log-level INFO (or POTLUCK_LOG_LEVEL) only.
+    if ctx.parent is not None and ctx.parent.get_parameter_source("log_level") == ParameterSource.DEFAULT:
+        configure_logging("WARNING")
 
 
 @ops.group(name="hosts")

@@ -121,6 +121,9 @@ async def test_a_member_joins_with_a_token_and_users_reach_its_container(
     assert enrolled.returncode == 0, enrolled.stderr
     [token] = enrolled.stdout.splitlines()
     assert token.startswith(PREFIX)
+    # What the command says is for the operator: no service log lines among it.
+    assert '"level"' not in enrolled.stderr, enrolled.stderr
+    assert "member's web page token" in enrolled.stderr
     content = decode(token)
     assert [(g.address, g.client_key) for g in content.gateways] == [(f"127.0.0.1:{tunnel_port}", client_key)]
 
