@@ -367,6 +367,9 @@ def ssh(alloc_id: str, identity: str | None, command: tuple[str, ...]) -> None:
             host or "127.0.0.1",
             int(port or 2222),
             identity,
+            # After `--`: ssh reads options after the destination too, and would take a
+            # command's own (`-c` of `sh -c`) as its own.
+            command=command,
             known_hosts_file=config_path().with_name("known_hosts"),
         )
     except ValueError as exc:
@@ -379,4 +382,4 @@ def ssh(alloc_id: str, identity: str | None, command: tuple[str, ...]) -> None:
     # Trust the gateway's key on first use, then hold it to that key. The file is Potluck's
     # own, so a gateway's key never mixes with the user's other hosts in ~/.ssh/known_hosts.
     argv[1:1] = ["-o", "StrictHostKeyChecking=accept-new"]
-    os.execvp(argv[0], [*argv, *command])
+    os.execvp(argv[0], argv)

@@ -205,6 +205,11 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         assert (tmp_path / "known_hosts").read_text().strip(), "the gateway's key is remembered"
         failed = potluck("ssh", allocation["id"], "-i", str(key), "--", "exit 7", env=newcomer)
         assert failed.returncode == 7, failed.stderr
+        # A command that starts like one of ssh's own options goes to the container: ssh reads
+        # options after the destination too, and `-V` there printed ssh's version, exit 0.
+        dashed = potluck("ssh", allocation["id"], "-i", str(key), "--", "-V", env=newcomer)
+        assert "OpenSSH" not in dashed.stdout + dashed.stderr, dashed.stderr
+        assert dashed.returncode != 0
 
         listed = potluck("alloc", "ls", "--json", env=newcomer)
         assert [a["id"] for a in json.loads(listed.stdout)] == [allocation["id"]]
