@@ -98,6 +98,21 @@ class AllocationRunning(HostAllocationEvent):
 
 
 @event_type
+class AllocationRestarted(AllocationEvent):
+    """Its container (an interactive allocation's) stopped without Potluck stopping it: its
+    engine restarted, its machine rebooted, or its keep-alive was killed. Its host started the
+    same container again: the files in it are as they were, the processes in it are not.
+
+    Not routed to the host (no routing field): the host already knows, it did it.
+    """
+
+    host_id: str
+    container_id: str
+    exit_code: int
+    oom_killed: bool = False
+
+
+@event_type
 class AllocationUnplaced(HostAllocationEvent):
     """The host could not get the image (its pull failed after its retries): the allocation
     leaves that host and waits to be placed again, never on a host it failed on before.

@@ -43,10 +43,22 @@ class Report(BaseModel):
     at: datetime = Field(default_factory=_now)
 
 
+class PreviousExit(BaseModel):
+    """How a container had stopped before its host started it again."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
+    exit_code: int
+    oom_killed: bool = False
+
+
 class ContainerStarted(Report):
     kind: Literal["started"] = "started"
     alloc_id: str
     container_id: str
+    #: Set when hostd started an interactive allocation's stopped container again (its engine
+    #: restarted, its machine rebooted, its keep-alive killed): how it had stopped.
+    restarted_after: PreviousExit | None = None
 
 
 #: Why hostd itself stopped a container that then exited (None: its command ended on its own).

@@ -31,6 +31,7 @@ from potluck.contracts.allocation_events import (
     AllocationRefused,
     AllocationReleased,
     AllocationRequested,
+    AllocationRestarted,
     AllocationRunning,
     AllocationSpec,
     AllocationUnplaced,
@@ -225,6 +226,8 @@ def evolve(
             )
         case AllocationRunning():
             return replace(state, status="running", container_id=event.container_id, started_at=at)
+        case AllocationRestarted():
+            return state  # still running, in the same container: it changes only the history
         case AllocationExited():
             return replace(
                 state,

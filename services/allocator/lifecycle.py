@@ -25,6 +25,7 @@ from potluck.contracts.allocation_events import (
     AllocationFailed,
     AllocationPulling,
     AllocationPullProgressed,
+    AllocationRestarted,
     AllocationRunning,
     AllocationUnplaced,
     CapacityFreed,
@@ -196,6 +197,16 @@ def decide(
             return pulling(current, host_id, report, now or datetime.now(UTC))
         case ContainerStarted():
             current = _check_host(state, report.alloc_id, host_id)
+            previous = report.restarted_after
+            if current.status == "running" and previous is not None:
+                restarted = AllocationRestarted(
+                    alloc_id=current.alloc_id,
+                    host_id=host_id,
+                    container_id=report.container_id,
+                    exit_code=previous.exit_code,
+                    oom_killed=previous.oom_killed,
+                )
+                return Decision(current.alloc_id, [restarted], expected=current.version)
             if current.status not in STARTING:
                 return None
             running = AllocationRunning(

@@ -63,6 +63,7 @@ from potluck.contracts.reports import (
     ContainerStatus,
     EngineStatus,
     FailureReason,
+    PreviousExit,
     Report,
     UsageSample,
     UsageSampled,
@@ -425,8 +426,11 @@ class ContainerManager:
             self._engine_state(True)
         return container_id
 
-    async def _started(self, spec: ContainerSpec, container_id: str) -> None:
-        """Bookkeeping of a container the engine started, under the lock."""
+    async def _started(
+        self, spec: ContainerSpec, container_id: str, restarted_after: PreviousExit | None = None
+    ) -> None:
+        """Bookkeeping of a container the engine started (`restarted_after`: again, after it
+        had stopped so), under the lock."""
         alloc_id = spec.allocation_id
         self.containers[alloc_id] = container_id
         if self.held:
@@ -436,7 +440,9 @@ class ContainerManager:
         self._quotas.pop(alloc_id, None)
         await self._apply_quotas_locked()
         log.info("hostd.container_started", alloc_id=alloc_id, container_id=container_id[:12])
-        self.report(ContainerStarted(alloc_id=alloc_id, container_id=container_id))
+        self.report(
+            ContainerStarted(alloc_id=alloc_id, container_id=container_id, restarted_after=restarted_after)
+        )
 
     async def reconcile(self) -> None:
         """Bring the engine in line with the desired set. An engine that goes away midway
@@ -727,7 +733,8 @@ class ContainerManager:
             hint="an interactive allocation stays up until released or expired: its stopped "
             "container (engine restarted, machine rebooted, keep-alive ended) runs again, files kept",
         )
-        await self._started(spec, container_id)
+        previous = PreviousExit(exit_code=stopped.exit_code or 0, oom_killed=stopped.oom_killed)
+        await self._started(spec, container_id, restarted_after=previous)
 
     def _retry_start_again(self, stopped: ManagedContainer, error: DockerDriverError) -> None:
         """Ask the engine again in a moment: one shutting down refuses starts for a while before

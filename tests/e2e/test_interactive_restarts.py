@@ -15,6 +15,14 @@ from tests.e2e.test_host_faults import alloc_event_types, container_of, interact
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 
 
+async def wait_for_events(pool: Pool, alloc_id: str, event: str, count: int, timeout: float = 30) -> None:
+    """Until `alloc_id`'s stream holds `count` events of type `event` (no more, at the end)."""
+    async with asyncio.timeout(timeout):
+        while (types := await alloc_event_types(pool.store, alloc_id)).count(event) < count:
+            await asyncio.sleep(0.1)
+    assert types.count(event) == count, types
+
+
 async def _kill(driver: DockerDriver, container_id: str) -> None:
     """SIGKILL to the container's PID 1 (docker-init): the container dies with 137."""
     started = (await asyncio.to_thread(driver.state, container_id)).started_at
@@ -55,6 +63,7 @@ async def test_a_killed_keep_alive_is_started_again_until_its_budget_then_its_en
         assert state is not None
         assert state.status == "running", pool.logs()
         assert await container_of(pool, "sandbox") == sandbox
+        await wait_for_events(pool, "sandbox", "AllocationRestarted", budget.times)
         assert "AllocationExited" not in await alloc_event_types(pool.store, "sandbox")
         assert "hostd.container_restarted" in (laptop.process.log_tail(400) if laptop.process else "")
 
@@ -118,6 +127,7 @@ async def test_after_a_reboot_hostd_starts_the_interactive_container_again_and_r
         state = await allocation(pool.store, "sandbox")
         assert state is not None
         assert state.status == "running", pool.logs()
+        await wait_for_events(pool, "sandbox", "AllocationRestarted", 1)
         assert "AllocationExited" not in await alloc_event_types(pool.store, "sandbox")
     finally:
         driver.close()

@@ -17,6 +17,7 @@ from potluck.allocator.lifecycle import Decision, decide, decide_actual_state
 from potluck.contracts.allocation_events import (
     AllocationExited,
     AllocationFailed,
+    AllocationRestarted,
     AllocationRunning,
     AllocationSpec,
     CapacityFreed,
@@ -31,6 +32,7 @@ from potluck.contracts.reports import (
     ContainerStarted,
     ContainerStatus,
     EngineStatus,
+    PreviousExit,
 )
 from potluck.events import PoisonMessage
 from potluck.readmodels.allocations import AllocationState
@@ -82,6 +84,23 @@ def test_a_started_container_makes_a_placed_allocation_running() -> None:
 def test_a_start_reported_again_changes_nothing() -> None:
     assert decide(alloc(status="running"), "h1", started()) is None
     assert decide(alloc(status="released"), "h1", started()) is None
+
+
+def test_a_running_allocations_container_started_again_is_logged_with_how_it_had_stopped() -> None:
+    """hostd started an interactive allocation's stopped container again: it stays running, and
+    its history says so (not reported again: a report delivered twice is logged once by its id)."""
+    again = ContainerStarted(alloc_id="a1", container_id="c-a1", restarted_after=PreviousExit(exit_code=143))
+    decision = decide(alloc(status="running"), "h1", again)
+    assert decision == Decision(
+        "a1",
+        [AllocationRestarted(alloc_id="a1", host_id="h1", container_id="c-a1", exit_code=143)],
+        expected=3,
+    )
+    # Before it was logged running, a start is a start; after its end, nothing.
+    first = decide(alloc(status="placed"), "h1", again)
+    assert first is not None
+    assert first.alloc_events == [AllocationRunning(alloc_id="a1", host_id="h1", container_id="c-a1")]
+    assert decide(alloc(status="exited"), "h1", again) is None
 
 
 @pytest.mark.parametrize("status", ["placed", "running"])
