@@ -694,6 +694,7 @@ class ContainerManager:
         spec = self.desired.get(alloc_id)
         if spec is None or alloc_id in self._drained or self._stopping.get(alloc_id) is not None:
             return  # released, drained or stopped by us while this waited for the lock
+        refused: DockerDriverError | None = None
         try:
             if (await self._docker(self.driver.state, container_id)).running:
                 return  # started already (the reconciliation and the die event both saw it stop)
@@ -702,8 +703,7 @@ class ContainerManager:
         except EngineUnavailable:
             raise
         except DockerDriverError as exc:
-            self._retry_start_again(stopped, exc)
-            return
+            refused = exc  # asked again below, within the budget like any start
         if not self._restarts.allow(alloc_id, time.monotonic()):
             log.warning(
                 "hostd.restarts_exhausted",
@@ -713,6 +713,9 @@ class ContainerManager:
                 hint="its container keeps stopping: its end is reported; see the engine's log",
             )
             self._exited(stopped)
+            return
+        if refused is not None:
+            self._retry_start_again(stopped, refused)
             return
         try:
             await self._docker(self.driver.start_again, container_id, spec)
