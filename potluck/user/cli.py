@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from potluck.contracts.event_facts import event_facts
 from potluck.user.client import Api, ClientError, ExitCode, Login, config_path
 from potluck.user.remote import IDENTITY
 from potluck.user.ssh_keys import admitted_keys
@@ -324,10 +325,12 @@ def show(alloc_id: str, as_json: bool) -> None:
         return
     _show(allocation, False)
     table = Table(box=None, header_style="bold", title="history", title_justify="left")
-    for column in ("#", "WHEN", "EVENT"):
+    for column in ("#", "WHEN", "EVENT", "DETAIL"):
         table.add_column(column)
     for entry in history:
-        table.add_row(str(entry["version"]), entry["recorded_at"][:23], entry["type"])
+        table.add_row(
+            str(entry["version"]), entry["recorded_at"][:23], entry["type"], event_facts(entry["data"], 120)
+        )
     out.print(table)
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from potluck.allocator.model import AllocatorModel
 from potluck.allocator.schemas import HistoryEntry
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.event_facts import event_facts
 from potluck.readmodels.allocations import TERMINAL, AllocationState
 from potluck.readmodels.hosts import HostState
 from potluck.readmodels.jobs import JobState
@@ -312,20 +313,12 @@ class Moment:
     detail: str
 
 
-_QUIET = frozenset({"spec", "ssh_keys", "env", "alloc_id", "user"})
-
-
 def timeline(entries: Iterable[HistoryEntry]) -> tuple[Moment, ...]:
     """An allocation's events, oldest first, each with its facts but never its secrets (env)."""
-    moments = []
-    for entry in entries:
-        facts = ", ".join(
-            f"{key}={value}"
-            for key, value in sorted(entry.data.items())
-            if key not in _QUIET and value is not None
-        )
-        moments.append(Moment(at=when(entry.recorded_at), what=entry.type, detail=facts[:300]))
-    return tuple(moments)
+    return tuple(
+        Moment(at=when(entry.recorded_at), what=entry.type, detail=event_facts(entry.data))
+        for entry in entries
+    )
 
 
 @dataclass(frozen=True)
