@@ -84,6 +84,10 @@ def _exec_refused_as_paused(answer: tuple[int, Any]) -> bool:
     return status == 409 and pause_races.says_paused(message(body))
 
 
+def _start_refused_as_paused(exc: BaseException) -> bool:
+    return isinstance(exc, ExecError) and pause_races.says_paused(str(exc))
+
+
 def signal_number(name: str) -> int | None:
     return _SIGNALS.get(name.upper().removeprefix("SIG"))
 
@@ -332,17 +336,27 @@ class ExecBridge:
         if status != 201:
             raise ExecError(f"exec create in {container_id[:12]}: {status} {message(body)}")
         exec_id = str(body["Id"])
-        stream = ExecStream(exec_id, tty)
-        try:
-            await docker_http.hijack(self.docker_url, stream, self.timeout)
-        except (TimeoutError, OSError) as exc:
-            raise ExecError(f"exec start in {container_id[:12]}: {type(exc).__name__}: {exc}") from exc
+        stream = await self._start(exec_id, container_id, tty)
         self.sessions.remember(exec_id, container_id)
         process = ExecProcess(self, exec_id, container_id, tty, stream)
         if tty and width > 0 and height > 0:
             with contextlib.suppress(ExecError):
                 await process.resize(width, height)
         return process
+
+    async def _start(self, exec_id: str, container_id: str, tty: bool) -> ExecStream:
+        """The exec started, its stream upgraded; asked again (on a new connection) while the
+        engine still holds the container paused after an unpause, as its create is."""
+        async for attempt in pause_races.starting_while_stale_paused(_start_refused_as_paused):
+            with attempt:
+                stream = ExecStream(exec_id, tty)
+                try:
+                    await docker_http.hijack(self.docker_url, stream, self.timeout)
+                except (TimeoutError, OSError) as exc:
+                    why = f"{type(exc).__name__}: {exc}"
+                    raise ExecError(f"exec start in {container_id[:12]}: {why}") from exc
+                return stream
+        raise AssertionError("unreachable: tenacity returns or raises")
 
     async def _resize(self, exec_id: str, width: int, height: int) -> None:
         status, body = await self._call("POST", f"/exec/{exec_id}/resize?h={int(height)}&w={int(width)}")

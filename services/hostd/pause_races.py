@@ -10,9 +10,9 @@
   returns and again when containerd's paused event reaches the daemon's event queue (moby
   daemon/monitor.go, `EventPaused`: "if !c.Paused { c.Paused = true }"). An unpause that lands
   between the two is undone until the resumed event follows, and an exec in that moment is
-  refused with 409 "... is paused, unpause the container before exec". An exec refused that way
-  is tried again for up to `STALE_PAUSE_S`; a container that stays paused is refused after it,
-  in the engine's own words.
+  refused with 409 "... is paused, unpause the container before exec", at its create or at its
+  start. An exec refused that way is tried again for up to `STALE_PAUSE_S`; a container that
+  stays paused is refused after it, in the engine's own words.
 
 tenacity holds both policies: the retry library is a dependency already (image_pull.py,
 libs/events/decide.py) and says in one place what is tried, how often and how long apart.
@@ -40,6 +40,7 @@ __all__ = [
     "ask_while_paused",
     "freezing",
     "says_paused",
+    "starting_while_stale_paused",
     "while_stale_paused",
 ]
 
@@ -74,6 +75,17 @@ def freezing(engine_failed: Callable[[BaseException], bool]) -> Retrying:
 def while_stale_paused(refused_as_paused: Callable[[BaseException], bool]) -> Retrying:
     """An exec (blocking), tried again while the engine refuses it as paused."""
     return Retrying(
+        stop=stop_after_delay(STALE_PAUSE_S),
+        wait=wait_fixed(_STALE_PAUSE_EVERY_S),
+        retry=retry_if_exception(refused_as_paused),
+        reraise=True,
+    )
+
+
+def starting_while_stale_paused(refused_as_paused: Callable[[BaseException], bool]) -> AsyncRetrying:
+    """An exec's start (an upgraded connection, so a new one each time), tried again while the
+    engine refuses it as paused."""
+    return AsyncRetrying(
         stop=stop_after_delay(STALE_PAUSE_S),
         wait=wait_fixed(_STALE_PAUSE_EVERY_S),
         retry=retry_if_exception(refused_as_paused),

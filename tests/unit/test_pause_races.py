@@ -97,3 +97,26 @@ def test_an_exec_refused_as_paused_is_asked_again_and_a_lasting_pause_is_answere
 def test_only_the_engines_paused_refusal_counts_as_paused() -> None:
     assert pause_races.says_paused("Container 93c9 is paused, unpause the container before exec")
     assert not pause_races.says_paused("Container 93c9 is not running")
+
+
+def test_an_exec_start_refused_as_paused_is_started_again_and_other_refusals_are_not() -> None:
+    """The engine refuses the start twice as paused, then upgrades it; another start is refused
+    as not running. Afterwards: the first returned on its third call; the second raised its
+    refusal on its first call."""
+    paused = Refused("POST /exec/e1/start answered 409: Container abc is paused, unpause the container")
+    settling, stopped = Failing(2, paused), Failing(99, Refused("Container abc is not running"))
+
+    def refused_as_paused(exc: BaseException) -> bool:
+        return pause_races.says_paused(str(exc))
+
+    async def start(call: Failing) -> str:
+        async for attempt in pause_races.starting_while_stale_paused(refused_as_paused):
+            with attempt:
+                return call()
+        raise AssertionError("unreachable: tenacity returns or raises")
+
+    assert asyncio.run(start(settling)) == "done"
+    assert settling.calls == 3
+    with pytest.raises(Refused, match="not running"):
+        asyncio.run(start(stopped))
+    assert stopped.calls == 1
