@@ -64,8 +64,8 @@ async def laptop(pool: Pool, docker_engines: list[DockerEngine]) -> EnrolledHost
     return await start_laptop(pool, docker_engines[0])
 
 
-async def start_laptop(pool: Pool, engine: DockerEngine) -> EnrolledHost:
-    host = await pool.enroll("laptop-a")
+async def start_laptop(pool: Pool, engine: DockerEngine, name: str = "laptop-a") -> EnrolledHost:
+    host = await pool.enroll(name)
     pool.write_config(host, engine)
     pool.start_hostd(host)
     await pool.central_services_ready()  # see HOST_FIXTURES_THAT_WAIT

@@ -15,7 +15,7 @@ from potluck.events import EventStore
 from potluck.hostd.container_config import ContainerSpec
 from potluck.hostd.docker_driver import ContainerNotFound, DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
-from tests.e2e.conftest import wait_for_status
+from tests.e2e.conftest import start_laptop, wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 
 
@@ -49,6 +49,24 @@ async def wait_running_again(
                 await asyncio.sleep(0.2)
     except (TimeoutError, ContainerNotFound) as exc:
         raise AssertionError(f"container {container_id[:12]} does not run again: {exc!r}\n{logs()}") from None
+
+
+async def sandbox_beside_a_task(pool: Pool, host_id: str, driver: DockerDriver, task: str) -> str:
+    """`sandbox` (interactive, a file written in it) and the task `task` placed on `host_id` and
+    running; the sandbox's container id."""
+    await place(pool.store, host_id, task, spec())
+    await place(pool.store, host_id, "sandbox", interactive())
+    await wait_for_status(pool, task, "running")
+    await wait_for_status(pool, "sandbox", "running")
+    sandbox = await container_of(pool, "sandbox")
+    wrote = await asyncio.to_thread(driver.exec_run, sandbox, ["sh", "-c", "echo kept > /kept.txt"])
+    assert wrote.exit_code == 0, wrote.output
+    return sandbox
+
+
+async def assert_file_kept(driver: DockerDriver, sandbox: str) -> None:
+    read = await asyncio.to_thread(driver.exec_run, sandbox, ["cat", "/kept.txt"])
+    assert read.output.strip() == b"kept", read.output
 
 
 def orphan_spec(host_id: str, wanted: AllocationSpec) -> ContainerSpec:
@@ -147,17 +165,8 @@ async def test_hostd_survives_its_docker_engine_restarting(pool: Pool, tmp_path:
     driver = DockerDriver(engine.url)
     try:
         build_test_image(engine.url)
-        host = await pool.enroll("flaky")
-        pool.write_config(host, engine)
-        pool.start_hostd(host)
-        await pool.wait_for_host(host.host_id, "active")
-        await place(pool.store, host.host_id, "before", spec())
-        await place(pool.store, host.host_id, "sandbox", interactive())
-        await wait_for_status(pool, "before", "running")
-        await wait_for_status(pool, "sandbox", "running")
-        sandbox = await container_of(pool, "sandbox")
-        wrote = await asyncio.to_thread(driver.exec_run, sandbox, ["sh", "-c", "echo kept > /kept.txt"])
-        assert wrote.exit_code == 0, wrote.output
+        host = await start_laptop(pool, engine, "flaky")
+        sandbox = await sandbox_beside_a_task(pool, host.host_id, driver, "before")
 
         await asyncio.to_thread(engine.restart)
         await wait_for_status(pool, "before", "exited", timeout=60)
@@ -168,8 +177,7 @@ async def test_hostd_survives_its_docker_engine_restarting(pool: Pool, tmp_path:
         process = host.process
         await wait_running_again(driver, sandbox, logs=lambda: process.log_tail(100) if process else "")
         assert await container_of(pool, "sandbox") == sandbox
-        read = await asyncio.to_thread(driver.exec_run, sandbox, ["cat", "/kept.txt"])
-        assert read.output.strip() == b"kept", read.output
+        await assert_file_kept(driver, sandbox)
         # Its history says why its processes are gone (a 143 from the engine's SIGTERM, or a
         # 137 from its SIGKILL when the shutdown outlasts its grace).
         async with asyncio.timeout(30):

@@ -10,9 +10,15 @@ from potluck.hostd.docker_driver import DockerDriver
 from potluck.hostd.restart_budget import RestartBudget
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import build_test_image
-from tests.e2e.conftest import wait_for_status
-from tests.e2e.test_host_faults import alloc_event_types, container_of, interactive, wait_running_again
-from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
+from tests.e2e.conftest import start_laptop, wait_for_status
+from tests.e2e.test_host_faults import (
+    alloc_event_types,
+    assert_file_kept,
+    container_of,
+    sandbox_beside_a_task,
+    wait_running_again,
+)
+from tests.fixtures.pool import EnrolledHost, Pool, allocation
 
 
 async def wait_for_events(pool: Pool, alloc_id: str, event: str, count: int, timeout: float = 30) -> None:
@@ -46,19 +52,12 @@ async def test_a_killed_keep_alive_is_started_again_until_its_budget_then_its_en
     budget = RestartBudget()
     driver = DockerDriver(docker_engines[0].url)
     try:
-        await place(pool.store, laptop.host_id, "sandbox", interactive())
-        await place(pool.store, laptop.host_id, "task", spec())
-        await wait_for_status(pool, "sandbox", "running")
-        await wait_for_status(pool, "task", "running")
-        sandbox = await container_of(pool, "sandbox")
-        wrote = await asyncio.to_thread(driver.exec_run, sandbox, ["sh", "-c", "echo kept > /kept.txt"])
-        assert wrote.exit_code == 0, wrote.output
+        sandbox = await sandbox_beside_a_task(pool, laptop.host_id, driver, "task")
 
         for _ in range(budget.times):
             await _kill(driver, sandbox)
             await wait_running_again(driver, sandbox, timeout=30)
-            read = await asyncio.to_thread(driver.exec_run, sandbox, ["cat", "/kept.txt"])
-            assert read.output.strip() == b"kept", read.output
+            await assert_file_kept(driver, sandbox)
         state = await allocation(pool.store, "sandbox")
         assert state is not None
         assert state.status == "running", pool.logs()
@@ -98,17 +97,8 @@ async def test_after_a_reboot_hostd_starts_the_interactive_container_again_and_r
     driver = DockerDriver(engine.url)
     try:
         build_test_image(engine.url)
-        host = await pool.enroll("rebooted")
-        pool.write_config(host, engine)
-        pool.start_hostd(host)
-        await pool.wait_for_host(host.host_id, "active")
-        await place(pool.store, host.host_id, "sandbox", interactive())
-        await place(pool.store, host.host_id, "task", spec())
-        await wait_for_status(pool, "sandbox", "running")
-        await wait_for_status(pool, "task", "running")
-        sandbox = await container_of(pool, "sandbox")
-        wrote = await asyncio.to_thread(driver.exec_run, sandbox, ["sh", "-c", "echo kept > /kept.txt"])
-        assert wrote.exit_code == 0, wrote.output
+        host = await start_laptop(pool, engine, "rebooted")
+        sandbox = await sandbox_beside_a_task(pool, host.host_id, driver, "task")
 
         assert host.process is not None
         host.process.kill()
@@ -118,8 +108,7 @@ async def test_after_a_reboot_hostd_starts_the_interactive_container_again_and_r
 
         process = host.process
         await wait_running_again(driver, sandbox, logs=lambda: process.log_tail(100) if process else "")
-        read = await asyncio.to_thread(driver.exec_run, sandbox, ["cat", "/kept.txt"])
-        assert read.output.strip() == b"kept", read.output
+        await assert_file_kept(driver, sandbox)
         await wait_for_status(pool, "task", "exited", timeout=60)
         task = await allocation(pool.store, "task")
         assert task is not None
