@@ -61,8 +61,11 @@ class ContainerStarted(Report):
     restarted_after: PreviousExit | None = None
 
 
-#: Why hostd itself stopped a container that then exited (None: its command ended on its own).
-StopReason = Literal["host_drained"]
+#: Why a container's exit is its host's doing (None: its command ended on its own, or it was
+#: stopped outside Potluck): "host_drained", hostd's drain stopped it; "kept_stopping", an
+#: interactive allocation's container stopped again once hostd had started it again as often
+#: as its restart budget allows (or the engine kept refusing to start it).
+StopReason = Literal["host_drained", "kept_stopping"]
 
 
 class ContainerExited(Report):

@@ -91,7 +91,10 @@ def ended(state: AllocationState, host_id: str, event: Event) -> Decision:
 
 
 #: What its user reads when its host stopped it (ContainerExited.stopped_by_host).
-STOPPED_BY_HOST: dict[StopReason, str] = {"host_drained": "host drained"}
+STOPPED_BY_HOST: dict[StopReason, str] = {
+    "host_drained": "host drained",
+    "kept_stopping": "its host could not keep its container running (started again too often)",
+}
 
 
 def exited(

@@ -65,6 +65,7 @@ from potluck.contracts.reports import (
     FailureReason,
     PreviousExit,
     Report,
+    StopReason,
     UsageSample,
     UsageSampled,
 )
@@ -673,8 +674,9 @@ class ContainerManager:
             return
         self._exited(state)
 
-    def _exited(self, container: ManagedContainer) -> None:
-        """Its container ended: the allocation is no longer wanted here, and its end is reported."""
+    def _exited(self, container: ManagedContainer, why: StopReason | None = None) -> None:
+        """Its container ended: the allocation is no longer wanted here, and its end is reported
+        (`why`: the host's reason, for its user)."""
         self.desired.pop(container.allocation_id, None)
         log.info(
             "hostd.container_exited",
@@ -683,7 +685,7 @@ class ContainerManager:
             oom_killed=container.oom_killed,
         )
         self._report_exit(
-            container.allocation_id, container.container_id, container.exit_code, container.oom_killed
+            container.allocation_id, container.container_id, container.exit_code, container.oom_killed, why
         )
 
     async def _start_again(self, stopped: ManagedContainer) -> None:
@@ -712,7 +714,7 @@ class ContainerManager:
                 window_s=self._restarts.window_s,
                 hint="its container keeps stopping: its end is reported; see the engine's log",
             )
-            self._exited(stopped)
+            self._exited(stopped, "kept_stopping")
             return
         if refused is not None:
             self._retry_start_again(stopped, refused)
@@ -756,7 +758,14 @@ class ContainerManager:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _report_exit(self, alloc_id: str, container_id: str, exit_code: int | None, oom_killed: bool) -> None:
+    def _report_exit(
+        self,
+        alloc_id: str,
+        container_id: str,
+        exit_code: int | None,
+        oom_killed: bool,
+        why: StopReason | None = None,
+    ) -> None:
         drained = alloc_id in self._drained
         self._drained.discard(alloc_id)
         self.report(
@@ -765,7 +774,7 @@ class ContainerManager:
                 container_id=container_id,
                 exit_code=exit_code or 0,
                 oom_killed=oom_killed,
-                stopped_by_host="host_drained" if drained else None,
+                stopped_by_host="host_drained" if drained else why,
             )
         )
 

@@ -48,7 +48,8 @@ async def test_a_killed_keep_alive_is_started_again_until_its_budget_then_its_en
     than hostd's restart budget allows; a task's container is killed once. What must hold: each
     time within the budget the same container runs again with the file written before the first
     kill, and the allocation stays running with no end logged; the kill past the budget ends it
-    (exited, 137), as a task's kill ends the task at once (exited, 137, no restart)."""
+    (exited, 137, its reason saying so), as a task's kill ends the task at once (exited, 137,
+    no restart, no reason)."""
     budget = RestartBudget()
     driver = DockerDriver(docker_engines[0].url)
     try:
@@ -71,12 +72,15 @@ async def test_a_killed_keep_alive_is_started_again_until_its_budget_then_its_en
         state = await allocation(pool.store, "sandbox")
         assert state is not None
         assert state.exit_code == 137
+        assert state.reason is not None
+        assert "could not keep its container running" in state.reason
 
         await _kill(driver, await container_of(pool, "task"))
         await wait_for_status(pool, "task", "exited", timeout=30)
         state = await allocation(pool.store, "task")
         assert state is not None
         assert state.exit_code == 137
+        assert state.reason is None  # killed from outside: nothing the host did or decided
     finally:
         driver.close()
 

@@ -33,6 +33,7 @@ from potluck.contracts.reports import (
     ContainerStatus,
     EngineStatus,
     PreviousExit,
+    StopReason,
 )
 from potluck.events import PoisonMessage
 from potluck.readmodels.allocations import AllocationState
@@ -114,14 +115,21 @@ def test_an_exit_ends_an_active_allocation_and_frees_its_capacity(status: str) -
     assert decision.streams == {alloc_stream("a1"): decision.alloc_events, capacity_stream("h1"): freed()}
 
 
-def test_an_exit_the_host_caused_says_so_to_the_user() -> None:
+@pytest.mark.parametrize(
+    ("why", "reason"),
+    [
+        ("host_drained", "host drained"),
+        ("kept_stopping", "its host could not keep its container running (started again too often)"),
+    ],
+)
+def test_an_exit_the_host_caused_says_so_to_the_user(why: StopReason, reason: str) -> None:
     report = ContainerExited(
-        alloc_id="a1", container_id="c1", exit_code=143, oom_killed=False, stopped_by_host="host_drained"
+        alloc_id="a1", container_id="c1", exit_code=143, oom_killed=False, stopped_by_host=why
     )
     decision = decide(alloc(status="running"), "h1", report)
     assert decision is not None
     assert decision.alloc_events == [
-        AllocationExited(alloc_id="a1", host_id="h1", exit_code=143, reason="host drained")
+        AllocationExited(alloc_id="a1", host_id="h1", exit_code=143, reason=reason)
     ]
 
 
