@@ -2,11 +2,13 @@
 and restarts of the Docker engine and of NATS."""
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,7 @@ from potluck.events import EventStore
 from potluck.hostd.container_config import ContainerSpec
 from potluck.hostd.docker_driver import ContainerNotFound, DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.test_image import build_test_image
 from tests.e2e.conftest import start_laptop, wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 
@@ -67,6 +70,32 @@ async def sandbox_beside_a_task(pool: Pool, host_id: str, driver: DockerDriver, 
 async def assert_file_kept(driver: DockerDriver, sandbox: str) -> None:
     read = await asyncio.to_thread(driver.exec_run, sandbox, ["cat", "/kept.txt"])
     assert read.output.strip() == b"kept", read.output
+
+
+@contextlib.asynccontextmanager
+async def laptop_with_a_sandbox(
+    pool: Pool, directory: Path, name: str, task: str
+) -> AsyncIterator[tuple[DockerEngine, DockerDriver, EnrolledHost, str]]:
+    """A laptop `name` on an engine of its own (in `directory`), with `sandbox` (see
+    sandbox_beside_a_task) and the task `task` running on it; the sandbox's container id last."""
+    engine = DockerEngine(directory / "own-engine")
+    engine.start()
+    driver = DockerDriver(engine.url)
+    try:
+        build_test_image(engine.url)
+        host = await start_laptop(pool, engine, name)
+        yield engine, driver, host, await sandbox_beside_a_task(pool, host.host_id, driver, task)
+    finally:
+        driver.close()
+        engine.stop()
+
+
+async def wait_for_events(pool: Pool, alloc_id: str, event: str, count: int, timeout: float = 30) -> None:
+    """Until `alloc_id`'s stream holds `count` events of type `event` (no more, at the end)."""
+    async with asyncio.timeout(timeout):
+        while (types := await alloc_event_types(pool.store, alloc_id)).count(event) < count:
+            await asyncio.sleep(0.1)
+    assert types.count(event) == count, types
 
 
 def orphan_spec(host_id: str, wanted: AllocationSpec) -> ContainerSpec:
@@ -156,18 +185,12 @@ async def test_hostd_survives_its_docker_engine_restarting(pool: Pool, tmp_path:
     container died with it and is reported as exited; the interactive allocation (no command)
     is still running, in the same container, started again with the file written into it
     before; the engine's return is noticed and new work runs again."""
-    from pathlib import Path
-
-    from potluck.localstack.test_image import build_test_image
-
-    engine = DockerEngine(Path(tmp_path) / "own-engine")
-    engine.start()
-    driver = DockerDriver(engine.url)
-    try:
-        build_test_image(engine.url)
-        host = await start_laptop(pool, engine, "flaky")
-        sandbox = await sandbox_beside_a_task(pool, host.host_id, driver, "before")
-
+    async with laptop_with_a_sandbox(pool, Path(tmp_path), "flaky", "before") as (
+        engine,
+        driver,
+        host,
+        sandbox,
+    ):
         await asyncio.to_thread(engine.restart)
         await wait_for_status(pool, "before", "exited", timeout=60)
         await place(pool.store, host.host_id, "after", spec())
@@ -180,13 +203,8 @@ async def test_hostd_survives_its_docker_engine_restarting(pool: Pool, tmp_path:
         await assert_file_kept(driver, sandbox)
         # Its history says why its processes are gone (a 143 from the engine's SIGTERM, or a
         # 137 from its SIGKILL when the shutdown outlasts its grace).
-        async with asyncio.timeout(30):
-            while "AllocationRestarted" not in (types := await alloc_event_types(pool.store, "sandbox")):
-                await asyncio.sleep(0.1)
-        assert "AllocationExited" not in types
-    finally:
-        driver.close()
-        engine.stop()
+        await wait_for_events(pool, "sandbox", "AllocationRestarted", 1)
+        assert "AllocationExited" not in await alloc_event_types(pool.store, "sandbox")
 
 
 async def test_hostd_carries_on_after_nats_restarts(pool: Pool, laptop: EnrolledHost) -> None:
@@ -285,12 +303,10 @@ async def test_hostd_outlives_its_docker_engine_stopping_and_recovers(
     again: hostd reports it available, starts what was placed during the outage (whichever of
     hostd's calls finds the engine back first), and runs new work."""
     import json
-    from pathlib import Path
 
     from nats.aio.msg import Msg
 
     from potluck.contracts.subjects import REPORT_PREFIX
-    from potluck.localstack.test_image import build_test_image
 
     engine = DockerEngine(Path(tmp_path) / "own-engine")
     engine.start()

@@ -9,24 +9,17 @@ from pathlib import Path
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.hostd.restart_budget import RestartBudget
 from potluck.localstack.docker_engine import DockerEngine
-from potluck.localstack.test_image import build_test_image
-from tests.e2e.conftest import start_laptop, wait_for_status
+from tests.e2e.conftest import wait_for_status
 from tests.e2e.test_host_faults import (
     alloc_event_types,
     assert_file_kept,
     container_of,
+    laptop_with_a_sandbox,
     sandbox_beside_a_task,
+    wait_for_events,
     wait_running_again,
 )
 from tests.fixtures.pool import EnrolledHost, Pool, allocation
-
-
-async def wait_for_events(pool: Pool, alloc_id: str, event: str, count: int, timeout: float = 30) -> None:
-    """Until `alloc_id`'s stream holds `count` events of type `event` (no more, at the end)."""
-    async with asyncio.timeout(timeout):
-        while (types := await alloc_event_types(pool.store, alloc_id)).count(event) < count:
-            await asyncio.sleep(0.1)
-    assert types.count(event) == count, types
 
 
 async def _kill(driver: DockerDriver, container_id: str) -> None:
@@ -96,14 +89,7 @@ async def test_after_a_reboot_hostd_starts_the_interactive_container_again_and_r
     pool.processes["registry"].stop()
     pool.liveness = (0.5, 3, 120.0)
     pool.start_registry()
-    engine = DockerEngine(tmp_path / "own-engine")
-    engine.start()
-    driver = DockerDriver(engine.url)
-    try:
-        build_test_image(engine.url)
-        host = await start_laptop(pool, engine, "rebooted")
-        sandbox = await sandbox_beside_a_task(pool, host.host_id, driver, "task")
-
+    async with laptop_with_a_sandbox(pool, tmp_path, "rebooted", "task") as (engine, driver, host, sandbox):
         assert host.process is not None
         host.process.kill()
         await asyncio.to_thread(engine.restart)
@@ -122,6 +108,3 @@ async def test_after_a_reboot_hostd_starts_the_interactive_container_again_and_r
         assert state.status == "running", pool.logs()
         await wait_for_events(pool, "sandbox", "AllocationRestarted", 1)
         assert "AllocationExited" not in await alloc_event_types(pool.store, "sandbox")
-    finally:
-        driver.close()
-        engine.stop()
