@@ -158,7 +158,7 @@ class ContainerManager:
         self._unwanted_starts: set[str] = set()
         self._start_slots = asyncio.Semaphore(START_CONCURRENCY)
         # Allocations whose container we stop ourselves, with the failure to report instead of an exit.
-        self._stopping: dict[str, FailureReason | None] = {}
+        self._stopping: dict[str, FailureReason] = {}
         #: Allocations whose container the drain stopped: their exit says so, for their users.
         self._drained: set[str] = set()
         #: How often each interactive allocation's container was started again lately.
@@ -662,9 +662,9 @@ class ContainerManager:
             await asyncio.wait([start])
         if state.running or alloc_id not in self.desired:
             return  # restarted, or released by us
-        if self._stopping.get(alloc_id) is not None:
+        if alloc_id in self._stopping:
+            del self._stopping[alloc_id]
             self.desired.pop(alloc_id, None)
-            self._stopping.pop(alloc_id, None)
             return  # reported as a failure when we stopped it
         if state.keeps_alive and alloc_id not in self._drained:
             async with self._lock:
@@ -676,16 +676,26 @@ class ContainerManager:
 
     def _exited(self, container: ManagedContainer, why: StopReason | None = None) -> None:
         """Its container ended: the allocation is no longer wanted here, and its end is reported
-        (`why`: the host's reason, for its user)."""
-        self.desired.pop(container.allocation_id, None)
+        (`why`: the host's reason, for its user; a drain's stop says so whatever `why`)."""
+        alloc_id = container.allocation_id
+        self.desired.pop(alloc_id, None)
         log.info(
             "hostd.container_exited",
-            alloc_id=container.allocation_id,
+            alloc_id=alloc_id,
             exit_code=container.exit_code,
             oom_killed=container.oom_killed,
         )
-        self._report_exit(
-            container.allocation_id, container.container_id, container.exit_code, container.oom_killed, why
+        if alloc_id in self._drained:
+            self._drained.discard(alloc_id)
+            why = "host_drained"
+        self.report(
+            ContainerExited(
+                alloc_id=alloc_id,
+                container_id=container.container_id,
+                exit_code=container.exit_code or 0,
+                oom_killed=container.oom_killed,
+                stopped_by_host=why,
+            )
         )
 
     async def _start_again(self, stopped: ManagedContainer) -> None:
@@ -694,7 +704,7 @@ class ContainerManager:
         EngineUnavailable: the engine is away, and the reconciliation on its return does this."""
         alloc_id, container_id = stopped.allocation_id, stopped.container_id
         spec = self.desired.get(alloc_id)
-        if spec is None or alloc_id in self._drained or self._stopping.get(alloc_id) is not None:
+        if spec is None or alloc_id in self._drained or alloc_id in self._stopping:
             return  # released, drained or stopped by us while this waited for the lock
         refused: DockerDriverError | None = None
         try:
@@ -757,26 +767,6 @@ class ContainerManager:
         task = asyncio.create_task(again(), name=f"start-again-{alloc_id}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    def _report_exit(
-        self,
-        alloc_id: str,
-        container_id: str,
-        exit_code: int | None,
-        oom_killed: bool,
-        why: StopReason | None = None,
-    ) -> None:
-        drained = alloc_id in self._drained
-        self._drained.discard(alloc_id)
-        self.report(
-            ContainerExited(
-                alloc_id=alloc_id,
-                container_id=container_id,
-                exit_code=exit_code or 0,
-                oom_killed=oom_killed,
-                stopped_by_host="host_drained" if drained else why,
-            )
-        )
 
     async def watch_docker_events(self) -> None:
         """Follows the engine's die events in a thread; restarts the stream after an engine outage."""

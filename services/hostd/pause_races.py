@@ -72,25 +72,25 @@ def freezing(engine_failed: Callable[[BaseException], bool]) -> Retrying:
     )
 
 
+def _while_stale_paused(refused_as_paused: Callable[[BaseException], bool]) -> dict[str, Any]:
+    """How long and how often an exec the engine refuses as paused is tried again."""
+    return {
+        "stop": stop_after_delay(STALE_PAUSE_S),
+        "wait": wait_fixed(_STALE_PAUSE_EVERY_S),
+        "retry": retry_if_exception(refused_as_paused),
+        "reraise": True,
+    }
+
+
 def while_stale_paused(refused_as_paused: Callable[[BaseException], bool]) -> Retrying:
     """An exec (blocking), tried again while the engine refuses it as paused."""
-    return Retrying(
-        stop=stop_after_delay(STALE_PAUSE_S),
-        wait=wait_fixed(_STALE_PAUSE_EVERY_S),
-        retry=retry_if_exception(refused_as_paused),
-        reraise=True,
-    )
+    return Retrying(**_while_stale_paused(refused_as_paused))
 
 
 def starting_while_stale_paused(refused_as_paused: Callable[[BaseException], bool]) -> AsyncRetrying:
     """An exec's start (an upgraded connection, so a new one each time), tried again while the
     engine refuses it as paused."""
-    return AsyncRetrying(
-        stop=stop_after_delay(STALE_PAUSE_S),
-        wait=wait_fixed(_STALE_PAUSE_EVERY_S),
-        retry=retry_if_exception(refused_as_paused),
-        reraise=True,
-    )
+    return AsyncRetrying(**_while_stale_paused(refused_as_paused))
 
 
 def _last_answer(state: RetryCallState) -> Any:
