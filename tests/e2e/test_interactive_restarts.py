@@ -10,7 +10,7 @@ from potluck.hostd.docker_driver import DockerDriver
 from potluck.hostd.restart_budget import RestartBudget
 from potluck.localstack.docker_engine import DockerEngine
 from tests.e2e.conftest import wait_for_status
-from tests.e2e.test_host_faults import (
+from tests.e2e.sandboxes import (
     alloc_event_types,
     assert_file_kept,
     container_of,
