@@ -9,6 +9,7 @@ from pydantic import BeforeValidator, Field
 from potluck.allocator.job_decisions import TaskState, standing
 from potluck.allocator.schemas import (
     Body,
+    Command,
     Disk,
     EnvVars,
     HostLabels,
@@ -17,7 +18,6 @@ from potluck.allocator.schemas import (
     Memory,
     Request,
     SshKey,
-    Text,
 )
 from potluck.contracts.allocation_events import AllocationSpec
 from potluck.contracts.capacity import MIN_CPUS, Capacity
@@ -64,8 +64,8 @@ class CreateJob(Request):
     memory: Memory = Field(description="Memory of each task: bytes, or e.g. 512M, 4G.")
     disk: Disk = Field(default=1 << 30, description="Writable disk of each task: bytes, or e.g. 1G.")
     image: ImageReference = Field(description="The image each task runs.")
-    command: list[Text] | None = Field(
-        default=None, max_length=256, description="Each task's command (the image's own when absent)."
+    command: Command | None = Field(
+        default=None, description="Each task's command (the image's own when absent)."
     )
     env: EnvVars = Field(default_factory=dict, max_length=128)
     ssh_keys: list[SshKey] = Field(

@@ -65,6 +65,23 @@ Text = Annotated[
     AfterValidator(_matching(TEXT, "text without NUL characters")),
     WithJsonSchema({"type": "string", "pattern": TEXT}),
 ]
+
+
+def _runs_something(words: list[str]) -> list[str]:
+    # Docker runs the image's own CMD for an empty command: not what someone who wrote one meant,
+    # and for an allocation, leaving it out (interactive) is how to ask for something else.
+    if not words:
+        raise ValueError("give the program to run and its arguments, or leave `command` out")
+    return words
+
+
+#: A command as Docker's argv: the program first, then its arguments.
+Command = Annotated[
+    list[Text],
+    Field(max_length=256, json_schema_extra={"minItems": 1}),
+    AfterValidator(_runs_something),
+]
+
 SshKey = Annotated[
     str,
     AfterValidator(_matching(SSH_KEY, "one OpenSSH public key line, e.g. 'ssh-ed25519 AAAA... me'")),
@@ -121,7 +138,13 @@ class CreateAllocation(Request):
     )
     ssh_keys: list[SshKey] = Field(default_factory=list, max_length=16, description="OpenSSH public keys.")
     lifetime: Lifetime = Field(default=3600.0, description="Seconds, or e.g. 2h.")
-    command: list[Text] | None = Field(default=None, max_length=256)
+    command: Command | None = Field(
+        default=None,
+        description=(
+            "The program and its arguments: a task, which ends when it ends. "
+            "Absent: interactive, up until released or expired."
+        ),
+    )
     env: EnvVars = Field(default_factory=dict, max_length=128)
     constraints: HostLabels = Field(
         default_factory=dict, max_length=16, description="Host labels that must match."

@@ -42,6 +42,9 @@ async def shared(module_pool: Pool, docker_engines: list[DockerEngine]) -> Async
         # Postgres cannot store NUL or a lone surrogate; Docker cannot pass NUL on.
         (small(command=["sh", "-c", "echo \u0000"]), 400, "INVALID_FIELD", "command"),
         (small(env={"A": "\u0000"}), 400, "INVALID_FIELD", "env"),
+        # Docker would run the image's own CMD for [] (a shell that exits at once): a task that
+        # ends before anyone sees it, where leaving `command` out asks for an interactive one.
+        (small(command=[]), 400, "INVALID_FIELD", "command"),
         ('{"cpus": 1, "memory": "64M", "image": "x", "command": ["\\ud8e6"]}', 400, "MALFORMED_JSON", None),
         # A size text is checked against the pattern the schema publishes: bounds included.
         (small(memory="15M"), 400, "INVALID_FIELD", "memory"),
