@@ -68,6 +68,7 @@ from potluck.hostd.exec_errors import ExecError
 from potluck.hostd.heap import trim_heap_periodically
 from potluck.hostd.image_inventory import ImageInventory
 from potluck.hostd.image_pull import ImagePuller, PullFailed
+from potluck.hostd.local_registries import named_registries
 from potluck.hostd.log_tail import LogTailResponder
 from potluck.hostd.logind_sleep import listen_to_logind, system_bus_address
 from potluck.hostd.policy_runner import PolicyRunner
@@ -118,6 +119,7 @@ class Agent:
             self._image_token,
             # The disk kept for images when the member set one, else all the donated disk.
             disk_limit_bytes=int(config.image_cache or config.donate.disk),
+            named_registries=named_registries(config.allowed_images),
         )
         self.containers = ContainerManager(config, self.driver, self.outbox.put_nowait, puller)
         self.images = ImageInventory(

@@ -65,6 +65,10 @@ and not `debian:5000/evil/img:1` (registry `debian:5000`); `registry.example.org
 is every tag of every image directly under registry.example.org/acme. No tag means
 `:latest`, as with `docker pull`. An entry that is not a valid pattern stops
 hostd at start, naming it.
+A registry on the member's own machine or network (loopback, private or
+link-local addresses, `localhost`) is pulled from only when an entry names it
+without a wildcard in its registry part (local_registries.py), whatever else
+the list admits.
 
 `allow_network` (default false): allocations that ask for `network: true` are
 placed here only when it is true, and hostd refuses any that arrives

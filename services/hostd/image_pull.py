@@ -1,5 +1,6 @@
 """Pulling an allocation's image that the engine lacks: with a token from the allocator for the pool
-registry, anonymously from the registries the member allows, retried with backoff, progress reported.
+registry, anonymously from the registries the member allows (never one on the member's own machine
+or network unless named: local_registries.py), retried with backoff, progress reported.
 
 The engine does the pull (outbound only, from the laptop); its progress stream is read in a thread
 of its own, off the event loop, and each pull's progress goes out as a ContainerPulling report when
@@ -34,6 +35,7 @@ from potluck.contracts.image_reference import DEFAULT_REGISTRY, InvalidReference
 from potluck.contracts.messages import ImageToken
 from potluck.contracts.reports import ContainerPulling, Report
 from potluck.hostd.docker_sdk import docker, requests
+from potluck.hostd.local_registries import local_registry_refusal
 
 __all__ = ["ImagePuller", "PullFailed", "PullProgress", "PullSettings", "TokenSource"]
 
@@ -118,12 +120,15 @@ class ImagePuller:
         token_source: TokenSource,
         *,
         disk_limit_bytes: int,
+        named_registries: frozenset[str] = frozenset(),
         settings: PullSettings | None = None,
     ) -> None:
         self.docker_url = docker_url
         self.report = report
         self.token_source = token_source
         self.disk_limit_bytes = disk_limit_bytes
+        #: Registries the member named in allowed_images: pulled from even on the member's network.
+        self.named_registries = named_registries
         self.settings = settings or PullSettings.from_env()
 
     async def pull(self, alloc_id: str, image: str) -> None:
@@ -152,6 +157,10 @@ class ImagePuller:
                     source = image
                     if token is not None and token.reference:  # the pool library's copy
                         source, registry = token.reference, token.registry
+                    if token is None:
+                        refusal = await local_registry_refusal(registry, self.named_registries)
+                        if refusal:
+                            raise PullFailed(refusal, permanent=True)
                     await self._attempt(alloc_id, image, source, registry, token, attempt)
         except PullFailed as exc:
             tries = "once" if attempt <= 1 else f"{attempt} times"

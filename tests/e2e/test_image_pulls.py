@@ -344,3 +344,56 @@ async def test_the_pools_own_image_reaches_a_laptop_that_never_had_it(
             "detail"
         ]
         assert "docker.io" not in failed["detail"], failed["detail"]  # no registry was tried
+
+
+async def test_a_users_image_name_cannot_send_a_laptop_to_its_own_machine_or_network(
+    pool: Pool, docker_engines: list[DockerEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried: alice asks for images whose registry is a port on the laptops' own loopback (a
+    listener of the test's), by address and as `localhost`. Laptop A allows any image; laptop B's
+    member names that registry in allowed_images. Must hold: on A each fails as image_pull_failed,
+    once, with a detail saying the registry is on the host's own machine or network, and nothing
+    ever connected to the port; on B the engine does dial it (its member asked for that registry),
+    so the refusal is what kept A's engine away; A still runs a pool image afterwards."""
+    laptop_a, laptop_b = docker_engines
+    monkeypatch.setenv("POTLUCK_HOSTD_PULL_ATTEMPTS", "1")
+    dialled = 0
+
+    async def count(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal dialled
+        dialled += 1
+        writer.close()
+
+    listener = await asyncio.start_server(count, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    a, b = await pool.enroll("laptop-a"), await pool.enroll("laptop-b")
+    pool.write_config(a, laptop_a, allowed_images=[])  # none listed: any image
+    pool.write_config(b, laptop_b, allowed_images=[DEFAULT_TAG, f"127.0.0.1:{port}/probe/*:*"])
+    for host in (a, b):
+        pool.start_hostd(host)
+    await pool.wait_api()
+    await pool.wait_for_host(a.host_id, "active")
+    await pool.wait_for_host(b.host_id, "active")
+    alice = await pool.add_user("alice")
+    try:
+        async with aiohttp.ClientSession() as http:
+            for image in (f"127.0.0.1:{port}/probe/tool:1", f"localhost:{port}/probe/tool:1"):
+                created = await _create(http, pool, alice, image, on="laptop-a")
+                failed = await get_allocation(http, pool.api, alice, created["id"], "?wait=failed&timeout=60")
+                assert failed["state"] == "failed", (failed, pool.logs(80))
+                assert failed["reason"] == "image_pull_failed"
+                assert "on this host's own machine or network" in failed["detail"], failed["detail"]
+                assert "(tried once)" in failed["detail"], failed["detail"]
+            assert dialled == 0
+
+            named = await _create(http, pool, alice, f"127.0.0.1:{port}/probe/tool:1", on="laptop-b")
+            failed = await get_allocation(http, pool.api, alice, named["id"], "?wait=failed&timeout=60")
+            assert failed["reason"] == "image_pull_failed", (failed, pool.logs(80))
+            assert "own machine or network" not in failed["detail"], failed["detail"]
+            assert dialled > 0
+
+            fine = await _create(http, pool, alice, DEFAULT_TAG, on="laptop-a")
+            running = await get_allocation(http, pool.api, alice, fine["id"], "?wait=running&timeout=60")
+            assert running["state"] == "running", (running, pool.logs(80))
+    finally:
+        listener.close()
