@@ -12,8 +12,9 @@ after that position, with the same `Fold` as before.
 The log stays the only source of truth. A checkpoint is read only when it was
 written by the same fold (`fold`: the fold's name and its own version, bumped by
 hand when the fold's logic changes) over the same state shapes (`schema`: a
-hash of the source of every module whose classes the state holds, listed in the
-row, so any change to them makes old checkpoints stale by itself). A checkpoint
+hash of the source of every module whose classes the state holds, as the process
+loaded it (remember_sources), listed in the row, so any change to them makes old
+checkpoints stale by itself). A checkpoint
 that is missing, stale, beyond the log's head or unreadable means a full fold
 and a warning, never an error; `potluck ops replay` never reads checkpoints.
 
@@ -40,6 +41,8 @@ import os
 import pickle
 import sys
 import time
+import types
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +56,7 @@ __all__ = [
     "Checkpointer",
     "Checkpoints",
     "checkpoint_policy",
+    "remember_sources",
     "schema_of",
     "state_modules",
 ]
@@ -102,19 +106,48 @@ def state_modules(state: object) -> list[str]:
     return sorted(found)
 
 
+#: Each module's source digest as this process first read it: what the process runs, not what is
+#: on disk now. An upgrade replaces the files under a running service, whose next checkpoint must
+#: not claim the new code's shapes (the new process would then load a state it cannot use). Keyed
+#: by the module object, so a module imported anew is read anew.
+_SOURCES: "weakref.WeakKeyDictionary[types.ModuleType, bytes]" = weakref.WeakKeyDictionary()
+
+
+def _source_digest(module: types.ModuleType) -> bytes | None:
+    known = _SOURCES.get(module)
+    if known is not None:
+        return known
+    path = getattr(module, "__file__", None)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as source:
+            digest = hashlib.sha256(source.read()).digest()
+    except OSError:
+        return None
+    _SOURCES[module] = digest
+    return digest
+
+
+def remember_sources() -> None:
+    """Read the source of every module a fold's state may hold a class of that is loaded now.
+
+    Called as a service starts, right after its imports: later checkpoints are then stamped with
+    the code the process loaded, even if the files change under it."""
+    for name, module in list(sys.modules.items()):
+        if name in _STATE_MODULES or name.startswith(_STATE_PACKAGES):
+            _source_digest(module)
+
+
 def schema_of(modules: Iterable[str]) -> str | None:
-    """A hash of the source of `modules` as this process has them (None: one is missing)."""
+    """A hash of the source of `modules` as this process loaded them (None: one is missing)."""
     digest = hashlib.sha256()
     for name in modules:
         module = sys.modules.get(name)
-        path = getattr(module, "__file__", None)
-        if module is None or path is None:
+        source = _source_digest(module) if module is not None else None
+        if source is None:
             return None
-        try:
-            with open(path, "rb") as source:
-                digest.update(name.encode() + b"\0" + source.read() + b"\0")
-        except OSError:
-            return None
+        digest.update(name.encode() + b"\0" + source + b"\0")
     return digest.hexdigest()[:16]
 
 
@@ -176,6 +209,7 @@ class Checkpoints:
     """The checkpoints of one reader's fold (`name` at `fold_version`)."""
 
     def __init__(self, store: EventStore, reader: str, name: str, fold_version: int) -> None:
+        remember_sources()
         self.store = store
         self.reader = reader
         self.fold = f"{name}/{fold_version}"

@@ -133,7 +133,10 @@ def test_a_state_encoded_and_decoded_is_the_same_and_names_its_modules() -> None
 
 def test_the_schema_changes_when_a_module_of_the_state_changes(tmp_path: Path) -> None:
     """A state of a class from a module on disk: its hash is stable while the source is, and
-    changes when the source changes (a field added), so older checkpoints are not read."""
+    changes when a process loads a changed source (a field added), so older checkpoints are not
+    read. A process whose files change under it (an upgrade before its restart) keeps the hash of
+    the code it runs: its next checkpoint must not pass for one of the new code (it once did, and
+    the upgraded allocator crashed on an old model without its new index)."""
     (tmp_path / "shape_mod.py").write_text("class Shape:\n    def __init__(self):\n        self.a = 1\n")
     sys.path.insert(0, str(tmp_path))
     try:
@@ -147,6 +150,9 @@ def test_the_schema_changes_when_a_module_of_the_state_changes(tmp_path: Path) -
         (tmp_path / "shape_mod.py").write_text(
             "class Shape:\n    def __init__(self):\n        self.a = 1\n        self.b = 2\n"
         )
+        assert schema_of(modules) == before, "the running process's code did not change"
+        sys.modules.pop("shape_mod")
+        importlib.import_module("shape_mod")  # as a restarted process would
         assert schema_of(modules) != before
         assert schema_of(["no_such_module_here"]) is None
     finally:
