@@ -269,10 +269,15 @@ class AllocationsView:
     position: int = 0
     #: Each user's allocations, oldest request first (owner_index.py): follows from `allocations`.
     by_user: OwnerIndex = field(default_factory=OwnerIndex, compare=False, repr=False)
+    #: The ids of the pending allocations: follows from `allocations`, so that the fair queue and
+    #: a pending allocation's standing in it are found without a look at every allocation.
+    pending_ids: set[str] = field(default_factory=set, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for a in self.allocations.values():
             self.by_user.put(a.user, a.requested_at, a.alloc_id)
+            if a.status == "pending":
+                self.pending_ids.add(a.alloc_id)
 
     def apply(self, event: Event, *, position: int, version: int, at: datetime) -> AllocationState | None:
         if position <= self.position:
@@ -284,7 +289,15 @@ class AllocationsView:
         if new is not None:
             self.allocations[event.alloc_id] = new
             self.by_user.put(new.user, new.requested_at, new.alloc_id)
+            if new.status == "pending":
+                self.pending_ids.add(new.alloc_id)
+            else:
+                self.pending_ids.discard(new.alloc_id)
         return new
+
+    def pending(self) -> list[AllocationState]:
+        """The pending allocations, in no particular order."""
+        return [self.allocations[alloc_id] for alloc_id in self.pending_ids]
 
     def desired_for(self, host_id: str) -> list[AllocationState]:
         return sorted(

@@ -96,6 +96,9 @@ def _state(a: dict[str, Any]) -> str:
         if condition["state"] == "waiting_for_host":
             return f"{state} (waiting for host since {since}: {condition['cause']})"
         return f"{state} ({condition['state']} since {since}: {condition['reason']})"
+    waiting = a.get("waiting")
+    if state == "pending" and waiting:
+        return f"{state} ({waiting['position']} of {waiting['queue_length']} in the queue)"
     if state == "released" and a.get("frozen_too_long") and a.get("reason"):
         return f"{state} (frozen too long)"
     if state in ("lost", "exited") and a.get("reason"):
@@ -142,6 +145,9 @@ def _show(allocation: dict[str, Any], as_json: bool) -> None:
 
 
 def _show_condition(allocation: dict[str, Any]) -> None:
+    waiting = allocation.get("waiting")
+    if waiting:
+        out.print(f"why it waits: {waiting['message']}", highlight=False)
     condition = allocation.get("condition")
     if condition:
         since = local_time(condition.get("since"))
@@ -209,6 +215,11 @@ def alloc() -> None:
 @click.option("--env", "env", multiple=True, help="Environment variable KEY=VALUE.")
 @click.option("--network/--no-network", default=False, show_default=True, help="Outbound network.")
 @click.option(
+    "--queue-timeout",
+    default=None,
+    help="How long it may wait as pending for a host with room, e.g. 30m (default 10m); then refused.",
+)
+@click.option(
     "--on-preempt",
     type=click.Choice(["wait", "release"]),
     default="wait",
@@ -236,6 +247,7 @@ def create(
     constraints: tuple[str, ...],
     env: tuple[str, ...],
     network: bool,
+    queue_timeout: str | None,
     on_preempt: str,
     wait: bool,
     timeout: float,
@@ -260,6 +272,8 @@ def create(
     }
     if keep_for is not None:
         body["keep_for"] = keep_for
+    if queue_timeout is not None:
+        body["queue_timeout"] = queue_timeout
     created = call_api("POST", "/v1/allocations", body)
     if wait and created["state"] not in ("running",):
         created = _wait(created, timeout, as_json)
@@ -272,15 +286,18 @@ def create(
 def _wait(created: dict[str, Any], timeout: float, as_json: bool) -> dict[str, Any]:
     loop_deadline = asyncio.run(_now()) + timeout
     current: dict[str, Any] = created
-    status = err.status(f"waiting for {created['id']} to run ({created['state']})") if not as_json else None
+    status = err.status(f"waiting for {created['id']} to run ({_state(created)})") if not as_json else None
     if status is not None:
         status.start()
     try:
         while True:
             left = loop_deadline - asyncio.run(_now())
             if left <= 0:
+                waits = (current.get("waiting") or {}).get("message")
                 err.print(
-                    f"timed out after {timeout:g}s: {created['id']} is {current['state']}", highlight=False
+                    f"timed out after {timeout:g}s: {created['id']} is {_state(current)}"
+                    + (f": {waits}" if waits else ""),
+                    highlight=False,
                 )
                 sys.exit(int(ExitCode.TIMEOUT))
             chunk = min(left, 10.0)
@@ -288,7 +305,7 @@ def _wait(created: dict[str, Any], timeout: float, as_json: bool) -> dict[str, A
                 "GET", f"/v1/allocations/{created['id']}?wait=running&timeout={chunk:.1f}", timeout=chunk
             )
             if status is not None:
-                status.update(f"waiting for {created['id']} to run ({current['state']})")
+                status.update(f"waiting for {created['id']} to run ({_state(current)})")
             if current["state"] not in ("pending", "placed", "pulling"):
                 return current
     finally:

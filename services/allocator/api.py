@@ -37,6 +37,7 @@ from potluck.allocator.schemas import (
     PoolImages,
 )
 from potluck.allocator.users import User
+from potluck.allocator.waiting import queue_positions, standing_in
 from potluck.allocator.web import is_page
 from potluck.allocator.web import setup as setup_pages
 from potluck.allocator.web.log_tail import LogSource
@@ -176,10 +177,15 @@ def _no_lone_surrogates(value: Any) -> None:
             _no_lone_surrogates(item)
 
 
-def _shown(request: web.Request, state: AllocationState) -> Allocation:
-    """The allocation as its user sees it, with its host's condition."""
-    hosts = request.app[ENGINE].hosts.hosts
-    return Allocation.of(state, hosts.get(state.host_id) if state.host_id else None)
+def _shown(
+    request: web.Request, state: AllocationState, positions: dict[str, int] | None = None
+) -> Allocation:
+    """The allocation as its user sees it, with its host's condition, or, pending, why it waits;
+    `positions`: the queue's (queue_positions), when the caller has them already."""
+    engine = request.app[ENGINE]
+    if state.status == "pending":
+        return Allocation.of(state, standing=standing_in(engine.outlook(), state, engine.strategy, positions))
+    return Allocation.of(state, engine.hosts.hosts.get(state.host_id) if state.host_id else None)
 
 
 def _user(request: web.Request) -> User:
@@ -204,7 +210,8 @@ async def listing(request: web.Request) -> web.Response:
     model = request.app[ENGINE].model
     page = page_query(request.query, lambda a: model.allocations.by_user.owns(user, a), "allocations")
     found, following = model.allocations_page(user, wanted, page.after, page.limit)
-    return ok(AllocationList(allocations=[_shown(request, a) for a in found], next=following))
+    positions = queue_positions(model.pending()) if any(a.status == "pending" for a in found) else None
+    return ok(AllocationList(allocations=[_shown(request, a, positions) for a in found], next=following))
 
 
 def _timeout(request: web.Request) -> float:

@@ -195,7 +195,7 @@ class AllocatorModel:
         )
 
     def pending(self) -> list[AllocationState]:
-        return [a for a in self.allocations.allocations.values() if a.status == "pending"]
+        return self.allocations.pending()
 
     def pool(self) -> Pool:
         """Donated, reserved and free capacity of each host that donates, and in total."""

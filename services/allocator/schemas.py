@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from potluck.allocator.conditions import ConditionCause, ConditionState, condition_of
+from potluck.allocator.waiting import Standing, WaitingReason
 from potluck.contracts.allocation_events import OnPreempt
 from potluck.contracts.capacity import MIN_CPUS
 from potluck.contracts.image_reference import REFERENCE_PATTERN
@@ -212,6 +213,27 @@ class Condition(Body):
     )
 
 
+class Waiting(Body):
+    """Why a pending allocation waits, as placing it would decide now (waiting.py)."""
+
+    reason: WaitingReason = Field(
+        description=(
+            "`no_free_capacity`: a host that takes work could hold it once it frees capacity. "
+            "`no_schedulable_host`: only hosts that are away, paused, draining or frozen by their "
+            "owner could. `placing`: a host has room now; the allocator's next look places it. "
+            "`refusing`: no host could hold it any more; the allocator's next look refuses it."
+        )
+    )
+    message: str = Field(description="The same, for people.")
+    position: int = Field(
+        description=(
+            "Its place in the fair queue, 1 first: users are served in turn, each user's requests in "
+            "the order asked; a request that does not fit lets the next one go."
+        )
+    )
+    queue_length: int = Field(description="How many allocations wait, everyone's.")
+
+
 class FrozenTooLong(Body):
     """Its host's owner policy kept it frozen past the member's limit (the last time it did)."""
 
@@ -264,6 +286,9 @@ class Allocation(Body):
         default=None,
         description="Set once its host kept it frozen past the member's limit (kept in the record).",
     )
+    waiting: Waiting | None = Field(
+        default=None, description="Set while it is pending: why it waits, and where it stands in the queue."
+    )
     kept_until: datetime | None = Field(
         default=None,
         description=(
@@ -273,8 +298,11 @@ class Allocation(Body):
     )
 
     @classmethod
-    def of(cls, state: AllocationState, host: HostState | None = None) -> "Allocation":
-        """The allocation as its user sees it; `host`, its host's state, gives its condition."""
+    def of(
+        cls, state: AllocationState, host: HostState | None = None, standing: Standing | None = None
+    ) -> "Allocation":
+        """The allocation as its user sees it; `host`, its host's state, gives its condition, and
+        `standing`, while it is pending, why it waits."""
         spec = state.spec
         condition = condition_of(state, host)
         mark = state.frozen_too_long
@@ -323,6 +351,14 @@ class Allocation(Body):
                 marked_at=mark.marked_at,
             ),
             kept_until=state.kept_until,
+            waiting=None
+            if standing is None
+            else Waiting(
+                reason=standing.reason,
+                message=standing.message,
+                position=standing.position,
+                queue_length=standing.queue_length,
+            ),
         )
 
 

@@ -333,3 +333,65 @@ async def test_frozen_past_the_members_limit_release_ends_and_wait_keeps_its_all
     resumed = await alice.until(queued["id"], "placed", lambda a: a["state"] == "running")
     assert resumed["host_id"] == laptop.host_id
     await replay_agrees(pool)
+
+
+async def test_a_pending_allocation_says_why_it_waits_and_where_it_stands_in_the_queue(
+    pool: Pool, laptop: EnrolledHost, http: aiohttp.ClientSession
+) -> None:
+    """What is tried: alice fills the only host, then asks for two more and bob for one; then the
+    host is frozen by its owner's policy, then restored, and alice's big allocation released.
+    What must hold: each pending allocation says why it waits (no free capacity, then only a
+    host that takes no work) and where it stands in the fair queue (users in turn: alice's first,
+    bob's, alice's second), in the API's answers to POST, GET and the listing, and in `potluck
+    alloc ls/show`; bob sees only his own; once placed, nothing is said any more."""
+    alice = User(http, pool, await pool.add_user("alice"))
+    bob = User(http, pool, await pool.add_user("bob"))
+    _, answer = await alice.call("GET", "/v1/pool")
+    donated = answer["hosts"][0]["donated"]["cpus"]
+    big = await alice.create(cpus=donated)
+    body = {"cpus": 0.5, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG, "command": ["sleep", "600"]}
+    queued = []
+    for user in (alice, bob, alice):
+        status, created = await user.call("POST", "/v1/allocations", body)
+        assert status == 202, created
+        queued.append(created)
+    first, bobs, second = queued
+    assert first["waiting"]["reason"] == "no_free_capacity", first
+    assert (first["waiting"]["position"], first["waiting"]["queue_length"]) == (1, 1)
+    assert "no host has that much free" in first["waiting"]["message"]
+    assert big["waiting"] is None
+
+    for user, created, position in ((alice, first, 1), (bob, bobs, 2), (alice, second, 3)):
+        shown = await user.get(created["id"])
+        assert shown["waiting"]["reason"] == "no_free_capacity", shown
+        assert (shown["waiting"]["position"], shown["waiting"]["queue_length"]) == (position, 3)
+    _, listed = await alice.call("GET", "/v1/allocations?state=pending")
+    assert [(a["id"], a["waiting"]["position"]) for a in listed["allocations"]] == [
+        (first["id"], 1),
+        (second["id"], 3),
+    ]
+    _, theirs = await bob.call("GET", "/v1/allocations")
+    assert [a["id"] for a in theirs["allocations"]] == [bobs["id"]]
+    listing = await alice.potluck("alloc", "ls")
+    assert "pending (1 of 3 in the queue)" in row_of(listing, first["id"])
+    assert "pending (3 of 3 in the queue)" in row_of(listing, second["id"])
+    shown_text = await alice.potluck("alloc", "show", first["id"])
+    assert "why it waits: no host has that much free" in shown_text
+
+    await record(
+        pool, laptop.host_id, HostFrozen(host_id=laptop.host_id, cause="battery", reason="on battery")
+    )
+    frozen = await alice.until(
+        first["id"], "waiting on a frozen host", lambda a: a["waiting"]["reason"] == "no_schedulable_host"
+    )
+    assert "only hosts that are away, paused, draining or frozen" in frozen["waiting"]["message"]
+    await record(pool, laptop.host_id, HostShareRestored(host_id=laptop.host_id))
+    await alice.until(
+        first["id"], "waiting for capacity again", lambda a: a["waiting"]["reason"] == "no_free_capacity"
+    )
+
+    status, _ = await alice.call("DELETE", f"/v1/allocations/{big['id']}")
+    assert status == 200
+    placed = await alice.until(first["id"], "running", lambda a: a["state"] == "running")
+    assert placed["waiting"] is None
+    await replay_agrees(pool)
