@@ -688,13 +688,17 @@ def _attach_ops_tools(group: click.Group) -> None:
 @click.pass_context
 def ops(ctx: click.Context) -> None:
     """Operator tools."""
+    _own_output_only(ctx)
+
+
+def _own_output_only(ctx: click.Context) -> None:
+    """An operator's command says what it did in its own output; the info lines of the service
+    code some of them run in process (each event a host enrollment appends) belong in services'
+    logs, and came out as JSON among the command's output. As `potluck-ops` does, they show with
+    --log-level INFO (or POTLUCK_LOG_LEVEL) only."""
     from click.core import ParameterSource
 
-    # An operator's command says what it did in its own output; the info lines of the service
-    # code some of them run (each event a host enrollment appends) belong in services' logs,
-    # and came out as JSON among the command's output. As `potluck-ops` does, they show with
-    # --log-level INFO (or POTLUCK_LOG_LEVEL) only.
-    if ctx.parent is not None and ctx.parent.get_parameter_source("log_level") == ParameterSource.DEFAULT:
+    if ctx.find_root().get_parameter_source("log_level") == ParameterSource.DEFAULT:
         configure_logging("WARNING")
 
 
@@ -1304,7 +1308,9 @@ STATE_DIR = click.option(
 @click.option("--cpus", type=click.FloatRange(min=0.1), default=None, help="CPUs this machine donates.")
 @click.option("--memory", default="2G", show_default=True, help="Memory this machine donates.")
 @click.option("--disk", default="10G", show_default=True, help="Disk this machine donates.")
+@click.pass_context
 def up(
+    ctx: click.Context,
     state_dir: Path | None,
     detach: bool,
     api_port: int,
@@ -1319,6 +1325,8 @@ def up(
 ) -> None:
     """Bring a whole pool up on this machine (Ctrl-C stops it; the event log is kept)."""
     from rich.console import Console
+
+    _own_output_only(ctx)
 
     from potluck import up as local
     from potluck.localstack import LocalStackError
