@@ -28,7 +28,8 @@ __all__ = ["Standing", "WaitingReason", "queue_positions", "standing", "standing
 
 #: `no_free_capacity`: a host that takes work could hold it, once it frees capacity;
 #: `no_schedulable_host`: only hosts that are away, paused, draining or frozen could;
-#: `placing`: a host has room for it now, and the allocator's next look places it;
+#: `placing`: a host has room for it now, and the allocator's next look places it (unless a
+#: request ahead of it takes the room);
 #: `refusing`: no host could hold it any more, and the allocator's next look refuses it.
 WaitingReason = Literal["no_free_capacity", "no_schedulable_host", "placing", "refusing"]
 
@@ -59,7 +60,10 @@ def standing(decision: Decision, position: int, queue_length: int) -> Standing:
         reason = _WAITS.get(decision.reason, "no_free_capacity")
         return Standing(reason, decision.message, position, queue_length)
     if isinstance(decision, Placed):
-        message = f"host {decision.host_id} has room for it now: the allocator's next look places it"
+        message = (
+            f"host {decision.host_id} has room for it now: the allocator's next look places it, "
+            "unless a request ahead of it in the queue takes the room first"
+        )
         return Standing("placing", message, position, queue_length)
     message = f"{decision.message}: the allocator's next look refuses it"
     return Standing("refusing", message, position, queue_length)
