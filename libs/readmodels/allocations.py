@@ -257,7 +257,7 @@ def evolve(
             )
             return replace(state, frozen_too_long=mark)
         case AllocationRefused():
-            return replace(state, status="refused", reason=event.reason)
+            return replace(state, status="refused", reason=event.reason, detail=event.detail or None)
         case AllocationExtended():
             return state if state.terminal else replace(state, expires_at=event.expires_at)
     return state

@@ -101,7 +101,7 @@ def _state(a: dict[str, Any]) -> str:
         return f"{state} ({waiting['position']} of {waiting['queue_length']} in the queue)"
     if state == "released" and a.get("frozen_too_long") and a.get("reason"):
         return f"{state} (frozen too long)"
-    if state in ("lost", "exited") and a.get("reason"):
+    if state in ("lost", "exited", "refused") and a.get("reason"):
         return f"{state} ({a['reason']})"
     return state
 

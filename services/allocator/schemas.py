@@ -267,7 +267,7 @@ class Allocation(Body):
             "(exited, `host drained`)."
         )
     )
-    detail: str | None = Field(default=None, description="What went wrong, when it failed.")
+    detail: str | None = Field(default=None, description="What went wrong, when it failed or was refused.")
     pull: PullProgress | None = Field(
         default=None, description="Set once the host began pulling the image (state `pulling`)."
     )

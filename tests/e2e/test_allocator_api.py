@@ -145,6 +145,8 @@ async def test_a_pending_request_is_refused_when_its_queue_timeout_passes(pool: 
     _, later = await alice.call("GET", f"/v1/allocations/{waiting['id']}?wait=refused&timeout=15")
     assert later["state"] == "refused"
     assert later["reason"] == "QUEUE_TIMEOUT"
+    assert later["detail"] == "no capacity freed within 1s", later
+    assert later["waiting"] is None
 
 
 async def test_lifetime_expiry_stops_the_container_and_frees_capacity(

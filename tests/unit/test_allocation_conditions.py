@@ -23,7 +23,9 @@ from potluck.allocator.model import AllocatorModel
 from potluck.allocator.schemas import Allocation, CreateAllocation
 from potluck.contracts.allocation_events import (
     AllocationFrozenTooLong,
+    AllocationRefused,
     AllocationReleased,
+    AllocationRequested,
     AllocationRunning,
     AllocationSpec,
     CapacityFreed,
@@ -274,3 +276,23 @@ def test_a_host_that_resumed_in_time_leaves_its_allocations_alone() -> None:
     # Throttled is not frozen: no mark however long it lasts.
     log, model = pool("release", THROTTLED)
     assert model.frozen_too_long(T0 + timedelta(days=3)) == []
+
+
+def test_a_refused_allocation_says_why_and_its_detail_in_the_api_and_the_cli() -> None:
+    """A request refused after waiting past its queue timeout: its user reads the reason next to
+    the state and the detail the refusal gave (the API had only the bare code before)."""
+    log, _ = pool()
+    spec = AllocationSpec(resources=cap(8), image="potluck-test:1")
+    log.add(
+        alloc_stream("a2"),
+        AllocationRequested(alloc_id="a2", user="alice", spec=spec, lifetime_s=60, queue_timeout_s=30),
+    )
+    log.add(
+        alloc_stream("a2"),
+        AllocationRefused(alloc_id="a2", reason="QUEUE_TIMEOUT", detail="no capacity freed within 30s"),
+    )
+    body = shown(folded(log)[0], "a2")
+    assert (body["state"], body["reason"]) == ("refused", "QUEUE_TIMEOUT")
+    assert body["detail"] == "no capacity freed within 30s"
+    assert body["waiting"] is None
+    assert _state(body) == "refused (QUEUE_TIMEOUT)"
