@@ -351,14 +351,7 @@ class Allocation(Body):
                 marked_at=mark.marked_at,
             ),
             kept_until=state.kept_until,
-            waiting=None
-            if standing is None
-            else Waiting(
-                reason=standing.reason,
-                message=standing.message,
-                position=standing.position,
-                queue_length=standing.queue_length,
-            ),
+            waiting=None if standing is None else Waiting.model_validate(standing, from_attributes=True),
         )
 
 

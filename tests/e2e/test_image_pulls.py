@@ -51,6 +51,18 @@ async def _create(
         return created
 
 
+async def _failed_once(
+    http: aiohttp.ClientSession, pool: Pool, token: str, alloc_id: str, saying: str
+) -> dict[str, Any]:
+    """The allocation once it failed: image_pull_failed after one try (not retried), saying so."""
+    failed: dict[str, Any] = await get_allocation(http, pool.api, token, alloc_id, "?wait=failed&timeout=60")
+    assert failed["state"] == "failed", (failed, pool.logs(80))
+    assert failed["reason"] == "image_pull_failed"
+    assert saying in failed["detail"], failed["detail"]
+    assert "(tried once)" in failed["detail"], failed["detail"]
+    return failed
+
+
 async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_registry_fails_clearly(
     pool: Pool, docker_engines: list[DockerEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -140,11 +152,7 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
 
         # An image larger than the host's donated disk: not pulled on, not retried, failed clearly.
         too_big = await _create(http, pool, alice, big, on="laptop-small")
-        refused_big = await get_allocation(http, pool.api, alice, too_big["id"], "?wait=failed&timeout=60")
-        assert refused_big["state"] == "failed", (refused_big, pool.logs(80))
-        assert refused_big["reason"] == "image_pull_failed"
-        assert "bytes of disk this host donates" in refused_big["detail"], refused_big["detail"]
-        assert "(tried once)" in refused_big["detail"], refused_big["detail"]
+        await _failed_once(http, pool, alice, too_big["id"], "bytes of disk this host donates")
         assert not await asyncio.to_thread(has_image, laptop_a, big)
 
         # The registry goes away: the next allocation waits in `pulling`, then fails, saying why;
@@ -379,11 +387,7 @@ async def test_a_users_image_name_cannot_send_a_laptop_to_its_own_machine_or_net
         async with aiohttp.ClientSession() as http:
             for image in (f"127.0.0.1:{port}/probe/tool:1", f"localhost:{port}/probe/tool:1"):
                 created = await _create(http, pool, alice, image, on="laptop-a")
-                failed = await get_allocation(http, pool.api, alice, created["id"], "?wait=failed&timeout=60")
-                assert failed["state"] == "failed", (failed, pool.logs(80))
-                assert failed["reason"] == "image_pull_failed"
-                assert "on this host's own machine or network" in failed["detail"], failed["detail"]
-                assert "(tried once)" in failed["detail"], failed["detail"]
+                await _failed_once(http, pool, alice, created["id"], "on this host's own machine or network")
             assert dialled == 0
 
             named = await _create(http, pool, alice, f"127.0.0.1:{port}/probe/tool:1", on="laptop-b")
