@@ -343,7 +343,8 @@ async def test_a_pending_allocation_says_why_it_waits_and_where_it_stands_in_the
     What must hold: each pending allocation says why it waits (no free capacity, then only a
     host that takes no work) and where it stands in the fair queue (users in turn: alice's first,
     bob's, alice's second), in the API's answers to POST, GET and the listing, and in `potluck
-    alloc ls/show`; bob sees only his own; once placed, nothing is said any more."""
+    alloc ls/show` and on the web page; bob sees only his own; once placed, nothing is said any
+    more."""
     alice = User(http, pool, await pool.add_user("alice"))
     bob = User(http, pool, await pool.add_user("bob"))
     _, answer = await alice.call("GET", "/v1/pool")
@@ -377,6 +378,15 @@ async def test_a_pending_allocation_says_why_it_waits_and_where_it_stands_in_the
     assert "pending (3 of 3 in the queue)" in row_of(listing, second["id"])
     shown_text = await alice.potluck("alloc", "show", first["id"])
     assert "why it waits: no host has that much free" in shown_text
+    # The web page, signed in as a browser would be (a loopback page counts as a secure origin).
+    jar = aiohttp.CookieJar(unsafe=True, treat_as_secure_origin=[pool.api])
+    async with aiohttp.ClientSession(cookie_jar=jar) as browser:
+        async with browser.post(f"{pool.api}/web/signin", data={"token": alice.token}) as r:
+            assert r.status == 200, await r.text()
+        async with browser.get(f"{pool.api}/web/allocations/{second['id']}") as r:
+            page = await r.text()
+    assert "why it waits" in page, page
+    assert "3 of 3 in the queue: no host has that much free" in page, page
 
     await record(
         pool, laptop.host_id, HostFrozen(host_id=laptop.host_id, cause="battery", reason="on battery")
