@@ -37,7 +37,7 @@ from potluck.allocator.schemas import (
     PoolImages,
 )
 from potluck.allocator.users import User
-from potluck.allocator.waiting import queue_positions, standing_in
+from potluck.allocator.waiting import queue_positions
 from potluck.allocator.web import is_page
 from potluck.allocator.web import setup as setup_pages
 from potluck.allocator.web.log_tail import LogSource
@@ -183,9 +183,8 @@ def _shown(
     """The allocation as its user sees it, with its host's condition, or, pending, why it waits;
     `positions`: the queue's (queue_positions), when the caller has them already."""
     engine = request.app[ENGINE]
-    if state.status == "pending":
-        return Allocation.of(state, standing=standing_in(engine.outlook(), state, engine.strategy, positions))
-    return Allocation.of(state, engine.hosts.hosts.get(state.host_id) if state.host_id else None)
+    host = engine.hosts.hosts.get(state.host_id) if state.host_id else None
+    return Allocation.of(state, host, engine.standing(state, positions))
 
 
 def _user(request: web.Request) -> User:

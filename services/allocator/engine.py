@@ -53,6 +53,7 @@ from potluck.allocator.reactions import Reactions
 from potluck.allocator.scheduler import Impossible, Placed, Strategy
 from potluck.allocator.schemas import CreateAllocation, HistoryEntry, Pool
 from potluck.allocator.users import User, UsersView
+from potluck.allocator.waiting import Standing, standing_in
 from potluck.contracts.allocation_events import AllocationRequested, CapacityReserved, alloc_stream
 from potluck.contracts.job_events import JobSubmitted, job_stream
 from potluck.events import (
@@ -170,6 +171,13 @@ class AllocatorEngine:
     def outlook(self) -> Outlook:
         """The model and the requests in flight: what the next decision decides on."""
         return Outlook(self.model, self.in_flight)
+
+    def standing(self, state: AllocationState, positions: dict[str, int] | None = None) -> Standing | None:
+        """Why `state` waits, while it is pending (None otherwise): decided as its placement would
+        be now; `positions`, the queue's (waiting.queue_positions), when the caller has them."""
+        if state.status != "pending":
+            return None
+        return standing_in(self.outlook(), state, self.strategy, positions)
 
     # Folding the log.
 

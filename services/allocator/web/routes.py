@@ -24,7 +24,6 @@ from potluck.allocator.authentication import Authenticator
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.schemas import HistoryEntry
 from potluck.allocator.users import User
-from potluck.allocator.waiting import standing_in
 from potluck.allocator.web import history, views
 from potluck.allocator.web.connect import plain_ssh_line
 from potluck.allocator.web.live import Changes, stream
@@ -340,8 +339,7 @@ def _allocation_context(request: web.Request, session: Session, alloc_id: str) -
         except Rejected:
             return None
     (row,) = views.allocation_rows(engine.model, [state])
-    waiting = standing_in(engine.outlook(), state, engine.strategy) if state.status == "pending" else None
-    return {"alloc": row, "state": state, "waiting": waiting}
+    return {"alloc": row, "state": state, "waiting": engine.standing(state)}
 
 
 async def allocation_page(request: web.Request) -> web.Response:
