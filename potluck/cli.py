@@ -316,7 +316,12 @@ def allocator(
         from potluck.allocator.metrics import watch_allocator
         from potluck.kernel.metrics import pool_metrics
 
-        engine = AllocatorEngine(store, strategy=strategy, freeze_loaded=True)  # type: ignore[arg-type]
+        engine = AllocatorEngine(
+            store,
+            strategy=strategy,  # type: ignore[arg-type]
+            freeze_loaded=True,
+            pool_registry=registry.address if registry is not None else None,
+        )
         watch_allocator(pool_metrics(), engine)
         await AllocatorService(store, nc, engine, registry=registry).run(
             lambda: serve_http(engine, host, port, registry=registry, nc=nc)

@@ -38,6 +38,7 @@ from potluck.contracts.allocation_events import (
     capacity_stream,
 )
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.registry_locality import local_registry_of
 from potluck.events import Event, StreamAppend
 from potluck.readmodels.allocations import AllocationState
 from potluck.readmodels.hosts import HostState, HostsView
@@ -186,15 +187,20 @@ def scheduler_for(view: HostsView, ledger: CapacityLedger) -> Scheduler:
     return Scheduler(host_snapshots(view, ledger))
 
 
-def placement_request(state: AllocationState | AllocationRequested) -> PlacementRequest:
-    """What the scheduler needs to know of a requested allocation."""
+def placement_request(
+    state: AllocationState | AllocationRequested, pool_registry: str | None = None
+) -> PlacementRequest:
+    """What the scheduler needs to know of a requested allocation (`pool_registry`: the pool
+    registry's address, whose images are no member's local registry)."""
+    image = state.spec.image
     return PlacementRequest(
         alloc_id=state.alloc_id,
         resources=state.spec.resources,
         constraints=dict(state.constraints),
-        image=state.spec.image,
+        image=image,
         network=state.spec.network,
         excluded_hosts=state.failed_on if isinstance(state, AllocationState) else frozenset(),
+        local_registry=local_registry_of(image, pool_registry) if image is not None else None,
     )
 
 

@@ -90,6 +90,8 @@ class Outlook:
 
     model: AllocatorModel
     in_flight: InFlightRequests
+    #: The pool registry's address (placement_request), None when the pool has none.
+    pool_registry: str | None = None
 
     def in_flight_on(self, host_id: str) -> dict[str, Capacity]:
         """Reservations queued on the host that the ledger does not hold yet."""
@@ -105,7 +107,7 @@ class Outlook:
         model's index brought up to date host by host (placement_index.py)."""
         model = self.model
         scheduler = model.placement.current(model.hosts, model.ledger, model.host_images, self.in_flight)
-        return scheduler.place(placement_request(wanted), strategy)
+        return scheduler.place(placement_request(wanted, self.pool_registry), strategy)
 
     def capacity_version(self, host_id: str) -> int:
         """The version `capacity-<host_id>` will have once the reservations queued on it land."""

@@ -119,8 +119,12 @@ class AllocatorEngine:
         clock: Clock = utcnow,
         conflict_attempts: int = 20,
         freeze_loaded: bool = False,
+        pool_registry: str | None = None,
     ) -> None:
         self.store = store
+        #: The pool registry's address (`127.0.0.1:5000`), whose images hosts pull with the
+        #: allocator's token even when it is on their own machine or network.
+        self.pool_registry = pool_registry
         #: After catching up, exempt what was loaded from the cyclic GC (`gc.freeze`): the
         #: model lives as long as the process, and scanning it on every full collection
         #: cost the decisions after it about half their time (bench/README.md, placement).
@@ -170,7 +174,7 @@ class AllocatorEngine:
 
     def outlook(self) -> Outlook:
         """The model and the requests in flight: what the next decision decides on."""
-        return Outlook(self.model, self.in_flight)
+        return Outlook(self.model, self.in_flight, self.pool_registry)
 
     def standing(self, state: AllocationState, positions: dict[str, int] | None = None) -> Standing | None:
         """Why `state` waits, while it is pending (None otherwise): decided as its placement would

@@ -95,6 +95,7 @@ from potluck.contracts.capacity import Capacity
 from potluck.contracts.host_images import image_keys
 from potluck.contracts.host_labels import HOLLOW_LABEL
 from potluck.contracts.image_reference import image_allowed
+from potluck.contracts.registry_locality import named_registries
 from potluck.kernel.sizes import format_size
 
 Strategy = Literal["best_fit", "spread"]
@@ -167,7 +168,11 @@ class HostSnapshot:
 class PlacementRequest:
     """What to place. Every constraint must equal the host's label of that name; a request
     with ``network`` goes only to hosts that allow it, and none goes to a host in
-    ``excluded_hosts`` (hosts it was sent back from: they could not get its image)."""
+    ``excluded_hosts`` (hosts it was sent back from: they could not get its image).
+    ``local_registry``: the image's registry when its very name puts it on a member's own
+    machine or network and it is not the pool's (potluck.contracts.registry_locality); only
+    hosts whose members name it, without a wildcard, in ``allowed_images`` take the request,
+    for every other host's hostd would refuse the pull."""
 
     alloc_id: str
     resources: Capacity
@@ -175,6 +180,7 @@ class PlacementRequest:
     image: str | None = None
     network: bool = False
     excluded_hosts: frozenset[str] = frozenset()
+    local_registry: str | None = None
 
 
 @dataclass(frozen=True)
@@ -282,8 +288,19 @@ def wants_hollow(request: PlacementRequest) -> bool:
     return request.constraints.get(_HOLLOW_KEY) == _HOLLOW_VALUE
 
 
-def _image_allowed(patterns: tuple[str, ...], image: str | None) -> bool:
-    return image is None or not patterns or _allows(patterns, image)
+def _image_allowed(patterns: tuple[str, ...], request: PlacementRequest) -> bool:
+    """A host with these `allowed_images` takes the request's image (any image if none)."""
+    image = request.image
+    if image is None:
+        return True
+    if request.local_registry is not None and not _names(patterns, request.local_registry):
+        return False
+    return not patterns or _allows(patterns, image)
+
+
+@lru_cache(maxsize=4096)
+def _names(patterns: tuple[str, ...], registry: str) -> bool:
+    return registry in named_registries(patterns)
 
 
 @lru_cache(maxsize=4096)
@@ -299,7 +316,7 @@ def _allows(patterns: tuple[str, ...], image: str) -> bool:
 
 def _admits(host: _Host, request: PlacementRequest) -> bool:
     """The host's member allows what the request asks for: its image and, if wanted, a network."""
-    return (host.network or not request.network) and _image_allowed(host.images, request.image)
+    return (host.network or not request.network) and _image_allowed(host.images, request)
 
 
 def _cpus(c: float) -> str:
@@ -329,6 +346,14 @@ def _hollow_noted(refusal: Impossible) -> Impossible:
 
 def _image_refused(request: PlacementRequest) -> Impossible:
     where = " matching the constraints" if request.constraints else ""
+    if request.local_registry is not None:
+        message = (
+            f"no host{where} names the registry {request.local_registry} in its allowed_images: it is "
+            "on the machine or network of whichever host would pull from it, and a host pulls from "
+            "there only what its member named; push the image to the pool registry "
+            "(`potluck image push`)"
+        )
+        return Impossible(NO_HOST_ALLOWS_IMAGE, message, "image")
     return Impossible(NO_HOST_ALLOWS_IMAGE, f"no host{where} allows the image {request.image!r}", "image")
 
 
@@ -351,7 +376,7 @@ def _none_left(request: PlacementRequest) -> Impossible:
 def _refused(request: PlacementRequest, matching: Sequence[_Host]) -> tuple[Impossible | None, bool]:
     """Why no host that matches the constraints admits the request (None if one does), and
     whether some matching host does not admit it (narrowed)."""
-    images = [h for h in matching if _image_allowed(h.images, request.image)]
+    images = [h for h in matching if _image_allowed(h.images, request)]
     if not images:
         return _image_refused(request), True
     admitted = [h for h in images if h.network or not request.network]
@@ -970,18 +995,30 @@ class Scheduler:
         constraints = tuple(p for p in request.constraints.items() if len(by_label.get(p, ())) < n)
         image = request.image
         refused: list[set[str]] = []  # hosts whose members' allow-lists refuse the image, by list
-        if image is not None:
+        only: set[str] | None = None  # else the only hosts that take it
+        if image is not None and request.local_registry is not None:
+            # Only hosts whose allow-lists name its registry (a host that allows any image names none).
+            only = set().union(
+                *(
+                    limited
+                    for patterns, limited in self._restricted.items()
+                    if _image_allowed(patterns, request)
+                )
+            )
+        elif image is not None:
             refused = [
                 limited for patterns, limited in self._restricted.items() if not _allows(patterns, image)
             ]
         networked = self._networked if request.network and len(self._networked) < n else None
         excluded = request.excluded_hosts
-        if not (constraints or refused or networked is not None or excluded):
+        if not (constraints or refused or only is not None or networked is not None or excluded):
             return None
         hosts = self._hosts
 
         def accept(host_id: str) -> bool:
             if host_id in excluded or any(host_id in limited for limited in refused):
+                return False
+            if only is not None and host_id not in only:
                 return False
             if networked is not None and host_id not in networked:
                 return False

@@ -43,6 +43,7 @@ from potluck.contracts.messages import (
     RegisterHost,
     Reply,
 )
+from potluck.contracts.registry_locality import named_registries
 from potluck.contracts.reports import Report, report_subject
 from potluck.contracts.subjects import (
     DESIRED,
@@ -68,7 +69,6 @@ from potluck.hostd.exec_errors import ExecError
 from potluck.hostd.heap import trim_heap_periodically
 from potluck.hostd.image_inventory import ImageInventory
 from potluck.hostd.image_pull import ImagePuller, PullFailed
-from potluck.hostd.local_registries import named_registries
 from potluck.hostd.log_tail import LogTailResponder
 from potluck.hostd.logind_sleep import listen_to_logind, system_bus_address
 from potluck.hostd.policy_runner import PolicyRunner

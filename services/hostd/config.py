@@ -68,7 +68,8 @@ hostd at start, naming it.
 A registry on the member's own machine or network (loopback, private or
 link-local addresses, `localhost`) is pulled from only when an entry names it
 without a wildcard in its registry part (local_registries.py), whatever else
-the list admits.
+the list admits; the allocator places an image whose registry is such an
+address, or `localhost`, only where a member named it.
 
 `allow_network` (default false): allocations that ask for `network: true` are
 placed here only when it is true, and hostd refuses any that arrives

@@ -13,51 +13,21 @@ wildcard, in `allowed_images` (a registry on the member's own network, on purpos
 A name that does not resolve here is left to the engine, which resolves it the same way and
 fails saying so. The check resolves once before the pull and the engine again, so a name whose
 addresses change in between (DNS rebinding) is not caught: loopback and private literals, the
-direct way in, always are.
+direct way in, always are. Those literal checks are potluck.contracts.registry_locality's, which
+the allocator's scheduler shares: it places such an image only on hosts whose members named its
+registry, and refuses (422) a request no host would take.
 """
 
 import asyncio
-import contextlib
-import ipaddress
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 
-from potluck.contracts.image_reference import InvalidReference, parse_pattern
+from potluck.contracts.registry_locality import host_of, literally_local, local_address
 
-__all__ = ["Resolver", "host_of", "local_address", "local_registry_refusal", "named_registries"]
+__all__ = ["Resolver", "local_registry_refusal", "resolve"]
 
 #: host -> the addresses it resolves to; raises OSError when it does not resolve.
 Resolver = Callable[[str], Awaitable[list[str]]]
-
-
-def named_registries(allowed_images: Iterable[str]) -> frozenset[str]:
-    """The registries `allowed_images` names exactly (no `*` or `?` in the registry part)."""
-    named: set[str] = set()
-    for text in allowed_images:
-        with contextlib.suppress(InvalidReference):
-            registry = parse_pattern(text).parts.registry
-            if "*" not in registry and "?" not in registry:
-                named.add(registry)
-    return frozenset(named)
-
-
-def host_of(registry: str) -> str:
-    """`registry` without its port: `[::1]:5000` -> `::1`, `example.org:443` -> `example.org`."""
-    if registry.startswith("["):
-        return registry[1 : registry.find("]")] if "]" in registry else registry[1:]
-    return registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
-
-
-def local_address(text: str) -> bool:
-    """Is `text` an address a packet to which stays on this machine or its networks (loopback,
-    private, link-local, shared, unspecified, multicast or reserved)?"""
-    try:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return not address.is_global or address.is_multicast
 
 
 #: A resolver that does not answer in this long is treated as one that could not resolve.
@@ -80,8 +50,7 @@ async def local_registry_refusal(
     if registry in named:
         return None
     host = host_of(registry).lower()
-    # `localhost` and its subdomains mean this machine whatever a resolver says (RFC 6761).
-    if host == "localhost" or host.endswith(".localhost") or local_address(host):
+    if literally_local(registry):
         where = host
     else:
         try:

@@ -6,7 +6,12 @@ allocation at once (`image_not_available`: it never pulled).
 """
 
 import asyncio
+import contextlib
+import ipaddress
 import json
+import re
+import socket
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,6 +19,7 @@ import docker
 import pytest
 
 from potluck.contracts.messages import ImageToken, ImageTokenRequest, Reply
+from potluck.contracts.registry_locality import literally_local
 from potluck.contracts.subjects import IMAGE_TOKEN
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
@@ -354,15 +360,42 @@ async def test_the_pools_own_image_reaches_a_laptop_that_never_had_it(
         assert "docker.io" not in failed["detail"], failed["detail"]  # no registry was tried
 
 
+def _loopback_name() -> str:
+    """A name of this machine that resolves only to loopback and is not `localhost` (the
+    hostname, or a name /etc/hosts gives 127.0.0.1, as Debian's does): only the host's own
+    lookup can tell where it leads."""
+    names = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/hosts").read_text().splitlines():
+            names += line.split("#", 1)[0].split()[1:]
+    for name in names:
+        if literally_local(name) or not re.fullmatch(r"[a-zA-Z0-9-]+(\.[a-zA-Z0-9-]+)*", name):
+            continue
+        try:
+            addresses = {info[4][0] for info in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)}
+        except OSError:
+            continue
+        if addresses and all(ipaddress.ip_address(a).is_loopback for a in addresses):
+            return name
+    raise AssertionError(
+        f"no name but localhost resolves to loopback here (tried {names}): add one to /etc/hosts"
+    )
+
+
 async def test_a_users_image_name_cannot_send_a_laptop_to_its_own_machine_or_network(
     pool: Pool, docker_engines: list[DockerEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Tried: alice asks for images whose registry is a port on the laptops' own loopback (a
-    listener of the test's), by address and as `localhost`. Laptop A allows any image; laptop B's
-    member names that registry in allowed_images. Must hold: on A each fails as image_pull_failed,
-    once, with a detail saying the registry is on the host's own machine or network, and nothing
-    ever connected to the port; on B the engine does dial it (its member asked for that registry),
-    so the refusal is what kept A's engine away; A still runs a pool image afterwards."""
+    listener of the test's): by address, as `localhost`, and as a name of this machine that
+    resolves to loopback. Laptop A allows any image; laptop B's member names the registry (by
+    address) in allowed_images. Must hold:
+    - by address or `localhost`, the request goes only to B (the allocator places such an image
+      only where its member named the registry); constrained to A, it is refused at once (422,
+      naming the registry and `potluck image push`), and no allocation is recorded for it;
+    - by name, the allocator cannot tell, A's hostd can: it fails as image_pull_failed, once,
+      saying the registry is on the host's own machine or network;
+    - A's engine never connected to the port; B's does (its member asked for that registry), so
+      the refusals are what kept A away; A still runs a pool image afterwards."""
     laptop_a, laptop_b = docker_engines
     monkeypatch.setenv("POTLUCK_HOSTD_PULL_ATTEMPTS", "1")
     dialled = 0
@@ -383,16 +416,35 @@ async def test_a_users_image_name_cannot_send_a_laptop_to_its_own_machine_or_net
     await pool.wait_for_host(a.host_id, "active")
     await pool.wait_for_host(b.host_id, "active")
     alice = await pool.add_user("alice")
+    headers = {"Authorization": f"Bearer {alice}"}
     try:
         async with aiohttp.ClientSession() as http:
             for image in (f"127.0.0.1:{port}/probe/tool:1", f"localhost:{port}/probe/tool:1"):
-                created = await _create(http, pool, alice, image, on="laptop-a")
-                await _failed_once(http, pool, alice, created["id"], "on this host's own machine or network")
+                body = {"cpus": 0.2, "memory": "64M", "image": image, "constraints": {"name": "laptop-a"}}
+                async with http.post(f"{pool.api}/v1/allocations", json=body, headers=headers) as r:
+                    refused = await r.json()
+                    assert r.status == 422, refused
+                registry = image.split("/", 1)[0]
+                assert refused["error"]["code"] == "NO_HOST_ALLOWS_IMAGE", refused
+                assert refused["error"]["field"] == "image", refused
+                assert f"names the registry {registry} in its allowed_images" in refused["error"]["message"]
+                assert "potluck image push" in refused["error"]["message"], refused
+
+            async with http.get(f"{pool.api}/v1/allocations", headers=headers) as r:
+                assert (await r.json())["allocations"] == []  # nothing recorded for them
+            resolved = await _create(
+                http, pool, alice, f"{_loopback_name()}:{port}/probe/tool:1", on="laptop-a"
+            )
+            await _failed_once(http, pool, alice, resolved["id"], "on this host's own machine or network")
             assert dialled == 0
 
-            named = await _create(http, pool, alice, f"127.0.0.1:{port}/probe/tool:1", on="laptop-b")
+            unconstrained = {"cpus": 0.2, "memory": "64M", "image": f"127.0.0.1:{port}/probe/tool:1"}
+            async with http.post(f"{pool.api}/v1/allocations", json=unconstrained, headers=headers) as r:
+                named = await r.json()
+                assert r.status in (201, 202), named
             failed = await get_allocation(http, pool.api, alice, named["id"], "?wait=failed&timeout=60")
             assert failed["reason"] == "image_pull_failed", (failed, pool.logs(80))
+            assert [f["host_id"] for f in failed["failed_on"]] == [b.host_id], failed
             assert "own machine or network" not in failed["detail"], failed["detail"]
             assert dialled > 0
 

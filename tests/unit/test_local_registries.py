@@ -1,4 +1,5 @@
-"""Which registries a user's image name may send a member's engine to (hostd's local_registries)."""
+"""Which registries a user's image name may send a member's engine to (hostd's local_registries,
+on the literal checks of potluck.contracts.registry_locality)."""
 
 import asyncio
 import ipaddress
@@ -7,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from potluck.hostd.local_registries import host_of, local_address, local_registry_refusal, named_registries
+from potluck.contracts.registry_locality import host_of, local_address, local_registry_of, named_registries
+from potluck.hostd.local_registries import local_registry_refusal
 
 #: What a resolver of the member's network would say; a name not here does not resolve.
 NAMES = {
@@ -103,3 +105,28 @@ def test_an_address_is_local_exactly_when_it_is_not_a_global_unicast_one(
 
 def test_a_name_is_never_an_address() -> None:
     assert not local_address("registry.lan")
+
+
+@pytest.mark.parametrize(
+    ("image", "registry"),
+    [
+        ("127.0.0.1:22/x:1", "127.0.0.1:22"),
+        ("localhost:5000/team/tool", "localhost:5000"),
+        ("192.168.1.1:80/x@sha256:" + "a" * 64, "192.168.1.1:80"),
+        # A name is the host's to resolve: the allocator cannot know the member's network.
+        ("registry.lan:5000/x:1", None),
+        ("python:3.12", None),
+        ("ghcr.io/org/tool:1", None),
+        # The pool registry is reached with the allocator's token, wherever it runs.
+        ("127.0.0.1:5000/alice/tool:1", None),
+        ("not an image!", None),
+    ],
+)
+def test_the_allocator_knows_a_literally_local_registry_by_the_image_name_alone(
+    image: str, registry: str | None
+) -> None:
+    assert local_registry_of(image, "127.0.0.1:5000") == registry
+
+
+def test_without_a_pool_registry_every_literally_local_registry_is_one() -> None:
+    assert local_registry_of("127.0.0.1:5000/alice/tool:1", None) == "127.0.0.1:5000"

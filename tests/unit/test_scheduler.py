@@ -317,6 +317,30 @@ def test_an_image_pattern_admits_no_other_registry_or_repository(decide: Decide,
     )
 
 
+def test_an_image_from_a_members_own_network_goes_only_where_its_member_named_the_registry(
+    decide: Decide,
+) -> None:
+    """An image whose registry is a loopback address (not the pool's): a host that allows any
+    image, and one whose pattern reaches it only through a wildcard registry, would refuse
+    the pull (hostd's local_registries), so only the host naming `127.0.0.1:5000` takes it;
+    with none, it is impossible, naming the registry and the way out."""
+    image = "127.0.0.1:5000/team/tool:1"
+    local = replace(request(1, GIB, image=image), local_registry="127.0.0.1:5000")
+    anything = snap("anything", cap(8, 32 * GIB))
+    wildcard = replace(snap("wildcard", cap(8, 32 * GIB)), allowed_images=("*/team/*:*",))
+    named = replace(snap("named", cap(1, 2 * GIB)), allowed_images=("127.0.0.1:5000/team/*:*",))
+
+    assert decide([anything, wildcard, named], local, "spread") == Placed("named")
+    decision = decide([anything, wildcard], local, "spread")
+    assert isinstance(decision, Impossible)
+    assert (decision.code, decision.field) == (NO_HOST_ALLOWS_IMAGE, "image")
+    assert "no host names the registry 127.0.0.1:5000 in its allowed_images" in decision.message
+    assert "potluck image push" in decision.message
+    # Named, but full: the request waits for that host rather than going anywhere else.
+    busy = replace(named, reserved=cap(1, 2 * GIB))
+    assert decide([anything, busy], local, "best_fit") == Wait(NO_FREE_CAPACITY)
+
+
 def test_a_request_for_a_network_goes_only_where_the_member_allows_one(decide: Decide) -> None:
     """Hosts allow no network unless their member said so: a networked request skips the
     roomier host that does not, waits when the one that does is full, and is impossible

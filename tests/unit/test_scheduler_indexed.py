@@ -28,10 +28,16 @@ from potluck.allocator.scheduler import (
     wants_hollow,
 )
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.registry_locality import local_registry_of
 
 GIB = 1 << 30
-IMAGES = ("debian:12", "python:3.12")
-HELD = {"debian:12": "docker.io/library/debian:12", "python:3.12": "docker.io/library/python:3.12"}
+#: The last is on the member's own machine by its name: only hosts naming its registry take it.
+IMAGES = ("debian:12", "python:3.12", "127.0.0.1:5000/team/tool:1")
+HELD = {
+    "debian:12": "docker.io/library/debian:12",
+    "python:3.12": "docker.io/library/python:3.12",
+    "127.0.0.1:5000/team/tool:1": "127.0.0.1:5000/team/tool:1",
+}
 
 # Donations off the index's levels too, and disks large enough to weigh in a host's score.
 donations = st.builds(
@@ -65,7 +71,9 @@ hosts = st.builds(
             *({"hollow": "true"}, {"hollow": "true", "arch": "amd64"}),
         ]
     ),
-    st.sampled_from([(), (), ("debian:*",), ("python:*",)]),
+    st.sampled_from(
+        [(), (), ("debian:*",), ("python:*",), ("127.0.0.1:5000/team/*:*",), ("*/team/*:*", "debian:*")]
+    ),
     st.booleans(),
     st.sampled_from([True, True, True, False]),
     st.sampled_from([False, False, False, True]),
@@ -73,7 +81,13 @@ hosts = st.builds(
 )
 requests = st.builds(
     lambda resources, constraints, image, network, excluded: PlacementRequest(
-        "r", resources, constraints, image, network, frozenset(excluded)
+        "r",
+        resources,
+        constraints,
+        image,
+        network,
+        frozenset(excluded),
+        local_registry=local_registry_of(image, None) if image is not None else None,
     ),
     capacities,
     st.sampled_from(
