@@ -188,7 +188,8 @@ class ImageInventory:
                 except DockerDriverError as exc:
                     log.info("hostd.images_unlisted", error=str(exc))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.config.timing.image_scan_interval_s)
+                    async with asyncio.timeout(self.config.timing.image_scan_interval_s):
+                        await self._wake.wait()
                 await asyncio.sleep(_SETTLE_S)
                 self._wake.clear()
         finally:
@@ -204,6 +205,9 @@ class ImageInventory:
             except DockerDriverError:
                 await asyncio.sleep(2.0)
                 continue
+            # What changed before the stream was open (at start, or while it was down) is seen by
+            # a scan from now on: a scan before it, and then no event, would miss it until the next.
+            self._wake.set()
             closed = asyncio.Event()
 
             def pump(stream: Any = stream, closed: asyncio.Event = closed) -> None:
@@ -222,5 +226,4 @@ class ImageInventory:
                 await closed.wait()
             finally:
                 stream.close()
-            self._wake.set()  # the engine may have changed while the stream was down
             await asyncio.sleep(1.0)
