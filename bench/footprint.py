@@ -275,7 +275,8 @@ async def echo(session: asyncio.subprocess.Process, line: bytes) -> None:
     assert session.stdout is not None
     session.stdin.write(line)
     await session.stdin.drain()
-    back = await asyncio.wait_for(session.stdout.readline(), 30)
+    async with asyncio.timeout(30):
+        back = await session.stdout.readline()
     if back != line:
         raise RuntimeError(f"the SSH session answered {back!r} to {line!r}")
 

@@ -160,7 +160,8 @@ async def _echo_rtts(argv: list[str], echoes: int, via: str) -> list[float]:
             # `docker exec` beside a bulk one took over 10 s for that.
             wait = 120 if i == 0 else 10
             try:
-                await asyncio.wait_for(proc.stdout.readexactly(1), wait)
+                async with asyncio.timeout(wait):
+                    await proc.stdout.readexactly(1)
             except TimeoutError:
                 raise RuntimeError(f"echo {i} through {via} not back within {wait} s") from None
             if i == 0:

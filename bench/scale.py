@@ -105,7 +105,8 @@ async def placement_stream(
         except (aiohttp.ClientError, TimeoutError):
             failed += 1
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), gap_s)
+            async with asyncio.timeout(gap_s):
+                await stop.wait()
     return latencies, failed
 
 

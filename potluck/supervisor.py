@@ -104,7 +104,8 @@ class Supervisor:
                     except LocalStackError as exc:
                         raise _DiedSoon(f"could not be started ({exc})") from exc
                 try:
-                    await asyncio.wait_for(self._exited(proc), self.policy.stable_after_s)
+                    async with asyncio.timeout(self.policy.stable_after_s):
+                        await self._exited(proc)
                 except TimeoutError:
                     return
                 self._unless_final(name, proc)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from uuid import UUID
 
 from potluck.events import LoggedEvent
+from potluck.kernel.cancellation import cancel_until_done, task_whereabouts
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -16,10 +17,15 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -
         await asyncio.sleep(0.05)
 
 
-async def stop(*tasks: "asyncio.Task[None]") -> None:
+async def stop(*tasks: "asyncio.Task[None]", within_s: float = 30) -> None:
+    """Cancel `tasks` until they have ended (a library's wait_for may swallow one cancellation:
+    potluck.kernel.cancellation), their errors taken; fail naming where any still waits after
+    `within_s`, rather than hang the test until its timeout with no word of where."""
+    stuck = await cancel_until_done(tasks, within_s=within_s)
+    assert not stuck, "still running after cancelling: " + ", ".join(map(task_whereabouts, stuck))
     for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+        if not task.cancelled():
+            task.exception()  # taken, as gather(return_exceptions=True) did
 
 
 class Received:

@@ -121,7 +121,8 @@ class BatchPublisher:
         subject no stream takes) or BatchAckTimeout."""
         try:
             try:
-                await asyncio.wait_for(batch.settled.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await batch.settled.wait()
             except TimeoutError:
                 raise BatchAckTimeout(batch.waiting, len(batch.acked), timeout) from None
             if batch.error is not None:

@@ -101,7 +101,8 @@ class LogFollower:
                 # committed since has notified (and set the wake-up cleared before
                 # that read), so reading again before then would find nothing.
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._wakeup.wait()
         finally:
             await self.close()
 

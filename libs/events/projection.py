@@ -167,7 +167,8 @@ class Fold:
     async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Until `predicate` holds after some batch is folded (TimeoutError after `timeout`)."""
         async with self._advanced:
-            await asyncio.wait_for(self._advanced.wait_for(predicate), timeout)
+            async with asyncio.timeout(timeout):
+                await self._advanced.wait_for(predicate)
 
     async def seen(self, position: int, timeout: float = 30.0) -> None:
         """Until the projection includes `position` (e.g. the caller's own append)."""

@@ -307,7 +307,8 @@ async def _nats(nats_url: str, seed: str | None, timeout: float) -> Any:
     if seed:
         options["nkeys_seed_str"] = seed
     try:
-        nc = await asyncio.wait_for(nats.connect(nats_url.split(","), **options), timeout + 5)
+        async with asyncio.timeout(timeout + 5):
+            nc = await nats.connect(nats_url.split(","), **options)
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         # nats-py ends a refused key with "no servers available": what the server said is the cause.
         refused = next((text for text in said if is_authorization_refusal(Exception(text))), None)

@@ -127,7 +127,8 @@ class Authenticator:
             self._catching_up = asyncio.ensure_future(self.catch_up())
             self._catching_up.add_done_callback(_consume)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(self._catching_up), CATCH_UP_S)
+            async with asyncio.timeout(CATCH_UP_S):
+                await asyncio.shield(self._catching_up)
 
 
 def _consume(task: "asyncio.Task[None]") -> None:

@@ -97,7 +97,8 @@ class Reactions:
                 await asyncio.sleep(tick)
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.capacity_changed.wait(), tick)
+                async with asyncio.timeout(tick):
+                    await self.capacity_changed.wait()
 
     async def _round(self) -> None:
         while not self.lost_hosts.empty():

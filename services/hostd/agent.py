@@ -244,9 +244,11 @@ class Agent:
             # its timeout, and the cancellation run() sends again after 1 s cut close() off.
             if self.nc.is_connected:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.nc.flush(), 2)
+                    async with asyncio.timeout(2):
+                        await self.nc.flush()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.close(), 2)
+                async with asyncio.timeout(2):
+                    await self.nc.close()
             self.driver.close()
 
     async def _link(self) -> None:

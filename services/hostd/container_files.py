@@ -152,7 +152,8 @@ class WriteStream:
         while self.process.buffered() > WRITE_BUFFER and not self.sink.ended.is_set():
             self.sink.writable.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.sink.writable.wait(), 0.05)
+                async with asyncio.timeout(0.05):
+                    await self.sink.writable.wait()
 
     def _failure(self) -> str:
         return self.sink.err.decode(errors="replace").strip() or "the writer in the container stopped"

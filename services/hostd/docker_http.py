@@ -139,7 +139,8 @@ async def call(url: str, method: str, path: str, body: Any = None, timeout: floa
         return status, parsed
 
     try:
-        return await asyncio.wait_for(go(), timeout)
+        async with asyncio.timeout(timeout):
+            return await go()
     except (TimeoutError, OSError) as exc:
         raise ExecError(f"{method} {path} on {url} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -233,10 +234,13 @@ async def hijack(url: str, protocol: Hijacked, timeout: float) -> None:
     try:
         where = address(url)
         if isinstance(where, str):
-            await asyncio.wait_for(loop.create_unix_connection(lambda: protocol, where), timeout)
+            async with asyncio.timeout(timeout):
+                await loop.create_unix_connection(lambda: protocol, where)
         else:
-            await asyncio.wait_for(loop.create_connection(lambda: protocol, *where), timeout)
-        await asyncio.wait_for(protocol.upgraded, timeout)
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(lambda: protocol, *where)
+        async with asyncio.timeout(timeout):
+            await protocol.upgraded
     except BaseException:
         if protocol.transport is not None:
             protocol.transport.close()

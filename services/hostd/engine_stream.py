@@ -171,10 +171,13 @@ async def open_stream(url: str, protocol: EngineStream, timeout: float) -> tuple
     try:
         where = docker_http.address(url)
         if isinstance(where, str):
-            await asyncio.wait_for(loop.create_unix_connection(lambda: protocol, where), timeout)
+            async with asyncio.timeout(timeout):
+                await loop.create_unix_connection(lambda: protocol, where)
         else:
-            await asyncio.wait_for(loop.create_connection(lambda: protocol, *where), timeout)
-        return await asyncio.wait_for(protocol.answered, timeout)
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(lambda: protocol, *where)
+        async with asyncio.timeout(timeout):
+            return await protocol.answered
     except (TimeoutError, OSError) as exc:
         if protocol.transport is not None:
             protocol.transport.close()
@@ -245,7 +248,8 @@ class StreamedProcess:
 
     async def wait_exit(self, timeout: float = 10.0) -> int | None:
         try:
-            return await asyncio.wait_for(asyncio.shield(self._done), timeout)
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(self._done)
         except TimeoutError:
             return None
 

@@ -92,7 +92,8 @@ class LogTailResponder:
         if status != 200:
             raise ExecError(f"the container's log: {status} {message}")
         try:
-            await asyncio.wait_for(stream.ended, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await stream.ended
         finally:
             if stream.transport is not None:
                 stream.transport.close()

@@ -51,7 +51,8 @@ def system_bus_address(configured: str | None) -> str | None:
 
 
 async def _call(bus: MessageBus, msg: Message) -> Message:
-    reply = await asyncio.wait_for(bus.call(msg), CALL_TIMEOUT_S)
+    async with asyncio.timeout(CALL_TIMEOUT_S):
+        reply = await bus.call(msg)
     if reply.message_type == MessageType.ERROR:
         raise DBusFastError(f"{reply.error_name}: {reply.body[0] if reply.body else ''}")
     return reply
@@ -175,9 +176,8 @@ async def listen_to_logind(watch: SleepWatch, address: str | None, *, retry_s: f
     first = True
     while True:
         try:
-            bus = await asyncio.wait_for(
-                MessageBus(bus_address=address, negotiate_unix_fd=True).connect(), CALL_TIMEOUT_S
-            )
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                bus = await MessageBus(bus_address=address, negotiate_unix_fd=True).connect()
         except (OSError, DBusFastError, TimeoutError, EOFError) as exc:
             if first:
                 log.info(

@@ -74,7 +74,8 @@ class ConsumerSweep:
                 log.warning("registry.consumer_sweep_failed", error=repr(exc), hint="tried again later")
                 waiting = 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.recheck_s if waiting else self.idle_s)
+                async with asyncio.timeout(self.recheck_s if waiting else self.idle_s):
+                    await self._wake.wait()
 
     async def sweep(self) -> int:
         """Remove what is due; the number of consumers of out hosts still kept for now."""

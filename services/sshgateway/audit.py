@@ -133,9 +133,8 @@ class AuditLog:
 
     async def started(self, event: SessionStarted) -> None:
         new = NewEvent(event, event_id=event_id_for("sshgateway", event.session_id, 0))
-        await asyncio.wait_for(
-            self.store.append(session_stream(event.session_id), [new], expected_version=0), self.timeout
-        )
+        async with asyncio.timeout(self.timeout):
+            await self.store.append(session_stream(event.session_id), [new], expected_version=0)
 
     def ended(self, event: SessionEnded, trace_context: Context | None = None) -> None:
         """Queue `event`; it is appended in `trace_context` (the session's), so it joins that trace."""
@@ -160,10 +159,8 @@ class AuditLog:
         while True:
             new = NewEvent(event, event_id=event_id_for("sshgateway", event.session_id, 1))
             try:
-                await asyncio.wait_for(
-                    self.store.append(session_stream(event.session_id), [new], expected_version=1),
-                    self.timeout,
-                )
+                async with asyncio.timeout(self.timeout):
+                    await self.store.append(session_stream(event.session_id), [new], expected_version=1)
                 return
             except (DuplicateEvent, WrongExpectedVersion) as exc:
                 # An earlier try went through after all (its answer was lost), or a bug.
@@ -179,5 +176,6 @@ class AuditLog:
 
     async def flush(self, timeout: float) -> bool:
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         return self._idle.is_set()

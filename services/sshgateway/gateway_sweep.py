@@ -75,7 +75,8 @@ class LostSessionSweep:
         sessions = list(self.view.open_sessions.values())
         runs = {s.gateway_run for s in sessions} - {own}
         try:
-            revisions = await asyncio.wait_for(self.entry.revisions(runs), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                revisions = await self.entry.revisions(runs)
         except Exception as exc:
             # What was seen before a blind spot says nothing about it: start looking afresh.
             log.warning("gateway.sweep_failed", error=repr(exc))
@@ -101,10 +102,8 @@ class LostSessionSweep:
             metadata={"recorded_by": f"{self.gateway} run {self.entry.run_id}"},
         )
         try:
-            await asyncio.wait_for(
-                self.store.append(session_stream(session.session_id), [new], expected_version=1),
-                self.timeout,
-            )
+            async with asyncio.timeout(self.timeout):
+                await self.store.append(session_stream(session.session_id), [new], expected_version=1)
         except (DuplicateEvent, WrongExpectedVersion):
             # Ended meanwhile: by its own gateway after all, or by another sweeper first.
             log.debug("gateway.session_already_ended", session_id=session.session_id)

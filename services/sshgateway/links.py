@@ -65,7 +65,8 @@ class LinkPool:
         waiters = self._waiters.setdefault(host_id, deque())
         waiters.append(waiter)
         try:
-            return await asyncio.wait_for(waiter, timeout)
+            async with asyncio.timeout(timeout):
+                return await waiter
         except TimeoutError:
             return None
         except asyncio.CancelledError:
@@ -107,8 +108,8 @@ async def open_host_session(
     """Ask the host, on `link`, for what the user asked for, with `env`; the host's channel.
 
     Raises TimeoutError, asyncssh.Error or OSError if the session cannot be opened."""
-    chan, _ = await asyncio.wait_for(
-        link.create_session(
+    async with asyncio.timeout(timeout):
+        chan, _ = await link.create_session(
             session_factory,
             request.command,
             subsystem=request.subsystem,
@@ -119,7 +120,5 @@ async def open_host_session(
             term_modes=request.term_modes if request.pty else (),
             encoding=None,
             window=window,
-        ),
-        timeout,
-    )
+        )
     return chan

@@ -115,7 +115,8 @@ async def test_hollow_hosts_register_take_an_allocation_and_stop_quietly(
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
-        _out, err = await asyncio.wait_for(proc.communicate(), 60)
+        async with asyncio.timeout(60):
+            _out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()[-2000:]
     ended = [e.type for e in await pool.store.read_all(limit=1_000_000) if e.type in _ENDINGS]
     assert ended == []

@@ -55,7 +55,8 @@ async def revoke(pool: Pool, host: EnrolledHost, *extra: str) -> tuple[int, str,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "USER": "olga", "POTLUCK_HOME": str(pool.workdir / "no-potluck-up")},
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
@@ -110,17 +111,15 @@ async def dial_link(host: EnrolledHost) -> None:
     config = tomllib.loads(host.config.read_text())
     address, port = config["gateways"][0]["address"].rsplit(":", 1)
     key = load_or_create_key(host_key_path(Path(config["state_dir"])))
-    conn = await asyncio.wait_for(
-        asyncssh.connect_reverse(
+    async with asyncio.timeout(15):
+        conn = await asyncssh.connect_reverse(
             address,
             int(port),
             server_factory=_AnyGateway,
             server_host_keys=[key],
             gss_auth=False,
             gss_kex=False,
-        ),
-        15,
-    )
+        )
     conn.close()
     await conn.wait_closed()
 

@@ -88,7 +88,8 @@ async def test_killing_one_nats_node_under_load_loses_nothing_and_stops_nothing(
             await until(lambda: len(created) >= BEFORE + AFTER or bool(refused), "placements stopped")
         finally:
             stop.set()
-            await asyncio.wait_for(asking, 30)
+            async with asyncio.timeout(30):
+                await asking
         assert not refused, refused
         for alloc_id in created:
             url = f"{pool.api}/v1/allocations/{alloc_id}?wait=running&timeout=60"

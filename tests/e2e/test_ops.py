@@ -192,7 +192,8 @@ async def test_status_events_and_trace_on_a_running_pool(
         )
         await asyncio.sleep(0.5)  # following live, whether it starts before or after the release
         await alice.call("DELETE", f"/v1/allocations/{alloc_id}")
-        tail_out, tail_err = await asyncio.wait_for(tail.communicate(), 60)
+        async with asyncio.timeout(60):
+            tail_out, tail_err = await tail.communicate()
     assert tail.returncode == 0, tail_err.decode()
     followed = [json.loads(line) for line in tail_out.decode().splitlines()]
     assert sorted(e["type"] for e in followed) == ["AllocationReleased", "CapacityFreed"]

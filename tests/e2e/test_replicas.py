@@ -195,7 +195,8 @@ async def echoes(session: asyncio.subprocess.Process, line: bytes) -> bytes:
     assert session.stdout is not None
     session.stdin.write(line)
     await session.stdin.drain()
-    return await asyncio.wait_for(session.stdout.readline(), 30)
+    async with asyncio.timeout(30):
+        return await session.stdout.readline()
 
 
 #: The gateways refresh their runs' entries every 0.5 s and take a run silent for 4 s for lost.
@@ -239,7 +240,8 @@ async def test_a_session_through_either_gateway_and_through_the_survivor_of_a_ki
     assert survivor_run != killed_run
 
     pool.processes["sshgateway"].kill()
-    cut = await asyncio.wait_for(long, 30)
+    async with asyncio.timeout(30):
+        cut = await long
     assert cut.returncode != 0, cut.stdout
 
     three = await second.ssh(alloc_id, "echo three")
@@ -262,7 +264,8 @@ async def test_a_session_through_either_gateway_and_through_the_survivor_of_a_ki
     assert await echoes(held, b"pong\n") == b"pong\n", pool.logs()
     assert held.stdin is not None
     held.stdin.close()
-    assert await asyncio.wait_for(held.wait(), 30) == 0, pool.logs()
+    async with asyncio.timeout(30):
+        assert await held.wait() == 0, pool.logs()
 
     # The survivor writes a session's end just after the client sees it: wait for the last one.
     deadline = asyncio.get_running_loop().time() + 30

@@ -354,7 +354,8 @@ async def test_signals_reach_the_process(ssh_env: SshEnv) -> None:
         process = await conn.create_process("sleep 100", encoding=None)
         await _wait_until_running(ssh_env, "sig1", "sleep 100")
         process.send_signal("TERM")
-        completed = await asyncio.wait_for(process.wait(), 10)
+        async with asyncio.timeout(10):
+            completed = await process.wait()
     assert completed.exit_status == 143
 
 
@@ -363,7 +364,8 @@ async def test_a_session_ends_with_a_message_when_its_allocation_is_released(ssh
     session = asyncio.ensure_future(ssh_env.ssh("rel1", "sleep 600"))
     await _wait_until_running(ssh_env, "rel1", "sleep 600")
     await ssh_env.release(ssh_env.hosts[0], "rel1")
-    result = await asyncio.wait_for(session, 15)
+    async with asyncio.timeout(15):
+        result = await session
     assert result.returncode == 255
     assert "allocation rel1 is now released" in result.err
     await _wait_until_gone(ssh_env, "rel1", "sleep 600")
@@ -404,7 +406,8 @@ async def test_a_restarted_host_link_works_without_restarting_the_gateway(ssh_en
     session = asyncio.ensure_future(ssh_env.ssh("crash1", "sleep 700"))
     await _wait_until_running(ssh_env, "crash1", "sleep 700")
     ssh_env.kill_link(host)
-    lost = await asyncio.wait_for(session, 15)
+    async with asyncio.timeout(15):
+        lost = await session
     assert lost.returncode == 255
     assert "lost the connection to the machine running allocation crash1" in lost.err, lost.err
 
@@ -429,7 +432,8 @@ async def test_the_gateway_restarts_with_its_host_key_and_the_hosts_dial_back_in
     session = asyncio.ensure_future(ssh_env.ssh("gwr1", "sleep 800"))
     await _wait_until_running(ssh_env, "gwr1", "sleep 800", host=1)
     await ssh_env.restart_gateway()
-    stopped = await asyncio.wait_for(session, 15)
+    async with asyncio.timeout(15):
+        stopped = await session
     assert stopped.returncode == 255
     assert "the gateway is shutting down" in stopped.err, stopped.err
     await ssh_env.wait_reachable("gwr1")

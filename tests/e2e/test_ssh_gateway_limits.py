@@ -115,7 +115,8 @@ async def test_failed_logins_count_as_they_happen_so_parallel_guessing_is_locked
         for i in range(6)
     ]
     try:
-        await asyncio.wait_for(asyncio.gather(*(r.wait() for r in refused)), 15)
+        async with asyncio.timeout(15):
+            await asyncio.gather(*(r.wait() for r in refused))
         locked = await env.ssh("guess1", "true", source="127.0.0.42", options=INFO)
         assert locked.returncode == 255, locked.err
         assert "too many failed logins from your address" in locked.err, locked.err
@@ -211,7 +212,8 @@ async def test_hostd_caps_its_sessions_and_serves_the_other_allocations(env: Ssh
 async def _first_line(source: str, port: int) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     try:
-        return await asyncio.wait_for(reader.readline(), 5)
+        async with asyncio.timeout(5):
+            return await reader.readline()
     finally:
         writer.close()
 
@@ -255,7 +257,8 @@ async def test_new_connections_and_logins_in_progress_are_throttled_per_address(
     idle = []
     for _ in range(10):
         reader, writer = await asyncio.open_connection("127.0.0.1", env.port, local_addr=(idle_source, 0))
-        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"SSH-")
+        async with asyncio.timeout(5):
+            assert (await reader.readline()).startswith(b"SSH-")
         idle.append(writer)
     try:
         await asyncio.sleep(0.6)  # a token: what refuses now is the count of logins in progress
@@ -309,7 +312,8 @@ async def test_ssh_audit_finds_no_failing_algorithm_and_no_throttling_warning(en
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(audit.communicate(), 60)
+    async with asyncio.timeout(60):
+        out, err = await audit.communicate()
     assert out, err.decode()
     report = json.loads(out)
     failing = {

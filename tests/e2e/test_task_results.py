@@ -112,10 +112,13 @@ async def test_logs_follow_a_running_task_live_and_end_with_it(results: Gatewaye
     assert follow.stdout is not None
     assert follow.stderr is not None
     try:
-        first = await asyncio.wait_for(follow.stdout.readline(), 30)
+        async with asyncio.timeout(30):
+            first = await follow.stdout.readline()
         state = (await api(g, "GET", f"/v1/allocations/{alloc_id}"))["state"]
-        rest = await asyncio.wait_for(follow.stdout.read(), 30)
-        status = await asyncio.wait_for(follow.wait(), 30)
+        async with asyncio.timeout(30):
+            rest = await follow.stdout.read()
+        async with asyncio.timeout(30):
+            status = await follow.wait()
     finally:
         if follow.returncode is None:
             follow.kill()

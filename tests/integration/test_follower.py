@@ -44,7 +44,8 @@ async def test_follower_sees_every_event_of_concurrent_writers_once_in_order(
     follower = LogFollower(store, batch_size=500)
     following = asyncio.create_task(_follow(follower, TOTAL, seen))
     written = await asyncio.gather(*(_writer(store, w, TOTAL // WRITERS, w) for w in range(WRITERS)))
-    await asyncio.wait_for(following, 60)
+    async with asyncio.timeout(60):
+        await following
 
     all_ids = [i for ids in written for i in ids]
     assert len(all_ids) == TOTAL
@@ -81,7 +82,8 @@ async def test_follower_resumes_after_postgres_restarts(own_postgres: PostgresSe
                     if attempt == 49:
                         raise AssertionError(f"appends never recovered after the restart: {exc!r}") from exc
                     await asyncio.sleep(0.1)
-        await asyncio.wait_for(following, 30)
+        async with asyncio.timeout(30):
+            await following
     finally:
         following.cancel()
         await store.close()

@@ -17,9 +17,8 @@ async def test_a_report_too_large_for_the_stream_is_dropped_and_the_next_one_sto
     spec = next(s for s in STREAMS if s.name == REPORTS_STREAM)
     assert spec.max_msg_size is not None
     huge = b"x" * (spec.max_msg_size + 1)
-    stored = await asyncio.wait_for(
-        publish_until_stored(js, "potluck.report.h-a.state", huge, {}, kind="state"), 10
-    )
+    async with asyncio.timeout(10):
+        stored = await publish_until_stored(js, "potluck.report.h-a.state", huge, {}, kind="state")
     assert stored is False
     assert await publish_until_stored(js, "potluck.report.h-a.state", b"{}", {}, kind="state") is True
     info = await js.stream_info(REPORTS_STREAM)
@@ -41,5 +40,6 @@ async def test_a_full_stream_is_retried_until_it_has_room(nc: NATS) -> None:
     await asyncio.sleep(1.0)
     assert not sending.done(), "the report was neither stored nor kept waiting"
     await js.purge_stream(REPORTS_STREAM)
-    assert await asyncio.wait_for(sending, 15) is True
+    async with asyncio.timeout(15):
+        assert await sending is True
     assert (await js.get_last_msg(REPORTS_STREAM, "potluck.report.h-a.exited")).data == b"second"

@@ -110,7 +110,8 @@ async def test_a_suspend_seen_in_the_clocks_is_told_as_host_woke_and_triggers_a_
     try:
         clocks.run(1)
         clocks.suspend(3600)
-        await asyncio.wait_for(resynced.wait(), 10)
+        async with asyncio.timeout(10):
+            await resynced.wait()
         records = await host_records(store, host_id)
         assert records[-1] == ("HostWoke", {"host_id": host_id, "slept_s": 3600.0})
         clocks.run(5)

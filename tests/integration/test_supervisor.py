@@ -101,7 +101,8 @@ async def test_a_child_that_stopped_for_good_is_said_once_and_not_restarted(tmp_
     said: list[str] = []
     proc = child(tmp_path, "exit 3")
     first = proc.pid
-    await asyncio.wait_for(Supervisor(said.append, FAST).keep_running("hostd-local", proc), 10)
+    async with asyncio.timeout(10):
+        await Supervisor(said.append, FAST).keep_running("hostd-local", proc)
     assert said == [
         "hostd-local exited with code 3: it stopped for good (see its log for why); not restarting it"
     ]

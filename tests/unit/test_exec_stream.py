@@ -98,7 +98,8 @@ def test_stream_2_is_stderr_and_the_others_stdout() -> None:
 async def test_output_that_came_with_the_101_is_kept_until_a_sink_is_attached() -> None:
     stream = ExecStream("e1", tty=False)
     stream.data_received(UPGRADED + _frame(1, b"motd\n") + _frame(2, b"warn\n"))
-    await asyncio.wait_for(stream.upgraded, 1)
+    async with asyncio.timeout(1):
+        await stream.upgraded
     sink = Recorder()
     stream.attach(sink)
     stream.data_received(_frame(1, b"$ "))
@@ -111,7 +112,8 @@ async def test_a_head_that_arrives_in_pieces_is_read_whole() -> None:
     stream.attach(sink)
     for byte in UPGRADED + b"\x1b[0mhi":
         stream.data_received(bytes([byte]))
-    await asyncio.wait_for(stream.upgraded, 1)
+    async with asyncio.timeout(1):
+        await stream.upgraded
     assert b"".join(data for data, _ in sink.data) == b"\x1b[0mhi"
     assert all(not stderr for _, stderr in sink.data)
 

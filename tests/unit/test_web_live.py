@@ -7,6 +7,8 @@ several lines goes out as one server-sent event whose data lines rejoin to it.
 
 import asyncio
 
+import pytest
+
 from potluck.allocator.web.live import Changes, _event
 
 
@@ -15,12 +17,14 @@ async def test_a_waiter_wakes_on_a_fold_and_at_once_on_close() -> None:
     waiting = asyncio.ensure_future(changes.after(0, timeout=30))
     await asyncio.sleep(0)
     changes.folded([])
-    assert await asyncio.wait_for(waiting, 5) == 1
+    async with asyncio.timeout(5):
+        assert await waiting == 1
 
     waiting = asyncio.ensure_future(changes.after(1, timeout=30))
     await asyncio.sleep(0)
     changes.close()
-    assert await asyncio.wait_for(waiting, 5) == 1
+    async with asyncio.timeout(5):
+        assert await waiting == 1
     assert changes.closed
 
 
@@ -37,3 +41,17 @@ def test_a_fragment_goes_out_as_one_event_of_data_lines() -> None:
         "<p>b</p>",
     ]
     assert raw.endswith("\n\n")
+
+
+async def test_a_wait_cancelled_as_its_change_lands_is_cancelled_all_the_same() -> None:
+    """The change and the cancellation arrive in the same turn of the loop: the wait must end
+    cancelled. Python 3.11's asyncio.wait_for returned the result instead, losing the
+    cancellation (bpo-42130), which kept loops around it running after their task was stopped;
+    ruff now bans it (TID251)."""
+    changes = Changes()
+    waiting = asyncio.ensure_future(changes.after(0, timeout=30))
+    await asyncio.sleep(0)
+    changes.folded([])
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting

@@ -45,7 +45,8 @@ class Changes:
         """The count once it passed `seen` (at once if it has), or as it is after `timeout`."""
         if self.count == seen:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._moved.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._moved.wait()
         return self.count
 
 
