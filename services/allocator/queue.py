@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from potluck.allocator.capacity import placement_request
 from potluck.allocator.scheduler import Decision, Impossible, Placed, PlacementRequest, Wait
 from potluck.readmodels.allocations import AllocationState
 
@@ -60,15 +61,8 @@ class FairQueue:
         for state in sorted(pending, key=lambda a: (a.requested_at or _EPOCH, a.alloc_id)):
             at = state.requested_at or _EPOCH
             since = state.pending_since or at
-            request = PlacementRequest(
-                alloc_id=state.alloc_id,
-                resources=state.spec.resources,
-                constraints=dict(state.constraints),
-                image=state.spec.image,
-                network=state.spec.network,
-                excluded_hosts=state.failed_on,
-            )
-            queue.push(state.user, request, at, since + timedelta(seconds=state.queue_timeout_s))
+            deadline = since + timedelta(seconds=state.queue_timeout_s)
+            queue.push(state.user, placement_request(state), at, deadline)
         return queue
 
     def __len__(self) -> int:
