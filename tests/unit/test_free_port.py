@@ -5,9 +5,12 @@ them; a random pick that came up twice gave two nodes one port, and the second n
 with "address already in use" (a full suite's run on 2026-12-02).
 """
 
+import random
 import socket
 
-from potluck.localstack.ports import free_port
+import pytest
+
+from potluck.localstack.ports import BROWSERS_REFUSE, free_port
 
 
 def test_ports_picked_before_any_is_bound_are_all_different_and_free() -> None:
@@ -17,3 +20,14 @@ def test_ports_picked_before_any_is_bound_are_all_different_and_free() -> None:
     assert len(set(picked)) == len(picked)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", picked[-1]))
+
+
+def test_a_port_browsers_refuse_is_never_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: the random pick comes up 10080 (Chromium refuses it: ERR_UNSAFE_PORT; a full suite's
+    web tests all failed on a pool given it, 2026-12-03), then another. Must hold: the other is
+    handed out, and no port browsers refuse is ever among thousands of picks."""
+    picks = iter([10080, 10080, 20000 + random.randint(0, 999)])
+    monkeypatch.setattr(random, "randint", lambda _low, _high: next(picks))
+    assert free_port() not in BROWSERS_REFUSE
+    monkeypatch.undo()
+    assert not {free_port() for _ in range(3000)} & BROWSERS_REFUSE
