@@ -27,6 +27,9 @@ from potluck.localstack.docker_engine import DockerEngine
 from tests.e2e.conftest import ops, wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool, place, spec
 
+# Only the tests that measure the machine are marked solo (tests/fixtures/solo.py). The others
+# run beside another test: their policy ignores the owner's load (quiet_policy), and battery,
+# heat and windows come from the test's own folders and clock.
 CGROUP = Path("/sys/fs/cgroup")
 ALL_DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 #: Fast enough for a test: sampled every 0.2 s, busy after 1 s, back after 2 s idle.
@@ -276,10 +279,7 @@ async def test_a_window_holds_the_pool_and_new_containers_get_it_too(
     await m.until_recorded("normal", None)
 
 
-# The owner's load is every process outside the pool's containers: the other test worker's too.
-# The other tests here run beside another test: their policy ignores the owner's load
-# (quiet_policy), and battery, heat and windows come from the test's own folders and clock.
-@pytest.mark.solo
+@pytest.mark.solo  # the owner's load is every process outside the pool's: the other worker's too
 @pytest.mark.parametrize("action", ["throttle", "freeze"])
 async def test_the_owners_own_load_throttles_or_freezes_until_idle(
     pool: Pool, docker_engines: list[DockerEngine], action: str
