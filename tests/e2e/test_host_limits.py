@@ -1,5 +1,6 @@
 """Limits that hold: what a placed container tries, and what must stop it."""
 
+import asyncio
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,8 +31,12 @@ async def test_a_memory_hog_is_oom_killed_and_reported(pool: Pool, laptop: Enrol
 async def test_a_fork_bomb_stops_at_the_pids_limit(
     pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
 ) -> None:
-    """A fork bomb fills its pids limit and no more; the engine and new work still run."""
-    bomb = spec(pids_limit=32, command=["sh", "-c", "b() { b | b & }; b; sleep 3600"])
+    """A fork bomb fills its pids limit and no more; the engine and new work still run.
+
+    The shell forks its `sleep` before the bomb and then only waits (a builtin): once the bomb
+    has filled the limit, a shell still needing a fork would fail and end the container, which
+    is the limit working but leaves nothing to read."""
+    bomb = spec(pids_limit=32, command=["sh", "-c", "sleep 3600 & b() { b | b & }; b; wait"])
     await place(pool.store, laptop.host_id, "bomb", bomb)
     await wait_for_status(pool, "bomb", "running")
     driver = DockerDriver(docker_engines[0].url)
@@ -39,10 +44,22 @@ async def test_a_fork_bomb_stops_at_the_pids_limit(
         [container] = [c for c in driver.list_managed(laptop.host_id) if c.allocation_id == "bomb"]
         cgroup = Path(f"/sys/fs/cgroup/pids/potluck/{container.container_id}")  # the pool's own parent
         assert int((cgroup / "pids.max").read_text()) == 32
-        assert int((cgroup / "pids.current").read_text()) <= 32
+        # pids.events counts the forks the limit refused: the bomb reached the limit and was
+        # stopped there, rather than the shell ending on its own.
+        seen, refused = [], 0
+        deadline = time.monotonic() + 15
+        while refused == 0 and time.monotonic() < deadline:
+            seen.append(int((cgroup / "pids.current").read_text()))
+            refused = int((cgroup / "pids.events").read_text().split()[1])
+            await asyncio.sleep(0.05)
+        assert refused > 0, f"no fork was refused at the limit; processes seen: {seen}"
+        assert max(seen) <= 32, seen
         assert driver.ping()
         await place(pool.store, laptop.host_id, "after-bomb", spec())
         await wait_for_status(pool, "after-bomb", "running")
+        bombed = await allocation(pool.store, "bomb")
+        assert bombed is not None
+        assert bombed.status == "running"  # held at its limit, not ended
     finally:
         driver.close()
 
