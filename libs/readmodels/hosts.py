@@ -63,6 +63,8 @@ class HostState:
     admin: AdminState = "active"
     liveness: Liveness | None = None
     drain_grace_s: float = 0.0
+    #: When its drain started (HostDrainStarted): its grace counts from here.
+    drain_started_at: datetime | None = None
     #: Since when the host has its current liveness (the event that set it).
     liveness_since: datetime | None = None
     #: How long it last said it slept (HostWoke).
@@ -103,6 +105,16 @@ class HostState:
         """Asleep or unreachable: its allocations are kept and wait for it."""
         return self.registered and self.liveness in WAITING
 
+    def drain_left_s(self, now: datetime) -> float | None:
+        """While it drains: how much of its grace is left at `now` (0 once it is over);
+        None when it does not drain. A hostd started mid-drain is given only this."""
+        if self.admin != "draining":
+            return None
+        if self.drain_started_at is None:
+            return self.drain_grace_s
+        elapsed = (now - self.drain_started_at).total_seconds()
+        return min(self.drain_grace_s, max(0.0, self.drain_grace_s - elapsed))
+
     @property
     def status(self) -> str:
         """One word among enrolled, active, paused, draining, asleep, unreachable, lost,
@@ -116,7 +128,7 @@ class HostState:
 
 #: The fold's own version, part of its snapshots' kind (potluck.events.snapshots): bump it
 #: when a change to `evolve` makes a stream fold to another state than before.
-HOST_FOLD_VERSION = 1
+HOST_FOLD_VERSION = 2  # 2: drain_started_at
 
 
 def evolve(state: HostState | None, event: Event, version: int, at: datetime) -> HostState | None:
@@ -166,7 +178,7 @@ def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
         case HostResumed():
             return replace(state, admin="active")
         case HostDrainStarted():
-            return replace(state, admin="draining", drain_grace_s=event.grace_s)
+            return replace(state, admin="draining", drain_grace_s=event.grace_s, drain_started_at=at)
         case HostDeregistered():
             return replace(state, admin="deregistered", registered=False, liveness=None)
         case HostLeft():

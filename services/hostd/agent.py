@@ -145,6 +145,8 @@ class Agent:
         self._subscriber: Subscriber[LoggedEvent] | None = None
         self.nc: NATS | None = None
         self.admin = "active"
+        #: While the host drains: what was left of its grace when this hostd registered.
+        self.drain_left_s: float | None = None
         self._resync = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stop_reason = ""
@@ -339,6 +341,8 @@ class Agent:
                     raise HostdStopped(f"{error.get('message')} ({error.get('code')})")
                 raise Rejected(str(error.get("code")), str(error.get("message")))
             self.admin = str(reply.data.get("admin", "active"))
+            left = reply.data.get("drain_left_s")
+            self.drain_left_s = float(left) if isinstance(left, int | float) else None
             self.images.resend()
             self.policy.resend()
             log.info("hostd.registered", host_id=self.host_id, admin=self.admin, donated=request.donated)
@@ -368,6 +372,11 @@ class Agent:
         self.positions.advance(snapshot.position)
         if self.admin == "paused":
             self.containers.paused = True
+        if self.admin == "draining" and self.drain_left_s is not None:
+            # Drained before this hostd started (a reboot mid-drain): the grace goes on from
+            # where it was, before the reconciliation adopts (or would start again) what runs.
+            # (A registry older than drain_left_s does not say: then nothing is stopped.)
+            self.containers.drain(self.drain_left_s)
         await self.containers.set_desired(
             [(a.alloc_id, a.spec) for a in snapshot.allocations], kept=snapshot.kept
         )

@@ -166,6 +166,8 @@ class ContainerManager:
         #: Tasks that must outlive the call that made them (a reference keeps them alive).
         self._background: set[asyncio.Task[None]] = set()
         self._drain_task: asyncio.Task[None] | None = None
+        #: The drain's grace is over: no interactive container is started again here.
+        self._drain_over = False
         #: Ended allocations whose stopped containers are kept, with until when (None: a restarted
         #: hostd learnt of it from a snapshot, which does not say). Changed in place: the exec
         #: side reads it to tell a session into a kept container what still works.
@@ -462,7 +464,8 @@ class ContainerManager:
             if c.allocation_id and c.allocation_id not in self._starts
         ]
         desired = {a: spec for a, spec in self.desired.items() if a not in self._starts}
-        plan = reconcile(desired, actual, self.kept, no_restart=self._drained | self._stopping.keys())
+        no_restart = self._drained | self._stopping.keys() | (desired.keys() if self._drain_over else set())
+        plan = reconcile(desired, actual, self.kept, no_restart=no_restart)
         for container in plan.remove:
             log.info(
                 "hostd.removing_unwanted",
@@ -555,6 +558,7 @@ class ContainerManager:
         if self._drain_task is not None:
             self._drain_task.cancel()
             self._drain_task = None
+        self._drain_over = False
         if self.policy_frozen:
             return  # the owner policy still holds them frozen
         async with self._lock:
@@ -629,14 +633,18 @@ class ContainerManager:
         return dict(self._quotas)
 
     def drain(self, grace_s: float) -> None:
-        """No new work comes (the allocator sees the drain); what runs gets `grace_s` to finish."""
+        """No new work comes (the allocator sees the drain); what runs gets `grace_s` to finish,
+        from now. Called again while a drain waits, it changes nothing."""
         if self.warm is not None and self._warm_emptied is None:
             self._warm_emptied = asyncio.create_task(self.warm.empty())
+        if grace_s <= 0:
+            self._drain_over = True  # before a reconciliation could start a stopped one again
         if self._drain_task is None or self._drain_task.done():
             self._drain_task = asyncio.create_task(self._stop_after(grace_s))
 
     async def _stop_after(self, grace_s: float) -> None:
         await asyncio.sleep(grace_s)
+        self._drain_over = True
         log.info("hostd.drain_grace_over", containers=len(self.containers))
         async with self._lock:
             for alloc_id, container_id in list(self.containers.items()):
@@ -666,7 +674,7 @@ class ContainerManager:
             del self._stopping[alloc_id]
             self.desired.pop(alloc_id, None)
             return  # reported as a failure when we stopped it
-        if state.keeps_alive and alloc_id not in self._drained:
+        if state.keeps_alive and alloc_id not in self._drained and not self._drain_over:
             async with self._lock:
                 # An engine going away is waited out: the reconciliation on its return starts it.
                 with contextlib.suppress(EngineUnavailable):
@@ -685,7 +693,9 @@ class ContainerManager:
             exit_code=container.exit_code,
             oom_killed=container.oom_killed,
         )
-        if alloc_id in self._drained:
+        if alloc_id in self._drained or (self._drain_over and container.keeps_alive):
+            # An interactive container ends only when stopped: once the grace is over, by the
+            # drain, though this hostd restarted between stopping it and reporting it.
             self._drained.discard(alloc_id)
             why = "host_drained"
         self.report(
@@ -704,7 +714,7 @@ class ContainerManager:
         EngineUnavailable: the engine is away, and the reconciliation on its return does this."""
         alloc_id, container_id = stopped.allocation_id, stopped.container_id
         spec = self.desired.get(alloc_id)
-        if spec is None or alloc_id in self._drained or alloc_id in self._stopping:
+        if spec is None or alloc_id in self._drained or alloc_id in self._stopping or self._drain_over:
             return  # released, drained or stopped by us while this waited for the lock
         refused: DockerDriverError | None = None
         try:

@@ -8,6 +8,7 @@ model has reached, so an answer and its position belong together.
 """
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -57,6 +58,8 @@ class HostRequests:
         return {
             "host_id": host_id,
             "admin": state.admin,
+            # While it drains, hostd stops its work when this is up, though it restarted meanwhile.
+            "drain_left_s": state.drain_left_s(datetime.now(UTC)),
             "consumer": host_consumer(host_id),
             "heartbeat_interval_s": self.watch.policy.heartbeat_interval_s,
             "recorded": [type(e).type_name for e in outcome.events],

@@ -74,6 +74,32 @@ async def test_drain_stops_running_work_after_its_grace(pool: Pool, laptop: Enro
     assert (short.reason, short.exit_code) == (None, 0), short
 
 
+async def test_a_drain_goes_on_through_a_hostd_restart(pool: Pool, laptop: EnrolledHost) -> None:
+    """Tried: the member drains with a task and an interactive allocation running, and hostd is
+    killed (-9) within the grace and started again (a reboot mid-drain: the registry's answer
+    to its registration is all it knows of the drain). Must hold: both still end when the grace
+    is up, `exited` with `host drained`; the interactive one is not kept up by its keep-alive."""
+    await place(pool.store, laptop.host_id, "task", spec())
+    await place(pool.store, laptop.host_id, "sandbox", spec().model_copy(update={"command": None}))
+    await wait_for_status(pool, "task", "running")
+    await wait_for_status(pool, "sandbox", "running")
+    drained = await asyncio.to_thread(member, pool, laptop, "drain", "--grace", "6")
+    assert drained.returncode == 0, drained.stderr
+    await pool.wait_for_host(laptop.host_id, "draining")
+    assert laptop.process is not None
+    laptop.process.kill()
+    for alloc_id in ("task", "sandbox"):  # the kill came within the grace
+        state = await allocation(pool.store, alloc_id)
+        assert state is not None
+        assert state.status == "running", state
+    pool.start_hostd(laptop)
+    for alloc_id in ("task", "sandbox"):
+        await wait_for_status(pool, alloc_id, "exited", timeout=60)
+        state = await allocation(pool.store, alloc_id)
+        assert state is not None
+        assert state.reason == "host drained", state
+
+
 async def test_an_image_the_member_does_not_allow_is_refused_with_a_report(
     pool: Pool, laptop: EnrolledHost
 ) -> None:

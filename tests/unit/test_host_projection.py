@@ -6,12 +6,18 @@ type that this version cannot decode.
 """
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.engine import EngineFacts
-from potluck.contracts.host_events import HostEnrolled, HostPaused, HostRegistered
+from potluck.contracts.host_events import (
+    HostDrainStarted,
+    HostEnrolled,
+    HostPaused,
+    HostRegistered,
+    HostResumed,
+)
 from potluck.events import Event, Fold, RecordedEvent
 from potluck.readmodels.hosts import HostsView
 from potluck.registry.projection import HOST_CATEGORIES, HostsProjection, hosts_fold
@@ -91,3 +97,19 @@ def test_a_fold_resumes_where_its_view_stopped() -> None:
     again.apply_all(the_log())
     assert view.hosts["h-1"].admin == "paused"
     assert again.skipped.count == 1
+
+
+def test_a_drains_grace_counts_from_its_start_for_a_hostd_that_registers_later() -> None:
+    """What a registering hostd is told of a drain under way: the grace left, never more than
+    the member gave nor less than nothing; nothing once the host is resumed."""
+    started = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
+    view = HostsView()
+    view.apply(HostEnrolled(host_id="h-1", name="a", nkey="U" + "A" * 55), position=1, version=1, at=started)
+    view.apply(HostDrainStarted(host_id="h-1", by="member", grace_s=60), position=2, version=2, at=started)
+    host = view.hosts["h-1"]
+    assert host.drain_left_s(started) == 60
+    assert host.drain_left_s(started + timedelta(seconds=45)) == 15
+    assert host.drain_left_s(started + timedelta(hours=1)) == 0
+    assert host.drain_left_s(started - timedelta(seconds=5)) == 60  # a clock behind the log's
+    view.apply(HostResumed(host_id="h-1", by="member"), position=3, version=3, at=started)
+    assert view.hosts["h-1"].drain_left_s(started) is None
