@@ -184,6 +184,17 @@ async def start_gatewayed(pool: Pool, engine: DockerEngine, tmp_path: Path, **co
     return Gatewayed(pool, host, ssh_port, key, await pool.add_user("alice"))
 
 
+def member(host: EnrolledHost, *args: str) -> subprocess.CompletedProcess[str]:
+    """The member's own command on `host`: `potluck host ARGS --config <its hostd.toml>`."""
+    return subprocess.run(
+        [sys.executable, "-m", "potluck", "host", *args, "--config", str(host.config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 #: The real command: `potluck ops ...`.
 POTLUCK_OPS = (sys.executable, "-m", "potluck", "ops")
 

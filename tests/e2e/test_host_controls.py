@@ -8,18 +8,8 @@ from pathlib import Path
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.readmodels.hosts import host_as_dict
-from tests.e2e.conftest import wait_for_status
+from tests.e2e.conftest import member, wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
-
-
-def member(pool: Pool, host: EnrolledHost, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "potluck", "host", *args, "--config", str(host.config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 async def container_status(engine: DockerEngine, host_id: str, alloc_id: str) -> str:
@@ -43,13 +33,13 @@ async def test_pause_freezes_and_resume_thaws_containers(
 ) -> None:
     await place(pool.store, laptop.host_id, "work", spec())
     await wait_for_status(pool, "work", "running")
-    paused = await asyncio.to_thread(member, pool, laptop, "pause")
+    paused = await asyncio.to_thread(member, laptop, "pause")
     assert paused.returncode == 0, paused.stderr
     await pool.wait_for_host(laptop.host_id, "paused")
     await wait_container(docker_engines[0], laptop.host_id, "work", "paused", pool)
-    again = await asyncio.to_thread(member, pool, laptop, "pause")
+    again = await asyncio.to_thread(member, laptop, "pause")
     assert "already so" in again.stdout
-    resumed = await asyncio.to_thread(member, pool, laptop, "resume")
+    resumed = await asyncio.to_thread(member, laptop, "resume")
     assert resumed.returncode == 0, resumed.stderr
     await pool.wait_for_host(laptop.host_id, "active")
     await wait_container(docker_engines[0], laptop.host_id, "work", "running", pool)
@@ -63,7 +53,7 @@ async def test_drain_stops_running_work_after_its_grace(pool: Pool, laptop: Enro
     await wait_for_status(pool, "short", "exited", timeout=30)
     await place(pool.store, laptop.host_id, "long", spec())
     await wait_for_status(pool, "long", "running")
-    drained = await asyncio.to_thread(member, pool, laptop, "drain", "--grace", "1")
+    drained = await asyncio.to_thread(member, laptop, "drain", "--grace", "1")
     assert drained.returncode == 0, drained.stderr
     await pool.wait_for_host(laptop.host_id, "draining")
     await wait_for_status(pool, "long", "exited", timeout=30)
@@ -83,7 +73,7 @@ async def test_a_drain_goes_on_through_a_hostd_restart(pool: Pool, laptop: Enrol
     await place(pool.store, laptop.host_id, "sandbox", spec().model_copy(update={"command": None}))
     await wait_for_status(pool, "task", "running")
     await wait_for_status(pool, "sandbox", "running")
-    drained = await asyncio.to_thread(member, pool, laptop, "drain", "--grace", "6")
+    drained = await asyncio.to_thread(member, laptop, "drain", "--grace", "6")
     assert drained.returncode == 0, drained.stderr
     await pool.wait_for_host(laptop.host_id, "draining")
     assert laptop.process is not None
@@ -175,7 +165,7 @@ async def test_registry_read_model_rebuilt_from_the_log_equals_the_live_one(
     pool.write_config(other, docker_engines[1], labels={"gpu": "no"})
     pool.start_hostd(other)
     await pool.wait_for_host(other.host_id, "active")
-    assert (await asyncio.to_thread(member, pool, other, "pause")).returncode == 0
+    assert (await asyncio.to_thread(member, other, "pause")).returncode == 0
     await pool.wait_for_host(other.host_id, "paused")
     live = await pool.live_hosts()
     rebuilt = await pool.hosts()
@@ -191,12 +181,12 @@ async def test_member_sees_status_and_can_take_the_machine_back(
     """`potluck host status` shows the registry's view; `deregister` stops the work and leaves the pool."""
     import json
 
-    shown = await asyncio.to_thread(member, pool, laptop, "status")
+    shown = await asyncio.to_thread(member, laptop, "status")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["status"] == "active"
     await place(pool.store, laptop.host_id, "taken-back", spec())
     await wait_for_status(pool, "taken-back", "running")
-    left = await asyncio.to_thread(member, pool, laptop, "deregister")
+    left = await asyncio.to_thread(member, laptop, "deregister")
     assert left.returncode == 0, left.stderr
     await pool.wait_for_host(laptop.host_id, "deregistered")
     await wait_for_status(pool, "taken-back", "lost")

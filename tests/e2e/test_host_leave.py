@@ -8,28 +8,16 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 from nats.aio.client import Client as NATS
 
 from potluck.events import EventStore
 from potluck.localstack.docker_engine import DockerEngine
-from tests.e2e.conftest import consumer_removed, ops, replay_agrees, wait_for_status
+from tests.e2e.conftest import consumer_removed, member, ops, replay_agrees, wait_for_status
 from tests.e2e.test_host_revoke import connect_as, seed_of
 from tests.fixtures.pool import EnrolledHost, Pool, place, spec
 from tests.helpers import wait_until
-
-
-def member(host: EnrolledHost, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "potluck", "host", *args, "--config", str(host.config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 async def host_event_types(store: EventStore, host_id: str) -> list[str]:

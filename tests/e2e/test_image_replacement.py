@@ -13,8 +13,7 @@ import aiohttp
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
-from tests.e2e.conftest import wait_for_status
-from tests.e2e.test_host_controls import member
+from tests.e2e.conftest import member, wait_for_status
 from tests.fixtures.images import build_and_push, get_allocation, remove_images
 from tests.fixtures.pool import Pool
 
@@ -54,7 +53,7 @@ async def test_a_failed_pull_places_the_allocation_on_another_host_and_fails_onl
         pool.start_hostd(host_b)
         await pool.wait_for_host(host_a.host_id, "active")
         await pool.wait_for_host(host_b.host_id, "active")
-        paused = await asyncio.to_thread(member, pool, host_a, "pause")
+        paused = await asyncio.to_thread(member, host_a, "pause")
         assert paused.returncode == 0, paused.stderr
         await pool.wait_for_host(host_a.host_id, "paused")
 
@@ -80,7 +79,7 @@ async def test_a_failed_pull_places_the_allocation_on_another_host_and_fails_onl
             assert failure["reason"] == "image_pull_failed"
             assert registry.address in failure["detail"], failure
 
-            resumed = await asyncio.to_thread(member, pool, host_a, "resume")
+            resumed = await asyncio.to_thread(member, host_a, "resume")
             assert resumed.returncode == 0, resumed.stderr
             running = await get_allocation(http, pool.api, alice, alloc_id, "?wait=running&timeout=60")
             assert running["state"] == "running", (running, pool.logs(80))
