@@ -48,7 +48,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -559,6 +559,9 @@ class ContainerManager:
             self._drain_task.cancel()
             self._drain_task = None
         self._drain_over = False
+        if self._warm_emptied is not None:  # a drain taken back: warm containers are made again
+            emptied, self._warm_emptied = self._warm_emptied, None
+            self._in_background(self._warm_again(emptied), "warm-again")
         if self.policy_frozen:
             return  # the owner policy still holds them frozen
         async with self._lock:
@@ -774,9 +777,17 @@ class ContainerManager:
                 with contextlib.suppress(EngineUnavailable):  # the reconciliation on its return
                     await self._start_again(stopped)
 
-        task = asyncio.create_task(again(), name=f"start-again-{alloc_id}")
+        self._in_background(again(), f"start-again-{alloc_id}")
+
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _warm_again(self, emptied: "asyncio.Task[None]") -> None:
+        await asyncio.wait([emptied])  # its removals done first (or failed): no refill races them
+        if self.warm is not None and self._warm_emptied is None:
+            self.warm.want_again()
 
     async def watch_docker_events(self) -> None:
         """Follows the engine's die events in a thread; restarts the stream after an engine outage."""

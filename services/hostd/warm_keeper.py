@@ -144,8 +144,13 @@ class WarmKeeper:
                 await self._thread(self.driver.remove, container_id)
         self._swept = True
 
+    def want_again(self) -> None:
+        """Warm containers are made again (the member took a drain back)."""
+        self.wanted = True
+        self.refill_soon()
+
     async def empty(self) -> None:
-        """No more warm containers here (the host left, or drains): for good."""
+        """No more warm containers here (the host left, or drains), until want_again."""
         self.wanted = False
         if self._task is not None:
             # Not cancelled: a create under way in its thread would leave a container behind.

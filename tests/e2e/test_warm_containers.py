@@ -20,7 +20,7 @@ from potluck.hostd.docker_driver import DockerDriver
 from potluck.hostd.exec_bridge import ExecBridge
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
-from tests.e2e.conftest import start_gatewayed, wait_for_status
+from tests.e2e.conftest import member, start_gatewayed, wait_for_status
 from tests.fixtures.pool import Pool, allocation, place, spec
 
 MiB = 1 << 20
@@ -286,6 +286,37 @@ async def test_an_ssh_session_into_a_warm_taken_allocation_sees_its_env_values(
                 said = await gatewayed.ssh(alloc_id, show)
                 assert said.returncode == 0, said.stderr + pool.logs(80)
                 assert said.stdout == f"{values['SECRET']}|a  b|{alloc_id}"
+    finally:
+        client.close()
+
+
+async def test_a_drain_taken_back_makes_warm_containers_again(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """Tried: on a host with `warm_containers = 1`, one allocation placed (so one of its shape is
+    made ahead); the member drains it with a long grace, then resumes it. Must hold: the drain
+    removes the warm container, the resume brings one of that shape back, and the allocation
+    runs on throughout."""
+    host = await pool.enroll("laptop-warm")
+    pool.write_config(host, docker_engines[0], warm_containers=1)
+    pool.start_hostd(host)
+    await pool.wait_for_host(host.host_id, "active")
+    client = docker.DockerClient(base_url=docker_engines[0].url)
+    try:
+        await place(pool.store, host.host_id, "work", spec())
+        await wait_for_status(pool, "work", "running")
+        await _until("a warm container made ahead", lambda: _warm(client), pool)
+        drained = await asyncio.to_thread(member, host, "drain", "--grace", "600")
+        assert drained.returncode == 0, drained.stderr
+        await _until("the drain removing the warm container", lambda: not _warm(client), pool)
+        resumed = await asyncio.to_thread(member, host, "resume")
+        assert resumed.returncode == 0, resumed.stderr
+        await pool.wait_for_host(host.host_id, "active")
+        [again] = await _until("a warm container made ahead again", lambda: _warm(client), pool)
+        assert again.labels.get("potluck.allocation") is None
+        state = await allocation(pool.store, "work")
+        assert state is not None
+        assert state.status == "running", state
     finally:
         client.close()
 
