@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -30,7 +31,7 @@ from potluck.localpool import EnrolledHost, LocalPool, PoolFiles
 from potluck.localstack import LocalStackError, PostgresServer, wait_for_port
 from potluck.localstack.default_image import ensure_default_image
 from potluck.localstack.docker_engine import DockerEngine, ensure_docker_installed
-from potluck.localstack.ports import port_accepts
+from potluck.localstack.ports import BROWSERS_REFUSE, port_accepts
 from potluck.localstack.reaper import start_time
 from potluck.localstack.test_image import build_test_image
 from potluck.supervisor import Supervisor
@@ -360,7 +361,7 @@ def stop(state_dir: Path, timeout: float = 120) -> int | None:
 def summary(ready: Running) -> list[str]:
     return [
         f"allocator API   {ready.api}",
-        f"web page        {ready.api}/",
+        f"web page        {ready.api}/{_unless_browsers_refuse(ready.api)}",
         f"SSH gateway     {ready.ssh}",
         f"NATS            {ready.nats}",
         f"event log       {ready.database}",
@@ -380,6 +381,15 @@ def summary(ready: Running) -> list[str]:
         "  potluck ssh ALLOCATION_ID",
         "  potluck image push YOUR_IMAGE",
     ]
+
+
+def _unless_browsers_refuse(api: str) -> str:
+    """What to do about a web page on a port browsers will not open (Chromium's and Firefox's
+    restricted ports; the API itself answers there all the same)."""
+    port = urlsplit(api).port
+    if port not in BROWSERS_REFUSE:
+        return ""
+    return f"  (browsers refuse port {port}: to open this page, start the pool with another --api-port)"
 
 
 def settings_dict(settings: UpSettings) -> dict[str, Any]:
