@@ -7,10 +7,12 @@ with "address already in use" (a full suite's run on 2026-12-02).
 
 import random
 import socket
+from dataclasses import replace
 
 import pytest
 
 from potluck.localstack.ports import BROWSERS_REFUSE, free_port
+from potluck.up import Running, summary
 
 
 def test_ports_picked_before_any_is_bound_are_all_different_and_free() -> None:
@@ -24,10 +26,23 @@ def test_ports_picked_before_any_is_bound_are_all_different_and_free() -> None:
 
 def test_a_port_browsers_refuse_is_never_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tried: the random pick comes up 10080 (Chromium refuses it: ERR_UNSAFE_PORT; a full suite's
-    web tests all failed on a pool given it, 2026-12-03), then another. Must hold: the other is
-    handed out, and no port browsers refuse is ever among thousands of picks."""
-    picks = iter([10080, 10080, 20000 + random.randint(0, 999)])
-    monkeypatch.setattr(random, "randint", lambda _low, _high: next(picks))
+    web tests all failed on a pool given it, 2026-12-03) twice, then as it would. Must hold: a
+    later pick is handed out, and no port browsers refuse is ever among thousands of picks."""
+    forced, real = iter([10080, 10080]), random.randint
+    # Then real picks: a fixed other port could be one another test's server holds.
+    monkeypatch.setattr(random, "randint", lambda low, high: next(forced, None) or real(low, high))
     assert free_port() not in BROWSERS_REFUSE
     monkeypatch.undo()
     assert not {free_port() for _ in range(3000)} & BROWSERS_REFUSE
+
+
+def test_potluck_up_says_when_its_web_page_is_on_a_port_browsers_refuse() -> None:
+    """Tried: `potluck up --api-port 10080` (the API answers there; no browser opens the page),
+    and the default 8080. Must hold: the summary's web page line says what to do for the first
+    and nothing more for the second."""
+    ready = Running(1, "http://127.0.0.1:10080", "", "", "", "", "", "", "", "")
+    [line] = [x for x in summary(ready) if x.startswith("web page")]
+    assert "browsers refuse port 10080" in line
+    assert "--api-port" in line
+    [line] = [x for x in summary(replace(ready, api="http://127.0.0.1:8080")) if x.startswith("web page")]
+    assert line == "web page        http://127.0.0.1:8080/"
