@@ -637,7 +637,7 @@ class ContainerManager:
 
     def drain(self, grace_s: float) -> None:
         """No new work comes (the allocator sees the drain); what runs gets `grace_s` to finish,
-        from now. Called again while a drain waits, it changes nothing."""
+        from now. Called again while a drain waits, the first call's grace stands."""
         if self.warm is not None and self._warm_emptied is None:
             self._warm_emptied = asyncio.create_task(self.warm.empty())
         if grace_s <= 0:
@@ -717,8 +717,11 @@ class ContainerManager:
         EngineUnavailable: the engine is away, and the reconciliation on its return does this."""
         alloc_id, container_id = stopped.allocation_id, stopped.container_id
         spec = self.desired.get(alloc_id)
-        if spec is None or alloc_id in self._drained or alloc_id in self._stopping or self._drain_over:
+        if spec is None or alloc_id in self._drained or alloc_id in self._stopping:
             return  # released, drained or stopped by us while this waited for the lock
+        if self._drain_over:
+            self._exited(stopped)  # the drain's grace ran out meanwhile: it stays stopped
+            return
         refused: DockerDriverError | None = None
         try:
             if (await self._docker(self.driver.state, container_id)).running:
