@@ -9,6 +9,7 @@ from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.readmodels.hosts import host_as_dict
 from tests.e2e.conftest import member, wait_for_status
+from tests.e2e.sandboxes import interactive
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 
 
@@ -70,7 +71,7 @@ async def test_a_drain_goes_on_through_a_hostd_restart(pool: Pool, laptop: Enrol
     to its registration is all it knows of the drain). Must hold: both still end when the grace
     is up, `exited` with `host drained`; the interactive one is not kept up by its keep-alive."""
     await place(pool.store, laptop.host_id, "task", spec())
-    await place(pool.store, laptop.host_id, "sandbox", spec().model_copy(update={"command": None}))
+    await place(pool.store, laptop.host_id, "sandbox", interactive())
     await wait_for_status(pool, "task", "running")
     await wait_for_status(pool, "sandbox", "running")
     drained = await asyncio.to_thread(member, laptop, "drain", "--grace", "6")
