@@ -58,31 +58,44 @@ class Bridge:
 
     # From the user.
 
+    def _open_host(self) -> asyncssh.SSHClientChannel[bytes] | None:
+        """The host's channel if it still takes what the user sends.
+
+        asyncssh closes a channel's sending side when it reads the peer's CLOSE but tells the
+        session only on a later turn of the loop; the user's input read in between must be
+        dropped here, since a write raising inside the user's connection would make asyncssh
+        reset that whole connection (and the exit status on its way with it).
+        """
+        host = self.host
+        return None if host is None or host.is_closing() else host
+
     def from_user(self, data: bytes) -> None:
-        self.counts.bytes_in += len(data)
-        if self.host is not None:
-            self.host.write(data)
-        elif self.user is not None:
+        if (host := self._open_host()) is not None:
+            self.counts.bytes_in += len(data)
+            host.write(data)
+        elif self.host is None and self.user is not None:
+            self.counts.bytes_in += len(data)
             self._held.append(data)
             self.user.pause_reading()
+        # else the host's side is gone: nobody to give it to, and the session is ending.
 
     def user_eof(self) -> None:
         self._user_eof = True
-        if self.host is not None:
-            self.host.write_eof()
+        if (host := self._open_host()) is not None:
+            host.write_eof()
 
     def resize(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
-        if self.host is not None:
-            self.host.change_terminal_size(width, height, pixwidth, pixheight)
+        if (host := self._open_host()) is not None:
+            host.change_terminal_size(width, height, pixwidth, pixheight)
 
     def signal(self, signal: str) -> None:
-        if self.host is not None:
-            self.host.send_signal(signal)
+        if (host := self._open_host()) is not None:
+            host.send_signal(signal)
 
     def send_break(self, msec: int) -> bool:
-        if self.host is None:
+        if (host := self._open_host()) is None:
             return False
-        self.host.send_break(msec)
+        host.send_break(msec)
         return True
 
     def user_reads_slowly(self) -> None:
