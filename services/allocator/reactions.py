@@ -23,6 +23,7 @@ same time; a placement that loses a race is left pending for the next round.
 
 import asyncio
 import contextlib
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import structlog
@@ -63,6 +64,10 @@ class Reactions:
         self.lost_hosts: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self.capacity_changed = asyncio.Event()
         self.jobs = JobDriver(engine)
+        #: The log position and number of requests in flight the whole queue was last tried
+        #: against (see `place_pending`), and how many times it was.
+        self._queue_tried_against: tuple[int, int] | None = None
+        self.queue_passes = 0
 
     def notice(self, event: Event, record: RecordedEvent) -> None:
         """After the model folded `event`: remember what to react to."""
@@ -185,20 +190,25 @@ class Reactions:
         return len(due)
 
     async def place_pending(self) -> int:
-        """Places what waits, fairly by user; refuses what waited past its queue timeout."""
+        """Places what waits, fairly by user; refuses what waited past its queue timeout.
+
+        Placement is a pure function of the model and the requests in flight, so a queue
+        already tried against exactly these (the same log position, the same requests in
+        flight) would get the same answers: then only the queue timeouts, which move with the
+        clock, are looked at. A long queue that cannot move costs one pass, not one a tick.
+        """
         engine = self.engine
         allocations = engine.model.allocations.allocations
         placed = 0
         async with engine.placing:
-            now = engine.clock()
+            await self._refuse_timed_out(engine.clock())
+            tried_against = (engine.position, len(engine.in_flight))
+            if tried_against == self._queue_tried_against:
+                return 0
+            self.queue_passes += 1
             for pending in FairQueue.of(engine.model.pending()).in_order():
                 current = allocations[pending.alloc_id]
                 if current.status != "pending":
-                    continue
-                refused = timed_out(current, now)
-                if refused:
-                    with contextlib.suppress(WrongExpectedVersion):
-                        await engine.append(refused, "allocator")
                     continue
                 outlook = engine.outlook()
                 decision = outlook.place(current, engine.strategy)
@@ -218,4 +228,14 @@ class Reactions:
                 elif isinstance(decision, Impossible):
                     with contextlib.suppress(WrongExpectedVersion):
                         await engine.append(never_fits(current, decision), "allocator")
+            # Only a pass that went through counts: one cut short is tried whole again.
+            self._queue_tried_against = tried_against
         return placed
+
+    async def _refuse_timed_out(self, now: datetime) -> None:
+        """Refuse what has waited past its queue timeout at `now`."""
+        for pending in self.engine.model.pending():
+            refused = timed_out(pending, now)
+            if refused:
+                with contextlib.suppress(WrongExpectedVersion):
+                    await self.engine.append(refused, "allocator")

@@ -117,18 +117,18 @@ async def control(store: EventStore, host_id: str, action: str) -> None:
     await decide_on_host(store, host_id, lambda s: aggregate.control(s, host_id, command, "operator"))
 
 
-async def add_a_user(services: Services, name: str) -> User:
+async def add_a_user(engine: AllocatorEngine, name: str) -> User:
     events, _token = add_user(None, name, Quota())
-    await services.store.append(user_stream(name), events, expected_version=0)
-    await services.engine.caught_up_with_log()
-    return services.engine.users.users[name]
+    await engine.store.append(user_stream(name), events, expected_version=0)
+    await engine.caught_up_with_log()
+    return engine.users.users[name]
 
 
-async def request(services: Services, user: User, cpus: float, **extra: Any) -> str:
+async def request(engine: AllocatorEngine, user: User, cpus: float, **extra: Any) -> str:
     body = CreateAllocation.model_validate(
         {"cpus": cpus, "memory": 256 * MIB, "disk": GIB, "image": "potluck-test:1", "lifetime": 3600, **extra}
     )
-    state = await services.engine.request_allocation(user, body)
+    state = await engine.request_allocation(user, body)
     return state.alloc_id
 
 
@@ -159,18 +159,18 @@ async def scenario(services: Services) -> Scenario:
     a = await register_host(store, "laptop-a", 4, arch="amd64")
     b = await register_host(store, "laptop-b", 2, arch="arm64")
     c = await register_host(store, "desktop-c", 8, arch="amd64")
-    alice = await add_a_user(services, "alice")
-    bob = await add_a_user(services, "bob")
-    first = await request(services, alice, 2, constraints={"arch": "arm64"})
-    second = await request(services, alice, 3)
-    third = await request(services, bob, 1)
+    alice = await add_a_user(services.engine, "alice")
+    bob = await add_a_user(services.engine, "bob")
+    first = await request(services.engine, alice, 2, constraints={"arch": "arm64"})
+    second = await request(services.engine, alice, 3)
+    third = await request(services.engine, bob, 1)
     for alloc_id in (first, second, third):
         host_id = services.engine.allocations.allocations[alloc_id].host_id
         assert host_id is not None
         await report(store, host_id, ContainerStarted(alloc_id=alloc_id, container_id=f"c-{alloc_id}"))
         await status_of(services, alloc_id, "running")
     # Waits for capacity: 2 CPUs on arm64, where `first` holds them all.
-    waiting = await request(services, bob, 2, constraints={"arch": "arm64"})
+    waiting = await request(services.engine, bob, 2, constraints={"arch": "arm64"})
     assert services.engine.allocations.allocations[waiting].status == "pending"
     session = f"s-{uuid4().hex[:8]}"
     started = datetime.now(UTC)
