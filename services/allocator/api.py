@@ -37,7 +37,6 @@ from potluck.allocator.schemas import (
     PoolImages,
 )
 from potluck.allocator.users import User
-from potluck.allocator.waiting import queue_positions
 from potluck.allocator.web import is_page
 from potluck.allocator.web import setup as setup_pages
 from potluck.allocator.web.log_tail import LogSource
@@ -177,14 +176,11 @@ def _no_lone_surrogates(value: Any) -> None:
             _no_lone_surrogates(item)
 
 
-def _shown(
-    request: web.Request, state: AllocationState, positions: dict[str, int] | None = None
-) -> Allocation:
-    """The allocation as its user sees it, with its host's condition, or, pending, why it waits;
-    `positions`: the queue's (queue_positions), when the caller has them already."""
+def _shown(request: web.Request, state: AllocationState) -> Allocation:
+    """The allocation as its user sees it, with its host's condition, or, pending, why it waits."""
     engine = request.app[ENGINE]
     host = engine.hosts.hosts.get(state.host_id) if state.host_id else None
-    return Allocation.of(state, host, engine.standing(state, positions))
+    return Allocation.of(state, host, engine.standing(state))
 
 
 def _user(request: web.Request) -> User:
@@ -209,8 +205,7 @@ async def listing(request: web.Request) -> web.Response:
     model = request.app[ENGINE].model
     page = page_query(request.query, lambda a: model.allocations.by_user.owns(user, a), "allocations")
     found, following = model.allocations_page(user, wanted, page.after, page.limit)
-    positions = queue_positions(model.pending()) if any(a.status == "pending" for a in found) else None
-    return ok(AllocationList(allocations=[_shown(request, a, positions) for a in found], next=following))
+    return ok(AllocationList(allocations=[_shown(request, a) for a in found], next=following))
 
 
 def _timeout(request: web.Request) -> float:

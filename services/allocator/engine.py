@@ -53,7 +53,7 @@ from potluck.allocator.reactions import Reactions
 from potluck.allocator.scheduler import Impossible, Placed, Strategy
 from potluck.allocator.schemas import CreateAllocation, HistoryEntry, Pool
 from potluck.allocator.users import User, UsersView
-from potluck.allocator.waiting import Standing, standing_in
+from potluck.allocator.waiting import Standing, queue_positions, standing_in
 from potluck.contracts.allocation_events import AllocationRequested, CapacityReserved, alloc_stream
 from potluck.contracts.job_events import JobSubmitted, job_stream
 from potluck.events import (
@@ -143,6 +143,8 @@ class AllocatorEngine:
         self.placing = asyncio.Lock()
         self.in_flight = InFlightRequests()
         self.reactions = Reactions(self)
+        #: The fair queue's order and the log position it was worked out at (queue_positions).
+        self._queue_positions: tuple[int, dict[str, int]] | None = None
         #: Called with each record folded while following the log (not while catching up): metrics.
         self.on_applied: list[Callable[[RecordedEvent], None]] = []
 
@@ -176,12 +178,20 @@ class AllocatorEngine:
         """The model and the requests in flight: what the next decision decides on."""
         return Outlook(self.model, self.in_flight, self.pool_registry)
 
-    def standing(self, state: AllocationState, positions: dict[str, int] | None = None) -> Standing | None:
+    def queue_positions(self) -> dict[str, int]:
+        """Each pending allocation's place in the fair queue (waiting.queue_positions), worked out
+        once per log position: every answer about a pending allocation shows its place, and a
+        page of them would otherwise order the whole queue once per allocation shown."""
+        if self._queue_positions is None or self._queue_positions[0] != self.position:
+            self._queue_positions = (self.position, queue_positions(self.model.pending()))
+        return self._queue_positions[1]
+
+    def standing(self, state: AllocationState) -> Standing | None:
         """Why `state` waits, while it is pending (None otherwise): decided as its placement would
-        be now; `positions`, the queue's (waiting.queue_positions), when the caller has them."""
+        be now."""
         if state.status != "pending":
             return None
-        return standing_in(self.outlook(), state, self.strategy, positions)
+        return standing_in(self.outlook(), state, self.strategy, self.queue_positions())
 
     # Folding the log.
 

@@ -70,11 +70,9 @@ def standing(decision: Decision, position: int, queue_length: int) -> Standing:
 
 
 def standing_in(
-    outlook: "Outlook", state: AllocationState, strategy: Strategy, positions: dict[str, int] | None = None
+    outlook: "Outlook", state: AllocationState, strategy: Strategy, positions: dict[str, int]
 ) -> Standing:
     """Why the pending allocation `state` waits, decided on `outlook` as its placement would be;
-    `positions`: the queue's (queue_positions), when the caller has them already."""
-    if positions is None:
-        positions = queue_positions(outlook.model.pending())
+    `positions`: the queue's (queue_positions)."""
     decision = outlook.place(state, strategy)
     return standing(decision, positions.get(state.alloc_id, 0), len(positions))
