@@ -48,7 +48,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -86,6 +86,7 @@ from potluck.hostd.reconciler import never_started, reconcile
 from potluck.hostd.restart_budget import RestartBudget
 from potluck.hostd.spans import docker_span
 from potluck.hostd.warm_keeper import WarmKeeper
+from potluck.kernel.background import BackgroundTasks
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -164,7 +165,7 @@ class ContainerManager:
         #: How often each interactive allocation's container was started again lately.
         self._restarts = RestartBudget()
         #: Tasks that must outlive the call that made them (a reference keeps them alive).
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks()
         self._drain_task: asyncio.Task[None] | None = None
         #: The drain's grace is over: no interactive container is started again here.
         self._drain_over = False
@@ -561,7 +562,7 @@ class ContainerManager:
         self._drain_over = False
         if self._warm_emptied is not None:  # a drain taken back: warm containers are made again
             emptied, self._warm_emptied = self._warm_emptied, None
-            self._in_background(self._warm_again(emptied), "warm-again")
+            self._background.start(self._warm_again(emptied), "warm-again")
         if self.policy_frozen:
             return  # the owner policy still holds them frozen
         async with self._lock:
@@ -780,12 +781,7 @@ class ContainerManager:
                 with contextlib.suppress(EngineUnavailable):  # the reconciliation on its return
                     await self._start_again(stopped)
 
-        self._in_background(again(), f"start-again-{alloc_id}")
-
-    def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(work, name=name)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.start(again(), f"start-again-{alloc_id}")
 
     async def _warm_again(self, emptied: "asyncio.Task[None]") -> None:
         await asyncio.wait([emptied])  # its removals done first (or failed): no refill races them

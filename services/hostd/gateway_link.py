@@ -86,6 +86,7 @@ from potluck.hostd.helper_sftp import open_sftp
 from potluck.hostd.reserved_commands import open_reserved, reserved_command
 from potluck.hostd.session_slots import SessionLimits, SessionSlots
 from potluck.hostd.spans import docker_span, tracer
+from potluck.kernel.background import BackgroundTasks
 from potluck.kernel.ssh_identity import load_or_create_key
 
 __all__ = ["GatewayLink", "HostSession", "LinkTiming", "command_argv", "keep_linked"]
@@ -134,7 +135,7 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
     def __init__(
         self,
         bridge: ExecBridge,
-        tasks: set["asyncio.Task[Any]"],
+        tasks: BackgroundTasks,
         on_closed: Callable[[], None],
         slots: SessionSlots,
     ) -> None:
@@ -158,11 +159,6 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         self._alloc_id = ""
         self._span: trace.Span | None = None
         self._span_ended = False
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # The SSH side.
 
@@ -188,7 +184,7 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         return True
 
     def session_started(self) -> None:
-        self._spawn(self._start())
+        self._tasks.start(self._start())
 
     async def _start(self) -> None:
         self._starting = True
@@ -352,7 +348,7 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         self._size = (width, height)
         if self._process is not None:
-            self._spawn(self._resize(self._process, width, height))
+            self._tasks.start(self._resize(self._process, width, height))
 
     async def _resize(self, process: SessionProcess, width: int, height: int) -> None:
         with contextlib.suppress(ExecError):
@@ -360,7 +356,7 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
 
     def signal_received(self, signal: str) -> None:
         if self._process is not None:
-            self._spawn(self._signal(self._process, signal))
+            self._tasks.start(self._signal(self._process, signal))
 
     async def _signal(self, process: SessionProcess, name: str) -> None:
         with contextlib.suppress(ExecError):
@@ -383,7 +379,7 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         self._lost = True
         process = self._process
         if process is not None and not process.finished:
-            self._spawn(self._terminate_and_end(process))  # gives the slot back once the process ended
+            self._tasks.start(self._terminate_and_end(process))  # gives the slot back once the process ended
         elif not self._starting:
             self._give_back_slot()
         # else _open, still opening, gives it back (or terminates the process it got, then gives it).
@@ -399,7 +395,7 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
     def exec_eof(self) -> None:
         if not self._finishing:
             self._finishing = True
-            self._spawn(self._finish())
+            self._tasks.start(self._finish())
 
     async def _finish(self) -> None:
         process = self._process
@@ -446,7 +442,7 @@ class _Link:
         self,
         gateway: GatewayLink,
         bridge: ExecBridge,
-        tasks: set["asyncio.Task[Any]"],
+        tasks: BackgroundTasks,
         linger_s: float,
         slots: SessionSlots,
     ):
@@ -557,7 +553,7 @@ async def _keep_spare(
     host_key: asyncssh.SSHKey,
     bridge: ExecBridge,
     timing: LinkTiming,
-    tasks: set["asyncio.Task[Any]"],
+    tasks: BackgroundTasks,
     conns: set[asyncssh.SSHServerConnection],
     slots: SessionSlots,
 ) -> None:
@@ -638,7 +634,7 @@ async def keep_linked(
     if not gateways:
         log.info("link.no_gateways", hint="add [[gateways]] to hostd's config to reach sessions")
         await asyncio.Event().wait()
-    tasks: set[asyncio.Task[Any]] = set()
+    tasks = BackgroundTasks()
     conns: set[asyncssh.SSHServerConnection] = set()
     spares = [
         asyncio.ensure_future(_keep_spare(gateway, slot, host_key, bridge, timing, tasks, conns, slots))

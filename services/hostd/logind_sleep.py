@@ -27,6 +27,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusFastError
 
 from potluck.hostd.sleep_watch import SleepWatch
+from potluck.kernel.background import BackgroundTasks
 
 __all__ = ["DEFAULT_SYSTEM_BUS", "LOGIND", "LogindSleep", "listen_to_logind", "system_bus_address"]
 
@@ -65,7 +66,7 @@ class LogindSleep:
         self.bus = bus
         self.watch = watch
         self.lock_fd: int | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks()
 
     async def logind_present(self) -> bool:
         reply = await _call(
@@ -144,9 +145,7 @@ class LogindSleep:
         if msg.path != LOGIND_PATH or msg.signature != "b":
             return
         going = bool(msg.body[0])
-        task = asyncio.get_running_loop().create_task(self._going_to_sleep() if going else self._back())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.start(self._going_to_sleep() if going else self._back())
 
     async def _going_to_sleep(self) -> None:
         log.info("hostd.logind_prepare_for_sleep")
@@ -162,8 +161,7 @@ class LogindSleep:
 
     def close(self) -> None:
         self.release_lock()
-        for task in self._tasks:
-            task.cancel()
+        self._tasks.cancel()
         self.bus.disconnect()
 
 

@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable
 import structlog
 from nats.aio.msg import Msg
 
+from potluck.kernel.background import BackgroundTasks
+
 __all__ = ["Admission", "expired"]
 
 log = structlog.get_logger(__name__)
@@ -53,7 +55,7 @@ class Admission:
         self.clock = clock
         self.log_every = log_every
         self._slots = asyncio.Semaphore(limit)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks()
         #: Requests dropped for waiting too long, since start.
         self.dropped = 0
 
@@ -66,9 +68,7 @@ class Admission:
         """The subscription's callback: `callback` run under this admission."""
 
         async def take(msg: Msg) -> None:
-            task = asyncio.create_task(self._run(callback, msg, self.clock()))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.start(self._run(callback, msg, self.clock()))
 
         return take
 
@@ -97,7 +97,4 @@ class Admission:
 
     async def close(self) -> None:
         """Cancel what is still running or in line (at shutdown)."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.aclose()

@@ -22,6 +22,7 @@ import structlog
 from potluck.contracts.join_token import secret_digest
 from potluck.contracts.messages import JoinRequest
 from potluck.events import EventStore
+from potluck.kernel.background import BackgroundTasks
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostsView
 from potluck.registry import host as aggregate
@@ -55,7 +56,7 @@ class JoinHandler:
     reload_settle_s: float = 0.3
     #: How long the spent token's throwaway key stays in the users file after the answer.
     linger_s: float = 5.0
-    _cleanups: set["asyncio.Task[None]"] = field(default_factory=set)
+    _cleanups: BackgroundTasks = field(default_factory=BackgroundTasks)
 
     async def join(self, host_id: str, payload: bytes) -> dict[str, Any]:
         req = JoinRequest.model_validate_json(payload)
@@ -81,9 +82,7 @@ class JoinHandler:
         await self._refresh(also_joining=lingering)
         await asyncio.sleep(self.reload_settle_s)
         log.info("registry.host_joined", host_id=host_id, nkey=req.nkey)
-        task = asyncio.create_task(self._forget_throwaway(host_id))
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
+        self._cleanups.start(self._forget_throwaway(host_id))
         return {"host_id": host_id, "recorded": [type(e).type_name for e in outcome.events]}
 
     async def _refresh(self, *, also_joining: list[tuple[str, str]]) -> None:
@@ -109,6 +108,4 @@ class JoinHandler:
             )
 
     async def close(self) -> None:
-        for task in list(self._cleanups):
-            task.cancel()
-        await asyncio.gather(*self._cleanups, return_exceptions=True)
+        await self._cleanups.aclose()

@@ -8,13 +8,12 @@ gateway stops; it knows sessions only as something with a login that can
 be ended (`LiveSession`), so that it need not import the session itself.
 """
 
-import asyncio
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import asyncssh
 
+from potluck.kernel.background import BackgroundTasks
 from potluck.sshgateway.audit import AuditLog, LoginIdentity
 from potluck.sshgateway.events import EndReason
 from potluck.sshgateway.links import LinkPool
@@ -79,7 +78,8 @@ class GatewayContext:
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
     #: Sessions open per connection and per user (settings' max_sessions_per_*).
     caps: SessionCaps = field(init=False)
-    tasks: set["asyncio.Task[Any]"] = field(default_factory=set)
+    #: Work started from callbacks (a session's opening, a connection's serving), cancelled at stop.
+    tasks: BackgroundTasks = field(default_factory=BackgroundTasks)
     #: Users' connections, closed when the gateway stops.
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
     stopping: bool = False
@@ -92,9 +92,3 @@ class GatewayContext:
             per_connection=self.settings.max_sessions_per_connection,
             per_user=self.settings.max_sessions_per_user,
         )
-
-    def spawn(self, coro: Awaitable[Any]) -> "asyncio.Task[Any]":
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task

@@ -162,8 +162,7 @@ class Gateway:
             conn.close()
         if not await self.ctx.audit.flush(10.0):
             log.error("gateway.audit_not_flushed", hint="some SessionEnded events were not written")
-        for task in list(self.ctx.tasks):
-            task.cancel()
+        self.ctx.tasks.cancel()
         log.info("gateway.stopped", sessions_ended=len(sessions))
 
     async def _let_users_leave(self, timeout: float) -> None:

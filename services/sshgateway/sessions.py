@@ -147,7 +147,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         # asyncssh resumes reading right after this returns; input that comes before the
         # host's session is open pauses it again (Bridge.from_user).
         self._step(Step.START)
-        self.ctx.spawn(self._start())
+        self.ctx.tasks.start(self._start())
 
     # Opening.
 

@@ -90,7 +90,7 @@ class UserListener:
                 self._log_refusal(source, refusal)
                 _refuse(conn, refusal)
                 continue
-            self._ctx.spawn(self._serve(conn, source))
+            self._ctx.tasks.start(self._serve(conn, source))
 
     def _log_refusal(self, source: str, reason: str) -> None:
         now = self._clock()
