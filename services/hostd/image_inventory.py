@@ -194,8 +194,9 @@ class ImageInventory:
                 self._wake.clear()
         finally:
             events.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await events
+            # Waits for the follower to end without taking its CancelledError for ours: a
+            # second cancellation of this task while it waits still ends it.
+            await asyncio.wait([events])
 
     async def _follow_events(self) -> None:
         loop = asyncio.get_running_loop()
