@@ -273,12 +273,28 @@ class AllocationsView:
     #: The ids of the pending allocations: follows from `allocations`, so that the fair queue and
     #: a pending allocation's standing in it are found without a look at every allocation.
     pending_ids: set[str] = field(default_factory=set, compare=False, repr=False)
+    #: The ids of the active allocations (ACTIVE) and of the ended ones whose stopped container
+    #: is kept: follow from `allocations`, so that what the allocator looks at every round
+    #: (expiry, freezes, kept containers due, a lost host's work) grows with what runs in the
+    #: pool, not with everything it ever ran.
+    active_ids: set[str] = field(default_factory=set, compare=False, repr=False)
+    kept_ids: set[str] = field(default_factory=set, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for a in self.allocations.values():
             self.by_user.put(a.user, a.requested_at, a.alloc_id)
-            if a.status == "pending":
-                self.pending_ids.add(a.alloc_id)
+            self._index(a)
+
+    def _index(self, state: AllocationState) -> None:
+        for ids, member in (
+            (self.pending_ids, state.status == "pending"),
+            (self.active_ids, state.status in ACTIVE),
+            (self.kept_ids, state.kept),
+        ):
+            if member:
+                ids.add(state.alloc_id)
+            else:
+                ids.discard(state.alloc_id)
 
     def apply(self, event: Event, *, position: int, version: int, at: datetime) -> AllocationState | None:
         if position <= self.position:
@@ -290,28 +306,27 @@ class AllocationsView:
         if new is not None:
             self.allocations[event.alloc_id] = new
             self.by_user.put(new.user, new.requested_at, new.alloc_id)
-            if new.status == "pending":
-                self.pending_ids.add(new.alloc_id)
-            else:
-                self.pending_ids.discard(new.alloc_id)
+            self._index(new)
         return new
 
     def pending(self) -> list[AllocationState]:
         """The pending allocations, in no particular order."""
         return [self.allocations[alloc_id] for alloc_id in self.pending_ids]
 
+    def active(self) -> list[AllocationState]:
+        """The active allocations (placed, pulling or running), in no particular order."""
+        return [self.allocations[alloc_id] for alloc_id in self.active_ids]
+
+    def kept(self) -> list[AllocationState]:
+        """The ended allocations whose stopped containers are kept, in no particular order."""
+        return [self.allocations[alloc_id] for alloc_id in self.kept_ids]
+
     def desired_for(self, host_id: str) -> list[AllocationState]:
-        return sorted(
-            (a for a in self.allocations.values() if a.host_id == host_id and a.status in ACTIVE),
-            key=lambda a: a.alloc_id,
-        )
+        return sorted((a for a in self.active() if a.host_id == host_id), key=lambda a: a.alloc_id)
 
     def kept_on(self, host_id: str) -> list[AllocationState]:
         """Ended allocations whose stopped containers the host keeps (for results and logs)."""
-        return sorted(
-            (a for a in self.allocations.values() if a.host_id == host_id and a.kept),
-            key=lambda a: a.alloc_id,
-        )
+        return sorted((a for a in self.kept() if a.host_id == host_id), key=lambda a: a.alloc_id)
 
     @classmethod
     def rebuild(cls, events: Iterable[tuple[Event, int, int, datetime]]) -> "AllocationsView":

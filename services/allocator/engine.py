@@ -68,7 +68,6 @@ from potluck.events import (
 )
 from potluck.events.checkpoints import Checkpoint, Checkpoints
 from potluck.kernel.rejections import Rejected
-from potluck.readmodels.allocations import ACTIVE as _ACTIVE
 from potluck.readmodels.allocations import AllocationState, AllocationsView
 from potluck.readmodels.hosts import HostsView
 from potluck.readmodels.jobs import JobState
@@ -233,10 +232,9 @@ class AllocatorEngine:
         host gone with allocations still on it, every job (all are driven once after a fold from
         zero, with the tasks they requested open), and a look at the pending queue."""
         reactions = self.reactions
+        allocations = self.model.allocations
         with_allocations = {
-            a.host_id
-            for a in self.model.allocations.allocations.values()
-            if a.host_id is not None and (a.status in _ACTIVE or a.kept)
+            a.host_id for a in (*allocations.active(), *allocations.kept()) if a.host_id is not None
         }
         for host_id in sorted(with_allocations):
             host = self.model.hosts.hosts.get(host_id)

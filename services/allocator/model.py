@@ -164,18 +164,12 @@ class AllocatorModel:
 
     def active_on(self, host_id: str) -> list[str]:
         """Allocations holding capacity on the host."""
-        return [
-            a.alloc_id
-            for a in self.allocations.allocations.values()
-            if a.host_id == host_id and a.status in ACTIVE
-        ]
+        return [a.alloc_id for a in self.allocations.active() if a.host_id == host_id]
 
     def due(self, now: datetime) -> list[str]:
         """Active allocations whose lifetime has run out at `now`."""
         return [
-            a.alloc_id
-            for a in self.allocations.allocations.values()
-            if a.status in ACTIVE and a.expires_at is not None and a.expires_at <= now
+            a.alloc_id for a in self.allocations.active() if a.expires_at is not None and a.expires_at <= now
         ]
 
     def frozen_too_long(self, now: datetime) -> list[str]:
@@ -190,7 +184,7 @@ class AllocatorModel:
             return []
         return sorted(
             a.alloc_id
-            for a in self.allocations.allocations.values()
+            for a in self.allocations.active()
             if a.host_id in frozen and frozen_past_limit(a, frozen[a.host_id], now) is not None
         )
 

@@ -137,7 +137,7 @@ class Reactions:
 
     async def discard_due(self) -> int:
         """Remove the kept containers whose keep_for is up; how many."""
-        kept = self.engine.model.allocations.allocations.values()
+        kept = self.engine.model.allocations.kept()
         return await self._discard(due(kept, self.engine.clock()), TIME_UP)
 
     async def _discard(self, alloc_ids: list[str], reason: str) -> int:

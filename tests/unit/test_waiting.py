@@ -16,7 +16,9 @@ from potluck.allocator.scheduler import (
 )
 from potluck.allocator.waiting import queue_positions, standing
 from potluck.contracts.allocation_events import (
+    AllocationDiscarded,
     AllocationEvent,
+    AllocationExited,
     AllocationPlaced,
     AllocationRefused,
     AllocationReleased,
@@ -25,7 +27,7 @@ from potluck.contracts.allocation_events import (
     AllocationUnplaced,
 )
 from potluck.contracts.capacity import Capacity
-from potluck.readmodels.allocations import AllocationState, AllocationsView, evolve
+from potluck.readmodels.allocations import ACTIVE, AllocationState, AllocationsView, evolve
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 SPEC = AllocationSpec(resources=Capacity(cpus=1, memory_bytes=1 << 30, disk_bytes=1 << 30), image="debian:12")
@@ -95,11 +97,16 @@ def _lifecycle(alloc_id: str, steps: int) -> list[AllocationEvent]:
 
 @given(
     st.lists(
-        st.tuples(st.integers(min_value=0, max_value=4), st.sampled_from(["open", "released", "refused"])),
+        st.tuples(
+            st.integers(min_value=0, max_value=4),
+            st.sampled_from(["open", "released", "refused", "exited", "kept", "discarded"]),
+        ),
         max_size=8,
     )
 )
-def test_the_pending_index_holds_exactly_the_pending_allocations(shapes: list[tuple[int, str]]) -> None:
+def test_the_indexes_hold_exactly_the_pending_active_and_kept_allocations(
+    shapes: list[tuple[int, str]],
+) -> None:
     events: list[AllocationEvent] = []
     for i, (steps, end) in enumerate(shapes):
         alloc_id = f"a{i}"
@@ -108,9 +115,24 @@ def test_the_pending_index_holds_exactly_the_pending_allocations(shapes: list[tu
             events.append(AllocationReleased(alloc_id=alloc_id, by="user:ann"))
         elif end == "refused" and steps % 2 == 0:
             events.append(AllocationRefused(alloc_id=alloc_id, reason="QUEUE_TIMEOUT"))
+        elif end == "exited":
+            events.append(AllocationExited(alloc_id=alloc_id, host_id="h", exit_code=0))
+        elif end in ("kept", "discarded"):
+            kept_until = T0 + timedelta(hours=1)
+            events.append(
+                AllocationExited(alloc_id=alloc_id, host_id="h", exit_code=0, kept_until=kept_until)
+            )
+            if end == "discarded":
+                events.append(AllocationDiscarded(alloc_id=alloc_id, host_id="h", reason="time up"))
     view = _fold(events)
-    expected = {a.alloc_id for a in view.allocations.values() if a.status == "pending"}
-    assert view.pending_ids == expected
-    assert {a.alloc_id for a in view.pending()} == expected
+    states = view.allocations.values()
+    pending = {a.alloc_id for a in states if a.status == "pending"}
+    active = {a.alloc_id for a in states if a.status in ACTIVE}
+    kept = {a.alloc_id for a in states if a.kept}
+    assert (view.pending_ids, view.active_ids, view.kept_ids) == (pending, active, kept)
+    assert {a.alloc_id for a in view.pending()} == pending
+    assert {a.alloc_id for a in view.active()} == active
+    assert {a.alloc_id for a in view.kept()} == kept
     # A view made from the same allocations (a checkpoint's) finds the same.
-    assert AllocationsView(allocations=dict(view.allocations)).pending_ids == expected
+    again = AllocationsView(allocations=dict(view.allocations))
+    assert (again.pending_ids, again.active_ids, again.kept_ids) == (pending, active, kept)
