@@ -13,7 +13,7 @@ from potluck.allocator.model import AllocatorModel
 from potluck.allocator.schemas import HistoryEntry
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.event_facts import event_facts
-from potluck.readmodels.allocations import TERMINAL, AllocationState
+from potluck.readmodels.allocations import AllocationState
 from potluck.readmodels.hosts import HostState
 from potluck.readmodels.jobs import JobState
 
@@ -160,11 +160,9 @@ def pool_page(
     """Every host with its state and bars, the pool's totals and its fair queue, as `viewer` sees it."""
     active_on: dict[str, int] = {}
     mine_on: dict[str, list[str]] = {}
-    pending: list[AllocationState] = []
-    for a in model.allocations.allocations.values():
-        if a.status == "pending":
-            pending.append(a)
-        elif a.host_id is not None and a.status not in TERMINAL:
+    pending = model.allocations.pending()
+    for a in model.allocations.active():
+        if a.host_id is not None:
             active_on[a.host_id] = active_on.get(a.host_id, 0) + 1
             if everyone or a.user == viewer:
                 mine_on.setdefault(a.host_id, []).append(a.alloc_id)
