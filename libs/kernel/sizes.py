@@ -35,6 +35,9 @@ _UNITS = {
     "TB": 10**12,
 }
 _SIZE = re.compile(r"([0-9]{1,15}(?:\.[0-9]{1,6})?) ?([A-Za-z]{0,3})")
+#: A number with more digits than a size may have, and maybe a unit: told apart from text that
+#: is no size at all, so that its writer learns what is wrong with it.
+_TOO_LONG = re.compile(r"[0-9]{16,}(?:\.[0-9]*)? ?[A-Za-z]{0,3}")
 #: The longest size text accepted (anything longer is refused before it is matched).
 MAX_TEXT = 32
 
@@ -59,6 +62,10 @@ def parse_size(value: str | int | float) -> int:
         )
     match = _SIZE.fullmatch(value.strip())
     unit = match.group(2).upper() if match else ""
+    if match is None and _TOO_LONG.fullmatch(value.strip()):
+        raise ValueError(
+            f"{value!r} is too large for a size: at most 15 digits before a unit; write e.g. 512G or 4T"
+        )
     if match is None or unit not in _UNITS:
         raise ValueError(f"{value!r} is not a size; write e.g. 512M, 4G or 1073741824")
     return int(float(match.group(1)) * _UNITS[unit])

@@ -52,6 +52,12 @@ def test_what_is_not_a_size_is_refused_saying_what_to_write(text: object) -> Non
         parse_size(text)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("text", ["1" * 23, "99999999999999999999G", "1234567890123456.5 TB", "9" * 32])
+def test_a_number_with_too_many_digits_is_refused_as_too_large(text: str) -> None:
+    with pytest.raises(ValueError, match=r"too large for a size: at most 15 digits"):
+        parse_size(text)
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"), [("90", 90.0), ("90s", 90.0), (" 15 m ", 900.0), ("2h", 7200.0), (1.5, 1.5)]
 )
