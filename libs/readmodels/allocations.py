@@ -279,6 +279,9 @@ class AllocationsView:
     #: pool, not with everything it ever ran.
     active_ids: set[str] = field(default_factory=set, compare=False, repr=False)
     kept_ids: set[str] = field(default_factory=set, compare=False, repr=False)
+    #: Each user's pending and active allocations (what counts against the user's quota), so
+    #: that a quota check costs what the user holds, not the user's whole history.
+    held_ids: dict[str, set[str]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for a in self.allocations.values():
@@ -295,6 +298,12 @@ class AllocationsView:
                 ids.add(state.alloc_id)
             else:
                 ids.discard(state.alloc_id)
+        if state.status == "pending" or state.status in ACTIVE:
+            self.held_ids.setdefault(state.user, set()).add(state.alloc_id)
+        elif (held := self.held_ids.get(state.user)) is not None:
+            held.discard(state.alloc_id)
+            if not held:
+                del self.held_ids[state.user]
 
     def apply(self, event: Event, *, position: int, version: int, at: datetime) -> AllocationState | None:
         if position <= self.position:
@@ -312,6 +321,10 @@ class AllocationsView:
     def pending(self) -> list[AllocationState]:
         """The pending allocations, in no particular order."""
         return [self.allocations[alloc_id] for alloc_id in self.pending_ids]
+
+    def held_by(self, user: str) -> list[AllocationState]:
+        """The user's pending and active allocations, in no particular order."""
+        return [self.allocations[alloc_id] for alloc_id in self.held_ids.get(user, ())]
 
     def active(self) -> list[AllocationState]:
         """The active allocations (placed, pulling or running), in no particular order."""

@@ -32,7 +32,7 @@ from potluck.contracts.capacity import Capacity
 from potluck.contracts.host_events import HostEvent
 from potluck.contracts.host_images import HostImagesReported
 from potluck.events import Event, RecordedEvent
-from potluck.readmodels.allocations import ACTIVE, AllocationState, AllocationsView
+from potluck.readmodels.allocations import AllocationState, AllocationsView
 from potluck.readmodels.hosts import HostsView
 from potluck.readmodels.jobs import JobState, JobsView
 
@@ -158,9 +158,7 @@ class AllocatorModel:
 
     def held_by(self, user: str) -> dict[str, Capacity]:
         """What the user holds or waits for (placed, running or pending), by allocation."""
-        allocations = self.allocations.allocations
-        found = (allocations[a] for a in self.allocations.by_user.ids(user))
-        return {a.alloc_id: a.spec.resources for a in found if a.status in ACTIVE or a.status == "pending"}
+        return {a.alloc_id: a.spec.resources for a in self.allocations.held_by(user)}
 
     def active_on(self, host_id: str) -> list[str]:
         """Allocations holding capacity on the host."""

@@ -133,6 +133,11 @@ def test_the_indexes_hold_exactly_the_pending_active_and_kept_allocations(
     assert {a.alloc_id for a in view.pending()} == pending
     assert {a.alloc_id for a in view.active()} == active
     assert {a.alloc_id for a in view.kept()} == kept
+    held = {a.alloc_id for a in states if a.user == "ann" and (a.status == "pending" or a.status in ACTIVE)}
+    assert {a.alloc_id for a in view.held_by("ann")} == held
+    assert view.held_by("bob") == []
+    assert view.held_ids == ({"ann": held} if held else {})  # no user is kept with nothing held
     # A view made from the same allocations (a checkpoint's) finds the same.
     again = AllocationsView(allocations=dict(view.allocations))
     assert (again.pending_ids, again.active_ids, again.kept_ids) == (pending, active, kept)
+    assert again.held_ids == view.held_ids
