@@ -51,6 +51,13 @@ class OwnerIndex:
         """The owner's ids, oldest first."""
         return (row_id for _, row_id in self.rows.get(owner, ()))
 
+    def newest_first(self, owner: str) -> Iterator[str]:
+        """The owner's ids, newest first."""
+        return (row_id for _, row_id in reversed(self.rows.get(owner, ())))
+
+    def count(self, owner: str) -> int:
+        return len(self.rows.get(owner, ()))
+
     def page(
         self, owner: str, after: str | None, limit: int, keep: Callable[[str], bool] = lambda _: True
     ) -> tuple[list[str], str | None]:

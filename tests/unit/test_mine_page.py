@@ -11,9 +11,10 @@ import jinja2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from potluck.allocator.web.mine_page import FINISHED_SHOWN, mine_of, newest
+from potluck.allocator.web.mine_page import FINISHED_SHOWN, mine_of, newest, newest_of_user
 from potluck.allocator.web.routes import HERE
 from potluck.contracts.allocation_events import AllocationReleased, AllocationRequested, alloc_stream
+from potluck.readmodels.owner_index import EARLIEST
 from tests.unit.test_allocator_model import RecordingLog, cap, folded, host, placed, spec
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -94,3 +95,40 @@ def test_a_long_history_shows_what_runs_and_the_newest_finished_and_says_how_man
     assert 'data-not-shown="10"' in html
     assert "10 older finished" in html
     assert "<code>potluck alloc ls</code> lists them all" in html
+
+
+@given(
+    st.lists(
+        # Mostly ended, so that a user often has more finished ones than the page shows.
+        st.tuples(st.sampled_from(["alice", "bob"]), st.sampled_from(["ended"] * 3 + ["waits", "runs"])),
+        max_size=150,
+    )
+)
+def test_a_users_newest_found_from_the_indexes_is_what_a_look_at_every_allocation_finds(
+    history: list[tuple[str, str]],
+) -> None:
+    """Tried: any history of two users' allocations ended, waiting and running (more finished
+    ones than the page shows). Must hold: what the page shows of a user, found from the held
+    index and the user's allocations newest first, is exactly what `newest` finds looking at
+    every allocation of the user, and so are the counts."""
+    log = RecordingLog()
+    host(log, "h1", cap(1000, 1000))
+    for n, (user, fate) in enumerate(history):
+        alloc_id = f"a{n:03}"
+        if fate == "runs":
+            placed(log, alloc_id, user, "h1", spec(1))
+            continue
+        requested = AllocationRequested(alloc_id=alloc_id, user=user, spec=spec(1), lifetime_s=60)
+        ended = [AllocationReleased(alloc_id=alloc_id, by=f"user:{user}")] if fate == "ended" else []
+        log.add(alloc_stream(alloc_id), requested, *ended)
+    model, _ = folded(log)
+    for user in ("alice", "bob"):
+        every = newest(
+            model.allocations_of(user),
+            finished=lambda a: a.terminal,
+            key=lambda a: (a.requested_at or EARLIEST, a.alloc_id),
+        )
+        found = newest_of_user(model, user)
+        assert [a.alloc_id for a in found.shown] == [a.alloc_id for a in every.shown]
+        assert (found.unfinished_left, found.finished_left) == (every.unfinished_left, every.finished_left)
+        assert mine_of(model, user).allocations_total == len(model.allocations_of(user))
