@@ -90,13 +90,12 @@ def newest_of_user(model: AllocatorModel, user: str) -> Newest[AllocationState]:
     going = view.held_by(user)
     shown_going = heapq.nlargest(UNFINISHED_SHOWN, going, key=_requested)
     shown_done: list[AllocationState] = []
-    if FINISHED_SHOWN > 0:
-        for alloc_id in view.by_user.newest_first(user):
-            state = view.allocations[alloc_id]
-            if state.terminal:
-                shown_done.append(state)
-                if len(shown_done) == FINISHED_SHOWN:
-                    break
+    for alloc_id in view.by_user.newest_first(user):
+        state = view.allocations[alloc_id]
+        if state.terminal:
+            shown_done.append(state)
+            if len(shown_done) == FINISHED_SHOWN:
+                break
     done = view.by_user.count(user) - len(going)
     return Newest(
         shown=shown_going + shown_done,
