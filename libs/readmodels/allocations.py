@@ -289,16 +289,14 @@ class AllocationsView:
             self._index(a)
 
     def _index(self, state: AllocationState) -> None:
-        for ids, member in (
-            (self.pending_ids, state.status == "pending"),
-            (self.active_ids, state.status in ACTIVE),
-            (self.kept_ids, state.kept),
-        ):
+        pending, active = state.status == "pending", state.status in ACTIVE
+        indexes = ((self.pending_ids, pending), (self.active_ids, active), (self.kept_ids, state.kept))
+        for ids, member in indexes:
             if member:
                 ids.add(state.alloc_id)
             else:
                 ids.discard(state.alloc_id)
-        if state.status == "pending" or state.status in ACTIVE:
+        if pending or active:
             self.held_ids.setdefault(state.user, set()).add(state.alloc_id)
         elif (held := self.held_ids.get(state.user)) is not None:
             held.discard(state.alloc_id)
