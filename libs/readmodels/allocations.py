@@ -12,7 +12,7 @@ hostd asks for at start.
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -37,6 +37,7 @@ from potluck.contracts.allocation_events import (
     AllocationUnplaced,
 )
 from potluck.events import Event
+from potluck.kernel.records import changed
 from potluck.readmodels.owner_index import OwnerIndex
 
 AllocationStatus = Literal[
@@ -176,15 +177,15 @@ def evolve(
         else:
             return None
     if isinstance(event, AllocationDiscarded):
-        return replace(state, version=version, changed_at=at, kept_until=None)
+        return changed(state, version=version, changed_at=at, kept_until=None)
     if state.terminal and not isinstance(event, AllocationExtended):
         # Late reports (a container that exits after its release) change nothing.
-        return replace(state, version=version, changed_at=at)
-    # One copy per event: a replace() of this many fields is most of a replay's time.
+        return changed(state, version=version, changed_at=at)
+    # One copy per event: copying this many fields is most of a replay's time.
     changes = _changes(state, event, at, position)
     if isinstance(event, TERMINAL_EVENTS):
         changes["ended_at"] = at
-    return replace(state, version=version, changed_at=at, **changes)
+    return changed(state, version=version, changed_at=at, **changes)
 
 
 def _changes(state: AllocationState, event: AllocationEvent, at: datetime, position: int) -> dict[str, Any]:

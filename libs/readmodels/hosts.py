@@ -5,7 +5,7 @@ alone equals the view a running registry keeps up to date.
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -34,6 +34,7 @@ from potluck.contracts.host_events import (
     PolicyCause,
 )
 from potluck.events import Event
+from potluck.kernel.records import changed
 
 #: online: beating. asleep: said it sleeps (or came back saying it slept). unreachable: silent,
 #: cause unknown. lost: silent past the stranded grace; its allocations were given up.
@@ -142,14 +143,14 @@ def evolve(state: HostState | None, event: Event, version: int, at: datetime) ->
     if state is None:
         # A host event without enrollment cannot be decided by the aggregate; keep folding total.
         state = HostState(host_id=event.host_id, name=event.host_id, nkey="")
-    state = replace(state, version=version, changed_at=at)
+    state = changed(state, version=version, changed_at=at)
     return _evolve_host(state, event, at)
 
 
 def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
     match event:
         case HostRegistered():
-            return replace(
+            return changed(
                 state,
                 registered=True,
                 donated=event.donated,
@@ -164,27 +165,27 @@ def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
                 liveness_since=at if state.liveness != "online" else state.liveness_since,
             )
         case HostSuspected():
-            return replace(state, liveness="unreachable", liveness_since=at)
+            return changed(state, liveness="unreachable", liveness_since=at)
         case HostSleeping():
-            return replace(state, liveness="asleep", liveness_since=at)
+            return changed(state, liveness="asleep", liveness_since=at)
         case HostWoke():
-            return replace(state, liveness="online", liveness_since=at, slept_s=event.slept_s)
+            return changed(state, liveness="online", liveness_since=at, slept_s=event.slept_s)
         case HostLost():
-            return replace(state, liveness="lost", liveness_since=at)
+            return changed(state, liveness="lost", liveness_since=at)
         case HostRecovered():
-            return replace(state, liveness="online", liveness_since=at)
+            return changed(state, liveness="online", liveness_since=at)
         case HostPaused():
-            return replace(state, admin="paused")
+            return changed(state, admin="paused")
         case HostResumed():
-            return replace(state, admin="active")
+            return changed(state, admin="active")
         case HostDrainStarted():
-            return replace(state, admin="draining", drain_grace_s=event.grace_s, drain_started_at=at)
+            return changed(state, admin="draining", drain_grace_s=event.grace_s, drain_started_at=at)
         case HostDeregistered():
-            return replace(state, admin="deregistered", registered=False, liveness=None)
+            return changed(state, admin="deregistered", registered=False, liveness=None)
         case HostLeft():
-            return replace(state, admin="left", registered=False, liveness=None)
+            return changed(state, admin="left", registered=False, liveness=None)
         case HostRevoked():
-            return replace(
+            return changed(
                 state,
                 admin="revoked",
                 registered=False,
@@ -196,16 +197,16 @@ def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
                 join_expires_at=None,
             )
         case HostJoinTokenIssued():
-            return replace(
+            return changed(
                 state,
                 join_token_sha256=event.token_sha256,
                 join_nkey=event.join_nkey,
                 join_expires_at=event.expires_at,
             )
         case HostJoined():
-            return replace(state, nkey=event.nkey, join_token_sha256="", join_nkey="", join_expires_at=None)
+            return changed(state, nkey=event.nkey, join_token_sha256="", join_nkey="", join_expires_at=None)
         case HostThrottled():
-            return replace(
+            return changed(
                 state,
                 policy="throttled",
                 policy_cause=event.cause,
@@ -214,7 +215,7 @@ def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
                 policy_share_cpus=event.share_cpus,
             )
         case HostFrozen():
-            return replace(
+            return changed(
                 state,
                 policy="frozen",
                 policy_cause=event.cause,
@@ -225,7 +226,7 @@ def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
                 policy_max_frozen_s=event.max_frozen_s,
             )
         case HostShareRestored():
-            return replace(
+            return changed(
                 state,
                 policy="normal",
                 policy_cause=None,

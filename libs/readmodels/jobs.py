@@ -9,7 +9,7 @@ Lifecycle: running -> succeeded | failed (JobCompleted) | cancelled (JobCancelle
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -22,6 +22,7 @@ from potluck.contracts.job_events import (
     JobTaskRequested,
 )
 from potluck.events import Event
+from potluck.kernel.records import changed
 from potluck.readmodels.owner_index import OwnerIndex
 
 __all__ = ["JOB_TERMINAL", "JobState", "JobStatus", "JobsView", "evolve"]
@@ -83,17 +84,17 @@ def evolve(state: JobState | None, event: Event, version: int, at: datetime) -> 
         )
     if state is None:
         return None
-    state = replace(state, version=version, changed_at=at)
+    state = changed(state, version=version, changed_at=at)
     match event:
         case JobTaskRequested():
             tried = state.attempts.get(event.task_index, ())
             if event.alloc_id in tried:
                 return state
-            return replace(state, attempts={**state.attempts, event.task_index: (*tried, event.alloc_id)})
+            return changed(state, attempts={**state.attempts, event.task_index: (*tried, event.alloc_id)})
         case JobCompleted():
             if state.terminal:
                 return state
-            return replace(
+            return changed(
                 state,
                 status="failed" if event.failed else "succeeded",
                 succeeded=event.succeeded,
@@ -103,7 +104,7 @@ def evolve(state: JobState | None, event: Event, version: int, at: datetime) -> 
         case JobCancelled():
             if state.terminal:
                 return state
-            return replace(state, status="cancelled", cancelled_by=event.by, reason=event.reason, ended_at=at)
+            return changed(state, status="cancelled", cancelled_by=event.by, reason=event.reason, ended_at=at)
     return state
 
 
