@@ -43,6 +43,9 @@ class InFlightRequests:
         self._on_host: dict[str, dict[str, Capacity]] = {}
         #: Hosts whose reservations in flight came or went since `take_changed` last asked.
         self._changed: set[str] = set()
+        #: How many entries came or went, ever: two equal counts saw the same requests in
+        #: flight (their number alone does not say so: one may settle as another comes).
+        self.changes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -51,6 +54,7 @@ class InFlightRequests:
         if entry.alloc_id in self._entries:
             raise ValueError(f"allocation {entry.alloc_id} is in flight already")
         self._entries[entry.alloc_id] = entry
+        self.changes += 1
         if entry.host_id is not None:
             self._on_host.setdefault(entry.host_id, {})[entry.alloc_id] = entry.resources
             self._changed.add(entry.host_id)
@@ -58,7 +62,10 @@ class InFlightRequests:
     def settle(self, alloc_id: str) -> None:
         """The entry's append was folded, or failed: it no longer counts. Unknown ids are ignored."""
         entry = self._entries.pop(alloc_id, None)
-        if entry is None or entry.host_id is None:
+        if entry is None:
+            return
+        self.changes += 1
+        if entry.host_id is None:
             return
         self._changed.add(entry.host_id)
         held = self._on_host[entry.host_id]

@@ -64,8 +64,8 @@ class Reactions:
         self.lost_hosts: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self.capacity_changed = asyncio.Event()
         self.jobs = JobDriver(engine)
-        #: The log position and number of requests in flight the whole queue was last tried
-        #: against (see `place_pending`), and how many times it was.
+        #: The log position and the requests in flight (their change count) the whole queue
+        #: was last tried against (see `place_pending`), and how many times it was.
         self._queue_tried_against: tuple[int, int] | None = None
         self.queue_passes = 0
 
@@ -202,7 +202,7 @@ class Reactions:
         placed = 0
         async with engine.placing:
             await self._refuse_timed_out(engine.clock())
-            tried_against = (engine.position, len(engine.in_flight))
+            tried_against = (engine.position, engine.in_flight.changes)
             if tried_against == self._queue_tried_against:
                 return 0
             self.queue_passes += 1

@@ -6,6 +6,8 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 from potluck.allocator.engine import AllocatorEngine
+from potluck.allocator.in_flight import InFlight
+from potluck.contracts.capacity import Capacity
 from potluck.events import EventStore
 from tests.helpers import stop
 from tests.integration.test_replay import add_a_user, register_host, request
@@ -22,8 +24,9 @@ class _Clock:
 async def test_a_queue_that_cannot_move_is_tried_once_until_the_log_moves(store: EventStore) -> None:
     """Tried: three requests wait behind a full host while the queue is served again and again,
     the clock passes one's queue timeout, then capacity frees. Must hold: the waiting queue is
-    tried whole once while nothing changes; the timeout is still refused on time; the freed
-    capacity is still given to the next in line at the next round."""
+    tried whole once while nothing changes, and again when the requests in flight change (even
+    to as many as before); the timeout is still refused on time; the freed capacity is still
+    given to the next in line at the next round."""
     clock = _Clock()
     engine = AllocatorEngine(store, clock=clock)
     await engine.catch_up()
@@ -51,6 +54,17 @@ async def _served_again_and_again(engine: AllocatorEngine, clock: _Clock) -> Non
     for _ in range(5):
         assert await engine.place_pending() == 0
     assert engine.reactions.queue_passes == passes  # nothing changed: not tried again
+
+    # One request in flight settles (its append failed: the log does not move) as another
+    # comes: as many in flight as before, but not the same ones, so the queue is tried again.
+    engine.in_flight.add(InFlight("flying-1", "alice", Capacity(cpus=1, memory_bytes=1, disk_bytes=1), None))
+    assert await engine.place_pending() == 0
+    engine.in_flight.settle("flying-1")
+    engine.in_flight.add(InFlight("flying-2", "alice", Capacity(cpus=1, memory_bytes=1, disk_bytes=1), None))
+    assert await engine.place_pending() == 0
+    engine.in_flight.settle("flying-2")
+    assert engine.reactions.queue_passes == passes + 2
+    passes = engine.reactions.queue_passes
 
     clock.now += timedelta(seconds=31)
     assert await engine.place_pending() == 0

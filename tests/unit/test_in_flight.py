@@ -40,3 +40,18 @@ def test_one_allocation_is_in_flight_once() -> None:
     with pytest.raises(ValueError, match="a1"):
         flying.add(InFlight("a1", "alice", cap(1), "h2"))
     assert flying.on_host("h2") == {}
+
+
+def test_every_request_that_comes_or_goes_is_counted() -> None:
+    """Tried: one request settles as another comes. Must hold: the change count moves though
+    the number in flight does not (the allocator's queue is tried again on it); settling what is
+    not in flight changes nothing."""
+    flying = InFlightRequests()
+    flying.add(InFlight("a1", "alice", cap(1), "h1"))
+    before = flying.changes
+    flying.settle("a1")
+    flying.add(InFlight("a2", "alice", cap(1), None))
+    assert len(flying) == 1
+    assert flying.changes == before + 2
+    flying.settle("unknown")
+    assert flying.changes == before + 2
