@@ -165,6 +165,10 @@ _LIBRARY_CLASSES = frozenset(
         ("uuid", "UUID"),
         ("decimal", "Decimal"),
         ("pydantic_core._pydantic_core", "TzInfo"),
+        # A job's attempts (potluck.readmodels.jobs): the C map, or its pure-Python twin where
+        # the extension could not be built.
+        ("immutables._map", "Map"),
+        ("immutables.map", "Map"),
     }
 )
 

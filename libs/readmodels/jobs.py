@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
+from immutables import Map
+
 from potluck.contracts.job_events import (
     JobCancelled,
     JobCompleted,
@@ -39,7 +41,9 @@ class JobState:
     submitted_at: datetime
     status: JobStatus = "running"
     #: Each task's attempts, oldest first, as allocation ids (a task not requested yet is absent).
-    attempts: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    #: A persistent map: each request's new state shares all but one entry with the last one,
+    #: where a dict copy per request made folding a job quadratic in its tasks.
+    attempts: Map[int, tuple[str, ...]] = field(default_factory=Map)
     #: Set by JobCompleted.
     succeeded: int = 0
     failed: int = 0
@@ -90,7 +94,7 @@ def evolve(state: JobState | None, event: Event, version: int, at: datetime) -> 
             tried = state.attempts.get(event.task_index, ())
             if event.alloc_id in tried:
                 return state
-            return changed(state, attempts={**state.attempts, event.task_index: (*tried, event.alloc_id)})
+            return changed(state, attempts=state.attempts.set(event.task_index, (*tried, event.alloc_id)))
         case JobCompleted():
             if state.terminal:
                 return state

@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql
 
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.model import AllocatorModel
+from potluck.contracts.job_events import JobSpec, JobSubmitted, JobTaskRequested, job_stream
 from potluck.events import Event
 from potluck.events.checkpoint_table import CheckpointRow
 from potluck.events.checkpoints import (
@@ -129,6 +130,35 @@ def test_a_state_encoded_and_decoded_is_the_same_and_names_its_modules() -> None
     aside = asyncio.run(checkpoints.encode_aside(engine.checkpoint_state()))
     assert aside[:2] == (modules, schema)
     assert state_of(AllocatorModel(**pickle.loads(aside[2])[0])) == state_of(engine.model)
+
+
+def test_a_jobs_attempts_come_back_from_a_checkpoint_as_they_were() -> None:
+    """A job with tasks requested, one of them twice (its attempts are a persistent map, a
+    library class): through the checkpoint's guarded unpickler, the job is the job folded,
+    and a new attempt folds on top of it as it would on the original."""
+    log = RecordingLog()
+    log.add(
+        job_stream("j1"),
+        JobSubmitted(job_id="j1", user="ann", spec=JobSpec(tasks=3, task=spec(0.5), lifetime_s=60)),
+    )
+    for index, alloc_id in ((0, "t0"), (1, "t1"), (0, "t0-again")):
+        log.add(
+            job_stream("j1"), JobTaskRequested(job_id="j1", task_index=index, alloc_id=alloc_id, attempt=1)
+        )
+    engine = _engine()
+    engine.fold.apply_all(log.records)
+    job = engine.model.jobs.jobs["j1"]
+    assert dict(job.attempts) == {0: ("t0", "t0-again"), 1: ("t1",)}
+
+    state = _unpickled(pickle.dumps(engine.checkpoint_state()))
+    resumed = _engine()
+    resumed.resume(Checkpoint(engine.position, state))
+    assert resumed.model.jobs.jobs["j1"] == job
+    log.add(job_stream("j1"), JobTaskRequested(job_id="j1", task_index=2, alloc_id="t2", attempt=1))
+    engine.fold.apply_all(log.records)
+    resumed.fold.apply_all(log.records)
+    assert resumed.model.jobs.jobs["j1"] == engine.model.jobs.jobs["j1"]
+    assert resumed.model.jobs.jobs["j1"].latest(2) == "t2"
 
 
 def test_the_schema_changes_when_a_module_of_the_state_changes(tmp_path: Path) -> None:
