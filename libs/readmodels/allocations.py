@@ -283,6 +283,11 @@ class AllocationsView:
     #: Each user's pending and active allocations (what counts against the user's quota), so
     #: that a quota check costs what the user holds, not the user's whole history.
     held_ids: dict[str, set[str]] = field(default_factory=dict, compare=False, repr=False)
+    #: The log position of each user's latest placement, for the fair queue's turns (a user
+    #: served last waits behind one who holds as little and was served before). Follows from
+    #: the placements folded; a view made from allocations (a checkpoint's) knows those that
+    #: still say where they were placed, not the ones undone since (AllocationUnplaced).
+    last_placed: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for a in self.allocations.values():
@@ -297,6 +302,9 @@ class AllocationsView:
                 ids.add(state.alloc_id)
             else:
                 ids.discard(state.alloc_id)
+        placed = state.placed_position
+        if placed is not None and placed > self.last_placed.get(state.user, 0):
+            self.last_placed[state.user] = placed
         if pending or active:
             self.held_ids.setdefault(state.user, set()).add(state.alloc_id)
         elif (held := self.held_ids.get(state.user)) is not None:

@@ -1,28 +1,32 @@
-"""The fair queue of pending requests: FIFO per user, users served round robin.
+"""The fair queue of pending requests: FIFO per user, the users who hold least served first.
 
-Pure and deterministic: it holds requests and answers which one to place next;
-it never looks at a clock (callers pass `now`) and never places anything
-itself.
+Pure and deterministic: built from the read model's pending allocations and what each user
+holds, it answers in which order a round of the allocator tries them; it never looks at a
+clock and never places anything itself.
 
-When capacity frees, the allocator asks `next_placeable(decide)`: users are
-visited in round-robin order, starting after the user served last, and each
-user's requests in the order they came. The first request that `decide` does
-not answer with Wait is returned, with its decision (Placed, or Impossible
-when the pool changed so that it can never fit any more). A request that must
-still wait is skipped, so one user's big request does not hold back that
-user's smaller ones, and never another user's. Nothing changes until the
-caller `take`s the request once its placement (or refusal) is in the log; a
-lost race simply leaves it queued.
+Users are served in order of the CPUs their active allocations hold now (placed, pulling,
+running), the least first; among users who hold the same, the one placed longest ago (or never)
+first, then by their oldest waiting request. A
+round tries each user's first request in that order, then each user's second, and so on
+(`in_order`), and a request that must still wait is skipped (reactions.py), so one user's big
+request holds back neither that user's smaller ones nor anyone else's.
 
-`expired(now)` removes and returns the requests whose queue timeout passed.
+Why by what users hold, and not by turns kept from round to round: capacity usually frees one
+allocation at a time, and each round is worked out afresh from the model. Ordered by request
+time alone, the user whose requests came first would take every slot that frees until their
+queue ran dry, however many they already ran, and a user who came later with one request
+would wait it out to its queue timeout. The order is a function of the model, as placement
+is: the allocator may skip a round that has nothing new to try (reactions.py).
+CPUs, among the resources, because they are what the pool's users come for; one measure keeps
+the order one a user can be told (`standing`, waiting.py).
 """
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from potluck.allocator.capacity import placement_request
-from potluck.allocator.scheduler import Decision, Impossible, Placed, PlacementRequest, Wait
+from potluck.allocator.scheduler import PlacementRequest
 from potluck.readmodels.allocations import AllocationState
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -49,16 +53,37 @@ class FairQueue:
         self._seq = 0
 
     @classmethod
-    def of(cls, allocations: Iterable[AllocationState]) -> "FairQueue":
-        """A queue of the pending allocations of the read model, each user's in the order requested.
+    def of(
+        cls,
+        allocations: Iterable[AllocationState],
+        active: Iterable[AllocationState],
+        last_placed: Mapping[str, int],
+    ) -> "FairQueue":
+        """A queue of the pending allocations of the read model, each user's in the order requested,
+        users by the CPUs they hold in `active` (the model's active allocations), least first, then
+        by their latest placement's log position (`last_placed`; none: first).
 
         The deadline of each is its queue timeout after it began waiting (its request, or its
         return from a host that could not get its image); hosts it was sent back from are
         excluded from its placement.
         """
         queue = cls()
+        held: dict[str, float] = {}
+        for a in active:
+            held[a.user] = held.get(a.user, 0.0) + a.spec.resources.cpus
         pending = [a for a in allocations if a.status == "pending"]
-        for state in sorted(pending, key=lambda a: (a.requested_at or _EPOCH, a.alloc_id)):
+        # Pushed in this order, each user joins the round at their first request pushed, and
+        # a user's requests keep the order they were made in.
+        in_turn = sorted(
+            pending,
+            key=lambda a: (
+                round(held.get(a.user, 0.0), 6),
+                last_placed.get(a.user, 0),
+                a.requested_at or _EPOCH,
+                a.alloc_id,
+            ),
+        )
+        for state in in_turn:
             at = state.requested_at or _EPOCH
             since = state.pending_since or at
             deadline = since + timedelta(seconds=state.queue_timeout_s)
@@ -91,13 +116,6 @@ class FairQueue:
     def get(self, alloc_id: str) -> Pending | None:
         return self._index.get(alloc_id)
 
-    def users(self) -> list[str]:
-        """Users with pending requests, in the order they will be served."""
-        return list(self._ring)
-
-    def pending_for(self, user: str) -> list[Pending]:
-        return list(self._queues.get(user, ()))
-
     def push(
         self, user: str, request: PlacementRequest, enqueued_at: datetime, deadline: datetime
     ) -> Pending:
@@ -112,53 +130,4 @@ class FairQueue:
             self._ring.append(user)
         queue.append(pending)
         self._index[request.alloc_id] = pending
-        return pending
-
-    def next_placeable(
-        self, decide: Callable[[PlacementRequest], Decision]
-    ) -> tuple[Pending, Placed | Impossible] | None:
-        """The request to act on next, and its decision; None when every request must wait.
-
-        Changes nothing: call `take` once the outcome is logged.
-        """
-        for user in self._ring:
-            for pending in self._queues[user]:
-                decision = decide(pending.request)
-                if not isinstance(decision, Wait):
-                    return pending, decision
-        return None
-
-    def take(self, alloc_id: str) -> Pending:
-        """Remove a request that was served; its user's turn passes to the next user."""
-        pending = self._index[alloc_id]
-        turn = self._ring.index(pending.user)
-        self._remove(alloc_id)
-        if pending.user in self._queues:
-            self._ring = self._ring[turn + 1 :] + self._ring[: turn + 1]
-        else:  # the user left the round; the one after it is now at `turn`
-            self._ring = self._ring[turn:] + self._ring[:turn]
-        return pending
-
-    def remove(self, alloc_id: str) -> Pending | None:
-        """Drop a request (released or refused while pending) without touching the round."""
-        if alloc_id not in self._index:
-            return None
-        return self._remove(alloc_id)
-
-    def expired(self, now: datetime) -> list[Pending]:
-        """Remove and return the requests whose deadline is `now` or earlier, earliest first."""
-        due = sorted(
-            (p for p in self._index.values() if p.deadline <= now), key=lambda p: (p.deadline, p.seq)
-        )
-        for pending in due:
-            self._remove(pending.alloc_id)
-        return due
-
-    def _remove(self, alloc_id: str) -> Pending:
-        pending = self._index.pop(alloc_id)
-        queue = self._queues[pending.user]
-        queue.remove(pending)
-        if not queue:
-            del self._queues[pending.user]
-            self._ring.remove(pending.user)
         return pending

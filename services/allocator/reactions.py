@@ -206,7 +206,8 @@ class Reactions:
             if tried_against == self._queue_tried_against:
                 return 0
             self.queue_passes += 1
-            for pending in FairQueue.of(engine.model.pending()).in_order():
+            view = engine.model.allocations
+            for pending in FairQueue.of(view.pending(), view.active(), view.last_placed).in_order():
                 current = allocations[pending.alloc_id]
                 if current.status != "pending":
                     continue

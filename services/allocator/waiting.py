@@ -6,7 +6,6 @@ Worked out when asked and never logged: it changes whenever a host comes, goes o
 and the log holds facts, not forecasts. Pure: a decision and the queue in, a value out.
 """
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -19,7 +18,7 @@ from potluck.allocator.scheduler import (
     Strategy,
     Wait,
 )
-from potluck.readmodels.allocations import AllocationState
+from potluck.readmodels.allocations import AllocationState, AllocationsView
 
 if TYPE_CHECKING:  # decisions.py reads the request schemas, which read this module
     from potluck.allocator.decisions import Outlook
@@ -48,10 +47,12 @@ class Standing:
     queue_length: int
 
 
-def queue_positions(pending: Iterable[AllocationState]) -> dict[str, int]:
-    """Each pending allocation's place, from 1, in the order the fair queue would serve them all:
-    each user's first request in turn, then each user's second, and so on."""
-    return {p.alloc_id: n for n, p in enumerate(FairQueue.of(pending).in_order(), start=1)}
+def queue_positions(allocations: AllocationsView) -> dict[str, int]:
+    """Each pending allocation's place, from 1, in the order the fair queue would serve them all
+    (queue.py): each user's first request in turn, the users who hold least first, then each
+    user's second, and so on."""
+    queue = FairQueue.of(allocations.pending(), allocations.active(), allocations.last_placed)
+    return {p.alloc_id: n for n, p in enumerate(queue.in_order(), start=1)}
 
 
 def standing(decision: Decision, position: int, queue_length: int) -> Standing:

@@ -342,10 +342,10 @@ async def test_a_pending_allocation_says_why_it_waits_and_where_it_stands_in_the
     """What is tried: alice fills the only host, then asks for two more and bob for one; then the
     host is frozen by its owner's policy, then restored, and alice's big allocation released.
     What must hold: each pending allocation says why it waits (no free capacity, then only a
-    host that takes no work) and where it stands in the fair queue (users in turn: alice's first,
-    bob's, alice's second), in the API's answers to POST, GET and the listing, and in `potluck
-    alloc ls/show` and on the web page; bob sees only his own; once placed, nothing is said any
-    more."""
+    host that takes no work) and where it stands in the fair queue (bob's first: he holds nothing
+    and alice the whole host; then alice's, in the order asked), in the API's answers to POST,
+    GET and the listing, and in `potluck alloc ls/show` and on the web page; bob sees only his
+    own; once placed, nothing is said any more."""
     alice = User(http, pool, await pool.add_user("alice"))
     bob = User(http, pool, await pool.add_user("bob"))
     _, answer = await alice.call("GET", "/v1/pool")
@@ -363,19 +363,19 @@ async def test_a_pending_allocation_says_why_it_waits_and_where_it_stands_in_the
     assert "no host has that much free" in first["waiting"]["message"]
     assert big["waiting"] is None
 
-    for user, created, position in ((alice, first, 1), (bob, bobs, 2), (alice, second, 3)):
+    for user, created, position in ((bob, bobs, 1), (alice, first, 2), (alice, second, 3)):
         shown = await user.get(created["id"])
         assert shown["waiting"]["reason"] == "no_free_capacity", shown
         assert (shown["waiting"]["position"], shown["waiting"]["queue_length"]) == (position, 3)
     _, listed = await alice.call("GET", "/v1/allocations?state=pending")
     assert [(a["id"], a["waiting"]["position"]) for a in listed["allocations"]] == [
-        (first["id"], 1),
+        (first["id"], 2),
         (second["id"], 3),
     ]
     _, theirs = await bob.call("GET", "/v1/allocations")
     assert [a["id"] for a in theirs["allocations"]] == [bobs["id"]]
     listing = await alice.potluck("alloc", "ls")
-    assert "pending (1 of 3 in the queue)" in row_of(listing, first["id"])
+    assert "pending (2 of 3 in the queue)" in row_of(listing, first["id"])
     assert "pending (3 of 3 in the queue)" in row_of(listing, second["id"])
     shown_text = await alice.potluck("alloc", "show", first["id"])
     assert "why it waits: no host has that much free" in shown_text

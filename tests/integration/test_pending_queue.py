@@ -76,3 +76,35 @@ async def _served_again_and_again(engine: AllocatorEngine, clock: _Clock) -> Non
     assert await engine.place_pending() == 1
     assert [allocations[a].status for a in waiting] == ["placed", "pending"]
     assert engine.reactions.queue_passes > passes
+
+
+async def test_capacity_that_frees_goes_to_the_user_who_holds_nothing(store: EventStore) -> None:
+    """Tried: alice runs on a full host and asks again; bob asks after her; alice's allocation
+    ends. Must hold: the freed room goes to bob, whose request is newer but who holds nothing,
+    and alice's second request still waits (the fair queue, services/allocator/queue.py); once
+    bob's ends too, alice's is placed."""
+    clock = _Clock()
+    engine = AllocatorEngine(store, clock=clock)
+    await engine.catch_up()
+    following = asyncio.create_task(engine.follow())
+    try:
+        await register_host(store, "laptop-a", 2)
+        await engine.caught_up_with_log()
+        alice = await add_a_user(engine, "alice")
+        bob = await add_a_user(engine, "bob")
+        first = await request(engine, alice, 2)
+        again = await request(engine, alice, 2)
+        clock.now += timedelta(seconds=1)
+        bobs = await request(engine, bob, 2)
+        allocations = engine.allocations.allocations
+        assert [allocations[a].status for a in (first, again, bobs)] == ["placed", "pending", "pending"]
+        assert engine.queue_positions() == {again: 2, bobs: 1}
+
+        await engine.release(alice, first)
+        await engine.place_pending()
+        assert [allocations[a].status for a in (again, bobs)] == ["pending", "placed"]
+        await engine.release(bob, bobs)
+        await engine.place_pending()
+        assert allocations[again].status == "placed"
+    finally:
+        await stop(following)

@@ -1,21 +1,18 @@
-"""The fair queue of pending requests: FIFO per user, users in turn, waiting ones skipped."""
+"""The fair queue of pending requests: FIFO per user, the users who hold least served first, users
+who hold as much in turn."""
 
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from potluck.allocator.queue import FairQueue
 from potluck.allocator.scheduler import (
-    EXCEEDS_ANY_HOST,
-    NO_FREE_CAPACITY,
-    Decision,
     HostSnapshot,
-    Impossible,
     Placed,
     PlacementRequest,
     Scheduler,
-    Wait,
 )
 from potluck.contracts.allocation_events import AllocationRequested, AllocationSpec
 from potluck.contracts.capacity import Capacity
@@ -41,106 +38,64 @@ def queue_of(*items: tuple[str, str], timeout: float = 60) -> FairQueue:
     return queue
 
 
-def everything_fits(request: PlacementRequest) -> Decision:
-    return Placed("h")
+def state(
+    alloc_id: str, user: str, seconds: float, cpus: float = 1, status: str = "pending"
+) -> AllocationState:
+    """An allocation of `user` requested at `seconds`, pending or (status) active."""
+    event = AllocationRequested(
+        alloc_id=alloc_id,
+        user=user,
+        spec=AllocationSpec(resources=req(alloc_id, cpus).resources, image="debian:12"),
+        lifetime_s=60,
+    )
+    requested = evolve(None, event, 1, at(seconds))
+    assert requested is not None
+    return replace(requested, status=status)  # type: ignore[arg-type]
 
 
-def waiting(*alloc_ids: str) -> Callable[[PlacementRequest], Decision]:
-    def decide(request: PlacementRequest) -> Decision:
-        return Wait(NO_FREE_CAPACITY) if request.alloc_id in alloc_ids else Placed("h")
-
-    return decide
-
-
-def serve_all(queue: FairQueue, decide: Callable[[PlacementRequest], Decision]) -> list[str]:
-    served = []
-    while (found := queue.next_placeable(decide)) is not None:
-        served.append(queue.take(found[0].alloc_id).alloc_id)
-    return served
+def order(
+    pending: list[AllocationState],
+    active: Sequence[AllocationState] = (),
+    last_placed: dict[str, int] | None = None,
+) -> list[str]:
+    return [p.alloc_id for p in FairQueue.of(pending, active, last_placed or {}).in_order()]
 
 
 def test_users_take_turns_and_each_users_requests_keep_their_order() -> None:
     queue = queue_of(("ann", "a1"), ("ann", "a2"), ("ann", "a3"), ("bob", "b1"), ("cy", "c1"), ("bob", "b2"))
-    assert queue.users() == ["ann", "bob", "cy"]
     assert [p.alloc_id for p in queue.in_order()] == ["a1", "b1", "c1", "a2", "b2", "a3"]
-    assert serve_all(queue, everything_fits) == ["a1", "b1", "c1", "a2", "b2", "a3"]
-    assert len(queue) == 0
-    assert queue.users() == []
-
-
-def test_a_heavy_user_cannot_starve_a_light_one() -> None:
-    queue = FairQueue()
-    for i in range(50):
-        queue.push("heavy", req(f"h{i}"), at(i), at(1000))
-    queue.push("light", req("l0"), at(60), at(1000))
-    served = serve_all(queue, everything_fits)
-    assert served.index("l0") == 1
-
-
-def test_a_request_that_must_wait_is_skipped_not_blocking() -> None:
-    queue = queue_of(("ann", "big"), ("ann", "small"), ("bob", "b1"))
-    found = queue.next_placeable(waiting("big"))
-    assert found is not None
-    assert (found[0].alloc_id, found[1]) == ("small", Placed("h"))
-    queue.take("small")
-    assert serve_all(queue, waiting("big")) == ["b1"]
-    assert [p.alloc_id for p in queue] == ["big"]
-    assert queue.next_placeable(waiting("big")) is None
-
-
-def test_next_placeable_changes_nothing_until_taken() -> None:
-    queue = queue_of(("ann", "a1"), ("bob", "b1"))
-    first = queue.next_placeable(everything_fits)
-    again = queue.next_placeable(everything_fits)
-    assert first == again
-    assert first is not None
-    assert first[0].alloc_id == "a1"
-    assert len(queue) == 2
-    # The append lost a race: nothing to undo, the request is still first in line.
-    assert "a1" in queue
-
-
-def test_impossible_requests_come_out_to_be_refused() -> None:
-    refuse = Impossible(EXCEEDS_ANY_HOST, "no host donates 64 cpus", "cpus")
-    queue = queue_of(("ann", "a1"), ("bob", "b1"))
-    found = queue.next_placeable(lambda r: refuse if r.alloc_id == "b1" else Wait(NO_FREE_CAPACITY))
-    assert found is not None
-    assert (found[0].alloc_id, found[1]) == ("b1", refuse)
-
-
-def test_taking_passes_the_turn_to_the_next_user() -> None:
-    queue = queue_of(("ann", "a1"), ("bob", "b1"), ("cy", "c1"), ("ann", "a2"))
-    # bob's request is served out of turn (ann's must wait): cy is next, then ann.
-    found = queue.next_placeable(waiting("a1", "a2"))
-    assert found is not None
-    queue.take(found[0].alloc_id)
-    assert queue.users() == ["cy", "ann"]
-    queue.take("c1")
-    assert queue.users() == ["ann"]
-    assert serve_all(queue, everything_fits) == ["a1", "a2"]
-
-
-def test_removing_leaves_the_round_alone() -> None:
-    queue = queue_of(("ann", "a1"), ("bob", "b1"), ("bob", "b2"))
-    assert queue.remove("b1") is not None
-    assert queue.remove("b1") is None
-    assert queue.users() == ["ann", "bob"]
-    assert queue.remove("a1") is not None
-    assert queue.users() == ["bob"]
-    assert queue.pending_for("bob")[0].alloc_id == "b2"
+    assert [p.alloc_id for p in queue] == ["a1", "a2", "a3", "b1", "b2", "c1"]
+    assert len(queue) == 6
+    assert "b2" in queue
     assert queue.get("b2") is not None
-    assert queue.get("a1") is None
+    assert queue.get("zz") is None
 
 
-def test_expired_requests_leave_the_queue_earliest_first() -> None:
-    queue = FairQueue()
-    queue.push("ann", req("a1"), at(0), at(30))
-    queue.push("bob", req("b1"), at(1), at(10))
-    queue.push("ann", req("a2"), at(2), at(100))
-    assert queue.expired(at(9)) == []
-    assert [p.alloc_id for p in queue.expired(at(30))] == ["b1", "a1"]
-    assert [p.alloc_id for p in queue] == ["a2"]
-    assert queue.users() == ["ann"]
+def test_a_user_who_came_later_holding_nothing_is_served_before_one_who_holds() -> None:
+    """Tried: a heavy user running three allocations with fifty older requests waiting, and a
+    light user with one. Must hold: the light user's request comes first, however old the
+    heavy user's are: a slot that frees goes to the light user, not to the heavy user's next."""
+    heavy = [state(f"h{i}", "heavy", i) for i in range(50)]
+    running = [state(f"r{i}", "heavy", -10, status="running") for i in range(3)]
+    light = [state("l0", "light", 60)]
+    assert order(heavy + light, running)[:2] == ["l0", "h0"]
+    # Holding nothing either, the heavy user's older request would come first.
+    assert order(heavy + light)[:2] == ["h0", "l0"]
+
+
+def test_users_who_hold_as_much_take_turns_by_their_last_placement() -> None:
+    """Tried: two users holding nothing, ann served last (a later log position) than bob, and cy
+    never. Must hold: cy first, then bob, then ann, whatever their requests' ages."""
+    waiting = [state("a1", "ann", 0), state("b1", "bob", 1), state("c1", "cy", 2)]
+    assert order(waiting, [], {"ann": 9, "bob": 5}) == ["c1", "b1", "a1"]
+
+
+def test_the_cpus_held_decide_not_the_number_of_allocations() -> None:
+    waiting = [state("a1", "ann", 0), state("b1", "bob", 1)]
+    held = [state("a-big", "ann", -1, cpus=4, status="placed")] + [
+        state(f"b-small{i}", "bob", -1, cpus=0.5, status="running") for i in range(3)
+    ]
+    assert order(waiting, held) == ["b1", "a1"]
 
 
 def test_the_same_allocation_cannot_be_queued_twice() -> None:
@@ -150,30 +105,49 @@ def test_the_same_allocation_cannot_be_queued_twice() -> None:
 
 
 def test_capacity_freeing_serves_waiting_users_in_turn() -> None:
-    """With a real scheduler: one 4-cpu host, three users asking 2 cpus each, twice."""
+    """With a real scheduler, rounds as the allocator makes them (reactions.py place_pending): each
+    round a queue made afresh from what waits, what runs and who was placed when, and what fits
+    placed in its order. One 4-cpu host, three users asking 2 cpus each, twice; one allocation
+    ends between rounds. Must hold: every user has one before any has two."""
     scheduler = Scheduler([HostSnapshot("h", Capacity(cpus=4, memory_bytes=64 * GIB, disk_bytes=64 * GIB))])
-    queue = FairQueue()
-    for i, (user, alloc_id) in enumerate(
-        [("ann", "a1"), ("ann", "a2"), ("bob", "b1"), ("bob", "b2"), ("cy", "c1"), ("cy", "c2")]
-    ):
-        queue.push(user, req(alloc_id, cpus=2), at(i), at(600))
+    waiting = {
+        s.alloc_id: s
+        for s in (
+            state(alloc_id, user, i, cpus=2)
+            for i, (user, alloc_id) in enumerate(
+                [("ann", "a1"), ("ann", "a2"), ("bob", "b1"), ("bob", "b2"), ("cy", "c1"), ("cy", "c2")]
+            )
+        )
+    }
+    running: dict[str, AllocationState] = {}
+    last_placed: dict[str, int] = {}
+    position = 0
 
-    def place_what_fits() -> list[str]:
+    def round_() -> list[str]:
+        nonlocal position
         placed = []
-        while (found := queue.next_placeable(scheduler.place)) is not None:
-            pending, decision = found
-            assert isinstance(decision, Placed)
-            scheduler.reserve(decision.host_id, pending.request.resources)
-            placed.append(queue.take(pending.alloc_id).alloc_id)
+        for pending in FairQueue.of(waiting.values(), running.values(), last_placed).in_order():
+            decision = scheduler.place(pending.request)
+            if isinstance(decision, Placed):
+                scheduler.reserve(decision.host_id, pending.request.resources)
+                position += 1
+                last_placed[pending.user] = position
+                running[pending.alloc_id] = replace(waiting.pop(pending.alloc_id), status="running")
+                placed.append(pending.alloc_id)
         return placed
 
-    assert place_what_fits() == ["a1", "b1"]
-    scheduler.release("h", req("a1", cpus=2).resources)
-    assert place_what_fits() == ["c1"]
-    scheduler.release("h", req("b1", cpus=2).resources)
-    assert place_what_fits() == ["a2"]
-    scheduler.release("h", req("c1", cpus=2).resources)
-    assert place_what_fits() == ["b2"]
+    def end(alloc_id: str) -> None:
+        scheduler.release("h", running.pop(alloc_id).spec.resources)
+
+    assert round_() == ["a1", "b1"]
+    end("a1")
+    assert round_() == ["c1"]
+    end("b1")
+    assert round_() == ["a2"]
+    end("c1")
+    assert round_() == ["b2"]
+    end("a2")
+    assert round_() == ["c2"]
 
 
 def test_a_queue_of_the_read_model_pending_allocations() -> None:
@@ -195,10 +169,12 @@ def test_a_queue_of_the_read_model_pending_allocations() -> None:
         requested("a1", "ann", 0, 30),
         requested("a2", "ann", 2, 5),
     ]
-    queue = FairQueue.of(states)
+    queue = FairQueue.of(states, [], {})
     assert [p.alloc_id for p in queue.in_order()] == ["a1", "b1", "a2"]
     a1 = queue.get("a1")
     assert a1 is not None
     assert a1.request == PlacementRequest("a1", req("a1").resources, {"arch": "arm64"}, "debian:12")
     assert (a1.enqueued_at, a1.deadline) == (at(0), at(30))
-    assert [p.alloc_id for p in queue.expired(at(7))] == ["a2"]
+    a2 = queue.get("a2")
+    assert a2 is not None
+    assert a2.deadline == at(7)

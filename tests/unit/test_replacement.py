@@ -213,7 +213,7 @@ def test_its_next_placement_excludes_the_hosts_it_failed_on() -> None:
     state = state_after(requested(), placed("h1"), unplaced("h1"), placed("h2"), unplaced("h2"))
     assert placement_request(state).excluded_hosts == {"h1", "h2"}
     assert placement_request(requested()).excluded_hosts == frozenset()
-    [queued] = list(FairQueue.of([state]))
+    [queued] = list(FairQueue.of([state], [], {}))
     assert queued.request.excluded_hosts == {"h1", "h2"}
     assert queued.deadline == state.pending_since + timedelta(seconds=60)  # type: ignore[operator]
 

@@ -71,8 +71,9 @@ def test_positions_follow_the_fair_queue_users_in_turn() -> None:
         pending("a3", "ann", 2),
         pending("b1", "bob", 3),
     ]
-    assert queue_positions(states) == {"a1": 1, "b1": 2, "a2": 3, "a3": 4}
-    assert queue_positions([]) == {}
+    view = AllocationsView(allocations={s.alloc_id: s for s in states})
+    assert queue_positions(view) == {"a1": 1, "b1": 2, "a2": 3, "a3": 4}
+    assert queue_positions(AllocationsView()) == {}
 
 
 def _fold(events: list[AllocationEvent]) -> AllocationsView:
@@ -141,3 +142,8 @@ def test_the_indexes_hold_exactly_the_pending_active_and_kept_allocations(
     again = AllocationsView(allocations=dict(view.allocations))
     assert (again.pending_ids, again.active_ids, again.kept_ids) == (pending, active, kept)
     assert again.held_ids == view.held_ids
+    # The latest placement folded; from allocations alone, those that still say where they were.
+    placed = max((a.placed_position for a in states if a.placed_position is not None), default=None)
+    assert again.last_placed == ({"ann": placed} if placed is not None else {})
+    if placed is not None:
+        assert view.last_placed["ann"] >= placed
