@@ -182,10 +182,7 @@ class AllocatorEngine:
         once per log position: every answer about a pending allocation shows its place, and a
         page of them would otherwise order the whole queue once per allocation shown."""
         if self._queue_positions is None or self._queue_positions[0] != self.position:
-            self._queue_positions = (
-                self.position,
-                queue_positions(self.model.allocations),
-            )
+            self._queue_positions = (self.position, queue_positions(self.model.allocations))
         return self._queue_positions[1]
 
     def standing(self, state: AllocationState) -> Standing | None:

@@ -5,20 +5,20 @@ holds, it answers in which order a round of the allocator tries them; it never l
 clock and never places anything itself.
 
 Users are served in order of the CPUs their active allocations hold now (placed, pulling,
-running), the least first; among users who hold the same, the one placed longest ago (or never)
-first, then by their oldest waiting request. A
-round tries each user's first request in that order, then each user's second, and so on
-(`in_order`), and a request that must still wait is skipped (reactions.py), so one user's big
-request holds back neither that user's smaller ones nor anyone else's.
+running), the least first; among users who hold the same, the one placed longest ago (or
+never) first, then by their oldest waiting request. A round tries each user's first request in
+that order, then each user's second, and so on (`in_order`), and a request that must still wait
+is skipped (reactions.py), so one user's big request holds back neither that user's smaller
+ones nor anyone else's.
 
 Why by what users hold, and not by turns kept from round to round: capacity usually frees one
 allocation at a time, and each round is worked out afresh from the model. Ordered by request
 time alone, the user whose requests came first would take every slot that frees until their
 queue ran dry, however many they already ran, and a user who came later with one request
 would wait it out to its queue timeout. The order is a function of the model, as placement
-is: the allocator may skip a round that has nothing new to try (reactions.py).
-CPUs, among the resources, because they are what the pool's users come for; one measure keeps
-the order one a user can be told (`standing`, waiting.py).
+is: the allocator may skip a round that has nothing new to try (reactions.py). CPUs, among the
+resources, because they are what the pool's users come for; one measure keeps the order one a
+user can be told (`standing`, waiting.py).
 """
 
 from collections.abc import Iterable, Iterator, Mapping
