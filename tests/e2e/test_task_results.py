@@ -156,7 +156,7 @@ async def test_a_kept_task_gives_its_results_and_logs_until_its_keep_for_is_up(
     # The log has the exit before the allocator has folded it (a busy machine: hundreds of ms):
     # its API is asked until it says so too.
     async def exited_in_the_api() -> bool:
-        return (await api(g, "GET", f"/v1/allocations/{kept}"))["state"] == "exited"
+        return bool((await api(g, "GET", f"/v1/allocations/{kept}"))["state"] == "exited")
 
     await until(exited_in_the_api, f"{kept} is exited in the log, not in the API", g)
     shown = await api(g, "GET", f"/v1/allocations/{kept}")
