@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from potluck.allocator.capacity import placement_request
 from potluck.allocator.scheduler import PlacementRequest
-from potluck.readmodels.allocations import AllocationState
+from potluck.readmodels.allocations import AllocationState, AllocationsView
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -89,6 +89,11 @@ class FairQueue:
             deadline = since + timedelta(seconds=state.queue_timeout_s)
             queue.push(state.user, placement_request(state), at, deadline)
         return queue
+
+    @classmethod
+    def of_view(cls, view: AllocationsView) -> "FairQueue":
+        """The queue a round of the allocator tries, and the one its answers show places in."""
+        return cls.of(view.pending(), view.active(), view.last_placed)
 
     def __len__(self) -> int:
         return len(self._index)

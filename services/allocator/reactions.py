@@ -206,8 +206,7 @@ class Reactions:
             if tried_against == self._queue_tried_against:
                 return 0
             self.queue_passes += 1
-            view = engine.model.allocations
-            for pending in FairQueue.of(view.pending(), view.active(), view.last_placed).in_order():
+            for pending in FairQueue.of_view(engine.model.allocations).in_order():
                 current = allocations[pending.alloc_id]
                 if current.status != "pending":
                     continue

@@ -51,8 +51,7 @@ def queue_positions(allocations: AllocationsView) -> dict[str, int]:
     """Each pending allocation's place, from 1, in the order the fair queue would serve them all
     (queue.py): each user's first request in turn, the users who hold least first, then each
     user's second, and so on."""
-    queue = FairQueue.of(allocations.pending(), allocations.active(), allocations.last_placed)
-    return {p.alloc_id: n for n, p in enumerate(queue.in_order(), start=1)}
+    return {p.alloc_id: n for n, p in enumerate(FairQueue.of_view(allocations).in_order(), start=1)}
 
 
 def standing(decision: Decision, position: int, queue_length: int) -> Standing:
