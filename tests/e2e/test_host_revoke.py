@@ -180,7 +180,7 @@ async def test_a_revoked_host_is_cut_off_its_work_lost_and_its_users_told_why(
     headers = {"Authorization": f"Bearer {gatewayed.token}"}
     async with (
         aiohttp.ClientSession() as http,
-        http.get(f"{pool.api}/v1/allocations/{alloc_id}", headers=headers) as r,
+        http.get(f"{pool.api}/v1/allocations/{alloc_id}?wait=lost&timeout=30", headers=headers) as r,
     ):
         shown = await r.json()
     assert (shown["state"], shown["reason"]) == ("lost", f"host revoked by olga: {REASON}"), shown

@@ -170,7 +170,7 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
         async with http.delete(f"{pool.api}/v1/allocations/{dropped['id']}", headers=headers) as response:
             assert response.status == 200, await response.text()
         await wait_for_status(pool, doomed["id"], "pulling", timeout=30)
-        shown = await get_allocation(http, pool.api, alice, doomed["id"])
+        shown = await get_allocation(http, pool.api, alice, doomed["id"], "?wait=pulling&timeout=30")
         assert shown["state"] in ("pulling", "failed"), shown
         if shown["state"] == "pulling":
             assert shown["pull"] is not None

@@ -66,10 +66,18 @@ async def second_laptop(pool: Pool, engine: DockerEngine) -> EnrolledHost:
     return host
 
 
-async def allocator_now(pool: Pool) -> LiveModel:
+async def allocator_now(pool: Pool, timeout: float = 30) -> LiveModel:
+    """The allocator's models once it has folded the log as it stands now. A test that waited
+    for an event in the store must not read a model that has not folded that event yet."""
+    head = await pool.store.head_position()
+    deadline = asyncio.get_running_loop().time() + timeout
     nc = await pool.client()
     try:
-        return await fetch_allocator(nc)
+        while (live := await fetch_allocator(nc)).position < head:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"the allocator is at {live.position}, not {head}\n{pool.logs()}")
+            await asyncio.sleep(0.1)
+        return live
     finally:
         await nc.close()
 
