@@ -376,7 +376,7 @@ class Agent:
             # Drained before this hostd started (a reboot mid-drain): the grace goes on from
             # where it was, before the reconciliation adopts (or would start again) what runs.
             # (A registry older than drain_left_s does not say: then nothing is stopped.)
-            self.containers.drain(self.drain_left_s)
+            await self.containers.drain(self.drain_left_s)
         await self.containers.set_desired(
             [(a.alloc_id, a.spec) for a in snapshot.allocations], kept=snapshot.kept
         )
@@ -440,7 +440,7 @@ class Agent:
                 await self.containers.resume_all()
             case HostDrainStarted():
                 self.admin = "draining"
-                self.containers.drain(event.grace_s)
+                await self.containers.drain(event.grace_s)
             case HostDeregistered():
                 self.admin = "deregistered"
                 await self.containers.release_all()

@@ -546,28 +546,38 @@ class ContainerManager:
             pulling=sorted({*self.pulls, *self._starts}),
         )
 
-    # The member's controls.
+    # The member's controls. Pause and drain replace each other, as the registry records them
+    # (one admin state): a pause takes a drain's grace back, and a drain thaws a pause so that what runs
+    # can finish within its grace. Each alone would leave the registry saying one thing while
+    # this host did the other, until a hostd restart did what the registry said.
 
     async def pause_all(self) -> None:
-        self.paused = True
-        async with self._lock:
-            for alloc_id, container_id in list(self.containers.items()):
-                await self._set_frozen(alloc_id, container_id, True)
+        """Freezes the containers; a drain under way no longer stops them (its grace is taken
+        back, and warm containers stay emptied until `resume_all`)."""
+        self._take_back_drain()
+        await self._hold(paused=True)
 
     async def resume_all(self) -> None:
-        self.paused = False
+        self._take_back_drain()
+        if self._warm_emptied is not None:  # a drain taken back: warm containers are made again
+            emptied, self._warm_emptied = self._warm_emptied, None
+            self._background.start(self._warm_again(emptied), "warm-again")
+        await self._hold(paused=False)
+
+    def _take_back_drain(self) -> None:
         if self._drain_task is not None:
             self._drain_task.cancel()
             self._drain_task = None
         self._drain_over = False
-        if self._warm_emptied is not None:  # a drain taken back: warm containers are made again
-            emptied, self._warm_emptied = self._warm_emptied, None
-            self._background.start(self._warm_again(emptied), "warm-again")
-        if self.policy_frozen:
-            return  # the owner policy still holds them frozen
-        async with self._lock:
-            for alloc_id, container_id in list(self.containers.items()):
-                await self._set_frozen(alloc_id, container_id, False)
+
+    async def _hold(self, *, paused: bool) -> None:
+        """Sets the member's pause; containers freeze or thaw only where that changes whether
+        they are held (the owner policy may hold them frozen as well)."""
+        was_held = self.held
+        self.paused = paused
+        if self.held != was_held:
+            async with self._lock:
+                await self._set_all_frozen_locked()
 
     # The owner policy.
 
@@ -586,8 +596,11 @@ class ContainerManager:
             if not frozen:
                 await self._apply_quotas_locked()
             if self.held != was_held:
-                for alloc_id, container_id in list(self.containers.items()):
-                    await self._set_frozen(alloc_id, container_id, self.held)
+                await self._set_all_frozen_locked()
+
+    async def _set_all_frozen_locked(self) -> None:
+        for alloc_id, container_id in list(self.containers.items()):
+            await self._set_frozen(alloc_id, container_id, self.held)
 
     async def _set_frozen(self, alloc_id: str, container_id: str, frozen: bool) -> None:
         """Pause or unpause one container. One the engine could not change (it tried again
@@ -636,9 +649,11 @@ class ContainerManager:
         """The CPU quota each container has now, as last set."""
         return dict(self._quotas)
 
-    def drain(self, grace_s: float) -> None:
+    async def drain(self, grace_s: float) -> None:
         """No new work comes (the allocator sees the drain); what runs gets `grace_s` to finish,
-        from now. Called again while a drain waits, the first call's grace stands."""
+        from now, thawed if the member had paused it. Called again while a drain waits, the
+        first call's grace stands."""
+        await self._hold(paused=False)
         if self.warm is not None and self._warm_emptied is None:
             self._warm_emptied = asyncio.create_task(self.warm.empty())
         if grace_s <= 0:

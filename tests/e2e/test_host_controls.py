@@ -5,7 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from potluck.hostd.config import load_config
 from potluck.hostd.docker_driver import DockerDriver
+from potluck.hostd.member import control
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.readmodels.hosts import host_as_dict
 from tests.e2e.conftest import member, wait_for_status
@@ -16,7 +18,7 @@ from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 async def container_status(engine: DockerEngine, host_id: str, alloc_id: str) -> str:
     driver = DockerDriver(engine.url)
     try:
-        return next(c.status for c in driver.list_managed(host_id) if c.allocation_id == alloc_id)
+        return next((c.status for c in driver.list_managed(host_id) if c.allocation_id == alloc_id), "gone")
     finally:
         driver.close()
 
@@ -89,6 +91,50 @@ async def test_a_drain_goes_on_through_a_hostd_restart(pool: Pool, laptop: Enrol
         state = await allocation(pool.store, alloc_id)
         assert state is not None
         assert state.reason == "host drained", state
+
+
+async def test_pause_and_drain_replace_each_other_on_the_host_as_in_the_registry(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    """Tried: the member pauses, then drains (a long grace), resumes, drains with a short grace
+    and pauses within it. Must hold, as the registry records each control replacing the one
+    before: the drain thaws the paused work (it gets its grace running); the pause takes the
+    short drain back, so past its grace the work is still there, frozen, not ended; resume
+    thaws it."""
+    config = load_config(laptop.config)
+    engine = docker_engines[0]
+
+    async def ask(action: str, then: str, grace_s: float = 0.0) -> None:
+        # In process rather than through `potluck host`: the second pause must land within the
+        # short grace, and a CLI's start would eat most of it on a loaded machine.
+        reply = await control(config, action, grace_s)
+        assert reply.ok, reply.error
+        await pool.wait_for_host(laptop.host_id, then)
+
+    await place(pool.store, laptop.host_id, "work", spec())
+    await wait_for_status(pool, "work", "running")
+    await ask("pause", "paused")
+    await wait_container(engine, laptop.host_id, "work", "paused", pool)
+    await ask("drain", "draining", 600)
+    await wait_container(engine, laptop.host_id, "work", "running", pool)
+    await ask("resume", "active")
+
+    grace = 3.0
+    drained_at = asyncio.get_running_loop().time()
+    await ask("drain", "draining", grace)
+    await ask("pause", "paused")
+    landed_in = asyncio.get_running_loop().time() - drained_at
+    assert landed_in < grace, f"the pause landed {landed_in:.1f}s after the drain: cannot tell"
+    await wait_container(engine, laptop.host_id, "work", "paused", pool)
+    await asyncio.sleep(grace + 2 - landed_in)
+    assert await container_status(engine, laptop.host_id, "work") == "paused"
+    assert laptop.process is not None
+    assert "hostd.drain_grace_over" not in laptop.process.log_tail(400)
+    state = await allocation(pool.store, "work")
+    assert state is not None
+    assert state.status == "running", state
+    await ask("resume", "active")
+    await wait_container(engine, laptop.host_id, "work", "running", pool)
 
 
 async def test_an_image_the_member_does_not_allow_is_refused_with_a_report(
