@@ -559,7 +559,12 @@ def _control(config_path: Path, action: str, grace_s: float = 300.0) -> None:
     if not reply.ok:
         fail(f"{(reply.error or {}).get('message')} ({(reply.error or {}).get('code')})")
     recorded = reply.data.get("recorded") or []
-    click.echo(f"{action}: {'done' if recorded else 'already so'} for host {config.host_id}")
+    if recorded:
+        click.echo(f"{action}: done for host {config.host_id}")
+    elif action == "drain":
+        click.echo(f"drain: already so for host {config.host_id} (the drain under way ends no later)")
+    else:
+        click.echo(f"{action}: already so for host {config.host_id}")
 
 
 @host.command(name="status")
@@ -1015,6 +1020,8 @@ def ops_hosts_control(
 
     Deregister and leave also render the NATS users file again without the host's key.
     """
+    from datetime import UTC, datetime
+
     from potluck.contracts.messages import ControlHost
     from potluck.events import EventStore
     from potluck.kernel.rejections import Rejected
@@ -1028,7 +1035,7 @@ def ops_hosts_control(
         outcome = await decide_on_host(
             store,
             host_id,
-            lambda s: aggregate.control(s, host_id, command, "operator"),
+            lambda s: aggregate.control(s, host_id, command, "operator", now=datetime.now(UTC)),
             {"actor": "operator"},
         )
         rendered = action in _KEY_TAKING_ACTIONS and await _render_nats_users(store, *files)

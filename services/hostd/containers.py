@@ -169,6 +169,8 @@ class ContainerManager:
         self._drain_task: asyncio.Task[None] | None = None
         #: The drain's grace is over: no interactive container is started again here.
         self._drain_over = False
+        #: When the drain under way stops what still runs (time.monotonic()).
+        self._drain_ends = 0.0
         #: Ended allocations whose stopped containers are kept, with until when (None: a restarted
         #: hostd learnt of it from a snapshot, which does not say). Changed in place: the exec
         #: side reads it to tell a session into a kept container what still works.
@@ -652,14 +654,20 @@ class ContainerManager:
     async def drain(self, grace_s: float) -> None:
         """No new work comes (the allocator sees the drain); what runs gets `grace_s` to finish,
         from now, thawed if the member had paused it. Called again while a drain waits, the
-        first call's grace stands."""
+        end that comes first stands: the member may cut a grace short, and a drain delivered
+        again (later, so ending later) changes nothing."""
         await self._hold(paused=False)
         if self.warm is not None and self._warm_emptied is None:
             self._warm_emptied = asyncio.create_task(self.warm.empty())
         if grace_s <= 0:
             self._drain_over = True  # before a reconciliation could start a stopped one again
-        if self._drain_task is None or self._drain_task.done():
-            self._drain_task = asyncio.create_task(self._stop_after(grace_s))
+        ends = time.monotonic() + grace_s
+        if self._drain_task is not None and not self._drain_task.done():
+            if ends >= self._drain_ends:
+                return
+            self._drain_task.cancel()  # still in its grace: it has stopped nothing yet
+        self._drain_ends = ends
+        self._drain_task = asyncio.create_task(self._stop_after(grace_s))
 
     async def _stop_after(self, grace_s: float) -> None:
         await asyncio.sleep(grace_s)

@@ -132,7 +132,12 @@ def register(state: HostState | None, host_id: str, req: RegisterHost) -> list[E
     return [event]
 
 
-def control(state: HostState | None, host_id: str, cmd: ControlHost, by: Actor) -> list[Event]:
+def control(
+    state: HostState | None, host_id: str, cmd: ControlHost, by: Actor, *, now: datetime
+) -> list[Event]:
+    """The member's or an operator's control; one already in effect records nothing. A drain
+    asked during a drain starts again only if its grace ends before the one under way (the
+    member needs the machine sooner); a longer one does not put the end off."""
     if cmd.action == "leave":
         return leave(state, host_id, by)
     current = _require_present(state, host_id)
@@ -144,7 +149,8 @@ def control(state: HostState | None, host_id: str, cmd: ControlHost, by: Actor) 
         case "resume":
             return [] if current.admin == "active" else [HostResumed(host_id=host_id, by=by)]
         case "drain":
-            if current.admin == "draining":
+            left = current.drain_left_s(now)
+            if left is not None and cmd.grace_s >= left:
                 return []
             return [HostDrainStarted(host_id=host_id, by=by, grace_s=cmd.grace_s)]
         case "deregister":

@@ -72,7 +72,7 @@ class HostRequests:
         outcome = await decide_on_host(
             self.store,
             host_id,
-            lambda s: aggregate.control(s, host_id, cmd, by),
+            lambda s: aggregate.control(s, host_id, cmd, by, now=datetime.now(UTC)),
             {"actor": by},
             known=self._known(host_id),
         )

@@ -49,16 +49,22 @@ async def test_pause_freezes_and_resume_thaws_containers(
 
 
 async def test_drain_stops_running_work_after_its_grace(pool: Pool, laptop: EnrolledHost) -> None:
-    """Tried: the member drains with work running. Must hold: after the grace the work ends
-    `exited`, and its user reads why (`host drained`), not a bare exit code that looks like
-    their own command's; work that ends on its own carries no such reason."""
+    """Tried: the member drains with work running and a long grace, asks a longer one, then
+    cuts it short. Must hold: the longer one changes nothing and says so; after the short
+    grace the work ends `exited`, and its user reads why (`host drained`), not a bare exit
+    code that looks like their own command's; work that ends on its own carries no such
+    reason."""
     await place(pool.store, laptop.host_id, "short", spec(command=["true"]))
     await wait_for_status(pool, "short", "exited", timeout=30)
     await place(pool.store, laptop.host_id, "long", spec())
     await wait_for_status(pool, "long", "running")
-    drained = await asyncio.to_thread(member, laptop, "drain", "--grace", "1")
+    drained = await asyncio.to_thread(member, laptop, "drain", "--grace", "600")
     assert drained.returncode == 0, drained.stderr
     await pool.wait_for_host(laptop.host_id, "draining")
+    longer = await asyncio.to_thread(member, laptop, "drain", "--grace", "900")
+    assert longer.stdout.startswith("drain: already so"), longer.stdout + longer.stderr
+    cut = await asyncio.to_thread(member, laptop, "drain", "--grace", "1")
+    assert cut.stdout.startswith("drain: done"), cut.stdout + cut.stderr
     await wait_for_status(pool, "long", "exited", timeout=30)
     stopped, short = await allocation(pool.store, "long"), await allocation(pool.store, "short")
     assert stopped is not None

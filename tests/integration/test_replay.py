@@ -114,7 +114,8 @@ async def register_host(store: EventStore, name: str, cpus: float, **labels: str
 
 async def control(store: EventStore, host_id: str, action: str) -> None:
     command = ControlHost.model_validate({"action": action, "grace_s": 5})
-    await decide_on_host(store, host_id, lambda s: aggregate.control(s, host_id, command, "operator"))
+    at = datetime.now(UTC)
+    await decide_on_host(store, host_id, lambda s: aggregate.control(s, host_id, command, "operator", now=at))
 
 
 async def add_a_user(engine: AllocatorEngine, name: str) -> User:

@@ -7,7 +7,7 @@ the state the registry would really hold.
 """
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import pytest
@@ -187,31 +187,32 @@ def test_a_deregistered_host_registering_unchanged_is_registered_again() -> None
 @pytest.mark.parametrize("action", ["pause", "resume", "drain", "deregister"])
 def test_control_refuses_a_host_never_enrolled(action: str) -> None:
     with refused("NOT_ENROLLED"):
-        host.control(None, H, control(action), "operator")
+        host.control(None, H, control(action), "operator", now=T0)
 
 
 @pytest.mark.parametrize("action", ["pause", "resume", "drain", "deregister"])
 def test_control_refuses_a_host_enrolled_but_never_registered(action: str) -> None:
     with refused("NOT_REGISTERED") as info:
-        host.control(enrolled(), H, control(action), "member")
+        host.control(enrolled(), H, control(action), "member", now=T0)
     assert "start its hostd" in info.value.message
 
 
 @pytest.mark.parametrize("action", ["pause", "resume", "drain", "deregister"])
 def test_control_refuses_a_deregistered_host(action: str) -> None:
     with refused("NOT_REGISTERED"):
-        host.control(registered(HostDeregistered(host_id=H, by="member")), H, control(action), "member")
+        gone = registered(HostDeregistered(host_id=H, by="member"))
+        host.control(gone, H, control(action), "member", now=T0)
 
 
 @pytest.mark.parametrize("by", ["member", "operator"])
 def test_pause_resume_drain_and_deregister_record_who_asked(by: Actor) -> None:
     active = registered()
-    assert host.control(active, H, control("pause"), by) == [HostPaused(host_id=H, by=by)]
+    assert host.control(active, H, control("pause"), by, now=T0) == [HostPaused(host_id=H, by=by)]
     paused = registered(HostPaused(host_id=H, by="operator"))
-    assert host.control(paused, H, control("resume"), by) == [HostResumed(host_id=H, by=by)]
+    assert host.control(paused, H, control("resume"), by, now=T0) == [HostResumed(host_id=H, by=by)]
     drain = [HostDrainStarted(host_id=H, by=by, grace_s=42)]
-    assert host.control(active, H, control("drain", 42), by) == drain
-    assert host.control(active, H, control("deregister"), by) == [HostDeregistered(host_id=H, by=by)]
+    assert host.control(active, H, control("drain", 42), by, now=T0) == drain
+    assert host.control(active, H, control("deregister"), by, now=T0) == [HostDeregistered(host_id=H, by=by)]
 
 
 @pytest.mark.parametrize(
@@ -224,31 +225,45 @@ def test_pause_resume_drain_and_deregister_record_who_asked(by: Actor) -> None:
 )
 def test_a_control_that_already_took_effect_records_nothing(already: Event | None, action: str) -> None:
     state = registered(*([already] if already else []))
-    assert host.control(state, H, control(action), "member") == []
+    assert host.control(state, H, control(action), "member", now=T0) == []
 
 
 def test_resume_lifts_a_drain_and_pause_replaces_it() -> None:
     draining = registered(HostDrainStarted(host_id=H, by="member", grace_s=5))
-    assert types(host.control(draining, H, control("resume"), "member")) == ["HostResumed"]
-    assert types(host.control(draining, H, control("pause"), "member")) == ["HostPaused"]
+    assert types(host.control(draining, H, control("resume"), "member", now=T0)) == ["HostResumed"]
+    assert types(host.control(draining, H, control("pause"), "member", now=T0)) == ["HostPaused"]
+
+
+def test_a_drain_during_a_drain_only_brings_its_end_forward() -> None:
+    """Tried: a 300 s drain, then drains asked 100 s into it. Must hold: a grace ending before
+    the 200 s left starts the drain again (the member needs the machine sooner); one ending
+    later, or as late, records nothing; once the grace is over nothing starts it again."""
+    draining = registered(HostDrainStarted(host_id=H, by="member", grace_s=300))
+    later = T0 + timedelta(seconds=100)
+    assert host.control(draining, H, control("drain", 200), "member", now=later) == []
+    assert host.control(draining, H, control("drain", 600), "member", now=later) == []
+    sooner = host.control(draining, H, control("drain", 10), "operator", now=later)
+    assert sooner == [HostDrainStarted(host_id=H, by="operator", grace_s=10)]
+    over = T0 + timedelta(seconds=400)
+    assert host.control(draining, H, control("drain", 0), "member", now=over) == []
 
 
 def test_drain_of_a_paused_host_starts_draining_with_its_grace() -> None:
     paused = registered(HostPaused(host_id=H, by="member"))
-    events = host.control(paused, H, control("drain", 7), "member")
+    events = host.control(paused, H, control("drain", 7), "member", now=T0)
     state = then(paused, events)
     assert (state.admin, state.drain_grace_s, state.schedulable) == ("draining", 7, False)
 
 
 def test_controls_apply_to_a_silent_host_too() -> None:
     lost = registered(HostLost(host_id=H, silent_for_s=400))
-    assert types(host.control(lost, H, control("pause"), "operator")) == ["HostPaused"]
-    assert types(host.control(lost, H, control("deregister"), "operator")) == ["HostDeregistered"]
+    assert types(host.control(lost, H, control("pause"), "operator", now=T0)) == ["HostPaused"]
+    assert types(host.control(lost, H, control("deregister"), "operator", now=T0)) == ["HostDeregistered"]
 
 
 def test_deregister_leaves_the_pool() -> None:
     state = registered()
-    gone = then(state, host.control(state, H, control("deregister"), "member"))
+    gone = then(state, host.control(state, H, control("deregister"), "member", now=T0))
     assert (gone.registered, gone.admin, gone.liveness) == (False, "deregistered", None)
     assert gone.status == "deregistered"
 
@@ -257,7 +272,7 @@ def test_an_action_the_contract_does_not_know_is_refused_as_a_bad_field() -> Non
     # Only a caller that skips validation can get here; the aggregate still refuses it clearly.
     unknown = ControlHost.model_construct(action="explode", grace_s=0.0)  # type: ignore[arg-type]
     with refused("UNKNOWN_ACTION") as info:
-        host.control(registered(), H, unknown, "operator")
+        host.control(registered(), H, unknown, "operator", now=T0)
     assert (info.value.field, info.value.status) == ("action", 400)
 
 
@@ -271,10 +286,10 @@ REVOKED = HostRevoked(host_id=H, by="olga", reason="stolen from a train")
 def test_leave_records_who_left_and_a_second_leave_records_nothing(by: Actor) -> None:
     """A registered host leaves; the state is left, unregistered, not schedulable; again: nothing."""
     state = registered()
-    assert host.control(state, H, control("leave"), by) == [HostLeft(host_id=H, by=by)]
+    assert host.control(state, H, control("leave"), by, now=T0) == [HostLeft(host_id=H, by=by)]
     left = then(state, [HostLeft(host_id=H, by=by)])
     assert (left.status, left.registered, left.schedulable, left.gone) == ("left", False, False, True)
-    assert host.control(left, H, control("leave"), by) == []
+    assert host.control(left, H, control("leave"), by, now=T0) == []
 
 
 @pytest.mark.parametrize(
@@ -309,9 +324,9 @@ def test_a_left_host_registering_again_is_refused_for_good() -> None:
 @pytest.mark.parametrize("action", ["pause", "resume", "drain", "deregister"])
 def test_controls_of_a_gone_host_are_refused_with_why(action: str) -> None:
     with refused("HOST_LEFT"):
-        host.control(registered(LEFT), H, control(action), "member")
+        host.control(registered(LEFT), H, control(action), "member", now=T0)
     with refused("HOST_REVOKED") as info:
-        host.control(registered(REVOKED), H, control(action), "operator")
+        host.control(registered(REVOKED), H, control(action), "operator", now=T0)
     assert "olga" in info.value.message
     assert "stolen from a train" in info.value.message
 

@@ -115,7 +115,7 @@ def decide(state: HostState, command: object) -> list[Event]:
         case Register(req):
             return host.register(state, H, req)
         case Control(action, by):
-            return host.control(state, H, ControlHost.model_validate({"action": action}), by)  # type: ignore[arg-type]
+            return host.control(state, H, ControlHost.model_validate({"action": action}), by, now=T0)  # type: ignore[arg-type]
         case Silence(seconds):
             return host.went_silent(state, seconds, suspect_after_s=15.0, stranded_grace_s=300.0)
         case Beat():
