@@ -61,11 +61,13 @@ class ContainerStarted(Report):
     restarted_after: PreviousExit | None = None
 
 
-#: Why a container's exit is its host's doing (None: its command ended on its own, or it was
-#: stopped outside Potluck): "host_drained", hostd's drain stopped it; "kept_stopping", an
+#: Why a container's exit is its host's doing (None: its command ended on its own, or hostd
+#: did not see how it stopped): "host_drained", hostd's drain stopped it; "kept_stopping", an
 #: interactive allocation's container stopped again once hostd had started it again as often
-#: as its restart budget allows (or the engine kept refusing to start it).
-StopReason = Literal["host_drained", "kept_stopping"]
+#: as its restart budget allows (or the engine kept refusing to start it); "stopped_on_host",
+#: the engine was told to stop it outside Potluck (the member's `docker stop`, or the engine
+#: itself shutting down).
+StopReason = Literal["host_drained", "kept_stopping", "stopped_on_host"]
 
 
 class ContainerExited(Report):

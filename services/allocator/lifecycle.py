@@ -94,6 +94,7 @@ def ended(state: AllocationState, host_id: str, event: Event) -> Decision:
 STOPPED_BY_HOST: dict[StopReason, str] = {
     "host_drained": "host drained",
     "kept_stopping": "its host could not keep its container running (started again too often)",
+    "stopped_on_host": "stopped on its host (by its member, or its Docker engine stopped)",
 }
 
 

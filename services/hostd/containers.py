@@ -73,6 +73,7 @@ from potluck.hostd.config import HostdConfig
 from potluck.hostd.container_config import ContainerSpec
 from potluck.hostd.cpu_share import spread
 from potluck.hostd.docker_driver import (
+    STOP_SIGNALS,
     ContainerNotFound,
     DockerDriver,
     DockerDriverError,
@@ -171,6 +172,11 @@ class ContainerManager:
         self._drain_over = False
         #: When the drain under way stops what still runs (time.monotonic()).
         self._drain_ends = 0.0
+        #: Containers the engine was told to stop (a `kill` event: SIGTERM or SIGKILL) and that
+        #: have not died since. Whether the stop was hostd's own, the die decides: a released,
+        #: failed or drained allocation is told apart by hostd's bookkeeping, and what is left
+        #: was stopped on the host outside Potluck.
+        self._told_to_stop: set[str] = set()
         #: Ended allocations whose stopped containers are kept, with until when (None: a restarted
         #: hostd learnt of it from a snapshot, which does not say). Changed in place: the exec
         #: side reads it to tell a session into a kept container what still works.
@@ -686,8 +692,17 @@ class ContainerManager:
         # may die before run() has even returned its id to us.
         try:
             state = await self._docker(self.driver.state, container_id)
+        except EngineUnavailable:
+            return  # the next reconciliation reports it (and whether it was told to stop)
         except DockerDriverError:
-            return  # gone, or the engine is away: the next reconciliation reports it
+            self._told_to_stop.discard(container_id)
+            return  # gone
+        try:
+            await self._died(state)
+        finally:
+            self._told_to_stop.discard(container_id)  # whatever this die was, that stop is spent
+
+    async def _died(self, state: ManagedContainer) -> None:
         alloc_id = state.allocation_id
         start = self._starts.get(alloc_id) if alloc_id is not None else None
         if start is not None:
@@ -725,6 +740,9 @@ class ContainerManager:
             # drain, though this hostd restarted between stopping it and reporting it.
             self._drained.discard(alloc_id)
             why = "host_drained"
+        elif why is None and container.container_id in self._told_to_stop:
+            why = "stopped_on_host"  # not by hostd: its own stops are in its bookkeeping
+        self._told_to_stop.discard(container.container_id)
         self.report(
             ContainerExited(
                 alloc_id=alloc_id,
@@ -828,8 +846,13 @@ class ContainerManager:
             def pump(stream: Any = stream, died: asyncio.Queue[str | None] = died) -> None:
                 try:
                     for event in stream:
-                        if event["action"] == "die" and event["container_id"]:
-                            loop.call_soon_threadsafe(died.put_nowait, str(event["container_id"]))
+                        if not event["container_id"]:
+                            continue
+                        container_id = str(event["container_id"])
+                        if event["action"] == "die":
+                            loop.call_soon_threadsafe(died.put_nowait, container_id)
+                        elif event["action"] == "kill" and event["signal"] in STOP_SIGNALS:
+                            loop.call_soon_threadsafe(self._told_to_stop.add, container_id)
                 except DockerDriverError:
                     pass
                 finally:

@@ -18,6 +18,7 @@ inspect must show every limit, so nothing of the allocation's runs unbounded.
 """
 
 import contextlib
+import signal
 import socket
 import threading
 import uuid
@@ -49,12 +50,17 @@ from potluck.hostd.pool_weight import cgroup_parent, lower_parent_weight
 from potluck.hostd.warm_pool import allocation_of_warm
 
 __all__ = [
-    "ContainerNotFound", "ContainerSpec", "ContainerUsage", "DockerDriver", "DockerDriverError",
-    "EngineFacts", "EngineUnavailable", "EventStream", "ExecResult", "ImageNotAvailable",
-    "LimitsNotApplied", "ManagedContainer",
+    "STOP_SIGNALS", "ContainerNotFound", "ContainerSpec", "ContainerUsage", "DockerDriver",
+    "DockerDriverError", "EngineFacts", "EngineUnavailable", "EventStream", "ExecResult",
+    "ImageNotAvailable", "LimitsNotApplied", "ManagedContainer",
 ]  # fmt: skip
 
-WATCHED_EVENTS = ("start", "die", "oom")
+#: `kill`: the engine was told to signal a container (`docker stop` or `kill`, or the engine's
+#: own shutdown), which a `die` alone does not tell apart from a command that ended on its own.
+WATCHED_EVENTS = ("start", "kill", "die", "oom")
+#: The signals of a stop (`docker stop`: the image's stop signal, SIGTERM unless it names
+#: another, then SIGKILL past its timeout), as numbers, as a `kill` event carries them.
+STOP_SIGNALS = frozenset({int(signal.SIGTERM), int(signal.SIGKILL)})
 #: Image events, and the container events that start or end an image's use.
 IMAGE_EVENTS = ("pull", "tag", "untag", "delete", "import", "load", "create", "destroy")
 
@@ -198,7 +204,7 @@ def _managed(attrs: dict[str, Any]) -> ManagedContainer:
 
 
 class EventStream:
-    """start/die/oom events of one host's containers; iterate in a thread, close from any."""
+    """start/kill/die/oom events of one host's containers; iterate in a thread, close from any."""
 
     def __init__(self, stream: Any, base_url: str, *, follows: bool) -> None:
         self._stream = stream
@@ -214,12 +220,14 @@ class EventStream:
                     continue
                 attributes = (raw.get("Actor") or {}).get("Attributes") or {}
                 exit_code = attributes.get("exitCode")
+                signalled = attributes.get("signal")
                 yield {
                     "action": action,
                     "container_id": (raw.get("Actor") or {}).get("ID") or raw.get("id"),
                     "allocation_id": attributes.get(LABEL_ALLOCATION, ""),
                     "host_id": attributes.get(LABEL_HOST, ""),
                     "exit_code": int(exit_code) if exit_code is not None else None,
+                    "signal": int(str(signalled)) if str(signalled).isdigit() else None,
                     "time_nano": int(raw.get("timeNano", 0)),
                 }
         except (requests.RequestException, OSError) as exc:
@@ -601,7 +609,7 @@ class DockerDriver:
     def events(
         self, host_id: str, since: datetime | int | None = None, until: datetime | int | None = None
     ) -> EventStream:
-        """start/die/oom of this host's managed containers; blocks, so iterate in a thread.
+        """start/kill/die/oom of this host's managed containers; blocks, so iterate in a thread.
         Without `until` it follows forever; close() it to stop, EngineUnavailable if it breaks."""
         filters = {
             "type": ["container"],

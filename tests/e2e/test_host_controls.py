@@ -73,6 +73,27 @@ async def test_drain_stops_running_work_after_its_grace(pool: Pool, laptop: Enro
     assert (short.reason, short.exit_code) == (None, 0), short
 
 
+async def test_work_the_member_stops_with_docker_ends_saying_so(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    """Tried: the member stops a running task with `docker stop` on their own engine, outside
+    Potluck. Must hold: the task ends `exited` with the stop's exit code, and its user reads
+    that it was stopped on its host, not a bare 143 that looks like their command's own."""
+    await place(pool.store, laptop.host_id, "stopped", spec())
+    await wait_for_status(pool, "stopped", "running")
+    driver = DockerDriver(docker_engines[0].url)
+    try:
+        [container] = [c for c in driver.list_managed(laptop.host_id) if c.allocation_id == "stopped"]
+        await asyncio.to_thread(driver.stop, container.container_id, 1)
+    finally:
+        driver.close()
+    await wait_for_status(pool, "stopped", "exited")
+    state = await allocation(pool.store, "stopped")
+    assert state is not None
+    assert state.exit_code in (137, 143), state
+    assert state.reason == "stopped on its host (by its member, or its Docker engine stopped)", state
+
+
 async def test_a_drain_goes_on_through_a_hostd_restart(pool: Pool, laptop: EnrolledHost) -> None:
     """Tried: the member drains with a task and an interactive allocation running, and hostd is
     killed (-9) within the grace and started again (a reboot mid-drain: the registry's answer

@@ -25,7 +25,7 @@ from tests.e2e.sandboxes import (
     wait_for_events,
     wait_running_again,
 )
-from tests.fixtures.pool import EnrolledHost, Pool, place, spec
+from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 
 
 async def host_event_types(store: EventStore, host_id: str) -> list[str]:
@@ -116,7 +116,8 @@ async def test_a_restarted_registry_does_not_declare_hosts_lost(pool: Pool, lapt
 
 async def test_hostd_survives_its_docker_engine_restarting(pool: Pool, tmp_path: os.PathLike[str]) -> None:
     """The engine restarts under hostd (as on a member's reboot). What must hold: the task's
-    container died with it and is reported as exited; the interactive allocation (no command)
+    container died with it and is reported as exited, saying it was stopped on its host (the
+    engine's shutdown sent it the stop, which hostd saw); the interactive allocation (no command)
     is still running, in the same container, started again with the file written into it
     before; the engine's return is noticed and new work runs again."""
     async with laptop_with_a_sandbox(pool, Path(tmp_path), "flaky", "before") as (
@@ -127,6 +128,9 @@ async def test_hostd_survives_its_docker_engine_restarting(pool: Pool, tmp_path:
     ):
         await asyncio.to_thread(engine.restart)
         await wait_for_status(pool, "before", "exited", timeout=60)
+        before = await allocation(pool.store, "before")
+        assert before is not None
+        assert before.reason == "stopped on its host (by its member, or its Docker engine stopped)", before
         await place(pool.store, host.host_id, "after", spec())
         await wait_for_status(pool, "after", "running", timeout=60)
         assert "hostd.engine" in (host.process.log_tail(200) if host.process else "")

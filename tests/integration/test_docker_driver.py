@@ -4,6 +4,7 @@ Every container here runs the busybox test image with `network_mode="none"`.
 """
 
 import asyncio
+import signal
 import threading
 import time
 import uuid
@@ -16,6 +17,7 @@ import pytest
 
 from potluck.hostd.container_config import CAPABILITIES, ContainerSpec
 from potluck.hostd.docker_driver import (
+    STOP_SIGNALS,
     ContainerNotFound,
     DockerDriver,
     DockerDriverError,
@@ -366,6 +368,32 @@ def test_verify_limits_refuses_a_container_that_disagrees(
     )
     with pytest.raises(ContainerNotFound):
         docker_driver.state(container_id)
+
+
+def test_events_report_the_stop_signal_before_the_die(docker_driver: DockerDriver, test_image: str) -> None:
+    """A running container is stopped through the engine (as `docker stop` does). Afterwards
+    its events were a kill carrying SIGTERM's number, among STOP_SIGNALS, then its die."""
+    spec = _spec(test_image, command=["sleep", "1000"])
+    container_id = docker_driver.run(spec)
+    stream = docker_driver.events(HOST, since=int(time.time()) - 1)
+    seen: list[dict[str, Any]] = []
+    died = threading.Event()
+
+    def follow() -> None:
+        for event in stream:
+            seen.append(event)
+            if event["action"] == "die" and event["container_id"] == container_id:
+                died.set()
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    docker_driver.stop(container_id, 5)
+    assert died.wait(30)
+    stream.close()
+    thread.join(10)
+    mine = [(e["action"], e["signal"]) for e in seen if e["container_id"] == container_id]
+    assert [m for m in mine if m[0] in ("kill", "die")] == [("kill", signal.SIGTERM), ("die", None)], mine
+    assert signal.SIGTERM in STOP_SIGNALS
 
 
 def test_events_report_start_and_die_with_exit_code(docker_driver: DockerDriver, test_image: str) -> None:
