@@ -20,6 +20,7 @@ import click
 # Before any command's module imports nats (nothing above does): see its docstring.
 import potluck.events.nats_without_websockets  # noqa: F401
 from potluck.cli_options import (
+    FiniteRange,
     database_option,
     nats_options,
     nats_options_for,
@@ -101,6 +102,13 @@ def _attach_user_commands(group: click.Group) -> None:
         group.add_command(command)
 
 
+#: A drain's grace on the command line: ControlHost.grace_s's bounds (up to a week, its
+#: MAX_GRACE_S; a unit test holds them equal), checked here so that a grace out of range gets
+#: click's usage error naming --grace, not a validation traceback from the contract. Not
+#: imported from the contract: that would load pydantic into every command's start.
+GRACE_RANGE = FiniteRange(min=0, max=7 * 86400)
+
+
 @click.group(
     cls=AttachingGroup, attach=_attach_user_commands, context_settings={"help_option_names": ["-h", "--help"]}
 )
@@ -151,7 +159,7 @@ def relay(
     "--heartbeat-interval",
     default=5.0,
     show_default=True,
-    type=click.FloatRange(min=0.05),
+    type=FiniteRange(min=0.05),
     help="Seconds between a hostd's beats.",
 )
 @click.option(
@@ -167,7 +175,7 @@ def relay(
     "stranded_grace",
     default=8 * 3600.0,
     show_default=True,
-    type=click.FloatRange(min=0.1),
+    type=FiniteRange(min=0.1),
     help="Seconds a host may stay asleep or unreachable before it is lost and its work given up "
     "(--lost-after is the old name).",
 )
@@ -190,7 +198,7 @@ def relay(
     "--consumer-grace",
     default=60.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     help="Seconds the events consumer of a host that deregistered, left or was revoked is kept "
     "for a hostd that has not acknowledged it yet; then it is removed.",
 )
@@ -464,7 +472,7 @@ def hostd(config_path: Path) -> None:
 @click.argument("token")
 @click.option(
     "--cpus",
-    type=click.FloatRange(min=0.1, max=1024),
+    type=FiniteRange(min=0.1, max=1024),
     default=None,
     help="CPUs to donate [default: half of this machine's].",
 )
@@ -626,7 +634,7 @@ def deregister(config_path: Path) -> None:
     "--grace",
     default=300.0,
     show_default=True,
-    type=click.FloatRange(min=0, max=7 * 86400),
+    type=GRACE_RANGE,
     help="Seconds running work gets to finish before it is stopped.",
 )
 def leave(config_path: Path, grace: float) -> None:
@@ -680,7 +688,7 @@ def resume(config_path: Path) -> None:
     "--grace",
     default=300.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=GRACE_RANGE,
     help="Seconds running work gets before it is stopped.",
 )
 def drain(config_path: Path, grace: float) -> None:
@@ -1003,7 +1011,7 @@ _KEY_TAKING_ACTIONS = frozenset({"deregister", "leave"})
     "--grace",
     default=300.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=GRACE_RANGE,
     help="With drain: seconds running work gets before it is stopped.",
 )
 @nats_users_options()
@@ -1186,7 +1194,7 @@ def ops_users() -> None:
 @operator_database_option
 @click.option(
     "--cpus",
-    type=click.FloatRange(min=0.01),
+    type=FiniteRange(min=0.01),
     default=8.0,
     show_default=True,
     help="Quota: CPUs held at once.",
@@ -1317,7 +1325,7 @@ STATE_DIR = click.option(
     show_default=True,
     help="The pool's image registry; part of every pool image's name, so keep it.",
 )
-@click.option("--cpus", type=click.FloatRange(min=0.1), default=None, help="CPUs this machine donates.")
+@click.option("--cpus", type=FiniteRange(min=0.1), default=None, help="CPUs this machine donates.")
 @click.option("--memory", default="2G", show_default=True, help="Memory this machine donates.")
 @click.option("--disk", default="10G", show_default=True, help="Disk this machine donates.")
 @click.pass_context

@@ -9,6 +9,20 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class FiniteRange(click.FloatRange):
+    """click.FloatRange that also refuses nan: nan compares false with both bounds, so a
+    plain FloatRange lets it through to whatever reads the number next (a contract's
+    validation traceback, a JSON body the API cannot read). inf falls to the bounds."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if number != number:  # nan is the one float unequal to itself
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
+
+
 def database_option(f: F) -> F:
     return click.option(
         "--database-url",

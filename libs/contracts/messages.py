@@ -33,10 +33,14 @@ class RegisterHost(Message):
     ssh_host_key: str = ""
 
 
+#: The longest grace a drain (or a leave's drain) may give running work: a week.
+MAX_GRACE_S = 7 * 86400
+
+
 class ControlHost(Message):
     #: leave: for good (HostLeft); the host never registers again without a new enrollment.
     action: Literal["pause", "resume", "drain", "deregister", "leave"]
-    grace_s: float = Field(default=300.0, ge=0, le=7 * 86400)
+    grace_s: float = Field(default=300.0, ge=0, le=MAX_GRACE_S)
 
 
 class SleepNotice(Message):

@@ -17,7 +17,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from potluck.cli_options import operator_database_option
+from potluck.cli_options import FiniteRange, operator_database_option
 from potluck.events.archive import (
     KEEP_RECENT_S,
     ArchiveError,
@@ -129,7 +129,7 @@ async def _main(
     "--rest",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(0, 100),
+    type=FiniteRange(0, 100),
     help="After each batch, wait this many times as long as it took (appends run meanwhile).",
 )
 @click.option(

@@ -30,7 +30,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from potluck.cli_options import nats_options_for, operator_database_option
+from potluck.cli_options import FiniteRange, nats_options_for, operator_database_option
 from potluck.events import EventStore, RecordedEvent
 from potluck.events.connection import is_authorization_refusal
 from potluck.ops import LiveUnavailable, OpsError
@@ -144,7 +144,7 @@ def _nats_options(when: str) -> Callable[[F], F]:
             "--timeout",
             default=5.0,
             show_default=True,
-            type=click.FloatRange(min=0.1),
+            type=FiniteRange(min=0.1),
             help=f"{when}: seconds to wait for each service.",
         )(f)
         return nats_options_for(when)(f)

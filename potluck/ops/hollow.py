@@ -27,7 +27,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from potluck.cli_options import database_option
+from potluck.cli_options import FiniteRange, database_option
 from potluck.ops import OpsError
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ def _run_until_signal(main: "asyncio.Future[None] | asyncio.Task[None]") -> None
 @click.option(
     "--heartbeat",
     "heartbeat_s",
-    type=click.FloatRange(min=0.1),
+    type=FiniteRange(min=0.1),
     default=5.0,
     show_default=True,
     help="Heartbeat interval, seconds (the registry's --heartbeat-interval).",
@@ -210,7 +210,7 @@ def _run_until_signal(main: "asyncio.Future[None] | asyncio.Task[None]") -> None
 @click.option(
     "--join-timeout",
     "join_timeout_s",
-    type=click.FloatRange(min=1),
+    type=FiniteRange(min=1),
     default=60.0,
     show_default=True,
     help="Give up when no host has registered after this many seconds.",

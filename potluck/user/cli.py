@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from potluck.cli_options import FiniteRange
 from potluck.contracts.event_facts import event_facts
 from potluck.user.client import Api, ClientError, ExitCode, Login, config_path
 from potluck.user.remote import IDENTITY
@@ -192,7 +193,7 @@ def alloc() -> None:
 
 
 @alloc.command()
-@click.option("--cpus", type=click.FloatRange(min=0.01), required=True, help="CPU cores, e.g. 1 or 0.5.")
+@click.option("--cpus", type=FiniteRange(min=0.01), required=True, help="CPU cores, e.g. 1 or 0.5.")
 @click.option("--memory", required=True, help="Memory, e.g. 512M or 4G.")
 @click.option("--disk", default="1G", show_default=True, help="Writable disk, e.g. 10G.")
 @click.option("--image", required=True, help="Container image, e.g. potluck-default:latest.")
@@ -229,7 +230,7 @@ def alloc() -> None:
 @click.option("--wait/--no-wait", default=False, help="Wait until it runs (with progress).")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=1, max=3600),
+    type=FiniteRange(min=1, max=3600),
     default=120.0,
     show_default=True,
     help="With --wait: give up after this many seconds (exit code 4).",

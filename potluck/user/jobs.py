@@ -18,6 +18,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from potluck.cli_options import FiniteRange
 from potluck.contracts.job_events import RETRY_ON
 from potluck.user.cli import (
     JSON,
@@ -228,7 +229,7 @@ def _wait_and_exit(job_id: str, timeout: float | None, as_json: bool) -> None:
 
 WAIT_TIMEOUT = click.option(
     "--timeout",
-    type=click.FloatRange(min=1),
+    type=FiniteRange(min=1),
     default=None,
     help="Give up waiting after this many seconds (exit code 4) [default: wait until it ends].",
 )
@@ -236,7 +237,7 @@ WAIT_TIMEOUT = click.option(
 
 @click.command(name="run")
 @click.option("--tasks", type=click.IntRange(min=1), required=True, help="How many tasks (0..N-1).")
-@click.option("--cpus", type=click.FloatRange(min=0.01), required=True, help="CPU cores of each task.")
+@click.option("--cpus", type=FiniteRange(min=0.01), required=True, help="CPU cores of each task.")
 @click.option("--memory", required=True, help="Memory of each task, e.g. 512M or 4G.")
 @click.option("--disk", default="1G", show_default=True, help="Writable disk of each task, e.g. 10G.")
 @click.option("--image", required=True, help="Container image every task runs.")
