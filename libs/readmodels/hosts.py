@@ -6,7 +6,7 @@ alone equals the view a running registry keeps up to date.
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from potluck.contracts.capacity import Capacity
@@ -291,7 +291,21 @@ def host_as_dict(state: HostState) -> dict[str, object]:
         "revoked": {"by": state.revoked_by, "reason": state.revoked_reason}
         if state.admin == "revoked"
         else None,
+        "drain": _drain(state),
         "changed_at": _iso(state.changed_at),
+    }
+
+
+def _drain(state: HostState) -> dict[str, object] | None:
+    """While it drains: its grace, and when it started and ends (what still runs is stopped
+    then); the member reads here when the machine is theirs again."""
+    if state.admin != "draining":
+        return None
+    started = state.drain_started_at
+    return {
+        "grace_s": state.drain_grace_s,
+        "started_at": _iso(started),
+        "ends_at": _iso(started + timedelta(seconds=state.drain_grace_s) if started else None),
     }
 
 

@@ -1,8 +1,10 @@
 """The member's controls, bad input to hostd, and the registry's read model against the log."""
 
 import asyncio
+import json
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from potluck.hostd.config import load_config
@@ -61,6 +63,10 @@ async def test_drain_stops_running_work_after_its_grace(pool: Pool, laptop: Enro
     drained = await asyncio.to_thread(member, laptop, "drain", "--grace", "600")
     assert drained.returncode == 0, drained.stderr
     await pool.wait_for_host(laptop.host_id, "draining")
+    shown = await asyncio.to_thread(member, laptop, "status")
+    drain = json.loads(shown.stdout)["drain"]
+    ends = datetime.fromisoformat(drain["ends_at"]) - datetime.fromisoformat(drain["started_at"])
+    assert (drain["grace_s"], ends.total_seconds()) == (600, 600), drain
     longer = await asyncio.to_thread(member, laptop, "drain", "--grace", "900")
     assert longer.stdout.startswith("drain: already so"), longer.stdout + longer.stderr
     cut = await asyncio.to_thread(member, laptop, "drain", "--grace", "1")

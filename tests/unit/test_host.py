@@ -31,7 +31,7 @@ from potluck.contracts.host_events import (
 from potluck.contracts.messages import ControlHost, RegisterHost
 from potluck.events import Event
 from potluck.kernel.rejections import Rejected
-from potluck.readmodels.hosts import HostState, evolve
+from potluck.readmodels.hosts import HostState, evolve, host_as_dict
 from potluck.registry import host
 
 GIB = 1 << 30
@@ -246,6 +246,17 @@ def test_a_drain_during_a_drain_only_brings_its_end_forward() -> None:
     assert sooner == [HostDrainStarted(host_id=H, by="operator", grace_s=10)]
     over = T0 + timedelta(seconds=400)
     assert host.control(draining, H, control("drain", 0), "member", now=over) == []
+
+
+def test_a_draining_host_shows_when_its_drain_ends_and_no_longer_once_resumed() -> None:
+    draining = registered(HostDrainStarted(host_id=H, by="member", grace_s=90))
+    assert host_as_dict(draining)["drain"] == {
+        "grace_s": 90,
+        "started_at": T0.isoformat(),
+        "ends_at": (T0 + timedelta(seconds=90)).isoformat(),
+    }
+    resumed = then(draining, host.control(draining, H, control("resume"), "member", now=T0))
+    assert host_as_dict(resumed)["drain"] is None
 
 
 def test_drain_of_a_paused_host_starts_draining_with_its_grace() -> None:
