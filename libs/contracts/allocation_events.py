@@ -133,6 +133,10 @@ class AllocationExited(HostAllocationEvent):
     #: Its spec asked to keep the stopped container (keep_for_s): kept until then, its disk
     #: still reserved (CapacityRetained), and its host does not remove it on this event.
     kept_until: datetime | None = None
+    #: Its host took the machine back from under it (a drain's grace ran out, or the member or
+    #: their engine stopped it): nothing its command did, so a job re-queues it as it does an
+    #: attempt lost with its host. False in events logged before it was recorded.
+    by_host: bool = False
 
 
 @event_type

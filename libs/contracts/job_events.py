@@ -13,8 +13,10 @@ task's index and the attempt (AllocationRequested.job_id, task_index, attempt).
 A task succeeds when an attempt exits 0. An attempt that ends otherwise is
 retried (a new attempt, a new allocation) when the job asked for it
 (`retry_on`, within `retries`); an attempt lost with its host (lost, left,
-revoked) is re-queued when `lost` is in `retry_on`, without using `retries`,
-at most MAX_HOST_LOSSES times per task. The job ends with `JobCompleted`
+revoked), or stopped because its host took the machine back (a drain's grace
+ran out, the member or their engine stopped it: AllocationExited.by_host), is
+re-queued when `lost` is in `retry_on`, without using `retries`, at most
+MAX_HOST_LOSSES times per task. The job ends with `JobCompleted`
 once every task succeeded or failed for good, or with `JobCancelled` (its user
 removed it, or its deadline passed): what still runs is released then.
 """
@@ -27,8 +29,9 @@ from potluck.contracts.allocation_events import AllocationSpec
 from potluck.events import Event, event_type
 
 #: What ends an attempt without success, as `retry_on` names it: `exit` a non-zero exit code,
-#: `oom` killed for memory, `lost` its host was lost, left or was revoked, `failed` its host
-#: could not start it or stopped it (e.g. past its disk bound).
+#: `oom` killed for memory, `lost` its host was lost, left, was revoked or took the machine
+#: back from under it (a drain, a stop on the host), `failed` its host could not start it
+#: or stopped it (e.g. past its disk bound).
 RetryOn = Literal["exit", "oom", "lost", "failed"]
 RETRY_ON: tuple[RetryOn, ...] = ("exit", "oom", "lost", "failed")
 #: By default a task lost with its host is re-queued; its own failures are not retried.

@@ -99,6 +99,8 @@ class AllocationState:
     exit_code: int | None = None
     oom_killed: bool = False
     reason: str | None = None
+    #: It exited because its host took the machine back (AllocationExited.by_host).
+    exited_by_host: bool = False
     #: What the host said went wrong, when it failed (e.g. which image, which registry).
     detail: str | None = None
     #: How far the host's pull of the image came (bytes, as last logged); None: never pulled.
@@ -238,6 +240,7 @@ def _changes(state: AllocationState, event: AllocationEvent, at: datetime, posit
                 "oom_killed": event.oom_killed,
                 "kept_until": event.kept_until,
                 "reason": event.reason,
+                "exited_by_host": event.by_host,
             }
         case AllocationFailed():
             return {"status": "failed", "reason": event.reason, "detail": event.detail or None}

@@ -102,6 +102,8 @@ def ended_as(state: AllocationState) -> Ended | None:
     """How the attempt ended; None while it has not."""
     match state.status:
         case "exited":
+            if state.exited_by_host:
+                return "lost"  # its host took the machine back: re-queued as a loss is
             if state.oom_killed:
                 return "oom"
             return "succeeded" if state.exit_code == 0 else "exit"

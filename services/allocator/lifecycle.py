@@ -96,6 +96,9 @@ STOPPED_BY_HOST: dict[StopReason, str] = {
     "kept_stopping": "its host could not keep its container running (started again too often)",
     "stopped_on_host": "stopped on its host (by its member, or its Docker engine stopped)",
 }
+#: The stops that take the machine from under the work: its command did nothing wrong
+#: (kept_stopping is the container's own repeated dying).
+TAKEN_BACK: frozenset[StopReason] = frozenset({"host_drained", "stopped_on_host"})
 
 
 def exited(
@@ -118,6 +121,7 @@ def exited(
         oom_killed=oom_killed,
         kept_until=kept_until,
         reason=STOPPED_BY_HOST[stopped_by_host] if stopped_by_host is not None else None,
+        by_host=stopped_by_host in TAKEN_BACK,
     )
     if kept_until is None:
         return ended(state, host_id, event)

@@ -116,20 +116,22 @@ def test_an_exit_ends_an_active_allocation_and_frees_its_capacity(status: str) -
 
 
 @pytest.mark.parametrize(
-    ("why", "reason"),
+    ("why", "reason", "by_host"),
     [
-        ("host_drained", "host drained"),
-        ("kept_stopping", "its host could not keep its container running (started again too often)"),
+        ("host_drained", "host drained", True),
+        ("stopped_on_host", "stopped on its host (by its member, or its Docker engine stopped)", True),
+        # The container's own repeated dying, not the machine taken back.
+        ("kept_stopping", "its host could not keep its container running (started again too often)", False),
     ],
 )
-def test_an_exit_the_host_caused_says_so_to_the_user(why: StopReason, reason: str) -> None:
+def test_an_exit_the_host_caused_says_so_to_the_user(why: StopReason, reason: str, by_host: bool) -> None:
     report = ContainerExited(
         alloc_id="a1", container_id="c1", exit_code=143, oom_killed=False, stopped_by_host=why
     )
     decision = decide(alloc(status="running"), "h1", report)
     assert decision is not None
     assert decision.alloc_events == [
-        AllocationExited(alloc_id="a1", host_id="h1", exit_code=143, reason=reason)
+        AllocationExited(alloc_id="a1", host_id="h1", exit_code=143, reason=reason, by_host=by_host)
     ]
 
 

@@ -78,7 +78,8 @@ TASK = AllocationSpec(
 )
 BIG = Quota(allocations=100_000, cpus=1e6, memory_bytes=1 << 60, disk_bytes=1 << 60)
 
-Outcome = Literal["ok", "exit", "oom", "failed", "lost", "run"]
+#: "taken": its host took the machine back (a drain's grace ran out): exited 143, by_host.
+Outcome = Literal["ok", "exit", "oom", "failed", "lost", "taken", "run"]
 
 
 def job_spec(tasks: int, **more: Any) -> JobSpec:
@@ -153,6 +154,12 @@ class Sim:
             case "oom":
                 events.append(
                     AllocationExited(alloc_id=alloc_id, host_id="h1", exit_code=137, oom_killed=True)
+                )
+            case "taken":
+                events.append(
+                    AllocationExited(
+                        alloc_id=alloc_id, host_id="h1", exit_code=143, reason="host drained", by_host=True
+                    )
                 )
             case "failed":
                 events.append(AllocationFailed(alloc_id=alloc_id, reason="IMAGE_PULL_FAILED"))
@@ -326,6 +333,8 @@ def test_a_non_zero_exit_fails_the_task_unless_retries_were_asked() -> None:
         ("exit", ("oom", "failed", "lost"), False),
         ("lost", ("exit",), False),
         ("lost", ("lost",), True),
+        ("taken", ("exit",), False),
+        ("taken", ("lost",), True),
     ],
 )
 def test_only_the_endings_named_in_retry_on_are_retried(
@@ -338,6 +347,20 @@ def test_only_the_endings_named_in_retry_on_are_retried(
     sim.end(sim.job.alloc_ids()[0], outcome)
     assert requested_of(sim.step()) == ([(0, 2)] if again else [])
     assert sim.job.terminal is not again
+
+
+def test_a_task_its_host_took_back_is_requeued_without_using_its_retries() -> None:
+    """Tried: a task with the defaults (retries 0, retry_on `lost`) whose first attempt its host
+    stopped as a drain's grace ran out (exited 143, by its host), then one that exits 3. Must
+    hold: the stop is a loss, not the task's failure: a second attempt is requested; the exit
+    after it, with no retries, fails the task."""
+    sim = Sim(job_spec(1))
+    sim.step()
+    sim.end(sim.job.alloc_ids()[0], "taken")
+    assert standing(sim.job, 0, sim.allocations).state == "retrying"
+    assert requested_of(sim.step()) == [(0, 2)]
+    sim.end(sim.job.alloc_ids()[-1], "exit")
+    assert sim.step().completed == JobCompleted(job_id=JOB, succeeded=0, failed=1)
 
 
 def test_refused_and_expired_attempts_count_as_failed() -> None:
