@@ -75,8 +75,8 @@ async def test_drain_stops_running_work_after_its_grace(pool: Pool, laptop: Enro
     stopped, short = await allocation(pool.store, "long"), await allocation(pool.store, "short")
     assert stopped is not None
     assert short is not None
-    assert stopped.reason == "host drained", stopped
-    assert (short.reason, short.exit_code) == (None, 0), short
+    assert (stopped.reason, stopped.exited_by_host) == ("host drained", True), stopped
+    assert (short.reason, short.exit_code, short.exited_by_host) == (None, 0, False), short
 
 
 async def test_work_the_member_stops_with_docker_ends_saying_so(
@@ -98,6 +98,7 @@ async def test_work_the_member_stops_with_docker_ends_saying_so(
     assert state is not None
     assert state.exit_code in (137, 143), state
     assert state.reason == "stopped on its host (by its member, or its Docker engine stopped)", state
+    assert state.exited_by_host  # a job would re-queue it, as it does an attempt lost with its host
 
 
 async def test_a_drain_goes_on_through_a_hostd_restart(pool: Pool, laptop: EnrolledHost) -> None:
