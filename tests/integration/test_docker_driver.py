@@ -370,28 +370,43 @@ def test_verify_limits_refuses_a_container_that_disagrees(
         docker_driver.state(container_id)
 
 
-def test_events_report_the_stop_signal_before_the_die(docker_driver: DockerDriver, test_image: str) -> None:
-    """A running container is stopped through the engine (as `docker stop` does). Afterwards
-    its events were a kill carrying SIGTERM's number, among STOP_SIGNALS, then its die."""
-    spec = _spec(test_image, command=["sleep", "1000"])
-    container_id = docker_driver.run(spec)
-    stream = docker_driver.events(HOST, since=int(time.time()) - 1)
+def _events_until_it_dies(
+    driver: DockerDriver, allocation_id: str, act: Callable[[], str]
+) -> list[dict[str, Any]]:
+    """The host's events, followed in a thread from before `act` (which returns the container's
+    id) until the allocation's container died; the thread ended by close()."""
+    stream = driver.events(HOST, since=int(time.time()) - 1)
     seen: list[dict[str, Any]] = []
     died = threading.Event()
 
     def follow() -> None:
         for event in stream:
             seen.append(event)
-            if event["action"] == "die" and event["container_id"] == container_id:
+            if event["action"] == "die" and event["allocation_id"] == allocation_id:
                 died.set()
 
     thread = threading.Thread(target=follow, daemon=True)
     thread.start()
-    docker_driver.stop(container_id, 5)
+    container_id = act()
     assert died.wait(30)
     stream.close()
     thread.join(10)
-    mine = [(e["action"], e["signal"]) for e in seen if e["container_id"] == container_id]
+    assert not thread.is_alive()
+    return [e for e in seen if e["container_id"] == container_id]
+
+
+def test_events_report_the_stop_signal_before_the_die(docker_driver: DockerDriver, test_image: str) -> None:
+    """A running container is stopped through the engine (as `docker stop` does). Afterwards
+    its events were a kill carrying SIGTERM's number, among STOP_SIGNALS, then its die."""
+    spec = _spec(test_image, command=["sleep", "1000"])
+    container_id = docker_driver.run(spec)
+
+    def stop() -> str:
+        docker_driver.stop(container_id, 5)
+        return container_id
+
+    events = _events_until_it_dies(docker_driver, spec.allocation_id, stop)
+    mine = [(e["action"], e["signal"]) for e in events]
     assert [m for m in mine if m[0] in ("kill", "die")] == [("kill", signal.SIGTERM), ("die", None)], mine
     assert signal.SIGTERM in STOP_SIGNALS
 
@@ -400,25 +415,7 @@ def test_events_report_start_and_die_with_exit_code(docker_driver: DockerDriver,
     """Events of the host are followed in a thread while a container exits with 3.
     Afterwards its start and die (exit code 3) were seen, and close() ended the thread."""
     spec = _spec(test_image, command=["sh", "-c", "exit 3"])
-    stream = docker_driver.events(HOST, since=int(time.time()) - 1)
-    seen: list[dict[str, Any]] = []
-    died = threading.Event()
-
-    def follow() -> None:
-        for event in stream:
-            seen.append(event)
-            if event["action"] == "die" and event["allocation_id"] == spec.allocation_id:
-                died.set()
-
-    thread = threading.Thread(target=follow, daemon=True)
-    thread.start()
-    container_id = docker_driver.run(spec)
-
-    assert died.wait(30)
-    stream.close()
-    thread.join(10)
-    assert not thread.is_alive()
-    mine = [e for e in seen if e["container_id"] == container_id]
+    mine = _events_until_it_dies(docker_driver, spec.allocation_id, lambda: docker_driver.run(spec))
     assert [e["action"] for e in mine] == ["start", "die"]
     assert mine[1]["exit_code"] == 3
     assert mine[1]["allocation_id"] == spec.allocation_id
