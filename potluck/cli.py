@@ -103,9 +103,10 @@ def _attach_user_commands(group: click.Group) -> None:
 
 
 #: A drain's grace on the command line: ControlHost.grace_s's bounds (up to a week, its
-#: MAX_GRACE_S; a unit test holds them equal), checked here so that a grace out of range gets
-#: click's usage error naming --grace, not a validation traceback from the contract. Not
-#: imported from the contract: that would load pydantic into every command's start.
+#: MAX_GRACE_S; tests/unit/test_cli_numbers.py holds them equal), checked here so that a grace
+#: out of range gets click's usage error naming --grace, not a validation traceback from the
+#: contract. Not imported from the contract: that would load pydantic into every command's
+#: start.
 GRACE_RANGE = FiniteRange(min=0, max=7 * 86400)
 
 

@@ -1,5 +1,6 @@
 """Click options that more than one command group shares (services, operators)."""
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -10,16 +11,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class FiniteRange(click.FloatRange):
-    """click.FloatRange that also refuses nan: nan compares false with both bounds, so a
-    plain FloatRange lets it through to whatever reads the number next (a contract's
-    validation traceback, a JSON body the API cannot read). inf falls to the bounds."""
-
-    name = "number"
+    """click.FloatRange that also refuses nan and infinities: nan compares false with both
+    bounds, and inf passes a range with no maximum, so a plain FloatRange lets them through
+    to whatever reads the number next (a contract's validation traceback, a JSON body the
+    API cannot read, a sleep that never ends)."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         number = super().convert(value, param, ctx)
-        if number != number:  # nan is the one float unequal to itself
-            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
 
 

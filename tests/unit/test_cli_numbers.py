@@ -1,7 +1,8 @@
 """Numbers out of range on the command line are usage errors, never tracebacks.
 
 Tried: `potluck host drain`, `host leave` and `ops hosts control ... drain` with a grace past
-ControlHost's bound, a negative one and nan; `alloc create` and `run` with nan CPUs. Must
+ControlHost's bound, a negative one and nan; `alloc create` and `run` with nan or inf CPUs,
+the registry with an infinite heartbeat interval (a range with no maximum). Must
 hold: click's usage error (exit code 2) naming the option, no traceback; nothing is asked
 of a registry, an API or a database (none runs here: the range is checked first).
 """
@@ -39,12 +40,14 @@ def test_a_grace_out_of_range_is_a_usage_error_naming_it(command: list[str], gra
     _usage_error([*command, "--grace", grace, *CONFIG[: 2 if command[0] == "host" else 0]], "--grace")
 
 
+@pytest.mark.parametrize("value", ["nan", "inf"])
 @pytest.mark.parametrize(
     "command",
     [
-        ["alloc", "create", "--cpus", "nan", "--memory", "1G"],
-        ["run", "--tasks", "2", "--cpus", "nan", "--memory", "1G", "--", "true"],
+        ["alloc", "create", "--memory", "1G", "--cpus"],
+        ["run", "--tasks", "2", "--memory", "1G", "--cpus"],
+        ["registry", "--database-url", "postgresql://nobody@127.0.0.1:1/none", "--heartbeat-interval"],
     ],
 )
-def test_nan_is_not_a_number_of_cpus(command: list[str]) -> None:
-    _usage_error(command, "--cpus")
+def test_a_number_that_is_not_finite_is_a_usage_error(command: list[str], value: str) -> None:
+    _usage_error([*command, value], command[-1])
