@@ -555,9 +555,9 @@ class ContainerManager:
         )
 
     # The member's controls. Pause and drain replace each other, as the registry records them
-    # (one admin state): a pause takes a drain's grace back, and a drain thaws a pause so that what runs
-    # can finish within its grace. Each alone would leave the registry saying one thing while
-    # this host did the other, until a hostd restart did what the registry said.
+    # (one admin state): a pause takes a drain's grace back, and a drain thaws a pause so that
+    # what runs can finish within its grace. Each alone would leave the registry saying one
+    # thing while this host did the other, until a hostd restart did what the registry said.
 
     async def pause_all(self) -> None:
         """Freezes the containers; a drain under way no longer stops them (its grace is taken
