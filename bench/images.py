@@ -52,7 +52,10 @@ def _forget(engine: DockerEngine, image: str, timeout: float = 60.0) -> None:
     client = docker.DockerClient(base_url=engine.url)
     deadline = time.monotonic() + timeout
     try:
-        while containers := client.containers.list(all=True, filters={"ancestor": image}):
+        # ignore_removed: the SDK inspects each container it lists, and hostd may remove one
+        # in between (a NotFound that ended a bench run).
+        using: dict[str, str | list[str] | bool] = {"ancestor": image}
+        while containers := client.containers.list(all=True, filters=using, ignore_removed=True):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"containers of {image} still on the engine after {timeout:.0f}s")
             for container in containers:

@@ -28,8 +28,8 @@ MiB = 1 << 20
 
 def _warm(client: docker.DockerClient) -> list[Any]:
     """Warm containers not taken: created (or started ahead and paused), named potluck_warm_*."""
-    found = client.containers.list(
-        all=True, filters={"label": "potluck.warm=1", "status": ["created", "paused"]}
+    found = client.containers.list(  # hostd takes and removes them meanwhile: ignore_removed
+        all=True, filters={"label": "potluck.warm=1", "status": ["created", "paused"]}, ignore_removed=True
     )
     return [c for c in found if (c.name or "").startswith("potluck_warm_")]
 
@@ -255,7 +255,8 @@ async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
             await wait_for_status(pool, alloc_id, "running")
             container = cold_client.containers.get(f"potluck-{alloc_id}")
             assert container.labels["potluck.allocation"] == alloc_id
-        assert cold_client.containers.list(all=True, filters={"label": "potluck.warm=1"}) == []
+        left: dict[str, str | list[str] | bool] = {"label": "potluck.warm=1"}
+        assert cold_client.containers.list(all=True, filters=left, ignore_removed=True) == []
     finally:
         client.close()
         cold_client.close()
