@@ -397,7 +397,8 @@ def _events_until_it_dies(
 
 def test_events_report_the_stop_signal_before_the_die(docker_driver: DockerDriver, test_image: str) -> None:
     """A running container is stopped through the engine (as `docker stop` does). Afterwards
-    its events were a kill carrying SIGTERM's number, among STOP_SIGNALS, then its die."""
+    its events were a kill carrying SIGTERM's number (and a SIGKILL if the timeout ran out),
+    all among STOP_SIGNALS, then its die."""
     spec = _spec(test_image, command=["sleep", "1000"])
     container_id = docker_driver.run(spec)
 
@@ -406,9 +407,13 @@ def test_events_report_the_stop_signal_before_the_die(docker_driver: DockerDrive
         return container_id
 
     events = _events_until_it_dies(docker_driver, spec.allocation_id, stop)
-    mine = [(e["action"], e["signal"]) for e in events]
-    assert [m for m in mine if m[0] in ("kill", "die")] == [("kill", signal.SIGTERM), ("die", None)], mine
-    assert signal.SIGTERM in STOP_SIGNALS
+    mine = [(e["action"], e["signal"]) for e in events if e["action"] in ("kill", "die")]
+    # A SIGKILL follows when the stop's timeout runs out first (on a loaded machine, or with
+    # the SIGTERM reaching docker-init before it started its child): both are stop signals.
+    kills = [number for action, number in mine if action == "kill"]
+    assert kills[0] == signal.SIGTERM, mine
+    assert set(kills) <= STOP_SIGNALS, mine
+    assert mine[-1] == ("die", None), mine
 
 
 def test_events_report_start_and_die_with_exit_code(docker_driver: DockerDriver, test_image: str) -> None:
