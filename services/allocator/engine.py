@@ -373,7 +373,7 @@ class AllocatorEngine:
     def _landed_or_not(self, alloc_id: str, outcome: "asyncio.Future[list[RecordedEvent]]") -> None:
         # A failed append no longer counts; one that landed counts until the fold takes it in.
         if outcome.cancelled() or outcome.exception() is not None:
-            self.in_flight.settle(alloc_id)
+            self.in_flight.settle(alloc_id, landed=False)
 
     async def release(self, user: User, alloc_id: str) -> AllocationState:
         async def attempt() -> AllocationState:

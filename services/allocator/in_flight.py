@@ -43,9 +43,10 @@ class InFlightRequests:
         self._on_host: dict[str, dict[str, Capacity]] = {}
         #: Hosts whose reservations in flight came or went since `take_changed` last asked.
         self._changed: set[str] = set()
-        #: How many entries came or went, ever: two equal counts saw the same requests in
-        #: flight (their number alone does not say so: one may settle as another comes).
-        self.changes = 0
+        #: How many placed entries left because their append failed, ever: the room they held
+        #: on their host is free again (the allocator's queue is tried again on it). One that
+        #: lands only moves its reservation from here to the ledger.
+        self.failed_to_land = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -54,19 +55,18 @@ class InFlightRequests:
         if entry.alloc_id in self._entries:
             raise ValueError(f"allocation {entry.alloc_id} is in flight already")
         self._entries[entry.alloc_id] = entry
-        self.changes += 1
         if entry.host_id is not None:
             self._on_host.setdefault(entry.host_id, {})[entry.alloc_id] = entry.resources
             self._changed.add(entry.host_id)
 
-    def settle(self, alloc_id: str) -> None:
-        """The entry's append was folded, or failed: it no longer counts. Unknown ids are ignored."""
+    def settle(self, alloc_id: str, *, landed: bool = True) -> None:
+        """The entry's append was folded (`landed`), or failed: it no longer counts. Unknown ids
+        are ignored."""
         entry = self._entries.pop(alloc_id, None)
-        if entry is None:
+        if entry is None or entry.host_id is None:
             return
-        self.changes += 1
-        if entry.host_id is None:
-            return
+        if not landed:
+            self.failed_to_land += 1
         self._changed.add(entry.host_id)
         held = self._on_host[entry.host_id]
         del held[alloc_id]

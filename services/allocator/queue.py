@@ -23,7 +23,7 @@ user can be told (`standing`, waiting.py).
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from potluck.allocator.capacity import placement_request
 from potluck.allocator.scheduler import PlacementRequest
@@ -36,9 +36,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class Pending:
     user: str
     request: PlacementRequest
-    enqueued_at: datetime
-    deadline: datetime
-    seq: int
 
     @property
     def alloc_id(self) -> str:
@@ -50,7 +47,6 @@ class FairQueue:
         self._queues: dict[str, list[Pending]] = {}
         self._ring: list[str] = []  # users with pending requests, the next to serve first
         self._index: dict[str, Pending] = {}
-        self._seq = 0
 
     @classmethod
     def of(
@@ -63,9 +59,8 @@ class FairQueue:
         users by the CPUs they hold in `active` (the model's active allocations), least first, then
         by their latest placement's log position (`last_placed`; none: first).
 
-        The deadline of each is its queue timeout after it began waiting (its request, or its
-        return from a host that could not get its image); hosts it was sent back from are
-        excluded from its placement.
+        Hosts a request was sent back from are excluded from its placement. Its queue timeout is
+        not the queue's: decisions.timed_out reads it off the allocation at the time asked.
         """
         queue = cls()
         held: dict[str, float] = {}
@@ -84,10 +79,7 @@ class FairQueue:
             ),
         )
         for state in in_turn:
-            at = state.requested_at or _EPOCH
-            since = state.pending_since or at
-            deadline = since + timedelta(seconds=state.queue_timeout_s)
-            queue.push(state.user, placement_request(state), at, deadline)
+            queue.push(state.user, placement_request(state))
         return queue
 
     @classmethod
@@ -121,14 +113,11 @@ class FairQueue:
     def get(self, alloc_id: str) -> Pending | None:
         return self._index.get(alloc_id)
 
-    def push(
-        self, user: str, request: PlacementRequest, enqueued_at: datetime, deadline: datetime
-    ) -> Pending:
+    def push(self, user: str, request: PlacementRequest) -> Pending:
         """Queue a request behind the user's others; a new user joins the end of the round."""
         if request.alloc_id in self._index:
             raise ValueError(f"allocation {request.alloc_id} is already queued")
-        self._seq += 1
-        pending = Pending(user, request, enqueued_at, deadline, self._seq)
+        pending = Pending(user, request)
         queue = self._queues.get(user)
         if queue is None:
             queue = self._queues[user] = []

@@ -41,19 +41,35 @@ from potluck.allocator.job_reactions import JobDriver
 from potluck.allocator.kept import TIME_UP, discard, due
 from potluck.allocator.queue import FairQueue
 from potluck.allocator.scheduler import Impossible, Placed
-from potluck.contracts.allocation_events import AllocationRequested, CapacityFreed, CapacityRetained
+from potluck.contracts.allocation_events import AllocationRequested, AllocationUnplaced, CapacityReserved
 from potluck.events import TRANSIENT_DB_ERRORS, Event, RecordedEvent, WrongExpectedVersion
 from potluck.kernel.rejections import Rejected
 
 if TYPE_CHECKING:
     from potluck.allocator.engine import AllocatorEngine
 
-__all__ = ["Reactions"]
+__all__ = ["Reactions", "makes_room"]
 
 #: A round that fails with one of these is tried again a tick later instead of ending the service.
 RETRIED_NEXT_ROUND: tuple[type[BaseException], ...] = (Rejected, *TRANSIENT_DB_ERRORS)
 
 log = structlog.get_logger(__name__)
+
+#: Logs whose every event may let a waiting request fit: a host came, went, recovered, was
+#: resumed or changed what it donates; the images a host holds changed.
+_ROOM_CATEGORIES = frozenset({"host", "images"})
+
+
+def makes_room(event: Event, category: str) -> bool:
+    """Whether `event` (of a log of `category`) may let a request that had to wait fit now.
+
+    Events of hosts and of the images they hold, and capacity given back (freed, or retained
+    as a kept container's disk only). Not a reservation, which only takes room, nor anything
+    of allocations or users: what ends an allocation's hold on a host is its CapacityFreed.
+    """
+    if category in _ROOM_CATEGORIES:
+        return True
+    return category == "capacity" and not isinstance(event, CapacityReserved)
 
 
 class Reactions:
@@ -64,20 +80,29 @@ class Reactions:
         self.lost_hosts: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self.capacity_changed = asyncio.Event()
         self.jobs = JobDriver(engine)
-        #: The log position and the requests in flight (their change count) the whole queue
-        #: was last tried against (see `place_pending`), and how many times it was.
+        #: How many events may have let a waiting request fit where it did not (`makes_room`).
+        self.room_changes = 0
+        #: What the whole queue was last tried against (`room_changes` and the placements in
+        #: flight that failed to land), and how many times it was.
         self._queue_tried_against: tuple[int, int] | None = None
         self.queue_passes = 0
+        #: Requests that began waiting since the queue was last tried: tried in the next round,
+        #: with the room as it is, without trying the whole queue again.
+        self._newcomers: set[str] = set()
 
     def notice(self, event: Event, record: RecordedEvent) -> None:
         """After the model folded `event`: remember what to react to."""
         reason = loss_reason(event)
         if reason is not None:
             self.lost_hosts.put_nowait((str(getattr(event, "host_id", "")), reason))
-        if record.category == "host" or isinstance(
-            event, CapacityFreed | CapacityRetained | AllocationRequested
-        ):
+        if makes_room(event, record.category):
+            self.room_changes += 1
             self.capacity_changed.set()
+        elif isinstance(event, AllocationRequested | AllocationUnplaced):
+            state = self.engine.model.allocations.allocations.get(event.alloc_id)
+            if state is not None and state.status == "pending":
+                self._newcomers.add(event.alloc_id)
+                self.capacity_changed.set()
         if self.jobs.notice(event, record):
             self.capacity_changed.set()  # wakes the round, which drives the job
 
@@ -192,26 +217,49 @@ class Reactions:
     async def place_pending(self) -> int:
         """Places what waits, fairly by user; refuses what waited past its queue timeout.
 
-        Placement is a pure function of the model and the requests in flight, so a queue
-        already tried against exactly these (the same log position, the same requests in
-        flight) would get the same answers: then only the queue timeouts, which move with the
-        clock, are looked at. A long queue that cannot move costs one pass, not one a tick.
+        Placement is a pure function of the hosts, the capacity ledger, the images on hosts and
+        the placements in flight, and the room a request needs only shrinks unless one of
+        these changes in a way `makes_room` (or a placement in flight fails to land). A queue
+        tried whole since then would get the same answers, so only the requests that began
+        waiting since (the newcomers) are tried, in their fair order: requests ahead of them
+        that still cannot fit hold nothing back. A long queue behind a full pool so costs one
+        pass when room may have grown, not one per request that joins it; the queue timeouts,
+        which move with the clock, are looked at every round.
         """
         engine = self.engine
-        allocations = engine.model.allocations.allocations
         placed = 0
         async with engine.placing:
             await self._refuse_timed_out(engine.clock())
-            tried_against = (engine.position, engine.in_flight.changes)
-            if tried_against == self._queue_tried_against:
+            tried_against = (self.room_changes, engine.in_flight.failed_to_land)
+            whole = tried_against != self._queue_tried_against
+            if not whole and not self._newcomers:
                 return 0
-            self.queue_passes += 1
-            for pending in FairQueue.of_view(engine.model.allocations).in_order():
-                current = allocations[pending.alloc_id]
-                if current.status != "pending":
-                    continue
-                outlook = engine.outlook()
-                decision = outlook.place(current, engine.strategy)
+            trying, self._newcomers = self._newcomers, set()
+            try:
+                placed = await self._place_in_turn(None if whole else trying)
+            except BaseException:
+                self._newcomers |= trying  # cut short: tried again next round
+                raise
+            if whole:
+                # Only a pass that went through counts: one cut short is tried whole again.
+                self.queue_passes += 1
+                self._queue_tried_against = tried_against
+        return placed
+
+    async def _place_in_turn(self, only: set[str] | None) -> int:
+        """Try the pending requests (`only` these, when given) in the fair queue's order; how
+        many were placed. One that lost a race to another writer is a newcomer again."""
+        engine = self.engine
+        view = engine.model.allocations
+        waiting = view.pending() if only is None else [view.allocations[a] for a in only]
+        placed = 0
+        for pending in FairQueue.of(waiting, view.active(), view.last_placed).in_order():
+            current = view.allocations[pending.alloc_id]
+            if current.status != "pending":
+                continue
+            outlook = engine.outlook()
+            decision = outlook.place(current, engine.strategy)
+            try:
                 if isinstance(decision, Placed):
                     appends = placement(
                         current,
@@ -220,16 +268,13 @@ class Reactions:
                         alloc_version=current.version,
                         capacity_version=outlook.capacity_version(decision.host_id),
                     )
-                    try:
-                        await engine.append(appends, "allocator")
-                        placed += 1
-                    except WrongExpectedVersion:
-                        await engine.caught_up_with_log()
+                    await engine.append(appends, "allocator")
+                    placed += 1
                 elif isinstance(decision, Impossible):
-                    with contextlib.suppress(WrongExpectedVersion):
-                        await engine.append(never_fits(current, decision), "allocator")
-            # Only a pass that went through counts: one cut short is tried whole again.
-            self._queue_tried_against = tried_against
+                    await engine.append(never_fits(current, decision), "allocator")
+            except WrongExpectedVersion:
+                self._newcomers.add(current.alloc_id)
+                await engine.caught_up_with_log()
         return placed
 
     async def _refuse_timed_out(self, now: datetime) -> None:

@@ -30,11 +30,11 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def queue_of(*items: tuple[str, str], timeout: float = 60) -> FairQueue:
-    """(user, alloc_id) pairs, pushed one second apart."""
+def queue_of(*items: tuple[str, str]) -> FairQueue:
+    """(user, alloc_id) pairs, pushed in this order."""
     queue = FairQueue()
-    for i, (user, alloc_id) in enumerate(items):
-        queue.push(user, req(alloc_id), at(i), at(i + timeout))
+    for user, alloc_id in items:
+        queue.push(user, req(alloc_id))
     return queue
 
 
@@ -101,7 +101,7 @@ def test_the_cpus_held_decide_not_the_number_of_allocations() -> None:
 def test_the_same_allocation_cannot_be_queued_twice() -> None:
     queue = queue_of(("ann", "a1"))
     with pytest.raises(ValueError, match="already queued"):
-        queue.push("bob", req("a1"), at(5), at(50))
+        queue.push("bob", req("a1"))
 
 
 def test_capacity_freeing_serves_waiting_users_in_turn() -> None:
@@ -151,30 +151,28 @@ def test_capacity_freeing_serves_waiting_users_in_turn() -> None:
 
 
 def test_a_queue_of_the_read_model_pending_allocations() -> None:
-    def requested(alloc_id: str, user: str, seconds: float, timeout: float) -> AllocationState:
+    def requested(alloc_id: str, user: str, seconds: float) -> AllocationState:
         event = AllocationRequested(
             alloc_id=alloc_id,
             user=user,
             spec=AllocationSpec(resources=req(alloc_id).resources, image="debian:12"),
             lifetime_s=60,
             constraints={"arch": "arm64"},
-            queue_timeout_s=timeout,
         )
         state = evolve(None, event, 1, at(seconds))
         assert state is not None
         return state
 
     states = [
-        requested("b1", "bob", 1, 30),
-        requested("a1", "ann", 0, 30),
-        requested("a2", "ann", 2, 5),
+        requested("b1", "bob", 1),
+        requested("a1", "ann", 0),
+        requested("a2", "ann", 2),
     ]
     queue = FairQueue.of(states, [], {})
     assert [p.alloc_id for p in queue.in_order()] == ["a1", "b1", "a2"]
     a1 = queue.get("a1")
     assert a1 is not None
-    assert a1.request == PlacementRequest("a1", req("a1").resources, {"arch": "arm64"}, "debian:12")
-    assert (a1.enqueued_at, a1.deadline) == (at(0), at(30))
-    a2 = queue.get("a2")
-    assert a2 is not None
-    assert a2.deadline == at(7)
+    assert (a1.user, a1.request) == (
+        "ann",
+        PlacementRequest("a1", req("a1").resources, {"arch": "arm64"}, "debian:12"),
+    )

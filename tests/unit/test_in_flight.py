@@ -42,16 +42,20 @@ def test_one_allocation_is_in_flight_once() -> None:
     assert flying.on_host("h2") == {}
 
 
-def test_every_request_that_comes_or_goes_is_counted() -> None:
-    """Tried: one request settles as another comes. Must hold: the change count moves though
-    the number in flight does not (the allocator's queue is tried again on it); settling what is
-    not in flight changes nothing."""
+def test_a_placement_that_failed_to_land_is_counted_and_one_that_landed_is_not() -> None:
+    """Tried: a placed request lands, another fails to, a pending one (holding no host's room)
+    fails to, and an unknown one is settled. Must hold: only the placed one that failed counts
+    (the room it held is free again: the allocator tries its queue again on it), and the
+    room on its host is no longer held."""
     flying = InFlightRequests()
-    flying.add(InFlight("a1", "alice", cap(1), "h1"))
-    before = flying.changes
+    for entry in (InFlight("a1", "alice", cap(1), "h1"), InFlight("a2", "alice", cap(1), "h1")):
+        flying.add(entry)
+    flying.add(InFlight("a3", "alice", cap(1), None))
     flying.settle("a1")
-    flying.add(InFlight("a2", "alice", cap(1), None))
-    assert len(flying) == 1
-    assert flying.changes == before + 2
-    flying.settle("unknown")
-    assert flying.changes == before + 2
+    assert flying.failed_to_land == 0
+    flying.settle("a2", landed=False)
+    flying.settle("a3", landed=False)
+    flying.settle("unknown", landed=False)
+    assert flying.failed_to_land == 1
+    assert flying.on_host("h1") == {}
+    assert len(flying) == 0
