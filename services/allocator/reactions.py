@@ -39,7 +39,7 @@ from potluck.allocator.decisions import (
 )
 from potluck.allocator.job_reactions import JobDriver
 from potluck.allocator.kept import TIME_UP, discard, due
-from potluck.allocator.queue import FairQueue
+from potluck.allocator.queue import fair_order
 from potluck.allocator.scheduler import Impossible, Placed
 from potluck.contracts.allocation_events import AllocationRequested, AllocationUnplaced, CapacityReserved
 from potluck.events import TRANSIENT_DB_ERRORS, Event, RecordedEvent, WrongExpectedVersion
@@ -253,8 +253,9 @@ class Reactions:
         view = engine.model.allocations
         waiting = view.pending() if only is None else [view.allocations[a] for a in only]
         placed = 0
-        for pending in FairQueue.of(waiting, view.active(), view.last_placed).in_order():
-            current = view.allocations[pending.alloc_id]
+        for waited in fair_order(waiting, view.active(), view.last_placed):
+            # Events folded while an earlier one's placement was appended may have moved it.
+            current = view.allocations[waited.alloc_id]
             if current.status != "pending":
                 continue
             outlook = engine.outlook()

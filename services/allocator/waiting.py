@@ -9,7 +9,7 @@ and the log holds facts, not forecasts. Pure: a decision and the queue in, a val
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from potluck.allocator.queue import FairQueue
+from potluck.allocator.queue import fair_order_of
 from potluck.allocator.scheduler import (
     NO_FREE_CAPACITY,
     NO_SCHEDULABLE_HOST,
@@ -51,7 +51,7 @@ def queue_positions(allocations: AllocationsView) -> dict[str, int]:
     """Each pending allocation's place, from 1, in the order the fair queue would serve them all
     (queue.py): each user's first request in turn, the users who hold least first, then each
     user's second, and so on."""
-    return {p.alloc_id: n for n, p in enumerate(FairQueue.of_view(allocations).in_order(), start=1)}
+    return {a.alloc_id: n for n, a in enumerate(fair_order_of(allocations), start=1)}
 
 
 def standing(decision: Decision, position: int, queue_length: int) -> Standing:

@@ -5,9 +5,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from potluck.allocator.queue import FairQueue
+from potluck.allocator.capacity import placement_request
+from potluck.allocator.queue import fair_order
 from potluck.allocator.scheduler import (
     HostSnapshot,
     Placed,
@@ -30,14 +32,6 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def queue_of(*items: tuple[str, str]) -> FairQueue:
-    """(user, alloc_id) pairs, pushed in this order."""
-    queue = FairQueue()
-    for user, alloc_id in items:
-        queue.push(user, req(alloc_id))
-    return queue
-
-
 def state(
     alloc_id: str, user: str, seconds: float, cpus: float = 1, status: str = "pending"
 ) -> AllocationState:
@@ -58,17 +52,17 @@ def order(
     active: Sequence[AllocationState] = (),
     last_placed: dict[str, int] | None = None,
 ) -> list[str]:
-    return [p.alloc_id for p in FairQueue.of(pending, active, last_placed or {}).in_order()]
+    return [a.alloc_id for a in fair_order(pending, active, last_placed or {})]
 
 
 def test_users_take_turns_and_each_users_requests_keep_their_order() -> None:
-    queue = queue_of(("ann", "a1"), ("ann", "a2"), ("ann", "a3"), ("bob", "b1"), ("cy", "c1"), ("bob", "b2"))
-    assert [p.alloc_id for p in queue.in_order()] == ["a1", "b1", "c1", "a2", "b2", "a3"]
-    assert [p.alloc_id for p in queue] == ["a1", "a2", "a3", "b1", "b2", "c1"]
-    assert len(queue) == 6
-    assert "b2" in queue
-    assert queue.get("b2") is not None
-    assert queue.get("zz") is None
+    """Tried: ann's three requests, bob's two and cy's one, made in an interleaved order, given in
+    another. Must hold: each user's first in the order of their first request, then each
+    user's second, and so on; an allocation no longer pending is left out."""
+    made = [("ann", "a1"), ("ann", "a2"), ("ann", "a3"), ("bob", "b1"), ("cy", "c1"), ("bob", "b2")]
+    pending = [state(alloc_id, user, i) for i, (user, alloc_id) in enumerate(made)]
+    placed = state("a0", "ann", -1, status="placed")
+    assert order([*reversed(pending), placed]) == ["a1", "b1", "c1", "a2", "b2", "a3"]
 
 
 def test_a_user_who_came_later_holding_nothing_is_served_before_one_who_holds() -> None:
@@ -98,12 +92,6 @@ def test_the_cpus_held_decide_not_the_number_of_allocations() -> None:
     assert order(waiting, held) == ["b1", "a1"]
 
 
-def test_the_same_allocation_cannot_be_queued_twice() -> None:
-    queue = queue_of(("ann", "a1"))
-    with pytest.raises(ValueError, match="already queued"):
-        queue.push("bob", req("a1"))
-
-
 def test_capacity_freeing_serves_waiting_users_in_turn() -> None:
     """With a real scheduler, rounds as the allocator makes them (reactions.py place_pending): each
     round a queue made afresh from what waits, what runs and who was placed when, and what fits
@@ -126,10 +114,11 @@ def test_capacity_freeing_serves_waiting_users_in_turn() -> None:
     def round_() -> list[str]:
         nonlocal position
         placed = []
-        for pending in FairQueue.of(waiting.values(), running.values(), last_placed).in_order():
-            decision = scheduler.place(pending.request)
+        for pending in fair_order(waiting.values(), running.values(), last_placed):
+            request = placement_request(pending)
+            decision = scheduler.place(request)
             if isinstance(decision, Placed):
-                scheduler.reserve(decision.host_id, pending.request.resources)
+                scheduler.reserve(decision.host_id, request.resources)
                 position += 1
                 last_placed[pending.user] = position
                 running[pending.alloc_id] = replace(waiting.pop(pending.alloc_id), status="running")
@@ -168,11 +157,44 @@ def test_a_queue_of_the_read_model_pending_allocations() -> None:
         requested("a1", "ann", 0),
         requested("a2", "ann", 2),
     ]
-    queue = FairQueue.of(states, [], {})
-    assert [p.alloc_id for p in queue.in_order()] == ["a1", "b1", "a2"]
-    a1 = queue.get("a1")
-    assert a1 is not None
-    assert (a1.user, a1.request) == (
-        "ann",
-        PlacementRequest("a1", req("a1").resources, {"arch": "arm64"}, "debian:12"),
+    assert order(states) == ["a1", "b1", "a2"]
+    # What a round then asks the scheduler for: the request as its user made it.
+    assert placement_request(states[1]) == PlacementRequest(
+        "a1", req("a1").resources, {"arch": "arm64"}, "debian:12"
     )
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 5)), max_size=30),
+    st.dictionaries(st.sampled_from("abcd"), st.sampled_from([0.5, 1.0, 2.0]), max_size=4),
+    st.dictionaries(st.sampled_from("abcd"), st.integers(1, 3), max_size=4),
+)
+def test_every_request_is_served_once_in_rounds_each_users_in_the_order_made(
+    made: list[tuple[str, int]], holding: dict[str, float], last_placed: dict[str, int]
+) -> None:
+    """Tried: any requests of up to four users (several made in the same second), users holding
+    CPUs or not, placed at some log position or never. Must hold: every request comes exactly
+    once; each user's in the order made; the n-th of every user who has one comes before any
+    user's (n+1)-th; and within each round users keep one order, the one holding least first."""
+    pending = [state(f"{user}{i}", user, second) for i, (user, second) in enumerate(made)]
+    active = [state(f"run-{user}", user, -1, cpus=cpus, status="running") for user, cpus in holding.items()]
+    served = fair_order(pending, active, last_placed)
+    assert sorted(a.alloc_id for a in served) == sorted(a.alloc_id for a in pending)
+    rounds: list[list[str]] = []
+    seen: dict[str, int] = {}
+    for a in served:
+        n = seen.get(a.user, 0)
+        seen[a.user] = n + 1
+        if n == len(rounds):
+            rounds.append([])
+        assert n == len(rounds) - 1, "a user's next request came before another's earlier round ended"
+        rounds[n].append(a.user)
+    for user in seen:
+        mine = [a for a in served if a.user == user]
+        assert [(a.requested_at, a.alloc_id) for a in mine] == sorted(
+            (a.requested_at, a.alloc_id) for a in mine
+        )
+    first = rounds[0] if rounds else []
+    for later in rounds[1:]:
+        assert later == [u for u in first if u in later]
+    assert [holding.get(u, 0.0) for u in first] == sorted(holding.get(u, 0.0) for u in first)

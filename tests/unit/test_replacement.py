@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from potluck.allocator.capacity import placement_request
 from potluck.allocator.decisions import never_fits, timed_out
 from potluck.allocator.lifecycle import MAX_PULL_HOSTS, decide
-from potluck.allocator.queue import FairQueue
 from potluck.allocator.scheduler import (
     NO_FREE_CAPACITY,
     NO_HOST_LEFT,
@@ -213,8 +212,6 @@ def test_its_next_placement_excludes_the_hosts_it_failed_on() -> None:
     state = state_after(requested(), placed("h1"), unplaced("h1"), placed("h2"), unplaced("h2"))
     assert placement_request(state).excluded_hosts == {"h1", "h2"}
     assert placement_request(requested()).excluded_hosts == frozenset()
-    [queued] = list(FairQueue.of([state], [], {}))
-    assert queued.request.excluded_hosts == {"h1", "h2"}
 
 
 def test_its_queue_timeout_counts_from_its_return() -> None:
