@@ -49,7 +49,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import structlog
@@ -86,6 +86,7 @@ from potluck.hostd.image_pull import ImagePuller, PullFailed
 from potluck.hostd.reconciler import never_started, reconcile
 from potluck.hostd.restart_budget import RestartBudget
 from potluck.hostd.spans import docker_span
+from potluck.hostd.unwatched_stops import stopped_unwatched
 from potluck.hostd.warm_keeper import WarmKeeper
 from potluck.kernel.background import BackgroundTasks
 
@@ -150,8 +151,9 @@ class ContainerManager:
         # The CPU quota last set on each container (alloc_id -> cpus), so that only changes go out.
         self._quotas: dict[str, float] = {}
         self.engine_up: bool | None = None
-        #: Whether watch_docker_events holds an open event stream of the engine.
-        self._events_open = False
+        #: Since when watch_docker_events holds an open event stream of the engine (None: it
+        #: holds none): what ended before was not watched (unwatched_stops.py).
+        self._watched_since: datetime | None = None
         self._reconcile_on_return: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         #: Placements whose start is under way (place), and the slots they take turns in.
@@ -740,7 +742,9 @@ class ContainerManager:
             # drain, though this hostd restarted between stopping it and reporting it.
             self._drained.discard(alloc_id)
             why = "host_drained"
-        elif why is None and container.container_id in self._told_to_stop:
+        elif why is None and (
+            container.container_id in self._told_to_stop or stopped_unwatched(container, self._watched_since)
+        ):
             why = "stopped_on_host"  # not by hostd: its own stops are in its bookkeeping
         self._told_to_stop.discard(container.container_id)
         self.report(
@@ -862,12 +866,12 @@ class ContainerManager:
             # A daemon thread, not the loop's executor: a read blocked on the
             # engine's socket must not hold up the process at exit.
             threading.Thread(target=pump, name="docker-events", daemon=True).start()
-            self._events_open = True
+            self._watched_since = datetime.now(UTC)
             try:
                 while (container_id := await died.get()) is not None:
                     await self.on_container_died(container_id)
             finally:
-                self._events_open = False
+                self._watched_since = None
                 stream.close()
             await asyncio.sleep(1.0)
 
@@ -877,7 +881,7 @@ class ContainerManager:
         engine's event stream is open and would end if the engine went away."""
         last_ping = -float("inf")
         while True:
-            streaming = self._events_open and self.engine_up
+            streaming = self._watched_since is not None and self.engine_up
             if not streaming or time.monotonic() - last_ping >= ENGINE_CHECK_WHILE_STREAMING_S:
                 last_ping = time.monotonic()
                 with contextlib.suppress(DockerDriverError):

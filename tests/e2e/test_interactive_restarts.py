@@ -85,7 +85,8 @@ async def test_after_a_reboot_hostd_starts_the_interactive_container_again_and_r
     """A member's reboot: hostd is killed (-9), then its engine restarts with hostd away, then
     hostd starts. What must hold: the interactive allocation is still running, in the same
     container with the file written before; the task that ran is exited (143) once hostd is
-    back; nothing placed ends lost."""
+    back, saying it was stopped on its host (no hostd saw the stop: its engine stopped it as
+    it shut down), so that a job would re-queue it; nothing placed ends lost."""
     # hostd is away for seconds: long enough to be suspected, not lost.
     pool.processes["registry"].stop()
     pool.liveness = (0.5, 3, 120.0)
@@ -104,6 +105,10 @@ async def test_after_a_reboot_hostd_starts_the_interactive_container_again_and_r
         task = await allocation(pool.store, "task")
         assert task is not None
         assert task.exit_code == 143
+        assert (task.reason, task.exited_by_host) == (
+            "stopped on its host (by its member, or its Docker engine stopped)",
+            True,
+        ), task
         state = await allocation(pool.store, "sandbox")
         assert state is not None
         assert state.status == "running", pool.logs()
