@@ -351,10 +351,18 @@ def refusal(state: AllocationState, reason: str, detail: str) -> list[StreamAppe
     return [StreamAppend(alloc_stream(state.alloc_id), [refused], state.version)]
 
 
+def queue_deadline(state: AllocationState) -> datetime | None:
+    """When a request that waits has waited its queue timeout: counted from its request, or
+    from its return from a host that could not get its image (None: it has no time to count
+    from, and never times out)."""
+    since = state.pending_since or state.requested_at
+    return None if since is None else since + timedelta(seconds=state.queue_timeout_s)
+
+
 def timed_out(state: AllocationState, now: datetime) -> list[StreamAppend]:
     """The refusal of a pending request that has waited past its queue timeout at `now`."""
-    waited = (now - (state.pending_since or state.requested_at or now)).total_seconds()
-    if state.status != "pending" or waited <= state.queue_timeout_s:
+    deadline = queue_deadline(state)
+    if state.status != "pending" or deadline is None or now <= deadline:
         return []
     return refusal(state, "QUEUE_TIMEOUT", f"no capacity freed within {state.queue_timeout_s:g}s")
 

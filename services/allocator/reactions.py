@@ -23,7 +23,7 @@ same time; a placement that loses a race is left pending for the next round.
 
 import asyncio
 import contextlib
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import structlog
@@ -35,6 +35,7 @@ from potluck.allocator.decisions import (
     loss_reason,
     never_fits,
     placement,
+    queue_deadline,
     timed_out,
 )
 from potluck.allocator.job_reactions import JobDriver
@@ -89,6 +90,11 @@ class Reactions:
         #: Requests that began waiting since the queue was last tried: tried in the next round,
         #: with the room as it is, without trying the whole queue again.
         self._newcomers: set[str] = set()
+        #: No waiting request times out before this (None: not known, look at each): the
+        #: earliest queue deadline when they were last looked at, or a newcomer's, if earlier.
+        self._next_timeout: datetime | None = None
+        #: How many times every waiting request was looked at for its queue timeout.
+        self.timeout_walks = 0
 
     def notice(self, event: Event, record: RecordedEvent) -> None:
         """After the model folded `event`: remember what to react to."""
@@ -102,6 +108,7 @@ class Reactions:
             state = self.engine.model.allocations.allocations.get(event.alloc_id)
             if state is not None and state.status == "pending":
                 self._newcomers.add(event.alloc_id)
+                self._times_out_at(queue_deadline(state))
                 self.capacity_changed.set()
         if self.jobs.notice(event, record):
             self.capacity_changed.set()  # wakes the round, which drives the job
@@ -143,7 +150,7 @@ class Reactions:
         await self.mark_frozen_too_long()
         # Before the queue: the attempts jobs request now are placed in this round.
         await self.jobs.drive()
-        if self.capacity_changed.is_set() or self.engine.model.pending():
+        if self.capacity_changed.is_set() or self.engine.model.allocations.pending_ids:
             self.capacity_changed.clear()
             await self.place_pending()
 
@@ -279,9 +286,23 @@ class Reactions:
         return placed
 
     async def _refuse_timed_out(self, now: datetime) -> None:
-        """Refuse what has waited past its queue timeout at `now`."""
+        """Refuse what has waited past its queue timeout at `now`. Each request that waits is
+        looked at only once one may be due, not every round: a round comes with each request
+        that joins, and a long queue would cost a walk each."""
+        if self._next_timeout is not None and now <= self._next_timeout:
+            return
+        self.timeout_walks += 1
         for pending in self.engine.model.pending():
             refused = timed_out(pending, now)
             if refused:
                 with contextlib.suppress(WrongExpectedVersion):
                     await self.engine.append(refused, "allocator")
+        # Worked out with no await in between: no request that joins meanwhile is missed. One
+        # whose refusal lost a race (still waiting, past its deadline) makes the next round look.
+        self._next_timeout = datetime.max.replace(tzinfo=UTC)
+        for pending in self.engine.model.pending():
+            self._times_out_at(queue_deadline(pending))
+
+    def _times_out_at(self, deadline: datetime | None) -> None:
+        if deadline is not None and self._next_timeout is not None and deadline < self._next_timeout:
+            self._next_timeout = deadline

@@ -124,11 +124,12 @@ async def test_requests_that_join_a_long_queue_are_tried_without_trying_it_all_a
 ) -> None:
     """Tried: with the reactions running, 300 requests of 2 CPUs wait behind a host whose 4 CPUs
     a 3-CPU allocation mostly holds; 30 more join, then a job whose 1-CPU task fits in the
-    room left; then the 3-CPU allocation ends. Must hold: the requests that join are tried on
-    their own, not with the whole queue again (an allocator that did so once per request
-    starved its API behind a long queue); the job's task, which only the queue places, is
-    placed; the capacity freed is tried against the whole queue once and given to the first in
-    line, and the rest still wait."""
+    room left, then one that may wait half a second; then the 3-CPU allocation ends. Must
+    hold: the requests that join are tried on their own, not with the whole queue again (an
+    allocator that did so once per request starved its API behind a long queue), and the
+    queue is not looked at for timeouts while none is due; the job's task, which only the
+    queue places, is placed; the short wait is refused on time; the capacity freed is tried
+    against the whole queue once and given to the first in line, and the rest still wait."""
     engine = AllocatorEngine(store)
     await engine.catch_up()
     following = asyncio.create_task(engine.follow())
@@ -148,7 +149,7 @@ async def test_requests_that_join_a_long_queue_are_tried_without_trying_it_all_a
         assert allocations[big].status == "placed"
         reactions = engine.reactions
         await wait_until(lambda: reactions.queue_passes > 0, 15, "the queue to be tried")
-        passes = reactions.queue_passes
+        passes, walks = reactions.queue_passes, reactions.timeout_walks
 
         joined = [await request(engine, heavy, 2, queue_timeout=3600) for _ in range(30)]
         body = CreateJob.model_validate(
@@ -169,7 +170,14 @@ async def test_requests_that_join_a_long_queue_are_tried_without_trying_it_all_a
 
         await wait_until(task_placed, 15, "the job's task to be placed from the queue")
         assert reactions.queue_passes == passes
+        assert reactions.timeout_walks == walks  # none is due for an hour: none looked at
         assert {allocations[a].status for a in (*waiting, *joined)} == {"pending"}
+
+        # One that joins with a short queue timeout is still refused on time.
+        short = await request(engine, heavy, 2, queue_timeout=0.5)
+        await wait_until(lambda: allocations[short].status == "refused", 15, "the short wait to time out")
+        assert allocations[short].reason == "QUEUE_TIMEOUT"
+        assert reactions.timeout_walks > walks
 
         await engine.release(heavy, big)
         await wait_until(

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from potluck.allocator.capacity import placement_request
-from potluck.allocator.decisions import never_fits, timed_out
+from potluck.allocator.decisions import never_fits, queue_deadline, timed_out
 from potluck.allocator.lifecycle import MAX_PULL_HOSTS, decide
 from potluck.allocator.scheduler import (
     NO_FREE_CAPACITY,
@@ -220,6 +220,7 @@ def test_its_queue_timeout_counts_from_its_return() -> None:
         requested_at=T0 - timedelta(hours=1),
         pending_since=T0,
     )
+    assert queue_deadline(state) == T0 + timedelta(seconds=60)
     assert timed_out(state, T0 + timedelta(seconds=59)) == []
     assert timed_out(state, T0 + timedelta(seconds=61)) != []
 
