@@ -129,8 +129,8 @@ On top of that hostd reads, every `sample_interval_s`:
   alike are judged by their load;
 - the battery, under `power_supply_dir` (sysfs layout): on battery when a
   `type=Battery` supply says `status=Discharging`, or it has chargers
-  (Mains, USB) and none says `online=1`. `on_battery = "run"` ignores it. No
-  battery there: never on battery;
+  (Mains, USB) and every one says `online=0` (one that cannot be read says
+  nothing). `on_battery = "run"` ignores it. No battery there: never on battery;
 - the temperature, the hottest `thermal_zone*/temp` under `thermal_dir`
   (millidegrees): at or above `max_temperature_c` the pool is throttled until it
   is 5 degrees below; a hot machine whose zones fail a read stays throttled until

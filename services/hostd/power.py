@@ -1,9 +1,12 @@
 """Is the machine on battery? Read from the sysfs power_supply tree (or a directory laid out alike).
 
 Each supply is a folder with a `type` file (Battery, Mains, USB, UPS, ...) and, for a battery,
-`status` (Charging, Discharging, Full, ...), for a charger `online` (1 or 0). The machine runs
-on battery when it has a battery and that battery says Discharging, or none of its chargers
-(Mains, USB) is online. A machine without a battery is never on battery.
+`status` (Charging, Discharging, Full, ...), for a charger `online` (0 offline; 1 online, or 2
+for a USB-C charger that negotiates its voltage). The machine runs on battery when it has a
+battery and that battery says Discharging, or every one of its chargers (Mains, USB) says it is
+offline. A charger whose `online` could not be read says nothing either way: read as unplugged,
+one unreadable sample (or a supply folder seen half made) would freeze the pool's work on a
+machine that is plugged in. A machine without a battery is never on battery.
 """
 
 from dataclasses import dataclass
@@ -33,7 +36,7 @@ def judge(supplies: list[Supply]) -> PowerReading:
         return PowerReading(False, False, "no battery")
     discharging = [s.name for s in batteries if s.status == "Discharging"]
     chargers = [s for s in supplies if s.type in _CHARGERS]
-    unplugged = bool(chargers) and not any(s.online == "1" for s in chargers)
+    unplugged = bool(chargers) and all(s.online == "0" for s in chargers)
     if discharging:
         return PowerReading(True, True, f"{', '.join(discharging)} discharging")
     if unplugged:

@@ -121,8 +121,10 @@ def supply(root: Path, name: str, **files: str) -> None:
 
 
 def test_power_supplies_say_when_the_machine_runs_on_battery(tmp_path: Path) -> None:
-    """No supplies: no battery. A charging battery with the charger online: plugged in. A
-    discharging battery, or a battery whose chargers are all offline: on battery."""
+    """No supplies: no battery. A charging battery with the charger online (1, or 2 as a USB-C
+    charger says it): plugged in. A discharging battery, or a battery whose chargers all say
+    they are offline: on battery. A charger whose `online` is missing or unreadable (a supply
+    seen half made, a failed read): not evidence of being unplugged."""
     assert read_power(tmp_path / "none").has_battery is False
     plugged = tmp_path / "plugged"
     supply(plugged, "BAT0", type="Battery", status="Charging")
@@ -134,6 +136,16 @@ def test_power_supplies_say_when_the_machine_runs_on_battery(tmp_path: Path) -> 
     supply(unplugged, "AC", type="Mains", online="0")
     desktop = tmp_path / "desktop"
     supply(desktop, "usb-c", type="USB", online="0")
+    usb_pd = tmp_path / "usb-pd"
+    supply(usb_pd, "BAT0", type="Battery", status="Not charging")
+    supply(usb_pd, "ucsi-source-psy-0", type="USB", online="2")
+    unknown = tmp_path / "unknown"
+    supply(unknown, "BAT0", type="Battery", status="Full")
+    supply(unknown, "AC", type="Mains")
+    one_of_two = tmp_path / "one-of-two"
+    supply(one_of_two, "BAT0", type="Battery", status="Full")
+    supply(one_of_two, "AC", type="Mains", online="0")
+    supply(one_of_two, "usb-c", type="USB", online="1")
 
     assert read_power(plugged).on_battery is False
     assert read_power(plugged).has_battery is True
@@ -141,6 +153,9 @@ def test_power_supplies_say_when_the_machine_runs_on_battery(tmp_path: Path) -> 
     assert read_power(unplugged).on_battery is True
     assert read_power(desktop).has_battery is False
     assert read_power(desktop).on_battery is False
+    assert read_power(usb_pd).on_battery is False
+    assert read_power(unknown).on_battery is False
+    assert read_power(one_of_two).on_battery is False
 
 
 def test_the_temperature_is_the_hottest_zone_or_none(tmp_path: Path) -> None:
