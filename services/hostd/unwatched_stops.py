@@ -16,15 +16,15 @@ told apart by the engine.
 Pure: a container's state and the time this hostd began following the engine in, a verdict out.
 """
 
-import signal
 from datetime import datetime
 
-from potluck.hostd.docker_driver import ManagedContainer
+from potluck.hostd.docker_driver import STOP_SIGNALS, ManagedContainer
 
 __all__ = ["SIGNALLED_EXITS", "stopped_unwatched"]
 
-#: How a container whose init died of a stop's signal (SIGTERM, then SIGKILL) exits.
-SIGNALLED_EXITS = frozenset({128 + int(signal.SIGTERM), 128 + int(signal.SIGKILL)})
+#: How a container whose init died of a stop's signal (SIGTERM, then SIGKILL) exits: the same
+#: signals a live `kill` event is read by, so both readings of a stop agree.
+SIGNALLED_EXITS = frozenset(128 + number for number in STOP_SIGNALS)
 
 
 def stopped_unwatched(container: ManagedContainer, watched_since: datetime | None) -> bool:
