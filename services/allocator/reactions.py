@@ -230,8 +230,9 @@ class Reactions:
         tried whole since then would get the same answers, so only the requests that began
         waiting since (the newcomers) are tried, in their fair order: requests ahead of them
         that still cannot fit hold nothing back. A long queue behind a full pool so costs one
-        pass when room may have grown, not one per request that joins it; the queue timeouts,
-        which move with the clock, are looked at every round.
+        pass when room may have grown, not one per request that joins it. The queue timeouts,
+        which move with the clock, are looked at in any round once one may be due
+        (`_refuse_timed_out`).
         """
         engine = self.engine
         placed = 0
