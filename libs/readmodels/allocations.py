@@ -288,14 +288,20 @@ class AllocationsView:
     held_ids: dict[str, set[str]] = field(default_factory=dict, compare=False, repr=False)
     #: The log position of each user's latest placement, for the fair queue's turns (a user
     #: served last waits behind one who holds as little and was served before). Follows from
-    #: the placements folded; a view made from allocations (a checkpoint's) knows those that
-    #: still say where they were placed, not the ones undone since (AllocationUnplaced).
+    #: the placements folded (a checkpoint keeps the whole view, this too); a view made from
+    #: allocations alone knows those that still say where they were placed, not the ones
+    #: undone since (AllocationUnplaced).
     last_placed: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    #: How many allocations are in each status: follows from `allocations`, so that the
+    #: allocations gauge costs the number of statuses, not a look at every allocation.
+    #: A plain dict: a checkpoint (potluck.events.checkpoints) names only the classes it allows.
+    by_status: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for a in self.allocations.values():
             self.by_user.put(a.user, a.requested_at, a.alloc_id)
             self._index(a)
+            self._count(a.status, 1)
 
     def _index(self, state: AllocationState) -> None:
         pending, active = state.status == "pending", state.status in ACTIVE
@@ -321,12 +327,23 @@ class AllocationsView:
         self.position = position
         if not isinstance(event, AllocationEvent):
             return None
-        new = evolve(self.allocations.get(event.alloc_id), event, version, at, position)
+        old = self.allocations.get(event.alloc_id)
+        new = evolve(old, event, version, at, position)
         if new is not None:
+            if old is not None:
+                self._count(old.status, -1)
+            self._count(new.status, 1)
             self.allocations[event.alloc_id] = new
             self.by_user.put(new.user, new.requested_at, new.alloc_id)
             self._index(new)
         return new
+
+    def _count(self, status: str, change: int) -> None:
+        now = self.by_status.get(status, 0) + change
+        if now:
+            self.by_status[status] = now
+        else:
+            del self.by_status[status]
 
     def pending(self) -> list[AllocationState]:
         """The pending allocations, in no particular order."""

@@ -25,9 +25,7 @@ def watch_allocator(metrics: PoolMetrics, engine: AllocatorEngine) -> None:
                 out.append(("potluck.capacity.cpus", figures["cpus"], attrs))
                 out.append(("potluck.capacity.memory", figures["memory_bytes"], attrs))
                 out.append(("potluck.capacity.disk", figures["disk_bytes"], attrs))
-        states: dict[str, int] = {}
-        for alloc in list(engine.allocations.allocations.values()):
-            states[alloc.status] = states.get(alloc.status, 0) + 1
+        states = engine.allocations.by_status
         out.extend(("potluck.allocations", n, {"state": s}) for s, n in sorted(states.items()))
         return out
 

@@ -27,6 +27,7 @@ from potluck.contracts.allocation_events import (
     AllocationRequested,
     AllocationRunning,
     AllocationSpec,
+    AllocationUnplaced,
     CapacityFreed,
     CapacityReserved,
     Quota,
@@ -274,6 +275,8 @@ def _alloc_events(alloc_id: str, user: str, host_id: str, cpus: float) -> list[E
         AllocationRequested(alloc_id=alloc_id, user=user, spec=spec(cpus), lifetime_s=60),
         AllocationPlaced(alloc_id=alloc_id, host_id=host_id, user=user, spec=spec(cpus), expires_at=T0),
         AllocationRunning(alloc_id=alloc_id, host_id=host_id, container_id="c-" + alloc_id),
+        # A placement undone: the fair queue's turns must still remember it (last_placed).
+        AllocationUnplaced(alloc_id=alloc_id, host_id=host_id, reason="image_pull_failed"),
         AllocationExpired(alloc_id=alloc_id, host_id=host_id),
         AllocationReleased(alloc_id=alloc_id, host_id=host_id, by="user:" + user),
     ]

@@ -1,5 +1,6 @@
 """Why a pending allocation waits (allocator's waiting.py) and the read model's pending index."""
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -138,10 +139,14 @@ def test_the_indexes_hold_exactly_the_pending_active_and_kept_allocations(
     assert {a.alloc_id for a in view.held_by("ann")} == held
     assert view.held_by("bob") == []
     assert view.held_ids == ({"ann": held} if held else {})  # no user is kept with nothing held
+    # The gauge's counts: no status is kept with none in it.
+    assert view.by_status == Counter(a.status for a in states)
+    assert 0 not in view.by_status.values()
     # A view made from the same allocations (a checkpoint's) finds the same.
     again = AllocationsView(allocations=dict(view.allocations))
     assert (again.pending_ids, again.active_ids, again.kept_ids) == (pending, active, kept)
     assert again.held_ids == view.held_ids
+    assert again.by_status == view.by_status
     # The latest placement folded; from allocations alone, those that still say where they were.
     placed = max((a.placed_position for a in states if a.placed_position is not None), default=None)
     assert again.last_placed == ({"ann": placed} if placed is not None else {})
