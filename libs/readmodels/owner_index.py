@@ -10,6 +10,7 @@ place in the order, not a count, so rows added meanwhile (asked for later) come 
 and none is shown twice or skipped.
 """
 
+import heapq
 from bisect import bisect_right, insort
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -54,6 +55,12 @@ class OwnerIndex:
     def newest_first(self, owner: str) -> Iterator[str]:
         """The owner's ids, newest first."""
         return (row_id for _, row_id in reversed(self.rows.get(owner, ())))
+
+    def everyones_newest_first(self) -> Iterator[str]:
+        """Every owner's ids, newest first: the owners' orders merged, so that the first few cost
+        the number of owners, not the number of rows."""
+        merged = heapq.merge(*(reversed(keys) for keys in self.rows.values()), reverse=True)
+        return (row_id for _, row_id in merged)
 
     def count(self, owner: str) -> int:
         return len(self.rows.get(owner, ()))

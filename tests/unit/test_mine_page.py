@@ -11,7 +11,7 @@ import jinja2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from potluck.allocator.web.mine_page import FINISHED_SHOWN, mine_of, newest, newest_of_user
+from potluck.allocator.web.mine_page import FINISHED_SHOWN, mine_of, newest, newest_of
 from potluck.allocator.web.routes import HERE
 from potluck.contracts.allocation_events import AllocationReleased, AllocationRequested, alloc_stream
 from potluck.readmodels.owner_index import EARLIEST
@@ -104,13 +104,14 @@ def test_a_long_history_shows_what_runs_and_the_newest_finished_and_says_how_man
         max_size=150,
     )
 )
-def test_a_users_newest_found_from_the_indexes_is_what_a_look_at_every_allocation_finds(
+def test_the_newest_found_from_the_indexes_is_what_a_look_at_every_allocation_finds(
     history: list[tuple[str, str]],
 ) -> None:
     """Tried: any history of two users' allocations ended, waiting and running (more finished
     ones than the page shows). Must hold: what the page shows of a user, found from the held
     index and the user's allocations newest first, is exactly what `newest` finds looking at
-    every allocation of the user, and so are the counts."""
+    every allocation of the user, and so are the counts; and the same for an operator's page,
+    found from the pending and active indexes and every user's allocations merged."""
     log = RecordingLog()
     host(log, "h1", cap(1000, 1000))
     for n, (user, fate) in enumerate(history):
@@ -122,13 +123,13 @@ def test_a_users_newest_found_from_the_indexes_is_what_a_look_at_every_allocatio
         ended = [AllocationReleased(alloc_id=alloc_id, by=f"user:{user}")] if fate == "ended" else []
         log.add(alloc_stream(alloc_id), requested, *ended)
     model, _ = folded(log)
-    for user in ("alice", "bob"):
+    seen_by: tuple[str | None, ...] = ("alice", "bob", None)  # None: an operator
+    for seer in seen_by:
+        theirs = model.allocations_of(seer) if seer else list(model.allocations.allocations.values())
         every = newest(
-            model.allocations_of(user),
-            finished=lambda a: a.terminal,
-            key=lambda a: (a.requested_at or EARLIEST, a.alloc_id),
+            theirs, finished=lambda a: a.terminal, key=lambda a: (a.requested_at or EARLIEST, a.alloc_id)
         )
-        found = newest_of_user(model, user)
+        found = newest_of(model, seer)
         assert [a.alloc_id for a in found.shown] == [a.alloc_id for a in every.shown]
         assert (found.unfinished_left, found.finished_left) == (every.unfinished_left, every.finished_left)
-        assert mine_of(model, user).allocations_total == len(model.allocations_of(user))
+        assert mine_of(model, seer).allocations_total == len(theirs)

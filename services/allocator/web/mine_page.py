@@ -19,7 +19,7 @@ from potluck.readmodels.allocations import AllocationState
 from potluck.readmodels.jobs import JobState
 from potluck.readmodels.owner_index import EARLIEST
 
-__all__ = ["FINISHED_SHOWN", "UNFINISHED_SHOWN", "MinePage", "Newest", "mine_of", "newest", "newest_of_user"]
+__all__ = ["FINISHED_SHOWN", "UNFINISHED_SHOWN", "MinePage", "Newest", "mine_of", "newest", "newest_of"]
 
 #: Finished allocations (and ended jobs) shown, the newest.
 FINISHED_SHOWN = 50
@@ -81,22 +81,30 @@ class MinePage:
     jobs_unfinished_left: int
 
 
-def newest_of_user(model: AllocatorModel, user: str) -> Newest[AllocationState]:
-    """`newest` of the user's allocations, found without a look at each of them: the unfinished
-    ones are what the user holds (AllocationsView.held_by), and the newest finished ones are met
-    first walking the user's allocations from the newest. A render then costs what the user
-    runs and what the page shows, however many tasks of past jobs are behind them."""
+def newest_of(model: AllocatorModel, user: str | None) -> Newest[AllocationState]:
+    """`newest` of the user's allocations (with `user` None, of everyone's), found without a look
+    at each of them: the unfinished ones are what is held (AllocationsView.held_by, or the pending
+    and active indexes), and the newest finished ones are met first walking the allocations from
+    the newest. A render then costs what runs and what the page shows, however many tasks of past
+    jobs are behind them."""
     view = model.allocations
-    going = view.held_by(user)
+    if user is None:
+        going = [*view.pending(), *view.active()]
+        from_newest = view.by_user.everyones_newest_first()
+        total = len(view.allocations)
+    else:
+        going = view.held_by(user)
+        from_newest = view.by_user.newest_first(user)
+        total = view.by_user.count(user)
     shown_going = heapq.nlargest(UNFINISHED_SHOWN, going, key=_requested)
     shown_done: list[AllocationState] = []
-    for alloc_id in view.by_user.newest_first(user):
+    for alloc_id in from_newest:
         state = view.allocations[alloc_id]
         if state.terminal:
             shown_done.append(state)
             if len(shown_done) == FINISHED_SHOWN:
                 break
-    done = view.by_user.count(user) - len(going)
+    done = total - len(going)
     return Newest(
         shown=shown_going + shown_done,
         unfinished_left=len(going) - len(shown_going),
@@ -106,13 +114,11 @@ def newest_of_user(model: AllocatorModel, user: str) -> Newest[AllocationState]:
 
 def mine_of(model: AllocatorModel, user: str | None) -> MinePage:
     """The user's allocations and jobs, or with `user` None (an operator) every user's."""
+    shown = newest_of(model, user)
     if user is None:
-        every = model.allocations.allocations
-        shown = newest(every.values(), finished=lambda a: a.terminal, key=_requested)
-        allocations_total = len(every)
+        allocations_total = len(model.allocations.allocations)
         jobs: list[JobState] = list(model.jobs.jobs.values())
     else:
-        shown = newest_of_user(model, user)
         allocations_total = model.allocations.by_user.count(user)
         jobs = model.jobs.of_user(user)
     shown_jobs = newest(jobs, finished=lambda j: j.terminal, key=_submitted)
