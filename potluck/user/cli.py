@@ -236,6 +236,12 @@ def alloc() -> None:
     help="With --wait: give up after this many seconds (exit code 4).",
 )
 @JSON
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="Print only the allocation's id, and no progress (as `docker build -q`).",
+)
 @click.argument("command", nargs=-1)
 def create(
     cpus: float,
@@ -253,11 +259,15 @@ def create(
     wait: bool,
     timeout: float,
     as_json: bool,
+    quiet: bool,
     command: tuple[str, ...],
 ) -> None:
     """Ask for a container; COMMAND (after --) is what it runs, and it ends when COMMAND ends.
-    Without COMMAND it is interactive: up until released or expired (reach it with `potluck ssh`)."""
+    Without COMMAND it is interactive: up until released or expired (reach it with `potluck ssh`).
 
+    ID=$(potluck alloc create -q --wait ...) keeps its id for the next commands."""
+    if quiet and as_json:
+        raise click.UsageError("--quiet prints the id alone and --json the whole allocation: choose one")
     body: dict[str, Any] = {
         "cpus": cpus,
         "memory": memory,
@@ -276,18 +286,22 @@ def create(
     if queue_timeout is not None:
         body["queue_timeout"] = queue_timeout
     created = call_api("POST", "/v1/allocations", body)
+    if quiet:
+        # At once: a script keeps the id (to release it) whatever the wait ends with.
+        click.echo(created["id"])
     if wait and created["state"] not in ("running",):
-        created = _wait(created, timeout, as_json)
-    _show(created, as_json)
+        created = _wait(created, timeout, show_progress=not (as_json or quiet))
+    if not quiet:
+        _show(created, as_json)
     if wait and created["state"] != "running":
         err.print(f"allocation {created['id']} is {created['state']}, not running", highlight=False)
         sys.exit(int(ExitCode.REFUSED))
 
 
-def _wait(created: dict[str, Any], timeout: float, as_json: bool) -> dict[str, Any]:
+def _wait(created: dict[str, Any], timeout: float, *, show_progress: bool) -> dict[str, Any]:
     loop_deadline = asyncio.run(_now()) + timeout
     current: dict[str, Any] = created
-    status = err.status(f"waiting for {created['id']} to run ({_state(created)})") if not as_json else None
+    status = err.status(f"waiting for {created['id']} to run ({_state(created)})") if show_progress else None
     if status is not None:
         status.start()
     try:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -227,10 +228,12 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         (home / ".ssh").mkdir(parents=True)
         shutil.copy(f"{key}.pub", home / ".ssh" / "id_ed25519.pub")
         small = ("--cpus", "0.1", "--memory", "64M", "--image", "potluck-default:latest", "--json")
-        keyless = potluck("alloc", "create", *small, "--wait", env={**newcomer, "HOME": str(home)})
+        # -q: the id alone on stdout, as a script keeps it (ID=$(potluck alloc create -q ...)).
+        keyless = potluck("alloc", "create", *small[:-1], "-q", "--wait", env={**newcomer, "HOME": str(home)})
         assert keyless.returncode == 0, keyless.stderr
         assert f"{home}/.ssh/id_ed25519.pub may SSH in" in keyless.stderr, keyless.stderr
-        keyless_id = json.loads(keyless.stdout)["id"]
+        assert re.fullmatch(r"a-[0-9a-f]{12}\n", keyless.stdout), keyless.stdout
+        keyless_id = keyless.stdout.strip()
         reached = potluck("ssh", keyless_id, "-i", str(key), "--", "true", env=newcomer)
         assert reached.returncode == 0, reached.stdout + reached.stderr
         assert potluck("alloc", "rm", keyless_id, env=newcomer).returncode == 0
@@ -292,6 +295,7 @@ def test_a_port_in_use_is_named(newcomer: dict[str, str]) -> None:
     "args",
     [
         ["alloc", "create", "--cpus", "x"],
+        ["alloc", "create", "--quiet", "--json"],
         ["alloc", "show"],
         ["host", "pause"],
         ["nope"],
