@@ -336,11 +336,17 @@ async def _now() -> float:
 @click.option("--state", default=None, help="Only allocations in this state.")
 @LIMIT
 @JSON
-def ls(state: str | None, limit: int | None, as_json: bool) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="Only the ids, one a line.")
+def ls(state: str | None, limit: int | None, as_json: bool, quiet: bool) -> None:
     """Your allocations, oldest request first."""
+    if quiet and as_json:
+        raise click.UsageError("--quiet prints the ids alone and --json the whole allocations: choose one")
     found = list_rows("/v1/allocations", "allocations", {"state": state} if state else {}, limit)
     if as_json:
         click.echo(json.dumps(found))
+    elif quiet:
+        for allocation in found:
+            click.echo(allocation["id"])
     else:
         out.print(_table(found))
 
@@ -367,11 +373,35 @@ def show(alloc_id: str, as_json: bool) -> None:
 
 
 @alloc.command()
-@click.argument("alloc_id")
+@click.argument("alloc_ids", metavar="ALLOC_ID...", nargs=-1, required=True)
 @JSON
-def rm(alloc_id: str, as_json: bool) -> None:
-    """Release an allocation: its container is stopped and removed."""
-    _show(call_api("DELETE", f"/v1/allocations/{alloc_id}"), as_json)
+def rm(alloc_ids: tuple[str, ...], as_json: bool) -> None:
+    """Release allocations: their containers are stopped and removed.
+
+    Each is released even if another cannot be; the exit code is then the first failure's.
+    potluck alloc rm $(potluck alloc ls -q) releases all of yours."""
+    if len(alloc_ids) == 1:
+        _show(call_api("DELETE", f"/v1/allocations/{alloc_ids[0]}"), as_json)
+        return
+    try:
+        api = Api(Login.load())
+    except ClientError as exc:
+        bail(exc)
+    released: list[dict[str, Any]] = []
+    failed: ClientError | None = None
+    for alloc_id in dict.fromkeys(alloc_ids):  # once each, in the order given
+        try:
+            released.append(asyncio.run(api.call("DELETE", f"/v1/allocations/{alloc_id}")))
+        except ClientError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            failed = failed or exc
+    if as_json:
+        for allocation in released:  # one object per line, as for one id
+            click.echo(json.dumps(allocation))
+    elif released:
+        out.print(_table(released))
+    if failed is not None:
+        sys.exit(int(failed.code))
 
 
 @alloc.command()

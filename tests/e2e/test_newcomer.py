@@ -236,12 +236,25 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         keyless_id = keyless.stdout.strip()
         reached = potluck("ssh", keyless_id, "-i", str(key), "--", "true", env=newcomer)
         assert reached.returncode == 0, reached.stdout + reached.stderr
-        assert potluck("alloc", "rm", keyless_id, env=newcomer).returncode == 0
         nobody = potluck("alloc", "create", *small, env={**newcomer, "HOME": str(tmp_path / "empty")})
         assert nobody.returncode == 0, nobody.stderr
         assert "no public key in" in nobody.stderr, nobody.stderr
         assert "ssh-keygen -t ed25519" in nobody.stderr, nobody.stderr
-        assert potluck("alloc", "rm", json.loads(nobody.stdout)["id"], env=newcomer).returncode == 0
+        nobody_id = json.loads(nobody.stdout)["id"]
+
+        # All of them at once, as `docker rm` takes them: `alloc ls -q` lists the ids (the
+        # first one, released already, too), and an id that is not the user's is named
+        # without stopping the others being released.
+        ids = potluck("alloc", "ls", "-q", env=newcomer).stdout.split()
+        assert ids == [allocation["id"], keyless_id, nobody_id]
+        unknown = "a-000000000000"
+        all_at_once = potluck("alloc", "rm", *ids, unknown, "--json", env=newcomer)
+        assert all_at_once.returncode != 0
+        assert f"no allocation {unknown} of yours" in all_at_once.stderr, all_at_once.stderr
+        answers = [json.loads(line) for line in all_at_once.stdout.splitlines()]
+        assert [(a["id"], a["state"]) for a in answers] == [(i, "released") for i in ids]
+        listed = json.loads(potluck("alloc", "ls", "--json", env=newcomer).stdout)
+        assert {a["state"] for a in listed} == {"released"}
     finally:
         stopped = potluck("down", env=newcomer, timeout=180)
     assert stopped.returncode == 0, stopped.stderr
@@ -296,6 +309,8 @@ def test_a_port_in_use_is_named(newcomer: dict[str, str]) -> None:
     [
         ["alloc", "create", "--cpus", "x"],
         ["alloc", "create", "--quiet", "--json"],
+        ["alloc", "ls", "--quiet", "--json"],
+        ["alloc", "rm"],
         ["alloc", "show"],
         ["host", "pause"],
         ["nope"],
