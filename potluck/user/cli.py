@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -23,6 +24,19 @@ from potluck.user.remote import IDENTITY
 from potluck.user.ssh_keys import admitted_keys
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
+
+
+#: `potluck alloc rm $(potluck alloc ls -q)`; the command calls `ids_alone` for its value.
+QUIET_IDS = click.option("--quiet", "-q", is_flag=True, help="Only the ids, one a line.")
+
+
+def ids_alone(quiet: bool, as_json: bool) -> bool:
+    """Whether to print the ids alone (QUIET_IDS); with --json too, a usage error."""
+    if quiet and as_json:
+        raise click.UsageError("--quiet prints the ids alone and --json the whole rows: choose one")
+    return quiet
+
+
 # Piped output is not cut at 80 columns: ids must stay whole for scripts that grep them.
 out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
@@ -43,6 +57,39 @@ def call_api(method: str, path: str, body: Any = None, *, timeout: float | None 
         return asyncio.run(Api(Login.load()).call(method, path, body, timeout=timeout))
     except ClientError as exc:
         bail(exc)
+
+
+def delete_each(paths: Sequence[str], as_json: bool, table: Callable[[list[Any]], Table]) -> None:
+    """DELETE each of `paths` (once each, in the order given) and show what was answered: one
+    JSON object a line, or one `table`. One that is not the user's (404) is said and the others
+    go on, the exit code then the first such refusal's; anything else (a wrong token, no
+    allocator) would meet every other path too: said once, after what was done before it."""
+    done: list[Any] = []
+
+    def say_done() -> None:
+        if as_json:
+            for answer in done:
+                click.echo(json.dumps(answer))
+        elif done:
+            out.print(table(done))
+
+    not_found: ClientError | None = None
+    try:
+        api = Api(Login.load())
+        for path in dict.fromkeys(paths):
+            try:
+                done.append(asyncio.run(api.call("DELETE", path)))
+            except ClientError as exc:
+                if exc.api_code != "NOT_FOUND":
+                    raise
+                err.print(f"[red]error:[/red] {exc}", highlight=False)
+                not_found = not_found or exc
+    except ClientError as exc:
+        say_done()
+        bail(exc)
+    say_done()
+    if not_found is not None:
+        sys.exit(int(not_found.code))
 
 
 def list_rows(path: str, key: str, query: dict[str, str], most: int | None) -> list[Any]:
@@ -266,8 +313,7 @@ def create(
     Without COMMAND it is interactive: up until released or expired (reach it with `potluck ssh`).
 
     ID=$(potluck alloc create -q --wait ...) keeps its id for the next commands."""
-    if quiet and as_json:
-        raise click.UsageError("--quiet prints the id alone and --json the whole allocation: choose one")
+    quiet = ids_alone(quiet, as_json)
     body: dict[str, Any] = {
         "cpus": cpus,
         "memory": memory,
@@ -336,17 +382,15 @@ async def _now() -> float:
 @click.option("--state", default=None, help="Only allocations in this state.")
 @LIMIT
 @JSON
-@click.option("--quiet", "-q", is_flag=True, help="Only the ids, one a line.")
+@QUIET_IDS
 def ls(state: str | None, limit: int | None, as_json: bool, quiet: bool) -> None:
     """Your allocations, oldest request first."""
-    if quiet and as_json:
-        raise click.UsageError("--quiet prints the ids alone and --json the whole allocations: choose one")
+    quiet = ids_alone(quiet, as_json)
     found = list_rows("/v1/allocations", "allocations", {"state": state} if state else {}, limit)
     if as_json:
         click.echo(json.dumps(found))
     elif quiet:
-        for allocation in found:
-            click.echo(allocation["id"])
+        click.echo("".join(f"{a['id']}\n" for a in found), nl=False)
     else:
         out.print(_table(found))
 
@@ -378,30 +422,15 @@ def show(alloc_id: str, as_json: bool) -> None:
 def rm(alloc_ids: tuple[str, ...], as_json: bool) -> None:
     """Release allocations: their containers are stopped and removed.
 
-    Each is released even if another cannot be; the exit code is then the first failure's.
-    potluck alloc rm $(potluck alloc ls -q) releases all of yours."""
+    Each is released even if another is not yours; the exit code is then the first failure's.
+
+    \b
+    potluck alloc rm $(potluck alloc ls -q)    every one of yours
+    """
     if len(alloc_ids) == 1:
         _show(call_api("DELETE", f"/v1/allocations/{alloc_ids[0]}"), as_json)
         return
-    try:
-        api = Api(Login.load())
-    except ClientError as exc:
-        bail(exc)
-    released: list[dict[str, Any]] = []
-    failed: ClientError | None = None
-    for alloc_id in dict.fromkeys(alloc_ids):  # once each, in the order given
-        try:
-            released.append(asyncio.run(api.call("DELETE", f"/v1/allocations/{alloc_id}")))
-        except ClientError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
-            failed = failed or exc
-    if as_json:
-        for allocation in released:  # one object per line, as for one id
-            click.echo(json.dumps(allocation))
-    elif released:
-        out.print(_table(released))
-    if failed is not None:
-        sys.exit(int(failed.code))
+    delete_each([f"/v1/allocations/{alloc_id}" for alloc_id in alloc_ids], as_json, _table)
 
 
 @alloc.command()

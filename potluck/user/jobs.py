@@ -23,8 +23,11 @@ from potluck.contracts.job_events import RETRY_ON
 from potluck.user.cli import (
     JSON,
     LIMIT,
+    QUIET_IDS,
     call_api,
+    delete_each,
     err,
+    ids_alone,
     key_values,
     list_rows,
     local_time,
@@ -334,11 +337,15 @@ def job() -> None:
 @job.command(name="ls")
 @LIMIT
 @JSON
-def job_ls(limit: int | None, as_json: bool) -> None:
+@QUIET_IDS
+def job_ls(limit: int | None, as_json: bool, quiet: bool) -> None:
     """Your jobs, oldest first."""
+    quiet = ids_alone(quiet, as_json)
     jobs = list_rows("/v1/jobs", "jobs", {}, limit)
     if as_json:
         click.echo(json.dumps(jobs))
+    elif quiet:
+        click.echo("".join(f"{j['id']}\n" for j in jobs), nl=False)
     else:
         out.print(_jobs_table(jobs))
 
@@ -352,11 +359,16 @@ def job_show(job_id: str, as_json: bool) -> None:
 
 
 @job.command(name="rm")
-@click.argument("job_id")
+@click.argument("job_ids", metavar="JOB_ID...", nargs=-1, required=True)
 @JSON
-def job_rm(job_id: str, as_json: bool) -> None:
-    """Cancel a job: what still runs is stopped, what waits is never started."""
-    _show_job(call_api("DELETE", f"/v1/jobs/{job_id}"), as_json)
+def job_rm(job_ids: tuple[str, ...], as_json: bool) -> None:
+    """Cancel jobs: what still runs is stopped, what waits is never started.
+
+    Each is cancelled even if another is not yours; the exit code is then the first failure's."""
+    if len(job_ids) == 1:
+        _show_job(call_api("DELETE", f"/v1/jobs/{job_ids[0]}"), as_json)
+        return
+    delete_each([f"/v1/jobs/{job_id}" for job_id in job_ids], as_json, _jobs_table)
 
 
 @job.command(name="wait")

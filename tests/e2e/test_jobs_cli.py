@@ -170,6 +170,19 @@ async def test_a_job_of_twenty_tasks_runs_each_index_once_and_wait_exits_by_the_
     cancelled = await p.potluck("job", "wait", long_id, "--timeout", "30")
     assert cancelled.returncode == ExitCode.JOB_FAILED, cancelled.stderr
 
+    # Several at once, as `docker rm` takes them: `job ls -q` lists the ids alone, and an id
+    # that is not the user's is named while the others are cancelled all the same.
+    first_long, second_long = [
+        await p.run("--tasks", "1", *TASK, "--image", test_image, "--", "sleep", "600") for _ in range(2)
+    ]
+    ids = (await p.potluck("job", "ls", "-q")).stdout.split()
+    assert ids == [j["id"] for j in every_job] + [long_id, first_long, second_long]
+    several = await p.potluck("job", "rm", first_long, "j-000000000000", second_long, "--json")
+    assert several.returncode == ExitCode.REFUSED, several.stderr
+    assert "no job j-000000000000 of yours" in several.stderr, several.stderr
+    answers = [json.loads(line) for line in several.stdout.splitlines()]
+    assert [(j["id"], j["state"]) for j in answers] == [(first_long, "cancelled"), (second_long, "cancelled")]
+
     none = await p.potluck("run", "--tasks", "0", *TASK, "--image", test_image, "--", "true")
     assert none.returncode == ExitCode.USAGE, none.stderr
     unknown = await p.potluck("job", "show", "no-such-job")

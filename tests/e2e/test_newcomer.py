@@ -255,6 +255,14 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         assert [(a["id"], a["state"]) for a in answers] == [(i, "released") for i in ids]
         listed = json.loads(potluck("alloc", "ls", "--json", env=newcomer).stdout)
         assert {a["state"] for a in listed} == {"released"}
+        # With a wrong token every id would be refused alike: said once, not once per id.
+        wrong = tmp_path / "wrong-token.toml"
+        config = (tmp_path / "client.toml").read_text()
+        wrong.write_text(re.sub(r'token = "[^"]*"', 'token = "pl_wrong"', config))
+        refused = potluck("alloc", "rm", *ids, env={**newcomer, "POTLUCK_CONFIG": str(wrong)})
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.count("error:") == 1, refused.stderr
+        assert "potluck login" in " ".join(refused.stderr.split()), refused.stderr  # wrapped at 80
     finally:
         stopped = potluck("down", env=newcomer, timeout=180)
     assert stopped.returncode == 0, stopped.stderr
