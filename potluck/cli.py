@@ -91,15 +91,17 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-def _attach_user_commands(group: click.Group) -> None:
-    from potluck.user.cli import alloc, login, ssh
-    from potluck.user.copy import cp
-    from potluck.user.images import image
-    from potluck.user.jobs import job, run
-    from potluck.user.logs import logs
-
-    for command in (login, alloc, run, job, ssh, cp, logs, image):
-        group.add_command(command)
+#: The user's commands, each imported when it is asked for (potluck.lazy_group).
+USER_COMMANDS = {
+    "login": "potluck.user.cli:login",
+    "alloc": "potluck.user.cli:alloc",
+    "ssh": "potluck.user.cli:ssh",
+    "run": "potluck.user.jobs:run",
+    "job": "potluck.user.jobs:job",
+    "cp": "potluck.user.copy:cp",
+    "logs": "potluck.user.logs:logs",
+    "image": "potluck.user.images:image",
+}
 
 
 #: A drain's grace on the command line: ControlHost.grace_s's bounds (up to a week, its
@@ -110,9 +112,7 @@ def _attach_user_commands(group: click.Group) -> None:
 GRACE_RANGE = FiniteRange(min=0, max=7 * 86400)
 
 
-@click.group(
-    cls=AttachingGroup, attach=_attach_user_commands, context_settings={"help_option_names": ["-h", "--help"]}
-)
+@click.group(cls=AttachingGroup, lazy=USER_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="potluck")
 @click.option(
     "--log-level",

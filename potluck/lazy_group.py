@@ -3,11 +3,16 @@
 Every service, hostd among them, starts through `potluck`: importing the user and
 operator commands there (rich, the HTTP client, the replay tools) would keep them
 resident in every long-running process, a member's hostd included (issue 20's
-footprint). The group attaches them the first time a name it does not know is looked
-up or the commands are listed (`--help`), so `potluck hostd` never loads them.
+footprint). And a user's command pays at every call for what it imports: `potluck alloc
+ls` has no use for the Docker SDK `potluck image` needs, nor for the job contracts. So a
+command named in `lazy` ("module:attribute") is imported only when it is asked for, and
+`attach` (for a module that registers several at once) only when a name the group does
+not know yet is asked for; listing the commands (`--help`) attaches them all. So `potluck
+hostd` never loads them, and each user command loads its own module alone.
 """
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Mapping
 
 import click
 
@@ -15,18 +20,33 @@ __all__ = ["AttachingGroup"]
 
 
 class AttachingGroup(click.Group):
-    """A `click.Group` that calls `attach(self)` once, when a command it lacks is asked for."""
+    """A `click.Group` that imports each of `lazy`'s commands when it is asked for, and calls
+    `attach(self)` once when any other command it lacks is."""
 
-    def __init__(self, *args: object, attach: Callable[[click.Group], None], **kwargs: object) -> None:
+    def __init__(
+        self,
+        *args: object,
+        attach: Callable[[click.Group], None] | None = None,
+        lazy: Mapping[str, str] | None = None,
+        **kwargs: object,
+    ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._attach: Callable[[click.Group], None] | None = attach
+        self._attach = attach
+        self._lazy = dict(lazy or {})
 
     def _attached(self) -> None:
         if self._attach is not None:
             attach, self._attach = self._attach, None
             attach(self)
 
+    def _imported(self, name: str) -> None:
+        where = self._lazy.pop(name, None)
+        if where is not None:
+            module, _, attribute = where.partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._imported(cmd_name)
         command = super().get_command(ctx, cmd_name)
         if command is None and self._attach is not None:
             self._attached()
@@ -35,4 +55,6 @@ class AttachingGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._attached()
+        for name in list(self._lazy):
+            self._imported(name)
         return super().list_commands(ctx)

@@ -1,9 +1,11 @@
 """`potluck`'s user and operator commands are attached on first need, not at import.
 
 Every service, a member's hostd among them, runs through `potluck`: what the command
-module imports stays resident in each of them (issue 20's footprint).
+module imports stays resident in each of them (issue 20's footprint). And each user command
+imports its own module alone: what a user's command imports it pays for at every call.
 """
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +18,18 @@ from potluck.cli import main
 
 USER_COMMANDS = ("login", "alloc", "run", "job", "ssh", "cp", "logs", "image")
 
+#: What `potluck alloc ls` has no use for: the other user commands' modules, the Docker SDK
+#: `potluck image` needs, the job contracts and pydantic behind `potluck run`.
+NOT_FOR_ALLOC_LS = (
+    "potluck.user.jobs",
+    "potluck.user.images",
+    "potluck.user.copy",
+    "potluck.user.logs",
+    "potluck.ops",
+    "docker",
+    "pydantic",
+)
+
 
 def test_importing_the_command_loads_neither_user_nor_operator_commands() -> None:
     """A fresh interpreter imports potluck.cli and hostd's modules: no potluck.user or potluck.ops
@@ -27,6 +41,29 @@ def test_importing_the_command_loads_neither_user_nor_operator_commands() -> Non
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_alloc_ls_imports_its_own_module_alone() -> None:
+    """Tried: `potluck alloc ls` in a fresh interpreter, with no login. Must hold: it ran (exit
+    2, not logged in) and none of NOT_FOR_ALLOC_LS was imported."""
+    script = (
+        "import json, sys\n"
+        "from potluck.cli import main\n"
+        "try:\n"
+        "    main(['alloc', 'ls'])\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "print(json.dumps({'exit': code, 'modules': sorted(sys.modules)}))\n"
+    )
+    env = {"POTLUCK_CONFIG": "/nonexistent/client.toml", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    answer = json.loads(done.stdout.splitlines()[-1])
+    assert answer["exit"] == 2, done.stderr
+    assert "potluck.user.cli" in answer["modules"]
+    loaded = [m for m in NOT_FOR_ALLOC_LS if any(k == m or k.startswith(m + ".") for k in answer["modules"])]
+    assert loaded == []
 
 
 @pytest.fixture
