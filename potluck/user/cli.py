@@ -37,9 +37,10 @@ def ids_alone(quiet: bool, as_json: bool) -> bool:
     return quiet
 
 
-# Piped output is not cut at 80 columns: ids must stay whole for scripts that grep them.
+# Piped output is not cut at 80 columns: ids must stay whole for scripts that grep them, and an
+# error's words for those that grep what it says (a terminal still wraps at its width).
 out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
 def say_to_user(text: str) -> None:

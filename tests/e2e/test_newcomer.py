@@ -262,7 +262,7 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         refused = potluck("alloc", "rm", *ids, env={**newcomer, "POTLUCK_CONFIG": str(wrong)})
         assert refused.returncode == 2, refused.stderr
         assert refused.stderr.count("error:") == 1, refused.stderr
-        assert "potluck login" in " ".join(refused.stderr.split()), refused.stderr  # wrapped at 80
+        assert "run `potluck login` with a valid token" in refused.stderr, refused.stderr  # not cut at 80
     finally:
         stopped = potluck("down", env=newcomer, timeout=180)
     assert stopped.returncode == 0, stopped.stderr
