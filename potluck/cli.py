@@ -1085,6 +1085,8 @@ def ops_hosts_list(database_url: str, as_json: bool | None) -> None:
                 "donated": h.donated.model_dump() if h.donated else None,
                 "labels": h.labels,
                 "revoked": {"by": h.revoked_by, "reason": h.revoked_reason} if h.admin == "revoked" else None,
+                "hostd_version": h.hostd_version,
+                "contract": h.contract,
             }
             for h in sorted(view.hosts.values(), key=lambda h: h.host_id)
         ]
@@ -1100,6 +1102,8 @@ def ops_hosts_list(database_url: str, as_json: bool | None) -> None:
 
 
 def _hosts_table(rows: list[dict[str, Any]]) -> str:
+    from potluck.contracts.compatibility import CONTRACT_VERSION
+
     header = ("HOST", "NAME", "STATUS", "CPUS", "MEMORY", "DISK", "NOTE")
     lines = [header]
     for row in rows:
@@ -1108,6 +1112,9 @@ def _hosts_table(rows: list[dict[str, Any]]) -> str:
         note = (
             f"by {revoked['by']}" + (f": {revoked['reason']}" if revoked["reason"] else "") if revoked else ""
         )
+        if donated and not revoked and row["contract"] != CONTRACT_VERSION:
+            contract = row["contract"]
+            note = f"hostd speaks contract {contract}, the pool {CONTRACT_VERSION}: nothing is placed here"
         lines.append(
             (
                 row["host_id"],

@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import FIRST_CONTRACT
 from potluck.contracts.engine import EngineFacts
 from potluck.events import Event, event_type, registry
 
@@ -46,6 +47,8 @@ class HostRegistered(HostEvent):
     hostd_version: str
     #: hostd's SSH host key (OpenSSH public key line); gateways map reverse connections by it.
     ssh_host_key: str = ""
+    #: The contract it registered with (potluck.contracts.compatibility); before the number, the first.
+    contract: int = FIRST_CONTRACT
 
 
 @event_type

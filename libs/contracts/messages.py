@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from potluck.contracts.allocation_events import AllocationSpec
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import FIRST_CONTRACT
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import PolicyCause
 
@@ -31,6 +32,8 @@ class RegisterHost(Message):
     engine: EngineFacts
     hostd_version: str
     ssh_host_key: str = ""
+    #: The contract hostd speaks (potluck.contracts.compatibility); hostds from before it spoke the first.
+    contract: int = Field(default=FIRST_CONTRACT, ge=1, le=1_000_000)
 
 
 #: The longest grace a drain (or a leave's drain) may give running work: a week.

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION, FIRST_CONTRACT
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostDeregistered,
@@ -61,6 +62,8 @@ class HostState:
     engine: EngineFacts | None = None
     hostd_version: str = ""
     ssh_host_key: str = ""
+    #: The contract its hostd registered with (potluck.contracts.compatibility).
+    contract: int = FIRST_CONTRACT
     admin: AdminState = "active"
     liveness: Liveness | None = None
     drain_grace_s: float = 0.0
@@ -88,12 +91,14 @@ class HostState:
 
     @property
     def schedulable(self) -> bool:
-        """May new work be placed here? Never on a frozen host."""
+        """May new work be placed here? Never on a frozen host, nor on one whose hostd speaks
+        another contract than these services (it kept running while they were upgraded)."""
         return (
             self.registered
             and self.admin == "active"
             and self.liveness == "online"
             and self.policy != "frozen"
+            and self.contract == CONTRACT_VERSION
         )
 
     @property
@@ -129,7 +134,7 @@ class HostState:
 
 #: The fold's own version, part of its snapshots' kind (potluck.events.snapshots): bump it
 #: when a change to `evolve` makes a stream fold to another state than before.
-HOST_FOLD_VERSION = 2  # 2: drain_started_at
+HOST_FOLD_VERSION = 3  # 2: drain_started_at; 3: contract
 
 
 def evolve(state: HostState | None, event: Event, version: int, at: datetime) -> HostState | None:
@@ -160,6 +165,7 @@ def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
                 engine=event.engine,
                 hostd_version=event.hostd_version,
                 ssh_host_key=event.ssh_host_key,
+                contract=event.contract,
                 admin="active" if state.admin == "deregistered" else state.admin,
                 liveness="online",
                 liveness_since=at if state.liveness != "online" else state.liveness_since,
@@ -279,6 +285,7 @@ def host_as_dict(state: HostState) -> dict[str, object]:
         "allow_network": state.allow_network,
         "engine": state.engine.model_dump() if state.engine else None,
         "hostd_version": state.hostd_version,
+        "contract": state.contract,
         "liveness_since": _iso(state.liveness_since),
         "slept_s": state.slept_s,
         "policy": {

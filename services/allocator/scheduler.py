@@ -130,8 +130,8 @@ HOLLOW_ASIDE = f"hollow hosts take only requests constrained to {_HOLLOW_KEY}={_
 WAIT_MESSAGES: Mapping[str, str] = {
     NO_FREE_CAPACITY: "no host has that much free right now; the request waits until capacity frees",
     NO_SCHEDULABLE_HOST: (
-        "only hosts that are away, paused, draining or frozen by their owner could hold the request; "
-        "it waits for one to return"
+        "only hosts that are away, paused, draining or frozen by their owner (or whose hostd "
+        "awaits an upgrade) could hold the request; it waits for one to return"
     ),
 }
 

@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # decisions.py reads the request schemas, which read this mod
 __all__ = ["Standing", "WaitingReason", "queue_positions", "standing", "standing_in"]
 
 #: `no_free_capacity`: a host that takes work could hold it, once it frees capacity;
-#: `no_schedulable_host`: only hosts that are away, paused, draining or frozen could;
+#: `no_schedulable_host`: only hosts that are away, paused, draining, frozen or awaiting an
+#: upgrade of their hostd (potluck.contracts.compatibility) could;
 #: `placing`: a host has room for it now, and the allocator's next look places it (unless a
 #: request ahead of it takes the room);
 #: `refusing`: no host could hold it any more, and the allocator's next look refuses it.

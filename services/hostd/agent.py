@@ -26,6 +26,7 @@ from potluck.contracts.allocation_events import (
     AllocationReleased,
     AllocationUnplaced,
 )
+from potluck.contracts.compatibility import CONTRACT_VERSION, unknown_fields
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostDeregistered,
@@ -89,6 +90,16 @@ _PEER_AWAY: tuple[type[BaseException], ...] = (*TRANSIENT_BUS_ERRORS, nats.error
 #: The registry's refusals after which hostd stops for good instead of retrying: the machine
 #: left the pool or was revoked, and only a new enrollment brings it back.
 FINAL_REFUSALS = frozenset({"HOST_LEFT", "HOST_REVOKED"})
+
+#: How often a hostd the registry refused for its contract asks again: soon at first (the
+#: services' upgrade may be under way), then every few minutes (the member must upgrade).
+CONTRACT_RETRY_FIRST_S = 5.0
+CONTRACT_RETRY_MAX_S = 300.0
+NEWER_POOL = (
+    "the pool's services send fields this hostd does not know (they are newer): upgrade Potluck "
+    "on this machine (git pull && ops/setup), then restart hostd"
+)
+MALFORMED_SNAPSHOT = "the allocator's answer is malformed; tell the pool's operator"
 
 #: Refusals of the host's key in a row (about half a second apart) taken as final: the key
 #: left NATS's users (a revoked host). A reload of the users file refuses no one on the way.
@@ -320,8 +331,10 @@ class Agent:
             engine=facts,
             hostd_version=__version__,
             ssh_host_key=self.ssh_host_key,
+            contract=CONTRACT_VERSION,
         )
         backoff = 0.5
+        mismatch_backoff = CONTRACT_RETRY_FIRST_S
         while True:
             try:
                 reply = await self._request(f"{REGISTER}.{self.host_id}", request.model_dump_json().encode())
@@ -339,6 +352,18 @@ class Agent:
                     raise HostdStopped(f"{error.get('message')}: run `potluck ops hosts enroll` first")
                 if error.get("code") in FINAL_REFUSALS:
                     raise HostdStopped(f"{error.get('message')} ({error.get('code')})")
+                if error.get("code") == "CONTRACT_MISMATCH":
+                    # Not final: the services' upgrade, which may be under way, lets it in. Until
+                    # then nothing here is touched: no sync, no reports, what runs stays as it is.
+                    log.error(
+                        "hostd.contract_mismatch",
+                        contract=CONTRACT_VERSION,
+                        hint=error.get("message"),
+                        retry_in=mismatch_backoff,
+                    )
+                    await asyncio.sleep(mismatch_backoff)
+                    mismatch_backoff = min(mismatch_backoff * 2, CONTRACT_RETRY_MAX_S)
+                    continue
                 raise Rejected(str(error.get("code")), str(error.get("message")))
             self.admin = str(reply.data.get("admin", "active"))
             left = reply.data.get("drain_left_s")
@@ -360,7 +385,17 @@ class Agent:
                         return snapshot
                 else:
                     log.warning("hostd.snapshot_refused", error=reply.error)
-            except (*_PEER_AWAY, ValidationError) as exc:  # type: ignore[misc]
+            except ValidationError as exc:
+                # An answer it cannot read is no outage: say which fields, and what to do.
+                unknown = unknown_fields(exc)
+                log.error(
+                    "hostd.snapshot_unreadable",
+                    unknown_fields=unknown,
+                    error=str(exc),
+                    hint=NEWER_POOL if unknown else MALFORMED_SNAPSHOT,
+                    retry_in=backoff,
+                )
+            except _PEER_AWAY as exc:
                 log.warning("hostd.allocator_unavailable", error=repr(exc), retry_in=backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)

@@ -11,6 +11,7 @@ registration and controls are refused with HOST_LEFT or HOST_REVOKED
 
 from datetime import datetime
 
+from potluck.contracts.compatibility import CONTRACT_VERSION, mismatch
 from potluck.contracts.host_events import (
     Actor,
     HostDeregistered,
@@ -103,6 +104,10 @@ def _require_enrolled(state: HostState | None, host_id: str) -> HostState:
 
 def register(state: HostState | None, host_id: str, req: RegisterHost) -> list[Event]:
     current = _require_present(state, host_id)
+    if req.contract != CONTRACT_VERSION:
+        # Registered, it would be sent what it cannot read (or send what the services cannot).
+        refusal = mismatch(req.contract, CONTRACT_VERSION)
+        raise Rejected("CONTRACT_MISMATCH", refusal, field="contract", status=409)
     event = HostRegistered(
         host_id=host_id,
         donated=req.donated,
@@ -112,6 +117,7 @@ def register(state: HostState | None, host_id: str, req: RegisterHost) -> list[E
         engine=req.engine,
         hostd_version=req.hostd_version,
         ssh_host_key=req.ssh_host_key,
+        contract=req.contract,
     )
     unchanged = (
         current.registered
@@ -122,6 +128,7 @@ def register(state: HostState | None, host_id: str, req: RegisterHost) -> list[E
         and current.engine == req.engine
         and current.hostd_version == req.hostd_version
         and current.ssh_host_key == req.ssh_host_key
+        and current.contract == req.contract
     )
     if unchanged:
         return (

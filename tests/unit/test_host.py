@@ -13,6 +13,7 @@ from typing import Literal
 import pytest
 
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     Actor,
@@ -179,6 +180,27 @@ def test_registering_keeps_an_operators_pause_but_lifts_a_deregistration() -> No
 def test_a_deregistered_host_registering_unchanged_is_registered_again() -> None:
     gone = registered(HostDeregistered(host_id=H, by="operator"))
     assert types(host.register(gone, H, request())) == ["HostRegistered"]
+
+
+@pytest.mark.parametrize("contract", [CONTRACT_VERSION + 1, CONTRACT_VERSION + 7])
+def test_a_hostd_of_another_contract_is_refused_whatever_the_host_was(contract: int) -> None:
+    for state in (enrolled(), registered(), registered(HostLost(host_id=H, silent_for_s=400))):
+        with refused("CONTRACT_MISMATCH") as info:
+            host.register(state, H, request(contract=contract))
+        assert (info.value.field, info.value.status) == ("contract", 409)
+        assert f"speaks contract {contract} and the pool's services {CONTRACT_VERSION}" in info.value.message
+
+
+def test_a_host_left_behind_by_an_upgrade_is_not_schedulable_until_it_registers_again() -> None:
+    """Registered under another contract (its hostd outlived the services' version): online and
+    active, and still nothing is placed there; its upgraded hostd's registration records the
+    pool's contract, although nothing else changed."""
+    behind = then(enrolled(), [HostRegistered(**{**request().model_dump(), "host_id": H, "contract": 9})])
+    assert (behind.status, behind.contract, behind.schedulable) == ("active", 9, False)
+    events = host.register(behind, H, request())
+    assert types(events) == ["HostRegistered"]
+    upgraded = then(behind, events)
+    assert (upgraded.contract, upgraded.schedulable) == (CONTRACT_VERSION, True)
 
 
 # --- control ----------------------------------------------------------------------------------
