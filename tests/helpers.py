@@ -3,7 +3,12 @@
 import asyncio
 from collections import Counter
 from collections.abc import Callable
+from types import ModuleType
 from uuid import UUID
+
+import pytest
+import structlog
+from structlog.testing import LogCapture
 
 from potluck.events import LoggedEvent
 from potluck.kernel.cancellation import cancel_until_done, task_whereabouts
@@ -26,6 +31,20 @@ async def stop(*tasks: "asyncio.Task[None]", within_s: float = 30) -> None:
     for task in tasks:
         if not task.cancelled():
             task.exception()  # taken, as gather(return_exceptions=True) did
+
+
+def capture_module_log(module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> LogCapture:
+    """Everything `module.log` logs, at every level, whatever another test left configured
+    (structlog's `capture_logs` misses a logger cached under an earlier configuration)."""
+    capture = LogCapture()
+    logger = structlog.wrap_logger(
+        structlog.ReturnLogger(),
+        processors=[structlog.processors.add_log_level, capture],
+        wrapper_class=structlog.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    monkeypatch.setattr(module, "log", logger)
+    return capture
 
 
 class Received:

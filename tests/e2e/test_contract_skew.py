@@ -15,8 +15,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import structlog
-from structlog.testing import LogCapture
 
 from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.host_events import HostRegistered, host_stream
@@ -29,6 +27,7 @@ from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.readmodels.hosts import HostState
 from tests.e2e.conftest import ops
 from tests.fixtures.pool import EnrolledHost, Pool
+from tests.helpers import capture_module_log
 
 OTHER = CONTRACT_VERSION + 1
 
@@ -128,14 +127,7 @@ async def test_a_hostd_of_another_contract_waits_touching_nothing_and_keeps_aski
     is recorded as enrolled only: no registration, nothing placed or started."""
     host = await pool.enroll("laptop-newer")
     config = load_config(pool.write_config(host, docker_engines[0]))
-    capture = LogCapture()
-    logger = structlog.wrap_logger(
-        structlog.ReturnLogger(),
-        processors=[structlog.processors.add_log_level, capture],
-        wrapper_class=structlog.BoundLogger,
-        cache_logger_on_first_use=False,
-    )
-    monkeypatch.setattr(agent, "log", logger)
+    capture = capture_module_log(agent, monkeypatch)
     monkeypatch.setattr(agent, "CONTRACT_VERSION", OTHER)
     monkeypatch.setattr(agent, "CONTRACT_RETRY_FIRST_S", 0.2)
     await pool.central_services_ready()

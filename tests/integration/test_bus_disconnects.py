@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from structlog.testing import LogCapture
 
 from potluck.events import connection
 from potluck.events.connection import connect_bus
 from potluck.localstack import NatsServer
+from tests.helpers import capture_module_log
 
 
 def disconnect_warnings(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
@@ -25,17 +25,8 @@ def disconnect_warnings(logs: list[MutableMapping[str, Any]]) -> list[MutableMap
 
 @pytest.fixture
 def captured(monkeypatch: pytest.MonkeyPatch) -> LogCapture:
-    """What connection.py logs, at every level, whatever another test left configured (structlog's
-    `capture_logs` misses a logger cached under an earlier configuration)."""
-    capture = LogCapture()
-    logger = structlog.wrap_logger(
-        structlog.ReturnLogger(),
-        processors=[structlog.processors.add_log_level, capture],
-        wrapper_class=structlog.BoundLogger,
-        cache_logger_on_first_use=False,
-    )
-    monkeypatch.setattr(connection, "log", logger)
-    return capture
+    """What connection.py logs, at every level."""
+    return capture_module_log(connection, monkeypatch)
 
 
 async def test_closing_a_client_is_not_a_lost_server(tmp_path: Path, captured: LogCapture) -> None:
