@@ -82,6 +82,7 @@ from potluck.contracts.allocation_events import (
     alloc_stream,
 )
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import HostEnrolled, HostPaused, HostRegistered, host_stream
 from potluck.events import NO_STREAM, Event, EventStore, Fold, RecordedEvent, StreamAppend, registry
@@ -283,6 +284,7 @@ async def load_hosts(store: EventStore, hosts: Sequence[SimHost], per_append: in
             events: list[Event] = [
                 HostEnrolled(host_id=h.host_id, name=h.host_id, nkey="U" + h.host_id),
                 HostRegistered(
+                    contract=CONTRACT_VERSION,
                     host_id=h.host_id,
                     donated=h.donated,
                     labels=h.labels,

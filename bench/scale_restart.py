@@ -46,6 +46,7 @@ from potluck.contracts.allocation_events import (
     user_stream,
 )
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostEnrolled,
@@ -105,6 +106,7 @@ async def load_log(store: EventStore, events: int) -> str:
             [
                 HostEnrolled(host_id=f"h-{h:04d}", name=f"machine-{h}", nkey=f"U{h:055d}"),
                 HostRegistered(
+                    contract=CONTRACT_VERSION,
                     host_id=f"h-{h:04d}",
                     donated=Capacity(cpus=64, memory_bytes=256 * GIB, disk_bytes=4096 * GIB),
                     labels={"room": f"r{h % 7}", "arch": "amd64"},

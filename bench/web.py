@@ -37,6 +37,7 @@ from potluck.contracts.allocation_events import (
     user_stream,
 )
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import HostEnrolled, HostRegistered, host_stream
 from potluck.events import Event, EventStore, StreamAppend
@@ -66,6 +67,7 @@ async def load_pool(store: EventStore, hosts: int, allocations: int) -> str:
                 [
                     HostEnrolled(host_id=host_id, name=f"machine-{h}", nkey=f"U{h:055d}"),
                     HostRegistered(
+                        contract=CONTRACT_VERSION,
                         host_id=host_id,
                         donated=Capacity(cpus=16, memory_bytes=64 * GIB, disk_bytes=512 * GIB),
                         labels={"room": f"r{h % 7}", "arch": "amd64"},

@@ -86,6 +86,10 @@ class DesiredAllocation(Message):
     alloc_id: str
     spec: AllocationSpec
     expires_at: datetime | None = None
+    #: The trace context its placement was logged in (traceparent, tracestate): a container that
+    #: hostd starts from a snapshot (it was away when the placement was published) joins the
+    #: request's trace as one started from the event does. Empty when the allocator could not say.
+    trace: dict[str, str] = Field(default_factory=dict, max_length=2)
 
 
 class DesiredState(Message):

@@ -23,7 +23,7 @@ every stream's latest event there.
 import asyncio
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -358,6 +358,17 @@ class EventStore:
             after_position,
             until_position if until_position is not None else 2**63 - 1,
             limit,
+            record_class=_LoggedRow,
+        )
+        return cast(list[RecordedEvent], rows)
+
+    async def read_at(self, positions: Collection[int]) -> list[RecordedEvent]:
+        """The events at `positions` that the log holds (archived ones too), in log order."""
+        if not positions:
+            return []
+        rows = await self.pool.fetch(
+            f"SELECT {_COLUMNS} FROM all_events WHERE position = ANY($1::int8[]) ORDER BY position",
+            list(positions),
             record_class=_LoggedRow,
         )
         return cast(list[RecordedEvent], rows)

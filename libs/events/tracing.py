@@ -63,6 +63,20 @@ def context_from(carrier: Mapping[str, str] | None) -> Context:
     return propagate.extract(dict(carrier or {}))
 
 
+@contextlib.contextmanager
+def continuing(carrier: Mapping[str, str] | None) -> Iterator[None]:
+    """Run the block in the trace `carrier` names, as a consumer of its message would (an empty
+    carrier changes nothing): for work that reached this process some other way than the message."""
+    if not carrier:
+        yield
+        return
+    token = otel_context.attach(context_from(carrier))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
 @cache
 def tracer() -> trace.Tracer:
     # Cached: the relay asks once per event. Before a provider is installed this is

@@ -25,6 +25,7 @@ from potluck.allocator.image_tokens import image_token_responder
 from potluck.allocator.lifecycle import Decision, decide, decide_actual_state
 from potluck.allocator.live_state import state_responder
 from potluck.allocator.model import passed_over
+from potluck.allocator.placement_traces import placement_traces
 from potluck.allocator.pool_registry import PoolRegistry
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.contracts.messages import DesiredAllocation, DesiredState, Reply
@@ -173,13 +174,22 @@ class AllocatorService:
         host_id = host_of(msg.subject)
         if not self.replies.allows(msg, inbox_prefix(host_id), requester=host_id):
             return
+        # All of it as of one position: the engine goes on folding during the lookup below.
+        allocations, position = self.engine.allocations, self.engine.position
+        desired, kept = allocations.desired_for(host_id), allocations.kept_on(host_id)
+        traces = await placement_traces(self.store, desired)
         snapshot = DesiredState(
-            position=self.engine.position,
+            position=position,
             allocations=[
-                DesiredAllocation(alloc_id=a.alloc_id, spec=a.spec, expires_at=a.expires_at)
-                for a in self.engine.allocations.desired_for(host_id)
+                DesiredAllocation(
+                    alloc_id=a.alloc_id,
+                    spec=a.spec,
+                    expires_at=a.expires_at,
+                    trace=traces.get(a.alloc_id, {}),
+                )
+                for a in desired
             ],
-            kept=[a.alloc_id for a in self.engine.allocations.kept_on(host_id)],
+            kept=[a.alloc_id for a in kept],
         )
         await msg.respond(Reply(ok=True, data=snapshot.model_dump(mode="json")).model_dump_json().encode())
 

@@ -413,7 +413,9 @@ class Agent:
             # (A registry older than drain_left_s does not say: then nothing is stopped.)
             await self.containers.drain(self.drain_left_s)
         await self.containers.set_desired(
-            [(a.alloc_id, a.spec) for a in snapshot.allocations], kept=snapshot.kept
+            [(a.alloc_id, a.spec) for a in snapshot.allocations],
+            kept=snapshot.kept,
+            traces={a.alloc_id: a.trace for a in snapshot.allocations},
         )
         with contextlib.suppress(DockerDriverError):
             self.outbox.put_nowait(await self.containers.actual_state(snapshot.position))

@@ -69,6 +69,7 @@ from potluck.contracts.reports import (
     UsageSample,
     UsageSampled,
 )
+from potluck.events.tracing import continuing
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.container_config import ContainerSpec
 from potluck.hostd.cpu_share import spread
@@ -143,6 +144,8 @@ class ContainerManager:
         self.driver = driver
         self.report = report
         self.desired: dict[str, ContainerSpec] = {}
+        #: The trace contexts of placements a snapshot brought (not their events), until started.
+        self._placement_traces: dict[str, Mapping[str, str]] = {}
         self.containers: dict[str, str] = {}  # alloc_id -> container id
         self.paused = False
         #: The owner policy: froze the pool, and the CPUs the pool keeps (None: its full share).
@@ -234,8 +237,15 @@ class ContainerManager:
         spec = self.desired.get(alloc_id)
         return spec.env if spec is not None else {}
 
-    async def set_desired(self, wanted: list[tuple[str, AllocationSpec]], kept: Iterable[str] = ()) -> None:
-        """Replace the desired set and the kept one (from a snapshot) and bring the engine in line."""
+    async def set_desired(
+        self,
+        wanted: list[tuple[str, AllocationSpec]],
+        kept: Iterable[str] = (),
+        traces: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        """Replace the desired set and the kept one (from a snapshot) and bring the engine in line.
+        `traces`: the placements' trace contexts, in which their containers are started here."""
+        self._placement_traces = dict(traces or {})
         known = dict(self.kept)
         self.kept.clear()
         self.kept.update({alloc_id: known.get(alloc_id) for alloc_id in kept})
@@ -525,7 +535,8 @@ class ContainerManager:
         for container in plan.restart:
             await self._start_again(container)
         for spec in plan.start:
-            await self._start(spec)
+            with continuing(self._placement_traces.pop(spec.allocation_id, None)):
+                await self._start(spec)
         if plan.adopt:
             await self._apply_quotas_locked()
         if self.warm is not None:

@@ -9,6 +9,7 @@ import pytest
 
 from potluck.allocator.capacity import CapacityLedger
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import HostEnrolled, HostRegistered
 from potluck.events import registry
@@ -29,6 +30,7 @@ async def register_hosts_in_the_log(pool: Pool) -> None:
             [
                 HostEnrolled(host_id=host_id, name=host_id, nkey="UNUSED"),
                 HostRegistered(
+                    contract=CONTRACT_VERSION,
                     host_id=host_id,
                     donated=Capacity(cpus=cpus, memory_bytes=8 << 30, disk_bytes=8 << 30),
                     engine=FACTS,

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import HostEnrolled, HostRegistered, host_stream
 from potluck.contracts.messages import ControlHost
@@ -370,6 +371,7 @@ async def test_bad_input_to_every_command_gets_one_clear_line_and_a_failure(
         [
             HostEnrolled(host_id="h-1", name="laptop", nkey="UKEY"),
             HostRegistered(
+                contract=CONTRACT_VERSION,
                 host_id="h-1",
                 donated=Capacity(cpus=2, memory_bytes=1 << 30, disk_bytes=1 << 30),
                 engine=engine,

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import HostEnrolled, HostRegistered, host_stream
 from potluck.events import EVENTS_STREAM, RecordedEvent, event_subscriber
@@ -51,6 +52,7 @@ async def ghost_host(pool: Pool, host_id: str) -> None:
             # A real key: the NATS users file is rendered from every enrolled host's.
             HostEnrolled(host_id=host_id, name=host_id, nkey=new_user_key().public),
             HostRegistered(
+                contract=CONTRACT_VERSION,
                 host_id=host_id,
                 donated=Capacity(cpus=1.0, memory_bytes=1 << 30, disk_bytes=1 << 30),
                 engine=facts,

@@ -70,6 +70,7 @@ async def _pool_with(
     database_url: str,
     docker_engines: list[DockerEngine],
     monkeypatch: pytest.MonkeyPatch,
+    liveness: tuple[float, int, float] = (0.2, 3, 2.0),
     **environ: str,
 ) -> AsyncIterator[Pool]:
     """The `pool` fixture's processes, started with these telemetry variables (and no other OTEL_*)."""
@@ -80,7 +81,7 @@ async def _pool_with(
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "500")
-    pool = await Pool.create(tmp_path, database_url, liveness=(0.2, 3, 2.0), log_level="DEBUG")
+    pool = await Pool.create(tmp_path, database_url, liveness=liveness, log_level="DEBUG")
     try:
         await pool.start_central_services()
         yield pool
@@ -117,21 +118,32 @@ async def traced_laptop(traced_pool: Pool, docker_engines: list[DockerEngine]) -
     return await _laptop(traced_pool, docker_engines)
 
 
-async def allocate(pool: Pool) -> str:
-    """A user's allocation over HTTP, until it runs; its id."""
+async def request_allocation(pool: Pool) -> tuple[str, dict[str, str]]:
+    """A user's allocation requested over HTTP: its id, and the user's headers."""
     await pool.wait_api()
     token = await pool.add_user("alice")
     headers = {"Authorization": f"Bearer {token}"}
     body = {"cpus": 0.5, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG, "command": ["sleep", "3600"]}
-    async with aiohttp.ClientSession() as http:
-        async with http.post(pool.api + "/v1/allocations", json=body, headers=headers) as response:
-            created = await response.json()
-            assert response.status == 201, created
-        alloc_id = str(created["id"])
-        url = f"{pool.api}/v1/allocations/{alloc_id}?wait=running&timeout=30"
-        async with http.get(url, headers=headers) as response:
-            running = await response.json()
-    assert running["state"] == "running", pool.logs()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(pool.api + "/v1/allocations", json=body, headers=headers) as response,
+    ):
+        created = await response.json()
+        assert response.status == 201, created
+    return str(created["id"]), headers
+
+
+async def wait_for_state(pool: Pool, alloc_id: str, headers: dict[str, str], state: str) -> None:
+    url = f"{pool.api}/v1/allocations/{alloc_id}?wait={state}&timeout=30"
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as response:
+        shown = await response.json()
+    assert shown["state"] == state, f"{shown}\n{pool.logs()}"
+
+
+async def allocate(pool: Pool) -> str:
+    """A user's allocation over HTTP, until it runs; its id."""
+    alloc_id, headers = await request_allocation(pool)
+    await wait_for_state(pool, alloc_id, headers, "running")
     return alloc_id
 
 
@@ -245,6 +257,57 @@ async def test_one_trace_covers_the_request_the_log_the_bus_hostd_and_its_report
     code, out, err = await _ops_trace(database_url, alloc_id)
     assert code == 0, err
     assert out.split() == [trace_id]
+
+
+async def test_a_container_started_from_hostds_snapshot_stays_in_its_requests_trace(
+    tmp_path: Path,
+    database_url: str,
+    docker_engines: list[DockerEngine],
+    collector: OtlpReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What is tried: the allocation is placed while its host's hostd is down (SIGKILL; liveness slow
+    enough that the host stays schedulable), so hostd never handles its AllocationPlaced live: the
+    restarted hostd starts the container from its desired-state snapshot. What must hold: the
+    allocation runs, and hostd's Docker create+start for it is a span of the user's request's
+    trace, under the request (the snapshot carried the placement's trace context)."""
+    async with _pool_with(
+        tmp_path,
+        database_url,
+        docker_engines,
+        monkeypatch,
+        liveness=(0.5, 120, 120.0),
+        OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
+    ) as pool:
+        laptop = await _laptop(pool, docker_engines)
+        assert laptop.process is not None
+        laptop.process.kill()
+        alloc_id, headers = await request_allocation(pool)
+        await wait_for_state(pool, alloc_id, headers, "placed")
+        pool.start_hostd(laptop)
+        await wait_for_state(pool, alloc_id, headers, "running")
+
+        [server] = await collector.wait_for(
+            "allocator HTTP span for POST /v1/allocations",
+            lambda: collector.find(lambda s: s.kind == "SERVER" and s.name == "POST /v1/allocations"),
+        )
+
+        def started_with_its_parent() -> list[tuple[CollectedSpan, CollectedSpan]]:
+            by_id = {s.span_id: s for s in collector.trace(server.trace_id)}
+            return [
+                (s, by_id[s.parent_span_id])
+                for s in by_id.values()
+                if (s.service, s.name) == ("potluck-hostd", "docker create+start")
+                and s.parent_span_id in by_id
+            ]
+
+        [(docker, parent)] = await collector.wait_for(
+            "hostd's Docker create+start in the request's trace, and its parent", started_with_its_parent
+        )
+        assert docker.attributes["potluck.alloc_id"] == alloc_id
+        # Started from the snapshot, not from a consumer span of the event: its parent is the
+        # allocator's span that logged the placement.
+        assert parent.service == "potluck-allocator", str(parent)
 
 
 async def _ops_trace(database_url: str, *args: str) -> tuple[int, str, str]:

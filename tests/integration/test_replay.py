@@ -27,6 +27,7 @@ from potluck.allocator.service import append_decisions, load_allocation
 from potluck.allocator.users import User, add_user, token_hash
 from potluck.contracts.allocation_events import Quota, UserTokenRotated, user_stream
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import host_stream
 from potluck.contracts.messages import ControlHost, RegisterHost, SleepNotice
@@ -101,6 +102,7 @@ async def services(store: EventStore, nc: NATS) -> AsyncIterator[Services]:
 async def register_host(store: EventStore, name: str, cpus: float, **labels: str) -> str:
     host_id, _ = await enroll_host(store, name)
     request = RegisterHost(
+        contract=CONTRACT_VERSION,
         donated=Capacity(cpus=cpus, memory_bytes=4 * GIB, disk_bytes=20 * GIB),
         labels={"name": name, **labels},
         engine=ENGINE,

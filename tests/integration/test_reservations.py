@@ -43,6 +43,7 @@ from potluck.contracts.allocation_events import (
     capacity_stream,
 )
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import HostEnrolled, HostPaused, HostRegistered, host_stream
 from potluck.events import NO_STREAM, Event, EventStore, StreamAppend, WrongExpectedVersion, registry
@@ -102,7 +103,12 @@ async def register_hosts(store: EventStore) -> None:
         events: list[Event] = [
             HostEnrolled(host_id=host_id, name=f"laptop-{host_id}", nkey="U" + host_id.upper()),
             HostRegistered(
-                host_id=host_id, donated=donated, labels=labels, engine=ENGINE, hostd_version="test"
+                contract=CONTRACT_VERSION,
+                host_id=host_id,
+                donated=donated,
+                labels=labels,
+                engine=ENGINE,
+                hostd_version="test",
             ),
         ]
         if host_id == "p":

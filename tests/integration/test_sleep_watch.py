@@ -14,6 +14,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import host_stream
 from potluck.contracts.messages import RegisterHost, Reply
@@ -69,6 +70,7 @@ async def registry(store: EventStore, nc: NATS) -> AsyncIterator[RegistryService
 async def registered_host(store: EventStore) -> str:
     host_id, _ = await enroll_host(store, "lid")
     request = RegisterHost(
+        contract=CONTRACT_VERSION,
         donated=Capacity(cpus=2, memory_bytes=4 * GIB, disk_bytes=20 * GIB),
         engine=EngineFacts(
             version="27.0", cgroup_version="2", storage_driver="overlay2", disk_quota_supported=False

@@ -22,7 +22,7 @@ from potluck.contracts.compatibility import CONTRACT_VERSION, FIRST_CONTRACT, mi
 from potluck.contracts.messages import DesiredState, RegisterHost
 
 #: (CONTRACT_VERSION, the fingerprint of the shapes it names).
-RECORDED = (1, "dcf5ea77e40b25737084f86c3607b9200cd74167a3ebbbf70f157487e6c22486")
+RECORDED = (2, "af087158fff2b1288ac00605ccfbfddbfa8fe185301c6229b794eec7a5808bfe")
 
 
 def _models() -> list[type[BaseModel]]:

@@ -23,6 +23,7 @@ from potluck.contracts.allocation_events import (
     AllocationSpec,
 )
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostDeregistered,
@@ -68,6 +69,7 @@ KEY_B = key_line("ssh-ed25519", b"B" * 32, "hostd@laptop-b")
 
 def registered(host_id: str, key: str = "") -> HostRegistered:
     return HostRegistered(
+        contract=CONTRACT_VERSION,
         host_id=host_id,
         donated=Capacity(cpus=2.0, memory_bytes=4 << 30, disk_bytes=20 << 30),
         engine=ENGINE,

@@ -54,6 +54,7 @@ def request(**changes: object) -> RegisterHost:
         "engine": ENGINE,
         "hostd_version": "1.0",
         "ssh_host_key": "ssh-ed25519 AAAA",
+        "contract": CONTRACT_VERSION,
     }
     fields.update(changes)
     return RegisterHost.model_validate(fields)
@@ -132,6 +133,7 @@ def test_register_an_enrolled_host_records_everything_it_offers() -> None:
         engine=req.engine,
         hostd_version=req.hostd_version,
         ssh_host_key=req.ssh_host_key,
+        contract=req.contract,
     )
     state = then(enrolled(), [event])
     assert (state.registered, state.admin, state.status) == (True, "active", "active")

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostDeregistered,
@@ -43,6 +44,7 @@ requests = st.builds(
     engine=st.just(ENGINE),
     hostd_version=st.sampled_from(["1.0", "1.1"]),
     ssh_host_key=st.sampled_from(["", "ssh-ed25519 AAAA"]),
+    contract=st.just(CONTRACT_VERSION),
 )
 before = st.lists(
     st.sampled_from(

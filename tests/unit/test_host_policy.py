@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostEnrolled,
@@ -40,6 +41,7 @@ def fold(*events: Event) -> HostState | None:
 
 ENROLLED = HostEnrolled(host_id=H, name="laptop", nkey="UKEY")
 REGISTERED = HostRegistered(
+    contract=CONTRACT_VERSION,
     host_id=H,
     donated=Capacity(cpus=2, memory_bytes=1 << 30, disk_bytes=1 << 30),
     engine=ENGINE,

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostDrainStarted,
@@ -44,6 +45,7 @@ def the_log() -> list[RecordedEvent]:
             "host-h-1",
             2,
             HostRegistered(
+                contract=CONTRACT_VERSION,
                 host_id="h-1",
                 donated=Capacity(cpus=2, memory_bytes=1 << 30, disk_bytes=1 << 30),
                 engine=ENGINE,

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import Actor
 from potluck.contracts.messages import ControlHost, RegisterHost, SleepNotice
@@ -46,6 +47,7 @@ requests = st.builds(
     engine=st.just(ENGINE),
     hostd_version=st.sampled_from(["1.0", "1.1"]),
     ssh_host_key=st.sampled_from(["", "ssh-ed25519 AAAA"]),
+    contract=st.just(CONTRACT_VERSION),
 )
 actions = st.sampled_from(["pause", "resume", "drain", "deregister"])
 actors = st.sampled_from(["member", "operator"])

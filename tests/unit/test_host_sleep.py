@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostDeregistered,
@@ -43,6 +44,7 @@ def then(state: HostState | None, events: list[Event], at: datetime = T0) -> Hos
 
 def registered(*after: Event, at: datetime = T0) -> HostState:
     req = RegisterHost(
+        contract=CONTRACT_VERSION,
         donated=Capacity(cpus=2, memory_bytes=4 * GIB, disk_bytes=20 * GIB),
         engine=EngineFacts(
             version="27.0", cgroup_version="2", storage_driver="overlay2", disk_quota_supported=False

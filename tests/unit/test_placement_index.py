@@ -41,6 +41,7 @@ from potluck.contracts.allocation_events import (
     capacity_stream,
 )
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.host_events import (
     HostDeregistered,
     HostEnrolled,
@@ -133,6 +134,7 @@ class Allocator(RuleBasedStateMachine):
             host_stream(host_id),
             HostEnrolled(host_id=host_id, name=host_id, nkey="U"),
             HostRegistered(
+                contract=CONTRACT_VERSION,
                 host_id=host_id,
                 donated=donated,
                 labels=labels,
@@ -275,6 +277,7 @@ def test_other_requests_in_flight_rebuild_the_index() -> None:
             host_stream("h1"),
             HostEnrolled(host_id="h1", name="h1", nkey="U"),
             HostRegistered(
+                contract=CONTRACT_VERSION,
                 host_id="h1",
                 donated=Capacity(cpus=2, memory_bytes=4 * GIB, disk_bytes=10 * GIB),
                 engine=ENGINE,

@@ -38,6 +38,7 @@ from potluck.allocator.scheduler import (
 )
 from potluck.contracts.allocation_events import CapacityReserved
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostDeregistered,
@@ -72,7 +73,12 @@ def host_state(
     events: list[Event] = [
         HostEnrolled(host_id=host_id, name=host_id, nkey="U" + host_id),
         HostRegistered(
-            host_id=host_id, donated=donated, labels=labels or {}, engine=ENGINE, hostd_version="test"
+            contract=CONTRACT_VERSION,
+            host_id=host_id,
+            donated=donated,
+            labels=labels or {},
+            engine=ENGINE,
+            hostd_version="test",
         ),
         *then,
     ]
@@ -373,7 +379,12 @@ def test_a_hosts_allow_network_comes_from_its_registration() -> None:
     state = evolve(
         host_state("h", cap(1, GIB)),
         HostRegistered(
-            host_id="h", donated=cap(1, GIB), allow_network=True, engine=ENGINE, hostd_version="t"
+            contract=CONTRACT_VERSION,
+            host_id="h",
+            donated=cap(1, GIB),
+            allow_network=True,
+            engine=ENGINE,
+            hostd_version="t",
         ),
         9,
         T0,
@@ -444,7 +455,13 @@ def test_reregistering_after_deregistration_makes_a_host_schedulable() -> None:
         "h",
         cap(2, 4 * GIB),
         HostDeregistered(host_id="h", by="member"),
-        HostRegistered(host_id="h", donated=cap(4, 8 * GIB), engine=ENGINE, hostd_version="test"),
+        HostRegistered(
+            contract=CONTRACT_VERSION,
+            host_id="h",
+            donated=cap(4, 8 * GIB),
+            engine=ENGINE,
+            hostd_version="test",
+        ),
     )
     snapshot = snapshot_of(state)
     assert snapshot is not None

@@ -66,6 +66,7 @@ from potluck.contracts.allocation_events import (
     capacity_stream,
 )
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostDeregistered,
@@ -206,7 +207,14 @@ class PoolMachine(RuleBasedStateMachine):
         self.host_event(
             host_id,
             HostEnrolled(host_id=host_id, name=host_id, nkey="U"),
-            HostRegistered(host_id=host_id, donated=donated, labels=labels, engine=ENGINE, hostd_version="t"),
+            HostRegistered(
+                contract=CONTRACT_VERSION,
+                host_id=host_id,
+                donated=donated,
+                labels=labels,
+                engine=ENGINE,
+                hostd_version="t",
+            ),
         )
         return host_id
 
@@ -240,6 +248,7 @@ class PoolMachine(RuleBasedStateMachine):
             case _:
                 assert state.donated is not None
                 event = HostRegistered(
+                    contract=CONTRACT_VERSION,
                     host_id=host_id,
                     donated=state.donated,
                     labels=state.labels,

@@ -32,6 +32,7 @@ from potluck.allocator.scheduler import (
     place,
 )
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostEnrolled,
@@ -147,7 +148,9 @@ def test_the_snapshot_carries_throttled_and_frozen_from_the_host_events() -> Non
     schedulable; HostShareRestored gives both back."""
     base = [
         HostEnrolled(host_id="h", name="h", nkey="U"),
-        HostRegistered(host_id="h", donated=cap(2), engine=ENGINE, hostd_version="t"),
+        HostRegistered(
+            contract=CONTRACT_VERSION, host_id="h", donated=cap(2), engine=ENGINE, hostd_version="t"
+        ),
     ]
     throttled = HostThrottled(host_id="h", cause="owner", reason="the owner uses 1.3 CPUs", share_cpus=0.5)
     frozen = HostFrozen(host_id="h", cause="battery", reason="on battery", max_frozen_s=60)
