@@ -33,10 +33,12 @@ async def test_a_fork_bomb_stops_at_the_pids_limit(
 ) -> None:
     """A fork bomb fills its pids limit and no more; the engine and new work still run.
 
-    The shell forks its `sleep` before the bomb and then only waits (a builtin): once the bomb
-    has filled the limit, a shell still needing a fork would fail and end the container, which
-    is the limit working but leaves nothing to read."""
-    bomb = spec(pids_limit=32, command=["sh", "-c", "sleep 3600 & b() { b | b & }; b; wait"])
+    The shell forks its `sleep` and one subshell that runs the bomb, and then only waits (a
+    builtin): once the bomb has filled the limit, a shell still needing a fork would fail and end
+    the container, which is the limit working but leaves nothing to read. (The bomb run by the
+    shell itself needed its second fork after the first had started bombing: on a loaded machine
+    the limit was full by then and the container ended with 2.)"""
+    bomb = spec(pids_limit=32, command=["sh", "-c", "sleep 3600 & (b() { b | b & }; b) & wait"])
     await place(pool.store, laptop.host_id, "bomb", bomb)
     await wait_for_status(pool, "bomb", "running")
     driver = DockerDriver(docker_engines[0].url)
