@@ -1,15 +1,18 @@
-"""Small waiting and bookkeeping helpers shared by the integration tests."""
+"""Small waiting and bookkeeping helpers shared by the tests."""
 
 import asyncio
 from collections import Counter
 from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 from uuid import UUID
 
 import pytest
 import structlog
 from structlog.testing import LogCapture
 
+from potluck.contracts.compatibility import CONTRACT_VERSION
+from potluck.contracts.host_events import HostRegistered
 from potluck.events import LoggedEvent
 from potluck.kernel.cancellation import cancel_until_done, task_whereabouts
 
@@ -59,3 +62,9 @@ class Received:
         self.counts[delivered.event_id] += 1
         self.positions.append(delivered.position)
         self.events.append(delivered)
+
+
+def host_registered(**fields: Any) -> HostRegistered:
+    """A synthetic host's registration, on the pool's contract: the event's own default is the
+    first contract (what a log from before the number means), whose hosts get no work."""
+    return HostRegistered(contract=CONTRACT_VERSION, **fields)

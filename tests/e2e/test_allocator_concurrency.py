@@ -9,13 +9,13 @@ import pytest
 
 from potluck.allocator.capacity import CapacityLedger
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
-from potluck.contracts.host_events import HostEnrolled, HostRegistered
+from potluck.contracts.host_events import HostEnrolled
 from potluck.events import registry
 from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.projections import ReadModels
 from tests.fixtures.pool import Pool
+from tests.helpers import host_registered
 
 HOSTS = {"h-one": 2.0, "h-two": 3.0, "h-three": 4.0}
 FACTS = EngineFacts(version="test", cgroup_version="1", storage_driver="overlay2", disk_quota_supported=False)
@@ -29,8 +29,7 @@ async def register_hosts_in_the_log(pool: Pool) -> None:
             f"host-{host_id}",
             [
                 HostEnrolled(host_id=host_id, name=host_id, nkey="UNUSED"),
-                HostRegistered(
-                    contract=CONTRACT_VERSION,
+                host_registered(
                     host_id=host_id,
                     donated=Capacity(cpus=cpus, memory_bytes=8 << 30, disk_bytes=8 << 30),
                     engine=FACTS,

@@ -22,9 +22,8 @@ import pytest
 import yaml
 
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
-from potluck.contracts.host_events import HostEnrolled, HostRegistered, host_stream
+from potluck.contracts.host_events import HostEnrolled, host_stream
 from potluck.contracts.messages import ControlHost
 from potluck.contracts.subjects import CONTROL
 from potluck.events import Event, EventRegistry, EventStore
@@ -33,6 +32,7 @@ from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.ops.live import LiveModel, fetch_allocator
 from tests.e2e.conftest import POTLUCK_OPS, ops, wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool
+from tests.helpers import host_registered
 
 
 class User:
@@ -370,8 +370,7 @@ async def test_bad_input_to_every_command_gets_one_clear_line_and_a_failure(
         host_stream("h-1"),
         [
             HostEnrolled(host_id="h-1", name="laptop", nkey="UKEY"),
-            HostRegistered(
-                contract=CONTRACT_VERSION,
+            host_registered(
                 host_id="h-1",
                 donated=Capacity(cpus=2, memory_bytes=1 << 30, disk_bytes=1 << 30),
                 engine=engine,

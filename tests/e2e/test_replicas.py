@@ -14,9 +14,8 @@ import aiohttp
 import pytest
 
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
-from potluck.contracts.host_events import HostEnrolled, HostRegistered, host_stream
+from potluck.contracts.host_events import HostEnrolled, host_stream
 from potluck.events import EVENTS_STREAM, RecordedEvent, event_subscriber
 from potluck.localstack import free_port, wait_for_port
 from potluck.localstack.docker_engine import DockerEngine
@@ -27,7 +26,7 @@ from potluck.sshgateway.events import session_stream
 from tests.e2e.conftest import Gatewayed, replay_agrees
 from tests.fixtures.pool import EnrolledHost, Pool
 from tests.fixtures.sample_events import ThingHappened, sample
-from tests.helpers import Received, stop, wait_until
+from tests.helpers import Received, host_registered, stop, wait_until
 
 #: Suspect after 1.5 s of silence, lost after 3 s: short enough for a lean test, long enough that
 #: a hostd merely waiting for one of two loaded cores is not suspected.
@@ -51,8 +50,7 @@ async def ghost_host(pool: Pool, host_id: str) -> None:
         [
             # A real key: the NATS users file is rendered from every enrolled host's.
             HostEnrolled(host_id=host_id, name=host_id, nkey=new_user_key().public),
-            HostRegistered(
-                contract=CONTRACT_VERSION,
+            host_registered(
                 host_id=host_id,
                 donated=Capacity(cpus=1.0, memory_bytes=1 << 30, disk_bytes=1 << 30),
                 engine=facts,

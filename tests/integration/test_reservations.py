@@ -43,13 +43,13 @@ from potluck.contracts.allocation_events import (
     capacity_stream,
 )
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
-from potluck.contracts.host_events import HostEnrolled, HostPaused, HostRegistered, host_stream
+from potluck.contracts.host_events import HostEnrolled, HostPaused, host_stream
 from potluck.events import NO_STREAM, Event, EventStore, StreamAppend, WrongExpectedVersion, registry
 from potluck.readmodels.allocations import AllocationState, AllocationsView, evolve
 from potluck.readmodels.hosts import HostsView
 from potluck.registry.projection import rebuild_view
+from tests.helpers import host_registered
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -102,13 +102,8 @@ async def register_hosts(store: EventStore) -> None:
     for host_id, (donated, labels) in HOSTS.items():
         events: list[Event] = [
             HostEnrolled(host_id=host_id, name=f"laptop-{host_id}", nkey="U" + host_id.upper()),
-            HostRegistered(
-                contract=CONTRACT_VERSION,
-                host_id=host_id,
-                donated=donated,
-                labels=labels,
-                engine=ENGINE,
-                hostd_version="test",
+            host_registered(
+                host_id=host_id, donated=donated, labels=labels, engine=ENGINE, hostd_version="test"
             ),
         ]
         if host_id == "p":

@@ -39,17 +39,16 @@ from potluck.contracts.allocation_events import (
     user_stream,
 )
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostDeregistered,
     HostEnrolled,
     HostLost,
-    HostRegistered,
     host_stream,
 )
 from potluck.events import Event, Fold, RecordedEvent, StreamAppend, WrongExpectedVersion
 from potluck.projections import ReadModels
+from tests.helpers import host_registered
 
 GIB = 1 << 30
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -108,14 +107,7 @@ def host(log: RecordingLog, host_id: str, donated: Capacity, **labels: str) -> N
     log.add(
         host_stream(host_id),
         HostEnrolled(host_id=host_id, name=host_id, nkey="U" + host_id),
-        HostRegistered(
-            contract=CONTRACT_VERSION,
-            host_id=host_id,
-            donated=donated,
-            labels=labels,
-            engine=ENGINE,
-            hostd_version="t",
-        ),
+        host_registered(host_id=host_id, donated=donated, labels=labels, engine=ENGINE, hostd_version="t"),
     )
 
 
@@ -303,13 +295,7 @@ def steps(draw: st.DrawFn) -> tuple[str, Event | None]:
             st.sampled_from(
                 [
                     HostEnrolled(host_id=host_id, name=host_id, nkey="U"),
-                    HostRegistered(
-                        contract=CONTRACT_VERSION,
-                        host_id=host_id,
-                        donated=cap(4, 8),
-                        engine=ENGINE,
-                        hostd_version="t",
-                    ),
+                    host_registered(host_id=host_id, donated=cap(4, 8), engine=ENGINE, hostd_version="t"),
                     HostLost(host_id=host_id, silent_for_s=90),
                     HostDeregistered(host_id=host_id, by="member"),
                 ]

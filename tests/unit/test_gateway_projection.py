@@ -23,7 +23,6 @@ from potluck.contracts.allocation_events import (
     AllocationSpec,
 )
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostDeregistered,
@@ -36,6 +35,7 @@ from potluck.contracts.host_events import (
 from potluck.events import Event
 from potluck.readmodels.allocations import AllocationState
 from potluck.sshgateway.projection import GatewayView, HostKeyConflict, key_blob
+from tests.helpers import host_registered
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 ENGINE = EngineFacts(
@@ -68,8 +68,7 @@ KEY_B = key_line("ssh-ed25519", b"B" * 32, "hostd@laptop-b")
 
 
 def registered(host_id: str, key: str = "") -> HostRegistered:
-    return HostRegistered(
-        contract=CONTRACT_VERSION,
+    return host_registered(
         host_id=host_id,
         donated=Capacity(cpus=2.0, memory_bytes=4 << 30, disk_bytes=20 << 30),
         engine=ENGINE,

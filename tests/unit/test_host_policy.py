@@ -10,12 +10,10 @@ from datetime import UTC, datetime
 import pytest
 
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostEnrolled,
     HostFrozen,
-    HostRegistered,
     HostShareRestored,
     HostThrottled,
 )
@@ -24,6 +22,7 @@ from potluck.events import Event
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostState, evolve
 from potluck.registry import host
+from tests.helpers import host_registered
 
 H = "h-1"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -40,8 +39,7 @@ def fold(*events: Event) -> HostState | None:
 
 
 ENROLLED = HostEnrolled(host_id=H, name="laptop", nkey="UKEY")
-REGISTERED = HostRegistered(
-    contract=CONTRACT_VERSION,
+REGISTERED = host_registered(
     host_id=H,
     donated=Capacity(cpus=2, memory_bytes=1 << 30, disk_bytes=1 << 30),
     engine=ENGINE,

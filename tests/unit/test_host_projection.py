@@ -10,18 +10,17 @@ from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostDrainStarted,
     HostEnrolled,
     HostPaused,
-    HostRegistered,
     HostResumed,
 )
 from potluck.events import Event, Fold, RecordedEvent
 from potluck.readmodels.hosts import HostsView
 from potluck.registry.projection import HOST_CATEGORIES, HostsProjection, hosts_fold
+from tests.helpers import host_registered
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 ENGINE = EngineFacts(
@@ -44,8 +43,7 @@ def the_log() -> list[RecordedEvent]:
             2,
             "host-h-1",
             2,
-            HostRegistered(
-                contract=CONTRACT_VERSION,
+            host_registered(
                 host_id="h-1",
                 donated=Capacity(cpus=2, memory_bytes=1 << 30, disk_bytes=1 << 30),
                 engine=ENGINE,

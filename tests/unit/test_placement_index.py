@@ -41,14 +41,12 @@ from potluck.contracts.allocation_events import (
     capacity_stream,
 )
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.host_events import (
     HostDeregistered,
     HostEnrolled,
     HostFrozen,
     HostPaused,
     HostRecovered,
-    HostRegistered,
     HostResumed,
     HostShareRestored,
     HostSuspected,
@@ -57,6 +55,7 @@ from potluck.contracts.host_events import (
 )
 from potluck.contracts.host_images import HostImagesReported, images_stream
 from potluck.events import Event, Fold, StreamAppend, WrongExpectedVersion
+from tests.helpers import host_registered
 from tests.unit.test_allocator_model import ENGINE, GIB, T0, RecordingLog
 
 IMAGES = ("debian:12", "python:3.12", "potluck-test:1")
@@ -133,8 +132,7 @@ class Allocator(RuleBasedStateMachine):
         self.commit(
             host_stream(host_id),
             HostEnrolled(host_id=host_id, name=host_id, nkey="U"),
-            HostRegistered(
-                contract=CONTRACT_VERSION,
+            host_registered(
                 host_id=host_id,
                 donated=donated,
                 labels=labels,
@@ -276,8 +274,7 @@ def test_other_requests_in_flight_rebuild_the_index() -> None:
         log.add(
             host_stream("h1"),
             HostEnrolled(host_id="h1", name="h1", nkey="U"),
-            HostRegistered(
-                contract=CONTRACT_VERSION,
+            host_registered(
                 host_id="h1",
                 donated=Capacity(cpus=2, memory_bytes=4 * GIB, disk_bytes=10 * GIB),
                 engine=ENGINE,

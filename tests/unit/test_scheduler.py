@@ -38,7 +38,6 @@ from potluck.allocator.scheduler import (
 )
 from potluck.contracts.allocation_events import CapacityReserved
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostDeregistered,
@@ -47,13 +46,13 @@ from potluck.contracts.host_events import (
     HostLost,
     HostPaused,
     HostRecovered,
-    HostRegistered,
     HostResumed,
     HostSuspected,
 )
 from potluck.contracts.image_reference import image_allowed
 from potluck.events import Event
 from potluck.readmodels.hosts import HostState, HostsView, evolve
+from tests.helpers import host_registered
 
 GIB = 1 << 30
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -72,13 +71,8 @@ def host_state(
     """A host as the registry's projection folds it: enrolled, registered, then `then`."""
     events: list[Event] = [
         HostEnrolled(host_id=host_id, name=host_id, nkey="U" + host_id),
-        HostRegistered(
-            contract=CONTRACT_VERSION,
-            host_id=host_id,
-            donated=donated,
-            labels=labels or {},
-            engine=ENGINE,
-            hostd_version="test",
+        host_registered(
+            host_id=host_id, donated=donated, labels=labels or {}, engine=ENGINE, hostd_version="test"
         ),
         *then,
     ]
@@ -378,13 +372,8 @@ def test_a_hosts_allow_network_comes_from_its_registration() -> None:
     """The member's `allow_network` travels in HostRegistered to the scheduler's snapshot."""
     state = evolve(
         host_state("h", cap(1, GIB)),
-        HostRegistered(
-            contract=CONTRACT_VERSION,
-            host_id="h",
-            donated=cap(1, GIB),
-            allow_network=True,
-            engine=ENGINE,
-            hostd_version="t",
+        host_registered(
+            host_id="h", donated=cap(1, GIB), allow_network=True, engine=ENGINE, hostd_version="t"
         ),
         9,
         T0,
@@ -455,13 +444,7 @@ def test_reregistering_after_deregistration_makes_a_host_schedulable() -> None:
         "h",
         cap(2, 4 * GIB),
         HostDeregistered(host_id="h", by="member"),
-        HostRegistered(
-            contract=CONTRACT_VERSION,
-            host_id="h",
-            donated=cap(4, 8 * GIB),
-            engine=ENGINE,
-            hostd_version="test",
-        ),
+        host_registered(host_id="h", donated=cap(4, 8 * GIB), engine=ENGINE, hostd_version="test"),
     )
     snapshot = snapshot_of(state)
     assert snapshot is not None

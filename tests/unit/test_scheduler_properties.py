@@ -66,7 +66,6 @@ from potluck.contracts.allocation_events import (
     capacity_stream,
 )
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostDeregistered,
@@ -76,7 +75,6 @@ from potluck.contracts.host_events import (
     HostLost,
     HostPaused,
     HostRecovered,
-    HostRegistered,
     HostResumed,
     HostShareRestored,
     HostSleeping,
@@ -85,6 +83,7 @@ from potluck.contracts.host_events import (
 )
 from potluck.events import Event, StreamAppend, WrongExpectedVersion
 from potluck.readmodels.hosts import HostState, HostsView
+from tests.helpers import host_registered
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -207,13 +206,8 @@ class PoolMachine(RuleBasedStateMachine):
         self.host_event(
             host_id,
             HostEnrolled(host_id=host_id, name=host_id, nkey="U"),
-            HostRegistered(
-                contract=CONTRACT_VERSION,
-                host_id=host_id,
-                donated=donated,
-                labels=labels,
-                engine=ENGINE,
-                hostd_version="t",
+            host_registered(
+                host_id=host_id, donated=donated, labels=labels, engine=ENGINE, hostd_version="t"
             ),
         )
         return host_id
@@ -247,8 +241,7 @@ class PoolMachine(RuleBasedStateMachine):
                 event = HostShareRestored(host_id=host_id)
             case _:
                 assert state.donated is not None
-                event = HostRegistered(
-                    contract=CONTRACT_VERSION,
+                event = host_registered(
                     host_id=host_id,
                     donated=state.donated,
                     labels=state.labels,

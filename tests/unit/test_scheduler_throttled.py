@@ -32,18 +32,17 @@ from potluck.allocator.scheduler import (
     place,
 )
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostEnrolled,
     HostFrozen,
-    HostRegistered,
     HostShareRestored,
     HostThrottled,
 )
 from potluck.contracts.host_images import holds_image
 from potluck.events import Event
 from potluck.readmodels.hosts import HostsView
+from tests.helpers import host_registered
 
 GIB = 1 << 30
 IMAGE = "potluck-default:latest"
@@ -148,9 +147,7 @@ def test_the_snapshot_carries_throttled_and_frozen_from_the_host_events() -> Non
     schedulable; HostShareRestored gives both back."""
     base = [
         HostEnrolled(host_id="h", name="h", nkey="U"),
-        HostRegistered(
-            contract=CONTRACT_VERSION, host_id="h", donated=cap(2), engine=ENGINE, hostd_version="t"
-        ),
+        host_registered(host_id="h", donated=cap(2), engine=ENGINE, hostd_version="t"),
     ]
     throttled = HostThrottled(host_id="h", cause="owner", reason="the owner uses 1.3 CPUs", share_cpus=0.5)
     frozen = HostFrozen(host_id="h", cause="battery", reason="on battery", max_frozen_s=60)
