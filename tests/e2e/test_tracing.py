@@ -36,6 +36,7 @@ from potluck.telemetry import (
     plan_telemetry,
 )
 from tests.e2e.conftest import ops
+from tests.fixtures.images import get_allocation
 from tests.fixtures.otlp import CollectedSpan, OtlpReceiver
 from tests.fixtures.pool import EnrolledHost, Pool, remove_managed_containers
 
@@ -118,8 +119,8 @@ async def traced_laptop(traced_pool: Pool, docker_engines: list[DockerEngine]) -
     return await _laptop(traced_pool, docker_engines)
 
 
-async def request_allocation(pool: Pool) -> tuple[str, dict[str, str]]:
-    """A user's allocation requested over HTTP: its id, and the user's headers."""
+async def request_allocation(pool: Pool) -> tuple[str, str]:
+    """A user's allocation requested over HTTP: its id, and the user's token."""
     await pool.wait_api()
     token = await pool.add_user("alice")
     headers = {"Authorization": f"Bearer {token}"}
@@ -130,20 +131,19 @@ async def request_allocation(pool: Pool) -> tuple[str, dict[str, str]]:
     ):
         created = await response.json()
         assert response.status == 201, created
-    return str(created["id"]), headers
+    return str(created["id"]), token
 
 
-async def wait_for_state(pool: Pool, alloc_id: str, headers: dict[str, str], state: str) -> None:
-    url = f"{pool.api}/v1/allocations/{alloc_id}?wait={state}&timeout=30"
-    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as response:
-        shown = await response.json()
+async def wait_for_state(pool: Pool, alloc_id: str, token: str, state: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        shown = await get_allocation(http, pool.api, token, alloc_id, f"?wait={state}&timeout=30")
     assert shown["state"] == state, f"{shown}\n{pool.logs()}"
 
 
 async def allocate(pool: Pool) -> str:
     """A user's allocation over HTTP, until it runs; its id."""
-    alloc_id, headers = await request_allocation(pool)
-    await wait_for_state(pool, alloc_id, headers, "running")
+    alloc_id, token = await request_allocation(pool)
+    await wait_for_state(pool, alloc_id, token, "running")
     return alloc_id
 
 
@@ -282,10 +282,10 @@ async def test_a_container_started_from_hostds_snapshot_stays_in_its_requests_tr
         laptop = await _laptop(pool, docker_engines)
         assert laptop.process is not None
         laptop.process.kill()
-        alloc_id, headers = await request_allocation(pool)
-        await wait_for_state(pool, alloc_id, headers, "placed")
+        alloc_id, token = await request_allocation(pool)
+        await wait_for_state(pool, alloc_id, token, "placed")
         pool.start_hostd(laptop)
-        await wait_for_state(pool, alloc_id, headers, "running")
+        await wait_for_state(pool, alloc_id, token, "running")
 
         [server] = await collector.wait_for(
             "allocator HTTP span for POST /v1/allocations",
