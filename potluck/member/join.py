@@ -16,11 +16,12 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import nkeys
 import tomli_w
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from potluck.contracts.join_token import JoinToken, JoinTokenError, decode
@@ -96,8 +97,14 @@ def _authorization_error(exc: BaseException) -> bool:
     return "authorization" in str(exc).lower()
 
 
-async def _connect(url: str, seed: str, host_id: str) -> NATS:
+async def _connect(url: str, seed: str, host_id: str, closed: asyncio.Event | None = None) -> NATS:
+    """A connection with `seed`'s identity; PermissionError if the server does not admit it.
+    `closed` is set if the server drops the connection later (a reload that removed the key)."""
     errors: list[str] = []
+
+    async def on_closed() -> None:
+        if closed is not None:
+            closed.set()
 
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
@@ -109,9 +116,12 @@ async def _connect(url: str, seed: str, host_id: str) -> NATS:
             nkeys_seed_str=seed,
             inbox_prefix=inbox_prefix(host_id),
             allow_reconnect=False,
-            max_reconnect_attempts=0,
+            # nats-py reads 0 as no limit on the tries of a server that refuses the TCP connect:
+            # with 0, a join whose NATS is unreachable tried every 2 s for ever.
+            max_reconnect_attempts=1,
             connect_timeout=5,
             error_cb=on_error,
+            closed_cb=on_closed,
         )
         return nc
     except (TimeoutError, NatsError, OSError) as exc:
@@ -127,23 +137,46 @@ async def _connect(url: str, seed: str, host_id: str) -> NATS:
         ) from None
 
 
+class _Dropped(Exception):
+    """The server closed the connection while a request on it waited for its answer."""
+
+
+async def _answer_unless_dropped(
+    nc: NATS, closed: asyncio.Event, subject: str, payload: bytes, timeout: float
+) -> Msg:
+    """The answer to a request on `nc`, or _Dropped as soon as the server closes `nc`: nats-py
+    leaves a request on a closed connection waiting out its whole timeout."""
+    asking = asyncio.ensure_future(nc.request(subject, payload, timeout=timeout))
+    dropped = asyncio.ensure_future(closed.wait())
+    try:
+        await asyncio.wait({asking, dropped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        dropped.cancel()
+    if asking.done():
+        return asking.result()
+    asking.cancel()
+    with contextlib.suppress(asyncio.CancelledError, NatsError):
+        await asking
+    raise _Dropped(str(nc.last_error or "closed by the server"))
+
+
 async def redeem(token: JoinToken, public_key: str, timeout: float = 30) -> None:
     """Ask the registry to admit `public_key` as the token's host; refused tokens raise JoinError."""
+    closed = asyncio.Event()
     try:
-        nc = await _connect(token.nats_url, token.join_seed, token.host_id)
+        nc = await _connect(token.nats_url, token.join_seed, token.host_id, closed)
     except PermissionError:
         raise JoinError(SPENT) from None
     try:
         request = JoinRequest(token=token.secret, nkey=public_key)
         try:
-            msg = await nc.request(
-                host_subject(JOIN, token.host_id), request.model_dump_json().encode(), timeout=timeout
+            msg = await _answer_unless_dropped(
+                nc, closed, host_subject(JOIN, token.host_id), request.model_dump_json().encode(), timeout
             )
+        except _Dropped as exc:
+            await _why_dropped(token, exc)
         except NatsError as exc:
-            raise JoinError(
-                f"the pool's registry did not answer the join request ({exc or type(exc).__name__}); "
-                "try again in a minute, or ask the operator whether the registry runs"
-            ) from None
+            raise _unanswered(exc) from None
         reply = Reply.model_validate_json(msg.data)
         if not reply.ok:
             error = reply.error or {}
@@ -151,6 +184,31 @@ async def redeem(token: JoinToken, public_key: str, timeout: float = 30) -> None
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
+
+
+def _unanswered(exc: BaseException) -> JoinError:
+    return JoinError(
+        f"the pool's registry did not answer the join request ({exc or type(exc).__name__}); "
+        "try again in a minute, or ask the operator whether the registry runs"
+    )
+
+
+async def _why_dropped(token: JoinToken, dropped: _Dropped) -> NoReturn:
+    """Raise what a join whose connection the server closed mid-request should say.
+
+    nats-server closes the connections of a key that a reload took out, with no error the client
+    sees. The registry takes a spent token's throwaway key out of the users file, and nats-server
+    applies the reload on its own time: a `potluck join` run again with the spent token can
+    connect just before the reload and be dropped while it waits. Connecting again tells that
+    apart from a server that went away: a key no longer admitted means the token is spent.
+    """
+    try:
+        nc = await _connect(token.nats_url, token.join_seed, token.host_id)
+    except PermissionError:
+        raise JoinError(SPENT) from None
+    with contextlib.suppress(Exception):
+        await nc.close()
+    raise _unanswered(dropped)
 
 
 async def connects(url: str, seed: str, host_id: str, timeout: float = 15) -> None:
