@@ -85,6 +85,11 @@ class HostState:
     join_token_sha256: str = ""
     join_nkey: str = ""
     join_expires_at: datetime | None = None
+    #: The throwaway key of the token last redeemed, and when (HostJoined): the member reads the
+    #: registry's answer on that identity, so the NATS users file keeps it a moment longer
+    #: (potluck.registry.enrollment.joining_keys).
+    spent_join_nkey: str = ""
+    joined_at: datetime | None = None
     revoked_by: str = ""
     revoked_reason: str = ""
     changed_at: datetime | None = None
@@ -134,7 +139,7 @@ class HostState:
 
 #: The fold's own version, part of its snapshots' kind (potluck.events.snapshots): bump it
 #: when a change to `evolve` makes a stream fold to another state than before.
-HOST_FOLD_VERSION = 3  # 2: drain_started_at; 3: contract
+HOST_FOLD_VERSION = 4  # 2: drain_started_at; 3: contract; 4: spent_join_nkey, joined_at
 
 
 def evolve(state: HostState | None, event: Event, version: int, at: datetime) -> HostState | None:
@@ -210,7 +215,15 @@ def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
                 join_expires_at=event.expires_at,
             )
         case HostJoined():
-            return changed(state, nkey=event.nkey, join_token_sha256="", join_nkey="", join_expires_at=None)
+            return changed(
+                state,
+                nkey=event.nkey,
+                join_token_sha256="",
+                join_nkey="",
+                join_expires_at=None,
+                spent_join_nkey=state.join_nkey,
+                joined_at=at,
+            )
         case HostThrottled():
             return changed(
                 state,

@@ -41,6 +41,10 @@ class JoinError(Exception):
     """Joining failed; the message says why and what to do."""
 
 
+class AnswerLost(JoinError):
+    """The join request went out and no answer came back: the registry may have admitted the key."""
+
+
 @dataclass(frozen=True)
 class JoinSettings:
     cpus: float
@@ -186,8 +190,8 @@ async def redeem(token: JoinToken, public_key: str, timeout: float = 30) -> None
             await nc.close()
 
 
-def _unanswered(exc: BaseException) -> JoinError:
-    return JoinError(
+def _unanswered(exc: BaseException) -> AnswerLost:
+    return AnswerLost(
         f"the pool's registry did not answer the join request ({exc or type(exc).__name__}); "
         "try again in a minute, or ask the operator whether the registry runs"
     )
@@ -205,10 +209,26 @@ async def _why_dropped(token: JoinToken, dropped: _Dropped) -> NoReturn:
     try:
         nc = await _connect(token.nats_url, token.join_seed, token.host_id)
     except PermissionError:
-        raise JoinError(SPENT) from None
+        raise AnswerLost(SPENT) from None
     with contextlib.suppress(Exception):
         await nc.close()
     raise _unanswered(dropped)
+
+
+async def redeem_or_find_admitted(
+    token: JoinToken, seed: str, public_key: str, *, timeout: float = 30, admitted_within: float = 5
+) -> None:
+    """`redeem`, and when its answer was lost (the connection dropped, or no answer in time), find
+    out whether the registry admitted the key all the same: only this machine holds `seed`, so
+    its key connecting means this join went through. Otherwise the member would be told to try
+    again, and the token would be spent on a key pair it no longer has."""
+    try:
+        await redeem(token, public_key, timeout)
+    except AnswerLost as lost:
+        try:
+            await connects(token.nats_url, seed, token.host_id, timeout=admitted_within)
+        except JoinError:
+            raise lost from None
 
 
 async def connects(url: str, seed: str, host_id: str, timeout: float = 15) -> None:
@@ -256,7 +276,7 @@ def join(text: str, settings: JoinSettings, now: datetime | None = None) -> Join
         f'nats_seed = "{seed}"\n',
     )
     try:
-        asyncio.run(redeem(token, public))
+        asyncio.run(redeem_or_find_admitted(token, seed, public))
     except JoinError:
         credentials.unlink(missing_ok=True)
         raise

@@ -113,13 +113,27 @@ def read_seed(path: Path) -> str:
     return seed
 
 
+#: How long a spent join token's throwaway key stays in the NATS users file after HostJoined.
+#: The member reads the registry's answer on that identity, and nats-server closes the
+#: connections of a key a reload removes: any render in between (another member's join, an
+#: operator's enrollment, another registry replica) would otherwise lose the answer, and the
+#: member the key the registry just admitted. The key can only ask to join again meanwhile,
+#: which the spent token refuses.
+JOIN_ANSWER_WINDOW = timedelta(seconds=10)
+
+
 def joining_keys(view: HostsView, now: datetime) -> list[tuple[str, str]]:
-    """The throwaway keys of join tokens neither spent nor expired."""
-    return [
-        (h.host_id, h.join_nkey)
-        for h in view.hosts.values()
-        if h.join_nkey and not h.gone and (h.join_expires_at is None or now < h.join_expires_at)
-    ]
+    """The throwaway keys of join tokens neither spent nor expired, and of tokens spent within
+    JOIN_ANSWER_WINDOW; every renderer of the users file reads the same from the log."""
+    keys = []
+    for h in view.hosts.values():
+        if h.gone:
+            continue
+        if h.join_nkey and (h.join_expires_at is None or now < h.join_expires_at):
+            keys.append((h.host_id, h.join_nkey))
+        if h.spent_join_nkey and h.joined_at is not None and now < h.joined_at + JOIN_ANSWER_WINDOW:
+            keys.append((h.host_id, h.spent_join_nkey))
+    return keys
 
 
 def has_nats_key(state: HostState) -> bool:
@@ -137,8 +151,7 @@ async def refresh_nats_authorization(
 ) -> bool:
     """Render the users file from the log; reload nats-server when it changed.
 
-    `also_joining` keeps throwaway join keys the log no longer lists (a token just spent,
-    whose holder still waits for the answer on that identity). A host that left or was revoked
+    `also_joining` adds throwaway join keys the log does not list. A host that left or was revoked
     has no key there any more: on the reload, nats-server closes its connections."""
     view = await current_hosts(store)
     hosts = [(h.host_id, h.nkey) for h in view.hosts.values() if h.nkey and has_nats_key(h)]

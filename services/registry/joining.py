@@ -6,12 +6,13 @@ for itself. Before answering, the NATS users file is rendered again with that ke
 nats-server reloads, so the member can connect as itself as soon as it reads the answer.
 
 The throwaway key stays in the file for that answer: nats-server closes the connections of
-users a reload removes, and the answer travels on the throwaway's connection. It is taken
-out a moment later (`linger_s`); meanwhile it can only ask to join again, which the spent
-token refuses.
+users a reload removes, and the answer travels on the throwaway's connection. How long is
+the log's to say (`JOIN_ANSWER_WINDOW` after HostJoined), so every render keeps it, whoever
+makes it; the file is rendered again once the window has passed, which takes the key out.
 """
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from potluck.kernel.background import BackgroundTasks
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostsView
 from potluck.registry import host as aggregate
-from potluck.registry.enrollment import read_seed, refresh_nats_authorization
+from potluck.registry.enrollment import JOIN_ANSWER_WINDOW, read_seed, refresh_nats_authorization
 from potluck.registry.repository import decide_on_host
 
 __all__ = ["JoinHandler", "NatsAuthFiles"]
@@ -54,8 +55,9 @@ class JoinHandler:
     auth: NatsAuthFiles | None
     #: How long nats-server gets to apply a reload (SIGHUP is answered asynchronously).
     reload_settle_s: float = 0.3
-    #: How long the spent token's throwaway key stays in the users file after the answer.
-    linger_s: float = 5.0
+    #: When to render the users file again after a join, which takes the spent token's throwaway
+    #: key out: once JOIN_ANSWER_WINDOW has passed.
+    linger_s: float = JOIN_ANSWER_WINDOW.total_seconds() + 1.0
     _cleanups: BackgroundTasks = field(default_factory=BackgroundTasks)
 
     async def join(self, host_id: str, payload: bytes) -> dict[str, Any]:
@@ -76,16 +78,16 @@ class JoinHandler:
             {"actor": f"host:{host_id}"},
             known=lambda: self.view.hosts.get(host_id),
         )
-        # The state decided on still names the throwaway key the answer travels on.
+        # The log keeps the throwaway in for JOIN_ANSWER_WINDOW by its own clock; named here
+        # too, so that this render keeps it whatever this machine's clock says of the log's.
         throwaway = outcome.state.join_nkey if outcome.state is not None else ""
-        lingering = [(host_id, throwaway)] if throwaway else []
-        await self._refresh(also_joining=lingering)
+        await self._refresh(also_joining=[(host_id, throwaway)] if throwaway else [])
         await asyncio.sleep(self.reload_settle_s)
         log.info("registry.host_joined", host_id=host_id, nkey=req.nkey)
         self._cleanups.start(self._forget_throwaway(host_id))
         return {"host_id": host_id, "recorded": [type(e).type_name for e in outcome.events]}
 
-    async def _refresh(self, *, also_joining: list[tuple[str, str]]) -> None:
+    async def _refresh(self, *, also_joining: Sequence[tuple[str, str]] = ()) -> None:
         assert self.auth is not None
         await refresh_nats_authorization(
             self.store,
@@ -98,7 +100,7 @@ class JoinHandler:
     async def _forget_throwaway(self, host_id: str) -> None:
         await asyncio.sleep(self.linger_s)
         try:
-            await self._refresh(also_joining=[])
+            await self._refresh()
         except Exception:
             log.exception(
                 "registry.join_cleanup_failed",

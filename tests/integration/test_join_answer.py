@@ -1,0 +1,146 @@
+"""A member's join is answered even when the NATS users file is rendered again in between
+(real Postgres, real nats-server with nkeys, the registry's JoinHandler).
+
+The registry records HostJoined, renders the users file with the member's new key, lets
+nats-server reload, then answers on the token's throwaway identity. Anything else that renders
+the file meanwhile (another member's join, an operator enrolling a machine, another registry
+replica) used to render it from a log that says the token is spent, without the throwaway key:
+nats-server then closed the member's connection, the answer was lost, and the member was told
+to ask for a new token although the registry had admitted its key.
+"""
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from potluck.contracts.host_events import HostJoined, host_stream
+from potluck.contracts.messages import Reply
+from potluck.contracts.subjects import JOIN, host_subject
+from potluck.events import EventStore
+from potluck.events.connection import connect_bus
+from potluck.localstack import NatsServer
+from potluck.member.join import AnswerLost, connects, new_key_pair, redeem, redeem_or_find_admitted
+from potluck.registry.enrollment import current_hosts, enroll_with_token, refresh_nats_authorization
+from potluck.registry.joining import JoinHandler, NatsAuthFiles
+from potluck.registry.nats_auth import new_user_key, public_key_of, render_authorization, write_authorization
+
+SERVICE_SEED = new_user_key().seed
+
+
+@pytest.fixture
+def guarded_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "nats", authorization=True)
+    server.auth_file.parent.mkdir(parents=True, exist_ok=True)
+    write_authorization(server.auth_file, render_authorization([public_key_of(SERVICE_SEED)], [], []))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def seed_file(tmp_path: Path) -> Path:
+    path = tmp_path / "services.seed"
+    path.write_text(SERVICE_SEED + "\n")
+    return path
+
+
+async def render(store: EventStore, server: NatsServer) -> None:
+    """What any other renderer of the users file does (potluck ops hosts enroll, another join)."""
+    await refresh_nats_authorization(store, server.auth_file, [SERVICE_SEED], server.pid_file)
+
+
+async def test_a_join_is_answered_though_the_users_file_is_rendered_again_before_the_answer(
+    store: EventStore, guarded_nats: NatsServer, seed_file: Path
+) -> None:
+    """Tried: a member redeems its token; the moment HostJoined is in the log, while the
+    registry waits for nats-server's reload before answering, the users file is rendered again
+    from the log by another renderer and nats-server reloads. Must hold: the member gets the
+    registry's answer (redeem returns), and its new key connects."""
+    token = await enroll_with_token(store, "laptop-b", nats_url=guarded_nats.url)
+    await render(store, guarded_nats)
+    await connects(guarded_nats.url, token.join_seed, token.host_id)  # the throwaway is admitted
+    auth = NatsAuthFiles(guarded_nats.auth_file, guarded_nats.pid_file, seed_file)
+    # A long settle: the other render lands inside it, every time.
+    handler = JoinHandler(store, await current_hosts(store), auth, reload_settle_s=2.0)
+    order: list[str] = []
+
+    async def answer(msg: object) -> None:
+        data = await handler.join(token.host_id, msg.data)  # type: ignore[attr-defined]
+        order.append("answered")
+        await msg.respond(Reply(ok=True, data=data).model_dump_json().encode())  # type: ignore[attr-defined]
+
+    async def render_once_joined() -> None:
+        while True:
+            records = await store.read_stream(host_stream(token.host_id))
+            if any(r.type == HostJoined.type_name for r in records):
+                break
+            await asyncio.sleep(0.02)
+        await render(store, guarded_nats)
+        order.append("rendered again")
+
+    service = await connect_bus(guarded_nats.url, name="registry", seed=SERVICE_SEED)
+    try:
+        await service.subscribe(host_subject(JOIN, token.host_id), cb=answer)
+        await service.flush()
+        other = asyncio.create_task(render_once_joined())
+        seed, public = new_key_pair()
+        async with asyncio.timeout(60):
+            await redeem(token, public)
+            await other
+        assert order == ["rendered again", "answered"]
+        await connects(guarded_nats.url, seed, token.host_id)
+    finally:
+        await handler.close()
+        await service.close()
+
+
+async def test_a_join_whose_answer_is_lost_after_the_key_was_admitted_goes_through(
+    store: EventStore, guarded_nats: NatsServer, seed_file: Path
+) -> None:
+    """Tried: the registry records HostJoined and admits the member's key, but its answer never
+    reaches the member (here: it is not sent; a registry that crashed, NATS restarting). Must
+    hold: `potluck join`'s redeem finds its new key admitted and goes on, rather than telling
+    the member to try again with a token that is spent by then; and a join that no registry
+    handled still fails, saying the registry did not answer."""
+    token = await enroll_with_token(store, "laptop-c", nats_url=guarded_nats.url)
+    await render(store, guarded_nats)
+    await connects(guarded_nats.url, token.join_seed, token.host_id)
+    handler = JoinHandler(
+        store,
+        await current_hosts(store),
+        NatsAuthFiles(guarded_nats.auth_file, guarded_nats.pid_file, seed_file),
+        reload_settle_s=0.3,
+    )
+    handled = asyncio.Event()
+
+    async def admit_without_answering(msg: object) -> None:
+        await handler.join(token.host_id, msg.data)  # type: ignore[attr-defined]
+        handled.set()
+
+    service = await connect_bus(guarded_nats.url, name="registry", seed=SERVICE_SEED)
+    try:
+        subscription = await service.subscribe(host_subject(JOIN, token.host_id), cb=admit_without_answering)
+        await service.flush()
+        seed, public = new_key_pair()
+        async with asyncio.timeout(60):
+            await redeem_or_find_admitted(token, seed, public, timeout=3)
+        assert handled.is_set()
+        records = await store.read_stream(host_stream(token.host_id))
+        assert [r.data["nkey"] for r in records if r.type == HostJoined.type_name] == [public]
+
+        # Nobody handles the next token's request: nothing was admitted, and the member is told so.
+        await subscription.unsubscribe()
+        unhandled = await enroll_with_token(store, "laptop-d", nats_url=guarded_nats.url)
+        await render(store, guarded_nats)
+        await connects(guarded_nats.url, unhandled.join_seed, unhandled.host_id)
+        seed, public = new_key_pair()
+        with pytest.raises(AnswerLost, match="did not answer the join request"):
+            async with asyncio.timeout(60):
+                await redeem_or_find_admitted(unhandled, seed, public, timeout=2, admitted_within=1)
+    finally:
+        await handler.close()
+        await service.close()
