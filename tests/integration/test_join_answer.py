@@ -10,7 +10,6 @@ to ask for a new token although the registry had admitted its key.
 """
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,21 +23,7 @@ from potluck.localstack import NatsServer
 from potluck.member.join import AnswerLost, connects, new_key_pair, redeem, redeem_or_find_admitted
 from potluck.registry.enrollment import current_hosts, enroll_with_token, refresh_nats_authorization
 from potluck.registry.joining import JoinHandler, NatsAuthFiles
-from potluck.registry.nats_auth import new_user_key, public_key_of, render_authorization, write_authorization
-
-SERVICE_SEED = new_user_key().seed
-
-
-@pytest.fixture
-def guarded_nats(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats", authorization=True)
-    server.auth_file.parent.mkdir(parents=True, exist_ok=True)
-    write_authorization(server.auth_file, render_authorization([public_key_of(SERVICE_SEED)], [], []))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from tests.fixtures.servers import SERVICE_SEED
 
 
 @pytest.fixture

@@ -9,9 +9,8 @@ waits for an answer waits out the request's whole timeout unless the asker watch
 import asyncio
 import gc
 import warnings
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -21,21 +20,7 @@ from potluck.events.connection import IdentityRefused, connect_bus
 from potluck.localstack import NatsServer
 from potluck.member.join import SPENT, JoinError, _connect, redeem
 from potluck.registry.nats_auth import new_user_key, public_key_of, render_authorization, write_authorization
-
-SERVICE_SEED = new_user_key().seed
-
-
-@pytest.fixture
-def guarded_nats(tmp_path: Path) -> Iterator[NatsServer]:
-    """A nats-server that admits only one service key (not the ones the tests connect with)."""
-    server = NatsServer(tmp_path / "nats", authorization=True)
-    server.auth_file.parent.mkdir(parents=True, exist_ok=True)
-    write_authorization(server.auth_file, render_authorization([public_key_of(SERVICE_SEED)], [], []))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from tests.fixtures.servers import SERVICE_SEED
 
 
 def leaked_sockets() -> list[str]:
