@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -231,22 +232,49 @@ async def redeem_or_find_admitted(
             raise lost from None
 
 
+def unfinished_join_seed(credentials: Path, host_id: str) -> str | None:
+    """The key an earlier `potluck join` of this host made here and did not finish with.
+
+    join writes the credentials before it spends the token, and hostd.toml only once the key
+    connects: a join interrupted in between (Ctrl-C, its answer lost, NATS refusing the new key
+    for a while) leaves the credentials alone, and the registry may have admitted that key.
+    A new key pair would then find the token spent; the same key finds itself admitted.
+    """
+    try:
+        fields = tomllib.loads(credentials.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    seed = fields.get("nats_seed")
+    if fields.get("host_id") != host_id or not isinstance(seed, str):
+        return None
+    try:
+        nkeys.from_seed(seed.encode())
+    except nkeys.NkeysError:
+        return None
+    return seed
+
+
+async def admitted(url: str, seed: str, host_id: str) -> bool:
+    """Does the pool's NATS admit `seed`'s key now? JoinError when it cannot be reached."""
+    try:
+        nc = await _connect(url, seed, host_id)
+    except PermissionError:
+        return False
+    await nc.close()
+    return True
+
+
 async def connects(url: str, seed: str, host_id: str, timeout: float = 15) -> None:
     """The new key is admitted: connect with it (nats-server applies the reload on its own time)."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            nc = await _connect(url, seed, host_id)
-        except PermissionError as exc:
-            if asyncio.get_running_loop().time() > deadline:
-                raise JoinError(
-                    f"the registry accepted this machine, but NATS refuses its key ({exc}); "
-                    "ask the operator to check the registry's --nats-auth-file and --nats-pid-file"
-                ) from None
-            await asyncio.sleep(0.5)
-            continue
-        await nc.close()
-        return
+    while not await admitted(url, seed, host_id):
+        if asyncio.get_running_loop().time() > deadline:
+            raise JoinError(
+                f"the registry accepted this machine, but NATS still refuses its key after {timeout:g} s; "
+                "ask the operator to check the registry's --nats-auth-file and --nats-pid-file, "
+                "then run the same `potluck join` again (it goes on with this machine's key)"
+            )
+        await asyncio.sleep(0.5)
 
 
 def join(text: str, settings: JoinSettings, now: datetime | None = None) -> Joined:
@@ -267,18 +295,26 @@ def join(text: str, settings: JoinSettings, now: datetime | None = None) -> Join
         config = HostdConfig.model_validate(host_settings(token, settings, credentials))
     except ValueError as exc:
         raise JoinError(f"the hostd configuration would be invalid: {exc}") from None
-    seed, public = new_key_pair()
-    # Written before the token is spent: a key pair the registry admitted must not be lost.
-    _private_file(
-        credentials,
-        "# Potluck host credentials: keep this file private to this machine.\n"
-        f'host_id = "{token.host_id}"\n'
-        f'nats_seed = "{seed}"\n',
-    )
+    seed = unfinished_join_seed(credentials, token.host_id)
+    resumed = seed is not None
+    if seed is None:
+        seed, _ = new_key_pair()
+        # Written before the token is spent: a key pair the registry admitted must not be lost.
+        _private_file(
+            credentials,
+            "# Potluck host credentials: keep this file private to this machine.\n"
+            f'host_id = "{token.host_id}"\n'
+            f'nats_seed = "{seed}"\n',
+        )
+    public = nkeys.from_seed(seed.encode()).public_key.decode()
     try:
-        asyncio.run(redeem_or_find_admitted(token, seed, public))
+        if not (resumed and asyncio.run(admitted(token.nats_url, seed, token.host_id))):
+            asyncio.run(redeem_or_find_admitted(token, seed, public))
+    except AnswerLost:
+        raise  # the registry may have admitted this key: the next `potluck join` goes on with it
     except JoinError:
-        credentials.unlink(missing_ok=True)
+        if not resumed:
+            credentials.unlink(missing_ok=True)
         raise
     asyncio.run(connects(token.nats_url, seed, token.host_id))
     _private_file(config_path, tomli_w.dumps(host_settings(token, settings, credentials)))

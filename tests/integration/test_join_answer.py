@@ -15,12 +15,23 @@ from pathlib import Path
 import pytest
 
 from potluck.contracts.host_events import HostJoined, host_stream
+from potluck.contracts.join_token import encode
 from potluck.contracts.messages import Reply
 from potluck.contracts.subjects import JOIN, host_subject
 from potluck.events import EventStore
 from potluck.events.connection import connect_bus
 from potluck.localstack import NatsServer
-from potluck.member.join import AnswerLost, connects, new_key_pair, redeem, redeem_or_find_admitted
+from potluck.localstack.docker_engine import DockerEngine
+from potluck.member.join import (
+    AnswerLost,
+    JoinSettings,
+    connects,
+    join,
+    new_key_pair,
+    redeem,
+    redeem_or_find_admitted,
+    unfinished_join_seed,
+)
 from potluck.registry.enrollment import current_hosts, enroll_with_token, refresh_nats_authorization
 from potluck.registry.joining import JoinHandler, NatsAuthFiles
 from tests.fixtures.servers import SERVICE_SEED
@@ -129,3 +140,58 @@ async def test_a_join_whose_answer_is_lost_after_the_key_was_admitted_goes_throu
     finally:
         await handler.close()
         await service.close()
+
+
+async def test_a_join_run_again_after_an_interrupted_one_goes_on_with_the_admitted_key(
+    store: EventStore, guarded_nats: NatsServer, seed_file: Path, docker_engine: DockerEngine, tmp_path: Path
+) -> None:
+    """Tried: a `potluck join` interrupted after the registry admitted its key (its credentials
+    written, hostd.toml not, as Ctrl-C or a lost answer leaves it), then the same `potluck join`
+    again. Must hold: the second goes on with the first one's key instead of making a new one
+    (which would find the token spent): it writes hostd.toml naming the same credentials, the
+    key connects, and the log holds one HostJoined, with that key. A credentials file of
+    another host, or one that is not a key, is not taken for an unfinished join."""
+    token = await enroll_with_token(store, "laptop-e", nats_url=guarded_nats.url)
+    await render(store, guarded_nats)
+    await connects(guarded_nats.url, token.join_seed, token.host_id)
+    handler = JoinHandler(
+        store,
+        await current_hosts(store),
+        NatsAuthFiles(guarded_nats.auth_file, guarded_nats.pid_file, seed_file),
+        reload_settle_s=0.3,
+    )
+
+    async def answer(msg: object) -> None:
+        data = await handler.join(token.host_id, msg.data)  # type: ignore[attr-defined]
+        await msg.respond(Reply(ok=True, data=data).model_dump_json().encode())  # type: ignore[attr-defined]
+
+    config = tmp_path / "member" / "hostd.toml"
+    credentials = config.parent / f"{token.host_id}.creds"
+    settings = JoinSettings(cpus=1, memory="1G", disk="2G", docker_url=docker_engine.url, config_path=config)
+    service = await connect_bus(guarded_nats.url, name="registry", seed=SERVICE_SEED)
+    try:
+        await service.subscribe(host_subject(JOIN, token.host_id), cb=answer)
+        await service.flush()
+        # The first run, up to the moment it was interrupted: its credentials, the key admitted.
+        seed, public = new_key_pair()
+        credentials.parent.mkdir(parents=True)
+        credentials.write_text(f'host_id = "{token.host_id}"\nnats_seed = "{seed}"\n')
+        await redeem(token, public)
+        assert not config.exists()
+
+        joined = await asyncio.to_thread(join, encode(token), settings)
+    finally:
+        await handler.close()
+        await service.close()
+    assert joined.config.credentials_file == credentials.absolute()
+    assert config.exists()
+    assert f'nats_seed = "{seed}"' in credentials.read_text()
+    await connects(guarded_nats.url, seed, token.host_id)
+    records = await store.read_stream(host_stream(token.host_id))
+    assert [r.data["nkey"] for r in records if r.type == HostJoined.type_name] == [public]
+
+    assert unfinished_join_seed(credentials, token.host_id) == seed
+    assert unfinished_join_seed(credentials, "h-another") is None
+    credentials.write_text(f'host_id = "{token.host_id}"\nnats_seed = "SUNOTASEED"\n')
+    assert unfinished_join_seed(credentials, token.host_id) is None
+    assert unfinished_join_seed(tmp_path / "none.creds", token.host_id) is None
