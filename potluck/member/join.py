@@ -134,7 +134,10 @@ async def _connect(url: str, seed: str, host_id: str, closed: asyncio.Event | No
         # half second) is left open by nats-py's connect: close it, or each try leaks a socket.
         with contextlib.suppress(Exception):
             await nc.close()
-        if _authorization_error(exc) or any(_authorization_error(Exception(e)) for e in errors):
+        # nats-server refuses a key with -ERR and closes the socket; on a busy machine the close
+        # can overtake the error, and the handshake ends in a reset rather than in the error.
+        hung_up = isinstance(exc, ConnectionResetError)
+        if hung_up or _authorization_error(exc) or any(_authorization_error(Exception(e)) for e in errors):
             raise PermissionError(str(exc)) from None
         raise JoinError(
             f"cannot reach the pool's NATS at {url} ({exc or type(exc).__name__}); "

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from potluck.contracts.host_events import HostJoined, host_stream
-from potluck.contracts.join_token import encode
+from potluck.contracts.join_token import JoinToken, encode
 from potluck.contracts.messages import Reply
 from potluck.contracts.subjects import JOIN, host_subject
 from potluck.events import EventStore
@@ -49,6 +49,18 @@ async def render(store: EventStore, server: NatsServer) -> None:
     await refresh_nats_authorization(store, server.auth_file, [SERVICE_SEED], server.pid_file)
 
 
+async def enrolled(
+    store: EventStore, server: NatsServer, seed_file: Path, name: str, *, settle_s: float = 0.3
+) -> tuple[JoinToken, JoinHandler]:
+    """A machine enrolled with a join token whose throwaway key `server` admits, and the
+    registry's JoinHandler for it (`settle_s`: how long it waits for a reload before answering)."""
+    token = await enroll_with_token(store, name, nats_url=server.url)
+    await render(store, server)
+    await connects(server.url, token.join_seed, token.host_id)
+    auth = NatsAuthFiles(server.auth_file, server.pid_file, seed_file)
+    return token, JoinHandler(store, await current_hosts(store), auth, reload_settle_s=settle_s)
+
+
 async def test_a_join_is_answered_though_the_users_file_is_rendered_again_before_the_answer(
     store: EventStore, guarded_nats: NatsServer, seed_file: Path
 ) -> None:
@@ -56,12 +68,8 @@ async def test_a_join_is_answered_though_the_users_file_is_rendered_again_before
     registry waits for nats-server's reload before answering, the users file is rendered again
     from the log by another renderer and nats-server reloads. Must hold: the member gets the
     registry's answer (redeem returns), and its new key connects."""
-    token = await enroll_with_token(store, "laptop-b", nats_url=guarded_nats.url)
-    await render(store, guarded_nats)
-    await connects(guarded_nats.url, token.join_seed, token.host_id)  # the throwaway is admitted
-    auth = NatsAuthFiles(guarded_nats.auth_file, guarded_nats.pid_file, seed_file)
     # A long settle: the other render lands inside it, every time.
-    handler = JoinHandler(store, await current_hosts(store), auth, reload_settle_s=2.0)
+    token, handler = await enrolled(store, guarded_nats, seed_file, "laptop-b", settle_s=2.0)
     order: list[str] = []
 
     async def answer(msg: object) -> None:
@@ -102,15 +110,7 @@ async def test_a_join_whose_answer_is_lost_after_the_key_was_admitted_goes_throu
     hold: `potluck join`'s redeem finds its new key admitted and goes on, rather than telling
     the member to try again with a token that is spent by then; and a join that no registry
     handled still fails, saying the registry did not answer."""
-    token = await enroll_with_token(store, "laptop-c", nats_url=guarded_nats.url)
-    await render(store, guarded_nats)
-    await connects(guarded_nats.url, token.join_seed, token.host_id)
-    handler = JoinHandler(
-        store,
-        await current_hosts(store),
-        NatsAuthFiles(guarded_nats.auth_file, guarded_nats.pid_file, seed_file),
-        reload_settle_s=0.3,
-    )
+    token, handler = await enrolled(store, guarded_nats, seed_file, "laptop-c")
     handled = asyncio.Event()
 
     async def admit_without_answering(msg: object) -> None:
@@ -151,15 +151,7 @@ async def test_a_join_run_again_after_an_interrupted_one_goes_on_with_the_admitt
     (which would find the token spent): it writes hostd.toml naming the same credentials, the
     key connects, and the log holds one HostJoined, with that key. A credentials file of
     another host, or one that is not a key, is not taken for an unfinished join."""
-    token = await enroll_with_token(store, "laptop-e", nats_url=guarded_nats.url)
-    await render(store, guarded_nats)
-    await connects(guarded_nats.url, token.join_seed, token.host_id)
-    handler = JoinHandler(
-        store,
-        await current_hosts(store),
-        NatsAuthFiles(guarded_nats.auth_file, guarded_nats.pid_file, seed_file),
-        reload_settle_s=0.3,
-    )
+    token, handler = await enrolled(store, guarded_nats, seed_file, "laptop-e")
 
     async def answer(msg: object) -> None:
         data = await handler.join(token.host_id, msg.data)  # type: ignore[attr-defined]
