@@ -7,6 +7,10 @@ the machine's own NATS key pair and write its credentials (0600), redeem the tok
 token's throwaway identity (the registry records HostJoined and admits the new key before it
 answers), check that the new key connects, and write hostd.toml (0600). The seed never
 leaves this machine: only its public half is sent.
+
+A join interrupted after its credentials were written is finished by running it again: it
+goes on with the key it made (`unfinished_join_seed`), which the registry may have admitted;
+an answer lost on the way is checked the same way (`redeem_or_find_admitted`).
 """
 
 import asyncio
