@@ -154,6 +154,18 @@ async def refresh_nats_authorization(
     `also_joining` adds throwaway join keys the log does not list. A host that left or was revoked
     has no key there any more: on the reload, nats-server closes its connections."""
     view = await current_hosts(store)
+    return render_nats_authorization(view, auth_file, service_seeds, pid_file, also_joining=also_joining)
+
+
+def render_nats_authorization(
+    view: HostsView,
+    auth_file: Path,
+    service_seeds: list[str],
+    pid_file: Path | None,
+    *,
+    also_joining: Iterable[tuple[str, str]] = (),
+) -> bool:
+    """`refresh_nats_authorization` from hosts already folded (a registry's own view)."""
     hosts = [(h.host_id, h.nkey) for h in view.hosts.values() if h.nkey and has_nats_key(h)]
     joining = sorted(set(joining_keys(view, datetime.now(UTC))) | set(also_joining))
     text = render_authorization([public_key_of(s) for s in service_seeds], hosts, joining)

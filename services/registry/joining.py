@@ -27,7 +27,12 @@ from potluck.kernel.background import BackgroundTasks
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostsView
 from potluck.registry import host as aggregate
-from potluck.registry.enrollment import JOIN_ANSWER_WINDOW, read_seed, refresh_nats_authorization
+from potluck.registry.enrollment import (
+    JOIN_ANSWER_WINDOW,
+    read_seed,
+    refresh_nats_authorization,
+    render_nats_authorization,
+)
 from potluck.registry.repository import decide_on_host
 
 __all__ = ["JoinHandler", "NatsAuthFiles"]
@@ -96,6 +101,27 @@ class JoinHandler:
             self.auth.pid_file,
             also_joining=also_joining,
         )
+
+    def render_at_start(self) -> None:
+        """Render the users file from the registry's view as it starts: what changed while no
+        registry ran (one that stopped between recording HostJoined and rendering the member's
+        key, or before its cleanup took a spent throwaway out) is put right."""
+        if self.auth is None:
+            return
+        try:
+            changed = render_nats_authorization(
+                self.view, self.auth.auth_file, self.auth.service_seeds(), self.auth.pid_file
+            )
+        except (OSError, ValueError) as exc:
+            log.error(
+                "registry.nats_users_unrendered",
+                file=str(self.auth.auth_file),
+                error=str(exc),
+                hint="joins cannot admit keys until this registry can write --nats-auth-file and read "
+                "--nats-seed-file; fix their permissions, then restart it",
+            )
+            return
+        log.info("registry.nats_users_rendered", file=str(self.auth.auth_file), changed=changed)
 
     async def _forget_throwaway(self, host_id: str) -> None:
         await asyncio.sleep(self.linger_s)

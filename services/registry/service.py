@@ -124,6 +124,7 @@ class RegistryService:
             self.fold.skipped = skipped
         await self.fold.catch_up(self.store)
         self.view.position = max(self.view.position, self.fold.position)
+        self.joining.render_at_start()
         checkpointer = Checkpointer(
             checkpoints,
             lambda: (self.view, self.fold.skipped),

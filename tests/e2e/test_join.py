@@ -19,13 +19,15 @@ import aiohttp
 import pytest
 
 from potluck.contracts.host_events import HostJoined, HostJoinTokenIssued, host_stream
-from potluck.contracts.join_token import PREFIX, decode, encode
+from potluck.contracts.join_token import PREFIX, decode, encode, secret_digest
 from potluck.localstack import free_port, wait_for_port
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.process import ChildProcess
-from potluck.member.join import JoinError, connects
+from potluck.member.join import JoinError, connects, new_key_pair
+from potluck.registry import host as aggregate
 from potluck.registry.enrollment import enroll_with_token, refresh_nats_authorization
 from potluck.registry.nats_auth import public_key_of
+from potluck.registry.repository import decide_on_host
 from tests.e2e.conftest import Gatewayed
 from tests.fixtures.pool import EnrolledHost, Pool
 from tests.helpers import wait_until
@@ -288,6 +290,34 @@ async def test_an_expired_token_is_refused_by_the_member_and_by_the_registry(
     state = (await pool.hosts()).hosts[issued.host_id]
     assert state.nkey == ""
     assert state.status == "enrolled"
+
+
+async def test_a_registry_renders_the_users_file_from_the_log_as_it_starts(pool: Pool) -> None:
+    """Tried: a member's join is in the log (HostJoined with its key, as the registry records it)
+    but not in the users file (the registry stopped between recording and rendering), and the
+    registry restarts. Must hold: once it runs, the file holds the member's key, nats-server
+    admits it, and the file still admits the services (their key stays first)."""
+    issued = await enroll_with_token(pool.store, "laptop-f", nats_url=pool.nats.url)
+    seed, public = new_key_pair()
+    pool.processes["registry"].stop()
+    await decide_on_host(
+        pool.store,
+        issued.host_id,
+        lambda state: aggregate.join(
+            state,
+            issued.host_id,
+            token_sha256=secret_digest(issued.secret),
+            nkey=public,
+            now=datetime.now(UTC),
+        ),
+        {"actor": f"host:{issued.host_id}"},
+    )
+    assert public not in pool.nats.auth_file.read_text()
+
+    pool.start_registry()
+    await wait_until(lambda: public in pool.nats.auth_file.read_text(), 60, "the registry to render the key")
+    await connects(pool.nats.url, seed, issued.host_id)
+    assert public_key_of(pool.services_seed) in pool.nats.auth_file.read_text()
 
 
 def summary_value(summary: str, label: str) -> str:
