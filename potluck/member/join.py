@@ -35,6 +35,7 @@ from potluck.contracts.subjects import JOIN, host_subject, inbox_prefix
 from potluck.hostd.config import HostdConfig
 from potluck.kernel.nats_urls import nats_servers
 from potluck.localstack.docker_engine import engine_answers
+from potluck.registry.nats_auth import public_key_of
 
 __all__ = ["JoinError", "JoinSettings", "Joined", "join", "systemd_unit"]
 
@@ -214,12 +215,8 @@ async def _why_dropped(token: JoinToken, dropped: _Dropped) -> NoReturn:
     connect just before the reload and be dropped while it waits. Connecting again tells that
     apart from a server that went away: a key no longer admitted means the token is spent.
     """
-    try:
-        nc = await _connect(token.nats_url, token.join_seed, token.host_id)
-    except PermissionError:
-        raise AnswerLost(SPENT) from None
-    with contextlib.suppress(Exception):
-        await nc.close()
+    if not await admitted(token.nats_url, token.join_seed, token.host_id):
+        raise AnswerLost(SPENT)
     raise _unanswered(dropped)
 
 
@@ -313,7 +310,7 @@ def join(text: str, settings: JoinSettings, now: datetime | None = None) -> Join
             f'host_id = "{token.host_id}"\n'
             f'nats_seed = "{seed}"\n',
         )
-    public = nkeys.from_seed(seed.encode()).public_key.decode()
+    public = public_key_of(seed)
     try:
         if not (resumed and asyncio.run(admitted(token.nats_url, seed, token.host_id))):
             asyncio.run(redeem_or_find_admitted(token, seed, public))
