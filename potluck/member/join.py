@@ -15,7 +15,6 @@ an answer lost on the way is checked the same way (`redeem_or_find_admitted`).
 
 import asyncio
 import contextlib
-import os
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from potluck.contracts.subjects import JOIN, host_subject, inbox_prefix
 from potluck.hostd.config import HostdConfig
 from potluck.kernel.nats_urls import nats_servers
 from potluck.localstack.docker_engine import engine_answers
-from potluck.registry.nats_auth import public_key_of
+from potluck.registry.nats_auth import new_user_key, public_key_of
 
 __all__ = ["JoinError", "JoinSettings", "Joined", "join", "systemd_unit"]
 
@@ -78,8 +77,8 @@ class Joined:
 
 def new_key_pair() -> tuple[str, str]:
     """This machine's own NATS identity: (seed, public key)."""
-    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
-    return seed.decode(), nkeys.from_seed(seed).public_key.decode()
+    key = new_user_key()
+    return key.seed, key.public
 
 
 def host_settings(token: JoinToken, settings: JoinSettings, credentials: Path) -> dict[str, Any]:
