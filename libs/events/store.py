@@ -383,6 +383,12 @@ class EventStore:
         head = await self.pool.fetchval("SELECT max(position) FROM events")
         return int(head or 0)
 
+    async def log_clock(self) -> datetime:
+        """The log's clock: what `recorded_at` of an append made now would say. Deadlines counted
+        from an event's `recorded_at` are compared with this, not with this machine's clock."""
+        now = await self.pool.fetchval("SELECT clock_timestamp()")
+        return cast(datetime, now)
+
     async def contains(self, event_id: UUID) -> bool:
         return bool(
             await self.pool.fetchval(

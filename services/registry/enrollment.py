@@ -10,7 +10,7 @@ import contextlib
 import secrets
 import tomllib
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from potluck.contracts import join_token
@@ -57,7 +57,9 @@ async def enroll_with_token(
     now: datetime | None = None,
 ) -> JoinToken:
     """Enroll a machine that will make its own key pair: HostEnrolled without a key, and a
-    single-use join token (the log keeps its secret's digest and the throwaway public key)."""
+    single-use join token (the log keeps its secret's digest and the throwaway public key).
+
+    The token's expiry is on the log's clock (`now` by default), as every decision about it is."""
     host_id = validate_host_id(new_host_id())
     throwaway = new_user_key()
     token = JoinToken(
@@ -67,7 +69,7 @@ async def enroll_with_token(
         join_seed=throwaway.seed,
         secret=join_token.new_secret(),
         gateways=tuple(gateways),
-        expires_at=(now or datetime.now(UTC)) + expires_in,
+        expires_at=(now or await store.log_clock()) + expires_in,
     )
 
     def decide(state: HostState | None) -> list[Event]:
@@ -136,6 +138,25 @@ def joining_keys(view: HostsView, now: datetime) -> list[tuple[str, str]]:
     return keys
 
 
+def next_key_change(view: HostsView, now: datetime) -> datetime | None:
+    """When `joining_keys(view, t)` next changes for a t after `now`, as far as time alone
+    changes it: the earliest token expiry or answer window's end still ahead. None when no key
+    in the file is there for a time only.
+
+    Time removes keys from the users file, but only a render writes that down: the registry
+    renders again at each of these moments, so a spent token's throwaway does not outstay its
+    window, nor an expired token's key its expiry, until some later join or enrollment."""
+    ends = []
+    for h in view.hosts.values():
+        if h.gone:
+            continue
+        if h.join_nkey and h.join_expires_at is not None and now < h.join_expires_at:
+            ends.append(h.join_expires_at)
+        if h.spent_join_nkey and h.joined_at is not None and now < h.joined_at + JOIN_ANSWER_WINDOW:
+            ends.append(h.joined_at + JOIN_ANSWER_WINDOW)
+    return min(ends, default=None)
+
+
 def has_nats_key(state: HostState) -> bool:
     """Does the host keep its place in the NATS users file? Not once deregistered, left or revoked."""
     return state.admin != "deregistered" and not state.gone
@@ -152,9 +173,12 @@ async def refresh_nats_authorization(
     """Render the users file from the log; reload nats-server when it changed.
 
     `also_joining` adds throwaway join keys the log does not list. A host that left or was revoked
-    has no key there any more: on the reload, nats-server closes its connections."""
+    has no key there any more: on the reload, nats-server closes its connections. Which join keys
+    are still in their time is read on the log's clock, which wrote `joined_at`: an operator's
+    machine whose clock runs ahead would otherwise drop a member's throwaway before its answer."""
     view = await current_hosts(store)
-    return render_nats_authorization(view, auth_file, service_seeds, pid_file, also_joining=also_joining)
+    now = await store.log_clock()
+    return render_nats_authorization(view, auth_file, service_seeds, pid_file, now, also_joining=also_joining)
 
 
 def render_nats_authorization(
@@ -162,12 +186,14 @@ def render_nats_authorization(
     auth_file: Path,
     service_seeds: list[str],
     pid_file: Path | None,
+    now: datetime,
     *,
     also_joining: Iterable[tuple[str, str]] = (),
 ) -> bool:
-    """`refresh_nats_authorization` from hosts already folded (a registry's own view)."""
+    """`refresh_nats_authorization` from hosts already folded (a registry's own view), with the
+    join keys in their time at `now`."""
     hosts = [(h.host_id, h.nkey) for h in view.hosts.values() if h.nkey and has_nats_key(h)]
-    joining = sorted(set(joining_keys(view, datetime.now(UTC))) | set(also_joining))
+    joining = sorted(set(joining_keys(view, now)) | set(also_joining))
     text = render_authorization([public_key_of(s) for s in service_seeds], hosts, joining)
     changed = write_authorization(auth_file, text)
     if changed and pid_file is not None:

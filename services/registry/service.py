@@ -124,7 +124,7 @@ class RegistryService:
             self.fold.skipped = skipped
         await self.fold.catch_up(self.store)
         self.view.position = max(self.view.position, self.fold.position)
-        self.joining.render_at_start()
+        await self.joining.render_at_start()
         checkpointer = Checkpointer(
             checkpoints,
             lambda: (self.view, self.fold.skipped),
@@ -166,13 +166,16 @@ class RegistryService:
         self.watch.start_clock()
         try:
             await asyncio.gather(
-                self.fold.follow(self.store), self.watch.run(), checkpointer.run(), self.consumers.run()
+                self.fold.follow(self.store),
+                self.watch.run(),
+                checkpointer.run(),
+                self.consumers.run(),
+                self.joining.keep_users_file_current(),
             )
         finally:
             for sub in subs:
                 await sub.unsubscribe()
             await self.registrations.close()
-            await self.joining.close()
 
     def refused(self) -> dict[str, dict[str, int]]:
         """Refused per host since start: requests over the rate, beats over the rate, bad reply

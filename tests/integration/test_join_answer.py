@@ -10,6 +10,7 @@ to ask for a new token although the registry had admitted its key.
 """
 
 import asyncio
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from potluck.localstack.docker_engine import DockerEngine
 from potluck.member.join import (
     AnswerLost,
     JoinSettings,
+    admitted,
     connects,
     join,
     new_key_pair,
@@ -32,7 +34,12 @@ from potluck.member.join import (
     redeem_or_find_admitted,
     unfinished_join_seed,
 )
-from potluck.registry.enrollment import current_hosts, enroll_with_token, refresh_nats_authorization
+from potluck.registry.enrollment import (
+    JOIN_ANSWER_WINDOW,
+    current_hosts,
+    enroll_with_token,
+    refresh_nats_authorization,
+)
 from potluck.registry.joining import JoinHandler, NatsAuthFiles
 from tests.fixtures.servers import SERVICE_SEED
 
@@ -98,7 +105,6 @@ async def test_a_join_is_answered_though_the_users_file_is_rendered_again_before
         assert order == ["rendered again", "answered"]
         await connects(guarded_nats.url, seed, token.host_id)
     finally:
-        await handler.close()
         await service.close()
 
 
@@ -138,7 +144,6 @@ async def test_a_join_whose_answer_is_lost_after_the_key_was_admitted_goes_throu
             async with asyncio.timeout(60):
                 await redeem_or_find_admitted(unhandled, seed, public, timeout=2, admitted_within=1)
     finally:
-        await handler.close()
         await service.close()
 
 
@@ -173,7 +178,6 @@ async def test_a_join_run_again_after_an_interrupted_one_goes_on_with_the_admitt
 
         joined = await asyncio.to_thread(join, encode(token), settings)
     finally:
-        await handler.close()
         await service.close()
     assert joined.config.credentials_file == credentials.absolute()
     assert config.exists()
@@ -187,3 +191,77 @@ async def test_a_join_run_again_after_an_interrupted_one_goes_on_with_the_admitt
     credentials.write_text(f'host_id = "{token.host_id}"\nnats_seed = "SUNOTASEED"\n')
     assert unfinished_join_seed(credentials, token.host_id) is None
     assert unfinished_join_seed(tmp_path / "none.creds", token.host_id) is None
+
+
+async def refused_from(url: str, seed: str, host_id: str, store: EventStore, timeout: float) -> datetime:
+    """Wait until NATS refuses `seed`'s key; the log's time when it was first seen refused."""
+    async with asyncio.timeout(timeout):
+        while await admitted(url, seed, host_id):
+            await asyncio.sleep(0.2)
+    return await store.log_clock()
+
+
+async def test_a_registry_restarted_inside_an_answer_window_takes_the_spent_key_out_when_it_ends(
+    store: EventStore, guarded_nats: NatsServer, seed_file: Path
+) -> None:
+    """Tried: a registry answers a join, then stops before the answer window ends (nothing of it
+    runs on: its scheduled render died with it); a new registry starts inside the window.
+    Must hold: the new one's start render keeps the spent token's key (the member may still be
+    reading its answer), and the key is refused once the window has ended, without any other
+    render to take it out; the member's own key connects throughout."""
+    token, first = await enrolled(store, guarded_nats, seed_file, "laptop-g")
+
+    async def answer(msg: object) -> None:
+        data = await first.join(token.host_id, msg.data)  # type: ignore[attr-defined]
+        await msg.respond(Reply(ok=True, data=data).model_dump_json().encode())  # type: ignore[attr-defined]
+
+    service = await connect_bus(guarded_nats.url, name="registry", seed=SERVICE_SEED)
+    try:
+        await service.subscribe(host_subject(JOIN, token.host_id), cb=answer)
+        await service.flush()
+        seed, public = new_key_pair()
+        async with asyncio.timeout(60):
+            await redeem(token, public)
+    finally:
+        await service.close()
+    (joined,) = [
+        r for r in await store.read_stream(host_stream(token.host_id)) if r.type == HostJoined.type_name
+    ]
+
+    restarted = JoinHandler(store, await current_hosts(store), first.auth)
+    await restarted.render_at_start()
+    assert await store.log_clock() < joined.recorded_at + JOIN_ANSWER_WINDOW, (
+        "the restart is inside the window"
+    )
+    assert await admitted(guarded_nats.url, token.join_seed, token.host_id)
+    keeping = asyncio.create_task(restarted.keep_users_file_current())
+    try:
+        refused_at = await refused_from(guarded_nats.url, token.join_seed, token.host_id, store, 30)
+    finally:
+        keeping.cancel()
+    assert refused_at >= joined.recorded_at + JOIN_ANSWER_WINDOW
+    await connects(guarded_nats.url, seed, token.host_id)
+
+
+async def test_an_expired_tokens_key_leaves_the_users_file_when_it_expires(
+    store: EventStore, guarded_nats: NatsServer, seed_file: Path
+) -> None:
+    """Tried: a machine enrolled with a join token that expires in 3 s, never redeemed, with a
+    registry running. Must hold: NATS admits the token's key until the expiry and refuses it
+    from then on, with no join or enrollment to render the file again."""
+    token = await enroll_with_token(
+        store, "laptop-h", nats_url=guarded_nats.url, expires_in=timedelta(seconds=3)
+    )
+    await render(store, guarded_nats)
+    await connects(guarded_nats.url, token.join_seed, token.host_id)
+    handler = JoinHandler(
+        store,
+        await current_hosts(store),
+        NatsAuthFiles(guarded_nats.auth_file, guarded_nats.pid_file, seed_file),
+    )
+    keeping = asyncio.create_task(handler.keep_users_file_current())
+    try:
+        refused_at = await refused_from(guarded_nats.url, token.join_seed, token.host_id, store, 30)
+    finally:
+        keeping.cancel()
+    assert refused_at >= token.expires_at
