@@ -17,7 +17,7 @@ it starts, for what changed while no registry ran.
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,9 +33,9 @@ from potluck.readmodels.hosts import HostsView
 from potluck.registry import host as aggregate
 from potluck.registry.enrollment import (
     JOIN_ANSWER_WINDOW,
+    current_hosts,
     next_key_change,
     read_seed,
-    refresh_nats_authorization,
     render_nats_authorization,
 )
 from potluck.registry.repository import decide_on_host
@@ -68,6 +68,9 @@ class JoinHandler:
     store: EventStore
     view: HostsView
     auth: NatsAuthFiles | None
+    #: The hosts as the log has them now. The registry passes its own view once its fold has
+    #: caught up with the log's head; the default folds the whole log again, for each render.
+    fresh_view: Callable[[], Awaitable[HostsView]] | None = None
     #: How long nats-server gets to apply a reload (SIGHUP is answered asynchronously).
     reload_settle_s: float = 0.3
     #: The longest `keep_users_file_current` waits without looking again: tokens another process
@@ -110,14 +113,21 @@ class JoinHandler:
         return {"host_id": host_id, "recorded": [type(e).type_name for e in outcome.events]}
 
     async def _refresh(self, *, also_joining: Sequence[tuple[str, str]] = ()) -> None:
+        """Render the users file from the hosts as the log has them now (with the join just
+        recorded), the join keys taken at the log's time."""
         assert self.auth is not None
-        await refresh_nats_authorization(
-            self.store,
+        view = await (self.fresh_view or self._folded_from_zero)()
+        render_nats_authorization(
+            view,
             self.auth.auth_file,
             self.auth.service_seeds(),
             self.auth.pid_file,
+            await self.store.log_clock(),
             also_joining=also_joining,
         )
+
+    async def _folded_from_zero(self) -> HostsView:
+        return await current_hosts(self.store)
 
     async def render_at_start(self) -> None:
         """Render the users file from the registry's view as it starts: what changed while no

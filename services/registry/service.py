@@ -93,7 +93,7 @@ class RegistryService:
         self.replies = ReplyGuard("registry")
         self.gate = HostRequestGate(self.replies, HostRates(request_rate), gone=self._gone)
         self.requests = HostRequests(store, self.js, self.fold, self.view, self.watch)
-        self.joining = JoinHandler(store, self.view, nats_auth)
+        self.joining = JoinHandler(store, self.view, nats_auth, fresh_view=self._view_caught_up)
         self.sleep = SleepRequests(store, self.view, self.watch)
         #: The position of the checkpoint the view was loaded from (0: folded from zero).
         self.resumed_from = 0
@@ -186,6 +186,12 @@ class RegistryService:
             "reply_subjects": self.replies.as_dict(),
             "gone_hosts": dict(sorted(self.gate.refused_gone.items())),
         }
+
+    async def _view_caught_up(self) -> HostsView:
+        """The view once it has folded everything committed before this call: a render of the
+        NATS users file reads it rather than the whole log again."""
+        await self.fold.caught_up_with(self.store)
+        return self.view
 
     def _gone(self, host_id: str) -> Rejected | None:
         """Why a host that left or was revoked is refused, as the view has folded it."""
