@@ -218,9 +218,9 @@ def registry(
 ) -> None:
     """Run the registry: host registration, joins, liveness, sleep, member controls."""
     from potluck.bootstrap import Backends, serve
-    from potluck.registry.joining import NatsAuthFiles
     from potluck.registry.liveness import LivenessPolicy
     from potluck.registry.service import RegistryService
+    from potluck.registry.users_file import NatsAuthFiles
 
     try:
         policy = LivenessPolicy(heartbeat_interval, suspect_after_missed, stranded_grace)

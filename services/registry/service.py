@@ -53,13 +53,14 @@ from potluck.registry.admission import Admission
 from potluck.registry.consumer_sweep import ConsumerSweep
 from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.host_rate import HostRates, RatePolicy
-from potluck.registry.joining import JoinHandler, NatsAuthFiles
+from potluck.registry.joining import JoinHandler
 from potluck.registry.liveness import LastSeen, LivenessPolicy
 from potluck.registry.policy_requests import PolicyRequests
 from potluck.registry.projection import hosts_fold
 from potluck.registry.replies import HostRequestGate, answer
 from potluck.registry.requests import HostRequests
 from potluck.registry.sleep_requests import SleepRequests
+from potluck.registry.users_file import NatsAuthFiles, UsersFileKeeper
 
 __all__ = ["REQUEST_RATE", "RegistryService"]
 
@@ -93,7 +94,13 @@ class RegistryService:
         self.replies = ReplyGuard("registry")
         self.gate = HostRequestGate(self.replies, HostRates(request_rate), gone=self._gone)
         self.requests = HostRequests(store, self.js, self.fold, self.view, self.watch)
-        self.joining = JoinHandler(store, self.view, nats_auth, fresh_view=self._view_caught_up)
+        #: Keeps the NATS users file as the log says (users_file.py); None without --nats-auth-file.
+        self.users_file = (
+            UsersFileKeeper(store, self.view, nats_auth, fresh_view=self._view_caught_up)
+            if nats_auth is not None
+            else None
+        )
+        self.joining = JoinHandler(store, self.view, self.users_file)
         self.sleep = SleepRequests(store, self.view, self.watch)
         #: The position of the checkpoint the view was loaded from (0: folded from zero).
         self.resumed_from = 0
@@ -124,7 +131,8 @@ class RegistryService:
             self.fold.skipped = skipped
         await self.fold.catch_up(self.store)
         self.view.position = max(self.view.position, self.fold.position)
-        await self.joining.render_at_start()
+        if self.users_file is not None:
+            await self.users_file.render_at_start()
         checkpointer = Checkpointer(
             checkpoints,
             lambda: (self.view, self.fold.skipped),
@@ -170,7 +178,7 @@ class RegistryService:
                 self.watch.run(),
                 checkpointer.run(),
                 self.consumers.run(),
-                self.joining.keep_users_file_current(),
+                *([self.users_file.run()] if self.users_file is not None else []),
             )
         finally:
             for sub in subs:

@@ -40,7 +40,8 @@ from potluck.registry.enrollment import (
     enroll_with_token,
     refresh_nats_authorization,
 )
-from potluck.registry.joining import JoinHandler, NatsAuthFiles
+from potluck.registry.joining import JoinHandler
+from potluck.registry.users_file import NatsAuthFiles, UsersFileKeeper
 from tests.fixtures.servers import SERVICE_SEED
 
 
@@ -65,7 +66,8 @@ async def enrolled(
     await render(store, server)
     await connects(server.url, token.join_seed, token.host_id)
     auth = NatsAuthFiles(server.auth_file, server.pid_file, seed_file)
-    return token, JoinHandler(store, await current_hosts(store), auth, reload_settle_s=settle_s)
+    view = await current_hosts(store)
+    return token, JoinHandler(store, view, UsersFileKeeper(store, view, auth), reload_settle_s=settle_s)
 
 
 async def test_a_join_is_answered_though_the_users_file_is_rendered_again_before_the_answer(
@@ -228,13 +230,14 @@ async def test_a_registry_restarted_inside_an_answer_window_takes_the_spent_key_
         r for r in await store.read_stream(host_stream(token.host_id)) if r.type == HostJoined.type_name
     ]
 
-    restarted = JoinHandler(store, await current_hosts(store), first.auth)
+    assert first.users_file is not None
+    restarted = UsersFileKeeper(store, await current_hosts(store), first.users_file.auth)
     await restarted.render_at_start()
     assert await store.log_clock() < joined.recorded_at + JOIN_ANSWER_WINDOW, (
         "the restart is inside the window"
     )
     assert await admitted(guarded_nats.url, token.join_seed, token.host_id)
-    keeping = asyncio.create_task(restarted.keep_users_file_current())
+    keeping = asyncio.create_task(restarted.run())
     try:
         refused_at = await refused_from(guarded_nats.url, token.join_seed, token.host_id, store, 30)
     finally:
@@ -254,12 +257,12 @@ async def test_an_expired_tokens_key_leaves_the_users_file_when_it_expires(
     )
     await render(store, guarded_nats)
     await connects(guarded_nats.url, token.join_seed, token.host_id)
-    handler = JoinHandler(
+    keeper = UsersFileKeeper(
         store,
         await current_hosts(store),
         NatsAuthFiles(guarded_nats.auth_file, guarded_nats.pid_file, seed_file),
     )
-    keeping = asyncio.create_task(handler.keep_users_file_current())
+    keeping = asyncio.create_task(keeper.run())
     try:
         refused_at = await refused_from(guarded_nats.url, token.join_seed, token.host_id, store, 30)
     finally:
