@@ -9,7 +9,7 @@ authorization file, rendered from the log, holds only public keys.
 import contextlib
 import secrets
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -124,37 +124,34 @@ def read_seed(path: Path) -> str:
 JOIN_ANSWER_WINDOW = timedelta(seconds=10)
 
 
-def joining_keys(view: HostsView, now: datetime) -> list[tuple[str, str]]:
-    """The throwaway keys of join tokens neither spent nor expired, and of tokens spent within
-    JOIN_ANSWER_WINDOW; every renderer of the users file reads the same from the log."""
-    keys = []
+def timed_join_keys(view: HostsView) -> Iterator[tuple[str, str, datetime | None]]:
+    """Each join token's throwaway key the users file may hold, with the moment its time there
+    ends (None: never): an unspent token's until it expires, a spent one's for
+    JOIN_ANSWER_WINDOW after HostJoined. A host that left or was revoked holds none."""
     for h in view.hosts.values():
         if h.gone:
             continue
-        if h.join_nkey and (h.join_expires_at is None or now < h.join_expires_at):
-            keys.append((h.host_id, h.join_nkey))
-        if h.spent_join_nkey and h.joined_at is not None and now < h.joined_at + JOIN_ANSWER_WINDOW:
-            keys.append((h.host_id, h.spent_join_nkey))
-    return keys
+        if h.join_nkey:
+            yield h.host_id, h.join_nkey, h.join_expires_at
+        if h.spent_join_nkey and h.joined_at is not None:
+            yield h.host_id, h.spent_join_nkey, h.joined_at + JOIN_ANSWER_WINDOW
+
+
+def joining_keys(view: HostsView, now: datetime) -> list[tuple[str, str]]:
+    """The throwaway keys in their time at `now`; every renderer of the users file reads the
+    same from the log."""
+    return [(host_id, key) for host_id, key, ends in timed_join_keys(view) if ends is None or now < ends]
 
 
 def next_key_change(view: HostsView, now: datetime) -> datetime | None:
     """When `joining_keys(view, t)` next changes for a t after `now`, as far as time alone
-    changes it: the earliest token expiry or answer window's end still ahead. None when no key
-    in the file is there for a time only.
+    changes it: the earliest end still ahead. None when no key in the file is there for a time.
 
     Time removes keys from the users file, but only a render writes that down: the registry
     renders again at each of these moments, so a spent token's throwaway does not outstay its
     window, nor an expired token's key its expiry, until some later join or enrollment."""
-    ends = []
-    for h in view.hosts.values():
-        if h.gone:
-            continue
-        if h.join_nkey and h.join_expires_at is not None and now < h.join_expires_at:
-            ends.append(h.join_expires_at)
-        if h.spent_join_nkey and h.joined_at is not None and now < h.joined_at + JOIN_ANSWER_WINDOW:
-            ends.append(h.joined_at + JOIN_ANSWER_WINDOW)
-    return min(ends, default=None)
+    ahead = [ends for _, _, ends in timed_join_keys(view) if ends is not None and now < ends]
+    return min(ahead, default=None)
 
 
 def has_nats_key(state: HostState) -> bool:
