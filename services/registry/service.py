@@ -94,7 +94,8 @@ class RegistryService:
         self.replies = ReplyGuard("registry")
         self.gate = HostRequestGate(self.replies, HostRates(request_rate), gone=self._gone)
         self.requests = HostRequests(store, self.js, self.fold, self.view, self.watch)
-        #: Keeps the NATS users file as the log says (users_file.py); None without --nats-auth-file.
+        #: Renders the NATS users file at start, for joins and as join keys' time ends
+        #: (users_file.py); None without --nats-auth-file.
         self.users_file = (
             UsersFileKeeper(store, self.view, nats_auth, fresh_view=self._view_caught_up)
             if nats_auth is not None
