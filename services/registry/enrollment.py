@@ -27,7 +27,7 @@ from potluck.registry.nats_auth import (
     render_authorization,
     write_authorization,
 )
-from potluck.registry.projection import rebuild_view
+from potluck.registry.projection import resumed_view
 from potluck.registry.repository import decide_on_host
 
 
@@ -88,9 +88,9 @@ async def enroll_with_token(
 
 
 async def current_hosts(store: EventStore) -> HostsView:
-    view = HostsView()
-    await rebuild_view(store, view)
-    return view
+    """The hosts as the log has them now, resumed from the registry's checkpoint when there is
+    one: an operator's command on a long log reads the tail, not the whole log."""
+    return await resumed_view(store)
 
 
 def write_credentials(path: Path, host_id: str, key: KeyPair) -> None:

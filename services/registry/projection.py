@@ -12,11 +12,23 @@ only sees host events, so the Fold's position is copied back after each batch.
 """
 
 from potluck.events import Event, EventStore, Fold, RecordedEvent, SkippedEvents
-from potluck.readmodels.hosts import HostsView
+from potluck.events.checkpoints import Checkpoints
+from potluck.readmodels.hosts import HOST_FOLD_VERSION, HostsView
 
-__all__ = ["HOST_CATEGORIES", "HostsProjection", "hosts_fold", "rebuild_view"]
+__all__ = [
+    "HOST_CATEGORIES",
+    "READER",
+    "HostsProjection",
+    "host_checkpoints",
+    "hosts_fold",
+    "rebuild_view",
+    "resumed_view",
+]
 
 HOST_CATEGORIES = frozenset({"host"})
+
+#: The registry's name as a reader of the log (its checkpoints are kept under it).
+READER = "registry"
 
 
 class HostsProjection:
@@ -52,3 +64,21 @@ async def rebuild_view(
     await fold.catch_up(store, batch_size=batch)
     projection.caught_up(fold)
     return fold.skipped
+
+
+def host_checkpoints(store: EventStore) -> Checkpoints:
+    """The registry's checkpoints of its view: (HostsView, SkippedEvents) at a log position."""
+    return Checkpoints(store, READER, "registry-hosts", HOST_FOLD_VERSION)
+
+
+async def resumed_view(store: EventStore) -> HostsView:
+    """The hosts as the log has them now: from the registry's newest checkpoint this code can
+    read, then the log after it (a fold from zero without one). What the registry itself does
+    as it starts; `potluck ops replay` never reads checkpoints, and compares."""
+    view = HostsView()
+    checkpoint = await host_checkpoints(store).load()
+    if checkpoint is not None:
+        view, _ = checkpoint.state
+        view.position = max(view.position, checkpoint.position)
+    await rebuild_view(store, view)
+    return view

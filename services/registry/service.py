@@ -43,10 +43,10 @@ from potluck.contracts.subjects import (
     STATUS,
 )
 from potluck.events import EventStore, SkippedEvents, ensure_streams
-from potluck.events.checkpoints import Checkpointer, Checkpoints, checkpoint_policy
+from potluck.events.checkpoints import Checkpointer, checkpoint_policy
 from potluck.events.replies import ReplyGuard
 from potluck.kernel.rejections import Rejected
-from potluck.readmodels.hosts import HOST_FOLD_VERSION, HostsView
+from potluck.readmodels.hosts import HostsView
 from potluck.readmodels.state_pages import BadStateRequest
 from potluck.registry import host as aggregate
 from potluck.registry.admission import Admission
@@ -56,7 +56,7 @@ from potluck.registry.host_rate import HostRates, RatePolicy
 from potluck.registry.joining import JoinHandler
 from potluck.registry.liveness import LastSeen, LivenessPolicy
 from potluck.registry.policy_requests import PolicyRequests
-from potluck.registry.projection import hosts_fold
+from potluck.registry.projection import READER, host_checkpoints, hosts_fold
 from potluck.registry.replies import HostRequestGate, answer
 from potluck.registry.requests import HostRequests
 from potluck.registry.sleep_requests import SleepRequests
@@ -69,8 +69,6 @@ __all__ = ["REQUEST_RATE", "RegistryService"]
 REQUEST_RATE = RatePolicy(per_s=2.0, burst=30)
 
 log = structlog.get_logger(__name__)
-
-READER = "registry"
 
 
 class RegistryService:
@@ -122,7 +120,7 @@ class RegistryService:
 
     async def run(self) -> None:
         await ensure_streams(self.js)
-        checkpoints = Checkpoints(self.store, READER, "registry-hosts", HOST_FOLD_VERSION)
+        checkpoints = host_checkpoints(self.store)
         checkpoint = await checkpoints.load()
         if checkpoint is not None:
             view, skipped = checkpoint.state
