@@ -62,7 +62,7 @@ class UsersFileKeeper:
     view: HostsView
     auth: NatsAuthFiles
     #: The hosts as the log has them now. The registry passes its own view once its fold has
-    #: caught up with the log's head; the default folds the whole log again, for each render.
+    #: caught up with the log's head; the default reads them for each render (current_hosts).
     fresh_view: Callable[[], Awaitable[HostsView]] | None = None
     #: The longest `run` waits without looking again: tokens another process issues get
     #: deadlines without a render here to say so, and a failed render is tried again.
@@ -76,7 +76,7 @@ class UsersFileKeeper:
     async def render(self, *, also_joining: Sequence[tuple[str, str]] = ()) -> bool:
         """Render the file from the hosts as the log has them now, with the join keys in their
         time on the log's clock; `also_joining` adds throwaway keys the log no longer lists."""
-        view = await (self.fresh_view or self._folded_from_zero)()
+        view = await (self.fresh_view or self._read_from_log)()
         return self._render(view, await self.store.log_clock(), also_joining)
 
     async def render_at_start(self) -> None:
@@ -159,5 +159,5 @@ class UsersFileKeeper:
             also_joining=also_joining,
         )
 
-    async def _folded_from_zero(self) -> HostsView:
+    async def _read_from_log(self) -> HostsView:
         return await current_hosts(self.store)
