@@ -1000,8 +1000,9 @@ def _warn_not_rendered() -> None:
     )
 
 
-#: Controls that take the host's key out of the NATS users file.
-_KEY_TAKING_ACTIONS = frozenset({"deregister", "leave"})
+#: Controls that take the host's key out of the NATS users file. A deregistered host keeps it:
+#: its member brings it back by starting hostd again (potluck.registry.admitted_keys).
+_KEY_TAKING_ACTIONS = frozenset({"leave"})
 
 
 @ops_hosts.command(name="control")
@@ -1027,7 +1028,8 @@ def ops_hosts_control(
 ) -> None:
     """Pause, resume, drain, deregister or leave (for good) HOST_ID as the operator.
 
-    Deregister and leave also render the NATS users file again without the host's key.
+    Leave also renders the NATS users file again without the host's key (it stays out for
+    good); a deregistered host keeps its key and comes back when its hostd starts again.
     """
     from datetime import UTC, datetime
 

@@ -110,7 +110,7 @@ async def connect_bus(
         except IdentityRefused as exc:  # an OSError too: before the clause that retries those
             raise IdentityRefused(
                 f"NATS at {url} refuses this machine's key ({refusals} times): it is no longer "
-                "accepted (revoked?); ask an operator"
+                "accepted (revoked? or left the pool over an hour ago?); ask an operator"
             ) from exc
         except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
             if attempt >= first_attempts:

@@ -90,6 +90,10 @@ class HostState:
     #: (potluck.registry.enrollment.joining_keys).
     spent_join_nkey: str = ""
     joined_at: datetime | None = None
+    #: Who made it leave (HostLeft), and when: a machine its member took back keeps its key in
+    #: the NATS users file a while (potluck.registry.enrollment.host_keys).
+    left_by: str = ""
+    left_at: datetime | None = None
     revoked_by: str = ""
     revoked_reason: str = ""
     changed_at: datetime | None = None
@@ -139,7 +143,7 @@ class HostState:
 
 #: The fold's own version, part of its snapshots' kind (potluck.events.snapshots): bump it
 #: when a change to `evolve` makes a stream fold to another state than before.
-HOST_FOLD_VERSION = 4  # 2: drain_started_at; 3: contract; 4: spent_join_nkey, joined_at
+HOST_FOLD_VERSION = 5  # 2: drain_started_at; 3: contract; 4: spent_join_nkey, joined_at; 5: left_by, left_at
 
 
 def evolve(state: HostState | None, event: Event, version: int, at: datetime) -> HostState | None:
@@ -194,7 +198,7 @@ def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
         case HostDeregistered():
             return changed(state, admin="deregistered", registered=False, liveness=None)
         case HostLeft():
-            return changed(state, admin="left", registered=False, liveness=None)
+            return changed(state, admin="left", registered=False, liveness=None, left_by=event.by, left_at=at)
         case HostRevoked():
             return changed(
                 state,

@@ -193,7 +193,7 @@ class Agent:
 
     async def _key_refused(self) -> None:
         self._stop(
-            f"NATS no longer accepts this machine's key (host {self.host_id} revoked?); "
+            f"NATS no longer accepts this machine's key (host {self.host_id} revoked, or left the pool?); "
             "ask an operator to enroll it again"
         )
 

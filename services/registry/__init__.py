@@ -10,5 +10,7 @@
 - liveness.py    the liveness policy and the last-seen clock
 - service.py     the process: fold, subscriptions, follow, watch
 - enrollment.py, nats_auth.py   admitting a machine: its id, its NATS key, the users file
+- admitted_keys.py which keys the users file admits at a moment, and when that next changes
+- users_file.py    the registry's upkeep of the users file: at start, per join, at each key's end
 - metrics.py     hosts by status, heartbeats missed
 """

@@ -9,7 +9,7 @@ authorization file, rendered from the log, holds only public keys.
 import contextlib
 import secrets
 import tomllib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from potluck.contracts.subjects import validate_host_id
 from potluck.events import Event, EventStore
 from potluck.readmodels.hosts import HostState, HostsView, evolve
 from potluck.registry import host as aggregate
+from potluck.registry.admitted_keys import host_keys, joining_keys
 from potluck.registry.nats_auth import (
     KeyPair,
     new_user_key,
@@ -115,50 +116,6 @@ def read_seed(path: Path) -> str:
     return seed
 
 
-#: How long a spent join token's throwaway key stays in the NATS users file after HostJoined.
-#: The member reads the registry's answer on that identity, and nats-server closes the
-#: connections of a key a reload removes: any render in between (another member's join, an
-#: operator's enrollment, another registry replica) would otherwise lose the answer, and the
-#: member the key the registry just admitted. The key can only ask to join again meanwhile,
-#: which the spent token refuses.
-JOIN_ANSWER_WINDOW = timedelta(seconds=10)
-
-
-def timed_join_keys(view: HostsView) -> Iterator[tuple[str, str, datetime | None]]:
-    """Each join token's throwaway key the users file may hold, with the moment its time there
-    ends (None: never): an unspent token's until it expires, a spent one's for
-    JOIN_ANSWER_WINDOW after HostJoined. A host that left or was revoked holds none."""
-    for h in view.hosts.values():
-        if h.gone:
-            continue
-        if h.join_nkey:
-            yield h.host_id, h.join_nkey, h.join_expires_at
-        if h.spent_join_nkey and h.joined_at is not None:
-            yield h.host_id, h.spent_join_nkey, h.joined_at + JOIN_ANSWER_WINDOW
-
-
-def joining_keys(view: HostsView, now: datetime) -> list[tuple[str, str]]:
-    """The throwaway keys in their time at `now`; every renderer of the users file reads the
-    same from the log."""
-    return [(host_id, key) for host_id, key, ends in timed_join_keys(view) if ends is None or now < ends]
-
-
-def next_key_change(view: HostsView, now: datetime) -> datetime | None:
-    """When `joining_keys(view, t)` next changes for a t after `now`, as far as time alone
-    changes it: the earliest end still ahead. None when no key in the file is there for a time.
-
-    Time removes keys from the users file, but only a render writes that down: the registry
-    renders again at each of these moments, so a spent token's throwaway does not outstay its
-    window, nor an expired token's key its expiry, until some later join or enrollment."""
-    ahead = [ends for _, _, ends in timed_join_keys(view) if ends is not None and now < ends]
-    return min(ahead, default=None)
-
-
-def has_nats_key(state: HostState) -> bool:
-    """Does the host keep its place in the NATS users file? Not once deregistered, left or revoked."""
-    return state.admin != "deregistered" and not state.gone
-
-
 async def refresh_nats_authorization(
     store: EventStore,
     auth_file: Path,
@@ -169,10 +126,11 @@ async def refresh_nats_authorization(
 ) -> bool:
     """Render the users file from the log; reload nats-server when it changed.
 
-    `also_joining` adds throwaway join keys the log does not list. A host that left or was revoked
-    has no key there any more: on the reload, nats-server closes its connections. Which join keys
-    are still in their time is read on the log's clock, which wrote `joined_at`: an operator's
-    machine whose clock runs ahead would otherwise drop a member's throwaway before its answer."""
+    `also_joining` adds throwaway join keys the log does not list. A host revoked or made leave
+    by an operator has no key there any more: on the reload, nats-server closes its connections
+    (admitted_keys.py says which keys stay, and for how long). Which keys are still in their time
+    is read on the log's clock, which wrote `joined_at` and `left_at`: an operator's machine
+    whose clock runs ahead would otherwise drop a member's throwaway before its answer."""
     view = await current_hosts(store)
     now = await store.log_clock()
     return render_nats_authorization(view, auth_file, service_seeds, pid_file, now, also_joining=also_joining)
@@ -188,10 +146,9 @@ def render_nats_authorization(
     also_joining: Iterable[tuple[str, str]] = (),
 ) -> bool:
     """`refresh_nats_authorization` from hosts already folded (a registry's own view), with the
-    join keys in their time at `now`."""
-    hosts = [(h.host_id, h.nkey) for h in view.hosts.values() if h.nkey and has_nats_key(h)]
-    joining = sorted(set(joining_keys(view, now)) | set(also_joining))
-    text = render_authorization([public_key_of(s) for s in service_seeds], hosts, joining)
+    keys in their time at `now`."""
+    joining = set(joining_keys(view, now)) | set(also_joining)
+    text = render_authorization([public_key_of(s) for s in service_seeds], host_keys(view, now), joining)
     changed = write_authorization(auth_file, text)
     if changed and pid_file is not None:
         # No PID file: nats-server is not started yet and reads the file when it starts.

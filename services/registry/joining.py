@@ -24,7 +24,7 @@ from potluck.events import EventStore
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostsView
 from potluck.registry import host as aggregate
-from potluck.registry.enrollment import JOIN_ANSWER_WINDOW
+from potluck.registry.admitted_keys import JOIN_ANSWER_WINDOW
 from potluck.registry.repository import decide_on_host
 from potluck.registry.users_file import UsersFileKeeper
 

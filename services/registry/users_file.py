@@ -1,15 +1,16 @@
 """The NATS users file, rendered by the registry whenever no one else would.
 
 nats-server admits the keys its users file lists (rendered by enrollment.py from the hosts
-as the log has them: public keys only) and closes the connections of a key a reload removes.
-Operators' commands render it when they change a host. The registry renders it as it starts
-(for what changed while no registry ran), for each join it answers (joining.py), and each
-time the passing of time takes a key out (`next_key_change`): a spent token's answer window
-ends, an unspent token expires. Without those last renders the key stayed until some later
-join or enrollment, and a registry that stopped inside an answer window left it there.
+as the log has them: public keys only; admitted_keys.py says which) and closes the connections
+of a key a reload removes. Operators' commands render it when they change a host. The registry
+renders it as it starts (for what changed while no registry ran), for each join it answers
+(joining.py), and each time the passing of time takes a key out (`next_key_change`): a spent
+token's answer window ends, an unspent token expires, the window of a machine whose member
+left ends. Without those last renders the key stayed until some later join or enrollment, and
+a registry that stopped inside an answer window left it there.
 
-Nothing renders for a member who leaves (`potluck host leave`): its key stays until the file
-is next rendered for another reason, and meanwhile its tools hear HOST_LEFT from the registry
+Nothing renders when a member leaves (`potluck host leave`): its key stays for its window
+(LEFT_KEY_WINDOW), whoever renders meanwhile, and its tools hear HOST_LEFT from the registry
 rather than a refused connection.
 
 Each render reads the hosts with the log's head folded (`fresh_view`) and the log's clock, so
@@ -27,12 +28,8 @@ import structlog
 
 from potluck.events import EventStore
 from potluck.readmodels.hosts import HostsView
-from potluck.registry.enrollment import (
-    current_hosts,
-    next_key_change,
-    read_seed,
-    render_nats_authorization,
-)
+from potluck.registry.admitted_keys import next_key_change
+from potluck.registry.enrollment import current_hosts, read_seed, render_nats_authorization
 
 __all__ = ["NatsAuthFiles", "UsersFileKeeper"]
 
@@ -101,8 +98,9 @@ class UsersFileKeeper:
 
     async def run(self) -> None:
         """Render each time a key's time in the file ends, until cancelled. A render that fails
-        is owed and tried again at the next look; the key stays meanwhile, and a throwaway can
-        only ask to join, which is refused."""
+        is owed and tried again at the next look; the key stays meanwhile, and the registry
+        refuses what it asks (a throwaway can only ask to join; a machine that left hears
+        HOST_LEFT)."""
         owed = False
         while True:
             self._wake.clear()
@@ -140,9 +138,9 @@ class UsersFileKeeper:
             log.exception(
                 "registry.nats_users_unrendered",
                 retry_in_s=self.recheck_s,
-                hint="a spent or expired join token's key stays in the NATS users file until a render "
-                "succeeds (it can only ask to join, which is refused); check the database and the "
-                "file's permissions",
+                hint="a key whose time ended (a spent or expired join token's, a machine's that left) "
+                "stays in the NATS users file until a render succeeds (the registry refuses what it "
+                "asks); check the database and the file's permissions",
             )
             return False
         if changed:

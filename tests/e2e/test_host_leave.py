@@ -14,6 +14,8 @@ from nats.aio.client import Client as NATS
 
 from potluck.events import EventStore
 from potluck.localstack.docker_engine import DockerEngine
+from potluck.registry.admitted_keys import LEFT_KEY_WINDOW
+from potluck.registry.enrollment import current_hosts, read_seed, render_nats_authorization
 from tests.e2e.conftest import consumer_removed, member, ops, replay_agrees, wait_for_status
 from tests.e2e.test_host_revoke import connect_as, seed_of
 from tests.fixtures.pool import EnrolledHost, Pool, place, spec
@@ -40,14 +42,26 @@ async def hostd_stops_for_good(pool: Pool, host: EnrolledHost) -> str:
     return tail
 
 
+async def reloaded_with(pool: Pool, host: EnrolledHost) -> None:
+    """Until nats-server has reloaded a users file that admits `host` (a reload is a signal)."""
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                await connect_as(pool, host)
+                return
+            except Exception:  # refused: the reload has not happened yet
+                await asyncio.sleep(0.1)
+
+
 async def test_a_host_that_left_after_its_drain_never_comes_back_on_its_own(
     pool: Pool, laptop: EnrolledHost
 ) -> None:
     """`host leave --grace 1` with an allocation running: it drains (the allocation exits), then
     records HostLeft; hostd stops (exit 3). Starting hostd again, and again after NATS restarted,
     is refused (HOST_LEFT, exit 3) and records nothing: the host stays "left" in `ops hosts list`
-    and in `host status`. Its controls are refused; replay agrees; and once the users file is
-    rendered again (another enrollment) its key is refused by NATS too."""
+    and in `host status`. Its controls are refused; replay agrees. Its key stays admitted through
+    a render inside LEFT_KEY_WINDOW (another enrollment), so its tools keep hearing HOST_LEFT, and
+    a render at the window's end takes it out: NATS refuses it from then on."""
     await place(pool.store, laptop.host_id, "work", spec())
     await wait_for_status(pool, "work", "running")
 
@@ -93,7 +107,18 @@ async def test_a_host_that_left_after_its_drain_never_comes_back_on_its_own(
     assert (await pool.live_hosts())["refused"]["gone_hosts"].get(laptop.host_id, 0) >= 1
     await replay_agrees(pool)
 
-    await pool.enroll("laptop-b")  # renders the users file from the log again
+    other = await pool.enroll("laptop-b")  # renders the users file from the log again, inside the window
+    await reloaded_with(pool, other)
+    await connect_as(pool, laptop)
+    paused = await asyncio.to_thread(member, laptop, "pause")
+    assert "HOST_LEFT" in paused.stderr, paused.stderr
+
+    # What the registry's users file keeper renders once the window has ended.
+    view = await current_hosts(pool.store)
+    left_at = view.hosts[laptop.host_id].left_at
+    assert left_at is not None
+    seeds = [read_seed(pool.services_seed_file)]
+    render_nats_authorization(view, pool.nats.auth_file, seeds, pool.nats.pid_file, left_at + LEFT_KEY_WINDOW)
     nc = NATS()
     try:
         with pytest.raises(Exception, match="Authorization Violation"):
@@ -102,6 +127,9 @@ async def test_a_host_that_left_after_its_drain_never_comes_back_on_its_own(
             )
     finally:
         await nc.close()
+    refused = await asyncio.to_thread(member, laptop, "status")
+    assert refused.returncode == 2, refused.stderr
+    assert "left the pool over an hour ago" in refused.stderr, refused.stderr
 
 
 async def test_an_operator_can_make_a_host_leave_and_its_key_goes_at_once(
@@ -130,3 +158,31 @@ async def test_an_operator_can_make_a_host_leave_and_its_key_goes_at_once(
         await connect_as(pool, laptop)
     assert (await host_event_types(pool.store, laptop.host_id))[-1] == "HostLeft"
     await consumer_removed(pool, laptop, other)
+
+
+async def test_a_member_who_deregistered_comes_back_by_starting_hostd_after_others_joined(
+    pool: Pool, laptop: EnrolledHost
+) -> None:
+    """`host deregister` takes the machine out until its hostd registers again. Tried: the member
+    deregisters, then the users file is rendered again (another machine enrolled, as a second
+    laptop joining does), then the member restarts hostd. Must hold: the render keeps the
+    machine's key, so the running hostd is not cut off and the restarted one registers again
+    (`active`), with nothing recorded in between but HostDeregistered."""
+    done = await asyncio.to_thread(member, laptop, "deregister")
+    assert done.returncode == 0, done.stderr + pool.logs()
+    await pool.wait_for_host(laptop.host_id, "deregistered")
+    deregistered = await host_event_types(pool.store, laptop.host_id)
+    assert deregistered[-1] == "HostDeregistered", deregistered
+
+    other = await pool.enroll("laptop-b")  # renders the users file from the log again
+    await reloaded_with(pool, other)
+    await connect_as(pool, laptop)
+    assert laptop.process is not None
+    assert laptop.process.running(), laptop.process.log_tail(40)
+    laptop.process.stop()
+    pool.start_hostd(laptop)
+    await pool.wait_for_host(laptop.host_id, "active")
+    again = await host_event_types(pool.store, laptop.host_id)
+    assert again[: len(deregistered)] == deregistered
+    assert again[len(deregistered)] == "HostRegistered", again
+    assert laptop.process.running(), laptop.process.log_tail(40)

@@ -34,12 +34,8 @@ from potluck.member.join import (
     redeem_or_find_admitted,
     unfinished_join_seed,
 )
-from potluck.registry.enrollment import (
-    JOIN_ANSWER_WINDOW,
-    current_hosts,
-    enroll_with_token,
-    refresh_nats_authorization,
-)
+from potluck.registry.admitted_keys import JOIN_ANSWER_WINDOW
+from potluck.registry.enrollment import current_hosts, enroll_with_token, refresh_nats_authorization
 from potluck.registry.joining import JoinHandler
 from potluck.registry.users_file import NatsAuthFiles, UsersFileKeeper
 from tests.fixtures.servers import SERVICE_SEED
