@@ -59,6 +59,11 @@ def view_of(*timed: tuple[Event, datetime]) -> HostsView:
     return view
 
 
+def joined_then(*timed: tuple[Event, datetime]) -> HostsView:
+    """The machine enrolled with a token and joined with it, then `timed`."""
+    return view_of((ENROLLED, ISSUED_AT), (ISSUED, ISSUED_AT), (JOINED, JOINED_AT), *timed)
+
+
 def test_an_unspent_token_keeps_its_key_until_it_expires() -> None:
     view = view_of((ENROLLED, ISSUED_AT), (ISSUED, ISSUED_AT))
     assert joining_keys(view, JOINED_AT) == [(H, THROWAWAY)]
@@ -70,7 +75,7 @@ def test_a_spent_tokens_key_stays_for_the_answer_window_only(after: timedelta) -
     """Tried: any render from the moment HostJoined is in the log until two hours later. Must
     hold: the throwaway key is rendered exactly while within JOIN_ANSWER_WINDOW of HostJoined's
     time in the log, and the member's own key is the host's."""
-    view = view_of((ENROLLED, ISSUED_AT), (ISSUED, ISSUED_AT), (JOINED, JOINED_AT))
+    view = joined_then()
     state = view.hosts[H]
     assert state.nkey == MEMBER_KEY
     assert (state.spent_join_nkey, state.joined_at) == (THROWAWAY, JOINED_AT)
@@ -83,7 +88,7 @@ def test_a_host_that_left_or_was_revoked_right_after_joining_keeps_no_throwaway(
         HostLeft(host_id=H, by="member"),
         HostRevoked(host_id=H, by="operator", reason="stolen laptop"),
     ):
-        view = view_of((ENROLLED, ISSUED_AT), (ISSUED, ISSUED_AT), (JOINED, JOINED_AT), (gone, JOINED_AT))
+        view = joined_then((gone, JOINED_AT))
         assert joining_keys(view, JOINED_AT) == []
 
 
@@ -91,7 +96,7 @@ def test_the_next_change_is_the_window_end_or_the_expiry_whichever_is_ahead() ->
     unspent = view_of((ENROLLED, ISSUED_AT), (ISSUED, ISSUED_AT))
     assert next_key_change(unspent, JOINED_AT) == EXPIRES
     assert next_key_change(unspent, EXPIRES) is None
-    spent = view_of((ENROLLED, ISSUED_AT), (ISSUED, ISSUED_AT), (JOINED, JOINED_AT))
+    spent = joined_then()
     assert next_key_change(spent, JOINED_AT) == JOINED_AT + JOIN_ANSWER_WINDOW
     assert next_key_change(spent, JOINED_AT + JOIN_ANSWER_WINDOW) is None
     assert next_key_change(HostsView(), JOINED_AT) is None
@@ -104,12 +109,7 @@ def test_a_machine_its_member_took_out_keeps_its_key_for_the_left_window_only(af
     HostLeft's time in the log (its tools hear HOST_LEFT meanwhile), and that end is the next
     change."""
     left_at = JOINED_AT + timedelta(days=3)
-    view = view_of(
-        (ENROLLED, ISSUED_AT),
-        (ISSUED, ISSUED_AT),
-        (JOINED, JOINED_AT),
-        (HostLeft(host_id=H, by="member"), left_at),
-    )
+    view = joined_then((HostLeft(host_id=H, by="member"), left_at))
     assert view.hosts[H].left_at == left_at
     expected = [(H, MEMBER_KEY)] if after < LEFT_KEY_WINDOW else []
     assert host_keys(view, left_at + after) == expected
@@ -123,7 +123,7 @@ def test_a_machine_revoked_or_made_leave_by_an_operator_has_no_key_at_once() -> 
         HostLeft(host_id=H, by="operator"),
         HostRevoked(host_id=H, by="operator", reason="stolen laptop"),
     ):
-        view = view_of((ENROLLED, ISSUED_AT), (ISSUED, ISSUED_AT), (JOINED, JOINED_AT), (gone, JOINED_AT))
+        view = joined_then((gone, JOINED_AT))
         assert host_keys(view, JOINED_AT) == [], gone
         assert next_key_change(view, JOINED_AT + JOIN_ANSWER_WINDOW) is None, gone
 
@@ -133,7 +133,7 @@ def test_a_deregistered_machine_keeps_its_key_for_good(by: Actor) -> None:
     """Registering again lifts a deregistration (the Host aggregate), which needs the key: a
     render after it, by anyone at any time, keeps the machine's key."""
     deregistered = HostDeregistered(host_id=H, by=by)
-    view = view_of((ENROLLED, ISSUED_AT), (ISSUED, ISSUED_AT), (JOINED, JOINED_AT), (deregistered, JOINED_AT))
+    view = joined_then((deregistered, JOINED_AT))
     assert view.hosts[H].admin == "deregistered"
     assert host_keys(view, JOINED_AT + timedelta(days=30)) == [(H, MEMBER_KEY)]
     assert next_key_change(view, JOINED_AT + JOIN_ANSWER_WINDOW) is None
