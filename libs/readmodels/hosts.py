@@ -87,11 +87,11 @@ class HostState:
     join_expires_at: datetime | None = None
     #: The throwaway key of the token last redeemed, and when (HostJoined): the member reads the
     #: registry's answer on that identity, so the NATS users file keeps it a moment longer
-    #: (potluck.registry.enrollment.joining_keys).
+    #: (potluck.registry.admitted_keys.joining_keys).
     spent_join_nkey: str = ""
     joined_at: datetime | None = None
     #: Who made it leave (HostLeft), and when: a machine its member took back keeps its key in
-    #: the NATS users file a while (potluck.registry.enrollment.host_keys).
+    #: the NATS users file a while (potluck.registry.admitted_keys.host_keys).
     left_by: str = ""
     left_at: datetime | None = None
     revoked_by: str = ""
