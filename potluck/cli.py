@@ -878,7 +878,7 @@ def ops_hosts_enroll(
     )
     from potluck.sshgateway.service import client_public_key
     from potluck.sshgateway.settings import GatewaySettings
-    from potluck.up import default_state_dir, pool_files, running
+    from potluck.up_state import default_state_dir, pool_files, running
 
     lifetime = parse_duration(expires)
     pins = [_gateway_pin(g) for g in gateways]
@@ -970,7 +970,7 @@ def _nats_users(
 ) -> tuple[Path | None, Path | None, Path | None]:
     """The users file, nats-server's PID file and the services' seed: as given, else those of the
     `potluck up` running in POTLUCK_HOME (or ~/.potluck) on the same log, else none."""
-    from potluck.up import default_state_dir, nats_files
+    from potluck.up_state import default_state_dir, nats_files
 
     if auth_file is None:
         local = nats_files(default_state_dir(), database_url)
@@ -1359,11 +1359,12 @@ def up(
     _own_output_only(ctx)
 
     from potluck import up as local
+    from potluck import up_state
     from potluck.localstack import LocalStackError
 
     console = Console(stderr=True)
     settings = local.UpSettings(
-        state_dir or local.default_state_dir(),
+        state_dir or up_state.default_state_dir(),
         api_port,
         nats_port,
         postgres_port,
@@ -1374,7 +1375,7 @@ def up(
         disk,
         registry_port,
     )
-    already = local.running(settings.state_dir)
+    already = up_state.running(settings.state_dir)
     if already is not None:
         click.echo(f"already up (pid {already.pid}); `potluck down` stops it.")
         click.echo("\n".join(local.summary(already)))
@@ -1417,7 +1418,7 @@ def up(
         status.update(message)
         console.log(message)
 
-    def on_ready(ready: "local.Running") -> None:
+    def on_ready(ready: "up_state.Running") -> None:
         status.stop()
         click.echo("\n".join(local.summary(ready)))
         click.echo("\nCtrl-C stops the pool (the event log is kept).")
@@ -1441,9 +1442,10 @@ def down(state_dir: Path | None) -> None:
     """Stop a pool started with `potluck up` (the event log is kept)."""
     from potluck import up as local
     from potluck.localstack import LocalStackError
+    from potluck.up_state import default_state_dir
 
     try:
-        pid = local.stop(state_dir or local.default_state_dir())
+        pid = local.stop(state_dir or default_state_dir())
     except LocalStackError as exc:
         fail(str(exc))
     click.echo("stopped." if pid else "not running.")

@@ -37,7 +37,7 @@ def _database_of_a_running_pool(ctx: click.Context, param: click.Parameter, valu
     ~/.potluck): on the machine of such a pool, operator commands need no option."""
     if value:
         return value
-    from potluck.up import default_state_dir, running
+    from potluck.up_state import default_state_dir, running
 
     state_dir = default_state_dir()
     up = running(state_dir)

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from potluck.allocator.web.connect import GATEWAY_ADDRESS
-from potluck.localpool import EnrolledHost, LocalPool, PoolFiles
+from potluck.localpool import EnrolledHost, LocalPool
 from potluck.localstack import LocalStackError, PostgresServer, wait_for_port
 from potluck.localstack.default_image import ensure_default_image
 from potluck.localstack.docker_engine import DockerEngine, ensure_docker_installed
@@ -36,12 +36,9 @@ from potluck.localstack.reaper import start_time
 from potluck.localstack.test_image import build_test_image
 from potluck.supervisor import Supervisor
 from potluck.telemetry import TRACES_FILE, collector_configured
+from potluck.up_state import Running, pid_alive, pool_files, running
 
 Say = Callable[[str], None]
-
-
-def default_state_dir() -> Path:
-    return Path(os.environ.get("POTLUCK_HOME") or Path.home() / ".potluck")
 
 
 @dataclass(frozen=True)
@@ -59,70 +56,8 @@ class UpSettings:
     registry_port: int = 5050
 
 
-@dataclass(frozen=True)
-class Running:
-    pid: int
-    api: str
-    nats: str
-    database: str
-    docker: str
-    ssh: str
-    image: str
-    token: str
-    host_id: str
-    logs: str
-    registry: str = ""
-    #: Where hostds dial the SSH gateway (what a joining member's [[gateways]] address is).
-    tunnel: str = ""
-
-
-def pool_files(state_dir: Path) -> PoolFiles:
-    """Where the pool of `potluck up` with this state directory keeps its NATS and gateway files."""
-    return PoolFiles.in_workdir(state_dir / "pool")
-
-
 class AlreadyUp(Exception):
     pass
-
-
-def _pid_alive(state_dir: Path) -> int | None:
-    pid_file = state_dir / "up.pid"
-    try:
-        pid_text, started = pid_file.read_text().split()
-        pid = int(pid_text)
-    except (FileNotFoundError, ValueError):
-        return None
-    return pid if start_time(pid) == started else None
-
-
-@dataclass(frozen=True)
-class NatsFiles:
-    """Where a running `potluck up` keeps NATS's users file, its PID file and the services' seed:
-    operator commands (`ops hosts revoke`) re-render and reload with them by default."""
-
-    auth_file: Path
-    pid_file: Path
-    seed_file: Path
-
-
-def nats_files(state_dir: Path, database_url: str) -> NatsFiles | None:
-    """The NATS files of the `potluck up` running in `state_dir` on the log at `database_url`
-    (None: none runs there, or it keeps another log, whose hosts its users file must not get)."""
-    ready = running(state_dir)
-    if ready is None or ready.database != database_url:
-        return None
-    pool = state_dir / "pool"
-    # LocalPool.create's layout: NatsServer(pool / "nats") and the services' seed beside it.
-    return NatsFiles(pool / "nats" / "auth.json", pool / "nats" / "nats-server.pid", pool / "services.seed")
-
-
-def running(state_dir: Path) -> Running | None:
-    if _pid_alive(state_dir) is None:
-        return None
-    try:
-        return Running(**json.loads((state_dir / "up.json").read_text()))
-    except (FileNotFoundError, ValueError, TypeError):
-        return None
 
 
 def _check_ports(settings: UpSettings, *, postgres: bool) -> None:
@@ -214,7 +149,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
     """Start everything, call `on_ready`, run until SIGINT/SIGTERM, then stop everything we started."""
     state = settings.state_dir
     state.mkdir(parents=True, exist_ok=True)
-    if _pid_alive(state) is not None:
+    if pid_alive(state) is not None:
         raise AlreadyUp(str(state))
     external_db = os.environ.get("POTLUCK_DATABASE_URL")
     _check_ports(settings, postgres=not external_db)
@@ -346,13 +281,13 @@ def start_detached(settings: UpSettings, argv: list[str], timeout: float = 600) 
 
 def stop(state_dir: Path, timeout: float = 120) -> int | None:
     """Stop a pool started with `potluck up`; returns its PID, or None when none was running."""
-    pid = _pid_alive(state_dir)
+    pid = pid_alive(state_dir)
     if pid is None:
         return None
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _pid_alive(state_dir) is None:
+        if pid_alive(state_dir) is None:
             return pid
         time.sleep(0.2)
     raise LocalStackError(f"potluck up (pid {pid}) did not stop within {timeout:.0f}s")

@@ -157,7 +157,7 @@ def _with_pool_defaults(nats_url: str, seed_file: Path | None) -> tuple[str, Pat
     NATS and its services' seed (used only for that pool's NATS)."""
     from click.core import ParameterSource
 
-    from potluck.up import default_state_dir, pool_files, running
+    from potluck.up_state import default_state_dir, pool_files, running
 
     state_dir = default_state_dir()
     up = running(state_dir)
@@ -512,7 +512,7 @@ def trace(
     found = _run(lambda store: find_trace(store, alloc), database_url)
     given = spans_file is not None
     if spans_file is None:
-        from potluck.up import default_state_dir, pool_files
+        from potluck.up_state import default_state_dir, pool_files
 
         spans_file = pool_files(default_state_dir()).traces_file
     spans = trace_spans(spans_file, found.trace_id)

@@ -123,7 +123,7 @@ def publish(
 ) -> None:
     """Publish IMAGE (NAME:TAG) for the whole pool: every host that lacks it pulls it from the pool
     registry's library when an allocation asks for NAME:TAG."""
-    from potluck.up import default_state_dir, pool_files, running
+    from potluck.up_state import default_state_dir, pool_files, running
 
     up_dir = state_dir or default_state_dir()
     up = running(up_dir)

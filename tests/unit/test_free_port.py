@@ -12,7 +12,8 @@ from dataclasses import replace
 import pytest
 
 from potluck.localstack.ports import BROWSERS_REFUSE, free_port
-from potluck.up import Running, summary
+from potluck.up import summary
+from potluck.up_state import Running
 
 
 def test_ports_picked_before_any_is_bound_are_all_different_and_free() -> None:
