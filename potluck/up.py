@@ -36,7 +36,7 @@ from potluck.localstack.reaper import start_time
 from potluck.localstack.test_image import build_test_image
 from potluck.supervisor import Supervisor
 from potluck.telemetry import TRACES_FILE, collector_configured
-from potluck.up_state import Running, pid_alive, pool_files, running
+from potluck.up_state import PID_FILE, READY_FILE, Running, pid_alive, pool_files, running
 
 Say = Callable[[str], None]
 
@@ -153,7 +153,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         raise AlreadyUp(str(state))
     external_db = os.environ.get("POTLUCK_DATABASE_URL")
     _check_ports(settings, postgres=not external_db)
-    (state / "up.pid").write_text(f"{os.getpid()} {start_time(os.getpid())}")
+    (state / PID_FILE).write_text(f"{os.getpid()} {start_time(os.getpid())}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -227,7 +227,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             registry=image_registry.address,
             tunnel=tunnel,
         )
-        (state / "up.json").write_text(json.dumps(asdict(ready)))
+        (state / READY_FILE).write_text(json.dumps(asdict(ready)))
         on_ready(ready)
         supervisor = Supervisor(say)
         watchers = [
@@ -242,7 +242,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             watcher.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
-            (state / "up.json").unlink()
+            (state / READY_FILE).unlink()
         if pool is not None:
             await pool.close()
         if engine is not None:
@@ -250,7 +250,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         if postgres is not None:
             await asyncio.to_thread(postgres.stop)
         with contextlib.suppress(FileNotFoundError):
-            (state / "up.pid").unlink()
+            (state / PID_FILE).unlink()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 

@@ -14,7 +14,23 @@ from pathlib import Path
 from potluck.localpool import PoolFiles
 from potluck.localstack.reaper import start_time
 
-__all__ = ["NatsFiles", "Running", "default_state_dir", "nats_files", "pid_alive", "pool_files", "running"]
+__all__ = [
+    "PID_FILE",
+    "READY_FILE",
+    "NatsFiles",
+    "Running",
+    "default_state_dir",
+    "nats_files",
+    "pid_alive",
+    "pool_files",
+    "running",
+]
+
+#: In the state directory, while `potluck up` runs: its PID and the process's start time (a PID
+#: reused by another process after a crash is not taken for the pool).
+PID_FILE = "up.pid"
+#: In the state directory, once the pool is ready: `Running` as JSON.
+READY_FILE = "up.json"
 
 
 def default_state_dir() -> Path:
@@ -44,7 +60,7 @@ def pool_files(state_dir: Path) -> PoolFiles:
 
 
 def pid_alive(state_dir: Path) -> int | None:
-    pid_file = state_dir / "up.pid"
+    pid_file = state_dir / PID_FILE
     try:
         pid_text, started = pid_file.read_text().split()
         pid = int(pid_text)
@@ -78,6 +94,6 @@ def running(state_dir: Path) -> Running | None:
     if pid_alive(state_dir) is None:
         return None
     try:
-        return Running(**json.loads((state_dir / "up.json").read_text()))
+        return Running(**json.loads((state_dir / READY_FILE).read_text()))
     except (FileNotFoundError, ValueError, TypeError):
         return None
