@@ -69,6 +69,8 @@ class UsersFileKeeper:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: The log's time at the last look: a deadline between it and now has passed unrendered.
     _looked_at: datetime | None = None
+    #: The start's render failed: `run` owes it from its first look.
+    _owed_at_start: bool = False
 
     async def render(self, *, also_joining: Sequence[tuple[str, str]] = ()) -> bool:
         """Render the file from the hosts as the log has them now, with the join keys in their
@@ -76,20 +78,24 @@ class UsersFileKeeper:
         view = await (self.fresh_view or self._read_from_log)()
         return self._render(view, await self.store.log_clock(), also_joining)
 
-    async def render_at_start(self) -> None:
-        """Render the file from the registry's view as it starts (caught up by then)."""
+    async def render_at_start(self) -> bool:
+        """Render the file from the registry's view as it starts (caught up by then); whether it
+        was rendered. A failed one is owed: `run` tries it again every `recheck_s`."""
         try:
             changed = self._render(self.view, await self.store.log_clock(), ())
         except (OSError, ValueError) as exc:
+            self._owed_at_start = True
             log.error(
                 "registry.nats_users_unrendered",
                 file=str(self.auth.auth_file),
                 error=str(exc),
+                retry_in_s=self.recheck_s,
                 hint="joins cannot admit keys until this registry can write --nats-auth-file and read "
-                "--nats-seed-file; fix their permissions, then restart it",
+                "--nats-seed-file; fix their permissions (the registry tries again on its own)",
             )
-            return
+            return False
         log.info("registry.nats_users_rendered", file=str(self.auth.auth_file), changed=changed)
+        return True
 
     def answered(self, window_ends: datetime) -> None:
         """A join answered here: render again once its answer window has ended."""
@@ -100,8 +106,8 @@ class UsersFileKeeper:
         """Render each time a key's time in the file ends, until cancelled. A render that fails
         is owed and tried again at the next look; the key stays meanwhile, and the registry
         refuses what it asks (a throwaway can only ask to join; a machine that left hears
-        HOST_LEFT)."""
-        owed = False
+        HOST_LEFT). A start render that failed is owed from the first look."""
+        owed = self._owed_at_start
         while True:
             self._wake.clear()
             try:

@@ -242,6 +242,37 @@ async def test_a_registry_restarted_inside_an_answer_window_takes_the_spent_key_
     await connects(guarded_nats.url, seed, token.host_id)
 
 
+async def test_a_registry_whose_start_render_failed_renders_once_it_can(
+    store: EventStore, guarded_nats: NatsServer, seed_file: Path
+) -> None:
+    """Tried: a machine is enrolled (its token's key not yet in the users file) and a registry
+    starts while the file cannot be written: a directory stands where the render writes its
+    temporary copy, which root's permissions cannot get past. Must hold: the start render says
+    it failed and NATS still refuses the token's key while the obstacle stands; once it is gone,
+    the registry's keeper renders on its own within its recheck (no join, no operator command
+    to render it), and NATS admits the key."""
+    token = await enroll_with_token(store, "laptop-i", nats_url=guarded_nats.url)
+    blocker = guarded_nats.auth_file.with_suffix(".tmp")
+    blocker.mkdir()
+    keeper = UsersFileKeeper(
+        store,
+        await current_hosts(store),
+        NatsAuthFiles(guarded_nats.auth_file, guarded_nats.pid_file, seed_file),
+        recheck_s=0.5,
+    )
+    assert not await keeper.render_at_start()
+    keeping = asyncio.create_task(keeper.run())
+    try:
+        await asyncio.sleep(1.5)  # three rechecks, each failing on the blocker
+        assert not await admitted(guarded_nats.url, token.join_seed, token.host_id)
+        blocker.rmdir()
+        async with asyncio.timeout(30):
+            while not await admitted(guarded_nats.url, token.join_seed, token.host_id):
+                await asyncio.sleep(0.2)
+    finally:
+        keeping.cancel()
+
+
 async def test_an_expired_tokens_key_leaves_the_users_file_when_it_expires(
     store: EventStore, guarded_nats: NatsServer, seed_file: Path
 ) -> None:
