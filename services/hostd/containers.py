@@ -73,6 +73,7 @@ from potluck.events.tracing import continuing
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.container_config import ContainerSpec
 from potluck.hostd.cpu_share import spread
+from potluck.hostd.disk_bound import disk_overrun, needs_layer_measured
 from potluck.hostd.docker_driver import (
     STOP_SIGNALS,
     ContainerNotFound,
@@ -900,30 +901,28 @@ class ContainerManager:
             await asyncio.sleep(interval)
 
     async def guard_disk(self) -> None:
-        """Without an engine quota, measure writable layers and stop what writes past its bound."""
+        """Measure what each container wrote (disk_bound.py says what counts: its layer, which
+        an engine's quota may bound instead, and the engine's files outside it) and stop what
+        wrote past its bound."""
         while True:
             await asyncio.sleep(self.config.timing.disk_check_interval_s)
             try:
                 facts = await self._docker(self.driver.engine_facts)
             except DockerDriverError:
                 continue  # reported by _docker; measured again once the engine answers
-            if facts.disk_quota_supported:
-                continue
             for alloc_id, container_id in list(self.containers.items()):
                 spec = self.desired.get(alloc_id)
                 if spec is None:
                     continue
                 try:
-                    used = await self._docker(self.driver.writable_layer_bytes, container_id)
+                    outside = await self._docker(self.driver.outside_layer_bytes, container_id)
+                    layer = 0
+                    if needs_layer_measured(engine_quota=facts.disk_quota_supported, outside=outside):
+                        layer = await self._docker(self.driver.writable_layer_bytes, container_id)
                 except DockerDriverError:
                     continue
-                if used > spec.disk_bytes:
-                    await self._stop_for(
-                        alloc_id,
-                        container_id,
-                        "disk_limit_exceeded",
-                        f"wrote {used} bytes, more than its disk bound of {spec.disk_bytes}",
-                    )
+                if (overrun := disk_overrun(layer, outside, spec.disk_bytes)) is not None:
+                    await self._stop_for(alloc_id, container_id, "disk_limit_exceeded", overrun)
 
     async def _stop_for(self, alloc_id: str, container_id: str, reason: FailureReason, detail: str) -> None:
         self._stopping[alloc_id] = reason

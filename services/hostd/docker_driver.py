@@ -17,7 +17,9 @@ bound), the engine must apply its seccomp profile, and the created container's
 inspect must show every limit, so nothing of the allocation's runs unbounded.
 """
 
+import base64
 import contextlib
+import json
 import signal
 import socket
 import threading
@@ -44,6 +46,7 @@ from potluck.hostd.container_config import (
     network_mismatches,
     network_name,
 )
+from potluck.hostd.disk_bound import OUTSIDE_LAYER_FILES
 from potluck.hostd.docker_sdk import docker, requests
 from potluck.hostd.helper import KEEP_ALIVE, find_helper
 from potluck.hostd.pool_weight import cgroup_parent, lower_parent_weight
@@ -573,6 +576,22 @@ class DockerDriver:
             if not found:
                 raise ContainerNotFound(f"measuring {container_id[:12]}: no such container")
             return int(found[0].get("SizeRw") or 0)
+
+    def outside_layer_bytes(self, container_id: str) -> dict[str, int]:
+        """The sizes of the engine's files the container can write outside its own layer
+        (OUTSIDE_LAYER_FILES), as the engine stats each path inside it (`docker cp`'s HEAD);
+        a path the container does not have is left out."""
+        with self._errors(f"measuring {container_id[:12]}") as client:
+            api: Any = client.api
+            sizes = {}
+            for path in OUTSIDE_LAYER_FILES:
+                response = api.head(api._url("/containers/{0}/archive", container_id), params={"path": path})
+                if response.status_code == 404:  # no body to a HEAD: the path, or the container
+                    continue
+                api._raise_for_status(response)
+                stat = json.loads(base64.b64decode(response.headers["X-Docker-Container-Path-Stat"]))
+                sizes[path] = int(stat.get("size") or 0)
+            return sizes
 
     def usage(self, container_id: str) -> ContainerUsage:
         """One stats sample: cumulative CPU time, memory without page cache, pids."""

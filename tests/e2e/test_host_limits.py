@@ -121,6 +121,31 @@ async def test_writing_past_the_disk_bound_stops_the_container(pool: Pool, lapto
     assert state.reason == "disk_limit_exceeded"
 
 
+async def test_writing_past_the_disk_bound_through_the_engines_own_files_stops_the_container(
+    pool: Pool, laptop: EnrolledHost
+) -> None:
+    """Tried: a container with a 16 MiB disk bound writes 8 MiB into each of /etc/hosts,
+    /etc/resolv.conf and /etc/hostname, files the engine keeps outside the container's layer
+    (bind-mounted read-write), so that no file and not the layer alone is past the bound.
+    Must hold: the 24 MiB together count against it, and the allocation fails with
+    disk_limit_exceeded, its detail naming where the bytes went."""
+    files = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
+    fill = "; ".join(f"dd if=/dev/zero bs=1M count=8 >> {path}" for path in files)
+    await place(
+        pool.store,
+        laptop.host_id,
+        "etc-writer",
+        spec(disk=16 << 20, command=["sh", "-c", f"{fill}; sleep 3600"]),
+    )
+    await wait_for_status(pool, "etc-writer", "failed")
+    state = await allocation(pool.store, "etc-writer")
+    assert state is not None
+    assert state.reason == "disk_limit_exceeded"
+    assert state.detail is not None
+    assert "more than its disk bound of 16777216" in state.detail
+    assert any(f"to {path}" in state.detail for path in files), state.detail
+
+
 async def test_files_processes_syscalls_and_volumes_are_bounded_before_anything_runs(
     pool: Pool, docker_engines: list[DockerEngine]
 ) -> None:

@@ -235,6 +235,28 @@ def test_writable_layer_grows_with_what_the_container_writes(
     assert docker_driver.writable_layer_bytes(container_id) - before >= 20 * MiB
 
 
+def test_the_engines_files_outside_the_layer_are_measured_and_not_in_it(
+    docker_driver: DockerDriver, test_image: str
+) -> None:
+    """A container writes 3 MiB into /etc/hosts, which the engine keeps outside the container's
+    layer and bind-mounts read-write. Afterwards outside_layer_bytes reports it for that path
+    (and the engine's own few bytes for the other two), while writable_layer_bytes, the layer
+    alone, has not grown by it: why the disk guard must count these files itself."""
+    container_id = docker_driver.run(_spec(test_image))
+    before = docker_driver.outside_layer_bytes(container_id)
+    layer_before = docker_driver.writable_layer_bytes(container_id)
+    assert set(before) == {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"}
+    assert all(size < 4096 for size in before.values()), before
+
+    result = docker_driver.exec_run(container_id, ["sh", "-c", "dd if=/dev/zero bs=1M count=3 >> /etc/hosts"])
+
+    assert result.exit_code == 0, result.output
+    after = docker_driver.outside_layer_bytes(container_id)
+    assert after["/etc/hosts"] - before["/etc/hosts"] == 3 * MiB
+    assert after["/etc/hostname"] == before["/etc/hostname"]
+    assert docker_driver.writable_layer_bytes(container_id) - layer_before < MiB
+
+
 def test_running_an_allocation_twice_keeps_one_container(
     docker_driver: DockerDriver, test_image: str
 ) -> None:
