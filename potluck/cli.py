@@ -30,6 +30,7 @@ from potluck.cli_options import (
     up_state_dir_option,
 )
 from potluck.kernel.cancellation import task_whereabouts, then_end_the_rest
+from potluck.kernel.digits import is_digits
 from potluck.kernel.version import __version__
 from potluck.lazy_group import AttachingGroup
 from potluck.logs import configure_logging
@@ -253,7 +254,7 @@ def registry(
 
 def parse_listen(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    if not host or not is_digits(port) or not 0 <= int(port) < 65536:
         raise click.BadParameter(f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
     return host, int(port)
 

@@ -23,6 +23,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from potluck.kernel.digits import is_digits
+
 __all__ = [
     "MAX_LINES",
     "MAX_LINE_CHARS",
@@ -59,7 +61,7 @@ class LogCursor(_Message):
     def decode(cls, text: str) -> "LogCursor | None":
         """The cursor an SSE event id holds; None when it holds none (the browser starts afresh)."""
         at, sep, same = text.partition("|")
-        if not sep or not same.isdigit():
+        if not sep or not is_digits(same):
             return None
         try:
             since_parameter(at)
@@ -97,7 +99,7 @@ def since_parameter(at: str) -> str:
     if not at.endswith("Z") or "T" not in at:
         raise ValueError(f"{at!r} is not a UTC RFC 3339 timestamp")
     whole, _, fraction = at[:-1].partition(".")
-    if fraction and (not fraction.isdigit() or len(fraction) > 9):
+    if fraction and (not is_digits(fraction) or len(fraction) > 9):
         raise ValueError(f"{at!r} has a bad fraction of a second")
     seconds = int(datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
     return f"{seconds}.{fraction.ljust(9, '0')}"

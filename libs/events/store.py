@@ -57,6 +57,9 @@ _MIGRATION_LOCK = 0x706F746C75636B  # "potluck": one migrator at a time
 ANY_VERSION: None = None
 #: Expected version of a stream that must not exist yet.
 NO_STREAM = 0
+#: The last position the log's column (a bigint) can hold: a reader asking past it asks for
+#: everything there is, not for an error from the driver.
+LAST_POSITION = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -352,11 +355,13 @@ class EventStore:
         self, after_position: int = 0, limit: int = 1000, *, until_position: int | None = None
     ) -> list[RecordedEvent]:
         """Up to `limit` events after `after_position` (and at most `until_position`), in log order."""
+        if after_position >= LAST_POSITION:
+            return []
         rows = await self.pool.fetch(
             f"SELECT {_COLUMNS} FROM all_events WHERE position > $1 AND position <= $2 "
             "ORDER BY position LIMIT $3",
             after_position,
-            until_position if until_position is not None else 2**63 - 1,
+            LAST_POSITION if until_position is None else min(until_position, LAST_POSITION),
             limit,
             record_class=_LoggedRow,
         )

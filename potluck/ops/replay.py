@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from potluck.events import EventStore
+from potluck.kernel.digits import is_digits
 from potluck.kernel.durations import parse_duration
 from potluck.ops import LiveUnavailable, OpsError
 from potluck.ops.live import ATTEMPTS, LiveModel, MemorySource, Moved, Source, Summary
@@ -58,7 +59,7 @@ class Until:
 def parse_until(value: str, *, now: datetime | None = None) -> Until:
     """`1200` (a position), `2025-11-28T10:00:00Z` (a time; without a zone, UTC) or `15m ago`."""
     text = value.strip()
-    if text.isdigit():
+    if is_digits(text):
         return Until(position=int(text), text=text)
     ago = _AGO.match(text)
     if ago:

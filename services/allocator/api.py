@@ -5,7 +5,8 @@ middleware: 400 malformed, 401 no or wrong token, 403 quota, 404 not found
 (also for another user's allocation: its existence is not disclosed), 405
 with `Allow`, 409 conflict, 415 not JSON, 422 impossible, 429 too many failed
 authentications from one address (authentication.py), 503 not ready yet.
-Every query parameter is checked whether or not another makes it matter.
+Every query parameter is checked whether or not another makes it matter, and none may be
+given twice (but the registry token endpoint's `scope`): a second value would go unread.
 """
 
 import json
@@ -54,6 +55,9 @@ PUBLIC = frozenset({"/healthz", "/readyz", "/v1/openapi.json", TOKEN_PATH})
 MAX_WAIT_S = 300.0
 MAX_BODY = 256 * 1024
 STATES = frozenset({"pending", "placed", "pulling", "running", *TERMINAL})
+#: Query parameters a request may repeat: Docker clients ask the token endpoint for one
+#: `scope` per repository.
+REPEATABLE = frozenset({"scope"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -95,6 +99,19 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("api.unhandled", method=request.method, path=request.path)
         return error(500, "INTERNAL", "the allocator failed; the operator's log has the detail")
+
+
+@web.middleware
+async def single_query_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a query parameter given twice: handlers read one value (`?state=running&state=x`
+    would show the running ones, and the `x` look checked). The pages read theirs themselves."""
+    if not is_page(request.path):
+        seen: set[str] = set()
+        for name, _ in request.query.items():  # every value (iterating names gives each once)
+            if name in seen and name not in REPEATABLE:
+                raise Rejected.invalid_field(name, f"{name} is given more than once; give it once")
+            seen.add(name)
+    return await handler(request)
 
 
 @web.middleware
@@ -155,9 +172,18 @@ def _no_constant(name: str) -> Any:
 def _loads(text: str) -> Any:
     # Python's parser takes NaN and Infinity, which JSON has not, and \ud800-style escapes of
     # lone surrogates, which encode as no UTF-8 (RFC 7493 forbids them; Postgres refuses them).
-    body = json.loads(text, parse_constant=_no_constant)
+    body = json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int)
     _no_lone_surrogates(body)
     return body
+
+
+def _bounded_int(text: str) -> int:
+    # Past Python's limit on digits (4,300) `int` fails with advice on an interpreter setting,
+    # which is not the client's to change; shorter ones reach the schema, which names the field.
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"a number of {len(text.lstrip('-'))} digits is more than this API reads") from None
 
 
 def _no_lone_surrogates(value: Any) -> None:
@@ -338,7 +364,9 @@ def make_app(
     registry: PoolRegistry | None = None,
     logs: LogSource | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[errors_middleware, single_query_middleware, auth_middleware], client_max_size=MAX_BODY
+    )
     app[ENGINE] = engine
     app[AUTH] = Authenticator(
         engine.users,

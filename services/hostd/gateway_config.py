@@ -12,13 +12,15 @@ import struct
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from potluck.kernel.digits import is_digits
+
 __all__ = ["GatewayLink", "parse_address", "public_key_blob"]
 
 
 def parse_address(value: str) -> tuple[str, int]:
     host, sep, port = value.strip().rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not is_digits(port) or not 0 < int(port) < 65536:
         raise ValueError(f"{value!r} is not HOST:PORT, e.g. gateway.example:2223")
     return host, int(port)
 

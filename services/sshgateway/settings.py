@@ -70,6 +70,7 @@ from pydantic import (
     model_validator,
 )
 
+from potluck.kernel.digits import is_digits
 from potluck.sshgateway.ratelimit import LimitPolicy
 
 __all__ = [
@@ -110,13 +111,7 @@ def parse_address(value: str) -> tuple[str, int]:
     host = host[1:-1] if bracketed else host
     # An IPv6 address must be bracketed, or "::1" would read as host ":" and port 1.
     ambiguous = ":" in host and not bracketed
-    if (
-        not sep
-        or not host
-        or ambiguous
-        or not (port.isascii() and port.isdigit())
-        or not 0 <= int(port) < 65536
-    ):
+    if not sep or not host or ambiguous or not is_digits(port) or not 0 <= int(port) < 65536:
         raise ValueError(f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:2222 or [::1]:2222")
     return host, int(port)
 

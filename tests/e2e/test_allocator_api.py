@@ -202,11 +202,11 @@ async def test_query_parameters_methods_and_numbers_are_as_the_published_schema_
     pool: Pool, alice: Api, http: aiohttp.ClientSession
 ) -> None:
     """What is tried: the cases where the served OpenAPI document and the API disagreed: a
-    `timeout` out of its bounds without `wait`, an unsupported method, a size written as a JSON
-    float, and the error statuses of each operation. What must hold: each bad parameter is a 400
-    naming it, within milliseconds; a 405 carries `Allow`; an integral float is a size; size and
-    duration texts have a maxLength in the schema; 429 is declared where the API can answer it;
-    nothing is recorded by the refused requests."""
+    `timeout` out of its bounds without `wait`, a parameter given twice, an unsupported method,
+    a size written as a JSON float, and the error statuses of each operation. What must hold:
+    each bad parameter is a 400 naming it, within milliseconds; a 405 carries `Allow`; an
+    integral float is a size; size and duration texts have a maxLength in the schema; 429 is
+    declared where the API can answer it; nothing is recorded by the refused requests."""
     _, created = await alice.call("POST", "/v1/allocations", small(disk=float(64 << 20)))
     assert created["disk"] == 64 << 20, created
     path = f"/v1/allocations/{created['id']}"
@@ -221,6 +221,15 @@ async def test_query_parameters_methods_and_numbers_are_as_the_published_schema_
         assert asyncio.get_running_loop().time() - started < 1.0
     status, answer = await alice.call("GET", "/v1/allocations?state=nonsense")
     assert (status, answer["error"]["field"]) == (400, "state")
+    # A parameter given twice: the second value would go unread, so neither is taken.
+    for target, name in (
+        ("/v1/allocations?state=running&state=nonsense", "state"),
+        ("/v1/allocations?limit=1&limit=2", "limit"),
+        (f"{path}?wait=running&timeout=1&wait=nonsense", "wait"),
+    ):
+        status, answer = await alice.call("GET", target)
+        assert (status, answer["error"]["field"]) == (400, name), (target, answer)
+        assert "more than once" in answer["error"]["message"]
 
     for method, target in (("PATCH", path), ("PUT", "/v1/allocations"), ("TRACE", "/v1/pool")):
         async with http.request(method, pool.api + target, headers=alice.headers) as response:

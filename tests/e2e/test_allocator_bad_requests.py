@@ -90,4 +90,5 @@ async def test_bad_requests_get_a_clear_error_and_nothing_is_recorded(
     assert answer["error"]["code"] == code
     assert answer["error"].get("field") == field
     assert answer["error"]["message"]
+    assert "sys." not in answer["error"]["message"], "names no interpreter setting"
     assert await pool.store.head_position() == head

@@ -47,6 +47,16 @@ async def test_append_then_read_stream_and_all(store: EventStore) -> None:
     assert [fields(r) for r in everything[:2]] == [fields(r) for r in recorded]
 
 
+async def test_reading_past_the_last_position_a_bigint_holds_reads_what_there_is(store: EventStore) -> None:
+    """Tried: positions past 2**63 - 1 (a user's `?at=` reaches read_all as it is). Must hold:
+    `until` past it is the whole log and `after` past it is nothing, no driver error."""
+    await store.append("thing-9", [thing(9)], expected_version=NO_STREAM)
+    everything = await store.read_all(0, 10)
+    assert await store.read_all(0, 10, until_position=10**30) == everything
+    assert await store.read_all(2**63 - 1, 10) == []
+    assert await store.read_all(10**30, 10, until_position=10**31) == []
+
+
 @pytest.mark.parametrize("writers", ["one process", "two processes"])
 async def test_two_writers_with_the_same_expected_version_exactly_one_wins(
     store: EventStore, writers: str

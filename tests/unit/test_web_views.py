@@ -83,7 +83,7 @@ def test_at_a_position_or_a_time_folds_the_log_up_to_it_and_no_further() -> None
     assert views.pool_page(by_position, position).totals[0].used == "0"
 
 
-@pytest.mark.parametrize("raw", ["yesterday", "", "12:00:00Z-", "-3"])
+@pytest.mark.parametrize("raw", ["yesterday", "", "12:00:00Z-", "-3", "\u00b2", "\u0663"])
 def test_at_refuses_what_is_neither_a_position_nor_a_time(raw: str) -> None:
     with pytest.raises(ValueError, match="neither a log position nor an ISO time"):
         history.parse_at(raw)

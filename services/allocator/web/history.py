@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from potluck.allocator.model import AllocatorModel
 from potluck.allocator.web.views import Amount, pool_totals
 from potluck.events import Fold, RecordedEvent
+from potluck.kernel.digits import is_digits
 
 __all__ = ["Moment", "Plot", "Sample", "fold_until", "parse_at", "plot", "samples"]
 
@@ -34,7 +35,7 @@ class Moment:
 def parse_at(raw: str) -> Moment:
     """`?at=`: a log position (digits) or an ISO time (UTC when it names no zone); ValueError else."""
     raw = raw.strip()
-    if raw.isdigit():
+    if is_digits(raw):
         return Moment(position=int(raw))
     try:
         at = datetime.fromisoformat(raw)
