@@ -275,7 +275,7 @@ WAIT_TIMEOUT = click.option(
 @click.option("--wait/--no-wait", default=False, help="Wait until the job ends and exit like `job wait`.")
 @WAIT_TIMEOUT
 @JSON
-@click.argument("command", nargs=-1)
+@click.argument("command", nargs=-1, required=True)
 def run(
     tasks: int,
     cpus: float,
@@ -299,6 +299,8 @@ def run(
 ) -> None:
     """Run COMMAND (after --) as a job of TASKS tasks and print the job's id.
 
+    COMMAND is required: a task ends when it ends (to run the image's own command, name it).
+
     Each task is a container of its own with POTLUCK_TASK_INDEX (0..TASKS-1) and
     POTLUCK_JOB_ID in its environment. Follow it with `potluck job show`/`job wait`.
     """
@@ -308,7 +310,7 @@ def run(
         "memory": memory,
         "disk": disk,
         "image": image,
-        "command": list(command) or None,
+        "command": list(command),
         "env": key_values(env, "--env"),
         "constraints": key_values(constraints, "--constraint"),
         "ssh_keys": admitted_keys(ssh_keys, say_to_user),

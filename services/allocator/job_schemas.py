@@ -64,8 +64,10 @@ class CreateJob(Request):
     memory: Memory = Field(description="Memory of each task: bytes, or e.g. 512M, 4G.")
     disk: Disk = Field(default=1 << 30, description="Writable disk of each task: bytes, or e.g. 1G.")
     image: ImageReference = Field(description="The image each task runs.")
-    command: Command | None = Field(
-        default=None, description="Each task's command (the image's own when absent)."
+    command: Command = Field(
+        description="Each task's command. Required: an allocation without one is interactive and "
+        "stays up until released, which a task that must end on its own cannot be; to run the "
+        "image's own command, name it (`docker image inspect` shows its Entrypoint and Cmd)."
     )
     env: EnvVars = Field(default_factory=dict, max_length=128)
     ssh_keys: list[SshKey] = Field(

@@ -65,9 +65,9 @@ async def test_bad_jobs_get_a_clear_400_or_404_and_nothing_is_created(
     pool: Pool, http: aiohttp.ClientSession, test_image: str
 ) -> None:
     """Tried: zero and 100,000 tasks, a negative retry count, an unknown retry_on, an empty
-    command, a body that is not JSON, and an unknown job read and removed. Must hold: 400 naming
-    the field (or the malformed body), 404 for the job, and no job- or alloc- stream in the log
-    afterwards."""
+    command and none at all, a body that is not JSON, and an unknown job read and removed.
+    Must hold: 400 naming the field (or the malformed body), 404 for the job, and no job- or
+    alloc- stream in the log afterwards."""
     await pool.wait_api()
     alice = Api(http, pool.api, await pool.add_user("alice"))
     good = job(test_image, "true", tasks=2)
@@ -79,8 +79,11 @@ async def test_bad_jobs_get_a_clear_400_or_404_and_nothing_is_created(
         ({"parallelism": 0}, "parallelism"),
         # Docker would run the image's own CMD for [], which nobody who wrote a command meant.
         ({"command": []}, "command"),
+        # Without one a task is interactive, up until its lifetime ends: it would never end.
+        ({"command": None}, "command"),
     ):
-        status, answer = await alice.call("POST", "/v1/jobs", {**good, **change})
+        body = {k: v for k, v in {**good, **change}.items() if v is not None}
+        status, answer = await alice.call("POST", "/v1/jobs", body)
         assert status == 400, (change, answer)
         assert answer["error"]["code"] == "INVALID_FIELD"
         assert answer["error"]["field"] == field

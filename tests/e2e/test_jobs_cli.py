@@ -185,6 +185,9 @@ async def test_a_job_of_twenty_tasks_runs_each_index_once_and_wait_exits_by_the_
 
     none = await p.potluck("run", "--tasks", "0", *TASK, "--image", test_image, "--", "true")
     assert none.returncode == ExitCode.USAGE, none.stderr
+    commandless = await p.potluck("run", "--tasks", "1", *TASK, "--image", test_image)
+    assert commandless.returncode == ExitCode.USAGE, commandless.stderr
+    assert "COMMAND" in commandless.stderr, commandless.stderr
     unknown = await p.potluck("job", "show", "no-such-job")
     assert unknown.returncode == ExitCode.REFUSED, unknown.stderr
     assert "no-such-job" in unknown.stderr, unknown.stderr
