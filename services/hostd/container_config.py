@@ -174,12 +174,24 @@ def ulimits() -> list[dict[str, Any]]:
     ]
 
 
-def image_refusals(image_inspect: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(field, wanted, got) for what an image would bring that no container of ours may have,
-    read before any container is made from it."""
+def image_refusals(image_inspect: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
+    """(field, wanted, got, what the image's author does about it) for what an image would
+    bring that no container of ours may have, read before any container is made from it."""
     config = image_inspect.get("Config") or {}
+    volumes = config.get("Volumes")
+    if not volumes:
+        return []
     # A VOLUME line makes an anonymous volume outside the writable layer and its disk bound.
-    return [("Image.Config.Volumes", {}, config.get("Volumes"))] if config.get("Volumes") else []
+    declared = ", ".join(sorted(volumes))
+    return [
+        (
+            "Image.Config.Volumes",
+            {},
+            volumes,
+            f"declares VOLUME {declared}, whose files would lie outside the container's disk "
+            "bound: rebuild the image without VOLUME lines (a plain directory holds the same files)",
+        )
+    ]
 
 
 def labels(spec: ContainerSpec) -> dict[str, str]:

@@ -104,10 +104,13 @@ class ContainerNotFound(DockerDriverError):
 
 class LimitsNotApplied(DockerDriverError):
     def __init__(
-        self, field: str, wanted: Any, got: Any, *, container_id: str = "", before: str = ""
+        self, field: str, wanted: Any, got: Any, *, container_id: str = "", before: str = "", why: str = ""
     ) -> None:
-        """`before`: refused before any container was made (what was read), else after creating one."""
-        if before:
+        """`before`: refused before any container was made (what was read), else after creating
+        one; `why`: what `before` does that it must not, and what to do about it."""
+        if before and why:
+            message = f"{before} {why}; no container was made ({field}: wanted {wanted!r}, got {got!r})"
+        elif before:
             message = f"{field}: wanted {wanted!r}, {before} has {got!r}; no container was made"
         else:
             message = (
@@ -452,8 +455,8 @@ class DockerDriver:
         attrs: dict[str, Any] = client.api.inspect_image(image)  # type: ignore[no-untyped-call]
         refusals = image_refusals(attrs)
         if refusals:
-            field, wanted, got = refusals[0]
-            raise LimitsNotApplied(field, wanted, got, before=f"the image {image}")
+            field, wanted, got, why = refusals[0]
+            raise LimitsNotApplied(field, wanted, got, before=f"the image {image}", why=why)
         return attrs
 
     def _own_network(self, client: docker.DockerClient, spec: ContainerSpec) -> None:

@@ -195,6 +195,9 @@ async def test_files_processes_syscalls_and_volumes_are_bounded_before_anything_
         state = await allocation(pool.store, "volume")
         assert state is not None
         assert state.reason == "limits_not_applied"
+        assert state.detail is not None
+        assert f"the image {VOLUME_IMAGE} declares VOLUME /data" in state.detail, state.detail
+        assert "rebuild the image without VOLUME lines" in state.detail, state.detail
         starts = [
             e
             for e in driver.events(host.host_id, since=since, until=int(time.time()) + 1)

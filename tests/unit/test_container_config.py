@@ -223,10 +223,12 @@ def test_create_kwargs_bound_open_files_and_processes() -> None:
 
 def test_an_image_with_a_volume_is_refused_before_anything_is_made() -> None:
     """An image's VOLUME would be an anonymous volume outside the disk bound: named from the
-    image's own inspect; an image without one passes."""
-    assert image_refusals({"Config": {"Volumes": {"/data": {}}}}) == [
-        ("Image.Config.Volumes", {}, {"/data": {}})
-    ]
+    image's own inspect, with its paths and what the image's author does about it; an image
+    without one passes."""
+    [(field, wanted, got, why)] = image_refusals({"Config": {"Volumes": {"/var/lib": {}, "/data": {}}}})
+    assert (field, wanted, got) == ("Image.Config.Volumes", {}, {"/var/lib": {}, "/data": {}})
+    assert why.startswith("declares VOLUME /data, /var/lib, ")
+    assert "rebuild the image without VOLUME lines" in why
     assert image_refusals({"Config": {"Volumes": None}}) == []
     assert image_refusals({}) == []
 
