@@ -19,7 +19,11 @@ from dataclasses import dataclass, field
 
 from potluck.sshgateway.events import SessionKind
 
-__all__ = ["SessionRequest", "host_env"]
+__all__ = ["SUBSYSTEMS", "SessionRequest", "host_env"]
+
+#: The subsystems hosts serve (sftp in every image: potluck.hostd.helper_sftp); any other is
+#: refused at the gateway, with its reason.
+SUBSYSTEMS = ("sftp",)
 
 
 @dataclass

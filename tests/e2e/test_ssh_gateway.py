@@ -568,5 +568,26 @@ async def test_sftp_is_served_even_in_an_image_without_an_sftp_server(ssh_env: S
     assert int.from_bytes(result.stdout[5:9], "big") == 3
 
 
+async def test_a_subsystem_other_than_sftp_is_refused_with_its_reason(ssh_env: SshEnv) -> None:
+    """What is tried: `ssh -s ... netconf` on a running allocation, then a command on the same
+    allocation. What must hold: the client exits 255 with the gateway's reason on stderr (not
+    only OpenSSH's "subsystem request failed"), nothing of the refused session is in the
+    audit log (nothing reached the host), and the allocation still answers."""
+    await _running_allocation(ssh_env, "subsys1")
+    argv = ssh_env.ssh_argv("subsys1", options=["-s"])
+    argv.append("netconf")
+    result = await asyncio.to_thread(
+        subprocess.run, argv, capture_output=True, timeout=30, input=b"", env=_no_agent()
+    )
+    assert result.returncode == 255, result
+    assert b"the gateway serves only the sftp subsystem, not 'netconf'" in result.stderr, result.stderr
+    answered = await ssh_env.ssh("subsys1", "echo still-here")
+    assert answered.out.strip() == "still-here", answered
+    logged = await ssh_env.store.read_all(0, 100_000)
+    commands = [r.data.get("command") for r in logged if r.type == "SessionStarted"]
+    assert "echo still-here" in commands  # audited as any session is
+    assert "netconf" not in commands
+
+
 def _no_agent() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
