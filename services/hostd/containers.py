@@ -87,6 +87,7 @@ from potluck.hostd.docker_driver import (
 from potluck.hostd.image_pull import ImagePuller, PullFailed
 from potluck.hostd.reconciler import never_started, reconcile
 from potluck.hostd.restart_budget import RestartBudget
+from potluck.hostd.shared_details import named_by, without_local_addresses
 from potluck.hostd.spans import docker_span
 from potluck.hostd.unwatched_stops import stopped_unwatched
 from potluck.hostd.warm_keeper import WarmKeeper
@@ -228,8 +229,10 @@ class ContainerManager:
 
     def _fail(self, alloc_id: str, reason: FailureReason, detail: str) -> None:
         log.warning("hostd.container_failed", alloc_id=alloc_id, reason=reason, detail=detail)
-        self.desired.pop(alloc_id, None)
-        self.report(ContainerFailed(alloc_id=alloc_id, reason=reason, detail=detail[:2000]))
+        spec = self.desired.pop(alloc_id, None)
+        # The user reads it; the member's log has it whole.
+        shared = without_local_addresses(detail, named=named_by(spec.image) if spec is not None else ())
+        self.report(ContainerFailed(alloc_id=alloc_id, reason=reason, detail=shared[:2000]))
 
     # What the allocator wants.
 

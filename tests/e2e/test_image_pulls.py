@@ -21,6 +21,7 @@ import pytest
 from potluck.contracts.messages import ImageToken, ImageTokenRequest, Reply
 from potluck.contracts.registry_locality import literally_local
 from potluck.contracts.subjects import IMAGE_TOKEN
+from potluck.hostd.shared_details import MEMBERS_ADDRESS
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e.conftest import wait_for_status
@@ -393,9 +394,10 @@ async def test_a_users_image_name_cannot_send_a_laptop_to_its_own_machine_or_net
       only where its member named the registry); constrained to A, it is refused at once (422,
       naming the registry and `potluck image push`), and no allocation is recorded for it;
     - by name, the allocator cannot tell, A's hostd can: it fails as image_pull_failed, once,
-      saying the registry is on the host's own machine or network;
+      saying the registry is on the host's own machine or network, without the address;
     - A's engine never connected to the port; B's does (its member asked for that registry), so
-      the refusals are what kept A away; A still runs a pool image afterwards."""
+      the refusals are what kept A away, and B's failure names the registry as alice wrote it;
+      A still runs a pool image afterwards."""
     laptop_a, laptop_b = docker_engines
     monkeypatch.setenv("POTLUCK_HOSTD_PULL_ATTEMPTS", "1")
     dialled = 0
@@ -435,7 +437,12 @@ async def test_a_users_image_name_cannot_send_a_laptop_to_its_own_machine_or_net
             resolved = await _create(
                 http, pool, alice, f"{_loopback_name()}:{port}/probe/tool:1", on="laptop-a"
             )
-            await _failed_once(http, pool, alice, resolved["id"], "on this host's own machine or network")
+            by_name = await _failed_once(
+                http, pool, alice, resolved["id"], "on this host's own machine or network"
+            )
+            # hostd says where the name led, but not the member's address itself.
+            assert f"{_loopback_name()} is {MEMBERS_ADDRESS}" in by_name["detail"], by_name["detail"]
+            assert "127.0." not in by_name["detail"], by_name["detail"]
             assert dialled == 0
 
             unconstrained = {"cpus": 0.2, "memory": "64M", "image": f"127.0.0.1:{port}/probe/tool:1"}
@@ -446,6 +453,9 @@ async def test_a_users_image_name_cannot_send_a_laptop_to_its_own_machine_or_net
             assert failed["reason"] == "image_pull_failed", (failed, pool.logs(80))
             assert [f["host_id"] for f in failed["failed_on"]] == [b.host_id], failed
             assert "own machine or network" not in failed["detail"], failed["detail"]
+            # The engine's error names the registry's address, which alice wrote herself and
+            # reads back (shared_details.py takes out only the member's other addresses).
+            assert f"127.0.0.1:{port}" in failed["detail"], failed["detail"]
             assert dialled > 0
 
             fine = await _create(http, pool, alice, DEFAULT_TAG, on="laptop-a")
