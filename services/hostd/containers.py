@@ -227,12 +227,15 @@ class ContainerManager:
         await asyncio.sleep(ENGINE_RETURN_SETTLE_S)
         await self.reconcile()
 
-    def _fail(self, alloc_id: str, reason: FailureReason, detail: str) -> None:
+    def _fail(self, alloc_id: str, reason: FailureReason, detail: str, *, shared: bool = False) -> None:
+        """Report the allocation failed. Its user reads `detail`, without the member's addresses
+        (shared_details.py; the member's log has it whole), unless it is `shared` already: its
+        writer took them out, knowing which of its words are whose."""
         log.warning("hostd.container_failed", alloc_id=alloc_id, reason=reason, detail=detail)
         spec = self.desired.pop(alloc_id, None)
-        # The user reads it; the member's log has it whole.
-        shared = without_local_addresses(detail, named=named_by(spec.image) if spec is not None else ())
-        self.report(ContainerFailed(alloc_id=alloc_id, reason=reason, detail=shared[:2000]))
+        if not shared:
+            detail = without_local_addresses(detail, named=named_by(spec.image) if spec is not None else ())
+        self.report(ContainerFailed(alloc_id=alloc_id, reason=reason, detail=detail[:2000]))
 
     # What the allocator wants.
 
@@ -397,7 +400,7 @@ class ContainerManager:
             await self.puller.pull(alloc_id, spec.image)
         except PullFailed as exc:
             if self.desired.get(alloc_id) == spec:
-                self._fail(alloc_id, "image_pull_failed", str(exc))
+                self._fail(alloc_id, "image_pull_failed", str(exc), shared=True)  # image_pull's
             return
         finally:
             if self.pulls.get(alloc_id) is asyncio.current_task():

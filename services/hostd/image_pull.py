@@ -33,9 +33,11 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from potluck.contracts.image_reference import DEFAULT_REGISTRY, InvalidReference, parse_reference
 from potluck.contracts.messages import ImageToken
+from potluck.contracts.registry_locality import host_of
 from potluck.contracts.reports import ContainerPulling, Report
 from potluck.hostd.docker_sdk import docker, requests
 from potluck.hostd.local_registries import local_registry_refusal
+from potluck.hostd.shared_details import named_by, without_local_addresses
 
 __all__ = ["ImagePuller", "PullFailed", "PullProgress", "PullSettings", "TokenSource"]
 
@@ -165,8 +167,17 @@ class ImagePuller:
         except PullFailed as exc:
             tries = "once" if attempt <= 1 else f"{attempt} times"
             where = "" if asking else f" from the registry {registry}"
+            why = str(exc)
+            if not asking:
+                # The engine's words (and this machine's, resolving a name) may name the member's
+                # addresses: the user reads them as a placeholder, the member's log whole. The
+                # allocator's words (asking) are the pool's, its registry's address included.
+                log.info(
+                    "hostd.image_pull_failed", alloc_id=alloc_id, image=image, registry=registry, error=why
+                )
+                why = without_local_addresses(why, named=(host_of(registry), *named_by(image)))
             raise PullFailed(
-                f"could not pull {image}{where} (tried {tries}): {exc}", permanent=exc.permanent
+                f"could not pull {image}{where} (tried {tries}): {why}", permanent=exc.permanent
             ) from None
         log.info("hostd.image_pulled", alloc_id=alloc_id, image=image, registry=registry, attempts=attempt)
 

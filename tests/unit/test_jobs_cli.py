@@ -49,7 +49,21 @@ def test_bad_key_value_is_refused_before_anything_is_sent() -> None:
     """`--env NOEQUALS` fails as wrong usage (exit 2) naming the option, without a login."""
     result = CliRunner().invoke(
         main,
-        ["run", "--tasks", "2", "--cpus", "1", "--memory", "1G", "--image", "x", "--env", "NOEQUALS"],
+        [
+            "run",
+            "--tasks",
+            "2",
+            "--cpus",
+            "1",
+            "--memory",
+            "1G",
+            "--image",
+            "x",
+            "--env",
+            "NOEQUALS",
+            "--",
+            "true",
+        ],
         env={"POTLUCK_CONFIG": "/nonexistent/client.toml", "POTLUCK_URL": "", "POTLUCK_TOKEN": ""},
     )
     assert result.exit_code == 2, result.output
