@@ -6,8 +6,9 @@ engine's own text, which names whatever the engine met on the way: `lookup reg.e
 connection's error the address it went out from. Addresses on the member's own machine or
 network (`local_address`: loopback, private, link-local ...) are replaced by a placeholder;
 global ones (a registry's) stay, as the user can look those up anyway, and so does the address
-of the registry the user's own image names (a member may allow a registry on their network).
-hostd's own log keeps the detail whole, for the member.
+of the registry the user's own image names (a member may allow a registry on their network);
+a failed pull also keeps the pool registry's and the allocator's words (image_pull.py decides,
+knowing which words are whose). hostd's own log keeps the detail whole, for the member.
 """
 
 import re
