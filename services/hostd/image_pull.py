@@ -37,7 +37,7 @@ from potluck.contracts.registry_locality import host_of
 from potluck.contracts.reports import ContainerPulling, Report
 from potluck.hostd.docker_sdk import docker, requests
 from potluck.hostd.local_registries import local_registry_refusal
-from potluck.hostd.shared_details import named_by, without_local_addresses
+from potluck.hostd.shared_details import without_local_addresses
 
 __all__ = ["ImagePuller", "PullFailed", "PullProgress", "PullSettings", "TokenSource"]
 
@@ -170,12 +170,13 @@ class ImagePuller:
             why = str(exc)
             if not asking:
                 # The engine's words (and this machine's, resolving a name) may name the member's
-                # addresses: the user reads them as a placeholder, the member's log whole. The
-                # allocator's words (asking) are the pool's, its registry's address included.
+                # addresses: the user reads them as a placeholder, the member's log whole, but
+                # for the registry pulled from (the image's own, or the pool's for a library
+                # name). The allocator's words (asking) are the pool's, kept whole.
                 log.info(
                     "hostd.image_pull_failed", alloc_id=alloc_id, image=image, registry=registry, error=why
                 )
-                why = without_local_addresses(why, named=(host_of(registry), *named_by(image)))
+                why = without_local_addresses(why, named=(host_of(registry),))
             raise PullFailed(
                 f"could not pull {image}{where} (tried {tries}): {why}", permanent=exc.permanent
             ) from None
