@@ -23,7 +23,7 @@
     heartbeat_interval_s = 5
     drain_grace_s = 300         # running work gets this long to finish after `drain`
     usage_interval_s = 30
-    disk_check_interval_s = 10  # how often writable layers are measured (no engine quota)
+    disk_check_interval_s = 10  # how often what containers wrote is measured (sooner near the bound)
     image_scan_interval_s = 30  # images are listed at least this often (and on every image event)
     image_idle_s = 120          # an image no container has used for this long may be removed
 

@@ -73,7 +73,7 @@ from potluck.events.tracing import continuing
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.container_config import ContainerSpec
 from potluck.hostd.cpu_share import spread
-from potluck.hostd.disk_bound import disk_overrun, needs_layer_measured
+from potluck.hostd.disk_bound import disk_overrun, needs_layer_measured, next_measure_in
 from potluck.hostd.docker_driver import (
     STOP_SIGNALS,
     ContainerNotFound,
@@ -909,16 +909,32 @@ class ContainerManager:
     async def guard_disk(self) -> None:
         """Measure what each container wrote (disk_bound.py says what counts: its layer, which
         an engine's quota may bound instead, and the engine's files outside it) and stop what
-        wrote past its bound."""
+        wrote past its bound. Each container is measured on its own clock: first within a disk
+        check interval of its start, then every interval, or sooner while it writes toward its
+        bound (next_measure_in)."""
+        regular = self.config.timing.disk_check_interval_s
+        measured: dict[str, tuple[float, int]] = {}  # alloc_id -> (when, bytes written then)
+        due: dict[str, float] = {}  # alloc_id -> when it is measured next
         while True:
-            await asyncio.sleep(self.config.timing.disk_check_interval_s)
+            now = time.monotonic()
+            await asyncio.sleep(max(0.0, min([now + regular, *due.values()]) - now))
+            now = time.monotonic()
+            for alloc_id in due.keys() - self.containers.keys():
+                del due[alloc_id]
+                measured.pop(alloc_id, None)
+            for alloc_id in self.containers.keys() - due.keys():
+                due[alloc_id] = now  # seen for the first time: measured now
+            ready = [alloc_id for alloc_id, at in due.items() if at <= now]
+            for alloc_id in ready:
+                due[alloc_id] = now + regular  # unless measured below
             try:
                 facts = await self._docker(self.driver.engine_facts)
             except DockerDriverError:
                 continue  # reported by _docker; measured again once the engine answers
-            for alloc_id, container_id in list(self.containers.items()):
+            for alloc_id in ready:
+                container_id = self.containers.get(alloc_id)
                 spec = self.desired.get(alloc_id)
-                if spec is None:
+                if container_id is None or spec is None:
                     continue
                 try:
                     outside = await self._docker(self.driver.outside_layer_bytes, container_id)
@@ -929,6 +945,24 @@ class ContainerManager:
                     continue
                 if (overrun := disk_overrun(layer, outside, spec.disk_bytes)) is not None:
                     await self._stop_for(alloc_id, container_id, "disk_limit_exceeded", overrun)
+                    continue
+                at, used = time.monotonic(), layer + sum(outside.values())
+                before = measured.get(alloc_id)
+                measured[alloc_id] = (at, used)
+                if before is None or at <= before[0]:
+                    continue
+                rate = (used - before[1]) / (at - before[0])
+                wait = next_measure_in(used=used, rate=rate, bound=spec.disk_bytes, regular_s=regular)
+                due[alloc_id] = at + wait
+                if wait < regular:
+                    log.debug(
+                        "hostd.disk_measured_sooner",
+                        alloc_id=alloc_id,
+                        used=used,
+                        bound=spec.disk_bytes,
+                        bytes_per_s=round(rate),
+                        in_s=round(wait, 2),
+                    )
 
     async def _stop_for(self, alloc_id: str, container_id: str, reason: FailureReason, detail: str) -> None:
         self._stopping[alloc_id] = reason

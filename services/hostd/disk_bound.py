@@ -7,12 +7,23 @@ three files the engine keeps for it outside that layer and bind-mounts read-writ
 quota counts them, so a user could fill the member's disk through `/etc/hosts` while the
 layer stayed empty. They count here: the bound is on everything the container wrote.
 
+The guard measures every container at a regular interval, and a container writing toward
+its bound sooner (`next_measure_in`): a steady writer is stopped close to its bound rather
+than up to a whole interval's writing past it.
+
 Pure: containers.py's disk guard measures, this decides.
 """
 
 from collections.abc import Mapping
 
-__all__ = ["OUTSIDE_LAYER_FILES", "OUTSIDE_LAYER_SLACK", "disk_overrun", "needs_layer_measured"]
+__all__ = [
+    "OUTSIDE_LAYER_FILES",
+    "OUTSIDE_LAYER_SLACK",
+    "SOONEST_MEASURE_S",
+    "disk_overrun",
+    "needs_layer_measured",
+    "next_measure_in",
+]
 
 #: The engine's files a container can write outside its own layer.
 OUTSIDE_LAYER_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
@@ -20,6 +31,10 @@ OUTSIDE_LAYER_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
 #: What those files may hold before an engine with a quota has the layer measured as well:
 #: the engine writes a few hundred bytes; a user's own host aliases stay far below this.
 OUTSIDE_LAYER_SLACK = 64 * 1024
+
+#: The shortest wait between two measures of one container: each has the engine walk the
+#: container's layer, which costs the member's disk and CPU in proportion to its files.
+SOONEST_MEASURE_S = 1.0
 
 
 def needs_layer_measured(*, engine_quota: bool, outside: Mapping[str, int]) -> bool:
@@ -41,3 +56,16 @@ def disk_overrun(layer: int, outside: Mapping[str, int], bound: int) -> str | No
         path, size = largest
         detail += f" ({size} of them to {path}, which counts against the bound like any other file)"
     return detail
+
+
+def next_measure_in(*, used: int, rate: float, bound: int, regular_s: float) -> float:
+    """Seconds until a container that has written `used` bytes, at `rate` bytes a second since
+    its last measure, is measured again. Half the time the rate would take it to its bound,
+    between SOONEST_MEASURE_S and the regular interval: at a steady rate it is measured again
+    before it reaches the bound, or, once that is less than SOONEST_MEASURE_S away, at most
+    that long's writing past it."""
+    soonest = min(SOONEST_MEASURE_S, regular_s)
+    if rate <= 0:
+        return regular_s
+    to_bound = (bound - used) / rate
+    return max(soonest, min(regular_s, to_bound / 2))

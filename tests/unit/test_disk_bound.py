@@ -1,17 +1,21 @@
 """What counts against an allocation's disk bound (services/hostd/disk_bound.py), without an engine."""
 
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from potluck.hostd.disk_bound import (
     OUTSIDE_LAYER_FILES,
     OUTSIDE_LAYER_SLACK,
+    SOONEST_MEASURE_S,
     disk_overrun,
     needs_layer_measured,
+    next_measure_in,
 )
 
 sizes = st.integers(min_value=0, max_value=1 << 40)
 outsides = st.dictionaries(st.sampled_from(OUTSIDE_LAYER_FILES), sizes)
+rates = st.floats(min_value=-1e10, max_value=1e10, allow_nan=False)
+intervals = st.floats(min_value=0.05, max_value=3600)
 
 
 @given(layer=sizes, outside=outsides, bound=sizes)
@@ -50,3 +54,36 @@ def test_with_a_quota_the_layer_is_measured_only_once_the_files_outside_it_hold_
     assert needs_layer_measured(
         engine_quota=True, outside={"/etc/hosts": OUTSIDE_LAYER_SLACK, "/etc/hostname": 1}
     )
+
+
+@given(used=sizes, rate=rates, bound=sizes, regular_s=intervals)
+def test_a_container_is_measured_again_within_the_regular_interval_and_never_sooner_than_the_soonest(
+    used: int, rate: float, bound: int, regular_s: float
+) -> None:
+    delay = next_measure_in(used=used, rate=rate, bound=bound, regular_s=regular_s)
+    assert min(SOONEST_MEASURE_S, regular_s) <= delay <= regular_s
+
+
+@given(used=sizes, rate=rates, bound=sizes, regular_s=intervals)
+def test_a_steady_writer_is_measured_before_it_reaches_its_bound_or_at_the_soonest(
+    used: int, rate: float, bound: int, regular_s: float
+) -> None:
+    """At the rate it wrote since its last measure, a container does not pass its bound before
+    the next measure unless that measure is already as soon as the guard goes: the overrun is
+    at most SOONEST_MEASURE_S of its writing, not a whole interval's. (One already past its
+    bound is stopped, not measured again.)"""
+    assume(used <= bound)
+    delay = next_measure_in(used=used, rate=rate, bound=bound, regular_s=regular_s)
+    assert used + max(rate, 0) * delay <= bound or delay == min(SOONEST_MEASURE_S, regular_s)
+
+
+def test_a_container_that_writes_nothing_waits_the_regular_interval() -> None:
+    assert next_measure_in(used=5 << 30, rate=0.0, bound=10 << 30, regular_s=10) == 10
+    assert next_measure_in(used=5 << 30, rate=-4096.0, bound=10 << 30, regular_s=10) == 10
+
+
+def test_a_container_writing_toward_its_bound_is_measured_at_half_the_time_it_would_take() -> None:
+    """Tried: 900 MiB of a 1 GiB bound written, 30 MiB/s since the last measure (about 4 s to
+    go). Must hold: measured again in about 2 s, not 10."""
+    delay = next_measure_in(used=900 << 20, rate=30 * (1 << 20), bound=1 << 30, regular_s=10)
+    assert 2.0 < delay < 2.1
