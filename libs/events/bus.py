@@ -25,7 +25,9 @@ or subject gives up is chosen so that nothing the log still needs is lost:
   id>.<kind>` for the kinds there are (NATS permissions), so the per-subject
   bound is per host and kind. A subject over its bound drops its own oldest:
   a host in a loop pushes out only its own reports, never another host's the
-  allocator has not read yet. No legitimate host comes near the bound with
+  allocator has not read yet (JetStream's answers to a host's pull requests
+  can land on any subject: services/registry/nats_auth.py says what makes
+  that good). No legitimate host comes near the bound with
   reports the log needs: `started`/`exited`/`failed` come once per
   allocation, and `state`, `usage`, `engine` each supersede the one before.
   A stream full as a whole refuses new reports (discard new) rather than

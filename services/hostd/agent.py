@@ -197,6 +197,15 @@ class Agent:
             "ask an operator to enroll it again"
         )
 
+    async def _report_state_periodically(self) -> None:
+        """Everything this host runs, reported again every state_report_interval_s (as after
+        every reconnect): the allocator judges its allocations by it, so an `exited` or
+        `started` JetStream dropped before the allocator read it holds no capacity for longer."""
+        while True:
+            await asyncio.sleep(self.config.timing.state_report_interval_s)
+            with contextlib.suppress(DockerDriverError):
+                self.outbox.put_nowait(await self.containers.actual_state(self.positions.last()))
+
     async def _serve(self) -> None:
         facts = await self._engine_facts()
         try:
@@ -240,6 +249,7 @@ class Agent:
                 self._beat(),
                 trim_heap_periodically() if self.trims_heap else asyncio.Event().wait(),
                 self._resync_after_reconnect(facts),
+                self._report_state_periodically(),
                 self.containers.watch_docker_events(),
                 self.containers.watch_engine(self.engine_check_s),
                 self.containers.guard_disk(),

@@ -26,6 +26,7 @@
     disk_check_interval_s = 10  # how often what containers wrote is measured (sooner near the bound)
     image_scan_interval_s = 30  # images are listed at least this often (and on every image event)
     image_idle_s = 120          # an image no container has used for this long may be removed
+    state_report_interval_s = 300   # everything hostd runs is reported again this often (see below)
 
     [policy]            # what the pool yields to the owner (see below); these are the defaults
     owner_busy_cpus = 0.5       # the owner's own CPU use (not the pool's), in cores, that counts as busy
@@ -192,6 +193,10 @@ class Timing(BaseModel):
     disk_check_interval_s: float = Field(default=10.0, gt=0)
     image_scan_interval_s: float = Field(default=30.0, gt=0)
     image_idle_s: float = Field(default=120.0, ge=0)
+    #: hostd reports everything it runs after every (re)connect and this often besides: a report
+    #: JetStream dropped (a stream's bound; another host flooding this one's subjects through
+    #: the JetStream API, see services/registry/nats_auth.py) is made good within this long.
+    state_report_interval_s: float = Field(default=300.0, gt=0)
 
 
 class SleepSettings(BaseModel):

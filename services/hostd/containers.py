@@ -397,17 +397,24 @@ class ContainerManager:
         alloc_id = spec.allocation_id
         assert self.puller is not None
         try:
-            await self.puller.pull(alloc_id, spec.image)
-        except PullFailed as exc:
-            if self.desired.get(alloc_id) == spec:
-                self._fail(alloc_id, "image_pull_failed", str(exc), shared=True)  # image_pull's
-            return
-        finally:
-            if self.pulls.get(alloc_id) is asyncio.current_task():
-                del self.pulls[alloc_id]
-        if self.desired.get(alloc_id) == spec:
+            try:
+                await self.puller.pull(alloc_id, spec.image)
+            except PullFailed as exc:
+                if self.desired.get(alloc_id) == spec:
+                    self._fail(alloc_id, "image_pull_failed", str(exc), shared=True)  # image_pull's
+                return
             async with self._lock:
-                await self._start(spec, pulled=True)
+                # Out of `pulls` only under the lock: actual_state, which takes it, then sees
+                # the allocation pulling or with its container, never between the two.
+                self._pull_ended(alloc_id)
+                if self.desired.get(alloc_id) == spec:
+                    await self._start(spec, pulled=True)
+        finally:
+            self._pull_ended(alloc_id)
+
+    def _pull_ended(self, alloc_id: str) -> None:
+        if self.pulls.get(alloc_id) is asyncio.current_task():
+            del self.pulls[alloc_id]
 
     async def _start(self, spec: ContainerSpec, *, pulled: bool = False) -> None:
         """Create and start the container, under the lock."""
@@ -550,13 +557,18 @@ class ContainerManager:
             self.warm.refill_soon()
 
     async def actual_state(self, as_of_position: int) -> ActualState:
+        """What runs here, for allocations placed up to `as_of_position`, which this hostd has
+        applied: each has its container, or its start or pull under way (`pulling`), or its
+        failure reported. Under the lock, so that no reconciliation is half-way through."""
         # A container that never started has no exit to report; its allocation's failure is
         # reported by the reconciliation, and a missing container is judged a failure too.
         # Nor has a kept one anything to report: its end is on record.
+        async with self._lock:
+            listed = await self._docker(self.driver.list_managed, self.host_id)
+            # No container yet, and not missing: its image is coming, or its start is under way.
+            pending = sorted({*self.pulls, *self._starts})
         containers = [
-            c
-            for c in await self._docker(self.driver.list_managed, self.host_id)
-            if c.allocation_id and not never_started(c) and c.allocation_id not in self.kept
+            c for c in listed if c.allocation_id and not never_started(c) and c.allocation_id not in self.kept
         ]
         return ActualState(
             as_of_position=as_of_position,
@@ -570,8 +582,7 @@ class ContainerManager:
                 )
                 for c in containers
             ],
-            # No container yet, and not missing: its image is coming, or its start is under way.
-            pulling=sorted({*self.pulls, *self._starts}),
+            pulling=pending,
         )
 
     # The member's controls. Pause and drain replace each other, as the registry records them

@@ -79,6 +79,7 @@ def hollow_config(
                 "usage_interval_s": 60.0,
                 "disk_check_interval_s": 300.0,
                 "image_scan_interval_s": 300.0,
+                "state_report_interval_s": 3600.0,
             },
             "sleep": {"threshold_s": 3600.0, "check_interval_s": 60.0, "dbus_address": ""},
             "policy": {

@@ -10,7 +10,21 @@ may read or acknowledge.
 
 NATS does not check the reply subject a request names: the services check
 it themselves before answering (potluck.events' ReplyGuard), so a host's
-request is answered only into the host's own inbox.
+request is answered only into the host's own inbox. JetStream does not: it
+answers a pull request on the host's own consumer (and an acknowledgement
+that asks for one) into whatever reply subject the host names, so a host can
+have the server publish its answers (empty status messages, its own events)
+onto subjects its permissions refuse, another host's report subjects among
+them, and push that host's unread reports out of the subject's bound. Nothing
+is lost for good: the allocator judges each host by the state report hostd
+sends after every reconnect and every `state_report_interval_s` (5 minutes),
+and drops what is not a report as a dead letter. What such a host can still
+do is flood: fill the reports stream with such answers (some ten million of
+them make its 1 GiB), after which it refuses every host's reports until they
+age out or an operator purges it. A denial of service, not a forgery (the
+answers carry no report of the host's making); closing it needs nats-server
+to check the reply subject (nats-io/nats-server#8274 names the same for push
+consumers) or hosts in an account of their own.
 
 The authorization file is rendered from the event log (enrolled hosts) plus
 the central services' public keys, and nats-server is told to reload it.

@@ -253,6 +253,62 @@ async def test_a_host_in_a_loop_is_refused_and_bounded_while_others_are_served(
     await pool.wait_for_host(b.host_id, "active")
 
 
+async def test_a_report_another_host_pushed_out_through_jetstreams_answers_is_made_good(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """NATS does not check the reply subject of a request, and JetStream answers a pull request
+    on the asker's own consumer into whatever reply subject it names: a host can so have the
+    server publish onto another host's report subjects, where its own permissions would refuse.
+    Tried: with the allocator stopped, A's task exits (its `exited` report waits in the stream);
+    B, with its own credentials, asks for its own consumer's next message 120 times naming A's
+    `exited` subject as the reply, and JetStream's answers push A's report out of the subject's
+    bound. Must hold: A's report is gone (the attack worked), and yet, once the allocator is
+    back, A's next state report (every 3 s here, 5 minutes by default) ends the allocation as
+    exited with the task's own exit code: it does not hold A's capacity as `running`."""
+    a = await pool.enroll("laptop-a")
+    b = await pool.enroll("laptop-b")
+    timing = {"heartbeat_interval_s": pool.liveness[0], "drain_grace_s": 2, "state_report_interval_s": 3}
+    pool.write_config(a, docker_engines[0], timing=timing)
+    pool.write_config(b, docker_engines[1])
+    for host in (a, b):
+        pool.start_hostd(host)
+    await pool.central_services_ready()
+    for host in (a, b):
+        await pool.wait_for_host(host.host_id, "active")
+    await place(pool.store, a.host_id, "task", spec(command=["sh", "-c", "sleep 6; exit 7"]))
+    await wait_for_status(pool, "task", "running")
+    pool.processes["allocator"].stop()
+
+    services = await pool.client()
+    js = services.jetstream()
+    as_b = await pool.client(b)
+    exited = f"potluck.report.{a.host_id}.exited"
+    try:
+        await wait_until(lambda: _has_reports(js, exited), "A's exited report in the stream", timeout=30)
+        first = await js.get_msg(REPORTS_STREAM, subject=exited, seq=1, next=True)
+        assert first.data, "A's own report has a body"
+        pull = f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{host_consumer(b.host_id)}"
+        for _ in range(STREAM_SPECS[REPORTS_STREAM].max_msgs_per_subject + 20):
+            await as_b.publish(pull, b'{"batch": 1, "no_wait": true}', reply=exited)
+        await as_b.flush()
+
+        async def pushed_out() -> bool:
+            oldest = await js.get_msg(REPORTS_STREAM, subject=exited, seq=1, next=True)
+            return not oldest.data  # JetStream's empty "no messages" answers, nothing of A's
+
+        await wait_until(pushed_out, "A's report pushed out by JetStream's answers to B")
+    finally:
+        await as_b.close()
+        await services.close()
+
+    pool.start_allocator(port=pool.api_port)
+    await pool.wait_api()
+    await wait_for_status(pool, "task", "exited", timeout=60)
+    state = await allocation(pool.store, "task")
+    assert state is not None
+    assert state.exit_code == 7
+
+
 async def _has_reports(js: JetStreamContext, subjects: str) -> bool:
     return bool(await _subject_counts(js, subjects))
 
