@@ -30,6 +30,8 @@ from potluck.hostd.helper import HELPER_PATH, KEEP_ALIVE
 CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID")
 LOG_MAX_SIZE = "10m"
 LOG_MAX_FILE = "3"
+#: The engine's word for "run no health check", whatever the image declares.
+NO_HEALTHCHECK = ("NONE",)
 NAME_PREFIX = "potluck-"
 LABEL_ALLOCATION = "potluck.allocation"
 LABEL_HOST = "potluck.host"
@@ -259,6 +261,9 @@ def create_kwargs(
             "config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE},
         },
         "restart_policy": {"Name": "no"},
+        # An image's HEALTHCHECK is run by the engine, whose own work (an exec each interval,
+        # down to a millisecond) is outside the container's CPU quota and the pool's cgroup.
+        "healthcheck": {"test": list(NO_HEALTHCHECK)},
     }
     if cgroup_parent is not None:
         kwargs["cgroup_parent"] = cgroup_parent
@@ -269,6 +274,14 @@ def create_kwargs(
         if spec.command is None:
             kwargs["entrypoint"] = list(KEEP_ALIVE)
     return kwargs
+
+
+def _healthcheck(inspect: dict[str, Any]) -> Any:
+    """The health check the engine runs, as NO_HEALTHCHECK when it runs none: a container made
+    before hostd turned images' checks off (adopted after an upgrade) has no entry when its
+    image had no check either."""
+    test = ((inspect.get("Config") or {}).get("Healthcheck") or {}).get("Test")
+    return test or list(NO_HEALTHCHECK)
 
 
 def _bounded_quota(spec: ContainerSpec, got: Any) -> Any:
@@ -333,6 +346,7 @@ def limit_mismatches(
         ("UsernsMode", "", host.get("UsernsMode")),
         ("CgroupnsMode", "private", host.get("CgroupnsMode")),
         ("Init", True, host.get("Init")),
+        ("Config.Healthcheck", list(NO_HEALTHCHECK), _healthcheck(inspect)),
         ("Config.Entrypoint", keep_alive,
          (inspect.get("Config") or {}).get("Entrypoint") if keep_alive is not None else None),
         ("LogConfig.Type", "json-file", log.get("Type")),

@@ -1,6 +1,7 @@
 """Limits that hold: what a placed container tries, and what must stop it."""
 
 import asyncio
+import io
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from tests.e2e.conftest import wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 
 VOLUME_IMAGE = "potluck-volume:1"
+HEALTHCHECK_IMAGE = "potluck-healthcheck:1"
 
 
 async def test_a_memory_hog_is_oom_killed_and_reported(pool: Pool, laptop: EnrolledHost) -> None:
@@ -145,6 +147,33 @@ async def test_a_steady_writer_is_caught_past_its_bound_between_two_rounds_of_th
     state = await allocation(pool.store, "steady")
     assert state is not None
     assert state.reason == "disk_limit_exceeded"
+
+
+async def test_an_images_health_check_is_not_run_by_the_members_engine(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """Tried: an image whose HEALTHCHECK runs every second; the engine runs each check itself,
+    outside the allocation's CPU quota and the pool's cgroup. Must hold: the allocation runs,
+    its container has the checks turned off (read back before it started), and the engine
+    keeps no health state for it, so it never ran one."""
+    engine = docker_engines[0]
+    client = docker.DockerClient(base_url=engine.url)
+    try:
+        dockerfile = f"FROM {DEFAULT_TAG}\nHEALTHCHECK --interval=1s --timeout=1s CMD true\n"
+        await asyncio.to_thread(
+            client.images.build, fileobj=io.BytesIO(dockerfile.encode()), tag=HEALTHCHECK_IMAGE
+        )
+        host = await pool.enroll("laptop-healthcheck")
+        pool.write_config(host, engine, allowed_images=[DEFAULT_TAG, "potluck-healthcheck:*"])
+        pool.start_hostd(host)
+        await pool.wait_for_host(host.host_id, "active")
+        await place(pool.store, host.host_id, "checked", spec(image=HEALTHCHECK_IMAGE))
+        await wait_for_status(pool, "checked", "running")
+        [container] = client.containers.list(filters={"label": "potluck.allocation=checked"})
+        assert container.attrs["Config"]["Healthcheck"]["Test"] == ["NONE"]
+        assert "Health" not in container.attrs["State"]
+    finally:
+        client.close()
 
 
 async def test_writing_past_the_disk_bound_through_the_engines_own_files_stops_the_container(

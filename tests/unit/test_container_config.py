@@ -75,7 +75,7 @@ def _inspect_as_the_engine_reports(spec: ContainerSpec, *, disk_quota: bool) -> 
     }
     if disk_quota:
         host["StorageOpt"] = {"size": str(spec.disk_bytes)}
-    return {"HostConfig": host, "Mounts": []}
+    return {"HostConfig": host, "Mounts": [], "Config": {"Healthcheck": {"Test": ["NONE"]}}}
 
 
 def test_create_kwargs_carry_every_limit_and_the_hardening() -> None:
@@ -98,6 +98,7 @@ def test_create_kwargs_carry_every_limit_and_the_hardening() -> None:
     assert kwargs["network_mode"] == "none"
     assert kwargs["init"] is True
     assert kwargs["log_config"]["config"]["max-size"]
+    assert kwargs["healthcheck"] == {"test": ["NONE"]}  # the engine runs no image's check
     assert "storage_opt" not in kwargs
     for forbidden in ("volumes", "devices", "pid_mode", "userns_mode", "uts_mode", "mounts"):
         assert forbidden not in kwargs
@@ -158,6 +159,8 @@ def test_a_container_as_asked_has_no_mismatch(disk_quota: bool, network: bool) -
         (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"max-file": "3"}},
          "LogConfig.max-size"),
         (("HostConfig", "LogConfig", "Type"), "none", "LogConfig.Type"),
+        (("Config", "Healthcheck"), {"Test": ["CMD", "/bin/true"], "Interval": 1_000_000},
+         "Config.Healthcheck"),
     ],
 )  # fmt: skip
 def test_each_setting_that_did_not_take_effect_is_named(
@@ -175,6 +178,16 @@ def test_each_setting_that_did_not_take_effect_is_named(
     mismatches = limit_mismatches(spec, inspect, disk_quota=False)
 
     assert [m[0] for m in mismatches] == [field]
+
+
+def test_a_container_of_an_image_without_a_health_check_made_before_they_were_turned_off_is_kept() -> None:
+    """An upgraded hostd adopts a container its predecessor made without `healthcheck`: its
+    inspect has no Healthcheck when the image had none, and the engine runs no check for it."""
+    spec = _spec()
+    inspect = _inspect_as_the_engine_reports(spec, disk_quota=False)
+    del inspect["Config"]["Healthcheck"]
+
+    assert limit_mismatches(spec, inspect, disk_quota=False) == []
 
 
 def test_a_missing_disk_quota_is_named_when_the_engine_supports_quotas() -> None:
