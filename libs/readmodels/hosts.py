@@ -69,6 +69,8 @@ class HostState:
     drain_grace_s: float = 0.0
     #: When its drain started (HostDrainStarted): its grace counts from here.
     drain_started_at: datetime | None = None
+    #: When its member paused it (HostPaused), while it is paused.
+    paused_at: datetime | None = None
     #: Since when the host has its current liveness (the event that set it).
     liveness_since: datetime | None = None
     #: How long it last said it slept (HostWoke).
@@ -143,7 +145,8 @@ class HostState:
 
 #: The fold's own version, part of its snapshots' kind (potluck.events.snapshots): bump it
 #: when a change to `evolve` makes a stream fold to another state than before.
-HOST_FOLD_VERSION = 5  # 2: drain_started_at; 3: contract; 4: spent_join_nkey, joined_at; 5: left_by, left_at
+#: 2: drain_started_at; 3: contract; 4: spent_join_nkey, joined_at; 5: left_by, left_at; 6: paused_at.
+HOST_FOLD_VERSION = 6
 
 
 def evolve(state: HostState | None, event: Event, version: int, at: datetime) -> HostState | None:
@@ -190,7 +193,7 @@ def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
         case HostRecovered():
             return changed(state, liveness="online", liveness_since=at)
         case HostPaused():
-            return changed(state, admin="paused")
+            return changed(state, admin="paused", paused_at=at)
         case HostResumed():
             return changed(state, admin="active")
         case HostDrainStarted():

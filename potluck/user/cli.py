@@ -144,6 +144,8 @@ def _state(a: dict[str, Any]) -> str:
         since = local_time(condition.get("since"))
         if condition["state"] == "waiting_for_host":
             return f"{state} (waiting for host since {since}: {condition['cause']})"
+        if condition["state"] == "draining":
+            return f"{state} (its host drains: stopped at {local_time(condition.get('until'))})"
         return f"{state} ({condition['state']} since {since}: {condition['reason']})"
     waiting = a.get("waiting")
     if state == "pending" and waiting:
@@ -202,6 +204,9 @@ def _show_condition(allocation: dict[str, Any]) -> None:
         since = local_time(condition.get("since"))
         if condition["state"] == "waiting_for_host":
             out.print(f"waiting for its host since {since}: {condition['reason']}", highlight=False)
+        elif condition["state"] == "draining":
+            until = local_time(condition.get("until"))
+            out.print(f"draining since {since}, stopped at {until}: {condition['reason']}", highlight=False)
         else:
             share = condition.get("share_cpus")
             kept = f" (the pool keeps {share:g} CPUs on that host)" if share is not None else ""

@@ -81,6 +81,7 @@ def allocation_as_dict(state: AllocationState, host: HostState | None = None) ->
             "reason": condition.reason,
             "since": iso(condition.since),
             "share_cpus": condition.share_cpus,
+            "until": iso(condition.until),
         },
         "frozen_too_long": None
         if mark is None

@@ -9,11 +9,18 @@ replay of the log gives the same as the running allocator):
 
 - ``waiting_for_host`` (cause ``asleep`` or ``unreachable``): the host is away;
   since when it went.
+- ``draining`` (cause ``member``): the member is taking the host out of the
+  pool; the container is stopped at ``until`` (the end of the drain's grace)
+  unless it ends first.
+- ``frozen`` (cause ``member``): the member paused the host (`potluck host
+  pause`); its containers are frozen until the member resumes it.
 - ``frozen`` / ``throttled`` (cause ``owner``, ``battery``, ``heat`` or
   ``window``): the member's owner policy paused the pool's containers there, or
   cut them to ``share_cpus``; the policy's reason and since when.
 
-Waiting comes first: a host that sleeps runs nothing, whatever its policy.
+Waiting comes first: a host that sleeps runs nothing, whatever its policy. The
+member's own word (drain, pause) comes before the policy's: it holds however the
+policy would treat the machine.
 
 `frozen_past_limit` says when a frozen host has kept an allocation frozen past
 the member's `max_frozen_s` (HostFrozen): the allocator then marks it
@@ -21,7 +28,7 @@ the member's `max_frozen_s` (HostFrozen): the allocator then marks it
 """
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal, get_args
 
 from potluck.contracts.host_events import PolicyCause
@@ -30,8 +37,8 @@ from potluck.readmodels.hosts import HostState
 
 __all__ = ["CAUSES", "ConditionCause", "ConditionState", "HostCondition", "condition_of", "frozen_past_limit"]
 
-ConditionState = Literal["waiting_for_host", "throttled", "frozen"]
-ConditionCause = Literal["asleep", "unreachable", "owner", "battery", "heat", "window"]
+ConditionState = Literal["waiting_for_host", "draining", "throttled", "frozen"]
+ConditionCause = Literal["asleep", "unreachable", "member", "owner", "battery", "heat", "window"]
 CAUSES: tuple[str, ...] = get_args(ConditionCause)
 
 _AWAY = {
@@ -42,6 +49,11 @@ _POLICY = {
     "throttled": "the host's owner needs the machine; the pool gets less CPU there for now",
     "frozen": "the host's owner policy paused the pool's containers there for now",
 }
+_PAUSED = "the host's member paused it: the container is frozen until they resume it"
+_DRAINING = (
+    "the host's member is taking it out of the pool: the container is stopped when the drain's "
+    "grace ends, unless it ends first"
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ class HostCondition:
     since: datetime | None
     #: While throttled: the CPUs the pool keeps on that host, all its allocations together.
     share_cpus: float | None = None
+    #: While the host drains: when the container is stopped (the end of the drain's grace).
+    until: datetime | None = None
 
 
 def condition_of(state: AllocationState, host: HostState | None) -> HostCondition | None:
@@ -68,6 +82,17 @@ def condition_of(state: AllocationState, host: HostState | None) -> HostConditio
             reason=_AWAY[host.liveness],
             since=host.liveness_since,
         )
+    if host.admin == "draining":
+        started = host.drain_started_at
+        return HostCondition(
+            state="draining",
+            cause="member",
+            reason=_DRAINING,
+            since=started,
+            until=None if started is None else started + timedelta(seconds=host.drain_grace_s),
+        )
+    if host.admin == "paused":
+        return HostCondition(state="frozen", cause="member", reason=_PAUSED, since=host.paused_at)
     if host.policy == "normal":
         return None
     cause: PolicyCause = host.policy_cause or "owner"

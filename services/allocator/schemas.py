@@ -196,20 +196,27 @@ class Condition(Body):
     state: ConditionState = Field(
         description=(
             "`waiting_for_host`: the host is asleep or unreachable; the container resumes as it was "
-            "when it returns. `throttled`: the host's owner policy gives the pool less CPU there. "
-            "`frozen`: the owner policy paused the pool's containers there."
+            "when it returns. `draining`: the host's member is taking it out of the pool; the "
+            "container is stopped at `until`. `throttled`: the host's owner policy gives the pool "
+            "less CPU there. `frozen`: the member paused the host, or the owner policy paused the "
+            "pool's containers there."
         )
     )
     cause: ConditionCause = Field(
         description=(
-            "`asleep` or `unreachable` (waiting); `owner` (the owner uses the machine), `battery`, "
-            "`heat` or `window` (the member's hours) for throttled and frozen."
+            "`asleep` or `unreachable` (waiting); `member` (the member drains or paused the host); "
+            "`owner` (the owner uses the machine), `battery`, `heat` or `window` (the member's "
+            "hours) for throttled and frozen."
         )
     )
     reason: str = Field(description="Why, for people (the owner policy's own words when it gave some).")
     since: datetime | None = Field(description="Since when the host is in this state.")
     share_cpus: float | None = Field(
         description="While throttled: the CPUs the pool keeps on that host, all its allocations together."
+    )
+    until: datetime | None = Field(
+        default=None,
+        description="While draining: when the container is stopped (the end of the drain's grace).",
     )
 
 
@@ -342,6 +349,7 @@ class Allocation(Body):
                 reason=condition.reason,
                 since=condition.since,
                 share_cpus=condition.share_cpus,
+                until=condition.until,
             ),
             frozen_too_long=None
             if mark is None

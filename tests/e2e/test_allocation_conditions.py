@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -36,7 +37,7 @@ from potluck.events import Event
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
-from tests.e2e.conftest import replay_agrees
+from tests.e2e.conftest import member, replay_agrees
 from tests.fixtures.pool import EnrolledHost, Pool
 from tests.helpers import wait_until
 
@@ -405,4 +406,47 @@ async def test_a_pending_allocation_says_why_it_waits_and_where_it_stands_in_the
     assert status == 200
     placed = await alice.until(first["id"], "running", lambda a: a["state"] == "running")
     assert placed["waiting"] is None
+    await replay_agrees(pool)
+
+
+async def test_users_see_the_member_pause_and_drain_their_host(
+    pool: Pool, laptop: EnrolledHost, http: aiohttp.ClientSession
+) -> None:
+    """What is tried: alice's container runs on laptop-a; its member pauses the machine with
+    `potluck host pause`, resumes it, then drains it with a grace of ten minutes. What must
+    hold: through the API and `potluck alloc ls/show`, alice sees her allocation running and
+    frozen by the member (cause `member`) while paused, nothing once resumed, and draining with
+    the time her container will be stopped (`until`, ten minutes after the drain began) while
+    the host drains; replay agrees."""
+    await pool.wait_api()
+    alice = User(http, pool, await pool.add_user("alice"))
+    mine = await alice.create()
+    alloc_id = mine["id"]
+    assert mine["host_id"] == laptop.host_id
+
+    paused = await asyncio.to_thread(member, laptop, "pause")
+    assert paused.returncode == 0, paused.stderr
+    frozen = await alice.until(alloc_id, "paused", lambda a: (a["condition"] or {}).get("cause") == "member")
+    assert frozen["state"] == "running"
+    assert frozen["condition"]["state"] == "frozen"
+    assert frozen["condition"]["since"]
+    assert "member paused it" in row_of(await alice.potluck("alloc", "ls"), alloc_id)
+
+    resumed = await asyncio.to_thread(member, laptop, "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    await alice.until(alloc_id, "resumed", lambda a: a["condition"] is None)
+
+    drained = await asyncio.to_thread(member, laptop, "drain", "--grace", "600")
+    assert drained.returncode == 0, drained.stderr
+    draining = await alice.until(
+        alloc_id, "draining", lambda a: (a["condition"] or {}).get("state") == "draining"
+    )
+    condition = draining["condition"]
+    assert condition["cause"] == "member"
+    since = datetime.fromisoformat(condition["since"].replace("Z", "+00:00"))
+    until = datetime.fromisoformat(condition["until"].replace("Z", "+00:00"))
+    assert until - since == timedelta(seconds=600)
+    shown = await alice.potluck("alloc", "show", alloc_id)
+    assert "draining since" in shown
+    assert "stopped at" in shown
     await replay_agrees(pool)

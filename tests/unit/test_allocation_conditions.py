@@ -34,8 +34,11 @@ from potluck.contracts.allocation_events import (
     capacity_stream,
 )
 from potluck.contracts.host_events import (
+    HostDrainStarted,
     HostFrozen,
+    HostPaused,
     HostRecovered,
+    HostResumed,
     HostShareRestored,
     HostSleeping,
     HostSuspected,
@@ -99,6 +102,7 @@ def test_an_allocation_on_a_host_away_is_waiting_for_it_since_it_went(event: Eve
         "reason": body["condition"]["reason"],
         "since": since_of(log, event.type_name),
         "share_cpus": None,
+        "until": None,
     }
     assert "its host" in body["condition"]["reason"]
     assert _state(body).startswith("running (waiting for host since ")
@@ -118,6 +122,7 @@ def test_waiting_comes_before_the_policy_and_ends_when_the_host_returns() -> Non
         "reason": "the owner uses 1.3 CPUs",
         "since": since_of(log, "HostThrottled"),
         "share_cpus": 0.5,
+        "until": None,
     }
     assert _state(body).startswith("running (throttled since ")
     assert _state(body).endswith(": the owner uses 1.3 CPUs)")
@@ -134,11 +139,51 @@ def test_a_frozen_host_shows_frozen_with_its_reason_and_a_restored_one_nothing()
         "reason": "on battery",
         "since": since_of(log, "HostFrozen"),
         "share_cpus": None,
+        "until": None,
     }
     log.add(host_stream("h1"), HostShareRestored(host_id="h1"))
     model = folded(log)[0]
     assert shown(model)["condition"] is None
     assert _state(shown(model)) == "running"
+
+
+def test_a_host_its_member_paused_shows_frozen_by_the_member_whatever_the_policy_says() -> None:
+    """Tried: a throttled host, then its member pauses it (`potluck host pause`): hostd freezes
+    the pool's containers. Must hold: the allocation shows frozen with cause `member` since the
+    pause, not the policy's throttle; resumed, it shows the policy's condition again."""
+    log, model = pool("wait", THROTTLED, HostPaused(host_id="h1", by="member"))
+    body = shown(model)
+    assert body["condition"] == {
+        "state": "frozen",
+        "cause": "member",
+        "reason": "the host's member paused it: the container is frozen until they resume it",
+        "since": since_of(log, "HostPaused"),
+        "share_cpus": None,
+        "until": None,
+    }
+    assert _state(body).startswith("running (frozen since ")
+    log.add(host_stream("h1"), HostResumed(host_id="h1", by="member"))
+    assert shown(folded(log)[0])["condition"]["state"] == "throttled"
+
+
+def test_a_draining_host_tells_its_users_when_their_container_is_stopped() -> None:
+    """Tried: the member drains the host with a grace of ten minutes. Must hold: the allocation
+    shows draining with cause `member`, since the drain began, and `until` ten minutes later,
+    when hostd stops the container; the CLI line says when it is stopped."""
+    log, model = pool("wait", HostDrainStarted(host_id="h1", by="member", grace_s=600))
+    body = shown(model)
+    since = since_of(log, "HostDrainStarted")
+    drained_at = next(r.recorded_at for r in log.records if r.type == "HostDrainStarted") + timedelta(
+        seconds=600
+    )
+    assert body["condition"]["state"] == "draining"
+    assert body["condition"]["cause"] == "member"
+    assert body["condition"]["since"] == since
+    assert body["condition"]["until"] == drained_at.isoformat().replace("+00:00", "Z")
+    assert "stopped when the drain's grace ends" in body["condition"]["reason"]
+    assert _state(body).startswith("running (its host drains: stopped at ")
+    row = allocation_as_dict(model.allocations.allocations["a1"], model.hosts.hosts["h1"])
+    assert row["condition"]["until"] == drained_at.isoformat()  # replay's form of the same time
 
 
 def test_an_allocation_that_ended_has_no_condition_and_a_lost_one_shows_why() -> None:
