@@ -14,11 +14,16 @@ A copy larger than the allocation's disk bound is refused before anything
 is sent; one that fits the bound but not what is left of it fails where the
 engine bounds the disk (hostd's guard otherwise).
 
-Where things land, as with `docker cp`: into DST when DST is an existing
-directory, else as DST (its parent must exist). The local side packs and
-unpacks with Python's tarfile, unpacking with its `data` filter, so that a
-stream from the container cannot write outside DST (no absolute paths, no
-`..`, no links out, no device files).
+Where things land, as with `docker cp` (landing.py): into DST when DST is an
+existing directory, else as DST (its parent must exist); `ALLOC:PATH/.` is the
+contents of PATH. A download lands all or nothing: it is unpacked into a
+temporary directory next to its place and moved there once the whole stream
+arrived. The stream passes through hostd on a member's machine, so every
+entry is checked before it is written (tar_guard.py: under the one top name
+asked for, no absolute paths, no `..`, nothing through a link of its own, no
+links out of the copy, hard links only to its own files, no devices), and
+tarfile's `data` filter checks it again. A refused entry ends the copy,
+naming the entry and why, and nothing is copied.
 
 A progress bar (bytes, rate) goes to stderr when it is a terminal, nothing
 when it is not. Exit codes: 0 copied, 1 the copy failed (the reason is
@@ -32,9 +37,8 @@ import subprocess
 import sys
 import tarfile
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO
 
 import click
@@ -42,7 +46,9 @@ from rich.console import Console
 from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
 from potluck.user.client import ClientError, ExitCode
+from potluck.user.landing import Landing, NotPlaced, Source
 from potluck.user.remote import IDENTITY, allocation, readable, ssh_command, ssh_script
+from potluck.user.tar_guard import Refused
 
 __all__ = ["Local", "Remote", "cp", "parse_endpoint"]
 
@@ -224,53 +230,59 @@ def upload(source: Path, target: Remote, identity: str | None) -> int:
         return meter.count
 
 
-def _renamed(members: Iterator[tarfile.TarInfo], old: str, new: str) -> Iterator[tarfile.TarInfo]:
-    """The stream's entries with the top entry `old` named `new` (DST did not exist)."""
-    for member in members:
-        if member.name == old or member.name.startswith(old + "/"):
-            member.name = new + member.name[len(old) :]
-        yield member
+def download(source: Remote, target: Path, identity: str | None, asserts_dir: bool = False) -> int:
+    """Fetch `source` (file or directory) to `target`, all or nothing (landing.py); the bytes of
+    tar stream received. `asserts_dir`: DST was written with a trailing `/`."""
+    src = Source.parse(source.path)
+    try:
+        landing = Landing(src, target, asserts_dir)
+    except NotPlaced as exc:
+        raise CopyFailed(str(exc), int(ExitCode.USAGE if exc.usage else ExitCode.REFUSED)) from exc
+    try:
+        return _receive(source, src, landing, target, identity)
+    finally:
+        landing.close()
 
 
-def download(source: Remote, target: Path, identity: str | None) -> int:
-    """Fetch `source` (file or directory) to `target`; the bytes of tar stream received."""
-    name = PurePosixPath(source.path).name or source.path.strip("/") or "root"
-    if target.is_dir():
-        into, new_name = target, name
-    else:
-        into, new_name = target.parent if str(target.parent) else Path("."), target.name
-        if str(target).endswith(os.sep) or not into.is_dir():
-            raise CopyFailed(f"{into}: no such directory here", int(ExitCode.USAGE))
+def _receive(source: Remote, src: Source, landing: Landing, target: Path, identity: str | None) -> int:
     readable(source.alloc_id)
-    argv = ssh_command(source.alloc_id, identity, ["potluck-archive", "get", source.path])
+    argv = ssh_command(source.alloc_id, identity, ["potluck-archive", "get", src.request])
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     reader, errors = _stderr_reader(proc)
     assert proc.stdout is not None
     what = f"copying {source.alloc_id}:{source.path} to {target}"
-    skipped: list[str] = []
     with _Meter(f"{source.alloc_id}:{source.path} -> {target}", None) as meter:
         try:
-            stream = _CountingReader(proc.stdout, meter)
-            with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK, copybufsize=CHUNK) as tar:  # type: ignore[call-overload]
-                for member in _renamed(iter(tar), name, new_name):
-                    try:
-                        tar.extract(member, path=into, filter="data")
-                    except tarfile.FilterError as exc:
-                        # An absolute or outward link, or a device: never written here.
-                        skipped.append(f"{member.name} ({exc})")
-        except tarfile.ReadError as exc:
-            _finish(proc, reader, errors, what)  # the far end's reason first, if it has one
-            raise CopyFailed(f"{what} failed: the stream was not a tar archive ({exc})", 1) from exc
-        except OSError as exc:
-            proc.kill()
-            raise CopyFailed(f"{what} failed: {exc}", int(ExitCode.REFUSED)) from exc
-        _finish(proc, reader, errors, what)
-    if skipped:
-        raise CopyFailed(
-            f"{what}: copied all but {len(skipped)} entries that would point or lie outside {target} "
-            f"(links to absolute paths or out of the copy, devices): {'; '.join(skipped[:5])}",
-            int(ExitCode.REFUSED),
-        )
+            try:
+                stream = _CountingReader(proc.stdout, meter)
+                with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK, copybufsize=CHUNK) as tar:  # type: ignore[call-overload]
+                    landing.unpack(tar)
+            except tarfile.ReadError as exc:
+                _finish(proc, reader, errors, what)  # the far end's reason first, if it has one
+                raise CopyFailed(f"{what} failed: the stream was not a tar archive ({exc})", 1) from exc
+            except Refused as exc:
+                said = f"{what} refused: the entry {exc.entry!r} {exc.reason}; nothing was copied"
+                raise CopyFailed(said, int(ExitCode.REFUSED)) from exc
+            except NotPlaced as exc:
+                code = ExitCode.USAGE if exc.usage else ExitCode.REFUSED
+                raise CopyFailed(f"{what} failed: {exc}; nothing was copied", int(code)) from exc
+            except (OSError, tarfile.ExtractError) as exc:
+                raise CopyFailed(f"{what} failed: {exc}; nothing was copied", int(ExitCode.REFUSED)) from exc
+            _finish(proc, reader, errors, what)
+        finally:
+            if proc.poll() is None:
+                proc.kill()  # the copy was given up: the rest of the stream is not wanted
+            proc.wait()
+            reader.join(timeout=5)
+            proc.stdout.close()
+            if proc.stderr is not None:
+                proc.stderr.close()
+    try:
+        landing.place()
+    except NotPlaced as exc:
+        raise CopyFailed(f"{what} failed: {exc}", int(ExitCode.REFUSED)) from exc
+    except OSError as exc:
+        raise CopyFailed(f"{what} failed while moving it into place: {exc}", int(ExitCode.REFUSED)) from exc
     return meter.count
 
 
@@ -280,7 +292,7 @@ def copy(src: str, dst: str, identity: str | None) -> int:
     if isinstance(source, Local) and isinstance(target, Remote):
         return upload(source.path, target, identity)
     if isinstance(source, Remote) and isinstance(target, Local):
-        return download(source, target.path, identity)
+        return download(source, target.path, identity, asserts_dir=dst.endswith(("/", "/.")))
     raise click.UsageError(
         "one side must be ALLOC:PATH and the other a local path, e.g. `potluck cp data.csv ALLOC:/data`"
     )

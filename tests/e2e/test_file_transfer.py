@@ -359,3 +359,48 @@ async def test_sftp_past_the_disk_bound_fails_cleanly_and_the_container_stays_wi
     left = await files.ssh(alloc_id, "du -s -k /root | cut -f1")
     assert left.returncode == 0, left.stderr
     assert int(left.stdout) < 64 * 1024
+
+
+@pytest.mark.slow
+async def test_potluck_cp_of_a_folders_contents_dot_dot_and_hard_links_land_under_the_destination(
+    files: Gatewayed, tmp_path: Path
+) -> None:
+    """What is tried: in the container, /out with `.git/hooks/post-checkout`, a file `a`, a hard
+    link `b` to it and an empty `sub`; from a git work tree here, `potluck cp ALLOC:/out/.`,
+    `/out/./` and `/out//.` each to a new folder, `/out/.` into an existing one,
+    `/out/sub/..` to a new folder, and `/out` to another. What must hold: each exits 0; each
+    destination holds /out's files (a and b one inode), the `..` one as the destination itself,
+    not as `out`; the git work tree gains nothing (no hook planted) and nothing else lands
+    beside the destinations."""
+    alloc_id = await interactive(files, DEFAULT_TAG)
+    made = await files.ssh(
+        alloc_id,
+        "mkdir -p /out/.git/hooks /out/sub && echo x > /out/.git/hooks/post-checkout "
+        "&& echo a > /out/a && ln /out/a /out/b",
+    )
+    assert made.returncode == 0, made.stderr
+    env = logged_in(files, tmp_path)
+    work = tmp_path / "work"
+    (work / ".git" / "hooks").mkdir(parents=True)
+    (work / "existing").mkdir()
+    key = str(files.key)
+
+    copies = {
+        "r1": potluck("cp", "-i", key, f"{alloc_id}:/out/.", str(work / "r1"), env=env),
+        "r2": potluck("cp", "-i", key, f"{alloc_id}:/out/./", str(work / "r2"), env=env),
+        "r3": potluck("cp", "-i", key, f"{alloc_id}:/out//.", str(work / "r3"), env=env),
+        "existing": potluck("cp", "-i", key, f"{alloc_id}:/out/.", str(work / "existing"), env=env),
+        "r4": potluck("cp", "-i", key, f"{alloc_id}:/out/sub/..", str(work / "r4"), env=env),
+        "z1": potluck("cp", "-i", key, f"{alloc_id}:/out", str(work / "z1"), env=env),
+    }
+
+    for name, done in copies.items():
+        assert done.returncode == 0, f"{name}: {done.stderr}"
+    assert sorted(p.name for p in work.iterdir()) == [".git", "existing", "r1", "r2", "r3", "r4", "z1"]
+    assert list((work / ".git" / "hooks").iterdir()) == []
+    for name in copies:
+        landed = work / name
+        assert (landed / ".git" / "hooks" / "post-checkout").read_text() == "x\n", name
+        assert (landed / "a").read_text() == "a\n", name
+        assert (landed / "a").stat().st_ino == (landed / "b").stat().st_ino, name
+        assert (landed / "sub").is_dir(), name

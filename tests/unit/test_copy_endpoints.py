@@ -1,12 +1,11 @@
-"""`potluck cp`'s reading of its arguments and the renaming of a fetched tree (potluck/user/copy.py)."""
+"""`potluck cp`'s reading of its arguments (potluck/user/copy.py); downloads: test_copy_downloads.py."""
 
-import tarfile
 from pathlib import Path
 
 import click
 import pytest
 
-from potluck.user.copy import Local, Remote, _renamed, parse_endpoint
+from potluck.user.copy import Local, Remote, parse_endpoint
 
 
 @pytest.mark.parametrize(
@@ -30,13 +29,3 @@ def test_an_alloc_without_a_path_is_a_usage_error() -> None:
     """`ALLOC:` alone says which allocation but not where: a clear error naming the argument."""
     with pytest.raises(click.BadParameter, match="a1b2:"):
         parse_endpoint("a1b2:")
-
-
-def test_a_fetched_tree_is_renamed_at_its_top_only() -> None:
-    """The stream's top entry `out` and what is under it become `new`; a sibling whose name
-    merely starts the same (`outside`) is left alone."""
-    members = [tarfile.TarInfo(n) for n in ("out", "out/a", "out/b/c", "outside")]
-
-    names = [m.name for m in _renamed(iter(members), "out", "new")]
-
-    assert names == ["new", "new/a", "new/b/c", "outside"]
