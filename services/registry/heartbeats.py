@@ -26,10 +26,11 @@ from pydantic import ValidationError
 from potluck.contracts.messages import Heartbeat
 from potluck.contracts.subjects import host_of
 from potluck.events import TRANSIENT_DB_ERRORS, Event, EventStore
+from potluck.kernel.key_rates import KeyRates, RatePolicy
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostState, HostsView
 from potluck.registry import host as aggregate
-from potluck.registry.host_rate import HostRates, RatePolicy, log_refusal
+from potluck.registry.host_rate import log_refusal
 from potluck.registry.liveness import LastSeen, LivenessPolicy, silence_of, transition_due
 from potluck.registry.replies import first_error
 from potluck.registry.repository import Decision, decide_on_host
@@ -48,14 +49,14 @@ def beat_rate(policy: LivenessPolicy) -> RatePolicy:
 
 class LivenessWatch:
     def __init__(
-        self, store: EventStore, view: HostsView, policy: LivenessPolicy, rates: HostRates | None = None
+        self, store: EventStore, view: HostsView, policy: LivenessPolicy, rates: KeyRates | None = None
     ) -> None:
         self.store = store
         self.view = view
         self.policy = policy
         self.last_seen = LastSeen()
         #: Beats per host: a few times the pace hostd beats at, so only a host in a loop is refused.
-        self.rates = rates or HostRates(beat_rate(policy))
+        self.rates = rates or KeyRates(beat_rate(policy))
 
     def start_clock(self) -> None:
         """Count silence from now: every host gets a fresh grace period (e.g. after a restart)."""

@@ -27,8 +27,9 @@ from pydantic import ValidationError
 from potluck.contracts.messages import Reply
 from potluck.contracts.subjects import host_of, inbox_prefix
 from potluck.events.replies import ReplyGuard
+from potluck.kernel.key_rates import KeyRates
 from potluck.kernel.rejections import Rejected
-from potluck.registry.host_rate import HostRates, log_refusal
+from potluck.registry.host_rate import log_refusal
 
 __all__ = ["GoneCheck", "HostHandler", "HostRequestGate", "answer", "first_error"]
 
@@ -60,7 +61,7 @@ class HostRequestGate:
     def __init__(
         self,
         guard: ReplyGuard,
-        rates: HostRates,
+        rates: KeyRates,
         clock: Callable[[], float] = time.monotonic,
         *,
         gone: GoneCheck = _never_gone,

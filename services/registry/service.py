@@ -45,6 +45,7 @@ from potluck.contracts.subjects import (
 from potluck.events import EventStore, SkippedEvents, ensure_streams
 from potluck.events.checkpoints import Checkpointer, checkpoint_policy
 from potluck.events.replies import ReplyGuard
+from potluck.kernel.key_rates import KeyRates, RatePolicy
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostsView
 from potluck.readmodels.state_pages import BadStateRequest
@@ -52,7 +53,6 @@ from potluck.registry import host as aggregate
 from potluck.registry.admission import Admission
 from potluck.registry.consumer_sweep import ConsumerSweep
 from potluck.registry.heartbeats import LivenessWatch
-from potluck.registry.host_rate import HostRates, RatePolicy
 from potluck.registry.joining import JoinHandler
 from potluck.registry.liveness import LastSeen, LivenessPolicy
 from potluck.registry.policy_requests import PolicyRequests
@@ -90,7 +90,7 @@ class RegistryService:
         self.fold = hosts_fold(self.view, reader=READER)
         self.watch = LivenessWatch(store, self.view, policy)
         self.replies = ReplyGuard("registry")
-        self.gate = HostRequestGate(self.replies, HostRates(request_rate), gone=self._gone)
+        self.gate = HostRequestGate(self.replies, KeyRates(request_rate), gone=self._gone)
         self.requests = HostRequests(store, self.js, self.fold, self.view, self.watch)
         #: Renders the NATS users file at start, for joins and as join keys' time ends
         #: (users_file.py); None without --nats-auth-file.

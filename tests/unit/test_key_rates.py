@@ -1,15 +1,16 @@
-"""The registry's per-host rate: a token bucket per host, refusals counted and logged sparingly."""
+"""Rates per key (potluck.kernel.key_rates), as the registry keeps them per host: a token
+bucket per key, refusals counted and logged sparingly."""
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from potluck.registry.host_rate import HostRates, RatePolicy
+from potluck.kernel.key_rates import KeyRates, RatePolicy
 
 POLICY = RatePolicy(per_s=2.0, burst=5)
 
 
 def test_a_burst_then_the_steady_rate() -> None:
-    rates = HostRates(POLICY)
+    rates = KeyRates(POLICY)
     assert [rates.check("a", 0.0).allowed for _ in range(7)] == [True] * 5 + [False] * 2
     assert rates.check("a", 0.5).allowed
     assert not rates.check("a", 0.5).allowed
@@ -17,7 +18,7 @@ def test_a_burst_then_the_steady_rate() -> None:
 
 
 def test_one_host_over_its_rate_leaves_the_others_alone() -> None:
-    rates = HostRates(POLICY)
+    rates = KeyRates(POLICY)
     for _ in range(100):
         rates.check("loop", 0.0)
     assert all(rates.check("calm", 0.0).allowed for _ in range(5))
@@ -25,7 +26,7 @@ def test_one_host_over_its_rate_leaves_the_others_alone() -> None:
 
 
 def test_the_first_refusal_of_a_streak_is_logged_then_every_nth() -> None:
-    rates = HostRates(POLICY, log_every=10)
+    rates = KeyRates(POLICY, log_every=10)
     logged = [rates.check("a", 0.0).log for _ in range(30)]
     assert [i for i, log in enumerate(logged) if log] == [5, 14, 24]
     # Refilled: allowed again, which ends the streak; the next refusal is logged again.
@@ -36,7 +37,7 @@ def test_the_first_refusal_of_a_streak_is_logged_then_every_nth() -> None:
 
 @given(st.lists(st.tuples(st.sampled_from("abc"), st.floats(0, 5)), max_size=300))
 def test_no_host_gets_more_than_burst_plus_rate_times_elapsed(calls: list[tuple[str, float]]) -> None:
-    rates = HostRates(POLICY)
+    rates = KeyRates(POLICY)
     now = 0.0
     allowed: dict[str, int] = {}
     for host, step in calls:
@@ -48,8 +49,8 @@ def test_no_host_gets_more_than_burst_plus_rate_times_elapsed(calls: list[tuple[
 
 
 @given(st.integers(1, 50))
-def test_memory_is_bounded_by_max_hosts(n_hosts: int) -> None:
-    rates = HostRates(POLICY, max_hosts=10)
+def test_memory_is_bounded_by_max_keys(n_hosts: int) -> None:
+    rates = KeyRates(POLICY, max_keys=10)
     for i in range(n_hosts):
         for _ in range(10):
             rates.check(f"h{i}", 0.0)
