@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +42,16 @@ from potluck.events.bus import TRANSIENT_BUS_ERRORS
 from potluck.events.errors import PoisonMessage, SchemaError
 from potluck.events.schema import Event, EventRegistry, registry
 from potluck.events.tracing import context_from, tracer
+from potluck.kernel.key_rates import KeyRates, RatePolicy
 
 log = structlog.get_logger(__name__)
+
+#: Dead letters logged per subject: each is kept in the dead-letter stream all the same, but a
+#: sender in a loop (a host's subjects take what JetStream answers to another host's requests,
+#: services/registry/nats_auth.py) must not flood the service's log.
+DEAD_LETTER_LOG_RATE = RatePolicy(per_s=1.0, burst=20)
+#: Of a dead letter's reason, this much goes into its header and the log.
+DEAD_LETTER_REASON = 1000
 
 #: While messages flow, how long a fetch waits for its batch to fill.
 FLOWING_FETCH_S = 0.02
@@ -191,6 +200,7 @@ class Subscriber(Generic[T]):
         self.applied = 0
         self.skipped = 0
         self.dead_lettered = 0
+        self._dead_letter_logs = KeyRates(DEAD_LETTER_LOG_RATE)
         self._wake = asyncio.Event()
         #: Messages came in the last fetch: ask for a batch next (`_fetch`).
         self._flowing = False
@@ -349,12 +359,27 @@ class Subscriber(Generic[T]):
         headers.pop(bus.H_MSG_ID, None)  # a dead letter is a message of its own
         headers.update(
             {
-                bus.H_DLQ_REASON: reason[:1000],
+                bus.H_DLQ_REASON: reason[:DEAD_LETTER_REASON],
                 bus.H_DLQ_SUBJECT: msg.subject,
                 bus.H_DLQ_CONSUMER: self.durable,
             }
         )
-        log.error("subscriber.dead_letter", consumer=self.durable, subject=msg.subject, reason=reason)
+        verdict = self._dead_letter_logs.check(msg.subject, time.monotonic())
+        if verdict.allowed:
+            log.error(
+                "subscriber.dead_letter",
+                consumer=self.durable,
+                subject=msg.subject,
+                reason=reason[:DEAD_LETTER_REASON],
+            )
+        elif verdict.log:
+            log.error(
+                "subscriber.dead_letters_logged_sparingly",
+                consumer=self.durable,
+                subject=msg.subject,
+                unlogged_in_a_row=verdict.streak,
+                hint=f"each is kept in the dead-letter subject {self.dead_letter_subject}",
+            )
         backoff = 0.1
         while True:
             try:

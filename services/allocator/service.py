@@ -12,6 +12,7 @@ elsewhere is refused, logged and counted (potluck.events' ReplyGuard).
 """
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -47,11 +48,18 @@ from potluck.events import (
 )
 from potluck.events.checkpoints import Checkpointer, checkpoint_policy
 from potluck.events.replies import ReplyGuard
+from potluck.kernel.key_rates import KeyRates, RatePolicy
 from potluck.readmodels.allocations import AllocationState, evolve
 
 log = structlog.get_logger(__name__)
 
 _reports: TypeAdapter[AnyReport] = TypeAdapter(AnyReport)
+
+#: Engine reports logged per host: hostd reports its engine when it comes or goes, so a host
+#: past this is in a loop (or hostile), and its reports, still read, are logged sparingly.
+ENGINE_LOG_RATE = RatePolicy(per_s=0.1, burst=10)
+#: Of an engine report's detail, this much reaches the log (the engine's own error text).
+LOGGED_DETAIL = 500
 
 
 async def load_allocation(
@@ -124,6 +132,7 @@ class AllocatorService:
         self.replies = ReplyGuard("allocator")
         #: Reports dropped per host because the host left or was revoked before they were read.
         self.dropped_from_gone: dict[str, int] = {}
+        self.engine_logs = KeyRates(ENGINE_LOG_RATE)
 
     async def run(self, *extra: Callable[[], Awaitable[None]]) -> None:
         await ensure_streams(self.nc.jetstream())
@@ -200,9 +209,7 @@ class AllocatorService:
         if isinstance(report, UsageSampled):
             return  # metrics, not facts
         if isinstance(report, EngineStatus):
-            (log.info if report.available else log.warning)(
-                "allocator.host_engine", host_id=host_id, available=report.available, detail=report.detail
-            )
+            self._log_engine(host_id, report)
             return
         if isinstance(report, ImagesHeld):
             await record_images_held(self.store, host_id, report)
@@ -225,6 +232,23 @@ class AllocatorService:
             await decide_and_append(attempt)
         except ValidationError as exc:
             raise PoisonMessage(str(exc)) from exc
+
+    def _log_engine(self, host_id: str, report: EngineStatus) -> None:
+        verdict = self.engine_logs.check(host_id, time.monotonic())
+        if verdict.allowed:
+            (log.info if report.available else log.warning)(
+                "allocator.host_engine",
+                host_id=host_id,
+                available=report.available,
+                detail=report.detail[:LOGGED_DETAIL],
+            )
+        elif verdict.log:
+            log.warning(
+                "allocator.host_engine_reports_logged_sparingly",
+                host_id=host_id,
+                unlogged_in_a_row=verdict.streak,
+                hint="a hostd does not report its engine this often: look at that host",
+            )
 
     def _from_gone_host(self, host_id: str, report: AnyReport) -> bool:
         """Is `report` from a host that left or was revoked? Then it is dropped, counted and logged.

@@ -3,9 +3,11 @@ the services answer it anywhere but in its own inbox."""
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import docker
@@ -16,11 +18,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from potluck.allocator.service import ENGINE_LOG_RATE, LOGGED_DETAIL
 from potluck.contracts.messages import Heartbeat, Reply
-from potluck.contracts.reports import UsageSampled
+from potluck.contracts.reports import EngineStatus, UsageSampled
 from potluck.contracts.subjects import CONTROL, DESIRED, REGISTER, STATUS, host_consumer, inbox_prefix
-from potluck.events import EVENTS_STREAM, REPORTS_STREAM
-from potluck.events.bus import STREAM_SPECS
+from potluck.events import DEAD_LETTER_STREAM, EVENTS_STREAM, REPORTS_STREAM
+from potluck.events.bus import STREAM_SPECS, dead_letter_subject
 from potluck.hostd.container_config import ContainerSpec
 from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
 from potluck.localstack.docker_engine import DockerEngine
@@ -307,6 +310,69 @@ async def test_a_report_another_host_pushed_out_through_jetstreams_answers_is_ma
     state = await allocation(pool.store, "task")
     assert state is not None
     assert state.exit_code == 7
+
+
+async def test_a_host_flooding_reports_and_poison_does_not_flood_the_services_logs(
+    pool: Pool, two_laptops: tuple[EnrolledHost, EnrolledHost]
+) -> None:
+    """Tried: B publishes 150 engine reports with a 60 KB detail each, then 150 messages that
+    are no report, on its own subjects. Must hold: the allocator logs only the first of B's
+    engine reports (ENGINE_LOG_RATE's burst, and what refills meanwhile), each detail cut to
+    LOGGED_DETAIL characters, and says it now logs them sparingly; of the poison it logs a
+    burst and says so, while each it read is still kept as a dead letter; A's engine report
+    afterwards is logged."""
+    a, b = two_laptops
+    services = await pool.client()
+    js = services.jetstream()
+    as_a = await pool.client(a)
+    as_b = await pool.client(b)
+    dlq = dead_letter_subject("allocator-reports")
+    try:
+        before = (await js.stream_info(DEAD_LETTER_STREAM, subjects_filter=dlq)).state.subjects or {}
+        engine = EngineStatus(available=False, detail="y" * 60_000).model_dump_json().encode()
+        for _ in range(150):
+            await as_b.jetstream().publish(f"potluck.report.{b.host_id}.engine", engine)
+        for n in range(150):
+            await as_b.jetstream().publish(f"potluck.report.{b.host_id}.usage", b"not a report %d" % n)
+
+        async def all_dead_lettered() -> bool:
+            info = await js.stream_info(DEAD_LETTER_STREAM, subjects_filter=dlq)
+            # The subject keeps its newest 100 (its bound): at least these reach the allocator.
+            return (info.state.subjects or {}).get(dlq, 0) - before.get(dlq, 0) >= bound
+
+        bound = STREAM_SPECS[REPORTS_STREAM].max_msgs_per_subject
+        await wait_until(all_dead_lettered, "B's messages that are no report dead-lettered", timeout=60)
+        mark = EngineStatus(available=True, detail="engine of A is back").model_dump_json().encode()
+        await as_a.jetstream().publish(f"potluck.report.{a.host_id}.engine", mark)
+
+        def logged() -> list[dict[str, Any]]:
+            lines = (pool.workdir / "allocator.log").read_text(errors="replace").splitlines()
+            return [json.loads(line) for line in lines if line.startswith("{")]
+
+        async def a_logged() -> bool:
+            return any(e.get("detail") == "engine of A is back" for e in logged())
+
+        await wait_until(a_logged, "A's engine report in the allocator's log")
+    finally:
+        await as_a.close()
+        await as_b.close()
+        await services.close()
+    entries = logged()
+    b_engine = [
+        e for e in entries if e.get("event") == "allocator.host_engine" and e.get("host_id") == b.host_id
+    ]
+    assert 1 <= len(b_engine) <= ENGINE_LOG_RATE.burst + 5, len(b_engine)  # hostd's own report too
+    assert all(len(e["detail"]) == LOGGED_DETAIL for e in b_engine if e["detail"].startswith("y"))
+    assert any(e.get("event") == "allocator.host_engine_reports_logged_sparingly" for e in entries)
+    b_usage = f"potluck.report.{b.host_id}.usage"
+    poison = [
+        e for e in entries if e.get("event") == "subscriber.dead_letter" and e.get("subject") == b_usage
+    ]
+    assert 1 <= len(poison) < 100, len(poison)
+    assert any(
+        e.get("event") == "subscriber.dead_letters_logged_sparingly" and e.get("subject") == b_usage
+        for e in entries
+    )
 
 
 async def _has_reports(js: JetStreamContext, subjects: str) -> bool:
