@@ -58,7 +58,7 @@ def operator_database_option(f: F) -> F:
         default=None,
         callback=_database_of_a_running_pool,
         help="Postgres URL of the event log [env: POTLUCK_DATABASE_URL; default: the running "
-        "`potluck up` pool's].",
+        "`potluck up` pool's, whose state is in POTLUCK_HOME or ~/.potluck].",
     )(f)
 
 
