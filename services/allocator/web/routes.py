@@ -29,7 +29,7 @@ from potluck.allocator.web.connect import plain_ssh_line
 from potluck.allocator.web.live import Changes, stream
 from potluck.allocator.web.log_tail import LogSource, Whereabouts, follow_log
 from potluck.allocator.web.mine_page import mine_of
-from potluck.allocator.web.sessions import Session, Sessions, can_keep_cookie
+from potluck.allocator.web.sessions import Session, Sessions, SessionsFull, can_keep_cookie
 from potluck.allocator.web.trace import trace_of
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.events import EventStore, RecordedEvent
@@ -56,6 +56,9 @@ CSP = (
 #: The name an operator's session shows: no user can be called that (users.USER_NAME).
 OPERATOR = "(operator)"
 EXTEND_CHOICES = {"1h": 3600.0, "4h": 4 * 3600.0, "24h": 24 * 3600.0}
+#: When a sign-in refused for want of room (sessions.MAX_SESSIONS) says to try again: sessions
+#: end as users sign out and expire, not at any moment the allocator could name.
+SESSIONS_FULL_RETRY_S = 60
 
 
 def is_page(path: str) -> bool:
@@ -206,28 +209,39 @@ async def signin(request: web.Request) -> web.Response:
         return _render("signin.html", request, {"session": None, "error": error}, status=400)
     form = await request.post()
     token = form.get("token")
-    user = None
     if isinstance(token, str) and token.strip():
         members = request.app[ENGINE].model.members
-        if members.is_operator(token.strip()):
-            response = _see_other("/")
-            request.app[SESSIONS].start(response, request, OPERATOR, operator=members.operator_token)
-            log.info("web.operator_signed_in")
+        sessions = request.app[SESSIONS]
+        try:
+            if members.is_operator(token.strip()):
+                response = _see_other("/")
+                sessions.start(response, request, OPERATOR, operator=members.operator_token)
+                log.info("web.operator_signed_in")
+                return response
+            member = members.authenticate(token.strip())
+            if member is not None:
+                response = _see_other(PREFIX + "machine")
+                sessions.start(response, request, "member", member=member.token_sha256)
+                log.info("web.member_signed_in", hosts=list(member.host_ids))
+                return response
+            user = await authenticator.authenticate(source, token.strip())
+            if user is not None:
+                response = _see_other("/")
+                sessions.start(response, request, user.name, token=user.token_sha256)
+                log.info("web.signed_in", user=user.name)
+                return response
+        except SessionsFull as exc:
+            # Nobody else's session is ended to make room: the new one waits for one to end.
+            log.warning("web.sessions_full", error=str(exc))
+            full = (
+                "this allocator holds as many web sessions as it can; try again later "
+                "(the potluck command works meanwhile)"
+            )
+            response = _render("signin.html", request, {"session": None, "error": full}, status=503)
+            response.headers["Retry-After"] = str(SESSIONS_FULL_RETRY_S)
             return response
-        member = members.authenticate(token.strip())
-        if member is not None:
-            response = _see_other(PREFIX + "machine")
-            request.app[SESSIONS].start(response, request, "member", member=member.token_sha256)
-            log.info("web.member_signed_in", hosts=list(member.host_ids))
-            return response
-        user = await authenticator.authenticate(source, token.strip())
-    if user is None:
-        error = "this token is not valid; an operator gives tokens with `potluck ops users add`"
-        return _render("signin.html", request, {"session": None, "error": error}, status=401)
-    response = _see_other("/")
-    request.app[SESSIONS].start(response, request, user.name, token=user.token_sha256)
-    log.info("web.signed_in", user=user.name)
-    return response
+    error = "this token is not valid; an operator gives tokens with `potluck ops users add`"
+    return _render("signin.html", request, {"session": None, "error": error}, status=401)
 
 
 async def signout(request: web.Request) -> web.Response:

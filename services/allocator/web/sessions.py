@@ -11,6 +11,12 @@ Secure cookie over https and over plain http to loopback (127.0.0.1, ::1,
 localhost: the pool from `potluck up`); anywhere else over plain http they
 would drop it, so `can_keep_cookie` lets the sign-in say so instead of
 failing silently (and the token would have crossed the network in clear).
+
+Sessions are bounded twice, so that no one can sign anyone else out: each
+owner (a user, a member's token, the operators' token) keeps at most
+`MAX_SESSIONS_PER_OWNER`, their own oldest ending when they pass it; and all
+together at most `MAX_SESSIONS`, past which a new sign-in is refused
+(`SessionsFull`) rather than ending somebody else's session.
 """
 
 import hmac
@@ -21,11 +27,23 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-__all__ = ["COOKIE", "Session", "Sessions", "can_keep_cookie"]
+__all__ = ["COOKIE", "Session", "Sessions", "SessionsFull", "can_keep_cookie"]
 
 COOKIE = "potluck_session"
 #: A session lasts this long after its sign-in; then the user signs in again.
 LIFETIME_S = 12 * 3600.0
+#: One owner's live sessions: a browser on each of their machines, a few private windows and
+#: sign-ins never signed out fit well within it. Past it, their own oldest session ends:
+#: signing in again and again costs the one who does it, never another user.
+MAX_SESSIONS_PER_OWNER = 20
+#: Every live session together (a few hundred bytes each in memory). Full, a new sign-in is
+#: refused (503) until sessions expire or end: dropping the oldest instead let one user sign
+#: every other out by signing in ten thousand times.
+MAX_SESSIONS = 10_000
+
+
+class SessionsFull(Exception):
+    """No room for another session: `max_sessions` live ones, none expired."""
 
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "[::1]", "localhost"})
@@ -49,17 +67,89 @@ class Session:
     #: A user's session: the digest of the token it signed in with (rotating it signs out).
     token: str | None = None
 
+    @property
+    def owner(self) -> str:
+        """Whose session this is, for the per-owner caps: a user, a member's token, the operators'."""
+        if self.member is not None:
+            return f"member:{self.member}"
+        if self.operator is not None:
+            return f"operator:{self.operator}"
+        return f"user:{self.user}"
+
     def csrf_ok(self, sent: str | None) -> bool:
         return sent is not None and hmac.compare_digest(self.csrf.encode(), sent.encode())
 
 
 class Sessions:
-    """Sessions by id, in memory, the oldest dropped past `max_sessions`."""
+    """Sessions by id, in memory: at most `per_owner` of one owner's (their oldest ends past it)
+    and `max_sessions` in all (a new one is refused past it)."""
 
-    def __init__(self, *, max_sessions: int = 10_000, lifetime_s: float = LIFETIME_S) -> None:
+    def __init__(
+        self,
+        *,
+        max_sessions: int = MAX_SESSIONS,
+        per_owner: int = MAX_SESSIONS_PER_OWNER,
+        lifetime_s: float = LIFETIME_S,
+    ) -> None:
+        # Both in sign-in order, oldest first; every session lives as long, so the oldest is
+        # also the first to expire.
         self._by_id: OrderedDict[str, Session] = OrderedDict()
+        self._by_owner: dict[str, OrderedDict[str, None]] = {}
         self.max_sessions = max_sessions
+        self.per_owner = per_owner
         self.lifetime_s = lifetime_s
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def count_of(self, owner: str) -> int:
+        """How many sessions `owner` holds (expired ones too, until they are dropped)."""
+        return len(self._by_owner.get(owner, ()))
+
+    def _drop(self, session_id: str) -> None:
+        session = self._by_id.pop(session_id, None)
+        if session is None:
+            return
+        ids = self._by_owner[session.owner]
+        del ids[session_id]
+        if not ids:
+            del self._by_owner[session.owner]
+
+    def _drop_expired(self, now: float) -> None:
+        while self._by_id:
+            session_id, session = next(iter(self._by_id.items()))
+            if session.expires_at >= now:
+                return
+            self._drop(session_id)
+
+    def open(
+        self,
+        user: str,
+        *,
+        member: str | None = None,
+        operator: str | None = None,
+        token: str | None = None,
+    ) -> tuple[str, Session]:
+        """A new session and its id. The owner's own oldest ends when they pass `per_owner`;
+        SessionsFull when `max_sessions` live sessions are left after that."""
+        now = time.time()
+        session = Session(
+            user=user,
+            csrf=secrets.token_urlsafe(32),
+            expires_at=now + self.lifetime_s,
+            member=member,
+            operator=operator,
+            token=token,
+        )
+        self._drop_expired(now)
+        while self.count_of(session.owner) >= self.per_owner:
+            self._drop(next(iter(self._by_owner[session.owner])))
+        if len(self._by_id) >= self.max_sessions:
+            raise SessionsFull(f"{len(self._by_id)} sessions are signed in, the most this allocator keeps")
+        session_id = secrets.token_urlsafe(32)
+        self._by_id[session_id] = session
+        self._by_owner.setdefault(session.owner, OrderedDict())[session_id] = None
+        return session_id, session
 
     def start(
         self,
@@ -71,18 +161,8 @@ class Sessions:
         operator: str | None = None,
         token: str | None = None,
     ) -> Session:
-        session_id = secrets.token_urlsafe(32)
-        session = Session(
-            user=user,
-            csrf=secrets.token_urlsafe(32),
-            expires_at=time.time() + self.lifetime_s,
-            member=member,
-            operator=operator,
-            token=token,
-        )
-        self._by_id[session_id] = session
-        while len(self._by_id) > self.max_sessions:
-            self._by_id.popitem(last=False)
+        """`open` a session and set its cookie on `response` (SessionsFull: no cookie is set)."""
+        session_id, session = self.open(user, member=member, operator=operator, token=token)
         response.set_cookie(
             COOKIE,
             session_id,
@@ -94,20 +174,24 @@ class Sessions:
         )
         return session
 
-    def of(self, request: web.Request) -> Session | None:
-        session_id = request.cookies.get(COOKIE)
-        if not session_id:
-            return None
+    def get(self, session_id: str) -> Session | None:
+        """The live session of this id: None when there is none or it expired (then dropped)."""
         session = self._by_id.get(session_id)
         if session is None:
             return None
         if session.expires_at < time.time():
-            del self._by_id[session_id]
+            self._drop(session_id)
             return None
         return session
+
+    def of(self, request: web.Request) -> Session | None:
+        session_id = request.cookies.get(COOKIE)
+        if not session_id:
+            return None
+        return self.get(session_id)
 
     def end(self, response: web.StreamResponse, request: web.Request) -> None:
         session_id = request.cookies.get(COOKIE)
         if session_id:
-            self._by_id.pop(session_id, None)
+            self._drop(session_id)
         response.del_cookie(COOKIE, path="/")
