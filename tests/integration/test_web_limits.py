@@ -21,10 +21,18 @@ from potluck.allocator.api import make_app
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.users import add_user
 from potluck.allocator.web import routes
+from potluck.allocator.web.live import MAX_STREAMS_PER_OWNER, MAX_STREAMS_PER_SESSION
 from potluck.allocator.web.sessions import COOKIE, MAX_SESSIONS_PER_OWNER, Sessions
-from potluck.contracts.allocation_events import Quota, user_stream
+from potluck.contracts.allocation_events import (
+    AllocationRequested,
+    AllocationSpec,
+    Quota,
+    alloc_stream,
+    user_stream,
+)
+from potluck.contracts.capacity import Capacity
 from potluck.events import EventStore
-from tests.helpers import stop
+from tests.helpers import stop, wait_until
 
 
 @dataclass
@@ -56,6 +64,30 @@ class WebApp:
             f"{self.url}{path}", headers={"Cookie": f"{COOKIE}={session_id}"}, allow_redirects=False
         ) as r:
             return r.status, await r.text()
+
+    async def pending(self, user: str) -> str:
+        """An allocation of `user`'s that waits (no host here), as its request writes it, once
+        the allocator has folded it."""
+        alloc_id = f"a-{user}-{len(self.engine.allocations.allocations):04}"
+        spec = AllocationSpec(
+            resources=Capacity(cpus=0.5, memory_bytes=64 << 20, disk_bytes=64 << 20), image="x:1"
+        )
+        requested = AllocationRequested(alloc_id=alloc_id, user=user, spec=spec, lifetime_s=3600)
+        await self.engine.store.append(alloc_stream(alloc_id), [requested], expected_version=0)
+        await wait_until(lambda: alloc_id in self.engine.allocations.allocations, 10, "the request folded")
+        return alloc_id
+
+    async def open_stream(self, session_id: str, path: str) -> aiohttp.ClientResponse:
+        """Open a live stream and keep it open (the caller closes it): its response, headers read."""
+        return await self.http.get(f"{self.url}{path}", headers={"Cookie": f"{COOKIE}={session_id}"})
+
+    async def try_stream(self, session_id: str, path: str) -> tuple[int, str]:
+        """Open a live stream and close it at once: its status, and the body of a refusal."""
+        r = await self.open_stream(session_id, path)
+        try:
+            return r.status, "" if r.status == 200 else await r.text()
+        finally:
+            r.close()
 
     async def works(self, session_id: str) -> bool:
         """Whether the session still opens the pool page (a signed-out one is sent to sign in)."""
@@ -148,3 +180,76 @@ async def test_a_full_allocator_refuses_a_new_sign_in_and_signs_nobody_out(store
             assert r.status == 303
         assert not await pages.works(held["alice"])
         assert await pages.works(await pages.signed_in("dave"))
+
+
+# Live streams.
+
+
+async def test_one_session_holds_a_bounded_number_of_live_streams_and_others_are_unaffected(
+    pages: WebApp,
+) -> None:
+    """Tried: alice, in one session, opens pool streams up to her session's bound less one and
+    her pending allocation's log tail, then one more of each; bob opens his pool stream; alice
+    closes one of hers and opens another.
+    Must hold: every stream within the bound opens (200, an event stream); the two past it are
+    refused with 429 and a message saying what to close; bob's opens; once one of alice's is
+    closed, her new one opens."""
+    alice = await pages.signed_in("alice")
+    alloc_id = await pages.pending("alice")
+    held = [await pages.open_stream(alice, "/web/live/pool") for _ in range(MAX_STREAMS_PER_SESSION - 1)]
+    held.append(await pages.open_stream(alice, f"/web/live/allocations/{alloc_id}/log"))
+    try:
+        assert [r.status for r in held] == [200] * MAX_STREAMS_PER_SESSION
+        assert all(r.headers["Content-Type"].startswith("text/event-stream") for r in held)
+        for path in ("/web/live/pool", f"/web/live/allocations/{alloc_id}/log", "/web/live/mine"):
+            status, text = await pages.try_stream(alice, path)
+            assert status == 429, path
+            assert "live pages open" in text
+        bob = await pages.open_stream(await pages.signed_in("bob"), "/web/live/pool")
+        assert bob.status == 200, "alice's streams must not cost bob his"
+        bob.close()
+
+        held.pop(0).close()  # the browser goes away: its slot comes free
+        reopened: list[aiohttp.ClientResponse] = []
+
+        async def reopen() -> None:
+            r = await pages.open_stream(alice, "/web/live/pool")
+            if r.status == 200:
+                reopened.append(r)
+            else:
+                r.close()
+
+        deadline = asyncio.get_running_loop().time() + 30
+        while not reopened:
+            assert asyncio.get_running_loop().time() < deadline, "a closed stream's slot never came free"
+            await reopen()
+            if not reopened:
+                await asyncio.sleep(0.2)
+        held.extend(reopened)
+    finally:
+        for r in held:
+            r.close()
+
+
+async def test_one_user_holds_a_bounded_number_of_live_streams_across_sessions(pages: WebApp) -> None:
+    """Tried: alice signs in three times and opens as many pool streams as each session may, until
+    her bound across sessions; then one more from a fresh session.
+    Must hold: the streams within her bound open (200); the one past it is refused with 429 and a
+    message naming her browsers; bob's stream still opens."""
+    per_session = MAX_STREAMS_PER_SESSION
+    held: list[aiohttp.ClientResponse] = []
+    try:
+        while len(held) < MAX_STREAMS_PER_OWNER:
+            session = await pages.signed_in("alice")
+            room = min(per_session, MAX_STREAMS_PER_OWNER - len(held))
+            held.extend([await pages.open_stream(session, "/web/live/pool") for _ in range(room)])
+        assert [r.status for r in held] == [200] * MAX_STREAMS_PER_OWNER
+        status, text = await pages.try_stream(await pages.signed_in("alice"), "/web/live/pool")
+        assert status == 429
+        assert "in all your browsers" in text
+        bob = await pages.open_stream(await pages.signed_in("bob"), "/web/live/pool")
+        assert bob.status == 200
+        bob.close()
+    finally:
+        for r in held:
+            r.close()

@@ -2,14 +2,16 @@
 
 What must hold: a waiter wakes when the fold moves, and at once when the app
 closes (else shutting down would wait for every open page); a fragment of
-several lines goes out as one server-sent event whose data lines rejoin to it.
+several lines goes out as one server-sent event whose data lines rejoin to it;
+the stream slots refuse one past a session's or an owner's bound, never count
+one session's against another owner, and come free when a stream ends.
 """
 
 import asyncio
 
 import pytest
 
-from potluck.allocator.web.live import Changes, _event
+from potluck.allocator.web.live import Changes, StreamSlots, TooManyStreams, _event
 
 
 async def test_a_waiter_wakes_on_a_fold_and_at_once_on_close() -> None:
@@ -55,3 +57,30 @@ async def test_a_wait_cancelled_as_its_change_lands_is_cancelled_all_the_same() 
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+def test_slots_refuse_past_a_sessions_bound_and_past_its_owners() -> None:
+    slots = StreamSlots(per_session=2, per_owner=3)
+    slots.take("a1", "alice")
+    slots.take("a1", "alice")
+    with pytest.raises(TooManyStreams, match="this browser"):
+        slots.take("a1", "alice")
+    slots.take("a2", "alice")  # another session of hers: the owner's bound is next
+    with pytest.raises(TooManyStreams, match="all your browsers"):
+        slots.take("a3", "alice")
+    slots.take("b1", "bob")  # bob's own count, untouched by alice's
+    slots.take("b1", "bob")
+    assert slots.open_of("alice") == 3
+    assert slots.open_of("bob") == 2
+
+
+def test_a_stream_that_ends_frees_its_slot_and_empty_counts_go() -> None:
+    slots = StreamSlots(per_session=1, per_owner=1)
+    slots.take("a1", "alice")
+    with pytest.raises(TooManyStreams):
+        slots.take("a1", "alice")
+    slots.give_back("a1", "alice")
+    assert slots.open_of("alice") == 0
+    assert not slots._by_session
+    assert not slots._by_owner
+    slots.take("a1", "alice")

@@ -5,22 +5,82 @@ bumps `Changes`, and each open stream renders its page's live fragment anew
 (coalescing changes that come within `SETTLE_S`) and sends it as one event.
 The browser's static/live.js swaps the fragment in: no reload, and the page's
 state is always the fold's, never patched piecewise by the client.
+
+Every open stream holds a connection (a file descriptor, a task, a render per
+change; a log tail also asks a member's host once a second), so `StreamSlots`
+bounds how many one session and one owner hold at once: past the bound a
+stream is refused (429, routes.py) and the ones already open go on.
 """
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
 
 from aiohttp import web
 
 from potluck.events import RecordedEvent
 
-__all__ = ["Changes", "stream"]
+__all__ = ["Changes", "StreamSlots", "TooManyStreams", "changed_or_gone", "gone", "stream"]
 
 #: Changes closer together than this go out as one event.
 SETTLE_S = 0.1
 #: A comment line this often keeps proxies and the browser from dropping a quiet stream.
 KEEPALIVE_S = 15.0
+#: How often a waiting stream looks whether its browser went away: aiohttp does not stop a
+#: handler whose client left, so without it a closed tab's stream (and its slot) lived on until
+#: its next write, up to KEEPALIVE_S later.
+GONE_CHECK_S = 1.0
+#: One session's open streams: a page holds one, an allocation's page two (with its log). A
+#: browser keeps at most six connections to one site over HTTP/1.1, so ordinary tabs stay
+#: under it; through an HTTP/2 proxy it still leaves room for a handful of tabs.
+MAX_STREAMS_PER_SESSION = 10
+#: One owner's (a user's, a member's token's, the operators') across their sessions: a couple
+#: of browsers' worth. Unbounded, one user held 5,000 streams and slowed everybody's API.
+MAX_STREAMS_PER_OWNER = 20
+
+
+class TooManyStreams(Exception):
+    """A session or its owner holds as many live streams as it may; the message says which."""
+
+
+class StreamSlots:
+    """Counts the live streams each session and each owner holds, and refuses one past a bound."""
+
+    def __init__(
+        self, *, per_session: int = MAX_STREAMS_PER_SESSION, per_owner: int = MAX_STREAMS_PER_OWNER
+    ) -> None:
+        self.per_session = per_session
+        self.per_owner = per_owner
+        self._by_session: Counter[Hashable] = Counter()
+        self._by_owner: Counter[str] = Counter()
+
+    def open_of(self, owner: str) -> int:
+        return self._by_owner[owner]
+
+    def take(self, session: Hashable, owner: str) -> None:
+        """Count one more stream of `session` (its owner's); TooManyStreams past either bound."""
+        if self._by_session[session] >= self.per_session:
+            raise TooManyStreams(
+                f"this browser already has {self.per_session} live pages open; close some tabs "
+                "of this pool's page and reload this one"
+            )
+        if self._by_owner[owner] >= self.per_owner:
+            raise TooManyStreams(
+                f"you already have {self.per_owner} live pages open (in all your browsers); close "
+                "some and reload this one"
+            )
+        self._by_session[session] += 1
+        self._by_owner[owner] += 1
+
+    def give_back(self, session: Hashable, owner: str) -> None:
+        """One stream of `session` ended (the counts drop their zeros)."""
+        self._by_session[session] -= 1
+        self._by_owner[owner] -= 1
+        if self._by_session[session] <= 0:
+            del self._by_session[session]
+        if self._by_owner[owner] <= 0:
+            del self._by_owner[owner]
 
 
 class Changes:
@@ -50,6 +110,22 @@ class Changes:
         return self.count
 
 
+def gone(request: web.Request) -> bool:
+    """Whether the browser of this request went away (its connection is closed or closing)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def changed_or_gone(request: web.Request, changes: Changes, seen: int, timeout: float) -> int:
+    """`changes.after(seen, timeout)`, but back within GONE_CHECK_S once the browser went away."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        now = await changes.after(seen, max(0.0, min(GONE_CHECK_S, left)))
+        if now != seen or changes.closed or gone(request) or left <= GONE_CHECK_S:
+            return now
+
+
 def _event(name: str, html: str) -> bytes:
     # SSE's data lines cannot hold newlines: one `data:` per line, joined again by the browser.
     lines = "".join(f"data: {line}\n" for line in html.splitlines() or [""])
@@ -67,8 +143,8 @@ async def stream(request: web.Request, changes: Changes, render: Callable[[], st
     await response.write(_event("fragment", last))
     try:
         while not changes.closed:
-            now = await changes.after(seen, KEEPALIVE_S)
-            if changes.closed:
+            now = await changed_or_gone(request, changes, seen, KEEPALIVE_S)
+            if changes.closed or gone(request):
                 break
             if now == seen:
                 await response.write(b": still here\n\n")

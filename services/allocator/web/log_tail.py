@@ -25,7 +25,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 
-from potluck.allocator.web.live import KEEPALIVE_S, Changes
+from potluck.allocator.web.live import KEEPALIVE_S, Changes, changed_or_gone, gone
 from potluck.contracts.log_tail import LogCursor, LogTailPage, LogTailRequest
 from potluck.contracts.messages import Reply
 from potluck.contracts.subjects import LOG_TAIL, host_subject
@@ -137,7 +137,7 @@ async def follow_log(
     shown_note: str | None = None
     quiet_since = asyncio.get_running_loop().time()
     try:
-        while not changes.closed:
+        while not changes.closed and not gone(request):
             now = where()
             if now is None:  # its user lost it (a rotated token signs out elsewhere): stop here
                 break
@@ -174,8 +174,8 @@ async def follow_log(
             if page is not None:
                 await asyncio.sleep(POLL_S)
             else:  # nothing to read: ask again later, or soon after the allocation moves
-                gone = code == "NOT_HERE" and now.status in TERMINAL
-                await changes.after(changes.count, KEEPALIVE_S if gone else IDLE_POLL_S)
+                ended = code == "NOT_HERE" and now.status in TERMINAL
+                await changed_or_gone(request, changes, changes.count, KEEPALIVE_S if ended else IDLE_POLL_S)
                 await asyncio.sleep(POLL_S)  # a busy pool never makes a page ask more than once a second
     except ConnectionResetError:
         pass  # the browser went away

@@ -26,7 +26,7 @@ from potluck.allocator.schemas import HistoryEntry
 from potluck.allocator.users import User
 from potluck.allocator.web import history, views
 from potluck.allocator.web.connect import plain_ssh_line
-from potluck.allocator.web.live import Changes, stream
+from potluck.allocator.web.live import Changes, StreamSlots, TooManyStreams, stream
 from potluck.allocator.web.log_tail import LogSource, Whereabouts, follow_log
 from potluck.allocator.web.mine_page import mine_of
 from potluck.allocator.web.sessions import Session, Sessions, SessionsFull, can_keep_cookie
@@ -44,6 +44,7 @@ HERE = Path(__file__).parent
 ENGINE: web.AppKey[AllocatorEngine] = web.AppKey("web_engine", AllocatorEngine)
 SESSIONS: web.AppKey[Sessions] = web.AppKey("web_sessions", Sessions)
 CHANGES: web.AppKey[Changes] = web.AppKey("web_changes", Changes)
+STREAMS: web.AppKey[StreamSlots] = web.AppKey("web_streams", StreamSlots)
 AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("web_authenticator", Authenticator)
 #: How the pages reach hosts for a container's log; None: they cannot (an app without the bus).
 LOGS: web.AppKey[LogSource | None] = web.AppKey("web_logs")
@@ -59,6 +60,9 @@ EXTEND_CHOICES = {"1h": 3600.0, "4h": 4 * 3600.0, "24h": 24 * 3600.0}
 #: When a sign-in refused for want of room (sessions.MAX_SESSIONS) says to try again: sessions
 #: end as users sign out and expire, not at any moment the allocator could name.
 SESSIONS_FULL_RETRY_S = 60
+#: When a live stream refused past its bound (live.MAX_STREAMS_PER_SESSION) says to try again:
+#: as soon as another page of the user's is closed.
+STREAMS_RETRY_S = 5
 
 
 def is_page(path: str) -> bool:
@@ -82,6 +86,7 @@ def setup(
     app[ENGINE] = engine
     app[SESSIONS] = Sessions()
     app[CHANGES] = changes
+    app[STREAMS] = StreamSlots()
     app[AUTHENTICATOR] = authenticator
     app[LOGS] = logs
     app.on_response_prepare.append(_security_headers)
@@ -184,6 +189,30 @@ def _render(name: str, request: web.Request, context: dict[str, Any], status: in
 
 def _fragment(name: str, request: web.Request, context: dict[str, Any]) -> str:
     return aiohttp_jinja2.render_string(name, request, context)
+
+
+async def _live(
+    request: web.Request, session: Session, send: Callable[[], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """`send` a live stream while the session and its owner hold fewer than their bound (429 else)."""
+    slots = request.app[STREAMS]
+    try:
+        slots.take(session, session.owner)
+    except TooManyStreams as exc:
+        log.info("web.streams_refused", owner=session.owner, error=str(exc))
+        headers = {"Retry-After": str(STREAMS_RETRY_S), "Cache-Control": "no-store"}
+        return web.Response(status=429, text=str(exc), headers=headers)
+    try:
+        return await send()
+    finally:
+        slots.give_back(session, session.owner)
+
+
+def _stream(
+    request: web.Request, session: Session, render: Callable[[], str]
+) -> Awaitable[web.StreamResponse]:
+    """The page's live part, `render`ed anew as the fold moves (live.stream), within the bounds."""
+    return _live(request, session, lambda: stream(request, request.app[CHANGES], render))
 
 
 async def signin_form(request: web.Request) -> web.Response:
@@ -301,10 +330,8 @@ async def history_page(request: web.Request) -> web.Response:
 
 async def pool_live(request: web.Request) -> web.StreamResponse:
     session = _session(request)
-    return await stream(
-        request,
-        request.app[CHANGES],
-        lambda: _fragment("_pool.html", request, _pool_context(request, session)),
+    return await _stream(
+        request, session, lambda: _fragment("_pool.html", request, _pool_context(request, session))
     )
 
 
@@ -324,10 +351,8 @@ async def mine_page(request: web.Request) -> web.Response:
 
 async def mine_live(request: web.Request) -> web.StreamResponse:
     session = _session(request)
-    return await stream(
-        request,
-        request.app[CHANGES],
-        lambda: _fragment("_mine.html", request, _mine_context(request, session)),
+    return await _stream(
+        request, session, lambda: _fragment("_mine.html", request, _mine_context(request, session))
     )
 
 
@@ -394,7 +419,7 @@ async def allocation_live(request: web.Request) -> web.StreamResponse:
         context = _allocation_context(request, session, alloc_id) or {}
         return _fragment("_allocation.html", request, context)
 
-    return await stream(request, request.app[CHANGES], render)
+    return await _stream(request, session, render)
 
 
 async def allocation_log(request: web.Request) -> web.StreamResponse:
@@ -410,7 +435,8 @@ async def allocation_log(request: web.Request) -> web.StreamResponse:
             return None
         return Whereabouts(status=context["state"].status, host_id=context["state"].host_id)
 
-    return await follow_log(request, request.app[CHANGES], request.app[LOGS], alloc_id, where)
+    changes, logs = request.app[CHANGES], request.app[LOGS]
+    return await _live(request, session, lambda: follow_log(request, changes, logs, alloc_id, where))
 
 
 async def _act(
@@ -475,8 +501,6 @@ async def machine_page(request: web.Request) -> web.Response:
 async def machine_live(request: web.Request) -> web.StreamResponse:
     session = _any_session(request)
     host_ids = _member_hosts(request, session)
-    return await stream(
-        request,
-        request.app[CHANGES],
-        lambda: _fragment("_machine.html", request, _machine_context(request, host_ids)),
+    return await _stream(
+        request, session, lambda: _fragment("_machine.html", request, _machine_context(request, host_ids))
     )

@@ -13,6 +13,15 @@
   });
   source.addEventListener("error", function () {
     part.classList.add("stale");
+    // Closed for good (the browser retries on its own otherwise): a refusal, e.g. too many
+    // live pages open at once (429); say so rather than go quietly stale.
+    if (source.readyState === EventSource.CLOSED && !document.querySelector(".live-note")) {
+      const note = document.createElement("p");
+      note.className = "live-note";
+      note.setAttribute("role", "status");
+      note.textContent = "Live updates stopped here (too many of your pages open at once?): close some and reload this one.";
+      part.before(note);
+    }
   });
   source.addEventListener("open", function () {
     part.classList.remove("stale");

@@ -44,6 +44,10 @@
   });
   source.addEventListener("error", function () {
     box.classList.add("stale");
+    if (source.readyState === EventSource.CLOSED && note) {  // refused, e.g. too many live pages
+      note.textContent = "The live log stopped here (too many of your pages open at once?): close some and reload this one.";
+      note.hidden = false;
+    }
   });
   source.addEventListener("open", function () {
     box.classList.remove("stale");
