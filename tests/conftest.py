@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.fixtures.nats_cluster",
     "tests.fixtures.ssh",
     "tests.fixtures.solo",
+    "tests.fixtures.web_app",
 ]
 
 

@@ -2,134 +2,21 @@
 on a real event store: what one signed-in user may hold (sessions, live streams, past folds) and
 that it never costs another user.
 
-The app is the allocator's (`api.make_app`), served on a free port, its engine folding a real
-Postgres log; requests go through a plain HTTP client that keeps each session's cookie by hand,
-so that one test can hold many sessions at once.
+tests/fixtures/web_app.py serves it: the allocator's app on a free port, a plain HTTP client
+keeping each session's cookie by hand, so that one test holds many sessions at once.
 """
 
 import asyncio
-import contextlib
 import re
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import aiohttp
-import pytest
 from aiohttp import web
 
-from potluck.allocator.api import make_app
-from potluck.allocator.engine import AllocatorEngine
-from potluck.allocator.users import add_user
 from potluck.allocator.web import routes
 from potluck.allocator.web.live import MAX_STREAMS_PER_OWNER, MAX_STREAMS_PER_SESSION
 from potluck.allocator.web.sessions import COOKIE, MAX_SESSIONS_PER_OWNER, Sessions
-from potluck.contracts.allocation_events import (
-    AllocationRequested,
-    AllocationSpec,
-    Quota,
-    alloc_stream,
-    user_stream,
-)
-from potluck.contracts.capacity import Capacity
 from potluck.events import EventStore
-from tests.helpers import stop, wait_until
-
-
-@dataclass
-class WebApp:
-    url: str
-    app: web.Application
-    engine: AllocatorEngine
-    http: aiohttp.ClientSession
-    tokens: dict[str, str]
-
-    async def sign_in(self, who: str) -> tuple[int, str | None, str]:
-        """Post the sign-in form with `who`'s token: the status, the new session's id (or None)
-        and the page's text."""
-        async with self.http.post(
-            f"{self.url}/web/signin", data={"token": self.tokens[who]}, allow_redirects=False
-        ) as r:
-            cookie = r.cookies.get(COOKIE)
-            return r.status, cookie.value if cookie is not None and cookie.value else None, await r.text()
-
-    async def signed_in(self, who: str) -> str:
-        status, session_id, text = await self.sign_in(who)
-        assert status == 303, text
-        assert session_id is not None
-        return session_id
-
-    async def get(self, session_id: str, path: str) -> tuple[int, str]:
-        """GET `path` with the session's cookie: the status and the body (no redirect followed)."""
-        async with self.http.get(
-            f"{self.url}{path}", headers={"Cookie": f"{COOKIE}={session_id}"}, allow_redirects=False
-        ) as r:
-            return r.status, await r.text()
-
-    async def pending(self, user: str) -> str:
-        """An allocation of `user`'s that waits (no host here), as its request writes it, once
-        the allocator has folded it."""
-        alloc_id = f"a-{user}-{len(self.engine.allocations.allocations):04}"
-        spec = AllocationSpec(
-            resources=Capacity(cpus=0.5, memory_bytes=64 << 20, disk_bytes=64 << 20), image="x:1"
-        )
-        requested = AllocationRequested(alloc_id=alloc_id, user=user, spec=spec, lifetime_s=3600)
-        await self.engine.store.append(alloc_stream(alloc_id), [requested], expected_version=0)
-        await wait_until(lambda: alloc_id in self.engine.allocations.allocations, 10, "the request folded")
-        return alloc_id
-
-    async def open_stream(self, session_id: str, path: str) -> aiohttp.ClientResponse:
-        """Open a live stream and keep it open (the caller closes it): its response, headers read."""
-        return await self.http.get(f"{self.url}{path}", headers={"Cookie": f"{COOKIE}={session_id}"})
-
-    async def try_stream(self, session_id: str, path: str) -> tuple[int, str]:
-        """Open a live stream and close it at once: its status, and the body of a refusal."""
-        r = await self.open_stream(session_id, path)
-        try:
-            return r.status, "" if r.status == 200 else await r.text()
-        finally:
-            r.close()
-
-    async def works(self, session_id: str) -> bool:
-        """Whether the session still opens the pool page (a signed-out one is sent to sign in)."""
-        status, _ = await self.get(session_id, "/")
-        assert status in (200, 303), status
-        return status == 200
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    store: EventStore, users: tuple[str, ...], prepare: Callable[[web.Application], None]
-) -> AsyncIterator[WebApp]:
-    """The allocator's app for `users`, `prepare`d (its bounds changed, say) before it starts."""
-    tokens = {}
-    for name in users:
-        events, tokens[name] = add_user(None, name, Quota())
-        await store.append(user_stream(name), events, expected_version=0)
-    engine = AllocatorEngine(store)
-    await engine.catch_up()
-    following = asyncio.create_task(engine.follow())
-    app = make_app(engine)
-    prepare(app)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        # No cookie jar: each test keeps its sessions' ids itself, several per user.
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-            yield WebApp(f"http://127.0.0.1:{port}", app, engine, http, tokens)
-    finally:
-        await runner.cleanup()
-        await stop(following)
-
-
-@pytest.fixture
-async def pages(store: EventStore) -> AsyncIterator[WebApp]:
-    """The allocator's app with users alice and bob, every bound as the allocator has it."""
-    async with serving(store, ("alice", "bob"), lambda app: None) as served:
-        yield served
-
+from tests.fixtures.web_app import WebApp, serving
 
 # Sessions.
 

@@ -57,6 +57,17 @@ CSP = (
 #: The name an operator's session shows: no user can be called that (users.USER_NAME).
 OPERATOR = "(operator)"
 EXTEND_CHOICES = {"1h": 3600.0, "4h": 4 * 3600.0, "24h": 24 * 3600.0}
+#: What an allocation's page says after a refused extend or release, by the refusal's code. The
+#: redirect carries only the code and the page shows only its own words for it (an unknown
+#: code, none): a link cannot make Potluck's page say anything else, e.g. a phishing line.
+ACTION_ERRORS = {
+    "ALREADY_ENDED": "This allocation has ended: it can no longer be extended or released.",
+    "INVALID_FIELD": f"Extend by one of {', '.join(EXTEND_CHOICES)}.",
+    "BUSY": "The pool is changing too fast to decide now; try again.",
+    "NOT_FOUND": "This allocation is no longer yours to change.",
+    # Any refusal without words of its own here; the allocator's log has its detail.
+    "REFUSED": "That could not be done now; `potluck alloc show` says where the allocation stands.",
+}
 #: When a sign-in refused for want of room (sessions.MAX_SESSIONS) says to try again: sessions
 #: end as users sign out and expire, not at any moment the allocator could name.
 SESSIONS_FULL_RETRY_S = 60
@@ -403,7 +414,7 @@ async def allocation_page(request: web.Request) -> web.Response:
             "trace": await trace_of(recorded),
             "ssh_line": plain_ssh_line(alloc_id),
             "extend_choices": list(EXTEND_CHOICES),
-            "error": request.query.get("error"),
+            "error": ACTION_ERRORS.get(request.query.get("error", "")),
             **context,
         },
     )
@@ -453,8 +464,10 @@ async def _act(
     try:
         await act(request.app[ENGINE], _user(request, session), alloc_id, form)
     except Rejected as exc:
-        # The message goes back as a query parameter: plain text, escaped where shown.
-        raise web.HTTPSeeOther(f"{page}?{urlencode({'error': exc.message})}") from None
+        # Only the code goes back, and only one the page has words for (ACTION_ERRORS).
+        code = exc.code if exc.code in ACTION_ERRORS else "REFUSED"
+        log.info("web.action_refused", alloc_id=alloc_id, code=exc.code, error=exc.message)
+        raise web.HTTPSeeOther(f"{page}?{urlencode({'error': code})}") from None
     raise web.HTTPSeeOther(page)
 
 

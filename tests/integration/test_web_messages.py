@@ -1,0 +1,46 @@
+"""What the allocation page says after a refused change (services/allocator/web/routes.py), over
+real HTTP against the allocator's own app (tests/fixtures/web_app.py).
+
+The redirect after a refused extend carries a code only, and the page shows its own words for a
+code it knows and nothing for any other: a link to Potluck's page cannot make it say anything.
+"""
+
+from urllib.parse import parse_qs, urlsplit
+
+from potluck.allocator.web.routes import ACTION_ERRORS
+from potluck.contracts.allocation_events import AllocationReleased, alloc_stream
+from tests.fixtures.web_app import WebApp
+from tests.helpers import wait_until
+
+PHISHING = "Your session expired: sign in again at https://potluck-login.example"
+
+
+async def test_a_refused_extend_shows_the_pages_own_words_and_no_text_from_the_link(pages: WebApp) -> None:
+    """Tried: alice's allocation is released; she posts its page's extend form; then she opens its
+    page with `?error=` holding a phishing line, and with an unknown code.
+    Must hold: the extend is refused and redirects with `error=ALREADY_ENDED`, nothing else in the
+    query; that page shows the page's own message for it in the alert box; the phishing line and
+    the unknown code show nowhere on the page, and with them the page has no alert box at all."""
+    alice = await pages.signed_in("alice")
+    alloc_id = await pages.pending("alice")
+    await pages.engine.store.append(
+        alloc_stream(alloc_id), [AllocationReleased(alloc_id=alloc_id, by="user:alice")]
+    )
+    await wait_until(
+        lambda: pages.engine.allocations.allocations[alloc_id].terminal, 10, "the release folded"
+    )
+
+    status, location = await pages.post(alice, f"/web/allocations/{alloc_id}/extend", {"by": "1h"})
+    assert status == 303
+    place = urlsplit(location)
+    assert place.path == f"/web/allocations/{alloc_id}"
+    assert parse_qs(place.query) == {"error": ["ALREADY_ENDED"]}
+    status, page = await pages.get(alice, location)
+    assert status == 200
+    assert f'role="alert">{ACTION_ERRORS["ALREADY_ENDED"]}<' in page
+
+    for given in (PHISHING, "NO_SUCH_CODE"):
+        status, page = await pages.get(alice, f"/web/allocations/{alloc_id}?error={given}")
+        assert status == 200
+        assert given not in page
+        assert 'role="alert"' not in page
