@@ -127,3 +127,27 @@ def test_a_members_token_shows_their_hosts_only_and_a_new_one_replaces_it() -> N
     assert (machine.host.host_id, machine.policy, machine.share) == ("h2", "throttled", "0.5 of 2 CPU")
     assert machine.host.mine == ()  # never another user's allocation ids
     assert (series[-1].donated.cpus, series[-1].reserved.cpus) == (2, 0)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 100])
+def test_folding_the_log_a_batch_at_a_time_gives_what_folding_it_whole_gives(size: int) -> None:
+    """past.py feeds the log to Until and Sampler a batch at a time: the model, its position and
+    the samples must be those of the whole log at once, whatever the batches' size."""
+    log = pool_log()
+    records = log.records
+    end = records[-1].recorded_at + timedelta(seconds=1)
+    batches = [records[i : i + size] for i in range(0, len(records), size)]
+    for moment in (history.Moment(position=records[6].position), history.Moment(at=records[4].recorded_at)):
+        until = history.Until(moment)
+        for batch in batches:
+            if not until.feed(batch):
+                break
+        whole, position = history.fold_until(records, moment)
+        assert until.position == position
+        assert views.pool_page(until.model, position, "alice") == views.pool_page(whole, position, "alice")
+    for span in (timedelta(seconds=30), timedelta(seconds=5)):
+        sampler = history.Sampler(end - timedelta(seconds=8), points=10, span=span)
+        for batch in batches:
+            if not sampler.feed(batch):
+                break
+        assert sampler.series() == history.samples(records, end - timedelta(seconds=8), points=10, span=span)

@@ -2,7 +2,8 @@
 
 `routes.setup` adds them to the app (api.make_app calls it); views.py turns the
 folded model into plain values, sessions.py signs browsers in, live.py streams
-each page's live part as the fold moves. Templates and the one script and
+each page's live part as the fold moves, past.py folds the log's past for the
+History page and `?at=` within bounds. Templates and the one script and
 style sheet are files of this package: nothing is fetched from elsewhere.
 """
 

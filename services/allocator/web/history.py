@@ -2,7 +2,9 @@
 
 Both fold the records they are given with the allocator's own model (the same
 `Fold` and projections the engine follows the log with), so a past page is
-exactly what the live one showed then; the caller reads the records.
+exactly what the live one showed then; the caller reads the records, and may
+feed them a batch at a time (`Until`, `Sampler`: past.py does, to keep the
+event loop free between batches).
 """
 
 from collections.abc import Iterable, Iterator
@@ -14,7 +16,7 @@ from potluck.allocator.web.views import Amount, pool_totals
 from potluck.events import Fold, RecordedEvent
 from potluck.kernel.digits import is_digits
 
-__all__ = ["Moment", "Plot", "Sample", "fold_until", "parse_at", "plot", "samples"]
+__all__ = ["Moment", "Plot", "Sample", "Sampler", "Until", "fold_until", "parse_at", "plot", "samples"]
 
 DAY = timedelta(days=1)
 
@@ -51,14 +53,32 @@ def _fold() -> tuple[AllocatorModel, Fold]:
     return model, Fold(model, reader="web-history")
 
 
+class Until:
+    """Folds the records up to `moment`, fed a batch at a time in log order (so that a caller
+    can read the log piecewise and let others run between batches)."""
+
+    def __init__(self, moment: Moment) -> None:
+        self.moment = moment
+        self.model, self._fold = _fold()
+
+    @property
+    def position(self) -> int:
+        return self._fold.position
+
+    def feed(self, records: Iterable[RecordedEvent]) -> bool:
+        """Fold `records`; False once a record lies past the moment (nothing further is needed)."""
+        for record in records:
+            if not self.moment.includes(record):
+                return False
+            self._fold.apply(record)
+        return True
+
+
 def fold_until(records: Iterable[RecordedEvent], moment: Moment) -> tuple[AllocatorModel, int]:
     """The model and its position once every record up to `moment` (in log order) is folded."""
-    model, fold = _fold()
-    for record in records:
-        if not moment.includes(record):
-            break
-        fold.apply(record)
-    return model, fold.position
+    until = Until(moment)
+    until.feed(records)
+    return until.model, until.position
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,41 @@ class Sample:
     at: datetime
     donated: Amount
     reserved: Amount
+
+
+class Sampler:
+    """The pool's totals (of the hosts in `only`, when given) at `points` evenly spaced times over
+    `span` up to `end`, fed the log a batch at a time in log order."""
+
+    def __init__(
+        self, end: datetime, points: int = 96, span: timedelta = DAY, only: frozenset[str] | None = None
+    ) -> None:
+        # Counted back from `end`, so that the last sample is at `end` exactly.
+        self._times: Iterator[datetime] = (
+            end - span * (points - 1 - i) / (points - 1) for i in range(points)
+        )
+        self.only = only
+        self.model, self._fold = _fold()
+        self._out: list[Sample] = []
+        self._t = next(self._times, None)
+
+    def feed(self, records: Iterable[RecordedEvent]) -> bool:
+        """Fold `records`, sampling as time passes; False once every sample is taken."""
+        for record in records:
+            while self._t is not None and record.recorded_at > self._t:
+                self._out.append(Sample(self._t, *pool_totals(self.model, self.only)))
+                self._t = next(self._times, None)
+            if self._t is None:
+                return False
+            self._fold.apply(record)
+        return self._t is not None
+
+    def series(self) -> list[Sample]:
+        """The samples, those after the last record fed taken as the model stands."""
+        while self._t is not None:
+            self._out.append(Sample(self._t, *pool_totals(self.model, self.only)))
+            self._t = next(self._times, None)
+        return self._out
 
 
 def samples(
@@ -77,22 +132,9 @@ def samples(
 ) -> list[Sample]:
     """The pool's totals (of the hosts in `only`, when given) at `points` evenly spaced times
     over `span` up to `end`."""
-    # Counted back from `end`, so that the last sample is at `end` exactly.
-    times: Iterator[datetime] = (end - span * (points - 1 - i) / (points - 1) for i in range(points))
-    model, fold = _fold()
-    out: list[Sample] = []
-    t = next(times, None)
-    for record in records:
-        while t is not None and record.recorded_at > t:
-            out.append(Sample(t, *pool_totals(model, only)))
-            t = next(times, None)
-        if t is None:
-            break
-        fold.apply(record)
-    while t is not None:
-        out.append(Sample(t, *pool_totals(model, only)))
-        t = next(times, None)
-    return out
+    sampler = Sampler(end, points, span, only)
+    sampler.feed(records)
+    return sampler.series()
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,10 @@ from potluck.allocator.web.connect import plain_ssh_line
 from potluck.allocator.web.live import Changes, StreamSlots, TooManyStreams, stream
 from potluck.allocator.web.log_tail import LogSource, Whereabouts, follow_log
 from potluck.allocator.web.mine_page import mine_of
+from potluck.allocator.web.past import BUSY_RETRY_S, Busy, PastFolds
 from potluck.allocator.web.sessions import Session, Sessions, SessionsFull, can_keep_cookie
 from potluck.allocator.web.trace import trace_of
 from potluck.contracts.allocation_events import alloc_stream
-from potluck.events import EventStore, RecordedEvent
 from potluck.kernel.rejections import Rejected
 
 __all__ = ["PREFIX", "is_page", "setup"]
@@ -45,6 +45,7 @@ ENGINE: web.AppKey[AllocatorEngine] = web.AppKey("web_engine", AllocatorEngine)
 SESSIONS: web.AppKey[Sessions] = web.AppKey("web_sessions", Sessions)
 CHANGES: web.AppKey[Changes] = web.AppKey("web_changes", Changes)
 STREAMS: web.AppKey[StreamSlots] = web.AppKey("web_streams", StreamSlots)
+PAST: web.AppKey[PastFolds] = web.AppKey("web_past", PastFolds)
 AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("web_authenticator", Authenticator)
 #: How the pages reach hosts for a container's log; None: they cannot (an app without the bus).
 LOGS: web.AppKey[LogSource | None] = web.AppKey("web_logs")
@@ -98,6 +99,7 @@ def setup(
     app[SESSIONS] = Sessions()
     app[CHANGES] = changes
     app[STREAMS] = StreamSlots()
+    app[PAST] = PastFolds(engine.store)
     app[AUTHENTICATOR] = authenticator
     app[LOGS] = logs
     app.on_response_prepare.append(_security_headers)
@@ -312,29 +314,28 @@ async def pool_page(request: web.Request) -> web.Response:
         moment = history.parse_at(raw)
     except ValueError as exc:
         return _render("bad_request.html", request, {"session": session, "what": str(exc)}, status=400)
-    records = await _log_until(request.app[ENGINE].store, moment)
-    model, position = history.fold_until(records, moment)
+    try:
+        model, position = await request.app[PAST].at(moment, session.owner)
+    except Busy as exc:
+        return _busy(request, session, exc)
     past = views.pool_page(model, position, session.user, everyone=session.operator is not None)
     return _render("pool.html", request, {"session": session, "at": raw, "pool": past})
 
 
-async def _log_until(store: EventStore, moment: history.Moment) -> list[RecordedEvent]:
-    """The log from its start up to `moment` (and the one record past a time, which tells where
-    it ends). The whole log is read: a past page costs one replay, as `potluck ops replay` does."""
-    records: list[RecordedEvent] = []
-    while True:
-        after = records[-1].position if records else 0
-        batch = await store.read_all(after, 5000, until_position=moment.position)
-        records.extend(batch)
-        if not batch or not moment.includes(batch[-1]):
-            return records
+def _busy(request: web.Request, session: Session, busy: Busy) -> web.Response:
+    """A past page that cannot be worked out now (past.py's bounds): say so, and when to retry."""
+    response = _render("busy.html", request, {"session": session, "what": busy.message}, status=busy.status)
+    response.headers["Retry-After"] = str(BUSY_RETRY_S)
+    return response
 
 
 async def history_page(request: web.Request) -> web.Response:
     session = _session(request)
     engine = request.app[ENGINE]
-    records = await _log_until(engine.store, history.Moment())
-    series = history.samples(records, engine.clock())
+    try:
+        series = await request.app[PAST].samples(engine.clock(), None, session.owner)
+    except Busy as exc:
+        return _busy(request, session, exc)
     plots = [history.plot(series, "cpus"), history.plot(series, "memory")]
     return _render("history.html", request, {"session": session, "plots": plots, "position": engine.position})
 
@@ -503,8 +504,10 @@ async def machine_page(request: web.Request) -> web.Response:
         raise web.HTTPSeeOther("/")
     host_ids = _member_hosts(request, session)
     engine = request.app[ENGINE]
-    records = await _log_until(engine.store, history.Moment())
-    series = history.samples(records, engine.clock(), only=frozenset(host_ids))
+    try:
+        series = await request.app[PAST].samples(engine.clock(), frozenset(host_ids), session.owner)
+    except Busy as exc:
+        return _busy(request, session, exc)
     plots = [history.plot(series, "cpus"), history.plot(series, "memory")]
     return _render(
         "machine.html", request, {"session": session, "plots": plots, **_machine_context(request, host_ids)}
