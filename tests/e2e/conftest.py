@@ -64,9 +64,13 @@ async def laptop(pool: Pool, docker_engines: list[DockerEngine]) -> EnrolledHost
     return await start_laptop(pool, docker_engines[0])
 
 
-async def start_laptop(pool: Pool, engine: DockerEngine, name: str = "laptop-a") -> EnrolledHost:
+async def start_laptop(
+    pool: Pool, engine: DockerEngine, name: str = "laptop-a", **config: Any
+) -> EnrolledHost:
+    """Enroll `name` and start its hostd on `engine` (`config`: hostd.toml's keys over the pool's
+    defaults), registered, online and with its images reported."""
     host = await pool.enroll(name)
-    pool.write_config(host, engine)
+    pool.write_config(host, engine, **config)
     pool.start_hostd(host)
     await pool.central_services_ready()  # see HOST_FIXTURES_THAT_WAIT
     await pool.wait_for_host(host.host_id, "active")

@@ -12,7 +12,7 @@ from potluck.hostd.container_config import NOFILE_HARD, NOFILE_SOFT, NPROC, crea
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG, import_rootfs, rootfs_tarball
-from tests.e2e.conftest import wait_for_status
+from tests.e2e.conftest import start_laptop, wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 
 VOLUME_IMAGE = "potluck-volume:1"
@@ -131,13 +131,8 @@ async def test_a_steady_writer_is_caught_past_its_bound_between_two_rounds_of_th
     rounds 6 s apart miss two times out of three. Must hold: the guard, having seen the
     container write toward its bound, measured it again sooner (disk_bound.next_measure_in)
     and stopped it with disk_limit_exceeded."""
-    host = await pool.enroll("steady-writer-host")
     timing = {"heartbeat_interval_s": pool.liveness[0], "drain_grace_s": 2, "disk_check_interval_s": 6}
-    pool.write_config(host, docker_engines[0], timing=timing)
-    pool.start_hostd(host)
-    await pool.central_services_ready()
-    await pool.wait_for_host(host.host_id, "active")
-    await pool.wait_for_images(host.host_id)
+    host = await start_laptop(pool, docker_engines[0], "steady-writer-host", timing=timing)
     write = (
         "i=0; while [ $i -lt 104 ]; do dd if=/dev/zero bs=1M count=1 >> /fill 2>/dev/null; "
         "i=$((i+1)); sleep 0.25; done; rm /fill; sleep 3600"

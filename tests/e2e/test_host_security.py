@@ -29,7 +29,7 @@ from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.registry.service import REQUEST_RATE
-from tests.e2e.conftest import wait_for_status
+from tests.e2e.conftest import start_laptop, wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, release, spec
 
 
@@ -268,16 +268,9 @@ async def test_a_report_another_host_pushed_out_through_jetstreams_answers_is_ma
     bound. Must hold: A's report is gone (the attack worked), and yet, once the allocator is
     back, A's next state report (every 3 s here, 5 minutes by default) ends the allocation as
     exited with the task's own exit code: it does not hold A's capacity as `running`."""
-    a = await pool.enroll("laptop-a")
-    b = await pool.enroll("laptop-b")
     timing = {"heartbeat_interval_s": pool.liveness[0], "drain_grace_s": 2, "state_report_interval_s": 3}
-    pool.write_config(a, docker_engines[0], timing=timing)
-    pool.write_config(b, docker_engines[1])
-    for host in (a, b):
-        pool.start_hostd(host)
-    await pool.central_services_ready()
-    for host in (a, b):
-        await pool.wait_for_host(host.host_id, "active")
+    a = await start_laptop(pool, docker_engines[0], "laptop-a", timing=timing)
+    b = await start_laptop(pool, docker_engines[1], "laptop-b")
     await place(pool.store, a.host_id, "task", spec(command=["sh", "-c", "sleep 6; exit 7"]))
     await wait_for_status(pool, "task", "running")
     pool.processes["allocator"].stop()
