@@ -964,7 +964,9 @@ class ContainerManager:
                     continue
                 rate = (used - before[1]) / (at - before[0])
                 wait = next_measure_in(used=used, rate=rate, bound=spec.disk_bytes, regular_s=regular)
-                due[alloc_id] = at + wait
+                # From the round's start, not this measure's: containers measured together stay
+                # together, one wake-up for all of them rather than one each.
+                due[alloc_id] = now + wait
                 if wait < regular:
                     log.debug(
                         "hostd.disk_measured_sooner",
