@@ -108,8 +108,7 @@ class Sampler:
         """Fold `records`, sampling as time passes; False once every sample is taken."""
         for record in records:
             while self._t is not None and record.recorded_at > self._t:
-                self._out.append(Sample(self._t, *pool_totals(self.model, self.only)))
-                self._t = next(self._times, None)
+                self._take()
             if self._t is None:
                 return False
             self._fold.apply(record)
@@ -118,9 +117,14 @@ class Sampler:
     def series(self) -> list[Sample]:
         """The samples, those after the last record fed taken as the model stands."""
         while self._t is not None:
-            self._out.append(Sample(self._t, *pool_totals(self.model, self.only)))
-            self._t = next(self._times, None)
+            self._take()
         return self._out
+
+    def _take(self) -> None:
+        """The sample due now, as the model stands; on to the next time."""
+        assert self._t is not None
+        self._out.append(Sample(self._t, *pool_totals(self.model, self.only)))
+        self._t = next(self._times, None)
 
 
 def samples(
