@@ -936,6 +936,8 @@ class ContainerManager:
             for alloc_id in self.containers.keys() - due.keys():
                 due[alloc_id] = now  # seen for the first time: measured now
             ready = [alloc_id for alloc_id, at in due.items() if at <= now]
+            if not ready:
+                continue  # nothing placed here: not even the engine is asked
             for alloc_id in ready:
                 due[alloc_id] = now + regular  # unless measured below
             try:
