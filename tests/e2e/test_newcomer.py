@@ -164,7 +164,8 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         for _ in range(60):  # the processes write their spans in batches
             traced = potluck("ops", "trace", allocation["id"], "--database-url", database, env=newcomer)
             assert traced.returncode == 0, traced.stderr
-            if "docker create+start" in traced.stdout:
+            # Each process writes its own batches: wait for the allocator's root and hostd's call alike.
+            if "docker create+start" in traced.stdout and "  POST /v1/allocations  " in traced.stdout:
                 break
             time.sleep(0.5)
         root = traced.stdout.splitlines()[1]
