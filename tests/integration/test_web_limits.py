@@ -13,7 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from potluck.allocator.web import routes
-from potluck.allocator.web.live import MAX_STREAMS_PER_OWNER, MAX_STREAMS_PER_SESSION
+from potluck.allocator.web.live import MAX_STREAMS_PER_OWNER, MAX_STREAMS_PER_SESSION, StreamSlots
 from potluck.allocator.web.sessions import COOKIE, MAX_SESSIONS_PER_OWNER, Sessions
 from potluck.events import EventStore
 from tests.fixtures.web_app import WebApp, serving
@@ -140,3 +140,41 @@ async def test_one_user_holds_a_bounded_number_of_live_streams_across_sessions(p
     finally:
         for r in held:
             r.close()
+
+
+async def test_a_full_allocator_refuses_a_new_stream_to_anybody_until_one_ends(store: EventStore) -> None:
+    """Tried: with room for 3 live streams in all (live.MAX_STREAMS), alice opens 2 and bob 1;
+    then carol, within her own bounds, opens one; then bob closes his and carol tries again.
+    Must hold: carol's first stream is refused with 503, a Retry-After and the reason; the three
+    open streams go on; once bob's ended, carol's opens."""
+
+    def small(app: web.Application) -> None:
+        app[routes.STREAMS] = StreamSlots(total=3)
+
+    async with serving(store, ("alice", "bob", "carol"), small) as pages:
+        alice, bob, carol = [await pages.signed_in(who) for who in ("alice", "bob", "carol")]
+        held = [await pages.open_stream(alice, "/web/live/pool") for _ in range(2)]
+        bobs = await pages.open_stream(bob, "/web/live/pool")
+        try:
+            assert [r.status for r in [*held, bobs]] == [200] * 3
+            async with pages.http.get(
+                f"{pages.url}/web/live/pool", headers={"Cookie": f"{COOKIE}={carol}"}
+            ) as refused:
+                assert refused.status == 503
+                assert int(refused.headers["Retry-After"]) > 0
+                assert "serves 3 live pages at once" in await refused.text()
+            assert not any(r.closed for r in [*held, bobs]), "a refused stream closed others'"
+
+            bobs.close()  # bob's browser goes away: his slot comes free for anybody
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                opened = await pages.open_stream(carol, "/web/live/pool")
+                if opened.status == 200:
+                    held.append(opened)
+                    break
+                opened.close()
+                assert asyncio.get_running_loop().time() < deadline, "bob's ended stream never freed a slot"
+                await asyncio.sleep(0.2)
+        finally:
+            for r in [*held, bobs]:
+                r.close()

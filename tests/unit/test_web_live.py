@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from potluck.allocator.web.live import Changes, StreamSlots, TooManyStreams, _event
+from potluck.allocator.web.live import Changes, StreamsFull, StreamSlots, TooManyStreams, _event
 
 
 async def test_a_waiter_wakes_on_a_fold_and_at_once_on_close() -> None:
@@ -72,6 +72,18 @@ def test_slots_refuse_past_a_sessions_bound_and_past_its_owners() -> None:
     slots.take("b1", "bob")
     assert slots.open_of("alice") == 3
     assert slots.open_of("bob") == 2
+
+
+def test_slots_refuse_anybody_past_everybodys_bound_until_one_is_given_back() -> None:
+    slots = StreamSlots(per_session=2, per_owner=2, total=3)
+    slots.take("a1", "alice")
+    slots.take("a1", "alice")
+    slots.take("b1", "bob")
+    with pytest.raises(StreamsFull, match="serves 3 live pages"):
+        slots.take("c1", "carol")  # within carol's own bounds
+    slots.give_back("a1", "alice")
+    slots.take("c1", "carol")
+    assert (slots.open_of("alice"), slots.open_of("bob"), slots.open_of("carol")) == (1, 1, 1)
 
 
 def test_a_stream_that_ends_frees_its_slot_and_empty_counts_go() -> None:

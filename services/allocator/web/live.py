@@ -9,7 +9,9 @@ state is always the fold's, never patched piecewise by the client.
 Every open stream holds a connection (a file descriptor, a task, a render per
 change; a log tail also asks a member's host once a second), so `StreamSlots`
 bounds how many one session and one owner hold at once: past the bound a
-stream is refused (429, routes.py) and the ones already open go on.
+stream is refused (429, routes.py) and the ones already open go on. All owners together
+hold at most `MAX_STREAMS`, so that many members' and users' pages cannot take the allocator's
+file descriptors from its API: past it a stream is refused (503) until others end.
 """
 
 import asyncio
@@ -21,7 +23,7 @@ from aiohttp import web
 
 from potluck.events import RecordedEvent
 
-__all__ = ["Changes", "StreamSlots", "TooManyStreams", "changed_or_gone", "gone", "stream"]
+__all__ = ["Changes", "StreamSlots", "StreamsFull", "TooManyStreams", "changed_or_gone", "gone", "stream"]
 
 #: Changes closer together than this go out as one event.
 SETTLE_S = 0.1
@@ -38,20 +40,32 @@ MAX_STREAMS_PER_SESSION = 10
 #: One owner's (a user's, a member's token's, the operators') across their sessions: a couple
 #: of browsers' worth. Unbounded, one user held 5,000 streams and slowed everybody's API.
 MAX_STREAMS_PER_OWNER = 20
+#: Everybody's: well under a laptop's default 1,024 open files, which the API's own connections,
+#: the bus and the database share.
+MAX_STREAMS = 500
 
 
 class TooManyStreams(Exception):
     """A session or its owner holds as many live streams as it may; the message says which."""
 
 
+class StreamsFull(TooManyStreams):
+    """The allocator holds as many live streams as it serves, whoever holds them."""
+
+
 class StreamSlots:
     """Counts the live streams each session and each owner holds, and refuses one past a bound."""
 
     def __init__(
-        self, *, per_session: int = MAX_STREAMS_PER_SESSION, per_owner: int = MAX_STREAMS_PER_OWNER
+        self,
+        *,
+        per_session: int = MAX_STREAMS_PER_SESSION,
+        per_owner: int = MAX_STREAMS_PER_OWNER,
+        total: int = MAX_STREAMS,
     ) -> None:
         self.per_session = per_session
         self.per_owner = per_owner
+        self.total = total
         self._by_session: Counter[Hashable] = Counter()
         self._by_owner: Counter[str] = Counter()
 
@@ -59,7 +73,8 @@ class StreamSlots:
         return self._by_owner[owner]
 
     def take(self, session: Hashable, owner: str) -> None:
-        """Count one more stream of `session` (its owner's); TooManyStreams past either bound."""
+        """Count one more stream of `session` (its owner's); TooManyStreams past either bound,
+        StreamsFull past everybody's."""
         if self._by_session[session] >= self.per_session:
             raise TooManyStreams(
                 f"this browser already has {self.per_session} live pages open; close some tabs "
@@ -69,6 +84,11 @@ class StreamSlots:
             raise TooManyStreams(
                 f"you already have {self.per_owner} live pages open (in all your browsers); close "
                 "some and reload this one"
+            )
+        if self._by_owner.total() >= self.total:
+            raise StreamsFull(
+                f"this pool's page serves {self.total} live pages at once and all are open; "
+                "reload this one in a minute"
             )
         self._by_session[session] += 1
         self._by_owner[owner] += 1

@@ -26,7 +26,7 @@ from potluck.allocator.schemas import HistoryEntry
 from potluck.allocator.users import User
 from potluck.allocator.web import history, views
 from potluck.allocator.web.connect import plain_ssh_line
-from potluck.allocator.web.live import Changes, StreamSlots, TooManyStreams, stream
+from potluck.allocator.web.live import Changes, StreamsFull, StreamSlots, TooManyStreams, stream
 from potluck.allocator.web.log_tail import LogSource, Whereabouts, follow_log
 from potluck.allocator.web.mine_page import mine_of
 from potluck.allocator.web.past import BUSY_RETRY_S, Busy, PastFolds
@@ -75,6 +75,8 @@ SESSIONS_FULL_RETRY_S = 60
 #: When a live stream refused past its bound (live.MAX_STREAMS_PER_SESSION) says to try again:
 #: as soon as another page of the user's is closed.
 STREAMS_RETRY_S = 5
+#: When one refused past everybody's bound (live.MAX_STREAMS) says to: as others' pages close.
+STREAMS_FULL_RETRY_S = 60
 
 
 def is_page(path: str) -> bool:
@@ -207,14 +209,17 @@ def _fragment(name: str, request: web.Request, context: dict[str, Any]) -> str:
 async def _live(
     request: web.Request, session: Session, send: Callable[[], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """`send` a live stream while the session and its owner hold fewer than their bound (429 else)."""
+    """`send` a live stream while the session and its owner hold fewer than their bound (429
+    else), and the allocator fewer than its own (503 else)."""
     slots = request.app[STREAMS]
     try:
         slots.take(session, session.owner)
     except TooManyStreams as exc:
-        log.info("web.streams_refused", owner=session.owner, error=str(exc))
-        headers = {"Retry-After": str(STREAMS_RETRY_S), "Cache-Control": "no-store"}
-        return web.Response(status=429, text=str(exc), headers=headers)
+        full = isinstance(exc, StreamsFull)
+        log.info("web.streams_refused", owner=session.owner, error=str(exc), full=full)
+        retry = STREAMS_FULL_RETRY_S if full else STREAMS_RETRY_S
+        headers = {"Retry-After": str(retry), "Cache-Control": "no-store"}
+        return web.Response(status=503 if full else 429, text=str(exc), headers=headers)
     try:
         return await send()
     finally:
