@@ -1,6 +1,7 @@
 """Process lifecycle for every potluck service: run until SIGTERM or SIGINT, then stop cleanly."""
 
 import asyncio
+import resource
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -11,8 +12,32 @@ from potluck.kernel.cancellation import cancel_until_done
 log = structlog.get_logger(__name__)
 
 
+#: The soft limit of open files asked for when the hard one is unlimited.
+OPEN_FILES_IF_UNLIMITED = 65_536
+
+
+def raise_open_files_limit() -> int:
+    """Lift this process's soft limit of open files to its hard one, and return it.
+
+    A laptop's shell hands its processes 1,024 while allowing far more: each connection a service
+    holds (API clients, pages' live streams, SSH sessions, hostd's links) is a file, and running
+    out refuses everybody at once, not only whoever holds many. Go's runtime does the same."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # No kernel takes "unlimited" for open files; this many is more than any service here holds.
+    wanted = OPEN_FILES_IF_UNLIMITED if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft >= wanted:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError) as exc:  # e.g. a hard limit above what the kernel allows
+        log.warning("process.open_files_kept", soft=soft, hard=hard, error=str(exc))
+        return soft
+    return wanted
+
+
 async def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Runs `main(stop)`; SIGTERM/SIGINT set `stop`, and `main` is expected to return soon after."""
+    raise_open_files_limit()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
