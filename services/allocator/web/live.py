@@ -23,7 +23,16 @@ from aiohttp import web
 
 from potluck.events import RecordedEvent
 
-__all__ = ["Changes", "StreamSlots", "StreamsFull", "TooManyStreams", "changed_or_gone", "gone", "stream"]
+__all__ = [
+    "Changes",
+    "StreamSlots",
+    "StreamsFull",
+    "TooManyStreams",
+    "changed_or_gone",
+    "gone",
+    "signed_out_event",
+    "stream",
+]
 
 #: Changes closer together than this go out as one event.
 SETTLE_S = 0.1
@@ -136,14 +145,35 @@ def gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-async def changed_or_gone(request: web.Request, changes: Changes, seen: int, timeout: float) -> int:
-    """`changes.after(seen, timeout)`, but back within GONE_CHECK_S once the browser went away."""
+#: What a stream sends as it ends because its session did (signed out, expired, its token
+#: replaced): the page says so instead of going quietly stale (static/live.js, log_tail.js).
+SIGNED_OUT = "signed-out"
+SIGNED_OUT_TEXT = "You were signed out here (or your token changed): reload the page to sign in again."
+
+
+def _always() -> bool:
+    return True
+
+
+async def changed_or_gone(
+    request: web.Request,
+    changes: Changes,
+    seen: int,
+    timeout: float,
+    signed_in: Callable[[], bool] = _always,
+) -> int:
+    """`changes.after(seen, timeout)`, but back within GONE_CHECK_S once the browser went away
+    or its session ended (`signed_in` says no)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         left = deadline - asyncio.get_running_loop().time()
         now = await changes.after(seen, max(0.0, min(GONE_CHECK_S, left)))
-        if now != seen or changes.closed or gone(request) or left <= GONE_CHECK_S:
+        if now != seen or changes.closed or gone(request) or not signed_in() or left <= GONE_CHECK_S:
             return now
+
+
+def signed_out_event() -> bytes:
+    return _event(SIGNED_OUT, SIGNED_OUT_TEXT)
 
 
 def _event(name: str, html: str) -> bytes:
@@ -152,8 +182,11 @@ def _event(name: str, html: str) -> bytes:
     return f"event: {name}\n{lines}\n".encode()
 
 
-async def stream(request: web.Request, changes: Changes, render: Callable[[], str]) -> web.StreamResponse:
-    """Send `render()` now and after every change until the browser goes away."""
+async def stream(
+    request: web.Request, changes: Changes, render: Callable[[], str], signed_in: Callable[[], bool]
+) -> web.StreamResponse:
+    """Send `render()` now and after every change until the browser goes away, or its session
+    ends (`signed_in` says no: then a `signed-out` event, and nothing rendered for it)."""
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     )
@@ -163,13 +196,19 @@ async def stream(request: web.Request, changes: Changes, render: Callable[[], st
     await response.write(_event("fragment", last))
     try:
         while not changes.closed:
-            now = await changed_or_gone(request, changes, seen, KEEPALIVE_S)
+            now = await changed_or_gone(request, changes, seen, KEEPALIVE_S, signed_in)
             if changes.closed or gone(request):
+                break
+            if not signed_in():
+                await response.write(signed_out_event())
                 break
             if now == seen:
                 await response.write(b": still here\n\n")
                 continue
             await asyncio.sleep(SETTLE_S)
+            if not signed_in():  # the change may be the very one that signed it out
+                await response.write(signed_out_event())
+                break
             seen = changes.count
             html = render()
             if html != last:

@@ -25,7 +25,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 
-from potluck.allocator.web.live import KEEPALIVE_S, Changes, changed_or_gone, gone
+from potluck.allocator.web.live import KEEPALIVE_S, Changes, changed_or_gone, gone, signed_out_event
 from potluck.contracts.log_tail import LogCursor, LogTailPage, LogTailRequest
 from potluck.contracts.messages import Reply
 from potluck.contracts.subjects import LOG_TAIL, host_subject
@@ -125,9 +125,11 @@ async def follow_log(
     source: LogSource | None,
     alloc_id: str,
     where: Callable[[], Whereabouts | None],
+    signed_in: Callable[[], bool],
 ) -> web.StreamResponse:
-    """Send the allocation's log, then its new lines, until the browser goes away or the
-    allocation is no longer the session's to see."""
+    """Send the allocation's log, then its new lines, until the browser goes away, the session
+    ends (`signed_in` says no: then a `signed-out` event) or the allocation is no longer the
+    session's to see."""
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     )
@@ -138,8 +140,11 @@ async def follow_log(
     quiet_since = asyncio.get_running_loop().time()
     try:
         while not changes.closed and not gone(request):
+            if not signed_in():
+                await response.write(signed_out_event())
+                break
             now = where()
-            if now is None:  # its user lost it (a rotated token signs out elsewhere): stop here
+            if now is None:  # no longer the session's to see (an operator's view of one gone)
                 break
             if now.host_id != host_now:  # placed (again): another container, another log
                 host_now, cursor = now.host_id, None if host_now is not None else cursor
@@ -175,7 +180,8 @@ async def follow_log(
                 await asyncio.sleep(POLL_S)
             else:  # nothing to read: ask again later, or soon after the allocation moves
                 ended = code == "NOT_HERE" and now.status in TERMINAL
-                await changed_or_gone(request, changes, changes.count, KEEPALIVE_S if ended else IDLE_POLL_S)
+                wait = KEEPALIVE_S if ended else IDLE_POLL_S
+                await changed_or_gone(request, changes, changes.count, wait, signed_in)
                 await asyncio.sleep(POLL_S)  # a busy pool never makes a page ask more than once a second
     except ConnectionResetError:
         pass  # the browser went away

@@ -171,6 +171,21 @@ def _member_hosts(request: web.Request, session: Session) -> tuple[str, ...]:
     return member.host_ids
 
 
+def _still_signed_in(request: web.Request, session: Session) -> bool:
+    """Whether `session` is still the request's own and its token still its owner's: an open
+    page's live part ends when it is not (signed out, expired, the token rotated or replaced)."""
+    if request.app[SESSIONS].of(request) is not session:
+        return False
+    try:
+        if session.member is not None:
+            _member_hosts(request, session)
+        else:
+            _session(request)
+    except web.HTTPSeeOther:
+        return False
+    return True
+
+
 def _user(request: web.Request, session: Session) -> User:
     return request.app[ENGINE].users.users[session.user]
 
@@ -230,7 +245,10 @@ def _stream(
     request: web.Request, session: Session, render: Callable[[], str]
 ) -> Awaitable[web.StreamResponse]:
     """The page's live part, `render`ed anew as the fold moves (live.stream), within the bounds."""
-    return _live(request, session, lambda: stream(request, request.app[CHANGES], render))
+    changes = request.app[CHANGES]
+    return _live(
+        request, session, lambda: stream(request, changes, render, lambda: _still_signed_in(request, session))
+    )
 
 
 async def signin_form(request: web.Request) -> web.Response:
@@ -453,7 +471,13 @@ async def allocation_log(request: web.Request) -> web.StreamResponse:
         return Whereabouts(status=context["state"].status, host_id=context["state"].host_id)
 
     changes, logs = request.app[CHANGES], request.app[LOGS]
-    return await _live(request, session, lambda: follow_log(request, changes, logs, alloc_id, where))
+
+    def signed_in() -> bool:
+        return _still_signed_in(request, session)
+
+    return await _live(
+        request, session, lambda: follow_log(request, changes, logs, alloc_id, where, signed_in)
+    )
 
 
 async def _act(

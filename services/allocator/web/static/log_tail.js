@@ -42,6 +42,15 @@
       note.hidden = !event.data;
     }
   });
+  // The session ended (signed out, expired, the token changed): the server says so and stops.
+  source.addEventListener("signed-out", function (event) {
+    source.close();
+    box.classList.add("stale");
+    if (note) {
+      note.textContent = event.data;
+      note.hidden = false;
+    }
+  });
   source.addEventListener("error", function () {
     box.classList.add("stale");
     if (source.readyState === EventSource.CLOSED && note) {  // refused, e.g. too many live pages
