@@ -157,6 +157,12 @@ async def _json(request: web.Request) -> Any:
         raise Rejected("UNSUPPORTED_MEDIA_TYPE", "send the body as application/json", status=415)
     try:
         return await request.json(loads=_loads)
+    except LookupError:  # a charset Python has no codec for
+        raise Rejected(
+            "UNSUPPORTED_MEDIA_TYPE",
+            f"charset {request.charset!r} is not one this API reads; send the body as UTF-8 JSON",
+            status=415,
+        ) from None
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or an integer of too many digits
         raise Rejected("MALFORMED_JSON", f"the body is not valid JSON: {exc}", status=400) from None
     except RecursionError:
@@ -172,9 +178,22 @@ def _no_constant(name: str) -> Any:
 def _loads(text: str) -> Any:
     # Python's parser takes NaN and Infinity, which JSON has not, and \ud800-style escapes of
     # lone surrogates, which encode as no UTF-8 (RFC 7493 forbids them; Postgres refuses them).
-    body = json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int)
+    # RFC 7493 also forbids a name twice in one object: Python keeps the last, where another
+    # reader (a proxy, an audit) may have checked the first.
+    body = json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int, object_pairs_hook=_unique)
     _no_lone_surrogates(body)
     return body
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise ValueError(f"{name[:40]!r} is given more than once in one object; give it once")
+            seen.add(name)
+    return obj
 
 
 def _bounded_int(text: str) -> int:

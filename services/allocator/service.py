@@ -284,10 +284,12 @@ async def serve_http(
     from aiohttp import web
 
     from potluck.allocator.api import make_app
+    from potluck.allocator.http_refusals import refusals_logger
     from potluck.allocator.web.log_tail import LogSource
 
     logs = LogSource(nc) if nc is not None else None
-    runner = web.AppRunner(make_app(engine, registry=registry, logs=logs), access_log=None)
+    app = make_app(engine, registry=registry, logs=logs)
+    runner = web.AppRunner(app, access_log=None, logger=refusals_logger())
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True)

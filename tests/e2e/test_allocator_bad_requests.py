@@ -4,6 +4,8 @@ Each case leaves the pool as it found it, which its last assertion checks, so al
 one pool (`module_pool`) with one host and one user, started once for the module.
 """
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -91,4 +93,93 @@ async def test_bad_requests_get_a_clear_error_and_nothing_is_recorded(
     assert answer["error"].get("field") == field
     assert answer["error"]["message"]
     assert "sys." not in answer["error"]["message"], "names no interpreter setting"
+    assert await pool.store.head_position() == head
+
+
+async def _raw(port: int, head: bytes) -> bytes:
+    """Send `head` as is and read the answer to its end (aiohttp closes after a refusal)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_requests_the_parser_refuses_are_logged_without_their_text_and_sparingly(
+    shared: tuple[Pool, Api],
+) -> None:
+    """Tried: 30 requests aiohttp's parser refuses (bare LF line ends, a header past 8 KB), each
+    with alice's bearer token, from one address.
+    Must hold: each gets a 400; the allocator's log never holds the token, nor a traceback; it
+    says `api.http_refused` with the kind of refusal, a few times, not 30; alice's token still
+    works and nothing is recorded."""
+    pool, alice = shared
+    head = await pool.store.head_position()
+    token = alice.headers["Authorization"].removeprefix("Bearer ")
+    log_path = pool.workdir / "allocator.log"
+    before = log_path.stat().st_size
+    bare_lf = f"GET /v1/pool HTTP/1.1\nHost: x\nAuthorization: Bearer {token}\n\n".encode()
+    pad = "p" * 9000
+    too_long = f"GET /v1/pool HTTP/1.1\r\nAuthorization: Bearer {token}\r\nX-Pad: {pad}\r\n\r\n".encode()
+    for i in range(30):
+        answer = await _raw(pool.api_port, bare_lf if i % 2 else too_long)
+        assert answer.split(b" ", 2)[1] == b"400", answer[:200]
+
+    written = ""
+    for _ in range(50):  # the log is written by another process
+        written = log_path.read_bytes()[before:].decode(errors="replace")
+        if "api.http_refused" in written:
+            break
+        await asyncio.sleep(0.1)
+    assert token not in written, "a client's token reached the allocator's log"
+    assert "Traceback" not in written, written[-2000:]
+    assert "Error handling request" not in written, written[-2000:]
+    refused = [line for line in written.splitlines() if "api.http_refused" in line]
+    assert refused, written[-2000:]
+    assert len(refused) <= 10, f"{len(refused)} lines for 30 refusals from one address"
+    assert {json.loads(line)["refusal"] for line in refused} <= {
+        "BadHttpMessage",
+        "BadStatusLine",
+        "LineTooLong",
+    }
+    assert {json.loads(line)["status"] for line in refused} == {400}
+
+    status, _ = await alice.call("GET", "/v1/pool")
+    assert status == 200
+    assert await pool.store.head_position() == head
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status", "code"),
+    [
+        # A charset Python has no codec for: the client's mistake, not the allocator's.
+        ("application/json; charset=bogus-xx", b'{"cpus": 1}', 415, "UNSUPPORTED_MEDIA_TYPE"),
+        ("text/plain", b'{"cpus": 1}', 415, "UNSUPPORTED_MEDIA_TYPE"),
+        # A name twice: Python would keep the last, where a proxy or an audit read the first.
+        (
+            "application/json",
+            b'{"cpus": 300, "memory": "64M", "image": "x", "cpus": 0.5}',
+            400,
+            "MALFORMED_JSON",
+        ),
+    ],
+)
+async def test_bodies_of_an_unreadable_type_or_with_a_name_twice_are_refused(
+    shared: tuple[Pool, Api], content_type: str, body: bytes, status: int, code: str
+) -> None:
+    """Tried: a body in a charset with no codec, a body of another media type, a JSON object
+    naming a field twice. Must hold: the status and code the API publishes, a message, and the
+    log's head does not move."""
+    pool, alice = shared
+    head = await pool.store.head_position()
+    async with alice.http.post(
+        pool.api + "/v1/allocations", data=body, headers={**alice.headers, "Content-Type": content_type}
+    ) as response:
+        got_status, answer = response.status, await response.json()
+    assert got_status == status, answer
+    assert answer["error"]["code"] == code
+    assert answer["error"]["message"]
     assert await pool.store.head_position() == head

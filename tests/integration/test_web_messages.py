@@ -5,9 +5,10 @@ The redirect after a refused extend carries a code only, and the page shows its 
 code it knows and nothing for any other: a link to Potluck's page cannot make it say anything.
 """
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from potluck.allocator.web.routes import ACTION_ERRORS
+from potluck.allocator.web.sessions import COOKIE
 from potluck.contracts.allocation_events import AllocationReleased, alloc_stream
 from tests.fixtures.web_app import WebApp
 from tests.helpers import wait_until
@@ -44,3 +45,37 @@ async def test_a_refused_extend_shows_the_pages_own_words_and_no_text_from_the_l
         assert status == 200
         assert given not in page
         assert 'role="alert"' not in page
+
+
+async def test_a_missing_allocations_page_repeats_no_sentence_from_the_link(pages: WebApp) -> None:
+    """Tried: alice opens the page of an allocation whose "id" in the link is a phishing line, and
+    of one with a plain id that is not hers. Must hold: both are 404; the first page shows none
+    of the link's words, the second names the id it was asked for."""
+    alice = await pages.signed_in("alice")
+    status, page = await pages.get(alice, "/web/allocations/x%20-%20" + quote(PHISHING, safe=""))
+    assert status == 404
+    assert "potluck-login.example" not in page
+    assert "sign in again" not in page
+    assert "no such allocation of yours" in page
+    status, page = await pages.get(alice, "/web/allocations/a-000000000000")
+    assert status == 404
+    assert "no allocation a-000000000000 of yours" in page
+
+
+async def test_a_sign_in_form_no_browser_sends_is_a_400_not_a_failure(pages: WebApp) -> None:
+    """Tried: the sign-in form posted in a charset without a codec, and as multipart without its
+    boundary. Must hold: 400 with what to do, no session cookie, and alice can still sign in."""
+    for content_type in (
+        "application/x-www-form-urlencoded; charset=bogus-xx",
+        "multipart/form-data",
+    ):
+        async with pages.http.post(
+            f"{pages.url}/web/signin",
+            data=f"token={pages.tokens['alice']}".encode(),
+            headers={"Content-Type": content_type},
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 400, (content_type, await r.text())
+            assert "from Potluck's own page" in await r.text()
+            assert COOKIE not in r.cookies
+    await pages.signed_in("alice")

@@ -10,6 +10,7 @@ session yet, is held to the same origin instead) and answers with a redirect,
 so that reloading a page never posts twice.
 """
 
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -200,9 +201,18 @@ def _same_origin(request: web.Request) -> None:
         raise web.HTTPForbidden(text="this form must be sent from Potluck's own page")
 
 
+async def _read_form(request: web.Request) -> Any:
+    """The posted form; a body no browser sends (a charset without a codec, multipart without
+    its boundary) is the client's error, not the allocator's."""
+    try:
+        return await request.post()
+    except (ValueError, LookupError, UnicodeDecodeError):
+        raise web.HTTPBadRequest(text="the form could not be read: send it from Potluck's own page") from None
+
+
 async def _form_of(request: web.Request, session: Session) -> Any:
     _same_origin(request)
-    form = await request.post()
+    form = await _read_form(request)
     sent = form.get("csrf")
     if not session.csrf_ok(sent if isinstance(sent, str) else None):
         raise web.HTTPForbidden(text="the form is stale or not from this page; reload it and try again")
@@ -272,7 +282,7 @@ async def signin(request: web.Request) -> web.Response:
             "would cross the network in clear and the browser would drop the session cookie"
         )
         return _render("signin.html", request, {"session": None, "error": error}, status=400)
-    form = await request.post()
+    form = await _read_form(request)
     token = form.get("token")
     if isinstance(token, str) and token.strip():
         members = request.app[ENGINE].model.members
@@ -391,13 +401,18 @@ async def mine_live(request: web.Request) -> web.StreamResponse:
     )
 
 
+#: What an allocation's id may look like for a page to repeat it: a link cannot make the page
+#: say a sentence of its own ("no allocation x - your token leaked, paste it at ...").
+SHOWN_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
 def _not_found(request: web.Request, session: Session, alloc_id: str) -> web.Response:
-    return _render(
-        "not_found.html",
-        request,
-        {"session": session, "what": f"no allocation {alloc_id} of yours"},
-        status=404,
+    what = (
+        f"no allocation {alloc_id} of yours"
+        if SHOWN_ID.fullmatch(alloc_id)
+        else "no such allocation of yours"
     )
+    return _render("not_found.html", request, {"session": session, "what": what}, status=404)
 
 
 def _allocation_context(request: web.Request, session: Session, alloc_id: str) -> dict[str, Any] | None:
