@@ -152,9 +152,11 @@ async def test_a_pending_request_is_refused_when_its_queue_timeout_passes(pool: 
 async def test_lifetime_expiry_stops_the_container_and_frees_capacity(
     pool: Pool, alice: Api, laptop: EnrolledHost, docker_engines: list[DockerEngine]
 ) -> None:
-    _, created = await alice.call("POST", "/v1/allocations", small(lifetime=3))
+    # Long enough to be seen running on a loaded machine (a start took over 3 s beside another
+    # test), short enough to see it end.
+    _, created = await alice.call("POST", "/v1/allocations", small(lifetime=8))
     _, running = await alice.call("GET", f"/v1/allocations/{created['id']}?wait=running&timeout=30")
-    assert running["state"] == "running"
+    assert running["state"] == "running", running
     _, expired = await alice.call("GET", f"/v1/allocations/{created['id']}?wait=expired&timeout=30")
     assert expired["state"] == "expired"
     with DockerDriver(docker_engines[0].url) as driver:

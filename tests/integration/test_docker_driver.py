@@ -494,6 +494,16 @@ def test_pause_unpause_and_stop(docker_driver: DockerDriver, test_image: str) ->
     """A running container is paused, unpaused, then stopped. Afterwards each state showed
     (paused, running), and the stop ended it by SIGTERM through docker-init (exit 143)."""
     container_id = docker_driver.run(_spec(test_image))
+    # Started is not yet ready: a SIGTERM before docker-init has set up its signals reaches a
+    # PID 1 with no handler, which ignores it (the stop then kills: 137). Once the command
+    # runs, docker-init forwards signals.
+    for _ in range(100):
+        shown = docker_driver.exec_run(container_id, ["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"])
+        if b"sleep 1000" in shown.output:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the command never ran: {shown.output!r}")
 
     docker_driver.pause(container_id)
     assert docker_driver.state(container_id).status == "paused"
