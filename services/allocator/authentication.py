@@ -10,8 +10,13 @@ tokens becomes a way to tie it up:
   by CATCH_UP_S, and concurrent failures share that one catch-up;
 - each failure counts against the source address: `FailureWindow.limit`
   failures within `window_s` lock the address out (429, with Retry-After)
-  until the oldest of them is older than the window. Only the address is
-  locked: a valid token from another address still works.
+  until the oldest of them is older than the window. Only guessing is
+  locked: a valid token still works, from another address or from this one
+  (`known`). Tokens hold 256 random bits, so the lockout never stood between
+  a guesser and a token; it bounds what guessing costs, and a good token
+  costs one lookup. Refusing it too let one script looping on an old token
+  lock out every user behind the same address (all of `potluck up`'s on
+  loopback, everyone behind one proxy).
 
 Nothing is stored: the counts live in memory, bounded by `max_sources`.
 """
@@ -109,6 +114,11 @@ class Authenticator:
 
     def locked(self, source: str) -> Locked | None:
         return self.failures.locked(source, self.clock())
+
+    def known(self, token: str) -> bool:
+        """Whether a user holds `token` as the log is folded now: a lookup, nothing counted and
+        no catch-up, so a locked-out address may still use a good token."""
+        return self.users.authenticate(token) is not None
 
     async def authenticate(self, source: str, token: str) -> User | None:
         """The token's user, or None (counted as a failure of `source`)."""

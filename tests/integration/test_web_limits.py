@@ -178,3 +178,26 @@ async def test_a_full_allocator_refuses_a_new_stream_to_anybody_until_one_ends(s
         finally:
             for r in [*held, bobs]:
                 r.close()
+
+
+# Failed sign-ins.
+
+
+async def test_failed_sign_ins_lock_out_guesses_from_an_address_but_not_a_good_token(pages: WebApp) -> None:
+    """Tried: 30 sign-ins with a token nobody holds from 127.0.0.1 (the API's limit), then one
+    more guess, then alice's own token from the same address.
+    Must hold: the guesses are 401s, then the next is a 429 with Retry-After and no session;
+    alice still signs in (a script looping on a stale token must not lock out everyone behind
+    its address)."""
+    for _ in range(30):
+        async with pages.http.post(
+            f"{pages.url}/web/signin", data={"token": "nope"}, allow_redirects=False
+        ) as r:
+            assert r.status == 401
+    async with pages.http.post(f"{pages.url}/web/signin", data={"token": "nope"}, allow_redirects=False) as r:
+        assert r.status == 429
+        assert 0 < int(r.headers["Retry-After"]) <= 60
+        assert "too many failed sign-ins" in await r.text()
+        assert COOKIE not in r.cookies
+    alice = await pages.signed_in("alice")
+    assert await pages.works(alice)

@@ -269,13 +269,6 @@ async def signin(request: web.Request) -> web.Response:
     _same_origin(request)
     authenticator = request.app[AUTHENTICATOR]
     source = request.remote or "unknown"
-    locked = authenticator.locked(source)
-    if locked is not None:
-        # The same limit as the API's bearer tokens: guessing through the form costs as much.
-        wait = f"too many failed sign-ins from {source}; try again in {locked.retry_after_s:.0f} s"
-        response = _render("signin.html", request, {"session": None, "error": wait}, status=429)
-        response.headers["Retry-After"] = str(max(1, round(locked.retry_after_s)))
-        return response
     if not can_keep_cookie(request):
         error = (
             "sign-in needs https (or this page opened on 127.0.0.1): over plain http the token "
@@ -283,23 +276,35 @@ async def signin(request: web.Request) -> web.Response:
         )
         return _render("signin.html", request, {"session": None, "error": error}, status=400)
     form = await _read_form(request)
-    token = form.get("token")
-    if isinstance(token, str) and token.strip():
-        members = request.app[ENGINE].model.members
+    sent = form.get("token")
+    token = sent.strip() if isinstance(sent, str) else ""
+    members = request.app[ENGINE].model.members
+    known = bool(token) and (
+        members.is_operator(token) or members.authenticate(token) is not None or authenticator.known(token)
+    )
+    locked = None if known else authenticator.locked(source)
+    if locked is not None:
+        # The same limit as the API's bearer tokens: guessing through the form costs as much,
+        # and a token that is good signs in all the same (see Authenticator.known).
+        wait = f"too many failed sign-ins from {source}; try again in {locked.retry_after_s:.0f} s"
+        response = _render("signin.html", request, {"session": None, "error": wait}, status=429)
+        response.headers["Retry-After"] = str(max(1, round(locked.retry_after_s)))
+        return response
+    if token:
         sessions = request.app[SESSIONS]
         try:
-            if members.is_operator(token.strip()):
+            if members.is_operator(token):
                 response = _see_other("/")
                 sessions.start(response, request, OPERATOR, operator=members.operator_token)
                 log.info("web.operator_signed_in")
                 return response
-            member = members.authenticate(token.strip())
+            member = members.authenticate(token)
             if member is not None:
                 response = _see_other(PREFIX + "machine")
                 sessions.start(response, request, "member", member=member.token_sha256)
                 log.info("web.member_signed_in", hosts=list(member.host_ids))
                 return response
-            user = await authenticator.authenticate(source, token.strip())
+            user = await authenticator.authenticate(source, token)
             if user is not None:
                 response = _see_other("/")
                 sessions.start(response, request, user.name, token=user.token_sha256)
