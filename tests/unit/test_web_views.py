@@ -89,6 +89,14 @@ def test_at_refuses_what_is_neither_a_position_nor_a_time(raw: str) -> None:
         history.parse_at(raw)
 
 
+@pytest.mark.parametrize("raw", ["9" * 20, "1" * 5000])
+def test_at_refuses_a_position_of_more_digits_than_any_and_names_no_interpreter_setting(raw: str) -> None:
+    with pytest.raises(ValueError, match="past any log position") as refused:
+        history.parse_at(raw)
+    assert "sys." not in str(refused.value)
+    assert history.parse_at("0" * 30 + "7").position == 7  # leading zeros are no digits of a position
+
+
 def test_the_days_samples_follow_the_log_and_plot_within_the_box() -> None:
     log = pool_log()
     end = log.records[-1].recorded_at + timedelta(seconds=1)

@@ -34,10 +34,18 @@ class Moment:
         return self.at is None or record.recorded_at <= self.at
 
 
+#: A Postgres bigint's digits: no log position has more.
+POSITION_DIGITS = 19
+
+
 def parse_at(raw: str) -> Moment:
     """`?at=`: a log position (digits) or an ISO time (UTC when it names no zone); ValueError else."""
     raw = raw.strip()
     if is_digits(raw):
+        # A log position is a bigint; past Python's digit limit `int` would ask for an
+        # interpreter setting, which is not the reader's to change.
+        if len(raw.lstrip("0")) > POSITION_DIGITS:
+            raise ValueError(f"at={raw[:40]}... is past any log position ({POSITION_DIGITS} digits at most)")
         return Moment(position=int(raw))
     try:
         at = datetime.fromisoformat(raw)
