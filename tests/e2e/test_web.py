@@ -339,6 +339,32 @@ async def test_rotating_a_users_token_ends_their_web_sessions(web_pool: WebPool)
             await asyncio.sleep(0.1)
 
 
+async def test_an_open_page_says_so_when_its_session_is_signed_out_elsewhere(
+    web_pool: WebPool,
+    browser: Browser,  # noqa: F811
+) -> None:
+    """Tried: alice opens the pool page in one tab, then signs out in another tab of the same
+    browser. Must hold: the first tab's live part stops and the page says she was signed out
+    (the stream's `signed-out` event), without a reload; no script error."""
+    page = await web_pool.signed_in(browser, "alice")
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    await page.evaluate("window.sameDocument = true")
+    other = await page.context.new_page()
+    await other.goto("/")
+    async with other.expect_navigation(wait_until="domcontentloaded"):
+        await other.click("form[action='/web/signout'] button")
+    assert other.url.endswith("/web/signin")
+
+    note = page.locator(".live-note")
+    await note.wait_for(timeout=10_000)
+    assert "signed out" in await note.inner_text()
+    assert await page.evaluate("window.sameDocument === true"), "the page must say it without reloading"
+    assert await page.locator("[data-live].stale").count() == 1
+    assert errors == []
+    await page.context.close()
+
+
 #: Prints a line with markup, then a numbered line every 0.3 s.
 TALKER = (
     "sh",
