@@ -11,6 +11,7 @@ from potluck.allocator.conditions import ConditionCause, ConditionState, conditi
 from potluck.allocator.waiting import Standing, WaitingReason
 from potluck.contracts.allocation_events import OnPreempt
 from potluck.contracts.capacity import MIN_CPUS
+from potluck.contracts.host_labels import LABEL_NAME
 from potluck.contracts.image_reference import REFERENCE_PATTERN
 from potluck.kernel.durations import DurationBetween
 from potluck.kernel.sizes import SizeBetween
@@ -27,7 +28,6 @@ SSH_KEY = (
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
 #: Free text: anything but NUL, which neither Postgres' JSON nor a process' argv or environment holds.
 TEXT = r"^[^\u0000]*$"
-LABEL_NAME = r"^[A-Za-z0-9_.-]{1,63}$"
 #: The longest OpenSSH public key line accepted (a 16384-bit RSA key is about 2.8 KB).
 MAX_KEY_TEXT = 8192
 # Bounds of the fields (the JSON schema publishes them; the parsers check exactly those).
@@ -115,7 +115,8 @@ def _names_match(pattern: str, what: str) -> Callable[[dict[str, str]], dict[str
     return check
 
 
-#: Environment variables by name, and host labels by name, as request bodies take them.
+#: Environment variables by name, and host labels by name, as request bodies take them (a
+#: label's name as hosts carry it: potluck.contracts.host_labels, which bounds hosts' labels).
 EnvVars = Annotated[
     dict[str, Text],
     AfterValidator(_names_match(ENV_NAME, "environment variable name")),
