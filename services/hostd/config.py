@@ -16,7 +16,7 @@
     memory = "4G"
     disk = "20G"
 
-    [labels]            # placement constraints users may ask for
+    [labels]            # placement constraints users may ask for (bounded: see below)
     zone = "home"
 
     [timing]
@@ -71,6 +71,12 @@ link-local addresses, `localhost`) is pulled from only when an entry names it
 without a wildcard in its registry part (local_registries.py), whatever else
 the list admits; the allocator places an image whose registry is such an
 address, or `localhost`, only where a member named it.
+
+`[labels]`: at most 32; a name is 1 to 63 letters, digits, `_`, `.` or `-` (what
+requests' `constraints` can name), a value at most 128 characters of visible text
+(no control or invisible format character, no white space at either end;
+potluck.contracts.host_labels). A label outside that stops hostd at start,
+naming it and what to change; the registry refuses it too (BAD_LABELS).
 
 `allow_network` (default false): allocations that ask for `network: true` are
 placed here only when it is true, and hostd refuses any that arrives
@@ -158,6 +164,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from potluck.contracts.capacity import Capacity
+from potluck.contracts.host_labels import check_labels
 from potluck.contracts.image_reference import InvalidReference, image_allowed, parse_pattern
 from potluck.contracts.subjects import validate_host_id
 from potluck.hostd.gateway_config import GatewayLink
@@ -232,6 +239,12 @@ class HostdConfig(BaseModel):
     @classmethod
     def _host_id(cls, value: str) -> str:
         return validate_host_id(value)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        check_labels(value)  # InvalidLabels, a ValueError: named under `labels` in the ConfigError
+        return value
 
     @field_validator("allowed_images")
     @classmethod
