@@ -36,6 +36,7 @@ from potluck.contracts.host_events import (
     HostResumed,
     HostRevoked,
 )
+from potluck.contracts.host_labels import BAD_LABELS
 from potluck.contracts.messages import (
     DesiredState,
     Heartbeat,
@@ -362,6 +363,9 @@ class Agent:
                     raise HostdStopped(f"{error.get('message')}: run `potluck ops hosts enroll` first")
                 if error.get("code") in FINAL_REFUSALS:
                     raise HostdStopped(f"{error.get('message')} ({error.get('code')})")
+                if error.get("code") == BAD_LABELS:
+                    # Asking again sends the same labels: only the member's configuration changes them.
+                    raise HostdStopped(f"the registry refused this machine's labels: {error.get('message')}")
                 if error.get("code") == "CONTRACT_MISMATCH":
                     # Not final: the services' upgrade, which may be under way, lets it in. Until
                     # then nothing here is touched: no sync, no reports, what runs stays as it is.

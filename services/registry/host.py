@@ -7,6 +7,10 @@ Repeating a command that already took effect produces no event.
 Leaving (HostLeft) and revocation (HostRevoked) are final: a gone host's
 registration and controls are refused with HOST_LEFT or HOST_REVOKED
 (`gone_refusal`), unlike a deregistration, which the next registration lifts.
+
+A registration's labels are held to potluck.contracts.host_labels' bound here, where it is
+decided (BAD_LABELS): a hostd of another version, or a member who sends the message by hand,
+gets a refusal naming the labels at fault, and nothing is recorded.
 """
 
 from datetime import datetime
@@ -33,6 +37,7 @@ from potluck.contracts.host_events import (
     HostThrottled,
     HostWoke,
 )
+from potluck.contracts.host_labels import BAD_LABELS, InvalidLabels, check_labels
 from potluck.contracts.messages import ControlHost, PolicyChanged, RegisterHost, SleepNotice
 from potluck.events import Event
 from potluck.kernel.rejections import Rejected
@@ -108,6 +113,11 @@ def register(state: HostState | None, host_id: str, req: RegisterHost) -> list[E
         # Registered, it would be sent what it cannot read (or send what the services cannot).
         refusal = mismatch(req.contract, CONTRACT_VERSION)
         raise Rejected("CONTRACT_MISMATCH", refusal, field="contract", status=409)
+    try:
+        check_labels(req.labels)
+    except InvalidLabels as exc:
+        said = f"this machine's labels are outside what the pool takes: {exc}; change [labels] in hostd.toml"
+        raise Rejected(BAD_LABELS, said, field="labels", status=400) from None
     event = HostRegistered(
         host_id=host_id,
         donated=req.donated,

@@ -7,14 +7,17 @@ last-seen clock that only the running registry has, and the log position the
 model has reached, so an answer and its position belong together.
 """
 
+from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from potluck.contracts.host_events import Actor
+from potluck.contracts.host_labels import BAD_LABELS
 from potluck.contracts.messages import ControlHost, RegisterHost
 from potluck.contracts.subjects import host_consumer, host_event_filter
 from potluck.events import EVENTS_STREAM, EventStore, Fold
@@ -27,6 +30,8 @@ from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.repository import Known, decide_on_host, load_host
 
 __all__ = ["STATE_REQUESTS", "HostRequests"]
+
+log = structlog.get_logger(__name__)
 
 #: The requests on LIST_HOSTS that ask for the read model rather than a page of the list.
 STATE_REQUESTS = ("digests", "bucket", "rows", "page")
@@ -41,16 +46,31 @@ class HostRequests:
         self.fold = fold
         self.view = view
         self.watch = watch
+        #: Registrations refused per host for their labels (BAD_LABELS), since start.
+        self.refused_labels: Counter[str] = Counter()
 
     async def register(self, host_id: str, payload: bytes) -> dict[str, Any]:
         req = RegisterHost.model_validate_json(payload)
-        outcome = await decide_on_host(
-            self.store,
-            host_id,
-            lambda s: aggregate.register(s, host_id, req),
-            {"actor": f"host:{host_id}"},
-            known=self._known(host_id),
-        )
+        try:
+            outcome = await decide_on_host(
+                self.store,
+                host_id,
+                lambda s: aggregate.register(s, host_id, req),
+                {"actor": f"host:{host_id}"},
+                known=self._known(host_id),
+            )
+        except Rejected as exc:
+            if exc.code == BAD_LABELS:
+                # Logged at the pace the host's requests are let through (its rate, replies.py).
+                self.refused_labels[host_id] += 1
+                log.warning(
+                    "registry.labels_refused",
+                    host_id=host_id,
+                    labels=len(req.labels),
+                    error=exc.message,
+                    refused=self.refused_labels[host_id],
+                )
+            raise
         await self._ensure_host_consumer(host_id)
         self.watch.last_seen.beat(host_id)
         state = await load_host(self.store, host_id, known=self.view.hosts.get(host_id))
