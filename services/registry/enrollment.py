@@ -61,6 +61,7 @@ async def enroll_with_token(
     single-use join token (the log keeps its secret's digest and the throwaway public key).
 
     The token's expiry is on the log's clock (`now` by default), as every decision about it is."""
+    aggregate.check_name(name)  # before the token, which holds the name too
     host_id = validate_host_id(new_host_id())
     throwaway = new_user_key()
     token = JoinToken(

@@ -37,14 +37,26 @@ from potluck.contracts.host_events import (
     HostThrottled,
     HostWoke,
 )
-from potluck.contracts.host_labels import BAD_LABELS, InvalidLabels, check_labels
+from potluck.contracts.host_labels import BAD_LABELS, InvalidLabels, check_labels, value_problem
 from potluck.contracts.messages import ControlHost, PolicyChanged, RegisterHost, SleepNotice
 from potluck.events import Event
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostState
 
 
+def check_name(name: str) -> str:
+    """`name` if a machine may be enrolled as it; else BAD_NAME. The name becomes the host's
+    `name` label (`potluck join` writes it into hostd.toml) and is shown wherever hosts are
+    listed, so it is held to a label value's bound (potluck.contracts.host_labels), and is
+    not empty."""
+    problem = "is empty" if not name else value_problem(name)
+    if problem is not None:
+        raise Rejected("BAD_NAME", f"the name {name[:40]!r} {problem}", field="name", status=400)
+    return name
+
+
 def enroll(state: HostState | None, host_id: str, name: str, nkey: str) -> list[Event]:
+    check_name(name)
     if state is not None:
         raise Rejected("HOST_EXISTS", f"host {host_id} is already enrolled as {state.name!r}")
     return [HostEnrolled(host_id=host_id, name=name, nkey=nkey)]
