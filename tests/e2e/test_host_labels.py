@@ -1,0 +1,180 @@
+"""Host labels outside the bound (potluck.contracts.host_labels), on a real pool.
+
+NATS, Postgres, the registry, the allocator and hostd on a private Docker engine, all real. A
+hostd of another version (or a member sending the message by hand) is played by a client with
+the host's own NATS identity, and by hostd's own agent run in the test's process with a
+configuration that skipped the check; a member's hostd.toml by the `potluck hostd` command.
+"""
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from potluck.contracts.host_events import host_stream
+from potluck.contracts.host_labels import BAD_LABELS
+from potluck.contracts.messages import RegisterHost, Reply
+from potluck.contracts.subjects import REGISTER
+from potluck.hostd import agent
+from potluck.hostd.config import load_config
+from potluck.localstack.docker_engine import DockerEngine
+from tests.e2e.conftest import ops
+from tests.fixtures.pool import EnrolledHost, Pool
+
+#: The audit's findings, each with what the refusal must say.
+BAD_LABELS_SAID: list[tuple[dict[str, str], list[str]]] = [
+    (
+        {f"label{i}": "x" * 1000 for i in range(600)},
+        ["600 labels; at most 32 are allowed", "label 'label0': its value is 1000 characters long"],
+    ),
+    ({"zone": "home\x00"}, ["label 'zone': its value holds U+0000"]),
+    ({"<svg onload=alert(1)>": "1"}, ["label '<svg onload=alert(1)>': a name is 1 to 63 letters"]),
+    ({"owner": "ann\u202enimda"}, ["label 'owner': its value holds U+202E RIGHT-TO-LEFT OVERRIDE"]),
+]
+
+
+async def test_a_registration_with_labels_outside_the_bound_is_refused_and_records_nothing(
+    pool: Pool, laptop: EnrolledHost
+) -> None:
+    """What is tried: the registered host sends the registry, over the pool's NATS with its own
+    identity, its registration again with the audit's labels in turn: 600 labels of 1000
+    characters, a NUL in a value, a name of markup, a right-to-left override in a value. Then
+    the same registration with labels within the bound.
+    What must hold: each is refused with BAD_LABELS (not INTERNAL) naming the label at fault and
+    what to change; the host's stream does not move and no HostRegistered is appended; the
+    registry logs each refusal and counts it for the host in its list; the host stays
+    registered with its labels as they were. The good registration is recorded."""
+    host_id = laptop.host_id
+    stream = host_stream(host_id)
+    state = (await pool.hosts()).hosts[host_id]
+    assert state.donated is not None
+    assert state.engine is not None
+    assert state.labels == {"name": "laptop-a"}
+    version_before = await pool.store.stream_version(stream)
+    head_before = await pool.store.head_position()
+
+    def registration(labels: dict[str, str]) -> RegisterHost:
+        assert state.donated is not None
+        assert state.engine is not None
+        return RegisterHost(
+            donated=state.donated,
+            labels=labels,
+            allowed_images=list(state.allowed_images),
+            allow_network=state.allow_network,
+            engine=state.engine,
+            hostd_version=state.hostd_version,
+            ssh_host_key=state.ssh_host_key,
+            contract=state.contract,
+        )
+
+    as_host = await pool.client(laptop)
+    for labels, said in BAD_LABELS_SAID:
+        msg = await as_host.request(
+            f"{REGISTER}.{host_id}", registration(labels).model_dump_json().encode(), timeout=10
+        )
+        reply = Reply.model_validate_json(msg.data)
+        assert not reply.ok, reply
+        assert reply.error is not None
+        assert reply.error["code"] == BAD_LABELS, reply.error
+        assert reply.error["field"] == "labels", reply.error
+        for words in [*said, "change [labels] in hostd.toml"]:
+            assert words in reply.error["message"], reply.error
+        assert len(reply.error["message"]) < 600, reply.error
+    assert await pool.store.stream_version(stream) == version_before
+    appended = await pool.store.read_all(head_before)
+    assert not [e for e in appended if e.stream == stream], appended
+
+    registry_log = pool.processes["registry"].log_path.read_text(errors="replace")
+    refusals = [line for line in registry_log.splitlines() if "registry.labels_refused" in line]
+    assert len(refusals) == len(BAD_LABELS_SAID), registry_log[-4000:]
+    assert all(host_id in line for line in refusals)
+    assert "x" * 1000 not in registry_log  # the log says the problem, not the 600 KB
+    listed = await pool.live_hosts()
+    assert listed["refused"]["bad_labels"] == {host_id: len(BAD_LABELS_SAID)}, listed["refused"]
+    [row] = [h for h in listed["hosts"] if h["host_id"] == host_id]
+    assert row["labels"] == {"name": "laptop-a"}, row
+
+    good = {"name": "laptop-a", "zone": "home", "gpu.vendor": "amd"}
+    msg = await as_host.request(
+        f"{REGISTER}.{host_id}", registration(good).model_dump_json().encode(), timeout=10
+    )
+    reply = Reply.model_validate_json(msg.data)
+    assert reply.ok, reply
+    assert reply.data["recorded"] == ["HostRegistered"], reply
+    assert (await pool.hosts()).hosts[host_id].labels == good
+    await as_host.close()
+
+
+async def test_a_hostd_whose_labels_the_registry_refuses_stops_saying_so(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """What is tried: hostd's agent starts for a newly enrolled machine with labels the registry
+    refuses (its configuration built without the check, as by a hostd of another version).
+    What must hold: it stops for good (HostdStopped, on which `potluck hostd` exits 3 and is
+    not restarted, since asking again sends the same labels) with the registry's words naming
+    the label; the machine is recorded as enrolled only."""
+    host = await pool.enroll("laptop-labels")
+    config = load_config(pool.write_config(host, docker_engines[0]))
+    unchecked = config.model_copy(update={"labels": {"zone": "home\u202eemoh"}})
+    await pool.central_services_ready()
+    with pytest.raises(agent.HostdStopped) as stopped:
+        async with asyncio.timeout(60):
+            await agent.Agent(unchecked).run()
+    said = str(stopped.value)
+    assert said.startswith("the registry refused this machine's labels: "), said
+    assert "label 'zone': its value holds U+202E RIGHT-TO-LEFT OVERRIDE" in said, said
+    assert "change [labels] in hostd.toml" in said
+    assert (await pool.hosts()).hosts[host.host_id].status == "enrolled"
+
+
+def test_hostd_with_a_bad_label_in_its_config_stops_at_start_naming_it(tmp_path: Path) -> None:
+    """What is tried: `potluck hostd` with a hostd.toml whose [labels] hold a name of markup, a
+    NUL in a value, or 33 labels. What must hold: exit code 2 (as for any configuration error),
+    before anything is asked of NATS or Docker, and stderr names the file, `labels`, the label
+    at fault (escaped) and what to change."""
+    config = tmp_path / "hostd.toml"
+    base = (
+        'host_id = "h-3f2a9c1e7b40"\ncredentials_file = "h.creds"\nstate_dir = "s"\n'
+        '[donate]\ncpus = 1\nmemory = "1G"\ndisk = "1G"\n[labels]\n'
+    )
+    many = "".join(f'l{i} = "x"\n' for i in range(33))
+    cases = {
+        '"<svg onload=alert(1)>" = "1"\n': "label '<svg onload=alert(1)>': a name is 1 to 63 letters",
+        'zone = "home\\u0000"\n': "label 'zone': its value holds U+0000",
+        many: "33 labels; at most 32 are allowed",
+    }
+    for labels, said in cases.items():
+        config.write_text(base + labels)
+        done = subprocess.run(
+            [sys.executable, "-m", "potluck", "hostd", "--config", str(config)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2, (labels, done.stderr)
+        assert f"{config}: labels: " in done.stderr, done.stderr
+        assert said in done.stderr, (labels, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+
+
+async def test_a_machine_is_not_enrolled_under_a_name_its_name_label_could_not_hold(
+    pool: Pool, tmp_path: Path
+) -> None:
+    """What is tried: `potluck ops hosts enroll` under a name of 200 characters (with a join
+    token) and under one holding a right-to-left override (with --credentials-out); `potluck
+    join` would write either into hostd.toml as the `name` label. What must hold: exit code 1
+    saying why the name is refused, nothing appended to the log, no credentials written."""
+    head_before = await pool.store.head_position()
+    creds = tmp_path / "spare.creds"
+    cases = [
+        (["n" * 200, "--nats-url", pool.nats.url], "is 200 characters long; at most 128 are allowed"),
+        (["spare\u202eeraps", "--credentials-out", str(creds)], "holds U+202E RIGHT-TO-LEFT OVERRIDE"),
+    ]
+    for args, said in cases:
+        code, out, err = await ops("hosts", "enroll", *args, "--database-url", pool.database_url)
+        assert code == 1, (args, out, err)
+        assert err.startswith("error: the name "), err
+        assert said in err, err
+        assert "Traceback" not in err, err
+    assert await pool.store.head_position() == head_before
+    assert not creds.exists()
