@@ -8,9 +8,9 @@ subject ends in the host id (see subjects.py).
 """
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from potluck.contracts.allocation_events import AllocationSpec
 from potluck.contracts.capacity import Capacity
@@ -23,17 +23,79 @@ class Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # see Event's
 
 
-class RegisterHost(Message):
+class RecordedMessage(Message):
+    """A request whose texts go into the log as they are (a registration, a policy's reason).
+
+    Postgres' JSON holds no NUL and no lone surrogate: refused here, the sender is told which
+    field, where the append would have failed as the registry's own INTERNAL error. (Replies
+    and the desired state are not walked: they are large, and recorded by nobody.)"""
+
+    @model_validator(mode="after")
+    def _storable_text(self) -> Self:
+        for name, value in self:
+            problem = _unstorable(value)
+            if problem is not None:
+                raise ValueError(f"{name}: {problem}")
+        return self
+
+
+def _unstorable(value: Any) -> str | None:
+    """What in `value` (a text, or texts in lists, dicts and models) the log cannot store."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "holds a NUL character"
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "holds a lone surrogate"
+        return None
+    if isinstance(value, dict):
+        items: list[Any] = [*value.keys(), *value.values()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    elif isinstance(value, BaseModel):
+        items = [v for _, v in value]
+    else:
+        return None
+    for item in items:
+        problem = _unstorable(item)
+        if problem is not None:
+            return problem
+    return None
+
+
+#: An image pattern a member allows, as hostd.toml's `allowed_images` holds one.
+ImagePattern = Annotated[str, Field(max_length=512)]
+
+
+class RegisterHost(RecordedMessage):
+    """What a hostd registers with; all of it goes into the HostRegistered event, so each text
+    is bounded (labels by potluck.contracts.host_labels, checked where the registry decides)."""
+
     donated: Capacity
     labels: dict[str, str] = Field(default_factory=dict)
-    allowed_images: list[str] = Field(default_factory=list)
+    allowed_images: list[ImagePattern] = Field(default_factory=list, max_length=256)
     #: The member lets containers that ask for a network run here (hostd's `allow_network`).
     allow_network: bool = False
     engine: EngineFacts
-    hostd_version: str
-    ssh_host_key: str = ""
+    hostd_version: str = Field(max_length=64)
+    ssh_host_key: str = Field(default="", max_length=16_384)
     #: The contract hostd speaks (potluck.contracts.compatibility); hostds from before it spoke the first.
     contract: int = Field(default=FIRST_CONTRACT, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _engine_facts_bounded(self) -> Self:
+        # EngineFacts is also part of the logged HostRegistered, whose old events must still
+        # decode: bounded here, where a registration is taken, not in the facts themselves.
+        for name, value in self.engine:
+            if isinstance(value, str) and len(value) > ENGINE_FACT_CHARS:
+                raise ValueError(f"engine.{name}: at most {ENGINE_FACT_CHARS} characters")
+        return self
+
+
+#: The longest text of an engine's facts (versions, driver names) a registration may carry.
+ENGINE_FACT_CHARS = 128
 
 
 #: The longest grace a drain (or a leave's drain) may give running work: a week.
@@ -52,7 +114,7 @@ class SleepNotice(Message):
     slept_s: float | None = Field(default=None, ge=0, le=10 * 365 * 86400)
 
 
-class PolicyChanged(Message):
+class PolicyChanged(RecordedMessage):
     """The owner policy's new state here; the same state again records nothing."""
 
     state: Literal["normal", "throttled", "frozen"]

@@ -166,6 +166,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.host_labels import check_labels
 from potluck.contracts.image_reference import InvalidReference, image_allowed, parse_pattern
+from potluck.contracts.messages import ImagePattern
 from potluck.contracts.subjects import validate_host_id
 from potluck.hostd.gateway_config import GatewayLink
 from potluck.hostd.policy_config import OwnerPolicy
@@ -223,7 +224,8 @@ class HostdConfig(BaseModel):
     nats_url: str = "nats://127.0.0.1:4222"
     docker_url: str = "unix:///var/run/docker.sock"
     state_dir: Path
-    allowed_images: list[str] = Field(default_factory=list)
+    # The registration's bounds (potluck.contracts.messages.RegisterHost), said at start.
+    allowed_images: list[ImagePattern] = Field(default_factory=list, max_length=256)
     allow_network: bool = False
     internal_network: bool = False
     image_cache: Size | None = Field(default=None, gt=0)

@@ -7,6 +7,7 @@ configuration that skipped the check; a member's hostd.toml by the `potluck host
 """
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ BAD_LABELS_SAID: list[tuple[dict[str, str], list[str]]] = [
         {f"label{i}": "x" * 1000 for i in range(600)},
         ["600 labels; at most 32 are allowed", "label 'label0': its value is 1000 characters long"],
     ),
-    ({"zone": "home\x00"}, ["label 'zone': its value holds U+0000"]),
+    ({"zone": "home\x1b[2J"}, ["label 'zone': its value holds U+001B"]),
     ({"<svg onload=alert(1)>": "1"}, ["label '<svg onload=alert(1)>': a name is 1 to 63 letters"]),
     ({"owner": "ann\u202enimda"}, ["label 'owner': its value holds U+202E RIGHT-TO-LEFT OVERRIDE"]),
 ]
@@ -40,10 +41,12 @@ async def test_a_registration_with_labels_outside_the_bound_is_refused_and_recor
 ) -> None:
     """What is tried: the registered host sends the registry, over the pool's NATS with its own
     identity, its registration again with the audit's labels in turn: 600 labels of 1000
-    characters, a NUL in a value, a name of markup, a right-to-left override in a value. Then
-    the same registration with labels within the bound.
+    characters, a terminal escape in a value, a name of markup, a right-to-left override in a
+    value; then registrations with a NUL (which the log cannot store) in a label and in its
+    version. Then the same registration with labels within the bound.
     What must hold: each is refused with BAD_LABELS (not INTERNAL) naming the label at fault and
-    what to change; the host's stream does not move and no HostRegistered is appended; the
+    what to change, and those with a NUL BAD_REQUEST naming the field (not INTERNAL, which the
+    append failed with); the host's stream does not move and no HostRegistered is appended; the
     registry logs each refusal and counts it for the host in its list; the host stays
     registered with its labels as they were. The good registration is recorded."""
     host_id = laptop.host_id
@@ -82,6 +85,14 @@ async def test_a_registration_with_labels_outside_the_bound_is_refused_and_recor
         for words in [*said, "change [labels] in hostd.toml"]:
             assert words in reply.error["message"], reply.error
         assert len(reply.error["message"]) < 600, reply.error
+    good_body = registration({"name": "laptop-a"}).model_dump(mode="json")
+    for field, nul in (("labels", {"zone": "home\x00"}), ("hostd_version", "1.0\x00")):
+        body = json.dumps({**good_body, field: nul}).encode()
+        msg = await as_host.request(f"{REGISTER}.{host_id}", body, timeout=10)
+        reply = Reply.model_validate_json(msg.data)
+        assert reply.error is not None, reply
+        assert reply.error["code"] == "BAD_REQUEST", reply.error
+        assert f"{field}: holds a NUL character" in reply.error["message"], reply.error
     assert await pool.store.stream_version(stream) == version_before
     appended = await pool.store.read_all(head_before)
     assert not [e for e in appended if e.stream == stream], appended

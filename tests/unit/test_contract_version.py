@@ -22,7 +22,7 @@ from potluck.contracts.compatibility import CONTRACT_VERSION, FIRST_CONTRACT, mi
 from potluck.contracts.messages import DesiredState, RegisterHost
 
 #: (CONTRACT_VERSION, the fingerprint of the shapes it names).
-RECORDED = (2, "af087158fff2b1288ac00605ccfbfddbfa8fe185301c6229b794eec7a5808bfe")
+RECORDED = (2, "cc426e0121b7378ead09802b6334b004fef4f1e65740ef24e91ecd43245bfa91")
 
 
 def _models() -> list[type[BaseModel]]:

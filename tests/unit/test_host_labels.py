@@ -4,14 +4,17 @@ The bound is pure; hostd's configuration (load_config), the Host aggregate's reg
 enrollment apply it. Each test says what is tried and what must hold.
 """
 
+import json
 import re
 import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from potluck.allocator.schemas import CreateAllocation
 from potluck.contracts.capacity import Capacity
@@ -177,19 +180,42 @@ def _registration(labels: dict[str, str]) -> RegisterHost:
 
 
 def test_the_registry_refuses_a_registration_outside_the_bound_with_bad_labels() -> None:
-    """Tried: an enrolled host registers with a NUL in a value and a name no request can name.
-    Must hold: Rejected BAD_LABELS, field `labels`, status 400, naming both labels and what to
-    change; the same host with good labels registers."""
+    """Tried: an enrolled host registers with an escape in a value and a name no request can
+    name. Must hold: Rejected BAD_LABELS, field `labels`, status 400, naming both labels and what
+    to change; the same host with good labels registers. (A NUL never gets this far: no message
+    may hold one, test_messages_hold_nothing_the_log_cannot_store.)"""
     state = evolve(None, HostEnrolled(host_id=H, name="laptop", nkey="UKEY"), 1, T0)
     with pytest.raises(Rejected) as refused:
-        host.register(state, H, _registration({"zone": "a\x00", "<b>": "1"}))
+        host.register(state, H, _registration({"zone": "a\x1b", "<b>": "1"}))
     assert (refused.value.code, refused.value.field, refused.value.status) == (BAD_LABELS, "labels", 400)
     said = refused.value.message
-    assert "label 'zone': its value holds U+0000" in said, said
+    assert "label 'zone': its value holds U+001B" in said, said
     assert "label '<b>': a name is 1 to 63" in said, said
     assert "change [labels] in hostd.toml" in said
     [registered] = host.register(state, H, _registration({"zone": "home"}))
     assert isinstance(registered, HostRegistered)
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"labels": {"zone": "home\x00"}}, "labels: holds a NUL character"),
+        ({"hostd_version": "1.0\x00"}, "hostd_version: holds a NUL character"),
+        # pydantic's JSON parser refuses one before any field is read.
+        ({"allowed_images": ["library/*", "x\ud800"]}, "Invalid JSON"),
+        ({"hostd_version": "1" * 65}, "at most 64 characters"),
+        ({"allowed_images": ["x"] * 257}, "at most 256 items"),
+        ({"ssh_host_key": "k" * 16_385}, "at most 16384 characters"),
+        ({"engine": {**ENGINE.model_dump(), "storage_driver": "o" * 129}}, "engine.storage_driver: at most"),
+    ],
+)
+def test_messages_hold_nothing_the_log_cannot_store(change: dict[str, Any], said: str) -> None:
+    """Tried: a registration as JSON off the bus, with a NUL or a lone surrogate somewhere, or a
+    text past its bound. Must hold: it does not validate, and the error names the field (the
+    registry answers BAD_REQUEST with it, where the append would have failed as INTERNAL)."""
+    body = {**_registration({}).model_dump(mode="json"), **change}
+    with pytest.raises(ValidationError, match=re.escape(said)):
+        RegisterHost.model_validate_json(json.dumps(body))
 
 
 def test_a_host_registered_before_the_bound_still_replays() -> None:
