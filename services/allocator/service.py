@@ -58,6 +58,12 @@ _reports: TypeAdapter[AnyReport] = TypeAdapter(AnyReport)
 #: Engine reports logged per host: hostd reports its engine when it comes or goes, so a host
 #: past this is in a loop (or hostile), and its reports, still read, are logged sparingly.
 ENGINE_LOG_RATE = RatePolicy(per_s=0.1, burst=10)
+#: How long the API keeps a connection that has no request under way: from its opening or its
+#: last answer, whether silent or sending a request's head a byte at a time (aiohttp's own
+#: default is an hour, which let slow clients hold connections and their memory at no cost).
+#: Long answers (a page's live stream, `?wait=`) are requests under way, not idle. Above the
+#: 15 s aiohttp's and most clients keep an idle connection, so they close theirs first.
+IDLE_CONNECTION_S = 30.0
 #: Of an engine report's detail, this much reaches the log (the engine's own error text).
 LOGGED_DETAIL = 500
 
@@ -289,7 +295,9 @@ async def serve_http(
 
     logs = LogSource(nc) if nc is not None else None
     app = make_app(engine, registry=registry, logs=logs)
-    runner = web.AppRunner(app, access_log=None, logger=refusals_logger())
+    runner = web.AppRunner(
+        app, access_log=None, logger=refusals_logger(), keepalive_timeout=IDLE_CONNECTION_S
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -5,6 +5,7 @@ one pool (`module_pool`) with one host and one user, started once for the module
 """
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from potluck.allocator.service import IDLE_CONNECTION_S
 from potluck.localstack.docker_engine import DockerEngine
 from tests.e2e.allocator_api import Api, small
 from tests.e2e.conftest import start_laptop
@@ -182,4 +184,41 @@ async def test_bodies_of_an_unreadable_type_or_with_a_name_twice_are_refused(
     assert got_status == status, answer
     assert answer["error"]["code"] == code
     assert answer["error"]["message"]
+    assert await pool.store.head_position() == head
+
+
+async def test_connections_without_a_request_under_way_are_closed(shared: tuple[Pool, Api]) -> None:
+    """Tried: one connection that sends nothing, and one that sends a request's head one header
+    every 3 s and never ends it (slowloris), both with no token.
+    Must hold: the allocator closes both (within IDLE_CONNECTION_S, generously), while alice's
+    requests are answered meanwhile; nothing is recorded."""
+    pool, alice = shared
+    head = await pool.store.head_position()
+    silent = await asyncio.open_connection("127.0.0.1", pool.api_port)
+    trickle = await asyncio.open_connection("127.0.0.1", pool.api_port)
+    trickle[1].write(b"GET /v1/pool HTTP/1.1\r\nHost: x\r\n")
+
+    async def closed(reader: asyncio.StreamReader) -> bytes:
+        return await reader.read()  # b"" (or a 4xx) once the server closes its end
+
+    async def trickling(writer: asyncio.StreamWriter) -> None:
+        for i in range(100):
+            await asyncio.sleep(3)
+            writer.write(f"X-Slow-{i}: 1\r\n".encode())
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+
+    slow = asyncio.create_task(trickling(trickle[1]))
+    try:
+        async with asyncio.timeout(IDLE_CONNECTION_S * 3):
+            ends = asyncio.gather(closed(silent[0]), closed(trickle[0]))
+            while not ends.done():
+                status, _ = await alice.call("GET", "/v1/pool")
+                assert status == 200
+                await asyncio.wait([ends], timeout=2)
+            assert [b"HTTP/1.1 200" not in end for end in ends.result()] == [True, True]
+    finally:
+        slow.cancel()
+        for _, writer in (silent, trickle):
+            writer.close()
     assert await pool.store.head_position() == head
