@@ -6,6 +6,11 @@ anything is made from it; `limit_mismatches` and `network_mismatches` read the
 engine's answer back and list every limit or security setting that did not
 take effect, so that hostd refuses to start work it cannot bound. Nothing here
 talks to Docker.
+
+Labels are not hostd's alone: the engine merges an image's LABELs into the labels of
+every container made from it, and a key the create call does not set shows the image's
+value. So an image carrying any label of Potluck's own namespace (`potluck.`) is refused
+before anything is made from it (`image_refusals`).
 """
 
 import json
@@ -38,6 +43,9 @@ LABEL_HOST = "potluck.host"
 LABEL_MANAGED = "potluck.managed"
 LABEL_SPEC = "potluck.spec"
 LABEL_NETWORK = "potluck.network"
+#: Potluck's own label namespace: the labels above, the disk-quota probe's, the networks'.
+#: An image may carry none of it (`image_refusals`).
+LABEL_NAMESPACE = "potluck."
 # Open files: the soft limit most programs expect, a hard limit they may raise it to
 # (the engine's own default is about a million, kernel memory a container could pin).
 NOFILE_SOFT = 1024
@@ -180,20 +188,37 @@ def image_refusals(image_inspect: dict[str, Any]) -> list[tuple[str, Any, Any, s
     """(field, wanted, got, what the image's author does about it) for what an image would
     bring that no container of ours may have, read before any container is made from it."""
     config = image_inspect.get("Config") or {}
+    refusals: list[tuple[str, Any, Any, str]] = []
     volumes = config.get("Volumes")
-    if not volumes:
-        return []
-    # A VOLUME line makes an anonymous volume outside the writable layer and its disk bound.
-    declared = ", ".join(sorted(volumes))
-    return [
-        (
-            "Image.Config.Volumes",
-            {},
-            volumes,
-            f"declares VOLUME {declared}, whose files would lie outside the container's disk "
-            "bound: rebuild the image without VOLUME lines (a plain directory holds the same files)",
+    if volumes:
+        # A VOLUME line makes an anonymous volume outside the writable layer and its disk bound.
+        declared = ", ".join(sorted(volumes))
+        refusals.append(
+            (
+                "Image.Config.Volumes",
+                {},
+                volumes,
+                f"declares VOLUME {declared}, whose files would lie outside the container's disk "
+                "bound: rebuild the image without VOLUME lines (a plain directory holds the same files)",
+            )
         )
-    ]
+    # The engine merges an image's labels into its containers': one in our namespace would
+    # speak for hostd (whose container it is, its bounds) wherever hostd did not set it.
+    # Named, never shown: a value is the image's business (and may copy another's spec).
+    ours = sorted(k for k in config.get("Labels") or {} if k.startswith(LABEL_NAMESPACE))
+    if ours:
+        refusals.append(
+            (
+                "Image.Config.Labels",
+                [],
+                ours,
+                f"carries the label{'s' if len(ours) > 1 else ''} {', '.join(ours)} of Potluck's "
+                f"own namespace ({LABEL_NAMESPACE}*), which only hostd sets on its containers: "
+                "rebuild the image without them (no LABEL line of that namespace, FROM a base "
+                "image that has none: a label inherited from a base image cannot be removed)",
+            )
+        )
+    return refusals
 
 
 def labels(spec: ContainerSpec) -> dict[str, str]:

@@ -9,12 +9,14 @@ this module as a `DockerDriverError`:
     +-- ImageNotAvailable      the image is not on the engine and was not pulled
     +-- ContainerNotFound      no container with that id or name
     +-- LimitsNotApplied       a limit or security setting would not, or did not, take effect
+        +-- ImageRefused       the image brings what no container of ours may have (read first)
 
 What a container gets is decided in `container_config` (pure, unit-tested);
 here it is created, read back and verified, and only then started: the image
 is read before anything is made from it (a VOLUME line would escape the disk
-bound), the engine must apply its seccomp profile, and the created container's
-inspect must show every limit, so nothing of the allocation's runs unbounded.
+bound, a label of Potluck's namespace would show in the container's labels), the engine
+must apply its seccomp profile, and the created container's inspect must show every
+limit, so nothing of the allocation's runs unbounded.
 """
 
 import base64
@@ -55,7 +57,7 @@ from potluck.hostd.warm_pool import allocation_of_warm
 __all__ = [
     "STOP_SIGNALS", "ContainerNotFound", "ContainerSpec", "ContainerUsage", "DockerDriver",
     "DockerDriverError", "EngineFacts", "EngineUnavailable", "EventStream", "ExecResult",
-    "ImageNotAvailable", "LimitsNotApplied", "ManagedContainer",
+    "ImageNotAvailable", "ImageRefused", "LimitsNotApplied", "ManagedContainer",
 ]  # fmt: skip
 
 #: `kill`: the engine was told to signal a container (`docker stop` or `kill`, or the engine's
@@ -119,6 +121,11 @@ class LimitsNotApplied(DockerDriverError):
             )
         super().__init__(message)
         self.field, self.wanted, self.got, self.container_id = field, wanted, got, container_id
+
+
+class ImageRefused(LimitsNotApplied):
+    """Refused from the image's own inspect, before anything was made from it: every container
+    of the image would be refused alike, so its shape is not worth making ahead either."""
 
 
 @dataclass(frozen=True)
@@ -455,8 +462,10 @@ class DockerDriver:
         attrs: dict[str, Any] = client.api.inspect_image(image)  # type: ignore[no-untyped-call]
         refusals = image_refusals(attrs)
         if refusals:
-            field, wanted, got, why = refusals[0]
-            raise LimitsNotApplied(field, wanted, got, before=f"the image {image}", why=why)
+            # All of them said at once: the image's author rebuilds once, not once for each.
+            field, wanted, got, _ = refusals[0]
+            why = "; it also ".join(why for *_, why in refusals)
+            raise ImageRefused(field, wanted, got, before=f"the image {image}", why=why)
         return attrs
 
     def _own_network(self, client: docker.DockerClient, spec: ContainerSpec) -> None:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import structlog
 
 from potluck.hostd.container_config import ContainerSpec
-from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
+from potluck.hostd.docker_driver import DockerDriver, DockerDriverError, ImageRefused
 from potluck.hostd.warm_engine import (
     NotTaken,
     ShapeCannotStart,
@@ -125,10 +125,11 @@ class WarmKeeper:
                     break  # emptied or moved on meanwhile
                 try:
                     made = await self._thread(create_warm, self.driver, self.host_id, key)
-                except ShapeCannotStart as exc:
-                    # Its command is not in its image: each allocation of it fails at start,
-                    # cold, in the engine's words; no warm one is made for it until it is
-                    # placed here again.
+                except (ShapeCannotStart, ImageRefused) as exc:
+                    # Its command is not in its image, or its image is refused (read before
+                    # anything is made: a VOLUME line, a label of Potluck's namespace): each
+                    # allocation of it fails at start, cold, saying why; no warm one is made
+                    # for it until it is placed here again.
                     self.recent.forget(key)
                     log.warning("hostd.warm_shape_dropped", image=key.image, error=str(exc))
                     continue

@@ -246,6 +246,49 @@ def test_an_image_with_a_volume_is_refused_before_anything_is_made() -> None:
     assert image_refusals({}) == []
 
 
+def test_an_image_with_a_label_of_our_namespace_is_refused_naming_the_labels() -> None:
+    """Tried: images carrying labels of Potluck's own namespace (`potluck.*`: the ones hostd
+    reads, and any other, a probe's or one hostd may read later), among labels of their own.
+    Must hold: each is refused from its own inspect, naming every such label (sorted) and
+    never a value, saying to rebuild without them; other labels (`potluckx`, `org.potluck.*`)
+    pass."""
+    [(field, wanted, got, why)] = image_refusals(
+        {
+            "Config": {
+                "Labels": {
+                    "potluck.warm.disk": "70368744177664",
+                    "maintainer": "b",
+                    "potluck.allocation": "alloc-of-a",
+                }
+            }
+        }
+    )
+    assert (field, wanted, got) == ("Image.Config.Labels", [], ["potluck.allocation", "potluck.warm.disk"])
+    assert why.startswith("carries the labels potluck.allocation, potluck.warm.disk of Potluck's own")
+    assert "rebuild the image without them" in why
+    assert "alloc-of-a" not in why
+    assert "70368744177664" not in why
+    for key in (
+        "potluck.spec",
+        "potluck.managed",
+        "potluck.host",
+        "potluck.warm",
+        "potluck.probe",
+        "potluck.x",
+    ):
+        [(_, _, got, why)] = image_refusals({"Config": {"Labels": {key: ""}}})
+        assert got == [key]
+        assert why.startswith(f"carries the label {key} of ")
+    assert image_refusals({"Config": {"Labels": {"potluckx": "1", "org.potluck.a": "1"}}}) == []
+    assert image_refusals({"Config": {"Labels": None}}) == []
+
+
+def test_an_image_refused_twice_over_says_both() -> None:
+    """An image with a VOLUME line and a label of ours: both refusals, the volume's first."""
+    refusals = image_refusals({"Config": {"Volumes": {"/data": {}}, "Labels": {"potluck.spec": "{}"}}})
+    assert [field for field, *_ in refusals] == ["Image.Config.Volumes", "Image.Config.Labels"]
+
+
 @pytest.mark.parametrize("internal", [False, True])
 def test_the_allocations_own_network_is_checked(internal: bool) -> None:
     """The network asked for, as the engine shows it, has no mismatch; one that is not internal
