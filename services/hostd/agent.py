@@ -147,6 +147,7 @@ class Agent:
             state_dir=config.state_dir,
             kept=self.containers.kept,
             env_of=self.containers.env_of,
+            disk_bound_of=self.containers.disk_bound_of,
         )
         self.positions = MemoryPositions()
         #: Whether this agent trims its process's heap; many agents in one process (hollow hosts)

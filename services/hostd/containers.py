@@ -244,6 +244,12 @@ class ContainerManager:
         spec = self.desired.get(alloc_id)
         return spec.env if spec is not None else {}
 
+    def disk_bound_of(self, alloc_id: str) -> int | None:
+        """The disk bound of an allocation placed here, from the spec hostd was sent (None for
+        one not placed here, or no more): the exec side's SFTP server holds writes to it."""
+        spec = self.desired.get(alloc_id)
+        return spec.disk_bytes if spec is not None else None
+
     async def set_desired(
         self,
         wanted: list[tuple[str, AllocationSpec]],

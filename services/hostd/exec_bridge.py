@@ -51,15 +51,13 @@ from potluck.hostd.container_config import (
     LABEL_ALLOCATION,
     LABEL_HOST,
     LABEL_MANAGED,
-    LABEL_SPEC,
     NAME_PREFIX,
-    ContainerSpec,
 )
 from potluck.hostd.docker_http import message
 from potluck.hostd.exec_errors import ExecError, ExecRefused
 from potluck.hostd.exec_stream import ExecSink, ExecStream
 from potluck.hostd.session_ledger import SessionLedger
-from potluck.hostd.warm_pool import LABEL_WARM_DISK, allocation_of_warm
+from potluck.hostd.warm_pool import allocation_of_warm
 
 __all__ = ["ExecBridge", "ExecProcess", "SessionProcess", "exec_env", "signal_number"]
 
@@ -217,12 +215,15 @@ class ExecBridge:
         timeout: float = 10.0,
         kept: Mapping[str, datetime | None] | None = None,
         env_of: Callable[[str], Mapping[str, str]] | None = None,
+        disk_bound_of: Callable[[str], int | None] | None = None,
     ) -> None:
         """`host_signals=False` always signals from inside the container (what a non-root hostd does).
         `kept`: the ended allocations whose stopped containers are kept, and until when
         (ContainerManager.kept), to tell a session into one what still works.
         `env_of`: an allocation's own environment values, given to every exec into it: a
-        container made ahead (warm_pool.py) was created without them."""
+        container made ahead (warm_pool.py) was created without them.
+        `disk_bound_of`: an allocation's disk bound, from the spec hostd holds (None: hostd holds
+        none; without it, none is known): what `disk_left` counts from."""
         self.docker_url = docker_url
         self.host_id = host_id
         self.sessions = SessionLedger(state_dir / "sessions" if state_dir is not None else None)
@@ -232,6 +233,7 @@ class ExecBridge:
         self._api: tuple[int, int] | None = None
         self.kept: Mapping[str, datetime | None] = kept if kept is not None else {}
         self.env_of: Callable[[str], Mapping[str, str]] = env_of or (lambda alloc_id: {})
+        self.disk_bound_of: Callable[[str], int | None] = disk_bound_of or (lambda alloc_id: None)
 
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         return await docker_http.call(self.docker_url, method, path, body, self.timeout)
@@ -287,21 +289,27 @@ class ExecBridge:
         return str(body["Id"])
 
     async def disk_left(self, alloc_id: str) -> int | None:
-        """Bytes the container may still write before its disk bound (its spec's disk_bytes less
-        its writable layer's size, which the engine measures: a walk of the layer); None if the
-        engine does not say."""
+        """Bytes the container may still write before its disk bound: the bound of the spec hostd
+        holds for the allocation (`disk_bound_of`), never a label (an image's labels show in
+        its containers'), less its writable layer's size, which the engine measures (a walk
+        of the layer). 0 when hostd holds no spec of it (not placed here, or not yet known
+        after a restart): nothing may grow then. None if the engine does not say the size."""
         container_id = await self.container_for(alloc_id)
+        bound = self.disk_bound_of(alloc_id)
+        if bound is None:
+            log.warning(
+                "exec.disk_bound_unknown",
+                alloc_id=alloc_id,
+                hint="hostd holds no spec of the allocation (not placed here, or not yet known "
+                "after a restart): its sessions may write nothing that grows its disk",
+            )
+            return 0
         status, body = await self._call("GET", f"/containers/{container_id}/json?size=1")
         if status != 200:
             return None
         try:
-            labels = (body.get("Config") or {}).get("Labels") or {}
-            if LABEL_WARM_DISK in labels:
-                bound = int(labels[LABEL_WARM_DISK])
-            else:
-                bound = ContainerSpec.from_json(labels[LABEL_SPEC]).disk_bytes
             return bound - int(body.get("SizeRw") or 0)
-        except (KeyError, TypeError, ValueError):
+        except (AttributeError, TypeError, ValueError):
             return None
 
     async def open(

@@ -22,7 +22,8 @@ the command runs before the allocation is placed.
 
 A warm container's labels name no allocation, only this host and `potluck.warm`; once taken
 it is renamed `potluck-<allocation>`, and that name is what tells whose it is
-(`allocation_of_warm`). Its disk bound is in a label of its own (the exec side reads it).
+(`allocation_of_warm`). Its disk bound is the taker's spec's, which hostd holds (the exec
+side's SFTP server asks it: ContainerManager.disk_bound_of), never a label.
 """
 
 from collections.abc import Iterable, Sequence
@@ -41,7 +42,6 @@ from potluck.hostd.container_config import (
 from potluck.hostd.launcher import launcher_entrypoint
 
 LABEL_WARM = "potluck.warm"
-LABEL_WARM_DISK = "potluck.warm.disk"
 #: Not NAME_PREFIX ("potluck-"): no allocation's container name can be a warm one's.
 WARM_NAME_PREFIX = "potluck_warm_"
 #: Shapes kept warm: the most recently placed ones, so the pool follows what runs here.
@@ -186,7 +186,6 @@ def warm_labels(key: WarmKey, host_id: str) -> dict[str, str]:
         LABEL_HOST: host_id,
         LABEL_MANAGED: "1",
         LABEL_WARM: "1",
-        LABEL_WARM_DISK: str(key.disk_bytes),
     }
 
 

@@ -139,9 +139,16 @@ async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
             80 * MiB,
             50,
         )
-        bridge = ExecBridge(warm_engine.url, warm.host_id, state_dir=pool.workdir / "bridge-state")
+        bridge = ExecBridge(
+            warm_engine.url,
+            warm.host_id,
+            state_dir=pool.workdir / "bridge-state",
+            disk_bound_of={"second": 64 * MiB}.get,
+        )
         assert await bridge.container_for("second") == taken.id
-        assert await bridge.disk_left("second") is not None
+        disk_left = await bridge.disk_left("second")
+        assert disk_left is not None
+        assert 0 < disk_left <= 64 * MiB
         # Refilled, off the placement's path: a new warm container of the shape.
         await _until(
             "the warm pool refilled",

@@ -4,18 +4,31 @@ The engine merges an image's labels into those of every container made from it: 
 create call does not set shows the image's value. Such an image is refused before anything
 is made from it, on every path that creates a container (a start, a warm container made
 ahead).
+
+And behind that refusal: containers made from such an image anyway (by an older hostd,
+which read no image labels: the audit's warm container with another allocation's id, a
+disk bound of 64 TiB) claim nothing. Their labels show the image's values, and hostd
+takes no owner and no bound from them.
 """
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import docker
 import pytest
 
+from potluck.hostd.container_config import (
+    LABEL_HOST,
+    LABEL_MANAGED,
+    ContainerSpec,
+    create_kwargs,
+)
 from potluck.hostd.docker_driver import DockerDriver, ImageRefused, LimitsNotApplied
+from potluck.hostd.exec_bridge import ExecBridge
 from potluck.hostd.warm_engine import create_warm, list_warm
 from potluck.hostd.warm_keeper import WarmKeeper
-from potluck.hostd.warm_pool import warm_key
+from potluck.hostd.warm_pool import LABEL_WARM, warm_create_kwargs, warm_key
 from potluck.localstack import DockerEngine
 from tests.fixtures.docker import container_spec
 from tests.fixtures.images import labelled_image, remove_images
@@ -51,6 +64,54 @@ def spoofing_image(
         yield reference, sorted(k for k in labels if k.startswith("potluck."))
     finally:
         remove_images(docker_engine, [reference])
+
+
+#: 64 TiB: the audit's disk bound.
+HUGE = 64 << 40
+
+
+@pytest.fixture
+def audits_image(docker_engine: DockerEngine) -> Iterator[tuple[str, ContainerSpec]]:
+    """The audit's image, all in one: another allocation's id (A's, of the spec yielded), a
+    disk bound of 64 TiB for a warm container, a spec of A's with that bound; its tag, and A."""
+    victim = container_spec("any", HOST)
+    spoofed = replace(victim, disk_bytes=HUGE, network=True)
+    labels = {
+        "potluck.allocation": victim.allocation_id,
+        "potluck.warm.disk": str(HUGE),
+        "potluck.spec": spoofed.to_json(),
+    }
+    reference = f"potluck-spoof-audit-{uuid.uuid4().hex[:8]}:1"
+    labelled_image(docker_engine, reference, labels)
+    try:
+        yield reference, victim
+    finally:
+        remove_images(docker_engine, [reference])
+
+
+def _as_an_older_hostd_made_it(
+    driver: DockerDriver, client: docker.DockerClient, image: str, spec: ContainerSpec, *, warm: bool
+) -> str:
+    """A running container of `spec` made from `image` without hostd's image check, with the
+    labels an older hostd set: an allocation's own container (`create_kwargs`, whose labels
+    never had the warm disk label), or a warm container (labels: host, managed, warm only)
+    taken by the allocation (renamed after it, as take_warm does)."""
+    if warm:
+        key = warm_key(spec, env_at_take=True)
+        assert key is not None
+        kwargs = warm_create_kwargs(
+            key, HOST, uuid.uuid4().hex[:12], disk_quota=False, helper=None, cgroup_parent=None,
+            image_entrypoint=None,
+        )  # fmt: skip
+        kwargs["labels"] = {LABEL_HOST: HOST, LABEL_MANAGED: "1", LABEL_WARM: "1"}
+    else:
+        kwargs = create_kwargs(spec, disk_quota=False)
+    kwargs["image"] = image
+    container = client.containers.create(**kwargs)
+    if warm:
+        container.rename(spec.container_name)
+    container.start()
+    return container.id or ""
 
 
 def _made_from(client: docker.DockerClient, image: str) -> list[str]:
@@ -99,3 +160,29 @@ async def test_the_warm_pool_makes_nothing_of_the_image_and_drops_its_shape(
     assert keeper.ready == []
     assert list_warm(docker_driver, HOST) == []
     assert _made_from(client, image) == []
+
+
+@pytest.mark.parametrize("warm", [False], ids=["own"])
+async def test_a_label_of_the_image_cannot_change_the_sftp_disk_bound(
+    docker_driver: DockerDriver,
+    client: docker.DockerClient,
+    audits_image: tuple[str, ContainerSpec],
+    warm: bool,
+) -> None:
+    """Tried: a running container of allocation B from the audit's image (a warm disk bound of
+    64 TiB, a spec of 64 TiB), made as an older hostd made it: B's own, or a warm one B took.
+    Must hold: the image's values do show in its labels (what the attack relied on); yet what
+    the exec side's SFTP server may still write is B's bound from the spec hostd holds, less
+    what the layer holds; with no spec held, nothing (0), never the label's 64 TiB."""
+    image, _ = audits_image
+    spec = container_spec(image, HOST, disk_bytes=64 * MiB)
+    container_id = _as_an_older_hostd_made_it(docker_driver, client, image, spec, warm=warm)
+    labels = client.containers.get(container_id).labels
+    assert labels["potluck.warm.disk"] == str(HUGE)
+
+    bridge = ExecBridge(docker_driver.base_url, HOST, disk_bound_of={spec.allocation_id: spec.disk_bytes}.get)
+    assert await bridge.container_for(spec.allocation_id) == container_id
+    left = await bridge.disk_left(spec.allocation_id)
+    assert left is not None
+    assert 0 < left <= spec.disk_bytes
+    assert await ExecBridge(docker_driver.base_url, HOST).disk_left(spec.allocation_id) == 0

@@ -20,7 +20,6 @@ from potluck.hostd.container_config import (
 from potluck.hostd.launcher import launcher_entrypoint
 from potluck.hostd.warm_pool import (
     LABEL_WARM,
-    LABEL_WARM_DISK,
     RecentShapes,
     WarmContainer,
     WarmKey,
@@ -151,7 +150,6 @@ def test_warm_container_is_made_as_an_allocation_of_its_shape(command: list[str]
     assert LABEL_ALLOCATION not in warm["labels"]
     assert LABEL_SPEC not in warm["labels"]
     assert warm["labels"][LABEL_WARM] == "1"
-    assert warm["labels"][LABEL_WARM_DISK] == str(64 * MiB)
     assert warm["nano_cpus"] < spec.nano_cpus
     assert warm["mem_limit"] < spec.memory_bytes
     # What the engine would show once updated: the created settings with the update on top.
