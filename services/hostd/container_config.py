@@ -10,7 +10,9 @@ talks to Docker.
 Labels are not hostd's alone: the engine merges an image's LABELs into the labels of
 every container made from it, and a key the create call does not set shows the image's
 value. So an image carrying any label of Potluck's own namespace (`potluck.`) is refused
-before anything is made from it (`image_refusals`).
+before anything is made from it (`image_refusals`), and every container hostd creates
+sets each label hostd reads back (`CONTAINER_LABELS`), an empty value where one does not
+apply (`own_labels`).
 """
 
 import json
@@ -43,9 +45,13 @@ LABEL_HOST = "potluck.host"
 LABEL_MANAGED = "potluck.managed"
 LABEL_SPEC = "potluck.spec"
 LABEL_NETWORK = "potluck.network"
+#: A container made ahead, for no allocation yet (warm_pool.py).
+LABEL_WARM = "potluck.warm"
 #: Potluck's own label namespace: the labels above, the disk-quota probe's, the networks'.
 #: An image may carry none of it (`image_refusals`).
 LABEL_NAMESPACE = "potluck."
+#: Every label hostd reads back from a container: each container it creates sets all of them.
+CONTAINER_LABELS = (LABEL_ALLOCATION, LABEL_HOST, LABEL_MANAGED, LABEL_SPEC, LABEL_WARM)
 # Open files: the soft limit most programs expect, a hard limit they may raise it to
 # (the engine's own default is about a million, kernel memory a container could pin).
 NOFILE_SOFT = 1024
@@ -221,13 +227,25 @@ def image_refusals(image_inspect: dict[str, Any]) -> list[tuple[str, Any, Any, s
     return refusals
 
 
+def own_labels(values: dict[str, str]) -> dict[str, str]:
+    """The labels of a container hostd creates: `values`, and every other of CONTAINER_LABELS
+    set empty, so that none of them can show an image's value (the engine's merge fills a key
+    the create call leaves out from the image)."""
+    unknown = values.keys() - set(CONTAINER_LABELS)
+    if unknown:
+        raise ValueError(f"not a container label of ours: {sorted(unknown)}")
+    return {key: values.get(key, "") for key in CONTAINER_LABELS}
+
+
 def labels(spec: ContainerSpec) -> dict[str, str]:
-    return {
-        LABEL_ALLOCATION: spec.allocation_id,
-        LABEL_HOST: spec.host_id,
-        LABEL_MANAGED: "1",
-        LABEL_SPEC: spec.to_json(),
-    }
+    return own_labels(
+        {
+            LABEL_ALLOCATION: spec.allocation_id,
+            LABEL_HOST: spec.host_id,
+            LABEL_MANAGED: "1",
+            LABEL_SPEC: spec.to_json(),
+        }
+    )
 
 
 def helper_mount(helper: str) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from potluck.hostd.container_config import (
     network_kwargs,
     network_mismatches,
     network_name,
+    own_labels,
 )
 from potluck.hostd.disk_bound import OUTSIDE_LAYER_FILES
 from potluck.hostd.docker_sdk import docker, requests
@@ -368,7 +369,8 @@ class DockerDriver:
                 probe = client.containers.create(
                     images[0], name=f"potluck-probe-{uuid.uuid4().hex[:12]}",
                     network_mode="none", storage_opt={"size": "16M"},
-                    labels={"potluck.probe": "1"},
+                    # Ours set empty: an image's would show through, and might say "managed".
+                    labels={**own_labels({}), "potluck.probe": "1"},
                 )  # fmt: skip
             except docker.errors.APIError:
                 return False

@@ -21,11 +21,10 @@ from typing import Any
 import docker
 
 from potluck.contracts.capacity import MIN_CPUS
-from potluck.hostd.container_config import LABEL_HOST, ContainerSpec
+from potluck.hostd.container_config import LABEL_HOST, LABEL_WARM, ContainerSpec
 from potluck.hostd.docker_driver import DockerDriver, DockerDriverError, LimitsNotApplied
 from potluck.hostd.launcher import GO_SIGNAL, GO_WITH_ENV_SIGNAL, env_payload, is_waiting
 from potluck.hostd.warm_pool import (
-    LABEL_WARM,
     WARM_NAME_PREFIX,
     WarmContainer,
     WarmKey,

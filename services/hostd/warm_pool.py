@@ -20,7 +20,7 @@ container started at placement would run just the same; a shape with a command r
 launcher (launcher.py), which waits for its go before it `exec`s the command, so nothing of
 the command runs before the allocation is placed.
 
-A warm container's labels name no allocation, only this host and `potluck.warm`; once taken
+A warm container's labels name no allocation (an empty one), only this host and `potluck.warm`; once taken
 it is renamed `potluck-<allocation>`, and that name is what tells whose it is
 (`allocation_of_warm`). Its disk bound is the taker's spec's, which hostd holds (the exec
 side's SFTP server asks it: ContainerManager.disk_bound_of), never a label.
@@ -32,16 +32,18 @@ from typing import Any
 
 from potluck.contracts.capacity import MIN_CPUS
 from potluck.hostd.container_config import (
+    LABEL_ALLOCATION,
     LABEL_HOST,
     LABEL_MANAGED,
+    LABEL_WARM,
     MIN_MEMORY_BYTES,
     NAME_PREFIX,
     ContainerSpec,
     create_kwargs,
+    own_labels,
 )
 from potluck.hostd.launcher import launcher_entrypoint
 
-LABEL_WARM = "potluck.warm"
 #: Not NAME_PREFIX ("potluck-"): no allocation's container name can be a warm one's.
 WARM_NAME_PREFIX = "potluck_warm_"
 #: Shapes kept warm: the most recently placed ones, so the pool follows what runs here.
@@ -181,12 +183,10 @@ def placeholder_spec(key: WarmKey, host_id: str, suffix: str, *, starting: bool 
     )
 
 
-def warm_labels(key: WarmKey, host_id: str) -> dict[str, str]:
-    return {
-        LABEL_HOST: host_id,
-        LABEL_MANAGED: "1",
-        LABEL_WARM: "1",
-    }
+def warm_labels(host_id: str) -> dict[str, str]:
+    """This host's, managed, warm; no allocation and no spec, set empty (`own_labels`): an
+    image's value of either would otherwise show through, and name another's allocation."""
+    return own_labels({LABEL_HOST: host_id, LABEL_MANAGED: "1", LABEL_WARM: "1", LABEL_ALLOCATION: ""})
 
 
 def warm_create_kwargs(
@@ -210,7 +210,7 @@ def warm_create_kwargs(
         cgroup_parent=cgroup_parent,
     )
     kwargs["name"] = WARM_NAME_PREFIX + suffix
-    kwargs["labels"] = warm_labels(key, host_id)
+    kwargs["labels"] = warm_labels(host_id)
     if key.command is not None and starts_ahead(helper):
         kwargs["entrypoint"] = launcher_entrypoint(image_entrypoint)
         # Where the launcher reads the taker's environment values from (env_payload); the

@@ -111,7 +111,7 @@ async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
             lambda: [c for c in _warm(client) if c.status == "paused"],
             pool,
         )
-        assert ahead.labels.get("potluck.allocation") is None
+        assert ahead.labels.get("potluck.allocation") == ""  # set, to no allocation
         assert ahead.attrs["Config"]["Env"] == client.images.get(DEFAULT_TAG).attrs["Config"]["Env"]
         # Started ahead and frozen, but what runs is the launcher waiting, not the command.
         assert ahead.status == "paused"
@@ -321,7 +321,7 @@ async def test_a_drain_taken_back_makes_warm_containers_again(
         assert resumed.returncode == 0, resumed.stderr
         await pool.wait_for_host(host.host_id, "active")
         [again] = await _until("a warm container made ahead again", lambda: _warm(client), pool)
-        assert again.labels.get("potluck.allocation") is None
+        assert again.labels.get("potluck.allocation") == ""
         state = await allocation(pool.store, "work")
         assert state is not None
         assert state.status == "running", state

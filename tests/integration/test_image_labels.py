@@ -21,6 +21,7 @@ import pytest
 from potluck.hostd.container_config import (
     LABEL_HOST,
     LABEL_MANAGED,
+    LABEL_WARM,
     ContainerSpec,
     create_kwargs,
 )
@@ -28,7 +29,7 @@ from potluck.hostd.docker_driver import DockerDriver, ImageRefused, LimitsNotApp
 from potluck.hostd.exec_bridge import ExecBridge
 from potluck.hostd.warm_engine import create_warm, list_warm
 from potluck.hostd.warm_keeper import WarmKeeper
-from potluck.hostd.warm_pool import LABEL_WARM, warm_create_kwargs, warm_key
+from potluck.hostd.warm_pool import warm_create_kwargs, warm_key
 from potluck.localstack import DockerEngine
 from tests.fixtures.docker import container_spec
 from tests.fixtures.images import labelled_image, remove_images
@@ -106,6 +107,7 @@ def _as_an_older_hostd_made_it(
         kwargs["labels"] = {LABEL_HOST: HOST, LABEL_MANAGED: "1", LABEL_WARM: "1"}
     else:
         kwargs = create_kwargs(spec, disk_quota=False)
+        del kwargs["labels"][LABEL_WARM]  # set since, to none
     kwargs["image"] = image
     container = client.containers.create(**kwargs)
     if warm:

@@ -10,7 +10,10 @@ from potluck.contracts.allocation_events import AllocationSpec
 from potluck.contracts.capacity import Capacity
 from potluck.hostd.container_config import (
     CAPABILITIES,
+    CONTAINER_LABELS,
+    LABEL_NAMESPACE,
     LABEL_SPEC,
+    LABEL_WARM,
     NOFILE_HARD,
     NOFILE_SOFT,
     NPROC,
@@ -20,6 +23,7 @@ from potluck.hostd.container_config import (
     limit_mismatches,
     network_kwargs,
     network_mismatches,
+    own_labels,
 )
 from potluck.hostd.helper import KEEP_ALIVE
 
@@ -106,6 +110,20 @@ def test_create_kwargs_carry_every_limit_and_the_hardening() -> None:
     assert kwargs["labels"]["potluck.host"] == "host-1"
     assert kwargs["labels"]["potluck.managed"] == "1"
     assert ContainerSpec.from_json(kwargs["labels"][LABEL_SPEC]) == spec
+    # Every label hostd reads is set, none left for an image's value to show through.
+    assert set(kwargs["labels"]) == set(CONTAINER_LABELS)
+    assert kwargs["labels"][LABEL_WARM] == ""
+
+
+def test_every_label_of_ours_is_set_and_in_the_namespace_images_may_not_use() -> None:
+    """own_labels sets each label hostd reads (empty where not given) and takes no other; each
+    is in the namespace an image is refused for, so no image can bring one."""
+    assert own_labels({}) == dict.fromkeys(CONTAINER_LABELS, "")
+    assert own_labels({LABEL_WARM: "1"})[LABEL_WARM] == "1"
+    with pytest.raises(ValueError, match="not a container label of ours"):
+        own_labels({"potluck.warm.disk": "1"})
+    assert all(key.startswith(LABEL_NAMESPACE) for key in CONTAINER_LABELS)
+    assert image_refusals({"Config": {"Labels": dict.fromkeys(CONTAINER_LABELS, "")}})
 
 
 def test_disk_quota_and_network_only_when_asked() -> None:

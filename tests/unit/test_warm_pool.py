@@ -11,15 +11,16 @@ from hypothesis import strategies as st
 
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.container_config import (
+    CONTAINER_LABELS,
     LABEL_ALLOCATION,
     LABEL_SPEC,
+    LABEL_WARM,
     ContainerSpec,
     create_kwargs,
     limit_mismatches,
 )
 from potluck.hostd.launcher import launcher_entrypoint
 from potluck.hostd.warm_pool import (
-    LABEL_WARM,
     RecentShapes,
     WarmContainer,
     WarmKey,
@@ -147,8 +148,10 @@ def test_warm_container_is_made_as_an_allocation_of_its_shape(command: list[str]
         assert warm["command"] == command
     assert warm["environment"] == {}
     assert warm["name"] == "potluck_warm_abc"
-    assert LABEL_ALLOCATION not in warm["labels"]
-    assert LABEL_SPEC not in warm["labels"]
+    # Every label hostd reads is set, none left for an image's value to show through.
+    assert set(warm["labels"]) == set(CONTAINER_LABELS)
+    assert warm["labels"][LABEL_ALLOCATION] == ""
+    assert warm["labels"][LABEL_SPEC] == ""
     assert warm["labels"][LABEL_WARM] == "1"
     assert warm["nano_cpus"] < spec.nano_cpus
     assert warm["mem_limit"] < spec.memory_bytes
