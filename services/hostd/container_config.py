@@ -10,9 +10,12 @@ talks to Docker.
 Labels are not hostd's alone: the engine merges an image's LABELs into the labels of
 every container made from it, and a key the create call does not set shows the image's
 value. So an image carrying any label of Potluck's own namespace (`potluck.`) is refused
-before anything is made from it (`image_refusals`), and every container hostd creates
-sets each label hostd reads back (`CONTAINER_LABELS`), an empty value where one does not
-apply (`own_labels`).
+before anything is made from it (`image_refusals`); every container hostd creates sets
+each label hostd reads back (`CONTAINER_LABELS`), an empty value where one does not apply
+(`own_labels`); and what a container is, whose and with which bounds, is never read from a
+label an image could have supplied: its allocation from its name (`allocation_of`), its
+spec only from a label that agrees with that name (`spec_of`), its own network from its
+network mode (`own_network`).
 """
 
 import json
@@ -246,6 +249,45 @@ def labels(spec: ContainerSpec) -> dict[str, str]:
             LABEL_SPEC: spec.to_json(),
         }
     )
+
+
+def allocation_of(name: str) -> str:
+    """The allocation whose container this is, by the container's name (`potluck-<allocation>`,
+    with or without the engine's leading "/"); "" for any other name (a warm container not
+    taken, anything not ours). The name is the create call's or a rename's, never an image's:
+    what a container is for is read from it, not from a label."""
+    name = name.removeprefix("/")
+    if not name.startswith(NAME_PREFIX):
+        return ""
+    alloc_id = name.removeprefix(NAME_PREFIX)
+    return alloc_id if _ID.match(alloc_id) else ""
+
+
+def spec_of(inspect: dict[str, Any]) -> ContainerSpec | None:
+    """The spec a container of ours was created with, from its spec label; None when it has
+    none (a warm container, taken or not) or one that names another allocation or host than
+    the container's own name and host label say: an image's, on a container made before
+    hostd set every label itself. What it is used for grants nothing (run() checks that a
+    container found is of the same spec, and reads the limits back from the engine); whose
+    the container is and its bounds never come from it."""
+    labels = (inspect.get("Config") or {}).get("Labels") or {}
+    try:
+        spec = ContainerSpec.from_json(labels.get(LABEL_SPEC, ""))
+    except (ValueError, TypeError):
+        return None
+    owner = allocation_of(str(inspect.get("Name") or ""))
+    if spec.allocation_id != owner or spec.host_id != labels.get(LABEL_HOST):
+        return None
+    return spec
+
+
+def own_network(inspect: dict[str, Any]) -> str | None:
+    """The network made for this container alone (`network_kwargs`), if it has one: its network
+    mode, when that is named after the container itself, as hostd names an allocation's own
+    network. Read from what the create call set (name, network mode), never from a label."""
+    name = str(inspect.get("Name") or "").removeprefix("/")
+    mode = (inspect.get("HostConfig") or {}).get("NetworkMode")
+    return name if allocation_of(name) and mode == name else None
 
 
 def helper_mount(helper: str) -> dict[str, Any]:

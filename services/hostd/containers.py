@@ -35,7 +35,7 @@ dropped. Only a pull that failed all its attempts fails the allocation.
 With `warm_containers` set, a placement of a shape placed here lately takes a container
 made ahead (warm_keeper.py) instead of creating one: only its limits are set, read back,
 and it is unfrozen (its command run by the launcher, launcher.py). Warm containers are not
-allocations: reconciliation and the reports leave them out (their labels name no
+allocations: reconciliation and the reports leave them out (their names name no
 allocation until one takes them).
 
 Two holds may freeze the containers at once: the member's `pause` (HostPaused) and the
@@ -725,8 +725,8 @@ class ContainerManager:
     # Watching.
 
     async def on_container_died(self, container_id: str) -> None:
-        # Labels, not our bookkeeping, say whose container it was: a container
-        # may die before run() has even returned its id to us.
+        # The engine, not our bookkeeping, says whose container it was (by its name): a
+        # container may die before run() has even returned its id to us.
         try:
             state = await self._docker(self.driver.state, container_id)
         except EngineUnavailable:

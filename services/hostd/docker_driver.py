@@ -17,6 +17,11 @@ is read before anything is made from it (a VOLUME line would escape the disk
 bound, a label of Potluck's namespace would show in the container's labels), the engine
 must apply its seccomp profile, and the created container's inspect must show every
 limit, so nothing of the allocation's runs unbounded.
+
+Whose a container is, is read from its name (`container_config.allocation_of`), which only
+a create call or a rename sets; its spec only from a spec label that agrees with that name
+(`spec_of`), its own network from its network mode (`own_network`): never from a label an
+image could have supplied. Containers of an older hostd are named alike, so still known.
 """
 
 import base64
@@ -36,11 +41,10 @@ import structlog
 from potluck.contracts.engine import EngineFacts
 from potluck.hostd import pause_races
 from potluck.hostd.container_config import (
-    LABEL_ALLOCATION,
     LABEL_HOST,
     LABEL_MANAGED,
-    LABEL_SPEC,
     ContainerSpec,
+    allocation_of,
     create_kwargs,
     image_refusals,
     limit_mismatches,
@@ -48,12 +52,13 @@ from potluck.hostd.container_config import (
     network_mismatches,
     network_name,
     own_labels,
+    own_network,
+    spec_of,
 )
 from potluck.hostd.disk_bound import OUTSIDE_LAYER_FILES
 from potluck.hostd.docker_sdk import docker, requests
 from potluck.hostd.helper import KEEP_ALIVE, find_helper
 from potluck.hostd.pool_weight import cgroup_parent, lower_parent_weight
-from potluck.hostd.warm_pool import allocation_of_warm
 
 __all__ = [
     "STOP_SIGNALS", "ContainerNotFound", "ContainerSpec", "ContainerUsage", "DockerDriver",
@@ -196,23 +201,20 @@ def _time(value: str | None) -> datetime | None:
 
 def _managed(attrs: dict[str, Any]) -> ManagedContainer:
     state = attrs.get("State") or {}
-    labels = (attrs.get("Config") or {}).get("Labels") or {}
-    spec = None
-    with contextlib.suppress(ValueError, TypeError):
-        spec = ContainerSpec.from_json(labels.get(LABEL_SPEC, ""))
     status = state.get("Status", "unknown")
     ended = status in ("exited", "dead")
     return ManagedContainer(
         container_id=attrs["Id"],
-        # A container created ahead (warm_pool.py) is the allocation's it was renamed for.
-        allocation_id=labels.get(LABEL_ALLOCATION) or allocation_of_warm(attrs.get("Name", ""), labels),
+        # By its name, never a label (an image's labels show in its containers'): a container
+        # created ahead (warm_pool.py) is the allocation's it was renamed for, or nobody's.
+        allocation_id=allocation_of(str(attrs.get("Name") or "")),
         status=status,
         running=bool(state.get("Running")),
         exit_code=int(state.get("ExitCode", 0)) if ended else None,
         oom_killed=bool(state.get("OOMKilled")),
         started_at=_time(state.get("StartedAt")),
         finished_at=_time(state.get("FinishedAt")) if ended else None,
-        spec=spec,
+        spec=spec_of(attrs),
         keeps_alive=list((attrs.get("Config") or {}).get("Entrypoint") or []) == KEEP_ALIVE,
     )
 
@@ -238,7 +240,8 @@ class EventStream:
                 yield {
                     "action": action,
                     "container_id": (raw.get("Actor") or {}).get("ID") or raw.get("id"),
-                    "allocation_id": attributes.get(LABEL_ALLOCATION, ""),
+                    # The container's name (no label: see _managed).
+                    "allocation_id": allocation_of(str(attributes.get("name") or "")),
                     "host_id": attributes.get(LABEL_HOST, ""),
                     "exit_code": int(exit_code) if exit_code is not None else None,
                     "signal": int(str(signalled)) if str(signalled).isdigit() else None,
@@ -531,15 +534,18 @@ class DockerDriver:
             client.api.stop(container_id, timeout=timeout)
 
     def remove(self, container_id: str) -> None:
-        """Kill and remove, with the allocation's own network; a container already gone is fine."""
+        """Kill and remove, with the allocation's own network (named in the container's network
+        mode after the container itself, never in a label); a container already gone is fine."""
         with (
             contextlib.suppress(ContainerNotFound),
             self._errors(f"removing {container_id[:12]}") as client,
         ):
-            spec = _managed(client.api.inspect_container(container_id)).spec
+            network = own_network(client.api.inspect_container(container_id))
             client.api.remove_container(container_id, force=True)
-            if spec is not None:
-                self._remove_network(client, spec)
+            if network is not None:
+                # A network left behind holds nothing and the next run() of the allocation reuses it.
+                with contextlib.suppress(docker.errors.APIError):
+                    client.api.remove_network(network)
 
     def pause(self, container_id: str) -> None:
         with self._errors(f"pausing {container_id[:12]}") as client:

@@ -16,8 +16,9 @@ session asked for a PTY), `POST /exec/<id>/start` upgraded to a raw stream
 running for a moment after the stream ends, so it is polled.
 
 Before anything runs, `container_for` checks that the allocation's container
-is ours (our labels, this host) and running: a session never reaches another
-container, and what the user reads when it cannot run is an ExecRefused.
+is ours (named for the allocation, labelled managed and for this host) and
+running: a session never reaches another container, and what the user reads
+when it cannot run is an ExecRefused.
 
 The user's end of input is passed on as a half-close of the socket, but only
 without a TTY: with one, the engine ends the whole stream at a half-close
@@ -47,17 +48,11 @@ from typing import Any, Protocol
 import structlog
 
 from potluck.hostd import docker_http, pause_races, process_tree
-from potluck.hostd.container_config import (
-    LABEL_ALLOCATION,
-    LABEL_HOST,
-    LABEL_MANAGED,
-    NAME_PREFIX,
-)
+from potluck.hostd.container_config import LABEL_HOST, LABEL_MANAGED, LABEL_SPEC, NAME_PREFIX, allocation_of
 from potluck.hostd.docker_http import message
 from potluck.hostd.exec_errors import ExecError, ExecRefused
 from potluck.hostd.exec_stream import ExecSink, ExecStream
 from potluck.hostd.session_ledger import SessionLedger
-from potluck.hostd.warm_pool import allocation_of_warm
 
 __all__ = ["ExecBridge", "ExecProcess", "SessionProcess", "exec_env", "signal_number"]
 
@@ -264,13 +259,14 @@ class ExecBridge:
         if status != 200:
             raise ExecError(f"inspecting the container of {alloc_id}: {status} {message(body)}")
         labels = ((body.get("Config") or {}).get("Labels")) or {}
-        # A container created ahead (warm_pool.py) names its allocation by its name alone.
-        owner = labels.get(LABEL_ALLOCATION) or allocation_of_warm(str(body.get("Name") or ""), labels)
+        # Whose it is, by its name, never a label (an image's labels show in its containers'):
+        # a container created ahead (warm_pool.py) is the allocation's it was renamed for.
+        owner = allocation_of(str(body.get("Name") or ""))
         if labels.get(LABEL_MANAGED) != "1" or owner != alloc_id or labels.get(LABEL_HOST) != self.host_id:
             log.warning(
                 "exec.container_not_ours",
                 alloc_id=alloc_id,
-                labels={k: v for k, v in labels.items() if k != "potluck.spec"},
+                labels={k: v for k, v in labels.items() if k != LABEL_SPEC},
             )
             raise ExecRefused(f"allocation {alloc_id} has no container on this host")
         state = body.get("State") or {}

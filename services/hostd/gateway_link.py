@@ -25,8 +25,8 @@ anything restarted; keepalives notice a silently dead connection.
 
 Each session is bridged to `docker exec` in the allocation's container
 (exec_bridge.py): the gateway sends the allocation id in the session's
-`POTLUCK_ALLOC` variable, hostd checks the container's labels say it belongs
-to that allocation and to this host, and runs the command (or a login shell,
+`POTLUCK_ALLOC` variable, hostd checks the container's name says it belongs
+to that allocation and its labels to this host, and runs the command (or a login shell,
 or the image's sftp-server, or hostd's own SFTP server for an image without
 one: helper_sftp.py) as the container's default user, with a TTY
 when the session asked for a PTY. Data is passed in both directions with flow

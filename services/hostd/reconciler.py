@@ -1,6 +1,8 @@
 """Pure reconciliation: what should run here versus what the engine has.
 
-After a restart hostd adopts the containers it finds by their labels, stops
+After a restart hostd adopts the containers it finds (this host's by their
+labels, which hostd always sets itself; each one's allocation by its name,
+never by a label an image could supply: docker_driver.py), stops
 the ones no allocation wants, and starts wanted ones that are missing. A
 task's container that exited is reported, not restarted: a task runs once.
 An interactive allocation's container (its keep-alive, helper.py) that stopped
@@ -10,8 +12,8 @@ restarted, the machine rebooted) stops its keep-alive; not one the host
 stopped itself (`no_restart`: drained, or stopped for a failure). A container
 that was created but never started (hostd stopped between the two) did not
 run the work: it is reported as failed, never as an exit with code 0. Two
-containers for one allocation (never made by us, but
-possible by hand) keep the running, older one.
+containers for one allocation (never made by us, and by name impossible
+but for a rename by hand) keep the running, older one.
 
 A kept allocation's stopped container (`kept`: its command exited, and its
 user may still fetch its files and logs until the allocator discards it) is

@@ -20,10 +20,11 @@ container started at placement would run just the same; a shape with a command r
 launcher (launcher.py), which waits for its go before it `exec`s the command, so nothing of
 the command runs before the allocation is placed.
 
-A warm container's labels name no allocation (an empty one), only this host and `potluck.warm`; once taken
-it is renamed `potluck-<allocation>`, and that name is what tells whose it is
-(`allocation_of_warm`). Its disk bound is the taker's spec's, which hostd holds (the exec
-side's SFTP server asks it: ContainerManager.disk_bound_of), never a label.
+A warm container's labels name no allocation (that label is set, empty), only this host
+and `potluck.warm`; once taken it is renamed `potluck-<allocation>`, and that name is what
+tells whose it is (`container_config.allocation_of`, as for every container). Its disk
+bound is the taker's spec's, which hostd holds (the exec side's SFTP server asks for it:
+ContainerManager.disk_bound_of), never a label.
 """
 
 from collections.abc import Iterable, Sequence
@@ -37,7 +38,6 @@ from potluck.hostd.container_config import (
     LABEL_MANAGED,
     LABEL_WARM,
     MIN_MEMORY_BYTES,
-    NAME_PREFIX,
     ContainerSpec,
     create_kwargs,
     own_labels,
@@ -228,12 +228,3 @@ def limits_update(spec: ContainerSpec) -> dict[str, Any]:
         "MemorySwap": spec.memory_bytes,
         "PidsLimit": spec.pids_limit,
     }
-
-
-def allocation_of_warm(name: str, labels: dict[str, str]) -> str:
-    """The allocation a taken warm container runs, from its name (`/potluck-<allocation>`);
-    "" for a warm container not taken, or any other."""
-    if labels.get(LABEL_WARM) != "1":
-        return ""
-    name = name.removeprefix("/")
-    return name.removeprefix(NAME_PREFIX) if name.startswith(NAME_PREFIX) else ""

@@ -27,6 +27,7 @@ from potluck.hostd.container_config import (
 )
 from potluck.hostd.docker_driver import DockerDriver, ImageRefused, LimitsNotApplied
 from potluck.hostd.exec_bridge import ExecBridge
+from potluck.hostd.reconciler import reconcile
 from potluck.hostd.warm_engine import create_warm, list_warm
 from potluck.hostd.warm_keeper import WarmKeeper
 from potluck.hostd.warm_pool import warm_create_kwargs, warm_key
@@ -164,7 +165,7 @@ async def test_the_warm_pool_makes_nothing_of_the_image_and_drops_its_shape(
     assert _made_from(client, image) == []
 
 
-@pytest.mark.parametrize("warm", [False], ids=["own"])
+@pytest.mark.parametrize("warm", [False, True], ids=["own", "warm"])
 async def test_a_label_of_the_image_cannot_change_the_sftp_disk_bound(
     docker_driver: DockerDriver,
     client: docker.DockerClient,
@@ -188,3 +189,62 @@ async def test_a_label_of_the_image_cannot_change_the_sftp_disk_bound(
     assert left is not None
     assert 0 < left <= spec.disk_bytes
     assert await ExecBridge(docker_driver.base_url, HOST).disk_left(spec.allocation_id) == 0
+
+
+async def test_a_container_of_the_image_claims_no_other_allocations_container(
+    docker_engine: DockerEngine,
+    client: docker.DockerClient,
+    audits_image: tuple[str, ContainerSpec],
+    test_image: str,
+) -> None:
+    """Tried: A's container, with a network of its own, stopped and kept (its files are A's
+    results); beside it, made from the audit's image (potluck.allocation=A, a spec of A's with
+    a network) as an older hostd made them, a warm container not taken (frozen: running, so
+    preferred to a stopped one) and one taken by B. Then what a restarted hostd does: list this
+    host's containers, reconcile them (A kept, B wanted), ask the exec side for each, and remove
+    B's container (its release).
+    Must hold: the engine lists the warm one as nobody's and B's as B's, A's as A's with its
+    spec; reconciliation removes none of them and adopts B's; the exec side gives A's
+    container for A and B's for B; removing B's leaves A's network and container, and A
+    starts again on its network."""
+    image, victim = audits_image
+    with DockerDriver(docker_engine.url, internal_networks=True) as driver:
+        a = replace(victim, image=test_image, network=True)
+        b = container_spec(image, HOST, disk_bytes=64 * MiB)
+        try:
+            a_id = driver.run(a)
+            driver.stop(a_id, 1)
+            warm_id = _as_an_older_hostd_made_it(
+                driver, client, image, container_spec(image, HOST, command=None), warm=True
+            )
+            client.api.rename(warm_id, f"potluck_warm_{uuid.uuid4().hex[:12]}")  # not taken
+            client.api.pause(warm_id)
+            b_id = _as_an_older_hostd_made_it(driver, client, image, b, warm=True)
+            assert client.containers.get(warm_id).labels["potluck.allocation"] == a.allocation_id
+
+            found = {c.container_id: c for c in driver.list_managed(HOST)}
+            assert {cid: c.allocation_id for cid, c in found.items()} == {
+                a_id: a.allocation_id,
+                warm_id: "",
+                b_id: b.allocation_id,
+            }
+            assert found[a_id].spec == a
+            assert found[b_id].spec is None
+            actual = [c for c in found.values() if c.allocation_id]
+            plan = reconcile({b.allocation_id: b}, actual, kept={a.allocation_id})
+            assert plan.remove == []
+            assert [c.container_id for c in plan.adopt] == [b_id]
+
+            bridge = ExecBridge(driver.base_url, HOST)
+            assert await bridge.container_for(a.allocation_id, stopped_ok=True) == a_id
+            assert await bridge.container_for(b.allocation_id) == b_id
+
+            driver.remove(b_id)
+            assert client.networks.list(names=[a.container_name])
+            client.api.start(a_id)
+            networks = driver.inspect(a_id)["NetworkSettings"]["Networks"]
+            assert list(networks) == [a.container_name]
+        finally:
+            for container in driver.list_managed(HOST):
+                driver.remove(container.container_id)
+        assert client.networks.list(names=[a.container_name]) == []  # A's own, removed with it

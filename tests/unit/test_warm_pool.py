@@ -24,7 +24,6 @@ from potluck.hostd.warm_pool import (
     RecentShapes,
     WarmContainer,
     WarmKey,
-    allocation_of_warm,
     env_at_take,
     limits_update,
     refill_plan,
@@ -191,16 +190,6 @@ def test_warm_container_is_made_as_an_allocation_of_its_shape(command: list[str]
         "Memory",
         "MemorySwap",
     ]
-
-
-def test_allocation_of_warm_from_its_name() -> None:
-    """A taken warm container is the allocation its name says; one not taken, or a
-    container without the warm label, is nobody's."""
-    warm = {LABEL_WARM: "1"}
-    assert allocation_of_warm("/potluck-a1b2", warm) == "a1b2"
-    assert allocation_of_warm("/potluck_warm_abc", warm) == ""
-    assert allocation_of_warm("/potluck-a1b2", {}) == ""
-    assert allocation_of_warm("/someone-else", warm) == ""
 
 
 def test_warm_containers_setting_is_validated() -> None:
