@@ -1,7 +1,7 @@
 """The decisions that drive batch jobs: a job's state and its attempts' allocations in, appends out. Pure.
 
-A task's standing (`standing`) is read from its latest attempt's allocation and
-the job's retry settings; `step` decides what a running job does next: complete
+A task's standing (`standing`, task_standing.py) is read from its latest attempt's
+allocation and the job's retry settings; `step` decides what a running job does next: complete
 once every task is final, cancel itself once its deadline passed, or request
 new attempts, as many as its parallelism, its pending bound and its user's
 quota room allow (a job never gets QUOTA_EXCEEDED: it waits for room). The new
@@ -16,14 +16,23 @@ already known final (`settled`), so a driver that keeps those between rounds
 pays for a job's active attempts, not for all its tasks.
 """
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain, islice
-from typing import Literal
 from uuid import uuid4
 
 from potluck.allocator.decisions import ending, new_alloc_id
+from potluck.allocator.task_standing import (
+    ACTIVE_TASK,
+    FINAL_TASK,
+    Ended,
+    Standing,
+    TaskState,
+    ended_as,
+    retried,
+    standing,
+)
 from potluck.contracts.allocation_events import (
     AllocationReleased,
     AllocationRequested,
@@ -35,7 +44,6 @@ from potluck.contracts.allocation_events import (
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.job_events import (
     JOB_ID_ENV,
-    MAX_HOST_LOSSES,
     TASK_INDEX_ENV,
     JobCancelled,
     JobCompleted,
@@ -53,6 +61,7 @@ __all__ = [
     "MAX_BATCH",
     "MAX_PENDING",
     "QUEUE_WAIT_S",
+    "Ended",
     "JobStep",
     "Room",
     "Standing",
@@ -69,15 +78,6 @@ __all__ = [
     "step",
 ]
 
-#: A task as `job show` counts it: `waiting` not requested yet (parallelism, quota), then its
-#: latest attempt's allocation state, `succeeded` (exit 0) or `failed` for good; `retrying`
-#: its latest attempt ended and another is about to be requested; `cancelled` the job ended first.
-TaskState = Literal[
-    "waiting", "pending", "placed", "pulling", "running", "retrying", "succeeded", "failed", "cancelled"
-]
-ACTIVE_TASK: frozenset[str] = frozenset({"pending", "placed", "pulling", "running"})
-FINAL_TASK: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-
 #: Most attempts requested in one transaction: a 10,000-task job does not make one huge append.
 MAX_BATCH = 100
 #: Most attempts of one job waiting to be placed at once: more would only wait longer in the
@@ -87,82 +87,9 @@ MAX_PENDING = 32
 #: capacity as long as it takes, within reason.
 QUEUE_WAIT_S = 7 * 86400.0
 
-#: How an attempt ended: the `retry_on` kinds, `succeeded` (exit 0), `released` (on request).
-Ended = Literal["exit", "oom", "failed", "lost", "succeeded", "released"]
-
 
 def new_job_id() -> str:
     return f"j-{uuid4().hex[:12]}"
-
-
-# --- a task's standing -------------------------------------------------------------------------
-
-
-def ended_as(state: AllocationState) -> Ended | None:
-    """How the attempt ended; None while it has not."""
-    match state.status:
-        case "exited":
-            if state.exited_by_host:
-                return "lost"  # its host took the machine back: re-queued as a loss is
-            if state.oom_killed:
-                return "oom"
-            return "succeeded" if state.exit_code == 0 else "exit"
-        case "failed" | "refused" | "expired":
-            return "failed"
-        case "lost":
-            return "lost"
-        case "released":
-            return "released"
-    return None
-
-
-def retried(spec: JobSpec, endings: Sequence[Ended]) -> bool:
-    """Whether a task whose attempts ended as `endings` (oldest first) gets another attempt.
-
-    A loss with the host does not use `retries` but is re-queued at most MAX_HOST_LOSSES times;
-    every other kind uses one of `retries`."""
-    last = endings[-1]
-    if last in ("succeeded", "released") or last not in spec.retry_on:
-        return False
-    if last == "lost":
-        return endings.count("lost") <= MAX_HOST_LOSSES
-    return sum(1 for e in endings if e != "lost") <= spec.retries
-
-
-@dataclass(frozen=True)
-class Standing:
-    state: TaskState
-    #: Attempts requested so far.
-    attempts: int
-    #: Its latest attempt's allocation (None: not requested, or not folded yet).
-    latest: AllocationState | None
-
-
-def standing(job: JobState, index: int, allocations: Mapping[str, AllocationState]) -> Standing:
-    """Where task `index` stands, from its attempts' allocations and the job's retry settings."""
-    tried = job.attempts.get(index, ())
-    cancelled = job.status == "cancelled"
-    if not tried:
-        return Standing("cancelled" if cancelled else "waiting", 0, None)
-    latest = allocations.get(tried[-1])
-    if latest is None:
-        # Requested in a transaction whose allocation event is not folded yet.
-        return Standing("pending", len(tried), None)
-    if not latest.terminal:
-        return Standing(latest.status, len(tried), latest)  # type: ignore[arg-type]
-    endings = [e for e in (_ended(allocations.get(a)) for a in tried) if e is not None]
-    last = endings[-1]
-    if last == "succeeded":
-        return Standing("succeeded", len(tried), latest)
-    if last == "released":
-        return Standing("cancelled", len(tried), latest)
-    if retried(job.spec, endings):
-        return Standing("cancelled" if cancelled else "retrying", len(tried), latest)
-    return Standing("failed", len(tried), latest)
-
-
-def _ended(state: AllocationState | None) -> Ended | None:
-    return None if state is None else ended_as(state)
 
 
 # --- the user's quota room ----------------------------------------------------------------------

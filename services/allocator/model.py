@@ -3,7 +3,8 @@
 `AllocatorModel` is a `Projection` (potluck.events): it folds host events into
 `HostsView`, the `capacity-<host>` streams into the `CapacityLedger`, the
 `images-<host>` streams into what each host holds (`host_images`),
-allocation events into `AllocationsView`, jobs into `JobsView`, users into `UsersView`, and keeps
+allocation events into `AllocationsView`, jobs into `JobsView` (and each job's tasks counted by
+state into `JobTallies`, task_standing.py), users into `UsersView`, and keeps
 the version of each user's `quota-<user>` stream. No asyncio, no I/O, no
 decision: the allocator's engine feeds it through a `Fold` and decides on it,
 and `potluck ops replay` feeds the very same class, so a replay shows exactly
@@ -26,11 +27,13 @@ from potluck.allocator.conditions import frozen_past_limit
 from potluck.allocator.members import MembersView
 from potluck.allocator.placement_index import PlacementIndex
 from potluck.allocator.schemas import CapacityFigures, Pool, PoolHost
+from potluck.allocator.task_standing import JobTallies
 from potluck.allocator.users import UsersView
 from potluck.contracts.allocation_events import QuotaCharged
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.host_events import HostEvent
 from potluck.contracts.host_images import HostImagesReported
+from potluck.contracts.job_events import JobTaskRequested
 from potluck.events import Event, RecordedEvent
 from potluck.readmodels.allocations import AllocationState, AllocationsView
 from potluck.readmodels.hosts import HostsView
@@ -62,6 +65,8 @@ class AllocatorModel:
     ledger: CapacityLedger = field(default_factory=CapacityLedger)
     allocations: AllocationsView = field(default_factory=AllocationsView)
     jobs: JobsView = field(default_factory=JobsView)
+    #: Each job's tasks by state, kept as the jobs' and their attempts' events are folded.
+    job_tallies: JobTallies = field(default_factory=JobTallies)
     users: UsersView = field(default_factory=UsersView)
     #: Members' web tokens (the web page's "my machine").
     members: MembersView = field(default_factory=MembersView)
@@ -88,12 +93,20 @@ class AllocatorModel:
                 if self.ledger.apply(event, version=record.version):
                     self.placement.touch(getattr(event, "host_id", ""), reservation_only=True)
             case "alloc":
-                self.allocations.apply(event, position=record.position, version=record.version, at=at)
+                state = self.allocations.apply(event, position=record.position, version=record.version, at=at)
+                if state is not None:
+                    self._attempt_changed(state.alloc_id)
             case "quota":
                 if isinstance(event, QuotaCharged):
                     self.quota_versions[event.user] = record.version
             case "job":
-                self.jobs.apply(event, version=record.version, at=at)
+                job = self.jobs.apply(event, version=record.version, at=at)
+                if job is not None:
+                    allocations = self.allocations.allocations
+                    if isinstance(event, JobTaskRequested):
+                        self.job_tallies.task_changed(job, event.task_index, allocations)
+                    else:
+                        self.job_tallies.job_changed(job, allocations)
             case "user":
                 self.users.apply(event)
             case "member":
@@ -103,6 +116,13 @@ class AllocatorModel:
                     self.host_images[event.host_id] = frozenset(event.images)
                     self.images_versions[event.host_id] = record.version
                     self.placement.touch(event.host_id)
+
+    def _attempt_changed(self, alloc_id: str) -> None:
+        """After an event of an allocation: the task it is an attempt of, if any, is tallied again."""
+        task = self.jobs.task_of.get(alloc_id)
+        if task is not None:
+            job_id, index = task
+            self.job_tallies.task_changed(self.jobs.jobs[job_id], index, self.allocations.allocations)
 
     def passed_over(self, record: RecordedEvent) -> None:
         """An event of `record.stream` the Fold could not read: count its version."""

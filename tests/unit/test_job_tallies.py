@@ -1,0 +1,173 @@
+"""A job's tasks counted by state as the log is folded (services/allocator/task_standing.py's
+JobTallies) and its pages of tasks, without servers.
+
+The tallies are checked against asking every task (`standing`), the way the allocator
+answered before it kept them: after every event of random jobs whose attempts end in random
+ways, some cancelled halfway.
+"""
+
+import pickle
+from collections import Counter
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from potluck.allocator.job_decisions import (
+    cancellation,
+    release_attempt,
+)
+from potluck.allocator.task_standing import TASK_STATES, JobTallies, TaskState, standing
+from potluck.contracts.allocation_events import Quota
+from potluck.contracts.job_events import (
+    MAX_TASKS,
+    JobSpec,
+)
+from potluck.events.checkpoints import _unpickled
+from potluck.events.schema import registry
+from tests.unit.test_job_decisions import JOB, OUTCOMES, USER, Outcome, Sim, job_spec, jobs
+
+
+def every_task(sim: Sim) -> list[TaskState]:
+    """Each task's state, asked of each task: what the tallies must agree with."""
+    return [standing(sim.job, i, sim.allocations).state for i in range(sim.job.spec.tasks)]
+
+
+def walk(tallies: JobTallies, sim: Sim, limit: int, state: TaskState | None = None) -> list[list[int]]:
+    """Every page of the job's tasks (in `state`), following each page's next."""
+    pages: list[list[int]] = []
+    after = None
+    while True:
+        page, following = tallies.page(sim.job, after, limit, state)
+        pages.append(page)
+        if following is None:
+            return pages
+        assert following == page[-1], "next is the page's last task"
+        after = following
+
+
+def agree(sim: Sim, limit: int) -> None:
+    tallies = sim.model.job_tallies
+    states = every_task(sim)
+    assert tallies.counts(sim.job) == {s: n for s, n in Counter(states).items()}
+    assert [tallies.state_of(sim.job, i) for i in range(len(states))] == states
+    pages = walk(tallies, sim, limit)
+    assert [i for page in pages for i in page] == list(range(len(states))), "each task once, in order"
+    assert all(len(page) == limit for page in pages[:-1])
+    for state in TASK_STATES:
+        found = [i for page in walk(tallies, sim, limit, state) for i in page]
+        assert found == [i for i, s in enumerate(states) if s == state], state
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    jobs(),
+    st.lists(st.tuples(st.integers(0, 7), st.sampled_from(OUTCOMES)), max_size=60),
+    st.none() | st.integers(0, 8),
+    st.integers(1, 4),
+)
+def test_the_tallies_agree_with_every_task_asked_however_the_job_goes(
+    job: tuple[JobSpec, Quota], endings: list[tuple[int, Outcome]], cancel_at: int | None, limit: int
+) -> None:
+    """Tried: random jobs (tasks, parallelism, retries, retry_on, quota) stepped, their active
+    attempts ending in random ways, some cancelled by their user at a random step and their
+    attempts then released; read with pages of 1 to 4 tasks. Must hold after every step: the
+    counts are those of asking every task, each task's tallied state is its standing, the
+    pages hold every task exactly once in index order, and the pages of one state hold exactly
+    the tasks in that state."""
+    spec, quota = job
+    sim = Sim(spec, quota)
+    script = iter(endings)
+    for round_ in range(400):
+        agree(sim, limit)
+        if sim.job.terminal:
+            break
+        if round_ == cancel_at:
+            sim.add(cancellation(sim.job, f"user:{USER}", ""))
+            agree(sim, limit)
+            for alloc_id in sim.active():
+                sim.add(release_attempt(sim.job, sim.allocations[alloc_id]))
+            continue
+        sim.step()
+        agree(sim, limit)
+        active = sim.active()
+        picked = next(script, None)
+        if picked is None:
+            for alloc_id in active:
+                sim.end(alloc_id, "ok")
+        elif active:
+            index, outcome = picked
+            sim.end(active[index % len(active)], outcome)
+    agree(sim, limit)
+    assert sim.job.terminal
+
+
+def test_a_task_waiting_for_its_retry_is_cancelled_with_its_job() -> None:
+    """Tried: a 2-task job with `retries: 1` on `exit`, task 0 exits 3 (so it is retrying) and
+    task 1 runs; then its user cancels it. Must hold: 1 retrying and 1 running before; after,
+    task 0 counts as cancelled, with no event of its own, and task 1 still runs until released."""
+    sim = Sim(job_spec(2, retries=1, retry_on=("exit",)))
+    sim.step()
+    first, second = sim.active()
+    sim.end(first, "exit")
+    sim.end(second, "run")
+    tallies = sim.model.job_tallies
+    assert tallies.counts(sim.job) == {"running": 1, "retrying": 1}
+    sim.add(cancellation(sim.job, f"user:{USER}", ""))
+    assert tallies.counts(sim.job) == {"running": 1, "cancelled": 1}
+    assert tallies.page(sim.job, None, 5, "cancelled") == ([0], None)
+    sim.add(release_attempt(sim.job, sim.allocations[second]))
+    assert tallies.counts(sim.job) == {"cancelled": 2}
+    agree(sim, 1)
+
+
+def test_a_big_job_is_counted_without_looking_at_its_tasks_not_requested() -> None:
+    """Tried: a job of MAX_TASKS tasks with parallelism 3, one step. Must hold: 3 pending and
+    the rest waiting; the tally holds a byte for each requested task only; a page after the
+    requested ones, and a page of waiting tasks, start where they should."""
+    sim = Sim(job_spec(MAX_TASKS, parallelism=3))
+    sim.step()
+    tallies = sim.model.job_tallies
+    assert tallies.counts(sim.job) == {"pending": 3, "waiting": MAX_TASKS - 3}
+    assert len(tallies.tallies[JOB].states) == 3
+    assert tallies.page(sim.job, None, 2) == ([0, 1], 1)
+    assert tallies.page(sim.job, MAX_TASKS - 3, 5) == ([MAX_TASKS - 2, MAX_TASKS - 1], None)
+    assert tallies.page(sim.job, None, 2, "waiting") == ([3, 4], 4)
+    assert tallies.page(sim.job, 1, 3, "pending") == ([2], None)
+    assert tallies.page(sim.job, None, 3, "running") == ([], None)
+    sim.add(cancellation(sim.job, f"user:{USER}", ""))
+    assert tallies.counts(sim.job) == {"pending": 3, "cancelled": MAX_TASKS - 3}
+    assert tallies.page(sim.job, None, 2, "cancelled") == ([3, 4], 4)
+    assert tallies.page(sim.job, None, 2, "waiting") == ([], None)
+
+
+def test_the_tallies_survive_a_checkpoint_as_folded() -> None:
+    """Tried: a job half done, its model pickled (with pickle's default protocol and its highest,
+    which the checkpoints use) and read back through a checkpoint's guarded unpickler, then
+    folded on. Must hold: the restored tallies equal the folded ones, and keep agreeing."""
+    sim = Sim(job_spec(6, parallelism=2))
+    sim.step()
+    first, second = sim.active()
+    sim.end(first, "ok")
+    sim.end(second, "exit")
+    assert _unpickled(pickle.dumps(sim.model)).job_tallies == sim.model.job_tallies
+    restored = _unpickled(pickle.dumps(sim.model, protocol=pickle.HIGHEST_PROTOCOL))
+    assert restored.job_tallies == sim.model.job_tallies
+    sim.model = restored
+    sim.fold.projection = restored
+    sim.run_to_end()
+    agree(sim, 4)
+
+
+def test_events_folded_again_are_tallied_once() -> None:
+    """Tried: every event of a running job handed to the model a second time (as a redelivery
+    past the Fold's own guard would be). Must hold: the counts and states do not move."""
+    sim = Sim(job_spec(5, parallelism=3))
+    sim.step()
+    first, second, _ = sim.active()
+    sim.end(first, "ok")
+    sim.end(second, "exit")
+    before = pickle.dumps(sim.model.job_tallies)
+    for record in sim.log.records:
+        sim.model.apply(registry.decode_record(record), record)
+    assert pickle.dumps(sim.model.job_tallies) == before
+    agree(sim, 2)
