@@ -77,6 +77,24 @@ async def run_job(bench: BenchPool, http: aiohttp.ClientSession, tasks: int) -> 
     return elapsed, job
 
 
+async def every_task(
+    bench: BenchPool, http: aiohttp.ClientSession, job: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Each task of the job, read page by page (GET /v1/jobs/{id}/tasks), after the timing."""
+    tasks: list[dict[str, Any]] = []
+    after = ""
+    while True:
+        url = f"{bench.api}/v1/jobs/{job['id']}/tasks?limit=1000{after}"
+        async with http.get(url, headers=bench.headers) as response:
+            page = await response.json()
+            if response.status != 200:
+                raise RuntimeError(f"GET {url} answered {response.status}: {page}")
+        tasks += page["tasks"]
+        if page["next"] is None:
+            return tasks
+        after = f"&after={page['next']}"
+
+
 #: The legs of a task's life the log records, for where the time goes (medians in the output).
 LEGS = {
     "requested_to_placed": ("AllocationRequested", "AllocationPlaced"),
@@ -86,10 +104,12 @@ LEGS = {
 }
 
 
-async def legs_ms(store: EventStore, job: dict[str, Any]) -> dict[str, list[float]]:
+async def legs_ms(
+    store: EventStore, job: dict[str, Any], tasks: list[dict[str, Any]]
+) -> dict[str, list[float]]:
     """For each leg of LEGS, every task's span in ms as recorded in its allocation's stream."""
     legs: dict[str, list[float]] = {leg: [] for leg in LEGS}
-    for task in job["task_list"]:
+    for task in tasks:
         at = {r.type: r.recorded_at for r in await store.read_stream(alloc_stream(task["alloc_id"]))}
         for leg, (start, end) in LEGS.items():
             if start in at and end in at:
@@ -155,8 +175,9 @@ async def measure(tasks: int) -> None:
             await run_job(bench, http, HOSTS)
             say(f"a job of {tasks} tasks")
             seconds, job = await run_job(bench, http, tasks)
-            legs = await legs_ms(bench.pool.store, job)
-            hosts_used = len({t["host_id"] for t in job["task_list"]})
+            tasks_run = await every_task(bench, http, job)
+            legs = await legs_ms(bench.pool.store, job, tasks_run)
+            hosts_used = len({t["host_id"] for t in tasks_run})
             say(f"job done in {seconds:.1f} s on {hosts_used} host(s); now {tasks} raw docker run --rm")
             raw_seconds, raw = await raw_runs(bench.engines, tasks)
     emit(BENCH, "tasks_per_s", tasks / seconds, "tasks/s", baseline=tasks / raw_seconds, tasks=tasks)

@@ -93,10 +93,12 @@ def delete_each(paths: Sequence[str], as_json: bool, table: Callable[[list[Any]]
         sys.exit(int(not_found.code))
 
 
-def list_rows(path: str, key: str, query: dict[str, str], most: int | None) -> list[Any]:
-    """Every row of a paged list, or the first `most` (Api.rows)."""
+def list_rows(
+    path: str, key: str, query: dict[str, str], most: int | None, *, after: str | int | None = None
+) -> list[Any]:
+    """Every row of a paged list (after the row `after`, when given), or the first `most` (Api.rows)."""
     try:
-        return asyncio.run(Api(Login.load()).rows(path, key, query, most))
+        return asyncio.run(Api(Login.load()).rows(path, key, query, most, after=after))
     except ClientError as exc:
         bail(exc)
 

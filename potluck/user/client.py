@@ -131,14 +131,18 @@ class Api:
         query: Mapping[str, str] | None = None,
         most: int | None = None,
         page_rows: int = PAGE_ROWS,
+        *,
+        after: str | int | None = None,
     ) -> list[Any]:
-        """Every row of a paged list (`GET /v1/allocations`, `/v1/jobs`: each page's `key`),
-        following each page's `next`, `page_rows` at a time; only the first `most` when given."""
+        """Every row of a paged list (`GET /v1/allocations`, `/v1/jobs`, a job's tasks: each
+        page's `key`), following each page's `next`, `page_rows` at a time, from the first row
+        or the one after `after`; only the first `most` when given."""
         found: list[Any] = []
-        after: str | None = None
         while True:
             wanted = page_rows if most is None else min(page_rows, most - len(found))
-            params = {**(query or {}), "limit": str(wanted), **({"after": after} if after else {})}
+            # A task's index is a cursor too, and 0 is one.
+            cursor = {"after": str(after)} if after is not None else {}
+            params = {**(query or {}), "limit": str(wanted), **cursor}
             page = await self.call("GET", f"{path}?{urlencode(params)}")
             found += page[key]
             after = page.get("next")

@@ -1,12 +1,16 @@
 """`potluck run` and `potluck job ...`: batch jobs of many tasks, from the user's side.
 
-A job is created with `POST /v1/jobs` and followed with `GET /v1/jobs/{id}`; waiting
-uses the API's own `?wait=done&timeout=` in rounds (the server holds each request
-until the job ends or the round is over), so a wait is no busy loop. `job wait` and
+A job is created with `POST /v1/jobs` and followed with `GET /v1/jobs/{id}`, which counts
+its tasks by state and holds the first page of them; where every task is shown (`job show`,
+`--json` after a wait) the rest come from `GET /v1/jobs/{id}/tasks`, a page at a time, and
+the failed tasks named after a wait from its `?state=failed`. Waiting uses the API's own
+`?wait=done&timeout=` in rounds (the server holds each request until the job ends or the
+round is over), so a wait is no busy loop. `job wait` and
 `run --wait` exit 0 only if every task succeeded, ExitCode.JOB_FAILED when a task
 failed or the job was cancelled, ExitCode.TIMEOUT when `--timeout` passed first.
 """
 
+import asyncio
 import json
 import sys
 import time
@@ -34,7 +38,7 @@ from potluck.user.cli import (
     out,
     say_to_user,
 )
-from potluck.user.client import ExitCode
+from potluck.user.client import Api, ClientError, ExitCode, Login
 from potluck.user.ssh_keys import admitted_keys
 
 #: Task states in the order a summary lists them: the finished ones first, as users look for those.
@@ -145,6 +149,16 @@ def _tasks_table(tasks: list[dict[str, Any]]) -> Table:
     return table
 
 
+def with_every_task(job: dict[str, Any]) -> dict[str, Any]:
+    """The job with all its tasks: an answer of `GET /v1/jobs/{id}` holds the first page of them
+    (`task_list`), the others are read after it from `GET /v1/jobs/{id}/tasks`, page by page."""
+    following = job.get("task_list_next")
+    if following is None:
+        return job
+    rest = list_rows(f"/v1/jobs/{job['id']}/tasks", "tasks", {}, None, after=following)
+    return {**job, "task_list": [*job["task_list"], *rest], "task_list_next": None}
+
+
 def _show_job(job: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(job))
@@ -159,9 +173,19 @@ def _show_job(job: dict[str, Any], as_json: bool) -> None:
 
 def _say_outcome(job: Mapping[str, Any]) -> None:
     """One line on stderr for a waited job, and which tasks failed: stdout stays for scripts."""
-    err.print(f"job {job['id']} {job['state']}: {counts_text(job.get('counts') or {})}", highlight=False)
-    failed = [t for t in job.get("task_list") or [] if t["state"] == "failed"]
-    for task in failed[:FAILURES_SHOWN]:
+    counts: Mapping[str, int] = job.get("counts") or {}
+    err.print(f"job {job['id']} {job['state']}: {counts_text(counts)}", highlight=False)
+    many = counts.get("failed", 0)
+    if not many:
+        return
+    path = f"/v1/jobs/{job['id']}/tasks?state=failed&limit={FAILURES_SHOWN}"
+    try:
+        failed: list[dict[str, Any]] = asyncio.run(Api(Login.load()).call("GET", path))["tasks"]
+    except ClientError as exc:
+        # The job's outcome is known and its exit code stands; only the names are missing.
+        err.print(f"  (its failed tasks could not be read: {exc})", highlight=False)
+        return
+    for task in failed:
         code = task.get("exit_code")
         why = task.get("reason") or (f"exit code {code}" if code is not None else "failed")
         err.print(
@@ -169,8 +193,8 @@ def _say_outcome(job: Mapping[str, Any]) -> None:
             f"(`potluck logs {task['alloc_id']}`)",
             highlight=False,
         )
-    if len(failed) > FAILURES_SHOWN:
-        err.print(f"  ... and {len(failed) - FAILURES_SHOWN} more (`potluck job show {job['id']}`)")
+    if many > len(failed):
+        err.print(f"  ... and {many - len(failed)} more (`potluck job show {job['id']}`)")
 
 
 def wait_for_job(job_id: str, timeout: float | None) -> dict[str, Any]:
@@ -218,7 +242,7 @@ def _wait_and_exit(job_id: str, timeout: float | None, as_json: bool) -> None:
         sys.exit(130)
     code = wait_exit_code(job)
     if as_json:
-        click.echo(json.dumps(job))
+        click.echo(json.dumps(with_every_task(job)))
     if code is ExitCode.TIMEOUT:
         err.print(
             f"timed out after {timeout:g}s: job {job['id']} is still running "
@@ -357,7 +381,7 @@ def job_ls(limit: int | None, as_json: bool, quiet: bool) -> None:
 @JSON
 def job_show(job_id: str, as_json: bool) -> None:
     """A job: its tasks counted by state, then each task's state, host, exit code, attempts."""
-    _show_job(call_api("GET", f"/v1/jobs/{job_id}"), as_json)
+    _show_job(with_every_task(call_api("GET", f"/v1/jobs/{job_id}")), as_json)
 
 
 @job.command(name="rm")

@@ -20,9 +20,9 @@ from pydantic import BaseModel, ValidationError
 
 from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureWindow
 from potluck.allocator.engine import AllocatorEngine
-from potluck.allocator.job_schemas import CreateJob, Job, JobList
+from potluck.allocator.job_schemas import CreateJob, Job, JobList, JobTaskList
 from potluck.allocator.openapi import openapi_document
-from potluck.allocator.paging import page_query
+from potluck.allocator.paging import page_query, task_page_query
 from potluck.allocator.pool_registry import PoolRegistry
 from potluck.allocator.registry_auth import POOL_REGISTRY, basic_password, pool_registry
 from potluck.allocator.registry_auth import token as registry_token_for
@@ -37,6 +37,7 @@ from potluck.allocator.schemas import (
     PoolImage,
     PoolImages,
 )
+from potluck.allocator.task_standing import TASK_STATES, TaskState
 from potluck.allocator.users import User
 from potluck.allocator.web import is_page
 from potluck.allocator.web import setup as setup_pages
@@ -55,6 +56,8 @@ PUBLIC = frozenset({"/healthz", "/readyz", "/v1/openapi.json", TOKEN_PATH})
 MAX_WAIT_S = 300.0
 MAX_BODY = 256 * 1024
 STATES = frozenset({"pending", "placed", "pulling", "running", *TERMINAL})
+#: A job's tasks' states, by name (`?state=` of a job's tasks).
+TASK_STATE: dict[str, TaskState] = {state: state for state in TASK_STATES}
 #: Query parameters a request may repeat: Docker clients ask the token endpoint for one
 #: `scope` per repository.
 REPEATABLE = frozenset({"scope"})
@@ -296,8 +299,10 @@ async def history(request: web.Request) -> web.Response:
     return ok(History(allocation_id=alloc_id, events=entries))
 
 
-def _job(request: web.Request, job: JobState, *, tasks: bool = True) -> Job:
-    return Job.of(job, request.app[ENGINE].allocations.allocations, tasks=tasks)
+def _job(request: web.Request, job: JobState, *, first_tasks: bool = False) -> Job:
+    """The job with its tasks counted, and with `first_tasks` the first page of them."""
+    model = request.app[ENGINE].model
+    return Job.shown(job, model.job_tallies, model.allocations.allocations, first_tasks=first_tasks)
 
 
 async def create_job(request: web.Request) -> web.Response:
@@ -314,7 +319,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     model = request.app[ENGINE].model
     page = page_query(request.query, lambda j: model.jobs.by_user.owns(user, j), "jobs")
     jobs, following = model.jobs_page(user, page.after, page.limit)
-    return ok(JobList(jobs=[_job(request, job, tasks=False) for job in jobs], next=following))
+    return ok(JobList(jobs=[_job(request, job) for job in jobs], next=following))
 
 
 async def show_job(request: web.Request) -> web.Response:
@@ -328,7 +333,22 @@ async def show_job(request: web.Request) -> web.Response:
         job = await engine.wait_for_job(_user(request), job_id, timeout)
     else:
         job = engine.job_of(_user(request), job_id)
-    return ok(_job(request, job))
+    return ok(_job(request, job, first_tasks=True))
+
+
+async def list_job_tasks(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    wanted = request.query.get("state")
+    if wanted is not None and wanted not in TASK_STATE:
+        raise Rejected.invalid_field("state", f"state must be one of {list(TASK_STATES)}")
+    job = engine.job_of(_user(request), request.match_info["job_id"])
+    page = task_page_query(request.query, job.spec.tasks)
+    state = TASK_STATE[wanted] if wanted is not None else None
+    model = engine.model
+    tasks = JobTaskList.page(
+        job, model.job_tallies, model.allocations.allocations, page.after, page.limit, state
+    )
+    return ok(tasks)
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -407,6 +427,7 @@ def make_app(
     app.router.add_post("/v1/jobs", create_job)
     app.router.add_get("/v1/jobs", list_jobs)
     app.router.add_get("/v1/jobs/{job_id}", show_job)
+    app.router.add_get("/v1/jobs/{job_id}/tasks", list_job_tasks)
     app.router.add_delete("/v1/jobs/{job_id}", cancel_job)
     app.router.add_get("/v1/pool", pool)
     app.router.add_get(TOKEN_PATH, registry_token)

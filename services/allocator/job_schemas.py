@@ -1,12 +1,12 @@
 """The HTTP API's bodies for batch jobs (`/v1/jobs`); their JSON schemas feed /v1/openapi.json."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated
 
 from pydantic import BeforeValidator, Field
 
-from potluck.allocator.job_decisions import TaskState, standing
+from potluck.allocator.paging import DEFAULT_LIMIT
 from potluck.allocator.schemas import (
     Body,
     Command,
@@ -19,6 +19,7 @@ from potluck.allocator.schemas import (
     Request,
     SshKey,
 )
+from potluck.allocator.task_standing import JobTallies, TaskState, standing
 from potluck.contracts.allocation_events import AllocationSpec
 from potluck.contracts.capacity import MIN_CPUS, Capacity
 from potluck.contracts.job_events import (
@@ -34,7 +35,7 @@ from potluck.kernel.durations import DurationBetween
 from potluck.readmodels.allocations import AllocationState
 from potluck.readmodels.jobs import JobState, JobStatus
 
-__all__ = ["CreateJob", "Job", "JobList", "JobTask", "TaskState"]
+__all__ = ["CreateJob", "Job", "JobList", "JobTask", "JobTaskList", "TaskState"]
 
 # DurationBetween builds its pattern from whole seconds.
 KeepFor = Annotated[float, DurationBetween(0, int(MAX_KEEP_FOR_S))]
@@ -199,7 +200,7 @@ class Job(Body):
     user: str
     state: JobStatus
     tasks: int
-    counts: dict[TaskState, int] = Field(description="Tasks by state.")
+    counts: dict[TaskState, int] = Field(description="Tasks by state (no zeros).")
     image: str
     command: list[str] | None
     cpus: float
@@ -214,23 +215,27 @@ class Job(Body):
     ended_at: datetime | None
     reason: str | None = Field(description="Why it was cancelled (`job rm`, its deadline).")
     task_list: list[JobTask] = Field(
-        default_factory=list, description="Each task (GET /v1/jobs/{job_id}; empty in listings)."
+        default_factory=list,
+        description="Its first tasks by index, a page of at most 100 (GET /v1/jobs/{job_id} only: "
+        "empty in listings and in the answers to POST and DELETE). The rest: "
+        "GET /v1/jobs/{job_id}/tasks?after=`task_list_next`.",
+    )
+    task_list_next: int | None = Field(
+        default=None,
+        description="Send as `after` to GET /v1/jobs/{job_id}/tasks for the tasks after `task_list`; "
+        "null when it holds them all (and wherever it is empty).",
     )
 
     @classmethod
-    def of(cls, job: JobState, allocations: Mapping[str, AllocationState], *, tasks: bool = True) -> "Job":
-        """The job as its user sees it: counts by state, and each task (`tasks`) or none."""
-        counts: dict[TaskState, int] = {}
-        for index in job.attempts:
-            state = standing(job, index, allocations).state
-            counts[state] = counts.get(state, 0) + 1
-        # Tasks not requested yet are counted, not looked at: a listing of big jobs costs their
-        # attempts, not their tasks.
-        unrequested = job.spec.tasks - len(job.attempts)
-        if unrequested:
-            waiting: TaskState = "cancelled" if job.status == "cancelled" else "waiting"
-            counts[waiting] = counts.get(waiting, 0) + unrequested
-        task_list = [JobTask.of(job, index, allocations) for index in range(job.spec.tasks)] if tasks else []
+    def of(
+        cls,
+        job: JobState,
+        counts: Mapping[TaskState, int],
+        task_list: Sequence[JobTask] = (),
+        task_list_next: int | None = None,
+    ) -> "Job":
+        """The job as its user sees it: its tasks counted by state (`counts`: JobTallies.counts),
+        and the page of its tasks given, if any."""
         spec = job.spec
         cancelled = job.cancelled_by
         return cls(
@@ -238,7 +243,7 @@ class Job(Body):
             user=job.user,
             state=job.status,
             tasks=spec.tasks,
-            counts=counts,
+            counts=dict(counts),
             image=spec.task.image,
             command=spec.task.command,
             cpus=spec.task.resources.cpus,
@@ -252,8 +257,26 @@ class Job(Body):
             deadline=job.deadline,
             ended_at=job.ended_at,
             reason=None if cancelled is None else _why_cancelled(cancelled, job.reason),
-            task_list=task_list,
+            task_list=list(task_list),
+            task_list_next=task_list_next,
         )
+
+    @classmethod
+    def shown(
+        cls,
+        job: JobState,
+        tallies: JobTallies,
+        allocations: Mapping[str, AllocationState],
+        *,
+        first_tasks: bool = False,
+    ) -> "Job":
+        """The job with its tasks counted (`tallies`), and with `first_tasks` the first page of
+        them (DEFAULT_LIMIT): either costs a page at most, not the job's tasks."""
+        counts = tallies.counts(job)
+        if not first_tasks:
+            return cls.of(job, counts)
+        indices, following = tallies.page(job, None, DEFAULT_LIMIT)
+        return cls.of(job, counts, [JobTask.of(job, i, allocations) for i in indices], following)
 
 
 def _why_cancelled(by: str, reason: str | None) -> str:
@@ -263,7 +286,30 @@ def _why_cancelled(by: str, reason: str | None) -> str:
 
 
 class JobList(Body):
-    """One page of the caller's jobs, oldest first (paging.py)."""
+    """One page of the caller's jobs, oldest first (paging.py), without their tasks."""
 
     jobs: list[Job]
     next: str | None = Field(description="Send as `after` for the following page; null on the last page")
+
+
+class JobTaskList(Body):
+    """One page of a job's tasks, by index (GET /v1/jobs/{job_id}/tasks)."""
+
+    tasks: list[JobTask]
+    next: int | None = Field(
+        description="The last task's index: send as `after` for the following page; null on the last page"
+    )
+
+    @classmethod
+    def page(
+        cls,
+        job: JobState,
+        tallies: JobTallies,
+        allocations: Mapping[str, AllocationState],
+        after: int | None,
+        limit: int,
+        state: TaskState | None = None,
+    ) -> "JobTaskList":
+        """Up to `limit` of the job's tasks (in `state`, when given) after task `after`, by index."""
+        indices, following = tallies.page(job, after, limit, state)
+        return cls(tasks=[JobTask.of(job, i, allocations) for i in indices], next=following)

@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from potluck.allocator.job_schemas import CreateJob, Job, JobList
+from potluck.allocator.job_schemas import CreateJob, Job, JobList, JobTaskList
 from potluck.allocator.paging import DEFAULT_LIMIT, MAX_LIMIT
 from potluck.allocator.schemas import (
     Allocation,
@@ -17,6 +17,8 @@ from potluck.allocator.schemas import (
     Pool,
     PoolImages,
 )
+from potluck.allocator.task_standing import TASK_STATES
+from potluck.contracts.job_events import MAX_TASKS
 from potluck.kernel.version import __version__
 
 _REF = "#/components/schemas/{model}"
@@ -104,8 +106,31 @@ _PAGE = [
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _JOB_LINKS = {
     name: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
-    for name, operation in (("GetJob", "getJob"), ("CancelJob", "cancelJob"))
+    for name, operation in (
+        ("GetJob", "getJob"),
+        ("ListJobTasks", "listJobTasks"),
+        ("CancelJob", "cancelJob"),
+    )
 }
+#: `?limit=&after=&state=` of a job's tasks (paging.py): `after` is a task's index.
+_TASK_PAGE = [
+    _PAGE[0],
+    {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": "The previous page's `next` (or the job's `task_list_next`): this page starts "
+        "after that task (404 if the job has no task of that index)",
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_TASKS - 1},
+    },
+    {
+        "name": "state",
+        "in": "query",
+        "required": False,
+        "description": "Only the tasks in this state",
+        "schema": {"type": "string", "enum": list(TASK_STATES)},
+    },
+]
 
 
 @cache
@@ -114,7 +139,17 @@ def openapi_document() -> dict[str, Any]:
         [(m, "validation") for m in (CreateAllocation, ExtendAllocation, CreateJob)]
         + [
             (m, "serialization")
-            for m in (Allocation, AllocationList, History, Pool, PoolImages, Job, JobList, ErrorBody)
+            for m in (
+                Allocation,
+                AllocationList,
+                History,
+                Pool,
+                PoolImages,
+                Job,
+                JobList,
+                JobTaskList,
+                ErrorBody,
+            )
         ],
         ref_template=_REF,
     )
@@ -221,6 +256,8 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Run many tasks: each an allocation of the same spec, with its index",
                     "security": auth,
                     "requestBody": {"required": True, **_json("CreateJob")},
+                    "description": "Answers the job's summary: its tasks counted by state, without "
+                    "the tasks themselves (GET /v1/jobs/{job_id}/tasks pages through them).",
                     "responses": {
                         "201": {
                             "description": "Submitted: its tasks are requested as quota and pool allow",
@@ -264,7 +301,12 @@ def openapi_document() -> dict[str, Any]:
                         },
                     ],
                     "responses": {
-                        "200": {"description": "The job and each of its tasks", **_json("Job")},
+                        "200": {
+                            "description": "The job, its tasks counted by state, and its first 100 "
+                            "tasks (`task_list`; the rest from GET /v1/jobs/{job_id}/tasks "
+                            "?after=`task_list_next`)",
+                            **_json("Job"),
+                        },
                         **_authenticated(400, 404),
                     },
                 },
@@ -273,8 +315,26 @@ def openapi_document() -> dict[str, Any]:
                     "security": auth,
                     "parameters": [_JOB_ID],
                     "responses": {
-                        "200": {"description": "Cancelled; what it ran is released", **_json("Job")},
+                        "200": {
+                            "description": "Cancelled; what it ran is released. The job's summary, "
+                            "without its tasks",
+                            **_json("Job"),
+                        },
                         **_authenticated(404, 503),
+                    },
+                },
+            },
+            "/v1/jobs/{job_id}/tasks": {
+                "get": {
+                    "operationId": "listJobTasks",
+                    "security": auth,
+                    "parameters": [_JOB_ID, *_TASK_PAGE],
+                    "responses": {
+                        "200": {
+                            "description": "A page of the job's tasks (in `state`, when given), by index",
+                            **_json("JobTaskList"),
+                        },
+                        **_authenticated(400, 404),
                     },
                 },
             },

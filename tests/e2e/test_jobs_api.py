@@ -2,15 +2,19 @@
 own Docker engine, the real allocator and event log."""
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from potluck.contracts.job_events import TASK_INDEX_ENV
+from potluck.allocator.paging import DEFAULT_LIMIT, MAX_LIMIT
+from potluck.contracts.job_events import MAX_TASKS, TASK_INDEX_ENV
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
+from potluck.user.client import Api as ClientApi
+from potluck.user.client import Login
 from tests.e2e.allocator_api import Api, refused_pages
 from tests.e2e.conftest import replay_agrees
 from tests.fixtures.pool import EnrolledHost, Pool, allocation
@@ -49,6 +53,45 @@ def job(test_image: str, command: str, **extra: Any) -> dict[str, Any]:
         "keep_for": 0,
         **extra,
     }
+
+
+@pytest.fixture
+async def one_host(pool: Pool, docker_engines: list[DockerEngine]) -> EnrolledHost:
+    """One active host on its own engine, donating 2 CPUs and 2 GiB."""
+    host = await pool.enroll("laptop-a")
+    pool.write_config(host, docker_engines[0])
+    pool.start_hostd(host)
+    await pool.central_services_ready()  # see HOST_FIXTURES_THAT_WAIT
+    await pool.wait_for_host(host.host_id, "active")
+    await pool.wait_for_images(host.host_id)
+    return host
+
+
+def size(answer: Any) -> int:
+    """An answer's bytes as the allocator writes it (compact JSON)."""
+    return len(json.dumps(answer, separators=(",", ":")))
+
+
+#: Most bytes of one task in an answer (its ids, host, times, reason), with room to spare;
+#: and of a job without its tasks.
+TASK_BYTES = 500
+SUMMARY_BYTES = 2000
+
+
+async def task_pages(
+    api: Api, job_id: str, query: str = "", after: int | None = None
+) -> list[list[dict[str, Any]]]:
+    """Every page of the job's tasks (GET /v1/jobs/{id}/tasks?`query`), following `next`."""
+    pages = []
+    while True:
+        cursor = "" if after is None else f"&after={after}"
+        status, page = await api.call("GET", f"/v1/jobs/{job_id}/tasks?{query}{cursor}")
+        assert status == 200, page
+        pages.append(page["tasks"])
+        if page["next"] is None:
+            return pages
+        assert page["next"] == page["tasks"][-1]["index"], "next is the page's last task"
+        after = page["next"]
 
 
 async def count_streams(pool: Pool, *prefixes: str) -> int:
@@ -118,12 +161,14 @@ async def test_a_job_of_20_tasks_runs_every_index_once_on_both_hosts(
     status, created = await alice.call("POST", "/v1/jobs", job(test_image, check, tasks=20))
     assert status == 201, created
     assert (created["state"], created["tasks"]) == ("running", 20)
+    assert (created["task_list"], created["task_list_next"]) == ([], None), "POST answers a summary"
     status, done = await alice.call("GET", f"/v1/jobs/{created['id']}?{WAIT}")
     assert status == 200
     assert done["state"] == "succeeded", (done["counts"], pool.logs())
     assert done["counts"] == {"succeeded": 20}
     tasks = done["task_list"]
     assert [t["index"] for t in tasks] == list(range(20))
+    assert done["task_list_next"] is None, "20 tasks are one page"
     assert {(t["attempts"], t["exit_code"]) for t in tasks} == {(1, 0)}
     assert {t["host_id"] for t in tasks} == {h.host_id for h in two_hosts}
     for task in tasks:
@@ -180,8 +225,11 @@ async def test_a_task_that_exits_3_fails_the_job_unless_retried(
     status, removed = await alice.call("DELETE", f"/v1/jobs/{once['id']}")
     assert status == 200
     assert removed["state"] == "failed", "removing an ended job keeps its outcome"
-    assert [t["kept_until"] for t in removed["task_list"]] == [None] * 6
-    gone = {t["alloc_id"] for t in removed["task_list"]}
+    assert removed["counts"] == {"succeeded": 5, "failed": 1}
+    assert removed["task_list"] == [], "DELETE answers a summary"
+    _, after_removal = await alice.call("GET", f"/v1/jobs/{once['id']}")
+    assert [t["kept_until"] for t in after_removal["task_list"]] == [None] * 6
+    gone = {t["alloc_id"] for t in after_removal["task_list"]}
     for _ in range(300):
         left = []
         for engine in docker_engines:
@@ -235,9 +283,12 @@ async def test_a_big_job_does_not_starve_another_users_allocation_and_delete_rel
     assert removed["state"] == "cancelled"
     assert removed["reason"] == "removed by user:alice"
     assert not {"pending", "placed", "pulling", "running"} & removed["counts"].keys(), removed["counts"]
+    assert removed["task_list"] == [], "DELETE answers a summary"
     _, pool_after = await alice.call("GET", "/v1/pool")
     assert pool_after["total"]["reserved"]["cpus"] == 1
-    for attempt in [t for t in removed["task_list"] if t["alloc_id"]]:
+    every = [t for page in await task_pages(alice, created["id"], f"limit={MAX_LIMIT}") for t in page]
+    assert [t["index"] for t in every] == list(range(1000))
+    for attempt in [t for t in every if t["alloc_id"]]:
         state = await allocation(pool.store, attempt["alloc_id"])
         assert state is not None
         assert state.terminal, state
@@ -329,3 +380,104 @@ async def test_a_user_walks_the_pages_of_their_jobs_and_bad_pages_get_a_clear_40
         assert [j["id"] for j in edge["jobs"]] == mine[:limit]
     _, again = await alice.call("GET", "/v1/jobs")
     assert [j["id"] for j in again["jobs"]] == mine
+
+
+async def test_a_job_of_10000_tasks_answers_in_pages_and_each_task_comes_once(
+    pool: Pool, one_host: EnrolledHost, http: aiohttp.ClientSession, test_image: str
+) -> None:
+    """Tried: alice's job of 10,000 tasks (the most), one at a time (`parallelism: 1`), each
+    sleeping; her job read, listed and paged through (pages of 1,000, of one state, with bad
+    `limit`, `after` and `state`; bob reading it); then removed. Must hold: POST, DELETE and
+    the listing answer the job's summary (counts by state, no task), each under 2 kB; GET
+    answers the counts and the first 100 tasks, with `task_list_next` to go on from; every
+    task comes exactly once, in index order, through the pages after it and through the pages
+    from the start, no page more than `limit` tasks; a page of one state holds exactly the
+    tasks in it; bad queries are a 400 naming the field, an `after` past a job's last task a
+    404 naming `after`, bob gets the 404 of a job that never was; and once removed, all
+    10,000 tasks count and page as cancelled."""
+    alice = Api(http, pool.api, await pool.add_user("alice"))
+    bob = Api(http, pool.api, await pool.add_user("bob"))
+    body = job(test_image, "sleep 600", tasks=MAX_TASKS, parallelism=1)
+    status, created = await alice.call("POST", "/v1/jobs", body)
+    assert status == 201, created
+    assert created["counts"] == {"waiting": MAX_TASKS}
+    assert (created["task_list"], created["task_list_next"]) == ([], None)
+    assert size(created) < SUMMARY_BYTES, size(created)
+    path = f"/v1/jobs/{created['id']}"
+
+    for _ in range(600):
+        _, running = await alice.call("GET", f"{path}/tasks?state=running")
+        if running["tasks"]:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"no task of the job ever ran\n{pool.logs()}")
+    assert [t["index"] for t in running["tasks"]] == [0]
+    assert running["next"] is None
+
+    status, shown = await alice.call("GET", path)
+    assert status == 200, shown
+    assert shown["counts"] == {"running": 1, "waiting": MAX_TASKS - 1}
+    assert [t["index"] for t in shown["task_list"]] == list(range(DEFAULT_LIMIT))
+    assert shown["task_list_next"] == DEFAULT_LIMIT - 1
+    assert size(shown) < SUMMARY_BYTES + DEFAULT_LIMIT * TASK_BYTES, size(shown)
+    _, listed = await alice.call("GET", "/v1/jobs")
+    assert [(j["id"], j["task_list"], j["counts"]) for j in listed["jobs"]] == [
+        (created["id"], [], shown["counts"])
+    ]
+    assert size(listed) < SUMMARY_BYTES, size(listed)
+
+    limit = f"limit={MAX_LIMIT}"
+    rest = await task_pages(alice, created["id"], limit, after=shown["task_list_next"])
+    from_start = await task_pages(alice, created["id"], limit)
+    for pages in (rest, from_start):
+        assert all(len(page) <= MAX_LIMIT for page in pages)
+        assert all(size(page) < MAX_LIMIT * TASK_BYTES for page in pages)
+    walked = [t["index"] for t in [*shown["task_list"], *(t for page in rest for t in page)]]
+    assert walked == list(range(MAX_TASKS)), "every task once, in order, after the first page"
+    assert [t["index"] for page in from_start for t in page] == list(range(MAX_TASKS))
+    assert len(from_start) == MAX_TASKS // MAX_LIMIT
+    status, waiting = await alice.call("GET", f"{path}/tasks?state=waiting&limit=3")
+    assert ([t["index"] for t in waiting["tasks"]], waiting["next"]) == ([1, 2, 3], 3)
+    assert {t["state"] for t in waiting["tasks"]} == {"waiting"}
+    _, none = await alice.call("GET", f"{path}/tasks?state=succeeded")
+    assert (none["tasks"], none["next"]) == ([], None)
+    _, last = await alice.call("GET", f"{path}/tasks?after={MAX_TASKS - 1}")
+    assert (last["tasks"], last["next"]) == ([], None)
+
+    for query, field in (
+        ("limit=0", "limit"),
+        (f"limit={MAX_LIMIT + 1}", "limit"),
+        ("limit=x", "limit"),
+        ("after=-1", "after"),
+        ("after=x", "after"),
+        (f"after={MAX_TASKS}", "after"),
+        ("state=sleeping", "state"),
+    ):
+        status, answer = await alice.call("GET", f"{path}/tasks?{query}")
+        assert status == 400, (query, answer)
+        assert (answer["error"]["code"], answer["error"]["field"]) == ("INVALID_FIELD", field), query
+    _, small_job = await alice.call("POST", "/v1/jobs", job(test_image, "sleep 600", tasks=3, parallelism=1))
+    status, past = await alice.call("GET", f"/v1/jobs/{small_job['id']}/tasks?after=3")
+    assert status == 404, past
+    assert (past["error"]["code"], past["error"]["field"]) == ("NOT_FOUND", "after")
+    # The client's pages, one task each: the cursor of the first is task 0, not "no cursor".
+    client = ClientApi(Login(pool.api, alice.headers["Authorization"].removeprefix("Bearer ")))
+    one_by_one = await client.rows(f"/v1/jobs/{small_job['id']}/tasks", "tasks", page_rows=1)
+    assert [t["index"] for t in one_by_one] == [0, 1, 2]
+    status, hidden = await bob.call("GET", f"{path}/tasks")
+    _, never = await bob.call("GET", "/v1/jobs/j-000000000000/tasks")
+    assert status == 404, hidden
+    assert hidden["error"]["message"].replace(created["id"], "ID") == never["error"]["message"].replace(
+        "j-000000000000", "ID"
+    )
+
+    status, removed = await alice.call("DELETE", path)
+    assert status == 200, removed
+    assert removed["state"] == "cancelled"
+    assert removed["counts"] == {"cancelled": MAX_TASKS}, "what ran is released before the answer"
+    assert (removed["task_list"], removed["task_list_next"]) == ([], None)
+    assert size(removed) < SUMMARY_BYTES, size(removed)
+    cancelled = await task_pages(alice, created["id"], f"state=cancelled&{limit}")
+    assert [t["index"] for page in cancelled for t in page] == list(range(MAX_TASKS))
+    await alice.call("DELETE", f"/v1/jobs/{small_job['id']}")

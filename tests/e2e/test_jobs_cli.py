@@ -193,6 +193,32 @@ async def test_a_job_of_twenty_tasks_runs_each_index_once_and_wait_exits_by_the_
     assert "no-such-job" in unknown.stderr, unknown.stderr
 
 
+async def test_job_show_and_wait_page_through_a_job_of_more_tasks_than_one_answer_holds(
+    two_hosts: TwoHosts, test_image: str
+) -> None:
+    """A job of 250 tasks, one at a time (the API answers a job with its first 100 tasks):
+    `job show --json` and `job wait --json` (timing out, as the tasks sleep) print every task
+    once, in index order, with the counts; `job show` lists them all in its table; `job rm`
+    answers the cancelled job's counts."""
+    p = two_hosts
+    job_id = await p.run(
+        "--tasks", "250", "--parallelism", "1", *TASK, "--image", test_image, "--", "sleep", "600"
+    )
+    job = await p.show(job_id)
+    assert [t["index"] for t in job["task_list"]] == list(range(250)), job["task_list"]
+    assert sum(job["counts"].values()) == 250, job["counts"]
+    waited = await p.potluck("job", "wait", job_id, "--timeout", "1", "--json")
+    assert waited.returncode == ExitCode.TIMEOUT, waited.stderr
+    assert [t["index"] for t in json.loads(waited.stdout)["task_list"]] == list(range(250))
+    table = await p.potluck("job", "show", job_id)
+    assert table.returncode == 0, table.stderr
+    indices = [line.split()[0] for line in table.stdout.splitlines() if line.split()[:1] != []]
+    assert [int(i) for i in indices if i.isdigit()] == list(range(250)), table.stdout
+    removed = await p.potluck("job", "rm", job_id, "--json")
+    assert removed.returncode == 0, removed.stderr
+    assert json.loads(removed.stdout)["counts"] == {"cancelled": 250}, removed.stdout
+
+
 async def running_on(p: TwoHosts, http: aiohttp.ClientSession, job_id: str) -> dict[int, tuple[str, str]]:
     """{task index: (host id, allocation id)} of the job's running tasks, as the API has them."""
     headers = {"Authorization": f"Bearer {p.token}"}

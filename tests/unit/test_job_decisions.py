@@ -109,6 +109,10 @@ class Sim:
     def allocations(self) -> dict[str, AllocationState]:
         return self.model.allocations.allocations
 
+    def shown(self, *, first_tasks: bool = True) -> Job:
+        """The job as GET /v1/jobs/{id} shows it (`first_tasks`), or as a listing does."""
+        return Job.shown(self.job, self.model.job_tallies, self.allocations, first_tasks=first_tasks)
+
     def decide(self, now: datetime | None = None, *, tracked: bool = True, **more: Any) -> JobStep:
         return step(
             self.job,
@@ -446,7 +450,7 @@ def test_a_passed_deadline_cancels_the_job_and_its_attempts_are_released() -> No
     sim.add(release_attempt(sim.job, sim.allocations[pending]))
     assert open_attempts(sim.job, sim.allocations, range(3)) == []
     assert release_attempt(sim.job, sim.allocations[pending]) == [], "released once"
-    shown = Job.of(sim.job, sim.allocations)
+    shown = sim.shown()
     assert shown.state == "cancelled"
     assert shown.counts == {"cancelled": 3}
     assert shown.reason == "cancelled: its deadline passed"
@@ -476,13 +480,13 @@ def test_the_job_view_shows_each_task_its_attempts_and_why_it_ended() -> None:
     sim.end(a0, "ok")
     sim.end(a1, "exit")
     sim.end(a2, "run")
-    shown = Job.of(sim.job, sim.allocations)
+    shown = sim.shown()
     assert shown.counts == {"succeeded": 1, "failed": 1, "running": 1}
     t0, t1, t2 = shown.task_list
     assert (t0.state, t0.host_id, t0.exit_code, t0.attempts, t0.reason) == ("succeeded", "h1", 0, 1, None)
     assert (t1.state, t1.exit_code, t1.reason) == ("failed", 3, "exited with code 3")
     assert (t2.state, t2.alloc_id, t2.exit_code) == ("running", a2, None)
-    assert Job.of(sim.job, sim.allocations, tasks=False).task_list == []
+    assert sim.shown(first_tasks=False).task_list == []
 
 
 def test_tasks_not_requested_yet_are_counted_waiting_then_cancelled() -> None:
@@ -490,9 +494,9 @@ def test_tasks_not_requested_yet_are_counted_waiting_then_cancelled() -> None:
     Must hold: 3 pending and 7 waiting; once cancelled the 7 count as cancelled."""
     sim = Sim(job_spec(10, parallelism=3))
     sim.step()
-    assert Job.of(sim.job, sim.allocations).counts == {"pending": 3, "waiting": 7}
+    assert sim.shown().counts == {"pending": 3, "waiting": 7}
     sim.add(cancellation(sim.job, "user:alice", ""))
-    shown = Job.of(sim.job, sim.allocations, tasks=False)
+    shown = sim.shown(first_tasks=False)
     assert shown.counts == {"pending": 3, "cancelled": 7}
     assert shown.reason == "removed by user:alice"
 

@@ -1,5 +1,6 @@
 """A job's tasks counted by state as the log is folded (services/allocator/task_standing.py's
-JobTallies) and its pages of tasks, without servers.
+JobTallies), its pages of tasks, and the paging of a job's tasks' query (paging.py), without
+servers.
 
 The tallies are checked against asking every task (`standing`), the way the allocator
 answered before it kept them: after every event of random jobs whose attempts end in random
@@ -9,6 +10,7 @@ ways, some cancelled halfway.
 import pickle
 from collections import Counter
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +18,7 @@ from potluck.allocator.job_decisions import (
     cancellation,
     release_attempt,
 )
+from potluck.allocator.paging import MAX_LIMIT, task_page_query
 from potluck.allocator.task_standing import TASK_STATES, JobTallies, TaskState, standing
 from potluck.contracts.allocation_events import Quota
 from potluck.contracts.job_events import (
@@ -24,6 +27,7 @@ from potluck.contracts.job_events import (
 )
 from potluck.events.checkpoints import _unpickled
 from potluck.events.schema import registry
+from potluck.kernel.rejections import Rejected
 from tests.unit.test_job_decisions import JOB, OUTCOMES, USER, Outcome, Sim, job_spec, jobs
 
 
@@ -156,6 +160,32 @@ def test_the_tallies_survive_a_checkpoint_as_folded() -> None:
     sim.fold.projection = restored
     sim.run_to_end()
     agree(sim, 4)
+
+
+def test_a_page_of_tasks_takes_limit_and_after_as_the_other_lists_do() -> None:
+    """Tried: `limit` and `after` of a page of a 10-task job's tasks, good and bad. Must hold:
+    none given: 100 from the first; `after` a task of the job; a limit outside 1..1000 or not a
+    whole number, and an `after` that is not an index, 400 naming the field; an index past the
+    job's last task, 404 naming `after`."""
+    assert task_page_query({}, 10) == task_page_query({"limit": "100"}, 10)
+    page = task_page_query({"limit": "3", "after": "9"}, 10)
+    assert (page.limit, page.after) == (3, 9)
+    assert task_page_query({"after": "0"}, 10).after == 0
+    for query, field in (
+        ({"limit": "0"}, "limit"),
+        ({"limit": str(MAX_LIMIT + 1)}, "limit"),
+        ({"limit": "x"}, "limit"),
+        ({"after": "-1"}, "after"),
+        ({"after": "+3"}, "after"),
+        ({"after": "1.0"}, "after"),
+        ({"after": str(MAX_TASKS)}, "after"),
+    ):
+        with pytest.raises(Rejected) as refused:
+            task_page_query(query, 10)
+        assert (refused.value.status, refused.value.field) == (400, field), query
+    with pytest.raises(Rejected) as missing:
+        task_page_query({"after": "10"}, 10)
+    assert (missing.value.status, missing.value.code, missing.value.field) == (404, "NOT_FOUND", "after")
 
 
 def test_events_folded_again_are_tallied_once() -> None:
