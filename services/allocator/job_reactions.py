@@ -175,7 +175,9 @@ class JobDriver:
         allocations = engine.model.allocations.allocations
         job = engine.model.jobs.jobs[job_id]
         tracked = self.tracked.get(job_id)
-        tasks = tracked.open if tracked is not None else set(job.attempts)
+        # Not tracked any more: the tally's tasks not final hold any attempt still open, without a
+        # look at every task a removed job ever requested (DELETE again on a big job).
+        tasks = tracked.open if tracked is not None else engine.model.job_tallies.open_of(job_id)
         released = 0
         for alloc_id in open_attempts(job, allocations, sorted(tasks)):
 
@@ -197,9 +199,8 @@ class JobDriver:
         results are not wanted any more), freeing their disk; how many."""
         engine = self.engine
         allocations = engine.model.allocations.allocations
-        kept = [
-            a for a in engine.model.jobs.jobs[job_id].alloc_ids() if a in allocations and allocations[a].kept
-        ]
+        # The pool's kept containers (bounded by its hosts' disk), not every attempt of the job.
+        kept = sorted(a.alloc_id for a in engine.model.allocations.kept() if a.job_id == job_id)
         for alloc_id in kept:
 
             async def attempt(alloc_id: str = alloc_id) -> None:

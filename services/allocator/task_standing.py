@@ -203,6 +203,11 @@ class JobTallies:
         for index in sorted(tally.open):
             tally.put(index, standing(job, index, allocations).state)
 
+    def open_of(self, job_id: str) -> set[int]:
+        """The job's requested tasks not final (a copy): any attempt still open is one of theirs."""
+        tally = self.tallies.get(job_id)
+        return set(tally.open) if tally is not None else set()
+
     def counts(self, job: JobState) -> dict[TaskState, int]:
         """The job's tasks by state, those not requested yet among them (no zeros), in the order
         of TaskState."""

@@ -108,7 +108,8 @@ def test_the_tallies_agree_with_every_task_asked_however_the_job_goes(
 def test_a_task_waiting_for_its_retry_is_cancelled_with_its_job() -> None:
     """Tried: a 2-task job with `retries: 1` on `exit`, task 0 exits 3 (so it is retrying) and
     task 1 runs; then its user cancels it. Must hold: 1 retrying and 1 running before; after,
-    task 0 counts as cancelled, with no event of its own, and task 1 still runs until released."""
+    task 0 counts as cancelled, with no event of its own, and task 1 still runs until released;
+    the tasks not final (where an attempt may still be open) are both, then 1, then none."""
     sim = Sim(job_spec(2, retries=1, retry_on=("exit",)))
     sim.step()
     first, second = sim.active()
@@ -116,11 +117,14 @@ def test_a_task_waiting_for_its_retry_is_cancelled_with_its_job() -> None:
     sim.end(second, "run")
     tallies = sim.model.job_tallies
     assert tallies.counts(sim.job) == {"running": 1, "retrying": 1}
+    assert tallies.open_of(JOB) == {0, 1}
     sim.add(cancellation(sim.job, f"user:{USER}", ""))
     assert tallies.counts(sim.job) == {"running": 1, "cancelled": 1}
     assert tallies.page(sim.job, None, 5, "cancelled") == ([0], None)
+    assert tallies.open_of(JOB) == {1}, "what a removal still has to release"
     sim.add(release_attempt(sim.job, sim.allocations[second]))
     assert tallies.counts(sim.job) == {"cancelled": 2}
+    assert tallies.open_of(JOB) == set()
     agree(sim, 1)
 
 
