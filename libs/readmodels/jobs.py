@@ -119,10 +119,22 @@ class JobsView:
     task_of: dict[str, tuple[str, int]] = field(default_factory=dict)
     #: Each user's jobs, oldest first (owner_index.py): follows from `jobs`.
     by_user: OwnerIndex = field(default_factory=OwnerIndex, compare=False, repr=False)
+    #: Each user's jobs not finished (running): follows from `jobs`, so that the allocator's
+    #: cap on them costs what the user runs, not every job they ever submitted.
+    unfinished_ids: dict[str, set[str]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for j in self.jobs.values():
             self.by_user.put(j.user, j.submitted_at, j.job_id)
+            self._index(j)
+
+    def _index(self, job: JobState) -> None:
+        if not job.terminal:
+            self.unfinished_ids.setdefault(job.user, set()).add(job.job_id)
+        elif (unfinished := self.unfinished_ids.get(job.user)) is not None:
+            unfinished.discard(job.job_id)
+            if not unfinished:
+                del self.unfinished_ids[job.user]
 
     def apply(self, event: Event, *, version: int, at: datetime) -> JobState | None:
         if not isinstance(event, JobEvent):
@@ -135,6 +147,7 @@ class JobsView:
             return None
         self.jobs[event.job_id] = new
         self.by_user.put(new.user, new.submitted_at, new.job_id)
+        self._index(new)
         if isinstance(event, JobTaskRequested):
             self.task_of[event.alloc_id] = (event.job_id, event.task_index)
         return new
@@ -145,6 +158,10 @@ class JobsView:
 
     def running(self) -> list[JobState]:
         return [j for j in self.jobs.values() if not j.terminal]
+
+    def unfinished_of(self, user: str) -> set[str]:
+        """The ids of the user's jobs not finished yet (a copy)."""
+        return set(self.unfinished_ids.get(user, ()))
 
     @classmethod
     def rebuild(cls, events: Iterable[tuple[Event, int, datetime]]) -> "JobsView":

@@ -1,7 +1,8 @@
 """The allocator's HTTP API for users (aiohttp), versioned under /v1.
 
 Errors are JSON `{"error": {"code", "message", "field"}}`, mapped in one
-middleware: 400 malformed, 401 no or wrong token, 403 quota, 404 not found
+middleware: 400 malformed, 401 no or wrong token, 403 quota (or a user's cap of jobs not
+finished), 404 not found
 (also for another user's allocation: its existence is not disclosed), 405
 with `Allow`, 409 conflict, 415 not JSON, 422 impossible, 429 too many failed
 authentications from one address (authentication.py), 503 not ready yet.

@@ -45,7 +45,12 @@ from potluck.allocator.decisions import (
     requested,
 )
 from potluck.allocator.in_flight import InFlight, InFlightRequests
-from potluck.allocator.job_decisions import attempt_request, cancellation, new_job_id
+from potluck.allocator.job_decisions import (
+    attempt_request,
+    cancellation,
+    check_unfinished_jobs,
+    new_job_id,
+)
 from potluck.allocator.job_reactions import _Tracked
 from potluck.allocator.job_schemas import CreateJob
 from potluck.allocator.model import AllocatorModel
@@ -146,6 +151,8 @@ class AllocatorEngine:
         self._queue_positions: tuple[int, dict[str, int]] | None = None
         #: Called with each record folded while following the log (not while catching up): metrics.
         self.on_applied: list[Callable[[RecordedEvent], None]] = []
+        #: By user, the jobs being submitted (checked against the cap, not folded yet).
+        self._submitting: dict[str, set[str]] = {}
 
     # The model, as others read it.
 
@@ -403,8 +410,9 @@ class AllocatorEngine:
         return self._my_job(user, job_id)
 
     async def submit_job(self, user: User, body: CreateJob) -> JobState:
-        """Record a new job; refused when no host could ever hold one task (422) or one task
-        alone is more than the user's whole quota (403). Its tasks wait for room otherwise."""
+        """Record a new job; refused when the user has MAX_UNFINISHED_JOBS jobs not finished
+        (403, before anything is appended), when no host could ever hold one task (422) or one
+        task alone is more than the user's whole quota (403). Its tasks wait for room otherwise."""
         job_id = new_job_id()
         spec = body.spec()
         # The first task stands for all: they differ only in their environment.
@@ -412,14 +420,30 @@ class AllocatorEngine:
         check_quota(user.quota, {}, spec.task.resources)
 
         async def attempt() -> JobState:
+            # The jobs being submitted count too: requests of one user at once cannot together
+            # pass the cap (checked and counted with no await between). Another replica's are
+            # counted once folded: replicas taking one user's jobs at the same moment could
+            # each let one past the cap, never more.
+            submitting = self._submitting.setdefault(user.name, set())
+            unfinished = self.model.jobs.unfinished_of(user.name) | submitting
+            unfinished.discard(job_id)
+            check_unfinished_jobs(len(unfinished))
             decision = self.outlook().place(probe, self.strategy)
             if isinstance(decision, Impossible):
                 raise Rejected(decision.code, decision.message, field=decision.field, status=422)
             submitted = JobSubmitted(job_id=job_id, user=user.name, spec=spec)
+            submitting.add(job_id)
             await self.append([StreamAppend(job_stream(job_id), [submitted], 0)], f"user:{user.name}")
             return self.model.jobs.jobs[job_id]
 
-        job = await self.decide(attempt)
+        try:
+            job = await self.decide(attempt)
+        finally:
+            submitting = self._submitting.get(user.name)
+            if submitting is not None:
+                submitting.discard(job_id)
+                if not submitting:
+                    del self._submitting[user.name]
         log.info("job.submitted", job_id=job_id, user=user.name, tasks=spec.tasks)
         return job
 

@@ -52,6 +52,7 @@ from potluck.contracts.job_events import (
     job_stream,
 )
 from potluck.events import StreamAppend
+from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import AllocationState
 from potluck.readmodels.jobs import JobState
 
@@ -60,6 +61,7 @@ __all__ = [
     "FINAL_TASK",
     "MAX_BATCH",
     "MAX_PENDING",
+    "MAX_UNFINISHED_JOBS",
     "QUEUE_WAIT_S",
     "Ended",
     "JobStep",
@@ -68,6 +70,7 @@ __all__ = [
     "TaskState",
     "attempt_request",
     "cancellation",
+    "check_unfinished_jobs",
     "ended_as",
     "new_job_id",
     "open_attempts",
@@ -86,10 +89,25 @@ MAX_PENDING = 32
 #: How long an attempt of a job without a deadline may wait to be placed: a job waits for
 #: capacity as long as it takes, within reason.
 QUEUE_WAIT_S = 7 * 86400.0
+#: Most jobs one user may have not finished (running) at once, as the quota's `allocations`
+#: bounds what they hold: each costs the allocator memory and work until it ends, and a job is
+#: already up to MAX_TASKS tasks, so more at once would only wait behind each other.
+MAX_UNFINISHED_JOBS = 10
 
 
 def new_job_id() -> str:
     return f"j-{uuid4().hex[:12]}"
+
+
+def check_unfinished_jobs(unfinished: int, most: int = MAX_UNFINISHED_JOBS) -> None:
+    """Refuse a new job of a user who has `unfinished` jobs not finished yet, `most` or more."""
+    if unfinished >= most:
+        raise Rejected(
+            "TOO_MANY_JOBS",
+            f"you have {unfinished} jobs not finished, at most {most} at once: wait for one to end "
+            "(`potluck job wait`) or cancel one (`potluck job rm`, DELETE /v1/jobs/{job_id}) first",
+            status=403,
+        )
 
 
 # --- the user's quota room ----------------------------------------------------------------------

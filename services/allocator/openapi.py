@@ -5,6 +5,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from potluck.allocator.job_decisions import MAX_UNFINISHED_JOBS
 from potluck.allocator.job_schemas import CreateJob, Job, JobList, JobTaskList
 from potluck.allocator.paging import DEFAULT_LIMIT, MAX_LIMIT
 from potluck.allocator.schemas import (
@@ -36,7 +37,8 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Malformed request",
         401: "Missing or wrong token",
-        403: "Quota exceeded, or an image in another user's namespace of the pool registry",
+        403: "Quota exceeded (QUOTA_EXCEEDED), too many jobs not finished (TOO_MANY_JOBS), or an "
+        "image in another user's namespace of the pool registry",
         404: "No such allocation or job (or not yours), or no image registry in this pool",
         409: "Conflict",
         413: "Body larger than 256 KiB",
@@ -257,7 +259,9 @@ def openapi_document() -> dict[str, Any]:
                     "security": auth,
                     "requestBody": {"required": True, **_json("CreateJob")},
                     "description": "Answers the job's summary: its tasks counted by state, without "
-                    "the tasks themselves (GET /v1/jobs/{job_id}/tasks pages through them).",
+                    "the tasks themselves (GET /v1/jobs/{job_id}/tasks pages through them). At most "
+                    f"{MAX_UNFINISHED_JOBS} jobs of a user may be not finished at once: past that, "
+                    "403 TOO_MANY_JOBS.",
                     "responses": {
                         "201": {
                             "description": "Submitted: its tasks are requested as quota and pool allow",

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from potluck.allocator.job_decisions import MAX_UNFINISHED_JOBS
 from potluck.allocator.paging import DEFAULT_LIMIT, MAX_LIMIT
 from potluck.contracts.job_events import MAX_TASKS, TASK_INDEX_ENV
 from potluck.hostd.docker_driver import DockerDriver
@@ -481,3 +482,58 @@ async def test_a_job_of_10000_tasks_answers_in_pages_and_each_task_comes_once(
     cancelled = await task_pages(alice, created["id"], f"state=cancelled&{limit}")
     assert [t["index"] for page in cancelled for t in page] == list(range(MAX_TASKS))
     await alice.call("DELETE", f"/v1/jobs/{small_job['id']}")
+
+
+async def test_a_user_past_their_unfinished_jobs_is_refused_and_appends_nothing(
+    pool: Pool, one_host: EnrolledHost, http: aiohttp.ClientSession, test_image: str
+) -> None:
+    """Tried: alice's job that ends, then jobs that keep running up to her cap of unfinished
+    jobs (MAX_UNFINISHED_JOBS), the last few at the same moment, one past it, one more after;
+    bob's job meanwhile; then alice removes one of hers and submits again. Must hold: the job
+    that ended does not count; of the concurrent ones exactly those up to the cap are created
+    (201) and the others refused; each refusal is a 403 TOO_MANY_JOBS that says what to do,
+    and the log gets no job of it (alice's JobSubmitted stay as many as her jobs created);
+    bob's job is created all along; once she removed one, alice's next job is created."""
+    alice = Api(http, pool.api, await pool.add_user("alice"))
+    bob = Api(http, pool.api, await pool.add_user("bob"))
+
+    async def submitted(user: str) -> int:
+        return int(
+            await pool.store.pool.fetchval(
+                "SELECT count(*) FROM events WHERE type = 'JobSubmitted' AND data->>'user' = $1", user
+            )
+        )
+
+    _, ended = await alice.call("POST", "/v1/jobs", job(test_image, "true", tasks=1))
+    status, done = await alice.call("GET", f"/v1/jobs/{ended['id']}?{WAIT}")
+    assert done["state"] == "succeeded", (done, pool.logs())
+    running = job(test_image, "sleep 600", tasks=1, cpus=0.1)
+    for _ in range(MAX_UNFINISHED_JOBS - 2):
+        status, created = await alice.call("POST", "/v1/jobs", running)
+        assert status == 201, created
+    at_once = await asyncio.gather(*(alice.call("POST", "/v1/jobs", running) for _ in range(4)))
+    assert sorted(status for status, _ in at_once) == [201, 201, 403, 403], at_once
+    assert await submitted("alice") == 1 + MAX_UNFINISHED_JOBS
+
+    status, refused = await alice.call("POST", "/v1/jobs", running)
+    assert status == 403, refused
+    assert refused["error"]["code"] == "TOO_MANY_JOBS"
+    assert f"you have {MAX_UNFINISHED_JOBS} jobs not finished" in refused["error"]["message"]
+    assert "potluck job rm" in refused["error"]["message"]
+    for _, answer in at_once:
+        if "error" in answer:
+            assert answer["error"] == refused["error"]
+    assert await submitted("alice") == 1 + MAX_UNFINISHED_JOBS, "a refused job appends nothing"
+    _, listed = await alice.call("GET", "/v1/jobs")
+    assert len(listed["jobs"]) == 1 + MAX_UNFINISHED_JOBS
+
+    status, theirs = await bob.call("POST", "/v1/jobs", running)
+    assert status == 201, theirs
+    first_running = listed["jobs"][1]["id"]
+    status, removed = await alice.call("DELETE", f"/v1/jobs/{first_running}")
+    assert (status, removed["state"]) == (200, "cancelled")
+    status, again = await alice.call("POST", "/v1/jobs", running)
+    assert status == 201, again
+    for j in [*listed["jobs"], again]:
+        await alice.call("DELETE", f"/v1/jobs/{j['id']}")
+    await bob.call("DELETE", f"/v1/jobs/{theirs['id']}")

@@ -1,6 +1,6 @@
 """A job's tasks counted by state as the log is folded (services/allocator/task_standing.py's
-JobTallies), its pages of tasks, and the paging of a job's tasks' query (paging.py), without
-servers.
+JobTallies), its pages of tasks, the per-user cap on jobs not finished, and the paging of a
+job's tasks' query (paging.py), without servers.
 
 The tallies are checked against asking every task (`standing`), the way the allocator
 answered before it kept them: after every event of random jobs whose attempts end in random
@@ -9,13 +9,16 @@ ways, some cancelled halfway.
 
 import pickle
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from potluck.allocator.job_decisions import (
+    MAX_UNFINISHED_JOBS,
     cancellation,
+    check_unfinished_jobs,
     release_attempt,
 )
 from potluck.allocator.paging import MAX_LIMIT, task_page_query
@@ -23,11 +26,16 @@ from potluck.allocator.task_standing import TASK_STATES, JobTallies, TaskState, 
 from potluck.contracts.allocation_events import Quota
 from potluck.contracts.job_events import (
     MAX_TASKS,
+    JobCancelled,
+    JobCompleted,
     JobSpec,
+    JobSubmitted,
 )
 from potluck.events.checkpoints import _unpickled
 from potluck.events.schema import registry
 from potluck.kernel.rejections import Rejected
+from potluck.readmodels.jobs import JobsView
+from tests.unit.test_allocator_model import T0
 from tests.unit.test_job_decisions import JOB, OUTCOMES, USER, Outcome, Sim, job_spec, jobs
 
 
@@ -164,6 +172,37 @@ def test_the_tallies_survive_a_checkpoint_as_folded() -> None:
     sim.fold.projection = restored
     sim.run_to_end()
     agree(sim, 4)
+
+
+def test_the_cap_refuses_the_job_past_the_user_s_unfinished_ones() -> None:
+    """Tried: the cap with MAX_UNFINISHED_JOBS - 1 and MAX_UNFINISHED_JOBS jobs not finished.
+    Must hold: the first passes; the second is a 403 TOO_MANY_JOBS that says what to do."""
+    check_unfinished_jobs(MAX_UNFINISHED_JOBS - 1)
+    with pytest.raises(Rejected) as refused:
+        check_unfinished_jobs(MAX_UNFINISHED_JOBS)
+    assert (refused.value.code, refused.value.status) == ("TOO_MANY_JOBS", 403)
+    assert "potluck job rm" in refused.value.message
+    assert str(MAX_UNFINISHED_JOBS) in refused.value.message
+
+
+def test_each_user_s_unfinished_jobs_are_kept_as_they_start_and_end() -> None:
+    """Tried: alice submits three jobs and bob one; one of alice's completes, another is
+    cancelled; then another view is made of its jobs alone. Must hold: each user's unfinished
+    jobs are exactly those not ended, in both views."""
+    view = JobsView()
+    spec = job_spec(1)
+    for version, (job_id, user) in enumerate(
+        (("j-1", "alice"), ("j-2", "alice"), ("j-3", "alice"), ("j-4", "bob"))
+    ):
+        view.apply(
+            JobSubmitted(job_id=job_id, user=user, spec=spec), version=1, at=T0 + timedelta(seconds=version)
+        )
+    assert (view.unfinished_of("alice"), view.unfinished_of("bob")) == ({"j-1", "j-2", "j-3"}, {"j-4"})
+    view.apply(JobCompleted(job_id="j-1", succeeded=1, failed=0), version=2, at=T0)
+    view.apply(JobCancelled(job_id="j-2", by="user:alice"), version=2, at=T0)
+    assert view.unfinished_of("alice") == {"j-3"}
+    assert view.unfinished_of("carol") == set()
+    assert JobsView(jobs=dict(view.jobs)).unfinished_ids == view.unfinished_ids
 
 
 def test_a_page_of_tasks_takes_limit_and_after_as_the_other_lists_do() -> None:
