@@ -181,6 +181,17 @@ class Sim:
                 events.append(AllocationLost(alloc_id=alloc_id, host_id="h1"))
         self.add([StreamAppend(alloc_stream(alloc_id), events)])
 
+    def end_as_scripted(self, picked: tuple[int, Outcome] | None) -> None:
+        """End what a property's script `picked` (an index into the active attempts and its
+        outcome), or, the script run out, every active attempt well."""
+        active = self.active()
+        if picked is None:
+            for alloc_id in active:
+                self.end(alloc_id, "ok")
+        elif active:
+            index, outcome = picked
+            self.end(active[index % len(active)], outcome)
+
     def run_to_end(self, outcomes: Sequence[Outcome] = (), limit: int = 500) -> None:
         """Step and end every active attempt (as `outcomes` says, then "ok") until the job ends."""
         script = iter(outcomes)
@@ -567,14 +578,7 @@ def test_jobs_keep_their_invariants_however_their_attempts_end(
         _check(sim, spec, quota)
         if sim.job.terminal:
             break
-        active = sim.active()
-        picked = next(script, None)
-        if picked is None:
-            for alloc_id in active:
-                sim.end(alloc_id, "ok")
-        elif active:
-            index, outcome = picked
-            sim.end(active[index % len(active)], outcome)
+        sim.end_as_scripted(next(script, None))
     assert sim.job.terminal
 
 

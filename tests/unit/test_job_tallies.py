@@ -101,14 +101,7 @@ def test_the_tallies_agree_with_every_task_asked_however_the_job_goes(
             continue
         sim.step()
         agree(sim, limit)
-        active = sim.active()
-        picked = next(script, None)
-        if picked is None:
-            for alloc_id in active:
-                sim.end(alloc_id, "ok")
-        elif active:
-            index, outcome = picked
-            sim.end(active[index % len(active)], outcome)
+        sim.end_as_scripted(next(script, None))
     agree(sim, limit)
     assert sim.job.terminal
 
