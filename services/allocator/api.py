@@ -433,5 +433,14 @@ def make_app(
     app.router.add_get("/v1/pool", pool)
     app.router.add_get(TOKEN_PATH, registry_token)
     app.router.add_get("/v1/images", images)
+    app.on_response_prepare.append(_api_headers)
     setup_pages(app, engine, app[AUTH], logs)
     return app
+
+
+async def _api_headers(request: web.Request, response: web.StreamResponse) -> None:
+    # Answers hold a user's allocations and tokens (the registry's): no cache, shared or the
+    # client's, may keep them; and none is read as anything but what it says it is.
+    if not is_page(request.path):
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers["X-Content-Type-Options"] = "nosniff"

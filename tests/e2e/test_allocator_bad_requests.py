@@ -222,3 +222,21 @@ async def test_connections_without_a_request_under_way_are_closed(shared: tuple[
         for _, writer in (silent, trickle):
             writer.close()
     assert await pool.store.head_position() == head
+
+
+async def test_no_answer_of_the_api_may_be_cached_or_sniffed(shared: tuple[Pool, Api]) -> None:
+    """Tried: a user's list, the pool, an unknown path, a request without a token.
+    Must hold: every answer, good or refused, says
+    `Cache-Control: no-store` and `X-Content-Type-Options: nosniff` (they hold a user's
+    allocations and tokens)."""
+    pool, alice = shared
+    asked = [
+        ("/v1/allocations", alice.headers),
+        ("/v1/pool", alice.headers),
+        ("/v1/no-such-thing", alice.headers),
+        ("/v1/allocations", {}),
+    ]
+    for path, headers in asked:
+        async with alice.http.get(pool.api + path, headers=headers) as response:
+            assert response.headers.get("Cache-Control") == "no-store", (path, response.status)
+            assert response.headers.get("X-Content-Type-Options") == "nosniff", (path, response.status)
