@@ -61,12 +61,7 @@ def page_query(query: Mapping[str, str], owns: Callable[[str], bool], what: str)
     limit = _limit(query)
     after = query.get("after")
     if after is not None and not owns(after):
-        raise Rejected(
-            "NOT_FOUND",
-            f"after must be the `next` of a page of your {what}: none of yours has this id",
-            field="after",
-            status=404,
-        )
+        raise _after_unknown(f"your {what}: none of yours has this id")
     return PageQuery(limit=limit, after=after)
 
 
@@ -82,10 +77,11 @@ def task_page_query(query: Mapping[str, str], tasks: int) -> TaskPageQuery:
             "after", f"after must be a task's index, a whole number from 0 to {MAX_TASKS - 1}"
         )
     if after >= tasks:
-        raise Rejected(
-            "NOT_FOUND",
-            f"after must be the `next` of a page of this job's tasks: it has {tasks} (0 to {tasks - 1})",
-            field="after",
-            status=404,
-        )
+        raise _after_unknown(f"this job's tasks: it has {tasks} (0 to {tasks - 1})")
     return TaskPageQuery(limit=limit, after=after)
+
+
+def _after_unknown(of_what: str) -> Rejected:
+    """`after` names nothing a page of `of_what` could have ended with: a 404, as a missing id."""
+    said = f"after must be the `next` of a page of {of_what}"
+    return Rejected("NOT_FOUND", said, field="after", status=404)
