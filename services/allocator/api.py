@@ -131,10 +131,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             "send 'Authorization: Bearer <token>'; an operator gives tokens with `potluck ops users add`",
         )
     # A good token works from a locked-out address too (authentication.py says why).
-    locked = None if request.app[AUTH].known(token.strip()) else _locked_out(request)
-    if locked is not None:
-        return locked
-    user = await request.app[AUTH].authenticate(request.remote or "unknown", token.strip())
+    user = request.app[AUTH].known(token.strip())
+    if user is None:
+        locked = _locked_out(request)
+        if locked is not None:
+            return locked
+        user = await request.app[AUTH].authenticate(request.remote or "unknown", token.strip())
     if user is None:
         return error(401, "UNAUTHENTICATED", "this token is not valid; ask an operator for a new one")
     request["user"] = user

@@ -115,10 +115,10 @@ class Authenticator:
     def locked(self, source: str) -> Locked | None:
         return self.failures.locked(source, self.clock())
 
-    def known(self, token: str) -> bool:
-        """Whether a user holds `token` as the log is folded now: a lookup, nothing counted and
+    def known(self, token: str) -> User | None:
+        """The user who holds `token` as the log is folded now: a lookup, nothing counted and
         no catch-up, so a locked-out address may still use a good token."""
-        return self.users.authenticate(token) is not None
+        return self.users.authenticate(token)
 
     async def authenticate(self, source: str, token: str) -> User | None:
         """The token's user, or None (counted as a failure of `source`)."""
