@@ -151,16 +151,8 @@ SIGNED_OUT = "signed-out"
 SIGNED_OUT_TEXT = "You were signed out here (or your token changed): reload the page to sign in again."
 
 
-def _always() -> bool:
-    return True
-
-
 async def changed_or_gone(
-    request: web.Request,
-    changes: Changes,
-    seen: int,
-    timeout: float,
-    signed_in: Callable[[], bool] = _always,
+    request: web.Request, changes: Changes, seen: int, timeout: float, signed_in: Callable[[], bool]
 ) -> int:
     """`changes.after(seen, timeout)`, but back within GONE_CHECK_S once the browser went away
     or its session ended (`signed_in` says no)."""
@@ -199,16 +191,15 @@ async def stream(
             now = await changed_or_gone(request, changes, seen, KEEPALIVE_S, signed_in)
             if changes.closed or gone(request):
                 break
+            if now != seen:
+                await asyncio.sleep(SETTLE_S)
+            # Looked at after the settling too: a change within it may be the one signing it out.
             if not signed_in():
                 await response.write(signed_out_event())
                 break
             if now == seen:
                 await response.write(b": still here\n\n")
                 continue
-            await asyncio.sleep(SETTLE_S)
-            if not signed_in():  # the change may be the very one that signed it out
-                await response.write(signed_out_event())
-                break
             seen = changes.count
             html = render()
             if html != last:

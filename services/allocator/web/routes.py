@@ -10,6 +10,7 @@ session yet, is held to the same origin instead) and answers with a redirect,
 so that reloading a page never posts twice.
 """
 
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -255,10 +256,8 @@ def _stream(
     request: web.Request, session: Session, render: Callable[[], str]
 ) -> Awaitable[web.StreamResponse]:
     """The page's live part, `render`ed anew as the fold moves (live.stream), within the bounds."""
-    changes = request.app[CHANGES]
-    return _live(
-        request, session, lambda: stream(request, changes, render, lambda: _still_signed_in(request, session))
-    )
+    signed_in = functools.partial(_still_signed_in, request, session)
+    return _live(request, session, lambda: stream(request, request.app[CHANGES], render, signed_in))
 
 
 async def signin_form(request: web.Request) -> web.Response:
@@ -279,32 +278,34 @@ async def signin(request: web.Request) -> web.Response:
     sent = form.get("token")
     token = sent.strip() if isinstance(sent, str) else ""
     members = request.app[ENGINE].model.members
-    known = bool(token) and (
-        members.is_operator(token) or members.authenticate(token) is not None or authenticator.known(token)
-    )
-    locked = None if known else authenticator.locked(source)
-    if locked is not None:
-        # The same limit as the API's bearer tokens: guessing through the form costs as much,
-        # and a token that is good signs in all the same (see Authenticator.known).
-        wait = f"too many failed sign-ins from {source}; try again in {locked.retry_after_s:.0f} s"
-        response = _render("signin.html", request, {"session": None, "error": wait}, status=429)
-        response.headers["Retry-After"] = str(max(1, round(locked.retry_after_s)))
-        return response
-    if token:
+    # Whose the token is, looked up once: the operators', a member's, a user's as folded now.
+    operator = bool(token) and members.is_operator(token)
+    member = members.authenticate(token) if token and not operator else None
+    user = authenticator.known(token) if token and not operator and member is None else None
+    if not (operator or member or user):
+        locked = authenticator.locked(source)
+        if locked is not None:
+            # The same limit as the API's bearer tokens: guessing through the form costs as
+            # much, and a token that is good signs in all the same (see Authenticator.known).
+            wait = f"too many failed sign-ins from {source}; try again in {locked.retry_after_s:.0f} s"
+            response = _render("signin.html", request, {"session": None, "error": wait}, status=429)
+            response.headers["Retry-After"] = str(max(1, round(locked.retry_after_s)))
+            return response
+        if token:  # perhaps a user added a moment ago; a failure counts against the address
+            user = await authenticator.authenticate(source, token)
+    if operator or member or user:
         sessions = request.app[SESSIONS]
         try:
-            if members.is_operator(token):
+            if operator:
                 response = _see_other("/")
                 sessions.start(response, request, OPERATOR, operator=members.operator_token)
                 log.info("web.operator_signed_in")
                 return response
-            member = members.authenticate(token)
             if member is not None:
                 response = _see_other(PREFIX + "machine")
                 sessions.start(response, request, "member", member=member.token_sha256)
                 log.info("web.member_signed_in", hosts=list(member.host_ids))
                 return response
-            user = await authenticator.authenticate(source, token)
             if user is not None:
                 response = _see_other("/")
                 sessions.start(response, request, user.name, token=user.token_sha256)
@@ -491,10 +492,7 @@ async def allocation_log(request: web.Request) -> web.StreamResponse:
         return Whereabouts(status=context["state"].status, host_id=context["state"].host_id)
 
     changes, logs = request.app[CHANGES], request.app[LOGS]
-
-    def signed_in() -> bool:
-        return _still_signed_in(request, session)
-
+    signed_in = functools.partial(_still_signed_in, request, session)
     return await _live(
         request, session, lambda: follow_log(request, changes, logs, alloc_id, where, signed_in)
     )
