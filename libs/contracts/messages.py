@@ -65,6 +65,8 @@ def _unstorable(value: Any) -> str | None:
     return None
 
 
+#: The longest text of an engine's facts (versions, driver names) a registration may carry.
+ENGINE_FACT_CHARS = 128
 #: An image pattern a member allows, as hostd.toml's `allowed_images` holds one.
 ImagePattern = Annotated[str, Field(max_length=512)]
 
@@ -92,10 +94,6 @@ class RegisterHost(RecordedMessage):
             if isinstance(value, str) and len(value) > ENGINE_FACT_CHARS:
                 raise ValueError(f"engine.{name}: at most {ENGINE_FACT_CHARS} characters")
         return self
-
-
-#: The longest text of an engine's facts (versions, driver names) a registration may carry.
-ENGINE_FACT_CHARS = 128
 
 
 #: The longest grace a drain (or a leave's drain) may give running work: a week.

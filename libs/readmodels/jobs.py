@@ -156,9 +156,6 @@ class JobsView:
         """The user's jobs, oldest first."""
         return [self.jobs[job_id] for job_id in self.by_user.ids(user)]
 
-    def running(self) -> list[JobState]:
-        return [j for j in self.jobs.values() if not j.terminal]
-
     def unfinished_of(self, user: str) -> set[str]:
         """The ids of the user's jobs not finished yet (a copy)."""
         return set(self.unfinished_ids.get(user, ()))

@@ -33,7 +33,6 @@ from typing import Any
 
 from potluck.contracts.capacity import MIN_CPUS
 from potluck.hostd.container_config import (
-    LABEL_ALLOCATION,
     LABEL_HOST,
     LABEL_MANAGED,
     LABEL_WARM,
@@ -186,7 +185,7 @@ def placeholder_spec(key: WarmKey, host_id: str, suffix: str, *, starting: bool 
 def warm_labels(host_id: str) -> dict[str, str]:
     """This host's, managed, warm; no allocation and no spec, set empty (`own_labels`): an
     image's value of either would otherwise show through, and name another's allocation."""
-    return own_labels({LABEL_HOST: host_id, LABEL_MANAGED: "1", LABEL_WARM: "1", LABEL_ALLOCATION: ""})
+    return own_labels({LABEL_HOST: host_id, LABEL_MANAGED: "1", LABEL_WARM: "1"})
 
 
 def warm_create_kwargs(
