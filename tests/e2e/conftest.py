@@ -199,6 +199,17 @@ def member(host: EnrolledHost, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def hostd_started_with(config: Path) -> subprocess.CompletedProcess[str]:
+    """`potluck hostd --config CONFIG`, for a configuration it must refuse at start (it returns)."""
+    return subprocess.run(
+        [sys.executable, "-m", "potluck", "hostd", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 #: The real command: `potluck ops ...`.
 POTLUCK_OPS = (sys.executable, "-m", "potluck", "ops")
 

@@ -2,8 +2,6 @@
 
 import asyncio
 import json
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -12,7 +10,7 @@ from potluck.hostd.docker_driver import DockerDriver
 from potluck.hostd.member import control
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.readmodels.hosts import host_as_dict
-from tests.e2e.conftest import member, wait_for_status
+from tests.e2e.conftest import hostd_started_with, member, wait_for_status
 from tests.e2e.sandboxes import interactive
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 
@@ -212,13 +210,7 @@ def test_bad_config_is_refused_naming_the_field(tmp_path: Path) -> None:
     }
     for text, fragment in cases.items():
         config.write_text(text)
-        done = subprocess.run(
-            [sys.executable, "-m", "potluck", "hostd", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = hostd_started_with(config)
         assert done.returncode == 2, (text, done.stderr)
         assert fragment in done.stderr, (text, done.stderr)
 

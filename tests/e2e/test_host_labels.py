@@ -8,8 +8,6 @@ configuration that skipped the check; a member's hostd.toml by the `potluck host
 
 import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from potluck.contracts.subjects import REGISTER
 from potluck.hostd import agent
 from potluck.hostd.config import load_config
 from potluck.localstack.docker_engine import DockerEngine
-from tests.e2e.conftest import ops
+from tests.e2e.conftest import hostd_started_with, ops
 from tests.fixtures.pool import EnrolledHost, Pool
 
 #: The audit's findings, each with what the refusal must say.
@@ -158,10 +156,7 @@ def test_hostd_with_a_bad_label_in_its_config_stops_at_start_naming_it(tmp_path:
     }
     for labels, said in cases.items():
         config.write_text(base + labels)
-        done = subprocess.run(
-            [sys.executable, "-m", "potluck", "hostd", "--config", str(config)],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        done = hostd_started_with(config)
         assert done.returncode == 2, (labels, done.stderr)
         assert f"{config}: labels: " in done.stderr, done.stderr
         assert said in done.stderr, (labels, done.stderr)

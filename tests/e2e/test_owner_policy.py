@@ -24,7 +24,7 @@ import pytest
 from potluck.contracts.host_events import host_stream
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
-from tests.e2e.conftest import ops, wait_for_status
+from tests.e2e.conftest import hostd_started_with, ops, wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool, place, spec
 
 # Only the tests that measure the machine are marked solo (tests/fixtures/solo.py). The others
@@ -383,9 +383,6 @@ def test_a_policy_that_makes_no_sense_stops_hostd_naming_the_field(tmp_path: Pat
     }
     for policy, field in cases.items():
         config.write_text(base + policy)
-        done = subprocess.run(
-            [sys.executable, "-m", "potluck", "hostd", "--config", str(config)],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        done = hostd_started_with(config)
         assert done.returncode == 2, (policy, done.stderr)
         assert field in done.stderr, (policy, done.stderr)
