@@ -61,8 +61,8 @@ from potluck.hostd.helper import KEEP_ALIVE, find_helper
 from potluck.hostd.pool_weight import cgroup_parent, lower_parent_weight
 
 __all__ = [
-    "STOP_SIGNALS", "ContainerNotFound", "ContainerSpec", "ContainerUsage", "DockerDriver",
-    "DockerDriverError", "EngineFacts", "EngineUnavailable", "EventStream", "ExecResult",
+    "LAYER_QUOTA_DRIVER", "STOP_SIGNALS", "ContainerNotFound", "ContainerSpec", "ContainerUsage",
+    "DockerDriver", "DockerDriverError", "EngineFacts", "EngineUnavailable", "EventStream", "ExecResult",
     "ImageNotAvailable", "ImageRefused", "LimitsNotApplied", "ManagedContainer",
 ]  # fmt: skip
 
@@ -72,6 +72,9 @@ WATCHED_EVENTS = ("start", "kill", "die", "oom")
 #: The signals of a stop (`docker stop`: the image's stop signal, SIGTERM unless it names
 #: another, then SIGKILL past its timeout), as numbers, as a `kill` event carries them.
 STOP_SIGNALS = frozenset({int(signal.SIGTERM), int(signal.SIGKILL)})
+#: The one storage driver whose `storage_opt` size bounds what a container writes and nothing
+#: else (on xfs with pquota; the engine refuses it elsewhere, which the probe finds out).
+LAYER_QUOTA_DRIVER = "overlay2"
 #: Image events, and the container events that start or end an image's use.
 IMAGE_EVENTS = ("pull", "tag", "untag", "delete", "import", "load", "create", "destroy")
 
@@ -347,12 +350,17 @@ class DockerDriver:
             info = client.info()
             version = client.version()
         self._cgroup_driver = str(info.get("CgroupDriver") or "cgroupfs")
-        quota = self._probe_disk_quota()
+        driver = str(info.get("Driver", ""))
+        # Only overlay2's size option bounds the container's own writes (its upper layer). btrfs
+        # and zfs bound the image and the writes together: a 16 MB probe of a small image passes,
+        # then every allocation of an image larger than its disk bound cannot be created. Other
+        # drivers are measured, as engines without quotas are.
+        quota = self._probe_disk_quota() if driver == LAYER_QUOTA_DRIVER else False
         facts = EngineFacts(
             version=str(version.get("Version", "")),
             api_version=str(client.api.api_version),
             cgroup_version=str(info.get("CgroupVersion", "1")),
-            storage_driver=str(info.get("Driver", "")),
+            storage_driver=driver,
             disk_quota_supported=bool(quota),
             seccomp=any("seccomp" in o for o in info.get("SecurityOptions") or []),
         )
