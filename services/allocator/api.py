@@ -12,6 +12,7 @@ given twice (but the registry token endpoint's `scope`): a second value would go
 
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -55,6 +56,8 @@ AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
 # The registry's token endpoint authenticates with HTTP Basic itself (Docker clients' way).
 PUBLIC = frozenset({"/healthz", "/readyz", "/v1/openapi.json", TOKEN_PATH})
 MAX_WAIT_S = 300.0
+#: A JSON number (RFC 8259), of at most a few digits.
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]{0,8})(?:\.[0-9]{1,30})?(?:[eE][+-]?[0-9]{1,3})?")
 MAX_BODY = 256 * 1024
 STATES = frozenset({"pending", "placed", "pulling", "running", *TERMINAL})
 #: A job's tasks' states, by name (`?state=` of a job's tasks).
@@ -262,10 +265,11 @@ async def listing(request: web.Request) -> web.Response:
 
 def _timeout(request: web.Request) -> float:
     raw = request.query.get("timeout", "30")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise Rejected.invalid_field("timeout", "timeout must be a number of seconds") from None
+    # The schema says "number": a JSON number's spelling, not all Python's float() takes
+    # ("1_0", " 5", "infinity"); bounded, so no text is long enough to cost a parse.
+    if not _NUMBER.fullmatch(raw):
+        raise Rejected.invalid_field("timeout", "timeout must be a number of seconds, e.g. 30 or 2.5")
+    value = float(raw)
     if not 0 <= value <= MAX_WAIT_S:
         raise Rejected.invalid_field("timeout", f"timeout must be between 0 and {MAX_WAIT_S:g} seconds")
     return value

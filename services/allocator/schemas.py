@@ -11,7 +11,7 @@ from potluck.allocator.conditions import ConditionCause, ConditionState, conditi
 from potluck.allocator.waiting import Standing, WaitingReason
 from potluck.contracts.allocation_events import OnPreempt
 from potluck.contracts.capacity import MIN_CPUS
-from potluck.contracts.host_labels import LABEL_NAME
+from potluck.contracts.host_labels import LABEL_NAME, MAX_LABEL_VALUE
 from potluck.contracts.image_reference import REFERENCE_PATTERN
 from potluck.kernel.durations import DurationBetween
 from potluck.kernel.sizes import SizeBetween
@@ -122,8 +122,17 @@ EnvVars = Annotated[
     AfterValidator(_names_match(ENV_NAME, "environment variable name")),
     Field(json_schema_extra={"propertyNames": {"pattern": ENV_NAME}}),
 ]
+
+#: A constraint's value: at most as long as a host's label value may be (a longer one could
+#: never match).
+LabelValue = Annotated[
+    str,
+    Field(max_length=MAX_LABEL_VALUE),
+    AfterValidator(_matching(TEXT, "text without NUL characters")),
+    WithJsonSchema({"type": "string", "maxLength": MAX_LABEL_VALUE, "pattern": TEXT}),
+]
 HostLabels = Annotated[
-    dict[str, Text],
+    dict[str, LabelValue],
     AfterValidator(_names_match(LABEL_NAME, "label name")),
     Field(json_schema_extra={"propertyNames": {"pattern": LABEL_NAME}}),
 ]

@@ -215,7 +215,11 @@ async def test_query_parameters_methods_and_numbers_are_as_the_published_schema_
     _, running = await alice.call("GET", f"{path}?wait=running&timeout=30")
     assert running["state"] == "running"  # nothing more to record until it ends
     head = await pool.store.head_position()
-    for query in ("timeout=301", "timeout=-1", "timeout=nan", "timeout=inf", "wait=running&timeout=1e9"):
+    for query in (
+        *("timeout=301", "timeout=-1", "timeout=nan", "timeout=inf", "wait=running&timeout=1e9"),
+        # Spellings Python's float() takes and a JSON number is not.
+        *("timeout=1_0", "timeout=%205", "timeout=infinity", "timeout=0x10", "timeout=", "timeout=1."),
+    ):
         started = asyncio.get_running_loop().time()
         status, answer = await alice.call("GET", f"{path}?{query}")
         assert status == 400, (query, answer)

@@ -59,6 +59,8 @@ async def shared(module_pool: Pool, docker_engines: list[DockerEngine]) -> Async
         (small(cpus=64), 422, "EXCEEDS_ANY_HOST", "cpus"),
         (small(memory="512G"), 422, "EXCEEDS_ANY_HOST", "memory"),
         (small(constraints={"gpu": "yes"}), 422, "NO_HOST_MATCHES", "constraints"),
+        # A value longer than any host's label may be (host_labels' bound) could never match.
+        (small(constraints={"gpu": "y" * 129}), 400, "INVALID_FIELD", "constraints"),
         # A share below Docker's floor would run with NanoCpus=0: no CPU limit at all.
         (small(cpus=1e-10), 400, "INVALID_FIELD", "cpus"),
         (small(cpus=5e-324), 400, "INVALID_FIELD", "cpus"),
@@ -240,3 +242,4 @@ async def test_no_answer_of_the_api_may_be_cached_or_sniffed(shared: tuple[Pool,
         async with alice.http.get(pool.api + path, headers=headers) as response:
             assert response.headers.get("Cache-Control") == "no-store", (path, response.status)
             assert response.headers.get("X-Content-Type-Options") == "nosniff", (path, response.status)
+
