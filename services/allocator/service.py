@@ -290,6 +290,7 @@ async def serve_http(
     from aiohttp import web
 
     from potluck.allocator.api import make_app
+    from potluck.allocator.connection_caps import ConnectionCaps, capped
     from potluck.allocator.http_refusals import refusals_logger
     from potluck.allocator.web.log_tail import LogSource
 
@@ -299,15 +300,22 @@ async def serve_http(
         app, access_log=None, logger=refusals_logger(), keepalive_timeout=IDLE_CONNECTION_S
     )
     await runner.setup()
+    assert runner.server is not None  # made by setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        # Our own listener rather than aiohttp's TCPSite: every connection passes the caps
+        # before aiohttp makes a handler for it (connection_caps.py says why).
         try:
-            await site.start()
+            listener = await asyncio.get_running_loop().create_server(
+                capped(runner.server, ConnectionCaps()), host, port, reuse_address=True
+            )
         except OSError as exc:
             raise OSError(
                 f"cannot listen on {host}:{port}: {exc.strerror}; is another allocator running?"
             ) from exc
-        log.info("allocator.listening", url=f"http://{host}:{port}")
-        await asyncio.Event().wait()
+        try:
+            log.info("allocator.listening", url=f"http://{host}:{port}")
+            await asyncio.Event().wait()
+        finally:
+            listener.close()  # no new connections; runner.cleanup() ends the open ones
     finally:
         await runner.cleanup()

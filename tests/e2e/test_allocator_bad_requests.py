@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from potluck.allocator.connection_caps import MAX_PER_ADDRESS
 from potluck.allocator.service import IDLE_CONNECTION_S
 from potluck.localstack.docker_engine import DockerEngine
 from tests.e2e.allocator_api import Api, small
@@ -243,3 +244,38 @@ async def test_no_answer_of_the_api_may_be_cached_or_sniffed(shared: tuple[Pool,
             assert response.headers.get("Cache-Control") == "no-store", (path, response.status)
             assert response.headers.get("X-Content-Type-Options") == "nosniff", (path, response.status)
 
+
+async def test_one_address_cannot_take_every_connection(shared: tuple[Pool, Api]) -> None:
+    """Tried: MAX_PER_ADDRESS connections from 127.0.0.1 held open without a request, then
+    one more from there, and alice from another loopback address meanwhile.
+    Must hold: the one past the cap is closed at once with nothing read or answered; alice's
+    requests from 127.0.0.2 are answered while the flood holds its connections, and hers from
+    127.0.0.1 again once it lets them go; nothing is recorded."""
+    pool, alice = shared
+    head = await pool.store.head_position()
+    held = [await asyncio.open_connection("127.0.0.1", pool.api_port) for _ in range(MAX_PER_ADDRESS)]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", pool.api_port)
+        writer.write(b"GET /v1/pool HTTP/1.1\r\nHost: x\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            async with asyncio.timeout(5):
+                assert await reader.read() == b"", "past the cap: closed without an answer"
+        writer.close()
+
+        other = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with (
+            aiohttp.ClientSession(connector=other) as http,
+            http.get(pool.api + "/v1/pool", headers=alice.headers) as response,
+        ):
+            assert response.status == 200, "another address is served meanwhile"
+    finally:
+        for _, held_writer in held:
+            held_writer.close()
+    async with asyncio.timeout(10):
+        while True:  # the server sees the closes in its own time
+            with contextlib.suppress(aiohttp.ClientError):
+                status, _ = await alice.call("GET", "/v1/pool")
+                if status == 200:
+                    break
+            await asyncio.sleep(0.1)
+    assert await pool.store.head_position() == head
