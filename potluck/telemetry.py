@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
@@ -501,15 +502,35 @@ def build_telemetry(
     return Telemetry(plan, tracer_provider, meter_provider)
 
 
+class _NoClientContext(Getter[Any]):
+    """A getter that finds no trace context in any request."""
+
+    def get(self, carrier: Any, key: str) -> list[str] | None:
+        return None
+
+    def keys(self, carrier: Any) -> list[str]:
+        return []
+
+
+_NO_CLIENT_CONTEXT = _NoClientContext()
+
+
 def _instrument(telemetry: Telemetry) -> None:
     """The aiohttp server and asyncpg instrumentations, where traces are on."""
     if telemetry.tracer_provider is None:
         return
+    import opentelemetry.instrumentation.aiohttp_server as aiohttp_server
     from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
     # Read by the instrumentation when it is switched on.
     os.environ.setdefault("OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS", _DEFAULT_EXCLUDED_URLS)
+    # A request's trace starts at the allocator, whatever the client sends: a client's
+    # `traceparent` would graft the request onto any trace id it names, or mark it unsampled
+    # and keep it out of the operators' traces. Nothing of Potluck's sends one over HTTP. The
+    # instrumentation has no setting for it; its middleware reads the module's `getter` at
+    # each request (tests/e2e/test_tracing.py fails if that changes).
+    aiohttp_server.getter = _NO_CLIENT_CONTEXT  # type: ignore[assignment]  # extract() takes any Getter
     for instrumentor in (AioHttpServerInstrumentor(), AsyncPGInstrumentor()):  # type: ignore[no-untyped-call]
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument(tracer_provider=telemetry.tracer_provider)

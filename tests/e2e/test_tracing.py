@@ -259,6 +259,42 @@ async def test_one_trace_covers_the_request_the_log_the_bus_hostd_and_its_report
     assert out.split() == [trace_id]
 
 
+async def test_a_clients_traceparent_neither_grafts_nor_hides_its_request(
+    traced_pool: Pool, collector: OtlpReceiver
+) -> None:
+    """Tried: a user's two requests carrying a `traceparent` of their own: one naming a trace id
+    they chose (as if to graft onto another's trace), one marked unsampled (as if to stay out of
+    the operators' traces).
+    Must hold: each request has its own server span, a root in a trace the allocator started:
+    none in the chosen trace id, none without a span."""
+    await traced_pool.wait_api()
+    token = await traced_pool.add_user("mallory")
+    chosen = "4bf92f3577b34da6a3ce929d0e0e4736"
+    sent = {
+        "grafted": f"00-{chosen}-00f067aa0ba902b7-01",
+        "unsampled": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+    }
+    async with aiohttp.ClientSession() as http:
+        for traceparent in sent.values():
+            headers = {"Authorization": f"Bearer {token}", "traceparent": traceparent}
+            async with http.get(traced_pool.api + "/v1/pool", headers=headers) as response:
+                assert response.status == 200
+
+    def served() -> list[CollectedSpan] | None:
+        found = collector.find(
+            lambda s: s.service == "potluck-allocator" and s.kind == "SERVER" and s.name == "GET /v1/pool"
+        )
+        return found if len(found) >= 2 else None
+
+    spans = await collector.wait_for("both GET /v1/pool server spans", served)
+    assert len(spans) == 2, [str(s) for s in spans]
+    sent_trace_ids = {value.split("-")[1] for value in sent.values()}
+    for span in spans:
+        assert span.parent_span_id is None, str(span)
+        assert span.trace_id not in sent_trace_ids, str(span)
+    assert spans[0].trace_id != spans[1].trace_id
+
+
 async def test_a_container_started_from_hostds_snapshot_stays_in_its_requests_trace(
     tmp_path: Path,
     database_url: str,
