@@ -27,11 +27,13 @@ import tomli_w
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from pydantic import ValidationError
 
 from potluck.contracts.join_token import JoinToken, JoinTokenError, decode
 from potluck.contracts.messages import JoinRequest, Reply
 from potluck.contracts.subjects import JOIN, host_subject, inbox_prefix
 from potluck.hostd.config import HostdConfig
+from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
 from potluck.kernel.nats_urls import nats_servers
 from potluck.localstack.docker_engine import engine_answers
 from potluck.registry.nats_auth import new_user_key, public_key_of
@@ -296,8 +298,14 @@ def join(text: str, settings: JoinSettings, now: datetime | None = None) -> Join
     credentials = config_path.parent / f"{token.host_id}.creds"
     try:
         config = HostdConfig.model_validate(host_settings(token, settings, credentials))
-    except ValueError as exc:
-        raise JoinError(f"the hostd configuration would be invalid: {exc}") from None
+    except ValidationError as exc:
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise JoinError(f"the hostd configuration would be invalid: {fields}") from None
+    if beyond := donation_beyond_machine(config):
+        # Before the token is spent: hostd would refuse to start on this configuration anyway.
+        raise JoinError("this machine cannot donate that much: " + "; ".join(beyond).replace("donate.", "--"))
     seed = unfinished_join_seed(credentials, token.host_id)
     resumed = seed is not None
     if seed is None:
@@ -322,6 +330,17 @@ def join(text: str, settings: JoinSettings, now: datetime | None = None) -> Join
     asyncio.run(connects(token.nats_url, seed, token.host_id))
     _private_file(config_path, tomli_w.dumps(host_settings(token, settings, credentials)))
     return Joined(token, config, config_path, settings)
+
+
+def donation_beyond_machine(config: HostdConfig) -> list[str]:
+    """What the donation promises past the machine of the configuration's engine (hostd checks
+    the same at every start)."""
+    with DockerDriver(config.docker_url, timeout=10, helper=None) as driver:
+        try:
+            machine = driver.machine()
+        except DockerDriverError as exc:
+            raise JoinError(f"the Docker engine at {config.docker_url} did not say its size: {exc}") from None
+    return [] if machine is None else config.donate.beyond(machine.cpus, machine.memory_bytes)
 
 
 def hostd_argv(config_path: Path) -> list[str]:

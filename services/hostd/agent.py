@@ -210,6 +210,14 @@ class Agent:
 
     async def _serve(self) -> None:
         facts = await self._engine_facts()
+        if problems := await self._donation_beyond_machine():
+            # Before registering: the pool must never be promised what this machine does not have.
+            self._stop(
+                "this machine donates more than it has: "
+                + "; ".join(problems)
+                + "; change [donate] in hostd's configuration and start hostd again"
+            )
+            return
         try:
             self.nc = await connect_bus(
                 self.config.nats_url,
@@ -293,6 +301,15 @@ class Agent:
         await keep_linked(
             self.host_id, host_key_path(self.config.state_dir), self.config.gateways, self.exec_bridge
         )
+
+    async def _donation_beyond_machine(self) -> list[str]:
+        try:
+            machine = await asyncio.to_thread(self.driver.machine)
+        except DockerDriverError:
+            return []  # the engine went away again: checked at the next start, as everything else
+        if machine is None:
+            return []
+        return self.config.donate.beyond(machine.cpus, machine.memory_bytes)
 
     async def _engine_facts(self) -> EngineFacts:
         attempt = 0

@@ -191,6 +191,27 @@ class Donation(BaseModel):
     def capacity(self) -> Capacity:
         return Capacity(cpus=self.cpus, memory_bytes=int(self.memory), disk_bytes=int(self.disk))
 
+    def beyond(self, machine_cpus: int, machine_memory_bytes: int) -> list[str]:
+        """What this donation promises past the machine the engine runs on, one problem a field.
+
+        The pool places up to the donation: CPUs past the engine's make every container asking
+        more than it has fail to start ("Range of CPUs is from 0.01 to N"), and memory past it
+        lets the pool's containers push the member's own programs into swap or the OOM killer.
+        The disk is not compared: the engine does not say how large its disk is."""
+        problems = []
+        if self.cpus > machine_cpus:
+            problems.append(
+                f"donate.cpus: {self.cpus:g} is more than the {machine_cpus} CPUs of the machine "
+                "the Docker engine runs on; donate at most that"
+            )
+        if int(self.memory) > machine_memory_bytes:
+            problems.append(
+                f"donate.memory: {format_size(int(self.memory))} is more than the "
+                f"{machine_memory_bytes / (1 << 30):.1f}G of memory of the machine the Docker "
+                "engine runs on; donate less"
+            )
+        return problems
+
 
 class Timing(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

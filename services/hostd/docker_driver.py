@@ -62,8 +62,9 @@ from potluck.hostd.pool_weight import cgroup_parent, lower_parent_weight
 
 __all__ = [
     "LAYER_QUOTA_DRIVER", "STOP_SIGNALS", "ContainerNotFound", "ContainerSpec", "ContainerUsage",
-    "DockerDriver", "DockerDriverError", "EngineFacts", "EngineUnavailable", "EventStream", "ExecResult",
-    "ImageNotAvailable", "ImageRefused", "LimitsNotApplied", "ManagedContainer",
+    "DockerDriver", "DockerDriverError", "EngineFacts", "EngineMachine", "EngineUnavailable",
+    "EventStream", "ExecResult", "ImageNotAvailable", "ImageRefused", "LimitsNotApplied",
+    "ManagedContainer",
 ]  # fmt: skip
 
 #: `kill`: the engine was told to signal a container (`docker stop` or `kill`, or the engine's
@@ -135,6 +136,14 @@ class LimitsNotApplied(DockerDriverError):
 class ImageRefused(LimitsNotApplied):
     """Refused from the image's own inspect, before anything was made from it: every container
     of the image would be refused alike, so its shape is not worth making ahead either."""
+
+
+@dataclass(frozen=True)
+class EngineMachine:
+    """The machine a Docker engine runs on, as its `docker info` says (NCPU, MemTotal)."""
+
+    cpus: int
+    memory_bytes: int
 
 
 @dataclass(frozen=True)
@@ -342,6 +351,16 @@ class DockerDriver:
     def ping(self) -> bool:
         with self._errors("ping") as client:
             return bool(client.ping())
+
+    def machine(self) -> EngineMachine | None:
+        """The CPUs and memory of the machine the engine runs on (a VM's, for Docker Desktop):
+        what a donation may not exceed. None when the engine does not say."""
+        with self._errors("reading the engine's machine") as client:
+            info = client.info()
+        cpus, memory = info.get("NCPU"), info.get("MemTotal")
+        if not isinstance(cpus, int) or not isinstance(memory, int) or cpus <= 0 or memory <= 0:
+            return None
+        return EngineMachine(cpus=cpus, memory_bytes=memory)
 
     def engine_facts(self) -> EngineFacts:
         if self._facts is not None:

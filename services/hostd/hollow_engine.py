@@ -32,6 +32,7 @@ from potluck.hostd.docker_driver import (
     DockerDriver,
     DockerDriverError,
     EngineImage,
+    EngineMachine,
     ImageNotAvailable,
     ManagedContainer,
 )
@@ -110,6 +111,9 @@ class HollowDriver(DockerDriver):
 
     def ping(self) -> bool:
         return True
+
+    def machine(self) -> EngineMachine | None:
+        return None  # no machine: nothing runs, so a hollow host's donation bounds nothing real
 
     def engine_facts(self) -> EngineFacts:
         return EngineFacts(

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+import docker
 import pytest
 
 from potluck.contracts.host_events import HostJoined, HostJoinTokenIssued, host_stream
@@ -431,3 +432,59 @@ async def test_a_second_engine_joins_a_pool_from_potluck_up(
                 for container in driver.list_managed(None):
                     driver.remove(container.container_id)
     assert stopped.returncode == 0, stopped.stderr
+
+
+async def test_a_donation_larger_than_the_machine_is_refused_by_join_and_by_hostd(
+    pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path
+) -> None:
+    """Tried: a member joins offering one CPU more than the machine of their Docker engine has,
+    then memory past all of it (a careless `--cpus 64` on a laptop); then joins within it, edits
+    hostd.toml to donate more CPUs than the machine has, and starts hostd. Must hold: both joins
+    are refused naming the option and the machine's size, before the token is spent (no file is
+    written, the host is not joined) so the same token then joins; the hostd exits 3 naming
+    `donate.cpus` and never registers, so the pool is never promised those CPUs (the engine
+    would refuse any container asking more than it has, and memory past it would push the
+    member's own programs out)."""
+    engine = docker_engines[1]
+    client = docker.DockerClient(base_url=engine.url)
+    try:
+        cpus = int(client.info()["NCPU"])  # the engine's own word, as `docker info` prints it
+    finally:
+        client.close()
+    issued = await enroll_with_token(pool.store, "laptop-big", nats_url=pool.nats.url)
+    await refresh_nats_authorization(
+        pool.store, pool.nats.auth_file, [pool.services_seed], pool.nats.pid_file
+    )
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:  # nats-server applies a reload asynchronously
+        try:
+            await connects(pool.nats.url, issued.join_seed, issued.host_id)
+            break
+        except (JoinError, PermissionError):
+            assert asyncio.get_running_loop().time() < deadline, "the reload never admitted the key"
+            await asyncio.sleep(0.2)
+    config = tmp_path / "member" / "hostd.toml"
+    config.parent.mkdir()
+    token = encode(issued)
+
+    too_many = await potluck_async(*join_args(token, engine, config), "--cpus", str(cpus + 1))
+    assert too_many.returncode == 1, too_many.stdout + too_many.stderr
+    assert f"--cpus: {cpus + 1} is more than the {cpus} CPUs of the" in too_many.stderr
+    too_much = await potluck_async(*join_args(token, engine, config), "--memory", "1000T")
+    assert too_much.returncode == 1, too_much.stdout + too_much.stderr
+    assert "--memory: 1000T is more than the" in too_much.stderr
+    assert "Traceback" not in too_many.stderr + too_much.stderr
+    assert list(config.parent.iterdir()) == []
+    assert (await pool.hosts()).hosts[issued.host_id].nkey == ""
+
+    joined = await potluck_async(*join_args(token, engine, config))
+    assert joined.returncode == 0, joined.stderr + pool.logs()
+    text = config.read_text()
+    assert "cpus = 1" in text
+    config.write_text(text.replace("cpus = 1.0", f"cpus = {cpus + 1}.0", 1))
+    started = await potluck_async("hostd", "--config", str(config))
+    assert started.returncode == 3, started.stdout + started.stderr
+    assert f"donate.cpus: {cpus + 1} is more than the {cpus} CPUs" in started.stderr
+    assert "change [donate]" in started.stderr
+    state = (await pool.hosts()).hosts[issued.host_id]
+    assert state.donated is None, state
