@@ -43,6 +43,9 @@ from potluck.events import Event
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostState
 
+#: The label that names a machine: the name an operator enrolled it under (`_named`).
+NAME_LABEL = "name"
+
 
 def check_name(name: str) -> str:
     """`name` if a machine may be enrolled as it; else BAD_NAME. The name becomes the host's
@@ -119,6 +122,30 @@ def _require_enrolled(state: HostState | None, host_id: str) -> HostState:
     return state
 
 
+def _named(current: HostState, labels: dict[str, str]) -> dict[str, str]:
+    """The labels a registration records: the member's, with `name` the operator's.
+
+    Users' requests select machines by their `name` (`"constraints": {"name": "laptop-ann"}`),
+    and a placement carries the user's SSH keys and secrets to the machine: were the member's
+    word the name, a hostd could call itself after another machine and be sent the work its
+    users meant for that one. The name is the one the machine was enrolled under (BAD_LABELS
+    for another; filled in when hostd.toml, written by hand, has none). A host enrolled before
+    names were recorded keeps what it says."""
+    if not current.name:
+        return labels
+    said = labels.get(NAME_LABEL)
+    if said is not None and said != current.name:
+        raise Rejected(
+            BAD_LABELS,
+            f"this machine's labels say name={said[:40]!r}, but an operator enrolled it as "
+            f"{current.name!r}: the name is the operator's; set name = {current.name!r} or remove it "
+            "from [labels] in hostd.toml",
+            field="labels",
+            status=400,
+        )
+    return {**labels, NAME_LABEL: current.name}
+
+
 def register(state: HostState | None, host_id: str, req: RegisterHost) -> list[Event]:
     current = _require_present(state, host_id)
     if req.contract != CONTRACT_VERSION:
@@ -126,14 +153,16 @@ def register(state: HostState | None, host_id: str, req: RegisterHost) -> list[E
         refusal = mismatch(req.contract, CONTRACT_VERSION)
         raise Rejected("CONTRACT_MISMATCH", refusal, field="contract", status=409)
     try:
-        check_labels(req.labels)
+        check_labels(req.labels)  # as sent, so that the refusal speaks of the member's own
+        labels = _named(current, req.labels)
+        check_labels(labels)  # the name added may make one label too many
     except InvalidLabels as exc:
         said = f"this machine's labels are outside what the pool takes: {exc}; change [labels] in hostd.toml"
         raise Rejected(BAD_LABELS, said, field="labels", status=400) from None
     event = HostRegistered(
         host_id=host_id,
         donated=req.donated,
-        labels=req.labels,
+        labels=labels,
         allowed_images=req.allowed_images,
         allow_network=req.allow_network,
         engine=req.engine,
@@ -144,7 +173,7 @@ def register(state: HostState | None, host_id: str, req: RegisterHost) -> list[E
     unchanged = (
         current.registered
         and current.donated == req.donated
-        and current.labels == req.labels
+        and current.labels == labels
         and list(current.allowed_images) == req.allowed_images
         and current.allow_network == req.allow_network
         and current.engine == req.engine

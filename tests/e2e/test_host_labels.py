@@ -10,6 +10,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from potluck.contracts.host_events import host_stream
@@ -19,6 +20,7 @@ from potluck.contracts.subjects import REGISTER
 from potluck.hostd import agent
 from potluck.hostd.config import load_config
 from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e.conftest import hostd_started_with, ops
 from tests.fixtures.pool import EnrolledHost, Pool
 
@@ -184,3 +186,51 @@ async def test_a_machine_is_not_enrolled_under_a_name_its_name_label_could_not_h
         assert "Traceback" not in err, err
     assert await pool.store.head_position() == head_before
     assert not creds.exists()
+
+
+async def test_a_machine_cannot_call_itself_after_another_and_be_sent_its_users_work(
+    pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path
+) -> None:
+    """What is tried: laptop-b is in the pool; the member of laptop-a, whose hostd.toml is theirs
+    to edit, sets `name = "laptop-b"` in its [labels] and starts hostd, hoping to be sent the work
+    users ask of laptop-b (`"constraints": {"name": "laptop-b"}`), SSH keys and secrets with it;
+    then writes hostd.toml by hand with no `name` at all, as README's example for a machine
+    enrolled with --credentials-out has none.
+    What must hold: the registry refuses the first registration (BAD_LABELS): `potluck hostd`
+    exits 3 saying the name is the operator's and which it is, laptop-a stays enrolled and
+    unregistered, and a user's request for laptop-b is placed on laptop-b; the second registers
+    with the name it was enrolled under filled in, so users reach it by that name."""
+    a = await pool.enroll("laptop-a")
+    b = await pool.enroll("laptop-b")
+    pool.write_config(b, docker_engines[1])
+    pool.start_hostd(b)
+    await pool.wait_for_host(b.host_id, "active")
+
+    impostor = pool.write_config(a, docker_engines[0], labels={"name": "laptop-b", "zone": "home"})
+    done = await asyncio.to_thread(hostd_started_with, impostor)
+    assert done.returncode == 3, done.stderr
+    assert "but an operator enrolled it as 'laptop-a': the name is the operator's" in done.stderr, done.stderr
+    state = (await pool.hosts()).hosts[a.host_id]
+    assert (state.status, state.registered, state.labels) == ("enrolled", False, {}), state
+
+    await pool.wait_api()
+    headers = {"Authorization": f"Bearer {await pool.add_user('alice')}"}
+    body = {"cpus": 0.25, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{pool.api}/v1/allocations", json={**body, "constraints": {"name": "laptop-b"}}, headers=headers
+        ) as response:
+            created = await response.json()
+            assert response.status == 201, created
+        assert created["host_id"] == b.host_id, created
+
+        pool.write_config(a, docker_engines[0], labels={"zone": "home"})
+        pool.start_hostd(a)
+        await pool.wait_for_host(a.host_id, "active")
+        assert (await pool.hosts()).hosts[a.host_id].labels == {"name": "laptop-a", "zone": "home"}
+        async with http.post(
+            f"{pool.api}/v1/allocations", json={**body, "constraints": {"name": "laptop-a"}}, headers=headers
+        ) as response:
+            created = await response.json()
+            assert response.status == 201, created
+        assert created["host_id"] == a.host_id, created
