@@ -92,6 +92,7 @@ from potluck.hostd.spans import docker_span
 from potluck.hostd.unwatched_stops import stopped_unwatched
 from potluck.hostd.warm_keeper import WarmKeeper
 from potluck.kernel.background import BackgroundTasks
+from potluck.kernel.sizes import format_size
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -263,8 +264,11 @@ class ContainerManager:
         self.kept.clear()
         self.kept.update({alloc_id: known.get(alloc_id) for alloc_id in kept})
         desired: dict[str, ContainerSpec] = {}
-        for alloc_id, spec in wanted:
-            built = self._admit(alloc_id, spec)
+        # What this hostd already holds is admitted first: when the whole no longer fits the
+        # donation (the member lowered it), what is refused is what has not started here yet.
+        held = set(self.desired) | set(self.containers)
+        for alloc_id, spec in sorted(wanted, key=lambda w: w[0] not in held):
+            built = self._admit(alloc_id, spec, desired)
             if built is not None:
                 desired[alloc_id] = built
         self.desired = desired
@@ -273,7 +277,11 @@ class ContainerManager:
             self._stop_pull(alloc_id)
         await self.reconcile()
 
-    def _admit(self, alloc_id: str, spec: AllocationSpec) -> ContainerSpec | None:
+    def _admit(
+        self, alloc_id: str, spec: AllocationSpec, placed: Mapping[str, ContainerSpec]
+    ) -> ContainerSpec | None:
+        """The container to run for the allocation, or None when this host refuses it (reported
+        failed, saying why). `placed`: what else the host holds, which with it must fit the donation."""
         if not self.config.image_allowed(spec.image):
             self._fail(
                 alloc_id,
@@ -290,17 +298,48 @@ class ContainerManager:
                 "the allocation asks for a network; this host's allow_network is false",
             )
             return None
+        if beyond := self._beyond_donation(alloc_id, spec, placed):
+            self._fail(alloc_id, "invalid_spec", beyond, shared=True)
+            return None
         try:
             return container_spec(self.host_id, alloc_id, spec)
         except ValueError as exc:
             self._fail(alloc_id, "invalid_spec", str(exc))
             return None
 
+    def _beyond_donation(
+        self, alloc_id: str, spec: AllocationSpec, placed: Mapping[str, ContainerSpec]
+    ) -> str:
+        """Why the allocation with the others placed here would take more than the member donates
+        ("" when it fits). The allocator never places past the donation; this holds the member's
+        caps against one that does (a bug, or a donation lowered under running work), as
+        allowed_images is held. Kept containers are left out: the allocator counts their disk,
+        so what fits its books fits these."""
+        others = [s for a, s in placed.items() if a != alloc_id]
+        donated = self.config.placeable()
+        wants = spec.resources
+        over = []
+        cpus = sum(s.cpus for s in others) + wants.cpus
+        if cpus > donated.cpus + 1e-9:
+            over.append(f"{cpus:g} CPUs of the {donated.cpus:g} donated")
+        memory = sum(s.memory_bytes for s in others) + wants.memory_bytes
+        if memory > donated.memory_bytes:
+            over.append(f"{format_size(memory)} of the {format_size(donated.memory_bytes)} of memory donated")
+        disk = sum(s.disk_bytes for s in others) + wants.disk_bytes
+        if disk > donated.disk_bytes:
+            over.append(f"{format_size(disk)} of the {format_size(donated.disk_bytes)} of disk donated")
+        if not over:
+            return ""
+        return (
+            f"placed past this host's donation: with the {len(others)} allocation(s) it holds it would "
+            f"take {', '.join(over)}; the host refuses it"
+        )
+
     async def place(self, alloc_id: str, spec: AllocationSpec) -> None:
         """Start the allocation's container in a task of its own, and return at once: the
         placements of a job arrive together, and the engine creates a few containers side by
         side far sooner than one after another (bench/README.md, `jobs`)."""
-        built = self._admit(alloc_id, spec)
+        built = self._admit(alloc_id, spec, self.desired)
         if built is None:
             return
         self.desired[alloc_id] = built
@@ -371,6 +410,39 @@ class ContainerManager:
         for alloc_id in list(self.desired) + list(self.containers) + list(self.kept):
             self.kept.pop(alloc_id, None)
             await self.release(alloc_id)
+
+    async def stop_all_cut_off(self) -> int:
+        """The pool no longer accepts this machine (its key refused: revoked while hostd was
+        away, or cut off before the revocation's event arrived) and hostd stops for good: stop
+        every container of the pool here, so that nothing of it goes on using the member's
+        CPUs and memory with no hostd to hold it to the owner policy. Their allocations are
+        given up in the log already; their files stay (a refusal by mistake, put right, costs
+        the work its processes, not its files). Returns how many were running."""
+        try:
+            found = await asyncio.to_thread(self.driver.list_managed, self.host_id)
+        except DockerDriverError as exc:
+            log.warning("hostd.cut_off_stop_failed", error=str(exc))
+            return 0
+        stopped = 0
+        for container in found:
+            if not container.running:
+                continue
+            try:
+                if container.status == "paused":  # frozen by a pause or the owner policy
+                    await asyncio.to_thread(self.driver.unpause, container.container_id)
+                await asyncio.to_thread(self.driver.stop, container.container_id, 10)
+            except DockerDriverError as exc:
+                log.warning(
+                    "hostd.cut_off_stop_failed", container_id=container.container_id[:12], error=str(exc)
+                )
+                continue
+            stopped += 1
+            log.info(
+                "hostd.cut_off_stopped",
+                alloc_id=container.allocation_id,
+                container_id=container.container_id[:12],
+            )
+        return stopped
 
     async def keep(self, alloc_id: str, until: datetime) -> None:
         """The allocation ended and its stopped container is kept until `until` (for its files and

@@ -497,3 +497,60 @@ async def test_members_decide_what_runs_and_containers_keep_their_secrets_and_th
         assert secret not in detail
         for log in pool.workdir.glob("*.log"):
             assert secret not in log.read_text(errors="replace"), log.name
+
+
+async def test_a_placement_past_the_members_donation_is_refused_by_hostd(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """The member donates 1 CPU, 256M of memory and 1G of disk. Tried: placements appended to
+    the log exactly as the allocator appends them, but past what the allocator's books allow (a
+    buggy or compromised allocator): one of 0.75 CPU that fits, then one of 0.5 CPU (1.25 with
+    the first), one of 224M of memory (288M with the first's 64M), and one of 1G of disk (1.0625G
+    with the first's 64M); then the member lowers the donation to 0.5 CPU and restarts hostd.
+    Must hold: the first runs and is never disturbed by the others; each other fails as
+    invalid_spec with a detail naming the resource and the donation, and no container of it ever
+    exists on the member's engine; after the restart the first, which no longer fits, fails the
+    same way and its container is gone: the member's caps hold whatever is placed."""
+    engine = docker_engines[0]
+    a = await pool.enroll("laptop-a")
+    donate = {"cpus": 1, "memory": "256M", "disk": "1G"}
+    pool.write_config(a, engine, donate=donate)
+    pool.start_hostd(a)
+    await pool.wait_for_host(a.host_id, "active")
+
+    await place(pool.store, a.host_id, "fits", spec(cpus=0.75))
+    await wait_for_status(pool, "fits", "running")
+    past = {
+        "past-cpus": (spec(cpus=0.5), "1.25 CPUs of the 1 donated"),
+        "past-memory": (spec(cpus=0.1, memory=224 << 20), "288M of the 256M of memory donated"),
+        "past-disk": (spec(cpus=0.1, disk=1 << 30), "of the 1G of disk donated"),
+    }
+    for alloc_id, (wanted, _) in past.items():
+        await place(pool.store, a.host_id, alloc_id, wanted)
+    for alloc_id, (_, named) in past.items():
+        await wait_for_status(pool, alloc_id, "failed")
+        state = await allocation(pool.store, alloc_id)
+        assert state is not None
+        assert state.reason == "invalid_spec", state
+        assert "placed past this host's donation" in (state.detail or ""), state.detail
+        assert named in (state.detail or ""), state.detail
+    with DockerDriver(engine.url) as driver:
+        names = {c.allocation_id for c in driver.list_managed(a.host_id)}
+    assert names == {"fits"}, names
+    fits = await allocation(pool.store, "fits")
+    assert fits is not None
+    assert fits.status == "running", fits
+
+    assert a.process is not None
+    a.process.stop(timeout=30)
+    pool.write_config(a, engine, donate={**donate, "cpus": 0.5})
+    pool.start_hostd(a)
+    await wait_for_status(pool, "fits", "failed")
+    lowered = await allocation(pool.store, "fits")
+    assert lowered is not None
+    assert "0.75 CPUs of the 0.5 donated" in (lowered.detail or ""), lowered.detail
+    with DockerDriver(engine.url) as driver:
+        deadline = asyncio.get_running_loop().time() + 15
+        while driver.list_managed(a.host_id):
+            assert asyncio.get_running_loop().time() < deadline, driver.list_managed(a.host_id)
+            await asyncio.sleep(0.2)

@@ -23,7 +23,8 @@ async def test_a_command_that_ends_at_once_is_logged_running_then_exited(
     AllocationExited."""
     ids = [f"quick-{i}" for i in range(TASKS)]
     await asyncio.gather(
-        *(place(pool.store, laptop.host_id, alloc_id, spec(command=["true"])) for alloc_id in ids)
+        # A quarter of a CPU each: the eight together fit the 2 CPUs donated, as hostd demands.
+        *(place(pool.store, laptop.host_id, alloc_id, spec(cpus=0.25, command=["true"])) for alloc_id in ids)
     )
     for alloc_id in ids:
         await wait_for_status(pool, alloc_id, "exited", timeout=60)

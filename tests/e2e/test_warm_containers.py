@@ -225,8 +225,8 @@ async def test_warm_containers_are_taken_refilled_and_change_nothing_else(
 
         # Interactive (no command: the helper's keep-alive): started ahead and frozen, taken by
         # unfreezing; it runs, answers an exec, and its HostConfig is its cold twin's.
-        interactive = AllocationSpec(
-            resources=Capacity(cpus=0.5, memory_bytes=64 * MiB, disk_bytes=64 * MiB),
+        interactive = AllocationSpec(  # a quarter CPU: with what still runs above, within the 2 donated
+            resources=Capacity(cpus=0.25, memory_bytes=64 * MiB, disk_bytes=64 * MiB),
             image=DEFAULT_TAG,
             command=None,
             pids_limit=64,
