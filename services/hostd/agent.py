@@ -194,9 +194,16 @@ class Agent:
             log.error("hostd.stopped_for_good", host_id=self.host_id, reason=reason, hint=reason)
 
     async def _key_refused(self) -> None:
+        stopped = await self.containers.stop_all_cut_off()
         self._stop(
             f"NATS no longer accepts this machine's key (host {self.host_id} revoked, or left the pool?); "
             "ask an operator to enroll it again"
+            + (
+                f"; the pool's {stopped} container(s) still running here were stopped (their files "
+                f"are kept until you remove them: docker ps -a --filter label=potluck.host={self.host_id})"
+                if stopped
+                else ""
+            )
         )
 
     async def _report_state_periodically(self) -> None:

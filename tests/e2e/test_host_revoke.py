@@ -21,9 +21,18 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from potluck.contracts.reports import ContainerExited, report_subject
+from potluck.hostd.docker_driver import DockerDriver
 from potluck.kernel.ssh_identity import host_key_path, load_or_create_key
 from potluck.localstack.docker_engine import DockerEngine
-from tests.e2e.conftest import Gatewayed, consumer_removed, ops, replay_agrees, wait_for_status
+from tests.e2e.conftest import (
+    Gatewayed,
+    consumer_removed,
+    hostd_started_with,
+    ops,
+    replay_agrees,
+    start_laptop,
+    wait_for_status,
+)
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 from tests.helpers import wait_until
 
@@ -255,3 +264,41 @@ async def test_reports_a_revoked_host_sent_before_are_dropped_not_recorded(
     types = [r.type for r in await pool.store.read_stream("alloc-held")]
     assert "AllocationExited" not in types, types
     await replay_agrees(pool)
+
+
+async def test_a_host_revoked_while_its_hostd_was_away_stops_the_pools_containers_on_return(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """Tried: a laptop runs two of the pool's containers, one of them frozen (as the owner policy
+    or a pause freezes it); its hostd stops (the member's machine reboots hostd, or it is off),
+    which leaves them running, as it always does; meanwhile an operator revokes the host; then
+    the member's hostd starts again. Must hold: the allocations are lost in the log; hostd exits
+    3 saying NATS refuses its key and that the pool's 2 containers were stopped, naming how to
+    find them; on the engine both still exist (their files kept) and neither runs, so nothing of
+    the pool goes on using the member's CPUs and memory with no hostd to hold it."""
+    engine = docker_engines[0]
+    laptop = await start_laptop(pool, engine)
+    await place(pool.store, laptop.host_id, "away-1", spec())
+    await place(pool.store, laptop.host_id, "away-2", spec())
+    await wait_for_status(pool, "away-1", "running")
+    await wait_for_status(pool, "away-2", "running")
+    assert laptop.process is not None
+    laptop.process.stop(timeout=30)
+    with DockerDriver(engine.url) as driver:
+        before = {c.allocation_id: c for c in driver.list_managed(laptop.host_id)}
+        assert {a: c.running for a, c in before.items()} == {"away-1": True, "away-2": True}
+        driver.pause(before["away-2"].container_id)
+
+    code, _, err = await revoke(pool, laptop)
+    assert code == 0, err
+    await wait_for_status(pool, "away-1", "lost")
+    await wait_for_status(pool, "away-2", "lost")
+    returned = await asyncio.to_thread(hostd_started_with, laptop.config)
+    assert returned.returncode == 3, returned.stderr
+    assert "NATS no longer accepts this machine's key" in returned.stderr, returned.stderr
+    assert "the pool's 2 container(s) still running here were stopped" in returned.stderr
+    assert f"docker ps -a --filter label=potluck.host={laptop.host_id}" in returned.stderr
+    with DockerDriver(engine.url) as driver:
+        after = {c.allocation_id: c for c in driver.list_managed(laptop.host_id)}
+    assert set(after) == {"away-1", "away-2"}, after
+    assert not any(c.running for c in after.values()), after
