@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,6 +13,10 @@ from nats.aio.client import Client as NATS
 from potluck.kernel.nats_urls import nats_servers
 
 log = structlog.get_logger(__name__)
+
+#: A subscription that drops messages as a slow consumer is logged for the first and then once
+#: per this many.
+SLOW_CONSUMER_LOGGED_EVERY = 10_000
 
 
 class IdentityRefused(ConnectionError):
@@ -53,9 +58,25 @@ async def connect_bus(
     refusals = 0
     refused = asyncio.Event()
     client: NATS | None = None
+    #: Messages dropped per subscription as a slow consumer, since the connection was made.
+    dropped: Counter[int] = Counter()
 
     async def on_error(exc: Exception) -> None:
         nonlocal refusals
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            # nats-py reports every message dropped: a sender in a loop (a host whose member
+            # controls it) would have it write a line for each, hundreds of thousands a minute.
+            dropped[exc.sid] += 1
+            if dropped[exc.sid] % SLOW_CONSUMER_LOGGED_EVERY == 1:
+                log.warning(
+                    "bus.slow_consumer",
+                    client=name,
+                    subject=exc.subject[:200],
+                    dropped=dropped[exc.sid],
+                    hint="messages came faster than this subscription handled them and were dropped; "
+                    f"one line per {SLOW_CONSUMER_LOGGED_EVERY}: a sender in a loop?",
+                )
+            return
         log.warning("bus.error", client=name, error=str(exc))
         if refused_after is None or not is_authorization_refusal(exc):
             return

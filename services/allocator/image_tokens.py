@@ -22,6 +22,7 @@ import structlog
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from potluck.allocator.host_rates import HostRates
 from potluck.allocator.pool_registry import PoolRegistry
 from potluck.allocator.registry_access import LIBRARY, Scope
 from potluck.contracts.image_reference import DEFAULT_REGISTRY, InvalidReference, parse_reference
@@ -129,6 +130,8 @@ def image_token_responder(
     registry: PoolRegistry | None,
     guard: ReplyGuard,
     catch_up: Callable[[], Awaitable[None]] | None = None,
+    *,
+    rates: HostRates | None = None,
 ) -> Callable[[Msg], Awaitable[None]]:
     """The NATS callback answering IMAGE_TOKEN requests, only into the asking host's own inbox.
 
@@ -158,6 +161,8 @@ def image_token_responder(
 
     async def respond(msg: Msg) -> None:
         host_id = host_of(msg.subject)
+        if rates is not None and not await rates.admit(msg):
+            return
         if not guard.allows(msg, inbox_prefix(host_id), requester=host_id):
             return
         try:

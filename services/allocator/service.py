@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from pydantic import TypeAdapter, ValidationError
 
 from potluck.allocator.engine import AllocatorEngine
+from potluck.allocator.host_rates import DESIRED_RATE, IMAGE_TOKEN_RATE, HostRates
 from potluck.allocator.image_locality import record_images_held
 from potluck.allocator.image_tokens import image_token_responder
 from potluck.allocator.lifecycle import Decision, decide, decide_actual_state
@@ -136,6 +137,8 @@ class AllocatorService:
         self.engine = engine or AllocatorEngine(store)
         self.registry = registry
         self.replies = ReplyGuard("allocator")
+        self.desired_rates = HostRates("its desired state", DESIRED_RATE, self.replies)
+        self.image_token_rates = HostRates("registry tokens", IMAGE_TOKEN_RATE, self.replies)
         #: Reports dropped per host because the host left or was revoked before they were read.
         self.dropped_from_gone: dict[str, int] = {}
         self.engine_logs = KeyRates(ENGINE_LOG_RATE)
@@ -162,6 +165,7 @@ class AllocatorService:
                 self.registry,
                 self.replies,
                 lambda: self.engine.fold.caught_up_with(self.store, timeout=2.0),
+                rates=self.image_token_rates,
             ),
         )
         reports = Subscriber(
@@ -187,6 +191,8 @@ class AllocatorService:
 
     async def _on_desired(self, msg: Msg) -> None:
         host_id = host_of(msg.subject)
+        if not await self.desired_rates.admit(msg):
+            return
         if not self.replies.allows(msg, inbox_prefix(host_id), requester=host_id):
             return
         # All of it as of one position: the engine goes on folding during the lookup below.

@@ -54,3 +54,43 @@ async def test_closing_a_client_is_not_a_lost_server(tmp_path: Path, captured: L
         assert [e["client"] for e in disconnect_warnings(captured.entries)] == ["losing"]
     finally:
         server.stop()
+
+
+async def test_a_flood_into_a_slow_subscription_is_logged_sparingly(
+    tmp_path: Path, captured: LogCapture
+) -> None:
+    """Tried: 25,000 messages published, as a sender in a loop does, into a subscription whose
+    handler is slow and whose pending queue holds 100, so that nats-py drops nearly all of
+    them and reports each drop as an error. Must hold: that is a few `bus.slow_consumer` lines
+    (the first drop, then one per SLOW_CONSUMER_LOGGED_EVERY), each naming the subject and how
+    many were dropped so far, and no `bus.error` line per drop (there were hundreds of
+    thousands a minute in a pool's allocator log)."""
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    try:
+        receiver = await connect_bus(server.url, name="receiver")
+        sender = await connect_bus(server.url, name="sender")
+
+        async def slow(_msg: object) -> None:
+            await asyncio.sleep(0.01)
+
+        try:
+            await receiver.subscribe("flood.here", cb=slow, pending_msgs_limit=100)
+            await receiver.flush()
+            for _ in range(25):
+                for _ in range(1000):
+                    await sender.publish("flood.here", b"x")
+                await sender.flush()
+            await asyncio.sleep(0.5)
+        finally:
+            await sender.close()
+            await receiver.close()
+    finally:
+        server.stop()
+    slow_lines = [e for e in captured.entries if e["event"] == "bus.slow_consumer"]
+    errors = [e for e in captured.entries if e["event"] == "bus.error"]
+    assert errors == [], errors[:3]
+    assert 1 <= len(slow_lines) <= 25_000 // connection.SLOW_CONSUMER_LOGGED_EVERY + 1, len(slow_lines)
+    assert slow_lines[0]["subject"] == "flood.here"
+    assert slow_lines[0]["dropped"] == 1
+    assert all(e["client"] == "receiver" for e in slow_lines)
