@@ -230,7 +230,7 @@ class HostMachine(RuleBasedStateMachine):
             offered = self.model.offered
             assert (state.donated, state.labels, list(state.allowed_images), state.hostd_version) == (
                 offered.donated,
-                offered.labels,
+                {**offered.labels, "name": "laptop"},  # the name it was enrolled under, always
                 offered.allowed_images,
                 offered.hostd_version,
             )
