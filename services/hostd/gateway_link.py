@@ -31,7 +31,8 @@ or the image's sftp-server, or hostd's own SFTP server for an image without
 one: helper_sftp.py) as the container's default user, with a TTY
 when the session asked for a PTY. Data is passed in both directions with flow
 control at each end (SSH windows, the engine socket's buffer); window changes
-resize the exec's TTY; signals reach its process; when the channel closes
+resize the exec's TTY and signals reach its process, one engine call at a time
+per session however fast they come (session_controls.py); when the channel closes
 before the process ended, the process and its descendants are ended (HUP,
 then KILL). The reserved commands `potluck-logs` and `potluck-archive` are
 served by hostd itself from the engine (reserved_commands.py), for a running
@@ -84,6 +85,7 @@ from potluck.hostd.exec_errors import ExecError, ExecRefused
 from potluck.hostd.gateway_config import GatewayLink
 from potluck.hostd.helper_sftp import open_sftp
 from potluck.hostd.reserved_commands import open_reserved, reserved_command
+from potluck.hostd.session_controls import SessionControls
 from potluck.hostd.session_slots import SessionLimits, SessionSlots
 from potluck.hostd.spans import docker_span, tracer
 from potluck.kernel.background import BackgroundTasks
@@ -152,6 +154,8 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         self._command: str | None = None
         self._subsystem: str | None = None
         self._process: SessionProcess | None = None
+        #: The process's window changes and signals, one engine call at a time (session_controls.py).
+        self._controls: SessionControls | None = None
         self._pending: list[bytes] = []
         self._eof = False
         self._lost = False
@@ -264,6 +268,7 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
             tty=tty,
         )
         self._process = process
+        self._controls = SessionControls(process, self._tasks.start)
         self._span.set_attribute("container.id", process.container_id)
         self._span.set_attribute("potluck.exec_id", process.exec_id)
         if self._lost:
@@ -347,21 +352,12 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         self._size = (width, height)
-        if self._process is not None:
-            self._tasks.start(self._resize(self._process, width, height))
-
-    async def _resize(self, process: SessionProcess, width: int, height: int) -> None:
-        with contextlib.suppress(ExecError):
-            await process.resize(width, height)
+        if self._controls is not None:
+            self._controls.resize(width, height)
 
     def signal_received(self, signal: str) -> None:
-        if self._process is not None:
-            self._tasks.start(self._signal(self._process, signal))
-
-    async def _signal(self, process: SessionProcess, name: str) -> None:
-        with contextlib.suppress(ExecError):
-            if not await process.signal(name):
-                log.info("link.signal_not_delivered", signal=name, exec_id=process.exec_id[:12])
+        if self._controls is not None:
+            self._controls.signal(signal)
 
     def break_received(self, msec: int) -> bool:
         return False

@@ -1,0 +1,146 @@
+"""The gateway and hostd against a user who floods them with cheap SSH messages.
+
+An SSH message costs its sender a few bytes; what the gateway and hostd do for
+each one must stay bounded, or one user takes the host or the gateway from the
+others. Each test connects with asyncssh (OpenSSH's client cannot send
+thousands of window changes or signals on purpose) from its own loopback
+address, and measures hostd's link process from /proc.
+"""
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+
+import asyncssh
+
+from tests.fixtures import ssh as ssh_fixtures
+from tests.fixtures.ssh import SshEnv
+
+ssh_env = ssh_fixtures.ssh_env
+
+#: Open file descriptors hostd's link process may reach while flooded: its engine and gateway
+#: sockets, its log, its spares. Before the fix a flood of 3,000 messages took it past 2,000.
+LINK_FDS_BOUND = 150
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@contextlib.asynccontextmanager
+async def _most_fds(pid: int) -> AsyncIterator[list[int]]:
+    """The most file descriptors `pid` had open at once while the block ran (sampled every 10 ms)."""
+    most = [_fds(pid)]
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            most[0] = max(most[0], _fds(pid))
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.ensure_future(sample())
+    try:
+        yield most
+    finally:
+        done.set()
+        await sampler
+
+
+async def _connect(env: SshEnv, alloc_id: str, user: str, source: str) -> asyncssh.SSHClientConnection:
+    return await asyncssh.connect(
+        "127.0.0.1",
+        env.port,
+        local_addr=(source, 0),
+        username=alloc_id,
+        client_keys=[str(env.key(user))],
+        known_hosts=None,
+        agent_path=None,
+        config=None,
+    )
+
+
+async def _read_until(process: asyncssh.SSHClientProcess[str], needle: str, timeout: float = 20) -> str:
+    seen = ""
+    async with asyncio.timeout(timeout):
+        while needle not in seen:
+            chunk = await process.stdout.read(1024)
+            assert chunk, f"the session ended before {needle!r}: {seen!r}"
+            seen += chunk
+    return seen
+
+
+async def test_a_flood_of_window_changes_and_signals_costs_hostd_one_engine_call_at_a_time(
+    ssh_env: SshEnv,
+) -> None:
+    """What is tried: one session with a terminal sends 3,000 window changes, then 3,000 signals
+    its process ignores, as fast as asyncssh can write them. Before the fix hostd started an
+    engine call for each (one socket each: past 2,000 descriptors open at once in hostd, and
+    another user's session waited seconds to start).
+    What must hold: hostd's link process never holds more than LINK_FDS_BOUND descriptors; the
+    terminal ends at the size sent last; the flooded session still works and ends with its
+    exit status; another user's session on the same host runs meanwhile."""
+    env = ssh_env
+    host = env.hosts[0]
+    assert host.link is not None
+    assert host.link.pid is not None
+    await env.place_running(host, "flood1", users=("fiona",))
+    await env.place_running(host, "flood2", users=("gus",))
+    await env.wait_reachable("flood1", key="fiona")
+    await env.wait_reachable("flood2", key="gus")
+
+    async with await _connect(env, "flood1", "fiona", "127.0.0.90") as conn:
+        process = await conn.create_process(
+            # USR1 and WINCH are ignored: only how hostd copes with them is measured. `stty size`
+            # prints the terminal as it is once the floods are over and a line comes in.
+            "trap '' USR1 WINCH; echo ready; while read line; do stty size; done",
+            term_type="xterm",
+            term_size=(80, 24),
+        )
+        await _read_until(process, "ready")
+        async with _most_fds(host.link.pid) as most:
+            for i in range(3000):
+                process.change_terminal_size(100 + i % 50, 30 + i % 20)
+            process.change_terminal_size(123, 45)
+            other = asyncio.ensure_future(env.ssh("flood2", "echo other", key="gus", source="127.0.0.91"))
+            for _ in range(3000):
+                process.send_signal("USR1")
+            # The size applied last is the last sent, whatever was coalesced on the way.
+            seen = ""
+            deadline = time.monotonic() + 20
+            while "45 123" not in seen:
+                assert time.monotonic() < deadline, f"the terminal never became 123x45: {seen!r}"
+                process.stdin.write("\n")
+                with contextlib.suppress(TimeoutError):
+                    seen += await _read_until(process, "45 123", timeout=0.5)
+            assert (await other).out == "other\n"
+        assert most[0] <= LINK_FDS_BOUND, f"hostd held {most[0]} descriptors at once\n{env.logs()}"
+        process.stdin.write("\x04")  # end of input on a terminal (hostd passes no EOF to a PTY)
+        async with asyncio.timeout(20):
+            await process.wait_closed()
+        assert process.exit_status == 0
+
+
+async def test_signals_sent_after_a_flood_still_reach_the_process(ssh_env: SshEnv) -> None:
+    """What is tried: a flood of 2,000 signals the process ignores, then one it traps, once the
+    flood has drained.
+    What must hold: the trapped signal reaches the process (hostd drops only signals queued past
+    its bound while the engine is behind, never the next one once it has caught up)."""
+    env = ssh_env
+    host = env.hosts[0]
+    await env.place_running(host, "flood3", users=("hilde",))
+    await env.wait_reachable("flood3", key="hilde")
+    async with await _connect(env, "flood3", "hilde", "127.0.0.92") as conn:
+        process = await conn.create_process(
+            "trap '' USR1; trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done"
+        )
+        await _read_until(process, "ready")
+        for _ in range(2000):
+            process.send_signal("USR1")
+        await asyncio.sleep(3)  # the engine catches up with what was queued
+        process.send_signal("TERM")
+        await _read_until(process, "got-term")
+        async with asyncio.timeout(20):
+            await process.wait_closed()
+        assert process.exit_status == 7
