@@ -18,7 +18,7 @@ from potluck.sshgateway.audit import AuditLog, LoginIdentity
 from potluck.sshgateway.events import EndReason
 from potluck.sshgateway.links import LinkPool
 from potluck.sshgateway.projection import GatewayView
-from potluck.sshgateway.session_caps import SessionCaps
+from potluck.sshgateway.session_caps import SessionCaps, UserConnections
 from potluck.sshgateway.settings import GatewaySettings
 
 __all__ = ["GatewayContext", "LiveSession", "SessionRegistry"]
@@ -78,6 +78,8 @@ class GatewayContext:
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
     #: Sessions open per connection and per user (settings' max_sessions_per_*).
     caps: SessionCaps = field(init=False)
+    #: Authenticated connections open per user (settings' max_connections_per_user).
+    user_connections: UserConnections = field(init=False)
     #: Work started from callbacks (a session's opening, a connection's serving), cancelled at stop.
     tasks: BackgroundTasks = field(default_factory=BackgroundTasks)
     #: Users' connections, closed when the gateway stops.
@@ -92,3 +94,4 @@ class GatewayContext:
             per_connection=self.settings.max_sessions_per_connection,
             per_user=self.settings.max_sessions_per_user,
         )
+        self.user_connections = UserConnections(per_user=self.settings.max_connections_per_user)

@@ -24,8 +24,10 @@ is checked against the lockout, so parallel connections cannot all guess
 while no failure has been counted yet. One connection may offer
 `max_keys_per_connection` keys.
 
-Sessions are capped per connection and per user (session_caps.py); one over
-the cap is refused with a message the ssh client prints.
+Sessions are capped per connection and per user, and authenticated
+connections per user (session_caps.py); a session over its cap is refused
+with a message the ssh client prints, a connection over its cap is
+disconnected as soon as it has logged in, with one too.
 
 Algorithms (settings.py): only the configured key exchanges, MACs and
 ciphers are offered, none of them SHA-1 or NIST curves.
@@ -109,6 +111,7 @@ class GatewayServer(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
             self._ctx.connections.discard(self._conn)
+            self._ctx.user_connections.give_back(self._conn)
         if self._authenticated or self._username is None or self._failed_at is not None:
             return
         # It offered no key we refused (none at all, or it timed out): a failure all the same.
@@ -201,12 +204,24 @@ class GatewayServer(asyncssh.SSHServer):
             alloc_id=self._username,
             fingerprint=self._key.get_fingerprint() if self._key else "",
         )
+        user = self._user()
+        refusal = self._ctx.user_connections.take(self._conn, user)
+        if refusal is not None and self._conn is not None:
+            log.info(
+                "connection.refused", source=self._address, alloc_id=self._username, user=user, reason=refusal
+            )
+            self._conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, f"potluck: {refusal}")
+
+    def _user(self) -> str:
+        """Whose connection this is: the allocation's owner (the login name if it has none)."""
+        assert self._username is not None
+        allocation = self._ctx.view.allocation(self._username)
+        return allocation.user if allocation is not None else self._username
 
     def session_requested(self) -> GatewaySession | bool:
         if not self._authenticated or self._username is None or self._key is None:
             return False
-        allocation = self._ctx.view.allocation(self._username)
-        user = allocation.user if allocation is not None else self._username
+        user = self._user()
         place = self._ctx.caps.take(self._conn, user)
         if isinstance(place, str):
             log.info(

@@ -1,4 +1,5 @@
-"""How many sessions one connection and one user may have open at once on the gateway.
+"""How many sessions one connection and one user, and how many connections one user, may have
+open at once on the gateway.
 
 Each session a user opens holds a channel here and makes its host take (and
 then re-dial) a connection; without a cap one user could exhaust the
@@ -6,13 +7,22 @@ gateway's and the host's file descriptors. A session holds its places from
 `take` until `give_back` (its channel closed). The user is the allocation's
 owner (who placed it), so several connections, or several allocations of
 theirs, share one cap.
+
+Connections are capped per user too (`UserConnections`): an authenticated
+connection with no session costs the gateway a socket and its buffers for as
+long as the client keeps it alive, and the per-address throttle (admission.py)
+only slows the opening of new ones (2 a second from one address, any number
+from many). Without the cap one user held 400 idle connections from a few
+addresses in seconds, and in time would run the gateway out of descriptors
+for everyone. A connection holds its place from authentication until it
+closes.
 """
 
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SessionCaps", "SessionPlace"]
+__all__ = ["SessionCaps", "SessionPlace", "UserConnections"]
 
 
 @dataclass
@@ -66,3 +76,31 @@ def _decrement(counter: "Counter[Any]", key: object) -> None:
     counter[key] -= 1
     if counter[key] <= 0:
         del counter[key]
+
+
+@dataclass
+class UserConnections:
+    """Authenticated connections open at once per user (the allocation's owner)."""
+
+    per_user: int
+    _user_of: dict[object, str] = field(default_factory=dict)
+    _by_user: Counter[str] = field(default_factory=Counter)
+
+    def take(self, connection: object, user: str) -> str | None:
+        """None if `connection` may stay (give it back with `give_back`); else why not."""
+        if self._by_user[user] >= self.per_user:
+            return (
+                f"you have {self.per_user} connections open to the gateway, the most allowed; "
+                "close some (or share one: ssh's ControlMaster) and try again"
+            )
+        self._user_of[connection] = user
+        self._by_user[user] += 1
+        return None
+
+    def give_back(self, connection: object) -> None:
+        user = self._user_of.pop(connection, None)
+        if user is not None:
+            _decrement(self._by_user, user)
+
+    def open_connections(self, user: str) -> int:
+        return self._by_user[user]

@@ -41,6 +41,9 @@ Connection limits (each refusal says why, and is logged with the source):
   `max_sessions_per_user` (sessions open at once by one allocation's owner,
   over all their connections): one over is refused on the channel, with a
   message the ssh client prints.
+- `max_connections_per_user`: authenticated connections open at once by one
+  allocation's owner, over all their allocations and addresses; one over is
+  disconnected right after it logs in, with a message the ssh client prints.
 
 Lost gateways (gateway_sweep.py): each gateway refreshes an entry for its run
 every `run_refresh_s` in a JetStream key-value bucket, and every
@@ -138,6 +141,8 @@ class GatewaySettings(BaseModel):
     source_max_unauthenticated: int = Field(default=10, ge=1)
     max_sessions_per_connection: int = Field(default=10, ge=1)
     max_sessions_per_user: int = Field(default=32, ge=1)
+    #: Authenticated connections open at once by one allocation's owner (session_caps.py says why).
+    max_connections_per_user: int = Field(default=64, ge=1)
 
     #: How long a new session waits for a connection from its host.
     link_wait_s: float = Field(default=10.0, gt=0)

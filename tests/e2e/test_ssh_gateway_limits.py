@@ -30,6 +30,8 @@ STRICT = {
     "POTLUCK_SSHGATEWAY_SOURCE_MAX_UNAUTHENTICATED": "10",
     "POTLUCK_SSHGATEWAY_MAX_SESSIONS_PER_CONNECTION": "2",
     "POTLUCK_SSHGATEWAY_MAX_SESSIONS_PER_USER": "3",
+    # One more than the sessions per user: the sessions test holds 4 connections at once.
+    "POTLUCK_SSHGATEWAY_MAX_CONNECTIONS_PER_USER": "4",
 }
 INFO = ["-o", "LogLevel=INFO"]
 
@@ -166,6 +168,62 @@ async def test_sessions_are_capped_per_connection_and_per_user(env: SshEnv) -> N
         await third.wait_closed()
         assert third.get_exit_status() == 3
         second.close()
+
+
+async def _idle_connection(
+    env: SshEnv, alloc_id: str, owner: str, source: str
+) -> asyncssh.SSHClientConnection:
+    return await asyncssh.connect(
+        "127.0.0.1",
+        env.port,
+        local_addr=(source, 0),
+        username=alloc_id,
+        client_keys=[str(env.key(owner))],
+        known_hosts=None,
+        agent_path=None,
+        config=None,
+    )
+
+
+async def test_authenticated_connections_are_capped_per_user(env: SshEnv) -> None:
+    """What is tried: one user holds 4 logged-in connections without a session (the cap), over
+    two of their allocations and from two addresses, then logs in once more with OpenSSH.
+    Before the fix nothing bounded them: 400 idle connections of one user were taken in
+    seconds, each a descriptor of the gateway's for as long as the client kept it.
+    What must hold: the 5th connection is disconnected right after logging in, with a message
+    naming the cap that ssh prints (exit status 255), and the gateway closes it; another user
+    still gets in; once one of the 4 closes, the user gets in again."""
+    await _running(env, "conn1", "ivan", "127.0.0.80")
+    await _running(env, "conn2", "ivan", "127.0.0.80")
+    await _running(env, "conn3", "judy", "127.0.0.82")
+    held = [
+        await _idle_connection(env, alloc_id, "ivan", source)
+        for alloc_id, source in (
+            ("conn1", "127.0.0.80"), ("conn1", "127.0.0.80"), ("conn2", "127.0.0.81"), ("conn2", "127.0.0.81")
+        )
+    ]  # fmt: skip
+    try:
+        over = await env.ssh("conn2", "echo in", key="ivan", source="127.0.0.81", options=INFO)
+        assert over.returncode == 255, over.err
+        assert over.out == ""
+        assert "potluck: you have 4 connections open to the gateway, the most allowed" in over.err, over.err
+        # A client that does not leave by itself is closed by the gateway (the disconnect may
+        # come while asyncssh is still finishing its login, or just after).
+        with contextlib.suppress(asyncssh.DisconnectError):
+            fifth = await _idle_connection(env, "conn1", "ivan", "127.0.0.80")
+            async with asyncio.timeout(10):
+                await fifth.wait_closed()
+        other = await env.ssh("conn3", "echo other", key="judy", source="127.0.0.82")
+        assert other.out == "other\n", other.err
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while (again := await env.ssh("conn1", "echo again", key="ivan", source="127.0.0.80")).returncode:
+            assert time.monotonic() < deadline, again.err
+            await asyncio.sleep(0.5)
+        assert again.out == "again\n"
+    finally:
+        for conn in held:
+            conn.close()
 
 
 async def test_hostd_caps_its_sessions_and_serves_the_other_allocations(env: SshEnv) -> None:

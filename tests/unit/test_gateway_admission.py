@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from potluck.sshgateway.admission import Admission, AdmissionPolicy
-from potluck.sshgateway.session_caps import SessionCaps
+from potluck.sshgateway.session_caps import SessionCaps, UserConnections
 
 
 def test_a_burst_then_the_rate() -> None:
@@ -97,3 +97,23 @@ def test_sessions_are_capped_per_connection_and_per_user_and_places_come_back() 
     assert caps.open_sessions(user="ann") == 2
     assert caps.open_sessions(connection=one) == 1
     assert not isinstance(caps.take(one, "ann"), str)
+
+
+def test_connections_are_capped_per_user_and_each_closed_one_frees_its_place() -> None:
+    """What is tried: a user's third connection with a cap of 2, another user's, and a connection
+    given back twice. What must hold: the third is refused naming the cap; the other user is
+    not; a place comes back once per connection."""
+    caps = UserConnections(per_user=2)
+    one, two, three = object(), object(), object()
+    assert caps.take(one, "ann") is None
+    assert caps.take(two, "ann") is None
+    refused = caps.take(three, "ann")
+    assert refused is not None
+    assert "you have 2 connections open to the gateway" in refused
+    assert caps.take(three, "bob") is None
+    caps.give_back(one)
+    caps.give_back(one)
+    caps.give_back(object())  # never taken (refused before its place)
+    assert caps.open_connections("ann") == 1
+    assert caps.take(object(), "ann") is None
+    assert caps.take(object(), "ann") is not None

@@ -424,6 +424,7 @@ def test_unknown_algorithms_are_refused_by_name(field: str) -> None:
         ("source_max_unauthenticated", "0"),
         ("max_sessions_per_connection", "0"),
         ("max_sessions_per_user", "-1"),
+        ("max_connections_per_user", "0"),
         ("source_connections_per_s", "inf"),
     ],
 )
