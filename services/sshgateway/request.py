@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 
 from potluck.sshgateway.events import SessionKind
 
-__all__ = ["SUBSYSTEMS", "SessionRequest", "host_env"]
+__all__ = ["MAX_TERM_TYPE", "SUBSYSTEMS", "SessionRequest", "host_env"]
 
 #: The subsystems hosts serve (sftp in every image: potluck.hostd.helper_sftp); any other is
 #: refused at the gateway, with its reason.
 SUBSYSTEMS = ("sftp",)
+#: The longest terminal type taken (terminfo's names are a few dozen characters at most).
+MAX_TERM_TYPE = 128
 
 
 @dataclass
@@ -39,6 +41,29 @@ class SessionRequest:
     @property
     def pty(self) -> bool:
         return self.term_type is not None
+
+    def refusal(self) -> str | None:
+        """Why the gateway does not serve this request, or None.
+
+        What the user sends is recorded in the audit (SessionStarted) and reaches the
+        container's environment, so it must be something a client means: a served
+        subsystem; a terminal type of visible ASCII, bounded (its whole length went to the
+        log: a 200 KB one was 200 KB of log per session); a command without a NUL byte
+        (neither the log, whose JSON cannot hold one, nor a process's arguments can)."""
+        if self.kind == "subsystem" and self.subsystem not in SUBSYSTEMS:
+            return (
+                f"the gateway serves only the {', '.join(SUBSYSTEMS)} subsystem, not "
+                f"{(self.subsystem or '')[:64]!r}; run commands with `ssh ... -- COMMAND`"
+            )
+        term = self.term_type
+        if term is not None and (len(term) > MAX_TERM_TYPE or not all("!" <= c <= "~" for c in term)):
+            return (
+                f"the terminal type {term[:64]!r}{'...' if len(term) > 64 else ''} is not one: at most "
+                f"{MAX_TERM_TYPE} visible ASCII characters (set TERM to your terminal's, e.g. xterm-256color)"
+            )
+        if self.command is not None and "\0" in self.command:
+            return "the command has a NUL byte, which no command line can hold"
+        return None
 
     @property
     def command_line(self) -> str | None:

@@ -46,7 +46,7 @@ from potluck.sshgateway.bridge import Bridge, HostSide
 from potluck.sshgateway.context import GatewayContext
 from potluck.sshgateway.events import EndReason, SessionEnded
 from potluck.sshgateway.links import open_host_session
-from potluck.sshgateway.request import SUBSYSTEMS, SessionRequest, host_env
+from potluck.sshgateway.request import SessionRequest, host_env
 from potluck.sshgateway.session_caps import SessionPlace
 from potluck.sshgateway.session_state import SessionState, Step, advance
 from potluck.sshgateway.session_trace import SessionTrace
@@ -145,12 +145,9 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         return True
 
     def session_started(self) -> None:
-        asked = self.request.subsystem
-        if self.request.kind == "subsystem" and asked not in SUBSYSTEMS:
-            self._refuse_unserved(
-                f"the gateway serves only the {', '.join(SUBSYSTEMS)} subsystem, not "
-                f"{(asked or '')[:64]!r}; run commands with `ssh ... -- COMMAND`"
-            )
+        refusal = self.request.refusal()
+        if refusal is not None:
+            self._refuse_unserved(refusal)
             return
         # asyncssh resumes reading right after this returns; input that comes before the
         # host's session is open pauses it again (Bridge.from_user).
@@ -158,8 +155,9 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         self.ctx.tasks.start(self._start())
 
     def _refuse_unserved(self, message: str) -> None:
-        """End a session that asked for what the gateway does not serve, before anything is
-        recorded or reaches the host (NEW -> UNRECORDED, as a user who asked for nothing)."""
+        """End a session that asked for what the gateway does not serve (request.refusal), before
+        anything is recorded or reaches the host (NEW -> UNRECORDED, as a user who asked for
+        nothing)."""
         self._step(Step.END)
         log.info("session.refused", session_id=self.session_id, alloc_id=self.identity.alloc_id, why=message)
         if self.trace is not None:

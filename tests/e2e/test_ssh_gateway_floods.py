@@ -1,10 +1,11 @@
-"""The gateway and hostd against a user who floods them with cheap SSH messages.
+"""The gateway and hostd against a user who floods them with cheap SSH messages, or odd ones.
 
 An SSH message costs its sender a few bytes; what the gateway and hostd do for
 each one must stay bounded, or one user takes the host or the gateway from the
-others. Each test connects with asyncssh (OpenSSH's client cannot send
-thousands of window changes or signals on purpose) from its own loopback
-address, and measures hostd's link process from /proc.
+others; and what it carries into the audit log must be bounded and storable.
+Each test connects with asyncssh (OpenSSH's client cannot send thousands of
+window changes or signals on purpose, nor a NUL byte) from its own loopback
+address; hostd's link process is measured from /proc.
 """
 
 import asyncio
@@ -144,3 +145,37 @@ async def test_signals_sent_after_a_flood_still_reach_the_process(ssh_env: SshEn
         async with asyncio.timeout(20):
             await process.wait_closed()
         assert process.exit_status == 7
+
+
+async def test_a_huge_or_odd_terminal_type_and_a_nul_in_a_command_are_refused_saying_why(
+    ssh_env: SshEnv,
+) -> None:
+    """What is tried: sessions asking for a 200,000-character terminal type, one with a NUL
+    byte, one with a newline, and a command with a NUL byte. Before the fix the 200 KB terminal
+    type went whole into the session's SessionStarted (200 KB of log per session, as fast as
+    the user opened them), and a NUL made the log refuse the append: the user read "audit log
+    unavailable" and the gateway logged an error as if the log were down.
+    What must hold: each is refused with its reason on stderr and exit status 255, none of them
+    is in the audit log (nothing reached the host); every SessionStarted stays small; an
+    ordinary terminal session on the same connection still runs and is audited."""
+    env = ssh_env
+    await env.place_running(env.hosts[0], "odd1", users=("ines",))
+    await env.wait_reachable("odd1", key="ines")
+    async with await _connect(env, "odd1", "ines", "127.0.0.93") as conn:
+        for term in ("x" * 200_000, "xt\0erm", "xterm\nLD_PRELOAD=/tmp/x.so"):
+            refused = await conn.run("echo ran", term_type=term)
+            assert refused.exit_status == 255
+            assert refused.stdout == ""
+            assert "is not one: at most 128 visible ASCII characters" in str(refused.stderr), refused.stderr
+        nul = await conn.run("echo a\0b")
+        assert nul.exit_status == 255
+        assert "the command has a NUL byte" in str(nul.stderr), nul.stderr
+        fine = await conn.run("echo $TERM", term_type="xterm-256color")
+        assert fine.exit_status == 0
+        assert fine.stdout == "xterm-256color\r\n"
+    started = [e for e in await env.session_events("odd1") if e["type"] == "SessionStarted"]
+    assert all(len(str(e)) < 2000 for e in started), [len(str(e)) for e in started]
+    assert [e["term_type"] for e in started if e["command"] == "echo $TERM"] == ["xterm-256color"]
+    assert not [e for e in started if e["command"] in ("echo ran", "echo a\0b")]
+    gateway_log = env.gateway.log_path.read_text(errors="replace")
+    assert "session.audit_unavailable" not in gateway_log
