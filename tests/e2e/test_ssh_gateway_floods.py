@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import asyncssh
 
@@ -179,3 +180,43 @@ async def test_a_huge_or_odd_terminal_type_and_a_nul_in_a_command_are_refused_sa
     assert not [e for e in started if e["command"] in ("echo ran", "echo a\0b")]
     gateway_log = env.gateway.log_path.read_text(errors="replace")
     assert "session.audit_unavailable" not in gateway_log
+
+
+async def test_a_flood_of_refused_forwardings_is_counted_not_logged_line_by_line(ssh_env: SshEnv) -> None:
+    """What is tried: one connection asks for 2,000 TCP forwardings and 200 forwardings to a Unix
+    socket path of 100,000 characters (each refused), then runs a command. Before the fix each
+    refusal was a line of the gateway's log, with the path whole: 3,000 lines a second from one
+    connection, 100 KB each for the long paths.
+    What must hold: every request is refused; the gateway's log grows by a few lines (the first
+    refusals, then their count when the connection ends), not by one per refusal;
+    the connection still runs the command."""
+    env = ssh_env
+    await env.place_running(env.hosts[0], "fwd1", users=("jon",))
+    await env.wait_reachable("fwd1", key="jon")
+    log_path = env.gateway.log_path
+    before = log_path.stat().st_size
+    async with await _connect(env, "fwd1", "jon", "127.0.0.94") as conn:
+
+        async def refused(opening: Coroutine[Any, Any, object]) -> bool:
+            try:
+                await opening
+            except asyncssh.ChannelOpenError as exc:
+                return "forwarding is disabled" in exc.reason
+            return False
+
+        for _ in range(4):
+            assert all(
+                await asyncio.gather(*(refused(conn.open_connection("10.1.2.3", 80)) for _ in range(500)))
+            )
+        long_path = "/run/" + "p" * 100_000
+        assert all(await asyncio.gather(*(refused(conn.open_unix_connection(long_path)) for _ in range(200))))
+        ran = await conn.run("echo still-here")
+        assert ran.stdout == "still-here\n"
+    deadline = time.monotonic() + 10
+    while "connection.refusals_not_logged" not in (text := log_path.read_text(errors="replace")[before:]):
+        assert time.monotonic() < deadline, text[-2000:]
+        await asyncio.sleep(0.1)
+    grown = log_path.stat().st_size - before
+    assert grown < 20_000, f"the gateway's log grew by {grown} bytes"
+    # 3 of the 2,200 logged whole (the long path cut short), the rest counted in one line.
+    assert '"count": 2197' in text
