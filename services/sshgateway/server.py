@@ -186,6 +186,10 @@ class GatewayServer(asyncssh.SSHServer):
         return False
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if self._username is None:
+            # asyncssh calls begin_auth only when the name differs from the one it starts with,
+            # the empty one: a login as "" comes here first, and must be counted all the same.
+            self._username = username
         if self._locked or self._rejected >= self._ctx.settings.max_keys_per_connection:
             return False
         # Other connections' failures may have locked this source out since begin_auth.

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import asyncssh
+import pytest
 
 from tests.fixtures import ssh as ssh_fixtures
 from tests.fixtures.ssh import SshEnv
@@ -220,3 +221,20 @@ async def test_a_flood_of_refused_forwardings_is_counted_not_logged_line_by_line
     assert grown < 20_000, f"the gateway's log grew by {grown} bytes"
     # 3 of the 2,200 logged whole (the long path cut short), the rest counted in one line.
     assert '"count": 2197' in text
+
+
+async def test_a_login_with_an_empty_name_is_refused_and_counted_like_any_other(ssh_env: SshEnv) -> None:
+    """What is tried: logging in as "" (asyncssh, as a server, skips begin_auth for that name)
+    with a key, twice. Before the fix the gateway's failure count asserted on the name it never
+    got: the connection was dropped without an answer, an error was logged ("connection.failed",
+    AssertionError), and the failure was never counted against the address.
+    What must hold: each attempt is refused as any wrong login is (permission denied), the
+    failures are counted for the source address, and no error is logged."""
+    env = ssh_env
+    for _ in range(2):
+        with pytest.raises(asyncssh.PermissionDenied):
+            await _connect(env, "", "kim", "127.0.0.95")
+    log_text = env.gateway.log_path.read_text(errors="replace")
+    failed = [line for line in log_text.splitlines() if '"login.failed"' in line and "127.0.0.95" in line]
+    assert len(failed) == 2, failed
+    assert "AssertionError" not in log_text
