@@ -15,9 +15,12 @@ after a refused key takes its failure back (`forgive`). The gateway keeps one
   every attempt is refused, even with the right key.
 
 The allocation limiter locks only after many more failures than the source
-limiter (see settings.py): locking an allocation also locks out its owner, so
-a stranger hammering it from one address is stopped by the source limit
-first, and the allocation limit only caps a distributed attempt. Failures are
+limiter (see settings.py), and its lockout and delays hold back only keys
+that are not registered on the allocation (server.py): anyone who knows an
+allocation's id can fail logins to it, and when its lockout also kept out
+its owner, one stranger failing from one address locked the owner out
+(attempts refused by the source's lockout still count against the
+allocation). It caps probing an allocation for its keys from many addresses. Failures are
 counted for unknown allocation names too, so the limiter never tells whether
 an allocation exists. A success clears the allocation's failures (its owner
 proved who they are) but not the source's, which only age out.

@@ -18,7 +18,9 @@ all); no key exchange is spent on a refused one.
 Failed logins (connections that do not authenticate) are rate limited per
 source address and per allocation (ratelimit.py): the next attempt is
 delayed exponentially, and too many failures lock the source (or, after many
-more, the allocation) out for a while, with a banner saying so. A failure is
+more, the allocation) out for a while, with a banner saying so. An
+allocation's failures hold back only keys not registered on it: a key that
+is registered on it is let in whatever strangers did to its id. A failure is
 counted when it happens (the connection's first refused key), and every key
 is checked against the lockout, so parallel connections cannot all guess
 while no failure has been counted yet. One connection may offer
@@ -160,17 +162,16 @@ class GatewayServer(asyncssh.SSHServer):
             )
 
     async def begin_auth(self, username: str) -> bool:
+        # Only the source's failures lock out or slow down a login before its key is seen: the
+        # allocation's are anyone's (validate_public_key says why they never stop its owner).
         self._username = username
-        now = self._limiters.clock()
-        source = self._limiters.source.check(self._address, now)
-        alloc = self._limiters.alloc.check(username, now)
-        if source.locked or alloc.locked:
-            self._lock_out(username, source, alloc)
+        source = self._limiters.source.check(self._address, self._limiters.clock())
+        if source.locked:
+            self._lock_out(username, source, Verdict())
             return True
-        delay = max(source.delay_s, alloc.delay_s)
-        if delay > 0:
-            log.info("login.delayed", source=self._address, alloc_id=username[:64], delay_s=delay)
-            await asyncio.sleep(delay)
+        if source.delay_s > 0:
+            log.info("login.delayed", source=self._address, alloc_id=username[:64], delay_s=source.delay_s)
+            await asyncio.sleep(source.delay_s)
         return True
 
     def public_key_auth_supported(self) -> bool:
@@ -185,7 +186,15 @@ class GatewayServer(asyncssh.SSHServer):
     def host_based_auth_supported(self) -> bool:
         return False
 
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """Whether `key` is one registered on allocation `username`.
+
+        The allocation's failures (its lockout, its delay) hold back only keys that are not
+        registered on it. Anyone who knows an allocation's id can fail logins to it from any
+        address: when its lockout refused every key, one stranger (as another user) failing
+        70 times in 80 s from one address locked the owner out, again and again. A key
+        registered on the allocation proves its holder (a signature cannot be guessed), so it
+        is let in; the source's own lockout still applies to everyone from that address."""
         if self._username is None:
             # asyncssh calls begin_auth only when the name differs from the one it starts with,
             # the empty one: a login as "" comes here first, and must be counted all the same.
@@ -195,18 +204,24 @@ class GatewayServer(asyncssh.SSHServer):
         # Other connections' failures may have locked this source out since begin_auth.
         now = self._limiters.clock()
         source = self._limiters.source.check(self._address, now)
-        alloc = self._limiters.alloc.check(username, now)
-        if source.locked or alloc.locked:
-            self._lock_out(username, source, alloc)
+        if source.locked:
+            self._lock_out(username, source, Verdict())
             return False
         state = self._ctx.view.allocation(username)
         presented = bytes(key.public_data)
         if state is not None and any(key_blob(line) == presented for line in state.spec.ssh_keys):
             self._key = key
             return True
+        alloc = self._limiters.alloc.check(username, now)
+        if alloc.locked:
+            self._lock_out(username, source, alloc)
+            return False
         self._rejected += 1
         if self._failed_at is None:
             self._count_failure("key refused")
+        if alloc.delay_s > 0:
+            log.info("login.delayed", source=self._address, alloc_id=username[:64], delay_s=alloc.delay_s)
+            await asyncio.sleep(alloc.delay_s)
         return False
 
     def auth_completed(self) -> None:

@@ -238,3 +238,31 @@ async def test_a_login_with_an_empty_name_is_refused_and_counted_like_any_other(
     failed = [line for line in log_text.splitlines() if '"login.failed"' in line and "127.0.0.95" in line]
     assert len(failed) == 2, failed
     assert "AssertionError" not in log_text
+
+
+async def test_strangers_failing_logins_to_an_allocation_never_lock_its_owner_out(ssh_env: SshEnv) -> None:
+    """What is tried: with the allocation's lockout after 5 failures, a stranger (another user,
+    with their own key) fails 8 logins to someone else's allocation from one address (the
+    source's lockout after 4 does not stop the count), then tries once more from another
+    address; then the owner logs in. Before the fix the allocation's lockout refused every key:
+    the owner read "too many failed logins to this allocation" (in the live pool one user locked
+    another out this way from one address in 80 s, again whenever it expired).
+    What must hold: the stranger's attempt from the new address is refused by the allocation's
+    lockout, saying so; the owner's key gets in at once and runs the command."""
+    env = ssh_env
+    await env.restart_gateway({"POTLUCK_SSHGATEWAY_ALLOC_LOCKOUT_AFTER": "5"})
+    try:
+        await env.place_running(env.hosts[0], "lock1", users=("laura",))
+        await env.wait_reachable("lock1", key="laura")
+        for _ in range(8):
+            failed = await env.ssh("lock1", "true", key="mallory", source="127.0.0.96")
+            assert failed.returncode == 255
+        info = ["-o", "LogLevel=INFO"]
+        stranger = await env.ssh("lock1", "true", key="mallory", source="127.0.0.97", options=info)
+        assert stranger.returncode == 255
+        assert "too many failed logins to this allocation" in stranger.err, stranger.err
+        owner = await env.ssh("lock1", "echo in", key="laura", source="127.0.0.98", options=info)
+        assert owner.out == "in\n", owner.err
+        assert "too many failed logins" not in owner.err
+    finally:
+        await env.restart_gateway()
