@@ -48,6 +48,7 @@ each.
 """
 
 import asyncio
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -400,14 +401,28 @@ async def listen_for_users(ctx: GatewayContext, host_key: asyncssh.SSHKey) -> Us
         )
     )
     host, port = settings.listen_address
-    return await UserListener.start(ctx, host, port, admission, user_options(ctx, host_key))
+    options = user_options(ctx, host_key)
+
+    async def serve(sock: socket.socket) -> object:
+        return await asyncssh.run_server(sock, options=options)
+
+    return await UserListener.start(ctx, host, port, admission, serve)
 
 
-async def listen_for_hosts(ctx: GatewayContext, tunnel_key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
-    host, port = ctx.settings.tunnel_address
-    return await asyncssh.listen_reverse(
-        host,
-        port,
+async def listen_for_hosts(ctx: GatewayContext, tunnel_key: asyncssh.SSHKey) -> UserListener:
+    """The hosts' port: admitted as the users' is (user_listener.py says why), then the gateway
+    runs the SSH client on each connection, which must have authenticated within
+    `login_timeout_s` (asyncssh's `connect_timeout` bounds `run_client`)."""
+    settings = ctx.settings
+    admission = Admission(
+        AdmissionPolicy(
+            rate=settings.tunnel_source_connections_per_s,
+            burst=settings.tunnel_source_connection_burst,
+            max_unauthenticated=settings.tunnel_max_unauthenticated,
+            source_max_unauthenticated=settings.tunnel_source_max_unauthenticated,
+        )
+    )
+    options = asyncssh.SSHClientConnectionOptions(
         client_factory=lambda: TunnelClient(ctx),
         # Not None (that would skip the check): an empty list, so that every key goes
         # through TunnelClient.validate_host_public_key, and no known_hosts file is read.
@@ -420,7 +435,12 @@ async def listen_for_hosts(ctx: GatewayContext, tunnel_key: asyncssh.SSHKey) -> 
         encryption_algs=list(LINK_CIPHERS),
         kex_algs=list(LINK_KEX_ALGS),
         mac_algs=list(LINK_MAC_ALGS),
-        connect_timeout=ctx.settings.login_timeout_s,
-        reuse_address=True,
+        connect_timeout=settings.login_timeout_s,
         **_common_options(ctx),
     )
+
+    async def serve(sock: socket.socket) -> object:
+        return await asyncssh.run_client(sock, options=options)
+
+    host, port = settings.tunnel_address
+    return await UserListener.start(ctx, host, port, admission, serve)

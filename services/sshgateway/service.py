@@ -30,7 +30,6 @@ sessions, so no other gateway ever ends them for it.
 import asyncio
 import uuid
 
-import asyncssh
 import structlog
 from nats.aio.client import Client as NATS
 
@@ -124,7 +123,7 @@ class Gateway:
         audit = asyncio.ensure_future(self.ctx.audit.run())
         fresh = asyncio.ensure_future(self.entry.keep_fresh()) if self.entry is not None else None
         sweep = asyncio.ensure_future(self.sweep.run()) if self.sweep is not None else None
-        acceptors: list[asyncssh.SSHAcceptor | UserListener] = []
+        acceptors: list[UserListener] = []
         try:
             acceptors.append(await listen_for_users(self.ctx, host_key))
             acceptors.append(await listen_for_hosts(self.ctx, tunnel_key))

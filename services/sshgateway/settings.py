@@ -37,6 +37,11 @@ Connection limits (each refusal says why, and is logged with the source):
 - `max_unauthenticated`, `source_max_unauthenticated`: connections not yet
   logged in, in all and from one address (OpenSSH's MaxStartups and
   PerSourceMaxStartups); `login_timeout_s` bounds how long each may stay.
+- `tunnel_source_connections_per_s`, `tunnel_source_connection_burst`,
+  `tunnel_max_unauthenticated`, `tunnel_source_max_unauthenticated`: the
+  same on the hosts' port, looser (hostds dial a connection for each session);
+  a connection there must present a registered host key and take the
+  gateway's within `login_timeout_s`.
 - `max_sessions_per_connection` (OpenSSH's MaxSessions) and
   `max_sessions_per_user` (sessions open at once by one allocation's owner,
   over all their connections): one over is refused on the channel, with a
@@ -141,6 +146,13 @@ class GatewaySettings(BaseModel):
     source_max_unauthenticated: int = Field(default=10, ge=1)
     max_sessions_per_connection: int = Field(default=10, ge=1)
     max_sessions_per_user: int = Field(default=32, ge=1)
+    #: The hosts' port (hostds dial in): new connections per second from one address after a
+    #: burst, and connections not authenticated yet, in all and from one address (a hostd keeps
+    #: 2 idle ones and dials one more for each session it starts).
+    tunnel_source_connections_per_s: float = Field(default=20.0, gt=0)
+    tunnel_source_connection_burst: int = Field(default=100, ge=1)
+    tunnel_max_unauthenticated: int = Field(default=256, ge=1)
+    tunnel_source_max_unauthenticated: int = Field(default=64, ge=1)
     #: Authenticated connections open at once by one allocation's owner (session_caps.py says why).
     max_connections_per_user: int = Field(default=64, ge=1)
 
@@ -208,6 +220,11 @@ class GatewaySettings(BaseModel):
             raise ValueError(
                 "source_max_unauthenticated must not exceed max_unauthenticated "
                 f"({self.source_max_unauthenticated} > {self.max_unauthenticated})"
+            )
+        if self.tunnel_source_max_unauthenticated > self.tunnel_max_unauthenticated:
+            raise ValueError(
+                "tunnel_source_max_unauthenticated must not exceed tunnel_max_unauthenticated "
+                f"({self.tunnel_source_max_unauthenticated} > {self.tunnel_max_unauthenticated})"
             )
         return self
 

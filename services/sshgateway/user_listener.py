@@ -1,12 +1,20 @@
-"""The users' port: accept, admit or refuse before SSH starts, then run SSH on what was admitted.
+"""The gateway's ports: accept, admit or refuse before SSH starts, then run SSH on what was admitted.
 
 asyncssh's own listener starts SSH (sends its banner, then a key exchange)
 on every connection it accepts. This one asks `Admission` first
 (admission.py), so a flood of connections from one address, or too many
 half-open logins, is closed with one line saying why, as OpenSSH does past
 MaxStartups, before any key exchange is spent on it. An admitted connection
-runs `asyncssh.run_server` with the gateway's options and holds its
+runs SSH (`start_ssh`: the users' port serves it with `asyncssh.run_server`,
+the hosts' port is its client with `asyncssh.run_client`) and holds its
 admission place until it has authenticated or gone.
+
+The hosts' port needs it as much as the users': it must be reachable from
+every member's machine, and asyncssh's reverse listener gave a connection that
+never spoke SSH no deadline and no cap. 1,500 idle TCP connections from a
+stranger, with no key at all, stayed open there indefinitely, each a
+descriptor of the gateway's, on the way to running it out of them for users
+and hosts alike.
 """
 
 import asyncio
@@ -14,7 +22,7 @@ import contextlib
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncssh
@@ -40,13 +48,14 @@ class UserListener:
         ctx: GatewayContext,
         sock: socket.socket,
         admission: Admission,
-        options: asyncssh.SSHServerConnectionOptions,
+        start_ssh: Callable[[socket.socket], Awaitable[object]],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ctx = ctx
         self._sock = sock
         self.admission = admission
-        self._options = options
+        #: SSH on an admitted socket, returning once it has authenticated (or raising).
+        self._start_ssh = start_ssh
         self._clock = clock
         self._accepting: asyncio.Task[Any] | None = None
         #: Per address: when its refusal was last logged, and how many since.
@@ -59,13 +68,13 @@ class UserListener:
         host: str,
         port: int,
         admission: Admission,
-        options: asyncssh.SSHServerConnectionOptions,
+        start_ssh: Callable[[socket.socket], Awaitable[object]],
     ) -> "UserListener":
         loop = asyncio.get_running_loop()
         family, _, _, _, address = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0]
         sock = socket.create_server(address[:2], family=family, backlog=128)
         sock.setblocking(False)
-        listener = cls(ctx, sock, admission, options)
+        listener = cls(ctx, sock, admission, start_ssh)
         listener._accepting = asyncio.ensure_future(listener._accept())
         return listener
 
@@ -105,9 +114,9 @@ class UserListener:
 
     async def _serve(self, conn: socket.socket, source: str) -> None:
         try:
-            await asyncssh.run_server(conn, options=self._options)
+            await self._start_ssh(conn)
         except (asyncssh.Error, OSError, TimeoutError) as exc:
-            # Not logged in (GatewayServer logs failed logins) or gone: nothing more to do.
+            # Not logged in (GatewayServer and TunnelClient log why) or gone: nothing more to do.
             log.debug("connection.ended_before_login", source=source, error=repr(exc))
         except Exception as exc:
             log.error("connection.failed", source=source, error=repr(exc))

@@ -266,3 +266,56 @@ async def test_strangers_failing_logins_to_an_allocation_never_lock_its_owner_ou
         assert "too many failed logins" not in owner.err
     finally:
         await env.restart_gateway()
+
+
+async def _banner_or_eof(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    async with asyncio.timeout(timeout):
+        return await reader.readline()
+
+
+async def test_idle_connections_to_the_hosts_port_are_capped_and_timed_out(ssh_env: SshEnv) -> None:
+    """What is tried: a stranger with no key opens 25 TCP connections to the port hostds dial
+    (capped here at 10 not yet authenticated from one address, 20 in all, 2 s to authenticate)
+    and never speaks SSH. Before the fix every one was taken and held without a deadline (1,500
+    stayed open in the live pool, each a descriptor of the gateway's).
+    What must hold: 10 get the gateway's SSH banner, the rest a line saying why they are
+    refused, and are closed; the 10 are closed by the gateway once their 2 s are up; sessions
+    to an allocation (over the hosts' own connections) work meanwhile and afterwards."""
+    env = ssh_env
+    await env.restart_gateway(
+        {
+            "POTLUCK_SSHGATEWAY_TUNNEL_MAX_UNAUTHENTICATED": "20",
+            "POTLUCK_SSHGATEWAY_TUNNEL_SOURCE_MAX_UNAUTHENTICATED": "10",
+            "POTLUCK_SSHGATEWAY_LOGIN_TIMEOUT_S": "2",
+        }
+    )
+    held: list[asyncio.StreamWriter] = []
+    try:
+        await env.place_running(env.hosts[0], "idle1", users=("mona",))
+        await env.wait_reachable("idle1", key="mona")
+        firsts: list[bytes] = []
+        readers = []
+        for _ in range(25):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", env.tunnel_port, local_addr=("127.0.0.99", 0)
+            )
+            held.append(writer)
+            first = await _banner_or_eof(reader, 5)
+            firsts.append(first)
+            if first.startswith(b"SSH-"):
+                readers.append(reader)
+        assert len(readers) == 10, firsts
+        refused = [f for f in firsts if not f.startswith(b"SSH-")]
+        assert all(f.startswith(b"potluck: too many connections from your address") for f in refused), refused
+        during = await env.ssh("idle1", "echo during", key="mona", source="127.0.0.100")
+        assert during.out == "during\n", during.err
+        async with asyncio.timeout(15):
+            for reader in readers:  # closed by the gateway once their time to authenticate is up
+                await reader.read()  # what it sent (its key exchange offer), up to the end
+                assert reader.at_eof()
+        after = await env.ssh("idle1", "echo after", key="mona", source="127.0.0.100")
+        assert after.out == "after\n", after.err
+    finally:
+        for writer in held:
+            writer.close()
+        await env.restart_gateway()
