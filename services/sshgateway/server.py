@@ -219,10 +219,13 @@ class GatewayServer(asyncssh.SSHServer):
             return False
         self._rejected += 1
         if self._failed_at is None:
+            # The connection's first refused key waits for the allocation's earlier failures
+            # (once, as begin_auth waits for the source's): a user offering several keys
+            # before the right one is not slowed by their own.
             self._count_failure("key refused")
-        if alloc.delay_s > 0:
-            log.info("login.delayed", source=self._address, alloc_id=username[:64], delay_s=alloc.delay_s)
-            await asyncio.sleep(alloc.delay_s)
+            if alloc.delay_s > 0:
+                log.info("login.delayed", source=self._address, alloc_id=username[:64], delay_s=alloc.delay_s)
+                await asyncio.sleep(alloc.delay_s)
         return False
 
     def auth_completed(self) -> None:
