@@ -425,6 +425,10 @@ def test_unknown_algorithms_are_refused_by_name(field: str) -> None:
         ("max_sessions_per_connection", "0"),
         ("max_sessions_per_user", "-1"),
         ("max_connections_per_user", "0"),
+        ("tunnel_source_connections_per_s", "0"),
+        ("tunnel_source_connection_burst", "0"),
+        ("tunnel_max_unauthenticated", "0"),
+        ("tunnel_source_max_unauthenticated", "0"),
         ("source_connections_per_s", "inf"),
     ],
 )
@@ -436,6 +440,10 @@ def test_connection_limits_must_be_positive(field: str, value: str) -> None:
 def test_a_per_address_login_cap_above_the_whole_cap_is_refused() -> None:
     with pytest.raises(SettingsError, match="source_max_unauthenticated must not exceed max_unauthenticated"):
         GatewaySettings.from_env(env(max_unauthenticated="5", source_max_unauthenticated="6"))
+    with pytest.raises(
+        SettingsError, match="tunnel_source_max_unauthenticated must not exceed tunnel_max_unauthenticated"
+    ):
+        GatewaySettings.from_env(env(tunnel_max_unauthenticated="5", tunnel_source_max_unauthenticated="6"))
 
 
 def test_lost_gateway_timings_are_read_and_a_grace_under_two_refreshes_is_refused() -> None:
