@@ -217,20 +217,20 @@ async def test_a_machine_cannot_call_itself_after_another_and_be_sent_its_users_
     headers = {"Authorization": f"Bearer {await pool.add_user('alice')}"}
     body = {"cpus": 0.25, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG}
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{pool.api}/v1/allocations", json={**body, "constraints": {"name": "laptop-b"}}, headers=headers
-        ) as response:
-            created = await response.json()
-            assert response.status == 201, created
-        assert created["host_id"] == b.host_id, created
+
+        async def placed_on(name: str) -> str:
+            """The host a request constrained to the machine called `name` is placed on."""
+            async with http.post(
+                f"{pool.api}/v1/allocations", json={**body, "constraints": {"name": name}}, headers=headers
+            ) as response:
+                created = await response.json()
+                assert response.status == 201, created
+            return str(created["host_id"])
+
+        assert await placed_on("laptop-b") == b.host_id
 
         pool.write_config(a, docker_engines[0], labels={"zone": "home"})
         pool.start_hostd(a)
         await pool.wait_for_host(a.host_id, "active")
         assert (await pool.hosts()).hosts[a.host_id].labels == {"name": "laptop-a", "zone": "home"}
-        async with http.post(
-            f"{pool.api}/v1/allocations", json={**body, "constraints": {"name": "laptop-a"}}, headers=headers
-        ) as response:
-            created = await response.json()
-            assert response.status == 201, created
-        assert created["host_id"] == a.host_id, created
+        assert await placed_on("laptop-a") == a.host_id

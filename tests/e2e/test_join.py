@@ -90,6 +90,19 @@ def start_join(pool: Pool, token: str, engine: DockerEngine, config: Path) -> Ch
     return proc
 
 
+async def admitted(pool: Pool, seed: str, host_id: str) -> None:
+    """Wait until nats-server admits a key just written to its users file (it applies a
+    reload asynchronously)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        try:
+            await connects(pool.nats.url, seed, host_id)
+            return
+        except (JoinError, PermissionError):
+            assert asyncio.get_running_loop().time() < deadline, "the reload never admitted the key"
+            await asyncio.sleep(0.2)
+
+
 @pytest.mark.slow
 async def test_a_member_joins_with_a_token_and_users_reach_its_container(
     pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path
@@ -198,15 +211,7 @@ async def test_without_start_join_prints_the_command_and_writes_a_unit(
     await refresh_nats_authorization(
         pool.store, pool.nats.auth_file, [pool.services_seed], pool.nats.pid_file
     )
-    # nats-server applies a reload asynchronously: wait until it admits the throwaway again.
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:
-        try:
-            await connects(pool.nats.url, issued.join_seed, issued.host_id)
-            break
-        except (JoinError, PermissionError):
-            assert asyncio.get_running_loop().time() < deadline, "the reload never admitted the key"
-            await asyncio.sleep(0.2)
+    await admitted(pool, issued.join_seed, issued.host_id)
     config = tmp_path / "member" / "hostd.toml"
 
     joined = await potluck_async(*join_args(encode(issued), docker_engines[1], config))
@@ -274,15 +279,7 @@ async def test_an_expired_token_is_refused_by_the_member_and_by_the_registry(
         pool.nats.pid_file,
         also_joining=[(issued.host_id, throwaway)],
     )
-    # nats-server applies a reload asynchronously: wait until it admits the throwaway again.
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:
-        try:
-            await connects(pool.nats.url, issued.join_seed, issued.host_id)
-            break
-        except (JoinError, PermissionError):
-            assert asyncio.get_running_loop().time() < deadline, "the reload never admitted the key"
-            await asyncio.sleep(0.2)
+    await admitted(pool, issued.join_seed, issued.host_id)
     by_registry = await potluck_async(*join_args(encode(edited), docker_engines[1], config))
     assert by_registry.returncode != 0
     assert f"this join token expired at {issued.expires_at.isoformat()}" in by_registry.stderr
@@ -455,14 +452,7 @@ async def test_a_donation_larger_than_the_machine_is_refused_by_join_and_by_host
     await refresh_nats_authorization(
         pool.store, pool.nats.auth_file, [pool.services_seed], pool.nats.pid_file
     )
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:  # nats-server applies a reload asynchronously
-        try:
-            await connects(pool.nats.url, issued.join_seed, issued.host_id)
-            break
-        except (JoinError, PermissionError):
-            assert asyncio.get_running_loop().time() < deadline, "the reload never admitted the key"
-            await asyncio.sleep(0.2)
+    await admitted(pool, issued.join_seed, issued.host_id)
     config = tmp_path / "member" / "hostd.toml"
     config.parent.mkdir()
     token = encode(issued)
