@@ -589,12 +589,17 @@ async def test_a_host_asking_the_allocator_in_a_loop_is_refused_while_others_are
         assert (await _answered(as_b, f"{DESIRED}.{b.host_id}")).ok
 
         request = ImageTokenRequest(alloc_id="a-000000000000", image=f"{DEFAULT_TAG}").model_dump_json()
-        tokens = int(IMAGE_TOKEN_RATE.burst) + 400  # a few seconds of refill at most
+        tokens = int(IMAGE_TOKEN_RATE.burst) + 400
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         replies = await asyncio.gather(
             *(_answered(as_a, f"{IMAGE_TOKEN}.{a.host_id}", request.encode()) for _ in range(tokens))
         )
+        # What the bucket may admit: its burst, and what it refilled while the loop ran (a
+        # loaded machine answers the 900 requests in seconds rather than a fraction of one).
+        admissible = int(IMAGE_TOKEN_RATE.burst + IMAGE_TOKEN_RATE.per_s * (loop.time() - started + 1))
         codes = Counter((r.error or {}).get("code") for r in replies)
-        assert codes["RATE_LIMITED"] >= 200, codes
+        assert codes["RATE_LIMITED"] >= tokens - admissible, (codes, admissible)
         assert set(codes) <= {"RATE_LIMITED", "NOT_YOUR_ALLOCATION"}, codes
         await pool.wait_api()
         async with aiohttp.ClientSession() as http:
@@ -606,6 +611,7 @@ async def test_a_host_asking_the_allocator_in_a_loop_is_refused_while_others_are
         await as_b.close()
     text = allocator_log.read_text(errors="replace")
     over = [line for line in text.splitlines() if "allocator.host_rate_exceeded" in line]
-    assert 1 <= len(over) <= 4, over
+    # A streak of refusals is logged at its first: each token refilled mid-loop may start one.
+    assert 1 <= len(over) <= 4 + (admissible - int(IMAGE_TOKEN_RATE.burst)), over
     refused_tokens = [line for line in text.splitlines() if "allocator.image_token_refused" in line]
-    assert len(refused_tokens) <= int(IMAGE_TOKEN_RATE.burst) + 10, len(refused_tokens)
+    assert len(refused_tokens) <= admissible + 10, (len(refused_tokens), admissible)
