@@ -159,6 +159,18 @@ def parse_reference(text: str) -> ImageReference:
     return _check(text, "image", parts, _DOMAIN, _PATH_COMPONENT, _TAG, _DIGEST)
 
 
+def engine_name(text: str) -> str:
+    """The name to hand a Docker engine for the image `text`: its whole normalised reference
+    (`docker.io/library/busybox:latest` for `busybox`); InvalidReference if it is none.
+
+    An engine reads a name it holds no image by as an image id (`sha256:<hex>`, 64 hex digits)
+    or as the first characters of one (`docker run 3f2a`: the one image whose id starts so).
+    A registry host and a `/` make the name nothing but a name to it, so an allocation gets
+    the image its reference names or none, never another user's or the member's own image
+    that happens to have such an id."""
+    return str(parse_reference(text))
+
+
 @dataclass(frozen=True)
 class ImagePattern:
     """One `allowed_images` entry, parsed; `matches` compares part by part."""

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from potluck.contracts.capacity import MIN_CPUS
+from potluck.contracts.image_reference import engine_name
 from potluck.hostd.helper import HELPER_PATH, KEEP_ALIVE
 
 # Containers run strangers' code on a member's laptop, as root inside the
@@ -317,7 +318,8 @@ def create_kwargs(
     without a command then runs KEEP_ALIVE instead of the image's CMD (and ENTRYPOINT):
     it is interactive, up until released or expired, whatever the image would run."""
     kwargs: dict[str, Any] = {
-        "image": spec.image,
+        # By its whole reference: an engine reads a bare `3f2a` as the start of an image id.
+        "image": engine_name(spec.image),
         "command": spec.command,
         "name": spec.container_name,
         "environment": dict(spec.env),

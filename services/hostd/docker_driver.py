@@ -39,6 +39,7 @@ from typing import Any, Literal
 import structlog
 
 from potluck.contracts.engine import EngineFacts
+from potluck.contracts.image_reference import InvalidReference, engine_name
 from potluck.hostd import pause_races
 from potluck.hostd.container_config import (
     LABEL_HOST,
@@ -410,7 +411,9 @@ class DockerDriver:
     def pull(self, image: str) -> None:
         try:
             with self._errors(f"pulling {image}") as client:
-                client.images.pull(image)
+                client.images.pull(engine_name(image))
+        except InvalidReference as exc:
+            raise ImageNotAvailable(f"cannot pull {image}: {exc}") from exc
         except DockerDriverError as exc:
             if isinstance(exc, EngineUnavailable):
                 raise
@@ -490,8 +493,13 @@ class DockerDriver:
 
     def _check_image(self, client: docker.DockerClient, image: str) -> dict[str, Any]:
         """Refuse, before making anything from it, an image that brings what no container may
-        have; the image's inspect when it is fine."""
-        attrs: dict[str, Any] = client.api.inspect_image(image)  # type: ignore[no-untyped-call]
+        have; the image's inspect when it is fine. The engine is asked by the image's whole
+        reference (`engine_name`), never by what it could read as an image id."""
+        try:
+            name = engine_name(image)
+        except InvalidReference as exc:
+            raise DockerDriverError(f"{image[:200]!r} is not an image reference: {exc}") from exc
+        attrs: dict[str, Any] = client.api.inspect_image(name)  # type: ignore[no-untyped-call]
         refusals = image_refusals(attrs)
         if refusals:
             # All of them said at once: the image's author rebuilds once, not once for each.

@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from potluck.contracts.image_reference import DEFAULT_REGISTRY, InvalidReference, parse_reference
+from potluck.contracts.image_reference import DEFAULT_REGISTRY, InvalidReference, engine_name, parse_reference
 from potluck.contracts.messages import ImageToken
 from potluck.contracts.registry_locality import host_of
 from potluck.contracts.reports import ContainerPulling, Report
@@ -186,6 +186,11 @@ class ImagePuller:
         self, alloc_id: str, image: str, source: str, registry: str, token: ImageToken | None, attempt: int
     ) -> None:
         auth: dict[str, str] = {"registrytoken": token.token} if token else {}
+        try:
+            # The engine gets whole references (engine_name), as the container's create does.
+            pulled, named = engine_name(source), engine_name(image)
+        except InvalidReference as exc:
+            raise PullFailed(str(exc), permanent=True) from None
         log.info(
             "hostd.image_pull_started",
             alloc_id=alloc_id,
@@ -220,9 +225,9 @@ class ImagePuller:
 
         def work() -> None:
             try:
-                self._stream(source, auth, cancelled, publish)
-                if source != image and not cancelled.is_set():
-                    self._name_as(source, image)
+                self._stream(pulled, auth, cancelled, publish)
+                if pulled != named and not cancelled.is_set():
+                    self._name_as(pulled, named)
             except BaseException as exc:  # handed to the loop, raised there
                 with contextlib.suppress(RuntimeError):  # the loop is gone: hostd is stopping
                     loop.call_soon_threadsafe(finish, exc)
