@@ -3,10 +3,11 @@
 A host asks on IMAGE_TOKEN (its id ends the subject, which NATS lets only that
 host publish on) for the image of one of its allocations. The answer is a
 token scoped to pull that one repository of the pool registry, valid for a
-few minutes; the allocator signs it as it signs users' tokens. Asked for an
-allocation placed elsewhere, ended, or an image that is not that allocation's
-or not in the pool registry, the allocator refuses, saying why, and the host
-gets nothing it could use for another repository.
+few minutes, and only for a repository the allocation's user may pull; the
+allocator signs it as it signs users' tokens. Asked for an allocation placed
+elsewhere, ended, or an image that is not that allocation's or not in the pool
+registry, the allocator refuses, saying why, and the host gets nothing it could
+use for another repository.
 
 A Docker Hub name of an official image (`potluck-default:latest`, `python:3.12`)
 that the pool's library holds is pulled from there (`library/potluck-default`):
@@ -23,8 +24,8 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from potluck.allocator.host_rates import HostRates
-from potluck.allocator.pool_registry import PoolRegistry
-from potluck.allocator.registry_access import LIBRARY, Scope
+from potluck.allocator.pool_registry import PoolRegistry, pool_repository
+from potluck.allocator.registry_access import LIBRARY, Scope, grant_for_user
 from potluck.contracts.image_reference import DEFAULT_REGISTRY, InvalidReference, parse_reference
 from potluck.contracts.messages import ImageToken, ImageTokenRequest, Reply
 from potluck.contracts.subjects import host_of, inbox_prefix
@@ -35,20 +36,6 @@ from potluck.readmodels.allocations import ACTIVE, AllocationsView
 __all__ = ["grant_image_token", "image_token_responder", "library_copy", "pool_repository"]
 
 log = structlog.get_logger(__name__)
-
-
-def pool_repository(registry_address: str, image: str) -> str | None:
-    """The repository `image` names in the pool registry at `registry_address`, or None when it
-    names another registry (or no repository)."""
-    prefix = registry_address + "/"
-    if not image.startswith(prefix):
-        return None
-    path = image.removeprefix(prefix).split("@", 1)[0]
-    # The tag follows the last ':' after the last '/'; the registry's own port is already gone.
-    last = path.rsplit("/", 1)
-    if ":" in last[-1]:
-        path = path[: len(path) - len(last[-1]) + last[-1].index(":")]
-    return path or None
 
 
 def library_copy(image: str) -> tuple[str, str] | None:
@@ -115,7 +102,19 @@ def grant_image_token(
             field="image",
             status=404,
         )
-    issued = registry.tokens.issue(f"host:{host_id}", [Scope("repository", repository, frozenset({"pull"}))])
+    pull = Scope("repository", repository, frozenset({"pull"}))
+    if "pull" not in grant_for_user(state.user, pull).actions:
+        # The API refuses such an image when the allocation is asked for; one that got past it
+        # (asked of an allocator running without the registry's address, or before the address
+        # changed) still buys its host no more than its user could pull.
+        raise Rejected(
+            "NOT_ITS_USERS",
+            f"allocation {request.alloc_id[:64]} of {state.user} names {repository}, which "
+            f"{state.user} may not pull",
+            field="image",
+            status=403,
+        )
+    issued = registry.tokens.issue(f"host:{host_id}", [pull])
     return ImageToken(
         registry=registry.address,
         repository=repository,

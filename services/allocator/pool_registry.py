@@ -11,8 +11,9 @@ from urllib.parse import urlparse
 import aiohttp
 import structlog
 
-from potluck.allocator.registry_access import LIBRARY, Scope, namespace_of
+from potluck.allocator.registry_access import Scope, grant_for_user, in_library, namespace_of
 from potluck.allocator.registry_tokens import TokenIssuer
+from potluck.contracts.image_reference import InvalidReference, parse_reference
 from potluck.kernel.rejections import Rejected
 
 log = structlog.get_logger(__name__)
@@ -27,6 +28,23 @@ MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.oci.image.index.v1+json",
 )
+
+
+def pool_repository(registry_address: str, image: str) -> str | None:
+    """The repository `image` names in the pool registry at `registry_address`, or None when it
+    names another registry (or is no reference).
+
+    Read as the engine reads it (potluck.contracts.image_reference): the registry's host in any
+    case is the same registry to DNS and to a host's engine, which is handed the normalised
+    name, so `POOL.example.org:5050/alice/x` is alice's repository as much as
+    `pool.example.org:5050/alice/x` is."""
+    try:
+        reference = parse_reference(image)
+    except InvalidReference:
+        return None
+    if reference.registry != registry_address.lower():
+        return None
+    return reference.repository
 
 
 @dataclass(frozen=True)
@@ -57,14 +75,14 @@ class PoolRegistry:
 
         Images from elsewhere are the hosts' business (their allow-lists); in the pool
         registry each namespace is its owner's alone, to pull as much as to push, except the
-        pool's library, which every user may run.
+        pool's library, which every user may run. The image is read as a reference, as the
+        host's engine reads it, never compared as text.
         """
-        library = f"{self.address}/{LIBRARY}/"
-        if (
-            image.startswith(self.address + "/")
-            and not image.startswith(library)
-            and not image.startswith(self.reference_prefix(user))
-        ):
+        repository = pool_repository(self.address, image)
+        if repository is None or in_library(repository):
+            return
+        self.reference_prefix(user)  # a user with no namespace is told so
+        if "pull" not in grant_for_user(user, Scope("repository", repository, frozenset({"pull"}))).actions:
             raise Rejected(
                 "IMAGE_FORBIDDEN",
                 f"{image[:200]} is in another user's namespace of the pool registry; "

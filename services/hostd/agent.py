@@ -355,7 +355,7 @@ class Agent:
             return None
         raise PullFailed(
             f"the allocator refused a registry token: {error.get('message')}",
-            permanent=code in ("NOT_YOUR_ALLOCATION", "NOT_ITS_IMAGE", "NOT_ACTIVE"),
+            permanent=code in ("NOT_YOUR_ALLOCATION", "NOT_ITS_IMAGE", "NOT_ITS_USERS", "NOT_ACTIVE"),
         )
 
     async def _register(self, facts: EngineFacts) -> None:

@@ -266,6 +266,60 @@ def test_every_user_may_run_library_images_but_not_another_users() -> None:
     assert refused.value.code == "IMAGE_FORBIDDEN"
 
 
+def test_a_host_gets_no_token_for_a_repository_its_allocations_user_may_not_pull() -> None:
+    """Tried: bob's allocation names alice's repository (as one asked of an allocator running
+    without the registry's address would), and is placed on h1, which asks for its token. Must
+    hold: refused (NOT_ITS_USERS): a host's token never reaches past what the allocation's user
+    may pull; alice's own allocation of it, and bob's of the library, still get theirs."""
+    with pytest.raises(Rejected) as refused:
+        grant_image_token(
+            _view(alloc("pulling", user="bob")),
+            _registry(),
+            "h1",
+            ImageTokenRequest(alloc_id="a1", image=IMAGE),
+        )
+    assert refused.value.code == "NOT_ITS_USERS"
+    assert (
+        grant_image_token(
+            _view(alloc("pulling")), _registry(), "h1", ImageTokenRequest(alloc_id="a1", image=IMAGE)
+        ).repository
+        == "alice/tiny"
+    )
+    library = f"{REGISTRY}/library/potluck-default:1"
+    assert (
+        grant_image_token(
+            _view(alloc("pulling", user="bob", image=library)),
+            _registry(),
+            "h1",
+            ImageTokenRequest(alloc_id="a1", image=library),
+        ).repository
+        == "library/potluck-default"
+    )
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "Pool.Example.org:5050/alice/tiny:1",
+        "pool.example.org:5050/alice/tiny:1",
+        "POOL.EXAMPLE.ORG:5050/alice/tiny@sha256:" + "a" * 64,
+    ],
+)
+def test_another_users_image_is_refused_whatever_the_case_of_the_registrys_host(image: str) -> None:
+    """Tried: the pool registry's address written with capitals (as an operator may give it);
+    bob names alice's image with the registry's host in another case. Must hold: refused as
+    IMAGE_FORBIDDEN, never passed as "another registry" (it is the same registry to DNS and to
+    the engine, which hostd hands the normalised name, so the host's cached copy of alice's
+    image would answer it); alice herself may name it any of these ways, and it is her
+    repository that a host would be granted for it."""
+    registry = PoolRegistry("Pool.Example.org:5050", TokenIssuer(_KEY))
+    with pytest.raises(Rejected) as refused:
+        registry.check_image("bob", image)
+    assert refused.value.code == "IMAGE_FORBIDDEN"
+    registry.check_image("alice", image)
+    assert pool_repository(registry.address, image) == "alice/tiny"
+
+
 # hostd's reading of the engine's pull stream.
 
 
