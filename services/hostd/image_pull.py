@@ -7,8 +7,9 @@ of its own, off the event loop, and each pull's progress goes out as a Container
 it starts and at most every `progress_every_s`. A pull that fails is tried again after a growing
 pause (tenacity: the retry policy is a dependency already and says what it does in one place), a
 few times, then reported as failed with the image, its registry and the last error. Two things are
-not retried: an image whose layers announce more than the member donated as disk, and a token the
-allocator refuses for this allocation (it is not ours to pull).
+not retried: an image whose layers announce more than the member donated as disk (or that takes
+more once unpacked, when it is removed again), and a token the allocator refuses for this
+allocation (it is not ours to pull).
 
 Pool registry tokens travel to the engine as `auth_config={"registrytoken": ...}`: the engine sends
 it as the bearer token to the registry (Moby's `AuthConfig.RegistryToken`), so the host never
@@ -228,6 +229,8 @@ class ImagePuller:
                 self._stream(pulled, auth, cancelled, publish)
                 if pulled != named and not cancelled.is_set():
                     self._name_as(pulled, named)
+                if not cancelled.is_set():
+                    self._within_disk(named)
             except BaseException as exc:  # handed to the loop, raised there
                 with contextlib.suppress(RuntimeError):  # the loop is gone: hostd is stopping
                     loop.call_soon_threadsafe(finish, exc)
@@ -242,6 +245,30 @@ class ImagePuller:
             await done
         finally:
             cancelled.set()
+
+    def _within_disk(self, image: str) -> None:
+        """Refuse the pulled `image` when, unpacked, it takes more than the donated disk, and
+        untag it (which frees it unless another name holds it). The stream's check sees only
+        compressed sizes, which a layer of zeros makes a thousandth of what it unpacks to: such
+        an image must not stay on the member's disk, nor have a container made from it."""
+        try:
+            client = docker.APIClient(base_url=self.docker_url, version="auto", timeout=60)
+            try:
+                size = int(client.inspect_image(image).get("Size") or 0)  # type: ignore[no-untyped-call]
+                if size <= self.disk_limit_bytes:
+                    return
+                with contextlib.suppress(docker.errors.APIError):
+                    client.remove_image(image)
+            finally:
+                client.close()
+        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+            raise PullFailed(f"pulled {image} but could not read its size: {exc}"[:1000]) from exc
+        log.warning("hostd.image_too_large_unpacked", image=image, size=size, limit=self.disk_limit_bytes)
+        raise PullFailed(
+            f"unpacked, it takes {size} bytes, more than the {self.disk_limit_bytes} bytes of disk "
+            "this host donates",
+            permanent=True,
+        )
 
     def _name_as(self, source: str, image: str) -> None:
         """Give the pulled `source` the allocation's name `image`, and drop the source's own."""
