@@ -8,7 +8,6 @@ namespaces.
 """
 
 import asyncio
-from typing import Any
 
 import aiohttp
 import docker
@@ -17,7 +16,7 @@ import pytest
 from potluck.contracts.registry_locality import local_registry_of
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
-from tests.fixtures.images import build_and_push, get_allocation
+from tests.fixtures.images import build_and_push, create_on, get_allocation
 from tests.fixtures.pool import Pool
 
 
@@ -36,22 +35,6 @@ def _containers_from(engine: DockerEngine, image_id: str) -> list[str]:
         return [str(c.name) for c in client.containers.list(all=True) if c.attrs.get("Image") == image_id]
     finally:
         client.close()
-
-
-async def _create(http: aiohttp.ClientSession, pool: Pool, token: str, image: str) -> dict[str, Any]:
-    body = {
-        "cpus": 0.2,
-        "memory": "64M",
-        "disk": "64M",
-        "image": image,
-        "command": ["sleep", "3600"],
-        "constraints": {"name": "laptop-b"},
-    }
-    headers = {"Authorization": f"Bearer {token}"}
-    async with http.post(f"{pool.api}/v1/allocations", json=body, headers=headers) as response:
-        created: dict[str, Any] = await response.json()
-        assert response.status in (201, 202), created
-        return created
 
 
 async def test_an_image_id_or_its_first_characters_never_run_another_users_private_image(
@@ -83,7 +66,7 @@ async def test_an_image_id_or_its_first_characters_never_run_another_users_priva
 
     async with aiohttp.ClientSession() as http:
         headers = {"Authorization": f"Bearer {alice}"}
-        first = await _create(http, pool, alice, secret)
+        first = await create_on(http, pool.api, alice, secret)
         running = await get_allocation(http, pool.api, alice, first["id"], "?wait=running&timeout=60")
         assert running["state"] == "running", (running, pool.logs(80))
         async with http.delete(f"{pool.api}/v1/allocations/{first['id']}", headers=headers) as response:
@@ -93,7 +76,7 @@ async def test_an_image_id_or_its_first_characters_never_run_another_users_priva
         await asyncio.to_thread(registry.stop)
 
         for name in (image_id, hex_id, hex_id[:12]):
-            attempt = await _create(http, pool, bob, name)
+            attempt = await create_on(http, pool.api, bob, name)
             ended = await get_allocation(http, pool.api, bob, attempt["id"], "?wait=failed&timeout=60")
             assert ended["state"] == "failed", (name, ended, pool.logs(80))
             assert ended["reason"] == "image_pull_failed", (name, ended)
@@ -103,6 +86,6 @@ async def test_an_image_id_or_its_first_characters_never_run_another_users_priva
 
         # What the engine holds by name still runs by that name, the registry down or not.
         for owner, name in ((alice, secret), (bob, DEFAULT_TAG.removesuffix(":latest"))):
-            again = await _create(http, pool, owner, name)
+            again = await create_on(http, pool.api, owner, name)
             shown = await get_allocation(http, pool.api, owner, again["id"], "?wait=running&timeout=60")
             assert shown["state"] == "running", (name, shown, pool.logs(80))

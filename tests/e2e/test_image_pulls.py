@@ -25,7 +25,7 @@ from potluck.hostd.shared_details import MEMBERS_ADDRESS
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e.conftest import wait_for_status
-from tests.fixtures.images import build_and_push, get_allocation, has_image
+from tests.fixtures.images import build_and_push, create_on, get_allocation, has_image
 from tests.fixtures.pool import Pool
 
 
@@ -38,24 +38,6 @@ def _pull_error(engine: DockerEngine, reference: str, token: str) -> str | None:
     finally:
         client.close()
     return None
-
-
-async def _create(
-    http: aiohttp.ClientSession, pool: Pool, token: str, image: str, on: str = "laptop-b"
-) -> dict[str, Any]:
-    body = {
-        "cpus": 0.2,
-        "memory": "64M",
-        "disk": "64M",
-        "image": image,
-        "command": ["sleep", "3600"],
-        "constraints": {"name": on},
-    }
-    headers = {"Authorization": f"Bearer {token}"}
-    async with http.post(f"{pool.api}/v1/allocations", json=body, headers=headers) as response:
-        created: dict[str, Any] = await response.json()
-        assert response.status in (201, 202), created
-        return created
 
 
 async def _failed_once(
@@ -120,7 +102,7 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
             assert response.status == 400, await response.text()
             assert (await response.json())["error"]["field"] == "image"
 
-        created = await _create(http, pool, alice, own)
+        created = await create_on(http, pool.api, alice, own)
         running = await get_allocation(http, pool.api, alice, created["id"], "?wait=running&timeout=60")
         assert running["state"] == "running", (running, pool.logs(80))
         assert running["host_id"] == host.host_id
@@ -158,15 +140,15 @@ async def test_a_pushed_image_is_pulled_by_a_host_that_never_saw_it_and_a_dead_r
         assert refused is not None
 
         # An image larger than the host's donated disk: not pulled on, not retried, failed clearly.
-        too_big = await _create(http, pool, alice, big, on="laptop-small")
+        too_big = await create_on(http, pool.api, alice, big, on="laptop-small")
         await _failed_once(http, pool, alice, too_big["id"], "bytes of disk this host donates")
         assert not await asyncio.to_thread(has_image, laptop_a, big)
 
         # The registry goes away: the next allocation waits in `pulling`, then fails, saying why;
         # one released while its host pulls is released, and its pull dropped.
         await asyncio.to_thread(registry.stop)
-        doomed = await _create(http, pool, alice, second)
-        dropped = await _create(http, pool, alice, second)
+        doomed = await create_on(http, pool.api, alice, second)
+        dropped = await create_on(http, pool.api, alice, second)
         await wait_for_status(pool, dropped["id"], "pulling", timeout=30)
         async with http.delete(f"{pool.api}/v1/allocations/{dropped['id']}", headers=headers) as response:
             assert response.status == 200, await response.text()
@@ -341,7 +323,7 @@ async def test_the_pools_own_image_reaches_a_laptop_that_never_had_it(
     assert course not in await asyncio.to_thread(_image_ids, laptop_b)
 
     async with aiohttp.ClientSession() as http:
-        created = await _create(http, pool, alice, course)
+        created = await create_on(http, pool.api, alice, course)
         running = await get_allocation(http, pool.api, alice, created["id"], "?wait=running&timeout=60")
         assert running["state"] == "running", (running, pool.logs(80))
         history = await get_allocation(http, pool.api, alice, created["id"], "/events")
@@ -352,7 +334,7 @@ async def test_the_pools_own_image_reaches_a_laptop_that_never_had_it(
         assert not [name for name in on_b if name.startswith(registry.address)], on_b
 
         await asyncio.to_thread(registry.stop)
-        doomed = await _create(http, pool, alice, "potluck-course:2")
+        doomed = await create_on(http, pool.api, alice, "potluck-course:2")
         failed = await get_allocation(http, pool.api, alice, doomed["id"], "?wait=failed&timeout=90")
         assert failed["state"] == "failed", (failed, pool.logs(80))
         assert failed["reason"] == "image_pull_failed"
@@ -435,8 +417,8 @@ async def test_a_users_image_name_cannot_send_a_laptop_to_its_own_machine_or_net
 
             async with http.get(f"{pool.api}/v1/allocations", headers=headers) as r:
                 assert (await r.json())["allocations"] == []  # nothing recorded for them
-            resolved = await _create(
-                http, pool, alice, f"{_loopback_name()}:{port}/probe/tool:1", on="laptop-a"
+            resolved = await create_on(
+                http, pool.api, alice, f"{_loopback_name()}:{port}/probe/tool:1", on="laptop-a"
             )
             by_name = await _failed_once(
                 http, pool, alice, resolved["id"], "on this host's own machine or network"
@@ -459,7 +441,7 @@ async def test_a_users_image_name_cannot_send_a_laptop_to_its_own_machine_or_net
             assert f"127.0.0.1:{port}" in failed["detail"], failed["detail"]
             assert dialled > 0
 
-            fine = await _create(http, pool, alice, DEFAULT_TAG, on="laptop-a")
+            fine = await create_on(http, pool.api, alice, DEFAULT_TAG, on="laptop-a")
             running = await get_allocation(http, pool.api, alice, fine["id"], "?wait=running&timeout=60")
             assert running["state"] == "running", (running, pool.logs(80))
     finally:
