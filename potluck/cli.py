@@ -1106,6 +1106,7 @@ def ops_hosts_list(database_url: str, as_json: bool | None) -> None:
 
 def _hosts_table(rows: list[dict[str, Any]]) -> str:
     from potluck.contracts.compatibility import CONTRACT_VERSION
+    from potluck.kernel.terminal_text import shown
 
     header = ("HOST", "NAME", "STATUS", "CPUS", "MEMORY", "DISK", "NOTE")
     lines = [header]
@@ -1120,13 +1121,13 @@ def _hosts_table(rows: list[dict[str, Any]]) -> str:
             note = f"hostd speaks contract {contract}, the pool {CONTRACT_VERSION}: nothing is placed here"
         lines.append(
             (
-                row["host_id"],
-                row["name"],
-                row["status"],
+                shown(row["host_id"]),
+                shown(row["name"]),  # a member's machine's name: not the operator's own text
+                shown(row["status"]),
                 f"{donated['cpus']:g}" if donated else "-",
                 _size(donated.get("memory_bytes")),
                 _size(donated.get("disk_bytes")),
-                note,
+                shown(note),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]

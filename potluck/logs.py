@@ -11,17 +11,38 @@ potluck command imports this module before anything else that imports structlog
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 from potluck.kernel.hidden_modules import hidden
+from potluck.kernel.terminal_text import shown
 
 with hidden("rich"):
     import structlog
 
 
+def _shown_on_a_terminal(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Every text of a log line escaped for a person's terminal: a line may quote other parties'
+    text (a user's command, a member's host name, a container's failure), which must not drive
+    the terminal of whoever reads the log. The console renderer writes a value raw unless it
+    quotes it, so each is escaped here (potluck.kernel.terminal_text); a traceback keeps its
+    line breaks."""
+    for key, value in event.items():
+        if isinstance(value, str):
+            lines = value.split("\n") if key == "exception" else [value]
+            event[key] = "\n".join(shown(line) for line in lines)
+    return event
+
+
 def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
     as_json = (not sys.stderr.isatty()) if json is None else json
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
+    # JSON escapes control characters itself; the key=value lines for people need it done.
+    renderers: list[structlog.typing.Processor] = (
+        [structlog.processors.JSONRenderer()]
+        if as_json
+        else [_shown_on_a_terminal, structlog.dev.ConsoleRenderer(colors=False)]
     )
     structlog.configure(
         processors=[
@@ -29,7 +50,7 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            renderer,
+            *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),

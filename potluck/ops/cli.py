@@ -33,6 +33,7 @@ from rich.table import Table
 from potluck.cli_options import FiniteRange, nats_options_for, operator_database_option
 from potluck.events import EventStore, RecordedEvent
 from potluck.events.connection import is_authorization_refusal
+from potluck.kernel.terminal_text import shown
 from potluck.ops import LiveUnavailable, OpsError
 from potluck.ops.archive import archive_command
 from potluck.ops.hollow import hollow
@@ -254,8 +255,10 @@ def replay(
     progress.finish()
     for skipped in skipped_entries(models.skipped)[1]:
         click.echo(
-            f"warning: skipped {skipped.type} at position {skipped.position} "
-            f"({skipped.stream}): {skipped.error}",
+            shown(
+                f"warning: skipped {skipped.type} at position {skipped.position} "
+                f"({skipped.stream}): {skipped.error}"
+            ),
             err=True,
         )
     if until is not None:
@@ -351,7 +354,7 @@ def _print_check(console: Console, result: Any) -> None:
                 f"{len(comparison.differences)} differences"
             )
             for line in comparison.differences:
-                console.print(f"  {line}")
+                console.print(f"  {shown(line)}")  # the models' values: users' and members' text
         else:
             console.print(f"{comparison.service} at position {comparison.position} ({counts}): no difference")
     console.print(
@@ -434,9 +437,9 @@ def events_show(stream: str, database_url: str, as_json: bool) -> None:
             str(record.version),
             str(record.position),
             record.recorded_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            record.type,
-            summary(record, width=200),
-            str(record.metadata.get("actor", "")),
+            shown(record.type),
+            shown(summary(record, width=200)),
+            shown(str(record.metadata.get("actor", ""))),
         )
     _console().print(table)
 
@@ -532,7 +535,7 @@ def trace(
     if viewer_url:
         click.echo(viewer_url.format(trace_id=found.trace_id))
     for line in tree_lines(spans):
-        click.echo(line)
+        click.echo(shown(line))  # span names may quote what a request carried
 
 
 #: What `register` attaches under a group (the integrator's `potluck ops`).

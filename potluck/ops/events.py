@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from potluck.events import EventStore, LogFollower, RecordedEvent, registry
+from potluck.kernel.terminal_text import shown
 from potluck.ops import OpsError
 from potluck.projections import FOLDED_CATEGORIES
 
@@ -63,8 +64,10 @@ def summary(record: RecordedEvent, width: int = 100) -> str:
 
 
 def event_line(record: RecordedEvent) -> str:
+    """One line for a person's terminal: the event's data holds users' and members' text (an
+    allocation's failure detail, a job's name), shown escaped (potluck.kernel.terminal_text)."""
     at = record.recorded_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return (
+    return shown(
         f"{record.position:>8}  {at}  {record.stream:<26} v{record.version:<3} "
         f"{record.type:<22} {summary(record)}"
     ).rstrip()

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from potluck.events import EventStore, SkippedEvents
 from potluck.events.relay import relay_lag
+from potluck.kernel.terminal_text import shown
 from potluck.ops.live import LiveModel
 from potluck.projections import ReadModels, count_by, totals
 from potluck.readmodels.allocations import TERMINAL
@@ -167,9 +168,9 @@ def render_pool(console: Console, view: dict[str, Any], *, title: str) -> None:
     hosts.add_column("allocs", justify="right")
     for h in view["hosts"]:
         hosts.add_row(
-            h["host_id"],
-            h["name"],
-            h["status"],
+            shown(h["host_id"]),
+            shown(h["name"]),
+            shown(h["status"]),
             _triple(h, "cpus", cpus),
             _triple(h, "memory_bytes", size),
             _triple(h, "disk_bytes", size),
@@ -196,14 +197,14 @@ def render_pool(console: Console, view: dict[str, Any], *, title: str) -> None:
         for a in sorted(active, key=lambda a: (a["requested_at"] or "", a["alloc_id"])):
             r = a["resources"]
             table.add_row(
-                a["alloc_id"],
-                a["user"],
-                a["status"],
-                a["host_id"] or "-",
+                shown(a["alloc_id"]),
+                shown(a["user"]),
+                shown(a["status"]),
+                shown(a["host_id"] or "-"),
                 cpus(r["cpus"]),
                 size(r["memory_bytes"]),
                 size(r["disk_bytes"]),
-                a["image"],
+                shown(a["image"]),
                 _when(a["changed_at"]),
             )
         console.print(table)
@@ -245,7 +246,7 @@ def render_unreadable(console: Console, unreadable: dict[str, Any]) -> None:
         for column in ("position", "stream", "type", "why"):
             table.add_column(column, overflow="fold")
         for e in unreadable["events"]:
-            table.add_row(str(e["position"]), e["stream"], e["type"], e["error"])
+            table.add_row(str(e["position"]), shown(e["stream"]), shown(e["type"]), shown(e["error"]))
         if len(unreadable["events"]) < count:
             table.caption = f"the last {len(unreadable['events'])} of {count}"
         console.print(table)
@@ -262,4 +263,4 @@ def render_unreadable(console: Console, unreadable: dict[str, Any]) -> None:
             positions = ", ".join(str(e["position"]) for e in answer["recent"])
             at = f" (at {positions})" if positions else ""
             parts.append(f"{name} {answer['skipped']}{at}, folded to position {answer['position']}")
-    console.print("Skipped by the running services: " + "; ".join(parts))
+    console.print("Skipped by the running services: " + shown("; ".join(parts)))

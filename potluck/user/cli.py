@@ -19,6 +19,7 @@ from rich.table import Table
 
 from potluck.cli_options import FiniteRange
 from potluck.contracts.event_facts import event_facts
+from potluck.terminal import foreign
 from potluck.user.client import Api, ClientError, ExitCode, Login, config_path
 from potluck.user.remote import IDENTITY
 from potluck.user.ssh_keys import admitted_keys
@@ -49,7 +50,7 @@ def say_to_user(text: str) -> None:
 
 
 def bail(exc: ClientError) -> NoReturn:
-    err.print(f"[red]error:[/red] {exc}", highlight=False)
+    err.print(f"[red]error:[/red] {foreign(exc)}", highlight=False)
     sys.exit(int(exc.code))
 
 
@@ -83,7 +84,7 @@ def delete_each(paths: Sequence[str], as_json: bool, table: Callable[[list[Any]]
             except ClientError as exc:
                 if exc.api_code != "NOT_FOUND":
                     raise
-                err.print(f"[red]error:[/red] {exc}", highlight=False)
+                err.print(f"[red]error:[/red] {foreign(exc)}", highlight=False)
                 not_found = not_found or exc
     except ClientError as exc:
         say_done()
@@ -148,7 +149,7 @@ def _state(a: dict[str, Any]) -> str:
             return f"{state} (waiting for host since {since}: {condition['cause']})"
         if condition["state"] == "draining":
             return f"{state} (its host drains: stopped at {local_time(condition.get('until'))})"
-        return f"{state} ({condition['state']} since {since}: {condition['reason']})"
+        return f"{state} ({condition['state']} since {since}: {foreign(condition['reason'])})"
     waiting = a.get("waiting")
     if state == "pending" and waiting:
         return f"{state} ({waiting['position']} of {waiting['queue_length']} in the queue)"
@@ -165,13 +166,13 @@ def _table(allocations: list[dict[str, Any]]) -> Table:
         table.add_column(column)
     for a in allocations:
         table.add_row(
-            a["id"],
-            _state(a),
-            a.get("host_id") or "-",
+            foreign(a["id"]),
+            foreign(_state(a)),  # its reason may be hostd's words
+            foreign(a.get("host_id") or "-"),
             f"{a['cpus']:g}",
             size_text(a["memory"]),
             size_text(a["disk"]),
-            a["image"],
+            foreign(a["image"]),
             (a.get("expires_at") or "-")[:19],
         )
     return table
@@ -183,13 +184,14 @@ def _show(allocation: dict[str, Any], as_json: bool) -> None:
     else:
         out.print(_table([allocation]))
         if allocation.get("reason"):
-            out.print(f"reason: {allocation['reason']}", highlight=False)
+            out.print(f"reason: {foreign(allocation['reason'])}", highlight=False)
         _show_condition(allocation)
         if allocation.get("detail"):
-            out.print(f"detail: {allocation['detail']}", highlight=False)
+            out.print(f"detail: {foreign(allocation['detail'])}", highlight=False)
         for failure in allocation.get("failed_on") or []:
             out.print(
-                f"could not get the image on {failure['host_id']}: {failure['detail']}", highlight=False
+                f"could not get the image on {foreign(failure['host_id'])}: {foreign(failure['detail'])}",
+                highlight=False,
             )
         pull = allocation.get("pull")
         if allocation.get("state") == "pulling" and pull:
@@ -200,19 +202,23 @@ def _show(allocation: dict[str, Any], as_json: bool) -> None:
 def _show_condition(allocation: dict[str, Any]) -> None:
     waiting = allocation.get("waiting")
     if waiting:
-        out.print(f"why it waits: {waiting['message']}", highlight=False)
+        out.print(f"why it waits: {foreign(waiting['message'])}", highlight=False)
     condition = allocation.get("condition")
     if condition:
         since = local_time(condition.get("since"))
         if condition["state"] == "waiting_for_host":
-            out.print(f"waiting for its host since {since}: {condition['reason']}", highlight=False)
+            out.print(f"waiting for its host since {since}: {foreign(condition['reason'])}", highlight=False)
         elif condition["state"] == "draining":
             until = local_time(condition.get("until"))
-            out.print(f"draining since {since}, stopped at {until}: {condition['reason']}", highlight=False)
+            out.print(
+                f"draining since {since}, stopped at {until}: {foreign(condition['reason'])}", highlight=False
+            )
         else:
             share = condition.get("share_cpus")
             kept = f" (the pool keeps {share:g} CPUs on that host)" if share is not None else ""
-            out.print(f"{condition['state']} since {since}: {condition['reason']}{kept}", highlight=False)
+            out.print(
+                f"{condition['state']} since {since}: {foreign(condition['reason'])}{kept}", highlight=False
+            )
     mark = allocation.get("frozen_too_long")
     if mark:
         then = (
@@ -364,8 +370,8 @@ def _wait(created: dict[str, Any], timeout: float, *, show_progress: bool) -> di
             if left <= 0:
                 waits = (current.get("waiting") or {}).get("message")
                 err.print(
-                    f"timed out after {timeout:g}s: {created['id']} is {_state(current)}"
-                    + (f": {waits}" if waits else ""),
+                    f"timed out after {timeout:g}s: {created['id']} is {foreign(_state(current))}"
+                    + (f": {foreign(waits)}" if waits else ""),
                     highlight=False,
                 )
                 sys.exit(int(ExitCode.TIMEOUT))
@@ -374,7 +380,7 @@ def _wait(created: dict[str, Any], timeout: float, *, show_progress: bool) -> di
                 "GET", f"/v1/allocations/{created['id']}?wait=running&timeout={chunk:.1f}", timeout=chunk
             )
             if status is not None:
-                status.update(f"waiting for {created['id']} to run ({_state(current)})")
+                status.update(f"waiting for {created['id']} to run ({foreign(_state(current))})")
             if current["state"] not in ("pending", "placed", "pulling"):
                 return current
     finally:
@@ -419,7 +425,10 @@ def show(alloc_id: str, as_json: bool) -> None:
         table.add_column(column)
     for entry in history:
         table.add_row(
-            str(entry["version"]), entry["recorded_at"][:23], entry["type"], event_facts(entry["data"], 120)
+            str(entry["version"]),
+            entry["recorded_at"][:23],
+            foreign(entry["type"]),
+            foreign(event_facts(entry["data"], 120)),  # hostd's failure details among the facts
         )
     out.print(table)
 

@@ -45,6 +45,7 @@ import click
 from rich.console import Console
 from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
+from potluck.terminal import foreign
 from potluck.user.client import ClientError, ExitCode
 from potluck.user.landing import Landing, NotPlaced, Source
 from potluck.user.remote import IDENTITY, allocation, readable, ssh_command, ssh_script
@@ -312,9 +313,9 @@ def cp(src: str, dst: str, identity: str | None) -> None:
     try:
         copy(src, dst, identity)
     except ClientError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {foreign(exc)}", highlight=False, soft_wrap=True)
         sys.exit(int(exc.code))
     except CopyFailed as exc:
         # soft_wrap: a message is one line, whole, for scripts that grep it.
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {foreign(exc)}", highlight=False, soft_wrap=True)
         sys.exit(exc.code)

@@ -16,6 +16,7 @@ import docker
 import docker.errors
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
+from potluck.terminal import foreign
 from potluck.user.cli import JSON, bail, call_api, err, out
 from potluck.user.client import ClientError, ExitCode, Login
 
@@ -128,7 +129,7 @@ def ls(as_json: bool) -> None:
         return
     for entry in listing["images"]:
         for tag in entry["tags"] or ["(no tags)"]:
-            out.print(f"{entry['name']}:{tag}", highlight=False)
+            out.print(foreign(f"{entry['name']}:{tag}"), highlight=False)
     if not listing["images"]:
         err.print(
             f"no images yet; `potluck image push IMAGE` puts one under {listing['prefix']}", highlight=False

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from potluck.cli_options import FiniteRange
 from potluck.contracts.job_events import RETRY_ON
+from potluck.terminal import foreign
 from potluck.user.cli import (
     JSON,
     LIMIT,
@@ -114,11 +115,11 @@ def _jobs_table(jobs: list[dict[str, Any]]) -> Table:
         table.add_column(column)
     for job in jobs:
         table.add_row(
-            job["id"],
-            job["state"],
+            foreign(job["id"]),
+            foreign(job["state"]),
             str(job["tasks"]),
             counts_text(job.get("counts") or {}),
-            job["image"],
+            foreign(job["image"]),
             local_time(job.get("created_at")),
         )
     return table
@@ -139,12 +140,12 @@ def _tasks_table(tasks: list[dict[str, Any]]) -> Table:
         exit_code = task.get("exit_code")
         table.add_row(
             str(task["index"]),
-            _task_state(task),
-            task.get("host_id") or "-",
+            foreign(_task_state(task)),  # its reason may be hostd's words
+            foreign(task.get("host_id") or "-"),
             "-" if exit_code is None else str(exit_code),
             str(task["attempts"]),
             duration_text(task.get("duration_s")),
-            task.get("alloc_id") or "-",
+            foreign(task.get("alloc_id") or "-"),
         )
     return table
 
@@ -165,7 +166,7 @@ def _show_job(job: dict[str, Any], as_json: bool) -> None:
         return
     out.print(_jobs_table([job]))
     if job.get("reason"):
-        out.print(f"reason: {job['reason']}", highlight=False)
+        out.print(f"reason: {foreign(job['reason'])}", highlight=False)
     out.print(f"tasks: {counts_text(job.get('counts') or {})}", highlight=False)
     if job.get("task_list"):
         out.print(_tasks_table(job["task_list"]))
@@ -183,13 +184,13 @@ def _say_outcome(job: Mapping[str, Any]) -> None:
         failed: list[dict[str, Any]] = asyncio.run(Api(Login.load()).call("GET", path))["tasks"]
     except ClientError as exc:
         # The job's outcome is known and its exit code stands; only the names are missing.
-        err.print(f"  (its failed tasks could not be read: {exc})", highlight=False)
+        err.print(f"  (its failed tasks could not be read: {foreign(exc)})", highlight=False)
         return
     for task in failed:
         code = task.get("exit_code")
         why = task.get("reason") or (f"exit code {code}" if code is not None else "failed")
         err.print(
-            f"  task {task['index']} failed after {task['attempts']} attempt(s): {why} "
+            f"  task {task['index']} failed after {task['attempts']} attempt(s): {foreign(why)} "
             f"(`potluck logs {task['alloc_id']}`)",
             highlight=False,
         )

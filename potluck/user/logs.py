@@ -19,6 +19,7 @@ import sys
 import click
 from rich.console import Console
 
+from potluck.terminal import foreign
 from potluck.user.client import ClientError
 from potluck.user.remote import IDENTITY, readable, ssh_command
 
@@ -49,7 +50,7 @@ def logs(alloc_id: str, follow: bool, tail: int | None, identity: str | None) ->
         readable(alloc_id)
         argv = ssh_command(alloc_id, identity, command)
     except ClientError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {foreign(exc)}", highlight=False, soft_wrap=True)
         sys.exit(int(exc.code))
     try:
         status = subprocess.run(argv, stdin=subprocess.DEVNULL, check=False).returncode
