@@ -88,7 +88,10 @@ async def with_store(database_url: str, work: Callable[["EventStore"], Awaitable
 
 
 def fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
+    from potluck.kernel.terminal_text import shown
+
+    # A refusal may quote what another party wrote (the registry's or hostd's words).
+    click.echo(f"error: {shown(message)}", err=True)
     sys.exit(code)
 
 

@@ -67,7 +67,7 @@ def _console() -> Console:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {shown(message)}", err=True)  # it may quote the log's or a service's text
     sys.exit(code)
 
 
