@@ -56,6 +56,23 @@ def from_the_user(written: bytes) -> list[str]:
     return [s for s in found if s in text]
 
 
+async def _running(pool: Pool, user: str, **extra: Any) -> tuple[str, str]:
+    """A new user's `sleep` allocation (with `extra` in its request), once it runs: its id and
+    the user's token."""
+    await pool.wait_api()
+    token = await pool.add_user(user)
+    body: dict[str, Any] = {"cpus": 0.5, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG}
+    body.update(command=["sleep", "3600"], **extra)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(pool.api + "/v1/allocations", json=body, headers={"Authorization": f"Bearer {token}"}) as r,
+    ):
+        created = await r.json()
+        assert r.status == 201, created
+    await wait_for_status(pool, created["id"], "running")
+    return str(created["id"]), token
+
+
 async def test_an_operators_views_show_a_users_hostile_environment_escaped(
     pool: Pool, laptop: EnrolledHost, database_url: str
 ) -> None:
@@ -63,24 +80,7 @@ async def test_an_operators_views_show_a_users_hostile_environment_escaped(
     # operator shows its stream's history as a table (rich) on a terminal. Holds: no hyperlink,
     # clipboard write, CSI or bidi override of the user's reaches the terminal, and the text is
     # still there to read, its brackets as written.
-    await pool.wait_api()
-    token = await pool.add_user("mallory")
-    body: dict[str, Any] = {
-        "cpus": 0.5,
-        "memory": "64M",
-        "disk": "64M",
-        "image": DEFAULT_TAG,
-        "command": ["sleep", "3600"],
-        "env": {"E": HOSTILE},
-    }
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(pool.api + "/v1/allocations", json=body, headers={"Authorization": f"Bearer {token}"}) as r,
-    ):
-        created = await r.json()
-        assert r.status == 201, created
-    alloc_id = created["id"]
-    await wait_for_status(pool, alloc_id, "running")
+    alloc_id, _ = await _running(pool, "mallory", env={"E": HOSTILE})
 
     written = await asyncio.to_thread(
         on_a_terminal, "events", "show", f"alloc-{alloc_id}", "--database-url", database_url
@@ -99,18 +99,7 @@ async def test_a_members_hostile_failure_detail_is_shown_escaped_to_operator_and
     # operator follows that stream (`events tail`, `events show`) and the allocation's user shows
     # it (`alloc show`), each on a terminal. Holds: none of the member's sequences reaches either
     # terminal raw (nor rich's markup a hyperlink), and the detail is readable with its escapes.
-    await pool.wait_api()
-    token = await pool.add_user("alice")
-    body: dict[str, Any] = {"cpus": 0.5, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG}
-    body["command"] = ["sleep", "3600"]
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(pool.api + "/v1/allocations", json=body, headers={"Authorization": f"Bearer {token}"}) as r,
-    ):
-        created = await r.json()
-        assert r.status == 201, created
-    alloc_id = created["id"]
-    await wait_for_status(pool, alloc_id, "running")
+    alloc_id, token = await _running(pool, "alice")
 
     report = ContainerFailed(alloc_id=alloc_id, reason="start_failed", detail="oops " + HOSTILE)
     nc = await pool.client(laptop)
