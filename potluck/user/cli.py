@@ -140,7 +140,8 @@ def local_time(iso: str | None) -> str:
 
 
 def _state(a: dict[str, Any]) -> str:
-    """The state, with what its host does to it (waiting, throttled, frozen) or why it ended."""
+    """The state, with what its host does to it (waiting, throttled, frozen) or why it ended: as
+    text, which may quote hostd's words; `foreign` it, once, to print it."""
     state: str = a["state"]
     condition = a.get("condition")
     if condition:
@@ -149,7 +150,7 @@ def _state(a: dict[str, Any]) -> str:
             return f"{state} (waiting for host since {since}: {condition['cause']})"
         if condition["state"] == "draining":
             return f"{state} (its host drains: stopped at {local_time(condition.get('until'))})"
-        return f"{state} ({condition['state']} since {since}: {foreign(condition['reason'])})"
+        return f"{state} ({condition['state']} since {since}: {condition['reason']})"
     waiting = a.get("waiting")
     if state == "pending" and waiting:
         return f"{state} ({waiting['position']} of {waiting['queue_length']} in the queue)"
@@ -361,7 +362,8 @@ def create(
 def _wait(created: dict[str, Any], timeout: float, *, show_progress: bool) -> dict[str, Any]:
     loop_deadline = asyncio.run(_now()) + timeout
     current: dict[str, Any] = created
-    status = err.status(f"waiting for {created['id']} to run ({_state(created)})") if show_progress else None
+    waiting = f"waiting for {created['id']} to run ({foreign(_state(created))})"
+    status = err.status(waiting) if show_progress else None
     if status is not None:
         status.start()
     try:
