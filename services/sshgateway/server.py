@@ -10,7 +10,7 @@ is said after authentication, on the session itself (sessions.py), only to
 someone holding one of its keys: "allocation a1 is released: nothing runs
 there any more", exit status 255.
 
-Before any of that, `UserListener` admits the TCP connection or closes it
+Before any of that, `AdmittedListener` admits the TCP connection or closes it
 with a line saying why (admission.py: new connections per second and
 unauthenticated connections per address, unauthenticated connections in
 all); no key exchange is spent on a refused one.
@@ -65,13 +65,13 @@ from potluck.contracts.link import (
     skip_ignore_packets,
 )
 from potluck.sshgateway.admission import Admission, AdmissionPolicy
+from potluck.sshgateway.admitted_listener import AdmittedListener
 from potluck.sshgateway.audit import LoginIdentity
 from potluck.sshgateway.context import GatewayContext
 from potluck.sshgateway.projection import key_blob
 from potluck.sshgateway.ratelimit import FailureLimiter, Verdict
 from potluck.sshgateway.sessions import GatewaySession
 from potluck.sshgateway.settings import TUNNEL_USER
-from potluck.sshgateway.user_listener import UserListener
 
 __all__ = ["GatewayServer", "TunnelClient", "listen_for_hosts", "listen_for_users", "user_options"]
 
@@ -393,7 +393,7 @@ def user_options(ctx: GatewayContext, host_key: asyncssh.SSHKey) -> asyncssh.SSH
     )
 
 
-async def listen_for_users(ctx: GatewayContext, host_key: asyncssh.SSHKey) -> UserListener:
+async def listen_for_users(ctx: GatewayContext, host_key: asyncssh.SSHKey) -> AdmittedListener:
     settings = ctx.settings
     admission = Admission(
         AdmissionPolicy(
@@ -409,11 +409,11 @@ async def listen_for_users(ctx: GatewayContext, host_key: asyncssh.SSHKey) -> Us
     async def serve(sock: socket.socket) -> object:
         return await asyncssh.run_server(sock, options=options)
 
-    return await UserListener.start(ctx, host, port, admission, serve)
+    return await AdmittedListener.start(ctx, host, port, admission, serve)
 
 
-async def listen_for_hosts(ctx: GatewayContext, tunnel_key: asyncssh.SSHKey) -> UserListener:
-    """The hosts' port: admitted as the users' is (user_listener.py says why), then the gateway
+async def listen_for_hosts(ctx: GatewayContext, tunnel_key: asyncssh.SSHKey) -> AdmittedListener:
+    """The hosts' port: admitted as the users' is (admitted_listener.py says why), then the gateway
     runs the SSH client on each connection, which must have authenticated within
     `login_timeout_s` (asyncssh's `connect_timeout` bounds `run_client`)."""
     settings = ctx.settings
@@ -446,4 +446,4 @@ async def listen_for_hosts(ctx: GatewayContext, tunnel_key: asyncssh.SSHKey) -> 
         return await asyncssh.run_client(sock, options=options)
 
     host, port = settings.tunnel_address
-    return await UserListener.start(ctx, host, port, admission, serve)
+    return await AdmittedListener.start(ctx, host, port, admission, serve)

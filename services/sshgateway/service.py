@@ -37,6 +37,7 @@ from potluck.contracts.link import request_short_slice
 from potluck.events import EventStore, Fold
 from potluck.kernel.cancellation import cancel_until_done
 from potluck.kernel.ssh_identity import load_or_create_key, public_key_line
+from potluck.sshgateway.admitted_listener import AdmittedListener
 from potluck.sshgateway.audit import AuditLog
 from potluck.sshgateway.context import GatewayContext
 from potluck.sshgateway.gateway_sweep import LostSessionSweep
@@ -46,7 +47,6 @@ from potluck.sshgateway.projection import GatewayView
 from potluck.sshgateway.reactions import GatewayReactions
 from potluck.sshgateway.server import listen_for_hosts, listen_for_users
 from potluck.sshgateway.settings import GatewaySettings
-from potluck.sshgateway.user_listener import UserListener
 
 __all__ = ["Gateway", "client_public_key", "run_gateway"]
 
@@ -123,7 +123,7 @@ class Gateway:
         audit = asyncio.ensure_future(self.ctx.audit.run())
         fresh = asyncio.ensure_future(self.entry.keep_fresh()) if self.entry is not None else None
         sweep = asyncio.ensure_future(self.sweep.run()) if self.sweep is not None else None
-        acceptors: list[UserListener] = []
+        acceptors: list[AdmittedListener] = []
         try:
             acceptors.append(await listen_for_users(self.ctx, host_key))
             acceptors.append(await listen_for_hosts(self.ctx, tunnel_key))

@@ -31,7 +31,7 @@ import structlog
 from potluck.sshgateway.admission import Admission
 from potluck.sshgateway.context import GatewayContext
 
-__all__ = ["UserListener"]
+__all__ = ["AdmittedListener"]
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +42,7 @@ _REFUSAL_LOG_EVERY_S = 10.0
 _REFUSAL_LOG_SOURCES = 1000
 
 
-class UserListener:
+class AdmittedListener:
     def __init__(
         self,
         ctx: GatewayContext,
@@ -69,7 +69,7 @@ class UserListener:
         port: int,
         admission: Admission,
         start_ssh: Callable[[socket.socket], Awaitable[object]],
-    ) -> "UserListener":
+    ) -> "AdmittedListener":
         loop = asyncio.get_running_loop()
         family, _, _, _, address = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0]
         sock = socket.create_server(address[:2], family=family, backlog=128)
