@@ -25,7 +25,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,18 +251,12 @@ class ImagePuller:
         untag it (which frees it unless another name holds it). The stream's check sees only
         compressed sizes, which a layer of zeros makes a thousandth of what it unpacks to: such
         an image must not stay on the member's disk, nor have a container made from it."""
-        try:
-            client = docker.APIClient(base_url=self.docker_url, version="auto", timeout=60)
-            try:
-                size = int(client.inspect_image(image).get("Size") or 0)  # type: ignore[no-untyped-call]
-                if size <= self.disk_limit_bytes:
-                    return
-                with contextlib.suppress(docker.errors.APIError):
-                    client.remove_image(image)
-            finally:
-                client.close()
-        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-            raise PullFailed(f"pulled {image} but could not read its size: {exc}"[:1000]) from exc
+        with self._engine(f"pulled {image} but could not read its size") as client:
+            size = int(client.inspect_image(image).get("Size") or 0)  # type: ignore[no-untyped-call]
+            if size <= self.disk_limit_bytes:
+                return
+            with contextlib.suppress(docker.errors.APIError):
+                client.remove_image(image)
         log.warning("hostd.image_too_large_unpacked", image=image, size=size, limit=self.disk_limit_bytes)
         raise PullFailed(
             f"unpacked, it takes {size} bytes, more than the {self.disk_limit_bytes} bytes of disk "
@@ -275,15 +269,22 @@ class ImagePuller:
         repository, tag = image, "latest"
         if image.rfind(":") > image.rfind("/"):
             repository, _, tag = image.rpartition(":")
+        with self._engine(f"pulled {source} but could not name it {image}") as client:
+            client.tag(source, repository, tag)
+            client.remove_image(source, noprune=True)
+
+    @contextlib.contextmanager
+    def _engine(self, failing: str) -> Iterator[docker.APIClient]:
+        """A client of the engine for one step after the pull, closed after it; an engine that
+        fails the step fails the pull, saying `failing` and why."""
         try:
             client = docker.APIClient(base_url=self.docker_url, version="auto", timeout=60)
             try:
-                client.tag(source, repository, tag)
-                client.remove_image(source, noprune=True)
+                yield client
             finally:
                 client.close()
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-            raise PullFailed(f"pulled {source} but could not name it {image}: {exc}"[:1000]) from exc
+            raise PullFailed(f"{failing}: {exc}"[:1000]) from exc
 
     def _stream(
         self,
