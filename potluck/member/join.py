@@ -340,7 +340,7 @@ def donation_beyond_machine(config: HostdConfig) -> list[str]:
             machine = driver.machine()
         except DockerDriverError as exc:
             raise JoinError(f"the Docker engine at {config.docker_url} did not say its size: {exc}") from None
-    return [] if machine is None else config.donate.beyond(machine.cpus, machine.memory_bytes)
+    return config.donate.beyond(machine)
 
 
 def hostd_argv(config_path: Path) -> list[str]:

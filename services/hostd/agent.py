@@ -314,9 +314,7 @@ class Agent:
             machine = await asyncio.to_thread(self.driver.machine)
         except DockerDriverError:
             return []  # the engine went away again: checked at the next start, as everything else
-        if machine is None:
-            return []
-        return self.config.donate.beyond(machine.cpus, machine.memory_bytes)
+        return self.config.donate.beyond(machine)
 
     async def _engine_facts(self) -> EngineFacts:
         attempt = 0

@@ -160,6 +160,7 @@ policy in effect.
 import os
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -172,6 +173,9 @@ from potluck.hostd.gateway_config import GatewayLink
 from potluck.hostd.policy_config import OwnerPolicy
 from potluck.kernel.nats_urls import nats_servers
 from potluck.kernel.sizes import Size, format_size
+
+if TYPE_CHECKING:  # the driver (and the docker SDK with it) is not config's to import
+    from potluck.hostd.docker_driver import EngineMachine
 
 #: Warm containers per shape: a few are all a burst of placements takes before the refill.
 MAX_WARM_CONTAINERS = 8
@@ -191,23 +195,26 @@ class Donation(BaseModel):
     def capacity(self) -> Capacity:
         return Capacity(cpus=self.cpus, memory_bytes=int(self.memory), disk_bytes=int(self.disk))
 
-    def beyond(self, machine_cpus: int, machine_memory_bytes: int) -> list[str]:
-        """What this donation promises past the machine the engine runs on, one problem a field.
+    def beyond(self, machine: "EngineMachine | None") -> list[str]:
+        """What this donation promises past the machine the engine runs on, one problem a field
+        ([] when the engine does not say what machine it runs on).
 
         The pool places up to the donation: CPUs past the engine's make every container asking
         more than it has fail to start ("Range of CPUs is from 0.01 to N"), and memory past it
         lets the pool's containers push the member's own programs into swap or the OOM killer.
         The disk is not compared: the engine does not say how large its disk is."""
+        if machine is None:
+            return []
         problems = []
-        if self.cpus > machine_cpus:
+        if self.cpus > machine.cpus:
             problems.append(
-                f"donate.cpus: {self.cpus:g} is more than the {machine_cpus} CPUs of the machine "
+                f"donate.cpus: {self.cpus:g} is more than the {machine.cpus} CPUs of the machine "
                 "the Docker engine runs on; donate at most that"
             )
-        if int(self.memory) > machine_memory_bytes:
+        if int(self.memory) > machine.memory_bytes:
             problems.append(
                 f"donate.memory: {format_size(int(self.memory))} is more than the "
-                f"{machine_memory_bytes / (1 << 30):.1f}G of memory of the machine the Docker "
+                f"{machine.memory_bytes / (1 << 30):.1f}G of memory of the machine the Docker "
                 "engine runs on; donate less"
             )
         return problems
