@@ -46,3 +46,16 @@ def small(**extra: Any) -> dict[str, Any]:
         "command": ["sleep", "3600"],
         **extra,
     }
+
+
+async def create_on(
+    http: aiohttp.ClientSession, api: str, token: str, image: str, on: str = "laptop-b"
+) -> dict[str, Any]:
+    """POST /v1/allocations as the user: a small `sleep` task of `image` on the machine named
+    `on`; its JSON, after checking it was accepted (201, or 202 while pending)."""
+    body = small(cpus=0.2, image=image, constraints={"name": on})
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.post(f"{api}/v1/allocations", json=body, headers=headers) as response:
+        created: dict[str, Any] = await response.json()
+        assert response.status in (201, 202), created
+        return created

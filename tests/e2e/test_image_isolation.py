@@ -16,7 +16,8 @@ import pytest
 from potluck.contracts.registry_locality import local_registry_of
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
-from tests.fixtures.images import build_and_push, create_on, get_allocation
+from tests.e2e.allocator_api import create_on
+from tests.fixtures.images import build_and_push, get_allocation
 from tests.fixtures.pool import Pool
 
 

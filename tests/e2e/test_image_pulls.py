@@ -24,8 +24,9 @@ from potluck.contracts.subjects import IMAGE_TOKEN
 from potluck.hostd.shared_details import MEMBERS_ADDRESS
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
+from tests.e2e.allocator_api import create_on
 from tests.e2e.conftest import wait_for_status
-from tests.fixtures.images import build_and_push, create_on, get_allocation, has_image
+from tests.fixtures.images import build_and_push, get_allocation, has_image
 from tests.fixtures.pool import Pool
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from potluck.contracts.reports import ContainerFailed, report_subject
-from potluck.localstack.test_image import DEFAULT_TAG
+from tests.e2e.allocator_api import small
 from tests.e2e.conftest import POTLUCK_OPS, wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool
 
@@ -61,11 +61,11 @@ async def _running(pool: Pool, user: str, **extra: Any) -> tuple[str, str]:
     the user's token."""
     await pool.wait_api()
     token = await pool.add_user(user)
-    body: dict[str, Any] = {"cpus": 0.5, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG}
-    body.update(command=["sleep", "3600"], **extra)
     async with (
         aiohttp.ClientSession() as http,
-        http.post(pool.api + "/v1/allocations", json=body, headers={"Authorization": f"Bearer {token}"}) as r,
+        http.post(
+            pool.api + "/v1/allocations", json=small(**extra), headers={"Authorization": f"Bearer {token}"}
+        ) as r,
     ):
         created = await r.json()
         assert r.status == 201, created
