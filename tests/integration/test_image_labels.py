@@ -218,7 +218,7 @@ async def test_a_container_of_the_image_claims_no_other_allocations_container(
                 driver, client, image, container_spec(image, HOST, command=None), warm=True
             )
             client.api.rename(warm_id, f"potluck_warm_{uuid.uuid4().hex[:12]}")  # not taken
-            client.api.pause(warm_id)
+            driver.pause(warm_id)  # tries again if the engine fails the freeze
             b_id = _as_an_older_hostd_made_it(driver, client, image, b, warm=True)
             assert client.containers.get(warm_id).labels["potluck.allocation"] == a.allocation_id
 
