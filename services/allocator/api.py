@@ -6,8 +6,9 @@ finished), 404 not found
 (also for another user's allocation: its existence is not disclosed), 405
 with `Allow`, 409 conflict, 415 not JSON, 422 impossible, 429 too many failed
 authentications from one address (authentication.py), 503 not ready yet.
-Every query parameter is checked whether or not another makes it matter, and none may be
-given twice (but the registry token endpoint's `scope`): a second value would go unread.
+Every query parameter is checked whether or not another makes it matter; none may be given
+twice (but the registry token endpoint's `scope`): a second value would go unread; and one the
+endpoint does not take (per the OpenAPI document) is refused, not ignored.
 """
 
 import json
@@ -109,16 +110,37 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 @web.middleware
-async def single_query_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse a query parameter given twice: handlers read one value (`?state=running&state=x`
-    would show the running ones, and the `x` look checked). The pages read theirs themselves."""
+async def query_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a query parameter the endpoint does not take (`?stat=running` would list every
+    allocation, the typo unnoticed) or one given twice (`?state=running&state=x` would show the
+    running ones, and the `x` look checked): handlers read one value of what the OpenAPI
+    document declares. The pages read theirs themselves; the registry's token endpoint takes
+    what Docker clients send."""
     if not is_page(request.path):
+        known = _query_names(request)
         seen: set[str] = set()
         for name, _ in request.query.items():  # every value (iterating names gives each once)
+            if known is not None and name not in known:
+                takes = ", ".join(sorted(known)) or "none"
+                raise Rejected.invalid_field(
+                    name, f"{name} is not a query parameter of this endpoint (it takes: {takes})"
+                )
             if name in seen and name not in REPEATABLE:
                 raise Rejected.invalid_field(name, f"{name} is given more than once; give it once")
             seen.add(name)
     return await handler(request)
+
+
+def _query_names(request: web.Request) -> frozenset[str] | None:
+    """The query parameters the OpenAPI document declares for the request's route and method;
+    None for a route it does not describe."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return None
+    operation = openapi_document()["paths"].get(resource.canonical, {}).get(request.method.lower())
+    if not isinstance(operation, dict):
+        return None
+    return frozenset(p["name"] for p in operation.get("parameters", []) if p.get("in") == "query")
 
 
 @web.middleware
@@ -412,7 +434,7 @@ def make_app(
     logs: LogSource | None = None,
 ) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware, single_query_middleware, auth_middleware], client_max_size=MAX_BODY
+        middlewares=[errors_middleware, query_middleware, auth_middleware], client_max_size=MAX_BODY
     )
     app[ENGINE] = engine
     app[AUTH] = Authenticator(

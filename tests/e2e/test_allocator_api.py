@@ -204,11 +204,12 @@ async def test_query_parameters_methods_and_numbers_are_as_the_published_schema_
     pool: Pool, alice: Api, http: aiohttp.ClientSession
 ) -> None:
     """What is tried: the cases where the served OpenAPI document and the API disagreed: a
-    `timeout` out of its bounds without `wait`, a parameter given twice, an unsupported method,
-    a size written as a JSON float, and the error statuses of each operation. What must hold:
-    each bad parameter is a 400 naming it, within milliseconds; a 405 carries `Allow`; an
-    integral float is a size; size and duration texts have a maxLength in the schema; 429 is
-    declared where the API can answer it; nothing is recorded by the refused requests."""
+    `timeout` out of its bounds without `wait`, a parameter given twice or one the endpoint does
+    not take, an unsupported method, a size written as a JSON float, and the error statuses of
+    each operation. What must hold: each bad parameter is a 400 naming it, within milliseconds;
+    a 405 carries `Allow`; an integral float is a size; size and duration texts have a maxLength
+    in the schema; 429 is declared where the API can answer it; nothing is recorded by the
+    refused requests."""
     _, created = await alice.call("POST", "/v1/allocations", small(disk=float(64 << 20)))
     assert created["disk"] == 64 << 20, created
     path = f"/v1/allocations/{created['id']}"
@@ -236,6 +237,19 @@ async def test_query_parameters_methods_and_numbers_are_as_the_published_schema_
         status, answer = await alice.call("GET", target)
         assert (status, answer["error"]["field"]) == (400, name), (target, answer)
         assert "more than once" in answer["error"]["message"]
+    # One the endpoint does not take (a typo, or another endpoint's): refused, not ignored.
+    for target, name in (
+        ("/v1/allocations?stat=running", "stat"),
+        (f"{path}?limit=1", "limit"),
+        ("/v1/jobs?state=running", "state"),
+        ("/v1/pool?verbose=1", "verbose"),
+    ):
+        status, answer = await alice.call("GET", target)
+        assert (status, answer["error"]["field"]) == (400, name), (target, answer)
+        assert "not a query parameter" in answer["error"]["message"]
+    status, answer = await alice.call("DELETE", f"{path}?force=1")
+    assert (status, answer["error"]["field"]) == (400, "force"), answer
+    assert await pool.store.head_position() == head  # nothing of these was recorded
 
     for method, target in (("PATCH", path), ("PUT", "/v1/allocations"), ("TRACE", "/v1/pool")):
         async with http.request(method, pool.api + target, headers=alice.headers) as response:
