@@ -878,6 +878,7 @@ def ops_hosts_enroll(
         enroll_with_token,
         read_seed,
         refresh_nats_authorization,
+        refuse_taken_name,
         write_credentials,
     )
     from potluck.sshgateway.service import client_public_key
@@ -925,6 +926,7 @@ def ops_hosts_enroll(
         await store.append(member_stream(host_id), [issued], metadata={"actor": "operator"})
 
     async def with_credentials(store: EventStore) -> str:
+        await refuse_taken_name(store, name)
         host_id, key = await enroll_host(store, name)
         write_credentials(credentials_out or Path(f"{name}.creds"), host_id, key)
         await issue_member_token(store, host_id)
@@ -932,6 +934,7 @@ def ops_hosts_enroll(
         return host_id
 
     async def with_token(store: EventStore) -> str:
+        await refuse_taken_name(store, name)
         token = await enroll_with_token(
             store, name, nats_url=str(join_nats_url), gateways=pins, expires_in=lifetime
         )

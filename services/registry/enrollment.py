@@ -89,6 +89,16 @@ async def enroll_with_token(
     return token
 
 
+async def refuse_taken_name(store: EventStore, name: str) -> None:
+    """NAME_TAKEN when a machine of the log holds `name` (host.name_holder), on the log's clock.
+
+    An operator's check before enrolling, on the hosts as the log has them: two operators
+    enrolling one name at the same moment could both pass it (names have no stream of their
+    own to append on with an expected version)."""
+    view = await current_hosts(store)
+    aggregate.refuse_taken_name(view.hosts.values(), name, await store.log_clock())
+
+
 async def current_hosts(store: EventStore) -> HostsView:
     """The hosts as the log has them now, resumed from the registry's checkpoint when there is
     one: an operator's command on a long log reads the tail, not the whole log."""

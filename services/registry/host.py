@@ -13,6 +13,7 @@ decided (BAD_LABELS): a hostd of another version, or a member who sends the mess
 gets a refusal naming the labels at fault, and nothing is recorded.
 """
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from potluck.contracts.compatibility import CONTRACT_VERSION, mismatch
@@ -56,6 +57,35 @@ def check_name(name: str) -> str:
     if problem is not None:
         raise Rejected("BAD_NAME", f"the name {name[:40]!r} {problem}", field="name", status=400)
     return name
+
+
+def name_holder(hosts: Iterable[HostState], name: str, now: datetime) -> HostState | None:
+    """The machine that holds `name`, if one does: users select machines by name, so an
+    operator enrolling a second machine under it would send work meant for one to either.
+    A name is free again once its machine left or was revoked, or when its join token
+    expired unredeemed (nothing can ever register as that host then)."""
+    for host in hosts:
+        if host.name != name or host.gone:
+            continue
+        unredeemed = not host.registered and not host.nkey
+        if unredeemed and host.join_expires_at is not None and host.join_expires_at <= now:
+            continue
+        return host
+    return None
+
+
+def refuse_taken_name(hosts: Iterable[HostState], name: str, now: datetime) -> None:
+    """NAME_TAKEN (409) when another machine holds `name` (name_holder), saying how to free it."""
+    holder = name_holder(hosts, name, now)
+    if holder is None:
+        return
+    raise Rejected(
+        "NAME_TAKEN",
+        f"the name {name!r} is held by {holder.host_id} ({holder.status}); choose another name, "
+        f"or revoke that machine first (`potluck ops hosts revoke {holder.host_id}`)",
+        field="name",
+        status=409,
+    )
 
 
 def enroll(state: HostState | None, host_id: str, name: str, nkey: str) -> list[Event]:

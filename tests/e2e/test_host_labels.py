@@ -188,6 +188,37 @@ async def test_a_machine_is_not_enrolled_under_a_name_its_name_label_could_not_h
     assert not creds.exists()
 
 
+async def test_a_second_machine_is_not_enrolled_under_a_name_another_holds(
+    pool: Pool, tmp_path: Path
+) -> None:
+    """What is tried: `potluck ops hosts enroll desk` (credentials), then `desk` again with a join
+    token, as an operator retrying would; then again after the first desk was revoked (a token
+    that expired unredeemed frees its name too: tests/unit/test_host_labels.py, tokens live a
+    minute at least).
+    What must hold: the second `desk` exits 1 saying which machine holds the name and how to
+    free it, appending nothing and writing no credentials (users select machines by name: two
+    under one would each be sent the other's users' work); a revoked machine's name can be
+    enrolled again."""
+    db = ("--database-url", pool.database_url)
+    code, out, err = await ops("hosts", "enroll", "desk", "--credentials-out", str(tmp_path / "1.creds"), *db)
+    assert code == 0, err
+    desk = json.loads(out)["host_id"]
+
+    head = await pool.store.head_position()
+    code, out, err = await ops("hosts", "enroll", "desk", "--nats-url", pool.nats.url, *db)
+    assert code == 1, (out, err)
+    assert f"error: the name 'desk' is held by {desk} (enrolled); choose another name" in err, err
+    assert f"potluck ops hosts revoke {desk}" in err, err
+    assert "Traceback" not in err, err
+    assert await pool.store.head_position() == head
+
+    code, _, err = await ops("hosts", "revoke", desk, "--reason", "replaced", *db)
+    assert code == 0, err
+    code, out, err = await ops("hosts", "enroll", "desk", "--credentials-out", str(tmp_path / "2.creds"), *db)
+    assert code == 0, err
+    assert json.loads(out)["host_id"] != desk
+
+
 async def test_a_machine_cannot_call_itself_after_another_and_be_sent_its_users_work(
     pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path
 ) -> None:

@@ -20,7 +20,14 @@ from potluck.allocator.schemas import CreateAllocation
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
-from potluck.contracts.host_events import HostEnrolled, HostRegistered
+from potluck.contracts.host_events import (
+    HostEnrolled,
+    HostJoined,
+    HostJoinTokenIssued,
+    HostLeft,
+    HostRegistered,
+    HostRevoked,
+)
 from potluck.contracts.host_labels import (
     BAD_LABELS,
     HOLLOW_LABEL,
@@ -245,6 +252,45 @@ def test_a_machine_is_enrolled_only_under_a_name_its_name_label_can_hold(name: s
         host.enroll(None, H, name, "UKEY")
     assert (refused.value.code, refused.value.field, refused.value.status) == ("BAD_NAME", "name", 400)
     assert said in refused.value.message, refused.value.message
+
+
+def test_a_name_is_held_by_one_machine_until_it_is_gone_or_its_token_expired_unredeemed() -> None:
+    """Tried: a second machine under a name held by one enrolled with a key, by one with a join
+    token not yet expired, by one with a token redeemed, then by ones that left, were revoked,
+    or whose token expired unredeemed.
+    Must hold: the first three refuse NAME_TAKEN (409, field `name`) naming the holder and the
+    command that frees it; the last three hold the name no more; another name is always free."""
+    later = T0.replace(year=2026)
+
+    def folded(*events: Any) -> Any:
+        state = None
+        for version, event in enumerate(events, 1):
+            state = evolve(state, event, version, T0)
+        return state
+
+    token = HostJoinTokenIssued(host_id=H, token_sha256="d", join_nkey="UJ", expires_at=later)
+    holding = {
+        "a key": folded(HostEnrolled(host_id=H, name="desk", nkey="UKEY")),
+        "a token": folded(HostEnrolled(host_id=H, name="desk", nkey=""), token),
+        "a redeemed token": folded(
+            HostEnrolled(host_id=H, name="desk", nkey=""), token, HostJoined(host_id=H, nkey="UN")
+        ),
+    }
+    for how, holder in holding.items():
+        with pytest.raises(Rejected) as refused:
+            host.refuse_taken_name([holder], "desk", T0)
+        got = refused.value
+        assert (got.code, got.status, got.field) == ("NAME_TAKEN", 409, "name"), how
+        assert f"held by {H} (enrolled)" in got.message, how
+        assert f"potluck ops hosts revoke {H}" in got.message, how
+        host.refuse_taken_name([holder], "other", T0)
+    free = {
+        "left": folded(HostEnrolled(host_id=H, name="desk", nkey="UKEY"), HostLeft(host_id=H, by="member")),
+        "revoked": folded(HostEnrolled(host_id=H, name="desk", nkey="UKEY"), HostRevoked(host_id=H, by="op")),
+        "expired": folded(HostEnrolled(host_id=H, name="desk", nkey=""), token),
+    }
+    for how, state in free.items():
+        assert host.name_holder([state], "desk", later if how == "expired" else T0) is None, how
 
 
 CONFIG = (
