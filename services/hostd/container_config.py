@@ -65,6 +65,12 @@ NOFILE_HARD = 4096
 # shares the count with the member's own session: generous, with the pids cgroup
 # limit as the real bound on the container.
 NPROC = 4096
+# Core dumps: none, and no process in the container may raise the limit (the hard limit is 0
+# and raising it needs CAP_SYS_RESOURCE). The machine's kernel.core_pattern decides where a
+# core goes: a file (written where the crashing process stands), or a pipe to a helper
+# (systemd-coredump, apport) that the kernel runs as root in the member's own namespaces, its
+# work outside the container's CPU quota and its files outside the container's disk bound.
+CORE = 0
 # The lowest CPU weight the engine allows (cgroup v1 cpu.shares 2, v2 cpu.weight 1): the
 # owner's processes get a core from the pool's within a scheduler tick, the way BOINC runs
 # its work at idle priority; the quota (nano_cpus) still bounds the pool from above.
@@ -191,6 +197,7 @@ def ulimits() -> list[dict[str, Any]]:
     return [
         {"Name": "nofile", "Soft": NOFILE_SOFT, "Hard": NOFILE_HARD},
         {"Name": "nproc", "Soft": NPROC, "Hard": NPROC},
+        {"Name": "core", "Soft": CORE, "Hard": CORE},
     ]
 
 

@@ -259,3 +259,37 @@ async def test_files_processes_syscalls_and_volumes_are_bounded_before_anything_
     finally:
         driver.close()
         client.close()
+
+
+async def test_no_process_of_a_container_dumps_core_nor_may_raise_its_core_limit(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    """A core dump goes where the member's machine says (kernel.core_pattern): a file, or a pipe
+    to a helper (systemd-coredump, apport) that runs as root on the member's machine, outside
+    the container's cgroup and disk bound. Tried: the container's command raises its core limit
+    (`ulimit -c unlimited`) and crashes a child with SIGSEGV; a later exec (what a session runs)
+    tries to raise the limit too. Must hold: the core limit is 0, soft and hard, in the container
+    and in the exec, raising it fails in both, and the crash left no core file."""
+    crash = (
+        "mkdir -p /crash && cd /crash && (ulimit -c unlimited 2>/dev/null; echo $? > /crash.raised; "
+        'exec sh -c "kill -SEGV \\$\\$"); sleep 3600'
+    )
+    await place(pool.store, laptop.host_id, "crasher", spec(command=["sh", "-c", crash]))
+    await wait_for_status(pool, "crasher", "running")
+    driver = DockerDriver(docker_engines[0].url)
+    try:
+        [container] = [c for c in driver.list_managed(laptop.host_id) if c.allocation_id == "crasher"]
+        cid = container.container_id
+        deadline = time.monotonic() + 15
+        while driver.exec_run(cid, ["test", "-e", "/crash.raised"]).exit_code != 0:
+            assert time.monotonic() < deadline, "the container's command never got to its crash"
+            await asyncio.sleep(0.2)
+        assert driver.exec_run(cid, ["cat", "/crash.raised"]).output.decode().strip() != "0"
+        assert driver.exec_run(cid, ["ls", "-A", "/crash"]).output.decode() == ""
+        limits = driver.exec_run(cid, ["sh", "-c", "ulimit -c; ulimit -Hc"]).output.decode().split()
+        assert limits == ["0", "0"]
+        assert driver.exec_run(cid, ["sh", "-c", "ulimit -c 1"]).exit_code != 0
+        assert driver.inspect(cid)["HostConfig"]["Ulimits"] is not None
+        assert {"Name": "core", "Soft": 0, "Hard": 0} in driver.inspect(cid)["HostConfig"]["Ulimits"]
+    finally:
+        driver.close()

@@ -63,6 +63,7 @@ def _inspect_as_the_engine_reports(spec: ContainerSpec, *, disk_quota: bool) -> 
         "Ulimits": [
             {"Name": "nofile", "Hard": NOFILE_HARD, "Soft": NOFILE_SOFT},
             {"Name": "nproc", "Hard": NPROC, "Soft": NPROC},
+            {"Name": "core", "Hard": 0, "Soft": 0},
         ],
         "Binds": None,
         "VolumesFrom": None,
@@ -246,10 +247,11 @@ def test_the_spec_survives_its_label() -> None:
 
 
 def test_create_kwargs_bound_open_files_and_processes() -> None:
-    """The container gets soft and hard limits on open files and on its user's processes."""
+    """The container gets soft and hard limits on open files and on its user's processes, and
+    a core limit of 0 it cannot raise."""
     limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in create_kwargs(_spec(), disk_quota=False)["ulimits"]}
 
-    assert limits == {"nofile": (NOFILE_SOFT, NOFILE_HARD), "nproc": (NPROC, NPROC)}
+    assert limits == {"nofile": (NOFILE_SOFT, NOFILE_HARD), "nproc": (NPROC, NPROC), "core": (0, 0)}
 
 
 def test_an_image_with_a_volume_is_refused_before_anything_is_made() -> None:
