@@ -73,7 +73,13 @@ from potluck.events.tracing import continuing
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.container_config import ContainerSpec
 from potluck.hostd.cpu_share import spread
-from potluck.hostd.disk_bound import disk_overrun, needs_layer_measured, next_measure_in
+from potluck.hostd.disk_bound import (
+    disk_overrun,
+    entries_bytes,
+    entries_most,
+    needs_layer_measured,
+    next_measure_in,
+)
 from potluck.hostd.docker_driver import (
     STOP_SIGNALS,
     ContainerNotFound,
@@ -1029,15 +1035,21 @@ class ContainerManager:
                     continue
                 try:
                     outside = await self._docker(self.driver.outside_layer_bytes, container_id)
-                    layer = 0
+                    layer = entries = 0
                     if needs_layer_measured(engine_quota=facts.disk_quota_supported, outside=outside):
                         layer = await self._docker(self.driver.writable_layer_bytes, container_id)
+                    if not facts.disk_quota_supported:
+                        # The engine's SizeRw leaves out directories and empty files; a quota
+                        # counts their blocks itself (disk_bound.py).
+                        most = entries_most(layer, outside, spec.disk_bytes)
+                        entries = await self._docker(self.driver.layer_entries, container_id, most)
                 except DockerDriverError:
                     continue
-                if (overrun := disk_overrun(layer, outside, spec.disk_bytes)) is not None:
+                overrun = disk_overrun(layer, outside, spec.disk_bytes, entries=entries)
+                if overrun is not None:
                     await self._stop_for(alloc_id, container_id, "disk_limit_exceeded", overrun)
                     continue
-                at, used = time.monotonic(), layer + sum(outside.values())
+                at, used = time.monotonic(), layer + entries_bytes(entries) + sum(outside.values())
                 before = measured.get(alloc_id)
                 measured[alloc_id] = (at, used)
                 if before is None or at <= before[0]:

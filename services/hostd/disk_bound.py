@@ -7,6 +7,13 @@ three files the engine keeps for it outside that layer and bind-mounts read-writ
 quota counts them, so a user could fill the member's disk through `/etc/hosts` while the
 layer stayed empty. They count here: the bound is on everything the container wrote.
 
+Where the engine has no quota, the layer's size is what the engine measures (`SizeRw`): the
+sizes of its regular files, which leaves out directories and empty files altogether. On the
+member's disk each of them is an inode, and a directory a block of its own: a container
+making millions of empty directories filled the disk (and ran ext4 out of inodes) at a
+`SizeRw` of 0. So each entry of the layer (file, directory, link, whiteout of a deleted one)
+counts as well, a block each (`ENTRY_BYTES`): about what it takes, and what `du` says.
+
 The guard measures every container at a regular interval, and a container writing toward
 its bound sooner (`next_measure_in`): a steady writer is stopped close to its bound rather
 than up to a whole interval's writing past it.
@@ -17,10 +24,13 @@ Pure: containers.py's disk guard measures, this decides.
 from collections.abc import Mapping
 
 __all__ = [
+    "ENTRY_BYTES",
     "OUTSIDE_LAYER_FILES",
     "OUTSIDE_LAYER_SLACK",
     "SOONEST_MEASURE_S",
     "disk_overrun",
+    "entries_bytes",
+    "entries_most",
     "needs_layer_measured",
     "next_measure_in",
 ]
@@ -31,6 +41,11 @@ OUTSIDE_LAYER_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
 #: What those files may hold before an engine with a quota has the layer measured as well:
 #: the engine writes a few hundred bytes; a user's own host aliases stay far below this.
 OUTSIDE_LAYER_SLACK = 64 * 1024
+
+#: What each file, directory, link or whiteout of the layer counts, besides its bytes: one block
+#: of the usual filesystems (a directory's least, an inode's share on ext4's default of one
+#: inode for each 16 KiB).
+ENTRY_BYTES = 4096
 
 #: The shortest wait between two measures of one container: each has the engine walk the
 #: container's layer, which costs the member's disk and CPU in proportion to its files.
@@ -44,13 +59,30 @@ def needs_layer_measured(*, engine_quota: bool, outside: Mapping[str, int]) -> b
     return not engine_quota or sum(outside.values()) > OUTSIDE_LAYER_SLACK
 
 
-def disk_overrun(layer: int, outside: Mapping[str, int], bound: int) -> str | None:
-    """Why the container is past `bound` (the failure's detail), or None while it is within."""
+def entries_bytes(entries: int) -> int:
+    """What `entries` files and directories of the layer count against the bound."""
+    return entries * ENTRY_BYTES
+
+
+def entries_most(layer: int, outside: Mapping[str, int], bound: int) -> int:
+    """How many entries the layer may hold before, with what else was written, it is past the
+    bound: no more need counting (one more says it is past)."""
+    return max(0, (bound - layer - sum(outside.values())) // ENTRY_BYTES)
+
+
+def disk_overrun(layer: int, outside: Mapping[str, int], bound: int, *, entries: int = 0) -> str | None:
+    """Why the container is past `bound` (the failure's detail), or None while it is within.
+    `entries`: the files, directories, links and whiteouts of its layer (`entries_bytes`)."""
     written_outside = {path: size for path, size in outside.items() if size > 0}
-    used = layer + sum(written_outside.values())
+    used = layer + entries_bytes(entries) + sum(written_outside.values())
     if used <= bound:
         return None
     detail = f"wrote {used} bytes, more than its disk bound of {bound}"
+    if entries_bytes(entries) > layer:
+        detail += (
+            f" ({entries} files and directories in its layer, each of which takes an inode and a block "
+            f"of the member's disk, {ENTRY_BYTES} bytes each against the bound, whatever its size)"
+        )
     largest = max(written_outside.items(), key=lambda item: item[1], default=None)
     if largest is not None and largest[1] > OUTSIDE_LAYER_SLACK:
         path, size = largest

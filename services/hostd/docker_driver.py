@@ -71,6 +71,8 @@ __all__ = [
 #: `kill`: the engine was told to signal a container (`docker stop` or `kill`, or the engine's
 #: own shutdown), which a `die` alone does not tell apart from a command that ended on its own.
 WATCHED_EVENTS = ("start", "kill", "die", "oom")
+#: What opens each entry of the engine's list of a container's changes (layer_entries).
+_CHANGE = b'"Kind":'
 #: The signals of a stop (`docker stop`: the image's stop signal, SIGTERM unless it names
 #: another, then SIGKILL past its timeout), as numbers, as a `kill` event carries them.
 STOP_SIGNALS = frozenset({int(signal.SIGTERM), int(signal.SIGKILL)})
@@ -631,6 +633,30 @@ class DockerDriver:
             if not found:
                 raise ContainerNotFound(f"measuring {container_id[:12]}: no such container")
             return int(found[0].get("SizeRw") or 0)
+
+    def layer_entries(self, container_id: str, most: int) -> int:
+        """How many files, directories, links and whiteouts the container's writable layer holds
+        (the engine's list of its changes, which walks the layer alone), counted while the answer
+        streams in, and read no further than the chunk that holds entry `most` + 1 (which is
+        what it returns then): a layer of millions of entries costs hostd no more than the
+        count that shows it past its bound."""
+        with self._errors(f"counting the files of {container_id[:12]}") as client:
+            api: Any = client.api
+            response = api._get(api._url("/containers/{0}/changes", container_id), stream=True)
+            try:
+                api._raise_for_status(response)
+                # `"Kind":` opens no JSON string (a quote inside one is escaped), so each one
+                # is an entry; the last bytes of a chunk are kept for one cut in two.
+                count, tail = 0, b""
+                for chunk in response.iter_content(1 << 16):
+                    data = tail + chunk
+                    count += data.count(_CHANGE)
+                    tail = data[-(len(_CHANGE) - 1) :]
+                    if count > most:
+                        break
+            finally:
+                response.close()
+            return min(count, most + 1)
 
     def outside_layer_bytes(self, container_id: str) -> dict[str, int]:
         """The sizes of the engine's files the container can write outside its own layer

@@ -144,6 +144,26 @@ async def test_a_steady_writer_is_caught_past_its_bound_between_two_rounds_of_th
     assert state.reason == "disk_limit_exceeded"
 
 
+async def test_filling_the_members_disk_with_empty_directories_and_files_stops_the_container(
+    pool: Pool, laptop: EnrolledHost
+) -> None:
+    """Tried: a container with a 16 MiB disk bound makes 6000 empty directories and 6000 empty
+    files in its layer. The engine's SizeRw counts neither directories nor empty files (0 bytes
+    for all of them), but on the member's disk each is an inode, and each directory a block of
+    its own: 6000 directories are 24 MiB of ext4, a few million exhaust its inodes. Must hold:
+    each entry of the layer counts against the bound as a block, so the allocation fails with
+    disk_limit_exceeded, its detail saying how many files and directories it made."""
+    fill = "mkdir /d /f && cd /d && mkdir $(seq 6000) && cd /f && touch $(seq 6000) && sleep 3600"
+    await place(pool.store, laptop.host_id, "inodes", spec(disk=16 << 20, command=["sh", "-c", fill]))
+    await wait_for_status(pool, "inodes", "failed", timeout=90)
+    state = await allocation(pool.store, "inodes")
+    assert state is not None
+    assert state.reason == "disk_limit_exceeded"
+    assert state.detail is not None
+    assert "more than its disk bound of 16777216" in state.detail, state.detail
+    assert "files and directories" in state.detail, state.detail
+
+
 async def test_an_images_health_check_is_not_run_by_the_members_engine(
     pool: Pool, docker_engines: list[DockerEngine]
 ) -> None:

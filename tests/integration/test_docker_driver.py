@@ -257,6 +257,27 @@ def test_the_engines_files_outside_the_layer_are_measured_and_not_in_it(
     assert docker_driver.writable_layer_bytes(container_id) - layer_before < MiB
 
 
+def test_the_layers_files_and_directories_are_counted_where_its_size_counts_none(
+    docker_driver: DockerDriver, test_image: str
+) -> None:
+    """Tried: a container makes 3000 empty directories and 3000 empty files, with names that
+    look like the engine's own JSON (`"Kind":`), which the count must not take for entries.
+    Must hold: writable_layer_bytes (the engine's SizeRw) grows by none of it, which is why the
+    disk guard counts entries; layer_entries counts each of them; and asked for at most 100,
+    it says 101 (one more than asked: enough to say the layer is past), having stopped reading."""
+    container_id = docker_driver.run(_spec(test_image))
+    layer_before = docker_driver.writable_layer_bytes(container_id)
+    entries_before = docker_driver.layer_entries(container_id, 1 << 30)
+
+    make = "mkdir /d /f && cd /d && mkdir $(seq 3000) && cd /f && touch $(seq 3000) && touch '\\\"Kind\":1'"
+    result = docker_driver.exec_run(container_id, ["sh", "-c", make])
+
+    assert result.exit_code == 0, result.output
+    assert docker_driver.writable_layer_bytes(container_id) == layer_before
+    assert docker_driver.layer_entries(container_id, 1 << 30) - entries_before == 6003
+    assert docker_driver.layer_entries(container_id, 100) == 101
+
+
 def test_running_an_allocation_twice_keeps_one_container(
     docker_driver: DockerDriver, test_image: str
 ) -> None:

@@ -4,10 +4,12 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from potluck.hostd.disk_bound import (
+    ENTRY_BYTES,
     OUTSIDE_LAYER_FILES,
     OUTSIDE_LAYER_SLACK,
     SOONEST_MEASURE_S,
     disk_overrun,
+    entries_most,
     needs_layer_measured,
     next_measure_in,
 )
@@ -23,6 +25,31 @@ def test_past_the_bound_exactly_when_the_layer_and_the_files_outside_it_together
     layer: int, outside: dict[str, int], bound: int
 ) -> None:
     assert (disk_overrun(layer, outside, bound) is not None) == (layer + sum(outside.values()) > bound)
+
+
+@given(layer=sizes, outside=outsides, bound=sizes, entries=st.integers(min_value=0, max_value=1 << 30))
+def test_each_entry_of_the_layer_counts_a_block_and_no_more_than_fit_need_counting(
+    layer: int, outside: dict[str, int], bound: int, entries: int
+) -> None:
+    """Past the bound exactly when the layer's bytes, a block for each of its entries and the
+    files outside it together are; and `entries_most` entries are within it, one more past."""
+    past = layer + entries * ENTRY_BYTES + sum(outside.values()) > bound
+    assert (disk_overrun(layer, outside, bound, entries=entries) is not None) == past
+    most = entries_most(layer, outside, bound)
+    if layer + sum(outside.values()) <= bound:
+        assert disk_overrun(layer, outside, bound, entries=most) is None
+    assert disk_overrun(layer, outside, bound, entries=most + 1) is not None
+
+
+def test_a_layer_of_empty_directories_is_past_its_bound_and_says_so() -> None:
+    """Tried: 300,000 empty directories (a SizeRw of 0) against a 1 GiB bound. Must hold: past
+    it, and the detail says the files and directories are what counted."""
+    detail = disk_overrun(0, {"/etc/hosts": 174}, 1 << 30, entries=300_000)
+    assert detail == (
+        "wrote 1228800174 bytes, more than its disk bound of 1073741824 (300000 files and "
+        "directories in its layer, each of which takes an inode and a block of the member's disk, "
+        "4096 bytes each against the bound, whatever its size)"
+    )
 
 
 def test_a_file_outside_the_layer_counts_alone_and_is_named() -> None:
