@@ -71,6 +71,19 @@ NPROC = 4096
 # (systemd-coredump, apport) that the kernel runs as root in the member's own namespaces, its
 # work outside the container's CPU quota and its files outside the container's disk bound.
 CORE = 0
+# What the kernel counts for each user of the machine, whichever container or process uses
+# it: a container's root is the machine's root (no user namespace), so without a limit of its
+# own a container could queue signals, or fill message queues, until the machine's root has
+# none left (found: 96,367 signals queued, the whole of root's limit, and with them every
+# root process of the member's unable to create a POSIX timer). A process may queue or create
+# only while the user's count is below its own limit, so these cap what all containers
+# together can take, leaving the rest to the member's daemons:
+#   SIGPENDING  queued signals (real-time ones, and each POSIX timer holds one), against the
+#               machine's default of a few thousand to a hundred thousand (it scales with RAM);
+#   MSGQUEUE    bytes of POSIX message queues, against the default 819,200: two queues of
+#               the default size (10 messages of 8 KiB).
+SIGPENDING = 1024
+MSGQUEUE = 204800
 # The lowest CPU weight the engine allows (cgroup v1 cpu.shares 2, v2 cpu.weight 1): the
 # owner's processes get a core from the pool's within a scheduler tick, the way BOINC runs
 # its work at idle priority; the quota (nano_cpus) still bounds the pool from above.
@@ -198,6 +211,8 @@ def ulimits() -> list[dict[str, Any]]:
         {"Name": "nofile", "Soft": NOFILE_SOFT, "Hard": NOFILE_HARD},
         {"Name": "nproc", "Soft": NPROC, "Hard": NPROC},
         {"Name": "core", "Soft": CORE, "Hard": CORE},
+        {"Name": "sigpending", "Soft": SIGPENDING, "Hard": SIGPENDING},
+        {"Name": "msgqueue", "Soft": MSGQUEUE, "Hard": MSGQUEUE},
     ]
 
 

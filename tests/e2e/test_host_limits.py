@@ -8,7 +8,14 @@ from pathlib import Path
 
 import docker
 
-from potluck.hostd.container_config import NOFILE_HARD, NOFILE_SOFT, NPROC, create_kwargs
+from potluck.hostd.container_config import (
+    MSGQUEUE,
+    NOFILE_HARD,
+    NOFILE_SOFT,
+    NPROC,
+    SIGPENDING,
+    create_kwargs,
+)
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG, import_rootfs, rootfs_tarball
@@ -311,5 +318,41 @@ async def test_no_process_of_a_container_dumps_core_nor_may_raise_its_core_limit
         assert driver.exec_run(cid, ["sh", "-c", "ulimit -c 1"]).exit_code != 0
         assert driver.inspect(cid)["HostConfig"]["Ulimits"] is not None
         assert {"Name": "core", "Soft": 0, "Hard": 0} in driver.inspect(cid)["HostConfig"]["Ulimits"]
+    finally:
+        driver.close()
+
+
+async def test_a_container_cannot_use_up_what_the_members_root_shares_with_it(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    """The kernel counts queued signals and POSIX message-queue bytes per user of the machine,
+    and a container's root is the machine's: a container that queued 96,000 signals to a
+    stopped process of its own (found: the machine's root then had none left, so no root
+    process of the member's could create a POSIX timer or queue a real-time signal) left
+    nothing to the member's daemons and the other containers. Tried: 3000 real-time signals
+    queued to a stopped process of the container's. Must hold: the container's limits on
+    pending signals and message-queue bytes are hostd's (read in its command's process and in
+    an exec, as a session's), and no more signals than that limit were queued."""
+    queue = (
+        "sleep 3600 & p=$!; kill -STOP $p; i=0; while [ $i -lt 3000 ]; do kill -40 $p 2>/dev/null; "
+        "i=$((i+1)); done; grep SigQ: /proc/$p/status > /queued; sleep 3600"
+    )
+    await place(pool.store, laptop.host_id, "signaller", spec(command=["sh", "-c", queue]))
+    await wait_for_status(pool, "signaller", "running")
+    driver = DockerDriver(docker_engines[0].url)
+    try:
+        [container] = [c for c in driver.list_managed(laptop.host_id) if c.allocation_id == "signaller"]
+        cid = container.container_id
+        deadline = time.monotonic() + 30
+        while driver.exec_run(cid, ["test", "-s", "/queued"]).exit_code != 0:
+            assert time.monotonic() < deadline, "the container never got its signals queued"
+            await asyncio.sleep(0.2)
+        queued, limit = driver.exec_run(cid, ["cat", "/queued"]).output.decode().split()[1].split("/")
+        assert (int(queued), int(limit)) == (SIGPENDING, SIGPENDING)
+        for limits in ("/proc/1/limits", "/proc/self/limits"):
+            text = driver.exec_run(cid, ["cat", limits]).output.decode()
+            rows = {line[:26].strip(): line[26:].split()[:2] for line in text.splitlines()[1:]}
+            assert rows["Max pending signals"] == [str(SIGPENDING)] * 2, text
+            assert rows["Max msgqueue size"] == [str(MSGQUEUE)] * 2, text
     finally:
         driver.close()

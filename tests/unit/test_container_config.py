@@ -14,9 +14,11 @@ from potluck.hostd.container_config import (
     LABEL_NAMESPACE,
     LABEL_SPEC,
     LABEL_WARM,
+    MSGQUEUE,
     NOFILE_HARD,
     NOFILE_SOFT,
     NPROC,
+    SIGPENDING,
     ContainerSpec,
     create_kwargs,
     image_refusals,
@@ -64,6 +66,8 @@ def _inspect_as_the_engine_reports(spec: ContainerSpec, *, disk_quota: bool) -> 
             {"Name": "nofile", "Hard": NOFILE_HARD, "Soft": NOFILE_SOFT},
             {"Name": "nproc", "Hard": NPROC, "Soft": NPROC},
             {"Name": "core", "Hard": 0, "Soft": 0},
+            {"Name": "sigpending", "Hard": SIGPENDING, "Soft": SIGPENDING},
+            {"Name": "msgqueue", "Hard": MSGQUEUE, "Soft": MSGQUEUE},
         ],
         "Binds": None,
         "VolumesFrom": None,
@@ -247,11 +251,18 @@ def test_the_spec_survives_its_label() -> None:
 
 
 def test_create_kwargs_bound_open_files_and_processes() -> None:
-    """The container gets soft and hard limits on open files and on its user's processes, and
-    a core limit of 0 it cannot raise."""
+    """The container gets soft and hard limits on open files and on its user's processes, a
+    core limit of 0 it cannot raise, and limits on what the kernel counts for each user of the
+    machine (queued signals, message-queue bytes), which it shares with the machine's root."""
     limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in create_kwargs(_spec(), disk_quota=False)["ulimits"]}
 
-    assert limits == {"nofile": (NOFILE_SOFT, NOFILE_HARD), "nproc": (NPROC, NPROC), "core": (0, 0)}
+    assert limits == {
+        "nofile": (NOFILE_SOFT, NOFILE_HARD),
+        "nproc": (NPROC, NPROC),
+        "core": (0, 0),
+        "sigpending": (SIGPENDING, SIGPENDING),
+        "msgqueue": (MSGQUEUE, MSGQUEUE),
+    }
 
 
 def test_an_image_with_a_volume_is_refused_before_anything_is_made() -> None:
