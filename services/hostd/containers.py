@@ -1041,8 +1041,7 @@ class ContainerManager:
                     if not facts.disk_quota_supported:
                         # The engine's SizeRw leaves out directories and empty files; a quota
                         # counts their blocks itself (disk_bound.py).
-                        most = entries_most(layer, outside, spec.disk_bytes)
-                        entries = await self._docker(self.driver.layer_entries, container_id, most)
+                        entries = await self._layer_entries(alloc_id, container_id, layer, outside, spec)
                 except DockerDriverError:
                     continue
                 overrun = disk_overrun(layer, outside, spec.disk_bytes, entries=entries)
@@ -1068,6 +1067,27 @@ class ContainerManager:
                         bytes_per_s=round(rate),
                         in_s=round(wait, 2),
                     )
+
+    async def _layer_entries(
+        self, alloc_id: str, container_id: str, layer: int, outside: dict[str, int], spec: ContainerSpec
+    ) -> int:
+        """The entries of the container's layer, as many as need counting (disk_bound.py); 0
+        with a warning when an engine that answers will not list a container's changes, so
+        that its bytes are still held to the bound."""
+        most = entries_most(layer, outside, spec.disk_bytes)
+        try:
+            return await self._docker(self.driver.layer_entries, container_id, most)
+        except (EngineUnavailable, ContainerNotFound):
+            raise
+        except DockerDriverError as exc:
+            log.warning(
+                "hostd.layer_entries_unknown",
+                alloc_id=alloc_id,
+                error=str(exc),
+                hint="the engine did not list the container's changes: its files and directories "
+                "are not counted against its disk bound this time, its bytes still are",
+            )
+            return 0
 
     async def _stop_for(self, alloc_id: str, container_id: str, reason: FailureReason, detail: str) -> None:
         self._stopping[alloc_id] = reason
