@@ -14,6 +14,13 @@ offset: `tail -c +N`) out of the file, `cat` into it (from an offset: the
 file opened read-write on the shell's stdout, moved there by `dd seek=N
 count=0`). Paths and arguments are passed as the script's positional
 parameters, never spliced into it.
+
+What an exec sends is the container's to decide, not the helper's: a process of the
+container's may open an exec's stdout or stderr (/proc/<pid>/fd, as the same user) and write
+without end, holding the stream open. hostd, on the member's machine and outside every bound
+of the container's, keeps at most OUTPUT_MOST of a collected operation's output and
+ERRORS_MOST of any exec's stderr (a reading exec's stdout is held back by flow control
+instead): past either, the exec is ended and the operation fails, saying why.
 """
 
 import asyncio
@@ -22,10 +29,18 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import structlog
+
 from potluck.hostd.exec_bridge import ExecBridge, ExecProcess
+from potluck.hostd.exec_errors import ExecError
 from potluck.hostd.helper import HELPER_PATH
 
-__all__ = ["ContainerFiles", "FileStat", "OpResult", "ReadStream", "WriteStream", "parse_stat"]
+__all__ = [
+    "ERRORS_MOST", "OUTPUT_MOST", "ContainerFiles", "FileStat", "OpResult", "ReadStream", "WriteStream",
+    "parse_stat",
+]  # fmt: skip
+
+log = structlog.get_logger(__name__)
 
 # Relative paths are taken from the user's home, as sshd's sftp-server does.
 _PRELUDE = "B=" + HELPER_PATH + '; cd "$HOME" 2>/dev/null || cd /; '
@@ -35,6 +50,11 @@ STAT_FORMAT = "%f %s %u %g %X %Y"
 READ_BUFFER = 4 << 20
 #: Input queued to a writing exec before the writer waits.
 WRITE_BUFFER = 4 << 20
+#: The most output a collected operation may send: the listing of a directory of some
+#: 500,000 entries (a stat line and a name each).
+OUTPUT_MOST = 32 << 20
+#: The most any exec may send on its stderr: the helper writes a message there, nothing more.
+ERRORS_MOST = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -71,7 +91,9 @@ class OpResult:
 class _Sink:
     """An exec's output, collected or streamed to a reader, and its end."""
 
-    def __init__(self, process: ExecProcess | None = None, limit: int = 0) -> None:
+    def __init__(self, process: ExecProcess, limit: int = 0, most: int = 0) -> None:
+        """`limit`: stdout held before reading pauses (a stream's reader takes it); `most`:
+        stdout kept at all before the exec is ended (a collected operation's)."""
         self.out = bytearray()
         self.err = bytearray()
         self.ended = asyncio.Event()
@@ -80,18 +102,40 @@ class _Sink:
         self.writable.set()
         self._process = process
         self._limit = limit
+        self._most = most
         self._paused = False
+        #: Why the exec was cut off (it sent more than hostd keeps); None while it was not.
+        self.overflow: str | None = None
 
     def exec_data(self, data: bytes, stderr: bool) -> None:
+        if self.overflow is not None:
+            return
         (self.err if stderr else self.out).extend(data)
+        if len(self.err) > ERRORS_MOST:
+            self._cut(f"wrote more than {ERRORS_MOST} bytes of errors")
+            return
+        if self._most and len(self.out) > self._most:
+            self._cut(f"sent more than {self._most} bytes of output")
+            return
         self.more.set()
-        if self._limit and not stderr and len(self.out) > self._limit and self._process is not None:
+        if self._limit and not stderr and len(self.out) > self._limit:
             self._process.pause_reading()
             self._paused = True
 
+    def _cut(self, why: str) -> None:
+        """Stop taking the exec's output: drop what it sent and close its stream (hostd no
+        longer reads it, so a writer in the container blocks on a full pipe); whoever
+        waits for the exec learns why. Its processes are ended by the operation (`ended`)."""
+        self.overflow = f"the operation in the container {why}, which hostd does not take"
+        log.warning("container_files.exec_cut_off", exec_id=self._process.exec_id[:12], why=why)
+        self.out.clear()
+        self.err.clear()
+        self._process.close()
+        self.exec_eof()
+
     def taken(self) -> None:
         """The reader took output: read from the engine again if it was paused."""
-        if self._paused and len(self.out) <= self._limit // 2 and self._process is not None:
+        if self._paused and len(self.out) <= self._limit // 2:
             self._paused = False
             self._process.resume_reading()
 
@@ -121,6 +165,9 @@ class ReadStream:
         while len(sink.out) < size and not sink.ended.is_set():
             sink.more.clear()
             await sink.more.wait()
+        if sink.overflow is not None:
+            await self.process.terminate()
+            raise OSError(sink.overflow)
         data = bytes(sink.out[:size])
         del sink.out[:size]
         sink.taken()
@@ -132,7 +179,7 @@ class ReadStream:
         return data
 
     async def close(self) -> None:
-        if not self.sink.ended.is_set():
+        if not self.sink.ended.is_set() or self.sink.overflow is not None:
             await self.process.terminate()
 
 
@@ -156,12 +203,17 @@ class WriteStream:
                     await self.sink.writable.wait()
 
     def _failure(self) -> str:
+        if self.sink.overflow is not None:
+            return self.sink.overflow
         return self.sink.err.decode(errors="replace").strip() or "the writer in the container stopped"
 
     async def close(self) -> None:
         """Wait for everything to be written; OSError with the container's reason if it was not."""
         self.process.write_eof()
         await self.sink.ended.wait()
+        if self.sink.overflow is not None:
+            await self.process.terminate()
+            raise OSError(self.sink.overflow)
         status = await self.process.wait_exit()
         if status != 0:
             raise OSError(self._failure())
@@ -181,12 +233,15 @@ class ContainerFiles:
     async def run(self, script: str, *args: str, stdin: bytes = b"") -> OpResult:
         """Run `script` (with `args` as $1...) to its end: its exit status and output."""
         process = await self._start(script, args)
-        sink = _Sink()
+        sink = _Sink(process, most=OUTPUT_MOST)
         process.attach(sink)
         if stdin:
             process.write(stdin)
         process.write_eof()
         await sink.ended.wait()
+        if sink.overflow is not None:
+            await process.terminate()
+            raise ExecError(sink.overflow)
         status = await process.wait_exit()
         process.close()
         return OpResult(-1 if status is None else status, bytes(sink.out), bytes(sink.err))
@@ -215,6 +270,7 @@ class ContainerFiles:
             'exec "$B" cat'
         )
         process = await self._start(script, [path, str(offset)])
-        sink = _Sink(process)
+        # The writer's output goes to the file: it sends nothing but, at worst, a message.
+        sink = _Sink(process, most=ERRORS_MOST)
         process.attach(sink)
         return WriteStream(process, sink, offset)

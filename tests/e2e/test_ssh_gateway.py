@@ -591,3 +591,64 @@ async def test_a_subsystem_other_than_sftp_is_refused_with_its_reason(ssh_env: S
 
 def _no_agent() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+
+
+#: Waits for hostd's SFTP exec that works on /big, and floods its stdout and stderr.
+_FLOODER = """cat > /flood.sh <<'EOF'
+while :; do
+  for p in /proc/[0-9]*; do
+    case "$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)" in
+      *potluck-sftp\\ /big*)
+        yes | head -c 150000000 > $p/fd/1 &
+        yes | head -c 150000000 > $p/fd/2 &
+        exit;;
+    esac
+  done
+done
+EOF
+mkdir /big && cd /big && touch $(seq 400) && cd / && ls /big | wc -l
+sh /flood.sh < /dev/null > /dev/null 2>&1 &
+"""
+
+
+async def test_a_container_flooding_hostds_own_sftp_operations_cannot_fill_hostds_memory(
+    ssh_env: SshEnv,
+) -> None:
+    """What is tried: in the busybox image (no sftp-server: hostd serves SFTP itself, each
+    operation an exec of the helper whose output hostd collects), a process of the container's
+    waits for the exec that works on /big and writes 150 MB into each of its stdout and stderr
+    (through /proc/<pid>/fd, as root in the container may), while the user lists /big with
+    OpenSSH's sftp. What must hold: hostd's link (a process on the member's machine, outside
+    every bound of the container's) grows by less than 100 MB, the listing ends (it fails)
+    rather than hanging, and once the flooder is gone the next listing is served in full."""
+    await _running_allocation(ssh_env, "flood1")
+    host = ssh_env.hosts[0]
+    assert host.link is not None
+    made = await ssh_env.in_container(host, "flood1", _FLOODER)
+    assert made.split() == ["400"], made
+    await _wait_until_running(ssh_env, "flood1", "flood.sh")
+    before = peak = _rss_mb(host.link.pid)
+    argv = ssh_env.ssh_argv("flood1")
+    sftp = ["sftp", "-b", "-", *argv[1:]]
+    sftp[sftp.index("-p")] = "-P"
+    client = await asyncio.create_subprocess_exec(
+        *sftp, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=_no_agent()
+    )
+    listing = asyncio.ensure_future(client.communicate(b"ls /big\n"))
+    deadline = time.monotonic() + 60
+    while not listing.done() and time.monotonic() < deadline and peak - before < 400:
+        peak = max(peak, _rss_mb(host.link.pid))
+        await asyncio.sleep(0.1)
+    ended = listing.done()
+    if not ended:
+        client.kill()
+    await listing
+    assert peak - before < 100, (before, peak)
+    assert ended, "the listing hung"
+    assert client.returncode != 0
+    await _wait_until_gone(ssh_env, "flood1", "flood.sh")
+    again = await asyncio.to_thread(
+        subprocess.run, sftp, input=b"ls -1 /big\n", capture_output=True, timeout=60, env=_no_agent()
+    )
+    assert again.returncode == 0, again
+    assert len(again.stdout.split()) >= 400, again.stdout[:400]
