@@ -81,9 +81,14 @@ CORE = 0
 #   SIGPENDING  queued signals (real-time ones, and each POSIX timer holds one), against the
 #               machine's default of a few thousand to a hundred thousand (it scales with RAM);
 #   MSGQUEUE    bytes of POSIX message queues, against the default 819,200: two queues of
-#               the default size (10 messages of 8 KiB).
+#               the default size (10 messages of 8 KiB);
+#   MEMLOCK     locked memory, which shared memory locked with SHM_LOCK counts for the user
+#               as a whole (and every lock counts against the container's memory too): the
+#               usual default, set here rather than inherited from however the engine was
+#               started (unlimited on some machines).
 SIGPENDING = 1024
 MSGQUEUE = 204800
+MEMLOCK = 8 << 20
 # The lowest CPU weight the engine allows (cgroup v1 cpu.shares 2, v2 cpu.weight 1): the
 # owner's processes get a core from the pool's within a scheduler tick, the way BOINC runs
 # its work at idle priority; the quota (nano_cpus) still bounds the pool from above.
@@ -213,6 +218,7 @@ def ulimits() -> list[dict[str, Any]]:
         {"Name": "core", "Soft": CORE, "Hard": CORE},
         {"Name": "sigpending", "Soft": SIGPENDING, "Hard": SIGPENDING},
         {"Name": "msgqueue", "Soft": MSGQUEUE, "Hard": MSGQUEUE},
+        {"Name": "memlock", "Soft": MEMLOCK, "Hard": MEMLOCK},
     ]
 
 

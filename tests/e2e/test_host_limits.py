@@ -9,6 +9,7 @@ from pathlib import Path
 import docker
 
 from potluck.hostd.container_config import (
+    MEMLOCK,
     MSGQUEUE,
     NOFILE_HARD,
     NOFILE_SOFT,
@@ -331,7 +332,7 @@ async def test_a_container_cannot_use_up_what_the_members_root_shares_with_it(
     process of the member's could create a POSIX timer or queue a real-time signal) left
     nothing to the member's daemons and the other containers. Tried: 3000 real-time signals
     queued to a stopped process of the container's. Must hold: the container's limits on
-    pending signals and message-queue bytes are hostd's (read in its command's process and in
+    pending signals, message-queue bytes and locked memory are hostd's (read in its command's process and in
     an exec, as a session's), and no more signals than that limit were queued."""
     queue = (
         "sleep 3600 & p=$!; kill -STOP $p; i=0; while [ $i -lt 3000 ]; do kill -40 $p 2>/dev/null; "
@@ -354,5 +355,6 @@ async def test_a_container_cannot_use_up_what_the_members_root_shares_with_it(
             rows = {line[:26].strip(): line[26:].split()[:2] for line in text.splitlines()[1:]}
             assert rows["Max pending signals"] == [str(SIGPENDING)] * 2, text
             assert rows["Max msgqueue size"] == [str(MSGQUEUE)] * 2, text
+            assert rows["Max locked memory"] == [str(MEMLOCK)] * 2, text
     finally:
         driver.close()

@@ -14,6 +14,7 @@ from potluck.hostd.container_config import (
     LABEL_NAMESPACE,
     LABEL_SPEC,
     LABEL_WARM,
+    MEMLOCK,
     MSGQUEUE,
     NOFILE_HARD,
     NOFILE_SOFT,
@@ -68,6 +69,7 @@ def _inspect_as_the_engine_reports(spec: ContainerSpec, *, disk_quota: bool) -> 
             {"Name": "core", "Hard": 0, "Soft": 0},
             {"Name": "sigpending", "Hard": SIGPENDING, "Soft": SIGPENDING},
             {"Name": "msgqueue", "Hard": MSGQUEUE, "Soft": MSGQUEUE},
+            {"Name": "memlock", "Hard": MEMLOCK, "Soft": MEMLOCK},
         ],
         "Binds": None,
         "VolumesFrom": None,
@@ -253,7 +255,8 @@ def test_the_spec_survives_its_label() -> None:
 def test_create_kwargs_bound_open_files_and_processes() -> None:
     """The container gets soft and hard limits on open files and on its user's processes, a
     core limit of 0 it cannot raise, and limits on what the kernel counts for each user of the
-    machine (queued signals, message-queue bytes), which it shares with the machine's root."""
+    machine (queued signals, message-queue bytes, locked memory), which it shares with the
+    machine's root."""
     limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in create_kwargs(_spec(), disk_quota=False)["ulimits"]}
 
     assert limits == {
@@ -262,6 +265,7 @@ def test_create_kwargs_bound_open_files_and_processes() -> None:
         "core": (0, 0),
         "sigpending": (SIGPENDING, SIGPENDING),
         "msgqueue": (MSGQUEUE, MSGQUEUE),
+        "memlock": (MEMLOCK, MEMLOCK),
     }
 
 
