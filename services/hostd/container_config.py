@@ -19,6 +19,7 @@ network mode (`own_network`).
 """
 
 import json
+import posixpath
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -240,6 +241,22 @@ def image_refusals(image_inspect: dict[str, Any]) -> list[tuple[str, Any, Any, s
                 "bound: rebuild the image without VOLUME lines (a plain directory holds the same files)",
             )
         )
+    workdir = config.get("WorkingDir") or ""
+    if _kernel_directory(workdir):
+        # runc before 1.1.12 (CVE-2024-21626) set a container's working directory before it
+        # closed a descriptor of the machine's own cgroup directory: `WORKDIR /proc/self/fd/N`
+        # started the command with a directory of the member's machine as its own. No image
+        # has a reason to start in the kernel's file systems, patched runtime or not.
+        refusals.append(
+            (
+                "Image.Config.WorkingDir",
+                "",
+                workdir,
+                f"starts in {workdir} (WORKDIR), one of the kernel's own file systems (/proc, /sys, "
+                "/dev), through which a container could reach the member's machine: rebuild the "
+                "image with a WORKDIR of its own files",
+            )
+        )
     # The engine merges an image's labels into its containers': one in our namespace would
     # speak for hostd (whose container it is, its bounds) wherever hostd did not set it.
     # Named, never shown: a value is the image's business (and may copy another's spec).
@@ -257,6 +274,17 @@ def image_refusals(image_inspect: dict[str, Any]) -> list[tuple[str, Any, Any, s
             )
         )
     return refusals
+
+
+#: The kernel's file systems in every container: no image may start in them (`image_refusals`).
+KERNEL_DIRECTORIES = ("proc", "sys", "dev")
+
+
+def _kernel_directory(path: str) -> bool:
+    """Whether `path`, as the engine resolves a WORKDIR (from /, `..` taken), lies in one of
+    KERNEL_DIRECTORIES."""
+    parts = posixpath.normpath(posixpath.join("/", path)).split("/")
+    return len(parts) > 1 and parts[1] in KERNEL_DIRECTORIES
 
 
 def own_labels(values: dict[str, str]) -> dict[str, str]:

@@ -25,6 +25,7 @@ from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 
 VOLUME_IMAGE = "potluck-volume:1"
 HEALTHCHECK_IMAGE = "potluck-healthcheck:1"
+WORKDIR_IMAGE = "potluck-workdir:1"
 
 
 async def test_a_memory_hog_is_oom_killed_and_reported(pool: Pool, laptop: EnrolledHost) -> None:
@@ -356,5 +357,38 @@ async def test_a_container_cannot_use_up_what_the_members_root_shares_with_it(
             assert rows["Max pending signals"] == [str(SIGPENDING)] * 2, text
             assert rows["Max msgqueue size"] == [str(MSGQUEUE)] * 2, text
             assert rows["Max locked memory"] == [str(MEMLOCK)] * 2, text
+    finally:
+        driver.close()
+
+
+async def test_an_image_starting_in_the_kernels_file_systems_is_refused_before_anything_runs(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """Tried: an image whose WORKDIR is /proc/self/fd/7, the way runc before 1.1.12
+    (CVE-2024-21626) started a container in a directory of the member's machine through a
+    descriptor it had not closed yet. Must hold: hostd refuses it from the image's inspect,
+    whatever runc the member has: the allocation fails with limits_not_applied naming the
+    WORKDIR, and the engine never created a container for it."""
+    engine = docker_engines[0]
+    import_rootfs(
+        engine.url, rootfs_tarball(), WORKDIR_IMAGE, changes=["WORKDIR /proc/self/fd/7", 'CMD ["/bin/sh"]']
+    )
+    host = await pool.enroll("laptop-workdir")
+    pool.write_config(host, engine, allowed_images=[DEFAULT_TAG, "potluck-workdir:*"])
+    pool.start_hostd(host)
+    await pool.wait_for_host(host.host_id, "active")
+    driver = DockerDriver(engine.url)
+    try:
+        since = int(time.time()) - 1
+        await place(pool.store, host.host_id, "workdir", spec(image=WORKDIR_IMAGE))
+        await wait_for_status(pool, "workdir", "failed")
+        state = await allocation(pool.store, "workdir")
+        assert state is not None
+        assert state.reason == "limits_not_applied", (state.reason, state.detail)
+        assert state.detail is not None
+        assert f"the image {WORKDIR_IMAGE} starts in /proc/self/fd/7 (WORKDIR)" in state.detail, state.detail
+        events = driver.events(host.host_id, since=since, until=int(time.time()) + 1)
+        assert [e for e in events if e["allocation_id"] == "workdir"] == []
+        assert "workdir" not in {c.allocation_id for c in driver.list_managed(host.host_id)}
     finally:
         driver.close()

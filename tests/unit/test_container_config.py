@@ -281,6 +281,24 @@ def test_an_image_with_a_volume_is_refused_before_anything_is_made() -> None:
     assert image_refusals({}) == []
 
 
+@pytest.mark.parametrize(
+    "workdir",
+    ["/proc/self/fd/7", "/proc", "/sys/fs/cgroup", "/dev/shm", "/app/../proc/1/root", "proc/self/cwd"],
+)
+def test_an_image_starting_in_the_kernels_file_systems_is_refused(workdir: str) -> None:
+    """Tried: WORKDIRs in /proc, /sys and /dev, directly, through `..` and relative (the way
+    runc before 1.1.12 let `WORKDIR /proc/self/fd/N` start a container in a directory of the
+    machine's). Must hold: each is refused from the image's inspect, naming the directory."""
+    [(field, wanted, got, why)] = image_refusals({"Config": {"WorkingDir": workdir}})
+    assert (field, wanted, got) == ("Image.Config.WorkingDir", "", workdir)
+    assert why.startswith(f"starts in {workdir} (WORKDIR), one of the kernel's own file systems")
+
+
+@pytest.mark.parametrize("workdir", ["", "/", "/app", "/root/proc", "/procfs", "/srv/dev", "/device"])
+def test_an_image_starting_in_its_own_files_passes(workdir: str) -> None:
+    assert image_refusals({"Config": {"WorkingDir": workdir}}) == []
+
+
 def test_an_image_with_a_label_of_our_namespace_is_refused_naming_the_labels() -> None:
     """Tried: images carrying labels of Potluck's own namespace (`potluck.*`: the ones hostd
     reads, and any other, a probe's or one hostd may read later), among labels of their own.
