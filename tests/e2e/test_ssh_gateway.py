@@ -86,6 +86,28 @@ async def test_a_command_sees_the_containers_limits_and_returns_its_exit_status(
     assert (await ssh_env.ssh("lim1", "kill -TERM $$")).returncode == 143
 
 
+async def test_a_session_runs_with_no_more_than_the_containers_own_process(ssh_env: SshEnv) -> None:
+    """What is tried: a session (the OpenSSH client, the gateway, hostd's exec bridge) reads its
+    own privileges and limits and those of the container's first process. What must hold: the
+    same user, capabilities (effective, bounding, ambient), no-new-privileges, seccomp filter
+    and resource limits (hostd's core, signal and file limits among them): an exec gets nothing
+    the container was not given."""
+    await _running_allocation(ssh_env, "same1")
+    keys = ("Uid:", "Gid:", "CapEff:", "CapPrm:", "CapBnd:", "CapAmb:", "NoNewPrivs:", "Seccomp:")
+    read = (
+        "grep -E '^(" + "|".join(k.rstrip(":") for k in keys) + "):' /proc/{0}/status; cat /proc/{0}/limits"
+    )
+    session = await ssh_env.ssh("same1", read.format("self"))
+    first = await ssh_env.ssh("same1", read.format("1"))
+    assert session.returncode == 0, session
+    assert session.out == first.out
+    status = dict(line.split(":", 1) for line in session.out.splitlines() if line.startswith(keys))
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["Seccomp"].strip() == "2"
+    assert int(status["CapBnd"], 16) & (1 << 21) == 0  # no CAP_SYS_ADMIN
+    assert "Max core file size        0                    0" in session.out
+
+
 async def test_100mb_piped_in_and_back_out_arrive_byte_identical(ssh_env: SshEnv) -> None:
     await _running_allocation(ssh_env, "bulk1")
     data = os.urandom(100 * MB)
