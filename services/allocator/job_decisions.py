@@ -3,7 +3,8 @@
 A task's standing (`standing`, task_standing.py) is read from its latest attempt's
 allocation and the job's retry settings; `step` decides what a running job does next: complete
 once every task is final, cancel itself once its deadline passed, or request
-new attempts, as many as its parallelism, its pending bound and its user's
+new attempts (a task's retry once its pause after a failure is over, `retry_due`),
+as many as its parallelism, its pending bound and its user's
 quota room allow (a job never gets QUOTA_EXCEEDED: it waits for room). The new
 attempts of one step are one transaction: QuotaCharged on `quota-<user>` and
 JobTaskRequested on `job-<id>`, both with their expected versions (two
@@ -31,6 +32,7 @@ from potluck.allocator.task_standing import (
     TaskState,
     ended_as,
     retried,
+    retry_due,
     standing,
 )
 from potluck.contracts.allocation_events import (
@@ -77,6 +79,7 @@ __all__ = [
     "quota_room",
     "release_attempt",
     "retried",
+    "retry_due",
     "standing",
     "step",
 ]
@@ -185,6 +188,9 @@ class JobStep:
     waits_for_room: bool = False
     completed: JobCompleted | None = None
     cancelled: JobCancelled | None = None
+    #: The earliest moment a task that waits out its pause before a retry (retry_due) may be
+    #: retried: the job is to be stepped again then. None: no task waits so.
+    retry_at: datetime | None = None
 
 
 def step(
@@ -216,6 +222,7 @@ def step(
     looked = looking_at if looking_at is not None else (i for i in job.attempts if i not in known)
     newly: dict[int, TaskState] = {}
     retrying: list[int] = []
+    later: datetime | None = None
     active = pending = 0
     for index in sorted(set(looked)):
         if index in known:
@@ -224,7 +231,11 @@ def step(
         if found.state in FINAL_TASK:
             newly[index] = found.state
         elif found.state == "retrying":
-            retrying.append(index)
+            due = retry_due(job, index, allocations)
+            if due is not None and due > now:
+                later = due if later is None else min(later, due)
+            else:
+                retrying.append(index)
         elif found.state in ACTIVE_TASK:
             active += 1
             pending += found.state == "pending"
@@ -247,7 +258,7 @@ def step(
     waits_for_room = fit < slots
     slots = max(0, min(slots, fit))
     if slots == 0:
-        return JobStep([], settled=newly, active=active, waits_for_room=waits_for_room)
+        return JobStep([], settled=newly, active=active, waits_for_room=waits_for_room, retry_at=later)
     ids = new_id if new_id is not None else iter(new_alloc_id, None)
     queue_timeout = (deadline - now).total_seconds() if deadline is not None else QUEUE_WAIT_S
     requests = [
@@ -275,7 +286,14 @@ def step(
         StreamAppend(job_stream(job.job_id), list(recorded), job.version),
         *(StreamAppend(alloc_stream(r.alloc_id), [r], 0) for r in requests),
     ]
-    return JobStep(appends, settled=newly, requested=recorded, active=active, waits_for_room=waits_for_room)
+    return JobStep(
+        appends,
+        settled=newly,
+        requested=recorded,
+        active=active,
+        waits_for_room=waits_for_room,
+        retry_at=later,
+    )
 
 
 # --- the end of a job ---------------------------------------------------------------------------

@@ -4,8 +4,9 @@ The engine tells the driver of each event its model folded (`notice`): a
 job's own events, and any event of an allocation that is a job's attempt,
 mark that job dirty; an allocation of a user that ends frees quota room, so
 it also marks the user's jobs that waited for room. Each round of the
-reactions (reactions.py) then `drive`s the dirty jobs and those whose
-deadline is due, each through `engine.decide` (decided again when another
+reactions (reactions.py) then `drive`s the dirty jobs, those whose
+deadline is due and those with a task whose pause before its retry is over,
+each through `engine.decide` (decided again when another
 writer moved a stream first) with the pure `step` of job_decisions.py, under
 the engine's `placing` lock, so the quota room it sees counts the user's
 requests in flight. The attempts it requests are left pending, for the same
@@ -61,6 +62,8 @@ class JobDriver:
         self.tracked: dict[str, _Tracked] = {}
         #: Jobs with a deadline that have not ended, and when it passes.
         self.deadlines: dict[str, datetime] = {}
+        #: Jobs with a task waiting out its pause before a retry, and when the first is over.
+        self.retries_due: dict[str, datetime] = {}
         #: By user, the jobs that would have requested more attempts had the quota had room.
         self.waiting_for_room: dict[str, set[str]] = {}
 
@@ -92,6 +95,10 @@ class JobDriver:
         """Drive every dirty job and every job whose deadline is due; how many were driven."""
         now = self.engine.clock()
         self.dirty.update(job_id for job_id, at in self.deadlines.items() if at <= now)
+        paused = [job_id for job_id, at in self.retries_due.items() if at <= now]
+        for job_id in paused:
+            del self.retries_due[job_id]  # its step says when, if another task waits still
+        self.dirty.update(paused)
         todo = sorted(self.dirty)
         self.dirty.clear()
         for done, job_id in enumerate(todo):
@@ -115,6 +122,7 @@ class JobDriver:
             await self.release_attempts(job_id)
         if job.terminal:
             self.deadlines.pop(job_id, None)
+            self.retries_due.pop(job_id, None)
             tracked = self.tracked.get(job_id)
             if tracked is None or not open_attempts(job, engine.model.allocations.allocations, tracked.open):
                 self.tracked.pop(job_id, None)
@@ -146,6 +154,10 @@ class JobDriver:
         tracked = self.tracked.setdefault(job_id, _Tracked())
         tracked.settled.update(done.settled)
         tracked.open.difference_update(done.settled)
+        if done.retry_at is not None:
+            self.retries_due[job_id] = done.retry_at
+        else:
+            self.retries_due.pop(job_id, None)
         if done.waits_for_room:
             self.waiting_for_room.setdefault(job.user, set()).add(job_id)
         if done.requested:

@@ -21,6 +21,7 @@ change to the rules of `standing` here makes old checkpoints stale by itself.
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Literal, get_args
 
 from potluck.contracts.job_events import MAX_HOST_LOSSES, JobSpec
@@ -30,6 +31,8 @@ from potluck.readmodels.jobs import JobState
 __all__ = [
     "ACTIVE_TASK",
     "FINAL_TASK",
+    "MAX_RETRY_PAUSE_S",
+    "RETRY_PAUSE_S",
     "TASK_STATES",
     "Ended",
     "JobTallies",
@@ -38,18 +41,31 @@ __all__ = [
     "TaskState",
     "ended_as",
     "retried",
+    "retry_due",
+    "retry_pause",
     "standing",
 ]
 
 #: A task as `job show` counts it: `waiting` not requested yet (parallelism, quota), then its
 #: latest attempt's allocation state, `succeeded` (exit 0) or `failed` for good; `retrying`
-#: its latest attempt ended and another is about to be requested; `cancelled` the job ended first.
+#: its latest attempt ended and another is requested once its pause is over (retry_pause);
+#: `cancelled` the job ended first.
 TaskState = Literal[
     "waiting", "pending", "placed", "pulling", "running", "retrying", "succeeded", "failed", "cancelled"
 ]
 TASK_STATES: tuple[TaskState, ...] = get_args(TaskState)
 ACTIVE_TASK: frozenset[str] = frozenset({"pending", "placed", "pulling", "running"})
 FINAL_TASK: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+#: The pause between a task's attempt that failed and its retry: RETRY_PAUSE_S after its first
+#: failure, doubled with each one after, at most MAX_RETRY_PAUSE_S. Without it a task that fails
+#: at once (a typo in its command, an image that cannot be pulled) went round the pool as fast
+#: as a host could start it: 21 attempts in 40 s on one laptop, six events each, and a job of
+#: MAX_TASKS tasks with MAX_RETRIES retries could append millions of events in a few hours and
+#: keep the fair queue full of requests that fail again. A loss with the host is not the
+#: task's doing and is re-queued at once (MAX_HOST_LOSSES bounds those).
+RETRY_PAUSE_S = 1.0
+MAX_RETRY_PAUSE_S = 60.0
 
 #: How an attempt ended: the `retry_on` kinds, `succeeded` (exit 0), `released` (on request).
 Ended = Literal["exit", "oom", "failed", "lost", "succeeded", "released"]
@@ -84,6 +100,27 @@ def retried(spec: JobSpec, endings: Sequence[Ended]) -> bool:
     if last == "lost":
         return endings.count("lost") <= MAX_HOST_LOSSES
     return sum(1 for e in endings if e != "lost") <= spec.retries
+
+
+def retry_pause(endings: Sequence[Ended]) -> float:
+    """Seconds from the end of a task's latest attempt, its attempts having ended as `endings`
+    (oldest first), until its retry may be requested: none after a loss with its host."""
+    if endings[-1] == "lost":
+        return 0.0
+    failures = sum(1 for e in endings if e != "lost")
+    return min(RETRY_PAUSE_S * 2.0 ** min(failures - 1, 32), MAX_RETRY_PAUSE_S)
+
+
+def retry_due(job: JobState, index: int, allocations: Mapping[str, AllocationState]) -> datetime | None:
+    """When task `index`, `retrying`, may have its next attempt requested (retry_pause after its
+    latest attempt ended); None: at once."""
+    tried = job.attempts.get(index, ())
+    latest = allocations.get(tried[-1]) if tried else None
+    if latest is None or latest.ended_at is None:
+        return None
+    endings = [e for e in (_ended(allocations.get(a)) for a in tried) if e is not None]
+    pause = retry_pause(endings) if endings else 0.0
+    return latest.ended_at + timedelta(seconds=pause) if pause else None
 
 
 @dataclass(frozen=True)

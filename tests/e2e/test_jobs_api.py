@@ -11,7 +11,8 @@ import pytest
 
 from potluck.allocator.job_decisions import MAX_UNFINISHED_JOBS
 from potluck.allocator.paging import DEFAULT_LIMIT, MAX_LIMIT
-from potluck.contracts.job_events import MAX_TASKS, TASK_INDEX_ENV
+from potluck.allocator.task_standing import RETRY_PAUSE_S
+from potluck.contracts.job_events import MAX_RETRIES, MAX_TASKS, TASK_INDEX_ENV
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.user.client import Api as ClientApi
@@ -244,6 +245,70 @@ async def test_a_task_that_exits_3_fails_the_job_unless_retried(
     _, still = await alice.call("GET", f"/v1/jobs/{twice['id']}")
     assert all(t["kept_until"] for t in still["task_list"]), "the other job's are kept"
     await replay_agrees(pool)
+
+
+async def test_a_task_that_fails_at_once_is_retried_after_pauses_that_double_not_in_a_storm(
+    pool: Pool, one_host: EnrolledHost, http: aiohttp.ClientSession, test_image: str
+) -> None:
+    """Tried: a task that exits 3 at once, with `retries: 3` on `exit`; then a job of one such
+    task with the most retries, removed while its task waits out its first pause. Must hold:
+    the first job fails after 4 attempts, and the log shows each retry requested no sooner
+    than RETRY_PAUSE_S, 2x, 4x after the attempt before it ended (before, each came within a
+    few milliseconds, as fast as the host could start it); the second job is cancelled with
+    its task, and requests nothing after its removal."""
+    alice = Api(http, pool.api, await pool.add_user("alice"))
+    _, created = await alice.call(
+        "POST", "/v1/jobs", job(test_image, "exit 3", tasks=1, retries=3, retry_on=["exit"])
+    )
+    status, done = await alice.call("GET", f"/v1/jobs/{created['id']}?{WAIT}")
+    assert status == 200
+    assert done["state"] == "failed", (done, pool.logs())
+    task = done["task_list"][0]
+    assert (task["state"], task["attempts"], task["exit_code"]) == ("failed", 4, 3), task
+    attempts_of = await pool.store.pool.fetch(
+        "SELECT data->>'alloc_id' AS alloc_id FROM events"
+        " WHERE stream = $1 AND type = 'JobTaskRequested' ORDER BY position",
+        f"job-{created['id']}",
+    )
+    streams = [f"alloc-{r['alloc_id']}" for r in attempts_of]
+    rows = await pool.store.pool.fetch(
+        "SELECT stream, type, recorded_at FROM events WHERE stream = ANY($1::text[])"
+        " AND type IN ('AllocationRequested', 'AllocationExited')",
+        streams,
+    )
+    at = {(r["stream"], r["type"]): r["recorded_at"] for r in rows}
+    requested = [at[(stream, "AllocationRequested")] for stream in streams]
+    exited = [at[(stream, "AllocationExited")] for stream in streams]
+    assert len(streams) == 4, rows
+    for failures, (ended, retry) in enumerate(zip(exited, requested[1:], strict=False), start=1):
+        pause = (retry - ended).total_seconds()
+        assert pause >= RETRY_PAUSE_S * 2 ** (failures - 1), (failures, pause, rows)
+
+    _, storm = await alice.call(
+        "POST", "/v1/jobs", job(test_image, "exit 3", tasks=1, retries=MAX_RETRIES, retry_on=["exit"])
+    )
+    for _ in range(600):
+        _, seen = await alice.call("GET", f"/v1/jobs/{storm['id']}")
+        if seen["task_list"][0]["state"] == "retrying":
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the task never waited for a retry: {seen}\n{pool.logs()}")
+    status, removed = await alice.call("DELETE", f"/v1/jobs/{storm['id']}")
+    assert (status, removed["state"], removed["counts"]) == (200, "cancelled", {"cancelled": 1}), removed
+    stream = f"job-{storm['id']}"
+    attempts = await pool.store.pool.fetchval(
+        "SELECT count(*) FROM events WHERE stream = $1 AND type = 'JobTaskRequested'", stream
+    )
+    await asyncio.sleep(RETRY_PAUSE_S * 3)
+    assert (
+        await pool.store.pool.fetchval(
+            "SELECT count(*) FROM events WHERE stream = $1 AND type = 'JobTaskRequested'", stream
+        )
+        == attempts
+    ), "a removed job's pause ends in no retry"
+    _, after = await alice.call("GET", f"/v1/jobs/{storm['id']}")
+    assert (after["state"], after["task_list"][0]["state"]) == ("cancelled", "cancelled")
 
 
 async def test_a_big_job_does_not_starve_another_users_allocation_and_delete_releases_it(

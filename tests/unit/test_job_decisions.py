@@ -28,11 +28,13 @@ from potluck.allocator.job_decisions import (
     quota_room,
     release_attempt,
     retried,
+    retry_due,
     standing,
     step,
 )
 from potluck.allocator.job_schemas import CreateJob, Job
 from potluck.allocator.model import AllocatorModel
+from potluck.allocator.task_standing import MAX_RETRY_PAUSE_S, RETRY_PAUSE_S, retry_pause
 from potluck.contracts.allocation_events import (
     AllocationExited,
     AllocationExpired,
@@ -113,13 +115,19 @@ class Sim:
         """The job as GET /v1/jobs/{id} shows it (`first_tasks`), or as a listing does."""
         return Job.shown(self.job, self.model.job_tallies, self.allocations, first_tasks=first_tasks)
 
+    @property
+    def later(self) -> datetime:
+        """A moment after every pause before a retry is over: the latest event's, plus the longest."""
+        return self.log.records[-1].recorded_at + timedelta(seconds=MAX_RETRY_PAUSE_S)
+
     def decide(self, now: datetime | None = None, *, tracked: bool = True, **more: Any) -> JobStep:
+        """The step at `now`; by default once any task's pause before its retry is over."""
         return step(
             self.job,
             self.allocations,
             room=quota_room(self.quota, self.model.held_by(USER)),
             quota_version=self.model.quota_versions.get(USER, 0),
-            now=now or T0,
+            now=now or self.later,
             settled=self.settled if tracked else None,
             new_id=self.ids,
             **more,
@@ -338,6 +346,33 @@ def test_a_non_zero_exit_fails_the_task_unless_retries_were_asked() -> None:
     assert len(retrying.job.attempts[0]) == 2
 
 
+def test_a_failed_task_is_retried_only_after_a_pause_that_doubles_and_a_loss_at_once() -> None:
+    """Tried: a task that exits 3 again and again (retries 8 on `exit` and `lost`), stepped just
+    before and at the end of each pause after its attempt ended; then its host is lost.
+    Must hold: no retry is requested before RETRY_PAUSE_S after the first failure, 2x after
+    the second, ... never more than MAX_RETRY_PAUSE_S; each step before says when (`retry_at`);
+    one at the moment requests exactly the next attempt; after a loss with the host the task
+    is re-queued at once."""
+    sim = Sim(job_spec(1, retries=8, retry_on=("exit", "lost")))
+    sim.step()
+    for failures in range(1, 9):
+        sim.end(sim.job.alloc_ids()[-1], "exit")
+        ended = sim.allocations[sim.job.alloc_ids()[-1]].ended_at
+        assert ended is not None
+        pause = min(RETRY_PAUSE_S * 2 ** (failures - 1), MAX_RETRY_PAUSE_S)
+        due = ended + timedelta(seconds=pause)
+        assert retry_due(sim.job, 0, sim.allocations) == due
+        early = sim.step(now=due - timedelta(milliseconds=1))
+        assert (requested_of(early), early.retry_at) == ([], due), failures
+        assert standing(sim.job, 0, sim.allocations).state == "retrying"
+        assert requested_of(sim.step(now=due)) == [(0, failures + 1)], failures
+    assert retry_pause(["exit"] * 101) == MAX_RETRY_PAUSE_S, "the most retries never overflow it"
+    sim.end(sim.job.alloc_ids()[-1], "lost")
+    lost_at = sim.allocations[sim.job.alloc_ids()[-1]].ended_at
+    assert retry_due(sim.job, 0, sim.allocations) is None
+    assert requested_of(sim.step(now=lost_at)) == [(0, 10)]
+
+
 @pytest.mark.parametrize(
     ("outcome", "retry_on", "again"),
     [
@@ -444,7 +479,7 @@ def test_a_passed_deadline_cancels_the_job_and_its_attempts_are_released() -> No
     job, the running one freeing its capacity in the same append, and the job shows its tasks
     cancelled."""
     sim = Sim(job_spec(3, parallelism=2, deadline_s=60.0))
-    sim.step()
+    sim.step(now=sim.job.submitted_at)
     running, pending = sim.job.alloc_ids()
     sim.end(running, "run")
     assert sim.decide(now=sim.job.submitted_at + timedelta(seconds=59)).cancelled is None
