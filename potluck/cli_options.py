@@ -23,6 +23,31 @@ class FiniteRange(click.FloatRange):
         return number
 
 
+class ApiId(click.ParamType[str]):
+    """The id of one of the user's rows (an allocation, a job) as a command's argument: a
+    path segment of the API (client.segment encodes it), so neither empty nor `.` or `..`,
+    which a URL resolves away (`potluck job rm ..` asked DELETE /v1/)."""
+
+    name = "id"
+
+    def __init__(self, example: str, listing: str) -> None:
+        self.example = example
+        self.listing = listing
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value in ("", ".", ".."):
+            self.fail(
+                f"{value!r} is not an id: ids look like {self.example} (`{self.listing}` lists yours)",
+                param,
+                ctx,
+            )
+        return value
+
+
+ALLOC_ID = ApiId("a-9f8e7d6c5b4a", "potluck alloc ls")
+JOB_ID = ApiId("j-1b2c3d4e5f6a", "potluck job ls")
+
+
 def database_option(f: F) -> F:
     return click.option(
         "--database-url",

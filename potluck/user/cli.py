@@ -17,10 +17,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from potluck.cli_options import FiniteRange
+from potluck.cli_options import ALLOC_ID, FiniteRange
 from potluck.contracts.event_facts import event_facts
 from potluck.terminal import foreign
-from potluck.user.client import Api, ClientError, ExitCode, Login, config_path
+from potluck.user.client import Api, ClientError, ExitCode, Login, config_path, segment
 from potluck.user.remote import IDENTITY
 from potluck.user.ssh_keys import admitted_keys
 
@@ -379,7 +379,9 @@ def _wait(created: dict[str, Any], timeout: float, *, show_progress: bool) -> di
                 sys.exit(int(ExitCode.TIMEOUT))
             chunk = min(left, 10.0)
             current = call_api(
-                "GET", f"/v1/allocations/{created['id']}?wait=running&timeout={chunk:.1f}", timeout=chunk
+                "GET",
+                f"/v1/allocations/{segment(created['id'])}?wait=running&timeout={chunk:.1f}",
+                timeout=chunk,
             )
             if status is not None:
                 status.update(f"waiting for {created['id']} to run ({foreign(_state(current))})")
@@ -412,12 +414,12 @@ def ls(state: str | None, limit: int | None, as_json: bool, quiet: bool) -> None
 
 
 @alloc.command()
-@click.argument("alloc_id")
+@click.argument("alloc_id", type=ALLOC_ID)
 @JSON
 def show(alloc_id: str, as_json: bool) -> None:
     """One allocation with its event history."""
-    allocation = call_api("GET", f"/v1/allocations/{alloc_id}")
-    history = call_api("GET", f"/v1/allocations/{alloc_id}/events")["events"]
+    allocation = call_api("GET", f"/v1/allocations/{segment(alloc_id)}")
+    history = call_api("GET", f"/v1/allocations/{segment(alloc_id)}/events")["events"]
     if as_json:
         click.echo(json.dumps({**allocation, "events": history}))
         return
@@ -436,7 +438,7 @@ def show(alloc_id: str, as_json: bool) -> None:
 
 
 @alloc.command()
-@click.argument("alloc_ids", metavar="ALLOC_ID...", nargs=-1, required=True)
+@click.argument("alloc_ids", metavar="ALLOC_ID...", nargs=-1, required=True, type=ALLOC_ID)
 @JSON
 def rm(alloc_ids: tuple[str, ...], as_json: bool) -> None:
     """Release allocations: their containers are stopped and removed.
@@ -447,22 +449,22 @@ def rm(alloc_ids: tuple[str, ...], as_json: bool) -> None:
     potluck alloc rm $(potluck alloc ls -q)    every one of yours
     """
     if len(alloc_ids) == 1:
-        _show(call_api("DELETE", f"/v1/allocations/{alloc_ids[0]}"), as_json)
+        _show(call_api("DELETE", f"/v1/allocations/{segment(alloc_ids[0])}"), as_json)
         return
-    delete_each([f"/v1/allocations/{alloc_id}" for alloc_id in alloc_ids], as_json, _table)
+    delete_each([f"/v1/allocations/{segment(alloc_id)}" for alloc_id in alloc_ids], as_json, _table)
 
 
 @alloc.command()
-@click.argument("alloc_id")
+@click.argument("alloc_id", type=ALLOC_ID)
 @click.option("--by", default="1h", show_default=True, help="How much longer, e.g. 30m or 2h.")
 @JSON
 def extend(alloc_id: str, by: str, as_json: bool) -> None:
     """Let an allocation run longer."""
-    _show(call_api("POST", f"/v1/allocations/{alloc_id}/extend", {"by": by}), as_json)
+    _show(call_api("POST", f"/v1/allocations/{segment(alloc_id)}/extend", {"by": by}), as_json)
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("alloc_id")
+@click.argument("alloc_id", type=ALLOC_ID)
 @IDENTITY
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def ssh(alloc_id: str, identity: str | None, command: tuple[str, ...]) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import tomli_w
@@ -37,6 +37,15 @@ class ClientError(Exception):
         super().__init__(message)
         self.code = code
         self.api_code = api_code
+
+
+def segment(value: str) -> str:
+    """`value`, an id the user typed, as one segment of an API path: percent-encoded. Raw,
+    its `/`, `?` and `#` made it another endpoint or query: `potluck job rm
+    ../allocations/a-1` released that allocation, `potluck job show J/tasks` failed with a
+    traceback. (`.` and `..`, which URL libraries resolve away however they are spelled, are
+    refused by the commands' ApiId first.)"""
+    return quote(value, safe="")
 
 
 def config_path() -> Path:

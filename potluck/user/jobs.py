@@ -22,7 +22,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from potluck.cli_options import FiniteRange
+from potluck.cli_options import JOB_ID, FiniteRange
 from potluck.contracts.job_events import RETRY_ON
 from potluck.terminal import foreign
 from potluck.user.cli import (
@@ -39,7 +39,7 @@ from potluck.user.cli import (
     out,
     say_to_user,
 )
-from potluck.user.client import Api, ClientError, ExitCode, Login
+from potluck.user.client import Api, ClientError, ExitCode, Login, segment
 from potluck.user.ssh_keys import admitted_keys
 
 #: Task states in the order a summary lists them: the finished ones first, as users look for those.
@@ -156,7 +156,7 @@ def with_every_task(job: dict[str, Any]) -> dict[str, Any]:
     following = job.get("task_list_next")
     if following is None:
         return job
-    rest = list_rows(f"/v1/jobs/{job['id']}/tasks", "tasks", {}, None, after=following)
+    rest = list_rows(f"/v1/jobs/{segment(job['id'])}/tasks", "tasks", {}, None, after=following)
     return {**job, "task_list": [*job["task_list"], *rest], "task_list_next": None}
 
 
@@ -179,7 +179,7 @@ def _say_outcome(job: Mapping[str, Any]) -> None:
     many = counts.get("failed", 0)
     if not many:
         return
-    path = f"/v1/jobs/{job['id']}/tasks?state=failed&limit={FAILURES_SHOWN}"
+    path = f"/v1/jobs/{segment(job['id'])}/tasks?state=failed&limit={FAILURES_SHOWN}"
     try:
         failed: list[dict[str, Any]] = asyncio.run(Api(Login.load()).call("GET", path))["tasks"]
     except ClientError as exc:
@@ -202,7 +202,7 @@ def wait_for_job(job_id: str, timeout: float | None) -> dict[str, Any]:
     """The job once it ended, or as it was when `timeout` seconds passed; a progress bar of
     finished tasks on stderr when that is a terminal."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    job: dict[str, Any] = call_api("GET", f"/v1/jobs/{job_id}")
+    job: dict[str, Any] = call_api("GET", f"/v1/jobs/{segment(job_id)}")
     progress = (
         Progress(
             TextColumn("{task.description}"),
@@ -226,7 +226,7 @@ def wait_for_job(job_id: str, timeout: float | None) -> dict[str, Any]:
             left = round_s if deadline is None else min(round_s, deadline - time.monotonic())
             if left < 0.1:  # what would be asked for is "0.0": no request worth making
                 return job
-            job = call_api("GET", f"/v1/jobs/{job_id}?wait=done&timeout={left:.1f}", timeout=left)
+            job = call_api("GET", f"/v1/jobs/{segment(job_id)}?wait=done&timeout={left:.1f}", timeout=left)
         return job
     finally:
         if progress is not None:
@@ -378,28 +378,28 @@ def job_ls(limit: int | None, as_json: bool, quiet: bool) -> None:
 
 
 @job.command(name="show")
-@click.argument("job_id")
+@click.argument("job_id", type=JOB_ID)
 @JSON
 def job_show(job_id: str, as_json: bool) -> None:
     """A job: its tasks counted by state, then each task's state, host, exit code, attempts."""
-    _show_job(with_every_task(call_api("GET", f"/v1/jobs/{job_id}")), as_json)
+    _show_job(with_every_task(call_api("GET", f"/v1/jobs/{segment(job_id)}")), as_json)
 
 
 @job.command(name="rm")
-@click.argument("job_ids", metavar="JOB_ID...", nargs=-1, required=True)
+@click.argument("job_ids", metavar="JOB_ID...", nargs=-1, required=True, type=JOB_ID)
 @JSON
 def job_rm(job_ids: tuple[str, ...], as_json: bool) -> None:
     """Cancel jobs: what still runs is stopped, what waits is never started.
 
     Each is cancelled even if another is not yours; the exit code is then the first failure's."""
     if len(job_ids) == 1:
-        _show_job(call_api("DELETE", f"/v1/jobs/{job_ids[0]}"), as_json)
+        _show_job(call_api("DELETE", f"/v1/jobs/{segment(job_ids[0])}"), as_json)
         return
-    delete_each([f"/v1/jobs/{job_id}" for job_id in job_ids], as_json, _jobs_table)
+    delete_each([f"/v1/jobs/{segment(job_id)}" for job_id in job_ids], as_json, _jobs_table)
 
 
 @job.command(name="wait")
-@click.argument("job_id")
+@click.argument("job_id", type=JOB_ID)
 @WAIT_TIMEOUT
 @JSON
 def job_wait(job_id: str, timeout: float | None, as_json: bool) -> None:

@@ -19,6 +19,7 @@ import sys
 import click
 from rich.console import Console
 
+from potluck.cli_options import ALLOC_ID
 from potluck.terminal import foreign
 from potluck.user.client import ClientError
 from potluck.user.remote import IDENTITY, readable, ssh_command
@@ -29,7 +30,7 @@ err = Console(stderr=True)
 
 
 @click.command()
-@click.argument("alloc_id")
+@click.argument("alloc_id", type=ALLOC_ID)
 @click.option("-f", "--follow", is_flag=True, help="Follow what it prints; end when it stops.")
 @click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines.")
 @IDENTITY

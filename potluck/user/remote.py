@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from potluck.user.client import Api, ClientError, ExitCode, Login, config_path
+from potluck.user.client import Api, ClientError, ExitCode, Login, config_path, segment
 
 __all__ = ["IDENTITY", "allocation", "readable", "ssh_command", "ssh_script"]
 
@@ -63,7 +63,7 @@ def ssh_script(alloc_id: str, identity: str | None, script: str, *args: str) -> 
 
 def allocation(alloc_id: str) -> dict[str, Any]:
     """The allocation as the allocator shows it (ClientError if there is none of yours)."""
-    return dict(asyncio.run(Api(Login.load()).call("GET", f"/v1/allocations/{alloc_id}")))
+    return dict(asyncio.run(Api(Login.load()).call("GET", f"/v1/allocations/{segment(alloc_id)}")))
 
 
 #: States in which the allocation never had a container (yet), or has none any more.

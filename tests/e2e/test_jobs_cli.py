@@ -283,3 +283,73 @@ async def test_tasks_of_a_host_killed_mid_job_are_requeued_and_the_job_completes
         if not engine_up:
             await asyncio.to_thread(engine.start)
         await asyncio.to_thread(build_test_image, engine.url)
+
+
+@pytest.fixture
+async def one_host(pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path) -> TwoHosts:
+    """Alice logged in to a pool of one active host (the TwoHosts helpers, one host)."""
+    host = await pool.enroll("laptop-a")
+    pool.write_config(host, docker_engines[0], donate={"cpus": 1, "memory": "1G", "disk": "2G"})
+    pool.start_hostd(host)
+    await pool.central_services_ready()  # see HOST_FIXTURES_THAT_WAIT
+    await pool.wait_for_host(host.host_id, "active")
+    token = await pool.add_user("alice")
+    config = tmp_path / "client" / "client.toml"
+    Login(pool.api, token).save(config)
+    env = {**os.environ, "POTLUCK_CONFIG": str(config)}
+    return TwoHosts(pool, [host], [docker_engines[0]], token, env)
+
+
+async def test_an_id_that_is_a_path_names_no_other_endpoint_and_gets_a_clear_error(
+    one_host: TwoHosts, test_image: str
+) -> None:
+    """Tried: with a job and an allocation of alice's running, ids that are paths or queries
+    given to `job rm/show/wait` and `alloc rm/show/extend`, `logs` (`../allocations/ALLOC`,
+    `JOB/tasks`, `JOB?wait=done`, `../jobs/JOB`), and ids `.` and `..`. Must hold: each is
+    refused with a clear error and no traceback: a path or query is an id that is not hers
+    (exit 1, "no job"/"no allocation"), `.` and `..` are not ids (exit 2, before any
+    request); afterwards her allocation is still running, not released, and her job still
+    running (before, `job rm ../allocations/ALLOC` released the allocation, then failed with
+    a KeyError traceback)."""
+    p = one_host
+    job_id = await p.run("--tasks", "1", *TASK, "--image", test_image, "--", "sleep", "600")
+    created = await p.potluck(
+        "alloc", "create", "--cpus", "0.1", "--memory", "32M", "--image", test_image, "--json"
+    )
+    assert created.returncode == 0, created.stderr
+    alloc_id = json.loads(created.stdout)["id"]
+    refused = [
+        (("job", "rm", f"../allocations/{alloc_id}"), "no job"),
+        (("job", "rm", f"../allocations/{alloc_id}", f"{job_id}/tasks"), "no job"),
+        (("job", "show", f"{job_id}/tasks"), "no job"),
+        (("job", "show", f"{job_id}?wait=done"), "no job"),
+        (("job", "wait", "--timeout", "5", f"{job_id}/tasks"), "no job"),
+        (("alloc", "rm", f"../jobs/{job_id}"), "no allocation"),
+        (("alloc", "show", f"../jobs/{job_id}"), "no allocation"),
+        (("alloc", "extend", f"{alloc_id}/../{alloc_id}"), "no allocation"),
+    ]
+    for args, said in refused:
+        done = await p.potluck(*args)
+        assert done.returncode == ExitCode.REFUSED, (args, done.stdout, done.stderr)
+        assert said in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr, (args, done.stderr)
+    for args in (
+        ("job", "rm", ".."),
+        ("job", "rm", job_id, "."),
+        ("job", "show", ".."),
+        ("job", "wait", "."),
+        ("alloc", "rm", ".."),
+        ("alloc", "show", "."),
+        ("alloc", "extend", ".."),
+        ("logs", ".."),
+    ):
+        done = await p.potluck(*args)
+        assert done.returncode == ExitCode.USAGE, (args, done.stdout, done.stderr)
+        assert "is not an id" in done.stderr, (args, done.stderr)
+        assert " ls` lists yours" in done.stderr, (args, done.stderr)
+    job = await p.show(job_id)
+    assert job["state"] == "running", job
+    shown = await p.potluck("alloc", "show", alloc_id, "--json")
+    assert json.loads(shown.stdout)["state"] not in ("released", "expired"), shown.stdout
+    assert (await p.potluck("job", "rm", job_id)).returncode == 0
+    assert (await p.potluck("alloc", "rm", alloc_id)).returncode == 0
