@@ -48,6 +48,7 @@ from potluck.allocator.in_flight import InFlight, InFlightRequests
 from potluck.allocator.job_decisions import (
     attempt_request,
     cancellation,
+    check_job_size,
     check_unfinished_jobs,
     new_job_id,
 )
@@ -410,11 +411,13 @@ class AllocatorEngine:
         return self._my_job(user, job_id)
 
     async def submit_job(self, user: User, body: CreateJob) -> JobState:
-        """Record a new job; refused when the user has MAX_UNFINISHED_JOBS jobs not finished
+        """Record a new job; refused when its tasks' specs together are too large (400,
+        check_job_size), when the user has MAX_UNFINISHED_JOBS jobs not finished
         (403, before anything is appended), when no host could ever hold one task (422) or one
         task alone is more than the user's whole quota (403). Its tasks wait for room otherwise."""
         job_id = new_job_id()
         spec = body.spec()
+        check_job_size(spec)
         # The first task stands for all: they differ only in their environment.
         probe = attempt_request(job_id, user.name, spec, 0, 1, new_alloc_id())
         check_quota(user.quota, {}, spec.task.resources)

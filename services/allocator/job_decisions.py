@@ -17,6 +17,7 @@ already known final (`settled`), so a driver that keeps those between rounds
 pays for a job's active attempts, not for all its tasks.
 """
 
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -62,6 +63,7 @@ __all__ = [
     "ACTIVE_TASK",
     "FINAL_TASK",
     "MAX_BATCH",
+    "MAX_JOB_SPEC_BYTES",
     "MAX_PENDING",
     "MAX_UNFINISHED_JOBS",
     "QUEUE_WAIT_S",
@@ -72,6 +74,7 @@ __all__ = [
     "TaskState",
     "attempt_request",
     "cancellation",
+    "check_job_size",
     "check_unfinished_jobs",
     "ended_as",
     "new_job_id",
@@ -98,6 +101,16 @@ QUEUE_WAIT_S = 7 * 86400.0
 MAX_UNFINISHED_JOBS = 10
 
 
+#: Most bytes a job's tasks' specs may add up to: its tasks times one task's spec as the log
+#: records it (its command, env and ssh keys most of it). Each attempt's allocation records
+#: its spec (requested, then placed), and the allocator keeps it in memory for good: a body
+#: may be 256 KiB, and a job of 300 tasks of a 240 KB command grew the allocator by 290 KB an
+#: attempt (measured), so one of MAX_TASKS would take 2.9 GB, and a user's MAX_UNFINISHED_JOBS
+#: ten times that, from ten requests. A common task (a short command, a key or two) is under
+#: 1 KB: every task of the largest job fits.
+MAX_JOB_SPEC_BYTES = 32 << 20
+
+
 def new_job_id() -> str:
     return f"j-{uuid4().hex[:12]}"
 
@@ -111,6 +124,28 @@ def check_unfinished_jobs(unfinished: int, most: int = MAX_UNFINISHED_JOBS) -> N
             "(`potluck job wait`) or cancel one (`potluck job rm`, DELETE /v1/jobs/{job_id}) first",
             status=403,
         )
+
+
+def check_job_size(spec: JobSpec) -> None:
+    """Refuse a job whose tasks' specs together pass MAX_JOB_SPEC_BYTES (400, naming the
+    largest of command, env and ssh_keys)."""
+    each = len(spec.task.model_dump_json())
+    total = spec.tasks * each
+    if total <= MAX_JOB_SPEC_BYTES:
+        return
+    parts = {
+        "command": len(json.dumps(spec.task.command)),
+        "env": len(json.dumps(spec.task.env)),
+        "ssh_keys": len(json.dumps(spec.task.ssh_keys)),
+    }
+    largest = max(parts, key=lambda name: parts[name])
+    raise Rejected.invalid_field(
+        largest,
+        f"a job's tasks together may describe at most {MAX_JOB_SPEC_BYTES >> 20} MiB (each attempt "
+        f"records its task's command, env and ssh_keys): {spec.tasks} tasks of {each} bytes make "
+        f"{total / (1 << 20):.1f} MiB, {largest} the most of it; put a long script in the image "
+        "and run it from there, or submit fewer tasks per job",
+    )
 
 
 # --- the user's quota room ----------------------------------------------------------------------

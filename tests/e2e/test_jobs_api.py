@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from potluck.allocator.job_decisions import MAX_UNFINISHED_JOBS
+from potluck.allocator.job_decisions import MAX_JOB_SPEC_BYTES, MAX_UNFINISHED_JOBS
 from potluck.allocator.paging import DEFAULT_LIMIT, MAX_LIMIT
 from potluck.allocator.task_standing import RETRY_PAUSE_S
 from potluck.contracts.job_events import MAX_RETRIES, MAX_TASKS, TASK_INDEX_ENV
@@ -147,6 +147,32 @@ async def test_bad_jobs_get_a_clear_400_or_404_and_nothing_is_created(
         assert "j-000000000000" in answer["error"]["message"]
     status, listed = await alice.call("GET", "/v1/jobs")
     assert (status, listed) == (200, {"jobs": [], "next": None})
+    assert await count_streams(pool, "job-", "alloc-") == 0
+
+
+async def test_a_job_whose_tasks_together_describe_too_much_is_refused_and_appends_nothing(
+    pool: Pool, one_host: EnrolledHost, http: aiohttp.ClientSession, test_image: str
+) -> None:
+    """Tried: jobs whose tasks' specs add up past MAX_JOB_SPEC_BYTES: MAX_TASKS tasks of a 4 KB
+    command, 200 tasks of a 200 KB one, MAX_TASKS tasks with 16 long ssh keys, 1,000 tasks of
+    100 long environment variables. Must hold: each is a 400 INVALID_FIELD naming the field
+    that makes most of it and saying what to do; the log gets no job and no allocation (before,
+    each was accepted: each attempt then recorded its spec twice and kept it in the
+    allocator's memory for good, 290 KB an attempt for a 240 KB command)."""
+    alice = Api(http, pool.api, await pool.add_user("alice"))
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI" + "A" * 4000 + " me"
+    for change, field in (
+        ({"tasks": MAX_TASKS, "command": ["sh", "-c", "x" * 4000]}, "command"),
+        ({"tasks": 200, "command": ["true", "y" * 200_000]}, "command"),
+        ({"tasks": MAX_TASKS, "ssh_keys": [key] * 16}, "ssh_keys"),
+        ({"tasks": 1000, "env": {f"V{i}": "z" * 400 for i in range(100)}}, "env"),
+    ):
+        status, answer = await alice.call("POST", "/v1/jobs", {**job(test_image, "true"), **change})
+        assert status == 400, (field, answer)
+        assert answer["error"]["code"] == "INVALID_FIELD", answer
+        assert answer["error"]["field"] == field, answer
+        assert f"at most {MAX_JOB_SPEC_BYTES >> 20} MiB" in answer["error"]["message"], answer
+        assert "put a long script in the image" in answer["error"]["message"], answer
     assert await count_streams(pool, "job-", "alloc-") == 0
 
 

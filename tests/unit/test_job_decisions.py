@@ -18,11 +18,13 @@ from hypothesis import strategies as st
 from potluck.allocator.job_decisions import (
     FINAL_TASK,
     MAX_BATCH,
+    MAX_JOB_SPEC_BYTES,
     MAX_PENDING,
     QUEUE_WAIT_S,
     JobStep,
     Room,
     cancellation,
+    check_job_size,
     ended_as,
     open_attempts,
     quota_room,
@@ -55,6 +57,7 @@ from potluck.contracts.capacity import Capacity
 from potluck.contracts.job_events import (
     JOB_ID_ENV,
     MAX_HOST_LOSSES,
+    MAX_TASKS,
     TASK_INDEX_ENV,
     JobCancelled,
     JobCompleted,
@@ -65,6 +68,7 @@ from potluck.contracts.job_events import (
     job_stream,
 )
 from potluck.events import Event, Fold, StreamAppend, WrongExpectedVersion
+from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import AllocationState
 from potluck.readmodels.jobs import JobState
 from tests.unit.test_allocator_model import T0, RecordingLog
@@ -344,6 +348,37 @@ def test_a_non_zero_exit_fails_the_task_unless_retries_were_asked() -> None:
     retrying.end(retrying.job.alloc_ids()[-1], "exit")
     assert retrying.step().completed == JobCompleted(job_id=JOB, succeeded=0, failed=1)
     assert len(retrying.job.attempts[0]) == 2
+
+
+def test_a_job_is_refused_once_its_tasks_specs_together_pass_the_bound() -> None:
+    """Tried: jobs whose tasks times one task's recorded spec is just at MAX_JOB_SPEC_BYTES and
+    one byte past it; and the largest job of a common task (a short command, two keys). Must
+    hold: at the bound and the common job pass; past it, a 400 INVALID_FIELD naming the field
+    that makes most of it."""
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me"
+    common = JobSpec(tasks=MAX_TASKS, task=TASK.model_copy(update={"ssh_keys": [key, key]}), lifetime_s=600.0)
+    check_job_size(common)
+
+    def sized(tasks: int, extra: int) -> JobSpec:
+        return JobSpec(
+            tasks=tasks, task=TASK.model_copy(update={"command": ["true", "x" * extra]}), lifetime_s=600.0
+        )
+
+    base = len(sized(1, 0).task.model_dump_json())
+    tasks = 1000
+    each = MAX_JOB_SPEC_BYTES // tasks
+    at_bound = sized(tasks, each - base)
+    assert tasks * len(at_bound.task.model_dump_json()) <= MAX_JOB_SPEC_BYTES
+    check_job_size(at_bound)
+    past = sized(tasks, each - base + 1)
+    assert tasks * len(past.task.model_dump_json()) > MAX_JOB_SPEC_BYTES
+    with pytest.raises(Rejected) as refused:
+        check_job_size(past)
+    assert (refused.value.status, refused.value.code, refused.value.field) == (
+        400,
+        "INVALID_FIELD",
+        "command",
+    )
 
 
 def test_a_failed_task_is_retried_only_after_a_pause_that_doubles_and_a_loss_at_once() -> None:
