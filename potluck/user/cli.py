@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -59,6 +60,34 @@ def call_api(method: str, path: str, body: Any = None, *, timeout: float | None 
         return asyncio.run(Api(Login.load()).call(method, path, body, timeout=timeout))
     except ClientError as exc:
         bail(exc)
+
+
+#: How long one round of a wait (`alloc create --wait`, `job wait`, `run --wait`) rides out an
+#: allocator that cannot be reached or is still loading its log (503 NOT_READY) before it gives
+#: up with that error: a restart of the allocator takes a few seconds, and a script waiting on
+#: a job of hours failed (exit 3) in the first of them.
+OUTAGE_GRACE_S = 60.0
+
+
+def call_while_waiting(path: str, timeout: float, *, until: float | None = None) -> Any:
+    """GET `path`, one round of a wait; while the allocator cannot be reached or is not ready,
+    asked again each second (said once on stderr) for OUTAGE_GRACE_S at most, and never past
+    `until` (time.monotonic()); then its error, as call_api would."""
+    give_up = time.monotonic() + OUTAGE_GRACE_S
+    if until is not None:
+        give_up = min(give_up, until)
+    said = False
+    while True:
+        try:
+            return asyncio.run(Api(Login.load()).call("GET", path, timeout=timeout))
+        except ClientError as exc:
+            passing = exc.code is ExitCode.UNREACHABLE or exc.api_code == "NOT_READY"
+            if not passing or time.monotonic() + 1.0 > give_up:
+                bail(exc)
+            if not said:
+                say_to_user(f"{foreign(exc)}; asking again for up to {OUTAGE_GRACE_S:g}s")
+                said = True
+            time.sleep(1.0)
 
 
 def delete_each(paths: Sequence[str], as_json: bool, table: Callable[[list[Any]], Table]) -> None:
@@ -378,10 +407,10 @@ def _wait(created: dict[str, Any], timeout: float, *, show_progress: bool) -> di
                 )
                 sys.exit(int(ExitCode.TIMEOUT))
             chunk = min(left, 10.0)
-            current = call_api(
-                "GET",
+            current = call_while_waiting(
                 f"/v1/allocations/{segment(created['id'])}?wait=running&timeout={chunk:.1f}",
-                timeout=chunk,
+                chunk,
+                until=time.monotonic() + left,
             )
             if status is not None:
                 status.update(f"waiting for {created['id']} to run ({foreign(_state(current))})")

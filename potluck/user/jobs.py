@@ -30,6 +30,7 @@ from potluck.user.cli import (
     LIMIT,
     QUIET_IDS,
     call_api,
+    call_while_waiting,
     delete_each,
     err,
     ids_alone,
@@ -226,7 +227,9 @@ def wait_for_job(job_id: str, timeout: float | None) -> dict[str, Any]:
             left = round_s if deadline is None else min(round_s, deadline - time.monotonic())
             if left < 0.1:  # what would be asked for is "0.0": no request worth making
                 return job
-            job = call_api("GET", f"/v1/jobs/{segment(job_id)}?wait=done&timeout={left:.1f}", timeout=left)
+            job = call_while_waiting(
+                f"/v1/jobs/{segment(job_id)}?wait=done&timeout={left:.1f}", left, until=deadline
+            )
         return job
     finally:
         if progress is not None:

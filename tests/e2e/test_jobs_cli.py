@@ -353,3 +353,27 @@ async def test_an_id_that_is_a_path_names_no_other_endpoint_and_gets_a_clear_err
     assert json.loads(shown.stdout)["state"] not in ("released", "expired"), shown.stdout
     assert (await p.potluck("job", "rm", job_id)).returncode == 0
     assert (await p.potluck("alloc", "rm", alloc_id)).returncode == 0
+
+
+async def test_job_wait_rides_out_an_allocator_restart_and_exits_by_the_outcome(
+    one_host: TwoHosts, test_image: str
+) -> None:
+    """Tried: `potluck job wait` (piped, as a script runs it) on a job of one task that sleeps 15 s;
+    meanwhile the allocator is killed (SIGKILL) and started again a few seconds later. Must
+    hold: the wait says once on stderr that it asks again, carries on, and exits 0 once the job
+    succeeded, its task run once (one attempt); before, it exited 3 ("cannot reach the
+    allocator") at the first round after the kill, with the job still running."""
+    p = one_host
+    job_id = await p.run("--tasks", "1", *TASK, "--image", test_image, "--", "sleep", "15")
+    waiting = asyncio.create_task(p.potluck("job", "wait", job_id, "--timeout", "150", timeout=180))
+    await asyncio.sleep(3)  # the wait is in its first round (piped: rounds of 30 s)
+    assert not waiting.done(), waiting.result().stderr
+    p.pool.processes["allocator"].kill()
+    await asyncio.sleep(3)
+    p.pool.start_allocator(port=p.pool.api_port)
+    done = await waiting
+    assert done.returncode == ExitCode.OK, (done.stdout, done.stderr, p.pool.logs())
+    assert done.stderr.count("asking again") == 1, done.stderr
+    assert f"job {job_id} succeeded: 1 succeeded" in done.stderr, done.stderr
+    job = await p.show(job_id)
+    assert (job["state"], job["task_list"][0]["attempts"]) == ("succeeded", 1), job
