@@ -4,10 +4,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from potluck.allocator.paging import DEFAULT_LIMIT
 from potluck.allocator.schemas import (
+    ENV_NAME,
     Body,
     Command,
     Disk,
@@ -25,9 +26,11 @@ from potluck.contracts.capacity import MIN_CPUS, Capacity
 from potluck.contracts.job_events import (
     DEFAULT_KEEP_FOR_S,
     DEFAULT_RETRY_ON,
+    JOB_ID_ENV,
     MAX_KEEP_FOR_S,
     MAX_RETRIES,
     MAX_TASKS,
+    TASK_INDEX_ENV,
     JobSpec,
     RetryOn,
 )
@@ -50,6 +53,29 @@ def _whole(value: object) -> object:
     return value
 
 
+def _not_the_tasks_own(env: dict[str, str]) -> dict[str, str]:
+    # Each task gets its index and job id in these; a value given here was replaced unsaid.
+    given = sorted(name for name in env if name in (TASK_INDEX_ENV, JOB_ID_ENV))
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} is set by Potluck for each task (its index, its job's id); "
+            "name your variable otherwise"
+        )
+    return env
+
+
+#: A job's tasks' environment: not the variables Potluck sets for each task (the schema says so).
+JobEnv = Annotated[
+    EnvVars,
+    AfterValidator(_not_the_tasks_own),
+    Field(
+        json_schema_extra={
+            "propertyNames": {"pattern": ENV_NAME, "not": {"enum": [TASK_INDEX_ENV, JOB_ID_ENV]}}
+        }
+    ),
+]
+
+
 #: A count: an integer, written with or without a zero fraction.
 Count = Annotated[int, BeforeValidator(_whole)]
 #: Its bounds inside the type, before the validator: on an optional field (or after the
@@ -70,7 +96,7 @@ class CreateJob(Request):
         "stays up until released, which a task that must end on its own cannot be; to run the "
         "image's own command, name it (`docker image inspect` shows its Entrypoint and Cmd)."
     )
-    env: EnvVars = Field(default_factory=dict, max_length=128)
+    env: JobEnv = Field(default_factory=dict, max_length=128)
     ssh_keys: list[SshKey] = Field(
         default_factory=list, max_length=16, description="OpenSSH public keys, to reach a task with ssh."
     )

@@ -110,7 +110,8 @@ async def test_bad_jobs_get_a_clear_400_or_404_and_nothing_is_created(
     pool: Pool, http: aiohttp.ClientSession, test_image: str
 ) -> None:
     """Tried: zero and 100,000 tasks, a negative retry count, an unknown retry_on, an empty
-    command and none at all, a body that is not JSON, and an unknown job read and removed.
+    command and none at all, env naming POTLUCK_TASK_INDEX or POTLUCK_JOB_ID (which Potluck
+    sets), a body that is not JSON, and an unknown job read and removed.
     Must hold: 400 naming the field (or the malformed body), 404 for the job, and no job- or
     alloc- stream in the log afterwards."""
     await pool.wait_api()
@@ -126,6 +127,9 @@ async def test_bad_jobs_get_a_clear_400_or_404_and_nothing_is_created(
         ({"command": []}, "command"),
         # Without one a task is interactive, up until its lifetime ends: it would never end.
         ({"command": None}, "command"),
+        # Potluck sets these for each task: a value given was replaced without a word.
+        ({"env": {"POTLUCK_TASK_INDEX": "7"}}, "env"),
+        ({"env": {"OTHER": "x", "POTLUCK_JOB_ID": "j-000000000000"}}, "env"),
     ):
         body = {k: v for k, v in {**good, **change}.items() if v is not None}
         status, answer = await alice.call("POST", "/v1/jobs", body)
