@@ -358,15 +358,17 @@ async def test_an_id_that_is_a_path_names_no_other_endpoint_and_gets_a_clear_err
 async def test_job_wait_rides_out_an_allocator_restart_and_exits_by_the_outcome(
     one_host: TwoHosts, test_image: str
 ) -> None:
-    """Tried: `potluck job wait` (piped, as a script runs it) on a job of one task that sleeps 15 s;
+    """Tried: `potluck job wait` (piped, as a script runs it) on a job of one task that sleeps 25 s;
     meanwhile the allocator is killed (SIGKILL) and started again a few seconds later. Must
     hold: the wait says once on stderr that it asks again, carries on, and exits 0 once the job
     succeeded, its task run once (one attempt); before, it exited 3 ("cannot reach the
     allocator") at the first round after the kill, with the job still running."""
     p = one_host
-    job_id = await p.run("--tasks", "1", *TASK, "--image", test_image, "--", "sleep", "15")
+    job_id = await p.run("--tasks", "1", *TASK, "--image", test_image, "--", "sleep", "25")
     waiting = asyncio.create_task(p.potluck("job", "wait", job_id, "--timeout", "150", timeout=180))
-    await asyncio.sleep(3)  # the wait is in its first round (piped: rounds of 30 s)
+    # The wait has started (a second or two on a loaded machine) and is in its first round
+    # (piped: rounds of 30 s).
+    await asyncio.sleep(6)
     assert not waiting.done(), waiting.result().stderr
     p.pool.processes["allocator"].kill()
     await asyncio.sleep(3)
