@@ -35,8 +35,9 @@ from potluck.allocator.job_decisions import (
 )
 from potluck.allocator.kept import discard
 from potluck.contracts.allocation_events import AllocationEvent, Quota
-from potluck.contracts.job_events import JobEvent, JobTaskRequested
+from potluck.contracts.job_events import JobEvent, JobSubmitted, JobTaskRequested
 from potluck.events import Event, RecordedEvent
+from potluck.events.tracing import continuing, trace_carrier_of, tracer
 from potluck.readmodels.allocations import TERMINAL_EVENTS
 
 if TYPE_CHECKING:
@@ -66,11 +67,16 @@ class JobDriver:
         self.retries_due: dict[str, datetime] = {}
         #: By user, the jobs that would have requested more attempts had the quota had room.
         self.waiting_for_room: dict[str, set[str]] = {}
+        #: The trace each unfinished job was submitted in, so that its tasks' requests join it
+        #: and `potluck ops trace` follows a task as it follows any allocation.
+        self.traces: dict[str, dict[str, str]] = {}
 
     def notice(self, event: Event, record: RecordedEvent) -> bool:
         """After the model folded `event`: whether a job has something to do now."""
         if isinstance(event, JobEvent):
             self.dirty.add(event.job_id)
+            if isinstance(event, JobSubmitted) and (carrier := trace_carrier_of(record.metadata)):
+                self.traces[event.job_id] = carrier
             if isinstance(event, JobTaskRequested):
                 self.tracked.setdefault(event.job_id, _Tracked()).open.add(event.task_index)
             job = self.engine.model.jobs.jobs.get(event.job_id)
@@ -115,7 +121,11 @@ class JobDriver:
         if job is None:
             return
         if not job.terminal:
-            done = await engine.decide(lambda: self._step(job_id))
+            with (
+                continuing(self.traces.get(job_id)),
+                tracer().start_as_current_span("job step", attributes={"potluck.job_id": job_id}),
+            ):
+                done = await engine.decide(lambda: self._step(job_id))
             self._took(job_id, done)
             job = engine.model.jobs.jobs[job_id]
         if job.status == "cancelled":
@@ -123,6 +133,7 @@ class JobDriver:
         if job.terminal:
             self.deadlines.pop(job_id, None)
             self.retries_due.pop(job_id, None)
+            self.traces.pop(job_id, None)
             tracked = self.tracked.get(job_id)
             if tracked is None or not open_attempts(job, engine.model.allocations.allocations, tracked.open):
                 self.tracked.pop(job_id, None)

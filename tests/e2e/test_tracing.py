@@ -587,3 +587,53 @@ def test_processes_fail_at_start_on_a_bad_setting(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "OTEL_EXPORTER_OTLP_PROTOCOL" in done.stderr
+
+
+async def test_a_jobs_task_has_a_trace_that_ops_trace_prints(
+    tmp_path: Path, database_url: str, docker_engines: list[DockerEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried: on a pool keeping spans in a local file (as `potluck up` does), a job of one task is
+    submitted over HTTP (`POST /v1/jobs`), and `potluck ops trace` is asked for the task's
+    allocation, which the allocator requested itself. Must hold: it exits 0 and prints the task's
+    trace as one tree whose root is the job's `POST /v1/jobs`, with the allocator's `job step`
+    under it; it once said "tracing was off in the allocator then" although tracing was on."""
+    spans_file = tmp_path / "traces.jsonl"
+    async with _pool_with(
+        tmp_path / "pool", database_url, docker_engines, monkeypatch, POTLUCK_TRACES_FILE=str(spans_file)
+    ) as pool:
+        await _laptop(pool, docker_engines)
+        await pool.wait_api()
+        token = await pool.add_user("alice")
+        headers = {"Authorization": f"Bearer {token}"}
+        body = {
+            "tasks": 1,
+            "cpus": 0.5,
+            "memory": "64M",
+            "disk": "64M",
+            "image": DEFAULT_TAG,
+            "command": ["true"],
+        }
+        async with aiohttp.ClientSession() as http:
+            async with http.post(pool.api + "/v1/jobs", json=body, headers=headers) as response:
+                job = await response.json()
+                assert response.status == 201, job
+            async with http.get(
+                f"{pool.api}/v1/jobs/{job['id']}?wait=done&timeout=60", headers=headers
+            ) as response:
+                shown = await response.json()
+                assert response.status == 200, shown
+        [task] = shown["task_list"]
+        alloc_id = task["alloc_id"]
+
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            code, out, err = await _ops_trace(database_url, alloc_id, "--spans-file", str(spans_file))
+            if (code == 0 and "job step" in out) or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.5)
+
+    assert code == 0, f"{out}\n{err}"
+    trace_id, *tree = out.splitlines()
+    assert len(trace_id) == 32, out
+    assert tree[0].startswith("potluck-allocator  POST /v1/jobs  "), out
+    assert any(line.lstrip().startswith("potluck-allocator  job step  ") for line in tree[1:]), out
