@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from potluck.allocator.users import User
     from potluck.contracts.join_token import GatewayPin
     from potluck.events import Event, EventStore
+    from potluck.up_state import Running
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -87,11 +88,12 @@ async def with_store(database_url: str, work: Callable[["EventStore"], Awaitable
         await store.close()
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1, *, escaped: bool = False) -> None:
     from potluck.kernel.terminal_text import shown
 
-    # A refusal may quote what another party wrote (the registry's or hostd's words).
-    click.echo(f"error: {shown(message)}", err=True)
+    # A refusal may quote what another party wrote (the registry's or hostd's words);
+    # `escaped`: the caller has shown it already, line by line.
+    click.echo(f"error: {message if escaped else shown(message)}", err=True)
     sys.exit(code)
 
 
@@ -901,12 +903,13 @@ def ops_hosts_enroll(
             pins = [_gateway_pin(f"{up.tunnel}={key}")]
     if database_url is None:
         raise click.UsageError(
-            f"give --database-url (or POTLUCK_DATABASE_URL): no `potluck up` pool runs with state in {up_dir}"
+            "give --database-url (or POTLUCK_DATABASE_URL): "
+            f"no `potluck up` pool runs with state in {up_dir} (`potluck up` starts one)"
         )
     if credentials_out is None and join_nats_url is None:
         raise click.UsageError(
             "give --nats-url (or POTLUCK_JOIN_NATS_URL), the NATS URL members reach: "
-            f"no `potluck up` pool runs with state in {up_dir}"
+            f"no `potluck up` pool runs with state in {up_dir} (`potluck up` starts one)"
         )
     if nats_auth_file is not None and service_seed_file is None:
         raise click.UsageError("--nats-auth-file needs --service-seed-file: the services' key stays in it")
@@ -1307,6 +1310,27 @@ def _decide_for_user(
     click.echo(json.dumps({"user": name, "token": token}))
 
 
+def _ports_asked_otherwise(ctx: click.Context, pool: "Running") -> list[str]:
+    """The port options given on the command line that the running `pool` does not listen on,
+    each as `--option ASKED (the pool's: PORT)`."""
+    listening = {
+        "api_port": pool.api,
+        "nats_port": pool.nats,
+        "postgres_port": pool.database.split("@", 1)[-1].split("/", 1)[0],
+        "ssh_port": pool.ssh,
+        "tunnel_port": pool.tunnel,
+        "registry_port": pool.registry,
+    }
+    differ = []
+    for name, address in listening.items():
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.COMMANDLINE or not address:
+            continue
+        port = address.rstrip("/").rsplit(":", 1)[-1]
+        if port != str(ctx.params[name]):
+            differ.append(f"--{name.replace('_', '-')} {ctx.params[name]} (the pool's: {port})")
+    return differ
+
+
 STATE_DIR = click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -1385,6 +1409,15 @@ def up(
     )
     already = up_state.running(settings.state_dir)
     if already is not None:
+        differ = _ports_asked_otherwise(ctx, already)
+        if differ:
+            # The running pool keeps its ports: saying "already up" alone would let the user
+            # believe the ports they asked for are the pool's.
+            fail(
+                f"a pool is already up with state in {settings.state_dir} (pid {already.pid}), on "
+                f"other ports than asked ({', '.join(differ)}); `potluck down` stops it, or give "
+                "--state-dir (or POTLUCK_HOME) another directory for a second pool"
+            )
         click.echo(f"already up (pid {already.pid}); `potluck down` stops it.")
         click.echo("\n".join(local.summary(already)))
         return
@@ -1416,7 +1449,10 @@ def up(
             with console.status("starting the pool in the background"):
                 ready = local.start_detached(settings, argv)
         except LocalStackError as exc:
-            fail(str(exc))
+            from potluck.kernel.terminal_text import shown
+
+            # Several lines (the end of up.log): each shown escaped, the line breaks kept.
+            fail("\n".join(shown(line) for line in str(exc).splitlines()), escaped=True)
         click.echo("\n".join(local.summary(ready)))
         return
 
@@ -1452,11 +1488,17 @@ def down(state_dir: Path | None) -> None:
     from potluck.localstack import LocalStackError
     from potluck.up_state import default_state_dir
 
+    state = state_dir or default_state_dir()
     try:
-        pid = local.stop(state_dir or default_state_dir())
+        pid = local.stop(state)
     except LocalStackError as exc:
         fail(str(exc))
-    click.echo("stopped." if pid else "not running.")
+    if pid is None:
+        fail(
+            f"not running: no `potluck up` pool runs with state in {state}, so nothing was stopped "
+            "(give --state-dir, or POTLUCK_HOME, the directory of the pool to stop)"
+        )
+    click.echo("stopped.")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def _database_of_a_running_pool(ctx: click.Context, param: click.Parameter, valu
     if up is None:
         raise click.UsageError(
             "give --database-url (or POTLUCK_DATABASE_URL): "
-            f"no `potluck up` pool runs with state in {state_dir}",
+            f"no `potluck up` pool runs with state in {state_dir} (`potluck up` starts one)",
             ctx,
         )
     return up.database

@@ -260,6 +260,8 @@ def start_detached(settings: UpSettings, argv: list[str], timeout: float = 600) 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     log = settings.state_dir / "up.log"
     with log.open("ab") as out:
+        # The log is kept across runs: only what this run writes explains its failure.
+        began = out.tell()
         proc = subprocess.Popen(
             [sys.executable, "-m", "potluck", *argv],
             stdout=out,
@@ -270,7 +272,9 @@ def start_detached(settings: UpSettings, argv: list[str], timeout: float = 600) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            with log.open("rb") as written:
+                written.seek(began)
+                tail = "\n".join(written.read().decode(errors="replace").splitlines()[-15:])
             raise LocalStackError(f"potluck up stopped (exit code {proc.returncode}):\n{tail}")
         found = running(settings.state_dir)
         if found is not None and found.pid == proc.pid:

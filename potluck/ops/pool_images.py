@@ -134,7 +134,7 @@ def publish(
     if docker_url is None or registry_address is None or registry_token_key is None:
         raise click.UsageError(
             "give --docker-url, --registry-address and --registry-token-key: "
-            f"no `potluck up` pool runs with state in {up_dir}"
+            f"no `potluck up` pool runs with state in {up_dir} (`potluck up` starts one)"
         )
     try:
         published = publish_image(

@@ -21,7 +21,16 @@ from rich.table import Table
 from potluck.cli_options import ALLOC_ID, FiniteRange
 from potluck.contracts.event_facts import event_facts
 from potluck.terminal import foreign
-from potluck.user.client import Api, ClientError, ExitCode, Login, config_path, segment
+from potluck.user.client import (
+    Api,
+    ClientError,
+    ExitCode,
+    Login,
+    allocator_url,
+    config_path,
+    gateway_address,
+    segment,
+)
 from potluck.user.remote import IDENTITY
 from potluck.user.ssh_keys import admitted_keys
 
@@ -269,10 +278,17 @@ def _show_condition(allocation: dict[str, Any]) -> None:
 @click.option("--gateway", default="127.0.0.1:2222", show_default=True, help="The SSH gateway, HOST:PORT.")
 def login(url: str, token: str, gateway: str) -> None:
     """Remember the allocator's URL and your token (checked against the allocator first)."""
-    candidate = Login(url.rstrip("/"), token, gateway)
     try:
+        candidate = Login(allocator_url(url), token, gateway_address(gateway))
         asyncio.run(Api(candidate).call("GET", "/v1/allocations?limit=1"))
     except ClientError as exc:
+        if exc.api_code == "NOT_FOUND":
+            # Something at that address speaks JSON errors, but has no allocator API there.
+            exc = ClientError(
+                f"{candidate.url} has no allocator API ({exc}); give `potluck login --url` the "
+                "`allocator API` address `potluck up` prints, e.g. http://127.0.0.1:8080",
+                ExitCode.USAGE,
+            )
         bail(exc)
     path = candidate.save()
     click.echo(f"logged in to {candidate.url}; saved in {path}")

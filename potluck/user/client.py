@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 import tomli_w
@@ -54,6 +54,43 @@ def config_path() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "potluck" / "client.toml"
+
+
+def allocator_url(given: str) -> str:
+    """`given` as the allocator's base URL (no trailing slash); a ClientError saying what to give
+    when it is not an http(s) address of a host, or names the API's own /v1 path."""
+    url = given.strip().rstrip("/")
+    parts = urlsplit(url)
+    example = "e.g. http://127.0.0.1:8080 (the `allocator API` line `potluck up` prints)"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ClientError(
+            f"{given!r} is not an http:// or https:// address: give the allocator's, {example}",
+            ExitCode.USAGE,
+        )
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked for it
+    except ValueError:
+        raise ClientError(
+            f"{given!r} has no valid port: give the allocator's address, {example}", ExitCode.USAGE
+        ) from None
+    if parts.path.endswith("/v1"):
+        raise ClientError(
+            f"{given!r} names the API's /v1 path: give the allocator's address without it, {example}",
+            ExitCode.USAGE,
+        )
+    return url
+
+
+def gateway_address(given: str) -> str:
+    """`given` as the SSH gateway's HOST:PORT; a ClientError saying what to give otherwise."""
+    host, _, port = given.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClientError(
+            f"{given!r} is not HOST:PORT: give the SSH gateway's address, e.g. 127.0.0.1:2222 "
+            "(the `SSH gateway` line `potluck up` prints)",
+            ExitCode.USAGE,
+        )
+    return given.strip()
 
 
 @dataclass(frozen=True)
@@ -131,6 +168,15 @@ class Api:
         except TimeoutError:
             raise ClientError(
                 f"the allocator at {self.login.url} did not answer in time", ExitCode.UNREACHABLE
+            ) from None
+        except aiohttp.ClientError as exc:
+            # Something answered, but not as an HTTP server does (the SSH gateway's port, say),
+            # or the URL is not one aiohttp can ask (saved by hand, or in POTLUCK_URL).
+            raise ClientError(
+                f"{self.login.url} does not answer as the allocator's HTTP API does ({type(exc).__name__}); "
+                f"give `potluck login --url` the `allocator API` address `potluck up` prints, "
+                "e.g. http://127.0.0.1:8080",
+                ExitCode.UNREACHABLE,
             ) from None
 
     async def rows(

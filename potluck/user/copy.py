@@ -176,7 +176,13 @@ def _finish(
         if line.strip()
     )
     if status == 255:
-        raise CopyFailed(f"{what}: ssh could not reach the allocation: {said or 'no reason given'}", 255)
+        hint = ""
+        if "Permission denied (publickey)" in said:
+            # ssh offered only its default keys, and the allocation admits others.
+            hint = "; give -i with the private key of the --ssh-key the allocation was created with"
+        raise CopyFailed(
+            f"{what}: ssh could not reach the allocation: {said or 'no reason given'}{hint}", 255
+        )
     raise CopyFailed(f"{what} failed: {said or f'exit status {status}'}", int(ExitCode.REFUSED))
 
 

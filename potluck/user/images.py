@@ -8,6 +8,7 @@ line per finished layer when piped.
 """
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -40,9 +41,21 @@ def _docker() -> docker.DockerClient:
         return docker.from_env()
     except docker.errors.DockerException as exc:
         raise ClientError(
-            f"cannot reach your Docker engine ({exc}); is it running? (DOCKER_HOST says where)",
+            f"cannot reach your Docker engine ({exc}); is it running? "
+            f"(DOCKER_HOST says where{_pool_engine()})",
             ExitCode.UNREACHABLE,
         ) from None
+
+
+def _pool_engine() -> str:
+    """A hint naming the engine of a `potluck up` running here: on a machine where no Docker
+    answered, that pool started a private one, which is where the user builds and pushes."""
+    from potluck.up_state import default_state_dir, running
+
+    pool = running(default_state_dir())
+    if pool is None or not pool.docker or os.environ.get("DOCKER_HOST") == pool.docker:
+        return ""
+    return f"; the `potluck up` pool here runs its own: export DOCKER_HOST={pool.docker}"
 
 
 def push_with_progress(client: docker.DockerClient, reference: str, auth: dict[str, str], quiet: bool) -> str:

@@ -85,7 +85,8 @@ def readable(alloc_id: str) -> dict[str, Any]:
     if state in ("refused",):
         raise ClientError(f"allocation {alloc_id} was refused: it never had a container", ExitCode.REFUSED)
     raise ClientError(
-        f"allocation {alloc_id} is {state} and its container was removed (it was not kept, or its "
-        "keep_for is up): its logs and files are gone; ask for `--keep-for` to keep them after it ends",
+        f"allocation {alloc_id} is {state} and its container was removed (it was not kept, its "
+        "keep_for is up, or it was released): its logs and files are gone; ask for `--keep-for` "
+        "to keep them after it ends",
         ExitCode.REFUSED,
     )

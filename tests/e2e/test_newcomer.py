@@ -125,14 +125,48 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         again = potluck("up", "--detach", *ports, env=newcomer)
         assert again.returncode == 0
         assert "already up" in again.stdout
+        # Asked for other ports than the running pool's: it keeps its own, and says so (it
+        # once answered "already up", exit 0, and the user believed the port they asked for).
+        asked = str(free_port())
+        elsewhere = potluck("up", "--detach", "--api-port", asked, env=newcomer)
+        assert elsewhere.returncode == 1, elsewhere.stdout + elsewhere.stderr
+        assert f"--api-port {asked} (the pool's: {api.rsplit(':', 1)[1]})" in elsewhere.stderr
+        assert "`potluck down` stops it" in elsewhere.stderr
+        assert "--state-dir" in elsewhere.stderr
 
         state = Path(newcomer["POTLUCK_HOME"])
         [hostd] = hostd_pids(state)
         os.kill(hostd, signal.SIGKILL)
         restarted_hostd(state, hostd)
 
+        # What a newcomer types wrong at login: each is a usage error (2) or an unreachable
+        # allocator (3) that names what to give instead, never a traceback, and saves nothing.
+        ssh_port = gateway.rsplit(":", 1)[1]
+        for url, given_gateway, code, says in (
+            (api.removeprefix("http://"), gateway, 2, "is not an http:// or https:// address"),
+            ("htp://127.0.0.1:1", gateway, 2, "is not an http:// or https:// address"),
+            (f"{api}/v1", gateway, 2, "names the API's /v1 path"),
+            (f"{api}/somewhere", gateway, 2, "has no allocator API"),
+            (f"http://127.0.0.1:{ssh_port}", gateway, 3, "does not answer as the allocator's HTTP API does"),
+            (api, "127.0.0.1", 2, "is not HOST:PORT"),
+            (api, "127.0.0.1:ssh", 2, "is not HOST:PORT"),
+        ):
+            wrong = potluck("login", "--url", url, "--token", token, "--gateway", given_gateway, env=newcomer)
+            assert wrong.returncode == code, (url, given_gateway, wrong.stderr)
+            assert says in wrong.stderr, (url, given_gateway, wrong.stderr)
+            assert "Traceback" not in wrong.stderr, wrong.stderr
+            assert "allocator API" in wrong.stderr or "SSH gateway" in wrong.stderr, wrong.stderr
+        assert not (tmp_path / "client.toml").exists(), "a refused login saves nothing"
+
         logged_in = potluck("login", "--url", api, "--token", token, "--gateway", gateway, env=newcomer)
         assert logged_in.returncode == 0, logged_in.stderr
+        # `potluck image push` with no engine where DOCKER_HOST says: the pool here started its own
+        # (the summary's `Docker engine`), and the error names it.
+        engine = next(line.split()[-1] for line in summary.splitlines() if line.startswith("Docker engine"))
+        no_engine = {**newcomer, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+        unpushed = potluck("image", "push", "my-sim:1", env=no_engine)
+        assert unpushed.returncode == 3, unpushed.stderr
+        assert f"export DOCKER_HOST={engine}" in unpushed.stderr, unpushed.stderr
         key = tmp_path / "id_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
         created = potluck(
@@ -268,7 +302,12 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         stopped = potluck("down", env=newcomer, timeout=180)
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped" in stopped.stdout
-    assert potluck("down", env=newcomer).stdout.strip() == "not running."
+    # Twice: nothing runs there any more, which is an error naming the directory looked in.
+    twice = potluck("down", env=newcomer)
+    assert twice.returncode == 1, twice.stdout + twice.stderr
+    assert f"no `potluck up` pool runs with state in {newcomer['POTLUCK_HOME']}" in twice.stderr
+    assert "--state-dir" in twice.stderr
+    assert "Traceback" not in twice.stderr
     state = Path(newcomer["POTLUCK_HOME"])
     assert not (state / "up.pid").exists()
     assert (state / "postgres" / "data" / "PG_VERSION").exists(), "the event log is kept"
@@ -292,6 +331,9 @@ def test_operator_commands_without_a_pool_say_what_to_give(newcomer: dict[str, s
 
 
 def test_a_port_in_use_is_named(newcomer: dict[str, str]) -> None:
+    """Tried: `potluck up` with --api-port on a port something listens on, in the foreground and
+    twice with --detach. Must hold: each exits non-zero naming the port and the option to change;
+    the detached one shows its child's error as lines, once per run."""
     import socket
 
     with socket.socket() as busy:
@@ -308,9 +350,30 @@ def test_a_port_in_use_is_named(newcomer: dict[str, str]) -> None:
             str(free_port()),
             env=newcomer,
         )
+        # The same in the background: the child's error, its line breaks kept (they were
+        # shown as `\x0a`), and only this run's (up.log keeps earlier runs' lines too).
+        detached = [
+            potluck(
+                "up",
+                "--detach",
+                "--api-port",
+                str(port),
+                "--nats-port",
+                str(free_port()),
+                "--postgres-port",
+                str(free_port()),
+                env=newcomer,
+            )
+            for _ in range(2)
+        ]
     assert done.returncode != 0
     assert f"port {port} is in use" in done.stderr
     assert "--api-port" in done.stderr
+    for attempt in detached:
+        assert attempt.returncode == 1, attempt.stderr
+        assert "\\x0a" not in attempt.stderr, attempt.stderr
+        assert attempt.stderr.count(f"port {port} is in use") == 1, attempt.stderr
+        assert "Traceback" not in attempt.stderr, attempt.stderr
 
 
 @pytest.mark.parametrize(
