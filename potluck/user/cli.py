@@ -279,7 +279,13 @@ def _show_condition(allocation: dict[str, Any]) -> None:
 def login(url: str, token: str, gateway: str) -> None:
     """Remember the allocator's URL and your token (checked against the allocator first)."""
     try:
-        candidate = Login(allocator_url(url), token, gateway_address(gateway))
+        if not token.strip():
+            raise ClientError(
+                "--token is empty: give the token an operator gave you (`potluck ops users add` "
+                "prints one; `potluck up` prints a demo one)",
+                ExitCode.USAGE,
+            )
+        candidate = Login(allocator_url(url), token.strip(), gateway_address(gateway))
         asyncio.run(Api(candidate).call("GET", "/v1/allocations?limit=1"))
     except ClientError as exc:
         if exc.api_code == "NOT_FOUND":

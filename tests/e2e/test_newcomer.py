@@ -156,6 +156,9 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
             assert says in wrong.stderr, (url, given_gateway, wrong.stderr)
             assert "Traceback" not in wrong.stderr, wrong.stderr
             assert "allocator API" in wrong.stderr or "SSH gateway" in wrong.stderr, wrong.stderr
+        empty = potluck("login", "--url", api, "--token", "", "--gateway", gateway, env=newcomer)
+        assert empty.returncode == 2, empty.stderr
+        assert "--token is empty: give the token an operator gave you" in empty.stderr, empty.stderr
         assert not (tmp_path / "client.toml").exists(), "a refused login saves nothing"
 
         logged_in = potluck("login", "--url", api, "--token", token, "--gateway", gateway, env=newcomer)
