@@ -151,11 +151,13 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
             (api, "127.0.0.1", 2, "is not HOST:PORT"),
             (api, "127.0.0.1:ssh", 2, "is not HOST:PORT"),
         ):
-            wrong = potluck("login", "--url", url, "--token", token, "--gateway", given_gateway, env=newcomer)
-            assert wrong.returncode == code, (url, given_gateway, wrong.stderr)
-            assert says in wrong.stderr, (url, given_gateway, wrong.stderr)
-            assert "Traceback" not in wrong.stderr, wrong.stderr
-            assert "allocator API" in wrong.stderr or "SSH gateway" in wrong.stderr, wrong.stderr
+            mistyped = potluck(
+                "login", "--url", url, "--token", token, "--gateway", given_gateway, env=newcomer
+            )
+            assert mistyped.returncode == code, (url, given_gateway, mistyped.stderr)
+            assert says in mistyped.stderr, (url, given_gateway, mistyped.stderr)
+            assert "Traceback" not in mistyped.stderr, mistyped.stderr
+            assert "allocator API" in mistyped.stderr or "SSH gateway" in mistyped.stderr, mistyped.stderr
         empty = potluck("login", "--url", api, "--token", "", "--gateway", gateway, env=newcomer)
         assert empty.returncode == 2, empty.stderr
         assert "--token is empty: give the token an operator gave you" in empty.stderr, empty.stderr
