@@ -309,5 +309,10 @@ class GatewaySettings(BaseModel):
             for err in exc.errors():
                 field = str(err["loc"][0]) if err["loc"] else ""
                 source = ENV_PREFIX + field.upper() if field and field not in given else field
+                if err["type"] == "missing" and field in overrides:
+                    # Unset everywhere: name the option too, as `--help` lists it.
+                    option = "--" + field.replace("_", "-")
+                    problems.append(f"give {option} (or {ENV_PREFIX + field.upper()}): it is required")
+                    continue
                 problems.append(f"{source or '(settings)'}: {err['msg']}")
             raise SettingsError("; ".join(problems)) from None

@@ -88,6 +88,15 @@ def test_a_missing_state_dir_names_its_variable() -> None:
         GatewaySettings.from_env({})
 
 
+def test_a_missing_state_dir_the_cli_could_give_names_the_option_too() -> None:
+    """Tried: settings as `potluck sshgateway` asks for them (its --state-dir an override, here
+    not given) with no variable set. Must hold: the error names both the option and the variable
+    (it said "POTLUCK_SSHGATEWAY_STATE_DIR: Field required", pydantic's words)."""
+    with pytest.raises(SettingsError) as refused:
+        GatewaySettings.from_env({}, state_dir=None)
+    assert str(refused.value) == "give --state-dir (or POTLUCK_SSHGATEWAY_STATE_DIR): it is required"
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
