@@ -11,7 +11,9 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import asyncpg
 import structlog
 from nats.aio.client import Client as NATS
 
@@ -20,7 +22,7 @@ from potluck.events.bus import StreamReplicasError
 from potluck.events.connection import connect_bus
 from potluck.events.relay import watch_relay_lag
 from potluck.kernel.metrics import pool_metrics
-from potluck.runner import run_tasks_until, run_until_signalled
+from potluck.runner import StoppedWhileStarting, run_tasks_until, run_until_signalled, unless_stopped
 from potluck.telemetry import TelemetryConfigError, configure_telemetry
 
 log = structlog.get_logger(__name__)
@@ -47,12 +49,51 @@ class Backends:
 Body = Callable[[EventStore, NATS], Awaitable[None]]
 
 
+def _redacted(url: str) -> str:
+    """`url` without its password, for an error a person reads."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "the URL given"
+    return url if password is None else url.replace(f":{password}@", ":***@", 1)
+
+
+class EventLogUnreachable(Exception):
+    """The event log's database did not let this service in; the message says which and why."""
+
+
+async def open_event_log(database_url: str) -> EventStore:
+    """The event store, or EventLogUnreachable saying which database did not answer and where
+    to name another (it was a traceback ending in ConnectionRefusedError)."""
+    try:
+        return await EventStore.open(database_url, max_size=10)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise EventLogUnreachable(
+            f"cannot open the event log at {_redacted(database_url)} ({exc}); is Postgres "
+            "running there, and the URL right? (--database-url or POTLUCK_DATABASE_URL)"
+        ) from None
+
+
 async def serve(name: str, backends: Backends, body: Body) -> None:
     async def main(stop: asyncio.Event) -> None:
+        try:
+            await start_and_serve(stop)
+        except StoppedWhileStarting:
+            log.info(f"{name}.stopped_while_starting")
+
+    async def start_and_serve(stop: asyncio.Event) -> None:
         async with contextlib.AsyncExitStack() as stack:
-            store = await EventStore.open(backends.database_url, max_size=10)
+            try:
+                store = await unless_stopped(stop, open_event_log(backends.database_url))
+            except EventLogUnreachable as exc:
+                # Raised here, not in unless_stopped's task: asyncio lets a SystemExit out of a
+                # task's step with a "Task exception was never retrieved" traceback.
+                raise SystemExit(f"error: {exc}") from None
             stack.push_async_callback(store.close)
-            nc = await connect_bus(backends.nats_url, name=f"potluck-{name}", seed=backends.seed())
+            nc = await unless_stopped(
+                stop, connect_bus(backends.nats_url, name=f"potluck-{name}", seed=backends.seed())
+            )
             stack.push_async_callback(nc.drain)
             # Before anything subscribes: later ensure_streams calls keep these replicas.
             try:

@@ -4,12 +4,15 @@ import asyncio
 import resource
 import signal
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 
 from potluck.kernel.cancellation import cancel_until_done
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 #: The soft limit of open files asked for when the hard one is unlimited.
@@ -47,6 +50,29 @@ async def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) 
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+class StoppedWhileStarting(Exception):
+    """SIGTERM or SIGINT came while the service was still connecting (see `unless_stopped`)."""
+
+
+async def unless_stopped(stop: asyncio.Event, step: Awaitable[T]) -> T:
+    """`step`'s result, or StoppedWhileStarting once `stop` is set first (`step` cancelled).
+
+    A service's start waits for its database and NATS, retrying NATS for as long as it takes;
+    `stop` was looked at only once it served, so Ctrl-C or `kill` did nothing meanwhile."""
+    doing = asyncio.ensure_future(step)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([doing, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not doing.done():
+            await cancel_until_done([doing, stopper])
+        else:
+            await cancel_until_done([stopper])
+    if doing.cancelled():
+        raise StoppedWhileStarting
+    return doing.result()
 
 
 async def run_tasks_until(stop: asyncio.Event, *tasks: Awaitable[None]) -> None:

@@ -1,0 +1,73 @@
+"""A central service started as the README's operator quick start does (`potluck registry &`),
+with its event log or its NATS not where the settings say: what the operator reads and can do."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from potluck.localstack import free_port
+
+
+def service_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POTLUCK_", "OTEL_"))}
+    return {
+        **env,
+        "POTLUCK_HOME": str(tmp_path / "state"),
+        "POTLUCK_DATABASE_URL": database_url,
+        # A port nothing listens on: NATS is not there.
+        "POTLUCK_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+    }
+
+
+def test_an_unreachable_event_log_is_named_without_a_traceback(tmp_path: Path) -> None:
+    """Tried: `potluck registry` and `potluck allocator` with POTLUCK_DATABASE_URL naming a port
+    where no Postgres listens, its password in the URL. Must hold: each exits 1 within seconds
+    with one error line naming the URL (password hidden) and where to give another, and no
+    Python traceback (it was one ending in ConnectionRefusedError)."""
+    url = f"postgresql://potluck:s3cret@127.0.0.1:{free_port()}/potluck"
+    for service in ("registry", "allocator"):
+        done = subprocess.run(
+            [sys.executable, "-m", "potluck", service],
+            env=service_env(url, tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1, (service, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+        assert "s3cret" not in done.stderr, done.stderr
+        assert "error: cannot open the event log at postgresql://potluck:***@127.0.0.1:" in done.stderr
+        assert "(--database-url or POTLUCK_DATABASE_URL)" in done.stderr, done.stderr
+
+
+def test_a_service_waiting_for_nats_stops_on_sigterm(database_url: str, tmp_path: Path) -> None:
+    """Tried: `potluck registry` with a real event log and NATS nowhere (it retries NATS), then
+    SIGTERM a few seconds later, as `kill %1` after `potluck registry &`. Must hold: it ends
+    within 10 s, exit 0, saying it stopped while starting (it went on retrying NATS for ever,
+    SIGTERM and SIGINT ignored until NATS answered)."""
+    log = tmp_path / "registry.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "potluck", "registry"],
+            env=service_env(database_url, tmp_path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "bus.error" not in log.read_text():  # it is retrying NATS now
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0, log.read_text()
+    assert "registry.stopped_while_starting" in log.read_text()
