@@ -157,7 +157,7 @@ async def plan_archive(
     if before is not None:
         limits.append((before - 1, f"--before {before}"))
     _check_age(keep_recent)
-    ages = [(keep_recent, "events younger than any stream keeps a message to redeliver stay")]
+    ages = [(keep_recent, "--keep-recent, the longest any stream may redeliver a message")]
     if older_than is not None:
         ages.append((older_than, "the age"))
     async with store.pool.acquire() as conn:
