@@ -32,7 +32,7 @@ from potluck.user.client import (
     segment,
 )
 from potluck.user.remote import IDENTITY
-from potluck.user.ssh_keys import admitted_keys
+from potluck.user.ssh_keys import admitted_keys, public_key_files
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 
@@ -314,7 +314,8 @@ def alloc() -> None:
     "--ssh-key",
     "ssh_keys",
     multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=public_key_files,
     help="Public key file allowed to SSH in (repeatable). Default: those of ~/.ssh/id_rsa.pub, "
     "id_ecdsa.pub and id_ed25519.pub that exist, the keys `ssh` offers.",
 )

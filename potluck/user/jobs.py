@@ -41,7 +41,7 @@ from potluck.user.cli import (
     say_to_user,
 )
 from potluck.user.client import Api, ClientError, ExitCode, Login, segment
-from potluck.user.ssh_keys import admitted_keys
+from potluck.user.ssh_keys import admitted_keys, public_key_files
 
 #: Task states in the order a summary lists them: the finished ones first, as users look for those.
 TASK_STATES = (
@@ -278,7 +278,8 @@ WAIT_TIMEOUT = click.option(
     "--ssh-key",
     "ssh_keys",
     multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=public_key_files,
     help="Public key file allowed to SSH into a task (repeatable). Default: those of "
     "~/.ssh/id_rsa.pub, id_ecdsa.pub and id_ed25519.pub that exist.",
 )

@@ -10,7 +10,9 @@ the ones admitted, and the user is told which (or that there are none, and how t
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["DEFAULT_IDENTITIES", "admitted_keys"]
+import click
+
+__all__ = ["DEFAULT_IDENTITIES", "admitted_keys", "public_key_files"]
 
 #: The usual identities OpenSSH offers by default (ssh(1), -i), in its order; its security-key
 #: (`_sk`) and legacy ones are left out.
@@ -31,3 +33,25 @@ def admitted_keys(given: tuple[Path, ...], say: Callable[[str], None]) -> list[s
             "it; `ssh-keygen -t ed25519` makes one, then give --ssh-key ~/.ssh/id_ed25519.pub"
         )
     return [path.read_text().strip() for path in found]
+
+
+def public_key_files(ctx: click.Context, param: click.Parameter, value: tuple[Path, ...]) -> tuple[Path, ...]:
+    """--ssh-key's files, each an existing file that is not a private key: a missing one says
+    how to make one, and a private key (the .pub left off) is never read into a request."""
+    for path in value:
+        if not path.is_file():
+            raise click.BadParameter(
+                f"{path}: no such file; `ssh-keygen -t ed25519` makes ~/.ssh/id_ed25519 and its "
+                "public half ~/.ssh/id_ed25519.pub, the file to give",
+                ctx,
+                param,
+            )
+        with path.open("rb") as head:
+            if head.read(64).lstrip().startswith(b"-----BEGIN"):
+                raise click.BadParameter(
+                    f"{path} is a private key, which stays on this machine: give its public half "
+                    f"({path}.pub)",
+                    ctx,
+                    param,
+                )
+    return value

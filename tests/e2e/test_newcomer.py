@@ -457,3 +457,27 @@ def test_every_command_has_help(newcomer: dict[str, str]) -> None:
     for result in results:
         assert result["code"] == 0, result
         assert "Usage: potluck" in result["output"], result
+
+
+@pytest.mark.parametrize("command", [["alloc", "create"], ["run", "--tasks", "1"]])
+def test_ssh_key_must_be_an_existing_public_key(
+    newcomer: dict[str, str], tmp_path: Path, command: list[str]
+) -> None:
+    """Tried: `--ssh-key` naming a file that does not exist, and the private key of a pair made
+    by the real ssh-keygen (the `.pub` left off). Must hold: exit 2 before anything is asked of
+    the allocator (no login needed), the missing file told how to make one, the private key
+    named as such and never read into a request (it was sent, and the allocator's 400 quoted
+    its first bytes back)."""
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    shape = ["--cpus", "1", "--memory", "64M", "--image", "potluck-default:latest"]
+    missing = potluck(*command, *shape, "--ssh-key", str(tmp_path / "none.pub"), "--", "true", env=newcomer)
+    assert missing.returncode == 2, missing.stderr
+    assert "no such file; `ssh-keygen -t ed25519` makes" in missing.stderr, missing.stderr
+    private = potluck(*command, *shape, "--ssh-key", str(key), "--", "true", env=newcomer)
+    assert private.returncode == 2, private.stderr
+    assert f"{key} is a private key, which stays on this machine: give its public half ({key}.pub)" in (
+        " ".join(private.stderr.split())
+    ), private.stderr
+    assert "BEGIN OPENSSH" not in private.stderr
+    assert "not logged in" not in private.stderr, "refused before any request"
