@@ -129,7 +129,12 @@ class Login:
                 "(or set POTLUCK_URL and POTLUCK_TOKEN)",
                 ExitCode.USAGE,
             )
-        return cls(str(url).rstrip("/"), str(token), str(gateway or "127.0.0.1:2222"))
+        try:
+            checked = allocator_url(str(url))
+        except ClientError as exc:
+            where = "POTLUCK_URL" if os.environ.get("POTLUCK_URL") else str(path)
+            raise ClientError(f"{where}: {exc}", exc.code) from None
+        return cls(checked, str(token), str(gateway or "127.0.0.1:2222"))
 
 
 class Api:

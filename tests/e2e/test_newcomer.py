@@ -408,6 +408,16 @@ def test_user_commands_without_login_say_what_to_do(newcomer: dict[str, str]) ->
     assert "potluck login" in done.stderr
 
 
+def test_a_url_in_potluck_url_without_its_scheme_is_named(newcomer: dict[str, str]) -> None:
+    """Tried: `potluck alloc ls` with POTLUCK_URL=localhost:8080 (no http://) and a token.
+    Must hold: exit 2 naming the variable and the form to give, no traceback (aiohttp's
+    InvalidUrlClientError came out as one)."""
+    done = potluck("alloc", "ls", env={**newcomer, "POTLUCK_URL": "localhost:8080", "POTLUCK_TOKEN": "pl_x"})
+    assert done.returncode == 2, done.stderr
+    assert "POTLUCK_URL: 'localhost:8080' is not an http:// or https:// address" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 #: Run in a process of its own: the CLI's group callbacks configure logging (structlog caches
 #: its loggers), which must not leak into the tests that run after this one in pytest's process.
 HELP_WALK = """
