@@ -180,6 +180,13 @@ def _finish(
         if "Permission denied (publickey)" in said:
             # ssh offered only its default keys, and the allocation admits others.
             hint = "; give -i with the private key of the --ssh-key the allocation was created with"
+        elif any(
+            cause in said for cause in ("Connection refused", "Connection timed out", "Could not resolve")
+        ):
+            hint = (
+                "; is the SSH gateway there up? `potluck login --gateway` names it (`potluck up` "
+                "prints it as `SSH gateway`)"
+            )
         raise CopyFailed(
             f"{what}: ssh could not reach the allocation: {said or 'no reason given'}{hint}", 255
         )

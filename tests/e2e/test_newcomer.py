@@ -235,6 +235,28 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         )
         assert answered.returncode == 0, answered.stdout + answered.stderr
         assert answered.stdout.startswith("Python 3."), answered.stdout
+        # The gateway given to login is wrong (nothing listens there): `potluck cp` says which
+        # setting names it, beside ssh's own words.
+        astray = tmp_path / "astray.toml"
+        astray.write_text(
+            re.sub(
+                r'gateway = "[^"]*"',
+                f'gateway = "127.0.0.1:{free_port()}"',
+                (tmp_path / "client.toml").read_text(),
+            )
+        )
+        (tmp_path / "small.csv").write_text("a,b\n")
+        unreached = potluck(
+            "cp",
+            "-i",
+            str(key),
+            str(tmp_path / "small.csv"),
+            f"{allocation['id']}:/root/",
+            env={**newcomer, "POTLUCK_CONFIG": str(astray)},
+        )
+        assert unreached.returncode == 255, unreached.stderr
+        assert "Connection refused" in unreached.stderr, unreached.stderr
+        assert "is the SSH gateway there up? `potluck login --gateway` names it" in unreached.stderr
         limit = potluck(
             "ssh",
             allocation["id"],
