@@ -448,8 +448,30 @@ async def _now() -> float:
     return asyncio.get_running_loop().time()
 
 
+#: readmodels' AllocationStatus, written out: importing it would load pydantic into every user
+#: command (tests/unit/test_cli_lazy_commands.py); tests/unit/test_user_states.py keeps them equal.
+ALLOCATION_STATES = (
+    "pending",
+    "placed",
+    "pulling",
+    "running",
+    "exited",
+    "failed",
+    "lost",
+    "expired",
+    "released",
+    "refused",
+)
+
+
 @alloc.command(name="ls")
-@click.option("--state", default=None, help="Only allocations in this state.")
+@click.option(
+    "--state",
+    # Checked here: a typo is wrong usage (exit 2), not a refusal by the allocator (exit 1).
+    type=click.Choice(ALLOCATION_STATES),
+    default=None,
+    help="Only allocations in this state.",
+)
 @LIMIT
 @JSON
 @QUIET_IDS

@@ -409,6 +409,7 @@ def test_a_port_in_use_is_named(newcomer: dict[str, str]) -> None:
         ["alloc", "create", "--cpus", "x"],
         ["alloc", "create", "--quiet", "--json"],
         ["alloc", "ls", "--quiet", "--json"],
+        ["alloc", "ls", "--state", "runing"],
         ["alloc", "rm"],
         ["alloc", "show"],
         ["host", "pause"],
