@@ -1310,6 +1310,18 @@ def _decide_for_user(
     click.echo(json.dumps({"user": name, "token": token}))
 
 
+def _a_size(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """`value` if it is a size (checked before anything starts: hostd would refuse it only once
+    the whole pool was up)."""
+    from potluck.kernel.sizes import parse_size
+
+    try:
+        parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    return value
+
+
 def _ports_asked_otherwise(ctx: click.Context, pool: "Running") -> list[str]:
     """The port options given on the command line that the running `pool` does not listen on,
     each as `--option ASKED (the pool's: PORT)`."""
@@ -1368,8 +1380,10 @@ STATE_DIR = click.option(
     help="The pool's image registry; part of every pool image's name, so keep it.",
 )
 @click.option("--cpus", type=FiniteRange(min=0.1), default=None, help="CPUs this machine donates.")
-@click.option("--memory", default="2G", show_default=True, help="Memory this machine donates.")
-@click.option("--disk", default="10G", show_default=True, help="Disk this machine donates.")
+@click.option(
+    "--memory", default="2G", show_default=True, callback=_a_size, help="Memory this machine donates."
+)
+@click.option("--disk", default="10G", show_default=True, callback=_a_size, help="Disk this machine donates.")
 @click.pass_context
 def up(
     ctx: click.Context,

@@ -91,7 +91,7 @@ def _engine(state_dir: Path, say: Say) -> tuple[str, DockerEngine | None]:
     return engine.url, engine
 
 
-async def _wait_online(api: str, token: str, timeout: float = 60) -> None:
+async def _wait_online(api: str, token: str, hostd_log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession() as http:
@@ -103,7 +103,19 @@ async def _wait_online(api: str, token: str, timeout: float = 60) -> None:
                     ):
                         return
             await asyncio.sleep(0.2)
-    raise LocalStackError("the local hostd did not come online; see the logs in the state directory")
+    # hostd says why it stopped in its own log (a donation past this machine, a bad setting):
+    # the reason belongs in the one error the person reads.
+    said = (
+        [
+            line.strip()
+            for line in hostd_log.read_text(errors="replace").splitlines()[-200:]
+            if line.startswith("error:")
+        ]
+        if hostd_log.exists()
+        else []
+    )
+    why = f": {said[-1].removeprefix('error: ')}" if said else ""
+    raise LocalStackError(f"the local hostd did not come online{why}; see {hostd_log}")
 
 
 async def _local_host(pool: LocalPool) -> EnrolledHost:
@@ -212,7 +224,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         await pool.wait_api()
         await asyncio.to_thread(wait_for_port, settings.ssh_port, what="the SSH gateway", timeout=60)
         token = await _demo_token(pool)
-        await _wait_online(pool.api, token)
+        await _wait_online(pool.api, token, pool.workdir / f"hostd-{host.name}.log")
         ready = Running(
             pid=os.getpid(),
             api=pool.api,

@@ -415,6 +415,7 @@ def test_a_port_in_use_is_named(newcomer: dict[str, str]) -> None:
         ["host", "pause"],
         ["nope"],
         ["up", "--api-port", "0"],
+        ["up", "--memory", "lots"],
     ],
 )
 def test_wrong_arguments_give_a_clear_error_and_a_non_zero_exit(
@@ -514,3 +515,23 @@ def test_ssh_key_must_be_an_existing_public_key(
     ), private.stderr
     assert "BEGIN OPENSSH" not in private.stderr
     assert "not logged in" not in private.stderr, "refused before any request"
+
+
+@pytest.mark.slow
+def test_up_says_why_its_hostd_did_not_come_online(newcomer: dict[str, str]) -> None:
+    """Tried: `potluck up --detach --memory 100T`, a donation past any machine this runs on
+    (a size, so it passes the options' check; hostd refuses it at start). Must hold: exit 1
+    with hostd's own reason in the error (it said only "did not come online; see the logs in
+    the state directory"), naming the log, and nothing started for the state directory is
+    left running."""
+    ports = [
+        *("--api-port", str(free_port()), "--nats-port", str(free_port())),
+        *("--postgres-port", str(free_port()), "--ssh-port", str(free_port())),
+        *("--tunnel-port", str(free_port()), "--registry-port", str(free_port())),
+    ]
+    done = potluck("up", "--detach", "--memory", "100T", *ports, env=newcomer, timeout=900)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the local hostd did not come online: " in done.stderr, done.stderr
+    assert "donate.memory: 100T is more than" in done.stderr, done.stderr
+    assert "hostd-local.log" in done.stderr, done.stderr
+    assert processes_mentioning(newcomer["POTLUCK_HOME"]) == []
