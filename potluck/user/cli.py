@@ -31,7 +31,7 @@ from potluck.user.client import (
     gateway_address,
     segment,
 )
-from potluck.user.remote import IDENTITY
+from potluck.user.remote import IDENTITY, allocation
 from potluck.user.ssh_keys import admitted_keys, public_key_files
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
@@ -545,8 +545,19 @@ def ssh(alloc_id: str, identity: str | None, command: tuple[str, ...]) -> None:
     """Open a shell (or run COMMAND) in an allocation's container through the gateway."""
     try:
         login_data = Login.load()
+        # Asked first: for an id that is not one of the user's allocations the gateway answers
+        # only "Permission denied (publickey)", as it must, which sends people after their keys.
+        found = allocation(alloc_id)
     except ClientError as exc:
         bail(exc)
+    if found["state"] in ("pending", "placed", "pulling"):
+        bail(
+            ClientError(
+                f"allocation {alloc_id} is {found['state']}: its container has not started yet; "
+                f"`potluck alloc create --wait` waits for it, or try again in a moment",
+                ExitCode.REFUSED,
+            )
+        )
     host, _, port = login_data.gateway.rpartition(":")
     from potluck.sshgateway.client import ssh_argv
 

@@ -276,6 +276,11 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         dashed = potluck("ssh", allocation["id"], "-i", str(key), "--", "-V", env=newcomer)
         assert "OpenSSH" not in dashed.stdout + dashed.stderr, dashed.stderr
         assert dashed.returncode != 0
+        # An id that is not one of the user's: the allocator says so (the gateway, rightly, says
+        # only "Permission denied (publickey)", which sent people after their keys).
+        stranger_id = potluck("ssh", "a-000000000000", "-i", str(key), "--", "true", env=newcomer)
+        assert stranger_id.returncode == 1, stranger_id.stderr
+        assert "no allocation a-000000000000 of yours" in stranger_id.stderr, stranger_id.stderr
 
         listed = potluck("alloc", "ls", "--json", env=newcomer)
         assert [a["id"] for a in json.loads(listed.stdout)] == [allocation["id"]]
