@@ -8,19 +8,24 @@ profile and disk bound, exactly as the user's own commands do: nothing is
 read or written through the host's view of the container's files, so no path
 (symlinks and `..` included) can lead out of the container.
 
-Short operations (stat, list, mkdir, rename, ...) collect their output;
-reading and writing a file are one long exec each, streamed: `cat` (from an
+Short operations (stat, mkdir, rename, ...) collect their output, at most
+RUN_OUTPUT bytes of it (more is an ExecError: hostd never holds what a
+container chooses to send without a bound); reading and writing a file, and
+listing a directory, are one long exec each, streamed: `cat` (from an
 offset: `tail -c +N`) out of the file, `cat` into it (from an offset: the
 file opened read-write on the shell's stdout, moved there by `dd seek=N
-count=0`). Paths and arguments are passed as the script's positional
-parameters, never spliced into it.
+count=0`). A streamed exec's output is buffered up to READ_BUFFER, then the
+engine's socket is left unread until the reader takes some, so what one
+stream holds in hostd is bounded whatever the file or directory holds.
+Paths and arguments are passed as the script's positional parameters, never
+spliced into it.
 
 What an exec sends is the container's to decide, not the helper's: a process of the
 container's may open an exec's stdout or stderr (/proc/<pid>/fd, as the same user) and write
-without end, holding the stream open. hostd, on the member's machine and outside every bound
-of the container's, keeps at most OUTPUT_MOST of a collected operation's output and
-ERRORS_MOST of any exec's stderr (a reading exec's stdout is held back by flow control
-instead): past either, the exec is ended and the operation fails, saying why.
+without end, holding the stream open. So no exec's output is held without a bound in hostd,
+on the member's machine and outside every bound of the container's: a short operation's and a
+writer's are capped at RUN_OUTPUT (past it the exec is ended and the operation fails, saying
+why), a stream's stdout is flow-controlled, and stderr is a message, kept to RUN_OUTPUT.
 """
 
 import asyncio
@@ -29,32 +34,31 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import structlog
-
 from potluck.hostd.exec_bridge import ExecBridge, ExecProcess
 from potluck.hostd.exec_errors import ExecError
 from potluck.hostd.helper import HELPER_PATH
 
 __all__ = [
-    "ERRORS_MOST", "OUTPUT_MOST", "ContainerFiles", "FileStat", "OpResult", "ReadStream", "WriteStream",
+    "ContainerFiles",
+    "FileStat",
+    "OpResult",
+    "ReadStream",
+    "StreamFailed",
+    "WriteStream",
     "parse_stat",
-]  # fmt: skip
-
-log = structlog.get_logger(__name__)
+]
 
 # Relative paths are taken from the user's home, as sshd's sftp-server does.
 _PRELUDE = "B=" + HELPER_PATH + '; cd "$HOME" 2>/dev/null || cd /; '
 #: %f raw mode (hex), size, uid, gid, atime, mtime.
 STAT_FORMAT = "%f %s %u %g %X %Y"
-#: Output buffered from a reading exec before the engine's socket is left unread.
-READ_BUFFER = 4 << 20
+#: Output buffered from a streaming exec before the engine's socket is left unread; also the
+#: most one read returns (a read waiting for more than the buffer holds would wait forever).
+READ_BUFFER = 1 << 20
 #: Input queued to a writing exec before the writer waits.
-WRITE_BUFFER = 4 << 20
-#: The most output a collected operation may send: the listing of a directory of some
-#: 500,000 entries (a stat line and a name each).
-OUTPUT_MOST = 32 << 20
-#: The most any exec may send on its stderr: the helper writes a message there, nothing more.
-ERRORS_MOST = 64 << 10
+WRITE_BUFFER = 1 << 20
+#: Output (stdout and stderr) a short operation may send: a stat line, a path, a message.
+RUN_OUTPUT = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -88,12 +92,21 @@ class OpResult:
         return self.err.decode(errors="replace").strip().removeprefix("potluck: ")
 
 
-class _Sink:
-    """An exec's output, collected or streamed to a reader, and its end."""
+class StreamFailed(OSError):
+    """A streamed exec ended with a status other than 0: `status`, and what it `said` on stderr."""
 
-    def __init__(self, process: ExecProcess, limit: int = 0, most: int = 0) -> None:
-        """`limit`: stdout held before reading pauses (a stream's reader takes it); `most`:
-        stdout kept at all before the exec is ended (a collected operation's)."""
+    def __init__(self, said: str, status: int) -> None:
+        super().__init__(said or f"exited with status {status}")
+        self.said = said
+        self.status = status
+
+
+class _Sink:
+    """An exec's output, collected or streamed to a reader, and its end. `limit`: stdout held
+    before reading from the engine pauses; `cap`: stdout and stderr together past which
+    `overflowed` is set and reading stops for good."""
+
+    def __init__(self, process: ExecProcess | None = None, limit: int = 0, cap: int = 0) -> None:
         self.out = bytearray()
         self.err = bytearray()
         self.ended = asyncio.Event()
@@ -102,40 +115,30 @@ class _Sink:
         self.writable.set()
         self._process = process
         self._limit = limit
-        self._most = most
+        self._cap = cap
         self._paused = False
-        #: Why the exec was cut off (it sent more than hostd keeps); None while it was not.
-        self.overflow: str | None = None
+        self.overflowed = False
 
     def exec_data(self, data: bytes, stderr: bool) -> None:
-        if self.overflow is not None:
+        if self.overflowed:
             return
+        if stderr and len(self.err) + len(data) > RUN_OUTPUT:
+            data = data[: max(0, RUN_OUTPUT - len(self.err))]  # a message, not a stream: kept short
         (self.err if stderr else self.out).extend(data)
-        if len(self.err) > ERRORS_MOST:
-            self._cut(f"wrote more than {ERRORS_MOST} bytes of errors")
-            return
-        if self._most and len(self.out) > self._most:
-            self._cut(f"sent more than {self._most} bytes of output")
-            return
         self.more.set()
-        if self._limit and not stderr and len(self.out) > self._limit:
+        if self._cap and len(self.out) + len(self.err) > self._cap:
+            self.overflowed = True
+            self.ended.set()
+            if self._process is not None:
+                self._process.pause_reading()
+            return
+        if self._limit and not stderr and len(self.out) > self._limit and self._process is not None:
             self._process.pause_reading()
             self._paused = True
 
-    def _cut(self, why: str) -> None:
-        """Stop taking the exec's output: drop what it sent and close its stream (hostd no
-        longer reads it, so a writer in the container blocks on a full pipe); whoever
-        waits for the exec learns why. Its processes are ended by the operation (`ended`)."""
-        self.overflow = f"the operation in the container {why}, which hostd does not take"
-        log.warning("container_files.exec_cut_off", exec_id=self._process.exec_id[:12], why=why)
-        self.out.clear()
-        self.err.clear()
-        self._process.close()
-        self.exec_eof()
-
     def taken(self) -> None:
         """The reader took output: read from the engine again if it was paused."""
-        if self._paused and len(self.out) <= self._limit // 2:
+        if self._paused and len(self.out) <= self._limit // 2 and self._process is not None:
             self._paused = False
             self._process.resume_reading()
 
@@ -160,14 +163,14 @@ class ReadStream:
         self.position = offset
 
     async def read(self, size: int) -> bytes:
-        """Up to `size` bytes at `position`; fewer only at the end of the file."""
+        """Up to `size` bytes at `position`, at most READ_BUFFER (more would never come: reading
+        from the engine pauses there); fewer than asked for only then or at the end.
+        StreamFailed if the exec ended with a status other than 0."""
         sink = self.sink
+        size = min(size, READ_BUFFER)
         while len(sink.out) < size and not sink.ended.is_set():
             sink.more.clear()
             await sink.more.wait()
-        if sink.overflow is not None:
-            await self.process.terminate()
-            raise OSError(sink.overflow)
         data = bytes(sink.out[:size])
         del sink.out[:size]
         sink.taken()
@@ -175,11 +178,12 @@ class ReadStream:
         if not data and sink.ended.is_set():
             status = await self.process.wait_exit()
             if status not in (0, None):
-                raise OSError(sink.err.decode(errors="replace").strip() or f"cat exited {status}")
+                said = sink.err.decode(errors="replace").strip().removeprefix("potluck: ")
+                raise StreamFailed(said, status)
         return data
 
     async def close(self) -> None:
-        if not self.sink.ended.is_set() or self.sink.overflow is not None:
+        if not self.sink.ended.is_set():
             await self.process.terminate()
 
 
@@ -203,17 +207,18 @@ class WriteStream:
                     await self.sink.writable.wait()
 
     def _failure(self) -> str:
-        if self.sink.overflow is not None:
-            return self.sink.overflow
+        if self.sink.overflowed:
+            return f"the writer in the container sent more than {RUN_OUTPUT} bytes of output"
         return self.sink.err.decode(errors="replace").strip() or "the writer in the container stopped"
 
     async def close(self) -> None:
         """Wait for everything to be written; OSError with the container's reason if it was not."""
         self.process.write_eof()
         await self.sink.ended.wait()
-        if self.sink.overflow is not None:
-            await self.process.terminate()
-            raise OSError(self.sink.overflow)
+        if self.sink.overflowed:
+            with contextlib.suppress(ExecError, OSError):
+                await self.process.terminate()
+            raise OSError(self._failure())
         status = await self.process.wait_exit()
         if status != 0:
             raise OSError(self._failure())
@@ -231,20 +236,30 @@ class ContainerFiles:
         return await self.bridge.open(self.alloc_id, argv, tty=False, env={})
 
     async def run(self, script: str, *args: str, stdin: bytes = b"") -> OpResult:
-        """Run `script` (with `args` as $1...) to its end: its exit status and output."""
+        """Run `script` (with `args` as $1...) to its end: its exit status and output; ExecError
+        if it sends more than RUN_OUTPUT (it is ended: what it sends is not held)."""
         process = await self._start(script, args)
-        sink = _Sink(process, most=OUTPUT_MOST)
+        sink = _Sink(process, cap=RUN_OUTPUT)
         process.attach(sink)
         if stdin:
             process.write(stdin)
         process.write_eof()
         await sink.ended.wait()
-        if sink.overflow is not None:
-            await process.terminate()
-            raise ExecError(sink.overflow)
+        if sink.overflowed:
+            with contextlib.suppress(ExecError, OSError):
+                await process.terminate()
+            raise ExecError(f"the operation sent more than {RUN_OUTPUT} bytes of output")
         status = await process.wait_exit()
         process.close()
         return OpResult(-1 if status is None else status, bytes(sink.out), bytes(sink.err))
+
+    async def stream(self, script: str, *args: str) -> ReadStream:
+        """Run `script` (with `args` as $1...), its output read as it comes (ReadStream)."""
+        process = await self._start(script, args)
+        sink = _Sink(process, READ_BUFFER)
+        process.attach(sink)
+        process.write_eof()
+        return ReadStream(process, sink, 0)
 
     async def has_sftp_server(self) -> bool | None:
         """Whether the image has an sftp-server of its own; None if the helper cannot run here."""
@@ -257,11 +272,9 @@ class ContainerFiles:
 
     async def read_stream(self, path: str, offset: int) -> ReadStream:
         script = '[ "$2" -eq 0 ] && exec "$B" cat -- "$1"; exec "$B" tail -c "+$(($2 + 1))" -- "$1"'
-        process = await self._start(script, [path, str(offset)])
-        sink = _Sink(process, READ_BUFFER)
-        process.attach(sink)
-        process.write_eof()
-        return ReadStream(process, sink, offset)
+        stream = await self.stream(script, path, str(offset))
+        stream.position = offset
+        return stream
 
     async def write_stream(self, path: str, offset: int) -> WriteStream:
         script = (
@@ -270,7 +283,7 @@ class ContainerFiles:
             'exec "$B" cat'
         )
         process = await self._start(script, [path, str(offset)])
-        # The writer's output goes to the file: it sends nothing but, at worst, a message.
-        sink = _Sink(process, most=ERRORS_MOST)
+        # Its stdout is the file: anything it sends is someone else's writing (module docstring).
+        sink = _Sink(process, cap=RUN_OUTPUT)
         process.attach(sink)
         return WriteStream(process, sink, offset)

@@ -8,12 +8,29 @@ in hostd on the session's byte stream. Every file operation of
 the container's user, inside its filesystem, bounded like anything it runs.
 No method here touches hostd's own filesystem; asyncssh's defaults would
 (they map paths to the local disk), so every one of them is overridden, and
-what is not offered answers "operation unsupported". Writes are counted
+what is not offered answers "operation unsupported".
+
+What one session may hold in hostd is bounded, whatever the client asks:
+at most MAX_OPEN files and directory listings open at once (one more is
+refused: "too many open"), at most MAX_STREAMS execs streaming at once
+(a file's stream that is not in use is ended when another needs its place,
+and started again from where it was when the file is used again; a write
+that fails after its stream was ended so is reported on that file's next
+operation, as a close reports a deferred write error), each holding at most
+container_files.READ_BUFFER, and a read returns at most that much (SFTP
+allows short reads; one waiting for more than the buffer holds would never
+end). A directory is listed as it is read, 128 names a reply, never
+buffered whole. Writes are counted
 against the container's disk bound (its writable layer measured at the first
-open for writing): the write that would pass it is refused ("no space on
-filesystem"), so the transfer fails cleanly and the container stays within
-its bound (where the engine has no disk quota, hostd's guard would otherwise
-stop the container).
+open for writing, then counted down by every SFTP session of the allocation
+together, `_DiskBudget`: two sessions writing at once share what is left,
+rather than each being allowed all of it): the write that would pass it is
+refused ("no space on filesystem"), so the transfer fails cleanly and the
+container stays within its bound (where the engine has no disk quota, hostd's
+guard would otherwise stop the container). While hostd holds no spec of the
+allocation (it started a moment ago and has not yet heard from the
+allocator), it does not know the bound: an open for writing waits a little
+for it, then is refused saying so.
 
 `HelperSftpProcess` stands where an exec of the image's sftp-server would
 (gateway_link.HostSession drives both the same way: exec_bridge.SessionProcess):
@@ -25,6 +42,9 @@ import asyncio
 import contextlib
 import itertools
 import posixpath
+import time
+import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
@@ -38,6 +58,7 @@ from potluck.hostd.container_files import (
     ContainerFiles,
     FileStat,
     ReadStream,
+    StreamFailed,
     WriteStream,
     parse_stat,
 )
@@ -51,6 +72,16 @@ log = structlog.get_logger(__name__)
 
 _ids = itertools.count(1)
 DISK_SLACK = 1 << 20
+#: Files and directory listings one session may hold open at once.
+MAX_OPEN = 64
+#: Execs (a file's reader or writer, a directory's listing) one session may stream at once.
+MAX_STREAMS = 4
+#: How long an open for writing waits for hostd to know the allocation's disk bound: a hostd
+#: that just started learns it from the allocator's snapshot.
+BOUND_WAIT_S = 10.0
+#: A listing's entry longer than this is no entry the helper's stat writes (a name is at most
+#: 255 bytes): the listing is given up rather than held.
+_LIST_ENTRY_MAX = 4096
 #: Exit statuses of the scripts below, as SFTP errors.
 _ERRORS: dict[int, Callable[[str], asyncssh.SFTPError]] = {
     2: asyncssh.SFTPNoSuchFile,
@@ -106,6 +137,29 @@ def _text(path: bytes) -> str:
     return path.decode("utf-8", errors="surrogateescape")
 
 
+class _DiskBudget:
+    """What an allocation's container may still write through hostd's SFTP (None: no bound is
+    known, the engine did not say the layer's size), shared by its SFTP sessions, and how many
+    of them hold it: measured when the first opens a file for writing, forgotten when the last
+    ends (the next is measured afresh, counting whatever else was written meanwhile)."""
+
+    def __init__(self, left: int | None) -> None:
+        self.left = left
+        self.sessions = 0
+
+
+class _Budgets:
+    """One hostd's (one bridge's) budgets, by allocation; `lock` makes a budget's measure and
+    its sharing one step (two sessions opening at once share one measure)."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.by_alloc: dict[str, _DiskBudget] = {}
+
+
+_budgets: "weakref.WeakKeyDictionary[ExecBridge, _Budgets]" = weakref.WeakKeyDictionary()
+
+
 class _Handle:
     """An open file: its path and mode, and the exec streaming it, if any."""
 
@@ -120,6 +174,9 @@ class _Handle:
         self.append_at = 0
         #: The file's end as far as this handle knows: writes past it grow the container's disk.
         self.end = 0
+        #: A write that failed after its stream was ended to make room (MAX_STREAMS): reported
+        #: on the file's next operation.
+        self.failed: asyncssh.SFTPError | None = None
 
 
 class ContainerSFTPServer(asyncssh.SFTPServer):
@@ -129,9 +186,15 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
         super().__init__(chan)
         self.files = files
         self.handles: set[_Handle] = set()
-        #: What the container may still write (measured at the first open for writing, then
-        #: counted down): a write past it is refused, so the container stays within its bound.
-        self.disk_left: int | None = None
+        #: Handles with a live stream (reader or writer), least recently used first.
+        self.streaming: OrderedDict[_Handle, None] = OrderedDict()
+        #: Directory listings streaming now (their execs).
+        self.listings: set[ReadStream] = set()
+        #: Directory listings open (started, not yet read to their end or closed).
+        self.open_listings = 0
+        #: What the container may still write (module docstring), once a file was opened for
+        #: writing: a write past it is refused, so the container stays within its bound.
+        self.budget: _DiskBudget | None = None
 
     async def abort(self) -> None:
         """End the execs of every open file (the session is gone: nobody will close them)."""
@@ -142,6 +205,58 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
                         await stream.process.terminate()
             handle.reader = handle.writer = None
         self.handles.clear()
+        self.streaming.clear()
+        for listing in list(self.listings):
+            with contextlib.suppress(ExecError, OSError):
+                await listing.process.terminate()
+        self.listings.clear()
+        self.exit()
+
+    # What a session holds (module docstring).
+
+    def _check_room(self) -> None:
+        """SFTPFailure if one more file or listing would pass MAX_OPEN."""
+        if len(self.handles) + self.open_listings >= MAX_OPEN:
+            raise asyncssh.SFTPFailure(
+                f"too many open files and directories in this session (at most {MAX_OPEN}): close some first"
+            )
+
+    async def _stream_room(self, keep: _Handle | None = None) -> None:
+        """Make room for one more stream: end the least recently used file's (not `keep`'s);
+        SFTPFailure when all are listings, which cannot be resumed."""
+        while len(self.streaming) + len(self.listings) >= MAX_STREAMS:
+            victim = next((h for h in self.streaming if h is not keep), None)
+            if victim is None:
+                raise asyncssh.SFTPFailure(
+                    f"too many directory listings in progress in this session (at most {MAX_STREAMS})"
+                )
+            await self._park(victim)
+
+    async def _park(self, handle: _Handle) -> None:
+        """End `handle`'s stream; a write it then reports failed is kept for its next operation."""
+        if handle.reader is not None:
+            reader, handle.reader = handle.reader, None
+            with contextlib.suppress(ExecError, OSError):
+                await reader.close()
+        try:
+            await self._flush(handle)
+        except asyncssh.SFTPError as exc:
+            handle.failed = exc
+        self._settle(handle)
+
+    def _settle(self, handle: _Handle) -> None:
+        """Keep `streaming` in step with `handle`'s streams (most recently used last)."""
+        if handle.reader is None and handle.writer is None:
+            self.streaming.pop(handle, None)
+        else:
+            self.streaming[handle] = None
+            self.streaming.move_to_end(handle)
+
+    def _deferred(self, handle: _Handle) -> None:
+        """Raise the write error kept for `handle` (once)."""
+        failed, handle.failed = handle.failed, None
+        if failed is not None:
+            raise failed
 
     # Helpers.
 
@@ -229,31 +344,68 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
             if pflags & bit
         )  # fmt: skip
         name = _text(path)
+        self._check_room()
         info = parse_stat((await self._run(_OPEN, name, flags)).decode())
         handle = _Handle(name, readable, writable, bool(pflags & asyncssh.FXF_APPEND))
         if writable and attrs.permissions is not None and pflags & asyncssh.FXF_CREAT:
             with contextlib.suppress(asyncssh.SFTPError):
                 await self._setstat(name, asyncssh.SFTPAttrs(permissions=attrs.permissions))
         handle.append_at = handle.end = info.size
-        if writable and self.disk_left is None:
-            left = await self.files.bridge.disk_left(self.files.alloc_id)
-            # Slack for what the bytes cost beyond themselves (blocks, directories, metadata).
-            self.disk_left = None if left is None else left - DISK_SLACK
+        if writable and self.budget is None:
+            self.budget = await self._join_budget()
         self.handles.add(handle)
         return handle
+
+    async def _join_budget(self) -> _DiskBudget:
+        """The allocation's shared budget (module docstring), measured if no session holds one."""
+        await self._wait_for_disk_bound()
+        bridge, alloc_id = self.files.bridge, self.files.alloc_id
+        shared = _budgets.setdefault(bridge, _Budgets())
+        async with shared.lock:
+            budget = shared.by_alloc.get(alloc_id)
+            if budget is None:
+                left = await bridge.disk_left(alloc_id)
+                # Slack for what the bytes cost beyond themselves (blocks, directories, metadata).
+                budget = shared.by_alloc[alloc_id] = _DiskBudget(None if left is None else left - DISK_SLACK)
+                log.info("helper_sftp.disk_budget", alloc_id=alloc_id, left=budget.left)
+            budget.sessions += 1
+            return budget
+
+    async def _wait_for_disk_bound(self) -> None:
+        """Wait (BOUND_WAIT_S at most) for hostd to hold the allocation's spec, whose disk bound
+        every write is counted against; SFTPFailure saying so if it still holds none (a hostd
+        that just started and has not yet heard from the allocator), never "no space": the
+        disk is not full, hostd does not know its bound."""
+        bridge, alloc_id = self.files.bridge, self.files.alloc_id
+        deadline = time.monotonic() + BOUND_WAIT_S
+        while bridge.disk_bound_of(alloc_id) is None:
+            if time.monotonic() >= deadline:
+                log.warning("helper_sftp.disk_bound_unknown", alloc_id=alloc_id, waited_s=BOUND_WAIT_S)
+                raise asyncssh.SFTPFailure(
+                    "hostd on the allocation's machine does not know its disk bound yet (it has not "
+                    "heard from the pool since it started): nothing can be written through SFTP "
+                    "until it does; try again in a minute (reading works)"
+                )
+            await asyncio.sleep(0.25)
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
         handle = cast(_Handle, file_obj)
         if not handle.readable:
             raise asyncssh.SFTPPermissionDenied("the file was not opened for reading")
+        self._deferred(handle)
         await self._flush(handle)
         if handle.reader is None or handle.reader.position != offset:
             if handle.reader is not None:
-                await handle.reader.close()
+                reader, handle.reader = handle.reader, None
+                await reader.close()
+            await self._stream_room(handle)
             try:
                 handle.reader = await self.files.read_stream(handle.path, offset)
             except ExecError as exc:
                 raise asyncssh.SFTPFailure(str(exc)) from exc
+            finally:
+                self._settle(handle)
+        self._settle(handle)
         try:
             return await handle.reader.read(size)
         except OSError as exc:
@@ -263,31 +415,50 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
         handle = cast(_Handle, file_obj)
         if not handle.writable:
             raise asyncssh.SFTPPermissionDenied("the file was not opened for writing")
+        self._deferred(handle)
         if handle.reader is not None:
-            await handle.reader.close()
-            handle.reader = None
+            reader, handle.reader = handle.reader, None
+            await reader.close()
+            self._settle(handle)
         if handle.append:
             offset = handle.writer.position if handle.writer is not None else handle.append_at
         growth = max(0, offset + len(data) - handle.end)
-        if self.disk_left is not None and growth > self.disk_left:
+        budget = self.budget
+        if budget is not None and budget.left is not None and growth > budget.left:
+            log.info(
+                "helper_sftp.disk_bound_reached",
+                alloc_id=self.files.alloc_id,
+                left=budget.left,
+                growth=growth,
+                sessions=budget.sessions,
+            )
             await self._flush(handle)
             raise asyncssh.SFTPNoSpaceOnFilesystem(
                 "the allocation's disk bound is reached: nothing more may be written"
             )
-        if handle.writer is not None and handle.writer.position != offset:
-            await self._flush(handle)
+        # Taken from the budget before anything is awaited: another session of the allocation
+        # writes meanwhile, and must see it gone (given back if the write fails).
+        if budget is not None and budget.left is not None:
+            budget.left -= growth
         try:
+            if handle.writer is not None and handle.writer.position != offset:
+                await self._flush(handle)
             if handle.writer is None:
+                await self._stream_room(handle)
                 handle.writer = await self.files.write_stream(handle.path, offset)
+            self._settle(handle)
             await handle.writer.write(data)
             handle.end = max(handle.end, offset + len(data))
-            if self.disk_left is not None:
-                self.disk_left -= growth
-        except ExecError as exc:
-            raise asyncssh.SFTPFailure(str(exc)) from exc
-        except OSError as exc:
-            handle.writer = None
-            raise asyncssh.SFTPFailure(str(exc)) from exc
+        except BaseException as exc:
+            if budget is not None and budget.left is not None:
+                budget.left += growth
+            if isinstance(exc, ExecError):
+                raise asyncssh.SFTPFailure(str(exc)) from exc
+            if isinstance(exc, OSError):
+                handle.writer = None
+                self._settle(handle)
+                raise asyncssh.SFTPFailure(str(exc)) from exc
+            raise
         return len(data)
 
     async def _flush(self, handle: _Handle) -> None:
@@ -295,6 +466,7 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
         writer, handle.writer = handle.writer, None
         if writer is None:
             return
+        self._settle(handle)
         try:
             await writer.close()
         except OSError as exc:
@@ -304,23 +476,42 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
         handle = cast(_Handle, file_obj)
         self.handles.discard(handle)
         if handle.reader is not None:
-            await handle.reader.close()
-            handle.reader = None
+            reader, handle.reader = handle.reader, None
+            await reader.close()
+        self._settle(handle)
         await self._flush(handle)
+        self._deferred(handle)
 
     async def fsync(self, file_obj: object) -> None:
-        await self._flush(cast(_Handle, file_obj))
+        handle = cast(_Handle, file_obj)
+        await self._flush(handle)
+        self._deferred(handle)
 
     # Directories and names.
 
     async def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
-        out = await self._run(_LIST, _text(path))
-        for entry in out.split(b"\0"):
-            line, sep, name = entry.partition(b"\n")
-            if not sep:
-                continue
-            attrs = _attrs(parse_stat(line.decode()))
-            yield asyncssh.SFTPName(name, attrs=attrs)
+        """The directory's entries as the listing exec sends them (asyncssh takes 128 a reply):
+        never the whole listing in hostd (module docstring)."""
+        self._check_room()
+        await self._stream_room()
+        self.open_listings += 1
+        try:
+            try:
+                listing = await self.files.stream(_LIST, _text(path))
+            except ExecError as exc:
+                raise asyncssh.SFTPFailure(f"the container did not run the operation: {exc}") from exc
+            self.listings.add(listing)
+            try:
+                async for entry in _entries(listing):
+                    line, sep, name = entry.partition(b"\n")
+                    if sep:
+                        yield asyncssh.SFTPName(name, attrs=_attrs(parse_stat(line.decode())))
+            finally:
+                self.listings.discard(listing)
+                with contextlib.suppress(ExecError, OSError):
+                    await listing.close()
+        finally:
+            self.open_listings -= 1
 
     async def mkdir(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
         mode = format((attrs.permissions if attrs.permissions is not None else 0o777) & 0o7777, "o")
@@ -398,7 +589,34 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
         return path
 
     def exit(self) -> None:
-        return None
+        """The session ended (asyncssh's cleanup, or abort): it holds the budget no more."""
+        budget, self.budget = self.budget, None
+        if budget is None:
+            return
+        budget.sessions -= 1
+        shared = _budgets.get(self.files.bridge)
+        if budget.sessions <= 0 and shared is not None and shared.by_alloc.get(self.files.alloc_id) is budget:
+            del shared.by_alloc[self.files.alloc_id]
+
+
+async def _entries(listing: ReadStream) -> AsyncIterator[bytes]:
+    """The NUL-ended records of a listing as they come; its exit status as an SFTP error."""
+    pending = b""
+    while True:
+        try:
+            chunk = await listing.read(1 << 16)
+        except StreamFailed as exc:
+            error = _ERRORS.get(exc.status, asyncssh.SFTPFailure)
+            raise error(exc.said or _MESSAGES.get(exc.status, str(exc))) from exc
+        except OSError as exc:
+            raise asyncssh.SFTPFailure(str(exc)) from exc
+        if not chunk:
+            return
+        *records, pending = (pending + chunk).split(b"\0")
+        for record in records:
+            yield record
+        if len(pending) > _LIST_ENTRY_MAX:
+            raise asyncssh.SFTPFailure("the directory's listing was not readable")
 
 
 class _Channel:
@@ -478,6 +696,17 @@ class _Writer:
         self._process.done()
 
 
+class _Handler(SFTPServerHandler):
+    """asyncssh's server side, without `ranges@asyncssh.com`: it looks for holes by seeking the
+    file object as a local file (ours is the container's), so asyncssh's clients' downloads
+    failed on it; without it they copy every byte, as with OpenSSH's sftp-server."""
+
+    _extensions = [(n, d) for n, d in SFTPServerHandler._extensions if n != b"ranges@asyncssh.com"]
+    _packet_handlers = {
+        k: v for k, v in SFTPServerHandler._packet_handlers.items() if k != b"ranges@asyncssh.com"
+    }
+
+
 class HelperSftpProcess:
     """An SFTP session served by hostd for a container without an sftp-server (module docstring)."""
 
@@ -495,7 +724,7 @@ class HelperSftpProcess:
 
     def attach(self, sink: ExecSink) -> None:
         self.sink = sink
-        handler = SFTPServerHandler(self._server, self._reader, self._writer, 3)  # type: ignore[arg-type]
+        handler = _Handler(self._server, self._reader, self._writer, 3)  # type: ignore[arg-type]
         self._task = asyncio.ensure_future(self._serve(handler))
 
     async def _serve(self, handler: SFTPServerHandler) -> None:
@@ -504,6 +733,7 @@ class HelperSftpProcess:
         except Exception as exc:  # the session ends either way; hostd goes on
             log.warning("helper_sftp.failed", container_id=self.container_id[:12], error=repr(exc))
         finally:
+            self._server.exit()
             self.done()
 
     def done(self) -> None:

@@ -1,0 +1,231 @@
+"""hostd's own SFTP server (images without an sftp-server) against a client that asks for too
+much: many open files, huge reads, huge directories. What one session may make hostd hold
+must stay bounded (helper_sftp.py), and the session must stay usable.
+
+The client is asyncssh's (OpenSSH's `sftp` cannot be made to hold 100 files open or to ask for
+16 MB in one read), through the real gateway to the real hostd and Docker engine; hostd's
+memory and file descriptors are read from /proc.
+"""
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from potluck.localstack.test_image import DEFAULT_TAG
+from tests.e2e import test_file_transfer as transfer
+from tests.e2e.conftest import Gatewayed
+from tests.fixtures import ssh as ssh_fixtures
+from tests.fixtures.pool import allocation
+from tests.fixtures.ssh import SshEnv
+
+MiB = 1 << 20
+ssh_env = ssh_fixtures.ssh_env
+files = transfer.files
+interactive = transfer.interactive
+
+
+@asynccontextmanager
+async def sftp_client(g: Gatewayed, alloc_id: str) -> AsyncIterator[asyncssh.SFTPClient]:
+    """asyncssh's SFTP client on a session through the gateway; the connection is dropped after."""
+    conn = await asyncssh.connect(
+        "127.0.0.1", g.ssh_port, username=alloc_id, client_keys=[str(g.key)], known_hosts=None
+    )
+    try:
+        yield await conn.start_sftp_client()
+    finally:
+        conn.abort()
+
+
+def hostd_pid(g: Gatewayed) -> int:
+    assert g.host.process is not None
+    assert g.host.process.pid is not None
+    return int(g.host.process.pid)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.slow
+async def test_many_open_files_hold_a_bounded_part_of_hostd(files: Gatewayed) -> None:
+    """What is tried: in a busybox allocation, a 20 MB file; one SFTP session opens it 100
+    times and reads a byte from each handle (before the fix each kept a `cat` streaming into a
+    4 MB buffer in hostd: 200 handles took hostd past 890 MB and 230 descriptors). What must
+    hold: the open past 64 is refused saying "too many open"; hostd's memory grows by less than
+    64 MB and its descriptors by fewer than 20 while they are open; every handle still reads its
+    right byte afterwards (streams ended to make room start again where they were); after
+    closing one, another open works."""
+    alloc_id = await interactive(files, DEFAULT_TAG)
+    made = await files.ssh(alloc_id, "dd if=/dev/urandom of=/root/big bs=1M count=20 2>/dev/null && sync")
+    assert made.returncode == 0, made.stderr
+    pid = hostd_pid(files)
+    async with sftp_client(files, alloc_id) as sftp:
+        expected = await (await sftp.open("/root/big", "rb")).read(64 * 1024, 0)
+        rss_before, fds_before = rss_kib(pid), fds(pid)
+        handles = []
+        refused: asyncssh.SFTPError | None = None
+        for i in range(100):
+            try:
+                handle = await sftp.open("/root/big", "rb")
+            except asyncssh.SFTPError as exc:
+                refused = exc
+                break
+            assert await handle.read(1, i) == expected[i : i + 1]
+            handles.append(handle)
+        grown_kib, more_fds = rss_kib(pid) - rss_before, fds(pid) - fds_before
+
+        assert refused is not None, f"{len(handles)} files opened with no refusal"
+        assert "too many open" in str(refused.reason)
+        assert 60 <= len(handles) <= 64
+        assert grown_kib < 64 * 1024, f"hostd grew by {grown_kib} KiB"
+        assert more_fds < 20, f"hostd holds {more_fds} more descriptors"
+        for i, handle in enumerate(handles):
+            assert await handle.read(2, 1000 + i) == expected[1000 + i : 1002 + i], i
+        await handles[0].close()
+        again = await sftp.open("/root/big", "rb")
+        assert await again.read(3, 5) == expected[5:8]
+
+
+@pytest.mark.slow
+async def test_a_read_asking_for_more_than_hostd_buffers_returns_what_it_may(
+    files: Gatewayed, tmp_path: Path
+) -> None:
+    """What is tried: one SFTP read of 16 MB at once from a 20 MB file (before the fix the
+    session hung for good: hostd waited for more than it lets the container send). What must
+    hold: the read answers within 30 s with at most 4 MB, the file's first bytes; a whole
+    download of the file by asyncssh's own reads (short reads taken in their stride) has the
+    same sha256 as the container's file."""
+    alloc_id = await interactive(files, DEFAULT_TAG)
+    made = await files.ssh(
+        alloc_id, "dd if=/dev/urandom of=/root/big bs=1M count=20 2>/dev/null && sha256sum /root/big"
+    )
+    assert made.returncode == 0, made.stderr
+    want = made.stdout.split()[0]
+    async with sftp_client(files, alloc_id) as sftp:
+        handle = await sftp.open("/root/big", "rb")
+        assert handle._handle is not None
+        async with asyncio.timeout(30):
+            # One request of 16 MB, as a client may send (the file object would split it).
+            data = await sftp._handler.read(handle._handle, 0, 16 * MiB)
+        assert 0 < len(data) <= 4 * MiB
+        await sftp.get("/root/big", str(tmp_path / "big"))
+    assert hashlib.sha256((tmp_path / "big").read_bytes()).hexdigest() == want
+
+
+@pytest.mark.slow
+async def test_a_huge_directory_is_listed_as_it_is_read(files: Gatewayed) -> None:
+    """What is tried: a directory of 12,000 files with 200-character names (a listing of about
+    3 MB, its entries stat'ed one by one) read through one SFTP session with OPENDIR and READDIR
+    (before the fix the whole listing was collected in hostd before the first READDIR answered).
+    What must hold: the first READDIR answers with at most 128 names in under a quarter of the
+    time the whole listing takes; every name comes back, each once."""
+    alloc_id = await interactive(files, DEFAULT_TAG, disk="1G")
+    pad = "n" * 195
+    made = await files.ssh(
+        alloc_id,
+        f"mkdir /root/huge && cd /root/huge && seq -w 1 12000 | sed 's/^/{pad}/' | xargs touch && ls | wc -l",
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip() == "12000"
+    async with sftp_client(files, alloc_id) as sftp:
+        # The handler's requests, one READDIR at a time (SFTPClient.listdir reads them all).
+        handler = sftp._handler
+        started = time.monotonic()
+        handle = await handler.opendir(b"/root/huge")
+        names, _ = await handler.readdir(handle)
+        first = time.monotonic() - started
+        seen = [n.filename for n in names]
+        while True:
+            try:
+                more, _ = await handler.readdir(handle)
+            except asyncssh.SFTPEOFError:
+                break
+            seen.extend(n.filename for n in more)
+        whole = time.monotonic() - started
+        await handler.close(handle)
+    assert 0 < len(names) <= 128
+    assert first < whole / 4, f"the first names took {first:.1f} s of {whole:.1f} s"
+    listed = sorted(n for n in seen if n not in (b".", b".."))
+    assert listed == sorted(f"{pad}{i:05d}".encode() for i in range(1, 12001))
+
+
+@pytest.mark.slow
+async def test_a_write_while_hostd_holds_no_spec_says_why_and_reading_works(ssh_env: SshEnv) -> None:
+    """What is tried: hostd's SFTP into a busybox allocation whose spec this hostd does not hold
+    (as a hostd that started and has not yet heard from the allocator: ssh_env's link is given
+    no specs), a file opened for writing and written. What must hold: the write is refused
+    saying hostd does not know the disk bound yet, never that the bound is reached (before the
+    fix: "the allocation's disk bound is reached"); no file is left half written beyond what
+    the open made; reading a file of the container still works in that session."""
+    host = ssh_env.hosts[0]
+    await ssh_env.place_running(host, "nospec1")
+    await ssh_env.wait_reachable("nospec1")
+    conn = await asyncssh.connect(
+        "127.0.0.1",
+        ssh_env.port,
+        username="nospec1",
+        client_keys=[str(ssh_env.key("alice"))],
+        known_hosts=None,
+    )
+    try:
+        sftp = await conn.start_sftp_client()
+        with pytest.raises(asyncssh.SFTPError) as refused:
+            async with sftp.open("/tmp/new.bin", "wb") as f:
+                await f.write(b"x" * 1000)
+        hostname = await (await sftp.open("/etc/hostname", "r")).read()
+    finally:
+        conn.abort()
+    assert "does not know its disk bound" in str(refused.value.reason)
+    assert "reached" not in str(refused.value.reason)
+    inside = await ssh_env.in_container(host, "nospec1", "cat /etc/hostname; wc -c < /tmp/new.bin")
+    assert inside.splitlines()[0] == hostname.strip()
+    assert inside.splitlines()[1].strip() == "0"
+
+
+@pytest.mark.slow
+async def test_two_sessions_writing_at_once_share_the_disk_bound(files: Gatewayed, tmp_path: Path) -> None:
+    """What is tried: hostd's SFTP (busybox image, disk bound 64 MB): two sessions at once each
+    put 40 MB (before the fix each was allowed all that was left, so together they wrote 80 MB
+    and hostd's disk guard stopped the allocation). What must hold: at least one put fails;
+    afterwards (longer than hostd's disk check interval) the allocation still runs and what the
+    two wrote together is below the bound; a third session then writes a small file fine."""
+    alloc_id = await interactive(files, DEFAULT_TAG, disk="64M")
+    local = tmp_path / "forty.bin"
+    local.write_bytes(os.urandom(40 * MiB))
+
+    async def put(name: str) -> BaseException | None:
+        async with sftp_client(files, alloc_id) as sftp:
+            try:
+                await sftp.put(str(local), f"/root/{name}")
+            except asyncssh.SFTPError as exc:
+                return exc
+        return None
+
+    outcomes = await asyncio.gather(put("a.bin"), put("b.bin"))
+    await asyncio.sleep(3)
+
+    assert any(isinstance(o, asyncssh.SFTPError) for o in outcomes), outcomes
+    state = await allocation(files.pool.store, alloc_id)
+    assert state is not None
+    assert state.status == "running", files.pool.logs()
+    used = await files.ssh(alloc_id, "du -s -k /root | cut -f1")
+    assert used.returncode == 0, used.stderr
+    assert int(used.stdout) < 64 * 1024
+    async with sftp_client(files, alloc_id) as sftp, sftp.open("/root/small.txt", "w") as f:
+        await f.write("small\n")
+    assert (await files.ssh(alloc_id, "cat /root/small.txt")).stdout == "small\n"
