@@ -21,7 +21,8 @@ temporary directory next to its place and moved there once the whole stream
 arrived. The stream passes through hostd on a member's machine, so every
 entry is checked before it is written (tar_guard.py: under the one top name
 asked for, no absolute paths, no `..`, nothing through a link of its own, no
-links out of the copy, hard links only to its own files, no devices), and
+links out of the copy, hard links only to its own files, no devices; names
+compared as the destination's filesystem compares them), and
 tarfile's `data` filter checks it again. A refused entry ends the copy,
 naming the entry and why, and nothing is copied.
 

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from potluck.user.tar_guard import EntryGuard, Refused
 
-__all__ = ["Landing", "NotPlaced", "Source"]
+__all__ = ["Landing", "NotPlaced", "Source", "folds_names"]
 
 _TOP = "copy"  # the top's name inside the temporary directory
 
@@ -84,6 +84,27 @@ class Source:
         return cls("/" + "/".join(parts) + ("/" if path.endswith("/") else ""), parts[-1], False)
 
 
+def folds_names(directory: Path) -> bool:
+    """Whether the filesystem of `directory` (empty, ours) takes two spellings of a name for one
+    file: another case (macOS's and Windows' default), or another Unicode normalisation
+    (macOS's). tar_guard then compares names folded; so it does when it cannot tell."""
+    try:
+        for made, other in (
+            ("potluck-probe-a", "POTLUCK-PROBE-A"),
+            ("potluck-probe-\u00e9", "potluck-probe-e\u0301"),
+        ):
+            probe = directory / made
+            probe.touch()
+            try:
+                if os.path.lexists(directory / other):
+                    return True
+            finally:
+                probe.unlink()
+    except (OSError, UnicodeError):
+        return True
+    return False
+
+
 def _is_dir(path: Path) -> bool:
     """A real directory (not a link to one)."""
     try:
@@ -108,9 +129,9 @@ class Landing:
             self.final = dst
         self.asserts_dir = asserts_dir and not dst.exists()
         self.merge = _is_dir(self.final)
-        self.guard = EntryGuard(source.top)
         beside = self.final if self.merge else self.final.parent
         self.tmp = Path(tempfile.mkdtemp(prefix=".potluck-cp.", dir=beside))
+        self.guard = EntryGuard(source.top, fold=folds_names(self.tmp))
         self.directories: list[tarfile.TarInfo] = []
 
     def unpack(self, tar: tarfile.TarFile) -> None:

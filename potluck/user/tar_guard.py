@@ -29,11 +29,20 @@ The rules (an entry failing one is Refused, naming it and why):
 - Directories, regular files and these links only: devices, fifos and
   anything else are refused.
 
+On a destination whose filesystem folds names (macOS's and Windows' by
+default: `A` and `a` are one file there, and so are a name's NFC and NFD
+spellings), names are compared folded (`fold=True`: NFC, then casefold), so
+that two spellings of one name are one entry for every rule above: else `A`,
+a link, and `a/...` the directories the rules take for real ones, would go
+through it, and a link's `..` would climb from a place other than the one
+checked (out of the copy).
+
 The checked entry comes back as its path relative to the top (`""` for the
 top), and a hard link's target the same way, so the caller renames both alike.
 """
 
 import tarfile
+import unicodedata
 from dataclasses import dataclass
 
 __all__ = ["Checked", "EntryGuard", "Refused", "archive_name", "link_target"]
@@ -89,8 +98,9 @@ class EntryGuard:
     """Checks the entries of one archive in order; `top` is the name the archive's top entry
     must have ("" for the engine's `.`)."""
 
-    def __init__(self, top: str) -> None:
-        self.top = archive_name(top)
+    def __init__(self, top: str, fold: bool = False) -> None:
+        self.fold = fold
+        self.top = self._key(archive_name(top))
         self.seen: dict[tuple[str, ...], bytes] = {}  # entry -> its type, as checked
         self.implicit: set[tuple[str, ...]] = set()  # directories something lay under
         self.top_is_dir: bool | None = None
@@ -99,10 +109,12 @@ class EntryGuard:
         """The entry's place under the top; Refused (naming the entry) when it may not be written."""
         name = member.name
         try:
-            parts = archive_name(name)
+            spelled = archive_name(name)
         except ValueError as exc:
             raise Refused(name, str(exc)) from None
-        rel = self._under_top(name, parts)
+        parts = self._key(spelled)
+        rel = spelled[len(self.top) :]
+        self._under_top(name, parts)
         if self.top_is_dir is None:
             if rel:
                 raise Refused(name, "comes before the top entry of the copy")
@@ -114,7 +126,7 @@ class EntryGuard:
         for n in range(len(self.top) + 1, len(parts)):
             kind = self.seen.get(parts[:n])
             if kind is not None and kind != tarfile.DIRTYPE:
-                made = "/".join(parts[:n])
+                made = "/".join(spelled[:n])
                 raise Refused(name, f"lies under {made!r}, which the archive made a {_KINDS[kind]}")
         if parts in self.implicit and not member.isdir():
             raise Refused(name, "would replace a directory the archive already filled")
@@ -123,11 +135,16 @@ class EntryGuard:
         self.implicit.update(parts[:n] for n in range(len(self.top) + 1, len(parts)))
         return checked
 
-    def _under_top(self, name: str, parts: tuple[str, ...]) -> tuple[str, ...]:
+    def _key(self, parts: tuple[str, ...]) -> tuple[str, ...]:
+        """The components as the destination's filesystem tells names apart."""
+        if not self.fold:
+            return parts
+        return tuple(unicodedata.normalize("NFC", p).casefold() for p in parts)
+
+    def _under_top(self, name: str, parts: tuple[str, ...]) -> None:
         if parts[: len(self.top)] != self.top:
             expected = "/".join(self.top) or "."
             raise Refused(name, f"lies outside {expected!r}, the path asked for")
-        return parts[len(self.top) :]
 
     def _by_type(self, member: tarfile.TarInfo, name: str, rel: tuple[str, ...]) -> Checked:
         if member.isdir() or member.isreg():
@@ -150,14 +167,15 @@ class EntryGuard:
     def _hard_link(self, member: tarfile.TarInfo, name: str) -> str:
         target = member.linkname
         try:
-            parts = archive_name(target)
+            spelled = archive_name(target)
         except ValueError as exc:
             raise Refused(name, f"is a hard link to {target!r}, which {exc}") from None
+        parts = self._key(spelled)
         is_file = self.seen.get(parts) in (tarfile.REGTYPE, tarfile.LNKTYPE)
         if parts[: len(self.top)] != self.top or not is_file:
             why = "not a regular file copied before it in this archive"
             raise Refused(name, f"is a hard link to {target!r}, {why}")
-        return "/".join(parts[len(self.top) :])
+        return "/".join(spelled[len(self.top) :])
 
 
 def _kind(member: tarfile.TarInfo) -> bytes:

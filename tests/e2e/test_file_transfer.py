@@ -404,3 +404,32 @@ async def test_potluck_cp_of_a_folders_contents_dot_dot_and_hard_links_land_unde
         assert (landed / "a").read_text() == "a\n", name
         assert (landed / "a").stat().st_ino == (landed / "b").stat().st_ino, name
         assert (landed / "sub").is_dir(), name
+
+
+@pytest.mark.slow
+async def test_potluck_cp_keeps_names_that_differ_only_by_case_where_the_filesystem_tells_them_apart(
+    files: Gatewayed, tmp_path: Path
+) -> None:
+    """What is tried: in the container (as a hostile image could leave it), /out with `Makefile`
+    and `makefile`, and `d/A`, a link to `..`, beside a folder `d/a` holding `x`: the layout that
+    on a filesystem folding names (macOS's) would write `d/a/x` one level up, through the link,
+    which tar_guard refuses there. Here (Linux: names are not folded) `potluck cp ALLOC:/out`.
+    What must hold: exit 0, and every entry lands as it was, each spelling its own."""
+    alloc_id = await interactive(files, DEFAULT_TAG)
+    made = await files.ssh(
+        alloc_id,
+        "mkdir -p /out/d/a && echo M > /out/Makefile && echo m > /out/makefile "
+        "&& ln -s .. /out/d/A && echo x > /out/d/a/x",
+    )
+    assert made.returncode == 0, made.stderr
+    env = logged_in(files, tmp_path)
+
+    done = potluck("cp", "-i", str(files.key), f"{alloc_id}:/out", str(tmp_path / "got"), env=env)
+
+    assert done.returncode == 0, done.stderr
+    got = tmp_path / "got"
+    assert (got / "Makefile").read_text() == "M\n"
+    assert (got / "makefile").read_text() == "m\n"
+    assert os.readlink(got / "d" / "A") == ".."
+    assert (got / "d" / "a" / "x").read_text() == "x\n"
+    assert not list(tmp_path.glob(".potluck-cp.*"))

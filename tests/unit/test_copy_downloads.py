@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 import potluck.user.copy as copy_module
+import potluck.user.landing as landing_module
 from potluck.user.copy import CopyFailed, copy
+from potluck.user.landing import folds_names
 
 Serve = Callable[[bytes], list[str]]
 
@@ -346,3 +348,72 @@ def test_links_chained_inside_the_copy_are_kept(serve: Serve, here: Path) -> Non
     links = {"l1": "-> l2", "l2": "-> sub/f", "sub/up": "-> ../l1"}
     assert tree(results) == {**links, "sub": "/", "sub/f": "f\n"}
     assert (results / "sub" / "up").read_text() == "f\n"
+
+
+# Names that a folding filesystem (macOS's, Windows') takes for one: `d/A` a link to `..`, then
+# `d/a/...` goes through it there, one level up from where the rules placed it; three levels
+# of it climb out of the copy.
+FOLDED_ALIASES = [
+    pytest.param(
+        hostile(("out/d", "dir", ""), ("out/d/A", "sym", ".."), ("out/d/a", "dir", "")),
+        "out/d/a",
+        id="case",
+    ),
+    pytest.param(
+        hostile(("out/d", "dir", ""), ("out/d/\u00e9", "sym", ".."), ("out/d/e\u0301/x", "file", "x")),
+        "out/d/e\u0301/x",
+        id="unicode-normalisation",
+    ),
+]
+
+
+@pytest.mark.parametrize(("stream", "entry"), FOLDED_ALIASES)
+def test_two_spellings_of_a_name_are_one_entry_where_the_filesystem_folds_names(
+    serve: Serve, here: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: bytes, entry: str
+) -> None:
+    """What is tried: a download, onto a destination whose filesystem folds names (as macOS's
+    does: told so here, this machine's does not), of a stream where `out/d/A` is a link to `..`
+    and then `out/d/a` is a folder or has a file under it (the same path there, through the
+    link), by case and by Unicode normalisation. What must hold: exit code 1 naming the second
+    spelling and that it lies under a link or appears twice; nothing written anywhere."""
+    monkeypatch.setattr(landing_module, "folds_names", lambda directory: True)
+    serve(stream)
+    before = tree(tmp_path)
+
+    with pytest.raises(CopyFailed) as failed:
+        copy("a1b2:/out", str(here / "results"), None)
+
+    assert failed.value.code == 1
+    assert f"the entry {entry!r}" in str(failed.value)
+    assert "symbolic link" in str(failed.value) or "appears twice" in str(failed.value)
+    assert tree(tmp_path) == before
+
+
+def test_names_differing_by_case_both_land_where_the_filesystem_tells_them_apart(
+    serve: Serve, here: Path, tmp_path: Path
+) -> None:
+    """What is tried: on this machine's filesystem (which tells `A` from `a`), the probe, then a
+    download of a folder holding `Makefile` and `makefile` and a link `d/A -> ..` beside a
+    folder `d/a`. What must hold: the probe says it does not fold names, and everything lands
+    as it was, each spelling its own entry."""
+    assert not folds_names(tmp_path)
+    serve(
+        crafted(
+            ("out", "dir", ""),
+            ("out/Makefile", "file", "M"),
+            ("out/makefile", "file", "m"),
+            ("out/d", "dir", ""),
+            ("out/d/A", "sym", ".."),
+            ("out/d/a", "dir", ""),
+        )
+    )
+
+    copy("a1b2:/out", str(here / "results"), None)
+
+    assert tree(here / "results") == {
+        "Makefile": "M",
+        "makefile": "m",
+        "d": "/",
+        "d/A": "-> ..",
+        "d/a": "/",
+    }
