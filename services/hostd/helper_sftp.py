@@ -24,7 +24,9 @@ buffered whole. Writes are counted
 against the container's disk bound (its writable layer measured at the first
 open for writing, then counted down by every SFTP session of the allocation
 together, `_DiskBudget`: two sessions writing at once share what is left,
-rather than each being allowed all of it): the write that would pass it is
+rather than each being allowed all of it; a SETSTAT that grows a file counts
+as a write of what it adds, since the engine's SizeRw that the disk guard
+measures counts a file's size, holes and all): the write that would pass it is
 refused ("no space on filesystem"), so the transfer fails cleanly and the
 container stays within its bound (where the engine has no disk quota, hostd's
 guard would otherwise stop the container). While hostd holds no spec of the
@@ -315,8 +317,48 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
         handle = cast(_Handle, file_obj)
         await self._flush(handle)
         await self._setstat(handle.path, attrs)
+        if attrs.size is not None:
+            handle.end = attrs.size  # counted by _setstat: writes up to it grow nothing more
 
     async def _setstat(self, path: str, attrs: asyncssh.SFTPAttrs) -> None:
+        growth = 0
+        if attrs.size is not None:
+            # A file grown by a truncate takes no block, but its size counts against the bound
+            # (the engine's SizeRw, which the disk guard measures): as much as a write would.
+            growth = max(0, attrs.size - ((await self._stat(path, follow=True)).size or 0))
+            if growth:
+                self.budget = self.budget or await self._join_budget()
+                self._take(growth)
+        try:
+            await self._set(path, attrs)
+        except BaseException:
+            self._give_back(growth)
+            raise
+
+    def _take(self, growth: int) -> None:
+        """Take `growth` from the allocation's budget before anything is awaited (another session
+        writes meanwhile); SFTPNoSpaceOnFilesystem if it is not left."""
+        budget = self.budget
+        if budget is None or budget.left is None:
+            return
+        if growth > budget.left:
+            log.info(
+                "helper_sftp.disk_bound_reached",
+                alloc_id=self.files.alloc_id,
+                left=budget.left,
+                growth=growth,
+                sessions=budget.sessions,
+            )
+            raise asyncssh.SFTPNoSpaceOnFilesystem(
+                "the allocation's disk bound is reached: nothing more may be written"
+            )
+        budget.left -= growth
+
+    def _give_back(self, growth: int) -> None:
+        if self.budget is not None and self.budget.left is not None:
+            self.budget.left += growth
+
+    async def _set(self, path: str, attrs: asyncssh.SFTPAttrs) -> None:
         size = "" if attrs.size is None else str(attrs.size)
         mode = "" if attrs.permissions is None else format(attrs.permissions & 0o7777, "o")
         owner = "" if attrs.uid is None or attrs.gid is None else f"{attrs.uid}:{attrs.gid}"
@@ -423,23 +465,11 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
         if handle.append:
             offset = handle.writer.position if handle.writer is not None else handle.append_at
         growth = max(0, offset + len(data) - handle.end)
-        budget = self.budget
-        if budget is not None and budget.left is not None and growth > budget.left:
-            log.info(
-                "helper_sftp.disk_bound_reached",
-                alloc_id=self.files.alloc_id,
-                left=budget.left,
-                growth=growth,
-                sessions=budget.sessions,
-            )
+        try:
+            self._take(growth)
+        except asyncssh.SFTPNoSpaceOnFilesystem:
             await self._flush(handle)
-            raise asyncssh.SFTPNoSpaceOnFilesystem(
-                "the allocation's disk bound is reached: nothing more may be written"
-            )
-        # Taken from the budget before anything is awaited: another session of the allocation
-        # writes meanwhile, and must see it gone (given back if the write fails).
-        if budget is not None and budget.left is not None:
-            budget.left -= growth
+            raise
         try:
             if handle.writer is not None and handle.writer.position != offset:
                 await self._flush(handle)
@@ -450,8 +480,7 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
             await handle.writer.write(data)
             handle.end = max(handle.end, offset + len(data))
         except BaseException as exc:
-            if budget is not None and budget.left is not None:
-                budget.left += growth
+            self._give_back(growth)
             if isinstance(exc, ExecError):
                 raise asyncssh.SFTPFailure(str(exc)) from exc
             if isinstance(exc, OSError):

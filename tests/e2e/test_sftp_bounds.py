@@ -229,3 +229,38 @@ async def test_two_sessions_writing_at_once_share_the_disk_bound(files: Gatewaye
     async with sftp_client(files, alloc_id) as sftp, sftp.open("/root/small.txt", "w") as f:
         await f.write("small\n")
     assert (await files.ssh(alloc_id, "cat /root/small.txt")).stdout == "small\n"
+
+
+@pytest.mark.slow
+async def test_growing_a_file_by_truncate_counts_against_the_disk_bound(files: Gatewayed) -> None:
+    """What is tried: hostd's SFTP (busybox image, disk bound 64 MB): a file made, then grown to
+    90 MB by SETSTAT size (a hole: no block taken, but its size counts where hostd's disk guard
+    measures) and written with 90 MB of data from its start (before the fix neither was
+    counted: the guard saw 94 MB and stopped the allocation). What must hold: the growing is
+    refused as past the bound; a growth that fits (10 MB) is allowed; afterwards (longer than
+    hostd's disk check interval) the allocation still runs and the container's files take less
+    than the bound."""
+    alloc_id = await interactive(files, DEFAULT_TAG, disk="64M")
+    chunk = os.urandom(MiB)
+    async with sftp_client(files, alloc_id) as sftp:
+        await (await sftp.open("/root/holes.bin", "wb")).close()
+
+        async def grow_and_fill() -> None:
+            await sftp.setstat("/root/holes.bin", asyncssh.SFTPAttrs(size=90 * MiB))
+            handle = await sftp.open("/root/holes.bin", "r+b")
+            for i in range(90):
+                await handle.write(chunk, i * MiB)
+
+        with pytest.raises(asyncssh.SFTPError) as refused:
+            await grow_and_fill()
+        await sftp.setstat("/root/holes.bin", asyncssh.SFTPAttrs(size=10 * MiB))
+    await asyncio.sleep(3)
+
+    assert "disk bound" in str(refused.value.reason)
+    state = await allocation(files.pool.store, alloc_id)
+    assert state is not None
+    assert state.status == "running", files.pool.logs()
+    used = await files.ssh(alloc_id, "du -s -k /root | cut -f1; stat -c %s /root/holes.bin")
+    assert used.returncode == 0, used.stderr
+    assert int(used.stdout.split()[0]) < 64 * 1024
+    assert int(used.stdout.split()[1]) == 10 * MiB
