@@ -3,11 +3,14 @@
 import asyncio
 import io
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import docker
 
+from potluck.contracts.allocation_events import AllocationSpec
 from potluck.hostd.container_config import (
     MEMLOCK,
     MSGQUEUE,
@@ -26,6 +29,30 @@ from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 VOLUME_IMAGE = "potluck-volume:1"
 HEALTHCHECK_IMAGE = "potluck-healthcheck:1"
 WORKDIR_IMAGE = "potluck-workdir:1"
+
+
+@asynccontextmanager
+async def _running(
+    pool: Pool, laptop: EnrolledHost, engine: DockerEngine, alloc_id: str, wanted: AllocationSpec
+) -> AsyncIterator[tuple[DockerDriver, str]]:
+    """Place `wanted` as `alloc_id` on the laptop, wait until it runs: a driver of its engine
+    and the container's id."""
+    await place(pool.store, laptop.host_id, alloc_id, wanted)
+    await wait_for_status(pool, alloc_id, "running")
+    driver = DockerDriver(engine.url)
+    try:
+        [container] = [c for c in driver.list_managed(laptop.host_id) if c.allocation_id == alloc_id]
+        yield driver, container.container_id
+    finally:
+        driver.close()
+
+
+async def _until(driver: DockerDriver, cid: str, test: list[str], what: str, timeout: float) -> None:
+    """Wait until `test ...` succeeds in the container; fail saying `what` never happened."""
+    deadline = time.monotonic() + timeout
+    while driver.exec_run(cid, ["test", *test]).exit_code != 0:
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.2)
 
 
 async def test_a_memory_hog_is_oom_killed_and_reported(pool: Pool, laptop: EnrolledHost) -> None:
@@ -50,12 +77,8 @@ async def test_a_fork_bomb_stops_at_the_pids_limit(
     shell itself needed its second fork after the first had started bombing: on a loaded machine
     the limit was full by then and the container ended with 2.)"""
     bomb = spec(pids_limit=32, command=["sh", "-c", "sleep 3600 & (b() { b | b & }; b) & wait"])
-    await place(pool.store, laptop.host_id, "bomb", bomb)
-    await wait_for_status(pool, "bomb", "running")
-    driver = DockerDriver(docker_engines[0].url)
-    try:
-        [container] = [c for c in driver.list_managed(laptop.host_id) if c.allocation_id == "bomb"]
-        cgroup = Path(f"/sys/fs/cgroup/pids/potluck/{container.container_id}")  # the pool's own parent
+    async with _running(pool, laptop, docker_engines[0], "bomb", bomb) as (driver, cid):
+        cgroup = Path(f"/sys/fs/cgroup/pids/potluck/{cid}")  # the pool's own parent
         assert int((cgroup / "pids.max").read_text()) == 32
         # pids.events counts the forks the limit refused: the bomb reached the limit and was
         # stopped there, rather than the shell ending on its own.
@@ -73,19 +96,13 @@ async def test_a_fork_bomb_stops_at_the_pids_limit(
         bombed = await allocation(pool.store, "bomb")
         assert bombed is not None
         assert bombed.status == "running"  # held at its limit, not ended
-    finally:
-        driver.close()
 
 
 async def test_limits_are_in_the_containers_cgroup_and_inspect_shows_no_privileges(
     pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
 ) -> None:
-    await place(pool.store, laptop.host_id, "limited", spec(cpus=0.5, memory=96 << 20, pids_limit=100))
-    await wait_for_status(pool, "limited", "running")
-    driver = DockerDriver(docker_engines[0].url)
-    try:
-        [container] = [c for c in driver.list_managed(laptop.host_id) if c.allocation_id == "limited"]
-        cid = container.container_id
+    limited = spec(cpus=0.5, memory=96 << 20, pids_limit=100)
+    async with _running(pool, laptop, docker_engines[0], "limited", limited) as (driver, cid):
         read = driver.exec_run(
             cid,
             [
@@ -118,8 +135,6 @@ async def test_limits_are_in_the_containers_cgroup_and_inspect_shows_no_privileg
         assert host_config["IpcMode"] in ("private", "")
         assert host_config["Memory"] == host_config["MemorySwap"] == 96 << 20
         assert inspect["Config"]["Labels"]["potluck.allocation"] == "limited"
-    finally:
-        driver.close()
 
 
 async def test_writing_past_the_disk_bound_stops_the_container(pool: Pool, laptop: EnrolledHost) -> None:
@@ -303,16 +318,9 @@ async def test_no_process_of_a_container_dumps_core_nor_may_raise_its_core_limit
         "mkdir -p /crash && cd /crash && (ulimit -c unlimited 2>/dev/null; echo $? > /crash.raised; "
         'exec sh -c "kill -SEGV \\$\\$"); sleep 3600'
     )
-    await place(pool.store, laptop.host_id, "crasher", spec(command=["sh", "-c", crash]))
-    await wait_for_status(pool, "crasher", "running")
-    driver = DockerDriver(docker_engines[0].url)
-    try:
-        [container] = [c for c in driver.list_managed(laptop.host_id) if c.allocation_id == "crasher"]
-        cid = container.container_id
-        deadline = time.monotonic() + 15
-        while driver.exec_run(cid, ["test", "-e", "/crash.raised"]).exit_code != 0:
-            assert time.monotonic() < deadline, "the container's command never got to its crash"
-            await asyncio.sleep(0.2)
+    crasher = spec(command=["sh", "-c", crash])
+    async with _running(pool, laptop, docker_engines[0], "crasher", crasher) as (driver, cid):
+        await _until(driver, cid, ["-e", "/crash.raised"], "the command never got to its crash", 15)
         assert driver.exec_run(cid, ["cat", "/crash.raised"]).output.decode().strip() != "0"
         assert driver.exec_run(cid, ["ls", "-A", "/crash"]).output.decode() == ""
         limits = driver.exec_run(cid, ["sh", "-c", "ulimit -c; ulimit -Hc"]).output.decode().split()
@@ -320,8 +328,6 @@ async def test_no_process_of_a_container_dumps_core_nor_may_raise_its_core_limit
         assert driver.exec_run(cid, ["sh", "-c", "ulimit -c 1"]).exit_code != 0
         assert driver.inspect(cid)["HostConfig"]["Ulimits"] is not None
         assert {"Name": "core", "Soft": 0, "Hard": 0} in driver.inspect(cid)["HostConfig"]["Ulimits"]
-    finally:
-        driver.close()
 
 
 async def test_a_container_cannot_use_up_what_the_members_root_shares_with_it(
@@ -335,20 +341,18 @@ async def test_a_container_cannot_use_up_what_the_members_root_shares_with_it(
     queued to a stopped process of the container's. Must hold: the container's limits on
     pending signals, message-queue bytes and locked memory are hostd's (read in its command's process and in
     an exec, as a session's), and no more signals than that limit were queued."""
+    # Queued only once the sleep has stopped: a real-time signal whose default action ends a
+    # process, sent while the process still runs (on the other core, on its way to stop), ends
+    # it at once (the kernel's complete_signal), and there would be nothing left to read.
     queue = (
-        "sleep 3600 & p=$!; kill -STOP $p; i=0; while [ $i -lt 3000 ]; do kill -40 $p 2>/dev/null; "
+        "sleep 3600 & p=$!; kill -STOP $p; "
+        "until grep -q '^State:.*stopped' /proc/$p/status; do sleep 0.05; done; "
+        "i=0; while [ $i -lt 3000 ]; do kill -40 $p 2>/dev/null; "
         "i=$((i+1)); done; grep SigQ: /proc/$p/status > /queued; sleep 3600"
     )
-    await place(pool.store, laptop.host_id, "signaller", spec(command=["sh", "-c", queue]))
-    await wait_for_status(pool, "signaller", "running")
-    driver = DockerDriver(docker_engines[0].url)
-    try:
-        [container] = [c for c in driver.list_managed(laptop.host_id) if c.allocation_id == "signaller"]
-        cid = container.container_id
-        deadline = time.monotonic() + 30
-        while driver.exec_run(cid, ["test", "-s", "/queued"]).exit_code != 0:
-            assert time.monotonic() < deadline, "the container never got its signals queued"
-            await asyncio.sleep(0.2)
+    signaller = spec(command=["sh", "-c", queue])
+    async with _running(pool, laptop, docker_engines[0], "signaller", signaller) as (driver, cid):
+        await _until(driver, cid, ["-s", "/queued"], "the container never got its signals queued", 30)
         queued, limit = driver.exec_run(cid, ["cat", "/queued"]).output.decode().split()[1].split("/")
         assert (int(queued), int(limit)) == (SIGPENDING, SIGPENDING)
         for limits in ("/proc/1/limits", "/proc/self/limits"):
@@ -357,8 +361,6 @@ async def test_a_container_cannot_use_up_what_the_members_root_shares_with_it(
             assert rows["Max pending signals"] == [str(SIGPENDING)] * 2, text
             assert rows["Max msgqueue size"] == [str(MSGQUEUE)] * 2, text
             assert rows["Max locked memory"] == [str(MEMLOCK)] * 2, text
-    finally:
-        driver.close()
 
 
 async def test_an_image_starting_in_the_kernels_file_systems_is_refused_before_anything_runs(
