@@ -1,7 +1,7 @@
 """/v1/openapi.json, assembled from the pydantic models the handlers use, so it cannot drift."""
 
 from functools import cache
-from typing import Any
+from typing import Any, get_args
 
 from pydantic.json_schema import models_json_schema
 
@@ -21,6 +21,7 @@ from potluck.allocator.schemas import (
 from potluck.allocator.task_standing import TASK_STATES
 from potluck.contracts.job_events import MAX_TASKS
 from potluck.kernel.version import __version__
+from potluck.readmodels.allocations import AllocationStatus
 
 _REF = "#/components/schemas/{model}"
 
@@ -69,21 +70,7 @@ _LINKS = {
         ("AllocationHistory", "allocationHistory"),
     )
 }
-_STATE = {
-    "type": "string",
-    "enum": [
-        "pending",
-        "placed",
-        "pulling",
-        "running",
-        "exited",
-        "failed",
-        "lost",
-        "expired",
-        "released",
-        "refused",
-    ],
-}
+_STATE = {"type": "string", "enum": list(get_args(AllocationStatus))}
 
 
 #: `?limit=&after=` of the lists (paging.py): the same for allocations and jobs.

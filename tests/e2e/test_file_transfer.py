@@ -124,6 +124,19 @@ async def interactive(g: Gatewayed, image: str, disk: str = "1G") -> str:
         return await g.allocate(http, command=None, image=image, disk=disk, memory="256M")
 
 
+async def running_within(g: Gatewayed, alloc_id: str, kib: int, also: str = "") -> list[str]:
+    """Assert that the allocation still runs and its /root holds less than `kib` KiB (`du`);
+    the words `also` (a command run after it in the container) printed."""
+    state = await allocation(g.pool.store, alloc_id)
+    assert state is not None
+    assert state.status == "running", g.pool.logs()
+    used = await g.ssh(alloc_id, "du -s -k /root | cut -f1" + (f"; {also}" if also else ""))
+    assert used.returncode == 0, used.stderr
+    words = used.stdout.split()
+    assert int(words[0]) < kib, used.stdout
+    return words[1:]
+
+
 @pytest.mark.slow
 async def test_scp_both_modes_sftp_and_rsync_into_the_default_image(
     files: Gatewayed, default_image: str, tmp_path: Path
@@ -353,12 +366,7 @@ async def test_sftp_past_the_disk_bound_fails_cleanly_and_the_container_stays_wi
     await asyncio.sleep(2)
 
     assert put.returncode != 0
-    state = await allocation(files.pool.store, alloc_id)
-    assert state is not None
-    assert state.status == "running", files.pool.logs()
-    left = await files.ssh(alloc_id, "du -s -k /root | cut -f1")
-    assert left.returncode == 0, left.stderr
-    assert int(left.stdout) < 64 * 1024
+    await running_within(files, alloc_id, 64 * 1024)
 
 
 @pytest.mark.slow

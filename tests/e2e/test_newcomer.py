@@ -372,32 +372,15 @@ def test_a_port_in_use_is_named(newcomer: dict[str, str]) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        done = potluck(
-            "up",
-            "--api-port",
-            str(port),
-            "--nats-port",
-            str(free_port()),
-            "--postgres-port",
-            str(free_port()),
-            env=newcomer,
-        )
+
+        def up(*extra: str) -> subprocess.CompletedProcess[str]:
+            ports = ("--nats-port", str(free_port()), "--postgres-port", str(free_port()))
+            return potluck("up", *extra, "--api-port", str(port), *ports, env=newcomer)
+
+        done = up()
         # The same in the background: the child's error, its line breaks kept (they were
         # shown as `\x0a`), and only this run's (up.log keeps earlier runs' lines too).
-        detached = [
-            potluck(
-                "up",
-                "--detach",
-                "--api-port",
-                str(port),
-                "--nats-port",
-                str(free_port()),
-                "--postgres-port",
-                str(free_port()),
-                env=newcomer,
-            )
-            for _ in range(2)
-        ]
+        detached = [up("--detach") for _ in range(2)]
     assert done.returncode != 0
     assert f"port {port} is in use" in done.stderr
     assert "--api-port" in done.stderr

@@ -22,7 +22,6 @@ from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e import test_file_transfer as transfer
 from tests.e2e.conftest import Gatewayed
 from tests.fixtures import ssh as ssh_fixtures
-from tests.fixtures.pool import allocation
 from tests.fixtures.ssh import SshEnv
 
 MiB = 1 << 20
@@ -220,12 +219,7 @@ async def test_two_sessions_writing_at_once_share_the_disk_bound(files: Gatewaye
     await asyncio.sleep(3)
 
     assert any(isinstance(o, asyncssh.SFTPError) for o in outcomes), outcomes
-    state = await allocation(files.pool.store, alloc_id)
-    assert state is not None
-    assert state.status == "running", files.pool.logs()
-    used = await files.ssh(alloc_id, "du -s -k /root | cut -f1")
-    assert used.returncode == 0, used.stderr
-    assert int(used.stdout) < 64 * 1024
+    await transfer.running_within(files, alloc_id, 64 * 1024)
     async with sftp_client(files, alloc_id) as sftp, sftp.open("/root/small.txt", "w") as f:
         await f.write("small\n")
     assert (await files.ssh(alloc_id, "cat /root/small.txt")).stdout == "small\n"
@@ -257,10 +251,6 @@ async def test_growing_a_file_by_truncate_counts_against_the_disk_bound(files: G
     await asyncio.sleep(3)
 
     assert "disk bound" in str(refused.value.reason)
-    state = await allocation(files.pool.store, alloc_id)
-    assert state is not None
-    assert state.status == "running", files.pool.logs()
-    used = await files.ssh(alloc_id, "du -s -k /root | cut -f1; stat -c %s /root/holes.bin")
-    assert used.returncode == 0, used.stderr
-    assert int(used.stdout.split()[0]) < 64 * 1024
-    assert int(used.stdout.split()[1]) == 10 * MiB
+    assert await transfer.running_within(files, alloc_id, 64 * 1024, "stat -c %s /root/holes.bin") == [
+        str(10 * MiB)
+    ]
