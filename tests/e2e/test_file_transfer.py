@@ -124,6 +124,14 @@ async def interactive(g: Gatewayed, image: str, disk: str = "1G") -> str:
         return await g.allocate(http, command=None, image=image, disk=disk, memory="256M")
 
 
+async def busybox_with(g: Gatewayed, script: str) -> str:
+    """An interactive busybox allocation in which `script` ran (and succeeded): its id."""
+    alloc_id = await interactive(g, DEFAULT_TAG)
+    made = await g.ssh(alloc_id, script)
+    assert made.returncode == 0, made.stderr
+    return alloc_id
+
+
 async def running_within(g: Gatewayed, alloc_id: str, kib: int, also: str = "") -> list[str]:
     """Assert that the allocation still runs and its /root holds less than `kib` KiB (`du`);
     the words `also` (a command run after it in the container) printed."""
@@ -334,9 +342,7 @@ async def test_sftp_into_busybox_cannot_leave_the_container_and_names_missing_pa
     and of an absolute symlink to it. What must hold: the missing path fails saying so; what
     comes back both times is the container's own file, not the host's (hostd never reads
     the host's files: the container resolves every path itself)."""
-    alloc_id = await interactive(files, DEFAULT_TAG)
-    made = await files.ssh(alloc_id, "ln -s /etc/hostname /root/link")
-    assert made.returncode == 0, made.stderr
+    alloc_id = await busybox_with(files, "ln -s /etc/hostname /root/link")
 
     missing = await sftp(files, alloc_id, f"get /no/such/file {tmp_path / 'x'}\n")
     assert missing.returncode != 0
@@ -380,13 +386,11 @@ async def test_potluck_cp_of_a_folders_contents_dot_dot_and_hard_links_land_unde
     destination holds /out's files (a and b one inode), the `..` one as the destination itself,
     not as `out`; the git work tree gains nothing (no hook planted) and nothing else lands
     beside the destinations."""
-    alloc_id = await interactive(files, DEFAULT_TAG)
-    made = await files.ssh(
-        alloc_id,
+    alloc_id = await busybox_with(
+        files,
         "mkdir -p /out/.git/hooks /out/sub && echo x > /out/.git/hooks/post-checkout "
         "&& echo a > /out/a && ln /out/a /out/b",
     )
-    assert made.returncode == 0, made.stderr
     env = logged_in(files, tmp_path)
     work = tmp_path / "work"
     (work / ".git" / "hooks").mkdir(parents=True)
@@ -423,13 +427,11 @@ async def test_potluck_cp_keeps_names_that_differ_only_by_case_where_the_filesys
     on a filesystem folding names (macOS's) would write `d/a/x` one level up, through the link,
     which tar_guard refuses there. Here (Linux: names are not folded) `potluck cp ALLOC:/out`.
     What must hold: exit 0, and every entry lands as it was, each spelling its own."""
-    alloc_id = await interactive(files, DEFAULT_TAG)
-    made = await files.ssh(
-        alloc_id,
+    alloc_id = await busybox_with(
+        files,
         "mkdir -p /out/d/a && echo M > /out/Makefile && echo m > /out/makefile "
         "&& ln -s .. /out/d/A && echo x > /out/d/a/x",
     )
-    assert made.returncode == 0, made.stderr
     env = logged_in(files, tmp_path)
 
     done = potluck("cp", "-i", str(files.key), f"{alloc_id}:/out", str(tmp_path / "got"), env=env)
