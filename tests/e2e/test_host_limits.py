@@ -375,10 +375,9 @@ async def test_an_image_starting_in_the_kernels_file_systems_is_refused_before_a
     import_rootfs(
         engine.url, rootfs_tarball(), WORKDIR_IMAGE, changes=["WORKDIR /proc/self/fd/7", 'CMD ["/bin/sh"]']
     )
-    host = await pool.enroll("laptop-workdir")
-    pool.write_config(host, engine, allowed_images=[DEFAULT_TAG, "potluck-workdir:*"])
-    pool.start_hostd(host)
-    await pool.wait_for_host(host.host_id, "active")
+    host = await start_laptop(
+        pool, engine, "laptop-workdir", allowed_images=[DEFAULT_TAG, "potluck-workdir:*"]
+    )
     driver = DockerDriver(engine.url)
     try:
         since = int(time.time()) - 1

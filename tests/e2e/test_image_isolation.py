@@ -17,6 +17,7 @@ from potluck.contracts.registry_locality import local_registry_of
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e.allocator_api import create_on
+from tests.e2e.conftest import start_laptop
 from tests.fixtures.images import build_and_push, get_allocation
 from tests.fixtures.pool import Pool
 
@@ -59,11 +60,10 @@ async def test_an_image_id_or_its_first_characters_never_run_another_users_priva
     assert local_registry_of(secret, registry.address) is None
 
     monkeypatch.setenv("POTLUCK_HOSTD_PULL_ATTEMPTS", "1")
-    host = await pool.enroll("laptop-b")
     # `*:*`: every Docker Hub official name and tag, as a member who trusts them all would write.
-    pool.write_config(host, laptop_b, allowed_images=[DEFAULT_TAG, f"{registry.address}/alice/*:*", "*:*"])
-    pool.start_hostd(host)
-    await pool.wait_for_host(host.host_id, "active")
+    await start_laptop(
+        pool, laptop_b, "laptop-b", allowed_images=[DEFAULT_TAG, f"{registry.address}/alice/*:*", "*:*"]
+    )
 
     async with aiohttp.ClientSession() as http:
         headers = {"Authorization": f"Bearer {alice}"}

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from potluck.localstack.docker_engine import DockerEngine
+from tests.e2e.conftest import start_laptop
 from tests.fixtures.images import build_and_push, get_allocation, has_image
 from tests.fixtures.pool import Pool
 
@@ -33,15 +34,13 @@ async def test_an_image_that_unpacks_past_the_donated_disk_fails_and_leaves_noth
 
     monkeypatch.setenv("POTLUCK_HOSTD_PULL_ATTEMPTS", "2")
     monkeypatch.setenv("POTLUCK_HOSTD_PULL_BACKOFF_S", "1")
-    host = await pool.enroll("laptop-b")
-    pool.write_config(
-        host,
+    await start_laptop(
+        pool,
         laptop_b,
+        "laptop-b",
         allowed_images=[f"{registry.address}/alice/*:*"],
         donate={"cpus": 1, "memory": "1G", "disk": "64M"},
     )
-    pool.start_hostd(host)
-    await pool.wait_for_host(host.host_id, "active")
 
     async with aiohttp.ClientSession() as http:
         headers = {"Authorization": f"Bearer {alice}"}

@@ -22,6 +22,7 @@ from potluck.localpool import EnrolledHost
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import build_test_image
 from potluck.user.client import ExitCode, Login
+from tests.e2e.conftest import start_laptop
 from tests.fixtures.pool import Pool
 
 #: Every task but index 3 exits 0; index 3 exits 3 (busybox sh has no ?: in $(( ))).
@@ -288,11 +289,7 @@ async def test_tasks_of_a_host_killed_mid_job_are_requeued_and_the_job_completes
 @pytest.fixture
 async def one_host(pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path) -> TwoHosts:
     """Alice logged in to a pool of one active host (the TwoHosts helpers, one host)."""
-    host = await pool.enroll("laptop-a")
-    pool.write_config(host, docker_engines[0], donate={"cpus": 1, "memory": "1G", "disk": "2G"})
-    pool.start_hostd(host)
-    await pool.central_services_ready()  # see HOST_FIXTURES_THAT_WAIT
-    await pool.wait_for_host(host.host_id, "active")
+    host = await start_laptop(pool, docker_engines[0], donate={"cpus": 1, "memory": "1G", "disk": "2G"})
     token = await pool.add_user("alice")
     config = tmp_path / "client" / "client.toml"
     Login(pool.api, token).save(config)
