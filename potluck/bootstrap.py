@@ -11,7 +11,6 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
@@ -22,6 +21,7 @@ from potluck.events.bus import StreamReplicasError
 from potluck.events.connection import connect_bus
 from potluck.events.relay import watch_relay_lag
 from potluck.kernel.metrics import pool_metrics
+from potluck.kernel.redacted_urls import redacted
 from potluck.runner import StoppedWhileStarting, run_tasks_until, run_until_signalled, unless_stopped
 from potluck.telemetry import TelemetryConfigError, configure_telemetry
 
@@ -49,16 +49,6 @@ class Backends:
 Body = Callable[[EventStore, NATS], Awaitable[None]]
 
 
-def _redacted(url: str) -> str:
-    """`url` without its password, for an error a person reads."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "the URL given"
-    return url if password is None else url.replace(f":{password}@", ":***@", 1)
-
-
 class EventLogUnreachable(Exception):
     """The event log's database did not let this service in; the message says which and why."""
 
@@ -70,7 +60,7 @@ async def open_event_log(database_url: str) -> EventStore:
         return await EventStore.open(database_url, max_size=10)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise EventLogUnreachable(
-            f"cannot open the event log at {_redacted(database_url)} ({exc}); is Postgres "
+            f"cannot open the event log at {redacted(database_url)} ({exc}); is Postgres "
             "running there, and the URL right? (--database-url or POTLUCK_DATABASE_URL)"
         ) from None
 

@@ -23,7 +23,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import click
@@ -33,6 +32,7 @@ from rich.table import Table
 from potluck.cli_options import FiniteRange, nats_options_for, operator_database_option
 from potluck.events import EventStore, RecordedEvent
 from potluck.events.connection import is_authorization_refusal
+from potluck.kernel.redacted_urls import redacted
 from potluck.kernel.terminal_text import shown
 from potluck.ops import LiveUnavailable, OpsError
 from potluck.ops.archive import archive_command
@@ -49,18 +49,6 @@ def _json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")(f)
 
 
-def _redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "the database URL"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def _console() -> Console:
     # Not a terminal (a pipe, a file): wide enough that tables are not folded.
     return Console(markup=False, highlight=False, emoji=False, width=None if sys.stdout.isatty() else 200)
@@ -73,16 +61,15 @@ def _fail(message: str, code: int = 1) -> None:
 
 @contextlib.asynccontextmanager
 async def _store(database_url: str) -> Any:
+    shown = redacted(database_url, "the database URL")
     try:
         store = await EventStore.open(database_url, min_size=1, max_size=2, migrate=False)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-        raise OpsError(f"cannot reach the event log at {_redacted(database_url)}: {exc}") from None
+        raise OpsError(f"cannot reach the event log at {shown}: {exc}") from None
     try:
         yield store
     except asyncpg.UndefinedTableError:
-        raise OpsError(
-            f"{_redacted(database_url)} has no event log yet: start a service (or `potluck relay`) once"
-        ) from None
+        raise OpsError(f"{shown} has no event log yet: start a service (or `potluck relay`) once") from None
     finally:
         await store.close()
 
