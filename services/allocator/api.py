@@ -15,6 +15,7 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable
+from functools import cache
 from typing import Any
 
 import structlog
@@ -135,9 +136,13 @@ def _query_names(request: web.Request) -> frozenset[str] | None:
     """The query parameters the OpenAPI document declares for the request's route and method;
     None for a route it does not describe."""
     resource = request.match_info.route.resource
-    if resource is None:
-        return None
-    operation = openapi_document()["paths"].get(resource.canonical, {}).get(request.method.lower())
+    return None if resource is None else _declared_query(resource.canonical, request.method.lower())
+
+
+@cache
+def _declared_query(path: str, method: str) -> frozenset[str] | None:
+    # Read from the document once per operation, not per request: every request asks.
+    operation = openapi_document()["paths"].get(path, {}).get(method)
     if not isinstance(operation, dict):
         return None
     return frozenset(p["name"] for p in operation.get("parameters", []) if p.get("in") == "query")

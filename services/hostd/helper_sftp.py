@@ -327,7 +327,7 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
             # (the engine's SizeRw, which the disk guard measures): as much as a write would.
             growth = max(0, attrs.size - ((await self._stat(path, follow=True)).size or 0))
             if growth:
-                self.budget = self.budget or await self._join_budget()
+                await self._hold_budget()
                 self._take(growth)
         try:
             await self._set(path, attrs)
@@ -393,10 +393,15 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
             with contextlib.suppress(asyncssh.SFTPError):
                 await self._setstat(name, asyncssh.SFTPAttrs(permissions=attrs.permissions))
         handle.append_at = handle.end = info.size
-        if writable and self.budget is None:
-            self.budget = await self._join_budget()
+        if writable:
+            await self._hold_budget()
         self.handles.add(handle)
         return handle
+
+    async def _hold_budget(self) -> None:
+        """Join the allocation's shared budget, unless this session holds it already."""
+        if self.budget is None:
+            self.budget = await self._join_budget()
 
     async def _join_budget(self) -> _DiskBudget:
         """The allocation's shared budget (module docstring), measured if no session holds one."""
