@@ -13,7 +13,11 @@ cannot together pass the user's quota. When other writers win every attempt,
 the user is told the pool is busy.
 
 A command that appends waits until the fold has taken in its own append
-before answering, so a user reads their own writes.
+before answering, so a user reads their own writes. A refusal that no host
+could ever give a request (422) is said only after the fold has caught up with
+the log once more: the host that a member saw join a moment ago (in the log,
+`potluck ops hosts list`) may not be folded here yet, and "no host matches" is
+no answer to give about it.
 
 New requests are decided one at a time (under `placing`) but not committed one
 at a time: each decision queues its append and lets the next decision go while
@@ -63,6 +67,7 @@ from potluck.allocator.waiting import Standing, queue_positions, standing_in
 from potluck.contracts.allocation_events import AllocationRequested, CapacityReserved, alloc_stream
 from potluck.contracts.job_events import JobSubmitted, job_stream
 from potluck.events import (
+    TRANSIENT_DB_ERRORS,
     Contended,
     Event,
     EventStore,
@@ -90,6 +95,9 @@ T = TypeVar("T")
 #: when a change to how the model folds makes a log fold to another model than before in a
 #: module the checkpoint does not hold a class of (a change to those makes it stale by itself).
 FOLD_VERSION = 1
+#: How long a request no host could give waits for the fold to catch up with the log before
+#: it is refused all the same (a database that does not answer must not hold a refusal up).
+IMPOSSIBLE_RECHECK_S = 2.0
 #: The model's parts a checkpoint holds: not the placement index, which follows from the
 #: others and points at the requests in flight.
 _KEPT = tuple(f.name for f in fields(AllocatorModel) if f.name != "placement")
@@ -97,6 +105,13 @@ _KEPT = tuple(f.name for f in fields(AllocatorModel) if f.name != "placement")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class _NeverPossible(Rejected):
+    """No host registered could ever give the request, as the model has folded the log so far."""
+
+    def __init__(self, impossible: Impossible) -> None:
+        super().__init__(impossible.code, impossible.message, field=impossible.field, status=422)
 
 
 class _Watched:
@@ -303,6 +318,23 @@ class AllocatorEngine:
             log.info("allocator.contended", stream=exc.conflict.stream, attempts=exc.attempts)
             raise Rejected("BUSY", "the pool is changing too fast to decide; try again", status=503) from exc
 
+    async def decided_on_the_whole_log(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`decide(attempt)`; when `attempt` finds that no host could ever give the request, once
+        more after the fold has caught up with the log, if that took in anything new (a host
+        that registered or changed its labels or donation a moment ago)."""
+        try:
+            return await self.decide(attempt)
+        except _NeverPossible as refused:
+            before = self.fold.position
+            try:
+                await self.fold.caught_up_with(self.store, timeout=IMPOSSIBLE_RECHECK_S)
+            except TRANSIENT_DB_ERRORS as exc:  # TimeoutError among them
+                log.info("allocator.recheck_skipped", code=refused.code, reason=type(exc).__name__)
+                raise refused from None
+            if self.fold.position == before:
+                raise
+        return await self.decide(attempt)
+
     # Queries.
 
     def _mine(self, user: User, alloc_id: str) -> AllocationState:
@@ -350,7 +382,7 @@ class AllocatorEngine:
                 outlook = self.outlook()
                 decision = outlook.place(request, self.strategy)
                 if isinstance(decision, Impossible):
-                    raise Rejected(decision.code, decision.message, field=decision.field, status=422)
+                    raise _NeverPossible(decision)
                 check_quota(user.quota, outlook.held_by(user.name), request.spec.resources)
                 host_id = decision.host_id if isinstance(decision, Placed) else None
                 appends = request_appends(
@@ -368,7 +400,7 @@ class AllocatorEngine:
             await self.fold.seen(recorded[-1].position)
             return self.allocations.allocations[alloc_id]
 
-        state = await self.decide(attempt)
+        state = await self.decided_on_the_whole_log(attempt)
         log.info(
             "allocation.requested",
             alloc_id=alloc_id,
@@ -433,14 +465,14 @@ class AllocatorEngine:
             check_unfinished_jobs(len(unfinished))
             decision = self.outlook().place(probe, self.strategy)
             if isinstance(decision, Impossible):
-                raise Rejected(decision.code, decision.message, field=decision.field, status=422)
+                raise _NeverPossible(decision)
             submitted = JobSubmitted(job_id=job_id, user=user.name, spec=spec)
             submitting.add(job_id)
             await self.append([StreamAppend(job_stream(job_id), [submitted], 0)], f"user:{user.name}")
             return self.model.jobs.jobs[job_id]
 
         try:
-            job = await self.decide(attempt)
+            job = await self.decided_on_the_whole_log(attempt)
         finally:
             submitting = self._submitting.get(user.name)
             if submitting is not None:
