@@ -52,24 +52,31 @@ _WRITTEN = (
 
 
 class DurationBetween:
-    """Pydantic metadata for a duration of lo..hi seconds (above lo, when `exclusive_lo`):
+    """Pydantic metadata for a duration of lo..hi seconds (lo at least 1; `zero`: or 0):
     `Annotated[float, DurationBetween(lo, hi)]`. A number, or a text of at most MAX_TEXT
-    characters whose pattern the JSON schema publishes as the server checks it."""
+    characters whose pattern the JSON schema publishes as the server checks it.
 
-    def __init__(self, lo: int, hi: int, *, exclusive_lo: bool = False) -> None:
-        self.lo, self.hi, self.exclusive_lo = lo, hi, exclusive_lo
-        self.pattern = amount_in_range(lo, hi, _SUFFIXES, exclusive_lo=exclusive_lo)
+    Nothing between 0 and lo is taken: a lifetime of 1e-300 s ends before anything could start,
+    and a wait or a keep that short is 0 in all but name. A field where 0 means something (no
+    waiting, nothing kept) takes `zero`."""
+
+    def __init__(self, lo: int, hi: int, *, zero: bool = False) -> None:
+        self.lo, self.hi, self.zero = lo, hi, zero
+        self.pattern = amount_in_range(lo, hi, _SUFFIXES, zero=zero, below_one_unit=True)
         self._compiled = re.compile(self.pattern)
+
+    @property
+    def bounds(self) -> str:
+        """The values taken, for people: `0, or from 1 to 86400 seconds`."""
+        span = f"from {self.lo:g} to {self.hi:g} seconds"
+        return f"0, or {span}" if self.zero else span
 
     def parse(self, value: object) -> float:
         if isinstance(value, str) and len(value) <= MAX_TEXT and self._compiled.fullmatch(value):
             return parse_duration(value)
         seconds = parse_duration(value)  # type: ignore[arg-type]  # refuses what is not a duration at all
-        if seconds < self.lo or seconds > self.hi or (self.exclusive_lo and seconds == self.lo):
-            above = "more than" if self.exclusive_lo else "at least"
-            raise ValueError(
-                f"the duration must be {above} {self.lo:g} and at most {self.hi:g} seconds, not {value!r}"
-            )
+        if not (self.lo <= seconds <= self.hi or (self.zero and seconds == 0)):
+            raise ValueError(f"the duration must be {self.bounds}, not {value!r}")
         if isinstance(value, str):
             raise ValueError(f"{value!r}: {_WRITTEN}")
         return seconds
@@ -80,10 +87,9 @@ class DurationBetween:
     def __get_pydantic_json_schema__(
         self, schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        low = {"exclusiveMinimum": self.lo} if self.exclusive_lo else {"minimum": self.lo}
-        return {
-            "anyOf": [
-                {"type": "number", **low, "maximum": self.hi},
-                {"type": "string", "maxLength": MAX_TEXT, "pattern": self.pattern},
-            ]
-        }
+        choices: list[JsonSchemaValue] = [{"type": "number", "const": 0}] if self.zero else []
+        choices += [
+            {"type": "number", "minimum": self.lo, "maximum": self.hi},
+            {"type": "string", "maxLength": MAX_TEXT, "pattern": self.pattern},
+        ]
+        return {"anyOf": choices}

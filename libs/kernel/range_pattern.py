@@ -60,32 +60,60 @@ def integer_range(lo: int, hi: int) -> str:
     return "(?:" + "|".join(alternatives) + ")"
 
 
-#: A fraction of 1..6 digits, at least one of them not zero.
-_NONZERO_FRACTION = (
-    "(?:" + "|".join("0" * n + "[1-9]" + (f"[0-9]{{0,{5 - n}}}" if n < 5 else "") for n in range(6)) + ")"
-)
 _FRACTION = "(?:\\.[0-9]{1,6})?"
+_ZERO = "0(?:\\.0{1,6})?"
+#: The most digits a fraction may have.
+_FRACTION_DIGITS = 6
 
 
-def amount_in_range(lo: int, hi: int, suffixes: dict[int, str], *, exclusive_lo: bool = False) -> str:
-    """An anchored pattern for `<number><suffix>` texts worth lo..hi base units.
+def _digits_at_least(least: int, width: int) -> list[str]:
+    """Alternatives for the strings of `width` digits (leading zeros allowed) worth `least` or more."""
+    bound = str(least).zfill(width)
+    out = []
+    for i, digit in enumerate(bound):
+        if digit != "9":
+            out.append(bound[:i] + _digit_class(int(digit) + 1, 9) + "[0-9]" * (width - i - 1))
+    return [*out, bound]
+
+
+def _fraction_at_least(least: int) -> str | None:
+    """A pattern for the fractions of 1..6 digits worth at least `least` millionths; None if
+    none is (`least` past 999999)."""
+    if least >= 10**_FRACTION_DIGITS:
+        return None
+    alternatives = []
+    for width in range(1, _FRACTION_DIGITS + 1):
+        scale = 10 ** (_FRACTION_DIGITS - width)
+        smallest = -(-least // scale)  # the least `width`-digit fraction worth `least` millionths
+        if smallest < 10**width:
+            alternatives += _digits_at_least(smallest, width)
+    return "(?:" + "|".join(alternatives) + ")"
+
+
+def amount_in_range(
+    lo: int, hi: int, suffixes: dict[int, str], *, zero: bool = False, below_one_unit: bool = False
+) -> str:
+    """An anchored pattern for `<number><suffix>` texts worth lo..hi base units (lo >= 1).
 
     `suffixes` maps each factor to the pattern of what may follow a number worth
     that many base units (its unit's spellings, the space before them). A number
     is a whole numeral without leading zeros, or with a fraction of up to 6
     digits where the whole part alone is in bounds and below the top: `1.5G` is
-    in, `0.5G` (write `512M`) is not. `exclusive_lo` (lo being 0) leaves out
-    zero but lets in fractions of one unit, e.g. `0.5h`.
+    in, `0.5G` (write `512M`) is not. `below_one_unit` lets in fractions of one
+    unit worth lo or more too (`0.5h`, not `0.0001h`); `zero` lets in a zero
+    (`0`, `0.0`, `0m`) besides lo..hi.
     """
-    if exclusive_lo and lo != 0:
-        raise ValueError("exclusive_lo is for a lower bound of 0")
+    if lo < 1:
+        raise ValueError(f"the lower bound is at least 1 (`zero` adds 0), not {lo}")
     alternatives = []
     for factor, suffix in sorted(suffixes.items()):
         first, top = -(-lo // factor), hi // factor
-        numbers = []
-        if exclusive_lo:
-            first = 1
-            numbers.append("0\\." + _NONZERO_FRACTION)
+        numbers = [_ZERO] if zero else []
+        if below_one_unit and first == 1:
+            # 0.F units, worth lo or more: F millionths of `factor` at least lo.
+            fraction = _fraction_at_least(-(-lo * 10**_FRACTION_DIGITS // factor))
+            if fraction is not None:
+                numbers.append("0\\." + fraction)
         if first <= top - 1:
             numbers.append(integer_range(first, top - 1) + _FRACTION)
         if first <= top:

@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 from potluck.allocator.paging import DEFAULT_LIMIT
 from potluck.allocator.schemas import (
     ENV_NAME,
+    MIN_DURATION_S,
     Body,
     Command,
     Disk,
@@ -41,8 +42,8 @@ from potluck.readmodels.jobs import JobState, JobStatus
 __all__ = ["CreateJob", "Job", "JobList", "JobTask", "JobTaskList", "TaskState"]
 
 # DurationBetween builds its pattern from whole seconds.
-KeepFor = Annotated[float, DurationBetween(0, int(MAX_KEEP_FOR_S))]
-Deadline = Annotated[float, DurationBetween(0, 30 * 86400, exclusive_lo=True)]
+KeepFor = Annotated[float, DurationBetween(MIN_DURATION_S, int(MAX_KEEP_FOR_S), zero=True)]
+Deadline = Annotated[float, DurationBetween(MIN_DURATION_S, 30 * 86400)]
 
 
 def _whole(value: object) -> object:
@@ -105,7 +106,7 @@ class CreateJob(Request):
     )
     network: bool = Field(default=False, description="Outbound network, where the member allows it.")
     lifetime: Lifetime = Field(
-        default=3600.0, description="Each attempt's lifetime once placed: seconds, or e.g. 2h."
+        default=3600.0, description="Each attempt's lifetime once placed: seconds (at least 1), or e.g. 2h."
     )
     parallelism: Parallelism | None = Field(
         default=None,
@@ -124,11 +125,13 @@ class CreateJob(Request):
     )
     deadline: Deadline | None = Field(
         default=None,
-        description="The job is cancelled if not done this long after submission: seconds, or e.g. 6h.",
+        description="The job is cancelled if not done this long after submission: seconds (at least 1), "
+        "or e.g. 6h.",
     )
     keep_for: KeepFor = Field(
         default=DEFAULT_KEEP_FOR_S,
-        description="How long a finished task's container is kept for `potluck cp` and `potluck logs`.",
+        description="How long a finished task's container is kept for `potluck cp` and `potluck logs`: "
+        "0 (removed at once), or at least 1 second.",
     )
 
     def spec(self) -> JobSpec:

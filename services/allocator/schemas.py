@@ -33,10 +33,14 @@ MAX_KEY_TEXT = 8192
 # Bounds of the fields (the JSON schema publishes them; the parsers check exactly those).
 Memory = Annotated[int, SizeBetween(16 << 20, 1 << 44)]
 Disk = Annotated[int, SizeBetween(16 << 20, 1 << 46)]
-Lifetime = Annotated[float, DurationBetween(0, MAX_LIFETIME_S, exclusive_lo=True)]
-QueueTimeout = Annotated[float, DurationBetween(0, 86400)]
+#: The shortest duration a field takes besides 0 (which only a wait or a keep takes, meaning
+#: none): anything shorter is 0 in all but name, or a lifetime that ends before its container
+#: could start.
+MIN_DURATION_S = 1
+Lifetime = Annotated[float, DurationBetween(MIN_DURATION_S, MAX_LIFETIME_S)]
+QueueTimeout = Annotated[float, DurationBetween(MIN_DURATION_S, 86400, zero=True)]
 MAX_KEEP_FOR_S = 7 * 86400
-KeepFor = Annotated[float, DurationBetween(0, MAX_KEEP_FOR_S)]
+KeepFor = Annotated[float, DurationBetween(MIN_DURATION_S, MAX_KEEP_FOR_S, zero=True)]
 
 
 class Body(BaseModel):
@@ -68,18 +72,35 @@ Text = Annotated[
 ]
 
 
+#: A program to run (a command's first word): not empty, no white space at either end, no NUL
+#: (TEXT). An argv[0] of "" or " python3" would pass Docker's checks and fail only when the
+#: container starts. The white space is spelled out: ECMA 262's `\s` and Python's differ.
+_BLANK = r" \t\n\r\u000b\u000c"
+PROGRAM = rf"^[^{_BLANK}\u0000](?:[^\u0000]*[^{_BLANK}\u0000])?$"
+_PROGRAM = re.compile(PROGRAM)
+
+
 def _runs_something(words: list[str]) -> list[str]:
     # Docker runs the image's own CMD for an empty command: not what someone who wrote one meant,
     # and for an allocation, leaving it out (interactive) is how to ask for something else.
     if not words:
         raise ValueError("give the program to run and its arguments, or leave `command` out")
+    if not _PROGRAM.fullmatch(words[0]):
+        raise ValueError(
+            f"the command's first word, the program to run ({words[0][:40]!r}), is empty or has "
+            'white space at an end: name the program first, e.g. ["python3", "train.py"] or '
+            '["sh", "-c", "make && ./run"]'
+        )
     return words
 
 
-#: A command as Docker's argv: the program first, then its arguments.
+#: A command as Docker's argv: the program first, then its arguments (which may be empty).
 Command = Annotated[
     list[Text],
-    Field(max_length=256, json_schema_extra={"minItems": 1}),
+    Field(
+        max_length=256,
+        json_schema_extra={"minItems": 1, "prefixItems": [{"type": "string", "pattern": PROGRAM}]},
+    ),
     AfterValidator(_runs_something),
 ]
 
@@ -148,7 +169,7 @@ class CreateAllocation(Request):
         description="An image reference as `docker pull` takes it: [registry/]repository[:tag][@digest]."
     )
     ssh_keys: list[SshKey] = Field(default_factory=list, max_length=16, description="OpenSSH public keys.")
-    lifetime: Lifetime = Field(default=3600.0, description="Seconds, or e.g. 2h.")
+    lifetime: Lifetime = Field(default=3600.0, description="Seconds (at least 1), or e.g. 2h.")
     command: Command | None = Field(
         default=None,
         description=(
@@ -162,7 +183,9 @@ class CreateAllocation(Request):
     )
     network: bool = Field(default=False, description="Outbound network, where the member allows it.")
     queue_timeout: QueueTimeout = Field(
-        default=600.0, description="How long to wait as pending for capacity."
+        default=600.0,
+        description="How long to wait as pending for capacity: 0 (refused at once if no host has "
+        "room now), or at least 1 second.",
     )
     on_preempt: OnPreempt = Field(
         default="wait",
@@ -176,13 +199,13 @@ class CreateAllocation(Request):
         description=(
             "Seconds (or e.g. 1h) its stopped container is kept once its command exited, for "
             "`potluck cp ALLOC:PATH` and `potluck logs`; its disk stays reserved until then. "
-            "0: removed at once."
+            "0: removed at once; else at least 1 second."
         ),
     )
 
 
 class ExtendAllocation(Request):
-    by: Lifetime = Field(description="Seconds to add, or e.g. 1h.")
+    by: Lifetime = Field(description="Seconds to add (at least 1), or e.g. 1h.")
 
 
 class PullProgress(Body):

@@ -175,6 +175,14 @@ async def test_extend_moves_the_expiry(alice: Api) -> None:
     status, extended = await alice.call("POST", f"/v1/allocations/{created['id']}/extend", {"by": "30m"})
     assert status == 200
     assert extended["expires_at"] > created["expires_at"]
+    # Less than a second is no extension: refused, naming `by` and the least it takes.
+    for by in (1e-300, 0.5, "0.0001h", 0):
+        status, refused = await alice.call("POST", f"/v1/allocations/{created['id']}/extend", {"by": by})
+        assert status == 400, (by, refused)
+        assert (refused["error"]["code"], refused["error"]["field"]) == ("INVALID_FIELD", "by"), refused
+        assert "must be from 1 to 604800 seconds" in refused["error"]["message"], refused
+    _, after = await alice.call("GET", f"/v1/allocations/{created['id']}")
+    assert after["expires_at"] == extended["expires_at"]
 
 
 async def test_a_lost_host_makes_its_allocations_lost_and_frees_capacity(
@@ -270,6 +278,19 @@ async def test_query_parameters_methods_and_numbers_are_as_the_published_schema_
         [text] = [s for s in schema["anyOf"] if s["type"] == "string"]
         assert text["maxLength"] <= 32, name
         assert text["pattern"], name
+    # Durations: nothing between 0 and a second (0 only where it means none: no wait, no keep).
+    for name, schema, zero in (
+        ("lifetime", create["lifetime"], False),
+        ("queue_timeout", create["queue_timeout"], True),
+        ("keep_for", create["keep_for"], True),
+        ("by", extend["by"], False),
+    ):
+        [number] = [s for s in schema["anyOf"] if s["type"] == "number" and "const" not in s]
+        assert number["minimum"] == 1, name
+        assert ({"type": "number", "const": 0} in schema["anyOf"]) == zero, name
+    # A command's first word names a program: the schema says so, as the server checks it.
+    [command] = [s for s in create["command"]["anyOf"] if s["type"] == "array"]
+    assert command["prefixItems"][0]["pattern"], command
     timeout = next(
         p
         for p in document["paths"]["/v1/allocations/{alloc_id}"]["get"]["parameters"]

@@ -57,6 +57,19 @@ async def shared(module_pool: Pool, docker_engines: list[DockerEngine]) -> Async
         (small(disk=" 64M"), 400, "INVALID_FIELD", "disk"),
         (small(lifetime="0s"), 400, "INVALID_FIELD", "lifetime"),
         (small(lifetime="7.5d"), 400, "INVALID_FIELD", "lifetime"),
+        # Durations: nothing between 0 and a second; 0 only where it means none (wait, keep).
+        (small(lifetime=1e-300), 400, "INVALID_FIELD", "lifetime"),
+        (small(lifetime=0.5), 400, "INVALID_FIELD", "lifetime"),
+        (small(lifetime="0.0001h"), 400, "INVALID_FIELD", "lifetime"),
+        (small(queue_timeout=1e-300), 400, "INVALID_FIELD", "queue_timeout"),
+        (small(queue_timeout="0.01m"), 400, "INVALID_FIELD", "queue_timeout"),
+        (small(keep_for=5e-324), 400, "INVALID_FIELD", "keep_for"),
+        # A command's first word names the program: Docker takes "" or " sleep" and fails only
+        # when the container starts.
+        (small(command=[""]), 400, "INVALID_FIELD", "command"),
+        (small(command=[" \t"]), 400, "INVALID_FIELD", "command"),
+        (small(command=[" sleep", "3600"]), 400, "INVALID_FIELD", "command"),
+        (small(command=["", "sleep", "3600"]), 400, "INVALID_FIELD", "command"),
         (small(cpus=64), 422, "EXCEEDS_ANY_HOST", "cpus"),
         (small(memory="512G"), 422, "EXCEEDS_ANY_HOST", "memory"),
         (small(constraints={"gpu": "yes"}), 422, "NO_HOST_MATCHES", "constraints"),

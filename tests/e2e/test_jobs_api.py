@@ -110,7 +110,8 @@ async def test_bad_jobs_get_a_clear_400_or_404_and_nothing_is_created(
     pool: Pool, http: aiohttp.ClientSession, test_image: str
 ) -> None:
     """Tried: zero and 100,000 tasks, a negative retry count, an unknown retry_on, an empty
-    command and none at all, env naming POTLUCK_TASK_INDEX or POTLUCK_JOB_ID (which Potluck
+    command, one whose first word is empty or blank, none at all, a deadline, lifetime or
+    keep_for of less than a second, env naming POTLUCK_TASK_INDEX or POTLUCK_JOB_ID (which Potluck
     sets), a body that is not JSON, and an unknown job read and removed.
     Must hold: 400 naming the field (or the malformed body), 404 for the job, and no job- or
     alloc- stream in the log afterwards."""
@@ -125,6 +126,14 @@ async def test_bad_jobs_get_a_clear_400_or_404_and_nothing_is_created(
         ({"parallelism": 0}, "parallelism"),
         # Docker would run the image's own CMD for [], which nobody who wrote a command meant.
         ({"command": []}, "command"),
+        # Nor a first word that names no program: it failed only as each task's container started.
+        ({"command": [""]}, "command"),
+        ({"command": ["\t", "true"]}, "command"),
+        # Durations of less than a second: a deadline, a lifetime or a keep that is 0 in all but name.
+        ({"deadline": 1e-300}, "deadline"),
+        ({"lifetime": 1e-300}, "lifetime"),
+        ({"lifetime": "0.0001h"}, "lifetime"),
+        ({"keep_for": 0.5}, "keep_for"),
         # Without one a task is interactive, up until its lifetime ends: it would never end.
         ({"command": None}, "command"),
         # Potluck sets these for each task: a value given was replaced without a word.

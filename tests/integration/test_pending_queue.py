@@ -174,7 +174,7 @@ async def test_requests_that_join_a_long_queue_are_tried_without_trying_it_all_a
         assert {allocations[a].status for a in (*waiting, *joined)} == {"pending"}
 
         # One that joins with a short queue timeout is still refused on time.
-        short = await request(engine, heavy, 2, queue_timeout=0.5)
+        short = await request(engine, heavy, 2, queue_timeout=1)
         await wait_until(lambda: allocations[short].status == "refused", 15, "the short wait to time out")
         assert allocations[short].reason == "QUEUE_TIMEOUT"
         assert reactions.timeout_walks > walks

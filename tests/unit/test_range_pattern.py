@@ -19,8 +19,8 @@ from potluck.kernel.range_pattern import integer_range
 from potluck.kernel.sizes import SizeBetween
 
 MEMORY = SizeBetween(16 << 20, 1 << 44)
-LIFETIME = DurationBetween(0, 7 * 86400, exclusive_lo=True)
-QUEUE = DurationBetween(0, 86400)
+LIFETIME = DurationBetween(1, 7 * 86400)
+QUEUE = DurationBetween(1, 86400, zero=True)
 
 
 @given(st.integers(0, 10**12), st.integers(0, 10**12), st.integers(0, 3 * 10**12))
@@ -43,7 +43,8 @@ def accepted(field: SizeBetween | DurationBetween, value: object) -> bool:
         parsed = field.parse(value)
     except ValueError:
         return False
-    assert field.lo <= parsed <= field.hi
+    zero = isinstance(field, DurationBetween) and field.zero
+    assert field.lo <= parsed <= field.hi or (zero and parsed == 0)
     return True
 
 
@@ -77,6 +78,32 @@ def test_an_integer_size_is_accepted_exactly_within_bounds(n: int) -> None:
             MEMORY.parse(n)
 
 
+@pytest.mark.parametrize("field", [LIFETIME, QUEUE], ids=["lifetime", "queue_timeout"])
+@given(
+    st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.floats(min_value=0, max_value=2, allow_subnormal=True),
+        st.integers(-(10**7), 10**7),
+    )
+)
+def test_a_number_of_seconds_is_accepted_exactly_when_the_published_schema_says(
+    field: DurationBetween, seconds: float
+) -> None:
+    """Tiny positive numbers (1e-300 s) included: nothing between 0 and the field's least is taken,
+    and 0 only where it means something (no waiting, nothing kept)."""
+    inside = field.lo <= seconds <= field.hi or (field.zero and seconds == 0)
+    assert published(field)(seconds) == inside, seconds
+    assert accepted(field, seconds) == inside, seconds
+
+
+@pytest.mark.parametrize("seconds", [1e-300, 5e-324, 0.5, 0.999999])
+def test_a_tiny_duration_is_refused_naming_the_bounds(seconds: float) -> None:
+    with pytest.raises(ValueError, match=r"must be from 1 to 604800 seconds, not"):
+        LIFETIME.parse(seconds)
+    with pytest.raises(ValueError, match=r"must be 0, or from 1 to 86400 seconds, not"):
+        QUEUE.parse(seconds)
+
+
 @pytest.mark.parametrize(
     ("field", "text", "value"),
     [
@@ -85,7 +112,11 @@ def test_an_integer_size_is_accepted_exactly_within_bounds(n: int) -> None:
         (MEMORY, "16T", 1 << 44),
         (LIFETIME, "0.5h", 1800),
         (LIFETIME, "7d", 604800),
+        (LIFETIME, "1", 1),
+        (LIFETIME, "0.017m", 1.02),
         (QUEUE, "0", 0),
+        (QUEUE, "0.0h", 0),
+        (QUEUE, "0.5m", 30),
     ],
 )
 def test_texts_people_write(field: SizeBetween | DurationBetween, text: str, value: float) -> None:
@@ -102,7 +133,13 @@ def test_texts_people_write(field: SizeBetween | DurationBetween, text: str, val
         (MEMORY, "01G"),
         (MEMORY, "\u0661G"),  # an Arabic-Indic digit one: float() would take it
         (LIFETIME, "0"),
+        (LIFETIME, "0.5"),
+        (LIFETIME, "0.016m"),  # 0.96 s
+        (LIFETIME, "0.0002h"),
+        (LIFETIME, "0.000001d"),
         (LIFETIME, "7.5d"),
+        (QUEUE, "0.5s"),
+        (QUEUE, "0.01m"),
         (QUEUE, "1.5d"),
         (QUEUE, "1h\n"),
     ],
