@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from potluck.allocator.users import User
     from potluck.contracts.join_token import GatewayPin
     from potluck.events import Event, EventStore
+    from potluck.kernel.rejections import Rejected
     from potluck.up_state import Running
 
 T = TypeVar("T")
@@ -404,10 +405,14 @@ def sshgateway(
     from potluck.sshgateway.settings import GatewaySettings, SettingsError
 
     if print_client_key:
+        from potluck.kernel.ssh_identity import SSHIdentityError
+
         try:
             key = client_public_key(GatewaySettings.for_keys(state_dir))
         except SettingsError as exc:
             fail(str(exc), 2)
+        except SSHIdentityError as exc:
+            fail(f"no client key printed: {exc}")
         click.echo(key)
         return
     try:
@@ -760,11 +765,16 @@ def _gateway_pin(value: str) -> "GatewayPin":
         raise click.BadParameter(
             f"{value!r} is not ADDRESS=KEY, e.g. pool.example.org:2223=/var/lib/potluck-sshgateway"
         )
+    from potluck.kernel.ssh_identity import SSHIdentityError
+
     path = Path(key)
     if key.startswith("ssh-"):
         line = key
     elif path.is_dir():
-        line = client_public_key(GatewaySettings.for_keys(path))
+        try:
+            line = client_public_key(GatewaySettings.for_keys(path))
+        except SSHIdentityError as exc:
+            raise click.BadParameter(f"{value!r}: {exc}") from None
     elif path.is_file():
         line = path.read_text().strip()
     else:
@@ -899,7 +909,12 @@ def ops_hosts_enroll(
         nats_pid_file = nats_pid_file or files.nats_pid_file
         service_seed_file = service_seed_file or files.services_seed_file
         if not gateways and up.tunnel:
-            key = client_public_key(GatewaySettings.for_keys(files.gateway_state_dir))
+            from potluck.kernel.ssh_identity import SSHIdentityError
+
+            try:
+                key = client_public_key(GatewaySettings.for_keys(files.gateway_state_dir))
+            except SSHIdentityError as exc:
+                fail(f"the running pool's gateway key: {exc}")
             pins = [_gateway_pin(f"{up.tunnel}={key}")]
     if database_url is None:
         raise click.UsageError(
@@ -1010,6 +1025,31 @@ def _warn_not_rendered() -> None:
     )
 
 
+async def _operator_refusal(store: "EventStore", exc: "Rejected", host_id: str, what: str) -> str:
+    """A refusal of an operator's command on HOST_ID, in the operator's terms: the registry's own
+    words speak to the member of the machine ("ask an operator to enroll it", "start its hostd")."""
+    from potluck.registry.enrollment import current_hosts
+
+    if exc.code == "NOT_ENROLLED":
+        named = sorted(h.host_id for h in (await current_hosts(store)).hosts.values() if h.name == host_id)
+        if named:
+            return (
+                f"{host_id!r} is the name of host {', '.join(named)}; {what} takes the host's id: "
+                f"give {named[-1]}"
+            )
+        return (
+            f"no host {host_id!r} in the pool's log: check the id (`potluck ops hosts list` lists "
+            "every host with its id, h-...)"
+        )
+    if exc.code == "NOT_REGISTERED":
+        return (
+            f"host {host_id} has not registered (enrolled, and its hostd has not started since, or "
+            f"it was deregistered): there is nothing to {what} until it does; `potluck ops hosts "
+            f"revoke {host_id}` or `control {host_id} leave` take it out of the pool now"
+        )
+    return f"{exc.message} ({exc.code})"
+
+
 #: Controls that take the host's key out of the NATS users file. A deregistered host keeps it:
 #: its member brings it back by starting hostd again (potluck.registry.admitted_keys).
 _KEY_TAKING_ACTIONS = frozenset({"leave"})
@@ -1052,20 +1092,24 @@ def ops_hosts_control(
     command = ControlHost.model_validate({"action": action, "grace_s": grace})
     files = _nats_users(database_url, nats_auth_file, nats_pid_file, service_seed_file)
 
-    async def go(store: EventStore) -> tuple[list[str], bool]:
-        outcome = await decide_on_host(
-            store,
-            host_id,
-            lambda s: aggregate.control(s, host_id, command, "operator", now=datetime.now(UTC)),
-            {"actor": "operator"},
-        )
+    async def go(store: EventStore) -> tuple[list[str], bool] | str:
+        try:
+            outcome = await decide_on_host(
+                store,
+                host_id,
+                lambda s: aggregate.control(s, host_id, command, "operator", now=datetime.now(UTC)),
+                {"actor": "operator"},
+            )
+        except Rejected as exc:
+            return await _operator_refusal(store, exc, host_id, action)
         rendered = action in _KEY_TAKING_ACTIONS and await _render_nats_users(store, *files)
         return [type(e).type_name for e in outcome.events], rendered
 
-    try:
-        recorded, rendered = run(with_store(database_url, go))
-    except Rejected as exc:
-        fail(exc.message)
+    done = run(with_store(database_url, go))
+    if isinstance(done, str):
+        fail(done)
+        return
+    recorded, rendered = done
     if action in _KEY_TAKING_ACTIONS and not rendered:
         _warn_not_rendered()
     click.echo(json.dumps({"host_id": host_id, "action": action, "recorded": recorded}))
@@ -1097,7 +1141,8 @@ def ops_hosts_list(database_url: str, as_json: bool | None) -> None:
                 "donated": h.donated.model_dump() if h.donated else None,
                 "labels": h.labels,
                 "revoked": {"by": h.revoked_by, "reason": h.revoked_reason} if h.admin == "revoked" else None,
-                "hostd_version": h.hostd_version,
+                # Null until its hostd first registers: an enrolled host has spoken none yet.
+                "hostd_version": h.hostd_version or None,
                 "contract": h.contract,
             }
             for h in sorted(view.hosts.values(), key=lambda h: h.host_id)
@@ -1117,7 +1162,7 @@ def _hosts_table(rows: list[dict[str, Any]]) -> str:
     from potluck.contracts.compatibility import CONTRACT_VERSION
     from potluck.kernel.terminal_text import shown
 
-    header = ("HOST", "NAME", "STATUS", "CPUS", "MEMORY", "DISK", "NOTE")
+    header = ("HOST", "NAME", "STATUS", "CPUS", "MEMORY", "DISK", "CONTRACT", "NOTE")
     lines = [header]
     for row in rows:
         donated = row["donated"] or {}
@@ -1136,6 +1181,7 @@ def _hosts_table(rows: list[dict[str, Any]]) -> str:
                 f"{donated['cpus']:g}" if donated else "-",
                 _size(donated.get("memory_bytes")),
                 _size(donated.get("disk_bytes")),
+                "-" if row["contract"] is None else str(row["contract"]),  # never registered: none yet
                 shown(note),
             )
         )
@@ -1182,14 +1228,18 @@ def ops_hosts_revoke(
     by = os.environ.get("USER") or "operator"
     files = _nats_users(database_url, nats_auth_file, nats_pid_file, service_seed_file)
 
-    async def go(store: EventStore) -> tuple[list[str], bool]:
-        recorded = await revoke_host(store, host_id, by=by, reason=reason)
+    async def go(store: EventStore) -> tuple[list[str], bool] | str:
+        try:
+            recorded = await revoke_host(store, host_id, by=by, reason=reason)
+        except Rejected as exc:
+            return await _operator_refusal(store, exc, host_id, "revoke")
         return recorded, await _render_nats_users(store, *files)
 
-    try:
-        recorded, rendered = run(with_store(database_url, go))
-    except Rejected as exc:
-        fail(f"{exc.message} ({exc.code})")
+    done = run(with_store(database_url, go))
+    if isinstance(done, str):
+        fail(done)
+        return
+    recorded, rendered = done
     if not rendered:
         _warn_not_rendered()
     click.echo(

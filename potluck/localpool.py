@@ -297,7 +297,7 @@ class LocalPool:
         from potluck.sshgateway.service import client_public_key
         from potluck.sshgateway.settings import GatewaySettings
 
-        return client_public_key(GatewaySettings(state_dir=self.gateway_state_dir))
+        return client_public_key(GatewaySettings(state_dir=self.gateway_state_dir), make=True)
 
     def start_hostd(self, host: EnrolledHost) -> ChildProcess:
         host.process = self._potluck(f"hostd-{host.name}", "hostd", "--config", str(host.config))

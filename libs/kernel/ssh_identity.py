@@ -37,6 +37,7 @@ __all__ = [
     "HOST_KEY_FILE",
     "SSHIdentityError",
     "host_key_path",
+    "load_key",
     "load_or_create_key",
     "public_key_line",
     "ssh_host_key",
@@ -51,6 +52,30 @@ class SSHIdentityError(Exception):
 
 def host_key_path(state_dir: Path) -> Path:
     return state_dir / HOST_KEY_FILE
+
+
+def load_key(path: Path, *, made_by: str) -> "asyncssh.SSHKey":
+    """The private key at `path`, never made here: where a key is only shown (a key to pin
+    elsewhere), a new one would be a key nothing uses, printed as if it were the real one.
+
+    A missing key is an SSHIdentityError naming where it was looked for, then `made_by`: which
+    directory is meant and what makes the key there.
+    """
+    import asyncssh
+
+    folder = path.parent
+    if not folder.is_dir():
+        problem = "is not a directory" if folder.exists() else "does not exist"
+        raise SSHIdentityError(f"{folder} {problem}, so it holds no {path.name}; {made_by}")
+    try:
+        return asyncssh.read_private_key(str(path))
+    except FileNotFoundError:
+        raise SSHIdentityError(f"{folder} holds no {path.name}; {made_by}") from None
+    except (OSError, asyncssh.KeyImportError) as exc:
+        raise SSHIdentityError(
+            f"{path}: cannot read the SSH key ({exc}); fix or remove the file "
+            "(a new key must then be pinned again wherever the old one was)"
+        ) from None
 
 
 def load_or_create_key(path: Path, *, comment: str = "") -> "asyncssh.SSHKey":

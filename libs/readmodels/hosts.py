@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.compatibility import CONTRACT_VERSION, FIRST_CONTRACT
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostDeregistered,
@@ -62,8 +62,9 @@ class HostState:
     engine: EngineFacts | None = None
     hostd_version: str = ""
     ssh_host_key: str = ""
-    #: The contract its hostd registered with (potluck.contracts.compatibility).
-    contract: int = FIRST_CONTRACT
+    #: The contract its hostd last registered with (potluck.contracts.compatibility); None until
+    #: it first registers: an enrolled host's hostd has spoken no contract yet.
+    contract: int | None = None
     admin: AdminState = "active"
     liveness: Liveness | None = None
     drain_grace_s: float = 0.0
@@ -145,8 +146,9 @@ class HostState:
 
 #: The fold's own version, part of its snapshots' kind (potluck.events.snapshots): bump it
 #: when a change to `evolve` makes a stream fold to another state than before.
-#: 2: drain_started_at; 3: contract; 4: spent_join_nkey, joined_at; 5: left_by, left_at; 6: paused_at.
-HOST_FOLD_VERSION = 6
+#: 2: drain_started_at; 3: contract; 4: spent_join_nkey, joined_at; 5: left_by, left_at; 6: paused_at;
+#: 7: contract None until the first registration.
+HOST_FOLD_VERSION = 7
 
 
 def evolve(state: HostState | None, event: Event, version: int, at: datetime) -> HostState | None:
@@ -304,7 +306,7 @@ def host_as_dict(state: HostState) -> dict[str, object]:
         "allowed_images": list(state.allowed_images),
         "allow_network": state.allow_network,
         "engine": state.engine.model_dump() if state.engine else None,
-        "hostd_version": state.hostd_version,
+        "hostd_version": state.hostd_version or None,
         "contract": state.contract,
         "liveness_since": _iso(state.liveness_since),
         "slept_s": state.slept_s,

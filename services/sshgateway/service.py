@@ -36,7 +36,7 @@ from nats.aio.client import Client as NATS
 from potluck.contracts.link import request_short_slice
 from potluck.events import EventStore, Fold
 from potluck.kernel.cancellation import cancel_until_done
-from potluck.kernel.ssh_identity import load_or_create_key, public_key_line
+from potluck.kernel.ssh_identity import load_key, load_or_create_key, public_key_line
 from potluck.sshgateway.admitted_listener import AdmittedListener
 from potluck.sshgateway.audit import AuditLog
 from potluck.sshgateway.context import GatewayContext
@@ -56,9 +56,26 @@ log = structlog.get_logger(__name__)
 _USER_GOODBYE_SECONDS = 1.0
 
 
-def client_public_key(settings: GatewaySettings) -> str:
-    """The public line members pin as `client_key` in hostd's config (made if missing)."""
-    return public_key_line(load_or_create_key(settings.tunnel_key_path, comment="potluck-sshgateway"))
+#: Where the gateway's keys are and what makes them, for a message that found none.
+_MADE_BY = (
+    "give the gateway's state directory, the --state-dir (or POTLUCK_SSHGATEWAY_STATE_DIR) that "
+    "`potluck sshgateway` runs with: the gateway makes its keys there when it first starts, so "
+    "start it once if it never ran"
+)
+
+
+def client_public_key(settings: GatewaySettings, *, make: bool = False) -> str:
+    """The public line members pin as `client_key` in hostd's config.
+
+    Only read, unless `make`: printed for pinning, a key made here (a mistyped state directory)
+    would be one no gateway holds, and every hostd pinning it would be refused. SSHIdentityError
+    names the directory looked in when there is none. `make` is for a pool that sets up its
+    own gateway's directory before starting it (`potluck up`)."""
+    if make:
+        key = load_or_create_key(settings.tunnel_key_path, comment="potluck-sshgateway")
+    else:
+        key = load_key(settings.tunnel_key_path, made_by=_MADE_BY)
+    return public_key_line(key)
 
 
 class Gateway:

@@ -53,6 +53,50 @@ async def potluck_async(*args: str, env: dict[str, str] | None = None) -> subpro
     return await asyncio.to_thread(potluck, *args, env=env)
 
 
+def test_printing_the_client_key_never_makes_one(tmp_path: Path) -> None:
+    """Tried: `potluck sshgateway --print-client-key` with a state directory that does not exist
+    (a typo), one that holds no key, one whose key file is not a key, then one the gateway's keys
+    are in; `ops hosts enroll --gateway ADDRESS=DIR` with the keyless directory.
+    Must hold: no key is made anywhere (a made key would be pinned by hostds and refused by the
+    real gateway); each refusal exits non-zero naming the directory looked in and what to give,
+    without a traceback; the real key prints."""
+    from potluck.sshgateway.service import client_public_key
+    from potluck.sshgateway.settings import GatewaySettings
+
+    typo, empty, broken, real = (tmp_path / name for name in ("sshgatewya", "empty", "broken", "real"))
+    empty.mkdir()
+    broken.mkdir()
+    (broken / "tunnel_client_ed25519_key").write_text("not a key\n")
+    for folder, said in (
+        (typo, f"{typo} does not exist, so it holds no tunnel_client_ed25519_key"),
+        (empty, f"{empty} holds no tunnel_client_ed25519_key"),
+        (broken, "cannot read the SSH key"),
+    ):
+        printed = potluck(
+            "sshgateway", "--print-client-key", "--state-dir", str(folder), env=no_database_env()
+        )
+        assert printed.returncode == 1, printed.stdout + printed.stderr
+        assert printed.stdout == ""
+        assert said in printed.stderr, printed.stderr
+        assert "Traceback" not in printed.stderr, printed.stderr
+        if folder is not broken:
+            assert "the gateway makes its keys there when it first starts" in printed.stderr
+            assert "--state-dir (or POTLUCK_SSHGATEWAY_STATE_DIR)" in printed.stderr
+    assert not typo.exists()
+    assert list(empty.iterdir()) == []
+    enrolled = potluck(
+        "ops", "hosts", "enroll", "laptop-z", "--gateway", f"127.0.0.1:2223={empty}",
+        env=no_up_env(tmp_path),
+    )  # fmt: skip
+    assert enrolled.returncode == 2, enrolled.stdout + enrolled.stderr
+    assert f"{empty} holds no tunnel_client_ed25519_key" in enrolled.stderr, enrolled.stderr
+    assert list(empty.iterdir()) == []
+
+    made = client_public_key(GatewaySettings(state_dir=real), make=True)
+    printed = potluck("sshgateway", "--print-client-key", "--state-dir", str(real), env=no_database_env())
+    assert (printed.returncode, printed.stdout.strip()) == (0, made), printed.stderr
+
+
 def join_args(token: str, engine: DockerEngine | str, config: Path) -> list[str]:
     url = engine if isinstance(engine, str) else engine.url
     return [
@@ -114,13 +158,14 @@ async def test_a_member_joins_with_a_token_and_users_reach_its_container(
     it and answers through the gateway, the throwaway key leaves the NATS users file, and the same
     token a second time is refused with a clear message and a non-zero exit code."""
     ssh_port, tunnel_port = free_port(), free_port()
+    made = pool.gateway_client_key()  # as `potluck up` makes its gateway's keys before starting it
     printed = await potluck_async(
         "sshgateway", "--print-client-key", "--state-dir", str(pool.gateway_state_dir), env=no_database_env()
     )
     assert printed.returncode == 0, printed.stderr
     client_key = printed.stdout.strip()
     assert client_key.startswith("ssh-ed25519 ")
-    assert client_key == pool.gateway_client_key()
+    assert client_key == made
     pool.start_gateway(listen=f"127.0.0.1:{ssh_port}", tunnel_listen=f"127.0.0.1:{tunnel_port}")
     await pool.wait_api()
 

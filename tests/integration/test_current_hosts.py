@@ -9,11 +9,13 @@ events; the registry keeps checkpoints of exactly that view, which the commands 
 import dataclasses
 import json
 
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.events import EventStore, SkippedEvents
 from potluck.readmodels.hosts import HostsView
 from potluck.registry.enrollment import current_hosts, enroll_host, revoke_host
 from potluck.registry.projection import host_checkpoints, rebuild_view
 from tests.e2e.conftest import ops
+from tests.integration.test_replay import register_host
 
 
 async def from_zero(store: EventStore) -> HostsView:
@@ -57,3 +59,50 @@ async def test_the_hosts_resume_from_the_registrys_checkpoint_and_the_log_after_
     assert rows[ids[0]]["name"] == "from-the-checkpoint"
     assert (rows[ids[1]]["status"], rows[later]["status"]) == ("revoked", "enrolled")
     assert "checkpoint" not in err, err
+
+
+async def test_a_host_never_registered_shows_no_contract_and_refusals_speak_to_the_operator(
+    store: EventStore, database_url: str
+) -> None:
+    """Tried: `potluck ops hosts list` (JSON and table) with one host enrolled and never registered
+    beside one registered; `ops hosts revoke` and `ops hosts control ... pause` with an id no host
+    has, with a host's name instead of its id, and (control) on the host never registered.
+    Must hold: the never-registered host's contract and hostd_version are null (a dash in the
+    table), the registered one's are its own; each refusal exits 1 naming what was looked for and
+    how to list the hosts, in the operator's terms (not "ask an operator"), and records nothing."""
+    enrolled, _ = await enroll_host(store, "laptop-new")
+    registered = await register_host(store, "laptop-old", 1.0)
+
+    code, out, err = await ops("hosts", "list", "--json", "--database-url", database_url)
+    assert code == 0, err
+    rows = {row["host_id"]: row for row in map(json.loads, out.splitlines())}
+    assert (rows[enrolled]["status"], rows[enrolled]["contract"], rows[enrolled]["hostd_version"]) == (
+        "enrolled",
+        None,
+        None,
+    )
+    assert (rows[registered]["contract"], rows[registered]["hostd_version"]) == (CONTRACT_VERSION, "test")
+    code, table, err = await ops("hosts", "list", "--table", "--database-url", database_url)
+    assert code == 0, err
+    lines = {line.split()[0]: line.split() for line in table.splitlines()}
+    assert "CONTRACT" in lines["HOST"]
+    column = lines["HOST"].index("CONTRACT")
+    assert lines[enrolled][column] == "-", table
+    assert lines[registered][column] == str(CONTRACT_VERSION), table
+
+    head = await store.head_position()
+    db = ("--database-url", database_url)
+    for command in (("revoke", "h-000000000000", *db), ("control", "h-000000000000", "pause", *db)):
+        code, out, err = await ops("hosts", *command)
+        assert (code, out) == (1, ""), out + err
+        assert "no host 'h-000000000000' in the pool's log" in err, err
+        assert "`potluck ops hosts list` lists every host with its id" in err, err
+        assert "ask an operator" not in err, err
+    code, _, err = await ops("hosts", "revoke", "laptop-new", *db)
+    assert code == 1, err
+    assert f"'laptop-new' is the name of host {enrolled}; revoke takes the host's id" in err, err
+    code, _, err = await ops("hosts", "control", enrolled, "pause", *db)
+    assert code == 1, err
+    assert f"host {enrolled} has not registered" in err, err
+    assert "start its hostd" not in err, err
+    assert await store.head_position() == head
