@@ -6,7 +6,6 @@ potluck/user/client.py.
 
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -582,4 +581,11 @@ def ssh(alloc_id: str, identity: str | None, command: tuple[str, ...]) -> None:
     # Trust the gateway's key on first use, then hold it to that key. The file is Potluck's
     # own, so a gateway's key never mixes with the user's other hosts in ~/.ssh/known_hosts.
     argv[1:1] = ["-o", "StrictHostKeyChecking=accept-new"]
-    os.execvp(argv[0], argv)
+    from potluck.user.refused_key import exit_as, explain_refusal, run_ssh
+
+    # A child, not an exec: a refused key is explained once ssh has said "Permission denied".
+    ran = run_ssh(argv)
+    if ran.refused_key:
+        why = explain_refusal(alloc_id, identity, found.get("ssh_keys"))
+        err.print(f"[red]error:[/red] {foreign(why)}", highlight=False, soft_wrap=True)
+    exit_as(ran)

@@ -29,7 +29,8 @@ naming the entry and why, and nothing is copied.
 A progress bar (bytes, rate) goes to stderr when it is a terminal, nothing
 when it is not. Exit codes: 0 copied, 1 the copy failed (the reason is
 printed: no such path, disk full, ...), 2 wrong usage, 255 ssh could not
-reach the allocation (ssh's own code).
+reach the allocation (ssh's own code; a key the gateway refused is explained by
+potluck.user.refused_key).
 """
 
 import os
@@ -49,6 +50,7 @@ from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 from potluck.terminal import foreign
 from potluck.user.client import ClientError, ExitCode
 from potluck.user.landing import Landing, NotPlaced, Source
+from potluck.user.refused_key import REFUSED, explain_refusal
 from potluck.user.remote import IDENTITY, allocation, readable, ssh_command, ssh_script
 from potluck.user.tar_guard import Refused
 
@@ -165,7 +167,13 @@ class CopyFailed(Exception):
 
 
 def _finish(
-    proc: "subprocess.Popen[bytes]", reader: threading.Thread, errors: list[bytes], what: str
+    proc: "subprocess.Popen[bytes]",
+    reader: threading.Thread,
+    errors: list[bytes],
+    what: str,
+    *,
+    alloc_id: str,
+    identity: str | None,
 ) -> None:
     status = proc.wait()
     reader.join(timeout=5)
@@ -178,10 +186,9 @@ def _finish(
     )
     if status == 255:
         hint = ""
-        if "Permission denied (publickey)" in said:
-            # ssh offered only its default keys, and the allocation admits others.
-            hint = "; give -i with the private key of the --ssh-key the allocation was created with"
-        elif any(
+        if REFUSED in said:
+            raise CopyFailed(f"{what}: {explain_refusal(alloc_id, identity, _admitted(alloc_id))}", 255)
+        if any(
             cause in said for cause in ("Connection refused", "Connection timed out", "Could not resolve")
         ):
             hint = (
@@ -192,6 +199,14 @@ def _finish(
             f"{what}: ssh could not reach the allocation: {said or 'no reason given'}{hint}", 255
         )
     raise CopyFailed(f"{what} failed: {said or f'exit status {status}'}", int(ExitCode.REFUSED))
+
+
+def _admitted(alloc_id: str) -> list[str] | None:
+    """The keys the allocation admits, as the allocator says (None: it could not be asked)."""
+    try:
+        return list(allocation(alloc_id).get("ssh_keys", []))
+    except ClientError:
+        return None
 
 
 def _disk_bound(alloc_id: str) -> int:
@@ -241,7 +256,14 @@ def upload(source: Path, target: Remote, identity: str | None) -> int:
         except OSError as exc:
             proc.kill()
             raise CopyFailed(f"reading {source}: {exc}", int(ExitCode.REFUSED)) from exc
-        _finish(proc, reader, errors, f"copying {source} to {target.alloc_id}:{target.path}")
+        _finish(
+            proc,
+            reader,
+            errors,
+            f"copying {source} to {target.alloc_id}:{target.path}",
+            alloc_id=target.alloc_id,
+            identity=identity,
+        )
         return meter.count
 
 
@@ -273,7 +295,8 @@ def _receive(source: Remote, src: Source, landing: Landing, target: Path, identi
                 with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK, copybufsize=CHUNK) as tar:  # type: ignore[call-overload]
                     landing.unpack(tar)
             except tarfile.ReadError as exc:
-                _finish(proc, reader, errors, what)  # the far end's reason first, if it has one
+                # the far end's reason first, if it has one
+                _finish(proc, reader, errors, what, alloc_id=source.alloc_id, identity=identity)
                 raise CopyFailed(f"{what} failed: the stream was not a tar archive ({exc})", 1) from exc
             except Refused as exc:
                 said = f"{what} refused: the entry {exc.entry!r} {exc.reason}; nothing was copied"
@@ -283,7 +306,7 @@ def _receive(source: Remote, src: Source, landing: Landing, target: Path, identi
                 raise CopyFailed(f"{what} failed: {exc}; nothing was copied", int(code)) from exc
             except (OSError, tarfile.ExtractError) as exc:
                 raise CopyFailed(f"{what} failed: {exc}; nothing was copied", int(ExitCode.REFUSED)) from exc
-            _finish(proc, reader, errors, what)
+            _finish(proc, reader, errors, what, alloc_id=source.alloc_id, identity=identity)
         finally:
             if proc.poll() is None:
                 proc.kill()  # the copy was given up: the rest of the stream is not wanted

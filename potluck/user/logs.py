@@ -10,7 +10,8 @@ the container stops.
 
 Exit codes: 0 all shown, 1 no logs to show (not started yet, or its container
 was removed; the reason is printed), 2 wrong usage, 3 the allocator cannot be
-reached, 255 ssh could not reach the allocation (ssh's own code).
+reached, 255 ssh could not reach the allocation (ssh's own code; when the gateway refused the
+key, what to do is said after ssh's words: potluck.user.refused_key), 130 interrupted.
 """
 
 import subprocess
@@ -22,6 +23,7 @@ from rich.console import Console
 from potluck.cli_options import ALLOC_ID
 from potluck.terminal import foreign
 from potluck.user.client import ClientError
+from potluck.user.refused_key import exit_as, explain_refusal, run_ssh
 from potluck.user.remote import IDENTITY, readable, ssh_command
 
 __all__ = ["logs"]
@@ -48,13 +50,15 @@ def logs(alloc_id: str, follow: bool, tail: int | None, identity: str | None) ->
     if tail is not None:
         command += ["--tail", str(tail)]
     try:
-        readable(alloc_id)
+        found = readable(alloc_id)
         argv = ssh_command(alloc_id, identity, command)
     except ClientError as exc:
         err.print(f"[red]error:[/red] {foreign(exc)}", highlight=False, soft_wrap=True)
         sys.exit(int(exc.code))
-    try:
-        status = subprocess.run(argv, stdin=subprocess.DEVNULL, check=False).returncode
-    except KeyboardInterrupt:
-        status = 130
-    sys.exit(status)
+    ran = run_ssh(argv, stdin=subprocess.DEVNULL)
+    if ran.refused_key:
+        why = explain_refusal(alloc_id, identity, found.get("ssh_keys"))
+        err.print(f"[red]error:[/red] {foreign(why)}", highlight=False, soft_wrap=True)
+    if ran.interrupted and ran.status != 0:
+        sys.exit(130)  # Ctrl-C ends a `-f` that follows: as an interrupted command does
+    exit_as(ran)

@@ -1,0 +1,126 @@
+"""A key the gateway refuses: `potluck ssh`, `potluck logs` and `potluck cp` say so, through the
+real gateway and hostd, with the user's real `ssh`.
+
+OpenSSH says only "Permission denied (publickey)." there, which named neither the key offered
+nor the keys the allocation admits nor what to do. Now each command passes ssh's words on and
+adds that, in one line; the exit code stays ssh's (255).
+"""
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.test_image import DEFAULT_TAG
+from potluck.user.client import Login
+from tests.e2e.conftest import Gatewayed, start_gatewayed
+from tests.fixtures.pool import Pool
+
+
+@pytest.fixture
+async def gated(pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path) -> Gatewayed:
+    return await start_gatewayed(pool, docker_engines[0], tmp_path)
+
+
+async def potluck(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "potluck", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def keygen(path: Path) -> str:
+    """A new ed25519 key at `path`; its fingerprint as `ssh-keygen -l` prints it."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)], check=True
+    )
+    return keygen_print(path)
+
+
+async def test_a_refused_key_is_named_with_the_admitted_ones_and_what_to_do(
+    gated: Gatewayed, tmp_path: Path
+) -> None:
+    """Tried: an allocation that admits alice's key, reached with another key of hers (-i) by
+    `potluck ssh`, `potluck logs` and `potluck cp` both ways, while the admitted key sits in her
+    ~/.ssh under another name; then with that key; then an allocation that admits no key.
+    Must hold: each refused run exits 255 (ssh's code), keeps ssh's own words, and says in one
+    line that the gateway refused the key ssh offered, which file and fingerprint went (as
+    `ssh-keygen -l` prints it), the fingerprint the allocation admits, and to give ~/.ssh/work
+    with -i; that advice works, and a command's own exit code still comes through; an
+    allocation that admits no key says so and how to make one that does."""
+    g = gated
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    wrong = home / ".ssh" / "id_other"
+    wrong_print = keygen(wrong)
+    work = home / ".ssh" / "work"  # the admitted key, kept under another name
+    shutil.copy(g.key, work)
+    shutil.copy(f"{g.key}.pub", f"{work}.pub")
+    admitted_print = keygen_print(work)
+    config = tmp_path / "client" / "client.toml"
+    Login(g.pool.api, g.token, f"127.0.0.1:{g.ssh_port}").save(config)
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    env = {**env, "POTLUCK_CONFIG": str(config), "HOME": str(home)}
+    async with aiohttp.ClientSession() as http:
+        alloc_id = await g.allocate(http)
+    payload = tmp_path / "payload.txt"
+    payload.write_text("hello\n")
+
+    refused = {
+        "ssh": await potluck("ssh", alloc_id, "-i", str(wrong), "--", "true", env=env),
+        "logs": await potluck("logs", "-i", str(wrong), alloc_id, env=env),
+        "cp up": await potluck("cp", "-i", str(wrong), str(payload), f"{alloc_id}:/tmp/", env=env),
+        "cp down": await potluck("cp", "-i", str(wrong), f"{alloc_id}:/etc/hostname", str(tmp_path), env=env),
+    }
+    for name, done in refused.items():
+        said = done.stderr
+        assert done.returncode == 255, (name, done.stdout, said)
+        assert f"the gateway refused the key ssh offered for {alloc_id}" in said, (name, said)
+        assert f"ssh offered ~/.ssh/id_other ({wrong_print}) (-i)" in said, (name, said)
+        assert f"{alloc_id} admits only the keys it was created with (--ssh-key): {admitted_print}" in said
+        advice = (
+            f"~/.ssh/work is the private half of one of them: give it with -i, e.g. `potluck ssh {alloc_id}"
+        )
+        assert f"{advice} -i ~/.ssh/work`" in said, (name, said)
+        explained = [line for line in said.splitlines() if "the gateway refused" in line]
+        assert len(explained) == 1, (name, said)  # one line, whole, for scripts that grep it
+        if name in ("ssh", "logs"):
+            assert "Permission denied (publickey)." in said, (name, said)  # ssh's own words, passed on
+
+    reached = await potluck("ssh", alloc_id, "-i", str(work), "--", "echo reached; exit 7", env=env)
+    assert (reached.returncode, reached.stdout) == (7, "reached\n"), reached.stderr
+    assert "refused" not in reached.stderr, reached.stderr
+    copied = await potluck("cp", "-i", str(work), str(payload), f"{alloc_id}:/tmp/", env=env)
+    assert copied.returncode == 0, copied.stderr
+
+    # An allocation that admits no key (made without --ssh-key where ~/.ssh held none).
+    headers = {"Authorization": f"Bearer {g.token}"}
+    body = {"cpus": 0.5, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG, "command": ["sleep", "3600"]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{g.pool.api}/v1/allocations", json=body, headers=headers) as r:
+            keyless = (await r.json())["id"]
+        async with http.get(
+            f"{g.pool.api}/v1/allocations/{keyless}?wait=running&timeout=30", headers=headers
+        ) as r:
+            assert (await r.json())["state"] == "running"
+    nobody = await potluck("ssh", keyless, "-i", str(work), "--", "true", env=env)
+    assert nobody.returncode == 255, nobody.stderr
+    assert f"{keyless} admits no key at all" in nobody.stderr, nobody.stderr
+    assert "--ssh-key ~/.ssh/id_ed25519.pub" in nobody.stderr, nobody.stderr
+
+
+def keygen_print(path: Path) -> str:
+    listed = subprocess.run(["ssh-keygen", "-lf", f"{path}.pub"], capture_output=True, text=True, check=True)
+    return listed.stdout.split()[1]
