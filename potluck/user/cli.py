@@ -331,7 +331,8 @@ def alloc() -> None:
 @click.option(
     "--queue-timeout",
     default=None,
-    help="How long it may wait as pending for a host with room, e.g. 30m (default 10m); then refused.",
+    help="How long it may wait as pending for a host with room, e.g. 30m (default 10m; 0: not at all, "
+    "else at least 1s); then refused.",
 )
 @click.option(
     "--on-preempt",
