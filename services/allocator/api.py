@@ -4,13 +4,15 @@ Errors are JSON `{"error": {"code", "message", "field"}}`, mapped in one
 middleware: 400 malformed, 401 no or wrong token, 403 quota (or a user's cap of jobs not
 finished), 404 not found
 (also for another user's allocation: its existence is not disclosed), 405
-with `Allow`, 409 conflict, 415 not JSON, 422 impossible, 429 too many failed
+with `Allow`, 408 a body that took too long to arrive (request_bodies.py), 409 conflict,
+415 not JSON (or not UTF-8), 422 impossible, 429 too many failed
 authentications from one address (authentication.py), 503 not ready yet.
 Every query parameter is checked whether or not another makes it matter; none may be given
 twice (but the registry token endpoint's `scope`): a second value would go unread; and one the
 endpoint does not take (per the OpenAPI document) is refused, not ignored.
 """
 
+import codecs
 import json
 import math
 import re
@@ -30,6 +32,7 @@ from potluck.allocator.paging import page_query, task_page_query
 from potluck.allocator.pool_registry import PoolRegistry
 from potluck.allocator.registry_auth import POOL_REGISTRY, basic_password, pool_registry
 from potluck.allocator.registry_auth import token as registry_token_for
+from potluck.allocator.request_bodies import within
 from potluck.allocator.schemas import (
     Allocation,
     AllocationList,
@@ -192,20 +195,32 @@ def _locked_out(request: web.Request) -> web.Response | None:
 async def _json(request: web.Request) -> Any:
     if request.content_type not in ("application/json", ""):
         raise Rejected("UNSUPPORTED_MEDIA_TYPE", "send the body as application/json", status=415)
-    try:
-        return await request.json(loads=_loads)
-    except LookupError:  # a charset Python has no codec for
+    if not _utf8(request.charset):
         raise Rejected(
             "UNSUPPORTED_MEDIA_TYPE",
             f"charset {request.charset!r} is not one this API reads; send the body as UTF-8 JSON",
             status=415,
-        ) from None
+        )
+    try:
+        return await within(request.json(loads=_loads))
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or an integer of too many digits
         raise Rejected("MALFORMED_JSON", f"the body is not valid JSON: {exc}", status=400) from None
     except RecursionError:
         raise Rejected(
             "MALFORMED_JSON", "the body is not valid JSON: nested too deeply", status=400
         ) from None
+
+
+def _utf8(charset: str | None) -> bool:
+    """Whether a body of this charset is UTF-8, the only encoding JSON has between systems (RFC
+    8259, 8.1). Any other codec Python has would be read too (cp500, utf-7: a body a proxy or an
+    audit sees as harmless bytes means another request here), and one it has not would fail."""
+    if charset is None:
+        return True
+    try:
+        return codecs.lookup(charset).name == "utf-8"
+    except LookupError:
+        return False
 
 
 def _no_constant(name: str) -> Any:
@@ -409,12 +424,17 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def registry_token(request: web.Request) -> web.Response:
-    """Docker's token request: the same failure limit per address as every other route."""
-    locked = _locked_out(request)
-    if locked is not None:
-        return locked
+    """Docker's token request: the same failure limit per address as every other route, and as
+    there a good token works from a locked-out address (authentication.py says why: else one
+    script looping on an old token stops every `docker push` behind its address)."""
     password = basic_password(request)
-    user = await request.app[AUTH].authenticate(request.remote or "unknown", password) if password else None
+    user = request.app[AUTH].known(password) if password else None
+    if user is None:
+        locked = _locked_out(request)
+        if locked is not None:
+            return locked
+        if password:
+            user = await request.app[AUTH].authenticate(request.remote or "unknown", password)
     return await registry_token_for(request, user)
 
 

@@ -20,7 +20,8 @@ def new_member_token() -> str:
 
 
 def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    # As users.token_hash: bytes a client sent that are not UTF-8 hash as sent, never raise.
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from pydantic.json_schema import models_json_schema
 from potluck.allocator.job_decisions import MAX_UNFINISHED_JOBS
 from potluck.allocator.job_schemas import CreateJob, Job, JobList, JobTaskList
 from potluck.allocator.paging import DEFAULT_LIMIT, MAX_LIMIT
+from potluck.allocator.request_bodies import BODY_READ_S
 from potluck.allocator.schemas import (
     Allocation,
     AllocationList,
@@ -41,6 +42,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         403: "Quota exceeded (QUOTA_EXCEEDED), too many jobs not finished (TOO_MANY_JOBS), or an "
         "image in another user's namespace of the pool registry",
         404: "No such allocation or job (or not yours), or no image registry in this pool",
+        408: f"The body did not arrive within {BODY_READ_S:g} s",
         409: "Conflict",
         413: "Body larger than 256 KiB",
         415: "Not JSON",
@@ -168,7 +170,7 @@ def openapi_document() -> dict[str, Any]:
                             **_json("Allocation"),
                             "links": _LINKS,
                         },
-                        **_authenticated(400, 403, 413, 415, 422, 503),
+                        **_authenticated(400, 403, 408, 413, 415, 422, 503),
                     },
                 },
                 "get": {
@@ -224,7 +226,7 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {"required": True, **_json("ExtendAllocation")},
                     "responses": {
                         "200": {"description": "Extended", **_json("Allocation")},
-                        **_authenticated(400, 404, 409, 413, 415, 503),
+                        **_authenticated(400, 404, 408, 409, 413, 415, 503),
                     },
                 },
             },
@@ -255,7 +257,7 @@ def openapi_document() -> dict[str, Any]:
                             **_json("Job"),
                             "links": _JOB_LINKS,
                         },
-                        **_authenticated(400, 403, 413, 415, 422, 503),
+                        **_authenticated(400, 403, 408, 413, 415, 422, 503),
                     },
                 },
                 "get": {

@@ -21,7 +21,10 @@ def new_token() -> str:
 
 
 def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    # `surrogateescape`: a token read from a header holds bytes that are not UTF-8 as lone
+    # surrogates (aiohttp decodes them so), which a plain encode() refuses with an exception;
+    # hashed as the bytes that were sent, such a token is simply nobody's.
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @dataclass(frozen=True)

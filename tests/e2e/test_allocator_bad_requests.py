@@ -11,10 +11,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 
+from potluck.allocator.authentication import FailureWindow
 from potluck.allocator.connection_caps import MAX_PER_ADDRESS
+from potluck.allocator.request_bodies import BODY_READ_S
 from potluck.allocator.service import IDLE_CONNECTION_S
+from potluck.contracts.registry import TOKEN_PATH
 from potluck.localstack.docker_engine import DockerEngine
 from tests.e2e.allocator_api import Api, small
 from tests.e2e.conftest import start_laptop
@@ -114,9 +118,11 @@ async def test_bad_requests_get_a_clear_error_and_nothing_is_recorded(
     assert await pool.store.head_position() == head
 
 
-async def _raw(port: int, head: bytes) -> bytes:
-    """Send `head` as is and read the answer to its end (aiohttp closes after a refusal)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def _raw(port: int, head: bytes, source: str | None = None) -> bytes:
+    """Send `head` as is (from the loopback address `source`, if given) and read the answer to
+    its end (aiohttp closes after a refusal)."""
+    local = (source, 0) if source is not None else None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local)
     try:
         writer.write(head)
         await writer.drain()
@@ -170,12 +176,40 @@ async def test_requests_the_parser_refuses_are_logged_without_their_text_and_spa
     assert await pool.store.head_position() == head
 
 
+def _good_in(charset: str) -> bytes:
+    """A request the allocator would place, in `charset`."""
+    return json.dumps(small()).encode(charset)
+
+
 @pytest.mark.parametrize(
     ("content_type", "body", "status", "code"),
     [
         # A charset Python has no codec for: the client's mistake, not the allocator's.
         ("application/json; charset=bogus-xx", b'{"cpus": 1}', 415, "UNSUPPORTED_MEDIA_TYPE"),
         ("text/plain", b'{"cpus": 1}', 415, "UNSUPPORTED_MEDIA_TYPE"),
+        # A charset Python has a codec for but JSON is never in (RFC 8259: UTF-8 only): the
+        # EBCDIC and UTF-7 spellings of a good request, which a proxy or an audit reads as
+        # other bytes, were read and placed.
+        (
+            "application/json; charset=cp500",
+            json.dumps(small()).encode("cp500"),
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            "application/json; charset=utf-7",
+            json.dumps(small()).encode("utf-7"),
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            "application/json; charset=utf-16",
+            json.dumps(small()).encode("utf-16"),
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        # UTF-8 by any of its names is read.
+        ("application/json; charset=UTF8", json.dumps(small(cpus=64)).encode(), 422, "EXCEEDS_ANY_HOST"),
         # A name twice: Python would keep the last, where a proxy or an audit read the first.
         (
             "application/json",
@@ -291,4 +325,129 @@ async def test_one_address_cannot_take_every_connection(shared: tuple[Pool, Api]
                 if status == 200:
                     break
             await asyncio.sleep(0.1)
+    assert await pool.store.head_position() == head
+
+
+async def test_a_token_of_bytes_that_are_not_utf8_is_refused_and_counted_as_a_guess(
+    shared: tuple[Pool, Api],
+) -> None:
+    """Tried: 35 requests from 127.0.0.3 whose bearer token holds bytes that are not UTF-8 (aiohttp
+    reads them as lone surrogates, which hashing the token raised on: a 500 and a traceback in
+    the log each time, never counted against the address).
+    Must hold: each is a 401 UNAUTHENTICATED until the address is locked out for guessing (429
+    from the FailureWindow's 31st); the log holds no traceback; alice's good token still works
+    from that address; nothing is recorded."""
+    pool, alice = shared
+    head = await pool.store.head_position()
+    log_path = pool.workdir / "allocator.log"
+    before = log_path.stat().st_size
+    request = (
+        b"GET /v1/pool HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer pl_\xff\xfe\r\n\r\n"
+    )
+    statuses = []
+    for _ in range(35):
+        answer = await _raw(pool.api_port, request, source="127.0.0.3")
+        statuses.append(int(answer.split(b" ", 2)[1]))
+        if statuses[-1] == 401:
+            assert b"UNAUTHENTICATED" in answer, answer[:300]
+    limit = FailureWindow().limit
+    assert statuses == [401] * limit + [429] * (35 - limit), statuses
+
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))) as http,
+        http.get(pool.api + "/v1/pool", headers=alice.headers) as response,
+    ):
+        assert response.status == 200, "a good token works from the locked-out address"
+    written = log_path.read_bytes()[before:].decode(errors="replace")
+    assert "api.unhandled" not in written, written[-2000:]
+    assert "Traceback" not in written, written[-2000:]
+    assert await pool.store.head_position() == head
+
+
+async def test_a_good_token_gets_registry_access_from_an_address_locked_out_for_guessing(
+    shared: tuple[Pool, Api],
+) -> None:
+    """Tried: 127.0.0.4 guesses bearer tokens until it is locked out, then asks the registry's
+    token endpoint (as `docker push` does) with alice's good token, and with a wrong one.
+    Must hold: alice gets her token there as she gets answers from the API (one script looping
+    on an old token once locked every `docker push` behind its address out); the wrong one is
+    still refused with 429; nothing is recorded."""
+    pool, alice = shared
+    head = await pool.store.head_position()
+    token = alice.headers["Authorization"].removeprefix("Bearer ")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.4", 0))) as http:
+        for i in range(FailureWindow().limit):
+            async with http.get(pool.api + "/v1/pool", headers={"Authorization": f"Bearer pl_guess{i}"}) as r:
+                assert r.status == 401
+        async with http.get(pool.api + "/v1/pool", headers={"Authorization": "Bearer pl_guess"}) as r:
+            assert r.status == 429, "locked out for guessing"
+        async with http.get(pool.api + "/v1/pool", headers=alice.headers) as r:
+            assert r.status == 200
+        scope = {"scope": "repository:alice/sim:pull,push"}
+        basic = {"Authorization": aiohttp.encode_basic_auth("alice", token)}
+        async with http.get(pool.api + TOKEN_PATH, params=scope, headers=basic) as r:
+            assert r.status == 200, await r.text()
+            claims = jwt.decode((await r.json())["token"], options={"verify_signature": False})
+            assert claims["sub"] == "alice"
+        wrong = {"Authorization": aiohttp.encode_basic_auth("alice", "pl_wrong")}
+        async with http.get(pool.api + TOKEN_PATH, params=scope, headers=wrong) as r:
+            assert r.status == 429
+            assert r.headers["Retry-After"].isdigit()
+    assert await pool.store.head_position() == head
+
+
+async def test_a_body_that_trickles_in_is_cut_off_and_its_connection_closed(
+    shared: tuple[Pool, Api],
+) -> None:
+    """Tried: a sign-in form with no token, and alice's allocation request, each posted with a
+    body of 1000 bytes sent a byte every 2 s (the head arrives whole, so the idle timeout never
+    applied: the sign-in's connection was held as long as the bytes kept coming).
+    Must hold: both get a 408 BODY_TOO_SLOW within BODY_READ_S (and some slack), and their
+    connections are closed soon after; alice's requests are answered meanwhile; nothing is
+    recorded."""
+    pool, alice = shared
+    head = await pool.store.head_position()
+    token = alice.headers["Authorization"].removeprefix("Bearer ")
+    host = f"127.0.0.1:{pool.api_port}"
+    heads = [
+        f"POST /web/signin HTTP/1.1\r\nHost: {host}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ntoken=",
+        f"POST /v1/allocations HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+    ]
+
+    async def trickle(request_head: str) -> tuple[float, bytes]:
+        """The seconds until the server closed the connection, and what it answered."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", pool.api_port)
+        started = asyncio.get_running_loop().time()
+        writer.write(request_head.encode())
+
+        async def drip() -> None:
+            while True:
+                await asyncio.sleep(2)
+                writer.write(b" ")
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+
+        dripping = asyncio.create_task(drip())
+        try:
+            async with asyncio.timeout(BODY_READ_S * 3):
+                answer = b""
+                with contextlib.suppress(ConnectionError):
+                    while chunk := await reader.read(65536):
+                        answer += chunk
+            return asyncio.get_running_loop().time() - started, answer
+        finally:
+            dripping.cancel()
+            writer.close()
+
+    both = asyncio.gather(*(trickle(h) for h in heads))
+    while not both.done():
+        status, _ = await alice.call("GET", "/v1/pool")
+        assert status == 200
+        await asyncio.wait([both], timeout=2)
+    for took, answer in both.result():
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+        assert b"BODY_TOO_SLOW" in answer
+        assert took < BODY_READ_S + 20, f"closed after {took:.0f} s"
     assert await pool.store.head_position() == head

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from potluck.allocator.authentication import Authenticator
 from potluck.allocator.engine import AllocatorEngine
+from potluck.allocator.request_bodies import within
 from potluck.allocator.schemas import HistoryEntry
 from potluck.allocator.users import User
 from potluck.allocator.web import history, views
@@ -206,7 +207,7 @@ async def _read_form(request: web.Request) -> Any:
     """The posted form; a body no browser sends (a charset without a codec, multipart without
     its boundary) is the client's error, not the allocator's."""
     try:
-        return await request.post()
+        return await within(request.post())
     except (ValueError, LookupError, UnicodeDecodeError):
         raise web.HTTPBadRequest(text="the form could not be read: send it from Potluck's own page") from None
 

@@ -77,7 +77,10 @@ class Session:
         return f"user:{self.user}"
 
     def csrf_ok(self, sent: str | None) -> bool:
-        return sent is not None and hmac.compare_digest(self.csrf.encode(), sent.encode())
+        # `surrogateescape`: whatever the form held is compared as bytes, never an exception.
+        return sent is not None and hmac.compare_digest(
+            self.csrf.encode(), sent.encode("utf-8", "surrogateescape")
+        )
 
 
 class Sessions:
