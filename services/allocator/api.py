@@ -153,7 +153,13 @@ def _declared_query(path: str, method: str) -> frozenset[str] | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC or is_page(request.path):  # the pages sign in with a session
+    if is_page(request.path) or request.path in PUBLIC - {TOKEN_PATH}:  # pages: sessions
+        return await handler(request)
+    if len(request.headers.getall("Authorization", ())) > 1:
+        # The first would be read here, where a proxy in front may have checked or logged the
+        # last: one request, two identities (as a JSON name or a query parameter given twice).
+        return error(401, "UNAUTHENTICATED", "send one Authorization header, not several")
+    if request.path == TOKEN_PATH:  # the registry's token endpoint reads its Basic credentials
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")

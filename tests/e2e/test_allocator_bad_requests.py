@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from multidict import CIMultiDict
 
 from potluck.allocator.authentication import FailureWindow
 from potluck.allocator.connection_caps import MAX_PER_ADDRESS
@@ -450,4 +451,30 @@ async def test_a_body_that_trickles_in_is_cut_off_and_its_connection_closed(
         assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
         assert b"BODY_TOO_SLOW" in answer
         assert took < BODY_READ_S + 20, f"closed after {took:.0f} s"
+    assert await pool.store.head_position() == head
+
+
+async def test_a_request_with_two_authorization_headers_is_refused(shared: tuple[Pool, Api]) -> None:
+    """Tried: alice's good token and a wrong one as two Authorization headers of one request, in
+    either order, to the API and to the registry's token endpoint (the allocator read the
+    first, where a proxy in front may have checked or logged the last).
+    Must hold: each is a 401 UNAUTHENTICATED saying to send one; alice's token alone still
+    works; nothing is recorded."""
+    pool, alice = shared
+    head = await pool.store.head_position()
+    token = alice.headers["Authorization"].removeprefix("Bearer ")
+    pairs = {
+        "/v1/pool": (f"Bearer {token}", "Bearer pl_wrong"),
+        TOKEN_PATH: (aiohttp.encode_basic_auth("alice", token), aiohttp.encode_basic_auth("x", "pl_wrong")),
+    }
+    for path, (good, wrong) in pairs.items():
+        for first, second in ((good, wrong), (wrong, good)):
+            headers = CIMultiDict([("Authorization", first), ("Authorization", second)])
+            async with alice.http.get(pool.api + path, headers=headers) as response:
+                answer = await response.json()
+                assert response.status == 401, (path, answer)
+                assert answer["error"]["code"] == "UNAUTHENTICATED"
+                assert "one Authorization header" in answer["error"]["message"]
+        async with alice.http.get(pool.api + path, headers={"Authorization": good}) as response:
+            assert response.status == 200, path
     assert await pool.store.head_position() == head

@@ -79,3 +79,18 @@ async def test_a_sign_in_form_no_browser_sends_is_a_400_not_a_failure(pages: Web
             assert "from Potluck's own page" in await r.text()
             assert COOKIE not in r.cookies
     await pages.signed_in("alice")
+
+
+async def test_a_refused_at_repeats_no_sentence_from_the_link(pages: WebApp) -> None:
+    """Tried: alice opens the pool page `?at=` a phishing line, and `?at=yesterday`.
+    Must hold: both are a 400 saying `at` is neither a position nor a time; the first shows none
+    of the link's words (it once showed its first 40 characters), the second repeats the value."""
+    alice = await pages.signed_in("alice")
+    status, page = await pages.get(alice, "/?at=" + quote(PHISHING, safe=""))
+    assert status == 400
+    assert "neither a log position nor an ISO time" in page
+    assert "session expired" not in page
+    assert "sign in again" not in page
+    status, page = await pages.get(alice, "/?at=yesterday")
+    assert status == 400
+    assert "yesterday" in page

@@ -7,6 +7,7 @@ feed them a batch at a time (`Until`, `Sampler`: past.py does, to keep the
 event loop free between batches).
 """
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,6 +37,8 @@ class Moment:
 
 #: A Postgres bigint's digits: no log position has more.
 POSITION_DIGITS = 19
+#: What a refused `?at=` may look like for the page to repeat it: the characters of ISO times.
+SHOWN_AT = re.compile(r"[0-9A-Za-z:.+-]{1,40}")
 
 
 def parse_at(raw: str) -> Moment:
@@ -50,8 +53,11 @@ def parse_at(raw: str) -> Moment:
     try:
         at = datetime.fromisoformat(raw)
     except ValueError:
+        # Repeated only when shaped like a time: a link cannot make the page say a sentence of
+        # its own ("at='session expired, sign in at ...'"), as for ids (routes.SHOWN_ID).
+        shown = f"at={raw!r}" if SHOWN_AT.fullmatch(raw) else "this at="
         raise ValueError(
-            f"at={raw[:40]!r} is neither a log position nor an ISO time (e.g. 2026-11-30T12:00:00Z)"
+            f"{shown} is neither a log position nor an ISO time (e.g. 2026-11-30T12:00:00Z)"
         ) from None
     return Moment(at=at if at.tzinfo is not None else at.replace(tzinfo=UTC))
 
