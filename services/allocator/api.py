@@ -25,6 +25,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureWindow
+from potluck.allocator.connection_caps import client_of
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.job_schemas import CreateJob, Job, JobList, JobTaskList
 from potluck.allocator.openapi import openapi_document
@@ -175,7 +176,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         locked = _locked_out(request)
         if locked is not None:
             return locked
-        user = await request.app[AUTH].authenticate(request.remote or "unknown", token.strip())
+        user = await request.app[AUTH].authenticate(client_of(request.remote), token.strip())
     if user is None:
         return error(401, "UNAUTHENTICATED", "this token is not valid; ask an operator for a new one")
     request["user"] = user
@@ -184,7 +185,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 def _locked_out(request: web.Request) -> web.Response | None:
     """429 while the request's address has failed to authenticate too often, else None."""
-    source = request.remote or "unknown"
+    source = client_of(request.remote)
     locked = request.app[AUTH].locked(source)
     if locked is None:
         return None
@@ -440,7 +441,7 @@ async def registry_token(request: web.Request) -> web.Response:
         if locked is not None:
             return locked
         if password:
-            user = await request.app[AUTH].authenticate(request.remote or "unknown", password)
+            user = await request.app[AUTH].authenticate(client_of(request.remote), password)
     return await registry_token_for(request, user)
 
 

@@ -6,6 +6,12 @@ once would leave the allocator no descriptors for other users, for Postgres or f
 a cap a new connection is closed as soon as it is accepted, before anything is read from it;
 those already open are untouched.
 
+An address here is a client's (`client_of`): an IPv4 address, or an IPv6 address's /64. One
+machine or household on IPv6 is given a whole /64 and may send from any address in it (privacy
+addresses rotate within it on their own): counted per address, a single client could take the
+total cap with eight addresses, and the failed-authentication limit (authentication.py), which
+counts by the same key, never applied to it.
+
 The cap per address is generous: every user of a pool from `potluck up`, and everyone behind
 one NAT, comes from one address, and a browser holds a few connections per page plus one per
 live part (the web's streams have their own cap, MAX_STREAMS, below this one).
@@ -15,6 +21,7 @@ the connections asyncio accepts, handing everything else to aiohttp's own handle
 """
 
 import asyncio
+import ipaddress
 import resource
 from collections import Counter
 from collections.abc import Callable
@@ -23,7 +30,15 @@ import structlog
 
 from potluck.kernel.key_rates import KeyRates, RatePolicy
 
-__all__ = ["MAX_CONNECTIONS", "MAX_PER_ADDRESS", "CappedProtocol", "ConnectionCaps", "capped", "total_cap"]
+__all__ = [
+    "MAX_CONNECTIONS",
+    "MAX_PER_ADDRESS",
+    "CappedProtocol",
+    "ConnectionCaps",
+    "capped",
+    "client_of",
+    "total_cap",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +48,23 @@ MAX_PER_ADDRESS = 512
 MAX_CONNECTIONS = 4096
 #: A refusal is logged a few times a minute per address, with how many came past the rate.
 REFUSAL_LOG_RATE = RatePolicy(per_s=1 / 60, burst=3)
+
+
+def client_of(address: str | None) -> str:
+    """The client `address` stands for, for the caps and the failure limit: an IPv4 address
+    itself (also written IPv4-mapped, `::ffff:1.2.3.4`), an IPv6 address's /64, anything
+    else as it is."""
+    if not address:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
 
 
 def total_cap(open_files_limit: int | None = None) -> int:
@@ -90,7 +122,7 @@ class ConnectionCaps:
 
 def _address(transport: asyncio.BaseTransport) -> str:
     peer = transport.get_extra_info("peername")
-    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+    return client_of(str(peer[0])) if isinstance(peer, tuple) and peer else "unknown"
 
 
 class CappedProtocol(asyncio.Protocol):

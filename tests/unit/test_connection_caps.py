@@ -5,7 +5,7 @@ import resource
 from hypothesis import given
 from hypothesis import strategies as st
 
-from potluck.allocator.connection_caps import MAX_CONNECTIONS, ConnectionCaps, total_cap
+from potluck.allocator.connection_caps import MAX_CONNECTIONS, ConnectionCaps, client_of, total_cap
 
 
 def test_each_address_has_its_share_and_all_share_the_total() -> None:
@@ -50,3 +50,28 @@ def test_the_total_leaves_half_the_open_files_to_the_rest() -> None:
     assert total_cap(resource.RLIM_INFINITY) == MAX_CONNECTIONS
     assert total_cap(1024) == 512
     assert total_cap(1) == 1
+
+
+def test_an_ipv6_client_is_its_64_and_an_ipv4_one_its_address_however_written() -> None:
+    """Tried: addresses one IPv6 client may send from (any of its /64: privacy addresses
+    rotate within it), another /64, IPv4 plain and IPv4-mapped, and what is no address.
+    Must hold: a /64 is one client, another /64 another; an IPv4 address is itself however
+    written; anything else is kept as it is (an empty one is "unknown")."""
+    one = {client_of(a) for a in ("2001:db8:1:2::1", "2001:db8:1:2:ffff:1:2:3", "2001:DB8:1:2:0:0:0:9")}
+    assert one == {"2001:db8:1:2::/64"}
+    assert client_of("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+    assert client_of("::ffff:192.0.2.7") == client_of("192.0.2.7") == "192.0.2.7"
+    assert client_of("192.0.2.8") != client_of("192.0.2.7")
+    assert client_of("not an address") == "not an address"
+    assert client_of("") == client_of(None) == "unknown"
+
+
+def test_addresses_of_one_ipv6_64_share_one_clients_cap() -> None:
+    """Tried: connections from three addresses of one /64 against a cap of 2 per client, then
+    one from another /64. Must hold: the third of the /64 is refused (counted per address, a
+    /64 holder took the total cap with a handful of addresses); the other /64 is admitted."""
+    caps = ConnectionCaps(per_address=2, total=10)
+    assert caps.admit(client_of("2001:db8::1"), 0)
+    assert caps.admit(client_of("2001:db8::2"), 0)
+    assert not caps.admit(client_of("2001:db8::3"), 0)
+    assert caps.admit(client_of("2001:db8:0:1::1"), 0)

@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 
 from potluck.allocator.authentication import Authenticator
+from potluck.allocator.connection_caps import client_of
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.request_bodies import within
 from potluck.allocator.schemas import HistoryEntry
@@ -268,7 +269,7 @@ async def signin_form(request: web.Request) -> web.Response:
 async def signin(request: web.Request) -> web.Response:
     _same_origin(request)
     authenticator = request.app[AUTHENTICATOR]
-    source = request.remote or "unknown"
+    source = client_of(request.remote)  # as the API counts it: an IPv6 address's /64
     if not can_keep_cookie(request):
         error = (
             "sign-in needs https (or this page opened on 127.0.0.1): over plain http the token "
