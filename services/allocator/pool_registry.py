@@ -6,7 +6,7 @@ host would pull, not a copy that could drift.
 """
 
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
 import aiohttp
 import structlog
@@ -95,7 +95,7 @@ class PoolRegistry:
         prefix = self.reference_prefix(user).removeprefix(self.address + "/")
         async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
             try:
-                names = [name for name in await self._catalog(http) if name.startswith(prefix)]
+                names = await self._catalog(http, prefix)
                 return [ImageRepository(name, await self._tags(http, name)) for name in sorted(names)]
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._unavailable(exc) from None
@@ -128,16 +128,28 @@ class PoolRegistry:
         issued = self.tokens.issue("potluck-allocator", [scope])
         return {"Authorization": f"Bearer {issued.token}"}
 
-    async def _catalog(self, http: aiohttp.ClientSession) -> list[str]:
+    async def _catalog(self, http: aiohttp.ClientSession, prefix: str) -> list[str]:
+        """The repositories whose names start with `prefix` (`alice/`), at most MAX_REPOSITORIES.
+
+        The catalog is read from the prefix on (`last=`), not from its start: Distribution
+        lists names in order, `/` sorting before any other character, so a namespace's names
+        come together, right after its prefix. Read from the start, a listing cost every
+        page of everybody's repositories before, and a user whose names came after the
+        first MAX_REPOSITORIES of the pool's was shown none of them."""
         names: list[str] = []
-        url: str | None = f"http://{self.address}/v2/_catalog?n={CATALOG_PAGE}"
+        query = urlencode({"n": CATALOG_PAGE, "last": prefix})
+        url: str | None = f"http://{self.address}/v2/_catalog?{query}"
         headers = self._headers(Scope("registry", "catalog", frozenset({"*"})))
         while url is not None and len(names) < MAX_REPOSITORIES:
             async with http.get(url, headers=headers) as response:
                 response.raise_for_status()
-                names += (await response.json()).get("repositories") or []
+                page = (await response.json()).get("repositories") or []
+                own = [name for name in page if name.startswith(prefix)]
+                names += own
+                if len(own) < len(page):  # past the namespace: no later page holds any of it
+                    break
                 url = _next_page(self.address, response.headers.get("Link"))
-        return names
+        return names[:MAX_REPOSITORIES]
 
     async def _tags(self, http: aiohttp.ClientSession, name: str) -> list[str]:
         headers = self._headers(Scope("repository", name, frozenset({"pull"})))

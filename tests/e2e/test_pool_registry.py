@@ -17,6 +17,7 @@ import aiohttp
 import docker
 import jwt
 
+from potluck.allocator.pool_registry import MAX_REPOSITORIES
 from potluck.contracts.registry import TOKEN_PATH
 from potluck.localstack.docker_engine import DockerEngine
 from tests.fixtures.pool import Pool
@@ -182,3 +183,30 @@ async def test_potluck_image_push_and_ls_from_the_users_own_engine(
         refusal = (await response.json())["error"]
     assert refusal["field"] == "image"
     assert f"{registry.address}/erin/" in refusal["message"]
+
+
+async def test_a_users_images_are_listed_however_many_repositories_sort_before_theirs(pool: Pool) -> None:
+    """Tried: a pool registry holding 10,050 repositories whose names sort before zoe's (others'
+    namespaces, `a00000/x` ...), and zoe's own `zoe/sim`; zoe asks GET /v1/images.
+    The repositories are made as directories in the registry's storage, where Distribution's
+    catalog finds them (10,050 pushes would take minutes), and the registry serves them as usual.
+    Must hold: zoe's listing holds her repository, and none of the others' (it read the catalog
+    from its start and stopped after 10,000 names, so she was shown none of hers)."""
+    await pool.wait_api()
+    registry = await asyncio.to_thread(pool.start_image_registry)
+    zoe = await pool.add_user("zoe")
+    repositories = registry.workdir / "data" / "docker" / "registry" / "v2" / "repositories"
+
+    def make_repositories() -> None:
+        for i in range(MAX_REPOSITORIES + 50):
+            (repositories / f"a{i:05}" / "x" / "_layers").mkdir(parents=True)
+        (repositories / "zoe" / "sim" / "_layers").mkdir(parents=True)
+
+    await asyncio.to_thread(make_repositories)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(pool.api + "/v1/images", headers={"Authorization": f"Bearer {zoe}"}) as response,
+    ):
+        body = await response.json()
+    assert response.status == 200, body
+    assert [image["name"] for image in body["images"]] == [f"{registry.address}/zoe/sim"]
