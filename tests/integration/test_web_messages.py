@@ -14,6 +14,8 @@ from tests.fixtures.web_app import WebApp
 from tests.helpers import wait_until
 
 PHISHING = "Your session expired: sign in again at https://potluck-login.example"
+#: A line with no space, which a pattern of id or time characters once let through.
+DOTTED = "SESSION-EXPIRED.SIGN-IN-AT-potluck-login.example"
 
 
 async def test_a_refused_extend_shows_the_pages_own_words_and_no_text_from_the_link(pages: WebApp) -> None:
@@ -50,13 +52,17 @@ async def test_a_refused_extend_shows_the_pages_own_words_and_no_text_from_the_l
 async def test_a_missing_allocations_page_repeats_no_sentence_from_the_link(pages: WebApp) -> None:
     """Tried: alice opens the page of an allocation whose "id" in the link is a phishing line, and
     of one with a plain id that is not hers. Must hold: both are 404; the first page shows none
-    of the link's words, the second names the id it was asked for."""
+    of the link's words, nor does one spelled with dots and dashes; one shaped like an id is
+    named."""
     alice = await pages.signed_in("alice")
     status, page = await pages.get(alice, "/web/allocations/x%20-%20" + quote(PHISHING, safe=""))
     assert status == 404
     assert "potluck-login.example" not in page
     assert "sign in again" not in page
     assert "no such allocation of yours" in page
+    status, page = await pages.get(alice, f"/web/allocations/{DOTTED}")
+    assert status == 404
+    assert "SIGN-IN" not in page
     status, page = await pages.get(alice, "/web/allocations/a-000000000000")
     assert status == 404
     assert "no allocation a-000000000000 of yours" in page
@@ -82,15 +88,19 @@ async def test_a_sign_in_form_no_browser_sends_is_a_400_not_a_failure(pages: Web
 
 
 async def test_a_refused_at_repeats_no_sentence_from_the_link(pages: WebApp) -> None:
-    """Tried: alice opens the pool page `?at=` a phishing line, and `?at=yesterday`.
-    Must hold: both are a 400 saying `at` is neither a position nor a time; the first shows none
-    of the link's words (it once showed its first 40 characters), the second repeats the value."""
+    """Tried: alice opens the pool page `?at=` a phishing line, one spelled with dots and dashes,
+    and `?at=2026-13-01`. Must hold: each is a 400 saying `at` is neither a position nor a time;
+    the first two show none of the link's words (they once showed its first 40 characters), the
+    last, shaped like a time, is repeated."""
     alice = await pages.signed_in("alice")
     status, page = await pages.get(alice, "/?at=" + quote(PHISHING, safe=""))
     assert status == 400
     assert "neither a log position nor an ISO time" in page
     assert "session expired" not in page
     assert "sign in again" not in page
-    status, page = await pages.get(alice, "/?at=yesterday")
+    status, page = await pages.get(alice, "/?at=SIGN-IN-AT-potluck-login.example")  # 32 characters
     assert status == 400
-    assert "yesterday" in page
+    assert "SIGN-IN" not in page
+    status, page = await pages.get(alice, "/?at=2026-13-01")
+    assert status == 400
+    assert "2026-13-01" in page

@@ -37,8 +37,9 @@ class Moment:
 
 #: A Postgres bigint's digits: no log position has more.
 POSITION_DIGITS = 19
-#: What a refused `?at=` may look like for the page to repeat it: the characters of ISO times.
-SHOWN_AT = re.compile(r"[0-9A-Za-z:.+-]{1,40}")
+#: What a refused `?at=` may look like for the page to repeat it: a digit, then the characters of
+#: ISO times, whose only letters are T and Z (no word can be spelled).
+SHOWN_AT = re.compile(r"[0-9][0-9TZ:.+-]{0,39}")
 
 
 def parse_at(raw: str) -> Moment:

@@ -410,8 +410,10 @@ async def mine_live(request: web.Request) -> web.StreamResponse:
 
 
 #: What an allocation's id may look like for a page to repeat it: a link cannot make the page
-#: say a sentence of its own ("no allocation x - your token leaked, paste it at ...").
-SHOWN_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: say a sentence of its own ("no allocation x - your token leaked, paste it at ..."), nor one
+#: spelled with dots and dashes ("SESSION-EXPIRED.SIGN-IN-AT-..."): ids are a letter, a dash
+#: and hex digits (decisions.new_alloc_id).
+SHOWN_ID = re.compile(r"[a-z]-[0-9a-f]{1,32}")
 
 
 def _not_found(request: web.Request, session: Session, alloc_id: str) -> web.Response:
