@@ -12,20 +12,78 @@ user's: of the user's own variables only the locale passes (`LANG`,
 runs the session in: hostd checks it against the container's labels) nor
 `TRACEPARENT` (session_trace.py: the host's span continues the gateway's
 trace, never one the user chose).
+
+What the user's channel keeps of its `env` requests is bounded as it comes
+(`bound_environment`): only variables that could pass (`LANG`, `LC_*`), at
+most `MAX_ENV_VARS` of them, each name and value short. asyncssh keeps every
+`env` request whole for the channel's life, and a client may send any number,
+each up to a packet (256 KiB): 2,000 of 50 KB grew the gateway by 300 MB and
+hostd by 200 MB, from one session of one user. As OpenSSH's sshd does (its
+AcceptEnv, and at most so many variables a session), the rest are refused,
+which clients take silently.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+
+import asyncssh
+from asyncssh.packet import SSHPacket
 
 from potluck.sshgateway.events import SessionKind
 
-__all__ = ["MAX_TERM_TYPE", "SUBSYSTEMS", "SessionRequest", "host_env"]
+__all__ = [
+    "MAX_ENV_NAME",
+    "MAX_ENV_VALUE",
+    "MAX_ENV_VARS",
+    "MAX_TERM_TYPE",
+    "SUBSYSTEMS",
+    "SessionRequest",
+    "bound_environment",
+    "host_env",
+    "passes_to_host",
+]
 
 #: The subsystems hosts serve (sftp in every image: potluck.hostd.helper_sftp); any other is
 #: refused at the gateway, with its reason.
 SUBSYSTEMS = ("sftp",)
 #: The longest terminal type taken (terminfo's names are a few dozen characters at most).
 MAX_TERM_TYPE = 128
+#: Variables a session keeps of those its user sends (the locale has 14 at most: LANG, LC_*).
+MAX_ENV_VARS = 32
+#: Bytes of a variable's name, and of its value, a session keeps (a locale is a dozen or two).
+MAX_ENV_NAME = 64
+MAX_ENV_VALUE = 1024
+
+
+def passes_to_host(name: str) -> bool:
+    """Whether a variable of the user's goes to the host: the locale's only."""
+    return name == "LANG" or name.startswith("LC_")
+
+
+def bound_environment(chan: asyncssh.SSHServerChannel[bytes], refused: Callable[[str], None]) -> None:
+    """Make `chan` keep only the `env` requests that can reach the host, a bounded number of
+    bounded ones (the module docstring says why); `refused` hears of each other one (its name,
+    cut short).
+
+    asyncssh answers a channel request with the channel's `_process_<request>_request`
+    method, looked up on the channel object, and has no callback for `env`: the channel's own
+    handler is wrapped, and runs only for a variable that is kept."""
+    keep: Callable[[SSHPacket], bool] = chan._process_env_request
+    kept: set[bytes] = set()
+
+    def env_request(packet: SSHPacket) -> bool:
+        # Read from a copy: the channel's handler reads the packet itself if it is kept.
+        probe = SSHPacket(packet.get_remaining_payload())
+        name, value = probe.get_string(), probe.get_string()
+        fits = len(name) <= MAX_ENV_NAME and len(value) <= MAX_ENV_VALUE
+        room = name in kept or len(kept) < MAX_ENV_VARS
+        if not (fits and room and passes_to_host(name.decode("utf-8", "replace"))):
+            refused(name[:MAX_ENV_NAME].decode("utf-8", "replace"))
+            return False
+        kept.add(name)
+        return keep(packet)
+
+    chan._process_env_request = env_request  # type: ignore[method-assign]
 
 
 @dataclass
@@ -75,9 +133,7 @@ def host_env(
     sent: Mapping[str, str], *, alloc_id: str, session_id: str, trace_env: Mapping[str, str]
 ) -> dict[str | bytes, str | bytes]:
     """The variables for the host's session: the user's locale (`sent`), our markers, the trace."""
-    env: dict[str | bytes, str | bytes] = {
-        k: v for k, v in sent.items() if k == "LANG" or k.startswith("LC_")
-    }
+    env: dict[str | bytes, str | bytes] = {k: v for k, v in sent.items() if passes_to_host(k)}
     env["POTLUCK_ALLOC"] = alloc_id
     env["POTLUCK_SESSION"] = session_id
     env.update(trace_env)

@@ -272,6 +272,7 @@ class GatewayServer(asyncssh.SSHServer):
                 source_port=self._port,
             ),
             place,
+            env_refused=lambda name: self._note_refusal("env.refused", name=name),
         )
 
     def _note_refusal(self, event: str, **fields: object) -> None:

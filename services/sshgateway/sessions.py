@@ -32,6 +32,7 @@ root, and its context goes to hostd in the session's environment.
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import asyncssh
@@ -46,7 +47,7 @@ from potluck.sshgateway.bridge import Bridge, HostSide
 from potluck.sshgateway.context import GatewayContext
 from potluck.sshgateway.events import EndReason, SessionEnded
 from potluck.sshgateway.links import open_host_session
-from potluck.sshgateway.request import SessionRequest, host_env
+from potluck.sshgateway.request import SessionRequest, bound_environment, host_env
 from potluck.sshgateway.session_caps import SessionPlace
 from potluck.sshgateway.session_state import SessionState, Step, advance
 from potluck.sshgateway.session_trace import SessionTrace
@@ -81,8 +82,16 @@ def reachable(state: AllocationState | None) -> bool:
 class GatewaySession(asyncssh.SSHServerSession[bytes]):
     """One user session: asyncssh's callbacks on the user's channel, and each step of its life."""
 
-    def __init__(self, ctx: GatewayContext, identity: LoginIdentity, place: SessionPlace) -> None:
+    def __init__(
+        self,
+        ctx: GatewayContext,
+        identity: LoginIdentity,
+        place: SessionPlace,
+        env_refused: Callable[[str], None] = lambda name: None,
+    ) -> None:
         self.ctx = ctx
+        #: Told the name of each `env` request the channel refuses (request.bound_environment).
+        self._env_refused = env_refused
         self.identity = identity
         #: Its place under the per-connection and per-user caps, given back when the channel closes.
         self.place = place
@@ -110,6 +119,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._bridge.user = chan
+        bound_environment(chan, self._env_refused)
         # Started here, not in __init__: from now on asyncssh promises connection_lost, which
         # ends the span if nothing else did.
         self.trace = SessionTrace.start(
