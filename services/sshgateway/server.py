@@ -26,6 +26,11 @@ is checked against the lockout, so parallel connections cannot all guess
 while no failure has been counted yet. One connection may offer
 `max_keys_per_connection` keys.
 
+One connection may send a bounded number of authentication requests; a login
+is signed with a SHA-2 algorithm (no `ssh-rsa`), by a key that is not DSA
+nor RSA under 2048 bits (login_policy.py says why); a refused key type or
+signature is named in a banner the ssh client prints.
+
 Sessions are capped per connection and per user, and authenticated
 connections per user (session_caps.py); a session over its cap is refused
 with a message the ssh client prints, a connection over its cap is
@@ -68,6 +73,13 @@ from potluck.sshgateway.admission import Admission, AdmissionPolicy
 from potluck.sshgateway.admitted_listener import AdmittedListener
 from potluck.sshgateway.audit import LoginIdentity
 from potluck.sshgateway.context import GatewayContext
+from potluck.sshgateway.login_policy import (
+    SIGNATURE_ALGS,
+    auth_requests_allowed,
+    count_auth_requests,
+    signature_refusal,
+    weak_key_refusal,
+)
 from potluck.sshgateway.projection import key_blob
 from potluck.sshgateway.ratelimit import FailureLimiter, Verdict
 from potluck.sshgateway.sessions import GatewaySession
@@ -107,6 +119,8 @@ class GatewayServer(asyncssh.SSHServer):
         self._failed_at: float | None = None
         #: Refusals on this connection by kind (log event), the first few of each logged.
         self._refusals: Counter[str] = Counter()
+        #: What this connection was told in banners (each said once).
+        self._told: set[str] = set()
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -115,6 +129,49 @@ class GatewayServer(asyncssh.SSHServer):
         skip_ignore_packets(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self._address, self._port = str(peer[0]), int(peer[1])
+        count_auth_requests(
+            conn, auth_requests_allowed(self._ctx.settings.max_keys_per_connection), self._too_many_requests
+        )
+        self._check_signatures(conn)
+
+    def _too_many_requests(self) -> None:
+        log.info("login.too_many_requests", source=self._address, alloc_id=(self._username or "")[:64])
+        if self._conn is not None:
+            self._conn.disconnect(
+                asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "potluck: too many authentication attempts"
+            )
+
+    def _check_signatures(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Refuse a login signed with an algorithm not in SIGNATURE_ALGS (login_policy.py).
+
+        asyncssh verifies a signature with whatever algorithm the key can make and tells the
+        server object only the key: its connection's `validate_public_key`, which sees the
+        signature, is called on the connection object, and is wrapped here."""
+        validate = conn.validate_public_key
+
+        async def validate_signed(username: str, key_data: bytes, msg: bytes, signature: bytes) -> bool:
+            refusal = signature_refusal(signature) if msg else None
+            if refusal is None:
+                return await validate(username, key_data, msg, signature)
+            if self._username is None:
+                self._username = username
+            self._refuse_key(refusal)
+            return False
+
+        conn.validate_public_key = validate_signed  # type: ignore[method-assign]
+
+    def _tell(self, message: str) -> None:
+        """Say `message` in a banner (once a connection): ssh prints it before "Permission denied"."""
+        if message not in self._told and self._conn is not None and not self._authenticated:
+            self._told.add(message)
+            self._conn.send_auth_banner(f"potluck: {message}\r\n")
+
+    def _refuse_key(self, why: str) -> None:
+        """A key (or its signature) refused for what it is, whatever it is registered on."""
+        self._tell(why)
+        self._rejected += 1
+        if self._failed_at is None:
+            self._count_failure(why)
 
     def connection_lost(self, exc: Exception | None) -> None:
         for event, count in self._refusals.items():
@@ -207,6 +264,10 @@ class GatewayServer(asyncssh.SSHServer):
         source = self._limiters.source.check(self._address, now)
         if source.locked:
             self._lock_out(username, source, Verdict())
+            return False
+        weak = weak_key_refusal(key)
+        if weak is not None:
+            self._refuse_key(weak)
             return False
         state = self._ctx.view.allocation(username)
         presented = bytes(key.public_data)
@@ -386,6 +447,8 @@ def user_options(ctx: GatewayContext, host_key: asyncssh.SSHKey) -> asyncssh.SSH
         sftp_factory=None,
         allow_scp=False,
         server_version=SERVER_VERSION,
+        # What the gateway announces in server-sig-algs; _check_signatures holds logins to it.
+        signature_algs=list(SIGNATURE_ALGS),
         kex_algs=list(settings.kex_algs),
         mac_algs=list(settings.mac_algs),
         encryption_algs=list(settings.ciphers),

@@ -9,7 +9,12 @@ own loopback address, since failed logins are counted per address.
 
 import asyncio
 import subprocess
+import time
 from pathlib import Path
+
+import asyncssh
+from asyncssh.constants import MSG_USERAUTH_REQUEST
+from asyncssh.packet import Boolean, String
 
 from potluck.sshgateway.request import MAX_ENV_VALUE, MAX_ENV_VARS
 from tests.fixtures import ssh as ssh_fixtures
@@ -17,12 +22,207 @@ from tests.fixtures.ssh import SshEnv
 
 ssh_env = ssh_fixtures.ssh_env
 
+INFO = ["-o", "LogLevel=INFO"]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
+
 
 def _rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _keypair(env: SshEnv, name: str, *keygen: str) -> None:
+    """A key pair of the type `keygen` asks for, as env.key(name) (ssh-keygen, no passphrase)."""
+    path = env.workdir / f"user-{name}"
+    subprocess.run(["ssh-keygen", "-q", *keygen, "-N", "", "-C", f"{name}@test", "-f", str(path)], check=True)
+    env.keys[name] = path
+
+
+async def test_a_login_signs_with_sha2_by_a_key_neither_dsa_nor_short_rsa(ssh_env: SshEnv) -> None:
+    """What is tried: an allocation with an RSA 3072-bit, an RSA 1024-bit and a DSA key
+    registered (the allocator takes all three); OpenSSH logs in with each, the 3072-bit one
+    both with SHA-2 and asked to sign with SHA-1 (`ssh-rsa`). Before the fix the gateway
+    announced `ssh-rsa` and `ssh-dss` in server-sig-algs and let every one of them in.
+    What must hold: only the 3072-bit key signing with SHA-2 runs the command; the SHA-1 login
+    finds no signature algorithm the gateway takes; the DSA and the 1024-bit key are refused,
+    each with a banner that says why, and no session of theirs is recorded."""
+    env = ssh_env
+    _keypair(env, "rsa3072", "-t", "rsa", "-b", "3072")
+    _keypair(env, "rsa1024", "-t", "rsa", "-b", "1024")
+    _keypair(env, "dsa", "-t", "dsa")
+    await env.place_running(env.hosts[0], "sig1", users=("rsa3072", "rsa1024", "dsa"))
+    await env.wait_reachable("sig1", key="rsa3072")
+    sha2 = await env.ssh("sig1", "echo in", key="rsa3072", source="127.0.0.150")
+    assert (sha2.returncode, sha2.out) == (0, "in\n"), sha2.err
+    sha1 = await env.ssh(
+        "sig1",
+        "echo in",
+        key="rsa3072",
+        source="127.0.0.150",
+        options=["-o", "PubkeyAcceptedAlgorithms=ssh-rsa", *INFO],
+    )
+    assert (sha1.returncode, sha1.out) == (255, ""), sha1
+    assert "Permission denied (publickey)" in sha1.err
+    short = await env.ssh("sig1", "echo in", key="rsa1024", source="127.0.0.151", options=INFO)
+    assert (short.returncode, short.out) == (255, ""), short
+    assert "this RSA key has 1024 bits, fewer than the 2048 required" in short.err, short.err
+    dsa = await env.ssh(
+        "sig1",
+        "echo in",
+        key="dsa",
+        source="127.0.0.152",
+        options=["-o", "PubkeyAcceptedAlgorithms=+ssh-dss", *INFO],
+    )
+    assert (dsa.returncode, dsa.out) == (255, ""), dsa
+    assert "DSA keys are refused" in dsa.err, dsa.err
+    started = [e for e in await env.session_events("sig1") if e["type"] == "SessionStarted"]
+    assert {e["key_fingerprint"] for e in started} == {_fingerprint(env, "rsa3072")}, started
+
+
+def _fingerprint(env: SshEnv, name: str) -> str:
+    return str(asyncssh.read_public_key(str(env.key(name)) + ".pub").get_fingerprint("sha256"))
+
+
+async def test_a_signature_with_sha1_is_refused_even_from_a_client_that_ignores_server_sig_algs(
+    ssh_env: SshEnv,
+) -> None:
+    """What is tried: a client that signs its login with `ssh-rsa` (SHA-1) although the gateway
+    does not announce it, with an RSA key registered on the allocation (asyncssh, made to sign
+    so by hand: OpenSSH will not). Before the fix asyncssh verified any signature the key
+    could make, whatever the server announced.
+    What must hold: the login is refused, with a banner naming SHA-1; the same key signing
+    with rsa-sha2-256 on the next connection gets in."""
+    env = ssh_env
+    _keypair(env, "rsa-sha1", "-t", "rsa", "-b", "2048")
+    await env.place_running(env.hosts[0], "sig2", users=("rsa-sha1",))
+    await env.wait_reachable("sig2", key="rsa-sha1")
+    key = asyncssh.read_private_key(str(env.key("rsa-sha1")))
+    banners: list[str] = []
+
+    class SignsWithSha1(asyncssh.SSHClient):
+        def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+            self.conn = conn
+
+        def auth_banner_received(self, msg: str, lang: str) -> None:
+            banners.append(msg)
+
+        async def public_key_auth_requested(self) -> None:
+            # The signed request as RFC 4252 section 7 has it, signed with ssh-rsa; the answer
+            # (success, or failure and then no method left) ends the wait below.
+            request = (
+                String("sig2"),
+                String("ssh-connection"),
+                String("publickey"),
+                Boolean(True),
+                String("ssh-rsa"),
+                String(key.public_data),
+            )
+            session_id = self.conn._session_id
+            signed = String(session_id) + bytes([MSG_USERAUTH_REQUEST]) + b"".join(request)
+            self.conn.send_packet(MSG_USERAUTH_REQUEST, *request, String(key.sign(signed, b"ssh-rsa")))
+            await asyncio.sleep(20)
+
+    try:
+        async with asyncio.timeout(15):
+            conn, _ = await asyncssh.create_connection(
+                SignsWithSha1,
+                "127.0.0.1",
+                env.port,
+                local_addr=("127.0.0.153", 0),
+                username="sig2",
+                known_hosts=None,
+                agent_path=None,
+                client_keys=[],
+                config=None,
+                preferred_auth="publickey",
+            )
+        conn.close()
+        raise AssertionError("the login signed with SHA-1 was let in")
+    except asyncssh.PermissionDenied:
+        pass
+    assert any("RSA signatures with SHA-1 (ssh-rsa) are refused" in b for b in banners), banners
+    sha2 = await env.ssh("sig2", "echo in", key="rsa-sha1", source="127.0.0.153")
+    assert (sha2.returncode, sha2.out) == (0, "in\n"), sha2.err
+
+
+async def _flood(env: SshEnv, source: str, request: tuple[bytes, ...]) -> tuple[float, int]:
+    """Send `request` (an authentication request's fields) 100,000 times on one connection from
+    `source`, without waiting for answers; how long the connection lasted, and how many were sent."""
+    sent = 0
+
+    class Floods(asyncssh.SSHClient):
+        def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+            self.conn = conn
+
+        async def public_key_auth_requested(self) -> None:
+            nonlocal sent
+            while sent < 100_000 and not self.conn.is_closed():
+                for _ in range(500):
+                    self.conn.send_packet(MSG_USERAUTH_REQUEST, *request)
+                sent += 500
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(60)
+
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(25):
+            await asyncssh.create_connection(
+                Floods,
+                "127.0.0.1",
+                env.port,
+                local_addr=(source, 0),
+                username="auth1",
+                known_hosts=None,
+                agent_path=None,
+                client_keys=[],
+                config=None,
+                preferred_auth="publickey",
+            )
+    except (asyncssh.Error, OSError):
+        return time.monotonic() - started, sent
+    raise AssertionError("the flooding connection logged in")
+
+
+async def test_a_connection_flooding_authentication_requests_is_ended_at_once(ssh_env: SshEnv) -> None:
+    """What is tried: a client with the public half of a key registered on an allocation (a
+    public key: anyone may hold it) sends 100,000 signed authentication requests with a bad
+    signature on one connection, without waiting for answers, then 100,000 of the `none`
+    method on another. Before the fix the gateway answered them all for the whole login time
+    (30 s): one connection held its one event loop at 87% of a core (47% with `none`), and
+    every session waited behind it.
+    What must hold: each connection is ended within a few seconds, with a reason, having cost
+    the gateway little CPU; the owner's OpenSSH client, offering five unregistered keys
+    before the right one, still logs in on one connection."""
+    env = ssh_env
+    await env.place_running(env.hosts[0], "auth1", users=("owner1",))
+    await env.wait_reachable("auth1", key="owner1")
+    public = asyncssh.read_public_key(str(env.key("owner1")) + ".pub")
+    pid = env.gateway.pid
+    assert pid is not None
+    bad_signature = String(String(public.algorithm) + String(b"\0" * 64))
+    floods = {
+        "publickey": (Boolean(True), String(public.algorithm), String(public.public_data), bad_signature),
+        "none": (),
+    }
+    for (method, tail), source in zip(floods.items(), ("127.0.0.154", "127.0.0.155"), strict=True):
+        request = (String("auth1"), String("ssh-connection"), String(method), *tail)
+        cpu = _cpu_seconds(pid)
+        took, sent = await _flood(env, source, request)
+        spent = _cpu_seconds(pid) - cpu
+        assert took < 5, f"{method}: the connection stayed {took:.1f} s ({sent} requests sent)"
+        assert spent < 1.5, f"{method}: the gateway spent {spent:.2f} s of CPU on it"
+    log_text = env.gateway.log_path.read_text(errors="replace")
+    assert log_text.count('"login.too_many_requests"') >= 2
+    names = ("extra1", "extra2", "extra3", "extra4", "extra5", "owner1")
+    offered = [opt for name in names for opt in ("-i", str(env.key(name)))]
+    owner = await env.ssh("auth1", "echo in", key="owner1", source="127.0.0.156", options=offered)
+    assert (owner.returncode, owner.out) == (0, "in\n"), owner.err
 
 
 async def test_a_session_keeps_only_a_bounded_locale_of_the_environment_it_is_sent(ssh_env: SshEnv) -> None:
