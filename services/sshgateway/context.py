@@ -14,6 +14,7 @@ from typing import Protocol
 import asyncssh
 
 from potluck.kernel.background import BackgroundTasks
+from potluck.kernel.key_rates import KeyRates, RatePolicy
 from potluck.sshgateway.audit import AuditLog, LoginIdentity
 from potluck.sshgateway.events import EndReason
 from potluck.sshgateway.links import LinkPool
@@ -93,5 +94,8 @@ class GatewayContext:
         self.caps = SessionCaps(
             per_connection=self.settings.max_sessions_per_connection,
             per_user=self.settings.max_sessions_per_user,
+            rates=KeyRates(
+                RatePolicy(per_s=self.settings.user_sessions_per_s, burst=self.settings.user_session_burst)
+            ),
         )
         self.user_connections = UserConnections(per_user=self.settings.max_connections_per_user)

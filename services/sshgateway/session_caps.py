@@ -8,6 +8,15 @@ gateway's and the host's file descriptors. A session holds its places from
 owner (who placed it), so several connections, or several allocations of
 theirs, share one cap.
 
+Sessions opened are also rated per user (`SessionCaps.rates`): each session
+is two events in the log (SessionStarted, SessionEnded), and a cap on the
+sessions open at once bounds nothing over time. One user opening sessions in a
+loop on a few connections (to an allocation already released, whose sessions
+end at once) wrote 94 events a second, 300 MB of log an hour, which every
+service reads again at each start; a faster database would have taken more.
+Past `burst` sessions, a user opens `per_s` a second; one more is refused
+before anything is recorded, saying so.
+
 Connections are capped per user too (`UserConnections`): an authenticated
 connection with no session costs the gateway a socket and its buffers for as
 long as the client keeps it alive, and the per-address throttle (admission.py)
@@ -18,9 +27,13 @@ for everyone. A connection holds its place from authentication until it
 closes.
 """
 
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from potluck.kernel.key_rates import KeyRates
 
 __all__ = ["SessionCaps", "SessionPlace", "UserConnections"]
 
@@ -44,6 +57,9 @@ class SessionPlace:
 class SessionCaps:
     per_connection: int
     per_user: int
+    #: Sessions each user may open over time (None: no bound); see the module docstring.
+    rates: KeyRates | None = None
+    clock: Callable[[], float] = time.monotonic
     _by_connection: Counter[object] = field(default_factory=Counter)
     _by_user: Counter[str] = field(default_factory=Counter)
 
@@ -56,6 +72,11 @@ class SessionCaps:
             )
         if self._by_user[user] >= self.per_user:
             return f"you have {self.per_user} sessions open, the most allowed; close one and try again"
+        if self.rates is not None and not self.rates.check(user, self.clock()).allowed:
+            return (
+                f"you open sessions faster than {self.rates.policy.per_s:g} a second; "
+                "wait a moment (or run several commands in one session)"
+            )
         self._by_connection[connection] += 1
         self._by_user[user] += 1
         return SessionPlace(self, connection, user)

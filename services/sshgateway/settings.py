@@ -46,6 +46,10 @@ Connection limits (each refusal says why, and is logged with the source):
   `max_sessions_per_user` (sessions open at once by one allocation's owner,
   over all their connections): one over is refused on the channel, with a
   message the ssh client prints.
+- `user_sessions_per_s`, `user_session_burst`: sessions one allocation's owner
+  opens, over time (a token bucket): each is two events in the log, so a loop
+  of sessions is a loop of appends; one over is refused on the channel, before
+  anything is recorded, with a message the ssh client prints.
 - `max_connections_per_user`: authenticated connections open at once by one
   allocation's owner, over all their allocations and addresses; one over is
   disconnected right after it logs in, with a message the ssh client prints.
@@ -155,6 +159,10 @@ class GatewaySettings(BaseModel):
     tunnel_source_max_unauthenticated: int = Field(default=64, ge=1)
     #: Authenticated connections open at once by one allocation's owner (session_caps.py says why).
     max_connections_per_user: int = Field(default=64, ge=1)
+    #: Sessions one allocation's owner opens a second, after a burst of `user_session_burst`
+    #: (session_caps.py says why).
+    user_sessions_per_s: float = Field(default=5.0, gt=0)
+    user_session_burst: int = Field(default=40, ge=1)
 
     #: How long a new session waits for a connection from its host.
     link_wait_s: float = Field(default=10.0, gt=0)

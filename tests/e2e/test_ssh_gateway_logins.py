@@ -261,3 +261,55 @@ async def test_a_session_keeps_only_a_bounded_locale_of_the_environment_it_is_se
     assert grown < 5000, f"the gateway grew by {grown} kB"
     started = [e for e in await env.session_events("env1") if e["type"] == "SessionStarted"]
     assert [e["command"] for e in started if e["source_address"] == "127.0.0.157"] == ["env"]
+
+
+async def test_a_user_opening_sessions_in_a_loop_is_slowed_before_the_log_fills(ssh_env: SshEnv) -> None:
+    """What is tried: with 2 sessions a second per user after a burst of 10, a user opens 60
+    sessions, 10 at a time, on one connection to an allocation already released (each ends at
+    once, as fast as the gateway can record it). Before the fix nothing bounded sessions over
+    time: one user wrote 94 events a second into the log this way (SessionStarted and
+    SessionEnded each), 300 MB an hour that every service reads again at its start.
+    What must hold: sessions past the rate are refused saying so, before anything is recorded:
+    the log holds no more sessions than the burst and the rate allow over the time taken; once
+    the rate has refilled, a session opens again."""
+    env = ssh_env
+    await env.restart_gateway(
+        {"POTLUCK_SSHGATEWAY_USER_SESSIONS_PER_S": "2", "POTLUCK_SSHGATEWAY_USER_SESSION_BURST": "10"}
+    )
+    try:
+        await env.place_running(env.hosts[0], "rate1", users=("looper",), start=False)
+        await env.release(env.hosts[0], "rate1")
+        conn = await asyncssh.connect(
+            "127.0.0.1",
+            env.port,
+            local_addr=("127.0.0.158", 0),
+            username="rate1",
+            client_keys=[str(env.key("looper"))],
+            known_hosts=None,
+            agent_path=None,
+            config=None,
+        )
+        refused: list[str] = []
+        started = time.monotonic()
+        async with conn:
+
+            async def one() -> None:
+                try:
+                    await conn.run("true", timeout=20)
+                except asyncssh.ChannelOpenError as exc:
+                    refused.append(exc.reason)
+
+            for _ in range(6):
+                await asyncio.gather(*(one() for _ in range(10)))
+            took = time.monotonic() - started
+            assert refused, "no session was refused"
+            assert all("you open sessions faster than 2 a second" in r for r in refused), refused[:3]
+            recorded = [e for e in await env.session_events("rate1") if e["type"] == "SessionStarted"]
+            assert len(recorded) + len(refused) == 60
+            assert len(recorded) <= 10 + 2 * took + 1, (len(recorded), took)
+            await asyncio.sleep(1)
+            again = await conn.run("true", timeout=20)
+            assert again.exit_status == 255  # opened and recorded; the allocation is released
+            assert "is released" in str(again.stderr), again.stderr
+    finally:
+        await env.restart_gateway()

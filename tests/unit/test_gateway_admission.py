@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from potluck.kernel.key_rates import KeyRates, RatePolicy
 from potluck.sshgateway.admission import Admission, AdmissionPolicy
 from potluck.sshgateway.session_caps import SessionCaps, UserConnections
 
@@ -97,6 +98,29 @@ def test_sessions_are_capped_per_connection_and_per_user_and_places_come_back() 
     assert caps.open_sessions(user="ann") == 2
     assert caps.open_sessions(connection=one) == 1
     assert not isinstance(caps.take(one, "ann"), str)
+
+
+def test_sessions_opened_over_time_are_rated_per_user_and_a_refusal_takes_no_place() -> None:
+    """What is tried: a user opening (and closing) sessions one after another past a burst of 3
+    at 1 a second, on a clock the test moves; another user meanwhile. What must hold: the 4th is
+    refused saying the rate, holds no place, and does not slow the other user; a second later
+    one more opens."""
+    now = [0.0]
+    caps = SessionCaps(
+        per_connection=10, per_user=10, rates=KeyRates(RatePolicy(per_s=1, burst=3)), clock=lambda: now[0]
+    )
+    conn = object()
+    for _ in range(3):
+        place = caps.take(conn, "ann")
+        assert not isinstance(place, str)
+        place.give_back()
+    refused = caps.take(conn, "ann")
+    assert isinstance(refused, str)
+    assert "you open sessions faster than 1 a second" in refused
+    assert caps.open_sessions(user="ann") == 0
+    assert not isinstance(caps.take(conn, "bob"), str)
+    now[0] = 1.0
+    assert not isinstance(caps.take(conn, "ann"), str)
 
 
 def test_connections_are_capped_per_user_and_each_closed_one_frees_its_place() -> None:
