@@ -15,6 +15,7 @@ from potluck.contracts.host_labels import LABEL_NAME, MAX_LABEL_VALUE
 from potluck.contracts.image_reference import REFERENCE_PATTERN
 from potluck.kernel.durations import DurationBetween
 from potluck.kernel.sizes import SizeBetween
+from potluck.kernel.ssh_key_strength import line_weakness
 from potluck.readmodels.allocations import AllocationState, AllocationStatus
 from potluck.readmodels.hosts import HostState
 
@@ -104,9 +105,20 @@ Command = Annotated[
     AfterValidator(_runs_something),
 ]
 
+
+def _strong_enough(line: str) -> str:
+    # The gateway refuses these at login (sshgateway/login_policy.py): said here, when the key
+    # is given, rather than as "Permission denied" later.
+    why = line_weakness(line)
+    if why is not None:
+        raise ValueError(f"{line[:40]!r}: {why}; make an ed25519 key (ssh-keygen -t ed25519)")
+    return line
+
+
 SshKey = Annotated[
     str,
     AfterValidator(_matching(SSH_KEY, "one OpenSSH public key line, e.g. 'ssh-ed25519 AAAA... me'")),
+    AfterValidator(_strong_enough),
     WithJsonSchema({"type": "string", "maxLength": MAX_KEY_TEXT, "pattern": SSH_KEY}),
     Field(max_length=MAX_KEY_TEXT),
 ]

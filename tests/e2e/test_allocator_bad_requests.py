@@ -24,6 +24,7 @@ from potluck.localstack.docker_engine import DockerEngine
 from tests.e2e.allocator_api import Api, small
 from tests.e2e.conftest import start_laptop
 from tests.fixtures.pool import Pool
+from tests.fixtures.weak_keys import DSA_KEY, RSA_1024_KEY
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,9 @@ async def shared(module_pool: Pool, docker_engines: list[DockerEngine]) -> Async
         (small(memory="lots"), 400, "INVALID_FIELD", "memory"),
         (small(surprise=True), 400, "INVALID_FIELD", "surprise"),
         (small(ssh_keys=["not a key"]), 400, "INVALID_FIELD", "ssh_keys"),
+        # Keys the gateway refuses at login (a DSA key, a 1024-bit RSA one) are refused here first.
+        (small(ssh_keys=[DSA_KEY]), 400, "INVALID_FIELD", "ssh_keys"),
+        (small(ssh_keys=[RSA_1024_KEY]), 400, "INVALID_FIELD", "ssh_keys"),
         # What the published schema calls a boolean, a number or a name is one (no lax coercion).
         (small(network=0), 400, "INVALID_FIELD", "network"),
         (small(cpus="1"), 400, "INVALID_FIELD", "cpus"),
