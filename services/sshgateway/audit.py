@@ -20,6 +20,7 @@ an event id derived from the session id, so a retry never writes a fact twice:
 
 import asyncio
 import contextlib
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -93,6 +94,10 @@ class SessionRecord:
             gateway_run=self.gateway_run,
             kind=request.kind,
             command=command[:MAX_COMMAND] if command else None,
+            command_length=len(command) if command else None,
+            command_sha256=hashlib.sha256(command.encode("utf-8", "surrogatepass")).hexdigest()
+            if command
+            else None,
             pty=request.pty,
             term_type=request.term_type,
             started_at=self.started_at,

@@ -72,7 +72,13 @@ class SessionStarted(SessionEvent):
     #: The gateway process's run id; None before runs were recorded, or for a gateway without a bus.
     gateway_run: str | None = None
     kind: SessionKind
+    #: The command (or subsystem) as asked, its first MAX_COMMAND characters.
     command: str | None = Field(default=None, max_length=MAX_COMMAND)
+    #: The whole command's length in characters and SHA-256 (hex of its UTF-8), so that a
+    #: command padded past MAX_COMMAND cannot hide what follows: the record says it was cut
+    #: and pins what ran. None for a session without a command, and before these were recorded.
+    command_length: int | None = Field(default=None, ge=0)
+    command_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     pty: bool = False
     term_type: str | None = None
     started_at: datetime

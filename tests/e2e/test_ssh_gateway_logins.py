@@ -8,6 +8,7 @@ own loopback address, since failed logins are counted per address.
 """
 
 import asyncio
+import hashlib
 import subprocess
 import time
 from pathlib import Path
@@ -313,3 +314,24 @@ async def test_a_user_opening_sessions_in_a_loop_is_slowed_before_the_log_fills(
             assert "is released" in str(again.stderr), again.stderr
     finally:
         await env.restart_gateway()
+
+
+async def test_a_command_padded_past_what_the_audit_keeps_cannot_hide_its_end(ssh_env: SshEnv) -> None:
+    """What is tried: OpenSSH runs a command of 600 spaces and then `echo hidden-part`. The audit
+    keeps a command's first 512 characters; before the fix that was all it kept, so the record
+    showed blanks and nothing said that more had run.
+    What must hold: the command runs; its SessionStarted keeps the first 512 characters and
+    the whole command's length and SHA-256, so the record says it was cut and pins what ran."""
+    env = ssh_env
+    await env.place_running(env.hosts[0], "pad1", users=("padder",))
+    await env.wait_reachable("pad1", key="padder")
+    command = " " * 600 + "echo hidden-part"
+    ran = await env.ssh("pad1", command, key="padder", source="127.0.0.159")
+    assert (ran.returncode, ran.out) == (0, "hidden-part\n"), ran.err
+    events = await env.session_events("pad1")
+    started = [e for e in events if e["type"] == "SessionStarted" and e["source_address"] == "127.0.0.159"]
+    assert len(started) == 1, started
+    record = started[0]
+    assert record["command"] == command[:512]
+    assert record["command_length"] == len(command)
+    assert record["command_sha256"] == hashlib.sha256(command.encode()).hexdigest()
