@@ -386,6 +386,11 @@ def allocator(
     is_flag=True,
     help="Print the public key members pin as client_key in hostd's [[gateways]], and exit.",
 )
+@click.option(
+    "--print-host-key",
+    is_flag=True,
+    help="Print the host key users pin (`potluck login --gateway-key`), and exit.",
+)
 def sshgateway(
     database_url: str | None,
     nats_url: str,
@@ -396,23 +401,25 @@ def sshgateway(
     tunnel_listen: str | None,
     state_dir: Path | None,
     print_client_key: bool,
+    print_host_key: bool,
 ) -> None:
     """Run the SSH gateway: users' sessions to their containers, through each host's hostd.
 
     Other settings come from POTLUCK_SSHGATEWAY_* variables (services/sshgateway/settings.py);
-    --print-client-key needs only the state directory."""
-    from potluck.sshgateway.service import client_public_key, run_gateway
+    --print-client-key and --print-host-key need only the state directory."""
+    from potluck.sshgateway.service import client_public_key, host_public_key, run_gateway
     from potluck.sshgateway.settings import GatewaySettings, SettingsError
 
-    if print_client_key:
+    if print_client_key or print_host_key:
         from potluck.kernel.ssh_identity import SSHIdentityError
 
         try:
-            key = client_public_key(GatewaySettings.for_keys(state_dir))
+            keys = GatewaySettings.for_keys(state_dir)
+            key = client_public_key(keys) if print_client_key else host_public_key(keys)
         except SettingsError as exc:
             fail(str(exc), 2)
         except SSHIdentityError as exc:
-            fail(f"no client key printed: {exc}")
+            fail(f"no {'client' if print_client_key else 'host'} key printed: {exc}")
         click.echo(key)
         return
     try:

@@ -299,6 +299,13 @@ class LocalPool:
 
         return client_public_key(GatewaySettings(state_dir=self.gateway_state_dir), make=True)
 
+    def gateway_host_key(self) -> str:
+        """The host key users pin for this pool's gateway (made now if the gateway never ran)."""
+        from potluck.sshgateway.service import host_public_key
+        from potluck.sshgateway.settings import GatewaySettings
+
+        return host_public_key(GatewaySettings(state_dir=self.gateway_state_dir), make=True)
+
     def start_hostd(self, host: EnrolledHost) -> ChildProcess:
         host.process = self._potluck(f"hostd-{host.name}", "hostd", "--config", str(host.config))
         return host.process

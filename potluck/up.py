@@ -207,6 +207,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         tunnel = f"127.0.0.1:{settings.tunnel_port}"
         # The key is made here, before the gateway starts, so that the two never race to make it.
         client_key = pool.gateway_client_key()
+        gateway_key = pool.gateway_host_key()
         pool.start_gateway(listen=ssh, tunnel_listen=tunnel)
         host = await _local_host(pool)
         pool.write_config(
@@ -238,6 +239,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             logs=str(pool.workdir),
             registry=image_registry.address,
             tunnel=tunnel,
+            gateway_key=gateway_key,
         )
         (state / READY_FILE).write_text(json.dumps(asdict(ready)))
         on_ready(ready)
@@ -325,7 +327,8 @@ def summary(ready: Running) -> list[str]:
         f"demo token      {ready.token}",
         "",
         "next:",
-        f"  potluck login --url {ready.api} --token {ready.token} --gateway {ready.ssh}",
+        f"  potluck login --url {ready.api} --token {ready.token} --gateway {ready.ssh}"
+        + (f" --gateway-key '{ready.gateway_key}'" if ready.gateway_key else ""),
         f"  potluck alloc create --cpus 1 --memory 512M --image {ready.image} "
         "--ssh-key ~/.ssh/id_ed25519.pub --wait",
         "  potluck alloc ls",

@@ -52,6 +52,8 @@ class Running:
     registry: str = ""
     #: Where hostds dial the SSH gateway (what a joining member's [[gateways]] address is).
     tunnel: str = ""
+    #: The gateway's host key line, which users pin at `potluck login --gateway-key`.
+    gateway_key: str = ""
 
 
 def pool_files(state_dir: Path) -> PoolFiles:

@@ -30,6 +30,7 @@ from potluck.user.client import (
     gateway_address,
     segment,
 )
+from potluck.user.known_hosts import pin_gateway_key, public_key_line
 from potluck.user.remote import IDENTITY, allocation
 from potluck.user.ssh_keys import admitted_keys, public_key_files
 
@@ -275,9 +276,22 @@ def _show_condition(allocation: dict[str, Any]) -> None:
 @click.option("--url", required=True, help="The allocator, e.g. http://127.0.0.1:8080.")
 @click.option("--token", required=True, envvar="POTLUCK_TOKEN", help="Your bearer token (from the operator).")
 @click.option("--gateway", default="127.0.0.1:2222", show_default=True, help="The SSH gateway, HOST:PORT.")
-def login(url: str, token: str, gateway: str) -> None:
+@click.option(
+    "--gateway-key",
+    default=None,
+    help="The gateway's host key (a line, or a file holding it; from your operator, or "
+    "`potluck sshgateway --print-host-key`): `potluck ssh` is held to it from the first "
+    "connection on. Without it the first connection's key is trusted.",
+)
+def login(url: str, token: str, gateway: str, gateway_key: str | None) -> None:
     """Remember the allocator's URL and your token (checked against the allocator first)."""
     try:
+        key_line = None
+        if gateway_key is not None:
+            try:
+                key_line = public_key_line(gateway_key)
+            except ValueError as exc:
+                raise ClientError(f"--gateway-key: {exc}", ExitCode.USAGE) from None
         if not token.strip():
             raise ClientError(
                 "--token is empty: give the token an operator gave you (`potluck ops users add` "
@@ -297,6 +311,10 @@ def login(url: str, token: str, gateway: str) -> None:
         bail(exc)
     path = candidate.save()
     click.echo(f"logged in to {candidate.url}; saved in {path}")
+    if key_line is not None:
+        known = path.with_name("known_hosts")
+        pin_gateway_key(known, candidate.gateway, key_line)
+        click.echo(f"the gateway {candidate.gateway} is held to its key {key_line.split()[0]} in {known}")
 
 
 @click.group()

@@ -29,6 +29,7 @@ sessions, so no other gateway ever ends them for it.
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -48,7 +49,7 @@ from potluck.sshgateway.reactions import GatewayReactions
 from potluck.sshgateway.server import listen_for_hosts, listen_for_users
 from potluck.sshgateway.settings import GatewaySettings
 
-__all__ = ["Gateway", "client_public_key", "run_gateway"]
+__all__ = ["Gateway", "client_public_key", "host_public_key", "run_gateway"]
 
 log = structlog.get_logger(__name__)
 
@@ -64,18 +65,23 @@ _MADE_BY = (
 )
 
 
-def client_public_key(settings: GatewaySettings, *, make: bool = False) -> str:
-    """The public line members pin as `client_key` in hostd's config.
-
-    Only read, unless `make`: printed for pinning, a key made here (a mistyped state directory)
-    would be one no gateway holds, and every hostd pinning it would be refused. SSHIdentityError
-    names the directory looked in when there is none. `make` is for a pool that sets up its
-    own gateway's directory before starting it (`potluck up`)."""
-    if make:
-        key = load_or_create_key(settings.tunnel_key_path, comment="potluck-sshgateway")
-    else:
-        key = load_key(settings.tunnel_key_path, made_by=_MADE_BY)
+def _public_line(path: Path, comment: str, make: bool) -> str:
+    # Only read unless `make`: printed for pinning, a key made here (a mistyped state directory)
+    # would be one no gateway holds, and everyone pinning it would be refused.
+    key = load_or_create_key(path, comment=comment) if make else load_key(path, made_by=_MADE_BY)
     return public_key_line(key)
+
+
+def host_public_key(settings: GatewaySettings, *, make: bool = False) -> str:
+    """The host key line users pin (`potluck login --gateway-key`). SSHIdentityError names the
+    directory looked in when there is none; `make` is for a pool that sets up its own gateway's
+    directory before starting it (`potluck up`)."""
+    return _public_line(settings.host_key_path, "potluck-sshgateway-host", make)
+
+
+def client_public_key(settings: GatewaySettings, *, make: bool = False) -> str:
+    """The public line members pin as `client_key` in hostd's config; as `host_public_key`."""
+    return _public_line(settings.tunnel_key_path, "potluck-sshgateway", make)
 
 
 class Gateway:
