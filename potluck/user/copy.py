@@ -3,16 +3,23 @@
 One side is `ALLOC:PATH` (as `docker cp` and `kubectl cp` write it), the
 other a local path. The copy is a tar stream over one exec session of the
 user's own `ssh` (the same invocation as `potluck ssh`: their key, Potluck's
-known_hosts; remote.py), audited like any session. Into an allocation, it
-needs nothing in the image but `sh` and `tar` (busybox has both), and the
-container's own tar writes the files, as the container's user. Out of one,
+known_hosts; remote.py), audited like any session. Into an allocation, it is
+the reserved command `potluck-archive put NEED DST NAME` (hostd's
+container_upload.py): it needs nothing in the image but `sh` and `tar`
+(busybox has both), and the container's own tar writes the files, as the
+container's user, but only once hostd took what the copy needs (NEED) from
+what is left of the allocation's disk bound. Out of one,
 hostd reads the files from the engine itself (the reserved command
 `potluck-archive get PATH`, the tar `docker cp` reads), so that a download
 works on a running container and on an ended one whose container is kept
 (`--keep-for`: its results); an upload into a kept container is refused.
 A copy larger than the allocation's disk bound is refused before anything
-is sent; one that fits the bound but not what is left of it fails where the
-engine bounds the disk (hostd's guard otherwise).
+is sent; one that fits the bound but not what is left of it is refused by
+hostd before any of it reaches the container, saying how much it needs and
+how much is left: the allocation runs on, and nothing of the copy is left in
+it. What lands is unpacked beside its place and moved there whole (a copy
+that fails leaves nothing under the destination's name). A hostd older than
+this put runs the same script as a plain exec, without the reservation.
 
 Where things land, as with `docker cp` (landing.py): into DST when DST is an
 existing directory, else as DST (its parent must exist); `ALLOC:PATH/.` is the
@@ -47,6 +54,8 @@ import click
 from rich.console import Console
 from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
+from potluck.hostd.container_upload import RECEIVE
+from potluck.hostd.disk_bound import ENTRY_BYTES
 from potluck.terminal import foreign
 from potluck.user.client import ClientError, ExitCode
 from potluck.user.landing import Landing, NotPlaced, Source
@@ -60,17 +69,8 @@ _ALLOC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
 CHUNK = 1 << 20
 err = Console(stderr=True)
 
-# $1: DST in the container, $2: the name the stream's top entry has.
-_RECEIVE = r"""
-dst=$1; name=$2
-if [ -d "$dst" ]; then cd "$dst" && exec tar -x -f -; exit 1; fi
-case $dst in */) echo "potluck: $dst: no such directory in the allocation" >&2; exit 2;; esac
-parent=$(dirname -- "$dst")
-if [ ! -d "$parent" ]; then echo "potluck: $parent: no such directory in the allocation" >&2; exit 2; fi
-tmp=$(mktemp -d "$parent/.potluck-cp.XXXXXX") || exit 1
-if (cd "$tmp" && tar -x -f -) && mv -f "$tmp/$name" "$dst"; then rmdir "$tmp"; exit 0; fi
-rm -rf "$tmp"; exit 1
-"""
+#: What a hostd that predates `potluck-archive put` says to it (its usage).
+_OLD_HOSTD = "usage: potluck-archive get PATH"
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,15 @@ def _size(path: Path) -> int:
     if not path.is_dir():
         return path.lstat().st_size
     return sum((Path(d) / f).lstat().st_size for d, _, files in os.walk(path) for f in files)
+
+
+def _need(path: Path, size: int) -> int:
+    """What the copy of `path` (`size` bytes of files) takes of the allocation's disk, as hostd's
+    disk guard counts it: its bytes, and a block for each file, directory and link."""
+    entries = 1
+    if path.is_dir() and not path.is_symlink():
+        entries += sum(len(dirs) + len(files) for _, dirs, files in os.walk(path))
+    return size + entries * ENTRY_BYTES
 
 
 def _stderr_reader(proc: "subprocess.Popen[bytes]") -> tuple[threading.Thread, list[bytes]]:
@@ -241,7 +250,20 @@ def upload(source: Path, target: Remote, identity: str | None) -> int:
             f"({bound} bytes): nothing was copied; ask for more disk (`potluck alloc create --disk`)",
             int(ExitCode.REFUSED),
         )
-    argv = ssh_script(target.alloc_id, identity, _RECEIVE, target.path, name)
+    put = ["potluck-archive", "put", str(_need(source, size)), target.path, name]
+    try:
+        return _send(source, name, size, target, ssh_command(target.alloc_id, identity, put))
+    except CopyFailed as exc:
+        if exc.code != 255 or _OLD_HOSTD not in str(exc):
+            raise
+    # An older hostd: the same script as a plain exec (its disk guard is the only bound).
+    return _send(
+        source, name, size, target, ssh_script(target.alloc_id, identity, RECEIVE, target.path, name)
+    )
+
+
+def _send(source: Path, name: str, size: int, target: Remote, argv: list[str]) -> int:
+    """`source`'s tar stream to the session `argv`; the bytes sent."""
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     reader, errors = _stderr_reader(proc)
     assert proc.stdin is not None

@@ -35,8 +35,9 @@ resize the exec's TTY and signals reach its process, one engine call at a time
 per session however fast they come (session_controls.py); when the channel closes
 before the process ended, the process and its descendants are ended (HUP,
 then KILL). The reserved commands `potluck-logs` and `potluck-archive` are
-served by hostd itself from the engine (reserved_commands.py), for a running
-container and for a stopped, kept one.
+served by hostd itself (reserved_commands.py): reading from the engine, for a
+running container and for a stopped, kept one; `potluck-archive put` (the
+uploads of `potluck cp`) within the allocation's disk bound.
 
 Each session is a span, `exec session`, the child of the gateway's session
 span: the gateway sends its context in the session's `TRACEPARENT` (and
@@ -240,7 +241,7 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
                 process: SessionProcess
                 reserved = reserved_command(self._command) if self._subsystem is None else None
                 if reserved is not None:
-                    process = await open_reserved(self._bridge, alloc_id, reserved)
+                    process = await open_reserved(self._bridge, alloc_id, reserved, run_env)
                 elif self._subsystem == "sftp" and not tty:
                     # The image's sftp-server, or hostd's own for an image without one.
                     process = await open_sftp(self._bridge, alloc_id, argv, run_env)

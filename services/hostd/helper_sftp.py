@@ -23,8 +23,9 @@ end). A directory is listed as it is read, 128 names a reply, never
 buffered whole. Writes are counted
 against the container's disk bound (its writable layer measured at the first
 open for writing, then counted down by every SFTP session of the allocation
-together, `_DiskBudget`: two sessions writing at once share what is left,
-rather than each being allowed all of it; a SETSTAT that grows a file counts
+and every `potluck cp` upload into it together, disk_budget.py: two sessions
+writing at once share what is left, rather than each being allowed all of
+it; a SETSTAT that grows a file counts
 as a write of what it adds, since the engine's SizeRw that the disk guard
 measures counts a file's size, holes and all): the write that would pass it is
 refused ("no space on filesystem"), so the transfer fails cleanly and the
@@ -44,8 +45,6 @@ import asyncio
 import contextlib
 import itertools
 import posixpath
-import time
-import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
@@ -55,6 +54,7 @@ import structlog
 from asyncssh.logging import logger as asyncssh_logger
 from asyncssh.sftp import SFTPServerHandler
 
+from potluck.hostd import disk_budget
 from potluck.hostd.container_files import (
     STAT_FORMAT,
     ContainerFiles,
@@ -64,6 +64,7 @@ from potluck.hostd.container_files import (
     WriteStream,
     parse_stat,
 )
+from potluck.hostd.disk_budget import DiskBudget
 from potluck.hostd.exec_bridge import ExecBridge, SessionProcess
 from potluck.hostd.exec_errors import ExecError, ExecRefused
 from potluck.hostd.exec_stream import ExecSink
@@ -73,14 +74,10 @@ __all__ = ["ContainerSFTPServer", "HelperSftpProcess", "open_sftp"]
 log = structlog.get_logger(__name__)
 
 _ids = itertools.count(1)
-DISK_SLACK = 1 << 20
 #: Files and directory listings one session may hold open at once.
 MAX_OPEN = 64
 #: Execs (a file's reader or writer, a directory's listing) one session may stream at once.
 MAX_STREAMS = 4
-#: How long an open for writing waits for hostd to know the allocation's disk bound: a hostd
-#: that just started learns it from the allocator's snapshot.
-BOUND_WAIT_S = 10.0
 #: A listing's entry longer than this is no entry the helper's stat writes (a name is at most
 #: 255 bytes): the listing is given up rather than held.
 _LIST_ENTRY_MAX = 4096
@@ -139,29 +136,6 @@ def _text(path: bytes) -> str:
     return path.decode("utf-8", errors="surrogateescape")
 
 
-class _DiskBudget:
-    """What an allocation's container may still write through hostd's SFTP (None: no bound is
-    known, the engine did not say the layer's size), shared by its SFTP sessions, and how many
-    of them hold it: measured when the first opens a file for writing, forgotten when the last
-    ends (the next is measured afresh, counting whatever else was written meanwhile)."""
-
-    def __init__(self, left: int | None) -> None:
-        self.left = left
-        self.sessions = 0
-
-
-class _Budgets:
-    """One hostd's (one bridge's) budgets, by allocation; `lock` makes a budget's measure and
-    its sharing one step (two sessions opening at once share one measure)."""
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.by_alloc: dict[str, _DiskBudget] = {}
-
-
-_budgets: "weakref.WeakKeyDictionary[ExecBridge, _Budgets]" = weakref.WeakKeyDictionary()
-
-
 class _Handle:
     """An open file: its path and mode, and the exec streaming it, if any."""
 
@@ -196,7 +170,7 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
         self.open_listings = 0
         #: What the container may still write (module docstring), once a file was opened for
         #: writing: a write past it is refused, so the container stays within its bound.
-        self.budget: _DiskBudget | None = None
+        self.budget: DiskBudget | None = None
 
     async def abort(self) -> None:
         """End the execs of every open file (the session is gone: nobody will close them)."""
@@ -339,9 +313,9 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
         """Take `growth` from the allocation's budget before anything is awaited (another session
         writes meanwhile); SFTPNoSpaceOnFilesystem if it is not left."""
         budget = self.budget
-        if budget is None or budget.left is None:
+        if budget is None:
             return
-        if growth > budget.left:
+        if not budget.fits(growth):
             log.info(
                 "helper_sftp.disk_bound_reached",
                 alloc_id=self.files.alloc_id,
@@ -352,11 +326,11 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPNoSpaceOnFilesystem(
                 "the allocation's disk bound is reached: nothing more may be written"
             )
-        budget.left -= growth
+        budget.take(growth)
 
     def _give_back(self, growth: int) -> None:
-        if self.budget is not None and self.budget.left is not None:
-            self.budget.left += growth
+        if self.budget is not None:
+            self.budget.give_back(growth)
 
     async def _set(self, path: str, attrs: asyncssh.SFTPAttrs) -> None:
         size = "" if attrs.size is None else str(attrs.size)
@@ -403,37 +377,13 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
         if self.budget is None:
             self.budget = await self._join_budget()
 
-    async def _join_budget(self) -> _DiskBudget:
-        """The allocation's shared budget (module docstring), measured if no session holds one."""
-        await self._wait_for_disk_bound()
-        bridge, alloc_id = self.files.bridge, self.files.alloc_id
-        shared = _budgets.setdefault(bridge, _Budgets())
-        async with shared.lock:
-            budget = shared.by_alloc.get(alloc_id)
-            if budget is None:
-                left = await bridge.disk_left(alloc_id)
-                # Slack for what the bytes cost beyond themselves (blocks, directories, metadata).
-                budget = shared.by_alloc[alloc_id] = _DiskBudget(None if left is None else left - DISK_SLACK)
-                log.info("helper_sftp.disk_budget", alloc_id=alloc_id, left=budget.left)
-            budget.sessions += 1
-            return budget
-
-    async def _wait_for_disk_bound(self) -> None:
-        """Wait (BOUND_WAIT_S at most) for hostd to hold the allocation's spec, whose disk bound
-        every write is counted against; SFTPFailure saying so if it still holds none (a hostd
-        that just started and has not yet heard from the allocator), never "no space": the
-        disk is not full, hostd does not know its bound."""
-        bridge, alloc_id = self.files.bridge, self.files.alloc_id
-        deadline = time.monotonic() + BOUND_WAIT_S
-        while bridge.disk_bound_of(alloc_id) is None:
-            if time.monotonic() >= deadline:
-                log.warning("helper_sftp.disk_bound_unknown", alloc_id=alloc_id, waited_s=BOUND_WAIT_S)
-                raise asyncssh.SFTPFailure(
-                    "hostd on the allocation's machine does not know its disk bound yet (it has not "
-                    "heard from the pool since it started): nothing can be written through SFTP "
-                    "until it does; try again in a minute (reading works)"
-                )
-            await asyncio.sleep(0.25)
+    async def _join_budget(self) -> DiskBudget:
+        """The allocation's shared budget (disk_budget.py); SFTPFailure saying so while hostd
+        does not know the bound, never "no space": the disk is not full."""
+        try:
+            return await disk_budget.join(self.files.bridge, self.files.alloc_id)
+        except disk_budget.BoundUnknown as exc:
+            raise asyncssh.SFTPFailure(str(exc)) from exc
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
         handle = cast(_Handle, file_obj)
@@ -625,12 +575,8 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
     def exit(self) -> None:
         """The session ended (asyncssh's cleanup, or abort): it holds the budget no more."""
         budget, self.budget = self.budget, None
-        if budget is None:
-            return
-        budget.sessions -= 1
-        shared = _budgets.get(self.files.bridge)
-        if budget.sessions <= 0 and shared is not None and shared.by_alloc.get(self.files.alloc_id) is budget:
-            del shared.by_alloc[self.files.alloc_id]
+        if budget is not None:
+            disk_budget.leave(self.files.bridge, self.files.alloc_id, budget)
 
 
 async def _entries(listing: ReadStream) -> AsyncIterator[bytes]:

@@ -1,14 +1,17 @@
 """Session commands hostd serves itself instead of running them in the container.
 
 These exec command names are reserved: a session whose command is one of them
-never reaches the container's own programs, and it works on a running
+is served by hostd, not by the container's own programs (but `put`, which runs
+the container's tar under hostd's eye), and reading works on a running
 container and on a stopped, kept one alike (AllocationExited.kept_until):
 
     potluck-logs [--follow|-f] [--tail N]   its stdout and stderr (container_logs.py)
     potluck-archive get PATH                PATH as a tar stream (container_archive.py)
+    potluck-archive put NEED DST NAME       a tar stream unpacked at DST, within the
+                                            disk bound (container_upload.py)
 
-`potluck logs` and `potluck cp ALLOC:PATH LOCAL` send them through the
-gateway like any exec session (the same audit, the same per-allocation caps
+`potluck logs` and `potluck cp` send them through the gateway like any exec
+session (the same audit, the same per-allocation caps
 in session_slots.py). A malformed one is refused with its usage.
 """
 
@@ -18,16 +21,16 @@ from dataclasses import dataclass
 
 from potluck.hostd.container_archive import open_archive
 from potluck.hostd.container_logs import LogsRequest, open_logs
-from potluck.hostd.engine_stream import StreamedProcess
-from potluck.hostd.exec_bridge import ExecBridge
+from potluck.hostd.container_upload import ArchivePut, open_upload
+from potluck.hostd.exec_bridge import ExecBridge, SessionProcess
 from potluck.hostd.exec_errors import ExecRefused
 
-__all__ = ["ARCHIVE", "LOGS", "ArchiveGet", "Reserved", "open_reserved", "reserved_command"]
+__all__ = ["ARCHIVE", "LOGS", "ArchiveGet", "ArchivePut", "Reserved", "open_reserved", "reserved_command"]
 
 LOGS = "potluck-logs"
 ARCHIVE = "potluck-archive"
 _LOGS_USAGE = f"usage: {LOGS} [--follow] [--tail N]"
-_ARCHIVE_USAGE = f"usage: {ARCHIVE} get PATH"
+_ARCHIVE_USAGE = f"usage: {ARCHIVE} get PATH | {ARCHIVE} put NEED DST NAME"
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class ArchiveGet:
     path: str
 
 
-Reserved = LogsRequest | ArchiveGet
+Reserved = LogsRequest | ArchiveGet | ArchivePut
 
 
 class _Refusing(argparse.ArgumentParser):
@@ -62,13 +65,22 @@ def reserved_command(command: str | None) -> Reserved | None:
         if args.tail is not None and args.tail < 0:
             raise ExecRefused(f"{_LOGS_USAGE}: --tail must be 0 or more")
         return LogsRequest(follow=args.follow, tail=args.tail)
+    if len(argv) == 5 and argv[1] == "put" and argv[2].isdigit() and argv[3] and argv[4]:
+        if "/" in argv[4] or argv[4] in (".", ".."):
+            raise ExecRefused(f"{_ARCHIVE_USAGE}: NAME is one name, not a path")
+        return ArchivePut(int(argv[2]), argv[3], argv[4])
     if len(argv) != 3 or argv[1] != "get" or not argv[2]:
         raise ExecRefused(_ARCHIVE_USAGE)
     return ArchiveGet(argv[2])
 
 
-async def open_reserved(bridge: ExecBridge, alloc_id: str, request: Reserved) -> StreamedProcess:
-    """Serve `request` from the allocation's container, running or stopped."""
+async def open_reserved(
+    bridge: ExecBridge, alloc_id: str, request: Reserved, env: dict[str, str] | None = None
+) -> SessionProcess:
+    """Serve `request` from the allocation's container, running or stopped (a `put` needs it
+    running: it runs the container's tar); `env`: the session's, for what runs in it."""
+    if isinstance(request, ArchivePut):
+        return await open_upload(bridge, alloc_id, request, env or {})
     container_id = await bridge.container_for(alloc_id, stopped_ok=True)
     if isinstance(request, LogsRequest):
         return await open_logs(bridge.docker_url, container_id, request, bridge.timeout)

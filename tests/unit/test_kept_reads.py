@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from potluck.hostd.container_logs import LogsRequest
 from potluck.hostd.engine_stream import ChunkDecoder
 from potluck.hostd.exec_errors import ExecError, ExecRefused
-from potluck.hostd.reserved_commands import ArchiveGet, reserved_command
+from potluck.hostd.reserved_commands import ArchiveGet, ArchivePut, reserved_command
 
 
 def chunked(pieces: list[bytes]) -> bytes:
@@ -45,6 +45,9 @@ def test_reserved_commands_are_recognised_and_others_left_alone() -> None:
     assert reserved_command("potluck-logs --follow --tail 5") == LogsRequest(follow=True, tail=5)
     assert reserved_command("potluck-logs -f") == LogsRequest(follow=True)
     assert reserved_command("potluck-archive get '/out dir'") == ArchiveGet("/out dir")
+    assert reserved_command("potluck-archive put 8192 '/in dir/' a.bin") == ArchivePut(
+        8192, "/in dir/", "a.bin"
+    )
     path = LogsRequest(follow=True, tail=2).path("c1")
     assert path == "/containers/c1/logs?stdout=1&stderr=1&follow=1&tail=2"
     for other in (None, "", "ls -l", "sh -c 'potluck-logs'", "echo 'unclosed"):
@@ -52,7 +55,16 @@ def test_reserved_commands_are_recognised_and_others_left_alone() -> None:
 
 
 @pytest.mark.parametrize(
-    "command", ["potluck-logs --bogus", "potluck-logs --tail -1", "potluck-archive", "potluck-archive put /x"]
+    "command",
+    [
+        "potluck-logs --bogus",
+        "potluck-logs --tail -1",
+        "potluck-archive",
+        "potluck-archive put /x",
+        "potluck-archive put -5 /x a",
+        "potluck-archive put 5 /x a/b",
+        "potluck-archive put 5 /x ..",
+    ],
 )
 def test_a_malformed_reserved_command_is_refused_with_its_usage(command: str) -> None:
     with pytest.raises(ExecRefused, match="usage"):

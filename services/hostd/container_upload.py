@@ -1,0 +1,201 @@
+"""`potluck-archive put NEED DST NAME`: `potluck cp LOCAL ALLOC:DST`'s upload, within the
+allocation's disk bound.
+
+The copy is a tar stream (its top entry NAME) on the session's input, unpacked by the
+container's own tar (RECEIVE), as the container's user. What hostd adds is the bound: the
+client says what the copy will take of the disk (NEED: its files' bytes and ENTRY_BYTES for
+each file and directory, as the disk guard counts them, disk_bound.py), and hostd takes that
+from the allocation's disk budget (disk_budget.py, shared with its SFTP sessions) before a
+byte reaches the container. A copy that does not fit what is left is refused at once, saying
+how much it needs and how much is left: the container is never written past its bound, so
+hostd's disk guard has no reason to stop the allocation for an upload. A stream longer than
+NEED (and the tar format's own overhead, STREAM_SLACK) is cut, and the copy fails: a client
+cannot say little and send more.
+
+Where it lands, as with `docker cp`: into DST when it is a directory, else as DST (its parent
+must exist). Either way it is unpacked into a temporary directory beside its place and moved
+there once whole, so a copy that fails (or is cut, or whose session is lost) leaves nothing
+under the destination's name; the temporary directory is removed. Only a directory copied
+onto a directory of the same name is unpacked in place, merged into it as `docker cp` and tar
+do.
+"""
+
+import asyncio
+from dataclasses import dataclass
+
+import structlog
+
+from potluck.hostd import disk_budget
+from potluck.hostd.disk_budget import DiskBudget
+from potluck.hostd.engine_stream import StreamedProcess
+from potluck.hostd.exec_bridge import ExecBridge, ExecProcess, SessionProcess
+from potluck.hostd.exec_stream import ExecSink
+
+__all__ = ["PUT_REFUSED", "RECEIVE", "STREAM_SLACK", "ArchivePut", "open_upload"]
+
+log = structlog.get_logger(__name__)
+
+#: The exit status of a copy refused (it does not fit what is left) or cut (it sent more than
+#: it said): what a failed copy's script exits with too.
+PUT_REFUSED = 1
+#: What a tar stream may hold beyond NEED: its end (two zero blocks, padded to a 10 KiB
+#: record). Each entry's header and padding fit in the ENTRY_BYTES NEED counts for it.
+STREAM_SLACK = 64 * 1024
+
+# $1: DST in the container, $2: the name the stream's top entry has. A copy is unpacked beside
+# its place and moved there whole (the module docstring); the trap removes what a copy ended
+# by a signal (its session lost, its stream cut) left.
+RECEIVE = r"""
+dst=$1; name=$2
+if [ -d "$dst" ]; then
+  if [ -d "$dst/$name" ] && [ ! -L "$dst/$name" ]; then cd "$dst" && exec tar -x -f -; exit 1; fi
+  parent=${dst%/}; [ -n "$parent" ] || parent=/; dst=$parent/$name
+else
+  case $dst in */) echo "potluck: $dst: no such directory in the allocation" >&2; exit 2;; esac
+  parent=$(dirname -- "$dst")
+  if [ ! -d "$parent" ]; then echo "potluck: $parent: no such directory in the allocation" >&2; exit 2; fi
+fi
+tmp=$(mktemp -d "$parent/.potluck-cp.XXXXXX") || exit 1
+trap 'rm -rf "$tmp"; exit 1' HUP INT TERM PIPE
+if (cd "$tmp" && tar -x -f -) && mv -f "$tmp/$name" "$dst"; then rmdir "$tmp"; exit 0; fi
+rm -rf "$tmp"; exit 1
+"""
+
+
+@dataclass(frozen=True)
+class ArchivePut:
+    #: What the copy takes of the disk, as the client counted it.
+    need: int
+    dst: str
+    name: str
+
+
+class _Upload:
+    """The exec unpacking the copy, its input counted against what was taken for it; the
+    budget is left (and what was taken given back, unless the copy landed) when it ends."""
+
+    def __init__(
+        self, bridge: ExecBridge, alloc_id: str, process: ExecProcess, budget: DiskBudget, need: int
+    ) -> None:
+        self.bridge, self.alloc_id = bridge, alloc_id
+        self.process = process
+        self.exec_id = process.exec_id
+        self.container_id = process.container_id
+        self.budget: DiskBudget | None = budget
+        self.need = need
+        self.sent = 0
+        self.cut = False
+        self.sink: ExecSink | None = None
+        self._ending: asyncio.Task[int] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.process.finished
+
+    @finished.setter
+    def finished(self, value: bool) -> None:
+        self.process.finished = value
+
+    def attach(self, sink: ExecSink) -> None:
+        self.sink = sink
+        self.process.attach(sink)
+
+    def write(self, data: bytes) -> None:
+        if self.cut:
+            return
+        self.sent += len(data)
+        if self.sent > self.need + STREAM_SLACK:
+            self.cut = True
+            log.warning("upload.stream_cut", alloc_id=self.alloc_id, need=self.need, sent=self.sent)
+            if self.sink is not None:
+                said = (
+                    f"potluck: the copy sent more than the {self.need} bytes it said it needs: "
+                    "it was cut off, nothing was copied\n"
+                )
+                self.sink.exec_data(said.encode(), True)
+            # Ended by a signal: the script's trap removes what was unpacked.
+            self._ending = asyncio.ensure_future(self.process.terminate())
+            return
+        self.process.write(data)
+
+    def write_eof(self) -> None:
+        if not self.cut:
+            self.process.write_eof()
+
+    def pause_reading(self) -> None:
+        self.process.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.process.resume_reading()
+
+    async def resize(self, width: int, height: int) -> None:
+        return None
+
+    async def signal(self, name: str) -> bool:
+        return await self.process.signal(name)
+
+    async def wait_exit(self, timeout: float = 10.0) -> int | None:
+        status = await self.process.wait_exit(timeout)
+        if status is not None:
+            if self.cut:
+                status = PUT_REFUSED
+            self._release(landed=status == 0)
+        return status
+
+    async def terminate(self) -> int:
+        try:
+            return await self.process.terminate()
+        finally:
+            self._release(landed=False)
+
+    def close(self) -> None:
+        self.process.close()
+
+    def _release(self, *, landed: bool) -> None:
+        budget, self.budget = self.budget, None
+        if budget is None:
+            return
+        if not landed:
+            budget.give_back(self.need)  # the script removed what it unpacked
+        disk_budget.leave(self.bridge, self.alloc_id, budget)
+
+
+def _refused(container_id: str, message: str) -> StreamedProcess:
+    process = StreamedProcess("upload", container_id)
+    process.emit(f"potluck: {message}\n".encode(), stderr=True)
+    process.finish(PUT_REFUSED)
+    return process
+
+
+async def open_upload(
+    bridge: ExecBridge, alloc_id: str, put: ArchivePut, env: dict[str, str]
+) -> SessionProcess:
+    """The copy's exec, what it needs taken from the allocation's budget; a session that ends
+    at once with a message and PUT_REFUSED when it does not fit (or hostd does not know the
+    bound yet); ExecRefused when the allocation's container does not run."""
+    container_id = await bridge.container_for(alloc_id)
+    try:
+        budget = await disk_budget.join(bridge, alloc_id)
+    except disk_budget.BoundUnknown as exc:
+        return _refused(container_id, f"{exc}; nothing was copied")
+    if not budget.fits(put.need):
+        left = max(0, budget.left or 0)
+        disk_budget.leave(bridge, alloc_id, budget)
+        bound = bridge.disk_bound_of(alloc_id)
+        log.info("upload.disk_bound_reached", alloc_id=alloc_id, need=put.need, left=left, bound=bound)
+        return _refused(
+            container_id,
+            f"{put.dst}: the copy needs {put.need} bytes of disk and allocation {alloc_id} has "
+            f"{left} left of its disk bound of {bound} bytes: nothing was copied; make room in it, "
+            "or ask for more disk (`potluck alloc create --disk`)",
+        )
+    budget.take(put.need)
+    argv = ["sh", "-c", RECEIVE, "potluck-cp", put.dst, put.name]
+    try:
+        process = await bridge.open(alloc_id, argv, tty=False, env=env)
+    except BaseException:
+        budget.give_back(put.need)
+        disk_budget.leave(bridge, alloc_id, budget)
+        raise
+    log.info("upload.started", alloc_id=alloc_id, need=put.need, left=budget.left)
+    return _Upload(bridge, alloc_id, process, budget, put.need)

@@ -1,0 +1,107 @@
+"""What an allocation's container may still write through the transfers hostd serves, shared
+by all of them at once.
+
+hostd's own SFTP server (helper_sftp.py) and `potluck cp`'s uploads (container_upload.py)
+write into a container on the user's behalf. Each takes what it writes from the allocation's
+`DiskBudget` before the bytes reach the container, and is refused ("no space", "needs N bytes,
+M are left") when it is not there: the transfer fails cleanly, and hostd's disk guard, which
+stops a container past its bound, never has to stop the allocation for a transfer. The budget
+is measured when the first transfer of the allocation joins it (its bound, less what the
+container's writable layer holds, less DISK_SLACK for what the bytes cost beyond themselves:
+blocks, directories, metadata), counted down by every transfer that holds it, and forgotten
+when the last leaves (the next is measured afresh, counting whatever the container wrote
+meanwhile). Two transfers at once thus share what is left, rather than each being allowed all
+of it.
+
+The guard itself is unchanged: it still holds the container to its bound, whatever writes.
+"""
+
+import asyncio
+import time
+import weakref
+
+import structlog
+
+from potluck.hostd.exec_bridge import ExecBridge
+
+__all__ = ["BOUND_WAIT_S", "DISK_SLACK", "BoundUnknown", "DiskBudget", "join", "leave"]
+
+log = structlog.get_logger(__name__)
+
+#: What the budget keeps back from what the measure says is left.
+DISK_SLACK = 1 << 20
+#: How long a transfer waits for hostd to know the allocation's disk bound: a hostd that just
+#: started learns it from the allocator's snapshot.
+BOUND_WAIT_S = 10.0
+
+
+class BoundUnknown(Exception):
+    """hostd holds no spec of the allocation yet (it started a moment ago): it does not know the
+    bound, so nothing may be written; never "no space": the disk is not full."""
+
+
+class DiskBudget:
+    """What the allocation's container may still write through hostd's transfers (None: no
+    bound is known, the engine did not say the layer's size), and how many transfers hold it."""
+
+    def __init__(self, left: int | None) -> None:
+        self.left = left
+        self.sessions = 0
+
+    def fits(self, growth: int) -> bool:
+        return self.left is None or growth <= self.left
+
+    def take(self, growth: int) -> None:
+        """Count `growth` as written (the caller checked it `fits`, with nothing awaited since)."""
+        if self.left is not None:
+            self.left -= growth
+
+    def give_back(self, growth: int) -> None:
+        """`growth` taken earlier was not written after all (the write failed, the copy was
+        removed)."""
+        if self.left is not None:
+            self.left += growth
+
+
+class _Budgets:
+    """One hostd's (one bridge's) budgets, by allocation; `lock` makes a budget's measure and
+    its sharing one step (two transfers starting at once share one measure)."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.by_alloc: dict[str, DiskBudget] = {}
+
+
+_budgets: "weakref.WeakKeyDictionary[ExecBridge, _Budgets]" = weakref.WeakKeyDictionary()
+
+
+async def join(bridge: ExecBridge, alloc_id: str) -> DiskBudget:
+    """The allocation's shared budget, measured if no transfer holds one; the caller `leave`s
+    it when done. BoundUnknown when hostd holds no spec of the allocation after BOUND_WAIT_S."""
+    deadline = time.monotonic() + BOUND_WAIT_S
+    while bridge.disk_bound_of(alloc_id) is None:
+        if time.monotonic() >= deadline:
+            log.warning("disk_budget.bound_unknown", alloc_id=alloc_id, waited_s=BOUND_WAIT_S)
+            raise BoundUnknown(
+                "hostd on the allocation's machine does not know its disk bound yet (it has not "
+                "heard from the pool since it started): nothing can be written into it by a "
+                "transfer until it does; try again in a minute (reading works)"
+            )
+        await asyncio.sleep(0.25)
+    shared = _budgets.setdefault(bridge, _Budgets())
+    async with shared.lock:
+        budget = shared.by_alloc.get(alloc_id)
+        if budget is None:
+            left = await bridge.disk_left(alloc_id)
+            budget = shared.by_alloc[alloc_id] = DiskBudget(None if left is None else left - DISK_SLACK)
+            log.info("disk_budget.measured", alloc_id=alloc_id, left=budget.left)
+        budget.sessions += 1
+        return budget
+
+
+def leave(bridge: ExecBridge, alloc_id: str, budget: DiskBudget) -> None:
+    """A transfer that joined `budget` is done with it."""
+    budget.sessions -= 1
+    shared = _budgets.get(bridge)
+    if budget.sessions <= 0 and shared is not None and shared.by_alloc.get(alloc_id) is budget:
+        del shared.by_alloc[alloc_id]

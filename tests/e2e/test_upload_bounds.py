@@ -1,0 +1,152 @@
+"""Uploads that fit an allocation's disk bound but not what is left of it (issue 17: "a
+transfer that would exceed it fails cleanly"): `potluck cp`, OpenSSH's `scp -O` (the legacy
+protocol), and `scp` (its SFTP mode) and `sftp` served by hostd's own SFTP server, through
+the real gateway to the real hostd and Docker engine.
+
+Before the fix `potluck cp` and `scp -O` sent their bytes into the container until hostd's
+disk guard saw the container past its bound and stopped the allocation: the user lost their
+running work because of an upload; hostd's SFTP refused the write past the bound but left the
+half-written file. (An image's own sftp-server, and rsync, are not held to the bound yet:
+there the guard still stops the allocation.)
+
+What must hold instead: the transfer fails with a clear exit status (and, for `potluck cp`, a
+message saying how much was needed and how much is left), the allocation
+keeps running, the files it held before are intact, nothing half-written is left under the
+destination's name (nor a temporary file beside it), and a small upload afterwards works.
+
+The test pool's hostd measures its containers every half second (its default is 10 s), so a
+container past its bound is stopped well within the seconds each test waits afterwards.
+"""
+
+import asyncio
+import os
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.test_image import DEFAULT_TAG
+from tests.e2e import test_file_transfer as transfer
+from tests.e2e.conftest import Gatewayed, start_gatewayed
+from tests.fixtures.pool import Pool, allocation
+
+MiB = 1 << 20
+#: Where the uploads go, with the file the allocation held before them.
+WORK = "/srv/work"
+#: Many of hostd's disk measures here: a container past its bound is stopped by then.
+GUARD_WAIT_S = 4.0
+
+
+@pytest.fixture
+async def guarded(
+    pool: Pool, docker_engines: list[DockerEngine], default_image: str, tmp_path: Path
+) -> Gatewayed:
+    """A gateway and a hostd that may run both the default image and the busybox test image."""
+    return await start_gatewayed(
+        pool,
+        docker_engines[0],
+        tmp_path,
+        allowed_images=[DEFAULT_TAG, default_image],
+        donate={"cpus": 2, "memory": "2G", "disk": "6G"},
+    )
+
+
+async def half_full(g: Gatewayed, image: str) -> tuple[str, str]:
+    """An interactive allocation with a disk bound of 64 MiB whose /srv/work holds 40 MiB already
+    (/srv/work/earlier.bin): its id and that file's sha256."""
+    alloc_id = await transfer.interactive(g, image, disk="64M")
+    fill = f"dd if=/dev/urandom of={WORK}/earlier.bin bs=1M count=40 2>/dev/null"
+    made = await g.ssh(alloc_id, f"mkdir -p {WORK} && {fill} && sync && sha256sum {WORK}/earlier.bin")
+    assert made.returncode == 0, made.stderr
+    return alloc_id, made.stdout.split()[0]
+
+
+async def still_whole(g: Gatewayed, alloc_id: str, earlier: str) -> None:
+    """The allocation runs, WORK/earlier.bin is what it was, and WORK holds nothing else (no
+    partial upload, no temporary file of one)."""
+    await asyncio.sleep(GUARD_WAIT_S)
+    state = await allocation(g.pool.store, alloc_id)
+    assert state is not None
+    assert state.status == "running", g.pool.logs()
+    left = await g.ssh(alloc_id, f"ls -A {WORK}; sha256sum {WORK}/earlier.bin")
+    assert left.returncode == 0, left.stderr
+    lines = left.stdout.splitlines()
+    assert lines[:-1] == ["earlier.bin"], left.stdout
+    assert lines[-1].split()[0] == earlier
+
+
+def forty(tmp_path: Path) -> Path:
+    local = tmp_path / "up.bin"
+    local.write_bytes(os.urandom(40 * MiB))
+    return local
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("image", ["default", "busybox"])
+async def test_potluck_cp_past_what_is_left_of_the_disk_bound_fails_cleanly(
+    guarded: Gatewayed, default_image: str, tmp_path: Path, image: str
+) -> None:
+    """What is tried: `potluck cp` of a 40 MiB file, and of a directory holding one, into an
+    allocation whose disk bound is 64 MiB and which holds 40 MiB already: each fits the bound,
+    not what is left of it (before the fix the container's tar wrote it and hostd's disk guard
+    stopped the allocation). What must hold: each exits 1 saying how many bytes it needed and
+    how many are left, and that nothing was copied; the allocation still runs, its earlier file
+    is intact and nothing else is in /srv/work; a small file is copied in afterwards."""
+    alloc_id, earlier = await half_full(guarded, default_image if image == "default" else DEFAULT_TAG)
+    env = transfer.logged_in(guarded, tmp_path)
+    local = forty(tmp_path)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "inside.bin").write_bytes(local.read_bytes())
+    key = str(guarded.key)
+
+    as_file = transfer.potluck("cp", "-i", key, str(local), f"{alloc_id}:{WORK}/up.bin", env=env)
+    into_dir = transfer.potluck("cp", "-i", key, str(local), f"{alloc_id}:{WORK}", env=env)
+    a_folder = transfer.potluck("cp", "-i", key, str(folder), f"{alloc_id}:{WORK}/", env=env)
+
+    for done in (as_file, into_dir, a_folder):
+        assert done.returncode == 1, done.stderr + guarded.pool.logs()
+        said = re.search(r"needs (\d+) bytes of disk .* has (\d+) left of its disk bound", done.stderr)
+        assert said is not None, done.stderr
+        assert int(said[1]) > 40 * MiB > int(said[2]), done.stderr
+        assert "nothing was copied" in done.stderr, done.stderr
+    await still_whole(guarded, alloc_id, earlier)
+    small = tmp_path / "small.txt"
+    small.write_text("small\n")
+    fine = transfer.potluck("cp", "-i", key, str(small), f"{alloc_id}:{WORK}/", env=env)
+    assert fine.returncode == 0, fine.stderr
+    assert (await guarded.ssh(alloc_id, f"cat {WORK}/small.txt")).stdout == "small\n"
+
+
+@pytest.mark.slow
+async def test_an_upload_that_sends_more_than_it_said_is_cut_off(guarded: Gatewayed, tmp_path: Path) -> None:
+    """What is tried: a client that says its copy needs 8 KiB (`potluck-archive put 8192`, what
+    `potluck cp` sends) and then sends the tar of a 40 MiB file, into a busybox allocation whose
+    disk bound is 64 MiB and which holds 40 MiB already: an upload cannot be used to pass the
+    bound by saying little. What must hold: hostd cuts the stream off, the session exits 1
+    saying so; the allocation still runs, its earlier file is intact and nothing of the copy is
+    left in WORK (nor its temporary directory)."""
+    alloc_id, earlier = await half_full(guarded, DEFAULT_TAG)
+    local = forty(tmp_path)
+    archive = tmp_path / "up.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(local, arcname="lie.bin")
+    argv = guarded.ssh_argv(alloc_id, f"potluck-archive put 8192 {WORK}/lie.bin lie.bin")
+
+    with archive.open("rb") as stdin:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            argv,
+            stdin=stdin,
+            capture_output=True,
+            env=guarded.ssh_env(),
+            timeout=120,
+            check=False,
+        )
+
+    assert done.returncode == 1, done.stderr
+    assert b"more than the 8192 bytes it said it needs" in done.stderr, done.stderr
+    await still_whole(guarded, alloc_id, earlier)
