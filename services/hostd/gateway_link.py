@@ -37,7 +37,9 @@ before the process ended, the process and its descendants are ended (HUP,
 then KILL). The reserved commands `potluck-logs` and `potluck-archive` are
 served by hostd itself (reserved_commands.py): reading from the engine, for a
 running container and for a stopped, kept one; `potluck-archive put` (the
-uploads of `potluck cp`) within the allocation's disk bound.
+uploads of `potluck cp`) within the allocation's disk bound. The sink of
+scp's legacy protocol (`scp -t`, what `scp -O` runs) has each file it is sent
+checked against that bound before it reaches the container (scp_sink.py).
 
 Each session is a span, `exec session`, the child of the gateway's session
 span: the gateway sends its context in the session's `TRACEPARENT` (and
@@ -86,6 +88,7 @@ from potluck.hostd.exec_errors import ExecError, ExecRefused
 from potluck.hostd.gateway_config import GatewayLink
 from potluck.hostd.helper_sftp import open_sftp
 from potluck.hostd.reserved_commands import open_reserved, reserved_command
+from potluck.hostd.scp_sink import is_scp_sink, open_scp_sink
 from potluck.hostd.session_controls import SessionControls
 from potluck.hostd.session_slots import SessionLimits, SessionSlots
 from potluck.hostd.spans import docker_span, tracer
@@ -242,6 +245,9 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
                 reserved = reserved_command(self._command) if self._subsystem is None else None
                 if reserved is not None:
                     process = await open_reserved(self._bridge, alloc_id, reserved, run_env)
+                elif self._subsystem is None and not tty and is_scp_sink(self._command):
+                    # `scp -O` into the container: each file within the disk bound.
+                    process = await open_scp_sink(self._bridge, alloc_id, argv, run_env)
                 elif self._subsystem == "sftp" and not tty:
                     # The image's sftp-server, or hostd's own for an image without one.
                     process = await open_sftp(self._bridge, alloc_id, argv, run_env)

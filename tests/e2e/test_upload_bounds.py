@@ -122,6 +122,42 @@ async def test_potluck_cp_past_what_is_left_of_the_disk_bound_fails_cleanly(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("tool", "image"),
+    [("scp -O", "default")],
+)
+async def test_ssh_tools_past_what_is_left_of_the_disk_bound_fail_cleanly(
+    guarded: Gatewayed, default_image: str, tmp_path: Path, tool: str, image: str
+) -> None:
+    """What is tried: the user's own tool uploads a 40 MiB file into an allocation whose disk
+    bound is 64 MiB and which holds 40 MiB already: `scp -O` into the default image (its own
+    scp runs the protocol's sink; before the fix it wrote the whole file and hostd's disk guard
+    stopped the allocation), `scp` (SFTP mode) and `sftp` into busybox (hostd's own SFTP server;
+    before the fix the refused upload left a half-written file under its name). What must
+    hold: the tool exits non-zero; the allocation still runs, its earlier file is intact and
+    no part of the upload is left in WORK; a small upload with the same tool works afterwards."""
+    alloc_id, earlier = await half_full(guarded, default_image if image == "default" else DEFAULT_TAG)
+    local = forty(tmp_path)
+    small = tmp_path / "small.txt"
+    small.write_text("small\n")
+    target = f"{alloc_id}@127.0.0.1"
+
+    async def upload(path: Path) -> int:
+        if tool == "sftp":
+            done = await transfer.sftp(guarded, alloc_id, f"put {path} {WORK}/{path.name}\n")
+        else:
+            done = await transfer.scp(
+                guarded, str(path), f"{target}:{WORK}/{path.name}", legacy=tool == "scp -O"
+            )
+        return done.returncode
+
+    assert await upload(local) != 0
+    await still_whole(guarded, alloc_id, earlier)
+    assert await upload(small) == 0
+    assert (await guarded.ssh(alloc_id, f"cat {WORK}/small.txt")).stdout == "small\n"
+
+
+@pytest.mark.slow
 async def test_an_upload_that_sends_more_than_it_said_is_cut_off(guarded: Gatewayed, tmp_path: Path) -> None:
     """What is tried: a client that says its copy needs 8 KiB (`potluck-archive put 8192`, what
     `potluck cp` sends) and then sends the tar of a 40 MiB file, into a busybox allocation whose

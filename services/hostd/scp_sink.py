@@ -1,0 +1,192 @@
+"""OpenSSH's legacy scp protocol (`scp -O`) into a container, within its disk bound.
+
+`scp -O LOCAL ALLOC:PATH` runs `scp -t PATH` in the container (the image's own scp) and
+sends it, for each file, a control line `C<mode> <size> <name>`, waits for its answer (one
+zero byte: go on), then the file's bytes. The sink writes them straight to the file's own
+name, so an upload that fits the allocation's bound but not what is left of it used to be
+written whole, past the bound, and hostd's disk guard stopped the allocation.
+
+hostd reads the control lines on their way in (the protocol is plain: a line, then exactly
+the bytes it announced) and takes what each file will take of the disk (its size, and
+ENTRY_BYTES for the entry, as the guard counts them; a `D` line's directory the same) from
+the allocation's disk budget (disk_budget.py, shared with hostd's SFTP and `potluck cp`)
+before passing the line on. A file that does not fit is never announced to the container:
+hostd answers the client itself with the protocol's warning (`\\x01` and a message), which
+OpenSSH's scp prints and counts as an error, going on with the next file and exiting 1 at the
+end. Nothing of that file is created; the container stays within its bound and runs on.
+"""
+
+import shlex
+from collections.abc import Sequence
+
+import structlog
+
+from potluck.hostd import disk_budget
+from potluck.hostd.disk_bound import ENTRY_BYTES
+from potluck.hostd.disk_budget import DiskBudget
+from potluck.hostd.engine_stream import StreamedProcess
+from potluck.hostd.exec_bridge import ExecBridge, ExecProcess, SessionProcess
+from potluck.hostd.exec_stream import ExecSink
+
+__all__ = ["is_scp_sink", "open_scp_sink"]
+
+log = structlog.get_logger(__name__)
+
+#: A control line longer than this is no control line OpenSSH's scp sends (a name is at most
+#: 255 bytes; a path is never sent): it is passed on as it is, and the sink refuses it.
+_LINE_MAX = 64 * 1024
+
+
+def is_scp_sink(command: str | None) -> bool:
+    """Is `command` the sink side of scp's legacy protocol (`scp [-r -p -d -v] -t PATH`)?"""
+    if not command:
+        return False
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return False
+    if not argv or argv[0].rsplit("/", 1)[-1] != "scp":
+        return False
+    for arg in argv[1:]:
+        if arg == "--" or not arg.startswith("-"):
+            return False
+        if "t" in arg[1:]:
+            return True
+    return False
+
+
+class _ScpSink:
+    """The exec of `scp -t`, its control lines checked against the allocation's budget."""
+
+    def __init__(self, bridge: ExecBridge, alloc_id: str, process: ExecProcess, budget: DiskBudget) -> None:
+        self.bridge, self.alloc_id = bridge, alloc_id
+        self.process = process
+        self.exec_id = process.exec_id
+        self.container_id = process.container_id
+        self.budget: DiskBudget | None = budget
+        self.sink: ExecSink | None = None
+        #: Bytes of file data (and the status byte after them) still to pass before a control line.
+        self._data = 0
+        self._line = bytearray()
+
+    @property
+    def finished(self) -> bool:
+        return self.process.finished
+
+    @finished.setter
+    def finished(self, value: bool) -> None:
+        self.process.finished = value
+
+    def attach(self, sink: ExecSink) -> None:
+        self.sink = sink
+        self.process.attach(sink)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self._data:
+                n = min(self._data, len(view))
+                self.process.write(bytes(view[:n]))
+                self._data -= n
+                view = view[n:]
+                continue
+            end = bytes(view).find(b"\n")
+            if end < 0:
+                self._line.extend(view)
+                if len(self._line) > _LINE_MAX:
+                    self.process.write(bytes(self._line))
+                    self._line.clear()
+                return
+            self._line.extend(view[: end + 1])
+            view = view[end + 1 :]
+            line, self._line = bytes(self._line), bytearray()
+            self._control(line)
+
+    def _control(self, line: bytes) -> None:
+        """Pass `line` on, unless it announces what does not fit: then answer it here."""
+        kind = line[:1]
+        need = 0
+        size = 0
+        if kind in (b"C", b"D"):
+            fields = line[1:].rstrip(b"\n").split(b" ", 2)
+            if len(fields) == 3 and fields[1].isdigit():
+                size = int(fields[1]) if kind == b"C" else 0
+                need = size + ENTRY_BYTES
+        budget = self.budget
+        if need and budget is not None:
+            if not budget.fits(need):
+                name = line.rstrip(b"\n").split(b" ", 2)[-1].decode(errors="replace")
+                left = max(0, budget.left or 0)
+                bound = self.bridge.disk_bound_of(self.alloc_id)
+                log.info("scp_sink.disk_bound_reached", alloc_id=self.alloc_id, need=need, left=left)
+                said = (
+                    f"\x01scp: potluck: {name} needs {need} bytes of disk and allocation {self.alloc_id} "
+                    f"has {left} left of its disk bound of {bound} bytes: not copied\n"
+                )
+                if self.sink is not None:
+                    self.sink.exec_data(said.encode(), False)
+                return  # never announced: the sink waits for the next line, as the client does
+            budget.take(need)
+        if kind == b"C":
+            self._data = size + 1  # the file's bytes, then the client's status byte
+        self.process.write(line)
+
+    def write_eof(self) -> None:
+        if self._line:
+            self.process.write(bytes(self._line))
+            self._line.clear()
+        self.process.write_eof()
+
+    def pause_reading(self) -> None:
+        self.process.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.process.resume_reading()
+
+    async def resize(self, width: int, height: int) -> None:
+        return None
+
+    async def signal(self, name: str) -> bool:
+        return await self.process.signal(name)
+
+    async def wait_exit(self, timeout: float = 10.0) -> int | None:
+        status = await self.process.wait_exit(timeout)
+        if status is not None:
+            self._leave()
+        return status
+
+    async def terminate(self) -> int:
+        try:
+            return await self.process.terminate()
+        finally:
+            self._leave()
+
+    def close(self) -> None:
+        self.process.close()
+
+    def _leave(self) -> None:
+        budget, self.budget = self.budget, None
+        if budget is not None:
+            disk_budget.leave(self.bridge, self.alloc_id, budget)
+
+
+async def open_scp_sink(
+    bridge: ExecBridge, alloc_id: str, argv: Sequence[str], env: dict[str, str]
+) -> SessionProcess:
+    """`argv` (an scp sink, `is_scp_sink`) run in the container, each file it is sent taken from
+    the allocation's budget first; a session that ends at once saying why when hostd does not
+    know the bound yet."""
+    container_id = await bridge.container_for(alloc_id)
+    try:
+        budget = await disk_budget.join(bridge, alloc_id)
+    except disk_budget.BoundUnknown as exc:
+        process = StreamedProcess("scp", container_id)
+        process.emit(f"\x02scp: potluck: {exc}\n".encode())
+        process.finish(1)
+        return process
+    try:
+        opened = await bridge.open(alloc_id, argv, tty=False, env=env)
+    except BaseException:
+        disk_budget.leave(bridge, alloc_id, budget)
+        raise
+    return _ScpSink(bridge, alloc_id, opened, budget)
