@@ -28,9 +28,13 @@ writing at once share what is left, rather than each being allowed all of
 it; a SETSTAT that grows a file counts
 as a write of what it adds, since the engine's SizeRw that the disk guard
 measures counts a file's size, holes and all): the write that would pass it is
-refused ("no space on filesystem"), so the transfer fails cleanly and the
-container stays within its bound (where the engine has no disk quota, hostd's
-guard would otherwise stop the container). While hostd holds no spec of the
+refused ("no space on filesystem", how much it needs, how much is left), so
+the transfer fails cleanly and the container stays within its bound (where
+the engine has no disk quota, hostd's guard would otherwise stop the
+container); the file being uploaded (emptied or made by its open, as sftp's
+put and scp open it) is removed when it is closed after such a refusal, so no
+half-written file is left under its name (one that was there before and is
+written over in place cannot be put back: it is left as the writes left it). While hostd holds no spec of the
 allocation (it started a moment ago and has not yet heard from the
 allocator), it does not know the bound: an open for writing waits a little
 for it, then is refused saying so.
@@ -107,12 +111,13 @@ _OPEN = _WHY + (
     'f=$1; flags=$2; d=$("$B" dirname -- "$f"); '
     '[ -d "$d" ] || { [ -e "$d" ] && exit 20; exit 2; }; '
     'case $flags in *x*) if [ -e "$f" ] || [ -L "$f" ]; then exit 17; fi;; esac; '
-    'case $flags in *c*) [ -e "$f" ] || : >> "$f" || why "$d";; esac; '
+    'made=0; case $flags in *c*) [ -e "$f" ] || { : >> "$f" || why "$d"; made=1; };; esac; '
     '[ -e "$f" ] || exit 2; [ -d "$f" ] && exit 21; '
     'case $flags in *r*) [ -r "$f" ] || exit 13;; esac; '
     'case $flags in *w*) [ -w "$f" ] || exit 13;; esac; '
     'case $flags in *t*) : > "$f" || exit 13;; esac; '
-    'exec "$B" stat -L -c "' + STAT_FORMAT + '" -- "$f"'
+    # The stat, then whether this open made the file (1) or found it (0).
+    'exec "$B" stat -L -c "' + STAT_FORMAT + ' $made" -- "$f"'
 )
 _LIST = (
     'cd -- "$1" 2>/dev/null || { [ -e "$1" ] || exit 2; [ -d "$1" ] || exit 20; exit 13; }; '
@@ -153,6 +158,12 @@ class _Handle:
         #: A write that failed after its stream was ended to make room (MAX_STREAMS): reported
         #: on the file's next operation.
         self.failed: asyncssh.SFTPError | None = None
+        #: Opened to be written anew (truncated, or made by the open): an upload.
+        self.fresh = False
+        #: A write to it was refused as past the disk bound: the upload cannot be whole.
+        self.past_bound = False
+        #: What its writes took from the allocation's budget.
+        self.taken = 0
 
 
 class ContainerSFTPServer(asyncssh.SFTPServer):
@@ -324,7 +335,8 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
                 sessions=budget.sessions,
             )
             raise asyncssh.SFTPNoSpaceOnFilesystem(
-                "the allocation's disk bound is reached: nothing more may be written"
+                f"the allocation's disk bound is reached: this needs {growth} bytes more, "
+                f"{max(0, budget.left or 0)} are left"
             )
         budget.take(growth)
 
@@ -361,8 +373,12 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
         )  # fmt: skip
         name = _text(path)
         self._check_room()
-        info = parse_stat((await self._run(_OPEN, name, flags)).decode())
+        *stat, made = (await self._run(_OPEN, name, flags)).decode().split()
+        info = parse_stat(" ".join(stat))
         handle = _Handle(name, readable, writable, bool(pflags & asyncssh.FXF_APPEND))
+        # Emptied, or made, by this open: an upload (scp's SFTP mode opens without TRUNC, to
+        # write in place and truncate at the end, so a file it makes counts too).
+        handle.fresh = writable and (bool(pflags & asyncssh.FXF_TRUNC) or made == "1")
         if writable and attrs.permissions is not None and pflags & asyncssh.FXF_CREAT:
             with contextlib.suppress(asyncssh.SFTPError):
                 await self._setstat(name, asyncssh.SFTPAttrs(permissions=attrs.permissions))
@@ -423,8 +439,10 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
         try:
             self._take(growth)
         except asyncssh.SFTPNoSpaceOnFilesystem:
+            handle.past_bound = True
             await self._flush(handle)
             raise
+        handle.taken += growth
         try:
             if handle.writer is not None and handle.writer.position != offset:
                 await self._flush(handle)
@@ -436,6 +454,7 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
             handle.end = max(handle.end, offset + len(data))
         except BaseException as exc:
             self._give_back(growth)
+            handle.taken -= growth
             if isinstance(exc, ExecError):
                 raise asyncssh.SFTPFailure(str(exc)) from exc
             if isinstance(exc, OSError):
@@ -463,8 +482,24 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
             reader, handle.reader = handle.reader, None
             await reader.close()
         self._settle(handle)
-        await self._flush(handle)
-        self._deferred(handle)
+        try:
+            await self._flush(handle)
+            self._deferred(handle)
+        finally:
+            if handle.fresh and handle.past_bound:
+                await self._remove_partial(handle)
+
+    async def _remove_partial(self, handle: _Handle) -> None:
+        """An upload refused past the disk bound leaves no half-written file under its name: the
+        file this handle made (or emptied) is removed, and what its writes took given back."""
+        try:
+            await self._run('"$B" rm -f -- "$1"', handle.path)
+        except asyncssh.SFTPError as exc:
+            log.warning("helper_sftp.partial_not_removed", alloc_id=self.files.alloc_id, error=str(exc))
+            return
+        self._give_back(handle.taken)
+        handle.taken = 0
+        log.info("helper_sftp.partial_removed", alloc_id=self.files.alloc_id, path=handle.path)
 
     async def fsync(self, file_obj: object) -> None:
         handle = cast(_Handle, file_obj)

@@ -124,7 +124,7 @@ async def test_potluck_cp_past_what_is_left_of_the_disk_bound_fails_cleanly(
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("tool", "image"),
-    [("scp -O", "default")],
+    [("scp -O", "default"), ("scp", "busybox"), ("sftp", "busybox")],
 )
 async def test_ssh_tools_past_what_is_left_of_the_disk_bound_fail_cleanly(
     guarded: Gatewayed, default_image: str, tmp_path: Path, tool: str, image: str
