@@ -148,6 +148,7 @@ class Agent:
             kept=self.containers.kept,
             env_of=self.containers.env_of,
             disk_bound_of=self.containers.disk_bound_of,
+            disk_used_of=self.containers.disk_used,
         )
         self.positions = MemoryPositions()
         #: Whether this agent trims its process's heap; many agents in one process (hollow hosts)

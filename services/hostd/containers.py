@@ -257,6 +257,28 @@ class ContainerManager:
         spec = self.desired.get(alloc_id)
         return spec.disk_bytes if spec is not None else None
 
+    async def disk_used(self, alloc_id: str) -> int | None:
+        """What the allocation's container wrote, counted as the disk guard counts it (its layer,
+        each of its entries where the engine has no quota, the engine's files outside it:
+        disk_bound.py), so that the transfers hostd serves (disk_budget.py) count down from the
+        same figure the guard holds to the bound; the layer is measured even where a quota bounds
+        it, since a transfer must fit what is left under the quota too. None for an allocation
+        with no container here, or when the engine does not say."""
+        container_id = self.containers.get(alloc_id)
+        spec = self.desired.get(alloc_id)
+        if container_id is None or spec is None:
+            return None
+        try:
+            facts = await self._docker(self.driver.engine_facts)
+            outside = await self._docker(self.driver.outside_layer_bytes, container_id)
+            layer = await self._docker(self.driver.writable_layer_bytes, container_id)
+            entries = 0
+            if not facts.disk_quota_supported:
+                entries = await self._layer_entries(alloc_id, container_id, layer, outside, spec)
+        except DockerDriverError:
+            return None
+        return layer + entries_bytes(entries) + sum(outside.values())
+
     async def set_desired(
         self,
         wanted: list[tuple[str, AllocationSpec]],

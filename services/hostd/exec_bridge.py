@@ -40,7 +40,7 @@ import contextlib
 import re
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -211,6 +211,7 @@ class ExecBridge:
         kept: Mapping[str, datetime | None] | None = None,
         env_of: Callable[[str], Mapping[str, str]] | None = None,
         disk_bound_of: Callable[[str], int | None] | None = None,
+        disk_used_of: Callable[[str], Awaitable[int | None]] | None = None,
     ) -> None:
         """`host_signals=False` always signals from inside the container (what a non-root hostd does).
         `kept`: the ended allocations whose stopped containers are kept, and until when
@@ -218,7 +219,10 @@ class ExecBridge:
         `env_of`: an allocation's own environment values, given to every exec into it: a
         container made ahead (warm_pool.py) was created without them.
         `disk_bound_of`: an allocation's disk bound, from the spec hostd holds (None: hostd holds
-        none; without it, none is known): what `disk_left` counts from."""
+        none; without it, none is known): what `disk_left` counts from.
+        `disk_used_of`: what the allocation's container wrote, as the disk guard counts it
+        (ContainerManager.disk_used; None: the engine did not say); without it, or when it
+        says None, `disk_left` counts the writable layer's size alone."""
         self.docker_url = docker_url
         self.host_id = host_id
         self.sessions = SessionLedger(state_dir / "sessions" if state_dir is not None else None)
@@ -229,6 +233,7 @@ class ExecBridge:
         self.kept: Mapping[str, datetime | None] = kept if kept is not None else {}
         self.env_of: Callable[[str], Mapping[str, str]] = env_of or (lambda alloc_id: {})
         self.disk_bound_of: Callable[[str], int | None] = disk_bound_of or (lambda alloc_id: None)
+        self.disk_used_of = disk_used_of
 
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         return await docker_http.call(self.docker_url, method, path, body, self.timeout)
@@ -287,9 +292,10 @@ class ExecBridge:
     async def disk_left(self, alloc_id: str) -> int | None:
         """Bytes the container may still write before its disk bound: the bound of the spec hostd
         holds for the allocation (`disk_bound_of`), never a label (an image's labels show in
-        its containers'), less its writable layer's size, which the engine measures (a walk
-        of the layer). 0 when hostd holds no spec of it (not placed here, or not yet known
-        after a restart): nothing may grow then. None if the engine does not say the size."""
+        its containers'), less what it wrote as the disk guard counts it (`disk_used_of`), or
+        else its writable layer's size, which the engine measures (a walk of the layer). 0
+        when hostd holds no spec of it (not placed here, or not yet known after a restart):
+        nothing may grow then. None if the engine does not say the size."""
         container_id = await self.container_for(alloc_id)
         bound = self.disk_bound_of(alloc_id)
         if bound is None:
@@ -300,6 +306,10 @@ class ExecBridge:
                 "after a restart): its sessions may write nothing that grows its disk",
             )
             return 0
+        if self.disk_used_of is not None:
+            used = await self.disk_used_of(alloc_id)
+            if used is not None:
+                return bound - used
         status, body = await self._call("GET", f"/containers/{container_id}/json?size=1")
         if status != 200:
             return None

@@ -186,3 +186,38 @@ async def test_an_upload_that_sends_more_than_it_said_is_cut_off(guarded: Gatewa
     assert done.returncode == 1, done.stderr
     assert b"more than the 8192 bytes it said it needs" in done.stderr, done.stderr
     await still_whole(guarded, alloc_id, earlier)
+
+
+@pytest.mark.slow
+async def test_potluck_cp_counts_what_is_left_as_the_disk_guard_counts_it(
+    guarded: Gatewayed, tmp_path: Path
+) -> None:
+    """What is tried: a busybox allocation (disk bound 64 MiB) holding 40 MiB in one file and
+    4,000 empty files elsewhere, which the engine's layer size leaves out but hostd's disk guard
+    counts (a block each, 16 MB: disk_bound.py), so about 10 MB are left; then `potluck cp` of a
+    20 MiB file (before the fix hostd measured only the layer's size, saw 24 MiB left, let the
+    copy through, and the guard stopped the allocation). What must hold: the copy exits 1 saying
+    what it needs and what is left, less than it needs; the allocation still runs, its earlier
+    file is intact and nothing of the copy is left in WORK; a 2 MiB copy then lands."""
+    alloc_id, earlier = await half_full(guarded, DEFAULT_TAG)
+    made = await guarded.ssh(alloc_id, "mkdir /srv/many && cd /srv/many && seq 1 4000 | xargs touch")
+    assert made.returncode == 0, made.stderr
+    env = transfer.logged_in(guarded, tmp_path)
+    twenty = tmp_path / "twenty.bin"
+    twenty.write_bytes(os.urandom(20 * MiB))
+    two = tmp_path / "two.bin"
+    two.write_bytes(os.urandom(2 * MiB))
+    key = str(guarded.key)
+
+    refused = transfer.potluck("cp", "-i", key, str(twenty), f"{alloc_id}:{WORK}/", env=env)
+
+    assert refused.returncode == 1, refused.stderr + guarded.pool.logs()
+    said = re.search(r"needs (\d+) bytes of disk .* has (\d+) left", refused.stderr)
+    assert said is not None, refused.stderr
+    assert int(said[2]) < 12 * MiB, refused.stderr
+    await still_whole(guarded, alloc_id, earlier)
+    fine = transfer.potluck("cp", "-i", key, str(two), f"{alloc_id}:{WORK}/", env=env)
+    assert fine.returncode == 0, fine.stderr
+    assert (await guarded.ssh(alloc_id, f"sha256sum < {WORK}/two.bin")).stdout.split()[0] == transfer.sha256(
+        two
+    )
