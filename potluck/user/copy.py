@@ -252,18 +252,23 @@ def upload(source: Path, target: Remote, identity: str | None) -> int:
         )
     put = ["potluck-archive", "put", str(_need(source, size)), target.path, name]
     try:
-        return _send(source, name, size, target, ssh_command(target.alloc_id, identity, put))
+        return _send(source, name, size, target, identity, ssh_command(target.alloc_id, identity, put))
     except CopyFailed as exc:
         if exc.code != 255 or _OLD_HOSTD not in str(exc):
             raise
     # An older hostd: the same script as a plain exec (its disk guard is the only bound).
     return _send(
-        source, name, size, target, ssh_script(target.alloc_id, identity, RECEIVE, target.path, name)
+        source,
+        name,
+        size,
+        target,
+        identity,
+        ssh_script(target.alloc_id, identity, RECEIVE, target.path, name),
     )
 
 
-def _send(source: Path, name: str, size: int, target: Remote, argv: list[str]) -> int:
-    """`source`'s tar stream to the session `argv`; the bytes sent."""
+def _send(source: Path, name: str, size: int, target: Remote, identity: str | None, argv: list[str]) -> int:
+    """`source`'s tar stream to the session `argv` (ssh offering `identity`); the bytes sent."""
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     reader, errors = _stderr_reader(proc)
     assert proc.stdin is not None
