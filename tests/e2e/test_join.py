@@ -54,13 +54,14 @@ async def potluck_async(*args: str, env: dict[str, str] | None = None) -> subpro
 
 
 def test_printing_the_client_key_never_makes_one(tmp_path: Path) -> None:
-    """Tried: `potluck sshgateway --print-client-key` with a state directory that does not exist
-    (a typo), one that holds no key, one whose key file is not a key, then one the gateway's keys
-    are in; `ops hosts enroll --gateway ADDRESS=DIR` with the keyless directory.
+    """Tried: `potluck sshgateway --print-client-key` (and `--print-host-key`) with a state
+    directory that does not exist (a typo), one that holds no key, one whose key file is not a
+    key, then one the gateway's keys are in; `ops hosts enroll --gateway ADDRESS=DIR` with the
+    keyless directory.
     Must hold: no key is made anywhere (a made key would be pinned by hostds and refused by the
     real gateway); each refusal exits non-zero naming the directory looked in and what to give,
     without a traceback; the real key prints."""
-    from potluck.sshgateway.service import client_public_key
+    from potluck.sshgateway.service import client_public_key, host_public_key
     from potluck.sshgateway.settings import GatewaySettings
 
     typo, empty, broken, real = (tmp_path / name for name in ("sshgatewya", "empty", "broken", "real"))
@@ -95,6 +96,16 @@ def test_printing_the_client_key_never_makes_one(tmp_path: Path) -> None:
     made = client_public_key(GatewaySettings(state_dir=real), make=True)
     printed = potluck("sshgateway", "--print-client-key", "--state-dir", str(real), env=no_database_env())
     assert (printed.returncode, printed.stdout.strip()) == (0, made), printed.stderr
+
+    # The host key users pin (`potluck login --gateway-key`) is read the same way, never made.
+    host = potluck("sshgateway", "--print-host-key", "--state-dir", str(typo), env=no_database_env())
+    assert host.returncode == 1, host.stdout + host.stderr
+    assert f"{typo} does not exist, so it holds no ssh_host_ed25519_key" in host.stderr, host.stderr
+    assert "no host key printed" in host.stderr, host.stderr
+    assert not typo.exists()
+    host_key = host_public_key(GatewaySettings(state_dir=real), make=True)
+    printed = potluck("sshgateway", "--print-host-key", "--state-dir", str(real), env=no_database_env())
+    assert (printed.returncode, printed.stdout.strip()) == (0, host_key), printed.stderr
 
 
 def join_args(token: str, engine: DockerEngine | str, config: Path) -> list[str]:
