@@ -324,7 +324,7 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path, engine
                 str(state_dir),
                 engine.url,
                 f"127.0.0.1:{tunnel_port}",
-                client_public_key(settings),
+                client_public_key(settings, make=True),
                 slice_us,
             ],
             log_path=workdir / "link.log",

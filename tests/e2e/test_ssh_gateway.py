@@ -524,7 +524,7 @@ async def test_a_real_hostd_registers_its_key_and_carries_sessions(
             "hostd's config has no `gateways` yet (integration step 2 of the SSH gateway)", pytrace=False
         )
     settings = ssh_fixtures.gateway_settings(tmp_path)
-    client_key = client_public_key(settings)
+    client_key = client_public_key(settings, make=True)
     env = SshEnv(
         tmp_path,
         pool.store,
