@@ -1054,6 +1054,12 @@ async def _operator_refusal(store: "EventStore", exc: "Rejected", host_id: str, 
             f"it was deregistered): there is nothing to {what} until it does; `potluck ops hosts "
             f"revoke {host_id}` or `control {host_id} leave` take it out of the pool now"
         )
+    if exc.code in ("HOST_LEFT", "HOST_REVOKED"):
+        gone = "left the pool" if exc.code == "HOST_LEFT" else "was revoked"
+        return (
+            f"host {host_id} {gone} for good: there is nothing to {what}; only a new enrollment "
+            "(`potluck ops hosts enroll NAME`) brings the machine back"
+        )
     return f"{exc.message} ({exc.code})"
 
 

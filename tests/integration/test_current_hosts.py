@@ -66,7 +66,8 @@ async def test_a_host_never_registered_shows_no_contract_and_refusals_speak_to_t
 ) -> None:
     """Tried: `potluck ops hosts list` (JSON and table) with one host enrolled and never registered
     beside one registered; `ops hosts revoke` and `ops hosts control ... pause` with an id no host
-    has, with a host's name instead of its id, and (control) on the host never registered.
+    has, with a host's name instead of its id, and (control) on the host never registered and on
+    a revoked one.
     Must hold: the never-registered host's contract and hostd_version are null (a dash in the
     table), the registered one's are its own; each refusal exits 1 naming what was looked for and
     how to list the hosts, in the operator's terms (not "ask an operator"), and records nothing."""
@@ -105,4 +106,10 @@ async def test_a_host_never_registered_shows_no_contract_and_refusals_speak_to_t
     assert code == 1, err
     assert f"host {enrolled} has not registered" in err, err
     assert "start its hostd" not in err, err
+    await revoke_host(store, registered, by="olga", reason="stolen")
+    head = await store.head_position()
+    code, _, err = await ops("hosts", "control", registered, "pause", *db)
+    assert code == 1, err
+    assert f"host {registered} was revoked for good: there is nothing to pause" in err, err
+    assert "ask an operator" not in err, err
     assert await store.head_position() == head
