@@ -9,7 +9,8 @@ load asyncssh for this).
 
 import base64
 import binascii
-import struct
+
+from potluck.kernel.ssh_wire import ssh_strings
 
 __all__ = ["MIN_RSA_BITS", "line_weakness", "weakness"]
 
@@ -17,30 +18,15 @@ __all__ = ["MIN_RSA_BITS", "line_weakness", "weakness"]
 MIN_RSA_BITS = 2048
 
 
-def _strings(blob: bytes, count: int) -> list[bytes]:
-    """The first `count` SSH strings (or mpints) of `blob`; ValueError if it has fewer."""
-    parts, at = [], 0
-    for _ in range(count):
-        if at + 4 > len(blob):
-            raise ValueError("truncated")
-        (size,) = struct.unpack_from(">I", blob, at)
-        at += 4
-        if at + size > len(blob):
-            raise ValueError("truncated")
-        parts.append(blob[at : at + size])
-        at += size
-    return parts
-
-
 def weakness(blob: bytes) -> str | None:
     """Why the public key with wire blob `blob` is too weak, or None (a malformed blob is not
     judged here: what reads it refuses it)."""
     try:
-        name = _strings(blob, 1)[0]
+        name = ssh_strings(blob, 1)[0]
         if name == b"ssh-dss":
             return "DSA keys are refused (OpenSSH dropped them)"
         if name == b"ssh-rsa":
-            modulus = _strings(blob, 3)[2]
+            modulus = ssh_strings(blob, 3)[2]
             bits = int.from_bytes(modulus, "big").bit_length()
             if bits < MIN_RSA_BITS:
                 return f"this RSA key has {bits} bits, fewer than the {MIN_RSA_BITS} required"

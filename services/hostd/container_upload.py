@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import structlog
 
 from potluck.hostd import disk_budget
+from potluck.hostd.budgeted_process import BudgetedProcess
 from potluck.hostd.disk_budget import DiskBudget
 from potluck.hostd.engine_stream import StreamedProcess
 from potluck.hostd.exec_bridge import ExecBridge, ExecProcess, SessionProcess
-from potluck.hostd.exec_stream import ExecSink
 
 __all__ = ["PUT_REFUSED", "RECEIVE", "STREAM_SLACK", "ArchivePut", "open_upload"]
 
@@ -70,35 +70,18 @@ class ArchivePut:
     name: str
 
 
-class _Upload:
-    """The exec unpacking the copy, its input counted against what was taken for it; the
-    budget is left (and what was taken given back, unless the copy landed) when it ends."""
+class _Upload(BudgetedProcess):
+    """The exec unpacking the copy, its input counted against what was taken for it; what was
+    taken is given back when it ends, unless the copy landed."""
 
     def __init__(
         self, bridge: ExecBridge, alloc_id: str, process: ExecProcess, budget: DiskBudget, need: int
     ) -> None:
-        self.bridge, self.alloc_id = bridge, alloc_id
-        self.process = process
-        self.exec_id = process.exec_id
-        self.container_id = process.container_id
-        self.budget: DiskBudget | None = budget
+        super().__init__(bridge, alloc_id, process, budget)
         self.need = need
         self.sent = 0
         self.cut = False
-        self.sink: ExecSink | None = None
         self._ending: asyncio.Task[int] | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.process.finished
-
-    @finished.setter
-    def finished(self, value: bool) -> None:
-        self.process.finished = value
-
-    def attach(self, sink: ExecSink) -> None:
-        self.sink = sink
-        self.process.attach(sink)
 
     def write(self, data: bytes) -> None:
         if self.cut:
@@ -122,42 +105,12 @@ class _Upload:
         if not self.cut:
             self.process.write_eof()
 
-    def pause_reading(self) -> None:
-        self.process.pause_reading()
-
-    def resume_reading(self) -> None:
-        self.process.resume_reading()
-
-    async def resize(self, width: int, height: int) -> None:
-        return None
-
-    async def signal(self, name: str) -> bool:
-        return await self.process.signal(name)
-
-    async def wait_exit(self, timeout: float = 10.0) -> int | None:
-        status = await self.process.wait_exit(timeout)
-        if status is not None:
-            if self.cut:
-                status = PUT_REFUSED
-            self._release(landed=status == 0)
-        return status
-
-    async def terminate(self) -> int:
-        try:
-            return await self.process.terminate()
-        finally:
-            self._release(landed=False)
-
-    def close(self) -> None:
-        self.process.close()
-
-    def _release(self, *, landed: bool) -> None:
-        budget, self.budget = self.budget, None
-        if budget is None:
-            return
-        if not landed:
-            budget.give_back(self.need)  # the script removed what it unpacked
-        disk_budget.leave(self.bridge, self.alloc_id, budget)
+    def _ended(self, status: int | None) -> int | None:
+        if status is not None and self.cut:
+            status = PUT_REFUSED
+        if status != 0 and self.budget is not None:
+            self.budget.give_back(self.need)  # the script removed what it unpacked
+        return super()._ended(status)
 
 
 def _refused(container_id: str, message: str) -> StreamedProcess:

@@ -8,11 +8,11 @@ which is what the link compares with the key the gateway presents.
 
 import base64
 import binascii
-import struct
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from potluck.kernel.digits import is_digits
+from potluck.kernel.ssh_wire import ssh_strings
 
 __all__ = ["GatewayLink", "parse_address", "public_key_blob"]
 
@@ -25,21 +25,6 @@ def parse_address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _strings(blob: bytes) -> list[bytes]:
-    """The SSH wire strings (uint32 length, bytes) a public key blob is made of."""
-    parts, at = [], 0
-    while at < len(blob):
-        if at + 4 > len(blob):
-            raise ValueError("the key data ends inside a length")
-        (size,) = struct.unpack_from(">I", blob, at)
-        at += 4
-        if at + size > len(blob):
-            raise ValueError("the key data is shorter than it says")
-        parts.append(blob[at : at + size])
-        at += size
-    return parts
-
-
 def public_key_blob(line: str) -> bytes:
     """The key data of an OpenSSH public key line (`TYPE BASE64 [comment]`); ValueError if not one."""
     fields = line.split()
@@ -49,7 +34,7 @@ def public_key_blob(line: str) -> bytes:
         blob = base64.b64decode(fields[1], validate=True)
     except binascii.Error:
         raise ValueError("the key data is not base64") from None
-    parts = _strings(blob)
+    parts = ssh_strings(blob)
     if len(parts) < 2 or parts[0] != fields[0].encode():
         raise ValueError(f"the key data is not a {fields[0]} key")
     return blob

@@ -22,11 +22,11 @@ from collections.abc import Sequence
 import structlog
 
 from potluck.hostd import disk_budget
+from potluck.hostd.budgeted_process import BudgetedProcess
 from potluck.hostd.disk_bound import ENTRY_BYTES
 from potluck.hostd.disk_budget import DiskBudget
 from potluck.hostd.engine_stream import StreamedProcess
 from potluck.hostd.exec_bridge import ExecBridge, ExecProcess, SessionProcess
-from potluck.hostd.exec_stream import ExecSink
 
 __all__ = ["is_scp_sink", "open_scp_sink"]
 
@@ -55,31 +55,14 @@ def is_scp_sink(command: str | None) -> bool:
     return False
 
 
-class _ScpSink:
+class _ScpSink(BudgetedProcess):
     """The exec of `scp -t`, its control lines checked against the allocation's budget."""
 
     def __init__(self, bridge: ExecBridge, alloc_id: str, process: ExecProcess, budget: DiskBudget) -> None:
-        self.bridge, self.alloc_id = bridge, alloc_id
-        self.process = process
-        self.exec_id = process.exec_id
-        self.container_id = process.container_id
-        self.budget: DiskBudget | None = budget
-        self.sink: ExecSink | None = None
+        super().__init__(bridge, alloc_id, process, budget)
         #: Bytes of file data (and the status byte after them) still to pass before a control line.
         self._data = 0
         self._line = bytearray()
-
-    @property
-    def finished(self) -> bool:
-        return self.process.finished
-
-    @finished.setter
-    def finished(self, value: bool) -> None:
-        self.process.finished = value
-
-    def attach(self, sink: ExecSink) -> None:
-        self.sink = sink
-        self.process.attach(sink)
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -136,38 +119,6 @@ class _ScpSink:
             self.process.write(bytes(self._line))
             self._line.clear()
         self.process.write_eof()
-
-    def pause_reading(self) -> None:
-        self.process.pause_reading()
-
-    def resume_reading(self) -> None:
-        self.process.resume_reading()
-
-    async def resize(self, width: int, height: int) -> None:
-        return None
-
-    async def signal(self, name: str) -> bool:
-        return await self.process.signal(name)
-
-    async def wait_exit(self, timeout: float = 10.0) -> int | None:
-        status = await self.process.wait_exit(timeout)
-        if status is not None:
-            self._leave()
-        return status
-
-    async def terminate(self) -> int:
-        try:
-            return await self.process.terminate()
-        finally:
-            self._leave()
-
-    def close(self) -> None:
-        self.process.close()
-
-    def _leave(self) -> None:
-        budget, self.budget = self.budget, None
-        if budget is not None:
-            disk_budget.leave(self.bridge, self.alloc_id, budget)
 
 
 async def open_scp_sink(

@@ -164,6 +164,20 @@ async def gatewayed(pool: Pool, docker_engines: list[DockerEngine], tmp_path: Pa
     return await start_gatewayed(pool, docker_engines[0], tmp_path)
 
 
+@pytest.fixture
+async def files(
+    pool: Pool, docker_engines: list[DockerEngine], default_image: str, tmp_path: Path
+) -> Gatewayed:
+    """A gateway and a hostd that may run both the default image and the busybox test image."""
+    return await start_gatewayed(
+        pool,
+        docker_engines[0],
+        tmp_path,
+        allowed_images=[DEFAULT_TAG, default_image],
+        donate={"cpus": 2, "memory": "2G", "disk": "6G"},
+    )
+
+
 async def start_gatewayed(pool: Pool, engine: DockerEngine, tmp_path: Path, **config: Any) -> Gatewayed:
     """A gateway, one hostd on `engine` linked to it (its config with `config` on top), a user."""
     ssh_port, tunnel_port = free_port(), free_port()

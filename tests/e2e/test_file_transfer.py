@@ -16,27 +16,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.user.client import Login
-from tests.e2e.conftest import Gatewayed, start_gatewayed
-from tests.fixtures.pool import Pool, allocation
+from tests.e2e.conftest import Gatewayed
+from tests.fixtures.pool import allocation
 
 BIG = 100 * 1000 * 1000
-
-
-@pytest.fixture
-async def files(
-    pool: Pool, docker_engines: list[DockerEngine], default_image: str, tmp_path: Path
-) -> Gatewayed:
-    """A gateway and a hostd that may run both the default image and the busybox test image."""
-    return await start_gatewayed(
-        pool,
-        docker_engines[0],
-        tmp_path,
-        allowed_images=[DEFAULT_TAG, default_image],
-        donate={"cpus": 2, "memory": "2G", "disk": "6G"},
-    )
 
 
 def _ssh_options(g: Gatewayed) -> list[str]:

@@ -26,7 +26,6 @@ from tests.fixtures.ssh import SshEnv
 
 MiB = 1 << 20
 ssh_env = ssh_fixtures.ssh_env
-files = transfer.files
 interactive = transfer.interactive
 
 

@@ -27,31 +27,16 @@ from pathlib import Path
 
 import pytest
 
-from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e import test_file_transfer as transfer
-from tests.e2e.conftest import Gatewayed, start_gatewayed
-from tests.fixtures.pool import Pool, allocation
+from tests.e2e.conftest import Gatewayed
+from tests.fixtures.pool import allocation
 
 MiB = 1 << 20
 #: Where the uploads go, with the file the allocation held before them.
 WORK = "/srv/work"
 #: Many of hostd's disk measures here: a container past its bound is stopped by then.
 GUARD_WAIT_S = 4.0
-
-
-@pytest.fixture
-async def guarded(
-    pool: Pool, docker_engines: list[DockerEngine], default_image: str, tmp_path: Path
-) -> Gatewayed:
-    """A gateway and a hostd that may run both the default image and the busybox test image."""
-    return await start_gatewayed(
-        pool,
-        docker_engines[0],
-        tmp_path,
-        allowed_images=[DEFAULT_TAG, default_image],
-        donate={"cpus": 2, "memory": "2G", "disk": "6G"},
-    )
 
 
 async def half_full(g: Gatewayed, image: str) -> tuple[str, str]:
@@ -87,7 +72,7 @@ def forty(tmp_path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("image", ["default", "busybox"])
 async def test_potluck_cp_past_what_is_left_of_the_disk_bound_fails_cleanly(
-    guarded: Gatewayed, default_image: str, tmp_path: Path, image: str
+    files: Gatewayed, default_image: str, tmp_path: Path, image: str
 ) -> None:
     """What is tried: `potluck cp` of a 40 MiB file, and of a directory holding one, into an
     allocation whose disk bound is 64 MiB and which holds 40 MiB already: each fits the bound,
@@ -95,30 +80,30 @@ async def test_potluck_cp_past_what_is_left_of_the_disk_bound_fails_cleanly(
     stopped the allocation). What must hold: each exits 1 saying how many bytes it needed and
     how many are left, and that nothing was copied; the allocation still runs, its earlier file
     is intact and nothing else is in /srv/work; a small file is copied in afterwards."""
-    alloc_id, earlier = await half_full(guarded, default_image if image == "default" else DEFAULT_TAG)
-    env = transfer.logged_in(guarded, tmp_path)
+    alloc_id, earlier = await half_full(files, default_image if image == "default" else DEFAULT_TAG)
+    env = transfer.logged_in(files, tmp_path)
     local = forty(tmp_path)
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "inside.bin").write_bytes(local.read_bytes())
-    key = str(guarded.key)
+    key = str(files.key)
 
     as_file = transfer.potluck("cp", "-i", key, str(local), f"{alloc_id}:{WORK}/up.bin", env=env)
     into_dir = transfer.potluck("cp", "-i", key, str(local), f"{alloc_id}:{WORK}", env=env)
     a_folder = transfer.potluck("cp", "-i", key, str(folder), f"{alloc_id}:{WORK}/", env=env)
 
     for done in (as_file, into_dir, a_folder):
-        assert done.returncode == 1, done.stderr + guarded.pool.logs()
+        assert done.returncode == 1, done.stderr + files.pool.logs()
         said = re.search(r"needs (\d+) bytes of disk .* has (\d+) left of its disk bound", done.stderr)
         assert said is not None, done.stderr
         assert int(said[1]) > 40 * MiB > int(said[2]), done.stderr
         assert "nothing was copied" in done.stderr, done.stderr
-    await still_whole(guarded, alloc_id, earlier)
+    await still_whole(files, alloc_id, earlier)
     small = tmp_path / "small.txt"
     small.write_text("small\n")
     fine = transfer.potluck("cp", "-i", key, str(small), f"{alloc_id}:{WORK}/", env=env)
     assert fine.returncode == 0, fine.stderr
-    assert (await guarded.ssh(alloc_id, f"cat {WORK}/small.txt")).stdout == "small\n"
+    assert (await files.ssh(alloc_id, f"cat {WORK}/small.txt")).stdout == "small\n"
 
 
 @pytest.mark.slow
@@ -127,7 +112,7 @@ async def test_potluck_cp_past_what_is_left_of_the_disk_bound_fails_cleanly(
     [("scp -O", "default"), ("scp", "busybox"), ("sftp", "busybox")],
 )
 async def test_ssh_tools_past_what_is_left_of_the_disk_bound_fail_cleanly(
-    guarded: Gatewayed, default_image: str, tmp_path: Path, tool: str, image: str
+    files: Gatewayed, default_image: str, tmp_path: Path, tool: str, image: str
 ) -> None:
     """What is tried: the user's own tool uploads a 40 MiB file into an allocation whose disk
     bound is 64 MiB and which holds 40 MiB already: `scp -O` into the default image (its own
@@ -136,7 +121,7 @@ async def test_ssh_tools_past_what_is_left_of_the_disk_bound_fail_cleanly(
     before the fix the refused upload left a half-written file under its name). What must
     hold: the tool exits non-zero; the allocation still runs, its earlier file is intact and
     no part of the upload is left in WORK; a small upload with the same tool works afterwards."""
-    alloc_id, earlier = await half_full(guarded, default_image if image == "default" else DEFAULT_TAG)
+    alloc_id, earlier = await half_full(files, default_image if image == "default" else DEFAULT_TAG)
     local = forty(tmp_path)
     small = tmp_path / "small.txt"
     small.write_text("small\n")
@@ -144,33 +129,33 @@ async def test_ssh_tools_past_what_is_left_of_the_disk_bound_fail_cleanly(
 
     async def upload(path: Path) -> int:
         if tool == "sftp":
-            done = await transfer.sftp(guarded, alloc_id, f"put {path} {WORK}/{path.name}\n")
+            done = await transfer.sftp(files, alloc_id, f"put {path} {WORK}/{path.name}\n")
         else:
             done = await transfer.scp(
-                guarded, str(path), f"{target}:{WORK}/{path.name}", legacy=tool == "scp -O"
+                files, str(path), f"{target}:{WORK}/{path.name}", legacy=tool == "scp -O"
             )
         return done.returncode
 
     assert await upload(local) != 0
-    await still_whole(guarded, alloc_id, earlier)
+    await still_whole(files, alloc_id, earlier)
     assert await upload(small) == 0
-    assert (await guarded.ssh(alloc_id, f"cat {WORK}/small.txt")).stdout == "small\n"
+    assert (await files.ssh(alloc_id, f"cat {WORK}/small.txt")).stdout == "small\n"
 
 
 @pytest.mark.slow
-async def test_an_upload_that_sends_more_than_it_said_is_cut_off(guarded: Gatewayed, tmp_path: Path) -> None:
+async def test_an_upload_that_sends_more_than_it_said_is_cut_off(files: Gatewayed, tmp_path: Path) -> None:
     """What is tried: a client that says its copy needs 8 KiB (`potluck-archive put 8192`, what
     `potluck cp` sends) and then sends the tar of a 40 MiB file, into a busybox allocation whose
     disk bound is 64 MiB and which holds 40 MiB already: an upload cannot be used to pass the
     bound by saying little. What must hold: hostd cuts the stream off, the session exits 1
     saying so; the allocation still runs, its earlier file is intact and nothing of the copy is
     left in WORK (nor its temporary directory)."""
-    alloc_id, earlier = await half_full(guarded, DEFAULT_TAG)
+    alloc_id, earlier = await half_full(files, DEFAULT_TAG)
     local = forty(tmp_path)
     archive = tmp_path / "up.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(local, arcname="lie.bin")
-    argv = guarded.ssh_argv(alloc_id, f"potluck-archive put 8192 {WORK}/lie.bin lie.bin")
+    argv = files.ssh_argv(alloc_id, f"potluck-archive put 8192 {WORK}/lie.bin lie.bin")
 
     with archive.open("rb") as stdin:
         done = await asyncio.to_thread(
@@ -178,19 +163,19 @@ async def test_an_upload_that_sends_more_than_it_said_is_cut_off(guarded: Gatewa
             argv,
             stdin=stdin,
             capture_output=True,
-            env=guarded.ssh_env(),
+            env=files.ssh_env(),
             timeout=120,
             check=False,
         )
 
     assert done.returncode == 1, done.stderr
     assert b"more than the 8192 bytes it said it needs" in done.stderr, done.stderr
-    await still_whole(guarded, alloc_id, earlier)
+    await still_whole(files, alloc_id, earlier)
 
 
 @pytest.mark.slow
 async def test_potluck_cp_counts_what_is_left_as_the_disk_guard_counts_it(
-    guarded: Gatewayed, tmp_path: Path
+    files: Gatewayed, tmp_path: Path
 ) -> None:
     """What is tried: a busybox allocation (disk bound 64 MiB) holding 40 MiB in one file and
     4,000 empty files elsewhere, which the engine's layer size leaves out but hostd's disk guard
@@ -199,25 +184,25 @@ async def test_potluck_cp_counts_what_is_left_as_the_disk_guard_counts_it(
     copy through, and the guard stopped the allocation). What must hold: the copy exits 1 saying
     what it needs and what is left, less than it needs; the allocation still runs, its earlier
     file is intact and nothing of the copy is left in WORK; a 2 MiB copy then lands."""
-    alloc_id, earlier = await half_full(guarded, DEFAULT_TAG)
-    made = await guarded.ssh(alloc_id, "mkdir /srv/many && cd /srv/many && seq 1 4000 | xargs touch")
+    alloc_id, earlier = await half_full(files, DEFAULT_TAG)
+    made = await files.ssh(alloc_id, "mkdir /srv/many && cd /srv/many && seq 1 4000 | xargs touch")
     assert made.returncode == 0, made.stderr
-    env = transfer.logged_in(guarded, tmp_path)
+    env = transfer.logged_in(files, tmp_path)
     twenty = tmp_path / "twenty.bin"
     twenty.write_bytes(os.urandom(20 * MiB))
     two = tmp_path / "two.bin"
     two.write_bytes(os.urandom(2 * MiB))
-    key = str(guarded.key)
+    key = str(files.key)
 
     refused = transfer.potluck("cp", "-i", key, str(twenty), f"{alloc_id}:{WORK}/", env=env)
 
-    assert refused.returncode == 1, refused.stderr + guarded.pool.logs()
+    assert refused.returncode == 1, refused.stderr + files.pool.logs()
     said = re.search(r"needs (\d+) bytes of disk .* has (\d+) left", refused.stderr)
     assert said is not None, refused.stderr
     assert int(said[2]) < 12 * MiB, refused.stderr
-    await still_whole(guarded, alloc_id, earlier)
+    await still_whole(files, alloc_id, earlier)
     fine = transfer.potluck("cp", "-i", key, str(two), f"{alloc_id}:{WORK}/", env=env)
     assert fine.returncode == 0, fine.stderr
-    assert (await guarded.ssh(alloc_id, f"sha256sum < {WORK}/two.bin")).stdout.split()[0] == transfer.sha256(
+    assert (await files.ssh(alloc_id, f"sha256sum < {WORK}/two.bin")).stdout.split()[0] == transfer.sha256(
         two
     )
