@@ -172,9 +172,15 @@ def run_ssh(argv: Sequence[str], *, stdin: int | None = None) -> SshRun:
     interrupted = threading.Event()
     child: list[subprocess.Popen[bytes]] = []
 
+    #: Signals to pass on that came before ssh was known here: Popen returns after ssh has
+    #: started, and a SIGTERM in between would otherwise be lost (ssh went on as if none came).
+    early: list[int] = []
+
     def forward(signum: int, frame: FrameType | None) -> None:
         if child:
             child[0].send_signal(signum)
+        else:
+            early.append(signum)
 
     def note(signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT:
@@ -200,6 +206,8 @@ def run_ssh(argv: Sequence[str], *, stdin: int | None = None) -> SshRun:
             )
             sys.exit(127)  # as a shell says of a command it cannot find
         child.append(proc)
+        for signum in early:  # a handler runs between two statements: none is missed here
+            proc.send_signal(signum)
         reader = threading.Thread(target=_pass_on, args=(proc.stderr, tail), daemon=True)
         reader.start()
         status = proc.wait()
