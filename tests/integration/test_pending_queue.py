@@ -7,13 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.in_flight import InFlight
-from potluck.allocator.job_schemas import CreateJob
 from potluck.allocator.users import add_user
 from potluck.contracts.allocation_events import Quota, user_stream
 from potluck.contracts.capacity import Capacity
 from potluck.events import EventStore
 from tests.helpers import stop, wait_until
-from tests.integration.test_replay import add_a_user, register_host, request
+from tests.integration.test_replay import add_a_user, one_task_job, register_host, request
 
 
 class _Clock:
@@ -152,17 +151,7 @@ async def test_requests_that_join_a_long_queue_are_tried_without_trying_it_all_a
         passes, walks = reactions.queue_passes, reactions.timeout_walks
 
         joined = [await request(engine, heavy, 2, queue_timeout=3600) for _ in range(30)]
-        body = CreateJob.model_validate(
-            {
-                "tasks": 1,
-                "cpus": 1,
-                "memory": "256M",
-                "disk": "1G",
-                "image": "potluck-test:1",
-                "command": ["true"],
-            }
-        )
-        job = await engine.submit_job(heavy, body)
+        job = await engine.submit_job(heavy, one_task_job())
 
         def task_placed() -> bool:
             attempt = engine.model.jobs.jobs[job.job_id].latest(0)

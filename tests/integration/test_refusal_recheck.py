@@ -7,11 +7,10 @@ import asyncio
 import pytest
 
 from potluck.allocator.engine import AllocatorEngine
-from potluck.allocator.job_schemas import CreateJob
 from potluck.events import EventStore
 from potluck.kernel.rejections import Rejected
 from tests.helpers import stop
-from tests.integration.test_replay import add_a_user, register_host, request
+from tests.integration.test_replay import add_a_user, one_task_job, register_host, request
 
 
 async def test_a_host_in_the_log_but_not_yet_folded_is_waited_for_not_refused(store: EventStore) -> None:
@@ -47,17 +46,7 @@ async def test_a_host_in_the_log_but_not_yet_folded_is_waited_for_not_refused(st
 
         await stop(following)
         await register_host(store, "laptop-b", 2)
-        job = CreateJob.model_validate(
-            {
-                "tasks": 1,
-                "cpus": 1,
-                "memory": "256M",
-                "disk": "1G",
-                "image": "potluck-test:1",
-                "command": ["true"],
-                "constraints": {"name": "laptop-b"},
-            }
-        )
+        job = one_task_job(constraints={"name": "laptop-b"})
         submitting = asyncio.create_task(engine.submit_job(alice, job))
         await asyncio.sleep(0.3)
         assert not submitting.done(), submitting

@@ -20,6 +20,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from potluck.allocator.engine import AllocatorEngine
+from potluck.allocator.job_schemas import CreateJob
 from potluck.allocator.lifecycle import decide
 from potluck.allocator.live_state import state_responder
 from potluck.allocator.schemas import CreateAllocation
@@ -125,6 +126,21 @@ async def add_a_user(engine: AllocatorEngine, name: str) -> User:
     await engine.store.append(user_stream(name), events, expected_version=0)
     await engine.caught_up_with_log()
     return engine.users.users[name]
+
+
+def one_task_job(**extra: Any) -> CreateJob:
+    """A job of one task of `true` on one cpu of the test image; `extra` over its fields."""
+    return CreateJob.model_validate(
+        {
+            "tasks": 1,
+            "cpus": 1,
+            "memory": "256M",
+            "disk": "1G",
+            "image": "potluck-test:1",
+            "command": ["true"],
+            **extra,
+        }
+    )
 
 
 async def request(engine: AllocatorEngine, user: User, cpus: float, **extra: Any) -> str:
