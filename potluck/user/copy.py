@@ -54,8 +54,7 @@ import click
 from rich.console import Console
 from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
-from potluck.hostd.container_upload import RECEIVE
-from potluck.hostd.disk_bound import ENTRY_BYTES
+from potluck.contracts.uploads import ENTRY_BYTES, RECEIVE, put_command
 from potluck.terminal import foreign
 from potluck.user.client import ClientError, ExitCode
 from potluck.user.landing import Landing, NotPlaced, Source
@@ -250,7 +249,7 @@ def upload(source: Path, target: Remote, identity: str | None) -> int:
             f"({bound} bytes): nothing was copied; ask for more disk (`potluck alloc create --disk`)",
             int(ExitCode.REFUSED),
         )
-    put = ["potluck-archive", "put", str(_need(source, size)), target.path, name]
+    put = put_command(_need(source, size), target.path, name)
     try:
         return _send(source, name, size, target, identity, ssh_command(target.alloc_id, identity, put))
     except CopyFailed as exc:

@@ -2,9 +2,10 @@
 allocation's disk bound.
 
 The copy is a tar stream (its top entry NAME) on the session's input, unpacked by the
-container's own tar (RECEIVE), as the container's user. What hostd adds is the bound: the
-client says what the copy will take of the disk (NEED: its files' bytes and ENTRY_BYTES for
-each file and directory, as the disk guard counts them, disk_bound.py), and hostd takes that
+container's own tar (potluck.contracts.uploads.RECEIVE), as the container's user. What hostd
+adds is the bound: the client says what the copy will take of the disk (NEED: its files' bytes
+and ENTRY_BYTES for each file and directory, as the disk guard counts them, disk_bound.py,
+potluck.contracts.uploads), and hostd takes that
 from the allocation's disk budget (disk_budget.py, shared with its SFTP sessions) before a
 byte reaches the container. A copy that does not fit what is left is refused at once, saying
 how much it needs and how much is left: the container is never written past its bound, so
@@ -25,13 +26,14 @@ from dataclasses import dataclass
 
 import structlog
 
+from potluck.contracts.uploads import RECEIVE
 from potluck.hostd import disk_budget
 from potluck.hostd.budgeted_process import BudgetedProcess
 from potluck.hostd.disk_budget import DiskBudget
 from potluck.hostd.engine_stream import StreamedProcess
 from potluck.hostd.exec_bridge import ExecBridge, ExecProcess, SessionProcess
 
-__all__ = ["PUT_REFUSED", "RECEIVE", "STREAM_SLACK", "ArchivePut", "open_upload"]
+__all__ = ["PUT_REFUSED", "STREAM_SLACK", "ArchivePut", "open_upload"]
 
 log = structlog.get_logger(__name__)
 
@@ -41,25 +43,6 @@ PUT_REFUSED = 1
 #: What a tar stream may hold beyond NEED: its end (two zero blocks, padded to a 10 KiB
 #: record). Each entry's header and padding fit in the ENTRY_BYTES NEED counts for it.
 STREAM_SLACK = 64 * 1024
-
-# $1: DST in the container, $2: the name the stream's top entry has. A copy is unpacked beside
-# its place and moved there whole (the module docstring); the trap removes what a copy ended
-# by a signal (its session lost, its stream cut) left.
-RECEIVE = r"""
-dst=$1; name=$2
-if [ -d "$dst" ]; then
-  if [ -d "$dst/$name" ] && [ ! -L "$dst/$name" ]; then cd "$dst" && exec tar -x -f -; exit 1; fi
-  parent=${dst%/}; [ -n "$parent" ] || parent=/; dst=$parent/$name
-else
-  case $dst in */) echo "potluck: $dst: no such directory in the allocation" >&2; exit 2;; esac
-  parent=$(dirname -- "$dst")
-  if [ ! -d "$parent" ]; then echo "potluck: $parent: no such directory in the allocation" >&2; exit 2; fi
-fi
-tmp=$(mktemp -d "$parent/.potluck-cp.XXXXXX") || exit 1
-trap 'rm -rf "$tmp"; exit 1' HUP INT TERM PIPE
-if (cd "$tmp" && tar -x -f -) && mv -f "$tmp/$name" "$dst"; then rmdir "$tmp"; exit 0; fi
-rm -rf "$tmp"; exit 1
-"""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ Pure: containers.py's disk guard measures, this decides.
 
 from collections.abc import Mapping
 
+from potluck.contracts.uploads import ENTRY_BYTES
+
 __all__ = [
     "ENTRY_BYTES",
     "OUTSIDE_LAYER_FILES",
@@ -42,10 +44,6 @@ OUTSIDE_LAYER_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
 #: the engine writes a few hundred bytes; a user's own host aliases stay far below this.
 OUTSIDE_LAYER_SLACK = 64 * 1024
 
-#: What each file, directory, link or whiteout of the layer counts, besides its bytes: one block
-#: of the usual filesystems (a directory's least, an inode's share on ext4's default of one
-#: inode for each 16 KiB).
-ENTRY_BYTES = 4096
 
 #: The shortest wait between two measures of one container: each has the engine walk the
 #: container's layer, which costs the member's disk and CPU in proportion to its files.

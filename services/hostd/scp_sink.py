@@ -21,9 +21,9 @@ from collections.abc import Sequence
 
 import structlog
 
+from potluck.contracts.uploads import ENTRY_BYTES
 from potluck.hostd import disk_budget
 from potluck.hostd.budgeted_process import BudgetedProcess
-from potluck.hostd.disk_bound import ENTRY_BYTES
 from potluck.hostd.disk_budget import DiskBudget
 from potluck.hostd.engine_stream import StreamedProcess
 from potluck.hostd.exec_bridge import ExecBridge, ExecProcess, SessionProcess
