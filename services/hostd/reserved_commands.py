@@ -24,6 +24,7 @@ from potluck.hostd.container_logs import LogsRequest, open_logs
 from potluck.hostd.container_upload import ArchivePut, open_upload
 from potluck.hostd.exec_bridge import ExecBridge, SessionProcess
 from potluck.hostd.exec_errors import ExecRefused
+from potluck.kernel.digits import is_digits
 
 __all__ = ["ARCHIVE", "LOGS", "ArchiveGet", "ArchivePut", "Reserved", "open_reserved", "reserved_command"]
 
@@ -65,7 +66,7 @@ def reserved_command(command: str | None) -> Reserved | None:
         if args.tail is not None and args.tail < 0:
             raise ExecRefused(f"{_LOGS_USAGE}: --tail must be 0 or more")
         return LogsRequest(follow=args.follow, tail=args.tail)
-    if len(argv) == 5 and argv[1] == "put" and argv[2].isdigit() and argv[3] and argv[4]:
+    if len(argv) == 5 and argv[1] == "put" and is_digits(argv[2]) and argv[3] and argv[4]:
         if "/" in argv[4] or argv[4] in (".", ".."):
             raise ExecRefused(f"{_ARCHIVE_USAGE}: NAME is one name, not a path")
         return ArchivePut(int(argv[2]), argv[3], argv[4])

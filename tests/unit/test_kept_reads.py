@@ -64,6 +64,9 @@ def test_reserved_commands_are_recognised_and_others_left_alone() -> None:
         "potluck-archive put -5 /x a",
         "potluck-archive put 5 /x a/b",
         "potluck-archive put 5 /x ..",
+        # Digits str.isdigit() takes and int() does not ("²"), or reads as another number ("٣").
+        "potluck-archive put \u00b2 /x a",
+        "potluck-archive put \u0663 /x a",
     ],
 )
 def test_a_malformed_reserved_command_is_refused_with_its_usage(command: str) -> None:
