@@ -55,6 +55,7 @@ from typing import Any, TypeVar
 import structlog
 
 from potluck.contracts.allocation_events import AllocationSpec
+from potluck.contracts.engine import EngineFacts
 from potluck.contracts.reports import (
     ActualState,
     ContainerExited,
@@ -75,10 +76,10 @@ from potluck.hostd.container_config import ContainerSpec
 from potluck.hostd.cpu_share import spread
 from potluck.hostd.disk_bound import (
     disk_overrun,
-    entries_bytes,
     entries_most,
     needs_layer_measured,
     next_measure_in,
+    written_bytes,
 )
 from potluck.hostd.docker_driver import (
     STOP_SIGNALS,
@@ -270,14 +271,12 @@ class ContainerManager:
             return None
         try:
             facts = await self._docker(self.driver.engine_facts)
-            outside = await self._docker(self.driver.outside_layer_bytes, container_id)
-            layer = await self._docker(self.driver.writable_layer_bytes, container_id)
-            entries = 0
-            if not facts.disk_quota_supported:
-                entries = await self._layer_entries(alloc_id, container_id, layer, outside, spec)
+            layer, outside, entries = await self._disk_written(
+                alloc_id, container_id, spec, facts, layer=True
+            )
         except DockerDriverError:
             return None
-        return layer + entries_bytes(entries) + sum(outside.values())
+        return written_bytes(layer, outside, entries)
 
     async def set_desired(
         self,
@@ -1056,21 +1055,14 @@ class ContainerManager:
                 if container_id is None or spec is None:
                     continue
                 try:
-                    outside = await self._docker(self.driver.outside_layer_bytes, container_id)
-                    layer = entries = 0
-                    if needs_layer_measured(engine_quota=facts.disk_quota_supported, outside=outside):
-                        layer = await self._docker(self.driver.writable_layer_bytes, container_id)
-                    if not facts.disk_quota_supported:
-                        # The engine's SizeRw leaves out directories and empty files; a quota
-                        # counts their blocks itself (disk_bound.py).
-                        entries = await self._layer_entries(alloc_id, container_id, layer, outside, spec)
+                    layer, outside, entries = await self._disk_written(alloc_id, container_id, spec, facts)
                 except DockerDriverError:
                     continue
                 overrun = disk_overrun(layer, outside, spec.disk_bytes, entries=entries)
                 if overrun is not None:
                     await self._stop_for(alloc_id, container_id, "disk_limit_exceeded", overrun)
                     continue
-                at, used = time.monotonic(), layer + entries_bytes(entries) + sum(outside.values())
+                at, used = time.monotonic(), written_bytes(layer, outside, entries)
                 before = measured.get(alloc_id)
                 measured[alloc_id] = (at, used)
                 if before is None or at <= before[0]:
@@ -1089,6 +1081,29 @@ class ContainerManager:
                         bytes_per_s=round(rate),
                         in_s=round(wait, 2),
                     )
+
+    async def _disk_written(
+        self,
+        alloc_id: str,
+        container_id: str,
+        spec: ContainerSpec,
+        facts: EngineFacts,
+        *,
+        layer: bool = False,
+    ) -> tuple[int, dict[str, int], int]:
+        """What the container wrote, as the disk guard counts it (disk_bound.py): its writable
+        layer's bytes (measured when `layer`, else only where the guard needs them), the
+        engine's files outside the layer, and its layer's entries where the engine has no quota.
+        DockerDriverError when the engine does not say."""
+        outside = await self._docker(self.driver.outside_layer_bytes, container_id)
+        written = entries = 0
+        if layer or needs_layer_measured(engine_quota=facts.disk_quota_supported, outside=outside):
+            written = await self._docker(self.driver.writable_layer_bytes, container_id)
+        if not facts.disk_quota_supported:
+            # The engine's SizeRw leaves out directories and empty files; a quota counts their
+            # blocks itself (disk_bound.py).
+            entries = await self._layer_entries(alloc_id, container_id, written, outside, spec)
+        return written, outside, entries
 
     async def _layer_entries(
         self, alloc_id: str, container_id: str, layer: int, outside: dict[str, int], spec: ContainerSpec

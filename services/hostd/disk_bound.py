@@ -35,6 +35,7 @@ __all__ = [
     "entries_most",
     "needs_layer_measured",
     "next_measure_in",
+    "written_bytes",
 ]
 
 #: The engine's files a container can write outside its own layer.
@@ -62,6 +63,12 @@ def entries_bytes(entries: int) -> int:
     return entries * ENTRY_BYTES
 
 
+def written_bytes(layer: int, outside: Mapping[str, int], entries: int = 0) -> int:
+    """What a container wrote, as counted against its bound: its layer's bytes, its entries
+    (`entries_bytes`) and the engine's files outside the layer."""
+    return layer + entries_bytes(entries) + sum(outside.values())
+
+
 def entries_most(layer: int, outside: Mapping[str, int], bound: int) -> int:
     """How many entries the layer may hold before, with what else was written, it is past the
     bound: no more need counting (one more says it is past)."""
@@ -72,7 +79,7 @@ def disk_overrun(layer: int, outside: Mapping[str, int], bound: int, *, entries:
     """Why the container is past `bound` (the failure's detail), or None while it is within.
     `entries`: the files, directories, links and whiteouts of its layer (`entries_bytes`)."""
     written_outside = {path: size for path, size in outside.items() if size > 0}
-    used = layer + entries_bytes(entries) + sum(written_outside.values())
+    used = written_bytes(layer, written_outside, entries)
     if used <= bound:
         return None
     detail = f"wrote {used} bytes, more than its disk bound of {bound}"
