@@ -114,8 +114,8 @@ async def open_upload(
         budget = await disk_budget.join(bridge, alloc_id)
     except disk_budget.BoundUnknown as exc:
         return _refused(container_id, f"{exc}; nothing was copied")
-    if not budget.fits(put.need):
-        left = max(0, budget.left or 0)
+    if not budget.claim(put.need):
+        left = budget.shown_left
         disk_budget.leave(bridge, alloc_id, budget)
         bound = bridge.disk_bound_of(alloc_id)
         log.info("upload.disk_bound_reached", alloc_id=alloc_id, need=put.need, left=left, bound=bound)
@@ -125,7 +125,6 @@ async def open_upload(
             f"{left} left of its disk bound of {bound} bytes: nothing was copied; make room in it, "
             "or ask for more disk (`potluck alloc create --disk`)",
         )
-    budget.take(put.need)
     argv = ["sh", "-c", RECEIVE, "potluck-cp", put.dst, put.name]
     try:
         process = await bridge.open(alloc_id, argv, tty=False, env=env)

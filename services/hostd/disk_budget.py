@@ -48,13 +48,20 @@ class DiskBudget:
         self.left = left
         self.sessions = 0
 
-    def fits(self, growth: int) -> bool:
-        return self.left is None or growth <= self.left
+    def claim(self, growth: int) -> bool:
+        """Count `growth` as written if it fits what is left (checked and counted with no await
+        between: another transfer may be claiming meanwhile); False, nothing counted, if not."""
+        if self.left is None:
+            return True
+        if growth > self.left:
+            return False
+        self.left -= growth
+        return True
 
-    def take(self, growth: int) -> None:
-        """Count `growth` as written (the caller checked it `fits`, with nothing awaited since)."""
-        if self.left is not None:
-            self.left -= growth
+    @property
+    def shown_left(self) -> int:
+        """What is left, for a refusal's message (never negative: the slack may pass it)."""
+        return max(0, self.left or 0)
 
     def give_back(self, growth: int) -> None:
         """`growth` taken earlier was not written after all (the write failed, the copy was

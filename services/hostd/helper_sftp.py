@@ -326,7 +326,7 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
         budget = self.budget
         if budget is None:
             return
-        if not budget.fits(growth):
+        if not budget.claim(growth):
             log.info(
                 "helper_sftp.disk_bound_reached",
                 alloc_id=self.files.alloc_id,
@@ -336,9 +336,8 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
             )
             raise asyncssh.SFTPNoSpaceOnFilesystem(
                 f"the allocation's disk bound is reached: this needs {growth} bytes more, "
-                f"{max(0, budget.left or 0)} are left"
+                f"{budget.shown_left} are left"
             )
-        budget.take(growth)
 
     def _give_back(self, growth: int) -> None:
         if self.budget is not None:

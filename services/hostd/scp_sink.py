@@ -96,20 +96,18 @@ class _ScpSink(BudgetedProcess):
                 size = int(fields[1]) if kind == b"C" else 0
                 need = size + ENTRY_BYTES
         budget = self.budget
-        if need and budget is not None:
-            if not budget.fits(need):
-                name = line.rstrip(b"\n").split(b" ", 2)[-1].decode(errors="replace")
-                left = max(0, budget.left or 0)
-                bound = self.bridge.disk_bound_of(self.alloc_id)
-                log.info("scp_sink.disk_bound_reached", alloc_id=self.alloc_id, need=need, left=left)
-                said = (
-                    f"\x01scp: potluck: {name} needs {need} bytes of disk and allocation {self.alloc_id} "
-                    f"has {left} left of its disk bound of {bound} bytes: not copied\n"
-                )
-                if self.sink is not None:
-                    self.sink.exec_data(said.encode(), False)
-                return  # never announced: the sink waits for the next line, as the client does
-            budget.take(need)
+        if need and budget is not None and not budget.claim(need):
+            name = line.rstrip(b"\n").split(b" ", 2)[-1].decode(errors="replace")
+            left = budget.shown_left
+            bound = self.bridge.disk_bound_of(self.alloc_id)
+            log.info("scp_sink.disk_bound_reached", alloc_id=self.alloc_id, need=need, left=left)
+            said = (
+                f"\x01scp: potluck: {name} needs {need} bytes of disk and allocation {self.alloc_id} "
+                f"has {left} left of its disk bound of {bound} bytes: not copied\n"
+            )
+            if self.sink is not None:
+                self.sink.exec_data(said.encode(), False)
+            return  # never announced: the sink waits for the next line, as the client does
         if kind == b"C":
             self._data = size + 1  # the file's bytes, then the client's status byte
         self.process.write(line)
