@@ -16,6 +16,7 @@ from potluck.allocator.schemas import (
     EnvVars,
     HostLabels,
     ImageReference,
+    KeepFor,
     Lifetime,
     Memory,
     Request,
@@ -28,7 +29,6 @@ from potluck.contracts.job_events import (
     DEFAULT_KEEP_FOR_S,
     DEFAULT_RETRY_ON,
     JOB_ID_ENV,
-    MAX_KEEP_FOR_S,
     MAX_RETRIES,
     MAX_TASKS,
     TASK_INDEX_ENV,
@@ -41,8 +41,6 @@ from potluck.readmodels.jobs import JobState, JobStatus
 
 __all__ = ["CreateJob", "Job", "JobList", "JobTask", "JobTaskList", "TaskState"]
 
-# DurationBetween builds its pattern from whole seconds.
-KeepFor = Annotated[float, DurationBetween(MIN_DURATION_S, int(MAX_KEEP_FOR_S), zero=True)]
 Deadline = Annotated[float, DurationBetween(MIN_DURATION_S, 30 * 86400)]
 
 

@@ -13,6 +13,7 @@ from potluck.contracts.allocation_events import OnPreempt
 from potluck.contracts.capacity import MIN_CPUS
 from potluck.contracts.host_labels import LABEL_NAME, MAX_LABEL_VALUE
 from potluck.contracts.image_reference import REFERENCE_PATTERN
+from potluck.contracts.job_events import MAX_KEEP_FOR_S
 from potluck.kernel.durations import DurationBetween
 from potluck.kernel.sizes import SizeBetween
 from potluck.kernel.ssh_key_strength import line_weakness
@@ -40,8 +41,9 @@ Disk = Annotated[int, SizeBetween(16 << 20, 1 << 46)]
 MIN_DURATION_S = 1
 Lifetime = Annotated[float, DurationBetween(MIN_DURATION_S, MAX_LIFETIME_S)]
 QueueTimeout = Annotated[float, DurationBetween(MIN_DURATION_S, 86400, zero=True)]
-MAX_KEEP_FOR_S = 7 * 86400
-KeepFor = Annotated[float, DurationBetween(MIN_DURATION_S, MAX_KEEP_FOR_S, zero=True)]
+#: How long an ended allocation's or task's container may be kept: the jobs contract's bound,
+#: in the whole seconds DurationBetween builds its pattern from.
+KeepFor = Annotated[float, DurationBetween(MIN_DURATION_S, int(MAX_KEEP_FOR_S), zero=True)]
 
 
 class Body(BaseModel):
