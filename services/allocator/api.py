@@ -170,17 +170,27 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             "UNAUTHENTICATED",
             "send 'Authorization: Bearer <token>'; an operator gives tokens with `potluck ops users add`",
         )
-    # A good token works from a locked-out address too (authentication.py says why).
-    user = request.app[AUTH].known(token.strip())
-    if user is None:
-        locked = _locked_out(request)
-        if locked is not None:
-            return locked
-        user = await request.app[AUTH].authenticate(client_of(request.remote), token.strip())
+    user = await _token_user(request, token.strip())
+    if isinstance(user, web.Response):
+        return user
     if user is None:
         return error(401, "UNAUTHENTICATED", "this token is not valid; ask an operator for a new one")
     request["user"] = user
     return await handler(request)
+
+
+async def _token_user(request: web.Request, token: str) -> User | web.Response | None:
+    """Who `token` is ("" is no one): a good token works from a locked-out address too
+    (authentication.py says why: else one script looping on an old token locks out everyone
+    behind its address); else the 429 while the address is locked out, or None (a failure of
+    the address, counted, when a token was given)."""
+    user = request.app[AUTH].known(token) if token else None
+    if user is not None:
+        return user
+    locked = _locked_out(request)
+    if locked is not None:
+        return locked
+    return await request.app[AUTH].authenticate(client_of(request.remote), token) if token else None
 
 
 def _locked_out(request: web.Request) -> web.Response | None:
@@ -431,17 +441,11 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def registry_token(request: web.Request) -> web.Response:
-    """Docker's token request: the same failure limit per address as every other route, and as
-    there a good token works from a locked-out address (authentication.py says why: else one
-    script looping on an old token stops every `docker push` behind its address)."""
-    password = basic_password(request)
-    user = request.app[AUTH].known(password) if password else None
-    if user is None:
-        locked = _locked_out(request)
-        if locked is not None:
-            return locked
-        if password:
-            user = await request.app[AUTH].authenticate(client_of(request.remote), password)
+    """Docker's token request: the same failure limit per address as every other route, a good
+    token working from a locked-out address as there (`_token_user`)."""
+    user = await _token_user(request, basic_password(request) or "")
+    if isinstance(user, web.Response):
+        return user
     return await registry_token_for(request, user)
 
 
