@@ -1,9 +1,12 @@
 """The strings of SSH's wire format (RFC 4251, 5): a uint32 length, then that many bytes; a
-public key's blob is a run of them (its type name, then its numbers)."""
+public key's blob is a run of them (its type name, then its numbers), and an OpenSSH public
+key line (`TYPE BASE64 [comment]`) carries one."""
 
+import base64
+import binascii
 import struct
 
-__all__ = ["ssh_strings"]
+__all__ = ["public_key_blob", "ssh_strings"]
 
 
 def ssh_strings(blob: bytes, count: int | None = None) -> list[bytes]:
@@ -21,3 +24,19 @@ def ssh_strings(blob: bytes, count: int | None = None) -> list[bytes]:
         parts.append(blob[at : at + size])
         at += size
     return parts
+
+
+def public_key_blob(line: str) -> bytes:
+    """The wire blob of an OpenSSH public key line (`TYPE BASE64 [comment]`): base64, a run of
+    SSH strings, the first naming the line's TYPE, key data after it; ValueError saying why not."""
+    fields = line.split()
+    if len(fields) < 2:
+        raise ValueError("expected TYPE BASE64 [comment], e.g. ssh-ed25519 AAAA... potluck-sshgateway")
+    try:
+        blob = base64.b64decode(fields[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the key data is not base64") from None
+    parts = ssh_strings(blob)
+    if len(parts) < 2 or parts[0] != fields[0].encode():
+        raise ValueError(f"the key data is not a {fields[0]} key")
+    return blob

@@ -15,6 +15,8 @@ import hashlib
 import hmac
 from pathlib import Path
 
+from potluck.kernel.ssh_wire import public_key_blob
+
 __all__ = ["host_pattern", "pin_gateway_key", "public_key_line"]
 
 _KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
@@ -32,12 +34,9 @@ def public_key_line(given: str) -> str:
             "give what `potluck sshgateway --print-host-key` prints"
         )
     try:
-        blob = base64.b64decode(parts[1], validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{given[:60]!r}: its key is not base64") from None
-    name = parts[0].encode()
-    if blob[4 : 4 + len(name)] != name or int.from_bytes(blob[:4], "big") != len(name):
-        raise ValueError(f"{given[:60]!r}: the key's data is not a {parts[0]} key")
+        public_key_blob(text)
+    except ValueError as exc:
+        raise ValueError(f"{given[:60]!r}: {exc}") from None
     return f"{parts[0]} {parts[1]}"
 
 

@@ -6,13 +6,10 @@ key is checked here by its wire form (RFC 4253's string framing, the type named 
 which is what the link compares with the key the gateway presents.
 """
 
-import base64
-import binascii
-
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from potluck.kernel.digits import is_digits
-from potluck.kernel.ssh_wire import ssh_strings
+from potluck.kernel.ssh_wire import public_key_blob
 
 __all__ = ["GatewayLink", "parse_address", "public_key_blob"]
 
@@ -23,21 +20,6 @@ def parse_address(value: str) -> tuple[str, int]:
     if not sep or not host or not is_digits(port) or not 0 < int(port) < 65536:
         raise ValueError(f"{value!r} is not HOST:PORT, e.g. gateway.example:2223")
     return host, int(port)
-
-
-def public_key_blob(line: str) -> bytes:
-    """The key data of an OpenSSH public key line (`TYPE BASE64 [comment]`); ValueError if not one."""
-    fields = line.split()
-    if len(fields) < 2:
-        raise ValueError("expected TYPE BASE64 [comment], e.g. ssh-ed25519 AAAA... potluck-sshgateway")
-    try:
-        blob = base64.b64decode(fields[1], validate=True)
-    except binascii.Error:
-        raise ValueError("the key data is not base64") from None
-    parts = ssh_strings(blob)
-    if len(parts) < 2 or parts[0] != fields[0].encode():
-        raise ValueError(f"the key data is not a {fields[0]} key")
-    return blob
 
 
 class GatewayLink(BaseModel):
