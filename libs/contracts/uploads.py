@@ -14,6 +14,8 @@ place and moved there whole; the trap removes what a copy ended by a signal (its
 its stream cut) left.
 """
 
+from potluck.contracts.session_commands import ARCHIVE
+
 __all__ = ["ENTRY_BYTES", "RECEIVE", "put_command"]
 
 #: What each file, directory, link or whiteout of the layer counts, besides its bytes: one block
@@ -40,4 +42,4 @@ rm -rf "$tmp"; exit 1
 
 def put_command(need: int, dst: str, name: str) -> list[str]:
     """The session command of an upload of NAME to DST that takes `need` bytes of disk."""
-    return ["potluck-archive", "put", str(need), dst, name]
+    return [ARCHIVE, "put", str(need), dst, name]

@@ -54,6 +54,7 @@ import click
 from rich.console import Console
 from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
+from potluck.contracts.session_commands import ARCHIVE
 from potluck.contracts.uploads import ENTRY_BYTES, RECEIVE, put_command
 from potluck.terminal import foreign
 from potluck.user.client import ClientError, ExitCode
@@ -309,7 +310,7 @@ def download(source: Remote, target: Path, identity: str | None, asserts_dir: bo
 
 def _receive(source: Remote, src: Source, landing: Landing, target: Path, identity: str | None) -> int:
     readable(source.alloc_id)
-    argv = ssh_command(source.alloc_id, identity, ["potluck-archive", "get", src.request])
+    argv = ssh_command(source.alloc_id, identity, [ARCHIVE, "get", src.request])
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     reader, errors = _stderr_reader(proc)
     assert proc.stdout is not None

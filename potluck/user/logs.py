@@ -21,6 +21,7 @@ import click
 from rich.console import Console
 
 from potluck.cli_options import ALLOC_ID
+from potluck.contracts.session_commands import LOGS
 from potluck.terminal import foreign
 from potluck.user.client import ClientError
 from potluck.user.refused_key import exit_as, explain_refusal, run_ssh
@@ -44,7 +45,7 @@ def logs(alloc_id: str, follow: bool, tail: int | None, identity: str | None) ->
     potluck logs -f ALLOC           and what follows, until it ends
     potluck logs --tail 20 ALLOC    the last 20 lines
     """
-    command = ["potluck-logs"]
+    command = [LOGS]
     if follow:
         command.append("--follow")
     if tail is not None:

@@ -16,9 +16,9 @@ in session_slots.py). A malformed one is refused with its usage.
 """
 
 import argparse
-import shlex
 from dataclasses import dataclass
 
+from potluck.contracts.session_commands import ARCHIVE, LOGS, command_argv
 from potluck.hostd.container_archive import open_archive
 from potluck.hostd.container_logs import LogsRequest, open_logs
 from potluck.hostd.container_upload import ArchivePut, open_upload
@@ -28,8 +28,6 @@ from potluck.kernel.digits import is_digits
 
 __all__ = ["ARCHIVE", "LOGS", "ArchiveGet", "ArchivePut", "Reserved", "open_reserved", "reserved_command"]
 
-LOGS = "potluck-logs"
-ARCHIVE = "potluck-archive"
 _LOGS_USAGE = f"usage: {LOGS} [--follow] [--tail N]"
 _ARCHIVE_USAGE = f"usage: {ARCHIVE} get PATH | {ARCHIVE} put NEED DST NAME"
 
@@ -50,13 +48,8 @@ class _Refusing(argparse.ArgumentParser):
 def reserved_command(command: str | None) -> Reserved | None:
     """What a reserved session command asks for; None when `command` is not one (it runs in the
     container); ExecRefused when it is one, malformed."""
-    if not command:
-        return None
-    try:
-        argv = shlex.split(command)
-    except ValueError:
-        return None
-    if not argv or argv[0] not in (LOGS, ARCHIVE):
+    argv = command_argv(command)
+    if argv is None or argv[0] not in (LOGS, ARCHIVE):
         return None
     if argv[0] == LOGS:
         parser = _Refusing(prog=LOGS, usage=_LOGS_USAGE, add_help=False)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import asyncssh
 from asyncssh.packet import SSHPacket
 
+from potluck.contracts.session_commands import LOGS, command_name
 from potluck.sshgateway.events import SessionKind
 
 __all__ = [
@@ -99,6 +100,12 @@ class SessionRequest:
     @property
     def pty(self) -> bool:
         return self.term_type is not None
+
+    @property
+    def reads_logs(self) -> bool:
+        """A `potluck-logs` session: hostd serves it, and ends it once the container's output is
+        all sent. Read as hostd reads it (session_commands), quoting and all."""
+        return command_name(self.command) == LOGS
 
     def refusal(self) -> str | None:
         """Why the gateway does not serve this request, or None.

@@ -109,8 +109,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
     @property
     def reads_logs(self) -> bool:
         """A `potluck-logs` session (served by hostd): it ends when the container's output does."""
-        command = self.request.command
-        return command is not None and command.split(maxsplit=1)[:1] == ["potluck-logs"]
+        return self.request.reads_logs
 
     def _step(self, step: Step) -> None:
         self.state = advance(self.state, step)
