@@ -59,6 +59,8 @@ __all__ = ["ExecBridge", "ExecProcess", "SessionProcess", "exec_env", "signal_nu
 log = structlog.get_logger(__name__)
 
 _ALLOC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
+#: How long a signal or a termination waits for a started exec to run (it has no pid before).
+EXEC_START_WAIT_S = 2.0
 #: SSH signal names (RFC 4254 without "SIG") that a session may send.
 _SIGNALS = {
     name: getattr(signal, "SIG" + name)
@@ -385,12 +387,29 @@ class ExecBridge:
             raise ExecError(f"exec inspect {exec_id[:12]}: {status} {message(body)}")
         return dict(body)
 
-    async def _exec_pid(self, exec_id: str) -> int | None:
-        info = await self.inspect_exec(exec_id)
-        if info is None or not info.get("Running"):
-            return None
-        pid = int(info.get("Pid") or 0)
-        return pid or None
+    async def _exec_pid(self, exec_id: str, timeout: float = EXEC_START_WAIT_S) -> int | None:
+        """The exec's process, once it runs; None once it has ended (or never started in time).
+
+        An exec whose start the engine has answered may not run yet for a moment (no pid, no
+        exit code): a signal or a termination sent then waits for it rather than missing the
+        process it was meant for.
+        """
+        deadline = time.monotonic() + timeout
+        pause = 0.002
+        while True:
+            info = await self.inspect_exec(exec_id)
+            if info is None:
+                return None
+            if info.get("Running"):
+                pid = int(info.get("Pid") or 0)
+                if pid:
+                    return pid
+            elif info.get("ExitCode") is not None:
+                return None
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     async def _exit_code(self, exec_id: str, timeout: float) -> int | None:
         deadline = time.monotonic() + timeout

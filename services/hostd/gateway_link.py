@@ -89,7 +89,7 @@ from potluck.hostd.gateway_config import GatewayLink
 from potluck.hostd.helper_sftp import open_sftp
 from potluck.hostd.reserved_commands import open_reserved, reserved_command
 from potluck.hostd.scp_sink import is_scp_sink, open_scp_sink
-from potluck.hostd.session_controls import SessionControls
+from potluck.hostd.session_controls import MAX_PENDING_SIGNALS, SessionControls
 from potluck.hostd.session_slots import SessionLimits, SessionSlots
 from potluck.hostd.spans import docker_span, tracer
 from potluck.kernel.background import BackgroundTasks
@@ -161,6 +161,9 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         #: The process's window changes and signals, one engine call at a time (session_controls.py).
         self._controls: SessionControls | None = None
         self._pending: list[bytes] = []
+        #: Signals that came before the process started (a Ctrl-C while it starts): delivered
+        #: once it has, at most MAX_PENDING_SIGNALS of them, as SessionControls bounds them.
+        self._early_signals: list[str] = []
         self._eof = False
         self._lost = False
         self._finishing = False
@@ -285,6 +288,9 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         for data in self._pending:
             process.write(data)
         self._pending.clear()
+        for name in self._early_signals:
+            self._controls.signal(name)
+        self._early_signals.clear()
         if self._eof:
             process.write_eof()
         chan.resume_reading()
@@ -365,6 +371,8 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
     def signal_received(self, signal: str) -> None:
         if self._controls is not None:
             self._controls.signal(signal)
+        elif len(self._early_signals) < MAX_PENDING_SIGNALS:
+            self._early_signals.append(signal)
 
     def break_received(self, msec: int) -> bool:
         return False

@@ -11,7 +11,9 @@ for the audit (audit.ByteCounts) and never buffers without bound:
 - end of input, window changes, breaks and signals go to the host;
 - what the user sends before the host's session is open (the audit append
   and the link come first) is held, and the user's channel stops being read
-  until then: at most one read's worth is ever held.
+  until then: at most one read's worth is ever held; signals sent meanwhile
+  (a Ctrl-C while the session starts) are held too, at most HELD_SIGNALS of
+  them, and go to the host after the held data.
 
 `Bridge` is the user's side and the wiring; `HostSide` is the asyncssh
 session on the host's link, feeding the bridge, and keeping how the command
@@ -26,9 +28,13 @@ import asyncssh
 
 from potluck.sshgateway.audit import ByteCounts
 
-__all__ = ["Bridge", "HostSide"]
+__all__ = ["HELD_SIGNALS", "Bridge", "HostSide"]
 
 _STDERR = asyncssh.EXTENDED_DATA_STDERR
+
+#: Signals held for a host session that is not open yet; more are dropped. A signal request
+#: costs the user a few bytes and is never paused like data, hence a bound.
+HELD_SIGNALS = 8
 
 
 class Bridge:
@@ -39,6 +45,7 @@ class Bridge:
         self.user: asyncssh.SSHServerChannel[bytes] | None = None
         self.host: asyncssh.SSHClientChannel[bytes] | None = None
         self._held: list[bytes] = []
+        self._held_signals: list[str] = []
         self._user_eof = False
 
     def connect(self, host: asyncssh.SSHClientChannel[bytes]) -> None:
@@ -47,6 +54,9 @@ class Bridge:
         for data in self._held:
             host.write(data)
         self._held.clear()
+        for signal in self._held_signals:
+            host.send_signal(signal)
+        self._held_signals.clear()
         if self._user_eof:
             host.write_eof()
         assert self.user is not None
@@ -91,6 +101,8 @@ class Bridge:
     def signal(self, signal: str) -> None:
         if (host := self._open_host()) is not None:
             host.send_signal(signal)
+        elif self.host is None and len(self._held_signals) < HELD_SIGNALS:
+            self._held_signals.append(signal)
 
     def send_break(self, msec: int) -> bool:
         if (host := self._open_host()) is None:

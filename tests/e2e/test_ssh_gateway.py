@@ -381,6 +381,25 @@ async def test_signals_reach_the_process(ssh_env: SshEnv) -> None:
     assert completed.exit_status == 143
 
 
+async def test_a_signal_sent_while_the_session_starts_reaches_the_process(ssh_env: SshEnv) -> None:
+    """A TERM sent at once after the exec request, before the gateway has linked the session to
+    its host and before hostd has started the process: it must be held at both hops and
+    delivered once the process runs (it was dropped, and the command ran its full 100 s)."""
+    await _running_allocation(ssh_env, "sig2")
+    key = asyncssh.read_private_key(str(ssh_env.key("alice")))
+    async with asyncssh.connect(
+        "127.0.0.1", ssh_env.port, username="sig2", client_keys=[key], known_hosts=None, agent_path=None,
+        config=None,
+    ) as conn:  # fmt: skip
+        process = await conn.create_process("sleep 100", encoding=None)
+        process.send_signal("TERM")
+        async with asyncio.timeout(30):
+            completed = await process.wait()
+    # The shell, or the sleep it became, ended by the TERM.
+    assert completed.exit_status == 143 or completed.exit_signal is not None, completed
+    await _wait_until_gone(ssh_env, "sig2", "sleep 100")
+
+
 async def test_a_session_ends_with_a_message_when_its_allocation_is_released(ssh_env: SshEnv) -> None:
     await _running_allocation(ssh_env, "rel1")
     session = asyncio.ensure_future(ssh_env.ssh("rel1", "sleep 600"))
