@@ -25,7 +25,6 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureWindow
-from potluck.allocator.connection_caps import client_of
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.job_schemas import CreateJob, Job, JobList, JobTaskList
 from potluck.allocator.openapi import openapi_document
@@ -51,6 +50,7 @@ from potluck.allocator.web import is_page
 from potluck.allocator.web import setup as setup_pages
 from potluck.allocator.web.log_tail import LogSource
 from potluck.contracts.registry import TOKEN_PATH
+from potluck.kernel.client_address import client_of
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import TERMINAL, AllocationState
 from potluck.readmodels.jobs import JobState

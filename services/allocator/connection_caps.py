@@ -21,13 +21,13 @@ the connections asyncio accepts, handing everything else to aiohttp's own handle
 """
 
 import asyncio
-import ipaddress
 import resource
 from collections import Counter
 from collections.abc import Callable
 
 import structlog
 
+from potluck.kernel.client_address import client_of
 from potluck.kernel.key_rates import KeyRates, RatePolicy
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "CappedProtocol",
     "ConnectionCaps",
     "capped",
-    "client_of",
     "total_cap",
 ]
 
@@ -48,23 +47,6 @@ MAX_PER_ADDRESS = 512
 MAX_CONNECTIONS = 4096
 #: A refusal is logged a few times a minute per address, with how many came past the rate.
 REFUSAL_LOG_RATE = RatePolicy(per_s=1 / 60, burst=3)
-
-
-def client_of(address: str | None) -> str:
-    """The client `address` stands for, for the caps and the failure limit: an IPv4 address
-    itself (also written IPv4-mapped, `::ffff:1.2.3.4`), an IPv6 address's /64, anything
-    else as it is."""
-    if not address:
-        return "unknown"
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
-    return str(ip)
 
 
 def total_cap(open_files_limit: int | None = None) -> int:

@@ -28,6 +28,7 @@ from typing import Any
 import asyncssh
 import structlog
 
+from potluck.kernel.client_address import client_of
 from potluck.sshgateway.admission import Admission
 from potluck.sshgateway.context import GatewayContext
 
@@ -93,7 +94,8 @@ class AdmittedListener:
                 log.warning("listen.accept_failed", error=repr(exc))
                 await asyncio.sleep(_ACCEPT_RETRY_S)
                 continue
-            source = str(peer[0])
+            # Counted as a client: an IPv6 address's /64, not each of its addresses.
+            source = client_of(str(peer[0]))
             refusal = self.admission.admit(source, self._clock())
             if refusal is not None:
                 self._log_refusal(source, refusal)

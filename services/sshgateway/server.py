@@ -69,6 +69,7 @@ from potluck.contracts.link import (
     limit_reads,
     skip_ignore_packets,
 )
+from potluck.kernel.client_address import client_of
 from potluck.sshgateway.admission import Admission, AdmissionPolicy
 from potluck.sshgateway.admitted_listener import AdmittedListener
 from potluck.sshgateway.audit import LoginIdentity
@@ -109,6 +110,8 @@ class GatewayServer(asyncssh.SSHServer):
         self._limiters = limiters
         self._conn: asyncssh.SSHServerConnection | None = None
         self._address = ""
+        #: Whom the login limits count: the address, or an IPv6 address's /64 (client_address.py).
+        self._client = ""
         self._port = 0
         self._username: str | None = None
         self._locked = False
@@ -129,6 +132,7 @@ class GatewayServer(asyncssh.SSHServer):
         skip_ignore_packets(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self._address, self._port = str(peer[0]), int(peer[1])
+        self._client = client_of(self._address)
         count_auth_requests(
             conn, auth_requests_allowed(self._ctx.settings.max_keys_per_connection), self._too_many_requests
         )
@@ -195,7 +199,7 @@ class GatewayServer(asyncssh.SSHServer):
         assert self._username is not None
         now = self._limiters.clock()
         self._failed_at = now
-        source = self._limiters.source.failed(self._address, now)
+        source = self._limiters.source.failed(self._client, now)
         alloc = self._limiters.alloc.failed(self._username, now)
         log.info(
             "login.failed",
@@ -223,7 +227,7 @@ class GatewayServer(asyncssh.SSHServer):
         # Only the source's failures lock out or slow down a login before its key is seen: the
         # allocation's are anyone's (validate_public_key says why they never stop its owner).
         self._username = username
-        source = self._limiters.source.check(self._address, self._limiters.clock())
+        source = self._limiters.source.check(self._client, self._limiters.clock())
         if source.locked:
             self._lock_out(username, source, Verdict())
             return True
@@ -261,7 +265,7 @@ class GatewayServer(asyncssh.SSHServer):
             return False
         # Other connections' failures may have locked this source out since begin_auth.
         now = self._limiters.clock()
-        source = self._limiters.source.check(self._address, now)
+        source = self._limiters.source.check(self._client, now)
         if source.locked:
             self._lock_out(username, source, Verdict())
             return False

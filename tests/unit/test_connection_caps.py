@@ -5,7 +5,8 @@ import resource
 from hypothesis import given
 from hypothesis import strategies as st
 
-from potluck.allocator.connection_caps import MAX_CONNECTIONS, ConnectionCaps, client_of, total_cap
+from potluck.allocator.connection_caps import MAX_CONNECTIONS, ConnectionCaps, total_cap
+from potluck.kernel.client_address import client_of
 
 
 def test_each_address_has_its_share_and_all_share_the_total() -> None:

@@ -23,7 +23,6 @@ import structlog
 from aiohttp import web
 
 from potluck.allocator.authentication import Authenticator
-from potluck.allocator.connection_caps import client_of
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.request_bodies import within
 from potluck.allocator.schemas import HistoryEntry
@@ -37,6 +36,7 @@ from potluck.allocator.web.past import BUSY_RETRY_S, Busy, PastFolds
 from potluck.allocator.web.sessions import Session, Sessions, SessionsFull, can_keep_cookie
 from potluck.allocator.web.trace import trace_of
 from potluck.contracts.allocation_events import alloc_stream
+from potluck.kernel.client_address import client_of
 from potluck.kernel.rejections import Rejected
 
 __all__ = ["PREFIX", "is_page", "setup"]
