@@ -156,6 +156,19 @@ class FilePositions:
         self._last = position
 
 
+def dead_letter_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """What of a message's own headers its dead letter carries: none of JetStream's.
+
+    A header named `Nats-...` is an order to JetStream when published (the expected stream, last
+    sequence or message id, a rollup, a TTL, the message's id for de-duplication), and the
+    message's sender chose them all: a host can send a report whose expectations hold in the
+    reports stream and fail in the dead-letter stream. Copied onto the dead letter, the
+    dead-letter publish was refused, and the error ended the consumer (the allocator's report
+    consumer, and the allocator with it) on every redelivery. The rest (trace context, the
+    log's own Potluck-* headers) is kept for whoever looks at the dead letter."""
+    return {k: v for k, v in (headers or {}).items() if not k.lower().startswith("nats-")}
+
+
 def _position_of(item: object) -> int | None:
     return item.position if isinstance(item, LoggedEvent) else None
 
@@ -355,15 +368,12 @@ class Subscriber(Generic[T]):
         await self._settle(msg.ack)
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
-        headers = dict(msg.headers or {})
-        headers.pop(bus.H_MSG_ID, None)  # a dead letter is a message of its own
-        headers.update(
-            {
-                bus.H_DLQ_REASON: reason[:DEAD_LETTER_REASON],
-                bus.H_DLQ_SUBJECT: msg.subject,
-                bus.H_DLQ_CONSUMER: self.durable,
-            }
-        )
+        own = {
+            bus.H_DLQ_REASON: reason[:DEAD_LETTER_REASON],
+            bus.H_DLQ_SUBJECT: msg.subject,
+            bus.H_DLQ_CONSUMER: self.durable,
+        }
+        headers = {**dead_letter_headers(msg.headers), **own}
         verdict = self._dead_letter_logs.check(msg.subject, time.monotonic())
         if verdict.allowed:
             log.error(
@@ -389,6 +399,27 @@ class Subscriber(Generic[T]):
                 # The dead letter must exist before the original is terminated.
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
+            except nats.js.errors.APIError as exc:
+                if headers == own:
+                    # JetStream refuses even the bare dead letter (the stream's own limits): the
+                    # original stays unacknowledged, to come back after ack_wait, and the
+                    # consumer goes on with the next message rather than end.
+                    log.error(
+                        "subscriber.dead_letter_refused",
+                        consumer=self.durable,
+                        subject=msg.subject,
+                        error=str(exc),
+                        hint=f"look at the stream behind {self.dead_letter_subject}",
+                    )
+                    return
+                # Something in the sender's own headers: keep the dead letter with ours only.
+                log.warning(
+                    "subscriber.dead_letter_headers_dropped",
+                    consumer=self.durable,
+                    subject=msg.subject,
+                    error=str(exc),
+                )
+                headers = own
         self.dead_lettered += 1
         await self._settle(msg.term)
 
