@@ -10,13 +10,14 @@ subject ends in the host id (see subjects.py).
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from potluck.contracts.allocation_events import AllocationSpec
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.compatibility import FIRST_CONTRACT
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import PolicyCause
+from potluck.contracts.nkey import user_key_problem
 
 
 class Message(BaseModel):
@@ -129,6 +130,15 @@ class JoinRequest(Message):
 
     token: str = Field(min_length=16, max_length=256, repr=False)
     nkey: str = Field(min_length=56, max_length=56)
+
+    @field_validator("nkey")
+    @classmethod
+    def _user_key(cls, nkey: str) -> str:
+        # It goes into the NATS users file, which nats-server refuses whole for one bad key.
+        problem = user_key_problem(nkey)
+        if problem is not None:
+            raise ValueError(problem)
+        return nkey
 
 
 class Heartbeat(Message):

@@ -25,6 +25,7 @@ from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostsView
 from potluck.registry import host as aggregate
 from potluck.registry.admitted_keys import JOIN_ANSWER_WINDOW
+from potluck.registry.nats_auth import public_key_of
 from potluck.registry.repository import decide_on_host
 from potluck.registry.users_file import UsersFileKeeper
 
@@ -51,6 +52,7 @@ class JoinHandler:
                 "ask the operator to enroll with --credentials-out instead",
                 status=503,
             )
+        self._refuse_taken_key(host_id, req.nkey)
         now = await self.store.log_clock()
         outcome = await decide_on_host(
             self.store,
@@ -70,3 +72,29 @@ class JoinHandler:
         # HostJoined was logged before this reading, so its window ends before this deadline.
         self.users_file.answered(await self.store.log_clock() + JOIN_ANSWER_WINDOW)
         return {"host_id": host_id, "recorded": [type(e).type_name for e in outcome.events]}
+
+    def _refuse_taken_key(self, host_id: str, nkey: str) -> None:
+        """NKEY_TAKEN when `nkey` is a key the pool knows already: the services', any machine's
+        own (revoked and left ones too), any join token's throwaway (this one's included).
+
+        A machine makes its key pair itself, so a key that is someone's already was copied, not
+        made. nats-server refuses a users file that lists one key twice and keeps its old one
+        (every reload after fails: no new machine connects, no revoked one is cut off); and a
+        key listed under this host would let whoever holds its seed act as this host."""
+        assert self.users_file is not None  # checked by the caller
+        known = {public_key_of(seed) for seed in self.users_file.auth.service_seeds()}
+        for h in self.view.hosts.values():
+            known |= {h.join_nkey, h.spent_join_nkey}
+            # This host's own key again is a join run again after its answer was lost: the
+            # aggregate answers that one (TOKEN_SPENT), as it did before keys were checked here.
+            if h.host_id != host_id:
+                known.add(h.nkey)
+        if nkey in known:
+            log.warning("registry.join_key_taken", host_id=host_id, nkey=nkey)
+            raise Rejected(
+                "NKEY_TAKEN",
+                "this key is already known to the pool; a machine that joins makes a key pair of its "
+                "own (`potluck join` does): join with a new one",
+                field="nkey",
+                status=409,
+            )

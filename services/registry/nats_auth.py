@@ -39,7 +39,9 @@ from pathlib import Path
 from typing import Any, get_args
 
 import nkeys
+import structlog
 
+from potluck.contracts.nkey import USER_KEY_CHARS, user_key_problem
 from potluck.contracts.reports import AnyReport
 from potluck.contracts.subjects import (
     HEARTBEAT,
@@ -53,6 +55,8 @@ from potluck.contracts.subjects import (
     validate_host_id,
 )
 from potluck.events import EVENTS_STREAM
+
+log = structlog.get_logger(__name__)
 
 #: What a host may report, one subject each: the report kinds, and hostd's own dead letters
 #: (`potluck.report.<id>.dead_letter`, hostd's Subscriber). Only these, so the reports stream's
@@ -114,12 +118,49 @@ def render_authorization(
 ) -> str:
     """nats-server configuration (JSON is valid NATS config) for services, (host_id, nkey) pairs,
     and the (host_id, throwaway nkey) pairs of unspent join tokens."""
-    users: list[dict[str, Any]] = [{"nkey": key} for key in sorted(set(service_keys))]
-    for host_id, key in sorted(hosts):
-        users.append({"nkey": key, "permissions": host_permissions(validate_host_id(host_id))})
-    for host_id, key in sorted(joining):
-        users.append({"nkey": key, "permissions": join_permissions(validate_host_id(host_id))})
+    services = sorted(set(service_keys))
+    users: list[dict[str, Any]] = [{"nkey": key} for key in services]
+    held = [(h, key, host_permissions) for h, key in sorted(hosts)]
+    held += [(h, key, join_permissions) for h, key in sorted(set(joining))]
+    admissible = _admissible(set(services), held)
+    for host_id, key, permissions in held:
+        if key in admissible:
+            users.append({"nkey": key, "permissions": permissions(validate_host_id(host_id))})
     return json.dumps({"authorization": {"users": users}}, indent=2) + "\n"
+
+
+def _admissible(services: set[str], held: list[tuple[str, str, Any]]) -> set[str]:
+    """The hosts' keys the file may list: user keys, each held by one host only, none a service's.
+
+    nats-server refuses a whole users file for one key that is no user's or one listed twice,
+    and keeps the file it had: every later reload fails (no new machine connects, no revoked
+    one is cut off), and a restarted nats-server does not start. The registry refuses such
+    keys where they come in (joining.py, JoinRequest); one the log holds all the same (logged
+    before those checks) is left out here, with an error, rather than break the file. A key
+    listed twice (two hosts', or a host's and a join token's) is left out for both: which of
+    them holds its seed nobody can tell."""
+    claims: dict[str, list[str]] = {}
+    for host_id, key, _ in held:
+        claims.setdefault(key, []).append(host_id)
+    admissible: set[str] = set()
+    for key, holders in claims.items():
+        problem = user_key_problem(key)
+        if problem is None and key in services:
+            problem = "it is the services' key"
+        elif problem is None and len(holders) > 1:
+            problem = "it is listed more than once"
+        if problem is None:
+            admissible.add(key)
+        else:
+            log.error(
+                "registry.nats_key_left_out",
+                hosts=sorted(holders),
+                nkey=key[:USER_KEY_CHARS],
+                problem=problem,
+                hint="nats-server cannot load a users file with it; those hosts cannot connect "
+                "until an operator revokes them and enrolls the machines anew",
+            )
+    return admissible
 
 
 def write_authorization(path: Path, text: str) -> bool:

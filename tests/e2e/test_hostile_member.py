@@ -5,16 +5,30 @@ Postgres, registry, allocator)."""
 
 import asyncio
 import json
+import os
+import tomllib
+from datetime import datetime
 from typing import Any
 
 import nats
 import nats.errors
 import nats.js.errors
+import nkeys
 
+from potluck.contracts.join_token import JoinToken, secret_digest
+from potluck.contracts.messages import Reply
 from potluck.contracts.reports import EngineStatus
-from potluck.events import DEAD_LETTER_STREAM, REPORTS_STREAM
+from potluck.contracts.subjects import JOIN, host_subject, inbox_prefix
+from potluck.events import DEAD_LETTER_STREAM, REPORTS_STREAM, Event
 from potluck.events.bus import H_DLQ_REASON, H_DLQ_SUBJECT, dead_letter_subject
-from tests.fixtures.pool import Pool
+from potluck.localstack import NatsServer
+from potluck.member.join import admitted
+from potluck.readmodels.hosts import HostState
+from potluck.registry import host as aggregate
+from potluck.registry.enrollment import enroll_with_token, refresh_nats_authorization
+from potluck.registry.nats_auth import new_user_key, public_key_of
+from potluck.registry.repository import decide_on_host
+from tests.fixtures.pool import EnrolledHost, Pool
 
 
 def _allocator_log(pool: Pool) -> list[dict[str, Any]]:
@@ -87,3 +101,103 @@ async def test_a_poison_report_carrying_jetstreams_own_headers_is_dead_lettered_
         assert "cannot decode" in kept[subject][H_DLQ_REASON]
         # The dead letter says what the host asked of JetStream only as text, never as an order.
         assert not any(name.startswith("Nats-Expected") for name in kept[subject])
+
+
+async def _join_as(pool: Pool, token: JoinToken, nkey: str) -> Reply:
+    """Redeem `token` as a member's machine would, naming `nkey` as the machine's own key."""
+    nc = await nats.connect(
+        pool.nats.url.split(","), nkeys_seed_str=token.join_seed, inbox_prefix=inbox_prefix(token.host_id)
+    )
+    try:
+        body = json.dumps({"token": token.secret, "nkey": nkey}).encode()
+        msg = await nc.request(host_subject(JOIN, token.host_id), body, timeout=10)
+        return Reply.model_validate_json(msg.data)
+    finally:
+        await nc.close()
+
+
+async def _connects(pool: Pool, seed: str, host_id: str) -> bool:
+    """Does nats-server admit `seed`'s key now (the member's own check, potluck join's)?"""
+    return await admitted(pool.nats.url, seed, host_id)
+
+
+async def _token(pool: Pool, name: str) -> JoinToken:
+    """A join token whose throwaway key nats-server admits."""
+    token = await enroll_with_token(pool.store, name, nats_url=pool.nats.url)
+    await refresh_nats_authorization(pool.store, pool.nats.auth_file, [pool.services_seed], None)
+    pool.nats.reload()
+    await asyncio.sleep(0.3)  # the reload is asynchronous in nats-server
+    return token
+
+
+def _seed(host: EnrolledHost) -> str:
+    return str(tomllib.loads(host.credentials.read_text())["nats_seed"])
+
+
+async def test_a_join_naming_a_key_nats_cannot_admit_is_refused_and_the_users_file_stays_loadable(
+    pool: Pool,
+) -> None:
+    """Tried: with a valid join token, a member's machine asks to join naming as its own key
+    (a) 56 characters that are no NATS user key, (b) an account's key, (c) the services' public
+    key, (d) the public key of a machine already in the pool, (e) the token's own throwaway
+    key. Before: the registry recorded each as the host's key and wrote it into the NATS users
+    file, which nats-server then refused to load (`Not a valid public nkey for a user`,
+    `Duplicate nkey`): every later reload failed, so no machine enrolled afterwards could
+    connect and no revoked one was cut off, and a restarted nats-server would not start at
+    all. Must hold: each join is refused with a code that says why, nothing is recorded, the
+    token stays unspent, and afterwards a machine enrolled later connects (its key reached
+    nats-server through a reload) and the same token joins with a key of the machine's own."""
+    other = await pool.enroll("laptop-a")
+    token = await _token(pool, "laptop-b")
+    account = nkeys.from_seed(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT))
+    bad_keys = {
+        "not a key": "U" + "A" * 55,
+        "an account's key": account.public_key.decode(),
+        "the services' key": public_key_of(pool.services_seed),
+        "another machine's key": public_key_of(_seed(other)),
+        "the token's own throwaway key": public_key_of(token.join_seed),
+    }
+    for what, bad in bad_keys.items():
+        reply = await _join_as(pool, token, bad)
+        assert not reply.ok, (what, reply)
+        assert reply.error is not None
+        assert reply.error["code"] in ("BAD_REQUEST", "NKEY_TAKEN"), (what, reply.error)
+        state = (await pool.hosts()).hosts[token.host_id]
+        assert state.nkey == "", (what, state)
+        assert state.join_nkey, f"{what}: the token is still unspent"
+    later = await pool.enroll("laptop-later")
+    assert await _connects(pool, _seed(later), later.host_id), pool.logs()
+    own = new_user_key()
+    reply = await _join_as(pool, token, own.public)
+    assert reply.ok, reply
+    assert await _connects(pool, own.seed, token.host_id), pool.logs()
+
+
+async def _record_join(pool: Pool, token: JoinToken, nkey: str, now: datetime) -> None:
+    """HostJoined naming `nkey`, decided by the aggregate as a registry without the checks did."""
+    digest = secret_digest(token.secret)
+
+    def decide(state: HostState | None) -> list[Event]:
+        return aggregate.join(state, token.host_id, token_sha256=digest, nkey=nkey, now=now)
+
+    await decide_on_host(pool.store, token.host_id, decide, {"actor": "test"})
+
+
+async def test_a_key_nats_cannot_admit_already_in_the_log_is_left_out_of_the_users_file(pool: Pool) -> None:
+    """Tried: the log already holds HostJoined events naming keys nats-server cannot load (one
+    that is no user key, one that is another machine's), as a registry from before the join's
+    checks recorded them. Must hold: every render leaves those keys out and says so, so the
+    file still loads and every reload goes through: a machine enrolled afterwards connects. A
+    key two hosts claim is left out for both (the file cannot say which of them holds its
+    seed): its first holder is cut off until an operator sorts it out, never shared."""
+    other = await pool.enroll("laptop-a")
+    now = await pool.store.log_clock()
+    for name, bad in (("laptop-b", "U" + "A" * 55), ("laptop-c", public_key_of(_seed(other)))):
+        token = await enroll_with_token(pool.store, name, nats_url=pool.nats.url)
+        await _record_join(pool, token, bad, now)
+    later = await pool.enroll("laptop-later")
+    assert await _connects(pool, _seed(later), later.host_id), pool.logs()
+    assert not await _connects(pool, _seed(other), other.host_id)
+    assert isinstance(pool.nats, NatsServer)
+    nats_log = pool.nats.log_tail(10_000)
+    assert "Failed to reload server configuration" not in nats_log, nats_log
