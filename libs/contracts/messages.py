@@ -33,14 +33,23 @@ class RecordedMessage(Message):
 
     @model_validator(mode="after")
     def _storable_text(self) -> Self:
-        for name, value in self:
-            problem = _unstorable(value)
-            if problem is not None:
-                raise ValueError(f"{name}: {problem}")
+        problem = unstorable_field(self)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
 
-def _unstorable(value: Any) -> str | None:
+def unstorable_field(model: BaseModel) -> str | None:
+    """The first field of `model` holding text the log cannot store, and why ("detail: holds a
+    NUL character"); None when the log can store all of it."""
+    for name, value in model:
+        problem = unstorable_text(value)
+        if problem is not None:
+            return f"{name}: {problem}"
+    return None
+
+
+def unstorable_text(value: Any) -> str | None:
     """What in `value` (a text, or texts in lists, dicts and models) the log cannot store."""
     if isinstance(value, str):
         if "\x00" in value:
@@ -60,7 +69,7 @@ def _unstorable(value: Any) -> str | None:
     else:
         return None
     for item in items:
-        problem = _unstorable(item)
+        problem = unstorable_text(item)
         if problem is not None:
             return problem
     return None

@@ -30,7 +30,7 @@ from potluck.allocator.model import passed_over
 from potluck.allocator.placement_traces import placement_traces
 from potluck.allocator.pool_registry import PoolRegistry
 from potluck.contracts.allocation_events import alloc_stream
-from potluck.contracts.messages import DesiredAllocation, DesiredState, Reply
+from potluck.contracts.messages import DesiredAllocation, DesiredState, Reply, unstorable_field
 from potluck.contracts.reports import ActualState, AnyReport, EngineStatus, ImagesHeld, UsageSampled
 from potluck.contracts.subjects import ALLOCATOR_STATE, DESIRED, IMAGE_TOKEN, host_of, inbox_prefix
 from potluck.events import (
@@ -118,7 +118,16 @@ def report_decoder(msg: Msg) -> tuple[str, AnyReport]:
     parts = msg.subject.split(".")
     if len(parts) != 4:
         raise PoisonMessage(f"unexpected report subject {msg.subject}")
-    return parts[2], _reports.validate_json(msg.data)
+    report = _reports.validate_json(msg.data)
+    # A report's texts become facts in the log (a failure's detail, a container's id, the
+    # images held), and valid JSON can hold what Postgres' JSON cannot (`\u0000`, a lone
+    # surrogate). Refused here, such a report is a dead letter at once; taken, each failed its
+    # append three times over (a database error, a traceback, backoff) before it was, and a
+    # host sending them in a loop kept the pool's one report consumer on its own messages.
+    problem = unstorable_field(report)
+    if problem is not None:
+        raise PoisonMessage(f"{report.kind} report from {parts[2]}: {problem}")
+    return parts[2], report
 
 
 class AllocatorService:

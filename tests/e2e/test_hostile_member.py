@@ -201,3 +201,59 @@ async def test_a_key_nats_cannot_admit_already_in_the_log_is_left_out_of_the_use
     assert isinstance(pool.nats, NatsServer)
     nats_log = pool.nats.log_tail(10_000)
     assert "Failed to reload server configuration" not in nats_log, nats_log
+
+
+async def test_reports_holding_text_the_log_cannot_store_are_refused_at_once_as_dead_letters(
+    pool: Pool,
+) -> None:
+    """Tried: host B reports images, an engine, and a failure whose texts hold what Postgres'
+    JSON cannot store (a NUL, a lone surrogate), valid JSON all of them. Before: the allocator
+    took each for a report, failed to log its fact three times over (a database error, with a
+    traceback in its log each time, and backoff between), and only then dead-lettered it: a
+    host sending them in a loop kept the one report consumer of the pool busy on its own
+    messages. Must hold: each is dead-lettered at once, its reason naming the field and what
+    is wrong with it (the lone surrogate already fails as JSON); the allocator logs no
+    handler failure for them, and host A's report sent afterwards is read."""
+    a = await pool.enroll("laptop-a")
+    b = await pool.enroll("laptop-b")
+    services = await pool.client()
+    js = services.jetstream()
+    as_a = await pool.client(a)
+    as_b = await pool.client(b)
+    dlq = dead_letter_subject("allocator-reports")
+    sent = {
+        f"potluck.report.{b.host_id}.images": b'{"kind":"images","images":["docker.io/library/a:\\u0000"]}',
+        f"potluck.report.{b.host_id}.engine": b'{"kind":"engine","available":true,"detail":"x\\ud800"}',
+        f"potluck.report.{b.host_id}.failed": (
+            b'{"kind":"failed","alloc_id":"a-1","reason":"start_failed","detail":"\\u0000"}'
+        ),
+    }
+    for subject, data in sent.items():
+        await as_b.jetstream().publish(subject, data)
+
+    async def dead_lettered() -> bool:
+        info = await js.stream_info(DEAD_LETTER_STREAM, subjects_filter=dlq)
+        return (info.state.subjects or {}).get(dlq, 0) >= len(sent)
+
+    await _wait(dead_lettered, "B's three reports dead-lettered", pool)
+    mark = EngineStatus(available=True, detail="engine of A after B's texts").model_dump_json().encode()
+    await as_a.jetstream().publish(f"potluck.report.{a.host_id}.engine", mark)
+
+    async def a_logged() -> bool:
+        return any(e.get("detail") == "engine of A after B's texts" for e in _allocator_log(pool))
+
+    await _wait(a_logged, "A's engine report in the allocator's log", pool)
+    reasons = {}
+    info = await js.stream_info(DEAD_LETTER_STREAM)
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(DEAD_LETTER_STREAM, seq=seq)
+        if msg.subject == dlq and msg.headers is not None:
+            reasons[msg.headers[H_DLQ_SUBJECT]] = msg.headers[H_DLQ_REASON]
+    assert set(sent) <= set(reasons), reasons
+    assert "images" in reasons[f"potluck.report.{b.host_id}.images"]
+    assert "NUL" in reasons[f"potluck.report.{b.host_id}.images"]
+    # A lone surrogate is not even JSON to the report's parser.
+    assert "Invalid JSON" in reasons[f"potluck.report.{b.host_id}.engine"]
+    assert "NUL" in reasons[f"potluck.report.{b.host_id}.failed"]
+    failures = [e for e in _allocator_log(pool) if e.get("event") == "subscriber.handler_failed"]
+    assert failures == [], failures
