@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from potluck.contracts.allocation_events import AllocationSpec
-from potluck.contracts.capacity import Capacity
+from potluck.contracts.capacity import Capacity, donation_problem
 from potluck.contracts.compatibility import FIRST_CONTRACT
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import PolicyCause
@@ -95,6 +95,13 @@ class RegisterHost(RecordedMessage):
     ssh_host_key: str = Field(default="", max_length=16_384)
     #: The contract hostd speaks (potluck.contracts.compatibility); hostds from before it spoke the first.
     contract: int = Field(default=FIRST_CONTRACT, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _donation_bounded(self) -> Self:
+        problem = donation_problem(self.donated)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _engine_facts_bounded(self) -> Self:

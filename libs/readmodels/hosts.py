@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-from potluck.contracts.capacity import Capacity
+from potluck.contracts.capacity import Capacity, bounded_donation
 from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
@@ -172,7 +172,7 @@ def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
             return changed(
                 state,
                 registered=True,
-                donated=event.donated,
+                donated=bounded_donation(event.donated),
                 labels=dict(event.labels),
                 allowed_images=tuple(event.allowed_images),
                 allow_network=event.allow_network,

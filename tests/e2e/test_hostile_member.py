@@ -10,18 +10,24 @@ import tomllib
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 import nats
 import nats.errors
 import nats.js.errors
 import nkeys
+from nats.aio.client import Client as NATS
 
+from potluck.contracts.capacity import MAX_DONATED_BYTES
+from potluck.contracts.compatibility import CONTRACT_VERSION
+from potluck.contracts.host_events import HostRegistered, host_stream
 from potluck.contracts.join_token import JoinToken, secret_digest
-from potluck.contracts.messages import Reply
+from potluck.contracts.messages import Heartbeat, Reply
 from potluck.contracts.reports import EngineStatus
-from potluck.contracts.subjects import JOIN, host_subject, inbox_prefix
+from potluck.contracts.subjects import HEARTBEAT, JOIN, REGISTER, host_subject, inbox_prefix
 from potluck.events import DEAD_LETTER_STREAM, REPORTS_STREAM, Event
 from potluck.events.bus import H_DLQ_REASON, H_DLQ_SUBJECT, dead_letter_subject
 from potluck.localstack import NatsServer
+from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.member.join import admitted
 from potluck.readmodels.hosts import HostState
 from potluck.registry import host as aggregate
@@ -257,3 +263,79 @@ async def test_reports_holding_text_the_log_cannot_store_are_refused_at_once_as_
     assert "NUL" in reasons[f"potluck.report.{b.host_id}.failed"]
     failures = [e for e in _allocator_log(pool) if e.get("event") == "subscriber.handler_failed"]
     assert failures == [], failures
+
+
+def _registration(name: str, memory_bytes: int, disk_bytes: int) -> dict[str, Any]:
+    """A registration as a hostd of this version sends it, with the donation given."""
+    return {
+        "donated": {"cpus": 2, "memory_bytes": memory_bytes, "disk_bytes": disk_bytes},
+        "labels": {"name": name},
+        "allowed_images": ["*"],
+        "engine": {
+            "version": "27.0",
+            "cgroup_version": "2",
+            "storage_driver": "overlay2",
+            "disk_quota_supported": False,
+        },
+        "hostd_version": "test",
+        "contract": CONTRACT_VERSION,
+    }
+
+
+async def _beat(nc: NATS, host_id: str) -> None:
+    """The host's heartbeats, as hostd sends them, until cancelled."""
+    while True:
+        await nc.publish(host_subject(HEARTBEAT, host_id), Heartbeat().model_dump_json().encode())
+        await asyncio.sleep(0.2)
+
+
+async def test_a_donation_past_any_machine_is_refused_and_one_already_logged_breaks_no_placement(
+    pool: Pool,
+) -> None:
+    """Tried: host B registers donating 10**400 bytes of memory (and then of disk). Then a
+    registration like it is put in the log directly, as a registry from before the bound
+    recorded it, while B beats. Before: the registry recorded it, and the allocator's
+    scheduler turned the bytes into a float for its score: every user's request for an
+    allocation failed with INTERNAL (OverflowError), anywhere in the pool, as did the pool's
+    web page. Must hold: each registration is refused with BAD_REQUEST naming the field and
+    the bound, and records nothing; with the old registration in the log, the allocator reads
+    it as the most a host may donate: a user's request is placed, and the pool's API and web
+    page answer."""
+    b = await pool.enroll("laptop-b")
+    token = await pool.add_user("ann")
+    as_b = await pool.client(b)
+    head = await pool.store.head_position()
+    for field, body in (
+        ("memory_bytes", _registration("laptop-b", 10**400, 1 << 34)),
+        ("disk_bytes", _registration("laptop-b", 1 << 34, 10**400)),
+    ):
+        msg = await as_b.request(f"{REGISTER}.{b.host_id}", json.dumps(body).encode(), timeout=10)
+        reply = Reply.model_validate_json(msg.data)
+        assert not reply.ok, reply
+        assert reply.error is not None
+        assert reply.error["code"] == "BAD_REQUEST", reply.error
+        assert f"donated.{field}: at most {MAX_DONATED_BYTES} bytes" in reply.error["message"], reply.error
+    assert await pool.store.stream_version(host_stream(b.host_id)) == 1  # HostEnrolled only
+    assert [e for e in await pool.store.read_all(head) if e.stream == host_stream(b.host_id)] == []
+
+    old = HostRegistered.model_validate({**_registration("laptop-b", 10**400, 10**400), "host_id": b.host_id})
+    await pool.store.append(host_stream(b.host_id), [old], metadata={"actor": "test"})
+    beats = asyncio.create_task(_beat(as_b, b.host_id))
+    try:
+        await pool.wait_for_host(b.host_id, "active")
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            body = {"cpus": 0.5, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG, "command": ["true"]}
+            async with http.post(f"{pool.api}/v1/allocations", json=body) as response:
+                created = await response.json()
+                assert response.status in (201, 202), created
+            async with http.get(f"{pool.api}/v1/pool") as response:
+                listed = await response.json()
+                assert response.status == 200, listed
+            [row] = [h for h in listed["hosts"] if h["host_id"] == b.host_id]
+            assert row["donated"]["memory"] == MAX_DONATED_BYTES, row
+            async with http.get(f"{pool.api}/") as response:
+                assert response.status == 200, await response.text()
+    finally:
+        beats.cancel()
+    assert pool.processes["allocator"].running(), pool.logs()
