@@ -22,7 +22,16 @@ from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.host_events import HostRegistered, host_stream
 from potluck.contracts.join_token import JoinToken, secret_digest
 from potluck.contracts.messages import Heartbeat, Reply
-from potluck.contracts.reports import EngineStatus
+from potluck.contracts.reports import (
+    ActualState,
+    ContainerExited,
+    ContainerFailed,
+    ContainerPulling,
+    ContainerStarted,
+    ContainerStatus,
+    EngineStatus,
+    Report,
+)
 from potluck.contracts.subjects import HEARTBEAT, JOIN, REGISTER, host_subject, inbox_prefix
 from potluck.events import DEAD_LETTER_STREAM, REPORTS_STREAM, Event
 from potluck.events.bus import H_DLQ_REASON, H_DLQ_SUBJECT, dead_letter_subject
@@ -34,7 +43,7 @@ from potluck.registry import host as aggregate
 from potluck.registry.enrollment import enroll_with_token, refresh_nats_authorization
 from potluck.registry.nats_auth import new_user_key, public_key_of
 from potluck.registry.repository import decide_on_host
-from tests.fixtures.pool import EnrolledHost, Pool
+from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 
 
 def _allocator_log(pool: Pool) -> list[dict[str, Any]]:
@@ -339,3 +348,73 @@ async def test_a_donation_past_any_machine_is_refused_and_one_already_logged_bre
     finally:
         beats.cancel()
     assert pool.processes["allocator"].running(), pool.logs()
+
+
+async def test_a_host_reporting_on_another_hosts_allocation_changes_nothing_and_is_told_apart(
+    pool: Pool,
+) -> None:
+    """Tried: an allocation is placed on host B; host A, with its own credentials, reports it
+    started, pulling, exited with code 0, failed, and, in its state report, as one of its own
+    stopped containers; and reports on an allocation that never was. Must hold: B's allocation
+    stays as placed (its version does not move: no fact of A's making reaches it), each of A's
+    reports on it is a dead letter whose reason says it is not placed on A, the unknown one's
+    says so, and B's own report afterwards is taken (the allocation runs)."""
+    a = await pool.enroll("laptop-a")
+    b = await pool.enroll("laptop-b")
+    alloc_id = "a-of-b"
+    await place(pool.store, b.host_id, alloc_id, spec())
+    before = await allocation(pool.store, alloc_id)
+    assert before is not None
+    as_a = await pool.client(a)
+    as_b = await pool.client(b)
+    services = await pool.client()
+    js = services.jetstream()
+    dlq = dead_letter_subject("allocator-reports")
+    start = (await js.stream_info(DEAD_LETTER_STREAM)).state.last_seq
+    forged: dict[str, Report] = {
+        "started": ContainerStarted(alloc_id=alloc_id, container_id="c-a"),
+        "pulling": ContainerPulling(alloc_id=alloc_id, image=DEFAULT_TAG, done_bytes=1, total_bytes=2),
+        "exited": ContainerExited(alloc_id=alloc_id, container_id="c-a", exit_code=0, oom_killed=False),
+        "failed": ContainerFailed(alloc_id=alloc_id, reason="start_failed", detail="forged"),
+        "dead_letter": ContainerExited(alloc_id="never-was", container_id="c", exit_code=1, oom_killed=False),
+    }
+    for subject_kind, report in forged.items():
+        await as_a.jetstream().publish(
+            f"potluck.report.{a.host_id}.{subject_kind}", report.model_dump_json().encode()
+        )
+    state = ActualState(
+        as_of_position=await pool.store.head_position(),
+        containers=[ContainerStatus(alloc_id=alloc_id, container_id="c-a", running=False, exit_code=0)],
+    )
+    await as_a.jetstream().publish(f"potluck.report.{a.host_id}.state", state.model_dump_json().encode())
+
+    async def reasons() -> list[str]:
+        info = await js.stream_info(DEAD_LETTER_STREAM)
+        found = []
+        for seq in range(start + 1, info.state.last_seq + 1):
+            msg = await js.get_msg(DEAD_LETTER_STREAM, seq=seq)
+            if msg.subject == dlq and msg.headers is not None:
+                found.append(msg.headers[H_DLQ_REASON])
+        return found
+
+    async def all_refused() -> bool:
+        return len(await reasons()) >= len(forged)
+
+    await _wait(all_refused, "A's reports on B's allocation dead-lettered", pool)
+    said = await reasons()
+    not_placed = f"host {a.host_id} reported on allocation {alloc_id}, which is not placed there"
+    assert sum(not_placed in r for r in said) == len(forged) - 1, said
+    assert any(f"host {a.host_id} reported on unknown allocation never-was" in r for r in said), said
+    # The state report names no allocation of A's: it decides nothing (and is no dead letter).
+    after = await allocation(pool.store, alloc_id)
+    assert after is not None
+    assert (after.status, after.version, after.host_id) == (before.status, before.version, b.host_id)
+
+    own = ContainerStarted(alloc_id=alloc_id, container_id="c-b")
+    await as_b.jetstream().publish(f"potluck.report.{b.host_id}.started", own.model_dump_json().encode())
+
+    async def running() -> bool:
+        now = await allocation(pool.store, alloc_id)
+        return now is not None and now.status == "running"
+
+    await _wait(running, "B's own report taken", pool)
