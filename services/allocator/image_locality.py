@@ -8,6 +8,8 @@ concurrent replica's append makes ours fail with WrongExpectedVersion and
 so a redelivered report is logged once.
 """
 
+from collections.abc import Callable
+
 import structlog
 
 from potluck.contracts.host_images import HostImagesReported, images_stream
@@ -39,12 +41,21 @@ async def last_reported(store: EventStore, host_id: str) -> tuple[frozenset[str]
     return None, version
 
 
-async def record_images_held(store: EventStore, host_id: str, report: ImagesHeld) -> None:
+async def record_images_held(
+    store: EventStore, host_id: str, report: ImagesHeld, admit: Callable[[], bool] = lambda: True
+) -> bool:
+    """Log the report's set when it differs from the last one logged and `admit()` says so (the
+    allocator's rate per host); False when it differed and `admit()` held it back."""
     images = sorted(set(report.images))
+    held_back = False
 
     async def attempt() -> None:
+        nonlocal held_back
         last, version = await last_reported(store, host_id)
         if last is not None and last == frozenset(images):
+            return
+        held_back = not admit()
+        if held_back:
             return
         event = HostImagesReported(host_id=host_id, images=images)
         append = StreamAppend(
@@ -61,3 +72,4 @@ async def record_images_held(store: EventStore, host_id: str, report: ImagesHeld
         log.info("allocator.host_images", host_id=host_id, images=len(images))
 
     await decide_and_append(attempt)
+    return not held_back

@@ -59,6 +59,11 @@ _reports: TypeAdapter[AnyReport] = TypeAdapter(AnyReport)
 #: Engine reports logged per host: hostd reports its engine when it comes or goes, so a host
 #: past this is in a loop (or hostile), and its reports, still read, are logged sparingly.
 ENGINE_LOG_RATE = RatePolicy(per_s=0.1, burst=10)
+#: Image sets logged per host (HostImagesReported, up to 48 KB each): hostd reports its images
+#: after each registration and when they change, so a host past this is in a loop (or hostile);
+#: what comes faster is held back, each set superseding the one before, and logged at the
+#: host's next report the rate allows. Without it a host in a loop could fill the log's disk.
+IMAGES_RECORD_RATE = RatePolicy(per_s=0.2, burst=20)
 #: How long the API keeps a connection that has no request under way: from its opening or its
 #: last answer, whether silent or sending a request's head a byte at a time (aiohttp's own
 #: default is an hour, which let slow clients hold connections and their memory at no cost).
@@ -151,6 +156,9 @@ class AllocatorService:
         #: Reports dropped per host because the host left or was revoked before they were read.
         self.dropped_from_gone: dict[str, int] = {}
         self.engine_logs = KeyRates(ENGINE_LOG_RATE)
+        self.image_records = KeyRates(IMAGES_RECORD_RATE)
+        #: Per host, the latest image set the rate held back, logged at its next report.
+        self.held_back_images: dict[str, ImagesHeld] = {}
 
     async def run(self, *extra: Callable[[], Awaitable[None]]) -> None:
         await ensure_streams(self.nc.jetstream())
@@ -227,13 +235,16 @@ class AllocatorService:
         host_id, report = item
         if self._from_gone_host(host_id, report):
             return
+        if isinstance(report, ImagesHeld):
+            await self._record_images(host_id, report)
+            return
+        held = self.held_back_images.get(host_id)
+        if held is not None:
+            await self._record_images(host_id, held)
         if isinstance(report, UsageSampled):
             return  # metrics, not facts
         if isinstance(report, EngineStatus):
             self._log_engine(host_id, report)
-            return
-        if isinstance(report, ImagesHeld):
-            await record_images_held(self.store, host_id, report)
             return
 
         async def attempt() -> None:
@@ -253,6 +264,28 @@ class AllocatorService:
             await decide_and_append(attempt)
         except ValidationError as exc:
             raise PoisonMessage(str(exc)) from exc
+
+    async def _record_images(self, host_id: str, report: ImagesHeld) -> None:
+        """Log the host's image set within IMAGES_RECORD_RATE; one past it is held back until
+        the host's next report the rate allows, superseded by any later set meanwhile."""
+
+        def admit() -> bool:
+            verdict = self.image_records.check(host_id, time.monotonic())
+            if not verdict.allowed and verdict.log:
+                log.warning(
+                    "allocator.host_images_held_back",
+                    host_id=host_id,
+                    held_back_in_a_row=verdict.streak,
+                    hint="a hostd reports a new image set only when its engine's images change: "
+                    "look at that host; its latest set is logged once it reports slower",
+                )
+            return verdict.allowed
+
+        # `report` is the held-back set itself or a later one: either way nothing older waits.
+        if await record_images_held(self.store, host_id, report, admit):
+            self.held_back_images.pop(host_id, None)
+        else:
+            self.held_back_images[host_id] = report
 
     def _log_engine(self, host_id: str, report: EngineStatus) -> None:
         verdict = self.engine_logs.check(host_id, time.monotonic())

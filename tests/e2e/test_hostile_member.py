@@ -17,9 +17,12 @@ import nats.js.errors
 import nkeys
 from nats.aio.client import Client as NATS
 
+from potluck.allocator.image_locality import last_reported
+from potluck.allocator.service import IMAGES_RECORD_RATE
 from potluck.contracts.capacity import MAX_DONATED_BYTES
 from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.host_events import HostRegistered, host_stream
+from potluck.contracts.host_images import images_stream
 from potluck.contracts.join_token import JoinToken, secret_digest
 from potluck.contracts.messages import Heartbeat, Reply
 from potluck.contracts.reports import (
@@ -30,7 +33,9 @@ from potluck.contracts.reports import (
     ContainerStarted,
     ContainerStatus,
     EngineStatus,
+    ImagesHeld,
     Report,
+    UsageSampled,
 )
 from potluck.contracts.subjects import HEARTBEAT, JOIN, REGISTER, host_subject, inbox_prefix
 from potluck.events import DEAD_LETTER_STREAM, REPORTS_STREAM, Event
@@ -418,3 +423,45 @@ async def test_a_host_reporting_on_another_hosts_allocation_changes_nothing_and_
         return now is not None and now.status == "running"
 
     await _wait(running, "B's own report taken", pool)
+
+
+async def test_a_host_changing_its_images_in_a_loop_logs_a_bounded_number_of_facts(pool: Pool) -> None:
+    """Tried: host A reports 60 image sets in a row, each different from the one before (as if
+    its engine's images changed 60 times in a moment), then, after a pause, a usage report.
+    Before: each set became a HostImagesReported in the log (up to 48 KB each, with no bound
+    on how many): a host in a loop could fill the database's disk. Must hold: at most
+    IMAGES_RECORD_RATE's burst of them are logged from the loop, the allocator says it held
+    the rest back, B's report sent after the loop is read, and A's last set is the one the
+    log holds once A reports again after the pause (a set held back is superseded, not lost)."""
+    a = await pool.enroll("laptop-a")
+    b = await pool.enroll("laptop-b")
+    as_a = await pool.client(a)
+    as_b = await pool.client(b)
+    sets = 60
+    for n in range(sets):
+        images = ImagesHeld(images=[f"docker.io/library/loop:{n}", f"docker.io/library/other:{n % 2}"])
+        await as_a.jetstream().publish(
+            f"potluck.report.{a.host_id}.images", images.model_dump_json().encode()
+        )
+    mark = EngineStatus(available=True, detail="engine of B after A's images").model_dump_json().encode()
+    await as_b.jetstream().publish(f"potluck.report.{b.host_id}.engine", mark)
+
+    async def b_logged() -> bool:
+        return any(e.get("detail") == "engine of B after A's images" for e in _allocator_log(pool))
+
+    await _wait(b_logged, "B's engine report in the allocator's log", pool)
+    logged = await pool.store.stream_version(images_stream(a.host_id))
+    assert 1 <= logged <= IMAGES_RECORD_RATE.burst + 1, logged
+    assert any(e.get("event") == "allocator.host_images_held_back" for e in _allocator_log(pool))
+
+    await asyncio.sleep(1 / IMAGES_RECORD_RATE.per_s + 0.5)
+    usage = UsageSampled(samples=[]).model_dump_json().encode()
+    await as_a.jetstream().publish(f"potluck.report.{a.host_id}.usage", usage)
+    last = frozenset({f"docker.io/library/loop:{sets - 1}", f"docker.io/library/other:{(sets - 1) % 2}"})
+
+    async def last_set_logged() -> bool:
+        held, _ = await last_reported(pool.store, a.host_id)
+        return held == last
+
+    await _wait(last_set_logged, "A's last image set in the log", pool)
+    assert await pool.store.stream_version(images_stream(a.host_id)) == logged + 1
