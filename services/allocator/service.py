@@ -29,7 +29,7 @@ from potluck.allocator.live_state import state_responder
 from potluck.allocator.model import passed_over
 from potluck.allocator.placement_traces import placement_traces
 from potluck.allocator.pool_registry import PoolRegistry
-from potluck.contracts.allocation_events import alloc_stream
+from potluck.contracts.allocation_events import AllocationRestarted, alloc_stream
 from potluck.contracts.messages import DesiredAllocation, DesiredState, Reply, unstorable_field
 from potluck.contracts.reports import ActualState, AnyReport, EngineStatus, ImagesHeld, UsageSampled
 from potluck.contracts.subjects import ALLOCATOR_STATE, DESIRED, IMAGE_TOKEN, host_of, inbox_prefix
@@ -64,6 +64,10 @@ ENGINE_LOG_RATE = RatePolicy(per_s=0.1, burst=10)
 #: what comes faster is held back, each set superseding the one before, and logged at the
 #: host's next report the rate allows. Without it a host in a loop could fill the log's disk.
 IMAGES_RECORD_RATE = RatePolicy(per_s=0.2, burst=20)
+#: Restarts logged per allocation (AllocationRestarted): hostd starts a container again at most
+#: 5 times in 10 minutes (its RestartBudget), so twice that is never reached but by a host in a
+#: loop (or hostile), whose restarts past it are dropped: they change only the history.
+RESTARTS_RECORD_RATE = RatePolicy(per_s=10 / 600, burst=10)
 #: How long the API keeps a connection that has no request under way: from its opening or its
 #: last answer, whether silent or sending a request's head a byte at a time (aiohttp's own
 #: default is an hour, which let slow clients hold connections and their memory at no cost).
@@ -157,6 +161,7 @@ class AllocatorService:
         self.dropped_from_gone: dict[str, int] = {}
         self.engine_logs = KeyRates(ENGINE_LOG_RATE)
         self.image_records = KeyRates(IMAGES_RECORD_RATE)
+        self.restart_records = KeyRates(RESTARTS_RECORD_RATE)
         #: Per host, the latest image set the rate held back, logged at its next report.
         self.held_back_images: dict[str, ImagesHeld] = {}
 
@@ -257,7 +262,7 @@ class AllocatorService:
                 decisions = decide_actual_state(states, host_id, report)
             else:
                 decision = decide(await load_allocation(self.store, report.alloc_id), host_id, report)
-                decisions = [decision] if decision else []
+                decisions = [decision] if decision and not self._restart_dropped(host_id, decision) else []
             await append_decisions(self.store, decisions, report.report_id)
 
         try:
@@ -286,6 +291,22 @@ class AllocatorService:
             self.held_back_images.pop(host_id, None)
         else:
             self.held_back_images[host_id] = report
+
+    def _restart_dropped(self, host_id: str, decision: Decision) -> bool:
+        """Is `decision` a restart past RESTARTS_RECORD_RATE for its allocation? Then it is
+        dropped (it changes only the history), counted and logged sparingly."""
+        if not any(isinstance(e, AllocationRestarted) for e in decision.alloc_events):
+            return False
+        verdict = self.restart_records.check(decision.alloc_id, time.monotonic())
+        if not verdict.allowed and verdict.log:
+            log.warning(
+                "allocator.host_restarts_dropped",
+                host_id=host_id,
+                alloc_id=decision.alloc_id,
+                dropped_in_a_row=verdict.streak,
+                hint="hostd restarts a container at most 5 times in 10 minutes: look at that host",
+            )
+        return not verdict.allowed
 
     def _log_engine(self, host_id: str, report: EngineStatus) -> None:
         verdict = self.engine_logs.check(host_id, time.monotonic())

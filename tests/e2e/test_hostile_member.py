@@ -18,7 +18,8 @@ import nkeys
 from nats.aio.client import Client as NATS
 
 from potluck.allocator.image_locality import last_reported
-from potluck.allocator.service import IMAGES_RECORD_RATE
+from potluck.allocator.service import IMAGES_RECORD_RATE, RESTARTS_RECORD_RATE
+from potluck.contracts.allocation_events import alloc_stream
 from potluck.contracts.capacity import MAX_DONATED_BYTES
 from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.host_events import HostRegistered, host_stream
@@ -34,6 +35,7 @@ from potluck.contracts.reports import (
     ContainerStatus,
     EngineStatus,
     ImagesHeld,
+    PreviousExit,
     Report,
     UsageSampled,
 )
@@ -465,3 +467,39 @@ async def test_a_host_changing_its_images_in_a_loop_logs_a_bounded_number_of_fac
 
     await _wait(last_set_logged, "A's last image set in the log", pool)
     assert await pool.store.stream_version(images_stream(a.host_id)) == logged + 1
+
+
+async def test_a_host_reporting_restarts_in_a_loop_logs_no_more_than_hostds_budget_allows(pool: Pool) -> None:
+    """Tried: an allocation placed on host A runs; A then reports, 50 times in a row, that it
+    started the allocation's container again after it stopped. Before: each report became an
+    AllocationRestarted in the log (with no bound: a host in a loop could grow the log, and
+    the allocation's history its user reads, without end). Must hold: at most
+    RESTARTS_RECORD_RATE's burst of them are logged (hostd's own restart budget is far
+    below it), the allocator says it dropped the rest, and A's report that the container
+    exited is still taken afterwards."""
+    a = await pool.enroll("laptop-a")
+    as_a = await pool.client(a)
+    alloc_id = "a-restarts"
+    await place(pool.store, a.host_id, alloc_id, spec())
+    started = ContainerStarted(alloc_id=alloc_id, container_id="c-a")
+    await as_a.jetstream().publish(f"potluck.report.{a.host_id}.started", started.model_dump_json().encode())
+
+    async def status_is(status: str) -> bool:
+        now = await allocation(pool.store, alloc_id)
+        return now is not None and now.status == status
+
+    await _wait(lambda: status_is("running"), "the allocation running", pool)
+    for _ in range(50):
+        again = ContainerStarted(
+            alloc_id=alloc_id, container_id="c-a", restarted_after=PreviousExit(exit_code=137)
+        )
+        await as_a.jetstream().publish(
+            f"potluck.report.{a.host_id}.started", again.model_dump_json().encode()
+        )
+    exited = ContainerExited(alloc_id=alloc_id, container_id="c-a", exit_code=3, oom_killed=False)
+    await as_a.jetstream().publish(f"potluck.report.{a.host_id}.exited", exited.model_dump_json().encode())
+    await _wait(lambda: status_is("exited"), "the allocation exited", pool)
+    records = await pool.store.read_stream(alloc_stream(alloc_id))
+    restarts = [r for r in records if r.type == "AllocationRestarted"]
+    assert 1 <= len(restarts) <= RESTARTS_RECORD_RATE.burst, len(restarts)
+    assert any(e.get("event") == "allocator.host_restarts_dropped" for e in _allocator_log(pool))
