@@ -19,7 +19,7 @@ from potluck.contracts.log_tail import (
 from potluck.contracts.subjects import LOG_TAIL
 from potluck.hostd.exec_stream import FRAME_HEADER
 from potluck.hostd.log_tail import parse_entries
-from potluck.registry.nats_auth import host_permissions, render_authorization
+from potluck.registry.nats_auth import host_permissions, new_user_key, render_authorization
 
 
 def _at(n: int) -> str:
@@ -139,7 +139,8 @@ def test_only_the_host_itself_hears_its_log_requests_and_no_host_asks() -> None:
     for perms in (a, b):
         assert not any(s.startswith(LOG_TAIL) or s in (">", "potluck.>") for s in perms["publish"]["allow"])
         assert perms["allow_responses"]["max"] == 1
-    rendered = json.loads(render_authorization([], [("host-a", "UKEY")]))
+    # A real user key: one nats-server could not load is left out of the file (nats_auth).
+    rendered = json.loads(render_authorization([], [("host-a", new_user_key().public)]))
     assert rendered["authorization"]["users"][0]["permissions"]["allow_responses"] == {
         "max": 1,
         "expires": "30s",
