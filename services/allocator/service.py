@@ -68,6 +68,12 @@ IMAGES_RECORD_RATE = RatePolicy(per_s=0.2, burst=20)
 #: 5 times in 10 minutes (its RestartBudget), so twice that is never reached but by a host in a
 #: loop (or hostile), whose restarts past it are dropped: they change only the history.
 RESTARTS_RECORD_RATE = RatePolicy(per_s=10 / 600, burst=10)
+#: State reports judged per host: each costs a read of every allocation on the host, and hostd
+#: sends one after each reconnect and every `state_report_interval_s` (5 minutes). A host past
+#: this is in a loop (or hostile): its state reports are dropped unread, and the next one in
+#: its time repairs whatever a dropped one would have; the other hosts' reports, read by the
+#: same consumer in stream order, no longer wait behind them.
+STATE_REPORT_RATE = RatePolicy(per_s=0.5, burst=10)
 #: How long the API keeps a connection that has no request under way: from its opening or its
 #: last answer, whether silent or sending a request's head a byte at a time (aiohttp's own
 #: default is an hour, which let slow clients hold connections and their memory at no cost).
@@ -162,6 +168,7 @@ class AllocatorService:
         self.engine_logs = KeyRates(ENGINE_LOG_RATE)
         self.image_records = KeyRates(IMAGES_RECORD_RATE)
         self.restart_records = KeyRates(RESTARTS_RECORD_RATE)
+        self.state_reports = KeyRates(STATE_REPORT_RATE)
         #: Per host, the latest image set the rate held back, logged at its next report.
         self.held_back_images: dict[str, ImagesHeld] = {}
 
@@ -251,6 +258,8 @@ class AllocatorService:
         if isinstance(report, EngineStatus):
             self._log_engine(host_id, report)
             return
+        if isinstance(report, ActualState) and not self._state_report_read(host_id):
+            return
 
         async def attempt() -> None:
             if isinstance(report, ActualState):
@@ -291,6 +300,20 @@ class AllocatorService:
             self.held_back_images.pop(host_id, None)
         else:
             self.held_back_images[host_id] = report
+
+    def _state_report_read(self, host_id: str) -> bool:
+        """Is the host's state report within STATE_REPORT_RATE? One past it is dropped unread,
+        counted, and logged sparingly."""
+        verdict = self.state_reports.check(host_id, time.monotonic())
+        if not verdict.allowed and verdict.log:
+            log.warning(
+                "allocator.host_state_reports_dropped",
+                host_id=host_id,
+                dropped_in_a_row=verdict.streak,
+                hint="hostd reports its state after a reconnect and every few minutes: look at "
+                "that host; its next report in its time is read",
+            )
+        return verdict.allowed
 
     def _restart_dropped(self, host_id: str, decision: Decision) -> bool:
         """Is `decision` a restart past RESTARTS_RECORD_RATE for its allocation? Then it is

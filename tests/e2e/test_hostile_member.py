@@ -18,7 +18,7 @@ import nkeys
 from nats.aio.client import Client as NATS
 
 from potluck.allocator.image_locality import last_reported
-from potluck.allocator.service import IMAGES_RECORD_RATE, RESTARTS_RECORD_RATE
+from potluck.allocator.service import IMAGES_RECORD_RATE, RESTARTS_RECORD_RATE, STATE_REPORT_RATE
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.contracts.capacity import MAX_DONATED_BYTES
 from potluck.contracts.compatibility import CONTRACT_VERSION
@@ -503,3 +503,48 @@ async def test_a_host_reporting_restarts_in_a_loop_logs_no_more_than_hostds_budg
     restarts = [r for r in records if r.type == "AllocationRestarted"]
     assert 1 <= len(restarts) <= RESTARTS_RECORD_RATE.burst, len(restarts)
     assert any(e.get("event") == "allocator.host_restarts_dropped" for e in _allocator_log(pool))
+
+
+async def test_a_host_sending_state_reports_in_a_loop_is_read_at_a_bounded_pace(pool: Pool) -> None:
+    """Tried: host A, with 40 allocations placed on it, sends 100 state reports in a row (each
+    costs the allocator a read of every allocation on A), then B reports; after a pause, A
+    reports its state once more, with one of its containers running. Before: the allocator
+    judged every one of A's reports, 4 s of its one report consumer on two cores for 100 of
+    them, which every other host's reports waited behind for as long as A kept it up. Must
+    hold: past STATE_REPORT_RATE's burst A's state reports are dropped unread, counted and
+    said in the allocator's log; B's report is read; and A's state report after the pause is
+    judged (the allocation it says runs is running)."""
+    a = await pool.enroll("laptop-a")
+    b = await pool.enroll("laptop-b")
+    for n in range(40):
+        await place(pool.store, a.host_id, f"a-{n}", spec())
+    as_a = await pool.client(a)
+    as_b = await pool.client(b)
+    subject = f"potluck.report.{a.host_id}.state"
+    pulling = ActualState(as_of_position=0, containers=[], pulling=[f"a-{n}" for n in range(40)])
+    for _ in range(100):
+        await as_a.jetstream().publish(subject, pulling.model_dump_json().encode())
+    mark = EngineStatus(available=True, detail="engine of B after A's states").model_dump_json().encode()
+    await as_b.jetstream().publish(f"potluck.report.{b.host_id}.engine", mark)
+
+    async def b_logged() -> bool:
+        return any(e.get("detail") == "engine of B after A's states" for e in _allocator_log(pool))
+
+    await _wait(b_logged, "B's engine report in the allocator's log", pool)
+    said = [e for e in _allocator_log(pool) if e.get("event") == "allocator.host_state_reports_dropped"]
+    assert said, "no drop said"
+    assert said[0]["host_id"] == a.host_id, said
+
+    await asyncio.sleep(1 / STATE_REPORT_RATE.per_s + 0.5)
+    one_runs = ActualState(
+        as_of_position=0,
+        containers=[ContainerStatus(alloc_id="a-0", container_id="c-0", running=True)],
+        pulling=[f"a-{n}" for n in range(1, 40)],
+    )
+    await as_a.jetstream().publish(subject, one_runs.model_dump_json().encode())
+
+    async def running() -> bool:
+        now = await allocation(pool.store, "a-0")
+        return now is not None and now.status == "running"
+
+    await _wait(running, "A's state report after the pause judged", pool)
