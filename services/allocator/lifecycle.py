@@ -184,8 +184,13 @@ def pulling(
     if (report.done_bytes, report.total_bytes) == (current.pull_done_bytes, current.pull_total_bytes):
         return None
     complete = report.total_bytes > 0 and report.done_bytes >= report.total_bytes
+    # Once more when complete, but once: a host reporting "complete" at a new size each time
+    # bypassed the throttle with every report, and logged one event each.
+    logged_complete = (current.pull_total_bytes or 0) > 0 and (current.pull_done_bytes or 0) >= (
+        current.pull_total_bytes or 0
+    )
     last = current.pull_logged_at
-    if not complete and last is not None and now - last < PULL_PROGRESS_EVERY:
+    if (not complete or logged_complete) and last is not None and now - last < PULL_PROGRESS_EVERY:
         return None
     progressed = AllocationPullProgressed(
         alloc_id=current.alloc_id,

@@ -548,3 +548,33 @@ async def test_a_host_sending_state_reports_in_a_loop_is_read_at_a_bounded_pace(
         return now is not None and now.status == "running"
 
     await _wait(running, "A's state report after the pause judged", pool)
+
+
+async def test_a_host_reporting_finished_pulls_in_a_loop_logs_its_progress_at_the_throttles_pace(
+    pool: Pool,
+) -> None:
+    """Tried: an allocation placed on host A; A reports its image's pull 50 times in a row, each
+    time finished (done = total) at a new size. Before: progress is logged at most every
+    PULL_PROGRESS_EVERY, but a finished pull once more at once; "finished" at each new size
+    bypassed the throttle every time, so each report became an AllocationPullProgressed in
+    the log. Must hold: a burst like it logs the first report (pulling), the first finish,
+    and nothing more until the throttle's time has passed; A's start afterwards is taken."""
+    a = await pool.enroll("laptop-a")
+    as_a = await pool.client(a)
+    alloc_id = "a-pulls"
+    await place(pool.store, a.host_id, alloc_id, spec())
+    subject = f"potluck.report.{a.host_id}.pulling"
+    for n in range(1, 51):
+        report = ContainerPulling(alloc_id=alloc_id, image=DEFAULT_TAG, done_bytes=n, total_bytes=n)
+        await as_a.jetstream().publish(subject, report.model_dump_json().encode())
+    started = ContainerStarted(alloc_id=alloc_id, container_id="c-a")
+    await as_a.jetstream().publish(f"potluck.report.{a.host_id}.started", started.model_dump_json().encode())
+
+    async def running() -> bool:
+        now = await allocation(pool.store, alloc_id)
+        return now is not None and now.status == "running"
+
+    await _wait(running, "A's start taken", pool)
+    types = [r.type for r in await pool.store.read_stream(alloc_stream(alloc_id))]
+    assert types.count("AllocationPulling") == 1, types
+    assert types.count("AllocationPullProgressed") <= 2, types
