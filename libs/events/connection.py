@@ -10,6 +10,7 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 
+from potluck.events.sturdy_client import SturdyClient
 from potluck.kernel.nats_urls import nats_servers
 
 log = structlog.get_logger(__name__)
@@ -125,7 +126,7 @@ async def connect_bus(
     attempt = 0
     while True:
         attempt += 1
-        client = NATS()
+        client = SturdyClient()
         try:
             return await _connect_unless_refused(client, servers, options, refused)
         except IdentityRefused as exc:  # an OSError too: before the clause that retries those

@@ -39,7 +39,15 @@ from potluck.contracts.reports import (
     Report,
     UsageSampled,
 )
-from potluck.contracts.subjects import HEARTBEAT, JOIN, REGISTER, host_subject, inbox_prefix
+from potluck.contracts.subjects import (
+    DESIRED,
+    HEARTBEAT,
+    JOIN,
+    REGISTER,
+    STATUS,
+    host_subject,
+    inbox_prefix,
+)
 from potluck.events import DEAD_LETTER_STREAM, REPORTS_STREAM, Event
 from potluck.events.bus import H_DLQ_REASON, H_DLQ_SUBJECT, dead_letter_subject
 from potluck.localstack import NatsServer
@@ -578,3 +586,70 @@ async def test_a_host_reporting_finished_pulls_in_a_loop_logs_its_progress_at_th
     types = [r.type for r in await pool.store.read_stream(alloc_stream(alloc_id))]
     assert types.count("AllocationPulling") == 1, types
     assert types.count("AllocationPullProgressed") <= 2, types
+
+
+async def _raw_publish(
+    nc: NATS, subject: str, payload: bytes, *, reply: bytes = b"", headers: bytes = b""
+) -> None:
+    """Publish as a client that writes NATS' protocol itself: the reply subject and the header
+    block go out as the bytes given, which nats-py's own publish would never write."""
+    target = subject.encode() + (b" " + reply if reply else b"")
+    if headers:
+        cmd = b"HPUB %s %d %d\r\n%s%s\r\n" % (
+            target,
+            len(headers),
+            len(headers) + len(payload),
+            headers,
+            payload,
+        )
+    else:
+        cmd = b"PUB %s %d\r\n%s\r\n" % (target, len(payload), payload)
+    await nc._send_command(cmd)
+    await nc.flush()
+
+
+async def test_bytes_that_are_not_utf8_where_nats_py_decodes_leave_the_services_reading(pool: Pool) -> None:
+    """Tried: host A, writing NATS' protocol itself, sends a heartbeat, a status request and a
+    request for its desired state, each with a reply subject that is not UTF-8 (nats-server
+    passes it through as written). Before: nats-py's read loop decoded it outside any handler,
+    raised, and stopped: the registry read no one's heartbeat or request any more, the
+    allocator no one's request (nor its consumers' messages), until the pings noticed minutes
+    later. Must hold: afterwards host B's status and desired-state requests are answered,
+    B's report is read, A's well-formed heartbeats still count (A stays active past the
+    suspect time), and each service says it read an unreadable message."""
+    a = await pool.enroll("laptop-a")
+    b = await pool.enroll("laptop-b")
+    as_a = await pool.client(a)
+    as_b = await pool.client(b)
+    for host, nc in ((a, as_a), (b, as_b)):
+        body = json.dumps(_registration(host.name, 1 << 30, 1 << 30)).encode()
+        reply = Reply.model_validate_json(
+            (await nc.request(f"{REGISTER}.{host.host_id}", body, timeout=10)).data
+        )
+        assert reply.ok, reply
+    beats = asyncio.create_task(_beat(as_a, a.host_id))
+    try:
+        unreadable = inbox_prefix(a.host_id).encode() + b".\xff\xfe"
+        beat = Heartbeat().model_dump_json().encode()
+        await _raw_publish(as_a, host_subject(HEARTBEAT, a.host_id), beat, reply=unreadable)
+        await _raw_publish(as_a, f"{STATUS}.{a.host_id}", b"{}", reply=unreadable)
+        await _raw_publish(as_a, f"{DESIRED}.{a.host_id}", b"{}", reply=unreadable)
+        await asyncio.sleep(0.5)
+        status = await as_b.request(f"{STATUS}.{b.host_id}", b"{}", timeout=5)
+        assert Reply.model_validate_json(status.data).ok, status.data
+        desired = await as_b.request(f"{DESIRED}.{b.host_id}", b"{}", timeout=5)
+        assert Reply.model_validate_json(desired.data).ok, desired.data
+        mark = EngineStatus(available=True, detail="engine of B after A's bytes").model_dump_json().encode()
+        await as_b.jetstream().publish(f"potluck.report.{b.host_id}.engine", mark)
+
+        async def b_logged() -> bool:
+            return any(e.get("detail") == "engine of B after A's bytes" for e in _allocator_log(pool))
+
+        await _wait(b_logged, "B's engine report in the allocator's log", pool)
+        await asyncio.sleep(3 * pool.liveness[0] * pool.liveness[1])  # past the suspect time
+        assert (await pool.hosts()).hosts[a.host_id].status == "active", pool.logs()
+    finally:
+        beats.cancel()
+    for service in ("registry", "allocator"):
+        text = pool.processes[service].log_path.read_text(errors="replace")
+        assert "bus.unreadable_message" in text, service

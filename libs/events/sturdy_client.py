@@ -1,0 +1,70 @@
+"""nats-py's client, made to read whatever bytes a sender puts on the wire without going deaf.
+
+nats-py's read loop decodes a message's reply subject, and the status line of its headers, as
+UTF-8 outside any handler of its own: bytes that are not UTF-8 raise there, and the loop ends
+with a logged error, neither closing nor reconnecting the connection. Nothing more is read on
+it (no message, no answer, no PONG) until the pings notice, minutes later. nats-server passes
+reply subjects and header bytes through as the publisher wrote them, and a host may publish
+on its own subjects with any of them: one heartbeat with such a reply subject made the
+registry deaf to every host's beats, and one report with such a header the allocator deaf to
+every host's reports (the stream keeps the report, so it came back after each reconnect).
+
+Here such a message is read all the same: an unreadable reply subject as none (nothing can
+answer it, and the services' reply guards refuse a request without one), unreadable headers
+as none; each is logged, sparingly.
+"""
+
+import time
+from typing import Any
+
+import structlog
+from nats.aio.client import Client
+
+from potluck.kernel.key_rates import KeyRates, RatePolicy
+
+__all__ = ["SturdyClient"]
+
+log = structlog.get_logger(__name__)
+
+#: Unreadable messages logged per subject.
+UNREADABLE_LOG_RATE = RatePolicy(per_s=1.0, burst=10)
+
+
+class SturdyClient(Client):
+    """A nats-py Client that reads a message it cannot decode rather than stop reading."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._unreadable_logs = KeyRates(UNREADABLE_LOG_RATE)
+        #: Messages read with their reply subject or headers left out, since this client was made.
+        self.unreadable = 0
+
+    async def _process_headers(self, headers: Any) -> dict[str, str] | None:
+        try:
+            parsed: dict[str, str] | None = await super()._process_headers(headers)
+        except UnicodeDecodeError as exc:
+            self._unreadable("headers", bytes(headers[:64]), exc)
+            return None
+        return parsed
+
+    def _build_message(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: dict[str, str] | None
+    ) -> Any:
+        try:
+            return super()._build_message(sid, subject, reply, data, headers)
+        except UnicodeDecodeError as exc:
+            self._unreadable("subject", bytes(subject[:64]) + b" " + bytes(reply[:64]), exc)
+            return super()._build_message(sid, subject.decode(errors="replace").encode(), b"", data, headers)
+
+    def _unreadable(self, part: str, raw: bytes, exc: UnicodeDecodeError) -> None:
+        self.unreadable += 1
+        verdict = self._unreadable_logs.check(part, time.monotonic())
+        if verdict.allowed or verdict.log:
+            log.warning(
+                "bus.unreadable_message",
+                part=part,
+                raw=raw.decode(errors="replace"),
+                error=str(exc),
+                unreadable=self.unreadable,
+                hint="a sender wrote bytes that are not UTF-8 there; the message is read without them",
+            )
