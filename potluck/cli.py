@@ -1484,6 +1484,9 @@ def up(
         disk,
         registry_port,
     )
+    shared = local.shared_ports(settings, postgres=not os.environ.get("POTLUCK_DATABASE_URL"))
+    if shared is not None:
+        raise click.UsageError(shared, ctx)
     already = up_state.running(settings.state_dir)
     if already is not None:
         differ = _ports_asked_otherwise(ctx, already)

@@ -22,7 +22,7 @@ from potluck.contracts.registry import ISSUER, SERVICE, TOKEN_PATH
 from potluck.contracts.subjects import LIST_HOSTS
 from potluck.events import EventStore
 from potluck.kernel.signing_keys import ensure_signing_key
-from potluck.localstack import NatsCluster, NatsServer, free_port
+from potluck.localstack import LocalStackError, NatsCluster, NatsServer, free_port
 from potluck.localstack.process import ChildProcess
 from potluck.localstack.registry_server import RegistryServer
 from potluck.localstack.test_image import DEFAULT_TAG
@@ -195,14 +195,23 @@ class LocalPool:
     async def wait_api(self, port: int | None = None, timeout: float = 30) -> None:
         url = f"http://127.0.0.1:{port or self.api_port}/readyz"
         deadline = asyncio.get_running_loop().time() + timeout
+        # The allocator this pool started on its own port: one that exited will never answer,
+        # and its last lines say why (a port taken meanwhile), which `potluck up` must show.
+        allocator = self.processes.get("allocator") if port is None else None
         async with aiohttp.ClientSession() as http:
             while True:
                 with contextlib.suppress(aiohttp.ClientError):
                     async with http.get(url) as response:
                         if response.status == 200:
                             return
+                if allocator is not None and not allocator.running():
+                    raise LocalStackError(
+                        f"the allocator stopped (exit code {allocator.exit_code()}) before its API "
+                        f"answered at {url}; its log {allocator.log_path} ends with:\n"
+                        f"{allocator.log_tail(3)}"
+                    )
                 if asyncio.get_running_loop().time() > deadline:
-                    raise AssertionError(f"the allocator API at {url} never became ready\n{self.logs()}")
+                    raise LocalStackError(f"the allocator API at {url} never became ready\n{self.logs()}")
                 await asyncio.sleep(0.1)
 
     async def wait_registry(self, timeout: float = 60) -> None:

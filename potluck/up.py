@@ -18,10 +18,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -39,6 +39,7 @@ from potluck.telemetry import TRACES_FILE, collector_configured
 from potluck.up_state import PID_FILE, READY_FILE, Running, pid_alive, pool_files, running
 
 Say = Callable[[str], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,31 @@ class AlreadyUp(Exception):
     pass
 
 
-def _check_ports(settings: UpSettings, *, postgres: bool) -> None:
+class _Interrupted(Exception):
+    """Ctrl-C (or SIGTERM: `potluck down`) came while the pool was still starting."""
+
+
+async def _unless_stopped(stop: asyncio.Event, waiting: Awaitable[T]) -> T:
+    """`waiting`'s result, or _Interrupted as soon as `stop` is set (`waiting` is cancelled).
+
+    Only for waits that start nothing (polling an API or a port): one cancelled half-way
+    leaves nothing behind for the clean-up to miss."""
+    wait = asyncio.ensure_future(waiting)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({wait, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if wait.done():
+        return wait.result()
+    wait.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await wait
+    raise _Interrupted
+
+
+def _ports(settings: UpSettings, *, postgres: bool) -> dict[str, int]:
+    """Each port option with its port: Postgres's only when `potluck up` starts Postgres."""
     wanted = {
         "--api-port": settings.api_port,
         "--nats-port": settings.nats_port,
@@ -70,7 +95,34 @@ def _check_ports(settings: UpSettings, *, postgres: bool) -> None:
     }
     if postgres:
         wanted["--postgres-port"] = settings.postgres_port
-    for option, port in wanted.items():
+    return wanted
+
+
+def shared_ports(settings: UpSettings, *, postgres: bool) -> str | None:
+    """What is wrong when two of the pool's servers were given one port, or None.
+
+    Checked before anything starts: the second server to bind it would fail only once the
+    first listened there, half a minute into the start, as a traceback of its own."""
+    by_port: dict[int, list[str]] = {}
+    for option, port in _ports(settings, postgres=postgres).items():
+        by_port.setdefault(port, []).append(option)
+    shared = [
+        f"{', '.join(options[:-1])} and {options[-1]} are {'both' if len(options) == 2 else 'all'} {port}"
+        for port, options in by_port.items()
+        if len(options) > 1
+    ]
+    if not shared:
+        return None
+    return (
+        f"{'; '.join(shared)}: each of the pool's servers needs a port of its own; give them different ports"
+    )
+
+
+def _check_ports(settings: UpSettings, *, postgres: bool) -> None:
+    problem = shared_ports(settings, postgres=postgres)
+    if problem is not None:
+        raise LocalStackError(problem)
+    for option, port in _ports(settings, postgres=postgres).items():
         if port_accepts(port):
             raise LocalStackError(
                 f"port {port} is in use on 127.0.0.1; stop what listens there or choose another with {option}"
@@ -167,9 +219,22 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
     _check_ports(settings, postgres=not external_db)
     (state / PID_FILE).write_text(f"{os.getpid()} {start_time(os.getpid())}")
     stop = asyncio.Event()
+    starting = True
+
+    def on_signal() -> None:
+        # Ctrl-C while starting used to be heard only once all was up: the summary and "Ctrl-C
+        # stops the pool" came after it, half a minute later. Each step now looks at `stop`.
+        if starting and not stop.is_set():
+            say("stopping: the step under way ends, then everything started so far stops")
+        stop.set()
+
+    def go_on() -> None:
+        if stop.is_set():
+            raise _Interrupted
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     postgres: PostgresServer | None = None
     engine: DockerEngine | None = None
     pool: LocalPool | None = None
@@ -182,9 +247,13 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             postgres = PostgresServer(state / "postgres", port=settings.postgres_port, durable=True)
             await asyncio.to_thread(postgres.start)
             database_url = postgres.url
+        go_on()
         docker_url, engine = await asyncio.to_thread(_engine, state, say)
+        go_on()
         image = await asyncio.to_thread(ensure_default_image, docker_url, say)
+        go_on()
         await asyncio.to_thread(build_test_image, docker_url)
+        go_on()
         if not collector_configured():
             # Every process started below inherits it: spans stay in the state dir, no collector needed.
             os.environ.setdefault(TRACES_FILE, str(pool_files(state).traces_file))
@@ -199,10 +268,13 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             nats_port=settings.nats_port,
             image_registry_port=settings.registry_port,
         )
+        go_on()
         pool.start_registry()
         pool.start_allocator(port=settings.api_port)
         image_registry = await asyncio.to_thread(pool.start_image_registry)
+        go_on()
         await _publish_default_image(pool, docker_url, image_registry.address, image, say)
+        go_on()
         ssh = f"127.0.0.1:{settings.ssh_port}"
         tunnel = f"127.0.0.1:{settings.tunnel_port}"
         # The key is made here, before the gateway starts, so that the two never race to make it.
@@ -222,10 +294,12 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         )
         say("starting hostd, donating part of this machine")
         pool.start_hostd(host)
-        await pool.wait_api()
+        await _unless_stopped(stop, pool.wait_api())
         await asyncio.to_thread(wait_for_port, settings.ssh_port, what="the SSH gateway", timeout=60)
-        token = await _demo_token(pool)
-        await _wait_online(pool.api, token, pool.workdir / f"hostd-{host.name}.log")
+        go_on()
+        token = await _unless_stopped(stop, _demo_token(pool))
+        await _unless_stopped(stop, _wait_online(pool.api, token, pool.workdir / f"hostd-{host.name}.log"))
+        starting = False
         ready = Running(
             pid=os.getpid(),
             api=pool.api,
@@ -250,6 +324,8 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         ]
         await stop.wait()
         say("stopping")
+    except _Interrupted:
+        say("stopped before the pool was ready (the event log is kept)")
     finally:
         # Nothing may be restarted while it is being stopped.
         for watcher in watchers:

@@ -391,6 +391,111 @@ def test_a_port_in_use_is_named(newcomer: dict[str, str]) -> None:
         assert "Traceback" not in attempt.stderr, attempt.stderr
 
 
+def all_ports() -> list[str]:
+    """Every port option of `potluck up`, each with a port of its own that nothing listens on."""
+    options = (
+        "--api-port",
+        "--nats-port",
+        "--postgres-port",
+        "--ssh-port",
+        "--tunnel-port",
+        "--registry-port",
+    )
+    return [arg for option in options for arg in (option, str(free_port()))]
+
+
+def with_port(ports: list[str], option: str, port: int) -> list[str]:
+    return [str(port) if i > 0 and ports[i - 1] == option else arg for i, arg in enumerate(ports)]
+
+
+def test_two_servers_given_one_port_are_named(newcomer: dict[str, str]) -> None:
+    """Tried: `potluck up` (foreground and --detach) with --nats-port and --ssh-port given the
+    --api-port's port, and --registry-port the --tunnel-port's. Must hold: exit 2 at once naming
+    each option and its port, no traceback, nothing started for the state directory (it
+    started Postgres, an engine, NATS and the services, and the allocator failed to bind half
+    a minute later, as a traceback)."""
+    ports = all_ports()
+    api = int(ports[ports.index("--api-port") + 1])
+    tunnel = int(ports[ports.index("--tunnel-port") + 1])
+    ports = with_port(with_port(ports, "--nats-port", api), "--ssh-port", api)
+    ports = with_port(ports, "--registry-port", tunnel)
+    for extra in ([], ["--detach"]):
+        began = time.monotonic()
+        done = potluck("up", *extra, *ports, env=newcomer, timeout=60)
+        assert done.returncode == 2, done.stdout + done.stderr
+        said = " ".join(done.stderr.split())
+        assert f"--api-port, --nats-port and --ssh-port are all {api}" in said, said
+        assert f"--tunnel-port and --registry-port are both {tunnel}" in said, said
+        assert "give them different ports" in said, said
+        assert "Traceback" not in done.stderr
+        assert time.monotonic() - began < 30, "refused before anything starts"
+        assert processes_mentioning(newcomer["POTLUCK_HOME"]) == []
+        assert not (Path(newcomer["POTLUCK_HOME"]) / "postgres").exists()
+
+
+@pytest.mark.slow
+def test_an_allocator_that_cannot_listen_is_named(newcomer: dict[str, str]) -> None:
+    """Tried: `potluck up` with --api-port on a port a socket holds bound but not listening (so
+    the check for listeners passes, as when another program takes the port while the pool
+    starts). Must hold: exit 1 soon after the allocator exits, naming its log and why it
+    stopped (the port), no traceback (it waited 30 s for the API, then raised an
+    AssertionError with every service's log), and nothing left running."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))  # bound, never listening: nothing answers a connect
+        port = holder.getsockname()[1]
+        done = potluck("up", *with_port(all_ports(), "--api-port", port), env=newcomer, timeout=900)
+    assert done.returncode == 1, done.stdout + done.stderr
+    said = " ".join(done.stderr.split())
+    assert "error: the allocator stopped (exit code 1) before its API answered" in said, said
+    assert f"cannot listen on 127.0.0.1:{port}" in said, said
+    assert "allocator.log ends with" in said, said
+    assert "Traceback" not in done.stderr
+    assert processes_mentioning(newcomer["POTLUCK_HOME"]) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_up_starts_stops_it_then(newcomer: dict[str, str]) -> None:
+    """Tried: Ctrl-C (SIGINT) to a foreground `potluck up` as soon as it says it starts the
+    Docker engine, long before the pool is ready. Must hold: it says it is stopping at once,
+    stops within the step under way and the clean-up (it went on starting everything, printed
+    the ready summary with "Ctrl-C stops the pool", and only then stopped), never prints the
+    summary, and leaves nothing running; the event log is kept."""
+    up = subprocess.Popen(
+        [sys.executable, "-m", "potluck", "up", *all_ports()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**newcomer, "COLUMNS": "200"},
+    )
+    assert up.stdout is not None
+    console = []
+    try:
+        for line in up.stdout:
+            console.append(line)
+            if "Docker engine" in line:
+                break
+        up.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        rest, _ = up.communicate(timeout=120)
+        took = time.monotonic() - interrupted
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    said = "".join(console) + rest
+    assert "stopping: the step under way ends" in said, said
+    assert "stopped before the pool was ready" in said, said
+    assert "demo token" not in said, said
+    assert "Ctrl-C stops the pool" not in said, said
+    assert "Traceback" not in said, said
+    # Loading the default image into a fresh engine is the longest step that can be under way.
+    assert took < 60, (took, said)
+    assert processes_mentioning(newcomer["POTLUCK_HOME"]) == []
+    assert (Path(newcomer["POTLUCK_HOME"]) / "postgres" / "data" / "PG_VERSION").exists()
+
+
 @pytest.mark.parametrize(
     "args",
     [
