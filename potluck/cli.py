@@ -564,7 +564,11 @@ def join(
     click.echo("start donating with:")
     click.echo(f"  potluck hostd --config {joined.config_path}")
     click.echo(f"or as a service, with the unit written to {unit}:")
-    click.echo(f"  cp {unit} ~/.config/systemd/user/ && systemctl --user enable --now {UNIT_NAME}")
+    # The folder is not there until a first user unit: `cp` alone failed, or made a file `user`.
+    click.echo(
+        f"  mkdir -p ~/.config/systemd/user && cp {unit} ~/.config/systemd/user/ && "
+        f"systemctl --user enable --now {UNIT_NAME}"
+    )
     click.echo("")
     click.echo(systemd_unit(joined.config_path).rstrip())
 

@@ -42,6 +42,9 @@ __all__ = ["JoinError", "JoinSettings", "Joined", "join", "systemd_unit"]
 
 SPENT = "this join token was already used or has expired; ask the operator for a new one"
 UNIT_NAME = "potluck-hostd.service"
+#: `potluck hostd`'s exit codes that a restart cannot mend: 2, its configuration is wrong; 3, it
+#: stopped for good (potluck.supervisor.FINAL_EXIT_CODES, which `potluck up` does not restart).
+NO_RESTART_EXIT_CODES = (2, 3)
 
 
 class JoinError(Exception):
@@ -359,6 +362,11 @@ def systemd_unit(config_path: Path) -> str:
         f"ExecStart={' '.join(hostd_argv(config_path))}\n"
         "Restart=on-failure\n"
         "RestartSec=5\n"
+        # Restarted every 5 s, a hostd that stopped for good would go on asking a pool that
+        # refuses it (its key revoked) for as long as the machine runs.
+        "# 3: stopped for good (left the pool, revoked, donates more than this machine has);\n"
+        "# 2: hostd.toml is wrong. Restarting mends neither: hostd's log says what to do.\n"
+        f"RestartPreventExitStatus={' '.join(str(code) for code in NO_RESTART_EXIT_CODES)}\n"
         "\n"
         "[Install]\n"
         "WantedBy=default.target\n"

@@ -262,7 +262,12 @@ async def test_without_start_join_prints_the_command_and_writes_a_unit(
 ) -> None:
     """`potluck join TOKEN` without --start joins (the host has the member's key in the log), says
     what it donates, prints the one command that starts hostd and writes a systemd unit beside
-    the configuration that runs exactly that command."""
+    the configuration that runs exactly that command.
+    Also tried: the printed line that installs the unit, copied into a shell whose home has no
+    ~/.config/systemd/user yet, then the unit's own ExecStart once the donation is past the
+    machine. Must hold: the unit lands in that folder (a bare `cp` failed there), systemd reads
+    the unit without a complaint, and the exit code of a hostd that stopped for good is one the
+    unit does not restart (Restart=on-failure restarted it every 5 s, for ever)."""
     issued = await enroll_with_token(pool.store, "laptop-d", nats_url=pool.nats.url)
     await refresh_nats_authorization(
         pool.store, pool.nats.auth_file, [pool.services_seed], pool.nats.pid_file
@@ -281,6 +286,45 @@ async def test_without_start_join_prints_the_command_and_writes_a_unit(
     state = (await pool.hosts()).hosts[issued.host_id]
     assert state.nkey.startswith("U")
     assert not state.join_nkey
+
+    install = next(line.strip() for line in joined.stdout.splitlines() if "~/.config/systemd/user" in line)
+    home = tmp_path / "home"
+    home.mkdir()
+    copied = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", "-c", install.split(" && systemctl ")[0]],
+        env={**os.environ, "HOME": str(home)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert copied.returncode == 0, copied.stderr
+    assert (home / ".config/systemd/user/potluck-hostd.service").read_text() == unit
+    verified = await asyncio.to_thread(
+        subprocess.run,
+        ["systemd-analyze", "verify", str(config.parent / "potluck-hostd.service")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert "ignoring" not in verified.stderr, verified.stderr
+    no_restart = next(line for line in unit.splitlines() if line.startswith("RestartPreventExitStatus="))
+    config.write_text(config.read_text().replace('memory = "1G"', 'memory = "100T"'))
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    hostd = await asyncio.to_thread(
+        subprocess.run,
+        exec_start.removeprefix("ExecStart=").split(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "donate.memory: 100T is more than" in hostd.stderr, hostd.stderr
+    assert str(hostd.returncode) in no_restart.removeprefix("RestartPreventExitStatus=").split(), (
+        hostd.returncode,
+        no_restart,
+    )
 
 
 async def allocation_host(pool: Pool, alloc_id: str) -> str | None:
