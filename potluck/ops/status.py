@@ -64,10 +64,13 @@ def pool_view(models: ReadModels) -> dict[str, Any]:
                 "changed_at": host["changed_at"],
             }
         )
+    # A host that left or was revoked is out for good, as a deregistered one is out until it
+    # registers again: its donation is no capacity of the pool's.
     live_capacity = {
         h: row
         for h, row in capacity.items()
-        if state["hosts"].get(h, {}).get("status") not in (None, "deregistered", "enrolled")
+        if state["hosts"].get(h, {}).get("status")
+        not in (None, "deregistered", "enrolled", "left", "revoked")
     }
     return {
         "position": models.position,

@@ -255,6 +255,51 @@ async def test_status_events_and_trace_on_a_running_pool(
     assert "without trace context" in err
 
 
+async def test_status_capacity_leaves_out_hosts_that_left_or_were_revoked(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine], database_url: str
+) -> None:
+    """Tried: two active hosts; the operator makes one leave (`ops hosts control HOST leave`),
+    then revokes the other (`ops hosts revoke`), reading `ops status` after each. Must hold: the
+    pool's capacity counts only the hosts still in it: the remaining one's donation, then
+    nothing (a left or revoked host's donation was still counted: "cpus 2.5 free of 2.5" on a
+    pool with 1 CPU in it), while the hosts table still lists both with their state."""
+    other = await second_laptop(pool, docker_engines[1])
+    nats = [
+        *("--nats-auth-file", str(pool.nats.auth_file), "--nats-pid-file", str(pool.nats.pid_file)),
+        *("--service-seed-file", str(pool.services_seed_file), "--database-url", database_url),
+    ]
+
+    async def status() -> dict[str, Any]:
+        code, out, err = await ops("status", "--json", "--database-url", database_url)
+        assert code == 0, err
+        return dict(json.loads(out))
+
+    before = await status()
+    donated = {h["host_id"]: h["donated"]["cpus"] for h in before["hosts"]}
+    assert before["capacity"]["donated"]["cpus"] == donated[laptop.host_id] + donated[other.host_id]
+
+    code, _, err = await ops("hosts", "control", other.host_id, "leave", *nats)
+    assert code == 0, err
+    await pool.wait_for_host(other.host_id, "left")
+    after_leave = await status()
+    assert {h["host_id"]: h["status"] for h in after_leave["hosts"]}[other.host_id] == "left"
+    assert after_leave["capacity"]["donated"]["cpus"] == donated[laptop.host_id], after_leave["capacity"]
+    assert after_leave["capacity"]["free"]["cpus"] == donated[laptop.host_id], after_leave["capacity"]
+
+    code, _, err = await ops("hosts", "revoke", laptop.host_id, "--reason", "stolen", *nats)
+    assert code == 0, err
+    await pool.wait_for_host(laptop.host_id, "revoked")
+    after_revoke = await status()
+    assert {h["host_id"]: h["status"] for h in after_revoke["hosts"]} == {
+        laptop.host_id: "revoked",
+        other.host_id: "left",
+    }
+    assert after_revoke["capacity"]["donated"]["cpus"] == 0, after_revoke["capacity"]
+    code, out, err = await ops("status", "--database-url", database_url)
+    assert code == 0, err
+    assert "Capacity (registered hosts): cpus 0 free of 0," in out, out
+
+
 #: Event types of a newer writer: registered here only, so no reader of this version knows them.
 newer_writer = EventRegistry()
 
