@@ -119,7 +119,21 @@ USER_COMMANDS = {
 GRACE_RANGE = FiniteRange(min=0, max=7 * 86400)
 
 
-@click.group(cls=AttachingGroup, lazy=USER_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+#: What a newcomer types first that is no command (`docker ps`, `systemctl status` habits).
+NEAR_MISSES = {
+    "status": "the pool's: `potluck ops status`; this machine's, as a member: `potluck host status "
+    "--config hostd.toml`; your allocations: `potluck alloc ls`",
+    "ps": "your allocations: `potluck alloc ls`; your jobs: `potluck job ls`",
+    "stop": "a pool from `potluck up`: `potluck down`; an allocation: `potluck alloc rm ID`",
+}
+
+
+@click.group(
+    cls=AttachingGroup,
+    lazy=USER_COMMANDS,
+    hints=NEAR_MISSES,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="potluck")
 @click.option(
     "--log-level",
@@ -357,7 +371,8 @@ def allocator(
     "--database-url",
     envvar="POTLUCK_DATABASE_URL",
     default=None,
-    help="Postgres URL of the event log; not needed with --print-client-key [env: POTLUCK_DATABASE_URL].",
+    help="Postgres URL of the event log; not needed with --print-client-key or --print-host-key "
+    "[env: POTLUCK_DATABASE_URL].",
 )
 @nats_options_for("to serve")
 @stream_replicas_option
@@ -575,7 +590,7 @@ def join(
 
 @main.group()
 def host() -> None:
-    """Member controls for this machine: pause, resume, drain."""
+    """Member controls for this machine: pause, resume, drain, leave; its status and policy."""
 
 
 def _control(config_path: Path, action: str, grace_s: float = 300.0) -> None:
@@ -745,7 +760,7 @@ def _own_output_only(ctx: click.Context) -> None:
 
 @ops.group(name="hosts")
 def ops_hosts() -> None:
-    """Enroll and list donated machines."""
+    """Enroll, list, control and revoke donated machines."""
 
 
 def parse_duration(value: str) -> "timedelta":
@@ -1274,7 +1289,7 @@ def ops_hosts_revoke(
 
 @ops.group(name="users")
 def ops_users() -> None:
-    """Add users of the HTTP API."""
+    """Add users of the HTTP API and give them new tokens; the operator's web token."""
 
 
 @ops_users.command(name="add")
@@ -1415,7 +1430,7 @@ STATE_DIR = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     envvar="POTLUCK_HOME",
-    help="Where the pool keeps its state [default: ~/.potluck].",
+    help="Where the pool keeps its state [env: POTLUCK_HOME; default: ~/.potluck].",
 )
 
 

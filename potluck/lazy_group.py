@@ -28,11 +28,14 @@ class AttachingGroup(click.Group):
         *args: object,
         attach: Callable[[click.Group], None] | None = None,
         lazy: Mapping[str, str] | None = None,
+        hints: Mapping[str, str] | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._attach = attach
         self._lazy = dict(lazy or {})
+        #: Names people try that are not commands here, each with the command they want instead.
+        self._hints = dict(hints or {})
 
     def _attached(self) -> None:
         if self._attach is not None:
@@ -52,6 +55,14 @@ class AttachingGroup(click.Group):
             self._attached()
             command = super().get_command(ctx, cmd_name)
         return command
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = click.utils.make_str(args[0]) if args else ""
+        if name in self._hints and self.get_command(ctx, name) is None:
+            ctx.fail(f"No such command '{name}'; {self._hints[name]}")
+        return super().resolve_command(ctx, args)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._attached()

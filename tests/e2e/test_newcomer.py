@@ -519,6 +519,31 @@ def test_wrong_arguments_give_a_clear_error_and_a_non_zero_exit(
     assert "Error" in done.stderr or "error" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("tried", "wanted"),
+    [
+        (
+            "status",
+            ["`potluck ops status`", "`potluck host status --config hostd.toml`", "`potluck alloc ls`"],
+        ),
+        ("ps", ["`potluck alloc ls`", "`potluck job ls`"]),
+        ("stop", ["`potluck down`", "`potluck alloc rm ID`"]),
+    ],
+)
+def test_a_command_a_newcomer_tries_first_names_the_one_they_want(
+    newcomer: dict[str, str], tried: str, wanted: list[str]
+) -> None:
+    """Tried: `potluck status` (and `ps`, `stop`), which are no commands, as the real process.
+    Must hold: exit 2 as for any unknown command, and the error names the commands that do
+    what was meant (it said only "No such command 'status'.")."""
+    done = potluck(tried, env=newcomer)
+    assert done.returncode == 2, done.stderr
+    said = " ".join(done.stderr.split())
+    assert f"No such command '{tried}'" in said, said
+    for command in wanted:
+        assert command in said, said
+
+
 def test_user_commands_without_login_say_what_to_do(newcomer: dict[str, str]) -> None:
     done = potluck("alloc", "ls", env=newcomer)
     assert done.returncode == 2
