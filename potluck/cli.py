@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -80,16 +80,26 @@ def run(coro: Awaitable[T]) -> T:
 
 async def with_store(database_url: str, work: Callable[["EventStore"], Awaitable[T]]) -> T:
     """Runs an operator command's `work` on the event store, closing it afterwards."""
-    from potluck.events import EventStore
+    import asyncpg
 
-    store = await EventStore.open(database_url, max_size=2)
+    from potluck.events import EventStore
+    from potluck.kernel.redacted_urls import redacted
+
+    try:
+        store = await EventStore.open(database_url, max_size=2)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        # A Postgres that is down or a URL with a typo came out as asyncpg's traceback.
+        fail(
+            f"cannot reach the event log at {redacted(database_url, 'the database URL')} ({exc}); "
+            "check --database-url (or POTLUCK_DATABASE_URL) and that its Postgres runs"
+        )
     try:
         return await work(store)
     finally:
         await store.close()
 
 
-def fail(message: str, code: int = 1, *, escaped: bool = False) -> None:
+def fail(message: str, code: int = 1, *, escaped: bool = False) -> NoReturn:
     from potluck.kernel.terminal_text import shown
 
     # A refusal may quote what another party wrote (the registry's or hostd's words);

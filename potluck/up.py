@@ -129,6 +129,25 @@ def _check_ports(settings: UpSettings, *, postgres: bool) -> None:
             )
 
 
+async def _reachable(database_url: str) -> None:
+    """Raise LocalStackError naming POTLUCK_DATABASE_URL when its Postgres does not answer: it
+    is still set from the operator's quick start, say, and the pool would not start its own."""
+    import asyncpg
+
+    from potluck.events import EventStore
+    from potluck.kernel.redacted_urls import redacted
+
+    try:
+        store = await EventStore.open(database_url, min_size=1, max_size=1)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise LocalStackError(
+            f"POTLUCK_DATABASE_URL names {redacted(database_url, 'a database URL')}, which cannot be "
+            f"reached ({exc}); `potluck up` keeps its event log there instead of starting its own "
+            "Postgres: start that server, or unset POTLUCK_DATABASE_URL"
+        ) from None
+    await store.close()
+
+
 def _engine(state_dir: Path, say: Say) -> tuple[str, DockerEngine | None]:
     from potluck.localstack.docker_engine import engine_answers
 
@@ -241,6 +260,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
     watchers: list[asyncio.Task[None]] = []
     try:
         if external_db:
+            await _reachable(external_db)
             database_url = external_db
         else:
             say("starting Postgres (the event log)")

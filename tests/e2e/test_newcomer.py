@@ -544,6 +544,32 @@ def test_a_command_a_newcomer_tries_first_names_the_one_they_want(
         assert command in said, said
 
 
+def test_an_event_log_that_does_not_answer_is_named_without_its_password(newcomer: dict[str, str]) -> None:
+    """Tried: POTLUCK_DATABASE_URL (as the operator's quick start exports it, with a password)
+    naming a port where no Postgres listens, then `potluck ops hosts list`, `ops users add` and
+    `potluck up`. Must hold: each exits 1 with one line naming the URL (its password as ***) and
+    what to check; `up` says it would keep its log there and to unset the variable, and starts
+    nothing (the ops commands and `up` came out as asyncpg's ConnectionRefusedError traceback)."""
+    url = f"postgresql://potluck:hunter2@127.0.0.1:{free_port()}/potluck"
+    env = {**newcomer, "POTLUCK_DATABASE_URL": url}
+    shown = url.replace(":hunter2@", ":***@")
+    for args in (("ops", "hosts", "list"), ("ops", "users", "add", "bob")):
+        done = potluck(*args, env=env)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert f"error: cannot reach the event log at {shown}" in done.stderr, done.stderr
+        assert "check --database-url (or POTLUCK_DATABASE_URL)" in done.stderr, done.stderr
+        assert "hunter2" not in done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+    up = potluck("up", *all_ports(), env=env, timeout=300)
+    assert up.returncode == 1, up.stdout + up.stderr
+    said = " ".join(up.stderr.split())
+    assert f"POTLUCK_DATABASE_URL names {shown}, which cannot be reached" in said, said
+    assert "unset POTLUCK_DATABASE_URL" in said, said
+    assert "hunter2" not in up.stderr
+    assert "Traceback" not in up.stderr, up.stderr
+    assert processes_mentioning(newcomer["POTLUCK_HOME"]) == []
+
+
 def test_user_commands_without_login_say_what_to_do(newcomer: dict[str, str]) -> None:
     done = potluck("alloc", "ls", env=newcomer)
     assert done.returncode == 2
