@@ -1584,7 +1584,11 @@ def up(
         click.echo("already up; `potluck down` stops it.")
     except LocalStackError as exc:
         status.stop()
-        fail(str(exc))
+        from potluck.kernel.terminal_text import shown
+
+        # Several lines (a server's log tail): each shown escaped, the line breaks kept, as
+        # --detach does; fail() alone printed them as `\x0a` in one long line.
+        fail("\n".join(shown(line) for line in str(exc).splitlines()), escaped=True)
     finally:
         status.stop()
 

@@ -451,6 +451,7 @@ def test_an_allocator_that_cannot_listen_is_named(newcomer: dict[str, str]) -> N
     assert "error: the allocator stopped (exit code 1) before its API answered" in said, said
     assert f"cannot listen on 127.0.0.1:{port}" in said, said
     assert "allocator.log ends with" in said, said
+    assert "\\x0a" not in done.stderr, "the log's lines are lines, not escaped line breaks"
     assert "Traceback" not in done.stderr
     assert processes_mentioning(newcomer["POTLUCK_HOME"]) == []
 
