@@ -832,6 +832,24 @@ def nats_users_options(
     return options
 
 
+def _a_file_to_write(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """A file the command writes after it has recorded something in the log (the NATS users
+    file, a credentials file): a folder that is not there or not writable is refused before,
+    as it failed after the host was enrolled (its name held, no token printed) as a traceback."""
+    if value is None:
+        return None
+    folder = value.absolute().parent
+    if value.is_dir():
+        raise click.BadParameter(f"{value} is a directory; give the file's path", ctx, param)
+    if not folder.is_dir():
+        raise click.BadParameter(
+            f"{value}: its folder {folder} does not exist; give a file in an existing folder", ctx, param
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{value}: its folder {folder} is not writable by this user", ctx, param)
+    return value
+
+
 def _nats_users_options(f: F, auth_help: str) -> F:
     f = click.option(
         "--service-seed-file",
@@ -852,6 +870,7 @@ def _nats_users_options(f: F, auth_help: str) -> F:
         envvar="POTLUCK_NATS_AUTH_FILE",
         type=click.Path(path_type=Path),
         default=None,
+        callback=_a_file_to_write,
         help=auth_help,
     )(f)
 
@@ -868,6 +887,7 @@ def _nats_users_options(f: F, auth_help: str) -> F:
     "--credentials-out",
     type=click.Path(path_type=Path),
     default=None,
+    callback=_a_file_to_write,
     help="Make the host's key pair here and write its credentials file instead of printing a "
     "join token (the member then writes hostd.toml by hand).",
 )

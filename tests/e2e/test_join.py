@@ -327,6 +327,52 @@ async def test_without_start_join_prints_the_command_and_writes_a_unit(
     )
 
 
+async def test_enroll_refuses_a_file_it_could_not_write_before_recording_the_host(
+    pool: Pool, tmp_path: Path
+) -> None:
+    """Tried: `potluck ops hosts enroll` with --nats-auth-file in a folder that does not exist
+    (the README's /etc/nats/auth.json on a machine without it), then with --credentials-out
+    there. Must hold: exit 2 naming the option and the missing folder, no traceback, nothing
+    appended to the log; the same name then enrolls with a users file that can be written (it
+    was recorded first, then the write failed as a traceback: the name held for the token's 24
+    hours, and no token printed)."""
+    missing = tmp_path / "etc-nats"
+    db = ("--database-url", pool.database_url)
+    head = await pool.store.head_position()
+    for args, option, path in (
+        (
+            (
+                *("--nats-url", pool.nats.url, "--nats-auth-file", str(missing / "auth.json")),
+                *("--service-seed-file", str(pool.services_seed_file)),
+            ),
+            "--nats-auth-file",
+            missing / "auth.json",
+        ),
+        (
+            ("--credentials-out", str(missing / "laptop-w.creds")),
+            "--credentials-out",
+            missing / "laptop-w.creds",
+        ),
+    ):
+        done = await potluck_async("ops", "hosts", "enroll", "laptop-w", *args, *db, env=no_up_env(tmp_path))
+        assert done.returncode == 2, done.stdout + done.stderr
+        said = " ".join(done.stderr.split())
+        assert f"Invalid value for '{option}': {path}: its folder {missing} does not exist" in said, said
+        assert "Traceback" not in done.stderr, done.stderr
+    assert await pool.store.head_position() == head, "nothing recorded"
+    assert not missing.exists()
+
+    users = tmp_path / "auth.json"
+    done = await potluck_async(
+        *("ops", "hosts", "enroll", "laptop-w", "--nats-url", pool.nats.url, "--nats-auth-file", str(users)),
+        *("--service-seed-file", str(pool.services_seed_file), *db),
+        env=no_up_env(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(PREFIX), done.stdout
+    assert users.exists()
+
+
 async def allocation_host(pool: Pool, alloc_id: str) -> str | None:
     from tests.fixtures.pool import allocation
 
