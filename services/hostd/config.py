@@ -362,7 +362,11 @@ def load_config(path: Path) -> HostdConfig:
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; see `potluck hostd --help` for an example") from None
+        # `potluck hostd --help` has no example to show (it pointed there): say where one comes from.
+        raise ConfigError(
+            f"{path}: no such file; `potluck join TOKEN` writes it (the README's member quick start "
+            "shows one written by hand; every field is described in services/hostd/config.py)"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     base = path.parent

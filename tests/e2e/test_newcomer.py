@@ -571,6 +571,24 @@ def test_an_event_log_that_does_not_answer_is_named_without_its_password(newcome
     assert processes_mentioning(newcomer["POTLUCK_HOME"]) == []
 
 
+@pytest.mark.parametrize("command", [["hostd"], ["host", "status"], ["host", "pause"]])
+def test_a_member_command_without_its_configuration_says_where_one_comes_from(
+    newcomer: dict[str, str], tmp_path: Path, command: list[str]
+) -> None:
+    """Tried: `potluck hostd` (and `host status`, `host pause`) with --config naming no file.
+    Must hold: exit 2 naming the file and `potluck join TOKEN`, which writes one, and the
+    README's hand-written example (it sent the member to `potluck hostd --help`, which holds
+    no example); the README does hold it."""
+    missing = tmp_path / "hostd.toml"
+    done = potluck(*command, "--config", str(missing), env=newcomer)
+    assert done.returncode == 2, done.stderr
+    said = " ".join(done.stderr.split())
+    assert f"{missing}: no such file; `potluck join TOKEN` writes it" in said, said
+    assert "--help" not in said, said
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert "# hostd.toml (every field is described in services/hostd/config.py)" in readme
+
+
 def test_user_commands_without_login_say_what_to_do(newcomer: dict[str, str]) -> None:
     done = potluck("alloc", "ls", env=newcomer)
     assert done.returncode == 2
