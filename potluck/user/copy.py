@@ -359,7 +359,7 @@ def copy(src: str, dst: str, identity: str | None) -> int:
     if isinstance(source, Remote) and isinstance(target, Local):
         return download(source, target.path, identity, asserts_dir=dst.endswith(("/", "/.")))
     raise click.UsageError(
-        "one side must be ALLOC:PATH and the other a local path, e.g. `potluck cp data.csv ALLOC:/data`"
+        "one side must be ALLOC:PATH and the other a local path, e.g. `potluck cp data.csv ALLOC:/root/`"
     )
 
 
@@ -371,8 +371,8 @@ def cp(src: str, dst: str, identity: str | None) -> None:
     """Copy files or directories between here and an allocation: one of SRC and DST is ALLOC:PATH.
 
     \b
-    potluck cp results.csv ALLOC:/data/       into /data
-    potluck cp ALLOC:/data/out ./out          a directory, here as ./out
+    potluck cp results.csv ALLOC:/root/       into /root
+    potluck cp ALLOC:/root/out ./out          a directory, here as ./out
     """
     try:
         copy(src, dst, identity)
