@@ -380,16 +380,32 @@ def start_detached(settings: UpSettings, argv: list[str], timeout: float = 600) 
             start_new_session=True,
         )
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            with log.open("rb") as written:
-                written.seek(began)
-                tail = "\n".join(written.read().decode(errors="replace").splitlines()[-15:])
-            raise LocalStackError(f"potluck up stopped (exit code {proc.returncode}):\n{tail}")
-        found = running(settings.state_dir)
-        if found is not None and found.pid == proc.pid:
-            return found
-        time.sleep(0.25)
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                with log.open("rb") as written:
+                    written.seek(began)
+                    tail = "\n".join(written.read().decode(errors="replace").splitlines()[-15:])
+                raise LocalStackError(f"potluck up stopped (exit code {proc.returncode}):\n{tail}")
+            found = running(settings.state_dir)
+            if found is not None and found.pid == proc.pid:
+                return found
+            time.sleep(0.25)
+    except KeyboardInterrupt:
+        # Ctrl-C while waiting: the person wants no pool. The child is in a session of its own
+        # (it must outlive this terminal), so it never heard it and went on starting, while
+        # this process said only "Aborted!". It stops at its next step (SIGTERM, as `down`).
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            raise LocalStackError(
+                f"interrupted; the pool starting in the background (pid {proc.pid}) did not stop "
+                f"within 120 s: `potluck down --state-dir {settings.state_dir}` stops it"
+            ) from None
+        raise LocalStackError(
+            f"interrupted: the pool that was starting in the background stopped (its console: {log})"
+        ) from None
     raise LocalStackError(f"potluck up was not ready within {timeout:.0f}s; see {log}")
 
 

@@ -497,6 +497,42 @@ def test_ctrl_c_while_up_starts_stops_it_then(newcomer: dict[str, str]) -> None:
     assert (Path(newcomer["POTLUCK_HOME"]) / "postgres" / "data" / "PG_VERSION").exists()
 
 
+@pytest.mark.slow
+def test_ctrl_c_while_waiting_for_a_detached_up_stops_that_pool(newcomer: dict[str, str]) -> None:
+    """Tried: Ctrl-C (SIGINT) to `potluck up --detach` while it waits for the pool it started in
+    the background, once that pool says it starts the Docker engine. Must hold: exit 1 saying
+    the pool that was starting stopped, and nothing started for the state directory is left
+    running (it printed "Aborted!" while the pool, in a session of its own, came up anyway)."""
+    state = Path(newcomer["POTLUCK_HOME"])
+    up = subprocess.Popen(
+        [sys.executable, "-m", "potluck", "up", "--detach", *all_ports()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=newcomer,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while "Docker engine" not in ((state / "up.log").read_text() if (state / "up.log").exists() else ""):
+            assert up.poll() is None, up.communicate()
+            assert time.monotonic() < deadline, "the pool never got to its Docker engine"
+            time.sleep(0.1)
+        up.send_signal(signal.SIGINT)
+        out, err = up.communicate(timeout=180)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        left = processes_mentioning(str(state))
+        if left:  # without the fix the pool came up behind the person's back: stop it for them
+            potluck("down", env=newcomer, timeout=180)
+    assert up.returncode == 1, out + err
+    assert "interrupted: the pool that was starting in the background stopped" in err, err
+    assert "Aborted!" not in err, err
+    assert "Traceback" not in err, err
+    assert left == [], left
+
+
 @pytest.mark.parametrize(
     "args",
     [
