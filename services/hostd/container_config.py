@@ -94,6 +94,15 @@ MEMLOCK = 8 << 20
 # owner's processes get a core from the pool's within a scheduler tick, the way BOINC runs
 # its work at idle priority; the quota (nano_cpus) still bounds the pool from above.
 CPU_SHARES = 2
+# The kernel's OOM killer, when the member's whole machine runs out of memory (not a container's
+# own limit, whose OOM kills only inside it), kills the process of the highest score: without an
+# adjustment a container's process and the member's own (a browser, an editor holding unsaved
+# work) stand alike, by size alone. At the most, every process of a container goes before any of
+# the member's, as the pool yields the CPU to the owner (CPU_SHARES). No process in the
+# container may lower it again: the engine's write (with CAP_SYS_RESOURCE) is the kernel's floor
+# for the container's processes (oom_score_adj_min), and going below it needs that capability,
+# dropped. (An engine without the capability leaves the floor its own parent's, 0 at most.)
+OOM_SCORE_ADJ = 1000
 # The engine refuses memory limits below 6 MiB.
 MIN_MEMORY_BYTES = 6 * 1024 * 1024
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
@@ -389,6 +398,7 @@ def create_kwargs(
         "mem_limit": spec.memory_bytes,
         "memswap_limit": spec.memory_bytes,
         "pids_limit": spec.pids_limit,
+        "oom_score_adj": OOM_SCORE_ADJ,
         "ulimits": ulimits(),
         "cap_drop": ["ALL"],
         "cap_add": list(CAPABILITIES),
@@ -434,6 +444,14 @@ def _bounded_quota(spec: ContainerSpec, got: Any) -> Any:
     return got
 
 
+def _oom_score_adj(got: Any) -> Any:
+    """OOM_SCORE_ADJ for a container made before hostd set it (0, the engine's default: as
+    likely as the member's processes to be killed, never more shielded), so that an upgraded
+    hostd keeps the allocations running on it; anything else as it is, a negative score (which
+    would shield the container at the member's expense) first of all."""
+    return OOM_SCORE_ADJ if got in (0, None) else got
+
+
 def _ulimit_set(values: list[dict[str, Any]] | None) -> list[tuple[str, int, int]]:
     return sorted((str(u.get("Name")), int(u.get("Soft", -1)), int(u.get("Hard", -1))) for u in values or [])
 
@@ -467,6 +485,7 @@ def limit_mismatches(
         ("PidsLimit", spec.pids_limit, host.get("PidsLimit")),
         ("Ulimits", _ulimit_set(ulimits()), _ulimit_set(host.get("Ulimits"))),
         ("OomKillDisable", False, bool(host.get("OomKillDisable"))),
+        ("OomScoreAdj", OOM_SCORE_ADJ, _oom_score_adj(host.get("OomScoreAdj"))),
         ("CapDrop", ["ALL"], _caps(host.get("CapDrop"))),
         ("CapAdd", sorted(CAPABILITIES), _caps(host.get("CapAdd"))),
         ("SecurityOpt.no-new-privileges", True,

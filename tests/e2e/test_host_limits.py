@@ -17,6 +17,7 @@ from potluck.hostd.container_config import (
     NOFILE_HARD,
     NOFILE_SOFT,
     NPROC,
+    OOM_SCORE_ADJ,
     SIGPENDING,
     create_kwargs,
 )
@@ -393,3 +394,33 @@ async def test_an_image_starting_in_the_kernels_file_systems_is_refused_before_a
         assert "workdir" not in {c.allocation_id for c in driver.list_managed(host.host_id)}
     finally:
         driver.close()
+
+
+async def test_when_the_members_machine_runs_out_of_memory_a_containers_processes_go_first(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    """The kernel's OOM killer, when the whole machine runs out of memory (not a container's own
+    limit), kills the process of the highest score; at the engine's default (0) a container's
+    processes and the member's own stood alike, by size alone. Tried: the container's command
+    and a later exec (what a session runs) read their score and try to shield themselves
+    (-1000, what the member's own daemons may have). Must hold: both have the highest score
+    (OOM_SCORE_ADJ, 1000), neither could go below 0, and inspect shows it. (Where the engine
+    runs with CAP_SYS_RESOURCE, as it does on a member's machine, the kernel also refuses any
+    lowering at all: the engine's write sets the floor, oom_score_adj_min; this test machine's
+    engine lacks the capability, so its floor stays the parent's 0.)"""
+    shield = (
+        "cat /proc/self/oom_score_adj > /score; (echo -1000 > /proc/self/oom_score_adj) 2>/dev/null; "
+        "echo $? > /shielded; sleep 3600"
+    )
+    first = spec(command=["sh", "-c", shield])
+    async with _running(pool, laptop, docker_engines[0], "oom-first", first) as (driver, cid):
+        await _until(driver, cid, ["-s", "/shielded"], "the command never tried to shield itself", 15)
+        assert driver.exec_run(cid, ["cat", "/score"]).output.decode().split() == [str(OOM_SCORE_ADJ)]
+        assert driver.exec_run(cid, ["cat", "/shielded"]).output.decode().split() != ["0"]
+        assert driver.exec_run(cid, ["cat", "/proc/1/oom_score_adj"]).output.decode().split() == ["1000"]
+        in_exec = driver.exec_run(
+            cid, ["sh", "-c", "cat /proc/self/oom_score_adj; echo -1 > /proc/self/oom_score_adj"]
+        )
+        assert in_exec.exit_code != 0
+        assert in_exec.output.decode().split()[0] == "1000", in_exec.output
+        assert driver.inspect(cid)["HostConfig"]["OomScoreAdj"] == OOM_SCORE_ADJ

@@ -19,6 +19,7 @@ from potluck.hostd.container_config import (
     NOFILE_HARD,
     NOFILE_SOFT,
     NPROC,
+    OOM_SCORE_ADJ,
     SIGPENDING,
     ContainerSpec,
     create_kwargs,
@@ -58,6 +59,7 @@ def _inspect_as_the_engine_reports(spec: ContainerSpec, *, disk_quota: bool) -> 
         "MemorySwap": spec.memory_bytes,
         "PidsLimit": spec.pids_limit,
         "OomKillDisable": False,
+        "OomScoreAdj": 1000,
         "CapDrop": ["ALL"],
         "CapAdd": [f"CAP_{c}" for c in CAPABILITIES],
         "SecurityOpt": ["no-new-privileges"],
@@ -102,6 +104,7 @@ def test_create_kwargs_carry_every_limit_and_the_hardening() -> None:
     assert kwargs["cpu_shares"] == 2  # the lowest weight: the owner's processes come first
     assert kwargs["mem_limit"] == kwargs["memswap_limit"] == 256 * MiB
     assert kwargs["pids_limit"] == 128
+    assert kwargs["oom_score_adj"] == OOM_SCORE_ADJ == 1000
     assert kwargs["cap_drop"] == ["ALL"]
     assert sorted(kwargs["cap_add"]) == sorted(CAPABILITIES)
     assert kwargs["security_opt"] == ["no-new-privileges"]
@@ -162,6 +165,8 @@ def test_a_container_as_asked_has_no_mismatch(disk_quota: bool, network: bool) -
         (("HostConfig", "MemorySwap"), -1, "MemorySwap"),
         (("HostConfig", "PidsLimit"), None, "PidsLimit"),
         (("HostConfig", "OomKillDisable"), True, "OomKillDisable"),
+        (("HostConfig", "OomScoreAdj"), -500, "OomScoreAdj"),
+        (("HostConfig", "OomScoreAdj"), 500, "OomScoreAdj"),
         (("HostConfig", "CapDrop"), [], "CapDrop"),
         (("HostConfig", "CapAdd"), ["CAP_SYS_ADMIN"], "CapAdd"),
         (("HostConfig", "SecurityOpt"), [], "SecurityOpt.no-new-privileges"),
@@ -483,3 +488,16 @@ def test_a_container_made_before_the_helper_existed_is_kept() -> None:
     assert limit_mismatches(spec, older, disk_quota=False, helper=HELPER) == []
     named = {name for name, _, _ in limit_mismatches(spec, half, disk_quota=False, helper=HELPER)}
     assert named & {"HostConfig.Mounts", "Mounts"}
+
+
+def test_a_container_made_before_hostd_set_its_oom_score_is_kept_but_never_a_shielded_one() -> None:
+    """Tried: the read-back of a container whose OomScoreAdj is the engine's default 0 (made by
+    a hostd before it set OOM_SCORE_ADJ, adopted after an upgrade), and of one at -1000.
+    Must hold: the first is kept (it is no more shielded than the member's own processes), the
+    second refused, naming OomScoreAdj."""
+    spec = _spec()
+    inspect = _inspect_as_the_engine_reports(spec, disk_quota=False)
+    inspect["HostConfig"]["OomScoreAdj"] = 0
+    assert limit_mismatches(spec, inspect, disk_quota=False) == []
+    inspect["HostConfig"]["OomScoreAdj"] = -1000
+    assert limit_mismatches(spec, inspect, disk_quota=False) == [("OomScoreAdj", OOM_SCORE_ADJ, -1000)]
