@@ -27,6 +27,7 @@ from typing import Any
 from potluck.contracts.capacity import MIN_CPUS
 from potluck.contracts.image_reference import engine_name
 from potluck.hostd.helper import HELPER_PATH, KEEP_ALIVE
+from potluck.hostd.seccomp_profile import PROFILE as SECCOMP_PROFILE
 
 # Containers run strangers' code on a member's laptop, as root inside the
 # container. Docker's default set is dropped entirely; we add back only what
@@ -402,8 +403,9 @@ def create_kwargs(
         "ulimits": ulimits(),
         "cap_drop": ["ALL"],
         "cap_add": list(CAPABILITIES),
-        # The engine's default seccomp profile applies because we name no other.
-        "security_opt": ["no-new-privileges"],
+        # Potluck's own seccomp profile (seccomp_profile.py), not the engine's default, which
+        # is whatever the member's engine version blocks.
+        "security_opt": security_options(),
         "privileged": False,
         "network_mode": _network_mode(spec),
         "cgroupns": "private",
@@ -427,6 +429,25 @@ def create_kwargs(
         if spec.command is None:
             kwargs["entrypoint"] = list(KEEP_ALIVE)
     return kwargs
+
+
+def security_options() -> list[str]:
+    """The create call's security options: no new privileges, and Potluck's seccomp profile."""
+    return ["no-new-privileges", SECCOMP + SECCOMP_PROFILE]
+
+
+#: How a seccomp profile is named among the security options (the engine's own spelling).
+SECCOMP = "seccomp="
+
+
+def _seccomp(security: list[str]) -> Any:
+    """The profile the container runs with: ours, as it is in inspect; for a container made
+    before hostd named one (adopted after an upgrade: the engine's default, its options naming
+    none), ours too, so that it keeps running; any other one as it is."""
+    named = [o.removeprefix(SECCOMP) for o in security if o.startswith(SECCOMP)]
+    if not named:
+        return SECCOMP_PROFILE
+    return named[0] if len(named) == 1 else named
 
 
 def _healthcheck(inspect: dict[str, Any]) -> Any:
@@ -491,6 +512,7 @@ def limit_mismatches(
         ("SecurityOpt.no-new-privileges", True,
          any(o in ("no-new-privileges", "no-new-privileges:true") for o in security)),
         ("SecurityOpt.unconfined", [], [o for o in security if "unconfined" in o]),
+        ("SecurityOpt.seccomp", SECCOMP_PROFILE, _seccomp(security)),
         ("Privileged", False, host.get("Privileged")),
         ("NetworkMode", _network_mode(spec), host.get("NetworkMode")),
         ("Binds", [], host.get("Binds") or []),

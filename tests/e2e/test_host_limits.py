@@ -2,6 +2,7 @@
 
 import asyncio
 import io
+import tarfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,9 +23,11 @@ from potluck.hostd.container_config import (
     create_kwargs,
 )
 from potluck.hostd.docker_driver import DockerDriver
+from potluck.hostd.seccomp_profile import PROFILE as SECCOMP_PROFILE
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG, import_rootfs, rootfs_tarball
 from tests.e2e.conftest import start_laptop, wait_for_status
+from tests.e2e.syscall_probe import probe
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 
 VOLUME_IMAGE = "potluck-volume:1"
@@ -424,3 +427,51 @@ async def test_when_the_members_machine_runs_out_of_memory_a_containers_processe
         assert in_exec.exit_code != 0
         assert in_exec.output.decode().split()[0] == "1000", in_exec.output
         assert driver.inspect(cid)["HostConfig"]["OomScoreAdj"] == OOM_SCORE_ADJ
+
+
+async def test_containers_run_with_potlucks_seccomp_profile_whatever_the_engines_default_allows(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    """Found: this machine's engine (Debian's Docker 20.10.24) has a default seccomp profile
+    that lets a container set up io_uring and open AF_VSOCK sockets (which reach the machine's
+    virtual machines, and other containers over vsock loopback, network or not), both blocked
+    by newer Docker's. Tried: in a placed container, by an exec as a session's, each of those
+    calls, AF_ALG and a user namespace, with static probes that exit with the call's errno
+    (syscall_probe.py); and calls every program makes. Must hold: the container was created
+    with Potluck's profile (seccomp_profile.py, read back in inspect); io_uring_setup, the
+    AF_VSOCK, AF_ALG sockets and unshare(CLONE_NEWUSER) fail with EPERM (io_uring_setup with
+    no arguments would say EFAULT, a vsock socket succeed, were they let through); clone3 says
+    ENOSYS (so that the C library uses clone); an AF_INET socket and getpid succeed."""
+    calls = {
+        "io_uring_setup": (425, 0, 0),
+        "socket_vsock": (41, 40, 1, 0),
+        "socket_alg": (41, 38, 5, 0),
+        "unshare_user": (272, 0x10000000),
+        "clone3": (435, 0, 0),
+        "socket_inet": (41, 2, 1, 0),
+        "getpid": (39,),
+    }
+    async with _running(pool, laptop, docker_engines[0], "seccomp", spec()) as (driver, cid):
+        client = docker.DockerClient(base_url=docker_engines[0].url)
+        try:
+            tar = io.BytesIO()
+            with tarfile.open(fileobj=tar, mode="w") as archive:
+                for name, (number, *args) in calls.items():
+                    program = probe(number, *args)
+                    info = tarfile.TarInfo(f"probe/{name}")
+                    info.size, info.mode = len(program), 0o755
+                    archive.addfile(info, io.BytesIO(program))
+            assert client.api.put_archive(cid, "/", tar.getvalue())
+        finally:
+            client.close()
+        errno_of = {name: driver.exec_run(cid, [f"/probe/{name}"]).exit_code for name in calls}
+        assert errno_of == {
+            "io_uring_setup": 1,
+            "socket_vsock": 1,
+            "socket_alg": 1,
+            "unshare_user": 1,
+            "clone3": 38,
+            "socket_inet": 0,
+            "getpid": 0,
+        }
+        assert "seccomp=" + SECCOMP_PROFILE in driver.inspect(cid)["HostConfig"]["SecurityOpt"]

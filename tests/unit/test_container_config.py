@@ -28,8 +28,10 @@ from potluck.hostd.container_config import (
     network_kwargs,
     network_mismatches,
     own_labels,
+    security_options,
 )
 from potluck.hostd.helper import KEEP_ALIVE
+from potluck.hostd.seccomp_profile import PROFILE as SECCOMP_PROFILE
 
 MiB = 1024 * 1024
 
@@ -62,7 +64,7 @@ def _inspect_as_the_engine_reports(spec: ContainerSpec, *, disk_quota: bool) -> 
         "OomScoreAdj": 1000,
         "CapDrop": ["ALL"],
         "CapAdd": [f"CAP_{c}" for c in CAPABILITIES],
-        "SecurityOpt": ["no-new-privileges"],
+        "SecurityOpt": security_options(),
         "Privileged": False,
         "NetworkMode": "potluck-a1b2" if spec.network else "none",
         "Ulimits": [
@@ -107,7 +109,7 @@ def test_create_kwargs_carry_every_limit_and_the_hardening() -> None:
     assert kwargs["oom_score_adj"] == OOM_SCORE_ADJ == 1000
     assert kwargs["cap_drop"] == ["ALL"]
     assert sorted(kwargs["cap_add"]) == sorted(CAPABILITIES)
-    assert kwargs["security_opt"] == ["no-new-privileges"]
+    assert kwargs["security_opt"] == ["no-new-privileges", "seccomp=" + SECCOMP_PROFILE]
     assert kwargs["privileged"] is False
     assert kwargs["network_mode"] == "none"
     assert kwargs["init"] is True
@@ -170,8 +172,10 @@ def test_a_container_as_asked_has_no_mismatch(disk_quota: bool, network: bool) -
         (("HostConfig", "CapDrop"), [], "CapDrop"),
         (("HostConfig", "CapAdd"), ["CAP_SYS_ADMIN"], "CapAdd"),
         (("HostConfig", "SecurityOpt"), [], "SecurityOpt.no-new-privileges"),
-        (("HostConfig", "SecurityOpt"), ["no-new-privileges", "seccomp=unconfined"],
+        (("HostConfig", "SecurityOpt"), ["no-new-privileges", "apparmor=unconfined"],
          "SecurityOpt.unconfined"),
+        (("HostConfig", "SecurityOpt"), ["no-new-privileges", 'seccomp={"defaultAction":"SCMP_ACT_ALLOW"}'],
+         "SecurityOpt.seccomp"),
         (("HostConfig", "Privileged"), True, "Privileged"),
         (("HostConfig", "NetworkMode"), "host", "NetworkMode"),
         (("HostConfig", "NetworkMode"), "bridge", "NetworkMode"),
@@ -501,3 +505,19 @@ def test_a_container_made_before_hostd_set_its_oom_score_is_kept_but_never_a_shi
     assert limit_mismatches(spec, inspect, disk_quota=False) == []
     inspect["HostConfig"]["OomScoreAdj"] = -1000
     assert limit_mismatches(spec, inspect, disk_quota=False) == [("OomScoreAdj", OOM_SCORE_ADJ, -1000)]
+
+
+def test_a_container_made_before_hostd_named_its_seccomp_profile_is_kept_but_never_another_profile() -> None:
+    """Tried: the read-back of a container whose options name no seccomp profile (the engine's
+    default: made by a hostd before it named its own, adopted after an upgrade), of one named
+    `unconfined`, and of one with another profile. Must hold: the first is kept, the other two
+    refused, naming SecurityOpt.seccomp."""
+    spec = _spec()
+    inspect = _inspect_as_the_engine_reports(spec, disk_quota=False)
+    inspect["HostConfig"]["SecurityOpt"] = ["no-new-privileges"]
+    assert limit_mismatches(spec, inspect, disk_quota=False) == []
+    for other in ("unconfined", '{"defaultAction":"SCMP_ACT_ALLOW"}'):
+        inspect["HostConfig"]["SecurityOpt"] = ["no-new-privileges", "seccomp=" + other]
+        assert "SecurityOpt.seccomp" in [
+            name for name, _, _ in limit_mismatches(spec, inspect, disk_quota=False)
+        ]

@@ -1,0 +1,39 @@
+"""A tiny static x86-64 program that makes one syscall and exits with its errno (0 if it
+succeeded): what a test puts into a container to ask its seccomp profile about one call,
+in an image (busybox) that has no program making that call. Built here, byte by byte, so
+that no compiler is needed where the tests run."""
+
+import struct
+
+__all__ = ["probe"]
+
+_BASE = 0x400000
+_HEADERS = 64 + 56  # the ELF header and its one program header
+
+
+def _mov(register: int, value: int) -> bytes:
+    """`mov r64, imm32` (sign-extended): rax 0, rdx 2, rsi 6, rdi 7."""
+    return bytes([0x48, 0xC7, 0xC0 | register]) + struct.pack("<i", value)
+
+
+def probe(number: int, *args: int) -> bytes:
+    """The program: syscall `number` with up to three `args`, then exit(errno), exit(0) on success."""
+    rdi, rsi, rdx = (*args, 0, 0, 0)[:3]
+    code = (
+        _mov(0, number) + _mov(7, rdi) + _mov(6, rsi) + _mov(2, rdx)
+        + b"\x0f\x05"  # syscall
+        + b"\x31\xff"  # xor edi, edi: status 0 ...
+        + b"\x48\x85\xc0"  # test rax, rax
+        + b"\x79\x05"  # jns exit: ... when it succeeded
+        + b"\x48\xf7\xd8"  # neg rax
+        + b"\x89\xc7"  # mov edi, eax: status errno
+        + b"\xb8\x3c\x00\x00\x00"  # exit: mov eax, 60 (exit)
+        + b"\x0f\x05"  # syscall
+    )  # fmt: skip
+    size = _HEADERS + len(code)
+    elf = (
+        b"\x7fELF\x02\x01\x01" + b"\x00" * 9
+        + struct.pack("<HHIQQQIHHHHHH", 2, 0x3E, 1, _BASE + _HEADERS, 64, 0, 0, 64, 56, 1, 0, 0, 0)
+    )  # fmt: skip
+    program = struct.pack("<IIQQQQQQ", 1, 5, 0, _BASE, _BASE, size, size, 0x1000)
+    return elf + program + code

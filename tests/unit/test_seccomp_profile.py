@@ -1,0 +1,50 @@
+"""Potluck's own seccomp profile: what it lets containers call, and what never."""
+
+import json
+
+from potluck.hostd.seccomp_profile import DENIED, KNOWN, PROFILE, SOCKET_FAMILIES, profile
+
+AF_ALG, AF_VSOCK, AF_PACKET = 38, 40, 17
+
+
+def _allowed_unconditionally() -> set[str]:
+    return {
+        name
+        for rule in profile()["syscalls"]
+        if rule["action"] == "SCMP_ACT_ALLOW" and not rule.get("args")
+        for name in rule["names"]
+    }
+
+
+def test_what_no_container_may_call_is_never_allowed_and_the_rest_of_the_kernels_table_is() -> None:
+    """Every syscall the profile denies (io_uring, keyrings, namespaces, mounts, BPF, ...) is
+    one it knows and is in no allowing rule; everything else it knows, but the few allowed
+    only with some arguments, is allowed; anything else gets the default, EPERM."""
+    allowed = _allowed_unconditionally()
+    assert DENIED.keys() <= set(KNOWN)
+    assert not allowed & DENIED.keys()
+    never = ("io_uring_setup", "io_uring_enter", "keyctl", "unshare", "setns", "mount", "bpf",
+             "perf_event_open", "userfaultfd", "open_by_handle_at", "socketcall", "kexec_load")  # fmt: skip
+    assert set(never) <= DENIED.keys()
+    assert set(KNOWN) - DENIED.keys() - allowed == {"clone", "clone3", "personality", "socket", "socketpair"}
+    for name in ("read", "write", "openat", "execve", "fork", "ptrace", "mmap2", "fchmodat2", "rseq"):
+        assert name in allowed
+    assert profile()["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert profile()["defaultErrnoRet"] == 1
+
+
+def test_sockets_only_of_the_ordinary_families_and_clone_never_with_a_namespace() -> None:
+    """Sockets: Unix, IPv4, IPv6, netlink only (never AF_VSOCK, AF_ALG, AF_PACKET); a clone
+    with any namespace flag does not match the rule that allows clone; clone3 gets ENOSYS
+    (the C library then uses clone)."""
+    rules = {r["names"][0]: r for r in profile()["syscalls"] if len(r["names"]) == 1}
+    families = {rule["args"][0]["value"] for rule in profile()["syscalls"] if rule["names"] == ["socket"]}
+    assert families == set(SOCKET_FAMILIES) == {1, 2, 10, 16}
+    assert not families & {AF_ALG, AF_VSOCK, AF_PACKET}
+    [mask] = rules["clone"]["args"]
+    assert (mask["op"], mask["valueTwo"]) == ("SCMP_CMP_MASKED_EQ", 0)
+    clone_newuser, clone_newnet, clone_thread = 0x10000000, 0x40000000, 0x00010000
+    assert mask["value"] & (clone_newuser | clone_newnet) == clone_newuser | clone_newnet
+    assert not mask["value"] & clone_thread
+    assert rules["clone3"] == {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
+    assert json.loads(PROFILE) == profile()
