@@ -57,8 +57,11 @@ DENIED: dict[str, str] = {
         "performance counters, page-fault races)",
     ),
     **dict.fromkeys(
-        ("kcmp", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "process_madvise"),
-        "another process's memory or files, which need CAP_SYS_PTRACE, not given",
+        # (ptrace itself, and process_vm_readv/writev, which the kernel checks as it does
+        # ptrace, are allowed: debuggers and profilers such as gdb and py-spy use them on the
+        # container's own processes, and they reach no others.)
+        ("kcmp", "pidfd_getfd", "process_madvise"),
+        "another process's files or memory management, which need CAP_SYS_PTRACE, not given",
     ),
     **dict.fromkeys(
         ("name_to_handle_at", "open_by_handle_at"),

@@ -27,7 +27,18 @@ def test_what_no_container_may_call_is_never_allowed_and_the_rest_of_the_kernels
              "perf_event_open", "userfaultfd", "open_by_handle_at", "socketcall", "kexec_load")  # fmt: skip
     assert set(never) <= DENIED.keys()
     assert set(KNOWN) - DENIED.keys() - allowed == {"clone", "clone3", "personality", "socket", "socketpair"}
-    for name in ("read", "write", "openat", "execve", "fork", "ptrace", "mmap2", "fchmodat2", "rseq"):
+    for name in (
+        "read",
+        "write",
+        "openat",
+        "execve",
+        "fork",
+        "ptrace",
+        "process_vm_readv",
+        "mmap2",
+        "fchmodat2",
+        "rseq",
+    ):
         assert name in allowed
     assert profile()["defaultAction"] == "SCMP_ACT_ERRNO"
     assert profile()["defaultErrnoRet"] == 1
