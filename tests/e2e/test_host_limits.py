@@ -417,7 +417,7 @@ async def test_when_the_members_machine_runs_out_of_memory_a_containers_processe
     )
     first = spec(command=["sh", "-c", shield])
     async with _running(pool, laptop, docker_engines[0], "oom-first", first) as (driver, cid):
-        await _until(driver, cid, ["-s", "/shielded"], "the command never tried to shield itself", 15)
+        await _until(driver, cid, ["-s", "/shielded"], "the command never tried to shield itself", 30)
         assert driver.exec_run(cid, ["cat", "/score"]).output.decode().split() == [str(OOM_SCORE_ADJ)]
         assert driver.exec_run(cid, ["cat", "/shielded"]).output.decode().split() != ["0"]
         assert driver.exec_run(cid, ["cat", "/proc/1/oom_score_adj"]).output.decode().split() == ["1000"]
