@@ -18,7 +18,9 @@ __all__ = ["BudgetedProcess"]
 class BudgetedProcess:
     """`process` (an exec with no terminal) and the allocation's `budget`, held until it ends."""
 
-    def __init__(self, bridge: ExecBridge, alloc_id: str, process: ExecProcess, budget: DiskBudget) -> None:
+    def __init__(
+        self, bridge: ExecBridge, alloc_id: str, process: ExecProcess, budget: DiskBudget | None
+    ) -> None:
         self.bridge, self.alloc_id = bridge, alloc_id
         self.process = process
         self.exec_id = process.exec_id

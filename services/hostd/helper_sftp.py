@@ -72,6 +72,7 @@ from potluck.hostd.disk_budget import DiskBudget
 from potluck.hostd.exec_bridge import ExecBridge, SessionProcess
 from potluck.hostd.exec_errors import ExecError, ExecRefused
 from potluck.hostd.exec_stream import ExecSink
+from potluck.hostd.sftp_filter import SftpFilter
 
 __all__ = ["ContainerSFTPServer", "HelperSftpProcess", "open_sftp"]
 
@@ -811,4 +812,5 @@ async def open_sftp(
         container_id = await bridge.container_for(alloc_id)
         log.info("helper_sftp.serving", alloc_id=alloc_id, container_id=container_id[:12])
         return HelperSftpProcess(files, container_id)
-    return await bridge.open(alloc_id, argv, tty=False, env=env)
+    # The image's own: its uploads held to what is left of the disk bound (sftp_filter.py).
+    return SftpFilter(bridge, alloc_id, await bridge.open(alloc_id, argv, tty=False, env=env))

@@ -6,8 +6,8 @@ the real gateway to the real hostd and Docker engine.
 Before the fix `potluck cp` and `scp -O` sent their bytes into the container until hostd's
 disk guard saw the container past its bound and stopped the allocation: the user lost their
 running work because of an upload; hostd's SFTP refused the write past the bound but left the
-half-written file. (An image's own sftp-server, and rsync, are not held to the bound yet:
-there the guard still stops the allocation.)
+half-written file; an image's own sftp-server wrote the whole upload and the guard stopped the
+allocation. (rsync is not held to the bound yet: there the guard still stops the allocation.)
 
 What must hold instead: the transfer fails with a clear exit status (and, for `potluck cp`, a
 message saying how much was needed and how much is left), the allocation
@@ -21,10 +21,12 @@ container past its bound is stopped well within the seconds each test waits afte
 import asyncio
 import os
 import re
+import struct
 import subprocess
 import tarfile
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from potluck.localstack.test_image import DEFAULT_TAG
@@ -109,7 +111,13 @@ async def test_potluck_cp_past_what_is_left_of_the_disk_bound_fails_cleanly(
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("tool", "image"),
-    [("scp -O", "default"), ("scp", "busybox"), ("sftp", "busybox")],
+    [
+        ("scp -O", "default"),
+        ("scp", "default"),
+        ("sftp", "default"),
+        ("scp", "busybox"),
+        ("sftp", "busybox"),
+    ],
 )
 async def test_ssh_tools_past_what_is_left_of_the_disk_bound_fail_cleanly(
     files: Gatewayed, default_image: str, tmp_path: Path, tool: str, image: str
@@ -117,28 +125,36 @@ async def test_ssh_tools_past_what_is_left_of_the_disk_bound_fail_cleanly(
     """What is tried: the user's own tool uploads a 40 MiB file into an allocation whose disk
     bound is 64 MiB and which holds 40 MiB already: `scp -O` into the default image (its own
     scp runs the protocol's sink; before the fix it wrote the whole file and hostd's disk guard
-    stopped the allocation), `scp` (SFTP mode) and `sftp` into busybox (hostd's own SFTP server;
-    before the fix the refused upload left a half-written file under its name). What must
-    hold: the tool exits non-zero; the allocation still runs, its earlier file is intact and
-    no part of the upload is left in WORK; a small upload with the same tool works afterwards."""
+    stopped the allocation), `scp` (SFTP mode) and `sftp` into the default image (its own
+    sftp-server, hostd filtering its stream; before the fix it wrote the whole file and the
+    guard stopped the allocation) and into busybox (hostd's own SFTP server; before the fix
+    the refused upload left a half-written file under its name). What must hold: the tool
+    exits non-zero, and through the image's sftp-server says how much the write needed and how
+    much is left; the allocation still runs, its earlier file is intact and no part of the
+    upload is left in WORK; a small upload with the same tool works afterwards."""
     alloc_id, earlier = await half_full(files, default_image if image == "default" else DEFAULT_TAG)
     local = forty(tmp_path)
     small = tmp_path / "small.txt"
     small.write_text("small\n")
     target = f"{alloc_id}@127.0.0.1"
 
-    async def upload(path: Path) -> int:
+    async def upload(path: Path) -> subprocess.CompletedProcess[str]:
         if tool == "sftp":
-            done = await transfer.sftp(files, alloc_id, f"put {path} {WORK}/{path.name}\n")
-        else:
-            done = await transfer.scp(
-                files, str(path), f"{target}:{WORK}/{path.name}", legacy=tool == "scp -O"
-            )
-        return done.returncode
+            return await transfer.sftp(files, alloc_id, f"put {path} {WORK}/{path.name}\n")
+        return await transfer.scp(files, str(path), f"{target}:{WORK}/{path.name}", legacy=tool == "scp -O")
 
-    assert await upload(local) != 0
+    refused = await upload(local)
+
+    assert refused.returncode != 0, refused.stderr
+    if image == "default" and tool != "scp -O":
+        said = re.search(
+            r"disk bound is reached: this needs (\d+) bytes more, (\d+) are left", refused.stderr
+        )
+        assert said is not None, refused.stderr
+        assert int(said[1]) > int(said[2]), refused.stderr
     await still_whole(files, alloc_id, earlier)
-    assert await upload(small) == 0
+    fine = await upload(small)
+    assert fine.returncode == 0, fine.stderr
     assert (await files.ssh(alloc_id, f"cat {WORK}/small.txt")).stdout == "small\n"
 
 
@@ -206,3 +222,83 @@ async def test_potluck_cp_counts_what_is_left_as_the_disk_guard_counts_it(
     assert (await files.ssh(alloc_id, f"sha256sum < {WORK}/two.bin")).stdout.split()[0] == transfer.sha256(
         two
     )
+
+
+def _sftp_packet(kind: int, *fields: bytes) -> bytes:
+    body = bytes([kind]) + b"".join(fields)
+    return struct.pack(">I", len(body)) + body
+
+
+def _string(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+async def _read_packet(reader: "asyncssh.SSHReader[bytes]") -> bytes:
+    async with asyncio.timeout(30):
+        (length,) = struct.unpack(">I", await reader.readexactly(4))
+        return await reader.readexactly(length)
+
+
+@pytest.mark.slow
+async def test_a_hostile_sftp_client_of_the_images_sftp_server_is_answered_and_hostd_goes_on(
+    files: Gatewayed, default_image: str, tmp_path: Path
+) -> None:
+    """What is tried: a hand-rolled SFTP client (asyncssh's session, raw bytes) on the default
+    image's own sftp-server: it writes to a handle no open gave it, asks the server to copy
+    data itself (copy-data, which would write without the bytes passing hostd), then announces
+    a packet of 4 GiB. What must hold: the server's VERSION, as the client gets it, offers no
+    copy-data; the write is answered FAILURE ("no such handle") and the copy OP_UNSUPPORTED,
+    each by hostd; the huge packet ends the session, hostd saying why on its stderr, without
+    hostd buffering it; then hostd serves the allocation on: an sftp put lands whole."""
+    alloc_id = await transfer.interactive(files, default_image, disk="64M")
+
+    async with asyncssh.connect(
+        "127.0.0.1",
+        files.ssh_port,
+        username=alloc_id,
+        client_keys=[str(files.key)],
+        known_hosts=None,
+        agent_path=None,
+        config=None,
+    ) as conn:
+        writer, reader, errors = await conn.open_session(subsystem="sftp", encoding=None)
+        writer.write(_sftp_packet(1, struct.pack(">I", 3)))
+        version = await _read_packet(reader)
+        unknown_write = _sftp_packet(
+            6, struct.pack(">I", 7), _string(b"\0\0\0\x63"), struct.pack(">Q", 0), _string(b"x" * 1000)
+        )
+        writer.write(unknown_write)
+        refused_write = await _read_packet(reader)
+        copy = _sftp_packet(
+            200,
+            struct.pack(">I", 8),
+            _string(b"copy-data"),
+            _string(b"h1"),
+            struct.pack(">QQ", 0, 0),
+            _string(b"h2"),
+            struct.pack(">Q", 0),
+        )
+        writer.write(copy)
+        refused_copy = await _read_packet(reader)
+        writer.write(struct.pack(">I", 0xFFFFFFF0) + b"\x03" + b"\0" * 4096)
+        async with asyncio.timeout(30):
+            rest = await reader.read()
+            said = (await errors.read()).decode()
+
+    assert version[0] == 2, version
+    assert b"copy-data" not in version, version
+    assert b"posix-rename@openssh.com" in version, version
+    kind, request_id, code = struct.unpack_from(">BII", refused_write)
+    assert (kind, request_id, code) == (101, 7, 4), refused_write
+    assert b"no such handle" in refused_write, refused_write
+    kind, request_id, code = struct.unpack_from(">BII", refused_copy)
+    assert (kind, request_id, code) == (101, 8, 8), refused_copy
+    assert b"copy-data is not offered here" in refused_copy, refused_copy
+    assert rest == b"", rest
+    assert f"a packet of {0xFFFFFFF0} bytes, more than" in said, said
+    local = tmp_path / "after.bin"
+    local.write_bytes(os.urandom(3 * MiB))
+    put = await transfer.sftp(files, alloc_id, f"put {local} /root/after.bin\n")
+    assert put.returncode == 0, put.stderr
+    landed = await files.ssh(alloc_id, "sha256sum < /root/after.bin")
+    assert landed.stdout.split()[0] == transfer.sha256(local)

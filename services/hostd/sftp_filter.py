@@ -1,0 +1,655 @@
+"""The image's own sftp-server, its uploads held to what is left of the allocation's disk bound.
+
+scp's default (SFTP) mode and sftp's `put` run the image's sftp-server in the container
+(gateway_link.command_argv); it writes whatever it is sent, so an upload that fit the
+allocation's bound but not what is left of it was written whole, and hostd's disk guard then
+stopped the allocation. hostd now reads the SFTP stream on its way between the client and
+that server (protocol version 3, which OpenSSH's clients and server speak: packets of a
+uint32 length, a type byte, a uint32 request id, then the request), and takes what each
+request can add to the container's disk from the allocation's budget (disk_budget.py, shared
+with hostd's own SFTP server, `potluck cp` and `scp -O`) before the server sees it:
+
+- OPEN: a file it may create counts ENTRY_BYTES (as the guard counts every entry); the
+  handle the server answers with is remembered with the open. An open that creates the file
+  without emptying it (OpenSSH's scp and sftp open WRITE|CREAT and truncate at the end) is
+  preceded by an LSTAT of hostd's own, so hostd knows whether the open made the file.
+- WRITE: what it adds past the furthest byte its handle has written (the whole of it in
+  append mode, where the offset is not where it lands): a handle's writes start at 0, so a
+  file that was there before is counted as if it were being written anew (more than it
+  grows, never less). A write to a handle no open answered with is refused.
+- SETSTAT / lsetstat of a size: the size (hostd does not know what the file held); FSETSTAT:
+  what it adds past the handle's furthest byte. MKDIR, SYMLINK, hardlink: ENTRY_BYTES.
+- EXTENDED requests hostd cannot account (copy-data: the server copies without the bytes
+  passing here) are answered OP_UNSUPPORTED, and left out of the server's VERSION answer, so
+  OpenSSH's clients do not offer them. Request types past version 3 are answered so too, and
+  a client's INIT asking for a later version is passed on asking for 3.
+
+A request that does not fit is never passed on: hostd answers it itself with a FAILURE
+status saying what it needs and what is left (NO_SPACE_ON_FILESYSTEM is version 5's), and
+says it on the session's stderr too, which OpenSSH's clients print (they print only
+"Failure" of the status). Every later write to that handle is refused the same way, and when
+the client closes it, if its open made or emptied the file, hostd removes it (a REMOVE of its
+own, whose answer the client never sees) and gives back what its writes took: nothing
+half-written is left under the upload's name, the container stays within its bound and runs
+on. (A file that was there before and written over in place is left as the writes left it.)
+hostd's own requests use ids from OUR_IDS up, which a client may not use (it is answered
+FAILURE): OpenSSH's clients count from 1.
+
+What hostd buffers is bounded: a packet's start (a WRITE's data is passed on as it comes),
+and a whole packet only for the other requests, each at most MAX_PACKET (OpenSSH's
+sftp-server's own limit, past which it exits). A client announcing a longer packet, or a
+packet too short for its type, has its session ended, saying why; hostd goes on. The
+server's answers are passed on as they come (its packets are read only as far as their id),
+except those hostd acts on: HANDLE answers to opens, VERSION, and the answers to its own
+requests. hostd's answers to the client go between the server's packets, never inside one.
+
+The budget is joined at the first request that can grow the disk (a session that only reads
+never measures it) and held until the session ends; while it is being joined (the engine
+measures the container) the client's input waits, held back by the SSH window.
+"""
+
+import asyncio
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from potluck.contracts.uploads import ENTRY_BYTES
+from potluck.hostd import disk_budget
+from potluck.hostd.budgeted_process import BudgetedProcess
+from potluck.hostd.exec_bridge import ExecBridge, ExecProcess
+from potluck.hostd.exec_errors import ExecError
+from potluck.hostd.exec_stream import ExecSink
+
+__all__ = ["MAX_PACKET", "OUR_IDS", "SftpFilter"]
+
+log = structlog.get_logger(__name__)
+
+#: The longest packet (its length field) passed on: OpenSSH's sftp-server's SFTP_MAX_MSG_LENGTH.
+MAX_PACKET = 256 * 1024
+#: The request ids hostd gives its own requests (counting up to 2**32 - 1); a client's request
+#: with one is refused.
+OUR_IDS = 0xFFFF0000
+#: The longest handle hostd remembers (OpenSSH's are 4 bytes; the protocol says at most 256).
+_MAX_HANDLE = 256
+
+# SFTP version 3's packet types (draft-ietf-secsh-filexfer-02).
+_INIT, _VERSION, _OPEN, _CLOSE, _WRITE, _LSTAT, _SETSTAT, _FSETSTAT = 1, 2, 3, 4, 6, 7, 9, 10
+_REMOVE, _MKDIR, _SYMLINK, _EXTENDED = 13, 14, 20, 200
+_STATUS, _HANDLE = 101, 102
+_REQUESTS = frozenset(range(3, 21)) | {_EXTENDED}
+_FXF_WRITE, _FXF_APPEND, _FXF_CREAT, _FXF_TRUNC, _FXF_EXCL = 0x02, 0x04, 0x08, 0x10, 0x20
+_FX_OK, _FX_NO_SUCH_FILE, _FX_FAILURE, _FX_OP_UNSUPPORTED = 0, 2, 4, 8
+_ATTR_SIZE = 0x01
+
+#: EXTENDED requests passed on (those that may grow the disk are counted: _extended).
+_EXTENSIONS = frozenset(
+    {
+        b"posix-rename@openssh.com",
+        b"statvfs@openssh.com",
+        b"fstatvfs@openssh.com",
+        b"hardlink@openssh.com",
+        b"fsync@openssh.com",
+        b"lsetstat@openssh.com",
+        b"limits@openssh.com",
+        b"expand-path@openssh.com",
+        b"home-directory",
+        b"users-groups-by-id@openssh.com",
+    }
+)
+
+#: The EXTENDED request hostd sends in place of a client's request it answers itself.
+_IN_PLACE = b"in-place@potluck"
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_HEAD = struct.Struct(">IBI")  # length, type, request id
+
+
+class _Malformed(Exception):
+    """The stream is no SFTP: the session is ended."""
+
+
+@dataclass(eq=False)
+class _Open:
+    path: bytes
+    pflags: int
+    #: Made (or emptied) by the open: an upload whose refusal removes the file.
+    fresh: bool
+
+
+@dataclass(eq=False)
+class _File:
+    open: _Open
+    #: The furthest byte this handle wrote (or set the size to): writes past it grow the disk.
+    end: int = 0
+    #: What its writes took from the budget.
+    taken: int = 0
+    #: A write to it was refused: the upload cannot be whole.
+    refused: bool = False
+
+
+@dataclass
+class _Outbound:
+    """One direction's parse: the current packet's start, and what is left of it to pass on or
+    to drop."""
+
+    head: bytearray = field(default_factory=bytearray)
+    through: int = 0
+    skip: int = 0
+
+
+def _string(packet: bytes, at: int) -> tuple[bytes, int]:
+    if at + 4 > len(packet):
+        raise _Malformed("a string past the packet's end")
+    (n,) = _U32.unpack_from(packet, at)
+    end = at + 4 + n
+    if end > len(packet):
+        raise _Malformed("a string past the packet's end")
+    return packet[at + 4 : end], end
+
+
+def _u32(packet: bytes, at: int) -> tuple[int, int]:
+    if at + 4 > len(packet):
+        raise _Malformed("a number past the packet's end")
+    return _U32.unpack_from(packet, at)[0], at + 4
+
+
+def _attrs_size(packet: bytes, at: int) -> int | None:
+    """The size an ATTRS at `at` sets, if it sets one."""
+    flags, at = _u32(packet, at)
+    if not flags & _ATTR_SIZE:
+        return None
+    if at + 8 > len(packet):
+        raise _Malformed("a size past the packet's end")
+    return int(_U64.unpack_from(packet, at)[0])
+
+
+def _packet(kind: int, request_id: int, body: bytes) -> bytes:
+    return _HEAD.pack(5 + len(body), kind, request_id) + body
+
+
+def _sftp_string(data: bytes) -> bytes:
+    return _U32.pack(len(data)) + data
+
+
+def _status(request_id: int, code: int, message: str) -> bytes:
+    body = _U32.pack(code) + _sftp_string(message.encode()) + _sftp_string(b"en")
+    return _packet(_STATUS, request_id, body)
+
+
+class SftpFilter(BudgetedProcess):
+    """The exec of the image's sftp-server, its requests checked against the allocation's disk
+    budget on their way in (module docstring). It is the exec's sink, and passes its output on
+    to the session's."""
+
+    def __init__(self, bridge: ExecBridge, alloc_id: str, process: ExecProcess) -> None:
+        super().__init__(bridge, alloc_id, process, None)
+        self._in = _Outbound()
+        self._out = _Outbound()
+        #: Client input that waits while the budget is joined.
+        self._held: list[bytes] | None = None
+        #: The request whose need of the budget started the join.
+        self._waiting: bytes | None = None
+        self._joining: asyncio.Task[None] | None = None
+        self._engine_paused = False
+        self._broken = False
+        self._over = False
+        self._ending: asyncio.Task[int] | None = None
+        #: Opens passed on, by request id, until the server answers them.
+        self._opening: dict[int, _Open] = {}
+        self._files: dict[bytes, _File] = {}
+        #: hostd's own requests, by id: what to do with the server's answer.
+        self._ours: dict[int, Callable[[bytes], bytes | None]] = {}
+        self._next_id = OUR_IDS
+
+    # The client's side: the session writes its input here.
+
+    def write(self, data: bytes) -> None:
+        if self._broken:
+            return
+        if self._held is not None:
+            self._held.append(data)
+            return
+        self._feed(data)
+
+    def write_eof(self) -> None:
+        if self._held is not None:
+            self._held.append(b"")  # the end, once what is held was passed on
+            return
+        self.process.write_eof()
+
+    def _feed(self, data: bytes) -> None:
+        """Pass `data` on, request by request; stop (keeping the rest) when a request waits for
+        the budget."""
+        sending: list[bytes | memoryview] = []
+        try:
+            rest = self._parse_in(memoryview(data), sending)
+        except _Malformed as exc:
+            self._send(sending)
+            self._break(str(exc))
+            return
+        self._send(sending)
+        if rest is not None:
+            self._held = [bytes(rest)] if rest else []
+
+    def _send(self, sending: list[bytes | memoryview]) -> None:
+        if sending:
+            self.process.write(b"".join(sending))
+
+    def _parse_in(self, view: memoryview, sending: list[bytes | memoryview]) -> memoryview | None:
+        """Parse the client's `view`, what is to go to the server appended to `sending`; what is
+        left of it when a request waits for the budget (None when all was parsed)."""
+        state = self._in
+        at, size = 0, len(view)
+        while at < size:
+            if state.through:
+                n = min(state.through, size - at)
+                sending.append(view[at : at + n])
+                at += n
+                state.through -= n
+                continue
+            if state.skip:
+                n = min(state.skip, size - at)
+                at += n
+                state.skip -= n
+                continue
+            head = state.head
+            need = self._in_need(head)
+            n = min(need - len(head), size - at)
+            head += view[at : at + n]
+            at += n
+            if len(head) < need or need != self._in_need(head):
+                continue
+            state.head = bytearray()
+            if head[4] == _WRITE:
+                self._write(bytes(head), sending)
+            elif not self._request(bytes(head), sending):
+                self._waiting = bytes(head)
+                self._start_join()
+                return view[at:]
+        return None
+
+    def _in_need(self, head: bytearray) -> int:
+        """How much of the client's packet to hold before deciding on it: its length and type,
+        then all of it, or for a WRITE all but its data."""
+        if len(head) < 5:
+            return 5
+        length = int(_U32.unpack_from(head)[0])
+        if length > MAX_PACKET:
+            raise _Malformed(f"the SFTP client sent a packet of {length} bytes, more than {MAX_PACKET}")
+        if length < 5:
+            raise _Malformed(f"the SFTP client sent a packet of {length} bytes, too short for any")
+        if head[4] != _WRITE:
+            return 4 + length
+        if len(head) < 13:
+            return 13
+        handle_len = int(_U32.unpack_from(head, 9)[0])
+        need = 13 + handle_len + 12
+        if handle_len > _MAX_HANDLE or need > 4 + length:
+            raise _Malformed("the SFTP client sent a WRITE whose handle does not fit it")
+        return need
+
+    def _write(self, head: bytes, sending: list[bytes | memoryview]) -> None:
+        """A WRITE's start (its data follows): passed on with its data if what it adds fits."""
+        length, _, request_id = _HEAD.unpack_from(head)
+        handle, at = _string(head, 9)
+        (offset,) = _U64.unpack_from(head, at)
+        (count,) = _U32.unpack_from(head, at + 8)
+        rest = 4 + length - len(head)
+        if count != rest:
+            raise _Malformed("the SFTP client sent a WRITE whose data is not its packet's length")
+        file = self._files.get(handle)
+        refusal = None
+        if request_id >= OUR_IDS:
+            refusal = self._reserved(request_id)
+        elif file is None:
+            refusal = _status(request_id, _FX_FAILURE, "no such handle (no open answered with it)")
+        elif self.budget is None or not file.open.pflags & (_FXF_WRITE | _FXF_APPEND):
+            refusal = _status(request_id, _FX_FAILURE, "the file was not opened for writing")
+        elif file.refused:
+            refusal = _status(request_id, _FX_FAILURE, "an earlier write to this file passed the disk bound")
+        else:
+            end = offset + count
+            growth = count if file.open.pflags & _FXF_APPEND else max(0, end - file.end)
+            if self.budget.claim(growth):
+                file.taken += growth
+                file.end = max(file.end, end)
+                sending.append(head)
+                self._in.through = rest
+                return
+            file.refused = True
+            refusal = self._no_space(request_id, growth, file.open.path)
+        self._answer(sending, refusal)
+        self._in.skip = rest
+
+    def _request(self, packet: bytes, sending: list[bytes | memoryview]) -> bool:
+        """A whole request other than WRITE: passed on (or answered here); False, nothing done,
+        when it needs the budget, which is not joined yet."""
+        kind = packet[4]
+        if kind == _INIT:
+            version, _ = _u32(packet, 5)
+            sending.append(packet if version <= 3 else packet[:5] + _U32.pack(3) + packet[9:])
+            return True
+        if len(packet) < 9:
+            raise _Malformed(f"the SFTP client sent a request (type {kind}) without its id")
+        (request_id,) = _U32.unpack_from(packet, 5)
+        if request_id >= OUR_IDS:
+            self._answer(sending, self._reserved(request_id))
+            return True
+        if kind not in _REQUESTS:
+            self._answer(
+                sending, _status(request_id, _FX_OP_UNSUPPORTED, f"request type {kind} is not offered here")
+            )
+            return True
+        growth = 0
+        before: bytes | None = None
+        opened: _Open | None = None
+        file: _File | None = None
+        size: int | None = None
+        if kind == _OPEN:
+            path, at = _string(packet, 9)
+            pflags, at = _u32(packet, at)
+            size = _attrs_size(packet, at)
+            if not pflags & (_FXF_WRITE | _FXF_APPEND | _FXF_CREAT | _FXF_TRUNC):
+                self._opening[request_id] = _Open(path, pflags, fresh=False)
+                sending.append(packet)
+                return True
+            growth = (ENTRY_BYTES if pflags & _FXF_CREAT else 0) + (size or 0)
+            made = bool(pflags & _FXF_TRUNC) or pflags & (_FXF_CREAT | _FXF_EXCL) == _FXF_CREAT | _FXF_EXCL
+            opened = made_here = _Open(path, pflags, fresh=made)
+            if pflags & _FXF_CREAT and not made:
+                before = self._ask(_LSTAT, _sftp_string(path), lambda answer: self._made(made_here, answer))
+        elif kind == _SETSTAT:
+            growth = _attrs_size(packet, _string(packet, 9)[1]) or 0
+        elif kind == _FSETSTAT:
+            handle, at = _string(packet, 9)
+            size = _attrs_size(packet, at)
+            if size is not None:
+                file = self._files.get(handle)
+                if file is None:
+                    self._answer(
+                        sending, _status(request_id, _FX_FAILURE, "no such handle (no open answered with it)")
+                    )
+                    return True
+                growth = max(0, size - file.end)
+        elif kind in (_MKDIR, _SYMLINK):
+            growth = ENTRY_BYTES
+        elif kind == _EXTENDED:
+            name, at = _string(packet, 9)
+            if name not in _EXTENSIONS:
+                said = (
+                    f"{name.decode(errors='replace')} is not offered here (hostd cannot count what it writes)"
+                )
+                self._answer(sending, _status(request_id, _FX_OP_UNSUPPORTED, said))
+                return True
+            if name == b"hardlink@openssh.com":
+                growth = ENTRY_BYTES
+            elif name == b"lsetstat@openssh.com":
+                growth = _attrs_size(packet, _string(packet, at)[1]) or 0
+        elif kind == _CLOSE:
+            self._close(_string(packet, 9)[0], packet, sending)
+            return True
+        if growth or kind == _OPEN:
+            if self.budget is None:
+                if before is not None:
+                    self._ours.pop(_HEAD.unpack_from(before)[2], None)
+                return False
+            if not self.budget.claim(growth):
+                if before is not None:
+                    self._ours.pop(_HEAD.unpack_from(before)[2], None)
+                path = _string(packet, 9)[0] if kind != _EXTENDED else b"the link"
+                self._answer(sending, self._no_space(request_id, growth, path))
+                return True
+            if opened is not None:
+                self._opening[request_id] = opened
+                if before is not None:
+                    sending.append(before)
+            elif kind == _FSETSTAT and size is not None and file is not None:
+                file.end = max(file.end, size)
+                file.taken += growth
+        sending.append(packet)
+        return True
+
+    def _close(self, handle: bytes, packet: bytes, sending: list[bytes | memoryview]) -> None:
+        """Pass a CLOSE on; after it, remove the file of a refused upload its open made."""
+        sending.append(packet)
+        file = self._files.pop(handle, None)
+        if file is None or not (file.refused and file.open.fresh):
+            return
+        path = file.open.path
+
+        def removed(answer: bytes) -> None:
+            code = _U32.unpack_from(answer, 9)[0] if answer[4] == _STATUS and len(answer) >= 13 else None
+            if code != _FX_OK:
+                log.warning("sftp_filter.partial_not_removed", alloc_id=self.alloc_id, status=code)
+                return
+            if self.budget is not None:
+                self.budget.give_back(file.taken)
+            log.info(
+                "sftp_filter.partial_removed", alloc_id=self.alloc_id, path=path.decode(errors="replace")
+            )
+
+        sending.append(self._ask(_REMOVE, _sftp_string(path), removed))
+
+    def _ask(self, kind: int, body: bytes, then: Callable[[bytes], bytes | None]) -> bytes:
+        """A request of hostd's own (its answer goes to `then`, never to the client)."""
+        request_id = self._next_id
+        self._next_id = OUR_IDS if self._next_id >= 0xFFFFFFFF else self._next_id + 1
+        self._ours[request_id] = then
+        return _packet(kind, request_id, body)
+
+    def _made(self, opened: _Open, answer: bytes) -> None:
+        """The answer to the LSTAT before an open: no such file, so the open makes it."""
+        if answer[4] == _STATUS and len(answer) >= 13 and _U32.unpack_from(answer, 9)[0] == _FX_NO_SUCH_FILE:
+            opened.fresh = True
+
+    def _reserved(self, request_id: int) -> bytes:
+        return _status(request_id, _FX_FAILURE, f"request ids from {OUR_IDS} up are hostd's own")
+
+    def _no_space(self, request_id: int, growth: int, path: bytes) -> bytes:
+        """The refusal of a request that needs `growth` more than is left; said on stderr too."""
+        assert self.budget is not None
+        left = self.budget.shown_left
+        bound = self.bridge.disk_bound_of(self.alloc_id)
+        name = path.decode(errors="replace")
+        log.info("sftp_filter.disk_bound_reached", alloc_id=self.alloc_id, growth=growth, left=left)
+        said = (
+            f"the allocation's disk bound is reached: this needs {growth} bytes more, "
+            f"{left} are left (of its disk bound of {bound} bytes)"
+        )
+        if self.sink is not None:
+            self.sink.exec_data(f"potluck: {name}: {said}: not written\n".encode(), True)
+        return _status(request_id, _FX_FAILURE, said)
+
+    def _answer(self, sending: list[bytes | memoryview], packet: bytes) -> None:
+        """An answer of hostd's to the client, in its place among the server's: a request of
+        hostd's own that the server answers (an EXTENDED it does not know) goes to the server in
+        the client's request's place, and its answer is replaced by `packet`. OpenSSH's clients
+        take only the last of a file's write statuses for the upload's: a refusal that passed
+        the server's answers to the writes before it would be followed by their OK."""
+        sending.append(self._ask(_EXTENDED, _sftp_string(_IN_PLACE), lambda _: packet))
+
+    # Joining the budget (the engine measures the container): the client's input waits.
+
+    def _start_join(self) -> None:
+        if self.sink is not None:
+            self.sink.exec_pause()
+        self._joining = asyncio.ensure_future(self._join())
+
+    async def _join(self) -> None:
+        refusal = None
+        try:
+            budget = await disk_budget.join(self.bridge, self.alloc_id)
+        except disk_budget.BoundUnknown as exc:
+            refusal = str(exc)
+        except ExecError as exc:
+            log.warning("sftp_filter.budget_unknown", alloc_id=self.alloc_id, error=str(exc))
+            refusal = f"hostd could not measure the allocation's disk: {exc}"
+        else:
+            if self._over:
+                disk_budget.leave(self.bridge, self.alloc_id, budget)
+                return
+            self.budget = budget
+        waiting, self._waiting = self._waiting, None
+        held, self._held = self._held or [], None
+        if self._over or self._broken or waiting is None:
+            return
+        sending: list[bytes | memoryview] = []
+        try:
+            if refusal is not None:
+                self._answer(sending, _status(_HEAD.unpack_from(waiting)[2], _FX_FAILURE, refusal))
+            else:
+                self._request(waiting, sending)
+        except _Malformed as exc:
+            self._send(sending)
+            self._break(str(exc))
+            return
+        self._send(sending)
+        for index, data in enumerate(held):
+            if not data:
+                self.process.write_eof()
+                break
+            self._feed(data)
+            if self._held is not None:  # waits again: the rest after what it kept
+                self._held.extend(held[index + 1 :])
+                return
+        if self.sink is not None and not self._engine_paused:
+            self.sink.exec_resume()
+
+    def _break(self, why: str) -> None:
+        """The client's stream is no SFTP: say so and end the session (hostd goes on)."""
+        if self._broken:
+            return
+        self._broken = True
+        log.warning("sftp_filter.stream_refused", alloc_id=self.alloc_id, reason=why)
+        if self.sink is not None:
+            self.sink.exec_data(f"potluck: {why}: the session is ended\n".encode(), True)
+        self._ending = asyncio.ensure_future(self.process.terminate())
+
+    # The server's side: its output comes here (ExecSink), and goes on to the session.
+
+    def exec_data(self, data: bytes, stderr: bool) -> None:
+        sink = self.sink
+        if sink is None:
+            return
+        if stderr:
+            sink.exec_data(data, True)
+            return
+        sending: list[bytes | memoryview] = []
+        try:
+            self._parse_out(memoryview(data), sending)
+        except _Malformed as exc:
+            self._flush_out(sending)
+            self._break(str(exc))
+            return
+        self._flush_out(sending)
+
+    def _flush_out(self, sending: list[bytes | memoryview]) -> None:
+        if sending and self.sink is not None:
+            self.sink.exec_data(b"".join(sending), False)
+
+    def _parse_out(self, view: memoryview, sending: list[bytes | memoryview]) -> None:
+        state = self._out
+        at, size = 0, len(view)
+        while True:
+            if at >= size:
+                return
+            if state.through:
+                n = min(state.through, size - at)
+                sending.append(view[at : at + n])
+                at += n
+                state.through -= n
+                continue
+            if state.skip:
+                n = min(state.skip, size - at)
+                at += n
+                state.skip -= n
+                continue
+            head = state.head
+            need = self._out_need(head)
+            n = min(need - len(head), size - at)
+            head += view[at : at + n]
+            at += n
+            if len(head) < need or need != self._out_need(head):
+                continue
+            state.head = bytearray()
+            length = _U32.unpack_from(head)[0]
+            if len(head) < 4 + length:  # passed on as it comes
+                sending.append(bytes(head))
+                state.through = 4 + length - len(head)
+            else:
+                self._reply(bytes(head), sending)
+
+    def _out_need(self, head: bytearray) -> int:
+        """How much of the server's packet to hold: its id, then all of it if hostd acts on it."""
+        if len(head) < 5:
+            return 5
+        length = int(_U32.unpack_from(head)[0])
+        if length < 5:
+            raise _Malformed(f"the container's sftp-server sent a packet of {length} bytes")
+        if len(head) < 9:
+            return 9
+        kind, answers = head[4], _U32.unpack_from(head, 5)[0]
+        if kind == _VERSION or answers in self._ours or (kind == _HANDLE and answers in self._opening):
+            if length > MAX_PACKET:
+                raise _Malformed(f"the container's sftp-server sent a packet of {length} bytes")
+            return 4 + length
+        return 9
+
+    def _reply(self, packet: bytes, sending: list[bytes | memoryview]) -> None:
+        kind = packet[4]
+        if kind == _VERSION:
+            sending.append(self._version(packet))
+            return
+        (answers,) = _U32.unpack_from(packet, 5)
+        then = self._ours.pop(answers, None)
+        if then is not None:
+            instead = then(packet)
+            if instead is not None:
+                sending.append(instead)
+            return
+        opened = self._opening.pop(answers, None)
+        if opened is not None and kind == _HANDLE:
+            handle = _string(packet, 9)[0]
+            if len(handle) <= _MAX_HANDLE:
+                self._files[handle] = _File(opened)
+        sending.append(packet)
+
+    def _version(self, packet: bytes) -> bytes:
+        """The server's VERSION, without the extensions hostd does not pass on."""
+        body = bytearray(packet[5:9])
+        at = 9
+        while at < len(packet):
+            name, at = _string(packet, at)
+            data, at = _string(packet, at)
+            if name in _EXTENSIONS:
+                body += _sftp_string(name) + _sftp_string(data)
+        return _U32.pack(1 + len(body)) + bytes([_VERSION]) + bytes(body)
+
+    def exec_eof(self) -> None:
+        if self.sink is not None:
+            self.sink.exec_eof()
+
+    def exec_pause(self) -> None:
+        self._engine_paused = True
+        if self.sink is not None:
+            self.sink.exec_pause()
+
+    def exec_resume(self) -> None:
+        self._engine_paused = False
+        if self.sink is not None and self._held is None:
+            self.sink.exec_resume()
+
+    # The process's life (BudgetedProcess): it is the exec's sink.
+
+    def attach(self, sink: ExecSink) -> None:
+        self.sink = sink
+        self.process.attach(self)
+
+    def _ended(self, status: int | None) -> int | None:
+        self._over = True
+        if self._joining is not None and not self._joining.done():
+            self._joining.cancel()
+        return super()._ended(status)
