@@ -1,10 +1,11 @@
 """An exec whose input is written into the container within the allocation's disk budget.
 
-What the two uploads hostd watches on their way in share (`potluck cp`'s put,
-container_upload.py; `scp -O`'s sink, scp_sink.py): the session drives them as any
-exec, they hold the allocation's budget (disk_budget.py) until the exec ends, and then leave
-it. Each says what its input takes of the budget (`write`) and what the end of the exec
-gives back (`_ended`).
+What the uploads hostd watches on their way in share (`potluck cp`'s put,
+container_upload.py; `scp -O`'s sink, scp_sink.py; the image's sftp-server, sftp_filter.py,
+which joins the budget only at its first request that can grow the disk: `budget` None until
+then): the session drives them as any exec, they hold the allocation's budget
+(disk_budget.py) until the exec ends, and then leave it. Each says what its input takes of
+the budget (`write`) and what the end of the exec gives back (`_ended`).
 """
 
 from potluck.hostd import disk_budget

@@ -2,10 +2,12 @@
 by all of them at once.
 
 hostd's own SFTP server (helper_sftp.py) and `potluck cp`'s uploads (container_upload.py)
-write into a container on the user's behalf. Each takes what it writes from the allocation's
-`DiskBudget` before the bytes reach the container, and is refused ("no space", "needs N bytes,
-M are left") when it is not there: the transfer fails cleanly, and hostd's disk guard, which
-stops a container past its bound, never has to stop the allocation for a transfer. The budget
+write into a container on the user's behalf; `scp -O`'s sink (scp_sink.py) and the image's
+own sftp-server (sftp_filter.py) write what hostd passes on to them. Each takes what it
+writes from the allocation's `DiskBudget` before the bytes reach the container, and is
+refused ("no space", "needs N bytes, M are left") when it is not there: the transfer fails
+cleanly, and hostd's disk guard, which stops a container past its bound, never has to stop
+the allocation for a transfer. The budget
 is measured when the first transfer of the allocation joins it (its bound, less what the
 container's writable layer holds, less DISK_SLACK for what the bytes cost beyond themselves:
 blocks, directories, metadata), counted down by every transfer that holds it, and forgotten

@@ -27,7 +27,8 @@ Each session is bridged to `docker exec` in the allocation's container
 (exec_bridge.py): the gateway sends the allocation id in the session's
 `POTLUCK_ALLOC` variable, hostd checks the container's name says it belongs
 to that allocation and its labels to this host, and runs the command (or a login shell,
-or the image's sftp-server, or hostd's own SFTP server for an image without
+or the image's sftp-server, its uploads held to the allocation's disk bound on their way in
+(sftp_filter.py), or hostd's own SFTP server for an image without
 one: helper_sftp.py) as the container's default user, with a TTY
 when the session asked for a PTY. Data is passed in both directions with flow
 control at each end (SSH windows, the engine socket's buffer); window changes

@@ -27,13 +27,17 @@ with hostd's own SFTP server, `potluck cp` and `scp -O`) before the server sees 
 A request that does not fit is never passed on: hostd answers it itself with a FAILURE
 status saying what it needs and what is left (NO_SPACE_ON_FILESYSTEM is version 5's), and
 says it on the session's stderr too, which OpenSSH's clients print (they print only
-"Failure" of the status). Every later write to that handle is refused the same way, and when
-the client closes it, if its open made or emptied the file, hostd removes it (a REMOVE of its
-own, whose answer the client never sees) and gives back what its writes took: nothing
+"Failure" of the status). The answer comes in the server's order: in the refused request's
+place hostd sends the server an EXTENDED request of its own that the server does not know,
+and puts its answer in place of the server's to that (OpenSSH's clients keep the last status
+of an upload's pipelined writes as the upload's: a refusal that passed the OKs of the writes
+before it would be followed by them, and scp would exit 0). Every later write to that
+handle is refused the same way, and when the client closes it, if its open made or emptied
+the file, hostd removes it (a REMOVE of its own) and gives back what its writes took: nothing
 half-written is left under the upload's name, the container stays within its bound and runs
 on. (A file that was there before and written over in place is left as the writes left it.)
 hostd's own requests use ids from OUR_IDS up, which a client may not use (it is answered
-FAILURE): OpenSSH's clients count from 1.
+FAILURE): OpenSSH's clients count from 1. The server's answers to them never reach the client.
 
 What hostd buffers is bounded: a packet's start (a WRITE's data is passed on as it comes),
 and a whole packet only for the other requests, each at most MAX_PACKET (OpenSSH's
@@ -41,7 +45,10 @@ sftp-server's own limit, past which it exits). A client announcing a longer pack
 packet too short for its type, has its session ended, saying why; hostd goes on. The
 server's answers are passed on as they come (its packets are read only as far as their id),
 except those hostd acts on: HANDLE answers to opens, VERSION, and the answers to its own
-requests. hostd's answers to the client go between the server's packets, never inside one.
+requests. A chunk of the stream that lies wholly inside a WRITE's data (or a packet of the
+server's passed on) is passed on as it is: the filter costs hostd about 0.07 ms of CPU per MB
+uploaded (a 200 MB stream of scp's 255 KiB writes in 32 KiB chunks: 14 ms, against 2 ms for
+passing it on bare).
 
 The budget is joined at the first request that can grow the disk (a session that only reads
 never measures it) and held until the session ends; while it is being joined (the engine
@@ -223,6 +230,10 @@ class SftpFilter(BudgetedProcess):
     def _feed(self, data: bytes) -> None:
         """Pass `data` on, request by request; stop (keeping the rest) when a request waits for
         the budget."""
+        if self._in.through >= len(data):  # all of it inside a WRITE's data: as it is
+            self._in.through -= len(data)
+            self.process.write(data)
+            return
         sending: list[bytes | memoryview] = []
         try:
             rest = self._parse_in(memoryview(data), sending)
@@ -536,6 +547,10 @@ class SftpFilter(BudgetedProcess):
             return
         if stderr:
             sink.exec_data(data, True)
+            return
+        if self._out.through >= len(data):  # all of it inside a packet passed on: as it is
+            self._out.through -= len(data)
+            sink.exec_data(data, False)
             return
         sending: list[bytes | memoryview] = []
         try:
