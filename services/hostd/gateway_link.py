@@ -40,7 +40,8 @@ served by hostd itself (reserved_commands.py): reading from the engine, for a
 running container and for a stopped, kept one; `potluck-archive put` (the
 uploads of `potluck cp`) within the allocation's disk bound. The sink of
 scp's legacy protocol (`scp -t`, what `scp -O` runs) has each file it is sent
-checked against that bound before it reaches the container (scp_sink.py).
+checked against that bound before it reaches the container (scp_sink.py); a receiving
+`rsync --server` has its input counted against it (rsync_receiver.py).
 
 Each session is a span, `exec session`, the child of the gateway's session
 span: the gateway sends its context in the session's `TRACEPARENT` (and
@@ -89,6 +90,7 @@ from potluck.hostd.exec_errors import ExecError, ExecRefused
 from potluck.hostd.gateway_config import GatewayLink
 from potluck.hostd.helper_sftp import open_sftp
 from potluck.hostd.reserved_commands import open_reserved, reserved_command
+from potluck.hostd.rsync_receiver import open_rsync_receiver, rsync_receiver
 from potluck.hostd.scp_sink import is_scp_sink, open_scp_sink
 from potluck.hostd.session_controls import MAX_PENDING_SIGNALS, SessionControls
 from potluck.hostd.session_slots import SessionLimits, SessionSlots
@@ -252,6 +254,9 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
                 elif self._subsystem is None and not tty and is_scp_sink(self._command):
                     # `scp -O` into the container: each file within the disk bound.
                     process = await open_scp_sink(self._bridge, alloc_id, argv, run_env)
+                elif self._subsystem is None and not tty and (rsync := rsync_receiver(self._command)):
+                    # `rsync` into the container: its input within the disk bound.
+                    process = await open_rsync_receiver(self._bridge, alloc_id, rsync, run_env)
                 elif self._subsystem == "sftp" and not tty:
                     # The image's sftp-server, or hostd's own for an image without one.
                     process = await open_sftp(self._bridge, alloc_id, argv, run_env)

@@ -7,7 +7,7 @@ Before the fix `potluck cp` and `scp -O` sent their bytes into the container unt
 disk guard saw the container past its bound and stopped the allocation: the user lost their
 running work because of an upload; hostd's SFTP refused the write past the bound but left the
 half-written file; an image's own sftp-server wrote the whole upload and the guard stopped the
-allocation. (rsync is not held to the bound yet: there the guard still stops the allocation.)
+allocation, and so did rsync.
 
 What must hold instead: the transfer fails with a clear exit status (and, for `potluck cp`, a
 message saying how much was needed and how much is left), the allocation
@@ -115,6 +115,7 @@ async def test_potluck_cp_past_what_is_left_of_the_disk_bound_fails_cleanly(
         ("scp -O", "default"),
         ("scp", "default"),
         ("sftp", "default"),
+        ("rsync", "default"),
         ("scp", "busybox"),
         ("sftp", "busybox"),
     ],
@@ -126,12 +127,14 @@ async def test_ssh_tools_past_what_is_left_of_the_disk_bound_fail_cleanly(
     bound is 64 MiB and which holds 40 MiB already: `scp -O` into the default image (its own
     scp runs the protocol's sink; before the fix it wrote the whole file and hostd's disk guard
     stopped the allocation), `scp` (SFTP mode) and `sftp` into the default image (its own
-    sftp-server, hostd filtering its stream; before the fix it wrote the whole file and the
-    guard stopped the allocation) and into busybox (hostd's own SFTP server; before the fix
+    sftp-server, hostd filtering its stream), `rsync -e ssh` into the default image (its own
+    rsync, hostd counting its input; before the fix each wrote the whole file and the guard
+    stopped the allocation), `scp` and `sftp` into busybox (hostd's own SFTP server; before the fix
     the refused upload left a half-written file under its name). What must hold: the tool
     exits non-zero, and through the image's sftp-server says how much the write needed and how
-    much is left; the allocation still runs, its earlier file is intact and no part of the
-    upload is left in WORK; a small upload with the same tool works afterwards."""
+    much is left (rsync: how much was left, and that the upload was cut off); the allocation
+    still runs, its earlier file is intact and no part of the upload is left in WORK (nor
+    rsync's temporary file); a small upload with the same tool works afterwards."""
     alloc_id, earlier = await half_full(files, default_image if image == "default" else DEFAULT_TAG)
     local = forty(tmp_path)
     small = tmp_path / "small.txt"
@@ -141,12 +144,18 @@ async def test_ssh_tools_past_what_is_left_of_the_disk_bound_fail_cleanly(
     async def upload(path: Path) -> subprocess.CompletedProcess[str]:
         if tool == "sftp":
             return await transfer.sftp(files, alloc_id, f"put {path} {WORK}/{path.name}\n")
+        if tool == "rsync":
+            return await transfer.rsync(files, str(path), f"{target}:{WORK}/{path.name}")
         return await transfer.scp(files, str(path), f"{target}:{WORK}/{path.name}", legacy=tool == "scp -O")
 
     refused = await upload(local)
 
     assert refused.returncode != 0, refused.stderr
-    if image == "default" and tool != "scp -O":
+    if tool == "rsync":
+        said = re.search(r"has (\d+) bytes left of its disk bound .* it was cut off", refused.stderr)
+        assert said is not None, refused.stderr
+        assert int(said[1]) < 40 * MiB, refused.stderr
+    elif image == "default" and tool != "scp -O":
         said = re.search(
             r"disk bound is reached: this needs (\d+) bytes more, (\d+) are left", refused.stderr
         )
@@ -301,4 +310,37 @@ async def test_a_hostile_sftp_client_of_the_images_sftp_server_is_answered_and_h
     put = await transfer.sftp(files, alloc_id, f"put {local} /root/after.bin\n")
     assert put.returncode == 0, put.stderr
     landed = await files.ssh(alloc_id, "sha256sum < /root/after.bin")
+    assert landed.stdout.split()[0] == transfer.sha256(local)
+
+
+@pytest.mark.slow
+async def test_rsync_compression_is_refused_and_an_update_of_a_file_lands_whole(
+    files: Gatewayed, default_image: str, tmp_path: Path
+) -> None:
+    """What is tried: `rsync -z` of a file into the default image (compressed bytes do not bound
+    what the receiving rsync writes; before the fix it ran), then plain rsync of a 3 MiB file,
+    then of a changed copy over it (hostd runs the receiver with --whole-file, so the file
+    already there is no basis that a few bytes rebuild). What must hold: `rsync -z` fails
+    saying to run it without -z, and writes nothing; each plain upload lands with the local
+    file's checksum."""
+    alloc_id = await transfer.interactive(files, default_image, disk="64M")
+    local = tmp_path / "data.bin"
+    local.write_bytes(os.urandom(3 * MiB))
+    made = await files.ssh(alloc_id, "mkdir /srv/up")
+    assert made.returncode == 0, made.stderr
+    target = f"{alloc_id}@127.0.0.1:/srv/up/data.bin"
+
+    compressed = await transfer.rsync(files, "-z", str(local), target)
+
+    assert compressed.returncode != 0, compressed.stderr
+    assert "run rsync without -z" in compressed.stderr, compressed.stderr
+    assert (await files.ssh(alloc_id, "ls -A /srv/up")).stdout.split() == [], "rsync -z wrote"
+    first = await transfer.rsync(files, str(local), target)
+    assert first.returncode == 0, first.stderr
+    changed = bytearray(local.read_bytes())
+    changed[MiB : MiB + 16] = os.urandom(16)
+    local.write_bytes(bytes(changed))
+    second = await transfer.rsync(files, str(local), target)
+    assert second.returncode == 0, second.stderr
+    landed = await files.ssh(alloc_id, "sha256sum < /srv/up/data.bin")
     assert landed.stdout.split()[0] == transfer.sha256(local)
