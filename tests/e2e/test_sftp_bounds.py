@@ -196,13 +196,18 @@ async def test_a_write_while_hostd_holds_no_spec_says_why_and_reading_works(ssh_
 
 
 @pytest.mark.slow
-async def test_two_sessions_writing_at_once_share_the_disk_bound(files: Gatewayed, tmp_path: Path) -> None:
-    """What is tried: hostd's SFTP (busybox image, disk bound 64 MB): two sessions at once each
-    put 40 MB (before the fix each was allowed all that was left, so together they wrote 80 MB
-    and hostd's disk guard stopped the allocation). What must hold: at least one put fails;
-    afterwards (longer than hostd's disk check interval) the allocation still runs and what the
-    two wrote together is below the bound; a third session then writes a small file fine."""
-    alloc_id = await interactive(files, DEFAULT_TAG, disk="64M")
+@pytest.mark.parametrize("image", ["busybox", "default"])
+async def test_two_sessions_writing_at_once_share_the_disk_bound(
+    files: Gatewayed, default_image: str, tmp_path: Path, image: str
+) -> None:
+    """What is tried: hostd's SFTP (busybox image), and the default image's own sftp-server
+    that hostd filters, with a disk bound of 64 MB: two sessions at once each put 40 MB (before
+    the fix each was allowed all that was left, so together they wrote 80 MB and hostd's disk
+    guard stopped the allocation; into the default image nothing was counted at all). What must
+    hold: at least one put fails; afterwards (longer than hostd's disk check interval) the
+    allocation still runs and what the two wrote together is below the bound; a third session
+    then writes a small file fine."""
+    alloc_id = await interactive(files, default_image if image == "default" else DEFAULT_TAG, disk="64M")
     local = tmp_path / "forty.bin"
     local.write_bytes(os.urandom(40 * MiB))
 
@@ -225,15 +230,19 @@ async def test_two_sessions_writing_at_once_share_the_disk_bound(files: Gatewaye
 
 
 @pytest.mark.slow
-async def test_growing_a_file_by_truncate_counts_against_the_disk_bound(files: Gatewayed) -> None:
-    """What is tried: hostd's SFTP (busybox image, disk bound 64 MB): a file made, then grown to
+@pytest.mark.parametrize("image", ["busybox", "default"])
+async def test_growing_a_file_by_truncate_counts_against_the_disk_bound(
+    files: Gatewayed, default_image: str, image: str
+) -> None:
+    """What is tried: hostd's SFTP (busybox image), and the default image's own sftp-server
+    that hostd filters, with a disk bound of 64 MB: a file made, then grown to
     90 MB by SETSTAT size (a hole: no block taken, but its size counts where hostd's disk guard
     measures) and written with 90 MB of data from its start (before the fix neither was
     counted: the guard saw 94 MB and stopped the allocation). What must hold: the growing is
     refused as past the bound; a growth that fits (10 MB) is allowed; afterwards (longer than
     hostd's disk check interval) the allocation still runs and the container's files take less
     than the bound."""
-    alloc_id = await interactive(files, DEFAULT_TAG, disk="64M")
+    alloc_id = await interactive(files, default_image if image == "default" else DEFAULT_TAG, disk="64M")
     chunk = os.urandom(MiB)
     async with sftp_client(files, alloc_id) as sftp:
         await (await sftp.open("/root/holes.bin", "wb")).close()
