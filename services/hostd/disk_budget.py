@@ -101,9 +101,12 @@ async def join(bridge: ExecBridge, alloc_id: str) -> DiskBudget:
     async with shared.lock:
         budget = shared.by_alloc.get(alloc_id)
         if budget is None:
+            started = time.monotonic()
             left = await bridge.disk_left(alloc_id)
             budget = shared.by_alloc[alloc_id] = DiskBudget(None if left is None else left - DISK_SLACK)
-            log.info("disk_budget.measured", alloc_id=alloc_id, left=budget.left)
+            # The transfer waits for this measure (the engine walks the container's layer).
+            seconds = round(time.monotonic() - started, 3)
+            log.info("disk_budget.measured", alloc_id=alloc_id, left=budget.left, seconds=seconds)
         budget.sessions += 1
         return budget
 
