@@ -11,6 +11,14 @@ user's bulk transfer from delaying another's keystrokes).
 idle (a laptop that just woke up); a link handed to a session that gave up
 meanwhile goes back to the pool. `open_host_session` asks the host for what
 the user asked the gateway for, with the same terminal, and raw bytes.
+
+A host keeps at most `max_idle` links idle here (hostd keeps two spares): one
+more closes its oldest idle link. A member controls their hostd, and nothing
+else bounded how many authenticated connections it may park on the gateway:
+one host key, dialling in at the tunnel port's admitted rate, could hold
+thousands of the gateway's descriptors (tests/e2e/test_gateway_hostile_host.py).
+The oldest goes rather than the newest: a laptop that changed networks leaves
+dead links behind until keepalives find them, and its new ones must serve.
 """
 
 import asyncio
@@ -19,16 +27,21 @@ from collections import deque
 from collections.abc import Callable
 
 import asyncssh
+import structlog
 
 from potluck.sshgateway.request import SessionRequest
 
 __all__ = ["LinkPool", "open_host_session"]
 
+log = structlog.get_logger(__name__)
+
 
 class LinkPool:
     """Idle, authenticated reverse connections per host; each is taken for exactly one session."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_idle: int = 8) -> None:
+        #: Idle links kept per host; one more closes the host's oldest idle link.
+        self.max_idle = max_idle
         self._idle: dict[str, deque[asyncssh.SSHClientConnection]] = {}
         self._waiters: dict[str, deque[asyncio.Future[asyncssh.SSHClientConnection]]] = {}
         self._host_of: dict[asyncssh.SSHClientConnection, str] = {}
@@ -41,7 +54,13 @@ class LinkPool:
             if not waiter.done():
                 waiter.set_result(conn)
                 return
-        self._idle.setdefault(host_id, deque()).append(conn)
+        idle = self._idle.setdefault(host_id, deque())
+        idle.append(conn)
+        while len(idle) > self.max_idle:
+            oldest = idle.popleft()
+            self._host_of.pop(oldest, None)
+            log.info("link.idle_cap_reached", host_id=host_id, max_idle=self.max_idle)
+            oldest.close()
 
     def discard(self, conn: asyncssh.SSHClientConnection) -> None:
         host_id = self._host_of.pop(conn, None)

@@ -118,7 +118,7 @@ class Gateway:
         self.ctx = GatewayContext(
             settings=settings,
             view=self.view,
-            links=LinkPool(),
+            links=LinkPool(settings.max_idle_links_per_host),
             audit=AuditLog(store),
             run_id=self.run_id if bus is not None else None,
         )

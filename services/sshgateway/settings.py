@@ -166,6 +166,9 @@ class GatewaySettings(BaseModel):
 
     #: How long a new session waits for a connection from its host.
     link_wait_s: float = Field(default=10.0, gt=0)
+    #: Idle connections one host may keep at this gateway (hostd keeps 2); one more closes its
+    #: oldest (links.py says why).
+    max_idle_links_per_host: int = Field(default=8, ge=1)
     #: How long opening a session on a host's connection may take (a dead link fails here).
     channel_open_timeout_s: float = Field(default=10.0, gt=0)
     login_timeout_s: float = Field(default=30.0, gt=0)
