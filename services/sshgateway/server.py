@@ -386,6 +386,7 @@ class TunnelClient(asyncssh.SSHClient):
         self._conn: asyncssh.SSHClientConnection | None = None
         self._peer = ""
         self.host_id: str | None = None
+        self._key_blob = b""
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
@@ -406,11 +407,19 @@ class TunnelClient(asyncssh.SSHClient):
             )
             return False
         self.host_id = host_id
+        self._key_blob = bytes(key.public_data)
         return True
 
     def auth_completed(self) -> None:
         assert self._conn is not None
         assert self.host_id is not None
+        if self._ctx.view.host_for_key(self._key_blob) != self.host_id:
+            # The host was revoked, deregistered or registered another key while this link
+            # was authenticating (hostd decides how long that takes): the reaction that closed
+            # its links (reactions.py) ran before this one was in the pool.
+            log.warning("link.key_no_longer_registered", host_id=self.host_id, peer=self._peer)
+            self._conn.close()
+            return
         log.debug("link.accepted", host_id=self.host_id, peer=self._peer)
         self._ctx.links.offer(self.host_id, self._conn)
 
