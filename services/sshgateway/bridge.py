@@ -22,6 +22,7 @@ anything about the session's life: that is sessions.py's.
 """
 
 import contextlib
+import re
 from collections.abc import Callable
 
 import asyncssh
@@ -35,6 +36,25 @@ _STDERR = asyncssh.EXTENDED_DATA_STDERR
 #: Signals held for a host session that is not open yet; more are dropped. A signal request
 #: costs the user a few bytes and is never paused like data, hence a bound.
 HELD_SIGNALS = 8
+
+#: A signal name as RFC 4254 has them (`KILL`, `name@domain`); anything else is not one.
+_SIGNAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,31}")
+#: Characters of an exit signal's message kept (hostd sends none; OpenSSH sends a short one).
+MAX_SIGNAL_MESSAGE = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def exit_signal_from_host(signal: str, msg: str, lang: str) -> tuple[str, str, str]:
+    """What of an exit signal from the host is recorded and passed on to the user.
+
+    A host's hostd is its member's to change: the signal's name and message go into the
+    session's `SessionEnded` and to the user's client, so a name that is not one becomes
+    `UNKNOWN`, and the message is cut to MAX_SIGNAL_MESSAGE characters with no control
+    characters (a terminal escape would act on the user's terminal if a client printed it).
+    """
+    name = signal if _SIGNAL_NAME.fullmatch(signal) else "UNKNOWN"
+    text = _CONTROL.sub("?", msg[:MAX_SIGNAL_MESSAGE])
+    return name, text, lang if _SIGNAL_NAME.fullmatch(lang) else ""
 
 
 class Bridge:
@@ -180,7 +200,8 @@ class HostSide(asyncssh.SSHClientSession[bytes]):
         self.exit_status = status
 
     def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
-        self.exit_signal = (signal, core_dumped, msg, lang)
+        name, text, lang = exit_signal_from_host(signal, msg, lang)
+        self.exit_signal = (name, core_dumped, text, lang)
 
     def pause_writing(self) -> None:
         self._bridge.host_reads_slowly()
