@@ -13,7 +13,18 @@ for the audit (audit.ByteCounts) and never buffers without bound:
   and the link come first) is held, and the user's channel stops being read
   until then: at most one read's worth is ever held; signals sent meanwhile
   (a Ctrl-C while the session starts) are held too, at most HELD_SIGNALS of
-  them, and go to the host after the held data.
+  them, and go to the host after the held data;
+- the SSH window is the peer's to choose, so it bounds nothing against a
+  peer that does not want it to: a host's hostd (its member's to change) or a
+  user's client that opened the session with a huge window and stopped
+  reading its socket made the gateway queue all the other side sent in that
+  socket's write buffer (asyncssh ignores its transport's pause; 500 MiB in
+  tests/e2e/test_gateway_hostile_host.py). `watch_writes` passes a socket's
+  pause on: the link's stops reading the user (one link, one session), the
+  user's connection's stops reading the host of each of its sessions.
+
+Each side is read again only when nothing holds it (each reason is released
+on its own), so one reason ending cannot undo another.
 
 `Bridge` is the user's side and the wiring; `HostSide` is the asyncssh
 session on the host's link, feeding the bridge, and keeping how the command
@@ -29,13 +40,36 @@ import asyncssh
 
 from potluck.sshgateway.audit import ByteCounts
 
-__all__ = ["HELD_SIGNALS", "Bridge", "HostSide"]
+__all__ = ["HELD_SIGNALS", "Bridge", "HostSide", "watch_writes"]
 
 _STDERR = asyncssh.EXTENDED_DATA_STDERR
 
 #: Signals held for a host session that is not open yet; more are dropped. A signal request
 #: costs the user a few bytes and is never paused like data, hence a bound.
 HELD_SIGNALS = 8
+
+#: Bytes queued for a socket past which its peer's side of the bridge stops being read, and
+#: under which it is read again.
+WRITE_HIGH = 1 << 20
+WRITE_LOW = 256 << 10
+
+
+def watch_writes(
+    conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection,
+    congested: Callable[[], None],
+    drained: Callable[[], None],
+) -> None:
+    """Call `congested` when more than WRITE_HIGH bytes are queued for `conn`'s socket, and
+    `drained` once it is back under WRITE_LOW.
+
+    asyncio's transport tells its protocol (the asyncssh connection) to pause writing; asyncssh
+    does nothing with it, so it is taken here (module docstring says why it matters)."""
+    transport = getattr(conn, "_transport", None)
+    if transport is not None:
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+    conn.pause_writing = congested  # type: ignore[method-assign]
+    conn.resume_writing = drained  # type: ignore[method-assign]
+
 
 #: A signal name as RFC 4254 has them (`KILL`, `name@domain`); anything else is not one.
 _SIGNAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,31}")
@@ -67,10 +101,15 @@ class Bridge:
         self._held: list[bytes] = []
         self._held_signals: list[str] = []
         self._user_eof = False
+        #: Why the user's channel is not read now (none: it is); the same for the host's.
+        self._user_holds: set[str] = set()
+        self._host_holds: set[str] = set()
 
     def connect(self, host: asyncssh.SSHClientChannel[bytes]) -> None:
         """Bridge to the host's session: what was held goes first, then the user is read again."""
         self.host = host
+        if self._host_holds:
+            host.pause_reading()
         for data in self._held:
             host.write(data)
         self._held.clear()
@@ -80,7 +119,19 @@ class Bridge:
         if self._user_eof:
             host.write_eof()
         assert self.user is not None
-        self.user.resume_reading()
+        self._release_user("opening")
+
+    def _hold_user(self, why: str) -> None:
+        if not self._user_holds and self.user is not None:
+            self.user.pause_reading()
+        self._user_holds.add(why)
+
+    def _release_user(self, why: str) -> None:
+        if why not in self._user_holds:
+            return
+        self._user_holds.discard(why)
+        if not self._user_holds and self.user is not None:
+            self.user.resume_reading()
 
     def close_host(self) -> None:
         if self.host is not None:
@@ -106,7 +157,7 @@ class Bridge:
         elif self.host is None and self.user is not None:
             self.counts.bytes_in += len(data)
             self._held.append(data)
-            self.user.pause_reading()
+            self._hold_user("opening")
         # else the host's side is gone: nobody to give it to, and the session is ending.
 
     def user_eof(self) -> None:
@@ -130,14 +181,30 @@ class Bridge:
         host.send_break(msec)
         return True
 
+    def _hold_host(self, why: str) -> None:
+        if not self._host_holds and self.host is not None:
+            self.host.pause_reading()
+        self._host_holds.add(why)
+
+    def _release_host(self, why: str) -> None:
+        if why not in self._host_holds:
+            return
+        self._host_holds.discard(why)
+        if not self._host_holds and self.host is not None:
+            self.host.resume_reading()
+
     def user_reads_slowly(self) -> None:
         # The user reads slower than the container writes: stop taking from the host.
-        if self.host is not None:
-            self.host.pause_reading()
+        self._hold_host("user_window")
 
     def user_reads_again(self) -> None:
-        if self.host is not None:
-            self.host.resume_reading()
+        self._release_host("user_window")
+
+    def user_link_congested(self) -> None:
+        self._hold_host("user_link")
+
+    def user_link_drained(self) -> None:
+        self._release_host("user_link")
 
     # From the host.
 
@@ -154,12 +221,16 @@ class Bridge:
             user.write_eof()
 
     def host_reads_slowly(self) -> None:
-        if self.user is not None:
-            self.user.pause_reading()
+        self._hold_user("host_window")
 
     def host_reads_again(self) -> None:
-        if self.user is not None:
-            self.user.resume_reading()
+        self._release_user("host_window")
+
+    def host_link_congested(self) -> None:
+        self._hold_user("host_link")
+
+    def host_link_drained(self) -> None:
+        self._release_user("host_link")
 
     # To the user, at the end.
 

@@ -55,6 +55,7 @@ each.
 import asyncio
 import socket
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -73,6 +74,7 @@ from potluck.kernel.client_address import client_of
 from potluck.sshgateway.admission import Admission, AdmissionPolicy
 from potluck.sshgateway.admitted_listener import AdmittedListener
 from potluck.sshgateway.audit import LoginIdentity
+from potluck.sshgateway.bridge import Bridge, watch_writes
 from potluck.sshgateway.context import GatewayContext
 from potluck.sshgateway.login_policy import (
     SIGNATURE_ALGS,
@@ -124,6 +126,9 @@ class GatewayServer(asyncssh.SSHServer):
         self._refusals: Counter[str] = Counter()
         #: What this connection was told in banners (each said once).
         self._told: set[str] = set()
+        #: The bridges of this connection's sessions, and whether its socket is backed up.
+        self._bridges: weakref.WeakSet[Bridge] = weakref.WeakSet()
+        self._congested = False
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -137,6 +142,19 @@ class GatewayServer(asyncssh.SSHServer):
             conn, auth_requests_allowed(self._ctx.settings.max_keys_per_connection), self._too_many_requests
         )
         self._check_signatures(conn)
+        watch_writes(conn, self._congested_writes, self._drained_writes)
+
+    def _congested_writes(self) -> None:
+        # The user's client is not reading its socket (whatever window it announced): none of
+        # its sessions takes more from its host until it does (bridge.py says why).
+        self._congested = True
+        for bridge in list(self._bridges):
+            bridge.user_link_congested()
+
+    def _drained_writes(self) -> None:
+        self._congested = False
+        for bridge in list(self._bridges):
+            bridge.user_link_drained()
 
     def _too_many_requests(self) -> None:
         log.info("login.too_many_requests", source=self._address, alloc_id=(self._username or "")[:64])
@@ -328,7 +346,7 @@ class GatewayServer(asyncssh.SSHServer):
         if isinstance(place, str):
             self._note_refusal("session.refused", user=user, reason=place)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, f"potluck: {place}")
-        return GatewaySession(
+        session = GatewaySession(
             self._ctx,
             LoginIdentity(
                 alloc_id=self._username,
@@ -339,6 +357,10 @@ class GatewayServer(asyncssh.SSHServer):
             place,
             env_refused=lambda name: self._note_refusal("env.refused", name=name),
         )
+        self._bridges.add(session.bridge)
+        if self._congested:
+            session.bridge.user_link_congested()
+        return session
 
     def _note_refusal(self, event: str, **fields: object) -> None:
         """Log a refusal on this connection: the first `_REFUSALS_LOGGED` of each kind, then only

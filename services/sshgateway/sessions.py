@@ -43,7 +43,7 @@ from opentelemetry.context import Context
 
 from potluck.readmodels.allocations import AllocationState
 from potluck.sshgateway.audit import LoginIdentity, SessionRecord
-from potluck.sshgateway.bridge import Bridge, HostSide
+from potluck.sshgateway.bridge import Bridge, HostSide, watch_writes
 from potluck.sshgateway.context import GatewayContext
 from potluck.sshgateway.events import EndReason, SessionEnded
 from potluck.sshgateway.links import open_host_session
@@ -105,6 +105,10 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         self._link: asyncssh.SSHClientConnection | None = None
         #: Built at the end; queued once SessionStarted is in the log, if the end came first.
         self._end_fact: SessionEnded | None = None
+
+    @property
+    def bridge(self) -> Bridge:
+        return self._bridge
 
     @property
     def reads_logs(self) -> bool:
@@ -205,6 +209,8 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
             self._link.close()
             return
         self._step(Step.CONNECTED)
+        # One link, one session: the link's socket backing up is this session's host reading slowly.
+        watch_writes(self._link, self._bridge.host_link_congested, self._bridge.host_link_drained)
         self._bridge.connect(chan)
 
     async def _record_start(self, allocation: AllocationState | None) -> bool:
