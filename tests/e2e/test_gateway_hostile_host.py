@@ -100,7 +100,7 @@ class Hostile:
         self.key = asyncssh.read_private_key(host_key_path(state_dir))
 
     async def dial(
-        self, behaviour: Behaviour = _exit_zero, gate: Gate | None = None
+        self, behaviour: Behaviour = _exit_zero, gate: Gate | None = None, window: int = 2 << 20
     ) -> asyncssh.SSHServerConnection:
         return await asyncssh.connect_reverse(
             "127.0.0.1",
@@ -109,6 +109,7 @@ class Hostile:
             server_host_keys=[self.key],
             authorized_client_keys=None,
             encoding=None,
+            window=window,
             login_timeout=30,
         )
 
@@ -169,7 +170,19 @@ async def hostile(
         host_id = f"h-{name}{os.getpid() % 10000}"
         state_dir = workdir / host_id
         await ssh_fixtures.register_host(store, host_id, ssh_host_key(state_dir, host_id))
-        return Hostile(env, host_id, state_dir)
+        host = Hostile(env, host_id, state_dir)
+        # Until the gateway has folded the registration: its key is refused before.
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                conn = await host.dial()
+            except (asyncssh.Error, OSError):
+                assert time.monotonic() < deadline, f"the gateway never learnt {host_id}'s key"
+                await asyncio.sleep(0.1)
+                continue
+            conn.close()
+            await conn.wait_closed()
+            return host
 
     try:
         await env.start_gateway({"POTLUCK_SSHGATEWAY_MAX_IDLE_LINKS_PER_HOST": str(MAX_IDLE)})
@@ -333,3 +346,113 @@ async def test_a_host_can_open_no_channel_toward_the_gateway(
         assert result.returncode == 0, (result.err, host.env.logs())
     finally:
         conn.close()
+
+
+def _rss_mb(pid: int | None) -> float:
+    assert pid is not None
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def test_a_host_that_stops_reading_holds_back_the_users_upload(
+    hostile: Callable[[str], Awaitable[Hostile]],
+) -> None:
+    """What is tried: the hostile host opens the user's session with a 1 GiB SSH window (its
+    own choice, and window adjusts can grow it at will), then stops reading its TCP socket,
+    while the user pipes 256 MiB into the session. The SSH window no longer holds the user
+    back, and asyncssh ignores its transport's pause: before the fix the gateway put all of
+    it in that socket's write buffer, so one member's host (with the member's own upload)
+    grew the gateway's memory without bound.
+    What must hold: the gateway's memory grows by less than 64 MiB, and the upload is held back
+    (still running: the user's ssh is not read) rather than taken."""
+    host = await hostile("stall")
+    await host.allocation("a-stall")
+
+    def stall(chan: asyncssh.SSHServerChannel[bytes], command: str) -> None:
+        # A hostd that reads nothing more from the gateway (asyncssh has no public way).
+        chan.get_extra_info("connection")._transport.pause_reading()
+
+    conn = await host.dial(stall, window=1 << 30)
+    gateway_pid = host.env.gateway.pid
+    before = _rss_mb(gateway_pid)
+    argv = " ".join(f"'{a}'" for a in host.env.ssh_argv("a-stall", "cat"))
+    upload = await asyncio.create_subprocess_shell(
+        f"head -c {256 << 20} /dev/zero | {argv}",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"},
+        start_new_session=True,
+    )
+    try:
+        grown = 0.0
+        for _ in range(40):
+            await asyncio.sleep(0.25)
+            grown = max(grown, _rss_mb(gateway_pid) - before)
+        assert grown < 64, f"the gateway grew by {grown:.0f} MiB"
+        assert upload.returncode is None, host.env.logs()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(upload.pid, 9)
+        await upload.wait()
+        conn.close()
+
+
+async def test_a_user_who_stops_reading_holds_back_the_hosts_output(
+    hostile: Callable[[str], Awaitable[Hostile]],
+) -> None:
+    """The same from the other side: the user's client opens its session with a 1 GiB window
+    and stops reading its socket, while the host writes as fast as the gateway takes it (the
+    host here respects the gateway's window, as hostd does). Before the fix the gateway
+    queued all of it in the user's socket's write buffer.
+    What must hold: the gateway's memory grows by less than 64 MiB, and the host is held back
+    (it has sent far less than it would have)."""
+    host = await hostile("sink")
+    await host.allocation("a-sink")
+    sent = 0
+    writers: list[asyncio.Task[None]] = []
+
+    def flood(chan: asyncssh.SSHServerChannel[bytes], command: str) -> None:
+        async def write() -> None:
+            nonlocal sent
+            chunk = bytes(1 << 20)
+            while not chan.is_closing() and sent < 512 << 20:
+                if chan.get_write_buffer_size() > 4 << 20:
+                    await asyncio.sleep(0.01)
+                    continue
+                chan.write(chunk)
+                sent += len(chunk)
+
+        writers.append(asyncio.ensure_future(write()))
+
+    link = await host.dial(flood)
+    gateway_pid = host.env.gateway.pid
+    before = _rss_mb(gateway_pid)
+    user = await asyncssh.connect(
+        "127.0.0.1",
+        host.env.port,
+        username="a-sink",
+        client_keys=[str(host.env.key("alice"))],
+        known_hosts=None,
+        agent_path=None,
+        encoding=None,
+    )
+    try:
+        await user.create_session(asyncssh.SSHClientSession, "anything", encoding=None, window=1 << 30)
+        # A client that reads nothing more from the gateway (asyncssh has no public way).
+        transport = user._transport
+        assert transport is not None
+        transport.pause_reading()
+        grown = 0.0
+        for _ in range(40):
+            await asyncio.sleep(0.25)
+            grown = max(grown, _rss_mb(gateway_pid) - before)
+        assert grown < 64, f"the gateway grew by {grown:.0f} MiB (the host sent {sent >> 20} MiB)"
+        assert sent < 128 << 20, f"the host sent {sent >> 20} MiB"
+    finally:
+        user.close()
+        link.close()
+        for writer in writers:
+            writer.cancel()
