@@ -56,6 +56,11 @@ __all__ = ["GatewaySession", "not_running_message", "reachable"]
 
 log = structlog.get_logger(__name__)
 
+#: Characters kept of text a host chose (a refusal's or a disconnection's reason) where the
+#: gateway logs or records it: a host's hostd is its member's to change, and would otherwise
+#: write what it liked into the gateway's log, a packet (32 KB) at a time.
+MAX_HOST_TEXT = 300
+
 
 def not_running_message(alloc_id: str, state: AllocationState | None) -> str:
     if state is None:
@@ -292,11 +297,11 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
                     timeout=settings.channel_open_timeout_s,
                 )
             except (TimeoutError, asyncssh.Error, OSError) as exc:
-                log.warning(
-                    "session.link_failed", session_id=self.session_id, host_id=host_id, error=repr(exc)
-                )
+                # The host wrote the reason (a ChannelOpenError's): its start says enough.
+                error = repr(exc)[:MAX_HOST_TEXT]
+                log.warning("session.link_failed", session_id=self.session_id, host_id=host_id, error=error)
                 if self.trace is not None:
-                    self.trace.span.add_event("link failed, trying another", {"error": repr(exc)})
+                    self.trace.span.add_event("link failed, trying another", {"error": error})
                 link.close()
                 continue
             return chan, link
@@ -361,7 +366,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
                 "HOST_DISCONNECTED",
                 f"lost the connection to the machine running allocation {self.identity.alloc_id} "
                 "(asleep, offline, or hostd stopped); the session ended",
-                detail=repr(exc) if exc else "",
+                detail=repr(exc)[:MAX_HOST_TEXT] if exc else "",
             )
 
     # Ending.
