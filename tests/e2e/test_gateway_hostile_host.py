@@ -456,3 +456,47 @@ async def test_a_user_who_stops_reading_holds_back_the_hosts_output(
         link.close()
         for writer in writers:
             writer.cancel()
+
+
+async def test_a_hosts_refusal_text_is_bounded_in_the_gateways_log(
+    hostile: Callable[[str], Awaitable[Hostile]],
+) -> None:
+    """What is tried: the hostile host refuses each session the gateway opens on its links with
+    a 30,000-character reason (the gateway then tries its next link, and logs why each failed).
+    Before the fix each such line of the gateway's log carried the whole reason: a host could
+    fill the gateway's log at will.
+    What must hold: the user is told the machine is not reachable (exit 255), and no line the
+    gateway logged for the session is longer than 2,000 characters."""
+    host = await hostile("refuser")
+    await host.allocation("a-refuser")
+    reason = "\x1b[2J" + "R" * 30_000
+
+    class Refuser(_HostileHostd):
+        def session_requested(self) -> _HostileSession:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason)
+
+    links = [
+        await asyncssh.connect_reverse(
+            "127.0.0.1",
+            host.env.tunnel_port,
+            server_factory=lambda: Refuser(_exit_zero),
+            server_host_keys=[host.key],
+            authorized_client_keys=None,
+            encoding=None,
+        )
+        for _ in range(3)
+    ]
+    log_path = host.env.workdir / "gateway.log"
+    start = log_path.stat().st_size
+    try:
+        result = await host.env.ssh("a-refuser", "anything")
+        assert result.returncode == 255, result.err
+        assert "not connected to this gateway" in result.err, result.err
+        with log_path.open("rb") as log_file:
+            log_file.seek(start)
+            lines = log_file.read().splitlines()
+        assert any(b"session.link_failed" in line for line in lines), lines[-5:]
+        assert max(len(line) for line in lines) <= 2000, max(len(line) for line in lines)
+    finally:
+        for conn in links:
+            conn.close()
