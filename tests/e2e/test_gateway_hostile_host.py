@@ -43,6 +43,14 @@ MAX_IDLE = 4
 Behaviour = Callable[[asyncssh.SSHServerChannel[bytes], str], None]
 
 
+#: What the hostile host answers a session open with: a session, or a channel and its session
+#: to come.
+SessionAnswer = (
+    asyncssh.SSHServerSession[bytes]
+    | tuple[asyncssh.SSHServerChannel[bytes], asyncio.Future[asyncssh.SSHServerSession[bytes]]]
+)
+
+
 class _HostileSession(asyncssh.SSHServerSession[bytes]):
     def __init__(self, behaviour: Behaviour) -> None:
         self._behaviour = behaviour
@@ -77,7 +85,7 @@ class _HostileHostd(asyncssh.SSHServer):
             await self._gate.open.wait()
         return username == TUNNEL_USER
 
-    def session_requested(self) -> _HostileSession:
+    def session_requested(self) -> "SessionAnswer":
         return _HostileSession(self._behaviour)
 
 
@@ -472,7 +480,7 @@ async def test_a_hosts_refusal_text_is_bounded_in_the_gateways_log(
     reason = "\x1b[2J" + "R" * 30_000
 
     class Refuser(_HostileHostd):
-        def session_requested(self) -> _HostileSession:
+        def session_requested(self) -> SessionAnswer:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason)
 
     links = [
@@ -500,3 +508,57 @@ async def test_a_hosts_refusal_text_is_bounded_in_the_gateways_log(
     finally:
         for conn in links:
             conn.close()
+
+
+async def test_a_host_that_never_answers_a_session_open_cannot_hang_the_user(
+    hostile: Callable[[str], Awaitable[Hostile]],
+) -> None:
+    """What is tried: the hostile host's links never answer the channel open the gateway sends
+    for a user's session (the gateway tries its next link after each times out). This holds
+    already (`channel_open_timeout_s` per try, tries only within `link_wait_s`); held so.
+    What must hold: the user's ssh ends with 255 and a message within link_wait_s +
+    channel_open_timeout_s (3 + 5 s here) and some slack, and the session's end is recorded
+    as HOST_NOT_CONNECTED."""
+    host = await hostile("silent")
+    await host.allocation("a-silent")
+    never: list[asyncio.Future[asyncssh.SSHServerSession[bytes]]] = []
+
+    class Silent(_HostileHostd):
+        def session_requested(self) -> SessionAnswer:
+            # asyncssh answers the open once the session (here: a future) is there: never.
+            assert self.conn is not None
+            never.append(asyncio.get_running_loop().create_future())
+            return self.conn.create_server_channel(), never[-1]
+
+        def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+            self.conn: asyncssh.SSHServerConnection | None = conn
+
+    links = [
+        await asyncssh.connect_reverse(
+            "127.0.0.1",
+            host.env.tunnel_port,
+            server_factory=lambda: Silent(_exit_zero),
+            server_host_keys=[host.key],
+            authorized_client_keys=None,
+            encoding=None,
+        )
+        for _ in range(3)
+    ]
+    try:
+        result = await host.env.ssh("a-silent", "anything", timeout=30)
+        assert result.returncode == 255, result.err
+        assert "not connected to this gateway" in result.err, result.err
+        assert result.seconds < 15, result.seconds
+        deadline = time.monotonic() + 10
+        while not (
+            ended := [e for e in await host.env.session_events("a-silent") if e["type"] == "SessionEnded"]
+        ):
+            assert time.monotonic() < deadline, "no SessionEnded"
+            await asyncio.sleep(0.2)
+        assert [e["reason"] for e in ended] == ["HOST_NOT_CONNECTED"]
+        assert never, "the gateway never asked the host for a session"
+    finally:
+        for conn in links:
+            conn.close()
+        for future in never:
+            future.cancel()
