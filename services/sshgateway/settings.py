@@ -42,6 +42,8 @@ Connection limits (each refusal says why, and is logged with the source):
   same on the hosts' port, looser (hostds dial a connection for each session);
   a connection there must present a registered host key and take the
   gateway's within `login_timeout_s`.
+- `max_idle_links_per_host`: authenticated connections one host may keep
+  idle here (hostd keeps 2); one more closes the host's oldest (links.py).
 - `max_sessions_per_connection` (OpenSSH's MaxSessions) and
   `max_sessions_per_user` (sessions open at once by one allocation's owner,
   over all their connections): one over is refused on the channel, with a
