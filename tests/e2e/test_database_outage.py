@@ -6,6 +6,7 @@ connection. It logs what went wrong and decides again once the database is back.
 """
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -41,7 +42,9 @@ async def test_services_outlive_a_database_outage_and_decide_what_fell_due_meanw
             "memory": "64M",
             "image": DEFAULT_TAG,
             "command": ["sleep", "600"],
-            "lifetime": 4,
+            # Long enough for the container to start on a loaded machine (4 s was not, once:
+            # the allocation expired before it ran); the outage below waits out what is left.
+            "lifetime": 20,
         }
         async with aiohttp.ClientSession(headers=headers) as http:
             async with http.post(f"{pool.api}/v1/allocations", json=body) as r:
@@ -49,10 +52,14 @@ async def test_services_outlive_a_database_outage_and_decide_what_fell_due_meanw
                 assert r.status == 201, created
             alloc = f"{pool.api}/v1/allocations/{created['id']}"
             async with http.get(f"{alloc}?wait=running&timeout=30") as r:
-                assert (await r.json())["state"] == "running", pool.logs()
+                shown = await r.json()
+                assert shown["state"] == "running", pool.logs()
+            expires_at = datetime.fromisoformat(shown["expires_at"])
 
             await asyncio.to_thread(own_postgres.stop)
-            await asyncio.sleep(6)  # the lifetime ends; expiry meets the lost connection
+            # The lifetime ends while Postgres is away: the expiry meets the lost connection.
+            left = (expires_at - datetime.now(UTC)).total_seconds()
+            await asyncio.sleep(max(left, 0) + 2)
             for name in ("registry", "allocator"):
                 assert pool.processes[name].running(), f"the {name} ended:\n{pool.logs()}"
             await asyncio.to_thread(own_postgres.start)
