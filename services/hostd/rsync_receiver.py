@@ -32,6 +32,7 @@ import shlex
 
 import structlog
 
+from potluck.contracts.session_commands import command_argv
 from potluck.hostd import disk_budget
 from potluck.hostd.budgeted_process import BudgetedProcess
 from potluck.hostd.disk_budget import DiskBudget
@@ -51,13 +52,8 @@ _COMPRESS = ("--compress", "--zc", "--zl", "--new-compress", "--old-compress", "
 def rsync_receiver(command: str | None) -> list[str] | None:
     """The words of `command` when it is a receiving rsync server (`rsync --server` without
     `--sender`), else None."""
-    if not command:
-        return None
-    try:
-        argv = shlex.split(command)
-    except ValueError:
-        return None
-    if len(argv) < 2 or argv[0].rsplit("/", 1)[-1] != "rsync" or argv[1] != "--server":
+    argv = command_argv(command)
+    if argv is None or len(argv) < 2 or argv[0].rsplit("/", 1)[-1] != "rsync" or argv[1] != "--server":
         return None
     return None if "--sender" in argv else argv
 

@@ -154,6 +154,20 @@ class _Outbound:
     through: int = 0
     skip: int = 0
 
+    def pass_or_skip(self, view: memoryview, at: int, sending: list[bytes | memoryview]) -> int:
+        """Past what is left to pass on as it is (appended to `sending`) or to drop, from `at`
+        in `view`: the position after it, or `at` when the packet's head is being read."""
+        if self.through:
+            n = min(self.through, len(view) - at)
+            sending.append(view[at : at + n])
+            self.through -= n
+            return at + n
+        if self.skip:
+            n = min(self.skip, len(view) - at)
+            self.skip -= n
+            return at + n
+        return at
+
 
 def _string(packet: bytes, at: int) -> tuple[bytes, int]:
     if at + 4 > len(packet):
@@ -263,16 +277,8 @@ class SftpFilter(BudgetedProcess):
         state = self._in
         at, size = 0, len(view)
         while at < size:
-            if state.through:
-                n = min(state.through, size - at)
-                sending.append(view[at : at + n])
-                at += n
-                state.through -= n
-                continue
-            if state.skip:
-                n = min(state.skip, size - at)
-                at += n
-                state.skip -= n
+            if (past := state.pass_or_skip(view, at, sending)) != at:
+                at = past
                 continue
             head = state.head
             need = self._in_need(head)
@@ -591,16 +597,8 @@ class SftpFilter(BudgetedProcess):
         while True:
             if at >= size:
                 return
-            if state.through:
-                n = min(state.through, size - at)
-                sending.append(view[at : at + n])
-                at += n
-                state.through -= n
-                continue
-            if state.skip:
-                n = min(state.skip, size - at)
-                at += n
-                state.skip -= n
+            if (past := state.pass_or_skip(view, at, sending)) != at:
+                at = past
                 continue
             head = state.head
             need = self._out_need(head)
