@@ -497,6 +497,10 @@ def test_ctrl_c_while_up_starts_stops_it_then(newcomer: dict[str, str]) -> None:
     assert (Path(newcomer["POTLUCK_HOME"]) / "postgres" / "data" / "PG_VERSION").exists()
 
 
+def _sigint_as_in_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_while_waiting_for_a_detached_up_stops_that_pool(newcomer: dict[str, str]) -> None:
     """Tried: Ctrl-C (SIGINT) to `potluck up --detach` while it waits for the pool it started in
@@ -510,6 +514,9 @@ def test_ctrl_c_while_waiting_for_a_detached_up_stops_that_pool(newcomer: dict[s
         stderr=subprocess.PIPE,
         text=True,
         env=newcomer,
+        # As a terminal's foreground command has it. A suite started as a background job
+        # (`ops/test &`) inherits SIGINT ignored, and Python then leaves Ctrl-C ignored too.
+        preexec_fn=_sigint_as_in_a_terminal,
     )
     try:
         deadline = time.monotonic() + 300
