@@ -21,6 +21,7 @@ from potluck.sshgateway.links import LinkPool
 from potluck.sshgateway.projection import GatewayView
 from potluck.sshgateway.session_caps import SessionCaps, UserConnections
 from potluck.sshgateway.settings import GatewaySettings
+from potluck.sshgateway.start_wait import StartWaits
 
 __all__ = ["GatewayContext", "LiveSession", "SessionRegistry"]
 
@@ -77,6 +78,8 @@ class GatewayContext:
     links: LinkPool
     audit: AuditLog
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
+    #: Sessions waiting for their allocation to start (start_wait.py), woken by the reactions.
+    starts: StartWaits = field(default_factory=StartWaits)
     #: Sessions open per connection and per user (settings' max_sessions_per_*).
     caps: SessionCaps = field(init=False)
     #: Authenticated connections open per user (settings' max_connections_per_user).

@@ -4,6 +4,8 @@ The gateway's `Fold` (service.py) feeds `GatewayReactions`, a projection
 that folds each event into the view (projection.py) and then acts on what
 changed:
 
+- sessions waiting for an allocation to start (start_wait.py) are woken
+  when it changes;
 - an allocation that stops running (released, expired, lost...) ends its
   sessions, each with a message saying why; one that exited with its
   container kept keeps them (they read its logs and files) until it is
@@ -33,6 +35,7 @@ from potluck.sshgateway.events import SessionEnded
 from potluck.sshgateway.links import LinkPool
 from potluck.sshgateway.projection import GatewayView, HostKeyConflict
 from potluck.sshgateway.sessions import reachable
+from potluck.sshgateway.start_wait import StartWaits
 
 __all__ = ["GatewayReactions"]
 
@@ -44,10 +47,13 @@ class GatewayReactions:
 
     categories = GatewayView.categories
 
-    def __init__(self, view: GatewayView, sessions: SessionRegistry, links: LinkPool) -> None:
+    def __init__(
+        self, view: GatewayView, sessions: SessionRegistry, links: LinkPool, starts: StartWaits | None = None
+    ) -> None:
         self.view = view
         self.sessions = sessions
         self.links = links
+        self.starts = starts if starts is not None else StartWaits()
 
     def apply(self, event: Event, record: RecordedEvent) -> None:
         host_id = getattr(event, "host_id", None)
@@ -56,6 +62,7 @@ class GatewayReactions:
             event, position=record.position, version=record.version, at=record.recorded_at
         )
         if isinstance(change, AllocationState):
+            self.starts.changed(change.alloc_id)
             self._allocation_changed(change, discarded=isinstance(event, AllocationDiscarded))
         elif isinstance(change, HostKeyConflict):
             log.warning(

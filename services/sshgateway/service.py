@@ -123,7 +123,7 @@ class Gateway:
             run_id=self.run_id if bus is not None else None,
         )
         #: The log folded into `view`, reacting to changes (reactions.py); unreadable events skipped.
-        reactions = GatewayReactions(self.view, self.ctx.sessions, self.ctx.links)
+        reactions = GatewayReactions(self.view, self.ctx.sessions, self.ctx.links, self.ctx.starts)
         self.fold = Fold(reactions, reader="sshgateway")
         self.ready = asyncio.Event()
 

@@ -51,6 +51,7 @@ from potluck.sshgateway.request import SessionRequest, bound_environment, host_e
 from potluck.sshgateway.session_caps import SessionPlace
 from potluck.sshgateway.session_state import SessionState, Step, advance
 from potluck.sshgateway.session_trace import SessionTrace
+from potluck.sshgateway.start_wait import NOT_STARTED
 
 __all__ = ["GatewaySession", "not_running_message", "reachable"]
 
@@ -65,7 +66,7 @@ MAX_HOST_TEXT = 300
 def not_running_message(alloc_id: str, state: AllocationState | None) -> str:
     if state is None:
         return f"allocation {alloc_id} does not exist"
-    if state.status in ("pending", "placed", "pulling"):
+    if state.status in NOT_STARTED:
         return (
             f"allocation {alloc_id} is {state.status}: its container is not running yet; "
             "try again in a moment"
@@ -202,7 +203,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
             self.trace.describe(kind=self.request.kind, pty=self.request.pty, host_id=self.host_id)
         if not await self._record_start(allocation):
             return
-        host_id = self._host_to_reach(allocation)
+        host_id = await self._host_to_reach()
         if host_id is None:
             return
         opened = await self._connect_to_host(host_id)
@@ -254,15 +255,23 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         )
         return True
 
-    def _host_to_reach(self, allocation: AllocationState | None) -> str | None:
-        """The host running the allocation; None, after ending the session, if there is none to
-        reach (the allocation is not running) or the gateway is stopping."""
+    async def _host_to_reach(self) -> str | None:
+        """The host running the allocation, once it runs (start_wait.py: up to `start_wait_s`
+        while it is still starting); None, after ending the session, if there is none to reach
+        (the allocation is not running), the gateway is stopping, or the user left meanwhile."""
+        allocation = await self.ctx.starts.settled(
+            self.identity.alloc_id, self.ctx.view.allocation, self.ctx.settings.start_wait_s
+        )
+        if self.state.ended:
+            return None
         if self.ctx.stopping:
             self._end("GATEWAY_STOPPING", "the gateway is shutting down")
             return None
         if allocation is None or not reachable(allocation) or allocation.host_id is None:
             self._end("ALLOCATION_NOT_RUNNING", not_running_message(self.identity.alloc_id, allocation))
             return None
+        # Placed a moment ago, the allocation may have had no host when the start was recorded.
+        self.host_id = allocation.host_id
         return allocation.host_id
 
     async def _connect_to_host(

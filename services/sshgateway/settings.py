@@ -166,6 +166,9 @@ class GatewaySettings(BaseModel):
     user_sessions_per_s: float = Field(default=5.0, gt=0)
     user_session_burst: int = Field(default=40, ge=1)
 
+    #: How long a new session to an allocation still starting (pending, placed, pulling) waits
+    #: for it to run before it is refused (start_wait.py says why).
+    start_wait_s: float = Field(default=10.0, ge=0)
     #: How long a new session waits for a connection from its host.
     link_wait_s: float = Field(default=10.0, gt=0)
     #: Idle connections one host may keep at this gateway (hostd keeps 2); one more closes its

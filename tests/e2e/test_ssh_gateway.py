@@ -238,6 +238,37 @@ async def test_refused_wrong_key_other_users_released_and_unknown_allocations(ss
     assert [e["reason"] for e in ended] == ["ALLOCATION_NOT_RUNNING"]
 
 
+async def test_a_session_to_an_allocation_still_starting_waits_for_it_to_run(ssh_env: SshEnv) -> None:
+    """What is tried: a user connects while the allocation is placed (its container made, its
+    running not yet in the log: a user connecting right after `create`, or a gateway folding
+    the log a moment behind the allocator), and the allocation is logged as running half a
+    second later. What must hold: the session waits and then runs its command (before, it was
+    refused at once with "not running yet"); the audit has its start and its exit."""
+    host = ssh_env.hosts[0]
+    container_id = await ssh_env.place_running(host, "slow1", running=False)
+    await asyncio.sleep(0.5)  # the gateway folds the placement
+    session = asyncio.create_task(ssh_env.ssh("slow1", "echo reached", source="127.0.0.15"))
+    deadline = time.monotonic() + 30
+    while not await ssh_env.session_events("slow1") and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
+    assert not session.done(), (await session).err
+
+    await ssh_env.mark_running(host, "slow1", container_id)
+
+    result = await session
+    assert result.returncode == 0, result.err
+    assert result.out.strip() == "reached"
+    deadline = time.monotonic() + 10
+    while len(events := await ssh_env.session_events("slow1")) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert [(e["type"], e.get("reason")) for e in events] == [
+        ("SessionStarted", None),
+        ("SessionEnded", "EXITED"),
+    ]
+    assert events[0]["host_id"] == host.host_id
+
+
 async def test_failed_logins_are_slowed_down_then_locked_out(ssh_env: SshEnv) -> None:
     """Delays 0, 0.4, 0.8, 1.6 s before attempts 1-4 (POTLUCK_SSHGATEWAY_SOURCE_DELAY_S=0.4),
     then the source is locked out (..._LOCKOUT_AFTER=4), even with the right key."""
