@@ -168,6 +168,21 @@ class _Outbound:
             return at + n
         return at
 
+    def read_head(
+        self, view: memoryview, at: int, need: Callable[[bytearray], int]
+    ) -> tuple[bytes | None, int]:
+        """Read the current packet's head from `at` in `view`, as much as `need` asks for what is
+        held so far: the head, once complete, and the position after what was read."""
+        head = self.head
+        wanted = need(head)
+        n = min(wanted - len(head), len(view) - at)
+        head += view[at : at + n]
+        at += n
+        if len(head) < wanted or wanted != need(head):
+            return None, at
+        self.head = bytearray()
+        return bytes(head), at
+
 
 def _string(packet: bytes, at: int) -> tuple[bytes, int]:
     if at + 4 > len(packet):
@@ -280,18 +295,13 @@ class SftpFilter(BudgetedProcess):
             if (past := state.pass_or_skip(view, at, sending)) != at:
                 at = past
                 continue
-            head = state.head
-            need = self._in_need(head)
-            n = min(need - len(head), size - at)
-            head += view[at : at + n]
-            at += n
-            if len(head) < need or need != self._in_need(head):
+            head, at = state.read_head(view, at, self._in_need)
+            if head is None:
                 continue
-            state.head = bytearray()
             if head[4] == _WRITE:
-                self._write(bytes(head), sending)
-            elif not self._request(bytes(head), sending):
-                self._waiting = bytes(head)
+                self._write(head, sending)
+            elif not self._request(head, sending):
+                self._waiting = head
                 self._start_join()
                 return view[at:]
         return None
@@ -600,20 +610,15 @@ class SftpFilter(BudgetedProcess):
             if (past := state.pass_or_skip(view, at, sending)) != at:
                 at = past
                 continue
-            head = state.head
-            need = self._out_need(head)
-            n = min(need - len(head), size - at)
-            head += view[at : at + n]
-            at += n
-            if len(head) < need or need != self._out_need(head):
+            head, at = state.read_head(view, at, self._out_need)
+            if head is None:
                 continue
-            state.head = bytearray()
             length = _U32.unpack_from(head)[0]
             if len(head) < 4 + length:  # passed on as it comes
-                sending.append(bytes(head))
+                sending.append(head)
                 state.through = 4 + length - len(head)
             else:
-                self._reply(bytes(head), sending)
+                self._reply(head, sending)
 
     def _out_need(self, head: bytearray) -> int:
         """How much of the server's packet to hold: its id, then all of it if hostd acts on it."""
