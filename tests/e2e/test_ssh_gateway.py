@@ -245,22 +245,22 @@ async def test_a_session_to_an_allocation_still_starting_waits_for_it_to_run(ssh
     second later. What must hold: the session waits and then runs its command (before, it was
     refused at once with "not running yet"); the audit has its start and its exit."""
     host = ssh_env.hosts[0]
-    container_id = await ssh_env.place_running(host, "slow1", running=False)
+    container_id = await ssh_env.place_running(host, "starting1", running=False)
     await asyncio.sleep(0.5)  # the gateway folds the placement
-    session = asyncio.create_task(ssh_env.ssh("slow1", "echo reached", source="127.0.0.15"))
+    session = asyncio.create_task(ssh_env.ssh("starting1", "echo reached", source="127.0.0.15"))
     deadline = time.monotonic() + 30
-    while not await ssh_env.session_events("slow1") and time.monotonic() < deadline:
+    while not await ssh_env.session_events("starting1") and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.3)
     assert not session.done(), (await session).err
 
-    await ssh_env.mark_running(host, "slow1", container_id)
+    await ssh_env.mark_running(host, "starting1", container_id)
 
     result = await session
     assert result.returncode == 0, result.err
     assert result.out.strip() == "reached"
     deadline = time.monotonic() + 10
-    while len(events := await ssh_env.session_events("slow1")) < 2 and time.monotonic() < deadline:
+    while len(events := await ssh_env.session_events("starting1")) < 2 and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert [(e["type"], e.get("reason")) for e in events] == [
         ("SessionStarted", None),
