@@ -2,9 +2,17 @@
 
 Aggregates raise Rejected when a command cannot be carried out; the HTTP API
 and the NATS request handlers turn it into their own error replies.
+
+What is not a refusal (a lost database, a bug) is the service's own failure: the requester
+reads `internal_error`, a stable INTERNAL code, what to do, and an incident id; the exception's
+text (SQL, addresses, paths, a library's words) goes only to the service's log, on the line
+that carries the same id. A host or a user learns nothing of the service's insides from it.
 """
 
+import uuid
 from typing import Any
+
+from pydantic import ValidationError
 
 
 class Rejected(Exception):
@@ -25,3 +33,28 @@ class Rejected(Exception):
         if self.field is not None:
             error["field"] = self.field
         return error
+
+
+def new_incident() -> str:
+    """An id for one failure, short enough to quote, unique enough to find in the logs."""
+    return uuid.uuid4().hex[:16]
+
+
+def internal_error(service: str, incident: str) -> dict[str, Any]:
+    """The error a requester reads when `service` failed on its request (the log has why)."""
+    return {
+        "code": "INTERNAL",
+        "message": (
+            f"the {service} failed on this request; try again in a while, and if it keeps failing "
+            f"tell the pool's operator, quoting incident {incident}"
+        ),
+        "incident": incident,
+    }
+
+
+def first_error(exc: ValidationError) -> str:
+    """Where a request first fails to validate and why (`nkey: String should have at most 56
+    characters`), without the input pydantic's own text quotes back nor its links."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(body)"
+    return f"{loc}: {err['msg']}"

@@ -51,7 +51,7 @@ from potluck.allocator.web import setup as setup_pages
 from potluck.allocator.web.log_tail import LogSource
 from potluck.contracts.registry import TOKEN_PATH
 from potluck.kernel.client_address import client_of
-from potluck.kernel.rejections import Rejected
+from potluck.kernel.rejections import Rejected, new_incident
 from potluck.readmodels.allocations import TERMINAL, AllocationState
 from potluck.readmodels.jobs import JobState
 
@@ -110,8 +110,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             return error(413, "BODY_TOO_LARGE", f"the body is larger than {MAX_BODY // 1024} KiB")
         raise
     except Exception:
-        log.exception("api.unhandled", method=request.method, path=request.path)
-        return error(500, "INTERNAL", "the allocator failed; the operator's log has the detail")
+        # The id lets the user's report find the operator's log line; the detail stays there.
+        incident = new_incident()
+        log.exception("api.unhandled", method=request.method, path=request.path, incident=incident)
+        said = f"the allocator failed; the operator's log has the detail under incident {incident}"
+        return error(500, "INTERNAL", said)
 
 
 @web.middleware

@@ -30,7 +30,7 @@ from potluck.contracts.image_reference import DEFAULT_REGISTRY, InvalidReference
 from potluck.contracts.messages import ImageToken, ImageTokenRequest, Reply
 from potluck.contracts.subjects import host_of, inbox_prefix
 from potluck.events.replies import ReplyGuard
-from potluck.kernel.rejections import Rejected
+from potluck.kernel.rejections import Rejected, first_error, internal_error, new_incident
 from potluck.readmodels.allocations import ACTIVE, AllocationsView
 
 __all__ = ["grant_image_token", "image_token_responder", "library_copy", "pool_repository"]
@@ -168,7 +168,8 @@ def image_token_responder(
             request = ImageTokenRequest.model_validate_json(msg.data)
             token = await grant(host_id, request)
         except ValidationError as exc:
-            reply = Reply(ok=False, error={"code": "BAD_REQUEST", "message": str(exc)[:500]})
+            # The first bad field and why: pydantic's whole text quotes the input back.
+            reply = Reply(ok=False, error={"code": "BAD_REQUEST", "message": first_error(exc)})
         except Rejected as exc:
             # Not in the pool registry: routine, the host pulls it from its own registry.
             routine = exc.code in ("NOT_IN_POOL_REGISTRY", "NO_POOL_REGISTRY")
@@ -176,6 +177,12 @@ def image_token_responder(
                 "allocator.image_token_refused", host_id=host_id, code=exc.code, detail=exc.message
             )
             reply = Reply(ok=False, error=exc.as_dict())
+        except Exception:
+            # The pool registry or the fold failed: the host hears INTERNAL and an incident id
+            # at once (not a timeout), the operator's log has why.
+            incident = new_incident()
+            log.exception("allocator.image_token_failed", host_id=host_id, incident=incident)
+            reply = Reply(ok=False, error=internal_error("allocator", incident))
         else:
             log.info(
                 "allocator.image_token_issued",

@@ -118,9 +118,12 @@ class PoolRegistry:
 
     def _unavailable(self, exc: Exception) -> Rejected:
         log.warning("pool_registry.unreachable", address=self.address, error=str(exc))
+        # The host (and the user, in a failure's detail) reads what happened, not aiohttp's text
+        # (its URLs, its socket errors): that is in the allocator's log, logged just above.
+        what = f"answered {exc.status}" if isinstance(exc, aiohttp.ClientResponseError) else "does not answer"
         return Rejected(
             "REGISTRY_UNAVAILABLE",
-            f"the pool registry at {self.address} does not answer ({exc}); try again, or tell the operator",
+            f"the pool registry at {self.address} {what}; try again, or tell the operator",
             status=503,
         )
 

@@ -4,7 +4,9 @@ Like the allocator's error middleware for HTTP, one place maps what a handler
 raises to what the requester reads: a request that does not validate is
 BAD_REQUEST (naming the first bad field), a refusal of the aggregate keeps its
 own code (NOT_ENROLLED, NOT_REGISTERED, BUSY, ...), and anything else is
-INTERNAL, logged with its traceback, and the registry goes on serving.
+INTERNAL, logged with its traceback under an incident id, and the registry goes on serving.
+The requester reads only the code, what to do and that id (potluck.kernel.rejections'
+`internal_error`): the exception's text (the database's address, SQL, paths) is the operator's.
 
 Before any handler runs, a host's request is admitted: within the host's rate
 (host_rate.py; beyond it the answer is RATE_LIMITED and nothing is read or
@@ -28,7 +30,7 @@ from potluck.contracts.messages import Reply
 from potluck.contracts.subjects import host_of, inbox_prefix
 from potluck.events.replies import ReplyGuard
 from potluck.kernel.key_rates import KeyRates
-from potluck.kernel.rejections import Rejected
+from potluck.kernel.rejections import Rejected, first_error, internal_error, new_incident
 from potluck.registry.host_rate import log_refusal
 
 __all__ = ["GoneCheck", "HostHandler", "HostRequestGate", "answer", "first_error"]
@@ -43,12 +45,6 @@ GoneCheck = Callable[[str], Rejected | None]
 
 def _never_gone(host_id: str) -> Rejected | None:
     return None
-
-
-def first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "(body)"
-    return f"{loc}: {err['msg']}"
 
 
 async def answer(msg: Msg, reply: Reply, guard: ReplyGuard, inbox: str, *, requester: str) -> None:
@@ -111,9 +107,10 @@ class HostRequestGate:
             reply = Reply(ok=False, error={"code": "BAD_REQUEST", "message": first_error(exc)})
         except Rejected as exc:
             reply = Reply(ok=False, error=exc.as_dict())
-        except Exception as exc:
-            log.exception("registry.request_failed", subject=msg.subject)
-            reply = Reply(ok=False, error={"code": "INTERNAL", "message": f"registry failed: {exc!r}"})
+        except Exception:
+            incident = new_incident()
+            log.exception("registry.request_failed", subject=msg.subject, host_id=host_id, incident=incident)
+            reply = Reply(ok=False, error=internal_error("registry", incident))
         await msg.respond(reply.model_dump_json().encode())
 
     def on_request(self, handler: HostHandler, *, gone_too: bool = False) -> Callable[[Msg], Awaitable[None]]:
