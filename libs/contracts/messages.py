@@ -158,7 +158,8 @@ class JoinRequest(Message):
 
 
 class Heartbeat(Message):
-    hostd_version: str = ""
+    #: RegisterHost's bound: the registry logs a beat it cannot read, with what it holds.
+    hostd_version: str = Field(default="", max_length=64)
     containers: int = Field(default=0, ge=0)
 
 

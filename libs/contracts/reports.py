@@ -3,10 +3,16 @@
 Reports are not events: the allocator validates them and logs the facts they
 imply. Each carries its own id, sent as Nats-Msg-Id; the allocator derives the
 logged event's id from it, so a report delivered twice is logged once.
+
+Every text a host sends is bounded: its ids and details go into the log (the report id as
+the facts' causation id) and into the services' log lines, and a host is anyone who joined.
+The bounds sit well above what hostd sends (a uuid4 report id, `a-` and 12 hex digits, the
+engine's 64-hex container ids, a failure's detail cut at 2000 characters), so no hostd, older
+or newer, is refused for them; a report past one is a dead letter naming the field.
 """
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +33,17 @@ FailureReason = Literal[
 ]
 
 
+#: An id a host names: its report's own, an allocation's, a container's.
+ReportedId = Annotated[str, Field(max_length=128)]
+#: An image's name as a host reports it: an allocation's image (at most 512, AllocationSpec's
+#: bound) as the engine normalises it, which adds a registry and a tag.
+ReportedImage = Annotated[str, Field(max_length=1024)]
+#: What a host says of a failure or of its engine (hostd cuts a failure's at 2000 characters).
+DETAIL_CHARS = 4096
+#: The containers, pulls or samples one report may list: far more than one machine runs.
+MAX_LISTED = 10_000
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -38,8 +55,8 @@ def _id() -> str:
 class Report(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # see Event's
 
-    kind: str
-    report_id: str = Field(default_factory=_id)
+    kind: str = Field(max_length=32)
+    report_id: ReportedId = Field(default_factory=_id)
     at: datetime = Field(default_factory=_now)
 
 
@@ -54,8 +71,8 @@ class PreviousExit(BaseModel):
 
 class ContainerStarted(Report):
     kind: Literal["started"] = "started"
-    alloc_id: str
-    container_id: str
+    alloc_id: ReportedId
+    container_id: ReportedId
     #: Set when hostd started an interactive allocation's stopped container again (its engine
     #: restarted, its machine rebooted, its keep-alive killed): how it had stopped.
     restarted_after: PreviousExit | None = None
@@ -72,8 +89,8 @@ StopReason = Literal["host_drained", "kept_stopping", "stopped_on_host"]
 
 class ContainerExited(Report):
     kind: Literal["exited"] = "exited"
-    alloc_id: str
-    container_id: str
+    alloc_id: ReportedId
+    container_id: ReportedId
     exit_code: int
     oom_killed: bool
     stopped_by_host: StopReason | None = None
@@ -81,16 +98,16 @@ class ContainerExited(Report):
 
 class ContainerFailed(Report):
     kind: Literal["failed"] = "failed"
-    alloc_id: str
+    alloc_id: ReportedId
     reason: FailureReason
-    detail: str = ""
+    detail: str = Field(default="", max_length=DETAIL_CHARS)
 
 
 class ContainerStatus(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # see Event's
 
-    alloc_id: str
-    container_id: str
+    alloc_id: ReportedId
+    container_id: ReportedId
     running: bool
     exit_code: int | None = None
     oom_killed: bool = False
@@ -103,9 +120,9 @@ class ActualState(Report):
     # The snapshot position hostd reconciled to: allocations placed later may
     # not have their container yet, and must not be judged by this report.
     as_of_position: int = Field(ge=0)
-    containers: list[ContainerStatus]
+    containers: list[ContainerStatus] = Field(max_length=MAX_LISTED)
     #: Allocations with no container yet because their image is being pulled: not missing.
-    pulling: list[str] = Field(default_factory=list)
+    pulling: list[ReportedId] = Field(default_factory=list, max_length=MAX_LISTED)
 
 
 class ContainerPulling(Report):
@@ -116,8 +133,8 @@ class ContainerPulling(Report):
     """
 
     kind: Literal["pulling"] = "pulling"
-    alloc_id: str
-    image: str
+    alloc_id: ReportedId
+    image: ReportedImage
     done_bytes: int = Field(default=0, ge=0)
     total_bytes: int = Field(default=0, ge=0)
 
@@ -125,7 +142,7 @@ class ContainerPulling(Report):
 class UsageSample(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # see Event's
 
-    alloc_id: str
+    alloc_id: ReportedId
     cpu_total_ns: int
     memory_bytes: int
     pids: int
@@ -134,13 +151,13 @@ class UsageSample(BaseModel):
 
 class UsageSampled(Report):
     kind: Literal["usage"] = "usage"
-    samples: list[UsageSample]
+    samples: list[UsageSample] = Field(max_length=MAX_LISTED)
 
 
 class EngineStatus(Report):
     kind: Literal["engine"] = "engine"
     available: bool
-    detail: str = ""
+    detail: str = Field(default="", max_length=DETAIL_CHARS)
 
 
 class ImagesHeld(Report):
@@ -148,7 +165,7 @@ class ImagesHeld(Report):
     registration and whenever the set changes. At most MAX_IMAGES_HELD names (host_images.bounded)."""
 
     kind: Literal["images"] = "images"
-    images: list[str] = Field(max_length=MAX_IMAGES_HELD)
+    images: list[ReportedImage] = Field(max_length=MAX_IMAGES_HELD)
 
 
 AnyReport = (

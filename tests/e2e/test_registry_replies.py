@@ -1,6 +1,7 @@
-"""What the registry tells a host when it fails: a stable code, what to do, and an incident id
-that finds the detail in the registry's log; never the failure's own text (the real registry
-process, real NATS with nkeys, a Postgres of the test's own that it stops)."""
+"""What the services take from a host and tell it back: a failure is a stable code, what to do,
+and an incident id that finds the detail in the service's log, never the failure's own text;
+a text a host sends past its bound is refused, never stored (the real registry and allocator
+processes, real NATS with nkeys and JetStream, a Postgres of the test's own)."""
 
 import asyncio
 import json
@@ -8,8 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from potluck.contracts.host_images import images_stream
 from potluck.contracts.messages import Reply
+from potluck.contracts.reports import ImagesHeld
 from potluck.contracts.subjects import CONTROL, IMAGE_TOKEN, host_subject
+from potluck.events import DEAD_LETTER_STREAM
+from potluck.events.bus import H_DLQ_REASON, H_DLQ_SUBJECT, dead_letter_subject
 from potluck.localstack.postgres_server import PostgresServer
 from tests.fixtures.pool import Pool
 
@@ -82,5 +87,47 @@ async def test_a_bad_image_token_request_is_told_its_field_not_quoted_back(
         assert "128" in message, message
         assert "qqq" not in message, message
         assert "pydantic" not in message, message
+    finally:
+        await pool.close()
+
+
+async def test_a_report_whose_id_is_past_its_bound_is_a_dead_letter_and_never_a_causation_id(
+    tmp_path: Path, own_postgres: PostgresServer
+) -> None:
+    """Tried: a host reports the images its engine holds under a report id of 40,000
+    characters (within the reports stream's 64 KiB), then reports again with a uuid4 id as
+    hostd does. Before: the allocator logged HostImagesReported with the 40,000 characters as
+    its causation id, in the log for good. Must hold: the first report is dead-lettered at
+    once, its reason naming report_id; the second is logged; no event of the host's images
+    carries a causation id longer than the bound."""
+    pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
+    try:
+        pool.start_allocator()
+        await pool.wait_api()
+        host = await pool.enroll("laptop-a")
+        js = (await pool.client(host)).jetstream()
+        subject = f"potluck.report.{host.host_id}.images"
+        long_id = ImagesHeld(images=["docker.io/library/busybox:latest"]).model_dump(mode="json")
+        long_id["report_id"] = "r" * 40_000
+        await js.publish(subject, json.dumps(long_id).encode())
+        usual = ImagesHeld(images=["docker.io/library/alpine:latest"])
+        await js.publish(subject, usual.model_dump_json().encode())
+        deadline = asyncio.get_running_loop().time() + 30
+        while await pool.store.stream_version(images_stream(host.host_id)) == 0:
+            assert asyncio.get_running_loop().time() < deadline, pool.logs()
+            await asyncio.sleep(0.1)
+        records = await pool.store.read_stream(images_stream(host.host_id))
+        causes = [str(r.metadata.get("causation_id")) for r in records]
+        assert causes == [usual.report_id], [len(c) for c in causes]
+        services = (await pool.client()).jetstream()
+        dlq = dead_letter_subject("allocator-reports")
+        info = await services.stream_info(DEAD_LETTER_STREAM)
+        reasons = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await services.get_msg(DEAD_LETTER_STREAM, seq=seq)
+            if msg.subject == dlq and msg.headers is not None and msg.headers[H_DLQ_SUBJECT] == subject:
+                reasons.append(msg.headers[H_DLQ_REASON])
+        assert len(reasons) == 1, reasons
+        assert "report_id" in reasons[0], reasons
     finally:
         await pool.close()

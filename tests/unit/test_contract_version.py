@@ -22,7 +22,7 @@ from potluck.contracts.compatibility import CONTRACT_VERSION, FIRST_CONTRACT, mi
 from potluck.contracts.messages import DesiredState, RegisterHost
 
 #: (CONTRACT_VERSION, the fingerprint of the shapes it names).
-RECORDED = (2, "cc426e0121b7378ead09802b6334b004fef4f1e65740ef24e91ecd43245bfa91")
+RECORDED = (2, "c503de9734e7f56c95cb62d02e53ca33355194390da5a58062b419cd4115de56")
 
 
 def _models() -> list[type[BaseModel]]:
