@@ -390,6 +390,10 @@ class Agent:
                 if error.get("code") == BAD_LABELS:
                     # Asking again sends the same labels: only the member's configuration changes them.
                     raise HostdStopped(f"the registry refused this machine's labels: {error.get('message')}")
+                if error.get("code") in ("SSH_KEY_TAKEN", "BAD_SSH_HOST_KEY"):
+                    # The same key again would be refused again: the message says how to make another.
+                    said = f"the registry refused this machine's SSH host key: {error.get('message')}"
+                    raise HostdStopped(said)
                 if error.get("code") == "CONTRACT_MISMATCH":
                     # Not final: the services' upgrade, which may be under way, lets it in. Until
                     # then nothing here is touched: no sync, no reports, what runs stays as it is.

@@ -28,6 +28,7 @@ from potluck.readmodels.state_pages import BadStateRequest, answer_state_request
 from potluck.registry import host as aggregate
 from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.repository import Known, decide_on_host, load_host
+from potluck.registry.ssh_keys import SshKeyHolders
 
 __all__ = ["STATE_REQUESTS", "HostRequests"]
 
@@ -48,9 +49,15 @@ class HostRequests:
         self.watch = watch
         #: Registrations refused per host for their labels (BAD_LABELS), since start.
         self.refused_labels: Counter[str] = Counter()
+        #: Who holds each SSH host key: one host cannot take another's (ssh_keys.py).
+        self.ssh_keys = SshKeyHolders(view)
+        fold.after_batch.append(self.ssh_keys.notice)
 
     async def register(self, host_id: str, payload: bytes) -> dict[str, Any]:
         req = RegisterHost.model_validate_json(payload)
+        # Against the view, which may lag the log a moment: a key's first registration is the
+        # only one that lag could let through, and no one else knows the key before it.
+        self.ssh_keys.refuse_taken(host_id, req.ssh_host_key)
         try:
             outcome = await decide_on_host(
                 self.store,

@@ -8,14 +8,18 @@ import json
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client as NATS
 
+from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.host_images import images_stream
 from potluck.contracts.messages import Reply
 from potluck.contracts.reports import ImagesHeld
-from potluck.contracts.subjects import CONTROL, IMAGE_TOKEN, host_subject
-from potluck.events import DEAD_LETTER_STREAM
+from potluck.contracts.subjects import CONTROL, IMAGE_TOKEN, REGISTER, host_subject
+from potluck.events import DEAD_LETTER_STREAM, Fold
 from potluck.events.bus import H_DLQ_REASON, H_DLQ_SUBJECT, dead_letter_subject
+from potluck.kernel.ssh_identity import load_or_create_key, public_key_line
 from potluck.localstack.postgres_server import PostgresServer
+from potluck.sshgateway.projection import GatewayView, key_blob
 from tests.fixtures.pool import Pool
 
 
@@ -129,5 +133,82 @@ async def test_a_report_whose_id_is_past_its_bound_is_a_dead_letter_and_never_a_
                 reasons.append(msg.headers[H_DLQ_REASON])
         assert len(reasons) == 1, reasons
         assert "report_id" in reasons[0], reasons
+    finally:
+        await pool.close()
+
+
+def _registration(ssh_host_key: str) -> bytes:
+    """A registration as a hostd of this version sends it, naming `ssh_host_key`."""
+    return json.dumps(
+        {
+            "donated": {"cpus": 1, "memory_bytes": 1 << 30, "disk_bytes": 1 << 30},
+            "engine": {
+                "version": "27.0",
+                "cgroup_version": "2",
+                "storage_driver": "overlay2",
+                "disk_quota_supported": False,
+            },
+            "hostd_version": "test",
+            "ssh_host_key": ssh_host_key,
+            "contract": CONTRACT_VERSION,
+        }
+    ).encode()
+
+
+async def _register(nc: NATS, host_id: str, ssh_host_key: str) -> Reply:
+    msg = await nc.request(host_subject(REGISTER, host_id), _registration(ssh_host_key), timeout=30)
+    return Reply.model_validate_json(msg.data)
+
+
+async def _gateway_owner(pool: Pool, key_line: str) -> str | None:
+    """The host the gateway maps a link presenting `key_line` to, folding the log as it does."""
+    view = GatewayView()
+    await Fold(view, reader="test").catch_up(pool.store)
+    blob = key_blob(key_line)
+    assert blob is not None
+    return view.host_for_key(blob)
+
+
+async def test_a_host_cannot_register_an_ssh_host_key_another_host_holds(
+    tmp_path: Path, own_postgres: PostgresServer
+) -> None:
+    """Tried: machine B registers its SSH host key and deregisters (its member stops it for a
+    while); member A, who learnt B's public key line, registers it as A's own, with another
+    comment; B comes back and registers again. Before: A's registration was recorded, and the
+    gateway, which maps a link's key to the first host that claims it, then refused every link
+    of B (A could not use the key either, holding no private half: the loss was B's alone).
+    Also tried: a line that is no OpenSSH public key. Must hold: A is refused SSH_KEY_TAKEN
+    without learning which host holds the key, nothing of A's is recorded, B registers again,
+    and the gateway's view of the log maps B's key to B; the bad line is refused
+    BAD_SSH_HOST_KEY without quoting it back."""
+    pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
+    try:
+        pool.start_registry()
+        await pool.wait_registry()
+        a, b = await pool.enroll("laptop-a"), await pool.enroll("laptop-b")
+        as_a, as_b = await pool.client(a), await pool.client(b)
+        key = public_key_line(load_or_create_key(tmp_path / "b_host_key", comment="potluck-hostd-b"))
+        assert (await _register(as_b, b.host_id, key)).ok
+        deregister = json.dumps({"action": "deregister"}).encode()
+        msg = await as_b.request(host_subject(CONTROL, b.host_id), deregister, timeout=30)
+        assert Reply.model_validate_json(msg.data).ok, msg.data
+        kind, data = key.split()[:2]
+        stolen = await _register(as_a, a.host_id, f"{kind} {data} laptop-a")
+        assert not stolen.ok, stolen
+        assert stolen.error is not None
+        assert stolen.error["code"] == "SSH_KEY_TAKEN", stolen.error
+        assert b.host_id not in str(stolen.error), stolen.error
+        assert not (await pool.hosts()).hosts[a.host_id].registered
+        assert (await _register(as_b, b.host_id, key)).ok
+        assert await _gateway_owner(pool, key) == b.host_id
+        bad = await _register(as_a, a.host_id, "ssh-evil " + "Z" * 5000)
+        assert not bad.ok, bad
+        assert bad.error is not None
+        assert bad.error["code"] == "BAD_SSH_HOST_KEY", bad.error
+        assert "ZZZ" not in str(bad.error), bad.error
+        assert "evil" not in str(bad.error), bad.error
+        mine = public_key_line(load_or_create_key(tmp_path / "a_host_key", comment="potluck-hostd-a"))
+        assert (await _register(as_a, a.host_id, mine)).ok
+        assert await _gateway_owner(pool, mine) == a.host_id
     finally:
         await pool.close()
