@@ -32,6 +32,7 @@ __all__ = [
     "host_rpc_filter",
     "host_subject",
     "inbox_prefix",
+    "join_inbox_prefix",
     "validate_host_id",
 ]
 
@@ -90,6 +91,14 @@ def host_rpc_filter(host_id: str) -> str:
 def inbox_prefix(host_id: str) -> str:
     """The host's own reply inboxes: no host can read another's replies."""
     return f"_INBOX_{host_id}"
+
+
+def join_inbox_prefix(host_id: str) -> str:
+    """The reply inboxes of a join token's throwaway identity: apart from the host's own, so
+    that whoever else holds a copy of the token reads nothing sent to the machine that joined
+    (the events its consumer delivers into its inbox, the services' answers). No host id
+    starts with JOIN (they are lower case), so no host's inbox is under it."""
+    return f"_INBOX_JOIN_{host_id}"
 
 
 #: The services' reply inboxes (nats-py's default prefix): requests only services may send

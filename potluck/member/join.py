@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from potluck.contracts.join_token import JoinToken, JoinTokenError, decode
 from potluck.contracts.messages import JoinRequest, Reply
-from potluck.contracts.subjects import JOIN, host_subject, inbox_prefix
+from potluck.contracts.subjects import JOIN, host_subject, inbox_prefix, join_inbox_prefix
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
 from potluck.kernel.nats_urls import nats_servers
@@ -111,9 +111,12 @@ def _authorization_error(exc: BaseException) -> bool:
     return "authorization" in str(exc).lower()
 
 
-async def _connect(url: str, seed: str, host_id: str, closed: asyncio.Event | None = None) -> NATS:
+async def _connect(
+    url: str, seed: str, host_id: str, closed: asyncio.Event | None = None, *, inbox: str | None = None
+) -> NATS:
     """A connection with `seed`'s identity; PermissionError if the server does not admit it.
-    `closed` is set if the server drops the connection later (a reload that removed the key)."""
+    `closed` is set if the server drops the connection later (a reload that removed the key).
+    Its requests are answered under `inbox` (the host's own inboxes when None)."""
     errors: list[str] = []
 
     async def on_closed() -> None:
@@ -128,7 +131,7 @@ async def _connect(url: str, seed: str, host_id: str, closed: asyncio.Event | No
         await nc.connect(
             nats_servers(url),
             nkeys_seed_str=seed,
-            inbox_prefix=inbox_prefix(host_id),
+            inbox_prefix=inbox or inbox_prefix(host_id),
             allow_reconnect=False,
             # nats-py reads 0 as no limit on the tries of a server that refuses the TCP connect:
             # with 0, a join whose NATS is unreachable tried every 2 s for ever.
@@ -181,7 +184,10 @@ async def redeem(token: JoinToken, public_key: str, timeout: float = 30) -> None
     """Ask the registry to admit `public_key` as the token's host; refused tokens raise JoinError."""
     closed = asyncio.Event()
     try:
-        nc = await _connect(token.nats_url, token.join_seed, token.host_id, closed)
+        # The throwaway reads its answer in inboxes of its own: it may not read the host's.
+        nc = await _connect(
+            token.nats_url, token.join_seed, token.host_id, closed, inbox=join_inbox_prefix(token.host_id)
+        )
     except PermissionError:
         raise JoinError(SPENT) from None
     try:

@@ -52,6 +52,7 @@ from potluck.contracts.subjects import (
     host_rpc_filter,
     host_subject,
     inbox_prefix,
+    join_inbox_prefix,
     validate_host_id,
 )
 from potluck.events import EVENTS_STREAM
@@ -104,10 +105,15 @@ def host_permissions(host_id: str) -> dict[str, Any]:
 
 
 def join_permissions(host_id: str) -> dict[str, Any]:
-    """A join token's throwaway identity: ask to join as this host, read the answer; nothing else."""
+    """A join token's throwaway identity: ask to join as this host, read the answer; nothing else.
+
+    The answer comes into an inbox of its own (join_inbox_prefix), never the host's: the
+    throwaway stays admitted a while after the join (admitted_keys.JOIN_ANSWER_WINDOW), and up
+    to the token's expiry before it, and anyone holding a copy of the token could otherwise
+    read, meanwhile, what the machine that joined is sent (its events, the services' answers)."""
     return {
         "publish": {"allow": [host_subject(JOIN, host_id)]},
-        "subscribe": {"allow": [f"{inbox_prefix(host_id)}.>"]},
+        "subscribe": {"allow": [f"{join_inbox_prefix(host_id)}.>"]},
     }
 
 

@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from potluck.contracts.messages import Reply
-from potluck.contracts.subjects import host_of, inbox_prefix
+from potluck.contracts.subjects import host_of, inbox_prefix, join_inbox_prefix
 from potluck.events.replies import ReplyGuard
 from potluck.kernel.key_rates import KeyRates
 from potluck.kernel.rejections import Rejected, first_error, internal_error, new_incident
@@ -69,12 +69,15 @@ class HostRequestGate:
         #: Requests refused per host because it left or was revoked.
         self.refused_gone: dict[str, int] = {}
 
-    async def respond(self, msg: Msg, handler: HostHandler, *, gone_too: bool = False) -> None:
+    async def respond(
+        self, msg: Msg, handler: HostHandler, *, gone_too: bool = False, joining: bool = False
+    ) -> None:
         """Run `handler` for the host the subject names and answer with its data or its error.
 
-        A gone host's request is refused before `handler` runs, unless `gone_too` (its status)."""
+        A gone host's request is refused before `handler` runs, unless `gone_too` (its status).
+        A join (`joining`) is answered only into the join token's own inbox, not the host's."""
         host_id = host_of(msg.subject)
-        inbox = inbox_prefix(host_id)
+        inbox = join_inbox_prefix(host_id) if joining else inbox_prefix(host_id)
         # The rate first: a host refused for its pace costs no more than this check, and its
         # refused reply subjects are logged at most at the pace it is allowed.
         verdict = self.rates.check(host_id, self.clock())
@@ -113,10 +116,13 @@ class HostRequestGate:
             reply = Reply(ok=False, error=internal_error("registry", incident))
         await msg.respond(reply.model_dump_json().encode())
 
-    def on_request(self, handler: HostHandler, *, gone_too: bool = False) -> Callable[[Msg], Awaitable[None]]:
-        """The NATS callback answering hosts' requests with `handler` (gone hosts too if `gone_too`)."""
+    def on_request(
+        self, handler: HostHandler, *, gone_too: bool = False, joining: bool = False
+    ) -> Callable[[Msg], Awaitable[None]]:
+        """The NATS callback answering hosts' requests with `handler` (gone hosts too if
+        `gone_too`; into the join token's inbox if `joining`)."""
 
         async def callback(msg: Msg) -> None:
-            await self.respond(msg, handler, gone_too=gone_too)
+            await self.respond(msg, handler, gone_too=gone_too, joining=joining)
 
         return callback

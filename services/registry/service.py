@@ -164,7 +164,9 @@ class RegistryService:
             await self.nc.subscribe(
                 f"{STATUS}.*", queue=queue, cb=self.gate.on_request(self.requests.status, gone_too=True)
             ),
-            await self.nc.subscribe(f"{JOIN}.*", queue=queue, cb=self.gate.on_request(self.joining.join)),
+            await self.nc.subscribe(
+                f"{JOIN}.*", queue=queue, cb=self.gate.on_request(self.joining.join, joining=True)
+            ),
             await self.nc.subscribe(f"{SLEEP}.*", queue=queue, cb=self.gate.on_request(self.sleep.notice)),
         ]
         # Only once the server has our subscriptions can beats arrive; silence is counted from

@@ -47,6 +47,7 @@ from potluck.contracts.subjects import (
     STATUS,
     host_subject,
     inbox_prefix,
+    join_inbox_prefix,
 )
 from potluck.events import DEAD_LETTER_STREAM, REPORTS_STREAM, Event
 from potluck.events.bus import H_DLQ_REASON, H_DLQ_SUBJECT, dead_letter_subject
@@ -136,7 +137,9 @@ async def test_a_poison_report_carrying_jetstreams_own_headers_is_dead_lettered_
 async def _join_as(pool: Pool, token: JoinToken, nkey: str) -> Reply:
     """Redeem `token` as a member's machine would, naming `nkey` as the machine's own key."""
     nc = await nats.connect(
-        pool.nats.url.split(","), nkeys_seed_str=token.join_seed, inbox_prefix=inbox_prefix(token.host_id)
+        pool.nats.url.split(","),
+        nkeys_seed_str=token.join_seed,
+        inbox_prefix=join_inbox_prefix(token.host_id),
     )
     try:
         body = json.dumps({"token": token.secret, "nkey": nkey}).encode()

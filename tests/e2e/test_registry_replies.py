@@ -7,18 +7,34 @@ import asyncio
 import json
 from pathlib import Path
 
+import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.host_images import images_stream
+from potluck.contracts.join_token import JoinToken
 from potluck.contracts.messages import Reply
 from potluck.contracts.reports import ImagesHeld
-from potluck.contracts.subjects import CONTROL, IMAGE_TOKEN, REGISTER, host_subject
+from potluck.contracts.subjects import (
+    CONTROL,
+    IMAGE_TOKEN,
+    JOIN,
+    REGISTER,
+    STATUS,
+    host_subject,
+    inbox_prefix,
+    join_inbox_prefix,
+)
 from potluck.events import DEAD_LETTER_STREAM, Fold
 from potluck.events.bus import H_DLQ_REASON, H_DLQ_SUBJECT, dead_letter_subject
 from potluck.kernel.ssh_identity import load_or_create_key, public_key_line
 from potluck.localstack.postgres_server import PostgresServer
+from potluck.member.join import admitted
+from potluck.registry.admitted_keys import JOIN_ANSWER_WINDOW
+from potluck.registry.enrollment import enroll_with_token, refresh_nats_authorization
+from potluck.registry.nats_auth import new_user_key
 from potluck.sshgateway.projection import GatewayView, key_blob
 from tests.fixtures.pool import Pool
 
@@ -212,3 +228,103 @@ async def test_a_host_cannot_register_an_ssh_host_key_another_host_holds(
         assert await _gateway_owner(pool, mine) == a.host_id
     finally:
         await pool.close()
+
+
+async def test_a_join_tokens_throwaway_identity_reads_no_host_replies_and_asks_nothing_else(
+    tmp_path: Path, own_postgres: PostgresServer
+) -> None:
+    """Tried: whoever else holds a join token (a copy of the line its member was sent)
+    connects with its throwaway identity before the member joins, subscribes to the host's
+    reply inbox, and publishes where a host would (register, status, another host's join);
+    the member joins; the machine, now with its own key, asks the registry for its status.
+    Before: the throwaway could subscribe to the host's whole inbox, so for the answer window
+    after the join it read every reply sent to the new machine (the events its consumer
+    delivers there, allocations' environments among them, the registry's answers). Must
+    hold: the throwaway cannot subscribe there and reads nothing of the machine's; every
+    publish but its own join is refused by NATS; a second join with the token is refused
+    TOKEN_SPENT; and once the answer window is over the throwaway's connection is closed and
+    it cannot connect again."""
+    pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
+    try:
+        pool.start_registry()
+        await pool.wait_registry()
+        other = await pool.enroll("laptop-a")
+        token = await enroll_with_token(pool.store, "laptop-b", nats_url=pool.nats.url)
+        await refresh_nats_authorization(pool.store, pool.nats.auth_file, [pool.services_seed], None)
+        pool.nats.reload()
+        await asyncio.sleep(0.3)  # the reload is asynchronous in nats-server
+        errors: list[str] = []
+        closed = asyncio.Event()
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        async def on_closed() -> None:
+            closed.set()
+
+        spy = await nats.connect(
+            pool.nats.url.split(","),
+            nkeys_seed_str=token.join_seed,
+            inbox_prefix=join_inbox_prefix(token.host_id),
+            error_cb=on_error,
+            closed_cb=on_closed,
+            allow_reconnect=False,
+        )
+        read: list[str] = []
+
+        async def keep(msg: Msg) -> None:
+            read.append(msg.subject)
+
+        await spy.subscribe(f"{inbox_prefix(token.host_id)}.>", cb=keep)
+        for subject in (
+            host_subject(REGISTER, token.host_id),
+            host_subject(STATUS, token.host_id),
+            host_subject(JOIN, other.host_id),
+        ):
+            await spy.publish(subject, b"{}")
+        await spy.flush()
+        await asyncio.sleep(0.5)
+        refused = [e for e in errors if "permissions violation" in e.lower()]
+        host_inbox = f'subscription to "{inbox_prefix(token.host_id)}.>"'.lower()
+        assert any(host_inbox in e.lower() for e in refused), errors
+        for subject in (REGISTER, STATUS):
+            assert any(host_subject(subject, token.host_id) in e for e in refused), errors
+        assert any(host_subject(JOIN, other.host_id) in e for e in refused), errors
+
+        own = new_user_key()
+        joined = await _join(pool, token, own.public)
+        assert joined.ok, joined
+        machine = await nats.connect(
+            pool.nats.url.split(","), nkeys_seed_str=own.seed, inbox_prefix=inbox_prefix(token.host_id)
+        )
+        try:
+            msg = await machine.request(host_subject(STATUS, token.host_id), b"{}", timeout=30)
+            assert Reply.model_validate_json(msg.data).ok, msg.data
+        finally:
+            await machine.close()
+        again = await _join(pool, token, new_user_key().public)
+        assert not again.ok, again
+        assert again.error is not None
+        assert again.error["code"] == "TOKEN_SPENT", again.error
+        await asyncio.sleep(0.5)
+        assert read == [], read
+        async with asyncio.timeout(JOIN_ANSWER_WINDOW.total_seconds() + 20):
+            await closed.wait()
+        assert not await admitted(pool.nats.url, token.join_seed, token.host_id)
+    finally:
+        await pool.close()
+
+
+async def _join(pool: Pool, token: JoinToken, nkey: str) -> Reply:
+    """Redeem `token` as `potluck join` does, naming `nkey` as the machine's own key."""
+    nc = await nats.connect(
+        pool.nats.url.split(","),
+        nkeys_seed_str=token.join_seed,
+        inbox_prefix=join_inbox_prefix(token.host_id),
+    )
+    try:
+        body = json.dumps({"token": token.secret, "nkey": nkey}).encode()
+        msg = await nc.request(host_subject(JOIN, token.host_id), body, timeout=30)
+        return Reply.model_validate_json(msg.data)
+    finally:
+        await nc.close()
