@@ -137,7 +137,10 @@ class PolicyChanged(RecordedMessage):
     reason: str = Field(default="", max_length=500)
     share_cpus: float | None = Field(default=None, ge=0, le=1024)
     #: The member's `max_frozen_s`: allocations frozen longer are told (and released if they asked).
-    max_frozen_s: float | None = Field(default=None, gt=0)
+    #: Finite: JSON's Infinity would be decided as such here and logged as null (pydantic writes
+    #: no Infinity into JSON), so the log would say other than what was decided. hostd writes
+    #: a member's `inf` as null itself, so no hostd sends it.
+    max_frozen_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 class JoinRequest(Message):

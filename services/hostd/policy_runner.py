@@ -11,6 +11,7 @@ registry that missed one learns the current state). It also writes what it reads
 import asyncio
 import contextlib
 import json
+import math
 import os
 import time
 from collections import deque
@@ -196,7 +197,10 @@ class PolicyRunner:
             cause=decision.cause,
             reason=decision.reason[:500],
             share_cpus=decision.share_cpus if decision.state == "throttled" else None,
-            max_frozen_s=self.policy.max_frozen_s if decision.state == "frozen" else None,
+            # A member's `inf` (never tell) is None on the wire, as JSON always carried it.
+            max_frozen_s=self.policy.max_frozen_s
+            if decision.state == "frozen" and math.isfinite(self.policy.max_frozen_s)
+            else None,
         )
 
     async def _report_loop(self) -> None:

@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from potluck.contracts.compatibility import CONTRACT_VERSION
+from potluck.contracts.host_events import host_stream
 from potluck.contracts.host_images import images_stream
 from potluck.contracts.join_token import JoinToken
 from potluck.contracts.messages import Reply
@@ -21,6 +22,7 @@ from potluck.contracts.subjects import (
     CONTROL,
     IMAGE_TOKEN,
     JOIN,
+    POLICY,
     REGISTER,
     STATUS,
     host_subject,
@@ -328,3 +330,36 @@ async def _join(pool: Pool, token: JoinToken, nkey: str) -> Reply:
         return Reply.model_validate_json(msg.data)
     finally:
         await nc.close()
+
+
+async def test_a_policy_change_naming_an_infinite_freeze_is_refused_not_logged_as_another(
+    tmp_path: Path, own_postgres: PostgresServer
+) -> None:
+    """Tried: a registered host tells the registry it froze, with `max_frozen_s` Infinity
+    (JSON that pydantic reads as a float, though hostd never writes it: a member's `inf` goes
+    out as null). Before: the registry decided on Infinity and logged null (pydantic writes no
+    Infinity into JSON): its view said one thing and the log, which every replay reads,
+    another. Must hold: BAD_REQUEST naming max_frozen_s, nothing recorded on the host's
+    stream, and the same change with a finite value is recorded."""
+    pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
+    try:
+        pool.start_registry()
+        await pool.wait_registry()
+        host = await pool.enroll("laptop-a")
+        nc = await pool.client(host)
+        assert (await _register(nc, host.host_id, "")).ok
+        version = await pool.store.stream_version(host_stream(host.host_id))
+        subject = host_subject(POLICY, host.host_id)
+        body = b'{"state": "frozen", "cause": "owner", "reason": "owner busy", "max_frozen_s": Infinity}'
+        reply = Reply.model_validate_json((await nc.request(subject, body, timeout=30)).data)
+        assert not reply.ok, reply
+        assert reply.error is not None
+        assert reply.error["code"] == "BAD_REQUEST", reply.error
+        assert str(reply.error["message"]).startswith("max_frozen_s: "), reply.error
+        assert await pool.store.stream_version(host_stream(host.host_id)) == version
+        finite = body.replace(b"Infinity", b"600")
+        reply = Reply.model_validate_json((await nc.request(subject, finite, timeout=30)).data)
+        assert reply.ok, reply
+        assert reply.data["recorded"] == ["HostFrozen"], reply.data
+    finally:
+        await pool.close()
