@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from potluck.allocator.host_rates import DESIRED_RATE, IMAGE_TOKEN_RATE
 from potluck.allocator.service import ENGINE_LOG_RATE, LOGGED_DETAIL
 from potluck.contracts.messages import Heartbeat, ImageTokenRequest, Reply
-from potluck.contracts.reports import EngineStatus, UsageSampled
+from potluck.contracts.reports import DETAIL_CHARS, EngineStatus, UsageSampled
 from potluck.contracts.subjects import (
     CONTROL,
     DESIRED,
@@ -318,7 +318,8 @@ async def test_a_report_another_host_pushed_out_through_jetstreams_answers_is_ma
 async def test_a_host_flooding_reports_and_poison_does_not_flood_the_services_logs(
     pool: Pool, two_laptops: tuple[EnrolledHost, EnrolledHost]
 ) -> None:
-    """Tried: B publishes 150 engine reports with a 60 KB detail each, then 150 messages that
+    """Tried: B publishes 150 engine reports with a detail as long as a report may carry
+    (DETAIL_CHARS; a longer one is a dead letter), then 150 messages that
     are no report, on its own subjects. Must hold: the allocator logs only the first of B's
     engine reports (ENGINE_LOG_RATE's burst, and what refills meanwhile), each detail cut to
     LOGGED_DETAIL characters, and says it now logs them sparingly; of the poison it logs a
@@ -332,7 +333,7 @@ async def test_a_host_flooding_reports_and_poison_does_not_flood_the_services_lo
     dlq = dead_letter_subject("allocator-reports")
     try:
         before = (await js.stream_info(DEAD_LETTER_STREAM, subjects_filter=dlq)).state.subjects or {}
-        engine = EngineStatus(available=False, detail="y" * 60_000).model_dump_json().encode()
+        engine = EngineStatus(available=False, detail="y" * DETAIL_CHARS).model_dump_json().encode()
         for _ in range(150):
             await as_b.jetstream().publish(f"potluck.report.{b.host_id}.engine", engine)
         for n in range(150):
