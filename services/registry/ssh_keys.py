@@ -10,7 +10,8 @@ the key in the gateways' eyes, so every later link of its true holder was refuse
 the claimant deregistered. So the registry refuses a key that another host holds
 (SSH_KEY_TAKEN, without saying which host: that is the operator's, in the log).
 
-A host holds the key it last registered until it leaves or is revoked (for good; the gateways
+Only a new claim is refused: a host registering the key it holds already is not. A host
+holds the key it last registered until it leaves or is revoked (for good; the gateways
 forget its key then too). A deregistered host keeps it: it comes back with the same key. Keys
 are compared by their wire blob, as the gateways compare them: the comment is no part of a key.
 
@@ -75,8 +76,12 @@ class SshKeyHolders:
                 field="ssh_host_key",
                 status=400,
             ) from None
-        holders = self._current().get(blob, set()) - {host_id}
-        if holders:
+        holders = self._current().get(blob, set())
+        # Its own key again (every restart registers it) is no new claim: never refused, even
+        # where a registry from before this check let another host claim the same key. A copied
+        # state_dir's two machines, both registered then, go on as they did (the gateways link
+        # the first).
+        if holders and host_id not in holders:
             log.warning(
                 "registry.ssh_key_taken",
                 host_id=host_id,

@@ -16,7 +16,7 @@ from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.host_events import host_stream
 from potluck.contracts.host_images import images_stream
 from potluck.contracts.join_token import JoinToken
-from potluck.contracts.messages import Reply
+from potluck.contracts.messages import RegisterHost, Reply
 from potluck.contracts.reports import ImagesHeld
 from potluck.contracts.subjects import (
     CONTROL,
@@ -29,14 +29,17 @@ from potluck.contracts.subjects import (
     inbox_prefix,
     join_inbox_prefix,
 )
-from potluck.events import DEAD_LETTER_STREAM, Fold
+from potluck.events import DEAD_LETTER_STREAM, Event, Fold
 from potluck.events.bus import H_DLQ_REASON, H_DLQ_SUBJECT, dead_letter_subject
 from potluck.kernel.ssh_identity import load_or_create_key, public_key_line
 from potluck.localstack.postgres_server import PostgresServer
 from potluck.member.join import admitted
+from potluck.readmodels.hosts import HostState
+from potluck.registry import host as aggregate
 from potluck.registry.admitted_keys import JOIN_ANSWER_WINDOW
 from potluck.registry.enrollment import enroll_with_token, refresh_nats_authorization
 from potluck.registry.nats_auth import new_user_key
+from potluck.registry.repository import decide_on_host
 from potluck.sshgateway.projection import GatewayView, key_blob
 from tests.fixtures.pool import Pool
 
@@ -361,5 +364,39 @@ async def test_a_policy_change_naming_an_infinite_freeze_is_refused_not_logged_a
         reply = Reply.model_validate_json((await nc.request(subject, finite, timeout=30)).data)
         assert reply.ok, reply
         assert reply.data["recorded"] == ["HostFrozen"], reply.data
+    finally:
+        await pool.close()
+
+
+async def test_hosts_that_shared_a_key_before_the_check_register_again_and_a_new_claim_is_refused(
+    tmp_path: Path, own_postgres: PostgresServer
+) -> None:
+    """Tried: the log holds two hosts registered with one SSH host key, as a registry from
+    before the check recorded them (a state_dir copied to a second machine); each registers
+    again with it, as every hostd restart does; then a third host claims the same key. Must
+    hold: both registrations go through (neither machine is worse off than before the check:
+    the gateways link the first), and the third is refused SSH_KEY_TAKEN."""
+    pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
+    try:
+        pool.start_registry()
+        await pool.wait_registry()
+        first, second, third = [await pool.enroll(f"laptop-{n}") for n in ("a", "b", "c")]
+        key = public_key_line(load_or_create_key(tmp_path / "shared_key", comment="copied"))
+        request = RegisterHost.model_validate_json(_registration(key))
+        for host in (first, second):
+
+            def decide(state: HostState | None, host_id: str = host.host_id) -> list[Event]:
+                return aggregate.register(state, host_id, request)
+
+            await decide_on_host(pool.store, host.host_id, decide, {"actor": "test"})
+        for host in (first, second):
+            nc = await pool.client(host)
+            reply = await _register(nc, host.host_id, key)
+            assert reply.ok, (host.name, reply)
+        assert await _gateway_owner(pool, key) == first.host_id
+        claim = await _register(await pool.client(third), third.host_id, key)
+        assert not claim.ok, claim
+        assert claim.error is not None
+        assert claim.error["code"] == "SSH_KEY_TAKEN", claim.error
     finally:
         await pool.close()
