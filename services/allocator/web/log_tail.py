@@ -44,6 +44,12 @@ REQUEST_TIMEOUT_S = 3.0
 FIRST_LINES = 100
 
 
+#: Of a host's refusal, what the allocator keeps (and logs): hostd's codes are short words, and
+#: its messages a line; a host could answer with up to NATS' payload (1 MiB) each poll.
+MAX_CODE_CHARS = 32
+MAX_MESSAGE_CHARS = 300
+
+
 class LogUnavailable(Exception):
     """The host could not give the log; `code` says why (NOT_HERE, SILENT, ENGINE, ...)."""
 
@@ -74,7 +80,9 @@ class LogSource:
             reply = Reply.model_validate_json(msg.data)
             if not reply.ok:
                 error = reply.error or {}
-                raise LogUnavailable(str(error.get("code")), str(error.get("message")))
+                # A host's words, bound for the allocator's log: any member's hostd may answer.
+                code, message = str(error.get("code"))[:MAX_CODE_CHARS], str(error.get("message"))
+                raise LogUnavailable(code, message[:MAX_MESSAGE_CHARS])
             return LogTailPage.model_validate(reply.data)
         except ValidationError as exc:
             raise LogUnavailable("BAD_ANSWER", str(exc)[:200]) from None
