@@ -8,10 +8,11 @@ one session's against another owner, and come free when a stream ends.
 """
 
 import asyncio
+import re
 
 import pytest
 
-from potluck.allocator.web.live import Changes, StreamsFull, StreamSlots, TooManyStreams, _event
+from potluck.allocator.web.live import Changes, StreamsFull, StreamSlots, TooManyStreams, sse_event
 
 
 async def test_a_waiter_wakes_on_a_fold_and_at_once_on_close() -> None:
@@ -35,7 +36,7 @@ async def test_a_quiet_wait_ends_at_its_timeout_with_the_count_unchanged() -> No
 
 
 def test_a_fragment_goes_out_as_one_event_of_data_lines() -> None:
-    raw = _event("fragment", "<p>a</p>\n<p>b</p>").decode()
+    raw = sse_event("fragment", "<p>a</p>\n<p>b</p>").decode()
     lines = raw.split("\n")
     assert lines[0] == "event: fragment"
     assert [line.removeprefix("data: ") for line in lines if line.startswith("data: ")] == [
@@ -43,6 +44,42 @@ def test_a_fragment_goes_out_as_one_event_of_data_lines() -> None:
         "<p>b</p>",
     ]
     assert raw.endswith("\n\n")
+
+
+def _browser_reads(raw: str) -> list[dict[str, str]]:
+    """The events a browser's EventSource makes of `raw`, by the standard's parsing: lines end
+    at CRLF, LF or CR only; a field is `name: value`; `data` lines join with LF."""
+    events: list[dict[str, str]] = []
+    fields: dict[str, list[str]] = {}
+    for line in re.split(r"\r\n|\r|\n", raw):
+        if not line:
+            if fields:
+                events.append({k: "\n".join(v) for k, v in fields.items()})
+            fields = {}
+            continue
+        name, _, value = line.partition(":")
+        fields.setdefault(name, []).append(value.removeprefix(" "))
+    return events
+
+
+def test_data_reaches_the_browser_as_it_is_whatever_separators_it_holds() -> None:
+    """Tried: a fragment holding every character Python's splitlines splits at but the browser
+    does not (U+2028, U+2029, U+0085, VT, FF, U+001C-U+001E), markup that would end a script, and
+    CR, CRLF and LF. Must hold: the browser reads one event whose data is the fragment, with
+    CR and CRLF read as LF (as an HTML parser reads them anyway)."""
+    html = "<p>a\u2028b\u2029c\x85d\x0be\x0cf\x1cg\x1dh\x1ei</p></script><script>x()</script>\rj\r\nk\nl"
+    (event,) = _browser_reads(sse_event("fragment", html).decode())
+    assert event == {"event": "fragment", "data": html.replace("\r\n", "\n").replace("\r", "\n")}
+
+
+def test_an_id_holding_a_line_end_is_left_out_and_starts_no_event_of_its_own() -> None:
+    """Tried: an event id (a member's host chose it: a log cursor) holding LF and CR with an
+    event after it. Must hold: the browser reads one event, ours, without that id."""
+    for sneaky in ("x\nevent: signed-out\ndata: sign in at evil.example\n", "x\rdata: y", "x\x00"):
+        events = _browser_reads(sse_event("lines", '{"lines": []}', sneaky).decode())
+        assert events == [{"event": "lines", "data": '{"lines": []}'}]
+    (kept,) = _browser_reads(sse_event("lines", "{}", "2026-12-05T00:00:00Z|3").decode())
+    assert kept["id"] == "2026-12-05T00:00:00Z|3"
 
 
 async def test_a_wait_cancelled_as_its_change_lands_is_cancelled_all_the_same() -> None:

@@ -16,6 +16,7 @@ file descriptors from its API: past it a stream is refused (503) until others en
 
 import asyncio
 import contextlib
+import re
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 
@@ -31,6 +32,7 @@ __all__ = [
     "changed_or_gone",
     "gone",
     "signed_out_event",
+    "sse_event",
     "stream",
 ]
 
@@ -165,13 +167,30 @@ async def changed_or_gone(
 
 
 def signed_out_event() -> bytes:
-    return _event(SIGNED_OUT, SIGNED_OUT_TEXT)
+    return sse_event(SIGNED_OUT, SIGNED_OUT_TEXT)
 
 
-def _event(name: str, html: str) -> bytes:
-    # SSE's data lines cannot hold newlines: one `data:` per line, joined again by the browser.
-    lines = "".join(f"data: {line}\n" for line in html.splitlines() or [""])
-    return f"event: {name}\n{lines}\n".encode()
+#: What ends a line of an event stream (the SSE standard: CRLF, LF or CR), and only that.
+_SSE_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def sse_event(name: str, data: str, event_id: str | None = None) -> bytes:
+    """One server-sent event whose `data` reaches the browser as it is (but CR and CRLF, which
+    the browser joins back as LF, as an HTML parser reads them anyway).
+
+    Data lines cannot hold a line end: one `data:` per line, split where the browser splits
+    and nowhere else. (str.splitlines also split at U+2028, U+2029, U+0085, VT, FF and
+    U+001C-U+001E, which the browser does not: a member's failure message holding one showed
+    changed on the live page.) The name and id are fields of one line each: a line end in either
+    would start a field of its own (an event of the sender's choosing), so such an id is left
+    out (the browser then keeps the last one), and a name must be one of ours."""
+    if _SSE_LINE_END.search(name) or not name:
+        raise ValueError(f"{name!r} is not an event name")
+    head = ""
+    if event_id is not None and not _SSE_LINE_END.search(event_id) and "\0" not in event_id:
+        head = f"id: {event_id}\n"
+    lines = "".join(f"data: {line}\n" for line in _SSE_LINE_END.split(data))
+    return f"{head}event: {name}\n{lines}\n".encode()
 
 
 async def stream(
@@ -185,7 +204,7 @@ async def stream(
     await response.prepare(request)
     seen = changes.count
     last = render()
-    await response.write(_event("fragment", last))
+    await response.write(sse_event("fragment", last))
     try:
         while not changes.closed:
             now = await changed_or_gone(request, changes, seen, KEEPALIVE_S, signed_in)
@@ -204,7 +223,7 @@ async def stream(
             html = render()
             if html != last:
                 last = html
-                await response.write(_event("fragment", html))
+                await response.write(sse_event("fragment", html))
     except ConnectionResetError:
         pass  # the browser went away: nothing to clean up
     return response

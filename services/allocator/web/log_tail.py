@@ -25,7 +25,14 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 
-from potluck.allocator.web.live import KEEPALIVE_S, Changes, changed_or_gone, gone, signed_out_event
+from potluck.allocator.web.live import (
+    KEEPALIVE_S,
+    Changes,
+    changed_or_gone,
+    gone,
+    signed_out_event,
+    sse_event,
+)
 from potluck.contracts.log_tail import LogCursor, LogTailPage, LogTailRequest
 from potluck.contracts.messages import Reply
 from potluck.contracts.subjects import LOG_TAIL, host_subject
@@ -122,11 +129,6 @@ def note_for(where: Whereabouts, code: str | None, alloc_id: str) -> str:
     return f"Host {host} could not read the log now; asking again. `potluck logs {alloc_id}` may say more."
 
 
-def _event(name: str, data: str, event_id: str | None = None) -> bytes:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {name}\ndata: {data}\n\n".encode()
-
-
 async def follow_log(
     request: web.Request,
     changes: Changes,
@@ -174,12 +176,12 @@ async def follow_log(
             note = note_for(now, code, alloc_id) if page is None else ""
             if note != (shown_note or ""):
                 shown_note = note
-                await response.write(_event("note", note))
+                await response.write(sse_event("note", note))
             if page is not None and page.lines:
                 cursor = page.cursor
                 body = {"skipped": page.skipped, "lines": [[line.stream, line.text] for line in page.lines]}
                 event_id = cursor.encode() if cursor is not None else None
-                await response.write(_event("lines", json.dumps(body), event_id))
+                await response.write(sse_event("lines", json.dumps(body), event_id))
                 quiet_since = asyncio.get_running_loop().time()
             elif asyncio.get_running_loop().time() - quiet_since > KEEPALIVE_S:
                 await response.write(b": still here\n\n")
