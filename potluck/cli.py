@@ -21,6 +21,7 @@ import click
 import potluck.events.nats_without_websockets  # noqa: F401
 from potluck.cli_options import (
     FiniteRange,
+    GraceSeconds,
     database_option,
     nats_options,
     nats_options_for,
@@ -126,7 +127,7 @@ USER_COMMANDS = {
 #: out of range gets click's usage error naming --grace, not a validation traceback from the
 #: contract. Not imported from the contract: that would load pydantic into every command's
 #: start.
-GRACE_RANGE = FiniteRange(min=0, max=7 * 86400)
+GRACE_RANGE = GraceSeconds(shortest=1, maximum=7 * 86400)
 
 
 #: What a newcomer types first that is no command (`docker ps`, `systemctl status` habits).
@@ -289,6 +290,15 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _public_urls(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[Any, ...]:
+    from potluck.allocator.web.origins import parse_public_url
+
+    try:
+        return tuple(parse_public_url(v) for v in values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @main.command()
 @database_option
 @nats_options
@@ -323,6 +333,17 @@ def parse_listen(value: str) -> tuple[str, int]:
     help="The pool's image registry as image references name it, e.g. 127.0.0.1:5000; "
     "without it (and --registry-token-key) the pool has no registry [env: POTLUCK_REGISTRY_ADDRESS].",
 )
+@click.option(
+    "--public-url",
+    "public_urls",
+    envvar="POTLUCK_ALLOCATOR_PUBLIC_URL",
+    multiple=True,
+    callback=_public_urls,
+    help="A URL browsers open the pool's page at, e.g. https://pool.example.org behind a TLS proxy: "
+    "the pages answer under its name (only IP addresses and localhost otherwise), take forms "
+    "from its origin, and set the https cookie when it is https; repeat for more "
+    "[env: POTLUCK_ALLOCATOR_PUBLIC_URL, separated by spaces].",
+)
 def allocator(
     database_url: str,
     nats_url: str,
@@ -333,6 +354,7 @@ def allocator(
     strategy: str,
     registry_token_key: Path | None,
     registry_address: str | None,
+    public_urls: tuple[Any, ...],
 ) -> None:
     """Run the allocator: the HTTP API, placement, the allocation lifecycle."""
     from potluck.allocator.engine import AllocatorEngine
@@ -364,7 +386,7 @@ def allocator(
         )
         watch_allocator(pool_metrics(), engine)
         await AllocatorService(store, nc, engine, registry=registry).run(
-            lambda: serve_http(engine, host, port, registry=registry, nc=nc)
+            lambda: serve_http(engine, host, port, registry=registry, nc=nc, public_urls=public_urls)
         )
 
     run(

@@ -23,6 +23,27 @@ class FiniteRange(click.FloatRange):
         return number
 
 
+class GraceSeconds(FiniteRange):
+    """A grace period in seconds: 0 (at once) or at least `shortest`. A grace of 1e-300 s is
+    none that anybody meant, yet it would be recorded and shown as a grace ("drain: ends at"
+    the same second): refused, saying what to give. -0 is read as 0."""
+
+    def __init__(self, shortest: float, maximum: float) -> None:
+        super().__init__(min=0, max=maximum)
+        self.shortest = shortest
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = float(super().convert(value, param, ctx)) + 0.0  # -0.0 + 0.0 is 0.0
+        if 0 < number < self.shortest:
+            self.fail(
+                f"{value!r} seconds is less than {self.shortest:g}: give 0 to stop the work at "
+                f"once, or at least {self.shortest:g}",
+                param,
+                ctx,
+            )
+        return number
+
+
 class ApiId(click.ParamType[str]):
     """The id of one of the user's rows (an allocation, a job) as a command's argument: a
     path segment of the API (client.segment encodes it), so neither empty nor `.` or `..`,

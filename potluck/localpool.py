@@ -9,6 +9,7 @@ and reloaded, exactly as `potluck ops hosts enroll` does.
 import asyncio
 import contextlib
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,12 +137,19 @@ class LocalPool:
         return f"http://127.0.0.1:{self.api_port}"
 
     def start_allocator(
-        self, name: str = "allocator", *, port: int | None = None, relay: bool = True
+        self,
+        name: str = "allocator",
+        *,
+        port: int | None = None,
+        relay: bool = True,
+        options: Sequence[str] = (),
     ) -> ChildProcess:
+        """The allocator on `port` (a free one by default), with `options` of its own
+        (`--public-url ...`) besides the pool's."""
         port = port or free_port()
         if name == "allocator":
             self.api_port = port
-        extra = [] if relay else ["--no-relay"]
+        extra = [*([] if relay else ["--no-relay"]), *options]
         registry = self._image_registry()
         key = self.registry_signing_key()
         return self._potluck(

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureWindow
 from potluck.allocator.engine import AllocatorEngine
+from potluck.allocator.http_headers import add_common_headers
 from potluck.allocator.job_schemas import CreateJob, Job, JobList, JobTaskList
 from potluck.allocator.openapi import openapi_document
 from potluck.allocator.paging import page_query, task_page_query
@@ -49,6 +50,7 @@ from potluck.allocator.users import User
 from potluck.allocator.web import is_page
 from potluck.allocator.web import setup as setup_pages
 from potluck.allocator.web.log_tail import LogSource
+from potluck.allocator.web.origins import Site
 from potluck.contracts.registry import TOKEN_PATH
 from potluck.kernel.client_address import client_of
 from potluck.kernel.rejections import Rejected, new_incident
@@ -62,6 +64,8 @@ AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
 # The registry's token endpoint authenticates with HTTP Basic itself (Docker clients' way).
 PUBLIC = frozenset({"/healthz", "/readyz", "/v1/openapi.json", TOKEN_PATH})
 MAX_WAIT_S = 300.0
+#: The shortest wait other than none: a millisecond, what the event loop's clock can time.
+MIN_WAIT_S = 0.001
 #: A JSON number (RFC 8259), of at most a few digits.
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]{0,8})(?:\.[0-9]{1,30})?(?:[eE][+-]?[0-9]{1,3})?")
 MAX_BODY = 256 * 1024
@@ -329,11 +333,17 @@ def _timeout(request: web.Request) -> float:
     raw = request.query.get("timeout", "30")
     # The schema says "number": a JSON number's spelling, not all Python's float() takes
     # ("1_0", " 5", "infinity"); bounded, so no text is long enough to cost a parse.
+    allowed = (
+        f"timeout must be a number of seconds, e.g. 30 or 2.5: 0 (answer at once) or from "
+        f"{MIN_WAIT_S:g} to {MAX_WAIT_S:g} seconds"
+    )
     if not _NUMBER.fullmatch(raw):
-        raise Rejected.invalid_field("timeout", "timeout must be a number of seconds, e.g. 30 or 2.5")
+        raise Rejected.invalid_field("timeout", allowed)
     value = float(raw)
-    if not 0 <= value <= MAX_WAIT_S:
-        raise Rejected.invalid_field("timeout", f"timeout must be between 0 and {MAX_WAIT_S:g} seconds")
+    # "-0" is zero with a sign no count of seconds has; 1e-300 is a wait no clock can time
+    # (and no client means): both refused, as a negative or one past the bound, never read as 0.
+    if raw.startswith("-") or not 0 <= value <= MAX_WAIT_S or 0 < value < MIN_WAIT_S:
+        raise Rejected.invalid_field("timeout", allowed)
     return value
 
 
@@ -471,6 +481,7 @@ def make_app(
     *,
     registry: PoolRegistry | None = None,
     logs: LogSource | None = None,
+    site: Site | None = None,
 ) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware, query_middleware, auth_middleware], client_max_size=MAX_BODY
@@ -501,13 +512,12 @@ def make_app(
     app.router.add_get(TOKEN_PATH, registry_token)
     app.router.add_get("/v1/images", images)
     app.on_response_prepare.append(_api_headers)
-    setup_pages(app, engine, app[AUTH], logs)
+    setup_pages(app, engine, app[AUTH], logs, site)
     return app
 
 
 async def _api_headers(request: web.Request, response: web.StreamResponse) -> None:
-    # Answers hold a user's allocations and tokens (the registry's): no cache, shared or the
-    # client's, may keep them; and none is read as anything but what it says it is.
+    # Answers hold a user's allocations and tokens (the registry's): http_headers.py says
+    # which headers keep them out of caches, frames and other types; pages set theirs (routes.py).
     if not is_page(request.path):
-        response.headers.setdefault("Cache-Control", "no-store")
-        response.headers["X-Content-Type-Options"] = "nosniff"
+        add_common_headers(response)

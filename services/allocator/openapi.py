@@ -61,6 +61,11 @@ def _authenticated(*codes: int) -> dict[str, Any]:
     return responses
 
 
+#: `?timeout=` of a long poll, in seconds.
+_TIMEOUT = (
+    "Seconds to wait (default 30): 0 answers at once; otherwise at least 0.001, written without "
+    "a sign (not -0)"
+)
 _ID = {"name": "alloc_id", "in": "path", "required": True, "schema": {"type": "string"}}
 #: What a created allocation's id leads to (OpenAPI links: clients, and fuzzers' stateful runs, follow them).
 _LINKS = {
@@ -200,6 +205,7 @@ def openapi_document() -> dict[str, Any]:
                             "name": "timeout",
                             "in": "query",
                             "required": False,
+                            "description": _TIMEOUT,
                             "schema": {"type": "number", "minimum": 0, "maximum": 300},
                         },
                     ],
@@ -290,6 +296,7 @@ def openapi_document() -> dict[str, Any]:
                             "name": "timeout",
                             "in": "query",
                             "required": False,
+                            "description": _TIMEOUT,
                             "schema": {"type": "number", "minimum": 0, "maximum": 300},
                         },
                     ],

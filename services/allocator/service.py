@@ -13,7 +13,8 @@ elsewhere is refused, logged and counted (potluck.events' ReplyGuard).
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -51,6 +52,9 @@ from potluck.events.checkpoints import Checkpointer, checkpoint_policy
 from potluck.events.replies import ReplyGuard
 from potluck.kernel.key_rates import KeyRates, RatePolicy
 from potluck.readmodels.allocations import AllocationState, evolve
+
+if TYPE_CHECKING:
+    from potluck.allocator.web.origins import PublicUrl
 
 log = structlog.get_logger(__name__)
 
@@ -376,21 +380,28 @@ async def serve_http(
     *,
     registry: PoolRegistry | None = None,
     nc: NATS | None = None,
+    public_urls: Sequence["PublicUrl"] = (),
 ) -> None:
     """The HTTP API until cancelled (with the image registry's endpoints when the pool has one;
-    with `nc`, the pages tail containers' logs through the hosts)."""
+    with `nc`, the pages tail containers' logs through the hosts; the pages answer under
+    `public_urls`' names too, web/origins.py)."""
     from aiohttp import web
 
     from potluck.allocator.api import make_app
     from potluck.allocator.connection_caps import ConnectionCaps, capped
+    from potluck.allocator.http_headers import handler_factory
     from potluck.allocator.http_refusals import refusals_logger
     from potluck.allocator.web.log_tail import LogSource
+    from potluck.allocator.web.origins import Site
 
     logs = LogSource(nc) if nc is not None else None
-    app = make_app(engine, registry=registry, logs=logs)
-    runner = web.AppRunner(
-        app, access_log=None, logger=refusals_logger(), keepalive_timeout=IDLE_CONNECTION_S
-    )
+    app = make_app(engine, registry=registry, logs=logs, site=Site(public_urls))
+    handler_args: dict[str, Any] = {
+        "access_log": None,
+        "logger": refusals_logger(),
+        "keepalive_timeout": IDLE_CONNECTION_S,
+    }
+    runner = web.AppRunner(app, **handler_args)
     await runner.setup()
     assert runner.server is not None  # made by setup()
     try:
@@ -398,7 +409,12 @@ async def serve_http(
         # before aiohttp makes a handler for it (connection_caps.py says why).
         try:
             listener = await asyncio.get_running_loop().create_server(
-                capped(runner.server, ConnectionCaps()), host, port, reuse_address=True
+                # aiohttp's handlers, but their own error answers (a request its parser
+                # refuses) with the headers every answer carries (http_headers.py).
+                capped(handler_factory(runner.server, **handler_args), ConnectionCaps()),
+                host,
+                port,
+                reuse_address=True,
             )
         except OSError as exc:
             raise OSError(

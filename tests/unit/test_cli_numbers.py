@@ -1,7 +1,8 @@
 """Numbers out of range on the command line are usage errors, never tracebacks.
 
 Tried: `potluck host drain`, `host leave` and `ops hosts control ... drain` with a grace past
-ControlHost's bound, a negative one and nan; `alloc create` and `run` with nan or inf CPUs,
+ControlHost's bound, a negative one, nan, and one above 0 but under a second (1e-300: no grace
+anybody means, yet it would be recorded as one); `alloc create` and `run` with nan or inf CPUs,
 the registry with an infinite heartbeat interval (a range with no maximum). Must
 hold: click's usage error (exit code 2) naming the option, no traceback; nothing is asked
 of a registry, an API or a database (none runs here: the range is checked first).
@@ -31,7 +32,9 @@ def _usage_error(args: list[str], option: str) -> None:
     assert isinstance(result.exception, SystemExit), result.exception
 
 
-@pytest.mark.parametrize("grace", ["1e9", str(MAX_GRACE_S + 1), "inf", "-5", "nan"])
+@pytest.mark.parametrize(
+    "grace", ["1e9", str(MAX_GRACE_S + 1), "inf", "-5", "nan", "1e-300", "0.5", "5e-324"]
+)
 @pytest.mark.parametrize(
     "command",
     [["host", "drain"], ["host", "leave"], ["ops", "hosts", "control", "h-1", "drain", *DATABASE]],

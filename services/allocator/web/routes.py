@@ -24,6 +24,7 @@ from aiohttp import web
 
 from potluck.allocator.authentication import Authenticator
 from potluck.allocator.engine import AllocatorEngine
+from potluck.allocator.http_headers import add_common_headers
 from potluck.allocator.request_bodies import within
 from potluck.allocator.schemas import HistoryEntry
 from potluck.allocator.users import User
@@ -32,8 +33,9 @@ from potluck.allocator.web.connect import plain_ssh_line
 from potluck.allocator.web.live import Changes, StreamsFull, StreamSlots, TooManyStreams, stream
 from potluck.allocator.web.log_tail import LogSource, Whereabouts, follow_log
 from potluck.allocator.web.mine_page import mine_of
+from potluck.allocator.web.origins import Site
 from potluck.allocator.web.past import BUSY_RETRY_S, Busy, PastFolds
-from potluck.allocator.web.sessions import Session, Sessions, SessionsFull, can_keep_cookie
+from potluck.allocator.web.sessions import Session, Sessions, SessionsFull
 from potluck.allocator.web.trace import trace_of
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.kernel.client_address import client_of
@@ -53,6 +55,8 @@ PAST: web.AppKey[PastFolds] = web.AppKey("web_past", PastFolds)
 AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("web_authenticator", Authenticator)
 #: How the pages reach hosts for a container's log; None: they cannot (an app without the bus).
 LOGS: web.AppKey[LogSource | None] = web.AppKey("web_logs")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: No inline script or style, nothing from elsewhere, no framing.
 CSP = (
@@ -89,10 +93,14 @@ def is_page(path: str) -> bool:
 
 
 def setup(
-    app: web.Application, engine: AllocatorEngine, authenticator: Authenticator, logs: LogSource | None = None
+    app: web.Application,
+    engine: AllocatorEngine,
+    authenticator: Authenticator,
+    logs: LogSource | None = None,
+    site: Site | None = None,
 ) -> None:
-    """Add the pages to the allocator's app; they follow the engine's own fold, and ask hosts
-    for containers' logs through `logs`."""
+    """Add the pages to the allocator's app; they follow the engine's own fold, ask hosts
+    for containers' logs through `logs`, and answer under the names `site` allows."""
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -102,12 +110,13 @@ def setup(
     changes = Changes()
     engine.fold.after_batch.append(changes.folded)
     app[ENGINE] = engine
-    app[SESSIONS] = Sessions()
+    app[SESSIONS] = Sessions(site=site)
     app[CHANGES] = changes
     app[STREAMS] = StreamSlots()
     app[PAST] = PastFolds(engine.store)
     app[AUTHENTICATOR] = authenticator
     app[LOGS] = logs
+    app.middlewares.append(_known_host)
     app.on_response_prepare.append(_security_headers)
     app.on_shutdown.append(_close_streams)
     app.router.add_get("/", pool_page)
@@ -132,13 +141,30 @@ async def _close_streams(app: web.Application) -> None:
     app[CHANGES].close()
 
 
+#: What a page answers a request naming a Host it does not serve (origins.py, DNS rebinding).
+UNKNOWN_HOST = (
+    "this pool's pages are not served under the name {host!r}: open them at the address "
+    "`potluck up` printed, or ask the operator to start the allocator with "
+    "--public-url (POTLUCK_ALLOCATOR_PUBLIC_URL) naming it"
+)
+
+
+@web.middleware
+async def _known_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer pages only under an IP address, localhost or a configured name: another name is
+    a page of another site whose name points at this machine (origins.py). 421 is HTTP's
+    "not the server for this name". The API is left alone: it reads a bearer token, which no
+    page of another site holds, and clients reach it under any name."""
+    if is_page(request.path) and not request.app[SESSIONS].site.host_allowed(request):
+        log.info("web.unknown_host_refused", host=request.host[:100], path=request.path[:200])
+        return web.Response(status=421, text=UNKNOWN_HOST.format(host=request.host[:100]))
+    return await handler(request)
+
+
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     if is_page(request.path):
         response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        # Not no-referrer: under it Chromium posts forms with `Origin: null`, which _same_origin refuses.
-        response.headers["Referrer-Policy"] = "same-origin"
-        response.headers.setdefault("Cache-Control", "no-store")
+        add_common_headers(response, CSP)
 
 
 # Sessions.
@@ -199,7 +225,7 @@ def _same_origin(request: web.Request) -> None:
     site = request.headers.get("Sec-Fetch-Site")
     origin = request.headers.get("Origin")
     if site not in (None, "same-origin", "none") or (
-        origin is not None and origin != f"{request.scheme}://{request.host}"
+        origin is not None and origin != request.app[SESSIONS].site.origin_of(request)
     ):
         raise web.HTTPForbidden(text="this form must be sent from Potluck's own page")
 
@@ -270,10 +296,11 @@ async def signin(request: web.Request) -> web.Response:
     _same_origin(request)
     authenticator = request.app[AUTHENTICATOR]
     source = client_of(request.remote)  # as the API counts it: an IPv6 address's /64
-    if not can_keep_cookie(request):
+    if not request.app[SESSIONS].can_keep_cookie(request):
         error = (
             "sign-in needs https (or this page opened on 127.0.0.1): over plain http the token "
-            "would cross the network in clear and the browser would drop the session cookie"
+            "would cross the network in clear and the browser would drop the session cookie "
+            "(behind a TLS proxy, the operator gives the allocator --public-url https://NAME)"
         )
         return _render("signin.html", request, {"session": None, "error": error}, status=400)
     form = await _read_form(request)

@@ -6,11 +6,24 @@ which maps (in the allocator's memory) to the user's name and to the CSRF
 token that every POST form carries. An allocator restart signs everybody out,
 which costs a sign-in and keeps nothing secret on disk.
 
-The cookie is always Secure, HttpOnly and SameSite=Strict. Browsers keep a
-Secure cookie over https and over plain http to loopback (127.0.0.1, ::1,
-localhost: the pool from `potluck up`); anywhere else over plain http they
-would drop it, so `can_keep_cookie` lets the sign-in say so instead of
-failing silently (and the token would have crossed the network in clear).
+The cookie is always Secure, HttpOnly, SameSite=Strict and Path=/, without a
+Domain. Browsers keep a Secure cookie over https and over plain http to loopback
+(127.0.0.1, ::1, localhost: the pool from `potluck up`); anywhere else over
+plain http they would drop it, so `can_keep_cookie` lets the sign-in say so
+instead of failing silently (and the token would have crossed the network in
+clear). Over https (the allocator's own, or a TLS proxy's for a name the
+operator configured: origins.py) the cookie is `__Host-potluck_session`: the
+prefix makes the browser refuse it from any other origin (a sibling subdomain,
+plain http on the same name), so nobody can plant a session id of their own
+(session fixation) nor read it over http. On plain http to loopback it is
+`potluck_session`: the prefix asks for a "secure" page, and browsers disagree
+on loopback (Chromium counts http://127.0.0.1 as one, Safari does not), while a
+plain Secure cookie is kept there by all of them; on loopback no other origin
+can share the name. Each scheme reads only its own cookie.
+
+Signing in ends the session the browser held (its cookie's), and signing out
+ends it in the allocator, not only in the browser: an old id is worth nothing
+from then on.
 
 Sessions are bounded twice, so that no one can sign anyone else out: each
 owner (a user, a member's token, the operators' token) keeps at most
@@ -27,9 +40,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-__all__ = ["COOKIE", "Session", "Sessions", "SessionsFull", "can_keep_cookie"]
+from potluck.allocator.web.origins import Site
+
+__all__ = ["COOKIE", "SECURE_COOKIE", "Session", "Sessions", "SessionsFull"]
 
 COOKIE = "potluck_session"
+#: Its name over https (the docstring says why the prefix is not used on plain http).
+SECURE_COOKIE = "__Host-potluck_session"
 #: A session lasts this long after its sign-in; then the user signs in again.
 LIFETIME_S = 12 * 3600.0
 #: One owner's live sessions: a browser on each of their machines, a few private windows and
@@ -44,14 +61,6 @@ MAX_SESSIONS = 10_000
 
 class SessionsFull(Exception):
     """No room for another session: `max_sessions` live ones, none expired."""
-
-
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "[::1]", "localhost"})
-
-
-def can_keep_cookie(request: web.Request) -> bool:
-    """Whether a browser keeps a Secure cookie for this request: https, or http to loopback."""
-    return request.secure or (request.url.host or "") in LOOPBACK_HOSTS
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,7 @@ class Sessions:
         max_sessions: int = MAX_SESSIONS,
         per_owner: int = MAX_SESSIONS_PER_OWNER,
         lifetime_s: float = LIFETIME_S,
+        site: Site | None = None,
     ) -> None:
         # Both in sign-in order, oldest first; every session lives as long, so the oldest is
         # also the first to expire.
@@ -101,6 +111,14 @@ class Sessions:
         self.max_sessions = max_sessions
         self.per_owner = per_owner
         self.lifetime_s = lifetime_s
+        self.site = site or Site()
+
+    def cookie_name(self, request: web.Request) -> str:
+        return SECURE_COOKIE if self.site.https(request) else COOKIE
+
+    def can_keep_cookie(self, request: web.Request) -> bool:
+        """Whether a browser keeps a Secure cookie for this request: https, or http to loopback."""
+        return self.site.https(request) or self.site.loopback(request)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -164,10 +182,13 @@ class Sessions:
         operator: str | None = None,
         token: str | None = None,
     ) -> Session:
-        """`open` a session and set its cookie on `response` (SessionsFull: no cookie is set)."""
+        """`open` a session and set its cookie on `response` (SessionsFull: no cookie is set).
+        The session the request came with, if any, ends first: a sign-in never leaves an older
+        id working (another user's, on a shared browser, or one planted before it)."""
+        self.drop_of(request)
         session_id, session = self.open(user, member=member, operator=operator, token=token)
         response.set_cookie(
-            COOKIE,
+            self.cookie_name(request),
             session_id,
             httponly=True,
             samesite="Strict",
@@ -188,13 +209,20 @@ class Sessions:
         return session
 
     def of(self, request: web.Request) -> Session | None:
-        session_id = request.cookies.get(COOKIE)
+        session_id = request.cookies.get(self.cookie_name(request))
         if not session_id:
             return None
         return self.get(session_id)
 
-    def end(self, response: web.StreamResponse, request: web.Request) -> None:
-        session_id = request.cookies.get(COOKIE)
+    def drop_of(self, request: web.Request) -> None:
+        """End the request's session in the allocator (its cookie stays in the browser, worthless)."""
+        session_id = request.cookies.get(self.cookie_name(request))
         if session_id:
             self._drop(session_id)
-        response.del_cookie(COOKIE, path="/")
+
+    def end(self, response: web.StreamResponse, request: web.Request) -> None:
+        """End the request's session, here and in the browser."""
+        self.drop_of(request)
+        response.del_cookie(
+            self.cookie_name(request), path="/", secure=True, httponly=True, samesite="Strict"
+        )

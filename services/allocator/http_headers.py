@@ -1,0 +1,66 @@
+"""The headers every answer of the allocator carries, whoever wrote it: a handler, a page, a
+redirect, a static file, the app's own 404 and 405, and the 400 aiohttp's parser sends itself.
+
+Answers hold a user's allocations, tokens (the registry's) and session pages: no cache, shared
+or the browser's, may keep them (`Cache-Control: no-store`); no browser may read one as another
+type than it says (`nosniff`), show one inside another site's frame (CSP `frame-ancestors`, and
+`X-Frame-Options` for browsers that do not read CSP), nor tell another site which page of the
+pool linked to it (`Referrer-Policy`). Pages get their own, wider CSP (web/routes.py); every
+other answer, JSON or plain text, runs no script and loads nothing.
+
+aiohttp answers a request its parser cannot read (a header over 8 KiB, a bad request line, a
+smuggling attempt) before any route, middleware or `on_response_prepare` hook sees it: its
+request has no route, so the app's hooks are not called. `HeadedRequestHandler` adds the
+headers there, where aiohttp makes that answer.
+"""
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
+__all__ = ["API_CSP", "HeadedRequestHandler", "add_common_headers", "handler_factory"]
+
+#: An answer that is not a page: no script, nothing loaded, no framing.
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+#: On every answer. `same-origin`, not `no-referrer`: under the latter Chromium posts forms with
+#: `Origin: null`, which the pages' same-origin check refuses.
+COMMON: Mapping[str, str] = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def add_common_headers(response: web.StreamResponse, csp: str = API_CSP) -> None:
+    """Set the common headers on `response`; a Cache-Control or CSP it has already stays."""
+    for name, value in COMMON.items():
+        response.headers[name] = value
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("Content-Security-Policy", csp)
+
+
+class HeadedRequestHandler(web.RequestHandler):
+    """aiohttp's request handler, its own error answers (the parser's 400s, a 500 or 504 no
+    handler wrote) carrying the common headers too."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        response = super().handle_error(request, status, exc, message)
+        add_common_headers(response)
+        return response
+
+
+def handler_factory(server: web.Server, **handler_args: Any) -> Callable[[], HeadedRequestHandler]:
+    """A protocol factory for `server` (AppRunner.server): one handler per connection, made with
+    the arguments the runner was given (`AppRunner(app, **handler_args)`)."""
+    return lambda: HeadedRequestHandler(server, loop=asyncio.get_running_loop(), **handler_args)

@@ -1,0 +1,113 @@
+"""Where browsers reach the pages: loopback, an IP address, or a name the operator serves them
+under (`potluck allocator --public-url https://pool.example.org`, behind a TLS proxy say).
+
+Three decisions follow from it, all made here:
+
+- Which Host a page request may name (DNS rebinding). A page of another site whose name its
+  owner points at 127.0.0.1 reaches an allocator on loopback as that site: same origin to the
+  browser, so it could read what it fetches. Such a request names the other site in its Host
+  header. Pages answer only a Host that is an IP literal (no DNS to rebind), `localhost`, or a
+  configured public URL's name; any other gets 421 saying which setting to give.
+- Which Origin a state-changing form must come from: the request's own origin as the allocator
+  sees it (`http://127.0.0.1:8080`) or, under a configured name, that URL's (behind a TLS proxy
+  the browser sends `Origin: https://pool.example.org` while the allocator hears plain http).
+- Whether the browser's connection is https (for the cookie's `__Host-` prefix and for letting
+  a token be posted at all): the request's own scheme, or the configured URL's scheme. The
+  allocator never believes `X-Forwarded-Proto`: any client can send it; the operator's setting
+  is what says a proxy terminates TLS for that name.
+"""
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiohttp import web
+from yarl import URL
+
+__all__ = ["PublicUrl", "Site", "parse_public_url"]
+
+#: Names that always mean this machine (browsers resolve them without DNS).
+LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+@dataclass(frozen=True)
+class PublicUrl:
+    scheme: str
+    #: host[:port] as a browser sends it in Host: lower case, the scheme's default port left out.
+    authority: str
+
+    @property
+    def origin(self) -> str:
+        return f"{self.scheme}://{self.authority}"
+
+
+def parse_public_url(text: str) -> PublicUrl:
+    """`https://pool.example.org` (or with a port): ValueError saying what is wrong otherwise."""
+    try:
+        url = URL(text.strip())
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{text!r} is not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{text!r} is not an http(s) URL with a host name, e.g. https://pool.example.org")
+    if url.user is not None or url.password is not None or url.query_string or url.fragment:
+        raise ValueError(f"{text!r} holds more than a scheme, a name and a port")
+    if url.path not in ("", "/"):
+        raise ValueError(f"{text!r} has a path: the pages are served at the root of their origin")
+    host = url.host.lower()
+    if ":" in host:  # an IPv6 literal, as Host spells it
+        host = f"[{host}]"
+    authority = host if url.is_default_port() else f"{host}:{url.port}"
+    return PublicUrl(scheme=url.scheme, authority=authority)
+
+
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+class Site:
+    """The public URLs an operator configured, and the decisions above for one request."""
+
+    def __init__(self, public_urls: Iterable[PublicUrl] = ()) -> None:
+        self.by_authority = {u.authority: u for u in public_urls}
+
+    def named(self, request: web.Request) -> PublicUrl | None:
+        """The configured public URL the request's Host names, if any."""
+        return self.by_authority.get(request.host.lower())
+
+    def host_allowed(self, request: web.Request) -> bool:
+        """Whether a page may answer a request naming this Host (DNS rebinding, above)."""
+        if self.named(request) is not None:
+            return True
+        try:
+            host = request.url.host or ""
+        except ValueError:  # a Host header no URL can hold
+            return False
+        return host.lower() in LOOPBACK_NAMES or _ip_literal(host)
+
+    def origin_of(self, request: web.Request) -> str:
+        """The origin a form of the pages is posted from, as the browser names it."""
+        named = self.named(request)
+        return named.origin if named is not None else f"{request.scheme}://{request.host}"
+
+    def https(self, request: web.Request) -> bool:
+        """Whether the browser reached the allocator over https (itself, or its TLS proxy)."""
+        named = self.named(request)
+        return request.secure or (named is not None and named.scheme == "https")
+
+    def loopback(self, request: web.Request) -> bool:
+        """Whether the page was opened on a loopback name or address (browsers keep Secure
+        cookies there over plain http, and nothing crosses a network)."""
+        try:
+            host = (request.url.host or "").lower()
+        except ValueError:
+            return False
+        if host in LOOPBACK_NAMES:
+            return True
+        try:
+            return ipaddress.ip_address(host.strip("[]")).is_loopback
+        except ValueError:
+            return False
