@@ -4,8 +4,9 @@ redirect, a static file, the app's own 404 and 405, and the 400 aiohttp's parser
 Answers hold a user's allocations, tokens (the registry's) and session pages: no cache, shared
 or the browser's, may keep them (`Cache-Control: no-store`); no browser may read one as another
 type than it says (`nosniff`), show one inside another site's frame (CSP `frame-ancestors`, and
-`X-Frame-Options` for browsers that do not read CSP), nor tell another site which page of the
-pool linked to it (`Referrer-Policy`). Pages get their own, wider CSP (web/routes.py); every
+`X-Frame-Options` for browsers that do not read CSP), load one from another site's page
+(`Cross-Origin-Resource-Policy`), nor tell another site which page of the pool linked to it
+(`Referrer-Policy`). Pages get their own, wider CSP (web/routes.py); every
 other answer, JSON or plain text, runs no script and loads nothing.
 
 aiohttp answers a request its parser cannot read (a header over 8 KiB, a bad request line, a
@@ -31,6 +32,11 @@ COMMON: Mapping[str, str] = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
+    # No other site's page may load an answer as an image, script or the like (where the
+    # browser's own checks would not stop a side channel from reading it), nor keep a window
+    # of the pool's page open onto its own.
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
 }
 
 
