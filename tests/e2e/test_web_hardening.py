@@ -585,3 +585,38 @@ async def test_a_browser_behind_a_tls_proxy_signs_in_follows_live_and_releases(
             assert errors == []
         finally:
             await chromium.close()
+
+
+async def test_a_page_parameter_or_form_field_given_twice_is_refused(hardened: Hardened) -> None:
+    """Tried: the pool page `?at=` given twice; the sign-in form with two tokens (bob's, then
+    alice's); a release form with two CSRF fields. Must hold: each is refused (400) saying which
+    name came twice; no session is opened, nothing is released."""
+    h = hardened
+    _, jar, _ = await _sign_in(h, "alice")
+    alice = f"potluck_session={jar['potluck_session'].value}"
+    status, _, text = await _get(h, "/?at=1&at=2", alice)
+    assert status == 400
+    assert "at is given more than once" in text
+    async with aiohttp.ClientSession(cookie_jar=_cookie_jar()) as http:
+        async with http.post(
+            f"{h.api}/web/signin",
+            data=[("token", h.tokens["bob"]), ("token", h.tokens["alice"])],
+            headers={"Origin": h.api},
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 400
+            assert "token more than once" in await r.text()
+            assert "Set-Cookie" not in r.headers
+        alloc_id = await h.allocate("alice")
+        _, _, page = await _get(h, f"/web/allocations/{alloc_id}", alice)
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert csrf is not None
+        async with http.post(
+            f"{h.api}/web/allocations/{alloc_id}/release",
+            data=[("csrf", csrf.group(1)), ("csrf", "other")],
+            headers={"Origin": h.api, "Cookie": alice},
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 400
+    types = [r.type for r in await h.pool.store.read_stream(alloc_stream(alloc_id))]
+    assert "AllocationReleased" not in types

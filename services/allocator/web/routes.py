@@ -158,6 +158,11 @@ async def _known_host(request: web.Request, handler: Handler) -> web.StreamRespo
     if is_page(request.path) and not request.app[SESSIONS].site.host_allowed(request):
         log.info("web.unknown_host_refused", host=request.host[:100], path=request.path[:200])
         return web.Response(status=421, text=UNKNOWN_HOST.format(host=request.host[:100]))
+    twice = _given_twice(request.query) if is_page(request.path) else None
+    if twice is not None:
+        # As the API refuses it (api.query_middleware): `/?at=1&at=2` showed position 1, and
+        # whatever looked at the link may have read 2.
+        return web.Response(status=400, text=f"{twice} is given more than once in the address; give it once")
     return await handler(request)
 
 
@@ -234,9 +239,27 @@ async def _read_form(request: web.Request) -> Any:
     """The posted form; a body no browser sends (a charset without a codec, multipart without
     its boundary) is the client's error, not the allocator's."""
     try:
-        return await within(request.post())
+        form = await within(request.post())
     except (ValueError, LookupError, UnicodeDecodeError):
         raise web.HTTPBadRequest(text="the form could not be read: send it from Potluck's own page") from None
+    twice = _given_twice(form)
+    if twice is not None:
+        # Read here the first would count, where a proxy or an audit may have read the last
+        # (`token=mine&token=yours`): one form, two meanings. No page of Potluck's sends one.
+        raise web.HTTPBadRequest(
+            text=f"the form gives {twice} more than once: send it from Potluck's own page"
+        )
+    return form
+
+
+def _given_twice(values: Any) -> str | None:
+    """The first name `values` (a query or a form, a multidict) holds more than once, if any."""
+    seen: set[str] = set()
+    for name, _ in values.items():  # every value's name (iterating names gives each once)
+        if name in seen:
+            return str(name)[:40]
+        seen.add(name)
+    return None
 
 
 async def _form_of(request: web.Request, session: Session) -> Any:
