@@ -555,12 +555,45 @@ def extend(alloc_id: str, by: str, as_json: bool) -> None:
     _show(call_api("POST", f"/v1/allocations/{segment(alloc_id)}/extend", {"by": by}), as_json)
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("alloc_id", type=ALLOC_ID)
+def _ssh_help() -> str:
+    from potluck.user.ssh_options import PASSED
+
+    passed = "\n".join(f"  -{letter}  {what}" for letter, what in PASSED.items())
+    return (
+        "Open a shell (or run COMMAND) in an allocation's container through the gateway.\n\n"
+        "ssh's own options go after the id, as with ssh; the command follows them, after `--` "
+        "if it starts with a dash. Only these are passed on to ssh; any other is refused, saying "
+        "why (the gateway forwards no ports, agent or X11 connections: -L, -R, -D, -A, -X are "
+        "refused):\n\n"
+        f"\b\n{passed}\n\n"
+        "\b\n"
+        "potluck ssh ALLOC                      a shell\n"
+        "potluck ssh ALLOC -v -i ~/.ssh/work    a shell, with ssh's messages and that key\n"
+        "potluck ssh ALLOC make -j4             a command (its options are its own)\n"
+        "potluck ssh ALLOC -t -- top -d 1       a command with a terminal\n"
+    )
+
+
+@click.command(
+    # The arguments after the id are read by split_ssh_args, not click: `potluck ssh ALLOC grep -i
+    # x` must not take `-i x` as the key file, and `--` must reach it to end ssh's options.
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    help=_ssh_help(),
+)
 @IDENTITY
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def ssh(alloc_id: str, identity: str | None, command: tuple[str, ...]) -> None:
-    """Open a shell (or run COMMAND) in an allocation's container through the gateway."""
+@click.argument("alloc_id", type=ALLOC_ID)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[SSH_OPTIONS]... [--] [COMMAND]...")
+def ssh(alloc_id: str, identity: str | None, args: tuple[str, ...]) -> None:
+    from potluck.user.ssh_options import SshOptionError, split_ssh_args
+
+    try:
+        given = split_ssh_args(args)
+    except SshOptionError as exc:
+        bail(ClientError(str(exc), ExitCode.USAGE))
+    if given.identity is not None:
+        if not Path(given.identity).is_file():
+            bail(ClientError(f"-i {given.identity}: no such key file", ExitCode.USAGE))
+        identity = given.identity
     try:
         login_data = Login.load()
         # Asked first: for an id that is not one of the user's allocations the gateway answers
@@ -585,9 +618,6 @@ def ssh(alloc_id: str, identity: str | None, command: tuple[str, ...]) -> None:
             host or "127.0.0.1",
             int(port or 2222),
             identity,
-            # After `--`: ssh reads options after the destination too, and would take a
-            # command's own (`-c` of `sh -c`) as its own.
-            command=command,
             known_hosts_file=config_path().with_name("known_hosts"),
         )
     except ValueError as exc:
@@ -597,6 +627,13 @@ def ssh(alloc_id: str, identity: str | None, command: tuple[str, ...]) -> None:
                 ExitCode.USAGE,
             )
         )
+    # The user's options after Potluck's own (ssh keeps the first value it is given for an
+    # option: the pinned known_hosts and forwarding off stay), before the destination.
+    argv[-1:-1] = given.options
+    if given.command:
+        # After `--`: ssh reads options after the destination too, and would take a
+        # command's own (`-c` of `sh -c`) as its own.
+        argv += ["--", *given.command]
     # Trust the gateway's key on first use, then hold it to that key. The file is Potluck's
     # own, so a gateway's key never mixes with the user's other hosts in ~/.ssh/known_hosts.
     argv[1:1] = ["-o", "StrictHostKeyChecking=accept-new"]

@@ -8,6 +8,10 @@ run ssh as a child, pass its stderr on as it comes, and on that refusal add what
 the key files ssh offered, the keys the allocation admits (by fingerprint, as `ssh-keygen -lf
 FILE.pub` prints them), a private key of this machine's ~/.ssh that one of them matches (give
 it with -i), or else how to make an allocation that admits one. The exit code stays ssh's (255).
+
+~/.ssh is where ssh looks: the home the password database gives the user (ssh_keys.ssh_home),
+as OpenSSH takes it, never $HOME. With $HOME pointing elsewhere (`sudo -E`, a systemd unit)
+this named $HOME's keys as the ones offered, which ssh never read.
 """
 
 import base64
@@ -23,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from potluck.user.ssh_keys import DEFAULT_IDENTITIES
+from potluck.user.ssh_keys import DEFAULT_IDENTITIES, ssh_dir, ssh_home
 
 __all__ = ["REFUSED", "SshRun", "exit_as", "explain_refusal", "fingerprint", "run_ssh"]
 
@@ -55,14 +59,30 @@ def _public_line(path: Path) -> str | None:
 
 
 def _shown(path: Path | str) -> str:
-    """A path as the user would type it: ~ for their home."""
+    """A path as the user would type it: ~ for their home, when $HOME is the home ssh reads
+    (ssh_home); else whole, since ~ would name another directory in their shell than in ssh."""
     text = str(path)
-    home = str(Path.home())
+    home = str(ssh_home())
+    if os.environ.get("HOME", home).rstrip(os.sep) != home.rstrip(os.sep):
+        return text
     return "~" + text[len(home) :] if text == home or text.startswith(home + os.sep) else text
 
 
+def _home_aside() -> Path | None:
+    """$HOME/.ssh when $HOME is not the home ssh reads (`sudo -E`, a unit's HOME=), else None."""
+    home = os.environ.get("HOME")
+    if not home:
+        return None
+    aside = Path(home) / ".ssh"
+    try:
+        return None if aside.resolve() == ssh_dir().resolve() else aside
+    except OSError:
+        return aside
+
+
 def _offered(identity: str | None) -> str:
-    """The keys ssh offered, for people: files with their fingerprints."""
+    """The keys ssh offered, for people: files with their fingerprints. Without -i, the default
+    key files of the home ssh reads (ssh_home), never $HOME's: ssh does not look there."""
 
     def described(path: Path) -> str:
         line = _public_line(path.with_name(path.name + ".pub"))
@@ -71,26 +91,36 @@ def _offered(identity: str | None) -> str:
 
     if identity is not None:
         return described(Path(identity)) + " (-i)"
-    ssh_dir = Path.home() / ".ssh"
-    said = [described(ssh_dir / name) for name in OFFERED_BY_DEFAULT if (ssh_dir / name).is_file()]
+    keys = ssh_dir()
+    said = [described(keys / name) for name in OFFERED_BY_DEFAULT if (keys / name).is_file()]
     if os.environ.get("SSH_AUTH_SOCK"):
         said.append("your ssh-agent's keys")
-    return ", ".join(said) or f"no key (none of ssh's default key files is in {_shown(ssh_dir)})"
+    offered = ", ".join(said) or f"no key (none of ssh's default key files is in {_shown(keys)})"
+    aside = _home_aside()
+    if aside is not None:
+        offered += (
+            f" (ssh reads {keys}, its user's home in the password database, not $HOME/.ssh: "
+            f"{aside}'s keys go only with -i)"
+        )
+    return offered
 
 
 def _local_matches(admitted: set[str]) -> list[Path]:
-    """Private keys in ~/.ssh whose public half (FILE.pub) the allocation admits."""
-    ssh_dir = Path.home() / ".ssh"
-    try:
-        publics = sorted(ssh_dir.glob("*.pub"))
-    except OSError:
-        return []
+    """Private keys in ssh's ~/.ssh (and $HOME/.ssh, if another) whose public half (FILE.pub)
+    the allocation admits: either works with -i."""
     found = []
-    for public in publics:
-        line = _public_line(public)
-        private = public.with_suffix("")
-        if line and fingerprint(line) in admitted and private.is_file():
-            found.append(private)
+    for keys in (ssh_dir(), _home_aside()):
+        if keys is None:
+            continue
+        try:
+            publics = sorted(keys.glob("*.pub"))
+        except OSError:
+            continue
+        for public in publics:
+            line = _public_line(public)
+            private = public.with_suffix("")
+            if line and fingerprint(line) in admitted and private.is_file():
+                found.append(private)
     return found
 
 
@@ -129,7 +159,7 @@ def explain_refusal(alloc_id: str, identity: str | None, admitted_keys: Sequence
         )
     else:
         said.append(
-            f"no key in {_shown(Path.home() / '.ssh')} is one of them: run this where the private key of "
+            f"no key in {_shown(ssh_dir())} is one of them: run this where the private key of "
             f"one is, giving it with -i, {create}"
         )
     return "; ".join(said)

@@ -21,6 +21,7 @@ from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.user.client import Login
 from tests.e2e.conftest import Gatewayed, start_gatewayed
 from tests.fixtures.pool import Pool
+from tests.fixtures.user_home import with_home
 
 
 @pytest.fixture
@@ -28,10 +29,17 @@ async def gated(pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path) 
     return await start_gatewayed(pool, docker_engines[0], tmp_path)
 
 
-async def potluck(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+async def potluck(
+    *args: str, env: dict[str, str], home: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`potluck ARGS`; with `home`, run where the password database names it this user's home
+    (ssh's ~), as it would be on the user's machine (tests/fixtures/user_home.py)."""
+    argv = [sys.executable, "-m", "potluck", *args]
+    if home is not None:
+        argv = with_home(home, argv, home.parent)
     return await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "potluck", *args],
+        argv,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -52,7 +60,8 @@ def keygen(path: Path) -> str:
 async def test_a_refused_key_is_named_with_the_admitted_ones_and_what_to_do(
     gated: Gatewayed, tmp_path: Path
 ) -> None:
-    """Tried: an allocation that admits alice's key, reached with another key of hers (-i) by
+    """Tried (as a user whose home is `home`, $HOME too): an allocation that admits alice's key,
+    reached with another key of hers (-i) by
     `potluck ssh`, `potluck logs` and `potluck cp` both ways, while the admitted key sits in her
     ~/.ssh under another name; then with that key; then an allocation that admits no key.
     Must hold: each refused run exits 255 (ssh's code), keeps ssh's own words, and says in one
@@ -79,10 +88,12 @@ async def test_a_refused_key_is_named_with_the_admitted_ones_and_what_to_do(
     payload.write_text("hello\n")
 
     refused = {
-        "ssh": await potluck("ssh", alloc_id, "-i", str(wrong), "--", "true", env=env),
-        "logs": await potluck("logs", "-i", str(wrong), alloc_id, env=env),
-        "cp up": await potluck("cp", "-i", str(wrong), str(payload), f"{alloc_id}:/tmp/", env=env),
-        "cp down": await potluck("cp", "-i", str(wrong), f"{alloc_id}:/etc/hostname", str(tmp_path), env=env),
+        "ssh": await potluck("ssh", alloc_id, "-i", str(wrong), "--", "true", env=env, home=home),
+        "logs": await potluck("logs", "-i", str(wrong), alloc_id, env=env, home=home),
+        "cp up": await potluck("cp", "-i", str(wrong), str(payload), f"{alloc_id}:/tmp/", env=env, home=home),
+        "cp down": await potluck(
+            "cp", "-i", str(wrong), f"{alloc_id}:/etc/hostname", str(tmp_path), env=env, home=home
+        ),
     }
     for name, done in refused.items():
         said = done.stderr
@@ -99,10 +110,12 @@ async def test_a_refused_key_is_named_with_the_admitted_ones_and_what_to_do(
         if name in ("ssh", "logs"):
             assert "Permission denied (publickey)." in said, (name, said)  # ssh's own words, passed on
 
-    reached = await potluck("ssh", alloc_id, "-i", str(work), "--", "echo reached; exit 7", env=env)
+    reached = await potluck(
+        "ssh", alloc_id, "-i", str(work), "--", "echo reached; exit 7", env=env, home=home
+    )
     assert (reached.returncode, reached.stdout) == (7, "reached\n"), reached.stderr
     assert "refused" not in reached.stderr, reached.stderr
-    copied = await potluck("cp", "-i", str(work), str(payload), f"{alloc_id}:/tmp/", env=env)
+    copied = await potluck("cp", "-i", str(work), str(payload), f"{alloc_id}:/tmp/", env=env, home=home)
     assert copied.returncode == 0, copied.stderr
 
     # An allocation that admits no key (made without --ssh-key where ~/.ssh held none).
@@ -115,7 +128,7 @@ async def test_a_refused_key_is_named_with_the_admitted_ones_and_what_to_do(
             f"{g.pool.api}/v1/allocations/{keyless}?wait=running&timeout=30", headers=headers
         ) as r:
             assert (await r.json())["state"] == "running"
-    nobody = await potluck("ssh", keyless, "-i", str(work), "--", "true", env=env)
+    nobody = await potluck("ssh", keyless, "-i", str(work), "--", "true", env=env, home=home)
     assert nobody.returncode == 255, nobody.stderr
     assert f"{keyless} admits no key at all" in nobody.stderr, nobody.stderr
     assert "--ssh-key ~/.ssh/id_ed25519.pub" in nobody.stderr, nobody.stderr
