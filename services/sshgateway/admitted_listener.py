@@ -19,6 +19,7 @@ and hosts alike.
 
 import asyncio
 import contextlib
+import contextvars
 import socket
 import time
 from collections import OrderedDict
@@ -32,9 +33,14 @@ from potluck.kernel.client_address import client_of
 from potluck.sshgateway.admission import Admission
 from potluck.sshgateway.context import GatewayContext
 
-__all__ = ["AdmittedListener"]
+__all__ = ["ACCEPTED_FROM", "AdmittedListener"]
 
 log = structlog.get_logger(__name__)
+
+#: The address accept() gave the connection SSH runs on, for its SSH objects (set in the task
+#: that starts SSH; asyncssh makes them in that task's context). A connection reset before
+#: SSH starts has no peer name left to ask its socket for.
+ACCEPTED_FROM: contextvars.ContextVar[str] = contextvars.ContextVar("accepted_from", default="")
 
 #: How long to wait after accept() fails (out of file descriptors) before trying again.
 _ACCEPT_RETRY_S = 0.1
@@ -101,7 +107,7 @@ class AdmittedListener:
                 self._log_refusal(source, refusal)
                 _refuse(conn, refusal)
                 continue
-            self._ctx.tasks.start(self._serve(conn, source))
+            self._ctx.tasks.start(self._serve(conn, source, str(peer[0])))
 
     def _log_refusal(self, source: str, reason: str) -> None:
         now = self._clock()
@@ -114,12 +120,15 @@ class AdmittedListener:
         while len(self._refusals) > _REFUSAL_LOG_SOURCES:
             self._refusals.popitem(last=False)
 
-    async def _serve(self, conn: socket.socket, source: str) -> None:
+    async def _serve(self, conn: socket.socket, source: str, address: str) -> None:
+        ACCEPTED_FROM.set(address)
         try:
             await self._start_ssh(conn)
-        except (asyncssh.Error, OSError, TimeoutError) as exc:
+        except (asyncssh.Error, OSError, TimeoutError, UnicodeError) as exc:
             # Not logged in (GatewayServer and TunnelClient log why) or gone: nothing more to do.
-            log.debug("connection.ended_before_login", source=source, error=repr(exc))
+            # UnicodeError: asyncssh decodes the peer's version line as ASCII and fails on any
+            # other byte, as an internal error; it was logged as this gateway's own error.
+            log.debug("connection.ssh_ended", source=source, error=repr(exc))
         except Exception as exc:
             log.error("connection.failed", source=source, error=repr(exc))
         finally:

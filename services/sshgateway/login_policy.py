@@ -16,6 +16,20 @@ and takes any signature a key can make. Both are the gateway's to hold:
   trying each key it may offer twice (a query, then the signed request); the
   next one ends it, with the reason OpenSSH gives.
 
+- Messages before login (`bound_messages_before_login`): asyncssh's login
+  timer is a hard deadline (traffic does not reset it), but until it fires a
+  connection that never authenticates could rekey as often as it liked, each
+  key exchange a key generation and agreement on the gateway's one event
+  loop: one asyncssh client rekeying in a loop had 4 such connections cost the
+  gateway 9% of a core, and the 10 an address may hold open many times that,
+  every session waiting behind them. IGNORE and DEBUG messages, and unknown
+  ones (answered UNIMPLEMENTED), cost a decryption each, as the `none`
+  requests above did. An OpenSSH client sends one KEXINIT, NEWKEYS, a
+  service request and EXT_INFO before it logs in; a connection may send
+  `KEY_EXCHANGES_BEFORE_LOGIN` KEXINITs and `MESSAGES_BEFORE_LOGIN` such
+  messages in all before it has logged in, and the next one ends it. After
+  login both are free again: a long session rekeys by volume and by time.
+
 - Signatures and keys (`signature_refusal`, `weak_key_refusal`): a login is
   signed with one of `SIGNATURE_ALGS`, the algorithms OpenSSH's sshd accepts
   by default: not `ssh-rsa` (RSA with SHA-1, off in OpenSSH since 8.8), nor
@@ -30,14 +44,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncssh
-from asyncssh.constants import MSG_USERAUTH_REQUEST
+from asyncssh.constants import MSG_KEXINIT, MSG_USERAUTH_REQUEST
 from asyncssh.packet import PacketDecodeError, SSHPacket
 
 from potluck.kernel.ssh_key_strength import weakness
 
 __all__ = [
+    "KEY_EXCHANGES_BEFORE_LOGIN",
+    "MESSAGES_BEFORE_LOGIN",
     "SIGNATURE_ALGS",
     "auth_requests_allowed",
+    "bound_messages_before_login",
     "count_auth_requests",
     "signature_algorithm",
     "signature_refusal",
@@ -89,6 +106,51 @@ def count_auth_requests(
 
     table[MSG_USERAUTH_REQUEST] = counted
     conn._packet_handlers = table
+
+
+#: KEXINITs a connection may send before it has logged in: the first, and one rekey.
+KEY_EXCHANGES_BEFORE_LOGIN = 2
+#: Transport messages (KEXINIT, NEWKEYS, a service request, EXT_INFO, IGNORE, DEBUG, unknown
+#: ones) a connection may send before it has logged in; authentication requests are counted
+#: apart (count_auth_requests) and key exchange methods' own messages by the key exchange.
+MESSAGES_BEFORE_LOGIN = 32
+
+
+def bound_messages_before_login(
+    conn: asyncssh.SSHServerConnection | asyncssh.SSHClientConnection,
+    exceeded: Callable[[str], None],
+    *,
+    key_exchanges: int = KEY_EXCHANGES_BEFORE_LOGIN,
+    messages: int = MESSAGES_BEFORE_LOGIN,
+) -> None:
+    """Until `conn` has logged in, let it send `key_exchanges` KEXINITs and `messages` transport
+    messages; at the next, call `exceeded` with why (it ends the connection) instead of
+    handling it.
+
+    asyncssh hands every message that is neither a key exchange method's, an authentication
+    request nor a channel's to its connection's `process_packet` (unknown types too, which
+    it answers UNIMPLEMENTED): this connection's is wrapped, and counts them."""
+    process = conn.process_packet
+    seen = {"kexinit": 0, "messages": 0}
+    ended: list[str] = []
+
+    def counted(pkttype: int, pktid: int, packet: SSHPacket) -> bool | Awaitable[None]:
+        if getattr(conn, "_auth_complete", False):
+            return process(pkttype, pktid, packet)
+        seen["messages"] += 1
+        seen["kexinit"] += pkttype == MSG_KEXINIT
+        if not ended and seen["kexinit"] > key_exchanges:
+            ended.append("too many key exchanges before login")
+        elif not ended and seen["messages"] > messages:
+            ended.append("too many messages before login")
+        else:
+            if not ended:
+                return process(pkttype, pktid, packet)
+            return True  # dropped (not answered UNIMPLEMENTED) while the connection ends
+        exceeded(ended[0])
+        return True
+
+    conn.process_packet = counted  # type: ignore[method-assign]
 
 
 def signature_algorithm(signature: bytes) -> str:

@@ -72,13 +72,14 @@ from potluck.contracts.link import (
 )
 from potluck.kernel.client_address import client_of
 from potluck.sshgateway.admission import Admission, AdmissionPolicy
-from potluck.sshgateway.admitted_listener import AdmittedListener
+from potluck.sshgateway.admitted_listener import ACCEPTED_FROM, AdmittedListener
 from potluck.sshgateway.audit import LoginIdentity
 from potluck.sshgateway.bridge import Bridge, watch_writes
 from potluck.sshgateway.context import GatewayContext
 from potluck.sshgateway.login_policy import (
     SIGNATURE_ALGS,
     auth_requests_allowed,
+    bound_messages_before_login,
     count_auth_requests,
     signature_refusal,
     weak_key_refusal,
@@ -129,18 +130,21 @@ class GatewayServer(asyncssh.SSHServer):
         #: The bridges of this connection's sessions, and whether its socket is backed up.
         self._bridges: weakref.WeakSet[Bridge] = weakref.WeakSet()
         self._congested = False
+        #: Why this connection was ended before login, when the gateway ended it (logged then).
+        self._ended_why: str | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         self._ctx.connections.add(conn)
         limit_reads(conn)
         skip_ignore_packets(conn)
-        peer = conn.get_extra_info("peername") or ("", 0)
+        peer = conn.get_extra_info("peername") or (ACCEPTED_FROM.get(), 0)
         self._address, self._port = str(peer[0]), int(peer[1])
         self._client = client_of(self._address)
         count_auth_requests(
             conn, auth_requests_allowed(self._ctx.settings.max_keys_per_connection), self._too_many_requests
         )
+        bound_messages_before_login(conn, self._too_many_messages)
         self._check_signatures(conn)
         watch_writes(conn, self._congested_writes, self._drained_writes)
 
@@ -162,6 +166,12 @@ class GatewayServer(asyncssh.SSHServer):
             self._conn.disconnect(
                 asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "potluck: too many authentication attempts"
             )
+
+    def _too_many_messages(self, why: str) -> None:
+        self._ended_why = why
+        log.info("login.too_many_messages", source=self._address, why=why)
+        if self._conn is not None:
+            self._conn.disconnect(asyncssh.DISC_PROTOCOL_ERROR, f"potluck: {why}")
 
     def _check_signatures(self, conn: asyncssh.SSHServerConnection) -> None:
         """Refuse a login signed with an algorithm not in SIGNATURE_ALGS (login_policy.py).
@@ -208,6 +218,16 @@ class GatewayServer(asyncssh.SSHServer):
         if self._conn is not None:
             self._ctx.connections.discard(self._conn)
             self._ctx.user_connections.give_back(self._conn)
+        if self._username is None and self._ended_why is None:
+            # Gone before it asked to log in (reset, closed, not SSH, a version line too long,
+            # the login time up): one line, or it would leave no trace at INFO.
+            version = self._conn.get_extra_info("client_version") if self._conn is not None else None
+            log.info(
+                "connection.ended_before_login",
+                source=self._address,
+                client_version=str(version or "")[:64],
+                why=_why_ended(exc),
+            )
         if self._authenticated or self._username is None or self._failed_at is not None:
             return
         # It offered no key we refused (none at all, or it timed out): a failure all the same.
@@ -400,6 +420,14 @@ class GatewayServer(asyncssh.SSHServer):
         raise self._refused("tap")
 
 
+def _why_ended(exc: Exception | None) -> str:
+    """How a connection ended, in a few words for a log line (the peer chose them: bounded)."""
+    if exc is None:
+        return "closed"
+    said = str(getattr(exc, "reason", "") or exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {said}"[:160]
+
+
 class TunnelClient(asyncssh.SSHClient):
     """The gateway's side of one reverse connection from a hostd."""
 
@@ -409,17 +437,28 @@ class TunnelClient(asyncssh.SSHClient):
         self._peer = ""
         self.host_id: str | None = None
         self._key_blob = b""
+        #: Whether a line was logged about this connection before it logged in.
+        self._said = False
+        self._authenticated = False
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
         limit_reads(conn)
         skip_ignore_packets(conn)
-        peer = conn.get_extra_info("peername") or ("", 0)
+        bound_messages_before_login(conn, self._too_many_messages)
+        peer = conn.get_extra_info("peername") or (ACCEPTED_FROM.get(), 0)
         self._peer = f"{peer[0]}:{peer[1]}"
+
+    def _too_many_messages(self, why: str) -> None:
+        self._said = True
+        log.warning("link.too_many_messages", peer=self._peer, why=why)
+        if self._conn is not None:
+            self._conn.disconnect(asyncssh.DISC_PROTOCOL_ERROR, f"potluck: {why}")
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         host_id = self._ctx.view.host_for_key(bytes(key.public_data))
         if host_id is None:
+            self._said = True
             log.warning(
                 "link.unknown_host_key",
                 peer=self._peer,
@@ -435,6 +474,7 @@ class TunnelClient(asyncssh.SSHClient):
     def auth_completed(self) -> None:
         assert self._conn is not None
         assert self.host_id is not None
+        self._authenticated = True
         if self._ctx.view.host_for_key(self._key_blob) != self.host_id:
             # The host was revoked, deregistered or registered another key while this link
             # was authenticating (hostd decides how long that takes): the reaction that closed
@@ -448,6 +488,8 @@ class TunnelClient(asyncssh.SSHClient):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
             self._ctx.links.discard(self._conn)
+        if not self._authenticated and not self._said:
+            log.info("link.ended_before_login", peer=self._peer, why=_why_ended(exc))
 
 
 def _common_options(ctx: GatewayContext) -> dict[str, Any]:
