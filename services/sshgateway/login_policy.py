@@ -25,10 +25,12 @@ and takes any signature a key can make. Both are the gateway's to hold:
   every session waiting behind them. IGNORE and DEBUG messages, and unknown
   ones (answered UNIMPLEMENTED), cost a decryption each, as the `none`
   requests above did. An OpenSSH client sends one KEXINIT, NEWKEYS, a
-  service request and EXT_INFO before it logs in; a connection may send
-  `KEY_EXCHANGES_BEFORE_LOGIN` KEXINITs and `MESSAGES_BEFORE_LOGIN` such
-  messages in all before it has logged in, and the next one ends it. After
-  login both are free again: a long session rekeys by volume and by time.
+  service request and EXT_INFO before it logs in (asyncssh's client an
+  empty IGNORE before each of its packets too); a connection may send
+  `KEY_EXCHANGES_BEFORE_LOGIN` KEXINITs, `MESSAGES_BEFORE_LOGIN` other
+  transport messages, and as many IGNOREs and the like beyond one for each
+  other message it sends, before it has logged in; the next one ends it.
+  After login all are free again: a long session rekeys by volume and time.
 
 - Signatures and keys (`signature_refusal`, `weak_key_refusal`): a login is
   signed with one of `SIGNATURE_ALGS`, the algorithms OpenSSH's sshd accepts
@@ -44,7 +46,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncssh
-from asyncssh.constants import MSG_KEXINIT, MSG_USERAUTH_REQUEST
+from asyncssh.constants import (
+    MSG_DEBUG,
+    MSG_IGNORE,
+    MSG_KEXINIT,
+    MSG_UNIMPLEMENTED,
+    MSG_USERAUTH_FIRST,
+    MSG_USERAUTH_REQUEST,
+)
 from asyncssh.packet import PacketDecodeError, SSHPacket
 
 from potluck.kernel.ssh_key_strength import weakness
@@ -110,10 +119,12 @@ def count_auth_requests(
 
 #: KEXINITs a connection may send before it has logged in: the first, and one rekey.
 KEY_EXCHANGES_BEFORE_LOGIN = 2
-#: Transport messages (KEXINIT, NEWKEYS, a service request, EXT_INFO, IGNORE, DEBUG, unknown
-#: ones) a connection may send before it has logged in; authentication requests are counted
-#: apart (count_auth_requests) and key exchange methods' own messages by the key exchange.
+#: Other transport messages (NEWKEYS, a service request, EXT_INFO) a connection may send before
+#: it has logged in; and IGNORE, DEBUG, UNIMPLEMENTED and unknown ones beyond one for each
+#: other message it sent (asyncssh's client sends an empty IGNORE before each packet it
+#: encrypts: a login from it sends about as many as it sends others).
 MESSAGES_BEFORE_LOGIN = 32
+_CHATTER = frozenset((MSG_IGNORE, MSG_UNIMPLEMENTED, MSG_DEBUG))
 
 
 def bound_messages_before_login(
@@ -123,30 +134,38 @@ def bound_messages_before_login(
     key_exchanges: int = KEY_EXCHANGES_BEFORE_LOGIN,
     messages: int = MESSAGES_BEFORE_LOGIN,
 ) -> None:
-    """Until `conn` has logged in, let it send `key_exchanges` KEXINITs and `messages` transport
-    messages; at the next, call `exceeded` with why (it ends the connection) instead of
-    handling it.
+    """Until `conn` has logged in, let it send `key_exchanges` KEXINITs, `messages` other
+    transport messages, and `messages` IGNORE/DEBUG/UNIMPLEMENTED/unknown ones beyond one for
+    each other message (authentication requests included, which count_auth_requests bounds);
+    at the next, call `exceeded` with why (it ends the connection) instead of handling it.
 
-    asyncssh hands every message that is neither a key exchange method's, an authentication
-    request nor a channel's to its connection's `process_packet` (unknown types too, which
-    it answers UNIMPLEMENTED): this connection's is wrapped, and counts them."""
+    asyncssh hands every message that is neither a key exchange method's nor a channel's to
+    its connection's `process_packet` (unknown types too, which it answers UNIMPLEMENTED; a
+    server's authentication requests too): this connection's is wrapped, and counts them."""
     process = conn.process_packet
-    seen = {"kexinit": 0, "messages": 0}
+    seen = {"kexinit": 0, "transport": 0, "chatter": 0, "others": 0}
     ended: list[str] = []
 
     def counted(pkttype: int, pktid: int, packet: SSHPacket) -> bool | Awaitable[None]:
         if getattr(conn, "_auth_complete", False):
             return process(pkttype, pktid, packet)
-        seen["messages"] += 1
-        seen["kexinit"] += pkttype == MSG_KEXINIT
-        if not ended and seen["kexinit"] > key_exchanges:
+        if ended:
+            return True  # dropped (not answered UNIMPLEMENTED) while the connection ends
+        handled = pkttype in conn._packet_handlers
+        if pkttype in _CHATTER or not handled:
+            seen["chatter"] += 1
+        else:
+            seen["others"] += 1
+            if pkttype == MSG_KEXINIT:
+                seen["kexinit"] += 1
+            elif pkttype < MSG_USERAUTH_FIRST:
+                seen["transport"] += 1
+        if seen["kexinit"] > key_exchanges:
             ended.append("too many key exchanges before login")
-        elif not ended and seen["messages"] > messages:
+        elif seen["transport"] > messages or seen["chatter"] > seen["others"] + messages:
             ended.append("too many messages before login")
         else:
-            if not ended:
-                return process(pkttype, pktid, packet)
-            return True  # dropped (not answered UNIMPLEMENTED) while the connection ends
+            return process(pkttype, pktid, packet)
         exceeded(ended[0])
         return True
 
