@@ -11,8 +11,12 @@ filter). A PATH that is not there: a message on stderr, exit status 2.
 
 from urllib.parse import quote
 
+import structlog
+
 from potluck.hostd.engine_stream import EngineStream, StreamedProcess, open_stream
 from potluck.hostd.exec_errors import ExecError
+
+log = structlog.get_logger(__name__)
 
 __all__ = ["MISSING_PATH", "open_archive"]
 
@@ -47,8 +51,19 @@ async def open_archive(docker_url: str, container_id: str, path: str, timeout: f
         process.emit(f"potluck: {path}: no such file or directory in the allocation\n".encode(), stderr=True)
         process.finish(MISSING_PATH)
         return process
+    if status == 500 and "not a directory" in message:
+        # `PATH/` where PATH is a file: the engine's words name the file's place on the member's
+        # disk (its data-root's overlay2/<id>/merged/...): logged, and the user told in ours.
+        log.info(
+            "archive.not_a_directory", container_id=container_id[:12], path=path[:256], message=message[:500]
+        )
+        process.emit(f"potluck: {path}: not a directory in the allocation\n".encode(), stderr=True)
+        process.finish(MISSING_PATH)
+        return process
     if status == 400:
-        process.emit(f"potluck: {path}: {message}\n".encode(), stderr=True)
+        # The engine's words may name where the container's files are on the member's disk.
+        log.info("archive.refused", container_id=container_id[:12], path=path[:256], message=message[:500])
+        process.emit(f"potluck: {path}: cannot be read from the allocation\n".encode(), stderr=True)
         process.finish(MISSING_PATH)
         return process
     if status != 200:

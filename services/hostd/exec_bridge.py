@@ -87,6 +87,13 @@ def signal_number(name: str) -> int | None:
     return _SIGNALS.get(name.upper().removeprefix("SIG"))
 
 
+def _restarting(alloc_id: str) -> str:
+    return (
+        f"the container of allocation {alloc_id} is restarting (its command exited); try again in "
+        f"a few seconds, and see `potluck logs {alloc_id}` for why it exits"
+    )
+
+
 class SessionProcess(Protocol):
     """What a session drives: an exec (ExecProcess), or hostd's own SFTP server for a container
     without one (helper_sftp.HelperSftpProcess)."""
@@ -183,6 +190,20 @@ class ExecProcess:
         if self.finished:
             self.bridge.sessions.forget(self.exec_id)
         return status
+
+    async def start_failure(self) -> str | None:
+        """The engine's words, if it never started the process and wrote why into its output
+        (exec_stream.py); else None, and any output held back as such is passed on. Asked
+        once the output has ended."""
+        held = self._stream.held
+        if held is None:
+            return None
+        info = await self.bridge.inspect_exec(self.exec_id)
+        if info is not None and not info.get("Pid"):
+            self._stream.held = None
+            return held.decode(errors="replace").strip()
+        self._stream.release_held()
+        return None
 
     async def terminate(self) -> int:
         """End the process and its descendants (HUP, then KILL); returns how many were signalled."""
@@ -283,6 +304,9 @@ class ExecBridge:
             raise ExecRefused(
                 f"the container of allocation {alloc_id} is paused (the member paused this machine)"
             )
+        if state.get("Restarting"):
+            # The engine says Running too while it waits to start it again.
+            raise ExecRefused(_restarting(alloc_id))
         if not state.get("Running"):
             if alloc_id in self.kept:
                 raise ExecRefused(kept_refusal(alloc_id, self.kept[alloc_id]))
@@ -348,7 +372,17 @@ class ExecBridge:
             lambda: self._call("POST", f"/containers/{container_id}/exec", create), _exec_refused_as_paused
         )
         if status == 409:
-            raise ExecRefused(f"the container of allocation {alloc_id} is not running: {message(body)}")
+            # The container stopped, or began restarting, since container_for looked. The
+            # engine's words ("Container <its whole id> is restarting, wait until...") are
+            # for the member's log, not the user's terminal.
+            log.info("exec.create_refused", alloc_id=alloc_id, status=status, message=message(body)[:500])
+            said = message(body)
+            if " is restarting" in said:
+                raise ExecRefused(_restarting(alloc_id))
+            raise ExecRefused(
+                f"the container of allocation {alloc_id} stopped as the session started; "
+                f"`potluck alloc show {alloc_id}` says what became of it"
+            )
         if status != 201:
             raise ExecError(f"exec create in {container_id[:12]}: {status} {message(body)}")
         exec_id = str(body["Id"])

@@ -13,14 +13,30 @@ SSH channel it goes to).
 `Hijacked`): it decodes the stream and passes the output, its end, and the
 engine socket's flow control to an `ExecSink` (the SSH session). Output that
 arrives before a sink is attached (with the `101` answer, say) is kept for it.
+
+When the engine cannot start the process once the stream is upgraded (an image
+without /bin/sh, a runtime error), it writes its own error into the exec's
+stdout (moby's postContainerExecStart: `err.Error() + "\r\n"`): "OCI runtime
+exec failed: exec failed: unable to start container process: ...", or
+"Container <64 hex> is not running". That reached the user's terminal as if the
+command had said it, and the runtime's words can name paths of the member's
+machine. A first stdout piece that reads so (`ENGINE_START_FAILURE`) is held
+back (`held`): the session asks the engine whether the process ever ran
+(ExecProcess.start_failure) and says in its own words what happened; if it did
+run (a program that prints that itself) the piece is passed on, as it is as
+soon as anything follows it.
 """
 
+import re
 import struct
 from typing import Protocol
 
 from potluck.hostd.docker_http import Hijacked
 
-__all__ = ["FRAME_HEADER", "ExecSink", "ExecStream", "FrameDecoder"]
+__all__ = ["ENGINE_START_FAILURE", "FRAME_HEADER", "ExecSink", "ExecStream", "FrameDecoder"]
+
+#: How the engine's own error reads when it writes it into an exec's output (see above).
+ENGINE_START_FAILURE = re.compile(rb"(OCI runtime exec failed: |Container [0-9a-f]{64} is )")
 
 #: The header of a frame of a multiplexed stream: stream number, 3 bytes of 0, payload length.
 FRAME_HEADER = struct.Struct(">BxxxL")
@@ -81,6 +97,9 @@ class ExecStream(Hijacked):
         self.sink: ExecSink | None = None
         self._early: list[tuple[bytes, bool]] = []
         self._eof = False
+        self._first = True
+        #: The first stdout piece, held back while it may be the engine's error (see above).
+        self.held: bytes | None = None
 
     def attach(self, sink: ExecSink) -> None:
         self.sink = sink
@@ -98,6 +117,21 @@ class ExecStream(Hijacked):
                 self._emit(piece, stderr)
 
     def _emit(self, data: bytes, stderr: bool) -> None:
+        if self._first:
+            self._first = False
+            if not stderr and ENGINE_START_FAILURE.match(data):
+                self.held = data
+                return
+        self.release_held()
+        self._deliver(data, stderr)
+
+    def release_held(self) -> None:
+        """Pass the held piece on after all: the process ran, and said it."""
+        held, self.held = self.held, None
+        if held is not None:
+            self._deliver(held, False)
+
+    def _deliver(self, data: bytes, stderr: bool) -> None:
         if self.sink is None:
             self._early.append((data, stderr))
         else:

@@ -85,7 +85,7 @@ from potluck.contracts.link import (
     skip_ignore_packets,
 )
 from potluck.events.tracing import context_from_env
-from potluck.hostd.exec_bridge import ExecBridge, SessionProcess, exec_env
+from potluck.hostd.exec_bridge import ExecBridge, ExecProcess, SessionProcess, exec_env
 from potluck.hostd.exec_errors import ExecError, ExecRefused
 from potluck.hostd.gateway_config import GatewayLink
 from potluck.hostd.helper_sftp import open_sftp
@@ -171,6 +171,8 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         self._lost = False
         self._finishing = False
         self._alloc_id = ""
+        #: What the session runs first (argv[0]), to name it when the engine cannot start it.
+        self._program = ""
         self._span: trace.Span | None = None
         self._span_ended = False
 
@@ -246,6 +248,7 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         try:
             with self._docker("exec create+start") as span:
                 argv = command_argv(self._command, self._subsystem)
+                self._program = argv[0]
                 run_env = exec_env(alloc_id, session_id, self._term_type, env)
                 process: SessionProcess
                 reserved = reserved_command(self._command) if self._subsystem is None else None
@@ -347,6 +350,40 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
             self._end_span(terminated=True)
             self._give_back_slot()
 
+    def _start_failed(self, process: ExecProcess, status: int, engine_said: str) -> None:
+        """The engine never started the session's process and said why in its output (held back,
+        exec_stream.py): the user reads what happened and what to do, hostd's log the words."""
+        log.warning(
+            "link.exec_start_failed",
+            alloc_id=self._alloc_id,
+            exec_id=process.exec_id[:12],
+            status=status,
+            engine=engine_said[:500],
+        )
+        program = self._program or "the session's program"
+        lowered = engine_said.lower()
+        if "no such file or directory" in lowered or "not found" in lowered:
+            why = (
+                f"{program} is not in the container: sessions (a shell, a command, sftp) run "
+                "/bin/sh, so the allocation's image needs one"
+            )
+        elif "permission denied" in lowered:
+            why = f"{program} cannot be run in the container (permission denied)"
+        else:
+            why = (
+                "the container's engine could not start it; try again, and if it keeps failing, "
+                "ask the member of this machine (its hostd log has the engine's words)"
+            )
+        chan = self._chan
+        if chan is None or chan.is_closing():
+            return
+        with contextlib.suppress(OSError):
+            chan.write(
+                f"potluck: the session could not start in allocation {self._alloc_id}: {why}\r\n".encode(),
+                asyncssh.EXTENDED_DATA_STDERR,
+            )
+            chan.exit(status)
+
     def _fail(self, message: str) -> None:
         chan = self._chan
         if chan is None or chan.is_closing():
@@ -427,6 +464,13 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         except ExecError as exc:
             log.warning("link.exit_code_unknown", exec_id=process.exec_id[:12], error=str(exc))
             status = None
+        if status is not None and isinstance(process, ExecProcess):
+            with contextlib.suppress(ExecError):
+                engine_said = await process.start_failure()
+                if engine_said is not None:
+                    self._start_failed(process, status, engine_said)
+                    self._end_span(error=f"exec start failed: {engine_said[:200]}")
+                    return
         if status is None:
             # The stream ended but the engine says the process runs on: end it.
             await self._terminate(process)
