@@ -14,6 +14,7 @@ import pytest
 
 from potluck.localstack import free_port
 from potluck.registry.nats_auth import new_user_key
+from tests.fixtures.user_home import with_home
 
 
 def potluck(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -303,7 +304,18 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         keyless_id = keyless.stdout.strip()
         reached = potluck("ssh", keyless_id, "-i", str(key), "--", "true", env=newcomer)
         assert reached.returncode == 0, reached.stdout + reached.stderr
-        nobody = potluck("alloc", "create", *small, env={**newcomer, "HOME": str(tmp_path / "empty")})
+        # ssh and the CLI read the home the password database gives: an empty one there too, so
+        # that keys of the machine's real home do not count.
+        no_keys = tmp_path / "empty"
+        no_keys.mkdir()
+        nobody = subprocess.run(
+            with_home(no_keys, [sys.executable, "-m", "potluck", "alloc", "create", *small], tmp_path),
+            capture_output=True,
+            text=True,
+            env={**newcomer, "HOME": str(no_keys)},
+            timeout=120,
+            check=False,
+        )
         assert nobody.returncode == 0, nobody.stderr
         assert "no public key in" in nobody.stderr, nobody.stderr
         assert "ssh-keygen -t ed25519" in nobody.stderr, nobody.stderr
