@@ -42,12 +42,10 @@ from potluck.contracts.reports import (
 from potluck.contracts.subjects import (
     DESIRED,
     HEARTBEAT,
-    JOIN,
     REGISTER,
     STATUS,
     host_subject,
     inbox_prefix,
-    join_inbox_prefix,
 )
 from potluck.events import DEAD_LETTER_STREAM, REPORTS_STREAM, Event
 from potluck.events.bus import H_DLQ_REASON, H_DLQ_SUBJECT, dead_letter_subject
@@ -134,21 +132,6 @@ async def test_a_poison_report_carrying_jetstreams_own_headers_is_dead_lettered_
         assert not any(name.startswith("Nats-Expected") for name in kept[subject])
 
 
-async def _join_as(pool: Pool, token: JoinToken, nkey: str) -> Reply:
-    """Redeem `token` as a member's machine would, naming `nkey` as the machine's own key."""
-    nc = await nats.connect(
-        pool.nats.url.split(","),
-        nkeys_seed_str=token.join_seed,
-        inbox_prefix=join_inbox_prefix(token.host_id),
-    )
-    try:
-        body = json.dumps({"token": token.secret, "nkey": nkey}).encode()
-        msg = await nc.request(host_subject(JOIN, token.host_id), body, timeout=10)
-        return Reply.model_validate_json(msg.data)
-    finally:
-        await nc.close()
-
-
 async def _connects(pool: Pool, seed: str, host_id: str) -> bool:
     """Does nats-server admit `seed`'s key now (the member's own check, potluck join's)?"""
     return await admitted(pool.nats.url, seed, host_id)
@@ -191,7 +174,7 @@ async def test_a_join_naming_a_key_nats_cannot_admit_is_refused_and_the_users_fi
         "the token's own throwaway key": public_key_of(token.join_seed),
     }
     for what, bad in bad_keys.items():
-        reply = await _join_as(pool, token, bad)
+        reply = await pool.redeem_join(token, bad)
         assert not reply.ok, (what, reply)
         assert reply.error is not None
         assert reply.error["code"] in ("BAD_REQUEST", "NKEY_TAKEN"), (what, reply.error)
@@ -201,7 +184,7 @@ async def test_a_join_naming_a_key_nats_cannot_admit_is_refused_and_the_users_fi
     later = await pool.enroll("laptop-later")
     assert await _connects(pool, _seed(later), later.host_id), pool.logs()
     own = new_user_key()
-    reply = await _join_as(pool, token, own.public)
+    reply = await pool.redeem_join(token, own.public)
     assert reply.ok, reply
     assert await _connects(pool, own.seed, token.host_id), pool.logs()
 

@@ -15,7 +15,6 @@ from nats.aio.msg import Msg
 from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.host_events import host_stream
 from potluck.contracts.host_images import images_stream
-from potluck.contracts.join_token import JoinToken
 from potluck.contracts.messages import RegisterHost, Reply
 from potluck.contracts.reports import ImagesHeld
 from potluck.contracts.subjects import (
@@ -297,7 +296,7 @@ async def test_a_join_tokens_throwaway_identity_reads_no_host_replies_and_asks_n
         assert any(host_subject(JOIN, other.host_id) in e for e in refused), errors
 
         own = new_user_key()
-        joined = await _join(pool, token, own.public)
+        joined = await pool.redeem_join(token, own.public)
         assert joined.ok, joined
         machine = await nats.connect(
             pool.nats.url.split(","), nkeys_seed_str=own.seed, inbox_prefix=inbox_prefix(token.host_id)
@@ -307,7 +306,7 @@ async def test_a_join_tokens_throwaway_identity_reads_no_host_replies_and_asks_n
             assert Reply.model_validate_json(msg.data).ok, msg.data
         finally:
             await machine.close()
-        again = await _join(pool, token, new_user_key().public)
+        again = await pool.redeem_join(token, new_user_key().public)
         assert not again.ok, again
         assert again.error is not None
         assert again.error["code"] == "TOKEN_SPENT", again.error
@@ -318,21 +317,6 @@ async def test_a_join_tokens_throwaway_identity_reads_no_host_replies_and_asks_n
         assert not await admitted(pool.nats.url, token.join_seed, token.host_id)
     finally:
         await pool.close()
-
-
-async def _join(pool: Pool, token: JoinToken, nkey: str) -> Reply:
-    """Redeem `token` as `potluck join` does, naming `nkey` as the machine's own key."""
-    nc = await nats.connect(
-        pool.nats.url.split(","),
-        nkeys_seed_str=token.join_seed,
-        inbox_prefix=join_inbox_prefix(token.host_id),
-    )
-    try:
-        body = json.dumps({"token": token.secret, "nkey": nkey}).encode()
-        msg = await nc.request(host_subject(JOIN, token.host_id), body, timeout=30)
-        return Reply.model_validate_json(msg.data)
-    finally:
-        await nc.close()
 
 
 async def test_a_policy_change_naming_an_infinite_freeze_is_refused_not_logged_as_another(
