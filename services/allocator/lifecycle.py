@@ -47,6 +47,11 @@ from potluck.readmodels.allocations import ACTIVE, STARTING, AllocationState, Pu
 
 #: Pull progress is logged at most this often per allocation: enough to watch, not a flood of events.
 PULL_PROGRESS_EVERY = timedelta(seconds=5)
+#: ... and that often only while it moves by PULL_PROGRESS_STEP of what the image announced;
+#: less, at most every PULL_PROGRESS_SLOW. A pull that trickles (a few bytes a second, for
+#: hours) logged an event every 5 s of its life, each saying almost nothing new.
+PULL_PROGRESS_STEP = 0.01
+PULL_PROGRESS_SLOW = timedelta(seconds=60)
 #: A failed pull sends the allocation to another host, on at most this many hosts in all: an
 #: image no host can get fails after a bounded number of tries instead of going round the pool.
 MAX_PULL_HOSTS = 3
@@ -190,8 +195,12 @@ def pulling(
         current.pull_total_bytes or 0
     )
     last = current.pull_logged_at
-    if (not complete or logged_complete) and last is not None and now - last < PULL_PROGRESS_EVERY:
-        return None
+    if (not complete or logged_complete) and last is not None:
+        moved = report.done_bytes - (current.pull_done_bytes or 0)
+        grew = report.total_bytes != (current.pull_total_bytes or 0)
+        step = grew or moved >= PULL_PROGRESS_STEP * report.total_bytes
+        if now - last < (PULL_PROGRESS_EVERY if step else PULL_PROGRESS_SLOW):
+            return None
     progressed = AllocationPullProgressed(
         alloc_id=current.alloc_id,
         host_id=host_id,

@@ -19,6 +19,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Unable to find acceptable character detection dependency")
     with hidden("chardet", "charset_normalizer"):
         import docker
+        import docker.auth
         import docker.errors
         import docker.transport.unixconn
         import requests

@@ -11,6 +11,14 @@ not retried: an image whose layers announce more than the member donated as disk
 more once unpacked, when it is removed again), and a token the allocator refuses for this
 allocation (it is not ours to pull).
 
+A pull that stops progressing fails instead of showing `pulling` for ever: a registry that
+answers and then sends no more bytes (a half-dead link, a server stuck mid-layer) left the
+engine waiting without end, and the allocation with it, since neither the engine nor the SDK
+(which reads a pull without any timeout) ever gives up. Progress is what the engine's stream
+says changed: more bytes fetched, a layer on to its next step (downloading, extracting, ...).
+No change for `stall_s` (POTLUCK_HOSTD_PULL_STALL_S, 120 s) fails the attempt, saying so: a
+silent stream by the socket's read timeout, a chatty one that says nothing new by the clock.
+
 Pool registry tokens travel to the engine as `auth_config={"registrytoken": ...}`: the engine sends
 it as the bearer token to the registry (Moby's `AuthConfig.RegistryToken`), so the host never
 handles a password and the token is good for one repository, for minutes.
@@ -22,6 +30,7 @@ its own name untagged, so the engine holds the image as if pulled by that name.
 
 import asyncio
 import contextlib
+import json
 import os
 import threading
 import time
@@ -65,6 +74,8 @@ class PullSettings:
     first_backoff_s: float = 2.0
     max_backoff_s: float = 30.0
     progress_every_s: float = 2.0
+    #: No progress for this long fails the attempt (retried as any failure).
+    stall_s: float = 120.0
 
     @classmethod
     def from_env(cls) -> "PullSettings":
@@ -76,6 +87,7 @@ class PullSettings:
             ),
             max_backoff_s=defaults.max_backoff_s,
             progress_every_s=defaults.progress_every_s,
+            stall_s=max(1.0, float(os.environ.get("POTLUCK_HOSTD_PULL_STALL_S", defaults.stall_s))),
         )
 
 
@@ -85,6 +97,9 @@ class PullProgress:
 
     current: dict[str, int] = field(default_factory=dict)
     total: dict[str, int] = field(default_factory=dict)
+    #: Each layer's step (the status's first word: Downloading, Extracting, ...); byte counts
+    #: while extracting move too, but only the step and the fetched bytes are summed here.
+    steps: dict[str, str] = field(default_factory=dict)
 
     def update(self, line: dict[str, Any]) -> None:
         layer = str(line.get("id") or "")
@@ -92,6 +107,9 @@ class PullProgress:
         detail = line.get("progressDetail") or {}
         if not layer:
             return
+        self.steps[layer] = status.split(" ", 1)[0]
+        if status == "Extracting" and isinstance(detail, dict):
+            self.steps[layer] = f"Extracting {detail.get('current')}"
         if status == "Downloading" and isinstance(detail, dict):
             total = int(detail.get("total") or 0)
             if total > 0:
@@ -107,6 +125,10 @@ class PullProgress:
     @property
     def total_bytes(self) -> int:
         return sum(self.total.values())
+
+    def mark(self) -> tuple[int, tuple[tuple[str, str], ...]]:
+        """What changes when the pull progresses; the same mark means nothing moved."""
+        return self.done_bytes, tuple(sorted(self.steps.items()))
 
 
 def registry_of(image: str) -> str:
@@ -296,16 +318,33 @@ class ImagePuller:
         """The blocking pull, read line by line; stops reading (the engine then drops the pull)
         when `cancelled` is set."""
         progress = PullProgress()
-        last = time.monotonic()
+        last = moved = time.monotonic()
+        mark = progress.mark()
+        stall_s = self.settings.stall_s
         try:
             client = docker.APIClient(base_url=self.docker_url, version="auto", timeout=60)
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
             raise PullFailed(f"no Docker engine answers at {self.docker_url}: {exc}") from exc
         try:
-            stream = client.pull(image, stream=True, decode=True, auth_config=auth)
-            for line in stream:
+            # Not client.pull(): it reads the stream without a timeout, so an engine waiting on
+            # a silent registry held this thread, and the allocation `pulling`, for ever. The
+            # read timeout here ends a silent stream after stall_s (a name with a tag is one the
+            # engine's API takes whole as fromImage).
+            response = client.post(
+                f"{client.base_url}/v{client.api_version}/images/create",
+                params={"fromImage": image},
+                headers={"X-Registry-Auth": docker.auth.encode_header(auth)} if auth else {},
+                stream=True,
+                timeout=(60, stall_s),
+            )
+            if response.status_code >= 400:
+                raise PullFailed(_engine_error(response)[:1000])
+            for raw in response.iter_lines():
                 if cancelled.is_set():
                     return
+                if not raw.strip():
+                    continue
+                line = json.loads(raw)
                 if line.get("error") or line.get("errorDetail"):
                     detail = line.get("errorDetail") or {}
                     message = line.get("error") or (detail.get("message") if isinstance(detail, dict) else "")
@@ -318,13 +357,39 @@ class ImagePuller:
                         permanent=True,
                     )
                 now = time.monotonic()
+                if progress.mark() != mark:
+                    mark, moved = progress.mark(), now
+                elif now - moved >= stall_s:
+                    raise PullFailed(self._stalled(progress))
                 if now - last >= self.settings.progress_every_s:
                     last = now
                     publish((progress.done_bytes, progress.total_bytes))
             publish((progress.done_bytes, progress.total_bytes))
-        except docker.errors.APIError as exc:
-            raise PullFailed(str(exc.explanation or exc)[:1000]) from exc
-        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+        except requests.RequestException as exc:
+            if time.monotonic() - moved >= stall_s:
+                raise PullFailed(self._stalled(progress)) from exc
+            raise PullFailed(f"{type(exc).__name__}: {exc}"[:1000]) from exc
+        except (docker.errors.DockerException, OSError, ValueError) as exc:
             raise PullFailed(f"{type(exc).__name__}: {exc}"[:1000]) from exc
         finally:
             client.close()
+
+    def _stalled(self, progress: PullProgress) -> str:
+        """Why a pull that stopped progressing was given up, with how far it came."""
+        log.warning(
+            "hostd.image_pull_stalled",
+            stall_s=self.settings.stall_s,
+            done_bytes=progress.done_bytes,
+            total_bytes=progress.total_bytes,
+            hint="the registry (or the link to it) stopped sending; POTLUCK_HOSTD_PULL_STALL_S is the bound",
+        )
+        came = f" after {progress.done_bytes} of {progress.total_bytes} bytes" if progress.total_bytes else ""
+        return f"no progress for {self.settings.stall_s:g} s{came}: the registry stopped sending"
+
+
+def _engine_error(response: Any) -> str:
+    """The engine's refusal of a pull request, in its own words where it gave some."""
+    try:
+        return str(response.json().get("message") or response.text)
+    except ValueError:
+        return f"{response.status_code} {response.reason}: {response.text}"

@@ -23,6 +23,9 @@ from potluck.contracts.registry_locality import literally_local
 from potluck.contracts.subjects import IMAGE_TOKEN
 from potluck.hostd.shared_details import MEMBERS_ADDRESS
 from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.ports import free_port
+from potluck.localstack.process import ChildProcess, start_listening
+from potluck.localstack.registry_server import registry_binary, registry_config
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e.allocator_api import create_on
 from tests.e2e.conftest import wait_for_status
@@ -447,3 +450,131 @@ async def test_a_users_image_name_cannot_send_a_laptop_to_its_own_machine_or_net
             assert running["state"] == "running", (running, pool.logs(80))
     finally:
         listener.close()
+
+
+def _open_registry(workdir: Path) -> tuple[ChildProcess, int]:
+    """docker-registry as the pool runs it, but without token authentication: a registry of
+    the member's own network (named in allowed_images), which anybody may pull from."""
+    port = free_port()
+    config = registry_config(
+        storage=workdir / "data", port=port, realm="-", cert=workdir / "-", service="-", issuer="-"
+    )
+    del config["auth"]
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yml").write_text(json.dumps(config))
+    proc = ChildProcess([registry_binary(), "serve", str(workdir / "config.yml")], log_path=workdir / "log")
+    start_listening(proc, port, what="docker-registry")
+    return proc, port
+
+
+def _push_plain(engine: DockerEngine, reference: str, layer: str) -> None:
+    """The test image and one layer made by `layer`, pushed anonymously as `reference`, and
+    removed from `engine` again."""
+    client = docker.DockerClient(base_url=engine.url)
+    try:
+        container = client.containers.create(DEFAULT_TAG, ["sh", "-c", layer], network_mode="none")
+        container.start()
+        container.wait(timeout=30)
+        repository, _, tag = reference.rpartition(":")
+        container.commit(repository, tag)
+        container.remove(force=True)
+        lines = list(client.images.push(repository, tag, stream=True, decode=True))
+        assert not [line for line in lines if "error" in line], lines[-3:]
+        client.images.remove(reference)
+    finally:
+        client.close()
+
+
+class StallingLink:
+    """A loopback relay to `upstream` that carries each connection's first `cut` bytes from the
+    registry and then nothing more, holding the connection open: a link that died mid-layer."""
+
+    def __init__(self, upstream: int, cut: int) -> None:
+        self.upstream, self.cut = upstream, cut
+        self.carried = 0
+        self.held: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        self.held += [writer, up_writer]
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, limit: int | None) -> None:
+            passed = 0
+            while data := await src.read(65536):
+                if limit is not None:
+                    data = data[: max(0, limit - passed)]
+                    passed += len(data)
+                    self.carried += len(data)
+                    if not data:
+                        await asyncio.Event().wait()  # the link is dead: nothing more, no close
+                dst.write(data)
+                await dst.drain()
+
+        with contextlib.suppress(OSError):
+            await asyncio.gather(pump(reader, up_writer, None), pump(up_reader, writer, self.cut))
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in self.held:
+            writer.close()
+
+
+async def test_a_pull_that_stops_progressing_fails_saying_so_and_is_not_pulling_for_ever(
+    pool: Pool, docker_engines: list[DockerEngine], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Tried: a registry of the member's network (named in B's allowed_images) holds an image of
+    8 MB that does not compress; the link to it carries the first 256 KB of each connection and
+    then stays open and silent, as a link that died mid-layer. hostd's stall bound is 3 s, one
+    attempt. Before, the engine waited on the link for ever, and the allocation stayed
+    `pulling`. Must hold: the allocation fails (image_pull_failed, no other host), its detail
+    says there was no progress for 3 s and names the registry; the link did carry bytes (the
+    pull had begun: this is a stall, not a refused connection); hostd logged the stall once;
+    the allocation's capacity is free again (B runs the test image afterwards)."""
+    laptop_a, laptop_b = docker_engines
+    monkeypatch.setenv("POTLUCK_HOSTD_PULL_ATTEMPTS", "1")
+    monkeypatch.setenv("POTLUCK_HOSTD_PULL_STALL_S", "3")
+    registry, registry_port = await asyncio.to_thread(_open_registry, tmp_path / "team-registry")
+    link = StallingLink(registry_port, cut=256 * 1024)
+    port = await link.start()
+    try:
+        await asyncio.to_thread(
+            _push_plain,
+            laptop_a,
+            f"127.0.0.1:{registry_port}/team/big:1",
+            "head -c 8388608 /dev/urandom > /big",
+        )
+        b = await pool.enroll("laptop-b")
+        pool.write_config(
+            b,
+            laptop_b,
+            allowed_images=[DEFAULT_TAG, f"127.0.0.1:{port}/team/*:*"],
+            donate={"cpus": 1, "memory": "1G", "disk": "1G"},
+        )
+        pool.start_hostd(b)
+        await pool.wait_api()
+        await pool.wait_for_host(b.host_id, "active")
+        alice = await pool.add_user("alice")
+        async with aiohttp.ClientSession() as http:
+            created = await create_on(http, pool.api, alice, f"127.0.0.1:{port}/team/big:1")
+            failed = await get_allocation(http, pool.api, alice, created["id"], "?wait=failed&timeout=90")
+            assert failed["state"] == "failed", (failed, pool.logs(80))
+            assert failed["reason"] == "image_pull_failed", failed
+            assert "no progress for 3 s" in failed["detail"], failed["detail"]
+            assert f"127.0.0.1:{port}" in failed["detail"], failed["detail"]
+            assert "(tried once)" in failed["detail"], failed["detail"]
+            assert link.carried > 0
+            assert b.process is not None
+            assert b.process.log_tail(5000).count("hostd.image_pull_stalled") == 1, pool.logs(80)
+
+            fine = await create_on(http, pool.api, alice, DEFAULT_TAG)
+            running = await get_allocation(http, pool.api, alice, fine["id"], "?wait=running&timeout=60")
+            assert running["state"] == "running", (running, pool.logs(80))
+    finally:
+        link.close()
+        registry.stop()

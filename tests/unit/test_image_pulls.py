@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from potluck.allocator.image_tokens import grant_image_token, library_copy, pool_repository
-from potluck.allocator.lifecycle import PULL_PROGRESS_EVERY, decide, decide_actual_state
+from potluck.allocator.lifecycle import PULL_PROGRESS_EVERY, PULL_PROGRESS_SLOW, decide, decide_actual_state
 from potluck.allocator.pool_registry import PoolRegistry
 from potluck.allocator.registry_tokens import TokenIssuer
 from potluck.allocator.schemas import CreateAllocation
@@ -94,6 +94,24 @@ def test_progress_is_logged_at_most_every_interval_and_when_complete() -> None:
     assert isinstance(complete.alloc_events[0], AllocationPullProgressed)
     same = replace(pulling, pull_done_bytes=100, pull_total_bytes=100)
     assert decide(same, "h1", pull_report(100, 100), now=NOW + timedelta(hours=1)) is None
+
+
+def test_a_trickling_pull_is_logged_once_a_minute_not_every_five_seconds() -> None:
+    """Tried: a pull of 1 GB that moves by 1 KB between reports, reported past the 5 s
+    interval, then past the slow one. Must hold: nothing is logged until PULL_PROGRESS_SLOW has
+    passed since the last event (then once); a move of 2% is logged after 5 s as before."""
+    gb = 1 << 30
+    pulling = alloc("pulling", pull_done_bytes=gb // 2, pull_total_bytes=gb, pull_logged_at=NOW)
+    crawl = pull_report(gb // 2 + 1024, gb)
+    assert decide(pulling, "h1", crawl, now=NOW + PULL_PROGRESS_EVERY) is None
+    assert decide(pulling, "h1", crawl, now=NOW + PULL_PROGRESS_SLOW - timedelta(seconds=1)) is None
+    slow = decide(pulling, "h1", crawl, now=NOW + PULL_PROGRESS_SLOW)
+    assert slow is not None
+    assert slow.alloc_events == [
+        AllocationPullProgressed(alloc_id="a1", host_id="h1", done_bytes=gb // 2 + 1024, total_bytes=gb)
+    ]
+    stride = decide(pulling, "h1", pull_report(gb // 2 + gb // 50, gb), now=NOW + PULL_PROGRESS_EVERY)
+    assert stride is not None
 
 
 @pytest.mark.parametrize("status", ["running", "failed", "released", "expired"])
