@@ -522,7 +522,21 @@ class Agent:
                 await self.containers.drain(event.grace_s)
             case HostDeregistered():
                 self.admin = "deregistered"
+                stopping = len(self.containers.containers)
                 await self.containers.release_all()
+                # Said once, plainly: an operator's deregistration otherwise left the member a
+                # hostd that went on running, idle, with nothing in its log saying why.
+                log.warning(
+                    "hostd.deregistered",
+                    host_id=self.host_id,
+                    by=event.by,
+                    stopped=stopping,
+                    hint=(
+                        f"the {event.by} took this machine out of the pool: the pool's {stopping} "
+                        "container(s) here were stopped and no work comes any more; restart hostd to "
+                        "offer the machine again, or run `potluck host leave` to leave for good"
+                    ),
+                )
             case HostLeft() | HostRevoked() if event.host_id == self.host_id:
                 # Out of the pool for good: nothing of the pool runs here any more.
                 self.admin = "left" if isinstance(event, HostLeft) else "revoked"

@@ -251,7 +251,8 @@ async def test_registry_read_model_rebuilt_from_the_log_equals_the_live_one(
 async def test_member_sees_status_and_can_take_the_machine_back(
     pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
 ) -> None:
-    """`potluck host status` shows the registry's view; `deregister` stops the work and leaves the pool."""
+    """`potluck host status` shows the registry's view; `deregister` stops the work and leaves the
+    pool, and hostd's log says so once, with what brings the machine back."""
     import json
 
     shown = await asyncio.to_thread(member, laptop, "status")
@@ -270,3 +271,10 @@ async def test_member_sees_status_and_can_take_the_machine_back(
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("the deregistered host still runs containers")
+    # The member's hostd says why its machine went idle, and what brings it back.
+    assert laptop.process is not None
+    told = [line for line in laptop.process.log_tail(400).splitlines() if "hostd.deregistered" in line]
+    assert len(told) == 1, laptop.process.log_tail(40)
+    assert "the member took this machine out of the pool" in told[0], told
+    assert "restart hostd to offer the machine again" in told[0], told
+    assert '"stopped": 1' in told[0], told
