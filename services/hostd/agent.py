@@ -532,9 +532,11 @@ class Agent:
                     by=event.by,
                     stopped=stopping,
                     hint=(
-                        f"the {event.by} took this machine out of the pool: the pool's {stopping} "
-                        "container(s) here were stopped and no work comes any more; restart hostd to "
-                        "offer the machine again, or run `potluck host leave` to leave for good"
+                        f"the {event.by} took this machine out of the pool: "
+                        + (f"the pool's {stopping} container(s) here were stopped" if stopping else "")
+                        + ("; " if stopping else "")
+                        + "no work comes any more; restart hostd to offer the machine again, or "
+                        "run `potluck host leave` to leave for good"
                     ),
                 )
             case HostLeft() | HostRevoked() if event.host_id == self.host_id:
