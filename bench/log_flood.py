@@ -20,12 +20,13 @@ machine's load average before the run is printed too (other work on the machine 
 `log_mb` is what the driver kept on disk, so at most its rotation's 30 MB.
 
 `--cpus` sets the container's cap (0.01, the least Docker keeps, shows that a lower quota does
-not slow a container blocked on its log pipe); `--bound` runs the bound proposed for hostd
-(`duty_cycle`, bench/README.md) during the window, and `paused_pct` says how much of it the
-container spent paused. `--quick`: 3 s a case, a smoke run.
+not slow a container blocked on its log pipe); `--bound` runs hostd's own log bound
+(services/hostd/log_cost.py's LogBound, over this one container) during the window, and
+`paused_pct` says how much of it the container spent paused. `--quick`: 3 s a case.
 """
 
 import argparse
+import asyncio
 import contextlib
 import os
 import tempfile
@@ -36,6 +37,8 @@ import docker
 
 from bench.harness import emit, say
 from potluck.hostd.container_config import ContainerSpec, create_kwargs
+from potluck.hostd.docker_driver import DockerDriver
+from potluck.hostd.log_cost import LogBound
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG, build_test_image
 
@@ -97,37 +100,48 @@ def container_usage_ns(client: docker.APIClient, container_id: str) -> int:
     return int(stats["cpu_stats"]["cpu_usage"]["total_usage"])
 
 
-def duty_cycle(
-    client: docker.APIClient, container_id: str, pids: dict[str, int], cap: float, seconds: float, tick: float
-) -> float:
-    """The bound under trial, a CPU budget: every `tick` the container earns `cap` cores' worth
-    and spends what it used plus what its output cost outside its cgroup (its shim, and all of
-    dockerd's and containerd's, as if it were the engine's only talker); while the budget is
-    spent, the container is paused (the freezer: a container blocked on its log pipe uses
-    almost no CPU itself, so a lower quota would not slow it), and what the engine still spends
-    meanwhile on what it wrote before is charged too. Savings are capped at one tick's worth.
-    Returns the fraction of the window it spent paused."""
-    paused_s, paused, budget, end = 0.0, False, 0.0, time.monotonic() + seconds
-    ticks = {name: cpu_ticks(pid) for name, pid in pids.items()}
-    usage, at = container_usage_ns(client, container_id), time.monotonic()
-    while time.monotonic() < end:
-        time.sleep(tick)
-        now_ticks = {name: cpu_ticks(pid) for name, pid in pids.items()}
-        now_usage, now = container_usage_ns(client, container_id), time.monotonic()
-        spent = sum(now_ticks[n] - ticks[n] for n in pids) / _TICKS + (now_usage - usage) / 1e9
-        budget = min(budget + cap * (now - at) - spent, cap * tick)
-        if paused:
-            paused_s += now - at
-        ticks, usage, at = now_ticks, now_usage, now
-        if budget < 0 and not paused:
-            client.pause(container_id)
-            paused = True
-        elif budget >= 0 and paused:
-            client.unpause(container_id)
-            paused = False
-    if paused:
-        client.unpause(container_id)
-    return paused_s / seconds
+class OneContainer:
+    """hostd's log bound (services/hostd/log_cost.py) as hostd runs it, over one container made
+    here instead of a pool's: what LogBound asks of ContainerManager, and nothing else."""
+
+    def __init__(self, engine: DockerEngine, container_id: str, cap: float) -> None:
+        self.driver = DockerDriver(engine.url, helper=None)
+        self.containers = {"flood": container_id}
+        self.log_held: set[str] = set()
+        self.cap = cap
+        self.paused_since: float | None = None
+        self.paused_s = 0.0
+
+    def cpu_cap(self, alloc_id: str) -> float | None:
+        return self.cap
+
+    async def hold_for_logs(self, alloc_id: str, container_id: str, hold: bool) -> bool:
+        if hold == (alloc_id in self.log_held):
+            return False
+        await asyncio.to_thread(self.driver.pause if hold else self.driver.unpause, container_id)
+        if hold:
+            self.log_held.add(alloc_id)
+            self.paused_since = time.monotonic()
+        else:
+            self.log_held.discard(alloc_id)
+            self.paused_s += time.monotonic() - (self.paused_since or time.monotonic())
+        return hold
+
+
+def bounded(engine: DockerEngine, container_id: str, cap: float, seconds: float) -> float:
+    """Run hostd's LogBound over the container for `seconds`; the fraction of them it was paused."""
+    held = OneContainer(engine, container_id, cap)
+
+    async def run() -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await LogBound(held, engine.url).run()
+        if held.log_held:
+            await held.hold_for_logs("flood", container_id, False)
+
+    asyncio.run(run())
+    held.driver.close()
+    return held.paused_s / seconds
 
 
 def measure(
@@ -164,7 +178,7 @@ def measure(
         pids = {"dockerd": dockerd, "containerd": containerd, "shim": shim}
         before = {name: cpu_ticks(pid) for name, pid in pids.items()}
         usage_before, start = container_usage_ns(client, container_id), time.monotonic()
-        paused = duty_cycle(client, container_id, pids, cpus, seconds, 0.5) if bound else 0.0
+        paused = bounded(engine, container_id, cpus, seconds) if bound else 0.0
         time.sleep(max(0.0, seconds - (time.monotonic() - start)))
         after = {name: cpu_ticks(pid) for name, pid in pids.items()}
         usage_after, wall = container_usage_ns(client, container_id), time.monotonic() - start
@@ -192,7 +206,7 @@ def main() -> None:
     parser.add_argument("--drivers", default=",".join(DRIVERS))
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--cpus", type=float, default=0.5, help="the container's CPU cap")
-    parser.add_argument("--bound", action="store_true", help="with the duty-cycle bound on trial")
+    parser.add_argument("--bound", action="store_true", help="with hostd's log bound (log_cost.py) running")
     args = parser.parse_args()
     if args.quick:
         args.seconds = 3.0

@@ -71,6 +71,7 @@ from potluck.hostd.exec_errors import ExecError
 from potluck.hostd.heap import trim_heap_periodically
 from potluck.hostd.image_inventory import ImageInventory
 from potluck.hostd.image_pull import ImagePuller, PullFailed
+from potluck.hostd.log_cost import LogBound
 from potluck.hostd.log_tail import LogTailResponder
 from potluck.hostd.logind_sleep import listen_to_logind, system_bus_address
 from potluck.hostd.policy_runner import PolicyRunner
@@ -149,7 +150,11 @@ class Agent:
             env_of=self.containers.env_of,
             disk_bound_of=self.containers.disk_bound_of,
             disk_used_of=self.containers.disk_used,
+            let_run=self.containers.let_run,
         )
+        #: Counts what containers' output costs the engine against their CPU caps (log_cost.py);
+        #: only where the engine is Docker's (a hollow one has no processes to read).
+        self.log_bound = LogBound(self.containers, config.docker_url) if driver is None else None
         self.positions = MemoryPositions()
         #: Whether this agent trims its process's heap; many agents in one process (hollow hosts)
         #: share one trimmer, since each trim collects the whole process.
@@ -272,6 +277,7 @@ class Agent:
                 self.containers.watch_engine(self.engine_check_s),
                 self.containers.guard_disk(),
                 self.containers.sample_usage(),
+                self.log_bound.run() if self.log_bound is not None else asyncio.Event().wait(),
                 self.images.run(),
                 self.sleep.run(),
                 listen_to_logind(self.sleep, system_bus_address(self.config.sleep.dbus_address)),

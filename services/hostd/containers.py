@@ -163,6 +163,11 @@ class ContainerManager:
         self.policy_share_cpus: float | None = None
         # The CPU quota last set on each container (alloc_id -> cpus), so that only changes go out.
         self._quotas: dict[str, float] = {}
+        #: Paused by the log bound (log_cost.py) because their output cost the member's engine
+        #: more than their cap; never while the member's pause or the owner policy holds them.
+        self.log_held: set[str] = set()
+        #: Until when (monotonic) the log bound lets each allocation run: a session is opening.
+        self._log_grace: dict[str, float] = {}
         self.engine_up: bool | None = None
         #: Since when watch_docker_events holds an open event stream of the engine (None: it
         #: holds none): what ended before was not watched (unwatched_stops.py).
@@ -417,6 +422,10 @@ class ContainerManager:
             self._unwanted_starts.add(alloc_id)
         self._stop_pull(alloc_id)
         async with self._lock:
+            # The engine's forced remove of a paused container can fail ("tried to kill
+            # container, but did not receive an exit event"): what the log bound paused runs first.
+            await self._log_release_locked(alloc_id)
+            self._log_grace.pop(alloc_id, None)
             container_id = self.containers.pop(alloc_id, None) or f"potluck-{alloc_id}"
             self._quotas.pop(alloc_id, None)
             self._stopping.pop(alloc_id, None)
@@ -744,7 +753,69 @@ class ContainerManager:
 
     async def _set_all_frozen_locked(self) -> None:
         for alloc_id, container_id in list(self.containers.items()):
+            if self.held and alloc_id in self.log_held:
+                continue  # paused already, by the log bound: the member's or the policy's now
             await self._set_frozen(alloc_id, container_id, self.held)
+        # Whatever the log bound held is held, or thawed, by the member or the policy now.
+        self.log_held.clear()
+
+    # The log bound (log_cost.py): it decides, these apply, under the lock.
+
+    async def hold_for_logs(self, alloc_id: str, container_id: str, hold: bool) -> bool:
+        """Pause (`hold`) or unpause a container for its output's cost; True when a hold
+        began. Nothing is done to a container the member or the owner policy holds, one being
+        stopped, or one a session is opening in."""
+        if hold == (alloc_id in self.log_held) and not self.held:
+            return False  # nothing changes: the lock (every tick, every container) is not taken
+        async with self._lock:
+            if (
+                self.held
+                or self.containers.get(alloc_id) != container_id
+                or alloc_id in self._stopping
+                or alloc_id in self._drained
+            ):
+                self.log_held.discard(alloc_id)
+                return False
+            if hold and time.monotonic() < self._log_grace.get(alloc_id, 0.0):
+                hold = False
+            if hold == (alloc_id in self.log_held):
+                return False
+            try:
+                await self._docker(self.driver.pause if hold else self.driver.unpause, container_id)
+            except DockerDriverError as exc:
+                log.warning("hostd.log_bound_not_set", alloc_id=alloc_id, paused=hold, error=str(exc))
+                return False
+            if hold:
+                self.log_held.add(alloc_id)
+            else:
+                self.log_held.discard(alloc_id)
+            return hold
+
+    def cpu_cap(self, alloc_id: str) -> float | None:
+        """The CPUs the allocation may use now: its quota as last set (the owner policy may
+        have lowered it), else what it asked for; None for one not wanted here."""
+        spec = self.desired.get(alloc_id)
+        if spec is None:
+            return None
+        return self._quotas.get(alloc_id, spec.cpus)
+
+    async def let_run(self, alloc_id: str, for_s: float = 3.0) -> None:
+        """A session is opening in the allocation's container: the log bound unpauses it now
+        and leaves it running for `for_s` (the engine refuses an exec into a paused container)."""
+        self._log_grace[alloc_id] = time.monotonic() + for_s
+        if alloc_id in self.log_held:  # else no lock: a start under way holds it for seconds
+            async with self._lock:
+                await self._log_release_locked(alloc_id)
+
+    async def _log_release_locked(self, alloc_id: str) -> None:
+        """Unpause what the log bound holds of `alloc_id` (before a stop, or for a session)."""
+        if alloc_id not in self.log_held:
+            return
+        self.log_held.discard(alloc_id)
+        container_id = self.containers.get(alloc_id)
+        if container_id is not None:
+            with contextlib.suppress(DockerDriverError):
+                await self._docker(self.driver.unpause, container_id)
 
     async def _set_frozen(self, alloc_id: str, container_id: str, frozen: bool) -> None:
         """Pause or unpause one container. One the engine could not change (it tried again
@@ -818,6 +889,7 @@ class ContainerManager:
         async with self._lock:
             for alloc_id, container_id in list(self.containers.items()):
                 self._drained.add(alloc_id)
+                await self._log_release_locked(alloc_id)  # a paused container does not stop
                 with contextlib.suppress(DockerDriverError):
                     await self._docker(self.driver.stop, container_id, 10)
 
@@ -1130,6 +1202,7 @@ class ContainerManager:
         self._stopping[alloc_id] = reason
         self._fail(alloc_id, reason, detail)
         async with self._lock:
+            await self._log_release_locked(alloc_id)  # a paused container does not stop
             with contextlib.suppress(DockerDriverError):
                 await self._docker(self.driver.stop, container_id, 5)
 

@@ -596,6 +596,17 @@ class DockerDriver:
                 with attempt:
                     client.api.unpause(container_id)
 
+    def running_ids(self) -> list[str]:
+        """Every running container of the engine, the member's own too (log_cost.py shares
+        dockerd's work out among them all)."""
+        with self._errors("listing the engine's containers") as client:
+            return [str(c["Id"]) for c in client.api.containers(quiet=True)]
+
+    def pid_of(self, container_id: str) -> int:
+        """The container's first process as this machine sees it; 0 when it is not running."""
+        with self._errors(f"inspecting {container_id[:12]}") as client:
+            return int((client.api.inspect_container(container_id).get("State") or {}).get("Pid") or 0)
+
     def signal(self, container_id: str, signal: str) -> None:
         """Send `signal` to the container's PID 1 (docker-init hands it to its child); asked
         again while the engine still holds the container paused after an unpause."""

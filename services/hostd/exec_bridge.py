@@ -235,6 +235,7 @@ class ExecBridge:
         env_of: Callable[[str], Mapping[str, str]] | None = None,
         disk_bound_of: Callable[[str], int | None] | None = None,
         disk_used_of: Callable[[str], Awaitable[int | None]] | None = None,
+        let_run: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         """`host_signals=False` always signals from inside the container (what a non-root hostd does).
         `kept`: the ended allocations whose stopped containers are kept, and until when
@@ -245,7 +246,9 @@ class ExecBridge:
         none; without it, none is known): what `disk_left` counts from.
         `disk_used_of`: what the allocation's container wrote, as the disk guard counts it
         (ContainerManager.disk_used; None: the engine did not say); without it, or when it
-        says None, `disk_left` counts the writable layer's size alone."""
+        says None, `disk_left` counts the writable layer's size alone.
+        `let_run`: asked before a running container is looked up for an exec, so that the log
+        bound (log_cost.py), which may hold it paused a moment, lets it run (ContainerManager.let_run)."""
         self.docker_url = docker_url
         self.host_id = host_id
         self.sessions = SessionLedger(state_dir / "sessions" if state_dir is not None else None)
@@ -257,6 +260,7 @@ class ExecBridge:
         self.env_of: Callable[[str], Mapping[str, str]] = env_of or (lambda alloc_id: {})
         self.disk_bound_of: Callable[[str], int | None] = disk_bound_of or (lambda alloc_id: None)
         self.disk_used_of = disk_used_of
+        self.let_run = let_run
 
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         return await docker_http.call(self.docker_url, method, path, body, self.timeout)
@@ -278,6 +282,8 @@ class ExecBridge:
         if stopped_ok:
             status, body = await self._call("GET", path)
         else:
+            if self.let_run is not None and _ALLOC.match(alloc_id):
+                await self.let_run(alloc_id)
             # A container unpaused a moment ago may still say paused (pause_races.py).
             status, body = await pause_races.ask_while_paused(
                 lambda: self._call("GET", path), _inspected_paused
