@@ -115,6 +115,9 @@ class OneContainer:
     def cpu_cap(self, alloc_id: str) -> float | None:
         return self.cap
 
+    def in_session(self, container_id: str) -> bool:
+        return False
+
     async def hold_for_logs(self, alloc_id: str, container_id: str, hold: bool) -> bool:
         if hold == (alloc_id in self.log_held):
             return False

@@ -155,6 +155,7 @@ class Agent:
         #: Counts what containers' output costs the engine against their CPU caps (log_cost.py);
         #: only where the engine is Docker's (a hollow one has no processes to read).
         self.log_bound = LogBound(self.containers, config.docker_url) if driver is None else None
+        self.containers.in_session = self.exec_bridge.sessions.in_session
         self.positions = MemoryPositions()
         #: Whether this agent trims its process's heap; many agents in one process (hollow hosts)
         #: share one trimmer, since each trim collects the whole process.

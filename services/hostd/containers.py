@@ -168,6 +168,10 @@ class ContainerManager:
         self.log_held: set[str] = set()
         #: Until when (monotonic) the log bound lets each allocation run: a session is opening.
         self._log_grace: dict[str, float] = {}
+        #: Whether a session is open in a container (the exec bridge's ledger): the log bound
+        #: does not pause it then. A transfer's stream is carried by the same shim and dockerd,
+        #: and a pause mid-transfer left an scp of 100 MB hanging for good.
+        self.in_session: Callable[[str], bool] = lambda container_id: False
         self.engine_up: bool | None = None
         #: Since when watch_docker_events holds an open event stream of the engine (None: it
         #: holds none): what ended before was not watched (unwatched_stops.py).
@@ -764,7 +768,9 @@ class ContainerManager:
     async def hold_for_logs(self, alloc_id: str, container_id: str, hold: bool) -> bool:
         """Pause (`hold`) or unpause a container for its output's cost; True when a hold
         began. Nothing is done to a container the member or the owner policy holds, one being
-        stopped, or one a session is opening in."""
+        stopped, or one a session is open or opening in."""
+        if hold and self.in_session(container_id):
+            hold = False
         if hold == (alloc_id in self.log_held) and not self.held:
             return False  # nothing changes: the lock (every tick, every container) is not taken
         async with self._lock:
@@ -782,6 +788,14 @@ class ContainerManager:
                 return False
             try:
                 await self._docker(self.driver.pause if hold else self.driver.unpause, container_id)
+                if hold and (
+                    time.monotonic() < self._log_grace.get(alloc_id, 0.0) or self.in_session(container_id)
+                ):
+                    # A session began while the pause was on its way (let_run saw nothing held
+                    # yet): it runs. From here to log_held's update nothing awaits, so a later
+                    # let_run finds the hold and ends it.
+                    await self._docker(self.driver.unpause, container_id)
+                    return False
             except DockerDriverError as exc:
                 log.warning("hostd.log_bound_not_set", alloc_id=alloc_id, paused=hold, error=str(exc))
                 return False

@@ -24,8 +24,8 @@ bound is off and hostd says so once: the VM bounds the engine there.
 ContainerManager applies the holds (`hold_for_logs`, under its lock): the member's pause, the
 owner policy's freeze and a drain come first (nothing is done to a container they hold, and
 the bound's own pauses are forgotten when they freeze); a container is unpaused before it is
-stopped or removed; and a session opening asks it to run (`let_run`: the engine refuses an
-exec into a paused container), its debt paid after.
+stopped or removed; a session opening asks it to run (`let_run`: the engine refuses an exec
+into a paused container); and while a session is open the container is not held at all.
 """
 
 import asyncio
@@ -186,6 +186,8 @@ class PoolContainers(Protocol):
 
     def cpu_cap(self, alloc_id: str) -> float | None: ...
 
+    def in_session(self, container_id: str) -> bool: ...
+
     async def hold_for_logs(self, alloc_id: str, container_id: str, hold: bool) -> bool: ...
 
 
@@ -289,6 +291,14 @@ class LogBound:
             cap = self.manager.cpu_cap(alloc_id)
             first = self._first.get(container_id)
             if cap is None or first is None:
+                continue
+            if self.manager.in_session(container_id):
+                # A session's stream (a transfer's, say) goes through the same shim and dockerd:
+                # paused mid-transfer, an scp of 100 MB hung for good. The container runs
+                # unpaused while a session is open, and that time leaves no debt to pay after.
+                # (So a user who keeps a session open escapes the bound meanwhile: known.)
+                self._budgets.pop(container_id, None)
+                await self.manager.hold_for_logs(alloc_id, container_id, False)
                 continue
             share = self._share.get(container_id, 0.0) / all_shims if all_shims > 0 else 0.0
             outside = shims.get(container_id, 0.0) + engine * share

@@ -18,14 +18,22 @@ class SessionLedger:
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
+        #: This run's open sessions (exec id -> container id), in memory whatever `directory` is.
+        self._open: dict[str, str] = {}
 
     def remember(self, exec_id: str, container_id: str) -> None:
+        self._open[exec_id] = container_id
         if self.directory is None:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / exec_id).write_text(container_id)
 
+    def in_session(self, container_id: str) -> bool:
+        """Whether a session of this run is open in the container (log_cost.py lets it run)."""
+        return container_id in self._open.values()
+
     def forget(self, exec_id: str) -> None:
+        self._open.pop(exec_id, None)
         if self.directory is not None:
             with contextlib.suppress(FileNotFoundError):
                 (self.directory / exec_id).unlink()
