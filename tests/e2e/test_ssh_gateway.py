@@ -703,18 +703,24 @@ async def test_a_container_flooding_hostds_own_sftp_operations_cannot_fill_hostd
     argv = ssh_env.ssh_argv("flood1")
     sftp = ["sftp", "-b", "-", *argv[1:]]
     sftp[sftp.index("-p")] = "-P"
-    client = await asyncio.create_subprocess_exec(
-        *sftp, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=_no_agent()
-    )
-    listing = asyncio.ensure_future(client.communicate(b"ls /big\n"))
-    deadline = time.monotonic() + 60
-    while not listing.done() and time.monotonic() < deadline and peak - before < 400:
-        peak = max(peak, _rss_mb(host.link.pid))
-        await asyncio.sleep(0.1)
-    ended = listing.done()
-    if not ended:
-        client.kill()
-    await listing
+    for _ in range(5):
+        client = await asyncio.create_subprocess_exec(
+            *sftp, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=_no_agent()
+        )
+        listing = asyncio.ensure_future(client.communicate(b"ls /big\n"))
+        deadline = time.monotonic() + 60
+        while not listing.done() and time.monotonic() < deadline and peak - before < 400:
+            peak = max(peak, _rss_mb(host.link.pid))
+            await asyncio.sleep(0.1)
+        ended = listing.done()
+        if not ended:
+            client.kill()
+        await listing
+        # On a loaded machine the flooder can miss a quick listing's exec: then it is still
+        # looking, the listing was served as usual, and the test is not what it says yet.
+        flooder = await ssh_env.in_container(host, "flood1", "ps -o pid,args")
+        if client.returncode != 0 or "flood.sh" not in flooder:
+            break
     assert peak - before < 100, (before, peak)
     assert ended, "the listing hung"
     assert client.returncode != 0
