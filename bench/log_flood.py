@@ -1,4 +1,4 @@
-"""`python -m bench.log_flood`: what a container that floods its stdout costs outside its cgroup.
+"""`ops/bench log_flood`: what a container that floods its stdout costs outside its cgroup.
 
 A container's output is carried by its containerd shim (a pipe it reads) to dockerd, whose
 log driver writes it to the member's disk (json-file: every line one JSON object). Neither

@@ -227,3 +227,20 @@ def test_quick_web_bench_prints_the_pool_page_time() -> None:
     check_documented(records, {"pool_page_ms": ("ms", False), "pool_page_fold_ms": ("ms", False)})
     for record in records:
         assert (record["hosts"], record["allocations"]) == (20, 200), record
+
+
+def test_quick_log_flood_bench_prints_every_case_once_against_the_containers_own_cpu() -> None:
+    """`ops/bench log_flood --quick`: each workload with each log driver (3 s a case) on a
+    private engine: the CPU spent outside the container, against the container's own."""
+    records = run_quick("log_flood")
+    check_documented(
+        records,
+        {
+            f"{workload}_{driver}_outside_pct": ("% of a core", True)
+            for workload in ("short", "long", "nonl")
+            for driver in ("json-file", "local", "none")
+        },
+    )
+    for record in records:
+        assert record["seconds"] == 3.0, record
+        assert 0 <= record["paused_pct"] <= 100, record
