@@ -470,14 +470,10 @@ def _open_registry(workdir: Path) -> tuple[ChildProcess, int]:
 def _push_plain(engine: DockerEngine, reference: str, layer: str) -> None:
     """The test image and one layer made by `layer`, pushed anonymously as `reference`, and
     removed from `engine` again."""
+    _build_local(engine, reference, layer)
     client = docker.DockerClient(base_url=engine.url)
     try:
-        container = client.containers.create(DEFAULT_TAG, ["sh", "-c", layer], network_mode="none")
-        container.start()
-        container.wait(timeout=30)
         repository, _, tag = reference.rpartition(":")
-        container.commit(repository, tag)
-        container.remove(force=True)
         lines = list(client.images.push(repository, tag, stream=True, decode=True))
         assert not [line for line in lines if "error" in line], lines[-3:]
         client.images.remove(reference)
