@@ -484,6 +484,15 @@ class Agent:
         while True:
             await self._resync.wait()
             self._resync.clear()
+            if self.admin == "deregistered":
+                # Registering again would make the machine active: a reconnect or a wake-up is
+                # not the member (or an operator) offering it again; a restart of hostd is.
+                log.info(
+                    "hostd.stays_deregistered",
+                    host_id=self.host_id,
+                    hint="restart hostd to offer the machine again",
+                )
+                continue
             await self._register(facts)
             await self._sync()
 

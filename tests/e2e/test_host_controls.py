@@ -284,3 +284,38 @@ async def test_member_sees_status_and_can_take_the_machine_back(
     assert len(told()) == 1, process.log_tail(40)
     assert "the member took this machine out of the pool" in told()[0], told()
     assert "restart hostd to offer the machine again" in told()[0], told()
+
+
+async def test_a_deregistered_machine_stays_out_of_the_pool_when_nats_restarts(
+    pool: Pool, laptop: EnrolledHost
+) -> None:
+    """Tried: the member deregisters the machine, then NATS restarts (hostd reconnects, as after
+    any network blip). Before: hostd registered again on reconnecting, and the registry made the
+    machine active again: an operator's or member's deregistration lasted until the next blip.
+    Must hold: the machine stays deregistered, no HostRegistered follows the HostDeregistered,
+    and hostd says once it stays out (a restart of hostd still offers it again)."""
+    left = await asyncio.to_thread(member, laptop, "deregister")
+    assert left.returncode == 0, left.stderr
+    await pool.wait_for_host(laptop.host_id, "deregistered")
+    assert laptop.process is not None
+    process = laptop.process
+
+    async def host_events() -> list[str]:
+        return [r.type for r in await pool.store.read_stream(f"host-{laptop.host_id}")]
+
+    before = await host_events()
+    assert before[-1] == "HostDeregistered", before
+    await asyncio.to_thread(pool.nats.restart)
+
+    async def reconnected() -> bool:
+        stayed = "hostd.stays_deregistered" in process.log_tail(400)
+        return stayed or len(await host_events()) > len(before)
+
+    deadline = asyncio.get_running_loop().time() + 60
+    while not await reconnected():
+        assert asyncio.get_running_loop().time() < deadline, process.log_tail(40)
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(2)  # a registration on its way lands meanwhile
+
+    assert await host_events() == before, pool.logs()
+    await pool.wait_for_host(laptop.host_id, "deregistered")
