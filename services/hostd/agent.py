@@ -152,9 +152,12 @@ class Agent:
             disk_used_of=self.containers.disk_used,
             let_run=self.containers.let_run,
         )
-        #: Counts what containers' output costs the engine against their CPU caps (log_cost.py);
-        #: only where the engine is Docker's (a hollow one has no processes to read).
-        self.log_bound = LogBound(self.containers, config.docker_url) if driver is None else None
+        #: Counts what containers' output costs the engine against their CPU caps (log_cost.py),
+        #: where the member turned it on (config.log_bound) and the engine is Docker's (a hollow
+        #: one has no processes to read).
+        self.log_bound = (
+            LogBound(self.containers, config.docker_url) if driver is None and config.log_bound else None
+        )
         self.containers.in_session = self.exec_bridge.sessions.in_session
         self.positions = MemoryPositions()
         #: Whether this agent trims its process's heap; many agents in one process (hollow hosts)

@@ -258,6 +258,12 @@ class HostdConfig(BaseModel):
     internal_network: bool = False
     image_cache: Size | None = Field(default=None, gt=0)
     warm_containers: int = 0
+    #: Count what containers' output costs the engine (their shims' CPU, a share of dockerd's)
+    #: against their CPU caps, pausing a container while its budget is spent (log_cost.py).
+    #: Off by default: the engine's work for a `docker cp` or `docker exec` on the container
+    #: (the member's, a benchmark's baseline) is charged to it too, and the engine refuses both
+    #: while it is paused (bench/README.md, `log_flood`).
+    log_bound: bool = False
     donate: Donation
     labels: dict[str, str] = Field(default_factory=dict)
     timing: Timing = Field(default_factory=Timing)

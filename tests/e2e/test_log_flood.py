@@ -17,8 +17,8 @@ import docker
 
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.user.client import Login
-from tests.e2e.conftest import Gatewayed, wait_for_status
-from tests.fixtures.pool import EnrolledHost, Pool, place, release, spec
+from tests.e2e.conftest import start_gatewayed, start_laptop, wait_for_status
+from tests.fixtures.pool import Pool, place, release, spec
 from tests.helpers import wait_until
 
 
@@ -46,7 +46,7 @@ def _tail(engine: DockerEngine, name: str) -> bytes:
 
 
 async def test_a_container_flooding_its_log_is_paused_while_the_engine_works_past_its_cap(
-    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+    pool: Pool, docker_engines: list[DockerEngine]
 ) -> None:
     """Tried: an allocation capped at 0.2 CPU runs `yes` (2-byte lines, as fast as it can), and
     beside it one that writes nothing. Must hold: hostd logs that it held the flooding one for
@@ -54,6 +54,7 @@ async def test_a_container_flooding_its_log_is_paused_while_the_engine_works_pas
     again; its log is still there to read; the quiet one is never paused. Released, the
     flooding one's container is removed (paused or not), and hostd holds nothing more."""
     engine = docker_engines[0]
+    laptop = await start_laptop(pool, engine, log_bound=True)
     since = time.time() - 1
     await place(pool.store, laptop.host_id, "flood", spec(cpus=0.2, command=["yes"]))
     await place(pool.store, laptop.host_id, "quiet", spec(cpus=0.2, command=["sleep", "3600"]))
@@ -97,14 +98,14 @@ async def test_a_container_flooding_its_log_is_paused_while_the_engine_works_pas
 
 
 async def test_sessions_and_potluck_logs_reach_a_container_the_log_bound_holds(
-    gatewayed: Gatewayed, tmp_path: Path
+    pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path
 ) -> None:
     """Tried: through the gateway with the real `ssh` and `potluck logs`, a user reaches her
     allocation that runs `yes` (0.5 CPU) while hostd holds it paused a moment at a time for its
     output's cost (the engine refuses an exec into a paused container). Must hold: hostd did hold
     it; three sessions in a row each run their command (exit 0, its output back), and
     `potluck logs --tail 1` prints the container's last line, `y`."""
-    g = gatewayed
+    g = await start_gatewayed(pool, docker_engines[0], tmp_path, log_bound=True)
     async with aiohttp.ClientSession() as http:
         alloc_id = await g.allocate(http, command=["yes"])
     assert g.host.process is not None
