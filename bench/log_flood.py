@@ -38,12 +38,11 @@ import docker
 from bench.harness import emit, say
 from potluck.hostd.container_config import ContainerSpec, create_kwargs
 from potluck.hostd.docker_driver import DockerDriver
-from potluck.hostd.log_cost import LogBound
+from potluck.hostd.log_cost import LogBound, cpu_s
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG, build_test_image
 
 BENCH = "log_flood"
-_TICKS = os.sysconf("SC_CLK_TCK")
 WORKLOADS = {
     "short": ["yes"],
     "long": ["sh", "-c", "l=$(head -c 4000 /dev/zero | tr '\\0' x); exec yes \"$l\""],
@@ -56,10 +55,12 @@ DRIVERS = {
 }
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of one process (its threads included), in clock ticks."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+def cpu_time_s(pid: int) -> float:
+    """CPU time of one process, its threads included (hostd's own reading, log_cost.cpu_s)."""
+    spent = cpu_s(pid)
+    if spent is None:
+        raise RuntimeError(f"process {pid} ended during the measurement")
+    return spent
 
 
 def pids_named(word: str) -> list[int]:
@@ -179,11 +180,11 @@ def measure(
         if dockerd is None:
             raise RuntimeError("the engine's dockerd is not running")
         pids = {"dockerd": dockerd, "containerd": containerd, "shim": shim}
-        before = {name: cpu_ticks(pid) for name, pid in pids.items()}
+        before = {name: cpu_time_s(pid) for name, pid in pids.items()}
         usage_before, start = container_usage_ns(client, container_id), time.monotonic()
         paused = bounded(engine, container_id, cpus, seconds) if bound else 0.0
         time.sleep(max(0.0, seconds - (time.monotonic() - start)))
-        after = {name: cpu_ticks(pid) for name, pid in pids.items()}
+        after = {name: cpu_time_s(pid) for name, pid in pids.items()}
         usage_after, wall = container_usage_ns(client, container_id), time.monotonic() - start
         container.reload()  # LogPath is set by the start
         log_dir = engine.data_root / "containers" / str(container_id)
@@ -192,7 +193,7 @@ def measure(
         with contextlib.suppress(docker.errors.APIError):
             container.remove(force=True)
         high.close()
-    pct = {name: 100 * (after[name] - before[name]) / _TICKS / wall for name in pids}
+    pct = {name: 100 * (after[name] - before[name]) / wall for name in pids}
     pct["container"] = 100 * (usage_after - usage_before) / 1e9 / wall
     pct["outside"] = pct["shim"] + pct["dockerd"] + pct["containerd"]
     pct["log_mb"] = log_bytes / (1 << 20)

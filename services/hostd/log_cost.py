@@ -42,6 +42,7 @@ from typing import Protocol
 import structlog
 
 from potluck.hostd.docker_driver import DockerDriverError
+from potluck.hostd.process_tree import read_stat
 
 __all__ = [
     "EngineContainers",
@@ -51,7 +52,6 @@ __all__ = [
     "cgroup_cpu_s",
     "cpu_s",
     "engine_pid",
-    "parent_of",
     "run_time_s",
 ]
 
@@ -115,11 +115,6 @@ def run_time_s(pid: int) -> float | None:
         except (OSError, ValueError, IndexError):
             continue
     return total / 1e9 if found else cpu_s(pid)
-
-
-def parent_of(pid: int) -> int | None:
-    fields = _stat(pid)
-    return None if fields is None else int(fields[1])
 
 
 def cgroup_cpu_s(pid: int) -> float | None:
@@ -245,7 +240,8 @@ class LogBound:
         for container_id in running - set(self._shims) - self._without:
             with contextlib.suppress(DockerDriverError):
                 first = await asyncio.to_thread(driver.pid_of, container_id)
-                shim = parent_of(first) if first else None
+                proc = read_stat(first) if first else None
+                shim = proc.ppid if proc is not None else None
                 if shim:
                     self._shims[container_id], self._first[container_id] = shim, first
                 else:  # not running after all, or not visible here: not asked again each tick
