@@ -60,12 +60,20 @@ def parse_public_url(text: str) -> PublicUrl:
     return PublicUrl(scheme=url.scheme, authority=authority)
 
 
-def _ip_literal(host: str) -> bool:
+def _host_of(request: web.Request) -> str | None:
+    """The host the request's Host header names, lower case; None for one no URL can hold."""
     try:
-        ipaddress.ip_address(host.strip("[]"))
+        return (request.url.host or "").lower()
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address `host` spells (an IPv6 one with or without its brackets); None for a name."""
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
 
 
 class Site:
@@ -82,11 +90,8 @@ class Site:
         """Whether a page may answer a request naming this Host (DNS rebinding, above)."""
         if self.named(request) is not None:
             return True
-        try:
-            host = request.url.host or ""
-        except ValueError:  # a Host header no URL can hold
-            return False
-        return host.lower() in LOOPBACK_NAMES or _ip_literal(host)
+        host = _host_of(request)
+        return host is not None and (host in LOOPBACK_NAMES or _ip(host) is not None)
 
     def origin_of(self, request: web.Request) -> str:
         """The origin a form of the pages is posted from, as the browser names it."""
@@ -101,13 +106,8 @@ class Site:
     def loopback(self, request: web.Request) -> bool:
         """Whether the page was opened on a loopback name or address (browsers keep Secure
         cookies there over plain http, and nothing crosses a network)."""
-        try:
-            host = (request.url.host or "").lower()
-        except ValueError:
+        host = _host_of(request)
+        if host is None:
             return False
-        if host in LOOPBACK_NAMES:
-            return True
-        try:
-            return ipaddress.ip_address(host.strip("[]")).is_loopback
-        except ValueError:
-            return False
+        address = _ip(host)
+        return host in LOOPBACK_NAMES or (address is not None and address.is_loopback)
