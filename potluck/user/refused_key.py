@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from potluck.user.ssh_keys import DEFAULT_IDENTITIES, ssh_dir, ssh_home
+from potluck.user.ssh_keys import DEFAULT_IDENTITIES, home_aside, ssh_dir, ssh_home
 
 __all__ = ["REFUSED", "SshRun", "exit_as", "explain_refusal", "fingerprint", "run_ssh"]
 
@@ -68,18 +68,6 @@ def _shown(path: Path | str) -> str:
     return "~" + text[len(home) :] if text == home or text.startswith(home + os.sep) else text
 
 
-def _home_aside() -> Path | None:
-    """$HOME/.ssh when $HOME is not the home ssh reads (`sudo -E`, a unit's HOME=), else None."""
-    home = os.environ.get("HOME")
-    if not home:
-        return None
-    aside = Path(home) / ".ssh"
-    try:
-        return None if aside.resolve() == ssh_dir().resolve() else aside
-    except OSError:
-        return aside
-
-
 def _offered(identity: str | None) -> str:
     """The keys ssh offered, for people: files with their fingerprints. Without -i, the default
     key files of the home ssh reads (ssh_home), never $HOME's: ssh does not look there."""
@@ -96,7 +84,7 @@ def _offered(identity: str | None) -> str:
     if os.environ.get("SSH_AUTH_SOCK"):
         said.append("your ssh-agent's keys")
     offered = ", ".join(said) or f"no key (none of ssh's default key files is in {_shown(keys)})"
-    aside = _home_aside()
+    aside = home_aside()
     if aside is not None:
         offered += (
             f" (ssh reads {keys}, its user's home in the password database, not $HOME/.ssh: "
@@ -109,7 +97,7 @@ def _local_matches(admitted: set[str]) -> list[Path]:
     """Private keys in ssh's ~/.ssh (and $HOME/.ssh, if another) whose public half (FILE.pub)
     the allocation admits: either works with -i."""
     found = []
-    for keys in (ssh_dir(), _home_aside()):
+    for keys in (ssh_dir(), home_aside()):
         if keys is None:
             continue
         try:

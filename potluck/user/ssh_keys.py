@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["DEFAULT_IDENTITIES", "admitted_keys", "public_key_files", "ssh_dir", "ssh_home"]
+__all__ = ["DEFAULT_IDENTITIES", "admitted_keys", "home_aside", "public_key_files", "ssh_dir", "ssh_home"]
 
 #: The usual identities OpenSSH offers by default (ssh(1), -i), in its order; its security-key
 #: (`_sk`) and legacy ones are left out.
@@ -39,18 +39,30 @@ def ssh_dir() -> Path:
     return ssh_home() / ".ssh"
 
 
+def home_aside() -> Path | None:
+    """$HOME/.ssh when $HOME is not the home ssh reads (`sudo -E`, a unit's HOME=), else None:
+    keys its owner may well mean, which ssh offers only when given with -i."""
+    home = os.environ.get("HOME")
+    if not home:
+        return None
+    aside = Path(home) / ".ssh"
+    try:
+        return None if aside.resolve() == ssh_dir().resolve() else aside
+    except OSError:
+        return aside
+
+
 def admitted_keys(given: tuple[Path, ...], say: Callable[[str], None]) -> list[str]:
     """The public key lines of `given`, or of the user's default identities when none is given."""
     if given:
         return [path.read_text().strip() for path in given]
     keys = ssh_dir()
     found = [path for name in DEFAULT_IDENTITIES if (path := keys / f"{name}.pub").is_file()]
-    # $HOME's keys too when it is another directory (`sudo -E`, a unit's HOME=): its owner may
-    # well mean them, but ssh offers them only when given with -i, and is told so.
-    elsewhere = Path.home() / ".ssh"
+    # $HOME's keys too when it is another directory: told they go only with -i.
+    elsewhere = home_aside()
     aside = (
         [path for name in DEFAULT_IDENTITIES if (path := elsewhere / f"{name}.pub").is_file()]
-        if elsewhere.resolve() != keys.resolve()
+        if elsewhere is not None
         else []
     )
     if found or aside:
