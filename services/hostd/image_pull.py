@@ -357,8 +357,8 @@ class ImagePuller:
                         permanent=True,
                     )
                 now = time.monotonic()
-                if progress.mark() != mark:
-                    mark, moved = progress.mark(), now
+                if (now_mark := progress.mark()) != mark:
+                    mark, moved = now_mark, now
                 elif now - moved >= stall_s:
                     raise PullFailed(self._stalled(progress))
                 if now - last >= self.settings.progress_every_s:

@@ -27,12 +27,11 @@ from potluck.contracts.messages import Heartbeat
 from potluck.contracts.subjects import host_of
 from potluck.events import TRANSIENT_DB_ERRORS, Event, EventStore
 from potluck.kernel.key_rates import KeyRates, RatePolicy
-from potluck.kernel.rejections import Rejected
+from potluck.kernel.rejections import Rejected, first_error
 from potluck.readmodels.hosts import HostState, HostsView
 from potluck.registry import host as aggregate
 from potluck.registry.host_rate import log_refusal
 from potluck.registry.liveness import LastSeen, LivenessPolicy, silence_of, transition_due
-from potluck.registry.replies import first_error
 from potluck.registry.repository import Decision, decide_on_host
 
 __all__ = ["LivenessWatch", "beat_rate"]

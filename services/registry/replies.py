@@ -33,7 +33,7 @@ from potluck.kernel.key_rates import KeyRates
 from potluck.kernel.rejections import Rejected, first_error, internal_error, new_incident
 from potluck.registry.host_rate import log_refusal
 
-__all__ = ["GoneCheck", "HostHandler", "HostRequestGate", "answer", "first_error"]
+__all__ = ["GoneCheck", "HostHandler", "HostRequestGate", "answer"]
 
 log = structlog.get_logger(__name__)
 
