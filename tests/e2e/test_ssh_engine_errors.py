@@ -106,6 +106,13 @@ async def test_a_restarting_container_is_said_so_not_in_the_engines_words(env: S
     client = docker.DockerClient(base_url=host.engine.url)
     try:
         container = client.containers.get(container_id)
+        # The engine refuses an update while the process is exiting ("cannot update a deleted
+        # process"): wait until the first run has ended, then change the policy at rest.
+        deadline = time.monotonic() + 30
+        while container.status != "exited":
+            assert time.monotonic() < deadline, container.attrs["State"]
+            await asyncio.sleep(0.1)
+            await asyncio.to_thread(container.reload)
         await asyncio.to_thread(lambda: container.update(restart_policy={"Name": "always"}))
         await asyncio.to_thread(container.start)
         deadline = time.monotonic() + 30
