@@ -100,12 +100,28 @@ async def test_a_session_runs_with_no_more_than_the_containers_own_process(ssh_e
     session = await ssh_env.ssh("same1", read.format("self"))
     first = await ssh_env.ssh("same1", read.format("1"))
     assert session.returncode == 0, session
-    assert session.out == first.out
+    assert _without_open_files(session.out) == _without_open_files(first.out)
+    # runc before 1.1.13 races with its own Go runtime over RLIMIT_NOFILE on exec (runc#4195):
+    # once in thousands of execs the process gets runc's limit. Debian 12's runc 1.1.5 has it, and
+    # hostd cannot set an exec's limits itself, so the line must match on one of a few execs.
+    open_files = [_open_files(session.out)]
+    while open_files[-1] != _open_files(first.out) and len(open_files) < 4:
+        again = await ssh_env.ssh("same1", read.format("self"))
+        open_files.append(_open_files(again.out))
+    assert open_files[-1] == _open_files(first.out), (open_files, _open_files(first.out))
     status = dict(line.split(":", 1) for line in session.out.splitlines() if line.startswith(keys))
     assert status["NoNewPrivs"].strip() == "1"
     assert status["Seccomp"].strip() == "2"
     assert int(status["CapBnd"], 16) & (1 << 21) == 0  # no CAP_SYS_ADMIN
     assert "Max core file size        0                    0" in session.out
+
+
+def _open_files(limits: str) -> str:
+    return next(line for line in limits.splitlines() if line.startswith("Max open files"))
+
+
+def _without_open_files(limits: str) -> list[str]:
+    return [line for line in limits.splitlines() if not line.startswith("Max open files")]
 
 
 async def test_100mb_piped_in_and_back_out_arrive_byte_identical(ssh_env: SshEnv) -> None:
