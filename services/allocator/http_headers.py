@@ -7,7 +7,9 @@ type than it says (`nosniff`), show one inside another site's frame (CSP `frame-
 `X-Frame-Options` for browsers that do not read CSP), load one from another site's page
 (`Cross-Origin-Resource-Policy`), nor tell another site which page of the pool linked to it
 (`Referrer-Policy`). Pages get their own, wider CSP (web/routes.py); every
-other answer, JSON or plain text, runs no script and loads nothing.
+other answer, JSON or plain text, runs no script and loads nothing. `Server` names Potluck and
+nothing more: aiohttp's own value (`Python/3.11 aiohttp/3.x`) told every client, signed in or
+not, which versions to look up advisories for.
 
 aiohttp answers a request its parser cannot read (a header over 8 KiB, a bad request line, a
 smuggling attempt) before any route, middleware or `on_response_prepare` hook sees it: its
@@ -22,8 +24,15 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-__all__ = ["API_CSP", "HeadedRequestHandler", "add_common_headers", "handler_factory"]
+__all__ = ["API_CSP", "HSTS", "SERVER", "HeadedRequestHandler", "add_common_headers", "handler_factory"]
 
+#: What every answer says its server is: not the framework's or the interpreter's version.
+SERVER = "potluck"
+#: On an answer the browser reached over https (the allocator's own TLS, or its operator's TLS
+#: proxy for a configured https public URL, web/origins.py): the browser goes on over https for
+#: that name for a year, so a later link or typed name in plain http is never sent in clear
+#: (a session cookie, a token posted). Not for subdomains: they are the operator's, not the pool's.
+HSTS = "max-age=31536000"
 #: An answer that is not a page: no script, nothing loaded, no framing.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
 #: On every answer. `same-origin`, not `no-referrer`: under the latter Chromium posts forms with
@@ -37,6 +46,7 @@ COMMON: Mapping[str, str] = {
     # of the pool's page open onto its own.
     "Cross-Origin-Resource-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
+    "Server": SERVER,
 }
 
 

@@ -620,3 +620,48 @@ async def test_a_page_parameter_or_form_field_given_twice_is_refused(hardened: H
             assert r.status == 400
     types = [r.type for r in await h.pool.store.read_stream(alloc_stream(alloc_id))]
     assert "AllocationReleased" not in types
+
+
+async def test_answers_name_no_versions_and_only_https_ones_carry_hsts(hardened: Hardened) -> None:
+    """Tried: pages, API answers (200, 401, 404) and a request aiohttp's parser refuses, each on
+    127.0.0.1 over plain http, then the same under the public https name (the Host the
+    operator's TLS proxy passes on), and once through that real TLS proxy.
+    Must hold: `Server` is `potluck` on every answer: before, it was aiohttp's
+    `Python/3.11 aiohttp/3.x`, telling anyone which versions to look up advisories for.
+    Strict-Transport-Security (a year, no subdomains) is on every answer under the https name,
+    pages and API alike, and on none over plain http, where it would pin a loopback allocator
+    to an https it does not serve."""
+    h = hardened
+    auth = {"Authorization": f"Bearer {h.tokens['alice']}"}
+    cases: list[tuple[str, dict[str, str], int]] = [
+        ("/", {}, 303),
+        ("/web/signin", {}, 200),
+        ("/healthz", {}, 200),
+        ("/v1/pool", auth, 200),
+        ("/v1/pool", {}, 401),
+        ("/v1/nothing", auth, 404),
+    ]
+    async with aiohttp.ClientSession(cookie_jar=_cookie_jar()) as http:
+        for host, hsts in ((None, None), (PUBLIC, "max-age=31536000")):
+            for path, headers, status in cases:
+                named = {**headers, "Host": host} if host is not None else headers
+                async with http.get(f"{h.api}{path}", headers=named, allow_redirects=False) as r:
+                    assert r.status == status, (host, path)
+                    assert r.headers.get("Server") == "potluck", (host, path, r.headers.get("Server"))
+                    assert r.headers.get("Strict-Transport-Security") == hsts, (host, path)
+        # The proxy's name resolves nowhere here: its port on loopback, its name in SNI and Host.
+        port = h.proxied.rsplit(":", 1)[1]
+        async with http.get(
+            f"https://127.0.0.1:{port}/web/signin",
+            headers={"Host": f"{PUBLIC}:{port}"},
+            server_hostname=PUBLIC,
+            ssl=False,
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 200
+            assert r.headers.get("Strict-Transport-Security") == "max-age=31536000"
+    status, headers = await _raw(h, f"GET /\x01 HTTP/1.1\r\nHost: 127.0.0.1:{h.port}\r\n\r\n".encode())
+    assert status == 400
+    assert headers.get("Server") == "potluck"
+    assert "Strict-Transport-Security" not in headers
+

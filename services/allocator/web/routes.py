@@ -24,7 +24,7 @@ from aiohttp import web
 
 from potluck.allocator.authentication import Authenticator
 from potluck.allocator.engine import AllocatorEngine
-from potluck.allocator.http_headers import add_common_headers
+from potluck.allocator.http_headers import HSTS, add_common_headers
 from potluck.allocator.request_bodies import within
 from potluck.allocator.schemas import HistoryEntry
 from potluck.allocator.users import User
@@ -118,6 +118,7 @@ def setup(
     app[LOGS] = logs
     app.middlewares.append(_known_host)
     app.on_response_prepare.append(_security_headers)
+    app.on_response_prepare.append(_transport_security)
     app.on_shutdown.append(_close_streams)
     app.router.add_get("/", pool_page)
     app.router.add_get(PREFIX + "live/pool", pool_live)
@@ -170,6 +171,14 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     if is_page(request.path):
         response.headers["Content-Security-Policy"] = CSP
         add_common_headers(response, CSP)
+
+
+async def _transport_security(request: web.Request, response: web.StreamResponse) -> None:
+    """HSTS on every answer (pages and API alike) the browser got over https, and only there:
+    over plain http a browser ignores it, and an allocator served as http on loopback must not
+    tell a browser that name is https-only."""
+    if request.app[SESSIONS].site.https(request):
+        response.headers["Strict-Transport-Security"] = HSTS
 
 
 # Sessions.
