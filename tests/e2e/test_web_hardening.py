@@ -665,3 +665,28 @@ async def test_answers_name_no_versions_and_only_https_ones_carry_hsts(hardened:
     assert headers.get("Server") == "potluck"
     assert "Strict-Transport-Security" not in headers
 
+
+async def test_a_name_with_its_root_dot_is_the_name_without_it(hardened: Hardened) -> None:
+    """Tried: the pages under `localhost.`, `127.0.0.1.` and the public name with its trailing
+    dot (the same hosts, written fully qualified), then a sign-in through the public name with
+    the dot, its form posted from that origin and from the origin without the dot; and names
+    that are not the pool's with a dot (`rebind.example.`, `localhost..`, `.`).
+    Must hold: the dotted names get the pages (before, 421 saying to configure the very name
+    configured); the sign-in from the dotted origin opens a __Host- session that opens the
+    pool page under that name, the one from the undotted origin (another origin to a browser)
+    is refused; the other names still get 421."""
+    h = hardened
+    async with aiohttp.ClientSession(cookie_jar=_cookie_jar()) as http:
+        for host in (f"localhost.:{h.port}", "localhost.", "127.0.0.1.", f"{PUBLIC}.", f"{PUBLIC.upper()}."):
+            async with http.get(f"{h.api}/", headers={"Host": host}, allow_redirects=False) as r:
+                assert (r.status, r.headers.get("Location")) == (303, "/web/signin"), host
+        for host in ("rebind.example.", "localhost..", ".", "localhost.evil."):
+            async with http.get(f"{h.api}/", headers={"Host": host}, allow_redirects=False) as r:
+                assert r.status == 421, host
+    status, jar, text = await _sign_in(h, "alice", host=f"{PUBLIC}.", origin=PUBLIC_ORIGIN)
+    assert status == 403, text
+    status, jar, text = await _sign_in(h, "alice", host=f"{PUBLIC}.", origin=f"{PUBLIC_ORIGIN}.")
+    assert status == 303, text
+    cookie = f"__Host-potluck_session={jar['__Host-potluck_session'].value}"
+    status, _, page = await _get(h, "/", cookie, host=f"{PUBLIC}.")
+    assert status == 200, page

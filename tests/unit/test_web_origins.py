@@ -20,6 +20,9 @@ from potluck.allocator.web.origins import PublicUrl, parse_public_url
         ("https://pool.example.org:8443", PublicUrl("https", "pool.example.org:8443")),
         ("http://pool.lan:80", PublicUrl("http", "pool.lan")),
         ("http://[::1]:8080", PublicUrl("http", "[::1]:8080")),
+        # Fully qualified (the DNS root's dot): the same name, as requests naming it are read.
+        ("https://pool.example.org.", PublicUrl("https", "pool.example.org")),
+        ("https://pool.example.org.:8443", PublicUrl("https", "pool.example.org:8443")),
     ],
 )
 def test_a_public_url_is_read_as_browsers_send_its_host(text: str, read: PublicUrl) -> None:

@@ -15,6 +15,11 @@ Three decisions follow from it, all made here:
   a token be posted at all): the request's own scheme, or the configured URL's scheme. The
   allocator never believes `X-Forwarded-Proto`: any client can send it; the operator's setting
   is what says a proxy terminates TLS for that name.
+
+A name with one trailing dot (`localhost.`, `pool.example.org.`) is the same name written fully
+qualified (anchored at the DNS root): every resolver answers it as the name without the dot,
+and browsers send it as typed. It is answered as that name (it was a 421 that only said to
+configure the name already configured); its origin keeps the dot, as the browser's does.
 """
 
 import ipaddress
@@ -53,17 +58,33 @@ def parse_public_url(text: str) -> PublicUrl:
         raise ValueError(f"{text!r} holds more than a scheme, a name and a port")
     if url.path not in ("", "/"):
         raise ValueError(f"{text!r} has a path: the pages are served at the root of their origin")
-    host = url.host.lower()
+    host = _unrooted(url.host.lower())  # `pool.example.org.` is the name without its dot (above)
     if ":" in host:  # an IPv6 literal, as Host spells it
         host = f"[{host}]"
     authority = host if url.is_default_port() else f"{host}:{url.port}"
     return PublicUrl(scheme=url.scheme, authority=authority)
 
 
+def _unrooted(name: str) -> str:
+    """`name` without the one trailing dot of a fully qualified name (`localhost.`): the same
+    host. Two dots, or a dot alone, name none and stay as they are."""
+    return name[:-1] if name.endswith(".") and len(name) > 1 and not name.endswith("..") else name
+
+
+def _authority_of(request: web.Request) -> str:
+    """The request's Host, lower case, its name unrooted: host[:port] as PublicUrl spells it."""
+    authority = request.host.lower()
+    if authority.startswith("["):  # an IPv6 literal has no name to root
+        return authority
+    name, colon, port = authority.rpartition(":")
+    return f"{_unrooted(name)}:{port}" if colon else _unrooted(authority)
+
+
 def _host_of(request: web.Request) -> str | None:
-    """The host the request's Host header names, lower case; None for one no URL can hold."""
+    """The host the request's Host header names, lower case and unrooted; None for one no URL
+    can hold."""
     try:
-        return (request.url.host or "").lower()
+        return _unrooted((request.url.host or "").lower())
     except ValueError:
         return None
 
@@ -84,7 +105,7 @@ class Site:
 
     def named(self, request: web.Request) -> PublicUrl | None:
         """The configured public URL the request's Host names, if any."""
-        return self.by_authority.get(request.host.lower())
+        return self.by_authority.get(_authority_of(request))
 
     def host_allowed(self, request: web.Request) -> bool:
         """Whether a page may answer a request naming this Host (DNS rebinding, above)."""
@@ -95,8 +116,10 @@ class Site:
 
     def origin_of(self, request: web.Request) -> str:
         """The origin a form of the pages is posted from, as the browser names it."""
+        # The Host as the browser sent it (with a trailing dot if it had one): its Origin too.
         named = self.named(request)
-        return named.origin if named is not None else f"{request.scheme}://{request.host}"
+        scheme = named.scheme if named is not None else request.scheme
+        return f"{scheme}://{request.host.lower()}"
 
     def https(self, request: web.Request) -> bool:
         """Whether the browser reached the allocator over https (itself, or its TLS proxy)."""
