@@ -11,11 +11,13 @@ filters by time (`since`, inclusive) and not by byte offset, and two lines may
 carry the same nanosecond. So the cursor names the last line's timestamp and
 how many lines of that timestamp were already sent; the host skips those.
 
-Bounds: at most MAX_LINES lines a page, each cut to MAX_LINE_CHARS, and the
-page's JSON within PAGE_BUDGET bytes (oldest lines dropped first), far below
-NATS's 1 MB payload. Lines left out between the cursor and the page (a
-container printing faster than the page polls) are flagged, not hidden:
-`potluck logs` has them all.
+Bounds: at most MAX_LINES lines a page (and no more than the request's `tail`),
+each cut to MAX_LINE_CHARS, and the page's JSON within PAGE_BUDGET bytes of
+UTF-8 (oldest lines dropped first), far below NATS's 1 MB payload. Lines left
+out between the cursor and the page (a container printing faster than the page
+polls) are flagged, not hidden: `potluck logs` has them all. The host fits its
+pages to them (`fit_page`); the allocator holds any host to them
+(`ANSWER_BUDGET`, `out_of_bounds`), for any member's hostd may answer.
 """
 
 from datetime import UTC, datetime
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from potluck.kernel.digits import is_digits
 
 __all__ = [
+    "ANSWER_BUDGET",
     "MAX_LINES",
     "MAX_LINE_CHARS",
     "PAGE_BUDGET",
@@ -35,12 +38,18 @@ __all__ = [
     "LogTailRequest",
     "after_cursor",
     "fit_page",
+    "out_of_bounds",
     "since_parameter",
 ]
 
 MAX_LINES = 200
 MAX_LINE_CHARS = 2000
 PAGE_BUDGET = 256 * 1024
+#: An engine's timestamp, RFC 3339 with nanoseconds: 30 characters.
+MAX_AT_CHARS = 40
+#: The largest answer to a request a host may send: a page within PAGE_BUDGET and the reply
+#: around it (messages.Reply's few fields).
+ANSWER_BUDGET = PAGE_BUDGET + 4096
 
 
 class _Message(BaseModel):
@@ -49,7 +58,7 @@ class _Message(BaseModel):
 
 class LogCursor(_Message):
     #: The engine's timestamp of the last line sent (RFC 3339, nanoseconds, UTC: they sort as text).
-    at: str = Field(max_length=40)
+    at: str = Field(max_length=MAX_AT_CHARS)
     #: How many lines with exactly that timestamp were sent.
     same: int = Field(ge=1)
 
@@ -144,7 +153,9 @@ def fit_page(
     for line in reversed(lines):
         if len(line.text) > MAX_LINE_CHARS:
             line = line.model_copy(update={"text": line.text[:MAX_LINE_CHARS] + "…"})
-        size += len(line.model_dump_json()) + 1
+        # Bytes, not characters: a line of emoji or of U+FFFD (what a binary's output decodes
+        # to) is three or four times as long on the wire as it counts in characters.
+        size += len(line.model_dump_json().encode()) + 1
         if size > PAGE_BUDGET - 1024:
             skipped = True
             break
@@ -152,3 +163,16 @@ def fit_page(
     kept.reverse()
     # The cursor moves past every line considered, sent or left out: the next page goes on from here.
     return LogTailPage(lines=kept, cursor=_cursor_of(lines, cursor), skipped=skipped)
+
+
+def out_of_bounds(page: LogTailPage, tail: int) -> str | None:
+    """What in `page`, the answer to a request for `tail` lines, is past the bounds above (no
+    page of `fit_page` is); None when nothing is."""
+    if len(page.lines) > tail:
+        return f"{len(page.lines)} lines where at most {tail} were asked for"
+    for line in page.lines:
+        if len(line.text) > MAX_LINE_CHARS + 1:  # the cut one's "…"
+            return f"a line of {len(line.text)} characters, past {MAX_LINE_CHARS}"
+        if len(line.at) > MAX_AT_CHARS:
+            return f"a line's time of {len(line.at)} characters"
+    return None

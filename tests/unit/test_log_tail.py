@@ -8,14 +8,18 @@ from hypothesis import strategies as st
 
 from potluck.allocator.web.log_tail import Whereabouts, note_for
 from potluck.contracts.log_tail import (
+    ANSWER_BUDGET,
     MAX_LINE_CHARS,
+    MAX_LINES,
     PAGE_BUDGET,
     LogCursor,
     LogLine,
     after_cursor,
     fit_page,
+    out_of_bounds,
     since_parameter,
 )
+from potluck.contracts.messages import Reply
 from potluck.contracts.subjects import LOG_TAIL
 from potluck.hostd.exec_stream import FRAME_HEADER
 from potluck.hostd.log_tail import parse_entries
@@ -89,6 +93,38 @@ def test_a_page_keeps_the_newest_within_its_bounds() -> None:
     assert len(page.model_dump_json()) <= PAGE_BUDGET
     assert page.lines[-1] == flood[-1]
     assert page.cursor == LogCursor(at=flood[-1].at, same=1)
+
+
+@given(st.sampled_from(["é", "€", "😀", "\ufffd"]))
+def test_a_page_of_wide_characters_stays_within_its_budget_in_bytes(char: str) -> None:
+    """Tried: a container's flood of full-length lines of a character of two, three or four
+    bytes in UTF-8 (U+FFFD is what a binary's output decodes to). Before: the budget counted
+    characters, so such a page took up to four times PAGE_BUDGET on the wire (past NATS'
+    1 MiB, so hostd could not send it at all). Must hold: the page's JSON, and the reply
+    hostd sends around it, are within PAGE_BUDGET and ANSWER_BUDGET bytes, and within the
+    bounds the allocator holds any host's page to."""
+    flood = [LogLine(at=_at(i), stream="stdout", text=char * MAX_LINE_CHARS) for i in range(MAX_LINES)]
+    page = fit_page(flood, None, MAX_LINES)
+    assert page.skipped
+    assert len(page.model_dump_json().encode()) <= PAGE_BUDGET
+    reply = Reply(ok=True, data=page.model_dump(mode="json")).model_dump_json().encode()
+    assert len(reply) <= ANSWER_BUDGET
+    assert out_of_bounds(page, MAX_LINES) is None
+
+
+def test_a_page_past_its_bounds_is_named() -> None:
+    """Tried: pages as a hostile host could answer: more lines than asked for, a line longer
+    than a cut one, a line whose time is no timestamp's length; and pages fit_page makes.
+    Must hold: each of the first is named by what is past its bound; none of fit_page's is."""
+    ok = [LogLine(at=_at(i), stream="stdout", text="x" * MAX_LINE_CHARS) for i in range(5)]
+    assert out_of_bounds(fit_page(ok, None, 5), 5) is None
+    assert out_of_bounds(fit_page(ok * 100, None, MAX_LINES), MAX_LINES) is None
+    many = fit_page(ok, None, 5)
+    assert "6 lines" in (out_of_bounds(many.model_copy(update={"lines": ok + ok[:1]}), 5) or "")
+    long = LogLine(at=_at(1), stream="stdout", text="x" * (MAX_LINE_CHARS + 2))
+    assert "characters" in (out_of_bounds(many.model_copy(update={"lines": [long]}), 5) or "")
+    late = LogLine(at="9" * 41, stream="stdout", text="x")
+    assert "time" in (out_of_bounds(many.model_copy(update={"lines": [late]}), 5) or "")
 
 
 def test_cursor_round_trips_through_an_event_id_and_refuses_junk() -> None:

@@ -33,7 +33,7 @@ from potluck.allocator.web.live import (
     signed_out_event,
     sse_event,
 )
-from potluck.contracts.log_tail import LogCursor, LogTailPage, LogTailRequest
+from potluck.contracts.log_tail import ANSWER_BUDGET, LogCursor, LogTailPage, LogTailRequest, out_of_bounds
 from potluck.contracts.messages import Reply
 from potluck.contracts.subjects import LOG_TAIL, host_subject
 from potluck.readmodels.allocations import TERMINAL
@@ -83,6 +83,10 @@ class LogSource:
             raise LogUnavailable("SILENT", "no answer") from None
         except nats.errors.Error as exc:
             raise LogUnavailable("BUS", str(exc)) from None
+        if len(msg.data) > ANSWER_BUDGET:
+            # Refused unread: any member's hostd may answer, with up to NATS' payload (1 MiB) a
+            # poll of every open page, which the allocator would parse, hold and send on.
+            raise LogUnavailable("TOO_LARGE", f"an answer of {len(msg.data)} bytes, past {ANSWER_BUDGET}")
         try:
             reply = Reply.model_validate_json(msg.data)
             if not reply.ok:
@@ -90,9 +94,13 @@ class LogSource:
                 # A host's words, bound for the allocator's log: any member's hostd may answer.
                 code, message = str(error.get("code"))[:MAX_CODE_CHARS], str(error.get("message"))
                 raise LogUnavailable(code, message[:MAX_MESSAGE_CHARS])
-            return LogTailPage.model_validate(reply.data)
+            page = LogTailPage.model_validate(reply.data)
         except ValidationError as exc:
             raise LogUnavailable("BAD_ANSWER", str(exc)[:200]) from None
+        problem = out_of_bounds(page, request.tail)
+        if problem is not None:
+            raise LogUnavailable("BAD_ANSWER", problem)
+        return page
 
 
 @dataclass(frozen=True)
@@ -181,7 +189,8 @@ async def follow_log(
                 cursor = page.cursor
                 body = {"skipped": page.skipped, "lines": [[line.stream, line.text] for line in page.lines]}
                 event_id = cursor.encode() if cursor is not None else None
-                await response.write(sse_event("lines", json.dumps(body), event_id))
+                # As UTF-8, as it came: `\uXXXX` escapes would send up to three times the page.
+                await response.write(sse_event("lines", json.dumps(body, ensure_ascii=False), event_id))
                 quiet_since = asyncio.get_running_loop().time()
             elif asyncio.get_running_loop().time() - quiet_since > KEEPALIVE_S:
                 await response.write(b": still here\n\n")
