@@ -6,7 +6,8 @@ finished), 404 not found
 (also for another user's allocation: its existence is not disclosed), 405
 with `Allow`, 408 a body that took too long to arrive (request_bodies.py), 409 conflict,
 415 not JSON (or not UTF-8), 422 impossible, 429 too many failed
-authentications from one address (authentication.py), 503 not ready yet.
+authentications from one address (authentication.py) or too many long polls of one user's
+waiting (long_polls.py), 503 not ready yet.
 Every query parameter is checked whether or not another makes it matter; none may be given
 twice (but the registry token endpoint's `scope`): a second value would go unread; and one the
 endpoint does not take (per the OpenAPI document) is refused, not ignored.
@@ -15,8 +16,8 @@ endpoint does not take (per the OpenAPI document) is refused, not ignored.
 import codecs
 import json
 import math
-import re
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from functools import cache
 from typing import Any
 
@@ -28,6 +29,7 @@ from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureW
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.http_headers import add_common_headers
 from potluck.allocator.job_schemas import CreateJob, Job, JobList, JobTaskList
+from potluck.allocator.long_polls import TooManyWaits, WaitSlots, parse_timeout
 from potluck.allocator.openapi import openapi_document
 from potluck.allocator.paging import page_query, task_page_query
 from potluck.allocator.pool_registry import PoolRegistry
@@ -61,13 +63,12 @@ log = structlog.get_logger(__name__)
 
 ENGINE: web.AppKey[AllocatorEngine] = web.AppKey("engine", AllocatorEngine)
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
+WAITS: web.AppKey[WaitSlots] = web.AppKey("waits", WaitSlots)
+#: Who the request's bearer token is (auth_middleware). A typed key: a plain string one makes
+#: aiohttp warn, and the first request of a process whose warnings are errors failed with 500.
+USER: web.RequestKey[User] = web.RequestKey("user", User)
 # The registry's token endpoint authenticates with HTTP Basic itself (Docker clients' way).
 PUBLIC = frozenset({"/healthz", "/readyz", "/v1/openapi.json", TOKEN_PATH})
-MAX_WAIT_S = 300.0
-#: The shortest wait other than none: a millisecond, what the event loop's clock can time.
-MIN_WAIT_S = 0.001
-#: A JSON number (RFC 8259), of at most a few digits.
-_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]{0,8})(?:\.[0-9]{1,30})?(?:[eE][+-]?[0-9]{1,3})?")
 MAX_BODY = 256 * 1024
 STATES = frozenset({"pending", "placed", "pulling", "running", *TERMINAL})
 #: A job's tasks' states, by name (`?state=` of a job's tasks).
@@ -92,6 +93,10 @@ def ok(model: BaseModel, status: int = 200) -> web.Response:
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except TooManyWaits as exc:
+        response = error(exc.status, exc.code, exc.message)
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
     except Rejected as exc:
         return error(exc.status, exc.code, exc.message, exc.field)
     except ValidationError as exc:
@@ -182,7 +187,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return user
     if user is None:
         return error(401, "UNAUTHENTICATED", "this token is not valid; ask an operator for a new one")
-    request["user"] = user
+    request[USER] = user
     return await handler(request)
 
 
@@ -305,8 +310,7 @@ def _shown(request: web.Request, state: AllocationState) -> Allocation:
 
 
 def _user(request: web.Request) -> User:
-    user: User = request["user"]
-    return user
+    return request[USER]
 
 
 async def create(request: web.Request) -> web.Response:
@@ -330,21 +334,12 @@ async def listing(request: web.Request) -> web.Response:
 
 
 def _timeout(request: web.Request) -> float:
-    raw = request.query.get("timeout", "30")
-    # The schema says "number": a JSON number's spelling, not all Python's float() takes
-    # ("1_0", " 5", "infinity"); bounded, so no text is long enough to cost a parse.
-    allowed = (
-        f"timeout must be a number of seconds, e.g. 30 or 2.5: 0 (answer at once) or from "
-        f"{MIN_WAIT_S:g} to {MAX_WAIT_S:g} seconds"
-    )
-    if not _NUMBER.fullmatch(raw):
-        raise Rejected.invalid_field("timeout", allowed)
-    value = float(raw)
-    # "-0" is zero with a sign no count of seconds has; 1e-300 is a wait no clock can time
-    # (and no client means): both refused, as a negative or one past the bound, never read as 0.
-    if raw.startswith("-") or not 0 <= value <= MAX_WAIT_S or 0 < value < MIN_WAIT_S:
-        raise Rejected.invalid_field("timeout", allowed)
-    return value
+    return parse_timeout(request.query.get("timeout", "30"))
+
+
+def _waiting(request: web.Request, timeout: float) -> AbstractContextManager[None]:
+    """The user's slot for a long poll (long_polls.py) while it waits; none for one that does not."""
+    return request.app[WAITS].held(_user(request).name) if timeout > 0 else nullcontext()
 
 
 async def show(request: web.Request) -> web.Response:
@@ -355,7 +350,8 @@ async def show(request: web.Request) -> web.Response:
     if wanted is not None:
         if wanted not in STATES:
             raise Rejected.invalid_field("wait", f"wait must be one of {sorted(STATES)}")
-        state = await engine.wait_for(_user(request), alloc_id, wanted, timeout)
+        with _waiting(request, timeout):
+            state = await engine.wait_for(_user(request), alloc_id, wanted, timeout)
     else:
         state = engine.allocation_of(_user(request), alloc_id)
     return ok(_shown(request, state))
@@ -409,7 +405,8 @@ async def show_job(request: web.Request) -> web.Response:
     if wanted is not None:
         if wanted != "done":
             raise Rejected.invalid_field("wait", "wait must be 'done'")
-        job = await engine.wait_for_job(_user(request), job_id, timeout)
+        with _waiting(request, timeout):
+            job = await engine.wait_for_job(_user(request), job_id, timeout)
     else:
         job = engine.job_of(_user(request), job_id)
     return ok(_job(request, job, first_tasks=True))
@@ -487,6 +484,7 @@ def make_app(
         middlewares=[errors_middleware, query_middleware, auth_middleware], client_max_size=MAX_BODY
     )
     app[ENGINE] = engine
+    app[WAITS] = WaitSlots()
     app[AUTH] = Authenticator(
         engine.users,
         lambda: engine.fold.caught_up_with(engine.store, timeout=CATCH_UP_S),

@@ -7,6 +7,7 @@ from pydantic.json_schema import models_json_schema
 
 from potluck.allocator.job_decisions import MAX_UNFINISHED_JOBS
 from potluck.allocator.job_schemas import CreateJob, Job, JobList, JobTaskList
+from potluck.allocator.long_polls import MAX_WAITS_PER_USER, TIMEOUT_SCHEMA
 from potluck.allocator.paging import DEFAULT_LIMIT, MAX_LIMIT
 from potluck.allocator.request_bodies import BODY_READ_S
 from potluck.allocator.schemas import (
@@ -47,7 +48,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         413: "Body larger than 256 KiB",
         415: "Not JSON",
         422: "Impossible request: more than any host could ever give",
-        429: "Too many failed authentications from this address; see Retry-After",
+        429: "Too many failed authentications from this address, or (a request with `wait`) "
+        f"{MAX_WAITS_PER_USER} of the user's waiting already; see Retry-After",
         503: "Not ready, or the pool changes too fast to decide: try again",
     }
     return {str(c): {"description": text[c], **_json("ErrorBody")} for c in codes}
@@ -206,7 +208,7 @@ def openapi_document() -> dict[str, Any]:
                             "in": "query",
                             "required": False,
                             "description": _TIMEOUT,
-                            "schema": {"type": "number", "minimum": 0, "maximum": 300},
+                            "schema": TIMEOUT_SCHEMA,
                         },
                     ],
                     "responses": {
@@ -297,7 +299,7 @@ def openapi_document() -> dict[str, Any]:
                             "in": "query",
                             "required": False,
                             "description": _TIMEOUT,
-                            "schema": {"type": "number", "minimum": 0, "maximum": 300},
+                            "schema": TIMEOUT_SCHEMA,
                         },
                     ],
                     "responses": {

@@ -1,0 +1,111 @@
+"""The API's long polls (`?wait=` of an allocation or a job, `?timeout=` seconds): which timeouts
+it takes, as the code reads them and as /v1/openapi.json says, and how many one user may hold.
+
+`timeout` is 0 (answer at once) or from MIN_WAIT_S to MAX_WAIT_S: nothing between, since no
+clock times a wait of 1e-300 s and no client means one. `TIMEOUT_SCHEMA` says exactly that; it
+said `minimum: 0`, so a client (or a fuzzer) built from the document sent 0.0001 and got a 400
+the document did not foresee.
+
+Each waiting request holds a connection and a waiter that every folded batch of the log wakes
+to test its condition (Projection.wait_until). Only the connection caps (connection_caps.py,
+per address and in all) bounded them: one user's token from a few addresses could hold
+thousands, each woken by every batch, and take the connections everybody else's requests need.
+`WaitSlots` bounds them per user; past the bound a wait is refused (429, Retry-After) rather
+than answered at once, which would turn a client's loop of long polls into a busy loop.
+"""
+
+import re
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from potluck.kernel.rejections import Rejected
+
+__all__ = [
+    "MAX_WAITS_PER_USER",
+    "MAX_WAIT_S",
+    "MIN_WAIT_S",
+    "TIMEOUT_SCHEMA",
+    "TooManyWaits",
+    "WaitSlots",
+    "parse_timeout",
+]
+
+MAX_WAIT_S = 300.0
+#: The shortest wait other than none: a millisecond, what the event loop's clock can time.
+MIN_WAIT_S = 0.001
+#: The schema of `?timeout=` in /v1/openapi.json: what `parse_timeout` takes, and nothing else
+#: (but "-0", which JSON Schema cannot tell from 0: the parameter's description says so).
+TIMEOUT_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number", "const": 0},
+        {"type": "number", "minimum": MIN_WAIT_S, "maximum": MAX_WAIT_S},
+    ],
+    "default": 30,
+}
+#: Long polls one user may have waiting at once: a script following a few dozen allocations or
+#: jobs side by side; past it, polling them in turn (or `timeout=0`) still works.
+MAX_WAITS_PER_USER = 32
+#: When a wait refused past the bound says to try again: as soon as one of the user's ends.
+WAITS_RETRY_S = 5
+#: A JSON number (RFC 8259), of at most a few digits.
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]{0,8})(?:\.[0-9]{1,30})?(?:[eE][+-]?[0-9]{1,3})?")
+
+
+def parse_timeout(raw: str) -> float:
+    """`?timeout=`'s seconds; Rejected (400, naming `timeout`) for anything TIMEOUT_SCHEMA refuses."""
+    # The schema says "number": a JSON number's spelling, not all Python's float() takes
+    # ("1_0", " 5", "infinity"); bounded, so no text is long enough to cost a parse.
+    allowed = (
+        f"timeout must be a number of seconds, e.g. 30 or 2.5: 0 (answer at once) or from "
+        f"{MIN_WAIT_S:g} to {MAX_WAIT_S:g} seconds"
+    )
+    if not _NUMBER.fullmatch(raw):
+        raise Rejected.invalid_field("timeout", allowed)
+    value = float(raw)
+    # "-0" is zero with a sign no count of seconds has; 1e-300 is a wait no clock can time
+    # (and no client means): both refused, as a negative or one past the bound, never read as 0.
+    if raw.startswith("-") or not 0 <= value <= MAX_WAIT_S or 0 < value < MIN_WAIT_S:
+        raise Rejected.invalid_field("timeout", allowed)
+    return value
+
+
+class TooManyWaits(Rejected):
+    """The user has as many long polls waiting as they may (429, with Retry-After)."""
+
+    retry_after_s = WAITS_RETRY_S
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            "TOO_MANY_WAITS",
+            f"you already have {limit} requests waiting (?wait=); let one end, or ask without "
+            f"wait (or with timeout=0), and try again in {WAITS_RETRY_S} s",
+            status=429,
+        )
+
+
+class WaitSlots:
+    """The long polls each user has waiting, refused past `per_user`."""
+
+    def __init__(self, per_user: int = MAX_WAITS_PER_USER) -> None:
+        self.per_user = per_user
+        self._by_user: Counter[str] = Counter()
+
+    def waiting(self, user: str) -> int:
+        return self._by_user[user]
+
+    @contextmanager
+    def held(self, user: str) -> Iterator[None]:
+        """One more wait of `user`'s while the block runs; TooManyWaits past the bound."""
+        if self._by_user[user] >= self.per_user:
+            raise TooManyWaits(self.per_user)
+        self._by_user[user] += 1
+        try:
+            yield
+        finally:
+            left = self._by_user[user] - 1
+            if left > 0:
+                self._by_user[user] = left
+            else:
+                del self._by_user[user]
