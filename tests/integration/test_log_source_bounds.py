@@ -1,6 +1,8 @@
-"""What the allocator keeps of a host's answer to a log-tail request (real NATS; the host is a
-client answering as a hostile hostd would)."""
+"""What the allocator keeps of a host's answer to a log-tail request, and what of it an open log
+page carries (real NATS, the allocator's own app over real HTTP; the host is a client answering
+as a hostile hostd would)."""
 
+import asyncio
 import json
 
 import pytest
@@ -8,6 +10,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from potluck.allocator.web.log_tail import MAX_CODE_CHARS, MAX_MESSAGE_CHARS, LogSource, LogUnavailable
+from potluck.contracts.allocation_events import AllocationSpec
+from potluck.contracts.capacity import Capacity
 from potluck.contracts.log_tail import (
     ANSWER_BUDGET,
     MAX_LINE_CHARS,
@@ -18,6 +22,10 @@ from potluck.contracts.log_tail import (
     fit_page,
 )
 from potluck.contracts.subjects import LOG_TAIL, host_subject
+from potluck.events import EventStore
+from tests.fixtures.pool import place
+from tests.fixtures.web_app import serving
+from tests.helpers import wait_until
 
 
 async def test_a_hosts_refusal_is_kept_only_to_its_bound(nc: NATS) -> None:
@@ -83,3 +91,48 @@ async def test_a_hosts_page_past_its_bounds_is_refused(
     await nc.subscribe(host_subject(LOG_TAIL, "h-honest"), cb=honest)
     page = await LogSource(nc, timeout=10).page("h-honest", LogTailRequest(alloc_id="a-1", tail=MAX_LINES))
     assert page == LogTailPage.model_validate(full.model_dump(mode="json"))
+
+
+async def test_an_open_log_page_never_carries_a_hosts_oversized_page(store: EventStore, nc: NATS) -> None:
+    """Tried: alice's allocation placed on a hostile host; her allocation page's log stream
+    (the allocator's own app over real HTTP, asking the host over real NATS) is opened, and the
+    host answers its first request with a page of 900 KB in one line (within NATS' payload),
+    then honestly with one line. Before: the 900 KB line was sent on to the browser. Must hold:
+    the stream first says in a note that the host could not give the log, then carries the
+    honest line, and nothing of the 900 KB page: what the browser read stays within a page's
+    budget."""
+    asked: list[LogTailRequest] = []
+
+    async def hostile(msg: Msg) -> None:
+        asked.append(LogTailRequest.model_validate_json(msg.data))
+        if len(asked) == 1:
+            page = {"lines": [_line(1, "x" * 900_000)], "cursor": {"at": _line(1)["at"], "same": 1}}
+        else:
+            page = {"lines": [_line(2, "hello")], "cursor": {"at": _line(2)["at"], "same": 1}}
+        await msg.respond(json.dumps({"ok": True, "data": page}).encode())
+
+    await nc.subscribe(host_subject(LOG_TAIL, "h-hostile"), cb=hostile)
+    spec = AllocationSpec(
+        resources=Capacity(cpus=0.5, memory_bytes=64 << 20, disk_bytes=64 << 20), image="x:1"
+    )
+    async with serving(store, ("alice",), lambda app: None, logs=LogSource(nc)) as app:
+        await place(store, "h-hostile", "a-0123456789ab", spec, user="alice")
+        await wait_until(lambda: "a-0123456789ab" in app.engine.allocations.allocations, 10, "the placement")
+        session = await app.signed_in("alice")
+        stream = await app.open_stream(session, "/web/live/allocations/a-0123456789ab/log")
+        read = b""
+        try:
+            assert stream.status == 200
+            async with asyncio.timeout(30):
+                while b"event: lines" not in read:
+                    read += await stream.content.readany()
+                read += await stream.content.readuntil(b"\n\n")
+        finally:
+            stream.close()
+    assert len(read) < ANSWER_BUDGET
+    assert b"xxxx" not in read
+    events = [block for block in read.decode().split("\n\n") if block.strip()]
+    assert events[0].startswith("event: note\n"), events[0]
+    assert "could not read the log" in events[0], events[0]
+    assert 'data: {"skipped": false, "lines": [["stdout", "hello"]]}' in events[-1], events[-1]
+    assert len(asked) >= 2
