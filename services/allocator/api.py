@@ -29,7 +29,7 @@ from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureW
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.http_headers import add_common_headers
 from potluck.allocator.job_schemas import CreateJob, Job, JobList, JobTaskList
-from potluck.allocator.long_polls import TooManyWaits, WaitSlots, parse_timeout
+from potluck.allocator.long_polls import TooManyWaits, WaitSlots, parse_timeout, while_connected
 from potluck.allocator.openapi import openapi_document
 from potluck.allocator.paging import page_query, task_page_query
 from potluck.allocator.pool_registry import PoolRegistry
@@ -351,7 +351,11 @@ async def show(request: web.Request) -> web.Response:
         if wanted not in STATES:
             raise Rejected.invalid_field("wait", f"wait must be one of {sorted(STATES)}")
         with _waiting(request, timeout):
-            state = await engine.wait_for(_user(request), alloc_id, wanted, timeout)
+            waited = await while_connected(
+                request, engine.wait_for(_user(request), alloc_id, wanted, timeout)
+            )
+        # None: the client went away; what is answered (the state now) reaches no one.
+        state = waited if waited is not None else engine.allocation_of(_user(request), alloc_id)
     else:
         state = engine.allocation_of(_user(request), alloc_id)
     return ok(_shown(request, state))
@@ -406,7 +410,8 @@ async def show_job(request: web.Request) -> web.Response:
         if wanted != "done":
             raise Rejected.invalid_field("wait", "wait must be 'done'")
         with _waiting(request, timeout):
-            job = await engine.wait_for_job(_user(request), job_id, timeout)
+            waited = await while_connected(request, engine.wait_for_job(_user(request), job_id, timeout))
+        job = waited if waited is not None else engine.job_of(_user(request), job_id)
     else:
         job = engine.job_of(_user(request), job_id)
     return ok(_job(request, job, first_tasks=True))

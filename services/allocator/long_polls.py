@@ -12,15 +12,28 @@ per address and in all) bounded them: one user's token from a few addresses coul
 thousands, each woken by every batch, and take the connections everybody else's requests need.
 `WaitSlots` bounds them per user; past the bound a wait is refused (429, Retry-After) rather
 than answered at once, which would turn a client's loop of long polls into a busy loop.
+
+aiohttp does not stop a handler whose client went away: a wait outlived its connection by up to
+its whole timeout. So a client that sent `?wait=...&timeout=300` and hung up, again and again,
+piled up waits the connection caps no longer counted (their connections were closed), and
+a user who interrupted `potluck alloc create --wait` a few times held their own slots for
+minutes. `while_connected` ends a wait within GONE_CHECK_S of its client leaving. (aiohttp's
+`handler_cancellation` would do it for every handler, cancelling appends and reads halfway
+through too: only a long poll has nothing to finish.)
 """
 
+import asyncio
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
+
+from aiohttp import web
 
 from potluck.kernel.rejections import Rejected
+
+T = TypeVar("T")
 
 __all__ = [
     "MAX_WAITS_PER_USER",
@@ -30,6 +43,7 @@ __all__ = [
     "TooManyWaits",
     "WaitSlots",
     "parse_timeout",
+    "while_connected",
 ]
 
 MAX_WAIT_S = 300.0
@@ -49,6 +63,8 @@ TIMEOUT_SCHEMA: dict[str, Any] = {
 MAX_WAITS_PER_USER = 32
 #: When a wait refused past the bound says to try again: as soon as one of the user's ends.
 WAITS_RETRY_S = 5
+#: How often a waiting request looks whether its client is still there.
+GONE_CHECK_S = 1.0
 #: A JSON number (RFC 8259), of at most a few digits.
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]{0,8})(?:\.[0-9]{1,30})?(?:[eE][+-]?[0-9]{1,3})?")
 
@@ -109,3 +125,20 @@ class WaitSlots:
                 self._by_user[user] = left
             else:
                 del self._by_user[user]
+
+
+async def while_connected(request: web.Request, wait: Coroutine[Any, Any, T]) -> T | None:
+    """What `wait` gives; None, `wait` cancelled, once the request's client has gone away (its
+    connection closed or closing), looked at every GONE_CHECK_S."""
+    task = asyncio.ensure_future(wait)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=GONE_CHECK_S)
+            if done:
+                return task.result()
+            if request.transport is None or request.transport.is_closing():
+                return None
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

@@ -111,3 +111,40 @@ async def test_a_wait_refused_or_failed_gives_its_slot_back(pages: WebApp) -> No
         answers.add(repr(answer).replace(alloc_id, "ID"))
     assert len(answers) == 1, answers
     assert pages.app[WAITS].waiting("alice") == 0
+
+
+async def test_a_wait_whose_client_hung_up_ends_and_gives_its_slot_back(pages: WebApp) -> None:
+    """Tried: alice sends long polls on her pending allocation and on her waiting job
+    (`timeout=120`) over connections she closes as soon as each is sent, twice her bound's
+    worth. Before: each wait went on for its whole timeout after its client had gone, beyond
+    the connection caps (its connection was closed), and held her slots: she was refused her
+    own waits for two minutes. Must hold: the hung-up waits end (her count back to none long
+    before their timeout), and she can wait again."""
+    await pages.paused_host()
+    alloc_id = await pages.pending("alice")
+    headers = {"Authorization": f"Bearer {pages.tokens['alice']}"}
+    body = {"tasks": 1, "cpus": 0.5, "memory": "64M", "disk": "64M", "image": "x:1", "command": ["true"]}
+    async with pages.http.post(f"{pages.url}/v1/jobs", json=body, headers=headers) as r:
+        job = await r.json()
+        assert r.status == 201, job
+    port = int(pages.url.rsplit(":", 1)[1])
+    waits = pages.app[WAITS]
+    for n in range(2 * MAX_WAITS_PER_USER):
+        path = (
+            f"/v1/allocations/{alloc_id}?wait=running&timeout=120"
+            if n % 2
+            else f"/v1/jobs/{job['id']}?wait=done&timeout=120"
+        )
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {headers['Authorization']}\r\n\r\n"
+        )
+        writer.write(request.encode())
+        await writer.drain()
+        await wait_until(lambda: waits.waiting("alice") > 0, 10, "the wait began")
+        writer.close()
+        await writer.wait_closed()
+    # Well within the waits' 120 s: they end with their clients, not at their timeout.
+    await wait_until(lambda: waits.waiting("alice") == 0, 30, "the hung-up waits ended")
+    status, answer, _ = await _status(pages, "alice", f"/v1/allocations/{alloc_id}?wait=running&timeout=0.5")
+    assert (status, answer["state"]) == (200, "pending"), answer

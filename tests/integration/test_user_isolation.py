@@ -12,21 +12,12 @@ import re
 from typing import Any
 
 from potluck.allocator.web.sessions import COOKIE
-from potluck.contracts.capacity import Capacity
-from potluck.contracts.engine import EngineFacts
-from potluck.contracts.host_events import HostEnrolled, HostPaused, host_stream
-from potluck.events import NO_STREAM
 from tests.fixtures.web_app import WebApp
-from tests.helpers import host_registered, wait_until
 
 #: Ids of the shapes the allocator gives (decisions.new_alloc_id, job_decisions.new_job_id) that
 #: no object has.
 NEVER_ALLOC = "a-0123456789ab"
 NEVER_JOB = "j-0123456789ab"
-
-ENGINE = EngineFacts(
-    version="27.0", cgroup_version="2", storage_driver="overlay2", disk_quota_supported=False
-)
 
 Answer = tuple[int, dict[str, str], str]
 
@@ -58,14 +49,7 @@ def _same(theirs: Answer, never: Answer, their_id: str, never_id: str, what: str
 async def _alices(app: WebApp) -> tuple[str, str, str]:
     """An allocation of alice's, a job of hers, both pending (the pool's one host is paused: it
     could hold them, so the job is not impossible), and an allocation of hers she released."""
-    donated = Capacity(cpus=4, memory_bytes=8 << 30, disk_bytes=40 << 30)
-    events = [
-        HostEnrolled(host_id="h-1", name="laptop", nkey="UH1"),
-        host_registered(host_id="h-1", donated=donated, labels={}, engine=ENGINE, hostd_version="test"),
-        HostPaused(host_id="h-1", by="member"),
-    ]
-    await app.engine.store.append(host_stream("h-1"), events, expected_version=NO_STREAM)
-    await wait_until(lambda: "h-1" in app.engine.hosts.hosts, 10, "the host folded")
+    await app.paused_host()
     headers = {"Authorization": f"Bearer {app.tokens['alice']}"}
     spec = {"cpus": 0.5, "memory": "64M", "disk": "64M", "image": "x:1"}
     ids = []
