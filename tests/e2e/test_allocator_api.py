@@ -296,7 +296,10 @@ async def test_query_parameters_methods_and_numbers_are_as_the_published_schema_
         for p in document["paths"]["/v1/allocations/{alloc_id}"]["get"]["parameters"]
         if p["name"] == "timeout"
     )
-    assert timeout["schema"]["maximum"] == 300
+    # 0, or from a millisecond to 300 s (tests/integration/test_long_polls.py holds it to the API).
+    [waits] = [s for s in timeout["schema"]["anyOf"] if "const" not in s]
+    assert (waits["minimum"], waits["maximum"]) == (0.001, 300)
+    assert {"type": "number", "const": 0} in timeout["schema"]["anyOf"]
     for path_item in document["paths"].values():
         for operation in path_item.values():
             if operation.get("security"):
