@@ -28,6 +28,7 @@ from potluck.cli_options import (
     operator_database_option,
     relay_option,
     stream_replicas_option,
+    unreachable_log,
     up_state_dir_option,
 )
 from potluck.kernel.cancellation import task_whereabouts, then_end_the_rest
@@ -84,16 +85,12 @@ async def with_store(database_url: str, work: Callable[["EventStore"], Awaitable
     import asyncpg
 
     from potluck.events import EventStore
-    from potluck.kernel.redacted_urls import redacted
 
     try:
         store = await EventStore.open(database_url, max_size=2)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         # A Postgres that is down or a URL with a typo came out as asyncpg's traceback.
-        fail(
-            f"cannot reach the event log at {redacted(database_url, 'the database URL')} ({exc}); "
-            "check --database-url (or POTLUCK_DATABASE_URL) and that its Postgres runs"
-        )
+        fail(unreachable_log(database_url, exc))
     try:
         return await work(store)
     finally:

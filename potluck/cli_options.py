@@ -78,6 +78,17 @@ def database_option(f: F) -> F:
     )(f)
 
 
+def unreachable_log(database_url: str, exc: BaseException) -> str:
+    """What an operator reads when the event log's Postgres does not answer: the URL (its password
+    hidden), why, and what to check."""
+    from potluck.kernel.redacted_urls import redacted
+
+    return (
+        f"cannot reach the event log at {redacted(database_url, 'the database URL')} ({exc}); "
+        "check --database-url (or POTLUCK_DATABASE_URL) and that its Postgres runs"
+    )
+
+
 def _database_of_a_running_pool(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
     """The given URL, or that of the `potluck up` pool running with state in POTLUCK_HOME (or
     ~/.potluck): on the machine of such a pool, operator commands need no option."""

@@ -17,7 +17,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from potluck.cli_options import FiniteRange, operator_database_option
+from potluck.cli_options import FiniteRange, operator_database_option, unreachable_log
 from potluck.events.archive import (
     KEEP_RECENT_S,
     ArchiveError,
@@ -66,7 +66,7 @@ async def _main(
     try:
         store = await EventStore.open(database_url, min_size=1, max_size=2, migrate=False)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-        raise OpsError(f"cannot reach the event log ({exc}): give the pool's --database-url") from None
+        raise OpsError(unreachable_log(database_url, exc)) from None
     err = Console(stderr=True)
     try:
         plan = await plan_archive(store, before=before, older_than=older_than, keep_recent=keep_recent)

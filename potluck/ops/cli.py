@@ -29,7 +29,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from potluck.cli_options import FiniteRange, nats_options_for, operator_database_option
+from potluck.cli_options import FiniteRange, nats_options_for, operator_database_option, unreachable_log
 from potluck.events import EventStore, RecordedEvent
 from potluck.events.connection import is_authorization_refusal
 from potluck.kernel.redacted_urls import redacted
@@ -65,7 +65,7 @@ async def _store(database_url: str) -> Any:
     try:
         store = await EventStore.open(database_url, min_size=1, max_size=2, migrate=False)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-        raise OpsError(f"cannot reach the event log at {shown}: {exc}") from None
+        raise OpsError(unreachable_log(database_url, exc)) from None
     try:
         yield store
     except asyncpg.UndefinedTableError:

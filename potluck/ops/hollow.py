@@ -27,7 +27,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from potluck.cli_options import FiniteRange, database_option
+from potluck.cli_options import FiniteRange, database_option, unreachable_log
 from potluck.ops import OpsError
 
 if TYPE_CHECKING:
@@ -113,9 +113,7 @@ async def _main(
     try:
         store = await EventStore.open(database_url, min_size=1, max_size=_ENROLL_CONCURRENCY, migrate=False)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-        raise OpsError(
-            f"cannot reach the event log ({exc}): start the pool first or give its --database-url"
-        ) from None
+        raise OpsError(unreachable_log(database_url, exc)) from None
     auth_file, pid_file, seed_file = auth
     err = Console(stderr=True)
     try:

@@ -603,16 +603,30 @@ def test_a_command_a_newcomer_tries_first_names_the_one_they_want(
         assert command in said, said
 
 
-def test_an_event_log_that_does_not_answer_is_named_without_its_password(newcomer: dict[str, str]) -> None:
+def test_an_event_log_that_does_not_answer_is_named_without_its_password(
+    newcomer: dict[str, str], tmp_path: Path
+) -> None:
     """Tried: POTLUCK_DATABASE_URL (as the operator's quick start exports it, with a password)
-    naming a port where no Postgres listens, then `potluck ops hosts list`, `ops users add` and
-    `potluck up`. Must hold: each exits 1 with one line naming the URL (its password as ***) and
-    what to check; `up` says it would keep its log there and to unset the variable, and starts
-    nothing (the ops commands and `up` came out as asyncpg's ConnectionRefusedError traceback)."""
+    naming a port where no Postgres listens, then every kind of operator command that opens the
+    log (`ops hosts list`, `ops users add`, `ops replay`, `ops status`, `ops events show`, `ops
+    archive`, `ops backup`, `ops restore`) and `potluck up`. Must hold: each exits 1 with one line
+    naming the URL (its password as ***) and what to check; `up` says it would keep its log there
+    and to unset the variable, and starts nothing (the ops commands and `up` came out as asyncpg's
+    ConnectionRefusedError traceback; replay, status, events and archive said only "cannot reach
+    the event log", with nothing on what to check)."""
     url = f"postgresql://potluck:hunter2@127.0.0.1:{free_port()}/potluck"
     env = {**newcomer, "POTLUCK_DATABASE_URL": url}
     shown = url.replace(":hunter2@", ":***@")
-    for args in (("ops", "hosts", "list"), ("ops", "users", "add", "bob")):
+    dump = tmp_path / "pool.dump"
+    dump.write_bytes(b"PGDMP")
+    for args in (
+        ("ops", "hosts", "list"),
+        ("ops", "users", "add", "bob"),
+        ("ops", "replay"),
+        ("ops", "status"),
+        ("ops", "events", "show", "user-bob"),
+        ("ops", "archive", "--before", "2", "--dry-run"),
+    ):
         done = potluck(*args, env=env)
         assert done.returncode == 1, (args, done.stdout, done.stderr)
         assert f"error: cannot reach the event log at {shown}" in done.stderr, done.stderr
