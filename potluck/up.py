@@ -32,7 +32,7 @@ from potluck.localstack import LocalStackError, PostgresServer, wait_for_port
 from potluck.localstack.default_image import ensure_default_image
 from potluck.localstack.docker_engine import DockerEngine, ensure_docker_installed
 from potluck.localstack.ports import BROWSERS_REFUSE, port_accepts
-from potluck.localstack.reaper import start_time
+from potluck.localstack.reaper import start_time, still_runs
 from potluck.localstack.test_image import build_test_image
 from potluck.supervisor import Supervisor
 from potluck.telemetry import TRACES_FILE, collector_configured
@@ -414,10 +414,13 @@ def stop(state_dir: Path, timeout: float = 120) -> int | None:
     pid = pid_alive(state_dir)
     if pid is None:
         return None
+    started = start_time(pid)
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pid_alive(state_dir) is None:
+        # Its PID file goes once what it started has stopped; the process itself ends a moment
+        # later. `down` returns when nothing of the pool runs, `potluck up` included.
+        if pid_alive(state_dir) is None and not still_runs(pid, started):
             return pid
         time.sleep(0.2)
     raise LocalStackError(f"potluck up (pid {pid}) did not stop within {timeout:.0f}s")

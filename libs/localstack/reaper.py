@@ -22,6 +22,18 @@ def start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def still_runs(pid: int, started: str | None) -> bool:
+    """Whether the process that had `started` as its start time runs: not ended, not a zombie
+    (one whose parent has not reaped it, or never will where PID 1 reaps nothing), not another
+    process under a recycled PID."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0] != "Z" and fields[19] == started
+
+
 def record(pid: int) -> None:
     run_dir = os.environ.get("POTLUCK_RUN_DIR")
     if not run_dir:
