@@ -259,6 +259,25 @@ class LocalPool:
         await self.store.append(user_stream(name), events, expected_version=0)
         return token
 
+    async def token_for(self, name: str) -> str:
+        """A token for user NAME: the user is added when the log has none, and given a new token
+        when it has (a log kept from another state directory: the old token was in that one)."""
+        from potluck.allocator.users import UsersView, add_user, rotate_token
+        from potluck.contracts.allocation_events import Quota, user_stream
+        from potluck.events import SkippedEvents, decode_or_skip
+
+        records = await self.store.read_stream(user_stream(name))
+        view = UsersView()
+        skipped = SkippedEvents()
+        for record in records:
+            event = decode_or_skip(record, skipped, reader="potluck up")
+            if event is not None:
+                view.apply(event)
+        existing = view.users.get(name)
+        events, token = rotate_token(existing, name) if existing else add_user(None, name, Quota())
+        await self.store.append(user_stream(name), events, expected_version=len(records))
+        return token
+
     async def enroll(self, name: str) -> EnrolledHost:
         host_id, key = await enroll_host(self.store, name)
         credentials = self.workdir / f"{name}.creds"

@@ -203,7 +203,7 @@ async def _demo_token(pool: LocalPool) -> str:
     saved = pool.workdir.parent / "demo.token"
     if saved.exists():
         return saved.read_text().strip()
-    token = await pool.add_user("demo")
+    token = await pool.token_for("demo")
     saved.touch(mode=0o600)
     saved.write_text(token)
     return token
