@@ -11,6 +11,7 @@
               (digests, then the rows that differ; and the events they skipped)
 - hollow.py   `ops hollow --hosts N`: hollow hosts (in-memory engine) for scale tests only
 - archive.py  `ops archive`: old events moved to events_archive (replay still reads them)
+- backup.py   `ops backup` / `ops restore`: the log's database to a file and back (pg_dump, pg_restore)
 - cli.py      the click commands, attached under `potluck ops`
 
 Every command reads the log directly (`--database-url`); only `replay

@@ -36,6 +36,7 @@ from potluck.kernel.redacted_urls import redacted
 from potluck.kernel.terminal_text import shown
 from potluck.ops import LiveUnavailable, OpsError
 from potluck.ops.archive import archive_command
+from potluck.ops.backup import backup_command, restore_command
 from potluck.ops.hollow import hollow
 from potluck.ops.pool_images import images
 
@@ -526,11 +527,21 @@ def trace(
 
 
 #: What `register` attaches under a group (the integrator's `potluck ops`).
-COMMANDS: tuple[click.Command, ...] = (replay, events, status, trace, hollow, archive_command, images)
+COMMANDS: tuple[click.Command, ...] = (
+    replay,
+    events,
+    status,
+    trace,
+    hollow,
+    archive_command,
+    backup_command,
+    restore_command,
+    images,
+)
 
 
 def register(group: click.Group) -> None:
-    """Attach replay, events (tail, show), status, trace, hollow, archive and images under `group`."""
+    """Attach replay, events (tail, show), status, trace, hollow, archive, backup, restore, images."""
     for command in COMMANDS:
         group.add_command(command)
 
