@@ -970,7 +970,7 @@ def ops_hosts_enroll(
     )
     from potluck.sshgateway.service import client_public_key
     from potluck.sshgateway.settings import GatewaySettings
-    from potluck.up_state import default_state_dir, pool_files, running
+    from potluck.up_state import default_state_dir, no_pool_in, pool_files, running
 
     lifetime = parse_duration(expires)
     pins = [_gateway_pin(g) for g in gateways]
@@ -993,13 +993,12 @@ def ops_hosts_enroll(
             pins = [_gateway_pin(f"{up.tunnel}={key}")]
     if database_url is None:
         raise click.UsageError(
-            "give --database-url (or POTLUCK_DATABASE_URL): "
-            f"no `potluck up` pool runs with state in {up_dir} (`potluck up` starts one)"
+            "give --database-url (or POTLUCK_DATABASE_URL): " + no_pool_in(up_dir, state_dir_option=True)
         )
     if credentials_out is None and join_nats_url is None:
         raise click.UsageError(
             "give --nats-url (or POTLUCK_JOIN_NATS_URL), the NATS URL members reach: "
-            f"no `potluck up` pool runs with state in {up_dir} (`potluck up` starts one)"
+            + no_pool_in(up_dir, state_dir_option=True)
         )
     if nats_auth_file is not None and service_seed_file is None:
         raise click.UsageError("--nats-auth-file needs --service-seed-file: the services' key stays in it")

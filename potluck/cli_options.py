@@ -94,14 +94,13 @@ def _database_of_a_running_pool(ctx: click.Context, param: click.Parameter, valu
     ~/.potluck): on the machine of such a pool, operator commands need no option."""
     if value:
         return value
-    from potluck.up_state import default_state_dir, running
+    from potluck.up_state import default_state_dir, no_pool_in, running
 
     state_dir = default_state_dir()
     up = running(state_dir)
     if up is None:
         raise click.UsageError(
-            "give --database-url (or POTLUCK_DATABASE_URL): "
-            f"no `potluck up` pool runs with state in {state_dir} (`potluck up` starts one)",
+            "give --database-url (or POTLUCK_DATABASE_URL): " + no_pool_in(state_dir),
             ctx,
         )
     return up.database

@@ -21,6 +21,7 @@ __all__ = [
     "Running",
     "default_state_dir",
     "nats_files",
+    "no_pool_in",
     "pid_alive",
     "pool_files",
     "running",
@@ -59,6 +60,16 @@ class Running:
 def pool_files(state_dir: Path) -> PoolFiles:
     """Where the pool of `potluck up` with this state directory keeps its NATS and gateway files."""
     return PoolFiles.in_workdir(state_dir / "pool")
+
+
+def no_pool_in(state_dir: Path, *, state_dir_option: bool = False) -> str:
+    """Why a command found no pool to take its defaults from, and how to name the right one: a
+    pool started with `ops/up --state-dir DIR` is not found without it."""
+    other = "--state-dir or POTLUCK_HOME" if state_dir_option else "POTLUCK_HOME"
+    return (
+        f"no `potluck up` pool runs with state in {state_dir} "
+        f"(`potluck up` starts one; {other} names another pool's state directory)"
+    )
 
 
 def pid_alive(state_dir: Path) -> int | None:

@@ -123,7 +123,7 @@ def publish(
 ) -> None:
     """Publish IMAGE (NAME:TAG) for the whole pool: every host that lacks it pulls it from the pool
     registry's library when an allocation asks for NAME:TAG."""
-    from potluck.up_state import default_state_dir, pool_files, running
+    from potluck.up_state import default_state_dir, no_pool_in, pool_files, running
 
     up_dir = state_dir or default_state_dir()
     up = running(up_dir)
@@ -134,7 +134,7 @@ def publish(
     if docker_url is None or registry_address is None or registry_token_key is None:
         raise click.UsageError(
             "give --docker-url, --registry-address and --registry-token-key: "
-            f"no `potluck up` pool runs with state in {up_dir} (`potluck up` starts one)"
+            + no_pool_in(up_dir, state_dir_option=True)
         )
     try:
         published = publish_image(

@@ -363,18 +363,30 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
 
 def test_operator_commands_without_a_pool_say_what_to_give(newcomer: dict[str, str]) -> None:
     """Tried: operator commands with no --database-url, no POTLUCK_DATABASE_URL and no `potluck
-    up` running. Must hold: each exits 2 naming the option, the variable and where it looked."""
+    up` running (as after `ops/up --state-dir DIR` without exporting POTLUCK_HOME). Must hold:
+    each exits 2 naming the option, the variable, where it looked and how to name another
+    state directory (it said only "`potluck up` starts one", while a pool ran elsewhere)."""
     operator = {k: v for k, v in newcomer.items() if k not in OPERATOR_SETTINGS}
-    for args in (
-        ("ops", "status"),
-        ("ops", "hosts", "list"),
-        ("ops", "replay"),
-        ("ops", "users", "web-token"),
+    database = "give --database-url (or POTLUCK_DATABASE_URL)"
+    for args, gives, other in (
+        (("ops", "status"), database, "POTLUCK_HOME"),
+        (("ops", "hosts", "list"), database, "POTLUCK_HOME"),
+        (("ops", "replay"), database, "POTLUCK_HOME"),
+        (("ops", "backup", "x.dump"), database, "POTLUCK_HOME"),
+        (("ops", "users", "web-token"), database, "POTLUCK_HOME"),
+        (("ops", "hosts", "enroll", "laptop-2"), database, "--state-dir or POTLUCK_HOME"),
+        (
+            ("ops", "images", "publish", "potluck-default:latest"),
+            "give --docker-url, --registry-address and --registry-token-key",
+            "--state-dir or POTLUCK_HOME",
+        ),
     ):
         done = potluck(*args, env=operator)
+        said = " ".join(done.stderr.split())
         assert done.returncode == 2, (args, done.stdout, done.stderr)
-        assert "give --database-url (or POTLUCK_DATABASE_URL)" in done.stderr, (args, done.stderr)
-        assert f"no `potluck up` pool runs with state in {newcomer['POTLUCK_HOME']}" in done.stderr
+        assert gives in said, (args, said)
+        assert f"no `potluck up` pool runs with state in {newcomer['POTLUCK_HOME']}" in said, said
+        assert f"{other} names another pool's state directory" in said, said
 
 
 def test_a_port_in_use_is_named(newcomer: dict[str, str]) -> None:
