@@ -118,15 +118,18 @@ def operator_database_option(f: F) -> F:
     )(f)
 
 
-def nats_options_for(when: str | None = None) -> Callable[[F], F]:
+def nats_options_for(when: str | None = None, *, pool_default: bool = False) -> Callable[[F], F]:
     """--nats-url and --nats-seed-file; `when` says when an operator's command uses them.
 
     A service needs its seed file at start (click checks it exists); an operator's
     command reads the services' seed only when asked to reach them, and says then
-    what is wrong with it.
+    what is wrong with it. `pool_default`: the command takes a running `potluck up`
+    pool's NATS and seed when neither is given, and its help says so (it showed
+    nats://127.0.0.1:4222 as the default while the pool's was used).
     """
     prefix = f"{when}: " if when else ""
     seed = "the services' NATS nkey seed" if when else "This service's NATS nkey seed"
+    pool = "; default: the running `potluck up` pool's" if pool_default else ""
 
     def decorate(f: F) -> F:
         f = click.option(
@@ -134,14 +137,15 @@ def nats_options_for(when: str | None = None) -> Callable[[F], F]:
             envvar="POTLUCK_NATS_SEED_FILE",
             type=click.Path(exists=when is None, path_type=Path),
             default=None,
-            help=f"{prefix}{seed} [env: POTLUCK_NATS_SEED_FILE].",
+            help=f"{prefix}{seed} [env: POTLUCK_NATS_SEED_FILE{pool}].",
         )(f)
         return click.option(
             "--nats-url",
             envvar="POTLUCK_NATS_URL",
             default="nats://127.0.0.1:4222",
-            show_default=True,
-            help=f"{prefix}NATS server, or a cluster's nodes separated by commas [env: POTLUCK_NATS_URL].",
+            show_default=not pool_default,
+            help=f"{prefix}NATS server, or a cluster's nodes separated by commas [env: POTLUCK_NATS_URL"
+            + (f"{pool}, else nats://127.0.0.1:4222]." if pool_default else "]."),
         )(f)
 
     return decorate

@@ -136,7 +136,7 @@ def _nats_options(when: str) -> Callable[[F], F]:
             type=FiniteRange(min=0.1),
             help=f"{when}: seconds to wait for each service.",
         )(f)
-        return nats_options_for(when)(f)
+        return nats_options_for(when, pool_default=True)(f)
 
     return decorate
 

@@ -723,9 +723,11 @@ json.dump(results, sys.stdout)
 
 def test_every_command_has_help(newcomer: dict[str, str]) -> None:
     """Tried: `--help` on every command and group of the CLI. Must hold: each exits 0 with its
-    usage. The top-level one runs as the real `python -m potluck`; the others through click's
-    runner in one process (a subprocess each took over a minute of the suite's budget, and
-    `--help` runs none of a command's own code)."""
+    usage, and one whose log defaults to a running pool's names that pool's NATS as its NATS
+    default (README: every `potluck ops` command takes the pool's log, NATS and seed). The
+    top-level one runs as the real `python -m potluck`; the others through click's runner in
+    one process (a subprocess each took over a minute of the suite's budget, and `--help`
+    runs none of a command's own code)."""
     done = potluck("--help", env=newcomer)
     assert done.returncode == 0, done.stderr
     assert "Usage:" in done.stdout
@@ -743,6 +745,11 @@ def test_every_command_has_help(newcomer: dict[str, str]) -> None:
     for result in results:
         assert result["code"] == 0, result
         assert "Usage: potluck" in result["output"], result
+        # A command that takes a running pool's log by default takes its NATS too: its help
+        # must not name another default (`ops replay --help` showed nats://127.0.0.1:4222).
+        said = " ".join(result["output"].split())
+        if "default: the running `potluck up` pool's" in said and "--nats-url" in said:
+            assert "[default: nats://127.0.0.1:4222]" not in said, result
 
 
 @pytest.mark.parametrize("command", [["alloc", "create"], ["run", "--tasks", "1"]])
