@@ -1538,7 +1538,8 @@ def up(
     from potluck import up_state
     from potluck.localstack import LocalStackError
 
-    console = Console(stderr=True)
+    # log_path off: each step's line ended in "cli.py:1614", the line of this module that said it.
+    console = Console(stderr=True, log_path=False)
     settings = local.UpSettings(
         state_dir or up_state.default_state_dir(),
         api_port,
