@@ -26,7 +26,9 @@ Key exchange and MACs (issue 13, `ssh-audit` clean): only
 curves, no finite-field Diffie-Hellman (whose server-side cost is what the
 DHEat attack exploits). MACs are used only with a non-AEAD cipher; the ones
 offered are SHA-2 encrypt-then-MAC. Names asyncssh does not implement are
-refused at start.
+refused at start, and so are weak ones (SHA-1, CBC, RC4, MD5, NIST curves, `none`: the rule
+of potluck.kernel.ssh_algorithms), which asyncssh implements and an operator could otherwise
+list.
 
 Connection limits (each refusal says why, and is logged with the source):
 
@@ -85,9 +87,11 @@ from pydantic import (
 )
 
 from potluck.kernel.digits import is_digits
+from potluck.kernel.ssh_algorithms import weakness
 from potluck.sshgateway.ratelimit import LimitPolicy
 
 __all__ = [
+    "DEFAULT_CIPHERS",
     "DEFAULT_KEX_ALGS",
     "DEFAULT_MAC_ALGS",
     "ENV_PREFIX",
@@ -113,6 +117,8 @@ _IMPLEMENTED = {
     "kex_algs": asyncssh.kex.get_kex_algs,
     "mac_algs": asyncssh.mac.get_mac_algs,
 }
+#: The family of each list setting, as potluck.kernel.ssh_algorithms names it.
+_KIND = {"ciphers": "cipher", "kex_algs": "kex", "mac_algs": "mac"}
 
 
 class SettingsError(ValueError):
@@ -224,10 +230,16 @@ class GatewaySettings(BaseModel):
     def _algorithms(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
         if not value:
             raise ValueError("name at least one algorithm")
-        known = _IMPLEMENTED[info.field_name or ""]()
+        field = info.field_name or ""
+        known = _IMPLEMENTED[field]()
         unknown = [name for name in value if name.encode() not in known]
         if unknown:
             raise ValueError(f"not implemented by asyncssh: {', '.join(unknown)}")
+        weak = [f"{name} ({why})" for name in value if (why := weakness(_KIND[field], name))]
+        if weak:
+            raise ValueError(
+                f"too weak to offer: {', '.join(weak)}; leave the setting unset for the defaults"
+            )
         return value
 
     @model_validator(mode="after")
