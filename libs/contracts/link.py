@@ -18,6 +18,15 @@ LINK_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-po
 LINK_KEX_ALGS = ("mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org")
 #: Used only with a non-AEAD cipher, which LINK_CIPHERS has none of; SHA-2 encrypt-then-MAC.
 LINK_MAC_ALGS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
+#: Host keys and login signatures on that hop: both ends' keys are ed25519, made by Potluck
+#: (potluck.kernel.ssh_identity, the gateway's tunnel key). Left to asyncssh's defaults, the
+#: gateway offered 27 host key types, `ssh-rsa` (RSA with SHA-1) and certificates among them,
+#: and hostd announced `ssh-rsa` and `ssh-dss` in its server-sig-algs and would verify them.
+LINK_SIGNATURE_ALGS = ("ssh-ed25519",)
+#: What each end of the link says in its SSH version line. asyncssh's default,
+#: `AsyncSSH_<version>`, tells anyone who reaches the hop which CVEs to try.
+HOSTD_SSH_VERSION = "Potluck_hostd"
+GATEWAY_SSH_VERSION = "Potluck_sshgateway"
 
 
 #: Bytes one read from a socket may take (asyncio's default is 256 KiB). See `limit_reads`.

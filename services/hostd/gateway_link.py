@@ -76,10 +76,12 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from potluck.contracts.link import (
+    HOSTD_SSH_VERSION,
     LATENCY_SLICE_US,
     LINK_CIPHERS,
     LINK_KEX_ALGS,
     LINK_MAC_ALGS,
+    LINK_SIGNATURE_ALGS,
     limit_reads,
     request_short_slice,
     skip_ignore_packets,
@@ -601,6 +603,9 @@ async def _dial(link: _Link, host_key: asyncssh.SSHKey, timing: LinkTiming) -> a
         encryption_algs=list(LINK_CIPHERS),
         kex_algs=list(LINK_KEX_ALGS),
         mac_algs=list(LINK_MAC_ALGS),
+        # server-sig-algs, and the signatures hostd verifies the gateway's login with.
+        signature_algs=list(LINK_SIGNATURE_ALGS),
+        server_version=HOSTD_SSH_VERSION,
         keepalive_interval=timing.keepalive_interval_s,
         keepalive_count_max=timing.keepalive_count_max,
         login_timeout=timing.connect_timeout_s,

@@ -64,9 +64,11 @@ import asyncssh
 import structlog
 
 from potluck.contracts.link import (
+    GATEWAY_SSH_VERSION,
     LINK_CIPHERS,
     LINK_KEX_ALGS,
     LINK_MAC_ALGS,
+    LINK_SIGNATURE_ALGS,
     limit_reads,
     skip_ignore_packets,
 )
@@ -93,7 +95,7 @@ __all__ = ["GatewayServer", "TunnelClient", "listen_for_hosts", "listen_for_user
 
 log = structlog.get_logger(__name__)
 
-SERVER_VERSION = "Potluck_sshgateway"
+SERVER_VERSION = GATEWAY_SSH_VERSION
 #: Refusals of one kind logged per connection; the rest are counted in one line at its end.
 _REFUSALS_LOGGED = 3
 
@@ -579,6 +581,10 @@ async def listen_for_hosts(ctx: GatewayContext, tunnel_key: asyncssh.SSHKey) -> 
         encryption_algs=list(LINK_CIPHERS),
         kex_algs=list(LINK_KEX_ALGS),
         mac_algs=list(LINK_MAC_ALGS),
+        # The host key types the gateway takes, and what it signs its own login with.
+        server_host_key_algs=list(LINK_SIGNATURE_ALGS),
+        signature_algs=list(LINK_SIGNATURE_ALGS),
+        client_version=GATEWAY_SSH_VERSION,
         connect_timeout=settings.login_timeout_s,
         **_common_options(ctx),
     )
