@@ -10,12 +10,28 @@ source address alone:
   PerSourceMaxStartups): a connection holds its place from `admit` until
   `done` (it authenticated, or went away).
 
+When all `max_unauthenticated` places are taken, a connection from an address
+that holds fewer of them than the address holding the most (once it is
+counted) is still admitted: the oldest connection of that heaviest address is
+given up (`on_evict`, which ends it) to make room. Before, 7 addresses holding
+their 10 each filled the 64 places, and every user was refused until those
+connections' login deadline, which the flood renewed by reconnecting. A fair
+share rather than OpenSSH's random early drop (MaxStartups start:rate:full):
+random drop refuses a user's connection as often as the flood's, and a flood
+that reconnects as fast as it is dropped keeps the places full all the same;
+here a user with one connection logging in always has a place while some
+address holds two, and the flood cannot take it back (an eviction only ever
+takes from the heaviest). Only many addresses, each holding as few as the
+user, fill the places for good; IPv6 addresses are counted by /64
+(potluck.kernel.client_address), so those must be IPv4 addresses.
+
 Memory is bounded: buckets that have refilled are forgotten, and at most
 `max_sources` are kept (the least recently used dropped first, which can only
 make that address's next connection welcome).
 """
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["Admission", "AdmissionPolicy"]
@@ -47,6 +63,10 @@ class Admission:
             raise ValueError("max_sources must be at least 1")
         self.policy = policy
         self.max_sources = max_sources
+        #: Ends the oldest connection `admit` took from an address that is still logging in
+        #: (the listener that holds them sets it): its place is already free, so `done` is
+        #: not called for it.
+        self.on_evict: Callable[[str], None] = lambda source: None
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._pending: dict[str, int] = {}
         self.unauthenticated = 0
@@ -63,10 +83,14 @@ class Admission:
 
     def admit(self, source: str, now: float) -> str | None:
         """None if a connection from `source` is taken (call `done` later); else why not."""
-        if self.unauthenticated >= self.policy.max_unauthenticated:
-            return "the gateway has too many connections still logging in; try again in a few seconds"
-        if self._pending.get(source, 0) >= self.policy.source_max_unauthenticated:
+        held = self._pending.get(source, 0)
+        if held >= self.policy.source_max_unauthenticated:
             return "too many connections from your address are still logging in; try again in a few seconds"
+        victim = None
+        if self.unauthenticated >= self.policy.max_unauthenticated:
+            victim = self._heaviest()
+            if victim is None or held + 1 >= self._pending[victim]:
+                return "the gateway has too many connections still logging in; try again in a few seconds"
         bucket = self._refill(source, now)
         if bucket.tokens < 1:
             self._keep(source, bucket)
@@ -74,9 +98,20 @@ class Admission:
             return f"too many new connections from your address; try again in {max(1, round(wait))} s"
         bucket.tokens -= 1
         self._keep(source, bucket)
+        if victim is not None:
+            self.done(victim)
+            self.on_evict(victim)
         self._pending[source] = self._pending.get(source, 0) + 1
         self.unauthenticated += 1
         return None
+
+    def _heaviest(self) -> str | None:
+        """The address holding the most places (the first to get there, of equals)."""
+        return max(self._pending, key=self._pending.__getitem__, default=None)
+
+    def held(self, source: str) -> int:
+        """Places `source` holds: its connections still logging in."""
+        return self._pending.get(source, 0)
 
     def done(self, source: str) -> None:
         """A connection `admit` took has authenticated or gone: its place is free."""

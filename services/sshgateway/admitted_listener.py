@@ -4,7 +4,10 @@ asyncssh's own listener starts SSH (sends its banner, then a key exchange)
 on every connection it accepts. This one asks `Admission` first
 (admission.py), so a flood of connections from one address, or too many
 half-open logins, is closed with one line saying why, as OpenSSH does past
-MaxStartups, before any key exchange is spent on it. An admitted connection
+MaxStartups, before any key exchange is spent on it; when the places for
+logins in progress are full, a connection from an address holding fewer of them
+takes the place of the oldest of the address holding the most, which is ended
+(admission.py says why). An admitted connection
 runs SSH (`start_ssh`: the users' port serves it with `asyncssh.run_server`,
 the hosts' port is its client with `asyncssh.run_client`) and holds its
 admission place until it has authenticated or gone.
@@ -20,9 +23,10 @@ and hosts alike.
 import asyncio
 import contextlib
 import contextvars
+import functools
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -67,6 +71,11 @@ class AdmittedListener:
         self._accepting: asyncio.Task[Any] | None = None
         #: Per address: when its refusal was last logged, and how many since.
         self._refusals: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        #: Per address: the tasks of its connections still logging in, oldest first.
+        self._logging_in: dict[str, deque[asyncio.Task[None]]] = {}
+        #: Tasks whose place admission gave to another connection: not `done` again.
+        self._evicted: set[asyncio.Task[None]] = set()
+        admission.on_evict = self._evict
 
     @classmethod
     async def start(
@@ -107,7 +116,36 @@ class AdmittedListener:
                 self._log_refusal(source, refusal)
                 _refuse(conn, refusal)
                 continue
-            self._ctx.tasks.start(self._serve(conn, source, str(peer[0])))
+            task = self._ctx.tasks.start(self._serve(conn, source, str(peer[0])))
+            self._logging_in.setdefault(source, deque()).append(task)
+            # A callback, not a `finally`: a task cancelled before it first ran runs no finally.
+            task.add_done_callback(functools.partial(self._ended, source, conn))
+
+    def _evict(self, source: str) -> None:
+        tasks = self._logging_in.get(source)
+        if not tasks:
+            return
+        task = tasks.popleft()
+        if not tasks:
+            del self._logging_in[source]
+        self._evicted.add(task)
+        # Cancelling run_server aborts the connection (asyncssh closes what it started).
+        task.cancel()
+        log.info("connection.evicted", source=source, reason="its address holds the most logins in progress")
+
+    def _ended(self, source: str, conn: socket.socket, task: "asyncio.Task[None]") -> None:
+        """SSH on `conn` has logged in, or ended, or was evicted: its place is free."""
+        if task in self._evicted:
+            self._evicted.discard(task)
+            conn.close()  # what asyncssh did not get to own yet (closing twice does nothing)
+            return
+        tasks = self._logging_in.get(source)
+        if tasks is not None:
+            with contextlib.suppress(ValueError):
+                tasks.remove(task)
+            if not tasks:
+                del self._logging_in[source]
+        self.admission.done(source)
 
     def _log_refusal(self, source: str, reason: str) -> None:
         now = self._clock()
@@ -131,8 +169,6 @@ class AdmittedListener:
             log.debug("connection.ssh_ended", source=source, error=repr(exc))
         except Exception as exc:
             log.error("connection.failed", source=source, error=repr(exc))
-        finally:
-            self.admission.done(source)
 
 
 def _refuse(conn: socket.socket, reason: str) -> None:

@@ -212,39 +212,58 @@ async def test_connections_that_never_speak_ssh_are_logged_once_and_hold_nothing
     assert _fds(env) <= before, (before, _fds(env))
 
 
-async def test_connections_logging_in_are_capped_per_address_and_in_all(env: SshEnv) -> None:
+async def test_connections_logging_in_are_capped_per_address_and_a_flood_cannot_keep_users_out(
+    env: SshEnv,
+) -> None:
     """Tried: idle TCP connections that never log in (as a MaxStartups flood): 4 from one
-    address and a fifth from it, then 4 from each of two more, then one from a fourth address.
+    address and a fifth from it, then 4 from each of two more, filling all 12 places; then a
+    raw connection from a fourth address, a real `ssh` login from a fifth, and the flood
+    reconnecting from its three addresses. Before the fix the fourth address and the `ssh`
+    login were refused ("the gateway has too many connections still logging in") until the
+    flood's connections reached their login deadline.
     Must hold (12 may be logging in, 4 from one address): every one of the 12 gets the SSH
     banner; the fifth from one address is refused with the line saying too many from that
-    address; the fourth address is refused with the line saying the gateway has too many
-    logging in, and so is a real `ssh` login from it (exit 255, the line shown with -v);
-    once one idle connection closes, the fourth address gets the banner; and when the idle
-    ones have gone, the user logs in as before."""
-    idle: list[asyncio.StreamWriter] = []
+    address; the fourth address gets the banner and the first address's oldest connection is
+    closed to make room; the `ssh` login runs its command while the flood holds its places;
+    the flood reconnecting closes none but its own connections (the gateway logs each one it
+    closed, with its address)."""
+    idle: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+    flood = ("127.0.0.101", "127.0.0.102", "127.0.0.103")
     try:
-        for source in ("127.0.0.101", "127.0.0.102", "127.0.0.103"):
+        for source in flood:
             for _ in range(4):
                 reader, writer = await asyncio.open_connection("127.0.0.1", env.port, local_addr=(source, 0))
-                idle.append(writer)
+                idle.setdefault(source, []).append((reader, writer))
                 async with asyncio.timeout(5):
                     assert (await reader.readline()).startswith(b"SSH-2.0-")
             if source == "127.0.0.101":
                 fifth = await _first_bytes(source, env.port, None, wait=2)
                 assert fifth.startswith(b"potluck: too many connections from your address are still"), fifth
-        other = await _first_bytes("127.0.0.104", env.port, None, wait=2)
-        assert other.startswith(b"potluck: the gateway has too many connections still logging in"), other
-        refused = await env.ssh("pre1", "true", source="127.0.0.104", options=["-v"])
-        assert refused.returncode == 255, refused.err
-        assert "potluck: the gateway has too many connections still logging in" in refused.err, refused.err
 
-        idle.pop().close()
-        await asyncio.sleep(0.5)
-        admitted = await _first_bytes("127.0.0.104", env.port, None, wait=1)
-        assert admitted.startswith(b"SSH-2.0-"), admitted
+        reader, writer = await asyncio.open_connection("127.0.0.1", env.port, local_addr=("127.0.0.104", 0))
+        idle["127.0.0.104"] = [(reader, writer)]
+        async with asyncio.timeout(5):
+            assert (await reader.readline()).startswith(b"SSH-2.0-")
+        oldest = idle["127.0.0.101"][0][0]
+        async with asyncio.timeout(10):
+            while await oldest.read(4096):  # its KEXINIT, then the end
+                pass
+
+        reached = await env.ssh("pre1", "echo in", source="127.0.0.105")
+        assert reached.out == "in\n", reached.err
+
+        for source in flood:
+            for _ in range(3):
+                await _first_bytes(source, env.port, None, wait=0.2)
+        await asyncio.sleep(0.5)  # the last lines written
+        evicted = [line["source"] for line in _gateway_lines(env, event="connection.evicted")]
+        assert evicted, env.logs()
+        assert "127.0.0.101" in evicted
+        assert set(evicted) <= set(flood), evicted
     finally:
-        for writer in idle:
-            writer.close()
+        for held in idle.values():
+            for _, idle_writer in held:
+                idle_writer.close()
     await asyncio.sleep(0.5)
-    reached = await env.ssh("pre1", "echo in", source="127.0.0.105")
+    reached = await env.ssh("pre1", "echo in", source="127.0.0.106")
     assert reached.out == "in\n", reached.err

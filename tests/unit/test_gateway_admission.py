@@ -34,22 +34,93 @@ def test_refusals_take_no_place_and_no_token() -> None:
 
 
 def test_logins_in_progress_are_capped_per_address_and_in_all() -> None:
+    """Tried: 3 places, 2 per address; a and b fill them, then c, then a and b again, then d.
+    Must hold: a's third is refused as too many from its address; c takes a's oldest place
+    (a holds the most), which is ended; a cannot take it back, nor b take one (each would hold
+    as many as the heaviest); d, with a place freed, is admitted without ending any."""
     admission = Admission(
         AdmissionPolicy(rate=100, burst=100, max_unauthenticated=3, source_max_unauthenticated=2)
     )
+    evicted: list[str] = []
+    admission.on_evict = evicted.append
     assert admission.admit("a", 0) is None
     assert admission.admit("a", 0) is None
     per_source = admission.admit("a", 0)
     assert per_source is not None
     assert "still logging in" in per_source
     assert admission.admit("b", 0) is None
-    whole = admission.admit("c", 0)
-    assert whole is not None
-    assert "the gateway has too many connections still logging in" in whole
-    admission.done("a")
     assert admission.admit("c", 0) is None
+    assert evicted == ["a"]
+    assert (admission.held("a"), admission.held("b"), admission.held("c")) == (1, 1, 1)
+    for source in ("a", "b", "c", "d"):
+        whole = admission.admit(source, 0)
+        assert whole is not None
+        assert "the gateway has too many connections still logging in" in whole
+    assert evicted == ["a"]
+    admission.done("a")
+    assert admission.admit("d", 0) is None
+    assert evicted == ["a"]
     admission.done("nobody")  # a place never taken frees nothing
     assert admission.unauthenticated == 3
+
+
+def test_seven_flooding_addresses_cannot_keep_a_user_out() -> None:
+    """Tried: the defaults (64 places, 10 per address); 7 addresses take every place they can,
+    then a user's address connects, then the flood reconnects as fast as it can.
+    Before the fix the user was refused until the flood's logins timed out.
+    Must hold: the user is admitted (one of the heaviest address's ended), and no reconnect
+    of the flood ends the user's connection or takes its place."""
+    admission = Admission(AdmissionPolicy(rate=1000, burst=1000))
+    evicted: list[str] = []
+    admission.on_evict = evicted.append
+    flood = [f"10.0.0.{i}" for i in range(7)]
+    for _ in range(10):
+        for source in flood:
+            admission.admit(source, 0)
+    assert admission.unauthenticated == 64
+    assert admission.admit("user", 0) is None
+    assert len(evicted) == 1
+    assert evicted[0] in flood
+    for _ in range(100):
+        for source in flood:
+            admission.admit(source, 0)
+    assert "user" not in evicted
+    assert admission.held("user") == 1
+    assert admission.unauthenticated == 64
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["admit", "done"]), st.sampled_from(["a", "b", "c", "d", "e"])),
+        max_size=300,
+    )
+)
+def test_places_are_never_overfilled_and_a_lighter_address_always_gets_one(
+    steps: list[tuple[str, str]],
+) -> None:
+    """Tried: any sequence of connections and ends from 5 addresses, 6 places, 4 per address.
+    Must hold: the places taken are the sum of what the addresses hold and never more than 6;
+    an address that would hold fewer than the heaviest is never refused for the whole cap; an
+    eviction only ever takes from an address holding the most."""
+    policy = AdmissionPolicy(rate=1e9, burst=10**9, max_unauthenticated=6, source_max_unauthenticated=4)
+    admission = Admission(policy)
+    sources = ["a", "b", "c", "d", "e"]
+    evicted: list[str] = []
+    admission.on_evict = evicted.append
+    for action, source in steps:
+        if action == "done":
+            admission.done(source)
+            continue
+        held = {s: admission.held(s) for s in sources}
+        refusal = admission.admit(source, 0)
+        if refusal is not None and "the gateway has too many" in refusal:
+            assert held[source] + 1 >= max(held.values())
+        if evicted:
+            victim = evicted.pop()
+            assert held[victim] == max(held.values())
+            assert victim != source
+        assert admission.unauthenticated == sum(admission.held(s) for s in sources)
+        assert admission.unauthenticated <= policy.max_unauthenticated
 
 
 def test_policy_is_validated() -> None:
