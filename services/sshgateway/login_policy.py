@@ -1,9 +1,12 @@
 """What a login to the users' port may cost and present, beyond what asyncssh checks itself.
 
 asyncssh has no bound on the authentication requests one connection sends,
-and takes any signature a key can make. Both are the gateway's to hold:
+and takes any signature a key can make. Both are the gateway's to hold. The
+first two bounds below are held by one wrapper of a connection's packet
+processing (`bound_before_login`: the users' port uses both, the hosts' port,
+where the gateway is the client, the second):
 
-- Requests per connection (`count_auth_requests`): OpenSSH's sshd ends a
+- Requests per connection (`auth_requests`): OpenSSH's sshd ends a
   connection after MaxAuthTries failures; asyncssh answers every request, and
   a request that arrives while the last one is still being checked cancels
   that one, so a client need not even wait for the answers. One connection
@@ -16,21 +19,20 @@ and takes any signature a key can make. Both are the gateway's to hold:
   trying each key it may offer twice (a query, then the signed request); the
   next one ends it, with the reason OpenSSH gives.
 
-- Messages before login (`bound_messages_before_login`): asyncssh's login
-  timer is a hard deadline (traffic does not reset it), but until it fires a
-  connection that never authenticates could rekey as often as it liked, each
-  key exchange a key generation and agreement on the gateway's one event
-  loop: one asyncssh client rekeying in a loop had 4 such connections cost the
-  gateway 9% of a core, and the 10 an address may hold open many times that,
-  every session waiting behind them. IGNORE and DEBUG messages, and unknown
-  ones (answered UNIMPLEMENTED), cost a decryption each, as the `none`
-  requests above did. An OpenSSH client sends one KEXINIT, NEWKEYS, a
-  service request and EXT_INFO before it logs in (asyncssh's client an
-  empty IGNORE before each of its packets too); a connection may send
-  `KEY_EXCHANGES_BEFORE_LOGIN` KEXINITs, `MESSAGES_BEFORE_LOGIN` other
-  transport messages, and as many IGNOREs and the like beyond one for each
-  other message it sends, before it has logged in; the next one ends it.
-  After login all are free again: a long session rekeys by volume and time.
+- Messages before login: asyncssh's login timer is a hard deadline (traffic does
+  not reset it), but until it fires a connection that never authenticates could
+  rekey as often as it liked, each key exchange a key generation and agreement
+  on the gateway's one event loop: one asyncssh client rekeying in a loop had 4
+  such connections cost the gateway 9% of a core, and the 10 an address may hold
+  open many times that, every session waiting behind them. IGNORE and DEBUG
+  messages, and unknown ones (answered UNIMPLEMENTED), cost a decryption each,
+  as the `none` requests above did. An OpenSSH client sends one KEXINIT,
+  NEWKEYS, a service request and EXT_INFO before it logs in (asyncssh's client
+  an empty IGNORE before each of its packets too); a connection may send
+  `KEY_EXCHANGES_BEFORE_LOGIN` KEXINITs, `MESSAGES_BEFORE_LOGIN` other transport
+  messages, and as many IGNOREs and the like beyond one for each other message
+  it sends, before it has logged in; the next one ends it. After login all are
+  free again: a long session rekeys by volume and time.
 
 - Signatures and keys (`signature_refusal`, `weak_key_refusal`): a login is
   signed with one of `SIGNATURE_ALGS`, the algorithms OpenSSH's sshd accepts
@@ -43,7 +45,6 @@ and takes any signature a key can make. Both are the gateway's to hold:
 """
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import asyncssh
 from asyncssh.constants import (
@@ -63,8 +64,7 @@ __all__ = [
     "MESSAGES_BEFORE_LOGIN",
     "SIGNATURE_ALGS",
     "auth_requests_allowed",
-    "bound_messages_before_login",
-    "count_auth_requests",
+    "bound_before_login",
     "signature_algorithm",
     "signature_refusal",
     "weak_key_refusal",
@@ -91,32 +91,6 @@ def auth_requests_allowed(max_keys: int) -> int:
     return 2 * max_keys + 3
 
 
-def count_auth_requests(
-    conn: asyncssh.SSHServerConnection, allowed: int, exceeded: Callable[[], None]
-) -> None:
-    """Let `conn` take `allowed` authentication requests; at the next, call `exceeded` (which
-    ends the connection) instead of handling it.
-
-    asyncssh hands each packet to the handler its connection's `_packet_handlers` table names
-    for the packet's type, read from the connection object: this connection gets its own
-    table, the same but for the authentication request, which is counted first."""
-    table = dict(conn._packet_handlers)
-    handle = table[MSG_USERAUTH_REQUEST]
-    seen = 0
-
-    def counted(owner: Any, pkttype: int, pktid: int, packet: SSHPacket) -> Awaitable[None] | None:
-        nonlocal seen
-        seen += 1
-        if seen > allowed:
-            if seen == allowed + 1:
-                exceeded()
-            return None
-        return handle(owner, pkttype, pktid, packet)
-
-    table[MSG_USERAUTH_REQUEST] = counted
-    conn._packet_handlers = table
-
-
 #: KEXINITs a connection may send before it has logged in: the first, and one rekey.
 KEY_EXCHANGES_BEFORE_LOGIN = 2
 #: Other transport messages (NEWKEYS, a service request, EXT_INFO) a connection may send before
@@ -127,47 +101,59 @@ MESSAGES_BEFORE_LOGIN = 32
 _CHATTER = frozenset((MSG_IGNORE, MSG_UNIMPLEMENTED, MSG_DEBUG))
 
 
-def bound_messages_before_login(
+def bound_before_login(
     conn: asyncssh.SSHServerConnection | asyncssh.SSHClientConnection,
-    exceeded: Callable[[str], None],
+    too_many_messages: Callable[[str], None],
     *,
+    auth_requests: int | None = None,
+    too_many_auth_requests: Callable[[], None] = lambda: None,
     key_exchanges: int = KEY_EXCHANGES_BEFORE_LOGIN,
     messages: int = MESSAGES_BEFORE_LOGIN,
 ) -> None:
-    """Until `conn` has logged in, let it send `key_exchanges` KEXINITs, `messages` other
+    """Bound what `conn` may send, in one wrapper of its packet processing.
+
+    Until `conn` has logged in, let it send `key_exchanges` KEXINITs, `messages` other
     transport messages, and `messages` IGNORE/DEBUG/UNIMPLEMENTED/unknown ones beyond one for
-    each other message (authentication requests included, which count_auth_requests bounds);
-    at the next, call `exceeded` with why (it ends the connection) instead of handling it.
+    each other message (authentication requests included); at the next, call
+    `too_many_messages` with why (it ends the connection) and drop it. With `auth_requests`,
+    let it send that many authentication requests, before login or after; at the next, call
+    `too_many_auth_requests` (which ends the connection) and drop it and any after.
 
     asyncssh hands every message that is neither a key exchange method's nor a channel's to
     its connection's `process_packet` (unknown types too, which it answers UNIMPLEMENTED; a
-    server's authentication requests too): this connection's is wrapped, and counts them."""
+    server's authentication requests too, which are outside the USERAUTH range asyncssh
+    gives its authentication object): this connection's is wrapped, and counts them."""
     process = conn.process_packet
-    seen = {"kexinit": 0, "transport": 0, "chatter": 0, "others": 0}
+    seen = {"kexinit": 0, "transport": 0, "chatter": 0, "others": 0, "auth": 0}
     ended: list[str] = []
 
     def counted(pkttype: int, pktid: int, packet: SSHPacket) -> bool | Awaitable[None]:
-        if getattr(conn, "_auth_complete", False):
-            return process(pkttype, pktid, packet)
-        if ended:
-            return True  # dropped (not answered UNIMPLEMENTED) while the connection ends
-        handled = pkttype in conn._packet_handlers
-        if pkttype in _CHATTER or not handled:
-            seen["chatter"] += 1
-        else:
-            seen["others"] += 1
-            if pkttype == MSG_KEXINIT:
-                seen["kexinit"] += 1
-            elif pkttype < MSG_USERAUTH_FIRST:
-                seen["transport"] += 1
-        if seen["kexinit"] > key_exchanges:
-            ended.append("too many key exchanges before login")
-        elif seen["transport"] > messages or seen["chatter"] > seen["others"] + messages:
-            ended.append("too many messages before login")
-        else:
-            return process(pkttype, pktid, packet)
-        exceeded(ended[0])
-        return True
+        if not getattr(conn, "_auth_complete", False):
+            if ended:
+                return True  # dropped (not answered UNIMPLEMENTED) while the connection ends
+            handled = pkttype in conn._packet_handlers
+            if pkttype in _CHATTER or not handled:
+                seen["chatter"] += 1
+            else:
+                seen["others"] += 1
+                if pkttype == MSG_KEXINIT:
+                    seen["kexinit"] += 1
+                elif pkttype < MSG_USERAUTH_FIRST:  # authentication requests (50) too
+                    seen["transport"] += 1
+            if seen["kexinit"] > key_exchanges:
+                ended.append("too many key exchanges before login")
+            elif seen["transport"] > messages or seen["chatter"] > seen["others"] + messages:
+                ended.append("too many messages before login")
+            if ended:
+                too_many_messages(ended[0])
+                return True
+        if pkttype == MSG_USERAUTH_REQUEST and auth_requests is not None:
+            seen["auth"] += 1
+            if seen["auth"] > auth_requests:
+                if seen["auth"] == auth_requests + 1:
+                    too_many_auth_requests()
+                return True
+        return process(pkttype, pktid, packet)
 
     conn.process_packet = counted  # type: ignore[method-assign]
 

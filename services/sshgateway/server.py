@@ -81,8 +81,7 @@ from potluck.sshgateway.context import GatewayContext
 from potluck.sshgateway.login_policy import (
     SIGNATURE_ALGS,
     auth_requests_allowed,
-    bound_messages_before_login,
-    count_auth_requests,
+    bound_before_login,
     signature_refusal,
     weak_key_refusal,
 )
@@ -143,10 +142,12 @@ class GatewayServer(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername") or (ACCEPTED_FROM.get(), 0)
         self._address, self._port = str(peer[0]), int(peer[1])
         self._client = client_of(self._address)
-        count_auth_requests(
-            conn, auth_requests_allowed(self._ctx.settings.max_keys_per_connection), self._too_many_requests
+        bound_before_login(
+            conn,
+            self._too_many_messages,
+            auth_requests=auth_requests_allowed(self._ctx.settings.max_keys_per_connection),
+            too_many_auth_requests=self._too_many_requests,
         )
-        bound_messages_before_login(conn, self._too_many_messages)
         self._check_signatures(conn)
         watch_writes(conn, self._congested_writes, self._drained_writes)
 
@@ -447,7 +448,7 @@ class TunnelClient(asyncssh.SSHClient):
         self._conn = conn
         limit_reads(conn)
         skip_ignore_packets(conn)
-        bound_messages_before_login(conn, self._too_many_messages)
+        bound_before_login(conn, self._too_many_messages)
         peer = conn.get_extra_info("peername") or (ACCEPTED_FROM.get(), 0)
         self._peer = f"{peer[0]}:{peer[1]}"
 
