@@ -39,6 +39,18 @@ allocation (it started a moment ago and has not yet heard from the
 allocator), it does not know the bound: an open for writing waits a little
 for it, then is refused saying so.
 
+What the user reads of a failure is in Potluck's words, about paths in the
+allocation: the container's own (busybox's) messages are passed on, they speak
+of the container's files; the engine's are not. An engine that failed or went
+away (its socket's path on the member's machine, the container's whole id, the
+runtime's "OCI runtime exec failed: ...") is said to be so, with what to do,
+and its words go to hostd's log (`helper_sftp.engine_failed`): before, a user's
+SFTP client read "the container did not run the operation: GET
+/containers/potluck-<alloc>/json on unix:///<the member's path>/docker.sock
+failed: FileNotFoundError: [Errno 2] No such file or directory" when the
+member's engine went away, and the engine's answers to an exec (the
+container's whole id, its status and message) the same way.
+
 `HelperSftpProcess` stands where an exec of the image's sftp-server would
 (gateway_link.HostSession drives both the same way: exec_bridge.SessionProcess):
 the session's input feeds the protocol, its replies go out as the process's
@@ -74,7 +86,7 @@ from potluck.hostd.exec_errors import ExecError, ExecRefused
 from potluck.hostd.exec_stream import ExecSink
 from potluck.hostd.sftp_filter import SftpFilter
 
-__all__ = ["ContainerSFTPServer", "HelperSftpProcess", "open_sftp"]
+__all__ = ["ENGINE_FAILED", "ContainerSFTPServer", "HelperSftpProcess", "open_sftp"]
 
 log = structlog.get_logger(__name__)
 
@@ -103,6 +115,14 @@ _MESSAGES = {
     21: "Is a directory",
     39: "Directory not empty",
 }
+#: Exit statuses from 126 up are the engine's (it could not start the helper, or it was
+#: killed), never a script's own: the scripts above exit with an errno or 1.
+_ENGINE_STATUS = 126
+#: What the user reads when the engine, not the container, failed an operation.
+ENGINE_FAILED = (
+    "the container's engine on its host could not run this operation; try again, and if it "
+    "keeps failing, ask the member of this machine (hostd's log has the engine's words)"
+)
 # Classify why a path cannot be used, the way the errno would (busybox's messages vary).
 _WHY = (
     'why() { if [ ! -e "$1" ] && [ ! -L "$1" ]; then exit 2; fi; '
@@ -248,13 +268,30 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
 
     # Helpers.
 
+    def _failure(self, exc: Exception) -> asyncssh.SFTPError:
+        """What the user reads of `exc`: the container's words (an exec that ran and failed), or
+        ENGINE_FAILED with the engine's words logged (module docstring)."""
+        if isinstance(exc, ExecRefused):
+            return asyncssh.SFTPFailure(str(exc))  # said for users (exec_errors.py)
+        if isinstance(exc, StreamFailed):
+            if 0 < exc.status < _ENGINE_STATUS:
+                error = _ERRORS.get(exc.status, asyncssh.SFTPFailure)
+                return error(exc.said or _MESSAGES.get(exc.status, f"failed (status {exc.status})"))
+        elif type(exc) is OSError:
+            return asyncssh.SFTPFailure(str(exc))  # a writer in the container said why it stopped
+        engine_said = f"{type(exc).__name__}: {exc}"
+        log.warning("helper_sftp.engine_failed", alloc_id=self.files.alloc_id, engine=engine_said[:1000])
+        return asyncssh.SFTPFailure(ENGINE_FAILED)
+
     async def _run(self, script: str, *args: str) -> bytes:
         try:
             done = await self.files.run(script, *args)
         except ExecError as exc:
-            raise asyncssh.SFTPFailure(f"the container did not run the operation: {exc}") from exc
+            raise self._failure(exc) from exc
         if done.status == 0:
             return done.out
+        if not 0 < done.status < _ENGINE_STATUS:
+            raise self._failure(StreamFailed(done.message, done.status))
         error = _ERRORS.get(done.status, asyncssh.SFTPFailure)
         raise error(done.message or _MESSAGES.get(done.status, f"failed (status {done.status})"))
 
@@ -415,14 +452,14 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
             try:
                 handle.reader = await self.files.read_stream(handle.path, offset)
             except ExecError as exc:
-                raise asyncssh.SFTPFailure(str(exc)) from exc
+                raise self._failure(exc) from exc
             finally:
                 self._settle(handle)
         self._settle(handle)
         try:
             return await handle.reader.read(size)
-        except OSError as exc:
-            raise asyncssh.SFTPFailure(str(exc)) from exc
+        except (ExecError, OSError) as exc:
+            raise self._failure(exc) from exc
 
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
         handle = cast(_Handle, file_obj)
@@ -456,11 +493,11 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
             self._give_back(growth)
             handle.taken -= growth
             if isinstance(exc, ExecError):
-                raise asyncssh.SFTPFailure(str(exc)) from exc
+                raise self._failure(exc) from exc
             if isinstance(exc, OSError):
                 handle.writer = None
                 self._settle(handle)
-                raise asyncssh.SFTPFailure(str(exc)) from exc
+                raise self._failure(exc) from exc
             raise
         return len(data)
 
@@ -472,8 +509,8 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
         self._settle(handle)
         try:
             await writer.close()
-        except OSError as exc:
-            raise asyncssh.SFTPFailure(str(exc)) from exc
+        except (ExecError, OSError) as exc:
+            raise self._failure(exc) from exc
 
     async def close(self, file_obj: object) -> None:
         handle = cast(_Handle, file_obj)
@@ -518,10 +555,10 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
             try:
                 listing = await self.files.stream(_LIST, _text(path))
             except ExecError as exc:
-                raise asyncssh.SFTPFailure(f"the container did not run the operation: {exc}") from exc
+                raise self._failure(exc) from exc
             self.listings.add(listing)
             try:
-                async for entry in _entries(listing):
+                async for entry in _entries(listing, self._failure):
                     line, sep, name = entry.partition(b"\n")
                     if sep:
                         yield asyncssh.SFTPName(name, attrs=_attrs(parse_stat(line.decode())))
@@ -614,17 +651,17 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
             disk_budget.leave(self.files.bridge, self.files.alloc_id, budget)
 
 
-async def _entries(listing: ReadStream) -> AsyncIterator[bytes]:
-    """The NUL-ended records of a listing as they come; its exit status as an SFTP error."""
+async def _entries(
+    listing: ReadStream, failure: Callable[[Exception], asyncssh.SFTPError]
+) -> AsyncIterator[bytes]:
+    """The NUL-ended records of a listing as they come; its exit status as an SFTP error
+    (`failure`: ContainerSFTPServer._failure)."""
     pending = b""
     while True:
         try:
             chunk = await listing.read(1 << 16)
-        except StreamFailed as exc:
-            error = _ERRORS.get(exc.status, asyncssh.SFTPFailure)
-            raise error(exc.said or _MESSAGES.get(exc.status, str(exc))) from exc
-        except OSError as exc:
-            raise asyncssh.SFTPFailure(str(exc)) from exc
+        except (ExecError, OSError) as exc:
+            raise failure(exc) from exc
         if not chunk:
             return
         *records, pending = (pending + chunk).split(b"\0")

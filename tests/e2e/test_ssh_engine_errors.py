@@ -7,14 +7,20 @@ line saying what happened and what to do, with the engine's words in hostd's log
 """
 
 import asyncio
+import contextlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from typing import Any
 
+import asyncssh
 import docker
 import pytest
 
 from potluck.hostd.container_config import ContainerSpec
+from potluck.hostd.helper_sftp import ENGINE_FAILED
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.fixtures import ssh as ssh_fixtures
 from tests.fixtures.ssh import FakeHost, SshEnv
@@ -155,3 +161,106 @@ async def test_a_file_read_as_a_directory_is_said_so_without_the_members_paths(e
     logged = _link_lines(host, "archive.not_a_directory")
     assert logged, host.link.log_tail(20) if host.link else ""
     assert "overlay2" in logged[-1]["message"], logged
+
+
+class _EngineRelay:
+    """The engine's socket passed through a socket of the test's, which the test can cut: what
+    hostd meets when the member's engine stops or restarts in the middle of a session."""
+
+    def __init__(self, engine_path: str) -> None:
+        self.engine_path = engine_path
+        self.folder = tempfile.mkdtemp(prefix="eng-", dir="/tmp")  # a unix socket's path is short
+        self.path = os.path.join(self.folder, "docker.sock")
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._relay, self.path)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        engine_reader, engine_writer = await asyncio.open_unix_connection(self.engine_path)
+        self._writers |= {writer, engine_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+                dst.write_eof()  # an exec's stdin ends, its output goes on
+
+        await asyncio.gather(pipe(reader, engine_writer), pipe(engine_reader, writer))
+        writer.close()
+        engine_writer.close()
+
+    def cut(self) -> None:
+        """The engine goes away: its connections close, its socket is gone."""
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def remove(self) -> None:
+        self.cut()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+async def test_sftp_in_an_image_without_sftp_server_says_the_engine_failed_in_potlucks_words(
+    env: SshEnv,
+) -> None:
+    """Tried: hostd's own SFTP server (the busybox image has no sftp-server) with asyncssh's SFTP
+    client through the gateway; a listing that works; then the member's engine goes away in the
+    middle of the session (its socket closed and removed), and the client lists, stats and
+    opens a file.
+    Before the fix each SFTP status message read "the container did not run the operation:
+    GET /containers/potluck-eng4/json on unix:///<the member's path>/docker.sock failed:
+    FileNotFoundError: [Errno 2] No such file or directory".
+    Must hold: each operation fails with a status message saying the engine could not run it
+    and what to do, without the container's id, the engine's socket path or its API's words;
+    hostd's log holds the engine's words (`helper_sftp.engine_failed`)."""
+    host = env.hosts[0]
+    container_id = await env.place_running(host, "eng4")
+    relay = _EngineRelay(host.engine.url.removeprefix("unix://"))
+    await relay.start()
+    assert host.link is not None
+    await asyncio.to_thread(host.link.stop, timeout=10)
+    link = env.link_process(
+        host, f"127.0.0.1:{env.tunnel_port}", name="link-eng4", docker_url=f"unix://{relay.path}"
+    )
+    link.start()
+    try:
+        await env.wait_reachable("eng4")
+        async with asyncssh.connect(
+            "127.0.0.1",
+            env.port,
+            username="eng4",
+            client_keys=[str(env.key("alice"))],
+            known_hosts=None,
+            agent_path=None,
+            config=None,
+        ) as conn:
+            sftp = await conn.start_sftp_client()
+            assert "etc" in await sftp.listdir("/")
+            relay.cut()
+            said: list[str] = []
+            for operation in (sftp.listdir("/etc"), sftp.stat("/etc/hostname"), sftp.open("/etc/hostname")):
+                with pytest.raises(asyncssh.SFTPError) as caught:
+                    await operation
+                said.append(str(caught.value.reason))
+        for message in said:
+            assert message == ENGINE_FAILED, said
+            _no_engine_words(message, container_id)
+            for words in (relay.path, relay.folder, "unix://", "POST", "/containers/", "Errno"):
+                assert words not in message, (words, message)
+        logged = [
+            json.loads(line)
+            for line in link.log_path.read_text(errors="replace").splitlines()
+            if '"helper_sftp.engine_failed"' in line
+        ]
+        assert len(logged) >= 3, link.log_tail(20)
+        assert all(relay.folder in line["engine"] for line in logged), logged
+    finally:
+        await asyncio.to_thread(link.stop, timeout=10)
+        relay.remove()
+        env.start_link(host)
