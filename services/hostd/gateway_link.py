@@ -98,6 +98,7 @@ from potluck.hostd.session_controls import MAX_PENDING_SIGNALS, SessionControls
 from potluck.hostd.session_slots import SessionLimits, SessionSlots
 from potluck.hostd.spans import docker_span, tracer
 from potluck.kernel.background import BackgroundTasks
+from potluck.kernel.ssh_bounds import LINK_AUTH_REQUESTS, bound_before_login
 from potluck.kernel.ssh_identity import load_or_create_key
 
 __all__ = ["GatewayLink", "HostSession", "LinkTiming", "command_argv", "keep_linked"]
@@ -544,6 +545,26 @@ class _LinkServer(asyncssh.SSHServer):
         self._link.conn = conn
         limit_reads(conn)
         skip_ignore_packets(conn)
+        # Whoever answers at the gateway's address may try to log in: bounded as the gateway
+        # bounds its users (potluck.kernel.ssh_bounds).
+        bound_before_login(
+            conn,
+            self._too_many_messages,
+            auth_requests=LINK_AUTH_REQUESTS,
+            too_many_auth_requests=self._too_many_requests,
+        )
+
+    def _too_many_messages(self, why: str) -> None:
+        log.warning("link.too_many_messages", gateway=self._link.gateway.address, why=why)
+        if self._link.conn is not None:
+            self._link.conn.disconnect(asyncssh.DISC_PROTOCOL_ERROR, f"potluck: {why}")
+
+    def _too_many_requests(self) -> None:
+        log.warning("link.too_many_requests", gateway=self._link.gateway.address)
+        if self._link.conn is not None:
+            self._link.conn.disconnect(
+                asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "potluck: too many authentication attempts"
+            )
 
     def begin_auth(self, username: str) -> bool:
         return True

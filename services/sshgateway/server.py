@@ -73,6 +73,7 @@ from potluck.contracts.link import (
     skip_ignore_packets,
 )
 from potluck.kernel.client_address import client_of
+from potluck.kernel.ssh_bounds import bound_before_login
 from potluck.sshgateway.admission import Admission, AdmissionPolicy
 from potluck.sshgateway.admitted_listener import ACCEPTED_FROM, AdmittedListener
 from potluck.sshgateway.audit import LoginIdentity
@@ -81,7 +82,6 @@ from potluck.sshgateway.context import GatewayContext
 from potluck.sshgateway.login_policy import (
     SIGNATURE_ALGS,
     auth_requests_allowed,
-    bound_before_login,
     signature_refusal,
     weak_key_refusal,
 )

@@ -11,7 +11,12 @@ import asyncio
 import contextlib
 import os
 import re
+import socket
 from collections.abc import AsyncIterator
+
+import asyncssh
+from asyncssh.constants import MSG_USERAUTH_REQUEST
+from asyncssh.packet import String
 
 from potluck.kernel.ssh_algorithms import weakness
 from tests.fixtures import ssh as ssh_fixtures
@@ -181,3 +186,64 @@ async def test_hostds_link_server_offers_no_weak_algorithm_no_version_and_only_p
             _assert_login_methods(log, "Potluck_hostd")
         finally:
             await asyncio.to_thread(link.stop, timeout=10)
+
+
+async def test_hostd_ends_a_link_that_floods_authentication_requests(ssh_env: SshEnv) -> None:
+    """Tried: a real hostd link process dialling a port the test holds, where an asyncssh client
+    posing as the gateway (without its key) sends 10,000 authentication requests of the `none`
+    method without waiting for answers. Before the fix hostd answered every one until its
+    login timeout, on the event loop that carries all of the member's sessions.
+    Must hold: hostd ends the connection (saying "too many authentication attempts", when the
+    client reads that before its next write fails), and logs `link.too_many_requests` (without
+    the bound, only its login timeout ended it, with no such line)."""
+    sent = 0
+
+    class Floods(asyncssh.SSHClient):
+        def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+            self.conn = conn
+
+        def auth_banner_received(self, msg: str, lang: str) -> None:
+            return None
+
+        async def public_key_auth_requested(self) -> None:
+            nonlocal sent
+            request = (String("potluck-gateway"), String("ssh-connection"), String("none"))
+            while sent < 10_000 and not self.conn.is_closed():
+                for _ in range(100):
+                    self.conn.send_packet(MSG_USERAUTH_REQUEST, *request)
+                sent += 100
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(60)
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    link = ssh_env.link_process(
+        ssh_env.hosts[0], f"127.0.0.1:{listener.getsockname()[1]}", name="link-flooded"
+    )
+    link.start()
+    try:
+        async with asyncio.timeout(30):
+            dialled, _ = await asyncio.get_running_loop().sock_accept(listener)
+        ended: Exception | None = None
+        try:
+            async with asyncio.timeout(60):
+                await asyncssh.create_connection(
+                    Floods,
+                    sock=dialled,
+                    username="potluck-gateway",
+                    known_hosts=None,
+                    agent_path=None,
+                    client_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+                    config=None,
+                    preferred_auth="publickey",
+                )
+        except (asyncssh.Error, OSError) as exc:  # the reason, or a write to the closed socket
+            ended = exc
+        assert ended is not None, "the flooding connection logged in"
+        if isinstance(ended, asyncssh.DisconnectError):
+            assert "too many authentication attempts" in ended.reason, ended
+        await asyncio.sleep(0.5)  # the last lines written
+        assert '"link.too_many_requests"' in link.log_path.read_text(errors="replace"), link.log_tail(20)
+    finally:
+        listener.close()
+        await asyncio.to_thread(link.stop, timeout=10)
