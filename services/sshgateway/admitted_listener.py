@@ -69,8 +69,8 @@ class AdmittedListener:
         self._start_ssh = start_ssh
         self._clock = clock
         self._accepting: asyncio.Task[Any] | None = None
-        #: Per address: when its refusal was last logged, and how many since.
-        self._refusals: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        #: Per event and address: when it was last logged, and how many since.
+        self._refusals: OrderedDict[tuple[str, str], tuple[float, int]] = OrderedDict()
         #: Per address: the tasks of its connections still logging in, oldest first.
         self._logging_in: dict[str, deque[asyncio.Task[None]]] = {}
         #: Tasks whose place admission gave to another connection: not `done` again.
@@ -131,13 +131,17 @@ class AdmittedListener:
         self._evicted.add(task)
         # Cancelling run_server aborts the connection (asyncssh closes what it started).
         task.cancel()
-        log.info("connection.evicted", source=source, reason="its address holds the most logins in progress")
+        self._log_refusal(source, "its address held the most logins in progress", event="connection.evicted")
 
     def _ended(self, source: str, conn: socket.socket, task: "asyncio.Task[None]") -> None:
         """SSH on `conn` has logged in, or ended, or was evicted: its place is free."""
         if task in self._evicted:
             self._evicted.discard(task)
-            conn.close()  # what asyncssh did not get to own yet (closing twice does nothing)
+            # A task evicted as it logged in (its end not yet seen here) keeps its connection:
+            # it gave its place up by logging in. A cancelled one may hold a socket asyncssh did
+            # not get to own yet (closing one it owned and aborted again does nothing).
+            if task.cancelled():
+                conn.close()
             return
         tasks = self._logging_in.get(source)
         if tasks is not None:
@@ -147,14 +151,15 @@ class AdmittedListener:
                 del self._logging_in[source]
         self.admission.done(source)
 
-    def _log_refusal(self, source: str, reason: str) -> None:
+    def _log_refusal(self, source: str, reason: str, event: str = "connection.refused") -> None:
         now = self._clock()
-        logged_at, since = self._refusals.pop(source, (float("-inf"), 0))
+        key = (event, source)
+        logged_at, since = self._refusals.pop(key, (float("-inf"), 0))
         if now - logged_at < _REFUSAL_LOG_EVERY_S:
-            self._refusals[source] = (logged_at, since + 1)
+            self._refusals[key] = (logged_at, since + 1)
             return
-        log.info("connection.refused", source=source, reason=reason, refused_since_last_logged=since)
-        self._refusals[source] = (now, 0)
+        log.info(event, source=source, reason=reason, refused_since_last_logged=since)
+        self._refusals[key] = (now, 0)
         while len(self._refusals) > _REFUSAL_LOG_SOURCES:
             self._refusals.popitem(last=False)
 
