@@ -26,7 +26,7 @@ from typing import Any
 
 from potluck.contracts.capacity import MIN_CPUS
 from potluck.contracts.image_reference import engine_name
-from potluck.hostd.helper import HELPER_PATH, KEEP_ALIVE
+from potluck.hostd.helper import HELPER_DIR, HELPER_PATH, KEEP_ALIVE
 from potluck.hostd.seccomp_profile import PROFILE as SECCOMP_PROFILE
 
 # Containers run strangers' code on a member's laptop, as root inside the
@@ -357,18 +357,41 @@ def own_network(inspect: dict[str, Any]) -> str | None:
     return name if allocation_of(name) and mode == name else None
 
 
-def helper_mount(helper: str) -> dict[str, Any]:
-    """The read-only bind of this machine's static busybox (`helper`) at HELPER_PATH."""
+#: The helper directory's tmpfs: read-only, so a page is room enough (it holds a mount point).
+HELPER_DIR_BYTES = 4096
+HELPER_DIR_MODE = 0o755
+
+
+def helper_mounts(helper: str) -> list[dict[str, Any]]:
+    """This machine's static busybox (`helper`) at HELPER_PATH, read-only, in a directory that
+    is itself a read-only mount (helper.py: a mount point cannot be renamed away and replaced).
+    The engine orders mounts by depth; runc makes the bind's mount point in the tmpfs before
+    it makes the tmpfs read-only."""
+    return [
+        {
+            "Type": "tmpfs",
+            "Target": HELPER_DIR,
+            "ReadOnly": True,
+            "TmpfsOptions": {"SizeBytes": HELPER_DIR_BYTES, "Mode": HELPER_DIR_MODE},
+        },
+        _helper_bind(helper),
+    ]
+
+
+def _helper_bind(helper: str) -> dict[str, Any]:
+    # Alone, this was a container's one mount before the helper's directory was a mount too.
     return {"Type": "bind", "Source": helper, "Target": HELPER_PATH, "ReadOnly": True}
 
 
 def _mount_facts(mounts: list[dict[str, Any]] | None) -> list[tuple[Any, ...]]:
     """What a mount list says, whichever of inspect's two spellings it uses (HostConfig.Mounts
-    has Target and ReadOnly, the top-level Mounts Destination and RW)."""
+    has Target and ReadOnly, the top-level Mounts Destination and RW; a tmpfs has no Source in
+    the first and an empty one in the second)."""
     facts = []
     for m in mounts or []:
         read_only = bool(m["ReadOnly"]) if "ReadOnly" in m else not m.get("RW", True)
-        facts.append((m.get("Type"), m.get("Source"), m.get("Target") or m.get("Destination"), read_only))
+        target = m.get("Target") or m.get("Destination")
+        facts.append((m.get("Type"), m.get("Source") or "", target, read_only))
     return sorted(facts, key=repr)
 
 
@@ -425,7 +448,7 @@ def create_kwargs(
     if disk_quota:
         kwargs["storage_opt"] = {"size": str(spec.disk_bytes)}
     if helper is not None:
-        kwargs["mounts"] = [helper_mount(helper)]
+        kwargs["mounts"] = helper_mounts(helper)
         if spec.command is None:
             kwargs["entrypoint"] = list(KEEP_ALIVE)
     return kwargs
@@ -487,12 +510,15 @@ def limit_mismatches(
     """(field, wanted, got) for each limit or security setting `inspect` does not show;
     `helper` as given to create_kwargs (its read-only mount is the only one allowed)."""
     host = inspect.get("HostConfig") or {}
-    helper_facts = _mount_facts([helper_mount(helper)] if helper is not None else [])
+    helper_facts = _mount_facts(helper_mounts(helper) if helper is not None else [])
+    # A container made before the helper's directory was a mount (an upgraded hostd adopting
+    # it) has the bind alone: kept to its end, as it ran before; every new one gets both.
+    older_facts = _mount_facts([_helper_bind(helper)] if helper is not None else [])
     got_host, got_top = _mount_facts(host.get("Mounts")), _mount_facts(inspect.get("Mounts"))
     # A container made before the helper existed (an upgraded hostd adopting it) has no mount
     # at all: fewer than allowed, so it is kept (without the helper's keep-alive or SFTP).
-    with_helper = bool(helper_facts) and got_host == helper_facts
-    mounts = helper_facts if with_helper or got_host or got_top else []
+    with_helper = bool(helper_facts) and got_host in (helper_facts, older_facts)
+    mounts = got_host if with_helper else helper_facts if got_host or got_top else []
     keep_alive = KEEP_ALIVE if with_helper and spec.command is None else None
     log = host.get("LogConfig") or {}
     security = host.get("SecurityOpt") or []

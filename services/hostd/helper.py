@@ -8,7 +8,13 @@ needs nothing from the image (no libc, no loader), so it is bind-mounted
 into every container at `HELPER_PATH` and `KEEP_ALIVE` runs from it.
 
 Why this cannot give anything away: the mount is read-only (the container
-cannot change the binary the next container runs), the file must be owned
+cannot change the binary the next container runs), and so is the directory
+it sits in (`HELPER_DIR`, a read-only tmpfs of its own): in a plain directory
+of the container's layer, root in the container renamed the directory away
+(the bind moves with it) and put a program of its own at `HELPER_PATH`, which
+hostd's next keep-alive, file transfer or launcher then ran as the helper; a
+mount point cannot be renamed or removed, and nothing can be added beside it
+on a read-only file system. The file must be owned
 by root, writable by nobody else and without setuid/setgid bits (checked
 here before it is offered; no-new-privileges would void them anyway), and
 busybox runs with the container's own user, capabilities and seccomp
@@ -24,12 +30,14 @@ import structlog
 
 from potluck.kernel.elf import is_static_elf
 
-__all__ = ["HELPER_PATH", "KEEP_ALIVE", "find_helper"]
+__all__ = ["HELPER_DIR", "HELPER_PATH", "KEEP_ALIVE", "find_helper"]
 
 log = structlog.get_logger(__name__)
 
+#: The directory of the helper inside each container, a read-only file system of its own.
+HELPER_DIR = "/.potluck"
 #: Where the helper appears inside each container.
-HELPER_PATH = "/.potluck/busybox"
+HELPER_PATH = HELPER_DIR + "/busybox"
 #: What an interactive allocation runs: nothing but waiting to be released or to expire.
 KEEP_ALIVE = [HELPER_PATH, "sleep", "infinity"]
 #: Where Debian's busybox-static puts it.

@@ -132,8 +132,11 @@ async def test_limits_are_in_the_containers_cgroup_and_inspect_shows_no_privileg
         assert "no-new-privileges" in host_config["SecurityOpt"]
         assert host_config["NetworkMode"] == "none"
         assert not host_config["Binds"]
-        # The one mount: the static busybox helper, read-only (services/hostd/helper.py).
-        assert [(m["Destination"], m["RW"]) for m in inspect["Mounts"]] == [("/.potluck/busybox", False)]
+        # The one mount: the static busybox helper, read-only in a read-only directory (helper.py).
+        assert sorted((m["Destination"], m["RW"]) for m in inspect["Mounts"]) == [
+            ("/.potluck", False),
+            ("/.potluck/busybox", False),
+        ]
         assert not host_config["Devices"]
         assert host_config["PidMode"] == ""
         assert host_config["IpcMode"] in ("private", "")

@@ -185,6 +185,36 @@ def test_an_interactive_container_outlives_its_image_cmd_and_cannot_touch_the_he
     )
 
 
+def test_the_helper_cannot_be_renamed_away_and_replaced_from_inside(
+    docker_driver: DockerDriver, test_image: str
+) -> None:
+    """Tried, as root in a container without a command: rename the helper's directory away
+    (the read-only bind would move with it), make a new /.potluck with a program of one's own
+    at /.potluck/busybox, and failing that add a file beside the helper, remove it, or mount
+    over it. Must hold: each fails; the file at the helper's path is still the machine's
+    busybox (its size and the applet it runs), so hostd's next keep-alive, file transfer or
+    launcher runs the helper and not the user's program. (Before, /.potluck was a directory
+    of the container's layer: the rename and the replacement both succeeded.)"""
+    assert docker_driver.helper is not None, "no static busybox on this machine: run ops/setup"
+    container_id = docker_driver.run(_spec(test_image, command=None))
+    tries = {
+        "rename": "mv /.potluck /.moved",
+        "replace": "mkdir -p /.potluck && printf '#!/bin/sh\\necho mine\\n' > /.potluck/busybox",
+        "beside": "touch /.potluck/other",
+        "remove": "rm -f /.potluck/busybox",
+        "mount": "mount -t tmpfs none /.potluck",
+    }
+    for what, script in tries.items():
+        tried = docker_driver.exec_run(container_id, ["sh", "-c", script])
+        assert tried.exit_code != 0, f"{what} succeeded: {tried.output!r}"
+    listing = docker_driver.exec_run(container_id, ["ls", "-a", "/.potluck"])
+    assert listing.output.split() == [b".", b"..", b"busybox"]
+    size = docker_driver.exec_run(container_id, ["stat", "-c", "%s", "/.potluck/busybox"])
+    assert int(size.output) == Path(docker_driver.helper).stat().st_size
+    assert docker_driver.exec_run(container_id, ["/.potluck/busybox", "echo", "helper"]).output == b"helper\n"
+    assert docker_driver.state(container_id).running
+
+
 def test_inspect_shows_the_hardening(docker_driver: DockerDriver, test_image: str) -> None:
     """A default container (no network asked). Afterwards inspect shows CapDrop ALL, only our
     few capabilities added, no-new-privileges, not privileged, network none, no binds, mounts
@@ -201,9 +231,15 @@ def test_inspect_shows_the_hardening(docker_driver: DockerDriver, test_image: st
     assert host["Privileged"] is False
     assert host["NetworkMode"] == "none"
     assert not host["Binds"]
-    # The one mount: the static busybox helper, read-only (services/hostd/helper.py).
-    assert [(m["Target"], m["ReadOnly"]) for m in host["Mounts"]] == [("/.potluck/busybox", True)]
-    assert [(m["Destination"], m["RW"]) for m in attrs["Mounts"]] == [("/.potluck/busybox", False)]
+    # The one mount: the static busybox helper, read-only in a read-only directory (helper.py).
+    assert sorted((m["Target"], m["ReadOnly"]) for m in host["Mounts"]) == [
+        ("/.potluck", True),
+        ("/.potluck/busybox", True),
+    ]
+    assert sorted((m["Destination"], m["RW"]) for m in attrs["Mounts"]) == [
+        ("/.potluck", False),
+        ("/.potluck/busybox", False),
+    ]
     assert not host["Devices"]
     assert (host["PidMode"], host["UTSMode"], host["UsernsMode"]) == ("", "", "")
     assert (host["IpcMode"], host["CgroupnsMode"]) == ("private", "private")

@@ -414,11 +414,15 @@ def _with_helper(spec: ContainerSpec, inspect: dict[str, Any]) -> dict[str, Any]
     """inspect of a container made with the helper: its mount in both spellings, and the
     keep-alive as entrypoint when the spec has no command."""
     inspect["HostConfig"]["Mounts"] = [
-        {"Type": "bind", "Source": HELPER, "Target": "/.potluck/busybox", "ReadOnly": True}
-    ]
+        {"Type": "tmpfs", "Target": "/.potluck", "ReadOnly": True,
+         "TmpfsOptions": {"SizeBytes": 4096, "Mode": 493}},
+        {"Type": "bind", "Source": HELPER, "Target": "/.potluck/busybox", "ReadOnly": True},
+    ]  # fmt: skip
     inspect["Mounts"] = [
+        {"Type": "tmpfs", "Source": "", "Destination": "/.potluck", "Mode": "", "RW": False,
+         "Propagation": ""},
         {"Type": "bind", "Source": HELPER, "Destination": "/.potluck/busybox", "Mode": "", "RW": False,
-         "Propagation": "rprivate"}
+         "Propagation": "rprivate"},
     ]  # fmt: skip
     inspect["Config"] = {"Entrypoint": list(KEEP_ALIVE) if spec.command is None else None}
     return inspect
@@ -426,16 +430,19 @@ def _with_helper(spec: ContainerSpec, inspect: dict[str, Any]) -> dict[str, Any]
 
 def test_an_allocation_without_a_command_runs_the_keep_alive_from_the_read_only_helper() -> None:
     """No command and a helper: the entrypoint is the helper's sleep (whatever the image's CMD
-    or ENTRYPOINT), and the helper is the one mount, read-only. With a command the image's
-    entrypoint is left alone; without a helper nothing is mounted."""
+    or ENTRYPOINT), and the helper is the one bind, read-only, in a read-only directory of its
+    own. With a command the image's entrypoint is left alone; without a helper nothing is
+    mounted."""
     interactive = create_kwargs(_spec(command=None), disk_quota=False, helper=HELPER)
     task = create_kwargs(_spec(), disk_quota=False, helper=HELPER)
 
     assert interactive["entrypoint"] == KEEP_ALIVE
     assert KEEP_ALIVE[0] == "/.potluck/busybox"
     assert interactive["mounts"] == [
-        {"Type": "bind", "Source": HELPER, "Target": "/.potluck/busybox", "ReadOnly": True}
-    ]
+        {"Type": "tmpfs", "Target": "/.potluck", "ReadOnly": True,
+         "TmpfsOptions": {"SizeBytes": 4096, "Mode": 0o755}},
+        {"Type": "bind", "Source": HELPER, "Target": "/.potluck/busybox", "ReadOnly": True},
+    ]  # fmt: skip
     assert "entrypoint" not in task
     assert task["mounts"] == interactive["mounts"]
     assert "mounts" not in create_kwargs(_spec(command=None), disk_quota=False)
@@ -454,9 +461,12 @@ def test_the_helper_mount_as_the_engine_reports_it_is_no_mismatch(command: list[
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        (lambda i: i["Mounts"][0].update(RW=True), "Mounts"),
+        (lambda i: i["Mounts"][1].update(RW=True), "Mounts"),
+        (lambda i: i["HostConfig"]["Mounts"][1].update(ReadOnly=False), "HostConfig.Mounts"),
+        (lambda i: i["HostConfig"]["Mounts"][1].update(Source="/"), "HostConfig.Mounts"),
+        # The helper's directory writable: root in the container could add beside the bind.
         (lambda i: i["HostConfig"]["Mounts"][0].update(ReadOnly=False), "HostConfig.Mounts"),
-        (lambda i: i["HostConfig"]["Mounts"][0].update(Source="/"), "HostConfig.Mounts"),
+        (lambda i: i["Mounts"][0].update(RW=True), "Mounts"),
         (lambda i: i["Mounts"].append({"Type": "volume", "Source": "x", "Destination": "/data"}), "Mounts"),
         (lambda i: i["Config"].update(Entrypoint=["/bin/sh"]), "Config.Entrypoint"),
     ],
@@ -479,6 +489,18 @@ def test_without_a_helper_its_mount_is_refused() -> None:
     named = {name for name, _, _ in limit_mismatches(spec, inspect, disk_quota=False)}
 
     assert {"HostConfig.Mounts", "Mounts"} <= named
+
+
+def test_a_container_made_before_the_helpers_directory_was_a_mount_is_kept() -> None:
+    """Tried: the read-back of a container an older hostd made with the helper's bind alone
+    (no read-only directory around it), adopted after an upgrade. Must hold: it is kept, its
+    keep-alive read as such, so the running allocation is not removed by the upgrade."""
+    spec = _spec(command=None)
+    older = _with_helper(spec, _inspect_as_the_engine_reports(spec, disk_quota=False))
+    older["HostConfig"]["Mounts"] = older["HostConfig"]["Mounts"][1:]
+    older["Mounts"] = older["Mounts"][1:]
+
+    assert limit_mismatches(spec, older, disk_quota=False, helper=HELPER) == []
 
 
 def test_a_container_made_before_the_helper_existed_is_kept() -> None:

@@ -180,7 +180,10 @@ def test_warm_container_is_made_as_an_allocation_of_its_shape(command: list[str]
     }
     inspect = {
         "HostConfig": host,
-        "Mounts": [{"Type": "bind", "Source": helper, "Destination": "/.potluck/busybox", "RW": False}],
+        "Mounts": [
+            {"Type": "tmpfs", "Source": "", "Destination": "/.potluck", "RW": False},
+            {"Type": "bind", "Source": helper, "Destination": "/.potluck/busybox", "RW": False},
+        ],
         "Config": {"Entrypoint": warm.get("entrypoint")},
     }
     assert limit_mismatches(spec, inspect, disk_quota=True, helper=helper) == []
