@@ -43,7 +43,7 @@ import aiohttp
 from bench.harness import bench_servers, emit, percentile, say, wait_active_host
 from bench.pool import private_pool
 from potluck.hostd.container_config import ContainerSpec, create_kwargs, limit_mismatches
-from potluck.hostd.docker_driver import DockerDriver
+from potluck.hostd.docker_driver import DockerDriver, create_container
 from potluck.hostd.launcher import GO_WITH_ENV_SIGNAL, env_payload
 from potluck.hostd.warm_engine import create_warm
 from potluck.hostd.warm_pool import limits_update, warm_key
@@ -176,7 +176,7 @@ def engine_parts(engine: DockerEngine, rounds: int) -> dict[str, list[float]]:
             watch = time.perf_counter()
             driver._check_image(driver._api(), spec.image)
             kwargs = create_kwargs(spec, disk_quota=facts.disk_quota_supported, helper=driver.helper)
-            container_id = str(driver._api().containers.create(**kwargs).id)
+            container_id = str(create_container(driver._api(), kwargs).id)
             parts["create"].append(time.perf_counter() - watch)
             watch = time.perf_counter()
             client.start(container_id)

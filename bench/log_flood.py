@@ -37,7 +37,7 @@ import docker
 
 from bench.harness import emit, say
 from potluck.hostd.container_config import ContainerSpec, create_kwargs
-from potluck.hostd.docker_driver import DockerDriver
+from potluck.hostd.docker_driver import DockerDriver, create_container
 from potluck.hostd.log_cost import LogBound, cpu_s
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG, build_test_image
@@ -171,7 +171,7 @@ def measure(
     kwargs = create_kwargs(spec, disk_quota=False)
     kwargs["log_config"] = DRIVERS[driver]
     high = docker.DockerClient(base_url=engine.url)
-    container = high.containers.create(**kwargs)
+    container = create_container(high, kwargs)
     container_id = str(container.id)
     try:
         container.start()

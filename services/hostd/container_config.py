@@ -104,6 +104,83 @@ CPU_SHARES = 2
 # for the container's processes (oom_score_adj_min), and going below it needs that capability,
 # dropped. (An engine without the capability leaves the floor its own parent's, 0 at most.)
 OOM_SCORE_ADJ = 1000
+# What a container may read of the kernel's files. Its root is the machine's root (no user
+# namespace), so every file of /proc and /sys that the kernel keeps for the machine's root alone
+# (mode 0400) is open to it, capabilities or not; and the container's /sys is the machine's own.
+# The engine masks a few such paths (an empty file or directory over them); naming masked paths
+# replaces its list, so the list of the newest engine (moby's oci.DefaultSpec) is repeated here
+# and the rest added, each for the reason given. A path the machine has not got is left alone.
+ENGINE_MASKED_PATHS = (
+    "/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+    "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+)  # fmt: skip
+#: What every engine since Docker 18 has masked: a container made before hostd named its own
+#: list (adopted after an upgrade) shows these, and is kept.
+OLDER_ENGINE_MASKED_PATHS = (
+    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+)  # fmt: skip
+#: Masked besides the engine's: path -> why.
+MASKED_PATHS: dict[str, str] = {
+    **dict.fromkeys(
+        ("/proc/kpageflags", "/proc/kpagecount", "/proc/kpagecgroup"),
+        "the flags and use counts of every physical page of the machine (root's alone): what "
+        "rowhammer and page-cache attacks look for",
+    ),
+    **dict.fromkeys(
+        ("/proc/slabinfo", "/proc/vmallocinfo", "/proc/pagetypeinfo"),
+        "the layout of the kernel's own memory (root's alone): what a kernel exploit grooms",
+    ),
+    **dict.fromkeys(
+        ("/proc/interrupts", "/proc/softirqs", "/sys/kernel/irq"),
+        "interrupt counts of each device, the member's keyboard and touchpad among them: "
+        "the timing of the member's keystrokes",
+    ),
+    "/sys/devices/virtual/dmi": "the machine's serial numbers and UUID (root's alone), its "
+    "maker and model: an identity of the member's machine (/sys/class/dmi/id leads here)",
+    "/sys/devices/virtual/powercap": "the CPU's energy counters (root's alone): a side channel "
+    "to the member's computations (PLATYPUS, CVE-2020-8694)",
+}
+#: The machine's hardware in /sys/devices (buses, disks with their serial numbers, batteries,
+#: sensors), masked on every engine under the names it usually has; a local engine's machine
+#: adds its own (`hardware_paths`). /sys/devices/system (CPUs, memory, NUMA nodes, which
+#: programs size themselves by) and /sys/devices/virtual (the container's own network
+#: interfaces) stay.
+HARDWARE_PATHS = (
+    "/sys/devices/pci0000:00", "/sys/devices/platform", "/sys/devices/pnp0",
+    "/sys/devices/LNXSYSTM:00", "/sys/devices/isa", "/sys/devices/soc0",
+)  # fmt: skip
+#: What /sys/devices holds that no hardware of the machine is in (`hardware_paths`).
+NOT_HARDWARE = frozenset({"system", "virtual"})
+#: What the engine makes read-only by default, and must still (`limit_mismatches`).
+ENGINE_READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+
+def hardware_paths(devices: list[str]) -> tuple[str, ...]:
+    """HARDWARE_PATHS and, of `devices` (the names in the machine's /sys/devices), every one
+    that may be hardware, as paths to mask."""
+    found = (f"/sys/devices/{name}" for name in devices if name not in NOT_HARDWARE and "/" not in name)
+    return tuple(sorted({*HARDWARE_PATHS, *found}))
+
+
+def masked_paths(hardware: tuple[str, ...] = HARDWARE_PATHS) -> list[str]:
+    """Every path a container of ours gets masked: the engine's, ours, and `hardware`."""
+    return sorted({*ENGINE_MASKED_PATHS, *MASKED_PATHS, *hardware})
+
+
+def _masked(got: list[str] | None) -> list[str]:
+    """Of what must be masked (the engine's list and ours), what `got` masks; all of it for a
+    container made before hostd named its own list (none of ours, all of what every engine
+    masks), so that it keeps running."""
+    wanted = {*ENGINE_MASKED_PATHS, *MASKED_PATHS}
+    masked = set(got or [])
+    only_ours = set(MASKED_PATHS) - set(ENGINE_MASKED_PATHS)
+    if not masked & only_ours and masked >= set(OLDER_ENGINE_MASKED_PATHS):
+        return sorted(wanted)
+    return sorted(wanted & masked)
+
+
 # The engine refuses memory limits below 6 MiB.
 MIN_MEMORY_BYTES = 6 * 1024 * 1024
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
@@ -396,9 +473,18 @@ def _mount_facts(mounts: list[dict[str, Any]] | None) -> list[tuple[Any, ...]]:
 
 
 def create_kwargs(
-    spec: ContainerSpec, *, disk_quota: bool, helper: str | None = None, cgroup_parent: str | None = None
+    spec: ContainerSpec,
+    *,
+    disk_quota: bool,
+    helper: str | None = None,
+    cgroup_parent: str | None = None,
+    hardware: tuple[str, ...] = HARDWARE_PATHS,
 ) -> dict[str, Any]:
-    """Arguments for docker-py's `containers.create`, limits and hardening included.
+    """Arguments for docker-py's `containers.create`, limits and hardening included, and
+    `masked_paths`, which docker-py does not take (docker_driver.create_container puts it in
+    the host config).
+
+    `hardware`: the paths of the machine's hardware in /sys to mask (`hardware_paths`).
 
     `cgroup_parent`: the pool's own parent group (pool_weight.py), which hostd gives the
     lowest CPU weight, so that the pool as a whole yields to the owner's processes.
@@ -442,6 +528,7 @@ def create_kwargs(
         # An image's HEALTHCHECK is run by the engine, whose own work (an exec each interval,
         # down to a millisecond) is outside the container's CPU quota and the pool's cgroup.
         "healthcheck": {"test": list(NO_HEALTHCHECK)},
+        "masked_paths": masked_paths(hardware),
     }
     if cgroup_parent is not None:
         kwargs["cgroup_parent"] = cgroup_parent
@@ -540,6 +627,9 @@ def limit_mismatches(
         ("SecurityOpt.unconfined", [], [o for o in security if "unconfined" in o]),
         ("SecurityOpt.seccomp", SECCOMP_PROFILE, _seccomp(security)),
         ("Privileged", False, host.get("Privileged")),
+        ("MaskedPaths", sorted({*ENGINE_MASKED_PATHS, *MASKED_PATHS}), _masked(host.get("MaskedPaths"))),
+        ("ReadonlyPaths", sorted(ENGINE_READONLY_PATHS),
+         sorted(set(ENGINE_READONLY_PATHS) & set(host.get("ReadonlyPaths") or []))),
         ("NetworkMode", _network_mode(spec), host.get("NetworkMode")),
         ("Binds", [], host.get("Binds") or []),
         # Top-level Mounts also lists the anonymous volumes of an image's VOLUME lines:

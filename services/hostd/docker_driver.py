@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import structlog
@@ -47,6 +48,7 @@ from potluck.hostd.container_config import (
     ContainerSpec,
     allocation_of,
     create_kwargs,
+    hardware_paths,
     image_refusals,
     limit_mismatches,
     network_kwargs,
@@ -65,7 +67,7 @@ __all__ = [
     "LAYER_QUOTA_DRIVER", "STOP_SIGNALS", "ContainerNotFound", "ContainerSpec", "ContainerUsage",
     "DockerDriver", "DockerDriverError", "EngineFacts", "EngineMachine", "EngineUnavailable",
     "EventStream", "ExecResult", "ImageNotAvailable", "ImageRefused", "LimitsNotApplied",
-    "ManagedContainer",
+    "ManagedContainer", "create_container",
 ]  # fmt: skip
 
 #: `kill`: the engine was told to signal a container (`docker stop` or `kill`, or the engine's
@@ -79,6 +81,8 @@ STOP_SIGNALS = frozenset({int(signal.SIGTERM), int(signal.SIGKILL)})
 #: The one storage driver whose `storage_opt` size bounds what a container writes and nothing
 #: else (on xfs with pquota; the engine refuses it elsewhere, which the probe finds out).
 LAYER_QUOTA_DRIVER = "overlay2"
+#: Where this machine's kernel lists its devices (container_config.hardware_paths).
+SYS_DEVICES = Path("/sys/devices")
 #: Image events, and the container events that start or end an image's use.
 IMAGE_EVENTS = ("pull", "tag", "untag", "delete", "import", "load", "create", "destroy")
 
@@ -181,6 +185,21 @@ class ExecResult:
 def _engine_failed(exc: BaseException) -> bool:
     """A 5xx: the engine (runc's freezer) failed the call, not refused it."""
     return isinstance(exc, docker.errors.APIError) and bool(exc.is_server_error())
+
+
+def create_container(client: docker.DockerClient, kwargs: dict[str, Any]) -> Any:
+    """docker-py's `containers.create(**kwargs)`, and the host config's MaskedPaths from
+    kwargs' `masked_paths`: docker-py's create() takes no such argument, so its own split of
+    the arguments into the create call's and the host config's is used, then the call made."""
+    api: Any = client.api
+    args = dict(kwargs)
+    masked = args.pop("masked_paths")
+    args["version"] = api._version
+    split: Any = docker.models.containers._create_container_args  # type: ignore[attr-defined]
+    create_args = split(args)
+    create_args["host_config"]["MaskedPaths"] = list(masked)
+    created = api.create_container(**create_args)
+    return client.containers.get(created["Id"])
 
 
 class StdinWriter:
@@ -298,6 +317,7 @@ class DockerDriver:
         self._client: docker.DockerClient | None = None
         self._facts: EngineFacts | None = None
         self._cgroup_driver = "cgroupfs"
+        self._hardware: tuple[str, ...] | None = None
         self._lock = threading.Lock()
 
     # Plumbing: one client made on first use, and every failure translated.
@@ -447,13 +467,15 @@ class DockerDriver:
                 if spec.network:
                     self._own_network(client, spec)
                 try:
-                    container = client.containers.create(
-                        **create_kwargs(
+                    container = create_container(
+                        client,
+                        create_kwargs(
                             spec,
                             disk_quota=disk_quota,
                             helper=self.helper,
                             cgroup_parent=self._pool_parent(),
-                        )
+                            hardware=self.hardware(),
+                        ),
                     )
                 except docker.errors.APIError as exc:
                     if exc.status_code != 409:  # 409: a concurrent run() created it first
@@ -471,6 +493,17 @@ class DockerDriver:
                 container.reload()
             self._lower_pool_weight(container.attrs)
         return container.id or ""
+
+    def hardware(self) -> tuple[str, ...]:
+        """The paths of the machine's hardware in /sys that containers get masked: the usual
+        names, and for an engine on this machine what its /sys/devices holds."""
+        if self._hardware is None:
+            names: list[str] = []
+            if self.base_url.startswith("unix://"):
+                with contextlib.suppress(OSError):
+                    names = [entry.name for entry in SYS_DEVICES.iterdir()]
+            self._hardware = hardware_paths(names)
+        return self._hardware
 
     def _pool_parent(self) -> str | None:
         """The pool's own cgroup parent, for an engine on this machine (hostd sets its weight)."""

@@ -21,6 +21,7 @@ with warnings.catch_warnings():
         import docker
         import docker.auth
         import docker.errors
+        import docker.models.containers
         import docker.transport.unixconn
         import requests
 

@@ -22,7 +22,7 @@ import docker
 
 from potluck.contracts.capacity import MIN_CPUS
 from potluck.hostd.container_config import LABEL_HOST, LABEL_WARM, ContainerSpec
-from potluck.hostd.docker_driver import DockerDriver, DockerDriverError, LimitsNotApplied
+from potluck.hostd.docker_driver import DockerDriver, DockerDriverError, LimitsNotApplied, create_container
 from potluck.hostd.launcher import GO_SIGNAL, GO_WITH_ENV_SIGNAL, env_payload, is_waiting
 from potluck.hostd.warm_pool import (
     WARM_NAME_PREFIX,
@@ -92,16 +92,18 @@ def create_warm(driver: DockerDriver, host_id: str, key: WarmKey) -> WarmContain
     suffix = uuid.uuid4().hex[:12]
     with driver._errors(f"creating a warm container of {key.image}") as client:
         image = driver._check_image(client, key.image)
-        container = client.containers.create(
-            **warm_create_kwargs(
+        container = create_container(
+            client,
+            warm_create_kwargs(
                 key,
                 host_id,
                 suffix,
                 disk_quota=facts.disk_quota_supported,
                 helper=driver.helper,
                 cgroup_parent=driver._pool_parent(),
+                hardware=driver.hardware(),
                 image_entrypoint=(image.get("Config") or {}).get("Entrypoint"),
-            )
+            ),
         )
     container_id = container.id or ""
     if not starts_ahead(driver.helper):

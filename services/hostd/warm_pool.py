@@ -33,6 +33,7 @@ from typing import Any
 
 from potluck.contracts.capacity import MIN_CPUS
 from potluck.hostd.container_config import (
+    HARDWARE_PATHS,
     LABEL_HOST,
     LABEL_MANAGED,
     LABEL_WARM,
@@ -196,6 +197,7 @@ def warm_create_kwargs(
     disk_quota: bool,
     helper: str | None,
     cgroup_parent: str | None,
+    hardware: tuple[str, ...] = HARDWARE_PATHS,
     image_entrypoint: list[str] | None,
 ) -> dict[str, Any]:
     """create_kwargs of an allocation of this shape (the same hardening, mounts, entrypoint,
@@ -207,6 +209,7 @@ def warm_create_kwargs(
         disk_quota=disk_quota,
         helper=helper,
         cgroup_parent=cgroup_parent,
+        hardware=hardware,
     )
     kwargs["name"] = WARM_NAME_PREFIX + suffix
     kwargs["labels"] = warm_labels(host_id)

@@ -13,7 +13,7 @@ import pytest
 from potluck.contracts.allocation_events import AllocationSpec, alloc_stream
 from potluck.events import EventStore
 from potluck.hostd.container_config import ContainerSpec
-from potluck.hostd.docker_driver import DockerDriver
+from potluck.hostd.docker_driver import DockerDriver, create_container
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import build_test_image
 from tests.e2e.conftest import wait_for_status
@@ -215,7 +215,7 @@ async def test_ended_containers_leave_the_disk_and_one_never_started_is_a_failur
         kwargs = create_kwargs(container_spec(laptop.host_id, "never", spec()), disk_quota=quota)
         client = docker.DockerClient(base_url=docker_engines[0].url)
         try:
-            created = await asyncio.to_thread(client.containers.create, **kwargs)
+            created = await asyncio.to_thread(create_container, client, kwargs)
         finally:
             client.close()
         assert (await asyncio.to_thread(driver.state, created.id or "")).status == "created"

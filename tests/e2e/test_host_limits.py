@@ -22,7 +22,7 @@ from potluck.hostd.container_config import (
     SIGPENDING,
     create_kwargs,
 )
-from potluck.hostd.docker_driver import DockerDriver
+from potluck.hostd.docker_driver import DockerDriver, create_container
 from potluck.hostd.seccomp_profile import PROFILE as SECCOMP_PROFILE
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG, import_rootfs, rootfs_tarball
@@ -286,7 +286,7 @@ async def test_files_processes_syscalls_and_volumes_are_bounded_before_anything_
         control = replace(container.spec, allocation_id="seccomp-control", host_id="control")
         kwargs = create_kwargs(control, disk_quota=False)
         kwargs["security_opt"] = [*kwargs["security_opt"], "seccomp=unconfined"]
-        unconfined = client.containers.create(**kwargs)
+        unconfined = create_container(client, kwargs)
         try:
             unconfined.start()
             assert driver.exec_run(unconfined.id or "", ["unshare", "-U", "true"]).exit_code == 0

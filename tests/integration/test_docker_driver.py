@@ -215,6 +215,35 @@ def test_the_helper_cannot_be_renamed_away_and_replaced_from_inside(
     assert docker_driver.state(container_id).running
 
 
+def test_a_container_reads_nothing_of_the_machines_hardware_or_roots_own_kernel_files(
+    docker_driver: DockerDriver, test_image: str
+) -> None:
+    """Tried, as root in a container (the machine's root: no user namespace), through docker
+    exec as a session is: read the machine's physical page flags and counts, the kernel's slab
+    and vmalloc layouts, the interrupt counts of its devices, and every serial number, wwid and
+    DMI identity under /sys/devices (this machine has some: its disks'). Must hold: each reads
+    empty and no serial is found, while what programs size themselves by still reads (online
+    CPUs, the container's own network interface, its own status). (Before, kpageflags gave the
+    flags of every page of the machine and the disk's serial number read as on the machine.)"""
+    on_machine = [p for p in Path("/sys/devices").rglob("serial") if "virtual" not in p.parts]
+    container_id = docker_driver.run(_spec(test_image))
+    for kernel_file in ("kpageflags", "kpagecount", "slabinfo", "vmallocinfo", "interrupts", "softirqs"):
+        read = docker_driver.exec_run(container_id, ["sh", "-c", f"head -c 64 /proc/{kernel_file} | wc -c"])
+        assert read.output.strip() == b"0", f"/proc/{kernel_file} gave {read.output!r}"
+    found = docker_driver.exec_run(
+        container_id,
+        ["sh", "-c", "find /sys/devices /sys/block/ /sys/class/ \\( -name '*serial' -o -name wwid "
+         "-o -name product_uuid -o -name energy_uj \\) -exec cat {} + 2>/dev/null"],
+    )  # fmt: skip
+    assert found.output == b"", f"the machine's identities read in the container: {found.output[:300]!r}"
+    assert on_machine, "this machine shows no device serial to hide: the test proves nothing here"
+    still = docker_driver.exec_run(
+        container_id, ["cat", "/sys/devices/system/cpu/online", "/sys/class/net/lo/operstate"]
+    )
+    assert still.exit_code == 0, still.output
+    assert b"NoNewPrivs" in docker_driver.exec_run(container_id, ["cat", "/proc/self/status"]).output
+
+
 def test_inspect_shows_the_hardening(docker_driver: DockerDriver, test_image: str) -> None:
     """A default container (no network asked). Afterwards inspect shows CapDrop ALL, only our
     few capabilities added, no-new-privileges, not privileged, network none, no binds, mounts

@@ -25,7 +25,7 @@ from potluck.hostd.container_config import (
     ContainerSpec,
     create_kwargs,
 )
-from potluck.hostd.docker_driver import DockerDriver, ImageRefused, LimitsNotApplied
+from potluck.hostd.docker_driver import DockerDriver, ImageRefused, LimitsNotApplied, create_container
 from potluck.hostd.exec_bridge import ExecBridge
 from potluck.hostd.reconciler import reconcile
 from potluck.hostd.warm_engine import create_warm, list_warm
@@ -110,7 +110,7 @@ def _as_an_older_hostd_made_it(
         kwargs = create_kwargs(spec, disk_quota=False)
         del kwargs["labels"][LABEL_WARM]  # set since, to none
     kwargs["image"] = image
-    container = client.containers.create(**kwargs)
+    container = create_container(client, kwargs)
     if warm:
         container.rename(spec.container_name)
     container.start()

@@ -11,20 +11,27 @@ from potluck.contracts.capacity import Capacity
 from potluck.hostd.container_config import (
     CAPABILITIES,
     CONTAINER_LABELS,
+    ENGINE_MASKED_PATHS,
+    ENGINE_READONLY_PATHS,
+    HARDWARE_PATHS,
     LABEL_NAMESPACE,
     LABEL_SPEC,
     LABEL_WARM,
+    MASKED_PATHS,
     MEMLOCK,
     MSGQUEUE,
     NOFILE_HARD,
     NOFILE_SOFT,
     NPROC,
+    OLDER_ENGINE_MASKED_PATHS,
     OOM_SCORE_ADJ,
     SIGPENDING,
     ContainerSpec,
     create_kwargs,
+    hardware_paths,
     image_refusals,
     limit_mismatches,
+    masked_paths,
     network_kwargs,
     network_mismatches,
     own_labels,
@@ -87,6 +94,8 @@ def _inspect_as_the_engine_reports(spec: ContainerSpec, *, disk_quota: bool) -> 
         "CgroupnsMode": "private",
         "Init": True,
         "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
+        "MaskedPaths": masked_paths(),
+        "ReadonlyPaths": list(ENGINE_READONLY_PATHS),
     }
     if disk_quota:
         host["StorageOpt"] = {"size": str(spec.disk_bytes)}
@@ -195,6 +204,11 @@ def test_a_container_as_asked_has_no_mismatch(disk_quota: bool, network: bool) -
         (("HostConfig", "LogConfig", "Type"), "none", "LogConfig.Type"),
         (("Config", "Healthcheck"), {"Test": ["CMD", "/bin/true"], "Interval": 1_000_000},
          "Config.Healthcheck"),
+        # `--security-opt systempaths=unconfined`: nothing masked, nothing read-only.
+        (("HostConfig", "MaskedPaths"), [], "MaskedPaths"),
+        (("HostConfig", "MaskedPaths"), [p for p in masked_paths() if "kpageflags" not in p], "MaskedPaths"),
+        (("HostConfig", "ReadonlyPaths"), [], "ReadonlyPaths"),
+        (("HostConfig", "ReadonlyPaths"), ["/proc/bus", "/proc/fs", "/proc/irq"], "ReadonlyPaths"),
     ],
 )  # fmt: skip
 def test_each_setting_that_did_not_take_effect_is_named(
@@ -514,6 +528,38 @@ def test_a_container_made_before_the_helper_existed_is_kept() -> None:
     assert limit_mismatches(spec, older, disk_quota=False, helper=HELPER) == []
     named = {name for name, _, _ in limit_mismatches(spec, half, disk_quota=False, helper=HELPER)}
     assert named & {"HostConfig.Mounts", "Mounts"}
+
+
+def test_the_machines_hardware_and_roots_own_kernel_files_are_masked() -> None:
+    """Tried: create arguments on a machine whose /sys/devices holds its PCI bus, an ACPI
+    device tree, a Thunderbolt domain, CPUs and virtual devices. Must hold: every engine
+    default is masked still (naming masked paths replaces the engine's list), and so are the
+    machine's own pages and kernel heap, its DMI serials, its interrupt counts, and every
+    device directory but the CPUs' (system) and the virtual ones (the container's network)."""
+    hardware = hardware_paths(["pci0000:00", "LNXSYSTM:00", "thunderbolt0", "system", "virtual"])
+    masked = create_kwargs(_spec(), disk_quota=False, hardware=hardware)["masked_paths"]
+
+    assert set(ENGINE_MASKED_PATHS) <= set(masked)
+    assert set(MASKED_PATHS) <= set(masked)
+    assert {"/sys/devices/pci0000:00", "/sys/devices/LNXSYSTM:00", "/sys/devices/thunderbolt0"} <= set(masked)
+    assert not {"/sys/devices/system", "/sys/devices/virtual", "/sys/fs/cgroup"} & set(masked)
+    assert "/sys/devices/virtual/dmi" in masked
+    # Without a listing (an engine on another machine) the usual names are masked all the same.
+    assert set(HARDWARE_PATHS) <= set(create_kwargs(_spec(), disk_quota=False)["masked_paths"])
+
+
+def test_a_container_made_before_hostd_named_its_masked_paths_is_kept() -> None:
+    """Tried: the read-back of a container an older hostd made, whose masked paths are the
+    engine's default of Docker 20.10 to 28 (none of Potluck's), adopted after an upgrade; and
+    of one with that list but /proc/kcore unmasked. Must hold: the first is kept (the running
+    allocation is not removed by the upgrade), the second is not."""
+    spec = _spec()
+    inspect = _inspect_as_the_engine_reports(spec, disk_quota=False)
+    inspect["HostConfig"]["MaskedPaths"] = list(OLDER_ENGINE_MASKED_PATHS)
+    assert limit_mismatches(spec, inspect, disk_quota=False) == []
+
+    inspect["HostConfig"]["MaskedPaths"] = [p for p in OLDER_ENGINE_MASKED_PATHS if p != "/proc/kcore"]
+    assert [m[0] for m in limit_mismatches(spec, inspect, disk_quota=False)] == ["MaskedPaths"]
 
 
 def test_a_container_made_before_hostd_set_its_oom_score_is_kept_but_never_a_shielded_one() -> None:

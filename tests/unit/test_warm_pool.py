@@ -177,6 +177,8 @@ def test_warm_container_is_made_as_an_allocation_of_its_shape(command: list[str]
         "UsernsMode": "",
         "LogConfig": {"Type": "json-file", "Config": warm["log_config"]["config"]},
         "StorageOpt": warm["storage_opt"],
+        "MaskedPaths": warm["masked_paths"],
+        "ReadonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
     }
     inspect = {
         "HostConfig": host,
