@@ -516,6 +516,8 @@ def create_kwargs(
         # is whatever the member's engine version blocks.
         "security_opt": security_options(),
         "privileged": False,
+        # An image's EXPOSE lines publish nothing unless asked to: never on the member's interfaces.
+        "publish_all_ports": False,
         "network_mode": _network_mode(spec),
         "cgroupns": "private",
         "ipc_mode": "private",
@@ -631,6 +633,9 @@ def limit_mismatches(
         ("ReadonlyPaths", sorted(ENGINE_READONLY_PATHS),
          sorted(set(ENGINE_READONLY_PATHS) & set(host.get("ReadonlyPaths") or []))),
         ("NetworkMode", _network_mode(spec), host.get("NetworkMode")),
+        # A published port listens on the member's interfaces, outside any network of ours.
+        ("PublishAllPorts", False, bool(host.get("PublishAllPorts"))),
+        ("PortBindings", {}, host.get("PortBindings") or {}),
         ("Binds", [], host.get("Binds") or []),
         # Top-level Mounts also lists the anonymous volumes of an image's VOLUME lines:
         # they live outside the writable layer and its disk bound, so they are refused too.

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from potluck.hostd.container_config import CAPABILITIES, ContainerSpec
+from potluck.hostd.container_config import CAPABILITIES, ContainerSpec, create_kwargs
 from potluck.hostd.docker_driver import (
     STOP_SIGNALS,
     ContainerNotFound,
@@ -25,11 +25,13 @@ from potluck.hostd.docker_driver import (
     ImageNotAvailable,
     LimitsNotApplied,
     ManagedContainer,
+    create_container,
 )
 from potluck.hostd.exec_bridge import ExecBridge
 from potluck.hostd.exec_errors import ExecRefused
 from potluck.hostd.pool_weight import parent_weight_file
 from potluck.localstack import DockerEngine, build_test_image
+from potluck.localstack.test_image import import_rootfs, rootfs_tarball
 from tests.fixtures.docker import container_spec
 from tests.fixtures.exec_output import bridge_output
 
@@ -476,6 +478,40 @@ def test_verify_limits_refuses_a_container_that_disagrees(
     )
     with pytest.raises(ContainerNotFound):
         docker_driver.state(container_id)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"publish_all_ports": True}, "PublishAllPorts"),
+        ({"ports": {"8080/tcp": ("127.0.0.1", 18080)}}, "PortBindings"),
+        # Nothing masked: the kernel's files as the machine's root sees them.
+        ({"masked_paths": []}, "MaskedPaths"),
+    ],
+)  # fmt: skip
+def test_a_container_publishing_ports_or_unmasking_the_kernels_files_is_refused(
+    docker_driver: DockerDriver, test_image: str, change: dict[str, Any], field: str
+) -> None:
+    """Tried: an image that EXPOSEs 8080 is run as an allocation; then a container under an
+    allocation's name is made from hostd's own create arguments but for one change (all its
+    image's ports published, one port bound on the member's loopback, no path masked) and its
+    limits read back. Must hold: the allocation's own
+    container publishes nothing; the changed one is refused naming that setting, and removed."""
+    image = "potluck-expose:1"
+    import_rootfs(docker_driver.base_url, rootfs_tarball(), image, changes=["EXPOSE 8080", 'CMD ["/bin/sh"]'])
+    ran = docker_driver.run(_spec(image))
+    host = docker_driver.inspect(ran)["HostConfig"]
+    assert (host["PublishAllPorts"], host["PortBindings"] or {}) == (False, {})
+
+    spec = _spec(image)
+    kwargs = {**create_kwargs(spec, disk_quota=False, helper=docker_driver.helper), **change}
+    with docker_driver._errors("making a container by hand") as client:
+        made = create_container(client, kwargs)
+    with pytest.raises(LimitsNotApplied) as caught:
+        docker_driver.verify_limits(made.id or "", spec)
+    assert caught.value.field == field
+    with pytest.raises(ContainerNotFound):
+        docker_driver.state(made.id or "")
 
 
 def _events_until_it_dies(

@@ -188,6 +188,8 @@ def test_a_container_as_asked_has_no_mismatch(disk_quota: bool, network: bool) -
         (("HostConfig", "Privileged"), True, "Privileged"),
         (("HostConfig", "NetworkMode"), "host", "NetworkMode"),
         (("HostConfig", "NetworkMode"), "bridge", "NetworkMode"),
+        (("HostConfig", "PublishAllPorts"), True, "PublishAllPorts"),
+        (("HostConfig", "PortBindings"), {"22/tcp": [{"HostIp": "", "HostPort": "2222"}]}, "PortBindings"),
         (("HostConfig", "Ulimits"), None, "Ulimits"),
         (("HostConfig", "Ulimits"), [{"Name": "nofile", "Hard": 1 << 20, "Soft": 1 << 20}], "Ulimits"),
         (("HostConfig", "Binds"), ["/:/host"], "Binds"),
