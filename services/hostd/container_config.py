@@ -269,6 +269,24 @@ def network_kwargs(spec: ContainerSpec, *, internal: bool) -> dict[str, Any]:
     }
 
 
+#: The name server of a container without a network: its own loopback, where nothing answers,
+#: so a lookup fails at once (see `_dns`).
+NO_NETWORK_DNS = "127.0.0.1"
+#: The engine's word for "no search domain".
+NO_SEARCH_DOMAIN = "."
+
+
+def _dns(spec: ContainerSpec) -> dict[str, Any]:
+    """docker-py's dns arguments. Left to itself the engine copies the machine's resolv.conf into
+    each container: the member's name servers (a home router, an employer's resolvers, a VPN's)
+    and search domains (an employer's name), to a container that has no network to use them
+    with, and the search domains to one whose lookups the engine's resolver forwards anyway."""
+    dns: dict[str, Any] = {"dns_search": [NO_SEARCH_DOMAIN]}
+    if not spec.network:
+        dns["dns"] = [NO_NETWORK_DNS]
+    return dns
+
+
 def _bridge_options(*, internal: bool) -> dict[str, str]:
     # One container per network; should one more join, it still may not talk to it.
     options = {"com.docker.network.bridge.enable_icc": "false"}
@@ -519,6 +537,7 @@ def create_kwargs(
         # An image's EXPOSE lines publish nothing unless asked to: never on the member's interfaces.
         "publish_all_ports": False,
         "network_mode": _network_mode(spec),
+        **_dns(spec),
         "cgroupns": "private",
         "ipc_mode": "private",
         "read_only": False,

@@ -246,6 +246,25 @@ def test_a_container_reads_nothing_of_the_machines_hardware_or_roots_own_kernel_
     assert b"NoNewPrivs" in docker_driver.exec_run(container_id, ["cat", "/proc/self/status"]).output
 
 
+def test_a_container_is_told_none_of_the_machines_name_servers_or_search_domains(
+    docker_driver: DockerDriver, test_image: str
+) -> None:
+    """Tried: read /etc/resolv.conf in a container without a network. Must hold: none of the
+    machine's name servers or search domains (its /etc/resolv.conf) is in it; its one name
+    server is its own loopback. (Before, the engine copied the machine's file: this machine's
+    name server, 10.255.255.53, read in the container as on the machine.)"""
+    lines = [line.split() for line in Path("/etc/resolv.conf").read_text().splitlines()]
+    named = {words[1] for words in lines if len(words) > 1 and words[0] == "nameserver"}
+    domains = {w for words in lines if words[:1] in (["search"], ["domain"]) for w in words[1:]}
+    assert named, "this machine names no name server: the test proves nothing here"
+    container_id = docker_driver.run(_spec(test_image))
+
+    seen = docker_driver.exec_run(container_id, ["cat", "/etc/resolv.conf"]).output.decode()
+    words = set(seen.split())
+    assert not (named | domains) & words, seen
+    assert [line for line in seen.splitlines() if line.startswith("nameserver")] == ["nameserver 127.0.0.1"]
+
+
 def test_inspect_shows_the_hardening(docker_driver: DockerDriver, test_image: str) -> None:
     """A default container (no network asked). Afterwards inspect shows CapDrop ALL, only our
     few capabilities added, no-new-privileges, not privileged, network none, no binds, mounts

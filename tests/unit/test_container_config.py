@@ -147,6 +147,19 @@ def test_every_label_of_ours_is_set_and_in_the_namespace_images_may_not_use() ->
     assert image_refusals({"Config": {"Labels": dict.fromkeys(CONTAINER_LABELS, "")}})
 
 
+def test_no_container_is_told_the_members_name_servers_or_search_domains() -> None:
+    """Tried: create arguments for a container without a network and for one with its own.
+    Must hold: neither gets the machine's search domains; the first gets its own loopback as
+    name server (none of the machine's), the second the engine's own resolver (no `dns`), which
+    forwards to the member's servers without naming them."""
+    alone = create_kwargs(_spec(), disk_quota=False)
+    networked = create_kwargs(_spec(network=True), disk_quota=False)
+
+    assert (alone["dns"], alone["dns_search"]) == (["127.0.0.1"], ["."])
+    assert "dns" not in networked
+    assert networked["dns_search"] == ["."]
+
+
 def test_disk_quota_and_network_only_when_asked() -> None:
     """With quota support the writable layer gets a size; a spec that asks for network gets
     a network of its own, never the engine's shared default bridge."""
