@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import docker
 import pytest
 
 from potluck.hostd.container_config import CAPABILITIES, ContainerSpec, create_kwargs
@@ -263,6 +264,42 @@ def test_a_container_is_told_none_of_the_machines_name_servers_or_search_domains
     words = set(seen.split())
     assert not (named | domains) & words, seen
     assert [line for line in seen.splitlines() if line.startswith("nameserver")] == ["nameserver 127.0.0.1"]
+
+
+def test_a_setuid_root_program_of_an_image_gives_its_unprivileged_user_nothing(
+    docker_driver: DockerDriver, test_image: str
+) -> None:
+    """Tried: an image whose USER is 1000 and which holds a setuid-root copy of busybox; in its
+    container, through docker exec as a session is, its user runs `id -u` and reads its
+    capabilities through that copy. Must hold: the process stays uid 1000 with no effective or
+    permitted capability (no-new-privileges voids the setuid bit), and the bounding set is
+    Potluck's few, never more."""
+    image = "potluck-setuid:1"
+    client = docker.DockerClient(base_url=docker_driver.base_url)
+    try:
+        maker = client.containers.run(
+            test_image, ["sh", "-c", "cp /bin/busybox /bin/suidbox && chmod 4755 /bin/suidbox"],
+            detach=True, network_mode="none",
+        )  # fmt: skip
+        assert maker.wait(timeout=60)["StatusCode"] == 0
+        maker.commit(*image.split(":"), changes=["USER 1000"])
+        maker.remove()
+    finally:
+        client.close()
+    container_id = docker_driver.run(_spec(image))
+
+    # Busybox runs the applet its name says: links named id and sh run the setuid copy as those.
+    script = (
+        "ln -s /bin/suidbox /tmp/id && ln -s /bin/suidbox /tmp/sh && "
+        "/tmp/id -u && /tmp/sh -c 'cat /proc/self/status'"
+    )
+    ran = docker_driver.exec_run(container_id, ["sh", "-c", script]).output.decode()
+    uid, *status_lines = ran.splitlines()
+    status = dict(line.split(":\t", 1) for line in status_lines if ":\t" in line)
+    assert uid == "1000", ran
+    assert status["Uid"].split()[:2] == ["1000", "1000"]  # real, effective
+    assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == 0
+    assert int(status["CapBnd"], 16) == sum(1 << CAP_BITS[c] for c in CAPABILITIES)
 
 
 def test_inspect_shows_the_hardening(docker_driver: DockerDriver, test_image: str) -> None:
