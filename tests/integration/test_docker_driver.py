@@ -223,8 +223,9 @@ def test_a_container_reads_nothing_of_the_machines_hardware_or_roots_own_kernel_
 ) -> None:
     """Tried, as root in a container (the machine's root: no user namespace), through docker
     exec as a session is: read the machine's physical page flags and counts, the kernel's slab
-    and vmalloc layouts, the interrupt counts of its devices, and every serial number, wwid and
-    DMI identity under /sys/devices (this machine has some: its disks'). Must hold: each reads
+    and vmalloc layouts, the interrupt counts of its devices, every serial number, wwid and
+    DMI identity under /sys/devices (this machine has some: its disks'), and list its loop and
+    device-mapper disks. Must hold: each reads
     empty and no serial is found, while what programs size themselves by still reads (online
     CPUs, the container's own network interface, its own status). (Before, kpageflags gave the
     flags of every page of the machine and the disk's serial number read as on the machine.)"""
@@ -240,6 +241,11 @@ def test_a_container_reads_nothing_of_the_machines_hardware_or_roots_own_kernel_
     )  # fmt: skip
     assert found.output == b"", f"the machine's identities read in the container: {found.output[:300]!r}"
     assert on_machine, "this machine shows no device serial to hide: the test proves nothing here"
+    # The machine's loop and device-mapper disks (each loop's backing file, each encrypted volume's
+    # UUID) are virtual devices, not hardware, and hidden all the same.
+    assert list(Path("/sys/devices/virtual/block").iterdir()), "no virtual disk here: nothing proven"
+    disks = docker_driver.exec_run(container_id, ["ls", "-A", "/sys/devices/virtual/block"])
+    assert (disks.exit_code, disks.output) == (0, b"")
     still = docker_driver.exec_run(
         container_id, ["cat", "/sys/devices/system/cpu/online", "/sys/class/net/lo/operstate"]
     )
