@@ -139,6 +139,8 @@ MASKED_PATHS: dict[str, str] = {
     ),
     "/sys/devices/virtual/dmi": "the machine's serial numbers and UUID (root's alone), its "
     "maker and model: an identity of the member's machine (/sys/class/dmi/id leads here)",
+    "/proc/cmdline": "the kernel's command line: the UUIDs of the machine's root file system "
+    "and encrypted disk (root=UUID=..., cryptdevice=UUID=...), an identity of the machine",
     "/sys/devices/virtual/block": "the machine's loop and device-mapper disks: the file behind "
     "each loop device (the member's snaps, disk images) and the UUID of each encrypted volume",
     "/sys/devices/virtual/powercap": "the CPU's energy counters (root's alone): a side channel "

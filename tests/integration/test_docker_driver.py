@@ -223,7 +223,8 @@ def test_a_container_reads_nothing_of_the_machines_hardware_or_roots_own_kernel_
 ) -> None:
     """Tried, as root in a container (the machine's root: no user namespace), through docker
     exec as a session is: read the machine's physical page flags and counts, the kernel's slab
-    and vmalloc layouts, the interrupt counts of its devices, every serial number, wwid and
+    and vmalloc layouts, the interrupt counts of its devices, the kernel's command line (the
+    UUIDs of its root and encrypted disks, on a laptop), every serial number, wwid and
     DMI identity under /sys/devices (this machine has some: its disks'), and list its loop and
     device-mapper disks. Must hold: each reads
     empty and no serial is found, while what programs size themselves by still reads (online
@@ -231,7 +232,16 @@ def test_a_container_reads_nothing_of_the_machines_hardware_or_roots_own_kernel_
     flags of every page of the machine and the disk's serial number read as on the machine.)"""
     on_machine = [p for p in Path("/sys/devices").rglob("serial") if "virtual" not in p.parts]
     container_id = docker_driver.run(_spec(test_image))
-    for kernel_file in ("kpageflags", "kpagecount", "slabinfo", "vmallocinfo", "interrupts", "softirqs"):
+    kernel_files = (
+        "kpageflags",
+        "kpagecount",
+        "slabinfo",
+        "vmallocinfo",
+        "interrupts",
+        "softirqs",
+        "cmdline",
+    )
+    for kernel_file in kernel_files:
         read = docker_driver.exec_run(container_id, ["sh", "-c", f"head -c 64 /proc/{kernel_file} | wc -c"])
         assert read.output.strip() == b"0", f"/proc/{kernel_file} gave {read.output!r}"
     found = docker_driver.exec_run(
