@@ -4,7 +4,9 @@ a text a host sends past its bound is refused, never stored (the real registry a
 processes, real NATS with nkeys and JetStream, a Postgres of the test's own)."""
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -53,10 +55,7 @@ async def test_a_registry_failure_tells_the_host_a_code_and_an_incident_never_th
     server's address) handed to whoever asked. Must hold: the reply is INTERNAL with a message
     that says what to do and an incident id, holds nothing of the exception, and the
     registry's log has that id on the line with the traceback."""
-    pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
-    try:
-        pool.start_registry()
-        await pool.wait_registry()
+    async with _running(tmp_path, own_postgres, "registry") as pool:
         host = await pool.enroll("laptop-a")
         nc = await pool.client(host)
         await asyncio.to_thread(own_postgres.stop)
@@ -83,6 +82,20 @@ async def test_a_registry_failure_tells_the_host_a_code_and_an_incident_never_th
         ]
         assert log_lines, pool.logs()
         assert any(line.get("exception") for line in log_lines), log_lines
+
+
+@contextlib.asynccontextmanager
+async def _running(tmp_path: Path, postgres: PostgresServer, service: str) -> AsyncIterator[Pool]:
+    """A pool with `service` (the registry or the allocator) started and answering."""
+    pool = await Pool.create(tmp_path / "pool", postgres.url, log_level="DEBUG")
+    try:
+        if service == "registry":
+            pool.start_registry()
+            await pool.wait_registry()
+        else:
+            pool.start_allocator()
+            await pool.wait_api()
+        yield pool
     finally:
         await pool.close()
 
@@ -94,10 +107,7 @@ async def test_a_bad_image_token_request_is_told_its_field_not_quoted_back(
     characters. Before: the reply was pydantic's whole text cut at 500 characters, quoting the
     host's input back and linking pydantic's pages. Must hold: BAD_REQUEST naming the field and
     the bound, holding none of the input."""
-    pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
-    try:
-        pool.start_allocator()
-        await pool.wait_api()
+    async with _running(tmp_path, own_postgres, "allocator") as pool:
         host = await pool.enroll("laptop-a")
         nc = await pool.client(host)
         body = json.dumps({"alloc_id": "q" * 100_000, "image": "busybox"}).encode()
@@ -111,8 +121,6 @@ async def test_a_bad_image_token_request_is_told_its_field_not_quoted_back(
         assert "128" in message, message
         assert "qqq" not in message, message
         assert "pydantic" not in message, message
-    finally:
-        await pool.close()
 
 
 async def test_a_report_whose_id_is_past_its_bound_is_a_dead_letter_and_never_a_causation_id(
@@ -124,10 +132,7 @@ async def test_a_report_whose_id_is_past_its_bound_is_a_dead_letter_and_never_a_
     its causation id, in the log for good. Must hold: the first report is dead-lettered at
     once, its reason naming report_id; the second is logged; no event of the host's images
     carries a causation id longer than the bound."""
-    pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
-    try:
-        pool.start_allocator()
-        await pool.wait_api()
+    async with _running(tmp_path, own_postgres, "allocator") as pool:
         host = await pool.enroll("laptop-a")
         js = (await pool.client(host)).jetstream()
         subject = f"potluck.report.{host.host_id}.images"
@@ -153,8 +158,6 @@ async def test_a_report_whose_id_is_past_its_bound_is_a_dead_letter_and_never_a_
                 reasons.append(msg.headers[H_DLQ_REASON])
         assert len(reasons) == 1, reasons
         assert "report_id" in reasons[0], reasons
-    finally:
-        await pool.close()
 
 
 def _registration(ssh_host_key: str) -> bytes:
@@ -201,10 +204,7 @@ async def test_a_host_cannot_register_an_ssh_host_key_another_host_holds(
     without learning which host holds the key, nothing of A's is recorded, B registers again,
     and the gateway's view of the log maps B's key to B; the bad line is refused
     BAD_SSH_HOST_KEY without quoting it back."""
-    pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
-    try:
-        pool.start_registry()
-        await pool.wait_registry()
+    async with _running(tmp_path, own_postgres, "registry") as pool:
         a, b = await pool.enroll("laptop-a"), await pool.enroll("laptop-b")
         as_a, as_b = await pool.client(a), await pool.client(b)
         key = public_key_line(load_or_create_key(tmp_path / "b_host_key", comment="potluck-hostd-b"))
@@ -230,8 +230,6 @@ async def test_a_host_cannot_register_an_ssh_host_key_another_host_holds(
         mine = public_key_line(load_or_create_key(tmp_path / "a_host_key", comment="potluck-hostd-a"))
         assert (await _register(as_a, a.host_id, mine)).ok
         assert await _gateway_owner(pool, mine) == a.host_id
-    finally:
-        await pool.close()
 
 
 async def test_a_join_tokens_throwaway_identity_reads_no_host_replies_and_asks_nothing_else(
@@ -248,10 +246,7 @@ async def test_a_join_tokens_throwaway_identity_reads_no_host_replies_and_asks_n
     publish but its own join is refused by NATS; a second join with the token is refused
     TOKEN_SPENT; and once the answer window is over the throwaway's connection is closed and
     it cannot connect again."""
-    pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
-    try:
-        pool.start_registry()
-        await pool.wait_registry()
+    async with _running(tmp_path, own_postgres, "registry") as pool:
         other = await pool.enroll("laptop-a")
         token = await enroll_with_token(pool.store, "laptop-b", nats_url=pool.nats.url)
         await refresh_nats_authorization(pool.store, pool.nats.auth_file, [pool.services_seed], None)
@@ -315,8 +310,6 @@ async def test_a_join_tokens_throwaway_identity_reads_no_host_replies_and_asks_n
         async with asyncio.timeout(JOIN_ANSWER_WINDOW.total_seconds() + 20):
             await closed.wait()
         assert not await admitted(pool.nats.url, token.join_seed, token.host_id)
-    finally:
-        await pool.close()
 
 
 async def test_a_policy_change_naming_an_infinite_freeze_is_refused_not_logged_as_another(
@@ -328,10 +321,7 @@ async def test_a_policy_change_naming_an_infinite_freeze_is_refused_not_logged_a
     Infinity into JSON): its view said one thing and the log, which every replay reads,
     another. Must hold: BAD_REQUEST naming max_frozen_s, nothing recorded on the host's
     stream, and the same change with a finite value is recorded."""
-    pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
-    try:
-        pool.start_registry()
-        await pool.wait_registry()
+    async with _running(tmp_path, own_postgres, "registry") as pool:
         host = await pool.enroll("laptop-a")
         nc = await pool.client(host)
         assert (await _register(nc, host.host_id, "")).ok
@@ -348,8 +338,6 @@ async def test_a_policy_change_naming_an_infinite_freeze_is_refused_not_logged_a
         reply = Reply.model_validate_json((await nc.request(subject, finite, timeout=30)).data)
         assert reply.ok, reply
         assert reply.data["recorded"] == ["HostFrozen"], reply.data
-    finally:
-        await pool.close()
 
 
 async def test_hosts_that_shared_a_key_before_the_check_register_again_and_a_new_claim_is_refused(
@@ -360,10 +348,7 @@ async def test_hosts_that_shared_a_key_before_the_check_register_again_and_a_new
     again with it, as every hostd restart does; then a third host claims the same key. Must
     hold: both registrations go through (neither machine is worse off than before the check:
     the gateways link the first), and the third is refused SSH_KEY_TAKEN."""
-    pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
-    try:
-        pool.start_registry()
-        await pool.wait_registry()
+    async with _running(tmp_path, own_postgres, "registry") as pool:
         first, second, third = [await pool.enroll(f"laptop-{n}") for n in ("a", "b", "c")]
         key = public_key_line(load_or_create_key(tmp_path / "shared_key", comment="copied"))
         request = RegisterHost.model_validate_json(_registration(key))
@@ -382,5 +367,3 @@ async def test_hosts_that_shared_a_key_before_the_check_register_again_and_a_new
         assert not claim.ok, claim
         assert claim.error is not None
         assert claim.error["code"] == "SSH_KEY_TAKEN", claim.error
-    finally:
-        await pool.close()
