@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import structlog
 
 from potluck.contracts.host_events import host_stream
+from potluck.contracts.link import LINK_SIGNATURE_ALGS
 from potluck.events import RecordedEvent
 from potluck.kernel.rejections import Rejected
 from potluck.kernel.ssh_identity import HOST_KEY_FILE
@@ -76,6 +77,20 @@ class SshKeyHolders:
                 field="ssh_host_key",
                 status=400,
             ) from None
+        kind = line.split()[0]
+        if kind not in LINK_SIGNATURE_ALGS:
+            # The link takes ed25519 host keys only (potluck.contracts.link): a key of another type
+            # registered fine and then every link of the host failed its handshake, which the
+            # member saw only as sessions that never came. hostd makes ed25519 keys; another type
+            # is a file replaced by hand.
+            raise Rejected(
+                "BAD_SSH_HOST_KEY",
+                "ssh_host_key is not an ed25519 key, and the gateways link hosts by an ed25519 key only. "
+                f"Remove {HOST_KEY_FILE} and {HOST_KEY_FILE}.pub from hostd's state_dir and start "
+                "hostd again to make one",
+                field="ssh_host_key",
+                status=400,
+            )
         holders = self._current().get(blob, set())
         # Its own key again (every restart registers it) is no new claim: never refused, even
         # where a registry from before this check let another host claim the same key. A copied

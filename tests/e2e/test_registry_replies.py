@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncssh
 import nats
 import pytest
 from nats.aio.client import Client as NATS
@@ -200,10 +201,12 @@ async def test_a_host_cannot_register_an_ssh_host_key_another_host_holds(
     comment; B comes back and registers again. Before: A's registration was recorded, and the
     gateway, which maps a link's key to the first host that claims it, then refused every link
     of B (A could not use the key either, holding no private half: the loss was B's alone).
-    Also tried: a line that is no OpenSSH public key. Must hold: A is refused SSH_KEY_TAKEN
-    without learning which host holds the key, nothing of A's is recorded, B registers again,
+    Also tried: a line that is no OpenSSH public key, and an RSA key (the link takes ed25519
+    only: before, it was recorded and every link of the host then failed its handshake).
+    Must hold: A is refused SSH_KEY_TAKEN without learning which host holds the key, nothing of
+    A's is recorded, B registers again,
     and the gateway's view of the log maps B's key to B; the bad line is refused
-    BAD_SSH_HOST_KEY without quoting it back."""
+    BAD_SSH_HOST_KEY without quoting it back, the RSA key BAD_SSH_HOST_KEY naming ed25519."""
     async with _running(tmp_path, own_postgres, "registry") as pool:
         a, b = await pool.enroll("laptop-a"), await pool.enroll("laptop-b")
         as_a, as_b = await pool.client(a), await pool.client(b)
@@ -227,6 +230,12 @@ async def test_a_host_cannot_register_an_ssh_host_key_another_host_holds(
         assert bad.error["code"] == "BAD_SSH_HOST_KEY", bad.error
         assert "ZZZ" not in str(bad.error), bad.error
         assert "evil" not in str(bad.error), bad.error
+        rsa = asyncssh.generate_private_key("ssh-rsa", key_size=2048)
+        other_kind = await _register(as_a, a.host_id, public_key_line(rsa))
+        assert not other_kind.ok, other_kind
+        assert other_kind.error is not None
+        assert other_kind.error["code"] == "BAD_SSH_HOST_KEY", other_kind.error
+        assert "ed25519" in other_kind.error["message"], other_kind.error
         mine = public_key_line(load_or_create_key(tmp_path / "a_host_key", comment="potluck-hostd-a"))
         assert (await _register(as_a, a.host_id, mine)).ok
         assert await _gateway_owner(pool, mine) == a.host_id
