@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import structlog
 
-from potluck.contracts.engine import EngineFacts
+from potluck.contracts.engine import EngineFacts, user_namespaces
 from potluck.contracts.image_reference import InvalidReference, engine_name
 from potluck.hostd import pause_races
 from potluck.hostd.container_config import (
@@ -405,6 +405,7 @@ class DockerDriver:
             storage_driver=driver,
             disk_quota_supported=bool(quota),
             seccomp=any("seccomp" in o for o in info.get("SecurityOptions") or []),
+            user_namespaces=user_namespaces([str(o) for o in info.get("SecurityOptions") or []]),
         )
         if quota is not None:
             self._facts = facts

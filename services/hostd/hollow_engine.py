@@ -123,6 +123,7 @@ class HollowDriver(DockerDriver):
             storage_driver="hollow",
             disk_quota_supported=True,  # nothing is written: no layer to measure
             seccomp=True,
+            user_namespaces="off",  # nothing runs, but say what a plain engine would
         )
 
     def close(self) -> None:

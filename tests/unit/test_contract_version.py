@@ -22,7 +22,7 @@ from potluck.contracts.compatibility import CONTRACT_VERSION, FIRST_CONTRACT, mi
 from potluck.contracts.messages import DesiredState, RegisterHost
 
 #: (CONTRACT_VERSION, the fingerprint of the shapes it names).
-RECORDED = (2, "c503de9734e7f56c95cb62d02e53ca33355194390da5a58062b419cd4115de56")
+RECORDED = (3, "1974dc40fd8e6725bf8fbd04da3c64c6a94ba8b7e64b26dc8fe4691421b5f0ee")
 
 
 def _models() -> list[type[BaseModel]]:
