@@ -227,6 +227,7 @@ class Agent:
 
     async def _serve(self) -> None:
         facts = await self._engine_facts()
+        _log_user_namespaces(facts)
         if problems := await self._donation_beyond_machine():
             # Before registering: the pool must never be promised what this machine does not have.
             self._stop(
@@ -597,3 +598,17 @@ class Agent:
             with contextlib.suppress(*TRANSIENT_BUS_ERRORS):
                 await self.nc.publish(f"{HEARTBEAT}.{self.host_id}", beat.model_dump_json().encode())
             await asyncio.sleep(interval)
+
+
+def _log_user_namespaces(facts: EngineFacts) -> None:
+    """Say once, at start, whether root in a container is root on this machine: hardening
+    narrows what such a root reaches, a user namespace takes the machine's root away."""
+    if facts.user_namespaces == "off":
+        log.warning(
+            "hostd.engine_user_namespaces",
+            user_namespaces=facts.user_namespaces,
+            meaning="root in a container is root on this machine (hardened, not remapped)",
+            hint="turn on userns-remap in the engine's daemon.json: README, Quick start: member",
+        )
+    else:
+        log.info("hostd.engine_user_namespaces", user_namespaces=facts.user_namespaces)
