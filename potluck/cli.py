@@ -1224,6 +1224,8 @@ def ops_hosts_list(database_url: str, as_json: bool | None) -> None:
                 # Null until its hostd first registers: an enrolled host has spoken none yet.
                 "hostd_version": h.hostd_version or None,
                 "contract": h.contract,
+                # Whether root in its containers is root on the member's machine (EngineFacts).
+                "user_namespaces": h.engine.user_namespaces if h.engine else None,
             }
             for h in sorted(view.hosts.values(), key=lambda h: h.host_id)
         ]
@@ -1242,7 +1244,7 @@ def _hosts_table(rows: list[dict[str, Any]]) -> str:
     from potluck.contracts.compatibility import CONTRACT_VERSION
     from potluck.kernel.terminal_text import shown
 
-    header = ("HOST", "NAME", "STATUS", "CPUS", "MEMORY", "DISK", "CONTRACT", "NOTE")
+    header = ("HOST", "NAME", "STATUS", "CPUS", "MEMORY", "DISK", "CONTRACT", "USERNS", "NOTE")
     lines = [header]
     for row in rows:
         donated = row["donated"] or {}
@@ -1262,6 +1264,7 @@ def _hosts_table(rows: list[dict[str, Any]]) -> str:
                 _size(donated.get("memory_bytes")),
                 _size(donated.get("disk_bytes")),
                 "-" if row["contract"] is None else str(row["contract"]),  # never registered: none yet
+                shown(row["user_namespaces"] or "-"),
                 shown(note),
             )
         )

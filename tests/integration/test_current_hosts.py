@@ -10,12 +10,13 @@ import dataclasses
 import json
 
 from potluck.contracts.compatibility import CONTRACT_VERSION
+from potluck.contracts.engine import EngineFacts
 from potluck.events import EventStore, SkippedEvents
 from potluck.readmodels.hosts import HostsView
 from potluck.registry.enrollment import current_hosts, enroll_host, revoke_host
 from potluck.registry.projection import host_checkpoints, rebuild_view
 from tests.e2e.conftest import ops
-from tests.integration.test_replay import register_host
+from tests.integration.test_replay import ENGINE, register_host
 
 
 async def from_zero(store: EventStore) -> HostsView:
@@ -113,3 +114,42 @@ async def test_a_host_never_registered_shows_no_contract_and_refusals_speak_to_t
     assert f"host {registered} was revoked for good: there is nothing to pause" in err, err
     assert "ask an operator" not in err, err
     assert await store.head_position() == head
+
+
+async def test_the_hosts_list_says_whether_root_in_a_hosts_containers_is_root_on_its_machine(
+    store: EventStore, database_url: str
+) -> None:
+    """Tried: `potluck ops hosts list` (JSON and table) with a host whose engine remaps users,
+    one whose engine does not, one registered by a hostd older than the fact, and one enrolled
+    and never registered. Must hold: each shows its own (`remap`, `off`, `unreported`), the
+    never-registered one none (null, a dash in the table)."""
+    engines = {
+        name: ENGINE.model_copy(update={"user_namespaces": said})
+        for name, said in (("laptop-remap", "remap"), ("laptop-plain", "off"))
+    }
+    ids = {name: await register_host(store, name, 1.0, engine=engine) for name, engine in engines.items()}
+    ids["laptop-older"] = await register_host(
+        store,
+        "laptop-older",
+        1.0,
+        engine=EngineFacts.model_validate(ENGINE.model_dump(exclude={"user_namespaces"})),
+    )
+    ids["laptop-new"], _ = await enroll_host(store, "laptop-new")
+    expected = {
+        "laptop-remap": "remap",
+        "laptop-plain": "off",
+        "laptop-older": "unreported",
+        "laptop-new": None,
+    }
+
+    code, out, err = await ops("hosts", "list", "--json", "--database-url", database_url)
+    assert code == 0, err
+    rows = {row["host_id"]: row for row in map(json.loads, out.splitlines())}
+    assert {name: rows[ids[name]]["user_namespaces"] for name in ids} == expected
+    code, table, err = await ops("hosts", "list", "--table", "--database-url", database_url)
+    assert code == 0, err
+    lines = {line.split()[0]: line.split() for line in table.splitlines()}
+    column = lines["HOST"].index("USERNS")
+    assert {name: lines[ids[name]][column] for name in ids} == {n: s or "-" for n, s in expected.items()}, (
+        table
+    )

@@ -100,13 +100,15 @@ async def services(store: EventStore, nc: NATS) -> AsyncIterator[Services]:
         await stop(*running.tasks)
 
 
-async def register_host(store: EventStore, name: str, cpus: float, **labels: str) -> str:
+async def register_host(
+    store: EventStore, name: str, cpus: float, *, engine: EngineFacts = ENGINE, **labels: str
+) -> str:
     host_id, _ = await enroll_host(store, name)
     request = RegisterHost(
         contract=CONTRACT_VERSION,
         donated=Capacity(cpus=cpus, memory_bytes=4 * GIB, disk_bytes=20 * GIB),
         labels={"name": name, **labels},
-        engine=ENGINE,
+        engine=engine,
         hostd_version="test",
     )
     await decide_on_host(
