@@ -474,6 +474,14 @@ def sshgateway(
         raise click.UsageError("--database-url (or POTLUCK_DATABASE_URL) is needed to serve")
     if nats_seed_file is not None and not nats_seed_file.exists():
         raise click.UsageError(f"--nats-seed-file {nats_seed_file} does not exist")
+    from potluck.kernel.ssh_identity import SSHIdentityError
+    from potluck.sshgateway.service import load_tunnel_key
+
+    try:
+        # Before the log and the bus are reached: a tunnel key no link takes is the operator's to fix.
+        load_tunnel_key(settings)
+    except SSHIdentityError as exc:
+        fail(str(exc), 2)
     from potluck.bootstrap import Backends, serve
 
     async def body(store: Any, nc: Any) -> None:
@@ -523,10 +531,15 @@ def hostd(config_path: Path) -> None:
         )
     except TelemetryConfigError as exc:
         fail(str(exc), 2)
+    from potluck.kernel.ssh_identity import SSHIdentityError
+
     try:
         run(run_until_signalled(main))
     except HostdStopped as exc:
         fail(str(exc), 3)
+    except SSHIdentityError as exc:
+        # Its host key file cannot be used (a replaced file of another type): the message names it.
+        fail(str(exc), 2)
     finally:
         shutdown_telemetry()
 

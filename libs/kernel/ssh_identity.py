@@ -27,6 +27,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,7 @@ __all__ = [
     "load_key",
     "load_or_create_key",
     "public_key_line",
+    "require_key_type",
     "ssh_host_key",
 ]
 
@@ -112,6 +114,21 @@ def load_or_create_key(path: Path, *, comment: str = "") -> "asyncssh.SSHKey":
     public = path.with_name(path.name + ".pub")
     public.write_text(public_key_line(key) + "\n")
     return key
+
+
+def require_key_type(path: Path, kind: str, allowed: Sequence[str], *, remedy: str) -> None:
+    """An SSHIdentityError naming `path` when its key's type `kind` is not one of `allowed`.
+
+    The keys made here are ed25519, but a key file may have been replaced by hand; on a link
+    that takes only some types, a key of another one failed every handshake with words that
+    named neither the file nor the fix. `remedy` says what to do (which file to remove, what
+    makes a new one).
+    """
+    if kind not in allowed:
+        taken = " or ".join(allowed)
+        raise SSHIdentityError(
+            f"{path} holds a key of type {kind}, and Potluck's links take {taken} keys only; {remedy}"
+        )
 
 
 def public_key_line(key: "asyncssh.SSHKey") -> str:

@@ -37,6 +37,7 @@ from potluck.contracts.host_events import (
     HostRevoked,
 )
 from potluck.contracts.host_labels import BAD_LABELS
+from potluck.contracts.link import LINK_SIGNATURE_ALGS
 from potluck.contracts.messages import (
     DesiredState,
     Heartbeat,
@@ -80,7 +81,7 @@ from potluck.hostd.sleep_clock import SleepClock
 from potluck.hostd.sleep_watch import SleepWatch
 from potluck.kernel.cancellation import cancel_until_done
 from potluck.kernel.rejections import Rejected
-from potluck.kernel.ssh_identity import host_key_path, ssh_host_key
+from potluck.kernel.ssh_identity import host_key_path, require_key_type, ssh_host_key
 from potluck.kernel.version import __version__
 
 log = structlog.get_logger(__name__)
@@ -175,6 +176,14 @@ class Agent:
         self._stop_reason = ""
         self.ready = asyncio.Event()
         self.ssh_host_key = ssh_host_key(config.state_dir, config.host_id)
+        # The registry refuses any other type (BAD_SSH_HOST_KEY): said here, before a round trip.
+        require_key_type(
+            host_key_path(config.state_dir),
+            self.ssh_host_key.split()[0],
+            LINK_SIGNATURE_ALGS,
+            remedy="remove it and its .pub from hostd's state_dir and start hostd again: it makes an "
+            "ed25519 key there",
+        )
         # On waking: tell the registry, then re-sync as after a reconnect.
         self.sleep = SleepWatch(
             self.host_id,

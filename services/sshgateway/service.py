@@ -31,13 +31,14 @@ import asyncio
 import uuid
 from pathlib import Path
 
+import asyncssh
 import structlog
 from nats.aio.client import Client as NATS
 
-from potluck.contracts.link import request_short_slice
+from potluck.contracts.link import LINK_SIGNATURE_ALGS, request_short_slice
 from potluck.events import EventStore, Fold
 from potluck.kernel.cancellation import cancel_until_done
-from potluck.kernel.ssh_identity import load_key, load_or_create_key, public_key_line
+from potluck.kernel.ssh_identity import load_key, load_or_create_key, public_key_line, require_key_type
 from potluck.sshgateway.admitted_listener import AdmittedListener
 from potluck.sshgateway.audit import AuditLog
 from potluck.sshgateway.context import GatewayContext
@@ -49,7 +50,7 @@ from potluck.sshgateway.reactions import GatewayReactions
 from potluck.sshgateway.server import listen_for_hosts, listen_for_users
 from potluck.sshgateway.settings import GatewaySettings
 
-__all__ = ["Gateway", "client_public_key", "host_public_key", "run_gateway"]
+__all__ = ["Gateway", "client_public_key", "host_public_key", "load_tunnel_key", "run_gateway"]
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +63,13 @@ _MADE_BY = (
     "give the gateway's state directory, the --state-dir (or POTLUCK_SSHGATEWAY_STATE_DIR) that "
     "`potluck sshgateway` runs with: the gateway makes its keys there when it first starts, so "
     "start it once if it never ran"
+)
+
+
+#: What to do about a tunnel key of a type the link does not take.
+_NEW_TUNNEL_KEY = (
+    "remove it and its .pub and start the gateway again: it makes an ed25519 key there. Members "
+    "then pin the new key as client_key in their hostd's config (`potluck sshgateway --print-client-key`)"
 )
 
 
@@ -82,6 +90,19 @@ def host_public_key(settings: GatewaySettings, *, make: bool = False) -> str:
 def client_public_key(settings: GatewaySettings, *, make: bool = False) -> str:
     """The public line members pin as `client_key` in hostd's config; as `host_public_key`."""
     return _public_line(settings.tunnel_key_path, "potluck-sshgateway", make)
+
+
+def load_tunnel_key(settings: GatewaySettings) -> asyncssh.SSHKey:
+    """The key that signs the gateway's login to every hostd, made if missing.
+
+    SSHIdentityError, naming the file and what to do, for a key of a type the link does not
+    take (LINK_SIGNATURE_ALGS: a key file replaced by hand): without this check every link
+    failed its handshake, and hostd's log said only that no authentication method was left.
+    """
+    path = settings.tunnel_key_path
+    key = load_or_create_key(path, comment="potluck-sshgateway")
+    require_key_type(path, key.get_algorithm(), LINK_SIGNATURE_ALGS, remedy=_NEW_TUNNEL_KEY)
+    return key
 
 
 class Gateway:
@@ -137,7 +158,7 @@ class Gateway:
         short = request_short_slice(settings.cpu_slice_us)
         log.debug("gateway.cpu_slice", short=short, slice_us=settings.cpu_slice_us)
         host_key = load_or_create_key(settings.host_key_path, comment="potluck-sshgateway-host")
-        tunnel_key = load_or_create_key(settings.tunnel_key_path, comment="potluck-sshgateway")
+        tunnel_key = load_tunnel_key(settings)
         await self.fold.catch_up(self.store)
         if self.entry is not None:
             # Up before any session of this run is recorded: a sweeper that finds this run in a
