@@ -34,6 +34,8 @@ from potluck.localstack.docker_engine import DockerEngine, ensure_docker_install
 from potluck.localstack.ports import BROWSERS_REFUSE, port_accepts
 from potluck.localstack.reaper import start_time, still_runs
 from potluck.localstack.test_image import build_test_image
+from potluck.registry.enrollment import current_hosts, revoke_host
+from potluck.registry.host import name_holder
 from potluck.supervisor import Supervisor
 from potluck.telemetry import TRACES_FILE, collector_configured
 from potluck.up_state import PID_FILE, READY_FILE, Running, pid_alive, pool_files, running
@@ -189,12 +191,36 @@ async def _wait_online(api: str, token: str, hostd_log: Path, timeout: float = 6
     raise LocalStackError(f"the local hostd did not come online{why}; see {hostd_log}")
 
 
-async def _local_host(pool: LocalPool) -> EnrolledHost:
+#: The name `potluck up` enrolls its own machine under.
+LOCAL = "local"
+#: Who the log says revoked a `local` that this state directory holds no credentials of.
+REPLACED_BY = "potluck up"
+#: Why, as the log records it (HostRevoked.reason).
+LOST_LOCAL = (
+    "replaced by a new `local`: `potluck up` ran on this log from a state directory that does not hold "
+    "this machine's credentials (a restored log, or a lost state directory), so it can never connect again"
+)
+
+
+async def _local_host(pool: LocalPool, say: Say) -> EnrolledHost:
     saved = pool.workdir / "local.host"
     if saved.exists():
         host_id = saved.read_text().strip()
-        return EnrolledHost(host_id, "local", pool.workdir / "local.creds", pool.workdir / "local.toml")
-    host = await pool.enroll("local")
+        return EnrolledHost(host_id, LOCAL, pool.workdir / "local.creds", pool.workdir / "local.toml")
+    # A log that holds a `local` this state directory knows nothing of (`potluck ops restore`,
+    # then `up` in a new directory): its key went with the old directory, so it cannot be taken
+    # over, and enrolling beside it made two machines named `local` (users select machines by
+    # name). `potluck join` would be refused NAME_TAKEN; `up` must start, so it revokes the old
+    # one, the log saying by whom and why, and says so.
+    view = await current_hosts(pool.store)
+    holder = name_holder(view.hosts.values(), LOCAL, await pool.store.log_clock())
+    if holder is not None:
+        await revoke_host(pool.store, holder.host_id, by=REPLACED_BY, reason=LOST_LOCAL)
+        say(
+            f"revoked {holder.host_id}, the log's earlier `{LOCAL}` machine ({holder.status}): its "
+            f"credentials are not in {pool.workdir}; this machine is enrolled as `{LOCAL}` anew"
+        )
+    host = await pool.enroll(LOCAL)
     saved.write_text(host.host_id)
     return host
 
@@ -301,13 +327,13 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         client_key = pool.gateway_client_key()
         gateway_key = pool.gateway_host_key()
         pool.start_gateway(listen=ssh, tunnel_listen=tunnel)
-        host = await _local_host(pool)
+        host = await _local_host(pool, say)
         pool.write_config(
             host,
             docker_url,
             allowed_images=[],
             donate={"cpus": settings.cpus, "memory": settings.memory, "disk": settings.disk},
-            labels={"name": "local"},
+            labels={"name": LOCAL},
             timing={"heartbeat_interval_s": 5, "drain_grace_s": 300},
             # hostd dials the gateway (no port opens on a member's machine) and pins its key.
             gateways=[{"address": tunnel, "client_key": client_key}],

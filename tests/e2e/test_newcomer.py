@@ -9,13 +9,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import pytest
 
+from potluck.contracts.host_events import host_stream
+from potluck.events import EventStore
 from potluck.localstack import free_port
+from potluck.registry.enrollment import current_hosts, enroll_host
 from potluck.registry.nats_auth import new_user_key
+from potluck.up import LOCAL, LOST_LOCAL, REPLACED_BY
 from tests.fixtures.servers import _fresh_database
 from tests.fixtures.user_home import with_home
 
@@ -812,19 +818,33 @@ def _log_rows(database_url: str) -> list[tuple[object, ...]]:
     return asyncio.run(read())
 
 
+T = TypeVar("T")
+
+
+async def _on_log(database_url: str, work: Callable[[EventStore], Awaitable[T]]) -> T:
+    store = await EventStore.open(database_url, max_size=2)
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
 @pytest.mark.slow
 def test_backup_restore_then_up_on_the_restored_log(
     newcomer: dict[str, str], tmp_path: Path, postgres_url: str
 ) -> None:
     """README, the operator's backup: `potluck ops backup` of a log, `ops restore` into an
     empty database, then `potluck up` with POTLUCK_DATABASE_URL naming it, on a fresh state
-    directory (the old one lost with the machine).
+    directory (the old one lost with the machine). The log holds the old pool's own machine,
+    enrolled as `local` as its `potluck up` did.
     Tried: also a backup onto an existing file and a restore into a database that holds a log.
     Must hold: the file is private (0600); those two are refused (exit 1) saying what to do;
     the restored log holds the very same events (`all_events`: hot and archived); `up` starts
     on it (it crashed with WrongExpectedVersion on the demo user, whose token was in the lost
-    state directory) and its demo token works; the pool's replay sees the restored users;
-    `down` leaves nothing running."""
+    state directory) and its demo token works; the pool's replay sees the restored users; the
+    old `local` is revoked by `potluck up`, the log saying why, and `up` says so (its console,
+    up.log), so that one machine only holds the name (before, a second `local` was enrolled
+    beside it, a name `potluck join` is refused); `down` leaves nothing running."""
     source = asyncio.run(_fresh_database(postgres_url, f"backup_src_{os.getpid()}"))
     target = asyncio.run(_fresh_database(postgres_url, f"backup_dst_{os.getpid()}"))
     operator = {k: v for k, v in newcomer.items() if k not in OPERATOR_SETTINGS}
@@ -832,21 +852,22 @@ def test_backup_restore_then_up_on_the_restored_log(
     for args in (("users", "add", "demo"), ("users", "add", "bob"), ("users", "rotate-token", "bob")):
         done = potluck("ops", *args, env=on_source)
         assert done.returncode == 0, done.stderr
+    old_local, _ = asyncio.run(_on_log(source, lambda store: enroll_host(store, LOCAL)))
     dump = tmp_path / "pool.dump"
     backed = potluck("ops", "backup", str(dump), env=on_source)
     assert backed.returncode == 0, backed.stderr
-    assert f"backed up the event log through position 3 (3 events) to {dump}" in backed.stdout
+    assert f"backed up the event log through position 4 (4 events) to {dump}" in backed.stdout
     assert dump.stat().st_mode & 0o777 == 0o600
     again = potluck("ops", "backup", str(dump), env=on_source)
     assert again.returncode == 1
     assert "exists: remove it or name another file" in again.stderr, again.stderr
     over = potluck("ops", "restore", str(dump), env=on_source)
     assert over.returncode == 1
-    assert "already holds an event log (head 3): restore into an empty database" in over.stderr
+    assert "already holds an event log (head 4): restore into an empty database" in over.stderr
 
     restored = potluck("ops", "restore", str(dump), "--database-url", target, env=operator)
     assert restored.returncode == 0, restored.stderr
-    assert "restored the event log through position 3 (3 events)" in restored.stdout
+    assert "restored the event log through position 4 (4 events)" in restored.stdout
     assert _log_rows(target) == _log_rows(source)
 
     up_env = {**operator, "POTLUCK_DATABASE_URL": target}
@@ -861,6 +882,17 @@ def test_backup_restore_then_up_on_the_restored_log(
         replayed = potluck("ops", "replay", env=operator)
         assert replayed.returncode == 0, replayed.stderr
         assert "2 users" in replayed.stdout, replayed.stdout
+        console = (Path(newcomer["POTLUCK_HOME"]) / "up.log").read_text(errors="replace")
+        assert f"revoked {old_local}, the log's earlier `local` machine" in console, console
+        new_local = next(line.split()[-1] for line in said if line.startswith("local host"))
+        hosts = asyncio.run(_on_log(target, current_hosts)).hosts
+        assert hosts[old_local].admin == "revoked", hosts[old_local]
+        holding = [h.host_id for h in hosts.values() if h.name == LOCAL and not h.gone]
+        assert holding == [new_local] != [old_local], hosts
+        revoked = asyncio.run(_on_log(target, lambda store: store.read_stream(host_stream(old_local))))
+        assert [(r.type, r.data["by"], r.data["reason"]) for r in revoked[-1:]] == [
+            ("HostRevoked", REPLACED_BY, LOST_LOCAL)
+        ]
     finally:
         down = potluck("down", env=operator, timeout=300)
     assert down.returncode == 0, down.stdout + down.stderr
