@@ -81,6 +81,7 @@ from potluck.hostd.container_files import (
     parse_stat,
 )
 from potluck.hostd.disk_budget import DiskBudget
+from potluck.hostd.engine_failures import ENGINE_FAILED, said_to_user
 from potluck.hostd.exec_bridge import ExecBridge, SessionProcess
 from potluck.hostd.exec_errors import ExecError, ExecRefused
 from potluck.hostd.exec_stream import ExecSink
@@ -118,11 +119,6 @@ _MESSAGES = {
 #: Exit statuses from 126 up are the engine's (it could not start the helper, or it was
 #: killed), never a script's own: the scripts above exit with an errno or 1.
 _ENGINE_STATUS = 126
-#: What the user reads when the engine, not the container, failed an operation.
-ENGINE_FAILED = (
-    "the container's engine on its host could not run this operation; try again, and if it "
-    "keeps failing, ask the member of this machine (hostd's log has the engine's words)"
-)
 # Classify why a path cannot be used, the way the errno would (busybox's messages vary).
 _WHY = (
     'why() { if [ ! -e "$1" ] && [ ! -L "$1" ]; then exit 2; fi; '
@@ -271,17 +267,16 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
     def _failure(self, exc: Exception) -> asyncssh.SFTPError:
         """What the user reads of `exc`: the container's words (an exec that ran and failed), or
         ENGINE_FAILED with the engine's words logged (module docstring)."""
-        if isinstance(exc, ExecRefused):
-            return asyncssh.SFTPFailure(str(exc))  # said for users (exec_errors.py)
         if isinstance(exc, StreamFailed):
             if 0 < exc.status < _ENGINE_STATUS:
                 error = _ERRORS.get(exc.status, asyncssh.SFTPFailure)
                 return error(exc.said or _MESSAGES.get(exc.status, f"failed (status {exc.status})"))
         elif type(exc) is OSError:
             return asyncssh.SFTPFailure(str(exc))  # a writer in the container said why it stopped
-        engine_said = f"{type(exc).__name__}: {exc}"
-        log.warning("helper_sftp.engine_failed", alloc_id=self.files.alloc_id, engine=engine_said[:1000])
-        return asyncssh.SFTPFailure(ENGINE_FAILED)
+        # ExecRefused was said for users; anything else is the engine's (engine_failures.py).
+        return asyncssh.SFTPFailure(
+            said_to_user(exc, event="helper_sftp.engine_failed", alloc_id=self.files.alloc_id)
+        )
 
     async def _run(self, script: str, *args: str) -> bytes:
         try:

@@ -51,6 +51,13 @@ the answers to its own requests. A chunk of the stream that lies wholly inside a
 0.07 ms of CPU per MB uploaded (a 200 MB stream of scp's 255 KiB writes in 32 KiB chunks: 14
 ms, against 2 ms for passing it on bare).
 
+What the user reads of a failure is the server's own status (the container's sftp-server, of
+the container's files) or hostd's words: where the engine fails to measure the container, the
+request is answered FAILURE saying the engine could not run it (engine_failures.py, the rule
+of hostd's own SFTP server), the engine's words (its socket's path, the container's id) going
+to hostd's log as `sftp_filter.engine_failed`. An engine that goes away ends the server's
+exec, and the session ends as any session's does (gateway_link.py says so on stderr).
+
 The budget is joined at the first request that can grow the disk (a session that only reads
 never measures it) and held until the session ends; while it is being joined (the engine
 measures the container: 0.35 to 0.7 s on a loaded test machine, what `scp -O` and `potluck
@@ -67,6 +74,7 @@ import structlog
 from potluck.contracts.uploads import ENTRY_BYTES
 from potluck.hostd import disk_budget
 from potluck.hostd.budgeted_process import BudgetedProcess
+from potluck.hostd.engine_failures import said_to_user
 from potluck.hostd.exec_bridge import ExecBridge, ExecProcess
 from potluck.hostd.exec_errors import ExecError
 from potluck.hostd.exec_stream import ExecSink
@@ -532,8 +540,9 @@ class SftpFilter(BudgetedProcess):
         except disk_budget.BoundUnknown as exc:
             refusal = str(exc)
         except (ExecError, OSError) as exc:
-            log.warning("sftp_filter.budget_unknown", alloc_id=self.alloc_id, error=str(exc))
-            refusal = "hostd could not measure the allocation's disk (its log says why): nothing was written"
+            # As hostd's own SFTP server says it (engine_failures.py): the engine's words name the
+            # member's machine, so they go to the log; the request is not passed on.
+            refusal = said_to_user(exc, event="sftp_filter.engine_failed", alloc_id=self.alloc_id)
         else:
             if self._over:
                 disk_budget.leave(self.bridge, self.alloc_id, budget)

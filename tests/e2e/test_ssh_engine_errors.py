@@ -23,7 +23,7 @@ from potluck.hostd.container_config import ContainerSpec
 from potluck.hostd.helper_sftp import ENGINE_FAILED
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.fixtures import ssh as ssh_fixtures
-from tests.fixtures.ssh import FakeHost, SshEnv
+from tests.fixtures.ssh import LINK_DISK_BOUND, FakeHost, SshEnv
 
 ssh_env = ssh_fixtures.ssh_env
 
@@ -192,14 +192,19 @@ class _EngineRelay:
         writer.close()
         engine_writer.close()
 
-    def cut(self) -> None:
-        """The engine goes away: its connections close, its socket is gone."""
+    def refuse_new(self) -> None:
+        """New connections find no engine (its socket is gone); those open (a session's exec
+        stream) go on, as while an engine restarts its API but not its running execs."""
         if self._server is not None:
             self._server.close()
-        for writer in self._writers:
-            writer.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+    def cut(self) -> None:
+        """The engine goes away: its connections close, its socket is gone."""
+        self.refuse_new()
+        for writer in self._writers:
+            writer.close()
 
     def remove(self) -> None:
         self.cut()
@@ -264,3 +269,68 @@ async def test_sftp_in_an_image_without_sftp_server_says_the_engine_failed_in_po
         await asyncio.to_thread(link.stop, timeout=10)
         relay.remove()
         env.start_link(host)
+
+
+async def test_sftp_through_the_images_sftp_server_says_the_engine_failed_in_potlucks_words(
+    env: SshEnv, default_image: str
+) -> None:
+    """Tried: the default image, which has its own sftp-server (hostd's SftpFilter stands
+    between it and the client), with asyncssh's SFTP client through the gateway; a listing that
+    works; then the member's engine stops taking new connections while the server's exec
+    stream goes on, and the client uploads a file (hostd must ask the engine for the
+    container's disk first); then the engine goes away altogether and the client lists.
+    Before the fix the upload's status read "hostd could not measure the allocation's disk (its
+    log says why)", in words of its own, the engine's logged as `sftp_filter.budget_unknown`.
+    Must hold: the upload fails with hostd's own SFTP server's message (ENGINE_FAILED), nothing
+    written; the listing after the engine went away fails too; no message holds the container's
+    id, the engine's socket path or its API's words; hostd's log holds the engine's words
+    (`sftp_filter.engine_failed`)."""
+    host = env.hosts[0]
+    container_id = await env.place_running(host, "eng5", image=default_image)
+    relay = _EngineRelay(host.engine.url.removeprefix("unix://"))
+    await relay.start()
+    assert host.link is not None
+    await asyncio.to_thread(host.link.stop, timeout=10)
+    link = env.link_process(
+        host, f"127.0.0.1:{env.tunnel_port}", name="link-eng5", docker_url=f"unix://{relay.path}"
+    )
+    with ssh_fixtures._environ({LINK_DISK_BOUND: str(512 << 20)}):
+        link.start()
+    try:
+        await env.wait_reachable("eng5")
+        async with asyncssh.connect(
+            "127.0.0.1",
+            env.port,
+            username="eng5",
+            client_keys=[str(env.key("alice"))],
+            known_hosts=None,
+            agent_path=None,
+            config=None,
+        ) as conn:
+            sftp = await conn.start_sftp_client()
+            assert "etc" in await sftp.listdir("/")
+            relay.refuse_new()
+            said: list[str] = []
+            with pytest.raises(asyncssh.SFTPError) as caught:
+                async with sftp.open("/root/new", "wb") as upload:
+                    await upload.write(b"x" * 4096)
+            said.append(str(caught.value.reason))
+            assert said == [ENGINE_FAILED], said
+            relay.cut()
+            with pytest.raises((asyncssh.SFTPError, asyncssh.Error, OSError)) as lost:
+                await sftp.listdir("/etc")
+            said.append(str(getattr(lost.value, "reason", lost.value)))
+        for message in said:
+            _no_engine_words(message, container_id)
+            for words in (relay.path, relay.folder, "unix://", "GET", "/containers/", "Errno"):
+                assert words not in message, (words, message)
+        text = link.log_path.read_text(errors="replace")
+        logged = [json.loads(line) for line in text.splitlines() if '"sftp_filter.engine_failed"' in line]
+        assert len(logged) == 1, link.log_tail(20)
+        assert relay.folder in logged[0]["engine"], logged
+    finally:
+        await asyncio.to_thread(link.stop, timeout=10)
+        relay.remove()
+        env.start_link(host)
+    check = await env.in_container(host, "eng5", "test -e /root/new && echo there || echo absent")
+    assert check.strip() == "absent", check
