@@ -40,6 +40,10 @@ class Bucket:
             return True
         return False
 
+    def wait_s(self, policy: RatePolicy) -> float:
+        """Seconds until the bucket, as last taken from, holds a whole token again."""
+        return max(0.0, 1 - self.tokens) / policy.per_s
+
     def full(self, policy: RatePolicy, now: float) -> bool:
         return self.tokens + max(0.0, now - self.at) * policy.per_s >= policy.burst
 
@@ -51,6 +55,8 @@ class Verdict:
     log: bool = False
     #: Refusals of this key in a row, this one included.
     streak: int = 0
+    #: Of a refusal: seconds until the key's next message would be let through.
+    retry_after_s: float = 0.0
 
 
 class KeyRates:
@@ -77,7 +83,12 @@ class KeyRates:
         self.refused[key] += 1
         self._streaks[key] += 1
         streak = self._streaks[key]
-        return Verdict(False, log=streak == 1 or streak % self.log_every == 0, streak=streak)
+        return Verdict(
+            False,
+            log=streak == 1 or streak % self.log_every == 0,
+            streak=streak,
+            retry_after_s=bucket.wait_s(self.policy),
+        )
 
     def _forget_idle(self, now: float) -> None:
         """Before a new key's bucket: drop the full ones (a full bucket is what a new one starts as)."""
