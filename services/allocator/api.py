@@ -6,8 +6,8 @@ finished), 404 not found
 (also for another user's allocation: its existence is not disclosed), 405
 with `Allow`, 408 a body that took too long to arrive (request_bodies.py), 409 conflict,
 415 not JSON (or not UTF-8), 422 impossible, 429 too many failed
-authentications from one address (authentication.py) or too many long polls of one user's
-waiting (long_polls.py), 503 not ready yet.
+authentications from one address (authentication.py), too many long polls of one user's
+waiting (long_polls.py) or a user's changes past their rate (user_rates.py), 503 not ready yet.
 Every query parameter is checked whether or not another makes it matter; none may be given
 twice (but the registry token endpoint's `scope`): a second value would go unread; and one the
 endpoint does not take (per the OpenAPI document) is refused, not ignored.
@@ -48,6 +48,7 @@ from potluck.allocator.schemas import (
     PoolImages,
 )
 from potluck.allocator.task_standing import TASK_STATES, TaskState
+from potluck.allocator.user_rates import USER_RATES, TooManyChanges, UserRates
 from potluck.allocator.users import User
 from potluck.allocator.web import is_page
 from potluck.allocator.web import setup as setup_pages
@@ -55,6 +56,7 @@ from potluck.allocator.web.log_tail import LogSource
 from potluck.allocator.web.origins import Site
 from potluck.contracts.registry import TOKEN_PATH
 from potluck.kernel.client_address import client_of
+from potluck.kernel.key_rates import RatePolicy
 from potluck.kernel.rejections import Rejected, new_incident
 from potluck.readmodels.allocations import TERMINAL, AllocationState
 from potluck.readmodels.jobs import JobState
@@ -93,7 +95,7 @@ def ok(model: BaseModel, status: int = 200) -> web.Response:
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except TooManyWaits as exc:
+    except (TooManyWaits, TooManyChanges) as exc:
         response = error(exc.status, exc.code, exc.message)
         response.headers["Retry-After"] = str(exc.retry_after_s)
         return response
@@ -313,7 +315,14 @@ def _user(request: web.Request) -> User:
     return request[USER]
 
 
+def _changing(request: web.Request) -> None:
+    """Count the request as one of its caller's changes: refused (429) past their rate
+    (user_rates.py) before its body is read or anything is decided."""
+    request.app[USER_RATES].admit(_user(request).name)
+
+
 async def create(request: web.Request) -> web.Response:
+    _changing(request)
     body = CreateAllocation.model_validate(await _json(request))
     registry = request.app.get(POOL_REGISTRY)
     if registry is not None:
@@ -362,11 +371,13 @@ async def show(request: web.Request) -> web.Response:
 
 
 async def release(request: web.Request) -> web.Response:
+    _changing(request)
     state = await request.app[ENGINE].release(_user(request), request.match_info["alloc_id"])
     return ok(_shown(request, state))
 
 
 async def extend(request: web.Request) -> web.Response:
+    _changing(request)
     body = ExtendAllocation.model_validate(await _json(request))
     state = await request.app[ENGINE].extend(_user(request), request.match_info["alloc_id"], body.by)
     return ok(_shown(request, state))
@@ -385,6 +396,7 @@ def _job(request: web.Request, job: JobState, *, first_tasks: bool = False) -> J
 
 
 async def create_job(request: web.Request) -> web.Response:
+    _changing(request)
     body = CreateJob.model_validate(await _json(request))
     registry = request.app.get(POOL_REGISTRY)
     if registry is not None:
@@ -433,6 +445,7 @@ async def list_job_tasks(request: web.Request) -> web.Response:
 
 
 async def cancel_job(request: web.Request) -> web.Response:
+    _changing(request)
     job = await request.app[ENGINE].cancel_job(_user(request), request.match_info["job_id"])
     return ok(_job(request, job))
 
@@ -484,12 +497,15 @@ def make_app(
     registry: PoolRegistry | None = None,
     logs: LogSource | None = None,
     site: Site | None = None,
+    change_rate: RatePolicy | None = None,
 ) -> web.Application:
+    """The API and the pages; `change_rate`: each user's (user_rates.py), its default when None."""
     app = web.Application(
         middlewares=[errors_middleware, query_middleware, auth_middleware], client_max_size=MAX_BODY
     )
     app[ENGINE] = engine
     app[WAITS] = WaitSlots()
+    app[USER_RATES] = UserRates(change_rate) if change_rate is not None else UserRates()
     app[AUTH] = Authenticator(
         engine.users,
         lambda: engine.fold.caught_up_with(engine.store, timeout=CATCH_UP_S),

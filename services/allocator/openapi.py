@@ -21,6 +21,7 @@ from potluck.allocator.schemas import (
     PoolImages,
 )
 from potluck.allocator.task_standing import TASK_STATES
+from potluck.allocator.user_rates import DEFAULT_CHANGE_RATE
 from potluck.contracts.job_events import MAX_TASKS
 from potluck.kernel.version import __version__
 from potluck.readmodels.allocations import AllocationStatus
@@ -55,11 +56,23 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): {"description": text[c], **_json("ErrorBody")} for c in codes}
 
 
-def _authenticated(*codes: int) -> dict[str, Any]:
-    """The errors of an operation that needs a token: 401 and 429 (authentication.py) too."""
+def _authenticated(*codes: int, changes: bool = False) -> dict[str, Any]:
+    """The errors of an operation that needs a token: 401 and 429 (authentication.py) too; with
+    `changes`, one of the user's changes, whose 429 is also their rate (user_rates.py)."""
     responses = _errors(*sorted({401, 429, *codes}))
-    retry_after = {"description": "Seconds until this address may try again", "schema": {"type": "integer"}}
+    retry_after = {
+        "description": "Whole seconds until the request may be tried again",
+        "schema": {"type": "integer", "minimum": 1},
+    }
     responses["429"] = {**responses["429"], "headers": {"Retry-After": retry_after}}
+    if changes:
+        responses["429"]["description"] = (
+            "Too many failed authentications from this address (TOO_MANY_FAILURES), or the "
+            f"user's changes past their rate (RATE_LIMITED: by default {DEFAULT_CHANGE_RATE.burst:g} "
+            f"at once, then {DEFAULT_CHANGE_RATE.per_s:g} a second, counting every create, extend, "
+            "release and cancel of allocations and jobs; the pool's operator may set another). "
+            "Nothing was done: try again after Retry-After"
+        )
     return responses
 
 
@@ -177,7 +190,7 @@ def openapi_document() -> dict[str, Any]:
                             **_json("Allocation"),
                             "links": _LINKS,
                         },
-                        **_authenticated(400, 403, 408, 413, 415, 422, 503),
+                        **_authenticated(400, 403, 408, 413, 415, 422, 503, changes=True),
                     },
                 },
                 "get": {
@@ -222,7 +235,7 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [_ID],
                     "responses": {
                         "200": {"description": "Released", **_json("Allocation")},
-                        **_authenticated(404, 503),
+                        **_authenticated(404, 503, changes=True),
                     },
                 },
             },
@@ -234,7 +247,7 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {"required": True, **_json("ExtendAllocation")},
                     "responses": {
                         "200": {"description": "Extended", **_json("Allocation")},
-                        **_authenticated(400, 404, 408, 409, 413, 415, 503),
+                        **_authenticated(400, 404, 408, 409, 413, 415, 503, changes=True),
                     },
                 },
             },
@@ -265,7 +278,7 @@ def openapi_document() -> dict[str, Any]:
                             **_json("Job"),
                             "links": _JOB_LINKS,
                         },
-                        **_authenticated(400, 403, 408, 413, 415, 422, 503),
+                        **_authenticated(400, 403, 408, 413, 415, 422, 503, changes=True),
                     },
                 },
                 "get": {
@@ -322,7 +335,7 @@ def openapi_document() -> dict[str, Any]:
                             "without its tasks",
                             **_json("Job"),
                         },
-                        **_authenticated(404, 503),
+                        **_authenticated(404, 503, changes=True),
                     },
                 },
             },

@@ -27,6 +27,7 @@ from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.http_headers import HSTS, add_common_headers
 from potluck.allocator.request_bodies import within
 from potluck.allocator.schemas import HistoryEntry
+from potluck.allocator.user_rates import USER_RATES
 from potluck.allocator.users import User
 from potluck.allocator.web import history, views
 from potluck.allocator.web.connect import plain_ssh_line
@@ -74,6 +75,8 @@ ACTION_ERRORS = {
     "INVALID_FIELD": f"Extend by one of {', '.join(EXTEND_CHOICES)}.",
     "BUSY": "The pool is changing too fast to decide now; try again.",
     "NOT_FOUND": "This allocation is no longer yours to change.",
+    "RATE_LIMITED": "You are making changes faster than this pool allows; nothing was done. "
+    "Try again in a few seconds.",
     # Any refusal without words of its own here; the allocator's log has its detail.
     "REFUSED": "That could not be done now; `potluck alloc show` says where the allocation stands.",
 }
@@ -573,7 +576,9 @@ async def _act(
         return _not_found(request, session, alloc_id)
     page = f"{PREFIX}allocations/{alloc_id}"
     try:
-        await act(request.app[ENGINE], _user(request, session), alloc_id, form)
+        user = _user(request, session)
+        request.app[USER_RATES].admit(user.name)  # the API's changes and these share one rate
+        await act(request.app[ENGINE], user, alloc_id, form)
     except Rejected as exc:
         # Only the code goes back, and only one the page has words for (ACTION_ERRORS).
         code = exc.code if exc.code in ACTION_ERRORS else "REFUSED"
