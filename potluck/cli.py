@@ -341,6 +341,23 @@ def _public_urls(ctx: click.Context, param: click.Parameter, values: tuple[str, 
     "from its origin, and set the https cookie when it is https; repeat for more "
     "[env: POTLUCK_ALLOCATOR_PUBLIC_URL, separated by spaces].",
 )
+@click.option(
+    "--change-rate",
+    envvar="POTLUCK_ALLOCATOR_CHANGE_RATE",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Changes (allocations and jobs created, extended, released or cancelled) each user may "
+    "make a second once their burst is spent; past it the API answers 429 RATE_LIMITED with "
+    "Retry-After (default 5) [env: POTLUCK_ALLOCATOR_CHANGE_RATE].",
+)
+@click.option(
+    "--change-burst",
+    envvar="POTLUCK_ALLOCATOR_CHANGE_BURST",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Changes each user may make at once, before --change-rate holds them back (default 50) "
+    "[env: POTLUCK_ALLOCATOR_CHANGE_BURST].",
+)
 def allocator(
     database_url: str,
     nats_url: str,
@@ -352,16 +369,24 @@ def allocator(
     registry_token_key: Path | None,
     registry_address: str | None,
     public_urls: tuple[Any, ...],
+    change_rate: float | None,
+    change_burst: int | None,
 ) -> None:
     """Run the allocator: the HTTP API, placement, the allocation lifecycle."""
     from potluck.allocator.engine import AllocatorEngine
     from potluck.allocator.pool_registry import PoolRegistry
     from potluck.allocator.registry_tokens import TokenIssuer
     from potluck.allocator.service import AllocatorService, serve_http
+    from potluck.allocator.user_rates import DEFAULT_CHANGE_RATE
     from potluck.bootstrap import Backends, serve
+    from potluck.kernel.key_rates import RatePolicy
     from potluck.kernel.signing_keys import SigningKeyError, load_signing_key
 
     host, port = parse_listen(listen)
+    changes = RatePolicy(
+        per_s=DEFAULT_CHANGE_RATE.per_s if change_rate is None else change_rate,
+        burst=DEFAULT_CHANGE_RATE.burst if change_burst is None else change_burst,
+    )
     registry = None
     if (registry_token_key is None) != (registry_address is None):
         raise click.UsageError("give both --registry-address and --registry-token-key, or neither")
@@ -383,7 +408,9 @@ def allocator(
         )
         watch_allocator(pool_metrics(), engine)
         await AllocatorService(store, nc, engine, registry=registry).run(
-            lambda: serve_http(engine, host, port, registry=registry, nc=nc, public_urls=public_urls)
+            lambda: serve_http(
+                engine, host, port, registry=registry, nc=nc, public_urls=public_urls, change_rate=changes
+            )
         )
 
     run(

@@ -381,10 +381,12 @@ async def serve_http(
     registry: PoolRegistry | None = None,
     nc: NATS | None = None,
     public_urls: Sequence["PublicUrl"] = (),
+    change_rate: RatePolicy | None = None,
 ) -> None:
     """The HTTP API until cancelled (with the image registry's endpoints when the pool has one;
     with `nc`, the pages tail containers' logs through the hosts; the pages answer under
-    `public_urls`' names too, web/origins.py)."""
+    `public_urls`' names too, web/origins.py; each user's changes within `change_rate`,
+    user_rates.py)."""
     from aiohttp import web
 
     from potluck.allocator.api import make_app
@@ -395,7 +397,7 @@ async def serve_http(
     from potluck.allocator.web.origins import Site
 
     logs = LogSource(nc) if nc is not None else None
-    app = make_app(engine, registry=registry, logs=logs, site=Site(public_urls))
+    app = make_app(engine, registry=registry, logs=logs, site=Site(public_urls), change_rate=change_rate)
     handler_args: dict[str, Any] = {
         "access_log": None,
         "logger": refusals_logger(),
