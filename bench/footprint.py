@@ -40,7 +40,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.harness import BenchServers, bench_servers, emit, say, wait_active_host
+from bench.harness import BENCH_CHANGE_RATE, BenchServers, bench_servers, emit, say, wait_active_host
 from bench.pool import UNBOUNDED_QUOTA
 from potluck.localpool import EnrolledHost, LocalPool
 from potluck.localstack import free_port, wait_for_port
@@ -196,7 +196,9 @@ async def laptop_pool(servers: BenchServers, *, linked: bool = True) -> AsyncIte
         await asyncio.to_thread(build_test_image, engine.url)
         # hostd's own timing (a beat every 5 s, usage every 30 s, disk every 10 s), not the tests'
         # faster one: that is what a laptop runs, and what it pays for in CPU.
-        pool = await LocalPool.create(servers.workdir / "pool", await servers.fresh_database(BENCH))
+        pool = await LocalPool.create(
+            servers.workdir / "pool", await servers.fresh_database(BENCH), change_rate=BENCH_CHANGE_RATE
+        )
         ssh_port, tunnel_port = free_port(), free_port()
         client_key = pool.gateway_client_key()
         pool.start_registry()

@@ -32,6 +32,10 @@ from potluck.localstack import NatsServer, PostgresServer
 from potluck.logs import configure_logging
 
 _RESERVED = frozenset({"bench", "metric", "value", "unit", "baseline", "ratio"})
+#: The allocator's rate of each user's changes (--change-rate, --change-burst) in the benchmarks:
+#: they load it as one user "bench" faster than a real user may (scale.py's stream creates and
+#: releases 5 a second), and measure the allocator, not its rate.
+BENCH_CHANGE_RATE = (1000.0, 10_000)
 
 
 def _rounded(value: float) -> float:

@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 import docker
 
-from bench.harness import bench_servers, emit, percentile, say, wait_active_host
+from bench.harness import BENCH_CHANGE_RATE, bench_servers, emit, percentile, say, wait_active_host
 from potluck.localpool import LocalPool
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG, build_test_image
@@ -141,7 +141,10 @@ async def measure(rounds: int, blob_mb: int) -> None:
         engine = DockerEngine(servers.workdir / "docker")
         engine.start()
         pool = await LocalPool.create(
-            servers.workdir / "pool", await servers.fresh_database("images"), liveness=(1.0, 5, 60.0)
+            servers.workdir / "pool",
+            await servers.fresh_database("images"),
+            liveness=(1.0, 5, 60.0),
+            change_rate=BENCH_CHANGE_RATE,
         )
         try:
             build_test_image(engine.url)

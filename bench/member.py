@@ -40,7 +40,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.harness import Stopwatch, bench_servers, emit, percentile, say, wait_active_host
+from bench.harness import BENCH_CHANGE_RATE, Stopwatch, bench_servers, emit, percentile, say, wait_active_host
 from potluck.localpool import LocalPool
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG, build_test_image
@@ -248,7 +248,10 @@ async def measure(args: argparse.Namespace) -> None:
         engine = DockerEngine(servers.workdir / "docker")
         engine.start()
         pool = await LocalPool.create(
-            servers.workdir / "pool", await servers.fresh_database("member"), liveness=(1.0, 5, 60.0)
+            servers.workdir / "pool",
+            await servers.fresh_database("member"),
+            liveness=(1.0, 5, 60.0),
+            change_rate=BENCH_CHANGE_RATE,
         )
         try:
             build_test_image(engine.url)

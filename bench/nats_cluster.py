@@ -23,7 +23,7 @@ import aiohttp
 import nats
 from nats.js import JetStreamContext
 
-from bench.harness import BenchServers, bench_servers, emit, say, wait_active_host
+from bench.harness import BENCH_CHANGE_RATE, BenchServers, bench_servers, emit, say, wait_active_host
 from bench.pool import BENCH_LIVENESS, UNBOUNDED_QUOTA, _start_engine
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.events import EVENTS_STREAM, EventStore
@@ -139,6 +139,7 @@ async def run(servers: BenchServers, rounds: int) -> None:
             nats_nodes=3,
             stream_replicas=3,
             liveness=BENCH_LIVENESS,
+            change_rate=BENCH_CHANGE_RATE,
         )
         cluster = pool.nats
         assert isinstance(cluster, NatsCluster)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.harness import BenchServers, say
+from bench.harness import BENCH_CHANGE_RATE, BenchServers, say
 from potluck.localpool import EnrolledHost, LocalPool
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import build_test_image
@@ -68,7 +68,10 @@ async def private_pool(
     try:
         await asyncio.gather(*(asyncio.to_thread(_start_engine, e) for e in engines))
         pool = await LocalPool.create(
-            servers.workdir / "pool", await servers.fresh_database(name), liveness=BENCH_LIVENESS
+            servers.workdir / "pool",
+            await servers.fresh_database(name),
+            liveness=BENCH_LIVENESS,
+            change_rate=BENCH_CHANGE_RATE,
         )
         pool.start_registry()
         pool.start_allocator()

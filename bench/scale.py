@@ -31,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.harness import BenchServers, bench_servers, emit, percentile, say
+from bench.harness import BENCH_CHANGE_RATE, BenchServers, bench_servers, emit, percentile, say
 from bench.pool import UNBOUNDED_QUOTA
 from potluck.localpool import LocalPool
 from potluck.localstack import NatsServer, free_port
@@ -151,6 +151,7 @@ async def run(servers: BenchServers, args: argparse.Namespace) -> None:
         await servers.fresh_database("scale"),
         liveness=LIVENESS,
         log_level="WARNING",
+        change_rate=BENCH_CHANGE_RATE,
     )
     # Monitoring on loopback, for nats_msgs_per_s: the pool's config file, then a restart
     # before any service connects.

@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 
-from bench.harness import BenchServers, bench_servers, emit, say
+from bench.harness import BENCH_CHANGE_RATE, BenchServers, bench_servers, emit, say
 from potluck.allocator.users import add_user
 from potluck.contracts.allocation_events import (
     AllocationPlaced,
@@ -244,7 +244,10 @@ async def run(servers: BenchServers, args: argparse.Namespace) -> None:
         # A short log would not reach the default 100,000 events between checkpoints.
         os.environ.setdefault("POTLUCK_CHECKPOINT_EVERY_EVENTS", str(args.events // 4))
     pool = await LocalPool.create(
-        servers.workdir / "pool", await servers.fresh_database("restart"), log_level="INFO"
+        servers.workdir / "pool",
+        await servers.fresh_database("restart"),
+        log_level="INFO",
+        change_rate=BENCH_CHANGE_RATE,
     )
     try:
         say(f"loading a log of {args.events} events")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.harness import bench_servers, emit, say
+from bench.harness import BENCH_CHANGE_RATE, bench_servers, emit, say
 from potluck.localpool import LocalPool
 from potluck.localstack import free_port, wait_for_port
 from potluck.localstack.default_image import ensure_default_image
@@ -126,7 +126,9 @@ async def run(size_mb: int, runs: int) -> None:
         workdir = servers.workdir
         engine = DockerEngine(workdir / "docker")
         engine.start()
-        pool = await LocalPool.create(workdir / "pool", await servers.fresh_database("transfer"))
+        pool = await LocalPool.create(
+            workdir / "pool", await servers.fresh_database("transfer"), change_rate=BENCH_CHANGE_RATE
+        )
         try:
             say("the default image (built from apt's sources the first time: minutes)")
             image = await asyncio.to_thread(ensure_default_image, engine.url, say)

@@ -86,6 +86,9 @@ class LocalPool:
     log_level: str = "INFO"
     #: The services' --stream-replicas (None: the streams keep their copies, 1 when new).
     stream_replicas: int | None = None
+    #: Each user's changes a second and at once, the allocator's --change-rate and --change-burst
+    #: (None: its defaults). Benchmarks and tests that load the allocator as one user raise it.
+    change_rate: tuple[float, int] | None = None
 
     def _potluck(self, name: str, *args: str) -> ChildProcess:
         proc = ChildProcess(
@@ -149,7 +152,9 @@ class LocalPool:
         port = port or free_port()
         if name == "allocator":
             self.api_port = port
-        extra = [*([] if relay else ["--no-relay"]), *options]
+        rate = [] if self.change_rate is None else ["--change-rate", str(self.change_rate[0])]
+        burst = [] if self.change_rate is None else ["--change-burst", str(self.change_rate[1])]
+        extra = [*([] if relay else ["--no-relay"]), *rate, *burst, *options]
         registry = self._image_registry()
         key = self.registry_signing_key()
         return self._potluck(

@@ -49,6 +49,8 @@ async def ledger_from_log(pool: Pool) -> CapacityLedger:
 
 
 @pytest.mark.slow
+# The 200 requests come from one user at once: past any rate a real user's script would need.
+@pytest.mark.change_rate(1000, 1000)
 async def test_two_allocators_200_concurrent_requests_never_over_commit(pool: Pool) -> None:
     await register_hosts_in_the_log(pool)
     second = pool.start_allocator("allocator-2", relay=False)

@@ -1,0 +1,71 @@
+"""Each user's rate of changes on a real allocator process, set by its --change-rate and
+--change-burst (the pool fixture's `change_rate` marker): past it a user is refused with 429
+and Retry-After, nothing recorded, while another user goes on; after the wait, they go on too."""
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+
+from potluck.contracts.capacity import Capacity
+from potluck.contracts.engine import EngineFacts
+from potluck.contracts.host_events import HostEnrolled
+from potluck.localstack.test_image import DEFAULT_TAG
+from tests.fixtures.pool import Pool
+from tests.helpers import host_registered
+
+BURST = 3
+BODY = {"cpus": 0.25, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG, "command": ["true"]}
+FACTS = EngineFacts(version="test", cgroup_version="2", storage_driver="overlay2", disk_quota_supported=False)
+
+
+async def _host_in_the_log(pool: Pool) -> None:
+    """A host as the registry records it; no hostd runs, so what is placed on it stays placed."""
+    pool.processes["registry"].stop()  # no liveness checks: this host never beats
+    donated = Capacity(cpus=8, memory_bytes=8 << 30, disk_bytes=8 << 30)
+    events = [
+        HostEnrolled(host_id="h-rate", name="h-rate", nkey="UNUSED"),
+        host_registered(host_id="h-rate", donated=donated, engine=FACTS, hostd_version="test"),
+    ]
+    await pool.store.append("host-h-rate", events, expected_version=0)
+
+
+async def _create(
+    http: aiohttp.ClientSession, pool: Pool, token: str
+) -> tuple[int, dict[str, Any], str | None]:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.post(f"{pool.api}/v1/allocations", json=BODY, headers=headers) as r:
+        return r.status, await r.json(), r.headers.get("Retry-After")
+
+
+@pytest.mark.change_rate(0.5, BURST)
+async def test_a_burst_past_the_rate_is_refused_until_the_wait_it_names(pool: Pool) -> None:
+    """Tried: with `--change-rate 0.5 --change-burst 3`, alice requests 3 allocations at once,
+    then one more; bob then requests one; alice waits the Retry-After she was given and
+    requests again. Before: nothing but her quota bounded how often she changed things. Must
+    hold: her 3 are placed (201); the fourth is 429 RATE_LIMITED with a Retry-After of whole
+    seconds that its message names, and the log's head has not moved; bob's is placed; after
+    the wait hers is placed again."""
+    await _host_in_the_log(pool)
+    alice = await pool.add_user("alice")
+    bob = await pool.add_user("bob")
+    async with aiohttp.ClientSession() as http:
+        for _ in range(BURST):
+            status, answer, _ = await _create(http, pool, alice)
+            assert status == 201, answer
+        head = await pool.store.head_position()
+        status, answer, retry_after = await _create(http, pool, alice)
+        assert status == 429, answer
+        assert answer["error"]["code"] == "RATE_LIMITED", answer
+        assert retry_after is not None
+        assert int(retry_after) >= 1, retry_after
+        assert f"try again in {retry_after} s" in answer["error"]["message"], answer
+        assert await pool.store.head_position() == head
+
+        status, answer, _ = await _create(http, pool, bob)
+        assert status == 201, answer
+
+        await asyncio.sleep(int(retry_after))
+        status, answer, _ = await _create(http, pool, alice)
+        assert status == 201, answer
