@@ -21,7 +21,8 @@ The default (DEFAULT_CHANGE_RATE) lets a script create or release tens of alloca
 and a few a second for ever; an operator sets the allocator's --change-rate and
 --change-burst for a pool whose users need more (the benchmarks' load does). The buckets are
 potluck.kernel.key_rates' and live in memory: a restart gives every user a full burst, which
-costs no more than a user who waited.
+costs no more than a user who waited. Each allocator replica keeps its own, so behind N
+replicas a user may go up to N times the rate: still bounded, and no shared state to keep.
 """
 
 import math
