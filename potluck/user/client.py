@@ -18,6 +18,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 import tomli_w
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay
 
 #: Rows asked for per page of a list: the API's most, so a long list takes few requests.
 PAGE_ROWS = 1000
@@ -137,12 +138,57 @@ class Login:
         return cls(checked, str(token), str(gateway or "127.0.0.1:2222"))
 
 
+#: Refusals after which nothing was done, so the same request may be sent again once the
+#: allocator's Retry-After has passed: the user's rate of changes (`RATE_LIMITED`) and of
+#: waiting requests (`TOO_MANY_WAITS`).
+RETRIED_REFUSALS = frozenset({"RATE_LIMITED", "TOO_MANY_WAITS"})
+#: How long one call waits out such refusals in all before it says so (exit 1).
+RETRY_FOR_S = 120.0
+
+
+class _Refused(ClientError):
+    """A refusal the allocator says to try again after `retry_after_s` (nothing was done)."""
+
+    def __init__(self, message: str, *, api_code: str, retry_after_s: float) -> None:
+        super().__init__(message, ExitCode.REFUSED, api_code=api_code)
+        self.retry_after_s = retry_after_s
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float:
+    raw = response.headers.get("Retry-After", "")
+    return float(raw) if raw.isdigit() else 1.0
+
+
+def _waits_as_told(state: RetryCallState) -> float:
+    failure = state.outcome.exception() if state.outcome is not None else None
+    return failure.retry_after_s if isinstance(failure, _Refused) else 1.0
+
+
 class Api:
-    def __init__(self, login: Login, timeout: float = 30.0) -> None:
+    def __init__(self, login: Login, timeout: float = 30.0, *, retry_for_s: float = RETRY_FOR_S) -> None:
         self.login = login
         self.timeout = timeout
+        self.retry_for_s = retry_for_s
 
     async def call(self, method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
+        """The API's answer to one request; a ClientError saying what to do when there is none.
+
+        A refusal that did nothing and names when to try again (RETRIED_REFUSALS) is waited
+        out, as the allocator's Retry-After says, for up to `retry_for_s` in all: `potluck
+        alloc rm` of a hundred ids, or a script's loop, goes through at the user's rate rather
+        than stopping halfway."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_Refused),
+            wait=_waits_as_told,
+            stop=stop_after_delay(self.retry_for_s),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._call_once(method, path, body, timeout=timeout)
+        raise AssertionError("unreachable: tenacity reraises the last refusal")
+
+    async def _call_once(self, method: str, path: str, body: Any, *, timeout: float | None) -> Any:
         url = self.login.url + path
         headers = {"Authorization": f"Bearer {self.login.token}"}
         client_timeout = aiohttp.ClientTimeout(total=(timeout or self.timeout) + 5)
@@ -162,7 +208,10 @@ class Api:
                     where = f" ({error['field']})" if error.get("field") else ""
                     code = ExitCode.USAGE if response.status == 401 else ExitCode.REFUSED
                     hint = "; run `potluck login` with a valid token" if response.status == 401 else ""
-                    raise ClientError(f"{error['message']}{where}{hint}", code, api_code=error.get("code"))
+                    message = f"{error['message']}{where}{hint}"
+                    if response.status == 429 and error.get("code") in RETRIED_REFUSALS:
+                        raise _Refused(message, api_code=error["code"], retry_after_s=_retry_after(response))
+                    raise ClientError(message, code, api_code=error.get("code"))
                 return answer
         except aiohttp.ClientConnectionError as exc:
             raise ClientError(
