@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncssh
@@ -54,6 +55,20 @@ def _no_engine_words(said: str, container_id: str) -> None:
 @pytest.fixture(scope="module")
 async def env(ssh_env: SshEnv) -> SshEnv:
     return ssh_env
+
+
+def _as_alice(env: SshEnv, alloc_id: str) -> AbstractAsyncContextManager[asyncssh.SSHClientConnection]:
+    """asyncssh's client logged in through the gateway as alice, to `alloc_id` (an async
+    context manager): its SFTP client shows the status messages OpenSSH's sftp does not print."""
+    return asyncssh.connect(
+        "127.0.0.1",
+        env.port,
+        username=alloc_id,
+        client_keys=[str(env.key("alice"))],
+        known_hosts=None,
+        agent_path=None,
+        config=None,
+    )
 
 
 async def test_an_image_without_a_shell_is_said_so_not_in_the_engines_words(env: SshEnv) -> None:
@@ -236,15 +251,7 @@ async def test_sftp_in_an_image_without_sftp_server_says_the_engine_failed_in_po
     link.start()
     try:
         await env.wait_reachable("eng4")
-        async with asyncssh.connect(
-            "127.0.0.1",
-            env.port,
-            username="eng4",
-            client_keys=[str(env.key("alice"))],
-            known_hosts=None,
-            agent_path=None,
-            config=None,
-        ) as conn:
+        async with _as_alice(env, "eng4") as conn:
             sftp = await conn.start_sftp_client()
             assert "etc" in await sftp.listdir("/")
             relay.cut()
@@ -298,15 +305,7 @@ async def test_sftp_through_the_images_sftp_server_says_the_engine_failed_in_pot
         link.start()
     try:
         await env.wait_reachable("eng5")
-        async with asyncssh.connect(
-            "127.0.0.1",
-            env.port,
-            username="eng5",
-            client_keys=[str(env.key("alice"))],
-            known_hosts=None,
-            agent_path=None,
-            config=None,
-        ) as conn:
+        async with _as_alice(env, "eng5") as conn:
             sftp = await conn.start_sftp_client()
             assert "etc" in await sftp.listdir("/")
             relay.refuse_new()
