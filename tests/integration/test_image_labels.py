@@ -106,6 +106,10 @@ def _as_an_older_hostd_made_it(
             image_entrypoint=None,
         )  # fmt: skip
         kwargs["labels"] = {LABEL_HOST: HOST, LABEL_MANAGED: "1", LABEL_WARM: "1"}
+        # Without the helper's keep-alive the image's CMD (/bin/sh) runs, and with no stdin it
+        # ends at once: the pause that makes it "frozen" raced its exit. An open stdin keeps
+        # the shell waiting, as `docker run -d -i` does, with the image's command unchanged.
+        kwargs["stdin_open"] = True
     else:
         kwargs = create_kwargs(spec, disk_quota=False)
         del kwargs["labels"][LABEL_WARM]  # set since, to none
