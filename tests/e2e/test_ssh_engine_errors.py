@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 
 from potluck.hostd.container_config import ContainerSpec
 from potluck.hostd.helper_sftp import ENGINE_FAILED
+from potluck.localstack.process import ChildProcess
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.fixtures import ssh as ssh_fixtures
 from tests.fixtures.ssh import LINK_DISK_BOUND, FakeHost, SshEnv
@@ -226,6 +228,31 @@ class _EngineRelay:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+@contextlib.asynccontextmanager
+async def _link_through_relay(
+    env: SshEnv, host: FakeHost, alloc_id: str, link_env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[_EngineRelay, ChildProcess]]:
+    """`host`'s link restarted to reach its engine through an _EngineRelay the test can cut
+    (with `link_env` in its environment), once `alloc_id` is reachable; the usual link again
+    afterwards."""
+    relay = _EngineRelay(host.engine.url.removeprefix("unix://"))
+    await relay.start()
+    assert host.link is not None
+    await asyncio.to_thread(host.link.stop, timeout=10)
+    link = env.link_process(
+        host, f"127.0.0.1:{env.tunnel_port}", name=f"link-{alloc_id}", docker_url=f"unix://{relay.path}"
+    )
+    with ssh_fixtures._environ(link_env or {}):
+        link.start()
+    try:
+        await env.wait_reachable(alloc_id)
+        yield relay, link
+    finally:
+        await asyncio.to_thread(link.stop, timeout=10)
+        relay.remove()
+        env.start_link(host)
+
+
 async def test_sftp_in_an_image_without_sftp_server_says_the_engine_failed_in_potlucks_words(
     env: SshEnv,
 ) -> None:
@@ -241,16 +268,7 @@ async def test_sftp_in_an_image_without_sftp_server_says_the_engine_failed_in_po
     hostd's log holds the engine's words (`helper_sftp.engine_failed`)."""
     host = env.hosts[0]
     container_id = await env.place_running(host, "eng4")
-    relay = _EngineRelay(host.engine.url.removeprefix("unix://"))
-    await relay.start()
-    assert host.link is not None
-    await asyncio.to_thread(host.link.stop, timeout=10)
-    link = env.link_process(
-        host, f"127.0.0.1:{env.tunnel_port}", name="link-eng4", docker_url=f"unix://{relay.path}"
-    )
-    link.start()
-    try:
-        await env.wait_reachable("eng4")
+    async with _link_through_relay(env, host, "eng4") as (relay, link):
         async with _as_alice(env, "eng4") as conn:
             sftp = await conn.start_sftp_client()
             assert "etc" in await sftp.listdir("/")
@@ -272,10 +290,6 @@ async def test_sftp_in_an_image_without_sftp_server_says_the_engine_failed_in_po
         ]
         assert len(logged) >= 3, link.log_tail(20)
         assert all(relay.folder in line["engine"] for line in logged), logged
-    finally:
-        await asyncio.to_thread(link.stop, timeout=10)
-        relay.remove()
-        env.start_link(host)
 
 
 async def test_sftp_through_the_images_sftp_server_says_the_engine_failed_in_potlucks_words(
@@ -294,17 +308,7 @@ async def test_sftp_through_the_images_sftp_server_says_the_engine_failed_in_pot
     (`sftp_filter.engine_failed`)."""
     host = env.hosts[0]
     container_id = await env.place_running(host, "eng5", image=default_image)
-    relay = _EngineRelay(host.engine.url.removeprefix("unix://"))
-    await relay.start()
-    assert host.link is not None
-    await asyncio.to_thread(host.link.stop, timeout=10)
-    link = env.link_process(
-        host, f"127.0.0.1:{env.tunnel_port}", name="link-eng5", docker_url=f"unix://{relay.path}"
-    )
-    with ssh_fixtures._environ({LINK_DISK_BOUND: str(512 << 20)}):
-        link.start()
-    try:
-        await env.wait_reachable("eng5")
+    async with _link_through_relay(env, host, "eng5", {LINK_DISK_BOUND: str(512 << 20)}) as (relay, link):
         async with _as_alice(env, "eng5") as conn:
             sftp = await conn.start_sftp_client()
             assert "etc" in await sftp.listdir("/")
@@ -327,9 +331,5 @@ async def test_sftp_through_the_images_sftp_server_says_the_engine_failed_in_pot
         logged = [json.loads(line) for line in text.splitlines() if '"sftp_filter.engine_failed"' in line]
         assert len(logged) == 1, link.log_tail(20)
         assert relay.folder in logged[0]["engine"], logged
-    finally:
-        await asyncio.to_thread(link.stop, timeout=10)
-        relay.remove()
-        env.start_link(host)
     check = await env.in_container(host, "eng5", "test -e /root/new && echo there || echo absent")
     assert check.strip() == "absent", check
