@@ -152,9 +152,11 @@ class LocalPool:
         port = port or free_port()
         if name == "allocator":
             self.api_port = port
-        rate = [] if self.change_rate is None else ["--change-rate", str(self.change_rate[0])]
-        burst = [] if self.change_rate is None else ["--change-burst", str(self.change_rate[1])]
-        extra = [*([] if relay else ["--no-relay"]), *rate, *burst, *options]
+        rate: list[str] = []
+        if self.change_rate is not None:
+            per_s, burst = self.change_rate
+            rate = ["--change-rate", str(per_s), "--change-burst", str(burst)]
+        extra = [*([] if relay else ["--no-relay"]), *rate, *options]
         registry = self._image_registry()
         key = self.registry_signing_key()
         return self._potluck(
