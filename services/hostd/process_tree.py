@@ -3,9 +3,9 @@
 The engine has no call to kill an exec. When a session's channel closes while
 its process still runs, hostd finds the exec's process (exec_inspect's `Pid`,
 a PID on the engine's machine) and its descendants at that moment, checks
-each one still belongs to the container's cgroup (so a recycled PID is never
-signalled), sends SIGHUP, waits a grace period, and sends SIGKILL to what is
-left (`end_tree`). Work a user detached on purpose (`setsid`, `nohup cmd &`
+each one still belongs to the container's cgroup (holding it by a pidfd, so a
+recycled PID is never signalled), sends SIGHUP, waits a grace period, and sends
+SIGKILL to what is left (`end_tree`). Work a user detached on purpose (`setsid`, `nohup cmd &`
 from a shell that then exits, daemons) has left the session's process tree by
 then and is not touched.
 
@@ -149,17 +149,29 @@ def live_tree(roots: Sequence[int], container_id: str) -> list[int]:
 
 
 def signal_from_host(pids: Sequence[int], number: int, container_id: str) -> list[int]:
-    """Signal those of `pids` that are in the container; the ones hostd may not signal are returned."""
+    """Signal those of `pids` that are in the container; the ones hostd may not signal are returned.
+
+    Each process is held by a pidfd before its cgroup is read, and signalled through
+    that pidfd: if it exits and its PID is reused between the check and the signal,
+    the signal fails with ESRCH instead of reaching the newcomer (`kill(pid)` after
+    the check would signal whichever process holds the PID by then).
+    """
     denied: list[int] = []
     for pid in pids:
-        if not in_container(pid, container_id):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
             continue
         try:
-            os.kill(pid, number)
+            if not in_container(pid, container_id):
+                continue
+            signal.pidfd_send_signal(pidfd, number)
         except ProcessLookupError:
             pass
         except PermissionError:
             denied.append(pid)
+        finally:
+            os.close(pidfd)
     return denied
 
 

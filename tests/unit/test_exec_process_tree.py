@@ -242,6 +242,19 @@ async def test_a_process_outside_the_container_is_never_signalled(
     assert shell.poll() is None
 
 
+def test_a_process_that_ended_before_its_signal_is_skipped(
+    spawn: Callable[[str], subprocess.Popen[bytes]],
+) -> None:
+    """Tried: signal a tree of which one process has ended and been reaped (its PID free).
+    Must hold: the live one is signalled, the ended one is skipped without an error and
+    is not reported as denied."""
+    ended = spawn("exit 0")
+    ended.wait(5)
+    live = spawn("sleep 60")
+    assert signal_from_host([ended.pid, live.pid], signal.SIGKILL, OURS) == []
+    assert live.wait(5) == -signal.SIGKILL
+
+
 async def test_work_detached_from_the_session_is_not_touched(
     spawn: Callable[[str], subprocess.Popen[bytes]],
 ) -> None:
