@@ -88,8 +88,15 @@ def host_public_key(settings: GatewaySettings, *, make: bool = False) -> str:
 
 
 def client_public_key(settings: GatewaySettings, *, make: bool = False) -> str:
-    """The public line members pin as `client_key` in hostd's config; as `host_public_key`."""
-    return _public_line(settings.tunnel_key_path, "potluck-sshgateway", make)
+    """The public line members pin as `client_key` in hostd's config; as `host_public_key`.
+
+    A key of a type the link does not take is refused as `load_tunnel_key` refuses it: printed,
+    members would pin a key whose every link then fails its handshake."""
+    line = _public_line(settings.tunnel_key_path, "potluck-sshgateway", make)
+    require_key_type(
+        settings.tunnel_key_path, line.split(" ", 1)[0], LINK_SIGNATURE_ALGS, remedy=_NEW_TUNNEL_KEY
+    )
+    return line
 
 
 def load_tunnel_key(settings: GatewaySettings) -> asyncssh.SSHKey:

@@ -66,6 +66,25 @@ def test_the_gateway_refuses_to_start_with_a_tunnel_key_the_link_does_not_take(t
     assert key.with_name(key.name + ".pub").read_text().startswith("ssh-ed25519 ")
 
 
+def test_the_client_key_of_a_type_the_link_does_not_take_is_not_printed(tmp_path: Path) -> None:
+    """Tried: `potluck sshgateway --print-client-key` whose state directory's tunnel key is an
+    RSA key (a file an operator put in place). Before, its public line was printed, members
+    pinned it, and every link then failed its handshake. Must hold: exit code not 0, nothing on
+    stdout (nothing to pin), stderr names the file and its type and says to remove it; the
+    key file is left as it was."""
+    state = tmp_path / "gateway"
+    key = state / TUNNEL_KEY_FILE
+    _keygen(key, "rsa")
+    before = key.read_bytes()
+    done = _potluck("sshgateway", "--print-client-key", "--state-dir", str(state))
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert done.stdout == "", done.stdout
+    assert f"{key} holds a key of type ssh-rsa," in done.stderr, done.stderr
+    assert "remove it and its .pub and start the gateway again" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert key.read_bytes() == before
+
+
 def test_hostd_refuses_to_start_with_a_host_key_the_link_does_not_take(tmp_path: Path) -> None:
     """Tried: `potluck hostd` with a valid config whose state_dir's host key is an ECDSA key.
     Before, hostd sent it at registration and the registry answered BAD_SSH_HOST_KEY. Must hold:
