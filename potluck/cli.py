@@ -1645,6 +1645,9 @@ def up(
             # Several lines (the end of up.log): each shown escaped, the line breaks kept.
             fail("\n".join(shown(line) for line in str(exc).splitlines()), escaped=True)
         click.echo("\n".join(local.summary(ready)))
+        for notice in ready.notices:
+            # In the foreground `say` showed it as it happened; here only up.log held it.
+            click.echo(f"\nnote: {notice}", err=True)
         return
 
     status = console.status("starting")

@@ -202,7 +202,7 @@ LOST_LOCAL = (
 )
 
 
-async def _local_host(pool: LocalPool, say: Say) -> EnrolledHost:
+async def _local_host(pool: LocalPool, say: Say, notices: list[str]) -> EnrolledHost:
     saved = pool.workdir / "local.host"
     if saved.exists():
         host_id = saved.read_text().strip()
@@ -216,10 +216,12 @@ async def _local_host(pool: LocalPool, say: Say) -> EnrolledHost:
     holder = name_holder(view.hosts.values(), LOCAL, await pool.store.log_clock())
     if holder is not None:
         await revoke_host(pool.store, holder.host_id, by=REPLACED_BY, reason=LOST_LOCAL)
-        say(
+        notice = (
             f"revoked {holder.host_id}, the log's earlier `{LOCAL}` machine ({holder.status}): its "
             f"credentials are not in {pool.workdir}; this machine is enrolled as `{LOCAL}` anew"
         )
+        say(notice)
+        notices.append(notice)
     host = await pool.enroll(LOCAL)
     saved.write_text(host.host_id)
     return host
@@ -327,7 +329,8 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         client_key = pool.gateway_client_key()
         gateway_key = pool.gateway_host_key()
         pool.start_gateway(listen=ssh, tunnel_listen=tunnel)
-        host = await _local_host(pool, say)
+        notices: list[str] = []
+        host = await _local_host(pool, say, notices)
         pool.write_config(
             host,
             docker_url,
@@ -360,6 +363,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             registry=image_registry.address,
             tunnel=tunnel,
             gateway_key=gateway_key,
+            notices=notices,
         )
         (state / READY_FILE).write_text(json.dumps(asdict(ready)))
         on_ready(ready)

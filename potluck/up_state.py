@@ -8,7 +8,7 @@ it here, without importing what starts a pool.
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from potluck.localpool import PoolFiles
@@ -55,6 +55,9 @@ class Running:
     tunnel: str = ""
     #: The gateway's host key line, which users pin at `potluck login --gateway-key`.
     gateway_key: str = ""
+    #: What this run did that its starter must hear of (a revoked earlier `local`): `--detach`
+    #: shows only up.log's lines, so these are printed with the summary.
+    notices: list[str] = field(default_factory=list)
 
 
 def pool_files(state_dir: Path) -> PoolFiles:

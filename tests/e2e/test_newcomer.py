@@ -842,9 +842,10 @@ def test_backup_restore_then_up_on_the_restored_log(
     the restored log holds the very same events (`all_events`: hot and archived); `up` starts
     on it (it crashed with WrongExpectedVersion on the demo user, whose token was in the lost
     state directory) and its demo token works; the pool's replay sees the restored users; the
-    old `local` is revoked by `potluck up`, the log saying why, and `up` says so (its console,
-    up.log), so that one machine only holds the name (before, a second `local` was enrolled
-    beside it, a name `potluck join` is refused); `down` leaves nothing running."""
+    old `local` is revoked by `potluck up`, the log saying why, and `up --detach` says so on its
+    terminal (before, only in up.log) and in up.log, so that one machine only holds the name
+    (before, a second `local` was enrolled beside it, a name `potluck join` is refused); `down`
+    leaves nothing running."""
     source = asyncio.run(_fresh_database(postgres_url, f"backup_src_{os.getpid()}"))
     target = asyncio.run(_fresh_database(postgres_url, f"backup_dst_{os.getpid()}"))
     operator = {k: v for k, v in newcomer.items() if k not in OPERATOR_SETTINGS}
@@ -884,6 +885,9 @@ def test_backup_restore_then_up_on_the_restored_log(
         assert "2 users" in replayed.stdout, replayed.stdout
         console = (Path(newcomer["POTLUCK_HOME"]) / "up.log").read_text(errors="replace")
         assert f"revoked {old_local}, the log's earlier `local` machine" in console, console
+        assert f"note: revoked {old_local}, the log's earlier `local` machine" in started.stderr, (
+            started.stderr
+        )
         new_local = next(line.split()[-1] for line in said if line.startswith("local host"))
         hosts = asyncio.run(_on_log(target, current_hosts)).hosts
         assert hosts[old_local].admin == "revoked", hosts[old_local]
