@@ -818,6 +818,19 @@ def _log_rows(database_url: str) -> list[tuple[object, ...]]:
     return asyncio.run(read())
 
 
+def _archived(database_url: str) -> int:
+    """How many of the log's events are in the archive table."""
+
+    async def read() -> int:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM events_archive"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
 T = TypeVar("T")
 
 
@@ -837,9 +850,10 @@ def test_backup_restore_then_up_on_the_restored_log(
     empty database, then `potluck up` with POTLUCK_DATABASE_URL naming it, on a fresh state
     directory (the old one lost with the machine). The log holds the old pool's own machine,
     enrolled as `local` as its `potluck up` did.
+    Part of the log is archived first (`ops archive`).
     Tried: also a backup onto an existing file and a restore into a database that holds a log.
     Must hold: the file is private (0600); those two are refused (exit 1) saying what to do;
-    the restored log holds the very same events (`all_events`: hot and archived); `up` starts
+    the restored log holds the very same events (`all_events`), as many of them archived; `up` starts
     on it (it crashed with WrongExpectedVersion on the demo user, whose token was in the lost
     state directory) and its demo token works; the pool's replay sees the restored users; the
     old `local` is revoked by `potluck up`, the log saying why, and `up --detach` says so on its
@@ -854,6 +868,10 @@ def test_backup_restore_then_up_on_the_restored_log(
         done = potluck("ops", *args, env=on_source)
         assert done.returncode == 0, done.stderr
     old_local, _ = asyncio.run(_on_log(source, lambda store: enroll_host(store, LOCAL)))
+    # Part of the log is archived (a long-running pool's is), so the backup must carry both tables.
+    moved = potluck("ops", "archive", "--before", "5", "--keep-recent", "0s", "-q", env=on_source)
+    assert moved.returncode == 0, moved.stderr
+    assert _archived(source) > 0, moved.stdout
     dump = tmp_path / "pool.dump"
     backed = potluck("ops", "backup", str(dump), env=on_source)
     assert backed.returncode == 0, backed.stderr
@@ -870,6 +888,7 @@ def test_backup_restore_then_up_on_the_restored_log(
     assert restored.returncode == 0, restored.stderr
     assert "restored the event log through position 4 (4 events)" in restored.stdout
     assert _log_rows(target) == _log_rows(source)
+    assert _archived(target) == _archived(source)
 
     up_env = {**operator, "POTLUCK_DATABASE_URL": target}
     started = potluck("up", "--detach", *all_ports(), env=up_env, timeout=900)
