@@ -104,3 +104,32 @@ async def test_a_refused_at_repeats_no_sentence_from_the_link(pages: WebApp) -> 
     status, page = await pages.get(alice, "/?at=2026-13-01")
     assert status == 400
     assert "2026-13-01" in page
+
+
+async def test_a_parameter_given_twice_repeats_no_name_from_the_link(pages: WebApp) -> None:
+    """Tried: the sign-in page (no session needed) and alice's pool page opened with a parameter
+    given twice whose name is a phishing line, then one spelled with dots and dashes; then the
+    pool page with `?at=` twice, and the sign-in form posted with a phishing field twice.
+    Must hold: each is a 400; the first two and the form show none of the link's words (they
+    once showed its first 40 characters on Potluck's origin), the `at` one names `at`."""
+    alice = await pages.signed_in("alice")
+    for path in ("/web/signin", "/"):
+        for name in (PHISHING, DOTTED):
+            twice = f"{quote(name, safe='')}=1&{quote(name, safe='')}=2"
+            status, page = await pages.get(alice, f"{path}?{twice}")
+            assert status == 400, (path, page)
+            assert "more than once" in page
+            assert "sign in" not in page.lower(), page
+            assert "SIGN-IN" not in page
+            assert "potluck-login" not in page
+    status, page = await pages.get(alice, "/?at=1&at=2")
+    assert status == 400
+    assert page.startswith("at is given more than once")
+    async with pages.http.post(
+        f"{pages.url}/web/signin",
+        data=[("token", pages.tokens["alice"]), (PHISHING, "1"), (PHISHING, "2")],
+        allow_redirects=False,
+    ) as r:
+        assert r.status == 400
+        assert "potluck-login" not in await r.text()
+        assert COOKIE not in r.cookies

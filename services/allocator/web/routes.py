@@ -80,6 +80,10 @@ ACTION_ERRORS = {
     # Any refusal without words of its own here; the allocator's log has its detail.
     "REFUSED": "That could not be done now; `potluck alloc show` says where the allocation stands.",
 }
+#: The names of the address's parameters the pages read (`?at=` of the pool, `?error=` of an
+#: allocation) and of the fields their forms send: the only ones a refusal repeats (_given_twice).
+QUERY_NAMES = frozenset({"at", "error"})
+FORM_NAMES = frozenset({"token", "csrf", "by"})
 #: When a sign-in refused for want of room (sessions.MAX_SESSIONS) says to try again: sessions
 #: end as users sign out and expire, not at any moment the allocator could name.
 SESSIONS_FULL_RETRY_S = 60
@@ -162,7 +166,7 @@ async def _known_host(request: web.Request, handler: Handler) -> web.StreamRespo
     if is_page(request.path) and not request.app[SESSIONS].site.host_allowed(request):
         log.info("web.unknown_host_refused", host=request.host[:100], path=request.path[:200])
         return web.Response(status=421, text=UNKNOWN_HOST.format(host=request.host[:100]))
-    twice = _given_twice(request.query) if is_page(request.path) else None
+    twice = _given_twice(request.query, QUERY_NAMES, "a parameter") if is_page(request.path) else None
     if twice is not None:
         # As the API refuses it (api.query_middleware): `/?at=1&at=2` showed position 1, and
         # whatever looked at the link may have read 2.
@@ -254,7 +258,7 @@ async def _read_form(request: web.Request) -> Any:
         form = await within(request.post())
     except (ValueError, LookupError, UnicodeDecodeError):
         raise web.HTTPBadRequest(text="the form could not be read: send it from Potluck's own page") from None
-    twice = _given_twice(form)
+    twice = _given_twice(form, FORM_NAMES, "a field")
     if twice is not None:
         # Read here the first would count, where a proxy or an audit may have read the last
         # (`token=mine&token=yours`): one form, two meanings. No page of Potluck's sends one.
@@ -264,12 +268,15 @@ async def _read_form(request: web.Request) -> Any:
     return form
 
 
-def _given_twice(values: Any) -> str | None:
-    """The first name `values` (a query or a form, a multidict) holds more than once, if any."""
+def _given_twice(values: Any, known: frozenset[str], other: str) -> str | None:
+    """The first name `values` (a query or a form, a multidict) holds more than once, if any:
+    itself when the pages read it (`known`), else `other`. A name of the sender's own is never
+    repeated: it is the text of whoever wrote the link (`?Session expired, sign in at
+    evil.example=` twice), which the page would say in Potluck's name."""
     seen: set[str] = set()
     for name, _ in values.items():  # every value's name (iterating names gives each once)
         if name in seen:
-            return str(name)[:40]
+            return str(name) if name in known else other
         seen.add(name)
     return None
 
