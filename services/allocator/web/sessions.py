@@ -21,6 +21,18 @@ on loopback (Chromium counts http://127.0.0.1 as one, Safari does not), while a
 plain Secure cookie is kept there by all of them; on loopback no other origin
 can share the name. Each scheme reads only its own cookie.
 
+What neither name can do is bind the cookie to the allocator's port: browsers scope cookies
+by host, not port, and on loopback they count plain http as secure. Any program listening
+on another port of 127.0.0.1 receives `potluck_session` once the browser loads a page from
+it, even one another site's link sent it to (only that first, cross-site request goes
+without the Strict cookie; the page's own requests after it carry it). A `__Host-` name or
+a distinct loopback name (`potluck.localhost`) changes nothing there: that program answers
+under any name. Only a secret that browsers keep per origin (scheme, host and port) would
+bind a session to this port, e.g. the pages living under a per-session secret path the
+cookie is scoped to, found again from the origin's own localStorage; the pages are not
+built that way. Over https under a name the limit does not arise: the cookie goes only
+over TLS for that name, which another program cannot serve. README says what users do.
+
 Signing in ends the session the browser held (its cookie's), and signing out
 ends it in the allocator, not only in the browser: an old id is worth nothing
 from then on.
