@@ -108,14 +108,20 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         field = str(first["loc"][0]) if first["loc"] else None
         return error(400, "INVALID_FIELD", f"{path or 'body'}: {first['msg']}", field)
     except web.HTTPException as exc:
+        # A page's address is repeated nowhere: a link's author wrote it, needing no token
+        # (`/web/Your session expired, sign in at evil.example`), and the answer would say
+        # it in Potluck's name. An API path is repeated to the bearer client that sent it.
+        where = "this page's address" if is_page(request.path) else request.path
         if isinstance(exc, web.HTTPMethodNotAllowed):
             allowed = ", ".join(sorted(exc.allowed_methods))
             response = error(
-                405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed on {request.path}; use {allowed}"
+                405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed on {where}; use {allowed}"
             )
             response.headers["Allow"] = allowed
             return response
         if exc.status == 404:
+            if is_page(request.path):
+                return error(404, "NOT_FOUND", "no such page: the pool's pages start at /")
             return error(404, "NOT_FOUND", f"no such endpoint: {request.path}")
         if exc.status == 413:
             return error(413, "BODY_TOO_LARGE", f"the body is larger than {MAX_BODY // 1024} KiB")

@@ -133,3 +133,30 @@ async def test_a_parameter_given_twice_repeats_no_name_from_the_link(pages: WebA
         assert r.status == 400
         assert "potluck-login" not in await r.text()
         assert COOKIE not in r.cookies
+
+
+async def test_a_missing_page_or_wrong_method_repeats_no_address_from_the_link(pages: WebApp) -> None:
+    """Tried, without signing in (as anybody following a link): a page address under /web/ that
+    is a phishing line, one spelled with dots and dashes, and a GET of an allocation's extend
+    (POST only) whose id is the phishing line; then, with alice's bearer token, an API path that
+    does not exist. Must hold: 404, 404 and 405, none showing the link's words (they once said
+    `no such endpoint: /web/Your session expired...`); the API's 404 still names its path."""
+    for path in ("/web/" + quote(PHISHING), f"/web/{DOTTED}"):
+        async with pages.http.get(f"{pages.url}{path}", allow_redirects=False) as r:
+            text = await r.text()
+            assert r.status == 404, text
+            assert "no such page" in text
+            assert "potluck-login" not in text
+            assert "SIGN-IN" not in text
+    async with pages.http.get(
+        f"{pages.url}/web/allocations/{quote(PHISHING, safe='')}/extend", allow_redirects=False
+    ) as r:
+        text = await r.text()
+        assert r.status == 405, text
+        assert r.headers["Allow"] == "POST"
+        assert "potluck-login" not in text
+    async with pages.http.get(
+        f"{pages.url}/v1/no-such-thing", headers={"Authorization": f"Bearer {pages.tokens['alice']}"}
+    ) as r:
+        assert r.status == 404
+        assert "no such endpoint: /v1/no-such-thing" in await r.text()
