@@ -27,11 +27,13 @@ on another port of 127.0.0.1 receives `potluck_session` once the browser loads a
 it, even one another site's link sent it to (only that first, cross-site request goes
 without the Strict cookie; the page's own requests after it carry it). A `__Host-` name or
 a distinct loopback name (`potluck.localhost`) changes nothing there: that program answers
-under any name. Only a secret that browsers keep per origin (scheme, host and port) would
-bind a session to this port, e.g. the pages living under a per-session secret path the
-cookie is scoped to, found again from the origin's own localStorage; the pages are not
-built that way. Over https under a name the limit does not arise: the cookie goes only
-over TLS for that name, which another program cannot serve. README says what users do.
+under any name. So a session signed in over loopback is bound to the local account whose
+socket signed it in (peer.py reads it from the kernel), and `of` refuses it to a connection
+of any other account: another person's program on a shared machine replays the cookie in
+vain. A program of the same account is not told apart (nothing on a loopback connection
+can do that; it could read the browser's cookie store anyway). Where the kernel does not
+say, the session is unbound, as sessions over https under a name are, where the cookie goes
+only over TLS for that name, which another program cannot serve.
 
 Signing in ends the session the browser held (its cookie's), and signing out
 ends it in the allocator, not only in the browser: an old id is worth nothing
@@ -50,9 +52,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import structlog
 from aiohttp import web
 
 from potluck.allocator.web.origins import Site
+from potluck.allocator.web.peer import peer_uid
 
 __all__ = ["COOKIE", "SECURE_COOKIE", "Session", "Sessions", "SessionsFull"]
 
@@ -69,6 +73,8 @@ MAX_SESSIONS_PER_OWNER = 20
 #: refused (503) until sessions expire or end: dropping the oldest instead let one user sign
 #: every other out by signing in ten thousand times.
 MAX_SESSIONS = 10_000
+
+log = structlog.get_logger(__name__)
 
 
 class SessionsFull(Exception):
@@ -87,6 +93,9 @@ class Session:
     operator: str | None = None
     #: A user's session: the digest of the token it signed in with (rotating it signs out).
     token: str | None = None
+    #: Signed in over loopback: the local account whose browser did (peer.py); only that
+    #: account's connections present it. None: signed in otherwise, or the kernel did not say.
+    peer_uid: int | None = None
 
     @property
     def owner(self) -> str:
@@ -162,6 +171,7 @@ class Sessions:
         member: str | None = None,
         operator: str | None = None,
         token: str | None = None,
+        peer_uid: int | None = None,
     ) -> tuple[str, Session]:
         """A new session and its id. The owner's own oldest ends when they pass `per_owner`;
         SessionsFull when `max_sessions` live sessions are left after that."""
@@ -173,6 +183,7 @@ class Sessions:
             member=member,
             operator=operator,
             token=token,
+            peer_uid=peer_uid,
         )
         self._drop_expired(now)
         while self.count_of(session.owner) >= self.per_owner:
@@ -198,7 +209,9 @@ class Sessions:
         The session the request came with, if any, ends first: a sign-in never leaves an older
         id working (another user's, on a shared browser, or one planted before it)."""
         self.drop_of(request)
-        session_id, session = self.open(user, member=member, operator=operator, token=token)
+        session_id, session = self.open(
+            user, member=member, operator=operator, token=token, peer_uid=peer_uid(request)
+        )
         response.set_cookie(
             self.cookie_name(request),
             session_id,
@@ -221,15 +234,23 @@ class Sessions:
         return session
 
     def of(self, request: web.Request) -> Session | None:
+        """The request's live session: None without one, or when it was signed in over loopback
+        by another local account than the one this request comes from (its cookie was
+        replayed by a program that received it on another port: peer.py)."""
         session_id = request.cookies.get(self.cookie_name(request))
         if not session_id:
             return None
-        return self.get(session_id)
+        session = self.get(session_id)
+        if session is not None and session.peer_uid is not None and peer_uid(request) != session.peer_uid:
+            log.warning("web.session_from_another_account", user=session.user)
+            return None
+        return session
 
     def drop_of(self, request: web.Request) -> None:
-        """End the request's session in the allocator (its cookie stays in the browser, worthless)."""
+        """End the request's session in the allocator (its cookie stays in the browser, worthless);
+        a session the request may not present (`of`) is left alone."""
         session_id = request.cookies.get(self.cookie_name(request))
-        if session_id:
+        if session_id and self.of(request) is not None:
             self._drop(session_id)
 
     def end(self, response: web.StreamResponse, request: web.Request) -> None:
