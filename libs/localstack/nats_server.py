@@ -30,6 +30,18 @@ def nats_server_binary() -> str:
     return found
 
 
+#: Bounds every client connection gets, written into each configuration Potluck generates (and
+#: kept the same in ops/nats/*.conf, which a test holds to these lines). A host's credentials
+#: are in a member's hands, and in config-file mode nats-server has no per-user bound: without
+#: these, one connection with a host's key subscribed in a loop to its own inbox (the one
+#: subject it may) and the server kept every subscription, some 1.6 KB each (300,000 took
+#: 470 MB), until the machine ran out of memory and every host and service lost the bus.
+#: A service or a hostd holds a few dozen subscriptions; 1,024 leaves room for the busiest
+#: and bounds one connection's share. max_payload is nats-server's default, said so here
+#: because the streams' bounds and the services' decoders count on it (potluck.events.bus).
+NATS_CLIENT_LIMITS = "max_subscriptions: 1024\nmax_payload: 1048576\n"
+
+
 class NatsServer:
     """nats-server -js on a fixed loopback port, so a restart keeps its address."""
 
@@ -50,7 +62,9 @@ class NatsServer:
         self.pid_file = workdir / "nats-server.pid"
         if authorization and config is None:
             config = workdir / "nats-server.conf"
-            config.write_text(f'pid_file: "{self.pid_file}"\ninclude "{self.auth_file.name}"\n')
+            config.write_text(
+                f'pid_file: "{self.pid_file}"\n{NATS_CLIENT_LIMITS}include "{self.auth_file.name}"\n'
+            )
         self.config = config
         argv = [
             nats_server_binary(),
@@ -132,6 +146,7 @@ class NatsCluster:
                 f'http: "127.0.0.1:{self.monitor_ports[i]}"\n'
                 f'cluster {{\n  name: "{name}"\n  listen: "127.0.0.1:{route_ports[i]}"\n'
                 f"  routes: [{routes}]\n}}\n"
+                f"{NATS_CLIENT_LIMITS}"
                 f'include "../{self.auth_file.name}"\n'
             )
             self.nodes.append(NatsServer(node_dir, config=config))
