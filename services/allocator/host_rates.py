@@ -7,7 +7,9 @@ credentials and all) would hold the allocator and drop other hosts' requests as 
 consumer. Past its rate a host's request is answered RATE_LIMITED at the cost of this check
 (hostd asks again after a pause), logged for the first of a streak and then once a thousand,
 as the registry holds hosts' requests to it (services/registry/host_rate.py). The buckets are
-potluck.kernel.key_rates'.
+potluck.kernel.key_rates'. Before the rate, the reply subject: a message on the host's subject
+that names no reply in its inbox is not its request (JetStream answers another host's requests
+wherever that host says) and is refused by the ReplyGuard without costing the host its rate.
 """
 
 import time
@@ -45,9 +47,13 @@ class HostRates:
         self.clock = clock
 
     async def admit(self, msg: Msg) -> bool:
-        """Whether the asking host is within its rate; if not, it is answered RATE_LIMITED (into
-        its own inbox only) and nothing else is done."""
+        """Whether the asking host named its own inbox and is within its rate; past the rate it is
+        answered RATE_LIMITED and nothing else is done."""
         host_id = host_of(msg.subject)
+        # The reply subject first: what names no reply in the host's inbox is not the host's
+        # request (JetStream's answers to another host land here too) and costs its rate nothing.
+        if not self.guard.allows(msg, inbox_prefix(host_id), requester=host_id):
+            return False
         verdict = self.rates.check(host_id, self.clock())
         if verdict.allowed:
             return True
@@ -68,9 +74,7 @@ class HostRates:
             status=429,
         )
         reply = Reply(ok=False, error=refusal.as_dict()).model_dump_json().encode()
-        # Quietly: a refused reply subject past the rate would otherwise be logged at the loop's pace.
-        if msg.reply and msg.reply.startswith(inbox_prefix(host_id) + "."):
-            await self.guard.respond(msg, reply, inbox_prefix(host_id), requester=host_id)
+        await msg.respond(reply)
         return False
 
     def refused(self) -> dict[str, int]:

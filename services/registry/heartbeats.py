@@ -17,6 +17,7 @@ is logged and tried again at the next look: the watch never stops.
 
 import asyncio
 import time
+from collections import Counter
 from datetime import UTC, datetime
 
 import structlog
@@ -34,11 +35,16 @@ from potluck.registry.host_rate import log_refusal
 from potluck.registry.liveness import LastSeen, LivenessPolicy, silence_of, transition_due
 from potluck.registry.repository import Decision, decide_on_host
 
-__all__ = ["LivenessWatch", "beat_rate"]
+__all__ = ["MAX_BEAT_BYTES", "LivenessWatch", "beat_rate"]
 
 log = structlog.get_logger(__name__)
 
 METADATA = {"actor": "registry"}
+
+#: A beat hostd sends is some 60 bytes of JSON: anything much larger is refused unparsed.
+MAX_BEAT_BYTES = 1024
+#: Messages on a host's heartbeat subject that are no beat are logged ten at once, then one a second.
+BAD_BEAT_LOG_RATE = RatePolicy(per_s=1.0, burst=10)
 
 
 def beat_rate(policy: LivenessPolicy) -> RatePolicy:
@@ -56,6 +62,9 @@ class LivenessWatch:
         self.last_seen = LastSeen()
         #: Beats per host: a few times the pace hostd beats at, so only a host in a loop is refused.
         self.rates = rates or KeyRates(beat_rate(policy))
+        #: Messages on a host's heartbeat subject that are no beat, per host (never charged to its rate).
+        self.bad_beats: Counter[str] = Counter()
+        self._bad_beats_logged = KeyRates(BAD_BEAT_LOG_RATE)
 
     def start_clock(self) -> None:
         """Count silence from now: every host gets a fresh grace period (e.g. after a restart)."""
@@ -63,20 +72,47 @@ class LivenessWatch:
 
     async def on_heartbeat(self, msg: Msg) -> None:
         host_id = host_of(msg.subject)
+        # Read before the rate is charged: what is not a beat of the host's (JetStream's answers to
+        # another host land on this subject too) must not use up the host's rate and have its own
+        # beats ignored. Reading costs little: anything past MAX_BEAT_BYTES is refused unparsed.
+        if not self._is_beat(host_id, msg):
+            return
         verdict = self.rates.check(host_id, time.monotonic())
         if not verdict.allowed:
             # Ignored, not counted as a beat: a host beating in a loop is not thereby more alive.
             log_refusal(self.rates, verdict, host_id, msg.subject)
             return
-        try:
-            Heartbeat.model_validate_json(msg.data)
-        except ValidationError as exc:
-            log.warning("registry.bad_heartbeat", host_id=host_id, error=first_error(exc))
-            return
         self.last_seen.beat(host_id)
         state = self.view.hosts.get(host_id)
         if state is not None and state.liveness in ("unreachable", "asleep", "lost"):
             await self._decide(host_id, lambda s: aggregate.beat_returned(s) if s else [])
+
+    def _is_beat(self, host_id: str, msg: Msg) -> bool:
+        """Is `msg` a heartbeat as hostd sends them: a small Heartbeat, with no reply subject and
+        no headers? JetStream's deliveries carry a reply subject ($JS.ACK...) and its status
+        answers headers; its other answers do not read as a Heartbeat. Anything else is counted
+        per host and logged sparingly."""
+        if msg.reply or msg.headers:
+            why = "a reply subject or headers, as JetStream's answers carry and beats never do"
+        elif len(msg.data) > MAX_BEAT_BYTES:
+            why = f"{len(msg.data)} bytes, where a beat is under {MAX_BEAT_BYTES}"
+        else:
+            try:
+                Heartbeat.model_validate_json(msg.data)
+                return True
+            except ValidationError as exc:
+                why = first_error(exc)
+        self.bad_beats[host_id] += 1
+        if self._bad_beats_logged.check(host_id, time.monotonic()).allowed:
+            log.warning(
+                "registry.bad_heartbeat",
+                host_id=host_id,
+                error=why,
+                refused=self.bad_beats[host_id],
+                hint="not counted as the host's beat; another host can have JetStream answer onto "
+                "this subject, so it need not be this host's doing",
+            )
+        return False
 
     async def run(self) -> None:
         """Look at every registered host's silence, twice a heartbeat interval (at least once a second)."""

@@ -8,10 +8,12 @@ INTERNAL, logged with its traceback under an incident id, and the registry goes 
 The requester reads only the code, what to do and that id (potluck.kernel.rejections'
 `internal_error`): the exception's text (the database's address, SQL, paths) is the operator's.
 
-Before any handler runs, a host's request is admitted: within the host's rate
-(host_rate.py; beyond it the answer is RATE_LIMITED and nothing is read or
-written) and with a reply subject in the host's own inbox (potluck.events'
-ReplyGuard; any other is refused, logged and counted, and never answered).
+Before any handler runs, a host's request is admitted: with a reply subject in
+the host's own inbox (potluck.events' ReplyGuard; any other is refused, counted,
+logged sparingly and never answered, and costs the host's rate nothing: it may
+be JetStream's answer to another host, who named this subject as its reply),
+then within the host's rate (host_rate.py; beyond it the answer is RATE_LIMITED
+and nothing is read or written).
 Then a host that left or was revoked is refused, whatever it asks (HOST_LEFT,
 HOST_REVOKED, from the gate's `gone` check): no handler of a gone host's
 request runs, so none can bring it back. Only its status is answered, so the
@@ -78,8 +80,10 @@ class HostRequestGate:
         A join (`joining`) is answered only into the join token's own inbox, not the host's."""
         host_id = host_of(msg.subject)
         inbox = join_inbox_prefix(host_id) if joining else inbox_prefix(host_id)
-        # The rate first: a host refused for its pace costs no more than this check, and its
-        # refused reply subjects are logged at most at the pace it is allowed.
+        # The reply subject first: what names no reply in the host's inbox is not the host's
+        # request (JetStream's answers to another host land here too) and costs its rate nothing.
+        if not self.guard.allows(msg, inbox, requester=host_id):
+            return
         verdict = self.rates.check(host_id, self.clock())
         if not verdict.allowed:
             log_refusal(self.rates, verdict, host_id, msg.subject)
@@ -89,8 +93,6 @@ class HostRequestGate:
                 status=429,
             )
             await answer(msg, Reply(ok=False, error=refusal.as_dict()), self.guard, inbox, requester=host_id)
-            return
-        if not self.guard.allows(msg, inbox, requester=host_id):
             return
         gone = None if gone_too else self.gone(host_id)
         if gone is not None:

@@ -187,12 +187,13 @@ class RegistryService:
             await self.registrations.close()
 
     def refused(self) -> dict[str, dict[str, int]]:
-        """Refused per host since start: requests over the rate, beats over the rate, bad reply
-        subjects, requests of hosts that left or were revoked, registrations with labels
-        outside the bound."""
+        """Refused per host since start: requests over the rate, beats over the rate, messages on
+        a heartbeat subject that are no beat, bad reply subjects, requests of hosts that left or
+        were revoked, registrations with labels outside the bound."""
         return {
             "requests_over_rate": dict(sorted(self.gate.rates.refused.items())),
             "beats_over_rate": dict(sorted(self.watch.rates.refused.items())),
+            "bad_beats": dict(sorted(self.watch.bad_beats.items())),
             "reply_subjects": self.replies.as_dict(),
             "gone_hosts": dict(sorted(self.gate.refused_gone.items())),
             "bad_labels": dict(sorted(self.requests.refused_labels.items())),

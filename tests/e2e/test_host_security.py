@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 
 from potluck.allocator.host_rates import DESIRED_RATE, IMAGE_TOKEN_RATE
 from potluck.allocator.service import ENGINE_LOG_RATE, LOGGED_DETAIL
+from potluck.contracts.host_events import host_stream
 from potluck.contracts.messages import Heartbeat, ImageTokenRequest, Reply
 from potluck.contracts.reports import DETAIL_CHARS, EngineStatus, UsageSampled
 from potluck.contracts.subjects import (
@@ -616,3 +617,48 @@ async def test_a_host_asking_the_allocator_in_a_loop_is_refused_while_others_are
     assert 1 <= len(over) <= 4 + (admissible - int(IMAGE_TOKEN_RATE.burst)), over
     refused_tokens = [line for line in text.splitlines() if "allocator.image_token_refused" in line]
     assert len(refused_tokens) <= admissible + 10, (len(refused_tokens), admissible)
+
+
+async def test_jetstreams_answers_on_another_hosts_subjects_cost_that_host_nothing(
+    pool: Pool, two_laptops: tuple[EnrolledHost, EnrolledHost]
+) -> None:
+    """JetStream answers a request on A's own consumer into whatever reply subject A names, so A
+    can have the server publish onto B's heartbeat and request subjects, which A's permissions
+    refuse it. Tried: A, with its own credentials, asks for its consumer's next message (no
+    wait: answered at once, "no messages") and for its consumer's info, 600 times each, naming
+    as the reply B's heartbeat subject and B's status request subject, for well past the
+    silence that makes a host unreachable (1.5 s here). Before: the registry charged each answer
+    to B's rates before reading it, so B's own beats were ignored as over its rate and B went
+    unreachable, and B's own requests were refused RATE_LIMITED. Must hold: none of it is
+    charged to B: B is never suspected, nothing of B's is counted over its rate, and B's own
+    status request is answered."""
+    a, b = two_laptops
+    as_a = await pool.client(a)
+    as_b = await pool.client(b)
+    consumer = host_consumer(a.host_id)
+    pull = f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{consumer}"
+    info = f"$JS.API.CONSUMER.INFO.{EVENTS_STREAM}.{consumer}"
+    targets = (f"potluck.hb.{b.host_id}", f"{STATUS}.{b.host_id}")
+    try:
+        for _ in range(600):
+            for reply in targets:
+                await as_a.publish(pull, b'{"batch": 1, "no_wait": true}', reply=reply)
+                await as_a.publish(info, b"", reply=reply)
+            await as_a.flush()
+            await asyncio.sleep(0.005)
+        assert (await _answered(as_b, f"{STATUS}.{b.host_id}")).ok
+    finally:
+        await as_a.close()
+        await as_b.close()
+    refused = (await pool.live_hosts())["refused"]
+    # The answers did land on B's subjects, and were refused there as none of B's doing.
+    assert refused["bad_beats"].get(b.host_id, 0) > 0, refused
+    assert refused["reply_subjects"].get(b.host_id, 0) > 0, refused
+    assert b.host_id not in refused["beats_over_rate"], refused
+    assert b.host_id not in refused["requests_over_rate"], refused
+    b_events = await pool.store.read_stream(host_stream(b.host_id))
+    assert [e.type for e in b_events if e.type == "HostSuspected"] == [], pool.logs()
+    registry_log = pool.processes["registry"].log_tail(5000)
+    assert registry_log.count("registry.bad_heartbeat") < 100, "bad beats logged at the loop's pace"
+    assert registry_log.count("bus.reply_refused") < 100, "refused replies logged at the loop's pace"
+    await pool.wait_for_host(b.host_id, "active")
