@@ -24,7 +24,22 @@ them make its 1 GiB), after which it refuses every host's reports until they
 age out or an operator purges it. A denial of service, not a forgery (the
 answers carry no report of the host's making); closing it needs nats-server
 to check the reply subject (nats-io/nats-server#8274 names the same for push
-consumers) or hosts in an account of their own.
+consumers) or hosts in an account of their own. The same answers can land on
+another host's heartbeat and request subjects: there they cost that host
+nothing, since the registry and the allocator charge a message to a host's
+rate only once it is the host's (a Heartbeat with no reply subject and no
+headers; a request naming a reply in the host's own inbox).
+
+What one host's key may cost the server as a whole is bounded per connection
+(libs/localstack's NATS_CLIENT_LIMITS: subscriptions, payload), not per key:
+nats-server's configuration file has no bound per user, only per account
+(`limits { max_connections, max_subscriptions, max_payload }`, since 2.14),
+and all clients share one account here. A key can so open connections until
+the server's `max_connections` (64K by default; each idle one some 65 KB of
+the server's memory, each with up to 1,024 subscriptions and 64 MiB of
+unread answers). Per-host bounds need hosts in accounts of their own, with
+the services' subjects and the host's consumer imported, which would close
+the reply-subject floods above too.
 
 The authorization file is rendered from the event log (enrolled hosts) plus
 the central services' public keys, and nats-server is told to reload it.
