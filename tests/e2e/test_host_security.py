@@ -28,6 +28,7 @@ from potluck.contracts.subjects import (
     CONTROL,
     DESIRED,
     IMAGE_TOKEN,
+    LOG_TAIL,
     REGISTER,
     STATUS,
     host_consumer,
@@ -626,19 +627,21 @@ async def test_jetstreams_answers_on_another_hosts_subjects_cost_that_host_nothi
     can have the server publish onto B's heartbeat and request subjects, which A's permissions
     refuse it. Tried: A, with its own credentials, asks for its consumer's next message (no
     wait: answered at once, "no messages") and for its consumer's info, 600 times each, naming
-    as the reply B's heartbeat subject and B's status request subject, for well past the
-    silence that makes a host unreachable (1.5 s here). Before: the registry charged each answer
-    to B's rates before reading it, so B's own beats were ignored as over its rate and B went
-    unreachable, and B's own requests were refused RATE_LIMITED. Must hold: none of it is
-    charged to B: B is never suspected, nothing of B's is counted over its rate, and B's own
-    status request is answered."""
+    as the reply B's heartbeat subject, B's status request subject and the subject B's hostd
+    takes log-page requests on, for well past the silence that makes a host unreachable (1.5 s
+    here). Before: the registry charged each answer to B's rates before reading it, so B's own
+    beats were ignored as over its rate and B went unreachable, and B's own requests were
+    refused RATE_LIMITED; B's hostd logged a line for each answer. Must hold: none of it is
+    charged to B: B is never suspected, nothing of B's is counted over its rate, B's own
+    status request is answered, and every log (the registry's, B's hostd's) holds only a few
+    lines about it."""
     a, b = two_laptops
     as_a = await pool.client(a)
     as_b = await pool.client(b)
     consumer = host_consumer(a.host_id)
     pull = f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{consumer}"
     info = f"$JS.API.CONSUMER.INFO.{EVENTS_STREAM}.{consumer}"
-    targets = (f"potluck.hb.{b.host_id}", f"{STATUS}.{b.host_id}")
+    targets = (f"potluck.hb.{b.host_id}", f"{STATUS}.{b.host_id}", f"{LOG_TAIL}.{b.host_id}")
     try:
         for _ in range(600):
             for reply in targets:
@@ -661,4 +664,9 @@ async def test_jetstreams_answers_on_another_hosts_subjects_cost_that_host_nothi
     registry_log = pool.processes["registry"].log_tail(5000)
     assert registry_log.count("registry.bad_heartbeat") < 100, "bad beats logged at the loop's pace"
     assert registry_log.count("bus.reply_refused") < 100, "refused replies logged at the loop's pace"
+    # B's hostd, asked for log pages by JetStream's answers, refuses them and keeps its
+    # member's log to a few lines about it (before: one line each, at A's pace).
+    assert b.process is not None
+    b_refusals = b.process.log_path.read_text(errors="replace").count("bus.reply_refused")
+    assert 0 < b_refusals < 100, b_refusals
     await pool.wait_for_host(b.host_id, "active")
