@@ -14,6 +14,11 @@ drops unanswered any that waited in line longer than its sender waits
 ones' hosts ask again after their backoff. Nothing is lost by dropping: a
 registration not run recorded nothing.
 
+Only requests the gate admitted (replies.py: the host's own inbox, within its rate) come
+into the line, as they arrive: a host in a loop is refused before it, so its requests
+never stand in front of other hosts' (taken in unchecked, 200,000 of one host's
+registrations held every other host's past its sender's patience).
+
 `expired` is the pure decision, tested without a loop.
 """
 

@@ -3,8 +3,9 @@
 One concern per module: the view is HostsView fed by potluck.events' Fold
 (projection.py); registration, controls and queries are requests.py;
 heartbeats and silence are heartbeats.py; a command on a host is decided on
-the host's stream and appended (repository.py); registrations are taken a few
-at a time, and dropped once their sender stopped waiting (admission.py). This module starts them in
+the host's stream and appended (repository.py); registrations the gate admits
+are taken a few at a time, and dropped once their sender stopped waiting
+(admission.py). This module starts them in
 order: the view catches up with the log before any request is answered, and
 silence is counted only once the subscriptions are in place.
 
@@ -151,7 +152,7 @@ class RegistryService:
             await self.nc.subscribe(
                 f"{REGISTER}.*",
                 queue=queue,
-                cb=self.registrations.admit(self.gate.on_request(self.requests.register)),
+                cb=self.gate.on_request(self.requests.register, queue=self.registrations.admit),
             ),
             await self.nc.subscribe(
                 f"{CONTROL}.*", queue=queue, cb=self.gate.on_request(self.requests.control_from_member)

@@ -639,3 +639,31 @@ async def test_bytes_that_are_not_utf8_where_nats_py_decodes_leave_the_services_
     for service in ("registry", "allocator"):
         text = pool.processes[service].log_path.read_text(errors="replace")
         assert "bus.unreadable_message" in text, service
+
+
+async def test_one_hosts_registrations_in_a_loop_leave_the_others_registering(pool: Pool) -> None:
+    """Tried: host A, with its own credentials, sends 100,000 well-formed registrations naming
+    its own inbox as fast as it can; then host B registers. Before: the registry took every
+    request into its line of registrations unchecked and checked A's rate only once a place
+    in it came up; B's registration stood behind tens of thousands of A's, waited past its
+    sender's patience and was dropped unanswered (170,000 dropped of 200,000), as every other
+    host's would be. Must hold: B's registration is answered ok; A's past its rate are
+    refused (counted), and only few requests are ever dropped from the line."""
+    a = await pool.enroll("laptop-a")
+    b = await pool.enroll("laptop-b")
+    as_a = await pool.client(a)
+    as_b = await pool.client(b)
+    loop = 100_000
+    body = json.dumps(_registration("laptop-a", 1 << 30, 1 << 30)).encode()
+    for i in range(loop):
+        await as_a.publish(f"{REGISTER}.{a.host_id}", body, reply=f"{inbox_prefix(a.host_id)}.loop.{i}")
+    await as_a.flush()
+    b_body = json.dumps(_registration("laptop-b", 1 << 30, 1 << 30)).encode()
+    answer = await as_b.request(f"{REGISTER}.{b.host_id}", b_body, timeout=60)
+    assert Reply.model_validate_json(answer.data).ok, answer.data
+    refused = (await pool.live_hosts())["refused"]
+    assert refused["requests_over_rate"].get(a.host_id, 0) >= loop // 2, refused
+    assert b.host_id not in refused["requests_over_rate"], refused
+    # Logged at the first drop and every hundredth after: a few lines are a few hundred dropped.
+    registry_log = pool.processes["registry"].log_path.read_text(errors="replace")
+    assert registry_log.count("registry.request_dropped") < 5, registry_log.count("registry.request_dropped")
