@@ -24,8 +24,16 @@ them make its 1 GiB), after which it refuses every host's reports until they
 age out or an operator purges it. A denial of service, not a forgery (the
 answers carry no report of the host's making); closing it needs nats-server
 to check the reply subject (nats-io/nats-server#8274 names the same for push
-consumers) or hosts in an account of their own. The same answers can land on
-another host's heartbeat and request subjects: there they cost that host
+consumers) or hosts in an account of their own. Nor are the reports stream's
+subjects the only ones: the answers land on any subject named, and the events
+and dead-letter streams keep what lands on theirs (1,000 consumer-info requests
+naming `potluck.evt.alloc.AllocationPlaced.<another host>` stored 1,000 answers,
+777 KB, in the events stream). Both drop their oldest when full, so a long
+enough flood pushes out events a hostd away has not read yet (it catches up
+from the allocator's snapshot when it reconnects) and older dead letters; the
+host the subject names reads the answers as messages that are no event, dead
+letters them on its own subject and logs them sparingly. The same answers can
+land on another host's heartbeat and request subjects: there they cost that host
 nothing, since the registry and the allocator charge a message to a host's
 rate only once it is the host's (a Heartbeat with no reply subject and no
 headers; a request naming a reply in the host's own inbox).
