@@ -14,7 +14,8 @@ with `network_mode="none"` and nothing touches the machine's firewall.
 What we stop: dockerd by its PID; then, in case it crashed or was killed,
 the containerd it started (its PID file under our exec-root), the shims
 that containerd started (their `-address` is our containerd socket) and the
-containers those shims run (the shims' children). Nothing else.
+containers those shims run (the shims' children). Nothing else. Then the socket
+files they leave under our exec-root.
 """
 
 import contextlib
@@ -29,6 +30,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from stat import S_ISSOCK
 from typing import Any
 
 from potluck.localstack.errors import LocalStackError
@@ -266,6 +268,7 @@ class DockerEngine:
         """SIGTERM (dockerd stops its containers and containerd), then clean up what is left."""
         self._proc.stop(timeout=40.0)
         self._reap_leftovers()
+        self._remove_dead_sockets()
         if self._own_runtime_dir is not None:
             shutil.rmtree(self._own_runtime_dir, ignore_errors=True)
 
@@ -337,6 +340,19 @@ class DockerEngine:
             _signal(pid, signal.SIGKILL)
         _wait_gone(shims, 5.0)
         self._unmount_leftovers()
+
+    def _remove_dead_sockets(self) -> None:
+        """containerd leaves its sockets' files behind when it exits (dockerd too, when it
+        crashed): once nothing of ours runs, remove them, so that a stopped pool leaves no
+        socket in its state directory that looks like a live engine."""
+        if self._proc.running() or self._leftover_containerd() is not None:
+            return
+        for directory, _subdirs, files in os.walk(self.runtime_dir):
+            for name in files:
+                path = Path(directory) / name
+                with contextlib.suppress(OSError):
+                    if S_ISSOCK(path.lstat().st_mode):
+                        path.unlink()
 
     def _unmount_leftovers(self) -> None:
         """Lazily unmount what a crash left mounted: container root filesystems, netns files,

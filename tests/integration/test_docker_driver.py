@@ -4,11 +4,13 @@ Every container here runs the busybox test image with `network_mode="none"`.
 """
 
 import asyncio
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,6 +88,20 @@ def _processes_under(path: Path) -> list[str]:
         if str(path) in cmdline and stat.rpartition(")")[2].split()[0] != "Z":
             found.append(cmdline)
     return found
+
+
+def _sockets_under(path: Path) -> list[str]:
+    """Socket files under `path`: what a stopped engine's dockerd or containerd left there."""
+    return sorted(str(p) for p in path.rglob("*") if p.is_socket())
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory short enough that an engine keeps its sockets in it (as `potluck up`'s does
+    in its state directory) instead of in a /tmp directory of its own that stop() removes."""
+    path = Path(tempfile.mkdtemp(prefix="pl-e-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_memory_hog_is_oom_killed(docker_driver: DockerDriver, test_image: str) -> None:
@@ -460,10 +476,12 @@ def test_no_engine_at_the_url_is_engine_unavailable(tmp_path: Path) -> None:
         assert url in str(caught.value)
 
 
-def test_stopped_engine_is_unavailable_and_leaves_nothing_behind(tmp_path: Path) -> None:
+def test_stopped_engine_is_unavailable_and_leaves_nothing_behind(short_dir: Path) -> None:
     """A dedicated engine runs a container, then stops. Afterwards the driver says
-    EngineUnavailable, and no dockerd, containerd, shim or container of it is left."""
-    engine = DockerEngine(tmp_path / "engine")
+    EngineUnavailable, and no dockerd, containerd, shim or container of it is left, nor a socket
+    file under its directory (containerd once left two there, in a stopped pool's state)."""
+    engine = DockerEngine(short_dir / "engine")
+    assert engine.runtime_dir.is_relative_to(short_dir)
     try:
         engine.start()
         image = build_test_image(engine.url)
@@ -477,15 +495,17 @@ def test_stopped_engine_is_unavailable_and_leaves_nothing_behind(tmp_path: Path)
                 driver.state(container_id)
         assert _processes_under(engine.exec_root) == []
         assert _processes_under(engine.data_root) == []
+        assert _sockets_under(engine.workdir) == []
     finally:
         engine.stop()
 
 
-def test_engine_crash_cleanup_and_restart(tmp_path: Path) -> None:
+def test_engine_crash_cleanup_and_restart(short_dir: Path) -> None:
     """A dedicated engine runs a container and is SIGKILLed: the container lives on in its
-    shim. stop() then ends what the crashed engine left (containerd, shim, container), and a
-    restarted engine answers and reports the container as no longer running."""
-    engine = DockerEngine(tmp_path / "engine")
+    shim. stop() then ends what the crashed engine left (containerd, shim, container) and
+    removes the sockets' files it left, and a restarted engine answers and reports the
+    container as no longer running."""
+    engine = DockerEngine(short_dir / "engine")
     try:
         engine.start()
         with DockerDriver(engine.url, timeout=30) as driver:
@@ -493,8 +513,10 @@ def test_engine_crash_cleanup_and_restart(tmp_path: Path) -> None:
 
         engine.kill()
         assert any("containerd-shim" in p for p in _processes_under(engine.exec_root))
+        assert _sockets_under(engine.runtime_dir), "a crashed engine leaves its sockets' files"
         engine.stop()
         assert _processes_under(engine.exec_root) == []
+        assert _sockets_under(engine.workdir) == []
 
         engine.start()
         with DockerDriver(engine.url, timeout=30) as driver:
