@@ -43,8 +43,16 @@ async def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) 
     raise_open_files_limit()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stopping(sig: signal.Signals) -> None:
+        # Said once: a service that ended on a signal (Ctrl-C on `potluck join --start`, a
+        # systemd stop) otherwise left its log ending mid-work, as after a crash.
+        if not stop.is_set():
+            log.info("process.stopping", signal=sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping, sig)
     try:
         await main(stop)
     finally:
