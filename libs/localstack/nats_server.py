@@ -99,6 +99,9 @@ class NatsServer:
 
     def stop(self) -> None:
         self._proc.stop()
+        # nats-server leaves its PID file behind; a stopped pool keeps no PID of it to signal.
+        if not self._proc.running():
+            self.pid_file.unlink(missing_ok=True)
 
     def kill(self) -> None:
         self._proc.kill()

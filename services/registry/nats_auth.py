@@ -203,8 +203,34 @@ def write_authorization(path: Path, text: str) -> bool:
     return True
 
 
-def reload_nats(pid_file: Path) -> int:
-    """Ask the nats-server whose PID is in `pid_file` to reload its configuration (SIGHUP)."""
+def reload_nats(pid_file: Path) -> int | None:
+    """Ask the nats-server whose PID is in `pid_file` to reload its configuration (SIGHUP).
+
+    None, sending nothing, when that PID is no live nats-server: nats-server leaves its PID file
+    behind when it stops, and the PID may be another program's by then, which SIGHUP would end.
+    A stopped nats-server reads the users file when it starts."""
     pid = int(pid_file.read_text().strip())
-    os.kill(pid, signal.SIGHUP)
+    if not _is_nats_server(pid):
+        return None
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:  # ended since we looked
+        return None
     return pid
+
+
+def _is_nats_server(pid: int) -> bool:
+    proc = Path("/proc")
+    if not proc.is_dir():  # no procfs to ask: only whether the PID is alive
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, another user's
+            pass
+        return True
+    try:
+        argv = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(argv) and Path(argv[0].decode(errors="replace")).name.startswith("nats-server")
