@@ -90,7 +90,7 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
     Before the quick start its hostd is killed with SIGKILL: `potluck up` says so on its console
     and starts it again, and the quick start runs on the restarted hostd.
     Afterwards no process started for this state directory is alive (the restarted hostd
-    included), and the log is kept."""
+    included), no socket or PID file of one is left in it, and the log is kept."""
     ports = [
         "--api-port",
         str(free_port()),
@@ -367,6 +367,10 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
     assert not (state / "up.pid").exists()
     assert (state / "postgres" / "data" / "PG_VERSION").exists(), "the event log is kept"
     assert processes_mentioning(str(state)) == []
+    # Nor a socket or PID file that looks alive: containerd's sockets and nats-server's PID
+    # file were left in the state directory (the images' layers under docker/data are not ours).
+    ours = [p for d in ("pool", "postgres", "docker/run") for p in (state / d).rglob("*")]
+    assert [str(p) for p in ours if p.is_socket() or p.suffix == ".pid"] == []
 
 
 def test_operator_commands_without_a_pool_say_what_to_give(newcomer: dict[str, str]) -> None:
