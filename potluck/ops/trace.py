@@ -74,6 +74,12 @@ async def find_trace(store: EventStore, alloc: str) -> AllocationTrace:
     alloc_id = _alloc_id(alloc)
     if not alloc_id:
         raise OpsError("give an allocation id, e.g. a-91bc03d2e4f5")
+    if alloc_id.startswith("j-"):
+        # A job is no allocation: each of its tasks' allocations is traced under the job's request.
+        raise OpsError(
+            f"{alloc_id} is a job's id: give one of its tasks' allocation ids "
+            f"(`potluck job show {alloc_id}` lists them), each traced under the job's request"
+        )
     records = await store.read_stream(alloc_stream(alloc_id))
     if not records:
         raise OpsError(f"no allocation {alloc_id!r} in the log")

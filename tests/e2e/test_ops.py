@@ -445,6 +445,8 @@ async def test_bad_input_to_every_command_gets_one_clear_line_and_a_failure(
             "cannot reach NATS",
         ),
         (("trace", "a-doesnotexist", *db), 1, "no allocation 'a-doesnotexist' in the log"),
+        # A job's id, as `potluck run` prints it: named as such, with where its tasks' ids are.
+        (("trace", "j-1b2c3d4e5f6a", *db), 1, "`potluck job show j-1b2c3d4e5f6a` lists them"),
         (("trace", "a-x", "--viewer-url", "http://viewer/", *db), 2, "{trace_id}"),
         (
             ("status", "--database-url", "postgresql://u:s3cret@127.0.0.1:9/x"),
