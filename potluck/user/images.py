@@ -26,14 +26,28 @@ def target_reference(prefix: str, image: str) -> str:
     """Where `image` goes in the user's namespace: `prefix` + its last path part and tag.
 
     `sim:2` and `registry.example.org/team/sim:2` both become `<registry>/<user>/sim:2`;
-    an image without a tag is pushed as `latest`, as `docker push` would.
+    an image without a tag is pushed as `latest`, as `docker push` would. A name already in
+    the user's namespace stays as it is; one in another namespace of the pool registry (another
+    user's, the library) is refused: it was once pushed into the user's own under its last part,
+    over whatever image of theirs had that name.
     """
     name, digest_sep, _ = image.partition("@")
     if digest_sep:
         raise ClientError("push a tagged image, not a digest: tag it first (`docker tag`)", ExitCode.USAGE)
-    last = name.rsplit("/", 1)[-1]
+    path, last = name.rsplit("/", 1) if "/" in name else ("", name)
     repository, colon, tag = last.partition(":")
-    return f"{prefix}{repository}:{tag if colon else 'latest'}"
+    tag = tag if colon else "latest"
+    registry = prefix.split("/", 1)[0]
+    if name.startswith(prefix):
+        return f"{path}/{repository}:{tag}"
+    if name.startswith(f"{registry}/"):
+        raise ClientError(
+            f"{image} is in another namespace of the pool registry than yours ({prefix}), where "
+            f"only its owner pushes: tag it for yours (`docker tag {image} {prefix}{repository}:{tag}`) "
+            "and push that",
+            ExitCode.USAGE,
+        )
+    return f"{prefix}{repository}:{tag}"
 
 
 def _docker() -> docker.DockerClient:
