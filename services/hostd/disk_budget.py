@@ -15,6 +15,15 @@ when the last leaves (the next is measured afresh, counting whatever the contain
 meanwhile). Two transfers at once thus share what is left, rather than each being allowed all
 of it.
 
+What a transfer takes is what its bytes may add at most, which can be more than they add: an
+upload over a file the container's layer already holds (the same file sent again) adds
+nothing where the budget took its whole size again, so a user re-sending a 40 MB file into a
+64 MB bound was refused. A transfer about to be refused that holds the budget alone, with
+nothing of its own still on its way to the container, has it measured again first
+(`remeasure`): the measure says what the layer holds now, and only what does not fit that is
+refused. Only then: with another transfer holding the budget, bytes it has passed on but the
+container has not written yet would be in neither the measure nor the budget.
+
 The guard itself is unchanged: it still holds the container to its bound, whatever writes.
 """
 
@@ -26,7 +35,7 @@ import structlog
 
 from potluck.hostd.exec_bridge import ExecBridge
 
-__all__ = ["BOUND_WAIT_S", "DISK_SLACK", "BoundUnknown", "DiskBudget", "join", "leave"]
+__all__ = ["BOUND_WAIT_S", "DISK_SLACK", "BoundUnknown", "DiskBudget", "join", "leave", "remeasure"]
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +58,9 @@ class DiskBudget:
     def __init__(self, left: int | None) -> None:
         self.left = left
         self.sessions = 0
+        #: What was claimed since the budget was measured: a measure again can only find room
+        #: that claims since took too much of.
+        self.claimed = 0
 
     def claim(self, growth: int) -> bool:
         """Count `growth` as written if it fits what is left (checked and counted with no await
@@ -58,6 +70,7 @@ class DiskBudget:
         if growth > self.left:
             return False
         self.left -= growth
+        self.claimed += growth
         return True
 
     @property
@@ -70,6 +83,7 @@ class DiskBudget:
         removed)."""
         if self.left is not None:
             self.left += growth
+        self.claimed = max(0, self.claimed - growth)
 
 
 class _Budgets:
@@ -109,6 +123,25 @@ async def join(bridge: ExecBridge, alloc_id: str) -> DiskBudget:
             log.info("disk_budget.measured", alloc_id=alloc_id, left=budget.left, seconds=seconds)
         budget.sessions += 1
         return budget
+
+
+async def remeasure(bridge: ExecBridge, alloc_id: str, budget: DiskBudget) -> None:
+    """Measure `budget` again, if its caller is the one transfer holding it (module docstring);
+    the caller has nothing of its own still on its way to the container. Whatever comes of it,
+    nothing claimed before is left to be found again (`claimed` is 0 after): a refusal after it
+    is final. ExecError or OSError when the engine fails to measure."""
+    shared = _budgets.get(bridge)
+    if shared is None:
+        return
+    async with shared.lock:
+        if budget.sessions != 1 or shared.by_alloc.get(alloc_id) is not budget or budget.claimed <= 0:
+            return
+        budget.claimed = 0
+        before = budget.left
+        left = await bridge.disk_left(alloc_id)
+        if left is not None:
+            budget.left = left - DISK_SLACK
+        log.info("disk_budget.remeasured", alloc_id=alloc_id, left_before=before, left=budget.left)
 
 
 def leave(bridge: ExecBridge, alloc_id: str, budget: DiskBudget) -> None:

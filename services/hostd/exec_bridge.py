@@ -350,6 +350,16 @@ class ExecBridge:
         except (AttributeError, TypeError, ValueError):
             return None
 
+    async def in_layer(self, alloc_id: str, path: str) -> bool:
+        """Does the container's own layer hold `path` (made or changed since the image's: the
+        engine's list of its changes, a walk of the layer)? False when the engine does not say."""
+        container_id = await self.container_for(alloc_id)
+        status, body = await self._call("GET", f"/containers/{container_id}/changes")
+        if status != 200 or not isinstance(body, list):
+            return False
+        # Kind 0: changed, 1: added (2: deleted, which no open finds).
+        return any(isinstance(c, dict) and c.get("Path") == path and c.get("Kind") in (0, 1) for c in body)
+
     async def open(
         self,
         alloc_id: str,

@@ -9,20 +9,33 @@ uint32 length, a type byte, a uint32 request id, then the request), and takes wh
 request can add to the container's disk from the allocation's budget (disk_budget.py, shared
 with hostd's own SFTP server, `potluck cp` and `scp -O`) before the server sees it:
 
-- OPEN: a file it may create counts ENTRY_BYTES (as the guard counts every entry); the
-  handle the server answers with is remembered with the open. An open that creates the file
-  without emptying it (OpenSSH's scp and sftp open WRITE|CREAT and truncate at the end) is
-  preceded by an LSTAT of hostd's own, so hostd knows whether the open made the file.
-- WRITE: what it adds past the furthest byte its handle has written (the whole of it in
-  append mode, where the offset is not where it lands): a handle's writes start at 0, so a
-  file that was there before is counted as if it were being written anew (more than it
-  grows, never less). A write to a handle no open answered with is refused.
+- OPEN for writing: decided once hostd has the server's answer to a STAT of its own of the
+  path (the open waits for it, rather than following it: a server that runs requests at once
+  could otherwise run the open first). A file it creates counts ENTRY_BYTES (as the guard
+  counts every entry). A file there that it keeps (not emptied: OpenSSH's scp opens
+  WRITE|CREAT and truncates at the end) counts its size: opened for writing, a file of the
+  image's is copied whole into the container's layer, however little is then written (before,
+  a byte written into each of the image's large files took one byte of the budget and
+  gigabytes of the layer). When that does not fit, hostd asks before refusing whether the
+  container's own layer already holds the file (a REALPATH of its own, then the engine's list
+  of the layer's changes): a file sent again over itself is copied nowhere, and counts
+  nothing. The handle the server answers with is remembered with the open.
+- WRITE: what it adds past the furthest byte its handle has written, or past the end of the
+  file the open kept (the whole of it in append mode, where the offset is not where it lands).
+  A write to a handle no open answered with is refused.
 - SETSTAT / lsetstat of a size: the size (hostd does not know what the file held); FSETSTAT:
   what it adds past the handle's furthest byte. MKDIR, SYMLINK, hardlink: ENTRY_BYTES.
 - EXTENDED requests hostd cannot account (copy-data: the server copies without the bytes
   passing here) are answered OP_UNSUPPORTED, and left out of the server's VERSION answer, so
   OpenSSH's clients do not offer them. Request types past version 3 are answered so too, and
   a client's INIT asking for a later version is passed on asking for 3.
+
+Before a request is refused because it does not fit, and only if this session holds the
+budget alone and took some of it since it was measured, hostd waits for the server's answers
+to every request of the session's that may grow the disk and has the budget measured again
+(disk_budget.remeasure): what the session counted can be more than the layer holds (`put` of
+a file twice in one session: the second empties the first at its open), and only what does
+not fit the layer as it is now is refused.
 
 A request that does not fit is never passed on: hostd answers it itself with a FAILURE
 status saying what it needs and what is left (NO_SPACE_ON_FILESYSTEM is version 5's), and
@@ -58,6 +71,10 @@ of hostd's own SFTP server), the engine's words (its socket's path, the containe
 to hostd's log as `sftp_filter.engine_failed`. An engine that goes away ends the server's
 exec, and the session ends as any session's does (gateway_link.py says so on stderr).
 
+A request that waits (for the budget, the STAT before an open, a new measure) holds back the
+client's input behind it, as a join does. The STAT before each open for writing costs one
+request and answer inside the container per file uploaded.
+
 The budget is joined at the first request that can grow the disk (a session that only reads
 never measures it) and held until the session ends; while it is being joined (the engine
 measures the container: 0.35 to 0.7 s on a loaded test machine, what `scp -O` and `potluck
@@ -66,7 +83,7 @@ cp` wait too) the client's input waits, held back by the SSH window.
 
 import asyncio
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
 import structlog
@@ -98,13 +115,14 @@ _MAX_OURS = 4096
 _MAX_HANDLE = 256
 
 # SFTP version 3's packet types (draft-ietf-secsh-filexfer-02).
-_INIT, _VERSION, _OPEN, _CLOSE, _WRITE, _LSTAT, _SETSTAT, _FSETSTAT = 1, 2, 3, 4, 6, 7, 9, 10
-_REMOVE, _MKDIR, _SYMLINK, _EXTENDED = 13, 14, 20, 200
-_STATUS, _HANDLE = 101, 102
+_INIT, _VERSION, _OPEN, _CLOSE, _WRITE, _SETSTAT, _FSETSTAT = 1, 2, 3, 4, 6, 9, 10
+_REMOVE, _MKDIR, _REALPATH, _STAT, _SYMLINK, _EXTENDED = 13, 14, 16, 17, 20, 200
+_STATUS, _HANDLE, _NAME, _ATTRS = 101, 102, 104, 105
 _REQUESTS = frozenset(range(3, 21)) | {_EXTENDED}
 _FXF_WRITE, _FXF_APPEND, _FXF_CREAT, _FXF_TRUNC, _FXF_EXCL = 0x02, 0x04, 0x08, 0x10, 0x20
 _FX_OK, _FX_NO_SUCH_FILE, _FX_FAILURE, _FX_OP_UNSUPPORTED = 0, 2, 4, 8
-_ATTR_SIZE = 0x01
+_ATTR_SIZE, _ATTR_UIDGID, _ATTR_PERMISSIONS = 0x01, 0x02, 0x04
+_S_IFMT, _S_IFREG = 0o170000, 0o100000
 
 #: EXTENDED requests passed on (those that may grow the disk are counted: _extended).
 _EXTENSIONS = frozenset(
@@ -140,17 +158,57 @@ class _Open:
     pflags: int
     #: Made (or emptied) by the open: an upload whose refusal removes the file.
     fresh: bool
+    #: The size of the file the open keeps (not emptied): its writes within it add nothing.
+    kept: int = 0
+    #: What the open took of the budget for it: its copy into the container's layer.
+    copied: int = 0
 
 
 @dataclass(eq=False)
 class _File:
     open: _Open
-    #: The furthest byte this handle wrote (or set the size to): writes past it grow the disk.
+    #: The furthest byte this handle wrote (or set the size to), or the size of the file it
+    #: opened without emptying (counted at the open): writes past it grow the disk.
     end: int = 0
     #: What its writes took from the budget.
     taken: int = 0
     #: A write to it was refused: the upload cannot be whole.
     refused: bool = False
+
+
+@dataclass(frozen=True)
+class _Before:
+    """What the server's STAT said of a path before an open for writing."""
+
+    exists: bool
+    #: The size of the regular file there (0 for anything else, or when the STAT failed).
+    size: int
+    #: The container's own layer holds it (it is not copied up), as the engine said; None
+    #: until asked (only when its copy would not fit what is left).
+    in_layer: bool | None = None
+
+
+def _before(answer: bytes) -> _Before:
+    """The STAT's answer: NO_SUCH_FILE, or the ATTRS of what is there (any other failure: it
+    is taken to exist, its size unknown: such an open fails at the server too)."""
+    if answer[4] != _ATTRS:
+        code = _U32.unpack_from(answer, 9)[0] if answer[4] == _STATUS and len(answer) >= 13 else None
+        missing = code == _FX_NO_SUCH_FILE
+        return _Before(exists=not missing, size=0)
+    flags, at = _u32(answer, 9)
+    size = 0
+    if flags & _ATTR_SIZE:
+        if at + 8 > len(answer):
+            raise _Malformed("the container's sftp-server sent ATTRS shorter than their flags say")
+        size = int(_U64.unpack_from(answer, at)[0])
+        at += 8
+    if flags & _ATTR_UIDGID:
+        at += 8
+    if flags & _ATTR_PERMISSIONS:
+        permissions, at = _u32(answer, at)
+        if permissions & _S_IFMT != _S_IFREG:
+            size = 0
+    return _Before(exists=True, size=size)
 
 
 @dataclass
@@ -240,11 +298,23 @@ class SftpFilter(BudgetedProcess):
         super().__init__(bridge, alloc_id, process, None)
         self._in = _Outbound()
         self._out = _Outbound()
-        #: Client input that waits while the budget is joined.
+        #: Client input that waits while a request waits (`_wait`).
         self._held: list[bytes] | None = None
-        #: The request whose need of the budget started the join.
+        #: The request (a WRITE's head) that waits for `_step`, then is decided again.
         self._waiting: bytes | None = None
-        self._joining: asyncio.Task[None] | None = None
+        #: What the waiting request waits for: the budget joined, the server's STAT of the path
+        #: it opens, the budget measured again; its refusal, if it is to be refused.
+        self._step: Coroutine[None, None, str | None] | None = None
+        self._stepping: asyncio.Task[None] | None = None
+        #: The STAT's answer for the open waiting for it, by the open's request id and path.
+        self._stat: tuple[int, bytes, _Before] | None = None
+        #: The budget was measured again for the request decided now: it is not measured twice.
+        self._measured = False
+        #: The client's requests passed on that may grow the disk, until the server answers them:
+        #: the budget is measured again only when none is on its way.
+        self._unanswered: set[int] = set()
+        self._quiet = asyncio.Event()
+        self._quiet.set()
         self._engine_paused = False
         self._broken = False
         self._over = False
@@ -306,12 +376,32 @@ class SftpFilter(BudgetedProcess):
             head, at = state.read_head(view, at, self._in_need)
             if head is None:
                 continue
-            if head[4] == _WRITE:
-                self._write(head, sending)
-            elif not self._request(head, sending):
-                self._waiting = head
-                self._start_join()
+            if not self._decide(head, sending):
+                self._wait(head)
                 return view[at:]
+        return None
+
+    def _decide(self, head: bytes, sending: list[bytes | memoryview]) -> bool:
+        """A request (a WRITE's head): passed on or answered here; False, nothing done, when it
+        waits for `_step` first."""
+        if head[4] == _WRITE:
+            return self._write(head, sending)
+        return self._request(head, sending)
+
+    def _passed(self, request_id: int) -> None:
+        """A request that may grow the disk goes to the server: on its way until answered."""
+        self._unanswered.add(request_id)
+        self._quiet.clear()
+
+    def _fits(self, growth: int) -> bool | None:
+        """Does `growth` fit the budget (claimed if so)? None when the budget is to be measured
+        again before saying no (disk_budget.remeasure): `_step` is set to that."""
+        assert self.budget is not None
+        if self.budget.claim(growth):
+            return True
+        if self._measured or self.budget.sessions != 1 or self.budget.claimed <= 0:
+            return False
+        self._step = self._remeasure()
         return None
 
     def _in_need(self, head: bytearray) -> int:
@@ -334,8 +424,9 @@ class SftpFilter(BudgetedProcess):
             raise _Malformed("the SFTP client sent a WRITE whose handle does not fit it")
         return need
 
-    def _write(self, head: bytes, sending: list[bytes | memoryview]) -> None:
-        """A WRITE's start (its data follows): passed on with its data if what it adds fits."""
+    def _write(self, head: bytes, sending: list[bytes | memoryview]) -> bool:
+        """A WRITE's start (its data follows): passed on with its data if what it adds fits;
+        False, nothing done, when the budget is to be measured again first."""
         length, _, request_id = _HEAD.unpack_from(head)
         handle, at = _string(head, 9)
         (offset,) = _U64.unpack_from(head, at)
@@ -356,16 +447,21 @@ class SftpFilter(BudgetedProcess):
         else:
             end = offset + count
             growth = count if file.open.pflags & _FXF_APPEND else max(0, end - file.end)
-            if self.budget.claim(growth):
+            fits = self._fits(growth)
+            if fits is None:
+                return False
+            if fits:
                 file.taken += growth
                 file.end = max(file.end, end)
                 sending.append(head)
+                self._passed(request_id)
                 self._in.through = rest
-                return
+                return True
             file.refused = True
             refusal = self._no_space(request_id, growth, file.open.path)
         self._answer(sending, refusal)
         self._in.skip = rest
+        return True
 
     def _request(self, packet: bytes, sending: list[bytes | memoryview]) -> bool:
         """A whole request other than WRITE: passed on (or answered here); False, nothing done,
@@ -387,7 +483,6 @@ class SftpFilter(BudgetedProcess):
             )
             return True
         growth = 0
-        before: bytes | None = None
         opened: _Open | None = None
         file: _File | None = None
         size: int | None = None
@@ -406,11 +501,24 @@ class SftpFilter(BudgetedProcess):
                 self._opening[request_id] = _Open(path, pflags, fresh=False)
                 sending.append(packet)
                 return True
-            growth = (ENTRY_BYTES if pflags & _FXF_CREAT else 0) + (size or 0)
-            made = bool(pflags & _FXF_TRUNC) or pflags & (_FXF_CREAT | _FXF_EXCL) == _FXF_CREAT | _FXF_EXCL
-            opened = made_here = _Open(path, pflags, fresh=made)
-            if pflags & _FXF_CREAT and not made:
-                before = self._ask(_LSTAT, _sftp_string(path), lambda answer: self._made(made_here, answer))
+            if self.budget is None:
+                self._step = self._join()
+                return False
+            stat = self._stat
+            if stat is None or stat[:2] != (request_id, path):
+                self._step = self._stat_first(request_id, path, sending)
+                return False
+            there = stat[2]
+            truncated = bool(pflags & _FXF_TRUNC)
+            # Opened for writing, a file of the image's is copied whole into the container's
+            # layer (overlayfs copies up at the open), however little is written to it: its
+            # size is counted here, and writes within it add nothing more. Emptied by the open,
+            # nothing of it stays once the open returns.
+            kept = 0 if truncated else there.size
+            copied = 0 if there.in_layer else kept
+            growth = (ENTRY_BYTES if pflags & _FXF_CREAT and not there.exists else 0) + copied + (size or 0)
+            fresh = truncated or not there.exists
+            opened = _Open(path, pflags, fresh=fresh, kept=kept, copied=copied)
         elif kind == _SETSTAT:
             name, at = _string(packet, 9)
             growth = _attrs_size(packet, at) or 0
@@ -447,21 +555,27 @@ class SftpFilter(BudgetedProcess):
             return True
         if growth or kind == _OPEN:
             if self.budget is None:
-                if before is not None:
-                    self._ours.pop(_HEAD.unpack_from(before)[2], None)
+                self._step = self._join()
                 return False
-            if not self.budget.claim(growth):
-                if before is not None:
-                    self._ours.pop(_HEAD.unpack_from(before)[2], None)
+            fits = self._fits(growth)
+            if fits is None:
+                return False
+            stat = self._stat
+            if not fits and opened is not None and opened.copied and stat and stat[2].in_layer is None:
+                # Before saying no: is the file the container's already (sent before, and sent
+                # again), not the image's? Then nothing is copied.
+                self._step = self._in_layer_first(request_id, path=opened.path, sending=sending)
+                return False
+            self._stat = None
+            if not fits:
                 self._answer(sending, self._no_space(request_id, growth, name))
                 return True
             if opened is not None:
                 self._opening[request_id] = opened
-                if before is not None:
-                    sending.append(before)
             elif kind == _FSETSTAT and size is not None and file is not None:
                 file.end = max(file.end, size)
                 file.taken += growth
+            self._passed(request_id)
         sending.append(packet)
         return True
 
@@ -495,10 +609,59 @@ class SftpFilter(BudgetedProcess):
         self._ours[request_id] = then
         return _packet(kind, request_id, body)
 
-    def _made(self, opened: _Open, answer: bytes) -> None:
-        """The answer to the LSTAT before an open: no such file, so the open makes it."""
-        if answer[4] == _STATUS and len(answer) >= 13 and _U32.unpack_from(answer, 9)[0] == _FX_NO_SUCH_FILE:
-            opened.fresh = True
+    def _stat_first(
+        self, request_id: int, path: bytes, sending: list[bytes | memoryview]
+    ) -> Coroutine[None, None, str | None]:
+        """A STAT of `path` of hostd's own, to the server before the open waiting for its answer
+        (what is there, and how large: the open is decided on it). The open waits for the answer
+        rather than following the STAT: a server that runs requests at once could run the open
+        first, and the STAT would see what the open made."""
+        answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        def then(answer: bytes) -> None:
+            if not answered.done():
+                answered.set_result(answer)
+
+        sending.append(self._ask(_STAT, _sftp_string(path), then))
+
+        async def step() -> str | None:
+            self._stat = (request_id, path, _before(await answered))
+            return None
+
+        return step()
+
+    def _in_layer_first(
+        self, request_id: int, *, path: bytes, sending: list[bytes | memoryview]
+    ) -> Coroutine[None, None, str | None]:
+        """Ask whether the container's own layer holds `path` (a REALPATH of hostd's own to the
+        server names it as the engine does, then the engine's list of the layer's changes); the
+        open waiting for it is decided again on the answer. Asked once for an open."""
+        assert self._stat is not None
+        there = self._stat[2]
+        self._stat = (request_id, path, _Before(there.exists, there.size, in_layer=False))
+        answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        def then(answer: bytes) -> None:
+            if not answered.done():
+                answered.set_result(answer)
+
+        sending.append(self._ask(_REALPATH, _sftp_string(path), then))
+
+        async def step() -> str | None:
+            answer = await answered
+            if answer[4] != _NAME or len(answer) < 17:
+                return None
+            name = _string(answer, 13)[0].decode(errors="surrogateescape")
+            try:
+                in_layer = await self.bridge.in_layer(self.alloc_id, name)
+            except (ExecError, OSError) as exc:
+                log.warning("sftp_filter.layer_unknown", alloc_id=self.alloc_id, error=str(exc))
+                return None
+            log.info("sftp_filter.layer_asked", alloc_id=self.alloc_id, path=name, in_layer=in_layer)
+            self._stat = (request_id, path, _Before(there.exists, there.size, in_layer=in_layer))
+            return None
+
+        return step()
 
     def _reserved(self, request_id: int) -> bytes:
         return _status(request_id, _FX_FAILURE, f"request ids from {OUR_IDS} up are hostd's own")
@@ -526,28 +689,53 @@ class SftpFilter(BudgetedProcess):
         the server's answers to the writes before it would be followed by their OK."""
         sending.append(self._ask(_EXTENDED, _sftp_string(_IN_PLACE), lambda _: packet))
 
-    # Joining the budget (the engine measures the container): the client's input waits.
+    # A request that waits (the budget joined, a STAT answered, the budget measured again):
+    # the client's input waits behind it.
 
-    def _start_join(self) -> None:
+    def _wait(self, head: bytes) -> None:
+        """`head` waits for `_step`, then is decided again; the client's input waits too."""
+        step, self._step = self._step, None
+        assert step is not None
+        self._waiting = head
         if self.sink is not None:
             self.sink.exec_pause()
-        self._joining = asyncio.ensure_future(self._join())
+        self._stepping = asyncio.ensure_future(self._after(step))
 
-    async def _join(self) -> None:
-        refusal = None
+    async def _join(self) -> str | None:
         try:
             budget = await disk_budget.join(self.bridge, self.alloc_id)
         except disk_budget.BoundUnknown as exc:
-            refusal = str(exc)
+            return str(exc)
         except (ExecError, OSError) as exc:
             # As hostd's own SFTP server says it (engine_failures.py): the engine's words name the
             # member's machine, so they go to the log; the request is not passed on.
-            refusal = said_to_user(exc, event="sftp_filter.engine_failed", alloc_id=self.alloc_id)
+            return said_to_user(exc, event="sftp_filter.engine_failed", alloc_id=self.alloc_id)
+        if self._over:
+            disk_budget.leave(self.bridge, self.alloc_id, budget)
         else:
-            if self._over:
-                disk_budget.leave(self.bridge, self.alloc_id, budget)
-                return
             self.budget = budget
+        return None
+
+    async def _remeasure(self) -> str | None:
+        """The budget measured again once the server has answered every request of this
+        session's that may grow the disk (what it wrote is then in the measure)."""
+        await self._quiet.wait()
+        if self.budget is not None and not self._over:
+            try:
+                await disk_budget.remeasure(self.bridge, self.alloc_id, self.budget)
+            except (ExecError, OSError) as exc:
+                # The budget stays as it was: the request is refused as it would have been.
+                log.warning("sftp_filter.remeasure_failed", alloc_id=self.alloc_id, error=str(exc))
+        self._measured = True
+        return None
+
+    async def _after(self, step: Coroutine[None, None, str | None]) -> None:
+        """Once `step` is done, decide the waiting request again, then pass on what was held."""
+        try:
+            refusal = await step
+        except _Malformed as exc:
+            self._break(str(exc))
+            return
         waiting, self._waiting = self._waiting, None
         held, self._held = self._held or [], None
         if self._over or self._broken or waiting is None:
@@ -556,13 +744,22 @@ class SftpFilter(BudgetedProcess):
         try:
             if refusal is not None:
                 self._answer(sending, _status(_HEAD.unpack_from(waiting)[2], _FX_FAILURE, refusal))
+                if waiting[4] == _WRITE:
+                    self._in.skip = 4 + _HEAD.unpack_from(waiting)[0] - len(waiting)
+                decided = True
             else:
-                self._request(waiting, sending)
+                decided = self._decide(waiting, sending)
         except _Malformed as exc:
             self._send(sending)
             self._break(str(exc))
             return
+        finally:
+            self._measured = False
         self._send(sending)
+        if not decided:  # waits again, and what was held with it
+            self._held = held
+            self._wait(waiting)
+            return
         for index, data in enumerate(held):
             if not data:
                 self.process.write_eof()
@@ -623,6 +820,10 @@ class SftpFilter(BudgetedProcess):
             if head is None:
                 continue
             length = _U32.unpack_from(head)[0]
+            if self._unanswered and head[4] != _VERSION and len(head) >= 9:
+                self._unanswered.discard(_U32.unpack_from(head, 5)[0])
+                if not self._unanswered:
+                    self._quiet.set()
             if len(head) < 4 + length:  # passed on as it comes
                 sending.append(head)
                 state.through = 4 + length - len(head)
@@ -661,7 +862,7 @@ class SftpFilter(BudgetedProcess):
         if opened is not None and kind == _HANDLE:
             handle = _string(packet, 9)[0]
             if len(handle) <= _MAX_HANDLE:
-                self._files[handle] = _File(opened)
+                self._files[handle] = _File(opened, end=opened.kept, taken=opened.copied)
         sending.append(packet)
 
     def _version(self, packet: bytes) -> bytes:
@@ -697,6 +898,6 @@ class SftpFilter(BudgetedProcess):
 
     def _ended(self, status: int | None) -> int | None:
         self._over = True
-        if self._joining is not None and not self._joining.done():
-            self._joining.cancel()
+        if self._stepping is not None and not self._stepping.done():
+            self._stepping.cancel()
         return super()._ended(status)

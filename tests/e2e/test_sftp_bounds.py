@@ -262,3 +262,47 @@ async def test_growing_a_file_by_truncate_counts_against_the_disk_bound(
     assert await transfer.running_within(files, alloc_id, 64 * 1024, "stat -c %s /root/holes.bin") == [
         str(10 * MiB)
     ]
+
+
+@pytest.mark.slow
+async def test_writing_into_the_images_own_files_counts_their_copy_into_the_layer(
+    files: Gatewayed, default_image: str
+) -> None:
+    """Tried: the default image's own sftp-server, hostd filtering its stream, with a disk bound
+    of 24 MiB: one byte written at the start of each of the image's largest files (over 40 MiB
+    together), each opened for writing without emptying it. The engine copies each whole into
+    the container's layer at the open (before the fix hostd counted the one byte: the layer
+    grew by 32 MB and hostd's disk guard stopped the allocation). What must hold: the opens
+    past what is left are refused saying the disk bound is reached and how much the copy
+    needs; afterwards (longer than hostd's disk check interval) the allocation still runs, and
+    a file refused was not copied up (the image's bytes are still there)."""
+    alloc_id = await interactive(files, default_image, disk="24M")
+    listed = await files.ssh(
+        alloc_id, "find /usr -xdev -type f -size +1M -links 1 -exec stat -c '%s %n' {} + | sort -rn"
+    )
+    assert listed.returncode == 0, listed.stderr
+    paths, total = [], 0
+    for line in listed.stdout.splitlines():
+        size, name = line.split(" ", 1)
+        paths.append(name)
+        total += int(size)
+        if total > 40 * MiB:
+            break
+    assert total > 40 * MiB, listed.stdout
+    refused: dict[str, str] = {}
+    async with sftp_client(files, alloc_id) as sftp:
+        for path in paths:
+            try:
+                async with sftp.open(path, "r+b") as f:
+                    await f.write(b"x", 0)
+            except asyncssh.SFTPError as exc:
+                refused[path] = str(exc.reason)
+    await asyncio.sleep(3)
+
+    assert refused, "every copy was let through"
+    for reason in refused.values():
+        assert "disk bound is reached: this needs" in reason, refused
+    await transfer.running_within(files, alloc_id, 24 * 1024)
+    last = next(iter(reversed(refused)))
+    head = await files.ssh(alloc_id, f"head -c 1 {last} | od -An -c")
+    assert head.stdout.strip() != "x", head.stdout

@@ -344,3 +344,38 @@ async def test_rsync_compression_is_refused_and_an_update_of_a_file_lands_whole(
     assert second.returncode == 0, second.stderr
     landed = await files.ssh(alloc_id, "sha256sum < /srv/up/data.bin")
     assert landed.stdout.split()[0] == transfer.sha256(local)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", ["scp", "sftp"])
+async def test_sending_a_file_again_over_itself_fits_where_it_fits_once(
+    files: Gatewayed, default_image: str, tmp_path: Path, tool: str
+) -> None:
+    """Tried: into the default image (its own sftp-server, hostd filtering its stream) with a
+    disk bound of 64 MiB, a 40 MiB file sent, then sent again to the same name: by `scp` twice
+    (OpenSSH's scp writes over the file without emptying it), by `sftp` with two `put`s in one
+    session (it empties the file at the open). The layer holds the file once, but before the
+    fix its bytes were counted twice: the second `scp` was refused ("needs 41943040 bytes more,
+    24088392 are left"), and so was the second `put`. What must hold: every transfer exits 0,
+    the file in the container is the one sent, and afterwards (longer than hostd's disk check
+    interval) the allocation still runs."""
+    alloc_id = await transfer.interactive(files, default_image, disk="64M")
+    local = forty(tmp_path)
+    target = f"{WORK}/up.bin"
+    made = await files.ssh(alloc_id, f"mkdir -p {WORK}")
+    assert made.returncode == 0, made.stderr
+
+    if tool == "scp":
+        sent = [await transfer.scp(files, str(local), f"{alloc_id}@127.0.0.1:{target}") for _ in range(2)]
+    else:
+        sent = [await transfer.sftp(files, alloc_id, f"put {local} {target}\nput {local} {target}\n")]
+
+    for done in sent:
+        assert done.returncode == 0, done.stderr + files.pool.logs()
+    await asyncio.sleep(GUARD_WAIT_S)
+    state = await allocation(files.pool.store, alloc_id)
+    assert state is not None
+    assert state.status == "running", files.pool.logs()
+    held = await files.ssh(alloc_id, f"sha256sum {target}")
+    assert held.stdout.split()[0] == transfer.sha256(local), held.stdout
+
