@@ -379,3 +379,46 @@ async def test_sending_a_file_again_over_itself_fits_where_it_fits_once(
     held = await files.ssh(alloc_id, f"sha256sum {target}")
     assert held.stdout.split()[0] == transfer.sha256(local), held.stdout
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ssh cat", "rsync --rsync-path"])
+async def test_a_command_writing_past_the_disk_bound_is_stopped_by_the_disk_guard_saying_why(
+    files: Gatewayed, default_image: str, tmp_path: Path, how: str
+) -> None:
+    """Tried: 100 MiB sent into an allocation whose disk bound is 64 MiB by commands hostd does
+    not watch as transfers: `ssh ID@gateway 'cat > FILE' < LOCAL`, and rsync with a
+    `--rsync-path` of the user's own (`cd / && rsync`: what runs is a shell command, not
+    `rsync --server`, so its input is not counted). What bounds them is hostd's disk guard,
+    which measures at intervals: a command may finish writing before it is measured (seen with
+    the rsync), so the guard is the backstop, not a clean failure. What must hold: afterwards
+    (many of the guard's measures later) the allocation is failed for `disk_limit_exceeded`,
+    its detail saying what it wrote against its bound of 64 MiB; a command cut off by it said
+    on stderr that the allocation is now failed; a later session says why nothing runs
+    there."""
+    alloc_id = await transfer.interactive(files, default_image, disk="64M")
+    local = tmp_path / "hundred.bin"
+    local.write_bytes(os.urandom(100 * MiB))
+
+    if how == "ssh cat":
+        argv = files.ssh_argv(alloc_id, "cat > /root/hundred.bin")
+        with local.open("rb") as stdin:
+            done = await asyncio.to_thread(
+                subprocess.run, argv, stdin=stdin, capture_output=True, text=True,
+                env=files.ssh_env(), timeout=120, check=False,
+            )  # fmt: skip
+    else:
+        done = await transfer.rsync(
+            files, "--rsync-path=cd / && rsync", str(local), f"{alloc_id}@127.0.0.1:/root/hundred.bin"
+        )
+
+    if done.returncode != 0:
+        assert f"allocation {alloc_id} is now failed" in done.stderr, done.stderr
+    await asyncio.sleep(GUARD_WAIT_S)
+    state = await allocation(files.pool.store, alloc_id)
+    assert state is not None
+    assert (state.status, state.reason) == ("failed", "disk_limit_exceeded"), files.pool.logs()
+    assert state.detail is not None
+    assert f"more than its disk bound of {64 * MiB}" in state.detail, state.detail
+    later = await files.ssh(alloc_id, "true")
+    assert later.returncode != 0
+    assert "failed (disk_limit_exceeded)" in later.stderr, later.stderr
