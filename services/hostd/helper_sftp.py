@@ -27,7 +27,10 @@ and every `potluck cp` upload into it together, disk_budget.py: two sessions
 writing at once share what is left, rather than each being allowed all of
 it; a SETSTAT that grows a file counts
 as a write of what it adds, since the engine's SizeRw that the disk guard
-measures counts a file's size, holes and all): the write that would pass it is
+measures counts a file's size, holes and all; the first write into a file of the
+image's counts the whole file, which the engine copies into the container's layer
+then, unless the engine says the layer holds it already: `_count_copy`): the
+write that would pass it is
 refused ("no space on filesystem", how much it needs, how much is left), so
 the transfer fails cleanly and the container stays within its bound (where
 the engine has no disk quota, hostd's guard would otherwise stop the
@@ -61,6 +64,7 @@ import asyncio
 import contextlib
 import itertools
 import posixpath
+import stat as stat_module
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
@@ -181,6 +185,9 @@ class _Handle:
         self.past_bound = False
         #: What its writes took from the allocation's budget.
         self.taken = 0
+        #: The size of the file the open kept (found, not emptied), until its first write counts
+        #: its copy into the container's layer (`ContainerSFTPServer._count_copy`).
+        self.kept = 0
 
 
 class ContainerSFTPServer(asyncssh.SFTPServer):
@@ -372,6 +379,30 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
                 f"{budget.shown_left} are left"
             )
 
+    async def _count_copy(self, handle: _Handle) -> None:
+        """The first write into a file the open kept: a file of the image's is copied whole into
+        the container's layer then (overlayfs copies up at the write's open), however little is
+        written, so its size is taken from the budget (writes within it take nothing more: the
+        handle's end is past them). When that does not fit, the engine is asked first whether
+        the layer already holds the file (sent before, and written again): then nothing is
+        copied. SFTPNoSpaceOnFilesystem if it is the image's and does not fit; the next write
+        tries again."""
+        kept, handle.kept = handle.kept, 0
+        try:
+            self._take(kept)
+        except asyncssh.SFTPNoSpaceOnFilesystem:
+            name = _text(await self.realpath(handle.path.encode("utf-8", errors="surrogateescape")))
+            try:
+                in_layer = await self.files.bridge.in_layer(self.files.alloc_id, name)
+            except (ExecError, OSError) as exc:
+                log.warning("helper_sftp.layer_unknown", alloc_id=self.files.alloc_id, error=str(exc))
+                in_layer = False
+            if not in_layer:
+                handle.kept = kept
+                raise
+            return
+        handle.taken += kept
+
     def _give_back(self, growth: int) -> None:
         if self.budget is not None:
             self.budget.give_back(growth)
@@ -415,6 +446,8 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
             with contextlib.suppress(asyncssh.SFTPError):
                 await self._setstat(name, asyncssh.SFTPAttrs(permissions=attrs.permissions))
         handle.append_at = handle.end = info.size
+        if writable and not handle.fresh and stat_module.S_ISREG(info.mode):
+            handle.kept = info.size
         if writable:
             await self._hold_budget()
         self.handles.add(handle)
@@ -467,6 +500,8 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
             self._settle(handle)
         if handle.append:
             offset = handle.writer.position if handle.writer is not None else handle.append_at
+        if handle.kept:
+            await self._count_copy(handle)
         growth = max(0, offset + len(data) - handle.end)
         try:
             self._take(growth)

@@ -306,3 +306,37 @@ async def test_writing_into_the_images_own_files_counts_their_copy_into_the_laye
     last = next(iter(reversed(refused)))
     head = await files.ssh(alloc_id, f"head -c 1 {last} | od -An -c")
     assert head.stdout.strip() != "x", head.stdout
+
+
+@pytest.mark.slow
+async def test_hostds_own_sftp_counts_the_copy_of_an_images_file_written_into(files: Gatewayed) -> None:
+    """Tried: hostd's own SFTP server (the busybox image, which has no sftp-server), a disk
+    bound of 16 MiB of which about half of /bin/busybox's size is left: /bin/busybox (the
+    image's, about 2 MB) opened for writing without emptying it and one byte written into it
+    (the byte it held: the engine copies the whole file into the container's layer at that
+    write; before the fix nothing was counted, the write was let through and the layer grew
+    by the whole file past what was left); then one byte written the same way into the 14 MB
+    file the container made itself. What must hold: the write into the image's file is
+    refused saying the disk bound is reached and how much it needs (the file's size); the
+    write into the container's own file (already in its layer: nothing copied) is let
+    through; the allocation still runs."""
+    alloc_id = await interactive(files, DEFAULT_TAG, disk="16M")
+    size = await files.ssh(alloc_id, "stat -L -c %s /bin/busybox")
+    assert size.returncode == 0, size.stderr
+    busybox = int(size.stdout)
+    fill = 16 * MiB - MiB - busybox // 2 - 64 * 1024
+    made = await files.ssh(alloc_id, f"head -c {fill} /dev/zero > /root/fill && sync")
+    assert made.returncode == 0, made.stderr
+
+    async with sftp_client(files, alloc_id) as sftp:
+        async with sftp.open("/bin/busybox", "r+b") as f:
+            last = await f.read(1, busybox - 1)
+            with pytest.raises(asyncssh.SFTPError) as refused:
+                await f.write(last, busybox - 1)
+        async with sftp.open("/root/fill", "r+b") as f:
+            await f.write(b"\0", 0)
+    await asyncio.sleep(3)
+
+    assert "disk bound is reached" in str(refused.value.reason), refused.value.reason
+    assert f"needs {busybox} bytes" in str(refused.value.reason), refused.value.reason
+    await transfer.running_within(files, alloc_id, 16 * 1024)
