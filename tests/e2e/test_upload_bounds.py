@@ -347,16 +347,18 @@ async def test_rsync_compression_is_refused_and_an_update_of_a_file_lands_whole(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tool", ["scp", "sftp"])
+@pytest.mark.parametrize("tool", ["scp", "sftp", "scp -O"])
 async def test_sending_a_file_again_over_itself_fits_where_it_fits_once(
     files: Gatewayed, default_image: str, tmp_path: Path, tool: str
 ) -> None:
-    """Tried: into the default image (its own sftp-server, hostd filtering its stream) with a
-    disk bound of 64 MiB, a 40 MiB file sent, then sent again to the same name: by `scp` twice
-    (OpenSSH's scp writes over the file without emptying it), by `sftp` with two `put`s in one
-    session (it empties the file at the open). The layer holds the file once, but before the
-    fix its bytes were counted twice: the second `scp` was refused ("needs 41943040 bytes more,
-    24088392 are left"), and so was the second `put`. What must hold: every transfer exits 0,
+    """Tried: into the default image (its own sftp-server, hostd filtering its stream; its own
+    scp for `scp -O`, hostd reading its control lines) with a disk bound of 64 MiB, a 40 MiB
+    file sent, then sent again to the same name: by `scp` twice (OpenSSH's scp writes over the
+    file without emptying it), by `sftp` with two `put`s in one session (it empties the file at
+    the open), by `scp -O` twice (the sink writes over the file in place). The layer holds the
+    file once, but before the fix its bytes were counted twice: the second `scp` was refused
+    ("needs 41943040 bytes more, 24088392 are left"), and so were the second `put` and the
+    second `scp -O`. What must hold: every transfer exits 0,
     the file in the container is the one sent, and afterwards (longer than hostd's disk check
     interval) the allocation still runs."""
     alloc_id = await transfer.interactive(files, default_image, disk="64M")
@@ -365,8 +367,12 @@ async def test_sending_a_file_again_over_itself_fits_where_it_fits_once(
     made = await files.ssh(alloc_id, f"mkdir -p {WORK}")
     assert made.returncode == 0, made.stderr
 
-    if tool == "scp":
-        sent = [await transfer.scp(files, str(local), f"{alloc_id}@127.0.0.1:{target}") for _ in range(2)]
+    if tool.startswith("scp"):
+        legacy = tool == "scp -O"
+        sent = [
+            await transfer.scp(files, str(local), f"{alloc_id}@127.0.0.1:{target}", legacy=legacy)
+            for _ in range(2)
+        ]
     else:
         sent = [await transfer.sftp(files, alloc_id, f"put {local} {target}\nput {local} {target}\n")]
 
