@@ -2,6 +2,7 @@
 nats-server, and a stopped local nats-server leaves no PID file to mislead it."""
 
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +15,10 @@ def _pid_file(tmp_path: Path, pid: int) -> Path:
     path = tmp_path / "nats-server.pid"
     path.write_text(f"{pid}\n")
     return path
+
+
+def _hangup_ends() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _wait_exec(pid: int, program: Path) -> None:
@@ -46,7 +51,8 @@ def test_a_live_nats_server_is_signalled(tmp_path: Path) -> None:
     Must hold: reload_nats returns its PID and the program got SIGHUP."""
     program = tmp_path / "nats-server"
     shutil.copy(shutil.which("sleep") or "/bin/sleep", program)
-    server = subprocess.Popen([str(program), "60"])
+    # SIGHUP at its default: a suite started under `nohup` passes SIG_IGN on to its children.
+    server = subprocess.Popen([str(program), "60"], preexec_fn=_hangup_ends)
     try:
         _wait_exec(server.pid, program)
         assert reload_nats(_pid_file(tmp_path, server.pid)) == server.pid
