@@ -159,6 +159,9 @@ async def admitted(pool: Pool, seed: str, host_id: str) -> None:
 
 
 @pytest.mark.slow
+# `potluck join` writes hostd's default 5 s beat; the pool's fast test liveness (suspect after
+# 1.5 s, lost 4 s later) left half a second between a beat and the host's allocations lost.
+@pytest.mark.liveness(5.0, 3, 30.0)
 async def test_a_member_joins_with_a_token_and_users_reach_its_container(
     pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path
 ) -> None:
