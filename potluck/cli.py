@@ -27,6 +27,7 @@ from potluck.cli_options import (
     nats_options_for,
     operator_database_option,
     relay_option,
+    retention_option,
     stream_replicas_option,
     unreachable_log,
     up_state_dir_option,
@@ -358,6 +359,7 @@ def _public_urls(ctx: click.Context, param: click.Parameter, values: tuple[str, 
     help="Changes each user may make at once, before --change-rate holds them back (default 50) "
     "[env: POTLUCK_ALLOCATOR_CHANGE_BURST].",
 )
+@retention_option
 def allocator(
     database_url: str,
     nats_url: str,
@@ -371,6 +373,7 @@ def allocator(
     public_urls: tuple[Any, ...],
     change_rate: float | None,
     change_burst: int | None,
+    retention_s: float,
 ) -> None:
     """Run the allocator: the HTTP API, placement, the allocation lifecycle."""
     from potluck.allocator.engine import AllocatorEngine
@@ -405,6 +408,7 @@ def allocator(
             strategy=strategy,  # type: ignore[arg-type]
             freeze_loaded=True,
             pool_registry=registry.address if registry is not None else None,
+            retention_s=retention_s,
         )
         watch_allocator(pool_metrics(), engine)
         await AllocatorService(store, nc, engine, registry=registry).run(

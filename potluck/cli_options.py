@@ -176,6 +176,41 @@ def stream_replicas_option(f: F) -> F:
     )(f)
 
 
+def _retention(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    from potluck.kernel.durations import parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if not seconds > 0:
+        raise click.BadParameter(f"{value!r}: the retention window is more than 0 seconds, e.g. 24h")
+    return seconds
+
+
+#: The allocator's default retention window (potluck.allocator.retention.DEFAULT_RETENTION_S,
+#: held equal by tests/unit/test_retention.py): not imported, so `potluck --help` stays light.
+RETENTION_DEFAULT = "24h"
+
+
+def retention_option(f: F) -> F:
+    """--retention: how long an ended allocation or job stays in the allocator's model."""
+    return click.option(
+        "--retention",
+        "retention_s",
+        envvar="POTLUCK_ALLOCATOR_RETENTION",
+        default=RETENTION_DEFAULT,
+        show_default=True,
+        callback=_retention,
+        metavar="DURATION",
+        help="How long an allocation or job that ended stays in the allocator's memory, on the "
+        "log's clock (90s, 15m, 2h, 1d); then only its own stream in the log answers for it. "
+        "Every allocator replica and `potluck ops replay` must fold with the same one (replay --check "
+        "takes the running allocator's) "
+        "[env: POTLUCK_ALLOCATOR_RETENTION].",
+    )(f)
+
+
 def up_state_dir_option(f: F) -> F:
     """--state-dir of an operator's command whose defaults come from a running `potluck up`."""
     return click.option(

@@ -29,6 +29,7 @@ from potluck.allocator.canonical import canonical as allocator_canonical
 from potluck.allocator.canonical import iso
 from potluck.allocator.capacity import CapacityLedger
 from potluck.allocator.model import AllocatorModel
+from potluck.allocator.retention import DEFAULT_RETENTION_S, Retirement
 from potluck.allocator.users import UsersView
 from potluck.contracts import allocation_events as _allocator_events  # noqa: F401 - registers the event types
 from potluck.contracts import host_events as _registry_events  # noqa: F401 - registers the event types
@@ -129,8 +130,8 @@ class PoolModel:
 
     categories: ClassVar[frozenset[str]] = AllocatorModel.categories | {"session"}
 
-    def __init__(self) -> None:
-        self.allocator = AllocatorModel()
+    def __init__(self, retention_s: float = DEFAULT_RETENTION_S) -> None:
+        self.allocator = AllocatorModel(retirement=Retirement(retention_s=retention_s))
         self.sessions = SessionsView()
 
     def apply(self, event: Event, record: RecordedEvent) -> None:
@@ -151,8 +152,10 @@ FOLDED_CATEGORIES = PoolModel.categories
 class ReadModels:
     """Every read model of the pool, folded by one `Fold` (reader "replay") from the log alone."""
 
-    def __init__(self) -> None:
-        self.models = PoolModel()
+    def __init__(self, retention_s: float = DEFAULT_RETENTION_S) -> None:
+        """`retention_s`: how long what ended stays in the allocator's model (retention.py); the
+        running allocator's own, for the replay to hold what it holds."""
+        self.models = PoolModel(retention_s)
         #: Every event the replay could not read is kept, for the operator to see.
         self.fold = Fold(self.models, reader="replay", keep_skipped=None)
         #: When the last event folded was recorded, and how many events were folded (of any category).
@@ -242,9 +245,10 @@ class ReadModels:
         progress: Progress | None = None,
         *,
         batch_size: int = 5000,
+        retention_s: float = DEFAULT_RETENTION_S,
     ) -> "ReadModels":
         """Every read model from the log alone, in batches, up to a position or a time (or the head)."""
-        return await cls().advance(
+        return await cls(retention_s).advance(
             store,
             until_position=until_position,
             until_time=until_time,

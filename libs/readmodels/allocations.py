@@ -338,6 +338,20 @@ class AllocationsView:
             self._index(new)
         return new
 
+    def forget(self, alloc_id: str) -> AllocationState | None:
+        """Drop an ended allocation from the view (retention.py decides which, and when), with
+        every index that names it; None when the view does not hold it. One still pending,
+        active or keeping its container is never dropped: it is what the pool runs."""
+        state = self.allocations.get(alloc_id)
+        if state is None:
+            return None
+        assert state.terminal, f"allocation {alloc_id} is {state.status}: never dropped"
+        assert not state.kept, f"allocation {alloc_id} keeps its container: never dropped"
+        del self.allocations[alloc_id]
+        self.by_user.remove(alloc_id)
+        self._count(state.status, -1)
+        return state
+
     def _count(self, status: str, change: int) -> None:
         now = self.by_status.get(status, 0) + change
         if now:

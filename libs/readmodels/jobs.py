@@ -152,6 +152,20 @@ class JobsView:
             self.task_of[event.alloc_id] = (event.job_id, event.task_index)
         return new
 
+    def forget(self, job_id: str) -> JobState | None:
+        """Drop an ended job from the view (retention.py decides which, and when), with the
+        index of its attempts; None when the view does not hold it."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        assert job.terminal, f"job {job_id} is {job.status}: never dropped"
+        del self.jobs[job_id]
+        self.by_user.remove(job_id)
+        for alloc_id in job.alloc_ids():
+            if self.task_of.get(alloc_id, (None,))[0] == job_id:
+                del self.task_of[alloc_id]
+        return job
+
     def of_user(self, user: str) -> list[JobState]:
         """The user's jobs, oldest first."""
         return [self.jobs[job_id] for job_id in self.by_user.ids(user)]

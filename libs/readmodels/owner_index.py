@@ -44,6 +44,16 @@ class OwnerIndex:
         insort(self.rows.setdefault(owner, []), where[1])
         self.placed[row_id] = where
 
+    def remove(self, row_id: str) -> None:
+        """The row is no longer listed (nothing, when it never was)."""
+        old = self.placed.pop(row_id, None)
+        if old is None:
+            return
+        keys = self.rows[old[0]]
+        del keys[bisect_right(keys, old[1]) - 1]
+        if not keys:
+            del self.rows[old[0]]
+
     def owns(self, owner: str, row_id: str) -> bool:
         where = self.placed.get(row_id)
         return where is not None and where[0] == owner

@@ -29,7 +29,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from potluck.cli_options import FiniteRange, nats_options_for, operator_database_option, unreachable_log
+from potluck.cli_options import (
+    FiniteRange,
+    nats_options_for,
+    operator_database_option,
+    retention_option,
+    unreachable_log,
+)
 from potluck.events import EventStore, RecordedEvent
 from potluck.events.connection import is_authorization_refusal
 from potluck.kernel.redacted_urls import redacted
@@ -188,6 +194,7 @@ def _read_seed(path: Path | None) -> str | None:
 @_nats_options("With --check")
 @click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+@retention_option
 @_json_option
 def replay(
     database_url: str,
@@ -198,6 +205,7 @@ def replay(
     timeout: float,
     batch_size: int,
     quiet: bool,
+    retention_s: float,
     as_json: bool,
 ) -> None:
     """Rebuild every read model (hosts, capacity, allocations, users, sessions) from the log."""
@@ -237,7 +245,9 @@ def replay(
         sys.exit(0 if result.ok else 1)
 
     async def rebuilt(store: EventStore) -> Any:
-        return await replay_until(store, until, progress=progress, batch_size=batch_size)
+        return await replay_until(
+            store, until, progress=progress, batch_size=batch_size, retention_s=retention_s
+        )
 
     models = _run(rebuilt, database_url)
     progress.finish()

@@ -61,6 +61,8 @@ class LiveModel:
     skipped: int | None = None
     #: The last of those it remembers: position, stream, type and error of each.
     skipped_recent: list[dict[str, Any]] = field(default_factory=list)
+    #: The retention window the allocator folds with (retention.py); None: another service.
+    retention_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class Summary:
     models: dict[str, ModelDigests]
     skipped: int | None = None
     skipped_recent: list[dict[str, Any]] = field(default_factory=list)
+    #: The retention window the allocator folds with (retention.py); None: another service.
+    retention_s: float | None = None
 
 
 class Moved(Exception):
@@ -120,7 +124,9 @@ def _summary_of(data: dict[str, Any]) -> Summary:
         name: ModelDigests(int(m["count"]), int(m.get("buckets", 0)), list(m.get("digests", [])))
         for name, m in dict(data.get("models") or {}).items()
     }
-    return Summary(int(data.get("position", 0)), models, skipped, recent)
+    retention = data.get("retention_s")
+    retention_s = float(retention) if isinstance(retention, int | float) else None
+    return Summary(int(data.get("position", 0)), models, skipped, recent, retention_s)
 
 
 class LiveSource(Source):
@@ -205,7 +211,9 @@ class MemorySource(Source):
         for name, rows in self.live.models.items():
             buckets = bucket_count(len(rows))
             models[name] = ModelDigests(len(rows), buckets, bucket_digests(keyed(rows), buckets))
-        return Summary(self.live.position, models, self.live.skipped, self.live.skipped_recent)
+        return Summary(
+            self.live.position, models, self.live.skipped, self.live.skipped_recent, self.live.retention_s
+        )
 
     async def bucket(self, model: str, index: int, buckets: int, *, at: int) -> dict[str, str]:
         return key_digests(keyed(self.live.models[model]), index, buckets)
@@ -223,18 +231,38 @@ def allocator_source(nc: NATS, timeout: float = 5.0) -> LiveSource:
     return LiveSource(nc, ALLOCATOR_STATE, "allocator", timeout)
 
 
+def _live(source: LiveSource, summary: Summary, models: dict[str, Any]) -> LiveModel:
+    return LiveModel(
+        source.service, summary.position, models, summary.skipped, summary.skipped_recent, summary.retention_s
+    )
+
+
 async def _fetch(source: LiveSource, models: bool) -> LiveModel:
     """The service's models whole (each at one position), or only what it skipped (`models=False`)."""
     for _ in range(ATTEMPTS):
         summary = await source.summary(digests=False)
         if not models:
-            return LiveModel(source.service, summary.position, {}, summary.skipped, summary.skipped_recent)
+            return LiveModel(
+                source.service,
+                summary.position,
+                {},
+                summary.skipped,
+                summary.skipped_recent,
+                summary.retention_s,
+            )
         try:
             whole = {name: await source.everything(name, at=summary.position) for name in summary.models}
         except Moved:
             await asyncio.sleep(0.1)
             continue
-        return LiveModel(source.service, summary.position, whole, summary.skipped, summary.skipped_recent)
+        return LiveModel(
+            source.service,
+            summary.position,
+            whole,
+            summary.skipped,
+            summary.skipped_recent,
+            summary.retention_s,
+        )
     raise LiveUnavailable(
         f"the {source.service} kept moving while its models were read ({ATTEMPTS} tries); "
         "try again when the pool is quieter"

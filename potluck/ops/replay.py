@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from potluck.allocator.retention import DEFAULT_RETENTION_S
 from potluck.events import EventStore
 from potluck.kernel.digits import is_digits
 from potluck.kernel.durations import parse_duration
@@ -83,7 +84,12 @@ def parse_until(value: str, *, now: datetime | None = None) -> Until:
 
 
 async def replay_until(
-    store: EventStore, until: Until | None = None, *, progress: Progress | None = None, batch_size: int = 5000
+    store: EventStore,
+    until: Until | None = None,
+    *,
+    progress: Progress | None = None,
+    batch_size: int = 5000,
+    retention_s: float = DEFAULT_RETENTION_S,
 ) -> ReadModels:
     """The read models at `until` (None: the head); OpsError for a moment the log has not reached."""
     head = await store.head_position()
@@ -91,7 +97,7 @@ async def replay_until(
         raise OpsError(f"position {until.position} is past the end of the log (the head is at {head})")
     if until is not None and until.time is not None and until.time > datetime.now(UTC) + timedelta(seconds=1):
         raise OpsError(f"{until.time.isoformat()} is in the future; the log can only show the past")
-    return await ReadModels().advance(
+    return await ReadModels(retention_s).advance(
         store,
         until_position=until.position if until else None,
         until_time=until.time if until else None,
@@ -231,6 +237,18 @@ async def _compare(
     return compared, found
 
 
+def _retention_of(summaries: Sequence[Summary]) -> float:
+    """The retention window the live allocators fold with (retention.py): the replay folds with
+    it too, or it would hold rows they dropped long ago, or miss rows they still hold."""
+    windows = {s.retention_s for s in summaries if s.retention_s is not None}
+    if len(windows) > 1:
+        raise OpsError(
+            f"the allocators fold with different retention windows ({sorted(windows)} s): give them "
+            "all the same --retention (POTLUCK_ALLOCATOR_RETENTION), or their models cannot agree"
+        )
+    return windows.pop() if windows else DEFAULT_RETENTION_S
+
+
 async def check(
     store: EventStore,
     live: Sequence[LiveModel | Source],
@@ -245,7 +263,7 @@ async def check(
     head = await store.head_position()
     sources = [MemorySource(x) if isinstance(x, LiveModel) else x for x in live]
     firsts = [(await source.summary(), source) for source in sources]
-    models = ReadModels()
+    models = ReadModels(_retention_of([summary for summary, _ in firsts]))
     replayed: dict[str, Any] = {}
     replayed_at = -1
     comparisons = []

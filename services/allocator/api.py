@@ -370,9 +370,9 @@ async def show(request: web.Request) -> web.Response:
                 request, engine.wait_for(_user(request), alloc_id, wanted, timeout)
             )
         # None: the client went away; what is answered (the state now) reaches no one.
-        state = waited if waited is not None else engine.allocation_of(_user(request), alloc_id)
+        state = waited if waited is not None else await engine.allocation_of(_user(request), alloc_id)
     else:
-        state = engine.allocation_of(_user(request), alloc_id)
+        state = await engine.allocation_of(_user(request), alloc_id)
     return ok(_shown(request, state))
 
 

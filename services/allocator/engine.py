@@ -60,8 +60,10 @@ from potluck.allocator.job_reactions import _Tracked
 from potluck.allocator.job_schemas import CreateJob
 from potluck.allocator.model import AllocatorModel
 from potluck.allocator.reactions import Reactions
+from potluck.allocator.retention import DEFAULT_RETENTION_S, Retirement
 from potluck.allocator.scheduler import Impossible, Placed, Strategy
 from potluck.allocator.schemas import CreateAllocation, HistoryEntry, Pool
+from potluck.allocator.stored import ALLOC_ID, stored_allocation
 from potluck.allocator.users import User, UsersView
 from potluck.allocator.waiting import Standing, queue_positions, standing_in
 from potluck.contracts.allocation_events import AllocationRequested, CapacityReserved, alloc_stream
@@ -94,7 +96,7 @@ T = TypeVar("T")
 #: The fold's own version, part of its checkpoints' key (potluck.events.checkpoints): bump it
 #: when a change to how the model folds makes a log fold to another model than before in a
 #: module the checkpoint does not hold a class of (a change to those makes it stale by itself).
-FOLD_VERSION = 1
+FOLD_VERSION = 2
 #: How long a request no host could give waits for the fold to catch up with the log before
 #: it is refused all the same (a database that does not answer must not hold a refusal up).
 IMPOSSIBLE_RECHECK_S = 2.0
@@ -105,6 +107,10 @@ _KEPT = tuple(f.name for f in fields(AllocatorModel) if f.name != "placement")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _not_yours(alloc_id: str) -> Rejected:
+    return Rejected("NOT_FOUND", f"no allocation {alloc_id} of yours", field="alloc_id", status=404)
 
 
 class _NeverPossible(Rejected):
@@ -140,6 +146,7 @@ class AllocatorEngine:
         conflict_attempts: int = 20,
         freeze_loaded: bool = False,
         pool_registry: str | None = None,
+        retention_s: float = DEFAULT_RETENTION_S,
     ) -> None:
         self.store = store
         #: The pool registry's address (`127.0.0.1:5000`), whose images hosts pull with the
@@ -153,7 +160,10 @@ class AllocatorEngine:
         self.strategy: Strategy = strategy
         self.clock = clock
         self.conflict_attempts = conflict_attempts
-        self.model = AllocatorModel()
+        #: How long what ended stays in the model (retention.py): part of the fold, so of its
+        #: checkpoints' key too, and what `potluck ops replay` must fold with to agree.
+        self.retention_s = retention_s
+        self.model = AllocatorModel(retirement=Retirement(retention_s=retention_s))
         self.fold = Fold(_Watched(self.model, self._noticed), reader="allocator")
         self.fold.after_batch.append(self._applied)
         self.ready = asyncio.Event()
@@ -233,7 +243,9 @@ class AllocatorEngine:
                 hook(record)
 
     def checkpoints(self) -> Checkpoints:
-        return Checkpoints(self.store, "allocator", "allocator-model", FOLD_VERSION)
+        # A model folded with another retention window holds other rows: never resumed from.
+        name = f"allocator-model-retain-{self.retention_s:g}s"
+        return Checkpoints(self.store, "allocator", name, FOLD_VERSION)
 
     def checkpoint_state(self) -> object:
         """What a checkpoint keeps: the model's parts and what the fold could not read."""
@@ -289,6 +301,8 @@ class AllocatorEngine:
             resumed_from=self.resumed_from,
             hosts=len(self.hosts.hosts),
             allocations=len(self.allocations.allocations),
+            retired=self.model.retirement.allocations_retired,
+            retention_s=self.retention_s,
             skipped=self.fold.skipped.count,
         )
 
@@ -341,26 +355,39 @@ class AllocatorEngine:
         state = self.allocations.allocations.get(alloc_id)
         if state is None or state.user != user.name:
             # Another user's allocation is as good as absent: no disclosure.
-            raise Rejected("NOT_FOUND", f"no allocation {alloc_id} of yours", field="alloc_id", status=404)
+            raise _not_yours(alloc_id)
         return state
 
-    def allocation_of(self, user: User, alloc_id: str) -> AllocationState:
-        return self._mine(user, alloc_id)
+    async def _mine_or_stored(self, user: User, alloc_id: str) -> AllocationState:
+        """`_mine`, or, for an allocation the model no longer holds (ended longer than the
+        retention window ago, retention.py), its state folded from its own stream in the log."""
+        state = self.allocations.allocations.get(alloc_id)
+        if state is None and ALLOC_ID.fullmatch(alloc_id):
+            state = await stored_allocation(self.store, alloc_id)
+        if state is None or state.user != user.name:
+            raise _not_yours(alloc_id)
+        return state
+
+    async def allocation_of(self, user: User, alloc_id: str) -> AllocationState:
+        """The user's allocation, held by the model or, ended long ago, read from the log."""
+        return await self._mine_or_stored(user, alloc_id)
 
     async def wait_for(self, user: User, alloc_id: str, status: str, timeout: float) -> AllocationState:
         """Returns once the allocation is in `status` or a terminal state, or when `timeout` passes."""
-        self._mine(user, alloc_id)
+        if (await self._mine_or_stored(user, alloc_id)).terminal:
+            return await self._mine_or_stored(user, alloc_id)
 
         def reached() -> bool:
-            state = self.allocations.allocations[alloc_id]
-            return state.status == status or state.terminal
+            state = self.allocations.allocations.get(alloc_id)
+            # Gone from the model: it ended (only what ended leaves it).
+            return state is None or state.status == status or state.terminal
 
         with contextlib.suppress(TimeoutError):
             await self.fold.wait_until(reached, timeout)
-        return self._mine(user, alloc_id)
+        return await self._mine_or_stored(user, alloc_id)
 
     async def history(self, user: User, alloc_id: str) -> list[HistoryEntry]:
-        self._mine(user, alloc_id)
+        await self._mine_or_stored(user, alloc_id)
         return [
             HistoryEntry(
                 position=r.position, version=r.version, type=r.type, recorded_at=r.recorded_at, data=r.data
@@ -417,14 +444,15 @@ class AllocatorEngine:
 
     async def release(self, user: User, alloc_id: str) -> AllocationState:
         async def attempt() -> AllocationState:
-            await self.append(release(self._mine(user, alloc_id), f"user:{user.name}"), f"user:{user.name}")
-            return self._mine(user, alloc_id)
+            state = await self._mine_or_stored(user, alloc_id)
+            await self.append(release(state, f"user:{user.name}"), f"user:{user.name}")
+            return await self._mine_or_stored(user, alloc_id)
 
         return await self.decide(attempt)
 
     async def extend(self, user: User, alloc_id: str, by_s: float) -> AllocationState:
         async def attempt() -> AllocationState:
-            appends = extension(self._mine(user, alloc_id), by_s, self.clock())
+            appends = extension(await self._mine_or_stored(user, alloc_id), by_s, self.clock())
             await self.append(appends, f"user:{user.name}")
             return self._mine(user, alloc_id)
 
@@ -497,11 +525,15 @@ class AllocatorEngine:
         await self.reactions.jobs.discard_kept(job_id)
         return self._my_job(user, job_id)
 
+    def _job_over(self, job_id: str) -> bool:
+        job = self.model.jobs.jobs.get(job_id)
+        return job is None or job.terminal  # gone from the model: it ended long ago
+
     async def wait_for_job(self, user: User, job_id: str, timeout: float) -> JobState:
         """Returns once the job has ended, or when `timeout` passes."""
         self._my_job(user, job_id)
         with contextlib.suppress(TimeoutError):
-            await self.fold.wait_until(lambda: self.model.jobs.jobs[job_id].terminal, timeout)
+            await self.fold.wait_until(lambda: self._job_over(job_id), timeout)
         return self._my_job(user, job_id)
 
     # What the allocator does of its own accord (reactions.py).

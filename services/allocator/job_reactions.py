@@ -119,6 +119,10 @@ class JobDriver:
         engine = self.engine
         job = engine.model.jobs.jobs.get(job_id)
         if job is None:
+            # Never folded, or ended long ago and dropped from the model (retention.py): nothing
+            # to drive, and nothing of it to remember.
+            for remembered in (self.deadlines, self.retries_due, self.traces, self.tracked):
+                remembered.pop(job_id, None)
             return
         if not job.terminal:
             with (

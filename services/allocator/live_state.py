@@ -64,7 +64,8 @@ async def allocator_state(engine: "AllocatorEngine", request: dict[str, Any] | N
     # Not a read model: the events this allocator could not read (count and the latest).
     skipped = engine.fold.skipped.as_dict()
     answer = await answer_state_request_yielding(request or {}, models)
-    return {"position": position, **answer, "skipped": skipped}
+    # Not a read model either: the retention window it folds with, for the replay to fold alike.
+    return {"position": position, **answer, "skipped": skipped, "retention_s": engine.retention_s}
 
 
 def _request_of(data: bytes) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from potluck.allocator.capacity import CapacityLedger
 from potluck.allocator.conditions import frozen_past_limit
 from potluck.allocator.members import MembersView
 from potluck.allocator.placement_index import PlacementIndex
+from potluck.allocator.retention import Retirement
 from potluck.allocator.schemas import CapacityFigures, Pool, PoolHost
 from potluck.allocator.task_standing import JobTallies
 from potluck.allocator.users import UsersView
@@ -76,6 +77,8 @@ class AllocatorModel:
     #: `images-<host>` stream.
     host_images: dict[str, frozenset[str]] = field(default_factory=dict)
     images_versions: dict[str, int] = field(default_factory=dict)
+    #: What ended, waiting for the retention window to pass before it leaves (retention.py).
+    retirement: Retirement = field(default_factory=Retirement)
     #: The Scheduler kept in step with what is folded here (placement_index.py); not state of
     #: its own: it follows from the hosts, the ledger and the images.
     placement: PlacementIndex = field(default_factory=PlacementIndex, compare=False, repr=False)
@@ -84,6 +87,11 @@ class AllocatorModel:
 
     def apply(self, event: Event, record: RecordedEvent) -> None:
         at = record.recorded_at
+        self.retirement.tick(at)
+        self._fold(event, record, at)
+        self._retire()
+
+    def _fold(self, event: Event, record: RecordedEvent, at: datetime) -> None:
         match record.category:
             case "host":
                 self.hosts.apply(event, position=record.position, version=record.version, at=at)
@@ -93,15 +101,21 @@ class AllocatorModel:
                 if self.ledger.apply(event, version=record.version):
                     self.placement.touch(getattr(event, "host_id", ""), reservation_only=True)
             case "alloc":
+                was = self.allocations.allocations.get(getattr(event, "alloc_id", ""))
                 state = self.allocations.apply(event, position=record.position, version=record.version, at=at)
                 if state is not None:
                     self._attempt_changed(state.alloc_id)
+                    if state.terminal and (was is None or not was.terminal):
+                        self.retirement.ended("alloc", state.alloc_id)
             case "quota":
                 if isinstance(event, QuotaCharged):
                     self.quota_versions[event.user] = record.version
             case "job":
+                before = self.jobs.jobs.get(getattr(event, "job_id", ""))
                 job = self.jobs.apply(event, version=record.version, at=at)
                 if job is not None:
+                    if job.terminal and (before is None or not before.terminal):
+                        self.retirement.ended("job", job.job_id)
                     allocations = self.allocations.allocations
                     if isinstance(event, JobTaskRequested):
                         self.job_tallies.task_changed(job, event.task_index, allocations)
@@ -116,6 +130,37 @@ class AllocatorModel:
                     self.host_images[event.host_id] = frozenset(event.images)
                     self.images_versions[event.host_id] = record.version
                     self.placement.touch(event.host_id)
+
+    def _retire(self) -> None:
+        """Drop what has been ended longer than the retention window (retention.py); what cannot
+        leave yet (a kept container, a job with an attempt not over) is looked at again after
+        another window."""
+        retirement = self.retirement
+        allocations = self.allocations.allocations
+        for kind, row_id in retirement.due():
+            if kind == "alloc":
+                state = allocations.get(row_id)
+                if state is None or (state.job_id is not None and state.job_id in self.jobs.jobs):
+                    continue  # gone already, or a job's attempt: it leaves with its job
+                if state.kept:
+                    retirement.ended("alloc", row_id)
+                    continue
+                self.allocations.forget(row_id)
+                retirement.allocations_retired += 1
+                continue
+            job = self.jobs.jobs.get(row_id)
+            if job is None:
+                continue
+            attempts = [a for a in (allocations.get(i) for i in job.alloc_ids()) if a is not None]
+            if any(not a.terminal or a.kept for a in attempts):
+                retirement.ended("job", row_id)
+                continue
+            for attempt in attempts:
+                self.allocations.forget(attempt.alloc_id)
+            retirement.allocations_retired += len(attempts)
+            self.jobs.forget(row_id)
+            self.job_tallies.tallies.pop(row_id, None)
+            retirement.jobs_retired += 1
 
     def _attempt_changed(self, alloc_id: str) -> None:
         """After an event of an allocation: the task it is an attempt of, if any, is tallied again."""

@@ -27,6 +27,7 @@ from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.http_headers import HSTS, add_common_headers
 from potluck.allocator.request_bodies import within
 from potluck.allocator.schemas import HistoryEntry
+from potluck.allocator.stored import ALLOC_ID, stored_allocation
 from potluck.allocator.user_rates import USER_RATES
 from potluck.allocator.users import User
 from potluck.allocator.web import history, views
@@ -41,6 +42,7 @@ from potluck.allocator.web.trace import trace_of
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.kernel.client_address import client_of
 from potluck.kernel.rejections import Rejected
+from potluck.readmodels.allocations import AllocationState
 
 __all__ = ["PREFIX", "is_page", "setup"]
 
@@ -494,18 +496,17 @@ def _not_found(request: web.Request, session: Session, alloc_id: str) -> web.Res
     return _render("not_found.html", request, {"session": session, "what": what}, status=404)
 
 
-def _allocation_context(request: web.Request, session: Session, alloc_id: str) -> dict[str, Any] | None:
+def _allocation_context(
+    request: web.Request, session: Session, alloc_id: str, stored: AllocationState | None = None
+) -> dict[str, Any] | None:
+    """What the allocation's page shows, of the model's allocation (or of `stored`, read from
+    the log); None when the session may not see it."""
     engine = request.app[ENGINE]
-    if session.operator is not None:
-        found = engine.allocations.allocations.get(alloc_id)
-        if found is None:
-            return None
-        state = found
-    else:
-        try:
-            state = engine.allocation_of(_user(request, session), alloc_id)
-        except Rejected:
-            return None
+    state = engine.allocations.allocations.get(alloc_id) if stored is None else stored
+    if state is None:
+        return None
+    if session.operator is None and state.user != _user(request, session).name:
+        return None
     (row,) = views.allocation_rows(engine.model, [state])
     return {"alloc": row, "state": state, "waiting": engine.standing(state)}
 
@@ -514,6 +515,10 @@ async def allocation_page(request: web.Request) -> web.Response:
     session = _session(request)
     alloc_id = request.match_info["alloc_id"]
     context = _allocation_context(request, session, alloc_id)
+    if context is None and ALLOC_ID.fullmatch(alloc_id):
+        # Ended longer than the retention window ago, the model no longer holds it: the log does.
+        stored = await stored_allocation(request.app[ENGINE].store, alloc_id)
+        context = None if stored is None else _allocation_context(request, session, alloc_id, stored)
     if context is None:
         return _not_found(request, session, alloc_id)
     recorded = await request.app[ENGINE].store.read_stream(alloc_stream(alloc_id))

@@ -1,0 +1,35 @@
+"""An allocation the model no longer holds, folded from its own stream in the log on demand.
+
+The model drops an allocation once it has been ended longer than the retention window
+(retention.py); what the API said of it (`GET /v1/allocations/{id}`, its history, a release
+that has nothing left to do) still holds: its state is the fold of its own `alloc-<id>` stream
+with the very `evolve` the model folds, so it answers as the model did before it let go. One
+indexed read of one stream, of a length bounded by the allocation's own life, never the log.
+"""
+
+import re
+
+from potluck.allocator.model import passed_over
+from potluck.contracts.allocation_events import alloc_stream
+from potluck.events import EventStore, SkippedEvents
+from potluck.events.projection import decode_or_skip
+from potluck.readmodels.allocations import AllocationState, evolve
+
+__all__ = ["ALLOC_ID", "stored_allocation"]
+
+#: What the allocator names allocations (decisions.new_alloc_id): anything else was never one,
+#: and costs no read of the log.
+ALLOC_ID = re.compile(r"a-[0-9a-f]{12}")
+
+
+async def stored_allocation(store: EventStore, alloc_id: str) -> AllocationState | None:
+    """The allocation as its stream in the log says (None: the log has no such allocation)."""
+    state: AllocationState | None = None
+    skipped = SkippedEvents(keep=1)
+    for record in await store.read_stream(alloc_stream(alloc_id)):
+        event = decode_or_skip(record, skipped, reader="allocator-stored")
+        if event is None:
+            state = passed_over(state, record)
+        else:
+            state = evolve(state, event, record.version, record.recorded_at, record.position)
+    return state
