@@ -202,7 +202,12 @@ def openapi_document() -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": {
-                            "description": "A page of the caller's allocations, oldest request first",
+                            "description": "A page of the caller's allocations, oldest request first: "
+                            "every one not ended, and those ended within the allocator's retention "
+                            "window (--retention, 24 h by default) on the log's clock. One ended "
+                            "before that is no longer listed (GET /v1/allocations/{alloc_id} still "
+                            "answers for it), and a cursor naming it answers 404: list again from "
+                            "the start",
                             **_json("AllocationList"),
                         },
                         **_authenticated(400, 404),
@@ -225,7 +230,11 @@ def openapi_document() -> dict[str, Any]:
                         },
                     ],
                     "responses": {
-                        "200": {"description": "The allocation", **_json("Allocation")},
+                        "200": {
+                            "description": "The allocation; one ended before the retention window "
+                            "is read from its own stream in the log and answers as it did",
+                            **_json("Allocation"),
+                        },
                         **_authenticated(400, 404),
                     },
                 },
@@ -287,7 +296,9 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": _PAGE,
                     "responses": {
                         "200": {
-                            "description": "A page of the caller's jobs, oldest first, without their tasks",
+                            "description": "A page of the caller's jobs, oldest first, without their "
+                            "tasks: every one not ended, and those ended within the allocator's "
+                            "retention window (--retention, 24 h by default)",
                             **_json("JobList"),
                         },
                         **_authenticated(400, 404),
@@ -319,7 +330,9 @@ def openapi_document() -> dict[str, Any]:
                         "200": {
                             "description": "The job, its tasks counted by state, and its first 100 "
                             "tasks (`task_list`; the rest from GET /v1/jobs/{job_id}/tasks "
-                            "?after=`task_list_next`)",
+                            "?after=`task_list_next`). A job ended before the allocator's retention "
+                            "window answers 404 here; each of its attempts still answers at "
+                            "GET /v1/allocations/{alloc_id}",
                             **_json("Job"),
                         },
                         **_authenticated(400, 404),
