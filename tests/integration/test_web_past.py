@@ -28,6 +28,7 @@ from potluck.contracts.allocation_events import (
 )
 from potluck.contracts.capacity import Capacity
 from potluck.events import EventStore, Fold, RecordedEvent, StreamAppend
+from potluck.readmodels.retention import DEFAULT_RETENTION_S
 from tests.fixtures.web_app import serving
 from tests.helpers import wait_until
 from tests.unit.test_allocator_model import RecordingLog, cap, host, placed, spec
@@ -104,8 +105,8 @@ async def test_a_past_fold_lets_other_work_run_between_its_batches(
     seen: list[set[int]] = []
     fold_of = history._fold
 
-    def watched() -> tuple[AllocatorModel, Fold]:
-        model, fold = fold_of()
+    def watched(retention_s: float = DEFAULT_RETENTION_S) -> tuple[AllocatorModel, Fold]:
+        model, fold = fold_of(retention_s)
         apply, ticks_seen = fold.apply, set[int]()
         seen.append(ticks_seen)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from potluck.allocator.model import AllocatorModel
+from potluck.allocator.retention import DEFAULT_RETENTION_S, Retirement
 from potluck.allocator.web.views import Amount, pool_totals
 from potluck.events import Fold, RecordedEvent
 from potluck.kernel.digits import is_digits
@@ -63,8 +64,8 @@ def parse_at(raw: str) -> Moment:
     return Moment(at=at if at.tzinfo is not None else at.replace(tzinfo=UTC))
 
 
-def _fold() -> tuple[AllocatorModel, Fold]:
-    model = AllocatorModel()
+def _fold(retention_s: float = DEFAULT_RETENTION_S) -> tuple[AllocatorModel, Fold]:
+    model = AllocatorModel(retirement=Retirement(retention_s=retention_s))
     return model, Fold(model, reader="web-history")
 
 
@@ -72,9 +73,10 @@ class Until:
     """Folds the records up to `moment`, fed a batch at a time in log order (so that a caller
     can read the log piecewise and let others run between batches)."""
 
-    def __init__(self, moment: Moment) -> None:
+    def __init__(self, moment: Moment, retention_s: float = DEFAULT_RETENTION_S) -> None:
+        """`retention_s`: the allocator's own window (retention.py), to show what it held then."""
         self.moment = moment
-        self.model, self._fold = _fold()
+        self.model, self._fold = _fold(retention_s)
 
     @property
     def position(self) -> int:

@@ -36,6 +36,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from potluck.allocator.model import AllocatorModel
+from potluck.allocator.retention import DEFAULT_RETENTION_S
 from potluck.allocator.web.history import Moment, Sample, Sampler, Until
 from potluck.events import RecordedEvent
 
@@ -98,9 +99,12 @@ class PastFolds:
         waiting: int = MAX_WAITING,
         per_owner: int = MAX_FOLDS_PER_OWNER,
         batch: int = FOLD_BATCH,
+        retention_s: float = DEFAULT_RETENTION_S,
     ) -> None:
         self.store = store
         self.batch = batch
+        #: The allocator's retention window (retention.py): a past model holds what it held then.
+        self.retention_s = retention_s
         self.max_waiting = waiting
         self.per_owner = per_owner
         self._turns = asyncio.Semaphore(concurrent)
@@ -127,7 +131,7 @@ class PastFolds:
             return cached
 
         async def fold() -> tuple[AllocatorModel, int]:
-            folding = Until(moment)
+            folding = Until(moment, self.retention_s)
             await self._fold_log(until, folding.feed)
             return folding.model, folding.position
 

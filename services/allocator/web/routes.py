@@ -122,7 +122,7 @@ def setup(
     app[SESSIONS] = Sessions(site=site)
     app[CHANGES] = changes
     app[STREAMS] = StreamSlots()
-    app[PAST] = PastFolds(engine.store)
+    app[PAST] = PastFolds(engine.store, retention_s=engine.retention_s)
     app[AUTHENTICATOR] = authenticator
     app[LOGS] = logs
     app.middlewares.append(_known_host)
