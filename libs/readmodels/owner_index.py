@@ -76,15 +76,24 @@ class OwnerIndex:
         return len(self.rows.get(owner, ()))
 
     def page(
-        self, owner: str, after: str | None, limit: int, keep: Callable[[str], bool] = lambda _: True
+        self,
+        owner: str,
+        after: str | None,
+        limit: int,
+        keep: Callable[[str], bool] = lambda _: True,
+        *,
+        after_key: tuple[datetime | None, str] | None = None,
     ) -> tuple[list[str], str | None]:
         """Up to `limit` of the owner's ids that `keep`, after the row `after` (None: from the
         first); and the cursor of the next page (None: this is the last). `after` must be one of
-        the owner's (`owns`)."""
+        the owner's (`owns`); or `after_key` (when asked for, its id) places a row no longer
+        listed (`remove`d), whose place in the order is still known."""
         assert limit >= 1, "a page holds at least one row"
         keys = self.rows.get(owner, [])
         start = 0
-        if after is not None:
+        if after_key is not None:
+            start = bisect_right(keys, (after_key[0] or EARLIEST, after_key[1]))
+        elif after is not None:
             where = self.placed[after]
             assert where[0] == owner, "a cursor of another owner's row"
             start = bisect_right(keys, where[1])

@@ -368,6 +368,14 @@ class AllocatorEngine:
             raise _not_yours(alloc_id)
         return state
 
+    async def stored_cursor(self, user: User, after: str | None) -> AllocationState | None:
+        """The allocation a list's `after` names, when it is one of the user's that the model no
+        longer holds (read from the log); None otherwise (held, another's, or none at all)."""
+        if after is None or after in self.allocations.allocations or not ALLOC_ID.fullmatch(after):
+            return None
+        stored = await stored_allocation(self.store, after)
+        return stored if stored is not None and stored.user == user.name else None
+
     async def allocation_of(self, user: User, alloc_id: str) -> AllocationState:
         """The user's allocation, held by the model or, ended long ago, read from the log."""
         return await self._mine_or_stored(user, alloc_id)

@@ -205,13 +205,21 @@ class AllocatorModel:
         return [a for a in found if status is None or a.status == status]
 
     def allocations_page(
-        self, user: str, status: str | None, after: str | None, limit: int
+        self,
+        user: str,
+        status: str | None,
+        after: str | None,
+        limit: int,
+        *,
+        after_stored: AllocationState | None = None,
     ) -> tuple[list[AllocationState], str | None]:
         """Up to `limit` of `allocations_of(user, status)` after the allocation `after` (one of
-        the user's), and the `after` of the next page (None: the last)."""
+        the user's), or after `after_stored` (one of the user's the model no longer holds, read
+        from the log), and the `after` of the next page (None: the last)."""
         allocations = self.allocations.allocations
+        key = None if after_stored is None else (after_stored.requested_at, after_stored.alloc_id)
         ids, following = self.allocations.by_user.page(
-            user, after, limit, lambda a: status is None or allocations[a].status == status
+            user, after, limit, lambda a: status is None or allocations[a].status == status, after_key=key
         )
         return [allocations[a] for a in ids], following
 

@@ -206,8 +206,7 @@ def openapi_document() -> dict[str, Any]:
                             "every one not ended, and those ended within the allocator's retention "
                             "window (--retention, 24 h by default) on the log's clock. One ended "
                             "before that is no longer listed (GET /v1/allocations/{alloc_id} still "
-                            "answers for it), and a cursor naming it answers 404: list again from "
-                            "the start",
+                            "answers for it); a cursor naming it still goes on from its place",
                             **_json("AllocationList"),
                         },
                         **_authenticated(400, 404),

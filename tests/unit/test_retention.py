@@ -219,6 +219,8 @@ def test_a_row_removed_from_the_owner_index_is_no_longer_listed_or_owned() -> No
     assert list(index.ids("alice")) == ["a1", "a3"]
     assert not index.owns("alice", "a2")
     assert index.page("alice", "a1", 10) == (["a3"], None)
+    # A cursor of a row removed since goes on from the row's place, as it would have.
+    assert index.page("alice", None, 10, after_key=(T0 + HOUR, "a2")) == (["a3"], None)
     index.remove("a1")
     index.remove("a3")
     assert index.rows == {}
