@@ -188,7 +188,7 @@ def _retention(ctx: click.Context, param: click.Parameter, value: str) -> float:
     return seconds
 
 
-#: The allocator's default retention window (potluck.allocator.retention.DEFAULT_RETENTION_S,
+#: The allocator's default retention window (potluck.readmodels.retention.DEFAULT_RETENTION_S,
 #: held equal by tests/unit/test_retention.py): not imported, so `potluck --help` stays light.
 RETENTION_DEFAULT = "24h"
 

@@ -29,7 +29,6 @@ from potluck.allocator.canonical import canonical as allocator_canonical
 from potluck.allocator.canonical import iso
 from potluck.allocator.capacity import CapacityLedger
 from potluck.allocator.model import AllocatorModel
-from potluck.allocator.retention import DEFAULT_RETENTION_S, Retirement
 from potluck.allocator.users import UsersView
 from potluck.contracts import allocation_events as _allocator_events  # noqa: F401 - registers the event types
 from potluck.contracts import host_events as _registry_events  # noqa: F401 - registers the event types
@@ -37,6 +36,7 @@ from potluck.events import Event, EventStore, Fold, RecordedEvent, SkippedEvent
 from potluck.readmodels.allocations import AllocationsView
 from potluck.readmodels.hosts import HostsView
 from potluck.readmodels.jobs import JobsView
+from potluck.readmodels.retention import DEFAULT_RETENTION_S, Retirement
 from potluck.sshgateway.events import SessionEnded, SessionStarted
 
 __all__ = [

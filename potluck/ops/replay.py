@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from potluck.allocator.retention import DEFAULT_RETENTION_S
 from potluck.events import EventStore
 from potluck.kernel.digits import is_digits
 from potluck.kernel.durations import parse_duration
@@ -34,6 +33,7 @@ from potluck.ops.live import ATTEMPTS, LiveModel, MemorySource, Moved, Source, S
 from potluck.ops.status import skipped_entries
 from potluck.projections import Progress, ReadModels
 from potluck.readmodels.digests import bucket_digests, differing_buckets, differing_keys, key_digests, keyed
+from potluck.readmodels.retention import DEFAULT_RETENTION_S
 
 __all__ = [
     "CheckResult",

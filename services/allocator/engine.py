@@ -60,7 +60,6 @@ from potluck.allocator.job_reactions import _Tracked
 from potluck.allocator.job_schemas import CreateJob
 from potluck.allocator.model import AllocatorModel
 from potluck.allocator.reactions import Reactions
-from potluck.allocator.retention import DEFAULT_RETENTION_S, Retirement
 from potluck.allocator.scheduler import Impossible, Placed, Strategy
 from potluck.allocator.schemas import CreateAllocation, HistoryEntry, Pool
 from potluck.allocator.stored import ALLOC_ID, stored_allocation
@@ -84,6 +83,7 @@ from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import AllocationState, AllocationsView
 from potluck.readmodels.hosts import HostsView
 from potluck.readmodels.jobs import JobState
+from potluck.readmodels.retention import DEFAULT_RETENTION_S, Retirement
 
 __all__ = ["FOLD_VERSION", "AllocatorEngine", "Clock", "utcnow"]
 

@@ -26,7 +26,6 @@ from potluck.allocator.capacity import CapacityLedger
 from potluck.allocator.conditions import frozen_past_limit
 from potluck.allocator.members import MembersView
 from potluck.allocator.placement_index import PlacementIndex
-from potluck.allocator.retention import Retirement
 from potluck.allocator.schemas import CapacityFigures, Pool, PoolHost
 from potluck.allocator.task_standing import JobTallies
 from potluck.allocator.users import UsersView
@@ -39,6 +38,7 @@ from potluck.events import Event, RecordedEvent
 from potluck.readmodels.allocations import AllocationState, AllocationsView
 from potluck.readmodels.hosts import HostsView
 from potluck.readmodels.jobs import JobState, JobsView
+from potluck.readmodels.retention import Retirement
 
 __all__ = ["CATEGORIES", "AllocatorModel", "figures", "passed_over"]
 

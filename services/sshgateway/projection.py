@@ -11,6 +11,11 @@ machine cannot take over the first one's sessions). A deregistered, left or
 revoked host's key is forgotten (its links are refused from then on); a lost
 host keeps its key, since it may come back.
 
+Allocations ended longer than the retention window ago (24 hours, on the log's clock) leave
+the view as they leave the allocator's model (potluck.readmodels.retention), or the gateway's
+memory would grow with every allocation the pool ever ran: a login to one of them is refused as
+to an allocation that never was, which it cannot serve either way.
+
 Sessions: the view keeps the sessions that some gateway run started and
 none has ended yet (`open_sessions`, from the `session` streams), which the
 sweep for lost gateways looks through (gateway_runs.py); sessions recorded
@@ -34,6 +39,7 @@ from potluck.contracts.host_events import HostDeregistered, HostLeft, HostRegist
 from potluck.events import Event, RecordedEvent
 from potluck.kernel.ssh_wire import public_key_blob
 from potluck.readmodels.allocations import AllocationState, AllocationsView
+from potluck.readmodels.retention import Retirement, retire_ended
 from potluck.sshgateway.events import SessionEnded, SessionStarted
 from potluck.sshgateway.gateway_runs import OpenSession
 
@@ -74,6 +80,8 @@ class GatewayView:
     #: Sessions started by a gateway run and not ended, by session id.
     open_sessions: dict[str, OpenSession] = field(default_factory=dict)
     position: int = 0
+    #: What ended, waiting for the retention window to pass before it leaves.
+    retirement: Retirement = field(default_factory=Retirement)
 
     def apply(self, event: Event, record: RecordedEvent) -> None:
         """Fold one event of the log (the Projection protocol); `fold` says what it changed."""
@@ -86,9 +94,16 @@ class GatewayView:
         if position <= self.position:
             return None
         self.position = position
+        self.retirement.tick(at)
         if isinstance(event, AllocationEvent):
-            return self.allocations.apply(event, position=position, version=version, at=at)
+            was = self.allocations.allocations.get(event.alloc_id)
+            state = self.allocations.apply(event, position=position, version=version, at=at)
+            if state is not None and state.terminal and (was is None or not was.terminal):
+                self.retirement.ended("alloc", state.alloc_id)
+            retire_ended(self.allocations, self.retirement)
+            return state
         self.allocations.position = position
+        retire_ended(self.allocations, self.retirement)
         if isinstance(event, HostRegistered):
             return self._registered(event.host_id, str(getattr(event, "ssh_host_key", "") or ""))
         if isinstance(event, HostDeregistered | HostLeft | HostRevoked):

@@ -1,4 +1,4 @@
-"""The retention window (services/allocator/retention.py): what ended leaves the allocator's model.
+"""The retention window (libs/readmodels/retention.py): what ended leaves the allocator's model.
 
 What must hold: an allocation ended, with no container kept, leaves the model once it has been
 ended longer than the window on the log's clock (the times of the events folded, never this
@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.model import AllocatorModel
-from potluck.allocator.retention import DEFAULT_RETENTION_S, Retirement
 from potluck.cli_options import RETENTION_DEFAULT
 from potluck.contracts.allocation_events import (
     AllocationDiscarded,
@@ -35,12 +34,15 @@ from potluck.contracts.allocation_events import (
     capacity_stream,
     user_stream,
 )
+from potluck.contracts.host_events import HostEnrolled, host_stream
 from potluck.contracts.job_events import JobCompleted, JobSubmitted, JobTaskRequested, job_stream
 from potluck.events import Event, Fold, RecordedEvent
 from potluck.events.checkpoints import Checkpoint, _unpickled
 from potluck.kernel.durations import parse_duration
 from potluck.projections import ReadModels
 from potluck.readmodels.owner_index import OwnerIndex
+from potluck.readmodels.retention import DEFAULT_RETENTION_S, Retirement
+from potluck.sshgateway.projection import GatewayView
 from tests.unit.test_allocator_model import (
     T0,
     RecordingLog,
@@ -304,3 +306,28 @@ def test_exactly_what_ended_longer_than_the_window_ago_is_gone(ends: list[int], 
 
     gone = {f"a{i}" for i, at in enumerate(ends) if T0 + timedelta(seconds=at + window) <= clock}
     assert set(model.allocations.allocations) == {f"a{i}" for i in range(len(ends))} - gone
+
+
+def test_the_gateways_view_lets_go_of_what_ended_as_the_allocators_model_does() -> None:
+    """Tried: the gateway's view (which folds every allocation too) fed a1 released and a2
+    exited keeping its container, then a host event past the window. Must hold: a1 is gone
+    from the view; a2, kept (the gateway still serves its container's files), stays."""
+    log = pool()
+    released(log, "a1")
+    placed(log, "a2", "alice", "h1", spec(1))
+    log.add(
+        alloc_stream("a2"),
+        AllocationExited(alloc_id="a2", host_id="h1", exit_code=0, kept_until=T0 + 4 * HOUR),
+    )
+    log.now += 2 * HOUR
+    log.add(host_stream("h2"), HostEnrolled(host_id="h2", name="h2", nkey="UH2"))
+    view = GatewayView()
+    Fold(view, reader="test").apply_all(log.records)
+    assert view.retirement.retention_s == DEFAULT_RETENTION_S
+    assert set(view.allocations.allocations) == {"a1", "a2"}  # 2 h < the default window
+
+    short = GatewayView(retirement=Retirement(retention_s=3600))
+    Fold(short, reader="test").apply_all(log.records)
+    assert short.allocation("a1") is None
+    assert short.allocation("a2") is not None
+    assert list(short.allocations.by_user.ids("alice")) == ["a2"]

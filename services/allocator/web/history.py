@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from potluck.allocator.model import AllocatorModel
-from potluck.allocator.retention import DEFAULT_RETENTION_S, Retirement
 from potluck.allocator.web.views import Amount, pool_totals
 from potluck.events import Fold, RecordedEvent
 from potluck.kernel.digits import is_digits
+from potluck.readmodels.retention import DEFAULT_RETENTION_S, Retirement
 
 __all__ = ["Moment", "Plot", "Sample", "Sampler", "Until", "fold_until", "parse_at", "plot", "samples"]
 

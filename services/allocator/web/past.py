@@ -36,9 +36,9 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from potluck.allocator.model import AllocatorModel
-from potluck.allocator.retention import DEFAULT_RETENTION_S
 from potluck.allocator.web.history import Moment, Sample, Sampler, Until
 from potluck.events import RecordedEvent
+from potluck.readmodels.retention import DEFAULT_RETENTION_S
 
 __all__ = ["Busy", "LogReader", "PastFolds"]
 

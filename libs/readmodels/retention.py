@@ -1,4 +1,8 @@
-"""How long an ended allocation or job stays in the allocator's model: the retention window. Pure.
+"""How long an ended allocation or job stays in a read model: the retention window. Pure.
+
+The allocator's model (services/allocator/model.py) and the gateway's view
+(services/sshgateway/projection.py) both fold every allocation; both let go of what ended
+by the rules here.
 
 Without it every allocation and job ever made stayed in the model for the allocator's life
 (and in every replica's, and in what `potluck ops replay` folds): about 4 KB an allocation,
@@ -39,7 +43,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-__all__ = ["DEFAULT_RETENTION_S", "Retirement", "RowKind"]
+from potluck.readmodels.allocations import AllocationsView
+
+__all__ = ["DEFAULT_RETENTION_S", "Retirement", "RowKind", "retire_ended"]
 
 #: 24 hours: see the module docstring.
 DEFAULT_RETENTION_S = 24 * 3600.0
@@ -84,3 +90,20 @@ class Retirement:
         while self.waiting and self.waiting[0][0] + window <= self.clock:
             _, kind, row_id = self.waiting.popleft()
             yield kind, row_id
+
+
+def retire_ended(view: AllocationsView, retirement: Retirement) -> int:
+    """Drop from a view of allocations alone (no jobs: the gateway's) those ended longer than the
+    window ago; one still keeping its container waits another window. How many left."""
+    left = 0
+    for kind, alloc_id in retirement.due():
+        state = view.allocations.get(alloc_id)
+        if kind != "alloc" or state is None:
+            continue
+        if state.kept:
+            retirement.ended("alloc", alloc_id)
+            continue
+        view.forget(alloc_id)
+        left += 1
+    retirement.allocations_retired += left
+    return left
