@@ -294,13 +294,17 @@ class LocalPool:
         await asyncio.sleep(0.2)  # the reload is asynchronous in nats-server
         return EnrolledHost(host_id, name, credentials, self.workdir / f"{name}.toml")
 
+    def hostd_state_dir(self, host: EnrolledHost) -> Path:
+        """Where the host's hostd keeps its state (write_config's default `state_dir`)."""
+        return self.workdir / f"{host.name}-state"
+
     def write_config(self, host: EnrolledHost, docker_url: str, **overrides: Any) -> Path:
         settings: dict[str, Any] = {
             "host_id": host.host_id,
             "credentials_file": str(host.credentials),
             "nats_url": self.nats.url,
             "docker_url": docker_url,
-            "state_dir": str(self.workdir / f"{host.name}-state"),
+            "state_dir": str(self.hostd_state_dir(host)),
             "allowed_images": [DEFAULT_TAG],
             "donate": {"cpus": 2, "memory": "2G", "disk": "4G"},
             "labels": {"name": host.name},

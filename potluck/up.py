@@ -33,7 +33,7 @@ from potluck.localstack.default_image import ensure_default_image
 from potluck.localstack.docker_engine import DockerEngine, ensure_docker_installed
 from potluck.localstack.ports import BROWSERS_REFUSE, port_accepts
 from potluck.localstack.reaper import start_time, still_runs
-from potluck.localstack.test_image import build_test_image
+from potluck.localstack.test_image import DEFAULT_TAG, build_test_image, image_id
 from potluck.registry.enrollment import current_hosts, revoke_host
 from potluck.registry.host import name_holder
 from potluck.supervisor import Supervisor
@@ -237,6 +237,15 @@ async def _demo_token(pool: LocalPool) -> str:
     return token
 
 
+def _record_pool_images(docker_url: str, state_dir: Path, tags: list[str]) -> None:
+    """Put the images `potluck up` built for its pool in its hostd's ledger of the pool's images."""
+    from potluck.hostd.pool_images import PoolImages
+
+    ledger = PoolImages.in_state_dir(state_dir)
+    for tag in tags:
+        ledger.add(image_id(docker_url, tag))
+
+
 async def _publish_default_image(
     pool: LocalPool, docker_url: str, registry: str, image: str, say: Say
 ) -> None:
@@ -340,6 +349,11 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             timing={"heartbeat_interval_s": 5, "drain_grace_s": 300},
             # hostd dials the gateway (no port opens on a member's machine) and pins its key.
             gateways=[{"address": tunnel, "client_key": client_key}],
+        )
+        # The images built above are the pool's own: its hostd runs them though it never pulled
+        # them (it runs no other image the engine holds: services/hostd/pool_images.py).
+        await asyncio.to_thread(
+            _record_pool_images, docker_url, pool.hostd_state_dir(host), [image, DEFAULT_TAG]
         )
         say("starting hostd, donating part of this machine")
         pool.start_hostd(host)

@@ -95,6 +95,14 @@ def image_exists(docker_url: str, tag: str) -> bool:
     raise LocalStackError(f"GET /images/{tag}/json on {docker_url} answered {status}: {body[:300]!r}")
 
 
+def image_id(docker_url: str, tag: str) -> str:
+    """The id (`sha256:...`) of the image the engine holds as `tag`."""
+    status, body = engine_request(docker_url, "GET", f"/images/{urllib.parse.quote(tag)}/json")
+    if status != 200:
+        raise LocalStackError(f"GET /images/{tag}/json on {docker_url} answered {status}: {body[:300]!r}")
+    return str(json.loads(body)["Id"])
+
+
 def import_rootfs(docker_url: str, tar: bytes, tag: str, *, changes: list[str]) -> str:
     """Load a root filesystem tarball as image `tag` (the engine's import, no registry)."""
     repo, colon, version = tag.rpartition(":")

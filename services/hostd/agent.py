@@ -76,6 +76,7 @@ from potluck.hostd.log_cost import LogBound
 from potluck.hostd.log_tail import LogTailResponder
 from potluck.hostd.logind_sleep import listen_to_logind, system_bus_address
 from potluck.hostd.policy_runner import PolicyRunner
+from potluck.hostd.pool_images import PoolImages
 from potluck.hostd.report_publisher import publish_until_stored
 from potluck.hostd.sleep_clock import SleepClock
 from potluck.hostd.sleep_watch import SleepWatch
@@ -126,6 +127,10 @@ class Agent:
         self.config = config
         self.host_id = config.host_id
         self.driver = driver or DockerDriver(config.docker_url, internal_networks=config.internal_network)
+        #: The images the pool brought here: only those, and what allowed_images lists, are run
+        #: or reported; a member's own image is, for the pool, absent (pool_images.py).
+        self.pool_images = PoolImages.in_state_dir(config.state_dir, config.allowed_images)
+        self.driver.image_gate = self.pool_images.admits
         self.outbox: TracedQueue[Report] = TracedQueue()
         puller = ImagePuller(
             config.docker_url,
@@ -134,6 +139,7 @@ class Agent:
             # The disk kept for images when the member set one, else all the donated disk.
             disk_limit_bytes=int(config.image_cache or config.donate.disk),
             named_registries=named_registries(config.allowed_images),
+            pool_images=self.pool_images,
         )
         self.containers = ContainerManager(config, self.driver, self.outbox.put_nowait, puller)
         self.images = ImageInventory(
@@ -141,6 +147,7 @@ class Agent:
             self.driver,
             self.outbox.put_nowait,
             wanted=lambda: [spec.image for spec in self.containers.desired.values()],
+            pool_images=self.pool_images,
         )
         self.policy = PolicyRunner(config, self.containers, self._request)
         self.exec_bridge = ExecBridge(

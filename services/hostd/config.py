@@ -5,7 +5,7 @@
     nats_url = "nats://pool.example:4222"   # a cluster: its nodes, separated by commas
     docker_url = "unix:///var/run/docker.sock"
     state_dir = "/var/lib/potluck-hostd"
-    allowed_images = ["potluck-test:*", "debian:*"]   # see below; empty = any image
+    allowed_images = ["potluck-test:*", "debian:*"]   # see below; empty = any image the pool pulls
     allow_network = false       # may containers here have a network? (see below)
     internal_network = false    # true: their network has no route out (see below)
     image_cache = "5G"          # images kept on this machine, out of donate.disk (see below)
@@ -57,6 +57,13 @@
     dbus_address = "unix:path=/run/dbus/system_bus_socket"   # logind's bus; "" listens to none
 
 Relative paths are taken from the configuration file's folder.
+
+`allowed_images` decides what the pool may run here (pool_images.py). Empty:
+any image hostd pulls for the pool, and none of the engine's own (the member's
+builds, or pulls with their own login: to the pool such an image is absent, so
+its name is pulled the pool's way or the allocation fails here). Not empty: an
+allocation's image must match an entry, and an image the engine already holds
+under a matching name runs as it is, the member's own too: listing it is consent.
 
 `allowed_images` entries are image references whose parts may hold `*` (any
 run of characters) and `?` (one), matched part by part: registry, each

@@ -31,7 +31,7 @@ import signal
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -319,6 +319,10 @@ class DockerDriver:
         self._cgroup_driver = "cgroupfs"
         self._hardware: tuple[str, ...] | None = None
         self._lock = threading.Lock()
+        #: (the name asked for, the image id the engine holds under it) -> may the pool run it?
+        #: None: every image held (tools and tests that drive the engine directly). hostd sets
+        #: its ledger's (pool_images.py): a member's own image is then, for the pool, absent.
+        self.image_gate: Callable[[str, str], bool] | None = None
 
     # Plumbing: one client made on first use, and every failure translated.
 
@@ -529,13 +533,21 @@ class DockerDriver:
 
     def _check_image(self, client: docker.DockerClient, image: str) -> dict[str, Any]:
         """Refuse, before making anything from it, an image that brings what no container may
-        have; the image's inspect when it is fine. The engine is asked by the image's whole
+        have, or one `image_gate` says is not the pool's (ImageNotAvailable); the image's inspect
+        when it is fine. The engine is asked by the image's whole
         reference (`engine_name`), never by what it could read as an image id."""
         try:
             name = engine_name(image)
         except InvalidReference as exc:
             raise DockerDriverError(f"{image[:200]!r} is not an image reference: {exc}") from exc
         attrs: dict[str, Any] = client.api.inspect_image(name)  # type: ignore[no-untyped-call]
+        if self.image_gate is not None and not self.image_gate(image, str(attrs.get("Id") or "")):
+            # Not the pool's (pool_images.py): the member's own, built or pulled with their login.
+            # Absent, as far as the pool goes: hostd pulls the name the pool's way, or fails.
+            raise ImageNotAvailable(
+                f"the engine at {self.base_url} holds an image named {image} that hostd did not "
+                "pull for the pool and allowed_images does not list; pull it the pool's way first"
+            )
         refusals = image_refusals(attrs)
         if refusals:
             # All of them said at once: the image's author rebuilds once, not once for each.

@@ -17,7 +17,11 @@ asks after a (re)registration. It then
   for an allocation is not undone before its container is made). When only
   such images remain the cache stays over its size, and says so in the log;
 - reports `ImagesHeld` (normalised names, tags and digests) when the set
-  changed since the last report, or when asked to send it again.
+  changed since the last report, or when asked to send it again: only the
+  images the pool may run here (pulled for it, or listed in a non-empty
+  `allowed_images`: pool_images.py), so the names of the member's own images
+  never leave the machine;
+- forgets, in the ledger of the pool's images, the ids the engine no longer holds.
 
 Sizes are the engine's `Size` per image, layers shared between images counted
 in each: the sum is at least what the images take on disk, so the cap holds
@@ -37,6 +41,7 @@ from potluck.contracts.host_images import bounded, held_names, image_keys
 from potluck.contracts.reports import ImagesHeld, Report
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.docker_driver import DockerDriver, DockerDriverError, EngineImage
+from potluck.hostd.pool_images import PoolImages, shared_names
 from potluck.kernel.sizes import format_size
 
 log = structlog.get_logger(__name__)
@@ -91,13 +96,17 @@ class ImageInventory:
         report: Callable[[Report], None],
         wanted: Callable[[], Iterable[str]] = tuple,
         clock: Callable[[], float] = time.time,
+        pool_images: PoolImages | None = None,
     ) -> None:
-        """`wanted`: the images of the allocations placed here (kept whatever their age)."""
+        """`wanted`: the images of the allocations placed here (kept whatever their age).
+        `pool_images`: the ledger of what the pool brought (pool_images.py), pruned of what the
+        engine no longer holds; only what it or allowed_images admits is reported (None: all)."""
         self.config = config
         self.driver = driver
         self.report = report
         self.wanted = wanted
         self.clock = clock
+        self.pool_images = pool_images
         self.last_used: dict[str, float] = {}
         self.held: list[str] | None = None  # the names last reported
         self._present: set[str] | None = None  # image ids at the last listing (None: not listed yet)
@@ -108,6 +117,14 @@ class ImageInventory:
         """Report the images again at the next scan (after a registration), changed or not."""
         self._resend = True
         self._wake.set()
+
+    def _shared(self, image: EngineImage) -> set[str]:
+        """The names of `image` the pool may hear of: a member's own images stay unnamed."""
+        if self.pool_images is None:
+            return names_of(image)
+        return shared_names(
+            image.image_id, names_of(image), pool_ids=self.pool_images.ids, allowed=self.config.allowed_images
+        )
 
     def _used_at(self, image: EngineImage) -> float:
         return self.last_used.get(image.image_id, float(image.created))
@@ -120,6 +137,8 @@ class ImageInventory:
 
     async def scan(self) -> None:
         """List the images, remove what the cache has no room for, report if the set changed."""
+        # Before the listing: an id a pull records while the engine is listed is not pruned.
+        known = self.pool_images.ids if self.pool_images is not None else frozenset()
         images = await asyncio.to_thread(self.driver.images)
         now = self.clock()
         present = {i.image_id for i in images}
@@ -132,7 +151,9 @@ class ImageInventory:
             del self.last_used[image_id]
         if self.config.image_cache is not None:
             images = await self._evict(images, self.config.image_cache, now)
-        every = set().union(*(names_of(i) for i in images))
+        if self.pool_images is not None:
+            self.pool_images.prune({i.image_id for i in images}, known)
+        every = set().union(*(self._shared(i) for i in images))
         names = bounded(every)
         if len(names) < len(every) and self.held != names:
             log.warning("hostd.images_not_all_reported", held=len(every), reported=len(names))

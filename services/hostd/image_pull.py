@@ -23,6 +23,10 @@ Pool registry tokens travel to the engine as `auth_config={"registrytoken": ...}
 it as the bearer token to the registry (Moby's `AuthConfig.RegistryToken`), so the host never
 handles a password and the token is good for one repository, for minutes.
 
+The id the engine gives the pulled name goes in the ledger of the pool's images (pool_images.py):
+only those, and what the member's allowed_images lists, run here; a member's own image under
+the same name is pulled over, as `docker pull` would (the name moves, their image stays).
+
 A Docker Hub name that the pool's library holds (the default image of a pool from `potluck up`)
 comes with the library copy's reference: that is pulled, tagged with the allocation's name, and
 its own name untagged, so the engine holds the image as if pulled by that name.
@@ -47,6 +51,7 @@ from potluck.contracts.registry_locality import host_of
 from potluck.contracts.reports import ContainerPulling, Report
 from potluck.hostd.docker_sdk import docker, requests
 from potluck.hostd.local_registries import local_registry_refusal
+from potluck.hostd.pool_images import PoolImages
 from potluck.hostd.shared_details import without_local_addresses
 
 __all__ = ["ImagePuller", "PullFailed", "PullProgress", "PullSettings", "TokenSource"]
@@ -147,7 +152,10 @@ class ImagePuller:
         disk_limit_bytes: int,
         named_registries: frozenset[str] = frozenset(),
         settings: PullSettings | None = None,
+        pool_images: PoolImages | None = None,
     ) -> None:
+        """`pool_images`: the ledger each pulled image's id goes in (pool_images.py), which
+        is what lets hostd run it."""
         self.docker_url = docker_url
         self.report = report
         self.token_source = token_source
@@ -155,6 +163,7 @@ class ImagePuller:
         #: Registries the member named in allowed_images: pulled from even on the member's network.
         self.named_registries = named_registries
         self.settings = settings or PullSettings.from_env()
+        self.pool_images = pool_images
 
     async def pull(self, alloc_id: str, image: str) -> None:
         """Pull `image` for `alloc_id`, retrying; PullFailed names the image, registry and error."""
@@ -252,7 +261,9 @@ class ImagePuller:
                 if pulled != named and not cancelled.is_set():
                     self._name_as(pulled, named)
                 if not cancelled.is_set():
-                    self._within_disk(named)
+                    image_id = self._within_disk(named)
+                    if self.pool_images is not None:
+                        self.pool_images.add(image_id)
             except BaseException as exc:  # handed to the loop, raised there
                 with contextlib.suppress(RuntimeError):  # the loop is gone: hostd is stopping
                     loop.call_soon_threadsafe(finish, exc)
@@ -268,15 +279,17 @@ class ImagePuller:
         finally:
             cancelled.set()
 
-    def _within_disk(self, image: str) -> None:
+    def _within_disk(self, image: str) -> str:
         """Refuse the pulled `image` when, unpacked, it takes more than the donated disk, and
         untag it (which frees it unless another name holds it). The stream's check sees only
         compressed sizes, which a layer of zeros makes a thousandth of what it unpacks to: such
-        an image must not stay on the member's disk, nor have a container made from it."""
+        an image must not stay on the member's disk, nor have a container made from it. Returns
+        the id the engine gives `image` now: the image the pull brought."""
         with self._engine(f"pulled {image} but could not read its size") as client:
-            size = int(client.inspect_image(image).get("Size") or 0)  # type: ignore[no-untyped-call]
+            attrs = client.inspect_image(image)  # type: ignore[no-untyped-call]
+            size = int(attrs.get("Size") or 0)
             if size <= self.disk_limit_bytes:
-                return
+                return str(attrs.get("Id") or "")
             with contextlib.suppress(docker.errors.APIError):
                 client.remove_image(image)
         log.warning("hostd.image_too_large_unpacked", image=image, size=size, limit=self.disk_limit_bytes)

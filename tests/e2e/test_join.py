@@ -24,7 +24,9 @@ from potluck.contracts.join_token import PREFIX, decode, encode, secret_digest
 from potluck.localstack import free_port, wait_for_port
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.process import ChildProcess
+from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.member.join import JoinError, connects, new_key_pair
+from potluck.ops.pool_images import publish_image
 from potluck.registry import host as aggregate
 from potluck.registry.enrollment import enroll_with_token, refresh_nats_authorization
 from potluck.registry.nats_auth import public_key_of
@@ -232,7 +234,18 @@ async def test_a_member_joins_with_a_token_and_users_reach_its_container(
     assert written["gateways"] == [{"address": f"127.0.0.1:{tunnel_port}", "client_key": client_key}]
     assert "joined as laptop-b" in (pool.workdir / "join.log").read_text()
 
-    # A user's container on the new host, reached through the gateway.
+    # A user's container on the new host, reached through the gateway. The test image the
+    # member's engine holds is the member's own, which hostd does not run for the pool
+    # (pool_images.py): the operator publishes it in the pool's library, whence the host pulls it.
+    registry = await asyncio.to_thread(pool.start_image_registry)
+    await asyncio.to_thread(
+        publish_image,
+        docker_engines[0].url,
+        registry.address,
+        pool.registry_signing_key(),
+        DEFAULT_TAG,
+        quiet=True,
+    )
     await asyncio.to_thread(wait_for_port, ssh_port, what="the SSH gateway", timeout=30)
     key = tmp_path / "id_alice"
     await asyncio.to_thread(
@@ -491,8 +504,9 @@ async def test_a_second_engine_joins_a_pool_from_potluck_up(
     laptop-b` and nothing else (the pool's database, NATS, users file and gateway are the
     defaults); the member runs `potluck join TOKEN --start` on a second Docker engine. With the
     local host paused, a user's allocation runs on the new host and answers through the
-    gateway over the real `ssh`; the same token a second time is refused."""
-    from potluck.localstack.test_image import DEFAULT_TAG
+    gateway over the real `ssh`; the same token a second time is refused. The test image, the
+    new host's own, runs there once the operator published it in the pool's library (README's
+    `potluck ops images publish`): hostd runs no image of its member's it did not pull."""
 
     env = {
         **os.environ,
@@ -540,6 +554,8 @@ async def test_a_second_engine_joins_a_pool_from_potluck_up(
         )
         assert paused.returncode == 0, paused.stderr
 
+        published = await potluck_async("ops", "images", "publish", DEFAULT_TAG, env=env)
+        assert published.returncode == 0, published.stdout + published.stderr
         logged_in = await potluck_async("login", "--url", api, "--token", demo, "--gateway", gateway, env=env)
         assert logged_in.returncode == 0, logged_in.stderr
         key = tmp_path / "id_ed25519"
