@@ -52,13 +52,18 @@ def shared_names(
     """The names of one engine image that hostd may tell the pool about. Pure.
 
     All of them for an image the pool brought (its id in `pool_ids`); for any other, only the
-    names a non-empty `allowed` admits (the member listed them); none when `allowed` is empty.
+    names a non-empty `allowed` admits (the member listed them), with the digest names of their
+    repositories (`allowed` rarely spells digests, and a request pinned to one is matched by
+    them); none when `allowed` is empty. `names` are normalised (host_images.held_names).
     """
+    names = set(names)
     if image_id in pool_ids:
-        return set(names)
+        return names
     if not allowed:
         return set()
-    return {name for name in names if image_allowed(tuple(allowed), name)}
+    admitted = {name for name in names if "@" not in name and image_allowed(tuple(allowed), name)}
+    repositories = {name.rpartition(":")[0] for name in admitted}
+    return admitted | {name for name in names if "@" in name and name.partition("@")[0] in repositories}
 
 
 class PoolImages:

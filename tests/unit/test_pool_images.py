@@ -26,15 +26,23 @@ def test_a_member_image_is_admitted_only_by_a_non_empty_allow_list() -> None:
 
 
 def test_only_the_names_the_pool_may_run_are_shared() -> None:
-    """Tried: the names of a pool image, of a member image with an empty allow-list, and of a
-    member image with two names of which the allow-list admits one. Must hold: all of the pool
-    image's, none of the first member image's, only the admitted one of the second's."""
-    names = {"docker.io/acme/internal-app:dev", "docker.io/library/potluck-test:latest"}
+    """Tried: the names (tags and digests) of a pool image, of a member image with an empty
+    allow-list, and of a member image with two repositories of which the allow-list admits one.
+    Must hold: all of the pool image's, none of the first member image's, only the admitted tag
+    and its repository's digest of the second's."""
+    digest = "sha256:" + "d" * 64
+    names = {
+        "docker.io/acme/internal-app:dev",
+        f"docker.io/acme/internal-app@{digest}",
+        "docker.io/library/potluck-test:latest",
+        f"docker.io/library/potluck-test@{digest}",
+    }
     pool_ids = frozenset({POOLS})
     assert shared_names(POOLS, names, pool_ids=pool_ids, allowed=[]) == names
     assert shared_names(MEMBERS, names, pool_ids=pool_ids, allowed=[]) == set()
     assert shared_names(MEMBERS, names, pool_ids=pool_ids, allowed=["potluck-test:*"]) == {
-        "docker.io/library/potluck-test:latest"
+        "docker.io/library/potluck-test:latest",
+        f"docker.io/library/potluck-test@{digest}",
     }
 
 
