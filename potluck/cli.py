@@ -226,6 +226,31 @@ def relay(
     help="nats-server's PID file, to make it reload the users [env: POTLUCK_NATS_PID_FILE].",
 )
 @click.option(
+    "--nats-monitor-url",
+    "nats_monitor_urls",
+    envvar="POTLUCK_NATS_MONITOR_URL",
+    multiple=True,
+    help="nats-server's monitoring endpoint (its `http` setting, e.g. http://127.0.0.1:8222), once per "
+    "node of a cluster: the registry counts each host key's connections there and shuts out for a "
+    "while a key holding more than --host-connection-limit (needs --nats-auth-file) "
+    "[env: POTLUCK_NATS_MONITOR_URL, space-separated].",
+)
+@click.option(
+    "--host-connection-limit",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="NATS connections one host's key may hold at once (hostd holds one).",
+)
+@click.option(
+    "--connection-cap-cooldown",
+    default=60.0,
+    show_default=True,
+    type=FiniteRange(min=0.1),
+    help="Seconds a host past --host-connection-limit is first shut out of NATS (twice as long each "
+    "time it does it again soon after, up to an hour).",
+)
+@click.option(
     "--consumer-grace",
     default=60.0,
     show_default=True,
@@ -244,16 +269,27 @@ def registry(
     stranded_grace: float,
     nats_auth_file: Path | None,
     nats_pid_file: Path | None,
+    nats_monitor_urls: tuple[str, ...],
+    host_connection_limit: int,
+    connection_cap_cooldown: float,
     consumer_grace: float,
 ) -> None:
     """Run the registry: host registration, joins, liveness, sleep, member controls."""
+    from datetime import timedelta
+
     from potluck.bootstrap import Backends, serve
+    from potluck.registry.connection_caps import CapPolicy
     from potluck.registry.liveness import LivenessPolicy
     from potluck.registry.service import RegistryService
     from potluck.registry.users_file import NatsAuthFiles
 
     try:
         policy = LivenessPolicy(heartbeat_interval, suspect_after_missed, stranded_grace)
+        caps = CapPolicy(
+            limit=host_connection_limit,
+            cooldown=timedelta(seconds=connection_cap_cooldown),
+            longest=max(timedelta(hours=1), timedelta(seconds=connection_cap_cooldown)),
+        )
     except ValueError as exc:
         fail(str(exc), 2)
     nats_auth = None
@@ -263,12 +299,26 @@ def registry(
                 "--nats-auth-file needs --nats-seed-file: the services' key must stay in the users file"
             )
         nats_auth = NatsAuthFiles(nats_auth_file, nats_pid_file, nats_seed_file)
+    monitor_urls = [url for given in nats_monitor_urls for url in given.split()]
+    if monitor_urls and nats_auth is None:
+        raise click.UsageError(
+            "--nats-monitor-url needs --nats-auth-file: a host past its connections is shut out by "
+            "taking its key out of the users file"
+        )
 
     async def body(store: Any, nc: Any) -> None:
         from potluck.kernel.metrics import pool_metrics
         from potluck.registry.metrics import watch_registry
 
-        service = RegistryService(store, nc, policy, nats_auth=nats_auth, consumer_grace_s=consumer_grace)
+        service = RegistryService(
+            store,
+            nc,
+            policy,
+            nats_auth=nats_auth,
+            consumer_grace_s=consumer_grace,
+            nats_monitor_urls=monitor_urls,
+            connection_caps=caps,
+        )
         watch_registry(pool_metrics(), service)
         await service.run()
 

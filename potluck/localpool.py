@@ -83,6 +83,8 @@ class LocalPool:
     liveness: tuple[float, int, float] = (5.0, 3, 8 * 3600.0)
     #: The registry's --consumer-grace: how long an out host's consumer waits for its hostd.
     consumer_grace_s: float = 60.0
+    #: The registry's --host-connection-limit and --connection-cap-cooldown (None: its defaults).
+    connection_caps: tuple[int, float] | None = None
     log_level: str = "INFO"
     #: The services' --stream-replicas (None: the streams keep their copies, 1 when new).
     stream_replicas: int | None = None
@@ -131,6 +133,17 @@ class LocalPool:
             str(stranded_grace),
             "--consumer-grace",
             str(self.consumer_grace_s),
+            *(arg for url in self.nats.monitor_urls for arg in ("--nats-monitor-url", url)),
+            *(
+                []
+                if self.connection_caps is None
+                else [
+                    "--host-connection-limit",
+                    str(self.connection_caps[0]),
+                    "--connection-cap-cooldown",
+                    str(self.connection_caps[1]),
+                ]
+            ),
         )
 
     api_port: int = 0

@@ -131,6 +131,20 @@ class HostRevoked(HostEvent):
 
 
 @event_type
+class HostConnectionsCapped(HostEvent):
+    """The host's key held more NATS connections than a host may (`limit`): the registry took
+    the key out of the NATS users file until `until`, which closed all of them, and puts it
+    back then. Meanwhile the host cannot reach the bus and reads as unreachable."""
+
+    connections: int = Field(ge=0)
+    limit: int = Field(ge=1)
+    until: datetime
+    #: How long from the cap to `until`: hostd, whose clock may differ from the log's, counts
+    #: this long on its own clock before it takes a refused key as revoked.
+    for_s: float = Field(gt=0)
+
+
+@event_type
 class HostJoinTokenIssued(HostEvent):
     """An operator issued a single-use join token for the host (`potluck ops hosts enroll`).
 

@@ -41,6 +41,7 @@ async def connect_bus(
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
     refused_after: int | None = None,
     on_refused: Callable[[], Awaitable[None]] | None = None,
+    excused: Callable[[], str | None] | None = None,
 ) -> NATS:
     """A NATS client that reconnects forever once connected.
 
@@ -54,7 +55,9 @@ async def connect_bus(
     With `refused_after`, a server that refuses the key that many times in a row
     (each attempt is refused at once, so this takes about as many half seconds) is
     taken at its word: connecting raises IdentityRefused, and once connected
-    `on_refused` runs (once), since reconnecting would go on forever.
+    `on_refused` runs (once), since reconnecting would go on forever. While `excused` gives a
+    reason (the key is shut out for a while, not for good: the registry capped its
+    connections), refusals are not counted: the client goes on reconnecting.
     """
     refusals = 0
     refused = asyncio.Event()
@@ -82,6 +85,10 @@ async def connect_bus(
         if refused_after is None or not is_authorization_refusal(exc):
             return
         refusals += 1
+        if refusals >= refused_after and excused is not None and (why := excused()) is not None:
+            if refusals == refused_after:  # said once per shut-out, not on every attempt
+                log.warning("bus.identity_shut_out", client=name, hint=why)
+            return
         if refusals >= refused_after and not refused.is_set():
             refused.set()
             log.error(

@@ -60,10 +60,15 @@ class NatsServer:
         workdir.mkdir(parents=True, exist_ok=True)
         self.auth_file = workdir / "auth.json"
         self.pid_file = workdir / "nats-server.pid"
+        #: The monitoring endpoint's port (loopback only), where the registry counts each host
+        #: key's connections (/connz); None for a server whose configuration is another's.
+        self.monitor_port: int | None = None
         if authorization and config is None:
             config = workdir / "nats-server.conf"
+            self.monitor_port = free_port()
             config.write_text(
-                f'pid_file: "{self.pid_file}"\n{NATS_CLIENT_LIMITS}include "{self.auth_file.name}"\n'
+                f'pid_file: "{self.pid_file}"\nhttp: "127.0.0.1:{self.monitor_port}"\n'
+                f'{NATS_CLIENT_LIMITS}include "{self.auth_file.name}"\n'
             )
         self.config = config
         argv = [
@@ -87,6 +92,11 @@ class NatsServer:
     @property
     def pid(self) -> int | None:
         return self._proc.pid
+
+    @property
+    def monitor_urls(self) -> list[str]:
+        """The monitoring endpoint (the registry's --nats-monitor-url), when it has one."""
+        return [] if self.monitor_port is None else [f"http://127.0.0.1:{self.monitor_port}"]
 
     def start(self) -> None:
         start_listening(self._proc, self.port, what="nats-server")
@@ -157,6 +167,11 @@ class NatsCluster:
     @property
     def url(self) -> str:
         return ",".join(node.url for node in self.nodes)
+
+    @property
+    def monitor_urls(self) -> list[str]:
+        """Every node's monitoring endpoint: a host's connections are counted over all of them."""
+        return [f"http://127.0.0.1:{port}" for port in self.monitor_ports]
 
     @property
     def pid_file(self) -> Path:

@@ -13,6 +13,7 @@ from potluck.contracts.capacity import Capacity, bounded_donation
 from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
+    HostConnectionsCapped,
     HostDeregistered,
     HostDrainStarted,
     HostEnrolled,
@@ -99,6 +100,12 @@ class HostState:
     left_at: datetime | None = None
     revoked_by: str = ""
     revoked_reason: str = ""
+    #: The last cap on its NATS connections (HostConnectionsCapped): when the registry took its
+    #: key out of the users file, until when, and how many connections the key held then.
+    capped_at: datetime | None = None
+    capped_until: datetime | None = None
+    capped_connections: int = 0
+    capped_limit: int = 0
     changed_at: datetime | None = None
 
     @property
@@ -112,6 +119,10 @@ class HostState:
             and self.policy != "frozen"
             and self.contract == CONTRACT_VERSION
         )
+
+    def capped(self, now: datetime) -> bool:
+        """Is its key out of the NATS users file at `now` for holding too many connections?"""
+        return self.capped_until is not None and now < self.capped_until
 
     @property
     def gone(self) -> bool:
@@ -147,8 +158,9 @@ class HostState:
 #: The fold's own version, part of its snapshots' kind (potluck.events.snapshots): bump it
 #: when a change to `evolve` makes a stream fold to another state than before.
 #: 2: drain_started_at; 3: contract; 4: spent_join_nkey, joined_at; 5: left_by, left_at; 6: paused_at;
-#: 7: contract None until the first registration.
-HOST_FOLD_VERSION = 7
+#: 7: contract None until the first registration;
+#: 8: capped_at, capped_until, capped_connections, capped_limit.
+HOST_FOLD_VERSION = 8
 
 
 def evolve(state: HostState | None, event: Event, version: int, at: datetime) -> HostState | None:
@@ -253,6 +265,14 @@ def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
                 policy_share_cpus=0.0,
                 policy_max_frozen_s=event.max_frozen_s,
             )
+        case HostConnectionsCapped():
+            return changed(
+                state,
+                capped_at=at,
+                capped_until=event.until,
+                capped_connections=event.connections,
+                capped_limit=event.limit,
+            )
         case HostShareRestored():
             return changed(
                 state,
@@ -321,7 +341,23 @@ def host_as_dict(state: HostState) -> dict[str, object]:
         if state.admin == "revoked"
         else None,
         "drain": _drain(state),
+        "connections_capped": _capped(state),
         "changed_at": _iso(state.changed_at),
+    }
+
+
+def _capped(state: HostState) -> dict[str, object] | None:
+    """The last cap on its NATS connections: while `until` is ahead, the host cannot reach the
+    bus (its key is out of the users file), which is why it reads as unreachable meanwhile."""
+    if state.capped_until is None:
+        return None
+    return {
+        "at": _iso(state.capped_at),
+        "until": _iso(state.capped_until),
+        "connections": state.capped_connections,
+        "limit": state.capped_limit,
+        "why": f"its NATS key held {state.capped_connections} connections (a host may hold "
+        f"{state.capped_limit}): the registry shut it out of NATS until {_iso(state.capped_until)}",
     }
 
 

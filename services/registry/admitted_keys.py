@@ -10,7 +10,9 @@ A machine's own key is admitted while it is in the pool, deregistered included: 
 takes it back by starting hostd again, which registers anew. A machine its member took out of
 the pool for good (`potluck host leave`) keeps its key for LEFT_KEY_WINDOW, so that its member's
 tools and a restarted hostd hear HOST_LEFT from the registry, not a refused connection. One an
-operator revoked, or made leave, has none.
+operator revoked, or made leave, has none. One whose key held more connections than a host may
+(HostConnectionsCapped, connection_caps.py) is out of the file until its cap's end, and back
+then, whoever renders meanwhile.
 """
 
 from collections.abc import Iterator
@@ -74,8 +76,10 @@ def _in_time(keys: Iterator[TimedKey], now: datetime) -> list[tuple[str, str]]:
 
 
 def host_keys(view: HostsView, now: datetime) -> list[tuple[str, str]]:
-    """The machines' own keys the users file admits at `now`, with their hosts' permissions."""
-    return _in_time(timed_host_keys(view), now)
+    """The machines' own keys the users file admits at `now`, with their hosts' permissions;
+    none of a host whose connections are capped at `now`."""
+    capped = {h.host_id for h in view.hosts.values() if h.capped(now)}
+    return [(host_id, key) for host_id, key in _in_time(timed_host_keys(view), now) if host_id not in capped]
 
 
 def joining_keys(view: HostsView, now: datetime) -> list[tuple[str, str]]:
@@ -87,9 +91,10 @@ def next_key_change(view: HostsView, now: datetime) -> datetime | None:
     """When `host_keys` or `joining_keys` next change for a moment after `now`, as far as time
     alone changes them: the earliest end still ahead. None when no key is there for a time.
 
-    Time removes keys from the users file, but only a render writes that down: the registry
-    renders again at each of these moments, so no key outstays its time (a spent token's
-    throwaway its window, an expired token's key its expiry, a machine that left its window)
-    until some later join or enrollment."""
-    ends = (end for *_, end in (*timed_host_keys(view), *timed_join_keys(view)))
+    Time removes keys from the users file (and brings a capped host's back), but only a render
+    writes that down: the registry renders again at each of these moments, so no key outstays
+    its time (a spent token's throwaway its window, an expired token's key its expiry, a machine
+    that left its window) until some later join or enrollment, nor stays out past its cap."""
+    ends = [end for *_, end in (*timed_host_keys(view), *timed_join_keys(view))]
+    ends += [h.capped_until for h in view.hosts.values() if not h.gone]  # a capped key comes back
     return min((end for end in ends if end is not None and now < end), default=None)

@@ -19,6 +19,7 @@ from datetime import datetime
 from potluck.contracts.compatibility import CONTRACT_VERSION, mismatch
 from potluck.contracts.host_events import (
     Actor,
+    HostConnectionsCapped,
     HostDeregistered,
     HostDrainStarted,
     HostEnrolled,
@@ -319,6 +320,26 @@ def revoke(state: HostState | None, host_id: str, by: str, reason: str) -> list[
             "BAD_REQUEST", f"the reason is longer than {MAX_REASON} characters", field="reason", status=400
         )
     return [HostRevoked(host_id=host_id, by=by, reason=reason)]
+
+
+def cap_connections(
+    state: HostState | None, host_id: str, connections: int, limit: int, until: datetime, now: datetime
+) -> list[Event]:
+    """The host's key held `connections` NATS connections, more than `limit`: shut it out until
+    `until` (potluck.registry.connection_caps decides when). Nothing for a host with no key in
+    the users file (unknown, left, revoked) or one shut out already: a second look at the
+    connections the first cap is closing does not lengthen it."""
+    if state is None or not state.nkey or state.gone or connections <= limit or state.capped(now):
+        return []
+    return [
+        HostConnectionsCapped(
+            host_id=host_id,
+            connections=connections,
+            limit=limit,
+            until=until,
+            for_s=max(0.001, (until - now).total_seconds()),
+        )
+    ]
 
 
 # --- liveness ---------------------------------------------------------------------------------

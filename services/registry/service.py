@@ -26,6 +26,7 @@ serving.
 
 import asyncio
 import json
+from collections.abc import Sequence
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -52,10 +53,13 @@ from potluck.readmodels.hosts import HostsView
 from potluck.readmodels.state_pages import BadStateRequest
 from potluck.registry import host as aggregate
 from potluck.registry.admission import Admission
+from potluck.registry.connection_caps import CapPolicy
+from potluck.registry.connection_watch import ConnectionWatch
 from potluck.registry.consumer_sweep import ConsumerSweep
 from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.joining import JoinHandler
 from potluck.registry.liveness import LastSeen, LivenessPolicy
+from potluck.registry.nats_auth import public_key_of
 from potluck.registry.policy_requests import PolicyRequests
 from potluck.registry.projection import READER, host_checkpoints, hosts_fold
 from potluck.registry.replies import HostRequestGate, answer
@@ -82,7 +86,12 @@ class RegistryService:
         request_rate: RatePolicy = REQUEST_RATE,
         nats_auth: NatsAuthFiles | None = None,
         consumer_grace_s: float = 60.0,
+        nats_monitor_urls: Sequence[str] = (),
+        connection_caps: CapPolicy | None = None,
+        connection_watch_s: float = 2.0,
     ) -> None:
+        """`nats_monitor_urls` (nats-server's monitoring endpoints, one per node) turn on the
+        watch on each host key's connections (connection_watch.py); it needs `nats_auth`."""
         self.store = store
         self.nc = nc
         self.js = nc.jetstream()
@@ -100,6 +109,21 @@ class RegistryService:
             if nats_auth is not None
             else None
         )
+        #: Shuts out a host whose key holds too many NATS connections (connection_caps.py);
+        #: None without monitoring URLs.
+        self.connections: ConnectionWatch | None = None
+        if nats_monitor_urls:
+            if self.users_file is None or nats_auth is None:
+                raise ValueError("the connection watch needs the NATS users file (nats_auth)")
+            self.connections = ConnectionWatch(
+                store,
+                self._view_caught_up,
+                self.users_file,
+                nats_monitor_urls,
+                [public_key_of(seed) for seed in nats_auth.service_seeds()],
+                policy=connection_caps,
+                interval_s=connection_watch_s,
+            )
         self.joining = JoinHandler(store, self.view, self.users_file)
         self.sleep = SleepRequests(store, self.view, self.watch)
         #: The position of the checkpoint the view was loaded from (0: folded from zero).
@@ -181,6 +205,7 @@ class RegistryService:
                 checkpointer.run(),
                 self.consumers.run(),
                 *([self.users_file.run()] if self.users_file is not None else []),
+                *([self.connections.run()] if self.connections is not None else []),
             )
         finally:
             for sub in subs:

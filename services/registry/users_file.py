@@ -99,7 +99,12 @@ class UsersFileKeeper:
 
     def answered(self, window_ends: datetime) -> None:
         """A join answered here: render again once its answer window has ended."""
-        self._answered.add(window_ends)
+        self.render_again_at(window_ends)
+
+    def render_again_at(self, moment: datetime) -> None:
+        """Render again at `moment` (a join's answer window, a host's connection cap ending),
+        which the view may not have folded yet."""
+        self._answered.add(moment)
         self._wake.set()
 
     async def run(self) -> None:

@@ -22,7 +22,7 @@ from potluck.contracts.compatibility import CONTRACT_VERSION, FIRST_CONTRACT, mi
 from potluck.contracts.messages import DesiredState, RegisterHost
 
 #: (CONTRACT_VERSION, the fingerprint of the shapes it names).
-RECORDED = (3, "1974dc40fd8e6725bf8fbd04da3c64c6a94ba8b7e64b26dc8fe4691421b5f0ee")
+RECORDED = (3, "8e0169c46aff01d4a15ae58322e2ccef2ff864826cd41ba47f398e779c5041a5")
 
 
 def _models() -> list[type[BaseModel]]:
