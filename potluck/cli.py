@@ -1305,6 +1305,7 @@ def ops_hosts_list(database_url: str, as_json: bool | None) -> None:
 
     async def go(store: EventStore) -> list[dict[str, Any]]:
         view = await current_hosts(store)
+        now = await store.log_clock()
         return [
             {
                 "host_id": h.host_id,
@@ -1320,6 +1321,14 @@ def ops_hosts_list(database_url: str, as_json: bool | None) -> None:
                 "contract": h.contract,
                 # Whether root in its containers is root on the member's machine (EngineFacts).
                 "user_namespaces": h.engine.user_namespaces if h.engine else None,
+                # Shut out of NATS now for holding too many connections (HostConnectionsCapped).
+                "connections_capped": {
+                    "until": h.capped_until.isoformat(),
+                    "connections": h.capped_connections,
+                    "limit": h.capped_limit,
+                }
+                if h.capped_until is not None and h.capped(now)
+                else None,
             }
             for h in sorted(view.hosts.values(), key=lambda h: h.host_id)
         ]
@@ -1349,6 +1358,11 @@ def _hosts_table(rows: list[dict[str, Any]]) -> str:
         if donated and not revoked and row["contract"] != CONTRACT_VERSION:
             contract = row["contract"]
             note = f"hostd speaks contract {contract}, the pool {CONTRACT_VERSION}: nothing is placed here"
+        if capped := row.get("connections_capped"):
+            note = (
+                f"shut out of NATS until {capped['until']}: its key held {capped['connections']} "
+                f"connections (a host may hold {capped['limit']})"
+            )
         lines.append(
             (
                 shown(row["host_id"]),

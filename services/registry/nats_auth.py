@@ -39,15 +39,22 @@ rate only once it is the host's (a Heartbeat with no reply subject and no
 headers; a request naming a reply in the host's own inbox).
 
 What one host's key may cost the server as a whole is bounded per connection
-(libs/localstack's NATS_CLIENT_LIMITS: subscriptions, payload), not per key:
-nats-server's configuration file has no bound per user, only per account
-(`limits { max_connections, max_subscriptions, max_payload }`, since 2.14),
-and all clients share one account here. A key can so open connections until
-the server's `max_connections` (64K by default; each idle one some 65 KB of
-the server's memory, each with up to 1,024 subscriptions and 64 MiB of
-unread answers). Per-host bounds need hosts in accounts of their own, with
-the services' subjects and the host's consumer imported, which would close
-the reply-subject floods above too.
+(libs/localstack's NATS_CLIENT_LIMITS: subscriptions, payload) by nats-server, and per
+key by the registry: nats-server's configuration file has no bound per user, only per
+account (`limits { max_connections, ... }`), and all clients share one account here, so
+a key could open connections until the server's `max_connections` (64K by default; each
+idle one some 65 KB of the server's memory, each with up to 1,024 subscriptions and
+64 MiB of unread answers). The registry's connection watch (connection_caps.py,
+connection_watch.py) counts each host key's connections on nats-server's monitoring
+endpoint every 2 s and takes a key holding more than 8 out of this file for a cooldown
+(HostConnectionsCapped; admitted_keys.py), which closes all of them. What is left: a key
+opens connections for up to one look (2 s) before it is shut out, and for as long again
+each time it is let back in (each cap twice as long as the last, up to an hour).
+Accounts were measured and set aside for this: an account beside the implicit global one
+turns JetStream off for the global one (nats-server#4138, `$G` cannot be named), so every
+client and JetStream's data would have to move to a named account. Hosts in accounts of
+their own, with the services' subjects and the host's consumer imported, would bound
+connections in the server and close the reply-subject floods above too.
 
 The authorization file is rendered from the event log (enrolled hosts) plus
 the central services' public keys, and nats-server is told to reload it.
