@@ -10,7 +10,6 @@ actually runs: JetStream may have lost reports or events in between.
 import asyncio
 import contextlib
 import random
-import time
 
 import nats.errors
 import structlog
@@ -80,6 +79,7 @@ from potluck.hostd.logind_sleep import listen_to_logind, system_bus_address
 from potluck.hostd.policy_runner import PolicyRunner
 from potluck.hostd.pool_images import PoolImages
 from potluck.hostd.report_publisher import publish_until_stored
+from potluck.hostd.shut_out import ShutOut
 from potluck.hostd.sleep_clock import SleepClock
 from potluck.hostd.sleep_watch import SleepWatch
 from potluck.kernel.cancellation import cancel_until_done
@@ -110,10 +110,6 @@ MALFORMED_SNAPSHOT = "the allocator's answer is malformed; tell the pool's opera
 #: Refusals of the host's key in a row (about half a second apart) taken as final: the key
 #: left NATS's users (a revoked host). A reload of the users file refuses no one on the way.
 KEY_REFUSED_AFTER = 4
-
-#: How long past a connection cap's end (HostConnectionsCapped) a refused key is still not
-#: taken as revoked: the registry puts the key back at the cap's end, and nats-server reloads.
-SHUT_OUT_MARGIN_S = 30.0
 
 #: How long one fetch of the host's consumer waits for an event. The server holds the pull
 #: request and delivers an event the moment it is logged, so this is not a delay: it is how
@@ -187,10 +183,10 @@ class Agent:
         self._resync = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stop_reason = ""
-        #: Until when (time.monotonic) this host's key is shut out of NATS for holding too many
-        #: connections (HostConnectionsCapped), and why: refusals meanwhile are no revocation.
-        self._shut_out_until = 0.0
-        self._shut_out_why = ""
+        #: While this host's key is shut out of NATS for holding too many connections
+        #: (HostConnectionsCapped): refusals meanwhile are no revocation (shut_out.py).
+        self.shut_out = ShutOut(config.state_dir)
+        self.shut_out.load()
         self.ready = asyncio.Event()
         self.ssh_host_key = ssh_host_key(config.state_dir, config.host_id)
         # The registry refuses any other type (BAD_SSH_HOST_KEY): said here, before a round trip.
@@ -228,10 +224,6 @@ class Agent:
             self._stop_reason = reason
             self._stopped.set()
             log.error("hostd.stopped_for_good", host_id=self.host_id, reason=reason, hint=reason)
-
-    def _shut_out(self) -> str | None:
-        """Why a refused key is no revocation now (its connections capped a while), or None."""
-        return self._shut_out_why if time.monotonic() < self._shut_out_until else None
 
     async def _key_refused(self) -> None:
         stopped = await self.containers.stop_all_cut_off()
@@ -275,7 +267,7 @@ class Agent:
                 on_reconnect=self._on_reconnect,
                 refused_after=KEY_REFUSED_AFTER,
                 on_refused=self._key_refused,
-                excused=self._shut_out,
+                excused=self.shut_out.reason,
             )
         except IdentityRefused:
             await self._key_refused()
@@ -565,13 +557,13 @@ class Agent:
             case HostConnectionsCapped(host_id=self.host_id):
                 # The registry is about to take the key out of the users file (it closes this
                 # connection too): the refusals until the cap ends are no revocation.
-                self._shut_out_until = time.monotonic() + event.for_s + SHUT_OUT_MARGIN_S
-                self._shut_out_why = (
+                why = (
                     f"this machine's NATS key held {event.connections} connections (a host may hold "
                     f"{event.limit}): the registry shut it out of NATS until {event.until.isoformat()}; "
                     "hostd reconnects then. Is something else using this machine's credentials?"
                 )
-                log.warning("hostd.connections_capped", host_id=self.host_id, hint=self._shut_out_why)
+                self.shut_out.noticed(event.for_s, why)
+                log.warning("hostd.connections_capped", host_id=self.host_id, hint=why)
             case HostPaused():
                 self.admin = "paused"
                 await self.containers.pause_all()

@@ -26,7 +26,7 @@ from tests.e2e.conftest import start_laptop
 from tests.fixtures.pool import EnrolledHost, Pool
 
 LIMIT = 8
-COOLDOWN_S = 8.0
+COOLDOWN_S = 15.0
 
 
 def _key_of(host: EnrolledHost) -> str:
@@ -99,8 +99,8 @@ async def test_a_host_opening_200_connections_is_shut_out_for_the_cooldown_and_t
     Must hold: the registry records HostConnectionsCapped for A (200 or so connections, the
     limit) and every one of the script's connections is closed, A's hostd's too; A's status
     says why; B never goes unreachable and the allocation is placed on B; after the cooldown
-    A's hostd (still running: a cap is no revocation) reconnects, A is active again, and
-    A's key holds its one connection."""
+    A's hostd (restarted during the cap, and still running: a cap is no revocation)
+    reconnects, A is active again, and A's key holds its one connection."""
     a = await start_laptop(pool, docker_engines[0], "laptop-a")
     b = await start_laptop(pool, docker_engines[1], "laptop-b")
     assert _connections_of(pool, a) == 1
@@ -121,6 +121,11 @@ async def test_a_host_opening_200_connections_is_shut_out_for_the_cooldown_and_t
             return all(not c.is_connected for c in hostile) and _connections_of(pool, a) == 0
 
         await _until(all_closed, "every connection of A's key closed", pool, timeout=30)
+        # Its member restarts hostd during the cap: the new hostd is refused as the old one
+        # was, and must not take that for a revocation either.
+        assert a.process is not None
+        a.process.kill()
+        pool.start_hostd(a)
         rows = {h["host_id"]: h for h in (await pool.live_hosts())["hosts"]}
         assert rows[a.host_id]["connections_capped"]["connections"] == cap.connections
         assert rows[b.host_id]["connections_capped"] is None
