@@ -21,9 +21,10 @@ from nats.aio.client import Client as NATS
 
 from potluck.contracts.messages import ControlHost, DesiredState, Reply
 from potluck.contracts.subjects import CONTROL, DESIRED, STATUS, inbox_prefix
-from potluck.events.connection import connect_bus
+from potluck.events.connection import IdentityRefused, connect_bus
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.policy_runner import status_path
+from potluck.hostd.shut_out import ShutOut
 
 #: After the drain's grace, how long `leave` still waits for hostd to stop the work and report it.
 LEAVE_MARGIN_S = 30.0
@@ -33,14 +34,23 @@ Say = Callable[[str], None]
 
 @contextlib.asynccontextmanager
 async def _bus(config: HostdConfig) -> AsyncIterator[NATS]:
-    nc = await connect_bus(
-        config.nats_url,
-        name=f"member-{config.host_id}",
-        seed=config.nats_seed(),
-        inbox_prefix=inbox_prefix(config.host_id),
-        # A revoked machine's key is refused at once, and would be forever: say so instead.
-        refused_after=3,
-    )
+    try:
+        nc = await connect_bus(
+            config.nats_url,
+            name=f"member-{config.host_id}",
+            seed=config.nats_seed(),
+            inbox_prefix=inbox_prefix(config.host_id),
+            # A revoked machine's key is refused at once, and would be forever: say so instead.
+            refused_after=3,
+        )
+    except IdentityRefused as exc:
+        # Refused for a while, not for good: the registry capped the key's connections, as
+        # hostd noted in the state directory (shut_out.py). Say that, not "revoked?".
+        shut_out = ShutOut(config.state_dir)
+        shut_out.load()
+        if (why := shut_out.reason()) is not None:
+            raise IdentityRefused(f"{why}; this machine's commands are refused until then too") from exc
+        raise
     try:
         yield nc
     finally:

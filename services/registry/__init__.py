@@ -12,5 +12,7 @@
 - enrollment.py, nats_auth.py   admitting a machine: its id, its NATS key, the users file
 - admitted_keys.py which keys the users file admits at a moment, and when that next changes
 - users_file.py    the registry's upkeep of the users file: at start, per join, at each key's end
+- connection_caps.py   pure: which host keys hold too many NATS connections, and for how long
+- connection_watch.py  reads nats-server's /connz, records HostConnectionsCapped, renders the users file
 - metrics.py     hosts by status, heartbeats missed
 """

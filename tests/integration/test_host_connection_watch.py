@@ -12,16 +12,20 @@ from datetime import timedelta
 from pathlib import Path
 
 import nats
+import pytest
 from nats.aio.client import Client as NATS
 
 from potluck.contracts.subjects import inbox_prefix
 from potluck.events import EventStore
-from potluck.events.connection import connect_bus
+from potluck.events.connection import IdentityRefused, connect_bus
+from potluck.hostd import member
+from potluck.hostd.config import HostdConfig
+from potluck.hostd.shut_out import ShutOut
 from potluck.localstack.nats_server import NatsServer
 from potluck.registry.connection_caps import CapPolicy
 from potluck.registry.connection_watch import ConnectionWatch
 from potluck.registry.enrollment import current_hosts, enroll_host
-from potluck.registry.nats_auth import public_key_of
+from potluck.registry.nats_auth import new_user_key, public_key_of
 from potluck.registry.users_file import NatsAuthFiles, UsersFileKeeper
 from tests.fixtures.servers import SERVICE_SEED
 
@@ -137,3 +141,29 @@ async def test_a_key_past_the_limit_is_shut_out_for_the_cooldown_and_an_excused_
         for c in [*services, *b_conns, *a_conns, excused, unexcused]:
             with contextlib.suppress(Exception):
                 await c.close()
+
+
+async def test_a_members_command_during_a_cap_says_the_key_is_capped_not_revoked(
+    guarded_nats: NatsServer, tmp_path: Path
+) -> None:
+    """Tried: `potluck host status`'s request (hostd.member.status) with a key the server
+    refuses, once with hostd's note of a running cap in the state directory, once without.
+    Must hold: with the note the error says the key is shut out for its connections and until
+    when; without it, the refusal reads as before (revoked?)."""
+    key = new_user_key()
+    credentials = tmp_path / "host.creds"
+    credentials.write_text(f'host_id = "h-0123456789ab"\nnats_seed = "{key.seed}"\n')
+    config = HostdConfig.model_validate(
+        {
+            "host_id": "h-0123456789ab",
+            "credentials_file": str(credentials),
+            "nats_url": guarded_nats.url,
+            "state_dir": str(tmp_path / "state"),
+            "donate": {"cpus": 1, "memory": "1G", "disk": "1G"},
+        }
+    )
+    with pytest.raises(IdentityRefused, match=r"revoked\?"):
+        await member.status(config)
+    ShutOut(config.state_dir).noticed(60.0, "its NATS key held 200 connections: shut out until T")
+    with pytest.raises(IdentityRefused, match="200 connections: shut out until T; this machine's commands"):
+        await member.status(config)
