@@ -11,8 +11,8 @@ takes it back by starting hostd again, which registers anew. A machine its membe
 the pool for good (`potluck host leave`) keeps its key for LEFT_KEY_WINDOW, so that its member's
 tools and a restarted hostd hear HOST_LEFT from the registry, not a refused connection. One an
 operator revoked, or made leave, has none. One whose key held more connections than a host may
-(HostConnectionsCapped, connection_caps.py) is out of the file until its cap's end, and back
-then, whoever renders meanwhile.
+(HostConnectionsCapped, connection_caps.py) is out of the file until its cap's end, its join
+token's keys with it, and back then, whoever renders meanwhile.
 """
 
 from collections.abc import Iterator
@@ -83,8 +83,10 @@ def host_keys(view: HostsView, now: datetime) -> list[tuple[str, str]]:
 
 
 def joining_keys(view: HostsView, now: datetime) -> list[tuple[str, str]]:
-    """The throwaway join keys the users file admits at `now`, allowed only to ask to join."""
-    return _in_time(timed_join_keys(view), now)
+    """The throwaway join keys the users file admits at `now`, allowed only to ask to join;
+    none of a host whose connections are capped at `now`."""
+    capped = {h.host_id for h in view.hosts.values() if h.capped(now)}
+    return [(host_id, key) for host_id, key in _in_time(timed_join_keys(view), now) if host_id not in capped]
 
 
 def next_key_change(view: HostsView, now: datetime) -> datetime | None:

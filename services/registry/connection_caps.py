@@ -110,16 +110,19 @@ def caps_due(
     now: datetime,
     policy: CapPolicy,
 ) -> list[Cap]:
-    """The hosts to shut out now: those whose own key holds more than the limit's connections.
+    """The hosts to shut out now: those whose keys hold more than the limit's connections
+    together (its own key, and its join token's throwaway keys, which a token's holder can
+    open connections with as well until the token is spent or expires).
 
     A host shut out already is not decided again: the connections still counted are the ones
     the cap is closing. A host that left or was revoked has no key in the file to take out."""
     services = set(service_keys)
     due: list[Cap] = []
     for state in hosts:
-        if not state.nkey or state.nkey in services or state.gone or state.capped(now):
+        if state.gone or state.capped(now):
             continue
-        held = counts.get(state.nkey, 0)
+        keys = {k for k in (state.nkey, state.join_nkey, state.spent_join_nkey) if k and k not in services}
+        held = sum(counts.get(k, 0) for k in keys)
         if held > policy.limit:
             due.append(Cap(state.host_id, held, now + cap_length(state, now, policy)))
     return sorted(due, key=lambda cap: cap.host_id)

@@ -325,11 +325,14 @@ def revoke(state: HostState | None, host_id: str, by: str, reason: str) -> list[
 def cap_connections(
     state: HostState | None, host_id: str, connections: int, limit: int, until: datetime, now: datetime
 ) -> list[Event]:
-    """The host's key held `connections` NATS connections, more than `limit`: shut it out until
-    `until` (potluck.registry.connection_caps decides when). Nothing for a host with no key in
-    the users file (unknown, left, revoked) or one shut out already: a second look at the
-    connections the first cap is closing does not lengthen it."""
-    if state is None or not state.nkey or state.gone or connections <= limit or state.capped(now):
+    """The host's keys held `connections` NATS connections, more than `limit`: shut them out
+    until `until` (potluck.registry.connection_caps decides when), its own key and its join
+    token's keys. Nothing for a host with no key in the users file (unknown, left, revoked) or
+    one shut out already: a second look at the connections the first cap is closing does not
+    lengthen it."""
+    if state is None or state.gone or connections <= limit or state.capped(now):
+        return []
+    if not (state.nkey or state.join_nkey or state.spent_join_nkey):
         return []
     return [
         HostConnectionsCapped(

@@ -46,8 +46,9 @@ a key could open connections until the server's `max_connections` (64K by defaul
 idle one some 65 KB of the server's memory, each with up to 1,024 subscriptions and
 64 MiB of unread answers). The registry's connection watch (connection_caps.py,
 connection_watch.py) counts each host key's connections on nats-server's monitoring
-endpoint every 2 s and takes a key holding more than 8 out of this file for a cooldown
-(HostConnectionsCapped; admitted_keys.py), which closes all of them. What is left: a key
+endpoint every 2 s and takes a host whose keys (its own, its join token's) hold more than 8
+out of this file for a cooldown (HostConnectionsCapped; admitted_keys.py), which closes
+all of them. What is left: a key
 opens connections for up to one look (2 s) before it is shut out, and for as long again
 each time it is let back in (each cap twice as long as the last, up to an hour).
 Accounts were measured and set aside for this: an account beside the implicit global one

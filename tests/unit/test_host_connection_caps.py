@@ -15,11 +15,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from potluck.contracts.host_events import HostConnectionsCapped, HostEnrolled, HostRevoked
+from potluck.contracts.host_events import (
+    HostConnectionsCapped,
+    HostEnrolled,
+    HostJoinTokenIssued,
+    HostRevoked,
+)
 from potluck.events import Event
 from potluck.readmodels.hosts import HostState, HostsView, evolve, host_as_dict
 from potluck.registry import host as aggregate
-from potluck.registry.admitted_keys import host_keys, next_key_change
+from potluck.registry.admitted_keys import host_keys, joining_keys, next_key_change
 from potluck.registry.connection_caps import Cap, CapPolicy, cap_length, caps_due, count_connections
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -157,3 +162,24 @@ def test_a_policy_that_cannot_work_is_refused(limit: int, cooldown: float, longe
     """Tried: no connection allowed, no cooldown, a cooldown past the longest. Must hold: refused."""
     with pytest.raises(ValueError, match=r"connection|cooldown"):
         CapPolicy(limit=limit, cooldown=timedelta(seconds=cooldown), longest=timedelta(seconds=longest))
+
+
+def test_a_join_tokens_key_counts_with_the_host_and_leaves_with_it() -> None:
+    """Tried: a machine enrolled with a join token (no key of its own yet) whose throwaway key
+    holds 9 connections: a token's holder can open connections with it until it is spent.
+    Must hold: the host is capped, and the throwaway key is out of the users file until the cap
+    ends, back then (the token still unspent)."""
+    throwaway = "U" + "J" * 55
+    enrolled = evolve(None, HostEnrolled(host_id="h-j", name="h-j", nkey=""), 1, T0)
+    issued = HostJoinTokenIssued(
+        host_id="h-j", token_sha256="d" * 64, join_nkey=throwaway, expires_at=T0 + timedelta(hours=24)
+    )
+    state = evolve(enrolled, issued, 2, T0)
+    assert state is not None
+    [cap] = caps_due({throwaway: 9}, [state], [SERVICES], T0, POLICY)
+    [event] = aggregate.cap_connections(state, "h-j", cap.connections, POLICY.limit, cap.until, T0)
+    capped_state = evolve(state, event, 3, T0)
+    assert capped_state is not None
+    view = HostsView(hosts={"h-j": capped_state})
+    assert joining_keys(view, T0 + timedelta(seconds=1)) == []
+    assert joining_keys(view, cap.until) == [("h-j", throwaway)]
