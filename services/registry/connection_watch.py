@@ -40,6 +40,8 @@ PAGE = 1024
 MAX_PAGES = 1024
 #: One request to a monitoring endpoint.
 REQUEST_TIMEOUT_S = 5.0
+#: Looks in a row that could not read the endpoint, logged for the first and then once per this many.
+UNREAD_LOGGED_EVERY = 30
 
 
 class MonitorUnread(Exception):
@@ -74,17 +76,24 @@ class ConnectionWatch:
 
     async def run(self) -> None:
         """Look every `interval_s` until cancelled; a look that fails is logged and taken again."""
+        unread = 0
         while True:
             try:
                 await self.look()
+                if unread:
+                    log.info("registry.connections_read_again", after_failed_looks=unread)
+                unread = 0
             except (MonitorUnread, OSError) as exc:  # urllib's errors are OSErrors
-                log.warning(
-                    "registry.connections_unread",
-                    urls=self.monitor_urls,
-                    error=str(exc)[:500],
-                    hint="hosts' connections are not bounded while nats-server's monitoring endpoint "
-                    "cannot be read: check its `http` setting and --nats-monitor-url",
-                )
+                unread += 1
+                if unread % UNREAD_LOGGED_EVERY == 1:  # not a line every 2 s while it is away
+                    log.warning(
+                        "registry.connections_unread",
+                        urls=self.monitor_urls,
+                        failed_looks=unread,
+                        error=str(exc)[:500],
+                        hint="hosts' connections are not bounded while nats-server's monitoring "
+                        "endpoint cannot be read: check its `http` setting and --nats-monitor-url",
+                    )
             except Exception:  # the database away, a render that failed: look again later
                 log.exception("registry.connection_watch_failed")
             await asyncio.sleep(self.interval_s)

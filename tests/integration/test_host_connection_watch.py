@@ -21,6 +21,7 @@ from potluck.events.connection import IdentityRefused, connect_bus
 from potluck.hostd import member
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.shut_out import ShutOut
+from potluck.localstack import free_port
 from potluck.localstack.nats_server import NatsServer
 from potluck.registry.connection_caps import CapPolicy
 from potluck.registry.connection_watch import ConnectionWatch
@@ -167,3 +168,38 @@ async def test_a_members_command_during_a_cap_says_the_key_is_capped_not_revoked
     ShutOut(config.state_dir).noticed(60.0, "its NATS key held 200 connections: shut out until T")
     with pytest.raises(IdentityRefused, match="200 connections: shut out until T; this machine's commands"):
         await member.status(config)
+
+
+async def test_a_node_whose_monitoring_cannot_be_read_decides_nothing(
+    store: EventStore, guarded_nats: NatsServer, tmp_path: Path
+) -> None:
+    """Tried: a host's key holding 6 connections (limit 3) on the one node that answers, and a
+    second monitoring URL where nothing listens.
+    Must hold: the look fails saying so and records nothing, the key stays in the users file:
+    no decision on a partial count."""
+    seed_file = tmp_path / "services.seed"
+    seed_file.write_text(SERVICE_SEED + "\n")
+    a_id, a_key = await enroll_host(store, "laptop-a")
+    auth = NatsAuthFiles(guarded_nats.auth_file, guarded_nats.pid_file, seed_file)
+    keeper = UsersFileKeeper(store, await current_hosts(store), auth)
+    assert await keeper.render_at_start()
+    await asyncio.sleep(0.5)
+    conns = await _open(guarded_nats, a_key.seed, a_id, 6)
+    try:
+        watch = ConnectionWatch(
+            store,
+            lambda: current_hosts(store),
+            keeper,
+            [*guarded_nats.monitor_urls, f"http://127.0.0.1:{free_port()}"],
+            [public_key_of(SERVICE_SEED)],
+            policy=CapPolicy(limit=3, cooldown=COOLDOWN, longest=COOLDOWN),
+            notice_s=0,
+        )
+        with pytest.raises(OSError, match="refused"):
+            await watch.look()
+        assert (await current_hosts(store)).hosts[a_id].capped_until is None
+        assert a_key.public in guarded_nats.auth_file.read_text()
+        assert all(c.is_connected for c in conns)
+    finally:
+        for c in conns:
+            await c.close()
