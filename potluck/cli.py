@@ -220,10 +220,12 @@ def relay(
 )
 @click.option(
     "--nats-pid-file",
+    "nats_pid_files",
     envvar="POTLUCK_NATS_PID_FILE",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="nats-server's PID file, to make it reload the users [env: POTLUCK_NATS_PID_FILE].",
+    multiple=True,
+    help="nats-server's PID file, to make it reload the users; once per node of a cluster on this "
+    "machine [env: POTLUCK_NATS_PID_FILE].",
 )
 @click.option(
     "--nats-monitor-url",
@@ -268,7 +270,7 @@ def registry(
     suspect_after_missed: int,
     stranded_grace: float,
     nats_auth_file: Path | None,
-    nats_pid_file: Path | None,
+    nats_pid_files: tuple[Path, ...],
     nats_monitor_urls: tuple[str, ...],
     host_connection_limit: int,
     connection_cap_cooldown: float,
@@ -298,7 +300,10 @@ def registry(
             raise click.UsageError(
                 "--nats-auth-file needs --nats-seed-file: the services' key must stay in the users file"
             )
-        nats_auth = NatsAuthFiles(nats_auth_file, nats_pid_file, nats_seed_file)
+        first, *more = nats_pid_files or (None,)
+        nats_auth = NatsAuthFiles(
+            nats_auth_file, first, nats_seed_file, more_pid_files=tuple(p for p in more if p)
+        )
     monitor_urls = [url for given in nats_monitor_urls for url in given.split()]
     if monitor_urls and nats_auth is None:
         raise click.UsageError(

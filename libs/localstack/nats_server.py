@@ -94,6 +94,11 @@ class NatsServer:
         return self._proc.pid
 
     @property
+    def pid_files(self) -> list[Path]:
+        """Its PID file, as a cluster lists its nodes' (the registry's --nats-pid-file)."""
+        return [self.pid_file]
+
+    @property
     def monitor_urls(self) -> list[str]:
         """The monitoring endpoint (the registry's --nats-monitor-url), when it has one."""
         return [] if self.monitor_port is None else [f"http://127.0.0.1:{self.monitor_port}"]
@@ -169,6 +174,11 @@ class NatsCluster:
         return ",".join(node.url for node in self.nodes)
 
     @property
+    def pid_files(self) -> list[Path]:
+        """Every node's PID file: the registry reloads them all when it changes the users."""
+        return [node.pid_file for node in self.nodes]
+
+    @property
     def monitor_urls(self) -> list[str]:
         """Every node's monitoring endpoint: a host's connections are counted over all of them."""
         return [f"http://127.0.0.1:{port}" for port in self.monitor_ports]
@@ -176,8 +186,8 @@ class NatsCluster:
     @property
     def pid_file(self) -> Path:
         """The first node's PID file: one process to signal where a single server is expected.
-        A join admitted through the registry reaches that node at once and the others at
-        their next `reload()`."""
+        The registry is given every node's (`pid_files`) and reloads them all; an operator's
+        command that takes one reaches that node at once and the others at their next `reload()`."""
         return self.nodes[0].pid_file
 
     def start(self, timeout: float = 60) -> None:

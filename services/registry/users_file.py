@@ -30,6 +30,7 @@ from potluck.events import EventStore
 from potluck.readmodels.hosts import HostsView
 from potluck.registry.admitted_keys import next_key_change
 from potluck.registry.enrollment import current_hosts, read_seed, render_nats_authorization
+from potluck.registry.nats_auth import reload_nats
 
 __all__ = ["NatsAuthFiles", "UsersFileKeeper"]
 
@@ -48,6 +49,9 @@ class NatsAuthFiles:
     auth_file: Path
     pid_file: Path | None
     service_seed_file: Path
+    #: The PID files of a cluster's other nodes on this machine, reloaded with `pid_file`'s: a
+    #: key taken out (a host capped, a token spent) closes its connections on every node.
+    more_pid_files: tuple[Path, ...] = ()
 
     def service_seeds(self) -> list[str]:
         return [read_seed(self.service_seed_file)]
@@ -159,7 +163,7 @@ class UsersFileKeeper:
         return True
 
     def _render(self, view: HostsView, now: datetime, also_joining: Sequence[tuple[str, str]]) -> bool:
-        return render_nats_authorization(
+        changed = render_nats_authorization(
             view,
             self.auth.auth_file,
             self.auth.service_seeds(),
@@ -167,6 +171,11 @@ class UsersFileKeeper:
             now,
             also_joining=also_joining,
         )
+        if changed:
+            for pid_file in self.auth.more_pid_files:
+                with contextlib.suppress(FileNotFoundError):  # that node not started: it reads the file then
+                    reload_nats(pid_file)
+        return changed
 
     async def _read_from_log(self) -> HostsView:
         return await current_hosts(self.store)

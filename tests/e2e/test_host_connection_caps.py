@@ -21,6 +21,7 @@ from nats.aio.client import Client as NATS
 
 from potluck.contracts.host_events import HostConnectionsCapped, host_stream
 from potluck.contracts.subjects import inbox_prefix
+from potluck.localstack import NatsCluster
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e.conftest import start_laptop
 from tests.fixtures.pool import EnrolledHost, Pool
@@ -192,3 +193,47 @@ async def test_an_honest_hostd_restarting_again_and_again_is_never_capped(
     assert await _caps_of(pool, a) == []
     await pool.wait_for_host(a.host_id, "active")
     assert _connections_of(pool, a) == 1
+
+
+async def test_on_a_cluster_a_key_is_counted_over_every_node_and_cut_off_on_each(cluster_pool: Pool) -> None:
+    """Tried: on a three-node NATS cluster, a host's key opens 6 connections to node 2 and 6 to
+    node 3 (12 in all, none past 8 on one node).
+    Must hold: the registry caps the host, counting over every node, and the connections on
+    both nodes are closed: the registry reloads every node, not only the first."""
+    pool = cluster_pool
+    assert isinstance(pool.nats, NatsCluster)
+    host = await pool.enroll("laptop-c")
+    seed = tomllib.loads(host.credentials.read_text())["nats_seed"]
+
+    async def quiet(exc: Exception) -> None:
+        pass
+
+    conns: list[NATS] = []
+    for node in pool.nats.nodes[1:]:
+        for _ in range(6):
+            conns.append(
+                await nats.connect(
+                    node.url,
+                    nkeys_seed_str=seed,
+                    inbox_prefix=inbox_prefix(host.host_id),
+                    allow_reconnect=False,
+                    error_cb=quiet,
+                )
+            )
+    try:
+
+        async def capped() -> bool:
+            return bool(await _caps_of(pool, host))
+
+        await _until(capped, "the host capped", pool)
+        [cap] = await _caps_of(pool, host)
+        assert cap.connections == 12
+
+        async def all_closed() -> bool:
+            return not any(c.is_connected for c in conns) and _connections_of(pool, host) == 0
+
+        await _until(all_closed, "its connections closed on nodes 2 and 3", pool, timeout=30)
+    finally:
+        for c in conns:
+            if not c.is_closed:
+                await c.close()
