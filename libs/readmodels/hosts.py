@@ -266,12 +266,17 @@ def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
                 policy_max_frozen_s=event.max_frozen_s,
             )
         case HostConnectionsCapped():
+            # Shut out of the bus from now on: unreachable at once, not only once its silence is
+            # noticed (nothing is placed on it meanwhile); its first beat back recovers it.
+            away = state.registered and state.liveness == "online"
             return changed(
                 state,
                 capped_at=at,
                 capped_until=event.until,
                 capped_connections=event.connections,
                 capped_limit=event.limit,
+                liveness="unreachable" if away else state.liveness,
+                liveness_since=at if away else state.liveness_since,
             )
         case HostShareRestored():
             return changed(

@@ -22,6 +22,7 @@ from potluck.contracts.host_events import (
     HostRevoked,
 )
 from potluck.events import Event
+from potluck.kernel.records import changed
 from potluck.readmodels.hosts import HostState, HostsView, evolve, host_as_dict
 from potluck.registry import host as aggregate
 from potluck.registry.admitted_keys import host_keys, joining_keys, next_key_change
@@ -183,3 +184,15 @@ def test_a_join_tokens_key_counts_with_the_host_and_leaves_with_it() -> None:
     view = HostsView(hosts={"h-j": capped_state})
     assert joining_keys(view, T0 + timedelta(seconds=1)) == []
     assert joining_keys(view, cap.until) == [("h-j", throwaway)]
+
+
+def test_a_capped_host_is_unreachable_at_once_and_its_first_beat_back_recovers_it() -> None:
+    """Tried: an online registered host capped. Must hold: it is unreachable from the cap on
+    (nothing is placed there: the allocator could otherwise place on it in the second or two
+    before its silence is noticed), and a beat after the cap is HostRecovered."""
+    registered = host("h-a")
+    registered = changed(registered, registered=True, liveness="online")
+    after = evolve(registered, capped("h-a", T0, T0 + timedelta(seconds=60))[0], 2, T0)
+    assert after is not None
+    assert (after.status, after.liveness_since, after.schedulable) == ("unreachable", T0, False)
+    assert [type(e).__name__ for e in aggregate.beat_returned(after)] == ["HostRecovered"]
