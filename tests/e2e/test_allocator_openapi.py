@@ -11,7 +11,6 @@ import pytest
 
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
-from potluck.ops.pool_images import publish_image
 from tests.fixtures.pool import Pool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,15 +35,7 @@ async def test_schemathesis_finds_nothing_with_every_check_and_phase(
     await pool.wait_api()
     # The pool's image registry runs too, so GET /v1/images answers from it; the filler's image
     # is in its library, since the host runs no image of its member's it did not pull.
-    registry = await asyncio.to_thread(pool.start_image_registry)
-    await asyncio.to_thread(
-        publish_image,
-        docker_engines[0].url,
-        registry.address,
-        pool.registry_signing_key(),
-        DEFAULT_TAG,
-        quiet=True,
-    )
+    await asyncio.to_thread(pool.publish_in_library, docker_engines[0])
     filler = await pool.add_user("filler")
     body = {"cpus": 2, "memory": "2G", "disk": "4G", "image": DEFAULT_TAG, "command": ["sleep", "3600"]}
     async with (

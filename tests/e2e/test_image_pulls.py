@@ -385,8 +385,6 @@ async def test_a_users_image_name_cannot_send_a_laptop_to_its_own_machine_or_net
     - A's engine never connected to the port; B's does (its member asked for that registry), so
       the refusals are what kept A away, and B's failure names the registry as alice wrote it;
       A still runs a pool image (the test image, published in the pool's library) afterwards."""
-    from potluck.ops.pool_images import publish_image
-
     laptop_a, laptop_b = docker_engines
     monkeypatch.setenv("POTLUCK_HOSTD_PULL_ATTEMPTS", "1")
     dialled = 0
@@ -448,11 +446,7 @@ async def test_a_users_image_name_cannot_send_a_laptop_to_its_own_machine_or_net
             assert dialled > 0
 
             # A runs no image of its member's it did not pull for the pool (pool_images.py).
-            pool_registry = await asyncio.to_thread(pool.start_image_registry)
-            key = pool.registry_signing_key()
-            await asyncio.to_thread(
-                publish_image, laptop_a.url, pool_registry.address, key, DEFAULT_TAG, quiet=True
-            )
+            await asyncio.to_thread(pool.publish_in_library, laptop_a)
             fine = await create_on(http, pool.api, alice, DEFAULT_TAG, on="laptop-a")
             running = await get_allocation(http, pool.api, alice, fine["id"], "?wait=running&timeout=60")
             assert running["state"] == "running", (running, pool.logs(80))

@@ -26,7 +26,6 @@ from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.process import ChildProcess
 from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.member.join import JoinError, connects, new_key_pair
-from potluck.ops.pool_images import publish_image
 from potluck.registry import host as aggregate
 from potluck.registry.enrollment import enroll_with_token, refresh_nats_authorization
 from potluck.registry.nats_auth import public_key_of
@@ -237,15 +236,7 @@ async def test_a_member_joins_with_a_token_and_users_reach_its_container(
     # A user's container on the new host, reached through the gateway. The test image the
     # member's engine holds is the member's own, which hostd does not run for the pool
     # (pool_images.py): the operator publishes it in the pool's library, whence the host pulls it.
-    registry = await asyncio.to_thread(pool.start_image_registry)
-    await asyncio.to_thread(
-        publish_image,
-        docker_engines[0].url,
-        registry.address,
-        pool.registry_signing_key(),
-        DEFAULT_TAG,
-        quiet=True,
-    )
+    await asyncio.to_thread(pool.publish_in_library, docker_engines[0])
     await asyncio.to_thread(wait_for_port, ssh_port, what="the SSH gateway", timeout=30)
     key = tmp_path / "id_alice"
     await asyncio.to_thread(
