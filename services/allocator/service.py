@@ -27,9 +27,9 @@ from potluck.allocator.image_locality import record_images_held
 from potluck.allocator.image_tokens import image_token_responder
 from potluck.allocator.lifecycle import Decision, decide, decide_actual_state
 from potluck.allocator.live_state import state_responder
-from potluck.allocator.model import passed_over
 from potluck.allocator.placement_traces import placement_traces
 from potluck.allocator.pool_registry import PoolRegistry
+from potluck.allocator.stored import stored_allocation
 from potluck.contracts.allocation_events import AllocationRestarted, alloc_stream
 from potluck.contracts.messages import DesiredAllocation, DesiredState, Reply, unstorable_field
 from potluck.contracts.reports import ActualState, AnyReport, EngineStatus, ImagesHeld, UsageSampled
@@ -44,14 +44,13 @@ from potluck.events import (
     StreamAppend,
     Subscriber,
     decide_and_append,
-    decode_or_skip,
     ensure_streams,
     event_id_for,
 )
 from potluck.events.checkpoints import Checkpointer, checkpoint_policy
 from potluck.events.replies import ReplyGuard
 from potluck.kernel.key_rates import KeyRates, RatePolicy
-from potluck.readmodels.allocations import AllocationState, evolve
+from potluck.readmodels.allocations import AllocationState
 
 if TYPE_CHECKING:
     from potluck.allocator.web.origins import PublicUrl
@@ -98,16 +97,9 @@ async def load_allocation(
     The engine's fold counts each unreadable event of the log once already, so
     the service's own loads leave `skipped` out.
     """
-    if skipped is None:
-        skipped = SkippedEvents()
-    state: AllocationState | None = None
-    for record in await store.read_stream(alloc_stream(alloc_id)):
-        event = decode_or_skip(record, skipped, reader="allocator")
-        if event is None:
-            state = passed_over(state, record)
-        else:
-            state = evolve(state, event, record.version, record.recorded_at, record.position)
-    return state
+    return await stored_allocation(
+        store, alloc_id, skipped=SkippedEvents() if skipped is None else skipped, reader="allocator"
+    )
 
 
 async def append_decisions(store: EventStore, decisions: list[Decision], source_id: str) -> None:

@@ -22,12 +22,21 @@ __all__ = ["ALLOC_ID", "stored_allocation"]
 ALLOC_ID = re.compile(r"a-[0-9a-f]{12}")
 
 
-async def stored_allocation(store: EventStore, alloc_id: str) -> AllocationState | None:
-    """The allocation as its stream in the log says (None: the log has no such allocation)."""
+async def stored_allocation(
+    store: EventStore,
+    alloc_id: str,
+    *,
+    skipped: SkippedEvents | None = None,
+    reader: str = "allocator-stored",
+) -> AllocationState | None:
+    """The allocation as its stream in the log says (None: the log has no such allocation).
+
+    An event of the stream that cannot be read is skipped (logged as `reader`'s, and counted in
+    `skipped`) but still counts in the version, as in the model."""
     state: AllocationState | None = None
-    skipped = SkippedEvents(keep=1)
+    skipped = SkippedEvents(keep=1) if skipped is None else skipped
     for record in await store.read_stream(alloc_stream(alloc_id)):
-        event = decode_or_skip(record, skipped, reader="allocator-stored")
+        event = decode_or_skip(record, skipped, reader=reader)
         if event is None:
             state = passed_over(state, record)
         else:
