@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import docker
 import pytest
 from nats.js.errors import NotFoundError
 
@@ -253,3 +254,23 @@ async def replay_agrees(pool: Pool) -> None:
     )
     assert code == 0, out + err + pool.logs()
     assert out.count("no difference") == 2, out
+
+
+def engine_image_id(engine: DockerEngine, reference: str) -> str | None:
+    """The id of the image `engine` holds under `reference` (None: it holds none)."""
+    client = docker.DockerClient(base_url=engine.url)
+    try:
+        return str(client.images.get(reference).id)
+    except docker.errors.ImageNotFound:
+        return None
+    finally:
+        client.close()
+
+
+def containers_from(engine: DockerEngine, image_id: str) -> list[str]:
+    """The containers (any state, warm ones too) `engine` made from the image `image_id`."""
+    client = docker.DockerClient(base_url=engine.url)
+    try:
+        return [str(c.name) for c in client.containers.list(all=True) if c.attrs.get("Image") == image_id]
+    finally:
+        client.close()

@@ -10,33 +10,15 @@ namespaces.
 import asyncio
 
 import aiohttp
-import docker
 import pytest
 
 from potluck.contracts.registry_locality import local_registry_of
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e.allocator_api import create_on
-from tests.e2e.conftest import start_laptop
+from tests.e2e.conftest import containers_from, engine_image_id, start_laptop
 from tests.fixtures.images import build_and_push, get_allocation
 from tests.fixtures.pool import Pool
-
-
-def _image_id(engine: DockerEngine, reference: str) -> str:
-    client = docker.DockerClient(base_url=engine.url)
-    try:
-        return str(client.images.get(reference).id)
-    finally:
-        client.close()
-
-
-def _containers_from(engine: DockerEngine, image_id: str) -> list[str]:
-    """The containers (any state) the engine made from the image `image_id`."""
-    client = docker.DockerClient(base_url=engine.url)
-    try:
-        return [str(c.name) for c in client.containers.list(all=True) if c.attrs.get("Image") == image_id]
-    finally:
-        client.close()
 
 
 async def test_an_image_id_or_its_first_characters_never_run_another_users_private_image(
@@ -72,7 +54,8 @@ async def test_an_image_id_or_its_first_characters_never_run_another_users_priva
         assert running["state"] == "running", (running, pool.logs(80))
         async with http.delete(f"{pool.api}/v1/allocations/{first['id']}", headers=headers) as response:
             assert response.status == 200, await response.text()
-        image_id = await asyncio.to_thread(_image_id, laptop_b, secret)
+        image_id = await asyncio.to_thread(engine_image_id, laptop_b, secret)
+        assert image_id is not None
         hex_id = image_id.removeprefix("sha256:")
         await asyncio.to_thread(registry.stop)
 
@@ -83,7 +66,7 @@ async def test_an_image_id_or_its_first_characters_never_run_another_users_priva
             assert ended["reason"] == "image_pull_failed", (name, ended)
             history = await get_allocation(http, pool.api, bob, attempt["id"], "/events")
             assert "AllocationRunning" not in [e["type"] for e in history["events"]], (name, history)
-        assert await asyncio.to_thread(_containers_from, laptop_b, image_id) == []
+        assert await asyncio.to_thread(containers_from, laptop_b, image_id) == []
 
         # What the engine holds by name still runs by that name, the registry down or not.
         for owner, name in ((alice, secret), (bob, DEFAULT_TAG.removesuffix(":latest"))):

@@ -19,7 +19,7 @@ from potluck.contracts.host_images import images_stream
 from potluck.hostd.pool_images import LEDGER_FILE
 from potluck.localstack.docker_engine import DockerEngine
 from tests.e2e.allocator_api import create_on
-from tests.e2e.conftest import start_laptop
+from tests.e2e.conftest import containers_from, engine_image_id, start_laptop
 from tests.fixtures.images import build_and_push, get_allocation
 from tests.fixtures.pool import Pool
 
@@ -40,25 +40,6 @@ def _build_members_image(engine: DockerEngine) -> str:
         image = made.commit(repository, tag, changes=['CMD ["/bin/sh"]'])
         made.remove(force=True)
         return str(image.id)
-    finally:
-        client.close()
-
-
-def _image_id(engine: DockerEngine, reference: str) -> str | None:
-    client = docker.DockerClient(base_url=engine.url)
-    try:
-        return str(client.images.get(reference).id)
-    except docker.errors.ImageNotFound:
-        return None
-    finally:
-        client.close()
-
-
-def _containers_from(engine: DockerEngine, image_id: str) -> list[str]:
-    """The containers (any state, warm ones too) the engine made from the image `image_id`."""
-    client = docker.DockerClient(base_url=engine.url)
-    try:
-        return [str(c.name) for c in client.containers.list(all=True) if c.attrs.get("Image") == image_id]
     finally:
         client.close()
 
@@ -106,8 +87,8 @@ async def test_a_members_own_image_is_never_run_nor_named_unless_the_member_list
             assert ended["state"] == "failed", (ended, pool.logs(80))
             assert ended["reason"] == "image_pull_failed", ended
             assert "AllocationRunning" not in await _history(http, pool, bob, attempt["id"])
-        assert await asyncio.to_thread(_containers_from, laptop_b, members_on_b) == []
-        assert await asyncio.to_thread(_image_id, laptop_b, MEMBERS_IMAGE) == members_on_b
+        assert await asyncio.to_thread(containers_from, laptop_b, members_on_b) == []
+        assert await asyncio.to_thread(engine_image_id, laptop_b, MEMBERS_IMAGE) == members_on_b
         on_b = await _reported(pool, b.host_id)
         assert MEMBERS_NAME not in on_b, on_b
         assert "docker.io/library/potluck-test:latest" not in on_b, on_b
@@ -116,7 +97,7 @@ async def test_a_members_own_image_is_never_run_nor_named_unless_the_member_list
         running = await get_allocation(http, pool.api, bob, consented["id"], "?wait=running&timeout=60")
         assert running["state"] == "running", (running, pool.logs(80))
         assert "AllocationPulling" not in await _history(http, pool, bob, consented["id"])
-        assert await asyncio.to_thread(_containers_from, laptop_a, members_on_a) != []
+        assert await asyncio.to_thread(containers_from, laptop_a, members_on_a) != []
         assert MEMBERS_NAME in await _reported(pool, a.host_id)
 
 
@@ -145,7 +126,7 @@ async def test_an_image_hostd_pulled_runs_again_after_a_restart_without_a_second
         assert "AllocationPulling" in await _history(http, pool, alice, first["id"])
         async with http.delete(f"{pool.api}/v1/allocations/{first['id']}", headers=headers) as response:
             assert response.status == 200, await response.text()
-        pulled = await asyncio.to_thread(_image_id, laptop_b, image)
+        pulled = await asyncio.to_thread(engine_image_id, laptop_b, image)
         assert pulled is not None
         ledger = pool.hostd_state_dir(b) / LEDGER_FILE
         assert pulled in ledger.read_text()
