@@ -609,6 +609,17 @@ class SftpFilter(BudgetedProcess):
         self._ours[request_id] = then
         return _packet(kind, request_id, body)
 
+    def _awaited(self, kind: int, body: bytes, sending: list[bytes | memoryview]) -> "asyncio.Future[bytes]":
+        """A request of hostd's own, added to `sending`, whose answer a step awaits."""
+        answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        def then(answer: bytes) -> None:
+            if not answered.done():
+                answered.set_result(answer)
+
+        sending.append(self._ask(kind, body, then))
+        return answered
+
     def _stat_first(
         self, request_id: int, path: bytes, sending: list[bytes | memoryview]
     ) -> Coroutine[None, None, str | None]:
@@ -616,13 +627,7 @@ class SftpFilter(BudgetedProcess):
         (what is there, and how large: the open is decided on it). The open waits for the answer
         rather than following the STAT: a server that runs requests at once could run the open
         first, and the STAT would see what the open made."""
-        answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-        def then(answer: bytes) -> None:
-            if not answered.done():
-                answered.set_result(answer)
-
-        sending.append(self._ask(_STAT, _sftp_string(path), then))
+        answered = self._awaited(_STAT, _sftp_string(path), sending)
 
         async def step() -> str | None:
             self._stat = (request_id, path, _before(await answered))
@@ -639,13 +644,7 @@ class SftpFilter(BudgetedProcess):
         assert self._stat is not None
         there = self._stat[2]
         self._stat = (request_id, path, _Before(there.exists, there.size, in_layer=False))
-        answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-        def then(answer: bytes) -> None:
-            if not answered.done():
-                answered.set_result(answer)
-
-        sending.append(self._ask(_REALPATH, _sftp_string(path), then))
+        answered = self._awaited(_REALPATH, _sftp_string(path), sending)
 
         async def step() -> str | None:
             answer = await answered
