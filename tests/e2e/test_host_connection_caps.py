@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -26,6 +25,7 @@ from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e.conftest import start_laptop
 from tests.e2e.test_ops import allocator_now
 from tests.fixtures.pool import EnrolledHost, Pool
+from tests.fixtures.servers import connect_client
 
 LIMIT = 8
 COOLDOWN_S = 15.0
@@ -79,7 +79,7 @@ async def _open_as(pool: Pool, host: EnrolledHost, count: int) -> list[NATS]:
 
     for _ in range(count):
         clients.append(
-            await nats.connect(
+            await connect_client(
                 pool.nats.url.split(","),
                 nkeys_seed_str=seed,
                 inbox_prefix=inbox_prefix(host.host_id),
@@ -216,7 +216,7 @@ async def test_on_a_cluster_a_key_is_counted_over_every_node_and_cut_off_on_each
     for node in pool.nats.nodes[1:]:
         for _ in range(6):
             conns.append(
-                await nats.connect(
+                await connect_client(
                     node.url,
                     nkeys_seed_str=seed,
                     inbox_prefix=inbox_prefix(host.host_id),

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncssh
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -44,6 +43,7 @@ from potluck.registry.nats_auth import new_user_key
 from potluck.registry.repository import decide_on_host
 from potluck.sshgateway.projection import GatewayView, key_blob
 from tests.fixtures.pool import Pool
+from tests.fixtures.servers import connect_client
 
 
 @pytest.mark.slow
@@ -270,7 +270,7 @@ async def test_a_join_tokens_throwaway_identity_reads_no_host_replies_and_asks_n
         async def on_closed() -> None:
             closed.set()
 
-        spy = await nats.connect(
+        spy = await connect_client(
             pool.nats.url.split(","),
             nkeys_seed_str=token.join_seed,
             inbox_prefix=join_inbox_prefix(token.host_id),
@@ -302,7 +302,7 @@ async def test_a_join_tokens_throwaway_identity_reads_no_host_replies_and_asks_n
         own = new_user_key()
         joined = await pool.redeem_join(token, own.public)
         assert joined.ok, joined
-        machine = await nats.connect(
+        machine = await connect_client(
             pool.nats.url.split(","), nkeys_seed_str=own.seed, inbox_prefix=inbox_prefix(token.host_id)
         )
         try:

@@ -20,7 +20,7 @@ from potluck.registry.nats_auth import (
     render_authorization,
     write_authorization,
 )
-from tests.fixtures.servers import SERVICE_SEED
+from tests.fixtures.servers import SERVICE_SEED, connect_client
 
 #: The bound NATS_CLIENT_LIMITS sets, read back from the text the server is given.
 MAX_SUBSCRIPTIONS = int(NATS_CLIENT_LIMITS.split("max_subscriptions:")[1].split()[0])
@@ -38,7 +38,7 @@ async def connect_as_host(server: NatsServer, host_id: str, key: KeyPair, errors
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
 
-    return await nats.connect(
+    return await connect_client(
         server.url,
         nkeys_seed_str=key.seed,
         inbox_prefix=inbox_prefix(host_id),
@@ -82,7 +82,7 @@ async def test_a_host_subscribing_in_a_loop_is_cut_off_at_the_bound(guarded_nats
     exceeded") and closes A's connection; afterwards B's heartbeat still reaches the services,
     and A, connecting again, is served within the bound (its own beat lands)."""
     keys = admit_hosts(guarded_nats, "host-a", "host-b")
-    services = await nats.connect(guarded_nats.url, nkeys_seed_str=SERVICE_SEED)
+    services = await connect_client(guarded_nats.url, nkeys_seed_str=SERVICE_SEED)
     a_errors: list[str] = []
     as_a = await connect_with_retry(guarded_nats, "host-a", keys["host-a"], a_errors)
     as_b = await connect_with_retry(guarded_nats, "host-b", keys["host-b"], [])

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -28,7 +27,7 @@ from potluck.registry.connection_watch import ConnectionWatch
 from potluck.registry.enrollment import current_hosts, enroll_host
 from potluck.registry.nats_auth import new_user_key, public_key_of
 from potluck.registry.users_file import NatsAuthFiles, UsersFileKeeper
-from tests.fixtures.servers import SERVICE_SEED
+from tests.fixtures.servers import SERVICE_SEED, connect_client
 
 COOLDOWN = timedelta(seconds=3)
 
@@ -38,7 +37,7 @@ async def _open(server: NatsServer, seed: str, host_id: str, count: int) -> list
         pass
 
     return [
-        await nats.connect(
+        await connect_client(
             server.url,
             nkeys_seed_str=seed,
             inbox_prefix=inbox_prefix(host_id),
@@ -77,7 +76,7 @@ async def test_a_key_past_the_limit_is_shut_out_for_the_cooldown_and_an_excused_
     assert await keeper.render_at_start()
     await asyncio.sleep(0.5)  # nats-server reloads on SIGHUP
 
-    services = [await nats.connect(guarded_nats.url, nkeys_seed_str=SERVICE_SEED) for _ in range(20)]
+    services = [await connect_client(guarded_nats.url, nkeys_seed_str=SERVICE_SEED) for _ in range(20)]
     b_conns = await _open(guarded_nats, b_key.seed, b_id, 1)
     a_conns = await _open(guarded_nats, a_key.seed, a_id, 12)
     shut_out = asyncio.Event()

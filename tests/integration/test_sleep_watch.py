@@ -28,6 +28,7 @@ from potluck.registry.enrollment import enroll_host
 from potluck.registry.liveness import LivenessPolicy
 from potluck.registry.repository import decide_on_host
 from potluck.registry.service import RegistryService
+from tests.fixtures.servers import connect_client
 from tests.helpers import stop
 
 GIB = 1 << 30
@@ -89,7 +90,7 @@ async def watch_for(
     store: EventStore, nats_server: NatsServer, clocks: Clocks
 ) -> tuple[str, SleepWatch, NATS]:
     host_id = await registered_host(store)
-    client = await nats.connect(nats_server.url, inbox_prefix=inbox_prefix(host_id))
+    client = await connect_client(nats_server.url, inbox_prefix=inbox_prefix(host_id))
 
     async def request(subject: str, payload: bytes, timeout: float) -> Reply:
         return Reply.model_validate_json((await client.request(subject, payload, timeout=timeout)).data)

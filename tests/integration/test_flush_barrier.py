@@ -1,0 +1,68 @@
+"""flush() as the services rely on it: once it returns, the server has what was written before
+it. A real nats-server; the clients are the services' own (connect_bus, SturdyClient)."""
+
+import asyncio
+
+from nats.aio.msg import Msg
+
+from potluck.events.connection import connect_bus
+from potluck.localstack import NatsServer
+
+ROUNDS = 200
+
+
+async def test_a_subscription_flushed_gets_what_another_connection_publishes_next(
+    nats_server: NatsServer,
+) -> None:
+    """Tried: 200 rounds of: subscribe, flush, then another connection publishes once and
+    flushes; the subscription is dropped at the end of each round. Before: nats-py wrote the
+    PING of flush() ahead of the SUB still queued for its flusher, the PONG came back before the
+    server had the subscription, and 37 of 200 messages were never delivered. Must hold: every
+    round's message arrives, and the server says it delivered all 200."""
+    receiver = await connect_bus(nats_server.url, name="receiver")
+    sender = await connect_bus(nats_server.url, name="sender")
+    missed: list[int] = []
+    try:
+        for round_ in range(ROUNDS):
+            landed: asyncio.Queue[Msg] = asyncio.Queue()
+            sub = await receiver.subscribe("barrier.*", cb=landed.put)
+            await receiver.flush()
+            await sender.publish("barrier.round", str(round_).encode())
+            await sender.flush()
+            try:
+                async with asyncio.timeout(5):
+                    msg = await landed.get()
+                assert msg.data == str(round_).encode()
+            except TimeoutError:
+                missed.append(round_)
+            await sub.unsubscribe()
+        assert missed == [], f"lost the message of rounds {missed}"
+        assert receiver.stats["in_msgs"] == ROUNDS
+    finally:
+        await receiver.close()
+        await sender.close()
+
+
+async def test_what_was_published_before_a_flush_has_reached_the_server(nats_server: NatsServer) -> None:
+    """Tried: a connection publishes 200 messages one at a time, each followed by flush(), while
+    another connection already subscribed asks the server for a round trip of its own after
+    each. Before: the publisher's PING overtook its PUB, and its flush returned before the server
+    had the message. Must hold: after each pair of flushes the watcher has read that message
+    (the server passed it on before answering the watcher), so a service that flushes before
+    closing or before starting a clock has really sent first."""
+    watcher = await connect_bus(nats_server.url, name="watcher")
+    publisher = await connect_bus(nats_server.url, name="publisher")
+    behind: list[int] = []
+    try:
+        sub = await watcher.subscribe("barrier.out")
+        await watcher.flush()
+        for round_ in range(ROUNDS):
+            await publisher.publish("barrier.out", str(round_).encode())
+            await publisher.flush()
+            await watcher.flush()
+            if sub.delivered != round_ + 1:
+                behind.append(round_)
+        assert behind == [], f"the watcher had not read the message of rounds {behind} yet"
+    finally:
+        await watcher.close()
+        await publisher.close()
