@@ -104,6 +104,15 @@ async def connect_bus(
         # nats-py calls this on our own close() as well, with the client already closed: a
         # process ending or a short command finishing is not a lost server worth a warning.
         if client is not None and client.is_closed:
+            if isinstance(client, SturdyClient) and not client.close_asked:
+                log.error(
+                    "bus.closed_for_good",
+                    client=name,
+                    error=str(client.last_error),
+                    hint="the NATS client gave up its connection and will not reconnect; "
+                    "this process hears nothing more from the bus: restart it",
+                )
+                return
             log.debug("bus.closed", client=name)
             return
         log.warning("bus.disconnected", client=name)

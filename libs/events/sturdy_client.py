@@ -21,13 +21,24 @@ before a SUB was read, and a message another connection published "after" it was
 200 rounds of subscribe, flush, publish elsewhere, on an idle loopback server). The registry
 counts hosts' silence from its flush, and tests that watch for what must not arrive would
 watch nothing. Here what is queued goes out before the PING.
+
+nats-py closes the connection for good (CLOSED: no reconnect, no callback but a disconnect)
+on any -ERR but a permissions violation or a stale connection, while nats-server sends some
+-ERRs and keeps the connection: "maximum subscriptions exceeded" (our servers allow 1024 per
+connection) and "Invalid Subject" refuse one SUB and nothing else. A service that met one went
+deaf until restarted, and connect_bus's disconnect callback took the close for our own. Here an
+-ERR is reported and the connection kept: when the server closes it after an -ERR, the end of
+the stream reconnects as any lost server does (and a key refused on the way back is counted by
+connect_bus), and a close nobody asked for (close_asked) is logged as an error by connect_bus.
 """
 
 import time
 from typing import Any
 
 import structlog
+from nats import errors
 from nats.aio.client import Client
+from nats.protocol.parser import AUTHORIZATION_VIOLATION, STALE_CONNECTION
 
 from potluck.kernel.key_rates import KeyRates, RatePolicy
 
@@ -48,6 +59,12 @@ class SturdyClient(Client):
         self._unreadable_logs = KeyRates(UNREADABLE_LOG_RATE)
         #: Messages read with their reply subject or headers left out, since this client was made.
         self.unreadable = 0
+        #: close() (or drain(), which ends in it) was called: a close not asked for is news.
+        self.close_asked = False
+
+    async def close(self) -> None:
+        self.close_asked = True
+        await super().close()
 
     async def _process_headers(self, headers: Any) -> dict[str, str] | None:
         try:
@@ -74,6 +91,19 @@ class SturdyClient(Client):
             self._pending = []
             self._pending_data_size = 0
         await super()._send_ping(future)
+
+    async def _process_err(self, err_msg: str) -> None:
+        if STALE_CONNECTION in err_msg:
+            await super()._process_err(err_msg)  # reconnects
+            return
+        err: errors.Error
+        if AUTHORIZATION_VIOLATION in err_msg:
+            err = errors.AuthorizationError()
+        else:
+            said = err_msg.strip("'")
+            err = errors.Error(f"nats: {said}")
+        self._err = err
+        await self._error_cb(err)
 
     def _unreadable(self, part: str, raw: bytes, exc: UnicodeDecodeError) -> None:
         self.unreadable += 1
