@@ -30,9 +30,25 @@ deaf until restarted, and connect_bus's disconnect callback took the close for o
 -ERR is reported and the connection kept: when the server closes it after an -ERR, the end of
 the stream reconnects as any lost server does (and a key refused on the way back is counted by
 connect_bus), and a close nobody asked for (close_asked) is logged as an error by connect_bus.
+
+request() files a future for its answer in the connection's response map before publishing,
+and nats-py removes it only once it is done: when the publish raises (while reconnecting, once
+the outbound buffer is full every request does: OutboundBufferLimitError), the future was never
+done nor removed. 196 of 300 requests during one outage stayed for the life of the process,
+and hostd and the allocator's log tail ask on every tick. Here a request whose publish fails
+takes its future out again. (A timed-out or cancelled request, and an answer arriving after
+it gave up, were already fine: wait_for cancels the future and the late answer finds none.)
+
+close() writes what is still queued to the connection's socket and waits for it to drain; while
+reconnecting that socket is the lost one, the wait raised ConnectionResetError, and the rest of
+close() (the subscriptions' tasks, the socket, the close callback) never ran: a service closing
+during an outage (hostd stopping after its machine left) raised out of its stop path. Here what
+is queued then is dropped, with a warning saying how much, since no server is there to take it.
 """
 
+import asyncio
 import time
+from secrets import token_hex
 from typing import Any
 
 import structlog
@@ -64,6 +80,15 @@ class SturdyClient(Client):
 
     async def close(self) -> None:
         self.close_asked = True
+        if not self.is_connected and not self.is_closed and self._pending_data_size > 0:
+            # No server to take it (see the module's docstring): said, and let go.
+            log.warning(
+                "bus.closed_with_unsent",
+                unsent_bytes=self._pending_data_size,
+                hint="closed while the server was away: what was published since was never sent",
+            )
+            self._pending = []
+            self._pending_data_size = 0
         await super().close()
 
     async def _process_headers(self, headers: Any) -> dict[str, str] | None:
@@ -104,6 +129,36 @@ class SturdyClient(Client):
             err = errors.Error(f"nats: {said}")
         self._err = err
         await self._error_cb(err)
+
+    async def _request_new_style(
+        self, subject: str, payload: bytes, timeout: float = 1, headers: dict[str, Any] | None = None
+    ) -> Any:
+        # nats-py's own, but for the publish that raises (see the module's docstring).
+        if self.is_draining_pubs:
+            raise errors.ConnectionDrainingError
+        if not self._resp_sub_prefix:
+            await self._init_request_sub()
+        assert self._resp_sub_prefix is not None
+        token = self._nuid.next()
+        token.extend(token_hex(2).encode())
+        inbox = self._resp_sub_prefix[:]
+        inbox.extend(token)
+        key = token.decode()
+        future: asyncio.Future[Any] = asyncio.Future()
+        future.add_done_callback(lambda _: self._resp_map.pop(key, None))
+        self._resp_map[key] = future
+        try:
+            await self.publish(subject, payload, reply=inbox.decode(), headers=headers)
+        except BaseException:
+            del self._resp_map[key]  # now: the done callback would run only once the loop turns
+            future.cancel()
+            raise
+        try:
+            # A timeout or a cancellation cancels the future, whose callback takes it out.
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise errors.TimeoutError from None
 
     def _unreadable(self, part: str, raw: bytes, exc: UnicodeDecodeError) -> None:
         self.unreadable += 1
