@@ -22,6 +22,13 @@ before a SUB was read, and a message another connection published "after" it was
 counts hosts' silence from its flush, and tests that watch for what must not arrive would
 watch nothing. Here what is queued goes out before the PING.
 
+A flush() given up before its PONG (its timeout, or the caller's: `asyncio.timeout` around
+it, a task cancelled) leaves its cancelled future in line for that PONG, and nats-py's read
+loop, setting a result on it when the PONG came, raised InvalidStateError and ended: the
+connection stayed "connected" and read nothing more (no message, no answer) until the pings
+gave it up as stale, minutes later. Here a PONG whose flush is gone is taken off the line and
+nothing more.
+
 nats-py closes the connection for good (CLOSED: no reconnect, no callback but a disconnect)
 on any -ERR but a permissions violation or a stale connection, while nats-server sends some
 -ERRs and keeps the connection: "maximum subscriptions exceeded" (our servers allow 1024 per
@@ -159,6 +166,14 @@ class SturdyClient(Client):
                 return await future
         except TimeoutError:
             raise errors.TimeoutError from None
+
+    async def _process_pong(self) -> None:
+        if self._pongs:
+            future = self._pongs.pop(0)
+            if not future.done():  # a flush given up (see the module's docstring)
+                future.set_result(True)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
 
     def _unreadable(self, part: str, raw: bytes, exc: UnicodeDecodeError) -> None:
         self.unreadable += 1

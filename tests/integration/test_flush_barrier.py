@@ -66,3 +66,42 @@ async def test_what_was_published_before_a_flush_has_reached_the_server(nats_ser
     finally:
         await watcher.close()
         await publisher.close()
+
+
+async def test_a_flush_given_up_before_its_pong_leaves_the_connection_reading(
+    nats_server: NatsServer,
+) -> None:
+    """Tried: 20 rounds of: a connection starts a flush() and cancels it once its PING is out
+    (as an `asyncio.timeout` around it does), then another connection publishes to its
+    subscription. Before: the PONG of the cancelled flush hit nats-py's read loop with
+    InvalidStateError, the loop ended, and the connection, still "connected", read nothing
+    more: the first round's message never arrived. Must hold: every round's message arrives,
+    and the connection's reading task is still running."""
+    receiver = await connect_bus(nats_server.url, name="receiver")
+    sender = await connect_bus(nats_server.url, name="sender")
+    landed: asyncio.Queue[Msg] = asyncio.Queue()
+    missed: list[int] = []
+    try:
+        await receiver.subscribe("given_up", cb=landed.put)
+        await receiver.flush()
+        for round_ in range(20):
+            flushing = asyncio.ensure_future(receiver.flush())
+            await asyncio.sleep(0)  # its PING is written
+            flushing.cancel()
+            await asyncio.gather(flushing, return_exceptions=True)
+            await sender.publish("given_up", str(round_).encode())
+            await sender.flush()
+            try:
+                await receiver.flush(timeout=5)  # the cancelled flush's PONG is read before this one's
+                async with asyncio.timeout(5):
+                    msg = await landed.get()
+                assert msg.data == str(round_).encode()
+            except TimeoutError:
+                missed.append(round_)
+                break
+        assert missed == [], f"the receiver went deaf in round {missed}"
+        assert receiver._reading_task is not None
+        assert not receiver._reading_task.done()
+    finally:
+        await receiver.close()
+        await sender.close()
