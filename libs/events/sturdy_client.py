@@ -29,6 +29,13 @@ connection stayed "connected" and read nothing more (no message, no answer) unti
 gave it up as stale, minutes later. Here a PONG whose flush is gone is taken off the line and
 nothing more.
 
+While reconnecting, nats-py's flush() returned at once, with nothing sent (its read loop is
+down, and it takes that for a client whose tasks died); and a flush waiting across a lost
+connection had its PONG's place thrown away with the old connection, so it waited out its
+whole timeout (10 s by default) and raised. Here a flush waits, within its timeout, for the
+connection to come back (the subscriptions are replayed before it counts as connected), and
+a PING lost with its connection is sent again on the next one.
+
 nats-py closes the connection for good (CLOSED: no reconnect, no callback but a disconnect)
 on any -ERR but a permissions violation or a stale connection, while nats-server sends some
 -ERRs and keeps the connection: "maximum subscriptions exceeded" (our servers allow 1024 per
@@ -60,17 +67,24 @@ from typing import Any
 
 import structlog
 from nats import errors
-from nats.aio.client import Client
+from nats.aio.client import DEFAULT_FLUSH_TIMEOUT, Client
 from nats.protocol.parser import AUTHORIZATION_VIOLATION, STALE_CONNECTION
 
 from potluck.kernel.key_rates import KeyRates, RatePolicy
 
 __all__ = ["SturdyClient"]
 
+#: How often a flush() made while reconnecting looks whether the connection is back.
+RECONNECT_POLL_S = 0.05
+
 log = structlog.get_logger(__name__)
 
 #: Unreadable messages logged per subject.
 UNREADABLE_LOG_RATE = RatePolicy(per_s=1.0, burst=10)
+
+
+class _PingLost(Exception):
+    """The connection a flush's PING went out on was lost before its PONG."""
 
 
 class SturdyClient(Client):
@@ -84,6 +98,8 @@ class SturdyClient(Client):
         self.unreadable = 0
         #: close() (or drain(), which ends in it) was called: a close not asked for is news.
         self.close_asked = False
+        #: The futures of flush() calls waiting for their PONG.
+        self._flushes: set[asyncio.Future[bool]] = set()
 
     async def close(self) -> None:
         self.close_asked = True
@@ -166,6 +182,39 @@ class SturdyClient(Client):
                 return await future
         except TimeoutError:
             raise errors.TimeoutError from None
+
+    async def flush(self, timeout: float = DEFAULT_FLUSH_TIMEOUT) -> None:
+        if timeout <= 0:
+            raise errors.BadTimeoutError
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    while not self.is_connected:
+                        if self.is_closed:
+                            raise errors.ConnectionClosedError
+                        await asyncio.sleep(RECONNECT_POLL_S)
+                    if self._reading_task is None or self._reading_task.done():
+                        await self._flush_pending()  # nats-py's way for a client whose tasks died
+                        return
+                    future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+                    self._flushes.add(future)
+                    try:
+                        await self._send_ping(future)
+                        await future
+                        return
+                    except _PingLost:
+                        continue  # sent again once connected again
+                    finally:
+                        self._flushes.discard(future)
+        except TimeoutError:
+            raise errors.FlushTimeoutError from None
+
+    async def _process_connect_init(self) -> None:
+        # A new connection: the PONGs owed on the old one will never come.
+        for future in self._flushes:
+            if not future.done():
+                future.set_exception(_PingLost())
+        await super()._process_connect_init()
 
     async def _process_pong(self) -> None:
         if self._pongs:

@@ -2,6 +2,8 @@
 it. A real nats-server; the clients are the services' own (connect_bus, SturdyClient)."""
 
 import asyncio
+import os
+import signal
 
 from nats.aio.msg import Msg
 
@@ -105,3 +107,55 @@ async def test_a_flush_given_up_before_its_pong_leaves_the_connection_reading(
     finally:
         await receiver.close()
         await sender.close()
+
+
+async def test_a_flush_made_while_reconnecting_waits_for_the_server(nats_server: NatsServer) -> None:
+    """Tried: the server stops under a connection; while the connection is away it subscribes
+    and calls flush(); the server starts again, and once that flush has returned another
+    connection publishes once. Before: nats-py's flush() returned at once while reconnecting,
+    with nothing sent, and the message was published before the subscription was back. Must
+    hold: the flush had not returned while the server was away, and the message arrives."""
+    receiver = await connect_bus(nats_server.url, name="receiver")
+    landed: asyncio.Queue[Msg] = asyncio.Queue()
+    try:
+        nats_server.stop()
+        while receiver.is_connected:
+            await asyncio.sleep(0.05)
+        await receiver.subscribe("while_away", cb=landed.put)
+        flushing = asyncio.ensure_future(receiver.flush(timeout=60))
+        await asyncio.sleep(0.5)
+        assert not flushing.done(), "flush() returned while no server was there"
+        nats_server.start()
+        await flushing
+        sender = await connect_bus(nats_server.url, name="sender")
+        try:
+            await sender.publish("while_away", b"after the flush")
+            await sender.flush()
+            async with asyncio.timeout(5):
+                msg = await landed.get()
+            assert msg.data == b"after the flush"
+        finally:
+            await sender.close()
+    finally:
+        await receiver.close()
+
+
+async def test_a_flush_whose_connection_is_lost_is_answered_on_the_next(nats_server: NatsServer) -> None:
+    """Tried: the server is frozen (SIGSTOP) so a flush's PING gets no PONG, then killed and
+    started again on its port; the connection reconnects. Before: the PONG's place was thrown
+    away with the old connection and the flush waited out its whole timeout and raised
+    FlushTimeoutError. Must hold: the flush returns (its PING sent again on the new
+    connection), and the connection has reconnected once."""
+    client = await connect_bus(nats_server.url, name="flusher")
+    try:
+        pid = nats_server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        flushing = asyncio.ensure_future(client.flush(timeout=30))
+        await asyncio.sleep(0.2)  # its PING is out, unanswered
+        nats_server.kill()
+        nats_server.start()
+        await flushing
+        assert client.stats["reconnects"] == 1
+    finally:
+        await client.close()
