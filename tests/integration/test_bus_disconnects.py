@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.aio.client import Client
 from structlog.testing import LogCapture
 
 from potluck.events import connection
@@ -94,3 +95,18 @@ async def test_a_flood_into_a_slow_subscription_is_logged_sparingly(
     assert slow_lines[0]["subject"] == "flood.here"
     assert slow_lines[0]["dropped"] == 1
     assert all(e["client"] == "receiver" for e in slow_lines)
+
+
+async def test_a_close_nobody_asked_for_is_an_error(nats_server: NatsServer, captured: LogCapture) -> None:
+    """Tried: nats-py closes a connect_bus connection by itself, as it does when it gives a
+    connection up for good (its internal `_close(CLOSED)`, the path it took on an -ERR before
+    SturdyClient kept those connections). Before: the close was logged as `bus.closed` at
+    debug, like a close of our own, and the service went deaf without a word. Must hold: it is
+    logged as `bus.closed_for_good`, an error that names the client and says to restart it."""
+    given_up = await connect_bus(nats_server.url, name="given-up")
+    await given_up._close(Client.CLOSED, do_cbs=True)
+    said = [e for e in captured.entries if e["event"].startswith("bus.closed")]
+    assert [(e["event"], e["log_level"], e["client"]) for e in said] == [
+        ("bus.closed_for_good", "error", "given-up")
+    ]
+    assert "restart" in said[0]["hint"]
