@@ -39,7 +39,7 @@ a PING lost with its connection is sent again on the next one.
 nats-py closes the connection for good (CLOSED: no reconnect, no callback but a disconnect)
 on any -ERR but a permissions violation or a stale connection, while nats-server sends some
 -ERRs and keeps the connection: "maximum subscriptions exceeded" (our servers allow 1024 per
-connection) and "Invalid Subject" refuse one SUB and nothing else. A service that met one went
+connection) refuses one SUB and nothing else. A service that met one went
 deaf until restarted, and connect_bus's disconnect callback took the close for our own. Here an
 -ERR is reported and the connection kept: when the server closes it after an -ERR, the end of
 the stream reconnects as any lost server does (and a key refused on the way back is counted by
@@ -51,7 +51,7 @@ the outbound buffer is full every request does: OutboundBufferLimitError), the f
 done nor removed. 196 of 300 requests during one outage stayed for the life of the process,
 and hostd and the allocator's log tail ask on every tick. Here a request whose publish fails
 takes its future out again. (A timed-out or cancelled request, and an answer arriving after
-it gave up, were already fine: wait_for cancels the future and the late answer finds none.)
+it gave up, were already fine: the timeout cancels the future, and a late answer finds none.)
 
 close() writes what is still queued to the connection's socket and waits for it to drain; while
 reconnecting that socket is the lost one, the wait raised ConnectionResetError, and the rest of
