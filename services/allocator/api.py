@@ -269,7 +269,13 @@ def _loads(text: str) -> Any:
     # lone surrogates, which encode as no UTF-8 (RFC 7493 forbids them; Postgres refuses them).
     # RFC 7493 also forbids a name twice in one object: Python keeps the last, where another
     # reader (a proxy, an audit) may have checked the first.
-    body = json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int, object_pairs_hook=_unique)
+    body = json.loads(
+        text,
+        parse_constant=_no_constant,
+        parse_int=_bounded_int,
+        parse_float=_float_not_rounded_to_zero,
+        object_pairs_hook=_unique,
+    )
     _no_lone_surrogates(body)
     return body
 
@@ -292,6 +298,16 @@ def _bounded_int(text: str) -> int:
         return int(text)
     except ValueError:
         raise ValueError(f"a number of {len(text.lstrip('-'))} digits is more than this API reads") from None
+
+
+def _float_not_rounded_to_zero(text: str) -> float:
+    # A float holds nothing nearer 0 than about 5e-324: 1e-400 became 0.0, which a `queue_timeout`
+    # or a `keep_for` takes, where the schema (0, or at least 1) refuses 1e-400. No field takes
+    # a number that small, so one is refused as such rather than read as another number.
+    value = float(text)
+    if value == 0 and any(digit in "123456789" for digit in text.partition("e")[0].partition("E")[0]):
+        raise ValueError(f"{text[:40]} is nearer 0 than a number this API reads; write 0, or a larger number")
+    return value
 
 
 def _no_lone_surrogates(value: Any) -> None:

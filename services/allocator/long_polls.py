@@ -27,6 +27,7 @@ import re
 from collections import Counter
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -65,26 +66,31 @@ MAX_WAITS_PER_USER = 32
 WAITS_RETRY_S = 5
 #: How often a waiting request looks whether its client is still there.
 GONE_CHECK_S = 1.0
-#: A JSON number (RFC 8259), of at most a few digits.
-_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]{0,8})(?:\.[0-9]{1,30})?(?:[eE][+-]?[0-9]{1,3})?")
+#: A JSON number (RFC 8259), of any length: TIMEOUT_SCHEMA's `number` bounds no digits, and
+#: aiohttp's limit on a request line (8190 bytes) bounds the text before it is read here.
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
 def parse_timeout(raw: str) -> float:
     """`?timeout=`'s seconds; Rejected (400, naming `timeout`) for anything TIMEOUT_SCHEMA refuses."""
     # The schema says "number": a JSON number's spelling, not all Python's float() takes
-    # ("1_0", " 5", "infinity"); bounded, so no text is long enough to cost a parse.
+    # ("1_0", " 5", "infinity"), and every one of them (it said at most 30 fraction digits,
+    # refusing 2.5000000000000000000000000000000001, which the schema takes).
     allowed = (
-        f"timeout must be a number of seconds, e.g. 30 or 2.5: 0 (answer at once) or from "
-        f"{MIN_WAIT_S:g} to {MAX_WAIT_S:g} seconds"
+        f"timeout must be a number of seconds written as in JSON, e.g. 30 or 2.5 (no sign, "
+        f"no spaces): 0 (answer at once) or from {MIN_WAIT_S:g} to {MAX_WAIT_S:g} seconds"
     )
     if not _NUMBER.fullmatch(raw):
         raise Rejected.invalid_field("timeout", allowed)
-    value = float(raw)
-    # "-0" is zero with a sign no count of seconds has; 1e-300 is a wait no clock can time
-    # (and no client means): both refused, as a negative or one past the bound, never read as 0.
-    if raw.startswith("-") or not 0 <= value <= MAX_WAIT_S or 0 < value < MIN_WAIT_S:
+    # Compared as written, not as a float: 1e-400 is a float's 0 but a wait no clock times, and
+    # 300.0000000000000001 a float's 300 but past the bound. Decimal reads any exponent exactly.
+    exact = Decimal(raw)
+    # "-0" is zero with a sign no count of seconds has: refused as a negative, never read as 0.
+    if raw.startswith("-") or exact > Decimal(str(MAX_WAIT_S)):
         raise Rejected.invalid_field("timeout", allowed)
-    return value
+    if exact != 0 and exact < Decimal(str(MIN_WAIT_S)):
+        raise Rejected.invalid_field("timeout", allowed)
+    return float(exact)
 
 
 class TooManyWaits(Rejected):

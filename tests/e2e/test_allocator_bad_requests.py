@@ -123,6 +123,54 @@ async def test_bad_requests_get_a_clear_error_and_nothing_is_recorded(
     assert await pool.store.head_position() == head
 
 
+async def test_numbers_are_taken_as_the_schema_says_and_a_refused_one_says_what_is_allowed(
+    shared: tuple[Pool, Api],
+) -> None:
+    """Tried: `?timeout=` of GET /v1/allocations/{id}, as numbers TIMEOUT_SCHEMA takes (0, or
+    0.001 to 300) in spellings a JSON number has (many fraction digits, long exponents), and
+    as ones it refuses though a float reads them as in bounds (1e-400 is a float's 0,
+    300.0000000000000000001 a float's 300); and bodies whose `queue_timeout` or `keep_for` is
+    such a number nearer 0 than a float holds. Must hold: each timeout the schema takes passes
+    the check (the unknown id's 404, not a 400); each other is a 400 naming `timeout` whose
+    message says the bounds and the spelling; each such body is a 400 saying to write 0 or a
+    larger number, not an allocation that waits 0 s or keeps nothing; nothing is recorded."""
+    pool, alice = shared
+    # A user of its own: the module's cases spend most of alice's burst of changes.
+    dora = Api(alice.http, pool.api, await pool.add_user("dora"))
+    head = await pool.store.head_position()
+    path = "/v1/allocations/a-0000000000000000000000000000000000"
+    taken = ("0", "0.0", "2.5" + "0" * 40 + "1", "0.001", "1e-0003", "3E%2B2", "0.5" + "9" * 60, "300.0")
+    for spelling in taken:
+        status, answer = await dora.call("GET", f"{path}?timeout={spelling}")
+        assert (status, answer["error"]["code"]) == (404, "NOT_FOUND"), (spelling, answer)
+    refused = (
+        "1e-400",
+        "0." + "0" * 40 + "1",
+        "300.0000000000000000001",
+        "3e200000",
+        "-0",
+        "%2B5",
+        "1e99999",
+    )
+    for spelling in refused:
+        status, answer = await dora.call("GET", f"{path}?timeout={spelling}")
+        assert (status, answer["error"]["field"]) == (400, "timeout"), (spelling, answer)
+        message = answer["error"]["message"]
+        assert "from 0.001 to 300 seconds" in message, message
+        assert "e.g. 30 or 2.5" in message, message
+    for field, spelling in (("queue_timeout", "1e-400"), ("keep_for", "0.1e-999")):
+        body = f'{{"cpus": 0.5, "memory": "64M", "image": "x", "command": ["true"], "{field}": {spelling}}}'
+        async with dora.http.post(
+            pool.api + "/v1/allocations",
+            data=body,
+            headers={**dora.headers, "Content-Type": "application/json"},
+        ) as response:
+            status, answer = response.status, await response.json()
+        assert (status, answer["error"]["code"]) == (400, "MALFORMED_JSON"), answer
+        assert "write 0, or a larger number" in answer["error"]["message"], answer
+    assert await pool.store.head_position() == head
+
+
 async def _raw(port: int, head: bytes, source: str | None = None) -> bytes:
     """Send `head` as is (from the loopback address `source`, if given) and read the answer to
     its end (aiohttp closes after a refusal)."""
