@@ -15,6 +15,13 @@ aiohttp answers a request its parser cannot read (a header over 8 KiB, a bad req
 smuggling attempt) before any route, middleware or `on_response_prepare` hook sees it: its
 request has no route, so the app's hooks are not called. `HeadedRequestHandler` adds the
 headers there, where aiohttp makes that answer.
+
+Nor has that request a header: aiohttp reads none of a request it refuses, so which name it was
+sent to (and so whether it came over https, web/origins.py) is unknown there. A TLS terminator
+that passes bytes on (stunnel, haproxy's `mode tcp`) hands the allocator such requests as they
+came, and their 400 went back over https without HSTS. Where the pool is served over https
+under any name, that answer carries HSTS under every name: a browser ignores it on an answer
+over plain http (RFC 6797, 8.1), and on an IP address (8.1.1) such as loopback's.
 """
 
 import asyncio
@@ -22,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import ERROR
 from aiohttp.web_request import BaseRequest
 
 __all__ = ["API_CSP", "HSTS", "SERVER", "HeadedRequestHandler", "add_common_headers", "handler_factory"]
@@ -62,7 +70,12 @@ class HeadedRequestHandler(web.RequestHandler):
     """aiohttp's request handler, its own error answers (the parser's 400s, a 500 or 504 no
     handler wrote) carrying the common headers too."""
 
-    __slots__ = ()
+    __slots__ = ("_hsts",)
+
+    def __init__(self, *args: Any, hsts: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Whether the parser's own answers carry HSTS (the module's docstring says why).
+        self._hsts = hsts
 
     def handle_error(
         self,
@@ -73,10 +86,17 @@ class HeadedRequestHandler(web.RequestHandler):
     ) -> web.StreamResponse:
         response = super().handle_error(request, status, exc, message)
         add_common_headers(response)
+        # A request the parser refused is aiohttp's headerless stand-in; one a handler failed
+        # on is the app's, whose hook (web/routes.py) knows whether it came over https.
+        if self._hsts and request.message is ERROR:
+            response.headers["Strict-Transport-Security"] = HSTS
         return response
 
 
-def handler_factory(server: web.Server, **handler_args: Any) -> Callable[[], HeadedRequestHandler]:
+def handler_factory(
+    server: web.Server, *, hsts: bool = False, **handler_args: Any
+) -> Callable[[], HeadedRequestHandler]:
     """A protocol factory for `server` (AppRunner.server): one handler per connection, made with
-    the arguments the runner was given (`AppRunner(app, **handler_args)`)."""
-    return lambda: HeadedRequestHandler(server, loop=asyncio.get_running_loop(), **handler_args)
+    the arguments the runner was given (`AppRunner(app, **handler_args)`); `hsts`: whether the
+    pool is served over https under some name, so the parser's answers carry HSTS."""
+    return lambda: HeadedRequestHandler(server, loop=asyncio.get_running_loop(), hsts=hsts, **handler_args)

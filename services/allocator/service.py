@@ -389,7 +389,8 @@ async def serve_http(
     from potluck.allocator.web.origins import Site
 
     logs = LogSource(nc) if nc is not None else None
-    app = make_app(engine, registry=registry, logs=logs, site=Site(public_urls), change_rate=change_rate)
+    site = Site(public_urls)
+    app = make_app(engine, registry=registry, logs=logs, site=site, change_rate=change_rate)
     handler_args: dict[str, Any] = {
         "access_log": None,
         "logger": refusals_logger(),
@@ -405,7 +406,9 @@ async def serve_http(
             listener = await asyncio.get_running_loop().create_server(
                 # aiohttp's handlers, but their own error answers (a request its parser
                 # refuses) with the headers every answer carries (http_headers.py).
-                capped(handler_factory(runner.server, **handler_args), ConnectionCaps()),
+                capped(
+                    handler_factory(runner.server, hsts=site.https_anywhere, **handler_args), ConnectionCaps()
+                ),
                 host,
                 port,
                 reuse_address=True,

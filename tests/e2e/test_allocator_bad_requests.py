@@ -204,6 +204,8 @@ async def test_requests_the_parser_refuses_are_logged_without_their_text_and_spa
     for i in range(30):
         answer = await _raw(pool.api_port, bare_lf if i % 2 else too_long)
         assert answer.split(b" ", 2)[1] == b"400", answer[:200]
+        # This allocator serves no name over https: no answer of it carries HSTS.
+        assert b"strict-transport-security" not in answer.lower(), answer[:400]
 
     written = ""
     for _ in range(50):  # the log is written by another process

@@ -11,6 +11,7 @@ The browser is Debian's Chromium through Playwright, as in test_web.py.
 import asyncio
 import os
 import re
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -29,7 +30,7 @@ from tests.e2e.conftest import start_laptop
 from tests.fixtures.browser import CHROMIUM, browser  # noqa: F401 (the fixture, used by name)
 from tests.fixtures.pool import Pool, remove_managed_containers
 from tests.fixtures.servers import _fresh_database
-from tests.fixtures.tls_proxy import tls_proxy
+from tests.fixtures.tls_proxy import tls_proxy, tls_tunnel
 
 #: The name the operator's TLS proxy serves the pool under.
 PUBLIC = "pool.example.org"
@@ -148,9 +149,15 @@ async def _get(h: Hardened, path: str, cookie: str, host: str | None = None) -> 
         return r.status, r.headers.get("Location", ""), await r.text()
 
 
-async def _raw(h: Hardened, request: bytes) -> tuple[int, dict[str, str]]:
-    """Send `request` as bytes (what no HTTP client would send): the status and headers."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+async def _raw(
+    h: Hardened, request: bytes, port: int | None = None, tls: ssl.SSLContext | None = None
+) -> tuple[int, dict[str, str]]:
+    """Send `request` as bytes (what no HTTP client would send), to the allocator or to `port`
+    (over TLS with `tls`, as the public name): the status and headers."""
+    named = PUBLIC if tls is not None else None
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port or h.port, ssl=tls, server_hostname=named
+    )
     try:
         writer.write(request)
         await writer.drain()
@@ -665,7 +672,45 @@ async def test_answers_name_no_versions_and_only_https_ones_carry_hsts(hardened:
     status, headers = await _raw(h, f"GET /\x01 HTTP/1.1\r\nHost: 127.0.0.1:{h.port}\r\n\r\n".encode())
     assert status == 400
     assert headers.get("Server") == "potluck"
-    assert "Strict-Transport-Security" not in headers
+
+
+async def test_a_request_no_parser_reads_gets_hsts_over_a_tls_tunnel(
+    hardened: Hardened, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Tried: through a real TLS tunnel that passes bytes on unread (as stunnel or haproxy's
+    `mode tcp` does) to the allocator, which serves https://pool.example.org: requests aiohttp's
+    parser refuses (a control byte in the path, a header past 8 KB, a bare LF), then a good one
+    under the public name; and the refused ones straight to the allocator over plain http.
+    Must hold: each refusal over TLS is a 400 carrying Strict-Transport-Security (a year) and
+    the common headers: before, the parser's 400 went back over https without it, since aiohttp
+    reads no Host of a request it refuses and the app's hooks never see it. The good one carries
+    it as every page does. Over plain http the refusals carry it too (nothing tells them apart
+    there); a browser ignores it on an answer over http (RFC 6797, 8.1)."""
+    h = hardened
+    tls = ssl.create_default_context()
+    tls.check_hostname = False
+    tls.verify_mode = ssl.CERT_NONE  # the tunnel's certificate is self-signed, made for this test
+    refused = [
+        f"GET /\x01 HTTP/1.1\r\nHost: {PUBLIC}\r\n\r\n".encode(),
+        f"GET /web/signin HTTP/1.1\r\nHost: {PUBLIC}\r\nX-Pad: {'p' * 9000}\r\n\r\n".encode(),
+        f"GET /web/signin HTTP/1.1\nHost: {PUBLIC}\n\n".encode(),
+    ]
+    port = free_port()
+    async with tls_tunnel(h.port, PUBLIC, port, tmp_path_factory.mktemp("tunnel")):
+        for request in refused:
+            status, headers = await _raw(h, request, port=port, tls=tls)
+            assert status == 400, request[:40]
+            assert headers.get("Strict-Transport-Security") == "max-age=31536000", (request[:40], headers)
+            assert headers.get("Server") == "potluck", request[:40]
+            assert headers.get("X-Content-Type-Options") == "nosniff", request[:40]
+        good = f"GET /web/signin HTTP/1.1\r\nHost: {PUBLIC}\r\nConnection: close\r\n\r\n".encode()
+        status, headers = await _raw(h, good, port=port, tls=tls)
+        assert status == 200
+        assert headers.get("Strict-Transport-Security") == "max-age=31536000"
+    for request in refused:
+        status, headers = await _raw(h, request)
+        assert status == 400
+        assert headers.get("Strict-Transport-Security") == "max-age=31536000", request[:40]
 
 
 async def test_a_name_with_its_root_dot_is_the_name_without_it(hardened: Hardened) -> None:

@@ -103,6 +103,11 @@ class Site:
     def __init__(self, public_urls: Iterable[PublicUrl] = ()) -> None:
         self.by_authority = {u.authority: u for u in public_urls}
 
+    @property
+    def https_anywhere(self) -> bool:
+        """Whether some configured name serves the pool over https (through its TLS proxy)."""
+        return any(u.scheme == "https" for u in self.by_authority.values())
+
     def named(self, request: web.Request) -> PublicUrl | None:
         """The configured public URL the request's Host names, if any."""
         return self.by_authority.get(_authority_of(request))
