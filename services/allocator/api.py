@@ -50,7 +50,7 @@ from potluck.allocator.schemas import (
 from potluck.allocator.task_standing import TASK_STATES, TaskState
 from potluck.allocator.user_rates import USER_RATES, TooManyChanges, UserRates
 from potluck.allocator.users import User
-from potluck.allocator.web import is_page
+from potluck.allocator.web import is_api, is_page, stray
 from potluck.allocator.web import setup as setup_pages
 from potluck.allocator.web.log_tail import LogSource
 from potluck.allocator.web.origins import Site
@@ -176,6 +176,8 @@ def _declared_query(path: str, method: str) -> frozenset[str] | None:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if is_page(request.path) or request.path in PUBLIC - {TOKEN_PATH}:  # pages: sessions
         return await handler(request)
+    if not is_api(request.path):  # `/history`: a page's address without /web/, or nothing's
+        return await stray(request)
     if len(request.headers.getall("Authorization", ())) > 1:
         # The first would be read here, where a proxy in front may have checked or logged the
         # last: one request, two identities (as a JSON name or a query parameter given twice).

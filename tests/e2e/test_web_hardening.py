@@ -713,6 +713,70 @@ async def test_a_request_no_parser_reads_gets_hsts_over_a_tls_tunnel(
         assert headers.get("Strict-Transport-Security") == "max-age=31536000", request[:40]
 
 
+async def test_a_pages_address_without_web_leads_to_the_page_and_the_api_keeps_its_401(
+    hardened: Hardened,
+) -> None:
+    """Tried: pages' addresses typed without their /web/ (`/history`, `/signin?next=x`, an
+    allocation's, HEAD `/mine`, `/web` alone), a sign-in form posted to `/signin`, addresses
+    that are nothing's (`/nothing`, `/openapi.json`, one spelling a sentence, `//other.example/
+    history`), each without and with a bearer token; then API paths that are nothing's.
+    Must hold: a GET or HEAD of a page's address is a 302 to the same address under /web/
+    (query kept); the posted form is a 404 saying the pages are under /web/, with no session
+    set; the rest a 404 saying where the pages and the API are, which repeats no part of the
+    path, token or not (before, each was the API's 401 JSON asking a browser for a bearer
+    token); every one carries the common headers; /v1/ paths keep the API's 401 and JSON 404."""
+    h = hardened
+    auth = {"Authorization": f"Bearer {h.tokens['alice']}"}
+    alloc_id = await h.shared("alice")
+    moved = [
+        ("GET", "/history", "/web/history"),
+        ("GET", "/signin?next=x", "/web/signin?next=x"),
+        ("GET", f"/allocations/{alloc_id}", f"/web/allocations/{alloc_id}"),
+        ("HEAD", "/mine", "/web/mine"),
+        ("GET", "/web", "/"),
+    ]
+    nothing = [
+        "/nothing",
+        "/openapi.json",
+        "/your-session-expired-sign-in-at-evil",
+        "//other.example/history",
+    ]
+    async with aiohttp.ClientSession(cookie_jar=_cookie_jar()) as http:
+        for headers in ({}, auth):
+            for method, path, location in moved:
+                async with http.request(
+                    method, f"{h.api}{path}", headers=headers, allow_redirects=False
+                ) as r:
+                    assert (r.status, r.headers.get("Location")) == (302, location), (method, path)
+                    _assert_hardened(f"{method} {path}", r.status, r.headers)
+            for path in nothing:
+                async with http.get(f"{h.api}{path}", headers=headers, allow_redirects=False) as r:
+                    text = await r.text()
+                    assert r.status == 404, (path, text)
+                    assert r.content_type == "text/plain", path
+                    assert "pages start at /" in text, text
+                    assert "/v1/" in text, text
+                    assert "evil" not in text, text
+                    assert "other.example" not in text, text
+                    _assert_hardened(f"GET {path}", r.status, r.headers)
+        async with http.post(
+            f"{h.api}/signin",
+            data={"token": h.tokens["alice"]},
+            headers={"Origin": h.api},
+            allow_redirects=False,
+        ) as r:
+            text = await r.text()
+            assert r.status == 404, text
+            assert "under /web/" in text, text
+            assert "Set-Cookie" not in r.headers
+        for headers, status in (({}, 401), (auth, 404)):
+            async with http.get(f"{h.api}/v1/nothing", headers=headers) as r:
+                assert r.status == status
+                assert r.content_type == "application/json"
+        async with http.get(f"{h.api}/v1/history") as r:
+            assert (r.status, (await r.json())["error"]["code"]) == (401, "UNAUTHENTICATED")
+
+
 async def test_a_name_with_its_root_dot_is_the_name_without_it(hardened: Hardened) -> None:
     """Tried: the pages under `localhost.`, `127.0.0.1.` and the public name with its trailing
     dot (the same hosts, written fully qualified), then a sign-in through the public name with

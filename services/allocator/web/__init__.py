@@ -8,5 +8,6 @@ style sheet are files of this package: nothing is fetched from elsewhere.
 """
 
 from potluck.allocator.web.routes import is_page, setup
+from potluck.allocator.web.strays import is_api, stray
 
-__all__ = ["is_page", "setup"]
+__all__ = ["is_api", "is_page", "setup", "stray"]
