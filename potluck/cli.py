@@ -1234,6 +1234,13 @@ async def _operator_refusal(store: "EventStore", exc: "Rejected", host_id: str, 
 _KEY_TAKING_ACTIONS = frozenset({"leave"})
 
 
+#: What the operator's host commands print: a sentence for whoever reads the terminal, the
+#: JSON they printed before for a script that asks for it.
+SENTENCE_OR_JSON = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a sentence."
+)
+
+
 @ops_hosts.command(name="control")
 @click.argument("host_id")
 @click.argument("action", type=click.Choice(["pause", "resume", "drain", "deregister", "leave"]))
@@ -1246,6 +1253,7 @@ _KEY_TAKING_ACTIONS = frozenset({"leave"})
     help="With drain: seconds running work gets before it is stopped.",
 )
 @nats_users_options()
+@SENTENCE_OR_JSON
 def ops_hosts_control(
     host_id: str,
     action: str,
@@ -1254,6 +1262,7 @@ def ops_hosts_control(
     nats_auth_file: Path | None,
     nats_pid_file: Path | None,
     service_seed_file: Path | None,
+    as_json: bool,
 ) -> None:
     """Pause, resume, drain, deregister or leave (for good) HOST_ID as the operator.
 
@@ -1291,7 +1300,14 @@ def ops_hosts_control(
     recorded, rendered = done
     if action in _KEY_TAKING_ACTIONS and not rendered:
         _warn_not_rendered()
-    click.echo(json.dumps({"host_id": host_id, "action": action, "recorded": recorded}))
+    if as_json:
+        click.echo(json.dumps({"host_id": host_id, "action": action, "recorded": recorded}))
+    elif recorded:
+        click.echo(f"{action}: done for host {host_id}")
+    elif action == "drain":
+        click.echo(f"drain: already so for host {host_id} (the drain under way ends no later)")
+    else:
+        click.echo(f"{action}: already so for host {host_id}; nothing recorded")
 
 
 @ops_hosts.command(name="list")
@@ -1401,6 +1417,7 @@ def _size(n: int | None) -> str:
 @click.option("--reason", default="", help="Why (stolen, compromised...): recorded and shown to its users.")
 @operator_database_option
 @nats_users_options()
+@SENTENCE_OR_JSON
 def ops_hosts_revoke(
     host_id: str,
     reason: str,
@@ -1408,6 +1425,7 @@ def ops_hosts_revoke(
     nats_auth_file: Path | None,
     nats_pid_file: Path | None,
     service_seed_file: Path | None,
+    as_json: bool,
 ) -> None:
     """Evict HOST_ID (a stolen or compromised machine) for good.
 
@@ -1438,17 +1456,25 @@ def ops_hosts_revoke(
     recorded, rendered = done
     if not rendered:
         _warn_not_rendered()
-    click.echo(
-        json.dumps(
-            {
-                "host_id": host_id,
-                "revoked_by": by,
-                "reason": reason,
-                "recorded": recorded,
-                "nats_users_file": str(files[0]) if rendered else None,
-            }
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "host_id": host_id,
+                    "revoked_by": by,
+                    "reason": reason,
+                    "recorded": recorded,
+                    "nats_users_file": str(files[0]) if rendered else None,
+                }
+            )
         )
-    )
+    elif not recorded:
+        click.echo(f"host {host_id} was already revoked; nothing recorded")
+    else:
+        why = f" ({reason})" if reason else ""
+        # Where its key went out only when it did: else the warning above says what to do.
+        key = f"; its key is out of {files[0]}" if rendered else ""
+        click.echo(f"revoked host {host_id} as {by}{why}{key}")
 
 
 @ops.group(name="users")

@@ -146,7 +146,7 @@ async def test_an_operator_can_make_a_host_leave_and_its_key_goes_at_once(
         *("--service-seed-file", str(pool.services_seed_file)),
     )
     db = ("--database-url", pool.database_url)
-    code, out, err = await ops("hosts", "control", laptop.host_id, "leave", *db, *nats_files)
+    code, out, err = await ops("hosts", "control", laptop.host_id, "leave", "--json", *db, *nats_files)
     assert code == 0, err
     assert json.loads(out)["recorded"] == ["HostLeft"]
     await pool.wait_for_host(laptop.host_id, "left")

@@ -159,7 +159,7 @@ async def test_a_revoked_host_is_cut_off_its_work_lost_and_its_users_told_why(
     as_host = await pool.client(host, errors=errors)
     assert as_host.is_connected
 
-    code, out, err = await revoke(pool, host)
+    code, out, err = await revoke(pool, host, "--json")
     assert code == 0, err + pool.logs()
     answer = json.loads(out)
     assert answer["recorded"] == ["HostRevoked"], answer
@@ -225,7 +225,7 @@ async def test_a_revoked_host_is_cut_off_its_work_lost_and_its_users_told_why(
     assert row["revoked"] == {"by": "olga", "reason": REASON}
     await replay_agrees(pool)
 
-    code, out, err = await revoke(pool, host)
+    code, out, err = await revoke(pool, host, "--json")
     assert code == 0, err
     assert json.loads(out)["recorded"] == [], "a second revocation records nothing"
 

@@ -361,7 +361,7 @@ async def test_status_shows_unreadable_events_and_what_each_service_skipped(
     finally:
         await nc.close()
     await pool.wait_for_host(laptop.host_id, "paused")
-    code, out, err = await ops("hosts", "control", laptop.host_id, "resume", *db)
+    code, out, err = await ops("hosts", "control", laptop.host_id, "resume", "--json", *db)
     assert code == 0, err
     assert json.loads(out)["recorded"] == ["HostResumed"]
     await pool.wait_for_host(laptop.host_id, "active")
