@@ -177,7 +177,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if is_page(request.path) or request.path in PUBLIC - {TOKEN_PATH}:  # pages: sessions
         return await handler(request)
     if not is_api(request.path):  # `/history`: a page's address without /web/, or nothing's
-        return await stray(request)
+        answer = await stray(request)
+        if answer.status == 404 and "Authorization" in request.headers:
+            # An API client at a wrong base URL (`potluck login --url .../somewhere`): the API's
+            # JSON, whose NOT_FOUND tells it no API is there.
+            return error(404, "NOT_FOUND", answer.text or "")
+        return answer
     if len(request.headers.getall("Authorization", ())) > 1:
         # The first would be read here, where a proxy in front may have checked or logged the
         # last: one request, two identities (as a JSON name or a query parameter given twice).

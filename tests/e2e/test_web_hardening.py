@@ -724,7 +724,9 @@ async def test_a_pages_address_without_web_leads_to_the_page_and_the_api_keeps_i
     (query kept); the posted form is a 404 saying the pages are under /web/, with no session
     set; the rest a 404 saying where the pages and the API are, which repeats no part of the
     path, token or not (before, each was the API's 401 JSON asking a browser for a bearer
-    token); every one carries the common headers; /v1/ paths keep the API's 401 and JSON 404."""
+    token), in the API's JSON (NOT_FOUND) for a request with a token, which is an API client's
+    at a wrong base URL (`potluck login` says so from that code); every one carries the
+    common headers; /v1/ paths keep the API's 401 and JSON 404."""
     h = hardened
     auth = {"Authorization": f"Bearer {h.tokens['alice']}"}
     alloc_id = await h.shared("alice")
@@ -751,9 +753,15 @@ async def test_a_pages_address_without_web_leads_to_the_page_and_the_api_keeps_i
                     _assert_hardened(f"{method} {path}", r.status, r.headers)
             for path in nothing:
                 async with http.get(f"{h.api}{path}", headers=headers, allow_redirects=False) as r:
-                    text = await r.text()
-                    assert r.status == 404, (path, text)
-                    assert r.content_type == "text/plain", path
+                    assert r.status == 404, path
+                    if headers:  # an API client at a wrong base URL: the API's JSON NOT_FOUND
+                        assert r.content_type == "application/json", path
+                        said = (await r.json())["error"]
+                        assert said["code"] == "NOT_FOUND", said
+                        text = said["message"]
+                    else:
+                        assert r.content_type == "text/plain", path
+                        text = await r.text()
                     assert "pages start at /" in text, text
                     assert "/v1/" in text, text
                     assert "evil" not in text, text
