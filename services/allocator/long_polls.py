@@ -27,7 +27,7 @@ import re
 from collections import Counter
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -84,7 +84,14 @@ def parse_timeout(raw: str) -> float:
         raise Rejected.invalid_field("timeout", allowed)
     # Compared as written, not as a float: 1e-400 is a float's 0 but a wait no clock times, and
     # 300.0000000000000001 a float's 300 but past the bound. Decimal reads any exponent exactly.
-    exact = Decimal(raw)
+    try:
+        exact = Decimal(raw)
+    except InvalidOperation:
+        # An exponent past what Decimal holds (about 10**18): the number is 0 if its digits
+        # are, and otherwise far outside the bounds either way.
+        if Decimal(re.split("[eE]", raw)[0]) != 0:
+            raise Rejected.invalid_field("timeout", allowed) from None
+        exact = Decimal(0)
     # "-0" is zero with a sign no count of seconds has: refused as a negative, never read as 0.
     if raw.startswith("-") or exact > Decimal(str(MAX_WAIT_S)):
         raise Rejected.invalid_field("timeout", allowed)

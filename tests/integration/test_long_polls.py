@@ -28,6 +28,9 @@ TIMEOUTS = [
     "300.5",
     "-1",
     "1e9",
+    # Exponents past what Python's Decimal holds: zero, and far past the bound.
+    "0e99999999999999999999",
+    "1e999999999999999999999",
 ]
 
 
