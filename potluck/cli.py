@@ -732,13 +732,16 @@ def _control(config_path: Path, action: str, grace_s: float = 300.0) -> None:
         fail(str(exc), 2)
     if not reply.ok:
         fail(f"{(reply.error or {}).get('message')} ({(reply.error or {}).get('code')})")
-    recorded = reply.data.get("recorded") or []
+    click.echo(_control_sentence(action, config.host_id, bool(reply.data.get("recorded"))))
+
+
+def _control_sentence(action: str, host_id: str, recorded: bool, unchanged: str = "") -> str:
+    """What a pause, resume, drain or deregister did, as the member and the operator read it."""
     if recorded:
-        click.echo(f"{action}: done for host {config.host_id}")
-    elif action == "drain":
-        click.echo(f"drain: already so for host {config.host_id} (the drain under way ends no later)")
-    else:
-        click.echo(f"{action}: already so for host {config.host_id}")
+        return f"{action}: done for host {host_id}"
+    if action == "drain":
+        return f"drain: already so for host {host_id} (the drain under way ends no later)"
+    return f"{action}: already so for host {host_id}{unchanged}"
 
 
 @host.command(name="status")
@@ -1302,12 +1305,8 @@ def ops_hosts_control(
         _warn_not_rendered()
     if as_json:
         click.echo(json.dumps({"host_id": host_id, "action": action, "recorded": recorded}))
-    elif recorded:
-        click.echo(f"{action}: done for host {host_id}")
-    elif action == "drain":
-        click.echo(f"drain: already so for host {host_id} (the drain under way ends no later)")
     else:
-        click.echo(f"{action}: already so for host {host_id}; nothing recorded")
+        click.echo(_control_sentence(action, host_id, bool(recorded), unchanged="; nothing recorded"))
 
 
 @ops_hosts.command(name="list")
