@@ -107,12 +107,7 @@ async def test_bad_requests_get_a_clear_error_and_nothing_is_recorded(
     pool, alice = shared
     head = await pool.store.head_position()
     if isinstance(body, str):
-        async with alice.http.post(
-            pool.api + "/v1/allocations",
-            data=body,
-            headers={**alice.headers, "Content-Type": "application/json"},
-        ) as response:
-            got_status, answer = response.status, await response.json()
+        got_status, answer = await _post_as_written(alice, body)
     else:
         got_status, answer = await alice.call("POST", "/v1/allocations", body)
     assert got_status == status, answer
@@ -160,15 +155,20 @@ async def test_numbers_are_taken_as_the_schema_says_and_a_refused_one_says_what_
         assert "e.g. 30 or 2.5" in message, message
     for field, spelling in (("queue_timeout", "1e-400"), ("keep_for", "0.1e-999")):
         body = f'{{"cpus": 0.5, "memory": "64M", "image": "x", "command": ["true"], "{field}": {spelling}}}'
-        async with dora.http.post(
-            pool.api + "/v1/allocations",
-            data=body,
-            headers={**dora.headers, "Content-Type": "application/json"},
-        ) as response:
-            status, answer = response.status, await response.json()
+        status, answer = await _post_as_written(dora, body)
         assert (status, answer["error"]["code"]) == (400, "MALFORMED_JSON"), answer
         assert "write 0, or a larger number" in answer["error"]["message"], answer
     assert await pool.store.head_position() == head
+
+
+async def _post_as_written(user: Api, text: str) -> tuple[int, Any]:
+    """POST /v1/allocations with `text` as its JSON body, byte for byte (json= would re-encode it)."""
+    async with user.http.post(
+        user.base + "/v1/allocations",
+        data=text,
+        headers={**user.headers, "Content-Type": "application/json"},
+    ) as response:
+        return response.status, await response.json()
 
 
 async def _raw(port: int, head: bytes, source: str | None = None) -> bytes:
