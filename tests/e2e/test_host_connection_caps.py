@@ -8,9 +8,7 @@ one member's key opened connections until the server's own limit (64K), and the 
 for the whole pool."""
 
 import asyncio
-import json
 import tomllib
-import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,7 +23,7 @@ from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e.conftest import start_laptop
 from tests.e2e.test_ops import allocator_now
 from tests.fixtures.pool import EnrolledHost, Pool
-from tests.fixtures.servers import connect_client
+from tests.fixtures.servers import connect_client, monitored_connections
 
 LIMIT = 8
 COOLDOWN_S = 15.0
@@ -42,9 +40,8 @@ def _connections_of(pool: Pool, host: EnrolledHost) -> int:
     key = _key_of(host)
     held = 0
     for url in pool.nats.monitor_urls:
-        with urllib.request.urlopen(f"{url}/connz?auth=true&limit=100000", timeout=5) as response:
-            page = json.loads(response.read())
-        held += sum(1 for c in page.get("connections") or () if c.get("authorized_user") == key)
+        connections = monitored_connections(url, "auth=true&limit=100000")
+        held += sum(1 for c in connections if c.get("authorized_user") == key)
     return held
 
 

@@ -3,8 +3,6 @@ the configuration Potluck generates (NatsServer with authorization) and the user
 registry renders, the host connecting with its own key and inbox as hostd does."""
 
 import asyncio
-import json
-import urllib.request
 
 import nats
 import nats.errors
@@ -22,7 +20,7 @@ from potluck.registry.nats_auth import (
     render_authorization,
     write_authorization,
 )
-from tests.fixtures.servers import SERVICE_SEED, connect_client
+from tests.fixtures.servers import SERVICE_SEED, connect_client, monitored_connections
 
 #: The bound NATS_CLIENT_LIMITS sets, read back from the text the server is given.
 MAX_SUBSCRIPTIONS = int(NATS_CLIENT_LIMITS.split("max_subscriptions:")[1].split()[0])
@@ -108,8 +106,7 @@ async def test_a_host_subscribing_in_a_loop_is_held_at_the_bound(guarded_nats: N
 def subscriptions_held(server: NatsServer, name_part: str) -> int:
     """What nats-server's monitoring endpoint counts for the one connection whose inbox
     subscriptions name `name_part`."""
-    with urllib.request.urlopen(f"{server.monitor_urls[0]}/connz?subs=1&limit=1000", timeout=5) as response:
-        connections = json.load(response)["connections"]
+    connections = monitored_connections(server.monitor_urls[0], "subs=1&limit=1000")
     held = [
         c["subscriptions"]
         for c in connections
