@@ -32,6 +32,8 @@ log = structlog.get_logger(__name__)
 
 #: Signals of one session waiting for delivery; more are dropped.
 MAX_PENDING_SIGNALS = 8
+#: Characters of a signal's name written to the log.
+MAX_SIGNAL_NAME = 32
 
 Start = Callable[[Coroutine[Any, Any, None]], object]
 
@@ -95,6 +97,8 @@ class SessionControls:
                 if not delivered and not self._undelivered_logged:
                     # Once a session: a process that ended makes every later signal undeliverable.
                     self._undelivered_logged = True
-                    log.info("link.signal_not_delivered", signal=name, exec_id=self._process.exec_id[:12])
+                    # The name is the user's (the gateway relays only short ones): bounded all the same.
+                    exec_id = self._process.exec_id[:12]
+                    log.info("link.signal_not_delivered", signal=name[:MAX_SIGNAL_NAME], exec_id=exec_id)
         finally:
             self._signalling = False

@@ -31,6 +31,7 @@ root, and its context goes to hostd in the session's environment.
 """
 
 import asyncio
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +62,11 @@ log = structlog.get_logger(__name__)
 #: gateway logs or records it: a host's hostd is its member's to change, and would otherwise
 #: write what it liked into the gateway's log, a packet (32 KB) at a time.
 MAX_HOST_TEXT = 300
+
+#: A signal name the gateway relays to the host (RFC 4254 6.9: a name without "SIG", or
+#: name@domain). The client chooses it, up to a packet long: hostd named an undeliverable one
+#: whole in its log, and one session wrote a 100 KB line into a member's hostd log.
+_SIGNAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9@._+-]{0,31}")
 
 
 def not_running_message(alloc_id: str, state: AllocationState | None) -> str:
@@ -339,7 +345,10 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         self._bridge.resize(width, height, pixwidth, pixheight)
 
     def signal_received(self, signal: str) -> None:
-        self._bridge.signal(signal)
+        # Any other name could not name a signal hostd delivers (exec_bridge.signal_number):
+        # dropped here, as hostd drops those it does not know, rather than relayed whole.
+        if _SIGNAL_NAME.fullmatch(signal):
+            self._bridge.signal(signal)
 
     def break_received(self, msec: int) -> bool:
         return self._bridge.send_break(msec)

@@ -11,6 +11,7 @@ address; hostd's link process is measured from /proc.
 import asyncio
 import contextlib
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -147,6 +148,37 @@ async def test_signals_sent_after_a_flood_still_reach_the_process(ssh_env: SshEn
         async with asyncio.timeout(20):
             await process.wait_closed()
         assert process.exit_status == 7
+
+
+async def test_a_signal_with_a_huge_or_odd_name_is_not_written_into_hostds_log(ssh_env: SshEnv) -> None:
+    """Tried: a session sends a signal named by 100,000 letters, one with a newline and a shell
+    command in it, then INT. Before the fix the gateway relayed each name whole, and hostd
+    logged the first one it could not deliver whole: a 100 KB line in the member's hostd log
+    per session, as fast as the user opened sessions.
+    Must hold: no line of hostd's log holds the long name nor the injected text; INT, sent
+    after them, still reaches the process (its exit status); the gateway serves the next
+    session."""
+    env = ssh_env
+    host = env.hosts[0]
+    assert host.link is not None
+    await env.place_running(host, "sig1", users=("kira",))
+    await env.wait_reachable("sig1", key="kira")
+    link_log = host.link.log_path
+    async with await _connect(env, "sig1", "kira", "127.0.0.95") as conn:
+        process = await conn.create_process("echo ready; exec sleep 60")
+        await _read_until(process, "ready")
+        process.send_signal("Q" * 100_000)
+        process.send_signal('TERM\n{"event": "forged"}; rm -rf /')
+        # Signals reach hostd in order: once INT has ended the process, the others were handled.
+        process.send_signal("INT")
+        async with asyncio.timeout(20):
+            await process.wait_closed()
+        # The engine reports a process ended by a signal as 128 + its number.
+        assert process.exit_status == 128 + signal.SIGINT, (process.exit_status, env.logs())
+        assert (await conn.run("echo next")).stdout == "next\n"
+    logged = link_log.read_text(errors="replace")
+    assert "Q" * 100 not in logged, max(len(line) for line in logged.splitlines())
+    assert "forged" not in logged
 
 
 async def test_a_huge_or_odd_terminal_type_and_a_nul_in_a_command_are_refused_saying_why(
