@@ -18,14 +18,15 @@ ones in `DENIED`, which say why, and the few allowed only with some arguments
 (`_conditional_rules`). Any other syscall, one added to Linux later among them, fails with
 EPERM, as under Docker's profile; clone3 fails with ENOSYS, so that the C library falls back
 to clone, whose namespace flags can be checked (clone3 passes them in memory a filter cannot
-read). A syscall the machine's libseccomp does not know is left out by the runtime, so
+read); a netlink socket of the kernel's device events (`NETLINK_KOBJECT_UEVENT`) fails with
+EPERM. A syscall the machine's libseccomp does not know is left out by the runtime, so
 denied.
 """
 
 import json
 from typing import Any
 
-__all__ = ["DENIED", "KNOWN", "PROFILE", "profile"]
+__all__ = ["DENIED", "KNOWN", "NETLINK_KOBJECT_UEVENT", "PROFILE", "SOCKET_FAMILIES", "profile"]
 
 EPERM = 1
 ENOSYS = 38
@@ -168,6 +169,17 @@ KNOWN: tuple[str, ...] = (
 #: CAP_NET_RAW), AF_VSOCK (the machine's virtual machines), AF_ALG (the kernel's crypto) nor
 #: the obsolete families.
 SOCKET_FAMILIES = (1, 2, 10, 16)
+AF_NETLINK = 16
+#: The netlink protocol of the kernel's device events (uevents), never open to a container: the
+#: kernel sends each event of the machine's devices to every network namespace that belongs to
+#: the machine's user namespace, a container's own among them (no user-namespace remapping),
+#: network or none, to any user that asks. Found: a container's uid 1000, without a network,
+#: read an event of the machine's as it came (ACTION, DEVPATH, SUBSYSTEM, the device's numbers);
+#: on a laptop they tell each USB device plugged in (its maker's and product's numbers) and
+#: each change of the battery's (its maker, model and serial number, its charge, on mains or
+#: not): what /sys/devices is masked for (container_config.HARDWARE_PATHS). Nothing a container
+#: runs needs them (udev listens, on the member's machine).
+NETLINK_KOBJECT_UEVENT = 15
 #: CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET: a clone that makes a
 #: namespace is refused, as unshare is.
 CLONE_NAMESPACES = 0x7E020000
@@ -178,8 +190,15 @@ _CONDITIONAL = ("clone", "clone3", "personality", "socket", "socketpair")
 
 
 def _conditional_rules() -> list[dict[str, Any]]:
-    def eq(index: int, value: int) -> dict[str, Any]:
-        return {"index": index, "value": value, "valueTwo": 0, "op": "SCMP_CMP_EQ"}
+    def eq(index: int, value: int, op: str = "SCMP_CMP_EQ") -> dict[str, Any]:
+        return {"index": index, "value": value, "valueTwo": 0, "op": op}
+
+    def family(f: int) -> list[dict[str, Any]]:
+        # Conditions on different arguments of one rule must all hold (runc adds them as one
+        # rule): a netlink socket of any protocol but the device events'.
+        if f == AF_NETLINK:
+            return [eq(0, f), eq(2, NETLINK_KOBJECT_UEVENT, "SCMP_CMP_NE")]
+        return [eq(0, f)]
 
     rules: list[dict[str, Any]] = [
         {
@@ -193,7 +212,7 @@ def _conditional_rules() -> list[dict[str, Any]]:
     rules += [
         {"names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [eq(0, p)]} for p in PERSONALITIES
     ]
-    rules += [{"names": ["socket"], "action": "SCMP_ACT_ALLOW", "args": [eq(0, f)]} for f in SOCKET_FAMILIES]
+    rules += [{"names": ["socket"], "action": "SCMP_ACT_ALLOW", "args": family(f)} for f in SOCKET_FAMILIES]
     return rules
 
 

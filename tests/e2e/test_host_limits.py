@@ -479,3 +479,26 @@ async def test_containers_run_with_potlucks_seccomp_profile_whatever_the_engines
             "getpid": 0,
         }
         assert "seccomp=" + SECCOMP_PROFILE in driver.inspect(cid)["HostConfig"]["SecurityOpt"]
+
+
+async def test_a_container_cannot_listen_to_the_members_device_events(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    """Found: the kernel sends each device event of the machine (uevents: a USB device plugged
+    in, each change of the battery's, with its model and serial number) to every network
+    namespace of the machine's user namespace, a container's without a network among them, to
+    any user that opens a netlink socket of those events; a container's uid 1000 read them as
+    they came. Tried: in a placed container, by an exec as uid 1000 (a session's user) and as
+    its root, busybox's `uevent`, which opens that socket and listens; then `ip addr`, which
+    reads the container's interfaces over a netlink socket of another protocol (routing).
+    Must hold: `uevent` fails at once, its socket refused (EPERM, by Potluck's seccomp profile)
+    for both users, while `ip addr` still lists the container's loopback."""
+    async with _running(pool, laptop, docker_engines[0], "uevents", spec()) as (driver, cid):
+        for user in ("1000:1000", ""):
+            # Let through, `uevent` would listen until the timeout ends it (status 143).
+            listen = driver.exec_run(cid, ["timeout", "5", "uevent", "true"], user=user)
+            assert listen.exit_code == 1, (user, listen)
+            assert b"Operation not permitted" in listen.output, (user, listen.output)
+        interfaces = driver.exec_run(cid, ["ip", "addr"], user="1000:1000")
+        assert interfaces.exit_code == 0, interfaces.output
+        assert b"127.0.0.1" in interfaces.output, interfaces.output

@@ -2,7 +2,14 @@
 
 import json
 
-from potluck.hostd.seccomp_profile import DENIED, KNOWN, PROFILE, SOCKET_FAMILIES, profile
+from potluck.hostd.seccomp_profile import (
+    DENIED,
+    KNOWN,
+    NETLINK_KOBJECT_UEVENT,
+    PROFILE,
+    SOCKET_FAMILIES,
+    profile,
+)
 
 AF_ALG, AF_VSOCK, AF_PACKET = 38, 40, 17
 
@@ -59,3 +66,18 @@ def test_sockets_only_of_the_ordinary_families_and_clone_never_with_a_namespace(
     assert not mask["value"] & clone_thread
     assert rules["clone3"] == {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
     assert json.loads(PROFILE) == profile()
+
+
+def test_netlink_sockets_of_any_protocol_but_the_machines_device_events() -> None:
+    """Tried: the rules allowing socket(), read as the runtime reads them (conditions on
+    different arguments of one rule must all hold). Must hold: every family's rule but
+    netlink's is its family alone; netlink's also requires a protocol other than the device
+    events' (15): a socket of those events matches no rule, so gets the default, EPERM, while
+    routing's (0) is allowed."""
+    rules = [rule["args"] for rule in profile()["syscalls"] if rule["names"] == ["socket"]]
+    [netlink] = [args for args in rules if args[0]["value"] == 16]
+    assert netlink[1:] == [{"index": 2, "value": 15, "valueTwo": 0, "op": "SCMP_CMP_NE"}]
+    assert NETLINK_KOBJECT_UEVENT == 15
+    assert [args for args in rules if args is not netlink] == [
+        [{"index": 0, "value": f, "valueTwo": 0, "op": "SCMP_CMP_EQ"}] for f in (1, 2, 10)
+    ]
