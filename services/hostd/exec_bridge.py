@@ -562,8 +562,9 @@ def kept_refusal(alloc_id: str, until: datetime | None) -> str:
 def exec_env(
     alloc_id: str, session_id: str, term_type: str | None, forwarded: Mapping[str, str]
 ) -> dict[str, str]:
-    """The exec's environment: TERM for a PTY, our markers, and the locale variables the user sent."""
-    env = {k: v for k, v in forwarded.items() if k == "LANG" or k.startswith("LC_")}
+    """The exec's environment: TERM for a PTY, our markers, and the locale variables the user sent
+    (none with a NUL byte, which the engine refuses an exec for)."""
+    env = {k: v for k, v in forwarded.items() if (k == "LANG" or k.startswith("LC_")) and "\0" not in k + v}
     if term_type:
         env["TERM"] = term_type
     env["POTLUCK_ALLOC"] = alloc_id

@@ -15,7 +15,9 @@ trace, never one the user chose).
 
 What the user's channel keeps of its `env` requests is bounded as it comes
 (`bound_environment`): only variables that could pass (`LANG`, `LC_*`), at
-most `MAX_ENV_VARS` of them, each name and value short. asyncssh keeps every
+most `MAX_ENV_VARS` of them, each name and value short and without a NUL byte
+(no process's environment can hold one: the engine refused the exec, and the
+user read that the engine had failed). asyncssh keeps every
 `env` request whole for the channel's life, and a client may send any number,
 each up to a packet (256 KiB): 2,000 of 50 KB grew the gateway by 300 MB and
 hostd by 200 MB, from one session of one user. As OpenSSH's sshd does (its
@@ -76,7 +78,7 @@ def bound_environment(chan: asyncssh.SSHServerChannel[bytes], refused: Callable[
         # Read from a copy: the channel's handler reads the packet itself if it is kept.
         probe = SSHPacket(packet.get_remaining_payload())
         name, value = probe.get_string(), probe.get_string()
-        fits = len(name) <= MAX_ENV_NAME and len(value) <= MAX_ENV_VALUE
+        fits = len(name) <= MAX_ENV_NAME and len(value) <= MAX_ENV_VALUE and b"\0" not in name + value
         room = name in kept or len(kept) < MAX_ENV_VARS
         if not (fits and room and passes_to_host(name.decode("utf-8", "replace"))):
             refused(name[:MAX_ENV_NAME].decode("utf-8", "replace"))

@@ -264,6 +264,43 @@ async def test_a_session_keeps_only_a_bounded_locale_of_the_environment_it_is_se
     assert [e["command"] for e in started if e["source_address"] == "127.0.0.157"] == ["env"]
 
 
+async def test_a_locale_variable_with_a_nul_byte_is_dropped_and_the_session_runs(ssh_env: SshEnv) -> None:
+    """Tried: a session sent LANG with a NUL byte in its value (`C\\0LD_PRELOAD=/tmp/x.so`) and
+    LC_TIME as usual, then a command. Before the fix the gateway and hostd passed LANG on, the
+    engine refused to start the exec ("environment variable value can't contain null"), the
+    user read that the container's engine had failed and to ask the member, and hostd logged
+    a warning about its engine.
+    Must hold: the command runs (exit 0) and sees LC_TIME, no LANG and no LD_PRELOAD; hostd
+    logged no failed exec start for the allocation."""
+    env = ssh_env
+    host = env.hosts[0]
+    assert host.link is not None
+    await env.place_running(host, "nul1", users=("nora",))
+    await env.wait_reachable("nul1", key="nora")
+    async with asyncssh.connect(
+        "127.0.0.1",
+        env.port,
+        local_addr=("127.0.0.158", 0),
+        username="nul1",
+        client_keys=[str(env.key("nora"))],
+        known_hosts=None,
+        agent_path=None,
+        config=None,
+    ) as conn:
+        ran = await conn.run("env", env={"LANG": "C\0LD_PRELOAD=/tmp/x.so", "LC_TIME": "en_GB.UTF-8"})
+    assert ran.exit_status == 0, (ran.stderr, env.logs())
+    seen = dict(line.split("=", 1) for line in str(ran.stdout).splitlines() if "=" in line)
+    assert seen.get("LC_TIME") == "en_GB.UTF-8", seen
+    assert "LANG" not in seen, seen
+    assert "LD_PRELOAD" not in seen, seen
+    failed = [
+        line
+        for line in host.link.log_path.read_text(errors="replace").splitlines()
+        if "link.exec_start_failed" in line and '"nul1"' in line
+    ]
+    assert failed == []
+
+
 async def test_a_user_opening_sessions_in_a_loop_is_slowed_before_the_log_fills(ssh_env: SshEnv) -> None:
     """What is tried: with 2 sessions a second per user after a burst of 10, a user opens 60
     sessions, 10 at a time, on one connection to an allocation already released (each ends at
