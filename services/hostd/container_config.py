@@ -137,6 +137,9 @@ MASKED_PATHS: dict[str, str] = {
         "interrupt counts of each device, the member's keyboard and touchpad among them: "
         "the timing of the member's keystrokes",
     ),
+    "/proc/irq": "a directory for each interrupt, named after its device's driver (the member's "
+    "Wi-Fi card, graphics card, keyboard controller), with its count (spurious): what "
+    "/proc/interrupts is masked for, the engine only making it read-only",
     "/sys/devices/virtual/dmi": "the machine's serial numbers and UUID (root's alone), its "
     "maker and model: an identity of the member's machine (/sys/class/dmi/id leads here)",
     "/proc/cmdline": "the kernel's command line: the UUIDs of the machine's root file system "

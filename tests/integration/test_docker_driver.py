@@ -239,7 +239,8 @@ def test_a_container_reads_nothing_of_the_machines_hardware_or_roots_own_kernel_
 ) -> None:
     """Tried, as root in a container (the machine's root: no user namespace), through docker
     exec as a session is: read the machine's physical page flags and counts, the kernel's slab
-    and vmalloc layouts, the interrupt counts of its devices, the kernel's command line (the
+    and vmalloc layouts, the interrupt counts of its devices (and /proc/irq, which names each
+    interrupt's driver and counts it), the kernel's command line (the
     UUIDs of its root and encrypted disks, on a laptop), every serial number, wwid and
     DMI identity under /sys/devices (this machine has some: its disks'), and list its loop and
     device-mapper disks. Must hold: each reads
@@ -260,6 +261,10 @@ def test_a_container_reads_nothing_of_the_machines_hardware_or_roots_own_kernel_
     for kernel_file in kernel_files:
         read = docker_driver.exec_run(container_id, ["sh", "-c", f"head -c 64 /proc/{kernel_file} | wc -c"])
         assert read.output.strip() == b"0", f"/proc/{kernel_file} gave {read.output!r}"
+    # Each interrupt's directory names its device's driver and holds its count (spurious).
+    assert any(Path("/proc/irq").glob("*/spurious")), "no interrupt here: nothing proven"
+    irqs = docker_driver.exec_run(container_id, ["ls", "-A", "/proc/irq"])
+    assert (irqs.exit_code, irqs.output) == (0, b""), irqs.output
     found = docker_driver.exec_run(
         container_id,
         ["sh", "-c", "find /sys/devices /sys/block/ /sys/class/ \\( -name '*serial' -o -name wwid "
