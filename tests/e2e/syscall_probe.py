@@ -5,7 +5,7 @@ that no compiler is needed where the tests run."""
 
 import struct
 
-__all__ = ["probe"]
+__all__ = ["probe", "probe_i386"]
 
 _BASE = 0x400000
 _HEADERS = 64 + 56  # the ELF header and its one program header
@@ -14,6 +14,11 @@ _HEADERS = 64 + 56  # the ELF header and its one program header
 def _mov(register: int, value: int) -> bytes:
     """`mov r64, imm32` (sign-extended): rax 0, rdx 2, rsi 6, rdi 7."""
     return bytes([0x48, 0xC7, 0xC0 | register]) + struct.pack("<i", value)
+
+
+def _mov32(register: int, value: int) -> bytes:
+    """`mov r32, imm32`: eax 0, ecx 1, edx 2, ebx 3."""
+    return bytes([0xB8 | register]) + struct.pack("<I", value)
 
 
 def probe(number: int, *args: int) -> bytes:
@@ -30,6 +35,28 @@ def probe(number: int, *args: int) -> bytes:
         + b"\xb8\x3c\x00\x00\x00"  # exit: mov eax, 60 (exit)
         + b"\x0f\x05"  # syscall
     )  # fmt: skip
+    return _elf(code)
+
+
+def probe_i386(number: int, *args: int) -> bytes:
+    """The same through i386's table (`int 0x80`, i386's `number`, args in ebx, ecx, edx), which
+    a 64-bit program may call too: a seccomp filter sees another architecture's call."""
+    ebx, ecx, edx = (*args, 0, 0, 0)[:3]
+    code = (
+        _mov32(0, number) + _mov32(3, ebx) + _mov32(1, ecx) + _mov32(2, edx)
+        + b"\xcd\x80"  # int 0x80
+        + b"\x31\xff"  # xor edi, edi: status 0 ...
+        + b"\x85\xc0"  # test eax, eax
+        + b"\x79\x04"  # jns exit: ... when it succeeded
+        + b"\xf7\xd8"  # neg eax
+        + b"\x89\xc7"  # mov edi, eax: status errno
+        + b"\xb8\x3c\x00\x00\x00"  # exit: mov eax, 60 (exit, 64-bit)
+        + b"\x0f\x05"  # syscall
+    )  # fmt: skip
+    return _elf(code)
+
+
+def _elf(code: bytes) -> bytes:
     size = _HEADERS + len(code)
     elf = (
         b"\x7fELF\x02\x01\x01" + b"\x00" * 9

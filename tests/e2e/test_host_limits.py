@@ -27,7 +27,7 @@ from potluck.hostd.seccomp_profile import PROFILE as SECCOMP_PROFILE
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG, import_rootfs, rootfs_tarball
 from tests.e2e.conftest import start_laptop, wait_for_status
-from tests.e2e.syscall_probe import probe
+from tests.e2e.syscall_probe import probe, probe_i386
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 
 VOLUME_IMAGE = "potluck-volume:1"
@@ -489,16 +489,43 @@ async def test_a_container_cannot_listen_to_the_members_device_events(
     namespace of the machine's user namespace, a container's without a network among them, to
     any user that opens a netlink socket of those events; a container's uid 1000 read them as
     they came. Tried: in a placed container, by an exec as uid 1000 (a session's user) and as
-    its root, busybox's `uevent`, which opens that socket and listens; then `ip addr`, which
-    reads the container's interfaces over a netlink socket of another protocol (routing).
-    Must hold: `uevent` fails at once, its socket refused (EPERM, by Potluck's seccomp profile)
-    for both users, while `ip addr` still lists the container's loopback."""
+    its root, busybox's `uevent`, which opens that socket and listens; static probes opening it
+    through the 64-bit and the i386 syscall tables (syscall_probe.py), and a netlink socket of
+    routing's through both; then `ip addr`, which reads the container's interfaces over
+    routing's. Must hold: `uevent` fails at once, its socket refused (EPERM, by Potluck's
+    seccomp profile), and so do both probes of the device events', for both users, while
+    routing's sockets open and `ip addr` lists the container's loopback."""
+    af_netlink, sock_dgram, uevents, routing = 16, 2, 15, 0
+    calls = {
+        "uevent_64": probe(41, af_netlink, sock_dgram, uevents),
+        "uevent_i386": probe_i386(359, af_netlink, sock_dgram, uevents),
+        "route_64": probe(41, af_netlink, sock_dgram, routing),
+        "route_i386": probe_i386(359, af_netlink, sock_dgram, routing),
+    }
     async with _running(pool, laptop, docker_engines[0], "uevents", spec()) as (driver, cid):
+        client = docker.DockerClient(base_url=docker_engines[0].url)
+        try:
+            assert client.api.put_archive(cid, "/", _programs(calls))
+        finally:
+            client.close()
         for user in ("1000:1000", ""):
             # Let through, `uevent` would listen until the timeout ends it (status 143).
             listen = driver.exec_run(cid, ["timeout", "5", "uevent", "true"], user=user)
             assert listen.exit_code == 1, (user, listen)
             assert b"Operation not permitted" in listen.output, (user, listen.output)
+            errno_of = {name: driver.exec_run(cid, [f"/probe/{name}"], user=user).exit_code for name in calls}
+            assert errno_of == {"uevent_64": 1, "uevent_i386": 1, "route_64": 0, "route_i386": 0}, user
         interfaces = driver.exec_run(cid, ["ip", "addr"], user="1000:1000")
         assert interfaces.exit_code == 0, interfaces.output
         assert b"127.0.0.1" in interfaces.output, interfaces.output
+
+
+def _programs(programs: dict[str, bytes]) -> bytes:
+    """A tar of `programs`, each executable by anyone, under probe/."""
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w") as archive:
+        for name, program in programs.items():
+            info = tarfile.TarInfo(f"probe/{name}")
+            info.size, info.mode = len(program), 0o755
+            archive.addfile(info, io.BytesIO(program))
+    return tar.getvalue()
