@@ -52,7 +52,9 @@ from potluck.hostd.container_config import LABEL_HOST, LABEL_MANAGED, LABEL_SPEC
 from potluck.hostd.docker_http import message
 from potluck.hostd.exec_errors import ExecError, ExecRefused
 from potluck.hostd.exec_stream import ExecSink, ExecStream
+from potluck.hostd.helper import HELPER_PATH
 from potluck.hostd.session_ledger import SessionLedger
+from potluck.hostd.tty_size import CONSOLE_SIZE_API, sized_argv
 
 __all__ = ["ExecBridge", "ExecProcess", "SessionProcess", "exec_env", "signal_number"]
 
@@ -81,6 +83,11 @@ def _exec_refused_as_paused(answer: tuple[int, Any]) -> bool:
 
 def _start_refused_as_paused(exc: BaseException) -> bool:
     return isinstance(exc, ExecError) and pause_races.says_paused(str(exc))
+
+
+def _has_helper(container: Mapping[str, Any]) -> bool:
+    """Was the container made with the helper busybox mounted (helper.py)?"""
+    return any(m.get("Destination") == HELPER_PATH for m in container.get("Mounts") or [])
 
 
 def signal_number(name: str) -> int | None:
@@ -276,6 +283,10 @@ class ExecBridge:
     async def container_for(self, alloc_id: str, *, stopped_ok: bool = False) -> str:
         """The id of the allocation's running container on this host; ExecRefused if there is none.
         `stopped_ok`: a stopped one will do too (logs and files of an ended allocation)."""
+        return str((await self.container_of(alloc_id, stopped_ok=stopped_ok))["Id"])
+
+    async def container_of(self, alloc_id: str, *, stopped_ok: bool = False) -> dict[str, Any]:
+        """What the engine says of the allocation's running container (`container_for`)."""
         if not _ALLOC.match(alloc_id):
             raise ExecRefused(f"{alloc_id!r} is not an allocation id")
         path = f"/containers/{NAME_PREFIX}{alloc_id}/json"
@@ -292,6 +303,8 @@ class ExecBridge:
             raise ExecRefused(f"allocation {alloc_id} has no container on this host")
         if status != 200:
             raise ExecError(f"inspecting the container of {alloc_id}: {status} {message(body)}")
+        if not isinstance(body, dict):
+            raise ExecError(f"inspecting the container of {alloc_id}: not an object: {str(body)[:200]}")
         labels = ((body.get("Config") or {}).get("Labels")) or {}
         # Whose it is, by its name, never a label (an image's labels show in its containers'):
         # a container created ahead (warm_pool.py) is the allocation's it was renamed for.
@@ -305,7 +318,7 @@ class ExecBridge:
             raise ExecRefused(f"allocation {alloc_id} has no container on this host")
         state = body.get("State") or {}
         if stopped_ok:
-            return str(body["Id"])
+            return body
         if state.get("Paused"):
             raise ExecRefused(
                 f"the container of allocation {alloc_id} is paused (the member paused this machine)"
@@ -319,7 +332,7 @@ class ExecBridge:
             raise ExecRefused(
                 f"the container of allocation {alloc_id} is not running ({state.get('Status')})"
             )
-        return str(body["Id"])
+        return body
 
     async def disk_left(self, alloc_id: str) -> int | None:
         """Bytes the container may still write before its disk bound: the bound of the spec hostd
@@ -370,8 +383,13 @@ class ExecBridge:
         size: tuple[int, int] = (0, 0),
     ) -> ExecProcess:
         """Start `argv` in the allocation's container, its stream open; `attach()` a sink next."""
-        container_id = await self.container_for(alloc_id)
+        container = await self.container_of(alloc_id)
+        container_id = str(container["Id"])
         width, height = size
+        sized = tty and width > 0 and height > 0
+        create_sized = sized and await self.api_version() >= CONSOLE_SIZE_API
+        if sized and not create_sized and _has_helper(container):
+            argv = sized_argv(alloc_id, argv, width, height)
         create: dict[str, Any] = {
             "AttachStdin": True,
             "AttachStdout": True,
@@ -382,7 +400,7 @@ class ExecBridge:
             # win over a container's environment.
             "Env": [f"{k}={v}" for k, v in {**self.env_of(alloc_id), **env}.items()],
         }
-        if tty and width > 0 and height > 0 and await self.api_version() >= (1, 42):
+        if create_sized:
             create["ConsoleSize"] = [height, width]
         status, body = await pause_races.ask_while_paused(
             lambda: self._call("POST", f"/containers/{container_id}/exec", create), _exec_refused_as_paused
@@ -405,7 +423,7 @@ class ExecBridge:
         stream = await self._start(exec_id, container_id, tty)
         self.sessions.remember(exec_id, container_id)
         process = ExecProcess(self, exec_id, container_id, tty, stream)
-        if tty and width > 0 and height > 0:
+        if sized:
             with contextlib.suppress(ExecError):
                 await process.resize(width, height)
         return process

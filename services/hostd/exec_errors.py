@@ -9,7 +9,7 @@ running container of ours on this host, and ExecError for everything else.
 Neither leaves hostd: gateway_link.py turns them into what the SSH user reads.
 """
 
-__all__ = ["ExecError", "ExecRefused"]
+__all__ = ["ExecError", "ExecRefused", "could_not_start", "not_in_container"]
 
 
 class ExecError(Exception):
@@ -18,3 +18,16 @@ class ExecError(Exception):
 
 class ExecRefused(ExecError):
     """The session cannot run; the message is safe to show the user."""
+
+
+def not_in_container(program: str) -> str:
+    """Why a session's program did not start, when it is not in the container."""
+    return (
+        f"{program} is not in the container: sessions (a shell, a command, sftp) run /bin/sh, "
+        "so the allocation's image needs one"
+    )
+
+
+def could_not_start(alloc_id: str, why: str) -> str:
+    """The line a user reads when their session's program could not start."""
+    return f"potluck: the session could not start in allocation {alloc_id}: {why}"

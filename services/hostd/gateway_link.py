@@ -88,7 +88,7 @@ from potluck.contracts.link import (
 )
 from potluck.events.tracing import context_from_env
 from potluck.hostd.exec_bridge import ExecBridge, ExecProcess, SessionProcess, exec_env
-from potluck.hostd.exec_errors import ExecError, ExecRefused
+from potluck.hostd.exec_errors import ExecError, ExecRefused, could_not_start, not_in_container
 from potluck.hostd.gateway_config import GatewayLink
 from potluck.hostd.helper_sftp import open_sftp
 from potluck.hostd.reserved_commands import open_reserved, reserved_command
@@ -366,10 +366,7 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         program = self._program or "the session's program"
         lowered = engine_said.lower()
         if "no such file or directory" in lowered or "not found" in lowered:
-            why = (
-                f"{program} is not in the container: sessions (a shell, a command, sftp) run "
-                "/bin/sh, so the allocation's image needs one"
-            )
+            why = not_in_container(program)
         elif "permission denied" in lowered:
             why = f"{program} cannot be run in the container (permission denied)"
         else:
@@ -381,10 +378,7 @@ class HostSession(asyncssh.SSHServerSession[bytes]):
         if chan is None or chan.is_closing():
             return
         with contextlib.suppress(OSError):
-            chan.write(
-                f"potluck: the session could not start in allocation {self._alloc_id}: {why}\r\n".encode(),
-                asyncssh.EXTENDED_DATA_STDERR,
-            )
+            chan.write(f"{could_not_start(self._alloc_id, why)}\r\n".encode(), asyncssh.EXTENDED_DATA_STDERR)
             chan.exit(status)
 
     def _fail(self, message: str) -> None:

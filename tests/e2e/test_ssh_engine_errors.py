@@ -26,7 +26,7 @@ from potluck.hostd.helper_sftp import ENGINE_FAILED
 from potluck.localstack.process import ChildProcess
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.fixtures import ssh as ssh_fixtures
-from tests.fixtures.ssh import LINK_DISK_BOUND, FakeHost, SshEnv
+from tests.fixtures.ssh import LINK_DISK_BOUND, FakeHost, PtySession, SshEnv
 
 ssh_env = ssh_fixtures.ssh_env
 
@@ -75,8 +75,9 @@ def _as_alice(env: SshEnv, alloc_id: str) -> AbstractAsyncContextManager[asyncss
 
 async def test_an_image_without_a_shell_is_said_so_not_in_the_engines_words(env: SshEnv) -> None:
     """Tried: a running allocation whose /bin/sh is removed (as in an image without one), then
-    `ssh ALLOC echo hi` without and with a terminal, and a process that itself prints the
-    engine's words first.
+    `ssh ALLOC echo hi` without and with a terminal (`-tt` from a pipe: no size; and from a
+    real terminal, whose size the helper sets before it starts the program on this engine),
+    and a process that itself prints the engine's words first.
     Before the fix the user's terminal showed the engine's "OCI runtime exec failed: exec
     failed: unable to start container process: exec: "/bin/sh": stat /bin/sh: no such file or
     directory: unknown", and hostd logged nothing.
@@ -104,6 +105,18 @@ async def test_an_image_without_a_shell_is_said_so_not_in_the_engines_words(env:
     logged = _link_lines(host, "link.exec_start_failed")
     assert len(logged) == 2, logged
     assert all("OCI runtime exec failed" in line["engine"] for line in logged), logged
+
+    # From a terminal of a known size the helper starts the program on this engine (tty_size.py):
+    # the same status and line, though the engine started the helper.
+    pty = PtySession(env.ssh_argv("eng1", "echo hi", options=["-tt"]), rows=30, cols=100)
+    try:
+        assert await pty.wait() == 126, bytes(pty.output)
+        said = pty.output.decode()
+    finally:
+        pty.close()
+    assert "potluck: the session could not start in allocation eng1: /bin/sh is not in the container" in said
+    assert "the allocation's image needs one" in said, said
+    _no_engine_words(said, container_id)
 
 
 async def test_a_restarting_container_is_said_so_not_in_the_engines_words(env: SshEnv) -> None:

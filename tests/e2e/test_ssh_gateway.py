@@ -203,6 +203,35 @@ async def test_processes_started_over_ssh_count_against_the_pids_limit(ssh_env: 
     assert "can't fork" in bomb.err, bomb.err
 
 
+async def test_a_command_with_a_terminal_starts_at_the_clients_size(ssh_env: SshEnv) -> None:
+    """What is tried: `ssh -tt ID@gw 'stty size'` from a 30x100 terminal, eight times, on the
+    fixtures' engine (20.10: its API sets an exec's terminal size only after the exec started).
+    Before the fix the command often ran before hostd's resize reached its terminal and printed
+    "0 0" (about two runs in three here).
+    What must hold: every run prints the client's size, and ends with the command's status; the
+    command sees the environment, directory and process a command without a terminal does (but
+    TERM): the size is set by the helper, which leaves nothing of its own behind."""
+    await _running_allocation(ssh_env, "pty0")
+    for _ in range(8):
+        pty = PtySession(ssh_env.ssh_argv("pty0", "stty size; exit 4", options=["-tt"]), rows=30, cols=100)
+        try:
+            assert await pty.wait() == 4, bytes(pty.output)
+            assert b"30 100" in pty.output, bytes(pty.output)
+        finally:
+            pty.close()
+
+    facts = (
+        "pwd; env | grep -v -e '^TERM=' -e '^POTLUCK_SESSION=' | sort; cat /proc/$$/cmdline | tr '\\0' ' '"
+    )
+    plain = await ssh_env.ssh("pty0", facts)
+    pty = PtySession(ssh_env.ssh_argv("pty0", facts, options=["-tt"]), rows=30, cols=100)
+    try:
+        assert await pty.wait() == 0, bytes(pty.output)
+        assert pty.output.decode().replace("\r\n", "\n") == plain.out
+    finally:
+        pty.close()
+
+
 async def test_a_pty_session_is_interactive_and_follows_window_changes(ssh_env: SshEnv) -> None:
     await _running_allocation(ssh_env, "pty1")
     argv = ssh_env.ssh_argv("pty1", options=["-tt"])
