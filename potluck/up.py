@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -486,6 +488,7 @@ def summary(ready: Running) -> list[str]:
         f"demo token      {ready.token}",
         "",
         "next:",
+        *_put_on_path(),
         f"  potluck login --url {ready.api} --token {ready.token} --gateway {ready.ssh}"
         + (f" --gateway-key '{ready.gateway_key}'" if ready.gateway_key else ""),
         f"  potluck alloc create --cpus 1 --memory 512M --image {ready.image} "
@@ -494,6 +497,20 @@ def summary(ready: Running) -> list[str]:
         "  potluck ssh ALLOCATION_ID",
         "  potluck image push YOUR_IMAGE",
     ]
+
+
+def _put_on_path() -> list[str]:
+    """The `export PATH=...` line to run before the next commands when the shell that started the
+    pool finds no `potluck`, or another one (`ops/up` runs the checkout's `.venv/bin/potluck`,
+    which a newcomer's PATH does not hold yet: each `potluck ...` line said "command not found")."""
+    here = Path(sys.executable).parent
+    mine = here / "potluck"
+    if not mine.is_file():
+        return []
+    found = shutil.which("potluck")
+    if found is not None and Path(found).resolve() == mine.resolve():
+        return []
+    return [f'  export PATH={shlex.quote(str(here))}:"$PATH"   # the potluck command, in this shell']
 
 
 def _unless_browsers_refuse(api: str) -> str:
