@@ -1476,6 +1476,9 @@ def ops_hosts_revoke(
         click.echo(f"revoked host {host_id} as {by}{why}{key}")
 
 
+_TOKEN_JSON_HELP = 'Print {"user": NAME, "token": TOKEN} for scripts instead of the token alone.'
+
+
 @ops.group(name="users")
 def ops_users() -> None:
     """Add users of the HTTP API and give them new tokens; the operator's web token."""
@@ -1500,8 +1503,9 @@ def ops_users() -> None:
     show_default=True,
     help="Quota: allocations held at once.",
 )
+@click.option("--json", "as_json", is_flag=True, help=_TOKEN_JSON_HELP)
 def ops_users_add(
-    name: str, database_url: str, cpus: float, memory: str, disk: str, allocations: int
+    name: str, database_url: str, cpus: float, memory: str, disk: str, allocations: int, as_json: bool
 ) -> None:
     """Add user NAME and print their bearer token (shown once; only its hash is kept)."""
     from potluck.allocator.users import add_user
@@ -1518,17 +1522,26 @@ def ops_users_add(
     except ValueError as exc:
         fail(str(exc), 2)
 
-    _decide_for_user(database_url, name, lambda user: add_user(user, name, quota))
+    said = (
+        f"added user {name} (quota: {cpus:g} CPUs, {memory} memory, {disk} disk, {allocations} "
+        "allocations held at once)"
+    )
+    _decide_for_user(database_url, name, lambda user: add_user(user, name, quota), said, as_json)
 
 
 @ops_users.command(name="rotate-token")
 @click.argument("name")
 @operator_database_option
-def ops_users_rotate_token(name: str, database_url: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help=_TOKEN_JSON_HELP)
+def ops_users_rotate_token(name: str, database_url: str, as_json: bool) -> None:
     """Give user NAME a new bearer token and print it; the old token stops working."""
     from potluck.allocator.users import rotate_token
 
-    _decide_for_user(database_url, name, lambda user: rotate_token(user, name))
+    said = (
+        f"gave user {name} a new token; the old one no longer works (web pages signed in with it "
+        "are signed out)"
+    )
+    _decide_for_user(database_url, name, lambda user: rotate_token(user, name), said, as_json)
 
 
 @ops_users.command(name="web-token")
@@ -1552,9 +1565,17 @@ def ops_users_web_token(database_url: str) -> None:
 
 
 def _decide_for_user(
-    database_url: str, name: str, decide: "Callable[[User | None], tuple[list[Event], str]]"
+    database_url: str,
+    name: str,
+    decide: "Callable[[User | None], tuple[list[Event], str]]",
+    said: str,
+    as_json: bool,
 ) -> None:
-    """Fold user NAME's stream, let `decide` choose, append at the version read; print the token."""
+    """Fold user NAME's stream, let `decide` choose, append at the version read; print the token.
+
+    stdout holds the token alone (`TOKEN=$(potluck ops users add bob)`, as `ops hosts enroll`
+    and `ops users web-token` print theirs); what was done goes to stderr. `as_json`: the
+    object scripts read instead."""
     from potluck.allocator.users import UsersView
     from potluck.contracts.allocation_events import user_stream
     from potluck.events import EventStore, SkippedEvents, decode_or_skip
@@ -1578,7 +1599,15 @@ def _decide_for_user(
         token = run(with_store(database_url, go))
     except Rejected as exc:
         fail(exc.message, 2 if exc.status == 400 else 1)
-    click.echo(json.dumps({"user": name, "token": token}))
+    if as_json:
+        click.echo(json.dumps({"user": name, "token": token}))
+        return
+    click.echo(
+        f"{said}; their token, shown this once (only its hash is kept), is below: hand it to them "
+        "privately, for `potluck login --token TOKEN` and the web page",
+        err=True,
+    )
+    click.echo(token)
 
 
 def _a_size(ctx: click.Context, param: click.Parameter, value: str) -> str:

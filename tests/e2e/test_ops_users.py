@@ -43,14 +43,21 @@ async def test_a_user_added_then_given_a_new_token_loses_the_old_one(
     pool: Pool, laptop: EnrolledHost
 ) -> None:
     """What is tried: add carol with a disk quota, take more disk than it allows, add her again,
-    a bad name, a bad disk quota, rotate her token, rotate an unknown user.
-    What must hold: the printed token works at once; `--disk` bounds the disk she holds (403
-    naming disk); a duplicate or bad name or quota fails with a message and adds nothing; after
-    rotation the new token works and the old one gets 401."""
+    a bad name, a bad disk quota, rotate her token (with --json), rotate an unknown user.
+    What must hold: `add` prints the token alone on stdout (before, a JSON object where the
+    README says it prints the token) and what it did on stderr; `--json` prints the object
+    scripts read, and nothing on stderr; the printed token works at once; `--disk` bounds the
+    disk she holds (403 naming disk); a duplicate or bad name or quota fails with a message and
+    adds nothing; after rotation the new token works and the old one gets 401."""
     await pool.wait_api()
     added = await potluck(pool, "ops", "users", "add", "carol", "--cpus", "2", "--disk", "100M")
     assert added.returncode == 0, added.stderr
-    first = json.loads(added.stdout)["token"]
+    # The token alone on stdout (what the README says it prints), what was done on stderr.
+    first = added.stdout.strip()
+    assert added.stdout == f"{first}\n", added.stdout
+    assert first.startswith("pl_"), added.stdout
+    assert "added user carol (quota: 2 CPUs, 16G memory, 100M disk" in added.stderr, added.stderr
+    assert "shown this once" in added.stderr
     assert await status_with(pool, first) == 200
     status, _ = await allocate_disk(pool, first, "64M")
     assert status == 201
@@ -73,8 +80,10 @@ async def test_a_user_added_then_given_a_new_token_loses_the_old_one(
     assert bad.returncode == 2
     assert "user name" in bad.stderr
 
-    rotated = await potluck(pool, "ops", "users", "rotate-token", "carol")
+    rotated = await potluck(pool, "ops", "users", "rotate-token", "carol", "--json")
     assert rotated.returncode == 0, rotated.stderr
+    assert json.loads(rotated.stdout).keys() == {"user", "token"}, rotated.stdout
+    assert rotated.stderr == ""
     second = json.loads(rotated.stdout)["token"]
     assert second != first
     assert await status_with(pool, second) == 200
