@@ -549,7 +549,7 @@ def sshgateway(
         except SettingsError as exc:
             fail(str(exc), 2)
         except SSHIdentityError as exc:
-            fail(f"no {'client' if print_client_key else 'host'} key printed: {exc}")
+            fail(f"no {'client' if print_client_key else 'host'} key printed: {exc}{_up_gateway(state_dir)}")
         click.echo(key)
         return
     try:
@@ -911,6 +911,19 @@ def parse_duration(value: str) -> "timedelta":
     return timedelta(seconds=seconds)
 
 
+def _up_gateway(state_dir: Path | None) -> str:
+    """Where the gateway's keys are, when `state_dir` (given for a gateway's) is a `potluck up`
+    pool's: its gateway keeps them in a folder of its own, which a newcomer cannot guess."""
+    from potluck.up_state import pool_files
+
+    if state_dir is None:
+        return ""
+    gateway = pool_files(state_dir).gateway_state_dir
+    if not gateway.is_dir():
+        return ""
+    return f" ({state_dir} is a `potluck up` pool's state directory: its gateway's is {gateway})"
+
+
 def _gateway_pin(value: str) -> "GatewayPin":
     """ADDRESS=KEY: KEY is the client key line, a file holding it, or the gateway's state directory."""
     from potluck.contracts.join_token import GatewayPin
@@ -931,7 +944,7 @@ def _gateway_pin(value: str) -> "GatewayPin":
         try:
             line = client_public_key(GatewaySettings.for_keys(path))
         except SSHIdentityError as exc:
-            raise click.BadParameter(f"{value!r}: {exc}") from None
+            raise click.BadParameter(f"{value!r}: {exc}{_up_gateway(path)}") from None
     elif path.is_file():
         line = path.read_text().strip()
     else:

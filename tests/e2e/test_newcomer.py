@@ -21,7 +21,10 @@ from potluck.events import EventStore
 from potluck.localstack import free_port
 from potluck.registry.enrollment import current_hosts, enroll_host
 from potluck.registry.nats_auth import new_user_key
+from potluck.sshgateway.service import client_public_key
+from potluck.sshgateway.settings import GatewaySettings
 from potluck.up import LOCAL, LOST_LOCAL, REPLACED_BY
+from potluck.up_state import pool_files
 from tests.fixtures.servers import _fresh_database
 from tests.fixtures.user_home import with_home
 
@@ -688,6 +691,33 @@ def test_a_member_command_without_its_configuration_says_where_one_comes_from(
     assert "--help" not in said, said
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert "# hostd.toml (every field is described in services/hostd/config.py)" in readme
+
+
+def test_a_pools_state_directory_given_for_its_gateways_names_the_gateways(
+    newcomer: dict[str, str], tmp_path: Path
+) -> None:
+    """Tried: an operator of a `potluck up` pool writing hostd.toml by hand (README: for a machine
+    enrolled with --credentials-out) asks `potluck sshgateway --print-client-key --state-dir`
+    with the pool's state directory (POTLUCK_HOME), and gives it to `ops hosts enroll --gateway
+    ADDRESS=DIR`. Must hold: both refuse it (exit 1, exit 2) and name the folder where that
+    pool's gateway keeps its keys (before, only that the directory holds no key), and that folder
+    then prints the key, the one its refusal named."""
+    state = Path(newcomer["POTLUCK_HOME"])
+    gateway = pool_files(state).gateway_state_dir
+    key = client_public_key(GatewaySettings(state_dir=gateway), make=True)
+
+    printed = potluck("sshgateway", "--print-client-key", "--state-dir", str(state), env=newcomer)
+    assert printed.returncode == 1, printed.stdout + printed.stderr
+    said = " ".join(printed.stderr.split())
+    assert f"{state} is a `potluck up` pool's state directory: its gateway's is {gateway}" in said, said
+    pinned = potluck("ops", "hosts", "enroll", "desk", "--gateway", f"127.0.0.1:2223={state}", env=newcomer)
+    assert pinned.returncode == 2, pinned.stdout + pinned.stderr
+    said = " ".join(pinned.stderr.split())
+    assert f"its gateway's is {gateway}" in said, said
+
+    right = potluck("sshgateway", "--print-client-key", "--state-dir", str(gateway), env=newcomer)
+    assert right.returncode == 0, right.stderr
+    assert right.stdout.strip() == key
 
 
 def test_user_commands_without_login_say_what_to_do(newcomer: dict[str, str]) -> None:
