@@ -609,6 +609,23 @@ def ssh(alloc_id: str, identity: str | None, args: tuple[str, ...]) -> None:
                 ExitCode.REFUSED,
             )
         )
+    if found["state"] != "running":
+        # Ended: the gateway refuses it too, but only past the key check, so without the right
+        # key the user read that their key was refused and went after keys, for an allocation
+        # where no key would open anything (as `potluck cp` into it says).
+        kept = found.get("kept_until")
+        why = (
+            f"its stopped container is kept until {kept} for its results, read-only: "
+            f"`potluck cp {alloc_id}:PATH .` and `potluck logs {alloc_id}` read them"
+            if kept
+            else "its container was removed; `potluck alloc create` asks for a new one"
+        )
+        bail(
+            ClientError(
+                f"allocation {alloc_id} is {found['state']}: no shell or command runs in it; {why}",
+                ExitCode.REFUSED,
+            )
+        )
     host, _, port = login_data.gateway.rpartition(":")
     from potluck.sshgateway.client import ssh_argv
 

@@ -140,9 +140,10 @@ async def test_a_kept_task_gives_its_results_and_logs_until_its_keep_for_is_up(
     command into it, and hostd killed and restarted; then a task kept 2 s, after its time.
     What must hold: the result comes back equal, the logs are its output, the host still reserves
     its disk while its cpus and memory are free, the upload and the shell command are refused
-    saying what still works, and the kept container survives hostd's restart. The 2 s one's
-    container is removed from the engine, its disk no longer reserved, and `potluck logs` fails
-    saying its container was removed."""
+    saying what still works (`potluck ssh` without a key it admits too: before, that ran ssh and
+    said the gateway refused the key), and the kept container survives hostd's restart. The 2 s
+    one's container is removed from the engine, its disk no longer reserved, and `potluck logs`
+    and `potluck ssh` fail saying its container was removed."""
     g = results
     engine = docker_engines[0]
     env = logged_in(g, tmp_path)
@@ -186,6 +187,14 @@ async def test_a_kept_task_gives_its_results_and_logs_until_its_keep_for_is_up(
     assert shell.returncode != 0
     assert "potluck cp" in shell.stderr
     assert "potluck logs" in shell.stderr
+    # `potluck ssh` without a key the allocation admits: refused for what it is (before, ssh ran
+    # and the user read that the gateway refused their key, and went after keys).
+    keyless = await potluck("ssh", kept, "--", "ls", "/out", env=env)
+    assert keyless.returncode == 1, keyless.stderr
+    said = " ".join(keyless.stderr.split())
+    assert f"allocation {kept} is exited: no shell or command runs in it" in said, said
+    assert f"`potluck cp {kept}:PATH .`" in said, said
+    assert "refused the key" not in said, said
 
     # hostd killed and started again: the snapshot says the container is kept.
     assert g.host.process is not None
@@ -207,3 +216,7 @@ async def test_a_kept_task_gives_its_results_and_logs_until_its_keep_for_is_up(
     gone = await potluck("logs", *key, short, env=env)
     assert gone.returncode != 0
     assert "container was removed" in gone.stderr
+    ended = await potluck("ssh", short, env=env)
+    assert ended.returncode == 1, ended.stderr
+    said = " ".join(ended.stderr.split())
+    assert f"allocation {short} is exited: no shell or command runs in it; its container was removed" in said
