@@ -1712,7 +1712,10 @@ def up(
     memory: str,
     disk: str,
 ) -> None:
-    """Bring a whole pool up on this machine (Ctrl-C stops it; the event log is kept)."""
+    """Bring a whole pool up on this machine (Ctrl-C stops it; the event log is kept).
+
+    A port option not given is the port the state directory's last pool came up on (pushed
+    images' names and members' hostd.toml hold them), else its default."""
     from rich.console import Console
 
     _own_output_only(ctx)
@@ -1720,6 +1723,17 @@ def up(
     from potluck import up as local
     from potluck import up_state
     from potluck.localstack import LocalStackError
+
+    last = local.last_ports(state_dir or up_state.default_state_dir())
+
+    def kept(name: str, given: int) -> int:
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT:
+            return last.get(name, given)
+        return given
+
+    api_port, nats_port = kept("api_port", api_port), kept("nats_port", nats_port)
+    postgres_port, ssh_port = kept("postgres_port", postgres_port), kept("ssh_port", ssh_port)
+    tunnel_port, registry_port = kept("tunnel_port", tunnel_port), kept("registry_port", registry_port)
 
     # log_path off: each step's line ended in "cli.py:1614", the line of this module that said it.
     console = Console(stderr=True, log_path=False)

@@ -61,6 +61,30 @@ class UpSettings:
     registry_port: int = 5050
 
 
+#: The ports the state directory's last pool came up on (kept across `potluck down`, unlike
+#: up.json): the next `potluck up` there takes them for the port options it is not given.
+PORTS_FILE = "ports.json"
+PORT_OPTIONS = ("api_port", "nats_port", "postgres_port", "ssh_port", "tunnel_port", "registry_port")
+
+
+def last_ports(state_dir: Path) -> dict[str, int]:
+    """The ports `state_dir`'s last pool came up on, by option (empty when none is recorded).
+
+    A later start on other ports silently broke what holds them: every image pushed names the
+    registry's port, and members' hostd.toml the NATS URL and the gateway's address."""
+    try:
+        recorded = json.loads((state_dir / PORTS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    return {
+        name: port
+        for name, port in recorded.items()
+        if name in PORT_OPTIONS and type(port) is int and 1 <= port <= 65535
+    }
+
+
 class AlreadyUp(Exception):
     pass
 
@@ -382,6 +406,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             notices=notices,
         )
         (state / READY_FILE).write_text(json.dumps(asdict(ready)))
+        (state / PORTS_FILE).write_text(json.dumps({name: getattr(settings, name) for name in PORT_OPTIONS}))
         on_ready(ready)
         supervisor = Supervisor(say)
         watchers = [

@@ -450,6 +450,42 @@ def with_port(ports: list[str], option: str, port: int) -> list[str]:
     return [str(port) if i > 0 and ports[i - 1] == option else arg for i, arg in enumerate(ports)]
 
 
+@pytest.mark.slow
+def test_up_again_without_port_options_listens_where_the_last_pool_did(newcomer: dict[str, str]) -> None:
+    """Tried: `potluck up --detach` on a fresh state directory with every port option, `potluck
+    down`, then `potluck up --detach` there with none (README: "the next `ops/up` carries on
+    where the last one stopped").
+    Must hold: the second pool listens on the first one's ports: the image registry's (every
+    image pushed names it), NATS's and the gateway's (members' hostd.toml hold them) and the
+    others; before, it took the defaults and those names pointed nowhere. A port given still
+    wins, and is the one kept for the next start."""
+    listed = ("allocator API", "SSH gateway", "NATS", "event log", "image registry")
+
+    def addresses(said: str) -> dict[str, str]:
+        return {
+            name: line.split()[-1] for line in said.splitlines() for name in listed if line.startswith(name)
+        }
+
+    first = potluck("up", "--detach", *all_ports(), env=newcomer, timeout=900)
+    try:
+        assert first.returncode == 0, first.stdout + first.stderr
+    finally:
+        down = potluck("down", env=newcomer, timeout=180)
+    assert down.returncode == 0, down.stdout + down.stderr
+    api = str(free_port())
+    second = potluck("up", "--detach", "--api-port", api, env=newcomer, timeout=900)
+    try:
+        assert second.returncode == 0, second.stdout + second.stderr
+        before, after = addresses(first.stdout), addresses(second.stdout)
+        assert len(before) == len(listed), first.stdout
+        assert after == {**before, "allocator API": f"http://127.0.0.1:{api}"}, second.stdout
+    finally:
+        down = potluck("down", env=newcomer, timeout=180)
+    assert down.returncode == 0, down.stdout + down.stderr
+    recorded = json.loads((Path(newcomer["POTLUCK_HOME"]) / "ports.json").read_text())
+    assert recorded["api_port"] == int(api)
+
+
 def test_two_servers_given_one_port_are_named(newcomer: dict[str, str]) -> None:
     """Tried: `potluck up` (foreground and --detach) with --nats-port and --ssh-port given the
     --api-port's port, and --registry-port the --tunnel-port's. Must hold: exit 2 at once naming
