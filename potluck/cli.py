@@ -1167,6 +1167,15 @@ def ops_hosts_enroll(
         click.echo(f"member's web page token (sign in to see this machine): {member_token}", err=True)
         click.echo(printed)
         return
+    # stdout stays the JSON scripts read (docker-compose.yml's trial host); what the operator
+    # hands the member next, and the hostd.toml it goes with, on stderr.
+    click.echo(
+        f"enrolled {name} as {host_id}: its credentials are in {credentials_out} (hand the file to "
+        "the member privately, with member_token, their web page token, below); a hostd.toml to put "
+        "beside it (the member sets state_dir and [donate]; README, Quick start: member):\n"
+        + _hostd_toml(host_id, credentials_out.name, join_nats_url, pins),
+        err=True,
+    )
     click.echo(
         json.dumps(
             {
@@ -1177,6 +1186,29 @@ def ops_hosts_enroll(
             }
         )
     )
+
+
+def _hostd_toml(host_id: str, credentials: str, nats_url: str | None, pins: "list[GatewayPin]") -> str:
+    """The hostd.toml of a machine enrolled with --credentials-out, as far as the operator knows
+    it (the README's example by hand: the NATS URL and the gateways' keys were the operator's to
+    find); TOML's basic strings take JSON's escapes."""
+    lines = [f"host_id = {json.dumps(host_id)}", f"credentials_file = {json.dumps(credentials)}"]
+    if nats_url:
+        lines.append(f"nats_url = {json.dumps(nats_url)}")
+    else:
+        lines.append('nats_url = "nats://POOL:4222"   # the NATS URL members reach (--nats-url puts it here)')
+    lines += [
+        'state_dir = "/var/lib/potluck-hostd"',
+        "",
+        "[donate]",
+        "cpus = 2",
+        'memory = "4G"',
+        'disk = "20G"',
+    ]
+    for pin in pins:
+        lines += ["", "[[gateways]]", f"address = {json.dumps(pin.address)}"]
+        lines.append(f"client_key = {json.dumps(pin.client_key)}")
+    return "\n".join(lines)
 
 
 def _nats_users(

@@ -634,3 +634,40 @@ async def test_a_donation_larger_than_the_machine_is_refused_by_join_and_by_host
     assert "change [donate]" in started.stderr
     state = (await pool.hosts()).hosts[issued.host_id]
     assert state.donated is None, state
+
+
+async def test_enroll_with_credentials_out_says_what_hostd_toml_goes_with_them(
+    pool: Pool, tmp_path: Path
+) -> None:
+    """Tried: `potluck ops hosts enroll laptop-c --credentials-out FILE` with the NATS URL members
+    reach and a gateway (README: the member then writes hostd.toml by hand), then the hostd.toml
+    its stderr shows, put beside the credentials file as it says, loaded as hostd loads it.
+    Must hold: stdout is still the JSON scripts read (docker-compose.yml's trial host); stderr
+    names the credentials file and gives a hostd.toml (before: nothing, and the NATS URL and the
+    gateway's client key were the operator's to find) that loads, naming this host, its
+    credentials, the NATS URL and the gateway pinned to its key."""
+    from potluck.hostd.config import load_config
+    from potluck.sshgateway.service import client_public_key
+    from potluck.sshgateway.settings import GatewaySettings
+
+    key = client_public_key(GatewaySettings(state_dir=tmp_path / "gateway"), make=True)
+    creds = tmp_path / "member" / "laptop-c.creds"
+    creds.parent.mkdir()
+    done = await potluck_async(
+        *("ops", "hosts", "enroll", "laptop-c", "--credentials-out", str(creds)),
+        *("--nats-url", pool.nats.url, "--gateway", f"127.0.0.1:2223={tmp_path / 'gateway'}"),
+        *("--database-url", pool.database_url),
+        env=no_up_env(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr
+    enrolled = json.loads(done.stdout)
+    assert enrolled.keys() == {"host_id", "name", "credentials_file", "member_token"}
+    said, _, toml = done.stderr.partition("\n")
+    assert f"enrolled laptop-c as {enrolled['host_id']}: its credentials are in {creds}" in said, said
+    hostd_toml = creds.parent / "hostd.toml"
+    hostd_toml.write_text(toml.replace("/var/lib/potluck-hostd", str(tmp_path / "state")))
+    config = load_config(hostd_toml)
+    assert config.host_id == enrolled["host_id"]
+    assert config.credentials_file == creds
+    assert config.nats_url == pool.nats.url
+    assert [(g.address, g.client_key) for g in config.gateways] == [("127.0.0.1:2223", key)]
