@@ -82,11 +82,23 @@ def unreachable_log(database_url: str, exc: BaseException) -> str:
     """What an operator reads when the event log's Postgres does not answer: the URL (its password
     hidden), why, and what to check."""
     from potluck.kernel.redacted_urls import redacted
+    from potluck.up_state import default_state_dir, running
 
-    return (
+    said = (
         f"cannot reach the event log at {redacted(database_url, 'the database URL')} ({exc}); "
         "check --database-url (or POTLUCK_DATABASE_URL) and that its Postgres runs"
     )
+    # The operator's quick start exports a URL that, on the machine of a `potluck up` pool, names
+    # no database: its commands take that pool's log when given none, which this says.
+    state_dir = default_state_dir()
+    up = running(state_dir)
+    if up is not None and up.database != database_url:
+        said += (
+            f"; the `potluck up` pool with state in {state_dir} keeps its log at "
+            f"{redacted(up.database, 'its URL')} (`potluck ops` commands take it when given no "
+            "--database-url: unset POTLUCK_DATABASE_URL)"
+        )
+    return said
 
 
 def _database_of_a_running_pool(ctx: click.Context, param: click.Parameter, value: str | None) -> str:

@@ -90,6 +90,9 @@ def restarted_hostd(state: Path, killed: int, timeout: float = 60) -> int:
 def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_path: Path) -> None:
     """README: `potluck up`, then the user quick start (login, create --wait, a command in the
     container over the real `ssh` through the gateway, release), then `potluck down`.
+    An operator command given the quick start's exported database URL, which names no database
+    here, is refused naming the pool's log and what to unset (before: only that it did not
+    answer).
     Before the quick start its hostd is killed with SIGKILL: `potluck up` says so on its console
     and starts it again, and the quick start runs on the restarted hostd.
     Afterwards no process started for this state directory is alive (the restarted hostd
@@ -148,6 +151,18 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         assert f"--api-port {asked} (the pool's: {api.rsplit(':', 1)[1]})" in elsewhere.stderr
         assert "`potluck down` stops it" in elsewhere.stderr
         assert "--state-dir" in elsewhere.stderr
+
+        # The operator's quick start, its exports followed here too (README says to skip them on
+        # such a machine): the URL names no database here, and the refusal names the pool's log.
+        database = next(line.split()[-1] for line in summary.splitlines() if line.startswith("event log"))
+        exported = f"postgresql://potluck@127.0.0.1:{free_port()}/potluck"
+        listed = potluck("ops", "hosts", "list", env={**newcomer, "POTLUCK_DATABASE_URL": exported})
+        assert listed.returncode == 1, listed.stdout + listed.stderr
+        said = " ".join(listed.stderr.split())
+        assert f"cannot reach the event log at {exported}" in said, said
+        state_dir = newcomer["POTLUCK_HOME"]
+        assert f"the `potluck up` pool with state in {state_dir} keeps its log at {database}" in said, said
+        assert "unset POTLUCK_DATABASE_URL" in said, said
 
         state = Path(newcomer["POTLUCK_HOME"])
         [hostd] = hostd_pids(state)
