@@ -585,10 +585,13 @@ def sshgateway(
 CONFIG = click.option(
     "--config",
     "config_path",
-    required=True,
+    # Where `potluck join` writes it unless told otherwise: a member who joined in this folder
+    # heard "Missing option '--config'" from every command that followed.
+    default=Path("hostd.toml"),
+    show_default=True,
     envvar="POTLUCK_HOSTD_CONFIG",
     type=click.Path(path_type=Path),
-    help="hostd configuration file (TOML).",
+    help="hostd configuration file (TOML), as `potluck join` writes it [env: POTLUCK_HOSTD_CONFIG].",
 )
 
 

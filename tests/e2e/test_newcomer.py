@@ -744,6 +744,45 @@ def test_a_member_command_without_its_configuration_says_where_one_comes_from(
     assert "# hostd.toml (every field is described in services/hostd/config.py)" in readme
 
 
+@pytest.mark.parametrize("command", [["hostd"], ["host", "status"], ["host", "policy"]])
+def test_a_member_command_without_config_reads_the_one_join_wrote_here(
+    newcomer: dict[str, str], tmp_path: Path, command: list[str]
+) -> None:
+    """Tried: a member command without --config, in a folder without hostd.toml, then (`host
+    policy`, which reads the file alone) in one with it: `potluck join` writes ./hostd.toml
+    unless told otherwise. Must hold: the first exits 2 naming hostd.toml and `potluck join
+    TOKEN`, not click's "Missing option '--config'" (what every member command said before);
+    the second reads that file."""
+    env = {k: v for k, v in newcomer.items() if k != "POTLUCK_HOSTD_CONFIG"}
+
+    def run_in(folder: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "potluck", *command],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+
+    done = run_in(tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    said = " ".join(done.stderr.split())
+    assert "hostd.toml: no such file; `potluck join TOKEN` writes it" in said, said
+    if command != ["host", "policy"]:
+        return
+    joined = tmp_path / "joined"
+    joined.mkdir()
+    (joined / "hostd.toml").write_text(
+        'host_id = "h-3f2a9c1e7b40"\ncredentials_file = "h.creds"\nstate_dir = "state"\n'
+        '[donate]\ncpus = 1\nmemory = "1G"\ndisk = "1G"\n[policy]\nthrottle_to = 0.5\n'
+    )
+    policy = run_in(joined)
+    assert policy.returncode == 0, policy.stderr
+    assert "throttle_to = 0.5" in policy.stdout, policy.stdout
+
+
 def test_a_pools_state_directory_given_for_its_gateways_names_the_gateways(
     newcomer: dict[str, str], tmp_path: Path
 ) -> None:
