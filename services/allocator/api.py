@@ -25,7 +25,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureWindow
+from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureWindow, as_given
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.http_headers import add_common_headers
 from potluck.allocator.job_schemas import CreateJob, Job, JobList, JobTaskList
@@ -190,14 +190,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path == TOKEN_PATH:  # the registry's token endpoint reads its Basic credentials
         return await handler(request)
     header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    scheme, _, sent = header.partition(" ")
+    token = as_given(sent)
+    if scheme.lower() != "bearer" or not token:
         return error(
             401,
             "UNAUTHENTICATED",
             "send 'Authorization: Bearer <token>'; an operator gives tokens with `potluck ops users add`",
         )
-    user = await _token_user(request, token.strip())
+    user = await _token_user(request, token)
     if isinstance(user, web.Response):
         return user
     if user is None:

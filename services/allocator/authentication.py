@@ -32,14 +32,25 @@ import structlog
 
 from potluck.allocator.users import User, UsersView
 
-__all__ = ["TOKEN_SHAPE", "Authenticator", "FailureWindow", "Locked"]
+__all__ = ["TOKEN_SHAPE", "Authenticator", "FailureWindow", "Locked", "as_given"]
 
 log = structlog.get_logger(__name__)
 
 #: What `users.new_token` makes: "pl_" and 32 random bytes in URL-safe base64, unpadded.
 TOKEN_SHAPE = re.compile(r"pl_[A-Za-z0-9_-]{43}")
+#: What may stand around a token as it is sent: ASCII's whitespace (HTTP's own, space and tab,
+#: around a header's value; a line end after a pasted one in a form), and nothing else.
+AROUND_TOKEN = " \t\r\n"
 #: How long a well-shaped unknown token waits for the log to be folded (a user added just now).
 CATCH_UP_S = 2.0
+
+
+def as_given(sent: str) -> str:
+    """The token `sent` holds: itself without ASCII whitespace around it. Not `str.strip()`,
+    which also takes Unicode's (a no-break space, U+3000, NEL): `Bearer <token>\\u00a0` was let
+    in as the token, where a proxy in front, an audit or another service reads another string,
+    and tokens are exact (they are hashed as sent)."""
+    return sent.strip(AROUND_TOKEN)
 
 
 @dataclass(frozen=True)

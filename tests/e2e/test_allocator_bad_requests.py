@@ -516,6 +516,42 @@ async def test_a_body_that_trickles_in_is_cut_off_and_its_connection_closed(
     assert await pool.store.head_position() == head
 
 
+async def test_a_token_with_unicode_whitespace_around_it_is_refused(shared: tuple[Pool, Api]) -> None:
+    """Tried: alice's good token with Unicode whitespace around it (a no-break space, an em
+    space, U+3000, NEL; `str.strip()` took them all off and let the request in as alice), as a
+    bearer token and posted to the pages' sign-in form; and with ASCII spaces and a tab around it.
+    Must hold: each with Unicode whitespace is a 401 UNAUTHENTICATED (the form's too, starting
+    no session); with ASCII whitespace (HTTP's own) the token works; nothing is recorded."""
+    pool, alice = shared
+    head = await pool.store.head_position()
+    token = alice.headers["Authorization"].removeprefix("Bearer ")
+    source = "127.0.0.5"
+    for sent in (f"{token}\u00a0", f"\u3000{token}", f"{token}\u2003", f"\u0085{token}\u0085"):
+        request = (
+            f"GET /v1/pool HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {sent}\r\n\r\n"
+        ).encode()
+        answer = await _raw(pool.api_port, request, source=source)
+        assert answer.startswith(b"HTTP/1.1 401 "), (ascii(sent[-3:]), answer[:300])
+        assert b"UNAUTHENTICATED" in answer
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(source, 0))) as http,
+            http.post(
+                pool.api + "/web/signin",
+                data={"token": sent},
+                headers={"Origin": pool.api},
+                allow_redirects=False,
+            ) as response,
+        ):
+            assert response.status == 401, ascii(sent[-3:])
+            assert "Set-Cookie" not in response.headers
+    request = (
+        f"GET /v1/pool HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer  {token} \t\r\n\r\n"
+    ).encode()
+    answer = await _raw(pool.api_port, request, source=source)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    assert await pool.store.head_position() == head
+
+
 async def test_a_request_with_two_authorization_headers_is_refused(shared: tuple[Pool, Api]) -> None:
     """Tried: alice's good token and a wrong one as two Authorization headers of one request, in
     either order, to the API and to the registry's token endpoint (the allocator read the

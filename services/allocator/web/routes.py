@@ -22,7 +22,7 @@ import jinja2
 import structlog
 from aiohttp import web
 
-from potluck.allocator.authentication import Authenticator
+from potluck.allocator.authentication import Authenticator, as_given
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.http_headers import HSTS, add_common_headers
 from potluck.allocator.request_bodies import within
@@ -349,7 +349,7 @@ async def signin(request: web.Request) -> web.Response:
         return _render("signin.html", request, {"session": None, "error": error}, status=400)
     form = await _read_form(request)
     sent = form.get("token")
-    token = sent.strip() if isinstance(sent, str) else ""
+    token = as_given(sent) if isinstance(sent, str) else ""
     members = request.app[ENGINE].model.members
     # Whose the token is, looked up once: the operators', a member's, a user's as folded now.
     operator = bool(token) and members.is_operator(token)
