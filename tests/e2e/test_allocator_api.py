@@ -1,12 +1,16 @@
 """Users get capacity: the allocator's HTTP API on real hosts, engines and the event log."""
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
+from potluck.allocator.members import new_member_token
+from potluck.allocator.users import token_hash
 from potluck.contracts.allocation_events import CapacityFreed
+from potluck.contracts.member_events import MemberTokenIssued, member_stream
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.user.client import Api as ClientApi
@@ -87,6 +91,51 @@ async def test_one_user_cannot_see_or_change_anothers_allocations(alice: Api, bo
     status, still = await alice.call("GET", path)
     assert status == 200
     assert still["state"] in ("placed", "running")
+
+
+async def test_another_users_job_and_credentials_other_than_a_bearer_header_open_nothing(
+    pool: Pool, laptop: EnrolledHost, alice: Api, bob: Api, http: aiohttp.ClientSession
+) -> None:
+    """Tried: bob reads, long-polls, lists the tasks of and cancels alice's job; alice's token
+    sent in the query (`?token=`, `?access_token=`), in a cookie, or as a member's web token
+    would be; alice's POST on her allocation asking for DELETE by X-HTTP-Method-Override.
+    Must hold: bob gets for her job exactly the answer of a job that never was; each misplaced
+    credential is refused (400 naming the parameter, or 401), the member's token is no user's;
+    the override is a 405; alice's job and allocation are still running, nothing cancelled."""
+    _, allocated = await alice.call("POST", "/v1/allocations", small())
+    job = small(cpus=0.2, command=["sleep", "600"], tasks=1)
+    status, submitted = await alice.call("POST", "/v1/jobs", job)
+    assert status == 201, submitted
+    never = "j-" + "0" * (len(submitted["id"]) - 2)
+    for method, suffix in (("GET", ""), ("GET", "?wait=done&timeout=1"), ("GET", "/tasks"), ("DELETE", "")):
+        theirs = await bob.call(method, f"/v1/jobs/{submitted['id']}{suffix}")
+        unknown = await bob.call(method, f"/v1/jobs/{never}{suffix}")
+        assert theirs[0] == 404, (method, suffix, theirs)
+        # The same answer, but for the id it repeats.
+        assert json.dumps(unknown).replace(never, submitted["id"]) == json.dumps(theirs), (method, suffix)
+    token = alice.headers["Authorization"].removeprefix("Bearer ")
+    for name in ("token", "access_token"):
+        async with http.get(f"{pool.api}/v1/allocations?{name}={token}") as response:
+            answer = await response.json()
+            assert (response.status, answer["error"]["field"]) == (400, name), answer
+    member = new_member_token()  # the web token of laptop's member
+    issued = MemberTokenIssued(token_sha256=token_hash(member), host_ids=[laptop.host_id])
+    await pool.store.append(member_stream(laptop.host_id), [issued])
+    for headers in (
+        {"Cookie": f"token={token}; potluck_session={token}"},
+        {"Authorization": f"Bearer {member}"},
+        {"Authorization": f"Token {token}"},
+    ):
+        async with http.get(f"{pool.api}/v1/allocations", headers=headers) as response:
+            assert response.status == 401, headers
+            assert (await response.json())["error"]["code"] == "UNAUTHENTICATED"
+    override = {**alice.headers, "X-HTTP-Method-Override": "DELETE", "X-HTTP-Method": "DELETE"}
+    async with http.post(f"{pool.api}/v1/allocations/{allocated['id']}", headers=override) as response:
+        assert response.status == 405
+    status, still = await alice.call("GET", f"/v1/allocations/{allocated['id']}")
+    assert (status, still["state"] in ("placed", "running")) == (200, True), still
+    status, job_now = await alice.call("GET", f"/v1/jobs/{submitted['id']}")
+    assert (status, job_now["state"]) == (200, "running"), job_now
 
 
 async def test_a_missing_or_wrong_token_gets_401(pool: Pool, alice: Api, http: aiohttp.ClientSession) -> None:
