@@ -552,6 +552,36 @@ async def test_a_token_with_unicode_whitespace_around_it_is_refused(shared: tupl
     assert await pool.store.head_position() == head
 
 
+async def test_a_static_file_that_is_not_there_gets_the_pages_clear_404(shared: tuple[Pool, Api]) -> None:
+    """Tried: the pages' static files: one that is there; a name that is not, the folder itself,
+    a path below it, and ones climbing out of it (`..`, encoded slashes and backslashes) to the
+    allocator's own source. Must hold: the file is served as its type; every other is a 404
+    with the pages' JSON error saying no such page (an empty body typed
+    application/octet-stream, or a bare 403 for the folder, said nothing); nothing recorded."""
+    pool, _ = shared
+    head = await pool.store.head_position()
+    async with aiohttp.ClientSession() as http, http.get(pool.api + "/web/static/live.js") as response:
+        assert response.status == 200
+        assert response.content_type in ("text/javascript", "application/javascript")
+        assert "EventSource" in await response.text()
+    for path in (
+        "/web/static/nothing.js",
+        "/web/static/",
+        "/web/static/.",
+        "/web/static/css/potluck.css",
+        "/web/static/..%2froutes.py",
+        "/web/static/..%5croutes.py",
+        "/web/static/%2e%2e/routes.py",
+    ):
+        request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        answer = await _raw(pool.api_port, request)
+        head_part, _, body = answer.partition(b"\r\n\r\n")
+        assert head_part.startswith(b"HTTP/1.1 404 "), (path, answer[:300])
+        assert b"application/json" in head_part, (path, head_part)
+        assert json.loads(body)["error"]["code"] == "NOT_FOUND", (path, body)
+    assert await pool.store.head_position() == head
+
+
 async def test_a_request_with_two_authorization_headers_is_refused(shared: tuple[Pool, Api]) -> None:
     """Tried: alice's good token and a wrong one as two Authorization headers of one request, in
     either order, to the API and to the registry's token endpoint (the allocator read the

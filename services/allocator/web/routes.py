@@ -144,7 +144,22 @@ def setup(
     app.router.add_get(PREFIX + "live/allocations/{alloc_id}/log", allocation_log)
     app.router.add_post(PREFIX + "allocations/{alloc_id}/extend", extend)
     app.router.add_post(PREFIX + "allocations/{alloc_id}/release", release)
-    app.router.add_static(PREFIX + "static/", HERE / "static", append_version=False)
+    app.router.add_get(PREFIX + "static/{name}", static_file)
+
+
+#: The pages' static files by name, listed once: a request names one of these or gets the pages'
+#: 404. aiohttp's `add_static` answered a name it had no file for with an empty 404 typed
+#: application/octet-stream (its file response finds the file missing only as it is sent, where
+#: no middleware can answer for it) and a folder with a bare 403, and it resolved whatever path
+#: the request spelled against the disk.
+STATIC = {path.name: path for path in (HERE / "static").iterdir() if path.is_file()}
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    path = STATIC.get(request.match_info["name"])
+    if path is None:
+        raise web.HTTPNotFound()
+    return web.FileResponse(path)
 
 
 async def _close_streams(app: web.Application) -> None:
