@@ -1594,9 +1594,14 @@ def ops_users_rotate_token(name: str, database_url: str, as_json: bool) -> None:
 
 @ops_users.command(name="web-token")
 @operator_database_option
-def ops_users_web_token(database_url: str) -> None:
+@click.option(
+    "--json", "as_json", is_flag=True, help='Print {"token": TOKEN} for scripts instead of the token alone.'
+)
+def ops_users_web_token(database_url: str, as_json: bool) -> None:
     """Print a new operator token for the web page, which shows every user's allocations to it;
-    the previous one stops working. Only its hash is kept."""
+    the previous one stops working. Only its hash is kept.
+
+    Like `ops users add`: the token alone on stdout, what was done on stderr."""
     from potluck.allocator.members import new_member_token
     from potluck.allocator.users import token_hash
     from potluck.contracts.member_events import OPERATORS_STREAM, OperatorWebTokenIssued
@@ -1609,6 +1614,16 @@ def ops_users_web_token(database_url: str) -> None:
         await store.append(OPERATORS_STREAM, [issued], metadata={"actor": "operator"})
 
     run(with_store(database_url, go))
+    if as_json:
+        click.echo(json.dumps({"token": token}))
+        return
+    click.echo(
+        "made a new operator token for the web page; the previous one no longer works (pages "
+        "signed in with it are signed out). It is shown this once (only its hash is kept) and is "
+        "below: sign in with it on the allocator's web page (/web/signin) to see every user's "
+        "allocations",
+        err=True,
+    )
     click.echo(token)
 
 

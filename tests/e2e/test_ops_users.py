@@ -1,4 +1,5 @@
-"""Operators manage users: `potluck ops users add` and `rotate-token`, against the running allocator."""
+"""Operators manage users: `potluck ops users add`, `rotate-token` and `web-token`, against the
+running allocator."""
 
 import asyncio
 import json
@@ -97,3 +98,50 @@ async def test_a_user_added_then_given_a_new_token_loses_the_old_one(
     unknown = await potluck(pool, "ops", "users", "rotate-token", "nobody")
     assert unknown.returncode == 1
     assert "potluck ops users add nobody" in unknown.stderr
+
+
+async def web_signin_status(pool: Pool, token: str) -> int:
+    """What the allocator answers to the web sign-in form posted with `token` from its own page:
+    303 signs in, 401 refuses the token."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{pool.api}/web/signin",
+            data={"token": token},
+            headers={"Origin": pool.api},
+            allow_redirects=False,
+        ) as r,
+    ):
+        return r.status
+
+
+async def test_the_operator_web_token_is_printed_like_a_users_and_replaces_the_last(pool: Pool) -> None:
+    """Tried: `potluck ops users web-token`, then again with --json, signing in to the web page
+    with each token. Must hold: like `ops users add`, stdout holds the token alone (before, it did
+    too, but nothing said what it was: no sentence at all) and stderr says the previous one stopped
+    working and where to use it; `--json` prints {"token": ...} and nothing on stderr; the printed
+    token signs in (303); once the second is in force, the first is refused (401)."""
+    await pool.wait_api()
+    made = await potluck(pool, "ops", "users", "web-token")
+    assert made.returncode == 0, made.stderr
+    first = made.stdout.strip()
+    assert made.stdout == f"{first}\n", made.stdout
+    assert first.startswith("pm_"), made.stdout
+    assert "the previous one no longer works" in made.stderr, made.stderr
+    assert "shown this once" in made.stderr
+    assert "/web/signin" in made.stderr
+    assert first not in made.stderr
+
+    again = await potluck(pool, "ops", "users", "web-token", "--json")
+    assert again.returncode == 0, again.stderr
+    assert again.stderr == ""
+    assert json.loads(again.stdout).keys() == {"token"}, again.stdout
+    second = json.loads(again.stdout)["token"]
+    assert second != first
+    # The allocator folds the new token from the log; once it signs in, the first is replaced.
+    for _ in range(100):
+        if await web_signin_status(pool, second) == 303:
+            break
+        await asyncio.sleep(0.1)
+    assert await web_signin_status(pool, second) == 303
+    assert await web_signin_status(pool, first) == 401
