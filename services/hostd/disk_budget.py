@@ -35,7 +35,16 @@ import structlog
 
 from potluck.hostd.exec_bridge import ExecBridge
 
-__all__ = ["BOUND_WAIT_S", "DISK_SLACK", "BoundUnknown", "DiskBudget", "join", "leave", "remeasure"]
+__all__ = [
+    "BOUND_WAIT_S",
+    "DISK_SLACK",
+    "BoundUnknown",
+    "DiskBudget",
+    "bound_known",
+    "join",
+    "leave",
+    "remeasure",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -98,9 +107,11 @@ class _Budgets:
 _budgets: "weakref.WeakKeyDictionary[ExecBridge, _Budgets]" = weakref.WeakKeyDictionary()
 
 
-async def join(bridge: ExecBridge, alloc_id: str) -> DiskBudget:
-    """The allocation's shared budget, measured if no transfer holds one; the caller `leave`s
-    it when done. BoundUnknown when hostd holds no spec of the allocation after BOUND_WAIT_S."""
+async def bound_known(bridge: ExecBridge, alloc_id: str) -> None:
+    """Return once hostd knows the allocation's disk bound; BoundUnknown when it holds no spec
+    of the allocation after BOUND_WAIT_S. A transfer that makes or empties a file before it
+    joins (hostd's own SFTP server's open) waits for this first: refused after the file was
+    made, it left an empty file behind."""
     deadline = time.monotonic() + BOUND_WAIT_S
     while bridge.disk_bound_of(alloc_id) is None:
         if time.monotonic() >= deadline:
@@ -111,6 +122,12 @@ async def join(bridge: ExecBridge, alloc_id: str) -> DiskBudget:
                 "transfer until it does; try again in a minute (reading works)"
             )
         await asyncio.sleep(0.25)
+
+
+async def join(bridge: ExecBridge, alloc_id: str) -> DiskBudget:
+    """The allocation's shared budget, measured if no transfer holds one; the caller `leave`s
+    it when done. BoundUnknown when hostd holds no spec of the allocation after BOUND_WAIT_S."""
+    await bound_known(bridge, alloc_id)
     shared = _budgets.setdefault(bridge, _Budgets())
     async with shared.lock:
         budget = shared.by_alloc.get(alloc_id)

@@ -40,7 +40,8 @@ half-written file is left under its name (one that was there before and is
 written over in place cannot be put back: it is left as the writes left it). While hostd holds no spec of the
 allocation (it started a moment ago and has not yet heard from the
 allocator), it does not know the bound: an open for writing waits a little
-for it, then is refused saying so.
+for it, then is refused saying so, before it makes or empties anything (no
+new file is left, one that was there is left as it was).
 
 What the user reads of a failure is in Potluck's words, about paths in the
 allocation: the container's own (busybox's) messages are passed on, they speak
@@ -436,6 +437,10 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
         )  # fmt: skip
         name = _text(path)
         self._check_room()
+        if writable and self.budget is None:
+            # Refused for want of the bound before the open makes or empties anything: refused
+            # after it, an upload left an empty file (or emptied the one it was sent over).
+            await self._bound_known()
         *stat, made = (await self._run(_OPEN, name, flags)).decode().split()
         info = parse_stat(" ".join(stat))
         handle = _Handle(name, readable, writable, bool(pflags & asyncssh.FXF_APPEND))
@@ -457,6 +462,14 @@ class ContainerSFTPServer(asyncssh.SFTPServer):
         """Join the allocation's shared budget, unless this session holds it already."""
         if self.budget is None:
             self.budget = await self._join_budget()
+
+    async def _bound_known(self) -> None:
+        """Once hostd knows the allocation's disk bound; SFTPFailure saying so if it does not
+        come (as `_join_budget`)."""
+        try:
+            await disk_budget.bound_known(self.files.bridge, self.files.alloc_id)
+        except disk_budget.BoundUnknown as exc:
+            raise asyncssh.SFTPFailure(str(exc)) from exc
 
     async def _join_budget(self) -> DiskBudget:
         """The allocation's shared budget (disk_budget.py); SFTPFailure saying so while hostd

@@ -10,6 +10,7 @@ memory and file descriptors are read from /proc.
 import asyncio
 import hashlib
 import os
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -168,8 +169,8 @@ async def test_a_write_while_hostd_holds_no_spec_says_why_and_reading_works(ssh_
     (as a hostd that started and has not yet heard from the allocator: ssh_env's link is given
     no specs), a file opened for writing and written. What must hold: the write is refused
     saying hostd does not know the disk bound yet, never that the bound is reached (before the
-    fix: "the allocation's disk bound is reached"); no file is left half written beyond what
-    the open made; reading a file of the container still works in that session."""
+    fix: "the allocation's disk bound is reached"); no file is left (before a later fix, the
+    open made an empty one); reading a file of the container still works in that session."""
     host = ssh_env.hosts[0]
     await ssh_env.place_running(host, "nospec1")
     await ssh_env.wait_reachable("nospec1")
@@ -190,9 +191,10 @@ async def test_a_write_while_hostd_holds_no_spec_says_why_and_reading_works(ssh_
         conn.abort()
     assert "does not know its disk bound" in str(refused.value.reason)
     assert "reached" not in str(refused.value.reason)
-    inside = await ssh_env.in_container(host, "nospec1", "cat /etc/hostname; wc -c < /tmp/new.bin")
-    assert inside.splitlines()[0] == hostname.strip()
-    assert inside.splitlines()[1].strip() == "0"
+    inside = await ssh_env.in_container(
+        host, "nospec1", "cat /etc/hostname; [ -e /tmp/new.bin ] && echo left || echo none"
+    )
+    assert inside.splitlines() == [hostname.strip(), "none"]
 
 
 @pytest.mark.slow
@@ -340,3 +342,80 @@ async def test_hostds_own_sftp_counts_the_copy_of_an_images_file_written_into(fi
     assert "disk bound is reached" in str(refused.value.reason), refused.value.reason
     assert f"needs {busybox} bytes" in str(refused.value.reason), refused.value.reason
     await transfer.running_within(files, alloc_id, 16 * 1024)
+
+
+def _openssh(ssh_env: SshEnv) -> list[str]:
+    """OpenSSH's options for scp and sftp through ssh_env's gateway as alice: a clean client."""
+    return [
+        "-P", str(ssh_env.port),
+        "-F", "/dev/null",
+        "-i", str(ssh_env.key("alice")),
+        "-o", "IdentitiesOnly=yes",
+        "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "BatchMode=yes",
+        "-o", "LogLevel=ERROR",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("image", ["busybox", "default"])
+async def test_an_upload_refused_while_hostd_holds_no_spec_leaves_no_file_behind(
+    ssh_env: SshEnv, default_image: str, tmp_path: Path, image: str
+) -> None:
+    """Tried: OpenSSH's scp (its SFTP mode), sftp's put and, into the default image, `scp -O`,
+    each of a new file and over a file the container held, into an allocation whose spec this
+    hostd does not hold (ssh_env's link is given none, as a hostd that started a moment ago and
+    has not heard from the allocator): the busybox image is served by hostd's own SFTP server,
+    the default image by its own sftp-server behind hostd's filter and by its scp behind hostd's
+    sink. Must hold: each upload fails; afterwards no new file is in the container (before the
+    fix, hostd's own SFTP server made, or emptied, the file at the open, then refused the
+    write: an empty file was left), and each file that was there holds what it held."""
+    host = ssh_env.hosts[0]
+    alloc_id = f"nospecup{image[0]}"
+    await ssh_env.place_running(host, alloc_id, image=default_image if image == "default" else DEFAULT_TAG)
+    await ssh_env.wait_reachable(alloc_id)
+    kept = ["kept-scp.txt", "kept-sftp.txt"] + (["kept-scp-o.txt"] if image == "default" else [])
+    made = " && ".join(f"printf 'before\\n' > /srv/up/{name}" for name in kept)
+    await ssh_env.in_container(host, alloc_id, f"mkdir -p /srv/up && {made}")
+    local = tmp_path / "up.bin"
+    local.write_bytes(os.urandom(4096))
+    target = f"{alloc_id}@127.0.0.1:/srv/up"
+
+    async def scp(name: str, *, legacy: bool = False) -> subprocess.CompletedProcess[str]:
+        return await transfer.run(
+            ["scp", *(["-O"] if legacy else []), *_openssh(ssh_env), str(local), f"{target}/{name}"],
+            timeout=120,
+        )
+
+    async def sftp_put(name: str) -> subprocess.CompletedProcess[str]:
+        argv = ["sftp", *_openssh(ssh_env), "-b", "-", f"{alloc_id}@127.0.0.1"]
+        env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+        return await asyncio.to_thread(
+            subprocess.run,
+            argv,
+            input=f"put {local} /srv/up/{name}\n",
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+
+    # At once: each refusal comes after hostd waited a while for the bound.
+    uploads = {
+        "scp, a new file": scp("new-scp.bin"),
+        "scp, over a file": scp("kept-scp.txt"),
+        "sftp put, a new file": sftp_put("new-sftp.bin"),
+        "sftp put, over a file": sftp_put("kept-sftp.txt"),
+    }
+    if image == "default":
+        uploads["scp -O, a new file"] = scp("new-scp-o.bin", legacy=True)
+        uploads["scp -O, over a file"] = scp("kept-scp-o.txt", legacy=True)
+    results = dict(zip(uploads, await asyncio.gather(*uploads.values()), strict=True))
+    for what, done in results.items():
+        assert done.returncode != 0, f"{what}: {done.stdout} {done.stderr}"
+    left = await ssh_env.in_container(
+        host, alloc_id, 'cd /srv/up && for f in *; do printf \'%s=\' "$f"; cat "$f"; done'
+    )
+    assert sorted(left.splitlines()) == sorted(f"{name}=before" for name in kept), (left, results)
