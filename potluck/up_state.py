@@ -23,6 +23,7 @@ __all__ = [
     "nats_files",
     "no_pool_in",
     "pid_alive",
+    "pool_engine",
     "pool_files",
     "running",
 ]
@@ -113,3 +114,12 @@ def running(state_dir: Path) -> Running | None:
         return Running(**json.loads((state_dir / READY_FILE).read_text()))
     except (FileNotFoundError, ValueError, TypeError):
         return None
+
+
+def pool_engine(state_dir: Path) -> str | None:
+    """The Docker engine of the `potluck up` running with state in `state_dir` (None: none runs
+    there, or it names none): on a machine where no Docker answered, the private one it started,
+    where its operator and users build images and push them from (`ops images publish`,
+    `image push`)."""
+    ready = running(state_dir)
+    return ready.docker if ready is not None and ready.docker else None

@@ -123,12 +123,12 @@ def publish(
 ) -> None:
     """Publish IMAGE (NAME:TAG) for the whole pool: every host that lacks it pulls it from the pool
     registry's library when an allocation asks for NAME:TAG."""
-    from potluck.up_state import default_state_dir, no_pool_in, pool_files, running
+    from potluck.up_state import default_state_dir, no_pool_in, pool_engine, pool_files, running
 
     up_dir = state_dir or default_state_dir()
+    docker_url = docker_url or pool_engine(up_dir)
     up = running(up_dir)
     if up is not None:
-        docker_url = docker_url or up.docker
         registry_address = registry_address or up.registry
         registry_token_key = registry_token_key or pool_files(up_dir).registry_keys_dir / KEY_FILE
     if docker_url is None or registry_address is None or registry_token_key is None:

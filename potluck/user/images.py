@@ -1,7 +1,10 @@
 """`potluck image push` and `potluck image ls`: users bring their own images to the pool.
 
 The push goes from the user's own Docker engine (DOCKER_HOST, as the docker
-CLI uses it) straight to the pool registry, authenticated with the user's
+CLI uses it; when it is not set and the default socket does not answer or lacks
+the image, the engine of the `potluck up` pool running here, which started a
+private one where no Docker answered; the output names the engine used)
+straight to the pool registry, authenticated with the user's
 Potluck token; the allocator only says where the registry is and signs the
 registry's access tokens. Progress is a bar per layer on a terminal (rich), one
 line per finished layer when piped.
@@ -10,10 +13,12 @@ line per finished layer when piped.
 import json
 import os
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import click
 import docker
+import docker.constants
 import docker.errors
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
@@ -50,10 +55,62 @@ def target_reference(prefix: str, image: str) -> str:
     return f"{prefix}{repository}:{tag}"
 
 
-def _docker() -> docker.DockerClient:
+#: Where docker-py (and the docker CLI) look when DOCKER_HOST is not set.
+DEFAULT_ENGINE = docker.constants.DEFAULT_UNIX_SOCKET.replace("http+unix://", "unix://")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A client of the Docker engine a push goes from, its address, and how the output names it."""
+
+    client: docker.DockerClient
+    url: str
+    named: str
+
+
+def _engine(source: str) -> Engine:
+    """The engine to push `source` from: DOCKER_HOST's when it is set (as the docker CLI's);
+    else the default socket's, unless it does not answer or has no `source` while a `potluck up`
+    pool runs here: then that pool's own engine (up_state.pool_engine, where `ops images
+    publish` finds it too), which is where a user of such a pool built the image."""
+    from potluck.up_state import default_state_dir, pool_engine
+
+    exported = os.environ.get("DOCKER_HOST")
+    if exported:
+        return Engine(_connect(None), exported, f"the Docker engine at {exported} (DOCKER_HOST)")
+    pool = pool_engine(default_state_dir())
+    if pool is None:
+        return Engine(_connect(None), DEFAULT_ENGINE, f"your Docker engine at {DEFAULT_ENGINE}")
     try:
-        return docker.from_env()
+        default = docker.from_env()
+    except docker.errors.DockerException:
+        why = f"nothing answers at {DEFAULT_ENGINE}"
+    else:
+        try:
+            default.images.get(source)
+        except docker.errors.ImageNotFound:
+            default.close()
+            why = f"the engine at {DEFAULT_ENGINE} has no image {source}"
+        except docker.errors.DockerException:
+            # Another failure of the engine that answers: the push says it, as it would have.
+            return Engine(default, DEFAULT_ENGINE, f"your Docker engine at {DEFAULT_ENGINE}")
+        else:
+            return Engine(default, DEFAULT_ENGINE, f"your Docker engine at {DEFAULT_ENGINE}")
+    named = f"the `potluck up` pool's Docker engine at {pool} (DOCKER_HOST is not set and {why})"
+    return Engine(_connect(pool), pool, named)
+
+
+def _connect(url: str | None) -> docker.DockerClient:
+    """A client of the engine at `url` (None: DOCKER_HOST's, or the default socket's)."""
+    try:
+        return docker.from_env() if url is None else docker.DockerClient(base_url=url)
     except docker.errors.DockerException as exc:
+        if url is not None:
+            raise ClientError(
+                f"cannot reach the `potluck up` pool's Docker engine at {url} ({exc}); is the pool "
+                "running? (DOCKER_HOST names another engine)",
+                ExitCode.UNREACHABLE,
+            ) from None
         raise ClientError(
             f"cannot reach your Docker engine ({exc}); is it running? "
             f"(DOCKER_HOST says where{_pool_engine()})",
@@ -64,12 +121,12 @@ def _docker() -> docker.DockerClient:
 def _pool_engine() -> str:
     """A hint naming the engine of a `potluck up` running here: on a machine where no Docker
     answered, that pool started a private one, which is where the user builds and pushes."""
-    from potluck.up_state import default_state_dir, running
+    from potluck.up_state import default_state_dir, pool_engine
 
-    pool = running(default_state_dir())
-    if pool is None or not pool.docker or os.environ.get("DOCKER_HOST") == pool.docker:
+    pool = pool_engine(default_state_dir())
+    if pool is None or os.environ.get("DOCKER_HOST") == pool:
         return ""
-    return f"; the `potluck up` pool here runs its own: export DOCKER_HOST={pool.docker}"
+    return f"; the `potluck up` pool here runs its own: export DOCKER_HOST={pool}"
 
 
 def push_with_progress(client: docker.DockerClient, reference: str, auth: dict[str, str], quiet: bool) -> str:
@@ -122,13 +179,14 @@ def push(source: str, as_json: bool) -> None:
     where = call_api("GET", "/v1/images")
     try:
         reference = target_reference(where["prefix"], source)
-        client = _docker()
+        engine = _engine(source)
+        client = engine.client
         try:
             try:
                 client.images.get(source).tag(reference)
             except docker.errors.ImageNotFound:
                 raise ClientError(
-                    f"your Docker engine has no image {source}; build or pull it first", ExitCode.USAGE
+                    f"{engine.named} has no image {source}; build or pull it first", ExitCode.USAGE
                 ) from None
             quiet = as_json or not sys.stderr.isatty()
             digest = push_with_progress(
@@ -141,9 +199,12 @@ def push(source: str, as_json: bool) -> None:
     except ClientError as exc:
         bail(exc)
     if as_json:
-        click.echo(json.dumps({"image": reference, "digest": digest}))
+        click.echo(json.dumps({"image": reference, "digest": digest, "engine": engine.url}))
     else:
-        out.print(f"pushed {reference} ({digest}); use it with --image {reference}", highlight=False)
+        out.print(
+            f"pushed {reference} ({digest}) from {engine.named}; use it with --image {reference}",
+            highlight=False,
+        )
 
 
 @image.command(name="ls")

@@ -6,6 +6,7 @@ and wrong or missing credentials get a clear refusal.
 """
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,6 +21,8 @@ import jwt
 from potluck.allocator.pool_registry import MAX_REPOSITORIES
 from potluck.contracts.registry import TOKEN_PATH
 from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.reaper import start_time
+from potluck.up_state import PID_FILE, READY_FILE, Running
 from tests.fixtures.pool import Pool
 
 
@@ -183,6 +186,83 @@ async def test_potluck_image_push_and_ls_from_the_users_own_engine(
         refusal = (await response.json())["error"]
     assert refusal["field"] == "image"
     assert f"{registry.address}/erin/" in refusal["message"]
+
+
+def _as_up_pool(state_dir: Path, pool: Pool, engine: DockerEngine, registry: str) -> None:
+    """Write what a running `potluck up` leaves in its state directory (up_state.py: its PID and
+    start time, its addresses), naming `engine` as the pool's own Docker engine: the PID is this
+    test process's, which runs as long as the test does."""
+    pid = os.getpid()
+    state_dir.mkdir(parents=True)
+    (state_dir / PID_FILE).write_text(f"{pid} {start_time(pid)}")
+    ready = Running(
+        pid=pid,
+        api=pool.api,
+        nats="",
+        database=pool.database_url,
+        docker=engine.url,
+        ssh="",
+        image="",
+        token="",
+        host_id="",
+        logs="",
+        registry=registry,
+    )
+    (state_dir / READY_FILE).write_text(json.dumps(dataclasses.asdict(ready)))
+
+
+async def test_potluck_image_push_finds_the_up_pools_own_engine_without_docker_host(
+    pool: Pool, docker_engines: list[DockerEngine], test_image: str, tmp_path: Path
+) -> None:
+    """Tried: `potluck image push` with DOCKER_HOST not set, on a machine where a `potluck up`
+    pool runs its own Docker engine (its state directory names a real engine holding the image)
+    and the default socket does not answer (none here) or lacks the image; with --json too; then
+    with DOCKER_HOST naming a socket where nothing answers. Must hold: the push goes from the
+    pool's engine (before, it failed, exit 3, telling the user to export DOCKER_HOST) and its
+    output names that engine; the image is in the user's namespace; a DOCKER_HOST that is set
+    is still the engine used (exit 3, naming the pool's engine as a hint), never overridden."""
+    await pool.wait_api()
+    registry = await asyncio.to_thread(pool.start_image_registry)
+    fay = await pool.add_user("fay")
+    engine = docker_engines[0]
+    await asyncio.to_thread(_tag, engine, test_image, "leftovers-sim:3")
+    state_dir = tmp_path / "up"
+    _as_up_pool(state_dir, pool, engine, registry.address)
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    env.update(
+        POTLUCK_HOME=str(state_dir),
+        POTLUCK_URL=pool.api,
+        POTLUCK_TOKEN=fay,
+        POTLUCK_CONFIG=str(tmp_path / "none.toml"),
+    )
+
+    def potluck(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "potluck", *args],
+            capture_output=True,
+            text=True,
+            env={**env, **extra},
+            timeout=120,
+            check=False,
+        )
+
+    pushed = await asyncio.to_thread(potluck, "image", "push", "leftovers-sim:3")
+    assert pushed.returncode == 0, pushed.stderr + pool.logs()
+    said = " ".join(pushed.stdout.split())
+    assert f"pushed {registry.address}/fay/leftovers-sim:3 (sha256:" in said, said
+    assert f"from the `potluck up` pool's Docker engine at {engine.url} (DOCKER_HOST is not set" in said, said
+    as_json = await asyncio.to_thread(potluck, "image", "push", "leftovers-sim:3", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["engine"] == engine.url
+    listed = await asyncio.to_thread(potluck, "image", "ls", "--json")
+    assert json.loads(listed.stdout)["images"] == [
+        {"name": f"{registry.address}/fay/leftovers-sim", "tags": ["3"]}
+    ]
+
+    nowhere = f"unix://{tmp_path}/no-docker.sock"
+    exported = await asyncio.to_thread(potluck, "image", "push", "leftovers-sim:3", DOCKER_HOST=nowhere)
+    assert exported.returncode == 3, exported.stderr
+    assert f"export DOCKER_HOST={engine.url}" in exported.stderr, exported.stderr
 
 
 async def test_a_users_images_are_listed_however_many_repositories_sort_before_theirs(pool: Pool) -> None:
