@@ -30,7 +30,8 @@ to that allocation and its labels to this host, and runs the command (or a login
 or the image's sftp-server, its uploads held to the allocation's disk bound on their way in
 (sftp_filter.py), or hostd's own SFTP server for an image without
 one: helper_sftp.py) as the container's default user, with a TTY
-when the session asked for a PTY. Data is passed in both directions with flow
+when the session asked for a PTY (at the client's size from its start:
+tty_size.py). Data is passed in both directions with flow
 control at each end (SSH windows, the engine socket's buffer); window changes
 resize the exec's TTY and signals reach its process, one engine call at a time
 per session however fast they come (session_controls.py); when the channel closes
