@@ -11,7 +11,10 @@ So each pool container gets a budget (`LogBudget`): every tick it earns its cap'
 time and is charged what it used itself plus what its output cost outside: its shim's CPU, and
 dockerd's shared out among the engine's containers by their shims' CPU of the last seconds (every
 container of the engine counted, the member's own too, so a chatty container of the member's
-is the member's cost). While the budget is spent the container is paused (the engine's
+is the member's cost; a shim's first second, its container's start, is not counted; an ended
+container's share decays rather than going at once; and while the shims together carry little,
+dockerd's CPU is charged only in part: `decayed_shares`, START_GRACE_S, CARRYING_FLOOR_S).
+While the budget is spent the container is paused (the engine's
 freezer), and what the engine still spends meanwhile on what it wrote before is charged too.
 Savings are capped at one tick's worth, so an idle container cannot save up for a burst.
 
@@ -35,6 +38,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -45,12 +49,14 @@ from potluck.hostd.docker_driver import DockerDriverError
 from potluck.hostd.process_tree import read_stat
 
 __all__ = [
+    "GONE_SHARE_FLOOR_S",
     "EngineContainers",
     "LogBound",
     "LogBudget",
     "PoolContainers",
     "cgroup_cpu_s",
     "cpu_s",
+    "decayed_shares",
     "engine_pid",
     "run_time_s",
 ]
@@ -68,6 +74,17 @@ QUIET_ENGINE = 0.05
 SHARE_WINDOW_S = 5.0
 #: A hold is logged at most this often per allocation.
 TELL_EVERY_S = 60.0
+#: A container's shim is not counted for this long after it is first seen: its CPU then is
+#: the container's start (runc's work, in the shim), not output carried.
+START_GRACE_S = 1.0
+#: The least sum of shares dockerd's CPU is shared out over, in seconds of shim CPU: about what a
+#: shim carrying a flood of short lines spends over SHARE_WINDOW_S (measured: 3 ms a second for
+#: `yes`; an idle shim's are a few us). Below it the shims carry little, so what dockerd spends is
+#: not their output and is charged only in part: a container that wrote nothing, its idle shim
+#: the only one with a share, was charged all dockerd spent starting another container.
+CARRYING_FLOOR_S = 0.005
+#: An ended container's share (its shim's CPU, decaying) is forgotten below this many seconds.
+GONE_SHARE_FLOOR_S = 1e-4
 
 
 @dataclass
@@ -82,6 +99,23 @@ class LogBudget:
         """Charge `spent_s` of CPU over `elapsed_s`; True while the container must be held."""
         self.left = min(self.left + self.cap * elapsed_s - spent_s, self.cap * self.tick_s)
         return self.left < 0
+
+
+def decayed_shares(shares: Mapping[str, float], spent: Mapping[str, float], decay: float) -> dict[str, float]:
+    """Each container's shim CPU over the last few seconds (`shares`, decayed by `decay`, plus this
+    tick's `spent`), by which dockerd's CPU is shared out; pure.
+
+    A container whose shim is gone (it ended) keeps its share while it decays, until it is
+    below GONE_SHARE_FLOOR_S: what dockerd spends just after a container ended (the rest of its
+    output, its removal) is that container's, and goes with its share. Forgotten at once, its
+    share left the engine's whole work to the containers still running in proportion to theirs:
+    a container that wrote nothing, its shim's few microseconds the only share left, was charged
+    all of dockerd's (0.44 of a core, a full test run's load beside it) and paused as a flood.
+    A flood that starts while an ended one's share decays is undercharged for those seconds."""
+    out = {cid: value * decay for cid, value in shares.items()}
+    for cid, value in spent.items():
+        out[cid] = out.get(cid, 0.0) + value
+    return {cid: value for cid, value in out.items() if cid in spent or value >= GONE_SHARE_FLOOR_S}
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -199,6 +233,7 @@ class LogBound:
         self._last: dict[tuple[str, str], float] = {}  # (what, id) -> its last CPU reading
         self._told: dict[str, float] = {}  # alloc id -> when a hold was last logged
         self._share: dict[str, float] = {}  # container id -> its shim's CPU, decaying
+        self._seen: dict[str, float] = {}  # container id -> when its shim was first seen
         self._without: set[str] = set()  # running, but no process of it seen: not looked up again
 
     async def run(self) -> None:
@@ -236,6 +271,7 @@ class LogBound:
         for gone in set(self._shims) - running:
             self._shims.pop(gone, None)
             self._first.pop(gone, None)
+            self._seen.pop(gone, None)
         self._without |= set(self.manager.containers.values()) - running
         for container_id in running - set(self._shims) - self._without:
             with contextlib.suppress(DockerDriverError):
@@ -244,6 +280,7 @@ class LogBound:
                 shim = proc.ppid if proc is not None else None
                 if shim:
                     self._shims[container_id], self._first[container_id] = shim, first
+                    self._seen[container_id] = time.monotonic()
                 else:  # not running after all, or not visible here: not asked again each tick
                     self._without.add(container_id)
 
@@ -266,23 +303,28 @@ class LogBound:
             # costs hostd), and the next busy tick counts from itself, not from here.
             self._last = {key: value for key, value in self._last.items() if key[0] == "dockerd"}
             self._budgets.clear()
+            # An ended container's work is done once the engine is idle: its share goes.
+            self._share = {cid: value for cid, value in self._share.items() if cid in self._shims}
             return engine_now is not None
         readings = {cid: run_time_s(pid) for cid, pid in self._shims.items()}
         for gone in [cid for cid, reading in readings.items() if reading is None]:
-            # Its container ended: it takes no more of dockerd's share (the listing would
-            # forget it only seconds later, and the next flood would be undercharged till then).
+            # Its container ended: its share decays (decayed_shares says why).
             self._shims.pop(gone, None)
             self._first.pop(gone, None)
-            self._share.pop(gone, None)
-        shims = {
+            self._seen.pop(gone, None)
+        spent = {
             cid: self._delta("shim", cid, reading) for cid, reading in readings.items() if reading is not None
         }
+        # A shim's first second is its container's start, not output: counted, it took a share
+        # of what dockerd spent starting other containers meanwhile, and a container that wrote
+        # nothing (its shim alone had a share yet) was charged all of it and paused as a flood.
+        now = time.monotonic()
+        shims = {cid: cpu for cid, cpu in spent.items() if now - self._seen.get(cid, now) >= START_GRACE_S}
         # dockerd's work is shared out by the shims' CPU over the last few seconds, not the
         # tick's alone: a shim carrying short lines uses a few ms a second, while dockerd
         # spends most of a core on what it carries.
-        decay = math.exp(-elapsed / SHARE_WINDOW_S)
-        self._share = {cid: self._share.get(cid, 0.0) * decay + spent for cid, spent in shims.items()}
-        all_shims = sum(self._share.values())
+        self._share = decayed_shares(self._share, shims, math.exp(-elapsed / SHARE_WINDOW_S))
+        all_shims = max(sum(self._share.values()), CARRYING_FLOOR_S)
         for alloc_id, container_id in list(self.manager.containers.items()):
             cap = self.manager.cpu_cap(alloc_id)
             first = self._first.get(container_id)
@@ -296,7 +338,7 @@ class LogBound:
                 self._budgets.pop(container_id, None)
                 await self.manager.hold_for_logs(alloc_id, container_id, False)
                 continue
-            share = self._share.get(container_id, 0.0) / all_shims if all_shims > 0 else 0.0
+            share = self._share.get(container_id, 0.0) / all_shims
             outside = shims.get(container_id, 0.0) + engine * share
             inside = self._delta("cgroup", container_id, cgroup_cpu_s(first))
             budget = self._budgets.setdefault(container_id, LogBudget(cap, self.tick_s))

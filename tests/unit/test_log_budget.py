@@ -1,6 +1,8 @@
 """The log bound's budget (services/hostd/log_cost.py): pure, no servers."""
 
-from potluck.hostd.log_cost import LogBudget
+import math
+
+from potluck.hostd.log_cost import GONE_SHARE_FLOOR_S, SHARE_WINDOW_S, TICK_S, LogBudget, decayed_shares
 
 
 def test_a_container_within_its_cap_is_never_held_and_cannot_save_up_for_a_burst() -> None:
@@ -23,3 +25,25 @@ def test_a_flood_is_held_until_what_it_cost_is_paid_back_at_its_cap() -> None:
     assert budget.left == -0.25
     assert not budget.charge(0.0, 0.5)
     assert budget.left == 0.0
+
+
+def test_what_the_engine_spends_after_a_flood_ended_is_not_charged_to_a_quiet_container() -> None:
+    """Tried: a flood's shim using 5 ms of CPU a tick and a quiet container's 5 us, for 20 ticks;
+    then the flood's container ends (no reading of its shim) while the engine stays busy, for 4
+    ticks (2 s). Before the fix the ended container's share was dropped at once: the quiet
+    container, its shim's few microseconds the only share left, was charged all of dockerd's CPU
+    and paused as a flood (seen in a full test run).
+    Must hold: the quiet container's fraction of dockerd stays under 1 % for those ticks; the
+    ended one's share is forgotten once it decayed below the floor; a running container's share
+    is never dropped, however small."""
+    decay = math.exp(-TICK_S / SHARE_WINDOW_S)
+    shares: dict[str, float] = {}
+    for _ in range(20):
+        shares = decayed_shares(shares, {"flood": 0.005, "quiet": 0.000005}, decay)
+    for _ in range(4):
+        shares = decayed_shares(shares, {"quiet": 0.000005}, decay)
+        assert shares["quiet"] / sum(shares.values()) < 0.01, shares
+    for _ in range(400):
+        shares = decayed_shares(shares, {"quiet": 0.0}, decay)
+    assert set(shares) == {"quiet"}, shares
+    assert shares["quiet"] < GONE_SHARE_FLOOR_S
