@@ -384,12 +384,18 @@ async def test_an_upload_refused_while_hostd_holds_no_spec_leaves_no_file_behind
 
     async def scp(name: str, *, legacy: bool = False) -> subprocess.CompletedProcess[str]:
         return await transfer.run(
-            ["scp", *(["-O"] if legacy else []), *_openssh(ssh_env), str(local), f"{target}/{name}"],
+            [
+                "scp",
+                *(["-O"] if legacy else []),
+                *ssh_env.openssh_options(port_flag="-P"),
+                str(local),
+                f"{target}/{name}",
+            ],
             timeout=120,
         )
 
     async def sftp_put(name: str) -> subprocess.CompletedProcess[str]:
-        argv = ["sftp", *_openssh(ssh_env), "-b", "-", f"{alloc_id}@127.0.0.1"]
+        argv = ["sftp", *ssh_env.openssh_options(port_flag="-P"), "-b", "-", f"{alloc_id}@127.0.0.1"]
         env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
         return await asyncio.to_thread(
             subprocess.run,
