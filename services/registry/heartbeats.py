@@ -85,7 +85,8 @@ class LivenessWatch:
         self.last_seen.beat(host_id)
         state = self.view.hosts.get(host_id)
         if state is not None and state.liveness in ("unreachable", "asleep", "lost"):
-            await self._decide(host_id, lambda s: aggregate.beat_returned(s) if s else [])
+            now = datetime.now(UTC)
+            await self._decide(host_id, lambda s: aggregate.beat_returned(s, now) if s else [])
 
     def _is_beat(self, host_id: str, msg: Msg) -> bool:
         """Is `msg` a heartbeat as hostd sends them: a small Heartbeat, with no reply subject and

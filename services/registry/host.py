@@ -348,13 +348,20 @@ def cap_connections(
 # --- liveness ---------------------------------------------------------------------------------
 
 
-def beat_returned(state: HostState) -> list[Event]:
+def beat_returned(state: HostState, now: datetime | None = None) -> list[Event]:
     """A beat from a host the log has as asleep, unreachable or lost: it is back.
 
     An asleep host's beat is HostRecovered(was="asleep"), not HostWoke: a beat says the
     machine is up, not how long it slept (hostd stops beating once it announced sleep, and
     says HostWoke itself with the figure on waking; the beat may overtake that notice).
+
+    A beat while its connections are capped (at `now`) is none: it came on a connection the
+    server is closing (the key left the users file a moment before), and recovering the host
+    then made it placeable again for the whole cap (seen: recovered 60 ms after the cap, an
+    allocation placed there waited the cooldown out).
     """
+    if now is not None and state.capped(now):
+        return []
     if state.registered and state.liveness in ("unreachable", "asleep", "lost"):
         return [HostRecovered(host_id=state.host_id, was=state.liveness)]
     return []
