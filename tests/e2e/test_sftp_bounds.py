@@ -344,20 +344,6 @@ async def test_hostds_own_sftp_counts_the_copy_of_an_images_file_written_into(fi
     await transfer.running_within(files, alloc_id, 16 * 1024)
 
 
-def _openssh(ssh_env: SshEnv) -> list[str]:
-    """OpenSSH's options for scp and sftp through ssh_env's gateway as alice: a clean client."""
-    return [
-        "-P", str(ssh_env.port),
-        "-F", "/dev/null",
-        "-i", str(ssh_env.key("alice")),
-        "-o", "IdentitiesOnly=yes",
-        "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "BatchMode=yes",
-        "-o", "LogLevel=ERROR",
-    ]  # fmt: skip
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("image", ["busybox", "default"])
 async def test_an_upload_refused_while_hostd_holds_no_spec_leaves_no_file_behind(
