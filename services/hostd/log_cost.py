@@ -269,9 +269,7 @@ class LogBound:
         driver = self.manager.driver
         running = set(await asyncio.to_thread(driver.running_ids))
         for gone in set(self._shims) - running:
-            self._shims.pop(gone, None)
-            self._first.pop(gone, None)
-            self._seen.pop(gone, None)
+            self._forget(gone)
         self._without |= set(self.manager.containers.values()) - running
         for container_id in running - set(self._shims) - self._without:
             with contextlib.suppress(DockerDriverError):
@@ -283,6 +281,13 @@ class LogBound:
                     self._seen[container_id] = time.monotonic()
                 else:  # not running after all, or not visible here: not asked again each tick
                     self._without.add(container_id)
+
+    def _forget(self, container_id: str) -> None:
+        """A container that no longer runs: its shim, first process and first sighting (not its
+        share, which decays)."""
+        self._shims.pop(container_id, None)
+        self._first.pop(container_id, None)
+        self._seen.pop(container_id, None)
 
     def _delta(self, what: str, key: str, now: float | None) -> float:
         """CPU since the last reading of the same thing; 0 the first time (or once it is gone)."""
@@ -309,9 +314,7 @@ class LogBound:
         readings = {cid: run_time_s(pid) for cid, pid in self._shims.items()}
         for gone in [cid for cid, reading in readings.items() if reading is None]:
             # Its container ended: its share decays (decayed_shares says why).
-            self._shims.pop(gone, None)
-            self._first.pop(gone, None)
-            self._seen.pop(gone, None)
+            self._forget(gone)
         spent = {
             cid: self._delta("shim", cid, reading) for cid, reading in readings.items() if reading is not None
         }
