@@ -79,8 +79,9 @@ def _engine(source: str) -> Engine:
     if exported:
         return Engine(_connect(None), exported, f"the Docker engine at {exported} (DOCKER_HOST)")
     pool = pool_engine(default_state_dir())
+    yours = f"your Docker engine at {DEFAULT_ENGINE}"
     if pool is None:
-        return Engine(_connect(None), DEFAULT_ENGINE, f"your Docker engine at {DEFAULT_ENGINE}")
+        return Engine(_connect(None), DEFAULT_ENGINE, yours)
     try:
         default = docker.from_env()
     except docker.errors.DockerException:
@@ -93,9 +94,9 @@ def _engine(source: str) -> Engine:
             why = f"the engine at {DEFAULT_ENGINE} has no image {source}"
         except docker.errors.DockerException:
             # Another failure of the engine that answers: the push says it, as it would have.
-            return Engine(default, DEFAULT_ENGINE, f"your Docker engine at {DEFAULT_ENGINE}")
+            return Engine(default, DEFAULT_ENGINE, yours)
         else:
-            return Engine(default, DEFAULT_ENGINE, f"your Docker engine at {DEFAULT_ENGINE}")
+            return Engine(default, DEFAULT_ENGINE, yours)
     named = f"the `potluck up` pool's Docker engine at {pool} (DOCKER_HOST is not set and {why})"
     return Engine(_connect(pool), pool, named)
 
