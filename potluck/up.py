@@ -30,10 +30,11 @@ import aiohttp
 
 from potluck.allocator.web.connect import GATEWAY_ADDRESS
 from potluck.localpool import EnrolledHost, LocalPool
-from potluck.localstack import LocalStackError, PostgresServer, wait_for_port
+from potluck.localstack import LocalStackError, PostgresServer
 from potluck.localstack.default_image import ensure_default_image
 from potluck.localstack.docker_engine import DockerEngine, ensure_docker_installed
 from potluck.localstack.ports import BROWSERS_REFUSE, port_accepts
+from potluck.localstack.process import wait_until_listening
 from potluck.localstack.reaper import start_time, still_runs
 from potluck.localstack.test_image import DEFAULT_TAG, build_test_image, image_id
 from potluck.registry.enrollment import current_hosts, revoke_host
@@ -363,7 +364,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         # The key is made here, before the gateway starts, so that the two never race to make it.
         client_key = pool.gateway_client_key()
         gateway_key = pool.gateway_host_key()
-        pool.start_gateway(listen=ssh, tunnel_listen=tunnel)
+        gateway = pool.start_gateway(listen=ssh, tunnel_listen=tunnel)
         notices: list[str] = []
         host = await _local_host(pool, say, notices)
         pool.write_config(
@@ -384,7 +385,8 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         say("starting hostd, donating part of this machine")
         pool.start_hostd(host)
         await _unless_stopped(stop, pool.wait_api())
-        await asyncio.to_thread(wait_for_port, settings.ssh_port, what="the SSH gateway", timeout=60)
+        for port in (settings.ssh_port, settings.tunnel_port):
+            await asyncio.to_thread(wait_until_listening, gateway, port, what="the SSH gateway", timeout=60)
         go_on()
         token = await _unless_stopped(stop, _demo_token(pool))
         await _unless_stopped(stop, _wait_online(pool.api, token, pool.workdir / f"hostd-{host.name}.log"))

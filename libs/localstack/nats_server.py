@@ -125,7 +125,10 @@ class NatsServer:
         """Re-read the configuration (new or removed users) without dropping clients."""
         pid = self._proc.pid
         if pid is None or not self._proc.running():
-            raise LocalStackError("nats-server is not running; cannot reload it")
+            raise LocalStackError(
+                f"nats-server is not running (exit code {self._proc.exit_code()}); cannot reload "
+                f"it; its log {self._proc.log_path} ends with:\n{self.log_tail(5)}"
+            )
         os.kill(pid, signal.SIGHUP)
 
     def restart(self) -> None:

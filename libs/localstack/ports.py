@@ -1,7 +1,12 @@
-"""Loopback ports: pick a free one, wait until one accepts."""
+"""Loopback ports: pick a free one, wait until one accepts, tell who listens on one."""
 
+import contextlib
+import functools
+import os
 import random
 import socket
+import stat
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,11 +47,67 @@ BROWSERS_REFUSE = frozenset(
 #: (a NATS cluster's client, route and monitoring ports), and none of them is bound yet.
 _handed_out: set[int] = set()
 
+#: How long a port handed out stays another process's, through a file of its own in
+#: _RESERVATIONS: long enough to start a pool whose ports were picked before it (Postgres, an
+#: engine and an image load come first), short enough that abandoned picks come back.
+RESERVED_FOR_S = 300.0
+
+#: Where processes on this machine record the ports they handed out. A test picked `potluck up`'s
+#: six ports, and before that pool bound its NATS port some seconds later, another test
+#: process's server took it: nats-server exited with "address already in use" while the other
+#: server answered on the port (a full suite's run, 2026-12-06). Each process's own
+#: _handed_out could not see the other's pick.
+_RESERVATIONS = Path(tempfile.gettempdir()) / "potluck-ports"
+
+
+@functools.cache
+def _reservations() -> Path | None:
+    try:
+        _RESERVATIONS.mkdir()
+    except FileExistsError:
+        # Only a real directory: a link there could point a chmod or a write anywhere.
+        return _RESERVATIONS if stat.S_ISDIR(_RESERVATIONS.lstat().st_mode) else None
+    except OSError:
+        return None
+    with contextlib.suppress(OSError):
+        # Every user's processes record their picks here, as in /tmp itself (sticky: none
+        # removes another's).
+        _RESERVATIONS.chmod(0o1777)
+    return _RESERVATIONS
+
+
+def _reserve(port: int) -> bool:
+    """Claim `port` for this process against every other that picks through free_port; False if
+    another claimed it less than RESERVED_FOR_S ago. Without a shared directory to write in,
+    this process's own record is all there is, and the claim is granted."""
+    reservations = _reservations()
+    if reservations is None:
+        return True
+    path = reservations / str(port)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        return True
+    except FileExistsError:
+        try:
+            if time.time() - path.lstat().st_mtime < RESERVED_FOR_S:
+                return False
+            # An old claim: its server started long ago (and holds the port, which _bindable
+            # sees) or never did. Renewed so that nobody else takes it over now.
+            os.utime(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            pass
+        return True
+    except OSError:
+        return True
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now, for a server we start next, and never one this process
-    handed out before (two nodes of one cluster given the same port failed to start), and never
-    one browsers refuse (BROWSERS_REFUSE: a pool on 10080 had a web page no browser opened).
+    """A port nobody listens on right now, for a server we start next; never one this process
+    handed out before (two nodes of one cluster given the same port failed to start), nor one
+    another process on this machine handed out in the last RESERVED_FOR_S, nor one browsers
+    refuse (BROWSERS_REFUSE: a pool on 10080 had a web page no browser opened).
 
     Chosen below the kernel's ephemeral range: a port from that range (what binding
     to port 0 gives) can be taken by any outgoing connection in the moment between
@@ -56,7 +117,12 @@ def free_port(host: str = "127.0.0.1") -> int:
     if low > 11_000:
         for _ in range(64):
             port = random.randint(10_000, low - 1)
-            if port not in _handed_out and port not in BROWSERS_REFUSE and _bindable(port, host):
+            if (
+                port not in _handed_out
+                and port not in BROWSERS_REFUSE
+                and _bindable(port, host)
+                and _reserve(port)
+            ):
                 _handed_out.add(port)
                 return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -79,3 +145,66 @@ def wait_for_port(port: int, *, what: str, timeout: float = 30.0, host: str = "1
             return
         time.sleep(0.05)
     raise LocalStackError(f"{what} did not accept connections on {host}:{port} within {timeout:.0f}s")
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local_address is ADDR:PORT in hex; state 0A is LISTEN.
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def listening_pids(port: int) -> set[int] | None:
+    """The processes holding a TCP socket that listens on `port` (any address), from /proc; None
+    where that cannot be told (no /proc, or the socket is in another network namespace)."""
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return None
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    holders: set[int] = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) in wanted for fd in fd_dir.iterdir()):
+                holders.add(int(fd_dir.parent.name))
+    return holders or None
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name, in parentheses, may hold spaces and parentheses: read past its last one.
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    """Whether `pid` is `ancestor` or a process it started (a server that forks its listener)."""
+    for _ in range(64):
+        if pid == ancestor:
+            return True
+        parent = _parent(pid)
+        if parent is None or parent <= 1:
+            return False
+        pid = parent
+    return False
+
+
+def describe_pids(pids: set[int]) -> str:
+    """`pid 123 (nginx)` for each, as an operator looks them up."""
+
+    def named(pid: int) -> str:
+        try:
+            return f"pid {pid} ({Path(f'/proc/{pid}/comm').read_text().strip()})"
+        except OSError:
+            return f"pid {pid}"
+
+    return ", ".join(named(pid) for pid in sorted(pids))

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from potluck.localstack.errors import LocalStackError
-from potluck.localstack.ports import free_port, wait_for_port
-from potluck.localstack.process import ChildProcess, as_user
+from potluck.localstack.ports import free_port
+from potluck.localstack.process import ChildProcess, as_user, wait_until_listening
 
 SYSTEM_USER = "potluck-pg"
 DATABASE = "potluck"
@@ -158,7 +158,7 @@ class PostgresServer:
         self._proc = ChildProcess(argv, log_path=log, user=self.user)
         self._proc.start()
         try:
-            wait_for_port(self.port, what="postgres", timeout=30)
+            wait_until_listening(self._proc, self.port, what="postgres", timeout=30)
             self._wait_ready()
         except LocalStackError as exc:
             raise LocalStackError(f"{exc}; its log says:\n{self._proc.log_tail()}") from exc

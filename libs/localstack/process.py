@@ -4,13 +4,14 @@ import os
 import pwd
 import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from potluck.localstack import reaper
 from potluck.localstack.errors import LocalStackError
-from potluck.localstack.ports import wait_for_port
+from potluck.localstack.ports import descends_from, describe_pids, listening_pids, port_accepts
 
 
 def as_user(user: str | None) -> dict[str, Any]:
@@ -90,6 +91,37 @@ def start_listening(proc: ChildProcess, port: int, *, what: str, timeout: float 
     """Start `proc` and wait until it accepts on loopback `port`; its log's tail if it never does."""
     proc.start()
     try:
-        wait_for_port(port, what=what, timeout=timeout)
+        wait_until_listening(proc, port, what=what, timeout=timeout)
     except LocalStackError as exc:
         raise LocalStackError(f"{exc}; its log says:\n{proc.log_tail()}") from exc
+
+
+def wait_until_listening(proc: ChildProcess, port: int, *, what: str, timeout: float = 20) -> None:
+    """Until `proc`, or a process it started, accepts on loopback `port`.
+
+    That the port accepts is not enough: another program that took it first answers there while
+    `proc` exits with "address already in use", and whoever goes on (a reload, a client) meets a
+    server that is not ours or none at all. That program is named instead, with what to do.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if port_accepts(port):
+            holders = listening_pids(port)
+            ours = proc.pid
+            if holders is None or (ours is not None and any(descends_from(h, ours) for h in holders)):
+                return
+            if not proc.running() or time.monotonic() > deadline:
+                raise LocalStackError(
+                    f"port {port} on 127.0.0.1 is taken by another program "
+                    f"({describe_pids(holders)}), not {what}: stop that program or give "
+                    f"{what} another port"
+                )
+        elif not proc.running():
+            raise LocalStackError(
+                f"{what} stopped (exit code {proc.exit_code()}) before it listened on 127.0.0.1:{port}"
+            )
+        elif time.monotonic() > deadline:
+            raise LocalStackError(
+                f"{what} did not accept connections on 127.0.0.1:{port} within {timeout:.0f}s"
+            )
+        time.sleep(0.05)
