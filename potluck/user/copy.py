@@ -9,10 +9,11 @@ container_upload.py): it needs nothing in the image but `sh` and `tar`
 (busybox has both), and the container's own tar writes the files, as the
 container's user, but only once hostd took what the copy needs (NEED) from
 what is left of the allocation's disk bound. Out of one,
-hostd reads the files from the engine itself (the reserved command
-`potluck-archive get PATH`, the tar `docker cp` reads), so that a download
-works on a running container and on an ended one whose container is kept
-(`--keep-for`: its results); an upload into a kept container is refused.
+hostd serves the reserved command `potluck-archive get PATH` (the tar
+`docker cp` reads): from a running container, `tar -c` run inside it (as the
+container's user, container_archive.py); from an ended one whose container is
+kept (`--keep-for`: its results), the engine's archive of its files; an upload
+into a kept container is refused.
 A copy larger than the allocation's disk bound is refused before anything
 is sent; one that fits the bound but not what is left of it is refused by
 hostd before any of it reaches the container, saying how much it needs and

@@ -56,7 +56,7 @@ from potluck.hostd.helper import HELPER_PATH
 from potluck.hostd.session_ledger import SessionLedger
 from potluck.hostd.tty_size import CONSOLE_SIZE_API, sized_argv
 
-__all__ = ["ExecBridge", "ExecProcess", "SessionProcess", "exec_env", "signal_number"]
+__all__ = ["ExecBridge", "ExecProcess", "SessionProcess", "exec_env", "has_helper", "signal_number"]
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +85,7 @@ def _start_refused_as_paused(exc: BaseException) -> bool:
     return isinstance(exc, ExecError) and pause_races.says_paused(str(exc))
 
 
-def _has_helper(container: Mapping[str, Any]) -> bool:
+def has_helper(container: Mapping[str, Any]) -> bool:
     """Was the container made with the helper busybox mounted (helper.py)?"""
     return any(m.get("Destination") == HELPER_PATH for m in container.get("Mounts") or [])
 
@@ -388,7 +388,7 @@ class ExecBridge:
         width, height = size
         sized = tty and width > 0 and height > 0
         create_sized = sized and await self.api_version() >= CONSOLE_SIZE_API
-        if sized and not create_sized and _has_helper(container):
+        if sized and not create_sized and has_helper(container):
             argv = sized_argv(alloc_id, argv, width, height)
         create: dict[str, Any] = {
             "AttachStdin": True,

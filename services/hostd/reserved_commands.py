@@ -19,10 +19,10 @@ import argparse
 from dataclasses import dataclass
 
 from potluck.contracts.session_commands import ARCHIVE, LOGS, command_argv
-from potluck.hostd.container_archive import open_archive
+from potluck.hostd.container_archive import open_archive, open_archive_inside
 from potluck.hostd.container_logs import LogsRequest, open_logs
 from potluck.hostd.container_upload import ArchivePut, open_upload
-from potluck.hostd.exec_bridge import ExecBridge, SessionProcess
+from potluck.hostd.exec_bridge import ExecBridge, SessionProcess, has_helper
 from potluck.hostd.exec_errors import ExecRefused
 from potluck.kernel.digits import is_digits
 
@@ -75,7 +75,17 @@ async def open_reserved(
     running: it runs the container's tar); `env`: the session's, for what runs in it."""
     if isinstance(request, ArchivePut):
         return await open_upload(bridge, alloc_id, request, env or {})
-    container_id = await bridge.container_for(alloc_id, stopped_ok=True)
     if isinstance(request, LogsRequest):
+        container_id = await bridge.container_for(alloc_id, stopped_ok=True)
         return await open_logs(bridge.docker_url, container_id, request, bridge.timeout)
-    return await open_archive(bridge.docker_url, container_id, request.path, bridge.timeout)
+    # A running container's files are read inside it, never by the engine (container_archive.py).
+    container = await bridge.container_of(alloc_id, stopped_ok=True)
+    if (container.get("State") or {}).get("Running"):
+        try:
+            return await open_archive_inside(bridge, alloc_id, request.path, helper=has_helper(container))
+        except ExecRefused:
+            container = await bridge.container_of(alloc_id, stopped_ok=True)
+            if (container.get("State") or {}).get("Running"):
+                raise  # paused, restarting: said so
+            # It stopped since: nothing runs in it now, the engine may read it.
+    return await open_archive(bridge.docker_url, str(container["Id"]), request.path, bridge.timeout)

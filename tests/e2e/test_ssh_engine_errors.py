@@ -179,10 +179,18 @@ async def test_a_file_read_as_a_directory_is_said_so_without_the_members_paths(e
     Before the fix the engine's 500 ("lstat /var/lib/docker/overlay2/<id>/merged/etc/passwd/:
     not a directory") ended the session with "could not be started in the container".
     Must hold: exit 2 (as for a missing path), a line saying PATH is not a directory in the
-    allocation, no path of the member's disk; hostd's log holds the engine's words."""
+    allocation, no path of the member's disk; the same once the container stopped (then the
+    engine reads its files, container_archive.py), and hostd's log holds the engine's words."""
     host = env.hosts[0]
     container_id = await env.place_running(host, "eng3")
     await env.wait_reachable("eng3")
+    result = await env.ssh("eng3", "potluck-archive", "get", "/etc/passwd/")
+    said = result.out + result.err
+    assert result.returncode == 2, (result.returncode, said)
+    assert "potluck: /etc/passwd/: not a directory in the allocation" in said, said
+    _no_engine_words(said, container_id)
+
+    await asyncio.to_thread(host.driver.stop, container_id, 1)
     result = await env.ssh("eng3", "potluck-archive", "get", "/etc/passwd/")
     said = result.out + result.err
     assert result.returncode == 2, (result.returncode, said)
