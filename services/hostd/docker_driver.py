@@ -27,8 +27,10 @@ image could have supplied. Containers of an older hostd are named alike, so stil
 import base64
 import contextlib
 import json
+import os
 import signal
 import socket
+import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -75,6 +77,12 @@ __all__ = [
 WATCHED_EVENTS = ("start", "kill", "die", "oom")
 #: What opens each entry of the engine's list of a container's changes (layer_entries).
 _CHANGE = b'"Kind":'
+#: Where inspect names the engine's own file behind each of OUTSIDE_LAYER_FILES.
+_ENGINE_FILES = {
+    "/etc/hosts": "HostsPath",
+    "/etc/hostname": "HostnamePath",
+    "/etc/resolv.conf": "ResolvConfPath",
+}
 #: The signals of a stop (`docker stop`: the image's stop signal, SIGTERM unless it names
 #: another, then SIGKILL past its timeout), as numbers, as a `kill` event carries them.
 STOP_SIGNALS = frozenset({int(signal.SIGTERM), int(signal.SIGKILL)})
@@ -323,6 +331,7 @@ class DockerDriver:
         #: None: every image held (tools and tests that drive the engine directly). hostd sets
         #: its ledger's (pool_images.py): a member's own image is then, for the pool, absent.
         self.image_gate: Callable[[str, str], bool] | None = None
+        self._engine_files_unseen_logged = False
 
     # Plumbing: one client made on first use, and every failure translated.
 
@@ -717,18 +726,62 @@ class DockerDriver:
 
     def outside_layer_bytes(self, container_id: str) -> dict[str, int]:
         """The sizes of the engine's files the container can write outside its own layer
-        (OUTSIDE_LAYER_FILES), as the engine stats each path inside it (`docker cp`'s HEAD);
-        a path the container does not have is left out."""
+        (OUTSIDE_LAYER_FILES): each the engine's own file on this machine (inspect's
+        HostsPath, HostnamePath, ResolvConfPath), its size read with lstat; a path the
+        container does not have is left out.
+
+        Never the engine's stat of the path inside the container (`docker cp`'s HEAD), as
+        before: to answer it the engine bind-mounts those files onto their places in the
+        container's root, resolving each place first and mounting on the path again after, as
+        root in its own mount namespace, so a container swapping its /etc for a link to a
+        directory of the member's between the two (where it may rename /etc: the vfs, btrfs
+        and zfs drivers, overlayfs with redirect_dir) had the engine create `hostname` or
+        `resolv.conf` there and mount its writable file over it, at every measure of the disk
+        guard. The engine's files are the container's only through their contents: no path
+        of the container's leads to them. Only where hostd does not see the engine's files
+        (it runs in a container of its own with only the engine's socket) is the engine asked,
+        as before, saying so in the log."""
+        with self._errors(f"measuring {container_id[:12]}") as client:
+            attrs = client.api.inspect_container(container_id)
+        sizes: dict[str, int] = {}
+        unseen: list[str] = []
+        for path in OUTSIDE_LAYER_FILES:
+            own = str(attrs.get(_ENGINE_FILES[path]) or "")
+            if not own:
+                continue
+            try:
+                info = os.lstat(own)
+            except FileNotFoundError:
+                unseen.append(path)
+                continue
+            sizes[path] = info.st_size if stat.S_ISREG(info.st_mode) else 0
+        if unseen:
+            sizes.update(self._outside_layer_bytes_by_engine(container_id, unseen))
+        return sizes
+
+    def _outside_layer_bytes_by_engine(self, container_id: str, paths: list[str]) -> dict[str, int]:
+        """The engine's stat of `paths` inside the container, for a hostd that does not see the
+        engine's files (outside_layer_bytes says what it risks)."""
+        if not self._engine_files_unseen_logged:
+            self._engine_files_unseen_logged = True
+            log.warning(
+                "docker.engine_files_unseen",
+                paths=paths,
+                hint="hostd does not see the engine's files (is it in a container of its own?): "
+                "the engine stats them inside each container, which a container swapping its "
+                "/etc can turn against the machine on some storage drivers; run hostd on the "
+                "machine itself",
+            )
         with self._errors(f"measuring {container_id[:12]}") as client:
             api: Any = client.api
             sizes = {}
-            for path in OUTSIDE_LAYER_FILES:
+            for path in paths:
                 response = api.head(api._url("/containers/{0}/archive", container_id), params={"path": path})
                 if response.status_code == 404:  # no body to a HEAD: the path, or the container
                     continue
                 api._raise_for_status(response)
-                stat = json.loads(base64.b64decode(response.headers["X-Docker-Container-Path-Stat"]))
-                sizes[path] = int(stat.get("size") or 0)
+                stat_ = json.loads(base64.b64decode(response.headers["X-Docker-Container-Path-Stat"]))
+                sizes[path] = int(stat_.get("size") or 0)
             return sizes
 
     def usage(self, container_id: str) -> ContainerUsage:
