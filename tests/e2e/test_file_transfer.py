@@ -431,3 +431,50 @@ async def test_potluck_cp_keeps_names_that_differ_only_by_case_where_the_filesys
     assert os.readlink(got / "d" / "A") == ".."
     assert (got / "d" / "a" / "x").read_text() == "x\n"
     assert not list(tmp_path.glob(".potluck-cp.*"))
+
+
+@pytest.mark.slow
+async def test_hostds_sftp_follows_hostile_links_and_fifos_only_inside_the_container(
+    files: Gatewayed, tmp_path: Path
+) -> None:
+    """Tried, through hostd's own SFTP (the busybox image, no sftp-server): links planted in the
+    container to a directory of the member's machine (absolute), to /proc/1/root and to
+    `../../../../../..`; a put, a rename and a symlink made through them; a get of the
+    container's /etc/passwd through /proc/1/root and through a link sftp made; `cd` up the
+    `..` chain.
+    Must hold: the member's directory stays empty and the member's /tmp gets nothing; what
+    lands, lands in the container (at its /tmp through the `..` chain); what comes back is the
+    container's file; `..` ends at the container's /."""
+    members = tmp_path / "members-dir"
+    members.mkdir()
+    name = f"escaped-{os.getpid()}-{id(members)}"
+    local = tmp_path / "local.txt"
+    local.write_text("from the user\n")
+    alloc_id = await busybox_with(
+        files,
+        f"ln -s {members} /root/hostdir && ln -s /proc/1/root /root/p1 && "
+        "ln -s ../../../../../.. /root/up && echo kept > /root/kept",
+    )
+    batch = (
+        f"-put {local} /root/hostdir/planted\n"
+        f"-rename /root/kept /root/hostdir/renamed\n"
+        f"-symlink /etc/passwd /root/hostdir/link\n"
+        f"put {local} /root/up/tmp/{name}\n"
+        f"get /root/p1/etc/passwd {tmp_path / 'p1-passwd'}\n"
+        f"symlink /etc/passwd /root/made\n"
+        f"get /root/made {tmp_path / 'made-passwd'}\n"
+        "cd /root/up\n"
+        "pwd\n"
+    )
+    done = await sftp(files, alloc_id, batch)
+    assert done.returncode == 0, done.stderr
+    assert "Remote working directory: /\n" in done.stdout, done.stdout
+    assert os.listdir(members) == []
+    assert not Path("/tmp", name).exists()
+    inside = await files.ssh(alloc_id, f"cat /tmp/{name} /root/kept /etc/passwd")
+    assert inside.returncode == 0, inside.stderr
+    passwd = inside.stdout.split("kept\n", 1)[1]
+    assert inside.stdout.startswith("from the user\nkept\n"), inside.stdout
+    assert (tmp_path / "p1-passwd").read_text() == passwd
+    assert (tmp_path / "made-passwd").read_text() == passwd
+    assert passwd != Path("/etc/passwd").read_text()

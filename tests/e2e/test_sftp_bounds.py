@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import cast
 
 import asyncssh
 import pytest
@@ -411,3 +412,24 @@ async def test_an_upload_refused_while_hostd_holds_no_spec_leaves_no_file_behind
         host, alloc_id, 'cd /srv/up && for f in *; do printf \'%s=\' "$f"; cat "$f"; done'
     )
     assert sorted(left.splitlines()) == sorted(f"{name}=before" for name in kept), (left, results)
+
+
+@pytest.mark.slow
+async def test_a_fifo_nobody_writes_to_holds_up_only_the_read_of_it(files: Gatewayed) -> None:
+    """Tried: through hostd's own SFTP (busybox image), a read of a FIFO in the container that
+    nothing writes to; meanwhile another session lists and reads; then a process in the
+    container writes a line into the FIFO.
+    Must hold: the read waits (hostd is not held up: the other session gets its answers), and
+    then returns the line written."""
+    alloc_id = await transfer.busybox_with(files, "mkfifo /root/fifo && echo other > /root/other")
+    async with sftp_client(files, alloc_id) as client:
+        fifo = await client.open("/root/fifo", "rb")
+        reading = asyncio.ensure_future(fifo.read(100))
+        async with sftp_client(files, alloc_id) as other:
+            assert sorted(await other.listdir("/root")) == [".", "..", "fifo", "other"]
+            async with other.open("/root/other", "rb") as f:
+                assert cast(bytes, await f.read()) == b"other\n"
+        assert not reading.done()
+        wrote = await files.ssh(alloc_id, "echo through the fifo > /root/fifo")
+        assert wrote.returncode == 0, wrote.stderr
+        assert cast(bytes, await reading) == b"through the fifo\n"
