@@ -478,3 +478,42 @@ async def test_hostds_sftp_follows_hostile_links_and_fifos_only_inside_the_conta
     assert (tmp_path / "p1-passwd").read_text() == passwd
     assert (tmp_path / "made-passwd").read_text() == passwd
     assert passwd != Path("/etc/passwd").read_text()
+
+
+@pytest.mark.slow
+async def test_potluck_cp_out_of_a_running_allocation_reads_inside_it_and_ends_on_devices_and_fifos(
+    files: Gatewayed, tmp_path: Path
+) -> None:
+    """Tried: `potluck cp` out of a running busybox allocation (read by tar inside the
+    container) of /dev/zero, of a FIFO nobody writes to, of a folder holding a link to the
+    container's / , of `LINK/` (a link to a folder, with a trailing `/`) and of `LINK/.`, and of
+    a file named `-x` with a newline in its folder's name.
+    Must hold: the device, the FIFO and the folder with the link out end (nothing waits on the
+    FIFO) with a non-zero exit naming the entry, and nothing of them lands here; `LINK/` is
+    refused saying to ask for `LINK/.`, which copies what the folder holds; the odd names land
+    with their content."""
+    alloc_id = await busybox_with(
+        files,
+        'mkfifo /root/fifo && mkdir -p /root/out /root/real "/root/new\nline" && ln -s / /root/out/root '
+        '&& echo real > /root/real/f && ln -s real /root/lnk && echo dash > "/root/new\nline/-x"',
+    )
+    env = logged_in(files, tmp_path)
+
+    def cp_out(path: str, dst: Path) -> subprocess.CompletedProcess[str]:
+        return potluck("cp", "-i", str(files.key), f"{alloc_id}:{path}", str(dst), env=env)
+
+    for path in ("/dev/zero", "/root/fifo", "/root/out"):
+        dst = tmp_path / f"got-{path.rsplit('/', 1)[1]}"
+        done = await asyncio.to_thread(cp_out, path, dst)
+        assert done.returncode != 0, (path, done.stdout)
+        assert "refused" in done.stderr, (path, done.stderr)
+        assert not dst.exists(), path
+    linked = await asyncio.to_thread(cp_out, "/root/lnk/", tmp_path / "lnk")
+    assert linked.returncode != 0
+    assert "/root/lnk/: a link to a directory: ask for /root/lnk/." in linked.stderr, linked.stderr
+    held = await asyncio.to_thread(cp_out, "/root/lnk/.", tmp_path / "held")
+    assert held.returncode == 0, held.stderr
+    assert (tmp_path / "held" / "f").read_text() == "real\n"
+    odd = await asyncio.to_thread(cp_out, "/root/new\nline", tmp_path / "odd")
+    assert odd.returncode == 0, odd.stderr
+    assert (tmp_path / "odd" / "-x").read_text() == "dash\n"
