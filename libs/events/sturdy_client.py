@@ -96,7 +96,7 @@ class SturdyClient(Client):
         self._unreadable_logs = KeyRates(UNREADABLE_LOG_RATE)
         #: Messages read with their reply subject or headers left out, since this client was made.
         self.unreadable = 0
-        #: close() (or drain(), which ends in it) was called: a close not asked for is news.
+        #: close() or drain() was called: a close not asked for is news.
         self.close_asked = False
         #: The futures of flush() calls waiting for their PONG.
         self._flushes: set[asyncio.Future[bool]] = set()
@@ -113,6 +113,13 @@ class SturdyClient(Client):
             self._pending = []
             self._pending_data_size = 0
         await super().close()
+
+    async def drain(self) -> None:
+        # nats-py's drain() ends in its own _close(CLOSED), not in close(): unmarked, every
+        # service stopping (bootstrap drains its connection) was logged as bus.closed_for_good.
+        if self.is_connected:  # else it raises, and the connection stays as it was
+            self.close_asked = True
+        await super().drain()
 
     async def _process_headers(self, headers: Any) -> dict[str, str] | None:
         try:

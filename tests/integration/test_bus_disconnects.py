@@ -110,3 +110,19 @@ async def test_a_close_nobody_asked_for_is_an_error(nats_server: NatsServer, cap
         ("bus.closed_for_good", "error", "given-up")
     ]
     assert "restart" in said[0]["hint"]
+
+
+async def test_draining_a_client_is_not_a_close_for_good(
+    nats_server: NatsServer, captured: LogCapture
+) -> None:
+    """Tried: a connect_bus client with a subscription drains its connection, as every central
+    service does when it stops (bootstrap.serve). Before: nats-py's drain() closes through its
+    own `_close(CLOSED)`, not close(), so every SIGTERM or `potluck down` logged
+    `bus.closed_for_good`, an error telling the operator to restart a service that was merely
+    stopping. Must hold: the drain closes the connection and logs only `bus.closed`, at debug."""
+    draining = await connect_bus(nats_server.url, name="draining")
+    await draining.subscribe("some.subject")
+    await draining.drain()
+    assert draining.is_closed
+    said = [(e["event"], e["log_level"]) for e in captured.entries if e["event"].startswith("bus.")]
+    assert said == [("bus.closed", "debug")], said
