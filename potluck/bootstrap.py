@@ -49,6 +49,30 @@ class Backends:
 Body = Callable[[EventStore, NATS], Awaitable[None]]
 
 
+class BusGone(Exception):
+    """The NATS client closed its connection for good (see connect_bus): the service would go on
+    deaf to the bus, answering nothing and publishing nothing, while it looked alive."""
+
+
+async def _failed_once_set(gone: asyncio.Event, name: str, url: str) -> None:
+    await gone.wait()
+    raise BusGone(
+        f"the connection to NATS at {redacted(url)} was closed for good and will not come back; "
+        f"{name} ends so that its supervisor starts it again"
+    )
+
+
+async def _let_go(nc: NATS) -> None:
+    """Drain `nc` at a stop; close it while it reconnects (drain() raised then, out of the
+    service's stop); nothing once it is closed already (drain() raised then too)."""
+    if nc.is_closed:
+        return
+    if nc.is_connected:
+        await nc.drain()
+    else:
+        await nc.close()
+
+
 class EventLogUnreachable(Exception):
     """The event log's database did not let this service in; the message says which and why."""
 
@@ -71,6 +95,10 @@ async def serve(name: str, backends: Backends, body: Body) -> None:
             await start_and_serve(stop)
         except StoppedWhileStarting:
             log.info(f"{name}.stopped_while_starting")
+        except BusGone as exc:
+            # A non-zero exit: `potluck up`'s supervisor, systemd and compose start it again.
+            log.error(f"{name}.bus_gone", error=str(exc))
+            raise SystemExit(f"error: {exc}") from None
 
     async def start_and_serve(stop: asyncio.Event) -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -81,16 +109,27 @@ async def serve(name: str, backends: Backends, body: Body) -> None:
                 # task's step with a "Task exception was never retrieved" traceback.
                 raise SystemExit(f"error: {exc}") from None
             stack.push_async_callback(store.close)
+            gone = asyncio.Event()
+
+            async def closed_for_good() -> None:
+                gone.set()
+
             nc = await unless_stopped(
-                stop, connect_bus(backends.nats_url, name=f"potluck-{name}", seed=backends.seed())
+                stop,
+                connect_bus(
+                    backends.nats_url,
+                    name=f"potluck-{name}",
+                    seed=backends.seed(),
+                    on_closed_for_good=closed_for_good,
+                ),
             )
-            stack.push_async_callback(nc.drain)
+            stack.push_async_callback(_let_go, nc)
             # Before anything subscribes: later ensure_streams calls keep these replicas.
             try:
                 await ensure_streams(nc.jetstream(), backends.stream_replicas)
             except StreamReplicasError as exc:
                 raise SystemExit(f"error: {exc}") from None
-            jobs: list[Awaitable[None]] = [body(store, nc)]
+            jobs: list[Awaitable[None]] = [body(store, nc), _failed_once_set(gone, name, backends.nats_url)]
             if backends.relay:
                 relay = OutboxRelay(store, nc.jetstream(), batch_size=backends.relay_batch_size)
                 jobs.append(relay.run())

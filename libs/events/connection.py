@@ -42,6 +42,7 @@ async def connect_bus(
     refused_after: int | None = None,
     on_refused: Callable[[], Awaitable[None]] | None = None,
     excused: Callable[[], str | None] | None = None,
+    on_closed_for_good: Callable[[], Awaitable[None]] | None = None,
 ) -> NATS:
     """A NATS client that reconnects forever once connected.
 
@@ -58,6 +59,10 @@ async def connect_bus(
     `on_refused` runs (once), since reconnecting would go on forever. While `excused` gives a
     reason (the key is shut out for a while, not for good: the registry capped its
     connections), refusals are not counted: the client goes on reconnecting.
+
+    `on_closed_for_good` runs once nats-py has closed the connection by itself (logged as
+    `bus.closed_for_good`): it never reconnects, so the process is deaf to the bus from then
+    on and should end, for its supervisor to start it again.
     """
     refusals = 0
     refused = asyncio.Event()
@@ -112,6 +117,8 @@ async def connect_bus(
                     hint="the NATS client gave up its connection and will not reconnect; "
                     "this process hears nothing more from the bus: restart it",
                 )
+                if on_closed_for_good is not None:
+                    await on_closed_for_good()
                 return
             log.debug("bus.closed", client=name)
             return
