@@ -599,7 +599,7 @@ CONFIG = click.option(
 @CONFIG
 def hostd(config_path: Path) -> None:
     """Donate this machine: run the member's agent (see services/hostd/config.py for the file)."""
-    from potluck.hostd.agent import Agent, HostdStopped
+    from potluck.hostd.agent import Agent, BusGivenUp, HostdStopped
     from potluck.hostd.config import ConfigError, load_config
     from potluck.runner import run_tasks_until, run_until_signalled
 
@@ -626,6 +626,8 @@ def hostd(config_path: Path) -> None:
         run(run_until_signalled(main))
     except HostdStopped as exc:
         fail(str(exc), 3)
+    except BusGivenUp as exc:
+        fail(str(exc), 1)  # not FINAL_EXIT_CODES: a new connection mends it
     except SSHIdentityError as exc:
         # Its host key file cannot be used (a replaced file of another type): the message names it.
         fail(str(exc), 2)

@@ -83,6 +83,7 @@ from potluck.hostd.shut_out import ShutOut
 from potluck.hostd.sleep_clock import SleepClock
 from potluck.hostd.sleep_watch import SleepWatch
 from potluck.kernel.cancellation import cancel_until_done
+from potluck.kernel.redacted_urls import redacted
 from potluck.kernel.rejections import Rejected
 from potluck.kernel.ssh_identity import host_key_path, require_key_type, ssh_host_key
 from potluck.kernel.version import __version__
@@ -121,6 +122,12 @@ EVENT_FETCH_S = 30.0
 class HostdStopped(Exception):
     """hostd cannot go on (e.g. not enrolled, left, revoked); the message says what the member
     should do. `potluck hostd` exits with code 3 on it, which `potluck up` does not restart."""
+
+
+class BusGivenUp(ConnectionError):
+    """nats-py closed hostd's connection for good (connect_bus's `bus.closed_for_good`): hostd
+    would go on deaf, placed work never reaching it. `potluck hostd` exits with code 1 on it,
+    which `potluck up` and systemd restart: the connection is made anew."""
 
 
 class Agent:
@@ -183,6 +190,8 @@ class Agent:
         self._resync = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stop_reason = ""
+        #: Set when the bus connection is closed for good (BusGivenUp).
+        self._bus_gone = asyncio.Event()
         #: While this host's key is shut out of NATS for holding too many connections
         #: (HostConnectionsCapped): refusals meanwhile are no revocation (shut_out.py).
         self.shut_out = ShutOut(config.state_dir)
@@ -210,12 +219,18 @@ class Agent:
         """Serve until cancelled; raises HostdStopped once the machine is out of the pool for good."""
         serving = asyncio.ensure_future(self._serve())
         stopped = asyncio.ensure_future(self._stopped.wait())
+        gone = asyncio.ensure_future(self._bus_gone.wait())
         try:
-            await asyncio.wait([serving, stopped], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([serving, stopped, gone], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await cancel_until_done([stopped, serving])  # nothing for one that ended already
+            await cancel_until_done([stopped, gone, serving])  # nothing for one that ended already
         if self._stopped.is_set():
             raise HostdStopped(self._stop_reason)
+        if self._bus_gone.is_set():
+            raise BusGivenUp(
+                f"the connection to NATS at {redacted(self.config.nats_url)} was closed for good and "
+                "will not come back; hostd ends so that it is started again"
+            )
         serving.result()  # how serving ended: its error, if any
 
     def _stop(self, reason: str) -> None:
@@ -224,6 +239,9 @@ class Agent:
             self._stop_reason = reason
             self._stopped.set()
             log.error("hostd.stopped_for_good", host_id=self.host_id, reason=reason, hint=reason)
+
+    async def _bus_given_up(self) -> None:
+        self._bus_gone.set()
 
     async def _key_refused(self) -> None:
         stopped = await self.containers.stop_all_cut_off()
@@ -268,6 +286,7 @@ class Agent:
                 refused_after=KEY_REFUSED_AFTER,
                 on_refused=self._key_refused,
                 excused=self.shut_out.reason,
+                on_closed_for_good=self._bus_given_up,
             )
         except IdentityRefused:
             await self._key_refused()
