@@ -18,6 +18,9 @@ log = structlog.get_logger(__name__)
 #: A subscription that drops messages as a slow consumer is logged for the first and then once
 #: per this many.
 SLOW_CONSUMER_LOGGED_EVERY = 10_000
+#: While NATS cannot be reached, a failed attempt to connect is logged for the first and then
+#: once per this many (nats-py tries twice a second: about once a minute).
+UNREACHABLE_LOGGED_EVERY = 120
 
 
 class IdentityRefused(ConnectionError):
@@ -65,13 +68,15 @@ async def connect_bus(
     on and should end, for its supervisor to start it again.
     """
     refusals = 0
+    #: Attempts to connect that failed since the connection was lost (or first tried).
+    failed_attempts = 0
     refused = asyncio.Event()
     client: NATS | None = None
     #: Messages dropped per subscription as a slow consumer, since the connection was made.
     dropped: Counter[int] = Counter()
 
     async def on_error(exc: Exception) -> None:
-        nonlocal refusals
+        nonlocal refusals, failed_attempts
         if isinstance(exc, nats.errors.SlowConsumerError):
             # nats-py reports every message dropped: a sender in a loop (a host whose member
             # controls it) would have it write a line for each, hundreds of thousands a minute.
@@ -86,8 +91,23 @@ async def connect_bus(
                     f"one line per {SLOW_CONSUMER_LOGGED_EVERY}: a sender in a loop?",
                 )
             return
+        refusal = is_authorization_refusal(exc)
+        if client is not None and not client.is_connected and not client.is_closed and not refusal:
+            # NATS away: nats-py tries again every half second, for as long as it takes. A line
+            # each was 7,200 an hour from every service and every member's hostd.
+            failed_attempts += 1
+            if failed_attempts % UNREACHABLE_LOGGED_EVERY == 1:
+                log.warning(
+                    "bus.error",
+                    client=name,
+                    error=str(exc),
+                    failed_attempts=failed_attempts,
+                    hint="NATS cannot be reached; trying again twice a second, "
+                    f"one line per {UNREACHABLE_LOGGED_EVERY} attempts",
+                )
+            return
         log.warning("bus.error", client=name, error=str(exc))
-        if refused_after is None or not is_authorization_refusal(exc):
+        if refused_after is None or not refusal:
             return
         refusals += 1
         if refusals >= refused_after and excused is not None and (why := excused()) is not None:
@@ -125,9 +145,10 @@ async def connect_bus(
         log.warning("bus.disconnected", client=name)
 
     async def on_reconnected() -> None:
-        nonlocal refusals
+        nonlocal refusals, failed_attempts
         refusals = 0
-        log.info("bus.reconnected", client=name)
+        log.info("bus.reconnected", client=name, failed_attempts=failed_attempts)
+        failed_attempts = 0
         if on_reconnect is not None:
             await on_reconnect()
 

@@ -126,3 +126,51 @@ async def test_draining_a_client_is_not_a_close_for_good(
     assert draining.is_closed
     said = [(e["event"], e["log_level"]) for e in captured.entries if e["event"].startswith("bus.")]
     assert said == [("bus.closed", "debug")], said
+
+
+async def test_a_server_away_for_long_is_logged_sparingly(
+    nats_server: NatsServer, captured: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried: a connect_bus client's nats-server is killed and stays away while the client
+    tries again (nats-py: twice a second, for ever), then comes back. Before: every attempt
+    was a `bus.error` warning, 7,200 lines an hour from each service and each member's hostd
+    for as long as the pool's NATS was down. Must hold: besides the lost connection's own
+    error, the failed attempts are logged for the first and then once per
+    UNREACHABLE_LOGGED_EVERY (5 here), each line saying how many
+    attempts failed so far; the client reconnects when the server is back, saying after how
+    many failed attempts; and a second outage is logged from its first attempt again."""
+    monkeypatch.setattr(connection, "UNREACHABLE_LOGGED_EVERY", 5)
+    client = await connect_bus(nats_server.url, name="waiting")
+
+    def errors() -> list[MutableMapping[str, Any]]:
+        return [e for e in captured.entries if e["event"] == "bus.error"]
+
+    def reconnects() -> list[MutableMapping[str, Any]]:
+        return [e for e in captured.entries if e["event"] == "bus.reconnected"]
+
+    async def until(done: Any, what: str) -> None:
+        for _ in range(1200):  # a bound on a hang, not a timed assertion
+            if done():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {what}: {captured.entries[-5:]}")
+
+    try:
+        for outage in (1, 2):
+            captured.entries.clear()
+            nats_server.kill()
+            # At least 12 attempts failed: the 11th is logged, or (unbounded) each was.
+            await until(
+                lambda: any(e.get("failed_attempts", 0) >= 11 for e in errors()) or len(errors()) >= 12,
+                f"eleven failed attempts in outage {outage}",
+            )
+            said = errors()
+            # The lost connection's own error (its end of stream) is said as before, once.
+            assert [e.get("failed_attempts") for e in said][:4] == [None, 1, 6, 11], said[:5]
+            assert len(said) <= 4, len(said)
+            assert all(e["client"] == "waiting" for e in said)
+            nats_server.start()
+            await until(reconnects, f"reconnect after outage {outage}")
+            assert reconnects()[0]["failed_attempts"] >= 11
+    finally:
+        await client.close()
