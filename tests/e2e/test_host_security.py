@@ -670,3 +670,75 @@ async def test_jetstreams_answers_on_another_hosts_subjects_cost_that_host_nothi
     b_refusals = b.process.log_path.read_text(errors="replace").count("bus.reply_refused")
     assert 0 < b_refusals < 100, b_refusals
     await pool.wait_for_host(b.host_id, "active")
+
+
+async def test_a_hosts_key_can_neither_destroy_jetstream_nor_listen_beyond_its_own(pool: Pool) -> None:
+    """Tried: with host A's own NATS key (a member holds it), the JetStream API requests that
+    would lose or rewrite what the pool keeps: delete and purge each stream, delete a message,
+    change a stream's configuration, create a stream, delete B's events consumer and its own,
+    create a consumer of its own choosing; then subscriptions to everything (`>`), to the
+    system account's subjects, to every inbox, to B's inbox and to all events, after which the
+    services publish into B's inbox and place work on B. Must hold: NATS refuses each (a
+    permissions violation, no answer), every stream keeps every message with its configuration,
+    A's and B's consumers are still there, and nothing reaches A's subscriptions."""
+    a = await pool.enroll("laptop-a")
+    b = await pool.enroll("laptop-b")
+    await place(pool.store, b.host_id, "b-before", spec())
+    services = await pool.client()
+    js = services.jetstream()
+    streams = (EVENTS_STREAM, REPORTS_STREAM, DEAD_LETTER_STREAM)
+    await js.publish(
+        f"potluck.report.{b.host_id}.engine", EngineStatus(available=True).model_dump_json().encode()
+    )
+    await js.publish(dead_letter_subject("allocator-reports"), b"kept")
+    consumers = [host_consumer(a.host_id), host_consumer(b.host_id)]
+    for durable in consumers:
+        with contextlib.suppress(nats.js.errors.BadRequestError):  # the registry made it already
+            await js.add_consumer(EVENTS_STREAM, durable_name=durable, filter_subject="potluck.evt.>")
+    before = {s: await js.stream_info(s) for s in streams}
+    assert all(info.state.messages > 0 for info in before.values()), before
+    errors: list[str] = []
+    as_a = await pool.client(a, errors=errors)
+    heard: list[str] = []
+
+    async def spy(msg: Msg) -> None:
+        heard.append(msg.subject)
+
+    try:
+        destructive = [
+            *(f"$JS.API.STREAM.DELETE.{s}" for s in streams),
+            *(f"$JS.API.STREAM.PURGE.{s}" for s in streams),
+            *(f"$JS.API.STREAM.MSG.DELETE.{s}" for s in streams),
+            f"$JS.API.STREAM.UPDATE.{EVENTS_STREAM}",
+            "$JS.API.STREAM.CREATE.TAKEN",
+            *(f"$JS.API.CONSUMER.DELETE.{EVENTS_STREAM}.{durable}" for durable in consumers),
+            f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}",
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{EVENTS_STREAM}.spy",
+        ]
+        for subject in destructive:
+            with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+                await as_a.request(subject, b'{"seq": 1}', timeout=1)
+        listened = [">", "$SYS.>", "_INBOX.>", f"{inbox_prefix(b.host_id)}.>", "potluck.evt.>", "$JS.API.>"]
+        for subject in listened:
+            await as_a.subscribe(subject, cb=spy)
+        await as_a.flush()
+        await services.publish(f"{inbox_prefix(b.host_id)}.answer", b"for B only")
+        await place(pool.store, b.host_id, "b-after", spec())
+        await services.flush()
+        await asyncio.sleep(1)  # what must not arrive: a while for it to (not) come
+    finally:
+        await as_a.close()
+    assert heard == []
+    for subject in (*destructive, *listened):
+        assert any("permissions violation" in e.lower() and subject.lower() in e.lower() for e in errors), (
+            subject,
+            errors,
+        )
+    for name, info in before.items():
+        now = await js.stream_info(name)
+        assert now.state.first_seq == info.state.first_seq, name
+        assert now.state.messages >= info.state.messages, name
+        assert now.config == info.config, name
+    for durable in consumers:
+        await js.consumer_info(EVENTS_STREAM, durable)  # NotFoundError if it was deleted
+    assert await allocation(pool.store, "b-before") is not None
