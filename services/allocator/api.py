@@ -7,7 +7,8 @@ finished), 404 not found
 with `Allow`, 408 a body that took too long to arrive (request_bodies.py), 409 conflict,
 415 not JSON (or not UTF-8), 422 impossible, 429 too many failed
 authentications from one address (authentication.py), too many long polls of one user's
-waiting (long_polls.py) or a user's changes past their rate (user_rates.py), 503 not ready yet.
+waiting (long_polls.py), a user's changes past their rate or reads of the log past theirs
+(user_rates.py), 503 not ready yet.
 Every query parameter is checked whether or not another makes it matter; none may be given
 twice (but the registry token endpoint's `scope`): a second value would go unread; and one the
 endpoint does not take (per the OpenAPI document) is refused, not ignored.
@@ -48,7 +49,7 @@ from potluck.allocator.schemas import (
     PoolImages,
 )
 from potluck.allocator.task_standing import TASK_STATES, TaskState
-from potluck.allocator.user_rates import USER_RATES, TooManyChanges, UserRates
+from potluck.allocator.user_rates import USER_RATES, RateExceeded, UserRates
 from potluck.allocator.users import User
 from potluck.allocator.web import is_api, is_page, stray
 from potluck.allocator.web import setup as setup_pages
@@ -95,7 +96,7 @@ def ok(model: BaseModel, status: int = 200) -> web.Response:
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except (TooManyWaits, TooManyChanges) as exc:
+    except (TooManyWaits, RateExceeded) as exc:
         response = error(exc.status, exc.code, exc.message)
         response.headers["Retry-After"] = str(exc.retry_after_s)
         return response

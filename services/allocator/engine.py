@@ -63,6 +63,7 @@ from potluck.allocator.reactions import Reactions
 from potluck.allocator.scheduler import Impossible, Placed, Strategy
 from potluck.allocator.schemas import CreateAllocation, HistoryEntry, Pool
 from potluck.allocator.stored import ALLOC_ID, stored_allocation
+from potluck.allocator.user_rates import DEFAULT_LOG_READ_RATE, TooManyLogReads, UserRates
 from potluck.allocator.users import User, UsersView
 from potluck.allocator.waiting import Standing, queue_positions, standing_in
 from potluck.contracts.allocation_events import AllocationRequested, CapacityReserved, alloc_stream
@@ -79,6 +80,7 @@ from potluck.events import (
     decide_and_append,
 )
 from potluck.events.checkpoints import Checkpoint, Checkpoints
+from potluck.kernel.key_rates import RatePolicy
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import AllocationState, AllocationsView
 from potluck.readmodels.hosts import HostsView
@@ -147,8 +149,12 @@ class AllocatorEngine:
         freeze_loaded: bool = False,
         pool_registry: str | None = None,
         retention_s: float = DEFAULT_RETENTION_S,
+        log_read_rate: RatePolicy = DEFAULT_LOG_READ_RATE,
     ) -> None:
         self.store = store
+        #: Each user's reads of the log on their behalf (user_rates.py): what the model no
+        #: longer holds, and histories. Reads the model answers take nothing from it.
+        self.log_reads = UserRates(log_read_rate, refusal=TooManyLogReads)
         #: The pool registry's address (`127.0.0.1:5000`), whose images hosts pull with the
         #: allocator's token even when it is on their own machine or network.
         self.pool_registry = pool_registry
@@ -363,6 +369,7 @@ class AllocatorEngine:
         retention window ago, retention.py), its state folded from its own stream in the log."""
         state = self.allocations.allocations.get(alloc_id)
         if state is None and ALLOC_ID.fullmatch(alloc_id):
+            self.log_reads.admit(user.name)
             state = await stored_allocation(self.store, alloc_id)
         if state is None or state.user != user.name:
             raise _not_yours(alloc_id)
@@ -373,6 +380,7 @@ class AllocatorEngine:
         longer holds (read from the log); None otherwise (held, another's, or none at all)."""
         if after is None or after in self.allocations.allocations or not ALLOC_ID.fullmatch(after):
             return None
+        self.log_reads.admit(user.name)
         stored = await stored_allocation(self.store, after)
         return stored if stored is not None and stored.user == user.name else None
 
@@ -382,8 +390,9 @@ class AllocatorEngine:
 
     async def wait_for(self, user: User, alloc_id: str, status: str, timeout: float) -> AllocationState:
         """Returns once the allocation is in `status` or a terminal state, or when `timeout` passes."""
-        if (await self._mine_or_stored(user, alloc_id)).terminal:
-            return await self._mine_or_stored(user, alloc_id)
+        now = await self._mine_or_stored(user, alloc_id)
+        if now.terminal:  # as it will stay: no second read
+            return now
 
         def reached() -> bool:
             state = self.allocations.allocations.get(alloc_id)
@@ -396,6 +405,7 @@ class AllocatorEngine:
 
     async def history(self, user: User, alloc_id: str) -> list[HistoryEntry]:
         await self._mine_or_stored(user, alloc_id)
+        self.log_reads.admit(user.name)  # the events are only in the log
         return [
             HistoryEntry(
                 position=r.position, version=r.version, type=r.type, recorded_at=r.recorded_at, data=r.data

@@ -9,8 +9,19 @@ request that can append for a user (POST /v1/allocations, DELETE /v1/allocations
 /v1/allocations/{id}/extend, POST /v1/jobs, DELETE /v1/jobs/{id}, and the pages' extend and
 release) takes a token from the user's bucket before anything else is done with it; past the
 rate it is refused with 429 RATE_LIMITED and a Retry-After, nothing read, decided or recorded,
-so retrying it later is always safe. Reads are not counted: they append nothing, and the long
-polls among them have their own bound (long_polls.py).
+so retrying it later is always safe. Reads are not counted as changes: they append nothing, and
+the long polls among them have their own bound (long_polls.py).
+
+Reads that go to the log are counted on a rate of their own (DEFAULT_LOG_READ_RATE): the model
+in memory answers every read of what a user holds now, but an allocation it no longer holds
+(ended longer than the retention window ago, or never made: any `a-` and 12 hex digits) is
+read from Postgres, as is every allocation's history. One user asking for random ids in a loop
+(200 at once) made over 2,000 reads of Postgres a second, took the allocator's 10 connections
+to it from everyone else, and another user's read waited up to half a second where it took
+1 ms. Each such read takes a token from the user's bucket of log reads first; past the rate it
+is refused with 429 RATE_LIMITED and a Retry-After, nothing read. Reads the model answers (a
+live allocation, any job: jobs are all in memory, a page of a listing) take none, so a user
+who reads what they hold is never held back.
 
 A request takes its token whether or not it then succeeds: a loop of refused requests (a
 release of an allocation already released) costs the allocator as much time as one of
@@ -35,58 +46,95 @@ from aiohttp import web
 from potluck.kernel.key_rates import KeyRates, RatePolicy
 from potluck.kernel.rejections import Rejected
 
-__all__ = ["DEFAULT_CHANGE_RATE", "USER_RATES", "TooManyChanges", "UserRates"]
+__all__ = [
+    "DEFAULT_CHANGE_RATE",
+    "DEFAULT_LOG_READ_RATE",
+    "USER_RATES",
+    "RateExceeded",
+    "TooManyChanges",
+    "TooManyLogReads",
+    "UserRates",
+]
 
 log = structlog.get_logger(__name__)
 
 #: Changes one user may make: 50 at once, then 5 a second (a create and its release are two).
 DEFAULT_CHANGE_RATE = RatePolicy(per_s=5.0, burst=50)
+#: Reads of the log one user may make: 100 at once, then 20 a second (a script reading the
+#: histories of its last hundred allocations gets them at once).
+DEFAULT_LOG_READ_RATE = RatePolicy(per_s=20.0, burst=100)
 
 
-class TooManyChanges(Rejected):
-    """The user asked for changes faster than their rate (429, with Retry-After)."""
+class RateExceeded(Rejected):
+    """A user's request past one of their rates (429, with Retry-After in whole seconds)."""
 
-    def __init__(self, policy: RatePolicy, retry_after_s: int) -> None:
-        super().__init__(
-            "RATE_LIMITED",
-            f"you make changes faster than this pool allows ({policy.burst:g} at once, then "
-            f"{policy.per_s:g} a second); nothing was done: try again in {retry_after_s} s, "
-            "or submit many tasks as one job (POST /v1/jobs)",
-            status=429,
-        )
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__("RATE_LIMITED", message, status=429)
         self.retry_after_s = retry_after_s
 
 
+class TooManyChanges(RateExceeded):
+    """The user asked for changes faster than their rate."""
+
+    def __init__(self, policy: RatePolicy, retry_after_s: int) -> None:
+        super().__init__(
+            f"you make changes faster than this pool allows ({policy.burst:g} at once, then "
+            f"{policy.per_s:g} a second); nothing was done: try again in {retry_after_s} s, "
+            "or submit many tasks as one job (POST /v1/jobs)",
+            retry_after_s,
+        )
+
+
+class TooManyLogReads(RateExceeded):
+    """The user read allocations the model no longer holds (or histories) faster than their rate."""
+
+    def __init__(self, policy: RatePolicy, retry_after_s: int) -> None:
+        super().__init__(
+            "you read allocations that ended long ago (or never were), or their events, faster "
+            f"than this pool allows ({policy.burst:g} at once, then {policy.per_s:g} a second); "
+            f"nothing was read: try again in {retry_after_s} s",
+            retry_after_s,
+        )
+
+
 class UserRates:
-    """Admits each user's changes within their rate; refuses the rest before they cost anything."""
+    """Admits each user's changes (or, with `refusal=TooManyLogReads`, reads of the log) within
+    their rate; refuses the rest before they cost anything."""
 
     def __init__(
-        self, policy: RatePolicy = DEFAULT_CHANGE_RATE, clock: Callable[[], float] = time.monotonic
+        self,
+        policy: RatePolicy = DEFAULT_CHANGE_RATE,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        refusal: Callable[[RatePolicy, int], RateExceeded] = TooManyChanges,
     ) -> None:
         self.rates = KeyRates(policy)
         self.clock = clock
+        self.refusal = refusal
 
     @property
     def policy(self) -> RatePolicy:
         return self.rates.policy
 
     def admit(self, user: str) -> None:
-        """Take one of `user`'s tokens; TooManyChanges when there is none."""
+        """Take one of `user`'s tokens; the refusal (TooManyChanges) when there is none."""
         verdict = self.rates.check(user, self.clock())
         if verdict.allowed:
             return
         # Whole seconds, as Retry-After carries them: rounded up, so the retry finds its token.
         retry_after = max(1, math.ceil(verdict.retry_after_s))
+        refused = self.refusal(self.policy, retry_after)
         if verdict.log:
             log.warning(
                 "allocator.user_rate_exceeded",
                 user=user,
+                refusal=type(refused).__name__,
                 refused_in_a_row=verdict.streak,
                 refused=self.rates.refused[user],
                 per_s=self.policy.per_s,
                 burst=self.policy.burst,
             )
-        raise TooManyChanges(self.policy, retry_after)
+        raise refused
 
 
 #: The app's one UserRates, shared by the API's routes and the pages' forms.

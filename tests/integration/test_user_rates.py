@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from potluck.allocator.user_rates import USER_RATES, UserRates
+from potluck.allocator.api import ENGINE
+from potluck.allocator.user_rates import USER_RATES, TooManyLogReads, UserRates
 from potluck.events import EventStore
 from potluck.kernel.key_rates import RatePolicy
 from tests.fixtures.web_app import WebApp, serving
@@ -111,3 +112,65 @@ async def test_reads_are_not_counted_and_the_pages_share_the_rate(
     assert location.endswith("error=RATE_LIMITED"), location
     status, answer, _ = await _call(app, "alice", "GET", f"/v1/allocations/{alloc_id}")
     assert (status, answer["state"]) == (200, "pending"), answer
+
+
+@pytest.fixture
+async def log_reads_limited(store: EventStore) -> AsyncIterator[tuple[WebApp, list[float]]]:
+    """The allocator's app for alice and bob, each allowed BURST reads of the log at once and
+    then one a second by a clock the test moves, and a paused host where what they ask for waits."""
+    now = [0.0]
+
+    def prepare(app: web.Application) -> None:
+        engine = app[ENGINE]
+        engine.log_reads = UserRates(
+            RatePolicy(per_s=1.0, burst=BURST), clock=lambda: now[0], refusal=TooManyLogReads
+        )
+
+    async with serving(store, ("alice", "bob"), prepare) as served:
+        await served.paused_host()
+        yield served, now
+
+
+async def test_reads_of_the_log_past_the_rate_are_refused_and_reads_of_the_model_are_not(
+    log_reads_limited: tuple[WebApp, list[float]],
+) -> None:
+    """Tried: alice reads BURST allocation ids never made (`a-` and 12 hex digits: each one a
+    read of Postgres, as is an allocation that ended long ago), then another, the events of her
+    own pending allocation, and her list `?after=` a never-made id; then her allocation itself,
+    her list and her jobs; bob reads a never-made id; the clock moves by the Retry-After alice
+    was given. Before: nothing bounded such reads, and one user looping on random ids took
+    the allocator's connections to Postgres from everyone (2,000 reads a second, another
+    user's read 1 ms -> 500 ms). Must hold: her first BURST are 404 NOT_FOUND; each read of
+    the log past them is 429 RATE_LIMITED with a Retry-After of whole seconds that the message
+    repeats; what the model answers (her allocation, her lists) is 200 all the same; bob's read
+    is his own 404; after the wait alice's read is a 404 again."""
+    app, now = log_reads_limited
+    status, mine, _ = await _call(app, "alice", "POST", "/v1/allocations", SPEC)
+    assert status == 202, mine
+    never = [f"a-{n:012x}" for n in range(BURST + 1)]
+    for alloc_id in never[:BURST]:
+        status, answer, _ = await _call(app, "alice", "GET", f"/v1/allocations/{alloc_id}")
+        assert (status, answer["error"]["code"]) == (404, "NOT_FOUND"), answer
+    waits = []
+    for path in (
+        f"/v1/allocations/{never[BURST]}",
+        f"/v1/allocations/{never[BURST]}?wait=running&timeout=1",
+        f"/v1/allocations/{mine['id']}/events",
+        f"/v1/allocations?after={never[0]}",
+    ):
+        status, answer, retry_after = await _call(app, "alice", "GET", path)
+        assert (status, answer["error"]["code"]) == (429, "RATE_LIMITED"), (path, answer)
+        assert retry_after is not None
+        assert int(retry_after) >= 1, retry_after
+        assert f"try again in {retry_after} s" in answer["error"]["message"]
+        waits.append(int(retry_after))
+    for path in (f"/v1/allocations/{mine['id']}", "/v1/allocations", "/v1/jobs"):
+        status, answer, _ = await _call(app, "alice", "GET", path)
+        assert status == 200, (path, answer)
+
+    status, answer, _ = await _call(app, "bob", "GET", f"/v1/allocations/{never[0]}")
+    assert (status, answer["error"]["code"]) == (404, "NOT_FOUND"), answer
+
+    now[0] += max(waits)
+    status, answer, _ = await _call(app, "alice", "GET", f"/v1/allocations/{never[BURST]}")
+    assert (status, answer["error"]["code"]) == (404, "NOT_FOUND"), answer
