@@ -383,7 +383,9 @@ async def test_a_pending_allocation_says_why_it_waits_and_where_it_stands_in_the
     # The web page, signed in as a browser would be (a loopback page counts as a secure origin).
     jar = aiohttp.CookieJar(unsafe=True, treat_as_secure_origin=[pool.api])
     async with aiohttp.ClientSession(cookie_jar=jar) as browser:
-        async with browser.post(f"{pool.api}/web/signin", data={"token": alice.token}) as r:
+        async with browser.post(
+            f"{pool.api}/web/signin", data={"token": alice.token}, headers={"Origin": pool.api}
+        ) as r:
             assert r.status == 200, await r.text()
         async with browser.get(f"{pool.api}/web/allocations/{second['id']}") as r:
             page = await r.text()

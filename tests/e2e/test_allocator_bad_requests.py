@@ -473,7 +473,7 @@ async def test_a_body_that_trickles_in_is_cut_off_and_its_connection_closed(
     token = alice.headers["Authorization"].removeprefix("Bearer ")
     host = f"127.0.0.1:{pool.api_port}"
     heads = [
-        f"POST /web/signin HTTP/1.1\r\nHost: {host}\r\n"
+        f"POST /web/signin HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n"
         "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ntoken=",
         f"POST /v1/allocations HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
         "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",

@@ -304,7 +304,10 @@ async def test_pages_refuse_posts_without_the_session_token(web_pool: WebPool) -
             assert "script-src 'self'" in r.headers["Content-Security-Policy"]
             assert "unsafe-inline" not in r.headers["Content-Security-Policy"]
         async with http.post(
-            f"{web_pool.pool.api}/web/signin", data={"token": web_pool.tokens["alice"]}, allow_redirects=False
+            f"{web_pool.pool.api}/web/signin",
+            data={"token": web_pool.tokens["alice"]},
+            headers={"Origin": web_pool.pool.api},
+            allow_redirects=False,
         ) as r:
             assert r.status == 303
             cookie = r.headers["Set-Cookie"]
@@ -324,7 +327,9 @@ async def test_rotating_a_users_token_ends_their_web_sessions(web_pool: WebPool)
     Must hold: the pool page answers her session before, and sends it to sign in after."""
     token = await web_pool.pool.add_user("carol")
     async with aiohttp.ClientSession(cookie_jar=loopback_jar(web_pool)) as http:
-        async with http.post(f"{web_pool.pool.api}/web/signin", data={"token": token}) as r:
+        async with http.post(
+            f"{web_pool.pool.api}/web/signin", data={"token": token}, headers={"Origin": web_pool.pool.api}
+        ) as r:
             assert r.status == 200
         async with http.get(f"{web_pool.pool.api}/", allow_redirects=False) as r:
             assert r.status == 200

@@ -45,7 +45,10 @@ async def test_a_full_allocator_refuses_a_new_sign_in_and_signs_nobody_out(store
     async with serving(store, ("alice", "bob", "carol", "dave"), small) as pages:
         held = {who: await pages.signed_in(who) for who in ("alice", "bob", "carol")}
         async with pages.http.post(
-            f"{pages.url}/web/signin", data={"token": pages.tokens["dave"]}, allow_redirects=False
+            f"{pages.url}/web/signin",
+            data={"token": pages.tokens["dave"]},
+            headers={"Origin": pages.url},
+            allow_redirects=False,
         ) as r:
             assert r.status == 503
             assert int(r.headers["Retry-After"]) > 0
@@ -191,10 +194,18 @@ async def test_failed_sign_ins_lock_out_guesses_from_an_address_but_not_a_good_t
     its address)."""
     for _ in range(30):
         async with pages.http.post(
-            f"{pages.url}/web/signin", data={"token": "nope"}, allow_redirects=False
+            f"{pages.url}/web/signin",
+            data={"token": "nope"},
+            headers={"Origin": pages.url},
+            allow_redirects=False,
         ) as r:
             assert r.status == 401
-    async with pages.http.post(f"{pages.url}/web/signin", data={"token": "nope"}, allow_redirects=False) as r:
+    async with pages.http.post(
+        f"{pages.url}/web/signin",
+        data={"token": "nope"},
+        headers={"Origin": pages.url},
+        allow_redirects=False,
+    ) as r:
         assert r.status == 429
         assert 0 < int(r.headers["Retry-After"]) <= 60
         assert "too many failed sign-ins" in await r.text()

@@ -78,7 +78,7 @@ async def test_a_sign_in_form_no_browser_sends_is_a_400_not_a_failure(pages: Web
         async with pages.http.post(
             f"{pages.url}/web/signin",
             data=f"token={pages.tokens['alice']}".encode(),
-            headers={"Content-Type": content_type},
+            headers={"Content-Type": content_type, "Origin": pages.url},
             allow_redirects=False,
         ) as r:
             assert r.status == 400, (content_type, await r.text())
@@ -128,6 +128,7 @@ async def test_a_parameter_given_twice_repeats_no_name_from_the_link(pages: WebA
     async with pages.http.post(
         f"{pages.url}/web/signin",
         data=[("token", pages.tokens["alice"]), (PHISHING, "1"), (PHISHING, "2")],
+        headers={"Origin": pages.url},
         allow_redirects=False,
     ) as r:
         assert r.status == 400
@@ -160,3 +161,30 @@ async def test_a_missing_page_or_wrong_method_repeats_no_address_from_the_link(p
     ) as r:
         assert r.status == 404
         assert "no such endpoint: /v1/no-such-thing" in await r.text()
+
+
+async def test_a_sign_in_that_names_no_origin_is_refused_and_the_api_is_not(pages: WebApp) -> None:
+    """Tried: alice's good token posted to the sign-in form with neither Origin nor
+    Sec-Fetch-Site (what another site's page sends through a browser or proxy that leaves them
+    out: login CSRF, the victim signed in to the attacker's account), then with only
+    `Sec-Fetch-Site: same-origin`, then with the page's own Origin; and her bearer token on the
+    API with no Origin at all. Before: the first signed in (303 and a session cookie). Must
+    hold: the first is a 403 whose page says to sign in from the sign-in page in a browser and
+    why, and sets no cookie; the other two sign in (303, a session); the API answers 200."""
+    form = {"token": pages.tokens["alice"]}
+    async with pages.http.post(f"{pages.url}/web/signin", data=form, allow_redirects=False) as r:
+        page = await r.text()
+        assert r.status == 403, page
+        assert "Set-Cookie" not in r.headers
+        assert "sign in from this sign-in page in a browser" in page
+        assert "without the Origin header" in page
+        assert 'name="token"' in page, "the page is the sign-in form again"
+    for headers in ({"Sec-Fetch-Site": "same-origin"}, {"Origin": pages.url}):
+        async with pages.http.post(
+            f"{pages.url}/web/signin", data=form, headers=headers, allow_redirects=False
+        ) as r:
+            assert r.status == 303, (headers, await r.text())
+            assert r.cookies.get(COOKIE) is not None, headers
+    bearer = {"Authorization": f"Bearer {pages.tokens['alice']}"}
+    async with pages.http.get(f"{pages.url}/v1/allocations", headers=bearer) as r:
+        assert r.status == 200, await r.text()

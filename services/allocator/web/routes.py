@@ -6,7 +6,8 @@ allocations (another user's answers 404, exactly as one that does not exist),
 an operator's sees every user's and changes none, a member's sees only their
 hosts. GETs change
 nothing; every POST carries the session's CSRF token (sign-in, which has no
-session yet, is held to the same origin instead) and answers with a redirect,
+session yet, is held to the same origin instead: it must name it, `_from_a_page`) and answers
+with a redirect,
 so that reloading a page never posts twice.
 """
 
@@ -351,8 +352,32 @@ async def signin_form(request: web.Request) -> web.Response:
     return _render("signin.html", request, {"session": None, "error": None})
 
 
+#: What a sign-in posted without its origin is told (_from_a_page).
+SIGNIN_WITHOUT_ORIGIN = (
+    "sign in from this sign-in page in a browser: the form arrived without the Origin header "
+    "every browser sends with it, so the allocator cannot tell it was not another site's page "
+    "signing this browser in to someone else's account (scripts use the API with "
+    "`Authorization: Bearer <token>` instead)"
+)
+
+
+def _from_a_page(request: web.Request) -> bool:
+    """Whether a sign-in says which page posted it, as every browser's form POST does (Origin,
+    or at least Sec-Fetch-Site: same-origin). One that says nothing was not refused by
+    `_same_origin`, which refuses only another site named: another site's page whose form
+    reached the allocator without an Origin (a browser that sends none on forms, as Firefox
+    before 70; a proxy or an extension that strips it) signed the victim in to the attacker's
+    account (login CSRF), and what they asked of the pool next went to that account. The
+    pages' other forms carry the session's CSRF token; sign-in has no session yet. API
+    clients are not concerned: they send a bearer token to /v1, never this form."""
+    return "Origin" in request.headers or request.headers.get("Sec-Fetch-Site") == "same-origin"
+
+
 async def signin(request: web.Request) -> web.Response:
     _same_origin(request)
+    if not _from_a_page(request):
+        log.info("web.signin_without_origin", remote=client_of(request.remote))
+        return _render("signin.html", request, {"session": None, "error": SIGNIN_WITHOUT_ORIGIN}, status=403)
     authenticator = request.app[AUTHENTICATOR]
     source = client_of(request.remote)  # as the API counts it: an IPv6 address's /64
     if not request.app[SESSIONS].can_keep_cookie(request):
