@@ -19,6 +19,7 @@ import json
 import math
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
+from decimal import Decimal
 from functools import cache
 from typing import Any
 
@@ -36,7 +37,7 @@ from potluck.allocator.paging import page_query, task_page_query
 from potluck.allocator.pool_registry import PoolRegistry
 from potluck.allocator.registry_auth import POOL_REGISTRY, basic_password, pool_registry
 from potluck.allocator.registry_auth import token as registry_token_for
-from potluck.allocator.request_bodies import within
+from potluck.allocator.request_bodies import MAX_BODY, continue_if_it_fits, within
 from potluck.allocator.schemas import (
     Allocation,
     AllocationList,
@@ -72,7 +73,6 @@ WAITS: web.AppKey[WaitSlots] = web.AppKey("waits", WaitSlots)
 USER: web.RequestKey[User] = web.RequestKey("user", User)
 # The registry's token endpoint authenticates with HTTP Basic itself (Docker clients' way).
 PUBLIC = frozenset({"/healthz", "/readyz", "/v1/openapi.json", TOKEN_PATH})
-MAX_BODY = 256 * 1024
 STATES = frozenset({"pending", "placed", "pulling", "running", *TERMINAL})
 #: A job's tasks' states, by name (`?state=` of a job's tasks).
 TASK_STATE: dict[str, TaskState] = {state: state for state in TASK_STATES}
@@ -282,7 +282,7 @@ def _loads(text: str) -> Any:
         text,
         parse_constant=_no_constant,
         parse_int=_bounded_int,
-        parse_float=_float_not_rounded_to_zero,
+        parse_float=_float_as_written,
         object_pairs_hook=_unique,
     )
     _no_lone_surrogates(body)
@@ -309,13 +309,21 @@ def _bounded_int(text: str) -> int:
         raise ValueError(f"a number of {len(text.lstrip('-'))} digits is more than this API reads") from None
 
 
-def _float_not_rounded_to_zero(text: str) -> float:
+def _float_as_written(text: str) -> float:
     # A float holds nothing nearer 0 than about 5e-324: 1e-400 became 0.0, which a `queue_timeout`
     # or a `keep_for` takes, where the schema (0, or at least 1) refuses 1e-400. No field takes
     # a number that small, so one is refused as such rather than read as another number.
     value = float(text)
     if value == 0 and any(digit in "123456789" for digit in text.partition("e")[0].partition("E")[0]):
         raise ValueError(f"{text[:40]} is nearer 0 than a number this API reads; write 0, or a larger number")
+    # Nor does a float hold 3.0000000000000000001: it became 3.0, which a whole-number field
+    # (`tasks`, `retries`, `parallelism`) takes as 3, so a job of "3 and a bit" tasks was one of
+    # 3. A number read as a whole number must be that number as written (3.0, 1e1 and 1e4 are).
+    if math.isfinite(value) and value.is_integer() and Decimal(text) != int(value):
+        raise ValueError(
+            f"{text[:40]} cannot be read exactly (it would be read as {value:.17g}); "
+            "write the number you mean with fewer digits"
+        )
     return value
 
 
@@ -553,13 +561,13 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/openapi.json", openapi)
-    app.router.add_post("/v1/allocations", create)
+    app.router.add_post("/v1/allocations", create, expect_handler=continue_if_it_fits)
     app.router.add_get("/v1/allocations", listing)
     app.router.add_get("/v1/allocations/{alloc_id}", show)
     app.router.add_delete("/v1/allocations/{alloc_id}", release)
-    app.router.add_post("/v1/allocations/{alloc_id}/extend", extend)
+    app.router.add_post("/v1/allocations/{alloc_id}/extend", extend, expect_handler=continue_if_it_fits)
     app.router.add_get("/v1/allocations/{alloc_id}/events", history)
-    app.router.add_post("/v1/jobs", create_job)
+    app.router.add_post("/v1/jobs", create_job, expect_handler=continue_if_it_fits)
     app.router.add_get("/v1/jobs", list_jobs)
     app.router.add_get("/v1/jobs/{job_id}", show_job)
     app.router.add_get("/v1/jobs/{job_id}/tasks", list_job_tasks)

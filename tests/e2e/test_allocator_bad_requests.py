@@ -21,6 +21,7 @@ from potluck.allocator.request_bodies import BODY_READ_S
 from potluck.allocator.service import IDLE_CONNECTION_S
 from potluck.contracts.registry import TOKEN_PATH
 from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e.allocator_api import Api, small
 from tests.e2e.conftest import start_laptop
 from tests.fixtures.pool import Pool
@@ -605,4 +606,89 @@ async def test_a_request_with_two_authorization_headers_is_refused(shared: tuple
                 assert "one Authorization header" in answer["error"]["message"]
         async with alice.http.get(pool.api + path, headers={"Authorization": good}) as response:
             assert response.status == 200, path
+    assert await pool.store.head_position() == head
+
+
+@pytest.mark.parametrize(
+    ("field", "written"),
+    [
+        ("tasks", "3.0000000000000000001"),
+        ("tasks", "10000.0000000000000001"),
+        ("tasks", "1.9999999999999999999"),
+        ("retries", "2.00000000000000001"),
+        ("parallelism", "1.00000000000000000001"),
+    ],
+)
+async def test_a_number_a_float_would_round_to_a_whole_one_is_refused(
+    erin: tuple[Pool, Api], field: str, written: str
+) -> None:
+    """Tried: POST /v1/jobs whose whole-number field is written as a number that is not whole
+    but that a float rounds to one (3.0000000000000000001 tasks). Before: it was read as the
+    whole number (a job of 3 tasks, 201), another number than the client wrote. Must hold: 400
+    MALFORMED_JSON whose message quotes the number and says what it would have been read as;
+    the log's head does not move."""
+    pool, user = erin
+    head = await pool.store.head_position()
+    spec = {"image": DEFAULT_TAG, "command": ["true"], "cpus": 0.25, "memory": "64M", "disk": "64M"}
+    fields = {"tasks": "1", field: written}
+    text = json.dumps(spec)[:-1] + "".join(f', "{name}": {value}' for name, value in fields.items()) + "}"
+    async with user.http.post(
+        pool.api + "/v1/jobs", data=text, headers={**user.headers, "Content-Type": "application/json"}
+    ) as response:
+        status, answer = response.status, await response.json()
+    assert (status, answer["error"]["code"]) == (400, "MALFORMED_JSON"), answer
+    assert written in answer["error"]["message"], answer
+    assert "cannot be read exactly" in answer["error"]["message"], answer
+    assert await pool.store.head_position() == head
+
+
+async def test_a_body_announced_too_large_is_refused_before_it_is_sent(erin: tuple[Pool, Api]) -> None:
+    """Tried: `Expect: 100-continue` with a Content-Length past 256 KiB, to the API's POST
+    /v1/allocations (with a good token) and to the sign-in form (from its own origin); then
+    one that fits. Before: the allocator answered `100 Continue` to any length, inviting the
+    body, read 256 KiB of it and only then refused it. Must hold: the first two are answered
+    413 BODY_TOO_LARGE at once (no 100 Continue first) and `Connection: close`; the one that
+    fits gets its 100 Continue, and once its body is sent, its answer (a 400 naming the field);
+    nothing is recorded."""
+    pool, user = erin
+    head = await pool.store.head_position()
+    host = f"127.0.0.1:{pool.api_port}"
+    for path, extra_header in (
+        ("/v1/allocations", f"Authorization: {user.headers['Authorization']}"),
+        ("/web/signin", f"Origin: http://{host}"),
+    ):
+        head_text = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{extra_header}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 300000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", pool.api_port)
+        try:
+            writer.write(head_text.encode())
+            async with asyncio.timeout(10):
+                answer_head = await reader.readuntil(b"\r\n\r\n")
+                assert answer_head.startswith(b"HTTP/1.1 413 "), (path, answer_head)  # not 100 Continue
+                length = int(answer_head.partition(b"Content-Length: ")[2].partition(b"\r\n")[0])
+                answer = answer_head + await reader.readexactly(length)
+        finally:
+            writer.close()
+        assert b"Connection: close" in answer_head, (path, answer_head)
+        assert b'"BODY_TOO_LARGE"' in answer, (path, answer[-200:])
+    reader, writer = await asyncio.open_connection("127.0.0.1", pool.api_port)
+    try:
+        body = b'{"cpus": 1}'
+        writer.write(
+            (
+                f"POST /v1/allocations HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: {user.headers['Authorization']}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+            ).encode()
+        )
+        async with asyncio.timeout(10):
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(body)
+            answer = await reader.read()
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b'"field": "memory"' in answer, answer[-300:]
     assert await pool.store.head_position() == head

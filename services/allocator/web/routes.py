@@ -26,7 +26,7 @@ from aiohttp import web
 from potluck.allocator.authentication import Authenticator, as_given
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.http_headers import HSTS, add_common_headers
-from potluck.allocator.request_bodies import within
+from potluck.allocator.request_bodies import continue_if_it_fits, within
 from potluck.allocator.schemas import HistoryEntry
 from potluck.allocator.stored import ALLOC_ID, stored_allocation
 from potluck.allocator.user_rates import USER_RATES
@@ -136,15 +136,17 @@ def setup(
     app.router.add_get(PREFIX + "machine", machine_page)
     app.router.add_get(PREFIX + "live/machine", machine_live)
     app.router.add_get(PREFIX + "signin", signin_form)
-    app.router.add_post(PREFIX + "signin", signin)
-    app.router.add_post(PREFIX + "signout", signout)
+    app.router.add_post(PREFIX + "signin", signin, expect_handler=continue_if_it_fits)
+    app.router.add_post(PREFIX + "signout", signout, expect_handler=continue_if_it_fits)
     app.router.add_get(PREFIX + "mine", mine_page)
     app.router.add_get(PREFIX + "live/mine", mine_live)
     app.router.add_get(PREFIX + "allocations/{alloc_id}", allocation_page)
     app.router.add_get(PREFIX + "live/allocations/{alloc_id}", allocation_live)
     app.router.add_get(PREFIX + "live/allocations/{alloc_id}/log", allocation_log)
-    app.router.add_post(PREFIX + "allocations/{alloc_id}/extend", extend)
-    app.router.add_post(PREFIX + "allocations/{alloc_id}/release", release)
+    app.router.add_post(PREFIX + "allocations/{alloc_id}/extend", extend, expect_handler=continue_if_it_fits)
+    app.router.add_post(
+        PREFIX + "allocations/{alloc_id}/release", release, expect_handler=continue_if_it_fits
+    )
     app.router.add_get(PREFIX + "static/{name}", static_file)
 
 
