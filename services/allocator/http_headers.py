@@ -22,13 +22,23 @@ that passes bytes on (stunnel, haproxy's `mode tcp`) hands the allocator such re
 came, and their 400 went back over https without HSTS. Where the pool is served over https
 under any name, that answer carries HSTS under every name: a browser ignores it on an answer
 over plain http (RFC 6797, 8.1), and on an IP address (8.1.1) such as loopback's.
+
+Nor does that answer quote the request. aiohttp's text repeats the line it could not read
+(`Invalid header value char: b'Authorization: Bearer pl_...'`), and which line that is the
+sender chooses: a bearer token, or a session cookie that the browser keeps from scripts
+(HttpOnly), came back in the body to whoever could read that answer (a proxy's or a TLS
+terminator's log of answers, a desynchronised connection's next request). It says the kind of
+refusal instead (`BadHttpMethod`, `InvalidHeader`, `LineTooLong`...), as the log does
+(http_refusals.py).
 """
 
 import asyncio
 from collections.abc import Callable, Mapping
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import ERROR
 from aiohttp.web_request import BaseRequest
 
@@ -84,6 +94,11 @@ class HeadedRequestHandler(web.RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        if isinstance(exc, HttpProcessingError):  # the parser's refusal: said, not quoted (above)
+            message = (
+                f"{status} {_phrase(status)}: this is not an HTTP/1.1 request the allocator reads "
+                f"({type(exc).__name__}); nothing of it was done"
+            )
         response = super().handle_error(request, status, exc, message)
         add_common_headers(response)
         # A request the parser refused is aiohttp's headerless stand-in; one a handler failed
@@ -91,6 +106,13 @@ class HeadedRequestHandler(web.RequestHandler):
         if self._hsts and request.message is ERROR:
             response.headers["Strict-Transport-Security"] = HSTS
         return response
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 def handler_factory(

@@ -692,3 +692,33 @@ async def test_a_body_announced_too_large_is_refused_before_it_is_sent(erin: tup
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert b'"field": "memory"' in answer, answer[-300:]
     assert await pool.store.head_position() == head
+
+
+async def test_a_request_the_parser_refuses_is_not_quoted_back(shared: tuple[Pool, Api]) -> None:
+    """Tried: requests aiohttp's parser refuses on the line that holds a secret: an
+    `Authorization: Bearer` line with a control character after the token, a session `Cookie`
+    line likewise, and a request whose declared body swallows the start of the next one so that
+    the parser meets the next request's Authorization line as a method. Before: the 400's body
+    quoted the refused line (`Invalid header value char: b'Authorization: Bearer pl_...'`), so
+    the token or the HttpOnly cookie came back to whoever could read the answer. Must hold:
+    each gets a 400 whose body names the kind of refusal and holds neither the token nor the
+    cookie; alice's token still works."""
+    pool, alice = shared
+    token = alice.headers["Authorization"].removeprefix("Bearer ")
+    cookie = "potluck_session=sEcReTsEsSiOnIdThAtIsHtTpOnLy"
+    host = f"127.0.0.1:{pool.api_port}"
+    heads = [
+        f"GET /v1/pool HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\x01\r\n\r\n",
+        f"GET / HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\x01\r\n\r\n",
+        f"POST /v1/allocations HTTP/1.1\r\nHost: {host}\r\nContent-Length: 22\r\n\r\n"
+        f"GET /v1/pool HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\r\n",
+    ]
+    for head in heads:
+        answer = await _raw(pool.api_port, head.encode())
+        # The parser's 400 (after the 401 of the request before it, when that one is answered first).
+        assert b" 400 Bad Request\r\n" in answer, answer[:200]
+        assert token.encode() not in answer, answer[-300:]
+        assert b"sEcReTsEsSiOn" not in answer, answer[-300:]
+        assert b"this is not an HTTP/1.1 request the allocator reads" in answer, answer[-300:]
+    status, _ = await alice.call("GET", "/v1/pool")
+    assert status == 200
