@@ -16,12 +16,14 @@ Reads that go to the log are counted on a rate of their own (DEFAULT_LOG_READ_RA
 in memory answers every read of what a user holds now, but an allocation it no longer holds
 (ended longer than the retention window ago, or never made: any `a-` and 12 hex digits) is
 read from Postgres, as is every allocation's history. One user asking for random ids in a loop
-(200 at once) made over 2,000 reads of Postgres a second, took the allocator's 10 connections
-to it from everyone else, and another user's read waited up to half a second where it took
-1 ms. Each such read takes a token from the user's bucket of log reads first; past the rate it
+(200 at once) made over 2,000 reads of Postgres a second, each holding one of the allocator's
+10 connections to it, which every other user's reads and the allocator's own appends waited
+for. Each such read takes a token from the user's bucket of log reads first; past the rate it
 is refused with 429 RATE_LIMITED and a Retry-After, nothing read. Reads the model answers (a
 live allocation, any job: jobs are all in memory, a page of a listing) take none, so a user
-who reads what they hold is never held back.
+who reads what they hold is never held back. (What the rate does not bound is the work of
+answering the refusals: a flood of requests, 429s or not, still takes the allocator's time,
+as any flood does; connection_caps.py bounds how many at once one address may have going.)
 
 A request takes its token whether or not it then succeeds: a loop of refused requests (a
 release of an allocation already released) costs the allocator as much time as one of

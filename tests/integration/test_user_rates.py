@@ -139,11 +139,11 @@ async def test_reads_of_the_log_past_the_rate_are_refused_and_reads_of_the_model
     own pending allocation, and her list `?after=` a never-made id; then her allocation itself,
     her list and her jobs; bob reads a never-made id; the clock moves by the Retry-After alice
     was given. Before: nothing bounded such reads, and one user looping on random ids took
-    the allocator's connections to Postgres from everyone (2,000 reads a second, another
-    user's read 1 ms -> 500 ms). Must hold: her first BURST are 404 NOT_FOUND; each read of
-    the log past them is 429 RATE_LIMITED with a Retry-After of whole seconds that the message
-    repeats; what the model answers (her allocation, her lists) is 200 all the same; bob's read
-    is his own 404; after the wait alice's read is a 404 again."""
+    the allocator's 10 connections to Postgres from everyone (2,000 reads a second). Must
+    hold: her first BURST are 404 NOT_FOUND; each read of the log past them is 429
+    RATE_LIMITED with a Retry-After of whole seconds that the message repeats; what the model
+    answers (her allocation, her lists) is 200 all the same; bob's read is his own 404; after
+    the wait alice's read is a 404 again."""
     app, now = log_reads_limited
     status, mine, _ = await _call(app, "alice", "POST", "/v1/allocations", SPEC)
     assert status == 202, mine
