@@ -249,7 +249,11 @@ async def _json(request: web.Request) -> Any:
         )
     try:
         return await within(request.json(loads=_loads))
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or an integer of too many digits
+    except _UnreadableBody as exc:  # the field that holds it named, as the schema's refusals do
+        raise Rejected(
+            "MALFORMED_JSON", f"the body is not valid JSON: {exc}", field=exc.field, status=400
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError
         raise Rejected("MALFORMED_JSON", f"the body is not valid JSON: {exc}", status=400) from None
     except RecursionError:
         raise Rejected(
@@ -269,8 +273,27 @@ def _utf8(charset: str | None) -> bool:
         return False
 
 
+class _Unreadable:
+    """What the parser's hooks leave where a value cannot be read as written (a number a float
+    cannot hold, NaN, an object naming a field twice): `_readable` then finds it, and says which
+    field holds it. Raised from the hook instead, the refusal could name no field."""
+
+    __slots__ = ("name", "reason")
+
+    def __init__(self, reason: str, name: str | None = None) -> None:
+        self.reason = reason
+        #: The name the refusal is about, inside the value (a field given twice).
+        self.name = name
+
+
+class _UnreadableBody(ValueError):
+    def __init__(self, reason: str, field: str | None) -> None:
+        super().__init__(reason)
+        self.field = field
+
+
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+    return _Unreadable(f"{name} is not a JSON number")
 
 
 def _loads(text: str) -> Any:
@@ -285,62 +308,75 @@ def _loads(text: str) -> Any:
         parse_float=_float_as_written,
         object_pairs_hook=_unique,
     )
-    _no_lone_surrogates(body)
+    _readable(body, [])
     return body
 
 
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any] | _Unreadable:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
         for name, _ in pairs:
             if name in seen:
-                raise ValueError(f"{name[:40]!r} is given more than once in one object; give it once")
+                return _Unreadable(f"{name[:40]!r} is given more than once in one object; give it once", name)
             seen.add(name)
     return obj
 
 
-def _bounded_int(text: str) -> int:
+def _bounded_int(text: str) -> int | _Unreadable:
     # Past Python's limit on digits (4,300) `int` fails with advice on an interpreter setting,
     # which is not the client's to change; shorter ones reach the schema, which names the field.
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"a number of {len(text.lstrip('-'))} digits is more than this API reads") from None
+        return _Unreadable(f"a number of {len(text.lstrip('-'))} digits is more than this API reads")
 
 
-def _float_as_written(text: str) -> float:
+def _float_as_written(text: str) -> float | _Unreadable:
     # A float holds nothing nearer 0 than about 5e-324: 1e-400 became 0.0, which a `queue_timeout`
     # or a `keep_for` takes, where the schema (0, or at least 1) refuses 1e-400. No field takes
     # a number that small, so one is refused as such rather than read as another number.
     value = float(text)
     if value == 0 and any(digit in "123456789" for digit in text.partition("e")[0].partition("E")[0]):
-        raise ValueError(f"{text[:40]} is nearer 0 than a number this API reads; write 0, or a larger number")
+        return _Unreadable(
+            f"{text[:40]} is nearer 0 than a number this API reads; write 0, or a larger number"
+        )
     # Nor does a float hold 3.0000000000000000001: it became 3.0, which a whole-number field
     # (`tasks`, `retries`, `parallelism`) takes as 3, so a job of "3 and a bit" tasks was one of
     # 3. A number read as a whole number must be that number as written (3.0, 1e1 and 1e4 are).
     if math.isfinite(value) and value.is_integer() and Decimal(text) != int(value):
-        raise ValueError(
+        return _Unreadable(
             f"{text[:40]} cannot be read exactly (it would be read as {value:.17g}); "
             "write the number you mean with fewer digits"
         )
     return value
 
 
-def _no_lone_surrogates(value: Any) -> None:
-    if isinstance(value, str):
+def _readable(value: Any, path: list[str | int]) -> None:
+    """Raise _UnreadableBody for the first value the hooks could not read, or the first string
+    with a lone surrogate, naming the body's field that holds it and where in it."""
+    reason = None
+    if isinstance(value, _Unreadable):
+        reason = value.reason
+        if value.name is not None:
+            path = [*path, value.name]
+    elif isinstance(value, str):
         if not value.isascii():
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
-                raise ValueError(f"a string holds a lone surrogate: {value[:20]!r}") from None
+                reason = f"a string holds a lone surrogate: {value[:20]!r}"
     elif isinstance(value, dict):
         for key, item in value.items():
-            _no_lone_surrogates(key)
-            _no_lone_surrogates(item)
+            _readable(key, path)  # a name with a lone surrogate: the object holding it is named
+            _readable(item, [*path, key])
     elif isinstance(value, list):
-        for item in value:
-            _no_lone_surrogates(item)
+        for index, item in enumerate(value):
+            _readable(item, [*path, index])
+    if reason is not None:
+        where = ".".join(str(step)[:40] for step in path)
+        field = path[0] if path and isinstance(path[0], str) else None  # a body's field: a name
+        raise _UnreadableBody(f"{where}: {reason}" if where else reason, field)
 
 
 def _shown(request: web.Request, state: AllocationState) -> Allocation:

@@ -466,7 +466,12 @@ class PoolImages(Body):
 class Error(Body):
     code: str = Field(description="Stable UPPER_SNAKE code for programs.")
     message: str = Field(description="What went wrong and what to do, for people.")
-    field: str | None = None
+    field: str | None = Field(
+        default=None,
+        description="The body's field (or the query parameter) the error is about, when there is one: "
+        "also for a value the JSON parser cannot read as written (MALFORMED_JSON: NaN, a number a "
+        "float cannot hold, a name given twice), the top-level field that holds it.",
+    )
 
 
 class ErrorBody(Body):

@@ -68,7 +68,12 @@ async def erin(shared: tuple[Pool, Api]) -> tuple[Pool, Api]:
         # Docker would run the image's own CMD for [] (a shell that exits at once): a task that
         # ends before anyone sees it, where leaving `command` out asks for an interactive one.
         (small(command=[]), 400, "INVALID_FIELD", "command"),
-        ('{"cpus": 1, "memory": "64M", "image": "x", "command": ["\\ud8e6"]}', 400, "MALFORMED_JSON", None),
+        (
+            '{"cpus": 1, "memory": "64M", "image": "x", "command": ["\\ud8e6"]}',
+            400,
+            "MALFORMED_JSON",
+            "command",
+        ),
         # A size text is checked against the pattern the schema publishes: bounds included.
         (small(memory="15M"), 400, "INVALID_FIELD", "memory"),
         (small(memory="0.5G"), 400, "INVALID_FIELD", "memory"),
@@ -103,8 +108,12 @@ async def erin(shared: tuple[Pool, Api]) -> tuple[Pool, Api]:
         (small(lifetime=10**400), 400, "INVALID_FIELD", "lifetime"),
         # JSON that Python's parser gives up on is malformed JSON, not a crash.
         ('{"cpus": ' + "[" * 100_000 + "]" * 100_000 + "}", 400, "MALFORMED_JSON", None),
-        ('{"cpus": 1, "memory": ' + "9" * 5_000 + "}", 400, "MALFORMED_JSON", None),
-        ('{"cpus": NaN, "memory": "64M"}', 400, "MALFORMED_JSON", None),
+        # What the parser cannot read as written names the field that holds it, as the schema does.
+        ('{"cpus": 1, "memory": ' + "9" * 5_000 + "}", 400, "MALFORMED_JSON", "memory"),
+        ('{"cpus": NaN, "memory": "64M"}', 400, "MALFORMED_JSON", "cpus"),
+        ('{"cpus": 1, "memory": "64M", "env": {"A": "1", "A": "2"}}', 400, "MALFORMED_JSON", "env"),
+        ('{"cpus": 1, "memory": "64M", "cpus": 0.5}', 400, "MALFORMED_JSON", "cpus"),
+        ('{"cpus": 1, "memory": "64M", "lifetime": -Infinity}', 400, "MALFORMED_JSON", "lifetime"),
     ],
 )
 async def test_bad_requests_get_a_clear_error_and_nothing_is_recorded(
@@ -625,8 +634,8 @@ async def test_a_number_a_float_would_round_to_a_whole_one_is_refused(
     """Tried: POST /v1/jobs whose whole-number field is written as a number that is not whole
     but that a float rounds to one (3.0000000000000000001 tasks). Before: it was read as the
     whole number (a job of 3 tasks, 201), another number than the client wrote. Must hold: 400
-    MALFORMED_JSON whose message quotes the number and says what it would have been read as;
-    the log's head does not move."""
+    MALFORMED_JSON naming the field, whose message quotes the number and says what it would have
+    been read as; the log's head does not move."""
     pool, user = erin
     head = await pool.store.head_position()
     spec = {"image": DEFAULT_TAG, "command": ["true"], "cpus": 0.25, "memory": "64M", "disk": "64M"}
@@ -636,7 +645,11 @@ async def test_a_number_a_float_would_round_to_a_whole_one_is_refused(
         pool.api + "/v1/jobs", data=text, headers={**user.headers, "Content-Type": "application/json"}
     ) as response:
         status, answer = response.status, await response.json()
-    assert (status, answer["error"]["code"]) == (400, "MALFORMED_JSON"), answer
+    assert (status, answer["error"]["code"], answer["error"].get("field")) == (
+        400,
+        "MALFORMED_JSON",
+        field,
+    ), answer
     assert written in answer["error"]["message"], answer
     assert "cannot be read exactly" in answer["error"]["message"], answer
     assert await pool.store.head_position() == head
