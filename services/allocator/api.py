@@ -7,8 +7,8 @@ finished), 404 not found
 with `Allow`, 408 a body that took too long to arrive (request_bodies.py), 409 conflict,
 415 not JSON (or not UTF-8), 422 impossible, 429 too many failed
 authentications from one address (authentication.py), too many long polls of one user's
-waiting (long_polls.py), a user's changes past their rate or reads of the log past theirs
-(user_rates.py), 503 not ready yet.
+waiting (long_polls.py), a user's changes past their rate or fetches (reads of the log or
+the pool registry) past theirs (user_rates.py), 503 not ready yet.
 Every query parameter is checked whether or not another makes it matter; none may be given
 twice (but the registry token endpoint's `scope`): a second value would go unread; and one the
 endpoint does not take (per the OpenAPI document) is refused, not ignored.
@@ -561,6 +561,7 @@ async def registry_token(request: web.Request) -> web.Response:
 async def images(request: web.Request) -> web.Response:
     registry = pool_registry(request)
     user = _user(request)
+    request.app[ENGINE].fetches.admit(user.name)  # a request to the registry per repository
     repositories = await registry.repositories_of(user.name)
     return ok(
         PoolImages(

@@ -63,7 +63,7 @@ from potluck.allocator.reactions import Reactions
 from potluck.allocator.scheduler import Impossible, Placed, Strategy
 from potluck.allocator.schemas import CreateAllocation, HistoryEntry, Pool
 from potluck.allocator.stored import ALLOC_ID, stored_allocation
-from potluck.allocator.user_rates import DEFAULT_LOG_READ_RATE, TooManyLogReads, UserRates
+from potluck.allocator.user_rates import DEFAULT_FETCH_RATE, TooManyFetches, UserRates
 from potluck.allocator.users import User, UsersView
 from potluck.allocator.waiting import Standing, queue_positions, standing_in
 from potluck.contracts.allocation_events import AllocationRequested, CapacityReserved, alloc_stream
@@ -149,12 +149,12 @@ class AllocatorEngine:
         freeze_loaded: bool = False,
         pool_registry: str | None = None,
         retention_s: float = DEFAULT_RETENTION_S,
-        log_read_rate: RatePolicy = DEFAULT_LOG_READ_RATE,
+        fetch_rate: RatePolicy = DEFAULT_FETCH_RATE,
     ) -> None:
         self.store = store
-        #: Each user's reads of the log on their behalf (user_rates.py): what the model no
-        #: longer holds, and histories. Reads the model answers take nothing from it.
-        self.log_reads = UserRates(log_read_rate, refusal=TooManyLogReads)
+        #: Each user's fetches (user_rates.py): reads of the log (what the model no longer
+        #: holds, histories) and of the pool registry. Reads the model answers take nothing.
+        self.fetches = UserRates(fetch_rate, refusal=TooManyFetches)
         #: The pool registry's address (`127.0.0.1:5000`), whose images hosts pull with the
         #: allocator's token even when it is on their own machine or network.
         self.pool_registry = pool_registry
@@ -369,7 +369,7 @@ class AllocatorEngine:
         retention window ago, retention.py), its state folded from its own stream in the log."""
         state = self.allocations.allocations.get(alloc_id)
         if state is None and ALLOC_ID.fullmatch(alloc_id):
-            self.log_reads.admit(user.name)
+            self.fetches.admit(user.name)
             state = await stored_allocation(self.store, alloc_id)
         if state is None or state.user != user.name:
             raise _not_yours(alloc_id)
@@ -380,7 +380,7 @@ class AllocatorEngine:
         longer holds (read from the log); None otherwise (held, another's, or none at all)."""
         if after is None or after in self.allocations.allocations or not ALLOC_ID.fullmatch(after):
             return None
-        self.log_reads.admit(user.name)
+        self.fetches.admit(user.name)
         stored = await stored_allocation(self.store, after)
         return stored if stored is not None and stored.user == user.name else None
 
@@ -405,7 +405,7 @@ class AllocatorEngine:
 
     async def history(self, user: User, alloc_id: str) -> list[HistoryEntry]:
         await self._mine_or_stored(user, alloc_id)
-        self.log_reads.admit(user.name)  # the events are only in the log
+        self.fetches.admit(user.name)  # the events are only in the log
         return [
             HistoryEntry(
                 position=r.position, version=r.version, type=r.type, recorded_at=r.recorded_at, data=r.data

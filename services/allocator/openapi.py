@@ -21,7 +21,7 @@ from potluck.allocator.schemas import (
     PoolImages,
 )
 from potluck.allocator.task_standing import TASK_STATES
-from potluck.allocator.user_rates import DEFAULT_CHANGE_RATE, DEFAULT_LOG_READ_RATE
+from potluck.allocator.user_rates import DEFAULT_CHANGE_RATE, DEFAULT_FETCH_RATE
 from potluck.contracts.job_events import MAX_TASKS
 from potluck.kernel.version import __version__
 from potluck.readmodels.allocations import AllocationStatus
@@ -56,10 +56,11 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): {"description": text[c], **_json("ErrorBody")} for c in codes}
 
 
-def _authenticated(*codes: int, changes: bool = False, log_reads: bool = False) -> dict[str, Any]:
+def _authenticated(*codes: int, changes: bool = False, fetches: bool = False) -> dict[str, Any]:
     """The errors of an operation that needs a token: 401 and 429 (authentication.py) too; with
     `changes`, one of the user's changes, whose 429 is also their rate (user_rates.py); with
-    `log_reads`, one that may read the log, whose 429 is also the user's rate of those."""
+    `fetches`, one that may read the log or the pool registry, whose 429 is also the user's
+    rate of those."""
     responses = _errors(*sorted({401, 429, *codes}))
     retry_after = {
         "description": "Whole seconds until the request may be tried again",
@@ -74,11 +75,12 @@ def _authenticated(*codes: int, changes: bool = False, log_reads: bool = False) 
             "release and cancel of allocations and jobs; the pool's operator may set another). "
             "Nothing was done: try again after Retry-After"
         )
-    if log_reads:
+    if fetches:
         responses["429"]["description"] += (
             ". Also RATE_LIMITED: the user's reads of allocations the allocator no longer holds "
-            "in memory (ended long ago, or never made) and of allocations' events past their rate "
-            f"(by default {DEFAULT_LOG_READ_RATE.burst:g} at once, then {DEFAULT_LOG_READ_RATE.per_s:g} "
+            "in memory (ended long ago, or never made), of allocations' events and of their images "
+            "past their rate "
+            f"(by default {DEFAULT_FETCH_RATE.burst:g} at once, then {DEFAULT_FETCH_RATE.per_s:g} "
             "a second); nothing was read: try again after Retry-After"
         )
     return responses
@@ -217,7 +219,7 @@ def openapi_document() -> dict[str, Any]:
                             "answers for it); a cursor naming it still goes on from its place",
                             **_json("AllocationList"),
                         },
-                        **_authenticated(400, 404, log_reads=True),
+                        **_authenticated(400, 404, fetches=True),
                     },
                 },
             },
@@ -242,7 +244,7 @@ def openapi_document() -> dict[str, Any]:
                             "is read from its own stream in the log and answers as it did",
                             **_json("Allocation"),
                         },
-                        **_authenticated(400, 404, log_reads=True),
+                        **_authenticated(400, 404, fetches=True),
                     },
                 },
                 "delete": {
@@ -251,7 +253,7 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [_ID],
                     "responses": {
                         "200": {"description": "Released", **_json("Allocation")},
-                        **_authenticated(404, 503, changes=True, log_reads=True),
+                        **_authenticated(404, 503, changes=True, fetches=True),
                     },
                 },
             },
@@ -263,7 +265,7 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {"required": True, **_json("ExtendAllocation")},
                     "responses": {
                         "200": {"description": "Extended", **_json("Allocation")},
-                        **_authenticated(400, 404, 408, 409, 413, 415, 503, changes=True, log_reads=True),
+                        **_authenticated(400, 404, 408, 409, 413, 415, 503, changes=True, fetches=True),
                     },
                 },
             },
@@ -274,7 +276,7 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [_ID],
                     "responses": {
                         "200": {"description": "The allocation's events", **_json("History")},
-                        **_authenticated(404, log_reads=True),
+                        **_authenticated(404, fetches=True),
                     },
                 },
             },
@@ -389,7 +391,7 @@ def openapi_document() -> dict[str, Any]:
                     "security": auth,
                     "responses": {
                         "200": {"description": "Your images in the pool registry", **_json("PoolImages")},
-                        **_authenticated(404, 409, 503),
+                        **_authenticated(404, 409, 503, fetches=True),
                     },
                 },
             },

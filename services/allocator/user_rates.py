@@ -12,13 +12,16 @@ rate it is refused with 429 RATE_LIMITED and a Retry-After, nothing read, decide
 so retrying it later is always safe. Reads are not counted as changes: they append nothing, and
 the long polls among them have their own bound (long_polls.py).
 
-Reads that go to the log are counted on a rate of their own (DEFAULT_LOG_READ_RATE): the model
-in memory answers every read of what a user holds now, but an allocation it no longer holds
-(ended longer than the retention window ago, or never made: any `a-` and 12 hex digits) is
-read from Postgres, as is every allocation's history. One user asking for random ids in a loop
+Reads the allocator must fetch from elsewhere (fetches) are counted on a rate of their own
+(DEFAULT_FETCH_RATE): the model in memory answers every read of what a user holds now, but an
+allocation it no longer holds (ended longer than the retention window ago, or never made: any
+`a-` and 12 hex digits) is read from Postgres, as is every allocation's history, and the list
+of the user's images (GET /v1/images) asks the pool registry once for its catalog and once
+more for each repository's tags. One user asking for random ids in a loop
 (200 at once) made over 2,000 reads of Postgres a second, each holding one of the allocator's
 10 connections to it, which every other user's reads and the allocator's own appends waited
-for. Each such read takes a token from the user's bucket of log reads first; past the rate it
+for; GET /v1/images in a loop did the same to the registry, which hosts pull from. Each
+fetch takes a token from the user's bucket of fetches first; past the rate it
 is refused with 429 RATE_LIMITED and a Retry-After, nothing read. Reads the model answers (a
 live allocation, any job: jobs are all in memory, a page of a listing) take none, so a user
 who reads what they hold is never held back. (What the rate does not bound is the work of
@@ -50,11 +53,11 @@ from potluck.kernel.rejections import Rejected
 
 __all__ = [
     "DEFAULT_CHANGE_RATE",
-    "DEFAULT_LOG_READ_RATE",
+    "DEFAULT_FETCH_RATE",
     "USER_RATES",
     "RateExceeded",
     "TooManyChanges",
-    "TooManyLogReads",
+    "TooManyFetches",
     "UserRates",
 ]
 
@@ -62,9 +65,9 @@ log = structlog.get_logger(__name__)
 
 #: Changes one user may make: 50 at once, then 5 a second (a create and its release are two).
 DEFAULT_CHANGE_RATE = RatePolicy(per_s=5.0, burst=50)
-#: Reads of the log one user may make: 100 at once, then 20 a second (a script reading the
-#: histories of its last hundred allocations gets them at once).
-DEFAULT_LOG_READ_RATE = RatePolicy(per_s=20.0, burst=100)
+#: Fetches one user may make: 100 at once, then 20 a second (a script reading the histories
+#: of its last hundred allocations gets them at once).
+DEFAULT_FETCH_RATE = RatePolicy(per_s=20.0, burst=100)
 
 
 class RateExceeded(Rejected):
@@ -87,20 +90,21 @@ class TooManyChanges(RateExceeded):
         )
 
 
-class TooManyLogReads(RateExceeded):
-    """The user read allocations the model no longer holds (or histories) faster than their rate."""
+class TooManyFetches(RateExceeded):
+    """The user asked for what the allocator must fetch (from the log, the pool registry) faster
+    than their rate."""
 
     def __init__(self, policy: RatePolicy, retry_after_s: int) -> None:
         super().__init__(
-            "you read allocations that ended long ago (or never were), or their events, faster "
-            f"than this pool allows ({policy.burst:g} at once, then {policy.per_s:g} a second); "
-            f"nothing was read: try again in {retry_after_s} s",
+            "you read allocations that ended long ago (or never were), their events, or your "
+            f"images faster than this pool allows ({policy.burst:g} at once, then "
+            f"{policy.per_s:g} a second); nothing was read: try again in {retry_after_s} s",
             retry_after_s,
         )
 
 
 class UserRates:
-    """Admits each user's changes (or, with `refusal=TooManyLogReads`, reads of the log) within
+    """Admits each user's changes (or, with `refusal=TooManyFetches`, fetches) within
     their rate; refuses the rest before they cost anything."""
 
     def __init__(

@@ -3,14 +3,19 @@ engine folding a real Postgres log (tests/fixtures/web_app.py), its clock in the
 a burst past the rate is refused with 429 and recorded nowhere, another user goes on, and
 once the wait named has passed the user changes things again."""
 
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from potluck.allocator.api import ENGINE
-from potluck.allocator.user_rates import USER_RATES, TooManyLogReads, UserRates
+from potluck.allocator.pool_registry import PoolRegistry
+from potluck.allocator.registry_auth import POOL_REGISTRY
+from potluck.allocator.registry_tokens import TokenIssuer
+from potluck.allocator.user_rates import USER_RATES, TooManyFetches, UserRates
 from potluck.events import EventStore
 from potluck.kernel.key_rates import RatePolicy
 from tests.fixtures.web_app import WebApp, serving
@@ -115,16 +120,21 @@ async def test_reads_are_not_counted_and_the_pages_share_the_rate(
 
 
 @pytest.fixture
-async def log_reads_limited(store: EventStore) -> AsyncIterator[tuple[WebApp, list[float]]]:
-    """The allocator's app for alice and bob, each allowed BURST reads of the log at once and
-    then one a second by a clock the test moves, and a paused host where what they ask for waits."""
+async def fetches_limited(store: EventStore) -> AsyncIterator[tuple[WebApp, list[float]]]:
+    """The allocator's app for alice and bob, each allowed BURST fetches at once and then one a
+    second by a clock the test moves; a paused host where what they ask for waits; and a pool
+    registry address where nothing listens (a GET /v1/images that is let through tries it)."""
     now = [0.0]
+    with socket.socket() as probe:  # a loopback port that was free: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{probe.getsockname()[1]}"
 
     def prepare(app: web.Application) -> None:
         engine = app[ENGINE]
-        engine.log_reads = UserRates(
-            RatePolicy(per_s=1.0, burst=BURST), clock=lambda: now[0], refusal=TooManyLogReads
+        engine.fetches = UserRates(
+            RatePolicy(per_s=1.0, burst=BURST), clock=lambda: now[0], refusal=TooManyFetches
         )
+        app[POOL_REGISTRY] = PoolRegistry(nowhere, TokenIssuer(ec.generate_private_key(ec.SECP256R1())))
 
     async with serving(store, ("alice", "bob"), prepare) as served:
         await served.paused_host()
@@ -132,19 +142,21 @@ async def log_reads_limited(store: EventStore) -> AsyncIterator[tuple[WebApp, li
 
 
 async def test_reads_of_the_log_past_the_rate_are_refused_and_reads_of_the_model_are_not(
-    log_reads_limited: tuple[WebApp, list[float]],
+    fetches_limited: tuple[WebApp, list[float]],
 ) -> None:
     """Tried: alice reads BURST allocation ids never made (`a-` and 12 hex digits: each one a
     read of Postgres, as is an allocation that ended long ago), then another, the events of her
-    own pending allocation, and her list `?after=` a never-made id; then her allocation itself,
-    her list and her jobs; bob reads a never-made id; the clock moves by the Retry-After alice
+    own pending allocation, her list `?after=` a never-made id, and her images (GET /v1/images:
+    a request to the pool registry per repository); then her allocation itself, her list and
+    her jobs; bob reads a never-made id and his images; the clock moves by the Retry-After alice
     was given. Before: nothing bounded such reads, and one user looping on random ids took
     the allocator's 10 connections to Postgres from everyone (2,000 reads a second). Must
     hold: her first BURST are 404 NOT_FOUND; each read of the log past them is 429
     RATE_LIMITED with a Retry-After of whole seconds that the message repeats; what the model
-    answers (her allocation, her lists) is 200 all the same; bob's read is his own 404; after
-    the wait alice's read is a 404 again."""
-    app, now = log_reads_limited
+    answers (her allocation, her lists) is 200 all the same; bob's read is his own 404, and his
+    images are asked of the registry (503: nothing listens there); after the wait alice's read
+    is a 404 again."""
+    app, now = fetches_limited
     status, mine, _ = await _call(app, "alice", "POST", "/v1/allocations", SPEC)
     assert status == 202, mine
     never = [f"a-{n:012x}" for n in range(BURST + 1)]
@@ -157,6 +169,7 @@ async def test_reads_of_the_log_past_the_rate_are_refused_and_reads_of_the_model
         f"/v1/allocations/{never[BURST]}?wait=running&timeout=1",
         f"/v1/allocations/{mine['id']}/events",
         f"/v1/allocations?after={never[0]}",
+        "/v1/images",
     ):
         status, answer, retry_after = await _call(app, "alice", "GET", path)
         assert (status, answer["error"]["code"]) == (429, "RATE_LIMITED"), (path, answer)
@@ -170,6 +183,8 @@ async def test_reads_of_the_log_past_the_rate_are_refused_and_reads_of_the_model
 
     status, answer, _ = await _call(app, "bob", "GET", f"/v1/allocations/{never[0]}")
     assert (status, answer["error"]["code"]) == (404, "NOT_FOUND"), answer
+    status, answer, _ = await _call(app, "bob", "GET", "/v1/images")  # tried: nothing answers there
+    assert (status, answer["error"]["code"]) == (503, "REGISTRY_UNAVAILABLE"), answer
 
     now[0] += max(waits)
     status, answer, _ = await _call(app, "alice", "GET", f"/v1/allocations/{never[BURST]}")

@@ -557,15 +557,15 @@ async def allocation_page(request: web.Request) -> web.Response:
     session = _session(request)
     alloc_id = request.match_info["alloc_id"]
     context = _allocation_context(request, session, alloc_id)
-    log_reads = request.app[ENGINE].log_reads  # the API's reads of the log and these share one rate
+    fetches = request.app[ENGINE].fetches  # the API's fetches and these share one rate
     if context is None and ALLOC_ID.fullmatch(alloc_id):
         # Ended longer than the retention window ago, the model no longer holds it: the log does.
-        log_reads.admit(session.user)
+        fetches.admit(session.user)
         stored = await stored_allocation(request.app[ENGINE].store, alloc_id)
         context = None if stored is None else _allocation_context(request, session, alloc_id, stored)
     if context is None:
         return _not_found(request, session, alloc_id)
-    log_reads.admit(session.user)
+    fetches.admit(session.user)
     recorded = await request.app[ENGINE].store.read_stream(alloc_stream(alloc_id))
     records = [
         HistoryEntry(
