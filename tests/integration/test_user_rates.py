@@ -16,6 +16,7 @@ from potluck.allocator.pool_registry import PoolRegistry
 from potluck.allocator.registry_auth import POOL_REGISTRY
 from potluck.allocator.registry_tokens import TokenIssuer
 from potluck.allocator.user_rates import USER_RATES, TooManyFetches, UserRates
+from potluck.allocator.web.sessions import COOKIE
 from potluck.events import EventStore
 from potluck.kernel.key_rates import RatePolicy
 from tests.fixtures.web_app import WebApp, serving
@@ -189,3 +190,31 @@ async def test_reads_of_the_log_past_the_rate_are_refused_and_reads_of_the_model
     now[0] += max(waits)
     status, answer, _ = await _call(app, "alice", "GET", f"/v1/allocations/{never[BURST]}")
     assert (status, answer["error"]["code"]) == (404, "NOT_FOUND"), answer
+
+
+async def test_the_allocation_page_past_the_fetch_rate_says_so_as_a_page(
+    fetches_limited: tuple[WebApp, list[float]],
+) -> None:
+    """Tried: alice, signed in, opens the page of BURST allocation ids never made (each a read
+    of the log), then one more; the clock moves by the Retry-After she was given and she opens
+    it again. Must hold: the first BURST are the page's 404; the next is a 429 page (HTML, with
+    the pages' own headers) saying she reads faster than the pool allows and when to try
+    again, with that Retry-After, not the API's JSON; after the wait it is the 404 again."""
+    app, now = fetches_limited
+    session = await app.signed_in("alice")
+    never = [f"a-{n:012x}" for n in range(BURST + 1)]
+    for alloc_id in never[:BURST]:
+        status, page = await app.get(session, f"/web/allocations/{alloc_id}")
+        assert status == 404, page[:300]
+    headers = {"Cookie": f"{COOKIE}={session}"}
+    async with app.http.get(f"{app.url}/web/allocations/{never[BURST]}", headers=headers) as r:
+        page = await r.text()
+        assert r.status == 429, page[:300]
+        assert r.content_type == "text/html", r.content_type
+        retry_after = r.headers["Retry-After"]
+        assert int(retry_after) >= 1
+        assert f"try again in {retry_after} s" in page, page
+        assert "faster than this pool allows" in page, page
+    now[0] += int(retry_after)
+    status, page = await app.get(session, f"/web/allocations/{never[BURST]}")
+    assert status == 404, page[:300]

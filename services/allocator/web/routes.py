@@ -29,7 +29,7 @@ from potluck.allocator.http_headers import HSTS, add_common_headers
 from potluck.allocator.request_bodies import continue_if_it_fits, within
 from potluck.allocator.schemas import HistoryEntry
 from potluck.allocator.stored import ALLOC_ID, stored_allocation
-from potluck.allocator.user_rates import USER_RATES
+from potluck.allocator.user_rates import USER_RATES, RateExceeded
 from potluck.allocator.users import User
 from potluck.allocator.web import history, views
 from potluck.allocator.web.connect import plain_ssh_line
@@ -555,6 +555,16 @@ def _allocation_context(
 
 async def allocation_page(request: web.Request) -> web.Response:
     session = _session(request)
+    try:
+        return await _allocation_page(request, session)
+    except RateExceeded as exc:
+        # Past the user's fetches (user_rates.py): the page says so, as a busy past page does.
+        response = _render("busy.html", request, {"session": session, "what": exc.message}, status=429)
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
+
+
+async def _allocation_page(request: web.Request, session: Session) -> web.Response:
     alloc_id = request.match_info["alloc_id"]
     context = _allocation_context(request, session, alloc_id)
     fetches = request.app[ENGINE].fetches  # the API's fetches and these share one rate
