@@ -128,7 +128,9 @@ async def run(args: argparse.Namespace) -> None:
                 # The Secure session cookie of 127.0.0.1, kept and sent back as a browser does.
                 jar = aiohttp.CookieJar(unsafe=True, treat_as_secure_origin=[base])
                 async with aiohttp.ClientSession(cookie_jar=jar) as http:
-                    async with http.post(f"{base}/web/signin", data={"token": token}) as r:
+                    # A browser's form names its page (Origin): the sign-in refuses one that does not.
+                    signin = http.post(f"{base}/web/signin", data={"token": token}, headers={"Origin": base})
+                    async with signin as r:
                         assert r.status == 200, await r.text()
                     times = []
                     for _ in range(args.renders):
