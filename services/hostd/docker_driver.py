@@ -657,10 +657,13 @@ class DockerDriver:
         with self._errors("listing the engine's containers") as client:
             return [str(c["Id"]) for c in client.api.containers(quiet=True)]
 
-    def pid_of(self, container_id: str) -> int:
-        """The container's first process as this machine sees it; 0 when it is not running."""
+    def process_and_log_of(self, container_id: str) -> tuple[int, str]:
+        """The container's first process as this machine sees it (0 when it is not running) and
+        the file its log driver writes its output to ("" for a driver that names none: local,
+        none)."""
         with self._errors(f"inspecting {container_id[:12]}") as client:
-            return int((client.api.inspect_container(container_id).get("State") or {}).get("Pid") or 0)
+            attrs = client.api.inspect_container(container_id)
+        return int((attrs.get("State") or {}).get("Pid") or 0), str(attrs.get("LogPath") or "")
 
     def signal(self, container_id: str, signal: str) -> None:
         """Send `signal` to the container's PID 1 (docker-init hands it to its child); asked

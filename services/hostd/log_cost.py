@@ -11,7 +11,8 @@ So each pool container gets a budget (`LogBudget`): every tick it earns its cap'
 time and is charged what it used itself plus what its output cost outside: its shim's CPU, and
 dockerd's shared out among the engine's containers by their shims' CPU of the last seconds (every
 container of the engine counted, the member's own too, so a chatty container of the member's
-is the member's cost; a shim's first second, its container's start, is not counted; an ended
+is the member's cost; a shim's first second, its container's start, is not counted, nor its CPU
+while its container's log file did not change (`carrying`: the engine asking it); an ended
 container's share decays rather than going at once; and while the shims together carry little,
 dockerd's CPU is charged only in part: `decayed_shares`, START_GRACE_S, CARRYING_FLOOR_S).
 While the budget is spent the container is paused (the engine's
@@ -38,7 +39,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -54,6 +55,7 @@ __all__ = [
     "LogBound",
     "LogBudget",
     "PoolContainers",
+    "carrying",
     "cgroup_cpu_s",
     "cpu_s",
     "decayed_shares",
@@ -116,6 +118,20 @@ def decayed_shares(shares: Mapping[str, float], spent: Mapping[str, float], deca
     for cid, value in spent.items():
         out[cid] = out.get(cid, 0.0) + value
     return {cid: value for cid, value in out.items() if cid in spent or value >= GONE_SHARE_FLOOR_S}
+
+
+def carrying(spent: Mapping[str, float], wrote: Mapping[str, bool]) -> dict[str, float]:
+    """The shims' CPU of a tick (`spent`) that counts towards sharing dockerd's out: none of a
+    container whose log file is known not to have changed in the tick (`wrote` False); pure.
+
+    A shim also works for what the engine asks of its container (each inspect, an exec's
+    start, `docker top`): 2 ms a second under a loop of inspects (measured), as much as a
+    shim carrying a flood of short lines spends. A container that wrote nothing, its shim busy
+    with such requests while dockerd still wrote out what a paused flood had sent, took most of
+    dockerd's CPU as its share and was paused as a flood itself (a full suite's run,
+    2026-12-06: 0.23 of a core charged to `sleep`). Where no log file is seen (a driver that
+    names none, an engine elsewhere) or a session is open, the shim's CPU counts as before."""
+    return {cid: 0.0 if wrote.get(cid) is False else cpu for cid, cpu in spent.items()}
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -197,7 +213,7 @@ class EngineContainers(Protocol):
 
     def running_ids(self) -> list[str]: ...
 
-    def pid_of(self, container_id: str) -> int: ...
+    def process_and_log_of(self, container_id: str) -> tuple[int, str]: ...
 
 
 class PoolContainers(Protocol):
@@ -235,6 +251,8 @@ class LogBound:
         self._share: dict[str, float] = {}  # container id -> its shim's CPU, decaying
         self._seen: dict[str, float] = {}  # container id -> when its shim was first seen
         self._without: set[str] = set()  # running, but no process of it seen: not looked up again
+        self._logs: dict[str, Path] = {}  # container id -> the file its log driver writes
+        self._log_marks: dict[str, tuple[int, int] | None] = {}  # container id -> its (inode, size)
 
     async def run(self) -> None:
         dockerd = await asyncio.to_thread(engine_pid, self.docker_url)
@@ -273,12 +291,14 @@ class LogBound:
         self._without |= set(self.manager.containers.values()) - running
         for container_id in running - set(self._shims) - self._without:
             with contextlib.suppress(DockerDriverError):
-                first = await asyncio.to_thread(driver.pid_of, container_id)
+                first, log_path = await asyncio.to_thread(driver.process_and_log_of, container_id)
                 proc = read_stat(first) if first else None
                 shim = proc.ppid if proc is not None else None
                 if shim:
                     self._shims[container_id], self._first[container_id] = shim, first
                     self._seen[container_id] = time.monotonic()
+                    if log_path:
+                        self._logs[container_id] = Path(log_path)
                 else:  # not running after all, or not visible here: not asked again each tick
                     self._without.add(container_id)
 
@@ -288,6 +308,8 @@ class LogBound:
         self._shims.pop(container_id, None)
         self._first.pop(container_id, None)
         self._seen.pop(container_id, None)
+        self._logs.pop(container_id, None)
+        self._log_marks.pop(container_id, None)
 
     def _delta(self, what: str, key: str, now: float | None) -> float:
         """CPU since the last reading of the same thing; 0 the first time (or once it is gone)."""
@@ -318,6 +340,7 @@ class LogBound:
         spent = {
             cid: self._delta("shim", cid, reading) for cid, reading in readings.items() if reading is not None
         }
+        spent = carrying(spent, self._wrote(spent.keys()))
         # A shim's first second is its container's start, not output: counted, it took a share
         # of what dockerd spent starting other containers meanwhile, and a container that wrote
         # nothing (its shim alone had a share yet) was charged all of it and paused as a flood.
@@ -352,6 +375,26 @@ class LogBound:
         for gone in set(self._budgets) - set(self.manager.containers.values()):
             del self._budgets[gone]
         return engine_now is not None
+
+    def _wrote(self, container_ids: Iterable[str]) -> dict[str, bool]:
+        """Whether each container's log file changed since the last tick (grew, or was rotated),
+        for those whose driver writes one this machine sees and that have no session open (a
+        session's stream goes through the shim and dockerd, never into the log file)."""
+        wrote: dict[str, bool] = {}
+        for cid in container_ids:
+            path = self._logs.get(cid)
+            if path is None or self.manager.in_session(cid):
+                continue
+            try:
+                info = path.stat()
+                mark: tuple[int, int] | None = (info.st_ino, info.st_size)
+            except OSError:
+                mark = None
+            before = self._log_marks.get(cid)
+            self._log_marks[cid] = mark
+            if mark is not None and before is not None:
+                wrote[cid] = mark != before
+        return wrote
 
     def _tell(self, alloc_id: str, cap: float, inside: float, outside: float, elapsed: float) -> None:
         """Logged when a hold begins, at most once a minute per allocation."""

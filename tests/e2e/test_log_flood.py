@@ -16,6 +16,7 @@ import aiohttp
 import docker
 
 from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.user.client import Login
 from tests.e2e.conftest import start_gatewayed, start_laptop, wait_for_status
 from tests.fixtures.pool import Pool, place, release, spec
@@ -94,6 +95,49 @@ async def test_a_container_flooding_its_log_is_paused_while_the_engine_works_pas
         assert quiet["Running"], quiet
         assert not quiet["Paused"], quiet
     finally:
+        client.close()
+
+
+async def test_a_quiet_container_the_engine_keeps_asking_about_is_not_charged_for_anothers_output(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """Tried: a member's own container (not the pool's) writes `yes` on the laptop's engine, so
+    dockerd spends about a core on its output; beside it an allocation capped at 0.2 CPU runs
+    `sleep`, and for 20 s the engine is asked about that allocation's container in a loop (an
+    inspect and a `docker top` at a time, as monitoring tools and hostd itself ask), which keeps
+    its shim busy (2 ms a second measured: as busy as the flood's).
+    Must hold: the allocation's container is never paused, and hostd never logs a hold of it.
+    Before, its shim's CPU counted as output carried, took a third of the shares and with them
+    a third of what dockerd spent on the member's flood (a full run: 0.23 of a core charged to
+    `sleep`, paused as a flood)."""
+    engine = docker_engines[0]
+    laptop = await start_laptop(pool, engine, log_bound=True)
+    since = time.time() - 1
+    client = docker.APIClient(base_url=engine.url)
+    member = client.create_container(
+        DEFAULT_TAG, command=["yes"], host_config=client.create_host_config(network_mode="none")
+    )
+    try:
+        client.start(member)
+        await place(pool.store, laptop.host_id, "asked", spec(cpus=0.2, command=["sleep", "3600"]))
+        await wait_for_status(pool, "asked", "running")
+
+        def ask(seconds: float) -> None:
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:
+                client.inspect_container("potluck-asked")
+                client.top("potluck-asked")
+
+        await asyncio.to_thread(ask, 20)
+        assert _pauses(engine, since, "potluck-asked") == []
+        assert laptop.process is not None
+        assert not [
+            line
+            for line in laptop.process.log_tail(400).splitlines()
+            if "hostd.log_bound_held" in line and '"asked"' in line
+        ]
+    finally:
+        client.remove_container(member, force=True)
         client.close()
 
 

@@ -2,7 +2,14 @@
 
 import math
 
-from potluck.hostd.log_cost import GONE_SHARE_FLOOR_S, SHARE_WINDOW_S, TICK_S, LogBudget, decayed_shares
+from potluck.hostd.log_cost import (
+    GONE_SHARE_FLOOR_S,
+    SHARE_WINDOW_S,
+    TICK_S,
+    LogBudget,
+    carrying,
+    decayed_shares,
+)
 
 
 def test_a_container_within_its_cap_is_never_held_and_cannot_save_up_for_a_burst() -> None:
@@ -47,3 +54,24 @@ def test_what_the_engine_spends_after_a_flood_ended_is_not_charged_to_a_quiet_co
         shares = decayed_shares(shares, {"quiet": 0.0}, decay)
     assert set(shares) == {"quiet"}, shares
     assert shares["quiet"] < GONE_SHARE_FLOOR_S
+
+
+def test_a_shim_busy_with_the_engines_requests_takes_no_share_while_its_log_stands_still() -> None:
+    """Tried: a paused flood's shim using 0.2 ms a tick while dockerd still writes out its output
+    (its log file growing), and a quiet container's shim 1 ms a tick, busy answering the
+    engine's inspects (measured: 2 ms a second under a loop of them), its log file unchanged;
+    then the quiet container writes a line; then a container whose log file is not seen.
+    Before, the quiet shim's CPU counted as output carried: it took most of the shares, and
+    most of what dockerd spent on the flood's output (0.23 of a core in a full run, paused as a
+    flood itself).
+    Must hold: while its log stands still the quiet container's share stays none (the flood's
+    takes all of dockerd's); its CPU counts again the tick its log changed; a shim whose log
+    is not known counts as before."""
+    decay = math.exp(-TICK_S / SHARE_WINDOW_S)
+    shares: dict[str, float] = {}
+    for _ in range(20):
+        spent = carrying({"flood": 0.0002, "quiet": 0.001}, {"flood": True, "quiet": False})
+        shares = decayed_shares(shares, spent, decay)
+        assert shares["quiet"] == 0.0
+    assert carrying({"quiet": 0.001}, {"quiet": True}) == {"quiet": 0.001}
+    assert carrying({"other": 0.001}, {}) == {"other": 0.001}
