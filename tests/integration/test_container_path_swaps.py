@@ -30,7 +30,7 @@ from potluck.hostd.reserved_commands import ArchiveGet, open_reserved
 from potluck.localstack import DockerEngine, build_test_image
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.fixtures.docker import container_spec
-from tests.fixtures.exec_output import EXEC_WAIT_S
+from tests.fixtures.exec_output import EXEC_WAIT_S, ExecOutput
 
 HOST = "host-a"
 #: Reads made while the container swaps: the engine mounting through /etc was caught within
@@ -38,27 +38,6 @@ HOST = "host-a"
 ROUNDS = 150
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2
-
-
-class _Received:
-    """A session's output: its stdout (the tar), its stderr, its end."""
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.err = bytearray()
-        self.ended = asyncio.Event()
-
-    def exec_data(self, data: bytes, stderr: bool) -> None:
-        (self.err if stderr else self.out).extend(data)
-
-    def exec_eof(self) -> None:
-        self.ended.set()
-
-    def exec_pause(self) -> None:
-        pass
-
-    def exec_resume(self) -> None:
-        pass
 
 
 @pytest.fixture
@@ -83,7 +62,7 @@ def _mounts_under(path: Path) -> list[str]:
 
 async def _get(bridge: ExecBridge, alloc_id: str, path: str) -> tuple[int | None, bytes, str]:
     process = await open_reserved(bridge, alloc_id, ArchiveGet(path))
-    received = _Received()
+    received = ExecOutput()
     try:
         process.attach(received)
         process.write_eof()
