@@ -34,6 +34,7 @@ from stat import S_ISSOCK
 from typing import Any
 
 from potluck.localstack.errors import LocalStackError
+from potluck.localstack.proc_stat import stat_fields
 from potluck.localstack.process import ChildProcess
 
 APT_PACKAGES = ["docker.io", "tini", "busybox-static"]
@@ -145,11 +146,8 @@ def _cmdline(pid: int) -> list[str]:
 
 def _alive(pid: int) -> bool:
     """True unless the process is gone or a zombie (dead, waiting for its parent)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
 
 
 def _children(pid: int) -> list[int]:
@@ -157,11 +155,8 @@ def _children(pid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
+        fields = stat_fields(int(entry.name))
+        if fields is not None and int(fields[1]) == pid:
             found.append(int(entry.name))
     return found
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from potluck.localstack.errors import LocalStackError
+from potluck.localstack.proc_stat import stat_fields
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -178,12 +179,8 @@ def listening_pids(port: int) -> set[int] | None:
 
 
 def _parent(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name, in parentheses, may hold spaces and parentheses: read past its last one.
-    return int(stat[stat.rindex(")") + 2 :].split()[1])
+    fields = stat_fields(pid)
+    return None if fields is None else int(fields[1])
 
 
 def descends_from(pid: int, ancestor: int) -> bool:

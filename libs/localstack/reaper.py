@@ -12,26 +12,21 @@ import sys
 import time
 from pathlib import Path
 
+from potluck.localstack.proc_stat import stat_fields
+
 
 def start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 22, counted after the parenthesised command name (which may hold spaces).
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat_fields(pid)
+    # Field 22 of /proc/PID/stat.
+    return None if fields is None else fields[19]
 
 
 def still_runs(pid: int, started: str | None) -> bool:
     """Whether the process that had `started` as its start time runs: not ended, not a zombie
     (one whose parent has not reaped it, or never will where PID 1 reaps nothing), not another
     process under a recycled PID."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    fields = stat.rsplit(")", 1)[1].split()
-    return fields[0] != "Z" and fields[19] == started
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z" and fields[19] == started
 
 
 def record(pid: int) -> None:

@@ -1,0 +1,16 @@
+"""A process's /proc/PID/stat, as the fields after its command name."""
+
+from pathlib import Path
+
+__all__ = ["stat_fields"]
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (index 0 is the state, 1 the parent,
+    19 the start time); None once the process is gone. The name, in parentheses, may hold spaces
+    and parentheses: the fields are read past its last one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
