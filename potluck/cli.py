@@ -414,6 +414,24 @@ def _public_urls(ctx: click.Context, param: click.Parameter, values: tuple[str, 
     help="Changes each user may make at once, before --change-rate holds them back (default 50) "
     "[env: POTLUCK_ALLOCATOR_CHANGE_BURST].",
 )
+@click.option(
+    "--fetch-rate",
+    envvar="POTLUCK_ALLOCATOR_FETCH_RATE",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Reads the allocator must fetch from Postgres or the pool registry (allocations that "
+    "ended before the retention window or never existed, histories, the allocation page, "
+    "the images list) each user may make a second once their burst is spent; past it the API "
+    "answers 429 RATE_LIMITED with Retry-After (default 20) [env: POTLUCK_ALLOCATOR_FETCH_RATE].",
+)
+@click.option(
+    "--fetch-burst",
+    envvar="POTLUCK_ALLOCATOR_FETCH_BURST",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Such reads each user may make at once, before --fetch-rate holds them back "
+    "(default 100) [env: POTLUCK_ALLOCATOR_FETCH_BURST].",
+)
 @retention_option
 def allocator(
     database_url: str,
@@ -428,6 +446,8 @@ def allocator(
     public_urls: tuple[Any, ...],
     change_rate: float | None,
     change_burst: int | None,
+    fetch_rate: float | None,
+    fetch_burst: int | None,
     retention_s: float,
 ) -> None:
     """Run the allocator: the HTTP API, placement, the allocation lifecycle."""
@@ -435,7 +455,7 @@ def allocator(
     from potluck.allocator.pool_registry import PoolRegistry
     from potluck.allocator.registry_tokens import TokenIssuer
     from potluck.allocator.service import AllocatorService, serve_http
-    from potluck.allocator.user_rates import DEFAULT_CHANGE_RATE
+    from potluck.allocator.user_rates import DEFAULT_CHANGE_RATE, DEFAULT_FETCH_RATE
     from potluck.bootstrap import Backends, serve
     from potluck.kernel.key_rates import RatePolicy
     from potluck.kernel.signing_keys import SigningKeyError, load_signing_key
@@ -444,6 +464,10 @@ def allocator(
     changes = RatePolicy(
         per_s=DEFAULT_CHANGE_RATE.per_s if change_rate is None else change_rate,
         burst=DEFAULT_CHANGE_RATE.burst if change_burst is None else change_burst,
+    )
+    fetches = RatePolicy(
+        per_s=DEFAULT_FETCH_RATE.per_s if fetch_rate is None else fetch_rate,
+        burst=DEFAULT_FETCH_RATE.burst if fetch_burst is None else fetch_burst,
     )
     registry = None
     if (registry_token_key is None) != (registry_address is None):
@@ -464,6 +488,7 @@ def allocator(
             freeze_loaded=True,
             pool_registry=registry.address if registry is not None else None,
             retention_s=retention_s,
+            fetch_rate=fetches,
         )
         watch_allocator(pool_metrics(), engine)
         await AllocatorService(store, nc, engine, registry=registry).run(

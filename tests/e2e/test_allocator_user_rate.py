@@ -1,6 +1,7 @@
 """Each user's rate of changes on a real allocator process, set by its --change-rate and
 --change-burst (the pool fixture's `change_rate` marker): past it a user is refused with 429
-and Retry-After, nothing recorded, while another user goes on; after the wait, they go on too."""
+and Retry-After, nothing recorded, while another user goes on; after the wait, they go on too.
+The same for reads the allocator fetches from the log, set by --fetch-rate and --fetch-burst."""
 
 import asyncio
 import os
@@ -112,3 +113,53 @@ async def test_potluck_alloc_rm_of_more_than_the_burst_releases_every_one_at_the
             async with http.get(f"{pool.api}/v1/allocations/{alloc_id}", headers=headers) as r:
                 shown = await r.json()
             assert shown["state"] == "released", shown
+
+
+async def test_the_fetch_rate_is_the_operators_to_set(pool: Pool) -> None:
+    """Tried: the allocator restarted with `--fetch-rate 0.5 --fetch-burst 2` (before, the rate
+    of reads the allocator fetches from Postgres was fixed in code); alice reads three
+    allocation ids that were never made (each a read of the log), then bob reads one; alice
+    waits the Retry-After she was given and reads again. Must hold: her first two are 404
+    NOT_FOUND, her third is 429 RATE_LIMITED with a Retry-After of whole seconds; bob's is his
+    own 404; after the wait hers is a 404 again."""
+    pool.processes["allocator"].stop()
+    pool.start_allocator(port=pool.api_port, options=["--fetch-rate", "0.5", "--fetch-burst", "2"])
+    await pool.wait_api()
+    alice = {"Authorization": f"Bearer {await pool.add_user('alice')}"}
+    bob = {"Authorization": f"Bearer {await pool.add_user('bob')}"}
+    never = [f"a-{n:012x}" for n in range(4)]
+    async with aiohttp.ClientSession() as http:
+
+        async def read(headers: dict[str, str], alloc_id: str) -> tuple[int, dict[str, Any], str | None]:
+            async with http.get(f"{pool.api}/v1/allocations/{alloc_id}", headers=headers) as r:
+                return r.status, await r.json(), r.headers.get("Retry-After")
+
+        for alloc_id in never[:2]:
+            status, answer, _ = await read(alice, alloc_id)
+            assert (status, answer["error"]["code"]) == (404, "NOT_FOUND"), answer
+        status, answer, retry_after = await read(alice, never[2])
+        assert (status, answer["error"]["code"]) == (429, "RATE_LIMITED"), answer
+        assert retry_after is not None
+        assert int(retry_after) >= 1, retry_after
+
+        status, answer, _ = await read(bob, never[3])
+        assert (status, answer["error"]["code"]) == (404, "NOT_FOUND"), answer
+
+        await asyncio.sleep(int(retry_after))
+        status, answer, _ = await read(alice, never[2])
+        assert (status, answer["error"]["code"]) == (404, "NOT_FOUND"), answer
+
+
+def test_a_fetch_rate_or_burst_of_zero_is_refused_at_start() -> None:
+    """Tried: `potluck allocator --fetch-burst 0` and `--fetch-rate 0`. Must hold: each exits
+    with click's usage error (2) naming the option, before it connects to anything."""
+    for option, value in (("--fetch-burst", "0"), ("--fetch-rate", "0")):
+        done = subprocess.run(
+            [sys.executable, "-m", "potluck", "allocator", option, value],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "POTLUCK_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},
+        )
+        assert done.returncode == 2, done.stderr
+        assert option in done.stderr, done.stderr
