@@ -13,7 +13,7 @@ from structlog.testing import LogCapture
 
 from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.host_events import HostRegistered
-from potluck.events import LoggedEvent
+from potluck.events import EventStore, LoggedEvent
 from potluck.kernel.cancellation import cancel_until_done, task_whereabouts
 
 
@@ -68,3 +68,19 @@ def host_registered(**fields: Any) -> HostRegistered:
     """A synthetic host's registration, on the pool's contract: the event's own default is the
     first contract (what a log from before the number means), whose hosts get no work."""
     return HostRegistered(contract=CONTRACT_VERSION, **fields)
+
+
+async def append_raw_row(store: EventStore, stream: str, type_name: str, data: str, metadata: str) -> int:
+    """Log a row as a hand-made INSERT or another writer might, under the store's table lock."""
+    async with store.pool.acquire() as conn, conn.transaction():
+        await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        position = await conn.fetchval(
+            "INSERT INTO events (event_id, stream, version, type, schema_version, data, metadata) "
+            "SELECT gen_random_uuid(), $1::text, coalesce(max(version), 0) + 1, $2, 1, $3::jsonb, "
+            "$4::jsonb FROM events WHERE stream = $1::text RETURNING position",
+            stream,
+            type_name,
+            data,
+            metadata,
+        )
+    return int(position)

@@ -31,6 +31,7 @@ from potluck.events import bus
 from potluck.events.batch_publish import BatchAckTimeout, BatchPublisher
 from potluck.events.bus import TRANSIENT_BUS_ERRORS
 from potluck.events.follower import TRANSIENT_DB_ERRORS, LogFollower
+from potluck.events.publishable import why_unpublishable
 from potluck.events.schema import RecordedEvent
 from potluck.events.store import EventStore
 from potluck.events.tracing import context_from, trace_carrier_of, tracer
@@ -52,6 +53,10 @@ def trace_carrier(record: RecordedEvent) -> dict[str, str]:
     if "traceparent" not in record.metadata_json:
         return {}
     return trace_carrier_of(record.metadata)
+
+
+#: One message as the relay sends it: the event, its subject, data, headers and trace carrier.
+_Outgoing = tuple[RecordedEvent, str, bytes, dict[str, str], dict[str, str]]
 
 
 def relay_headers(record: RecordedEvent, carrier: Mapping[str, str]) -> dict[str, str]:
@@ -98,6 +103,9 @@ class OutboxRelay:
         self.is_leader = False
         self.published = 0
         self.duplicates = 0
+        #: Events never published, for good: see publishable.py.
+        self.skipped = 0
+        self._skipped_through = 0
 
     async def run(self) -> None:
         """Relay until cancelled; survives Postgres and NATS going away and coming back."""
@@ -189,11 +197,41 @@ class OutboxRelay:
             # Closing the session releases the advisory lock.
             await asyncio.shield(conn.close(timeout=2))
 
+    def _publishable(self, batch: Sequence[RecordedEvent], max_payload: int) -> list[_Outgoing]:
+        """The batch's messages, without those no publish could ever carry (publishable.py):
+        each of those is logged with its position and skipped, never retried for ever."""
+        outgoing: list[_Outgoing] = []
+        for record in batch:
+            carrier = trace_carrier(record)
+            subject = bus.event_subject(record)
+            data = record.data_json.encode()
+            headers = relay_headers(record, carrier)
+            why = why_unpublishable(record, data, headers, max_payload)
+            if why is None:
+                outgoing.append((record, subject, data, headers, carrier))
+                continue
+            if record.position <= self._skipped_through:
+                continue  # a batch published again: said once
+            self._skipped_through = record.position
+            self.skipped += 1
+            log.error(
+                "relay.skipped_unpublishable",
+                relay=self.name,
+                position=record.position,
+                stream=record.stream,
+                type=record.type,
+                error=why,
+                skipped_total=self.skipped,
+                hint="the event stays in the log and the services fold it from there; "
+                "no hostd is sent it over the bus",
+            )
+        return outgoing
+
     async def _publish(self, publisher: BatchPublisher, batch: Sequence[RecordedEvent]) -> None:
         started = time.perf_counter()
-        pending = publisher.begin(len(batch))
-        for index, record in enumerate(batch):
-            carrier = trace_carrier(record)
+        outgoing = self._publishable(batch, publisher.nc.max_payload)
+        pending = publisher.begin(len(outgoing))
+        for index, (record, subject, data, headers, carrier) in enumerate(outgoing):
             # The producer span joins the trace of the request that appended the event; an
             # event appended outside any trace gets none (it would only be a trace of its own).
             with (
@@ -206,18 +244,12 @@ class OutboxRelay:
                 if carrier
                 else nullcontext()
             ):
-                await publisher.send(
-                    pending,
-                    index,
-                    bus.event_subject(record),
-                    record.data_json.encode(),
-                    relay_headers(record, carrier),
-                )
+                await publisher.send(pending, index, subject, data, headers)
         try:
             duplicates = await publisher.wait(pending, self.ack_timeout)
         except BatchAckTimeout as exc:
             raise RelayBehind(str(exc)) from None
-        self.published += len(batch)
+        self.published += len(outgoing)
         self.duplicates += duplicates
         log.debug(
             "relay.published",

@@ -279,6 +279,13 @@ class RecordedEvent:
         return (RecordedEvent, self._fields())
 
 
+def readable_metadata(parsed: object) -> JsonDict:
+    """An event's metadata as every reader takes it: a log row's metadata that is not a JSON
+    object (a hand-made row, another writer's) carries nothing this version can read, so none,
+    rather than an error in whichever reader looks at it first (the relay, `ops events show`)."""
+    return parsed if isinstance(parsed, dict) else {}
+
+
 def stream_category(stream: str) -> str:
     """`host-3f2a` -> `host` (streams are named category-id, as in message-db)."""
     return stream.split("-", 1)[0]

@@ -46,7 +46,7 @@ from potluck.events.group_commit import (
     check_versions,
     log_rows,
 )
-from potluck.events.schema import Event, EventRegistry, JsonDict, RecordedEvent, registry
+from potluck.events.schema import Event, EventRegistry, JsonDict, RecordedEvent, readable_metadata, registry
 from potluck.events.tracing import current_trace_carrier, tracer
 
 #: Where appends notify: the trigger of migration 0002 names it too.
@@ -136,8 +136,14 @@ class _LoggedRow(RecordedEvent, asyncpg.Record):
 
     @cached_property
     def metadata(self) -> JsonDict:  # type: ignore[override]
-        parsed: JsonDict = json.loads(self[_METADATA])
-        return parsed
+        return readable_metadata(json.loads(self[_METADATA]))
+
+    @property
+    def metadata_json(self) -> str:
+        # The column's text as it is (the relay copies it into a header), unless readers take
+        # it for none: then as they read it.
+        text = cast(str, self[_METADATA])
+        return text if text.startswith("{") else "{}"
 
     @cached_property
     def event_id(self) -> UUID:  # type: ignore[override]
@@ -171,7 +177,6 @@ class _LoggedRow(RecordedEvent, asyncpg.Record):
 for _index, _name in enumerate(RecordedEvent.__match_args__):
     if _index not in (_METADATA, _EVENT_ID, _RECORDED_AT):
         setattr(_LoggedRow, _name, property(itemgetter(_index)))
-_LoggedRow.metadata_json = property(itemgetter(_METADATA))
 
 
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy

@@ -40,7 +40,7 @@ from opentelemetry.trace import SpanKind
 from potluck.events import bus
 from potluck.events.bus import TRANSIENT_BUS_ERRORS
 from potluck.events.errors import PoisonMessage, SchemaError
-from potluck.events.schema import Event, EventRegistry, registry
+from potluck.events.schema import Event, EventRegistry, readable_metadata, registry
 from potluck.events.tracing import context_from, tracer
 from potluck.kernel.key_rates import KeyRates, RatePolicy
 
@@ -97,7 +97,7 @@ def decoder_for_logged_events(events: EventRegistry = registry) -> Callable[[Msg
             event_id = UUID(headers[bus.H_MSG_ID])
             type_name = headers[bus.H_TYPE]
             schema_version = int(headers.get(bus.H_SCHEMA_VERSION, "1"))
-            metadata = json.loads(headers.get(bus.H_METADATA, "{}"))
+            metadata = readable_metadata(json.loads(headers.get(bus.H_METADATA, "{}")))
         except (KeyError, ValueError) as exc:
             raise PoisonMessage(f"not a logged event: missing or bad header ({exc})") from None
         event = events.decode(type_name, schema_version, msg.data)

@@ -1,6 +1,7 @@
 """The outbox relay on real Postgres and NATS servers."""
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from nats.aio.client import Client as NATS
 from potluck.events import EVENTS_STREAM, EventStore, OutboxRelay, event_subscriber
 from potluck.localstack import NatsServer
 from tests.fixtures.sample_events import HostThingHappened, ThingHappened, sample
-from tests.helpers import Received, stop, wait_until
+from tests.helpers import Received, append_raw_row, stop, wait_until
 
 
 async def test_relay_publishes_the_log_in_order_with_msg_ids(store: EventStore, nc: NATS) -> None:
@@ -126,3 +127,46 @@ async def test_relay_killed_mid_batch_resumes_without_loss_or_duplicates(
     assert max(received.counts.values()) == 1
     assert received.positions == sorted(received.positions)
     assert at >= 2000
+
+
+async def test_a_row_no_publish_can_carry_is_skipped_and_the_relay_goes_on(
+    store: EventStore, nc: NATS
+) -> None:
+    """Tried: rows in the log that no publish could ever carry, ahead of a good event: a routing
+    key with a space, a type with a wildcard, a stream category with a dot, data bigger than
+    nats-server's max_payload; and a row whose metadata is a JSON array, not an object.
+    Must hold: the relay publishes the good event after them (before, it raised on the first and
+    every service running a relay exited into the same row again); the array-metadata row goes
+    out with metadata read as none; the four others are skipped, each counted once."""
+    thing = '{"thing_id": "a", "count": 1}'
+    skipped = [
+        await append_raw_row(store, "host-h1", "HostThingHappened", "{}", '{"routing_key": "h1 h2"}'),
+        await append_raw_row(store, "thing-2", "Thing>Happened", thing, "{}"),
+        await append_raw_row(store, "th.ing-3", "ThingHappened", thing, "{}"),
+        await append_raw_row(
+            store, "thing-4", "ThingHappened", json.dumps({"pad": "x" * (nc.max_payload + 1)}), "{}"
+        ),
+    ]
+    odd_metadata = await append_raw_row(store, "thing-5", "ThingHappened", thing, "[1, 2]")
+    good = await store.append("thing-1", [ThingHappened(thing_id="a", count=2)])
+    relay = OutboxRelay(store, nc.jetstream(), batch_size=3, retry_interval=0.1)
+    task = asyncio.create_task(relay.run())
+    try:
+        await wait_until(
+            lambda: relay.checkpoint >= good[-1].position or task.done(), 20, "the relay past the rows"
+        )
+        assert not task.done(), task.exception()
+        assert relay.checkpoint == good[-1].position
+        assert relay.skipped == len(skipped)
+        js = nc.jetstream()
+        info = await js.stream_info(EVENTS_STREAM)
+        assert info.state.messages == 2
+        first = await js.get_msg(EVENTS_STREAM, seq=1)
+        last = await js.get_msg(EVENTS_STREAM, seq=2)
+        assert first.headers is not None
+        assert last.headers is not None
+        assert int(first.headers["Potluck-Position"]) == odd_metadata
+        assert first.headers["Potluck-Metadata"] == "{}"
+        assert int(last.headers["Potluck-Position"]) == good[-1].position
+    finally:
+        await stop(task)

@@ -16,6 +16,7 @@ from potluck.events import (
     WrongExpectedVersion,
 )
 from tests.fixtures.sample_events import HostThingHappened, ThingHappened, sample
+from tests.helpers import append_raw_row
 
 
 def thing(n: int) -> ThingHappened:
@@ -229,3 +230,19 @@ async def test_migrations_run_once(store: EventStore) -> None:
 async def test_a_stream_may_appear_once_per_append(store: EventStore) -> None:
     with pytest.raises(ValueError, match="once"):
         await store.append_streams([StreamAppend("s-1", [thing(1)]), StreamAppend("s-1", [thing(2)])])
+
+
+async def test_a_rows_metadata_that_is_not_an_object_reads_as_none(store: EventStore) -> None:
+    """Tried: a log row whose metadata is a JSON array (a hand-made INSERT, another writer's row),
+    read back as every reader reads it.
+    Must hold: its metadata is {} and its JSON "{}" (before, the relay, `ops events show` and
+    anything asking `metadata.get(...)` raised on it); an object's text is kept as it is."""
+    odd = await append_raw_row(store, "thing-1", "ThingHappened", '{"thing_id": "a", "count": 1}', "[1, 2]")
+    fine = await append_raw_row(
+        store, "thing-1", "ThingHappened", '{"thing_id": "a", "count": 2}', '{"a": 1}'
+    )
+    records = {r.position: r for r in await store.read_stream("thing-1")}
+    assert records[odd].metadata == {}
+    assert records[odd].metadata_json == "{}"
+    assert records[fine].metadata == {"a": 1}
+    assert records[fine].metadata_json == '{"a": 1}'
