@@ -307,6 +307,14 @@ class HostsView:
             self.hosts[event.host_id] = new
         return new
 
+    def passed_over(self, host_id: str, *, version: int) -> None:
+        """An event of the host's stream that could not be read still took `version`: the host
+        keeps it, as every reader folding that stream does (an append expects it, and `potluck ops
+        replay --check` compares it)."""
+        host = self.hosts.get(host_id)
+        if host is not None and version > host.version:
+            self.hosts[host_id] = changed(host, version=version)
+
     @classmethod
     def rebuild(cls, events: Iterable[tuple[Event, int, int, datetime]]) -> "HostsView":
         """From (event, position, version, recorded_at) tuples in log order."""

@@ -174,9 +174,7 @@ class AllocatorModel:
         _, _, stream_id = record.stream.partition("-")
         match record.category:
             case "host":
-                host = self.hosts.hosts.get(stream_id)
-                if host is not None:
-                    self.hosts.hosts[stream_id] = replace(host, version=record.version)
+                self.hosts.passed_over(stream_id, version=record.version)
             case "capacity":
                 self.ledger.passed_over(stream_id, version=record.version)
             case "alloc":

@@ -42,6 +42,10 @@ class HostsProjection:
     def apply(self, event: Event, record: RecordedEvent) -> None:
         self.view.apply(event, position=record.position, version=record.version, at=record.recorded_at)
 
+    def passed_over(self, record: RecordedEvent) -> None:
+        """A host event the Fold could not read: its version still counts (VersionedProjection)."""
+        self.view.passed_over(record.stream.partition("-")[2], version=record.version)
+
     def caught_up(self, fold: Fold) -> None:
         """The view has folded everything up to the fold's position (the events of other categories too)."""
         self.view.position = max(self.view.position, fold.position)

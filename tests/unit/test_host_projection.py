@@ -18,6 +18,7 @@ from potluck.contracts.host_events import (
     HostResumed,
 )
 from potluck.events import Event, Fold, RecordedEvent
+from potluck.projections import ReadModels
 from potluck.readmodels.hosts import HostsView
 from potluck.registry.projection import HOST_CATEGORIES, HostsProjection, hosts_fold
 from tests.helpers import host_registered
@@ -113,3 +114,18 @@ def test_a_drains_grace_counts_from_its_start_for_a_hostd_that_registers_later()
     assert host.drain_left_s(started - timedelta(seconds=5)) == 60  # a clock behind the log's
     view.apply(HostResumed(host_id="h-1", by="member"), position=3, version=3, at=started)
     assert view.hosts["h-1"].drain_left_s(started) is None
+
+
+def test_a_hosts_last_event_unreadable_still_counts_in_its_version_as_the_replay_has_it() -> None:
+    """Tried: a host stream whose last event cannot be read (a newer writer's type), folded by the
+    registry's projection and by `potluck ops replay`'s models.
+    Must hold: both hold the host at that event's version (before, the registry kept the version
+    before it, and `replay --check` reported a difference on a healthy pool)."""
+    log = the_log()[:3]
+    view = HostsView()
+    hosts_fold(view).apply_all(log)
+    replayed = ReadModels()
+    replayed.fold.apply_all(log)
+    assert view.hosts["h-1"].version == 3
+    assert replayed.hosts.hosts["h-1"].version == 3
+    assert view.hosts["h-1"] == replayed.hosts.hosts["h-1"]
