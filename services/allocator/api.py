@@ -8,7 +8,9 @@ with `Allow`, 408 a body that took too long to arrive (request_bodies.py), 409 c
 415 not JSON (or not UTF-8), 422 impossible, 429 too many failed
 authentications from one address (authentication.py), too many long polls of one user's
 waiting (long_polls.py), a user's changes past their rate or fetches (reads of the log or
-the pool registry) past theirs (user_rates.py), 503 not ready yet.
+the pool registry) past theirs (user_rates.py), 503 not ready yet, or the event log's database
+away (log_outages.py: LOG_UNAVAILABLE, nothing done; OUTCOME_UNKNOWN, a change that may have
+been made), with `Retry-After`.
 Every query parameter is checked whether or not another makes it matter; none may be given
 twice (but the registry token endpoint's `scope`): a second value would go unread; and one the
 endpoint does not take (per the OpenAPI document) is refused, not ignored.
@@ -31,6 +33,7 @@ from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureW
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.http_headers import add_common_headers
 from potluck.allocator.job_schemas import CreateJob, Job, JobList, JobTaskList
+from potluck.allocator.log_outages import log_outage
 from potluck.allocator.long_polls import TooManyWaits, WaitSlots, parse_timeout, while_connected
 from potluck.allocator.openapi import openapi_document
 from potluck.allocator.paging import page_query, task_page_query
@@ -57,6 +60,7 @@ from potluck.allocator.web import setup as setup_pages
 from potluck.allocator.web.log_tail import LogSource
 from potluck.allocator.web.origins import Site
 from potluck.contracts.registry import TOKEN_PATH
+from potluck.events import TRANSIENT_DB_ERRORS
 from potluck.kernel.client_address import client_of
 from potluck.kernel.key_rates import RatePolicy
 from potluck.kernel.rejections import Rejected, new_incident
@@ -108,6 +112,15 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         # `field` names the body's field (ssh_keys, not ssh_keys.2); the message the exact place.
         field = str(first["loc"][0]) if first["loc"] else None
         return error(400, "INVALID_FIELD", f"{path or 'body'}: {first['msg']}", field)
+    except TRANSIENT_DB_ERRORS as exc:
+        outage = log_outage(request.method, exc)
+        assert outage is not None, "every transient database error is an outage of the log"
+        log.warning(
+            "api.log_unavailable", method=request.method, path=request.path, code=outage.code, error=repr(exc)
+        )
+        response = error(outage.status, outage.code, outage.message)
+        response.headers["Retry-After"] = str(outage.retry_after_s)
+        return response
     except web.HTTPException as exc:
         # A page's address is repeated nowhere: a link's author wrote it, needing no token
         # (`/web/Your session expired, sign in at evil.example`), and the answer would say

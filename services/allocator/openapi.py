@@ -51,7 +51,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         422: "Impossible request: more than any host could ever give",
         429: "Too many failed authentications from this address, or (a request with `wait`) "
         f"{MAX_WAITS_PER_USER} of the user's waiting already; see Retry-After",
-        503: "Not ready, or the pool changes too fast to decide: try again",
+        503: "Not ready, the pool changes too fast to decide, or its database is away: try again "
+        "(LOG_UNAVAILABLE), or look first (OUTCOME_UNKNOWN: the change may have been made)",
     }
     return {str(c): {"description": text[c], **_json("ErrorBody")} for c in codes}
 
