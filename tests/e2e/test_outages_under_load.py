@@ -6,6 +6,8 @@ first), never a 500 that blames the allocator.
 """
 
 import asyncio
+import collections
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.localstack.postgres_server import PostgresServer
 from potluck.localstack.test_image import DEFAULT_TAG
-from tests.e2e.test_allocator_concurrency import register_hosts_in_the_log
+from tests.e2e.test_allocator_concurrency import HOSTS, ledger_from_log, register_hosts_in_the_log
 from tests.fixtures.pool import Pool
 
 BODY = {"cpus": 0.1, "memory": "16M", "disk": "16M", "image": DEFAULT_TAG}
@@ -25,17 +27,25 @@ async def burst(
     http: aiohttp.ClientSession, api: str, stop: asyncio.Event
 ) -> list[tuple[str, int, Any, str]]:
     """POSTs, and DELETEs of every other one created, one after another until `stop`:
-    (method, status, body, Retry-After) each."""
+    (method with the allocation's id for a DELETE, status, body, Retry-After) each; status 0
+    when no answer came (the allocator was away)."""
     seen: list[tuple[str, int, Any, str]] = []
     created: list[str] = []
     while not stop.is_set():
-        if len(created) > 1:
-            async with http.delete(f"{api}/v1/allocations/{created.pop(0)}") as r:
-                seen.append(("DELETE", r.status, await r.json(), r.headers.get("Retry-After", "")))
+        try:
+            if len(created) > 1:
+                alloc_id = created.pop(0)
+                async with http.delete(f"{api}/v1/allocations/{alloc_id}") as r:
+                    answer = await r.json()
+                    seen.append((f"DELETE {alloc_id}", r.status, answer, r.headers.get("Retry-After", "")))
+                continue
+            async with http.post(f"{api}/v1/allocations", json=BODY) as r:
+                answer = await r.json()
+                seen.append(("POST", r.status, answer, r.headers.get("Retry-After", "")))
+        except aiohttp.ClientConnectionError as exc:
+            seen.append(("GONE", 0, repr(exc), ""))
+            await asyncio.sleep(0.05)
             continue
-        async with http.post(f"{api}/v1/allocations", json=BODY) as r:
-            answer = await r.json()
-            seen.append(("POST", r.status, answer, r.headers.get("Retry-After", "")))
         if r.status in (201, 202):
             created.append(answer["id"])
         elif r.status == 503:
@@ -110,3 +120,57 @@ async def test_a_postgres_restart_under_a_burst_of_requests_is_a_503_and_loses_n
         assert pool.processes["allocator"].running(), f"the allocator ended:\n{pool.logs()}"
     finally:
         await pool.close()
+
+
+@pytest.mark.change_rate(1000, 1000)
+async def test_an_allocator_killed_under_a_burst_of_requests_keeps_every_answer_it_gave(pool: Pool) -> None:
+    """Tried: three clients of one user send POSTs and DELETEs in a loop; the allocator is
+    killed with SIGKILL in the middle and started again on its port, and they go on.
+    Must hold: every allocation answered 201/202 is in the log and listed after the restart,
+    every DELETE answered 200 is released there; no allocation is placed, or its capacity
+    reserved, more than once; no host holds more than it donated."""
+    await register_hosts_in_the_log(pool)
+    token = await pool.add_user("bob", allocations=10_000, cpus=10_000.0)
+    stop = asyncio.Event()
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}, timeout=timeout) as http:
+        clients = [asyncio.create_task(burst(http, pool.api, stop)) for _ in range(3)]
+        await asyncio.sleep(1.5)
+        pool.processes["allocator"].kill()
+        pool.start_allocator(port=pool.api_port)
+        await pool.wait_api()
+        await asyncio.sleep(1.5)
+        stop.set()
+        seen = [answer for client in clients for answer in await client]
+        assert any(status == 0 for _, status, *_ in seen), "no request met the allocator away"
+        listed: dict[str, str] = {}
+        after: str | None = None
+        while True:
+            query = "?limit=500" + (f"&after={after}" if after else "")
+            async with http.get(f"{pool.api}/v1/allocations{query}") as r:
+                page = await r.json()
+                assert r.status == 200, page
+            listed.update({a["id"]: a["state"] for a in page["allocations"]})
+            after = page["next"]
+            if after is None:
+                break
+
+    assert all(status in (0, 200, 201, 202) for _, status, *_ in seen), [s for s in seen if s[1] >= 300]
+    created = {body["id"] for method, status, body, _ in seen if method == "POST" and status in (201, 202)}
+    released = {
+        method.split()[1] for method, status, *_ in seen if method.startswith("DELETE") and status == 200
+    }
+    assert created <= set(listed), sorted(created - set(listed))
+    assert all(listed[i] == "released" for i in released), {i: listed[i] for i in released}
+
+    placed = collections.Counter[str]()
+    for record in await pool.store.pool.fetch("SELECT stream FROM events WHERE type = 'AllocationPlaced'"):
+        placed[record["stream"]] += 1
+    assert [s for s, n in placed.items() if n > 1] == []
+    reserved = collections.Counter[str]()
+    for record in await pool.store.pool.fetch("SELECT data FROM events WHERE type = 'CapacityReserved'"):
+        reserved[json.loads(record["data"])["alloc_id"]] += 1
+    assert [a for a, n in reserved.items() if n > 1] == []
+    ledger = await ledger_from_log(pool)
+    for host_id, cpus in HOSTS.items():
+        assert ledger.reserved(host_id).cpus <= cpus + 1e-9, (host_id, ledger.reserved(host_id))
