@@ -36,6 +36,21 @@ def _shown_on_a_terminal(
     return event
 
 
+def _trace_ids(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The current span's `trace_id` and `span_id` on the line (hex, as `potluck ops trace` and
+    OTLP viewers show them), so that an operator goes from a log line to its trace. Only when a
+    span is recording: a process that never loaded OpenTelemetry pays a dictionary lookup, and a
+    line logged outside any trace carries neither."""
+    otel = sys.modules.get("opentelemetry.trace")
+    if otel is None or "trace_id" in event:
+        return event
+    context = otel.get_current_span().get_span_context()
+    if context.is_valid:
+        event["trace_id"] = format(context.trace_id, "032x")
+        event["span_id"] = format(context.span_id, "016x")
+    return event
+
+
 def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
     as_json = (not sys.stderr.isatty()) if json is None else json
     # JSON escapes control characters itself; the key=value lines for people need it done.
@@ -48,6 +63,7 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            _trace_ids,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             *renderers,

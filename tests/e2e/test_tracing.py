@@ -410,6 +410,42 @@ async def test_a_pool_keeping_spans_in_a_local_file_shows_the_trace_as_a_tree(
     assert {"potluck-allocator", "potluck-hostd"} <= {r["service"] for r in rows}
 
 
+def _log_lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+async def test_a_log_line_names_the_trace_it_was_written_in(
+    tmp_path: Path, database_url: str, docker_engines: list[DockerEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried: an allocation requested over HTTP on a pool keeping its spans in a local file, then
+    the allocator's and hostd's JSON log lines about it read back.
+    Must hold: the allocator's `allocation.requested` line and hostd's `hostd.container_started`
+    line carry the `trace_id` that `potluck ops trace ALLOC` prints (and a `span_id`), so an
+    operator goes from a log line to its trace; a line logged outside any request
+    (`allocator.listening`) carries none."""
+    spans_file = tmp_path / "traces.jsonl"
+    async with _pool_with(
+        tmp_path / "pool", database_url, docker_engines, monkeypatch, POTLUCK_TRACES_FILE=str(spans_file)
+    ) as pool:
+        host = await _laptop(pool, docker_engines)
+        alloc_id = await allocate(pool)
+        code, out, err = await _ops_trace(database_url, alloc_id, "--spans-file", str(spans_file))
+        assert code == 0, err
+        allocator = _log_lines(pool.workdir / "allocator.log")
+        hostd = _log_lines(pool.workdir / f"hostd-{host.name}.log")
+    trace_id = out.splitlines()[0]
+    [requested] = [
+        e for e in allocator if e["event"] == "allocation.requested" and e.get("alloc_id") == alloc_id
+    ]
+    [started] = [
+        e for e in hostd if e["event"] == "hostd.container_started" and e.get("alloc_id") == alloc_id
+    ]
+    assert (requested.get("trace_id"), started.get("trace_id")) == (trace_id, trace_id), (requested, started)
+    assert len(str(requested["span_id"])) == 16
+    [listening] = [e for e in allocator if e["event"] == "allocator.listening"]
+    assert "trace_id" not in listening
+
+
 async def test_pool_metrics_reach_the_collector(
     traced_pool: Pool, traced_laptop: EnrolledHost, collector: OtlpReceiver
 ) -> None:
