@@ -9,7 +9,7 @@ and reloaded, exactly as `potluck ops hosts enroll` does.
 import asyncio
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,20 +92,24 @@ class LocalPool:
     #: (None: its defaults). Benchmarks and tests that load the allocator as one user raise it.
     change_rate: tuple[float, int] | None = None
 
-    def _potluck(self, name: str, *args: str) -> ChildProcess:
+    def _potluck(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> ChildProcess:
         proc = ChildProcess(
             [sys.executable, "-m", "potluck", "--log-level", self.log_level, *args],
             log_path=self.workdir / f"{name}.log",
+            env=env,
         )
         proc.start()
         self.processes[name] = proc
         return proc
 
+    def _service_env(self) -> dict[str, str]:
+        """The log's URL, which may hold a password, goes to a service in its environment: on its
+        command line every local user would read it (`ps`)."""
+        return {"POTLUCK_DATABASE_URL": self.database_url}
+
     def _service_args(self) -> list[str]:
         replicas = [] if self.stream_replicas is None else ["--stream-replicas", str(self.stream_replicas)]
         return [
-            "--database-url",
-            self.database_url,
             "--nats-url",
             self.nats.url,
             "--nats-seed-file",
@@ -143,6 +147,7 @@ class LocalPool:
                     str(self.connection_caps[1]),
                 ]
             ),
+            env=self._service_env(),
         )
 
     api_port: int = 0
@@ -182,6 +187,7 @@ class LocalPool:
             "--registry-address",
             registry.address,
             *extra,
+            env=self._service_env(),
         )
 
     def _registry_keys(self) -> tuple[Path, Path]:
@@ -345,6 +351,7 @@ class LocalPool:
             tunnel_listen,
             "--state-dir",
             str(self.gateway_state_dir),
+            env=self._service_env(),
         )
 
     @property

@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from potluck.allocator.web.connect import GATEWAY_ADDRESS
+from potluck.kernel.private_files import append_private, write_private
+from potluck.kernel.redacted_urls import redacted
 from potluck.localpool import EnrolledHost, LocalPool
 from potluck.localstack import LocalStackError, PostgresServer
 from potluck.localstack.default_image import ensure_default_image
@@ -164,7 +166,6 @@ async def _reachable(database_url: str) -> None:
     import asyncpg
 
     from potluck.events import EventStore
-    from potluck.kernel.redacted_urls import redacted
 
     try:
         store = await EventStore.open(database_url, min_size=1, max_size=1)
@@ -259,8 +260,7 @@ async def _demo_token(pool: LocalPool) -> str:
     if saved.exists():
         return saved.read_text().strip()
     token = await pool.token_for("demo")
-    saved.touch(mode=0o600)
-    saved.write_text(token)
+    write_private(saved, token)
     return token
 
 
@@ -407,7 +407,8 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             gateway_key=gateway_key,
             notices=notices,
         )
-        (state / READY_FILE).write_text(json.dumps(asdict(ready)))
+        # It holds the demo token and the log's URL (a password, when POTLUCK_DATABASE_URL has one).
+        write_private(state / READY_FILE, json.dumps(asdict(ready)))
         (state / PORTS_FILE).write_text(json.dumps({name: getattr(settings, name) for name in PORT_OPTIONS}))
         on_ready(ready)
         supervisor = Supervisor(say)
@@ -442,7 +443,7 @@ def start_detached(settings: UpSettings, argv: list[str], timeout: float = 600) 
     """Run `potluck up` in the background and wait until it is ready (or failed)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     log = settings.state_dir / "up.log"
-    with log.open("ab") as out:
+    with append_private(log) as out:  # the console: it prints the demo token
         # The log is kept across runs: only what this run writes explains its failure.
         began = out.tell()
         proc = subprocess.Popen(
@@ -505,7 +506,7 @@ def summary(ready: Running) -> list[str]:
         f"web page        {ready.api}/{_unless_browsers_refuse(ready.api)}",
         f"SSH gateway     {ready.ssh}",
         f"NATS            {ready.nats}",
-        f"event log       {ready.database}",
+        f"event log       {redacted(ready.database, 'a database URL')}",
         f"Docker engine   {ready.docker}",
         f"default image   {ready.image}",
         f"image registry  {ready.registry}",

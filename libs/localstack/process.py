@@ -5,7 +5,7 @@ import pwd
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,21 @@ def as_user(user: str | None) -> dict[str, Any]:
 
 
 class ChildProcess:
-    def __init__(self, argv: Sequence[str], *, log_path: Path, user: str | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """`env`: variables set for the child on top of this process's environment. A secret goes
+        there, never in `argv`: any local user reads a process's command line (`ps`,
+        /proc/PID/cmdline), only its owner its environment."""
         self.argv = list(argv)
         self.log_path = log_path
         self.user = user
+        self.env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -50,6 +61,7 @@ class ChildProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env={**os.environ, **self.env} if self.env else None,
                 **as_user(self.user),
             )
         except OSError as exc:

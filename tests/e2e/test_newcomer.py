@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -1044,3 +1046,37 @@ def test_backup_restore_then_up_on_the_restored_log(
         down = potluck("down", env=operator, timeout=300)
     assert down.returncode == 0, down.stdout + down.stderr
     assert processes_mentioning(newcomer["POTLUCK_HOME"]) == []
+
+
+@pytest.mark.slow
+def test_up_on_a_log_with_a_password_keeps_it_and_the_demo_token_from_other_users(
+    newcomer: dict[str, str], postgres_url: str
+) -> None:
+    """Tried: `potluck up --detach` with POTLUCK_DATABASE_URL naming a database with a password
+    in its URL (the operator's quick start exports one), then what any other local user could
+    read: every process's command line (`ps`, /proc/PID/cmdline) and the state directory's files.
+    Must hold: no command line holds the password (the registry, allocator and gateway were
+    started with `--database-url URL`); up.json (the demo token, the URL), up.log (the console,
+    which prints the demo token) and demo.token are 0600 (up.json and up.log were 0644); the
+    console's `event log` line shows the URL with its password as ***."""
+    url = asyncio.run(_fresh_database(postgres_url, f"secret_{os.getpid()}"))
+    parts = urlsplit(url)
+    password = parts.password
+    if password is None:  # the test server trusts loopback: any password is accepted
+        password = "hunter2-" + secrets.token_hex(4)
+        url = urlunsplit(parts._replace(netloc=f"{parts.username}:{password}@{parts.hostname}:{parts.port}"))
+    env = {**newcomer, "POTLUCK_DATABASE_URL": url}
+    state = Path(newcomer["POTLUCK_HOME"])
+    started = potluck("up", "--detach", *all_ports(), env=env, timeout=900)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert processes_mentioning(password) == []
+        assert processes_mentioning(str(state)), "the pool's processes are not running"
+        for name in ("up.json", "up.log", "demo.token"):
+            assert (state / name).stat().st_mode & 0o077 == 0, name
+        [event_log] = [line for line in started.stdout.splitlines() if line.startswith("event log")]
+        assert event_log.split()[-1] == url.replace(f":{password}@", ":***@")
+        assert password not in started.stdout + (state / "up.log").read_text(errors="replace")
+    finally:
+        down = potluck("down", env=env, timeout=180)
+    assert down.returncode == 0, down.stdout + down.stderr
