@@ -218,12 +218,18 @@ class ContainerManager:
         return self.config.placeable().disk_bytes - reserved
 
     async def _docker(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in a thread; what it shows of the engine noted (`_engine_state`). Only a
+        call the engine answered shows it up: one answered from the driver's memory (the
+        engine's facts, read once) would otherwise report a crashed engine back at every disk
+        check, and start a reconciliation against it each time."""
+        before = self.driver.answers()
         try:
             result = await asyncio.to_thread(fn, *args)
         except EngineUnavailable:
             self._engine_state(False, "the Docker engine stopped answering")
             raise
-        self._engine_state(True)
+        if self.driver.answers() != before:
+            self._engine_state(True)
         return result
 
     def _engine_state(self, up: bool, detail: str = "") -> None:

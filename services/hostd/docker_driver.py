@@ -332,6 +332,14 @@ class DockerDriver:
         #: its ledger's (pool_images.py): a member's own image is then, for the pool, absent.
         self.image_gate: Callable[[str, str], bool] | None = None
         self._engine_files_unseen_logged = False
+        #: Calls the engine answered (a refusal is an answer too): see `answers`.
+        self._answers = 0
+
+    def answers(self) -> int:
+        """How many calls the engine has answered so far. A call after which this has not
+        moved never reached the engine (engine_facts' remembered facts, say) and says nothing
+        of whether it is up: hostd tells the pool its engine is back only on a real answer."""
+        return self._answers
 
     # Plumbing: one client made on first use, and every failure translated.
 
@@ -354,8 +362,12 @@ class DockerDriver:
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[docker.DockerClient]:
+        answered = True
         try:
             yield self._api()
+        except EngineUnavailable:
+            answered = False
+            raise
         except docker.errors.ImageNotFound as exc:
             raise ImageNotAvailable(
                 f"{what}: {exc.explanation}; the image is not on the engine at {self.base_url} "
@@ -366,9 +378,14 @@ class DockerDriver:
         except docker.errors.APIError as exc:
             raise DockerDriverError(f"{what}: {exc.explanation or exc}") from exc
         except (requests.RequestException, OSError) as exc:
+            answered = False
             raise self._unavailable(exc) from exc
         except docker.errors.DockerException as exc:
             raise DockerDriverError(f"{what}: {exc}") from exc
+        finally:
+            if answered:
+                with self._lock:
+                    self._answers += 1
 
     def __enter__(self) -> "DockerDriver":
         return self
