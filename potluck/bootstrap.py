@@ -99,6 +99,17 @@ async def serve(name: str, backends: Backends, body: Body) -> None:
             # A non-zero exit: `potluck up`'s supervisor, systemd and compose start it again.
             log.error(f"{name}.bus_gone", error=str(exc))
             raise SystemExit(f"error: {exc}") from None
+        except Exception as exc:
+            # A bug, or a state nothing here expects (a table dropped by hand): one JSON line,
+            # the traceback in its `exception`, as every other line of the log is, rather than
+            # Python's bare traceback across forty lines no log reader parses.
+            log.exception(
+                f"{name}.crashed",
+                error=f"{type(exc).__name__}: {exc}",
+                hint=f"{name} exits with code 1 and its supervisor (`potluck up`, systemd, compose) "
+                "starts it again; if it keeps crashing, this line's exception says where",
+            )
+            raise SystemExit(1) from None
 
     async def start_and_serve(stop: asyncio.Event) -> None:
         async with contextlib.AsyncExitStack() as stack:

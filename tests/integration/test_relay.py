@@ -170,3 +170,28 @@ async def test_a_row_no_publish_can_carry_is_skipped_and_the_relay_goes_on(
         assert int(last.headers["Potluck-Position"]) == good[-1].position
     finally:
         await stop(task)
+
+
+async def test_a_service_that_crashes_says_so_in_one_json_line(
+    store: EventStore, nats_server: NatsServer, database_url: str, tmp_path: Path
+) -> None:
+    """Tried: `potluck relay` (a service as `serve` runs them all) started on a log whose
+    relay_checkpoints table was dropped by hand: a failure nothing in it expects.
+    Must hold: it exits with code 1 and every line of its log is JSON: one `relay.crashed` error
+    naming the exception, its traceback inside the line's `exception` (before, Python's bare
+    traceback was printed across dozens of lines that no log reader parses)."""
+    await store.pool.execute("DROP TABLE relay_checkpoints")
+    log = tmp_path / "relay.log"
+    relay = _start_relay_process(database_url, nats_server.url, log)
+    try:
+        code = await asyncio.to_thread(relay.wait, 60)
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+    said = log.read_text()
+    assert code == 1, said
+    lines = [json.loads(line) for line in said.splitlines()]  # raises on a line that is not JSON
+    [crashed] = [line for line in lines if line["event"] == "relay.crashed"]
+    assert crashed["level"] == "error"
+    assert 'relation "relay_checkpoints" does not exist' in crashed["error"]
+    assert crashed["exception"].startswith("Traceback")
