@@ -174,3 +174,25 @@ async def test_an_allocator_killed_under_a_burst_of_requests_keeps_every_answer_
     ledger = await ledger_from_log(pool)
     for host_id, cpus in HOSTS.items():
         assert ledger.reserved(host_id).cpus <= cpus + 1e-9, (host_id, ledger.reserved(host_id))
+
+
+@pytest.mark.change_rate(1000, 1000)
+async def test_a_nats_restart_under_a_burst_of_requests_changes_no_answer(pool: Pool) -> None:
+    """Tried: three clients of one user send POSTs and DELETEs in a loop while NATS is
+    restarted under the allocator (the log, not the bus, is what a request needs).
+    Must hold: every request succeeds, and every allocation answered 201/202 is in the log."""
+    await register_hosts_in_the_log(pool)
+    token = await pool.add_user("carol", allocations=10_000, cpus=10_000.0)
+    stop = asyncio.Event()
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}, timeout=timeout) as http:
+        clients = [asyncio.create_task(burst(http, pool.api, stop)) for _ in range(3)]
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(pool.nats.restart)
+        await asyncio.sleep(2)
+        stop.set()
+        seen = [answer for client in clients for answer in await client]
+    assert [s for s in seen if s[1] not in (200, 201, 202)] == []
+    created = {body["id"] for method, status, body, _ in seen if method == "POST" and status in (201, 202)}
+    for alloc_id in created:
+        assert await pool.store.read_stream(alloc_stream(alloc_id)), f"{alloc_id} was created, not logged"
