@@ -78,14 +78,24 @@ def database_option(f: F) -> F:
     )(f)
 
 
+#: Seconds an operator's command waits for the event log's Postgres to let it in: one that
+#: accepts and never answers (stopped, overloaded) otherwise held it for asyncpg's 60.
+OPERATOR_CONNECT_TIMEOUT_S = 10.0
+
+
 def unreachable_log(database_url: str, exc: BaseException) -> str:
     """What an operator reads when the event log's Postgres does not answer: the URL (its password
     hidden), why, and what to check."""
     from potluck.kernel.redacted_urls import redacted
     from potluck.up_state import default_state_dir, running
 
+    reason = str(exc) or (
+        f"no answer within {OPERATOR_CONNECT_TIMEOUT_S:g} s"
+        if isinstance(exc, TimeoutError)
+        else type(exc).__name__
+    )
     said = (
-        f"cannot reach the event log at {redacted(database_url, 'the database URL')} ({exc}); "
+        f"cannot reach the event log at {redacted(database_url, 'the database URL')} ({reason}); "
         "check --database-url (or POTLUCK_DATABASE_URL) and that its Postgres runs"
     )
     # The operator's quick start exports a URL that, on the machine of a `potluck up` pool, names

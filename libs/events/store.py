@@ -207,9 +207,17 @@ class EventStore:
         max_size: int = 10,
         events: EventRegistry = registry,
         migrate: bool = True,
+        connect_timeout: float = 60.0,
     ) -> "EventStore":
+        """`connect_timeout`: seconds a new connection may take (a Postgres that accepts and never
+        answers, a stopped one, holds the caller that long); an operator's command waits less."""
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, command_timeout=60, reset=_keep_session
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            command_timeout=60,
+            timeout=connect_timeout,
+            reset=_keep_session,
         )
         store = cls(pool, dsn, events=events)
         if migrate:

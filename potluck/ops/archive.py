@@ -17,7 +17,12 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from potluck.cli_options import FiniteRange, operator_database_option, unreachable_log
+from potluck.cli_options import (
+    OPERATOR_CONNECT_TIMEOUT_S,
+    FiniteRange,
+    operator_database_option,
+    unreachable_log,
+)
 from potluck.events.archive import (
     KEEP_RECENT_S,
     ArchiveError,
@@ -64,7 +69,9 @@ async def _main(
     from potluck.events import EventStore
 
     try:
-        store = await EventStore.open(database_url, min_size=1, max_size=2, migrate=False)
+        store = await EventStore.open(
+            database_url, min_size=1, max_size=2, migrate=False, connect_timeout=OPERATOR_CONNECT_TIMEOUT_S
+        )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise OpsError(unreachable_log(database_url, exc)) from None
     err = Console(stderr=True)

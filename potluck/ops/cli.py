@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from potluck.cli_options import (
+    OPERATOR_CONNECT_TIMEOUT_S,
     FiniteRange,
     nats_options_for,
     operator_database_option,
@@ -70,7 +71,9 @@ def _fail(message: str, code: int = 1) -> None:
 async def _store(database_url: str) -> Any:
     shown = redacted(database_url, "the database URL")
     try:
-        store = await EventStore.open(database_url, min_size=1, max_size=2, migrate=False)
+        store = await EventStore.open(
+            database_url, min_size=1, max_size=2, migrate=False, connect_timeout=OPERATOR_CONNECT_TIMEOUT_S
+        )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise OpsError(unreachable_log(database_url, exc)) from None
     try:

@@ -474,6 +474,35 @@ async def test_bad_input_to_every_command_gets_one_clear_line_and_a_failure(
     assert "has no event log yet" in err
 
 
+async def test_a_database_that_accepts_and_never_answers_is_named_soon(tmp_path: Path) -> None:
+    """Tried: `ops status` and `ops replay` against a Postgres port that accepts connections and
+    never answers (a stopped or wedged server: a listener here that reads nothing back).
+    Must hold: each exits 1 within the `ops` helper's 60 s, saying the log gave no answer (before,
+    each waited asyncpg's 60 s and then said only "cannot reach the event log at URL ()")."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"postgresql://potluck:hunter2@127.0.0.1:{port}/potluck"
+    try:
+        results = await asyncio.gather(
+            ops("status", "--database-url", url), ops("replay", "-q", "--database-url", url)
+        )
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()
+    for code, _out, err in results:
+        assert code == 1, err
+        assert "error: cannot reach the event log at postgresql://potluck:***@" in err, err
+        assert "(no answer within 10 s)" in err, err
+        assert "hunter2" not in err
+        assert "Traceback" not in err, err
+
+
 # --- the compose deployment ----------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[2]
