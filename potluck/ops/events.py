@@ -52,8 +52,11 @@ def summary(record: RecordedEvent, width: int = 100) -> str:
     """The event's data as `key=value` pairs, the ids its stream already names left out."""
     skip = {"alloc_id", "host_id", "session_id", "user"} if record.category in FOLDED_CATEGORIES else set()
     stream_id = record.stream.split("-", 1)[-1]
+    data = record.data
+    if not isinstance(data, dict):  # a hand-made row, another writer's: shown, never a traceback
+        return f"(data is not a JSON object) {_short(data)}"
     parts = []
-    for key, value in record.data.items():
+    for key, value in data.items():
         if key in skip and value == stream_id:
             continue
         if key == "token_sha256":

@@ -32,7 +32,7 @@ from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.ops.live import LiveModel, fetch_allocator
 from tests.e2e.conftest import POTLUCK_OPS, ops, wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool
-from tests.helpers import host_registered
+from tests.helpers import append_raw_row, host_registered
 
 
 class User:
@@ -472,6 +472,31 @@ async def test_bad_input_to_every_command_gets_one_clear_line_and_a_failure(
     got, _, err = await ops("status", "--database-url", admin_url)
     assert got == 1
     assert "has no event log yet" in err
+
+
+async def test_events_tail_and_show_print_a_row_whose_data_is_not_an_object(
+    store: EventStore, database_url: str
+) -> None:
+    """Tried: `ops events show` and `ops events tail` (tables, and --json) on a stream whose rows'
+    data are a JSON string and a JSON array (a hand-made INSERT, another writer's rows): what an
+    operator looks at first when `ops status` lists an unreadable event.
+    Must hold: each exits 0 and prints both rows, saying their data is not a JSON object (before,
+    the tables ended in an AttributeError traceback, the row never shown)."""
+    await append_raw_row(store, "host-h-odd", "HostRegistered", '"just a string"', "{}")
+    await append_raw_row(store, "host-h-odd", "HostRegistered", "[1, 2, 3]", "{}")
+    db = ("--database-url", database_url)
+    for args in (
+        ("events", "show", "host-h-odd", *db),
+        ("events", "tail", "--after", "0", "--count", "2", *db),
+    ):
+        code, out, err = await ops(*args)
+        assert code == 0, (args, err)
+        assert "Traceback" not in err, err
+        assert out.count("(data is not a JSON object)") == 2, (args, out)
+        assert "just a string" in out
+    code, out, err = await ops("events", "tail", "--after", "0", "--count", "2", "--json", *db)
+    assert code == 0, err
+    assert [json.loads(line)["data"] for line in out.splitlines()] == ["just a string", [1, 2, 3]]
 
 
 async def test_a_database_that_accepts_and_never_answers_is_named_soon(tmp_path: Path) -> None:
