@@ -408,7 +408,13 @@ class AllocatorEngine:
         self.fetches.admit(user.name)  # the events are only in the log
         return [
             HistoryEntry(
-                position=r.position, version=r.version, type=r.type, recorded_at=r.recorded_at, data=r.data
+                position=r.position,
+                version=r.version,
+                type=r.type,
+                recorded_at=r.recorded_at,
+                # A row whose data is no JSON object (a hand-made INSERT, another writer's) is
+                # listed with none: it failed the whole answer as the user's INVALID_FIELD.
+                data=r.data if isinstance(r.data, dict) else {},
             )
             for r in await self.store.read_stream(alloc_stream(alloc_id))
         ]

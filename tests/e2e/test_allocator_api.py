@@ -17,6 +17,7 @@ from potluck.user.client import Api as ClientApi
 from potluck.user.client import Login
 from tests.e2e.allocator_api import Api, refused_pages, small
 from tests.fixtures.pool import EnrolledHost, Pool
+from tests.helpers import append_raw_row
 
 
 @pytest.fixture
@@ -72,6 +73,22 @@ async def test_post_runs_a_container_with_exactly_those_limits_and_delete_frees_
         "AllocationRunning",
         "AllocationReleased",
     ]
+
+
+async def test_an_allocations_history_lists_a_row_whose_data_is_not_an_object(pool: Pool, alice: Api) -> None:
+    """Tried: a row in the allocation's stream whose data is a JSON array (a hand-made INSERT,
+    another writer's row), then the user's GET /v1/allocations/ID/events.
+    Must hold: 200 with every event, that row listed by its type with empty data (before, the
+    whole history was a 400 INVALID_FIELD "data: Input should be a valid dictionary", blaming
+    the user for a field they never sent)."""
+    status, created = await alice.call("POST", "/v1/allocations", small())
+    assert status == 201, created
+    odd = await append_raw_row(pool.store, f"alloc-{created['id']}", "AllocationTeleported", "[1, 2]", "{}")
+    status, history = await alice.call("GET", f"/v1/allocations/{created['id']}/events")
+    assert status == 200, history
+    [entry] = [e for e in history["events"] if e["position"] == odd]
+    assert (entry["type"], entry["data"]) == ("AllocationTeleported", {})
+    assert history["events"][0]["type"] == "AllocationRequested"
 
 
 async def test_one_user_cannot_see_or_change_anothers_allocations(alice: Api, bob: Api) -> None:
