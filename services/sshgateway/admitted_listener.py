@@ -4,13 +4,13 @@ asyncssh's own listener starts SSH (sends its banner, then a key exchange)
 on every connection it accepts. This one asks `Admission` first
 (admission.py), so a flood of connections from one address, or too many
 half-open logins, is closed with one line saying why, as OpenSSH does past
-MaxStartups, before any key exchange is spent on it; when the places for
-logins in progress are full, a connection from an address holding fewer of them
-takes the place of the oldest of the address holding the most, which is ended
-(admission.py says why). An admitted connection
-runs SSH (`start_ssh`: the users' port serves it with `asyncssh.run_server`,
-the hosts' port is its client with `asyncssh.run_client`) and holds its
-admission place until it has authenticated or gone.
+MaxStartups, and a DISCONNECT the client prints (early_refusal.py), before any
+key exchange is spent on it; when the places for logins in progress are full, a
+connection from an address holding fewer of them takes the place of the oldest
+of the address holding the most, which is ended (admission.py says why). An
+admitted connection runs SSH (`start_ssh`: the users' port serves it with
+`asyncssh.run_server`, the hosts' port is its client with `asyncssh.run_client`)
+and holds its admission place until it has authenticated or gone.
 
 The hosts' port needs it as much as the users': it must be reachable from
 every member's machine, and asyncssh's reverse listener gave a connection that
@@ -36,6 +36,7 @@ import structlog
 from potluck.kernel.client_address import client_of
 from potluck.sshgateway.admission import Admission
 from potluck.sshgateway.context import GatewayContext
+from potluck.sshgateway.early_refusal import refusal_bytes
 
 __all__ = ["ACCEPTED_FROM", "AdmittedListener"]
 
@@ -51,6 +52,13 @@ _ACCEPT_RETRY_S = 0.1
 #: A flood is refused thousands of times a second: one log line per address per this long.
 _REFUSAL_LOG_EVERY_S = 10.0
 _REFUSAL_LOG_SOURCES = 1000
+#: A refused connection stays open this long, its input read and dropped, so that the client
+#: reads why before it writes again: closed at once, the client's next write (OpenSSH's
+#: KEXINIT) met a reset and it printed "Broken pipe" instead (33 times in 40).
+_LINGER_S = 2.0
+#: Refused connections held open at once (each a descriptor for up to _LINGER_S); past it, a
+#: refused connection is closed at once, as before: a flood does not buy descriptors with it.
+_LINGERING_MAX = 256
 
 
 class AdmittedListener:
@@ -76,6 +84,8 @@ class AdmittedListener:
         #: Tasks whose place admission gave to another connection: not `done` again.
         self._evicted: set[asyncio.Task[None]] = set()
         admission.on_evict = self._evict
+        #: Refused connections still open for their client to read why (_refuse_lingering).
+        self._lingering = 0
 
     @classmethod
     async def start(
@@ -114,7 +124,11 @@ class AdmittedListener:
             refusal = self.admission.admit(source, self._clock())
             if refusal is not None:
                 self._log_refusal(source, refusal)
-                _refuse(conn, refusal)
+                if self._lingering < _LINGERING_MAX:
+                    self._lingering += 1
+                    self._ctx.tasks.start(self._refuse_lingering(conn, refusal))
+                else:
+                    _refuse(conn, refusal)
                 continue
             task = self._ctx.tasks.start(self._serve(conn, source, str(peer[0])))
             self._logging_in.setdefault(source, deque()).append(task)
@@ -163,6 +177,22 @@ class AdmittedListener:
         while len(self._refusals) > _REFUSAL_LOG_SOURCES:
             self._refusals.popitem(last=False)
 
+    async def _refuse_lingering(self, conn: socket.socket, reason: str) -> None:
+        """Say why, then read and drop what the client sends until it closes or _LINGER_S."""
+        loop = asyncio.get_running_loop()
+        try:
+            conn.setblocking(False)
+            await loop.sock_sendall(conn, refusal_bytes(reason))
+            conn.shutdown(socket.SHUT_WR)
+            async with asyncio.timeout(_LINGER_S):
+                while await loop.sock_recv(conn, 4096):
+                    pass
+        except (OSError, TimeoutError):
+            pass  # gone, or slow to go: either way it was told
+        finally:
+            conn.close()
+            self._lingering -= 1
+
     async def _serve(self, conn: socket.socket, source: str, address: str) -> None:
         ACCEPTED_FROM.set(address)
         try:
@@ -177,9 +207,10 @@ class AdmittedListener:
 
 
 def _refuse(conn: socket.socket, reason: str) -> None:
-    """Say why in a line before any banner (RFC 4253 allows such lines; `ssh -v` shows them), close."""
+    """Say why (early_refusal.py), close at once: a client that writes before it reads it
+    may see a reset instead (_refuse_lingering is used while there are places)."""
     with contextlib.suppress(OSError):
-        conn.send(f"potluck: {reason}\r\n".encode())
+        conn.send(refusal_bytes(reason))
         # Unread input (the client's own banner) would turn the close into a reset that can
         # overtake our line: read what is there, then close.
         with contextlib.suppress(BlockingIOError):

@@ -293,3 +293,53 @@ async def test_connections_logging_in_are_capped_per_address_and_a_flood_cannot_
     await asyncio.sleep(0.5)
     reached = await env.ssh("pre1", "echo in", source="127.0.0.106")
     assert reached.out == "in\n", reached.err
+
+
+async def test_a_refused_ssh_login_prints_why_at_the_clients_default_log_level(env: SshEnv) -> None:
+    """Tried: 4 idle connections from one address (all the places it may hold while logging
+    in), then a real `ssh`, `scp` and `sftp` from it at OpenSSH's default log level (INFO).
+    Before: the refusal was a line before the SSH banner, which OpenSSH shows only with `-v`:
+    the user read "kex_exchange_identification: Connection closed by remote host" (or
+    "Broken pipe") and nothing about why. Must hold: each exits 255 and prints the gateway's
+    reason through its DISCONNECT ("Received disconnect ...:12: potluck: too many connections
+    from your address are still logging in; try again in a few seconds"); a raw connection
+    still gets the line first; once the idle ones are gone, `ssh` from there logs in."""
+    source = "127.0.0.121"
+    reason = "potluck: too many connections from your address are still logging in; try again"
+    idle = []
+    try:
+        for _ in range(4):
+            reader, writer = await asyncio.open_connection("127.0.0.1", env.port, local_addr=(source, 0))
+            idle.append(writer)
+            async with asyncio.timeout(5):
+                assert (await reader.readline()).startswith(b"SSH-2.0-")
+        default_level = ("-o", "LogLevel=INFO", "-o", f"BindAddress={source}")
+        refused = await env.ssh("pre1", "echo in", source=source, options=("-o", "LogLevel=INFO"))
+        assert refused.returncode == 255, refused
+        assert "Received disconnect from 127.0.0.1" in refused.err, refused.err
+        assert reason in refused.err, refused.err
+        for tool in ("scp", "sftp"):
+            argv = [tool, *env.openssh_options("alice", default_level, port_flag="-P")]
+            argv += ["pre1@127.0.0.1:/etc/hostname", "/dev/null"] if tool == "scp" else ["pre1@127.0.0.1"]
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"},
+            )
+            async with asyncio.timeout(30):
+                _, err = await proc.communicate()
+            assert proc.returncode != 0, (tool, err)
+            assert reason in err.decode(), (tool, err)
+        raw = await _first_bytes(source, env.port, None, wait=2)
+        assert raw.startswith(reason.encode()), raw
+    finally:
+        for writer in idle:
+            writer.close()
+    for _ in range(50):  # the gateway sees the idle ones close
+        reached = await env.ssh("pre1", "echo in", source=source)
+        if reached.returncode == 0:
+            break
+        await asyncio.sleep(0.2)
+    assert reached.out == "in\n", reached.err
