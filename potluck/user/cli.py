@@ -8,6 +8,7 @@ import asyncio
 import json
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -64,9 +65,18 @@ def bail(exc: ClientError) -> NoReturn:
     sys.exit(int(exc.code))
 
 
-def call_api(method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
+def call_api(
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    timeout: float | None = None,
+    idempotency_key: str | None = None,
+) -> Any:
     try:
-        return asyncio.run(Api(Login.load()).call(method, path, body, timeout=timeout))
+        return asyncio.run(
+            Api(Login.load()).call(method, path, body, timeout=timeout, idempotency_key=idempotency_key)
+        )
     except ClientError as exc:
         bail(exc)
 
@@ -416,7 +426,9 @@ def create(
         body["keep_for"] = keep_for
     if queue_timeout is not None:
         body["queue_timeout"] = queue_timeout
-    created = call_api("POST", "/v1/allocations", body)
+    # One key for every try: an answer lost on its way back, or a database or allocator that
+    # went away meanwhile, is sent again without making a second allocation.
+    created = call_api("POST", "/v1/allocations", body, idempotency_key=str(uuid.uuid4()))
     if quiet:
         # At once: a script keeps the id (to release it) whatever the wait ends with.
         click.echo(created["id"])

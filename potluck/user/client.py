@@ -144,6 +144,11 @@ class Login:
 RETRIED_REFUSALS = frozenset({"RATE_LIMITED", "TOO_MANY_WAITS"})
 #: How long one call waits out such refusals in all before it says so (exit 1).
 RETRY_FOR_S = 120.0
+#: Answers after which a request sent with an Idempotency-Key may be sent again as it is (the
+#: allocator answers it with what the first made, never a second: services/allocator's
+#: idempotency.py): the log's database away, a change whose outcome is unknown, a pool too
+#: busy to decide, the key's first request still being decided.
+RETRIED_WITH_A_KEY = frozenset({"LOG_UNAVAILABLE", "OUTCOME_UNKNOWN", "BUSY", "IDEMPOTENCY_KEY_IN_USE"})
 
 
 class _Refused(ClientError):
@@ -170,13 +175,23 @@ class Api:
         self.timeout = timeout
         self.retry_for_s = retry_for_s
 
-    async def call(self, method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
         """The API's answer to one request; a ClientError saying what to do when there is none.
 
         A refusal that did nothing and names when to try again (RETRIED_REFUSALS) is waited
         out, as the allocator's Retry-After says, for up to `retry_for_s` in all: `potluck
         alloc rm` of a hundred ids, or a script's loop, goes through at the user's rate rather
-        than stopping halfway."""
+        than stopping halfway. With `idempotency_key` (sent as Idempotency-Key) so are the
+        answers in RETRIED_WITH_A_KEY and a connection the allocator closed before answering
+        (killed or restarted under it): sent again, the request cannot make a second one."""
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Refused),
             wait=_waits_as_told,
@@ -185,12 +200,20 @@ class Api:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._call_once(method, path, body, timeout=timeout)
+                return await self._call_once(
+                    method, path, body, timeout=timeout, idempotency_key=idempotency_key
+                )
         raise AssertionError("unreachable: tenacity reraises the last refusal")
 
-    async def _call_once(self, method: str, path: str, body: Any, *, timeout: float | None) -> Any:
+    async def _call_once(
+        self, method: str, path: str, body: Any, *, timeout: float | None, idempotency_key: str | None = None
+    ) -> Any:
         url = self.login.url + path
         headers = {"Authorization": f"Bearer {self.login.token}"}
+        retried = RETRIED_REFUSALS
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+            retried = RETRIED_REFUSALS | RETRIED_WITH_A_KEY
         client_timeout = aiohttp.ClientTimeout(total=(timeout or self.timeout) + 5)
         try:
             async with (
@@ -209,10 +232,22 @@ class Api:
                     code = ExitCode.USAGE if response.status == 401 else ExitCode.REFUSED
                     hint = "; run `potluck login` with a valid token" if response.status == 401 else ""
                     message = f"{error['message']}{where}{hint}"
-                    if response.status == 429 and error.get("code") in RETRIED_REFUSALS:
+                    if response.status in (409, 429, 503) and error.get("code") in retried:
                         raise _Refused(message, api_code=error["code"], retry_after_s=_retry_after(response))
                     raise ClientError(message, code, api_code=error.get("code"))
                 return answer
+        except aiohttp.ServerDisconnectedError:
+            if idempotency_key is None:
+                raise ClientError(
+                    f"the allocator at {self.login.url} closed the connection before answering; "
+                    "look (`potluck alloc ls`) before sending it again",
+                    ExitCode.UNREACHABLE,
+                ) from None
+            raise _Refused(
+                f"the allocator at {self.login.url} closed the connection before answering",
+                api_code="DISCONNECTED",
+                retry_after_s=1.0,
+            ) from None
         except aiohttp.ClientConnectionError as exc:
             raise ClientError(
                 f"cannot reach the allocator at {self.login.url} ({exc}); is the pool up? "

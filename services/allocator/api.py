@@ -29,6 +29,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from potluck.allocator import idempotency
 from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureWindow, as_given
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.http_headers import add_common_headers
@@ -415,8 +416,12 @@ async def create(request: web.Request) -> web.Response:
     registry = request.app.get(POOL_REGISTRY)
     if registry is not None:
         registry.check_image(_user(request).name, body.image)
-    state = await request.app[ENGINE].request_allocation(_user(request), body)
-    return ok(_shown(request, state), 201 if state.status != "pending" else 202)
+    key = idempotency.parse_key(request.headers.getall(idempotency.HEADER, []))
+    made = await request.app[ENGINE].request_allocation(_user(request), body, idempotency_key=key)
+    response = ok(_shown(request, made.state), 201 if made.state.status != "pending" else 202)
+    if made.replayed:
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+    return response
 
 
 async def listing(request: web.Request) -> web.Response:

@@ -33,7 +33,7 @@ import gc
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 
@@ -48,6 +48,7 @@ from potluck.allocator.decisions import (
     request_appends,
     requested,
 )
+from potluck.allocator.idempotency import keyed_alloc_id, replayed
 from potluck.allocator.in_flight import InFlight, InFlightRequests
 from potluck.allocator.job_decisions import (
     attempt_request,
@@ -109,6 +110,14 @@ _KEPT = tuple(f.name for f in fields(AllocatorModel) if f.name != "placement")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class Requested(NamedTuple):
+    """What a request for an allocation got: the allocation, and whether an earlier request
+    with the same Idempotency-Key had made it (idempotency.py)."""
+
+    state: AllocationState
+    replayed: bool
 
 
 def _not_yours(alloc_id: str) -> Rejected:
@@ -424,11 +433,36 @@ class AllocatorEngine:
 
     # Users' commands.
 
-    async def request_allocation(self, user: User, body: CreateAllocation) -> AllocationState:
-        alloc_id = new_alloc_id()
+    async def request_allocation(
+        self, user: User, body: CreateAllocation, *, idempotency_key: str | None = None
+    ) -> Requested:
+        """A new allocation, or with `idempotency_key` the one an earlier request with the same
+        key made (idempotency.py): its id is the key's, so the log holds at most one."""
+        alloc_id = new_alloc_id() if idempotency_key is None else keyed_alloc_id(user.name, idempotency_key)
         request = requested(user.name, alloc_id, body)
+        tries = 0
+        earlier: list[AllocationState] = []
+
+        async def made_already() -> AllocationState | None:
+            """The allocation of an earlier request with this key: in memory, or after an
+            append lost to its stream (ended long ago, retention.py), in the log."""
+            state = self.allocations.allocations.get(alloc_id)
+            if state is None and tries > 1:
+                state = await stored_allocation(self.store, alloc_id)
+            if state is None and self.in_flight.get(alloc_id) is not None:
+                raise Rejected(
+                    "IDEMPOTENCY_KEY_IN_USE",
+                    "a request with this Idempotency-Key is being decided; look again in a moment",
+                    status=409,
+                )
+            return state
 
         async def attempt() -> AllocationState:
+            nonlocal tries
+            tries += 1
+            if idempotency_key is not None and (state := await made_already()) is not None:
+                earlier.append(replayed(state, request))
+                return state
             async with self.placing:
                 outlook = self.outlook()
                 decision = outlook.place(request, self.strategy)
@@ -452,6 +486,9 @@ class AllocatorEngine:
             return self.allocations.allocations[alloc_id]
 
         state = await self.decided_on_the_whole_log(attempt)
+        if earlier:
+            log.info("allocation.request_replayed", alloc_id=alloc_id, user=user.name, status=state.status)
+            return Requested(state, replayed=True)
         log.info(
             "allocation.requested",
             alloc_id=alloc_id,
@@ -459,7 +496,7 @@ class AllocatorEngine:
             status=state.status,
             host_id=state.host_id,
         )
-        return state
+        return Requested(state, replayed=False)
 
     def _landed_or_not(self, alloc_id: str, outcome: "asyncio.Future[list[RecordedEvent]]") -> None:
         # A failed append no longer counts; one that landed counts until the fold takes it in.

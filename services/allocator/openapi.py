@@ -37,6 +37,20 @@ def _json(name: str) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": _ref(name)}}}
 
 
+#: POST /v1/allocations' `Idempotency-Key` (idempotency.py).
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Your own id for this request (a UUID): sent again with the same key, as after "
+    "a lost answer or a 503 OUTCOME_UNKNOWN, the request is answered with the allocation the "
+    "first one made (header `Idempotent-Replayed: true`), never a second one; the same key with "
+    "another request is a 422 IDEMPOTENCY_KEY_REUSED, one whose first request is still being "
+    "decided a 409 IDEMPOTENCY_KEY_IN_USE",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:~+/=-]{1,255}$"},
+}
+
+
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Malformed request",
@@ -45,10 +59,11 @@ def _errors(*codes: int) -> dict[str, Any]:
         "image in another user's namespace of the pool registry",
         404: "No such allocation or job (or not yours), or no image registry in this pool",
         408: f"The body did not arrive within {BODY_READ_S:g} s",
-        409: "Conflict",
+        409: "Conflict (on a create: IDEMPOTENCY_KEY_IN_USE, the key's first request is still being decided)",
         413: "Body larger than 256 KiB",
         415: "Not JSON",
-        422: "Impossible request: more than any host could ever give",
+        422: "Impossible request: more than any host could ever give (or IDEMPOTENCY_KEY_REUSED: "
+        "the Idempotency-Key was sent with another request)",
         429: "Too many failed authentications from this address, or (a request with `wait`) "
         f"{MAX_WAITS_PER_USER} of the user's waiting already; see Retry-After",
         503: "Not ready, the pool changes too fast to decide, or its database is away: try again "
@@ -193,6 +208,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "operationId": "createAllocation",
                     "security": auth,
+                    "parameters": [_IDEMPOTENCY_KEY],
                     "requestBody": {"required": True, **_json("CreateAllocation")},
                     "responses": {
                         "201": {"description": "Placed", **_json("Allocation"), "links": _LINKS},
@@ -201,7 +217,7 @@ def openapi_document() -> dict[str, Any]:
                             **_json("Allocation"),
                             "links": _LINKS,
                         },
-                        **_authenticated(400, 403, 408, 413, 415, 422, 503, changes=True),
+                        **_authenticated(400, 403, 408, 409, 413, 415, 422, 503, changes=True),
                     },
                 },
                 "get": {

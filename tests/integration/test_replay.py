@@ -149,7 +149,7 @@ async def request(engine: AllocatorEngine, user: User, cpus: float, **extra: Any
     body = CreateAllocation.model_validate(
         {"cpus": cpus, "memory": 256 * MIB, "disk": GIB, "image": "potluck-test:1", "lifetime": 3600, **extra}
     )
-    state = await engine.request_allocation(user, body)
+    state = (await engine.request_allocation(user, body)).state
     return state.alloc_id
 
 

@@ -1,0 +1,79 @@
+"""`Idempotency-Key` on POST /v1/allocations: a request sent again is one allocation. Pure.
+
+A create that meets the log's database lost while it is recorded (log_outages.py's
+OUTCOME_UNKNOWN), an allocator killed under it, or a connection cut before the answer came
+back, leaves the client not knowing whether its allocation was made; sent again blindly it
+could be made twice, each held against the user's quota and a member's machine. With the
+header (as Stripe's API and the IETF's draft-ietf-httpapi-idempotency-key-header have it) the
+allocation's id is derived from the user and the key, so the log itself decides: the first
+request appends the id's stream at version 0, and any later one with the same key finds it
+there (or loses the append to it) and is answered with that allocation, marked
+`Idempotent-Replayed: true`, never a second one. Nothing is kept besides the log: a key is
+never forgotten, even after its allocation has ended and left the allocator's memory.
+
+The same key with a different request is refused (422 IDEMPOTENCY_KEY_REUSED) rather than
+answered with an allocation that is not what was asked; one whose first request is still
+being decided is a 409 IDEMPOTENCY_KEY_IN_USE (look again in a moment). A key is the user's
+own: another user's same key names another allocation.
+"""
+
+import hashlib
+import re
+
+from potluck.contracts.allocation_events import AllocationRequested
+from potluck.kernel.rejections import Rejected
+from potluck.readmodels.allocations import AllocationState
+
+__all__ = ["HEADER", "REPLAYED_HEADER", "keyed_alloc_id", "parse_key", "replayed"]
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+#: A UUID, a ULID, a hash, a job runner's "run-41:step-3": what clients send, and nothing that
+#: would need escaping where the key is shown back.
+_KEY = re.compile(r"[A-Za-z0-9._:~+/=-]{1,255}")
+
+
+def parse_key(values: list[str]) -> str | None:
+    """The request's key (its `Idempotency-Key` headers' values), None when it sent none. A
+    structured-field string (`"..."`, as the IETF draft writes it) is taken without its quotes."""
+    if not values:
+        return None
+    if len(values) > 1:
+        raise Rejected.invalid_field(HEADER, f"send one {HEADER} header, not {len(values)}")
+    key = values[0].strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not _KEY.fullmatch(key):
+        raise Rejected.invalid_field(
+            HEADER,
+            f"{HEADER} must be 1 to 255 letters, digits or ._:~+/=- (a UUID is a good one)",
+        )
+    return key
+
+
+def keyed_alloc_id(user: str, key: str) -> str:
+    """The allocation id `user`'s `key` names: `a-` and 12 hex digits, as every id (new_alloc_id)."""
+    digest = hashlib.sha256(f"potluck-allocation\0{user}\0{key}".encode()).hexdigest()
+    return f"a-{digest[:12]}"
+
+
+def replayed(state: AllocationState, request: AllocationRequested) -> AllocationState:
+    """`state`, the allocation an earlier request with the same key made, as the answer to
+    `request`: refused when it is another user's (an id collision: 48 bits) or another request."""
+    if state.user != request.user:
+        raise Rejected(
+            "IDEMPOTENCY_KEY_IN_USE",
+            f"send another {HEADER}: this one names an allocation in use",
+            status=409,
+        )
+    asked = (request.spec, request.lifetime_s, request.constraints, request.queue_timeout_s)
+    made = (state.spec, state.lifetime_s, state.constraints, state.queue_timeout_s)
+    if asked != made:
+        raise Rejected(
+            "IDEMPOTENCY_KEY_REUSED",
+            f"this {HEADER} was sent with another request, which made allocation {state.alloc_id}; "
+            "send a new key for a new request",
+            field=HEADER,
+            status=422,
+        )
+    return state

@@ -1,0 +1,182 @@
+"""POST /v1/allocations with an Idempotency-Key, on a real allocator and Postgres: a request
+sent again (its answer lost, the log's database away, the allocator killed under it) is one
+allocation, never two (services/allocator/idempotency.py)."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from potluck.contracts.allocation_events import alloc_stream
+from potluck.contracts.capacity import Capacity
+from potluck.contracts.engine import EngineFacts
+from potluck.contracts.host_events import HostEnrolled
+from potluck.localstack.postgres_server import PostgresServer
+from potluck.localstack.test_image import DEFAULT_TAG
+from potluck.user.client import Login
+from tests.fixtures.pool import Pool
+from tests.helpers import host_registered
+
+BODY = {"cpus": 0.5, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG, "command": ["sleep", "60"]}
+FACTS = EngineFacts(version="test", cgroup_version="2", storage_driver="overlay2", disk_quota_supported=False)
+
+
+async def _host_in_the_log(pool: Pool) -> None:
+    """A host as the registry records it; no hostd runs, so what is placed on it stays placed."""
+    pool.processes["registry"].stop()  # no liveness checks: this host never beats
+    donated = Capacity(cpus=8, memory_bytes=8 << 30, disk_bytes=8 << 30)
+    events = [
+        HostEnrolled(host_id="h-keyed", name="h-keyed", nkey="UNUSED"),
+        host_registered(host_id="h-keyed", donated=donated, engine=FACTS, hostd_version="test"),
+    ]
+    await pool.store.append("host-h-keyed", events, expected_version=0)
+
+
+async def _create(
+    http: aiohttp.ClientSession, pool: Pool, token: str, key: str | None, body: dict[str, Any] = BODY
+) -> tuple[int, dict[str, Any], str | None]:
+    headers = {"Authorization": f"Bearer {token}"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    async with http.post(f"{pool.api}/v1/allocations", json=body, headers=headers) as r:
+        return r.status, await r.json(), r.headers.get("Idempotent-Replayed")
+
+
+async def _ids(http: aiohttp.ClientSession, pool: Pool, token: str) -> list[str]:
+    async with http.get(f"{pool.api}/v1/allocations", headers={"Authorization": f"Bearer {token}"}) as r:
+        assert r.status == 200, await r.text()
+        return [a["id"] for a in (await r.json())["allocations"]]
+
+
+async def test_a_request_sent_again_with_its_key_is_answered_with_the_one_allocation(pool: Pool) -> None:
+    """Tried: alice creates with a key, then sends the same request with the same key again,
+    then the same key with another request (more memory), then bob sends alice's key; then
+    alice sends ten requests with a new key at once. Before: every POST was a new allocation.
+    Must hold: the second answer is the first's allocation (same id, `Idempotent-Replayed:
+    true`, the first has no such header) and her list holds one; the log holds one request for
+    it; another request with her key is 422 IDEMPOTENCY_KEY_REUSED naming that allocation and
+    appends nothing; bob's is an allocation of his own; of the ten at once, each is that one
+    allocation (201, or 409 IDEMPOTENCY_KEY_IN_USE while the first is decided) and her list
+    grows by exactly one."""
+    await _host_in_the_log(pool)
+    alice = await pool.add_user("alice")
+    bob = await pool.add_user("bob")
+    key = str(uuid.uuid4())
+    async with aiohttp.ClientSession() as http:
+        status, first, replayed = await _create(http, pool, alice, key)
+        assert status == 201, first
+        assert replayed is None
+        status, again, replayed = await _create(http, pool, alice, key)
+        assert status == 201, again
+        assert replayed == "true"
+        assert again["id"] == first["id"]
+        assert await _ids(http, pool, alice) == [first["id"]]
+        types = [r.type for r in await pool.store.read_stream(alloc_stream(first["id"]))]
+        assert types.count("AllocationRequested") == 1, types
+
+        head = await pool.store.head_position()
+        status, answer, _ = await _create(http, pool, alice, key, {**BODY, "memory": "128M"})
+        assert status == 422, answer
+        assert answer["error"]["code"] == "IDEMPOTENCY_KEY_REUSED", answer
+        assert first["id"] in answer["error"]["message"], answer
+        assert await pool.store.head_position() == head
+
+        status, bobs, replayed = await _create(http, pool, bob, key)
+        assert status == 201, bobs
+        assert replayed is None
+        assert bobs["id"] != first["id"]
+
+        burst_key = str(uuid.uuid4())
+        answers = await asyncio.gather(*(_create(http, pool, alice, burst_key) for _ in range(10)))
+        made = {a["id"] for status, a, _ in answers if status == 201}
+        refused = [a["error"]["code"] for status, a, _ in answers if status != 201]
+        assert len(made) == 1, answers
+        assert set(refused) <= {"IDEMPOTENCY_KEY_IN_USE"}, answers
+        assert sorted(await _ids(http, pool, alice)) == sorted([first["id"], *made])
+
+
+async def test_a_key_whose_allocation_ended_and_left_memory_still_names_it(pool: Pool) -> None:
+    """Tried: the allocator restarted with `--retention 1s`; alice creates with a key and
+    releases it; once it has left her list (an event logged 1.5 s later moves the log's clock;
+    the allocator then keeps only the log's copy), she sends the same request with the same
+    key. Then malformed keys: empty, with a space, 256 characters, two headers. Must hold: the
+    answer is that allocation, released, marked replayed, and nothing new is in her list; each
+    malformed key is a 400 INVALID_FIELD naming the header, and nothing is appended."""
+    await _host_in_the_log(pool)
+    pool.processes["allocator"].stop()
+    pool.start_allocator(port=pool.api_port, options=["--retention", "1s"])
+    await pool.wait_api()
+    alice = await pool.add_user("alice")
+    headers = {"Authorization": f"Bearer {alice}"}
+    key = str(uuid.uuid4())
+    async with aiohttp.ClientSession() as http:
+        status, first, _ = await _create(http, pool, alice, key)
+        assert status == 201, first
+        async with http.delete(f"{pool.api}/v1/allocations/{first['id']}", headers=headers) as r:
+            assert r.status == 200, await r.text()
+        await asyncio.sleep(1.5)
+        await pool.add_user("later")  # the log's clock moves on (a quiet log retires nothing)
+        for _ in range(100):
+            if not await _ids(http, pool, alice):
+                break
+            await asyncio.sleep(0.2)
+        assert await _ids(http, pool, alice) == []
+
+        status, again, replayed = await _create(http, pool, alice, key)
+        assert status == 201, again
+        assert (again["id"], again["state"], replayed) == (first["id"], "released", "true")
+        assert await _ids(http, pool, alice) == []
+
+        head = await pool.store.head_position()
+        for bad in ("", "a b", "k" * 256):
+            status, answer, _ = await _create(http, pool, alice, bad)
+            assert status == 400, (bad, answer)
+            assert answer["error"]["field"] == "Idempotency-Key", answer
+        twice = [("Authorization", f"Bearer {alice}"), ("Idempotency-Key", "one"), ("Idempotency-Key", "two")]
+        async with http.post(f"{pool.api}/v1/allocations", json=BODY, headers=twice) as r:
+            answer = await r.json()
+            assert r.status == 400, answer
+            assert answer["error"]["field"] == "Idempotency-Key", answer
+        assert await pool.store.head_position() == head
+
+
+async def test_potluck_alloc_create_rides_out_the_log_away_and_makes_one_allocation(
+    tmp_path: Path, own_postgres: PostgresServer
+) -> None:
+    """Tried: the log's Postgres stopped, `potluck alloc create --json` started (its requests
+    meet 503 LOG_UNAVAILABLE, or a connection lost mid-append: OUTCOME_UNKNOWN), and Postgres
+    started again 4 s later. Before: the command failed at the first 503 ("the allocator
+    failed"), and sending it again by hand could make a second allocation. Must hold: the
+    command exits 0 with the allocation it made, and the user holds exactly that one."""
+    pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
+    try:
+        await pool.start_central_services()
+        await _host_in_the_log(pool)
+        token = await pool.add_user("alice")
+        config = tmp_path / "config.toml"
+        Login(pool.api, token).save(config)
+        env = {**os.environ, "POTLUCK_CONFIG": str(config)}
+        async with aiohttp.ClientSession() as http:
+            assert await _ids(http, pool, token) == []  # the allocator knows her token (folded)
+        await asyncio.to_thread(own_postgres.stop)
+        argv = [sys.executable, "-m", "potluck", "alloc", "create", "--json", "--cpus", "0.5"]
+        argv += ["--memory", "64M", "--disk", "64M", "--image", DEFAULT_TAG, "--", "sleep", "60"]
+        creating = asyncio.create_task(
+            asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, env=env, timeout=150)
+        )
+        await asyncio.sleep(4)
+        assert not creating.done(), creating.result()
+        await asyncio.to_thread(own_postgres.start)
+        done = await creating
+        assert done.returncode == 0, done.stderr + pool.logs()
+        made = json.loads(done.stdout)
+        async with aiohttp.ClientSession() as http:
+            assert await _ids(http, pool, token) == [made["id"]]
+    finally:
+        await pool.close()
