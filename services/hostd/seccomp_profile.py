@@ -18,15 +18,25 @@ ones in `DENIED`, which say why, and the few allowed only with some arguments
 (`_conditional_rules`). Any other syscall, one added to Linux later among them, fails with
 EPERM, as under Docker's profile; clone3 fails with ENOSYS, so that the C library falls back
 to clone, whose namespace flags can be checked (clone3 passes them in memory a filter cannot
-read); a netlink socket of the kernel's device events (`NETLINK_KOBJECT_UEVENT`) fails with
-EPERM. A syscall the machine's libseccomp does not know is left out by the runtime, so
+read); inotify_init and inotify_init1 fail with ENOSYS (`AS_IF_ABSENT`), as on a kernel built
+without inotify, so that what can do without it falls back to reading again (`tail -f`, file
+watchers that poll); a netlink socket of the kernel's device events (`NETLINK_KOBJECT_UEVENT`)
+fails with EPERM. A syscall the machine's libseccomp does not know is left out by the runtime, so
 denied.
 """
 
 import json
 from typing import Any
 
-__all__ = ["DENIED", "KNOWN", "NETLINK_KOBJECT_UEVENT", "PROFILE", "SOCKET_FAMILIES", "profile"]
+__all__ = [
+    "AS_IF_ABSENT",
+    "DENIED",
+    "KNOWN",
+    "NETLINK_KOBJECT_UEVENT",
+    "PROFILE",
+    "SOCKET_FAMILIES",
+    "profile",
+]
 
 EPERM = 1
 ENOSYS = 38
@@ -88,7 +98,21 @@ DENIED: dict[str, str] = {
         "security-module and mount-table interfaces no container needs",
     ),
     "socketcall": "i386's multiplexer of socket calls, whose address family a filter cannot read",
+    **dict.fromkeys(
+        ("inotify_init", "inotify_init1"),
+        "inotify instances: the kernel counts them for each user of the machine, 128 in all by "
+        "default (fs.inotify.max_user_instances), and a container's count is its user's of the "
+        "machine, and with userns-remap the engine's root's too (the owner of the container's "
+        "user namespace), whichever user runs in it, and no limit of the container's bounds it. "
+        "Found: a container's root, on an engine with userns-remap as on one without, held all "
+        "128 of the machine's root's, and the machine's root was then refused one (EMFILE): "
+        "what systemd, udev and the member's other daemons watch their files with",
+    ),
 }  # fmt: skip
+
+#: Denied (in DENIED) with ENOSYS, as a kernel built without them answers, rather than the EPERM
+#: of the rest: programs that can do without them look for that answer.
+AS_IF_ABSENT = ("inotify_init", "inotify_init1")
 
 #: Every syscall name the profile decides on (see the module docstring).
 KNOWN: tuple[str, ...] = (
@@ -207,6 +231,7 @@ def _conditional_rules() -> list[dict[str, Any]]:
             "args": [{"index": 0, "value": CLONE_NAMESPACES, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}],
         },
         {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
+        {"names": list(AS_IF_ABSENT), "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
         {"names": ["socketpair"], "action": "SCMP_ACT_ALLOW", "args": [eq(0, 1)]},
     ]
     rules += [

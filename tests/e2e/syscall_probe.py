@@ -5,7 +5,7 @@ that no compiler is needed where the tests run."""
 
 import struct
 
-__all__ = ["probe", "probe_i386"]
+__all__ = ["holder", "probe", "probe_i386"]
 
 _BASE = 0x400000
 _HEADERS = 64 + 56  # the ELF header and its one program header
@@ -64,3 +64,20 @@ def _elf(code: bytes) -> bytes:
     )  # fmt: skip
     program = struct.pack("<IIQQQQQQ", 1, 5, 0, _BASE, _BASE, size, size, 0x1000)
     return elf + program + code
+
+
+def holder(number: int, times: int) -> bytes:
+    """The program: syscall `number` (its first argument 0) `times` times, keeping whatever each
+    gives (a file descriptor), then pause() until killed: what holds a per-user count of the
+    kernel's for as long as the test looks."""
+    code = (
+        _mov32(3, times)  # mov ebx, times (the syscall instruction leaves rbx alone)
+        + _mov32(0, number) + _mov(7, 0)  # again: mov eax, number; mov rdi, 0
+        + b"\x0f\x05"  # syscall
+        + b"\xff\xcb"  # dec ebx
+        + b"\x75\xee"  # jnz again (back 18 bytes)
+        + _mov32(0, 34)  # pause: mov eax, 34 (pause)
+        + b"\x0f\x05"  # syscall
+        + b"\xeb\xf7"  # jmp pause (back 9 bytes)
+    )  # fmt: skip
+    return _elf(code)

@@ -1,7 +1,9 @@
 """Limits that hold: what a placed container tries, and what must stop it."""
 
 import asyncio
+import ctypes
 import io
+import os
 import tarfile
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +29,7 @@ from potluck.hostd.seccomp_profile import PROFILE as SECCOMP_PROFILE
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG, import_rootfs, rootfs_tarball
 from tests.e2e.conftest import start_laptop, wait_for_status
-from tests.e2e.syscall_probe import probe, probe_i386
+from tests.e2e.syscall_probe import holder, probe, probe_i386
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 
 VOLUME_IMAGE = "potluck-volume:1"
@@ -518,6 +520,62 @@ async def test_a_container_cannot_listen_to_the_members_device_events(
         interfaces = driver.exec_run(cid, ["ip", "addr"], user="1000:1000")
         assert interfaces.exit_code == 0, interfaces.output
         assert b"127.0.0.1" in interfaces.output, interfaces.output
+
+
+def _machine_inotify_errno() -> int:
+    """What this machine's user (the tests' own, root where the engines run rootful) gets asking
+    for an inotify instance: 0 when it gets one (closed again), else the errno."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(0)
+    if fd < 0:
+        return ctypes.get_errno()
+    os.close(fd)
+    return 0
+
+
+async def test_a_container_cannot_take_the_machines_inotify_instances(
+    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine]
+) -> None:
+    """Found: the kernel counts inotify instances per user of the machine (128 in all by
+    default), and a container's count is its user's of the machine (its root is the machine's
+    root; on an engine with userns-remap it is the engine's root, the owner of the container's
+    user namespace, as well): a container's root held all 128, and the machine's root was then
+    refused one (EMFILE), on a remapped engine as on this one. Tried: in a placed container, a
+    static program asking for an inotify instance 200 times and holding what it got, as its
+    root; then static probes of inotify_init and inotify_init1, through the 64-bit and the i386
+    syscall tables, as its root and as uid 1000 (a session's user). Must hold: the holder got
+    none, and while it waits this machine's user (the engine's root here) still gets an
+    instance; every probe fails with ENOSYS (as on a kernel without inotify, which `tail -f`
+    and polling file watchers fall back from)."""
+    enosys = 38
+    probes = {
+        "init_64": probe(253),
+        "init1_64": probe(294, 0),
+        "init_i386": probe_i386(291),
+        "init1_i386": probe_i386(332, 0),
+    }
+    async with _running(pool, laptop, docker_engines[0], "inotify", spec()) as (driver, cid):
+        client = docker.DockerClient(base_url=docker_engines[0].url)
+        try:
+            assert client.api.put_archive(cid, "/", _programs({**probes, "holder": holder(294, 200)}))
+            started = client.api.exec_create(cid, ["/probe/holder"])
+            client.api.exec_start(started["Id"], detach=True)
+        finally:
+            client.close()
+        # Paused (syscall 34) once it has asked 200 times; whatever it got, it holds.
+        paused = ["sh", "-c", "grep -q '^34 ' /proc/$(pidof holder)/syscall"]
+        deadline = time.monotonic() + 30
+        while driver.exec_run(cid, paused).exit_code != 0:
+            assert time.monotonic() < deadline, "the holder never paused"
+            await asyncio.sleep(0.2)
+        held = driver.exec_run(cid, ["sh", "-c", "ls -l /proc/$(pidof holder)/fd | grep -c inotify"])
+        assert held.output.decode().strip() == "0", held.output
+        assert _machine_inotify_errno() == 0
+        for user in ("1000:1000", ""):
+            errno_of = {
+                name: driver.exec_run(cid, [f"/probe/{name}"], user=user).exit_code for name in probes
+            }
+            assert errno_of == dict.fromkeys(probes, enosys), user
 
 
 def _programs(programs: dict[str, bytes]) -> bytes:

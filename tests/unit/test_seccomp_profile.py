@@ -3,6 +3,7 @@
 import json
 
 from potluck.hostd.seccomp_profile import (
+    AS_IF_ABSENT,
     DENIED,
     KNOWN,
     NETLINK_KOBJECT_UEVENT,
@@ -81,3 +82,17 @@ def test_netlink_sockets_of_any_protocol_but_the_machines_device_events() -> Non
     assert [args for args in rules if args is not netlink] == [
         [{"index": 0, "value": f, "valueTwo": 0, "op": "SCMP_CMP_EQ"}] for f in (1, 2, 10)
     ]
+
+
+def test_inotify_instances_are_refused_as_if_the_kernel_had_none() -> None:
+    """Tried: the rules naming inotify_init and inotify_init1 (the kernel counts their instances
+    per user of the machine, a container's as its root's). Must hold: neither is allowed; both
+    get ENOSYS, the answer of a kernel without inotify, not the default EPERM; adding a watch
+    (which needs an instance) stays allowed."""
+    assert set(AS_IF_ABSENT) == {"inotify_init", "inotify_init1"}
+    assert set(AS_IF_ABSENT) <= DENIED.keys()
+    assert not _allowed_unconditionally() & set(AS_IF_ABSENT)
+    assert {"names": sorted(AS_IF_ABSENT), "action": "SCMP_ACT_ERRNO", "errnoRet": 38} in [
+        {**rule, "names": sorted(rule["names"])} for rule in profile()["syscalls"]
+    ]
+    assert "inotify_add_watch" in _allowed_unconditionally()
