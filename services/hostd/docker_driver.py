@@ -458,7 +458,9 @@ class DockerDriver:
                 )  # fmt: skip
             except docker.errors.APIError:
                 return False
-            probe.remove(force=True)
+            # With its anonymous volumes: an image's VOLUME lines (images[0] is any image the
+            # engine holds) make them at create, with the image's files at that path copied in.
+            probe.remove(v=True, force=True)
             return True
 
     def pull(self, image: str) -> None:
@@ -519,7 +521,7 @@ class DockerDriver:
                 try:
                     container.start()
                 except docker.errors.APIError:
-                    container.remove(force=True)
+                    container.remove(v=True, force=True)
                     raise
                 container.reload()
             self._lower_pool_weight(container.attrs)
@@ -644,13 +646,21 @@ class DockerDriver:
 
     def remove(self, container_id: str) -> None:
         """Kill and remove, with the allocation's own network (named in the container's network
-        mode after the container itself, never in a label); a container already gone is fine."""
+        mode after the container itself, never in a label) and its anonymous volumes; a
+        container already gone is fine.
+
+        No container of ours should have a volume (an image's VOLUME is refused before anything
+        is made from it, and a mount of one refused when its limits are read back), but the
+        image is read by name before the container is created by name, and the name may move
+        in between (a pull of it for another allocation): the engine then makes an anonymous
+        volume, with the image's files at that path copied in, outside the container's disk
+        bound, and keeps it after the container unless it goes with it."""
         with (
             contextlib.suppress(ContainerNotFound),
             self._errors(f"removing {container_id[:12]}") as client,
         ):
             network = own_network(client.api.inspect_container(container_id))
-            client.api.remove_container(container_id, force=True)
+            client.api.remove_container(container_id, v=True, force=True)
             if network is not None:
                 # A network left behind holds nothing and the next run() of the allocation reuses it.
                 with contextlib.suppress(docker.errors.APIError):

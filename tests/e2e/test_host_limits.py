@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import docker
+import pytest
 
 from potluck.contracts.allocation_events import AllocationSpec
 from potluck.hostd.container_config import (
@@ -24,15 +25,17 @@ from potluck.hostd.container_config import (
     SIGPENDING,
     create_kwargs,
 )
-from potluck.hostd.docker_driver import DockerDriver, create_container
+from potluck.hostd.docker_driver import DockerDriver, LimitsNotApplied, create_container
 from potluck.hostd.seccomp_profile import PROFILE as SECCOMP_PROFILE
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG, import_rootfs, rootfs_tarball
 from tests.e2e.conftest import start_laptop, wait_for_status
 from tests.e2e.syscall_probe import holder, probe, probe_i386
+from tests.fixtures.docker import container_spec
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 
 VOLUME_IMAGE = "potluck-volume:1"
+VOLUME_FILES_IMAGE = "potluck-volume-files:1"
 HEALTHCHECK_IMAGE = "potluck-healthcheck:1"
 WORKDIR_IMAGE = "potluck-workdir:1"
 
@@ -311,6 +314,42 @@ async def test_files_processes_syscalls_and_volumes_are_bounded_before_anything_
         assert "volume" not in {c.allocation_id for c in driver.list_managed(host.host_id)}
     finally:
         driver.close()
+        client.close()
+
+
+def test_a_container_with_an_anonymous_volume_takes_it_along_when_hostd_removes_it(
+    docker_driver: DockerDriver, docker_engines: list[DockerEngine]
+) -> None:
+    """An image's VOLUME is refused from the image's inspect, but hostd creates the container by
+    the image's name afterwards, and the name may have moved meanwhile (a pull of the same name,
+    for another allocation, from a registry answering it with another image): the engine then
+    makes an anonymous volume, copying the image's files at that path into it, outside the
+    container's layer and its disk bound. Tried: containers of an allocation made from an image
+    whose VOLUME holds files (its /bin), as such a race would make them; hostd's read-back of
+    the limits of one (which refuses it, its mounts not ours, and removes it), and hostd's
+    removal of the other (a release). Must hold: both are gone, and the engine holds no volume
+    it did not hold before (the engine keeps a container's anonymous volumes unless they are
+    removed with it, for ever, on the member's disk)."""
+    engine = docker_engines[0]
+    import_rootfs(
+        engine.url, rootfs_tarball(), VOLUME_FILES_IMAGE, changes=["VOLUME /bin", 'CMD ["/bin/sh"]']
+    )
+    client = docker.DockerClient(base_url=engine.url)
+    try:
+        volumes_before = {v.name for v in client.volumes.list()}
+        made = []
+        for alloc_id in ("volume-checked", "volume-released"):
+            wanted = container_spec(VOLUME_FILES_IMAGE, "laptop-volumes", allocation_id=alloc_id)
+            kwargs = create_kwargs(wanted, disk_quota=False, hardware=docker_driver.hardware())
+            made.append((wanted, create_container(client, kwargs).id or ""))
+        assert len({v.name for v in client.volumes.list()} - volumes_before) == 2
+        (checked, checked_id), (_, released_id) = made
+        with pytest.raises(LimitsNotApplied):
+            docker_driver.verify_limits(checked_id, checked)
+        docker_driver.remove(released_id)
+        assert not {checked_id, released_id} & {c.id for c in client.containers.list(all=True)}
+        assert {v.name for v in client.volumes.list()} == volumes_before
+    finally:
         client.close()
 
 
