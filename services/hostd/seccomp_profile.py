@@ -21,8 +21,10 @@ to clone, whose namespace flags can be checked (clone3 passes them in memory a f
 read); inotify_init and inotify_init1 fail with ENOSYS (`AS_IF_ABSENT`), as on a kernel built
 without inotify, so that what can do without it falls back to reading again (`tail -f`, file
 watchers that poll); a netlink socket of the kernel's device events (`NETLINK_KOBJECT_UEVENT`)
-fails with EPERM. A syscall the machine's libseccomp does not know is left out by the runtime, so
-denied.
+fails with EPERM; so does fallocate() with KEEP_SIZE, unless it punches a hole: the disk guard
+counts the bytes files say they hold (disk_bound.py), and KEEP_SIZE allocates the member's disk
+past the end of a file that says it holds nothing. A syscall the machine's libseccomp does not
+know is left out by the runtime, so denied.
 """
 
 import json
@@ -210,7 +212,11 @@ CLONE_NAMESPACES = 0x7E020000
 #: personality() values programs use: Linux, with UNAME26, with ADDR_NO_RANDOMIZE (gdb, setarch),
 #: both, and 0xffffffff (the query).
 PERSONALITIES = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
-_CONDITIONAL = ("clone", "clone3", "personality", "socket", "socketpair")
+#: fallocate()'s mode flag that allocates blocks past the end of the file, its size unchanged.
+FALLOC_FL_KEEP_SIZE = 0x01
+#: ... and the one mode with it that is let through: freeing blocks (a hole), never allocating.
+FALLOC_FL_PUNCH_HOLE = 0x02
+_CONDITIONAL = ("clone", "clone3", "fallocate", "personality", "socket", "socketpair")
 
 
 def _conditional_rules() -> list[dict[str, Any]]:
@@ -233,6 +239,18 @@ def _conditional_rules() -> list[dict[str, Any]]:
         {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
         {"names": list(AS_IF_ABSENT), "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
         {"names": ["socketpair"], "action": "SCMP_ACT_ALLOW", "args": [eq(0, 1)]},
+        # fallocate only in modes that allocate nothing past the file's end, its size the
+        # blocks' (any mode without KEEP_SIZE), or that free blocks (PUNCH_HOLE | KEEP_SIZE).
+        {
+            "names": ["fallocate"],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [{"index": 1, "value": FALLOC_FL_KEEP_SIZE, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}],
+        },
+        {
+            "names": ["fallocate"],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [eq(1, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)],
+        },
     ]
     rules += [
         {"names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [eq(0, p)]} for p in PERSONALITIES

@@ -200,6 +200,33 @@ async def test_filling_the_members_disk_with_empty_directories_and_files_stops_t
     assert "files and directories" in state.detail, state.detail
 
 
+async def test_a_container_cannot_allocate_disk_past_the_end_of_its_files(
+    pool: Pool, docker_engines: list[DockerEngine], default_image: str
+) -> None:
+    """Found: the disk guard counts what the layer's files say they hold (the engine's SizeRw,
+    their sizes), and fallocate's KEEP_SIZE allocates blocks past a file's end, its size still 0:
+    a container with a 64 MiB bound took 200 MiB of the member's disk (`fallocate -n`) and ran
+    on, measured at 0 bytes, through several rounds of the guard. Tried: in a placed container
+    of that bound, util-linux's `fallocate -n` (KEEP_SIZE) and `fallocate -z -n` (ZERO_RANGE with
+    it) of 200 MiB on an empty file; then, on another file, a plain fallocate of 1 MiB and a
+    punched hole over it (PUNCH_HOLE | KEEP_SIZE). Must hold: the first two are refused
+    (EPERM, Potluck's seccomp profile) and the empty file holds no block; the plain allocation
+    (which shows in the file's size) and the hole are let through."""
+    host = await start_laptop(pool, docker_engines[0], "fallocate-host", allowed_images=[default_image])
+    wanted = spec(image=default_image, disk=64 << 20)
+    async with _running(pool, host, docker_engines[0], "fallocate", wanted) as (driver, cid):
+        for flags in ("-n", "-z -n"):
+            kept = driver.exec_run(cid, ["sh", "-c", f"touch /blob && fallocate {flags} -l 200M /blob"])
+            assert kept.exit_code != 0, (flags, kept.output)
+            assert b"Operation not permitted" in kept.output, (flags, kept.output)
+            blocks = driver.exec_run(cid, ["stat", "-c", "%s %b", "/blob"])
+            assert blocks.output.decode().split() == ["0", "0"], (flags, blocks.output)
+        plain = driver.exec_run(cid, ["sh", "-c", "fallocate -l 1M /plain && stat -c %s /plain"])
+        assert (plain.exit_code, plain.output.decode().strip()) == (0, str(1 << 20)), plain.output
+        punched = driver.exec_run(cid, ["sh", "-c", "fallocate -p -o 0 -l 1M /plain && stat -c %b /plain"])
+        assert (punched.exit_code, punched.output.decode().strip()) == (0, "0"), punched.output
+
+
 async def test_an_images_health_check_is_not_run_by_the_members_engine(
     pool: Pool, docker_engines: list[DockerEngine]
 ) -> None:

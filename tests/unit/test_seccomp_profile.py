@@ -34,7 +34,14 @@ def test_what_no_container_may_call_is_never_allowed_and_the_rest_of_the_kernels
     never = ("io_uring_setup", "io_uring_enter", "keyctl", "unshare", "setns", "mount", "bpf",
              "perf_event_open", "userfaultfd", "open_by_handle_at", "socketcall", "kexec_load")  # fmt: skip
     assert set(never) <= DENIED.keys()
-    assert set(KNOWN) - DENIED.keys() - allowed == {"clone", "clone3", "personality", "socket", "socketpair"}
+    assert set(KNOWN) - DENIED.keys() - allowed == {
+        "clone",
+        "clone3",
+        "fallocate",
+        "personality",
+        "socket",
+        "socketpair",
+    }
     for name in (
         "read",
         "write",
@@ -96,3 +103,25 @@ def test_inotify_instances_are_refused_as_if_the_kernel_had_none() -> None:
         {**rule, "names": sorted(rule["names"])} for rule in profile()["syscalls"]
     ]
     assert "inotify_add_watch" in _allowed_unconditionally()
+
+
+def test_fallocate_never_allocates_past_a_files_end() -> None:
+    """Tried: the rules allowing fallocate(), read as the runtime reads them. Must hold: a mode
+    is allowed when it has no KEEP_SIZE (its allocation shows in the file's size, which the disk
+    guard counts), or is exactly PUNCH_HOLE | KEEP_SIZE (freeing blocks); KEEP_SIZE alone, or
+    with ZERO_RANGE, matches no rule, so gets the default, EPERM."""
+    keep_size, punch_hole, zero_range = 0x01, 0x02, 0x10
+    rules = [rule["args"] for rule in profile()["syscalls"] if rule["names"] == ["fallocate"]]
+    assert all(len(args) == 1 and args[0]["index"] == 1 for args in rules)
+
+    def allowed(mode: int) -> bool:
+        for [arg] in rules:
+            if arg["op"] == "SCMP_CMP_MASKED_EQ" and mode & arg["value"] == arg["valueTwo"]:
+                return True
+            if arg["op"] == "SCMP_CMP_EQ" and mode == arg["value"]:
+                return True
+        return False
+
+    assert [allowed(m) for m in (0, zero_range, punch_hole | keep_size)] == [True] * 3
+    assert [allowed(m) for m in (keep_size, zero_range | keep_size)] == [False] * 2
+    assert {rule["op"] for [rule] in rules} == {"SCMP_CMP_MASKED_EQ", "SCMP_CMP_EQ"}
