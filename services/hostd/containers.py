@@ -1192,6 +1192,9 @@ class ContainerManager:
         if layer or needs_layer_measured(engine_quota=facts.disk_quota_supported, outside=outside):
             written = await self._docker(self.driver.writable_layer_bytes, container_id)
         if not facts.disk_quota_supported:
+            # Files deleted while held open are on the disk and in no walk of the layer; a quota
+            # counts their blocks itself (held_files.py).
+            written += await self._docker(self.driver.deleted_held_bytes, container_id)
             # The engine's SizeRw leaves out directories and empty files; a quota counts their
             # blocks itself (disk_bound.py).
             entries = await self._layer_entries(alloc_id, container_id, written, outside, spec)

@@ -62,6 +62,7 @@ from potluck.hostd.container_config import (
 )
 from potluck.hostd.disk_bound import OUTSIDE_LAYER_FILES
 from potluck.hostd.docker_sdk import docker, requests
+from potluck.hostd.held_files import container_held_bytes
 from potluck.hostd.helper import KEEP_ALIVE, find_helper
 from potluck.hostd.pool_weight import cgroup_parent, lower_parent_weight
 
@@ -729,6 +730,14 @@ class DockerDriver:
             if not found:
                 raise ContainerNotFound(f"measuring {container_id[:12]}: no such container")
             return int(found[0].get("SizeRw") or 0)
+
+    def deleted_held_bytes(self, container_id: str) -> int:
+        """Bytes on disk of the files the container deleted and its processes still hold open,
+        which no walk of its layer finds (held_files.py); 0 for an engine not on this machine,
+        whose processes hostd does not see."""
+        if not self.base_url.startswith("unix://"):
+            return 0
+        return container_held_bytes(container_id)
 
     def layer_entries(self, container_id: str, most: int) -> int:
         """How many files, directories, links and whiteouts the container's writable layer holds

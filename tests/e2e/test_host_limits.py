@@ -180,6 +180,28 @@ async def test_a_steady_writer_is_caught_past_its_bound_between_two_rounds_of_th
     assert state.reason == "disk_limit_exceeded"
 
 
+async def test_files_deleted_and_held_open_count_against_the_disk_bound(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """Found: the disk guard walks the container's layer, and a file removed while a process
+    holds it open is in no directory, its blocks still taken on the member's disk: a container
+    with a 64 MiB bound wrote five files of 40 MiB, removing each after writing it, its shell
+    holding them all open, and ran on at 0 bytes, holding 200 MiB (nothing kept it from filling
+    the disk so). Tried: the same, the disk checked every 2 s. Must hold: the allocation fails
+    with disk_limit_exceeded (the blocks of deleted files its processes hold count)."""
+    timing = {"heartbeat_interval_s": pool.liveness[0], "disk_check_interval_s": 2}
+    host = await start_laptop(pool, docker_engines[0], "held-files-host", timing=timing)
+    hold = (
+        'for n in 3 4 5 6 7; do eval "exec $n>/big$n"; '
+        "dd if=/dev/zero bs=1M count=40 of=/big$n conv=notrunc 2>/dev/null; rm /big$n; done; sleep 3600"
+    )
+    await place(pool.store, host.host_id, "held", spec(disk=64 << 20, command=["sh", "-c", hold]))
+    await wait_for_status(pool, "held", "failed", timeout=90)
+    state = await allocation(pool.store, "held")
+    assert state is not None
+    assert state.reason == "disk_limit_exceeded"
+
+
 async def test_filling_the_members_disk_with_empty_directories_and_files_stops_the_container(
     pool: Pool, laptop: EnrolledHost
 ) -> None:
