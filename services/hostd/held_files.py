@@ -6,7 +6,7 @@ no walk finds it, yet its blocks stay taken on the member's disk until the last 
 found, a container with a 64 MiB bound wrote five files of 40 MiB, removing each after writing it
 with its descriptor kept open, and ran on measured at 0 bytes, holding 200 MiB, and could have
 gone on to fill the disk. So the guard also counts the blocks of every deleted regular file a
-process of the container holds open (`held_bytes`), each file once, whatever holds it.
+process of the container holds open or maps (`held_bytes`), each file once, whatever holds it.
 
 Files of the container's memory file systems (/dev, /dev/shm, memfd) are left out: they are
 memory, which the container's memory limit bounds. Read from /proc (`container_held_bytes`), so
@@ -59,13 +59,19 @@ def held_bytes(files: Iterable[HeldFile]) -> int:
 
 
 def _held_by(pid: int) -> Iterable[HeldFile]:
-    fd_dir = Path(f"/proc/{pid}/fd")
+    """What the process holds: its descriptors, and the files it maps (a file mapped, closed
+    and removed is held by the mapping alone)."""
+    yield from _targets(Path(f"/proc/{pid}/fd"))
+    yield from _targets(Path(f"/proc/{pid}/map_files"))
+
+
+def _targets(directory: Path) -> Iterable[HeldFile]:
     try:
-        names = os.listdir(fd_dir)
+        names = os.listdir(directory)
     except OSError:
         return
     for name in names:
-        path = fd_dir / name
+        path = directory / name
         try:
             target = os.readlink(path)
             st = os.stat(path)

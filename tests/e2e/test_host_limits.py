@@ -202,6 +202,45 @@ async def test_files_deleted_and_held_open_count_against_the_disk_bound(
     assert state.reason == "disk_limit_exceeded"
 
 
+# The C library's mmap: Python's mmap object keeps a descriptor of its own.
+MAP_AND_REMOVE = """
+import ctypes, mmap, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+c = ctypes
+libc.mmap.argtypes = [c.c_void_p, c.c_size_t, c.c_int, c.c_int, c.c_int, c.c_long]
+for n in range(5):
+    fd = os.open(f"/big{n}", os.O_RDWR | os.O_CREAT)
+    os.write(fd, bytes(40 << 20))
+    assert libc.mmap(None, 40 << 20, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0) not in (None, 2**64 - 1)
+    os.close(fd)
+    os.unlink(f"/big{n}")
+print("held", flush=True)
+time.sleep(3600)
+"""
+
+
+async def test_files_deleted_and_held_by_a_mapping_alone_count_against_the_disk_bound(
+    pool: Pool, docker_engines: list[DockerEngine], default_image: str
+) -> None:
+    """Tried: a container with a 64 MiB bound writes five files of 40 MiB, maps each, closes
+    it and removes it: no descriptor and no directory holds them, the process's mappings do,
+    and their blocks stay taken on the member's disk. Must hold: the allocation fails with
+    disk_limit_exceeded (the blocks of deleted files its processes map count)."""
+    timing = {"heartbeat_interval_s": pool.liveness[0], "disk_check_interval_s": 2}
+    host = await start_laptop(
+        pool, docker_engines[0], "mapped-files-host", timing=timing, allowed_images=[default_image]
+    )
+    wanted = spec(
+        image=default_image, disk=64 << 20, memory=256 << 20, command=["python3", "-c", MAP_AND_REMOVE]
+    )
+    await place(pool.store, host.host_id, "mapped", wanted)
+    await wait_for_status(pool, "mapped", "failed", timeout=90)
+    state = await allocation(pool.store, "mapped")
+    assert state is not None
+    assert state.reason == "disk_limit_exceeded"
+
+
 async def test_filling_the_members_disk_with_empty_directories_and_files_stops_the_container(
     pool: Pool, laptop: EnrolledHost
 ) -> None:
