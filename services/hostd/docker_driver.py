@@ -737,7 +737,10 @@ class DockerDriver:
         whose processes hostd does not see."""
         if not self.base_url.startswith("unix://"):
             return 0
-        return container_held_bytes(container_id)
+        init_pid, _ = self.process_and_log_of(container_id)
+        if init_pid <= 0:
+            return 0  # not running: no process holds anything
+        return container_held_bytes(container_id, init_pid)
 
     def layer_entries(self, container_id: str, most: int) -> int:
         """How many files, directories, links and whiteouts the container's writable layer holds

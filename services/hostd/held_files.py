@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from potluck.hostd.cpu_load import memory_usage_file, parse_proc_cgroup
 from potluck.hostd.process_tree import in_container
 
 __all__ = ["MEMORY_PREFIXES", "HeldFile", "container_held_bytes", "held_bytes"]
@@ -80,11 +81,28 @@ def _targets(directory: Path) -> Iterable[HeldFile]:
         yield HeldFile(target, st.st_dev, st.st_ino, st.st_nlink, stat.S_ISREG(st.st_mode), st.st_blocks)
 
 
-def container_held_bytes(container_id: str) -> int:
+def _cgroup_pids(init_pid: int) -> list[int] | None:
+    """The processes of the cgroup `init_pid` is in (its memory controller's, where the
+    container's processes all are), None when it cannot be read: one read where a scan of
+    /proc reads a file of every process of the machine (a member's laptop runs hundreds)."""
+    try:
+        memory = memory_usage_file(parse_proc_cgroup(Path(f"/proc/{init_pid}/cgroup").read_text()))
+        if memory is None:
+            return None
+        return [int(pid) for pid in (memory.parent / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return None
+
+
+def container_held_bytes(container_id: str, init_pid: int = 0) -> int:
     """`held_bytes` of what the container's processes hold open now, read from /proc: 0 where
-    hostd sees none of them."""
+    hostd sees none of them. With the container's first process (`init_pid`, as this machine
+    sees it) its cgroup lists them; without, or where that cannot be read, all of /proc is."""
+    pids = _cgroup_pids(init_pid) if init_pid > 0 else None
+    if pids is None:
+        pids = [int(entry.name) for entry in os.scandir("/proc") if entry.name.isdigit()]
     files: list[HeldFile] = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and in_container(int(entry.name), container_id):
-            files.extend(_held_by(int(entry.name)))
+    for pid in pids:
+        if in_container(pid, container_id):
+            files.extend(_held_by(pid))
     return held_bytes(files)
