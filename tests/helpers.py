@@ -11,8 +11,10 @@ import pytest
 import structlog
 from structlog.testing import LogCapture
 
+from potluck.contracts.capacity import Capacity
 from potluck.contracts.compatibility import CONTRACT_VERSION
-from potluck.contracts.host_events import HostRegistered
+from potluck.contracts.engine import EngineFacts
+from potluck.contracts.host_events import HostEnrolled, HostRegistered
 from potluck.events import EventStore, LoggedEvent
 from potluck.kernel.cancellation import cancel_until_done, task_whereabouts
 
@@ -68,6 +70,24 @@ def host_registered(**fields: Any) -> HostRegistered:
     """A synthetic host's registration, on the pool's contract: the event's own default is the
     first contract (what a log from before the number means), whose hosts get no work."""
     return HostRegistered(contract=CONTRACT_VERSION, **fields)
+
+
+#: A synthetic host's engine: no disk quota, so allocations need only the capacity they ask.
+LOGGED_ENGINE = EngineFacts(
+    version="test", cgroup_version="2", storage_driver="overlay2", disk_quota_supported=False
+)
+
+
+async def host_in_the_log(
+    store: EventStore, host_id: str, donated: Capacity, engine: EngineFacts = LOGGED_ENGINE
+) -> None:
+    """A host enrolled and registered as the registry records one, and no hostd: what is placed
+    on it stays placed (stop the pool's registry first, or it finds the host silent)."""
+    events = [
+        HostEnrolled(host_id=host_id, name=host_id, nkey="UNUSED"),
+        host_registered(host_id=host_id, donated=donated, engine=engine, hostd_version="test"),
+    ]
+    await store.append(f"host-{host_id}", events, expected_version=0)
 
 
 async def append_raw_row(store: EventStore, stream: str, type_name: str, data: str, metadata: str) -> int:

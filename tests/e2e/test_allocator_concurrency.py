@@ -10,12 +10,11 @@ import pytest
 from potluck.allocator.capacity import CapacityLedger
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.engine import EngineFacts
-from potluck.contracts.host_events import HostEnrolled
 from potluck.events import registry
 from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.projections import ReadModels
 from tests.fixtures.pool import Pool
-from tests.helpers import host_registered
+from tests.helpers import host_in_the_log
 
 HOSTS = {"h-one": 2.0, "h-two": 3.0, "h-three": 4.0}
 FACTS = EngineFacts(version="test", cgroup_version="1", storage_driver="overlay2", disk_quota_supported=False)
@@ -25,19 +24,8 @@ async def register_hosts_in_the_log(pool: Pool) -> None:
     """Hosts as the registry records them; no hostd runs, so placements stay `placed`."""
     pool.processes["registry"].stop()  # no liveness checks: these hosts never beat
     for host_id, cpus in HOSTS.items():
-        await pool.store.append(
-            f"host-{host_id}",
-            [
-                HostEnrolled(host_id=host_id, name=host_id, nkey="UNUSED"),
-                host_registered(
-                    host_id=host_id,
-                    donated=Capacity(cpus=cpus, memory_bytes=8 << 30, disk_bytes=8 << 30),
-                    engine=FACTS,
-                    hostd_version="test",
-                ),
-            ],
-            expected_version=0,
-        )
+        donated = Capacity(cpus=cpus, memory_bytes=8 << 30, disk_bytes=8 << 30)
+        await host_in_the_log(pool.store, host_id, donated, FACTS)
 
 
 async def ledger_from_log(pool: Pool) -> CapacityLedger:

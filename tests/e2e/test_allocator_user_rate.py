@@ -13,26 +13,17 @@ import aiohttp
 import pytest
 
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.engine import EngineFacts
-from potluck.contracts.host_events import HostEnrolled
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.fixtures.pool import Pool
-from tests.helpers import host_registered
+from tests.helpers import host_in_the_log
 
 BURST = 3
 BODY = {"cpus": 0.25, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG, "command": ["true"]}
-FACTS = EngineFacts(version="test", cgroup_version="2", storage_driver="overlay2", disk_quota_supported=False)
 
 
 async def _host_in_the_log(pool: Pool) -> None:
-    """A host as the registry records it; no hostd runs, so what is placed on it stays placed."""
     pool.processes["registry"].stop()  # no liveness checks: this host never beats
-    donated = Capacity(cpus=8, memory_bytes=8 << 30, disk_bytes=8 << 30)
-    events = [
-        HostEnrolled(host_id="h-rate", name="h-rate", nkey="UNUSED"),
-        host_registered(host_id="h-rate", donated=donated, engine=FACTS, hostd_version="test"),
-    ]
-    await pool.store.append("host-h-rate", events, expected_version=0)
+    await host_in_the_log(pool.store, "h-rate", Capacity(cpus=8, memory_bytes=8 << 30, disk_bytes=8 << 30))
 
 
 async def _create(

@@ -15,27 +15,18 @@ import aiohttp
 
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.engine import EngineFacts
-from potluck.contracts.host_events import HostEnrolled
 from potluck.localstack.postgres_server import PostgresServer
 from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.user.client import Login
 from tests.fixtures.pool import Pool
-from tests.helpers import host_registered
+from tests.helpers import host_in_the_log
 
 BODY = {"cpus": 0.5, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG, "command": ["sleep", "60"]}
-FACTS = EngineFacts(version="test", cgroup_version="2", storage_driver="overlay2", disk_quota_supported=False)
 
 
 async def _host_in_the_log(pool: Pool) -> None:
-    """A host as the registry records it; no hostd runs, so what is placed on it stays placed."""
     pool.processes["registry"].stop()  # no liveness checks: this host never beats
-    donated = Capacity(cpus=8, memory_bytes=8 << 30, disk_bytes=8 << 30)
-    events = [
-        HostEnrolled(host_id="h-keyed", name="h-keyed", nkey="UNUSED"),
-        host_registered(host_id="h-keyed", donated=donated, engine=FACTS, hostd_version="test"),
-    ]
-    await pool.store.append("host-h-keyed", events, expected_version=0)
+    await host_in_the_log(pool.store, "h-keyed", Capacity(cpus=8, memory_bytes=8 << 30, disk_bytes=8 << 30))
 
 
 async def _create(
