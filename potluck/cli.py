@@ -344,6 +344,31 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _user_rate_options(kind: str, *, rate: str, burst: str, defaults: tuple[float, int]) -> Callable[[F], F]:
+    """--KIND-rate and --KIND-burst (and their POTLUCK_ALLOCATOR_* variables): each user's rate of
+    a kind of request (services/allocator/user_rates.py), None when not given."""
+    env = f"POTLUCK_ALLOCATOR_{kind.upper()}"
+
+    def options(f: F) -> F:
+        f = click.option(
+            f"--{kind}-burst",
+            envvar=f"{env}_BURST",
+            type=click.IntRange(min=1),
+            default=None,
+            help=f"{burst}, before --{kind}-rate holds them back (default {defaults[1]}) [env: {env}_BURST].",
+        )(f)
+        return click.option(
+            f"--{kind}-rate",
+            envvar=f"{env}_RATE",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help=f"{rate}; past it the API answers 429 RATE_LIMITED with Retry-After "
+            f"(default {defaults[0]:g}) [env: {env}_RATE].",
+        )(f)
+
+    return options
+
+
 def _public_urls(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[Any, ...]:
     from potluck.allocator.web.origins import parse_public_url
 
@@ -398,40 +423,20 @@ def _public_urls(ctx: click.Context, param: click.Parameter, values: tuple[str, 
     "from its origin, and set the https cookie when it is https; repeat for more "
     "[env: POTLUCK_ALLOCATOR_PUBLIC_URL, separated by spaces].",
 )
-@click.option(
-    "--change-rate",
-    envvar="POTLUCK_ALLOCATOR_CHANGE_RATE",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Changes (allocations and jobs created, extended, released or cancelled) each user may "
-    "make a second once their burst is spent; past it the API answers 429 RATE_LIMITED with "
-    "Retry-After (default 5) [env: POTLUCK_ALLOCATOR_CHANGE_RATE].",
+@_user_rate_options(
+    "change",
+    rate="Changes (allocations and jobs created, extended, released or cancelled) each user may "
+    "make a second once their burst is spent",
+    burst="Changes each user may make at once",
+    defaults=(5, 50),
 )
-@click.option(
-    "--change-burst",
-    envvar="POTLUCK_ALLOCATOR_CHANGE_BURST",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Changes each user may make at once, before --change-rate holds them back (default 50) "
-    "[env: POTLUCK_ALLOCATOR_CHANGE_BURST].",
-)
-@click.option(
-    "--fetch-rate",
-    envvar="POTLUCK_ALLOCATOR_FETCH_RATE",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Reads the allocator must fetch from Postgres or the pool registry (allocations that "
+@_user_rate_options(
+    "fetch",
+    rate="Reads the allocator must fetch from Postgres or the pool registry (allocations that "
     "ended before the retention window or never existed, histories, the allocation page, "
-    "the images list) each user may make a second once their burst is spent; past it the API "
-    "answers 429 RATE_LIMITED with Retry-After (default 20) [env: POTLUCK_ALLOCATOR_FETCH_RATE].",
-)
-@click.option(
-    "--fetch-burst",
-    envvar="POTLUCK_ALLOCATOR_FETCH_BURST",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Such reads each user may make at once, before --fetch-rate holds them back "
-    "(default 100) [env: POTLUCK_ALLOCATOR_FETCH_BURST].",
+    "the images list) each user may make a second once their burst is spent",
+    burst="Such reads each user may make at once",
+    defaults=(20, 100),
 )
 @retention_option
 def allocator(
