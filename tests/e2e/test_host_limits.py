@@ -29,6 +29,7 @@ from potluck.hostd.docker_driver import DockerDriver, LimitsNotApplied, create_c
 from potluck.hostd.seccomp_profile import PROFILE as SECCOMP_PROFILE
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG, import_rootfs, rootfs_tarball
+from potluck.readmodels.allocations import AllocationState
 from tests.e2e.conftest import start_laptop, wait_for_status
 from tests.e2e.syscall_probe import holder, probe, probe_i386
 from tests.fixtures.docker import container_spec
@@ -149,14 +150,22 @@ async def test_limits_are_in_the_containers_cgroup_and_inspect_shows_no_privileg
         assert inspect["Config"]["Labels"]["potluck.allocation"] == "limited"
 
 
+async def _stopped_at_its_disk_bound(
+    pool: Pool, host_id: str, alloc_id: str, wanted: AllocationSpec
+) -> AllocationState:
+    """Place `wanted` on the host: the disk guard must stop it (failed, disk_limit_exceeded)."""
+    await place(pool.store, host_id, alloc_id, wanted)
+    await wait_for_status(pool, alloc_id, "failed", timeout=90)
+    state = await allocation(pool.store, alloc_id)
+    assert state is not None
+    assert state.reason == "disk_limit_exceeded", state
+    return state
+
+
 async def test_writing_past_the_disk_bound_stops_the_container(pool: Pool, laptop: EnrolledHost) -> None:
     """No engine quota on this filesystem: hostd measures the writable layer and stops it."""
     writer = spec(disk=16 << 20, command=["sh", "-c", "dd if=/dev/zero of=/fill bs=1M count=48; sleep 3600"])
-    await place(pool.store, laptop.host_id, "writer", writer)
-    await wait_for_status(pool, "writer", "failed")
-    state = await allocation(pool.store, "writer")
-    assert state is not None
-    assert state.reason == "disk_limit_exceeded"
+    await _stopped_at_its_disk_bound(pool, laptop.host_id, "writer", writer)
 
 
 async def test_a_steady_writer_is_caught_past_its_bound_between_two_rounds_of_the_disk_check(
@@ -173,11 +182,9 @@ async def test_a_steady_writer_is_caught_past_its_bound_between_two_rounds_of_th
         "i=0; while [ $i -lt 104 ]; do dd if=/dev/zero bs=1M count=1 >> /fill 2>/dev/null; "
         "i=$((i+1)); sleep 0.25; done; rm /fill; sleep 3600"
     )
-    await place(pool.store, host.host_id, "steady", spec(disk=96 << 20, command=["sh", "-c", write]))
-    await wait_for_status(pool, "steady", "failed", timeout=90)
-    state = await allocation(pool.store, "steady")
-    assert state is not None
-    assert state.reason == "disk_limit_exceeded"
+    await _stopped_at_its_disk_bound(
+        pool, host.host_id, "steady", spec(disk=96 << 20, command=["sh", "-c", write])
+    )
 
 
 async def test_files_deleted_and_held_open_count_against_the_disk_bound(
@@ -195,11 +202,9 @@ async def test_files_deleted_and_held_open_count_against_the_disk_bound(
         'for n in 3 4 5 6 7; do eval "exec $n>/big$n"; '
         "dd if=/dev/zero bs=1M count=40 of=/big$n conv=notrunc 2>/dev/null; rm /big$n; done; sleep 3600"
     )
-    await place(pool.store, host.host_id, "held", spec(disk=64 << 20, command=["sh", "-c", hold]))
-    await wait_for_status(pool, "held", "failed", timeout=90)
-    state = await allocation(pool.store, "held")
-    assert state is not None
-    assert state.reason == "disk_limit_exceeded"
+    await _stopped_at_its_disk_bound(
+        pool, host.host_id, "held", spec(disk=64 << 20, command=["sh", "-c", hold])
+    )
 
 
 # The C library's mmap: Python's mmap object keeps a descriptor of its own.
@@ -234,11 +239,7 @@ async def test_files_deleted_and_held_by_a_mapping_alone_count_against_the_disk_
     wanted = spec(
         image=default_image, disk=64 << 20, memory=256 << 20, command=["python3", "-c", MAP_AND_REMOVE]
     )
-    await place(pool.store, host.host_id, "mapped", wanted)
-    await wait_for_status(pool, "mapped", "failed", timeout=90)
-    state = await allocation(pool.store, "mapped")
-    assert state is not None
-    assert state.reason == "disk_limit_exceeded"
+    await _stopped_at_its_disk_bound(pool, host.host_id, "mapped", wanted)
 
 
 async def test_filling_the_members_disk_with_empty_directories_and_files_stops_the_container(
@@ -251,11 +252,9 @@ async def test_filling_the_members_disk_with_empty_directories_and_files_stops_t
     each entry of the layer counts against the bound as a block, so the allocation fails with
     disk_limit_exceeded, its detail saying how many files and directories it made."""
     fill = "mkdir /d /f && cd /d && mkdir $(seq 6000) && cd /f && touch $(seq 6000) && sleep 3600"
-    await place(pool.store, laptop.host_id, "inodes", spec(disk=16 << 20, command=["sh", "-c", fill]))
-    await wait_for_status(pool, "inodes", "failed", timeout=90)
-    state = await allocation(pool.store, "inodes")
-    assert state is not None
-    assert state.reason == "disk_limit_exceeded"
+    state = await _stopped_at_its_disk_bound(
+        pool, laptop.host_id, "inodes", spec(disk=16 << 20, command=["sh", "-c", fill])
+    )
     assert state.detail is not None
     assert "more than its disk bound of 16777216" in state.detail, state.detail
     assert "files and directories" in state.detail, state.detail
