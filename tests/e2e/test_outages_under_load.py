@@ -8,6 +8,7 @@ first), never a 500 that blames the allocator.
 import asyncio
 import collections
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,26 @@ async def burst(
     return seen
 
 
+Answer = tuple[str, int, Any, str]
+
+
+async def burst_through(
+    pool: Pool, user: str, fault: Callable[[], Awaitable[None]]
+) -> tuple[dict[str, str], list[Answer]]:
+    """Three clients of a new `user` send POSTs and DELETEs in a loop (`burst`); 1.5 s in,
+    `fault`; 2 s after it, they stop. Their headers and every answer they got."""
+    token = await pool.add_user(user, allocations=10_000, cpus=10_000.0)
+    headers = {"Authorization": f"Bearer {token}"}
+    stop = asyncio.Event()
+    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=60)) as http:
+        clients = [asyncio.create_task(burst(http, pool.api, stop)) for _ in range(3)]
+        await asyncio.sleep(1.5)
+        await fault()
+        await asyncio.sleep(2)
+        stop.set()
+        return headers, [answer for client in clients for answer in await client]
+
+
 @pytest.mark.slow
 async def test_a_postgres_restart_under_a_burst_of_requests_is_a_503_and_loses_nothing(
     tmp_path: Path, own_postgres: PostgresServer
@@ -75,24 +96,19 @@ async def test_a_postgres_restart_under_a_burst_of_requests_is_a_503_and_loses_n
         pool.start_allocator()
         await pool.wait_api()
         await register_hosts_in_the_log(pool)
-        token = await pool.add_user("alice", allocations=10_000, cpus=10_000.0)
-        stop = asyncio.Event()
-        timeout = aiohttp.ClientTimeout(total=60)
-        async with aiohttp.ClientSession(
-            headers={"Authorization": f"Bearer {token}"}, timeout=timeout
-        ) as http:
-            clients = [asyncio.create_task(burst(http, pool.api, stop)) for _ in range(3)]
-            await asyncio.sleep(1.5)
+
+        async def outage() -> None:
             await asyncio.to_thread(own_postgres.stop)
             await asyncio.sleep(2)
             await asyncio.to_thread(own_postgres.start)
             await pool.wait_api()
-            await asyncio.sleep(2)
-            stop.set()
-            seen = [answer for client in clients for answer in await client]
 
-            async with http.post(f"{pool.api}/v1/allocations", json=BODY) as r:
-                assert r.status == 201, await r.text()
+        headers, seen = await burst_through(pool, "alice", outage)
+        async with (
+            aiohttp.ClientSession(headers=headers) as http,
+            http.post(f"{pool.api}/v1/allocations", json=BODY) as r,
+        ):
+            assert r.status == 201, await r.text()
 
         failures = [(method, status, body) for method, status, body, _ in seen if status >= 300]
         assert failures, "no request met the outage"
@@ -130,19 +146,15 @@ async def test_an_allocator_killed_under_a_burst_of_requests_keeps_every_answer_
     every DELETE answered 200 is released there; no allocation is placed, or its capacity
     reserved, more than once; no host holds more than it donated."""
     await register_hosts_in_the_log(pool)
-    token = await pool.add_user("bob", allocations=10_000, cpus=10_000.0)
-    stop = asyncio.Event()
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}, timeout=timeout) as http:
-        clients = [asyncio.create_task(burst(http, pool.api, stop)) for _ in range(3)]
-        await asyncio.sleep(1.5)
+
+    async def killed() -> None:
         pool.processes["allocator"].kill()
         pool.start_allocator(port=pool.api_port)
         await pool.wait_api()
-        await asyncio.sleep(1.5)
-        stop.set()
-        seen = [answer for client in clients for answer in await client]
-        assert any(status == 0 for _, status, *_ in seen), "no request met the allocator away"
+
+    headers, seen = await burst_through(pool, "bob", killed)
+    assert any(status == 0 for _, status, *_ in seen), "no request met the allocator away"
+    async with aiohttp.ClientSession(headers=headers) as http:
         listed: dict[str, str] = {}
         after: str | None = None
         while True:
@@ -182,16 +194,11 @@ async def test_a_nats_restart_under_a_burst_of_requests_changes_no_answer(pool: 
     restarted under the allocator (the log, not the bus, is what a request needs).
     Must hold: every request succeeds, and every allocation answered 201/202 is in the log."""
     await register_hosts_in_the_log(pool)
-    token = await pool.add_user("carol", allocations=10_000, cpus=10_000.0)
-    stop = asyncio.Event()
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}, timeout=timeout) as http:
-        clients = [asyncio.create_task(burst(http, pool.api, stop)) for _ in range(3)]
-        await asyncio.sleep(1.5)
+
+    async def restarted() -> None:
         await asyncio.to_thread(pool.nats.restart)
-        await asyncio.sleep(2)
-        stop.set()
-        seen = [answer for client in clients for answer in await client]
+
+    _, seen = await burst_through(pool, "carol", restarted)
     assert [s for s in seen if s[1] not in (200, 201, 202)] == []
     created = {body["id"] for method, status, body, _ in seen if method == "POST" and status in (201, 202)}
     for alloc_id in created:
