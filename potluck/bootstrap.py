@@ -99,6 +99,12 @@ async def serve(name: str, backends: Backends, body: Body) -> None:
             # A non-zero exit: `potluck up`'s supervisor, systemd and compose start it again.
             log.error(f"{name}.bus_gone", error=str(exc))
             raise SystemExit(f"error: {exc}") from None
+        except OSError as exc:
+            # What the machine refused (a port taken, a file it may not read): its message says
+            # what and where, and a traceback around it would only bury it (`potluck up` shows
+            # the last lines of the service's log).
+            log.error(f"{name}.failed", error=str(exc))
+            raise SystemExit(f"error: {exc}") from None
         except Exception as exc:
             # A bug, or a state nothing here expects (a table dropped by hand): one JSON line,
             # the traceback in its `exception`, as every other line of the log is, rather than

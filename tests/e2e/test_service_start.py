@@ -1,14 +1,18 @@
 """A central service started as the README's operator quick start does (`potluck registry &`),
 with its event log or its NATS not where the settings say: what the operator reads and can do."""
 
+import asyncio
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from potluck.localstack import free_port
+from tests.fixtures.pool import Pool
 
 
 def service_env(database_url: str, tmp_path: Path) -> dict[str, str]:
@@ -71,3 +75,27 @@ def test_a_service_waiting_for_nats_stops_on_sigterm(database_url: str, tmp_path
             proc.wait()
     assert code == 0, log.read_text()
     assert "registry.stopped_while_starting" in log.read_text()
+
+
+async def test_an_allocator_that_cannot_listen_says_so_in_one_line_without_a_traceback(pool: Pool) -> None:
+    """Tried: the pool's allocator started again on a port a socket holds bound (not listening,
+    as when another program takes it while the pool starts). Before: the crash handler logged
+    it as a bug, one JSON line whose `exception` held the whole traceback, which `potluck up`
+    then showed. Must hold: the allocator exits 1; its log's JSON line is `allocator.failed`
+    naming the port, with no traceback, and its last line says `error: cannot listen on ...`."""
+    pool.processes["allocator"].stop()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        allocator = pool.start_allocator(port=port)
+        deadline = time.monotonic() + 60
+        while allocator.running() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+    assert allocator.exit_code() == 1, allocator.log_tail(20)
+    text = allocator.log_path.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    [failed] = [line for line in lines if line["event"] == "allocator.failed"]
+    assert failed["level"] == "error"
+    assert f"cannot listen on 127.0.0.1:{port}" in failed["error"], failed
+    assert text.splitlines()[-1].startswith(f"error: cannot listen on 127.0.0.1:{port}"), text[-1000:]
