@@ -449,13 +449,17 @@ class AllocatorEngine:
             state = self.allocations.allocations.get(alloc_id)
             if state is None and tries > 1:
                 state = await stored_allocation(self.store, alloc_id)
-            if state is None and self.in_flight.get(alloc_id) is not None:
+            if state is None:
+                refuse_while_in_flight()
+            return state
+
+        def refuse_while_in_flight() -> None:
+            if self.in_flight.get(alloc_id) is not None:
                 raise Rejected(
                     "IDEMPOTENCY_KEY_IN_USE",
                     "a request with this Idempotency-Key is being decided; look again in a moment",
                     status=409,
                 )
-            return state
 
         async def attempt() -> AllocationState:
             nonlocal tries
@@ -464,6 +468,10 @@ class AllocatorEngine:
                 earlier.append(replayed(state, request))
                 return state
             async with self.placing:
+                if idempotency_key is not None:
+                    # Again under the lock: another request with the key may have queued its
+                    # append while this one waited for it.
+                    refuse_while_in_flight()
                 outlook = self.outlook()
                 decision = outlook.place(request, self.strategy)
                 if isinstance(decision, Impossible):
