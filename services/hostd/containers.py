@@ -1187,14 +1187,18 @@ class ContainerManager:
         layer's bytes (measured when `layer`, else only where the guard needs them), the
         engine's files outside the layer, and its layer's entries where the engine has no quota.
         DockerDriverError when the engine does not say."""
-        outside = await self._docker(self.driver.outside_layer_bytes, container_id)
+        if facts.disk_quota_supported:
+            outside = await self._docker(self.driver.outside_layer_bytes, container_id)
+            held = 0
+        else:
+            # Files deleted while held open are on the disk and in no walk of the layer; a quota
+            # counts their blocks itself (held_files.py).
+            outside, held = await self._docker(self.driver.outside_and_held_bytes, container_id)
         written = entries = 0
         if layer or needs_layer_measured(engine_quota=facts.disk_quota_supported, outside=outside):
             written = await self._docker(self.driver.writable_layer_bytes, container_id)
         if not facts.disk_quota_supported:
-            # Files deleted while held open are on the disk and in no walk of the layer; a quota
-            # counts their blocks itself (held_files.py).
-            written += await self._docker(self.driver.deleted_held_bytes, container_id)
+            written += held
             # The engine's SizeRw leaves out directories and empty files; a quota counts their
             # blocks itself (disk_bound.py).
             entries = await self._layer_entries(alloc_id, container_id, written, outside, spec)

@@ -731,17 +731,6 @@ class DockerDriver:
                 raise ContainerNotFound(f"measuring {container_id[:12]}: no such container")
             return int(found[0].get("SizeRw") or 0)
 
-    def deleted_held_bytes(self, container_id: str) -> int:
-        """Bytes on disk of the files the container deleted and its processes still hold open,
-        which no walk of its layer finds (held_files.py); 0 for an engine not on this machine,
-        whose processes hostd does not see."""
-        if not self.base_url.startswith("unix://"):
-            return 0
-        init_pid, _ = self.process_and_log_of(container_id)
-        if init_pid <= 0:
-            return 0  # not running: no process holds anything
-        return container_held_bytes(container_id, init_pid)
-
     def layer_entries(self, container_id: str, most: int) -> int:
         """How many files, directories, links and whiteouts the container's writable layer holds
         (the engine's list of its changes, which walks the layer alone), counted while the answer
@@ -785,6 +774,22 @@ class DockerDriver:
         as before, saying so in the log."""
         with self._errors(f"measuring {container_id[:12]}") as client:
             attrs = client.api.inspect_container(container_id)
+        return self._outside_layer_sizes(container_id, attrs)
+
+    def outside_and_held_bytes(self, container_id: str) -> tuple[dict[str, int], int]:
+        """`outside_layer_bytes`, and the bytes on disk of the files the container deleted and
+        its processes still hold open, which no walk of its layer finds (held_files.py; 0 for
+        an engine not on this machine, whose processes hostd does not see, and for a container
+        not running): from one inspect, whose first process's pid names its cgroup."""
+        with self._errors(f"measuring {container_id[:12]}") as client:
+            attrs = client.api.inspect_container(container_id)
+        init_pid = int((attrs.get("State") or {}).get("Pid") or 0)
+        held = 0
+        if self.base_url.startswith("unix://") and init_pid > 0:
+            held = container_held_bytes(container_id, init_pid)
+        return self._outside_layer_sizes(container_id, attrs), held
+
+    def _outside_layer_sizes(self, container_id: str, attrs: dict[str, Any]) -> dict[str, int]:
         sizes: dict[str, int] = {}
         unseen: list[str] = []
         for path in OUTSIDE_LAYER_FILES:

@@ -280,10 +280,8 @@ class HollowDriver(DockerDriver):
             self._get(container_id, "measuring")
         return {}
 
-    def deleted_held_bytes(self, container_id: str) -> int:
-        with self._lock:
-            self._get(container_id, "measuring")
-        return 0
+    def outside_and_held_bytes(self, container_id: str) -> tuple[dict[str, int], int]:
+        return self.outside_layer_bytes(container_id), 0
 
     def usage(self, container_id: str) -> ContainerUsage:
         """As if it kept a tenth of a CPU busy and held 16 MiB since it started."""
