@@ -24,6 +24,7 @@ from potluck.contracts.subjects import LIST_HOSTS
 from potluck.events import EventStore
 from potluck.kernel.signing_keys import ensure_signing_key
 from potluck.localstack import LocalStackError, NatsCluster, NatsServer, free_port
+from potluck.localstack.forkserver import ForkServers
 from potluck.localstack.process import ChildProcess
 from potluck.localstack.registry_server import RegistryServer
 from potluck.localstack.test_image import DEFAULT_TAG
@@ -91,12 +92,16 @@ class LocalPool:
     #: Each user's changes a second and at once, the allocator's --change-rate and --change-burst
     #: (None: its defaults). Benchmarks and tests that load the allocator as one user raise it.
     change_rate: tuple[float, int] | None = None
+    #: Fork servers, by command (`registry`, `hostd`, ...), that start the pool's Python services
+    #: with their imports done (forkserver.py): the tests' many pools. None: each is exec'd.
+    forks: ForkServers | None = None
 
     def _potluck(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> ChildProcess:
         proc = ChildProcess(
             [sys.executable, "-m", "potluck", "--log-level", self.log_level, *args],
             log_path=self.workdir / f"{name}.log",
             env=env,
+            forks_from=None if self.forks is None else self.forks.get(args[0]),
         )
         proc.start()
         self.processes[name] = proc

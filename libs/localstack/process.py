@@ -11,6 +11,7 @@ from typing import Any
 
 from potluck.localstack import reaper
 from potluck.localstack.errors import LocalStackError
+from potluck.localstack.forkserver import ForkedChild, ForkServer
 from potluck.localstack.ports import descends_from, describe_pids, listening_pids, port_accepts
 
 
@@ -34,15 +35,21 @@ class ChildProcess:
         log_path: Path,
         user: str | None = None,
         env: Mapping[str, str] | None = None,
+        forks_from: ForkServer | None = None,
     ) -> None:
         """`env`: variables set for the child on top of this process's environment. A secret goes
         there, never in `argv`: any local user reads a process's command line (`ps`,
-        /proc/PID/cmdline), only its owner its environment."""
+        /proc/PID/cmdline), only its owner its environment. `forks_from`: a fork server that
+        has imported what `argv` (`python -m MODULE ...`) needs forks the child instead of an
+        exec (forkserver.py); the child runs the same code."""
         self.argv = list(argv)
         self.log_path = log_path
         self.user = user
         self.env = dict(env or {})
-        self._proc: subprocess.Popen[bytes] | None = None
+        if forks_from is not None and user is not None:
+            raise ValueError("a fork server's children run as its own user")
+        self.forks_from = forks_from
+        self._proc: subprocess.Popen[bytes] | ForkedChild | None = None
 
     @property
     def pid(self) -> int | None:
@@ -53,17 +60,22 @@ class ChildProcess:
             return
         log = self.log_path.open("ab")
         try:
-            # A session of its own: Ctrl-C in the terminal reaches us, and we
-            # decide how the child stops.
-            self._proc = subprocess.Popen(
-                self.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env={**os.environ, **self.env} if self.env else None,
-                **as_user(self.user),
-            )
+            if self.forks_from is not None:
+                self._proc = self.forks_from.spawn(
+                    self.argv, log_fd=log.fileno(), env={**os.environ, **self.env}
+                )
+            else:
+                # A session of its own: Ctrl-C in the terminal reaches us, and we
+                # decide how the child stops.
+                self._proc = subprocess.Popen(
+                    self.argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    env={**os.environ, **self.env} if self.env else None,
+                    **as_user(self.user),
+                )
         except OSError as exc:
             raise LocalStackError(f"cannot start {self.argv[0]}: {exc}") from exc
         finally:
