@@ -30,7 +30,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from potluck.allocator import idempotency
-from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureWindow, as_given
+from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureWindow, LogUnreadable, as_given
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.http_headers import add_common_headers
 from potluck.allocator.job_schemas import CreateJob, Job, JobList, JobTaskList
@@ -97,6 +97,17 @@ def ok(model: BaseModel, status: int = 200) -> web.Response:
     return web.Response(text=model.model_dump_json(), status=status, content_type="application/json")
 
 
+def _log_unavailable(request: web.Request, method: str, exc: BaseException) -> web.Response:
+    outage = log_outage(method, exc)
+    assert outage is not None, "every transient database error is an outage of the log"
+    log.warning(
+        "api.log_unavailable", method=request.method, path=request.path, code=outage.code, error=repr(exc)
+    )
+    response = error(outage.status, outage.code, outage.message)
+    response.headers["Retry-After"] = str(outage.retry_after_s)
+    return response
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -114,14 +125,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         field = str(first["loc"][0]) if first["loc"] else None
         return error(400, "INVALID_FIELD", f"{path or 'body'}: {first['msg']}", field)
     except TRANSIENT_DB_ERRORS as exc:
-        outage = log_outage(request.method, exc)
-        assert outage is not None, "every transient database error is an outage of the log"
-        log.warning(
-            "api.log_unavailable", method=request.method, path=request.path, code=outage.code, error=repr(exc)
-        )
-        response = error(outage.status, outage.code, outage.message)
-        response.headers["Retry-After"] = str(outage.retry_after_s)
-        return response
+        return _log_unavailable(request, request.method, exc)
+    except LogUnreadable as exc:
+        # Reading the log to know who holds a token changes nothing, whatever the method.
+        return _log_unavailable(request, "GET", exc.cause)
     except web.HTTPException as exc:
         # A page's address is repeated nowhere: a link's author wrote it, needing no token
         # (`/web/Your session expired, sign in at evil.example`), and the answer would say

@@ -7,7 +7,11 @@ tokens becomes a way to tie it up:
   characters of URL-safe base64) fails at once;
 - a well-shaped token that no user holds may belong to a user added a moment
   ago and not folded yet, so the model catches up with the log once, bounded
-  by CATCH_UP_S, and concurrent failures share that one catch-up;
+  by CATCH_UP_S, and concurrent failures share that one catch-up. When the log
+  cannot be read (its database away) that token's holder is not known either
+  way: `LogUnreadable`, which the API answers 503 LOG_UNAVAILABLE, not "this
+  token is not valid" (a user added or given a new token just before an outage
+  would be told to ask for another), and no failure is counted;
 - each failure counts against the source address: `FailureWindow.limit`
   failures within `window_s` lock the address out (429, with Retry-After)
   until the oldest of them is older than the window. Only guessing is
@@ -22,7 +26,6 @@ Nothing is stored: the counts live in memory, bounded by `max_sources`.
 """
 
 import asyncio
-import contextlib
 import re
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -31,8 +34,9 @@ from dataclasses import dataclass
 import structlog
 
 from potluck.allocator.users import User, UsersView
+from potluck.events import TRANSIENT_DB_ERRORS
 
-__all__ = ["TOKEN_SHAPE", "Authenticator", "FailureWindow", "Locked", "as_given"]
+__all__ = ["TOKEN_SHAPE", "Authenticator", "FailureWindow", "Locked", "LogUnreadable", "as_given"]
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +55,15 @@ def as_given(sent: str) -> str:
     in as the token, where a proxy in front, an audit or another service reads another string,
     and tokens are exact (they are hashed as sent)."""
     return sent.strip(AROUND_TOKEN)
+
+
+class LogUnreadable(Exception):
+    """A well-shaped token no folded user holds, and the log that may hold its user could not
+    be read (`cause`, the database's error): neither valid nor invalid yet."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -119,7 +132,8 @@ class Authenticator:
     ) -> None:
         self.users = users
         self.catch_up = catch_up
-        self.failures = failures or FailureWindow()
+        # Not `failures or ...`: a window with no failures yet is empty, and so false (__len__).
+        self.failures = failures if failures is not None else FailureWindow()
         self.clock = clock or (lambda: asyncio.get_running_loop().time())
         self._catching_up: asyncio.Task[None] | None = None
 
@@ -132,7 +146,8 @@ class Authenticator:
         return self.users.authenticate(token)
 
     async def authenticate(self, source: str, token: str) -> User | None:
-        """The token's user, or None (counted as a failure of `source`)."""
+        """The token's user, or None (counted as a failure of `source`); `LogUnreadable` when
+        only the log could say, and it cannot be read now."""
         user = self.users.authenticate(token)
         if user is None and TOKEN_SHAPE.fullmatch(token):
             await self._caught_up()
@@ -147,9 +162,18 @@ class Authenticator:
         if self._catching_up is None or self._catching_up.done():
             self._catching_up = asyncio.ensure_future(self.catch_up())
             self._catching_up.add_done_callback(_consume)
-        with contextlib.suppress(Exception):
+        task = self._catching_up
+        try:
             async with asyncio.timeout(CATCH_UP_S):
-                await asyncio.shield(self._catching_up)
+                await asyncio.shield(task)
+        except Exception:
+            # The task's own failure, not the wait's: asyncio's timeout is a TimeoutError too.
+            failure = task.exception() if task.done() and not task.cancelled() else None
+            if isinstance(failure, TRANSIENT_DB_ERRORS):
+                raise LogUnreadable(failure) from failure
+            # A catch-up slower than CATCH_UP_S (a long log, a loaded machine) leaves the token
+            # unknown: a 401 and a counted failure, or a guesser would keep catch-ups going
+            # uncounted.
 
 
 def _consume(task: "asyncio.Task[None]") -> None:

@@ -8,6 +8,8 @@ first), never a 500 that blames the allocator.
 import asyncio
 import collections
 import json
+import os
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -203,3 +205,55 @@ async def test_a_nats_restart_under_a_burst_of_requests_changes_no_answer(pool: 
     created = {body["id"] for method, status, body, _ in seen if method == "POST" and status in (201, 202)}
     for alloc_id in created:
         assert await pool.store.read_stream(alloc_stream(alloc_id)), f"{alloc_id} was created, not logged"
+
+
+async def test_a_token_added_just_before_an_outage_is_told_to_wait_not_that_it_is_invalid(
+    tmp_path: Path, own_postgres: PostgresServer
+) -> None:
+    """Tried: a user added to the log while the allocator is stopped (SIGSTOP: it has not folded
+    them), then Postgres stopped and the allocator continued; the new token sent 40 times (past
+    the 30 failures that lock an address out) to the API, and once through the web sign-in form;
+    then Postgres started again.
+    Must hold: each API answer is 503 LOG_UNAVAILABLE with Retry-After (before: 401 "this token
+    is not valid; ask an operator for a new one", each counted against the address until it was
+    locked out, 429); the form answers 503 with its page; once the log is back the same token
+    works, from the same address, at once."""
+    pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
+    try:
+        allocator = pool.start_allocator()
+        await pool.wait_api()
+        assert allocator.pid is not None
+        os.kill(allocator.pid, signal.SIGSTOP)
+        try:
+            token = await pool.add_user("newcomer")
+            await asyncio.to_thread(own_postgres.stop)
+        finally:
+            os.kill(allocator.pid, signal.SIGCONT)
+
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            for _ in range(40):
+                async with http.get(f"{pool.api}/v1/allocations") as r:
+                    body = await r.json()
+                    assert r.status == 503, (r.status, body)
+                    assert body["error"]["code"] == "LOG_UNAVAILABLE", body
+                    assert r.headers["Retry-After"].isdigit()
+            form = {"token": token}
+            async with http.post(
+                f"{pool.api}/web/signin", data=form, headers={"Origin": pool.api}, allow_redirects=False
+            ) as r:
+                page = await r.text()
+                assert r.status == 503, (r.status, page)
+                assert "cannot be read just now" in page
+
+            await asyncio.to_thread(own_postgres.start)
+            await pool.wait_api()
+            async with asyncio.timeout(30):
+                while True:
+                    async with http.get(f"{pool.api}/v1/allocations") as r:
+                        if r.status != 503:
+                            break
+                    await asyncio.sleep(0.2)
+            assert r.status == 200, await r.text()
+    finally:
+        await pool.close()

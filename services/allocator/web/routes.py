@@ -23,9 +23,10 @@ import jinja2
 import structlog
 from aiohttp import web
 
-from potluck.allocator.authentication import Authenticator, as_given
+from potluck.allocator.authentication import Authenticator, LogUnreadable, as_given
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.http_headers import HSTS, add_common_headers
+from potluck.allocator.log_outages import LOG_OUTAGE_RETRY_AFTER_S
 from potluck.allocator.request_bodies import continue_if_it_fits, within
 from potluck.allocator.schemas import HistoryEntry
 from potluck.allocator.stored import ALLOC_ID, stored_allocation
@@ -407,7 +408,16 @@ async def signin(request: web.Request) -> web.Response:
             response.headers["Retry-After"] = str(max(1, round(locked.retry_after_s)))
             return response
         if token:  # perhaps a user added a moment ago; a failure counts against the address
-            user = await authenticator.authenticate(source, token)
+            try:
+                user = await authenticator.authenticate(source, token)
+            except LogUnreadable:
+                unknown = (
+                    "this token is not known yet and the pool's event log cannot be read just now "
+                    f"to look it up; try again in {LOG_OUTAGE_RETRY_AFTER_S} seconds or so"
+                )
+                response = _render("signin.html", request, {"session": None, "error": unknown}, status=503)
+                response.headers["Retry-After"] = str(LOG_OUTAGE_RETRY_AFTER_S)
+                return response
     if operator or member or user:
         sessions = request.app[SESSIONS]
         try:
