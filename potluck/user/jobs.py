@@ -14,6 +14,7 @@ import asyncio
 import json
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -351,7 +352,8 @@ def run(
     # Absent options leave the API's defaults (its OpenAPI document says them) in charge.
     optional = {"retry_on": parse_retry_on(retry_on), "deadline": deadline, "keep_for": keep_for}
     body.update({k: v for k, v in optional.items() if v is not None})
-    created: dict[str, Any] = call_api("POST", "/v1/jobs", body)
+    # One key for every try, as `alloc create` does: a job sent again is never run twice.
+    created: dict[str, Any] = call_api("POST", "/v1/jobs", body, idempotency_key=str(uuid.uuid4()))
     if not wait:
         click.echo(json.dumps(created) if as_json else created["id"])
         return

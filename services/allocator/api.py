@@ -507,8 +507,12 @@ async def create_job(request: web.Request) -> web.Response:
     registry = request.app.get(POOL_REGISTRY)
     if registry is not None:
         registry.check_image(_user(request).name, body.image)
-    job = await request.app[ENGINE].submit_job(_user(request), body)
-    return ok(_job(request, job), 201)
+    key = idempotency.parse_key(request.headers.getall(idempotency.HEADER, []))
+    made = await request.app[ENGINE].submit_job(_user(request), body, idempotency_key=key)
+    response = ok(_job(request, made.job), 201)
+    if made.replayed:
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+    return response
 
 
 async def list_jobs(request: web.Request) -> web.Response:

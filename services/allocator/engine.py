@@ -37,6 +37,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import structlog
 
+from potluck.allocator import idempotency
 from potluck.allocator.capacity import CapacityLedger
 from potluck.allocator.decisions import (
     Outlook,
@@ -48,7 +49,7 @@ from potluck.allocator.decisions import (
     request_appends,
     requested,
 )
-from potluck.allocator.idempotency import keyed_alloc_id, replayed
+from potluck.allocator.idempotency import keyed_alloc_id, keyed_job_id, replayed, replayed_job
 from potluck.allocator.in_flight import InFlight, InFlightRequests
 from potluck.allocator.job_decisions import (
     attempt_request,
@@ -63,7 +64,7 @@ from potluck.allocator.model import AllocatorModel
 from potluck.allocator.reactions import Reactions
 from potluck.allocator.scheduler import Impossible, Placed, Strategy
 from potluck.allocator.schemas import CreateAllocation, HistoryEntry, Pool
-from potluck.allocator.stored import ALLOC_ID, stored_allocation
+from potluck.allocator.stored import ALLOC_ID, stored_allocation, stored_job
 from potluck.allocator.user_rates import DEFAULT_FETCH_RATE, TooManyFetches, UserRates
 from potluck.allocator.users import User, UsersView
 from potluck.allocator.waiting import Standing, queue_positions, standing_in
@@ -117,6 +118,14 @@ class Requested(NamedTuple):
     with the same Idempotency-Key had made it (idempotency.py)."""
 
     state: AllocationState
+    replayed: bool
+
+
+class Submitted(NamedTuple):
+    """What a job's submission got: the job, and whether an earlier request with the same
+    Idempotency-Key had made it (idempotency.py)."""
+
+    job: JobState
     replayed: bool
 
 
@@ -455,11 +464,7 @@ class AllocatorEngine:
 
         def refuse_while_in_flight() -> None:
             if self.in_flight.get(alloc_id) is not None:
-                raise Rejected(
-                    "IDEMPOTENCY_KEY_IN_USE",
-                    "a request with this Idempotency-Key is being decided; look again in a moment",
-                    status=409,
-                )
+                raise idempotency.in_flight()
 
         async def attempt() -> AllocationState:
             nonlocal tries
@@ -539,19 +544,41 @@ class AllocatorEngine:
     def job_of(self, user: User, job_id: str) -> JobState:
         return self._my_job(user, job_id)
 
-    async def submit_job(self, user: User, body: CreateJob) -> JobState:
+    async def submit_job(
+        self, user: User, body: CreateJob, *, idempotency_key: str | None = None
+    ) -> Submitted:
         """Record a new job; refused when its tasks' specs together are too large (400,
         check_job_size), when the user has MAX_UNFINISHED_JOBS jobs not finished
         (403, before anything is appended), when no host could ever hold one task (422) or one
-        task alone is more than the user's whole quota (403). Its tasks wait for room otherwise."""
-        job_id = new_job_id()
+        task alone is more than the user's whole quota (403). Its tasks wait for room otherwise.
+        With `idempotency_key`, the job an earlier request with the same key made, if one did
+        (idempotency.py): its id is the key's, so the log holds at most one."""
+        job_id = new_job_id() if idempotency_key is None else keyed_job_id(user.name, idempotency_key)
         spec = body.spec()
         check_job_size(spec)
         # The first task stands for all: they differ only in their environment.
         probe = attempt_request(job_id, user.name, spec, 0, 1, new_alloc_id())
         check_quota(user.quota, {}, spec.task.resources)
+        tries = 0
+        earlier: list[JobState] = []
+        submitted_here = False
+
+        async def made_already() -> JobState | None:
+            """The job of an earlier request with this key: in memory, or after an append lost
+            to its stream (ended long ago, retention.py), in the log."""
+            job = self.model.jobs.jobs.get(job_id)
+            if job is None and tries > 1:
+                job = await stored_job(self.store, job_id)
+            if job is None and job_id in self._submitting.get(user.name, ()):
+                raise idempotency.in_flight()
+            return job
 
         async def attempt() -> JobState:
+            nonlocal tries, submitted_here
+            tries += 1
+            if idempotency_key is not None and (job := await made_already()) is not None:
+                earlier.append(replayed_job(job, user.name, spec))
+                return job
             # The jobs being submitted count too: requests of one user at once cannot together
             # pass the cap (checked and counted with no await between). Another replica's are
             # counted once folded: replicas taking one user's jobs at the same moment could
@@ -565,6 +592,7 @@ class AllocatorEngine:
                 raise _NeverPossible(decision)
             submitted = JobSubmitted(job_id=job_id, user=user.name, spec=spec)
             submitting.add(job_id)
+            submitted_here = True
             await self.append([StreamAppend(job_stream(job_id), [submitted], 0)], f"user:{user.name}")
             return self.model.jobs.jobs[job_id]
 
@@ -572,12 +600,16 @@ class AllocatorEngine:
             job = await self.decided_on_the_whole_log(attempt)
         finally:
             submitting = self._submitting.get(user.name)
-            if submitting is not None:
+            # Only this request's own mark: a replayed or refused one leaves the first's.
+            if submitting is not None and submitted_here:
                 submitting.discard(job_id)
                 if not submitting:
                     del self._submitting[user.name]
+        if earlier:
+            log.info("job.request_replayed", job_id=job_id, user=user.name, status=job.status)
+            return Submitted(job, replayed=True)
         log.info("job.submitted", job_id=job_id, user=user.name, tasks=spec.tasks)
-        return job
+        return Submitted(job, replayed=False)
 
     async def cancel_job(self, user: User, job_id: str) -> JobState:
         """Cancel the job (nothing to do once it has ended), release what it still runs and

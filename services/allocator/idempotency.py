@@ -1,4 +1,5 @@
-"""`Idempotency-Key` on POST /v1/allocations: a request sent again is one allocation. Pure.
+"""`Idempotency-Key` on POST /v1/allocations and POST /v1/jobs: a request sent again is one
+allocation, or one job. Pure.
 
 A create that meets the log's database lost while it is recorded (log_outages.py's
 OUTCOME_UNKNOWN), an allocator killed under it, or a connection cut before the answer came
@@ -15,16 +16,30 @@ The same key with a different request is refused (422 IDEMPOTENCY_KEY_REUSED) ra
 answered with an allocation that is not what was asked; one whose first request is still
 being decided is a 409 IDEMPOTENCY_KEY_IN_USE (look again in a moment). A key is the user's
 own: another user's same key names another allocation.
+
+A job is keyed the same way (`keyed_job_id`, `replayed_job`): a job of a thousand tasks sent
+twice would run every task twice.
 """
 
 import hashlib
 import re
 
 from potluck.contracts.allocation_events import AllocationRequested
+from potluck.contracts.job_events import JobSpec
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import AllocationState
+from potluck.readmodels.jobs import JobState
 
-__all__ = ["HEADER", "REPLAYED_HEADER", "keyed_alloc_id", "parse_key", "replayed"]
+__all__ = [
+    "HEADER",
+    "REPLAYED_HEADER",
+    "in_flight",
+    "keyed_alloc_id",
+    "keyed_job_id",
+    "parse_key",
+    "replayed",
+    "replayed_job",
+]
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -57,23 +72,45 @@ def keyed_alloc_id(user: str, key: str) -> str:
     return f"a-{digest[:12]}"
 
 
+def keyed_job_id(user: str, key: str) -> str:
+    """The job id `user`'s `key` names: `j-` and 12 hex digits, as every id (new_job_id)."""
+    digest = hashlib.sha256(f"potluck-job\0{user}\0{key}".encode()).hexdigest()
+    return f"j-{digest[:12]}"
+
+
 def replayed(state: AllocationState, request: AllocationRequested) -> AllocationState:
     """`state`, the allocation an earlier request with the same key made, as the answer to
     `request`: refused when it is another user's (an id collision: 48 bits) or another request."""
-    if state.user != request.user:
-        raise Rejected(
-            "IDEMPOTENCY_KEY_IN_USE",
-            f"send another {HEADER}: this one names an allocation in use",
-            status=409,
-        )
     asked = (request.spec, request.lifetime_s, request.constraints, request.queue_timeout_s)
     made = (state.spec, state.lifetime_s, state.constraints, state.queue_timeout_s)
-    if asked != made:
+    _same_request(state.user == request.user, asked == made, f"allocation {state.alloc_id}")
+    return state
+
+
+def replayed_job(job: JobState, user: str, spec: JobSpec) -> JobState:
+    """`job`, the job an earlier request with the same key made, as the answer to `user`'s
+    request for `spec`: refused when it is another user's or another request."""
+    _same_request(job.user == user, job.spec == spec, f"job {job.job_id}")
+    return job
+
+
+def in_flight() -> Rejected:
+    """The refusal of a request whose key's first request is still being decided."""
+    return Rejected(
+        "IDEMPOTENCY_KEY_IN_USE",
+        f"a request with this {HEADER} is being decided; look again in a moment",
+        status=409,
+    )
+
+
+def _same_request(same_user: bool, same_request: bool, made: str) -> None:
+    if not same_user:
+        raise Rejected("IDEMPOTENCY_KEY_IN_USE", f"send another {HEADER}: this one is in use", status=409)
+    if not same_request:
         raise Rejected(
             "IDEMPOTENCY_KEY_REUSED",
-            f"this {HEADER} was sent with another request, which made allocation {state.alloc_id}; "
+            f"this {HEADER} was sent with another request, which made {made}; "
             "send a new key for a new request",
             field=HEADER,
             status=422,
         )
-    return state

@@ -37,18 +37,19 @@ def _json(name: str) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": _ref(name)}}}
 
 
-#: POST /v1/allocations' `Idempotency-Key` (idempotency.py).
-_IDEMPOTENCY_KEY = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "required": False,
-    "description": "Your own id for this request (a UUID): sent again with the same key, as after "
-    "a lost answer or a 503 OUTCOME_UNKNOWN, the request is answered with the allocation the "
-    "first one made (header `Idempotent-Replayed: true`), never a second one; the same key with "
-    "another request is a 422 IDEMPOTENCY_KEY_REUSED, one whose first request is still being "
-    "decided a 409 IDEMPOTENCY_KEY_IN_USE",
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:~+/=-]{1,255}$"},
-}
+def _idempotency_key(made: str) -> dict[str, Any]:
+    """The `Idempotency-Key` header of a create that makes `made` (idempotency.py)."""
+    return {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "Your own id for this request (a UUID): sent again with the same key, as "
+        f"after a lost answer or a 503 OUTCOME_UNKNOWN, the request is answered with the {made} "
+        f"the first one made (header `Idempotent-Replayed: true`), never a second one; the same "
+        "key with another request is a 422 IDEMPOTENCY_KEY_REUSED, one whose first request is "
+        "still being decided a 409 IDEMPOTENCY_KEY_IN_USE",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:~+/=-]{1,255}$"},
+    }
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -208,7 +209,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "operationId": "createAllocation",
                     "security": auth,
-                    "parameters": [_IDEMPOTENCY_KEY],
+                    "parameters": [_idempotency_key("allocation")],
                     "requestBody": {"required": True, **_json("CreateAllocation")},
                     "responses": {
                         "201": {"description": "Placed", **_json("Allocation"), "links": _LINKS},
@@ -302,6 +303,7 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "createJob",
                     "summary": "Run many tasks: each an allocation of the same spec, with its index",
                     "security": auth,
+                    "parameters": [_idempotency_key("job")],
                     "requestBody": {"required": True, **_json("CreateJob")},
                     "description": "Answers the job's summary: its tasks counted by state, without "
                     "the tasks themselves (GET /v1/jobs/{job_id}/tasks pages through them). At most "
@@ -313,7 +315,7 @@ def openapi_document() -> dict[str, Any]:
                             **_json("Job"),
                             "links": _JOB_LINKS,
                         },
-                        **_authenticated(400, 403, 408, 413, 415, 422, 503, changes=True),
+                        **_authenticated(400, 403, 408, 409, 413, 415, 422, 503, changes=True),
                     },
                 },
                 "get": {

@@ -11,11 +11,13 @@ import re
 
 from potluck.allocator.model import passed_over
 from potluck.contracts.allocation_events import alloc_stream
+from potluck.contracts.job_events import job_stream
 from potluck.events import EventStore, SkippedEvents
 from potluck.events.projection import decode_or_skip
+from potluck.readmodels import jobs
 from potluck.readmodels.allocations import AllocationState, evolve
 
-__all__ = ["ALLOC_ID", "stored_allocation"]
+__all__ = ["ALLOC_ID", "stored_allocation", "stored_job"]
 
 #: What the allocator names allocations (decisions.new_alloc_id): anything else was never one,
 #: and costs no read of the log.
@@ -41,4 +43,18 @@ async def stored_allocation(
             state = passed_over(state, record)
         else:
             state = evolve(state, event, record.version, record.recorded_at, record.position)
+    return state
+
+
+async def stored_job(
+    store: EventStore, job_id: str, *, reader: str = "allocator-stored"
+) -> jobs.JobState | None:
+    """The job as its stream in the log says (None: the log has no such job): what an
+    Idempotency-Key's job that has left the model's memory was (idempotency.py)."""
+    state: jobs.JobState | None = None
+    skipped = SkippedEvents(keep=1)
+    for record in await store.read_stream(job_stream(job_id)):
+        event = decode_or_skip(record, skipped, reader=reader)
+        if event is not None:
+            state = jobs.evolve(state, event, record.version, record.recorded_at) or state
     return state

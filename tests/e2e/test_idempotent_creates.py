@@ -1,6 +1,6 @@
-"""POST /v1/allocations with an Idempotency-Key, on a real allocator and Postgres: a request
-sent again (its answer lost, the log's database away, the allocator killed under it) is one
-allocation, never two (services/allocator/idempotency.py)."""
+"""POST /v1/allocations and POST /v1/jobs with an Idempotency-Key, on a real allocator and
+Postgres: a request sent again (its answer lost, the log's database away, the allocator killed
+under it) is one allocation or one job, never two (services/allocator/idempotency.py)."""
 
 import asyncio
 import json
@@ -171,3 +171,86 @@ async def test_potluck_alloc_create_rides_out_the_log_away_and_makes_one_allocat
             assert await _ids(http, pool, token) == [made["id"]]
     finally:
         await pool.close()
+
+
+JOB = {"tasks": 3, "cpus": 0.5, "memory": "64M", "disk": "64M", "image": DEFAULT_TAG, "command": ["true"]}
+
+
+async def _submit(
+    http: aiohttp.ClientSession, pool: Pool, token: str, key: str, body: dict[str, Any] = JOB
+) -> tuple[int, dict[str, Any], str | None]:
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
+    async with http.post(f"{pool.api}/v1/jobs", json=body, headers=headers) as r:
+        return r.status, await r.json(), r.headers.get("Idempotent-Replayed")
+
+
+async def _job_ids(http: aiohttp.ClientSession, pool: Pool, token: str) -> list[str]:
+    async with http.get(f"{pool.api}/v1/jobs", headers={"Authorization": f"Bearer {token}"}) as r:
+        assert r.status == 200, await r.text()
+        return [j["id"] for j in (await r.json())["jobs"]]
+
+
+async def test_a_job_sent_again_with_its_key_is_the_one_job_even_after_it_left_memory(pool: Pool) -> None:
+    """Tried: the allocator restarted with `--retention 1s`; alice submits a job of three tasks
+    with a key, sends it again with the key, then the key with another job (four tasks); bob
+    sends her key; she sends ten jobs at once with a new key; then she cancels the first job,
+    and once it has left her list sends it again with its key. Before: every POST /v1/jobs was a
+    new job (a job sent again after a lost answer ran every task twice).
+    Must hold: the second answer is the first's job (same id, `Idempotent-Replayed: true`); the
+    log holds one JobSubmitted for it; the other job is 422 IDEMPOTENCY_KEY_REUSED and appends
+    nothing; bob's is a job of his own; of the ten at once, each answer is that one job (201, or
+    409 IDEMPOTENCY_KEY_IN_USE while the first is decided) and her list grows by exactly one;
+    after it ended and left memory, the key still names it: cancelled, replayed, nothing new."""
+    await _host_in_the_log(pool)
+    pool.processes["allocator"].stop()
+    pool.start_allocator(port=pool.api_port, options=["--retention", "1s"])
+    await pool.wait_api()
+    alice = await pool.add_user("alice")
+    bob = await pool.add_user("bob")
+    key = str(uuid.uuid4())
+    async with aiohttp.ClientSession() as http:
+        status, first, replayed = await _submit(http, pool, alice, key)
+        assert (status, replayed) == (201, None), first
+        status, again, replayed = await _submit(http, pool, alice, key)
+        assert (status, again["id"], replayed) == (201, first["id"], "true"), again
+        submitted = await pool.store.pool.fetchval(
+            "SELECT count(*) FROM events WHERE type = 'JobSubmitted' AND stream = $1", f"job-{first['id']}"
+        )
+        assert submitted == 1
+
+        # Not the log's head: the job's tasks are being requested meanwhile.
+        jobs_submitted = "SELECT count(*) FROM events WHERE type = 'JobSubmitted'"
+        before = await pool.store.pool.fetchval(jobs_submitted)
+        status, other, _ = await _submit(http, pool, alice, key, {**JOB, "tasks": 4})
+        assert status == 422, other
+        assert other["error"]["code"] == "IDEMPOTENCY_KEY_REUSED", other
+        assert first["id"] in other["error"]["message"], other
+        assert await pool.store.pool.fetchval(jobs_submitted) == before
+
+        status, bobs, _ = await _submit(http, pool, bob, key)
+        assert status == 201, bobs
+        assert bobs["id"] != first["id"]
+
+        burst_key = str(uuid.uuid4())
+        answers = await asyncio.gather(*(_submit(http, pool, alice, burst_key) for _ in range(10)))
+        made = {body["id"] for status, body, _ in answers if status == 201}
+        assert len(made) == 1, answers
+        assert all(
+            status == 201 or (status == 409 and body["error"]["code"] == "IDEMPOTENCY_KEY_IN_USE")
+            for status, body, _ in answers
+        ), answers
+        assert sorted(await _job_ids(http, pool, alice)) == sorted([first["id"], *made])
+
+        headers = {"Authorization": f"Bearer {alice}"}
+        async with http.delete(f"{pool.api}/v1/jobs/{first['id']}", headers=headers) as r:
+            assert r.status == 200, await r.text()
+        await asyncio.sleep(1.5)
+        await pool.add_user("later")  # the log's clock moves on (a quiet log retires nothing)
+        for _ in range(100):
+            if first["id"] not in await _job_ids(http, pool, alice):
+                break
+            await asyncio.sleep(0.2)
+        assert first["id"] not in await _job_ids(http, pool, alice)
+        status, late, replayed = await _submit(http, pool, alice, key)
+        assert (status, late["id"], late["state"], replayed) == (201, first["id"], "cancelled", "true"), late
+        assert first["id"] not in await _job_ids(http, pool, alice)

@@ -151,7 +151,7 @@ async def test_requests_that_join_a_long_queue_are_tried_without_trying_it_all_a
         passes, walks = reactions.queue_passes, reactions.timeout_walks
 
         joined = [await request(engine, heavy, 2, queue_timeout=3600) for _ in range(30)]
-        job = await engine.submit_job(heavy, one_task_job())
+        job = (await engine.submit_job(heavy, one_task_job())).job
 
         def task_placed() -> bool:
             attempt = engine.model.jobs.jobs[job.job_id].latest(0)

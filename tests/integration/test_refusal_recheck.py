@@ -52,7 +52,7 @@ async def test_a_host_in_the_log_but_not_yet_folded_is_waited_for_not_refused(st
         assert not submitting.done(), submitting
         following = asyncio.create_task(engine.follow())
         async with asyncio.timeout(10):
-            submitted = await submitting
+            submitted = (await submitting).job
         assert submitted.status != "failed", submitted
     finally:
         await stop(following)

@@ -1,15 +1,20 @@
 """Idempotency-Key's pure rules (services/allocator/idempotency.py)."""
 
+import re
+from datetime import UTC, datetime
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from potluck.allocator.decisions import requested
-from potluck.allocator.idempotency import keyed_alloc_id, parse_key, replayed
+from potluck.allocator.idempotency import keyed_alloc_id, keyed_job_id, parse_key, replayed, replayed_job
+from potluck.allocator.job_schemas import CreateJob
 from potluck.allocator.schemas import CreateAllocation
 from potluck.allocator.stored import ALLOC_ID
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import AllocationState
+from potluck.readmodels.jobs import JobState
 
 BODY = {"cpus": 1, "memory": "64M", "disk": "64M", "image": "busybox", "command": ["true"]}
 
@@ -49,6 +54,13 @@ def test_a_keys_id_is_an_allocation_id_of_its_user_alone(user: str, other: str, 
     if other != user:
         assert keyed_alloc_id(other, key) != alloc_id
     assert keyed_alloc_id(user, key + "x") != alloc_id
+    # A job's id the same way, in the form of every job id (new_job_id), never the allocation's.
+    job_id = keyed_job_id(user, key)
+    assert re.fullmatch(r"j-[0-9a-f]{12}", job_id)
+    assert keyed_job_id(user, key) == job_id
+    assert job_id[2:] != alloc_id[2:]
+    if other != user:
+        assert keyed_job_id(other, key) != job_id
 
 
 def test_the_same_request_is_answered_with_the_allocation_and_another_is_refused() -> None:
@@ -67,4 +79,23 @@ def test_the_same_request_is_answered_with_the_allocation_and_another_is_refused
     bobs = requested("bob", "a-000000000001", CreateAllocation.model_validate(BODY))
     with pytest.raises(Rejected) as refused:
         replayed(state, bobs)
+    assert (refused.value.status, refused.value.code) == (409, "IDEMPOTENCY_KEY_IN_USE")
+
+
+def test_the_same_job_is_answered_with_the_job_and_another_is_refused() -> None:
+    """Must hold: the job's own spec gets the job back; more tasks, another command or more
+    memory is 422 IDEMPOTENCY_KEY_REUSED naming the job; another user's job (an id collision)
+    is 409 IDEMPOTENCY_KEY_IN_USE."""
+    body = {"tasks": 3, "cpus": 0.5, "memory": "64M", "disk": "64M", "image": "img", "command": ["true"]}
+    spec = CreateJob.model_validate(body).spec()
+    job = JobState(job_id="j-000000000001", user="alice", spec=spec, submitted_at=datetime.now(UTC))
+    assert replayed_job(job, "alice", spec) is job
+    for change in ({"tasks": 4}, {"command": ["false"]}, {"memory": "128M"}):
+        other = CreateJob.model_validate({**body, **change}).spec()
+        with pytest.raises(Rejected) as refused:
+            replayed_job(job, "alice", other)
+        assert (refused.value.status, refused.value.code) == (422, "IDEMPOTENCY_KEY_REUSED"), change
+        assert "j-000000000001" in refused.value.message
+    with pytest.raises(Rejected) as refused:
+        replayed_job(job, "bob", spec)
     assert (refused.value.status, refused.value.code) == (409, "IDEMPOTENCY_KEY_IN_USE")
