@@ -192,7 +192,26 @@ def _engine(state_dir: Path, say: Say) -> tuple[str, DockerEngine | None]:
     return engine.url, engine
 
 
-async def _wait_online(api: str, token: str, hostd_log: Path, timeout: float = 60) -> None:
+#: How long `potluck up` waits for its hostd to come online, in seconds (default
+#: ONLINE_TIMEOUT_S): a test whose hostd must refuse to start shortens the wait for it.
+ONLINE_TIMEOUT_VARIABLE = "POTLUCK_UP_ONLINE_TIMEOUT_S"
+ONLINE_TIMEOUT_S = 60.0
+
+
+def online_timeout() -> float:
+    """The wait for the local hostd (POTLUCK_UP_ONLINE_TIMEOUT_S, else ONLINE_TIMEOUT_S)."""
+    raw = os.environ.get(ONLINE_TIMEOUT_VARIABLE, "")
+    hint = f"set it to e.g. {ONLINE_TIMEOUT_S:g}, or unset it"
+    try:
+        value = float(raw) if raw else ONLINE_TIMEOUT_S
+    except ValueError:
+        raise LocalStackError(f"{ONLINE_TIMEOUT_VARIABLE}={raw!r} is not a number; {hint}") from None
+    if not 0 < value < float("inf"):
+        raise LocalStackError(f"{ONLINE_TIMEOUT_VARIABLE}={raw!r} must be above 0; {hint}")
+    return value
+
+
+async def _wait_online(api: str, token: str, hostd_log: Path, timeout: float = ONLINE_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession() as http:
@@ -300,6 +319,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         raise AlreadyUp(str(state))
     external_db = os.environ.get("POTLUCK_DATABASE_URL")
     _check_ports(settings, postgres=not external_db)
+    online_s = online_timeout()  # a bad value is named before anything starts
     (state / PID_FILE).write_text(f"{os.getpid()} {start_time(os.getpid())}")
     stop = asyncio.Event()
     starting = True
@@ -389,7 +409,8 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             await asyncio.to_thread(wait_until_listening, gateway, port, what="the SSH gateway", timeout=60)
         go_on()
         token = await _unless_stopped(stop, _demo_token(pool))
-        await _unless_stopped(stop, _wait_online(pool.api, token, pool.workdir / f"hostd-{host.name}.log"))
+        hostd_log = pool.workdir / f"hostd-{host.name}.log"
+        await _unless_stopped(stop, _wait_online(pool.api, token, hostd_log, online_s))
         starting = False
         ready = Running(
             pid=os.getpid(),
