@@ -438,6 +438,34 @@ def _public_urls(ctx: click.Context, param: click.Parameter, values: tuple[str, 
     burst="Such reads each user may make at once",
     defaults=(20, 100),
 )
+@click.option(
+    "--body-read-timeout",
+    "body_read_s",
+    envvar="POTLUCK_ALLOCATOR_BODY_READ_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds a request's body may take to arrive; past it the API answers 408 BODY_TOO_SLOW "
+    "(default 30) [env: POTLUCK_ALLOCATOR_BODY_READ_TIMEOUT].",
+)
+@click.option(
+    "--idle-connection-timeout",
+    "idle_s",
+    envvar="POTLUCK_ALLOCATOR_IDLE_CONNECTION_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds the API keeps a connection with no request under way, silent or sending a "
+    "request's head slowly (default 30) [env: POTLUCK_ALLOCATOR_IDLE_CONNECTION_TIMEOUT].",
+)
+@click.option(
+    "--lingering-time",
+    "lingering_s",
+    envvar="POTLUCK_ALLOCATOR_LINGERING_TIME",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds a connection answered before its request's body arrived (a 408, a 413) keeps "
+    "reading what the client still sends before it is closed (default 10) "
+    "[env: POTLUCK_ALLOCATOR_LINGERING_TIME].",
+)
 @retention_option
 def allocator(
     database_url: str,
@@ -454,13 +482,17 @@ def allocator(
     change_burst: int | None,
     fetch_rate: float | None,
     fetch_burst: int | None,
+    body_read_s: float | None,
+    idle_s: float | None,
+    lingering_s: float | None,
     retention_s: float,
 ) -> None:
     """Run the allocator: the HTTP API, placement, the allocation lifecycle."""
     from potluck.allocator.engine import AllocatorEngine
     from potluck.allocator.pool_registry import PoolRegistry
     from potluck.allocator.registry_tokens import TokenIssuer
-    from potluck.allocator.service import AllocatorService, serve_http
+    from potluck.allocator.request_bodies import BODY_READ_S
+    from potluck.allocator.service import IDLE_CONNECTION_S, LINGERING_S, AllocatorService, serve_http
     from potluck.allocator.user_rates import DEFAULT_CHANGE_RATE, DEFAULT_FETCH_RATE
     from potluck.bootstrap import Backends, serve
     from potluck.kernel.key_rates import RatePolicy
@@ -499,7 +531,16 @@ def allocator(
         watch_allocator(pool_metrics(), engine)
         await AllocatorService(store, nc, engine, registry=registry).run(
             lambda: serve_http(
-                engine, host, port, registry=registry, nc=nc, public_urls=public_urls, change_rate=changes
+                engine,
+                host,
+                port,
+                registry=registry,
+                nc=nc,
+                public_urls=public_urls,
+                change_rate=changes,
+                body_read_s=BODY_READ_S if body_read_s is None else body_read_s,
+                idle_s=IDLE_CONNECTION_S if idle_s is None else idle_s,
+                lingering_s=LINGERING_S if lingering_s is None else lingering_s,
             )
         )
 

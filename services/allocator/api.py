@@ -41,7 +41,7 @@ from potluck.allocator.paging import page_query, task_page_query
 from potluck.allocator.pool_registry import PoolRegistry
 from potluck.allocator.registry_auth import POOL_REGISTRY, basic_password, pool_registry
 from potluck.allocator.registry_auth import token as registry_token_for
-from potluck.allocator.request_bodies import MAX_BODY, continue_if_it_fits, within
+from potluck.allocator.request_bodies import BODY_READ, BODY_READ_S, MAX_BODY, continue_if_it_fits, within
 from potluck.allocator.schemas import (
     Allocation,
     AllocationList,
@@ -269,7 +269,7 @@ async def _json(request: web.Request) -> Any:
             status=415,
         )
     try:
-        return await within(request.json(loads=_loads))
+        return await within(request.json(loads=_loads), request.app[BODY_READ])
     except _UnreadableBody as exc:  # the field that holds it named, as the schema's refusals do
         raise Rejected(
             "MALFORMED_JSON", f"the body is not valid JSON: {exc}", field=exc.field, status=400
@@ -609,12 +609,15 @@ def make_app(
     logs: LogSource | None = None,
     site: Site | None = None,
     change_rate: RatePolicy | None = None,
+    body_read_s: float = BODY_READ_S,
 ) -> web.Application:
-    """The API and the pages; `change_rate`: each user's (user_rates.py), its default when None."""
+    """The API and the pages; `change_rate`: each user's (user_rates.py), its default when None;
+    `body_read_s`: how long a request's body may take to arrive (request_bodies.py)."""
     app = web.Application(
         middlewares=[errors_middleware, query_middleware, auth_middleware], client_max_size=MAX_BODY
     )
     app[ENGINE] = engine
+    app[BODY_READ] = body_read_s
     app[WAITS] = WaitSlots()
     app[USER_RATES] = UserRates(change_rate) if change_rate is not None else UserRates()
     app[AUTH] = Authenticator(

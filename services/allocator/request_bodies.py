@@ -27,10 +27,13 @@ from aiohttp.http import HttpVersion11
 
 from potluck.kernel.rejections import Rejected
 
-__all__ = ["BODY_READ_S", "MAX_BODY", "continue_if_it_fits", "within"]
+__all__ = ["BODY_READ", "BODY_READ_S", "MAX_BODY", "continue_if_it_fits", "within"]
 
-#: How long reading one request's body may take, from the handler's first read.
+#: How long reading one request's body may take, from the handler's first read (the
+#: allocator's --body-read-timeout changes it).
 BODY_READ_S = 30.0
+#: The app's own bound (make_app's `body_read_s`), which the handlers read bodies within.
+BODY_READ: web.AppKey[float] = web.AppKey("body_read_s", float)
 #: The largest body the allocator reads (the API's JSON, the pages' forms); past it, 413.
 MAX_BODY = 256 * 1024
 

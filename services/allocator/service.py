@@ -29,6 +29,7 @@ from potluck.allocator.lifecycle import Decision, decide, decide_actual_state
 from potluck.allocator.live_state import state_responder
 from potluck.allocator.placement_traces import placement_traces
 from potluck.allocator.pool_registry import PoolRegistry
+from potluck.allocator.request_bodies import BODY_READ_S
 from potluck.allocator.stored import stored_allocation
 from potluck.contracts.allocation_events import AllocationRestarted, alloc_stream
 from potluck.contracts.messages import DesiredAllocation, DesiredState, Reply, unstorable_field
@@ -83,6 +84,9 @@ STATE_REPORT_RATE = RatePolicy(per_s=0.5, burst=10)
 #: Long answers (a page's live stream, `?wait=`) are requests under way, not idle. Above the
 #: 15 s aiohttp's and most clients keep an idle connection, so they close theirs first.
 IDLE_CONNECTION_S = 30.0
+#: How long a connection whose answer went out early (a 408, a 413) keeps reading and dropping
+#: what the client still sends before it is closed: aiohttp's own default.
+LINGERING_S = 10.0
 #: Of an engine report's detail, this much reaches the log (the engine's own error text).
 LOGGED_DETAIL = 500
 
@@ -374,11 +378,15 @@ async def serve_http(
     nc: NATS | None = None,
     public_urls: Sequence["PublicUrl"] = (),
     change_rate: RatePolicy | None = None,
+    body_read_s: float = BODY_READ_S,
+    idle_s: float = IDLE_CONNECTION_S,
+    lingering_s: float = LINGERING_S,
 ) -> None:
     """The HTTP API until cancelled (with the image registry's endpoints when the pool has one;
     with `nc`, the pages tail containers' logs through the hosts; the pages answer under
     `public_urls`' names too, web/origins.py; each user's changes within `change_rate`,
-    user_rates.py)."""
+    user_rates.py; a body within `body_read_s`, request_bodies.py; a connection without a
+    request under way closed after `idle_s`, one answered early after `lingering_s`)."""
     from aiohttp import web
 
     from potluck.allocator.api import make_app
@@ -390,11 +398,14 @@ async def serve_http(
 
     logs = LogSource(nc) if nc is not None else None
     site = Site(public_urls)
-    app = make_app(engine, registry=registry, logs=logs, site=site, change_rate=change_rate)
+    app = make_app(
+        engine, registry=registry, logs=logs, site=site, change_rate=change_rate, body_read_s=body_read_s
+    )
     handler_args: dict[str, Any] = {
         "access_log": None,
         "logger": refusals_logger(),
-        "keepalive_timeout": IDLE_CONNECTION_S,
+        "keepalive_timeout": idle_s,
+        "lingering_time": lingering_s,
     }
     runner = web.AppRunner(app, **handler_args)
     await runner.setup()

@@ -17,10 +17,9 @@ from multidict import CIMultiDict
 
 from potluck.allocator.authentication import FailureWindow
 from potluck.allocator.connection_caps import MAX_PER_ADDRESS
-from potluck.allocator.request_bodies import BODY_READ_S
-from potluck.allocator.service import IDLE_CONNECTION_S
 from potluck.contracts.registry import TOKEN_PATH
 from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.ports import free_port
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e.allocator_api import Api, small
 from tests.e2e.conftest import start_laptop
@@ -35,6 +34,42 @@ async def shared(module_pool: Pool, docker_engines: list[DockerEngine]) -> Async
     token = await module_pool.add_user("alice")
     async with aiohttp.ClientSession() as http:
         yield module_pool, Api(http, module_pool.api, token)
+
+
+#: The bounds of `impatient`'s allocator on slow clients, seconds: its production defaults are
+#: 30 (request_bodies.BODY_READ_S, service.IDLE_CONNECTION_S) and 10 (service.LINGERING_S),
+#: which the cases that wait for them waited in full. Long enough that a trickle sends
+#: several pieces (a byte every 2 s, a header every 3 s) before it is cut off.
+BODY_READ_S = 8.0
+IDLE_CONNECTION_S = 8.0
+LINGERING_S = 1.0
+
+
+@pytest.fixture(scope="module")
+async def impatient(shared: tuple[Pool, Api]) -> AsyncIterator[tuple[Pool, Api]]:
+    """A second allocator of the module's pool (a replica, as test_replicas runs), with short
+    bounds on slow clients (--body-read-timeout, --idle-connection-timeout, --lingering-time),
+    and alice's session against it."""
+    pool, alice = shared
+    port = free_port()
+    replica = pool.start_allocator(
+        "allocator-impatient",
+        port=port,
+        relay=False,
+        options=[
+            *("--body-read-timeout", str(BODY_READ_S)),
+            *("--idle-connection-timeout", str(IDLE_CONNECTION_S)),
+            *("--lingering-time", str(LINGERING_S)),
+        ],
+    )
+    try:
+        await pool.wait_api(port=port)
+        token = alice.headers["Authorization"].removeprefix("Bearer ")
+        yield pool, Api(alice.http, f"http://127.0.0.1:{port}", token)
+    finally:
+        # As a crash would: stopped with SIGTERM while NATS lives on, it waited out its stop's
+        # 15 s; the module's own allocator serves on either way.
+        await asyncio.to_thread(replica.kill)
 
 
 @pytest.fixture(scope="module")
@@ -310,15 +345,19 @@ async def test_bodies_of_an_unreadable_type_or_with_a_name_twice_are_refused(
     assert await pool.store.head_position() == head
 
 
-async def test_connections_without_a_request_under_way_are_closed(shared: tuple[Pool, Api]) -> None:
+async def test_connections_without_a_request_under_way_are_closed(
+    impatient: tuple[Pool, Api],
+) -> None:
     """Tried: one connection that sends nothing, and one that sends a request's head one header
-    every 3 s and never ends it (slowloris), both with no token.
+    every 3 s and never ends it (slowloris), both with no token, to an allocator whose
+    --idle-connection-timeout is IDLE_CONNECTION_S.
     Must hold: the allocator closes both (within IDLE_CONNECTION_S, generously), while alice's
     requests are answered meanwhile; nothing is recorded."""
-    pool, alice = shared
+    pool, alice = impatient
+    port = int(alice.base.rsplit(":", 1)[1])
     head = await pool.store.head_position()
-    silent = await asyncio.open_connection("127.0.0.1", pool.api_port)
-    trickle = await asyncio.open_connection("127.0.0.1", pool.api_port)
+    silent = await asyncio.open_connection("127.0.0.1", port)
+    trickle = await asyncio.open_connection("127.0.0.1", port)
     trickle[1].write(b"GET /v1/pool HTTP/1.1\r\nHost: x\r\n")
 
     async def closed(reader: asyncio.StreamReader) -> bytes:
@@ -333,7 +372,7 @@ async def test_connections_without_a_request_under_way_are_closed(shared: tuple[
 
     slow = asyncio.create_task(trickling(trickle[1]))
     try:
-        async with asyncio.timeout(IDLE_CONNECTION_S * 3):
+        async with asyncio.timeout(IDLE_CONNECTION_S + 60):
             ends = asyncio.gather(closed(silent[0]), closed(trickle[0]))
             while not ends.done():
                 status, _ = await alice.call("GET", "/v1/pool")
@@ -470,18 +509,20 @@ async def test_a_good_token_gets_registry_access_from_an_address_locked_out_for_
 
 
 async def test_a_body_that_trickles_in_is_cut_off_and_its_connection_closed(
-    shared: tuple[Pool, Api],
+    impatient: tuple[Pool, Api],
 ) -> None:
     """Tried: a sign-in form with no token, and alice's allocation request, each posted with a
     body of 1000 bytes sent a byte every 2 s (the head arrives whole, so the idle timeout never
-    applied: the sign-in's connection was held as long as the bytes kept coming).
+    applied: the sign-in's connection was held as long as the bytes kept coming), to an
+    allocator whose --body-read-timeout is BODY_READ_S.
     Must hold: both get a 408 BODY_TOO_SLOW within BODY_READ_S (and some slack), and their
     connections are closed soon after; alice's requests are answered meanwhile; nothing is
     recorded."""
-    pool, alice = shared
+    pool, alice = impatient
+    port = int(alice.base.rsplit(":", 1)[1])
     head = await pool.store.head_position()
     token = alice.headers["Authorization"].removeprefix("Bearer ")
-    host = f"127.0.0.1:{pool.api_port}"
+    host = f"127.0.0.1:{port}"
     heads = [
         f"POST /web/signin HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n"
         "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ntoken=",
@@ -491,7 +532,7 @@ async def test_a_body_that_trickles_in_is_cut_off_and_its_connection_closed(
 
     async def trickle(request_head: str) -> tuple[float, bytes]:
         """The seconds until the server closed the connection, and what it answered."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", pool.api_port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         started = asyncio.get_running_loop().time()
         writer.write(request_head.encode())
 
@@ -504,7 +545,7 @@ async def test_a_body_that_trickles_in_is_cut_off_and_its_connection_closed(
 
         dripping = asyncio.create_task(drip())
         try:
-            async with asyncio.timeout(BODY_READ_S * 3):
+            async with asyncio.timeout(BODY_READ_S + 60):
                 answer = b""
                 with contextlib.suppress(ConnectionError):
                     while chunk := await reader.read(65536):

@@ -27,7 +27,7 @@ from potluck.allocator.authentication import Authenticator, LogUnreadable, as_gi
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.http_headers import HSTS, add_common_headers
 from potluck.allocator.log_outages import LOG_OUTAGE_RETRY_AFTER_S
-from potluck.allocator.request_bodies import continue_if_it_fits, within
+from potluck.allocator.request_bodies import BODY_READ, continue_if_it_fits, within
 from potluck.allocator.schemas import HistoryEntry
 from potluck.allocator.stored import ALLOC_ID, stored_allocation
 from potluck.allocator.user_rates import USER_RATES, RateExceeded
@@ -276,7 +276,7 @@ async def _read_form(request: web.Request) -> Any:
     """The posted form; a body no browser sends (a charset without a codec, multipart without
     its boundary) is the client's error, not the allocator's."""
     try:
-        form = await within(request.post())
+        form = await within(request.post(), request.app[BODY_READ])
     except (ValueError, LookupError, UnicodeDecodeError):
         raise web.HTTPBadRequest(text="the form could not be read: send it from Potluck's own page") from None
     twice = _given_twice(form, FORM_NAMES, "a field")
