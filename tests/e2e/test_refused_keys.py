@@ -25,7 +25,14 @@ from tests.fixtures.user_home import with_home
 
 
 @pytest.fixture
-async def gated(pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path) -> Gatewayed:
+async def gated(
+    pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Gatewayed:
+    """A gateway that does not hold back a source's or an allocation's next login after a failed
+    one (its defaults wait 0.5 s, doubling: 19 s over this test's refusals, which is not what it
+    tries); its lockouts are its own (tests/e2e/test_ssh_gateway.py tries the delays)."""
+    monkeypatch.setenv("POTLUCK_SSHGATEWAY_SOURCE_DELAY_S", "0")
+    monkeypatch.setenv("POTLUCK_SSHGATEWAY_ALLOC_DELAY_S", "0")
     return await start_gatewayed(pool, docker_engines[0], tmp_path)
 
 
