@@ -20,12 +20,12 @@ import click
 # Before any command's module imports nats (nothing above does): see its docstring.
 import potluck.events.nats_without_websockets  # noqa: F401
 from potluck.cli_options import (
-    OPERATOR_CONNECT_TIMEOUT_S,
     FiniteRange,
     GraceSeconds,
     database_option,
     nats_options,
     nats_options_for,
+    operator_connect_timeout,
     operator_database_option,
     relay_option,
     retention_option,
@@ -89,7 +89,7 @@ async def with_store(database_url: str, work: Callable[["EventStore"], Awaitable
     from potluck.events import EventStore
 
     try:
-        store = await EventStore.open(database_url, max_size=2, connect_timeout=OPERATOR_CONNECT_TIMEOUT_S)
+        store = await EventStore.open(database_url, max_size=2, connect_timeout=operator_connect_timeout())
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         # A Postgres that is down or a URL with a typo came out as asyncpg's traceback.
         fail(unreachable_log(database_url, exc))

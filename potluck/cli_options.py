@@ -1,6 +1,7 @@
 """Click options that more than one command group shares (services, operators)."""
 
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -80,7 +81,27 @@ def database_option(f: F) -> F:
 
 #: Seconds an operator's command waits for the event log's Postgres to let it in: one that
 #: accepts and never answers (stopped, overloaded) otherwise held it for asyncpg's 60.
+#: POTLUCK_OPERATOR_CONNECT_TIMEOUT_S changes it (`operator_connect_timeout`).
 OPERATOR_CONNECT_TIMEOUT_S = 10.0
+OPERATOR_CONNECT_TIMEOUT_VARIABLE = "POTLUCK_OPERATOR_CONNECT_TIMEOUT_S"
+
+
+def operator_connect_timeout() -> float:
+    """The wait for the event log's Postgres: POTLUCK_OPERATOR_CONNECT_TIMEOUT_S, else
+    OPERATOR_CONNECT_TIMEOUT_S; a value that is no positive number is a usage error naming it."""
+    raw = os.environ.get(OPERATOR_CONNECT_TIMEOUT_VARIABLE, "")
+    if not raw:
+        return OPERATOR_CONNECT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise click.UsageError(
+            f"{OPERATOR_CONNECT_TIMEOUT_VARIABLE}={raw!r} is not a number of seconds above 0; "
+            f"set it to e.g. {OPERATOR_CONNECT_TIMEOUT_S:g}, or unset it"
+        )
+    return value
 
 
 def unreachable_log(database_url: str, exc: BaseException) -> str:
@@ -90,7 +111,7 @@ def unreachable_log(database_url: str, exc: BaseException) -> str:
     from potluck.up_state import default_state_dir, running
 
     reason = str(exc) or (
-        f"no answer within {OPERATOR_CONNECT_TIMEOUT_S:g} s"
+        f"no answer within {operator_connect_timeout():g} s"
         if isinstance(exc, TimeoutError)
         else type(exc).__name__
     )

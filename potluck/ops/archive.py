@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from potluck.cli_options import (
-    OPERATOR_CONNECT_TIMEOUT_S,
     FiniteRange,
+    operator_connect_timeout,
     operator_database_option,
     unreachable_log,
 )
@@ -70,7 +70,7 @@ async def _main(
 
     try:
         store = await EventStore.open(
-            database_url, min_size=1, max_size=2, migrate=False, connect_timeout=OPERATOR_CONNECT_TIMEOUT_S
+            database_url, min_size=1, max_size=2, migrate=False, connect_timeout=operator_connect_timeout()
         )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise OpsError(unreachable_log(database_url, exc)) from None

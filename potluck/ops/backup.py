@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import asyncpg
 import click
 
-from potluck.cli_options import OPERATOR_CONNECT_TIMEOUT_S, operator_database_option, unreachable_log
+from potluck.cli_options import operator_connect_timeout, operator_database_option, unreachable_log
 from potluck.localstack.errors import LocalStackError
 from potluck.localstack.postgres_server import postgres_bin_dir
 from potluck.ops import OpsError
@@ -71,7 +71,7 @@ def _tool(name: str) -> Path:
 @contextlib.asynccontextmanager
 async def _connection(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     try:
-        conn = await asyncpg.connect(database_url, timeout=OPERATOR_CONNECT_TIMEOUT_S)
+        conn = await asyncpg.connect(database_url, timeout=operator_connect_timeout())
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise OpsError(unreachable_log(database_url, exc)) from None
     try:

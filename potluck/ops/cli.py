@@ -30,9 +30,9 @@ from rich.console import Console
 from rich.table import Table
 
 from potluck.cli_options import (
-    OPERATOR_CONNECT_TIMEOUT_S,
     FiniteRange,
     nats_options_for,
+    operator_connect_timeout,
     operator_database_option,
     retention_option,
     unreachable_log,
@@ -72,7 +72,7 @@ async def _store(database_url: str) -> Any:
     shown = redacted(database_url, "the database URL")
     try:
         store = await EventStore.open(
-            database_url, min_size=1, max_size=2, migrate=False, connect_timeout=OPERATOR_CONNECT_TIMEOUT_S
+            database_url, min_size=1, max_size=2, migrate=False, connect_timeout=operator_connect_timeout()
         )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise OpsError(unreachable_log(database_url, exc)) from None
