@@ -715,9 +715,14 @@ async def test_a_hosts_key_can_neither_destroy_jetstream_nor_listen_beyond_its_o
             f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}",
             f"$JS.API.CONSUMER.DURABLE.CREATE.{EVENTS_STREAM}.spy",
         ]
-        for subject in destructive:
+
+        async def refused(subject: str) -> None:
             with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
                 await as_a.request(subject, b'{"seq": 1}', timeout=1)
+
+        # All at once: each waits its own second for an answer that must not come (one after
+        # another they waited 15 s).
+        await asyncio.gather(*(refused(subject) for subject in destructive))
         listened = [">", "$SYS.>", "_INBOX.>", f"{inbox_prefix(b.host_id)}.>", "potluck.evt.>", "$JS.API.>"]
         for subject in listened:
             await as_a.subscribe(subject, cb=spy)
