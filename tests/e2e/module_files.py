@@ -8,17 +8,11 @@ after the test every allocation the test asked for that is not over is released,
 goes on until each is over and the engine holds no container of it. The next test finds the
 pool as the first did: its user's allocations all over, and all of the host's donation free.
 
-A module uses it through two fixtures of its own (named as conftest's, so its tests stay as
-they were):
+A module takes the two fixtures below in its own namespace (`files` named as conftest's, so
+its tests stay as they were):
 
-    @pytest.fixture(scope="module")
-    async def module_files(module_pool, docker_engines, default_image, tmp_path_factory):
-        return await start_module_files(module_pool, docker_engines[0], default_image, ...)
-
-    @pytest.fixture
-    async def files(module_files, docker_engines):
-        async with one_test(module_files, docker_engines[0]) as g:
-            yield g
+    module_files = module_files_fixtures.module_files
+    files = module_files_fixtures.files
 """
 
 import asyncio
@@ -27,12 +21,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e.conftest import Gatewayed, start_gatewayed
 from tests.fixtures.pool import Pool, allocation
+
+__all__ = ["files", "module_files"]
 
 #: How long a released allocation may take to be over and its container gone.
 RELEASE_WAIT_S = 60.0
@@ -50,6 +47,25 @@ async def start_module_files(
         allowed_images=[DEFAULT_TAG, default_image],
         donate={"cpus": 2, "memory": "2G", "disk": "6G"},
     )
+
+
+@pytest.fixture(scope="module")
+async def module_files(
+    module_pool: Pool,
+    docker_engines: list[DockerEngine],
+    default_image: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Gatewayed:
+    """One gateway and hostd for the module's tests."""
+    workdir = tmp_path_factory.mktemp("files")
+    return await start_module_files(module_pool, docker_engines[0], default_image, workdir)
+
+
+@pytest.fixture
+async def files(module_files: Gatewayed, docker_engines: list[DockerEngine]) -> AsyncIterator[Gatewayed]:
+    """The module's gateway and hostd; what the test allocated is released and gone after it."""
+    async with one_test(module_files, docker_engines[0]) as g:
+        yield g
 
 
 @contextlib.asynccontextmanager

@@ -10,39 +10,24 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.user.client import Login
+from tests.e2e import module_files as module_files_fixtures
 from tests.e2e.conftest import Gatewayed
-from tests.e2e.module_files import one_test, start_module_files
-from tests.fixtures.pool import Pool, allocation
+from tests.fixtures.pool import allocation
 
 BIG = 100 * 1000 * 1000
 
 
-@pytest.fixture(scope="module")
-async def module_files(
-    module_pool: Pool,
-    docker_engines: list[DockerEngine],
-    default_image: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Gatewayed:
-    """One gateway and hostd for the module's tests (tests/e2e/module_files.py)."""
-    workdir = tmp_path_factory.mktemp("files")
-    return await start_module_files(module_pool, docker_engines[0], default_image, workdir)
-
-
-@pytest.fixture
-async def files(module_files: Gatewayed, docker_engines: list[DockerEngine]) -> AsyncIterator[Gatewayed]:
-    """The module's gateway and hostd; what the test allocated is released and gone after it."""
-    async with one_test(module_files, docker_engines[0]) as g:
-        yield g
+# One pool, gateway and hostd for the module's tests, each test's allocations gone after it.
+module_files = module_files_fixtures.module_files
+files = module_files_fixtures.files
 
 
 def _ssh_options(g: Gatewayed) -> list[str]:

@@ -20,13 +20,11 @@ from typing import cast
 import asyncssh
 import pytest
 
-from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
+from tests.e2e import module_files as module_files_fixtures
 from tests.e2e import test_file_transfer as transfer
 from tests.e2e.conftest import Gatewayed
-from tests.e2e.module_files import one_test, start_module_files
 from tests.fixtures import ssh as ssh_fixtures
-from tests.fixtures.pool import Pool
 from tests.fixtures.ssh import SshEnv
 
 MiB = 1 << 20
@@ -34,23 +32,9 @@ ssh_env = ssh_fixtures.ssh_env
 interactive = transfer.interactive
 
 
-@pytest.fixture(scope="module")
-async def module_files(
-    module_pool: Pool,
-    docker_engines: list[DockerEngine],
-    default_image: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Gatewayed:
-    """One gateway and hostd for the module's tests (tests/e2e/module_files.py)."""
-    workdir = tmp_path_factory.mktemp("files")
-    return await start_module_files(module_pool, docker_engines[0], default_image, workdir)
-
-
-@pytest.fixture
-async def files(module_files: Gatewayed, docker_engines: list[DockerEngine]) -> AsyncIterator[Gatewayed]:
-    """The module's gateway and hostd; what the test allocated is released and gone after it."""
-    async with one_test(module_files, docker_engines[0]) as g:
-        yield g
+# One pool, gateway and hostd for the module's tests, each test's allocations gone after it.
+module_files = module_files_fixtures.module_files
+files = module_files_fixtures.files
 
 
 @asynccontextmanager

@@ -24,18 +24,16 @@ import re
 import struct
 import subprocess
 import tarfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncssh
 import pytest
 
-from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
+from tests.e2e import module_files as module_files_fixtures
 from tests.e2e import test_file_transfer as transfer
 from tests.e2e.conftest import Gatewayed, wait_for_status
-from tests.e2e.module_files import one_test, start_module_files
-from tests.fixtures.pool import Pool, allocation
+from tests.fixtures.pool import allocation
 
 MiB = 1 << 20
 #: Where the uploads go, with the file the allocation held before them.
@@ -47,23 +45,9 @@ GUARD_WAIT_S = 4.0
 GUARD_FAILS_WITHIN_S = 30.0
 
 
-@pytest.fixture(scope="module")
-async def module_files(
-    module_pool: Pool,
-    docker_engines: list[DockerEngine],
-    default_image: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Gatewayed:
-    """One gateway and hostd for the module's tests (tests/e2e/module_files.py)."""
-    workdir = tmp_path_factory.mktemp("files")
-    return await start_module_files(module_pool, docker_engines[0], default_image, workdir)
-
-
-@pytest.fixture
-async def files(module_files: Gatewayed, docker_engines: list[DockerEngine]) -> AsyncIterator[Gatewayed]:
-    """The module's gateway and hostd; what the test allocated is released and gone after it."""
-    async with one_test(module_files, docker_engines[0]) as g:
-        yield g
+# One pool, gateway and hostd for the module's tests, each test's allocations gone after it.
+module_files = module_files_fixtures.module_files
+files = module_files_fixtures.files
 
 
 async def half_full(g: Gatewayed, image: str) -> tuple[str, str]:
