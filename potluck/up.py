@@ -36,7 +36,7 @@ from potluck.localstack import LocalStackError, PostgresServer
 from potluck.localstack.default_image import ensure_default_image
 from potluck.localstack.docker_engine import DockerEngine, ensure_docker_installed
 from potluck.localstack.ports import BROWSERS_REFUSE, port_accepts
-from potluck.localstack.process import wait_until_listening
+from potluck.localstack.process import ChildProcess, wait_until_listening
 from potluck.localstack.reaper import start_time, still_runs
 from potluck.localstack.test_image import DEFAULT_TAG, build_test_image, image_id
 from potluck.registry.enrollment import current_hosts, revoke_host
@@ -211,11 +211,15 @@ def online_timeout() -> float:
     return value
 
 
-async def _wait_online(api: str, token: str, hostd_log: Path, timeout: float = ONLINE_TIMEOUT_S) -> None:
+async def _wait_online(
+    api: str, token: str, hostd: ChildProcess, hostd_log: Path, timeout: float = ONLINE_TIMEOUT_S
+) -> None:
+    """Until the pool lists a host active; a hostd that stopped meanwhile (it refused its
+    settings, or this machine) fails the start at once with its reason, not after `timeout`."""
     deadline = time.monotonic() + timeout
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and hostd.running():
             with contextlib.suppress(aiohttp.ClientError):
                 async with http.get(f"{api}/v1/pool", headers=headers) as response:
                     if response.status == 200 and any(
@@ -235,7 +239,8 @@ async def _wait_online(api: str, token: str, hostd_log: Path, timeout: float = O
         else []
     )
     why = f": {said[-1].removeprefix('error: ')}" if said else ""
-    raise LocalStackError(f"the local hostd did not come online{why}; see {hostd_log}")
+    stopped = "" if hostd.running() else f" (it stopped, exit code {hostd.exit_code()})"
+    raise LocalStackError(f"the local hostd did not come online{stopped}{why}; see {hostd_log}")
 
 
 #: The name `potluck up` enrolls its own machine under.
@@ -410,7 +415,8 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         go_on()
         token = await _unless_stopped(stop, _demo_token(pool))
         hostd_log = pool.workdir / f"hostd-{host.name}.log"
-        await _unless_stopped(stop, _wait_online(pool.api, token, hostd_log, online_s))
+        assert host.process is not None  # started above
+        await _unless_stopped(stop, _wait_online(pool.api, token, host.process, hostd_log, online_s))
         starting = False
         ready = Running(
             pid=os.getpid(),
