@@ -2,6 +2,7 @@
 run here by this machine's static busybox (ops/setup installs it) as a plain process: the
 shell semantics it relies on are busybox's, not Docker's."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -42,7 +43,19 @@ def _launch(
 
 def _children(pid: int) -> list[str]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [Path(f"/proc/{c}/cmdline").read_bytes().decode() for c in path.read_text().split()]
+    found = []
+    for child in path.read_text().split():
+        # A child may end between the listing and this read (a full run's load made it so).
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            found.append(Path(f"/proc/{child}/cmdline").read_bytes().decode())
+    return found
+
+
+def _ended(proc: subprocess.Popen[bytes]) -> None:
+    """Killed, reaped and its pipes closed: a failed test's open pipes, collected during a later
+    test, failed that one too (pytest's unraisable ResourceWarning)."""
+    proc.kill()
+    proc.communicate()
 
 
 def _until_waiting(proc: subprocess.Popen[bytes]) -> None:
@@ -80,7 +93,7 @@ def test_the_launcher_runs_nothing_until_told_then_is_the_command(image_bin: Pat
         os.kill(proc.pid, getattr(signal, GO_SIGNAL))
         out, err = proc.communicate(timeout=10)
     finally:
-        proc.kill()
+        _ended(proc)
     assert out.decode() == "image-ls [a b] [c'd]\nstdin=\nchildren=[]\n"
     assert err == b""
     assert proc.returncode == 3
@@ -111,7 +124,7 @@ def test_env_values_given_at_the_go_reach_the_command_unchanged(image_bin: Path)
         proc.stdin.flush()
         out, err = proc.communicate(timeout=10)
     finally:
-        proc.kill()
+        _ended(proc)
     assert out.decode() == f"{values['TOKEN']}|ü  two||image-p|image-n||a b||"
     assert err == b""
     assert proc.returncode == 7
@@ -146,7 +159,7 @@ def test_env_values_that_do_not_all_come_end_the_launcher_not_the_command(
         proc.wait(timeout=10)  # its stdin still open: the wait is what ends it
         out, err = proc.communicate()
     finally:
-        proc.kill()
+        _ended(proc)
     assert proc.returncode == 125
     assert b"the-command-ran" not in out
     assert b"did not come from hostd in time; the command did not run" in err
@@ -179,7 +192,7 @@ def test_a_path_with_a_slash_is_run_as_given(image_bin: Path) -> None:
         os.kill(proc.pid, getattr(signal, GO_SIGNAL))
         out, _ = proc.communicate(timeout=10)
     finally:
-        proc.kill()
+        _ended(proc)
     assert out.decode().startswith("image-ls [rel] []\n")
 
 
