@@ -369,6 +369,22 @@ def _user_rate_options(kind: str, *, rate: str, burst: str, defaults: tuple[floa
     return options
 
 
+def _seconds_option(
+    flag: str, dest: str, variable: str, what: str, *, zero: bool = False
+) -> Callable[[F], F]:
+    """An allocator option of seconds (and its POTLUCK_ALLOCATOR_ variable), None when not given:
+    above 0, or from 0 with `zero`."""
+    env = f"POTLUCK_ALLOCATOR_{variable}"
+    return click.option(
+        flag,
+        dest,
+        envvar=env,
+        type=click.FloatRange(min=0, min_open=not zero),
+        default=None,
+        help=f"{what} [env: {env}].",
+    )
+
+
 def _public_urls(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[Any, ...]:
     from potluck.allocator.web.origins import parse_public_url
 
@@ -438,33 +454,26 @@ def _public_urls(ctx: click.Context, param: click.Parameter, values: tuple[str, 
     burst="Such reads each user may make at once",
     defaults=(20, 100),
 )
-@click.option(
+@_seconds_option(
     "--body-read-timeout",
     "body_read_s",
-    envvar="POTLUCK_ALLOCATOR_BODY_READ_TIMEOUT",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Seconds a request's body may take to arrive; past it the API answers 408 BODY_TOO_SLOW "
-    "(default 30) [env: POTLUCK_ALLOCATOR_BODY_READ_TIMEOUT].",
+    "BODY_READ_TIMEOUT",
+    "Seconds a request's body may take to arrive; past it the API answers 408 BODY_TOO_SLOW (default 30)",
 )
-@click.option(
+@_seconds_option(
     "--idle-connection-timeout",
     "idle_s",
-    envvar="POTLUCK_ALLOCATOR_IDLE_CONNECTION_TIMEOUT",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Seconds the API keeps a connection with no request under way, silent or sending a "
-    "request's head slowly (default 30) [env: POTLUCK_ALLOCATOR_IDLE_CONNECTION_TIMEOUT].",
+    "IDLE_CONNECTION_TIMEOUT",
+    "Seconds the API keeps a connection with no request under way, silent or sending a "
+    "request's head slowly (default 30)",
 )
-@click.option(
+@_seconds_option(
     "--lingering-time",
     "lingering_s",
-    envvar="POTLUCK_ALLOCATOR_LINGERING_TIME",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Seconds a connection answered before its request's body arrived (a 408, a 413) keeps "
-    "reading what the client still sends before it is closed (default 10) "
-    "[env: POTLUCK_ALLOCATOR_LINGERING_TIME].",
+    "LINGERING_TIME",
+    "Seconds a connection answered before its request's body arrived (a 408, a 413) keeps "
+    "reading what the client still sends before it is closed (default 10)",
+    zero=True,
 )
 @retention_option
 def allocator(
