@@ -29,20 +29,33 @@ async def _host_in_the_log(pool: Pool) -> None:
     await host_in_the_log(pool.store, "h-keyed", Capacity(cpus=8, memory_bytes=8 << 30, disk_bytes=8 << 30))
 
 
-async def _create(
-    http: aiohttp.ClientSession, pool: Pool, token: str, key: str | None, body: dict[str, Any] = BODY
+async def _post(
+    http: aiohttp.ClientSession, pool: Pool, path: str, token: str, key: str | None, body: dict[str, Any]
 ) -> tuple[int, dict[str, Any], str | None]:
+    """POST `body` to `path` as `token`'s user with `key`: status, answer, Idempotent-Replayed."""
     headers = {"Authorization": f"Bearer {token}"}
     if key is not None:
         headers["Idempotency-Key"] = key
-    async with http.post(f"{pool.api}/v1/allocations", json=body, headers=headers) as r:
+    async with http.post(f"{pool.api}{path}", json=body, headers=headers) as r:
         return r.status, await r.json(), r.headers.get("Idempotent-Replayed")
 
 
-async def _ids(http: aiohttp.ClientSession, pool: Pool, token: str) -> list[str]:
-    async with http.get(f"{pool.api}/v1/allocations", headers={"Authorization": f"Bearer {token}"}) as r:
+async def _listed(http: aiohttp.ClientSession, pool: Pool, path: str, token: str) -> list[str]:
+    """The ids of `token`'s user's allocations or jobs (`path`), as their first page lists them."""
+    async with http.get(f"{pool.api}{path}", headers={"Authorization": f"Bearer {token}"}) as r:
         assert r.status == 200, await r.text()
-        return [a["id"] for a in (await r.json())["allocations"]]
+        listed: dict[str, list[dict[str, Any]]] = await r.json()
+        return [item["id"] for item in listed[path.rsplit("/", 1)[-1]]]
+
+
+async def _create(
+    http: aiohttp.ClientSession, pool: Pool, token: str, key: str | None, body: dict[str, Any] = BODY
+) -> tuple[int, dict[str, Any], str | None]:
+    return await _post(http, pool, "/v1/allocations", token, key, body)
+
+
+async def _ids(http: aiohttp.ClientSession, pool: Pool, token: str) -> list[str]:
+    return await _listed(http, pool, "/v1/allocations", token)
 
 
 async def test_a_request_sent_again_with_its_key_is_answered_with_the_one_allocation(pool: Pool) -> None:
@@ -179,15 +192,11 @@ JOB = {"tasks": 3, "cpus": 0.5, "memory": "64M", "disk": "64M", "image": DEFAULT
 async def _submit(
     http: aiohttp.ClientSession, pool: Pool, token: str, key: str, body: dict[str, Any] = JOB
 ) -> tuple[int, dict[str, Any], str | None]:
-    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
-    async with http.post(f"{pool.api}/v1/jobs", json=body, headers=headers) as r:
-        return r.status, await r.json(), r.headers.get("Idempotent-Replayed")
+    return await _post(http, pool, "/v1/jobs", token, key, body)
 
 
 async def _job_ids(http: aiohttp.ClientSession, pool: Pool, token: str) -> list[str]:
-    async with http.get(f"{pool.api}/v1/jobs", headers={"Authorization": f"Bearer {token}"}) as r:
-        assert r.status == 200, await r.text()
-        return [j["id"] for j in (await r.json())["jobs"]]
+    return await _listed(http, pool, "/v1/jobs", token)
 
 
 async def test_a_job_sent_again_with_its_key_is_the_one_job_even_after_it_left_memory(pool: Pool) -> None:
