@@ -98,8 +98,8 @@ def retire_ended(view: AllocationsView, retirement: Retirement) -> int:
     left = 0
     for kind, alloc_id in retirement.due():
         state = view.allocations.get(alloc_id)
-        if kind != "alloc" or state is None:
-            continue
+        if kind != "alloc" or state is None or not state.terminal:
+            continue  # gone already, or live again since it ended (see AllocatorModel._retire)
         if state.kept:
             retirement.ended("alloc", alloc_id)
             continue

@@ -142,6 +142,10 @@ class AllocatorModel:
                 state = allocations.get(row_id)
                 if state is None or (state.job_id is not None and state.job_id in self.jobs.jobs):
                     continue  # gone already, or a job's attempt: it leaves with its job
+                if not state.terminal:
+                    # Live again since it ended (a row the allocator never writes, put in the
+                    # log by hand): not ended, so not dropped; it is queued again if it ends.
+                    continue
                 if state.kept:
                     retirement.ended("alloc", row_id)
                     continue

@@ -126,6 +126,28 @@ def test_a_released_allocation_leaves_once_ended_longer_than_the_window_on_the_l
     assert after.retirement.allocations_retired == 1
 
 
+def test_an_ended_allocation_made_live_again_by_a_row_put_in_by_hand_is_not_dropped() -> None:
+    """Tried: a1 released at T0, then a row the allocator never writes (an AllocationRequested
+    for a1 again, inserted into the log by hand) within the window, then the log's clock past
+    the window; folded by the allocator's model and by the gateway's view. Before: the fold
+    stopped on an assertion ("allocation a1 is pending: never dropped"): a poison row that
+    would stop the allocator at every start. Must hold: both fold on, a1 stays (pending, as
+    the log now says), nothing is counted as retired."""
+    log = pool()
+    released(log, "a1")
+    log.add(alloc_stream("a1"), AllocationRequested(alloc_id="a1", user="alice", spec=spec(1), lifetime_s=60))
+    tick(log, 2 * HOUR)
+
+    model = model_of(log.records, 3600)
+    assert model.allocations.allocations["a1"].status == "pending"
+    assert model.retirement.allocations_retired == 0
+
+    view = GatewayView(retirement=Retirement(retention_s=3600))
+    fold = Fold(view, reader="test")
+    fold.apply_all(log.records)
+    assert view.allocations.allocations["a1"].status == "pending"
+
+
 def test_the_logs_clock_never_goes_back() -> None:
     """Tried: an event recorded two hours after a1 ended, then one recorded earlier than that (a
     transaction that began before another but committed after it). Must hold: the clock stays at
