@@ -86,22 +86,30 @@ OPERATOR_CONNECT_TIMEOUT_S = 10.0
 OPERATOR_CONNECT_TIMEOUT_VARIABLE = "POTLUCK_OPERATOR_CONNECT_TIMEOUT_S"
 
 
-def operator_connect_timeout() -> float:
-    """The wait for the event log's Postgres: POTLUCK_OPERATOR_CONNECT_TIMEOUT_S, else
-    OPERATOR_CONNECT_TIMEOUT_S; a value that is no positive number is a usage error naming it."""
-    raw = os.environ.get(OPERATOR_CONNECT_TIMEOUT_VARIABLE, "")
+def seconds_from_env(variable: str, default: float) -> float:
+    """Seconds from `variable`, `default` when it is unset or empty; ValueError naming it for a
+    value that is no number above 0."""
+    raw = os.environ.get(variable, "")
     if not raw:
-        return OPERATOR_CONNECT_TIMEOUT_S
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
     if not 0 < value < math.inf:
-        raise click.UsageError(
-            f"{OPERATOR_CONNECT_TIMEOUT_VARIABLE}={raw!r} is not a number of seconds above 0; "
-            f"set it to e.g. {OPERATOR_CONNECT_TIMEOUT_S:g}, or unset it"
+        raise ValueError(
+            f"{variable}={raw!r} is not a number of seconds above 0; set it to e.g. {default:g}, or unset it"
         )
     return value
+
+
+def operator_connect_timeout() -> float:
+    """The wait for the event log's Postgres: POTLUCK_OPERATOR_CONNECT_TIMEOUT_S, else
+    OPERATOR_CONNECT_TIMEOUT_S; a value that is no positive number is a usage error naming it."""
+    try:
+        return seconds_from_env(OPERATOR_CONNECT_TIMEOUT_VARIABLE, OPERATOR_CONNECT_TIMEOUT_S)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def unreachable_log(database_url: str, exc: BaseException) -> str:

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from potluck.allocator.web.connect import GATEWAY_ADDRESS
+from potluck.cli_options import seconds_from_env
 from potluck.kernel.private_files import append_private, write_private
 from potluck.kernel.redacted_urls import redacted
 from potluck.localpool import EnrolledHost, LocalPool
@@ -200,15 +201,10 @@ ONLINE_TIMEOUT_S = 60.0
 
 def online_timeout() -> float:
     """The wait for the local hostd (POTLUCK_UP_ONLINE_TIMEOUT_S, else ONLINE_TIMEOUT_S)."""
-    raw = os.environ.get(ONLINE_TIMEOUT_VARIABLE, "")
-    hint = f"set it to e.g. {ONLINE_TIMEOUT_S:g}, or unset it"
     try:
-        value = float(raw) if raw else ONLINE_TIMEOUT_S
-    except ValueError:
-        raise LocalStackError(f"{ONLINE_TIMEOUT_VARIABLE}={raw!r} is not a number; {hint}") from None
-    if not 0 < value < float("inf"):
-        raise LocalStackError(f"{ONLINE_TIMEOUT_VARIABLE}={raw!r} must be above 0; {hint}")
-    return value
+        return seconds_from_env(ONLINE_TIMEOUT_VARIABLE, ONLINE_TIMEOUT_S)
+    except ValueError as exc:
+        raise LocalStackError(str(exc)) from None
 
 
 async def _wait_online(
