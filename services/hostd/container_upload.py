@@ -16,22 +16,27 @@ cannot say little and send more.
 Where it lands, as with `docker cp`: into DST when it is a directory, else as DST (its parent
 must exist). Either way it is unpacked into a temporary directory beside its place and moved
 there once whole, so a copy that fails (or is cut, or whose session is lost) leaves nothing
-under the destination's name; the temporary directory is removed. Only a directory copied
-onto a directory of the same name is unpacked in place, merged into it as `docker cp` and tar
-do.
+under the destination's name. The temporary directory is removed by the script's trap when its
+processes are ended, and again by hostd, which names it, once they have all ended: a trap
+still removing when the grace hostd gives them ran out (a loaded machine) is killed with them,
+and a session that told its user the copy failed must not leave the copy's bytes behind. Only
+a directory copied onto a directory of the same name is unpacked in place, merged into it as
+`docker cp` and tar do.
 """
 
 import asyncio
+import secrets
 from dataclasses import dataclass
 
 import structlog
 
-from potluck.contracts.uploads import RECEIVE
+from potluck.contracts.uploads import RECEIVE, TMP_PREFIX
 from potluck.hostd import disk_budget
 from potluck.hostd.budgeted_process import BudgetedProcess
 from potluck.hostd.disk_budget import DiskBudget
 from potluck.hostd.engine_stream import StreamedProcess
 from potluck.hostd.exec_bridge import ExecBridge, ExecProcess, SessionProcess
+from potluck.hostd.exec_errors import ExecError
 
 __all__ = ["PUT_REFUSED", "STREAM_SLACK", "ArchivePut", "open_upload"]
 
@@ -43,6 +48,11 @@ PUT_REFUSED = 1
 #: What a tar stream may hold beyond NEED: its end (two zero blocks, padded to a 10 KiB
 #: record). Each entry's header and padding fit in the ENTRY_BYTES NEED counts for it.
 STREAM_SLACK = 64 * 1024
+#: Removes a copy's temporary directory ($1 DST, $2 its name's end) wherever RECEIVE put it:
+#: in DST when DST is a directory, else beside it.
+_DISCARD = r'for d in "$1" "$(dirname -- "$1")"; do rm -rf -- "${d%/}/' + TMP_PREFIX + r'$2"; done'
+#: How long the removal may take before hostd goes on without it.
+DISCARD_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -58,13 +68,21 @@ class _Upload(BudgetedProcess):
     taken is given back when it ends, unless the copy landed."""
 
     def __init__(
-        self, bridge: ExecBridge, alloc_id: str, process: ExecProcess, budget: DiskBudget, need: int
+        self,
+        bridge: ExecBridge,
+        alloc_id: str,
+        process: ExecProcess,
+        budget: DiskBudget,
+        put: ArchivePut,
+        tmp_name: str,
     ) -> None:
         super().__init__(bridge, alloc_id, process, budget)
-        self.need = need
+        self.need = put.need
+        self.dst = put.dst
+        self.tmp_name = tmp_name
         self.sent = 0
         self.cut = False
-        self._ending: asyncio.Task[int] | None = None
+        self._ending: asyncio.Task[None] | None = None
 
     def write(self, data: bytes) -> None:
         if self.cut:
@@ -79,14 +97,47 @@ class _Upload(BudgetedProcess):
                     "it was cut off, nothing was copied\n"
                 )
                 self.sink.exec_data(said.encode(), True)
-            # Ended by a signal: the script's trap removes what was unpacked.
-            self._ending = asyncio.ensure_future(self.process.terminate())
+            self._ending = asyncio.ensure_future(self._end_and_discard())
             return
         self.process.write(data)
 
     def write_eof(self) -> None:
         if not self.cut:
             self.process.write_eof()
+
+    async def wait_exit(self, timeout: float = 10.0) -> int | None:
+        status = await self.process.wait_exit(timeout)
+        if self._ending is not None:
+            await self._ending
+        elif status is not None and status != 0:
+            await self._discard()
+        return status if status is None else self._ended(status)
+
+    async def terminate(self) -> int:
+        try:
+            return await self.process.terminate()
+        finally:
+            await self._discard()
+            self._ended(None)
+
+    async def _end_and_discard(self) -> None:
+        try:
+            await self.process.terminate()
+        except (ExecError, OSError) as exc:
+            log.warning("upload.terminate_failed", alloc_id=self.alloc_id, error=str(exc))
+        await self._discard()
+
+    async def _discard(self) -> None:
+        """Remove the copy's temporary directory, once its processes have ended (see the module
+        docstring); what was taken for it is given back after this."""
+        argv = ["sh", "-c", _DISCARD, "potluck-cp", self.dst, self.tmp_name]
+        try:
+            status = await self.bridge.run_unattached(self.container_id, argv, wait_s=DISCARD_WAIT_S)
+        except (ExecError, OSError) as exc:  # the container stopped: nothing runs to write there
+            log.warning("upload.discard_failed", alloc_id=self.alloc_id, error=str(exc))
+            return
+        if status != 0:
+            log.warning("upload.discard_failed", alloc_id=self.alloc_id, status=status)
 
     def _ended(self, status: int | None) -> int | None:
         if status is not None and self.cut:
@@ -125,7 +176,8 @@ async def open_upload(
             f"{left} left of its disk bound of {bound} bytes: nothing was copied; make room in it, "
             "or ask for more disk (`potluck alloc create --disk`)",
         )
-    argv = ["sh", "-c", RECEIVE, "potluck-cp", put.dst, put.name]
+    tmp_name = secrets.token_hex(8)
+    argv = ["sh", "-c", RECEIVE, "potluck-cp", put.dst, put.name, tmp_name]
     try:
         process = await bridge.open(alloc_id, argv, tty=False, env=env)
     except BaseException:
@@ -133,4 +185,4 @@ async def open_upload(
         disk_budget.leave(bridge, alloc_id, budget)
         raise
     log.info("upload.started", alloc_id=alloc_id, need=put.need, left=budget.left)
-    return _Upload(bridge, alloc_id, process, budget, put.need)
+    return _Upload(bridge, alloc_id, process, budget, put, tmp_name)

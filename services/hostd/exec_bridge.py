@@ -538,17 +538,29 @@ class ExecBridge:
 
     async def _kill_inside(self, container_id: str, ns_pids: Sequence[str], name: str) -> bool:
         """`kill` run in the container as its user (for a hostd that may not signal those processes)."""
-        create = {
-            "AttachStdout": False,
-            "AttachStderr": False,
-            "Cmd": ["/bin/sh", "-c", 'kill -s "$0" "$@" 2>/dev/null; exit 0', name, *ns_pids],
-        }
+        argv = ["/bin/sh", "-c", 'kill -s "$0" "$@" 2>/dev/null; exit 0', name, *ns_pids]
+        try:
+            await self.run_unattached(container_id, argv, wait_s=None)
+        except ExecError as exc:
+            log.warning("exec.kill_inside_failed", error=str(exc))
+            return False
+        return True
+
+    async def run_unattached(
+        self, container_id: str, argv: Sequence[str], *, wait_s: float | None
+    ) -> int | None:
+        """Start `argv` in the container as its user, no input and its output discarded; its exit
+        code once it has ended within `wait_s` (None when not waited for, or still running then).
+        ExecError if the engine does not start it (the container stopped, say)."""
+        create = {"AttachStdout": False, "AttachStderr": False, "Cmd": list(argv)}
         status, body = await self._call("POST", f"/containers/{container_id}/exec", create)
         if status != 201:
-            log.warning("exec.kill_inside_failed", status=status, message=message(body))
-            return False
-        status, body = await self._call("POST", f"/exec/{body['Id']}/start", {"Detach": True, "Tty": False})
-        return status in (200, 204)
+            raise ExecError(f"exec create in {container_id[:12]}: {status} {message(body)}")
+        exec_id = str(body["Id"])
+        status, body = await self._call("POST", f"/exec/{exec_id}/start", {"Detach": True, "Tty": False})
+        if status not in (200, 204):
+            raise ExecError(f"exec start in {container_id[:12]}: {status} {message(body)}")
+        return None if wait_s is None else await self._exit_code(exec_id, wait_s)
 
     # Sessions a previous hostd run left behind.
 
