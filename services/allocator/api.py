@@ -467,9 +467,12 @@ async def show(request: web.Request) -> web.Response:
             raise Rejected.invalid_field("wait", f"wait must be one of {sorted(STATES)}")
         with _waiting(request, timeout):
             waited = await while_connected(
-                request, engine.wait_for(_user(request), alloc_id, wanted, timeout)
+                request,
+                engine.wait_for(_user(request), alloc_id, wanted, timeout),
+                request.app[WAITS].stopping,
             )
-        # None: the client went away; what is answered (the state now) reaches no one.
+        # None: the client went away (what is answered, the state now, reaches no one) or the
+        # allocator is stopping (the client asks again).
         state = waited if waited is not None else await engine.allocation_of(_user(request), alloc_id)
     else:
         state = await engine.allocation_of(_user(request), alloc_id)
@@ -532,7 +535,9 @@ async def show_job(request: web.Request) -> web.Response:
         if wanted != "done":
             raise Rejected.invalid_field("wait", "wait must be 'done'")
         with _waiting(request, timeout):
-            waited = await while_connected(request, engine.wait_for_job(_user(request), job_id, timeout))
+            waited = await while_connected(
+                request, engine.wait_for_job(_user(request), job_id, timeout), request.app[WAITS].stopping
+            )
         job = waited if waited is not None else engine.job_of(_user(request), job_id)
     else:
         job = engine.job_of(_user(request), job_id)
@@ -601,6 +606,10 @@ async def images(request: web.Request) -> web.Response:
     )
 
 
+async def _end_waits(app: web.Application) -> None:
+    app[WAITS].stop()
+
+
 def make_app(
     engine: AllocatorEngine,
     failures: FailureWindow | None = None,
@@ -619,6 +628,7 @@ def make_app(
     app[ENGINE] = engine
     app[BODY_READ] = body_read_s
     app[WAITS] = WaitSlots()
+    app.on_shutdown.append(_end_waits)
     app[USER_RATES] = UserRates(change_rate) if change_rate is not None else UserRates()
     app[AUTH] = Authenticator(
         engine.users,

@@ -20,6 +20,12 @@ a user who interrupted `potluck alloc create --wait` a few times held their own 
 minutes. `while_connected` ends a wait within GONE_CHECK_S of its client leaving. (aiohttp's
 `handler_cancellation` would do it for every handler, cancelling appends and reads halfway
 through too: only a long poll has nothing to finish.)
+
+And a wait ends at once when the allocator begins to stop (`WaitSlots.stop`, on the app's
+shutdown): aiohttp's shutdown waits for requests under way, up to a minute, so a stopped
+allocator holding long polls outlived its supervisor's grace and was killed, its waiting
+clients left with a broken connection. Each is answered with the state as it is instead, as
+a wait whose timeout passed is, and asks again (of a replica, or of the allocator restarted).
 """
 
 import asyncio
@@ -115,11 +121,17 @@ class TooManyWaits(Rejected):
 
 
 class WaitSlots:
-    """The long polls each user has waiting, refused past `per_user`."""
+    """The long polls each user has waiting, refused past `per_user`; `stopping` once the
+    allocator stops, which ends them all."""
 
     def __init__(self, per_user: int = MAX_WAITS_PER_USER) -> None:
         self.per_user = per_user
         self._by_user: Counter[str] = Counter()
+        self.stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Answer every wait now, and each one asked from now on at once."""
+        self.stopping.set()
 
     def waiting(self, user: str) -> int:
         return self._by_user[user]
@@ -140,18 +152,22 @@ class WaitSlots:
                 del self._by_user[user]
 
 
-async def while_connected(request: web.Request, wait: Coroutine[Any, Any, T]) -> T | None:
+async def while_connected(
+    request: web.Request, wait: Coroutine[Any, Any, T], stopping: asyncio.Event
+) -> T | None:
     """What `wait` gives; None, `wait` cancelled, once the request's client has gone away (its
-    connection closed or closing), looked at every GONE_CHECK_S."""
+    connection closed or closing, looked at every GONE_CHECK_S) or `stopping` is set."""
     task = asyncio.ensure_future(wait)
+    stopped = asyncio.ensure_future(stopping.wait())
     try:
         while True:
-            done, _ = await asyncio.wait({task}, timeout=GONE_CHECK_S)
-            if done:
+            await asyncio.wait({task, stopped}, timeout=GONE_CHECK_S, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
                 return task.result()
-            if request.transport is None or request.transport.is_closing():
+            if stopped.done() or request.transport is None or request.transport.is_closing():
                 return None
     finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        for pending in (task, stopped):
+            if not pending.done():
+                pending.cancel()
+        await asyncio.gather(task, stopped, return_exceptions=True)

@@ -87,6 +87,11 @@ IDLE_CONNECTION_S = 30.0
 #: How long a connection whose answer went out early (a 408, a 413) keeps reading and dropping
 #: what the client still sends before it is closed: aiohttp's own default.
 LINGERING_S = 10.0
+#: How long requests under way when the allocator stops (an append, a body arriving) have to
+#: end before their connections are closed. aiohttp's own is a minute, past the grace most
+#: supervisors give a process (then killed mid-fold); long polls and the pages' streams are
+#: answered and ended at once (long_polls.py, web/live.py).
+STOP_REQUESTS_S = 10.0
 #: Of an engine report's detail, this much reaches the log (the engine's own error text).
 LOGGED_DETAIL = 500
 
@@ -407,7 +412,7 @@ async def serve_http(
         "keepalive_timeout": idle_s,
         "lingering_time": lingering_s,
     }
-    runner = web.AppRunner(app, **handler_args)
+    runner = web.AppRunner(app, shutdown_timeout=STOP_REQUESTS_S, **handler_args)
     await runner.setup()
     assert runner.server is not None  # made by setup()
     try:
