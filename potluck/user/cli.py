@@ -282,9 +282,25 @@ def _show_condition(allocation: dict[str, Any]) -> None:
         )
 
 
+def _token_from_stdin(*, ask: bool) -> str:
+    """The token typed at a prompt without echo (`ask`, on a terminal), else the first line of
+    standard input."""
+    if ask and sys.stdin.isatty():
+        typed: str = click.prompt("Token (from the operator; not shown)", hide_input=True, err=True)
+        return typed
+    return sys.stdin.readline()
+
+
 @click.command()
 @click.option("--url", required=True, help="The allocator, e.g. http://127.0.0.1:8080.")
-@click.option("--token", required=True, envvar="POTLUCK_TOKEN", help="Your bearer token (from the operator).")
+@click.option(
+    "--token",
+    envvar="POTLUCK_TOKEN",
+    default=None,
+    help="Your bearer token (from the operator); `-` reads it from standard input. Left out, it "
+    "is asked for without echo on a terminal, else read from standard input: a token on the "
+    "command line shows in every local user's process list and in your shell's history.",
+)
 @click.option("--gateway", default="127.0.0.1:2222", show_default=True, help="The SSH gateway, HOST:PORT.")
 @click.option(
     "--gateway-key",
@@ -293,9 +309,13 @@ def _show_condition(allocation: dict[str, Any]) -> None:
     "`potluck sshgateway --print-host-key`): `potluck ssh` is held to it from the first "
     "connection on. Without it the first connection's key is trusted.",
 )
-def login(url: str, token: str, gateway: str, gateway_key: str | None) -> None:
+def login(url: str, token: str | None, gateway: str, gateway_key: str | None) -> None:
     """Remember the allocator's URL and your token (checked against the allocator first)."""
     try:
+        given = "--token"
+        if token is None or token == "-":
+            given = "the token typed or read from standard input"
+            token = _token_from_stdin(ask=token is None)
         key_line = None
         if gateway_key is not None:
             try:
@@ -304,7 +324,7 @@ def login(url: str, token: str, gateway: str, gateway_key: str | None) -> None:
                 raise ClientError(f"--gateway-key: {exc}", ExitCode.USAGE) from None
         if not token.strip():
             raise ClientError(
-                "--token is empty: give the token an operator gave you (`potluck ops users add` "
+                f"{given} is empty: give the token an operator gave you (`potluck ops users add` "
                 "prints one; `potluck up` prints a demo one)",
                 ExitCode.USAGE,
             )
