@@ -67,8 +67,8 @@ async def impatient(shared: tuple[Pool, Api]) -> AsyncIterator[tuple[Pool, Api]]
         token = alice.headers["Authorization"].removeprefix("Bearer ")
         yield pool, Api(alice.http, f"http://127.0.0.1:{port}", token)
     finally:
-        # As a crash would: stopped with SIGTERM while NATS lives on, it waited out its stop's
-        # 15 s; the module's own allocator serves on either way.
+        # As a crash would (a stop is test_allocator_stop's); the module's own allocator serves
+        # on either way.
         await asyncio.to_thread(replica.kill)
 
 
