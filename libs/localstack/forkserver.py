@@ -45,6 +45,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from potluck.kernel.private_files import append_private
 from potluck.localstack.errors import LocalStackError
 from potluck.localstack.reaper import start_time, still_runs
 
@@ -129,7 +130,7 @@ class ForkServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        with self.log_path.open("ab") as log:
+        with append_private(self.log_path) as log:
             self._proc = subprocess.Popen(
                 # Not `-m` this module: the package imports it first, and runpy warns of two copies.
                 [sys.executable, "-c", _SERVER_MAIN, str(self.socket_path), *self.preload],

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from potluck.kernel.private_files import append_private
 from potluck.localstack import reaper
 from potluck.localstack.errors import LocalStackError
 from potluck.localstack.forkserver import ForkedChild, ForkServer
@@ -58,7 +59,9 @@ class ChildProcess:
     def start(self) -> None:
         if self.running():
             return
-        log = self.log_path.open("ab")
+        # Owner-only: a service's log names users, allocations and addresses, and the state
+        # directory holding it is one any local user may enter (private_files.py).
+        log = append_private(self.log_path)
         try:
             if self.forks_from is not None:
                 self._proc = self.forks_from.spawn(

@@ -117,3 +117,28 @@ def test_a_fork_server_runs_python_modules_only(server: ForkServer, tmp_path: Pa
     with a clear error before anything is forked."""
     with pytest.raises(ValueError, match="python -m MODULE"):
         server.spawn(["/bin/true"], log_fd=1, env={})
+
+
+@pytest.mark.parametrize("forked", [True, False], ids=["forked", "execd"])
+def test_a_services_log_is_readable_by_its_owner_only(
+    server: ForkServer, tmp_path: Path, forked: bool
+) -> None:
+    """What is tried: a service started (forked, and exec'd) with the usual umask 022, onto a log
+    an earlier version left 0644, and the fork server's own log. What must hold: both logs are
+    0600 (a service's log names users, allocations and addresses, in a state directory any
+    local user may enter), and the earlier lines are kept."""
+    log = tmp_path / "service.log"
+    log.write_text("an earlier run\n")
+    log.chmod(0o644)
+    old_umask = os.umask(0o022)
+    try:
+        child = ChildProcess(
+            [sys.executable, "-m", PROBE, "0"], log_path=log, forks_from=server if forked else None
+        )
+        child.start()
+        assert wait_exit(child) == 0
+    finally:
+        os.umask(old_umask)
+    assert log.stat().st_mode & 0o777 == 0o600
+    assert log.read_text().startswith("an earlier run\n")
+    assert server.log_path.stat().st_mode & 0o777 == 0o600
