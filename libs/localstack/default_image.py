@@ -13,25 +13,49 @@ name that changes with the suite and the package list, so only the first
 build pays for the download (a few minutes), and a changed list builds anew.
 The image carries the same key in `POTLUCK_IMAGE_KEY`: an engine holding an
 older build of the tag gets the new one.
+
+The image is loaded (`docker load`) with an image configuration written here
+from the tarball alone (its digest, its time, the key), so one build is one
+image id on every engine of this machine. Its one layer, gzip-compressed, is
+cached beside the tarball the first time the pool registry needs it
+(`compressed_layer`): `potluck up` publishes the image from those files
+(`default_image_files`) instead of having its engine compress 300 MB at every
+start.
 """
 
+import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from potluck.localstack.apt_sources import apt_proxies, machine_archive, machine_suite
 from potluck.localstack.docker_engine import engine_request
 from potluck.localstack.errors import LocalStackError
-from potluck.localstack.test_image import import_rootfs
+from potluck.localstack.test_image import image_id
 
-__all__ = ["DEFAULT_IMAGE", "PACKAGES", "cache_dir", "ensure_default_image", "image_key", "rootfs_tarball"]
+__all__ = [
+    "DEFAULT_IMAGE",
+    "PACKAGES",
+    "ImageFiles",
+    "cache_dir",
+    "compressed_layer",
+    "default_image_files",
+    "ensure_default_image",
+    "image_config",
+    "image_key",
+    "rootfs_tarball",
+]
 
 DEFAULT_IMAGE = "potluck-default:latest"
 PACKAGES = (
@@ -142,6 +166,94 @@ def _engine_key(docker_url: str) -> str | None:
     return ""
 
 
+def _digest_file(path: Path) -> str:
+    """`sha256:...` of the file at `path`."""
+    digest = hashlib.sha256()
+    with path.open("rb") as data:
+        while chunk := data.read(1 << 20):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _cached_digest(tarball: Path) -> str:
+    """The tarball's digest (the layer's diff id), computed once and kept beside it."""
+    saved = tarball.with_name(tarball.name + ".sha256")
+    with contextlib.suppress(OSError):
+        text = saved.read_text().strip()
+        if text.startswith("sha256:") and len(text) == 71:
+            return text
+    digest = _digest_file(tarball)
+    partial = saved.with_name(f"{saved.name}.{os.getpid()}.partial")
+    partial.write_text(digest + "\n")
+    partial.replace(saved)
+    return digest
+
+
+def _engine_arch(docker_url: str) -> str:
+    status, body = engine_request(docker_url, "GET", "/version")
+    if status != 200:
+        raise LocalStackError(f"GET /version on {docker_url} answered {status}: {body[:300]!r}")
+    return str(json.loads(body)["Arch"])
+
+
+def image_config(tarball: Path, key: str, arch: str) -> bytes:
+    """The default image's configuration for the engine's `arch`: the same bytes for one tarball,
+    so the same image id on every load and in the registry."""
+    created = datetime.fromtimestamp(int(tarball.stat().st_mtime), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    config = {
+        "architecture": arch,
+        "os": "linux",
+        "created": created,
+        "config": {
+            "Cmd": ["/bin/bash"],
+            "Env": [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                f"{KEY_VARIABLE}={key}",
+            ],
+        },
+        "history": [{"created": created, "created_by": f"potluck: debootstrap --variant=minbase ({key})"}],
+        "rootfs": {"type": "layers", "diff_ids": [_cached_digest(tarball)]},
+    }
+    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _load(docker_url: str, tarball: Path, config: bytes) -> None:
+    """`docker load` of the tarball as the image `config` describes, tagged DEFAULT_IMAGE."""
+    config_name = f"{hashlib.sha256(config).hexdigest()}.json"
+    manifest = json.dumps(
+        [{"Config": config_name, "RepoTags": [DEFAULT_IMAGE], "Layers": ["layer/layer.tar"]}]
+    )
+    head = io.BytesIO()
+    with tarfile.open(fileobj=head, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in (("manifest.json", manifest.encode()), (config_name, config)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        layer = tarfile.TarInfo("layer/layer.tar")
+        layer.size = tarball.stat().st_size
+        tar.addfile(layer)  # its header only: the contents follow
+        header_end = head.tell()
+    # tarfile wrote the two end-of-archive blocks after the header: the layer goes in between.
+    written = head.getvalue()
+    padding = b"\0" * (-layer.size % tarfile.BLOCKSIZE)
+    body = b"".join([written[:header_end], tarball.read_bytes(), padding, b"\0" * (2 * tarfile.BLOCKSIZE)])
+    status, answer = engine_request(
+        docker_url,
+        "POST",
+        "/images/load?quiet=1",
+        body=body,
+        headers={"Content-Type": "application/x-tar"},
+        timeout=600.0,
+    )
+    if status != 200:
+        raise LocalStackError(
+            f"loading {DEFAULT_IMAGE} into {docker_url} answered {status}: {answer[:300]!r}"
+        )
+    for line in answer.splitlines():
+        if line.strip() and "error" in (message := json.loads(line)):
+            raise LocalStackError(f"loading {DEFAULT_IMAGE} into {docker_url} failed: {message['error']}")
+
+
 def ensure_default_image(docker_url: str, say: Callable[[str], None] = lambda _: None) -> str:
     """The default image's tag, made available (this build of it) on the engine at `docker_url`."""
     wanted = image_key(machine_suite() or FALLBACK_SUITE)
@@ -155,14 +267,76 @@ def ensure_default_image(docker_url: str, say: Callable[[str], None] = lambda _:
         return DEFAULT_IMAGE
     tarball, key = rootfs_tarball(say)
     say(f"loading {DEFAULT_IMAGE} into the Docker engine")
-    import_rootfs(
-        docker_url,
-        tarball.read_bytes(),
-        DEFAULT_IMAGE,
-        changes=[
-            'CMD ["/bin/bash"]',
-            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            f"ENV {KEY_VARIABLE}={key}",
-        ],
-    )
+    _load(docker_url, tarball, image_config(tarball, key, _engine_arch(docker_url)))
     return DEFAULT_IMAGE
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A file the registry stores under its digest."""
+
+    path: Path
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """What makes the default image in a registry: its configuration and its compressed layer."""
+
+    config: bytes
+    layer: Blob
+
+
+def compressed_layer(tarball: Path, say: Callable[[str], None] = lambda _: None) -> Blob:
+    """The tarball gzip-compressed, as a registry stores the layer: made once, kept beside it."""
+    packed = tarball.with_name(tarball.name + ".gz")
+    saved = packed.with_name(packed.name + ".sha256")
+
+    def found() -> Blob | None:
+        with contextlib.suppress(OSError):
+            digest = saved.read_text().strip()
+            if digest.startswith("sha256:") and len(digest) == 71 and packed.exists():
+                return Blob(packed, digest, packed.stat().st_size)
+        return None
+
+    blob = found()
+    if blob is not None:
+        return blob
+    with tarball.with_suffix(".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        blob = found()
+        if blob is not None:
+            return blob
+        say(f"compressing {DEFAULT_IMAGE}'s layer for the image registry (once; kept in {packed.parent})")
+        partial = packed.with_name(packed.name + ".partial")
+        digest = hashlib.sha256()
+        # gzip (wbits 31) with no name and no time in its header: the same file for one tarball.
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+        with partial.open("wb") as out, tarball.open("rb") as raw:
+            while chunk := raw.read(1 << 20):
+                data = compressor.compress(chunk)
+                digest.update(data)
+                out.write(data)
+            data = compressor.flush()
+            digest.update(data)
+            out.write(data)
+        partial.replace(packed)
+        saved.write_text(f"sha256:{digest.hexdigest()}\n")
+    blob = found()
+    assert blob is not None  # just written
+    return blob
+
+
+def default_image_files(docker_url: str, say: Callable[[str], None] = lambda _: None) -> ImageFiles | None:
+    """The files of the image DEFAULT_IMAGE names on the engine at `docker_url`, or None when that
+    is not this build's image as `ensure_default_image` loads it (an older one, or one the operator
+    built): then only the engine has it, and only the engine can push it."""
+    key = image_key(machine_suite() or FALLBACK_SUITE)
+    tarball = cache_dir() / f"rootfs-{key}.tar"
+    if not tarball.exists():  # the engine's image came from elsewhere: no minutes of debootstrap for it
+        return None
+    config = image_config(tarball, key, _engine_arch(docker_url))
+    if image_id(docker_url, DEFAULT_IMAGE) != f"sha256:{hashlib.sha256(config).hexdigest()}":
+        return None
+    return ImageFiles(config, compressed_layer(tarball, say))

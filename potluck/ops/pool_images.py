@@ -9,12 +9,23 @@ machine can run it without reaching the internet (services/allocator/image_token
 Every user may pull the library; only the holder of the registry's signing key writes to it.
 
 The push goes from the operator's Docker engine with a token this command signs itself with the
-key the allocator signs with, so it needs no user and no running allocator.
+key the allocator signs with, so it needs no user and no running allocator. An image the library
+already holds under that name (the manifest there names the engine's image id as its
+configuration) is not pushed again: the engine would compress every layer anew only to find the
+registry has it. `potluck up` publishes its default image without its engine at all
+(`publish_files`): from the image's configuration and its layer compressed once beside the cached
+root filesystem (potluck.localstack.default_image).
 """
 
 import contextlib
+import hashlib
+import http.client
+import ipaddress
+import json
 import sys
 from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urljoin, urlsplit
 
 import click
 import docker
@@ -25,10 +36,11 @@ from potluck.allocator.registry_access import Scope
 from potluck.allocator.registry_tokens import TokenIssuer
 from potluck.cli_options import up_state_dir_option
 from potluck.kernel.signing_keys import KEY_FILE, SigningKeyError, load_signing_key
+from potluck.localstack.default_image import Blob, ImageFiles
 from potluck.user.client import ClientError, ExitCode
 from potluck.user.images import push_with_progress
 
-__all__ = ["images", "library_reference", "publish_image"]
+__all__ = ["images", "library_reference", "publish_files", "publish_image"]
 
 
 class PublishFailed(Exception):
@@ -50,15 +62,148 @@ def library_reference(registry_address: str, image: str) -> str:
     return f"{registry_address}/{repository}:{tag}"
 
 
-def publish_image(docker_url: str, registry_address: str, key_path: Path, image: str, *, quiet: bool) -> str:
-    """Push `image` from the engine at `docker_url` into the library; its reference there and digest."""
-    reference = library_reference(registry_address, image)
+#: A manifest as Docker pushes one (schema 2): one configuration, gzip-compressed layers.
+MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
+LAYER_TYPE = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+
+def _push_token(registry_address: str, key_path: Path, reference: str) -> str:
     try:
         issuer = TokenIssuer(load_signing_key(key_path))
     except SigningKeyError as exc:
         raise PublishFailed(f"cannot sign a push to the pool registry: {exc}") from None
     repository = reference.removeprefix(registry_address + "/").rpartition(":")[0]
-    token = issuer.issue("operator", [Scope("repository", repository, frozenset({"pull", "push"}))]).token
+    return issuer.issue("operator", [Scope("repository", repository, frozenset({"pull", "push"}))]).token
+
+
+class _Registry:
+    """The registry API (distribution's /v2/) for one repository, as the signed operator.
+
+    Plain HTTP on loopback, as Docker itself speaks to a registry there; HTTPS elsewhere."""
+
+    def __init__(self, registry_address: str, repository: str, token: str) -> None:
+        host = urlsplit(f"//{registry_address}").hostname or ""
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        self.base = f"{'http' if loopback else 'https'}://{registry_address}"
+        self.repository = repository
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | BinaryIO | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        parts = urlsplit(urljoin(self.base + "/", url))
+        kind = http.client.HTTPConnection if parts.scheme == "http" else http.client.HTTPSConnection
+        conn = kind(parts.netloc, timeout=600)
+        try:
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            conn.request(method, path, body=body, headers={**self.headers, **(headers or {})})
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            conn.close()
+
+    def manifest_config(self, tag: str) -> tuple[str, str] | None:
+        """The configuration digest and the manifest digest under `tag`, or None if it has none."""
+        status, headers, body = self.request(
+            "GET", f"/v2/{self.repository}/manifests/{tag}", headers={"Accept": MANIFEST_TYPE}
+        )
+        if status != 200:
+            return None
+        try:
+            config = str(json.loads(body)["config"]["digest"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        return config, headers.get("docker-content-digest", "")
+
+    def has_blob(self, digest: str) -> bool:
+        status, _, _ = self.request("HEAD", f"/v2/{self.repository}/blobs/{digest}")
+        return status == 200
+
+    def put_blob(self, digest: str, size: int, body: bytes | BinaryIO) -> None:
+        status, headers, answer = self.request("POST", f"/v2/{self.repository}/blobs/uploads/")
+        if status != 202 or "location" not in headers:
+            raise PublishFailed(f"the registry refused an upload ({status}): {answer[:300]!r}")
+        location = headers["location"]
+        url = f"{location}{'&' if '?' in location else '?'}digest={digest}"
+        status, _, answer = self.request(
+            "PUT",
+            url,
+            body=body,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+        )
+        if status != 201:
+            raise PublishFailed(f"the registry refused blob {digest} ({status}): {answer[:300]!r}")
+
+
+def publish_files(registry_address: str, key_path: Path, image: str, files: ImageFiles) -> str:
+    """Put the image `files` describe into the library as `image`, without any engine: each blob the
+    registry lacks, then the manifest. Its reference there and digest, as `publish_image`'s."""
+    reference = library_reference(registry_address, image)
+    registry = _Registry(
+        registry_address,
+        reference.removeprefix(registry_address + "/").rpartition(":")[0],
+        _push_token(registry_address, key_path, reference),
+    )
+    tag = reference.rpartition(":")[2]
+    config = Blob(Path(), f"sha256:{hashlib.sha256(files.config).hexdigest()}", len(files.config))
+    try:
+        held = registry.manifest_config(tag)
+        if held is not None and held[0] == config.digest and held[1]:
+            return f"{reference}@{held[1]}"
+        if not registry.has_blob(files.layer.digest):
+            with files.layer.path.open("rb") as layer:
+                registry.put_blob(files.layer.digest, files.layer.size, layer)
+        if not registry.has_blob(config.digest):
+            registry.put_blob(config.digest, config.size, files.config)
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": MANIFEST_TYPE,
+                "config": {"mediaType": CONFIG_TYPE, "size": config.size, "digest": config.digest},
+                "layers": [{"mediaType": LAYER_TYPE, "size": files.layer.size, "digest": files.layer.digest}],
+            },
+            indent=3,
+        ).encode()
+        status, headers, answer = registry.request(
+            "PUT",
+            f"/v2/{registry.repository}/manifests/{tag}",
+            body=manifest,
+            headers={"Content-Type": MANIFEST_TYPE},
+        )
+    except (OSError, http.client.HTTPException) as exc:
+        raise PublishFailed(f"the push to {registry_address} failed: {exc}") from None
+    if status != 201:
+        raise PublishFailed(f"the registry refused the manifest of {image} ({status}): {answer[:300]!r}")
+    digest = headers.get("docker-content-digest") or f"sha256:{hashlib.sha256(manifest).hexdigest()}"
+    return f"{reference}@{digest}"
+
+
+def _already_there(registry_address: str, token: str, reference: str, image_id: str) -> str | None:
+    """The manifest digest under `reference` when it names `image_id` as its configuration (the
+    library holds this very image), else None; None too when the registry cannot tell."""
+    repository = reference.removeprefix(registry_address + "/").rpartition(":")[0]
+    try:
+        held = _Registry(registry_address, repository, token).manifest_config(reference.rpartition(":")[2])
+    except (OSError, http.client.HTTPException):  # the engine's push then says what is wrong
+        return None
+    if held is None or held[0] != image_id or not held[1]:
+        return None
+    return held[1]
+
+
+def publish_image(docker_url: str, registry_address: str, key_path: Path, image: str, *, quiet: bool) -> str:
+    """Push `image` from the engine at `docker_url` into the library; its reference there and digest."""
+    reference = library_reference(registry_address, image)
+    token = _push_token(registry_address, key_path, reference)
     try:
         client = docker.DockerClient(base_url=docker_url)
     except docker.errors.DockerException as exc:
@@ -70,6 +215,9 @@ def publish_image(docker_url: str, registry_address: str, key_path: Path, image:
             raise PublishFailed(
                 f"the Docker engine at {docker_url} has no image {image}; build or load it first"
             ) from None
+        held = _already_there(registry_address, token, reference, str(local.id))
+        if held is not None:
+            return f"{reference}@{held}"
         local.tag(reference)
         try:
             digest = push_with_progress(client, reference, {"registrytoken": token}, quiet)

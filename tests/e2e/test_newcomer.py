@@ -1,6 +1,7 @@
 """The newcomer's path: the README's first command on a clean state directory, then the user quick start."""
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -21,12 +22,14 @@ import pytest
 from potluck.contracts.host_events import host_stream
 from potluck.events import EventStore
 from potluck.localstack import free_port
+from potluck.localstack.docker_engine import DockerEngine
 from potluck.registry.enrollment import current_hosts, enroll_host
 from potluck.registry.nats_auth import new_user_key
 from potluck.sshgateway.service import client_public_key
 from potluck.sshgateway.settings import GatewaySettings
 from potluck.up import LOCAL, LOST_LOCAL, REPLACED_BY
 from potluck.up_state import pool_files
+from tests.fixtures.pool import Pool
 from tests.fixtures.servers import _fresh_database
 from tests.fixtures.user_home import with_home
 
@@ -391,6 +394,77 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
     # file were left in the state directory (the images' layers under docker/data are not ours).
     ours = [p for d in ("pool", "postgres", "docker/run") for p in (state / d).rglob("*")]
     assert [str(p) for p in ours if p.is_socket() or p.suffix == ".pid"] == []
+
+
+async def test_up_publishes_its_default_image_from_its_files_and_a_republish_sends_nothing(
+    pool: Pool, docker_engines: list[DockerEngine], default_image: str
+) -> None:
+    """Tried: what `potluck up` does to publish its default image (`_publish_default_image`) into
+    a pool registry that lacks it, then `ops images publish` of that image from the engine, then
+    a second engine (a member's) pulling it from the library.
+    Must hold: up publishes it without a word of failure, from this build's files: the library's
+    manifest names the engine's image id as its configuration and the layer compressed once beside
+    the cached root filesystem (before, the engine compressed 300 MB at every start); the
+    engine's publish finds it there and uploads nothing (no blob upload in the registry's log),
+    answering the same manifest digest; the member's engine pulls it (each layer checked against
+    the configuration) as the very image id the operator's engine holds."""
+    import docker as docker_py
+
+    from potluck.allocator.registry_access import Scope
+    from potluck.allocator.registry_tokens import TokenIssuer
+    from potluck.kernel.signing_keys import load_signing_key
+    from potluck.localstack.default_image import cache_dir, default_image_files
+    from potluck.localstack.test_image import image_id
+    from potluck.ops.pool_images import _Registry, publish_image
+    from potluck.up import _publish_default_image
+
+    operator, member = docker_engines[0], docker_engines[1]
+    registry = await asyncio.to_thread(pool.start_image_registry)
+    said: list[str] = []
+    await _publish_default_image(pool, operator.url, registry.address, default_image, said.append)
+    assert not [line for line in said if "could not publish" in line], said
+
+    files = await asyncio.to_thread(default_image_files, operator.url)
+    assert files is not None, "the engine's default image is this build's, as up loads it"
+    assert files.layer.path.parent == cache_dir()
+    engine_id = await asyncio.to_thread(image_id, operator.url, default_image)
+    key = pool.registry_signing_key()
+    token = TokenIssuer(load_signing_key(key)).issue(
+        "operator", [Scope("repository", "library/potluck-default", frozenset({"pull"}))]
+    )
+    library = _Registry(registry.address, "library/potluck-default", token.token)
+    status, headers, body = await asyncio.to_thread(
+        library.request,
+        "GET",
+        "/v2/library/potluck-default/manifests/latest",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    assert status == 200, body
+    manifest = json.loads(body)
+    assert manifest["config"]["digest"] == engine_id
+    assert [layer["digest"] for layer in manifest["layers"]] == [files.layer.digest]
+
+    log = registry.process.log_path
+    uploads_before = log.read_text(errors="replace").count("/blobs/uploads/")
+    republished = await asyncio.to_thread(
+        publish_image, operator.url, registry.address, key, default_image, quiet=True
+    )
+    assert (
+        republished == f"{registry.address}/library/potluck-default:latest@{headers['docker-content-digest']}"
+    )
+    assert log.read_text(errors="replace").count("/blobs/uploads/") == uploads_before, "nothing sent again"
+
+    client = docker_py.DockerClient(base_url=member.url)
+    reference = f"{registry.address}/library/potluck-default"
+    try:
+        await asyncio.to_thread(
+            client.api.pull, reference, "latest", auth_config={"registrytoken": token.token}
+        )
+        assert client.images.get(f"{reference}:latest").id == engine_id
+    finally:
+        with contextlib.suppress(docker_py.errors.ImageNotFound):
+            client.images.remove(f"{reference}:latest")
+        client.close()
 
 
 def test_operator_commands_without_a_pool_say_what_to_give(newcomer: dict[str, str]) -> None:
