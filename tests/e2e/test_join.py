@@ -30,9 +30,12 @@ from potluck.registry import host as aggregate
 from potluck.registry.enrollment import enroll_with_token, refresh_nats_authorization
 from potluck.registry.nats_auth import public_key_of
 from potluck.registry.repository import decide_on_host
+from tests.e2e import shared_engine as shared_engine_fixtures
 from tests.e2e.conftest import Gatewayed
 from tests.fixtures.pool import EnrolledHost, Pool
 from tests.helpers import wait_until
+
+shared_engine = shared_engine_fixtures.shared_engine
 
 SPENT = "this join token was already used or has expired; ask the operator for a new one"
 
@@ -489,7 +492,7 @@ async def host_status(database_url: str, host_id: str) -> str | None:
 
 @pytest.mark.slow
 async def test_a_second_engine_joins_a_pool_from_potluck_up(
-    docker_engines: list[DockerEngine], tmp_path: Path
+    docker_engines: list[DockerEngine], tmp_path: Path, shared_engine: dict[str, str]
 ) -> None:
     """The README's way, on a pool from `potluck up`: the operator runs `potluck ops hosts enroll
     laptop-b` and nothing else (the pool's database, NATS, users file and gateway are the
@@ -501,6 +504,7 @@ async def test_a_second_engine_joins_a_pool_from_potluck_up(
 
     env = {
         **os.environ,
+        **shared_engine,  # the pool's own engine (the local host's) is not what is tried
         "POTLUCK_HOME": str(tmp_path / "state"),
         "POTLUCK_CONFIG": str(tmp_path / "client.toml"),
     }

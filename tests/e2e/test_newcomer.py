@@ -29,9 +29,12 @@ from potluck.sshgateway.service import client_public_key
 from potluck.sshgateway.settings import GatewaySettings
 from potluck.up import LOCAL, LOST_LOCAL, REPLACED_BY
 from potluck.up_state import pool_files
+from tests.e2e import shared_engine as shared_engine_fixtures
 from tests.fixtures.pool import Pool
 from tests.fixtures.servers import _fresh_database
 from tests.fixtures.user_home import with_home
+
+shared_engine = shared_engine_fixtures.shared_engine
 
 
 def potluck(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -542,7 +545,9 @@ def with_port(ports: list[str], option: str, port: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_up_again_without_port_options_listens_where_the_last_pool_did(newcomer: dict[str, str]) -> None:
+def test_up_again_without_port_options_listens_where_the_last_pool_did(
+    newcomer: dict[str, str], shared_engine: dict[str, str]
+) -> None:
     """Tried: `potluck up --detach` on a fresh state directory with every port option, `potluck
     down`, then `potluck up --detach` there with none (README: "the next `ops/up` carries on
     where the last one stopped").
@@ -557,14 +562,15 @@ def test_up_again_without_port_options_listens_where_the_last_pool_did(newcomer:
             name: line.split()[-1] for line in said.splitlines() for name in listed if line.startswith(name)
         }
 
-    first = potluck("up", "--detach", *all_ports(), env=newcomer, timeout=900)
+    env = {**newcomer, **shared_engine}
+    first = potluck("up", "--detach", *all_ports(), env=env, timeout=900)
     try:
         assert first.returncode == 0, first.stdout + first.stderr
     finally:
         down = potluck("down", env=newcomer, timeout=180)
     assert down.returncode == 0, down.stdout + down.stderr
     api = str(free_port())
-    second = potluck("up", "--detach", "--api-port", api, env=newcomer, timeout=900)
+    second = potluck("up", "--detach", "--api-port", api, env=env, timeout=900)
     try:
         assert second.returncode == 0, second.stdout + second.stderr
         before, after = addresses(first.stdout), addresses(second.stdout)
@@ -603,7 +609,9 @@ def test_two_servers_given_one_port_are_named(newcomer: dict[str, str]) -> None:
 
 
 @pytest.mark.slow
-def test_an_allocator_that_cannot_listen_is_named(newcomer: dict[str, str]) -> None:
+def test_an_allocator_that_cannot_listen_is_named(
+    newcomer: dict[str, str], shared_engine: dict[str, str]
+) -> None:
     """Tried: `potluck up` with --api-port on a port a socket holds bound but not listening (so
     the check for listeners passes, as when another program takes the port while the pool
     starts). Must hold: exit 1 soon after the allocator exits, naming its log and why it
@@ -614,7 +622,8 @@ def test_an_allocator_that_cannot_listen_is_named(newcomer: dict[str, str]) -> N
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))  # bound, never listening: nothing answers a connect
         port = holder.getsockname()[1]
-        done = potluck("up", *with_port(all_ports(), "--api-port", port), env=newcomer, timeout=900)
+        ports = with_port(all_ports(), "--api-port", port)
+        done = potluck("up", *ports, env={**newcomer, **shared_engine}, timeout=900)
     assert done.returncode == 1, done.stdout + done.stderr
     said = " ".join(done.stderr.split())
     assert "error: the allocator stopped (exit code 1) before its API answered" in said, said
@@ -985,7 +994,9 @@ def test_ssh_key_must_be_an_existing_public_key(
 
 
 @pytest.mark.slow
-def test_up_says_why_its_hostd_did_not_come_online(newcomer: dict[str, str]) -> None:
+def test_up_says_why_its_hostd_did_not_come_online(
+    newcomer: dict[str, str], shared_engine: dict[str, str]
+) -> None:
     """Tried: `potluck up --detach --memory 100T`, a donation past any machine this runs on
     (a size, so it passes the options' check; hostd refuses it at start). Must hold: exit 1
     with hostd's own reason in the error (it said only "did not come online; see the logs in
@@ -997,7 +1008,8 @@ def test_up_says_why_its_hostd_did_not_come_online(newcomer: dict[str, str]) -> 
         *("--postgres-port", str(free_port()), "--ssh-port", str(free_port())),
         *("--tunnel-port", str(free_port()), "--registry-port", str(free_port())),
     ]
-    done = potluck("up", "--detach", "--memory", "100T", *ports, env=newcomer, timeout=900)
+    env = {**newcomer, **shared_engine}
+    done = potluck("up", "--detach", "--memory", "100T", *ports, env=env, timeout=900)
     assert done.returncode == 1, done.stdout + done.stderr
     # Said as soon as hostd stopped (it waited out its minute for a hostd long gone before).
     assert "the local hostd did not come online (it stopped, exit code 3): " in done.stderr, done.stderr
@@ -1046,7 +1058,7 @@ async def _on_log(database_url: str, work: Callable[[EventStore], Awaitable[T]])
 
 @pytest.mark.slow
 def test_backup_restore_then_up_on_the_restored_log(
-    newcomer: dict[str, str], tmp_path: Path, postgres_url: str
+    newcomer: dict[str, str], tmp_path: Path, postgres_url: str, shared_engine: dict[str, str]
 ) -> None:
     """README, the operator's backup: `potluck ops backup` of a log, `ops restore` into an
     empty database, then `potluck up` with POTLUCK_DATABASE_URL naming it, on a fresh state
@@ -1092,7 +1104,7 @@ def test_backup_restore_then_up_on_the_restored_log(
     assert _log_rows(target) == _log_rows(source)
     assert _archived(target) == _archived(source)
 
-    up_env = {**operator, "POTLUCK_DATABASE_URL": target}
+    up_env = {**operator, **shared_engine, "POTLUCK_DATABASE_URL": target}
     started = potluck("up", "--detach", *all_ports(), env=up_env, timeout=900)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
@@ -1126,7 +1138,7 @@ def test_backup_restore_then_up_on_the_restored_log(
 
 @pytest.mark.slow
 def test_up_on_a_log_with_a_password_keeps_it_and_the_demo_token_from_other_users(
-    newcomer: dict[str, str], postgres_url: str
+    newcomer: dict[str, str], postgres_url: str, shared_engine: dict[str, str]
 ) -> None:
     """Tried: `potluck up --detach` with POTLUCK_DATABASE_URL naming a database with a password
     in its URL (the operator's quick start exports one), then what any other local user could
@@ -1141,7 +1153,7 @@ def test_up_on_a_log_with_a_password_keeps_it_and_the_demo_token_from_other_user
     if password is None:  # the test server trusts loopback: any password is accepted
         password = "hunter2-" + secrets.token_hex(4)
         url = urlunsplit(parts._replace(netloc=f"{parts.username}:{password}@{parts.hostname}:{parts.port}"))
-    env = {**newcomer, "POTLUCK_DATABASE_URL": url}
+    env = {**newcomer, **shared_engine, "POTLUCK_DATABASE_URL": url}
     state = Path(newcomer["POTLUCK_HOME"])
     started = potluck("up", "--detach", *all_ports(), env=env, timeout=900)
     try:
