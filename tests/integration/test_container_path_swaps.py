@@ -33,9 +33,14 @@ from tests.fixtures.docker import container_spec
 from tests.fixtures.exec_output import EXEC_WAIT_S, ExecOutput
 
 HOST = "host-a"
-#: Reads made while the container swaps: the engine mounting through /etc was caught within
-#: a few dozen (a download: 1 to 18 in runs before the fix; a measure: 10).
-ROUNDS = 150
+#: Downloads made while the container swaps. The engine mounting through /etc was caught by
+#: the 1st to the 18th download in runs before the fix: 60 is over three times the worst seen.
+#: Each download is an exec in the container (about half a second beside the swapping), so
+#: the 150 this was first were 80-110 s of the suite.
+DOWNLOADS = 60
+#: Measures made while the container swaps (one was caught at the 10th); a measure is cheap
+#: (150 take about a second), so these keep their first count.
+MEASURES = 150
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2
 
@@ -75,8 +80,11 @@ async def _get(bridge: ExecBridge, alloc_id: str, path: str) -> tuple[int | None
 
 
 @asynccontextmanager
-async def _swapping(engine: DockerEngine, container_id: str, members: Path) -> AsyncIterator[None]:
-    """The container's /etc swapped with a symlink to `members`, over and over, while inside."""
+async def _swapping(
+    engine: DockerEngine, container_id: str, members: Path, rounds: int
+) -> AsyncIterator[None]:
+    """The container's /etc swapped with a symlink to `members`, over and over, while inside
+    (more swaps than the `rounds` of reads made meanwhile)."""
     client = docker.DockerClient(base_url=engine.url)
     try:
         container = client.containers.get(container_id)
@@ -107,7 +115,7 @@ async def _swapping(engine: DockerEngine, container_id: str, members: Path) -> A
         await asyncio.to_thread(swapper.join)
         for point in _mounts_under(members):  # what an engine that failed this left mounted
             await asyncio.to_thread(subprocess.run, ["umount", "-l", point], check=False)
-    assert swaps > ROUNDS, swaps
+    assert swaps > rounds, swaps
 
 
 def _untouched(members: Path) -> None:
@@ -137,8 +145,8 @@ async def test_a_download_while_the_container_swaps_etc_for_a_link_to_the_member
     try:
         bridge = ExecBridge(vfs_engine.url, HOST)
         failed: list[str] = []
-        async with _swapping(vfs_engine, container_id, members):
-            for _ in range(ROUNDS):
+        async with _swapping(vfs_engine, container_id, members, DOWNLOADS):
+            for _ in range(DOWNLOADS):
                 try:
                     status, tar_bytes, said = await _get(bridge, spec.allocation_id, "/root/f")
                 except ExecError as exc:  # the engine failing, in the middle of a swap
@@ -174,8 +182,8 @@ async def test_the_disk_guards_measure_while_the_container_swaps_etc_for_a_link_
     script = "head -c 3072 /dev/zero >> /etc/hosts; exec sleep 1000"
     container_id = driver.run(container_spec(DEFAULT_TAG, HOST, command=["sh", "-c", script]))
     try:
-        async with _swapping(vfs_engine, container_id, members):
-            for _ in range(ROUNDS):
+        async with _swapping(vfs_engine, container_id, members, MEASURES):
+            for _ in range(MEASURES):
                 sizes = await asyncio.to_thread(driver.outside_layer_bytes, container_id)
                 _untouched(members)
                 assert set(sizes) == {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"}, sizes
