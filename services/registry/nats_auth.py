@@ -61,9 +61,11 @@ The authorization file is rendered from the event log (enrolled hosts) plus
 the central services' public keys, and nats-server is told to reload it.
 """
 
+import contextlib
 import json
 import os
 import signal
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,13 +203,21 @@ def _admissible(services: set[str], held: list[tuple[str, str, Any]]) -> set[str
 
 
 def write_authorization(path: Path, text: str) -> bool:
-    """Replace the file atomically; returns whether anything changed."""
+    """Replace the file atomically (owner-only from its first byte); returns whether anything
+    changed. Each writer has a temporary file of its own: the registry and an operator's
+    `ops hosts enroll` (or two registries) render it at the same moment, and with one fixed
+    temporary name one writer's replace took the other's file from under its chmod."""
     if path.exists() and path.read_text() == text:
         return False
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return True
 
 
