@@ -68,12 +68,18 @@ CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
 LAYER_TYPE = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 
+def _in_library(registry_address: str, reference: str) -> tuple[str, str]:
+    """The repository and the tag of a `library_reference`."""
+    repository, _, tag = reference.removeprefix(registry_address + "/").rpartition(":")
+    return repository, tag
+
+
 def _push_token(registry_address: str, key_path: Path, reference: str) -> str:
     try:
         issuer = TokenIssuer(load_signing_key(key_path))
     except SigningKeyError as exc:
         raise PublishFailed(f"cannot sign a push to the pool registry: {exc}") from None
-    repository = reference.removeprefix(registry_address + "/").rpartition(":")[0]
+    repository, _ = _in_library(registry_address, reference)
     return issuer.issue("operator", [Scope("repository", repository, frozenset({"pull", "push"}))]).token
 
 
@@ -148,12 +154,8 @@ def publish_files(registry_address: str, key_path: Path, image: str, files: Imag
     """Put the image `files` describe into the library as `image`, without any engine: each blob the
     registry lacks, then the manifest. Its reference there and digest, as `publish_image`'s."""
     reference = library_reference(registry_address, image)
-    registry = _Registry(
-        registry_address,
-        reference.removeprefix(registry_address + "/").rpartition(":")[0],
-        _push_token(registry_address, key_path, reference),
-    )
-    tag = reference.rpartition(":")[2]
+    repository, tag = _in_library(registry_address, reference)
+    registry = _Registry(registry_address, repository, _push_token(registry_address, key_path, reference))
     config = Blob(Path(), f"sha256:{hashlib.sha256(files.config).hexdigest()}", len(files.config))
     try:
         held = registry.manifest_config(tag)
@@ -190,9 +192,9 @@ def publish_files(registry_address: str, key_path: Path, image: str, files: Imag
 def _already_there(registry_address: str, token: str, reference: str, image_id: str) -> str | None:
     """The manifest digest under `reference` when it names `image_id` as its configuration (the
     library holds this very image), else None; None too when the registry cannot tell."""
-    repository = reference.removeprefix(registry_address + "/").rpartition(":")[0]
+    repository, tag = _in_library(registry_address, reference)
     try:
-        held = _Registry(registry_address, repository, token).manifest_config(reference.rpartition(":")[2])
+        held = _Registry(registry_address, repository, token).manifest_config(tag)
     except (OSError, http.client.HTTPException):  # the engine's push then says what is wrong
         return None
     if held is None or held[0] != image_id or not held[1]:
