@@ -175,13 +175,21 @@ def _digest_file(path: Path) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def _cached_digest(tarball: Path) -> str:
-    """The tarball's digest (the layer's diff id), computed once and kept beside it."""
-    saved = tarball.with_name(tarball.name + ".sha256")
+def _saved_digest(saved: Path) -> str | None:
+    """The `sha256:...` digest kept in the file `saved`; None when it holds none (or is missing)."""
     with contextlib.suppress(OSError):
         text = saved.read_text().strip()
         if text.startswith("sha256:") and len(text) == 71:
             return text
+    return None
+
+
+def _cached_digest(tarball: Path) -> str:
+    """The tarball's digest (the layer's diff id), computed once and kept beside it."""
+    saved = tarball.with_name(tarball.name + ".sha256")
+    kept = _saved_digest(saved)
+    if kept is not None:
+        return kept
     digest = _digest_file(tarball)
     partial = saved.with_name(f"{saved.name}.{os.getpid()}.partial")
     partial.write_text(digest + "\n")
@@ -294,9 +302,9 @@ def compressed_layer(tarball: Path, say: Callable[[str], None] = lambda _: None)
     saved = packed.with_name(packed.name + ".sha256")
 
     def found() -> Blob | None:
+        digest = _saved_digest(saved)
         with contextlib.suppress(OSError):
-            digest = saved.read_text().strip()
-            if digest.startswith("sha256:") and len(digest) == 71 and packed.exists():
+            if digest is not None and packed.exists():
                 return Blob(packed, digest, packed.stat().st_size)
         return None
 
