@@ -246,13 +246,15 @@ async def test_a_registry_whose_start_render_failed_renders_once_it_can(
     store: EventStore, guarded_nats: NatsServer, seed_file: Path
 ) -> None:
     """Tried: a machine is enrolled (its token's key not yet in the users file) and a registry
-    starts while the file cannot be written: a directory stands where the render writes its
-    temporary copy, which root's permissions cannot get past. Must hold: the start render says
-    it failed and NATS still refuses the token's key while the obstacle stands; once it is gone,
-    the registry's keeper renders on its own within its recheck (no join, no operator command
-    to render it), and NATS admits the key."""
+    starts while the file cannot be written: a directory stands where the users file goes (the
+    running nats-server keeps what it loaded), which root's permissions cannot get past. Must
+    hold: the start render says it failed and NATS still refuses the token's key while the
+    obstacle stands; once it is gone, the registry's keeper renders on its own within its
+    recheck (no join, no operator command to render it), and NATS admits the key."""
     token = await enroll_with_token(store, "laptop-i", nats_url=guarded_nats.url)
-    blocker = guarded_nats.auth_file.with_suffix(".tmp")
+    # Not a directory at a temporary file's name: each render has a temporary file of its own.
+    blocker = guarded_nats.auth_file
+    blocker.replace(blocker.with_name(blocker.name + ".aside"))
     blocker.mkdir()
     keeper = UsersFileKeeper(
         store,
