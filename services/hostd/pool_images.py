@@ -27,10 +27,7 @@ member or by the image cache) are pruned at each inventory scan. The ledger is a
 leaves the old list or the new, never half of one), readable by hostd's user alone.
 """
 
-import contextlib
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -38,6 +35,7 @@ from pathlib import Path
 import structlog
 
 from potluck.contracts.image_reference import image_allowed
+from potluck.kernel.private_files import replace_private
 
 __all__ = ["LEDGER_FILE", "PoolImages", "shared_names"]
 
@@ -155,14 +153,4 @@ class PoolImages:
 
     def _replace(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{LEDGER_FILE}.")
-        try:
-            with os.fdopen(fd, "w") as out:  # mkstemp made it 0600
-                json.dump(sorted(self._ids), out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        replace_private(path, json.dumps(sorted(self._ids)), fsync=True)

@@ -61,11 +61,9 @@ The authorization file is rendered from the event log (enrolled hosts) plus
 the central services' public keys, and nats-server is told to reload it.
 """
 
-import contextlib
 import json
 import os
 import signal
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +87,7 @@ from potluck.contracts.subjects import (
     validate_host_id,
 )
 from potluck.events import EVENTS_STREAM
+from potluck.kernel.private_files import replace_private
 
 log = structlog.get_logger(__name__)
 
@@ -209,15 +208,7 @@ def write_authorization(path: Path, text: str) -> bool:
     temporary name one writer's replace took the other's file from under its chmod."""
     if path.exists() and path.read_text() == text:
         return False
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    replace_private(path, text)
     return True
 
 
