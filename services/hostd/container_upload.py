@@ -122,10 +122,9 @@ class _Upload(BudgetedProcess):
 
     async def _end_and_discard(self) -> None:
         try:
-            await self.process.terminate()
+            await self.terminate()  # the discard runs however the termination went
         except (ExecError, OSError) as exc:
             log.warning("upload.terminate_failed", alloc_id=self.alloc_id, error=str(exc))
-        await self._discard()
 
     async def _discard(self) -> None:
         """Remove the copy's temporary directory, once its processes have ended (see the module
