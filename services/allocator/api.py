@@ -19,11 +19,11 @@ endpoint does not take (per the OpenAPI document) is refused, not ignored.
 import codecs
 import json
 import math
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import nullcontext
 from decimal import Decimal
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -69,6 +69,8 @@ from potluck.readmodels.allocations import TERMINAL, AllocationState
 from potluck.readmodels.jobs import JobState
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 ENGINE: web.AppKey[AllocatorEngine] = web.AppKey("engine", AllocatorEngine)
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
@@ -452,9 +454,16 @@ def _timeout(request: web.Request) -> float:
     return parse_timeout(request.query.get("timeout", "30"))
 
 
-def _waiting(request: web.Request, timeout: float) -> AbstractContextManager[None]:
-    """The user's slot for a long poll (long_polls.py) while it waits; none for one that does not."""
-    return request.app[WAITS].held(_user(request).name) if timeout > 0 else nullcontext()
+async def _long_poll(
+    request: web.Request, timeout: float, wait: Callable[[], Coroutine[Any, Any, T]]
+) -> T | None:
+    """What `wait()` gives, holding the user's slot for a long poll meanwhile (none for a timeout
+    of 0, which does not wait); None when the client went away or the allocator is stopping
+    (long_polls.while_connected). `wait` is made only once the slot is taken: a refused one
+    leaves no coroutine behind."""
+    slots = request.app[WAITS]
+    with slots.held(_user(request).name) if timeout > 0 else nullcontext():
+        return await while_connected(request, wait(), slots.stopping)
 
 
 async def show(request: web.Request) -> web.Response:
@@ -465,12 +474,9 @@ async def show(request: web.Request) -> web.Response:
     if wanted is not None:
         if wanted not in STATES:
             raise Rejected.invalid_field("wait", f"wait must be one of {sorted(STATES)}")
-        with _waiting(request, timeout):
-            waited = await while_connected(
-                request,
-                engine.wait_for(_user(request), alloc_id, wanted, timeout),
-                request.app[WAITS].stopping,
-            )
+        waited = await _long_poll(
+            request, timeout, lambda: engine.wait_for(_user(request), alloc_id, wanted, timeout)
+        )
         # None: the client went away (what is answered, the state now, reaches no one) or the
         # allocator is stopping (the client asks again).
         state = waited if waited is not None else await engine.allocation_of(_user(request), alloc_id)
@@ -534,10 +540,9 @@ async def show_job(request: web.Request) -> web.Response:
     if wanted is not None:
         if wanted != "done":
             raise Rejected.invalid_field("wait", "wait must be 'done'")
-        with _waiting(request, timeout):
-            waited = await while_connected(
-                request, engine.wait_for_job(_user(request), job_id, timeout), request.app[WAITS].stopping
-            )
+        waited = await _long_poll(
+            request, timeout, lambda: engine.wait_for_job(_user(request), job_id, timeout)
+        )
         job = waited if waited is not None else engine.job_of(_user(request), job_id)
     else:
         job = engine.job_of(_user(request), job_id)
