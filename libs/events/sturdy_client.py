@@ -115,8 +115,9 @@ class SturdyClient(Client):
         await super().close()
 
     async def drain(self) -> None:
-        # nats-py's drain() ends in its own _close(CLOSED), not in close(): unmarked, every
-        # service stopping (bootstrap drains its connection) was logged as bus.closed_for_good.
+        # nats-py's drain() ends in its own _close(CLOSED), not in close(): unmarked, a client
+        # that drains (as the services did at a stop, before bootstrap's _let_go flushed and
+        # closed instead) was logged as bus.closed_for_good.
         if self.is_connected:  # else it raises, and the connection stays as it was
             self.close_asked = True
         await super().drain()
