@@ -50,6 +50,7 @@ __all__ = [
     "ImageFiles",
     "cache_dir",
     "compressed_layer",
+    "config_digest",
     "default_image_files",
     "ensure_default_image",
     "image_config",
@@ -98,11 +99,16 @@ def _debootstrap(say: Callable[[str], None]) -> str:
     return shutil.which("debootstrap") or "/usr/sbin/debootstrap"
 
 
+def _cached_tarball(suite: str) -> tuple[Path, str]:
+    """Where the root filesystem tarball of `suite` is cached (there or not), and its key."""
+    key = image_key(suite)
+    return cache_dir() / f"rootfs-{key}.tar", key
+
+
 def rootfs_tarball(say: Callable[[str], None] = lambda _: None) -> tuple[Path, str]:
     """The cached root filesystem tarball and its key, built first if it is not there."""
     suite = machine_suite() or FALLBACK_SUITE
-    key = image_key(suite)
-    tarball = cache_dir() / f"rootfs-{key}.tar"
+    tarball, key = _cached_tarball(suite)
     if tarball.exists():
         return tarball, key
     tarball.parent.mkdir(parents=True, exist_ok=True)
@@ -225,9 +231,14 @@ def image_config(tarball: Path, key: str, arch: str) -> bytes:
     return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
 
 
+def config_digest(config: bytes) -> str:
+    """The digest of an image configuration: the image's id, and the blob's name in a registry."""
+    return f"sha256:{hashlib.sha256(config).hexdigest()}"
+
+
 def _load(docker_url: str, tarball: Path, config: bytes) -> None:
     """`docker load` of the tarball as the image `config` describes, tagged DEFAULT_IMAGE."""
-    config_name = f"{hashlib.sha256(config).hexdigest()}.json"
+    config_name = f"{config_digest(config).removeprefix('sha256:')}.json"
     manifest = json.dumps(
         [{"Config": config_name, "RepoTags": [DEFAULT_IMAGE], "Layers": ["layer/layer.tar"]}]
     )
@@ -340,11 +351,10 @@ def default_image_files(docker_url: str, say: Callable[[str], None] = lambda _: 
     """The files of the image DEFAULT_IMAGE names on the engine at `docker_url`, or None when that
     is not this build's image as `ensure_default_image` loads it (an older one, or one the operator
     built): then only the engine has it, and only the engine can push it."""
-    key = image_key(machine_suite() or FALLBACK_SUITE)
-    tarball = cache_dir() / f"rootfs-{key}.tar"
+    tarball, key = _cached_tarball(machine_suite() or FALLBACK_SUITE)
     if not tarball.exists():  # the engine's image came from elsewhere: no minutes of debootstrap for it
         return None
     config = image_config(tarball, key, _engine_arch(docker_url))
-    if image_id(docker_url, DEFAULT_IMAGE) != f"sha256:{hashlib.sha256(config).hexdigest()}":
+    if image_id(docker_url, DEFAULT_IMAGE) != config_digest(config):
         return None
     return ImageFiles(config, compressed_layer(tarball, say))

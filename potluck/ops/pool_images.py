@@ -36,7 +36,7 @@ from potluck.allocator.registry_access import Scope
 from potluck.allocator.registry_tokens import TokenIssuer
 from potluck.cli_options import up_state_dir_option
 from potluck.kernel.signing_keys import KEY_FILE, SigningKeyError, load_signing_key
-from potluck.localstack.default_image import Blob, ImageFiles
+from potluck.localstack.default_image import Blob, ImageFiles, config_digest
 from potluck.user.client import ClientError, ExitCode
 from potluck.user.images import push_with_progress
 
@@ -156,7 +156,7 @@ def publish_files(registry_address: str, key_path: Path, image: str, files: Imag
     reference = library_reference(registry_address, image)
     repository, tag = _in_library(registry_address, reference)
     registry = _Registry(registry_address, repository, _push_token(registry_address, key_path, reference))
-    config = Blob(Path(), f"sha256:{hashlib.sha256(files.config).hexdigest()}", len(files.config))
+    config = Blob(Path(), config_digest(files.config), len(files.config))
     try:
         held = registry.manifest_config(tag)
         if held is not None and held[0] == config.digest and held[1]:
