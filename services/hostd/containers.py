@@ -92,6 +92,7 @@ from potluck.hostd.docker_driver import (
     ManagedContainer,
 )
 from potluck.hostd.image_pull import ImagePuller, PullFailed
+from potluck.hostd.layer_walks import LayerWalks
 from potluck.hostd.reconciler import never_started, reconcile
 from potluck.hostd.restart_budget import RestartBudget
 from potluck.hostd.shared_details import named_by, without_local_addresses
@@ -208,6 +209,8 @@ class ContainerManager:
         #: Containers created ahead; None when `warm_containers` is 0 or the engine is not
         #: Docker's (the hollow one of scale tests).
         self.warm: WarmKeeper | None = None
+        #: The last count of each container's layer entries (layer_walks.py).
+        self._walks = LayerWalks()
         self._warm_emptied: asyncio.Task[None] | None = None
         if config.warm_containers > 0 and isinstance(driver, DockerDriver):
             self.warm = WarmKeeper(driver, self.host_id, config.warm_containers, self._disk_free)
@@ -287,7 +290,7 @@ class ContainerManager:
         try:
             facts = await self._docker(self.driver.engine_facts)
             layer, outside, entries = await self._disk_written(
-                alloc_id, container_id, spec, facts, layer=True
+                alloc_id, container_id, spec, facts, exact=True
             )
         except DockerDriverError:
             return None
@@ -1130,6 +1133,7 @@ class ContainerManager:
             for alloc_id in due.keys() - self.containers.keys():
                 del due[alloc_id]
                 measured.pop(alloc_id, None)
+            self._walks.keep_only(self.containers.values())
             for alloc_id in self.containers.keys() - due.keys():
                 due[alloc_id] = now  # seen for the first time: measured now
             ready = [alloc_id for alloc_id, at in due.items() if at <= now]
@@ -1148,9 +1152,16 @@ class ContainerManager:
                     continue
                 try:
                     layer, outside, entries = await self._disk_written(alloc_id, container_id, spec, facts)
+                    overrun = disk_overrun(layer, outside, spec.disk_bytes, entries=entries)
+                    if overrun is not None:
+                        # Its entries may be an earlier count (layer_walks.py): a stop is decided
+                        # on a count of now, so that files removed since are not held against it.
+                        layer, outside, entries = await self._disk_written(
+                            alloc_id, container_id, spec, facts, exact=True
+                        )
+                        overrun = disk_overrun(layer, outside, spec.disk_bytes, entries=entries)
                 except DockerDriverError:
                     continue
-                overrun = disk_overrun(layer, outside, spec.disk_bytes, entries=entries)
                 if overrun is not None:
                     await self._stop_for(alloc_id, container_id, "disk_limit_exceeded", overrun)
                     continue
@@ -1181,11 +1192,12 @@ class ContainerManager:
         spec: ContainerSpec,
         facts: EngineFacts,
         *,
-        layer: bool = False,
+        exact: bool = False,
     ) -> tuple[int, dict[str, int], int]:
         """What the container wrote, as the disk guard counts it (disk_bound.py): its writable
-        layer's bytes (measured when `layer`, else only where the guard needs them), the
-        engine's files outside the layer, and its layer's entries where the engine has no quota.
+        layer's bytes (measured when `exact`, else only where the guard needs them), the
+        engine's files outside the layer, and its layer's entries where the engine has no quota
+        (counted now when `exact`, else the last count while it stands: layer_walks.py).
         DockerDriverError when the engine does not say."""
         if facts.disk_quota_supported:
             outside = await self._docker(self.driver.outside_layer_bytes, container_id)
@@ -1195,24 +1207,37 @@ class ContainerManager:
             # counts their blocks itself (held_files.py).
             outside, held = await self._docker(self.driver.outside_and_held_bytes, container_id)
         written = entries = 0
-        if layer or needs_layer_measured(engine_quota=facts.disk_quota_supported, outside=outside):
+        if exact or needs_layer_measured(engine_quota=facts.disk_quota_supported, outside=outside):
             written = await self._docker(self.driver.writable_layer_bytes, container_id)
         if not facts.disk_quota_supported:
             written += held
             # The engine's SizeRw leaves out directories and empty files; a quota counts their
             # blocks itself (disk_bound.py).
-            entries = await self._layer_entries(alloc_id, container_id, written, outside, spec)
+            entries = await self._layer_entries(alloc_id, container_id, written, outside, spec, recount=exact)
         return written, outside, entries
 
     async def _layer_entries(
-        self, alloc_id: str, container_id: str, layer: int, outside: dict[str, int], spec: ContainerSpec
+        self,
+        alloc_id: str,
+        container_id: str,
+        layer: int,
+        outside: dict[str, int],
+        spec: ContainerSpec,
+        *,
+        recount: bool,
     ) -> int:
-        """The entries of the container's layer, as many as need counting (disk_bound.py); 0
-        with a warning when an engine that answers will not list a container's changes, so
-        that its bytes are still held to the bound."""
+        """The entries of the container's layer, as many as need counting (disk_bound.py): the
+        last count while it stands, unless `recount` (layer_walks.py); 0 with a warning when an
+        engine that answers will not list a container's changes, so that its bytes are still
+        held to the bound."""
+        started = time.monotonic()
+        if not recount:
+            standing = self._walks.standing(container_id, started)
+            if standing is not None:
+                return standing
         most = entries_most(layer, outside, spec.disk_bytes)
         try:
-            return await self._docker(self.driver.layer_entries, container_id, most)
+            entries = await self._docker(self.driver.layer_entries, container_id, most)
         except (EngineUnavailable, ContainerNotFound):
             raise
         except DockerDriverError as exc:
@@ -1224,6 +1249,12 @@ class ContainerManager:
                 "are not counted against its disk bound this time, its bytes still are",
             )
             return 0
+        ended = time.monotonic()
+        regular = self.config.timing.disk_check_interval_s
+        self._walks.counted(container_id, entries, started=started, ended=ended, regular_s=regular)
+        seconds = round(ended - started, 3)
+        log.debug("hostd.layer_counted", alloc_id=alloc_id, entries=entries, seconds=seconds)
+        return entries
 
     async def _stop_for(self, alloc_id: str, container_id: str, reason: FailureReason, detail: str) -> None:
         self._stopping[alloc_id] = reason

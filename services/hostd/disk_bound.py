@@ -16,7 +16,9 @@ counts as well, a block each (`ENTRY_BYTES`): about what it takes, and what `du`
 
 The guard measures every container at a regular interval, and a container writing toward
 its bound sooner (`next_measure_in`): a steady writer is stopped close to its bound rather
-than up to a whole interval's writing past it.
+than up to a whole interval's writing past it. Counting the entries costs the engine far more
+than the bytes, in proportion to the image's files: they are counted less often
+(layer_walks.py).
 
 Pure: containers.py's disk guard measures, this decides.
 """
@@ -47,7 +49,8 @@ OUTSIDE_LAYER_SLACK = 64 * 1024
 
 
 #: The shortest wait between two measures of one container: each has the engine walk the
-#: container's layer, which costs the member's disk and CPU in proportion to its files.
+#: container's layer for its bytes, which costs the member's disk and CPU in proportion to the
+#: layer's files (its entries are counted on a clock of their own: layer_walks.py).
 SOONEST_MEASURE_S = 1.0
 
 

@@ -3,12 +3,15 @@
 import asyncio
 import ctypes
 import io
+import itertools
+import json
 import os
 import tarfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import docker
@@ -26,6 +29,7 @@ from potluck.hostd.container_config import (
     create_kwargs,
 )
 from potluck.hostd.docker_driver import DockerDriver, LimitsNotApplied, create_container
+from potluck.hostd.layer_walks import next_walk_in
 from potluck.hostd.seccomp_profile import PROFILE as SECCOMP_PROFILE
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG, import_rootfs, rootfs_tarball
@@ -258,6 +262,91 @@ async def test_filling_the_members_disk_with_empty_directories_and_files_stops_t
     assert state.detail is not None
     assert "more than its disk bound of 16777216" in state.detail, state.detail
     assert "files and directories" in state.detail, state.detail
+
+
+def _layer_counts(log_path: Path, alloc_id: str) -> list[tuple[datetime, int, float]]:
+    """hostd's counts of the allocation's layer entries, from its log: when each ended, how
+    many entries it found, how long it took."""
+    counts = []
+    for line in log_path.read_text().splitlines():
+        if '"hostd.layer_counted"' in line:
+            entry = json.loads(line)
+            if entry.get("alloc_id") == alloc_id:
+                ended = datetime.fromisoformat(entry["timestamp"])
+                counts.append((ended, int(entry["entries"]), float(entry["seconds"])))
+    return counts
+
+
+async def _counted(
+    log_path: Path, alloc_id: str, found: Callable[[list[tuple[datetime, int, float]]], bool], what: str
+) -> list[tuple[datetime, int, float]]:
+    """hostd's counts of the allocation's layer entries (`_layer_counts`), once `found` holds of
+    them; fails saying `what` was never counted."""
+    deadline = time.monotonic() + 90
+    while not found(counts := _layer_counts(log_path, alloc_id)):
+        assert time.monotonic() < deadline, f"no count of the layer {what}: {counts}"
+        await asyncio.sleep(0.2)
+    return counts
+
+
+@pytest.mark.slow
+async def test_the_engines_costly_count_of_a_layer_is_spaced_out_and_nothing_is_stopped_on_an_old_one(
+    pool: Pool, docker_engines: list[DockerEngine], default_image: str
+) -> None:
+    """Found: the engine counts a container's layer entries (what the disk guard holds empty
+    files and directories to) by walking the container's whole filesystem beside the image's,
+    about 0.7 s of its CPU for the default image, and the guard had it done at every round:
+    in a pool checking every 0.5 s the engine walked without a pause, a core of the member's
+    machine gone for as long as the allocation lived (7 % of one at the default 10 s).
+    Tried, on a hostd checking every 0.5 s, a default-image allocation with a 64 MiB bound:
+    (1) 6000 empty directories made after its first count; (2) once a count saw them, they
+    are removed and a 44 MiB file written (with the 6000 directories still counted, 24 MiB,
+    64 MiB would be passed); (3) 30 MiB more, past the bound by its bytes alone. Must hold: each count
+    stands for at least twenty times its cost (layer_walks.py: 5 % of the time) or the
+    regular interval, (1) is seen by a later count all the same, (2) leaves the allocation
+    running (a stop is decided on a count of now), (3) stops it with disk_limit_exceeded at
+    a round that counted nothing (bytes are measured every round)."""
+    engine = docker_engines[0]
+    pool.log_level = "DEBUG"  # the counts are logged at debug
+    timing = {"heartbeat_interval_s": pool.liveness[0], "disk_check_interval_s": 0.5}
+    host = await start_laptop(pool, engine, "walks-host", timing=timing, allowed_images=[default_image])
+    assert host.process is not None
+    log_path = host.process.log_path
+    wanted = spec(image=default_image, disk=64 << 20, memory=256 << 20)
+    async with _running(pool, host, engine, "walked", wanted) as (driver, cid):
+        await _counted(log_path, "walked", bool, "once it ran")
+        made = driver.exec_run(cid, ["sh", "-c", "mkdir /d && cd /d && mkdir $(seq 6000)"])
+        assert made.exit_code == 0, made.output
+        counts = await _counted(
+            log_path, "walked", lambda counts: any(c[1] >= 6000 for c in counts), "with the 6000 directories"
+        )
+        for (end, _, cost), (next_end, _, next_cost) in itertools.pairwise(counts):
+            # From start to start: the log says when each count ended and how long it took.
+            spacing = (next_end - end).total_seconds() - next_cost + cost
+            assert spacing >= next_walk_in(cost, 0.5) - 0.05, counts
+
+        seen = len(counts)
+        refill = driver.exec_run(cid, ["sh", "-c", "rm -rf /d && dd if=/dev/zero of=/f bs=1M count=44"])
+        assert refill.exit_code == 0, refill.output
+        deadline = time.monotonic() + 30
+        while (state := await allocation(pool.store, "walked")) is not None and state.status == "running":
+            recounted = [c for c in _layer_counts(log_path, "walked")[seen:] if c[1] < 100]
+            if recounted and (datetime.now(UTC) - recounted[0][0]).total_seconds() > 2:
+                break  # counted anew, and four rounds since: nothing was stopped on the old count
+            assert time.monotonic() < deadline, "the layer was not counted again once it emptied"
+            await asyncio.sleep(0.2)
+        assert state is not None
+        assert state.status == "running", (state, pool.logs())
+
+        seen = len(_layer_counts(log_path, "walked"))
+        more = driver.exec_run(cid, ["sh", "-c", "dd if=/dev/zero of=/g bs=1M count=30"])
+        assert more.exit_code == 0, more.output
+        await wait_for_status(pool, "walked", "failed", timeout=30)
+    state = await allocation(pool.store, "walked")
+    assert state is not None
+    assert state.reason == "disk_limit_exceeded", state
+    # Stopped on its bytes: the only count since, if any, is the one its stop was decided on.
+    assert len(_layer_counts(log_path, "walked")) <= seen + 1
 
 
 async def test_a_container_cannot_allocate_disk_past_the_end_of_its_files(
