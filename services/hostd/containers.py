@@ -1250,8 +1250,14 @@ class ContainerManager:
             )
             return 0
         ended = time.monotonic()
-        regular = self.config.timing.disk_check_interval_s
-        self._walks.counted(container_id, entries, started=started, ended=ended, regular_s=regular)
+        self._walks.counted(
+            container_id,
+            entries,
+            started=started,
+            ended=ended,
+            regular_s=self.config.timing.disk_check_interval_s,
+            containers=len(self.containers),
+        )
         seconds = round(ended - started, 3)
         log.debug("hostd.layer_counted", alloc_id=alloc_id, entries=entries, seconds=seconds)
         return entries

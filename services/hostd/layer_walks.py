@@ -10,8 +10,10 @@ At the guard's regular 10 s that is 7 % of a core for each allocation of the def
 all the time, and a larger image costs more.
 
 So the guard measures each container's bytes every round (cheap: the engine sums its layer's
-regular files alone) and has the entries counted again only once the last count's cost is at
-most WALK_SHARE of the time since it, within WALK_MOST_S; the last count stands in between.
+regular files alone) and has the entries counted again only once the counts of all the
+containers here, at the last one's cost, take at most WALK_SHARE of the time (a machine's
+share, however many allocations it runs), within WALK_MOST_S; the last count stands in
+between.
 Nothing is stopped on a count that stands: a container it would show past its bound is
 counted again first (containers.py), so a container that removed its files is never stopped
 for them. A transfer hostd serves has the entries counted afresh (its budget starts from an
@@ -25,8 +27,8 @@ from dataclasses import dataclass
 
 __all__ = ["WALK_MOST_S", "WALK_SHARE", "LayerWalks", "next_walk_in"]
 
-#: The most of the time one container's counts may take, as measured by the count's own
-#: duration (the engine's CPU, on a quiet machine; a loaded machine makes a count slower and
+#: The most of the time the counts of a machine's containers may take together, each measured
+#: by its own duration (the engine's CPU, on a quiet machine; a loaded machine makes a count slower and
 #: so rarer, which is what a member's laptop wants then).
 WALK_SHARE = 0.05
 #: The longest a count stands, however costly the next: an image so large that its count took
@@ -34,10 +36,11 @@ WALK_SHARE = 0.05
 WALK_MOST_S = 60.0
 
 
-def next_walk_in(cost_s: float, regular_s: float) -> float:
+def next_walk_in(cost_s: float, regular_s: float, containers: int = 1) -> float:
     """Seconds from a count's start until the guard counts again, for a count that took
-    `cost_s`: never sooner than the guard's regular interval, nor later than WALK_MOST_S."""
-    return max(regular_s, min(WALK_MOST_S, cost_s / WALK_SHARE))
+    `cost_s` on a machine running `containers` that are counted: never sooner than the guard's
+    regular interval, nor later than WALK_MOST_S."""
+    return max(regular_s, min(WALK_MOST_S, cost_s * max(1, containers) / WALK_SHARE))
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,19 @@ class LayerWalks:
         return walk.entries if walk is not None and now < walk.due else None
 
     def counted(
-        self, container_id: str, entries: int, *, started: float, ended: float, regular_s: float
+        self,
+        container_id: str,
+        entries: int,
+        *,
+        started: float,
+        ended: float,
+        regular_s: float,
+        containers: int = 1,
     ) -> None:
-        """A count of `entries` ran from `started` to `ended` (monotonic)."""
-        self._last[container_id] = Walk(entries, started + next_walk_in(ended - started, regular_s))
+        """A count of `entries` ran from `started` to `ended` (monotonic), with `containers`
+        counted on the machine."""
+        wait = next_walk_in(ended - started, regular_s, containers)
+        self._last[container_id] = Walk(entries, started + wait)
 
     def keep_only(self, container_ids: Iterable[str]) -> None:
         """Forget the counts of every container but these (the others are gone)."""

@@ -27,6 +27,17 @@ def test_counts_take_at_most_their_share_of_the_time_unless_the_cap_says_otherwi
     assert cost <= WALK_SHARE * wait * (1 + 1e-9) or wait >= WALK_MOST_S
 
 
+@given(cost=costs, regular=intervals, containers=st.integers(min_value=1, max_value=1000))
+def test_the_counts_of_a_machines_containers_together_take_at_most_the_share(
+    cost: float, regular: float, containers: int
+) -> None:
+    """Each container counted once in its wait, at `cost` each: all of them together take at
+    most WALK_SHARE of it, unless the cap says otherwise."""
+    wait = next_walk_in(cost, regular, containers)
+    assert cost * containers <= WALK_SHARE * wait * (1 + 1e-9) or wait >= WALK_MOST_S
+    assert next_walk_in(cost, regular, containers) >= next_walk_in(cost, regular)
+
+
 @given(a=costs, b=costs, regular=intervals)
 def test_a_costlier_count_never_stands_for_less_time(a: float, b: float, regular: float) -> None:
     low, high = sorted((a, b))
@@ -41,6 +52,7 @@ def test_the_default_images_count_stands_fourteen_seconds_and_busyboxs_the_regul
     assert next_walk_in(0.03, 10.0) == 10.0
     assert next_walk_in(0.03, 0.5) == pytest.approx(0.6)
     assert next_walk_in(30.0, 10.0) == WALK_MOST_S
+    assert next_walk_in(0.7, 10.0, containers=3) == pytest.approx(42.0)
 
 
 def test_a_count_stands_until_it_is_due_and_only_for_its_own_container() -> None:
