@@ -13,11 +13,10 @@ So the guard measures each container's bytes every round (cheap: the engine sums
 regular files alone) and has the entries counted again only once the counts of all the
 containers here, at the last one's cost, take at most WALK_SHARE of the time (a machine's
 share, however many allocations it runs), within WALK_MOST_S; the last count stands in
-between.
-Nothing is stopped on a count that stands: a container it would show past its bound is
-counted again first (containers.py), so a container that removed its files is never stopped
-for them. A transfer hostd serves has the entries counted afresh (its budget starts from an
-exact figure), and that count stands for the guard too.
+between. Nothing is stopped on a count that stands: a container it would show past its bound
+is counted again first (containers.py), so a container that removed its files is never
+stopped for them. A transfer hostd serves has the entries counted afresh (its budget starts
+from an exact figure), and that count stands for the guard too.
 
 Pure: containers.py measures, this keeps the counts and says when the next is due.
 """
@@ -28,8 +27,8 @@ from dataclasses import dataclass
 __all__ = ["WALK_MOST_S", "WALK_SHARE", "LayerWalks", "next_walk_in"]
 
 #: The most of the time the counts of a machine's containers may take together, each measured
-#: by its own duration (the engine's CPU, on a quiet machine; a loaded machine makes a count slower and
-#: so rarer, which is what a member's laptop wants then).
+#: by its own duration (the engine's CPU, on a quiet machine; a loaded machine makes a count
+#: slower and so rarer, which is what a member's laptop wants then).
 WALK_SHARE = 0.05
 #: The longest a count stands, however costly the next: an image so large that its count took
 #: more than WALK_SHARE of this has it counted this often all the same.
