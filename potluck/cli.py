@@ -717,7 +717,7 @@ def hostd(config_path: Path) -> None:
 
 
 @main.command()
-@click.argument("token")
+@click.argument("token", required=False)
 @click.option(
     "--cpus",
     type=FiniteRange(min=0.1, max=1024),
@@ -754,7 +754,7 @@ def hostd(config_path: Path) -> None:
     help="Run hostd now, in the foreground; otherwise print the command and a systemd unit.",
 )
 def join(
-    token: str,
+    token: str | None,
     cpus: float | None,
     memory: str,
     disk: str,
@@ -763,11 +763,25 @@ def join(
     state_dir: Path | None,
     start: bool,
 ) -> None:
-    """Join a pool with the one-line TOKEN `potluck ops hosts enroll` printed: donate this machine."""
+    """Join a pool with the one-line TOKEN `potluck ops hosts enroll` printed: donate this machine.
+
+    Left out, or `-`, the token is asked for without echo on a terminal, else read from
+    standard input (`potluck join < token`): a token on the command line shows in every local
+    user's process list until it is redeemed, and stays in your shell's history."""
     import os
 
     from potluck.member.join import UNIT_NAME, JoinError, JoinSettings, hostd_argv, systemd_unit
     from potluck.member.join import join as join_pool
+    from potluck.token_input import token_from_stdin
+
+    if token is None or token == "-":
+        token = token_from_stdin("Join token", ask=token is None).strip()
+        if not token:
+            fail(
+                "no join token was typed or read from standard input: give the one line "
+                "`potluck ops hosts enroll` printed for this machine (ask your operator)",
+                2,
+            )
 
     settings = JoinSettings(
         cpus=cpus if cpus is not None else max(1.0, (os.cpu_count() or 2) / 2),
@@ -1148,7 +1162,7 @@ def ops_hosts_enroll(
     nats_pid_file: Path | None,
     service_seed_file: Path | None,
 ) -> None:
-    """Admit a machine NAME: record it and print its one-line join token (`potluck join TOKEN`).
+    """Admit a machine NAME: record it and print its one-line join token (`potluck join`).
 
     On the machine of a `potluck up` pool no option is needed: the pool's database, NATS,
     users file and gateway are the defaults. With --credentials-out, the key pair is made
@@ -1249,7 +1263,8 @@ def ops_hosts_enroll(
                 "re-render it before the member joins",
                 err=True,
             )
-        # stdout holds the join token alone (`potluck join $(...)`): the web token goes to stderr.
+        # stdout holds the join token alone (`... > token`, then `potluck join < token`): the web
+        # token goes to stderr.
         click.echo(f"member's web page token (sign in to see this machine): {member_token}", err=True)
         click.echo(printed)
         return

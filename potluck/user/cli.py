@@ -21,6 +21,7 @@ from rich.table import Table
 from potluck.cli_options import ALLOC_ID, FiniteRange
 from potluck.contracts.event_facts import event_facts
 from potluck.terminal import foreign
+from potluck.token_input import token_from_stdin
 from potluck.user.client import (
     Api,
     ClientError,
@@ -282,15 +283,6 @@ def _show_condition(allocation: dict[str, Any]) -> None:
         )
 
 
-def _token_from_stdin(*, ask: bool) -> str:
-    """The token typed at a prompt without echo (`ask`, on a terminal), else the first line of
-    standard input."""
-    if ask and sys.stdin.isatty():
-        typed: str = click.prompt("Token (from the operator; not shown)", hide_input=True, err=True)
-        return typed
-    return sys.stdin.readline()
-
-
 @click.command()
 @click.option("--url", required=True, help="The allocator, e.g. http://127.0.0.1:8080.")
 @click.option(
@@ -315,7 +307,7 @@ def login(url: str, token: str | None, gateway: str, gateway_key: str | None) ->
         given = "--token"
         if token is None or token == "-":
             given = "the token typed or read from standard input"
-            token = _token_from_stdin(ask=token is None)
+            token = token_from_stdin("Token", ask=token is None)
         key_line = None
         if gateway_key is not None:
             try:

@@ -41,7 +41,7 @@ SPENT = "this join token was already used or has expired; ask the operator for a
 
 
 def potluck(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "potluck", *args],
@@ -49,12 +49,15 @@ def potluck(
         text=True,
         env=env,
         timeout=timeout,
+        input=stdin,
         check=False,
     )
 
 
-async def potluck_async(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(potluck, *args, env=env)
+async def potluck_async(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(potluck, *args, env=env, stdin=stdin)
 
 
 def test_printing_the_client_key_never_makes_one(tmp_path: Path) -> None:
@@ -112,11 +115,12 @@ def test_printing_the_client_key_never_makes_one(tmp_path: Path) -> None:
     assert (printed.returncode, printed.stdout.strip()) == (0, host_key), printed.stderr
 
 
-def join_args(token: str, engine: DockerEngine | str, config: Path) -> list[str]:
+def join_args(token: str | None, engine: DockerEngine | str, config: Path) -> list[str]:
+    """`potluck join`'s arguments; with `token` None, none: the token goes on standard input."""
     url = engine if isinstance(engine, str) else engine.url
     return [
         "join",
-        token,
+        *([] if token is None else [token]),
         "--docker-url",
         url,
         "--config",
@@ -337,6 +341,37 @@ async def test_without_start_join_prints_the_command_and_writes_a_unit(
     )
 
 
+async def test_the_join_token_comes_from_standard_input_and_never_from_the_command_line(
+    pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path
+) -> None:
+    """A token on the command line shows in every local user's process list until it is
+    redeemed (another user of the machine could redeem it first) and stays in the shell's
+    history. Tried: `potluck join` with the token piped on standard input and no TOKEN
+    argument, `potluck join -` the same way, and `potluck join` with an empty line. Must
+    hold: the first two join (the host has the member's key in the log); the empty line is
+    refused with exit 2 saying what to give, and nothing is written."""
+    config_of = {name: tmp_path / name / "hostd.toml" for name in ("piped", "dashed", "empty")}
+    for name, dash in (("piped", False), ("dashed", True)):
+        issued = await enroll_with_token(pool.store, f"laptop-{name}", nats_url=pool.nats.url)
+        await refresh_nats_authorization(
+            pool.store, pool.nats.auth_file, [pool.services_seed], pool.nats.pid_file
+        )
+        await admitted(pool, issued.join_seed, issued.host_id)
+        args = join_args("-" if dash else None, docker_engines[1], config_of[name])
+        joined = await potluck_async(*args, stdin=encode(issued) + "\n")
+        assert joined.returncode == 0, joined.stderr + pool.logs()
+        assert f"joined as laptop-{name}" in joined.stdout, joined.stdout
+        assert config_of[name].exists()
+        state = (await pool.hosts()).hosts[issued.host_id]
+        assert state.nkey.startswith("U")
+
+    empty = await potluck_async(*join_args(None, docker_engines[1], config_of["empty"]), stdin="\n")
+    assert empty.returncode == 2, empty.stdout + empty.stderr
+    assert "no join token was typed or read from standard input" in empty.stderr, empty.stderr
+    assert "potluck ops hosts enroll" in empty.stderr, empty.stderr
+    assert not config_of["empty"].parent.exists()
+
+
 async def test_enroll_refuses_a_file_it_could_not_write_before_recording_the_host(
     pool: Pool, tmp_path: Path
 ) -> None:
@@ -496,7 +531,7 @@ async def test_a_second_engine_joins_a_pool_from_potluck_up(
 ) -> None:
     """The README's way, on a pool from `potluck up`: the operator runs `potluck ops hosts enroll
     laptop-b` and nothing else (the pool's database, NATS, users file and gateway are the
-    defaults); the member runs `potluck join TOKEN --start` on a second Docker engine. With the
+    defaults); the member runs `potluck join --start < token` on a second Docker engine. With the
     local host paused, a user's allocation runs on the new host and answers through the
     gateway over the real `ssh`; the same token a second time is refused. The test image, the
     new host's own, runs there once the operator published it in the pool's library (README's
@@ -529,8 +564,14 @@ async def test_a_second_engine_joins_a_pool_from_potluck_up(
         host_id = decode(token).host_id
 
         config = tmp_path / "member" / "hostd.toml"
+        # As the README has the member run it: the token from its file on standard input.
+        token_file = tmp_path / "token"
+        token_file.write_text(token + "\n")
         joined = ChildProcess(
-            [sys.executable, "-m", "potluck", *join_args(token, docker_engines[1], config), "--start"],
+            [
+                *("bash", "-c", 'exec "$@" < "$0"', str(token_file)),
+                *(sys.executable, "-m", "potluck", *join_args(None, docker_engines[1], config), "--start"),
+            ],
             log_path=tmp_path / "join.log",
         )
         joined.start()
