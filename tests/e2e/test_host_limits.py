@@ -38,6 +38,7 @@ from tests.e2e.conftest import start_laptop, wait_for_status
 from tests.e2e.syscall_probe import holder, probe, probe_i386
 from tests.fixtures.docker import container_spec
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
+from tests.helpers import wait_until
 
 VOLUME_IMAGE = "potluck-volume:1"
 VOLUME_FILES_IMAGE = "potluck-volume-files:1"
@@ -282,11 +283,10 @@ async def _counted(
 ) -> list[tuple[datetime, int, float]]:
     """hostd's counts of the allocation's layer entries (`_layer_counts`), once `found` holds of
     them; fails saying `what` was never counted."""
-    deadline = time.monotonic() + 90
-    while not found(counts := _layer_counts(log_path, alloc_id)):
-        assert time.monotonic() < deadline, f"no count of the layer {what}: {counts}"
-        await asyncio.sleep(0.2)
-    return counts
+    await wait_until(
+        lambda: found(_layer_counts(log_path, alloc_id)), 90, f"a count of the layer {what} in {log_path}"
+    )
+    return _layer_counts(log_path, alloc_id)
 
 
 @pytest.mark.slow
