@@ -39,7 +39,9 @@ def raise_open_files_limit() -> int:
 
 
 async def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Runs `main(stop)`; SIGTERM/SIGINT set `stop`, and `main` is expected to return soon after."""
+    """Runs `main(stop)`; SIGTERM/SIGINT set `stop`, and `main` is expected to return soon after.
+
+    Once `main` has returned, both signals are ignored: the process is on its way out."""
     raise_open_files_limit()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -58,6 +60,10 @@ async def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) 
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+            # Not back to the default action: the process is ending, and a second SIGTERM (a
+            # supervisor's, or the second of two Ctrl-Cs) in its last instants killed a service
+            # that was stopping cleanly, exit -15 instead of 0. SIGKILL still ends it.
+            signal.signal(sig, signal.SIG_IGN)
 
 
 class StoppedWhileStarting(Exception):

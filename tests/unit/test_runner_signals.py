@@ -18,14 +18,31 @@ asyncio.run(run_until_signalled(main))
 """
 
 
-def _stopped_by(sig: signal.Signals) -> str:
+#: The same service, still ending for a moment once its work has returned (closing its log,
+#: flushing its traces): it prints "ending" then.
+ENDING = f"""{SERVICE}
+import time
+print("ending", flush=True)
+time.sleep(2)
+"""
+
+
+def _stopped_by(sig: signal.Signals, *, again: bool = False) -> str:
     service = subprocess.Popen(
-        [sys.executable, "-c", SERVICE], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-c", ENDING if again else SERVICE],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert service.stdout is not None
         assert service.stdout.readline().strip() == "ready"
         service.send_signal(sig)
+        if again:
+            while (line := service.stdout.readline()) and line.strip() != "ending":
+                pass
+            service.send_signal(signal.SIGTERM)
+            service.send_signal(signal.SIGINT)
         out, _ = service.communicate(timeout=60)
     finally:
         if service.poll() is None:
@@ -48,3 +65,12 @@ def test_a_signal_is_named_in_the_log_before_the_service_returns() -> None:
         assert len(said) == 1, out
         assert sig.name in said[0], out
         assert lines.index(said[0]) < lines.index("returned"), out
+
+
+def test_a_second_signal_while_the_process_ends_does_not_kill_it() -> None:
+    """Tried: SIGTERM stops the service; once its work has returned and while the process is
+    still ending, a supervisor's second SIGTERM and a second Ctrl-C (SIGINT) come.
+    Must hold: the process still exits 0 (before, the default action killed it, exit -15, and
+    its clean stop read as a crash)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        _stopped_by(sig, again=True)
