@@ -20,6 +20,7 @@ import click
 # Before any command's module imports nats (nothing above does): see its docstring.
 import potluck.events.nats_without_websockets  # noqa: F401
 from potluck.cli_options import (
+    OPS_LAZY_COMMANDS,
     FiniteRange,
     GraceSeconds,
     database_option,
@@ -971,7 +972,7 @@ def _attach_ops_tools(group: click.Group) -> None:
     register(group)
 
 
-@main.group(cls=AttachingGroup, attach=_attach_ops_tools)
+@main.group(cls=AttachingGroup, attach=_attach_ops_tools, lazy=OPS_LAZY_COMMANDS)
 @click.pass_context
 def ops(ctx: click.Context) -> None:
     """Operator tools."""

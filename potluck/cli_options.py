@@ -10,6 +10,11 @@ import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Operator commands imported only when asked for (potluck.lazy_group), under `potluck ops` and
+#: `python -m potluck.ops.cli` alike: `images` loads the Docker SDK and the allocator's image
+#: tokens, half a second of every other operator command's start.
+OPS_LAZY_COMMANDS = {"images": "potluck.ops.pool_images:images"}
+
 
 class FiniteRange(click.FloatRange):
     """click.FloatRange that also refuses nan and infinities: nan compares false with both

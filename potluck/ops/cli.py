@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from potluck.cli_options import (
+    OPS_LAZY_COMMANDS,
     FiniteRange,
     nats_options_for,
     operator_connect_timeout,
@@ -41,11 +42,11 @@ from potluck.events import EventStore, RecordedEvent
 from potluck.events.connection import is_authorization_refusal
 from potluck.kernel.redacted_urls import redacted
 from potluck.kernel.terminal_text import shown
+from potluck.lazy_group import AttachingGroup
 from potluck.ops import LiveUnavailable, OpsError
 from potluck.ops.archive import archive_command
 from potluck.ops.backup import backup_command, restore_command
 from potluck.ops.hollow import hollow
-from potluck.ops.pool_images import images
 
 __all__ = ["COMMANDS", "events", "main", "register", "replay", "status", "trace"]
 
@@ -549,17 +550,19 @@ COMMANDS: tuple[click.Command, ...] = (
     archive_command,
     backup_command,
     restore_command,
-    images,
 )
 
 
 def register(group: click.Group) -> None:
-    """Attach replay, events (tail, show), status, trace, hollow, archive, backup, restore, images."""
+    """Attach replay, events (tail, show), status, trace, hollow, archive, backup, restore;
+    `images` is the group's `lazy` (OPS_LAZY_COMMANDS)."""
     for command in COMMANDS:
         group.add_command(command)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=AttachingGroup, lazy=OPS_LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.option(
     "--log-level",
     envvar="POTLUCK_LOG_LEVEL",

@@ -66,6 +66,32 @@ def test_alloc_ls_imports_its_own_module_alone() -> None:
     assert loaded == []
 
 
+def test_an_operator_command_loads_the_image_tools_only_when_asked_for_them() -> None:
+    """Tried: `potluck ops status --help` in a fresh interpreter, then `potluck ops images
+    --help`. Must hold: both answer; the first imports neither the Docker SDK nor
+    potluck.ops.pool_images (half a second of every operator command's start), the second does."""
+    script = (
+        "import json, sys\n"
+        "from potluck.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "print(json.dumps({'exit': code, 'modules': sorted(sys.modules)}))\n"
+    )
+    for command, wanted in (("status", False), ("images", True)):
+        done = subprocess.run(
+            [sys.executable, "-c", script, "ops", command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        answer = json.loads(done.stdout.splitlines()[-1])
+        assert answer["exit"] == 0, done.stderr
+        for module in ("docker", "potluck.ops.pool_images"):
+            assert (module in answer["modules"]) is wanted, (command, module)
+
+
 @pytest.fixture
 def logging_as_it_was() -> Iterator[None]:
     """`potluck`'s group configures structlog (cached loggers, a renderer) when it runs: put the
@@ -84,7 +110,7 @@ def test_every_command_is_listed_and_reachable() -> None:
     for name in (*USER_COMMANDS, "hostd", "registry", "allocator", "ops", "up"):
         assert f"  {name} " in listing, name
         assert runner.invoke(main, [name, "--help"]).exit_code == 0, name
-    for name in ("replay", "status", "trace", "hosts", "hollow"):
+    for name in ("replay", "status", "trace", "hosts", "hollow", "images"):
         assert runner.invoke(main, ["ops", name, "--help"]).exit_code == 0, name
     unknown = runner.invoke(main, ["no-such-command"])
     assert unknown.exit_code == 2
