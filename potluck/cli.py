@@ -713,6 +713,19 @@ def hostd(config_path: Path) -> None:
     except SSHIdentityError as exc:
         # Its host key file cannot be used (a replaced file of another type): the message names it.
         fail(str(exc), 2)
+    except Exception as exc:
+        # A bug, or a state nothing here expects: one JSON line, the traceback in its
+        # `exception`, as the other services log theirs (potluck/bootstrap.py), rather than
+        # Python's bare traceback across forty lines that no reader of the member's log parses.
+        import structlog
+
+        structlog.get_logger("potluck.hostd").exception(
+            "hostd.crashed",
+            error=f"{type(exc).__name__}: {exc}",
+            hint="hostd exits with code 1 and its supervisor (systemd, `potluck up`) starts it "
+            "again, adopting its containers; if it keeps crashing, this line's exception says where",
+        )
+        raise SystemExit(1) from None
     finally:
         shutdown_telemetry()
 

@@ -2,9 +2,12 @@
 and restarts of the Docker engine and of NATS."""
 
 import asyncio
+import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -291,3 +294,42 @@ async def test_hostd_outlives_its_docker_engine_stopping_and_recovers(
         await nc.close()
         engine.stop()
         shutil.rmtree(link_dir, ignore_errors=True)
+
+
+#: hostd as `potluck hostd --config FILE` runs it, with a bug put in its agent's work.
+HOSTD_WITH_A_BUG = """
+import sys
+from potluck.cli import main
+from potluck.hostd.agent import Agent
+
+async def run(self):
+    raise RuntimeError("a bug put here by the test")
+
+Agent.run = run
+main(["--log-level", "INFO", "hostd", "--config", sys.argv[1]])
+"""
+
+
+async def test_a_crashing_hostd_says_so_in_one_json_line_and_exits_1(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """Tried: hostd's work raises an exception nothing expects (a bug, here put in by the test:
+    no real one can be asked for). Must hold: it exits with code 1 and every line it printed
+    is JSON, one of them `hostd.crashed` naming the error, its traceback in `exception`, and
+    a hint (before, hostd ended in Python's bare traceback, the only service to)."""
+    config = pool.write_config(await pool.enroll("laptop-a"), docker_engines[0])
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", HOSTD_WITH_A_BUG, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = [json.loads(line) for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    [crashed] = [line for line in lines if line["event"] == "hostd.crashed"]
+    assert crashed["level"] == "error"
+    assert crashed["error"] == "RuntimeError: a bug put here by the test"
+    assert crashed["exception"].startswith("Traceback")
+    assert "supervisor" in crashed["hint"]
