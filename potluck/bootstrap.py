@@ -23,7 +23,13 @@ from potluck.events.connection import connect_bus
 from potluck.events.relay import watch_relay_lag
 from potluck.kernel.metrics import pool_metrics
 from potluck.kernel.redacted_urls import redacted
-from potluck.runner import StoppedWhileStarting, run_tasks_until, run_until_signalled, unless_stopped
+from potluck.runner import (
+    StoppedWhileStarting,
+    exit_crashed,
+    run_tasks_until,
+    run_until_signalled,
+    unless_stopped,
+)
 from potluck.telemetry import TelemetryConfigError, configure_telemetry
 
 log = structlog.get_logger(__name__)
@@ -118,16 +124,13 @@ async def serve(name: str, backends: Backends, body: Body) -> None:
             log.error(f"{name}.failed", error=str(exc))
             raise SystemExit(f"error: {exc}") from None
         except Exception as exc:
-            # A bug, or a state nothing here expects (a table dropped by hand): one JSON line,
-            # the traceback in its `exception`, as every other line of the log is, rather than
-            # Python's bare traceback across forty lines no log reader parses.
-            log.exception(
-                f"{name}.crashed",
-                error=f"{type(exc).__name__}: {exc}",
+            exit_crashed(
+                log,
+                name,
+                exc,
                 hint=f"{name} exits with code 1 and its supervisor (`potluck up`, systemd, compose) "
                 "starts it again; if it keeps crashing, this line's exception says where",
             )
-            raise SystemExit(1) from None
 
     async def start_and_serve(stop: asyncio.Event) -> None:
         async with contextlib.AsyncExitStack() as stack:

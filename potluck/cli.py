@@ -683,7 +683,7 @@ def hostd(config_path: Path) -> None:
     """Donate this machine: run the member's agent (see services/hostd/config.py for the file)."""
     from potluck.hostd.agent import Agent, BusGivenUp, HostdStopped
     from potluck.hostd.config import ConfigError, load_config
-    from potluck.runner import run_tasks_until, run_until_signalled
+    from potluck.runner import exit_crashed, run_tasks_until, run_until_signalled
 
     try:
         config = load_config(config_path)
@@ -714,18 +714,15 @@ def hostd(config_path: Path) -> None:
         # Its host key file cannot be used (a replaced file of another type): the message names it.
         fail(str(exc), 2)
     except Exception as exc:
-        # A bug, or a state nothing here expects: one JSON line, the traceback in its
-        # `exception`, as the other services log theirs (potluck/bootstrap.py), rather than
-        # Python's bare traceback across forty lines that no reader of the member's log parses.
         import structlog
 
-        structlog.get_logger("potluck.hostd").exception(
-            "hostd.crashed",
-            error=f"{type(exc).__name__}: {exc}",
+        exit_crashed(
+            structlog.get_logger("potluck.hostd"),
+            "hostd",
+            exc,
             hint="hostd exits with code 1 and its supervisor (systemd, `potluck up`) starts it "
             "again, adopting its containers; if it keeps crashing, this line's exception says where",
         )
-        raise SystemExit(1) from None
     finally:
         shutdown_telemetry()
 

@@ -4,7 +4,7 @@ import asyncio
 import resource
 import signal
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import structlog
 
@@ -64,6 +64,15 @@ async def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) 
             # supervisor's, or the second of two Ctrl-Cs) in its last instants killed a service
             # that was stopping cleanly, exit -15 instead of 0. SIGKILL still ends it.
             signal.signal(sig, signal.SIG_IGN)
+
+
+def exit_crashed(log: Any, name: str, exc: Exception, *, hint: str) -> NoReturn:
+    """Ends a service on an exception nothing in it expects (a bug, or a state such as a table
+    dropped by hand): one JSON line `NAME.crashed`, the traceback in its `exception`, as every
+    other line of the log is, rather than Python's bare traceback across forty lines no log
+    reader parses; then exit code 1, on which a supervisor starts the service again."""
+    log.exception(f"{name}.crashed", error=f"{type(exc).__name__}: {exc}", hint=hint)
+    raise SystemExit(1) from None
 
 
 class StoppedWhileStarting(Exception):
