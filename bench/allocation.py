@@ -45,6 +45,7 @@ from bench.pool import private_pool
 from potluck.hostd.container_config import ContainerSpec, create_kwargs, limit_mismatches
 from potluck.hostd.docker_driver import DockerDriver, create_container
 from potluck.hostd.launcher import GO_WITH_ENV_SIGNAL, env_payload
+from potluck.hostd.no_network import hosts_file_for
 from potluck.hostd.warm_engine import create_warm
 from potluck.hostd.warm_pool import limits_update, warm_key
 from potluck.localstack.docker_engine import DockerEngine
@@ -163,7 +164,9 @@ def engine_parts(engine: DockerEngine, rounds: int) -> dict[str, list[float]]:
     parts: dict[str, list[float]] = {
         "create": [], "start": [], "ahead": [], "take": [], "attach": [], "readback": [], "unfreeze": [],
     }  # fmt: skip
-    with DockerDriver(engine.url) as driver:
+    # As hostd makes them: containers without a network get its hosts file (no_network.py).
+    hosts_file = str(hosts_file_for(engine.url, engine.workdir / "hostd-state"))
+    with DockerDriver(engine.url, hosts_file=hosts_file) as driver:
         facts = driver.engine_facts()
         client: Any = driver._api().api
         for i in range(rounds):
@@ -175,12 +178,14 @@ def engine_parts(engine: DockerEngine, rounds: int) -> dict[str, list[float]]:
             # Today's path: created and started on placement.
             watch = time.perf_counter()
             driver._check_image(driver._api(), spec.image)
-            kwargs = create_kwargs(spec, disk_quota=facts.disk_quota_supported, helper=driver.helper)
+            kwargs = create_kwargs(
+                spec, disk_quota=facts.disk_quota_supported, helper=driver.helper, hosts_file=hosts_file
+            )
             container_id = str(create_container(driver._api(), kwargs).id)
             parts["create"].append(time.perf_counter() - watch)
             watch = time.perf_counter()
             client.start(container_id)
-            driver.inspect(container_id)
+            driver.started(driver.inspect(container_id))
             parts["start"].append(time.perf_counter() - watch)
             driver.remove(container_id)
             # A warm container: made ahead (off the placement's path), then taken.
@@ -199,7 +204,7 @@ def engine_parts(engine: DockerEngine, rounds: int) -> dict[str, list[float]]:
             watch = time.perf_counter()
             mismatches = limit_mismatches(
                 spec, driver.inspect(made.container_id), disk_quota=facts.disk_quota_supported,
-                helper=driver.helper,
+                helper=driver.helper, hosts_file=hosts_file,
             )  # fmt: skip
             parts["readback"].append(time.perf_counter() - watch)
             if mismatches:

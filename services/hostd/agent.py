@@ -76,6 +76,7 @@ from potluck.hostd.image_pull import ImagePuller, PullFailed
 from potluck.hostd.log_cost import LogBound
 from potluck.hostd.log_tail import LogTailResponder
 from potluck.hostd.logind_sleep import listen_to_logind, system_bus_address
+from potluck.hostd.no_network import hosts_file_for
 from potluck.hostd.policy_runner import PolicyRunner
 from potluck.hostd.pool_images import PoolImages
 from potluck.hostd.report_publisher import publish_until_stored
@@ -135,7 +136,11 @@ class Agent:
         """`driver`: the engine; a hollow one (hollow_engine.py) for scale tests, else Docker's."""
         self.config = config
         self.host_id = config.host_id
-        self.driver = driver or DockerDriver(config.docker_url, internal_networks=config.internal_network)
+        self.driver = driver or DockerDriver(
+            config.docker_url,
+            internal_networks=config.internal_network,
+            hosts_file=hosts_file_for(config.docker_url, config.state_dir),
+        )
         #: The images the pool brought here: only those, and what allowed_images lists, are run
         #: or reported; a member's own image is, for the pool, absent (pool_images.py).
         self.pool_images = PoolImages.in_state_dir(config.state_dir, config.allowed_images)

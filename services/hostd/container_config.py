@@ -27,6 +27,7 @@ from typing import Any
 from potluck.contracts.capacity import MIN_CPUS
 from potluck.contracts.image_reference import engine_name
 from potluck.hostd.helper import HELPER_DIR, HELPER_PATH, KEEP_ALIVE
+from potluck.hostd.no_network import hosts_mount
 from potluck.hostd.seccomp_profile import PROFILE as SECCOMP_PROFILE
 
 # Containers run strangers' code on a member's laptop, as root inside the
@@ -504,6 +505,7 @@ def create_kwargs(
     helper: str | None = None,
     cgroup_parent: str | None = None,
     hardware: tuple[str, ...] = HARDWARE_PATHS,
+    hosts_file: str | None = None,
 ) -> dict[str, Any]:
     """Arguments for docker-py's `containers.create`, limits and hardening included, and
     `masked_paths`, which docker-py does not take (docker_driver.create_container puts it in
@@ -516,7 +518,10 @@ def create_kwargs(
 
     `helper`: this machine's static busybox (helper.py), mounted read-only; an allocation
     without a command then runs KEEP_ALIVE instead of the image's CMD (and ENTRYPOINT):
-    it is interactive, up until released or expired, whatever the image would run."""
+    it is interactive, up until released or expired, whatever the image would run.
+
+    `hosts_file`: hostd's /etc/hosts for containers without a network (no_network.py), on the
+    engine's machine; given, such a container is made without the engine's network code."""
     kwargs: dict[str, Any] = {
         # By its whole reference: an engine reads a bare `3f2a` as the start of an image id.
         "image": engine_name(spec.image),
@@ -566,6 +571,9 @@ def create_kwargs(
         kwargs["mounts"] = helper_mounts(helper)
         if spec.command is None:
             kwargs["entrypoint"] = list(KEEP_ALIVE)
+    if hosts_file is not None and not spec.network:
+        kwargs["network_disabled"] = True
+        kwargs["mounts"] = [*kwargs.get("mounts", []), hosts_mount(hosts_file)]
     return kwargs
 
 
@@ -620,16 +628,27 @@ def _caps(values: list[str] | None) -> list[str]:
 
 
 def limit_mismatches(
-    spec: ContainerSpec, inspect: dict[str, Any], *, disk_quota: bool, helper: str | None = None
+    spec: ContainerSpec,
+    inspect: dict[str, Any],
+    *,
+    disk_quota: bool,
+    helper: str | None = None,
+    hosts_file: str | None = None,
 ) -> list[tuple[str, Any, Any]]:
     """(field, wanted, got) for each limit or security setting `inspect` does not show;
-    `helper` as given to create_kwargs (its read-only mount is the only one allowed)."""
+    `helper` and `hosts_file` as given to create_kwargs (their read-only mounts are the only
+    ones allowed; the second only in a container made without the engine's network code)."""
     host = inspect.get("HostConfig") or {}
     helper_facts = _mount_facts(helper_mounts(helper) if helper is not None else [])
     # A container made before the helper's directory was a mount (an upgraded hostd adopting
     # it) has the bind alone: kept to its end, as it ran before; every new one gets both.
     older_facts = _mount_facts([_helper_bind(helper)] if helper is not None else [])
-    got_host, got_top = _mount_facts(host.get("Mounts")), _mount_facts(inspect.get("Mounts"))
+    # Only a container made without the engine's network code has hostd's hosts file (one made
+    # with it, or before, has the engine's own, which inspect does not list among the mounts).
+    network_disabled = bool((inspect.get("Config") or {}).get("NetworkDisabled"))
+    hosts = _mount_facts([hosts_mount(hosts_file)] if hosts_file is not None and network_disabled else [])
+    got_host = [m for m in _mount_facts(host.get("Mounts")) if m not in hosts]
+    got_top = [m for m in _mount_facts(inspect.get("Mounts")) if m not in hosts]
     # A container made before the helper existed (an upgraded hostd adopting it) has no mount
     # at all: fewer than allowed, so it is kept (without the helper's keep-alive or SFTP).
     with_helper = bool(helper_facts) and got_host in (helper_facts, older_facts)

@@ -64,6 +64,7 @@ from potluck.hostd.disk_bound import OUTSIDE_LAYER_FILES
 from potluck.hostd.docker_sdk import docker, requests
 from potluck.hostd.held_files import container_held_bytes
 from potluck.hostd.helper import KEEP_ALIVE, find_helper
+from potluck.hostd.no_network import shares_machine_namespace
 from potluck.hostd.pool_weight import cgroup_parent, lower_parent_weight
 
 __all__ = [
@@ -315,14 +316,18 @@ class DockerDriver:
         *,
         internal_networks: bool = False,
         helper: str | Literal["find"] | None = "find",
+        hosts_file: str | None = None,
     ) -> None:
         """`internal_networks`: an allocation's own network has no route out (hostd's
         `internal_network`). `helper`: the static busybox containers get (helper.py); "find"
-        looks for one on this machine, None gives none."""
+        looks for one on this machine, None gives none. `hosts_file`: the /etc/hosts of
+        containers without a network, on the engine's machine (no_network.py); None leaves
+        them to the engine's network code."""
         self.base_url = base_url
         self.timeout = timeout
         self.internal_networks = internal_networks
         self.helper = find_helper() if helper == "find" else helper
+        self.hosts_file = hosts_file
         self._client: docker.DockerClient | None = None
         self._facts: EngineFacts | None = None
         self._cgroup_driver = "cgroupfs"
@@ -509,6 +514,7 @@ class DockerDriver:
                             helper=self.helper,
                             cgroup_parent=self._pool_parent(),
                             hardware=self.hardware(),
+                            hosts_file=self.hosts_file,
                         ),
                     )
                 except docker.errors.APIError as exc:
@@ -525,7 +531,7 @@ class DockerDriver:
                     container.remove(v=True, force=True)
                     raise
                 container.reload()
-            self._lower_pool_weight(container.attrs)
+            self.started(container.attrs)
         return container.id or ""
 
     def hardware(self) -> tuple[str, ...]:
@@ -542,6 +548,17 @@ class DockerDriver:
     def _pool_parent(self) -> str | None:
         """The pool's own cgroup parent, for an engine on this machine (hostd sets its weight)."""
         return cgroup_parent(self._cgroup_driver) if self.base_url.startswith("unix://") else None
+
+    def started(self, attrs: dict[str, Any]) -> None:
+        """What follows every start of a pool container (`attrs`: its inspect after the start):
+        on this machine, its network namespace checked to be its own (no_network.py; one that
+        is the machine's removes it), then its pool cgroup's weight lowered."""
+        pid = int((attrs.get("State") or {}).get("Pid") or 0)
+        if pid and self.base_url.startswith("unix://") and shares_machine_namespace(pid):
+            container_id = str(attrs.get("Id") or "")
+            self.remove(container_id)
+            raise LimitsNotApplied("network namespace", "its own", "the machine's", container_id=container_id)
+        self._lower_pool_weight(attrs)
 
     def _lower_pool_weight(self, attrs: dict[str, Any]) -> None:
         if self._pool_parent() is None:
@@ -609,7 +626,11 @@ class DockerDriver:
         """Raise LimitsNotApplied (after removing the container) unless inspect shows them all."""
         disk_quota = self.engine_facts().disk_quota_supported
         mismatches = limit_mismatches(
-            spec, self.inspect(container_id), disk_quota=disk_quota, helper=self.helper
+            spec,
+            self.inspect(container_id),
+            disk_quota=disk_quota,
+            helper=self.helper,
+            hosts_file=self.hosts_file,
         )
         if mismatches:
             self.remove(container_id)
@@ -623,7 +644,7 @@ class DockerDriver:
         with self._errors(f"starting {container_id[:12]} again") as client:
             client.api.start(container_id)
             attrs = client.api.inspect_container(container_id)
-        self._lower_pool_weight(attrs)
+        self.started(attrs)
 
     def inspect(self, container_id: str) -> dict[str, Any]:
         with self._errors(f"inspecting {container_id[:12]}") as client:

@@ -103,6 +103,7 @@ def create_warm(driver: DockerDriver, host_id: str, key: WarmKey) -> WarmContain
                 cgroup_parent=driver._pool_parent(),
                 hardware=driver.hardware(),
                 image_entrypoint=(image.get("Config") or {}).get("Entrypoint"),
+                hosts_file=driver.hosts_file,
             ),
         )
     container_id = container.id or ""
@@ -112,7 +113,7 @@ def create_warm(driver: DockerDriver, host_id: str, key: WarmKey) -> WarmContain
         with driver._errors(f"starting warm container {container_id[:12]} ahead") as client:
             client.api.start(container_id)
             attrs = client.api.inspect_container(container_id)
-            driver._lower_pool_weight(attrs)
+            driver.started(attrs)
             if key.command is not None:
                 _until_launcher_waits(client, container_id, key)
         driver.update_cpus(container_id, MIN_CPUS)  # its start is done: the placeholder's again
@@ -186,5 +187,5 @@ def take_warm(driver: DockerDriver, warm: WarmContainer, spec: ContainerSpec) ->
         driver.remove(container_id)
         raise
     if not warm.started:
-        driver._lower_pool_weight(attrs)
+        driver.started(attrs)
     return container_id

@@ -199,6 +199,7 @@ def warm_create_kwargs(
     cgroup_parent: str | None,
     hardware: tuple[str, ...] = HARDWARE_PATHS,
     image_entrypoint: list[str] | None,
+    hosts_file: str | None = None,
 ) -> dict[str, Any]:
     """create_kwargs of an allocation of this shape (the same hardening, mounts, entrypoint,
     log settings), with a warm container's name and labels and the placeholder's limits; a
@@ -210,6 +211,7 @@ def warm_create_kwargs(
         helper=helper,
         cgroup_parent=cgroup_parent,
         hardware=hardware,
+        hosts_file=hosts_file,
     )
     kwargs["name"] = WARM_NAME_PREFIX + suffix
     kwargs["labels"] = warm_labels(host_id)

@@ -4,6 +4,7 @@ Every container here runs the busybox test image with `network_mode="none"`.
 """
 
 import asyncio
+import os
 import shutil
 import signal
 import tempfile
@@ -32,6 +33,7 @@ from potluck.hostd.docker_driver import (
 )
 from potluck.hostd.exec_bridge import ExecBridge
 from potluck.hostd.exec_errors import ExecRefused
+from potluck.hostd.no_network import HOSTS, write_hosts_file
 from potluck.hostd.pool_weight import parent_weight_file
 from potluck.localstack import DockerEngine, build_test_image
 from potluck.localstack.test_image import import_rootfs, rootfs_tarball
@@ -396,13 +398,23 @@ def test_writable_layer_grows_with_what_the_container_writes(
 
 
 def test_the_engines_files_outside_the_layer_are_measured_and_not_in_it(
-    docker_driver: DockerDriver, test_image: str
+    docker_engine: DockerEngine, test_image: str
 ) -> None:
-    """A container writes 3 MiB into /etc/hosts, which the engine keeps outside the container's
-    layer and bind-mounts read-write. Afterwards outside_layer_bytes reports it for that path
-    (and the engine's own few bytes for the other two), while writable_layer_bytes, the layer
-    alone, has not grown by it: why the disk guard must count these files itself."""
-    container_id = docker_driver.run(_spec(test_image))
+    """A container with a network of its own writes 3 MiB into /etc/hosts, which the engine
+    keeps outside the container's layer and bind-mounts read-write. Afterwards
+    outside_layer_bytes reports it for that path (and the engine's own few bytes for the other
+    two), while writable_layer_bytes, the layer alone, has not grown by it: why the disk guard
+    must count these files itself. (A container without a network has only /etc/hostname
+    there: the next test.)"""
+    with DockerDriver(docker_engine.url, internal_networks=True) as driver:
+        container_id = driver.run(_spec(test_image, network=True))
+        try:
+            _outside_layer_files_are_measured(driver, container_id)
+        finally:
+            driver.remove(container_id)
+
+
+def _outside_layer_files_are_measured(docker_driver: DockerDriver, container_id: str) -> None:
     before = docker_driver.outside_layer_bytes(container_id)
     layer_before = docker_driver.writable_layer_bytes(container_id)
     assert set(before) == {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"}
@@ -415,6 +427,65 @@ def test_the_engines_files_outside_the_layer_are_measured_and_not_in_it(
     assert after["/etc/hosts"] - before["/etc/hosts"] == 3 * MiB
     assert after["/etc/hostname"] == before["/etc/hostname"]
     assert docker_driver.writable_layer_bytes(container_id) - layer_before < MiB
+
+
+def test_a_container_without_a_network_has_loopback_and_localhost_but_none_of_the_engines_network(
+    docker_engine: DockerEngine, test_image: str, tmp_path: Path
+) -> None:
+    """Tried: an allocation without a network on a driver with hostd's hosts file
+    (no_network.py: made with NetworkDisabled, so the engine builds no sandbox and runs no
+    prestart hook at its start). Must hold: its limits read back (run() checks them); it is in
+    a network namespace of its own (not the machine's), whose only interface is loopback, up;
+    `localhost` is in its /etc/hosts, which it cannot write, and its resolv.conf names no
+    server (a lookup goes to loopback); the engine's own files outside its layer are only
+    /etc/hostname, beside the hosts file."""
+    hosts_file = write_hosts_file(tmp_path / "state")
+    with DockerDriver(docker_engine.url, hosts_file=str(hosts_file)) as driver:
+        container_id = driver.run(_spec(test_image))
+        try:
+            attrs = driver.inspect(container_id)
+            assert attrs["Config"].get("NetworkDisabled") is True
+            assert attrs["HostConfig"]["NetworkMode"] == "none"
+            pid = attrs["State"]["Pid"]
+            assert os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+            script = (
+                "ls /sys/class/net; cat /sys/class/net/lo/flags; cat /etc/hosts; wc -c < /etc/resolv.conf"
+            )
+            seen = driver.exec_run(container_id, ["sh", "-c", script])
+            assert seen.exit_code == 0, seen.output
+            lines = seen.output.decode().splitlines()
+            assert lines[0] == "lo", lines
+            assert int(lines[1], 16) & 0x1, f"loopback is not up: flags {lines[1]}"
+            assert "127.0.0.1\tlocalhost" in lines, lines
+            assert lines[-1].strip() == "0", lines
+            wrote = driver.exec_run(container_id, ["sh", "-c", "echo 10.0.0.1 localhost >> /etc/hosts"])
+            assert wrote.exit_code != 0, wrote.output
+            assert hosts_file.read_text() == HOSTS
+            # The engine names the bound file as the container's hosts file: counted, and fixed.
+            outside = driver.outside_layer_bytes(container_id)
+            assert outside.keys() == {"/etc/hosts", "/etc/hostname"}, outside
+            assert outside["/etc/hosts"] == len(HOSTS), outside
+        finally:
+            driver.remove(container_id)
+
+
+def test_a_started_container_in_the_machines_network_namespace_is_removed_and_refused(
+    docker_driver: DockerDriver, docker_engine: DockerEngine, test_image: str
+) -> None:
+    """Tried: what follows every start of a pool container (`started`), given a container the
+    engine put in the machine's own network namespace (made here with network mode `host`,
+    as an engine that ignored NetworkDisabled's namespace would). Must hold: LimitsNotApplied
+    naming the network namespace, and the container is gone."""
+    client = docker.DockerClient(base_url=docker_engine.url)
+    try:
+        container = client.containers.run(test_image, ["sleep", "1000"], network_mode="host", detach=True)
+        container_id = str(container.id)
+        attrs = client.api.inspect_container(container_id)
+        with pytest.raises(LimitsNotApplied, match="network namespace did not take effect"):
+            docker_driver.started(attrs)
+        assert client.containers.list(all=True, filters={"id": container_id}) == []
+    finally:
+        client.close()
 
 
 def test_the_layers_files_and_directories_are_counted_where_its_size_counts_none(

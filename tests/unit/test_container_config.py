@@ -29,6 +29,7 @@ from potluck.hostd.container_config import (
     ContainerSpec,
     create_kwargs,
     hardware_paths,
+    helper_mounts,
     image_refusals,
     limit_mismatches,
     masked_paths,
@@ -604,3 +605,81 @@ def test_a_container_made_before_hostd_named_its_seccomp_profile_is_kept_but_nev
         assert "SecurityOpt.seccomp" in [
             name for name, _, _ in limit_mismatches(spec, inspect, disk_quota=False)
         ]
+
+
+HOSTS_FILE = "/var/lib/potluck-hostd/container-hosts"
+
+
+def _without_network_code(
+    spec: ContainerSpec, inspect: dict[str, Any], source: str = HOSTS_FILE
+) -> dict[str, Any]:
+    """inspect of a container made with hostd's hosts file (no_network.py): NetworkDisabled,
+    and the file's read-only mount in both spellings beside the helper's."""
+    inspect = _with_helper(spec, inspect)
+    inspect["Config"]["NetworkDisabled"] = True
+    inspect["HostConfig"]["Mounts"].append(
+        {"Type": "bind", "Source": source, "Target": "/etc/hosts", "ReadOnly": True}
+    )
+    inspect["Mounts"].append(
+        {
+            "Type": "bind",
+            "Source": source,
+            "Destination": "/etc/hosts",
+            "Mode": "",
+            "RW": False,
+            "Propagation": "rprivate",
+        }
+    )
+    return inspect
+
+
+def test_without_a_network_the_engines_network_code_is_left_out_and_hosts_bound_read_only() -> None:
+    """A spec without a network and a hosts file: NetworkDisabled, network mode none still,
+    and the file bound read-only at /etc/hosts after the helper's mounts. With a network of
+    its own, or without a hosts file (an engine not on this machine), neither."""
+    kwargs = create_kwargs(_spec(), disk_quota=False, helper=HELPER, hosts_file=HOSTS_FILE)
+    assert kwargs["network_disabled"] is True
+    assert kwargs["network_mode"] == "none"
+    assert kwargs["mounts"][-1] == {
+        "Type": "bind",
+        "Source": HOSTS_FILE,
+        "Target": "/etc/hosts",
+        "ReadOnly": True,
+    }
+    assert kwargs["mounts"][:-1] == helper_mounts(HELPER)
+    for other in (
+        create_kwargs(_spec(network=True), disk_quota=False, helper=HELPER, hosts_file=HOSTS_FILE),
+        create_kwargs(_spec(), disk_quota=False, helper=HELPER),
+    ):
+        assert "network_disabled" not in other
+        assert all(m["Target"] != "/etc/hosts" for m in other["mounts"])
+
+
+def test_the_hosts_file_mount_is_allowed_only_as_made_and_only_without_the_network_code() -> None:
+    """Read back: the hosts file's mount as made is no mismatch; the same mount on a container
+    made with the engine's network code, from another source, writable, or on a driver without
+    a hosts file, is named."""
+    spec = _spec(command=None)
+    made = _without_network_code(spec, _inspect_as_the_engine_reports(spec, disk_quota=False))
+    assert limit_mismatches(spec, made, disk_quota=False, helper=HELPER, hosts_file=HOSTS_FILE) == []
+
+    with_network_code = copy.deepcopy(made)
+    del with_network_code["Config"]["NetworkDisabled"]
+    elsewhere = _without_network_code(
+        spec, _inspect_as_the_engine_reports(spec, disk_quota=False), source="/etc"
+    )
+    writable = copy.deepcopy(made)
+    writable["HostConfig"]["Mounts"][-1]["ReadOnly"] = False
+    for inspect, hosts_file in (
+        (with_network_code, HOSTS_FILE),
+        (elsewhere, HOSTS_FILE),
+        (writable, HOSTS_FILE),
+        (made, None),
+    ):
+        named = {
+            name
+            for name, _, _ in limit_mismatches(
+                spec, inspect, disk_quota=False, helper=HELPER, hosts_file=hosts_file
+            )
+        }
+        assert "HostConfig.Mounts" in named, (inspect["HostConfig"]["Mounts"], hosts_file)
