@@ -64,7 +64,7 @@ from potluck.hostd.disk_bound import OUTSIDE_LAYER_FILES
 from potluck.hostd.docker_sdk import docker, requests
 from potluck.hostd.held_files import container_held_bytes
 from potluck.hostd.helper import KEEP_ALIVE, find_helper
-from potluck.hostd.no_network import shares_machine_namespace
+from potluck.hostd.no_network import hosts_mount, shares_machine_namespace
 from potluck.hostd.pool_weight import cgroup_parent, lower_parent_weight
 
 __all__ = [
@@ -328,6 +328,7 @@ class DockerDriver:
         self.internal_networks = internal_networks
         self.helper = find_helper() if helper == "find" else helper
         self.hosts_file = hosts_file
+        self._hosts_file_seen = False
         self._client: docker.DockerClient | None = None
         self._facts: EngineFacts | None = None
         self._cgroup_driver = "cgroupfs"
@@ -469,6 +470,37 @@ class DockerDriver:
             probe.remove(v=True, force=True)
             return True
 
+    def usable_hosts_file(self, client: docker.DockerClient, image_id: str) -> str | None:
+        """`hosts_file` once the engine has been seen to find it, None after it did not
+        (no_network.py). A hostd in a container of its own, with only the engine's socket,
+        writes it where the engine does not look: every create that binds it would fail. Tried
+        once, by creating a container of `image_id` that binds it, never started."""
+        if self.hosts_file is None or self._hosts_file_seen:
+            return self.hosts_file
+        api: Any = client.api
+        host_config = api.create_host_config(network_mode="none", mounts=[hosts_mount(self.hosts_file)])
+        try:
+            probe = api.create_container(
+                image_id, name=f"potluck-probe-{uuid.uuid4().hex[:12]}", network_disabled=True,
+                host_config=host_config, labels={**own_labels({}), "potluck.probe": "1"},
+            )  # fmt: skip
+        except docker.errors.APIError as exc:
+            if exc.status_code != 400:  # the engine failing, not refusing the mount: ask again
+                raise
+            log.warning(
+                "hostd.hosts_file_unseen",
+                path=self.hosts_file,
+                error=str(exc.explanation or exc),
+                hint="the engine does not see hostd's files (is hostd in a container of its own?): "
+                "containers without a network are made with the engine's network code, which "
+                "costs every start more; run hostd on the engine's machine",
+            )
+            self.hosts_file = None
+            return None
+        api.remove_container(probe["Id"], v=True, force=True)
+        self._hosts_file_seen = True
+        return self.hosts_file
+
     def pull(self, image: str) -> None:
         try:
             with self._errors(f"pulling {image}") as client:
@@ -502,7 +534,10 @@ class DockerDriver:
                         "remove it first to run the allocation with this one"
                     )
             except docker.errors.NotFound:
-                self._check_image(client, spec.image)
+                image = self._check_image(client, spec.image)
+                hosts_file = (
+                    None if spec.network else self.usable_hosts_file(client, str(image.get("Id") or ""))
+                )
                 if spec.network:
                     self._own_network(client, spec)
                 try:
@@ -514,7 +549,7 @@ class DockerDriver:
                             helper=self.helper,
                             cgroup_parent=self._pool_parent(),
                             hardware=self.hardware(),
-                            hosts_file=self.hosts_file,
+                            hosts_file=hosts_file,
                         ),
                     )
                 except docker.errors.APIError as exc:

@@ -18,8 +18,9 @@ directory once (`write_hosts_file`) and every such container gets it bound read-
 (`hosts_mount`): unlike the engine's file, which the container could write outside its disk
 bound, it cannot grow. An empty resolv.conf names no server, so a lookup goes to loopback and
 fails at once, as the engine's `nameserver 127.0.0.1` did (container_config._dns). Made only
-where the file is on the engine's own machine (a unix socket); elsewhere the engine's network
-code runs as before.
+where the engine is on hostd's machine (a unix socket) and has been seen to find the file
+(`DockerDriver.usable_hosts_file`: not so for a hostd in a container of its own); elsewhere
+the engine's network code runs as before.
 """
 
 import contextlib

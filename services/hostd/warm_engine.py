@@ -103,7 +103,7 @@ def create_warm(driver: DockerDriver, host_id: str, key: WarmKey) -> WarmContain
                 cgroup_parent=driver._pool_parent(),
                 hardware=driver.hardware(),
                 image_entrypoint=(image.get("Config") or {}).get("Entrypoint"),
-                hosts_file=driver.hosts_file,
+                hosts_file=driver.usable_hosts_file(client, str(image.get("Id") or "")),
             ),
         )
     container_id = container.id or ""

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import docker
 import pytest
 
+from potluck.hostd import docker_driver as docker_driver_module
 from potluck.hostd.container_config import CAPABILITIES, ContainerSpec, create_kwargs
 from potluck.hostd.docker_driver import (
     STOP_SIGNALS,
@@ -39,6 +40,7 @@ from potluck.localstack import DockerEngine, build_test_image
 from potluck.localstack.test_image import import_rootfs, rootfs_tarball
 from tests.fixtures.docker import container_spec
 from tests.fixtures.exec_output import bridge_output
+from tests.helpers import capture_module_log
 
 MiB = 1024 * 1024
 HOST = "host-a"
@@ -467,6 +469,37 @@ def test_a_container_without_a_network_has_loopback_and_localhost_but_none_of_th
             assert outside["/etc/hosts"] == len(HOSTS), outside
         finally:
             driver.remove(container_id)
+
+
+def test_a_hosts_file_the_engine_does_not_see_leaves_containers_to_the_engines_network_code(
+    docker_engine: DockerEngine, test_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried: a driver whose hosts file is where the engine does not look (as for a hostd in a
+    container of its own with only the engine's socket: here a path that does not exist).
+    Must hold: the allocation still runs, made with the engine's network code (its /etc/hosts
+    the engine's, naming localhost); the driver gives up the file, says so once in the log,
+    and leaves no probe container behind."""
+    capture = capture_module_log(docker_driver_module, monkeypatch)
+    unseen = tmp_path / "not-on-the-engines-machine" / "container-hosts"
+    with DockerDriver(docker_engine.url, hosts_file=str(unseen)) as driver:
+        first = driver.run(_spec(test_image))
+        second = driver.run(_spec(test_image))
+        try:
+            assert driver.hosts_file is None
+            for container_id in (first, second):
+                attrs = driver.inspect(container_id)
+                assert not attrs["Config"].get("NetworkDisabled"), attrs["Config"]
+                hosts = driver.exec_run(container_id, ["cat", "/etc/hosts"]).output.decode()
+                assert "127.0.0.1\tlocalhost" in hosts, hosts
+            unseen_lines = [e for e in capture.entries if e["event"] == "hostd.hosts_file_unseen"]
+            assert len(unseen_lines) == 1, capture.entries
+            assert unseen_lines[0]["log_level"] == "warning"
+            assert unseen_lines[0]["path"] == str(unseen)
+            probes = driver._api().containers.list(all=True, filters={"label": "potluck.probe=1"})
+            assert probes == []
+        finally:
+            driver.remove(first)
+            driver.remove(second)
 
 
 def test_a_started_container_in_the_machines_network_namespace_is_removed_and_refused(
