@@ -1,6 +1,9 @@
 """Small waiting and bookkeeping helpers shared by the tests."""
 
 import asyncio
+import os
+import signal
+import time
 from collections import Counter
 from collections.abc import Callable
 from types import ModuleType
@@ -36,6 +39,26 @@ async def stop(*tasks: "asyncio.Task[None]", within_s: float = 30) -> None:
     for task in tasks:
         if not task.cancelled():
             task.exception()  # taken, as gather(return_exceptions=True) did
+
+
+def freeze_process(pid: int, within_s: float = 5.0) -> None:
+    """SIGSTOP `pid` and return once every thread of it is stopped: the signal is only queued
+    when kill() returns, and a thread running on another core goes on for a moment (a server
+    frozen so that a request gets no answer answered it in ~1 run of 10 on two cores)."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + within_s
+    while True:
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/stat") as stat:
+                    states.append(stat.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:  # a thread that ended meanwhile
+                continue
+        if states and all(state in ("T", "t") for state in states):
+            return
+        assert time.monotonic() < deadline, f"process {pid} not stopped within {within_s} s: {states}"
+        time.sleep(0.001)
 
 
 def capture_module_log(module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> LogCapture:

@@ -2,13 +2,12 @@
 it. A real nats-server; the clients are the services' own (connect_bus, SturdyClient)."""
 
 import asyncio
-import os
-import signal
 
 from nats.aio.msg import Msg
 
 from potluck.events.connection import connect_bus
 from potluck.localstack import NatsServer
+from tests.helpers import freeze_process
 
 ROUNDS = 200
 
@@ -150,7 +149,7 @@ async def test_a_flush_whose_connection_is_lost_is_answered_on_the_next(nats_ser
     try:
         pid = nats_server.pid
         assert pid is not None
-        os.kill(pid, signal.SIGSTOP)
+        freeze_process(pid)
         flushing = asyncio.ensure_future(client.flush(timeout=30))
         await asyncio.sleep(0.2)  # its PING is out, unanswered
         nats_server.kill()
