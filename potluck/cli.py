@@ -783,8 +783,12 @@ def join(
 
     from potluck.member.join import UNIT_NAME, JoinError, JoinSettings, hostd_argv, systemd_unit
     from potluck.member.join import join as join_pool
-    from potluck.token_input import token_from_stdin
+    from potluck.token_input import token_from_stdin, warn_token_on_command_line
 
+    if token and token != "-":
+        warn_token_on_command_line(
+            "the join token", instead="next time give it on standard input (`potluck join ... < token`)"
+        )
     if token is None or token == "-":
         token = token_from_stdin("Join token", ask=token is None).strip()
         if not token:

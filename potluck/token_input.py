@@ -6,7 +6,7 @@ import sys
 
 import click
 
-__all__ = ["token_from_stdin"]
+__all__ = ["token_from_stdin", "warn_token_on_command_line"]
 
 
 def token_from_stdin(what: str, *, ask: bool) -> str:
@@ -16,3 +16,13 @@ def token_from_stdin(what: str, *, ask: bool) -> str:
         typed: str = click.prompt(f"{what} (from the operator; not shown)", hide_input=True, err=True)
         return typed
     return sys.stdin.readline()
+
+
+def warn_token_on_command_line(what: str, *, instead: str) -> None:
+    """One line on standard error: `what` came from the command line, still accepted (scripts
+    give it so), and where to give it next time (`instead`)."""
+    click.echo(
+        f"warning: {what} was given on the command line, where every local user of this machine "
+        f"reads it in the process list, and your shell's history keeps it; {instead}",
+        err=True,
+    )

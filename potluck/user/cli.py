@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
 from potluck.cli_options import ALLOC_ID, FiniteRange
 from potluck.contracts.event_facts import event_facts
 from potluck.terminal import foreign
-from potluck.token_input import token_from_stdin
+from potluck.token_input import token_from_stdin, warn_token_on_command_line
 from potluck.user.client import (
     Api,
     ClientError,
@@ -305,6 +306,12 @@ def login(url: str, token: str | None, gateway: str, gateway_key: str | None) ->
     """Remember the allocator's URL and your token (checked against the allocator first)."""
     try:
         given = "--token"
+        if click.get_current_context().get_parameter_source(
+            "token"
+        ) == ParameterSource.COMMANDLINE and token not in ("", "-"):
+            warn_token_on_command_line(
+                "--token", instead="leave it out to type it without echo, or pipe it on standard input"
+            )
         if token is None or token == "-":
             given = "the token typed or read from standard input"
             token = token_from_stdin("Token", ask=token is None)

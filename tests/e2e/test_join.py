@@ -225,6 +225,9 @@ async def test_a_member_joins_with_a_token_and_users_reach_its_container(
     assert no_docker.returncode != 0
     assert "no Docker engine answers at unix:///nonexistent/docker.sock" in no_docker.stderr
     assert not (member / "hostd.toml").exists()
+    # Still accepted as TOKEN, with a word on where it can be read and where to give it instead.
+    assert "warning: the join token was given on the command line" in no_docker.stderr, no_docker.stderr
+    assert "potluck join ... < token" in no_docker.stderr, no_docker.stderr
 
     config = member / "hostd.toml"
     start_join(pool, token, docker_engines[1], config)
@@ -361,6 +364,7 @@ async def test_the_join_token_comes_from_standard_input_and_never_from_the_comma
         joined = await potluck_async(*args, stdin=encode(issued) + "\n")
         assert joined.returncode == 0, joined.stderr + pool.logs()
         assert f"joined as laptop-{name}" in joined.stdout, joined.stdout
+        assert "on the command line" not in joined.stderr, joined.stderr
         assert config_of[name].exists()
         state = (await pool.hosts()).hosts[issued.host_id]
         assert state.nkey.startswith("U")

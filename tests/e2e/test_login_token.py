@@ -24,13 +24,15 @@ def _env(config: Path) -> dict[str, str]:
     return env
 
 
-def _login(pool: Pool, config: Path, *extra: str, stdin: str) -> subprocess.CompletedProcess[str]:
+def _login(
+    pool: Pool, config: Path, *extra: str, stdin: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "potluck", "login", "--url", pool.api, *extra],
         input=stdin,
         capture_output=True,
         text=True,
-        env=_env(config),
+        env={**_env(config), **(env or {})},
         timeout=WAIT_S,
         check=False,
     )
@@ -40,10 +42,12 @@ async def test_the_token_comes_from_standard_input_or_a_prompt_that_does_not_ech
     pool: Pool, tmp_path: Path
 ) -> None:
     """Tried: `potluck login --url API` with the token piped on standard input; with `--token -`
-    and the token piped; with an empty line piped; and on a terminal (a pty) with no --token,
+    and the token piped; with `--token TOKEN`; with POTLUCK_TOKEN set; with an empty line piped;
+    and on a terminal (a pty) with no --token,
     the token typed at the prompt.
     Must hold: the piped and typed logins succeed and save the token (each in its own client
-    configuration); the empty one exits 2 naming the empty token and saves nothing; on the
+    configuration); so do the other two, only `--token TOKEN` warning that it was on the
+    command line; the empty one exits 2 naming the empty token and saves nothing; on the
     terminal the prompt is shown and the typed token is not echoed back."""
     await pool.wait_api()
     token = await pool.add_user("tess")
@@ -57,6 +61,21 @@ async def test_the_token_comes_from_standard_input_or_a_prompt_that_does_not_ech
     )
     assert dashed.returncode == 0, dashed.stderr
     assert token in (tmp_path / "dashed" / "client.toml").read_text()
+
+    assert "on the command line" not in piped.stderr + dashed.stderr
+
+    # Still accepted on the command line (scripts), saying where it can be read; from the
+    # environment (private to its process and user) without a word.
+    argv = await asyncio.to_thread(
+        _login, pool, tmp_path / "argv" / "client.toml", "--token", token, stdin=""
+    )
+    assert argv.returncode == 0, argv.stderr
+    assert "warning: --token was given on the command line" in argv.stderr, argv.stderr
+    from_env = await asyncio.to_thread(
+        _login, pool, tmp_path / "env" / "client.toml", stdin="", env={"POTLUCK_TOKEN": token}
+    )
+    assert from_env.returncode == 0, from_env.stderr
+    assert "on the command line" not in from_env.stderr, from_env.stderr
 
     empty = await asyncio.to_thread(_login, pool, tmp_path / "empty" / "client.toml", stdin="\n")
     assert empty.returncode == 2, empty
