@@ -37,25 +37,30 @@ def postgres_bin_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
-def _ensure_system_user() -> str | None:
+def ensure_system_user(name: str = SYSTEM_USER) -> str | None:
+    """The user the server runs as when we are root (made if missing), else None. Servers
+    started at once (a test worker each) may all find it missing: `useradd` refuses all but the
+    first, and the others take the user the first made."""
     if os.geteuid() != 0:
         return None
     try:
-        pwd.getpwnam(SYSTEM_USER)
+        pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(
-            [
-                "useradd",
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                SYSTEM_USER,
-            ],
-            check=True,
+        made = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            check=False,
             capture_output=True,
+            text=True,
         )
-    return SYSTEM_USER
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            raise LocalStackError(
+                f"cannot make the system user {name} for PostgreSQL (useradd exited {made.returncode}: "
+                f"{made.stderr.strip()}); make it with `useradd --system {name}`, or run as a user "
+                "other than root"
+            ) from None
+    return name
 
 
 def _make_traversable(path: Path) -> None:
@@ -79,7 +84,7 @@ class PostgresServer:
         self.datadir = workdir / "data"
         self.port = port or free_port()
         self.durable = durable
-        self.user = _ensure_system_user()
+        self.user = ensure_system_user()
         self.bin = postgres_bin_dir()
         self._proc: ChildProcess | None = None
 
