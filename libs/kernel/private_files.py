@@ -5,11 +5,11 @@ its secrets to all of them. These make the file 0600 before a byte is written, a
 earlier version left readable 0600 again.
 """
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
+
+from potluck.kernel.atomic_files import replace_file
 
 __all__ = ["append_private", "replace_private", "write_private"]
 
@@ -32,18 +32,6 @@ def append_private(path: Path) -> BinaryIO:
 
 
 def replace_private(path: Path, text: str, *, fsync: bool = False) -> None:
-    """Replace `path` with `text` atomically, readable by its owner only from its first byte (with
-    `fsync`, on the disk before it replaces). Each writer has a temporary file of its own beside
-    it, so writers at the same moment never take each other's; one that fails removes its own."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            if fsync:
-                out.flush()
-                os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    """Replace `path` with `text` atomically, readable by its owner only from its first byte
+    (atomic_files.replace_file)."""
+    replace_file(path, text, mode=_PRIVATE, fsync=fsync)

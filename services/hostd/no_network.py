@@ -23,13 +23,13 @@ where the engine is on hostd's machine (a unix socket) and has been seen to find
 the engine's network code runs as before.
 """
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import structlog
+
+from potluck.kernel.atomic_files import replace_file
 
 __all__ = [
     "HOSTS",
@@ -66,16 +66,7 @@ def write_hosts_file(state_dir: Path) -> Path:
     except OSError:
         pass
     state_dir.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=state_dir, prefix=f".{HOSTS_FILE_NAME}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w") as out:
-            out.write(HOSTS)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    replace_file(path, HOSTS, mode=0o644)
     return path
 
 
