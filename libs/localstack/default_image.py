@@ -34,7 +34,7 @@ import subprocess
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +55,7 @@ __all__ = [
     "ensure_default_image",
     "image_config",
     "image_key",
+    "load_rootfs",
     "rootfs_tarball",
 ]
 
@@ -236,12 +237,12 @@ def config_digest(config: bytes) -> str:
     return f"sha256:{hashlib.sha256(config).hexdigest()}"
 
 
-def _load(docker_url: str, tarball: Path, config: bytes) -> None:
-    """`docker load` of the tarball as the image `config` describes, tagged DEFAULT_IMAGE."""
+def _archive_pieces(tarball: Path, config: bytes, tag: str) -> tuple[int, Iterator[bytes]]:
+    """`docker save`'s format around `tarball` as its one layer: the archive's size, and its
+    bytes in pieces of a MiB, the tarball read as they are sent (a first `up`'s ~300 MB image
+    never held in memory)."""
     config_name = f"{config_digest(config).removeprefix('sha256:')}.json"
-    manifest = json.dumps(
-        [{"Config": config_name, "RepoTags": [DEFAULT_IMAGE], "Layers": ["layer/layer.tar"]}]
-    )
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [tag], "Layers": ["layer/layer.tar"]}])
     head = io.BytesIO()
     with tarfile.open(fileobj=head, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for name, data in (("manifest.json", manifest.encode()), (config_name, config)):
@@ -253,24 +254,39 @@ def _load(docker_url: str, tarball: Path, config: bytes) -> None:
         tar.addfile(layer)  # its header only: the contents follow
         header_end = head.tell()
     # tarfile wrote the two end-of-archive blocks after the header: the layer goes in between.
-    written = head.getvalue()
-    padding = b"\0" * (-layer.size % tarfile.BLOCKSIZE)
-    body = b"".join([written[:header_end], tarball.read_bytes(), padding, b"\0" * (2 * tarfile.BLOCKSIZE)])
+    header = head.getvalue()[:header_end]
+    tail = b"\0" * (-layer.size % tarfile.BLOCKSIZE + 2 * tarfile.BLOCKSIZE)
+
+    def pieces() -> Iterator[bytes]:
+        yield header
+        sent = 0
+        with tarball.open("rb") as layer_file:
+            while sent < layer.size and (chunk := layer_file.read(min(1 << 20, layer.size - sent))):
+                sent += len(chunk)
+                yield chunk
+        if sent != layer.size:  # the engine would read the trailer as the layer's last bytes
+            raise LocalStackError(f"{tarball} shrank while it was loaded ({sent} of {layer.size} bytes)")
+        yield tail
+
+    return len(header) + layer.size + len(tail), pieces()
+
+
+def load_rootfs(docker_url: str, tarball: Path, config: bytes, tag: str = DEFAULT_IMAGE) -> None:
+    """`docker load` of the root filesystem `tarball` as the image `config` describes, tagged `tag`."""
+    size, pieces = _archive_pieces(tarball, config, tag)
     status, answer = engine_request(
         docker_url,
         "POST",
         "/images/load?quiet=1",
-        body=body,
-        headers={"Content-Type": "application/x-tar"},
+        body=pieces,
+        headers={"Content-Type": "application/x-tar", "Content-Length": str(size)},
         timeout=600.0,
     )
     if status != 200:
-        raise LocalStackError(
-            f"loading {DEFAULT_IMAGE} into {docker_url} answered {status}: {answer[:300]!r}"
-        )
+        raise LocalStackError(f"loading {tag} into {docker_url} answered {status}: {answer[:300]!r}")
     for line in answer.splitlines():
         if line.strip() and "error" in (message := json.loads(line)):
-            raise LocalStackError(f"loading {DEFAULT_IMAGE} into {docker_url} failed: {message['error']}")
+            raise LocalStackError(f"loading {tag} into {docker_url} failed: {message['error']}")
 
 
 def ensure_default_image(docker_url: str, say: Callable[[str], None] = lambda _: None) -> str:
@@ -286,7 +302,7 @@ def ensure_default_image(docker_url: str, say: Callable[[str], None] = lambda _:
         return DEFAULT_IMAGE
     tarball, key = rootfs_tarball(say)
     say(f"loading {DEFAULT_IMAGE} into the Docker engine")
-    _load(docker_url, tarball, image_config(tarball, key, _engine_arch(docker_url)))
+    load_rootfs(docker_url, tarball, image_config(tarball, key, _engine_arch(docker_url)))
     return DEFAULT_IMAGE
 
 

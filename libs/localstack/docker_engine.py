@@ -29,6 +29,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from stat import S_ISSOCK
 from typing import Any
@@ -112,11 +113,14 @@ def engine_request(
     method: str,
     path: str,
     *,
-    body: bytes | None = None,
+    body: bytes | Iterable[bytes] | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 10.0,
 ) -> tuple[int, bytes]:
-    """One HTTP request to a Docker engine at `unix://...`; (status, body). Raises OSError."""
+    """One HTTP request to a Docker engine at `unix://...`; (status, body). Raises OSError.
+
+    A `body` given as pieces is sent as they come (with `headers` naming its Content-Length,
+    as is; without, chunked), never held whole."""
     if not url.startswith("unix://"):
         raise LocalStackError(f"only unix:// engine URLs are supported here, not {url}")
     conn = _UnixHTTPConnection(url.removeprefix("unix://"), timeout)
