@@ -56,6 +56,7 @@ __all__ = [
     "image_config",
     "image_key",
     "load_rootfs",
+    "prune_older_builds",
     "rootfs_tarball",
 ]
 
@@ -119,7 +120,36 @@ def rootfs_tarball(say: Callable[[str], None] = lambda _: None) -> tuple[Path, s
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not tarball.exists():
             _build_rootfs(tarball, suite, say)
+    prune_older_builds(key, say)
     return tarball, key
+
+
+def prune_older_builds(key: str, say: Callable[[str], None] = lambda _: None) -> list[Path]:
+    """Remove the cached files of every build but `key`'s (~450 MB each: a changed package list or
+    suite would otherwise leave the last one on the user's disk for good); the files removed.
+
+    A build whose lock another process holds (building or compressing it now) is left alone; one
+    that is being read goes on reading: a removed file stays readable to whoever has it open."""
+    removed: list[Path] = []
+    others = {path.name.removeprefix("rootfs-").partition(".")[0] for path in cache_dir().glob("rootfs-*")}
+    for other in sorted(others - {key}):
+        lock_path = cache_dir() / f"rootfs-{other}.lock"
+        # The lock file stays: a builder of `other` waiting on it then finds no tarball and builds
+        # under the same lock, where a new lock file would let a second builder in beside it.
+        with lock_path.open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            for path in sorted(cache_dir().glob(f"rootfs-{other}.*")):
+                if path == lock_path:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    size = path.stat().st_size
+                    path.unlink()
+                    removed.append(path)
+                    say(f"removed {path.name} ({size >> 20} MiB), an older build of {DEFAULT_IMAGE}")
+    return removed
 
 
 def _build_rootfs(tarball: Path, suite: str, say: Callable[[str], None]) -> None:
