@@ -48,11 +48,12 @@ def _refusal(path: Path) -> str | None:
     """Why `path` may not be offered to containers; None if it may."""
     try:
         info = path.stat()
-        head = path.read_bytes()[:65536]
+        if not stat.S_ISREG(info.st_mode):  # before opening it: a FIFO's open would wait
+            return "not a regular file"
+        with path.open("rb") as binary:
+            head = binary.read(65536)
     except OSError as exc:
         return f"unreadable ({exc})"
-    if not stat.S_ISREG(info.st_mode):
-        return "not a regular file"
     if info.st_mode & (stat.S_ISUID | stat.S_ISGID):
         return "setuid or setgid"
     if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):

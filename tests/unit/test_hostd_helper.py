@@ -32,3 +32,14 @@ def test_a_setuid_a_writable_or_a_dynamic_binary_is_not_offered(tmp_path: Path) 
     assert find_helper((str(dynamic),)) is None
     assert not is_static_elf(dynamic.read_bytes()[:65536])
     assert find_helper((str(setuid), "/bin/busybox")) is not None
+
+
+def test_a_fifo_in_the_helpers_place_is_refused_without_waiting_on_it(tmp_path: Path) -> None:
+    """Tried: a named pipe where busybox is looked for (no writer ever opens it). Must hold: it is
+    refused at once (opening it to read its head would wait for a writer for ever) and the next
+    candidate is offered."""
+    fifo = tmp_path / "busybox"
+    os.mkfifo(fifo)
+
+    assert find_helper((str(fifo),)) is None
+    assert find_helper((str(fifo), "/bin/busybox")) is not None
