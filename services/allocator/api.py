@@ -34,7 +34,8 @@ from potluck.allocator.authentication import CATCH_UP_S, Authenticator, FailureW
 from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.http_headers import add_common_headers
 from potluck.allocator.job_schemas import CreateJob, Job, JobList, JobTaskList
-from potluck.allocator.log_outages import log_outage
+from potluck.allocator.log_outages import LOG_OUTAGE_RETRY_AFTER_S, log_outage
+from potluck.allocator.log_readiness import LogReadiness
 from potluck.allocator.long_polls import TooManyWaits, WaitSlots, parse_timeout, while_connected
 from potluck.allocator.openapi import openapi_document
 from potluck.allocator.paging import page_query, task_page_query
@@ -75,6 +76,7 @@ T = TypeVar("T")
 ENGINE: web.AppKey[AllocatorEngine] = web.AppKey("engine", AllocatorEngine)
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
 WAITS: web.AppKey[WaitSlots] = web.AppKey("waits", WaitSlots)
+LOG_READINESS: web.AppKey[LogReadiness] = web.AppKey("log_readiness", LogReadiness)
 #: Who the request's bearer token is (auth_middleware). A typed key: a plain string one makes
 #: aiohttp warn, and the first request of a process whose warnings are errors failed with 500.
 USER: web.RequestKey[User] = web.RequestKey("user", User)
@@ -581,6 +583,15 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     if not request.app[ENGINE].ready.is_set():
         return error(503, "NOT_READY", "the allocator is still loading the event log")
+    if not await request.app[LOG_READINESS].answers():
+        response = error(
+            503,
+            "LOG_UNAVAILABLE",
+            "the pool's event log (its database) does not answer: "
+            "requests would wait for it or fail; see its server",
+        )
+        response.headers["Retry-After"] = str(LOG_OUTAGE_RETRY_AFTER_S)
+        return response
     return web.json_response({"status": "ready"})
 
 
@@ -613,6 +624,7 @@ async def images(request: web.Request) -> web.Response:
 
 async def _end_waits(app: web.Application) -> None:
     app[WAITS].stop()
+    app[LOG_READINESS].close()
 
 
 def make_app(
@@ -631,6 +643,7 @@ def make_app(
         middlewares=[errors_middleware, query_middleware, auth_middleware], client_max_size=MAX_BODY
     )
     app[ENGINE] = engine
+    app[LOG_READINESS] = LogReadiness(engine.store.log_clock)
     app[BODY_READ] = body_read_s
     app[WAITS] = WaitSlots()
     app.on_shutdown.append(_end_waits)

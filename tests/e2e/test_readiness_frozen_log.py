@@ -1,0 +1,82 @@
+"""The allocator's /readyz tells a frozen event log from a healthy one (real allocator, Postgres).
+
+A stopped Postgres (SIGSTOP: a paused VM, a wedged disk) keeps its connections open, so nothing
+fails fast: requests wait on it. /readyz must say so, and say ready again once it answers.
+"""
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import aiohttp
+
+from potluck.localstack.postgres_server import PostgresServer
+from tests.fixtures.pool import Pool
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its children: the postmaster and every backend it forked."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if ppid == pid:
+                children.append(int(entry))
+    return [pid, *children]
+
+
+async def _readyz(http: aiohttp.ClientSession, api: str) -> tuple[int, dict[str, object], str | None]:
+    async with http.get(f"{api}/readyz") as r:
+        return r.status, await r.json(), r.headers.get("Retry-After")
+
+
+async def test_readyz_says_the_log_does_not_answer_while_postgres_is_stopped_and_ready_after(
+    tmp_path: Path, own_postgres: PostgresServer
+) -> None:
+    """Tried: the allocator ready, then its Postgres and every backend stopped with SIGSTOP, and
+    /readyz asked until it says so and then by twenty probes at once; then Postgres continued.
+    Must hold: while stopped, /readyz turns 503 LOG_UNAVAILABLE with a Retry-After (not a hang:
+    each probe answers within its bound), every one of the twenty too, and the allocator keeps running; once
+    continued, /readyz is 200 again and the API reads the log (its connections survived the
+    probes that timed out)."""
+    pool = await Pool.create(tmp_path / "pool", own_postgres.url)
+    stopped: list[int] = []
+    try:
+        pool.start_allocator()
+        await pool.wait_api()
+        headers = {"Authorization": f"Bearer {await pool.add_user('alice')}"}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+            assert (await _readyz(http, pool.api))[0] == 200
+
+            assert own_postgres.pid is not None
+            for pid in _tree(own_postgres.pid):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+            # An answer less than a second old is given as it is: ready for up to that second.
+            async with asyncio.timeout(10):  # a bound on a hang, not a timed assertion
+                while (answer := await _readyz(http, pool.api))[0] == 200:
+                    await asyncio.sleep(0.2)
+            status, body, retry_after = answer
+            assert status == 503, body
+            assert body["error"]["code"] == "LOG_UNAVAILABLE"  # type: ignore[index]
+            assert retry_after is not None
+            probes = await asyncio.gather(*(_readyz(http, pool.api) for _ in range(20)))
+            assert {(s, b["error"]["code"]) for s, b, _ in probes} == {(503, "LOG_UNAVAILABLE")}  # type: ignore[index]
+            assert pool.processes["allocator"].running(), pool.logs()
+
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+            stopped.clear()
+            await pool.wait_api(timeout=30)
+            async with http.get(f"{pool.api}/v1/allocations", headers=headers) as r:
+                assert r.status == 200, await r.text()
+                assert (await r.json())["allocations"] == []
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        await pool.close()
