@@ -72,6 +72,7 @@ from potluck.readmodels.jobs import JobState
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 ENGINE: web.AppKey[AllocatorEngine] = web.AppKey("engine", AllocatorEngine)
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
@@ -122,12 +123,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return response
     except Rejected as exc:
         return error(exc.status, exc.code, exc.message, exc.field)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        path = ".".join(str(p) for p in first["loc"]) or None
-        # `field` names the body's field (ssh_keys, not ssh_keys.2); the message the exact place.
-        field = str(first["loc"][0]) if first["loc"] else None
-        return error(400, "INVALID_FIELD", f"{path or 'body'}: {first['msg']}", field)
     except TRANSIENT_DB_ERRORS as exc:
         return _log_unavailable(request, request.method, exc)
     except LogUnreadable as exc:
@@ -421,9 +416,25 @@ def _changing(request: web.Request) -> None:
     request.app[USER_RATES].admit(_user(request).name)
 
 
+async def _body(request: web.Request, model: type[M]) -> M:
+    """The request's JSON body as `model`; a body that is not one is the client's 400, named by
+    its first wrong field. Only here: a ValidationError anywhere else is the allocator's own
+    (a response it could not build), answered 500 as any other bug, not blamed on the client."""
+    data = await _json(request)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(p) for p in first["loc"]) or None
+        # `field` names the body's field (ssh_keys, not ssh_keys.2); the message the exact place.
+        field = str(first["loc"][0]) if first["loc"] else None
+        message = f"{path or 'body'}: {first['msg']}"
+        raise Rejected("INVALID_FIELD", message, field=field, status=400) from None
+
+
 async def create(request: web.Request) -> web.Response:
     _changing(request)
-    body = CreateAllocation.model_validate(await _json(request))
+    body = await _body(request, CreateAllocation)
     registry = request.app.get(POOL_REGISTRY)
     if registry is not None:
         registry.check_image(_user(request).name, body.image)
@@ -495,7 +506,7 @@ async def release(request: web.Request) -> web.Response:
 
 async def extend(request: web.Request) -> web.Response:
     _changing(request)
-    body = ExtendAllocation.model_validate(await _json(request))
+    body = await _body(request, ExtendAllocation)
     state = await request.app[ENGINE].extend(_user(request), request.match_info["alloc_id"], body.by)
     return ok(_shown(request, state))
 
@@ -514,7 +525,7 @@ def _job(request: web.Request, job: JobState, *, first_tasks: bool = False) -> J
 
 async def create_job(request: web.Request) -> web.Response:
     _changing(request)
-    body = CreateJob.model_validate(await _json(request))
+    body = await _body(request, CreateJob)
     registry = request.app.get(POOL_REGISTRY)
     if registry is not None:
         registry.check_image(_user(request).name, body.image)
