@@ -385,6 +385,9 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         pool.start_registry()
         pool.start_allocator(port=settings.api_port)
         image_registry = await asyncio.to_thread(pool.start_image_registry)
+        # Before the publish (a first one compresses and sends ~120 MB): an allocator that could
+        # not start is named now, not after it.
+        await _unless_stopped(stop, pool.wait_api())
         go_on()
         await _publish_default_image(pool, docker_url, image_registry.address, image, say)
         go_on()
@@ -413,7 +416,6 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         )
         say("starting hostd, donating part of this machine")
         pool.start_hostd(host)
-        await _unless_stopped(stop, pool.wait_api())
         for port in (settings.ssh_port, settings.tunnel_port):
             await asyncio.to_thread(wait_until_listening, gateway, port, what="the SSH gateway", timeout=60)
         go_on()

@@ -614,8 +614,9 @@ def test_an_allocator_that_cannot_listen_is_named(
 ) -> None:
     """Tried: `potluck up` with --api-port on a port a socket holds bound but not listening (so
     the check for listeners passes, as when another program takes the port while the pool
-    starts). Must hold: exit 1 soon after the allocator exits, naming its log and why it
-    stopped (the port), no traceback (it waited 30 s for the API, then raised an
+    starts). Must hold: exit 1 soon after the allocator exits, before the default image is
+    published (a first publish sends ~120 MB), naming its log and why it stopped (the port), no
+    traceback (it waited 30 s for the API, then raised an
     AssertionError with every service's log), and nothing left running."""
     import socket
 
@@ -631,6 +632,7 @@ def test_an_allocator_that_cannot_listen_is_named(
     assert "allocator.log ends with" in said, said
     assert "\\x0a" not in done.stderr, "the log's lines are lines, not escaped line breaks"
     assert "Traceback" not in done.stderr
+    assert "publishing" not in done.stdout + done.stderr, "named before the image is published"
     assert processes_mentioning(newcomer["POTLUCK_HOME"]) == []
 
 
