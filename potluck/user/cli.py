@@ -583,7 +583,9 @@ def rm(alloc_ids: tuple[str, ...], as_json: bool) -> None:
 @JSON
 def extend(alloc_id: str, by: str, as_json: bool) -> None:
     """Let an allocation run longer."""
-    _show(call_api("POST", f"/v1/allocations/{segment(alloc_id)}/extend", {"by": by}), as_json)
+    path = f"/v1/allocations/{segment(alloc_id)}/extend"
+    # Keyed, so that sending it again through an outage extends once (as create makes one).
+    _show(call_api("POST", path, {"by": by}, idempotency_key=str(uuid.uuid4())), as_json)
 
 
 def _ssh_help() -> str:

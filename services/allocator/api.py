@@ -507,8 +507,13 @@ async def release(request: web.Request) -> web.Response:
 async def extend(request: web.Request) -> web.Response:
     _changing(request)
     body = await _body(request, ExtendAllocation)
-    state = await request.app[ENGINE].extend(_user(request), request.match_info["alloc_id"], body.by)
-    return ok(_shown(request, state))
+    key = idempotency.parse_key(request.headers.getall(idempotency.HEADER, []))
+    alloc_id = request.match_info["alloc_id"]
+    made = await request.app[ENGINE].extend(_user(request), alloc_id, body.by, idempotency_key=key)
+    response = ok(_shown(request, made.state))
+    if made.replayed:
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+    return response
 
 
 async def history(request: web.Request) -> web.Response:

@@ -30,7 +30,7 @@ round trip through the follower. What the allocator does of its own accord
 import asyncio
 import contextlib
 import gc
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
@@ -114,8 +114,8 @@ def utcnow() -> datetime:
 
 
 class Requested(NamedTuple):
-    """What a request for an allocation got: the allocation, and whether an earlier request
-    with the same Idempotency-Key had made it (idempotency.py)."""
+    """What a request for an allocation, or to extend one, got: the allocation, and whether an
+    earlier request with the same Idempotency-Key had made it, or extended it (idempotency.py)."""
 
     state: AllocationState
     replayed: bool
@@ -336,11 +336,14 @@ class AllocatorEngine:
     async def caught_up_with_log(self) -> None:
         await self.fold.caught_up_with(self.store)
 
-    async def append(self, appends: Sequence[StreamAppend], actor: str) -> None:
-        """Append (nothing, when `appends` is empty) and wait until the model includes it."""
+    async def append(
+        self, appends: Sequence[StreamAppend], actor: str, context: Mapping[str, Any] | None = None
+    ) -> None:
+        """Append (nothing, when `appends` is empty) and wait until the model includes it;
+        `context`: more of the request's, in every event's metadata beside the actor."""
         if not appends:
             return
-        recorded = await self.store.append_streams(appends, metadata={"actor": actor})
+        recorded = await self.store.append_streams(appends, metadata={"actor": actor, **(context or {})})
         if recorded:
             await self.fold.seen(recorded[-1].position)
 
@@ -524,11 +527,28 @@ class AllocatorEngine:
 
         return await self.decide(attempt)
 
-    async def extend(self, user: User, alloc_id: str, by_s: float) -> AllocationState:
-        async def attempt() -> AllocationState:
-            appends = extension(await self._mine_or_stored(user, alloc_id), by_s, self.clock())
-            await self.append(appends, f"user:{user.name}")
-            return self._mine(user, alloc_id)
+    async def extend(
+        self, user: User, alloc_id: str, by_s: float, *, idempotency_key: str | None = None
+    ) -> Requested:
+        """Push the allocation's expiry `by_s` later; with `idempotency_key`, only if no earlier
+        request with that key did (idempotency.py), which is then answered as it is now."""
+
+        async def attempt() -> Requested:
+            state = await self._mine_or_stored(user, alloc_id)
+            if idempotency_key is None:
+                await self.append(extension(state, by_s, self.clock()), f"user:{user.name}")
+                return Requested(self._mine(user, alloc_id), replayed=False)
+            stream = await self.store.read_stream(alloc_stream(alloc_id))
+            earlier = idempotency.earlier_extension(stream, idempotency_key, by_s)
+            if earlier is not None:
+                await self.fold.seen(earlier.position)
+                return Requested(await self._mine_or_stored(user, alloc_id), replayed=True)
+            # Decided on the state the stream was read at or later: an append it did not see
+            # (this key's, from a request at the same moment) fails the expected version.
+            appends = extension(state, by_s, self.clock())
+            context = idempotency.extension_metadata(idempotency_key, by_s)
+            await self.append(appends, f"user:{user.name}", context)
+            return Requested(self._mine(user, alloc_id), replayed=False)
 
         return await self.decide(attempt)
 

@@ -19,13 +19,24 @@ own: another user's same key names another allocation.
 
 A job is keyed the same way (`keyed_job_id`, `replayed_job`): a job of a thousand tasks sent
 twice would run every task twice.
+
+An extension (POST /v1/allocations/ID/extend) makes no new stream to key, and sent twice it
+pushes the expiry out twice. Its key goes into the metadata of the `AllocationExtended` it
+records (the request's context, as the actor is; the event's shape, which hostd reads too,
+stays as it is). A keyed extension first looks for that key in the allocation's stream
+(`earlier_extension`); the append's expected version on the stream makes two requests with one
+key at once one extension: the second loses the append, looks again, and finds the first.
+A key names one extension of one allocation.
 """
 
 import hashlib
 import re
+from collections.abc import Iterable
+from typing import Any
 
-from potluck.contracts.allocation_events import AllocationRequested
+from potluck.contracts.allocation_events import AllocationExtended, AllocationRequested
 from potluck.contracts.job_events import JobSpec
+from potluck.events import RecordedEvent
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import AllocationState
 from potluck.readmodels.jobs import JobState
@@ -33,6 +44,8 @@ from potluck.readmodels.jobs import JobState
 __all__ = [
     "HEADER",
     "REPLAYED_HEADER",
+    "earlier_extension",
+    "extension_metadata",
     "in_flight",
     "keyed_alloc_id",
     "keyed_job_id",
@@ -92,6 +105,27 @@ def replayed_job(job: JobState, user: str, spec: JobSpec) -> JobState:
     request for `spec`: refused when it is another user's or another request."""
     _same_request(job.user == user, job.spec == spec, f"job {job.job_id}")
     return job
+
+
+#: Where a keyed extension's key and what it asked for are kept in its event's metadata.
+_EXTENSION_KEY = "idempotency_key"
+_EXTENSION_BY = "extend_by_s"
+
+
+def extension_metadata(key: str, by_s: float) -> dict[str, Any]:
+    """The metadata of the `AllocationExtended` that a request with `key` asking `by_s` records."""
+    return {_EXTENSION_KEY: key, _EXTENSION_BY: by_s}
+
+
+def earlier_extension(records: Iterable[RecordedEvent], key: str, by_s: float) -> RecordedEvent | None:
+    """The extension an earlier request with `key` recorded among `records` (the allocation's
+    stream), None when none did; refused when that request asked for another `by_s`."""
+    for record in records:
+        if record.type == AllocationExtended.type_name and record.metadata.get(_EXTENSION_KEY) == key:
+            asked = record.metadata.get(_EXTENSION_BY)
+            _same_request(True, asked == by_s, f"an extension by {asked} s")
+            return record
+    return None
 
 
 def in_flight() -> Rejected:

@@ -37,16 +37,21 @@ def _json(name: str) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": _ref(name)}}}
 
 
-def _idempotency_key(made: str) -> dict[str, Any]:
-    """The `Idempotency-Key` header of a create that makes `made` (idempotency.py)."""
+def _idempotency_key(made: str, *, extension: bool = False) -> dict[str, Any]:
+    """The `Idempotency-Key` header of a request that makes `made`, or extends it (idempotency.py)."""
+    answered = (
+        f"with the {made} as it is, extended by the first request only (header "
+        "`Idempotent-Replayed: true`), never twice"
+        if extension
+        else f"with the {made} the first one made (header `Idempotent-Replayed: true`), never a second one"
+    )
     return {
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
         "description": "Your own id for this request (a UUID): sent again with the same key, as "
-        f"after a lost answer or a 503 OUTCOME_UNKNOWN, the request is answered with the {made} "
-        f"the first one made (header `Idempotent-Replayed: true`), never a second one; the same "
-        "key with another request is a 422 IDEMPOTENCY_KEY_REUSED, one whose first request is "
+        f"after a lost answer or a 503 OUTCOME_UNKNOWN, the request is answered {answered}; the "
+        "same key with another request is a 422 IDEMPOTENCY_KEY_REUSED, one whose first request is "
         "still being decided a 409 IDEMPOTENCY_KEY_IN_USE",
         "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:~+/=-]{1,255}$"},
     }
@@ -279,11 +284,11 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "operationId": "extendAllocation",
                     "security": auth,
-                    "parameters": [_ID],
+                    "parameters": [_ID, _idempotency_key("allocation", extension=True)],
                     "requestBody": {"required": True, **_json("ExtendAllocation")},
                     "responses": {
                         "200": {"description": "Extended", **_json("Allocation")},
-                        **_authenticated(400, 404, 408, 409, 413, 415, 503, changes=True, fetches=True),
+                        **_authenticated(400, 404, 408, 409, 413, 415, 422, 503, changes=True, fetches=True),
                     },
                 },
             },

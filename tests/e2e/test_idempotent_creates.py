@@ -1,6 +1,7 @@
-"""POST /v1/allocations and POST /v1/jobs with an Idempotency-Key, on a real allocator and
-Postgres: a request sent again (its answer lost, the log's database away, the allocator killed
-under it) is one allocation or one job, never two (services/allocator/idempotency.py)."""
+"""POST /v1/allocations, POST /v1/jobs and extensions with an Idempotency-Key, on a real
+allocator and Postgres: a request sent again (its answer lost, the log's database away, the
+allocator killed under it) is one allocation, one job or one extension, never two
+(services/allocator/idempotency.py)."""
 
 import asyncio
 import json
@@ -105,6 +106,59 @@ async def test_a_request_sent_again_with_its_key_is_answered_with_the_one_alloca
         assert sorted(await _ids(http, pool, alice)) == sorted([first["id"], *made])
 
 
+async def test_an_extension_sent_again_with_its_key_extends_once(pool: Pool) -> None:
+    """Tried: alice extends her allocation by 10 minutes with a key, sends it again (its answer
+    lost), then ten times at once with another key, then her first key asking 20 minutes, then
+    an extension without a key. Before: every POST pushed the expiry out again. Must hold: the
+    repeat is answered with the allocation as the first left it (`Idempotent-Replayed: true`,
+    same expiry) and appends nothing; of the ten at once, exactly one extension is recorded and
+    every answer shows its expiry; the first key with another `by` is 422
+    IDEMPOTENCY_KEY_REUSED and appends nothing; an extension without a key still extends."""
+    await _host_in_the_log(pool)
+    alice = await pool.add_user("alice")
+    async with aiohttp.ClientSession() as http:
+        status, made, _ = await _create(http, pool, alice, None)
+        assert status == 201, made
+        path = f"/v1/allocations/{made['id']}/extend"
+
+        async def extensions() -> int:
+            stream = await pool.store.read_stream(alloc_stream(made["id"]))
+            return [r.type for r in stream].count("AllocationExtended")
+
+        key = str(uuid.uuid4())
+        status, first, replayed = await _post(http, pool, path, alice, key, {"by": 600})
+        assert status == 200, first
+        assert replayed is None
+        assert first["expires_at"] > made["expires_at"]
+        head = await pool.store.head_position()
+        status, again, replayed = await _post(http, pool, path, alice, key, {"by": 600})
+        assert status == 200, again
+        assert replayed == "true"
+        assert again["expires_at"] == first["expires_at"]
+        assert await pool.store.head_position() == head
+
+        burst_key = str(uuid.uuid4())
+        answers = await asyncio.gather(
+            *(_post(http, pool, path, alice, burst_key, {"by": 60}) for _ in range(10))
+        )
+        assert {status for status, _, _ in answers} == {200}, answers
+        assert await extensions() == 2
+        assert len({a["expires_at"] for _, a, _ in answers}) == 1, answers
+        assert sorted(r for _, _, r in answers if r is not None) == ["true"] * 9
+
+        head = await pool.store.head_position()
+        status, answer, _ = await _post(http, pool, path, alice, key, {"by": 1200})
+        assert status == 422, answer
+        assert answer["error"]["code"] == "IDEMPOTENCY_KEY_REUSED", answer
+        assert await pool.store.head_position() == head
+
+        status, plain, replayed = await _post(http, pool, path, alice, None, {"by": 60})
+        assert status == 200, plain
+        assert replayed is None
+        assert plain["expires_at"] > answers[0][1]["expires_at"]
+        assert await extensions() == 3
+
+
 async def test_a_key_whose_allocation_ended_and_left_memory_still_names_it(pool: Pool) -> None:
     """Tried: the allocator restarted with `--retention 1s`; alice creates with a key and
     releases it; once it has left her list (an event logged 1.5 s later moves the log's clock;
@@ -150,14 +204,15 @@ async def test_a_key_whose_allocation_ended_and_left_memory_still_names_it(pool:
         assert await pool.store.head_position() == head
 
 
-async def test_potluck_alloc_create_rides_out_the_log_away_and_makes_one_allocation(
+async def test_potluck_alloc_create_and_extend_ride_out_the_log_away_and_act_once(
     tmp_path: Path, own_postgres: PostgresServer
 ) -> None:
     """Tried: the log's Postgres stopped, `potluck alloc create --json` started (its requests
     meet 503 LOG_UNAVAILABLE, or a connection lost mid-append: OUTCOME_UNKNOWN), and Postgres
-    started again 4 s later. Before: the command failed at the first 503 ("the allocator
-    failed"), and sending it again by hand could make a second allocation. Must hold: the
-    command exits 0 with the allocation it made, and the user holds exactly that one."""
+    started again 4 s later; then the same with `potluck alloc extend`. Before: the command
+    failed at the first 503 ("the allocator failed"), and sending it again by hand could make a
+    second allocation, or extend twice. Must hold: each command exits 0 with the allocation,
+    the user holds exactly that one, and its stream holds exactly one extension."""
     pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
     try:
         await pool.start_central_services()
@@ -182,6 +237,20 @@ async def test_potluck_alloc_create_rides_out_the_log_away_and_makes_one_allocat
         made = json.loads(done.stdout)
         async with aiohttp.ClientSession() as http:
             assert await _ids(http, pool, token) == [made["id"]]
+
+        await asyncio.to_thread(own_postgres.stop)
+        argv = [sys.executable, "-m", "potluck", "alloc", "extend", made["id"], "--by", "10m", "--json"]
+        extending = asyncio.create_task(
+            asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, env=env, timeout=150)
+        )
+        await asyncio.sleep(4)
+        assert not extending.done(), extending.result()
+        await asyncio.to_thread(own_postgres.start)
+        done = await extending
+        assert done.returncode == 0, done.stderr + pool.logs()
+        assert json.loads(done.stdout)["expires_at"] > made["expires_at"]
+        stream = await pool.store.read_stream(alloc_stream(made["id"]))
+        assert [r.type for r in stream].count("AllocationExtended") == 1
     finally:
         await pool.close()
 

@@ -2,16 +2,26 @@
 
 import re
 from datetime import UTC, datetime
+from uuid import uuid4
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from potluck.allocator.decisions import requested
-from potluck.allocator.idempotency import keyed_alloc_id, keyed_job_id, parse_key, replayed, replayed_job
+from potluck.allocator.idempotency import (
+    earlier_extension,
+    extension_metadata,
+    keyed_alloc_id,
+    keyed_job_id,
+    parse_key,
+    replayed,
+    replayed_job,
+)
 from potluck.allocator.job_schemas import CreateJob
 from potluck.allocator.schemas import CreateAllocation
 from potluck.allocator.stored import ALLOC_ID
+from potluck.events import RecordedEvent
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.allocations import AllocationState
 from potluck.readmodels.jobs import JobState
@@ -99,3 +109,27 @@ def test_the_same_job_is_answered_with_the_job_and_another_is_refused() -> None:
     with pytest.raises(Rejected) as refused:
         replayed_job(job, "bob", spec)
     assert (refused.value.status, refused.value.code) == (409, "IDEMPOTENCY_KEY_IN_USE")
+
+
+def _logged(version: int, type_name: str, metadata: dict[str, object]) -> RecordedEvent:
+    stream, at = "allocation-a-000000000001", datetime.now(UTC)
+    return RecordedEvent(version, uuid4(), stream, version, type_name, 1, "{}", metadata, at)
+
+
+def test_an_extension_is_found_by_its_key_alone_and_another_by_is_refused() -> None:
+    """Must hold: the AllocationExtended whose metadata holds the key is found (not one with
+    another key, nor one without, nor another type that carries the key); the same key asking
+    another `by` is 422 IDEMPOTENCY_KEY_REUSED; no key in the stream is None."""
+    keyed = _logged(4, "AllocationExtended", {"actor": "user:alice", **extension_metadata("k-1", 600)})
+    stream = [
+        _logged(1, "AllocationRequested", {"actor": "user:alice", "idempotency_key": "k-1"}),
+        _logged(2, "AllocationExtended", {"actor": "user:alice"}),
+        _logged(3, "AllocationExtended", extension_metadata("k-2", 600)),
+        keyed,
+    ]
+    assert earlier_extension(stream, "k-1", 600) is keyed
+    assert earlier_extension(stream, "k-3", 600) is None
+    assert earlier_extension([], "k-1", 600) is None
+    with pytest.raises(Rejected) as refused:
+        earlier_extension(stream, "k-1", 1200)
+    assert (refused.value.status, refused.value.code) == (422, "IDEMPOTENCY_KEY_REUSED")
