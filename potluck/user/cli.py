@@ -354,7 +354,12 @@ def alloc() -> None:
 @alloc.command()
 @click.option("--cpus", type=FiniteRange(min=0.01), required=True, help="CPU cores, e.g. 1 or 0.5.")
 @click.option("--memory", required=True, help="Memory, e.g. 512M or 4G.")
-@click.option("--disk", default="1G", show_default=True, help="Writable disk, e.g. 10G.")
+@click.option(
+    "--disk",
+    default="1G",
+    show_default=True,
+    help="Disk, e.g. 10G (its output log takes a 16th, at most 30 MiB).",
+)
 @click.option("--image", required=True, help="Container image, e.g. potluck-default:latest.")
 @click.option(
     "--ssh-key",

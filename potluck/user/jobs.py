@@ -271,7 +271,12 @@ WAIT_TIMEOUT = click.option(
 @click.option("--tasks", type=click.IntRange(min=1), required=True, help="How many tasks (0..N-1).")
 @click.option("--cpus", type=FiniteRange(min=0.01), required=True, help="CPU cores of each task.")
 @click.option("--memory", required=True, help="Memory of each task, e.g. 512M or 4G.")
-@click.option("--disk", default="1G", show_default=True, help="Writable disk of each task, e.g. 10G.")
+@click.option(
+    "--disk",
+    default="1G",
+    show_default=True,
+    help="Disk of each task, e.g. 10G (its output log takes a 16th, at most 30 MiB).",
+)
 @click.option("--image", required=True, help="Container image every task runs.")
 @click.option("--env", "env", multiple=True, help="Environment variable KEY=VALUE (repeatable).")
 @click.option("--constraint", "constraints", multiple=True, help="Host label KEY=VALUE that must match.")

@@ -88,7 +88,11 @@ class CreateJob(Request):
     )
     cpus: float = Field(ge=MIN_CPUS, le=256, description="CPU cores of each task.")
     memory: Memory = Field(description="Memory of each task: bytes, or e.g. 512M, 4G.")
-    disk: Disk = Field(default=1 << 30, description="Writable disk of each task: bytes, or e.g. 1G.")
+    disk: Disk = Field(
+        default=1 << 30,
+        description="Disk of each task: bytes, or e.g. 1G. Its files may take all of it but its "
+        "output log's part (a 16th, at most 30 MiB).",
+    )
     image: ImageReference = Field(description="The image each task runs.")
     command: Command = Field(
         description="Each task's command. Required: an allocation without one is interactive and "

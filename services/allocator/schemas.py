@@ -178,7 +178,11 @@ class CreateAllocation(Request):
         ge=MIN_CPUS, le=256, description=f"CPU cores, fractions allowed down to {MIN_CPUS} (Docker's floor)."
     )
     memory: Memory = Field(description="Memory: bytes, or e.g. 512M, 4G.")
-    disk: Disk = Field(default=1 << 30, description="Writable disk: bytes, or e.g. 1G.")
+    disk: Disk = Field(
+        default=1 << 30,
+        description="Disk: bytes, or e.g. 1G. Its files may take all of it but its output log's "
+        "part (a 16th, at most 30 MiB).",
+    )
     image: ImageReference = Field(
         description="An image reference as `docker pull` takes it: [registry/]repository[:tag][@digest]."
     )

@@ -42,8 +42,16 @@ from potluck.hostd.seccomp_profile import PROFILE as SECCOMP_PROFILE
 # processes), NET_BIND_SERVICE, AUDIT_WRITE, FSETID. no-new-privileges also
 # keeps setuid binaries from gaining anything.
 CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID")
-LOG_MAX_SIZE = "10m"
-LOG_MAX_FILE = "3"
+#: A container's output log (the engine's json-file, on the member's disk) is part of its
+#: allocation's disk: 1/LOG_SHARE of it, at most LOG_MOST_BYTES, in LOG_FILES files the engine
+#: rotates. Its files may take what is left (`ContainerSpec.writable_bytes`): the log had been
+#: 30 MB beside every allocation's disk, half as much again as a 64 MiB one.
+LOG_SHARE = 16
+LOG_MOST_BYTES = 30 << 20
+LOG_FILES = 3
+#: The log of a container made before it counted (an upgraded hostd adopting it keeps it as it
+#: ran: 10 MB a file), and the bound its files had then (`StorageOpt.size`: the whole disk).
+LEGACY_LOG = {"max-size": "10m", "max-file": str(LOG_FILES)}
 #: The engine's word for "run no health check", whatever the image declares.
 NO_HEALTHCHECK = ("NONE",)
 NAME_PREFIX = "potluck-"
@@ -194,6 +202,16 @@ MIN_MEMORY_BYTES = 6 * 1024 * 1024
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
 
 
+def log_file_bytes(disk_bytes: int) -> int:
+    """The most each of the LOG_FILES log files of a container of `disk_bytes` holds."""
+    return max(1, min(LOG_MOST_BYTES, disk_bytes // LOG_SHARE) // LOG_FILES)
+
+
+def writable_bytes(disk_bytes: int) -> int:
+    """What the files of a container of `disk_bytes` may take: all of it but its log's part."""
+    return disk_bytes - log_file_bytes(disk_bytes) * LOG_FILES
+
+
 @dataclass(frozen=True)
 class ContainerSpec:
     """What one allocation gets on this host; the labels keep it for a restarted hostd."""
@@ -230,6 +248,26 @@ class ContainerSpec:
     @property
     def container_name(self) -> str:
         return NAME_PREFIX + self.allocation_id
+
+    @property
+    def log_file_bytes(self) -> int:
+        """The most each of the container's LOG_FILES log files holds."""
+        return log_file_bytes(self.disk_bytes)
+
+    @property
+    def log_bytes(self) -> int:
+        """The most the container's log takes of its disk."""
+        return self.log_file_bytes * LOG_FILES
+
+    @property
+    def writable_bytes(self) -> int:
+        """What the container's files may take of its disk: all of it but its log's."""
+        return writable_bytes(self.disk_bytes)
+
+    @property
+    def log_config(self) -> dict[str, str]:
+        """The engine's json-file options that hold the log to its part of the disk."""
+        return {"max-size": str(self.log_file_bytes), "max-file": str(LOG_FILES)}
 
     @property
     def nano_cpus(self) -> int:
@@ -553,10 +591,7 @@ def create_kwargs(
         "cgroupns": "private",
         "ipc_mode": "private",
         "read_only": False,
-        "log_config": {
-            "type": "json-file",
-            "config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE},
-        },
+        "log_config": {"type": "json-file", "config": spec.log_config},
         "restart_policy": {"Name": "no"},
         # An image's HEALTHCHECK is run by the engine, whose own work (an exec each interval,
         # down to a millisecond) is outside the container's CPU quota and the pool's cgroup.
@@ -566,7 +601,7 @@ def create_kwargs(
     if cgroup_parent is not None:
         kwargs["cgroup_parent"] = cgroup_parent
     if disk_quota:
-        kwargs["storage_opt"] = {"size": str(spec.disk_bytes)}
+        kwargs["storage_opt"] = {"size": str(spec.writable_bytes)}
     if helper is not None:
         kwargs["mounts"] = helper_mounts(helper)
         if spec.command is None:
@@ -700,10 +735,14 @@ def limit_mismatches(
         ("Config.Entrypoint", keep_alive,
          (inspect.get("Config") or {}).get("Entrypoint") if keep_alive is not None else None),
         ("LogConfig.Type", "json-file", log.get("Type")),
-        ("LogConfig.max-size", LOG_MAX_SIZE, (log.get("Config") or {}).get("max-size")),
-        ("LogConfig.max-file", LOG_MAX_FILE, (log.get("Config") or {}).get("max-file")),
     ]  # fmt: skip
+    # A container made before its log counted against its disk (an upgraded hostd adopting it)
+    # has the log and the quota it ran with: kept to its end, both as bounded as they were.
+    size = (host.get("StorageOpt") or {}).get("size") if disk_quota else None
+    legacy = log.get("Config") == LEGACY_LOG and size in (None, str(spec.disk_bytes))
+    wanted_log = LEGACY_LOG if legacy else spec.log_config
+    for option in ("max-size", "max-file"):
+        checks.append((f"LogConfig.{option}", wanted_log[option], (log.get("Config") or {}).get(option)))
     if disk_quota:
-        size = (host.get("StorageOpt") or {}).get("size")
-        checks.append(("StorageOpt.size", str(spec.disk_bytes), size))
+        checks.append(("StorageOpt.size", str(spec.disk_bytes if legacy else spec.writable_bytes), size))
     return [(name, wanted, got) for name, wanted, got in checks if wanted != got]

@@ -8,10 +8,10 @@ or stderr as it comes, with the channel's flow control (engine_stream.py).
 With `follow` the engine ends the answer when the container stops, and the
 session ends then, exit status 0; without it, once the log so far is sent.
 
-The log is bounded on the member's disk: every container is created with the
-json-file driver, `max-size` and `max-file` set (container_config.py:
-LOG_MAX_SIZE, LOG_MAX_FILE) and read back before it starts, so `--tail`
-and the whole log are at most those files.
+The log is bounded on the member's disk, as part of the allocation's disk: every
+container is created with the json-file driver, `max-size` and `max-file` set
+(container_config.py: ContainerSpec.log_config) and read back before it starts,
+so `--tail` and the whole log are at most those files.
 """
 
 from dataclasses import dataclass

@@ -272,9 +272,10 @@ class ContainerManager:
 
     def disk_bound_of(self, alloc_id: str) -> int | None:
         """The disk bound of an allocation placed here, from the spec hostd was sent (None for
-        one not placed here, or no more): the exec side's SFTP server holds writes to it."""
+        one not placed here, or no more): the exec side's SFTP server holds writes to it. What
+        its files may take: its disk less its output log's part (ContainerSpec.writable_bytes)."""
         spec = self.desired.get(alloc_id)
-        return spec.disk_bytes if spec is not None else None
+        return spec.writable_bytes if spec is not None else None
 
     async def disk_used(self, alloc_id: str) -> int | None:
         """What the allocation's container wrote, counted as the disk guard counts it (its layer,
@@ -1152,14 +1153,18 @@ class ContainerManager:
                     continue
                 try:
                     layer, outside, entries = await self._disk_written(alloc_id, container_id, spec, facts)
-                    overrun = disk_overrun(layer, outside, spec.disk_bytes, entries=entries)
+                    overrun = disk_overrun(
+                        layer, outside, spec.writable_bytes, entries=entries, log_part=spec.log_bytes
+                    )
                     if overrun is not None:
                         # Its entries may be an earlier count (layer_walks.py): a stop is decided
                         # on a count of now, so that files removed since are not held against it.
                         layer, outside, entries = await self._disk_written(
                             alloc_id, container_id, spec, facts, exact=True
                         )
-                        overrun = disk_overrun(layer, outside, spec.disk_bytes, entries=entries)
+                        overrun = disk_overrun(
+                            layer, outside, spec.writable_bytes, entries=entries, log_part=spec.log_bytes
+                        )
                 except DockerDriverError:
                     continue
                 if overrun is not None:
@@ -1171,7 +1176,7 @@ class ContainerManager:
                 if before is None or at <= before[0]:
                     continue
                 rate = (used - before[1]) / (at - before[0])
-                wait = next_measure_in(used=used, rate=rate, bound=spec.disk_bytes, regular_s=regular)
+                wait = next_measure_in(used=used, rate=rate, bound=spec.writable_bytes, regular_s=regular)
                 # From the round's start, not this measure's: containers measured together stay
                 # together, one wake-up for all of them rather than one each.
                 due[alloc_id] = now + wait
@@ -1180,7 +1185,7 @@ class ContainerManager:
                         "hostd.disk_measured_sooner",
                         alloc_id=alloc_id,
                         used=used,
-                        bound=spec.disk_bytes,
+                        bound=spec.writable_bytes,
                         bytes_per_s=round(rate),
                         in_s=round(wait, 2),
                     )
@@ -1235,7 +1240,7 @@ class ContainerManager:
             standing = self._walks.standing(container_id, started)
             if standing is not None:
                 return standing
-        most = entries_most(layer, outside, spec.disk_bytes)
+        most = entries_most(layer, outside, spec.writable_bytes)
         try:
             entries = await self._docker(self.driver.layer_entries, container_id, most)
         except (EngineUnavailable, ContainerNotFound):

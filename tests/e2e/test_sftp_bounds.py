@@ -20,6 +20,7 @@ from typing import cast
 import asyncssh
 import pytest
 
+from potluck.hostd.container_config import writable_bytes
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.e2e import module_files as module_files_fixtures
 from tests.e2e import test_file_transfer as transfer
@@ -327,7 +328,8 @@ async def test_writing_into_the_images_own_files_counts_their_copy_into_the_laye
 @pytest.mark.slow
 async def test_hostds_own_sftp_counts_the_copy_of_an_images_file_written_into(files: Gatewayed) -> None:
     """Tried: hostd's own SFTP server (the busybox image, which has no sftp-server), a disk
-    bound of 16 MiB of which about half of /bin/busybox's size is left: /bin/busybox (the
+    of 16 MiB (its files' bound: all but its log's part) of which about half of /bin/busybox's
+    size is left: /bin/busybox (the
     image's, about 2 MB) opened for writing without emptying it and one byte written into it
     (the byte it held: the engine copies the whole file into the container's layer at that
     write; before the fix nothing was counted, the write was let through and the layer grew
@@ -340,7 +342,7 @@ async def test_hostds_own_sftp_counts_the_copy_of_an_images_file_written_into(fi
     size = await files.ssh(alloc_id, "stat -L -c %s /bin/busybox")
     assert size.returncode == 0, size.stderr
     busybox = int(size.stdout)
-    fill = 16 * MiB - MiB - busybox // 2 - 64 * 1024
+    fill = writable_bytes(16 * MiB) - MiB - busybox // 2 - 64 * 1024
     made = await files.ssh(alloc_id, f"head -c {fill} /dev/zero > /root/fill && sync")
     assert made.returncode == 0, made.stderr
 

@@ -385,6 +385,30 @@ def test_inspect_shows_the_hardening(docker_driver: DockerDriver, test_image: st
     assert _cat(docker_driver, container_id, "/proc/net/dev").count(":") == 1  # lo only
 
 
+def test_a_containers_log_stays_within_its_part_of_the_disk(
+    docker_driver: DockerDriver, test_image: str
+) -> None:
+    """Tried: a container of 48 MiB of disk (its log's part 3 MiB: three files of 1 MiB) prints
+    20 MiB to stdout. Must hold: the engine took the log's options as hostd asked (bytes, no
+    unit) and, once the command has ended, the container's log files on the member's disk
+    hold no more than that part (before: 30 MB beside any allocation's disk)."""
+    spec = _spec(
+        test_image, disk_bytes=48 * MiB, command=["sh", "-c", "yes 0123456789abcdef | head -c 20971520"]
+    )
+    assert spec.log_bytes == 3 * MiB
+    container_id = docker_driver.run(spec)
+    _wait_for(
+        "the command to end",
+        lambda: docker_driver.inspect(container_id)["State"]["Status"] == "exited" or None,
+    )
+    attrs = docker_driver.inspect(container_id)
+
+    assert attrs["HostConfig"]["LogConfig"]["Config"] == spec.log_config
+    log_files = list(Path(attrs["LogPath"]).parent.glob(Path(attrs["LogPath"]).name + "*"))
+    assert len(log_files) == 3, log_files  # it did rotate: the output was more than the part
+    assert sum(f.stat().st_size for f in log_files) <= spec.log_bytes
+
+
 def test_writable_layer_grows_with_what_the_container_writes(
     docker_driver: DockerDriver, test_image: str
 ) -> None:

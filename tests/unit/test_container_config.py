@@ -17,6 +17,7 @@ from potluck.hostd.container_config import (
     LABEL_NAMESPACE,
     LABEL_SPEC,
     LABEL_WARM,
+    LEGACY_LOG,
     MASKED_PATHS,
     MEMLOCK,
     MSGQUEUE,
@@ -94,12 +95,12 @@ def _inspect_as_the_engine_reports(spec: ContainerSpec, *, disk_quota: bool) -> 
         "UsernsMode": "",
         "CgroupnsMode": "private",
         "Init": True,
-        "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
+        "LogConfig": {"Type": "json-file", "Config": dict(spec.log_config)},
         "MaskedPaths": masked_paths(),
         "ReadonlyPaths": list(ENGINE_READONLY_PATHS),
     }
     if disk_quota:
-        host["StorageOpt"] = {"size": str(spec.disk_bytes)}
+        host["StorageOpt"] = {"size": str(spec.writable_bytes)}
     return {"HostConfig": host, "Mounts": [], "Config": {"Healthcheck": {"Test": ["NONE"]}}}
 
 
@@ -166,7 +167,7 @@ def test_disk_quota_and_network_only_when_asked() -> None:
     a network of its own, never the engine's shared default bridge."""
     kwargs = create_kwargs(_spec(network=True), disk_quota=True)
 
-    assert kwargs["storage_opt"] == {"size": str(1024 * MiB)}
+    assert kwargs["storage_opt"] == {"size": str((1024 - 30) * MiB)}  # the log has 30 MiB of it
     assert kwargs["network_mode"] == "potluck-a1b2"
     assert create_kwargs(_spec(network=True), disk_quota=True)["network_mode"] != "bridge"
 
@@ -259,7 +260,63 @@ def test_a_missing_disk_quota_is_named_when_the_engine_supports_quotas() -> None
     inspect = _inspect_as_the_engine_reports(spec, disk_quota=False)
 
     assert limit_mismatches(spec, inspect, disk_quota=True) == [
-        ("StorageOpt.size", str(spec.disk_bytes), None)
+        ("StorageOpt.size", str(spec.writable_bytes), None)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("disk", "file_bytes"),
+    [
+        (16 * MiB, MiB // 3),
+        (64 * MiB, 4 * MiB // 3),
+        (480 * MiB, 10 * MiB),
+        (1024 * MiB, 10 * MiB),
+        (64 << 30, 10 * MiB),
+    ],
+)
+def test_the_log_is_a_16th_of_the_disk_at_most_30_mib_and_the_files_get_the_rest(
+    disk: int, file_bytes: int
+) -> None:
+    """Must hold: three log files of a 16th of the disk together, at most 10 MiB each; what the
+    files may take and the log together are the disk, never more; the engine is asked for
+    exactly that log and, with quotas, that size."""
+    spec = _spec(disk_bytes=disk)
+
+    assert spec.log_file_bytes == file_bytes
+    assert spec.log_bytes == 3 * file_bytes <= min(30 * MiB, disk // 16)
+    assert spec.writable_bytes + spec.log_bytes == disk
+    kwargs = create_kwargs(spec, disk_quota=True)
+    assert kwargs["log_config"] == {
+        "type": "json-file",
+        "config": {"max-size": str(file_bytes), "max-file": "3"},
+    }
+    assert kwargs["storage_opt"] == {"size": str(spec.writable_bytes)}
+
+
+@pytest.mark.parametrize("disk_quota", [False, True])
+def test_a_container_made_before_its_log_counted_is_kept_as_it_was_made_and_no_mix(disk_quota: bool) -> None:
+    """Tried: the read-back of a container an older hostd made (10 MB log files, its quota the
+    whole disk), and of two mixes: the old log with the new quota, the new log with the old
+    quota. Must hold: the old container as made passes (a kept container started again after
+    an upgrade); each mix is named, so a container is always held to one of the two bounds."""
+    spec = _spec(disk_bytes=64 * MiB)
+    old = _inspect_as_the_engine_reports(spec, disk_quota=disk_quota)
+    old["HostConfig"]["LogConfig"]["Config"] = dict(LEGACY_LOG)
+    if disk_quota:
+        old["HostConfig"]["StorageOpt"] = {"size": str(spec.disk_bytes)}
+    assert limit_mismatches(spec, old, disk_quota=disk_quota) == []
+    if not disk_quota:
+        return
+
+    old_log_new_quota = _inspect_as_the_engine_reports(spec, disk_quota=True)
+    old_log_new_quota["HostConfig"]["LogConfig"]["Config"] = dict(LEGACY_LOG)
+    assert limit_mismatches(spec, old_log_new_quota, disk_quota=True) == [
+        ("LogConfig.max-size", str(spec.log_file_bytes), "10m")
+    ]
+    new_log_old_quota = _inspect_as_the_engine_reports(spec, disk_quota=True)
+    new_log_old_quota["HostConfig"]["StorageOpt"] = {"size": str(spec.disk_bytes)}
+    assert limit_mismatches(spec, new_log_old_quota, disk_quota=True) == [
+        ("StorageOpt.size", str(spec.writable_bytes), str(spec.disk_bytes))
     ]
 
 

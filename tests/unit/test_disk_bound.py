@@ -114,3 +114,14 @@ def test_a_container_writing_toward_its_bound_is_measured_at_half_the_time_it_wo
     go). Must hold: measured again in about 2 s, not 10."""
     delay = next_measure_in(used=900 << 20, rate=30 * (1 << 20), bound=1 << 30, regular_s=10)
     assert 2.0 < delay < 2.1
+
+
+def test_an_overrun_says_what_of_the_disk_its_log_keeps() -> None:
+    """Must hold: past a bound that is the disk less its log's part, the detail names both, so
+    a user who asked for 64 MiB is not left wondering about a smaller number; within, None."""
+    bound, log_part = 60 * 1024 * 1024, 4 * 1024 * 1024
+    assert disk_overrun(bound, {}, bound, log_part=log_part) is None
+    said = disk_overrun(bound + 1, {}, bound, log_part=log_part)
+    assert said is not None
+    disk = bound + log_part
+    assert f"more than its disk bound of {disk} less the {log_part} its output log may take" in said
