@@ -204,6 +204,27 @@ async def test_a_key_whose_allocation_ended_and_left_memory_still_names_it(pool:
         assert await pool.store.head_position() == head
 
 
+async def _through_the_log_away(
+    postgres: PostgresServer, argv: list[str], env: dict[str, str]
+) -> "subprocess.CompletedProcess[str]":
+    """`potluck ARGV` started while the log's Postgres is stopped, which starts again 4 s later."""
+    await asyncio.to_thread(postgres.stop)
+    running = asyncio.create_task(
+        asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "potluck", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=150,
+        )
+    )
+    await asyncio.sleep(4)
+    assert not running.done(), running.result()
+    await asyncio.to_thread(postgres.start)
+    return await running
+
+
 async def test_potluck_alloc_create_and_extend_ride_out_the_log_away_and_act_once(
     tmp_path: Path, own_postgres: PostgresServer
 ) -> None:
@@ -223,30 +244,17 @@ async def test_potluck_alloc_create_and_extend_ride_out_the_log_away_and_act_onc
         env = {**os.environ, "POTLUCK_CONFIG": str(config)}
         async with aiohttp.ClientSession() as http:
             assert await _ids(http, pool, token) == []  # the allocator knows her token (folded)
-        await asyncio.to_thread(own_postgres.stop)
-        argv = [sys.executable, "-m", "potluck", "alloc", "create", "--json", "--cpus", "0.5"]
-        argv += ["--memory", "64M", "--disk", "64M", "--image", DEFAULT_TAG, "--", "sleep", "60"]
-        creating = asyncio.create_task(
-            asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, env=env, timeout=150)
-        )
-        await asyncio.sleep(4)
-        assert not creating.done(), creating.result()
-        await asyncio.to_thread(own_postgres.start)
-        done = await creating
+        argv = ["alloc", "create", "--json", "--cpus", "0.5", "--memory", "64M", "--disk", "64M"]
+        argv += ["--image", DEFAULT_TAG, "--", "sleep", "60"]
+        done = await _through_the_log_away(own_postgres, argv, env)
         assert done.returncode == 0, done.stderr + pool.logs()
         made = json.loads(done.stdout)
         async with aiohttp.ClientSession() as http:
             assert await _ids(http, pool, token) == [made["id"]]
 
-        await asyncio.to_thread(own_postgres.stop)
-        argv = [sys.executable, "-m", "potluck", "alloc", "extend", made["id"], "--by", "10m", "--json"]
-        extending = asyncio.create_task(
-            asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, env=env, timeout=150)
+        done = await _through_the_log_away(
+            own_postgres, ["alloc", "extend", made["id"], "--by", "10m", "--json"], env
         )
-        await asyncio.sleep(4)
-        assert not extending.done(), extending.result()
-        await asyncio.to_thread(own_postgres.start)
-        done = await extending
         assert done.returncode == 0, done.stderr + pool.logs()
         assert json.loads(done.stdout)["expires_at"] > made["expires_at"]
         stream = await pool.store.read_stream(alloc_stream(made["id"]))
