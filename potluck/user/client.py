@@ -189,9 +189,10 @@ class Api:
         A refusal that did nothing and names when to try again (RETRIED_REFUSALS) is waited
         out, as the allocator's Retry-After says, for up to `retry_for_s` in all: `potluck
         alloc rm` of a hundred ids, or a script's loop, goes through at the user's rate rather
-        than stopping halfway. With `idempotency_key` (sent as Idempotency-Key) so are the
-        answers in RETRIED_WITH_A_KEY and a connection the allocator closed before answering
-        (killed or restarted under it): sent again, the request cannot make a second one."""
+        than stopping halfway. With `idempotency_key` (sent as Idempotency-Key), and for a
+        DELETE, so are the answers in RETRIED_WITH_A_KEY and a connection the allocator closed
+        before answering (killed or restarted under it): sent again, the request cannot make a
+        second one, or release twice."""
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Refused),
             wait=_waits_as_told,
@@ -210,10 +211,12 @@ class Api:
     ) -> Any:
         url = self.login.url + path
         headers = {"Authorization": f"Bearer {self.login.token}"}
-        retried = RETRIED_REFUSALS
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
-            retried = RETRIED_REFUSALS | RETRIED_WITH_A_KEY
+        # A DELETE is idempotent as it is (releasing a released allocation, removing a removed
+        # job, changes nothing and answers as the first did): sent again, as a keyed request is.
+        sent_again = idempotency_key is not None or method.upper() == "DELETE"
+        retried = RETRIED_REFUSALS | RETRIED_WITH_A_KEY if sent_again else RETRIED_REFUSALS
         client_timeout = aiohttp.ClientTimeout(total=(timeout or self.timeout) + 5)
         try:
             async with (
@@ -237,7 +240,7 @@ class Api:
                     raise ClientError(message, code, api_code=error.get("code"))
                 return answer
         except aiohttp.ServerDisconnectedError:
-            if idempotency_key is None:
+            if not sent_again:
                 raise ClientError(
                     f"the allocator at {self.login.url} closed the connection before answering; "
                     "look (`potluck alloc ls`) before sending it again",

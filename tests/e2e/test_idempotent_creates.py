@@ -230,10 +230,11 @@ async def test_potluck_alloc_create_and_extend_ride_out_the_log_away_and_act_onc
 ) -> None:
     """Tried: the log's Postgres stopped, `potluck alloc create --json` started (its requests
     meet 503 LOG_UNAVAILABLE, or a connection lost mid-append: OUTCOME_UNKNOWN), and Postgres
-    started again 4 s later; then the same with `potluck alloc extend`. Before: the command
-    failed at the first 503 ("the allocator failed"), and sending it again by hand could make a
-    second allocation, or extend twice. Must hold: each command exits 0 with the allocation,
-    the user holds exactly that one, and its stream holds exactly one extension."""
+    started again 4 s later; then the same with `potluck alloc extend`, then `potluck alloc rm`.
+    Before: the command failed at the first 503 ("the allocator failed"), and sending it again
+    by hand could make a second allocation, or extend twice. Must hold: each command exits 0
+    with the allocation, the user holds exactly that one, and its stream holds exactly one
+    extension, then one release."""
     pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
     try:
         await pool.start_central_services()
@@ -259,6 +260,11 @@ async def test_potluck_alloc_create_and_extend_ride_out_the_log_away_and_act_onc
         assert json.loads(done.stdout)["expires_at"] > made["expires_at"]
         stream = await pool.store.read_stream(alloc_stream(made["id"]))
         assert [r.type for r in stream].count("AllocationExtended") == 1
+
+        done = await _through_the_log_away(own_postgres, ["alloc", "rm", made["id"], "--json"], env)
+        assert done.returncode == 0, done.stderr + pool.logs()
+        stream = await pool.store.read_stream(alloc_stream(made["id"]))
+        assert [r.type for r in stream].count("AllocationReleased") == 1
     finally:
         await pool.close()
 
