@@ -228,6 +228,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+async def _continue_if_known(request: web.Request) -> web.StreamResponse | None:
+    """The API's answer to `Expect: 100-continue`: the body is invited only from a caller whose
+    token the allocator knows, and only if it fits (continue_if_it_fits, which refuses one
+    announced too large at once, whoever sends it). Any other caller gets no `100 Continue`:
+    auth_middleware answers it before any of its body is read (401; a token given out a moment
+    ago, not folded yet, is known after its catch-up, and its client sends the body once it
+    stops waiting for the invitation: curl after a second)."""
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+    token = as_given(sent)
+    known = scheme.lower() == "bearer" and bool(token) and request.app[AUTH].known(token) is not None
+    too_large = request.content_length is not None and request.content_length > MAX_BODY
+    return await continue_if_it_fits(request) if known or too_large else None
+
+
 async def _token_user(request: web.Request, token: str) -> User | web.Response | None:
     """Who `token` is ("" is no one): a good token works from a locked-out address too
     (authentication.py says why: else one script looping on an old token locks out everyone
@@ -674,13 +688,13 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/openapi.json", openapi)
-    app.router.add_post("/v1/allocations", create, expect_handler=continue_if_it_fits)
+    app.router.add_post("/v1/allocations", create, expect_handler=_continue_if_known)
     app.router.add_get("/v1/allocations", listing)
     app.router.add_get("/v1/allocations/{alloc_id}", show)
     app.router.add_delete("/v1/allocations/{alloc_id}", release)
-    app.router.add_post("/v1/allocations/{alloc_id}/extend", extend, expect_handler=continue_if_it_fits)
+    app.router.add_post("/v1/allocations/{alloc_id}/extend", extend, expect_handler=_continue_if_known)
     app.router.add_get("/v1/allocations/{alloc_id}/events", history)
-    app.router.add_post("/v1/jobs", create_job, expect_handler=continue_if_it_fits)
+    app.router.add_post("/v1/jobs", create_job, expect_handler=_continue_if_known)
     app.router.add_get("/v1/jobs", list_jobs)
     app.router.add_get("/v1/jobs/{job_id}", show_job)
     app.router.add_get("/v1/jobs/{job_id}/tasks", list_job_tasks)

@@ -748,6 +748,41 @@ async def test_a_body_announced_too_large_is_refused_before_it_is_sent(erin: tup
     assert await pool.store.head_position() == head
 
 
+async def test_a_body_is_invited_only_from_a_caller_with_a_known_token(erin: tuple[Pool, Api]) -> None:
+    """Tried: `Expect: 100-continue` to POST /v1/allocations, /v1/allocations/ID/extend and
+    /v1/jobs with a body that fits, from callers with no Authorization, a Basic one, and a
+    bearer token the pool never gave out. Before: each got `100 Continue` and was invited to
+    send its body before anyone looked at who it was. Must hold: each is answered 401
+    UNAUTHENTICATED at once, with no 100 Continue first, and nothing is recorded (the good
+    token's 100 Continue: test_a_body_announced_too_large_is_refused_before_it_is_sent)."""
+    pool, _ = erin
+    head = await pool.store.head_position()
+    host = f"127.0.0.1:{pool.api_port}"
+    for path in ("/v1/allocations", "/v1/allocations/a-000000000001/extend", "/v1/jobs"):
+        for authorization in (
+            "",
+            "Authorization: Basic ZXJpbjpwYXNz\r\n",
+            "Authorization: Bearer pl_never_given\r\n",
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", pool.api_port)
+            try:
+                writer.write(
+                    (
+                        f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{authorization}"
+                        "Content-Type: application/json\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+                    ).encode()
+                )
+                async with asyncio.timeout(10):
+                    answer_head = await reader.readuntil(b"\r\n\r\n")
+                    assert answer_head.startswith(b"HTTP/1.1 401 "), (path, authorization, answer_head)
+                    length = int(answer_head.partition(b"Content-Length: ")[2].partition(b"\r\n")[0])
+                    answer = await reader.readexactly(length)
+            finally:
+                writer.close()
+            assert b'"UNAUTHENTICATED"' in answer, (path, authorization, answer)
+    assert await pool.store.head_position() == head
+
+
 async def test_a_request_the_parser_refuses_is_not_quoted_back(shared: tuple[Pool, Api]) -> None:
     """Tried: requests aiohttp's parser refuses on the line that holds a secret: an
     `Authorization: Bearer` line with a control character after the token, a session `Cookie`
