@@ -76,12 +76,18 @@ NOFILE_HARD = 4096
 # shares the count with the member's own session: generous, with the pids cgroup
 # limit as the real bound on the container.
 NPROC = 4096
-# Core dumps: none, and no process in the container may raise the limit (the hard limit is 0
-# and raising it needs CAP_SYS_RESOURCE). The machine's kernel.core_pattern decides where a
-# core goes: a file (written where the crashing process stands), or a pipe to a helper
-# (systemd-coredump, apport) that the kernel runs as root in the member's own namespaces, its
-# work outside the container's CPU quota and its files outside the container's disk bound.
-CORE = 0
+# Core dumps: none, and no process in the container may raise the limit (raising the hard
+# limit needs CAP_SYS_RESOURCE). The machine's kernel.core_pattern decides where a core goes: a
+# file (written where the crashing process stands), or a pipe to a helper (systemd-coredump,
+# apport) that the kernel runs as root in the member's own namespaces, its work outside the
+# container's CPU quota and its files outside the container's disk bound. A limit of 0 stops
+# the file but not the pipe: the kernel applies no limit to a pipe, except that 1 byte is its
+# sign to start no helper ("RLIMIT_CORE is set to 1, aborting core"); and a file of 1 byte is
+# less than any core, so none is written either (both measured on this machine's 6.18 kernel:
+# with 0 the helper ran, with 1 it did not, and no core file was left).
+CORE = 1
+#: The core limit of containers made before it was 1 (an upgraded hostd starting one again).
+LEGACY_CORE = 0
 # What the kernel counts for each user of the machine, whichever container or process uses
 # it: a container's root is the machine's root (no user namespace), so without a limit of its
 # own a container could queue signals, or fill message queues, until the machine's root has
@@ -363,15 +369,22 @@ def network_mismatches(
     return [(name, wanted, got) for name, wanted, got in checks if wanted != got]
 
 
-def ulimits() -> list[dict[str, Any]]:
+def ulimits(core: int = CORE) -> list[dict[str, Any]]:
     return [
         {"Name": "nofile", "Soft": NOFILE_SOFT, "Hard": NOFILE_HARD},
         {"Name": "nproc", "Soft": NPROC, "Hard": NPROC},
-        {"Name": "core", "Soft": CORE, "Hard": CORE},
+        {"Name": "core", "Soft": core, "Hard": core},
         {"Name": "sigpending", "Soft": SIGPENDING, "Hard": SIGPENDING},
         {"Name": "msgqueue", "Soft": MSGQUEUE, "Hard": MSGQUEUE},
         {"Name": "memlock", "Soft": MEMLOCK, "Hard": MEMLOCK},
     ]
+
+
+def _wanted_ulimits(got: list[dict[str, Any]] | None) -> list[tuple[str, int, int]]:
+    """The limits a container must show: ours, or, for one an older hostd made, those with the
+    core limit it had then (kept to its end; its core files were stopped as well)."""
+    legacy = _ulimit_set(ulimits(core=LEGACY_CORE))
+    return legacy if _ulimit_set(got) == legacy else _ulimit_set(ulimits())
 
 
 def image_refusals(image_inspect: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
@@ -699,7 +712,7 @@ def limit_mismatches(
         ("Memory", spec.memory_bytes, host.get("Memory")),
         ("MemorySwap", spec.memory_bytes, host.get("MemorySwap")),
         ("PidsLimit", spec.pids_limit, host.get("PidsLimit")),
-        ("Ulimits", _ulimit_set(ulimits()), _ulimit_set(host.get("Ulimits"))),
+        ("Ulimits", _wanted_ulimits(host.get("Ulimits")), _ulimit_set(host.get("Ulimits"))),
         ("OomKillDisable", False, bool(host.get("OomKillDisable"))),
         ("OomScoreAdj", OOM_SCORE_ADJ, _oom_score_adj(host.get("OomScoreAdj"))),
         ("CapDrop", ["ALL"], _caps(host.get("CapDrop"))),

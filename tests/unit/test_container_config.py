@@ -79,7 +79,7 @@ def _inspect_as_the_engine_reports(spec: ContainerSpec, *, disk_quota: bool) -> 
         "Ulimits": [
             {"Name": "nofile", "Hard": NOFILE_HARD, "Soft": NOFILE_SOFT},
             {"Name": "nproc", "Hard": NPROC, "Soft": NPROC},
-            {"Name": "core", "Hard": 0, "Soft": 0},
+            {"Name": "core", "Hard": 1, "Soft": 1},
             {"Name": "sigpending", "Hard": SIGPENDING, "Soft": SIGPENDING},
             {"Name": "msgqueue", "Hard": MSGQUEUE, "Soft": MSGQUEUE},
             {"Name": "memlock", "Hard": MEMLOCK, "Soft": MEMLOCK},
@@ -264,6 +264,22 @@ def test_a_missing_disk_quota_is_named_when_the_engine_supports_quotas() -> None
     ]
 
 
+def test_a_container_made_with_the_core_limit_of_0_reads_back_as_made_and_no_other() -> None:
+    """Tried: the read-back of a container an older hostd made (core limit 0), and of one whose
+    core limit is anything else. Must hold: the first passes (started again after an upgrade);
+    the other is named."""
+    spec = _spec()
+    older = _inspect_as_the_engine_reports(spec, disk_quota=False)
+    for limit in older["HostConfig"]["Ulimits"]:
+        if limit["Name"] == "core":
+            limit["Soft"] = limit["Hard"] = 0
+    assert limit_mismatches(spec, older, disk_quota=False) == []
+    for limit in older["HostConfig"]["Ulimits"]:
+        if limit["Name"] == "core":
+            limit["Soft"] = limit["Hard"] = 4096
+    assert [name for name, _, _ in limit_mismatches(spec, older, disk_quota=False)] == ["Ulimits"]
+
+
 @pytest.mark.parametrize(
     ("disk", "file_bytes"),
     [
@@ -350,7 +366,8 @@ def test_the_spec_survives_its_label() -> None:
 
 def test_create_kwargs_bound_open_files_and_processes() -> None:
     """The container gets soft and hard limits on open files and on its user's processes, a
-    core limit of 0 it cannot raise, and limits on what the kernel counts for each user of the
+    core limit of 1 byte it cannot raise (no core file, and no pipe helper: CORE's comment),
+    and limits on what the kernel counts for each user of the
     machine (queued signals, message-queue bytes, locked memory), which it shares with the
     machine's root."""
     limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in create_kwargs(_spec(), disk_quota=False)["ulimits"]}
@@ -358,7 +375,7 @@ def test_create_kwargs_bound_open_files_and_processes() -> None:
     assert limits == {
         "nofile": (NOFILE_SOFT, NOFILE_HARD),
         "nproc": (NPROC, NPROC),
-        "core": (0, 0),
+        "core": (1, 1),
         "sigpending": (SIGPENDING, SIGPENDING),
         "msgqueue": (MSGQUEUE, MSGQUEUE),
         "memlock": (MEMLOCK, MEMLOCK),
