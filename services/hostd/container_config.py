@@ -21,6 +21,7 @@ network mode (`own_network`).
 import json
 import posixpath
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -216,6 +217,19 @@ def log_file_bytes(disk_bytes: int) -> int:
 def writable_bytes(disk_bytes: int) -> int:
     """What the files of a container of `disk_bytes` may take: all of it but its log's part."""
     return disk_bytes - log_file_bytes(disk_bytes) * LOG_FILES
+
+
+def log_beside_disk(inspect: Mapping[str, Any]) -> bool:
+    """Whether a container has the log of one made before the log counted against its disk (an
+    older hostd's: 10 MB files beside the bound), from its inspect."""
+    log = (inspect.get("HostConfig") or {}).get("LogConfig") or {}
+    return log.get("Config") == LEGACY_LOG
+
+
+def files_bound(spec: "ContainerSpec", *, log_beside: bool) -> tuple[int, int]:
+    """What the container's files may take, and the part of its disk its log has besides: all of
+    the disk for a container whose log is beside it (`log_beside_disk`), else `writable_bytes`."""
+    return (spec.disk_bytes, 0) if log_beside else (spec.writable_bytes, spec.log_bytes)
 
 
 @dataclass(frozen=True)
@@ -752,7 +766,7 @@ def limit_mismatches(
     # A container made before its log counted against its disk (an upgraded hostd adopting it)
     # has the log and the quota it ran with: kept to its end, both as bounded as they were.
     size = (host.get("StorageOpt") or {}).get("size") if disk_quota else None
-    legacy = log.get("Config") == LEGACY_LOG and size in (None, str(spec.disk_bytes))
+    legacy = log_beside_disk(inspect) and size in (None, str(spec.disk_bytes))
     wanted_log = LEGACY_LOG if legacy else spec.log_config
     for option in ("max-size", "max-file"):
         checks.append((f"LogConfig.{option}", wanted_log[option], (log.get("Config") or {}).get(option)))

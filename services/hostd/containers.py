@@ -72,7 +72,7 @@ from potluck.contracts.reports import (
 )
 from potluck.events.tracing import continuing
 from potluck.hostd.config import HostdConfig
-from potluck.hostd.container_config import ContainerSpec
+from potluck.hostd.container_config import ContainerSpec, files_bound, log_beside_disk
 from potluck.hostd.cpu_share import spread
 from potluck.hostd.disk_bound import (
     disk_overrun,
@@ -211,6 +211,9 @@ class ContainerManager:
         self.warm: WarmKeeper | None = None
         #: The last count of each container's layer entries (layer_walks.py).
         self._walks = LayerWalks()
+        #: Each measured container's: is its log beside its disk bound (made by an older hostd:
+        #: container_config.log_beside_disk)? Read once from its inspect.
+        self._log_beside: dict[str, bool] = {}
         self._warm_emptied: asyncio.Task[None] | None = None
         if config.warm_containers > 0 and isinstance(driver, DockerDriver):
             self.warm = WarmKeeper(driver, self.host_id, config.warm_containers, self._disk_free)
@@ -273,9 +276,15 @@ class ContainerManager:
     def disk_bound_of(self, alloc_id: str) -> int | None:
         """The disk bound of an allocation placed here, from the spec hostd was sent (None for
         one not placed here, or no more): the exec side's SFTP server holds writes to it. What
-        its files may take: its disk less its output log's part (ContainerSpec.writable_bytes)."""
+        its files may take: its disk less its output log's part (ContainerSpec.writable_bytes),
+        or all of it for a container an older hostd made, whose log is beside it."""
         spec = self.desired.get(alloc_id)
-        return spec.writable_bytes if spec is not None else None
+        return self._files_bound(self.containers.get(alloc_id), spec)[0] if spec is not None else None
+
+    def _files_bound(self, container_id: str | None, spec: ContainerSpec) -> tuple[int, int]:
+        """What the container's files may take, and its log's part of the disk besides
+        (container_config.files_bound): a container not read yet is held to this hostd's."""
+        return files_bound(spec, log_beside=self._log_beside.get(container_id or "", False))
 
     async def disk_used(self, alloc_id: str) -> int | None:
         """What the allocation's container wrote, counted as the disk guard counts it (its layer,
@@ -1135,6 +1144,8 @@ class ContainerManager:
                 del due[alloc_id]
                 measured.pop(alloc_id, None)
             self._walks.keep_only(self.containers.values())
+            for gone in self._log_beside.keys() - set(self.containers.values()):
+                del self._log_beside[gone]
             for alloc_id in self.containers.keys() - due.keys():
                 due[alloc_id] = now  # seen for the first time: measured now
             ready = [alloc_id for alloc_id, at in due.items() if at <= now]
@@ -1152,19 +1163,19 @@ class ContainerManager:
                 if container_id is None or spec is None:
                     continue
                 try:
+                    if container_id not in self._log_beside:
+                        attrs = await self._docker(self.driver.inspect, container_id)
+                        self._log_beside[container_id] = log_beside_disk(attrs)
+                    bound, log_part = self._files_bound(container_id, spec)
                     layer, outside, entries = await self._disk_written(alloc_id, container_id, spec, facts)
-                    overrun = disk_overrun(
-                        layer, outside, spec.writable_bytes, entries=entries, log_part=spec.log_bytes
-                    )
+                    overrun = disk_overrun(layer, outside, bound, entries=entries, log_part=log_part)
                     if overrun is not None:
                         # Its entries may be an earlier count (layer_walks.py): a stop is decided
                         # on a count of now, so that files removed since are not held against it.
                         layer, outside, entries = await self._disk_written(
                             alloc_id, container_id, spec, facts, exact=True
                         )
-                        overrun = disk_overrun(
-                            layer, outside, spec.writable_bytes, entries=entries, log_part=spec.log_bytes
-                        )
+                        overrun = disk_overrun(layer, outside, bound, entries=entries, log_part=log_part)
                 except DockerDriverError:
                     continue
                 if overrun is not None:
@@ -1176,7 +1187,7 @@ class ContainerManager:
                 if before is None or at <= before[0]:
                     continue
                 rate = (used - before[1]) / (at - before[0])
-                wait = next_measure_in(used=used, rate=rate, bound=spec.writable_bytes, regular_s=regular)
+                wait = next_measure_in(used=used, rate=rate, bound=bound, regular_s=regular)
                 # From the round's start, not this measure's: containers measured together stay
                 # together, one wake-up for all of them rather than one each.
                 due[alloc_id] = now + wait
@@ -1185,7 +1196,7 @@ class ContainerManager:
                         "hostd.disk_measured_sooner",
                         alloc_id=alloc_id,
                         used=used,
-                        bound=spec.writable_bytes,
+                        bound=bound,
                         bytes_per_s=round(rate),
                         in_s=round(wait, 2),
                     )
@@ -1240,7 +1251,7 @@ class ContainerManager:
             standing = self._walks.standing(container_id, started)
             if standing is not None:
                 return standing
-        most = entries_most(layer, outside, spec.writable_bytes)
+        most = entries_most(layer, outside, self._files_bound(container_id, spec)[0])
         try:
             entries = await self._docker(self.driver.layer_entries, container_id, most)
         except (EngineUnavailable, ContainerNotFound):

@@ -29,10 +29,12 @@ from potluck.hostd.container_config import (
     SIGPENDING,
     ContainerSpec,
     create_kwargs,
+    files_bound,
     hardware_paths,
     helper_mounts,
     image_refusals,
     limit_mismatches,
+    log_beside_disk,
     masked_paths,
     network_kwargs,
     network_mismatches,
@@ -262,6 +264,24 @@ def test_a_missing_disk_quota_is_named_when_the_engine_supports_quotas() -> None
     assert limit_mismatches(spec, inspect, disk_quota=True) == [
         ("StorageOpt.size", str(spec.writable_bytes), None)
     ]
+
+
+def test_a_container_whose_log_is_beside_its_disk_may_fill_all_of_the_disk_and_no_other() -> None:
+    """Tried: the bound of a container an older hostd made (10 MB log files beside its disk, as
+    its inspect shows), and of one this hostd made. Must hold: the first's files may take all
+    of its disk (adopted across an upgrade, it is not stopped for what it was allowed to
+    write), with no log part named; the second's all but its log's part."""
+    spec = _spec(disk_bytes=64 * MiB)
+    older = _inspect_as_the_engine_reports(spec, disk_quota=False)
+    older["HostConfig"]["LogConfig"]["Config"] = dict(LEGACY_LOG)
+    ours = _inspect_as_the_engine_reports(spec, disk_quota=False)
+
+    assert log_beside_disk(older)
+    assert not log_beside_disk(ours)
+    assert not log_beside_disk({})
+    assert files_bound(spec, log_beside=True) == (64 * MiB, 0)
+    assert files_bound(spec, log_beside=False) == (spec.writable_bytes, spec.log_bytes)
+    assert spec.writable_bytes < 64 * MiB
 
 
 def test_a_container_made_with_the_core_limit_of_0_reads_back_as_made_and_no_other() -> None:
