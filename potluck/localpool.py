@@ -314,7 +314,6 @@ class LocalPool:
         write_credentials(credentials, host_id, key)
         await refresh_nats_authorization(self.store, self.nats.auth_file, [self.services_seed], None)
         self.nats.reload()
-        await asyncio.sleep(0.2)  # the reload is asynchronous in nats-server
         return EnrolledHost(host_id, name, credentials, self.workdir / f"{name}.toml")
 
     def hostd_state_dir(self, host: EnrolledHost) -> Path:

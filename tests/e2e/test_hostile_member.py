@@ -142,7 +142,6 @@ async def _token(pool: Pool, name: str) -> JoinToken:
     token = await enroll_with_token(pool.store, name, nats_url=pool.nats.url)
     await refresh_nats_authorization(pool.store, pool.nats.auth_file, [pool.services_seed], None)
     pool.nats.reload()
-    await asyncio.sleep(0.3)  # the reload is asynchronous in nats-server
     return token
 
 

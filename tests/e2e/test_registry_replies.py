@@ -260,7 +260,6 @@ async def test_a_join_tokens_throwaway_identity_reads_no_host_replies_and_asks_n
         token = await enroll_with_token(pool.store, "laptop-b", nats_url=pool.nats.url)
         await refresh_nats_authorization(pool.store, pool.nats.auth_file, [pool.services_seed], None)
         pool.nats.reload()
-        await asyncio.sleep(0.3)  # the reload is asynchronous in nats-server
         errors: list[str] = []
         closed = asyncio.Event()
 
