@@ -460,8 +460,15 @@ async def test_files_processes_syscalls_and_volumes_are_bounded_before_anything_
         [container] = [c for c in driver.list_managed(host.host_id) if c.allocation_id == "bounded"]
         # stdout and stderr arrive in frames of their own: read the limits and the refusal apart.
         probe = ["sh", "-c", "ulimit -n; ulimit -Hn; ulimit -u; grep Seccomp: /proc/self/status"]
-        limits = driver.exec_run(container.container_id, probe).output.decode().splitlines()
-        nofile, nofile_hard, nproc, seccomp = limits
+        # runc before 1.1.13 races with its own Go runtime over RLIMIT_NOFILE on exec (runc#4195):
+        # once in thousands of execs the soft limit is runc's (the hard one, 4096; seen once in a
+        # full run). Debian 12's runc 1.1.5 has it and hostd cannot set an exec's limits, so the
+        # soft limit must match on one of a few execs, as in test_ssh_gateway's session test.
+        for _ in range(4):
+            limits = driver.exec_run(container.container_id, probe).output.decode().splitlines()
+            nofile, nofile_hard, nproc, seccomp = limits
+            if int(nofile) == NOFILE_SOFT:
+                break
         assert (int(nofile), int(nofile_hard), int(nproc)) == (NOFILE_SOFT, NOFILE_HARD, NPROC)
         assert seccomp.split() == ["Seccomp:", "2"]  # 2: a filter is on
         blocked = driver.exec_run(container.container_id, ["unshare", "-U", "true"])
