@@ -35,7 +35,7 @@ from stat import S_ISSOCK
 from typing import Any
 
 from potluck.localstack.errors import LocalStackError
-from potluck.localstack.proc_stat import stat_fields
+from potluck.localstack.proc_stat import children, stat_fields
 from potluck.localstack.process import ChildProcess
 
 APT_PACKAGES = ["docker.io", "tini", "busybox-static"]
@@ -152,17 +152,6 @@ def _alive(pid: int) -> bool:
     """True unless the process is gone or a zombie (dead, waiting for its parent)."""
     fields = stat_fields(pid)
     return fields is not None and fields[0] not in ("Z", "X")
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = stat_fields(int(entry.name))
-        if fields is not None and int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -325,7 +314,7 @@ class DockerEngine:
         shims = self._leftover_shims()
         # A container's init is a child of its shim; SIGKILL to a PID namespace's
         # init ends every process in that namespace.
-        inits = [child for shim in shims for child in _children(shim)]
+        inits = [child for shim in shims for child in children(shim)]
         for pid in inits:
             _signal(pid, signal.SIGKILL)
         _wait_gone(inits, 10.0)

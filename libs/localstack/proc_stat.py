@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-__all__ = ["stat_fields"]
+__all__ = ["children", "stat_fields"]
 
 
 def stat_fields(pid: int) -> list[str] | None:
@@ -14,3 +14,16 @@ def stat_fields(pid: int) -> list[str] | None:
     except OSError:
         return None
     return stat.rsplit(")", 1)[1].split()
+
+
+def children(pid: int, *, live_only: bool = False) -> list[int]:
+    """The processes whose parent is `pid`; with `live_only`, not those that have ended and
+    wait to be reaped (a stopped parent reaps none)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = stat_fields(int(entry.name))
+        if fields is not None and int(fields[1]) == pid and not (live_only and fields[0] in ("Z", "X")):
+            found.append(int(entry.name))
+    return found

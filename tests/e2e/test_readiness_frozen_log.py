@@ -13,24 +13,14 @@ from pathlib import Path
 import aiohttp
 
 from potluck.localstack.postgres_server import PostgresServer
+from potluck.localstack.proc_stat import children
 from tests.fixtures.pool import Pool
 from tests.helpers import freeze_process
 
 
-def _children(pid: int) -> list[int]:
-    """The live processes whose parent is `pid`: the postmaster's backends and workers (not one
-    that has ended and waits to be reaped: a stopped postmaster reaps none)."""
-    children = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    state, ppid = stat.read().rsplit(")", 1)[1].split()[:2]
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if int(ppid) == pid and state not in ("Z", "X"):
-                children.append(int(entry))
-    return children
+def _left_running(pid: int, stopped: list[int]) -> list[int]:
+    """The live children of `pid` not stopped yet."""
+    return [child for child in children(pid, live_only=True) if child not in stopped]
 
 
 def _freeze_tree(pid: int, stopped: list[int]) -> None:
@@ -39,7 +29,7 @@ def _freeze_tree(pid: int, stopped: list[int]) -> None:
     stopped (a pool opening a connection) would otherwise go on answering."""
     freeze_process(pid)
     stopped.append(pid)
-    while running := [child for child in _children(pid) if child not in stopped]:
+    while running := _left_running(pid, stopped):
         for child in running:
             with contextlib.suppress(ProcessLookupError, FileNotFoundError):  # one that ended meanwhile
                 freeze_process(child)
@@ -79,7 +69,7 @@ async def test_readyz_says_the_log_does_not_answer_while_postgres_is_stopped_and
                 if answers[-1][0] != 200:
                     break
                 await asyncio.sleep(0.2)
-            left_running = [child for child in _children(own_postgres.pid) if child not in stopped]
+            left_running = _left_running(own_postgres.pid, stopped)
             assert answers[-1][0] != 200, (len(answers), left_running, pool.logs())
             status, body, retry_after = answers[-1]
             assert status == 503, body
