@@ -210,10 +210,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return error(401, "UNAUTHENTICATED", "send one Authorization header, not several")
     if request.path == TOKEN_PATH:  # the registry's token endpoint reads its Basic credentials
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, sent = header.partition(" ")
-    token = as_given(sent)
-    if scheme.lower() != "bearer" or not token:
+    token = _bearer_token(request)
+    if not token:
         return error(
             401,
             "UNAUTHENTICATED",
@@ -228,6 +226,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+def _bearer_token(request: web.Request) -> str:
+    """The token of the request's `Authorization: Bearer` header, as given; "" without one."""
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+    return as_given(sent) if scheme.lower() == "bearer" else ""
+
+
 async def _continue_if_known(request: web.Request) -> web.StreamResponse | None:
     """The API's answer to `Expect: 100-continue`: the body is invited only from a caller whose
     token the allocator knows, and only if it fits (continue_if_it_fits, which refuses one
@@ -235,9 +239,8 @@ async def _continue_if_known(request: web.Request) -> web.StreamResponse | None:
     auth_middleware answers it before any of its body is read (401; a token given out a moment
     ago, not folded yet, is known after its catch-up, and its client sends the body once it
     stops waiting for the invitation: curl after a second)."""
-    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
-    token = as_given(sent)
-    known = scheme.lower() == "bearer" and bool(token) and request.app[AUTH].known(token) is not None
+    token = _bearer_token(request)
+    known = bool(token) and request.app[AUTH].known(token) is not None
     too_large = request.content_length is not None and request.content_length > MAX_BODY
     return await continue_if_it_fits(request) if known or too_large else None
 
