@@ -214,9 +214,14 @@ def log_file_bytes(disk_bytes: int) -> int:
     return max(1, min(LOG_MOST_BYTES, disk_bytes // LOG_SHARE) // LOG_FILES)
 
 
+def log_bytes(disk_bytes: int) -> int:
+    """The most the log of a container of `disk_bytes` takes of it: its LOG_FILES files."""
+    return log_file_bytes(disk_bytes) * LOG_FILES
+
+
 def writable_bytes(disk_bytes: int) -> int:
     """What the files of a container of `disk_bytes` may take: all of it but its log's part."""
-    return disk_bytes - log_file_bytes(disk_bytes) * LOG_FILES
+    return disk_bytes - log_bytes(disk_bytes)
 
 
 def log_beside_disk(inspect: Mapping[str, Any]) -> bool:
@@ -277,7 +282,7 @@ class ContainerSpec:
     @property
     def log_bytes(self) -> int:
         """The most the container's log takes of its disk."""
-        return self.log_file_bytes * LOG_FILES
+        return log_bytes(self.disk_bytes)
 
     @property
     def writable_bytes(self) -> int:
