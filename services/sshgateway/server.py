@@ -57,7 +57,7 @@ import socket
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncssh
@@ -133,6 +133,8 @@ class GatewayServer(asyncssh.SSHServer):
         self._congested = False
         #: Why this connection was ended before login, when the gateway ended it (logged then).
         self._ended_why: str | None = None
+        #: Whether the connection has ended (asyncssh has then closed all of its channels).
+        self._lost = False
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -209,6 +211,7 @@ class GatewayServer(asyncssh.SSHServer):
             self._count_failure(why)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         for event, count in self._refusals.items():
             if count > _REFUSALS_LOGGED:
                 log.info(
@@ -361,9 +364,23 @@ class GatewayServer(asyncssh.SSHServer):
         allocation = self._ctx.view.allocation(self._username)
         return allocation.user if allocation is not None else self._username
 
-    def session_requested(self) -> GatewaySession | bool:
+    def session_requested(self) -> Awaitable[GatewaySession] | bool:
         if not self._authenticated or self._username is None or self._key is None:
             return False
+        # The caps are asked in the task asyncssh starts to finish the open, not here. A client
+        # often sends one session's close and the next one's open in one write, and asyncssh
+        # frees the closed channel (its session's places given back in connection_lost) in a
+        # callback on the loop's next turn; asked here, the open came first and was refused
+        # ("this connection has 10 sessions open") for a session the client had seen closed.
+        # The task's first step runs after callbacks scheduled before it.
+        return self._open_session()
+
+    async def _open_session(self) -> GatewaySession:
+        if self._lost:
+            # Its channel closed with it; the place would never be given back.
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "SSH connection closed")
+        assert self._username is not None
+        assert self._key is not None
         user = self._user()
         place = self._ctx.caps.take(self._conn, user)
         if isinstance(place, str):

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -130,9 +131,13 @@ async def test_failed_logins_count_as_they_happen_so_parallel_guessing_is_locked
 
 async def test_sessions_are_capped_per_connection_and_per_user(env: SshEnv) -> None:
     """What is tried: a 3rd session on one connection (cap 2), and a 4th session of one user
-    over separate connections (cap 3); before the fix there was no cap at all.
-    What must hold: each is refused with a message saying which cap; the sessions in progress
-    go on; once sessions end, their places are free again."""
+    over separate connections (cap 3); before the fix there was no cap at all. Then a session's
+    close and the next session's open sent in one TCP segment on a full connection: before
+    that fix the open was refused for the cap (asyncssh frees a closed channel a loop turn
+    later), and a user opening 10 at a time was told "10 sessions open" with none open.
+    What must hold: each over the cap is refused with a message saying which cap; the sessions
+    in progress go on; once sessions end, their places are free again, for an open sent
+    right behind the close too."""
     await _running(env, "capu1", "carol", "127.0.0.50")
     sleepers = [
         asyncio.ensure_future(env.ssh("capu1", "sleep 4; echo slept", key="carol", source="127.0.0.50"))
@@ -167,7 +172,20 @@ async def test_sessions_are_capped_per_connection_and_per_user(env: SshEnv) -> N
         third, _ = await conn.create_session(asyncssh.SSHClientSession, "exit 3")
         await third.wait_closed()
         assert third.get_exit_status() == 3
+
+        # A session's close and the next one's open in one segment (as a client that opens the
+        # next as soon as one is done often sends them): the closed one's place is free for it.
+        held, _ = await conn.create_session(asyncssh.SSHClientSession, "sleep 30")
+        sock = conn.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         second.close()
+        opening = asyncio.ensure_future(conn.create_session(asyncssh.SSHClientSession, "exit 4"))
+        await asyncio.sleep(0.05)  # the open written into the corked socket, behind the close
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        next_one, _ = await opening
+        await next_one.wait_closed()
+        assert next_one.get_exit_status() == 4
+        held.close()
 
 
 async def _idle_connection(
