@@ -25,6 +25,7 @@ from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HostsView
 from potluck.registry import host as aggregate
 from potluck.registry.admitted_keys import JOIN_ANSWER_WINDOW
+from potluck.registry.claims import Claims
 from potluck.registry.nats_auth import public_key_of
 from potluck.registry.repository import decide_on_host
 from potluck.registry.users_file import UsersFileKeeper
@@ -40,6 +41,8 @@ class JoinHandler:
     view: HostsView
     #: None: the registry runs without --nats-auth-file, and cannot admit a key.
     users_file: UsersFileKeeper | None
+    #: Each key checked against the whole log, one claim of it at a time (claims.py).
+    claims: Claims
     #: How long nats-server gets to apply a reload (SIGHUP is answered asynchronously).
     reload_settle_s: float = 0.3
 
@@ -52,17 +55,18 @@ class JoinHandler:
                 "ask the operator to enroll with --credentials-out instead",
                 status=503,
             )
-        self._refuse_taken_key(host_id, req.nkey)
-        now = await self.store.log_clock()
-        outcome = await decide_on_host(
-            self.store,
-            host_id,
-            lambda s: aggregate.join(
-                s, host_id, token_sha256=secret_digest(req.token), nkey=req.nkey, now=now
-            ),
-            {"actor": f"host:{host_id}"},
-            known=lambda: self.view.hosts.get(host_id),
-        )
+        async with self.claims.claiming(("nkey", req.nkey)):
+            self._refuse_taken_key(host_id, req.nkey)
+            now = await self.store.log_clock()
+            outcome = await decide_on_host(
+                self.store,
+                host_id,
+                lambda s: aggregate.join(
+                    s, host_id, token_sha256=secret_digest(req.token), nkey=req.nkey, now=now
+                ),
+                {"actor": f"host:{host_id}"},
+                known=lambda: self.view.hosts.get(host_id),
+            )
         # The log keeps the throwaway in for JOIN_ANSWER_WINDOW; named here too, so that the
         # answer still travels on it should this render come after the window (a slow database).
         throwaway = outcome.state.join_nkey if outcome.state is not None else ""

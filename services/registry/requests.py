@@ -7,6 +7,7 @@ last-seen clock that only the running registry has, and the log position the
 model has reached, so an answer and its position belong together.
 """
 
+import contextlib
 from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from potluck.readmodels.digests import Keyed
 from potluck.readmodels.hosts import HostsView, host_as_dict
 from potluck.readmodels.state_pages import BadStateRequest, answer_state_request, page_after
 from potluck.registry import host as aggregate
+from potluck.registry.claims import Claims
 from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.repository import Known, decide_on_host, load_host
 from potluck.registry.ssh_keys import SshKeyHolders
@@ -52,20 +54,23 @@ class HostRequests:
         #: Who holds each SSH host key: one host cannot take another's (ssh_keys.py).
         self.ssh_keys = SshKeyHolders(view)
         fold.after_batch.append(self.ssh_keys.notice)
+        #: Each key checked against the whole log, one claim of it at a time (claims.py).
+        self.claims = Claims(fold, store)
 
     async def register(self, host_id: str, payload: bytes) -> dict[str, Any]:
         req = RegisterHost.model_validate_json(payload)
-        # Against the view, which may lag the log a moment: a key's first registration is the
-        # only one that lag could let through, and no one else knows the key before it.
-        self.ssh_keys.refuse_taken(host_id, req.ssh_host_key)
+        key = self.ssh_keys.blob(req.ssh_host_key)
         try:
-            outcome = await decide_on_host(
-                self.store,
-                host_id,
-                lambda s: aggregate.register(s, host_id, req),
-                {"actor": f"host:{host_id}"},
-                known=self._known(host_id),
-            )
+            async with self.claims.claiming(("ssh_host_key", key)) if key else contextlib.nullcontext():
+                if key:
+                    self.ssh_keys.refuse_taken(host_id, key)
+                outcome = await decide_on_host(
+                    self.store,
+                    host_id,
+                    lambda s: aggregate.register(s, host_id, req),
+                    {"actor": f"host:{host_id}"},
+                    known=self._known(host_id),
+                )
         except Rejected as exc:
             if exc.code == BAD_LABELS:
                 # Logged at the pace the host's requests are let through (its rate, replies.py).

@@ -124,7 +124,7 @@ class RegistryService:
                 policy=connection_caps,
                 interval_s=connection_watch_s,
             )
-        self.joining = JoinHandler(store, self.view, self.users_file)
+        self.joining = JoinHandler(store, self.view, self.users_file, self.requests.claims)
         self.sleep = SleepRequests(store, self.view, self.watch)
         #: The position of the checkpoint the view was loaded from (0: folded from zero).
         self.resumed_from = 0

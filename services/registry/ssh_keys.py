@@ -23,7 +23,8 @@ refused with what to do (make a new key, which the gateways learn at its registr
 the claimant still cannot use the key.
 
 The index follows the registry's view (a fold hook notes the hosts each batch touched), so a
-check costs the hosts changed since the last one, not the whole pool.
+check costs the hosts changed since the last one, not the whole pool. A registration checks
+once that view has folded the whole log, one claim of a key at a time (claims.py).
 """
 
 from collections.abc import Sequence
@@ -61,11 +62,12 @@ class SshKeyHolders:
             return
         self._stale.update(r.stream[len(_HOST_STREAM) :] for r in batch if r.stream.startswith(_HOST_STREAM))
 
-    def refuse_taken(self, host_id: str, line: str) -> None:
-        """BAD_SSH_HOST_KEY when `line` is no OpenSSH public key line, SSH_KEY_TAKEN when a host
-        other than `host_id` holds its key; nothing when `line` is empty (no gateways)."""
+    @staticmethod
+    def blob(line: str) -> bytes | None:
+        """The key of `line` as the gateways compare it; BAD_SSH_HOST_KEY when `line` is no
+        OpenSSH ed25519 public key line; None when it is empty (no gateways)."""
         if not line:
-            return
+            return None
         try:
             blob = public_key_blob(line)
         except ValueError:
@@ -91,6 +93,11 @@ class SshKeyHolders:
                 field="ssh_host_key",
                 status=400,
             )
+        return blob
+
+    def refuse_taken(self, host_id: str, blob: bytes) -> None:
+        """SSH_KEY_TAKEN when a host other than `host_id` holds the key `blob`, as the view has
+        it (claims.py makes that view the whole log's)."""
         holders = self._current().get(blob, set())
         # Its own key again (every restart registers it) is no new claim: never refused, even
         # where a registry from before this check let another host claim the same key. A copied

@@ -10,6 +10,8 @@ to ask for a new token although the registry had admitted its key.
 """
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -17,10 +19,11 @@ import pytest
 
 from potluck.contracts.host_events import HostJoined, host_stream
 from potluck.contracts.join_token import JoinToken, encode
-from potluck.contracts.messages import Reply
+from potluck.contracts.messages import JoinRequest, Reply
 from potluck.contracts.subjects import JOIN, host_subject
 from potluck.events import EventStore
 from potluck.events.connection import connect_bus
+from potluck.kernel.rejections import Rejected
 from potluck.localstack import NatsServer
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.member.join import (
@@ -34,9 +37,12 @@ from potluck.member.join import (
     redeem_or_find_admitted,
     unfinished_join_seed,
 )
+from potluck.readmodels.hosts import HostsView
 from potluck.registry.admitted_keys import JOIN_ANSWER_WINDOW
+from potluck.registry.claims import Claims
 from potluck.registry.enrollment import current_hosts, enroll_with_token, refresh_nats_authorization
 from potluck.registry.joining import JoinHandler
+from potluck.registry.projection import hosts_fold
 from potluck.registry.users_file import NatsAuthFiles, UsersFileKeeper
 from tests.fixtures.servers import SERVICE_SEED
 
@@ -53,8 +59,26 @@ async def render(store: EventStore, server: NatsServer) -> None:
     await refresh_nats_authorization(store, server.auth_file, [SERVICE_SEED], server.pid_file)
 
 
+@pytest.fixture
+async def followed(store: EventStore) -> AsyncIterator[tuple[HostsView, Claims]]:
+    """The registry's view of the hosts, following the log as its fold does, and its claims."""
+    view = HostsView()
+    fold = hosts_fold(view)
+    following = asyncio.create_task(fold.follow(store))
+    yield view, Claims(fold, store)
+    following.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await following
+
+
 async def enrolled(
-    store: EventStore, server: NatsServer, seed_file: Path, name: str, *, settle_s: float = 0.3
+    store: EventStore,
+    server: NatsServer,
+    seed_file: Path,
+    followed: tuple[HostsView, Claims],
+    name: str,
+    *,
+    settle_s: float = 0.3,
 ) -> tuple[JoinToken, JoinHandler]:
     """A machine enrolled with a join token whose throwaway key `server` admits, and the
     registry's JoinHandler for it (`settle_s`: how long it waits for a reload before answering)."""
@@ -62,19 +86,20 @@ async def enrolled(
     await render(store, server)
     await connects(server.url, token.join_seed, token.host_id)
     auth = NatsAuthFiles(server.auth_file, server.pid_file, seed_file)
-    view = await current_hosts(store)
-    return token, JoinHandler(store, view, UsersFileKeeper(store, view, auth), reload_settle_s=settle_s)
+    view, claims = followed
+    keeper = UsersFileKeeper(store, view, auth)
+    return token, JoinHandler(store, view, keeper, claims, reload_settle_s=settle_s)
 
 
 async def test_a_join_is_answered_though_the_users_file_is_rendered_again_before_the_answer(
-    store: EventStore, guarded_nats: NatsServer, seed_file: Path
+    store: EventStore, guarded_nats: NatsServer, seed_file: Path, followed: tuple[HostsView, Claims]
 ) -> None:
     """Tried: a member redeems its token; the moment HostJoined is in the log, while the
     registry waits for nats-server's reload before answering, the users file is rendered again
     from the log by another renderer and nats-server reloads. Must hold: the member gets the
     registry's answer (redeem returns), and its new key connects."""
     # A long settle: the other render lands inside it, every time.
-    token, handler = await enrolled(store, guarded_nats, seed_file, "laptop-b", settle_s=2.0)
+    token, handler = await enrolled(store, guarded_nats, seed_file, followed, "laptop-b", settle_s=2.0)
     order: list[str] = []
 
     async def answer(msg: object) -> None:
@@ -107,14 +132,14 @@ async def test_a_join_is_answered_though_the_users_file_is_rendered_again_before
 
 
 async def test_a_join_whose_answer_is_lost_after_the_key_was_admitted_goes_through(
-    store: EventStore, guarded_nats: NatsServer, seed_file: Path
+    store: EventStore, guarded_nats: NatsServer, seed_file: Path, followed: tuple[HostsView, Claims]
 ) -> None:
     """Tried: the registry records HostJoined and admits the member's key, but its answer never
     reaches the member (here: it is not sent; a registry that crashed, NATS restarting). Must
     hold: `potluck join`'s redeem finds its new key admitted and goes on, rather than telling
     the member to try again with a token that is spent by then; and a join that no registry
     handled still fails, saying the registry did not answer."""
-    token, handler = await enrolled(store, guarded_nats, seed_file, "laptop-c")
+    token, handler = await enrolled(store, guarded_nats, seed_file, followed, "laptop-c")
     handled = asyncio.Event()
 
     async def admit_without_answering(msg: object) -> None:
@@ -146,7 +171,12 @@ async def test_a_join_whose_answer_is_lost_after_the_key_was_admitted_goes_throu
 
 
 async def test_a_join_run_again_after_an_interrupted_one_goes_on_with_the_admitted_key(
-    store: EventStore, guarded_nats: NatsServer, seed_file: Path, docker_engine: DockerEngine, tmp_path: Path
+    store: EventStore,
+    guarded_nats: NatsServer,
+    seed_file: Path,
+    followed: tuple[HostsView, Claims],
+    docker_engine: DockerEngine,
+    tmp_path: Path,
 ) -> None:
     """Tried: a `potluck join` interrupted after the registry admitted its key (its credentials
     written, hostd.toml not, as Ctrl-C or a lost answer leaves it), then the same `potluck join`
@@ -154,7 +184,7 @@ async def test_a_join_run_again_after_an_interrupted_one_goes_on_with_the_admitt
     (which would find the token spent): it writes hostd.toml naming the same credentials, the
     key connects, and the log holds one HostJoined, with that key. A credentials file of
     another host, or one that is not a key, is not taken for an unfinished join."""
-    token, handler = await enrolled(store, guarded_nats, seed_file, "laptop-e")
+    token, handler = await enrolled(store, guarded_nats, seed_file, followed, "laptop-e")
 
     async def answer(msg: object) -> None:
         data = await handler.join(token.host_id, msg.data)  # type: ignore[attr-defined]
@@ -200,14 +230,14 @@ async def refused_from(url: str, seed: str, host_id: str, store: EventStore, tim
 
 
 async def test_a_registry_restarted_inside_an_answer_window_takes_the_spent_key_out_when_it_ends(
-    store: EventStore, guarded_nats: NatsServer, seed_file: Path
+    store: EventStore, guarded_nats: NatsServer, seed_file: Path, followed: tuple[HostsView, Claims]
 ) -> None:
     """Tried: a registry answers a join, then stops before the answer window ends (nothing of it
     runs on: its scheduled render died with it); a new registry starts inside the window.
     Must hold: the new one's start render keeps the spent token's key (the member may still be
     reading its answer), and the key is refused once the window has ended, without any other
     render to take it out; the member's own key connects throughout."""
-    token, first = await enrolled(store, guarded_nats, seed_file, "laptop-g")
+    token, first = await enrolled(store, guarded_nats, seed_file, followed, "laptop-g")
 
     async def answer(msg: object) -> None:
         data = await first.join(token.host_id, msg.data)  # type: ignore[attr-defined]
@@ -297,3 +327,38 @@ async def test_an_expired_tokens_key_leaves_the_users_file_when_it_expires(
     finally:
         keeping.cancel()
     assert refused_at >= token.expires_at
+
+
+async def test_two_joins_with_one_key_at_once_admit_it_once(
+    store: EventStore, guarded_nats: NatsServer, seed_file: Path, followed: tuple[HostsView, Claims]
+) -> None:
+    """Tried: two machines, each with its own join token, redeem them at the same moment with
+    one NATS key (a key pair copied rather than made). Before: both checks ran before either
+    HostJoined was appended, so both were recorded, and nats-server refused the users file
+    that then listed the key twice (keeping its old one: no later join or revocation applied).
+    Must hold: exactly one join is recorded and the other refused NKEY_TAKEN; the users file
+    still reloads (a third machine's join goes through and its key connects)."""
+    first_token, first = await enrolled(store, guarded_nats, seed_file, followed, "laptop-j")
+    second_token, second = await enrolled(store, guarded_nats, seed_file, followed, "laptop-k")
+    _, public = new_key_pair()
+    joins = [
+        handler.join(token.host_id, JoinRequest(token=token.secret, nkey=public).model_dump_json().encode())
+        for token, handler in ((first_token, first), (second_token, second))
+    ]
+    outcomes = await asyncio.gather(*joins, return_exceptions=True)
+    refusals = [o for o in outcomes if isinstance(o, Rejected)]
+    assert [r.code for r in refusals] == ["NKEY_TAKEN"], outcomes
+    recorded = [
+        r.data["nkey"]
+        for token in (first_token, second_token)
+        for r in await store.read_stream(host_stream(token.host_id))
+        if r.type == HostJoined.type_name
+    ]
+    assert recorded == [public], recorded
+
+    third_token, third = await enrolled(store, guarded_nats, seed_file, followed, "laptop-l")
+    seed, public = new_key_pair()
+    await third.join(
+        third_token.host_id, JoinRequest(token=third_token.secret, nkey=public).model_dump_json().encode()
+    )
+    await connects(guarded_nats.url, seed, third_token.host_id)
