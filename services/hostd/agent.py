@@ -98,6 +98,8 @@ _PEER_AWAY: tuple[type[BaseException], ...] = (*TRANSIENT_BUS_ERRORS, nats.error
 #: The registry's refusals after which hostd stops for good instead of retrying: the machine
 #: left the pool or was revoked, and only a new enrollment brings it back.
 FINAL_REFUSALS = frozenset({"HOST_LEFT", "HOST_REVOKED"})
+#: Refusals that say "not now": the registry's database, or its view of the log, is behind.
+PASSING_REFUSALS = frozenset({"BUSY", "INTERNAL"})
 
 #: How often a hostd the registry refused for its contract asks again: soon at first (the
 #: services' upgrade may be under way), then every few minutes (the member must upgrade).
@@ -441,6 +443,20 @@ class Agent:
                 continue
             if not reply.ok:
                 error = reply.error or {}
+                if error.get("code") in PASSING_REFUSALS:
+                    # The registry could not decide now (its database away, its view of the log
+                    # behind, the host's stream changing under it): asked again, as when it does
+                    # not answer, rather than ending hostd over a moment's trouble of the pool's.
+                    wait = backoff * random.uniform(0.5, 1.5)
+                    log.warning(
+                        "hostd.registration_deferred",
+                        code=error.get("code"),
+                        error=error.get("message"),
+                        retry_in=round(wait, 2),
+                    )
+                    await asyncio.sleep(wait)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
                 if error.get("code") == "NOT_ENROLLED":
                     raise HostdStopped(f"{error.get('message')}: run `potluck ops hosts enroll` first")
                 if error.get("code") in FINAL_REFUSALS:

@@ -84,3 +84,36 @@ async def test_services_outlive_a_database_outage_and_decide_what_fell_due_meanw
         with DockerDriver(docker_engines[0].url) as driver:
             for container in driver.list_managed(None):
                 driver.remove(container.container_id)
+
+
+async def test_a_hostd_started_while_the_database_is_away_registers_once_it_is_back(
+    tmp_path: Path, own_postgres: PostgresServer, docker_engines: list[DockerEngine]
+) -> None:
+    """What is tried: a member starts hostd while the pool's Postgres is stopped, so the
+    registry answers its registration with a refusal that says "not now" (INTERNAL: the log
+    cannot be read or written). Before, hostd took any refusal it did not know for final: it
+    crashed with a traceback, and only its supervisor's restart brought it back.
+    What must hold: hostd keeps running, says it will ask again, and is active in the pool
+    once Postgres is back, with the same process throughout."""
+    pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
+    try:
+        pool.start_registry()
+        host = await pool.enroll("laptop-a")
+        pool.write_config(host, docker_engines[0])
+        await pool.wait_registry()
+        await asyncio.to_thread(own_postgres.stop)
+        hostd = pool.start_hostd(host)
+        pid = hostd.pid
+        for _ in range(150):
+            if "hostd.registration_deferred" in hostd.log_tail(200):
+                break
+            assert hostd.running(), f"hostd ended:\n{pool.logs()}"
+            await asyncio.sleep(0.2)
+        assert "hostd.registration_deferred" in hostd.log_tail(200), pool.logs()
+        await asyncio.to_thread(own_postgres.start)
+        await pool.wait_for_host(host.host_id, "active", timeout=60)
+        assert hostd.running(), pool.logs()
+        assert hostd.pid == pid
+        assert "hostd.crashed" not in hostd.log_tail(400)
+    finally:
+        await pool.close()
