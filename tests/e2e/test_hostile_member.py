@@ -21,7 +21,6 @@ from potluck.allocator.image_locality import last_reported
 from potluck.allocator.service import IMAGES_RECORD_RATE, RESTARTS_RECORD_RATE, STATE_REPORT_RATE
 from potluck.contracts.allocation_events import alloc_stream
 from potluck.contracts.capacity import MAX_DONATED_BYTES
-from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.host_events import HostRegistered, host_stream
 from potluck.contracts.host_images import images_stream
 from potluck.contracts.join_token import JoinToken, secret_digest
@@ -58,6 +57,7 @@ from potluck.registry.enrollment import enroll_with_token, refresh_nats_authoriz
 from potluck.registry.nats_auth import new_user_key, public_key_of
 from potluck.registry.repository import decide_on_host
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
+from tests.fixtures.registrations import registration
 
 
 def _allocator_log(pool: Pool) -> list[dict[str, Any]]:
@@ -276,19 +276,9 @@ async def test_reports_holding_text_the_log_cannot_store_are_refused_at_once_as_
 
 def _registration(name: str, memory_bytes: int, disk_bytes: int) -> dict[str, Any]:
     """A registration as a hostd of this version sends it, with the donation given."""
-    return {
-        "donated": {"cpus": 2, "memory_bytes": memory_bytes, "disk_bytes": disk_bytes},
-        "labels": {"name": name},
-        "allowed_images": ["*"],
-        "engine": {
-            "version": "27.0",
-            "cgroup_version": "2",
-            "storage_driver": "overlay2",
-            "disk_quota_supported": False,
-        },
-        "hostd_version": "test",
-        "contract": CONTRACT_VERSION,
-    }
+    return registration(
+        cpus=2, memory_bytes=memory_bytes, disk_bytes=disk_bytes, labels={"name": name}, allowed_images=["*"]
+    )
 
 
 async def _beat(nc: NATS, host_id: str) -> None:

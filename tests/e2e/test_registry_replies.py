@@ -14,7 +14,6 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.host_events import host_stream
 from potluck.contracts.host_images import images_stream
 from potluck.contracts.messages import RegisterHost, Reply
@@ -43,6 +42,7 @@ from potluck.registry.nats_auth import new_user_key
 from potluck.registry.repository import decide_on_host
 from potluck.sshgateway.projection import GatewayView, key_blob
 from tests.fixtures.pool import Pool
+from tests.fixtures.registrations import registration
 from tests.fixtures.servers import connect_client
 
 
@@ -163,20 +163,7 @@ async def test_a_report_whose_id_is_past_its_bound_is_a_dead_letter_and_never_a_
 
 def _registration(ssh_host_key: str) -> bytes:
     """A registration as a hostd of this version sends it, naming `ssh_host_key`."""
-    return json.dumps(
-        {
-            "donated": {"cpus": 1, "memory_bytes": 1 << 30, "disk_bytes": 1 << 30},
-            "engine": {
-                "version": "27.0",
-                "cgroup_version": "2",
-                "storage_driver": "overlay2",
-                "disk_quota_supported": False,
-            },
-            "hostd_version": "test",
-            "ssh_host_key": ssh_host_key,
-            "contract": CONTRACT_VERSION,
-        }
-    ).encode()
+    return json.dumps(registration(ssh_host_key=ssh_host_key)).encode()
 
 
 async def _register(nc: NATS, host_id: str, ssh_host_key: str) -> Reply:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.host_events import HostRegistered, host_stream
 from potluck.contracts.messages import ControlHost, RegisterHost
 from potluck.events import EventStore, ensure_streams
@@ -30,6 +29,7 @@ from potluck.registry.liveness import LivenessPolicy
 from potluck.registry.projection import hosts_fold
 from potluck.registry.repository import decide_on_host
 from potluck.registry.requests import HostRequests
+from tests.fixtures.registrations import registration
 from tests.fixtures.servers import connect_client
 
 #: How long the registry's follower is held back before it folds the log.
@@ -37,20 +37,7 @@ HELD_S = 0.3
 
 
 def _registration(ssh_host_key: str) -> bytes:
-    return json.dumps(
-        {
-            "donated": {"cpus": 1, "memory_bytes": 1 << 30, "disk_bytes": 1 << 30},
-            "engine": {
-                "version": "27.0",
-                "cgroup_version": "2",
-                "storage_driver": "overlay2",
-                "disk_quota_supported": False,
-            },
-            "hostd_version": "test",
-            "ssh_host_key": ssh_host_key,
-            "contract": CONTRACT_VERSION,
-        }
-    ).encode()
+    return json.dumps(registration(ssh_host_key=ssh_host_key)).encode()
 
 
 @contextlib.asynccontextmanager
