@@ -84,6 +84,50 @@ async def test_hostd_killed_and_restarted_adopts_its_containers_and_stops_orphan
     await wait_for_status(pool, "keep1", "running")
 
 
+async def test_a_hostd_restarted_while_the_allocator_is_stopped_beats_and_keeps_its_work(
+    pool: Pool, laptop: EnrolledHost
+) -> None:
+    """What is tried: hostd is killed (-9) with a container running and started again while the
+    allocator is stopped (SIGSTOP: an upgrade, a restart), so hostd registers but its first sync
+    waits for an answer the allocator cannot give. Before, hostd beat only once that sync was
+    done: the registry heard nothing after the registration, declared the machine suspect and
+    then lost, and its running work was given up (a full run saw the same with a slow engine).
+    What must hold: through more than the suspect and lost graces the machine stays active
+    (no HostSuspected or HostLost recorded); once the allocator continues, hostd syncs and the
+    container is adopted, still running."""
+    await place(pool.store, laptop.host_id, "stall1", spec())
+    await wait_for_status(pool, "stall1", "running")
+    before = await host_event_types(pool.store, laptop.host_id)
+    allocator = pool.processes["allocator"]
+    assert allocator.pid is not None
+    assert laptop.process is not None
+    os.kill(allocator.pid, signal.SIGSTOP)
+    try:
+        laptop.process.kill()
+        hostd = pool.start_hostd(laptop)
+        written = len(hostd.log_path.read_text(errors="replace"))  # the killed one's lines
+
+        def said(event: str) -> bool:
+            return f'"event": "{event}"' in hostd.log_path.read_text(errors="replace")[written:]
+
+        async with asyncio.timeout(30):
+            while not said("hostd.registered"):
+                await asyncio.sleep(0.1)
+        interval, missed, grace = pool.liveness
+        await asyncio.sleep(interval * missed + grace + 1.5)
+        assert not said("hostd.synced"), "the sync did not wait for the allocator"
+        after = (await host_event_types(pool.store, laptop.host_id))[len(before) :]
+        assert "HostSuspected" not in after, (after, pool.logs())
+        assert "HostLost" not in after, (after, pool.logs())
+    finally:
+        os.kill(allocator.pid, signal.SIGCONT)
+    async with asyncio.timeout(30):
+        while not said("hostd.synced"):
+            await asyncio.sleep(0.1)
+    await wait_for_status(pool, "stall1", "running")
+    assert "HostLost" not in await host_event_types(pool.store, laptop.host_id)
+
+
 async def test_a_silent_host_becomes_suspect_then_lost_and_recovers_when_beats_return(
     pool: Pool, laptop: EnrolledHost
 ) -> None:
