@@ -98,8 +98,8 @@ _PEER_AWAY: tuple[type[BaseException], ...] = (*TRANSIENT_BUS_ERRORS, nats.error
 #: The registry's refusals after which hostd stops for good instead of retrying: the machine
 #: left the pool or was revoked, and only a new enrollment brings it back.
 FINAL_REFUSALS = frozenset({"HOST_LEFT", "HOST_REVOKED"})
-#: Refusals that say "not now": the registry's database, or its view of the log, is behind.
-PASSING_REFUSALS = frozenset({"BUSY", "INTERNAL"})
+#: Refusals that say "not now": the registry's database is away, or its view of the log behind.
+PASSING_REFUSALS = frozenset({"LOG_UNAVAILABLE", "BUSY", "INTERNAL"})
 
 #: How often a hostd the registry refused for its contract asks again: soon at first (the
 #: services' upgrade may be under way), then every few minutes (the member must upgrade).

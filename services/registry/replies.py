@@ -3,7 +3,9 @@
 Like the allocator's error middleware for HTTP, one place maps what a handler
 raises to what the requester reads: a request that does not validate is
 BAD_REQUEST (naming the first bad field), a refusal of the aggregate keeps its
-own code (NOT_ENROLLED, NOT_REGISTERED, BUSY, ...), and anything else is
+own code (NOT_ENROLLED, NOT_REGISTERED, BUSY, ...), the event log away (Postgres
+stopped or restarting) is LOG_UNAVAILABLE, logged sparingly without a traceback
+(every host asks again until it is back), and anything else is
 INTERNAL, logged with its traceback under an incident id, and the registry goes on serving.
 The requester reads only the code, what to do and that id (potluck.kernel.rejections'
 `internal_error`): the exception's text (the database's address, SQL, paths) is the operator's.
@@ -30,7 +32,8 @@ from pydantic import ValidationError
 
 from potluck.contracts.messages import Reply
 from potluck.contracts.subjects import host_of, inbox_prefix, join_inbox_prefix
-from potluck.events.replies import ReplyGuard
+from potluck.events import TRANSIENT_DB_ERRORS
+from potluck.events.replies import REFUSAL_LOG_RATE, ReplyGuard
 from potluck.kernel.key_rates import KeyRates
 from potluck.kernel.rejections import Rejected, first_error, internal_error, new_incident
 from potluck.registry.host_rate import log_refusal
@@ -72,6 +75,9 @@ class HostRequestGate:
         self.gone = gone
         #: Requests refused per host because it left or was revoked.
         self.refused_gone: dict[str, int] = {}
+        #: Requests answered LOG_UNAVAILABLE since start; logged at most once a second after ten.
+        self.log_away = 0
+        self._log_away_logged = KeyRates(REFUSAL_LOG_RATE)
 
     async def admits(self, msg: Msg, *, joining: bool = False) -> bool:
         """Is `msg` the host's own request (a reply in its inbox, or the join token's if
@@ -115,11 +121,32 @@ class HostRequestGate:
             reply = Reply(ok=False, error={"code": "BAD_REQUEST", "message": first_error(exc)})
         except Rejected as exc:
             reply = Reply(ok=False, error=exc.as_dict())
+        except TRANSIENT_DB_ERRORS as exc:
+            reply = Reply(ok=False, error=self._log_away(msg.subject, host_id, exc))
         except Exception:
             incident = new_incident()
             log.exception("registry.request_failed", subject=msg.subject, host_id=host_id, incident=incident)
             reply = Reply(ok=False, error=internal_error("registry", incident))
         await msg.respond(reply.model_dump_json().encode())
+
+    def _log_away(self, subject: str, host_id: str, exc: BaseException) -> dict[str, Any]:
+        """LOG_UNAVAILABLE: the log (its database) or the bus is away for now. No bug: logged
+        without a traceback and sparingly, since every host asks again until it is back."""
+        self.log_away += 1
+        if self._log_away_logged.check("log", self.clock()).allowed:
+            log.warning(
+                "registry.log_unavailable",
+                subject=subject,
+                host_id=host_id,
+                error=repr(exc)[:200],
+                refused=self.log_away,
+                hint="the pool's Postgres is stopped, restarting or unreachable; hosts ask again",
+            )
+        return Rejected(
+            "LOG_UNAVAILABLE",
+            "the registry cannot reach the pool's event log, its database, just now, so this may not "
+            "have been recorded: ask again in a few seconds; asking again is safe",
+        ).as_dict()
 
     def on_request(
         self,

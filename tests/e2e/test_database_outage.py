@@ -90,11 +90,12 @@ async def test_a_hostd_started_while_the_database_is_away_registers_once_it_is_b
     tmp_path: Path, own_postgres: PostgresServer, docker_engines: list[DockerEngine]
 ) -> None:
     """What is tried: a member starts hostd while the pool's Postgres is stopped, so the
-    registry answers its registration with a refusal that says "not now" (INTERNAL: the log
-    cannot be read or written). Before, hostd took any refusal it did not know for final: it
-    crashed with a traceback, and only its supervisor's restart brought it back.
-    What must hold: hostd keeps running, says it will ask again, and is active in the pool
-    once Postgres is back, with the same process throughout."""
+    registry cannot read or write the log for its registration. Before, the registry answered
+    INTERNAL with a traceback in its log for every try, and hostd took any refusal it did not
+    know for final: it crashed, and only its supervisor's restart brought it back.
+    What must hold: the registry answers LOG_UNAVAILABLE ("not now") and logs it without a
+    traceback; hostd keeps running, says it will ask again, and is active in the pool once
+    Postgres is back, with the same process throughout."""
     pool = await Pool.create(tmp_path / "pool", own_postgres.url, log_level="DEBUG")
     try:
         pool.start_registry()
@@ -110,10 +111,14 @@ async def test_a_hostd_started_while_the_database_is_away_registers_once_it_is_b
             assert hostd.running(), f"hostd ended:\n{pool.logs()}"
             await asyncio.sleep(0.2)
         assert "hostd.registration_deferred" in hostd.log_tail(200), pool.logs()
+        assert '"code": "LOG_UNAVAILABLE"' in hostd.log_tail(200), pool.logs()
         await asyncio.to_thread(own_postgres.start)
         await pool.wait_for_host(host.host_id, "active", timeout=60)
         assert hostd.running(), pool.logs()
         assert hostd.pid == pid
         assert "hostd.crashed" not in hostd.log_tail(400)
+        registry_log = pool.processes["registry"].log_tail(400)
+        assert "registry.log_unavailable" in registry_log
+        assert "registry.request_failed" not in registry_log
     finally:
         await pool.close()
