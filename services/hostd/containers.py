@@ -75,6 +75,7 @@ from potluck.hostd.config import HostdConfig
 from potluck.hostd.container_config import ContainerSpec, files_bound, log_beside_disk
 from potluck.hostd.cpu_share import spread
 from potluck.hostd.disk_bound import (
+    SOONEST_MEASURE_S,
     disk_overrun,
     entries_most,
     needs_layer_measured,
@@ -1136,6 +1137,7 @@ class ContainerManager:
         regular = self.config.timing.disk_check_interval_s
         measured: dict[str, tuple[float, int]] = {}  # alloc_id -> (when, bytes written then)
         due: dict[str, float] = {}  # alloc_id -> when it is measured next
+        sooner: set[str] = set()  # measured sooner than the regular interval, toward their bound
         while True:
             now = time.monotonic()
             await asyncio.sleep(max(0.0, min([now + regular, *due.values()]) - now))
@@ -1143,6 +1145,7 @@ class ContainerManager:
             for alloc_id in due.keys() - self.containers.keys():
                 del due[alloc_id]
                 measured.pop(alloc_id, None)
+                sooner.discard(alloc_id)
             self._walks.keep_only(self.containers.values())
             for gone in self._log_beside.keys() - set(self.containers.values()):
                 del self._log_beside[gone]
@@ -1161,6 +1164,7 @@ class ContainerManager:
                 container_id = self.containers.get(alloc_id)
                 spec = self.desired.get(alloc_id)
                 if container_id is None or spec is None:
+                    log.debug("hostd.disk_not_measured", alloc_id=alloc_id, why="no container or spec now")
                     continue
                 try:
                     if container_id not in self._log_beside:
@@ -1176,7 +1180,12 @@ class ContainerManager:
                             alloc_id, container_id, spec, facts, exact=True
                         )
                         overrun = disk_overrun(layer, outside, bound, entries=entries, log_part=log_part)
-                except DockerDriverError:
+                except DockerDriverError as exc:
+                    log.debug("hostd.disk_not_measured", alloc_id=alloc_id, why=str(exc))
+                    if alloc_id in sooner and not isinstance(exc, EngineUnavailable):
+                        # On its way to its bound: asked again soon, not a regular interval
+                        # later, in which it could write past its bound and back unseen.
+                        due[alloc_id] = now + min(regular, SOONEST_MEASURE_S)
                     continue
                 if overrun is not None:
                     await self._stop_for(alloc_id, container_id, "disk_limit_exceeded", overrun)
@@ -1191,7 +1200,10 @@ class ContainerManager:
                 # From the round's start, not this measure's: containers measured together stay
                 # together, one wake-up for all of them rather than one each.
                 due[alloc_id] = now + wait
-                if wait < regular:
+                if wait >= regular:
+                    sooner.discard(alloc_id)
+                else:
+                    sooner.add(alloc_id)
                     log.debug(
                         "hostd.disk_measured_sooner",
                         alloc_id=alloc_id,
