@@ -84,6 +84,7 @@ async def test_hostd_killed_and_restarted_adopts_its_containers_and_stops_orphan
     await wait_for_status(pool, "keep1", "running")
 
 
+@pytest.mark.liveness(0.25, 8, 4.0)
 async def test_a_hostd_restarted_while_the_allocator_is_stopped_beats_and_keeps_its_work(
     pool: Pool, laptop: EnrolledHost
 ) -> None:
@@ -94,10 +95,10 @@ async def test_a_hostd_restarted_while_the_allocator_is_stopped_beats_and_keeps_
     then lost, and its running work was given up (a full run saw the same with a slow engine).
     What must hold: through more than the suspect and lost graces the machine stays active
     (no HostSuspected or HostLost recorded); once the allocator continues, hostd syncs and the
-    container is adopted, still running."""
+    container is adopted, still running. (Suspect after 2 s: this asserts that nothing happens
+    once hostd is registered; what its restart's own silence led to is not counted.)"""
     await place(pool.store, laptop.host_id, "stall1", spec())
     await wait_for_status(pool, "stall1", "running")
-    before = await host_event_types(pool.store, laptop.host_id)
     allocator = pool.processes["allocator"]
     assert allocator.pid is not None
     assert laptop.process is not None
@@ -113,6 +114,7 @@ async def test_a_hostd_restarted_while_the_allocator_is_stopped_beats_and_keeps_
         async with asyncio.timeout(30):
             while not said("hostd.registered"):
                 await asyncio.sleep(0.1)
+        before = await host_event_types(pool.store, laptop.host_id)  # its registration's among them
         interval, missed, grace = pool.liveness
         await asyncio.sleep(interval * missed + grace + 1.5)
         assert not said("hostd.synced"), "the sync did not wait for the allocator"
@@ -125,7 +127,7 @@ async def test_a_hostd_restarted_while_the_allocator_is_stopped_beats_and_keeps_
         while not said("hostd.synced"):
             await asyncio.sleep(0.1)
     await wait_for_status(pool, "stall1", "running")
-    assert "HostLost" not in await host_event_types(pool.store, laptop.host_id)
+    assert "HostLost" not in (await host_event_types(pool.store, laptop.host_id))[len(before) :]
 
 
 async def test_a_silent_host_becomes_suspect_then_lost_and_recovers_when_beats_return(
