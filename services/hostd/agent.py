@@ -440,16 +440,21 @@ class Agent:
         )
         backoff = 0.5
         mismatch_backoff = CONTRACT_RETRY_FIRST_S
+
+        async def ask_again(event: str, **fields: object) -> None:
+            nonlocal backoff
+            # Jittered: hosts turned away together (a registry restart, a crowd joining at once)
+            # come back spread out rather than as the same crowd again.
+            wait = backoff * random.uniform(0.5, 1.5)
+            log.warning(event, **fields, retry_in=round(wait, 2))
+            await asyncio.sleep(wait)
+            backoff = min(backoff * 2, 10.0)
+
         while True:
             try:
                 reply = await self._request(f"{REGISTER}.{self.host_id}", request.model_dump_json().encode())
             except _PEER_AWAY as exc:
-                # Jittered: hosts turned away together (a registry restart, a crowd joining at once)
-                # come back spread out rather than as the same crowd again.
-                wait = backoff * random.uniform(0.5, 1.5)
-                log.warning("hostd.registry_unavailable", error=repr(exc), retry_in=round(wait, 2))
-                await asyncio.sleep(wait)
-                backoff = min(backoff * 2, 10.0)
+                await ask_again("hostd.registry_unavailable", error=repr(exc))
                 continue
             if not reply.ok:
                 error = reply.error or {}
@@ -457,15 +462,9 @@ class Agent:
                     # The registry could not decide now (its database away, its view of the log
                     # behind, the host's stream changing under it): asked again, as when it does
                     # not answer, rather than ending hostd over a moment's trouble of the pool's.
-                    wait = backoff * random.uniform(0.5, 1.5)
-                    log.warning(
-                        "hostd.registration_deferred",
-                        code=error.get("code"),
-                        error=error.get("message"),
-                        retry_in=round(wait, 2),
+                    await ask_again(
+                        "hostd.registration_deferred", code=error.get("code"), error=error.get("message")
                     )
-                    await asyncio.sleep(wait)
-                    backoff = min(backoff * 2, 10.0)
                     continue
                 if error.get("code") == "NOT_ENROLLED":
                     raise HostdStopped(f"{error.get('message')}: run `potluck ops hosts enroll` first")
