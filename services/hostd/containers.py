@@ -178,6 +178,11 @@ class ContainerManager:
         #: Since when watch_docker_events holds an open event stream of the engine (None: it
         #: holds none): what ended before was not watched (unwatched_stops.py).
         self._watched_since: datetime | None = None
+        #: From when the next event stream asks the engine for what it missed (its `since`):
+        #: this manager's making, then each stream's end. Without it a container that died
+        #: before the stream opened was never reported (a short task placed on a hostd just
+        #: started, seen in CI: its die came before the first stream's request was answered).
+        self._follow_from = time.time()
         self._reconcile_on_return: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         #: Placements whose start is under way (place), and the slots they take turns in.
@@ -1077,8 +1082,11 @@ class ContainerManager:
         """Follows the engine's die events in a thread; restarts the stream after an engine outage."""
         loop = asyncio.get_running_loop()
         while True:
+            # A second earlier than the last stream's end: the engine counts `since` in whole
+            # seconds, and a die seen twice is read once (on_container_died asks the engine).
+            since = int(self._follow_from) - 1
             try:
-                stream = await self._docker(self.driver.events, self.host_id)
+                stream = await self._docker(self.driver.events, self.host_id, since)
             except EngineUnavailable:
                 await asyncio.sleep(1.0)
                 continue
@@ -1111,6 +1119,7 @@ class ContainerManager:
                 while (container_id := await died.get()) is not None:
                     await self.on_container_died(container_id)
             finally:
+                self._follow_from = time.time()
                 self._watched_since = None
                 stream.close()
             await asyncio.sleep(1.0)
