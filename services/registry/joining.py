@@ -55,7 +55,7 @@ class JoinHandler:
                 "ask the operator to enroll with --credentials-out instead",
                 status=503,
             )
-        async with self.claims.claiming(("nkey", req.nkey)):
+        async with self.claims.claiming("nkey", req.nkey):
             self._refuse_taken_key(host_id, req.nkey)
             now = await self.store.log_clock()
             outcome = await decide_on_host(

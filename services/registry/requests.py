@@ -61,7 +61,7 @@ class HostRequests:
         req = RegisterHost.model_validate_json(payload)
         key = self.ssh_keys.blob(req.ssh_host_key)
         try:
-            async with self.claims.claiming(("ssh_host_key", key)) if key else contextlib.nullcontext():
+            async with self.claims.claiming("ssh_host_key", key) if key else contextlib.nullcontext():
                 if key:
                     self.ssh_keys.refuse_taken(host_id, key)
                 outcome = await decide_on_host(

@@ -20,9 +20,11 @@ from potluck.contracts.messages import ControlHost, RegisterHost
 from potluck.events import EventStore, ensure_streams
 from potluck.kernel.rejections import Rejected
 from potluck.kernel.ssh_identity import load_or_create_key, public_key_line
+from potluck.kernel.ssh_wire import public_key_blob
 from potluck.localstack import NatsServer
 from potluck.readmodels.hosts import HostsView
 from potluck.registry import host as aggregate
+from potluck.registry.claims import CLAIMS_LOCK_CLASS, claim_name
 from potluck.registry.enrollment import enroll_host
 from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.liveness import LivenessPolicy
@@ -125,3 +127,65 @@ async def test_two_claims_of_one_new_key_at_once_record_one(
     assert [r.code for r in refusals] == ["SSH_KEY_TAKEN"], outcomes
     recorded = [await _registered_keys(store, host) for host in (a, b)]
     assert sorted(len(keys) for keys in recorded) == [0, 1], recorded
+
+
+async def test_two_replicas_claiming_one_new_key_at_once_record_one(
+    store: EventStore, database_url: str, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Tried: two replicas of the registry (each its own pool of connections, its own view), and
+    at the same moment one registration of a key no one holds on each, from two enrolled
+    machines; five rounds, a new key each. Before: each replica's claims took turns only in their
+    own process, so both checks found no holder and both registrations were recorded. Must hold:
+    every round records exactly one and refuses the other SSH_KEY_TAKEN."""
+    other = await EventStore.open(database_url, max_size=5, migrate=False)
+    try:
+        async with (
+            registry_requests(store, nats_server) as (first, follow_first),
+            registry_requests(other, nats_server) as (second, follow_second),
+        ):
+            follow_first()
+            follow_second()
+            for round_ in range(5):
+                a, _ = await enroll_host(store, f"laptop-a{round_}")
+                b, _ = await enroll_host(store, f"laptop-b{round_}")
+                key = public_key_line(load_or_create_key(tmp_path / f"key{round_}", comment="copied"))
+                async with asyncio.timeout(20):
+                    outcomes = await asyncio.gather(
+                        first.register(a, _registration(key)),
+                        second.register(b, _registration(key)),
+                        return_exceptions=True,
+                    )
+                refusals = [o for o in outcomes if isinstance(o, Rejected)]
+                assert [r.code for r in refusals] == ["SSH_KEY_TAKEN"], (round_, outcomes)
+                recorded = [await _registered_keys(store, host) for host in (a, b)]
+                assert sorted(len(keys) for keys in recorded) == [0, 1], (round_, recorded)
+    finally:
+        await other.close()
+
+
+async def test_a_claim_behind_another_replicas_held_turn_waits_then_is_refused_busy(
+    store: EventStore, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Tried: another replica holds a key's turn (its advisory lock, in an open transaction)
+    longer than a claim may wait (0.5 s here), and a registration of that key comes meanwhile;
+    then the turn is let go and the registration sent again. Must hold: the first answer is
+    BUSY 503 saying to try again, after at least the wait, with nothing recorded and the store's
+    connections all back; the second is recorded."""
+    a, _ = await enroll_host(store, "laptop-a")
+    key = public_key_line(load_or_create_key(tmp_path / "key", comment="potluck-hostd"))
+    name = claim_name("ssh_host_key", public_key_blob(key))
+    async with registry_requests(store, nats_server) as (requests, follow):
+        follow()
+        requests.claims.catch_up_s = 0.5
+        async with store.pool.acquire() as holder, holder.transaction():
+            await holder.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", CLAIMS_LOCK_CLASS, name)
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(Rejected) as refused:
+                await requests.register(a, _registration(key))
+            waited = asyncio.get_running_loop().time() - started
+        assert (refused.value.code, refused.value.status) == ("BUSY", 503), refused.value
+        assert "try again" in refused.value.message
+        assert waited >= 0.5
+        assert await _registered_keys(store, a) == []
+        assert store.pool.get_idle_size() == store.pool.get_size()
+        assert (await requests.register(a, _registration(key)))["recorded"] == ["HostRegistered"]
