@@ -128,8 +128,12 @@ async def test_an_upload_whose_session_is_lost_leaves_no_temporary_directory(
         for at in range(0, MiB, 64 * 1024):
             process.write(stream[at : at + 64 * 1024])
             await asyncio.sleep(0.01)
-        names = await _left_in_dst(bridge, running)
-        assert [n[:12] for n in names] == [".potluck-cp."], names  # it was unpacking
+        # It is unpacking: under load the copy's script may not have made its directory yet
+        # (seen in a full run), so the test waits for it rather than reading once.
+        async with asyncio.timeout(EXEC_WAIT_S):
+            while not (names := await _left_in_dst(bridge, running)):
+                await asyncio.sleep(0.05)
+        assert [n[:12] for n in names] == [".potluck-cp."], names
         await process.terminate()
     finally:
         process.close()
