@@ -31,7 +31,7 @@ if TYPE_CHECKING:
         UnsupportedSchemaVersion,
         WrongExpectedVersion,
     )
-    from potluck.events.follower import TRANSIENT_DB_ERRORS, LogFollower
+    from potluck.events.follower import TRANSIENT_DB_ERRORS, LogFollower, database_away
     from potluck.events.ids import event_id_for
     from potluck.events.projection import (
         Fold,
@@ -74,6 +74,7 @@ _HOME: dict[str, str] = {
     "WrongExpectedVersion": "errors",
     "LogFollower": "follower",
     "TRANSIENT_DB_ERRORS": "follower",
+    "database_away": "follower",
     "event_id_for": "ids",
     "Fold": "projection",
     "Projection": "projection",
@@ -137,6 +138,7 @@ __all__ = [
     "UnsupportedSchemaVersion",
     "VersionedProjection",
     "WrongExpectedVersion",
+    "database_away",
     "decide_and_append",
     "decode_or_skip",
     "ensure_streams",

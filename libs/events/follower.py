@@ -16,6 +16,7 @@ import structlog
 
 from potluck.events.schema import RecordedEvent
 from potluck.events.store import NOTIFY_CHANNEL, EventStore
+from potluck.kernel.raised_in import raised_in
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +34,19 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     # connection in tests/e2e/test_database_outage.py; it ended the registry.
     asyncpg.InternalClientError,
 )
+
+#: asyncpg's own among them: the database connection's, whatever raised them.
+_RAISED_BY_ASYNCPG = tuple(e for e in TRANSIENT_DB_ERRORS if e.__module__.startswith("asyncpg."))
+
+
+def database_away(exc: BaseException) -> bool:
+    """Whether `exc` means the event log's database is away for now: one of TRANSIENT_DB_ERRORS
+    that asyncpg raised (its own, or an OSError or a timeout out of its calls). The same OSError
+    out of a file the process writes (a full disk, a path that is a file) is the process's own
+    failure, which a handler answering "the log is away, ask again" would hide from its operator."""
+    if isinstance(exc, _RAISED_BY_ASYNCPG):
+        return True
+    return isinstance(exc, TRANSIENT_DB_ERRORS) and raised_in(exc, ("asyncpg",))
 
 
 class LogFollower:

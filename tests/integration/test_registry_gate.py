@@ -6,6 +6,7 @@ log has the traceback under that id. The event log away is LOG_UNAVAILABLE: no b
 traceback, and logged sparingly, since every host asks again until it is back.
 """
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from potluck.contracts.subjects import inbox_prefix
 from potluck.events.replies import ReplyGuard
 from potluck.kernel.key_rates import KeyRates, RatePolicy
 from potluck.localstack import NatsServer
+from potluck.localstack.ports import free_port
 from potluck.registry.replies import HostHandler, HostRequestGate
 from tests.fixtures.servers import connect_client
 
@@ -83,3 +85,65 @@ async def test_a_bug_is_internal_with_an_incident_and_a_database_away_is_not_now
     assert 1 <= len(logged) <= 10 + took + 1, (len(logged), took)
     assert not any(line.get("exc_info") for line in logged), logged
     assert gate.log_away == 30
+
+
+async def test_an_os_error_or_timeout_of_the_registrys_own_is_internal_not_the_log_away(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Tried: handlers failing with the classes a database away raises, from four places: the
+    users file written under a path that is a file (NotADirectoryError, an OSError), a wait of
+    the handler's own cut off (asyncio's TimeoutError), Postgres refusing the connection on a
+    loopback port nothing listens on (ConnectionRefusedError out of asyncpg), and a NATS
+    request no one answers (NATS's TimeoutError). Before, the first two were LOG_UNAVAILABLE,
+    logged as "the pool's Postgres is stopped" without a traceback, so an unwritable users file
+    looked like a database outage. Must hold: the first two are INTERNAL, each logged with its
+    traceback under its incident; the last two are LOG_UNAVAILABLE, no traceback."""
+    gate = HostRequestGate(ReplyGuard("registry"), KeyRates(RatePolicy(per_s=1000.0, burst=1000)))
+    (tmp_path / "auth").write_text("a file where a directory is expected\n")
+    port = free_port()
+    bus = await connect_client(nats_server.url)
+    await bus.subscribe("test.silent", cb=_never_answer)
+
+    async def unwritable_file(host_id: str, payload: bytes) -> dict[str, object]:
+        (tmp_path / "auth" / "users.json").write_text("{}")
+        return {}
+
+    async def own_wait_cut_off(host_id: str, payload: bytes) -> dict[str, object]:
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(1)
+        return {}
+
+    async def database_refused(host_id: str, payload: bytes) -> dict[str, object]:
+        await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/potluck", timeout=5)
+        return {}
+
+    async def bus_silent(host_id: str, payload: bytes) -> dict[str, object]:
+        await bus.request("test.silent", b"", timeout=0.2)
+        return {}
+
+    try:
+        answers = {}
+        with capture_logs() as logs:
+            for handler in (unwritable_file, own_wait_cut_off, database_refused, bus_silent):
+                [answers[handler.__name__]] = await _ask(nats_server, gate, handler, 1)
+    finally:
+        await bus.close()
+    codes = {name: reply.error["code"] if reply.error else None for name, reply in answers.items()}
+    assert codes == {
+        "unwritable_file": "INTERNAL",
+        "own_wait_cut_off": "INTERNAL",
+        "database_refused": "LOG_UNAVAILABLE",
+        "bus_silent": "LOG_UNAVAILABLE",
+    }, answers
+    failed = [line for line in logs if line["event"] == "registry.request_failed"]
+    incidents = [(answers[name].error or {})["incident"] for name in ("unwritable_file", "own_wait_cut_off")]
+    assert [line["incident"] for line in failed] == incidents, failed
+    assert all(line.get("exc_info") for line in failed), failed
+    away = [line for line in logs if line["event"] == "registry.log_unavailable"]
+    assert len(away) == 2, away
+    assert not any(line.get("exc_info") for line in away), away
+    assert gate.log_away == 2
+
+
+async def _never_answer(msg: object) -> None:
+    """A responder that takes a request and says nothing."""
