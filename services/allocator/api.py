@@ -62,7 +62,7 @@ from potluck.allocator.web import setup as setup_pages
 from potluck.allocator.web.log_tail import LogSource
 from potluck.allocator.web.origins import Site
 from potluck.contracts.registry import TOKEN_PATH
-from potluck.events import TRANSIENT_DB_ERRORS
+from potluck.events import database_away
 from potluck.kernel.client_address import client_of
 from potluck.kernel.key_rates import RatePolicy
 from potluck.kernel.rejections import Rejected, new_incident
@@ -104,7 +104,7 @@ def ok(model: BaseModel, status: int = 200) -> web.Response:
 
 def _log_unavailable(request: web.Request, method: str, exc: BaseException) -> web.Response:
     outage = log_outage(method, exc)
-    assert outage is not None, "every transient database error is an outage of the log"
+    assert outage is not None, "the database away is an outage of the log"
     log.warning(
         "api.log_unavailable", method=request.method, path=request.path, code=outage.code, error=repr(exc)
     )
@@ -123,8 +123,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return response
     except Rejected as exc:
         return error(exc.status, exc.code, exc.message, exc.field)
-    except TRANSIENT_DB_ERRORS as exc:
-        return _log_unavailable(request, request.method, exc)
     except LogUnreadable as exc:
         # Reading the log to know who holds a token changes nothing, whatever the method.
         return _log_unavailable(request, "GET", exc.cause)
@@ -147,7 +145,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status == 413:
             return error(413, "BODY_TOO_LARGE", f"the body is larger than {MAX_BODY // 1024} KiB")
         raise
-    except Exception:
+    except Exception as exc:
+        if database_away(exc):  # not any OSError: one of the allocator's own is a bug to see
+            return _log_unavailable(request, request.method, exc)
         # The id lets the user's report find the operator's log line; the detail stays there.
         incident = new_incident()
         log.exception("api.unhandled", method=request.method, path=request.path, incident=incident)

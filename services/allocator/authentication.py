@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import structlog
 
 from potluck.allocator.users import User, UsersView
-from potluck.events import TRANSIENT_DB_ERRORS
+from potluck.events import database_away
 
 __all__ = ["TOKEN_SHAPE", "Authenticator", "FailureWindow", "Locked", "LogUnreadable", "as_given"]
 
@@ -169,7 +169,7 @@ class Authenticator:
         except Exception:
             # The task's own failure, not the wait's: asyncio's timeout is a TimeoutError too.
             failure = task.exception() if task.done() and not task.cancelled() else None
-            if isinstance(failure, TRANSIENT_DB_ERRORS):
+            if failure is not None and database_away(failure):
                 raise LogUnreadable(failure) from failure
             # A catch-up slower than CATCH_UP_S (a long log, a loaded machine) leaves the token
             # unknown: a 401 and a counted failure, or a guesser would keep catch-ups going

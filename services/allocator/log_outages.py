@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from potluck.events import TRANSIENT_DB_ERRORS
+from potluck.events import database_away
 
 __all__ = ["LOG_OUTAGE_RETRY_AFTER_S", "LogOutage", "log_outage"]
 
@@ -48,8 +48,9 @@ class LogOutage:
 
 def log_outage(method: str, exc: BaseException) -> LogOutage | None:
     """The answer to a `method` request that failed with `exc`; None: `exc` is no outage of
-    the event log (a bug, answered as such)."""
-    if not isinstance(exc, TRANSIENT_DB_ERRORS):
+    the event log (a bug, answered as such), whatever its class: an OSError or a timeout is the
+    database's only when raised through asyncpg (`database_away`)."""
+    if not database_away(exc):
         return None
     if method.upper() in _READS or isinstance(exc, _NEVER_REACHED):
         return LogOutage(

@@ -8,7 +8,9 @@ concurrent well-shaped unknown tokens share one catch-up.
 """
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
+import asyncpg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,6 +18,7 @@ from hypothesis import strategies as st
 from potluck.allocator.authentication import Authenticator, FailureWindow, LogUnreadable
 from potluck.allocator.users import UsersView, add_user
 from potluck.contracts.allocation_events import Quota
+from potluck.localstack.ports import free_port
 
 
 def test_an_address_is_locked_after_the_limit_until_failures_age_out() -> None:
@@ -92,21 +95,40 @@ async def test_a_catch_up_that_hangs_leaves_the_token_unknown_and_counts_a_failu
     assert auth.failures.locked("a", auth.clock()) is not None
 
 
+async def _database_refuses() -> None:
+    """What asyncpg raises for a Postgres that does not listen: a loopback port nothing
+    listens on (no server needed)."""
+    await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{free_port()}/potluck", timeout=5)
+
+
+async def _connection_lost() -> None:
+    raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+
+async def _database_starting() -> None:
+    raise asyncpg.exceptions.CannotConnectNowError("the database system is starting up")
+
+
 @pytest.mark.parametrize(
-    "error", [ConnectionRefusedError("refused"), ConnectionResetError("reset"), TimeoutError("connect")]
+    ("fail", "raised_class"),
+    [
+        (_database_refuses, ConnectionRefusedError),
+        (_connection_lost, asyncpg.exceptions.ConnectionDoesNotExistError),
+        (_database_starting, asyncpg.exceptions.CannotConnectNowError),
+    ],
+    ids=["refused", "lost", "starting"],
 )
-async def test_a_catch_up_the_database_fails_is_no_verdict_on_the_token(error: Exception) -> None:
+async def test_a_catch_up_the_database_fails_is_no_verdict_on_the_token(
+    fail: Callable[[], Awaitable[None]], raised_class: type[Exception]
+) -> None:
     """Tried: a well-shaped unknown token while the log's database is away (the catch-up fails
     with what asyncpg raises then), from an address one failure from its lockout.
     Must hold: LogUnreadable carrying the database's error (the API's 503 LOG_UNAVAILABLE), not
     "no such user" (a 401 telling a user added just before the outage that their token is not
     valid); no failure is counted, so the address is not locked out."""
-
-    async def fail() -> None:
-        raise error
-
     auth = Authenticator(UsersView(), fail, failures=FailureWindow(limit=1))
     with pytest.raises(LogUnreadable) as raised:
         await auth.authenticate("a", "pl_" + "C" * 43)
-    assert raised.value.cause is error
+    assert type(raised.value.cause) is raised_class
+    assert raised.value.__cause__ is raised.value.cause
     assert auth.failures.locked("a", auth.clock()) is None

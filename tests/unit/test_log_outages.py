@@ -4,12 +4,21 @@ import asyncpg
 import pytest
 
 from potluck.allocator.log_outages import log_outage
+from potluck.localstack.ports import free_port
+
+
+async def _refused_by_the_database() -> OSError:
+    """The ConnectionRefusedError asyncpg raises for a Postgres that does not listen (a loopback
+    port nothing listens on: no server needed)."""
+    with pytest.raises(ConnectionRefusedError) as refused:
+        await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{free_port()}/potluck", timeout=5)
+    return refused.value
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "DELETE"])
-def test_a_database_never_reached_did_nothing_whatever_the_method(method: str) -> None:
+async def test_a_database_never_reached_did_nothing_whatever_the_method(method: str) -> None:
     for exc in (
-        ConnectionRefusedError(111, "refused"),
+        await _refused_by_the_database(),
         asyncpg.exceptions.CannotConnectNowError("shutting down"),
     ):
         outage = log_outage(method, exc)
@@ -28,7 +37,7 @@ def test_a_change_that_lost_its_connection_may_have_been_made(method: str) -> No
 
 
 def test_a_read_that_lost_its_connection_did_nothing() -> None:
-    outage = log_outage("GET", ConnectionResetError(104, "reset"))
+    outage = log_outage("GET", asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"))
     assert outage is not None
     assert outage.code == "LOG_UNAVAILABLE"
 
@@ -36,3 +45,23 @@ def test_a_read_that_lost_its_connection_did_nothing() -> None:
 def test_a_bug_is_no_outage() -> None:
     assert log_outage("POST", KeyError("x")) is None
     assert log_outage("GET", ValueError("x")) is None
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+@pytest.mark.parametrize(
+    "own",
+    [OSError(28, "No space left on device"), ConnectionRefusedError(111, "refused"), TimeoutError()],
+    ids=["disk-full", "refused-elsewhere", "own-timeout"],
+)
+def test_an_os_error_or_timeout_of_the_allocators_own_is_no_outage(own: OSError) -> None:
+    """Tried: the classes asyncpg raises for the database away, raised by the allocator's own
+    code (a full disk, a refused connection elsewhere, a timeout of its own). Must hold: none is
+    an outage of the log (before, each was answered 503 "the event log cannot be reached"
+    and logged without a traceback)."""
+    with pytest.raises(OSError) as raised:  # noqa: PT011 - which one is the parameter's
+        _raise(own)
+    assert log_outage("POST", raised.value) is None
+    assert log_outage("GET", raised.value) is None
