@@ -113,6 +113,11 @@ def _log_unavailable(request: web.Request, method: str, exc: BaseException) -> w
     return response
 
 
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -146,6 +151,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             return error(413, "BODY_TOO_LARGE", f"the body is larger than {MAX_BODY // 1024} KiB")
         raise
     except Exception as exc:
+        if isinstance(exc, ConnectionError) and _client_gone(request):
+            # The client closed its connection mid-request (its body cut off): no bug, and no
+            # one reads an answer, which aiohttp drops quietly.
+            log.info("api.client_gone", method=request.method, path=request.path, error=repr(exc))
+            return error(400, "CLIENT_GONE", "the connection closed before the request was read")
         if database_away(exc):  # not any OSError: one of the allocator's own is a bug to see
             return _log_unavailable(request, request.method, exc)
         # The id lets the user's report find the operator's log line; the detail stays there.
