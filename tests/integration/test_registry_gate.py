@@ -18,8 +18,8 @@ from potluck.contracts.subjects import inbox_prefix
 from potluck.events.replies import ReplyGuard
 from potluck.kernel.key_rates import KeyRates, RatePolicy
 from potluck.localstack import NatsServer
-from potluck.localstack.ports import free_port
 from potluck.registry.replies import HostHandler, HostRequestGate
+from tests.fixtures.refused_database import connect_to_no_database
 from tests.fixtures.servers import connect_client
 
 HOST = "h-0123456789ab"
@@ -100,7 +100,6 @@ async def test_an_os_error_or_timeout_of_the_registrys_own_is_internal_not_the_l
     traceback under its incident; the last two are LOG_UNAVAILABLE, no traceback."""
     gate = HostRequestGate(ReplyGuard("registry"), KeyRates(RatePolicy(per_s=1000.0, burst=1000)))
     (tmp_path / "auth").write_text("a file where a directory is expected\n")
-    port = free_port()
     bus = await connect_client(nats_server.url)
     await bus.subscribe("test.silent", cb=_never_answer)
 
@@ -114,7 +113,7 @@ async def test_an_os_error_or_timeout_of_the_registrys_own_is_internal_not_the_l
         return {}
 
     async def database_refused(host_id: str, payload: bytes) -> dict[str, object]:
-        await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/potluck", timeout=5)
+        await connect_to_no_database()
         return {}
 
     async def bus_silent(host_id: str, payload: bytes) -> dict[str, object]:

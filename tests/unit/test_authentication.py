@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from potluck.allocator.authentication import Authenticator, FailureWindow, LogUnreadable
 from potluck.allocator.users import UsersView, add_user
 from potluck.contracts.allocation_events import Quota
-from potluck.localstack.ports import free_port
+from tests.fixtures.refused_database import connect_to_no_database
 
 
 def test_an_address_is_locked_after_the_limit_until_failures_age_out() -> None:
@@ -95,12 +95,6 @@ async def test_a_catch_up_that_hangs_leaves_the_token_unknown_and_counts_a_failu
     assert auth.failures.locked("a", auth.clock()) is not None
 
 
-async def _database_refuses() -> None:
-    """What asyncpg raises for a Postgres that does not listen: a loopback port nothing
-    listens on (no server needed)."""
-    await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{free_port()}/potluck", timeout=5)
-
-
 async def _connection_lost() -> None:
     raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
 
@@ -112,7 +106,7 @@ async def _database_starting() -> None:
 @pytest.mark.parametrize(
     ("fail", "raised_class"),
     [
-        (_database_refuses, ConnectionRefusedError),
+        (connect_to_no_database, ConnectionRefusedError),
         (_connection_lost, asyncpg.exceptions.ConnectionDoesNotExistError),
         (_database_starting, asyncpg.exceptions.CannotConnectNowError),
     ],

@@ -4,14 +4,12 @@ import asyncpg
 import pytest
 
 from potluck.allocator.log_outages import log_outage
-from potluck.localstack.ports import free_port
+from tests.fixtures.refused_database import connect_to_no_database
 
 
 async def _refused_by_the_database() -> OSError:
-    """The ConnectionRefusedError asyncpg raises for a Postgres that does not listen (a loopback
-    port nothing listens on: no server needed)."""
     with pytest.raises(ConnectionRefusedError) as refused:
-        await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{free_port()}/potluck", timeout=5)
+        await connect_to_no_database()
     return refused.value
 
 
