@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from potluck.events import EventStore, Fold
 from potluck.kernel.rejections import Rejected
 
-__all__ = ["CATCH_UP_S", "CLAIMS_LOCK_CLASS", "Claims", "claim_name"]
+__all__ = ["CATCH_UP_S", "CLAIMS_LOCK_CLASS", "TAKE_TURN", "Claims", "claim_name"]
 
 #: How long a claim waits for its turn and for the view to fold the log; a host's request times
 #: out soon after.
@@ -33,6 +33,8 @@ CATCH_UP_S = 5.0
 #: The first half of every claim's advisory lock (the second is its key's hash): apart from the
 #: pool's other advisory locks (one-bigint ones: the relay's, the migrations', the archiver's).
 CLAIMS_LOCK_CLASS = 0x504C4B43  # "PLKC"
+#: Takes a claim's turn (its class, its name): held until the transaction ends.
+TAKE_TURN = "SELECT pg_advisory_xact_lock($1, hashtext($2))"
 
 #: Claims of different keys under way at once in this process: each holds one of the store's
 #: connections for its turn, and must leave the rest to the appends and reads it waits on.
@@ -67,9 +69,7 @@ class Claims:
                 async with asyncio.timeout(self.catch_up_s):
                     # Released with the transaction: at its commit after the append, or its
                     # rollback, or by the server when the connection drops.
-                    await conn.execute(
-                        "SELECT pg_advisory_xact_lock($1, hashtext($2))", CLAIMS_LOCK_CLASS, name
-                    )
+                    await conn.execute(TAKE_TURN, CLAIMS_LOCK_CLASS, name)
                     await self.fold.caught_up_with(self.store, timeout=self.catch_up_s)
             except TimeoutError:
                 raise Rejected(

@@ -24,7 +24,7 @@ from potluck.kernel.ssh_wire import public_key_blob
 from potluck.localstack import NatsServer
 from potluck.readmodels.hosts import HostsView
 from potluck.registry import host as aggregate
-from potluck.registry.claims import CLAIMS_LOCK_CLASS, claim_name
+from potluck.registry.claims import CLAIMS_LOCK_CLASS, TAKE_TURN, claim_name
 from potluck.registry.enrollment import enroll_host
 from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.liveness import LivenessPolicy
@@ -178,7 +178,7 @@ async def test_a_claim_behind_another_replicas_held_turn_waits_then_is_refused_b
         follow()
         requests.claims.catch_up_s = 0.5
         async with store.pool.acquire() as holder, holder.transaction():
-            await holder.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", CLAIMS_LOCK_CLASS, name)
+            await holder.execute(TAKE_TURN, CLAIMS_LOCK_CLASS, name)
             started = asyncio.get_running_loop().time()
             with pytest.raises(Rejected) as refused:
                 await requests.register(a, _registration(key))
