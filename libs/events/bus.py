@@ -58,6 +58,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from potluck.events.schema import RecordedEvent
+from potluck.kernel.raised_in import raised_in
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +74,19 @@ TRANSIENT_BUS_ERRORS: tuple[type[BaseException], ...] = (
     NoStreamResponseError,
     asyncio.TimeoutError,
 )
+
+#: NATS's own among them: the bus's, whatever raised them.
+_RAISED_BY_NATS = tuple(e for e in TRANSIENT_BUS_ERRORS if e.__module__.startswith("nats."))
+
+
+def bus_away(exc: BaseException) -> bool:
+    """Whether `exc` means the bus is away for now: NATS's own transient errors, or an OSError
+    or a timeout raised through nats-py's calls (a timeout of the process's own is not; see
+    potluck.events.database_away, the same reading for the database)."""
+    if isinstance(exc, _RAISED_BY_NATS):
+        return True
+    return isinstance(exc, OSError | TimeoutError) and raised_in(exc, ("nats",))
+
 
 #: What JetStream answers (or fails to) while it is not ready for a stream request yet: a
 #: cluster forming a replicated stream's raft group, a leader being elected, a server starting.

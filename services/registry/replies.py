@@ -26,7 +26,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import nats.errors
 import structlog
 from nats.aio.msg import Msg
 from pydantic import ValidationError
@@ -34,9 +33,9 @@ from pydantic import ValidationError
 from potluck.contracts.messages import Reply
 from potluck.contracts.subjects import host_of, inbox_prefix, join_inbox_prefix
 from potluck.events import database_away
+from potluck.events.bus import bus_away
 from potluck.events.replies import REFUSAL_LOG_RATE, ReplyGuard
 from potluck.kernel.key_rates import KeyRates
-from potluck.kernel.raised_in import raised_in
 from potluck.kernel.rejections import Rejected, first_error, internal_error, new_incident
 from potluck.registry.host_rate import log_refusal
 
@@ -60,23 +59,12 @@ async def answer(msg: Msg, reply: Reply, guard: ReplyGuard, inbox: str, *, reque
     await guard.respond(msg, reply.model_dump_json().encode(), inbox, requester=requester)
 
 
-#: NATS's own errors that mean the bus is away for now (a reply not come, the connection lost).
-_BUS_AWAY: tuple[type[BaseException], ...] = (
-    nats.errors.TimeoutError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.NoServersError,
-    nats.errors.StaleConnectionError,
-)
-
-
 def log_or_bus_away(exc: BaseException) -> bool:
     """Whether a handler's `exc` means the event log's database or the bus is away for now (so
     LOG_UNAVAILABLE: ask again): asyncpg's or NATS's errors, or an OSError or a timeout raised
     through their calls. One out of the registry's own work (the users file not written: a full
     disk, a path that is a file) is a failure an operator must see, with its traceback."""
-    if database_away(exc) or isinstance(exc, _BUS_AWAY):
-        return True
-    return isinstance(exc, OSError | TimeoutError) and raised_in(exc, ("nats",))
+    return database_away(exc) or bus_away(exc)
 
 
 class HostRequestGate:
