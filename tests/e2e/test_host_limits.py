@@ -343,7 +343,11 @@ async def test_the_engines_costly_count_of_a_layer_is_spaced_out_and_nothing_is_
 
         seen = len(_layer_counts(log_path, "walked"))
         more = driver.exec_run(cid, ["sh", "-c", "dd if=/dev/zero of=/g bs=1M count=30"])
-        assert more.exit_code == 0, more.output
+        # All of it written; the guard, checking every 0.5 s, may stop the container before the
+        # exec has returned (its shell killed: 137), as a full run saw. The stop's reason is
+        # what is checked below.
+        assert b"30+0 records out" in more.output, more.output
+        assert more.exit_code in (0, 137), more.output
         await wait_for_status(pool, "walked", "failed", timeout=30)
     state = await allocation(pool.store, "walked")
     assert state is not None
