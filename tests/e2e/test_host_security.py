@@ -697,8 +697,14 @@ async def test_a_hosts_key_can_neither_destroy_jetstream_nor_listen_beyond_its_o
     for durable in consumers:
         with contextlib.suppress(nats.js.errors.BadRequestError):  # the registry made it already
             await js.add_consumer(EVENTS_STREAM, durable_name=durable, filter_subject="potluck.evt.>")
+
+    async def every_stream_holds_messages() -> bool:
+        # The relay publishes `place()`'s events a moment after their append.
+        counts = [(await js.stream_info(s)).state.messages for s in streams]
+        return all(counts)
+
+    await wait_until(every_stream_holds_messages, "a message in every stream")
     before = {s: await js.stream_info(s) for s in streams}
-    assert all(info.state.messages > 0 for info in before.values()), before
     errors: list[str] = []
     as_a = await pool.client(a, errors=errors)
     heard: list[str] = []
