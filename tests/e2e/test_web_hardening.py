@@ -67,6 +67,9 @@ class Hardened:
         return self._shared[user]
 
     async def allocate(self, user: str) -> str:
+        """A new allocation of `user`'s, running: the pool records nothing more of it until it
+        ends, so a case that reads the log's head afterwards sees only what it does (a full run
+        read the head between the POST and the host's report that it runs)."""
         body = {
             "cpus": 0.5,
             "memory": "64M",
@@ -81,6 +84,13 @@ class Hardened:
         ):
             created: dict[str, Any] = await r.json()
             assert r.status in (201, 202), created
+        path = f"{self.api}/v1/allocations/{created['id']}"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(path, params={"wait": "running", "timeout": "30"}, headers=headers) as r,
+        ):
+            shown: dict[str, Any] = await r.json()
+            assert (r.status, shown.get("state")) == (200, "running"), shown
         return str(created["id"])
 
     async def head(self) -> int:
