@@ -246,13 +246,20 @@ async def _continue_if_known(request: web.Request) -> web.StreamResponse | None:
     """The API's answer to `Expect: 100-continue`: the body is invited only from a caller whose
     token the allocator knows, and only if it fits (continue_if_it_fits, which refuses one
     announced too large at once, whoever sends it). Any other caller gets no `100 Continue`:
-    auth_middleware answers it before any of its body is read (401; a token given out a moment
-    ago, not folded yet, is known after its catch-up, and its client sends the body once it
-    stops waiting for the invitation: curl after a second)."""
+    auth_middleware answers it before any of its body is read (401).
+
+    A token given out a moment ago, not folded yet, is known after the shared catch-up with the
+    log: it is waited for here (from an address not locked out), or the body was invited only
+    once the client stopped waiting for the invitation (curl: after a second). Nothing is
+    counted here; the middleware counts a token nobody holds once."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return await continue_if_it_fits(request)  # refused at once, whoever asks
     token = _bearer_token(request)
-    known = bool(token) and request.app[AUTH].known(token) is not None
-    too_large = request.content_length is not None and request.content_length > MAX_BODY
-    return await continue_if_it_fits(request) if known or too_large else None
+    auth = request.app[AUTH]
+    known = bool(token) and auth.known(token) is not None
+    if token and not known and auth.locked(client_of(request.remote)) is None:
+        known = await auth.known_once_caught_up(token) is not None
+    return await continue_if_it_fits(request) if known else None
 
 
 async def _token_user(request: web.Request, token: str) -> User | web.Response | None:

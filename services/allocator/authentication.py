@@ -26,6 +26,7 @@ Nothing is stored: the counts live in memory, bounded by `max_sources`.
 """
 
 import asyncio
+import contextlib
 import re
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -144,6 +145,17 @@ class Authenticator:
         """The user who holds `token` as the log is folded now: a lookup, nothing counted and
         no catch-up, so a locked-out address may still use a good token."""
         return self.users.authenticate(token)
+
+    async def known_once_caught_up(self, token: str) -> User | None:
+        """`known`, after the shared catch-up with the log when `token` is shaped like one and
+        unknown now (a user added a moment ago): nothing counted, and a log that cannot be read
+        leaves it unknown (`authenticate` then says so)."""
+        user = self.users.authenticate(token)
+        if user is None and TOKEN_SHAPE.fullmatch(token):
+            with contextlib.suppress(LogUnreadable):
+                await self._caught_up()
+            user = self.users.authenticate(token)
+        return user
 
     async def authenticate(self, source: str, token: str) -> User | None:
         """The token's user, or None (counted as a failure of `source`); `LogUnreadable` when
