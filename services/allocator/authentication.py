@@ -26,7 +26,6 @@ Nothing is stored: the counts live in memory, bounded by `max_sources`.
 """
 
 import asyncio
-import contextlib
 import re
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -150,23 +149,27 @@ class Authenticator:
         """`known`, after the shared catch-up with the log when `token` is shaped like one and
         unknown now (a user added a moment ago): nothing counted, and a log that cannot be read
         leaves it unknown (`authenticate` then says so)."""
-        user = self.users.authenticate(token)
-        if user is None and TOKEN_SHAPE.fullmatch(token):
-            with contextlib.suppress(LogUnreadable):
-                await self._caught_up()
-            user = self.users.authenticate(token)
-        return user
+        try:
+            return await self._looked_up(token)
+        except LogUnreadable:
+            return None
 
     async def authenticate(self, source: str, token: str) -> User | None:
         """The token's user, or None (counted as a failure of `source`); `LogUnreadable` when
         only the log could say, and it cannot be read now."""
+        user = await self._looked_up(token)
+        if user is None:
+            self.failures.failed(source, self.clock())
+            log.info("api.authentication_failed", source=source)
+        return user
+
+    async def _looked_up(self, token: str) -> User | None:
+        """The token's user, after the shared catch-up when it is shaped like one and unknown
+        now; `LogUnreadable` from the catch-up."""
         user = self.users.authenticate(token)
         if user is None and TOKEN_SHAPE.fullmatch(token):
             await self._caught_up()
             user = self.users.authenticate(token)
-        if user is None:
-            self.failures.failed(source, self.clock())
-            log.info("api.authentication_failed", source=source)
         return user
 
     async def _caught_up(self) -> None:
