@@ -249,9 +249,9 @@ async def _continue_if_known(request: web.Request) -> web.StreamResponse | None:
     auth_middleware answers it before any of its body is read (401).
 
     A token given out a moment ago, not folded yet, is known after the shared catch-up with the
-    log: it is waited for here (from an address not locked out), or the body was invited only
-    once the client stopped waiting for the invitation (curl: after a second). Nothing is
-    counted here; the middleware counts a token nobody holds once."""
+    log, which is waited for here (from an address not locked out): without it, such a client
+    sent its body only once it stopped waiting for an invitation (curl: after a second). Nothing
+    is counted here; the middleware counts a token nobody holds once."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         return await continue_if_it_fits(request)  # refused at once, whoever asks
     token = _bearer_token(request)
