@@ -22,6 +22,13 @@ from potluck.events import EventStore, LoggedEvent
 from potluck.kernel.cancellation import cancel_until_done, task_whereabouts
 
 
+async def answer_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
+    """The body of an HTTP answer whose `head` (through its blank line) was read from `reader`:
+    its Content-Length's bytes, on a connection the server may keep open after it."""
+    length = int(head.partition(b"Content-Length: ")[2].partition(b"\r\n")[0])
+    return await reader.readexactly(length)
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():

@@ -25,6 +25,7 @@ from tests.e2e.allocator_api import Api, small
 from tests.e2e.conftest import start_laptop
 from tests.fixtures.pool import Pool
 from tests.fixtures.weak_keys import DSA_KEY, RSA_1024_KEY
+from tests.helpers import answer_body
 
 
 @pytest.fixture(scope="module")
@@ -759,8 +760,7 @@ async def test_a_body_announced_too_large_is_refused_before_it_is_sent(erin: tup
             async with asyncio.timeout(10):
                 answer_head = await reader.readuntil(b"\r\n\r\n")
                 assert answer_head.startswith(b"HTTP/1.1 413 "), (path, answer_head)  # not 100 Continue
-                length = int(answer_head.partition(b"Content-Length: ")[2].partition(b"\r\n")[0])
-                answer = answer_head + await reader.readexactly(length)
+                answer = answer_head + await answer_body(reader, answer_head)
         finally:
             writer.close()
         assert b"Connection: close" in answer_head, (path, answer_head)
@@ -813,8 +813,7 @@ async def test_a_body_is_invited_only_from_a_caller_with_a_known_token(erin: tup
                 async with asyncio.timeout(10):
                     answer_head = await reader.readuntil(b"\r\n\r\n")
                     assert answer_head.startswith(b"HTTP/1.1 401 "), (path, authorization, answer_head)
-                    length = int(answer_head.partition(b"Content-Length: ")[2].partition(b"\r\n")[0])
-                    answer = await reader.readexactly(length)
+                    answer = await answer_body(reader, answer_head)
             finally:
                 writer.close()
             assert b'"UNAUTHENTICATED"' in answer, (path, authorization, answer)

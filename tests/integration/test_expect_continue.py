@@ -16,7 +16,7 @@ from potluck.allocator.engine import AllocatorEngine
 from potluck.allocator.users import add_user
 from potluck.contracts.allocation_events import Quota, user_stream
 from potluck.events import EventStore
-from tests.helpers import stop
+from tests.helpers import answer_body, stop
 
 #: How long the follower is held back once a request's head is sent, seconds: within the
 #: token lookup's catch-up bound (authentication.CATCH_UP_S, 2 s).
@@ -58,9 +58,8 @@ async def _expect_continue(port: int, token: str, body: bytes) -> tuple[bytes, b
             first = await reader.readuntil(b"\r\n\r\n")
         if first != b"HTTP/1.1 100 Continue\r\n\r\n":
             # Its answer's body only: the allocator lingers for the body it did not invite.
-            length = int(first.partition(b"Content-Length: ")[2].partition(b"\r\n")[0])
             async with asyncio.timeout(10):
-                return first, await reader.readexactly(length)
+                return first, await answer_body(reader, first)
         writer.write(body)
         async with asyncio.timeout(10):
             return first, await reader.read()
