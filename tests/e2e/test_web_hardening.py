@@ -78,19 +78,14 @@ class Hardened:
             "command": ["sleep", "600"],
         }
         headers = {"Authorization": f"Bearer {self.tokens[user]}"}
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(f"{self.api}/v1/allocations", json=body, headers=headers) as r,
-        ):
-            created: dict[str, Any] = await r.json()
-            assert r.status in (201, 202), created
-        path = f"{self.api}/v1/allocations/{created['id']}"
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(path, params={"wait": "running", "timeout": "30"}, headers=headers) as r,
-        ):
-            shown: dict[str, Any] = await r.json()
-            assert (r.status, shown.get("state")) == (200, "running"), shown
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.post(f"{self.api}/v1/allocations", json=body) as r:
+                created: dict[str, Any] = await r.json()
+                assert r.status in (201, 202), created
+            path = f"{self.api}/v1/allocations/{created['id']}"
+            async with http.get(path, params={"wait": "running", "timeout": "30"}) as r:
+                shown: dict[str, Any] = await r.json()
+                assert (r.status, shown.get("state")) == (200, "running"), shown
         return str(created["id"])
 
     async def head(self) -> int:
