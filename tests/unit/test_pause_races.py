@@ -2,6 +2,7 @@
 the policies are given calls that fail as the engine does, and what they return or raise is read."""
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -122,3 +123,24 @@ def test_an_exec_start_refused_as_paused_is_started_again_and_other_refusals_are
     with pytest.raises(Refused, match="not running"):
         asyncio.run(start(stopped))
     assert stopped.calls == 1
+
+
+def test_freezes_failing_slowly_stop_at_the_time_bound_before_the_attempts_run_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """runc fails a freeze only after trying for a while (0.4-1.2 s each on a loaded machine), so
+    twelve attempts a second apart could hold an owner policy's pause for over 20 s. Tried: a pause the engine
+    fails every time, each failure taking 50 ms, under a bound of 0.2 s (of 10 s in hostd).
+    Afterwards: the engine's own error was raised, well before FREEZE_ATTEMPTS calls (12 calls
+    take at least 0.6 s, so only the time bound can have ended them)."""
+    monkeypatch.setattr(pause_races, "FREEZE_WITHIN_S", 0.2)
+
+    class SlowlyFailing(Failing):
+        def __call__(self) -> str:
+            time.sleep(0.05)
+            return super().__call__()
+
+    call = SlowlyFailing(99, EngineFailed("unable to freeze"))
+    with pytest.raises(EngineFailed, match="unable to freeze"):
+        _freezing(call)
+    assert 1 <= call.calls <= 5 < pause_races.FREEZE_ATTEMPTS
