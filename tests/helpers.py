@@ -1,11 +1,13 @@
 """Small waiting and bookkeeping helpers shared by the tests."""
 
 import asyncio
+import json
 import os
 import signal
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 from uuid import UUID
@@ -27,6 +29,15 @@ async def answer_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
     its Content-Length's bytes, on a connection the server may keep open after it."""
     length = int(head.partition(b"Content-Length: ")[2].partition(b"\r\n")[0])
     return await reader.readexactly(length)
+
+
+def json_log(source: Path | str, event: str | None = None) -> list[dict[str, Any]]:
+    """The JSON lines of a service's log (its file, or text already read), in order, each parsed;
+    only those whose `event` is `event` when given. Other lines (a server's own words, a
+    traceback's) are passed over."""
+    text = source.read_text(errors="replace") if isinstance(source, Path) else source
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return lines if event is None else [line for line in lines if line.get("event") == event]
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

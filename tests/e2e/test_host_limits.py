@@ -4,7 +4,6 @@ import asyncio
 import ctypes
 import io
 import itertools
-import json
 import os
 import tarfile
 import time
@@ -38,7 +37,7 @@ from tests.e2e.conftest import start_laptop, wait_for_status
 from tests.e2e.syscall_probe import holder, probe, probe_i386
 from tests.fixtures.docker import container_spec
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
-from tests.helpers import wait_until
+from tests.helpers import json_log, wait_until
 
 VOLUME_IMAGE = "potluck-volume:1"
 VOLUME_FILES_IMAGE = "potluck-volume-files:1"
@@ -271,14 +270,11 @@ async def test_filling_the_members_disk_with_empty_directories_and_files_stops_t
 def _layer_counts(log_path: Path, alloc_id: str) -> list[tuple[datetime, int, float]]:
     """hostd's counts of the allocation's layer entries, from its log: when each ended, how
     many entries it found, how long it took."""
-    counts = []
-    for line in log_path.read_text().splitlines():
-        if '"hostd.layer_counted"' in line:
-            entry = json.loads(line)
-            if entry.get("alloc_id") == alloc_id:
-                ended = datetime.fromisoformat(entry["timestamp"])
-                counts.append((ended, int(entry["entries"]), float(entry["seconds"])))
-    return counts
+    return [
+        (datetime.fromisoformat(entry["timestamp"]), int(entry["entries"]), float(entry["seconds"]))
+        for entry in json_log(log_path, "hostd.layer_counted")
+        if entry.get("alloc_id") == alloc_id
+    ]
 
 
 async def _counted(

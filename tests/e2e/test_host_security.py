@@ -3,12 +3,10 @@ the services answer it anywhere but in its own inbox."""
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import aiohttp
 import docker
@@ -43,6 +41,7 @@ from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.registry.service import REQUEST_RATE
 from tests.e2e.conftest import start_laptop, wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, release, spec
+from tests.helpers import json_log
 
 
 @pytest.fixture
@@ -351,19 +350,17 @@ async def test_a_host_flooding_reports_and_poison_does_not_flood_the_services_lo
         mark = EngineStatus(available=True, detail="engine of A is back").model_dump_json().encode()
         await as_a.jetstream().publish(f"potluck.report.{a.host_id}.engine", mark)
 
-        def logged() -> list[dict[str, Any]]:
-            lines = (pool.workdir / "allocator.log").read_text(errors="replace").splitlines()
-            return [json.loads(line) for line in lines if line.startswith("{")]
+        allocator_log = pool.workdir / "allocator.log"
 
         async def a_logged() -> bool:
-            return any(e.get("detail") == "engine of A is back" for e in logged())
+            return any(e.get("detail") == "engine of A is back" for e in json_log(allocator_log))
 
         await wait_until(a_logged, "A's engine report in the allocator's log")
     finally:
         await as_a.close()
         await as_b.close()
         await services.close()
-    entries = logged()
+    entries = json_log(allocator_log)
     b_engine = [
         e for e in entries if e.get("event") == "allocator.host_engine" and e.get("host_id") == b.host_id
     ]

@@ -58,11 +58,11 @@ from potluck.registry.nats_auth import new_user_key, public_key_of
 from potluck.registry.repository import decide_on_host
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
 from tests.fixtures.registrations import registration
+from tests.helpers import json_log
 
 
 def _allocator_log(pool: Pool) -> list[dict[str, Any]]:
-    lines = (pool.workdir / "allocator.log").read_text(errors="replace").splitlines()
-    return [json.loads(line) for line in lines if line.startswith("{")]
+    return json_log(pool.workdir / "allocator.log")
 
 
 async def _wait(predicate: Any, what: str, pool: Pool, timeout: float = 30) -> None:

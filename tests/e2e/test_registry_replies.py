@@ -44,6 +44,7 @@ from potluck.sshgateway.projection import GatewayView, key_blob
 from tests.fixtures.pool import Pool
 from tests.fixtures.registrations import registration
 from tests.fixtures.servers import connect_client
+from tests.helpers import json_log
 
 
 @pytest.mark.slow
@@ -76,11 +77,7 @@ async def test_a_registry_whose_database_is_away_says_not_now_and_never_the_exce
         assert "ask again" in message, message
         for leak in ("Error", "Exception", "(", str(own_postgres.port), "asyncpg", "Traceback"):
             assert leak not in message, (leak, message)
-        log_lines = [
-            json.loads(line)
-            for line in pool.processes["registry"].log_tail(2000).splitlines()
-            if line.startswith("{") and "registry.log_unavailable" in line
-        ]
+        log_lines = json_log(pool.processes["registry"].log_tail(2000), "registry.log_unavailable")
         assert log_lines, pool.logs()
         assert not any(line.get("exception") for line in log_lines), log_lines
         assert "registry.request_failed" not in pool.processes["registry"].log_tail(2000)

@@ -2,7 +2,6 @@
 with its event log or its NATS not where the settings say: what the operator reads and can do."""
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from potluck.localstack import free_port
 from tests.fixtures.pool import Pool
+from tests.helpers import json_log
 
 
 def service_env(database_url: str, tmp_path: Path) -> dict[str, str]:
@@ -94,8 +94,7 @@ async def test_an_allocator_that_cannot_listen_says_so_in_one_line_without_a_tra
     assert allocator.exit_code() == 1, allocator.log_tail(20)
     text = allocator.log_path.read_text()
     assert "Traceback" not in text, text[-3000:]
-    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-    [failed] = [line for line in lines if line["event"] == "allocator.failed"]
+    [failed] = json_log(text, "allocator.failed")
     assert failed["level"] == "error"
     assert f"cannot listen on 127.0.0.1:{port}" in failed["error"], failed
     assert text.splitlines()[-1].startswith(f"error: cannot listen on 127.0.0.1:{port}"), text[-1000:]

@@ -27,6 +27,7 @@ from potluck.localstack.process import ChildProcess
 from potluck.localstack.test_image import DEFAULT_TAG
 from tests.fixtures import ssh as ssh_fixtures
 from tests.fixtures.ssh import LINK_DISK_BOUND, FakeHost, PtySession, SshEnv
+from tests.helpers import json_log
 
 ssh_env = ssh_fixtures.ssh_env
 
@@ -304,11 +305,7 @@ async def test_sftp_in_an_image_without_sftp_server_says_the_engine_failed_in_po
             _no_engine_words(message, container_id)
             for words in (relay.path, relay.folder, "unix://", "POST", "/containers/", "Errno"):
                 assert words not in message, (words, message)
-        logged = [
-            json.loads(line)
-            for line in link.log_path.read_text(errors="replace").splitlines()
-            if '"helper_sftp.engine_failed"' in line
-        ]
+        logged = json_log(link.log_path, "helper_sftp.engine_failed")
         assert len(logged) >= 3, link.log_tail(20)
         assert all(relay.folder in line["engine"] for line in logged), logged
 
@@ -348,8 +345,7 @@ async def test_sftp_through_the_images_sftp_server_says_the_engine_failed_in_pot
             _no_engine_words(message, container_id)
             for words in (relay.path, relay.folder, "unix://", "GET", "/containers/", "Errno"):
                 assert words not in message, (words, message)
-        text = link.log_path.read_text(errors="replace")
-        logged = [json.loads(line) for line in text.splitlines() if '"sftp_filter.engine_failed"' in line]
+        logged = json_log(link.log_path, "sftp_filter.engine_failed")
         assert len(logged) == 1, link.log_tail(20)
         assert relay.folder in logged[0]["engine"], logged
     check = await env.in_container(host, "eng5", "test -e /root/new && echo there || echo absent")

@@ -39,6 +39,7 @@ from tests.e2e.conftest import ops
 from tests.fixtures.images import get_allocation
 from tests.fixtures.otlp import CollectedSpan, OtlpReceiver
 from tests.fixtures.pool import EnrolledHost, Pool, remove_managed_containers
+from tests.helpers import json_log
 
 OTEL_VARIABLES = (
     "OTEL_SDK_DISABLED",
@@ -410,10 +411,6 @@ async def test_a_pool_keeping_spans_in_a_local_file_shows_the_trace_as_a_tree(
     assert {"potluck-allocator", "potluck-hostd"} <= {r["service"] for r in rows}
 
 
-def _log_lines(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
-
-
 async def test_a_log_line_names_the_trace_it_was_written_in(
     tmp_path: Path, database_url: str, docker_engines: list[DockerEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -431,8 +428,8 @@ async def test_a_log_line_names_the_trace_it_was_written_in(
         alloc_id = await allocate(pool)
         code, out, err = await _ops_trace(database_url, alloc_id, "--spans-file", str(spans_file))
         assert code == 0, err
-        allocator = _log_lines(pool.workdir / "allocator.log")
-        hostd = _log_lines(pool.workdir / f"hostd-{host.name}.log")
+        allocator = json_log(pool.workdir / "allocator.log")
+        hostd = json_log(pool.workdir / f"hostd-{host.name}.log")
     trace_id = out.splitlines()[0]
     [requested] = [
         e for e in allocator if e["event"] == "allocation.requested" and e.get("alloc_id") == alloc_id
