@@ -313,7 +313,9 @@ class LocalPool:
         credentials = self.workdir / f"{name}.creds"
         write_credentials(credentials, host_id, key)
         await refresh_nats_authorization(self.store, self.nats.auth_file, [self.services_seed], None)
-        self.nats.reload()
+        # The reload waits (polling nats-server's log) until the server has applied it: off the
+        # event loop, which serves the pool's other work meanwhile.
+        await asyncio.to_thread(self.nats.reload)
         return EnrolledHost(host_id, name, credentials, self.workdir / f"{name}.toml")
 
     def hostd_state_dir(self, host: EnrolledHost) -> Path:
