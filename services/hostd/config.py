@@ -135,7 +135,8 @@ at the lowest CPU weight the engine allows (`cpu_shares` 2, cgroup v2
 `cpu.weight` 1): the owner's processes get a core within a scheduler tick.
 On top of that hostd reads, every `sample_interval_s`:
 - the owner's load: the machine's CPU use (/proc/stat) minus the pool's own
-  (its containers' cgroups), in cores. Busy once it stayed at or above
+  (its containers' cgroups, hostd itself and the containers' shims; dockerd
+  counts as the owner's: cpu_load.py), in cores. Busy once it stayed at or above
   `owner_busy_cpus` for `busy_after_s` (a shorter spike changes nothing);
   `on_owner_busy` then throttles, freezes, or (`ignore`) does nothing. The pool
   gets its share back only after the owner was idle `resume_after_idle_s`.

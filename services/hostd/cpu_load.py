@@ -1,17 +1,27 @@
-"""The owner's CPU load: the machine's CPU use (/proc/stat) less the pool's own (its cgroups).
+"""The owner's CPU load: the machine's CPU use (/proc/stat) less the pool's own.
 
 Pure parsing apart from thin readers. The machine's use is the share of non-idle ticks
 across all CPUs since the last sample, times the number of CPUs; the pool's is the
-growth of its containers' cgroup CPU time over the same wall-clock interval. A
-container's cgroup is found from its init process (/proc/<pid>/cgroup), so it does not
+growth of its containers' cgroup CPU time over the same wall-clock interval, and of the CPU
+time of the processes that work for the pool alone outside those cgroups (`outside_usage_ns`):
+hostd itself, whose link relays the pool's sessions and serves SFTP, and each pool container's
+shim, which carries the container's stdio. Before, a user's transfer into a container (hostd
+and the shim relaying it: most of a core) counted as the owner's own use, and the pool was
+throttled for its own work while the owner sat idle, the member's status saying the owner used
+1.2 CPUs. The engine's own process (dockerd) stays the owner's: it serves the member's own
+containers, builds and commands too, and the pool yields rather than guess.
+A container's cgroup is found from its init process (/proc/<pid>/cgroup), so it does not
 matter whether the engine uses the systemd or the cgroupfs driver, cgroup v1 or v2.
 """
 
 import contextlib
+import os
 import time
 from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -135,33 +145,99 @@ def read_usage_ns(path: Path) -> int | None:
         return None
 
 
+#: hostd's own CPU time among the processes working for the pool outside its containers.
+OWN_PROCESS = "hostd"
+
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def parse_process_cpu(text: str) -> tuple[int, int]:
+    """(start time in clock ticks, user + system CPU time in ns) from /proc/<pid>/stat; the
+    command's name, in parentheses, may hold spaces and parentheses: the fields follow its last
+    ")"."""
+    fields = text.rpartition(")")[2].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return int(fields[19]), ticks * 1_000_000_000 // _TICKS_PER_S
+
+
+def shim_of(pid: int) -> int | None:
+    """The containerd shim that started the container whose init process is `pid`: its parent,
+    if that is a shim (None otherwise, or once either is gone)."""
+    try:
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        name = Path(f"/proc/{parent}/comm").read_text().strip()
+    except (OSError, ValueError, IndexError):
+        return None
+    return parent if name.startswith("containerd-shim") else None
+
+
+def outside_usage_ns(shims: Iterable[int]) -> dict[Hashable, int]:
+    """CPU time in ns of the processes that work for the pool alone outside its containers'
+    cgroups (module docstring): hostd (this process, all its threads) and the pool containers'
+    `shims`. A shim is keyed by its PID and start time, so that a PID taken again by another
+    process is not counted as the shim's."""
+    found: dict[Hashable, int] = {OWN_PROCESS: time.process_time_ns()}
+    for pid in shims:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            start, used = parse_process_cpu(Path(f"/proc/{pid}/stat").read_text())
+            found[(pid, start)] = used
+    return found
+
+
+@dataclass(frozen=True)
+class LoadSample:
+    """Cores used between two samples: by the whole machine, by the pool's containers (their
+    cgroups), and by the processes working for the pool outside them (`outside_usage_ns`)."""
+
+    machine: float
+    containers: float
+    outside: float
+
+    @property
+    def owner(self) -> float:
+        """The owner's own use: never below zero (the readings are taken a moment apart)."""
+        return owner_cores(self.machine, self.containers + self.outside)
+
+
 class LoadMeter:
     """The machine's and the pool's CPU use between two samples, in cores."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._ticks: CpuTicks | None = None
         self._at: float | None = None
         self._usage: dict[Path, int] = {}
+        self._outside: Mapping[Hashable, int] = {}
 
-    def sample(self, ticks: CpuTicks, pool_files: list[Path]) -> tuple[float, float] | None:
-        """(machine cores, pool cores) since the previous call, from the machine's `ticks`
-        (machine_sensors.py reads them) and the pool's cgroup files; None on the first."""
-        now = time.monotonic()
+    def sample(
+        self, ticks: CpuTicks, pool_files: list[Path], outside: Mapping[Hashable, int]
+    ) -> LoadSample | None:
+        """The use since the previous call, from the machine's `ticks` (machine_sensors.py reads
+        them), the pool's cgroup files and the CPU time of the processes working for it outside
+        them (`outside_usage_ns`, in ns); None on the first."""
+        now = self._clock()
         usage: dict[Path, int] = {}
         for path in pool_files:
             with contextlib.suppress(Exception):
                 value = read_usage_ns(path)
                 if value is not None:
                     usage[path] = value
-        before, at, previous = self._ticks, self._at, self._usage
-        self._ticks, self._at, self._usage = ticks, now, usage
+        before, at, previous, outside_before = self._ticks, self._at, self._usage, self._outside
+        self._ticks, self._at, self._usage, self._outside = ticks, now, usage, outside
         # The same reading twice (shared, and asked again too soon) has no interval either.
         if before is None or at is None or now <= at or ticks.total <= before.total:
             return None
-        # Only containers seen both times count: one that started or ended in between
-        # has no interval of its own.
-        pool_ns = sum(max(0, usage[p] - previous[p]) for p in usage if p in previous)
-        return machine_cores(before, ticks), pool_ns / 1e9 / (now - at)
+        return LoadSample(
+            machine_cores(before, ticks),
+            _grown(previous, usage) / 1e9 / (now - at),
+            _grown(outside_before, outside) / 1e9 / (now - at),
+        )
+
+
+def _grown(before: Mapping[Any, int], after: Mapping[Any, int]) -> int:
+    """How much the counters grew. Only those read both times count: a container or process
+    that started or ended in between has no interval of its own."""
+    return sum(max(0, after[key] - before[key]) for key in after if key in before)
 
 
 def owner_cores(machine: float, pool: float) -> float:

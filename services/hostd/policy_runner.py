@@ -16,7 +16,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,13 +34,15 @@ from potluck.hostd.cpu_load import (
     LoadMeter,
     SustainedLoad,
     container_cgroup_files,
-    owner_cores,
+    outside_usage_ns,
     read_bytes,
+    shim_of,
 )
 from potluck.hostd.docker_driver import DockerDriverError
 from potluck.hostd.machine_sensors import MachineSensors
 from potluck.hostd.owner_policy import Decision, Memory, Readings, decide
 from potluck.hostd.power import PowerReading
+from potluck.hostd.process_tree import visible
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +59,15 @@ Request = Callable[[str, bytes], Awaitable[Reply]]
 
 def status_path(config: HostdConfig) -> Path:
     return config.state_dir / STATUS_FILE
+
+
+@dataclass(frozen=True)
+class _Counted:
+    """Where one pool container's CPU time is counted: its cgroup's files, and its shim's PID
+    (cpu_load.outside_usage_ns); None where hostd does not see it (an engine in a VM)."""
+
+    files: CgroupFiles | None
+    shim: int | None
 
 
 class PolicyRunner:
@@ -87,7 +98,7 @@ class PolicyRunner:
         #: How often the status file is rewritten besides at each change (hollow hosts: rarely).
         self.status_every_s = _STATUS_EVERY_S
         self._sustained = SustainedLoad(self.policy.busy_after_s)
-        self._cgroups: dict[str, CgroupFiles | None] = {}  # container id -> its cgroup files
+        self._cgroups: dict[str, _Counted] = {}  # container id -> where its CPU time is counted
         self._unsent = asyncio.Event()
         # Set once the owner's load is known (a full smoothing span sampled): a restarted hostd
         # does not tell "normal" for the moment before it can tell the owner is still busy.
@@ -117,16 +128,21 @@ class PolicyRunner:
 
     async def step(self) -> None:
         """One sample, one decision, and the containers changed if the action changed."""
-        files = await self._pool_files()
+        found = await self._pool_containers()
+        files = [c.files for c in found if c.files is not None]
         machine_now = await self.sensors.read()
-        sample = self._meter.sample(machine_now.ticks, [f.cpu for f in files if f.cpu is not None])
+        outside = outside_usage_ns(c.shim for c in found if c.shim is not None)
+        sample = self._meter.sample(machine_now.ticks, [f.cpu for f in files if f.cpu is not None], outside)
         at = time.monotonic()
         owner: float | None = None
         if sample is not None:
-            machine, pool = sample
-            owner = owner_cores(machine, pool)
+            owner = sample.owner
             self._sustained.add(at, owner)
-            self._readings.update(machine_cpus=round(machine, 3), pool_cpus=round(pool, 3))
+            self._readings.update(
+                machine_cpus=round(sample.machine, 3),
+                pool_cpus=round(sample.containers, 3),
+                pool_outside_cpus=round(sample.outside, 3),
+            )
         memory_bytes = [read_bytes(f.memory) for f in files if f.memory is not None]
         power, temperature = machine_now.power, machine_now.temperature_c
         readings = Readings(
@@ -165,30 +181,31 @@ class PolicyRunner:
         with contextlib.suppress(OSError):
             self.write_status()
 
-    async def _pool_files(self) -> list[CgroupFiles]:
-        """The cgroup files of the pool's running containers, found once per container."""
-        found: list[CgroupFiles] = []
+    async def _pool_containers(self) -> list[_Counted]:
+        """Where the pool's running containers' CPU time is counted, found once per container,
+        and again while its cgroup is not found (a container seen before its process was) or
+        once its shim is gone (a container the engine started again has a new one)."""
+        found: list[_Counted] = []
         current = set(self.containers.containers.values())
         for container_id in list(self._cgroups):
             if container_id not in current:
                 del self._cgroups[container_id]
         for container_id in current:
-            if container_id not in self._cgroups or self._cgroups[container_id] is None:
-                self._cgroups[container_id] = await self._find_cgroup(container_id)
-            files = self._cgroups[container_id]
-            if files is not None:
-                found.append(files)
+            known = self._cgroups.get(container_id)
+            if known is None or known.files is None or (known.shim is not None and not visible(known.shim)):
+                known = self._cgroups[container_id] = await self._find_cgroup(container_id)
+            found.append(known)
         return found
 
-    async def _find_cgroup(self, container_id: str) -> CgroupFiles | None:
+    async def _find_cgroup(self, container_id: str) -> _Counted:
         try:
             inspect = await asyncio.to_thread(self.containers.driver.inspect, container_id)
         except DockerDriverError:
-            return None
+            return _Counted(None, None)
         pid = int((inspect.get("State") or {}).get("Pid") or 0)
         if pid <= 0:
-            return None
-        return container_cgroup_files(pid)
+            return _Counted(None, None)
+        return _Counted(container_cgroup_files(pid), shim_of(pid))
 
     def message(self) -> PolicyChanged:
         decision = self.decision
@@ -241,6 +258,8 @@ class PolicyRunner:
             "pool": {
                 "containers": len(self.containers.containers),
                 "cpus": self._readings.get("pool_cpus"),
+                # hostd and the containers' shims, working for the pool: not the owner's use.
+                "outside_cpus": self._readings.get("pool_outside_cpus"),
                 "memory_bytes": self._readings.get("pool_memory_bytes"),
                 "quotas": self.containers.quotas(),
                 "frozen_by_member": self.containers.paused,

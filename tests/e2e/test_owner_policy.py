@@ -208,6 +208,9 @@ async def test_the_battery_throttles_or_freezes_and_mains_gives_the_share_back(
     assert status["hostd"]["battery"]["on_battery"] is True
     assert status["hostd"]["temperature"] == "no sensor"
     assert status["hostd"]["donated"]["cpus"] == 2
+    # What hostd and the container's shim used for the pool, told apart from the owner's use.
+    assert isinstance(status["hostd"]["pool"]["outside_cpus"], float), status["hostd"]["pool"]
+    assert status["hostd"]["pool"]["outside_cpus"] >= 0
     assert status["hostd"]["transitions"][-1]["cause"] == "battery"
 
     m.on_battery(False)

@@ -5,6 +5,8 @@ Pure parsers on text as the kernel writes it, and the readers on directories lai
 sysfs (tmp_path): what each returns, and that a machine without a battery or sensor has none.
 """
 
+import os
+from collections.abc import Hashable
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 
 from potluck.contracts.capacity import MIN_CPUS
 from potluck.hostd.cpu_load import (
+    OWN_PROCESS,
     CpuTicks,
     LoadMeter,
     SustainedLoad,
@@ -22,6 +25,7 @@ from potluck.hostd.cpu_load import (
     owner_cores,
     parse_proc_cgroup,
     parse_proc_stat,
+    parse_process_cpu,
     parse_usage_ns,
 )
 from potluck.hostd.cpu_share import spread
@@ -56,14 +60,53 @@ def test_the_load_meter_counts_an_interval_only_between_two_different_readings(t
     usage.write_text("0\n")
     meter = LoadMeter()
     first = CpuTicks(busy=100, total=1000, cpus=2)
-    assert meter.sample(first, [usage]) is None
-    assert meter.sample(first, [usage]) is None
+    assert meter.sample(first, [usage], {}) is None
+    assert meter.sample(first, [usage], {}) is None
     usage.write_text(f"{10**9}\n")
-    sample = meter.sample(CpuTicks(busy=600, total=2000, cpus=2), [usage])
+    sample = meter.sample(CpuTicks(busy=600, total=2000, cpus=2), [usage], {})
     assert sample is not None
-    machine, pool = sample
-    assert machine == pytest.approx(1.0)
-    assert pool > 0
+    assert sample.machine == pytest.approx(1.0)
+    assert sample.containers > 0
+    assert sample.outside == 0
+
+
+def test_work_hostd_and_the_shims_do_for_the_pool_is_not_the_owners(tmp_path: Path) -> None:
+    """Over one second of a 2-CPU machine kept 1.5 cores busy: the pool's container used 0.25
+    of a core in its cgroup, hostd 0.75 (relaying a user's transfer into it) and the container's
+    shim 0.25 (carrying its stdio), read as outside_usage_ns keys them. Afterwards the owner's
+    use is 0.25 of a core, under the default owner_busy_cpus of 0.5: before, hostd's and the
+    shim's work counted as the owner's, 1.25 cores, and the pool was throttled for its own
+    transfer. A PID that another process took meanwhile (a new start time) is not counted as
+    the shim's, nor a process read only once."""
+    now = [100.0]
+    meter = LoadMeter(clock=lambda: now[0])
+    usage = tmp_path / "cpuacct.usage"
+    usage.write_text("0\n")
+    shim, reused = (4242, 700), (4343, 800)
+    first: dict[Hashable, int] = {OWN_PROCESS: 5 * 10**9, shim: 10**9, reused: 0}
+    assert meter.sample(CpuTicks(busy=0, total=1000, cpus=2), [usage], first) is None
+    now[0] += 1.0
+    usage.write_text(f"{250 * 10**6}\n")
+    later: dict[Hashable, int] = {
+        OWN_PROCESS: 5 * 10**9 + 750 * 10**6,
+        shim: 10**9 + 250 * 10**6,
+        (4343, 900): 10**9,
+    }
+    sample = meter.sample(CpuTicks(busy=750, total=2000, cpus=2), [usage], later)
+    assert sample is not None
+    assert sample.machine == pytest.approx(1.5)
+    assert sample.containers == pytest.approx(0.25)
+    assert sample.outside == pytest.approx(1.0)
+    assert sample.owner == pytest.approx(0.25)
+
+
+def test_a_process_stat_gives_its_start_and_cpu_time_whatever_its_name_holds() -> None:
+    """/proc/PID/stat of a process named "a) (b": the fields are read after the last ")"."""
+    fields = ["S", "1", *["0"] * 9, "150", "50", *["0"] * 6, "123456", "0"]
+    text = "4242 (a) (b) " + " ".join(fields) + "\n"
+    start, used = parse_process_cpu(text)
+    assert start == 123456
+    assert used == 200 * 10**9 // os.sysconf("SC_CLK_TCK")
 
 
 def test_the_owner_is_the_machine_less_the_pool_never_below_zero() -> None:
