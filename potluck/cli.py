@@ -707,6 +707,9 @@ def hostd(config_path: Path) -> None:
     try:
         run(run_until_signalled(main))
     except HostdStopped as exc:
+        if exc.asked:  # the member's own `potluck host leave`: no failure, though for good
+            click.echo(str(exc), err=True)
+            sys.exit(3)
         fail(str(exc), 3)
     except BusGivenUp as exc:
         fail(str(exc), 1)  # not FINAL_EXIT_CODES: a new connection mends it

@@ -124,7 +124,12 @@ EVENT_FETCH_S = 30.0
 
 class HostdStopped(Exception):
     """hostd cannot go on (e.g. not enrolled, left, revoked); the message says what the member
-    should do. `potluck hostd` exits with code 3 on it, which `potluck up` does not restart."""
+    should do. `potluck hostd` exits with code 3 on it, which `potluck up` does not restart.
+    `asked`: the machine left the pool as its member asked (`potluck host leave`), no failure."""
+
+    def __init__(self, message: str, *, asked: bool = False) -> None:
+        super().__init__(message)
+        self.asked = asked
 
 
 class BusGivenUp(ConnectionError):
@@ -197,6 +202,7 @@ class Agent:
         self._resync = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stop_reason = ""
+        self._stop_asked = False
         #: Set when the bus connection is closed for good (BusGivenUp).
         self._bus_gone = asyncio.Event()
         #: While this host's key is shut out of NATS for holding too many connections
@@ -232,7 +238,7 @@ class Agent:
         finally:
             await cancel_until_done([stopped, gone, serving])  # nothing for one that ended already
         if self._stopped.is_set():
-            raise HostdStopped(self._stop_reason)
+            raise HostdStopped(self._stop_reason, asked=self._stop_asked)
         if self._bus_gone.is_set():
             raise BusGivenUp(
                 f"the connection to NATS at {redacted(self.config.nats_url)} was closed for good and "
@@ -240,12 +246,14 @@ class Agent:
             )
         serving.result()  # how serving ended: its error, if any
 
-    def _stop(self, reason: str) -> None:
-        """Stop for good, saying `reason` (the machine left or was revoked)."""
+    def _stop(self, reason: str, *, asked: bool = False) -> None:
+        """Stop for good, saying `reason` (the machine left or was revoked); `asked`: it left as
+        its member asked, which is said as news, not as an error."""
         if not self._stopped.is_set():
-            self._stop_reason = reason
+            self._stop_reason, self._stop_asked = reason, asked
             self._stopped.set()
-            log.error("hostd.stopped_for_good", host_id=self.host_id, reason=reason, hint=reason)
+            say = log.info if asked else log.error
+            say("hostd.stopped_for_good", host_id=self.host_id, reason=reason, hint=reason)
 
     async def _bus_given_up(self) -> None:
         self._bus_gone.set()
@@ -651,7 +659,10 @@ class Agent:
                     else f"this machine was revoked by {event.by}"
                     + (f": {event.reason}" if event.reason else "")
                 )
-                self._stop(f"{why}; ask an operator to enroll it again")
+                self._stop(
+                    f"{why}; ask an operator to enroll it again",
+                    asked=isinstance(event, HostLeft) and event.by == "member",
+                )
 
     async def _send_reports(self) -> None:
         """One sender, in order, retrying each report until JetStream has it."""

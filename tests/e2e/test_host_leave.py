@@ -18,7 +18,7 @@ from potluck.registry.enrollment import current_hosts, read_seed, render_nats_au
 from tests.e2e.conftest import consumer_removed, member, ops, replay_agrees, wait_for_status
 from tests.e2e.test_host_revoke import connect_as
 from tests.fixtures.pool import EnrolledHost, Pool, place, spec
-from tests.helpers import wait_until
+from tests.helpers import json_log, wait_until
 
 
 async def host_event_types(store: EventStore, host_id: str) -> list[str]:
@@ -75,7 +75,13 @@ async def test_a_host_that_left_after_its_drain_never_comes_back_on_its_own(
     assert f"left: host {laptop.host_id} left the pool" in left.stdout
     await wait_for_status(pool, "work", "exited")  # drained, not lost
     await pool.wait_for_host(laptop.host_id, "left")
-    assert "left the pool" in await hostd_stops_for_good(pool, laptop)
+    tail = await hostd_stops_for_good(pool, laptop)
+    assert "left the pool" in tail
+    # The member asked for it: said as news, not as an error, in the log and on the console.
+    assert laptop.process is not None
+    [stopped] = json_log(laptop.process.log_path, "hostd.stopped_for_good")
+    assert stopped["level"] == "info", stopped
+    assert "error: this machine left" not in tail, tail
     events_when_left = await host_event_types(pool.store, laptop.host_id)
     assert events_when_left[-2:] == ["HostDrainStarted", "HostLeft"], events_when_left
 

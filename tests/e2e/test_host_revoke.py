@@ -34,7 +34,7 @@ from tests.e2e.conftest import (
     wait_for_status,
 )
 from tests.fixtures.pool import EnrolledHost, Pool, allocation, place, spec
-from tests.helpers import wait_until
+from tests.helpers import json_log, wait_until
 
 REASON = "stolen from a train"
 
@@ -177,6 +177,8 @@ async def test_a_revoked_host_is_cut_off_its_work_lost_and_its_users_told_why(
     await wait_until(lambda: not host.process.running(), 30, "hostd to stop")  # type: ignore[union-attr]
     assert host.process.exit_code() == 3, host.process.log_tail(40)
     assert "revoked" in host.process.log_tail(40)
+    [stopped] = json_log(host.process.log_path, "hostd.stopped_for_good")
+    assert stopped["level"] == "error", stopped  # not asked for by its member: an error
     await consumer_removed(pool, host, other)
 
     with pytest.raises((asyncssh.Error, OSError)):
