@@ -351,6 +351,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
     engine: DockerEngine | None = None
     pool: LocalPool | None = None
     watchers: list[asyncio.Task[None]] = []
+    served = False
     try:
         if external_db:
             await _reachable(external_db)
@@ -450,6 +451,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             for name, proc in pool.processes.items()
         ]
         await stop.wait()
+        served = True
         say("stopping")
     except _Interrupted:
         say("stopped before the pool was ready (the event log is kept)")
@@ -470,6 +472,8 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             (state / PID_FILE).unlink()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if served:  # "stopping" alone left the console silent on whether everything had
+            say("stopped (the event log is kept)")
 
 
 def start_detached(settings: UpSettings, argv: list[str], timeout: float = 600) -> Running:

@@ -391,6 +391,8 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
     assert "Traceback" not in twice.stderr
     state = Path(newcomer["POTLUCK_HOME"])
     assert not (state / "up.pid").exists()
+    # Its console (up.log when detached) says when everything has stopped, not only that it stops.
+    assert (state / "up.log").read_text().rstrip().endswith("stopped (the event log is kept)")
     assert (state / "postgres" / "data" / "PG_VERSION").exists(), "the event log is kept"
     assert processes_mentioning(str(state)) == []
     # Nor a socket or PID file that looks alive: containerd's sockets and nats-server's PID
