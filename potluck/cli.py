@@ -1783,7 +1783,7 @@ def _decide_for_user(
         return
     click.echo(
         f"{said}; their token, shown this once (only its hash is kept), is below: hand it to them "
-        "privately, for `potluck login --token TOKEN` and the web page",
+        "privately, for `potluck login` (which asks for it, unechoed) and the web page",
         err=True,
     )
     click.echo(token)

@@ -59,6 +59,9 @@ async def test_a_user_added_then_given_a_new_token_loses_the_old_one(
     assert first.startswith("pl_"), added.stdout
     assert "added user carol (quota: 2 CPUs, 16G memory, 100M disk" in added.stderr, added.stderr
     assert "shown this once" in added.stderr
+    # Not pointed at `--token TOKEN`, which leaves the token in the shell's history.
+    assert "--token" not in added.stderr, added.stderr
+    assert "`potluck login`" in added.stderr, added.stderr
     assert await status_with(pool, first) == 200
     status, _ = await allocate_disk(pool, first, "64M")
     assert status == 201
