@@ -9,7 +9,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -211,6 +211,12 @@ def _state(a: dict[str, Any]) -> str:
     return state
 
 
+def host_text(shown: Mapping[str, Any]) -> str:
+    """Where an allocation or task runs: its host's name (what `--constraint name=` selects), else
+    its id (an older allocator's answer), else "-"."""
+    return str(shown.get("host_name") or shown.get("host_id") or "-")
+
+
 def _table(allocations: list[dict[str, Any]]) -> Table:
     table = Table(box=None, header_style="bold")
     for column in ("ID", "STATE", "HOST", "CPUS", "MEMORY", "DISK", "IMAGE", "EXPIRES"):
@@ -219,7 +225,7 @@ def _table(allocations: list[dict[str, Any]]) -> Table:
         table.add_row(
             foreign(a["id"]),
             foreign(_state(a)),  # its reason may be hostd's words
-            foreign(a.get("host_id") or "-"),
+            foreign(host_text(a)),
             f"{a['cpus']:g}",
             size_text(a["memory"]),
             size_text(a["disk"]),

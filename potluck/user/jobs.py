@@ -34,6 +34,7 @@ from potluck.user.cli import (
     call_while_waiting,
     delete_each,
     err,
+    host_text,
     ids_alone,
     key_values,
     list_rows,
@@ -143,7 +144,7 @@ def _tasks_table(tasks: list[dict[str, Any]]) -> Table:
         table.add_row(
             str(task["index"]),
             foreign(_task_state(task)),  # its reason may be hostd's words
-            foreign(task.get("host_id") or "-"),
+            foreign(host_text(task)),
             "-" if exit_code is None else str(exit_code),
             str(task["attempts"]),
             duration_text(task.get("duration_s")),

@@ -559,7 +559,9 @@ async def history(request: web.Request) -> web.Response:
 def _job(request: web.Request, job: JobState, *, first_tasks: bool = False) -> Job:
     """The job with its tasks counted, and with `first_tasks` the first page of them."""
     model = request.app[ENGINE].model
-    return Job.shown(job, model.job_tallies, model.allocations.allocations, first_tasks=first_tasks)
+    return Job.shown(
+        job, model.job_tallies, model.allocations.allocations, model.hosts.hosts, first_tasks=first_tasks
+    )
 
 
 async def create_job(request: web.Request) -> web.Response:
@@ -611,7 +613,13 @@ async def list_job_tasks(request: web.Request) -> web.Response:
     state = TASK_STATE[wanted] if wanted is not None else None
     model = engine.model
     tasks = JobTaskList.page(
-        job, model.job_tallies, model.allocations.allocations, page.after, page.limit, state
+        job,
+        model.job_tallies,
+        model.allocations.allocations,
+        model.hosts.hosts,
+        page.after,
+        page.limit,
+        state,
     )
     return ok(tasks)
 

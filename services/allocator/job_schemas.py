@@ -37,6 +37,7 @@ from potluck.contracts.job_events import (
 )
 from potluck.kernel.durations import DurationBetween
 from potluck.readmodels.allocations import AllocationState
+from potluck.readmodels.hosts import HostState
 from potluck.readmodels.jobs import JobState, JobStatus
 
 __all__ = ["CreateJob", "Job", "JobList", "JobTask", "JobTaskList", "TaskState"]
@@ -164,6 +165,9 @@ class JobTask(Body):
     state: TaskState
     alloc_id: str | None = Field(description="Its latest attempt's allocation (null: not requested yet).")
     host_id: str | None
+    host_name: str | None = Field(
+        default=None, description="Its latest attempt's host's name, as the host was enrolled."
+    )
     attempts: int
     exit_code: int | None
     reason: str | None = Field(description="Why its latest attempt ended, when it did not exit 0.")
@@ -173,7 +177,13 @@ class JobTask(Body):
     kept_until: datetime | None = Field(description="Its container is kept until then for results.")
 
     @classmethod
-    def of(cls, job: JobState, index: int, allocations: Mapping[str, AllocationState]) -> "JobTask":
+    def of(
+        cls,
+        job: JobState,
+        index: int,
+        allocations: Mapping[str, AllocationState],
+        hosts: Mapping[str, HostState],
+    ) -> "JobTask":
         found = standing(job, index, allocations)
         latest = found.latest
         if latest is None:
@@ -198,6 +208,7 @@ class JobTask(Body):
             state=found.state,
             alloc_id=latest.alloc_id,
             host_id=latest.host_id,
+            host_name=_host_name(latest.host_id, hosts),
             attempts=found.attempts,
             exit_code=latest.exit_code,
             reason=_why_ended(latest),
@@ -206,6 +217,11 @@ class JobTask(Body):
             duration_s=duration,
             kept_until=latest.kept_until,
         )
+
+
+def _host_name(host_id: str | None, hosts: Mapping[str, HostState]) -> str | None:
+    host = hosts.get(host_id) if host_id is not None else None
+    return host.name if host is not None else None
 
 
 def _why_ended(state: AllocationState) -> str | None:
@@ -298,6 +314,7 @@ class Job(Body):
         job: JobState,
         tallies: JobTallies,
         allocations: Mapping[str, AllocationState],
+        hosts: Mapping[str, HostState],
         *,
         first_tasks: bool = False,
     ) -> "Job":
@@ -307,7 +324,7 @@ class Job(Body):
         if not first_tasks:
             return cls.of(job, counts)
         indices, following = tallies.page(job, None, DEFAULT_LIMIT)
-        return cls.of(job, counts, [JobTask.of(job, i, allocations) for i in indices], following)
+        return cls.of(job, counts, [JobTask.of(job, i, allocations, hosts) for i in indices], following)
 
 
 def _why_cancelled(by: str, reason: str | None) -> str:
@@ -337,10 +354,11 @@ class JobTaskList(Body):
         job: JobState,
         tallies: JobTallies,
         allocations: Mapping[str, AllocationState],
+        hosts: Mapping[str, HostState],
         after: int | None,
         limit: int,
         state: TaskState | None = None,
     ) -> "JobTaskList":
         """Up to `limit` of the job's tasks (in `state`, when given) after task `after`, by index."""
         indices, following = tallies.page(job, after, limit, state)
-        return cls(tasks=[JobTask.of(job, i, allocations) for i in indices], next=following)
+        return cls(tasks=[JobTask.of(job, i, allocations, hosts) for i in indices], next=following)

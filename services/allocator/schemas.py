@@ -307,6 +307,11 @@ class Allocation(Body):
     user: str
     state: AllocationStatus
     host_id: str | None
+    host_name: str | None = Field(
+        default=None,
+        description="Its host's name, as the host was enrolled (what `--constraint name=...` selects); "
+        "null while it has no host.",
+    )
     cpus: float
     memory: int
     disk: int
@@ -370,6 +375,7 @@ class Allocation(Body):
             user=state.user,
             state=state.status,
             host_id=state.host_id,
+            host_name=host.name if host is not None else None,
             cpus=spec.resources.cpus,
             memory=spec.resources.memory_bytes,
             disk=spec.resources.disk_bytes,

@@ -120,10 +120,15 @@ async def test_a_job_of_twenty_tasks_runs_each_index_once_and_wait_exits_by_the_
     assert job["counts"]["succeeded"] == 19
     assert job["counts"]["failed"] == 1
     assert {t["host_id"] for t in tasks.values()} == {h.host_id for h in p.hosts}
+    assert {(t["host_id"], t["host_name"]) for t in tasks.values()} == {(h.host_id, h.name) for h in p.hosts}
 
     table = await p.potluck("job", "show", job_id)
     assert table.returncode == 0, table.stderr
     assert "INDEX" in table.stdout
+    # Each task's host by the name users select it with, not its id.
+    for host in p.hosts:
+        assert host.name in table.stdout, table.stdout
+        assert host.host_id not in table.stdout, table.stdout
     assert "19 succeeded, 1 failed" in table.stdout, table.stdout
 
     retried, clean = await asyncio.gather(

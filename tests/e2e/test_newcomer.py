@@ -322,6 +322,7 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
 
         listed = potluck("alloc", "ls", "--json", env=newcomer)
         assert [a["id"] for a in json.loads(listed.stdout)] == [allocation["id"]]
+        assert [a["host_name"] for a in json.loads(listed.stdout)] == ["local"]  # `--constraint name=local`
         shown = potluck("alloc", "show", allocation["id"], env=newcomer)
         assert "AllocationRunning" in shown.stdout
         released = potluck("alloc", "rm", allocation["id"], "--json", env=newcomer)

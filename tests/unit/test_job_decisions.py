@@ -117,7 +117,13 @@ class Sim:
 
     def shown(self, *, first_tasks: bool = True) -> Job:
         """The job as GET /v1/jobs/{id} shows it (`first_tasks`), or as a listing does."""
-        return Job.shown(self.job, self.model.job_tallies, self.allocations, first_tasks=first_tasks)
+        return Job.shown(
+            self.job,
+            self.model.job_tallies,
+            self.allocations,
+            self.model.hosts.hosts,
+            first_tasks=first_tasks,
+        )
 
     @property
     def later(self) -> datetime:
