@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -250,11 +251,39 @@ LOST_LOCAL = (
 )
 
 
+def local_config(state_dir: Path) -> Path:
+    """This machine's hostd configuration in a `potluck up` state directory."""
+    return state_dir / "pool" / f"{LOCAL}.toml"
+
+
+def kept_policy(config: Path) -> dict[str, Any] | None:
+    """The `[policy]` of this machine's hostd configuration as its member left it (None: none).
+
+    Each start writes the configuration anew (ports, keys, the donation asked for), so an owner
+    policy edited there was lost at the next `ops/up`: it is the member's, and kept. A file that
+    is not TOML is named (LocalStackError) before anything starts, rather than written over with
+    the edits in it; hostd itself names a policy field that makes no sense."""
+    try:
+        text = config.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LocalStackError(f"cannot read {config}: {exc}") from None
+    try:
+        policy = tomllib.loads(text).get("policy")
+    except tomllib.TOMLDecodeError as exc:
+        raise LocalStackError(
+            f"{config} is not valid TOML ({exc}): fix it, or remove it to start with the default "
+            "owner policy (its [policy] is yours; the rest is written anew at each start)"
+        ) from None
+    return policy if isinstance(policy, dict) else None
+
+
 async def _local_host(pool: LocalPool, say: Say, notices: list[str]) -> EnrolledHost:
     saved = pool.workdir / "local.host"
     if saved.exists():
         host_id = saved.read_text().strip()
-        return EnrolledHost(host_id, LOCAL, pool.workdir / "local.creds", pool.workdir / "local.toml")
+        return EnrolledHost(host_id, LOCAL, pool.workdir / "local.creds", local_config(pool.workdir.parent))
     # A log that holds a `local` this state directory knows nothing of (`potluck ops restore`,
     # then `up` in a new directory): its key went with the old directory, so it cannot be taken
     # over, and enrolling beside it made two machines named `local` (users select machines by
@@ -329,6 +358,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
     external_db = os.environ.get("POTLUCK_DATABASE_URL")
     _check_ports(settings, postgres=not external_db)
     online_s = online_timeout()  # a bad value is named before anything starts
+    policy = kept_policy(local_config(state))  # and a broken [policy] of this machine's too
     (state / PID_FILE).write_text(f"{os.getpid()} {start_time(os.getpid())}")
     stop = asyncio.Event()
     starting = True
@@ -409,6 +439,7 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
             timing={"heartbeat_interval_s": 5, "drain_grace_s": 300},
             # hostd dials the gateway (no port opens on a member's machine) and pins its key.
             gateways=[{"address": tunnel, "client_key": client_key}],
+            **({} if policy is None else {"policy": policy}),
         )
         # The images built above are the pool's own: its hostd runs them though it never pulled
         # them (it runs no other image the engine holds: services/hostd/pool_images.py).

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import tomli_w
 
 from potluck.contracts.host_events import host_stream
 from potluck.events import EventStore
@@ -552,12 +554,15 @@ def test_up_again_without_port_options_listens_where_the_last_pool_did(
     newcomer: dict[str, str], shared_engine: dict[str, str]
 ) -> None:
     """Tried: `potluck up --detach` on a fresh state directory with every port option, `potluck
-    down`, then `potluck up --detach` there with none (README: "the next `ops/up` carries on
-    where the last one stopped").
+    down`, the machine's [policy] edited in its local.toml, then `potluck up --detach` there
+    with none (README: "the next `ops/up` carries on where the last one stopped"); then the
+    file broken by hand and `potluck up --detach` again.
     Must hold: the second pool listens on the first one's ports: the image registry's (every
     image pushed names it), NATS's and the gateway's (members' hostd.toml hold them) and the
     others; before, it took the defaults and those names pointed nowhere. A port given still
-    wins, and is the one kept for the next start."""
+    wins, and is the one kept for the next start. The edited policy is the one its hostd runs
+    with (before, each start wrote it over). The broken file is named (exit 1), left as it was,
+    and nothing was started."""
     listed = ("allocator API", "SSH gateway", "NATS", "event log", "image registry")
 
     def addresses(said: str) -> dict[str, str]:
@@ -572,6 +577,11 @@ def test_up_again_without_port_options_listens_where_the_last_pool_did(
     finally:
         down = potluck("down", env=newcomer, timeout=180)
     assert down.returncode == 0, down.stdout + down.stderr
+    # The machine's owner policy, edited between the two (README: its [policy] is kept).
+    local = Path(newcomer["POTLUCK_HOME"]) / "pool" / "local.toml"
+    config = tomllib.loads(local.read_text())
+    edited = {"on_owner_busy": "ignore", "owner_busy_cpus": 1.7}
+    local.write_text(tomli_w.dumps({**config, "policy": edited}))
     api = str(free_port())
     second = potluck("up", "--detach", "--api-port", api, env=env, timeout=900)
     try:
@@ -579,11 +589,23 @@ def test_up_again_without_port_options_listens_where_the_last_pool_did(
         before, after = addresses(first.stdout), addresses(second.stdout)
         assert len(before) == len(listed), first.stdout
         assert after == {**before, "allocator API": f"http://127.0.0.1:{api}"}, second.stdout
+        assert tomllib.loads(local.read_text())["policy"] == edited
+        policy = potluck("host", "policy", "--config", str(local), "--json", env=newcomer)
+        assert policy.returncode == 0, policy.stderr
+        assert json.loads(policy.stdout)["on_owner_busy"] == "ignore", policy.stdout
     finally:
         down = potluck("down", env=newcomer, timeout=180)
     assert down.returncode == 0, down.stdout + down.stderr
     recorded = json.loads((Path(newcomer["POTLUCK_HOME"]) / "ports.json").read_text())
     assert recorded["api_port"] == int(api)
+    # Broken by hand: named before anything starts, and left as it is for its member to mend.
+    broken = local.read_text() + "\n[policy\n"
+    local.write_text(broken)
+    refused = potluck("up", "--detach", env=env, timeout=120)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"{local} is not valid TOML" in refused.stderr, refused.stderr
+    assert local.read_text() == broken
+    assert processes_mentioning(newcomer["POTLUCK_HOME"]) == []
 
 
 def test_two_servers_given_one_port_are_named(newcomer: dict[str, str]) -> None:
