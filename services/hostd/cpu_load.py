@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from potluck.hostd.process_tree import read_stat
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -163,12 +165,14 @@ def parse_process_cpu(text: str) -> tuple[int, int]:
 def shim_of(pid: int) -> int | None:
     """The containerd shim that started the container whose init process is `pid`: its parent,
     if that is a shim (None otherwise, or once either is gone)."""
-    try:
-        parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-        name = Path(f"/proc/{parent}/comm").read_text().strip()
-    except (OSError, ValueError, IndexError):
+    proc = read_stat(pid)
+    if proc is None:
         return None
-    return parent if name.startswith("containerd-shim") else None
+    try:
+        name = Path(f"/proc/{proc.ppid}/comm").read_text().strip()
+    except OSError:
+        return None
+    return proc.ppid if name.startswith("containerd-shim") else None
 
 
 def outside_usage_ns(shims: Iterable[int]) -> dict[Hashable, int]:

@@ -35,7 +35,6 @@ into a paused container); and while a session is open the container is not held 
 import asyncio
 import contextlib
 import math
-import os
 import socket
 import struct
 import time
@@ -46,6 +45,7 @@ from typing import Protocol
 
 import structlog
 
+from potluck.hostd.cpu_load import parse_process_cpu
 from potluck.hostd.docker_driver import DockerDriverError
 from potluck.hostd.process_tree import read_stat
 
@@ -65,7 +65,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-_TICKS = os.sysconf("SC_CLK_TCK")
 #: How often budgets are charged: a flood is held within about a tick of passing its cap.
 TICK_S = 0.5
 #: How often the engine's list of running containers (and their shims) is read again.
@@ -134,19 +133,13 @@ def carrying(spent: Mapping[str, float], wrote: Mapping[str, bool]) -> dict[str,
     return {cid: 0.0 if wrote.get(cid) is False else cpu for cid, cpu in spent.items()}
 
 
-def _stat(pid: int) -> list[str] | None:
+def cpu_s(pid: int) -> float | None:
+    """CPU time (user + system, all threads) of process `pid`; None once it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    # The command's name, in parentheses, may hold spaces: the fields follow its last ")".
-    return text.rsplit(")", 1)[1].split()
-
-
-def cpu_s(pid: int) -> float | None:
-    """CPU time (user + system, all threads) of process `pid`; None once it is gone."""
-    fields = _stat(pid)
-    return None if fields is None else (int(fields[11]) + int(fields[12])) / _TICKS
+    return parse_process_cpu(text)[1] / 1e9
 
 
 def run_time_s(pid: int) -> float | None:
