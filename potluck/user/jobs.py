@@ -299,13 +299,15 @@ WAIT_TIMEOUT = click.option(
     "--retry-on",
     default=None,
     help="What is retried, comma-separated: exit (non-zero exit), oom, failed (its host could not "
-    "run it), lost (its host was lost; re-queued without using --retries) [default: lost].",
+    "run it), lost (its host was lost; re-queued without using --retries; name it in a list of your "
+    "own to keep it) [default: lost].",
 )
 @click.option("--deadline", default=None, help="Cancel the job if not done this long after now, e.g. 6h.")
 @click.option(
     "--keep-for",
     default=None,
-    help="Keep each finished task's container this long for `potluck cp`/`potluck logs` [default: 1h].",
+    help="Keep each finished task's container this long for `potluck cp`/`potluck logs`; its disk stays "
+    "counted on its host meanwhile [default: 1h].",
 )
 @click.option("--network/--no-network", default=False, show_default=True, help="Outbound network.")
 @click.option("--wait/--no-wait", default=False, help="Wait until the job ends and exit like `job wait`.")

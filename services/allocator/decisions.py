@@ -24,7 +24,14 @@ from potluck.allocator.kept import discard
 from potluck.allocator.lifecycle import pull_failed_everywhere
 from potluck.allocator.model import AllocatorModel
 from potluck.allocator.placement_index import in_flight_beyond
-from potluck.allocator.scheduler import Decision, Impossible, Strategy
+from potluck.allocator.scheduler import (
+    Decision,
+    HostSnapshot,
+    Impossible,
+    PlacementRequest,
+    Scheduler,
+    Strategy,
+)
 from potluck.allocator.schemas import CreateAllocation
 from potluck.contracts.allocation_events import (
     AllocationEvent,
@@ -105,9 +112,19 @@ class Outlook:
     def place(self, wanted: Wanted, strategy: Strategy) -> Decision:
         """Where `wanted` goes now: Placed, Wait or Impossible (scheduler.py), decided on the
         model's index brought up to date host by host (placement_index.py)."""
+        return self._scheduler().place(self.request(wanted), strategy)
+
+    def request(self, wanted: Wanted) -> PlacementRequest:
+        """What placing `wanted` asks of the scheduler."""
+        return placement_request(wanted, self.pool_registry)
+
+    def snapshots(self) -> list[HostSnapshot]:
+        """Every host as `place` decides on it (the scheduler's plain rule takes these)."""
+        return self._scheduler().snapshots()
+
+    def _scheduler(self) -> Scheduler:
         model = self.model
-        scheduler = model.placement.current(model.hosts, model.ledger, model.host_images, self.in_flight)
-        return scheduler.place(placement_request(wanted, self.pool_registry), strategy)
+        return model.placement.current(model.hosts, model.ledger, model.host_images, self.in_flight)
 
     def capacity_version(self, host_id: str) -> int:
         """The version `capacity-<host_id>` will have once the reservations queued on it land."""

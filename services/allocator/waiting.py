@@ -6,7 +6,8 @@ Worked out when asked and never logged: it changes whenever a host comes, goes o
 and the log holds facts, not forecasts. Pure: a decision and the queue in, a value out.
 """
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from potluck.allocator.queue import fair_order_of
@@ -14,16 +15,21 @@ from potluck.allocator.scheduler import (
     NO_FREE_CAPACITY,
     NO_SCHEDULABLE_HOST,
     Decision,
+    HostSnapshot,
     Placed,
+    PlacementRequest,
     Strategy,
     Wait,
+    place,
 )
+from potluck.contracts.capacity import Capacity
+from potluck.kernel.sizes import format_size
 from potluck.readmodels.allocations import AllocationState, AllocationsView
 
 if TYPE_CHECKING:  # decisions.py reads the request schemas, which read this module
     from potluck.allocator.decisions import Outlook
 
-__all__ = ["Standing", "WaitingReason", "queue_positions", "standing", "standing_in"]
+__all__ = ["Standing", "WaitingReason", "kept_in_the_way", "queue_positions", "standing", "standing_in"]
 
 #: `no_free_capacity`: a host that takes work could hold it, once it frees capacity;
 #: `no_schedulable_host`: only hosts that are away, paused, draining, frozen or awaiting an
@@ -70,10 +76,64 @@ def standing(decision: Decision, position: int, queue_length: int) -> Standing:
     return Standing("refusing", message, position, queue_length)
 
 
+def kept_in_the_way(
+    hosts: Sequence[HostSnapshot],
+    request: PlacementRequest,
+    strategy: Strategy,
+    kept: Sequence[AllocationState],
+    user: str,
+) -> str | None:
+    """What to add to a NO_FREE_CAPACITY wait when the disk of stopped containers kept for their
+    logs and files (`kept`: AllocationsView.kept) is what stands in the way: placing `request`
+    among `hosts` with that disk free would succeed. None when it would not (or nothing is kept).
+
+    Why said: a job's finished tasks keep their containers (1 h by default) and each holds its
+    whole disk meanwhile, so a job's later tasks can wait on its own earlier ones, and the plain
+    "no host has that much free" sends the user looking at the pool's CPUs."""
+    if not kept:
+        return None
+    held: dict[str, list[AllocationState]] = {}
+    for state in kept:
+        if state.host_id is not None:
+            held.setdefault(state.host_id, []).append(state)
+    freed = [
+        replace(host, reserved=host.reserved - _disk_of(held[host.host_id])) if host.host_id in held else host
+        for host in hosts
+    ]
+    decision = place(freed, request, strategy)
+    if not isinstance(decision, Placed):
+        return None
+    there = sorted(held[decision.host_id], key=lambda a: (a.kept_until, a.alloc_id))
+    yours = [a for a in there if a.user == user]
+    said = (
+        f"on host {decision.host_id}, {len(there)} stopped container(s) kept for their logs and files "
+        f"hold {format_size(_disk_of(there).disk_bytes)} of disk until their keep-for ends"
+    )
+    if not yours:
+        return f"{said}; it is placed as that disk frees"
+    return (
+        f"{said}, {len(yours)} of them yours: `potluck alloc rm {yours[0].alloc_id}` removes one now "
+        "(its files and logs with it; `potluck cp` what you want first), and a shorter --keep-for "
+        "keeps less"
+    )
+
+
+def _disk_of(states: Sequence[AllocationState]) -> Capacity:
+    """The disk the stopped containers of `states` hold (their reservation's disk alone)."""
+    disk = sum(a.spec.resources.disk_bytes for a in states)
+    return Capacity.model_construct(cpus=0.0, memory_bytes=0, disk_bytes=disk)
+
+
 def standing_in(
     outlook: "Outlook", state: AllocationState, strategy: Strategy, positions: dict[str, int]
 ) -> Standing:
     """Why the pending allocation `state` waits, decided on `outlook` as its placement would be;
     `positions`: the queue's (queue_positions)."""
     decision = outlook.place(state, strategy)
-    return standing(decision, positions.get(state.alloc_id, 0), len(positions))
+    told = standing(decision, positions.get(state.alloc_id, 0), len(positions))
+    if isinstance(decision, Wait) and decision.reason == NO_FREE_CAPACITY:
+        kept = outlook.model.allocations.kept()
+        note = kept_in_the_way(outlook.snapshots(), outlook.request(state), strategy, kept, state.user)
+        if note is not None:
+            told = replace(told, message=f"{told.message}; {note}")
+    return told

@@ -11,11 +11,14 @@ from potluck.allocator.scheduler import (
     EXCEEDS_ANY_HOST,
     NO_FREE_CAPACITY,
     NO_SCHEDULABLE_HOST,
+    HostSnapshot,
     Impossible,
     Placed,
+    PlacementRequest,
     Wait,
+    place,
 )
-from potluck.allocator.waiting import queue_positions, standing
+from potluck.allocator.waiting import kept_in_the_way, queue_positions, standing
 from potluck.contracts.allocation_events import (
     AllocationDiscarded,
     AllocationEvent,
@@ -152,3 +155,81 @@ def test_the_indexes_hold_exactly_the_pending_active_and_kept_allocations(
     assert again.last_placed == ({"ann": placed} if placed is not None else {})
     if placed is not None:
         assert view.last_placed["ann"] >= placed
+
+
+GIB = 1 << 30
+
+
+def _kept(alloc_id: str, user: str, host_id: str, disk_gib: int, minutes: int) -> AllocationState:
+    """An ended allocation whose stopped container `host_id` keeps `minutes` more."""
+    spec = SPEC.model_copy(
+        update={"resources": Capacity(cpus=1, memory_bytes=1 << 30, disk_bytes=disk_gib * GIB)}
+    )
+    asked = AllocationRequested(alloc_id=alloc_id, user=user, spec=spec, lifetime_s=60, queue_timeout_s=60)
+    placed = AllocationPlaced(alloc_id=alloc_id, host_id=host_id, user=user, spec=spec, expires_at=T0)
+    ended = AllocationExited(
+        alloc_id=alloc_id, host_id=host_id, exit_code=0, kept_until=T0 + timedelta(minutes=minutes)
+    )
+    view = _fold([asked, placed, ended])
+    return view.allocations[alloc_id]
+
+
+def _host(host_id: str, disk_gib: int, reserved_disk_gib: int) -> HostSnapshot:
+    return HostSnapshot(
+        host_id=host_id,
+        donated=Capacity(cpus=4, memory_bytes=8 * GIB, disk_bytes=disk_gib * GIB),
+        reserved=Capacity.model_construct(cpus=0.0, memory_bytes=0, disk_bytes=reserved_disk_gib * GIB),
+    )
+
+
+def test_a_wait_on_disk_held_by_kept_containers_names_them_and_how_to_free_one() -> None:
+    """What is tried: a 3 GiB request on two hosts whose disk is held only by stopped containers
+    kept for their logs (h-1: ann's two and bob's one; h-2: bob's one, too small to help).
+    What must hold: placing waits (no free capacity); the note names the host where freeing the
+    kept disk would place it, how many containers and how much disk, and (to ann) her own,
+    soonest-ending first, with the command that removes it; bob, owning one there, is told the
+    same with his; carol, owning none, is told it is placed as the disk frees."""
+    hosts = [_host("h-1", 10, 9), _host("h-2", 4, 3)]
+    kept = [
+        _kept("a-late", "ann", "h-1", 3, minutes=50),
+        _kept("a-soon", "ann", "h-1", 3, minutes=10),
+        _kept("b-1", "bob", "h-1", 3, minutes=5),
+        _kept("b-2", "bob", "h-2", 1, minutes=1),
+    ]
+    request = PlacementRequest(
+        alloc_id="a-new", resources=Capacity(cpus=1, memory_bytes=GIB, disk_bytes=3 * GIB)
+    )
+    assert place(hosts, request) == Wait(NO_FREE_CAPACITY)
+    to_ann = kept_in_the_way(hosts, request, "best_fit", kept, "ann")
+    assert to_ann is not None
+    assert "on host h-1, 3 stopped container(s) kept for their logs and files hold 9" in to_ann
+    assert "2 of them yours: `potluck alloc rm a-soon` removes one now" in to_ann
+    to_bob = kept_in_the_way(hosts, request, "best_fit", kept, "bob")
+    assert to_bob is not None
+    assert "1 of them yours: `potluck alloc rm b-1`" in to_bob
+    to_carol = kept_in_the_way(hosts, request, "best_fit", kept, "carol")
+    assert to_carol is not None
+    assert to_carol.endswith("it is placed as that disk frees")
+    assert "potluck alloc rm" not in to_carol
+
+
+def test_no_note_when_kept_disk_is_not_what_stands_in_the_way() -> None:
+    """What is tried: waits that freeing every kept container's disk would not end (the host's
+    CPUs are all reserved; the kept disk is on another host too small for the request), and a
+    pool with nothing kept. What must hold: no note, so the user is not sent to remove results
+    that would not help."""
+    busy = HostSnapshot(
+        host_id="h-1",
+        donated=Capacity(cpus=1, memory_bytes=8 * GIB, disk_bytes=10 * GIB),
+        reserved=Capacity.model_construct(cpus=1.0, memory_bytes=0, disk_bytes=3 * GIB),
+    )
+    request = PlacementRequest(
+        alloc_id="a-new", resources=Capacity(cpus=1, memory_bytes=GIB, disk_bytes=3 * GIB)
+    )
+    kept_here = [_kept("a-1", "ann", "h-1", 3, minutes=5)]
+    assert kept_in_the_way([busy], request, "best_fit", kept_here, "ann") is None
+    small = _host("h-2", 2, 2)
+    full = _host("h-1", 10, 10)
+    kept_small = [_kept("a-2", "ann", "h-2", 2, minutes=5)]
+    assert kept_in_the_way([full, small], request, "best_fit", kept_small, "ann") is None
+    assert kept_in_the_way([full], request, "best_fit", [], "ann") is None
