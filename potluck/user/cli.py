@@ -206,15 +206,33 @@ def _state(a: dict[str, Any]) -> str:
         return f"{state} ({waiting['position']} of {waiting['queue_length']} in the queue)"
     if state == "released" and a.get("frozen_too_long") and a.get("reason"):
         return f"{state} (frozen too long)"
-    if state in ("lost", "exited", "refused") and a.get("reason"):
+    if state == "exited":
+        return _exited(a)
+    if state in ("lost", "refused") and a.get("reason"):
         return f"{state} ({a['reason']})"
     return state
+
+
+def _exited(a: dict[str, Any]) -> str:
+    """An ended command's state: its exit code, why its host stopped it, and whether its stopped
+    container is still kept (`potluck cp`, `potluck logs` read it) or removed."""
+    code = a.get("exit_code")
+    said = [str(a["reason"])] if a.get("reason") else []
+    if a.get("oom_killed"):
+        said.append("out of memory")
+    kept = a.get("kept_until")
+    said.append(f"kept until {local_time(kept)}" if kept else "container removed")
+    return f"exited {code if code is not None else '?'} ({'; '.join(said)})"
 
 
 def host_text(shown: Mapping[str, Any]) -> str:
     """Where an allocation or task runs: its host's name (what `--constraint name=` selects), else
     its id (an older allocator's answer), else "-"."""
     return str(shown.get("host_name") or shown.get("host_id") or "-")
+
+
+#: The states in which an allocation's lifetime no longer matters (EXPIRES shows "-").
+_ENDED = frozenset({"exited", "failed", "lost", "expired", "released", "refused"})
 
 
 def _table(allocations: list[dict[str, Any]]) -> Table:
@@ -230,7 +248,7 @@ def _table(allocations: list[dict[str, Any]]) -> Table:
             size_text(a["memory"]),
             size_text(a["disk"]),
             foreign(a["image"]),
-            (a.get("expires_at") or "-")[:19],
+            local_time(a["expires_at"]) if a.get("expires_at") and a["state"] not in _ENDED else "-",
         )
     return table
 

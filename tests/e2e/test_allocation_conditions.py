@@ -38,6 +38,7 @@ from potluck.hostd.docker_driver import DockerDriver
 from potluck.kernel.sizes import format_size
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
+from potluck.user.cli import local_time
 from tests.e2e.conftest import member, replay_agrees
 from tests.fixtures.pool import EnrolledHost, Pool
 from tests.helpers import wait_until
@@ -441,9 +442,18 @@ async def test_a_wait_on_disk_held_by_the_users_kept_containers_names_them_and_h
     assert f"1 of them yours: `potluck alloc rm {done['id']}` removes one now" in message, message
     shown = await alice.potluck("alloc", "show", waiting["id"])
     assert f"potluck alloc rm {done['id']}" in shown, shown
+    # Its row says it exited, with what code, and that its container is kept (and until when, in
+    # local time as every time `potluck` prints); its lifetime's end no longer matters.
+    kept_until = local_time((await alice.get(done["id"]))["kept_until"])
+    row = row_of(await alice.potluck("alloc", "ls"), done["id"])
+    assert f"exited 0 (kept until {kept_until})" in row, row
+    assert row.rstrip().endswith(" -"), row
     await alice.potluck("alloc", "rm", done["id"])
     running = await alice.until(waiting["id"], "placed", lambda a: a["state"] == "running", timeout=60)
     assert running["waiting"] is None
+    listing = await alice.potluck("alloc", "ls")
+    assert "exited 0 (container removed)" in row_of(listing, done["id"]), listing
+    assert row_of(listing, running["id"]).rstrip().endswith(local_time(running["expires_at"])), listing
     await replay_agrees(pool)
 
 
