@@ -721,6 +721,6 @@ def ssh(alloc_id: str, identity: str | None, args: tuple[str, ...]) -> None:
     # A child, not an exec: a refused key is explained once ssh has said "Permission denied".
     ran = run_ssh(argv)
     if ran.refused_key:
-        why = explain_refusal(alloc_id, identity, found.get("ssh_keys"))
+        why = explain_refusal(alloc_id, identity, found.get("ssh_keys"), ran.stderr_tail)
         err.print(f"[red]error:[/red] {foreign(why)}", highlight=False, soft_wrap=True)
     exit_as(ran)

@@ -197,7 +197,7 @@ def _finish(
     if status == 255:
         hint = ""
         if REFUSED in said:
-            raise CopyFailed(f"{what}: {explain_refusal(alloc_id, identity, _admitted(alloc_id))}", 255)
+            raise CopyFailed(f"{what}: {explain_refusal(alloc_id, identity, _admitted(alloc_id), said)}", 255)
         if any(
             cause in said for cause in ("Connection refused", "Connection timed out", "Could not resolve")
         ):

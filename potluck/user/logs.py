@@ -58,7 +58,7 @@ def logs(alloc_id: str, follow: bool, tail: int | None, identity: str | None) ->
         sys.exit(int(exc.code))
     ran = run_ssh(argv, stdin=subprocess.DEVNULL)
     if ran.refused_key:
-        why = explain_refusal(alloc_id, identity, found.get("ssh_keys"))
+        why = explain_refusal(alloc_id, identity, found.get("ssh_keys"), ran.stderr_tail)
         err.print(f"[red]error:[/red] {foreign(why)}", highlight=False, soft_wrap=True)
     if ran.interrupted and ran.status != 0:
         sys.exit(130)  # Ctrl-C ends a `-f` that follows: as an interrupted command does

@@ -18,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from typing import Any
 
 from potluck.user.ssh_keys import DEFAULT_IDENTITIES, home_aside, ssh_dir, ssh_home
 
-__all__ = ["REFUSED", "SshRun", "exit_as", "explain_refusal", "fingerprint", "run_ssh"]
+__all__ = ["REFUSED", "SshRun", "exit_as", "explain_refusal", "fingerprint", "lockout", "run_ssh"]
 
 #: What OpenSSH prints when the server took none of the keys offered (and offers nothing else).
 REFUSED = "Permission denied (publickey"
@@ -37,6 +38,11 @@ REFUSED = "Permission denied (publickey"
 OFFERED_BY_DEFAULT = (*DEFAULT_IDENTITIES, "id_ecdsa_sk", "id_ed25519_sk")
 #: How much of ssh's stderr is kept to look for the refusal (it is its last words).
 _TAIL = 8192
+#: The banner the gateway sends (and ssh prints) when it refuses every key for a while, its own
+#: sshgateway server's words: after that, "Permission denied" says nothing about the key.
+_LOCKED_OUT = re.compile(
+    r"too many failed logins (from your address|to this allocation); try again in (\d+) s"
+)
 
 
 def fingerprint(line: str) -> str | None:
@@ -93,6 +99,14 @@ def _offered(identity: str | None) -> str:
     return offered
 
 
+def _offered_prints(identity: str | None) -> set[str]:
+    """The fingerprints of the key files ssh offered (those with a FILE.pub beside them)."""
+    keys = ssh_dir()
+    paths = [Path(identity)] if identity is not None else [keys / name for name in OFFERED_BY_DEFAULT]
+    lines = (_public_line(path.with_name(path.name + ".pub")) for path in paths)
+    return {fp for line in lines if line and (fp := fingerprint(line))}
+
+
 def _local_matches(admitted: set[str]) -> list[Path]:
     """Private keys in ssh's ~/.ssh (and $HOME/.ssh, if another) whose public half (FILE.pub)
     the allocation admits: either works with -i."""
@@ -112,9 +126,35 @@ def _local_matches(admitted: set[str]) -> list[Path]:
     return found
 
 
-def explain_refusal(alloc_id: str, identity: str | None, admitted_keys: Sequence[str] | None) -> str:
+def lockout(alloc_id: str, ssh_said: str) -> str | None:
+    """What to say when ssh's stderr (`ssh_said`) holds the gateway's lockout banner, or None."""
+    matches = list(_LOCKED_OUT.finditer(ssh_said))
+    if not matches:
+        return None
+    whom, seconds = matches[-1].groups()  # the last: what the gateway said to this run
+    if whom == "from your address":
+        why = (
+            "too many logins failed from your address (from this machine, or from another behind "
+            "the same address: a shared network, proxy or jump host), so for now it refuses every "
+            "key from there"
+        )
+    else:
+        why = f"too many logins to {alloc_id} failed, so for now it refuses every key not its own"
+    return (
+        f"the gateway did not try the key ssh offered for {alloc_id} (ssh said: Permission denied "
+        f"(publickey)): {why}; try again in {seconds} s (its banner above says so too)"
+    )
+
+
+def explain_refusal(
+    alloc_id: str, identity: str | None, admitted_keys: Sequence[str] | None, ssh_said: str = ""
+) -> str:
     """Why the gateway refused, and what to do, in one line (scripts grep it): `admitted_keys`
-    are the allocation's `ssh_keys` (None: the allocator could not be asked)."""
+    are the allocation's `ssh_keys` (None: the allocator could not be asked); `ssh_said`, what ssh
+    wrote on stderr (a lockout, not the key, may be the cause)."""
+    locked = lockout(alloc_id, ssh_said)
+    if locked is not None:
+        return locked
     said = [
         f"the gateway refused the key ssh offered for {alloc_id} (ssh said: Permission denied "
         f"(publickey)); ssh offered {_offered(identity)}"
@@ -136,6 +176,14 @@ def explain_refusal(alloc_id: str, identity: str | None, admitted_keys: Sequence
         )
         return "; ".join(said)
     prints = {fp: line.split() for line in admitted_keys if (fp := fingerprint(line))}
+    if _offered_prints(identity) & set(prints):
+        return (
+            f"the gateway refused the key ssh offered for {alloc_id} (ssh said: Permission denied "
+            f"(publickey)), though it is one {alloc_id} admits ({_offered(identity)}): most likely "
+            "too many logins failed from your address (from this machine, or from another behind the "
+            "same address: a shared network, proxy or jump host), and for a while (5 minutes by "
+            "default) the gateway refuses every key from there; try again later"
+        )
     admitted = ", ".join(f"{fp} ({' '.join(words[:1] + words[2:])})" for fp, words in prints.items())
     said.append(f"{alloc_id} admits only the keys it was created with (--ssh-key): {admitted}")
     matching = [p for p in _local_matches(set(prints)) if identity is None or Path(identity) != p]

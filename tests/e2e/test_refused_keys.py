@@ -144,3 +144,54 @@ async def test_a_refused_key_is_named_with_the_admitted_ones_and_what_to_do(
 def keygen_print(path: Path) -> str:
     listed = subprocess.run(["ssh-keygen", "-lf", f"{path}.pub"], capture_output=True, text=True, check=True)
     return listed.stdout.split()[1]
+
+
+async def test_a_locked_out_address_is_said_as_such_not_as_a_wrong_key(
+    pool: Pool, docker_engines: list[DockerEngine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried: 3 logins with a key the allocation does not admit lock this address out
+    (POTLUCK_SSHGATEWAY_SOURCE_LOCKOUT_AFTER=3); then `potluck ssh`, `potluck logs` and `potluck
+    cp` with the key it admits. Before, each said the gateway refused that key and listed the
+    same fingerprint as offered and as admitted, telling the user to make a new allocation.
+    Must hold: each exits 255 (ssh's code) and says, in one line, that the gateway did not try
+    the key because too many logins failed from this address, and when to try again; nothing
+    says the key is not admitted."""
+    monkeypatch.setenv("POTLUCK_SSHGATEWAY_SOURCE_DELAY_S", "0")
+    monkeypatch.setenv("POTLUCK_SSHGATEWAY_ALLOC_DELAY_S", "0")
+    monkeypatch.setenv("POTLUCK_SSHGATEWAY_SOURCE_LOCKOUT_AFTER", "3")
+    g = await start_gatewayed(pool, docker_engines[0], tmp_path)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    wrong = home / ".ssh" / "id_other"
+    keygen(wrong)
+    config = tmp_path / "client" / "client.toml"
+    Login(g.pool.api, g.token, f"127.0.0.1:{g.ssh_port}").save(config)
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    env = {**env, "POTLUCK_CONFIG": str(config), "HOME": str(home)}
+    async with aiohttp.ClientSession() as http:
+        alloc_id = await g.allocate(http)
+    for _ in range(3):
+        guessed = await potluck("ssh", alloc_id, "-i", str(wrong), "--", "true", env=env, home=home)
+        assert "admits only the keys it was created with" in guessed.stderr, guessed.stderr
+
+    locked = {
+        "ssh": await potluck("ssh", alloc_id, "-i", str(g.key), "--", "true", env=env, home=home),
+        "logs": await potluck("logs", "-i", str(g.key), alloc_id, env=env, home=home),
+        "cp down": await potluck(
+            "cp", "-i", str(g.key), f"{alloc_id}:/etc/hostname", str(tmp_path), env=env, home=home
+        ),
+    }
+    for name, done in locked.items():
+        said = done.stderr
+        assert done.returncode == 255, (name, done.stdout, said)
+        explained = [line for line in said.splitlines() if "too many logins failed from your address" in line]
+        assert len(explained) == 1, (name, said)
+        if name == "ssh":
+            # `potluck ssh` shows ssh's INFO lines: the gateway's banner, whose wait it repeats.
+            assert "the gateway did not try the key" in explained[0], (name, said)
+            assert "try again in " in explained[0], (name, said)
+        else:
+            # logs and cp run ssh quietly (LogLevel=ERROR: no banner): the key is one the
+            # allocation admits, which says as much.
+            assert f"though it is one {alloc_id} admits" in explained[0], (name, said)
+        assert "admits only the keys" not in said, (name, said)

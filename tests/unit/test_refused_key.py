@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from potluck.user.refused_key import REFUSED, explain_refusal, fingerprint, run_ssh
+from potluck.user.refused_key import REFUSED, explain_refusal, fingerprint, lockout, run_ssh
 from tests.fixtures.user_home import with_home
 
 
@@ -131,3 +131,25 @@ def test_sigterm_to_potluck_reaches_ssh_and_potluck_ends_as_it_did(tmp_path: Pat
         assert proc.stdout.readline() == "started\n"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == -signal.SIGTERM
+
+
+def test_the_gateways_lockout_banner_is_said_instead_of_a_wrong_key() -> None:
+    """Tried: ssh's stderr holding the gateway's lockout banner (from the address, then an
+    allocation's, with and without the `potluck: ` prefix cp strips), and none. Must hold: the
+    last banner's cause and wait are said and nothing about the key; without one, the key
+    explanation as before."""
+    address = (
+        "potluck: too many failed logins from your address; try again in 297 s\r\n"
+        "Permission denied (publickey)."
+    )
+    said = explain_refusal("a-1", None, ["ssh-ed25519 AAAA x"], address)
+    assert "too many logins failed from your address" in said
+    assert "try again in 297 s" in said
+    assert "admits only" not in said
+    stripped = "too many failed logins to this allocation; try again in 5 s; Permission denied (publickey)."
+    assert lockout("a-1", stripped) == (
+        "the gateway did not try the key ssh offered for a-1 (ssh said: Permission denied (publickey)): "
+        "too many logins to a-1 failed, so for now it refuses every key not its own; try again in 5 s "
+        "(its banner above says so too)"
+    )
+    assert lockout("a-1", "Permission denied (publickey).") is None
