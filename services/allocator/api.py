@@ -146,7 +146,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status == 404:
             if is_page(request.path):
                 return error(404, "NOT_FOUND", "no such page: the pool's pages start at /")
-            return error(404, "NOT_FOUND", f"no such endpoint: {request.path}")
+            return error(404, "NOT_FOUND", f"no such endpoint: {request.path[:200]}")
         if exc.status == 413:
             return error(413, "BODY_TOO_LARGE", f"the body is larger than {MAX_BODY // 1024} KiB")
         raise

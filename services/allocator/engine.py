@@ -130,7 +130,7 @@ class Submitted(NamedTuple):
 
 
 def _not_yours(alloc_id: str) -> Rejected:
-    return Rejected("NOT_FOUND", f"no allocation {alloc_id} of yours", field="alloc_id", status=404)
+    return Rejected("NOT_FOUND", f"no allocation {alloc_id[:64]} of yours", field="alloc_id", status=404)
 
 
 class _NeverPossible(Rejected):
@@ -558,7 +558,7 @@ class AllocatorEngine:
         job = self.model.jobs.jobs.get(job_id)
         if job is None or job.user != user.name:
             # Another user's job is as good as absent, like their allocations.
-            raise Rejected("NOT_FOUND", f"no job {job_id} of yours", field="job_id", status=404)
+            raise Rejected("NOT_FOUND", f"no job {job_id[:64]} of yours", field="job_id", status=404)
         return job
 
     def job_of(self, user: User, job_id: str) -> JobState:

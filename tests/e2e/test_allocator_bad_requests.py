@@ -93,6 +93,9 @@ async def erin(shared: tuple[Pool, Api]) -> tuple[Pool, Api]:
         # Keys the gateway refuses at login (a DSA key, a 1024-bit RSA one) are refused here first.
         (small(ssh_keys=[DSA_KEY]), 400, "INVALID_FIELD", "ssh_keys"),
         (small(ssh_keys=[RSA_1024_KEY]), 400, "INVALID_FIELD", "ssh_keys"),
+        # A line that holds no whole key (its ed25519 key 2 bytes, not 32): no one could log in
+        # with it, and the allocation was made all the same.
+        (small(ssh_keys=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOZ3 me"]), 400, "INVALID_FIELD", "ssh_keys"),
         # What the published schema calls a boolean, a number or a name is one (no lax coercion).
         (small(network=0), 400, "INVALID_FIELD", "network"),
         (small(cpus="1"), 400, "INVALID_FIELD", "cpus"),
@@ -170,6 +173,27 @@ async def test_bad_requests_get_a_clear_error_and_nothing_is_recorded(
     assert answer["error"]["message"]
     assert "sys." not in answer["error"]["message"], "names no interpreter setting"
     assert await pool.store.head_position() == head
+
+
+async def test_an_unknown_id_of_any_length_is_answered_404_without_echoing_it_whole(
+    shared: tuple[Pool, Api],
+) -> None:
+    """What is tried: GET and DELETE of an allocation, GET of a job, and GET of an endpoint, each
+    named by a 5,000-character id. Before, the 404's message held the id whole. What must hold:
+    404 NOT_FOUND, with the id's first 64 characters and no more (the endpoint's path 200)."""
+    _, alice = shared
+    long_id = "a-" + "x" * 4_998
+    for method, path, shown in (
+        ("GET", f"/v1/allocations/{long_id}", 64),
+        ("DELETE", f"/v1/allocations/{long_id}", 64),
+        ("GET", f"/v1/jobs/{long_id}", 64),
+        ("GET", f"/v1/{long_id}", 200),
+    ):
+        status, answer = await alice.call(method, path)
+        assert (status, answer["error"]["code"]) == (404, "NOT_FOUND"), (method, path[:80], answer)
+        message = answer["error"]["message"]
+        assert "x" * (shown - 10) in message, message[:300]
+        assert "x" * shown not in message, (method, len(message))
 
 
 async def test_numbers_are_taken_as_the_schema_says_and_a_refused_one_says_what_is_allowed(
