@@ -67,9 +67,10 @@ def fair_order(
     return ordered
 
 
-def _made(state: AllocationState) -> tuple[datetime, str]:
-    """The order a user's requests were made in."""
-    return (state.requested_at or _EPOCH, state.alloc_id)
+def _made(state: AllocationState) -> tuple[datetime, str, int, str]:
+    """The order a user's requests were made in: a job's tasks requested together (one append,
+    one time) by their index, for their ids are random and users watch task 0 start first."""
+    return (state.requested_at or _EPOCH, state.job_id or "", state.task_index or 0, state.alloc_id)
 
 
 def fair_order_of(view: AllocationsView) -> list[AllocationState]:

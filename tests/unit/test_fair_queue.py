@@ -65,6 +65,19 @@ def test_users_take_turns_and_each_users_requests_keep_their_order() -> None:
     assert order([*reversed(pending), placed]) == ["a1", "b1", "c1", "a2", "b2", "a3"]
 
 
+def test_a_jobs_tasks_requested_together_are_served_in_the_order_of_their_index() -> None:
+    """Tried: a job's 12 tasks requested in one append (one time), their ids random as the
+    allocator makes them, given in id order. Before, they were served in id order (a data user
+    saw task 0 `7 of 9 in the queue` while tasks 1 and 2 started). Must hold: index order; a
+    retry requested later still comes after."""
+    tasks = [
+        replace(state(f"a-{(i * 7919) % 1000:03x}", "ann", 0), job_id="j-1", task_index=i) for i in range(12)
+    ]
+    retry = replace(state("a-fff", "ann", 5), job_id="j-1", task_index=0, attempt=2)
+    by_id = sorted([*tasks, retry], key=lambda a: a.alloc_id)
+    assert order(by_id) == [a.alloc_id for a in tasks] + [retry.alloc_id]
+
+
 def test_a_user_who_came_later_holding_nothing_is_served_before_one_who_holds() -> None:
     """Tried: a heavy user running three allocations with fifty older requests waiting, and a
     light user with one. Must hold: the light user's request comes first, however old the
