@@ -361,7 +361,12 @@ def _network_refused(request: PlacementRequest, images_narrowed: bool) -> Imposs
     where = " matching the constraints" if request.constraints else ""
     if images_narrowed:
         where += f" that allows the image {request.image!r}"
-    return Impossible(NO_HOST_ALLOWS_NETWORK, f"no host{where} lets containers have a network", "network")
+    message = (
+        f"no host{where} lets containers have a network: a member allows it with `allow_network = "
+        "true` in their hostd.toml (ask one, or an operator); without one, bring files and "
+        "packages in with `potluck cp` (e.g. wheels for `pip install --no-index --find-links`)"
+    )
+    return Impossible(NO_HOST_ALLOWS_NETWORK, message, "network")
 
 
 def _none_left(request: PlacementRequest) -> Impossible:
