@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from potluck.kernel.rejections import error_line
+
 __all__ = [
     "PREFIX",
     "GatewayPin",
@@ -112,9 +114,7 @@ def decode(text: str, now: datetime | None = None) -> JoinToken:
     try:
         token = JoinToken.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(token)"
-        raise JoinTokenError(f"the join token is damaged: {field}: {err['msg']}") from None
+        raise JoinTokenError(f"the join token is damaged: {error_line(exc.errors()[0], '(token)')}") from None
     if token.expired(now or datetime.now(UTC)):
         raise JoinTokenError(
             f"this join token expired at {token.expires_at.isoformat()}; ask the operator for a new one"

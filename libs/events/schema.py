@@ -16,6 +16,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from potluck.events.errors import MalformedEvent, UnknownEventType, UnsupportedSchemaVersion
+from potluck.kernel.rejections import error_line
 
 JsonDict = dict[str, Any]
 Upcaster = Callable[[JsonDict], JsonDict]
@@ -137,8 +138,7 @@ class EventRegistry:
 def _summarise(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"{loc}: {err['msg']}")
+        parts.append(error_line(err, "(root)"))
     return "; ".join(parts)
 
 

@@ -13,6 +13,11 @@ import uuid
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+#: What pydantic writes before the text of a ValueError or AssertionError a validator raised:
+#: its own words, which tell the reader nothing ("memory: Value error, the size must be ...").
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
 
 
 class Rejected(Exception):
@@ -55,6 +60,18 @@ def internal_error(service: str, incident: str) -> dict[str, Any]:
 def first_error(exc: ValidationError) -> str:
     """Where a request first fails to validate and why (`nkey: String should have at most 56
     characters`), without the input pydantic's own text quotes back nor its links."""
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "(body)"
-    return f"{loc}: {err['msg']}"
+    return error_line(exc.errors()[0], "(body)")
+
+
+def error_line(err: ErrorDetails, top: str) -> str:
+    """One of a ValidationError's errors as `where: why` (`top`: where, when it is the whole)."""
+    return f"{'.'.join(str(p) for p in err['loc']) or top}: {error_text(err)}"
+
+
+def error_text(err: ErrorDetails) -> str:
+    """Why one of a ValidationError's errors failed, in the words of the check that refused it."""
+    message = err["msg"]
+    for prefix in _PYDANTIC_PREFIXES:
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message

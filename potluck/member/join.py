@@ -35,6 +35,7 @@ from potluck.contracts.subjects import JOIN, host_subject, inbox_prefix, join_in
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
 from potluck.kernel.nats_urls import nats_servers
+from potluck.kernel.rejections import error_line
 from potluck.localstack.docker_engine import engine_answers
 from potluck.registry.nats_auth import new_user_key, public_key_of
 
@@ -308,9 +309,7 @@ def join(text: str, settings: JoinSettings, now: datetime | None = None) -> Join
     try:
         config = HostdConfig.model_validate(host_settings(token, settings, credentials))
     except ValidationError as exc:
-        fields = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
-        )
+        fields = "; ".join(error_line(err, "(top)") for err in exc.errors())
         raise JoinError(f"the hostd configuration would be invalid: {fields}") from None
     if beyond := donation_beyond_machine(config):
         # Before the token is spent: hostd would refuse to start on this configuration anyway.

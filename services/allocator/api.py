@@ -65,7 +65,7 @@ from potluck.contracts.registry import TOKEN_PATH
 from potluck.events import database_away
 from potluck.kernel.client_address import client_of
 from potluck.kernel.key_rates import RatePolicy
-from potluck.kernel.rejections import Rejected, new_incident
+from potluck.kernel.rejections import Rejected, error_text, new_incident
 from potluck.readmodels.allocations import TERMINAL, AllocationState
 from potluck.readmodels.jobs import JobState
 
@@ -462,7 +462,7 @@ async def _body(request: web.Request, model: type[M]) -> M:
         path = ".".join(str(p) for p in first["loc"]) or None
         # `field` names the body's field (ssh_keys, not ssh_keys.2); the message the exact place.
         field = str(first["loc"][0]) if first["loc"] else None
-        message = f"{path or 'body'}: {first['msg']}"
+        message = f"{path or 'body'}: {error_text(first)}"
         raise Rejected("INVALID_FIELD", message, field=field, status=400) from None
 
 

@@ -180,6 +180,7 @@ from potluck.contracts.subjects import validate_host_id
 from potluck.hostd.gateway_config import GatewayLink
 from potluck.hostd.policy_config import OwnerPolicy
 from potluck.kernel.nats_urls import nats_servers
+from potluck.kernel.rejections import error_line
 from potluck.kernel.sizes import Size, format_size
 
 if TYPE_CHECKING:  # the driver (and the docker SDK with it) is not config's to import
@@ -395,7 +396,5 @@ def load_config(path: Path) -> HostdConfig:
     try:
         return HostdConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(error_line(err, "(top)") for err in exc.errors())
         raise ConfigError(f"{path}: {problems}") from None

@@ -87,6 +87,7 @@ from pydantic import (
 )
 
 from potluck.kernel.digits import is_digits
+from potluck.kernel.rejections import error_text
 from potluck.kernel.ssh_algorithms import weakness
 from potluck.sshgateway.ratelimit import LimitPolicy
 
@@ -313,7 +314,7 @@ class GatewaySettings(BaseModel):
         try:
             return cls(state_dir=value)
         except ValidationError as exc:
-            raise SettingsError(f"{source}: {exc.errors()[0]['msg']}") from None
+            raise SettingsError(f"{source}: {error_text(exc.errors()[0])}") from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "GatewaySettings":
@@ -342,5 +343,5 @@ class GatewaySettings(BaseModel):
                     option = "--" + field.replace("_", "-")
                     problems.append(f"give {option} (or {ENV_PREFIX + field.upper()}): it is required")
                     continue
-                problems.append(f"{source or '(settings)'}: {err['msg']}")
+                problems.append(f"{source or '(settings)'}: {error_text(err)}")
             raise SettingsError("; ".join(problems)) from None

@@ -115,6 +115,7 @@ async def erin(shared: tuple[Pool, Api]) -> tuple[Pool, Api]:
         ),
         # A size text is checked against the pattern the schema publishes: bounds included.
         (small(memory="15M"), 400, "INVALID_FIELD", "memory"),
+        (small(memory=0), 400, "INVALID_FIELD", "memory"),
         (small(memory="0.5G"), 400, "INVALID_FIELD", "memory"),
         (small(disk=" 64M"), 400, "INVALID_FIELD", "disk"),
         (small(lifetime="0s"), 400, "INVALID_FIELD", "lifetime"),
@@ -172,6 +173,8 @@ async def test_bad_requests_get_a_clear_error_and_nothing_is_recorded(
     assert answer["error"].get("field") == field
     assert answer["error"]["message"]
     assert "sys." not in answer["error"]["message"], "names no interpreter setting"
+    # The check's own words, not pydantic's before them ("memory: Value error, the size ...").
+    assert "Value error" not in answer["error"]["message"], answer
     assert await pool.store.head_position() == head
 
 
