@@ -17,7 +17,7 @@ import click
 
 from potluck.user.client import Api, ClientError, ExitCode, Login, config_path, segment
 
-__all__ = ["IDENTITY", "allocation", "readable", "ssh_command", "ssh_script"]
+__all__ = ["IDENTITY", "allocation", "readable", "ssh_command", "ssh_script", "why_unreadable"]
 
 #: The key the user's `ssh` logs in with (`potluck ssh`, `cp`, `logs`).
 IDENTITY = click.option(
@@ -82,11 +82,30 @@ def readable(alloc_id: str) -> dict[str, Any]:
             f"allocation {alloc_id} is {state}: its container has not started yet; try again in a moment",
             ExitCode.REFUSED,
         )
-    if state in ("refused",):
-        raise ClientError(f"allocation {alloc_id} was refused: it never had a container", ExitCode.REFUSED)
-    raise ClientError(
-        f"allocation {alloc_id} is {state} and its container was removed (it was not kept, its "
-        "keep_for is up, or it was released): its logs and files are gone; ask for `--keep-for` "
-        "to keep them after it ends",
-        ExitCode.REFUSED,
-    )
+    raise ClientError(why_unreadable(alloc_id, found), ExitCode.REFUSED)
+
+
+def why_unreadable(alloc_id: str, found: dict[str, Any]) -> str:
+    """Why the ended allocation `found` has no container to read, as far as its record says."""
+    state = found["state"]
+    if state == "refused":
+        return f"allocation {alloc_id} was refused: it never had a container"
+    if state == "failed":
+        # Its container, if it ever started, went with it: its host removes a failed one.
+        why = ": ".join(str(found[k]) for k in ("reason", "detail") if found.get(k))
+        return (
+            f"allocation {alloc_id} failed ({why or 'no reason recorded'}): it has no container whose "
+            f"logs or files could be read (`potluck alloc show {alloc_id}` has its history)"
+        )
+    if state == "exited":
+        return (
+            f"allocation {alloc_id} exited and its container was removed (it was not kept, its "
+            "keep-for was up, or you removed it): its logs and files are gone; `--keep-for` keeps "
+            "them after it ends (`potluck run` keeps a task's 1h)"
+        )
+    removed = {
+        "released": "it was released",
+        "expired": "its lifetime ran out (`potluck alloc extend` keeps one running longer)",
+        "lost": "its host was lost",
+    }.get(state, f"it is {state}")
+    return f"allocation {alloc_id} has no container any more ({removed}): its logs and files are gone"
