@@ -58,14 +58,18 @@ class WebPool:
         self.hosts = hosts  # name -> host id
         self.enrolled = enrolled  # host id -> its enrollment (credentials)
 
-    async def allocate(self, user: str, command: tuple[str, ...] = ("sleep", "600")) -> str:
-        body = {
+    async def allocate(
+        self, user: str, command: tuple[str, ...] = ("sleep", "600"), keep_for: int | None = None
+    ) -> str:
+        body: dict[str, Any] = {
             "cpus": 0.5,
             "memory": "64M",
             "disk": "64M",
             "image": DEFAULT_TAG,
             "command": list(command),
         }
+        if keep_for is not None:
+            body["keep_for"] = keep_for
         headers = {"Authorization": f"Bearer {self.tokens[user]}"}
         async with (
             aiohttp.ClientSession() as http,
@@ -194,6 +198,18 @@ async def test_allocation_page_extends_and_releases_and_hides_others(
     await page.wait_for_url(f"**/web/allocations/{alloc_id}")
     assert "AllocationReleased" in await web_pool.event_types(alloc_id)
     await page.wait_for_selector(".timeline >> text=AllocationReleased")
+    # Released: nothing to connect to any more (before, its page still offered `potluck ssh`,
+    # which then failed); and a user is shown no operator's command.
+    await page.reload()
+    assert await page.locator("section.connect").count() == 0
+    assert "potluck ops trace" not in await page.content()
+    # A task whose stopped container is kept: its page offers its files and log, not a shell.
+    kept = await web_pool.allocate("alice", ("true",), keep_for=600)
+    await page.goto(f"/web/allocations/{kept}")
+    await page.wait_for_selector("#live >> text=exited")
+    await page.reload()
+    offered = await page.locator("section.connect input.copy").evaluate_all("els => els.map(e => e.value)")
+    assert offered == [f"potluck cp {kept}:/PATH .", f"potluck logs {kept}"], offered
     await page.context.close()
 
     bob = await web_pool.signed_in(browser, "bob")

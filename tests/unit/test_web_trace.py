@@ -44,9 +44,10 @@ def spans_file(tmp_path: Path) -> tuple[Path, str]:
     return path, f"00-{context.trace_id:032x}-{context.span_id:016x}-01"
 
 
-def render(trace: object) -> str:
+def render(trace: object, *, operator: bool = False) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
-    return env.get_template("_trace.html").render(alloc={"alloc_id": "a-1"}, trace=trace)
+    session = {"operator": operator}
+    return env.get_template("_trace.html").render(alloc={"alloc_id": "a-1"}, trace=trace, session=session)
 
 
 async def test_the_spans_of_the_allocations_trace_are_drawn_as_rows_with_names_escaped(
@@ -65,6 +66,9 @@ async def test_the_spans_of_the_allocations_trace_are_drawn_as_rows_with_names_e
     assert html.count("<rect") == 2
     assert "<script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    # `potluck ops trace` is an operator's command: said to an operator only.
+    assert "potluck ops trace" not in html
+    assert "As a tree: <code>potluck ops trace a-1</code>" in render(trace, operator=True)
 
 
 async def test_a_viewer_url_links_out_and_an_untraced_allocation_says_so(tmp_path: Path) -> None:

@@ -85,6 +85,8 @@ class AllocationRow:
     image: str
     expires: str
     active: bool
+    #: Its command ended and its stopped container is kept until then ("" when it is not).
+    kept_until: str = ""
 
 
 def size(n: int) -> str:
@@ -270,6 +272,7 @@ def allocation_rows(
                 image=a.spec.image,
                 expires=when(a.expires_at),
                 active=not a.terminal,
+                kept_until=when(a.kept_until) if a.kept_until is not None else "",
             )
         )
     return tuple(rows)
