@@ -185,6 +185,7 @@ async def test_allocation_page_extends_and_releases_and_hides_others(
     page = await web_pool.signed_in(browser, "alice")
     await page.goto("/web/mine")
     await page.wait_for_selector(f'[data-alloc="{alloc_id}"]')
+    assert await page.locator("table.allocations th", has_text="user").count() == 0
     await page.screenshot(path=str(web_pool.shots / "mine.png"), full_page=True)
 
     await page.goto(f"/web/allocations/{alloc_id}")
@@ -282,6 +283,8 @@ async def test_an_operator_sees_every_users_allocations_and_changes_none(
     await page.goto("/web/mine")
     for alloc_id in (alice, bob):
         await page.wait_for_selector(f'[data-alloc="{alloc_id}"]')
+    # Whose each one is: a column only the operator's list has (a user's are all theirs).
+    assert await page.locator("table.allocations th", has_text="user").count() == 1
     answer = await page.goto(f"/web/allocations/{alice}")
     assert answer is not None
     assert answer.status == 200
