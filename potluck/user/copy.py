@@ -374,6 +374,12 @@ def cp(src: str, dst: str, identity: str | None) -> None:
     \b
     potluck cp results.csv ALLOC:/root/       into /root
     potluck cp ALLOC:/root/out ./out          a directory, here as ./out
+
+    \b
+    Exit codes: 0 copied, all of it; 1 refused or failed on the allocation's side
+    (no such PATH there, its disk bound, an entry refused); 2 the local side (no such
+    file here, no folder to land in) or the arguments; 3 the allocator unreachable;
+    255 ssh could not reach the allocation or its key was refused.
     """
     try:
         copy(src, dst, identity)

@@ -264,13 +264,17 @@ async def test_potluck_cp_of_a_missing_path_or_past_the_disk_bound_fails_cleanly
     small.write_text("small\n")
     no_folder = potluck("cp", "-i", str(files.key), str(small), f"{alloc_id}:/no/such/dir/x", env=env)
     too_big = potluck("cp", "-i", str(files.key), str(big), f"{alloc_id}:/root", env=env)
+    missing_here = potluck("cp", "-i", str(files.key), str(tmp_path / "absent"), f"{alloc_id}:/root", env=env)
 
-    assert missing.returncode != 0
+    # The exit codes `potluck cp --help` lists: 1 the allocation's side, 2 the local side.
+    assert missing.returncode == 1, missing.stderr
     assert "/no/such/file: no such file or directory" in missing.stderr
-    assert no_folder.returncode != 0
+    assert no_folder.returncode == 1, no_folder.stderr
     assert "/no/such/dir: no such directory" in no_folder.stderr
-    assert too_big.returncode != 0
+    assert too_big.returncode == 1, too_big.stderr
     assert "disk" in too_big.stderr
+    assert missing_here.returncode == 2, missing_here.stderr
+    assert "absent: no such file or directory here" in missing_here.stderr
     left = await files.ssh(alloc_id, "ls -A /root; du -s -k /root")
     assert left.returncode == 0, left.stderr
     assert "big.bin" not in left.stdout
