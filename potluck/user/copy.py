@@ -247,7 +247,7 @@ def upload(source: Path, target: Remote, identity: str | None) -> int:
     bound = _disk_bound(target.alloc_id)
     if size > bound:
         raise CopyFailed(
-            f"{source} is {size} bytes, more than the disk bound of allocation {target.alloc_id} "
+            f"{source} is {size} bytes, more than allocation {target.alloc_id}'s whole disk "
             f"({bound} bytes): nothing was copied; ask for more disk (`potluck alloc create --disk`)",
             int(ExitCode.REFUSED),
         )

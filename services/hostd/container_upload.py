@@ -172,7 +172,7 @@ async def open_upload(
         return _refused(
             container_id,
             f"{put.dst}: the copy needs {put.need} bytes of disk and allocation {alloc_id} has "
-            f"{left} left of its disk bound of {bound} bytes: nothing was copied; make room in it, "
+            f"{left} left of {disk_budget.files_bound(bound)}: nothing was copied; make room in it, "
             "or ask for more disk (`potluck alloc create --disk`)",
         )
     tmp_name = secrets.token_hex(8)

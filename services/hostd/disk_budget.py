@@ -41,12 +41,21 @@ __all__ = [
     "BoundUnknown",
     "DiskBudget",
     "bound_known",
+    "files_bound",
     "join",
     "leave",
     "remeasure",
 ]
 
 log = structlog.get_logger(__name__)
+
+
+def files_bound(bound: int | None) -> str:
+    """What the files of an allocation whose bound is `bound` may take, as its user reads it:
+    not its disk (what it asked for, what `potluck cp` checks first), whose output log's part
+    is held back, so the two figures a user meets differ and each says which it is."""
+    return f"the {bound} bytes its files may take (its disk less its output log's part)"
+
 
 #: What the budget keeps back from what the measure says is left.
 DISK_SLACK = 1 << 20

@@ -35,7 +35,7 @@ import structlog
 from potluck.contracts.session_commands import command_argv
 from potluck.hostd import disk_budget
 from potluck.hostd.budgeted_process import BudgetedProcess
-from potluck.hostd.disk_budget import DiskBudget
+from potluck.hostd.disk_budget import DiskBudget, files_bound
 from potluck.hostd.engine_stream import StreamedProcess
 from potluck.hostd.exec_bridge import ExecBridge, ExecProcess, SessionProcess
 
@@ -102,8 +102,8 @@ class _RsyncReceiver(BudgetedProcess):
         log.info("rsync_receiver.disk_bound_reached", alloc_id=self.alloc_id, left=left)
         if self.sink is not None:
             said = (
-                f"potluck: rsync: allocation {self.alloc_id} has {left} bytes left of its disk bound "
-                f"of {bound} bytes and this upload needs more: it was cut off there (rsync removes "
+                f"potluck: rsync: allocation {self.alloc_id} has {left} bytes left of {files_bound(bound)} "
+                "and this upload needs more: it was cut off there (rsync removes "
                 "the file it was writing)\n"
             )
             self.sink.exec_data(said.encode(), True)

@@ -35,7 +35,7 @@ from potluck.contracts.uploads import ENTRY_BYTES
 from potluck.hostd import disk_budget
 from potluck.hostd.budgeted_process import BudgetedProcess
 from potluck.hostd.container_files import ContainerFiles
-from potluck.hostd.disk_budget import DiskBudget
+from potluck.hostd.disk_budget import DiskBudget, files_bound
 from potluck.hostd.engine_stream import StreamedProcess
 from potluck.hostd.exec_bridge import ExecBridge, ExecProcess, SessionProcess
 from potluck.hostd.exec_errors import ExecError
@@ -155,7 +155,7 @@ class _ScpSink(BudgetedProcess):
             log.info("scp_sink.disk_bound_reached", alloc_id=self.alloc_id, need=need, left=left)
             said = (
                 f"\x01scp: potluck: {name} needs {need} bytes of disk and allocation {self.alloc_id} "
-                f"has {left} left of its disk bound of {bound} bytes: not copied\n"
+                f"has {left} left of {files_bound(bound)}: not copied\n"
             )
             if self.sink is not None:
                 self.sink.exec_data(said.encode(), False)

@@ -674,7 +674,7 @@ class SftpFilter(BudgetedProcess):
         log.info("sftp_filter.disk_bound_reached", alloc_id=self.alloc_id, growth=growth, left=left)
         said = (
             f"the allocation's disk bound is reached: this needs {growth} bytes more, "
-            f"{left} are left (of its disk bound of {bound} bytes)"
+            f"{left} are left (of {disk_budget.files_bound(bound)})"
         )
         if self.sink is not None:
             self.sink.exec_data(f"potluck: {name}: {said}: not written\n".encode(), True)

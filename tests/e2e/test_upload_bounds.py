@@ -105,7 +105,9 @@ async def test_potluck_cp_past_what_is_left_of_the_disk_bound_fails_cleanly(
 
     for done in (as_file, into_dir, a_folder):
         assert done.returncode == 1, done.stderr + files.pool.logs()
-        said = re.search(r"needs (\d+) bytes of disk .* has (\d+) left of its disk bound", done.stderr)
+        said = re.search(
+            r"needs (\d+) bytes of disk .* has (\d+) left of the \d+ bytes its files may take", done.stderr
+        )
         assert said is not None, done.stderr
         assert int(said[1]) > 40 * MiB > int(said[2]), done.stderr
         assert "nothing was copied" in done.stderr, done.stderr
@@ -161,7 +163,9 @@ async def test_ssh_tools_past_what_is_left_of_the_disk_bound_fail_cleanly(
 
     assert refused.returncode != 0, refused.stderr
     if tool == "rsync":
-        said = re.search(r"has (\d+) bytes left of its disk bound .* it was cut off", refused.stderr)
+        said = re.search(
+            r"has (\d+) bytes left of the \d+ bytes its files may take .* it was cut off", refused.stderr
+        )
         assert said is not None, refused.stderr
         assert int(said[1]) < 40 * MiB, refused.stderr
     elif image == "default" and tool != "scp -O":
