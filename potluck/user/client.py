@@ -126,8 +126,8 @@ class Login:
             gateway = gateway or saved.get("gateway")
         if not url or not token:
             raise ClientError(
-                "not logged in: run `potluck login --url URL --token TOKEN` "
-                "(or set POTLUCK_URL and POTLUCK_TOKEN)",
+                f"not logged in (no URL and token in {path}): run `potluck login --url URL` (it asks "
+                "for the token your operator gave you), or set POTLUCK_URL and POTLUCK_TOKEN",
                 ExitCode.USAGE,
             )
         try:

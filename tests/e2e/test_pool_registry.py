@@ -173,6 +173,9 @@ async def test_potluck_image_push_and_ls_from_the_users_own_engine(
     anonymous = await asyncio.to_thread(_potluck, "image", "push", "example.org/team/sim:7", env=base)
     assert anonymous.returncode == 2
     assert "not logged in" in anonymous.stderr
+    # What to do, without a token on the command line (`potluck login` warns against that).
+    assert "run `potluck login --url URL` (it asks for the token" in anonymous.stderr, anonymous.stderr
+    assert "--token" not in anonymous.stderr, anonymous.stderr
 
     # Erin cannot run Dana's image: refused at once, naming the field, before any placement.
     body = {"cpus": 0.1, "memory": "64M", "image": result["image"], "command": ["true"]}
