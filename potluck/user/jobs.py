@@ -403,11 +403,21 @@ def job_show(job_id: str, as_json: bool) -> None:
 @click.argument("job_ids", metavar="JOB_ID...", nargs=-1, required=True, type=JOB_ID)
 @JSON
 def job_rm(job_ids: tuple[str, ...], as_json: bool) -> None:
-    """Cancel jobs: what still runs is stopped, what waits is never started.
+    """Cancel jobs: what still runs is stopped, what waits is never started. The stopped
+    containers their finished tasks keep (for `potluck cp` and `potluck logs`) are removed, for
+    a job that had already ended too.
 
     Each is cancelled even if another is not yours; the exit code is then the first failure's."""
     if len(job_ids) == 1:
-        _show_job(call_api("DELETE", f"/v1/jobs/{segment(job_ids[0])}"), as_json)
+        removed = call_api("DELETE", f"/v1/jobs/{segment(job_ids[0])}")
+        if removed.get("state") not in (None, "cancelled"):
+            err.print(
+                f"job {foreign(job_ids[0])} had already ended ({foreign(str(removed['state']))}): nothing "
+                "was cancelled; the containers its tasks kept for results were removed",
+                highlight=False,
+                soft_wrap=True,
+            )
+        _show_job(removed, as_json)
         return
     delete_each([f"/v1/jobs/{segment(job_id)}" for job_id in job_ids], as_json, _jobs_table)
 

@@ -225,6 +225,29 @@ async def test_job_show_and_wait_page_through_a_job_of_more_tasks_than_one_answe
     assert json.loads(removed.stdout)["counts"] == {"cancelled": 250}, removed.stdout
 
 
+async def test_job_rm_of_an_ended_job_says_nothing_was_cancelled_and_its_kept_results_went(
+    two_hosts: TwoHosts, test_image: str
+) -> None:
+    """Tried: a one-task job that succeeds, its task's container kept 10 minutes, then `job rm`.
+    Before, it printed the job and exited 0, saying nothing, while it removed that container.
+    Must hold: exit 0, the job still `succeeded`, and stderr says it had ended, nothing was
+    cancelled and the kept containers were removed; the task's container is gone (its logs
+    say so)."""
+    p = two_hosts
+    task = [*TASK[:-1], "600"]  # --keep-for 600
+    job_id = await p.run("--tasks", "1", *task, "--image", test_image, "--wait", "--", "true")
+    alloc_id = (await p.show(job_id))["task_list"][0]["alloc_id"]
+    removed = await p.potluck("job", "rm", job_id)
+    assert removed.returncode == 0, removed.stderr
+    said = " ".join(removed.stderr.split())
+    assert f"job {job_id} had already ended (succeeded): nothing was cancelled" in said, said
+    assert "the containers its tasks kept for results were removed" in said, said
+    assert (await p.show(job_id))["state"] == "succeeded"
+    logs = await p.potluck("logs", alloc_id)
+    assert logs.returncode == 1, logs.stderr
+    assert "container was removed" in logs.stderr, logs.stderr
+
+
 async def running_on(p: TwoHosts, http: aiohttp.ClientSession, job_id: str) -> dict[int, tuple[str, str]]:
     """{task index: (host id, allocation id)} of the job's running tasks, as the API has them."""
     headers = {"Authorization": f"Bearer {p.token}"}
