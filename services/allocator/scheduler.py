@@ -391,9 +391,14 @@ def _refused(request: PlacementRequest, matching: Sequence[_Host]) -> tuple[Impo
 
 
 def _exceeds(
-    request: PlacementRequest, field: Literal["cpus", "memory", "disk"], narrowed: bool
+    request: PlacementRequest,
+    field: Literal["cpus", "memory", "disk"],
+    narrowed: bool,
+    hosts: Iterable[_Host],
 ) -> Impossible:
-    """`narrowed`: some host that matches the constraints does not admit the request."""
+    """`narrowed`: some host that matches the constraints does not admit the request; `hosts`:
+    those that admit it, whose largest donation of `field` the refusal names (what could be
+    asked instead: "no host donates 64 cpus" alone left the user guessing)."""
     r = request.resources
     wanted = {
         "cpus": _cpus(r.cpus),
@@ -410,7 +415,24 @@ def _exceeds(
             if request.image is not None
             else "a network"
         )
-    return Impossible(EXCEEDS_ANY_HOST, f"no host{where} donates {wanted}", field)
+    return Impossible(EXCEEDS_ANY_HOST, f"no host{where} donates {wanted}{_largest(r, field, hosts)}", field)
+
+
+def _largest(r: Capacity, field: Literal["cpus", "memory", "disk"], hosts: Iterable[_Host]) -> str:
+    """The most of `field` a host in `hosts` donates along with the resources before it that
+    `r` asks for, as a refusal's ending ("" when no host donates even those)."""
+    if field == "cpus":
+        most = max((h.dc for h in hosts), default=None)
+        return "" if most is None else f"; the most a host donates is {_cpus(most)}"
+    if field == "memory":
+        memory = max((h.dm for h in hosts if h.dc + CPU_TOLERANCE >= r.cpus), default=None)
+        said = f"; the most memory a host with {_cpus(r.cpus)} donates is {format_size(memory or 0)}"
+        return "" if memory is None else said
+    disk = max(
+        (h.dd for h in hosts if h.dc + CPU_TOLERANCE >= r.cpus and h.dm >= r.memory_bytes), default=None
+    )
+    with_both = f"{_cpus(r.cpus)} and {format_size(r.memory_bytes)} of memory"
+    return "" if disk is None else f"; the most disk a host with {with_both} donates is {format_size(disk)}"
 
 
 def _holds(host: _Host, keys: tuple[str, ...]) -> bool:
@@ -478,10 +500,10 @@ def _decide_among(matching: list[_Host], request: PlacementRequest, strategy: St
     if any(_fits(c, m, d, h.dc, h.dm, h.dd) for h in allowed):
         return Wait(NO_SCHEDULABLE_HOST)
     if not any(_fits(c, 0, 0, h.dc, h.dm, h.dd) for h in allowed):
-        return _exceeds(request, "cpus", narrowed)
+        return _exceeds(request, "cpus", narrowed, allowed)
     if not any(_fits(c, m, 0, h.dc, h.dm, h.dd) for h in allowed):
-        return _exceeds(request, "memory", narrowed)
-    return _exceeds(request, "disk", narrowed)
+        return _exceeds(request, "memory", narrowed, allowed)
+    return _exceeds(request, "disk", narrowed, allowed)
 
 
 def _check_strategy(strategy: str) -> None:
@@ -1059,8 +1081,12 @@ class Scheduler:
             h.host_id in request.excluded_hosts for h in matching_hosts if _admits(h, request)
         ):
             return _none_left(request)
+        # The hosts _decide_over would name the largest of: those that admit it, not excluded.
+        allowed = [
+            h for h in matching_hosts if _admits(h, request) and h.host_id not in request.excluded_hosts
+        ]
         if not self._any_donation(c, 0, 0, accept):
-            return _exceeds(request, "cpus", narrowed)
+            return _exceeds(request, "cpus", narrowed, allowed)
         if not self._any_donation(c, m, 0, accept):
-            return _exceeds(request, "memory", narrowed)
-        return _exceeds(request, "disk", narrowed)
+            return _exceeds(request, "memory", narrowed, allowed)
+        return _exceeds(request, "disk", narrowed, allowed)

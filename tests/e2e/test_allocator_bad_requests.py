@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 from potluck.allocator.authentication import FailureWindow
 from potluck.allocator.connection_caps import MAX_PER_ADDRESS
 from potluck.contracts.registry import TOKEN_PATH
+from potluck.kernel.sizes import format_size
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.ports import free_port
 from potluck.localstack.test_image import DEFAULT_TAG
@@ -175,6 +176,26 @@ async def test_bad_requests_get_a_clear_error_and_nothing_is_recorded(
     assert "sys." not in answer["error"]["message"], "names no interpreter setting"
     # The check's own words, not pydantic's before them ("memory: Value error, the size ...").
     assert "Value error" not in answer["error"]["message"], answer
+    assert await pool.store.head_position() == head
+
+
+async def test_a_request_no_host_could_hold_names_what_the_largest_host_gives(
+    shared: tuple[Pool, Api],
+) -> None:
+    """What is tried: 64 cpus, then the host's cpus with 512G of memory, on the module's pool of
+    one host. What must hold: 422 EXCEEDS_ANY_HOST naming the field, and the message says the
+    most that host donates (what the user could ask for instead); nothing is recorded."""
+    pool, alice = shared
+    _, answer = await alice.call("GET", "/v1/pool")
+    donated = answer["hosts"][0]["donated"]
+    head = await pool.store.head_position()
+    status, refused = await alice.call("POST", "/v1/allocations", small(cpus=64))
+    assert (status, refused["error"]["field"]) == (422, "cpus"), refused
+    most = f"{donated['cpus']:g} cpu" + ("" if donated["cpus"] == 1 else "s")
+    assert refused["error"]["message"].endswith(f"; the most a host donates is {most}"), refused
+    status, refused = await alice.call("POST", "/v1/allocations", small(cpus=donated["cpus"], memory="512G"))
+    assert (status, refused["error"]["field"]) == (422, "memory"), refused
+    assert f"donates is {format_size(donated['memory'])}" in refused["error"]["message"], refused
     assert await pool.store.head_position() == head
 
 

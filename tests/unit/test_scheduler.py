@@ -277,6 +277,30 @@ def test_a_match_only_on_an_unschedulable_host_waits(decide: Decide) -> None:
     )
 
 
+def test_a_refusal_for_size_names_the_most_a_host_donates_with_what_was_asked_before_it(
+    decide: Decide,
+) -> None:
+    """Tried: requests past every host's cpus, past the memory of every host with the cpus asked,
+    past the disk of every host with both. A data user read "no host donates 1 cpu with 3G of
+    memory" with no hint of what to ask. Must hold: each names the most a host donates of that
+    resource among the hosts that give what was asked before it (the same in both
+    implementations: `decide` runs both)."""
+    hosts = [snap("small", cap(1, 2 * GIB, 10 * GIB)), snap("big", cap(4, 8 * GIB, 20 * GIB))]
+    cpus = decide(hosts, request(64, GIB), "best_fit")
+    assert isinstance(cpus, Impossible)
+    assert cpus.message == "no host donates 64 cpus; the most a host donates is 4 cpus"
+    memory = decide(hosts, request(2, 12 * GIB), "best_fit")
+    assert isinstance(memory, Impossible)
+    assert (
+        memory.message
+        == "no host donates 2 cpus with 12G of memory; the most memory a host with 2 cpus donates is 8G"
+    )
+    disk = decide(hosts, request(1, 4 * GIB, 64 * GIB), "best_fit")
+    assert isinstance(disk, Impossible)
+    assert disk.field == "disk"
+    assert disk.message.endswith("; the most disk a host with 1 cpu and 4G of memory donates is 20G")
+
+
 def test_a_match_only_on_hosts_too_small_is_impossible(decide: Decide) -> None:
     hosts = [
         snap("a", cap(2, 4 * GIB), labels={"arch": "arm64"}),
@@ -285,7 +309,10 @@ def test_a_match_only_on_hosts_too_small_is_impossible(decide: Decide) -> None:
     decision = decide(hosts, request(4, GIB, constraints={"arch": "arm64"}), "best_fit")
     assert isinstance(decision, Impossible)
     assert (decision.code, decision.field) == (EXCEEDS_ANY_HOST, "cpus")
-    assert decision.message == "no host matching the constraints donates 4 cpus"
+    assert (
+        decision.message
+        == "no host matching the constraints donates 4 cpus; the most a host donates is 2 cpus"
+    )
 
 
 def test_hosts_that_restrict_images_get_only_those(decide: Decide) -> None:
@@ -350,7 +377,9 @@ def test_a_request_for_a_network_goes_only_where_the_member_allows_one(decide: D
     assert not closed.allow_network
 
     assert decide([closed, open_], request(4, GIB, network=True), "spread") == Impossible(
-        EXCEEDS_ANY_HOST, "no host that allows a network donates 4 cpus", "cpus"
+        EXCEEDS_ANY_HOST,
+        "no host that allows a network donates 4 cpus; the most a host donates is 2 cpus",
+        "cpus",
     )
     assert decide([closed, open_], request(1, GIB, network=True), "spread") == Placed("open")
     assert decide([closed, open_], request(1, GIB), "spread") == Placed("closed")

@@ -113,7 +113,9 @@ def test_a_request_constrained_to_hollow_goes_only_to_hollow_hosts(
         NO_HOST_MATCHES, "no host in the pool has the labels hollow=true, name=m", "constraints"
     )
     assert decide(hosts, req(4, HOLLOW), strategy) == Impossible(
-        EXCEEDS_ANY_HOST, "no host matching the constraints donates 4 cpus", "cpus"
+        EXCEEDS_ANY_HOST,
+        "no host matching the constraints donates 4 cpus; the most a host donates is 2 cpus",
+        "cpus",
     )
 
 
@@ -151,7 +153,9 @@ def test_a_full_real_host_makes_the_request_wait_not_go_hollow(decide: Decide) -
 def test_a_refusal_that_holds_only_without_the_hollow_hosts_says_so(decide: Decide) -> None:
     hosts = [host("r0", cap(2)), hollow("h0", cap(8)), hollow("h1", cap(8), allowed_images=("debian:*",))]
     assert decide(hosts, req(4), "best_fit") == Impossible(
-        EXCEEDS_ANY_HOST, f"no host donates 4 cpus ({HOLLOW_ASIDE})", "cpus"
+        EXCEEDS_ANY_HOST,
+        f"no host donates 4 cpus; the most a host donates is 2 cpus ({HOLLOW_ASIDE})",
+        "cpus",
     )
     only = [replace(hosts[0], allowed_images=("alpine:*",)), hosts[2]]
     assert decide(only, req(1, image="debian:12"), "best_fit") == Impossible(
