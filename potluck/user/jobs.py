@@ -395,7 +395,13 @@ def job_ls(limit: int | None, as_json: bool, quiet: bool) -> None:
 @click.argument("job_id", type=JOB_ID)
 @JSON
 def job_show(job_id: str, as_json: bool) -> None:
-    """A job: its tasks counted by state, then each task's state, host, exit code, attempts."""
+    """A job: its tasks counted by state, then each task's state, host, exit code, attempts.
+
+    \b
+    A task's state: waiting (not asked for yet: held back by --parallelism or
+    your quota), pending (asked for, waiting for room in the pool: `potluck alloc
+    show ALLOC` says why), placed, pulling, running, retrying (its attempt ended;
+    the next is asked for after a pause), succeeded, failed (for good), cancelled."""
     _show_job(with_every_task(call_api("GET", f"/v1/jobs/{segment(job_id)}")), as_json)
 
 
