@@ -211,7 +211,8 @@ def push(source: str, as_json: bool) -> None:
 @image.command(name="ls")
 @JSON
 def ls(as_json: bool) -> None:
-    """Your images in the pool registry."""
+    """Your images in the pool registry, then the pool's own (its library), which everyone may
+    run: give either to --image as printed."""
     listing = call_api("GET", "/v1/images")
     if as_json:
         click.echo(json.dumps(listing))
@@ -221,5 +222,13 @@ def ls(as_json: bool) -> None:
             out.print(foreign(f"{entry['name']}:{tag}"), highlight=False)
     if not listing["images"]:
         err.print(
-            f"no images yet; `potluck image push IMAGE` puts one under {listing['prefix']}", highlight=False
+            f"no images of yours yet; `potluck image push IMAGE` puts one under {listing['prefix']}",
+            highlight=False,
         )
+    library = [
+        f"{entry['name']}:{tag}" for entry in listing.get("library", []) for tag in entry["tags"] or []
+    ]
+    if library:
+        err.print("the pool's own images, for everyone:", highlight=False)
+        for name in library:
+            out.print(foreign(name), highlight=False)

@@ -671,11 +671,13 @@ async def images(request: web.Request) -> web.Response:
     user = _user(request)
     request.app[ENGINE].fetches.admit(user.name)  # a request to the registry per repository
     repositories = await registry.repositories_of(user.name)
+    library = await registry.library()
     return ok(
         PoolImages(
             registry=registry.address,
             prefix=registry.reference_prefix(user.name),
             images=[PoolImage(name=f"{registry.address}/{r.name}", tags=r.tags) for r in repositories],
+            library=[PoolImage(name=r.name, tags=r.tags) for r in library],
         )
     )
 

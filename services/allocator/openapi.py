@@ -414,7 +414,10 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "listImages",
                     "security": auth,
                     "responses": {
-                        "200": {"description": "Your images in the pool registry", **_json("PoolImages")},
+                        "200": {
+                            "description": "Your images in the pool registry, and the pool's own",
+                            **_json("PoolImages"),
+                        },
                         **_authenticated(404, 409, 503, fetches=True),
                     },
                 },

@@ -11,7 +11,7 @@ from urllib.parse import urlencode, urlparse
 import aiohttp
 import structlog
 
-from potluck.allocator.registry_access import Scope, grant_for_user, in_library, namespace_of
+from potluck.allocator.registry_access import LIBRARY, Scope, grant_for_user, in_library, namespace_of
 from potluck.allocator.registry_tokens import TokenIssuer
 from potluck.contracts.image_reference import InvalidReference, parse_reference
 from potluck.kernel.rejections import Rejected
@@ -92,7 +92,15 @@ class PoolRegistry:
             )
 
     async def repositories_of(self, user: str) -> list[ImageRepository]:
-        prefix = self.reference_prefix(user).removeprefix(self.address + "/")
+        return await self._repositories(self.reference_prefix(user).removeprefix(self.address + "/"))
+
+    async def library(self) -> list[ImageRepository]:
+        """The pool's own images, which every user may run, named as `--image` takes them: NAME
+        (`library/NAME` in the registry)."""
+        found = await self._repositories(LIBRARY + "/")
+        return [ImageRepository(r.name.removeprefix(LIBRARY + "/"), r.tags) for r in found]
+
+    async def _repositories(self, prefix: str) -> list[ImageRepository]:
         async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
             try:
                 names = await self._catalog(http, prefix)

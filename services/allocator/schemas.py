@@ -476,6 +476,11 @@ class PoolImages(Body):
     registry: str = Field(description="The pool registry's address, as image references write it.")
     prefix: str = Field(description="Your namespace: push and run images under this prefix.")
     images: list[PoolImage]
+    library: list[PoolImage] = Field(
+        default_factory=list,
+        description="The pool's own images, which every user may run: `name` is what --image takes "
+        "with a tag (NAME:TAG); every host gets them from the pool registry.",
+    )
 
 
 class Error(Body):

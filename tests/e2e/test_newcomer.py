@@ -146,6 +146,20 @@ def test_up_then_the_user_quick_start_then_down(newcomer: dict[str, str], tmp_pa
         republished = potluck("ops", "images", "publish", "potluck-default:latest", env=newcomer)
         assert republished.returncode == 0, republished.stdout + republished.stderr
         assert f"published {registry}/library/potluck-default:latest@sha256:" in republished.stdout
+        # A user finds the pool's own images beside theirs (before, `image ls` showed only their
+        # namespace, empty, and nothing said what else could be run).
+        as_user = {
+            **newcomer,
+            "POTLUCK_URL": api,
+            "POTLUCK_TOKEN": token,
+            "POTLUCK_CONFIG": str(Path(newcomer["POTLUCK_HOME"]) / "absent-client.toml"),
+        }
+        listed = potluck("image", "ls", "--json", env=as_user)
+        assert listed.returncode == 0, listed.stderr
+        assert {"name": "potluck-default", "tags": ["latest"]} in json.loads(listed.stdout)["library"]
+        shown = potluck("image", "ls", env=as_user)
+        assert "potluck-default:latest" in shown.stdout.splitlines(), shown.stdout
+        assert "the pool's own images, for everyone" in shown.stderr, shown.stderr
         not_a_pool_name = potluck("ops", "images", "publish", "someone/else:1", env=newcomer)
         assert not_a_pool_name.returncode == 1
         assert "cannot name a pool image" in not_a_pool_name.stderr
