@@ -224,6 +224,56 @@ async def test_allocation_page_extends_and_releases_and_hides_others(
     await bob.context.close()
 
 
+async def test_a_jobs_page_lists_its_tasks_with_their_allocations_for_its_owner_only(
+    web_pool: WebPool,
+    browser: Browser,  # noqa: F811
+) -> None:
+    """Tried: alice submits a job of 3 tasks (task 1 exits 3), opens "My allocations and jobs",
+    follows the job's link; bob asks for the job's page by URL. Before, jobs were not links and
+    /web/jobs/ID was a 404 for everyone. Must hold: the job's page shows its state and counts,
+    a row per task with its state, exit code and a link to its allocation's page (which opens);
+    bob gets 404."""
+    headers = {"Authorization": f"Bearer {web_pool.tokens['alice']}"}
+    body = {
+        "tasks": 3,
+        "cpus": 0.1,
+        "memory": "32M",
+        "disk": "32M",
+        "image": DEFAULT_TAG,
+        "command": ["sh", "-c", 'test "$POTLUCK_TASK_INDEX" != 1 || exit 3'],
+        "keep_for": 0,
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{web_pool.pool.api}/v1/jobs", json=body, headers=headers) as r:
+            job = await r.json()
+            assert r.status == 201, job
+        async with http.get(
+            f"{web_pool.pool.api}/v1/jobs/{job['id']}?wait=done&timeout=60", headers=headers
+        ) as r:
+            done = await r.json()
+    assert done["state"] == "failed", done
+    page = await web_pool.signed_in(browser, "alice")
+    await page.goto("/web/mine")
+    await page.click(f'[data-job="{job["id"]}"] a')
+    await page.wait_for_url(f"**/web/jobs/{job['id']}")
+    assert await page.locator(".job-counts").inner_text() == "2 succeeded, 1 failed"
+    rows = await page.locator("table.tasks tbody tr").evaluate_all(
+        "rows => rows.map(r => Array.from(r.cells).map(c => c.innerText))"
+    )
+    assert [(r[0], r[3]) for r in rows] == [("0", "0"), ("1", "3"), ("2", "0")], rows
+    assert rows[1][1].startswith("failed"), rows
+    await page.screenshot(path=str(web_pool.shots / "job.png"), full_page=True)
+    await page.click('[data-task="1"] a')
+    await page.wait_for_url(f"**/web/allocations/{done['task_list'][1]['alloc_id']}")
+    await page.context.close()
+
+    bob = await web_pool.signed_in(browser, "bob")
+    answer = await bob.goto(f"/web/jobs/{job['id']}")
+    assert answer is not None
+    assert answer.status == 404
+    await bob.context.close()
+
+
 async def test_a_member_sees_their_machine_and_nothing_else(
     web_pool: WebPool,
     browser: Browser,  # noqa: F811

@@ -34,6 +34,7 @@ from potluck.allocator.user_rates import USER_RATES, RateExceeded
 from potluck.allocator.users import User
 from potluck.allocator.web import history, views
 from potluck.allocator.web.connect import plain_ssh_line
+from potluck.allocator.web.job_page import job_view
 from potluck.allocator.web.live import Changes, StreamsFull, StreamSlots, TooManyStreams, stream
 from potluck.allocator.web.log_tail import LogSource, Whereabouts, follow_log
 from potluck.allocator.web.mine_page import mine_of
@@ -142,6 +143,7 @@ def setup(
     app.router.add_get(PREFIX + "mine", mine_page)
     app.router.add_get(PREFIX + "live/mine", mine_live)
     app.router.add_get(PREFIX + "allocations/{alloc_id}", allocation_page)
+    app.router.add_get(PREFIX + "jobs/{job_id}", job_page)
     app.router.add_get(PREFIX + "live/allocations/{alloc_id}", allocation_live)
     app.router.add_get(PREFIX + "live/allocations/{alloc_id}/log", allocation_log)
     app.router.add_post(PREFIX + "allocations/{alloc_id}/extend", extend, expect_handler=continue_if_it_fits)
@@ -606,6 +608,20 @@ async def _allocation_page(request: web.Request, session: Session) -> web.Respon
             **context,
         },
     )
+
+
+async def job_page(request: web.Request) -> web.Response:
+    session = _session(request)
+    job_id = request.match_info["job_id"]
+    engine = request.app[ENGINE]
+    job = engine.model.jobs.jobs.get(job_id)
+    if job is None or (session.operator is None and job.user != _user(request, session).name):
+        # Another user's job is as good as absent; one ended before the retention window is
+        # no longer in the model (`potluck job show` reads it from the log).
+        shown = job_id if SHOWN_ID.fullmatch(job_id) else "such a job"
+        what = f"no job {shown} of yours here (`potluck job show` reads older ones)"
+        return _render("not_found.html", request, {"session": session, "what": what}, status=404)
+    return _render("job.html", request, {"session": session, "job": job_view(engine.model, job)})
 
 
 async def allocation_live(request: web.Request) -> web.StreamResponse:
