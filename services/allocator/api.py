@@ -391,6 +391,10 @@ def _float_as_written(text: str) -> float | _Unreadable:
     # or a `keep_for` takes, where the schema (0, or at least 1) refuses 1e-400. No field takes
     # a number that small, so one is refused as such rather than read as another number.
     value = float(text)
+    # Past a float's largest (about 1.8e308) it is infinity, which a field's bound then refused as
+    # "less than or equal to 256": not the number written. Said as NaN is (_no_constant).
+    if math.isinf(value):
+        return _Unreadable(f"{text[:40]} is larger than any number this API reads")
     if value == 0 and any(digit in "123456789" for digit in text.partition("e")[0].partition("E")[0]):
         return _Unreadable(
             f"{text[:40]} is nearer 0 than a number this API reads; write 0, or a larger number"
