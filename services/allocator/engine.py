@@ -64,6 +64,7 @@ from potluck.allocator.model import AllocatorModel
 from potluck.allocator.reactions import Reactions
 from potluck.allocator.scheduler import Impossible, Placed, Strategy
 from potluck.allocator.schemas import CreateAllocation, HistoryEntry, Pool
+from potluck.allocator.ssh_key_check import check_ssh_keys
 from potluck.allocator.stored import ALLOC_ID, stored_allocation, stored_job
 from potluck.allocator.user_rates import DEFAULT_FETCH_RATE, TooManyFetches, UserRates
 from potluck.allocator.users import User, UsersView
@@ -450,6 +451,7 @@ class AllocatorEngine:
     ) -> Requested:
         """A new allocation, or with `idempotency_key` the one an earlier request with the same
         key made (idempotency.py): its id is the key's, so the log holds at most one."""
+        check_ssh_keys(body.ssh_keys)
         alloc_id = new_alloc_id() if idempotency_key is None else keyed_alloc_id(user.name, idempotency_key)
         request = requested(user.name, alloc_id, body)
         tries = 0
@@ -576,6 +578,7 @@ class AllocatorEngine:
         job_id = new_job_id() if idempotency_key is None else keyed_job_id(user.name, idempotency_key)
         spec = body.spec()
         check_job_size(spec)
+        check_ssh_keys(body.ssh_keys)
         # The first task stands for all: they differ only in their environment.
         probe = attempt_request(job_id, user.name, spec, 0, 1, new_alloc_id())
         check_quota(user.quota, {}, spec.task.resources)

@@ -68,8 +68,9 @@ def _errors(*codes: int) -> dict[str, Any]:
         409: "Conflict (on a create: IDEMPOTENCY_KEY_IN_USE, the key's first request is still being decided)",
         413: "Body larger than 256 KiB",
         415: "Not JSON",
-        422: "Impossible request: more than any host could ever give (or IDEMPOTENCY_KEY_REUSED: "
-        "the Idempotency-Key was sent with another request)",
+        422: "Impossible request: more than any host could ever give, INVALID_SSH_KEY (a key line "
+        "that holds no whole key, or one too weak to log in with), or IDEMPOTENCY_KEY_REUSED (the "
+        "Idempotency-Key was sent with another request)",
         429: "Too many failed authentications from this address, or (a request with `wait`) "
         f"{MAX_WAITS_PER_USER} of the user's waiting already; see Retry-After",
         503: "Not ready, the pool changes too fast to decide, or its database is away: try again "

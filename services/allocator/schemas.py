@@ -16,8 +16,6 @@ from potluck.contracts.image_reference import REFERENCE_PATTERN
 from potluck.contracts.job_events import MAX_KEEP_FOR_S
 from potluck.kernel.durations import DurationBetween
 from potluck.kernel.sizes import SizeBetween
-from potluck.kernel.ssh_key_shape import shape_problem
-from potluck.kernel.ssh_key_strength import line_weakness
 from potluck.readmodels.allocations import AllocationState, AllocationStatus
 from potluck.readmodels.hosts import HostState
 
@@ -109,23 +107,10 @@ Command = Annotated[
 ]
 
 
-def _strong_enough(line: str) -> str:
-    # The gateway refuses these at login (sshgateway/login_policy.py), and a line that holds no
-    # whole key matches no key anyone holds: said here, when the key is given, rather than as
-    # "Permission denied" later.
-    broken = shape_problem(line)
-    if broken is not None:
-        raise ValueError(f"{line[:40]!r}: {broken}; give the whole line of the key's .pub file")
-    why = line_weakness(line)
-    if why is not None:
-        raise ValueError(f"{line[:40]!r}: {why}; make an ed25519 key (ssh-keygen -t ed25519)")
-    return line
-
-
 SshKey = Annotated[
     str,
+    # Only its form: whether it holds a usable key is ssh_key_check's (a 422).
     AfterValidator(_matching(SSH_KEY, "one OpenSSH public key line, e.g. 'ssh-ed25519 AAAA... me'")),
-    AfterValidator(_strong_enough),
     WithJsonSchema({"type": "string", "maxLength": MAX_KEY_TEXT, "pattern": SSH_KEY}),
     Field(max_length=MAX_KEY_TEXT),
 ]

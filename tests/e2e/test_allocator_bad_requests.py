@@ -103,12 +103,14 @@ async def erin(shared: tuple[Pool, Api]) -> tuple[Pool, Api]:
         (small(memory="lots"), 400, "INVALID_FIELD", "memory"),
         (small(surprise=True), 400, "INVALID_FIELD", "surprise"),
         (small(ssh_keys=["not a key"]), 400, "INVALID_FIELD", "ssh_keys"),
-        # Keys the gateway refuses at login (a DSA key, a 1024-bit RSA one) are refused here first.
-        (small(ssh_keys=[DSA_KEY]), 400, "INVALID_FIELD", "ssh_keys"),
-        (small(ssh_keys=[RSA_1024_KEY]), 400, "INVALID_FIELD", "ssh_keys"),
+        # Keys the gateway refuses at login (a DSA key, a 1024-bit RSA one) are refused here first:
+        # well-formed lines (the schema's), so a 422 as for a request no host could hold.
+        (small(ssh_keys=[DSA_KEY]), 422, "INVALID_SSH_KEY", "ssh_keys"),
+        (small(ssh_keys=[RSA_1024_KEY]), 422, "INVALID_SSH_KEY", "ssh_keys"),
         # A line that holds no whole key (its ed25519 key 2 bytes, not 32): no one could log in
         # with it, and the allocation was made all the same.
-        (small(ssh_keys=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOZ3 me"]), 400, "INVALID_FIELD", "ssh_keys"),
+        (small(ssh_keys=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOZ3 me"]), 422, "INVALID_SSH_KEY", "ssh_keys"),
+        (small(ssh_keys=["ssh-rsa DApwqt"]), 422, "INVALID_SSH_KEY", "ssh_keys"),  # schemathesis's
         # What the published schema calls a boolean, a number or a name is one (no lax coercion).
         (small(network=0), 400, "INVALID_FIELD", "network"),
         (small(cpus="1"), 400, "INVALID_FIELD", "cpus"),
@@ -191,6 +193,30 @@ async def test_bad_requests_get_a_clear_error_and_nothing_is_recorded(
     assert "sys." not in answer["error"]["message"], "names no interpreter setting"
     # The check's own words, not pydantic's before them ("memory: Value error, the size ...").
     assert "Value error" not in answer["error"]["message"], answer
+    assert await pool.store.head_position() == head
+
+
+async def test_a_job_whose_ssh_key_holds_no_whole_key_is_refused_and_appends_nothing(
+    hal: tuple[Pool, Api],
+) -> None:
+    """What is tried: POST /v1/jobs registering the auditor's cut-short ed25519 line (2 bytes of
+    key), then a DSA key. What must hold: 422 INVALID_SSH_KEY naming ssh_keys and what is wrong
+    with the key, as for an allocation; no job is recorded."""
+    pool, user = hal
+    head = await pool.store.head_position()
+    for line, said in (
+        ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOZ3 me", "the key data is shorter than it says"),
+        (DSA_KEY, "DSA keys are refused"),
+    ):
+        status, answer = await user.call(
+            "POST", "/v1/jobs", small(tasks=2, command=["true"], ssh_keys=[line])
+        )
+        assert (status, answer["error"]["code"], answer["error"]["field"]) == (
+            422,
+            "INVALID_SSH_KEY",
+            "ssh_keys",
+        )
+        assert said in answer["error"]["message"], answer
     assert await pool.store.head_position() == head
 
 
