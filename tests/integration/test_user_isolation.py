@@ -139,12 +139,14 @@ async def test_bob_learns_nothing_of_alices_objects_on_any_route(pages: WebApp) 
         ("GET", "/web/live/allocations/{alloc_id}/log", {}),
         ("POST", "/web/allocations/{alloc_id}/extend", {"data": {"csrf": csrf.group(1), "by": "1h"}}),
         ("POST", "/web/allocations/{alloc_id}/release", {"data": {"csrf": csrf.group(1)}}),
+        ("GET", "/web/jobs/{job_id}", {}),
     ]
     for method, template, kw in web_cases:
         headers = {**cookie, **form} if method == "POST" else cookie
-        for theirs, never in theirs_and_never["alloc_id"]:
-            got = await _send(app, method, template.format(alloc_id=theirs), headers, **kw)
-            not_there = await _send(app, method, template.format(alloc_id=never), headers, **kw)
+        (name,) = re.findall(r"\{(\w+)\}", template)
+        for theirs, never in theirs_and_never[name]:
+            got = await _send(app, method, template.format(**{name: theirs}), headers, **kw)
+            not_there = await _send(app, method, template.format(**{name: never}), headers, **kw)
             assert got[0] == 404, (method, template, got)
             _same(got, not_there, theirs, never, f"{method} {template}")
     for path in ("/web/mine", "/"):
