@@ -56,6 +56,15 @@ async def potluck(
     )
 
 
+def logged_in(g: Gatewayed, tmp_path: Path, home: Path) -> dict[str, str]:
+    """The environment of a user logged in to `g`'s pool (a client file of their own), whose home
+    is `home`, with no ssh-agent: ssh offers only the key files it is given or finds."""
+    config = tmp_path / "client" / "client.toml"
+    Login(g.pool.api, g.token, f"127.0.0.1:{g.ssh_port}").save(config)
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    return {**env, "POTLUCK_CONFIG": str(config), "HOME": str(home)}
+
+
 def keygen(path: Path) -> str:
     """A new ed25519 key at `path`; its fingerprint as `ssh-keygen -l` prints it."""
     subprocess.run(
@@ -85,10 +94,7 @@ async def test_a_refused_key_is_named_with_the_admitted_ones_and_what_to_do(
     shutil.copy(g.key, work)
     shutil.copy(f"{g.key}.pub", f"{work}.pub")
     admitted_print = keygen_print(work)
-    config = tmp_path / "client" / "client.toml"
-    Login(g.pool.api, g.token, f"127.0.0.1:{g.ssh_port}").save(config)
-    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
-    env = {**env, "POTLUCK_CONFIG": str(config), "HOME": str(home)}
+    env = logged_in(g, tmp_path, home)
     async with aiohttp.ClientSession() as http:
         alloc_id = await g.allocate(http)
     payload = tmp_path / "payload.txt"
@@ -164,10 +170,7 @@ async def test_a_locked_out_address_is_said_as_such_not_as_a_wrong_key(
     (home / ".ssh").mkdir(parents=True)
     wrong = home / ".ssh" / "id_other"
     keygen(wrong)
-    config = tmp_path / "client" / "client.toml"
-    Login(g.pool.api, g.token, f"127.0.0.1:{g.ssh_port}").save(config)
-    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
-    env = {**env, "POTLUCK_CONFIG": str(config), "HOME": str(home)}
+    env = logged_in(g, tmp_path, home)
     async with aiohttp.ClientSession() as http:
         alloc_id = await g.allocate(http)
     for _ in range(3):
