@@ -62,13 +62,13 @@ from potluck.allocator.job_reactions import _Tracked
 from potluck.allocator.job_schemas import CreateJob
 from potluck.allocator.model import AllocatorModel
 from potluck.allocator.reactions import Reactions
-from potluck.allocator.scheduler import Impossible, Placed, Strategy
+from potluck.allocator.scheduler import Impossible, Placed, Scheduler, Strategy
 from potluck.allocator.schemas import CreateAllocation, HistoryEntry, Pool
 from potluck.allocator.ssh_key_check import check_ssh_keys
 from potluck.allocator.stored import ALLOC_ID, stored_allocation, stored_job
 from potluck.allocator.user_rates import DEFAULT_FETCH_RATE, TooManyFetches, UserRates
 from potluck.allocator.users import User, UsersView
-from potluck.allocator.waiting import Standing, queue_positions, standing_in
+from potluck.allocator.waiting import KeptIndex, Standing, kept_freed, queue_positions, standing_in
 from potluck.contracts.allocation_events import AllocationRequested, CapacityReserved, alloc_stream
 from potluck.contracts.job_events import JobSubmitted, job_stream
 from potluck.events import (
@@ -200,6 +200,9 @@ class AllocatorEngine:
         self.reactions = Reactions(self)
         #: The fair queue's order and the log position it was worked out at (queue_positions).
         self._queue_positions: tuple[int, dict[str, int]] | None = None
+        self._kept_freed_at: tuple[int, tuple[Scheduler, dict[str, list[AllocationState]]] | None] | None = (
+            None
+        )
         #: Called with each record folded while following the log (not while catching up): metrics.
         self.on_applied: list[Callable[[RecordedEvent], None]] = []
         #: By user, the jobs being submitted (checked against the cap, not folded yet).
@@ -248,7 +251,18 @@ class AllocatorEngine:
         be now."""
         if state.status != "pending":
             return None
-        return standing_in(self.outlook(), state, self.strategy, self.queue_positions())
+        return standing_in(self.outlook(), state, self.strategy, self.queue_positions(), self._kept_freed)
+
+    def _kept_freed(self) -> KeptIndex | None:
+        """The hosts with the disk of the containers kept on them given back, indexed (and those
+        containers by host), worked out once per log position as the queue's positions are:
+        a page of a thousand waiting tasks asks it once each, and 10,000 hosts looked at each
+        time would take seconds."""
+        if self._kept_freed_at is None or self._kept_freed_at[0] != self.position:
+            freed = kept_freed(self.outlook().snapshots(), self.model.allocations.kept())
+            indexed = None if freed is None else (Scheduler(freed.hosts), freed.held)
+            self._kept_freed_at = (self.position, indexed)
+        return self._kept_freed_at[1]
 
     # Folding the log.
 

@@ -6,7 +6,7 @@ Worked out when asked and never logged: it changes whenever a host comes, goes o
 and the log holds facts, not forecasts. Pure: a decision and the queue in, a value out.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -18,6 +18,7 @@ from potluck.allocator.scheduler import (
     HostSnapshot,
     Placed,
     PlacementRequest,
+    Scheduler,
     Strategy,
     Wait,
     place,
@@ -29,7 +30,18 @@ from potluck.readmodels.allocations import AllocationState, AllocationsView
 if TYPE_CHECKING:  # decisions.py reads the request schemas, which read this module
     from potluck.allocator.decisions import Outlook
 
-__all__ = ["Standing", "WaitingReason", "kept_in_the_way", "queue_positions", "standing", "standing_in"]
+__all__ = [
+    "KeptFreed",
+    "KeptIndex",
+    "Standing",
+    "WaitingReason",
+    "kept_freed",
+    "kept_in_the_way",
+    "kept_note",
+    "queue_positions",
+    "standing",
+    "standing_in",
+]
 
 #: `no_free_capacity`: a host that takes work could hold it, once it frees capacity;
 #: `no_schedulable_host`: only hosts that are away, paused, draining, frozen or awaiting an
@@ -76,32 +88,46 @@ def standing(decision: Decision, position: int, queue_length: int) -> Standing:
     return Standing("refusing", message, position, queue_length)
 
 
-def kept_in_the_way(
-    hosts: Sequence[HostSnapshot],
-    request: PlacementRequest,
-    strategy: Strategy,
-    kept: Sequence[AllocationState],
-    user: str,
-) -> str | None:
-    """What to add to a NO_FREE_CAPACITY wait when the disk of stopped containers kept for their
-    logs and files (`kept`: AllocationsView.kept) is what stands in the way: placing `request`
-    among `hosts` with that disk free would succeed. None when it would not (or nothing is kept).
+@dataclass(frozen=True)
+class KeptFreed:
+    """The hosts as placement sees them with the disk of the stopped containers kept on them
+    (for their logs and files) given back, and those containers by host: what `kept_note` asks
+    whether a waiting request would be placed on."""
 
-    Why said: a job's finished tasks keep their containers (1 h by default) and each holds its
-    whole disk meanwhile, so a job's later tasks can wait on its own earlier ones, and the plain
-    "no host has that much free" sends the user looking at the pool's CPUs."""
-    if not kept:
-        return None
+    hosts: list[HostSnapshot]
+    held: dict[str, list[AllocationState]]
+
+
+#: KeptFreed's hosts indexed for placement, and its containers by host (the allocator's, per
+#: log position: AllocatorEngine._kept_freed).
+KeptIndex = tuple[Scheduler, dict[str, list[AllocationState]]]
+
+
+def kept_freed(hosts: Sequence[HostSnapshot], kept: Sequence[AllocationState]) -> KeptFreed | None:
+    """`hosts` with the disk the `kept` containers (AllocationsView.kept) hold given back; None
+    when nothing is kept."""
     held: dict[str, list[AllocationState]] = {}
     for state in kept:
         if state.host_id is not None:
             held.setdefault(state.host_id, []).append(state)
+    if not held:
+        return None
     freed = [
         replace(host, reserved=host.reserved - _disk_of(held[host.host_id])) if host.host_id in held else host
         for host in hosts
     ]
-    decision = place(freed, request, strategy)
-    if not isinstance(decision, Placed):
+    return KeptFreed(freed, held)
+
+
+def kept_note(decision: Decision, held: dict[str, list[AllocationState]], user: str) -> str | None:
+    """What to add to a NO_FREE_CAPACITY wait of `user`'s when the kept containers' disk is what
+    stands in the way: `decision` is its placement with that disk free (on KeptFreed.hosts).
+    None when it would not be placed then either.
+
+    Why said: a job's finished tasks keep their containers (1 h by default) and each holds its
+    whole disk meanwhile, so a job's later tasks can wait on its own earlier ones, and the plain
+    "no host has that much free" sends the user looking at the pool's CPUs."""
+    if not isinstance(decision, Placed) or decision.host_id not in held:
         return None
     there = sorted(held[decision.host_id], key=lambda a: (a.kept_until, a.alloc_id))
     yours = [a for a in there if a.user == user]
@@ -118,6 +144,22 @@ def kept_in_the_way(
     )
 
 
+def kept_in_the_way(
+    hosts: Sequence[HostSnapshot],
+    request: PlacementRequest,
+    strategy: Strategy,
+    kept: Sequence[AllocationState],
+    user: str,
+) -> str | None:
+    """The rule in one call: `kept_note` of placing `request` on `hosts` with the kept
+    containers' disk free (the allocator keeps the freed hosts indexed, KeptFreed, per log
+    position: a page of pending allocations asks it once each)."""
+    freed = kept_freed(hosts, kept)
+    if freed is None:
+        return None
+    return kept_note(place(freed.hosts, request, strategy), freed.held, user)
+
+
 def _disk_of(states: Sequence[AllocationState]) -> Capacity:
     """The disk the stopped containers of `states` hold (their reservation's disk alone)."""
     disk = sum(a.spec.resources.disk_bytes for a in states)
@@ -125,15 +167,25 @@ def _disk_of(states: Sequence[AllocationState]) -> Capacity:
 
 
 def standing_in(
-    outlook: "Outlook", state: AllocationState, strategy: Strategy, positions: dict[str, int]
+    outlook: "Outlook",
+    state: AllocationState,
+    strategy: Strategy,
+    positions: dict[str, int],
+    kept: Callable[[], KeptIndex | None] | None = None,
 ) -> Standing:
     """Why the pending allocation `state` waits, decided on `outlook` as its placement would be;
-    `positions`: the queue's (queue_positions)."""
+    `positions`: the queue's (queue_positions); `kept`: gives KeptFreed's hosts, indexed, and
+    its containers by host (None: nothing is kept), asked only for a wait on free capacity."""
     decision = outlook.place(state, strategy)
     told = standing(decision, positions.get(state.alloc_id, 0), len(positions))
-    if isinstance(decision, Wait) and decision.reason == NO_FREE_CAPACITY:
-        kept = outlook.model.allocations.kept()
-        note = kept_in_the_way(outlook.snapshots(), outlook.request(state), strategy, kept, state.user)
+    index = (
+        kept()
+        if kept is not None and isinstance(decision, Wait) and decision.reason == NO_FREE_CAPACITY
+        else None
+    )
+    if index is not None:
+        scheduler, held = index
+        note = kept_note(scheduler.place(outlook.request(state), strategy), held, state.user)
         if note is not None:
             told = replace(told, message=f"{told.message}; {note}")
     return told
