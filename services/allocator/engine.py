@@ -200,9 +200,8 @@ class AllocatorEngine:
         self.reactions = Reactions(self)
         #: The fair queue's order and the log position it was worked out at (queue_positions).
         self._queue_positions: tuple[int, dict[str, int]] | None = None
-        self._kept_freed_at: tuple[int, tuple[Scheduler, dict[str, list[AllocationState]]] | None] | None = (
-            None
-        )
+        #: The hosts with kept containers' disk given back, and the log position of that (_kept_freed).
+        self._kept_freed_at: tuple[int, KeptIndex | None] | None = None
         #: Called with each record folded while following the log (not while catching up): metrics.
         self.on_applied: list[Callable[[RecordedEvent], None]] = []
         #: By user, the jobs being submitted (checked against the cap, not folded yet).
