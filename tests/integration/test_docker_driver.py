@@ -110,8 +110,14 @@ def short_dir() -> Iterator[Path]:
 
 def test_memory_hog_is_oom_killed(docker_driver: DockerDriver, test_image: str) -> None:
     """A container limited to 64 MiB reads 256 MiB into one buffer (busybox dd bs=256M).
-    Afterwards the kernel has killed it: state() says exited, oom_killed, exit code 137."""
-    spec = _spec(test_image, command=["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"])
+    Afterwards the kernel has killed it: state() says exited, oom_killed, exit code 137.
+
+    It starts the hog a second after the container starts: an OOM within milliseconds of the
+    start can come before the runtime's OOM watcher is set up, and the engine then reports
+    OOMKilled false (containerd/containerd#8180; seen once in a full run here, under load). That
+    is the engine's to say, not the driver's: this test is of what the driver reads."""
+    command = ["sh", "-c", "sleep 1 && exec dd if=/dev/zero of=/dev/null bs=256M count=1"]
+    spec = _spec(test_image, command=command)
     container_id = docker_driver.run(spec)
 
     state = _exited(docker_driver, container_id)
