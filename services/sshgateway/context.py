@@ -22,6 +22,7 @@ from potluck.sshgateway.projection import GatewayView
 from potluck.sshgateway.session_caps import SessionCaps, UserConnections
 from potluck.sshgateway.settings import GatewaySettings
 from potluck.sshgateway.start_wait import StartWaits
+from potluck.sshgateway.view_refresh import ViewRefresh
 
 __all__ = ["GatewayContext", "LiveSession", "SessionRegistry"]
 
@@ -77,6 +78,8 @@ class GatewayContext:
     view: GatewayView
     links: LinkPool
     audit: AuditLog
+    #: Reads the log to its head before a key the view does not admit is refused.
+    view_refresh: ViewRefresh
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
     #: Sessions waiting for their allocation to start (start_wait.py), woken by the reactions.
     starts: StartWaits = field(default_factory=StartWaits)

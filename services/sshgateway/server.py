@@ -5,7 +5,10 @@ authentication exists, and a key is accepted only when it is one of the keys
 registered on that allocation (`spec.ssh_keys`); certificates, passwords,
 keyboard-interactive, GSS and host-based logins are all refused. An unknown
 allocation and a wrong key look the same to the client ("Permission denied
-(publickey)"), so strangers learn nothing. Whether the allocation is running
+(publickey)"), so strangers learn nothing. A key is refused only by what the
+log held when it was offered: before refusing one, a connection has the log
+read to its head once (view_refresh.py), so a login made the moment an
+allocation is placed is not refused because the view had not folded it yet. Whether the allocation is running
 is said after authentication, on the session itself (sessions.py), only to
 someone holding one of its keys: "allocation a1 is released: nothing runs
 there any more", exit status 255.
@@ -120,6 +123,8 @@ class GatewayServer(asyncssh.SSHServer):
         self._username: str | None = None
         self._locked = False
         self._rejected = 0
+        #: Whether this connection has had the log read to its head for a key the view refused.
+        self._refreshed = False
         self._key: asyncssh.SSHKey | None = None
         self._authenticated = False
         #: When this connection's failure was counted (None: not yet).
@@ -317,11 +322,17 @@ class GatewayServer(asyncssh.SSHServer):
         if weak is not None:
             self._refuse_key(weak)
             return False
-        state = self._ctx.view.allocation(username)
         presented = bytes(key.public_data)
-        if state is not None and any(key_blob(line) == presented for line in state.spec.ssh_keys):
+        if self._admits(username, presented):
             self._key = key
             return True
+        if not self._refreshed:
+            # Once per connection: a user offering several keys is not made to wait for each.
+            self._refreshed = True
+            if await self._ctx.view_refresh.refresh() and self._admits(username, presented):
+                self._key = key
+                return True
+            now = self._limiters.clock()
         alloc = self._limiters.alloc.check(username, now)
         if alloc.locked:
             self._lock_out(username, source, alloc)
@@ -336,6 +347,11 @@ class GatewayServer(asyncssh.SSHServer):
                 log.info("login.delayed", source=self._address, alloc_id=username[:64], delay_s=alloc.delay_s)
                 await asyncio.sleep(alloc.delay_s)
         return False
+
+    def _admits(self, username: str, presented: bytes) -> bool:
+        """Whether the view has allocation `username` with the key `presented` registered on it."""
+        state = self._ctx.view.allocation(username)
+        return state is not None and any(key_blob(line) == presented for line in state.spec.ssh_keys)
 
     def auth_completed(self) -> None:
         self._authenticated = True

@@ -41,7 +41,7 @@ from potluck.kernel.cancellation import cancel_until_done
 from potluck.kernel.ssh_identity import load_key, load_or_create_key, public_key_line, require_key_type
 from potluck.sshgateway.admitted_listener import AdmittedListener
 from potluck.sshgateway.audit import AuditLog
-from potluck.sshgateway.context import GatewayContext
+from potluck.sshgateway.context import GatewayContext, SessionRegistry
 from potluck.sshgateway.gateway_sweep import LostSessionSweep
 from potluck.sshgateway.links import LinkPool
 from potluck.sshgateway.liveness import RunEntry
@@ -49,6 +49,8 @@ from potluck.sshgateway.projection import GatewayView
 from potluck.sshgateway.reactions import GatewayReactions
 from potluck.sshgateway.server import listen_for_hosts, listen_for_users
 from potluck.sshgateway.settings import GatewaySettings
+from potluck.sshgateway.start_wait import StartWaits
+from potluck.sshgateway.view_refresh import ViewRefresh
 
 __all__ = ["Gateway", "client_public_key", "host_public_key", "load_tunnel_key", "run_gateway"]
 
@@ -143,16 +145,21 @@ class Gateway:
                 lost_after_s=settings.run_lost_after_s,
                 interval_s=settings.lost_sweep_s,
             )
+        links = LinkPool(settings.max_idle_links_per_host)
+        sessions = SessionRegistry()
+        starts = StartWaits()
+        #: The log folded into `view`, reacting to changes (reactions.py); unreadable events skipped.
+        self.fold = Fold(GatewayReactions(self.view, sessions, links, starts), reader="sshgateway")
         self.ctx = GatewayContext(
             settings=settings,
             view=self.view,
-            links=LinkPool(settings.max_idle_links_per_host),
+            links=links,
             audit=AuditLog(store),
+            view_refresh=ViewRefresh(self.fold, store),
+            sessions=sessions,
+            starts=starts,
             run_id=self.run_id if bus is not None else None,
         )
-        #: The log folded into `view`, reacting to changes (reactions.py); unreadable events skipped.
-        reactions = GatewayReactions(self.view, self.ctx.sessions, self.ctx.links, self.ctx.starts)
-        self.fold = Fold(reactions, reader="sshgateway")
         self.ready = asyncio.Event()
 
     @property

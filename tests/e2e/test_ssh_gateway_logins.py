@@ -353,6 +353,40 @@ async def test_a_user_opening_sessions_in_a_loop_is_slowed_before_the_log_fills(
         await env.restart_gateway()
 
 
+async def test_a_login_the_moment_its_allocation_is_logged_is_admitted_while_the_gateway_is_deaf(
+    ssh_env: SshEnv,
+) -> None:
+    """What is tried: the gateway's connection on which Postgres tells it of new events is cut
+    (as a database restart or failover cuts it; the gateway reads the log again within its 2 s
+    poll), an allocation is logged and released, and its user logs in at once. Before the fix
+    the key was refused like a wrong one ("Permission denied (publickey)") until the gateway's
+    next read: a login refused by a view the log had already moved past (seen in CI as a login
+    just after a gateway restart, before its listener was connected).
+    What must hold: the login is admitted, and its session says the allocation is released."""
+    env = ssh_env
+    cut = await env.store.pool.fetch(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+    )
+    assert cut, "the gateway had no listener to cut"
+    await env.place_running(env.hosts[0], "deaf1", users=("dora",), start=False)
+    await env.release(env.hosts[0], "deaf1")
+    conn = await asyncssh.connect(
+        "127.0.0.1",
+        env.port,
+        local_addr=("127.0.0.160", 0),
+        username="deaf1",
+        client_keys=[str(env.key("dora"))],
+        known_hosts=None,
+        agent_path=None,
+        config=None,
+    )
+    async with conn:
+        ran = await conn.run("true", timeout=20)
+    assert ran.exit_status == 255, (ran.stderr, env.logs())
+    assert "is released" in str(ran.stderr), ran.stderr
+
+
 async def test_a_command_padded_past_what_the_audit_keeps_cannot_hide_its_end(ssh_env: SshEnv) -> None:
     """What is tried: OpenSSH runs a command of 600 spaces and then `echo hidden-part`. The audit
     keeps a command's first 512 characters; before the fix that was all it kept, so the record
