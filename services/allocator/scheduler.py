@@ -11,7 +11,9 @@ Decisions
                           ``NO_FREE_CAPACITY``: a schedulable host could hold it
                           once capacity frees; ``NO_SCHEDULABLE_HOST``: only hosts
                           that are away (asleep, unreachable, lost), paused,
-                          draining or frozen by their owner's policy could.
+                          draining or frozen by their owner's policy could;
+                          ``NO_HOST_REGISTERED``: the pool has no host at all
+                          (between members), so nothing can be judged impossible.
     ``Impossible(...)``   no registered host, whatever its liveness or admin
                           state, could ever give it (HTTP 422). ``code`` is
                           ``NO_HOST_MATCHES`` (field ``constraints``: no host
@@ -115,6 +117,7 @@ ZERO = Capacity.model_construct(cpus=0.0, memory_bytes=0, disk_bytes=0)
 
 NO_FREE_CAPACITY = "NO_FREE_CAPACITY"
 NO_SCHEDULABLE_HOST = "NO_SCHEDULABLE_HOST"
+NO_HOST_REGISTERED = "NO_HOST_REGISTERED"
 NO_HOST_MATCHES = "NO_HOST_MATCHES"
 NO_HOST_ALLOWS_IMAGE = "NO_HOST_ALLOWS_IMAGE"
 NO_HOST_ALLOWS_NETWORK = "NO_HOST_ALLOWS_NETWORK"
@@ -132,6 +135,10 @@ WAIT_MESSAGES: Mapping[str, str] = {
     NO_SCHEDULABLE_HOST: (
         "only hosts that are away, paused, draining or frozen by their owner (or whose hostd "
         "awaits an upgrade) could hold the request; it waits for one to return"
+    ),
+    NO_HOST_REGISTERED: (
+        "no host is in the pool right now (none has joined yet, or every one has left or been "
+        "revoked); the request waits for one to join"
     ),
 }
 
@@ -336,6 +343,8 @@ def _no_match(request: PlacementRequest, hollow_aside: bool = False) -> Impossib
         # Not "no host is registered": there are hosts, and a constraint is what would reach them.
         message = f"no host in the pool takes it: the pool has only hollow hosts, and {HOLLOW_ASIDE}"
         return Impossible(NO_HOST_MATCHES, message, "constraints")
+    # Only where hollow hosts are decided apart (Scheduler.place says so in their words): with
+    # no host at all, both `place`s wait (NO_HOST_REGISTERED).
     return Impossible(EXCEEDS_ANY_HOST, "no host is registered in the pool", "cpus")
 
 
@@ -516,6 +525,11 @@ def place(
 ) -> Decision:
     """Decide where `request` goes among `hosts` (every registered host, schedulable or not)."""
     _check_strategy(strategy)
+    if not hosts:
+        # A pool between members (a restored log's `potluck up` revokes the old host before its
+        # new one joins; the only member leaves) is not one that can never hold the request, nor
+        # one where no host has its labels for good.
+        return Wait(NO_HOST_REGISTERED)
     return _decide_over((_Host(h) for h in hosts), request, strategy)
 
 
@@ -909,13 +923,19 @@ class Scheduler:
         among them alone, any other without them (see "Hollow hosts").
         """
         _check_strategy(strategy)
+        if not self:
+            return Wait(NO_HOST_REGISTERED)  # as `place` with no snapshots
+        return self._place(request, strategy)
+
+    def _place(self, request: PlacementRequest, strategy: Strategy) -> Decision:
+        """`place` in a pool that has hosts: this Scheduler's, or the part of one it indexes."""
         hollow = self._hollow
         if hollow is None:
             return self._place_here(request, strategy)
         if wants_hollow(request):
             # Decided with this one's setting, which may change after it was built (tests do so).
             hollow.SMALL_CANDIDATES = self.SMALL_CANDIDATES
-            return hollow.place(request, strategy)
+            return hollow._place(request, strategy)
         decision = self._place_here(request, strategy)
         if isinstance(decision, Impossible) and hollow._matched(request.constraints):
             if not self._matched(request.constraints):
@@ -938,7 +958,7 @@ class Scheduler:
                 return _decide_over([self._hosts[h] for h in candidates], request, strategy)
             if self._labelled is not None and len(candidates) < len(self._hosts):
                 assert pair is not None
-                return self._label_index(pair, candidates).place(request, strategy)
+                return self._label_index(pair, candidates)._place(request, strategy)
         r = request.resources
         c, m, d = r.cpus, r.memory_bytes, r.disk_bytes
         accept = self._acceptor(request)

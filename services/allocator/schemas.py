@@ -268,7 +268,8 @@ class Waiting(Body):
         description=(
             "`no_free_capacity`: a host that takes work could hold it once it frees capacity. "
             "`no_schedulable_host`: only hosts that are away, paused, draining or frozen by their "
-            "owner (or whose hostd awaits an upgrade) could. `placing`: a host has room now; the "
+            "owner (or whose hostd awaits an upgrade) could. `no_host_registered`: the pool has no "
+            "host at all; it waits for one to join. `placing`: a host has room now; the "
             "allocator's next look places it. "
             "`refusing`: no host could hold it any more; the allocator's next look refuses it."
         )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 from potluck.allocator.queue import fair_order_of
 from potluck.allocator.scheduler import (
     NO_FREE_CAPACITY,
+    NO_HOST_REGISTERED,
     NO_SCHEDULABLE_HOST,
     Decision,
     HostSnapshot,
@@ -46,14 +47,18 @@ __all__ = [
 #: `no_free_capacity`: a host that takes work could hold it, once it frees capacity;
 #: `no_schedulable_host`: only hosts that are away, paused, draining, frozen or awaiting an
 #: upgrade of their hostd (potluck.contracts.compatibility) could;
+#: `no_host_registered`: the pool has no host at all, and it waits for one to join;
 #: `placing`: a host has room for it now, and the allocator's next look places it (unless a
 #: request ahead of it takes the room);
 #: `refusing`: no host could hold it any more, and the allocator's next look refuses it.
-WaitingReason = Literal["no_free_capacity", "no_schedulable_host", "placing", "refusing"]
+WaitingReason = Literal[
+    "no_free_capacity", "no_schedulable_host", "no_host_registered", "placing", "refusing"
+]
 
 _WAITS: dict[str, WaitingReason] = {
     NO_FREE_CAPACITY: "no_free_capacity",
     NO_SCHEDULABLE_HOST: "no_schedulable_host",
+    NO_HOST_REGISTERED: "no_host_registered",
 }
 
 

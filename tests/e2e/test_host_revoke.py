@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncssh
@@ -24,6 +25,7 @@ from potluck.contracts.reports import ContainerExited, report_subject
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.kernel.ssh_identity import host_key_path, load_or_create_key
 from potluck.localstack.docker_engine import DockerEngine
+from tests.e2e.allocator_api import Api, small
 from tests.e2e.conftest import (
     Gatewayed,
     consumer_removed,
@@ -304,3 +306,54 @@ async def test_a_host_revoked_while_its_hostd_was_away_stops_the_pools_container
         after = {c.allocation_id: c for c in driver.list_managed(laptop.host_id)}
     assert set(after) == {"away-1", "away-2"}, after
     assert not any(c.running for c in after.values()), after
+
+
+async def test_work_while_the_pool_has_no_host_waits_for_one_and_runs_when_one_joins(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """What is tried: the pool's only laptop runs a job's task; the operator revokes it (as
+    `potluck up` on a restored log revokes the old host before the new one joins), and a user
+    asks for an allocation while the pool has no host at all. Before the fix the job's task,
+    re-queued once lost, was refused for good on the queue's next look (the job failed:
+    NO_HOST_COULD_EVER_FIT) and the new request got a 422 ("no host is registered in the pool").
+    What must hold: both wait, saying the pool has no host (`waiting.reason`
+    `no_host_registered`); once another laptop joins, the allocation runs and the job's task runs
+    again and succeeds: nothing the pool accepted is lost to a moment without hosts."""
+    laptop = await start_laptop(pool, docker_engines[0], "laptop-a")
+    async with aiohttp.ClientSession() as http:
+        erin = Api(http, pool.api, await pool.add_user("erin"))
+        status, job = await erin.call("POST", "/v1/jobs", small(cpus=0.2, command=["sleep", "3"], tasks=1))
+        assert status == 201, job
+        tasks = f"/v1/jobs/{job['id']}/tasks"
+
+        async def task_in(*states: str) -> dict[str, Any]:
+            for _ in range(600):
+                _, listed = await erin.call("GET", tasks)
+                if listed["tasks"][0]["state"] in states:
+                    return dict(listed["tasks"][0])
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"the job's task never was {states}: {listed}\n{pool.logs()}")
+
+        await task_in("running")
+        code, _, err = await revoke(pool, laptop)
+        assert code == 0, err
+        await wait_until(lambda: not laptop.process.running(), 30, "hostd to stop")  # type: ignore[union-attr]
+
+        status, asked = await erin.call("POST", "/v1/allocations", small(cpus=0.2))
+        assert status == 202, asked
+        assert asked["waiting"]["reason"] == "no_host_registered", asked
+        assert "no host is in the pool" in asked["waiting"]["message"], asked
+        requeued = await task_in("pending")
+        assert requeued["attempts"] == 2, requeued
+        await asyncio.sleep(2)  # the queue's looks, had it been going to refuse them, were made
+        _, job_now = await erin.call("GET", f"/v1/jobs/{job['id']}")
+        assert job_now["state"] == "running", job_now
+        assert (await task_in("pending"))["attempts"] == 2
+        _, still = await erin.call("GET", f"/v1/allocations/{asked['id']}")
+        assert (still["state"], still["waiting"]["reason"]) == ("pending", "no_host_registered"), still
+
+        other = await start_laptop(pool, docker_engines[1], "laptop-b")
+        status, running = await erin.call("GET", f"/v1/allocations/{asked['id']}?wait=running&timeout=60")
+        assert (status, running["state"], running["host_id"]) == (200, "running", other.host_id), running
+        status, done = await erin.call("GET", f"/v1/jobs/{job['id']}?wait=done&timeout=120")
+        assert (status, done["state"]) == (200, "succeeded"), done

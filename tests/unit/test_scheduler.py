@@ -23,6 +23,7 @@ from potluck.allocator.scheduler import (
     NO_HOST_ALLOWS_IMAGE,
     NO_HOST_ALLOWS_NETWORK,
     NO_HOST_MATCHES,
+    NO_HOST_REGISTERED,
     NO_SCHEDULABLE_HOST,
     STRATEGIES,
     ZERO,
@@ -551,10 +552,14 @@ def test_the_first_resource_no_host_gives_with_the_ones_before_is_named(decide: 
     assert too_much_disk.field == "disk"
 
 
-def test_an_empty_pool_can_give_nothing(decide: Decide) -> None:
-    decision = decide([], request(1, GIB), "best_fit")
-    assert isinstance(decision, Impossible)
-    assert (decision.code, decision.field) == (EXCEEDS_ANY_HOST, "cpus")
+def test_an_empty_pool_refuses_nothing_and_waits_for_a_host(decide: Decide) -> None:
+    """A pool with no host at all is between members (a restored log's `potluck up` revokes the
+    old host before its new one joins; the only member leaves): before, every request, and every
+    queued one on its next look, was refused for good as exceeding any host. It waits instead,
+    labels and all, for at most its queue timeout."""
+    assert decide([], request(1, GIB), "best_fit") == Wait(NO_HOST_REGISTERED)
+    assert decide([], request(1, GIB, constraints={"gpu": "yes"}), "spread") == Wait(NO_HOST_REGISTERED)
+    assert "waits for one to join" in Wait(NO_HOST_REGISTERED).message
 
 
 def test_wait_reasons_have_messages() -> None:

@@ -22,6 +22,7 @@ from potluck.allocator.scheduler import (
     NO_FREE_CAPACITY,
     NO_HOST_ALLOWS_IMAGE,
     NO_HOST_MATCHES,
+    NO_HOST_REGISTERED,
     STRATEGIES,
     ZERO,
     Decision,
@@ -171,9 +172,7 @@ def test_a_pool_without_hollow_hosts_refuses_a_hollow_request(decide: Decide) ->
     assert decide([host("r0", cap(8))], req(1, HOLLOW), "best_fit") == Impossible(
         NO_HOST_MATCHES, "no host in the pool has the labels hollow=true", "constraints"
     )
-    assert decide([], req(1, HOLLOW), "best_fit") == Impossible(
-        NO_HOST_MATCHES, "no host in the pool has the labels hollow=true", "constraints"
-    )
+    assert decide([], req(1, HOLLOW), "best_fit") == Wait(NO_HOST_REGISTERED)
 
 
 def test_only_the_exact_label_makes_a_host_hollow() -> None:
@@ -273,14 +272,26 @@ def test_hollow_hosts_count_only_for_requests_that_want_them(
     scheduler = Scheduler(hosts)
     scheduler.SMALL_CANDIDATES = small
     assert scheduler.place(request, strategy) == decision
+    if not hosts:
+        assert decision == Wait(NO_HOST_REGISTERED)
+        return
     by_id = {h.host_id: h for h in hosts}
     if isinstance(decision, Placed):
         assert is_hollow(by_id[decision.host_id].labels) == wants_hollow(request)
     hollow_hosts = [h for h in hosts if is_hollow(h.labels)]
     real_hosts = [h for h in hosts if not is_hollow(h.labels)]
     if wants_hollow(request):
-        # Decided among the hollow hosts as if they were the whole pool.
-        assert decision == place(hollow_hosts, request, strategy)
+        # Decided among the hollow hosts as if they were the whole pool, but for an empty one.
+        if hollow_hosts:
+            assert decision == place(hollow_hosts, request, strategy)
+        else:
+            assert isinstance(decision, Impossible), decision
+            assert (decision.code, decision.field) == (NO_HOST_MATCHES, "constraints")
+        return
+    if not real_hosts:
+        # Not a pool with no host, which waits for one: its hosts take only hollow requests.
+        assert isinstance(decision, Impossible), decision
+        assert (decision.code, decision.field) == (NO_HOST_MATCHES, "constraints")
         return
     # Decided as if the hollow hosts were not there; only what a refusal says may differ.
     alone = place(real_hosts, request, strategy)

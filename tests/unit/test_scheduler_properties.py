@@ -42,6 +42,7 @@ from potluck.allocator.capacity import (
 )
 from potluck.allocator.scheduler import (
     NO_FREE_CAPACITY,
+    NO_HOST_REGISTERED,
     NO_SCHEDULABLE_HOST,
     Decision,
     HostSnapshot,
@@ -408,6 +409,9 @@ def check_against_reference(
             scores = [score(s.free.cpus, s.free.memory_bytes, s.free.disk_bytes) for s in room]
             mine = score(chosen.free.cpus, chosen.free.memory_bytes, chosen.free.disk_bytes)
             assert mine == (min(scores) if strategy == "best_fit" else max(scores))
+        case Wait(reason) if not snapshots:
+            # A pool with no host at all is between members: nothing is judged impossible.
+            assert reason == NO_HOST_REGISTERED
         case Wait(reason):
             assert not room
             assert ever
