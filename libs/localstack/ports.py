@@ -126,9 +126,15 @@ def free_port(host: str = "127.0.0.1") -> int:
             ):
                 _handed_out.add(port)
                 return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    # The kernel's own pick: ephemeral, but free now. It may give a port again once the socket
+    # closes, so one handed out before (not bound yet) is passed over here too.
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def port_accepts(port: int, host: str = "127.0.0.1") -> bool:
