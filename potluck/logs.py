@@ -12,7 +12,7 @@ potluck command imports this module before anything else that imports structlog
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 from potluck.kernel.hidden_modules import hidden
 from potluck.kernel.terminal_text import shown
@@ -51,6 +51,30 @@ def _trace_ids(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> M
     return event
 
 
+def _error_in_one_line(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A library's exception as `error` ("ConnectionRefusedError: [Errno 111] ..."), without its
+    traceback: asyncpg logs one at each try to restore a pool's connections while the database
+    is away, and its traceback through asyncpg's own code tells an operator nothing the line
+    does not. Potluck's own lines keep theirs (format_exc_info): those are Potluck's bugs."""
+    exc_info = event.pop("exc_info", None)
+    if isinstance(exc_info, tuple) and exc_info[1] is not None:
+        exc = exc_info[1]
+        event["error"] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return event
+
+
+class _LibraryLines(logging.StreamHandler[TextIO]):
+    """The handler configure_logging puts on the root logger (only its own is ever replaced)."""
+
+
+def _foreign_level(level: int) -> int:
+    # Libraries speak at WARNING and above, as Python's last-resort handler let them before:
+    # asyncssh logs every connection at INFO, which a service's INFO must not turn into lines.
+    return max(level, logging.WARNING)
+
+
 def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
     as_json = (not sys.stderr.isatty()) if json is None else json
     # JSON escapes control characters itself; the key=value lines for people need it done.
@@ -72,3 +96,24 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    # The libraries' own lines (asyncpg, nats, asyncssh, aiohttp log through `logging`) in the
+    # same form: unconfigured, Python's last-resort handler wrote them as bare text with
+    # tracebacks into every service's JSON log while the database was away.
+    handler = _LibraryLines(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                _trace_ids,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                _error_in_one_line,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderers],
+        )
+    )
+    root = logging.getLogger()
+    for earlier in [h for h in root.handlers if isinstance(h, _LibraryLines)]:
+        root.removeHandler(earlier)  # configured again (tests do): one line per record still
+    root.addHandler(handler)
+    root.setLevel(_foreign_level(logging.getLevelNamesMapping()[level.upper()]))

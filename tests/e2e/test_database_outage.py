@@ -6,6 +6,7 @@ connection. It logs what went wrong and decides again once the database is back.
 """
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -77,8 +78,20 @@ async def test_services_outlive_a_database_outage_and_decide_what_fell_due_meanw
                 await asyncio.sleep(0.2)
             assert state == "expired", pool.logs()
         assert "allocator.reaction_failed" in pool.processes["allocator"].log_tail(400)
+        library_lines = []
         for name in ("registry", "allocator"):
             assert pool.processes[name].running(), f"the {name} ended:\n{pool.logs()}"
+            # Every line one JSON object, the libraries' too: asyncpg's "Failed to restore the
+            # pool connection floor" came as bare text with a traceback, most of the log's lines.
+            for line in pool.processes[name].log_path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    raise AssertionError(f"a line of the {name}'s log is not JSON: {line!r}") from None
+                if record.get("logger", "").startswith("asyncpg"):
+                    library_lines.append(record)
+        assert library_lines, "asyncpg said nothing while the database was away"
+        assert all("error" in r and "exception" not in r for r in library_lines), library_lines[:3]
     finally:
         await pool.close()
         with DockerDriver(docker_engines[0].url) as driver:
