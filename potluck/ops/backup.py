@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import os
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,14 @@ def _tool(name: str) -> Path:
 async def _connection(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     try:
         conn = await asyncpg.connect(database_url, timeout=operator_connect_timeout())
+    except asyncpg.InvalidCatalogNameError:
+        # Its Postgres answers: the usual case is a restore's target not made yet, and the
+        # running pool's log that unreachable_log points at is not the one meant.
+        name = unquote(urlsplit(database_url).path.lstrip("/"))
+        raise OpsError(
+            f"the database {name!r} does not exist on that server: create it first "
+            f"(createdb {name}, or CREATE DATABASE at psql)"
+        ) from None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise OpsError(unreachable_log(database_url, exc)) from None
     try:
@@ -108,24 +117,58 @@ def _run(argv: list[str], database_url: str, what: str) -> None:
 async def backup(database_url: str, file: Path) -> LogHead:
     """Writes the whole log's database to `file` (pg_dump's custom format, mode 0600)."""
     if file.exists():
-        raise OpsError(f"{file} exists: remove it or name another file (a backup never overwrites one)")
-    partial = file.with_name(file.name + ".partial")
+        raise _exists(file)
+    if not file.parent.is_dir():
+        raise OpsError(f"{file.parent} is not a directory: create it, or name a file in one that is")
     async with _connection(database_url) as conn, conn.transaction(isolation="repeatable_read"):
         head = await _head(conn)
         if head is None:
             raise OpsError("this database holds no event log: give the pool's --database-url")
         snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
         # The snapshot lives as long as this transaction: pg_dump runs inside it.
+        partial = _new_partial(file)
         argv = [str(_tool("pg_dump")), "--format=custom", "--no-owner", "--no-privileges"]
         argv += [f"--snapshot={snapshot}", f"--file={partial}"]
-        partial.touch(mode=0o600)  # it holds users' token hashes and their allocations' env values
         try:
             await asyncio.to_thread(_run, argv, database_url, "pg_dump")
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-    partial.rename(file)  # only a finished dump has the name asked for
+    _name_finished(partial, file)
     return head
+
+
+def _exists(file: Path) -> OpsError:
+    return OpsError(f"{file} exists: remove it or name another file (a backup never overwrites one)")
+
+
+def _new_partial(file: Path) -> Path:
+    """A file of this run's own beside `file`, mode 0600, for pg_dump to write into: made here, so
+    a file left at a fixed name (an interrupted run's, anyone's) is never written through nor
+    keeps its mode; the dump holds users' token hashes and their allocations' env values."""
+    try:
+        fd, name = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".partial")
+    except OSError as exc:
+        raise OpsError(f"cannot write in {file.parent} ({exc.strerror}): name a file where you can") from None
+    os.close(fd)
+    return Path(name)
+
+
+def _name_finished(partial: Path, file: Path) -> None:
+    """Give the finished dump its name, unless a file took that name meanwhile."""
+    try:
+        os.link(partial, file)  # fails if `file` exists, where rename would replace it
+    except FileExistsError:
+        partial.unlink(missing_ok=True)
+        raise _exists(file) from None
+    except OSError:
+        # A file system without hard links: the check and the rename, a moment apart.
+        if file.exists():
+            partial.unlink(missing_ok=True)
+            raise _exists(file) from None
+        partial.rename(file)
+        return
+    partial.unlink()
 
 
 async def restore(database_url: str, file: Path) -> LogHead:

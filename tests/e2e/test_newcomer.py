@@ -1106,8 +1106,13 @@ def test_backup_restore_then_up_on_the_restored_log(
     directory (the old one lost with the machine). The log holds the old pool's own machine,
     enrolled as `local` as its `potluck up` did.
     Part of the log is archived first (`ops archive`).
-    Tried: also a backup onto an existing file and a restore into a database that holds a log.
-    Must hold: the file is private (0600); those two are refused (exit 1) saying what to do;
+    Tried: also a backup onto an existing file, a restore into a database that holds a log and
+    one into a database not made yet (it was said to be unreachable, pointing at another log);
+    a backup into a directory that does not exist (it crashed with a traceback); and one beside a
+    world-readable `pool.dump.partial` left there (pg_dump wrote through it, and the dump kept
+    its mode 0644).
+    Must hold: the file is private (0600) and the stray file is left as it was; the others are
+    refused (exit 1) saying what to do;
     the restored log holds the very same events (`all_events`), as many of them archived; `up` starts
     on it (it crashed with WrongExpectedVersion on the demo user, whose token was in the lost
     state directory) and its demo token works; the pool's replay sees the restored users; the
@@ -1128,10 +1133,22 @@ def test_backup_restore_then_up_on_the_restored_log(
     assert moved.returncode == 0, moved.stderr
     assert _archived(source) > 0, moved.stdout
     dump = tmp_path / "pool.dump"
+    nowhere = potluck("ops", "backup", str(tmp_path / "no-such-dir" / "pool.dump"), env=on_source)
+    assert nowhere.returncode == 1, nowhere.stderr
+    assert f"{tmp_path / 'no-such-dir'} is not a directory: create it" in nowhere.stderr, nowhere.stderr
+    assert "Traceback" not in nowhere.stderr
+    stray = tmp_path / "pool.dump.partial"
+    stray.write_text("someone else's\n")
+    stray.chmod(0o644)
     backed = potluck("ops", "backup", str(dump), env=on_source)
     assert backed.returncode == 0, backed.stderr
     assert f"backed up the event log through position 4 (4 events) to {dump}" in backed.stdout
     assert dump.stat().st_mode & 0o777 == 0o600
+    assert (stray.read_text(), stray.stat().st_mode & 0o777) == ("someone else's\n", 0o644)
+    assert sorted(p.name for p in tmp_path.iterdir() if "dump" in p.name) == [
+        "pool.dump",
+        "pool.dump.partial",
+    ]
     again = potluck("ops", "backup", str(dump), env=on_source)
     assert again.returncode == 1
     assert "exists: remove it or name another file" in again.stderr, again.stderr
@@ -1139,6 +1156,10 @@ def test_backup_restore_then_up_on_the_restored_log(
     assert over.returncode == 1
     assert "already holds an event log (head 4): restore into an empty database" in over.stderr
 
+    missing = target.rsplit("/", 1)[0] + "/not_made_yet"
+    early = potluck("ops", "restore", str(dump), "--database-url", missing, env=operator)
+    assert early.returncode == 1
+    assert "the database 'not_made_yet' does not exist on that server: create it first" in early.stderr
     restored = potluck("ops", "restore", str(dump), "--database-url", target, env=operator)
     assert restored.returncode == 0, restored.stderr
     assert "restored the event log through position 4 (4 events)" in restored.stdout
