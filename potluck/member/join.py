@@ -301,7 +301,7 @@ def join(text: str, settings: JoinSettings, now: datetime | None = None) -> Join
     config_path = settings.config_path
     if config_path.exists():
         raise JoinError(f"{config_path} exists already; choose another --config, or remove it if it is stale")
-    if not engine_answers(settings.docker_url):
+    if not _engine_answers(settings.docker_url):
         raise JoinError(
             f"no Docker engine answers at {settings.docker_url}; start Docker, or name it with --docker-url"
         )
@@ -338,6 +338,24 @@ def join(text: str, settings: JoinSettings, now: datetime | None = None) -> Join
     asyncio.run(connects(token.nats_url, seed, token.host_id))
     _private_file(config_path, tomli_w.dumps(host_settings(token, settings, credentials)))
     return Joined(token, config, config_path, settings)
+
+
+def _engine_answers(url: str) -> bool:
+    """Whether a Docker engine answers at `url`, of any kind hostd takes (unix://, tcp://, ssh://):
+    a `unix://` one by a plain ping, others through the Docker SDK, as hostd reaches them. Only
+    `unix://` was taken: a `tcp://` URL (given, or from DOCKER_HOST, which --docker-url defaults
+    to) ended `join` in a traceback."""
+    if url.startswith("unix://"):
+        return engine_answers(url)
+    if not url.startswith(("tcp://", "ssh://")):
+        raise JoinError(
+            f"{url} is not a Docker engine URL: give unix:///path/docker.sock, tcp://host:port or ssh://..."
+        )
+    try:
+        with DockerDriver(url, timeout=5, helper=None) as driver:
+            return driver.ping()
+    except (DockerDriverError, OSError):
+        return False
 
 
 def donation_beyond_machine(config: HostdConfig) -> list[str]:

@@ -228,6 +228,17 @@ async def test_a_member_joins_with_a_token_and_users_reach_its_container(
     # Still accepted as TOKEN, with a word on where it can be read and where to give it instead.
     assert "warning: the join token was given on the command line" in no_docker.stderr, no_docker.stderr
     assert "potluck join ... < token" in no_docker.stderr, no_docker.stderr
+    # hostd takes tcp:// and ssh:// engines too: join ended in a traceback on any but unix://.
+    nothing_there = f"tcp://127.0.0.1:{free_port()}"
+    for url, said in (
+        (nothing_there, f"no Docker engine answers at {nothing_there}; start Docker"),
+        ("/tmp/docker.sock", "/tmp/docker.sock is not a Docker engine URL: give unix:///path/docker.sock"),
+    ):
+        refused = await potluck_async(*join_args(token, url, member / "hostd.toml"))
+        assert refused.returncode != 0, refused.stderr
+        assert said in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr, refused.stderr
+        assert not (member / "hostd.toml").exists()
 
     config = member / "hostd.toml"
     start_join(pool, token, docker_engines[1], config)
