@@ -157,10 +157,13 @@ class ImageRefused(LimitsNotApplied):
 
 @dataclass(frozen=True)
 class EngineMachine:
-    """The machine a Docker engine runs on, as its `docker info` says (NCPU, MemTotal)."""
+    """The machine a Docker engine runs on, as its `docker info` says (NCPU, MemTotal), and the
+    size of the file system that holds its data-root (DockerRootDir) when that is on this
+    machine (None otherwise: an engine reached by tcp:// or ssh://, or in a VM)."""
 
     cpus: int
     memory_bytes: int
+    disk_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -420,7 +423,20 @@ class DockerDriver:
         cpus, memory = info.get("NCPU"), info.get("MemTotal")
         if not isinstance(cpus, int) or not isinstance(memory, int) or cpus <= 0 or memory <= 0:
             return None
-        return EngineMachine(cpus=cpus, memory_bytes=memory)
+        return EngineMachine(cpus=cpus, memory_bytes=memory, disk_bytes=self._data_root_size(info))
+
+    def _data_root_size(self, info: dict[str, Any]) -> int | None:
+        """The size of the file system under the engine's data-root, where containers' layers
+        and volumes go, if this machine sees it: the engine is reached by its socket here and
+        the directory exists here."""
+        root = info.get("DockerRootDir")
+        if not self.base_url.startswith("unix://") or not isinstance(root, str) or not root:
+            return None
+        try:
+            fs = os.statvfs(root)
+        except OSError:
+            return None
+        return fs.f_blocks * fs.f_frsize or None
 
     def engine_facts(self) -> EngineFacts:
         if self._facts is not None:
