@@ -117,6 +117,9 @@ class Fold:
         self.reader = reader
         self.position = position
         self.skipped = SkippedEvents(keep_skipped)
+        #: The record at `position` (None before the first one, or when started past it from a
+        #: checkpoint): its event id says which log this fold follows (`last_event_id`).
+        self.last_record: RecordedEvent | None = None
         #: Called with each batch folded while following the log (not while catching up).
         self.after_batch: list[BatchHook] = []
         self._advanced = asyncio.Condition()
@@ -132,6 +135,13 @@ class Fold:
             elif isinstance(self.projection, VersionedProjection):
                 self.projection.passed_over(record)
         self.position = record.position
+        self.last_record = record
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The id of the event at `position`, when this fold read it: with the position, it names
+        the log itself, so `replay --check` can tell a service that follows another database."""
+        return None if self.last_record is None else str(self.last_record.event_id)
 
     def apply_all(self, records: Iterable[RecordedEvent]) -> None:
         for record in records:

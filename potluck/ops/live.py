@@ -82,6 +82,8 @@ class Summary:
     skipped_recent: list[dict[str, Any]] = field(default_factory=list)
     #: The retention window the allocator folds with (retention.py); None: another service.
     retention_s: float | None = None
+    #: The id of the event at `position` as the service read it (None: it does not say).
+    event_id: str | None = None
 
 
 class Moved(Exception):
@@ -126,7 +128,15 @@ def _summary_of(data: dict[str, Any]) -> Summary:
     }
     retention = data.get("retention_s")
     retention_s = float(retention) if isinstance(retention, int | float) else None
-    return Summary(int(data.get("position", 0)), models, skipped, recent, retention_s)
+    event_id = data.get("event_id")
+    return Summary(
+        int(data.get("position", 0)),
+        models,
+        skipped,
+        recent,
+        retention_s,
+        event_id if isinstance(event_id, str) else None,
+    )
 
 
 class LiveSource(Source):

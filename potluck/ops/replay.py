@@ -249,6 +249,22 @@ def _retention_of(summaries: Sequence[Summary]) -> float:
     return windows.pop() if windows else DEFAULT_RETENTION_S
 
 
+async def _same_log(store: EventStore, service: str, summary: Summary) -> None:
+    """OpsError unless the service's event at its position is this log's: an operator who gave
+    --database-url of a restored copy while POTLUCK_HOME named another pool was told of eight
+    differences, all between two different logs."""
+    if summary.event_id is None or summary.position <= 0:
+        return
+    here = await store.read_all(summary.position - 1, 1)
+    if here and here[0].position == summary.position and str(here[0].event_id) == summary.event_id:
+        return
+    raise OpsError(
+        f"the {service} follows another event log than this one: its event at position "
+        f"{summary.position} is not this log's. Compare a pool with its own log: give the "
+        "--database-url and --nats-url (or POTLUCK_HOME) of the same pool"
+    )
+
+
 async def check(
     store: EventStore,
     live: Sequence[LiveModel | Source],
@@ -263,6 +279,8 @@ async def check(
     head = await store.head_position()
     sources = [MemorySource(x) if isinstance(x, LiveModel) else x for x in live]
     firsts = [(await source.summary(), source) for source in sources]
+    for summary, source in firsts:
+        await _same_log(store, source.service, summary)
     models = ReadModels(_retention_of([summary for summary, _ in firsts]))
     replayed: dict[str, Any] = {}
     replayed_at = -1

@@ -59,13 +59,19 @@ async def allocator_state(engine: "AllocatorEngine", request: dict[str, Any] | N
 
     Position, models and skipped are taken at one instant; digesting every row then lets the
     loop run (placements go on), over that snapshot."""
-    position = engine.position
+    position, event_id = engine.position, engine.fold.last_event_id
     models = allocator_models(engine)
     # Not a read model: the events this allocator could not read (count and the latest).
     skipped = engine.fold.skipped.as_dict()
     answer = await answer_state_request_yielding(request or {}, models)
     # Not a read model either: the retention window it folds with, for the replay to fold alike.
-    return {"position": position, **answer, "skipped": skipped, "retention_s": engine.retention_s}
+    return {
+        "position": position,
+        "event_id": event_id,
+        **answer,
+        "skipped": skipped,
+        "retention_s": engine.retention_s,
+    }
 
 
 def _request_of(data: bytes) -> dict[str, Any]:

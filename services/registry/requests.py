@@ -130,7 +130,11 @@ class HostRequests:
         `{"digests": true}` and the other read-model requests of replay --check
         (potluck.readmodels.state_pages) are answered over the `hosts` model instead."""
         request = request or {}
-        base = {"position": self.fold.position, "skipped": self.fold.skipped.as_dict()}
+        base = {
+            "position": self.fold.position,
+            "event_id": self.fold.last_event_id,
+            "skipped": self.fold.skipped.as_dict(),
+        }
         hosts = self.view.hosts
         if any(k in request for k in STATE_REQUESTS):
             model = Keyed(list(hosts), lambda h: host_as_dict(hosts[h]))

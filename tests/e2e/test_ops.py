@@ -32,6 +32,7 @@ from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.ops.live import LiveModel, fetch_allocator
 from tests.e2e.conftest import POTLUCK_OPS, ops, wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool
+from tests.fixtures.servers import _fresh_database
 from tests.helpers import append_raw_row, host_registered
 
 
@@ -84,8 +85,17 @@ async def allocator_now(pool: Pool, timeout: float = 30) -> LiveModel:
 
 
 async def test_replay_check_and_the_pool_at_an_earlier_moment(
-    pool: Pool, laptop: EnrolledHost, docker_engines: list[DockerEngine], database_url: str
+    pool: Pool,
+    laptop: EnrolledHost,
+    docker_engines: list[DockerEngine],
+    database_url: str,
+    postgres_url: str,
 ) -> None:
+    """`replay --check` of the pool's own log agrees with both services, and `replay --until`
+    shows the pool as the allocator had it. Tried too: `--check` of another log (a restored
+    copy, say) against these services, as an operator whose POTLUCK_HOME named another pool
+    did: it was told of eight differences, all between two logs. Must hold: it exits 1
+    saying the services follow another event log, and compares nothing."""
     other = await second_laptop(pool, docker_engines[1])
     await pool.wait_api()
     async with aiohttp.ClientSession() as http:
@@ -168,6 +178,30 @@ async def test_replay_check_and_the_pool_at_an_earlier_moment(
     for alloc_id in (first, second, third):
         assert alloc_id in out
     assert fourth not in out
+
+    # Another log, longer than this pool's, so that every position the services report is in it.
+    other_url = await _fresh_database(postgres_url, f"other_log_{os.getpid()}")
+    another = await EventStore.open(other_url)
+    try:
+        for i in range(await pool.store.head_position() + 10):
+            await another.append(
+                host_stream(f"h-{i}"), [HostEnrolled(host_id=f"h-{i}", name=f"m{i}", nkey="UKEY")]
+            )
+    finally:
+        await another.close()
+    code, out, err = await ops(
+        "replay",
+        "--check",
+        "--database-url",
+        other_url,
+        "--nats-url",
+        pool.nats.url,
+        "--nats-seed-file",
+        str(pool.services_seed_file),
+    )
+    assert code == 1, out + err
+    assert "follows another event log than this one" in err, err
+    assert "difference" not in out, out
 
 
 async def test_status_events_and_trace_on_a_running_pool(
