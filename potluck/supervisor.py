@@ -15,13 +15,28 @@ children stays with whoever started them.
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from potluck.localstack.errors import LocalStackError
-from potluck.localstack.process import ChildProcess
 
 Say = Callable[[str], None]
+
+
+class Supervised(Protocol):
+    """What can be watched and started again: a ChildProcess, or a server that runs one
+    (NatsServer, PostgresServer), whose `start` returns once it serves."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def running(self) -> bool: ...
+
+    def exit_code(self) -> int | None: ...
+
+    def start(self) -> None: ...
+
 
 #: Exit codes of a child that stopped for good: `potluck hostd` exits 3 on HostdStopped (not
 #: enrolled, left the pool, revoked), which no restart mends.
@@ -47,7 +62,7 @@ class _DiedSoon(Exception):
         self.how = how
 
 
-def _how_it_ended(proc: ChildProcess) -> str:
+def _how_it_ended(proc: Supervised) -> str:
     code = proc.exit_code()
     if code is not None and code < 0:
         return f"was killed by signal {-code}"
@@ -60,7 +75,7 @@ class Supervisor:
         self.policy = policy or RestartPolicy()
         self.restarts: dict[str, int] = {}
 
-    async def keep_running(self, name: str, proc: ChildProcess) -> None:
+    async def keep_running(self, name: str, proc: Supervised) -> None:
         """Watch `proc` until cancelled, starting it again whenever it dies, unless it stopped
         for good (then the watch ends)."""
         try:
@@ -69,18 +84,22 @@ class Supervisor:
                 await self._exited(proc)
                 self._unless_final(name, proc)
                 self.say(f"{name} {_how_it_ended(proc)} after running a while; restarting it now")
-                self._restart(name, proc)
+                try:
+                    await self._restart(name, proc)
+                except LocalStackError as exc:
+                    # Not running: the next watch sees it die at once and tries again after a pause.
+                    self.say(f"{name} could not be started ({exc})")
         except _StoppedForGood:
             return
 
-    def _unless_final(self, name: str, proc: ChildProcess) -> None:
+    def _unless_final(self, name: str, proc: Supervised) -> None:
         if proc.exit_code() in FINAL_EXIT_CODES:
             self.say(
                 f"{name} {_how_it_ended(proc)}: it stopped for good (see its log for why); not restarting it"
             )
             raise _StoppedForGood(name)
 
-    async def _until_stable(self, name: str, proc: ChildProcess) -> None:
+    async def _until_stable(self, name: str, proc: Supervised) -> None:
         """Return once `proc` has run `stable_after_s`; restart it, with growing pauses,
         each time it dies sooner."""
 
@@ -100,7 +119,7 @@ class Supervisor:
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     try:
-                        self._restart(name, proc)
+                        await self._restart(name, proc)
                     except LocalStackError as exc:
                         raise _DiedSoon(f"could not be started ({exc})") from exc
                 try:
@@ -111,7 +130,7 @@ class Supervisor:
                 self._unless_final(name, proc)
                 raise _DiedSoon(_how_it_ended(proc))
 
-    async def _exited(self, proc: ChildProcess) -> None:
+    async def _exited(self, proc: Supervised) -> None:
         # Polled: the children are plain Popen processes (they outlive no event loop, and
         # `potluck up` started them before one ran), and a poll is one non-blocking waitpid.
         while True:
@@ -119,7 +138,8 @@ class Supervisor:
                 return
             await asyncio.sleep(self.policy.poll_s)
 
-    def _restart(self, name: str, proc: ChildProcess) -> None:
-        proc.start()
+    async def _restart(self, name: str, proc: Supervised) -> None:
+        # In a thread: a server's start waits until it serves (Postgres: seconds).
+        await asyncio.to_thread(proc.start)
         self.restarts[name] = self.restarts.get(name, 0) + 1
         self.say(f"restarted {name} (pid {proc.pid}, restart {self.restarts[name]})")

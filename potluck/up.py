@@ -4,8 +4,9 @@ Embedded NATS and Postgres, a Docker engine (this machine's, or a private one
 when none answers), the central services, a hostd donating part of this
 machine, and a demo user. State lives in one directory (default
 ~/.potluck): the event log survives `down`, so the next `up` carries on where
-it stopped. Once ready, a service process that dies (the registry, the
-allocator, the gateway, hostd) is started again, with growing pauses while it
+it stopped. Once ready, a process that dies (the registry, the allocator, the
+gateway, hostd, the image registry, and the NATS and Postgres it started) is
+started again, with growing pauses while it
 keeps dying (`potluck.supervisor`); `down` stops the watching first, then
 everything.
 """
@@ -34,7 +35,7 @@ from potluck.cli_options import seconds_from_env
 from potluck.kernel.private_files import append_private, write_private
 from potluck.kernel.redacted_urls import redacted
 from potluck.localpool import EnrolledHost, LocalPool
-from potluck.localstack import LocalStackError, PostgresServer
+from potluck.localstack import LocalStackError, NatsServer, PostgresServer
 from potluck.localstack.default_image import ensure_default_image
 from potluck.localstack.docker_engine import DockerEngine, ensure_docker_installed
 from potluck.localstack.ports import BROWSERS_REFUSE, port_accepts
@@ -43,7 +44,7 @@ from potluck.localstack.reaper import start_time, still_runs
 from potluck.localstack.test_image import DEFAULT_TAG, build_test_image, image_id
 from potluck.registry.enrollment import current_hosts, revoke_host
 from potluck.registry.host import name_holder
-from potluck.supervisor import Supervisor
+from potluck.supervisor import Supervised, Supervisor
 from potluck.telemetry import TRACES_FILE, collector_configured
 from potluck.up_state import PID_FILE, READY_FILE, Running, pid_alive, pool_files, running
 
@@ -477,9 +478,16 @@ async def serve(settings: UpSettings, say: Say, on_ready: Callable[[Running], No
         (state / PORTS_FILE).write_text(json.dumps({name: getattr(settings, name) for name in PORT_OPTIONS}))
         on_ready(ready)
         supervisor = Supervisor(say)
+        watched: dict[str, Supervised] = dict(pool.processes)
+        # The servers under them too: a NATS or a Postgres that died left every service waiting
+        # (allocations hung, nothing said on the console), and `up` said the pool was up.
+        if isinstance(pool.nats, NatsServer):
+            watched["nats-server"] = pool.nats
+        if postgres is not None:
+            watched["postgres"] = postgres
         watchers = [
             asyncio.create_task(supervisor.keep_running(name, proc), name=f"watch-{name}")
-            for name, proc in pool.processes.items()
+            for name, proc in watched.items()
         ]
         await stop.wait()
         served = True

@@ -113,6 +113,9 @@ class NatsServer:
     def running(self) -> bool:
         return self._proc.running()
 
+    def exit_code(self) -> int | None:
+        return self._proc.exit_code()
+
     def log_tail(self, lines: int = 20) -> str:
         return self._proc.log_tail(lines)
 

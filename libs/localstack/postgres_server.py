@@ -209,6 +209,12 @@ class PostgresServer:
             if created.returncode != 0:
                 raise LocalStackError(f"cannot create database {DATABASE}: {created.stderr}")
 
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.running()
+
+    def exit_code(self) -> int | None:
+        return None if self._proc is None else self._proc.exit_code()
+
     def stop(self) -> None:
         if self._proc is not None:
             # SIGINT is postgres' "fast" shutdown: clients are cut off, data is kept.

@@ -24,7 +24,7 @@ import tomli_w
 from potluck.contracts.host_events import host_stream
 from potluck.events import EventStore
 from potluck.localstack import free_port
-from potluck.localstack.docker_engine import DockerEngine
+from potluck.localstack.docker_engine import DockerEngine, engine_request
 from potluck.registry.enrollment import current_hosts, enroll_host
 from potluck.registry.nats_auth import new_user_key
 from potluck.sshgateway.service import client_public_key
@@ -620,6 +620,75 @@ def test_up_again_without_port_options_listens_where_the_last_pool_did(
     assert f"{local} is not valid TOML" in refused.stderr, refused.stderr
     assert local.read_text() == broken
     assert processes_mentioning(newcomer["POTLUCK_HOME"]) == []
+
+
+def _server_pid(state: Path, program: str) -> int:
+    """The PID of the one process of the pool in `state` that runs `program` (its first word's
+    last part: Postgres' own backends name themselves otherwise)."""
+    pids = [
+        int(pid)
+        for pid, line in (found.split(": ", 1) for found in processes_mentioning(str(state)))
+        if line.split()[0].rsplit("/", 1)[-1] == program
+    ]
+    assert len(pids) == 1, processes_mentioning(str(state))
+    return pids[0]
+
+
+@pytest.mark.slow
+def test_up_starts_again_the_nats_and_the_postgres_that_died(
+    newcomer: dict[str, str], shared_engine: dict[str, str]
+) -> None:
+    """Tried: under `potluck up --detach`, its nats-server and then its Postgres are killed
+    (SIGKILL), as an out-of-memory kill or a slip of an operator's hand would.
+    Must hold: `up` says on its console that each died and is restarted (before: it watched
+    only the services, said nothing, and a second `up` answered "already up" while every
+    allocation hung), each comes back on its port, and the pool then serves a user's
+    allocation from request to running."""
+    env = {**newcomer, **shared_engine}
+    started = potluck("up", "--detach", *all_ports(), env=env, timeout=900)
+    state = Path(newcomer["POTLUCK_HOME"])
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        said = started.stdout.splitlines()
+        token = next(line.split()[-1] for line in said if line.startswith("demo token"))
+        api = next(line.split()[-1] for line in said if line.startswith("allocator API"))
+        for name in ("nats-server", "postgres"):
+            killed = _server_pid(state, name)
+            os.kill(killed, signal.SIGKILL)
+            deadline = time.monotonic() + 120
+            while True:
+                console = (state / "up.log").read_text(errors="replace")
+                if f"{name} was killed by signal 9" in console and f"restarted {name}" in console:
+                    break
+                assert time.monotonic() < deadline, f"{name} not restarted:\n{console[-3000:]}"
+                time.sleep(0.2)
+            assert _server_pid(state, name) != killed
+        logged_in = potluck("login", "--url", api, "--token", token, env=newcomer)
+        assert logged_in.returncode == 0, logged_in.stderr
+        created = potluck(
+            "alloc", "create", "--cpus", "0.1", "--memory", "64M", "--image", "potluck-default:latest",
+            "--wait", "--timeout", "120", "-q",
+            env=newcomer, timeout=180,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stdout + created.stderr
+        alloc_id = created.stdout.strip()
+        shown = potluck("alloc", "show", alloc_id, "--json", env=newcomer)
+        assert json.loads(shown.stdout)["state"] == "running", shown.stdout
+        released = potluck("alloc", "rm", alloc_id, env=newcomer)
+        assert released.returncode == 0, released.stderr
+        while _containers_named(shared_engine["DOCKER_HOST"], f"potluck-{alloc_id}"):
+            assert time.monotonic() < deadline + 60, "the released allocation's container stayed"
+            time.sleep(0.2)
+    finally:
+        down = potluck("down", env=newcomer, timeout=300)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert processes_mentioning(newcomer["POTLUCK_HOME"]) == []
+
+
+def _containers_named(docker_url: str, name: str) -> list[str]:
+    status, body = engine_request(docker_url, "GET", "/containers/json?all=1")
+    assert status == 200, body[:300]
+    return [c["Id"] for c in json.loads(body) if f"/{name}" in c.get("Names", [])]
 
 
 def test_two_servers_given_one_port_are_named(newcomer: dict[str, str]) -> None:
