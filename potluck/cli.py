@@ -690,6 +690,17 @@ def hostd(config_path: Path) -> None:
         config.nats_seed()
     except ConfigError as exc:
         fail(str(exc), 2)
+    from potluck.hostd.state_lock import HELD_EXIT_CODE, StateDirHeld, hold_state_dir
+
+    # Before anything touches the engine, the pool or the state_dir: a second hostd on the same
+    # machine's state would register again and drive the same containers (state_lock.py). Held
+    # until the process ends; the kernel drops it however it ends.
+    try:
+        state_lock = hold_state_dir(config.state_dir)
+    except StateDirHeld as exc:
+        fail(str(exc), HELD_EXIT_CODE)
+    except OSError as exc:
+        fail(f"hostd cannot lock its state_dir {config.state_dir} (hostd.toml's `state_dir`): {exc}", 2)
 
     from potluck.telemetry import TelemetryConfigError, configure_telemetry
 
@@ -728,6 +739,7 @@ def hostd(config_path: Path) -> None:
         )
     finally:
         shutdown_telemetry()
+        state_lock.release()
 
 
 @main.command()

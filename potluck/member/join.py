@@ -34,6 +34,7 @@ from potluck.contracts.messages import JoinRequest, Reply
 from potluck.contracts.subjects import JOIN, host_subject, inbox_prefix, join_inbox_prefix
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
+from potluck.hostd.state_lock import HELD_EXIT_CODE
 from potluck.kernel.nats_urls import nats_servers
 from potluck.kernel.rejections import error_line
 from potluck.localstack.docker_engine import engine_answers
@@ -44,8 +45,10 @@ __all__ = ["JoinError", "JoinSettings", "Joined", "join", "systemd_unit"]
 SPENT = "this join token was already used or has expired; ask the operator for a new one"
 UNIT_NAME = "potluck-hostd.service"
 #: `potluck hostd`'s exit codes that a restart cannot mend: 2, its configuration is wrong; 3, it
-#: stopped for good (potluck.supervisor.FINAL_EXIT_CODES, which `potluck up` does not restart).
-NO_RESTART_EXIT_CODES = (2, 3)
+#: stopped for good (potluck.supervisor.FINAL_EXIT_CODES, which `potluck up` does not restart);
+#: 4, another hostd runs on the same state_dir (state_lock.HELD_EXIT_CODE): restarted every few
+#: seconds, the unit would fail again for as long as that one runs, days, each time in the journal.
+NO_RESTART_EXIT_CODES = (2, 3, HELD_EXIT_CODE)
 
 
 class JoinError(Exception):
@@ -388,7 +391,8 @@ def systemd_unit(config_path: Path) -> str:
         # Restarted every 5 s, a hostd that stopped for good would go on asking a pool that
         # refuses it (its key revoked) for as long as the machine runs.
         "# 3: stopped for good (left the pool, revoked, donates more than this machine has);\n"
-        "# 2: hostd.toml is wrong. Restarting mends neither: hostd's log says what to do.\n"
+        "# 2: hostd.toml is wrong; 4: another hostd runs on this state_dir (stop one of them).\n"
+        "# Restarting mends none of them: hostd's log says what to do.\n"
         f"RestartPreventExitStatus={' '.join(str(code) for code in NO_RESTART_EXIT_CODES)}\n"
         "\n"
         "[Install]\n"
