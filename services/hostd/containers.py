@@ -41,7 +41,9 @@ allocation until one takes them).
 Two holds may freeze the containers at once: the member's `pause` (HostPaused) and the
 owner policy's freeze (policy_runner.py); they thaw only when neither holds. While the
 policy throttles, each container's CPU quota is its part of the pool's share
-(cpu_share.py), set again whenever a container starts; memory is never changed.
+(cpu_share.py), set again whenever a container starts or one leaves (released, kept after its
+end, removed as unwanted): the share of one that left goes to the others; memory is never
+changed.
 """
 
 import asyncio
@@ -460,14 +462,20 @@ class ContainerManager:
             self._stopping.pop(alloc_id, None)
             self._drained.discard(alloc_id)
             self._restarts.forget(alloc_id)
-            try:
-                await self._docker(self.driver.remove, container_id)
-            except ContainerNotFound:
-                return
-            except DockerDriverError as exc:
-                log.warning("hostd.remove_failed", alloc_id=alloc_id, error=str(exc))
-                return
-            log.info("hostd.container_removed", alloc_id=alloc_id, container_id=container_id[:12])
+            await self._remove_released_locked(alloc_id, container_id)
+            # While throttled, its part of the share goes back to the containers left (after
+            # the removal: raised before, the pool would run past its share meanwhile).
+            await self._apply_quotas_locked()
+
+    async def _remove_released_locked(self, alloc_id: str, container_id: str) -> None:
+        try:
+            await self._docker(self.driver.remove, container_id)
+        except ContainerNotFound:
+            return
+        except DockerDriverError as exc:
+            log.warning("hostd.remove_failed", alloc_id=alloc_id, error=str(exc))
+            return
+        log.info("hostd.container_removed", alloc_id=alloc_id, container_id=container_id[:12])
 
     async def release_all(self) -> None:
         if self.warm is not None:
@@ -519,6 +527,8 @@ class ContainerManager:
             self.containers.pop(alloc_id, None)
             self._quotas.pop(alloc_id, None)
             self._stopping.pop(alloc_id, None)
+            # Its container runs no more: while throttled, its part of the share is the others'.
+            await self._apply_quotas_locked()
         log.info("hostd.container_kept", alloc_id=alloc_id, until=until.isoformat())
 
     async def discard(self, alloc_id: str) -> None:
@@ -660,6 +670,7 @@ class ContainerManager:
                 log.warning("hostd.remove_failed", alloc_id=container.allocation_id, error=str(exc))
             if self.containers.get(container.allocation_id) == container.container_id:
                 del self.containers[container.allocation_id]
+                self._quotas.pop(container.allocation_id, None)
         for container in plan.adopt:
             self.containers[container.allocation_id] = container.container_id
             log.info(
@@ -694,7 +705,9 @@ class ContainerManager:
         for spec in plan.start:
             with continuing(self._placement_traces.pop(spec.allocation_id, None)):
                 await self._start(spec)
-        if plan.adopt:
+        if plan.adopt or plan.remove:
+            # Adopted ones get their quota; what removed ones held of a throttled share is the
+            # others' again.
             await self._apply_quotas_locked()
         if self.warm is not None:
             self.warm.refill_soon()
@@ -890,7 +903,7 @@ class ContainerManager:
                 self.containers[alloc_id],
                 cpus,
                 event="hostd.quota_not_set",
-                hint="set again at the next policy change or container start",
+                hint="set again at the next policy change, or when a container starts or leaves",
                 alloc_id=alloc_id,
                 cpus=cpus,
             )
