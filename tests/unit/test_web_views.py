@@ -15,7 +15,7 @@ from potluck.allocator.users import token_hash
 from potluck.allocator.web import history, views
 from potluck.allocator.web.routes import HERE
 from potluck.contracts.allocation_events import AllocationRequested, alloc_stream
-from potluck.contracts.host_events import HostThrottled, host_stream
+from potluck.contracts.host_events import HostFrozen, HostShareRestored, HostThrottled, host_stream
 from potluck.contracts.member_events import MemberTokenIssued, member_stream
 from tests.unit.test_allocator_model import RecordingLog, cap, folded, host, placed, spec
 
@@ -159,3 +159,46 @@ def test_folding_the_log_a_batch_at_a_time_gives_what_folding_it_whole_gives(siz
             if not sampler.feed(batch):
                 break
         assert sampler.series() == history.samples(records, end - timedelta(seconds=8), points=10, span=span)
+
+
+def test_my_machine_shows_how_long_it_may_stay_frozen_only_while_the_policy_freezes_it() -> None:
+    """Tried: a member's host under a policy of max_frozen_s 3600 goes normal, then frozen (its
+    HostFrozen carries 3600), then throttled, then back to its full share; a second host is
+    frozen by a member who set no limit (`inf`, None on the wire). The "My machine" fragment is
+    rendered at each step.
+    Must hold: while frozen the page says "frozen at most 3600 s"; whenever the host is not
+    frozen it shows no such line at all, never a false "no limit" (the pool does not know the
+    member's value then); the host frozen with no limit says "no limit"."""
+    log = pool_log()
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
+
+    def shown(host_id: str) -> tuple[str | None, str]:
+        model, _ = folded(log)
+        (machine,) = views.machine_page(model, (host_id,))
+        return machine.max_frozen, env.get_template("_machine.html").render(machines=(machine,))
+
+    max_frozen, html = shown("h1")
+    assert max_frozen is None
+    assert "frozen at most" not in html
+    assert "no limit" not in html
+
+    log.add(
+        host_stream("h1"), HostFrozen(host_id="h1", cause="window", reason="office hours", max_frozen_s=3600)
+    )
+    max_frozen, html = shown("h1")
+    assert max_frozen == "3600 s"
+    assert "<dt>frozen at most</dt><dd>3600 s</dd>" in html
+
+    log.add(host_stream("h1"), HostThrottled(host_id="h1", cause="owner", reason="busy", share_cpus=1.0))
+    assert shown("h1")[0] is None
+    log.add(host_stream("h1"), HostShareRestored(host_id="h1"))
+    max_frozen, html = shown("h1")
+    assert max_frozen is None
+    assert "frozen at most" not in html
+
+    log.add(
+        host_stream("h2"), HostFrozen(host_id="h2", cause="battery", reason="on battery", max_frozen_s=None)
+    )
+    max_frozen, html = shown("h2")
+    assert max_frozen == "no limit"
+    assert "<dt>frozen at most</dt><dd>no limit</dd>" in html

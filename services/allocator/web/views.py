@@ -329,7 +329,10 @@ class MachineRow:
     host: HostRow
     policy: str
     share: str
-    max_frozen: str
+    #: While frozen: how long it may stay so before its allocations' users are told. None while
+    #: not frozen: the member's max_frozen_s reaches the pool only with HostFrozen, so any value
+    #: then would be a guess (it read "no limit" under a policy of 3600 s).
+    max_frozen: str | None
 
 
 def machine_page(model: AllocatorModel, host_ids: Iterable[str]) -> tuple[MachineRow, ...]:
@@ -346,6 +349,15 @@ def machine_page(model: AllocatorModel, host_ids: Iterable[str]) -> tuple[Machin
             if host.policy_share_cpus is not None and host.donated is not None
             else "all it donates"
         )
-        max_frozen = f"{host.policy_max_frozen_s:g} s" if host.policy_max_frozen_s is not None else "no limit"
-        rows.append(MachineRow(host=row, policy=host.policy, share=share, max_frozen=max_frozen))
+        rows.append(MachineRow(host=row, policy=host.policy, share=share, max_frozen=_max_frozen(host)))
     return tuple(rows)
+
+
+def _max_frozen(host: HostState) -> str | None:
+    """The member's max_frozen_s as the pool knows it: from the HostFrozen of the freeze under
+    way, and not at all otherwise (None: the page shows no line rather than a guess)."""
+    if host.policy != "frozen":
+        return None
+    if host.policy_max_frozen_s is None:
+        return "no limit"  # the member's `inf` travels as None: never told, truly no limit
+    return f"{host.policy_max_frozen_s:g} s"
