@@ -1495,8 +1495,10 @@ def ops_hosts_control(
 )
 def ops_hosts_list(database_url: str, as_json: bool | None) -> None:
     """Hosts as the log has them, each with its state: active, paused, draining, asleep,
-    unreachable, lost, deregistered, left or revoked (and enrolled: never registered)."""
+    unreachable, lost, deregistered, left or revoked (and enrolled: never registered); a host
+    whose hostd runs but whose Docker engine stopped answering says so in NOTE (`engine_away`)."""
     from potluck.events import EventStore
+    from potluck.readmodels.hosts import engine_away
     from potluck.registry.enrollment import current_hosts
 
     async def go(store: EventStore) -> list[dict[str, Any]]:
@@ -1517,6 +1519,8 @@ def ops_hosts_list(database_url: str, as_json: bool | None) -> None:
                 "contract": h.contract,
                 # Whether root in its containers is root on the member's machine (EngineFacts).
                 "user_namespaces": h.engine.user_namespaces if h.engine else None,
+                # Its hostd runs but its Docker engine stopped answering (HostEngineLost).
+                "engine_away": engine_away(h),
                 # Shut out of NATS now for holding too many connections (HostConnectionsCapped).
                 "connections_capped": {
                     "until": h.capped_until.isoformat(),
@@ -1554,6 +1558,8 @@ def _hosts_table(rows: list[dict[str, Any]]) -> str:
         if donated and not revoked and row["contract"] != CONTRACT_VERSION:
             contract = row["contract"]
             note = f"hostd speaks contract {contract}, the pool {CONTRACT_VERSION}: nothing is placed here"
+        if away := row.get("engine_away"):
+            note = f"Docker engine away since {away['since']}: hostd runs, nothing is placed here"
         if capped := row.get("connections_capped"):
             note = (
                 f"shut out of NATS until {capped['until']}: its key held {capped['connections']} "

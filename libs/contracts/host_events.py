@@ -2,7 +2,8 @@
 
 Every event names its host in `host_id`, which also ends its bus subject
 (`potluck.evt.host.<Type>.<host_id>`), so a hostd's consumer sees its own
-host's events and no other's.
+host's events and no other's; but for HostEngineLost and HostEngineReturned,
+which hostd does not need (it reported them) and are not routed to it.
 """
 
 from datetime import datetime
@@ -22,7 +23,7 @@ PolicyCause = Literal["owner", "battery", "heat", "window"]
 
 
 class HostEvent(Event):
-    routing_field = "host_id"
+    routing_field: ClassVar[str | None] = "host_id"
     host_id: str
 
 
@@ -190,6 +191,31 @@ class HostShareRestored(HostEvent):
     """The owner policy gave the pool its full donated share back."""
 
     reason: str = ""
+
+
+#: Of what hostd says of its engine, this much is recorded (the engine's own error text).
+ENGINE_DETAIL_CHARS = 500
+
+
+@event_type
+class HostEngineLost(HostEvent):
+    """hostd, still running, reported that its Docker engine stopped answering (its EngineStatus
+    report; the registry records it): nothing new is placed on the host until the engine answers
+    again, and what ran there may have stopped with it. `detail`: what hostd said.
+
+    Not routed to the host (no host id ends its subject): hostd knows its own engine, and a
+    hostd of the same contract but older than this event never meets it."""
+
+    routing_field: ClassVar[str | None] = None
+    detail: str = Field(default="", max_length=ENGINE_DETAIL_CHARS)
+
+
+@event_type
+class HostEngineReturned(HostEvent):
+    """hostd reported that its Docker engine answers again: the host takes new work again.
+    Not routed to the host, as HostEngineLost."""
+
+    routing_field: ClassVar[str | None] = None
 
 
 @registry.upcaster("HostRegistered", 1)

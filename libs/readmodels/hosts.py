@@ -16,6 +16,8 @@ from potluck.contracts.host_events import (
     HostConnectionsCapped,
     HostDeregistered,
     HostDrainStarted,
+    HostEngineLost,
+    HostEngineReturned,
     HostEnrolled,
     HostEvent,
     HostFrozen,
@@ -106,17 +108,24 @@ class HostState:
     capped_until: datetime | None = None
     capped_connections: int = 0
     capped_limit: int = 0
+    #: Its hostd runs but its Docker engine does not answer (HostEngineLost), since when, and
+    #: what hostd said; HostEngineReturned ends it. Not schedulable meanwhile.
+    engine_away: bool = False
+    engine_away_since: datetime | None = None
+    engine_away_detail: str = ""
     changed_at: datetime | None = None
 
     @property
     def schedulable(self) -> bool:
-        """May new work be placed here? Never on a frozen host, nor on one whose hostd speaks
+        """May new work be placed here? Never on a frozen host, nor on one whose Docker engine
+        stopped answering (hostd could start nothing there), nor on one whose hostd speaks
         another contract than these services (it kept running while they were upgraded)."""
         return (
             self.registered
             and self.admin == "active"
             and self.liveness == "online"
             and self.policy != "frozen"
+            and not self.engine_away
             and self.contract == CONTRACT_VERSION
         )
 
@@ -159,8 +168,9 @@ class HostState:
 #: when a change to `evolve` makes a stream fold to another state than before.
 #: 2: drain_started_at; 3: contract; 4: spent_join_nkey, joined_at; 5: left_by, left_at; 6: paused_at;
 #: 7: contract None until the first registration;
-#: 8: capped_at, capped_until, capped_connections, capped_limit.
-HOST_FOLD_VERSION = 8
+#: 8: capped_at, capped_until, capped_connections, capped_limit;
+#: 9: engine_away, engine_away_since, engine_away_detail.
+HOST_FOLD_VERSION = 9
 
 
 def evolve(state: HostState | None, event: Event, version: int, at: datetime) -> HostState | None:
@@ -278,6 +288,16 @@ def _evolve_host(state: HostState, event: HostEvent, at: datetime) -> HostState:
                 liveness="unreachable" if away else state.liveness,
                 liveness_since=at if away else state.liveness_since,
             )
+        case HostEngineLost():
+            return changed(
+                state,
+                engine_away=True,
+                # The same absence said again keeps its start: the engine is away since then.
+                engine_away_since=state.engine_away_since if state.engine_away else at,
+                engine_away_detail=event.detail,
+            )
+        case HostEngineReturned():
+            return changed(state, engine_away=False, engine_away_since=None, engine_away_detail="")
         case HostShareRestored():
             return changed(
                 state,
@@ -355,7 +375,29 @@ def host_as_dict(state: HostState) -> dict[str, object]:
         else None,
         "drain": _drain(state),
         "connections_capped": _capped(state),
+        "engine_away": engine_away(state),
         "changed_at": _iso(state.changed_at),
+    }
+
+
+#: What a host's engine being away means, for its member, the operator and its users alike.
+ENGINE_AWAY_MEANS = (
+    "hostd runs, but the machine's Docker engine stopped answering: nothing new is placed here "
+    "and the pool's containers here may have stopped with it; when the engine answers again, "
+    "the host takes work again, and hostd starts interactive allocations' containers again "
+    "(a task that stopped ends, stopped on its host)"
+)
+
+
+def engine_away(state: HostState) -> dict[str, object] | None:
+    """While its hostd reports its Docker engine away (HostEngineLost): since when, what hostd
+    said, and what it means (None while the engine answers)."""
+    if not state.engine_away:
+        return None
+    return {
+        "since": _iso(state.engine_away_since),
+        "detail": state.engine_away_detail,
+        "means": ENGINE_AWAY_MEANS,
     }
 
 

@@ -56,6 +56,8 @@ def pool_view(models: ReadModels) -> dict[str, Any]:
                 "status": host["status"],
                 "admin": host["admin"],
                 "liveness": host["liveness"],
+                # Its hostd runs but its Docker engine does not answer: nothing is placed there.
+                "engine_away": host["engine_away"],
                 "labels": host["labels"],
                 "donated": row.get("donated"),
                 "reserved": row.get("reserved"),
@@ -173,7 +175,7 @@ def render_pool(console: Console, view: dict[str, Any], *, title: str) -> None:
         hosts.add_row(
             shown(h["host_id"]),
             shown(h["name"]),
-            shown(h["status"]),
+            shown(h["status"] + (", engine away" if h.get("engine_away") else "")),
             _triple(h, "cpus", cpus),
             _triple(h, "memory_bytes", size),
             _triple(h, "disk_bytes", size),

@@ -196,6 +196,8 @@ def _state(a: dict[str, Any]) -> str:
     condition = a.get("condition")
     if condition:
         since = local_time(condition.get("since"))
+        if condition["state"] == "waiting_for_host" and condition["cause"] == "engine":
+            return f"{state} (its host's Docker engine is away since {since})"
         if condition["state"] == "waiting_for_host":
             return f"{state} (waiting for host since {since}: {condition['cause']})"
         if condition["state"] == "draining":
@@ -281,7 +283,10 @@ def _show_condition(allocation: dict[str, Any]) -> None:
     condition = allocation.get("condition")
     if condition:
         since = local_time(condition.get("since"))
-        if condition["state"] == "waiting_for_host":
+        if condition["state"] == "waiting_for_host" and condition["cause"] == "engine":
+            away = f"its host's Docker engine is away since {since}"
+            out.print(f"{away}: {foreign(condition['reason'])}", highlight=False)
+        elif condition["state"] == "waiting_for_host":
             out.print(f"waiting for its host since {since}: {foreign(condition['reason'])}", highlight=False)
         elif condition["state"] == "draining":
             until = local_time(condition.get("until"))

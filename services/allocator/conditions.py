@@ -9,6 +9,9 @@ replay of the log gives the same as the running allocator):
 
 - ``waiting_for_host`` (cause ``asleep`` or ``unreachable``): the host is away;
   since when it went.
+- ``waiting_for_host`` (cause ``engine``): the host's hostd runs but its Docker
+  engine stopped answering (HostEngineLost); the container may have stopped with
+  it, and hostd takes it up when the engine returns; since when.
 - ``draining`` (cause ``member``): the member is taking the host out of the
   pool; the container is stopped at ``until`` (the end of the drain's grace)
   unless it ends first.
@@ -18,7 +21,8 @@ replay of the log gives the same as the running allocator):
   ``window``): the member's owner policy paused the pool's containers there, or
   cut them to ``share_cpus``; the policy's reason and since when.
 
-Waiting comes first: a host that sleeps runs nothing, whatever its policy. The
+Waiting comes first: a host that sleeps runs nothing, whatever its policy, and a host
+away says so rather than what its engine did before it went. The
 member's own word (drain, pause) comes before the policy's: it holds however the
 policy would treat the machine.
 
@@ -38,13 +42,18 @@ from potluck.readmodels.hosts import HostState
 __all__ = ["CAUSES", "ConditionCause", "ConditionState", "HostCondition", "condition_of", "frozen_past_limit"]
 
 ConditionState = Literal["waiting_for_host", "draining", "throttled", "frozen"]
-ConditionCause = Literal["asleep", "unreachable", "member", "owner", "battery", "heat", "window"]
+ConditionCause = Literal["asleep", "unreachable", "engine", "member", "owner", "battery", "heat", "window"]
 CAUSES: tuple[str, ...] = get_args(ConditionCause)
 
 _AWAY = {
     "asleep": "its host is asleep; the container resumes as it was when the host wakes",
     "unreachable": "its host stopped answering; the container is kept for when it returns",
 }
+_ENGINE_AWAY = (
+    "the Docker engine on its host stopped answering: nothing new starts there, and the "
+    "container may have stopped with it; when the engine returns, its host starts an interactive "
+    "container again (a task that stopped ends, stopped on its host)"
+)
 _POLICY = {
     "throttled": "the host's owner needs the machine; the pool gets less CPU there for now",
     "frozen": "the host's owner policy paused the pool's containers there for now",
@@ -81,6 +90,10 @@ def condition_of(state: AllocationState, host: HostState | None) -> HostConditio
             cause=host.liveness,
             reason=_AWAY[host.liveness],
             since=host.liveness_since,
+        )
+    if host.engine_away:
+        return HostCondition(
+            state="waiting_for_host", cause="engine", reason=_ENGINE_AWAY, since=host.engine_away_since
         )
     if host.admin == "draining":
         started = host.drain_started_at

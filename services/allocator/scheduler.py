@@ -11,7 +11,8 @@ Decisions
                           ``NO_FREE_CAPACITY``: a schedulable host could hold it
                           once capacity frees; ``NO_SCHEDULABLE_HOST``: only hosts
                           that are away (asleep, unreachable, lost), paused,
-                          draining or frozen by their owner's policy could;
+                          draining, frozen by their owner's policy, or whose
+                          Docker engine stopped answering could;
                           ``NO_HOST_REGISTERED``: the pool has no host at all
                           (between members), so nothing can be judged impossible.
     ``Impossible(...)``   no registered host, whatever its liveness or admin
@@ -133,8 +134,9 @@ HOLLOW_ASIDE = f"hollow hosts take only requests constrained to {_HOLLOW_KEY}={_
 WAIT_MESSAGES: Mapping[str, str] = {
     NO_FREE_CAPACITY: "no host has that much free right now; the request waits until capacity frees",
     NO_SCHEDULABLE_HOST: (
-        "only hosts that are away, paused, draining or frozen by their owner (or whose hostd "
-        "awaits an upgrade) could hold the request; it waits for one to return"
+        "only hosts that are away, paused, draining or frozen by their owner, or whose Docker "
+        "engine stopped answering (or whose hostd awaits an upgrade), could hold the request; "
+        "it waits for one to return"
     ),
     NO_HOST_REGISTERED: (
         "no host is in the pool right now (none has joined yet, or every one has left or been "

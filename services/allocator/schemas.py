@@ -237,7 +237,9 @@ class Condition(Body):
     state: ConditionState = Field(
         description=(
             "`waiting_for_host`: the host is asleep or unreachable; the container resumes as it was "
-            "when it returns. `draining`: the host's member is taking it out of the pool; the "
+            "when it returns; or its Docker engine stopped answering (cause `engine`): the container "
+            "may have stopped with it, and is taken up again when the engine returns. "
+            "`draining`: the host's member is taking it out of the pool; the "
             "container is stopped at `until`. `throttled`: the host's owner policy gives the pool "
             "less CPU there. `frozen`: the member paused the host, or the owner policy paused the "
             "pool's containers there."
@@ -245,7 +247,7 @@ class Condition(Body):
     )
     cause: ConditionCause = Field(
         description=(
-            "`asleep` or `unreachable` (waiting); `member` (the member drains or paused the host); "
+            "`asleep`, `unreachable` or `engine` (waiting); `member` (the member drains or paused the host); "
             "`owner` (the owner uses the machine), `battery`, `heat` or `window` (the member's "
             "hours) for throttled and frozen."
         )
@@ -268,7 +270,8 @@ class Waiting(Body):
         description=(
             "`no_free_capacity`: a host that takes work could hold it once it frees capacity. "
             "`no_schedulable_host`: only hosts that are away, paused, draining or frozen by their "
-            "owner (or whose hostd awaits an upgrade) could. `no_host_registered`: the pool has no "
+            "owner, or whose Docker engine stopped answering (or whose hostd awaits an upgrade), "
+            "could. `no_host_registered`: the pool has no "
             "host at all; it waits for one to join. `placing`: a host has room now; the "
             "allocator's next look places it. "
             "`refusing`: no host could hold it any more; the allocator's next look refuses it."

@@ -45,7 +45,8 @@ __all__ = [
 ]
 
 #: `no_free_capacity`: a host that takes work could hold it, once it frees capacity;
-#: `no_schedulable_host`: only hosts that are away, paused, draining, frozen or awaiting an
+#: `no_schedulable_host`: only hosts that are away, paused, draining, frozen, without their
+#: Docker engine (HostState.engine_away) or awaiting an
 #: upgrade of their hostd (potluck.contracts.compatibility) could;
 #: `no_host_registered`: the pool has no host at all, and it waits for one to join;
 #: `placing`: a host has room for it now, and the allocator's next look places it (unless a

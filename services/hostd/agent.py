@@ -578,6 +578,7 @@ class Agent:
                 )
                 continue
             await self._register(facts)
+            self.containers.report_engine_again()
             await self._sync()
 
     async def _on_event(self, delivered: LoggedEvent) -> None:

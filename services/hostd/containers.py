@@ -260,6 +260,13 @@ class ContainerManager:
             )
             self.report(EngineStatus(available=up, detail=detail))
 
+    def report_engine_again(self) -> None:
+        """Say again what was last said of the engine (after a reconnect: JetStream may have
+        lost it, and the registry records the host's engine away or back from it)."""
+        if self.engine_up is not None:
+            detail = "" if self.engine_up else "the Docker engine stopped answering"
+            self.report(EngineStatus(available=self.engine_up, detail=detail))
+
     async def _reconcile_after_return(self) -> None:
         await asyncio.sleep(ENGINE_RETURN_SETTLE_S)
         await self.reconcile()

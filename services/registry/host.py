@@ -18,10 +18,13 @@ from datetime import datetime
 
 from potluck.contracts.compatibility import CONTRACT_VERSION, mismatch
 from potluck.contracts.host_events import (
+    ENGINE_DETAIL_CHARS,
     Actor,
     HostConnectionsCapped,
     HostDeregistered,
     HostDrainStarted,
+    HostEngineLost,
+    HostEngineReturned,
     HostEnrolled,
     HostFrozen,
     HostJoined,
@@ -438,3 +441,21 @@ def policy_changed(state: HostState | None, host_id: str, msg: PolicyChanged) ->
     if current.policy == "frozen" and current.policy_cause == msg.cause:
         return []
     return [HostFrozen(host_id=host_id, cause=msg.cause, reason=msg.reason, max_frozen_s=msg.max_frozen_s)]
+
+
+# The Docker engine: hostd reports it (EngineStatus, on `potluck.report.<host_id>.engine`) when
+# it stops or starts answering, at hostd's start, and after every reconnect; the same state
+# again records nothing.
+
+
+def engine_reported(state: HostState | None, available: bool, detail: str = "") -> list[Event]:
+    """The host's hostd says its engine answers (`available`) or stopped answering; nothing for
+    a host the log does not have registered (never registered, deregistered, left, revoked):
+    placement does not look at those, and a hostd that starts reports its engine anew."""
+    if state is None or not state.registered or state.gone:
+        return []
+    if available:
+        return [HostEngineReturned(host_id=state.host_id)] if state.engine_away else []
+    if state.engine_away:
+        return []
+    return [HostEngineLost(host_id=state.host_id, detail=detail[:ENGINE_DETAIL_CHARS])]

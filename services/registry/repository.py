@@ -37,7 +37,17 @@ import asyncpg
 import structlog
 
 from potluck.contracts.host_events import host_stream
-from potluck.events import Contended, Event, EventStore, SkippedEvents, decide_and_append, decode_or_skip
+from potluck.events import (
+    Contended,
+    DuplicateEvent,
+    Event,
+    EventStore,
+    NewEvent,
+    SkippedEvents,
+    decide_and_append,
+    decode_or_skip,
+    event_id_for,
+)
 from potluck.events.snapshots import Snapshots
 from potluck.kernel.rejections import Rejected
 from potluck.readmodels.hosts import HOST_FOLD_VERSION, HostState, evolve
@@ -136,11 +146,14 @@ async def decide_on_host(
     *,
     reader: str = "registry",
     known: Known | None = None,
+    source_id: str | None = None,
 ) -> Outcome:
     """Load, decide, append at the version read; again if another writer won; BUSY if they always do.
 
     `known` gives, at each attempt, the host as far as a view has folded it (see the module's
-    docstring); without it the whole stream is read.
+    docstring); without it the whole stream is read. `source_id`: the message the command came
+    in (a report redelivered by JetStream): the events' ids derive from it, so that a
+    redelivery decided on a later state records nothing (no events in the outcome).
     """
 
     async def attempt() -> Outcome:
@@ -148,7 +161,16 @@ async def decide_on_host(
         state, version = await load_host_stream(store, host_id, reader=reader, known=start)
         events = decide(state)
         if events:
-            await store.append(host_stream(host_id), events, expected_version=version, metadata=metadata)
+            new: list[Event | NewEvent] = list(events)
+            if source_id is not None:
+                new = [NewEvent(e, event_id=event_id_for("host", source_id, i)) for i, e in enumerate(events)]
+            try:
+                await store.append(host_stream(host_id), new, expected_version=version, metadata=metadata)
+            except DuplicateEvent:
+                if source_id is None:
+                    raise
+                log.info("host.already_recorded", host_id=host_id, source=source_id)
+                return Outcome(state, [])
             for event in events:
                 log.info("host.event", host_id=host_id, type=type(event).type_name)
         return Outcome(state, events)

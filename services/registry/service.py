@@ -2,7 +2,8 @@
 
 One concern per module: the view is HostsView fed by potluck.events' Fold
 (projection.py); registration, controls and queries are requests.py;
-heartbeats and silence are heartbeats.py; a command on a host is decided on
+heartbeats and silence are heartbeats.py; hostd's engine reports are
+engine_reports.py; a command on a host is decided on
 the host's stream and appended (repository.py); registrations the gate admits
 are taken a few at a time, and dropped once their sender stopped waiting
 (admission.py). This module starts them in
@@ -56,6 +57,7 @@ from potluck.registry.admission import Admission
 from potluck.registry.connection_caps import CapPolicy
 from potluck.registry.connection_watch import ConnectionWatch
 from potluck.registry.consumer_sweep import ConsumerSweep
+from potluck.registry.engine_reports import EngineReports
 from potluck.registry.heartbeats import LivenessWatch
 from potluck.registry.joining import JoinHandler
 from potluck.registry.liveness import LastSeen, LivenessPolicy
@@ -126,6 +128,8 @@ class RegistryService:
             )
         self.joining = JoinHandler(store, self.view, self.users_file, self.requests.claims)
         self.sleep = SleepRequests(store, self.view, self.watch)
+        #: hostd's reports of its Docker engine into HostEngineLost / HostEngineReturned.
+        self.engines = EngineReports(store, self.view)
         #: The position of the checkpoint the view was loaded from (0: folded from zero).
         self.resumed_from = 0
         #: Registrations a few at a time: thousands at once are served, not timed out (admission.py).
@@ -204,6 +208,7 @@ class RegistryService:
                 self.watch.run(),
                 checkpointer.run(),
                 self.consumers.run(),
+                self.engines.run(self.nc),
                 *([self.users_file.run()] if self.users_file is not None else []),
                 *([self.connections.run()] if self.connections is not None else []),
             )

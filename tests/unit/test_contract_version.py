@@ -22,7 +22,7 @@ from potluck.contracts.compatibility import CONTRACT_VERSION, FIRST_CONTRACT, mi
 from potluck.contracts.messages import DesiredState, RegisterHost
 
 #: (CONTRACT_VERSION, the fingerprint of the shapes it names).
-RECORDED = (3, "8e0169c46aff01d4a15ae58322e2ccef2ff864826cd41ba47f398e779c5041a5")
+RECORDED = (3, "9d3a828ac75eeaf7a4dae5060db56ac9321555a1c63b41315cbe79aae27310f6")
 
 
 def _models() -> list[type[BaseModel]]:

@@ -43,6 +43,8 @@ from potluck.contracts.allocation_events import (
 from potluck.contracts.capacity import Capacity
 from potluck.contracts.host_events import (
     HostDeregistered,
+    HostEngineLost,
+    HostEngineReturned,
     HostEnrolled,
     HostFrozen,
     HostPaused,
@@ -101,7 +103,10 @@ requests = st.builds(
     st.sampled_from([None, *IMAGES]),
     st.booleans(),
 )
-CHANGES = ("suspect", "recover", "pause", "resume", "throttle", "freeze", "restore", "deregister")
+CHANGES = (
+    *("suspect", "recover", "pause", "resume", "throttle", "freeze", "restore", "deregister"),
+    *("engine_lost", "engine_returned"),
+)
 
 
 class Allocator(RuleBasedStateMachine):
@@ -154,6 +159,8 @@ class Allocator(RuleBasedStateMachine):
             "throttle": HostThrottled(host_id=host_id, cause="owner", reason="busy", share_cpus=0.5),
             "freeze": HostFrozen(host_id=host_id, cause="battery", reason="battery", max_frozen_s=60),
             "restore": HostShareRestored(host_id=host_id),
+            "engine_lost": HostEngineLost(host_id=host_id, detail="gone"),
+            "engine_returned": HostEngineReturned(host_id=host_id),
             "deregister": HostDeregistered(host_id=host_id, by="member"),
         }[change]
         self.commit(host_stream(host_id), event)

@@ -71,6 +71,8 @@ from potluck.contracts.engine import EngineFacts
 from potluck.contracts.host_events import (
     HostDeregistered,
     HostDrainStarted,
+    HostEngineLost,
+    HostEngineReturned,
     HostEnrolled,
     HostFrozen,
     HostLost,
@@ -142,7 +144,7 @@ constraint_sets = st.sampled_from(
 strategies = st.sampled_from(["best_fit", "spread"])
 CHANGES = (
     *("suspect", "lost", "recover", "pause", "resume", "drain", "deregister", "reregister"),
-    *("sleep", "throttle", "freeze", "restore"),
+    *("sleep", "throttle", "freeze", "restore", "engine_lost", "engine_returned"),
 )
 
 
@@ -240,6 +242,10 @@ class PoolMachine(RuleBasedStateMachine):
                 event = HostFrozen(host_id=host_id, cause="battery", reason="on battery", max_frozen_s=60)
             case "restore":
                 event = HostShareRestored(host_id=host_id)
+            case "engine_lost":
+                event = HostEngineLost(host_id=host_id, detail="the Docker engine stopped answering")
+            case "engine_returned":
+                event = HostEngineReturned(host_id=host_id)
             case _:
                 assert state.donated is not None
                 event = host_registered(
