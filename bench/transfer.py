@@ -159,12 +159,11 @@ async def run(size_mb: int, runs: int) -> None:
                 "ssh_keys": [Path(f"{key}.pub").read_text().strip()],
             }  # fmt: skip
             async with aiohttp.ClientSession() as http:
-                for _ in range(300):  # until the host has registered
-                    async with http.post(f"{pool.api}/v1/allocations", json=body, headers=headers) as r:
-                        created = await r.json()
-                    if r.status == 201:
-                        break
-                    await asyncio.sleep(0.2)
+                # Placed at once, or waiting for the host that has not registered yet (202).
+                async with http.post(f"{pool.api}/v1/allocations", json=body, headers=headers) as r:
+                    created = await r.json()
+                    if r.status not in (201, 202):
+                        raise RuntimeError(f"the allocation was refused ({r.status}): {created}")
                 url = f"{pool.api}/v1/allocations/{created['id']}?wait=running&timeout=60"
                 async with http.get(url, headers=headers) as r:
                     running = await r.json()

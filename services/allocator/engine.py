@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import gc
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
@@ -62,7 +63,15 @@ from potluck.allocator.job_reactions import _Tracked
 from potluck.allocator.job_schemas import CreateJob
 from potluck.allocator.model import AllocatorModel
 from potluck.allocator.reactions import Reactions
-from potluck.allocator.scheduler import Impossible, Placed, Scheduler, Strategy
+from potluck.allocator.scheduler import (
+    NO_HOST_REGISTERED,
+    Decision,
+    Impossible,
+    Placed,
+    Scheduler,
+    Strategy,
+    Wait,
+)
 from potluck.allocator.schemas import CreateAllocation, HistoryEntry, Pool
 from potluck.allocator.ssh_key_check import check_ssh_keys
 from potluck.allocator.stored import ALLOC_ID, stored_allocation, stored_job
@@ -139,6 +148,25 @@ class _NeverPossible(Rejected):
 
     def __init__(self, impossible: Impossible) -> None:
         super().__init__(impossible.code, impossible.message, field=impossible.field, status=422)
+
+
+class _NoHostYet(Exception):
+    """The pool as folded so far has no host: decided again once the fold has caught up with the
+    log, since a host may have registered a moment ago (an allocator just started, say)."""
+
+
+#: Set while a request is decided again after the fold caught up (decided_on_the_whole_log).
+_WHOLE_LOG_SEEN: ContextVar[bool] = ContextVar("whole_log_seen", default=False)
+
+
+def _judged(decision: Decision) -> Decision:
+    """`decision`, unless it is to be looked at again on the whole log: no host could ever give
+    the request, or there is no host at all (which then waits, once the whole log says so)."""
+    if isinstance(decision, Impossible):
+        raise _NeverPossible(decision)
+    if isinstance(decision, Wait) and decision.reason == NO_HOST_REGISTERED and not _WHOLE_LOG_SEEN.get():
+        raise _NoHostYet
+    return decision
 
 
 class _Watched:
@@ -374,21 +402,28 @@ class AllocatorEngine:
             raise Rejected("BUSY", "the pool is changing too fast to decide; try again", status=503) from exc
 
     async def decided_on_the_whole_log(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """`decide(attempt)`; when `attempt` finds that no host could ever give the request, once
-        more after the fold has caught up with the log, if that took in anything new (a host
-        that registered or changed its labels or donation a moment ago)."""
+        """`decide(attempt)`; when `attempt` finds that no host could ever give the request, or
+        no host at all (`_judged`), once more after the fold has caught up with the log, if that
+        took in anything new (a host that registered or changed its labels or donation a moment
+        ago). A pool still without a host then takes the request to wait for one."""
         try:
             return await self.decide(attempt)
-        except _NeverPossible as refused:
+        except (_NeverPossible, _NoHostYet) as first:
             before = self.fold.position
             try:
                 await self.fold.caught_up_with(self.store, timeout=IMPOSSIBLE_RECHECK_S)
             except TRANSIENT_DB_ERRORS as exc:  # TimeoutError among them
-                log.info("allocator.recheck_skipped", code=refused.code, reason=type(exc).__name__)
-                raise refused from None
-            if self.fold.position == before:
-                raise
-        return await self.decide(attempt)
+                if isinstance(first, _NeverPossible):
+                    log.info("allocator.recheck_skipped", code=first.code, reason=type(exc).__name__)
+                    raise first from None
+            else:
+                if self.fold.position == before and isinstance(first, _NeverPossible):
+                    raise
+        seen = _WHOLE_LOG_SEEN.set(True)
+        try:
+            return await self.decide(attempt)
+        finally:
+            _WHOLE_LOG_SEEN.reset(seen)
 
     # Queries.
 
@@ -496,9 +531,7 @@ class AllocatorEngine:
                     # append while this one waited for it.
                     refuse_while_in_flight()
                 outlook = self.outlook()
-                decision = outlook.place(request, self.strategy)
-                if isinstance(decision, Impossible):
-                    raise _NeverPossible(decision)
+                decision = _judged(outlook.place(request, self.strategy))
                 check_quota(user.quota, outlook.held_by(user.name), request.spec.resources)
                 host_id = decision.host_id if isinstance(decision, Placed) else None
                 appends = request_appends(
@@ -623,9 +656,7 @@ class AllocatorEngine:
             unfinished = self.model.jobs.unfinished_of(user.name) | submitting
             unfinished.discard(job_id)
             check_unfinished_jobs(len(unfinished))
-            decision = self.outlook().place(probe, self.strategy)
-            if isinstance(decision, Impossible):
-                raise _NeverPossible(decision)
+            _judged(self.outlook().place(probe, self.strategy))
             submitted = JobSubmitted(job_id=job_id, user=user.name, spec=spec)
             submitting.add(job_id)
             submitted_here = True
