@@ -13,6 +13,7 @@ children stays with whoever started them.
 """
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -139,7 +140,15 @@ class Supervisor:
             await asyncio.sleep(self.policy.poll_s)
 
     async def _restart(self, name: str, proc: Supervised) -> None:
-        # In a thread: a server's start waits until it serves (Postgres: seconds).
-        await asyncio.to_thread(proc.start)
+        # In a thread: a server's start waits until it serves (Postgres: seconds). A watch
+        # cancelled meanwhile (`potluck down`) ends only once that start has: whoever cancels it
+        # then stops the children, this one with them, and none is started after the stop.
+        starting = asyncio.ensure_future(asyncio.to_thread(proc.start))
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await starting
+            raise
         self.restarts[name] = self.restarts.get(name, 0) + 1
         self.say(f"restarted {name} (pid {proc.pid}, restart {self.restarts[name]})")

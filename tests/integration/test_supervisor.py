@@ -36,7 +36,8 @@ async def test_a_child_killed_is_started_again_and_the_console_says_so(tmp_path:
     watch = asyncio.create_task(Supervisor(said.append, FAST).keep_running("hostd-local", proc))
     try:
         os.kill(first, signal.SIGKILL)
-        await wait_until(lambda: proc.running() and proc.pid != first)
+        # The start runs in a thread: what it says follows it.
+        await wait_until(lambda: proc.running() and proc.pid != first and len(said) >= 2)
         assert said[0].startswith("hostd-local was killed by signal 9; restarting it in 0.05s"), said
         assert re.fullmatch(r"restarted hostd-local \(pid \d+, restart 1\)", said[1]), said
     finally:
