@@ -23,6 +23,7 @@ same time; a placement that loses a race is left pending for the next round.
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,9 @@ from potluck.allocator.queue import fair_order
 from potluck.allocator.scheduler import Impossible, Placed
 from potluck.contracts.allocation_events import AllocationRequested, AllocationUnplaced, CapacityReserved
 from potluck.events import TRANSIENT_DB_ERRORS, Event, RecordedEvent, WrongExpectedVersion
+from potluck.events.tracing import continuing, trace_carrier_of, tracer
 from potluck.kernel.rejections import Rejected
+from potluck.readmodels.allocations import TERMINAL_EVENTS
 
 if TYPE_CHECKING:
     from potluck.allocator.engine import AllocatorEngine
@@ -95,6 +98,10 @@ class Reactions:
         self._next_timeout: datetime | None = None
         #: How many times every waiting request was looked at for its queue timeout.
         self.timeout_walks = 0
+        #: The trace each waiting request was made in (its AllocationRequested's metadata), so
+        #: that a placement the queue makes later joins it: `potluck ops trace ALLOC` of a
+        #: request that waited showed its request and its start apart, and no placement.
+        self.request_traces: dict[str, dict[str, str]] = {}
 
     def notice(self, event: Event, record: RecordedEvent) -> None:
         """After the model folded `event`: remember what to react to."""
@@ -110,6 +117,10 @@ class Reactions:
                 self._newcomers.add(event.alloc_id)
                 self._times_out_at(queue_deadline(state))
                 self.capacity_changed.set()
+                if isinstance(event, AllocationRequested) and (carrier := trace_carrier_of(record.metadata)):
+                    self.request_traces[event.alloc_id] = carrier
+        if isinstance(event, TERMINAL_EVENTS):
+            self.request_traces.pop(event.alloc_id, None)
         if self.jobs.notice(event, record):
             self.capacity_changed.set()  # wakes the round, which drives the job
 
@@ -277,14 +288,26 @@ class Reactions:
                         alloc_version=current.version,
                         capacity_version=outlook.capacity_version(decision.host_id),
                     )
-                    await engine.append(appends, "allocator")
+                    with self._in_request_trace(current.alloc_id, "queued placement"):
+                        await engine.append(appends, "allocator")
                     placed += 1
                 elif isinstance(decision, Impossible):
-                    await engine.append(never_fits(current, decision), "allocator")
+                    with self._in_request_trace(current.alloc_id, "queued refusal"):
+                        await engine.append(never_fits(current, decision), "allocator")
             except WrongExpectedVersion:
                 self._newcomers.add(current.alloc_id)
                 await engine.caught_up_with_log()
         return placed
+
+    @contextlib.contextmanager
+    def _in_request_trace(self, alloc_id: str, name: str) -> Iterator[None]:
+        """A span `name` in the trace the request was made in (none known: a trace of its own),
+        so the append carries it on to hostd's start of the container."""
+        with (
+            continuing(self.request_traces.get(alloc_id)),
+            tracer().start_as_current_span(name, attributes={"potluck.alloc_id": alloc_id}),
+        ):
+            yield
 
     async def _refuse_timed_out(self, now: datetime) -> None:
         """Refuse what has waited past its queue timeout at `now`. Each request that waits is

@@ -670,3 +670,57 @@ async def test_a_jobs_task_has_a_trace_that_ops_trace_prints(
     assert len(trace_id) == 32, out
     assert tree[0].startswith("potluck-allocator  POST /v1/jobs  "), out
     assert any(line.lstrip().startswith("potluck-allocator  job step  ") for line in tree[1:]), out
+
+
+async def test_a_request_that_waited_in_the_queue_stays_in_its_trace_to_its_start(
+    traced_pool: Pool, traced_laptop: EnrolledHost, collector: OtlpReceiver, database_url: str
+) -> None:
+    """Tried: the laptop is taken whole by one allocation, a second is requested (202: it waits),
+    then the first is released and the queue places the second. Before the fix the placement was
+    appended outside any trace: the waiting request's trace ended at its POST, its placement had
+    no trace and hostd started its container in a trace of its own, so `potluck ops trace` of
+    the allocation showed no placement and no start.
+    What must hold: the trace of the waiting request's POST holds the allocator's `queued
+    placement` span and, below it, hostd's `docker create+start` of that allocation; `ops
+    trace` names that trace."""
+    await traced_pool.wait_api()
+    token = await traced_pool.add_user("alice")
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"memory": "64M", "disk": "64M", "image": DEFAULT_TAG, "command": ["sleep", "3600"]}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.get(traced_pool.api + "/v1/pool") as response:
+            free = (await response.json())["total"]["free"]["cpus"]
+        async with http.post(traced_pool.api + "/v1/allocations", json={**body, "cpus": free}) as response:
+            whole = await response.json()
+            assert response.status == 201, whole
+        async with http.post(traced_pool.api + "/v1/allocations", json={**body, "cpus": 0.5}) as response:
+            waiting = await response.json()
+            assert response.status == 202, waiting
+        async with http.delete(f"{traced_pool.api}/v1/allocations/{whole['id']}") as response:
+            assert response.status == 200, await response.text()
+    await wait_for_state(traced_pool, waiting["id"], token, "running")
+
+    def posts() -> list[CollectedSpan]:
+        found = collector.find(
+            lambda s: (
+                s.service == "potluck-allocator" and s.kind == "SERVER" and s.name == "POST /v1/allocations"
+            )
+        )
+        return sorted(found, key=lambda s: s.start_ns) if len(found) == 2 else []
+
+    trace_id = (await collector.wait_for("the allocator's two POST spans", posts))[1].trace_id
+
+    def started_in_it() -> list[CollectedSpan]:
+        return [
+            s
+            for s in collector.trace(trace_id)
+            if s.name.startswith("docker create+start")
+            and s.attributes.get("potluck.alloc_id") == waiting["id"]
+        ]
+
+    await collector.wait_for("hostd's start of the waiting allocation in its request's trace", started_in_it)
+    queued = [s for s in collector.trace(trace_id) if s.name == "queued placement"]
+    assert one(queued, "queued placement").attributes["potluck.alloc_id"] == waiting["id"]
+    code, out, err = await _ops_trace(database_url, waiting["id"])
+    assert code == 0, err
+    assert out.split() == [trace_id]
