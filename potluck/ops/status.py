@@ -49,6 +49,7 @@ def pool_view(models: ReadModels) -> dict[str, Any]:
     hosts = []
     for host_id, host in state["hosts"].items():
         row = capacity.get(host_id, {})
+        out = host["status"] in _OUT_OF_THE_POOL
         hosts.append(
             {
                 "host_id": host_id,
@@ -61,7 +62,8 @@ def pool_view(models: ReadModels) -> dict[str, Any]:
                 "labels": host["labels"],
                 "donated": row.get("donated"),
                 "reserved": row.get("reserved"),
-                "free": row.get("free"),
+                # Nothing of an out host's donation is the pool's to place (it read as all free).
+                "free": None if out else row.get("free"),
                 "active_allocations": active.get(host_id, 0),
                 "changed_at": host["changed_at"],
             }
@@ -71,8 +73,7 @@ def pool_view(models: ReadModels) -> dict[str, Any]:
     live_capacity = {
         h: row
         for h, row in capacity.items()
-        if state["hosts"].get(h, {}).get("status")
-        not in (None, "deregistered", "enrolled", "left", "revoked")
+        if state["hosts"].get(h, {}).get("status") not in (None, *_OUT_OF_THE_POOL)
     }
     return {
         "position": models.position,
@@ -148,6 +149,10 @@ def size(n: int | None) -> str:
         if n >= factor:
             return f"{n / factor:.4g}{unit}"
     return f"{n}B"
+
+
+#: Statuses of hosts whose donation is none of the pool's capacity now.
+_OUT_OF_THE_POOL = ("deregistered", "enrolled", "left", "revoked")
 
 
 def cpus(value: float | None) -> str:

@@ -296,7 +296,8 @@ async def test_status_capacity_leaves_out_hosts_that_left_or_were_revoked(
     then revokes the other (`ops hosts revoke`), reading `ops status` after each. Must hold: the
     pool's capacity counts only the hosts still in it: the remaining one's donation, then
     nothing (a left or revoked host's donation was still counted: "cpus 2.5 free of 2.5" on a
-    pool with 1 CPU in it), while the hosts table still lists both with their state."""
+    pool with 1 CPU in it), while the hosts table still lists both with their state, neither
+    with anything free."""
     other = await second_laptop(pool, docker_engines[1])
     nats = [
         *("--nats-auth-file", str(pool.nats.auth_file), "--nats-pid-file", str(pool.nats.pid_file)),
@@ -329,6 +330,8 @@ async def test_status_capacity_leaves_out_hosts_that_left_or_were_revoked(
         other.host_id: "left",
     }
     assert after_revoke["capacity"]["donated"]["cpus"] == 0, after_revoke["capacity"]
+    # Nor does either row show its donation as free (a revoked host read "1 / 0 / 1").
+    assert [h["free"] for h in after_revoke["hosts"]] == [None, None], after_revoke["hosts"]
     code, out, err = await ops("status", "--database-url", database_url)
     assert code == 0, err
     assert "Capacity (registered hosts): cpus 0 free of 0," in out, out
