@@ -490,7 +490,11 @@ def create(
     if not quiet:
         _show(created, as_json)
     if wait and created["state"] != "running":
-        err.print(f"allocation {created['id']} is {created['state']}, not running", highlight=False)
+        # The reason on this line too: with -q (a script's way) it is the only one printed.
+        why = [created.get("reason"), created.get("detail")] if created.get("reason") else []
+        why = why or [(created.get("waiting") or {}).get("message")]
+        said = f"allocation {created['id']} is {created['state']}, not running"
+        err.print(said + "".join(f": {foreign(str(w))}" for w in why if w), highlight=False)
         sys.exit(int(ExitCode.REFUSED))
 
 

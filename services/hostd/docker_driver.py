@@ -356,7 +356,8 @@ class DockerDriver:
     def _unavailable(self, exc: BaseException) -> EngineUnavailable:
         return EngineUnavailable(
             f"no Docker engine answers at {self.base_url} ({type(exc).__name__}: {exc}); "
-            "start the engine (dockerd, or localstack's DockerEngine) or point hostd at its socket"
+            "start Docker (`sudo systemctl start docker`, or Docker Desktop), or point hostd.toml's "
+            "`docker_url` at the engine's socket"
         )
 
     def _api(self) -> docker.DockerClient:

@@ -92,7 +92,14 @@ class User:
         return seen
 
     async def potluck(self, *args: str) -> str:
-        """The real `potluck` user command, logged in as this user through the environment."""
+        """The real `potluck` user command, logged in as this user through the environment; its
+        output, once it exited 0."""
+        code, out, err = await self.potluck_ends(*args)
+        assert code == 0, out + err
+        return out
+
+    async def potluck_ends(self, *args: str) -> tuple[int, str, str]:
+        """As `potluck`, whatever its exit code: (code, stdout, stderr)."""
         env = {
             **os.environ,
             "POTLUCK_URL": self.pool.api,
@@ -110,8 +117,8 @@ class User:
         )
         async with asyncio.timeout(60):
             out, err = await proc.communicate()
-        assert proc.returncode == 0, out.decode() + err.decode()
-        return out.decode()
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture
@@ -330,6 +337,15 @@ async def test_frozen_past_the_members_limit_release_ends_and_wait_keeps_its_all
     status, queued = await alice.call("POST", "/v1/allocations", body)
     assert status == 202, queued
     assert queued["state"] == "pending"
+    # A script's way (-q: only the id on stdout) to one that is refused while it waits: the
+    # refusal's reason is on stderr (it said only "... is refused, not running").
+    code, out, err = await alice.potluck_ends(
+        "alloc", "create", "--cpus", "0.25", "--memory", "64M", "--disk", "64M", "--image", DEFAULT_TAG,
+        "--queue-timeout", "1s", "-q", "--wait", "--", "sleep", "60",
+    )  # fmt: skip
+    assert code == 1, out + err
+    said = f"allocation {out.strip()} is refused, not running: QUEUE_TIMEOUT: no capacity freed within 1s"
+    assert said in err, err
     await record(pool, laptop.host_id, HostShareRestored(host_id=laptop.host_id))
     back = await alice.until(waiting, "restored", lambda a: a["condition"] is None)
     assert back["state"] == "running"
