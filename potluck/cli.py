@@ -923,7 +923,9 @@ def host_policy(config_path: Path, as_json: bool) -> None:
 @host.command()
 @CONFIG
 def deregister(config_path: Path) -> None:
-    """Take this machine back: its work is stopped and it leaves the pool."""
+    """Take this machine out now: its work is stopped at once (no grace; `drain` gives one) and
+    nothing new is placed here until hostd is next started, which registers it again. `leave`
+    takes it out for good."""
     _control(config_path, "deregister")
 
 

@@ -12,7 +12,7 @@ reservations count against their hosts, their requests against their users'
 quotas, and each of their appends moves the version its stream will have.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import uuid4
@@ -25,12 +25,15 @@ from potluck.allocator.lifecycle import pull_failed_everywhere
 from potluck.allocator.model import AllocatorModel
 from potluck.allocator.placement_index import in_flight_beyond
 from potluck.allocator.scheduler import (
+    NO_HOST_REGISTERED,
+    NO_SCHEDULABLE_HOST,
     Decision,
     HostSnapshot,
     Impossible,
     PlacementRequest,
     Scheduler,
     Strategy,
+    Wait,
 )
 from potluck.allocator.schemas import CreateAllocation
 from potluck.contracts.allocation_events import (
@@ -376,12 +379,28 @@ def queue_deadline(state: AllocationState) -> datetime | None:
     return None if since is None else since + timedelta(seconds=state.queue_timeout_s)
 
 
-def timed_out(state: AllocationState, now: datetime) -> list[StreamAppend]:
-    """The refusal of a pending request that has waited past its queue timeout at `now`."""
+def timed_out(
+    state: AllocationState, now: datetime, waited_for: Callable[[], Decision] | None = None
+) -> list[StreamAppend]:
+    """The refusal of a pending request that has waited past its queue timeout at `now`, saying
+    what it waited for: `waited_for` is what placing it would decide now, asked only when it is
+    refused (a request constrained to a host its member paused read "no capacity freed", as if
+    the host were full)."""
     deadline = queue_deadline(state)
     if state.status != "pending" or deadline is None or now <= deadline:
         return []
-    return refusal(state, "QUEUE_TIMEOUT", f"no capacity freed within {state.queue_timeout_s:g}s")
+    within = f"{state.queue_timeout_s:g}s"
+    decision = waited_for() if waited_for is not None else None
+    detail = f"no capacity freed within {within}"
+    if isinstance(decision, Wait) and decision.reason == NO_SCHEDULABLE_HOST:
+        detail = (
+            f"no host that could hold it took work within {within}: only hosts that are away, "
+            "paused, draining or frozen by their owner, or whose Docker engine stopped answering, "
+            "could hold it"
+        )
+    elif isinstance(decision, Wait) and decision.reason == NO_HOST_REGISTERED:
+        detail = f"no host joined the pool within {within}"
+    return refusal(state, "QUEUE_TIMEOUT", detail)
 
 
 def never_fits(state: AllocationState, impossible: Impossible) -> list[StreamAppend]:

@@ -23,6 +23,7 @@ same time; a placement that loses a race is left pending for the next round.
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -42,12 +43,12 @@ from potluck.allocator.decisions import (
 from potluck.allocator.job_reactions import JobDriver
 from potluck.allocator.kept import TIME_UP, discard, due
 from potluck.allocator.queue import fair_order
-from potluck.allocator.scheduler import Impossible, Placed
+from potluck.allocator.scheduler import Decision, Impossible, Placed
 from potluck.contracts.allocation_events import AllocationRequested, AllocationUnplaced, CapacityReserved
 from potluck.events import TRANSIENT_DB_ERRORS, Event, RecordedEvent, WrongExpectedVersion
 from potluck.events.tracing import continuing, trace_carrier_of, tracer
 from potluck.kernel.rejections import Rejected
-from potluck.readmodels.allocations import TERMINAL_EVENTS
+from potluck.readmodels.allocations import TERMINAL_EVENTS, AllocationState
 
 if TYPE_CHECKING:
     from potluck.allocator.engine import AllocatorEngine
@@ -309,6 +310,9 @@ class Reactions:
         ):
             yield
 
+    def _placing_now(self, pending: AllocationState) -> Decision:
+        return self.engine.outlook().place(pending, self.engine.strategy)
+
     async def _refuse_timed_out(self, now: datetime) -> None:
         """Refuse what has waited past its queue timeout at `now`. Each request that waits is
         looked at only once one may be due, not every round: a round comes with each request
@@ -317,7 +321,7 @@ class Reactions:
             return
         self.timeout_walks += 1
         for pending in self.engine.model.pending():
-            refused = timed_out(pending, now)
+            refused = timed_out(pending, now, functools.partial(self._placing_now, pending))
             if refused:
                 with contextlib.suppress(WrongExpectedVersion):
                     await self.engine.append(refused, "allocator")

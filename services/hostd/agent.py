@@ -609,7 +609,8 @@ class Agent:
                             "hostd.stopping_given_up",
                             alloc_id=event.alloc_id,
                             reason=event.reason,
-                            hint="the pool gave this work up while the machine was away; it is stopped here",
+                            hint="the pool gave this work up (the machine away, deregistered or "
+                            "revoked; `reason` says which); it is stopped here",
                         )
                     await self.containers.release(event.alloc_id)
             case HostConnectionsCapped(host_id=self.host_id):

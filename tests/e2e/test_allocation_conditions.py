@@ -344,8 +344,9 @@ async def test_frozen_past_the_members_limit_release_ends_and_wait_keeps_its_all
         "--queue-timeout", "1s", "-q", "--wait", "--", "sleep", "60",
     )  # fmt: skip
     assert code == 1, out + err
-    said = f"allocation {out.strip()} is refused, not running: QUEUE_TIMEOUT: no capacity freed within 1s"
+    said = f"allocation {out.strip()} is refused, not running: QUEUE_TIMEOUT: no host that could hold it took"
     assert said in err, err
+    assert "frozen by their owner" in err, err
     await record(pool, laptop.host_id, HostShareRestored(host_id=laptop.host_id))
     back = await alice.until(waiting, "restored", lambda a: a["condition"] is None)
     assert back["state"] == "running"

@@ -32,7 +32,15 @@ from potluck.allocator.decisions import (
 )
 from potluck.allocator.in_flight import InFlight, InFlightRequests
 from potluck.allocator.model import AllocatorModel
-from potluck.allocator.scheduler import ZERO, Impossible, Placed, Wait
+from potluck.allocator.scheduler import (
+    NO_FREE_CAPACITY,
+    NO_HOST_REGISTERED,
+    NO_SCHEDULABLE_HOST,
+    ZERO,
+    Impossible,
+    Placed,
+    Wait,
+)
 from potluck.allocator.schemas import CreateAllocation
 from potluck.contracts.allocation_events import (
     DEFAULT_DISK_QUOTA,
@@ -368,6 +376,32 @@ def test_a_pending_request_is_refused_after_its_queue_timeout_or_when_it_can_nev
         AllocationRefused(alloc_id="a1", reason="NO_HOST_COULD_EVER_FIT", detail="no host has 64 CPUs")
     ]
     assert refusal(waiting, "QUOTA_EXCEEDED", "")[0].stream == alloc_stream("a1")
+
+
+def test_a_queue_timeout_says_what_the_request_waited_for() -> None:
+    """Tried: requests refused at their queue timeout while only a paused (or frozen, away, ...)
+    host could hold them, while the pool had no host, and while hosts were full. Before, each
+    read "no capacity freed within 30s", as if a host were full. Must hold: each says what it
+    waited for, and what to wait for is asked only when a request is refused."""
+    waiting = state("pending", host_id=None, queue_timeout_s=30, version=1)
+    late = T0 + timedelta(seconds=31)
+
+    def detail(decision: Wait) -> str:
+        [refused] = timed_out(waiting, late, lambda: decision)
+        [event] = refused.events
+        assert isinstance(event, AllocationRefused)
+        return event.detail
+
+    assert detail(Wait(NO_SCHEDULABLE_HOST)).startswith(
+        "no host that could hold it took work within 30s: only hosts that are away, paused"
+    )
+    assert detail(Wait(NO_HOST_REGISTERED)) == "no host joined the pool within 30s"
+    assert detail(Wait(NO_FREE_CAPACITY)) == "no capacity freed within 30s"
+
+    def never_asked() -> Wait:
+        raise AssertionError("asked what it waits for before its timeout")
+
+    assert timed_out(waiting, T0 + timedelta(seconds=29), never_asked) == []
 
 
 def test_ends_decided_on_the_model_are_accepted_by_the_log() -> None:
