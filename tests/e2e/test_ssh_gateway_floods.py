@@ -53,16 +53,7 @@ async def _most_fds(pid: int) -> AsyncIterator[list[int]]:
 
 
 async def _connect(env: SshEnv, alloc_id: str, user: str, source: str) -> asyncssh.SSHClientConnection:
-    return await asyncssh.connect(
-        "127.0.0.1",
-        env.port,
-        local_addr=(source, 0),
-        username=alloc_id,
-        client_keys=[str(env.key(user))],
-        known_hosts=None,
-        agent_path=None,
-        config=None,
-    )
+    return await env.connect(alloc_id, key=user, source=source)
 
 
 async def _read_until(process: asyncssh.SSHClientProcess[str], needle: str, timeout: float = 20) -> str:

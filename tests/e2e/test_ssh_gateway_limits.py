@@ -152,16 +152,7 @@ async def test_sessions_are_capped_per_connection_and_per_user(env: SshEnv) -> N
 
     # Per connection: a real SSH client holding one connection (OpenSSH's would need a mux).
     await _running(env, "capc1", "dave", "127.0.0.52")
-    async with asyncssh.connect(
-        "127.0.0.1",
-        env.port,
-        local_addr=("127.0.0.52", 0),
-        username="capc1",
-        client_keys=[str(env.key("dave"))],
-        known_hosts=None,
-        agent_path=None,
-        config=None,
-    ) as conn:
+    async with await env.connect("capc1", key="dave", source="127.0.0.52") as conn:
         first, _ = await conn.create_session(asyncssh.SSHClientSession, "sleep 30")
         second, _ = await conn.create_session(asyncssh.SSHClientSession, "sleep 30")
         with pytest.raises(asyncssh.ChannelOpenError) as refused:
@@ -191,16 +182,7 @@ async def test_sessions_are_capped_per_connection_and_per_user(env: SshEnv) -> N
 async def _idle_connection(
     env: SshEnv, alloc_id: str, owner: str, source: str
 ) -> asyncssh.SSHClientConnection:
-    return await asyncssh.connect(
-        "127.0.0.1",
-        env.port,
-        local_addr=(source, 0),
-        username=alloc_id,
-        client_keys=[str(env.key(owner))],
-        known_hosts=None,
-        agent_path=None,
-        config=None,
-    )
+    return await env.connect(alloc_id, key=owner, source=source)
 
 
 async def test_authenticated_connections_are_capped_per_user(env: SshEnv) -> None:

@@ -277,16 +277,7 @@ async def test_a_locale_variable_with_a_nul_byte_is_dropped_and_the_session_runs
     assert host.link is not None
     await env.place_running(host, "nul1", users=("nora",))
     await env.wait_reachable("nul1", key="nora")
-    async with asyncssh.connect(
-        "127.0.0.1",
-        env.port,
-        local_addr=("127.0.0.158", 0),
-        username="nul1",
-        client_keys=[str(env.key("nora"))],
-        known_hosts=None,
-        agent_path=None,
-        config=None,
-    ) as conn:
+    async with await env.connect("nul1", key="nora", source="127.0.0.158") as conn:
         ran = await conn.run("env", env={"LANG": "C\0LD_PRELOAD=/tmp/x.so", "LC_TIME": "en_GB.UTF-8"})
     assert ran.exit_status == 0, (ran.stderr, env.logs())
     seen = dict(line.split("=", 1) for line in str(ran.stdout).splitlines() if "=" in line)
@@ -317,16 +308,7 @@ async def test_a_user_opening_sessions_in_a_loop_is_slowed_before_the_log_fills(
     try:
         await env.place_running(env.hosts[0], "rate1", users=("looper",), start=False)
         await env.release(env.hosts[0], "rate1")
-        conn = await asyncssh.connect(
-            "127.0.0.1",
-            env.port,
-            local_addr=("127.0.0.158", 0),
-            username="rate1",
-            client_keys=[str(env.key("looper"))],
-            known_hosts=None,
-            agent_path=None,
-            config=None,
-        )
+        conn = await env.connect("rate1", key="looper", source="127.0.0.158")
         refused: list[str] = []
         started = time.monotonic()
         async with conn:
@@ -371,16 +353,7 @@ async def test_a_login_the_moment_its_allocation_is_logged_is_admitted_while_the
     assert cut, "the gateway had no listener to cut"
     await env.place_running(env.hosts[0], "deaf1", users=("dora",), start=False)
     await env.release(env.hosts[0], "deaf1")
-    conn = await asyncssh.connect(
-        "127.0.0.1",
-        env.port,
-        local_addr=("127.0.0.160", 0),
-        username="deaf1",
-        client_keys=[str(env.key("dora"))],
-        known_hosts=None,
-        agent_path=None,
-        config=None,
-    )
+    conn = await env.connect("deaf1", key="dora", source="127.0.0.160")
     async with conn:
         ran = await conn.run("true", timeout=20)
     assert ran.exit_status == 255, (ran.stderr, env.logs())

@@ -6,11 +6,9 @@ from pathlib import Path
 
 from potluck.contracts.allocation_events import AllocationSpec
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.reports import ContainerExited, ContainerStarted, Report
-from potluck.hostd.config import HostdConfig
-from potluck.hostd.containers import ContainerManager
-from potluck.hostd.docker_driver import DockerDriver
+from potluck.contracts.reports import ContainerExited, ContainerStarted
 from potluck.localstack import DockerEngine
+from tests.fixtures.container_manager import container_manager
 
 MiB = 1024 * 1024
 HOST = "h-0a0b0c0d0e0f"
@@ -24,16 +22,7 @@ async def test_a_container_that_ended_before_the_event_stream_opened_is_reported
     stream's request still queued behind the first sync's engine calls (seen in CI).
     What must hold: once the follow begins, the task's exit is reported, exit code 0 (before,
     its die was never seen and the allocation stayed `running` until a periodic state report)."""
-    config = HostdConfig(
-        host_id=HOST,
-        credentials_file=tmp_path / "creds",
-        state_dir=tmp_path,
-        docker_url=docker_engine.url,
-        donate={"cpus": 1, "memory": "1G", "disk": "2G"},
-    )
-    driver = DockerDriver(docker_engine.url)
-    reports: list[Report] = []
-    manager = ContainerManager(config, driver, reports.append)
+    manager, driver, reports = container_manager(docker_engine, tmp_path, HOST)
     alloc_id = "a-0a0b0c0d0e0f"
     spec = AllocationSpec(
         resources=Capacity(cpus=0.5, memory_bytes=64 * MiB, disk_bytes=256 * MiB),

@@ -14,11 +14,10 @@ import pytest
 
 from potluck.contracts.allocation_events import AllocationSpec
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.reports import ContainerStarted, Report
-from potluck.hostd.config import HostdConfig
-from potluck.hostd.containers import ContainerManager
+from potluck.contracts.reports import ContainerStarted
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack import DockerEngine
+from tests.fixtures.container_manager import container_manager
 
 MiB = 1024 * 1024
 HOST = "h-5ba7e0c1d2f3"
@@ -50,16 +49,7 @@ async def test_a_container_that_leaves_a_throttled_pool_gives_its_share_to_the_o
     Must hold: at once, with no policy change and no container start, A's quota in the engine
     is 0.5 CPUs (NanoCpus 500000000), its part of the share alone, and hostd's own record of
     the quotas says the same (before, A stayed at 0.25 until the next policy change)."""
-    config = HostdConfig(
-        host_id=HOST,
-        credentials_file=tmp_path / "creds",
-        state_dir=tmp_path,
-        docker_url=docker_engine.url,
-        donate={"cpus": 1, "memory": "1G", "disk": "2G"},
-    )
-    driver = DockerDriver(docker_engine.url)
-    reports: list[Report] = []
-    manager = ContainerManager(config, driver, reports.append)
+    manager, driver, reports = container_manager(docker_engine, tmp_path, HOST)
     try:
         await manager.set_policy(frozen=False, share_cpus=SHARE_CPUS)
         await manager.place(A, _spec(test_image))
