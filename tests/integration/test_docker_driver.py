@@ -605,14 +605,15 @@ def test_running_an_allocation_with_another_spec_is_refused(
 
 def test_no_engine_at_the_url_is_engine_unavailable(tmp_path: Path) -> None:
     """A driver pointed at a socket that does not exist. Afterwards every call has raised
-    EngineUnavailable naming the URL and saying to start the engine."""
+    EngineUnavailable naming the URL and saying to start Docker or point hostd.toml elsewhere."""
     url = f"unix://{tmp_path}/no-engine.sock"
     driver = DockerDriver(url, timeout=5)
 
     for call in (driver.ping, lambda: driver.list_managed(HOST), lambda: driver.state("x")):
-        with pytest.raises(EngineUnavailable, match="start the engine") as caught:
+        with pytest.raises(EngineUnavailable, match="start Docker") as caught:
             call()
         assert url in str(caught.value)
+        assert "point hostd.toml's `docker_url` at the engine's socket" in str(caught.value)
 
 
 def test_stopped_engine_is_unavailable_and_leaves_nothing_behind(short_dir: Path) -> None:
