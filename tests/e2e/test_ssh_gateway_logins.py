@@ -346,11 +346,20 @@ async def test_a_login_the_moment_its_allocation_is_logged_is_admitted_while_the
     just after a gateway restart, before its listener was connected).
     What must hold: the login is admitted, and its session says the allocation is released."""
     env = ssh_env
-    cut = await env.store.pool.fetch(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND query LIKE 'LISTEN %'"
-    )
-    assert cut, "the gateway had no listener to cut"
+    # A gateway just restarted (as by the test before) connects its listener a moment after it
+    # accepts connections: wait for it, or there is nothing to cut.
+    cut = 0
+    deadline = time.monotonic() + 15
+    while not cut and time.monotonic() < deadline:
+        cut = len(
+            await env.store.pool.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+            )
+        )
+        if not cut:
+            await asyncio.sleep(0.1)
+    assert cut, "the gateway connected no listener within 15 s"
     await env.place_running(env.hosts[0], "deaf1", users=("dora",), start=False)
     await env.release(env.hosts[0], "deaf1")
     conn = await env.connect("deaf1", key="dora", source="127.0.0.160")
