@@ -29,6 +29,9 @@ FailureReason = Literal[
     "disk_limit_exceeded",
     "engine_unavailable",
     "invalid_spec",
+    # Placed past what the member donates (a donation lowered under running work, or a bug):
+    # not the user's doing, unlike invalid_spec.
+    "beyond_donation",
     "start_failed",
 ]
 

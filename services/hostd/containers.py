@@ -369,7 +369,7 @@ class ContainerManager:
             )
             return None
         if beyond := self._beyond_donation(alloc_id, spec, placed):
-            self._fail(alloc_id, "invalid_spec", beyond, shared=True)
+            self._fail(alloc_id, "beyond_donation", beyond, shared=True)
             return None
         try:
             return container_spec(self.host_id, alloc_id, spec)

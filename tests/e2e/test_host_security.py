@@ -520,9 +520,10 @@ async def test_a_placement_past_the_members_donation_is_refused_by_hostd(
     the first), one of 224M of memory (288M with the first's 64M), and one of 1G of disk (1.0625G
     with the first's 64M); then the member lowers the donation to 0.5 CPU and restarts hostd.
     Must hold: the first runs and is never disturbed by the others; each other fails as
-    invalid_spec with a detail naming the resource and the donation, and no container of it ever
-    exists on the member's engine; after the restart the first, which no longer fits, fails the
-    same way and its container is gone: the member's caps hold whatever is placed."""
+    beyond_donation (not invalid_spec, which reads as the user's fault) with a detail naming the
+    resource and the donation, and no container of it ever exists on the member's engine;
+    after the restart the first, which no longer fits, fails the same way and its container is
+    gone: the member's caps hold whatever is placed."""
     engine = docker_engines[0]
     a = await pool.enroll("laptop-a")
     donate = {"cpus": 1, "memory": "256M", "disk": "1G"}
@@ -543,7 +544,7 @@ async def test_a_placement_past_the_members_donation_is_refused_by_hostd(
         await wait_for_status(pool, alloc_id, "failed")
         state = await allocation(pool.store, alloc_id)
         assert state is not None
-        assert state.reason == "invalid_spec", state
+        assert state.reason == "beyond_donation", state
         assert "placed past this host's donation" in (state.detail or ""), state.detail
         assert named in (state.detail or ""), state.detail
     with DockerDriver(engine.url) as driver:
@@ -560,6 +561,7 @@ async def test_a_placement_past_the_members_donation_is_refused_by_hostd(
     await wait_for_status(pool, "fits", "failed")
     lowered = await allocation(pool.store, "fits")
     assert lowered is not None
+    assert lowered.reason == "beyond_donation", lowered
     assert "0.75 CPUs of the 0.5 donated" in (lowered.detail or ""), lowered.detail
     with DockerDriver(engine.url) as driver:
         deadline = asyncio.get_running_loop().time() + 15
