@@ -156,8 +156,10 @@ class ReadModels:
         """`retention_s`: how long what ended stays in the allocator's model (retention.py); the
         running allocator's own, for the replay to hold what it holds."""
         self.models = PoolModel(retention_s)
-        #: Every event the replay could not read is kept, for the operator to see.
-        self.fold = Fold(self.models, reader="replay", keep_skipped=None)
+        #: Every event the replay could not read is kept, for the operator to see: `ops status`
+        #: and `ops replay` list each beside their answer, so an error line each on stderr
+        #: would only say it twice.
+        self.fold = Fold(self.models, reader="replay", keep_skipped=None, log_skipped=False)
         #: When the last event folded was recorded, and how many events were folded (of any category).
         self.recorded_at: datetime | None = None
         self.folded = 0

@@ -72,11 +72,13 @@ class SkippedEvent:
 
 
 class SkippedEvents:
-    """How many events a reader could not decode, and the last `keep` of them (None: all)."""
+    """How many events a reader could not decode, and the last `keep` of them (None: all).
+    `logged`: each is also logged as it is met (False for a tool that shows them all itself)."""
 
-    def __init__(self, keep: int | None = 20) -> None:
+    def __init__(self, keep: int | None = 20, *, logged: bool = True) -> None:
         self.count = 0
         self.recent: deque[SkippedEvent] = deque(maxlen=keep)
+        self.logged = logged
 
     def add(self, skipped: SkippedEvent) -> None:
         self.count += 1
@@ -93,6 +95,8 @@ def decode_or_skip(record: RecordedEvent, skipped: SkippedEvents, *, reader: str
     except SchemaError as exc:
         entry = SkippedEvent(record.position, record.stream, record.type, str(exc))
         skipped.add(entry)
+        if not skipped.logged:
+            return None
         log.error(
             "events.skipped_unreadable",
             reader=reader,
@@ -110,13 +114,20 @@ class Fold:
     """Feeds a projection the log in order, from `position` on; see the module docstring."""
 
     def __init__(
-        self, projection: Projection, *, reader: str, position: int = 0, keep_skipped: int | None = 20
+        self,
+        projection: Projection,
+        *,
+        reader: str,
+        position: int = 0,
+        keep_skipped: int | None = 20,
+        log_skipped: bool = True,
     ) -> None:
-        """`reader` names the service or tool in logs; `keep_skipped` bounds what `skipped` remembers."""
+        """`reader` names the service or tool in logs; `keep_skipped` bounds what `skipped` remembers;
+        `log_skipped` False when the reader shows what it skipped itself."""
         self.projection = projection
         self.reader = reader
         self.position = position
-        self.skipped = SkippedEvents(keep_skipped)
+        self.skipped = SkippedEvents(keep_skipped, logged=log_skipped)
         #: The record at `position` (None before the first one, or when started past it from a
         #: checkpoint): its event id says which log this fold follows (`last_event_id`).
         self.last_record: RecordedEvent | None = None

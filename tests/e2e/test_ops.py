@@ -417,6 +417,8 @@ async def test_status_shows_unreadable_events_and_what_each_service_skipped(
     )
     assert "HostTeleported" in event["error"]
     assert unreadable["services"] is None
+    # Listed once, in the answer: not again as an error line of the command's own replay.
+    assert "events.skipped_unreadable" not in err, err
 
     code, out, err = await ops("status", "--json", *live, "--timeout", "2", *db)
     assert code == 0, err

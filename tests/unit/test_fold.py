@@ -25,7 +25,9 @@ from potluck.events import (
     RetryPolicy,
     WrongExpectedVersion,
     decide_and_append,
+    projection,
 )
+from tests.helpers import capture_module_log
 
 
 class Recorder:
@@ -89,6 +91,21 @@ def test_an_unreadable_event_is_counted_remembered_and_folding_goes_on(
     assert (skipped.position, skipped.stream, skipped.type) == (2, "host-h1", type_name)
     assert error in skipped.error
     assert fold.skipped.as_dict()["count"] == 1
+
+
+@pytest.mark.parametrize("log_skipped", [True, False])
+def test_an_unreadable_event_is_logged_unless_the_reader_shows_it_itself(
+    log_skipped: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What is tried: a fold meets an event it cannot decode, told to log what it skips or not (the
+    ops tools list every skipped event in their answer). What must hold: it is counted and
+    remembered either way; one error line names it only when the fold logs them."""
+    fold = Fold(Recorder(), reader="test", log_skipped=log_skipped)
+    capture = capture_module_log(projection, monkeypatch)
+    fold.apply_all([record(1, type_name="HostTeleported", data={})])
+    assert fold.skipped.count == 1
+    logged = [e["event"] for e in capture.entries]
+    assert logged == (["events.skipped_unreadable"] if log_skipped else [])
 
 
 def test_an_unreadable_event_of_a_category_nobody_folds_is_not_even_decoded() -> None:
