@@ -13,6 +13,7 @@ from pydantic import BeforeValidator, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
+from potluck.kernel.json_values import shown
 from potluck.kernel.range_pattern import amount_in_range
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -31,12 +32,12 @@ def parse_duration(value: str | float | int) -> float:
             raise ValueError("a duration in seconds must be a finite number")
         return seconds
     if not isinstance(value, str):
-        raise ValueError(f"expected a duration like 90s, 15m or 2h, not {type(value).__name__}")
+        raise ValueError(f"expected a duration like 90s, 15m or 2h, not {shown(value)}")
     if len(value) > MAX_TEXT:
         raise ValueError(f"a duration is at most {MAX_TEXT} characters, e.g. 2h; this one has {len(value)}")
     match = _DURATION.fullmatch(value.strip())
     if match is None:
-        raise ValueError(f"{value.strip()!r} is not a duration; write e.g. 90s, 15m, 2h or 1d")
+        raise ValueError(f"{shown(value.strip())} is not a duration; write e.g. 90s, 15m, 2h or 1d")
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
@@ -76,9 +77,9 @@ class DurationBetween:
             return parse_duration(value)
         seconds = parse_duration(value)  # type: ignore[arg-type]  # refuses what is not a duration at all
         if not (self.lo <= seconds <= self.hi or (self.zero and seconds == 0)):
-            raise ValueError(f"the duration must be {self.bounds}, not {value!r}")
+            raise ValueError(f"the duration must be {self.bounds}, not {shown(value)}")
         if isinstance(value, str):
-            raise ValueError(f"{value!r}: {_WRITTEN}")
+            raise ValueError(f"{shown(value)}: {_WRITTEN}")
         return seconds
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:

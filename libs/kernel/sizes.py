@@ -16,6 +16,7 @@ from pydantic import BeforeValidator, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
+from potluck.kernel.json_values import shown
 from potluck.kernel.range_pattern import amount_in_range
 
 _UNITS = {
@@ -42,11 +43,6 @@ _TOO_LONG = re.compile(r"[0-9]{16,}(?:\.[0-9]*)? ?[A-Za-z]{0,3}")
 MAX_TEXT = 32
 
 
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def parse_size(value: str | int | float) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # JSON's 68719476735.0 is an integer too
@@ -55,7 +51,7 @@ def parse_size(value: str | int | float) -> int:
             raise ValueError("a size cannot be negative")
         return value
     if not isinstance(value, str):
-        raise ValueError(f"expected a size like 512M or 4G, not {_shown(value)}")
+        raise ValueError(f"expected a size like 512M or 4G, not {shown(value)}")
     if len(value) > MAX_TEXT:
         raise ValueError(
             f"a size is at most {MAX_TEXT} characters, e.g. 512M or 4G; this one has {len(value)}"
@@ -64,10 +60,10 @@ def parse_size(value: str | int | float) -> int:
     unit = match.group(2).upper() if match else ""
     if match is None and _TOO_LONG.fullmatch(value.strip()):
         raise ValueError(
-            f"{value!r} is too large for a size: at most 15 digits before a unit; write e.g. 512G or 4T"
+            f"{shown(value)} is too large for a size: at most 15 digits before a unit; write e.g. 512G or 4T"
         )
     if match is None or unit not in _UNITS:
-        raise ValueError(f"{value!r} is not a size; write e.g. 512M, 4G or 1073741824")
+        raise ValueError(f"{shown(value)} is not a size; write e.g. 512M, 4G or 1073741824")
     return int(float(match.group(1)) * _UNITS[unit])
 
 
@@ -129,10 +125,10 @@ class SizeBetween:
         if not self.lo <= size <= self.hi:
             raise ValueError(
                 f"the size must be from {format_size(self.lo)} to {format_size(self.hi)}"
-                f" ({self.lo} to {self.hi} bytes), not {_shown(value)}"
+                f" ({self.lo} to {self.hi} bytes), not {shown(value)}"
             )
         if isinstance(value, str):
-            raise ValueError(f"{_shown(value)}: {_WRITTEN}")
+            raise ValueError(f"{shown(value)}: {_WRITTEN}")
         return size
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:

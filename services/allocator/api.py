@@ -386,7 +386,7 @@ def _bounded_int(text: str) -> int | _Unreadable:
         return _Unreadable(f"a number of {len(text.lstrip('-'))} digits is more than this API reads")
 
 
-def _float_as_written(text: str) -> float | _Unreadable:
+def _float_as_written(text: str) -> float | int | _Unreadable:
     # A float holds nothing nearer 0 than about 5e-324: 1e-400 became 0.0, which a `queue_timeout`
     # or a `keep_for` takes, where the schema (0, or at least 1) refuses 1e-400. No field takes
     # a number that small, so one is refused as such rather than read as another number.
@@ -402,7 +402,11 @@ def _float_as_written(text: str) -> float | _Unreadable:
     # Nor does a float hold 3.0000000000000000001: it became 3.0, which a whole-number field
     # (`tasks`, `retries`, `parallelism`) takes as 3, so a job of "3 and a bit" tasks was one of
     # 3. A number read as a whole number must be that number as written (3.0, 1e1 and 1e4 are).
-    if math.isfinite(value) and value.is_integer() and Decimal(text) != int(value):
+    if math.isfinite(value) and value.is_integer() and (exact := Decimal(text)) != int(value):
+        # A whole number past what a float holds exactly (1e308) is that whole number, as 1 and
+        # 308 zeros written out is: each field's own bound then names the field and what it takes.
+        if exact == exact.to_integral_value():
+            return int(exact)
         return _Unreadable(
             f"{text[:40]} cannot be read exactly (it would be read as {value:.17g}); "
             "write the number you mean with fewer digits"

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -169,6 +170,14 @@ async def erin(shared: tuple[Pool, Api]) -> tuple[Pool, Api]:
         # Past a float's largest: infinity, once refused as "at most 256", as if 1e309 were a number.
         ('{"cpus": 1e309, "memory": "64M"}', 400, "MALFORMED_JSON", "cpus"),
         ('{"cpus": 1, "memory": "64M", "lifetime": -1e400}', 400, "MALFORMED_JSON", "lifetime"),
+        # A whole number a float does not hold exactly is that number: the field's bound refuses
+        # it (once "1e308 cannot be read exactly", as if the client had written more digits).
+        (small(cpus=1e308), 400, "INVALID_FIELD", "cpus"),
+        (small(lifetime=1e308), 400, "INVALID_FIELD", "lifetime"),
+        (small(memory=1e300), 400, "INVALID_FIELD", "memory"),
+        # JSON's own words for what is not a size or a duration, not Python's (True, NoneType).
+        (small(memory=True), 400, "INVALID_FIELD", "memory"),
+        (small(lifetime=None), 400, "INVALID_FIELD", "lifetime"),
         ('{"cpus": 1, "memory": "64M", "env": {"A": "1", "A": "2"}}', 400, "MALFORMED_JSON", "env"),
         ('{"cpus": 1, "memory": "64M", "cpus": 0.5}', 400, "MALFORMED_JSON", "cpus"),
         ('{"cpus": 1, "memory": "64M", "lifetime": -Infinity}', 400, "MALFORMED_JSON", "lifetime"),
@@ -193,6 +202,8 @@ async def test_bad_requests_get_a_clear_error_and_nothing_is_recorded(
     assert "sys." not in answer["error"]["message"], "names no interpreter setting"
     # The check's own words, not pydantic's before them ("memory: Value error, the size ...").
     assert "Value error" not in answer["error"]["message"], answer
+    # A JSON body's values in JSON's words (true, null), not Python's.
+    assert not re.search(r"\b(True|False|None|NoneType)\b", answer["error"]["message"]), answer
     assert await pool.store.head_position() == head
 
 
