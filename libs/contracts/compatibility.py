@@ -24,7 +24,7 @@ from pydantic import ValidationError
 __all__ = ["CONTRACT_VERSION", "FIRST_CONTRACT", "mismatch", "unknown_fields"]
 
 #: The contracts of this code base. Raise it with any change an older peer could not read.
-CONTRACT_VERSION = 3
+CONTRACT_VERSION = 4
 
 #: The contract of hostds and registrations from before the number existed (what they spoke).
 FIRST_CONTRACT = 1

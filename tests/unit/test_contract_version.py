@@ -22,7 +22,7 @@ from potluck.contracts.compatibility import CONTRACT_VERSION, FIRST_CONTRACT, mi
 from potluck.contracts.messages import DesiredState, RegisterHost
 
 #: (CONTRACT_VERSION, the fingerprint of the shapes it names).
-RECORDED = (3, "9d3a828ac75eeaf7a4dae5060db56ac9321555a1c63b41315cbe79aae27310f6")
+RECORDED = (4, "0d29befd07dc24fe13ef71ec826651a76b8df1d933628e8b428898e628225c88")
 
 
 def _models() -> list[type[BaseModel]]:
