@@ -68,6 +68,7 @@ from potluck.events.tracing import TracedQueue, publish_span
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.containers import ContainerManager
 from potluck.hostd.docker_driver import DockerDriver, DockerDriverError
+from potluck.hostd.engine_at_start import HINT, NOT_RUNNING, UNREAD_FACTS, next_wait, worth_saying
 from potluck.hostd.exec_bridge import ExecBridge
 from potluck.hostd.exec_errors import ExecError
 from potluck.hostd.heap import trim_heap_periodically
@@ -281,15 +282,11 @@ class Agent:
                 self.outbox.put_nowait(await self.containers.actual_state(self.positions.last()))
 
     async def _serve(self) -> None:
-        facts = await self._engine_facts()
-        _log_user_namespaces(facts)
-        if problems := await self._donation_beyond_machine():
-            # Before registering: the pool must never be promised what this machine does not have.
-            self._stop(
-                "this machine donates more than it has: "
-                + "; ".join(problems)
-                + "; change [donate] in hostd's configuration and start hostd again"
-            )
+        facts = await self._engine_facts_now()
+        # Before registering: the pool must never be promised what this machine does not have.
+        # An engine not running yet cannot say; the machine is registered as engine away then,
+        # which takes no work, and checked once the engine answers (_engine_after_start).
+        if facts is not None and not await self._donation_fits(facts):
             return
         try:
             self.nc = await connect_bus(
@@ -307,8 +304,15 @@ class Agent:
             await self._key_refused()
             return
         beating: asyncio.Future[None] | None = None
+        sending: asyncio.Future[None] | None = None
         try:
-            await self._register(facts)
+            if facts is None:
+                # Said before the registration too: the pool then mostly records a machine it
+                # knows from an earlier run engine away before it is online again, rather than
+                # schedulable for a moment in between. Reports flow from here on.
+                sending = asyncio.ensure_future(self._send_reports())
+                self.containers.engine_at_start(False, NOT_RUNNING)
+            await self._register(facts or UNREAD_FACTS)
             # Beating from the registration on, not from the end of the first sync: the sync
             # waits for the allocator's answer (stopped or restarting: 5 s a try) and for the
             # engine (listing and adopting what runs: slow when busy or just booted), and
@@ -316,6 +320,12 @@ class Agent:
             # lost and its running work given up (seen in a full run: 4.5 s against the tests'
             # 1.5 s). A reconnect's sync beats throughout already.
             beating = asyncio.ensure_future(self._beat())
+            if facts is None:
+                # A machine new to the pool is registered only now: the report before was dropped.
+                self.containers.report_engine_again()
+                facts = await self._engine_after_start()
+                if facts is None:
+                    return  # stopped: the donation is past the machine the engine runs on
             await self._sync()
             # The web page's log tail: answered here, one bounded page a request (log_tail.py).
             log_tail = LogTailResponder(self.exec_bridge)
@@ -338,7 +348,7 @@ class Agent:
             )
             await asyncio.gather(
                 subscriber.run(),
-                self._send_reports(),
+                sending if sending is not None else self._send_reports(),
                 beating,
                 trim_heap_periodically() if self.trims_heap else asyncio.Event().wait(),
                 self._resync_after_reconnect(facts),
@@ -355,8 +365,7 @@ class Agent:
                 self._link(),
             )
         finally:
-            if beating is not None:
-                await cancel_until_done([beating])
+            await cancel_until_done([f for f in (beating, sending) if f is not None])
             # Not drain(): the tasks that would take what is still queued are cancelled by now,
             # so drain() waited out its timeout on every stop. What hostd published is flushed,
             # unless the server is gone (it drops a machine that left): flushing then waits out
@@ -388,28 +397,77 @@ class Agent:
             self.host_id, host_key_path(self.config.state_dir), self.config.gateways, self.exec_bridge
         )
 
-    async def _donation_beyond_machine(self) -> list[str]:
+    async def _donation_fits(self, facts: EngineFacts) -> bool:
+        """Whether the donation fits the machine the engine runs on; if not, hostd stops for
+        good, saying which part does not (the member must change hostd.toml)."""
+        _log_user_namespaces(facts)
         try:
             machine = await asyncio.to_thread(self.driver.machine)
         except DockerDriverError:
-            return []  # the engine went away again: checked at the next start, as everything else
-        return self.config.donate.beyond(machine)
+            return True  # the engine went away again: checked at the next start, as everything else
+        if problems := self.config.donate.beyond(machine):
+            self._stop(
+                "this machine donates more than it has: "
+                + "; ".join(problems)
+                + "; change [donate] in hostd's configuration and start hostd again"
+            )
+            return False
+        return True
 
-    async def _engine_facts(self) -> EngineFacts:
+    async def _engine_facts_now(self) -> EngineFacts | None:
+        """The engine's facts, or None (said to the member) when no engine answers."""
+        try:
+            return await asyncio.to_thread(self.driver.engine_facts)
+        except DockerDriverError as exc:
+            log.warning("hostd.engine_unavailable", url=self.config.docker_url, error=str(exc), hint=HINT)
+            return None
+
+    async def _engine_after_start(self) -> EngineFacts | None:
+        """The machine registered without its engine (engine_at_start.py), reported away: keep
+        the registration through reconnects, and ask the engine again with a backoff. Once it
+        answers: the donation checked against the machine, the engine's facts registered, its
+        return reported; its facts, or None when hostd stopped over the donation."""
+        registered = asyncio.ensure_future(self._register_again_while_engine_away())
+        try:
+            facts = await self._wait_for_engine()
+        finally:
+            await cancel_until_done([registered])
+        log.info("hostd.engine_answers", url=self.config.docker_url, version=facts.version)
+        if not await self._donation_fits(facts):
+            return None
+        # Its facts registered before its return is reported: the host is schedulable again
+        # with what the engine is, not with UNREAD_FACTS.
+        await self._register(facts)
+        self.containers.engine_at_start(True)
+        return facts
+
+    async def _register_again_while_engine_away(self) -> None:
+        """A reconnect while waiting for the engine: registered again, and the engine's absence
+        said again (JetStream may have lost it). The events and the sync wait for the engine."""
+        while True:
+            await self._resync.wait()
+            self._resync.clear()
+            await self._register(UNREAD_FACTS)
+            self.containers.report_engine_again()
+
+    async def _wait_for_engine(self) -> EngineFacts:
+        waited: float | None = None
         attempt = 0
         while True:
+            waited = next_wait(waited)
+            await asyncio.sleep(waited)
             try:
                 return await asyncio.to_thread(self.driver.engine_facts)
             except DockerDriverError as exc:
                 attempt += 1
-                if attempt == 1 or attempt % 30 == 0:
-                    log.error(
+                if worth_saying(attempt):
+                    log.warning(
                         "hostd.engine_unavailable",
                         url=self.config.docker_url,
                         error=str(exc),
-                        hint="start the Docker engine or fix docker_url in the config; retrying",
+                        hint=HINT,
+                        retry_in=next_wait(waited),
                     )
-                await asyncio.sleep(2.0)
 
     async def _request(self, subject: str, payload: bytes, timeout: float = 5.0) -> Reply:
         assert self.nc is not None

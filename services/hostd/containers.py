@@ -177,6 +177,8 @@ class ContainerManager:
         #: and a pause mid-transfer left an scp of 100 MB hanging for good.
         self.in_session: Callable[[str], bool] = lambda container_id: False
         self.engine_up: bool | None = None
+        #: What was said of the engine when it went away (said again after a reconnect).
+        self._engine_detail = ""
         #: Since when watch_docker_events holds an open event stream of the engine (None: it
         #: holds none): what ended before was not watched (unwatched_stops.py).
         self._watched_since: datetime | None = None
@@ -246,11 +248,12 @@ class ContainerManager:
             self._engine_state(True)
         return result
 
-    def _engine_state(self, up: bool, detail: str = "") -> None:
+    def _engine_state(self, up: bool, detail: str = "", *, reconcile: bool = True) -> None:
         if self.engine_up is not up:
             came_back = up and self.engine_up is False
             self.engine_up = up
-            if came_back:
+            self._engine_detail = detail
+            if came_back and reconcile:
                 # Whichever call finds the engine back (a ping, the event stream reopening, a
                 # start) sets this, so the reconciliation is started here and not by the ping
                 # alone, which would miss the return another call noticed first.
@@ -260,11 +263,18 @@ class ContainerManager:
             )
             self.report(EngineStatus(available=up, detail=detail))
 
+    def engine_at_start(self, up: bool, detail: str = "") -> None:
+        """Note and report the engine's state as hostd starts (engine_at_start.py): away when it
+        did not answer, then up once it does. Its return starts no reconciliation: hostd's
+        start-up reconciles after it, against the allocator's snapshot, and one before that
+        snapshot would take every container here for undesired."""
+        self._engine_state(up, detail, reconcile=False)
+
     def report_engine_again(self) -> None:
         """Say again what was last said of the engine (after a reconnect: JetStream may have
         lost it, and the registry records the host's engine away or back from it)."""
         if self.engine_up is not None:
-            detail = "" if self.engine_up else "the Docker engine stopped answering"
+            detail = "" if self.engine_up else self._engine_detail
             self.report(EngineStatus(available=self.engine_up, detail=detail))
 
     async def _reconcile_after_return(self) -> None:

@@ -12,7 +12,8 @@ import docker
 import pytest
 from nats.js.errors import NotFoundError
 
-from potluck.contracts.subjects import host_consumer
+from potluck.contracts.messages import Reply
+from potluck.contracts.subjects import ALLOCATOR_STATE, host_consumer
 from potluck.events import EVENTS_STREAM
 from potluck.localstack import free_port, wait_for_port
 from potluck.localstack.docker_engine import DockerEngine
@@ -274,3 +275,19 @@ def containers_from(engine: DockerEngine, image_id: str) -> list[str]:
         return [str(c.name) for c in client.containers.list(all=True) if c.attrs.get("Image") == image_id]
     finally:
         client.close()
+
+
+async def allocator_at(pool: Pool, position: int, timeout: float = 30) -> None:
+    """Until the allocator has folded the log up to `position` (its state answer says where it is)."""
+    nc = await pool.client()
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:
+        while True:
+            msg = await nc.request(ALLOCATOR_STATE, b'{"digests": true}', timeout=10)
+            reply = Reply.model_validate_json(msg.data)
+            if reply.ok and reply.data["position"] >= position:
+                return
+            assert asyncio.get_running_loop().time() < deadline, (reply, pool.logs())
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()

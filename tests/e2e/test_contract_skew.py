@@ -19,13 +19,13 @@ import pytest
 from potluck.contracts.compatibility import CONTRACT_VERSION
 from potluck.contracts.host_events import HostRegistered, host_stream
 from potluck.contracts.messages import RegisterHost, Reply
-from potluck.contracts.subjects import ALLOCATOR_STATE, REGISTER
+from potluck.contracts.subjects import REGISTER
 from potluck.hostd import agent
 from potluck.hostd.config import load_config
 from potluck.localstack.docker_engine import DockerEngine
 from potluck.localstack.test_image import DEFAULT_TAG
 from potluck.readmodels.hosts import HostState
-from tests.e2e.conftest import ops
+from tests.e2e.conftest import allocator_at, ops
 from tests.fixtures.pool import EnrolledHost, Pool
 from tests.helpers import capture_module_log
 
@@ -85,7 +85,7 @@ async def test_a_hostd_of_another_contract_is_refused_and_a_host_left_behind_get
 
     left_behind = HostRegistered(**{**registration(state, OTHER).model_dump(), "host_id": host_id})
     [recorded] = await pool.store.append(stream, [left_behind])
-    await _allocator_at(pool, recorded.position)
+    await allocator_at(pool, recorded.position)
 
     token = await pool.add_user("alice")
     headers = {"Authorization": f"Bearer {token}"}
@@ -148,22 +148,6 @@ async def test_a_hostd_of_another_contract_waits_touching_nothing_and_keeps_aski
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
-
-
-async def _allocator_at(pool: Pool, position: int, timeout: float = 30) -> None:
-    """Until the allocator has folded the log up to `position` (its state answer says where it is)."""
-    nc = await pool.client()
-    deadline = asyncio.get_running_loop().time() + timeout
-    try:
-        while True:
-            msg = await nc.request(ALLOCATOR_STATE, b'{"digests": true}', timeout=10)
-            reply = Reply.model_validate_json(msg.data)
-            if reply.ok and reply.data["position"] >= position:
-                return
-            assert asyncio.get_running_loop().time() < deadline, (reply, pool.logs())
-            await asyncio.sleep(0.1)
-    finally:
-        await nc.close()
 
 
 def _json(line: str) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""A laptop's Docker engine stops while its hostd runs on: the pool places nothing there, says
-why to the member, the operator and the users, and takes the laptop back when the engine returns.
+"""A laptop's Docker engine stops while its hostd runs on, or is not running when hostd starts:
+the pool places nothing there, says why to the member, the operator and the users, and takes the
+laptop back when the engine returns.
 
 A real pool (NATS, Postgres, registry, allocator), laptop-a's hostd on the first private
 engine and laptop-b's on an engine of its own, which the test stops (as `systemctl stop
@@ -20,8 +21,8 @@ import pytest
 from potluck.contracts.host_events import host_stream
 from potluck.contracts.reports import EngineStatus
 from potluck.localstack.docker_engine import DockerEngine
-from potluck.localstack.test_image import build_test_image
-from tests.e2e.conftest import member, ops, replay_agrees, start_laptop
+from potluck.localstack.test_image import DEFAULT_TAG, build_test_image
+from tests.e2e.conftest import allocator_at, member, ops, replay_agrees, start_laptop
 from tests.e2e.test_allocation_conditions import User
 from tests.fixtures.pool import EnrolledHost, Pool
 
@@ -44,6 +45,15 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, pool: Pool, tim
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"not {what} after {timeout}s\n{pool.logs()}")
         await asyncio.sleep(0.2)
+
+
+async def allocator_knows_engine_away(pool: Pool, host_id: str) -> None:
+    """Until the allocator has folded the host's HostEngineLost: the log has it before the
+    allocator does, and a request in between would be placed by the allocator's older view."""
+    records = await pool.store.read_stream(host_stream(host_id))
+    lost = [r for r in records if r.type == "HostEngineLost"]
+    assert lost, [r.type for r in records]
+    await allocator_at(pool, lost[-1].position)
 
 
 async def hosts_listed(pool: Pool) -> dict[str, dict[str, Any]]:
@@ -94,8 +104,7 @@ async def test_a_laptop_whose_engine_stopped_takes_no_work_says_so_and_takes_wor
         await asyncio.to_thread(engine.stop)
         await until(lambda: engine_away(pool, b.host_id), "laptop-b's engine recorded away", pool)
         assert b.process.running(), b.process.log_tail(40)
-        types = [r.type for r in await pool.store.read_stream(host_stream(b.host_id))]
-        assert "HostEngineLost" in types, types
+        await allocator_knows_engine_away(pool, b.host_id)
 
         # New work: not placed on laptop-b, and the waiting one says why.
         status, waiting = await alice.call(
@@ -169,3 +178,85 @@ async def test_a_laptop_whose_engine_stopped_takes_no_work_says_so_and_takes_wor
 
 async def _not(check: Awaitable[bool]) -> bool:
     return not await check
+
+
+@pytest.mark.slow
+async def test_a_laptop_whose_engine_is_not_running_at_start_joins_as_engine_away_then_takes_work(
+    pool: Pool, laptop: EnrolledHost, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """What is tried: laptop-b's member starts hostd while laptop-b's Docker engine is not
+    running (it ran once, to hold the test image, and was stopped); alice asks for work
+    constrained to laptop-b and for work anywhere; then the member starts the engine.
+    What must hold: hostd keeps running and registers laptop-b all the same (active, online),
+    the log has HostEngineLost and laptop-b is not schedulable: the member's `host status`
+    says the engine is away and that Docker must be started, hostd's log says what to do, the
+    constrained request waits (`no_schedulable_host`, naming the Docker engine) while the other
+    runs on laptop-a. Once the engine answers the log has HostEngineReturned, laptop-b is
+    registered with its engine's real facts, the waiting request is placed there and runs,
+    and replay agrees. Without the fix hostd never registered laptop-b."""
+    await pool.wait_api()
+    engine = DockerEngine(tmp_path / "laptop-b-engine")
+    await asyncio.to_thread(engine.start)
+    try:
+        await asyncio.to_thread(build_test_image, engine.url)
+    finally:
+        await asyncio.to_thread(engine.stop)
+    try:
+        b = await pool.enroll("laptop-b")
+        pool.write_config(b, engine)
+        process = pool.start_hostd(b)
+        await pool.central_services_ready()
+        await pool.wait_for_host(b.host_id, "active")
+        await until(lambda: engine_away(pool, b.host_id), "laptop-b's engine recorded away", pool)
+        await allocator_knows_engine_away(pool, b.host_id)
+        assert process.running(), process.log_tail(40)
+        said = process.log_tail(200)
+        assert "hostd.engine_unavailable" in said, said
+        assert "start the Docker engine on this machine" in said, said
+
+        shown = member(b, "status")
+        assert shown.returncode == 0, shown.stderr
+        host = json.loads(shown.stdout)
+        assert host["liveness"] == "online", host
+        assert host["engine_away"] is not None, host
+        assert "start Docker on this machine" in host["engine_away"]["detail"], host
+        assert "nothing new is placed here" in host["engine_away"]["means"], host
+        assert (await hosts_listed(pool))[b.host_id]["engine_away"] is not None
+
+        alice = User(http, pool, await pool.add_user("alice"))
+        status, waiting = await alice.call(
+            "POST",
+            "/v1/allocations",
+            {
+                "cpus": 0.25,
+                "memory": "64M",
+                "disk": "64M",
+                "image": DEFAULT_TAG,
+                "command": ["sleep", "600"],
+                "constraints": {"name": "laptop-b"},
+            },
+        )
+        assert status == 202, waiting  # accepted, not placed: it waits
+        elsewhere = await alice.create()
+        assert elsewhere["host_id"] == laptop.host_id, elsewhere
+        await asyncio.sleep(3)  # the allocator's rounds look at the queue meanwhile
+        waiting = await alice.get(waiting["id"])
+        assert waiting["state"] == "pending", waiting
+        assert waiting["waiting"]["reason"] == "no_schedulable_host", waiting
+        assert "Docker engine stopped answering" in waiting["waiting"]["message"], waiting
+
+        # The member starts Docker: hostd finds it on its own, and laptop-b takes work.
+        await asyncio.to_thread(engine.start)
+        await until(lambda: _not(engine_away(pool, b.host_id)), "laptop-b's engine recorded back", pool)
+        types = [r.type for r in await pool.store.read_stream(host_stream(b.host_id))]
+        assert types.index("HostEngineReturned") > types.index("HostEngineLost"), types
+        status, placed = await alice.call("GET", f"/v1/allocations/{waiting['id']}?wait=running&timeout=90")
+        assert placed["state"] == "running", (placed, pool.logs())
+        assert placed["host_id"] == b.host_id, placed
+        host = json.loads(member(b, "status").stdout)
+        assert host["engine_away"] is None, host
+        assert host["engine"]["version"] == engine.info()["ServerVersion"], host
+        assert process.running(), process.log_tail(40)
+        await replay_agrees(pool)
+    finally:
+        await asyncio.to_thread(engine.stop)
