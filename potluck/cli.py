@@ -43,7 +43,8 @@ from potluck.logs import configure_logging
 if TYPE_CHECKING:
     from datetime import timedelta
 
-    from potluck.allocator.users import User
+    from potluck.allocator.users import UsersView
+    from potluck.contracts.allocation_events import Quota
     from potluck.contracts.join_token import GatewayPin
     from potluck.events import Event, EventStore
     from potluck.kernel.rejections import Rejected
@@ -1665,7 +1666,8 @@ _TOKEN_JSON_HELP = 'Print {"user": NAME, "token": TOKEN} for scripts instead of 
 
 @ops.group(name="users")
 def ops_users() -> None:
-    """Add users of the HTTP API and give them new tokens; the operator's web token."""
+    """Add, list and remove users of the HTTP API, change their quotas and give them new tokens;
+    the operator's web token."""
 
 
 @ops_users.command(name="add")
@@ -1710,7 +1712,9 @@ def ops_users_add(
         f"added user {name} (quota: {cpus:g} CPUs, {memory} memory, {disk} disk, {allocations} "
         "allocations held at once)"
     )
-    _decide_for_user(database_url, name, lambda user: add_user(user, name, quota), said, as_json)
+    _decide_for_user(
+        database_url, name, lambda view: add_user(view.users.get(name), name, quota), said, as_json
+    )
 
 
 @ops_users.command(name="rotate-token")
@@ -1725,7 +1729,151 @@ def ops_users_rotate_token(name: str, database_url: str, as_json: bool) -> None:
         f"gave user {name} a new token; the old one no longer works (web pages signed in with it "
         "are signed out)"
     )
-    _decide_for_user(database_url, name, lambda user: rotate_token(user, name), said, as_json)
+    _decide_for_user(
+        database_url,
+        name,
+        lambda view: rotate_token(view.users.get(name), name, removed=name in view.removed),
+        said,
+        as_json,
+    )
+
+
+@ops_users.command(name="remove")
+@click.argument("name")
+@click.option(
+    "--reason", default="", help="Why (left the group, token leaked...): recorded and shown to them."
+)
+@operator_database_option
+@SENTENCE_OR_JSON
+def ops_users_remove(name: str, reason: str, database_url: str, as_json: bool) -> None:
+    """Remove user NAME: their token is refused from then on (web pages signed in with it are
+    signed out), the SSH gateway refuses their logins, the allocator releases their allocations,
+    cancels their jobs and removes the containers they keep, each with the reason. Their history
+    stays in the log. `ops users add NAME` adds the name again, with a new token."""
+    import os
+
+    from potluck.allocator.users import remove_user
+
+    by = os.environ.get("USER") or ""
+    recorded = _user_decision(
+        database_url, name, lambda view: (remove_user(view, name, by=by, reason=reason), None)
+    )[0]
+    if as_json:
+        click.echo(json.dumps({"user": name, "removed_by": by, "reason": reason, "recorded": recorded}))
+    elif not recorded:
+        click.echo(f"user {name} was already removed; nothing recorded")
+    else:
+        why = f" ({reason})" if reason else ""
+        click.echo(
+            f"removed user {name}{why}: their token no longer works, and the allocator releases "
+            "their allocations and cancels their jobs (`potluck ops status` shows them go)"
+        )
+
+
+@ops_users.command(name="set-quota")
+@click.argument("name")
+@operator_database_option
+@click.option("--cpus", type=FiniteRange(min=0.01), default=None, help="Quota: CPUs held at once.")
+@click.option("--memory", default=None, help="Quota: memory held at once (e.g. 16G).")
+@click.option("--disk", default=None, help="Quota: writable disk held at once.")
+@click.option(
+    "--allocations", type=click.IntRange(min=1), default=None, help="Quota: allocations held at once."
+)
+@SENTENCE_OR_JSON
+def ops_users_set_quota(
+    name: str,
+    database_url: str,
+    cpus: float | None,
+    memory: str | None,
+    disk: str | None,
+    allocations: int | None,
+    as_json: bool,
+) -> None:
+    """Change user NAME's quota: only the options given change. New requests are judged against
+    it; what they hold over a lowered quota is kept, but nothing new is placed for them until they
+    are under it, and their requests still waiting that it no longer admits are refused."""
+    from potluck.allocator.users import change_quota
+    from potluck.kernel.sizes import parse_size
+
+    changes: dict[str, float | int] = {}
+    try:
+        if cpus is not None:
+            changes["cpus"] = cpus
+        if memory is not None:
+            changes["memory_bytes"] = parse_size(memory)
+        if disk is not None:
+            changes["disk_bytes"] = parse_size(disk)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    if allocations is not None:
+        changes["allocations"] = allocations
+
+    recorded, quota = _user_decision(
+        database_url,
+        name,
+        lambda view: change_quota(view.users.get(name), name, changes, removed=name in view.removed),
+    )
+    if as_json:
+        click.echo(json.dumps({"user": name, "quota": quota.model_dump(mode="json"), "recorded": recorded}))
+        return
+    said = _quota_said(quota)
+    if not recorded:
+        click.echo(f"user {name}'s quota is {said} already; nothing recorded")
+    else:
+        click.echo(f"user {name}'s quota is now {said}")
+
+
+def _quota_said(quota: "Quota") -> str:
+    from potluck.kernel.sizes import format_size
+
+    return (
+        f"{quota.cpus:g} CPUs, {format_size(quota.memory_bytes)} memory, {format_size(quota.disk_bytes)} "
+        f"disk, {quota.allocations} allocations held at once"
+    )
+
+
+@ops_users.command(name="list")
+@operator_database_option
+@SENTENCE_OR_JSON
+def ops_users_list(database_url: str, as_json: bool) -> None:
+    """List the users, each with their quota, and those removed (who and why)."""
+    from potluck.allocator.users import UsersView
+    from potluck.events import EventStore, SkippedEvents, decode_or_skip
+
+    async def go(store: EventStore) -> UsersView:
+        view = UsersView()
+        skipped = SkippedEvents()
+        for record in await store.read_category("user"):
+            event = decode_or_skip(record, skipped, reader="potluck ops users list")
+            if event is not None:
+                view.apply(event)
+        return view
+
+    view = run(with_store(database_url, go))
+    if as_json:
+        for name in sorted(view.users):
+            quota = view.users[name].quota.model_dump(mode="json")
+            click.echo(json.dumps({"user": name, "status": "active", "quota": quota}))
+        for name in sorted(view.removed):
+            gone = view.removed[name]
+            click.echo(json.dumps({"user": name, "status": "removed", "by": gone.by, "reason": gone.reason}))
+        return
+    if not view.users and not view.removed:
+        click.echo("no users yet; `potluck ops users add NAME` adds one")
+        return
+    from potluck.kernel.terminal_text import shown
+
+    for name in sorted(view.users):
+        click.echo(f"{name}  {_quota_said(view.users[name].quota)}")
+    for name in sorted(view.removed):
+        gone = view.removed[name]
+        click.echo(
+            shown(
+                f"{name}  removed"
+                + (f" by {gone.by}" if gone.by else "")
+                + (f": {gone.reason}" if gone.reason else "")
+            )
+        )
 
 
 @ops_users.command(name="web-token")
@@ -1766,38 +1914,16 @@ def ops_users_web_token(database_url: str, as_json: bool) -> None:
 def _decide_for_user(
     database_url: str,
     name: str,
-    decide: "Callable[[User | None], tuple[list[Event], str]]",
+    decide: "Callable[[UsersView], tuple[list[Event], str]]",
     said: str,
     as_json: bool,
 ) -> None:
-    """Fold user NAME's stream, let `decide` choose, append at the version read; print the token.
+    """`_user_decision`, which makes a token; print it.
 
     stdout holds the token alone (`TOKEN=$(potluck ops users add bob)`, as `ops hosts enroll`
     and `ops users web-token` print theirs); what was done goes to stderr. `as_json`: the
     object scripts read instead."""
-    from potluck.allocator.users import UsersView
-    from potluck.contracts.allocation_events import user_stream
-    from potluck.events import EventStore, SkippedEvents, decode_or_skip
-    from potluck.kernel.rejections import Rejected
-
-    async def go(store: EventStore) -> str:
-        view = UsersView()
-        records = await store.read_stream(user_stream(name))
-        skipped = SkippedEvents()
-        for record in records:
-            event = decode_or_skip(record, skipped, reader="potluck ops users")
-            if event is not None:
-                view.apply(event)
-        events, token = decide(view.users.get(name))
-        await store.append(
-            user_stream(name), events, expected_version=len(records), metadata={"actor": "operator"}
-        )
-        return token
-
-    try:
-        token = run(with_store(database_url, go))
-    except Rejected as exc:
-        fail(exc.message, 2 if exc.status == 400 else 1)
+    _, token = _user_decision(database_url, name, decide)
     if as_json:
         click.echo(json.dumps({"user": name, "token": token}))
         return
@@ -1807,6 +1933,38 @@ def _decide_for_user(
         err=True,
     )
     click.echo(token)
+
+
+def _user_decision(
+    database_url: str, name: str, decide: "Callable[[UsersView], tuple[list[Event], T]]"
+) -> "tuple[list[str], T]":
+    """Fold user NAME's stream, let `decide` choose, append at the version read; the types of the
+    events recorded (none: nothing to do) and what `decide` answered beside them. A refusal fails
+    the command: exit 2 for what was asked wrong, 1 otherwise."""
+    from potluck.allocator.users import UsersView
+    from potluck.contracts.allocation_events import user_stream
+    from potluck.events import EventStore, SkippedEvents, decode_or_skip
+    from potluck.kernel.rejections import Rejected
+
+    async def go(store: EventStore) -> "tuple[list[str], T]":
+        view = UsersView()
+        records = await store.read_stream(user_stream(name))
+        skipped = SkippedEvents()
+        for record in records:
+            event = decode_or_skip(record, skipped, reader="potluck ops users")
+            if event is not None:
+                view.apply(event)
+        events, answer = decide(view)
+        if events:
+            await store.append(
+                user_stream(name), events, expected_version=len(records), metadata={"actor": "operator"}
+            )
+        return [type(e).__name__ for e in events], answer
+
+    try:
+        return run(with_store(database_url, go))
+    except Rejected as exc:
+        fail(exc.message, 2 if exc.status == 400 else 1)
 
 
 def _a_size(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -272,6 +272,28 @@ class UserTokenRotated(Event):
     token_sha256: str
 
 
+@event_type
+class UserRemoved(Event):
+    """An operator took the user out of the pool (`by`: who, from $USER; `reason`: why, as the
+    user's allocations and jobs are told): their token is refused from then on, and the
+    allocator releases what they hold or wait for, cancels their jobs and removes the containers
+    they keep. Their history stays in the log. A later UserAdded of the same name is a new user
+    with a new token; the removed one's stays dead."""
+
+    user: str
+    by: str = ""
+    reason: str = ""
+
+
+@event_type
+class UserQuotaChanged(Event):
+    """The user's whole quota from now on. What they hold over a lowered one is kept; nothing new
+    is placed for them until they are under it."""
+
+    user: str
+    quota: Quota
+
+
 def user_stream(user: str) -> str:
     return f"user-{user}"
 

@@ -101,7 +101,8 @@ class JobCompleted(JobEvent):
 
 @event_type
 class JobCancelled(JobEvent):
-    """Ended before its tasks were all done: `by` "user:<name>" (job rm) or "deadline"."""
+    """Ended before its tasks were all done: `by` "user:<name>" (job rm), "deadline", or "operator"
+    (its user removed, UserRemoved; `reason` then says so)."""
 
     by: str
     reason: str = ""

@@ -364,6 +364,16 @@ class EventStore:
         )
         return cast(list[RecordedEvent], rows)
 
+    async def read_category(self, category: str) -> list[RecordedEvent]:
+        """Every event of the streams named `category-...`, in log order: for a category of few,
+        short streams (users), read whole; the log's others are not looked at one by one."""
+        rows = await self.pool.fetch(
+            f"SELECT {_COLUMNS} FROM all_events WHERE starts_with(stream, $1) ORDER BY position",
+            f"{category}-",
+            record_class=_LoggedRow,
+        )
+        return cast(list[RecordedEvent], rows)
+
     async def read_all(
         self, after_position: int = 0, limit: int = 1000, *, until_position: int | None = None
     ) -> list[RecordedEvent]:

@@ -231,6 +231,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if isinstance(user, web.Response):
         return user
     if user is None:
+        gone = request.app[AUTH].users.removed_holder(token)
+        if gone is not None:
+            return error(
+                401,
+                "UNAUTHENTICATED",
+                f"user {gone.name} was removed by the pool's operator; this token no longer works",
+            )
         return error(401, "UNAUTHENTICATED", "this token is not valid; ask an operator for a new one")
     request[USER] = user
     return await handler(request)

@@ -331,7 +331,8 @@ class AllocatorEngine:
     def _notice_resumed(self) -> None:
         """What the reactions would have noticed folding the log up to the checkpoint: every
         host gone with allocations still on it, every job (all are driven once after a fold from
-        zero, with the tasks they requested open), and a look at the pending queue."""
+        zero, with the tasks they requested open), every removed user and every user with
+        requests waiting (user_reactions.py), and a look at the pending queue."""
         reactions = self.reactions
         allocations = self.model.allocations
         with_allocations = {
@@ -348,6 +349,7 @@ class AllocatorEngine:
             driver.tracked[job.job_id] = _Tracked(open=set(job.attempts))
             if job.deadline is not None and not job.terminal:
                 driver.deadlines[job.job_id] = job.deadline
+        reactions.users.notice_resumed()
         reactions.capacity_changed.set()
 
     async def catch_up(self, *, resume: bool = False) -> None:

@@ -350,6 +350,8 @@ def release_attempt(job: JobState, state: AllocationState) -> list[StreamAppend]
     why = (
         "its job's deadline passed" if job.cancelled_by == "deadline" else f"its job {job.job_id} was removed"
     )
+    if job.cancelled_by == "operator" and job.reason:  # its user removed (user_changes.py)
+        why = job.reason
     released = AllocationReleased(
         alloc_id=state.alloc_id, host_id=state.host_id, by=f"job:{job.job_id}", reason=why
     )

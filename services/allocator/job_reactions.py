@@ -3,7 +3,8 @@
 The engine tells the driver of each event its model folded (`notice`): a
 job's own events, and any event of an allocation that is a job's attempt,
 mark that job dirty; an allocation of a user that ends frees quota room, so
-it also marks the user's jobs that waited for room. Each round of the
+it also marks the user's jobs that waited for room, as does a change of the
+user's quota. Each round of the
 reactions (reactions.py) then `drive`s the dirty jobs, those whose
 deadline is due and those with a task whose pause before its retry is over,
 each through `engine.decide` (decided again when another
@@ -34,7 +35,7 @@ from potluck.allocator.job_decisions import (
     step,
 )
 from potluck.allocator.kept import discard
-from potluck.contracts.allocation_events import AllocationEvent, Quota
+from potluck.contracts.allocation_events import AllocationEvent, Quota, UserQuotaChanged
 from potluck.contracts.job_events import JobEvent, JobSubmitted, JobTaskRequested
 from potluck.events import Event, RecordedEvent
 from potluck.events.tracing import continuing, trace_carrier_of, tracer
@@ -73,6 +74,12 @@ class JobDriver:
 
     def notice(self, event: Event, record: RecordedEvent) -> bool:
         """After the model folded `event`: whether a job has something to do now."""
+        if isinstance(event, UserQuotaChanged):
+            # A raised quota has room for what its jobs waited for (a lowered one finds none).
+            waited = self.waiting_for_room.pop(event.user, None)
+            if waited:
+                self.dirty.update(waited)
+            return bool(waited)
         if isinstance(event, JobEvent):
             self.dirty.add(event.job_id)
             if isinstance(event, JobSubmitted) and (carrier := trace_carrier_of(record.metadata)):

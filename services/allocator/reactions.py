@@ -11,7 +11,9 @@ round marks allocations that a host's owner policy has kept frozen past its
 member's `max_frozen_s`, and releases those that asked for it (`on_preempt`).
 Stopped containers kept past their `keep_for` are discarded in the round too,
 and those of a host that is gone with its allocations (kept.py). The round
-also drives batch jobs (job_reactions.py).
+also ends the work of users an operator removed and refuses the waiting
+requests a lowered quota no longer admits (user_reactions.py), and drives
+batch jobs (job_reactions.py).
 
 Each reaction decides with the pure functions of decisions.py on the engine's
 model and appends through the engine, like a user's command: ends of
@@ -44,6 +46,7 @@ from potluck.allocator.job_reactions import JobDriver
 from potluck.allocator.kept import TIME_UP, discard, due
 from potluck.allocator.queue import fair_order
 from potluck.allocator.scheduler import Decision, Impossible, Placed
+from potluck.allocator.user_reactions import UserReactions
 from potluck.contracts.allocation_events import AllocationRequested, AllocationUnplaced, CapacityReserved
 from potluck.events import TRANSIENT_DB_ERRORS, Event, RecordedEvent, WrongExpectedVersion
 from potluck.events.tracing import continuing, trace_carrier_of, tracer
@@ -85,6 +88,8 @@ class Reactions:
         self.lost_hosts: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self.capacity_changed = asyncio.Event()
         self.jobs = JobDriver(engine)
+        #: Users removed, or given another quota, whose work the next round looks at.
+        self.users = UserReactions(engine)
         #: How many events may have let a waiting request fit where it did not (`makes_room`).
         self.room_changes = 0
         #: What the whole queue was last tried against (`room_changes` and the placements in
@@ -124,6 +129,8 @@ class Reactions:
             self.request_traces.pop(event.alloc_id, None)
         if self.jobs.notice(event, record):
             self.capacity_changed.set()  # wakes the round, which drives the job
+        if self.users.notice(event):
+            self.capacity_changed.set()
 
     async def run(self, tick: float = 1.0) -> None:
         """Lost hosts, expiry and the pending queue, until cancelled.
@@ -157,6 +164,9 @@ class Reactions:
             except BaseException:
                 self.lost_hosts.put_nowait((host_id, reason))  # not done: again next round
                 raise
+        # Before the queue and the jobs: nothing of a removed user's is placed or requested, and
+        # what a lowered quota no longer admits is refused, not placed.
+        await self.users.run()
         await self.expire_due()
         await self.discard_due()
         await self.mark_frozen_too_long()
@@ -276,8 +286,8 @@ class Reactions:
         for waited in fair_order(waiting, view.active(), view.last_placed):
             # Events folded while an earlier one's placement was appended may have moved it.
             current = view.allocations[waited.alloc_id]
-            if current.status != "pending":
-                continue
+            if current.status != "pending" or current.user in engine.model.users.removed:
+                continue  # a removed user's: released in the next round (user_reactions.py)
             outlook = engine.outlook()
             decision = outlook.place(current, engine.strategy)
             try:

@@ -2,14 +2,30 @@
 
 Tokens are 32 random bytes, so a plain SHA-256 is enough to store them: there
 is nothing to brute-force that a slow password hash would protect.
+
+The operator's decisions on a user (`add_user`, `rotate_token`, `remove_user`,
+`change_quota`) are made here on the user's own stream folded, and appended at the
+version read. A removed user leaves `users` (so every lookup of a user by token or
+name finds nobody), but stays in `removed` with their last token: the API then says
+why that token is refused, and a second removal records nothing. Adding the name
+again makes a new user with a new token; the removed one's token stays dead.
 """
 
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
-from potluck.contracts.allocation_events import Quota, UserAdded, UserTokenRotated
+from pydantic import ValidationError
+
+from potluck.contracts.allocation_events import (
+    Quota,
+    UserAdded,
+    UserQuotaChanged,
+    UserRemoved,
+    UserTokenRotated,
+)
 from potluck.events import Event
 from potluck.kernel.rejections import Rejected
 
@@ -34,14 +50,40 @@ class User:
     quota: Quota
 
 
+@dataclass(frozen=True)
+class RemovedUser:
+    name: str
+    #: The token they held when removed: refused with the reason, not as one never given.
+    token_sha256: str
+    by: str
+    reason: str
+
+    def said(self) -> str:
+        """Why their work ends, in the words its user reads (an allocation's reason, a job's)."""
+        who = f" ({self.by})" if self.by else ""
+        return f"user {self.name} was removed by the operator{who}" + (
+            f": {self.reason}" if self.reason else ""
+        )
+
+
 @dataclass
 class UsersView:
     users: dict[str, User] = field(default_factory=dict)
     by_token: dict[str, str] = field(default_factory=dict)
+    #: Users removed and not added again, by name.
+    removed: dict[str, RemovedUser] = field(default_factory=dict)
+    #: Each removed user's last token, to their name.
+    removed_tokens: dict[str, str] = field(default_factory=dict)
 
     def apply(self, event: Event) -> None:
         match event:
             case UserAdded():
+                gone = self.removed.pop(event.user, None)
+                if gone is not None:
+                    self.removed_tokens.pop(gone.token_sha256, None)
+                old = self.users.get(event.user)
+                if old is not None:  # never decided so (add_user refuses), but a token must not linger
+                    self.by_token.pop(old.token_sha256, None)
                 self.users[event.user] = User(event.user, event.token_sha256, event.quota)
                 self.by_token[event.token_sha256] = event.user
             case UserTokenRotated():
@@ -50,10 +92,27 @@ class UsersView:
                     self.by_token.pop(old.token_sha256, None)
                     self.users[event.user] = User(old.name, event.token_sha256, old.quota)
                     self.by_token[event.token_sha256] = event.user
+            case UserRemoved():
+                old = self.users.pop(event.user, None)
+                if old is not None:
+                    self.by_token.pop(old.token_sha256, None)
+                    self.removed[event.user] = RemovedUser(
+                        event.user, old.token_sha256, event.by, event.reason
+                    )
+                    self.removed_tokens[old.token_sha256] = event.user
+            case UserQuotaChanged():
+                old = self.users.get(event.user)
+                if old is not None:
+                    self.users[event.user] = replace(old, quota=event.quota)
 
     def authenticate(self, token: str) -> User | None:
         name = self.by_token.get(token_hash(token))
         return self.users.get(name) if name else None
+
+    def removed_holder(self, token: str) -> RemovedUser | None:
+        """The removed user whose last token `token` is, if it is one."""
+        name = self.removed_tokens.get(token_hash(token))
+        return self.removed.get(name) if name else None
 
 
 def add_user(existing: User | None, name: str, quota: Quota) -> tuple[list[Event], str]:
@@ -71,9 +130,65 @@ def add_user(existing: User | None, name: str, quota: Quota) -> tuple[list[Event
     return [UserAdded(user=name, token_sha256=token_hash(token), quota=quota)], token
 
 
-def rotate_token(existing: User | None, name: str) -> tuple[list[Event], str]:
-    """Decide a new token for a user (a leaked one, say); the old one stops working."""
+def rotate_token(existing: User | None, name: str, *, removed: bool = False) -> tuple[list[Event], str]:
+    """Decide a new token for a user (a leaked one, say); the old one stops working. `removed`:
+    the name is of a user removed (and so not `existing`)."""
     if existing is None:
-        raise Rejected("USER_NOT_FOUND", f"there is no user {name}; `potluck ops users add {name}` adds one")
+        raise _not_found(name, removed)
     token = new_token()
     return [UserTokenRotated(user=name, token_sha256=token_hash(token))], token
+
+
+#: Most characters of a removal's reason: it is shown with each allocation it ends.
+MAX_REASON = 500
+
+
+def remove_user(view: UsersView, name: str, *, by: str, reason: str) -> list[Event]:
+    """Decide removing user `name` (nothing, when they were removed already): see UserRemoved."""
+    if len(reason) > MAX_REASON:
+        raise Rejected(
+            "BAD_REASON",
+            f"a reason is at most {MAX_REASON} characters; say it shorter",
+            field="reason",
+            status=400,
+        )
+    if name in view.users:
+        return [UserRemoved(user=name, by=by, reason=reason)]
+    if name in view.removed:
+        return []
+    raise _not_found(name, removed=False)
+
+
+#: The quota's fields `change_quota` takes, as the command's options name them.
+QUOTA_FIELDS = {"cpus": "cpus", "memory_bytes": "memory", "disk_bytes": "disk", "allocations": "allocations"}
+
+
+def change_quota(
+    existing: User | None, name: str, changes: Mapping[str, float | int], *, removed: bool = False
+) -> tuple[list[Event], Quota]:
+    """Decide user `name`'s new quota: theirs with `changes` (Quota's field names) on top; nothing
+    when it is the same. Returns the events and the quota in force after them. What they hold
+    over a lowered quota is kept (see UserQuotaChanged)."""
+    if not changes:
+        options = ", ".join(f"--{option}" for option in QUOTA_FIELDS.values())
+        raise Rejected("NOTHING_TO_CHANGE", f"give the quota to change: one or more of {options}", status=400)
+    if existing is None:
+        raise _not_found(name, removed)
+    try:
+        quota = Quota.model_validate({**existing.quota.model_dump(), **changes})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        option = QUOTA_FIELDS.get(str(error["loc"][0]) if error["loc"] else "", "quota")
+        raise Rejected("BAD_QUOTA", f"--{option}: {error['msg']}", field=option, status=400) from None
+    if quota == existing.quota:
+        return [], quota
+    return [UserQuotaChanged(user=name, quota=quota)], quota
+
+
+def _not_found(name: str, removed: bool) -> Rejected:
+    if removed:
+        return Rejected(
+            "USER_REMOVED",
+            f"user {name} was removed; `potluck ops users add {name}` adds them again, with a new token",
+        )
+    return Rejected("USER_NOT_FOUND", f"there is no user {name}; `potluck ops users add {name}` adds one")

@@ -16,6 +16,10 @@ the view as they leave the allocator's model (potluck.readmodels.retention), or 
 memory would grow with every allocation the pool ever ran: a login to one of them is refused as
 to an allocation that never was, which it cannot serve either way.
 
+Users: the view keeps the names of the users an operator removed (`removed_users`, from the
+`user` streams; a name added again leaves it): a login to an allocation of theirs is refused
+from the moment the removal is folded, before the allocator has released it.
+
 Sessions: the view keeps the sessions that some gateway run started and
 none has ended yet (`open_sessions`, from the `session` streams), which the
 sweep for lost gateways looks through (gateway_runs.py); sessions recorded
@@ -34,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar
 
-from potluck.contracts.allocation_events import AllocationEvent
+from potluck.contracts.allocation_events import AllocationEvent, UserAdded, UserRemoved
 from potluck.contracts.host_events import HostDeregistered, HostLeft, HostRegistered, HostRevoked
 from potluck.events import Event, RecordedEvent
 from potluck.kernel.ssh_wire import public_key_blob
@@ -69,16 +73,18 @@ Change = AllocationState | HostKeyConflict | None
 
 @dataclass
 class GatewayView:
-    """The gateway's read model; a `potluck.events.Projection` of the `alloc`, `host` and
-    `session` streams."""
+    """The gateway's read model; a `potluck.events.Projection` of the `alloc`, `host`, `session`
+    and `user` streams."""
 
-    categories: ClassVar[frozenset[str]] = frozenset({"alloc", "host", "session"})
+    categories: ClassVar[frozenset[str]] = frozenset({"alloc", "host", "session", "user"})
 
     allocations: AllocationsView = field(default_factory=AllocationsView)
     host_keys: dict[str, bytes] = field(default_factory=dict)
     key_owner: dict[bytes, str] = field(default_factory=dict)
     #: Sessions started by a gateway run and not ended, by session id.
     open_sessions: dict[str, OpenSession] = field(default_factory=dict)
+    #: The users an operator removed and nobody added again.
+    removed_users: set[str] = field(default_factory=set)
     position: int = 0
     #: What ended, waiting for the retention window to pass before it leaves.
     retirement: Retirement = field(default_factory=Retirement)
@@ -118,6 +124,10 @@ class GatewayView:
             )
         elif isinstance(event, SessionEnded):
             self.open_sessions.pop(event.session_id, None)
+        elif isinstance(event, UserRemoved):
+            self.removed_users.add(event.user)
+        elif isinstance(event, UserAdded):
+            self.removed_users.discard(event.user)
         return None
 
     def _forget(self, host_id: str) -> None:
@@ -144,3 +154,8 @@ class GatewayView:
 
     def allocation(self, alloc_id: str) -> AllocationState | None:
         return self.allocations.allocations.get(alloc_id)
+
+    def admitted(self, alloc_id: str) -> AllocationState | None:
+        """The allocation, unless the user it belongs to was removed (None then too)."""
+        state = self.allocations.allocations.get(alloc_id)
+        return None if state is None or state.user in self.removed_users else state

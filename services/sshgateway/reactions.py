@@ -11,6 +11,8 @@ changed:
   container kept keeps them (they read its logs and files) until it is
   discarded, and a `potluck-logs` session is left to end at its host, which
   ends it once it has sent the last of the container's output;
+- a user an operator removes has every session of theirs ended at once, before
+  the allocator releases their allocations (and no login of theirs is let in);
 - a host that deregisters, leaves, is revoked, or registers with another key,
   has its idle links closed: they were authenticated with the key it no
   longer has (a revoked host's sessions end with its allocations, lost);
@@ -26,7 +28,7 @@ them and logs `events.skipped_unreadable`, and the gateway goes on serving.
 
 import structlog
 
-from potluck.contracts.allocation_events import AllocationDiscarded
+from potluck.contracts.allocation_events import AllocationDiscarded, UserRemoved
 from potluck.contracts.host_events import HostDeregistered, HostLeft, HostRegistered, HostRevoked
 from potluck.events import Event, RecordedEvent
 from potluck.readmodels.allocations import AllocationState
@@ -79,6 +81,8 @@ class GatewayReactions:
             self.links.close_host(event.host_id)
         if isinstance(event, SessionEnded) and event.reason == "GATEWAY_LOST":
             self._declared_lost(event)
+        if isinstance(event, UserRemoved):
+            self._user_removed(event.user)
         if isinstance(event, HostRevoked):
             # Stolen or compromised: not even a link carrying a session stays open.
             self.links.sever_host(event.host_id)
@@ -100,6 +104,16 @@ class GatewayReactions:
                 else f"allocation {allocation.alloc_id} is now {allocation.status}; the session ended"
             )
             session.end("ALLOCATION_ENDED", message)
+
+    def _user_removed(self, user: str) -> None:
+        ended = 0
+        for alloc_id in list(self.view.allocations.by_user.ids(user)):
+            for session in self.sessions.of(alloc_id):
+                session.end(
+                    "ALLOCATION_ENDED", "your user was removed by the pool's operator; the session ended"
+                )
+                ended += 1
+        log.warning("gateway.user_removed", user=user, sessions_ended=ended)
 
     def _declared_lost(self, event: SessionEnded) -> None:
         session = self.sessions.find(event.alloc_id, event.session_id)

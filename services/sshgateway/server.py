@@ -349,8 +349,9 @@ class GatewayServer(asyncssh.SSHServer):
         return False
 
     def _admits(self, username: str, presented: bytes) -> bool:
-        """Whether the view has allocation `username` with the key `presented` registered on it."""
-        state = self._ctx.view.allocation(username)
+        """Whether the view has allocation `username` with the key `presented` registered on it,
+        and its user was not removed."""
+        state = self._ctx.view.admitted(username)
         return state is not None and any(key_blob(line) == presented for line in state.spec.ssh_keys)
 
     def auth_completed(self) -> None:

@@ -273,6 +273,10 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         if self.ctx.stopping:
             self._end("GATEWAY_STOPPING", "the gateway is shutting down")
             return None
+        if allocation is not None and allocation.user in self.ctx.view.removed_users:
+            # On a connection let in just before the removal was folded (reactions.py ends the rest).
+            self._end("ALLOCATION_NOT_RUNNING", "your user was removed by the pool's operator")
+            return None
         if allocation is None or not reachable(allocation) or allocation.host_id is None:
             self._end("ALLOCATION_NOT_RUNNING", not_running_message(self.identity.alloc_id, allocation))
             return None

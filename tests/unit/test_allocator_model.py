@@ -33,6 +33,9 @@ from potluck.contracts.allocation_events import (
     Quota,
     QuotaCharged,
     UserAdded,
+    UserQuotaChanged,
+    UserRemoved,
+    UserTokenRotated,
     alloc_stream,
     capacity_stream,
     quota_stream,
@@ -310,7 +313,17 @@ def steps(draw: st.DrawFn) -> tuple[str, Event | None]:
     if kind == "alloc":
         return alloc_stream(alloc_id), draw(st.sampled_from(_alloc_events(alloc_id, user, host_id, cpus)))
     if kind == "user":
-        return user_stream(user), UserAdded(user=user, token_sha256=draw(st.sampled_from(["aa", "bb"])))
+        token = draw(st.sampled_from(["aa", "bb", "cc"]))
+        return user_stream(user), draw(
+            st.sampled_from(
+                [
+                    UserAdded(user=user, token_sha256=token),
+                    UserTokenRotated(user=user, token_sha256=token),
+                    UserRemoved(user=user, by="olga", reason="left"),
+                    UserQuotaChanged(user=user, quota=Quota(cpus=cpus)),
+                ]
+            )
+        )
     if kind == "quota":
         return quota_stream(user), QuotaCharged(user=user, alloc_id=alloc_id)
     stream = draw(st.sampled_from([host_stream(host_id), capacity_stream(host_id), alloc_stream(alloc_id)]))

@@ -449,6 +449,9 @@ async def signin(request: web.Request) -> web.Response:
             response.headers["Retry-After"] = str(SESSIONS_FULL_RETRY_S)
             return response
     error = "this token is not valid; an operator gives tokens with `potluck ops users add`"
+    gone = authenticator.users.removed_holder(token) if token else None
+    if gone is not None:
+        error = f"user {gone.name} was removed by the pool's operator; this token no longer works"
     return _render("signin.html", request, {"session": None, "error": error}, status=401)
 
 

@@ -1,0 +1,255 @@
+"""An operator removes a user or changes their quota: the decisions (users.py), what follows for
+the user's work (user_changes.py), and the folds that take it in (the allocator's users, the
+gateway's view and its reactions), without servers."""
+
+import pytest
+
+from potluck.allocator.model import AllocatorModel
+from potluck.allocator.user_changes import over_quota, removal_ending
+from potluck.allocator.users import (
+    RemovedUser,
+    UsersView,
+    add_user,
+    change_quota,
+    remove_user,
+    rotate_token,
+    token_hash,
+)
+from potluck.contracts.allocation_events import (
+    AllocationDiscarded,
+    AllocationReleased,
+    CapacityFreed,
+    Quota,
+    UserAdded,
+    UserQuotaChanged,
+    UserRemoved,
+    UserTokenRotated,
+    alloc_stream,
+    capacity_stream,
+    user_stream,
+)
+from potluck.events import Event, Fold, RecordedEvent
+from potluck.events.schema import registry
+from potluck.kernel.rejections import Rejected
+from potluck.sshgateway.context import SessionRegistry
+from potluck.sshgateway.links import LinkPool
+from potluck.sshgateway.projection import GatewayView
+from potluck.sshgateway.reactions import GatewayReactions
+from tests.unit.test_allocator_decisions import state
+from tests.unit.test_allocator_model import T0, RecordingLog, spec
+from tests.unit.test_gateway_reactions import Log, running, session_on
+
+
+def folded(*events: Event) -> UsersView:
+    view = UsersView()
+    for event in events:
+        view.apply(event)
+    return view
+
+
+def added(name: str, token: str, **quota: float) -> UserAdded:
+    return UserAdded(user=name, token_sha256=token_hash(token), quota=Quota(**quota))
+
+
+# --- removing a user ----------------------------------------------------------------------------
+
+
+def test_a_removed_users_token_is_refused_and_known_as_theirs_until_the_name_is_added_again() -> None:
+    """What is tried: bob added, his token rotated, then removed with a reason; then added again.
+    What must hold: after the removal his token authenticates nobody, but is known as the removed
+    bob's (the API says why it is refused), and his rotated-away token is not; another user is
+    untouched; a rotation folded for a removed user changes nothing; added again, only the new
+    token works, the removed one's is neither valid nor "removed" any more."""
+    view = folded(
+        added("bob", "old"),
+        added("ann", "anns"),
+        UserTokenRotated(user="bob", token_sha256=token_hash("bobs")),
+        UserRemoved(user="bob", by="olga", reason="left the group"),
+        UserTokenRotated(user="bob", token_sha256=token_hash("stray")),
+    )
+    assert view.authenticate("bobs") is None
+    assert view.authenticate("stray") is None
+    assert "bob" not in view.users
+    assert view.removed_holder("bobs") == RemovedUser("bob", token_hash("bobs"), "olga", "left the group")
+    assert view.removed_holder("old") is None
+    assert view.removed_holder("anns") is None
+    ann = view.authenticate("anns")
+    assert ann is not None
+    assert ann.name == "ann"
+    assert view.removed["bob"].said() == "user bob was removed by the operator (olga): left the group"
+
+    view.apply(added("bob", "new"))
+    assert view.authenticate("bobs") is None
+    assert view.removed_holder("bobs") is None
+    assert "bob" not in view.removed
+    again = view.authenticate("new")
+    assert again is not None
+    assert again.name == "bob"
+
+
+def test_removing_decides_once_and_refuses_an_unknown_user_or_a_long_reason() -> None:
+    """What is tried: remove a user, the same user again, a user never added, a reason too long,
+    and a new token or a quota for a removed user.
+    What must hold: the first records UserRemoved with who and why; the second records nothing;
+    an unknown user is USER_NOT_FOUND (the command's exit 1) naming how to add one; a long reason
+    is refused (400: exit 2); rotate-token and set-quota of a removed user say so and how to add
+    them again; adding the removed name again is allowed and makes a new token."""
+    view = folded(added("bob", "t"))
+    assert remove_user(view, "bob", by="olga", reason="token leaked") == [
+        UserRemoved(user="bob", by="olga", reason="token leaked")
+    ]
+    view.apply(UserRemoved(user="bob", by="olga", reason="token leaked"))
+    assert remove_user(view, "bob", by="olga", reason="") == []
+    with pytest.raises(Rejected) as unknown:
+        remove_user(view, "nobody", by="olga", reason="")
+    assert (unknown.value.code, unknown.value.status) == ("USER_NOT_FOUND", 409)
+    assert "potluck ops users add nobody" in unknown.value.message
+    with pytest.raises(Rejected) as long:
+        remove_user(folded(added("cy", "t")), "cy", by="olga", reason="x" * 501)
+    assert (long.value.code, long.value.status) == ("BAD_REASON", 400)
+
+    with pytest.raises(Rejected) as rotate:
+        rotate_token(view.users.get("bob"), "bob", removed=True)
+    assert rotate.value.code == "USER_REMOVED"
+    assert "`potluck ops users add bob` adds them again" in rotate.value.message
+    with pytest.raises(Rejected) as quota:
+        change_quota(view.users.get("bob"), "bob", {"cpus": 1.0}, removed=True)
+    assert quota.value.code == "USER_REMOVED"
+    events, token = add_user(view.users.get("bob"), "bob", Quota())
+    assert [type(e) for e in events] == [UserAdded]
+    assert token_hash(token) != token_hash("t")
+
+
+def test_a_removed_users_work_is_released_with_the_reason_and_kept_containers_removed() -> None:
+    """What is tried: end a running, a pending, an ended-but-kept and an ended allocation of a
+    removed user. What must hold: the running one is released by "operator" with the removal's
+    words and its capacity freed in the same append; the pending one is released too (no host,
+    nothing freed); the kept container is discarded with the words, its disk freed; the plain
+    ended one needs nothing."""
+    said = "user alice was removed by the operator (olga)"
+    run = removal_ending(state("running"), said)
+    assert [a.stream for a in run] == [alloc_stream("a1"), capacity_stream("h1")]
+    assert run[0].expected_version == 2
+    assert run[0].events == [AllocationReleased(alloc_id="a1", host_id="h1", by="operator", reason=said)]
+    assert isinstance(run[1].events[0], CapacityFreed)
+
+    waiting = removal_ending(state("pending", host_id=None), said)
+    assert [a.stream for a in waiting] == [alloc_stream("a1")]
+    assert waiting[0].events == [AllocationReleased(alloc_id="a1", host_id=None, by="operator", reason=said)]
+
+    kept = removal_ending(state("exited", kept_until=T0), said)
+    assert [type(e).__name__ for a in kept for e in a.events] == ["AllocationDiscarded", "CapacityFreed"]
+    assert kept[0].events[0] == AllocationDiscarded(alloc_id="a1", host_id="h1", reason=said)
+
+    assert removal_ending(state("exited"), said) == []
+
+
+# --- changing a quota ---------------------------------------------------------------------------
+
+
+def test_only_the_fields_given_change_and_bad_or_no_changes_are_refused() -> None:
+    """What is tried: change cpus alone, then the same again, nothing at all, cpus to 0, and a
+    user never added. What must hold: the whole new quota is recorded with only cpus changed; the
+    same quota records nothing (and says what it is); no change and a bad value are 400 (exit 2)
+    naming the option; an unknown user is USER_NOT_FOUND; the fold takes the new quota."""
+    view = folded(added("bob", "t", cpus=8, memory_bytes=1 << 30, allocations=3))
+    user = view.users["bob"]
+    events, quota = change_quota(user, "bob", {"cpus": 2.0})
+    assert quota == Quota(cpus=2, memory_bytes=1 << 30, allocations=3)
+    assert events == [UserQuotaChanged(user="bob", quota=quota)]
+    view.apply(events[0])
+    assert view.users["bob"].quota == quota
+    assert view.users["bob"].token_sha256 == token_hash("t")
+    assert change_quota(view.users["bob"], "bob", {"cpus": 2.0}) == ([], quota)
+
+    with pytest.raises(Rejected) as nothing:
+        change_quota(user, "bob", {})
+    assert (nothing.value.code, nothing.value.status) == ("NOTHING_TO_CHANGE", 400)
+    assert "--cpus" in nothing.value.message
+    with pytest.raises(Rejected) as bad:
+        change_quota(user, "bob", {"cpus": 0.0})
+    assert (bad.value.code, bad.value.status, bad.value.field) == ("BAD_QUOTA", 400, "cpus")
+    assert bad.value.message.startswith("--cpus: ")
+    with pytest.raises(Rejected) as unknown:
+        change_quota(None, "nobody", {"cpus": 1.0})
+    assert unknown.value.code == "USER_NOT_FOUND"
+
+
+def test_a_lowered_quota_keeps_what_is_held_and_refuses_the_waiting_requests_it_does_not_admit() -> None:
+    """What is tried: a user holds 2 running CPUs, a job's attempt waits for 1, and their own
+    requests wait for 2 then 0.5 (oldest first); the quota is lowered to 3.5 CPUs, then raised.
+    What must hold: nothing held is refused (even over the quota), the job's attempt is never
+    refused, the 2-CPU request is (saying the quota was lowered and what it would hold), and the
+    later 0.5-CPU one still fits beside what counts before it; a quota with room refuses nothing."""
+    held = [
+        state("running", alloc_id="r1", spec=spec(2), requested_at=T0),
+        state("pending", alloc_id="job-1", spec=spec(1), job_id="j1", host_id=None, requested_at=T0),
+        state("pending", alloc_id="big", spec=spec(2), host_id=None, requested_at=T0.replace(minute=1)),
+        state("pending", alloc_id="small", spec=spec(0.5), host_id=None, requested_at=T0.replace(minute=2)),
+    ]
+    lowered = Quota(cpus=3.5, memory_bytes=64 << 30, disk_bytes=64 << 30)
+    refused = over_quota(lowered, reversed(held))
+    assert [(s.alloc_id, why) for s, why in refused] == [
+        ("big", "the user's quota was lowered: this would hold 5 CPUs, your quota is 3.5")
+    ]
+    assert over_quota(Quota(cpus=1), held[:1]) == []  # held over the quota: kept
+    assert over_quota(Quota(cpus=8), held) == []
+
+
+# --- the folds ----------------------------------------------------------------------------------
+
+
+def test_the_allocator_model_folds_removals_and_quota_changes_from_user_streams() -> None:
+    """What is tried: the model folds bob's stream: added, quota changed, removed, added again.
+    What must hold: each step is what the user's view says: the quota in force, then no bob (his
+    name among the removed), then the new bob with the default quota."""
+    log = RecordingLog()
+    stream = user_stream("bob")
+    log.add(stream, added("bob", "t", cpus=4))
+    log.add(stream, UserQuotaChanged(user="bob", quota=Quota(cpus=1)))
+    model = AllocatorModel()
+    fold = Fold(model, reader="test")
+    fold.apply_all(log.records)
+    assert model.users.users["bob"].quota == Quota(cpus=1)
+    log.add(stream, UserRemoved(user="bob", by="olga"))
+    fold.apply_all(log.records)
+    assert "bob" not in model.users.users
+    assert set(model.users.removed) == {"bob"}
+    log.add(stream, added("bob", "new"))
+    fold.apply_all(log.records)
+    assert model.users.users["bob"].quota == Quota()
+    assert model.users.removed == {}
+
+
+def test_the_gateway_refuses_a_removed_users_allocations_and_ends_their_sessions_at_once() -> None:
+    """What is tried: ann runs a1 with an open session; bob's a2 runs with one too; ann is
+    removed, then added again.
+    What must hold: on the removal (before any allocation event) ann's session is ended saying
+    her user was removed, and `admitted` refuses a1, which the view still holds; bob's session
+    and a2 are untouched; added again, the name is not refused any more."""
+    view, sessions = GatewayView(), SessionRegistry()
+    fold = Fold(GatewayReactions(view, sessions, LinkPool()), reader="sshgateway")
+    log = Log()
+    fold.apply_all(running(log, "a1"))
+    fold.apply_all([log(r.stream, _as_bob(r)) for r in running(Log(), "a2")])
+    hers, his = session_on("a1"), session_on("a2")
+    sessions.add(hers)
+    sessions.add(his)
+
+    fold.apply(log(user_stream("ann"), UserRemoved(user="ann", by="olga", reason="")))
+    assert hers.ends == [
+        ("ALLOCATION_ENDED", "your user was removed by the pool's operator; the session ended")
+    ]
+    assert his.ends == []
+    assert view.allocation("a1") is not None
+    assert view.admitted("a1") is None
+    assert view.admitted("a2") is not None
+
+    fold.apply(log(user_stream("ann"), added("ann", "t")))
+    assert view.admitted("a1") is not None
+
+
+def _as_bob(record: RecordedEvent) -> Event:
+    """The event of `record` as if bob had made it."""
+    event = registry.decode_record(record)
+    return event.model_copy(update={"user": "bob"}) if "user" in type(event).model_fields else event
