@@ -44,6 +44,13 @@ policy throttles, each container's CPU quota is its part of the pool's share
 (cpu_share.py), set again whenever a container starts or one leaves (released, kept after its
 end, removed as unwanted): the share of one that left goes to the others; memory is never
 changed.
+
+Until the owner policy's first decision (`policy_decided`) a new hostd does not know what the
+member's policy holds now: the containers an earlier hostd left frozen stay frozen, and
+throttled ones throttled, whatever it adopts or restarts, and only a hold (the member's pause)
+is added. A thaw or a full quota then would hand the pool the machine for the moment until the
+policy decides, exactly when the member said no. The first decision is applied whole, each
+container set to it, even where it is what a new manager assumes (running, full share).
 """
 
 import asyncio
@@ -165,6 +172,9 @@ class ContainerManager:
         #: The owner policy: froze the pool, and the CPUs the pool keeps (None: its full share).
         self.policy_frozen = False
         self.policy_share_cpus: float | None = None
+        #: Whether the owner policy has decided since this manager was made: until then what an
+        #: earlier hostd left frozen or throttled is left so (see the module's note).
+        self.policy_decided = False
         # The CPU quota last set on each container (alloc_id -> cpus), so that only changes go out.
         self._quotas: dict[str, float] = {}
         #: Paused by the log bound (log_cost.py) because their output cost the member's engine
@@ -700,7 +710,7 @@ class ContainerManager:
             try:
                 if self.held and container.status != "paused":
                     await self._docker(self.driver.pause, container.container_id)
-                elif not self.held and container.status == "paused":
+                elif not self.held and container.status == "paused" and self.policy_decided:
                     await self._docker(self.driver.unpause, container.container_id)
             except EngineUnavailable:
                 raise
@@ -800,22 +810,52 @@ class ContainerManager:
 
     async def set_policy(self, *, frozen: bool, share_cpus: float | None) -> None:
         """Freeze or thaw the pool, and give each container its part of `share_cpus`
-        (None: each its full request). Thawing waits for the member's pause too."""
+        (None: each its full request). Thawing waits for the member's pause too. The first
+        call sets every container, whatever a new manager would have assumed of it."""
+        first = not self.policy_decided
         was_held = self.held
         self.policy_frozen = frozen
         self.policy_share_cpus = None if frozen else share_cpus
         async with self._lock:
+            self.policy_decided = True
             if not frozen:
+                # Before any thaw below: a container an earlier hostd froze and throttled,
+                # thawed to be throttled, never runs a moment on its full quota.
                 await self._apply_quotas_locked()
-            if self.held != was_held:
+            if first:
+                await self._match_frozen_locked()
+            elif self.held != was_held:
                 await self._set_all_frozen_locked()
 
     async def _set_all_frozen_locked(self) -> None:
+        if not self.held and not self.policy_decided:
+            return  # what an earlier hostd froze stays so until the owner policy decides
         for alloc_id, container_id in list(self.containers.items()):
             if self.held and alloc_id in self.log_held:
                 continue  # paused already, by the log bound: the member's or the policy's now
             await self._set_frozen(alloc_id, container_id, self.held)
         # Whatever the log bound held is held, or thawed, by the member or the policy now.
+        self.log_held.clear()
+
+    async def _match_frozen_locked(self) -> None:
+        """Pause or unpause each container whose state in the engine is not what the holds
+        say: the first decision, which finds containers as an earlier hostd left them (a pause
+        asked of a paused container is refused, and would be logged as a failure)."""
+        try:
+            found = await self._docker(self.driver.list_managed, self.host_id)
+        except DockerDriverError as exc:
+            log.warning(
+                "hostd.pause_state_not_set",
+                error=str(exc),
+                hint="set again when the engine next reconciles this host's containers",
+            )
+            return
+        paused = {c.container_id for c in found if c.status == "paused"}
+        for alloc_id, container_id in list(self.containers.items()):
+            if self.held and alloc_id in self.log_held:
+                continue
+            if self.held != (container_id in paused):
+                await self._set_frozen(alloc_id, container_id, self.held)
         self.log_held.clear()
 
     # The log bound (log_cost.py): it decides, these apply, under the lock.
@@ -831,6 +871,9 @@ class ContainerManager:
         async with self._lock:
             if (
                 self.held
+                # Paused as found may be the policy's freeze: the log bound neither adds a hold
+                # it would later lift nor lifts one, until the policy has decided.
+                or not self.policy_decided
                 or self.containers.get(alloc_id) != container_id
                 or alloc_id in self._stopping
                 or alloc_id in self._drained
@@ -911,6 +954,10 @@ class ContainerManager:
         return True
 
     async def _apply_quotas_locked(self) -> None:
+        if not self.policy_decided:
+            # An earlier hostd may have throttled what is found: its quota stays until the
+            # policy decides (a container made now has its full request from its creation).
+            return
         requested = {a: self.desired[a].cpus for a in self.containers if a in self.desired}
         for alloc_id, cpus in spread(requested, self.policy_share_cpus).items():
             if self._quotas.get(alloc_id) == cpus:

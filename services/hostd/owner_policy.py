@@ -54,6 +54,19 @@ class Decision:
         return (self.state, self.cause, self.share_cpus) == (other.state, other.cause, other.share_cpus)
 
 
+def applies(decision: Decision, applied: Decision | None, *, owner_known: bool) -> bool:
+    """Must `decision` be applied to the containers, `applied` being the one last applied (None:
+    none yet, since hostd started)? After a start the containers are as an earlier hostd left
+    them, perhaps frozen or throttled; so the first decision is applied whatever it is, even
+    "normal", but not before the owner's load is known (`owner_known`): a decision without it
+    may be looser than the one it leads to, and would thaw or unthrottle for the moment
+    between. Only a freeze goes out before: the owner's load can make no decision stricter.
+    After that, a decision is applied when its action changes."""
+    if applied is None:
+        return owner_known or decision.state == "frozen"
+    return not decision.same_action(applied)
+
+
 def throttled_share(policy: OwnerPolicy, donated_cpus: float) -> float:
     # Down to a thousandth: never above what was donated.
     return math.floor(policy.throttle_to * donated_cpus * 1000) / 1000

@@ -6,6 +6,11 @@ the containers (ContainerManager.set_policy) and tells the registry (PolicyChang
 POLICY.<host_id>, retried until answered; sent again after every registration, so a
 registry that missed one learns the current state). It also writes what it reads to
 `policy-status.json` in the state_dir, which `potluck host status` shows the member.
+
+A hostd that starts finds the containers as the one before left them, frozen or throttled
+perhaps: its first decision is applied whatever it is, once the owner's load is known
+(owner_policy.applies), and it decides from the memory the one before wrote to the status file
+(policy_memory.py), so that a restart is no moment's thaw or full share for the pool.
 """
 
 import asyncio
@@ -40,7 +45,8 @@ from potluck.hostd.cpu_load import (
 )
 from potluck.hostd.docker_driver import DockerDriverError
 from potluck.hostd.machine_sensors import MachineSensors
-from potluck.hostd.owner_policy import Decision, Memory, Readings, decide
+from potluck.hostd.owner_policy import Decision, Readings, applies, decide
+from potluck.hostd.policy_memory import memory_from_record, memory_record
 from potluck.hostd.power import PowerReading
 from potluck.hostd.process_tree import visible
 
@@ -85,9 +91,11 @@ class PolicyRunner:
         self.request = request
         self.now_local = now_local
         self.decision = Decision()
+        #: Whether a decision was applied to the containers since this hostd started.
+        self.applied = False
         self.since = datetime.now(UTC)
         self.transitions: deque[dict[str, Any]] = deque(maxlen=_TRANSITIONS_KEPT)
-        self._memory = Memory()
+        self._memory = memory_from_record(self._last_status().get("memory"), self.since, time.monotonic())
         #: The machine's readings; many runners in one process (hollow hosts) share one.
         self.sensors = MachineSensors(
             Path(self.policy.power_supply_dir),
@@ -104,6 +112,14 @@ class PolicyRunner:
         # does not tell "normal" for the moment before it can tell the owner is still busy.
         self._settled = asyncio.Event()
         self._readings: dict[str, Any] = {}
+
+    def _last_status(self) -> dict[str, Any]:
+        """The status file the hostd before this one wrote ({} if none, or unreadable)."""
+        try:
+            found = json.loads(status_path(self.config).read_text())
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
 
     def resend(self) -> None:
         """Tell the registry the current state again (after a (re)registration)."""
@@ -160,23 +176,26 @@ class PolicyRunner:
         decision, self._memory = decide(
             self.policy, self.config.donate.cpus, self._memory, readings, self.now_local(), at
         )
-        if decision.same_action(self.decision):
+        if not applies(decision, self.decision if self.applied else None, owner_known=self._settled.is_set()):
             return
         await self._change(decision)
 
     async def _change(self, decision: Decision) -> None:
+        first = not self.applied
         log.info(
             "hostd.policy_changed",
             state=decision.state,
             cause=decision.cause,
             reason=decision.reason,
             share_cpus=decision.share_cpus,
-            was=self.decision.state,
+            was=None if first else self.decision.state,
+            first=first,
         )
         self.decision = decision
         self.since = datetime.now(UTC)
         self.transitions.append({"at": self.since.isoformat(), **asdict(decision)})
         await self.containers.set_policy(frozen=decision.state == "frozen", share_cpus=decision.share_cpus)
+        self.applied = True
         self._unsent.set()
         with contextlib.suppress(OSError):
             self.write_status()
@@ -284,6 +303,8 @@ class PolicyRunner:
                 "since": self.since.isoformat(),
             },
             "transitions": list(self.transitions),
+            # For the next hostd, should this one stop (policy_memory.py).
+            "memory": memory_record(self._memory, datetime.now(UTC), time.monotonic()),
         }
 
     def write_status(self) -> None:

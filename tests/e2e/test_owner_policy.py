@@ -14,8 +14,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +370,155 @@ async def test_the_caps_hold_every_second_for_a_minute_across_throttle_and_resum
         assert cpus <= 0.25 + tolerance, (at, cpus)
     assert samples[-1][3] == 1.0, "the full quota came back"
     assert await m.events() == ["HostThrottled", "HostShareRestored"]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The container as the engine showed it at one moment of a restart of hostd."""
+
+    paused: bool
+    nano_cpus: int
+
+
+class Watch:
+    """Reads one container's pause and CPU quota from the engine every 20 ms, in a thread of its
+    own (so that nothing the test awaits delays a read), until stopped."""
+
+    def __init__(self, engine: DockerEngine, container_id: str) -> None:
+        self.engine = engine
+        self.container_id = container_id
+        self.seen: list[Seen] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="watch-container", daemon=True)
+
+    def _read(self) -> None:
+        with DockerDriver(self.engine.url) as driver:
+            while not self._stop.is_set():
+                attrs = driver.inspect(self.container_id)
+                self.seen.append(Seen(bool(attrs["State"]["Paused"]), int(attrs["HostConfig"]["NanoCpus"])))
+                self._stop.wait(0.02)
+
+    def __enter__(self) -> "Watch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+async def killed_and_started_again(
+    m: Machine, alloc_id: str, *, between: Callable[[], None] = lambda: None
+) -> list[Seen]:
+    """hostd killed (SIGKILL, as a crash), `between` done while it is away, and started again;
+    the container as the engine showed it every 20 ms from before the kill until a second after
+    the new hostd's first decision of the owner policy: its first policy-status.json (written
+    after each sample's decision, and by a new hostd with a new `since`), which it writes after
+    adopting the container (its log says so, else nothing was tried)."""
+    assert m.host.process is not None
+    container_id = str(m.inspect(alloc_id)["Id"])
+    log_path = m.host.process.log_path
+    status_file = m.pool.hostd_state_dir(m.host) / "policy-status.json"
+
+    def since() -> str | None:
+        try:
+            return str(json.loads(status_file.read_text())["policy"]["since"])
+        except (OSError, ValueError, KeyError):
+            return None  # not written yet, or caught mid-replace
+
+    with Watch(m.engine, container_id) as watch:
+        await asyncio.sleep(0.2)  # a few reads before the kill
+        m.host.process.kill()
+        before, from_offset = since(), log_path.stat().st_size
+        assert before is not None
+        between()
+        m.pool.start_hostd(m.host)
+        await m.until("the new hostd's first decision", lambda: since() not in (None, before))
+        await asyncio.sleep(1)  # reads after it too: nothing undoes it
+    assert "hostd.adopted" in log_path.read_bytes()[from_offset:].decode(errors="replace")
+    assert len(watch.seen) > 20, watch.seen
+    return watch.seen
+
+
+@pytest.mark.liveness(0.5, 20, 120)  # hostd away for a moment: its allocation is not given up
+@pytest.mark.parametrize("action", ["throttle", "freeze"])
+async def test_a_restarted_hostd_never_thaws_or_unthrottles_what_the_policy_still_holds(
+    pool: Pool, docker_engines: list[DockerEngine], action: str
+) -> None:
+    """What is tried: on battery, the container is throttled (0.5 CPUs) or frozen; hostd is
+    killed with SIGKILL and started again, the battery still discharging, while a thread reads
+    the container's State.Paused and HostConfig.NanoCpus from the engine every 20 ms, from
+    before the kill until a second after the new hostd's first decision.
+    What must hold: no read shows it thawed, or throttled to anything but 0.5 CPUs (before,
+    the new hostd's reconciliation thawed it, or gave it its full quota, until its policy
+    froze or throttled it again); the registry still records it so."""
+    m = await machine(pool, docker_engines[0], f"restart-{action}", on_battery=action)
+    m.on_battery(True)
+    await running(m, "held")
+    state = "throttled" if action == "throttle" else "frozen"
+    await m.until_recorded(state, "battery")
+    if action == "throttle":
+        await m.until("throttled to 0.5 CPUs", lambda: m.cpu_limit("held") == THROTTLED)
+    else:
+        await m.until("frozen", lambda: m.frozen("held"))
+
+    seen = await killed_and_started_again(m, "held")
+
+    if action == "throttle":
+        assert {s.nano_cpus for s in seen} == {int(THROTTLED * 1e9)}, seen
+        assert not any(s.paused for s in seen), seen
+    else:
+        assert all(s.paused for s in seen), seen
+    await m.until_recorded(state, "battery")
+
+
+@pytest.mark.liveness(0.5, 20, 120)
+@pytest.mark.parametrize("action", ["throttle", "freeze"])
+async def test_a_restarted_hostd_gives_the_share_back_when_the_policy_let_go_meanwhile(
+    pool: Pool, docker_engines: list[DockerEngine], action: str
+) -> None:
+    """What is tried: throttled or frozen on battery; hostd killed (SIGKILL); the machine
+    plugged in while it is away; hostd started again.
+    What must hold: the new hostd's first decision, normal (what a new hostd assumes of its
+    containers), is applied all the same: the container gets its full quota back and is thawed,
+    in the cgroup and as the engine says, and the registry records the share restored."""
+    m = await machine(pool, docker_engines[0], f"let-go-{action}", on_battery=action)
+    m.on_battery(True)
+    await running(m, "let-go")
+    await m.until_recorded("throttled" if action == "throttle" else "frozen", "battery")
+
+    await killed_and_started_again(m, "let-go", between=lambda: m.on_battery(False))
+
+    await m.until("full quota, thawed", lambda: m.full_and_running("let-go"))
+    await m.until_recorded("normal", None)
+
+
+@pytest.mark.liveness(0.5, 20, 120)
+async def test_a_restarted_hostd_keeps_a_hot_machine_throttled_until_it_cools(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """What is tried: throttled by heat at 90 °C (max 80), then at 77 °C (within the 5 °C
+    the machine must cool, so still throttled); hostd killed (SIGKILL) and started again at
+    77 °C, the container read every 20 ms across the restart; then 70 °C.
+    What must hold: the new hostd remembers the machine was hot: no read shows the container's
+    quota other than 0.5 CPUs (before, the new hostd saw 77 °C as not hot and gave the full
+    quota back); at 70 °C the full quota comes back."""
+    m = await machine(pool, docker_engines[0], "hot-restart", max_temperature_c=80)
+    m.temperature(50)
+    await running(m, "warm")
+    m.temperature(90)
+    await m.until("throttled by heat", lambda: m.cpu_limit("warm") == THROTTLED)
+    m.temperature(77)
+    await asyncio.sleep(1)  # several samples at 77 °C
+    assert m.cpu_limit("warm") == THROTTLED
+
+    seen = await killed_and_started_again(m, "warm")
+
+    assert {s.nano_cpus for s in seen} == {int(THROTTLED * 1e9)}, seen
+    assert (await m.policy())[:2] == ("throttled", "heat")
+    m.temperature(70)
+    await m.until("the full quota back", lambda: m.cpu_limit("warm") == FULL)
+    await m.until_recorded("normal", None)
 
 
 def test_a_policy_that_makes_no_sense_stops_hostd_naming_the_field(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from datetime import datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from potluck.hostd.owner_policy import Decision, Memory, Readings, decide
+from potluck.hostd.owner_policy import Decision, Memory, Readings, applies, decide
 from potluck.hostd.policy_config import OwnerPolicy, PolicyWindow
 
 MONDAY_NOON = datetime(2026, 11, 30, 12, 0)  # a Monday
@@ -209,3 +209,23 @@ def test_the_pool_never_keeps_more_than_was_donated(
     else:
         assert decision.share_cpus is not None
         assert 0 <= decision.share_cpus <= donated
+
+
+def test_a_new_hostd_applies_its_first_decision_whatever_it_is_once_the_owner_is_known() -> None:
+    """What is tried: `applies` for a hostd that has applied nothing yet (its containers as an
+    earlier hostd left them), with the owner's load known or not, for each state; then for one
+    that applied a decision, the same action again and another.
+    What must hold: the first decision is applied even when it is "normal" (what a new hostd
+    assumes), but only once the owner's load is known, a freeze excepted (nothing still to be
+    read makes it stricter, and a looser one would thaw in between); after that, only a change
+    of action is applied."""
+    normal = Decision()
+    throttled = Decision("throttled", "battery", "the machine runs on battery", 0.5)
+    frozen = Decision("frozen", "battery", "the machine runs on battery", 0.0)
+
+    assert [applies(d, None, owner_known=True) for d in (normal, throttled, frozen)] == [True, True, True]
+    assert [applies(d, None, owner_known=False) for d in (normal, throttled, frozen)] == [False, False, True]
+    assert not applies(normal, normal, owner_known=True)
+    assert not applies(Decision("frozen", "battery", "reworded", 0.0), frozen, owner_known=True)
+    assert applies(normal, throttled, owner_known=True)
+    assert applies(throttled, frozen, owner_known=False)

@@ -1,0 +1,48 @@
+"""What the owner policy remembers (owner_policy.Memory), kept across a restart of hostd: pure.
+
+The decision's hysteresis lives in its memory: a machine read hot stays throttled until it
+cools 5 °C below the mark, and an owner who was busy keeps the pool throttled until idle for
+`resume_after_idle_s`. A restarted hostd that forgot both would give the pool its share back
+at once, at 82 °C of a max of 85, or seconds after the owner stopped typing, where the hostd
+before it would have held it. So the memory goes into the status file hostd writes anyway
+(policy_runner.py, at every change and every few seconds) and a new hostd starts from it.
+
+Memory counts time on the monotonic clock, which means nothing to another process after a
+reboot: the record says how long ago the owner was busy as of a wall-clock instant, and what
+time passed since by the wall clock is added back (none when the clock went back).
+"""
+
+import math
+from datetime import datetime
+from typing import Any
+
+from potluck.hostd.owner_policy import Memory
+
+
+def memory_record(memory: Memory, now_wall: datetime, now_mono: float) -> dict[str, Any]:
+    """The memory as JSON can hold it, as of `now_wall` (the same instant as `now_mono`)."""
+    busy_ago = None if memory.owner_busy_at is None else max(0.0, now_mono - memory.owner_busy_at)
+    return {
+        "at": now_wall.isoformat(),
+        "hot": memory.hot,
+        "owner_busy_ago_s": busy_ago,
+        "owner_peak_cpus": memory.owner_peak_cpus,
+    }
+
+
+def memory_from_record(record: object, now_wall: datetime, now_mono: float) -> Memory:
+    """The memory a record left, on this process's monotonic clock (`now_mono` being `now_wall`);
+    an empty memory from a record that is missing or unreadable (an older hostd wrote none)."""
+    if not isinstance(record, dict):
+        return Memory()
+    try:
+        written = datetime.fromisoformat(str(record["at"]))
+        hot = record.get("hot") is True
+        ago = record.get("owner_busy_ago_s")
+        peak = float(record.get("owner_peak_cpus") or 0.0)
+        since = max(0.0, (now_wall - written).total_seconds())
+    except (KeyError, TypeError, ValueError):
+        return Memory()
+    if not isinstance(ago, int | float) or not math.isfinite(ago) or ago < 0 or not math.isfinite(peak):
+        return Memory(hot=hot)
+    return Memory(owner_busy_at=now_mono - ago - since, owner_peak_cpus=peak, hot=hot)
