@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from pydantic import ValidationError
 
+from potluck.allocator.registry_access import LIBRARY
 from potluck.contracts.allocation_events import (
     Quota,
     UserAdded,
@@ -29,7 +30,12 @@ from potluck.contracts.allocation_events import (
 from potluck.events import Event
 from potluck.kernel.rejections import Rejected
 
-USER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+#: A user's name is also their namespace in the pool registry (`<user>/...`), so it is one of
+#: Distribution's path components (registry_access.py): `bob-` or `a_-b` would be a user who
+#: could push no image.
+USER_NAME = re.compile(r"^(?=.{1,32}$)[a-z][a-z0-9]*(?:(?:_|__|-+)[a-z0-9]+)*$")
+#: Names no user may have: the pool's own images' namespace.
+RESERVED_NAMES = frozenset({LIBRARY})
 
 
 def new_token() -> str:
@@ -120,7 +126,15 @@ def add_user(existing: User | None, name: str, quota: Quota) -> tuple[list[Event
     if not USER_NAME.match(name):
         raise Rejected(
             "BAD_USER_NAME",
-            "a user name is 1-32 of [a-z0-9_-], starting with a letter",
+            "a user name is 1-32 of [a-z0-9_-], starting with a letter and ending with a letter or "
+            "digit, with no '-' next to a '_' (it is also the user's namespace in the pool registry)",
+            field="name",
+            status=400,
+        )
+    if name in RESERVED_NAMES:
+        raise Rejected(
+            "BAD_USER_NAME",
+            f"{name} is the pool registry's namespace for the pool's own images; pick another name",
             field="name",
             status=400,
         )

@@ -48,8 +48,9 @@ async def test_a_user_added_then_given_a_new_token_loses_the_old_one(
     What must hold: `add` prints the token alone on stdout (before, a JSON object where the
     README says it prints the token) and what it did on stderr; `--json` prints the object
     scripts read, and nothing on stderr; the printed token works at once; `--disk` bounds the
-    disk she holds (403 naming disk); a duplicate or bad name or quota fails with a message and
-    adds nothing; after rotation the new token works and the old one gets 401."""
+    disk she holds (403 naming disk); a duplicate or bad name (one the pool registry could not
+    take as her namespace, or `library`) or quota fails with a message and adds nothing; after
+    rotation the new token works and the old one gets 401."""
     await pool.wait_api()
     added = await potluck(pool, "ops", "users", "add", "carol", "--cpus", "2", "--disk", "100M")
     assert added.returncode == 0, added.stderr
@@ -83,6 +84,12 @@ async def test_a_user_added_then_given_a_new_token_loses_the_old_one(
     bad = await potluck(pool, "ops", "users", "add", "Carol!")
     assert bad.returncode == 2
     assert "user name" in bad.stderr
+    # A name the pool registry could not take as the user's namespace, and the pool's own.
+    for name in ("carol-", "library"):
+        refused_name = await potluck(pool, "ops", "users", "add", name)
+        assert refused_name.returncode == 2, refused_name.stderr
+        assert "pool registry" in refused_name.stderr, refused_name.stderr
+        assert await pool.store.read_stream(f"user-{name}") == []
 
     rotated = await potluck(pool, "ops", "users", "rotate-token", "carol", "--json")
     assert rotated.returncode == 0, rotated.stderr

@@ -253,3 +253,38 @@ def _as_bob(record: RecordedEvent) -> Event:
     """The event of `record` as if bob had made it."""
     event = registry.decode_record(record)
     return event.model_copy(update={"user": "bob"}) if "user" in type(event).model_fields else event
+
+
+@pytest.mark.parametrize("name", ["bob", "b0b", "a-b", "a--b", "a__b", "a_b-c", "x" * 32])
+def test_a_name_the_pool_registry_takes_as_a_namespace_is_a_users_name(name: str) -> None:
+    """What is tried: adding a user whose name is a path component of the pool registry.
+    What must hold: the user is added, under that name."""
+    [added], _ = add_user(None, name, Quota())
+    assert isinstance(added, UserAdded)
+    assert added.user == name
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("bob-", "ending with a letter or digit"),
+        ("bob_", "ending with a letter or digit"),
+        ("a_-b", "no '-' next to a '_'"),
+        ("a___b", "no '-' next to a '_'"),
+        ("1bob", "starting with a letter"),
+        ("Bob", "[a-z0-9_-]"),
+        ("x" * 33, "1-32"),
+        ("library", "the pool's own images"),
+    ],
+)
+def test_a_name_that_cannot_be_a_registry_namespace_or_is_the_pools_own_is_refused(
+    name: str, said: str
+) -> None:
+    """What is tried: adding a user whose name the pool registry cannot take as their namespace
+    (before, `bob-` was added and could push no image), or `library`, the namespace of the
+    pool's own images (no user could write there, but one called so looked as if they could).
+    What must hold: BAD_USER_NAME (400), saying what a name may be; nothing is decided."""
+    with pytest.raises(Rejected) as refused:
+        add_user(None, name, Quota())
+    assert (refused.value.code, refused.value.status) == ("BAD_USER_NAME", 400)
+    assert said in refused.value.message, refused.value.message
