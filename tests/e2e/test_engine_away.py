@@ -56,6 +56,33 @@ async def allocator_knows_engine_away(pool: Pool, host_id: str) -> None:
     await allocator_at(pool, lost[-1].position)
 
 
+async def waits_for_laptop_b(alice: User, image: str, laptop: EnrolledHost) -> dict[str, Any]:
+    """alice asks for work on laptop-b, whose engine is away, and for work anywhere: the first
+    waits (`no_schedulable_host`, saying the engine stopped answering), the second runs on
+    `laptop`. The waiting allocation, as the API shows it."""
+    status, waiting = await alice.call(
+        "POST",
+        "/v1/allocations",
+        {
+            "cpus": 0.25,
+            "memory": "64M",
+            "disk": "64M",
+            "image": image,
+            "command": ["sleep", "600"],
+            "constraints": {"name": "laptop-b"},
+        },
+    )
+    assert status == 202, waiting  # accepted, not placed: it waits
+    elsewhere = await alice.create()
+    assert elsewhere["host_id"] == laptop.host_id, elsewhere
+    await asyncio.sleep(3)  # the allocator's rounds look at the queue meanwhile
+    waiting = await alice.get(waiting["id"])
+    assert waiting["state"] == "pending", waiting
+    assert waiting["waiting"]["reason"] == "no_schedulable_host", waiting
+    assert "Docker engine stopped answering" in waiting["waiting"]["message"], waiting
+    return waiting
+
+
 async def hosts_listed(pool: Pool) -> dict[str, dict[str, Any]]:
     """`potluck ops hosts list --json`, by host id."""
     code, out, err = await ops("hosts", "list", "--json", "--database-url", pool.database_url)
@@ -107,26 +134,7 @@ async def test_a_laptop_whose_engine_stopped_takes_no_work_says_so_and_takes_wor
         await allocator_knows_engine_away(pool, b.host_id)
 
         # New work: not placed on laptop-b, and the waiting one says why.
-        status, waiting = await alice.call(
-            "POST",
-            "/v1/allocations",
-            {
-                "cpus": 0.25,
-                "memory": "64M",
-                "disk": "64M",
-                "image": mine["image"],
-                "command": ["sleep", "600"],
-                "constraints": {"name": "laptop-b"},
-            },
-        )
-        assert status == 202, waiting  # accepted, not placed: it waits
-        elsewhere = await alice.create()
-        assert elsewhere["host_id"] == laptop.host_id, elsewhere
-        await asyncio.sleep(3)  # the allocator's rounds look at the queue meanwhile
-        waiting = await alice.get(waiting["id"])
-        assert waiting["state"] == "pending", waiting
-        assert waiting["waiting"]["reason"] == "no_schedulable_host", waiting
-        assert "Docker engine stopped answering" in waiting["waiting"]["message"], waiting
+        waiting = await waits_for_laptop_b(alice, mine["image"], laptop)
 
         # The member, the operator, the user: each reads that the engine is away.
         shown = member(b, "status")
@@ -166,6 +174,7 @@ async def test_a_laptop_whose_engine_stopped_takes_no_work_says_so_and_takes_wor
         types = [r.type for r in await pool.store.read_stream(host_stream(b.host_id))]
         assert types.index("HostEngineReturned") > types.index("HostEngineLost"), types
         status, placed = await alice.call("GET", f"/v1/allocations/{waiting['id']}?wait=running&timeout=90")
+        assert status == 200, placed
         assert placed["state"] == "running", (placed, pool.logs())
         assert placed["host_id"] == b.host_id, placed
         host = json.loads(member(b, "status").stdout)
@@ -224,26 +233,7 @@ async def test_a_laptop_whose_engine_is_not_running_at_start_joins_as_engine_awa
         assert (await hosts_listed(pool))[b.host_id]["engine_away"] is not None
 
         alice = User(http, pool, await pool.add_user("alice"))
-        status, waiting = await alice.call(
-            "POST",
-            "/v1/allocations",
-            {
-                "cpus": 0.25,
-                "memory": "64M",
-                "disk": "64M",
-                "image": DEFAULT_TAG,
-                "command": ["sleep", "600"],
-                "constraints": {"name": "laptop-b"},
-            },
-        )
-        assert status == 202, waiting  # accepted, not placed: it waits
-        elsewhere = await alice.create()
-        assert elsewhere["host_id"] == laptop.host_id, elsewhere
-        await asyncio.sleep(3)  # the allocator's rounds look at the queue meanwhile
-        waiting = await alice.get(waiting["id"])
-        assert waiting["state"] == "pending", waiting
-        assert waiting["waiting"]["reason"] == "no_schedulable_host", waiting
-        assert "Docker engine stopped answering" in waiting["waiting"]["message"], waiting
+        waiting = await waits_for_laptop_b(alice, DEFAULT_TAG, laptop)
 
         # The member starts Docker: hostd finds it on its own, and laptop-b takes work.
         await asyncio.to_thread(engine.start)
@@ -251,6 +241,7 @@ async def test_a_laptop_whose_engine_is_not_running_at_start_joins_as_engine_awa
         types = [r.type for r in await pool.store.read_stream(host_stream(b.host_id))]
         assert types.index("HostEngineReturned") > types.index("HostEngineLost"), types
         status, placed = await alice.call("GET", f"/v1/allocations/{waiting['id']}?wait=running&timeout=90")
+        assert status == 200, placed
         assert placed["state"] == "running", (placed, pool.logs())
         assert placed["host_id"] == b.host_id, placed
         host = json.loads(member(b, "status").stdout)
