@@ -87,6 +87,7 @@ from potluck.hostd.disk_bound import (
     SOONEST_MEASURE_S,
     disk_overrun,
     entries_most,
+    measure_now,
     needs_layer_measured,
     next_measure_in,
     written_bytes,
@@ -109,6 +110,7 @@ from potluck.hostd.shared_details import named_by, without_local_addresses
 from potluck.hostd.spans import docker_span
 from potluck.hostd.unwatched_stops import stopped_unwatched
 from potluck.hostd.warm_keeper import WarmKeeper
+from potluck.hostd.write_activity import WriteSource, WriteWatch, read_written, write_source
 from potluck.kernel.background import BackgroundTasks
 from potluck.kernel.sizes import format_size
 
@@ -234,6 +236,16 @@ class ContainerManager:
         #: Each measured container's: is its log beside its disk bound (made by an older hostd:
         #: container_config.log_beside_disk)? Read once from its inspect.
         self._log_beside: dict[str, bool] = {}
+        #: Where each measured container's writes are counted between its measures, by container
+        #: id (write_activity.py); None where they cannot be read here: measured on its clock alone.
+        self._write_sources: dict[str, WriteSource | None] = {}
+        #: What each container wrote since its last measure, by alloc_id, from those counts.
+        self._writes = WriteWatch()
+        #: Said once: the writes of this engine's containers are not read (why in the log).
+        self._writes_unwatched_said = False
+        #: Wakes the disk guard: a container started, to be measured and its writes read now
+        #: rather than up to a regular interval later, in which it could fill its bound unseen.
+        self._guard_wake = asyncio.Event()
         self._warm_emptied: asyncio.Task[None] | None = None
         if config.warm_containers > 0 and isinstance(driver, DockerDriver):
             self.warm = WarmKeeper(driver, self.host_id, config.warm_containers, self._disk_free)
@@ -651,6 +663,8 @@ class ContainerManager:
         had stopped so), under the lock."""
         alloc_id = spec.allocation_id
         self.containers[alloc_id] = container_id
+        self._write_sources.pop(container_id, None)  # its processes are new: found again
+        self._guard_wake.set()
         if self.held:
             await self._set_frozen(alloc_id, container_id, True)
         # Created now, or found as an earlier hostd left it (perhaps throttled): set its quota,
@@ -1217,26 +1231,40 @@ class ContainerManager:
     async def guard_disk(self) -> None:
         """Measure what each container wrote (disk_bound.py says what counts: its layer, which
         an engine's quota may bound instead, and the engine's files outside it) and stop what
-        wrote past its bound. Each container is measured on its own clock: first within a disk
-        check interval of its start, then every interval, or sooner while it writes toward its
-        bound (next_measure_in)."""
+        wrote past its bound. Each container is measured on its own clock: first when it
+        starts (or the guard first sees it), then every interval, sooner while it writes
+        toward its bound (next_measure_in), and at once when what it wrote since its last
+        measure, read every SOONEST_MEASURE_S without the engine (write_activity.py), could
+        take it past its bound (measure_now)."""
         regular = self.config.timing.disk_check_interval_s
         measured: dict[str, tuple[float, int]] = {}  # alloc_id -> (when, bytes written then)
         due: dict[str, float] = {}  # alloc_id -> when it is measured next
         sooner: set[str] = set()  # measured sooner than the regular interval, toward their bound
         while True:
             now = time.monotonic()
-            await asyncio.sleep(max(0.0, min([now + regular, *due.values()]) - now))
+            wake = min([now + regular, *due.values()])
+            if any(self._write_sources.values()):
+                # Only while a container's writes are read: an idle hostd, or one whose
+                # engine's processes it cannot see, is not woken every second.
+                wake = min(wake, now + SOONEST_MEASURE_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, wake - now)):
+                    await self._guard_wake.wait()
+            self._guard_wake.clear()
             now = time.monotonic()
             for alloc_id in due.keys() - self.containers.keys():
                 del due[alloc_id]
                 measured.pop(alloc_id, None)
                 sooner.discard(alloc_id)
             self._walks.keep_only(self.containers.values())
+            self._writes.keep_only(self.containers.keys())
             for gone in self._log_beside.keys() - set(self.containers.values()):
                 del self._log_beside[gone]
+            for gone in self._write_sources.keys() - set(self.containers.values()):
+                del self._write_sources[gone]
             for alloc_id in self.containers.keys() - due.keys():
                 due[alloc_id] = now  # seen for the first time: measured now
+            self._read_writes(measured, due, now)
             ready = [alloc_id for alloc_id, at in due.items() if at <= now]
             if not ready:
                 continue  # nothing placed here: not even the engine is asked
@@ -1253,9 +1281,13 @@ class ContainerManager:
                     log.debug("hostd.disk_not_measured", alloc_id=alloc_id, why="no container or spec now")
                     continue
                 try:
-                    if container_id not in self._log_beside:
+                    if container_id not in self._log_beside or container_id not in self._write_sources:
                         attrs = await self._docker(self.driver.inspect, container_id)
                         self._log_beside[container_id] = log_beside_disk(attrs)
+                        # Before the measure: what it writes from then on is read.
+                        self._write_sources[container_id] = self._find_write_source(
+                            alloc_id, container_id, attrs
+                        )
                     bound, log_part = self._files_bound(container_id, spec)
                     layer, outside, entries = await self._disk_written(alloc_id, container_id, spec, facts)
                     overrun = disk_overrun(layer, outside, bound, entries=entries, log_part=log_part)
@@ -1279,6 +1311,7 @@ class ContainerManager:
                 at, used = time.monotonic(), written_bytes(layer, outside, entries)
                 before = measured.get(alloc_id)
                 measured[alloc_id] = (at, used)
+                self._writes.measured(alloc_id)
                 if before is None or at <= before[0]:
                     continue
                 rate = (used - before[1]) / (at - before[0])
@@ -1298,6 +1331,61 @@ class ContainerManager:
                         bytes_per_s=round(rate),
                         in_s=round(wait, 2),
                     )
+
+    def _find_write_source(
+        self, alloc_id: str, container_id: str, attrs: dict[str, Any]
+    ) -> WriteSource | None:
+        """Where the container's writes are counted (write_activity.py), its count read once to
+        start from; None, said once in the log, where they cannot be read here."""
+        pid = int((attrs.get("State") or {}).get("Pid") or 0)
+        if pid <= 0:
+            return None  # not running: nothing writes (found again if it starts)
+        if not self.driver.base_url.startswith("unix://"):
+            found: WriteSource | str = "the engine is not on this machine"
+        else:
+            found = write_source(container_id, pid)
+        if isinstance(found, str):
+            if not self._writes_unwatched_said:
+                self._writes_unwatched_said = True
+                log.info(
+                    "hostd.disk_writes_unwatched",
+                    why=found,
+                    meaning="a container that writes in a burst after a quiet spell is measured at its "
+                    "next regular disk check (disk_check_interval_s): it can write that long past its bound",
+                )
+            return None
+        count = read_written(found)
+        if count is None:
+            return None  # ended meanwhile: found again if it starts (_started)
+        self._writes.read(alloc_id, count)
+        return found
+
+    def _read_writes(
+        self, measured: Mapping[str, tuple[float, int]], due: dict[str, float], now: float
+    ) -> None:
+        """Read what each container wrote since its last measure (write_activity.py; files, not
+        the engine) and make it due now where that could take it past its bound (measure_now)."""
+        for alloc_id, container_id in self.containers.items():
+            source = self._write_sources.get(container_id)
+            if source is None:
+                continue
+            count = read_written(source)
+            if count is None:
+                # Stopped, or started again with other processes: found anew at its next measure.
+                del self._write_sources[container_id]
+                self._writes.restart(alloc_id)
+                continue
+            since = self._writes.read(alloc_id, count)
+            spec = self.desired.get(alloc_id)
+            last = measured.get(alloc_id)
+            if spec is None or last is None or due.get(alloc_id, now) <= now or self.engine_up is False:
+                continue
+            bound = self._files_bound(container_id, spec)[0]
+            if measure_now(used=last[1], written_since=since, bound=bound):
+                due[alloc_id] = now
+                log.debug(
+                    "hostd.disk_measured_on_writes", alloc_id=alloc_id, used=last[1], since=since, bound=bound
+                )
 
     async def _disk_written(
         self,

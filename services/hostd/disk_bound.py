@@ -16,7 +16,10 @@ counts as well, a block each (`ENTRY_BYTES`): about what it takes, and what `du`
 
 The guard measures every container at a regular interval, and a container writing toward
 its bound sooner (`next_measure_in`): a steady writer is stopped close to its bound rather
-than up to a whole interval's writing past it. Counting the entries costs the engine far more
+than up to a whole interval's writing past it. One that wrote nothing between two measures
+and then writes in a burst has no rate to go by: the guard reads what it wrote since every
+second, without the engine (write_activity.py), and measures it at once when that could take
+it past its bound (`measure_now`). Counting the entries costs the engine far more
 than the bytes, in proportion to the image's files: they are counted less often
 (layer_walks.py).
 
@@ -39,6 +42,7 @@ __all__ = [
     "disk_overrun",
     "entries_bytes",
     "entries_most",
+    "measure_now",
     "needs_layer_measured",
     "next_measure_in",
     "written_bytes",
@@ -119,3 +123,12 @@ def next_measure_in(*, used: int, rate: float, bound: int, regular_s: float) -> 
         return regular_s
     to_bound = (bound - used) / rate
     return max(soonest, min(regular_s, to_bound / 2))
+
+
+def measure_now(*, used: int, written_since: int, bound: int) -> bool:
+    """Must a container that had written `used` bytes at its last measure, and has written
+    `written_since` since (write_activity.py: an estimate, about what its layer grew or more),
+    be measured now? Once that is half the room it had left: at a steady rate, the half-way
+    point next_measure_in measures at; a burst is measured at the first read of its writes
+    (one a second) past that point, not at the regular interval."""
+    return written_since > 0 and 2 * written_since >= bound - used

@@ -5,6 +5,7 @@ import ctypes
 import io
 import itertools
 import os
+import re
 import tarfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -192,6 +193,41 @@ async def test_a_steady_writer_is_caught_past_its_bound_between_two_rounds_of_th
     await _stopped_at_its_disk_bound(
         pool, host.host_id, "steady", spec(disk=96 << 20, command=["sh", "-c", write])
     )
+
+
+BURST_BOUND = 1 << 30
+BURST_MIB = 6144
+#: What a burst may write past its bound: about a second of writing (the guard reads the write
+#: counters every SOONEST_MEASURE_S), measure and stop included, at the fastest a container
+#: wrote here (into the page cache: 1.3 GB/s measured; the disk itself is far slower).
+BURST_PAST = 2 << 30
+
+
+async def test_a_burst_after_a_quiet_spell_is_stopped_within_about_a_second_of_writing_past_its_bound(
+    pool: Pool, docker_engines: list[DockerEngine]
+) -> None:
+    """Found: the guard measures a container again sooner only from the rate it saw between two
+    measures; one that sat idle (a rate of 0) and then wrote in a burst was seen at its next
+    regular round alone: with `--disk 1G` and the default 10 s, `dd` of 8 GB ended `wrote
+    2135953571 bytes`, a gigabyte past the bound (on a fast disk, tens of them).
+    What is tried: the disk checked every 60 s (no regular round comes during the burst, so
+    what stops it is the guard seeing it sooner); a container with a 1 GiB bound sleeps 5 s
+    after its start (measured then, idle), then writes 6 GiB with `dd` as fast as it can.
+    What must hold: it fails with disk_limit_exceeded, its detail saying it wrote less than
+    its bound and BURST_PAST. Measured here: before the write counters (write_activity.py)
+    the whole 6 GiB was written (6442455203 bytes) before the guard looked; with them, 1.14
+    to 1.48 GB over four runs."""
+    timing = {"heartbeat_interval_s": pool.liveness[0], "drain_grace_s": 2, "disk_check_interval_s": 60}
+    donate = {"cpus": 2, "memory": "2G", "disk": "8G"}
+    host = await start_laptop(pool, docker_engines[0], "burst-host", timing=timing, donate=donate)
+    burst = f"sleep 5; dd if=/dev/zero of=/burst bs=1M count={BURST_MIB}; sleep 3600"
+    state = await _stopped_at_its_disk_bound(
+        pool, host.host_id, "burst", spec(disk=BURST_BOUND, command=["sh", "-c", burst])
+    )
+    assert state.detail is not None
+    wrote = re.match(r"wrote (\d+) bytes", state.detail)
+    assert wrote is not None, state.detail
+    assert int(wrote[1]) < BURST_BOUND + BURST_PAST, state.detail
 
 
 async def test_files_deleted_and_held_open_count_against_the_disk_bound(

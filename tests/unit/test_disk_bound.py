@@ -10,6 +10,7 @@ from potluck.hostd.disk_bound import (
     SOONEST_MEASURE_S,
     disk_overrun,
     entries_most,
+    measure_now,
     needs_layer_measured,
     next_measure_in,
 )
@@ -125,3 +126,28 @@ def test_an_overrun_says_what_of_the_disk_its_log_keeps() -> None:
     assert said is not None
     disk = bound + log_part
     assert f"more than its disk bound of {disk} less the {log_part} its output log may take" in said
+
+
+@given(used=sizes, written_since=sizes, bound=sizes)
+def test_a_container_is_measured_at_once_when_what_it_wrote_since_is_half_its_room(
+    used: int, written_since: int, bound: int
+) -> None:
+    """What is tried: any bytes at the last measure, written since and bound. What must hold:
+    measured at once exactly when it wrote something since its last measure and that is at
+    least half the room it had left (the half-way point next_measure_in goes by); so, between
+    two reads of its writes, it can pass its bound only by writing more than half its room
+    in that time."""
+    assume(used <= bound)
+    now = measure_now(used=used, written_since=written_since, bound=bound)
+    assert now == (written_since > 0 and written_since >= (bound - used) / 2)
+
+
+def test_a_burst_after_an_idle_spell_is_measured_before_its_bound_and_a_trickle_is_not() -> None:
+    """What is tried: 100 MiB of a 1 GiB bound at the last measure (a rate of 0 since). What
+    must hold: 600
+    MiB written since has it measured now, 4 MiB does not, and nothing written never does,
+    even with no room left."""
+    assert measure_now(used=100 << 20, written_since=600 << 20, bound=1 << 30)
+    assert not measure_now(used=100 << 20, written_since=4 << 20, bound=1 << 30)
+    assert not measure_now(used=1 << 30, written_since=0, bound=1 << 30)
+    assert measure_now(used=1 << 30, written_since=1, bound=1 << 30)
