@@ -87,6 +87,13 @@ class Local:
 
 def parse_endpoint(value: str) -> Remote | Local:
     """`ALLOC:PATH` is in an allocation; a path with no colon, or starting with `/` or `.`, is here."""
+    if value == "-":
+        # docker cp reads `-` as a tar stream on stdin or stdout; taken as a path it wrote a file
+        # called `-` in the working directory and said it had copied.
+        raise click.BadParameter(
+            "`-` (a tar stream on stdin or stdout, as `docker cp` takes it) is not supported: give a "
+            "local path (`./-` for a file called -)"
+        )
     alloc_id, sep, path = value.partition(":")
     if not sep or value.startswith(("/", ".")) or not _ALLOC.fullmatch(alloc_id):
         return Local(Path(value))

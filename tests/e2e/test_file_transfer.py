@@ -189,12 +189,15 @@ async def test_scp_both_modes_sftp_and_rsync_into_the_default_image(
     assert tree_sums(down / "rsync-tree") == tree_sums(tree)
 
 
-def potluck(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def potluck(
+    *args: str, env: dict[str, str], timeout: float = 300, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "potluck", *args],
         capture_output=True,
         text=True,
         env=env,
+        cwd=cwd,
         timeout=timeout,
         check=False,
     )
@@ -252,7 +255,7 @@ async def test_potluck_cp_of_a_missing_path_or_past_the_disk_bound_fails_cleanly
     files: Gatewayed, tmp_path: Path
 ) -> None:
     """What is tried: `potluck cp` from a path the container does not have, to a folder it does
-    not have, and of 100 MB into an allocation whose disk bound is 64 MB. What must hold: each
+    not have, of 100 MB into an allocation whose disk bound is 64 MB, and to `-`. What must hold: each
     exits non-zero naming the path or the bound; the allocation still runs, and its container
     holds nothing of the refused copy."""
     alloc_id = await interactive(files, DEFAULT_TAG, disk="64M")
@@ -265,6 +268,7 @@ async def test_potluck_cp_of_a_missing_path_or_past_the_disk_bound_fails_cleanly
     no_folder = potluck("cp", "-i", str(files.key), str(small), f"{alloc_id}:/no/such/dir/x", env=env)
     too_big = potluck("cp", "-i", str(files.key), str(big), f"{alloc_id}:/root", env=env)
     missing_here = potluck("cp", "-i", str(files.key), str(tmp_path / "absent"), f"{alloc_id}:/root", env=env)
+    to_stdout = potluck("cp", "-i", str(files.key), f"{alloc_id}:/etc/hostname", "-", env=env, cwd=tmp_path)
 
     # The exit codes `potluck cp --help` lists: 1 the allocation's side, 2 the local side.
     assert missing.returncode == 1, missing.stderr
@@ -275,6 +279,10 @@ async def test_potluck_cp_of_a_missing_path_or_past_the_disk_bound_fails_cleanly
     assert "disk" in too_big.stderr
     assert missing_here.returncode == 2, missing_here.stderr
     assert "absent: no such file or directory here" in missing_here.stderr
+    # `-` is docker cp's tar stream, not a file here called `-` (once written, and exit 0).
+    assert to_stdout.returncode == 2, to_stdout.stderr
+    assert "not supported" in to_stdout.stderr, to_stdout.stderr
+    assert not (tmp_path / "-").exists()
     left = await files.ssh(alloc_id, "ls -A /root; du -s -k /root")
     assert left.returncode == 0, left.stderr
     assert "big.bin" not in left.stdout

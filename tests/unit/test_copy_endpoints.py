@@ -29,3 +29,13 @@ def test_an_alloc_without_a_path_is_a_usage_error() -> None:
     """`ALLOC:` alone says which allocation but not where: a clear error naming the argument."""
     with pytest.raises(click.BadParameter, match="a1b2:"):
         parse_endpoint("a1b2:")
+
+
+def test_a_dash_is_refused_not_taken_for_a_file_called_dash() -> None:
+    """What is tried: `-` as either side, which docker cp reads as a tar stream on stdin or
+    stdout. Before, it was a local path: `potluck cp ALLOC:/out -` wrote a file called `-` in the
+    working directory and exited 0. What must hold: a usage error saying `-` is not supported
+    and how to name a file called -; `./-` is that file."""
+    with pytest.raises(click.BadParameter, match=r"not supported.*`\./-`"):
+        parse_endpoint("-")
+    assert parse_endpoint("./-") == Local(Path("./-"))
