@@ -1562,7 +1562,10 @@ def _hosts_table(rows: list[dict[str, Any]]) -> str:
             contract = row["contract"]
             note = f"hostd speaks contract {contract}, the pool {CONTRACT_VERSION}: nothing is placed here"
         if away := row.get("engine_away"):
-            note = f"Docker engine away since {away['since']}: hostd runs, nothing is placed here"
+            note = (
+                f"Docker engine away since {away['since']}: hostd runs, nothing is placed here "
+                "until its member starts Docker there"
+            )
         if capped := row.get("connections_capped"):
             note = (
                 f"shut out of NATS until {capped['until']}: its key held {capped['connections']} "

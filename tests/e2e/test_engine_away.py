@@ -152,6 +152,7 @@ async def test_a_laptop_whose_engine_stopped_takes_no_work_says_so_and_takes_wor
         row = next(line for line in out.splitlines() if b.host_id in line)
         assert "Docker engine away since" in row, out
         assert "nothing is placed here" in row, out
+        assert "until its member starts Docker there" in row, out  # what would end it
         code, out, err = await ops("status", "--json", "--database-url", pool.database_url)
         assert code == 0, err
         pool_hosts = {h["host_id"]: h for h in json.loads(out)["hosts"]}
