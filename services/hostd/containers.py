@@ -51,6 +51,16 @@ throttled ones throttled, whatever it adopts or restarts, and only a hold (the m
 is added. A thaw or a full quota then would hand the pool the machine for the moment until the
 policy decides, exactly when the member said no. The first decision is applied whole, each
 container set to it, even where it is what a new manager assumes (running, full share).
+Meanwhile the decision the hostd before it applied last (policy-status.json) stands in for one
+(`remember_policy`): what this hostd starts (a new container, or one the engine's restart
+stopped) or adopts running is paused if that froze, and a container it starts gets its part of
+that share if it throttled; one adopted keeps the quota it has.
+
+A container hostd would start again (an interactive one, stopped by the engine's restart) while
+the pool is held (the member's pause, the owner policy's freeze) is not started: there is no
+starting a container paused, and between the start and the pause that followed it ran, some
+0.7 s, on the machine the member had said no to. It stays stopped (`_held_stopped`), counted
+as up (as a paused one is) in what hostd reports, and is started again when the pool thaws.
 """
 
 import asyncio
@@ -177,6 +187,9 @@ class ContainerManager:
         #: Whether the owner policy has decided since this manager was made: until then what an
         #: earlier hostd left frozen or throttled is left so (see the module's note).
         self.policy_decided = False
+        #: Interactive containers stopped (by the engine's restart) while the pool was held, and not
+        #: started again until it thaws (see the module's note), by allocation.
+        self._held_stopped: dict[str, ManagedContainer] = {}
         # The CPU quota last set on each container (alloc_id -> cpus), so that only changes go out.
         self._quotas: dict[str, float] = {}
         #: Paused by the log bound (log_cost.py) because their output cost the member's engine
@@ -501,6 +514,7 @@ class ContainerManager:
             self._stopping.pop(alloc_id, None)
             self._drained.discard(alloc_id)
             self._restarts.forget(alloc_id)
+            self._held_stopped.pop(alloc_id, None)
             await self._remove_released_locked(alloc_id, container_id)
             # While throttled, its part of the share goes back to the containers left (after
             # the removal: raised before, the pool would run past its share meanwhile).
@@ -564,6 +578,7 @@ class ContainerManager:
         async with self._lock:
             self.kept[alloc_id] = until
             self.containers.pop(alloc_id, None)
+            self._held_stopped.pop(alloc_id, None)
             self._quotas.pop(alloc_id, None)
             self._stopping.pop(alloc_id, None)
             # Its container runs no more: while throttled, its part of the share is the others'.
@@ -668,9 +683,10 @@ class ContainerManager:
         if self.held:
             await self._set_frozen(alloc_id, container_id, True)
         # Created now, or found as an earlier hostd left it (perhaps throttled): set its quota,
-        # and while throttled, everyone's part of the share again.
+        # and while throttled, everyone's part of the share again; before the policy's first
+        # decision, of the remembered share, raising none (_apply_quotas_locked).
         self._quotas.pop(alloc_id, None)
-        await self._apply_quotas_locked()
+        await self._apply_quotas_locked(started=alloc_id)
         log.info("hostd.container_started", alloc_id=alloc_id, container_id=container_id[:12])
         self.report(
             ContainerStarted(alloc_id=alloc_id, container_id=container_id, restarted_after=restarted_after)
@@ -764,6 +780,7 @@ class ContainerManager:
             listed = await self._docker(self.driver.list_managed, self.host_id)
             # No container yet, and not missing: its image is coming, or its start is under way.
             pending = sorted({*self.pulls, *self._starts})
+            held_stopped = {c.container_id for c in self._held_stopped.values()}
         containers = [
             c for c in listed if c.allocation_id and not never_started(c) and c.allocation_id not in self.kept
         ]
@@ -773,7 +790,8 @@ class ContainerManager:
                 ContainerStatus(
                     alloc_id=c.allocation_id,
                     container_id=c.container_id,
-                    running=c.running,
+                    # Held stopped: up, as a paused one would be (see the module's note).
+                    running=c.running or c.container_id in held_stopped,
                     exit_code=c.exit_code,
                     oom_killed=c.oom_killed,
                 )
@@ -822,6 +840,16 @@ class ContainerManager:
         """Frozen by the member's pause, the owner policy, or both."""
         return self.paused or self.policy_frozen
 
+    def remember_policy(self, *, frozen: bool, share_cpus: float | None) -> None:
+        """The decision the hostd before this one applied last (its policy-status.json), held
+        to until the owner policy's first decision replaces it whole (see the module's note).
+        Before any reconciliation: it decides what the first one pauses and what quota a
+        container it starts gets."""
+        if self.policy_decided:
+            return
+        self.policy_frozen = frozen
+        self.policy_share_cpus = None if frozen else share_cpus
+
     async def set_policy(self, *, frozen: bool, share_cpus: float | None) -> None:
         """Freeze or thaw the pool, and give each container its part of `share_cpus`
         (None: each its full request). Thawing waits for the member's pause too. The first
@@ -850,6 +878,17 @@ class ContainerManager:
             await self._set_frozen(alloc_id, container_id, self.held)
         # Whatever the log bound held is held, or thawed, by the member or the policy now.
         self.log_held.clear()
+        await self._start_held_stopped_locked()
+
+    async def _start_held_stopped_locked(self) -> None:
+        """The pool thawed: start again what its hold kept stopped (see the module's note)."""
+        if self.held:
+            return
+        for alloc_id, stopped in list(self._held_stopped.items()):
+            del self._held_stopped[alloc_id]
+            # An engine away now: the reconciliation on its return starts it, the pool thawed.
+            with contextlib.suppress(EngineUnavailable):
+                await self._start_again(stopped)
 
     async def _match_frozen_locked(self) -> None:
         """Pause or unpause each container whose state in the engine is not what the holds
@@ -871,6 +910,7 @@ class ContainerManager:
             if self.held != (container_id in paused):
                 await self._set_frozen(alloc_id, container_id, self.held)
         self.log_held.clear()
+        await self._start_held_stopped_locked()
 
     # The log bound (log_cost.py): it decides, these apply, under the lock.
 
@@ -967,14 +1007,21 @@ class ContainerManager:
             return False
         return True
 
-    async def _apply_quotas_locked(self) -> None:
-        if not self.policy_decided:
+    async def _apply_quotas_locked(self, started: str | None = None) -> None:
+        """Give each container its part of the policy's share. Before the policy's first
+        decision, of the share remembered (remember_policy), and only when a container starts
+        (`started`): it gets its part, and those whose quota this hostd set get theirs where it
+        is lower; nothing is raised, and one adopted keeps the quota it was found with."""
+        if not self.policy_decided and (started is None or self.policy_share_cpus is None):
             # An earlier hostd may have throttled what is found: its quota stays until the
-            # policy decides (a container made now has its full request from its creation).
+            # policy decides (a container started without a remembered share: its full request).
             return
         requested = {a: self.desired[a].cpus for a in self.containers if a in self.desired}
         for alloc_id, cpus in spread(requested, self.policy_share_cpus).items():
-            if self._quotas.get(alloc_id) == cpus:
+            last = self._quotas.get(alloc_id)
+            if last == cpus:
+                continue
+            if not self.policy_decided and alloc_id != started and (last is None or cpus > last):
                 continue
             set_now = await self._changed_or_logged(
                 self.driver.update_cpus,
@@ -1017,6 +1064,11 @@ class ContainerManager:
         self._drain_over = True
         log.info("hostd.drain_grace_over", containers=len(self.containers))
         async with self._lock:
+            for alloc_id, stopped in list(self._held_stopped.items()):
+                # Stopped already, so no die comes: its end, the drain's, is reported now.
+                del self._held_stopped[alloc_id]
+                self._drained.add(alloc_id)
+                self._exited(stopped)
             for alloc_id, container_id in list(self.containers.items()):
                 self._drained.add(alloc_id)
                 await self._log_release_locked(alloc_id)  # a paused container does not stop
@@ -1114,6 +1166,21 @@ class ContainerManager:
             raise
         except DockerDriverError as exc:
             refused = exc  # asked again below, within the budget like any start
+        if self.held:
+            # Not started while held: there is no starting it paused, and it would run until the
+            # pause that followed (see the module's note). Not a restart: the budget is not spent.
+            if alloc_id not in self._held_stopped:
+                log.info(
+                    "hostd.restart_held",
+                    alloc_id=alloc_id,
+                    container_id=container_id[:12],
+                    hint="stopped while the pool is held (the member's pause or the owner "
+                    "policy's freeze): started again when it thaws",
+                )
+            self._held_stopped[alloc_id] = stopped
+            self.containers.pop(alloc_id, None)  # neither paused nor unpaused: it is stopped
+            self._quotas.pop(alloc_id, None)
+            return
         if not self._restarts.allow(alloc_id, time.monotonic()):
             log.warning(
                 "hostd.restarts_exhausted",

@@ -25,6 +25,7 @@ from potluck.events.connection import IdentityRefused, connect_bus
 from potluck.hostd.config import HostdConfig
 from potluck.hostd.policy_runner import status_path
 from potluck.hostd.shut_out import ShutOut
+from potluck.hostd.state_lock import Holder, holder
 
 #: After the drain's grace, how long `leave` still waits for hostd to stop the work and report it.
 LEAVE_MARGIN_S = 30.0
@@ -132,17 +133,39 @@ def local_status(config: HostdConfig) -> dict[str, Any]:
     policy and its last transitions), with how old they are; hostd rewrites them every few
     seconds and at every change of its policy."""
     path = status_path(config)
+    running = holder(config.state_dir)
     try:
         data: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
+        if running is not None:
+            return {"error": f"no {path} yet: {_not_written(running)}", "hostd_pid": running.pid}
         return {"error": f"no {path}: hostd has not run here with this state_dir"}
     except (OSError, ValueError) as exc:
         return {"error": f"{path}: {exc}"}
     try:
-        age = (datetime.now(UTC) - datetime.fromisoformat(str(data.get("at")))).total_seconds()
-    except ValueError:
-        age = None
+        at = datetime.fromisoformat(str(data.get("at")))
+        age = (datetime.now(UTC) - at).total_seconds()
+    except (TypeError, ValueError):
+        at, age = None, None
     data["age_s"] = None if age is None else round(age, 1)
-    if age is None or age > 10:
-        data["stale"] = "hostd has not updated this for a while: is it running?"
+    data["hostd_pid"] = None if running is None else running.pid
+    if running is not None and at is not None and at < running.since:
+        # Kept from the hostd before (what its policy held stands until this one decides).
+        data["stale"] = f"written by the hostd before this one; {_not_written(running)}"
+    elif age is None or age > 10:
+        data["stale"] = (
+            "hostd has not updated this for a while: is it running?"
+            if running is None
+            else f"hostd (pid {running.pid}) runs but has not updated this for a while: see its log"
+        )
     return data
+
+
+def _not_written(running: Holder) -> str:
+    """What a member is told of a hostd that runs and has written no status of its own yet."""
+    return (
+        f"hostd is running (pid {running.pid}, since {running.since.isoformat(timespec='seconds')}) "
+        "and has not written its status yet: it does once it is in touch with the pool and its "
+        "Docker engine answers (`engine_away` above says whether the pool has it away); its log says "
+        "what it waits for"
+    )

@@ -46,7 +46,7 @@ from potluck.hostd.cpu_load import (
 from potluck.hostd.docker_driver import DockerDriverError
 from potluck.hostd.machine_sensors import MachineSensors
 from potluck.hostd.owner_policy import Decision, Readings, applies, decide
-from potluck.hostd.policy_memory import memory_from_record, memory_record
+from potluck.hostd.policy_memory import memory_from_record, memory_record, remembered_decision
 from potluck.hostd.power import PowerReading
 from potluck.hostd.process_tree import visible
 
@@ -95,7 +95,15 @@ class PolicyRunner:
         self.applied = False
         self.since = datetime.now(UTC)
         self.transitions: deque[dict[str, Any]] = deque(maxlen=_TRANSITIONS_KEPT)
-        self._memory = memory_from_record(self._last_status().get("memory"), self.since, time.monotonic())
+        last = self._last_status()
+        self._memory = memory_from_record(last.get("memory"), self.since, time.monotonic())
+        remembered = remembered_decision(last.get("policy"))
+        if remembered is not None:
+            # What the hostd before applied holds the containers until this one's first decision
+            # (containers.py), and is what the status says meanwhile, with its own `since`.
+            self.decision = remembered
+            self.since = _since(last.get("policy"), self.since)
+            containers.remember_policy(frozen=remembered.state == "frozen", share_cpus=remembered.share_cpus)
         #: The machine's readings; many runners in one process (hollow hosts) share one.
         self.sensors = MachineSensors(
             Path(self.policy.power_supply_dir),
@@ -301,6 +309,8 @@ class PolicyRunner:
                 "reason": self.decision.reason,
                 "share_cpus": self.decision.share_cpus,
                 "since": self.since.isoformat(),
+                # False: the decision the hostd before applied, held until this one decides.
+                "decided": self.applied,
             },
             "transitions": list(self.transitions),
             # For the next hostd, should this one stop (policy_memory.py).
@@ -313,6 +323,17 @@ class PolicyRunner:
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(self.status(), indent=2))
         os.replace(temporary, path)
+
+
+def _since(record: object, otherwise: datetime) -> datetime:
+    """The `since` of a status file's "policy", or `otherwise` when it has none that reads."""
+    if not isinstance(record, dict):
+        return otherwise
+    try:
+        found = datetime.fromisoformat(str(record["since"]))
+    except (KeyError, ValueError):
+        return otherwise
+    return found if found.tzinfo is not None else otherwise
 
 
 def _power_dict(power: PowerReading) -> dict[str, Any]:

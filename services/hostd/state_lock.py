@@ -18,9 +18,10 @@ container's runtime nor any helper hostd starts inherits the lock and outlives i
 import fcntl
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
-__all__ = ["HELD_EXIT_CODE", "LOCK_FILE", "StateDirHeld", "StateLock", "hold_state_dir"]
+__all__ = ["HELD_EXIT_CODE", "LOCK_FILE", "Holder", "StateDirHeld", "StateLock", "hold_state_dir", "holder"]
 
 #: The lock file in hostd's state_dir; it holds the PID of the hostd that holds it.
 LOCK_FILE = "hostd.lock"
@@ -94,3 +95,52 @@ def _pid_in(content: bytes) -> int | None:
     instant ago) or one that holds something else."""
     text = content.decode("ascii", errors="replace").strip()
     return int(text) if text.isdigit() and 0 < len(text) <= 10 else None
+
+
+#: The kernel's table of the locks held now (Linux).
+_PROC_LOCKS = Path("/proc/locks")
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The hostd that holds a state_dir: its PID (None: not written yet) and since when it holds
+    it (the lock file's change, as it writes its PID on taking the lock)."""
+
+    pid: int | None
+    since: datetime
+
+
+def holder(state_dir: Path) -> Holder | None:
+    """The hostd that holds `state_dir` now, or None. Read without taking the lock, even for a
+    moment: a `potluck host status` must never make a hostd starting that moment find the
+    state_dir held and exit. The kernel's table of locks says whether the file is locked; where
+    there is none (not Linux), the PID the file holds, if that process lives."""
+    path = state_dir / LOCK_FILE
+    try:
+        found = path.stat()
+        content = path.read_bytes()[:_PID_BYTES]
+    except OSError:
+        return None
+    pid = _pid_in(content)
+    since = datetime.fromtimestamp(found.st_mtime, UTC)
+    try:
+        table = _PROC_LOCKS.read_text()
+    except OSError:
+        return Holder(pid, since) if pid is not None and _lives(pid) else None
+    file_id = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+    for line in table.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:4251930 0 EOF"; "1: -> FLOCK ..." waits for one.
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == file_id:
+            return Holder(pid, since)
+    return None
+
+
+def _lives(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's: it lives
+    return True

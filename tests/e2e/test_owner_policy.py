@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from potluck.contracts.host_events import host_stream
-from potluck.hostd.docker_driver import DockerDriver
+from potluck.hostd.docker_driver import DockerDriver, EngineUnavailable
 from potluck.localstack.docker_engine import DockerEngine
 from tests.e2e.conftest import hostd_started_with, ops, wait_for_status
 from tests.fixtures.pool import EnrolledHost, Pool, place, spec
@@ -378,11 +378,13 @@ class Seen:
 
     paused: bool
     nano_cpus: int
+    running: bool
 
 
 class Watch:
     """Reads one container's pause and CPU quota from the engine every 20 ms, in a thread of its
-    own (so that nothing the test awaits delays a read), until stopped."""
+    own (so that nothing the test awaits delays a read), until stopped; an engine that does not
+    answer (stopped by the test) shows nothing meanwhile."""
 
     def __init__(self, engine: DockerEngine, container_id: str) -> None:
         self.engine = engine
@@ -394,8 +396,15 @@ class Watch:
     def _read(self) -> None:
         with DockerDriver(self.engine.url) as driver:
             while not self._stop.is_set():
-                attrs = driver.inspect(self.container_id)
-                self.seen.append(Seen(bool(attrs["State"]["Paused"]), int(attrs["HostConfig"]["NanoCpus"])))
+                try:
+                    attrs = driver.inspect(self.container_id)
+                except EngineUnavailable:
+                    self._stop.wait(0.02)
+                    continue
+                state = attrs["State"]
+                self.seen.append(
+                    Seen(bool(state["Paused"]), int(attrs["HostConfig"]["NanoCpus"]), bool(state["Running"]))
+                )
                 self._stop.wait(0.02)
 
     def __enter__(self) -> "Watch":

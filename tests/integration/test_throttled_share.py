@@ -14,7 +14,7 @@ import pytest
 
 from potluck.contracts.allocation_events import AllocationSpec
 from potluck.contracts.capacity import Capacity
-from potluck.contracts.reports import ContainerStarted
+from potluck.contracts.reports import ContainerStarted, Report
 from potluck.hostd.docker_driver import DockerDriver
 from potluck.localstack import DockerEngine
 from tests.fixtures.container_manager import container_manager
@@ -78,6 +78,45 @@ async def test_a_container_that_leaves_a_throttled_pool_gives_its_share_to_the_o
         assert await asyncio.to_thread(_nano_cpus, driver, started[A]) == HALF
         assert manager.quotas() == {A: 0.5}
         assert manager.cpu_cap(A) == 0.5
+    finally:
+        for container in driver.list_managed(HOST):
+            with contextlib.suppress(Exception):
+                driver.remove(container.container_id)
+
+
+async def _started(reports: list[Report], alloc_id: str) -> str:
+    async with asyncio.timeout(60):
+        while True:
+            for report in reports:
+                if isinstance(report, ContainerStarted) and report.alloc_id == alloc_id:
+                    return report.container_id
+            await asyncio.sleep(0.05)
+
+
+async def test_before_its_first_decision_a_new_hostd_starts_containers_on_the_share_remembered(
+    docker_engine: DockerEngine, test_image: str, tmp_path: Path
+) -> None:
+    """Tried: a new manager told that the hostd before it throttled the pool to 0.5 CPUs
+    (remember_policy, from policy-status.json) and no decision of its own yet; allocation A is
+    placed and starts, then B.
+    Must hold: A runs on 0.5 CPUs (its part alone), then B on 0.25 and A lowered to 0.25 (before,
+    each ran on its full request, 0.5 CPUs, until the policy's first decision); the first
+    decision, throttled to 0.5, leaves both so."""
+    manager, driver, reports = container_manager(docker_engine, tmp_path, HOST)
+    try:
+        manager.remember_policy(frozen=False, share_cpus=SHARE_CPUS)
+        await manager.place(A, _spec(test_image))
+        a = await _started(reports, A)
+        assert await asyncio.to_thread(_nano_cpus, driver, a) == HALF
+        await manager.place(B, _spec(test_image))
+        b = await _started(reports, B)
+        assert await asyncio.to_thread(_nano_cpus, driver, b) == QUARTER
+        assert await asyncio.to_thread(_nano_cpus, driver, a) == QUARTER
+        assert manager.quotas() == {A: 0.25, B: 0.25}
+
+        await manager.set_policy(frozen=False, share_cpus=SHARE_CPUS)
+        assert manager.quotas() == {A: 0.25, B: 0.25}
+        assert await asyncio.to_thread(_nano_cpus, driver, a) == QUARTER
     finally:
         for container in driver.list_managed(HOST):
             with contextlib.suppress(Exception):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from potluck.hostd.state_lock import LOCK_FILE, StateDirHeld, hold_state_dir
+from potluck.hostd.state_lock import LOCK_FILE, StateDirHeld, hold_state_dir, holder
 
 
 def test_the_lock_is_taken_once_and_names_its_holder_to_the_second(tmp_path: Path) -> None:
@@ -94,3 +94,26 @@ def test_a_holder_whose_pid_cannot_be_read_is_still_refused_and_named_as_unknown
         assert f"fuser {tmp_path / LOCK_FILE}" in str(refused.value)
     finally:
         held.release()
+
+
+def test_the_holder_is_read_without_taking_the_lock(tmp_path: Path) -> None:
+    """Tried: `holder` asked of a state_dir with no lock file, of one whose lock this process
+    holds (twice, a take by a "hostd starting" in between), and of one whose lock was released
+    (its PID left in the file).
+    Must hold: None, then this PID and the time of the take, the take in between succeeding
+    (asking took no lock), then None: a PID left in the file is no hostd running."""
+    state_dir = tmp_path / "state"
+    assert holder(state_dir) is None
+    held = hold_state_dir(state_dir)
+    try:
+        found = holder(state_dir)
+        assert found is not None
+        assert found.pid == os.getpid()
+        assert abs(found.since.timestamp() - (state_dir / LOCK_FILE).stat().st_mtime) < 1e-3
+    finally:
+        held.release()
+    assert holder(state_dir) is None
+    again = hold_state_dir(state_dir)  # asking took nothing a starting hostd needs
+    again.release()
+    assert (state_dir / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    assert holder(state_dir) is None

@@ -8,9 +8,9 @@ decides with.
 import json
 from datetime import UTC, datetime, timedelta
 
-from potluck.hostd.owner_policy import Memory, Readings, decide
+from potluck.hostd.owner_policy import Decision, Memory, Readings, decide
 from potluck.hostd.policy_config import OwnerPolicy
-from potluck.hostd.policy_memory import memory_from_record, memory_record
+from potluck.hostd.policy_memory import memory_from_record, memory_record, remembered_decision
 
 WRITTEN = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 MONDAY_NOON = datetime(2026, 11, 30, 12, 0)
@@ -66,3 +66,25 @@ def test_a_record_that_is_missing_or_unreadable_is_an_empty_memory() -> None:
         WRITTEN - timedelta(hours=1),
         10.0,
     ) == Memory(owner_busy_at=8.0, owner_peak_cpus=1.0)
+
+
+def test_the_decision_applied_last_is_remembered_only_where_it_holds_the_pool() -> None:
+    """What is tried: the "policy" of status files: frozen by the battery, throttled by heat to
+    0.5 CPUs (through JSON), normal, throttled with no share that reads, an unknown cause,
+    nothing, and something that is no record.
+    What must hold: the freeze (share 0) and the throttle (its share, its cause) are
+    remembered; an unknown cause is dropped, the hold kept; normal and what does not read
+    remember nothing (the new hostd starts as before, from no decision)."""
+    frozen = {"state": "frozen", "cause": "battery", "reason": "on battery", "share_cpus": 0.0}
+    throttled = json.loads(
+        json.dumps({"state": "throttled", "cause": "heat", "reason": "hot", "share_cpus": 0.5})
+    )
+
+    assert remembered_decision(frozen) == Decision("frozen", "battery", "on battery", 0.0)
+    assert remembered_decision(throttled) == Decision("throttled", "heat", "hot", 0.5)
+    assert remembered_decision({**frozen, "cause": "moon"}) == Decision("frozen", None, "on battery", 0.0)
+    assert remembered_decision({"state": "normal", "share_cpus": None}) is None
+    assert remembered_decision({**throttled, "share_cpus": "half"}) is None
+    assert remembered_decision({**throttled, "share_cpus": float("nan")}) is None
+    assert remembered_decision(None) is None
+    assert remembered_decision(["frozen"]) is None
