@@ -1696,9 +1696,13 @@ def ops_users() -> None:
 def ops_users_add(
     name: str, database_url: str, cpus: float, memory: str, disk: str, allocations: int, as_json: bool
 ) -> None:
-    """Add user NAME and print their bearer token (shown once; only its hash is kept)."""
-    from potluck.allocator.users import add_user
+    """Add user NAME and print their bearer token (shown once; only its hash is kept).
+
+    The name of a removed user is refused: their allocations, jobs and images stay theirs
+    (`ops users restore NAME` lets the same person back in)."""
+    from potluck.allocator.users import add_user, check_quota_bounds
     from potluck.contracts.allocation_events import Quota
+    from potluck.kernel.rejections import Rejected
     from potluck.kernel.sizes import parse_size
 
     try:
@@ -1708,15 +1712,22 @@ def ops_users_add(
             disk_bytes=parse_size(disk),
             allocations=allocations,
         )
+        check_quota_bounds(quota.model_dump())
     except ValueError as exc:
         fail(str(exc), 2)
+    except Rejected as exc:
+        fail(exc.message, 2)
 
     said = (
         f"added user {name} (quota: {cpus:g} CPUs, {memory} memory, {disk} disk, {allocations} "
         "allocations held at once)"
     )
     _decide_for_user(
-        database_url, name, lambda view: add_user(view.users.get(name), name, quota), said, as_json
+        database_url,
+        name,
+        lambda view: add_user(view.users.get(name), name, quota, removed=view.removed.get(name)),
+        said,
+        as_json,
     )
 
 
@@ -1752,7 +1763,8 @@ def ops_users_remove(name: str, reason: str, database_url: str, as_json: bool) -
     """Remove user NAME: their token is refused from then on (web pages signed in with it are
     signed out), the SSH gateway refuses their logins, the allocator releases their allocations,
     cancels their jobs and removes the containers they keep, each with the reason. Their history
-    stays in the log. `ops users add NAME` adds the name again, with a new token."""
+    stays in the log, and the name stays theirs: `ops users add NAME` refuses it, `ops users
+    restore NAME` lets them back in."""
     import os
 
     from potluck.allocator.users import remove_user
@@ -1773,29 +1785,31 @@ def ops_users_remove(name: str, reason: str, database_url: str, as_json: bool) -
         )
 
 
-@ops_users.command(name="set-quota")
-@click.argument("name")
-@operator_database_option
-@click.option("--cpus", type=FiniteRange(min=0.01), default=None, help="Quota: CPUs held at once.")
-@click.option("--memory", default=None, help="Quota: memory held at once (e.g. 16G).")
-@click.option("--disk", default=None, help="Quota: writable disk held at once.")
-@click.option(
-    "--allocations", type=click.IntRange(min=1), default=None, help="Quota: allocations held at once."
-)
-@SENTENCE_OR_JSON
-def ops_users_set_quota(
-    name: str,
-    database_url: str,
-    cpus: float | None,
-    memory: str | None,
-    disk: str | None,
-    allocations: int | None,
-    as_json: bool,
-) -> None:
-    """Change user NAME's quota: only the options given change. New requests are judged against
-    it; what they hold over a lowered quota is kept, but nothing new is placed for them until they
-    are under it, and their requests still waiting that it no longer admits are refused."""
-    from potluck.allocator.users import change_quota
+def _quota_change_options(f: F) -> F:
+    """--cpus, --memory, --disk, --allocations, each None unless given (`_quota_changes`)."""
+    for option in reversed(
+        [
+            click.option(
+                "--cpus", type=FiniteRange(min=0.01), default=None, help="Quota: CPUs held at once."
+            ),
+            click.option("--memory", default=None, help="Quota: memory held at once (e.g. 16G)."),
+            click.option("--disk", default=None, help="Quota: writable disk held at once."),
+            click.option(
+                "--allocations",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Quota: allocations held at once.",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def _quota_changes(
+    cpus: float | None, memory: str | None, disk: str | None, allocations: int | None
+) -> dict[str, float | int]:
+    """The options given, as Quota's fields; a size that is none fails the command (exit 2)."""
     from potluck.kernel.sizes import parse_size
 
     changes: dict[str, float | int] = {}
@@ -1810,7 +1824,63 @@ def ops_users_set_quota(
         fail(str(exc), 2)
     if allocations is not None:
         changes["allocations"] = allocations
+    return changes
 
+
+@ops_users.command(name="restore")
+@click.argument("name")
+@operator_database_option
+@_quota_change_options
+@click.option("--json", "as_json", is_flag=True, help=_TOKEN_JSON_HELP)
+def ops_users_restore(
+    name: str,
+    database_url: str,
+    cpus: float | None,
+    memory: str | None,
+    disk: str | None,
+    allocations: int | None,
+    as_json: bool,
+) -> None:
+    """Let removed user NAME, the same person, back in and print their new bearer token (shown
+    once; the token they held when removed stays dead). They see their own allocations and jobs
+    again. Their quota is the one they had, but for the options given."""
+    import os
+
+    from potluck.allocator.users import restore_user
+
+    by = os.environ.get("USER") or ""
+    changes = _quota_changes(cpus, memory, disk, allocations)
+    _, (token, quota) = _user_decision(
+        database_url, name, lambda view: restore_user(view, name, changes, by=by)
+    )
+    _show_token(
+        name,
+        token,
+        f"restored user {name}, who sees their own allocations and jobs again (quota: {_quota_said(quota)})",
+        as_json,
+    )
+
+
+@ops_users.command(name="set-quota")
+@click.argument("name")
+@operator_database_option
+@_quota_change_options
+@SENTENCE_OR_JSON
+def ops_users_set_quota(
+    name: str,
+    database_url: str,
+    cpus: float | None,
+    memory: str | None,
+    disk: str | None,
+    allocations: int | None,
+    as_json: bool,
+) -> None:
+    """Change user NAME's quota: only the options given change. New requests are judged against
+    it; what they hold over a lowered quota is kept, but nothing new is placed for them until they
+    are under it, and their requests still waiting that it no longer admits are refused."""
+    from potluck.allocator.users import change_quota
+
+    changes = _quota_changes(cpus, memory, disk, allocations)
     recorded, quota = _user_decision(
         database_url,
         name,
@@ -1927,6 +1997,11 @@ def _decide_for_user(
     and `ops users web-token` print theirs); what was done goes to stderr. `as_json`: the
     object scripts read instead."""
     _, token = _user_decision(database_url, name, decide)
+    _show_token(name, token, said, as_json)
+
+
+def _show_token(name: str, token: str, said: str, as_json: bool) -> None:
+    """The token alone on stdout, `said` (what was done) on stderr; `as_json`: the object."""
     if as_json:
         click.echo(json.dumps({"user": name, "token": token}))
         return

@@ -277,12 +277,26 @@ class UserRemoved(Event):
     """An operator took the user out of the pool (`by`: who, from $USER; `reason`: why, as the
     user's allocations and jobs are told): their token is refused from then on, and the
     allocator releases what they hold or wait for, cancels their jobs and removes the containers
-    they keep. Their history stays in the log. A later UserAdded of the same name is a new user
-    with a new token; the removed one's stays dead."""
+    they keep. Their history stays in the log, and the name stays theirs: the operator's
+    `ops users add` refuses it (another person given it would see that history and push to
+    their registry namespace); UserRestored lets the same person back in. (A UserAdded of a
+    removed name, which older operator commands recorded, is folded as a new user.)"""
 
     user: str
     by: str = ""
     reason: str = ""
+
+
+@event_type
+class UserRestored(Event):
+    """An operator let a removed user back in (`by`: who, from $USER): the same person, who sees
+    their history again, with a new token (`token_sha256`; the one they held when removed stays
+    dead) and `quota`."""
+
+    user: str
+    token_sha256: str
+    quota: Quota
+    by: str = ""
 
 
 @event_type

@@ -1,6 +1,6 @@
 """A small client of the allocator's HTTP API, with errors that say what to do.
 
-Exit codes scripts can rely on (see `ExitCode`): 0 done, 1 the API refused,
+Exit codes scripts can rely on (see `ExitCode`): 0 done, 1 the API refused (a removed user too),
 2 wrong usage or local configuration, 3 the allocator cannot be reached,
 4 a wait timed out before the allocation (or job) got where it was asked to go,
 5 a job ended with a task that failed, or was cancelled (`potluck job wait`).
@@ -159,6 +159,15 @@ class _Refused(ClientError):
         self.retry_after_s = retry_after_s
 
 
+def _unauthenticated(error: Mapping[str, Any]) -> tuple[ExitCode, str]:
+    """A 401's exit code and what to do. A token that is not valid (a typo, a rotated one) is a
+    login to make again: wrong usage, as not being logged in is. A removed user's is refused by
+    the pool, which no login mends: only its operator can let them back in."""
+    if error.get("code") == "USER_REMOVED":
+        return ExitCode.REFUSED, "; ask the pool's operator if you should still have access"
+    return ExitCode.USAGE, "; run `potluck login` with a valid token"
+
+
 def _retry_after(response: aiohttp.ClientResponse) -> float:
     raw = response.headers.get("Retry-After", "")
     return float(raw) if raw.isdigit() else 1.0
@@ -232,8 +241,7 @@ class Api:
                     if error is None:
                         raise ClientError(f"{method} {url} answered {response.status}", ExitCode.REFUSED)
                     where = f" ({error['field']})" if error.get("field") else ""
-                    code = ExitCode.USAGE if response.status == 401 else ExitCode.REFUSED
-                    hint = "; run `potluck login` with a valid token" if response.status == 401 else ""
+                    code, hint = _unauthenticated(error) if response.status == 401 else (ExitCode.REFUSED, "")
                     message = f"{error['message']}{where}{hint}"
                     if response.status in (409, 429, 503) and error.get("code") in retried:
                         raise _Refused(message, api_code=error["code"], retry_after_s=_retry_after(response))

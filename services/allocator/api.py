@@ -233,9 +233,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if user is None:
         gone = request.app[AUTH].users.removed_holder(token)
         if gone is not None:
+            # Its own code: no new login mends it (clients tell the user to ask the operator).
             return error(
                 401,
-                "UNAUTHENTICATED",
+                "USER_REMOVED",
                 f"user {gone.name} was removed by the pool's operator; this token no longer works",
             )
         return error(401, "UNAUTHENTICATED", "this token is not valid; ask an operator for a new one")

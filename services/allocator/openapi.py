@@ -60,7 +60,8 @@ def _idempotency_key(made: str, *, extension: bool = False) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Malformed request",
-        401: "Missing or wrong token",
+        401: "Missing or wrong token (UNAUTHENTICATED), or the token of a user the pool's operator "
+        "removed (USER_REMOVED)",
         403: "Quota exceeded (QUOTA_EXCEEDED), too many jobs not finished (TOO_MANY_JOBS), or an "
         "image in another user's namespace of the pool registry",
         404: "No such allocation or job (or not yours), or no image registry in this pool",

@@ -83,7 +83,7 @@ class UserReactions:
         engine = self.engine
         model = engine.model
         gone = model.users.removed.get(user)
-        if gone is None:  # added again since: nothing of the new user's is ended
+        if gone is None:  # restored since (or, in an older log, added again): nothing is ended
             return
         said = gone.said()
         # The jobs first: a job left running would request attempts for those released here.

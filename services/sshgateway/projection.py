@@ -17,8 +17,9 @@ memory would grow with every allocation the pool ever ran: a login to one of the
 to an allocation that never was, which it cannot serve either way.
 
 Users: the view keeps the names of the users an operator removed (`removed_users`, from the
-`user` streams; a name added again leaves it): a login to an allocation of theirs is refused
-from the moment the removal is folded, before the allocator has released it.
+`user` streams; a name restored, or added again in an older log, leaves it): a login to an
+allocation of theirs is refused from the moment the removal is folded, before the allocator
+has released it.
 
 Sessions: the view keeps the sessions that some gateway run started and
 none has ended yet (`open_sessions`, from the `session` streams), which the
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar
 
-from potluck.contracts.allocation_events import AllocationEvent, UserAdded, UserRemoved
+from potluck.contracts.allocation_events import AllocationEvent, UserAdded, UserRemoved, UserRestored
 from potluck.contracts.host_events import HostDeregistered, HostLeft, HostRegistered, HostRevoked
 from potluck.events import Event, RecordedEvent
 from potluck.kernel.ssh_wire import public_key_blob
@@ -126,7 +127,7 @@ class GatewayView:
             self.open_sessions.pop(event.session_id, None)
         elif isinstance(event, UserRemoved):
             self.removed_users.add(event.user)
-        elif isinstance(event, UserAdded):
+        elif isinstance(event, UserAdded | UserRestored):
             self.removed_users.discard(event.user)
         return None
 

@@ -35,6 +35,7 @@ from potluck.contracts.allocation_events import (
     UserAdded,
     UserQuotaChanged,
     UserRemoved,
+    UserRestored,
     UserTokenRotated,
     alloc_stream,
     capacity_stream,
@@ -321,6 +322,7 @@ def steps(draw: st.DrawFn) -> tuple[str, Event | None]:
                     UserTokenRotated(user=user, token_sha256=token),
                     UserRemoved(user=user, by="olga", reason="left"),
                     UserQuotaChanged(user=user, quota=Quota(cpus=cpus)),
+                    UserRestored(user=user, token_sha256=token, quota=Quota(cpus=cpus), by="olga"),
                 ]
             )
         )

@@ -7,11 +7,14 @@ import pytest
 from potluck.allocator.model import AllocatorModel
 from potluck.allocator.user_changes import over_quota, removal_ending
 from potluck.allocator.users import (
+    QUOTA_MOST,
     RemovedUser,
     UsersView,
     add_user,
     change_quota,
+    check_quota_bounds,
     remove_user,
+    restore_user,
     rotate_token,
     token_hash,
 )
@@ -23,6 +26,7 @@ from potluck.contracts.allocation_events import (
     UserAdded,
     UserQuotaChanged,
     UserRemoved,
+    UserRestored,
     UserTokenRotated,
     alloc_stream,
     capacity_stream,
@@ -92,8 +96,8 @@ def test_removing_decides_once_and_refuses_an_unknown_user_or_a_long_reason() ->
     and a new token or a quota for a removed user.
     What must hold: the first records UserRemoved with who and why; the second records nothing;
     an unknown user is USER_NOT_FOUND (the command's exit 1) naming how to add one; a long reason
-    is refused (400: exit 2); rotate-token and set-quota of a removed user say so and how to add
-    them again; adding the removed name again is allowed and makes a new token."""
+    is refused (400: exit 2); rotate-token and set-quota of a removed user say so and how to let
+    them back in."""
     view = folded(added("bob", "t"))
     assert remove_user(view, "bob", by="olga", reason="token leaked") == [
         UserRemoved(user="bob", by="olga", reason="token leaked")
@@ -111,13 +115,80 @@ def test_removing_decides_once_and_refuses_an_unknown_user_or_a_long_reason() ->
     with pytest.raises(Rejected) as rotate:
         rotate_token(view.users.get("bob"), "bob", removed=True)
     assert rotate.value.code == "USER_REMOVED"
-    assert "`potluck ops users add bob` adds them again" in rotate.value.message
+    assert "`potluck ops users restore bob` lets them back in" in rotate.value.message
     with pytest.raises(Rejected) as quota:
         change_quota(view.users.get("bob"), "bob", {"cpus": 1.0}, removed=True)
     assert quota.value.code == "USER_REMOVED"
-    events, token = add_user(view.users.get("bob"), "bob", Quota())
+
+
+def test_a_removed_users_name_is_not_given_to_another_user() -> None:
+    """What is tried: bob is removed (by olga, "left the group"), then `ops users add bob` is
+    decided; then a name never used, and one removed without a reason or who.
+    What must hold: adding bob is refused (USER_REMOVED, not a 400: the command's exit 1) saying
+    he was removed, by whom and why, that his allocations, jobs and images stay his, and how to
+    let the same person back in (`ops users restore bob`); nothing is decided; a fresh name is
+    added; a removal without words is said without empty parentheses."""
+    view = folded(added("bob", "t"), UserRemoved(user="bob", by="olga", reason="left the group"))
+    with pytest.raises(Rejected) as refused:
+        add_user(view.users.get("bob"), "bob", Quota(), removed=view.removed.get("bob"))
+    assert (refused.value.code, refused.value.status) == ("USER_REMOVED", 409)
+    message = refused.value.message
+    assert message.startswith("user bob was removed by olga (left the group), ")
+    assert "allocations, jobs and images stay theirs" in message
+    assert message.endswith(
+        "Pick another name, or, to let the same person back in, `potluck ops users restore bob`"
+    )
+    events, _ = add_user(view.users.get("cy"), "cy", Quota(), removed=view.removed.get("cy"))
     assert [type(e) for e in events] == [UserAdded]
-    assert token_hash(token) != token_hash("t")
+
+    quiet = folded(added("dee", "t"), UserRemoved(user="dee"))
+    with pytest.raises(Rejected) as plain:
+        add_user(None, "dee", Quota(), removed=quiet.removed.get("dee"))
+    assert plain.value.message.startswith("user dee was removed, and a removed user's name")
+
+
+def test_a_restored_user_is_the_same_person_back_with_a_new_token_and_their_quota() -> None:
+    """What is tried: bob (2 CPUs, 3 allocations) is removed and restored, once with no quota
+    given and once (from the same removal) with --cpus 4; restoring an active user, a name never
+    added, and with a quota over the bounds.
+    What must hold: restore records UserRestored with who, a new token (neither of his old ones)
+    and the quota he had when removed, or it with only cpus changed; folded, the new token
+    authenticates bob, the removed token is neither valid nor said to be a removed user's any
+    more (a generic 401, as a rotated-away token's), and bob is not among the removed; an active
+    user is USER_ACTIVE and an unknown one USER_NOT_FOUND (the command's exit 1); a quota over
+    the bounds is BAD_QUOTA 400 (exit 2)."""
+    view = folded(
+        added("bob", "first", cpus=2, allocations=3),
+        UserTokenRotated(user="bob", token_sha256=token_hash("second")),
+        UserRemoved(user="bob", by="olga", reason="on leave"),
+    )
+    assert view.removed["bob"].quota == Quota(cpus=2, allocations=3)
+    events, (token, quota) = restore_user(view, "bob", {}, by="olga")
+    assert quota == Quota(cpus=2, allocations=3)
+    assert events == [UserRestored(user="bob", token_sha256=token_hash(token), quota=quota, by="olga")]
+    assert token not in ("first", "second")
+    [(_, (_, more))] = [restore_user(view, "bob", {"cpus": 4.0}, by="olga")]
+    assert more == Quota(cpus=4, allocations=3)
+
+    view.apply(events[0])
+    back = view.authenticate(token)
+    assert back is not None
+    assert (back.name, back.quota) == ("bob", quota)
+    assert view.authenticate("second") is None
+    assert view.removed_holder("second") is None
+    assert "bob" not in view.removed
+
+    with pytest.raises(Rejected) as active:
+        restore_user(view, "bob", {}, by="olga")
+    assert (active.value.code, active.value.status) == ("USER_ACTIVE", 409)
+    assert "`potluck ops users rotate-token bob`" in active.value.message
+    with pytest.raises(Rejected) as unknown:
+        restore_user(view, "nobody", {}, by="olga")
+    assert unknown.value.code == "USER_NOT_FOUND"
+    view.apply(UserRemoved(user="bob"))
+    with pytest.raises(Rejected) as huge:
+        restore_user(view, "bob", {"allocations": 10**20}, by="olga")
+    assert (huge.value.code, huge.value.status, huge.value.field) == ("BAD_QUOTA", 400, "allocations")
 
 
 def test_a_removed_users_work_is_released_with_the_reason_and_kept_containers_removed() -> None:
@@ -175,6 +246,45 @@ def test_only_the_fields_given_change_and_bad_or_no_changes_are_refused() -> Non
     assert unknown.value.code == "USER_NOT_FOUND"
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("cpus", 1e300, "--cpus: at most 100,000, "),
+        ("cpus", 100_000.5, "--cpus: at most 100,000, "),
+        ("allocations", 99999999999999999999, "--allocations: at most 1,000,000, "),
+        ("memory_bytes", (1 << 50) + 1, "--memory: at most 1024T (1 PiB), "),
+        ("disk_bytes", 1 << 60, "--disk: at most 1024T (1 PiB), "),
+    ],
+)
+def test_a_quota_over_its_bounds_is_refused_where_the_operator_decides(
+    field: str, value: float, said: str
+) -> None:
+    """What is tried: set-quota, add and restore with one field past its bound (1e300 CPUs,
+    20-digit allocations, memory or disk past 1 PiB).
+    What must hold: each is BAD_QUOTA 400 (the command's exit 2, nothing recorded) naming the
+    option and its bound; each field at its bound is taken; a quota over the bounds recorded
+    before them still folds, and changing another of its fields leaves it as it is."""
+    view = folded(added("bob", "t"), added("old", "o"), UserRemoved(user="old"))
+    for decide in (
+        lambda: change_quota(view.users["bob"], "bob", {field: value}),
+        lambda: check_quota_bounds(Quota(**{field: value}).model_dump()),  # as `ops users add` does
+        lambda: restore_user(view, "old", {field: value}, by="olga"),
+    ):
+        with pytest.raises(Rejected) as refused:
+            decide()
+        assert (refused.value.code, refused.value.status) == ("BAD_QUOTA", 400)
+        assert refused.value.message.startswith(said), refused.value.message
+    _, quota = change_quota(view.users["bob"], "bob", {field: QUOTA_MOST[field]})
+    assert getattr(quota, field) == QUOTA_MOST[field]
+    check_quota_bounds(Quota(**QUOTA_MOST).model_dump())
+
+    before = folded(added("big", "t", **{field: value}))
+    assert getattr(before.users["big"].quota, field) == value
+    other = "allocations" if field != "allocations" else "cpus"
+    _, kept = change_quota(before.users["big"], "big", {other: 2})
+    assert getattr(kept, field) == value
+
+
 def test_a_lowered_quota_keeps_what_is_held_and_refuses_the_waiting_requests_it_does_not_admit() -> None:
     """What is tried: a user holds 2 running CPUs, a job's attempt waits for 1, and their own
     requests wait for 2 then 0.5 (oldest first); the quota is lowered to 3.5 CPUs, then raised.
@@ -200,9 +310,11 @@ def test_a_lowered_quota_keeps_what_is_held_and_refuses_the_waiting_requests_it_
 
 
 def test_the_allocator_model_folds_removals_and_quota_changes_from_user_streams() -> None:
-    """What is tried: the model folds bob's stream: added, quota changed, removed, added again.
+    """What is tried: the model folds bob's stream: added, quota changed, removed, added again
+    (as older commands recorded), removed, restored.
     What must hold: each step is what the user's view says: the quota in force, then no bob (his
-    name among the removed), then the new bob with the default quota."""
+    name among the removed), then the new bob with the default quota; restored, bob with the
+    quota in force when he was removed."""
     log = RecordingLog()
     stream = user_stream("bob")
     log.add(stream, added("bob", "t", cpus=4))
@@ -219,14 +331,24 @@ def test_the_allocator_model_folds_removals_and_quota_changes_from_user_streams(
     fold.apply_all(log.records)
     assert model.users.users["bob"].quota == Quota()
     assert model.users.removed == {}
+    log.add(stream, UserQuotaChanged(user="bob", quota=Quota(cpus=3)))
+    log.add(stream, UserRemoved(user="bob", by="olga"))
+    fold.apply_all(log.records)
+    assert "bob" not in model.users.users
+    [(_, (token, quota))] = [restore_user(model.users, "bob", {}, by="olga")]
+    log.add(stream, UserRestored(user="bob", token_sha256=token_hash(token), quota=quota, by="olga"))
+    fold.apply_all(log.records)
+    assert model.users.users["bob"].quota == Quota(cpus=3)
+    assert model.users.authenticate(token) is not None
+    assert model.users.removed == {}
 
 
 def test_the_gateway_refuses_a_removed_users_allocations_and_ends_their_sessions_at_once() -> None:
     """What is tried: ann runs a1 with an open session; bob's a2 runs with one too; ann is
-    removed, then added again.
+    removed, then restored.
     What must hold: on the removal (before any allocation event) ann's session is ended saying
     her user was removed, and `admitted` refuses a1, which the view still holds; bob's session
-    and a2 are untouched; added again, the name is not refused any more."""
+    and a2 are untouched; restored, her allocation is admitted again."""
     view, sessions = GatewayView(), SessionRegistry()
     fold = Fold(GatewayReactions(view, sessions, LinkPool()), reader="sshgateway")
     log = Log()
@@ -245,7 +367,7 @@ def test_the_gateway_refuses_a_removed_users_allocations_and_ends_their_sessions
     assert view.admitted("a1") is None
     assert view.admitted("a2") is not None
 
-    fold.apply(log(user_stream("ann"), added("ann", "t")))
+    fold.apply(log(user_stream("ann"), UserRestored(user="ann", token_sha256="ab", quota=Quota())))
     assert view.admitted("a1") is not None
 
 
