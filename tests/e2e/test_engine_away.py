@@ -83,6 +83,25 @@ async def waits_for_laptop_b(alice: User, image: str, laptop: EnrolledHost) -> d
     return waiting
 
 
+async def engine_back_and_waiting_work_placed(
+    pool: Pool, engine: DockerEngine, b: EnrolledHost, alice: User, waiting: dict[str, Any]
+) -> dict[str, Any]:
+    """laptop-b's engine is started: its return is recorded after its loss, alice's `waiting`
+    allocation runs there, and its member's `host status` no longer says the engine is away;
+    that status."""
+    await asyncio.to_thread(engine.start)
+    await until(lambda: _not(engine_away(pool, b.host_id)), "laptop-b's engine recorded back", pool)
+    types = [r.type for r in await pool.store.read_stream(host_stream(b.host_id))]
+    assert types.index("HostEngineReturned") > types.index("HostEngineLost"), types
+    status, placed = await alice.call("GET", f"/v1/allocations/{waiting['id']}?wait=running&timeout=90")
+    assert status == 200, placed
+    assert placed["state"] == "running", (placed, pool.logs())
+    assert placed["host_id"] == b.host_id, placed
+    host: dict[str, Any] = json.loads(member(b, "status").stdout)
+    assert host["engine_away"] is None, host
+    return host
+
+
 async def hosts_listed(pool: Pool) -> dict[str, dict[str, Any]]:
     """`potluck ops hosts list --json`, by host id."""
     code, out, err = await ops("hosts", "list", "--json", "--database-url", pool.database_url)
@@ -170,16 +189,7 @@ async def test_a_laptop_whose_engine_stopped_takes_no_work_says_so_and_takes_wor
         assert "Docker engine is away since" in await alice.potluck("alloc", "show", mine["id"])
 
         # The engine returns: recorded, and laptop-b takes work again.
-        await asyncio.to_thread(engine.start)
-        await until(lambda: _not(engine_away(pool, b.host_id)), "laptop-b's engine recorded back", pool)
-        types = [r.type for r in await pool.store.read_stream(host_stream(b.host_id))]
-        assert types.index("HostEngineReturned") > types.index("HostEngineLost"), types
-        status, placed = await alice.call("GET", f"/v1/allocations/{waiting['id']}?wait=running&timeout=90")
-        assert status == 200, placed
-        assert placed["state"] == "running", (placed, pool.logs())
-        assert placed["host_id"] == b.host_id, placed
-        host = json.loads(member(b, "status").stdout)
-        assert host["engine_away"] is None, host
+        await engine_back_and_waiting_work_placed(pool, engine, b, alice, waiting)
         assert (await hosts_listed(pool))[b.host_id]["engine_away"] is None
         await replay_agrees(pool)
     finally:
@@ -237,16 +247,7 @@ async def test_a_laptop_whose_engine_is_not_running_at_start_joins_as_engine_awa
         waiting = await waits_for_laptop_b(alice, DEFAULT_TAG, laptop)
 
         # The member starts Docker: hostd finds it on its own, and laptop-b takes work.
-        await asyncio.to_thread(engine.start)
-        await until(lambda: _not(engine_away(pool, b.host_id)), "laptop-b's engine recorded back", pool)
-        types = [r.type for r in await pool.store.read_stream(host_stream(b.host_id))]
-        assert types.index("HostEngineReturned") > types.index("HostEngineLost"), types
-        status, placed = await alice.call("GET", f"/v1/allocations/{waiting['id']}?wait=running&timeout=90")
-        assert status == 200, placed
-        assert placed["state"] == "running", (placed, pool.logs())
-        assert placed["host_id"] == b.host_id, placed
-        host = json.loads(member(b, "status").stdout)
-        assert host["engine_away"] is None, host
+        host = await engine_back_and_waiting_work_placed(pool, engine, b, alice, waiting)
         assert host["engine"]["version"] == engine.info()["ServerVersion"], host
         assert process.running(), process.log_tail(40)
         await replay_agrees(pool)
