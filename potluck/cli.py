@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from potluck.allocator.users import UsersView
     from potluck.contracts.allocation_events import Quota
     from potluck.contracts.join_token import GatewayPin
-    from potluck.events import Event, EventStore
+    from potluck.events import Event, EventStore, RecordedEvent
     from potluck.kernel.rejections import Rejected
     from potluck.up_state import Running
 
@@ -1910,17 +1910,10 @@ def _quota_said(quota: "Quota") -> str:
 @SENTENCE_OR_JSON
 def ops_users_list(database_url: str, as_json: bool) -> None:
     """List the users, each with their quota, and those removed (who and why)."""
-    from potluck.allocator.users import UsersView
-    from potluck.events import EventStore, SkippedEvents, decode_or_skip
+    from potluck.events import EventStore
 
-    async def go(store: EventStore) -> UsersView:
-        view = UsersView()
-        skipped = SkippedEvents()
-        for record in await store.read_category("user"):
-            event = decode_or_skip(record, skipped, reader="potluck ops users list")
-            if event is not None:
-                view.apply(event)
-        return view
+    async def go(store: EventStore) -> "UsersView":
+        return _users_folded(await store.read_category("user"), reader="potluck ops users list")
 
     view = run(with_store(database_url, go))
     if as_json:
@@ -2013,25 +2006,33 @@ def _show_token(name: str, token: str, said: str, as_json: bool) -> None:
     click.echo(token)
 
 
+def _users_folded(records: "Sequence[RecordedEvent]", *, reader: str) -> "UsersView":
+    """The users `records` (of user streams, in log order) make; one unreadable is skipped, logged."""
+    from potluck.allocator.users import UsersView
+    from potluck.events import SkippedEvents, decode_or_skip
+
+    view = UsersView()
+    skipped = SkippedEvents()
+    for record in records:
+        event = decode_or_skip(record, skipped, reader=reader)
+        if event is not None:
+            view.apply(event)
+    return view
+
+
 def _user_decision(
     database_url: str, name: str, decide: "Callable[[UsersView], tuple[list[Event], T]]"
 ) -> "tuple[list[str], T]":
     """Fold user NAME's stream, let `decide` choose, append at the version read; the types of the
     events recorded (none: nothing to do) and what `decide` answered beside them. A refusal fails
     the command: exit 2 for what was asked wrong, 1 otherwise."""
-    from potluck.allocator.users import UsersView
     from potluck.contracts.allocation_events import user_stream
-    from potluck.events import EventStore, SkippedEvents, decode_or_skip
+    from potluck.events import EventStore
     from potluck.kernel.rejections import Rejected
 
     async def go(store: EventStore) -> "tuple[list[str], T]":
-        view = UsersView()
         records = await store.read_stream(user_stream(name))
-        skipped = SkippedEvents()
-        for record in records:
-            event = decode_or_skip(record, skipped, reader="potluck ops users")
-            if event is not None:
-                view.apply(event)
+        view = _users_folded(records, reader="potluck ops users")
         events, answer = decide(view)
         if events:
             await store.append(
