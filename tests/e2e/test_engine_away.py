@@ -83,6 +83,20 @@ async def waits_for_laptop_b(alice: User, image: str, laptop: EnrolledHost) -> d
     return waiting
 
 
+async def member_reads_engine_away(pool: Pool, b: EnrolledHost) -> dict[str, Any]:
+    """laptop-b's member's `host status` says it is online with its engine away, and nothing new
+    is placed there; the operator's host list says the engine is away too. That status."""
+    shown = member(b, "status")
+    assert shown.returncode == 0, shown.stderr
+    host: dict[str, Any] = json.loads(shown.stdout)
+    assert host["liveness"] == "online", host
+    assert host["engine_away"] is not None, host
+    assert "nothing new is placed here" in host["engine_away"]["means"], host
+    listed = await hosts_listed(pool)
+    assert listed[b.host_id]["engine_away"] is not None, listed
+    return host
+
+
 async def engine_back_and_waiting_work_placed(
     pool: Pool, engine: DockerEngine, b: EnrolledHost, alice: User, waiting: dict[str, Any]
 ) -> dict[str, Any]:
@@ -156,15 +170,9 @@ async def test_a_laptop_whose_engine_stopped_takes_no_work_says_so_and_takes_wor
         waiting = await waits_for_laptop_b(alice, mine["image"], laptop)
 
         # The member, the operator, the user: each reads that the engine is away.
-        shown = member(b, "status")
-        assert shown.returncode == 0, shown.stderr
-        host = json.loads(shown.stdout)
-        assert host["liveness"] == "online", host
-        assert host["engine_away"] is not None, host
+        host = await member_reads_engine_away(pool, b)
         assert "Docker engine stopped answering" in host["engine_away"]["means"], host
-        assert "nothing new is placed here" in host["engine_away"]["means"], host
         listed = await hosts_listed(pool)
-        assert listed[b.host_id]["engine_away"] is not None, listed
         assert listed[laptop.host_id]["engine_away"] is None, listed
         code, out, err = await ops("hosts", "list", "--table", "--database-url", pool.database_url)
         assert code == 0, err
@@ -234,14 +242,8 @@ async def test_a_laptop_whose_engine_is_not_running_at_start_joins_as_engine_awa
         assert "hostd.engine_unavailable" in said, said
         assert "start the Docker engine on this machine" in said, said
 
-        shown = member(b, "status")
-        assert shown.returncode == 0, shown.stderr
-        host = json.loads(shown.stdout)
-        assert host["liveness"] == "online", host
-        assert host["engine_away"] is not None, host
+        host = await member_reads_engine_away(pool, b)
         assert "start Docker on this machine" in host["engine_away"]["detail"], host
-        assert "nothing new is placed here" in host["engine_away"]["means"], host
-        assert (await hosts_listed(pool))[b.host_id]["engine_away"] is not None
 
         alice = User(http, pool, await pool.add_user("alice"))
         waiting = await waits_for_laptop_b(alice, DEFAULT_TAG, laptop)
